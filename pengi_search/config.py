@@ -1,0 +1,168 @@
+"""Configuration of the Pengi model: every size in one place, with the released presets.
+
+The presets `base` and `base_no_text_enc` are the sizes of the two released checkpoints (Zenodo record 8387083).
+Tests build tiny models from the same dataclasses, and `from_reference_architecture` reads the `architecture`
+block of the reference fixtures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class AudioConfig:
+    """HTSAT audio encoder and its front end (the constants HTSAT really uses, not Pengi's yml)."""
+
+    sample_rate: int = 44_100  # what Pengi feeds the encoder
+    clip_seconds: float = 7.0
+    mel_sample_rate: int = 32_000  # the filterbank was built for 32 kHz; kept, since the weights were trained so
+    window_size: int = 1024
+    hop_size: int = 320
+    mel_bins: int = 64
+    fmin: float = 50.0
+    fmax: float = 14_000.0
+    spec_size: int = 256
+    patch_size: int = 4
+    patch_stride: int = 4
+    embed_dim: int = 96
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: tuple[int, ...] = (4, 8, 16, 32)
+    window: int = 8
+    mlp_ratio: float = 4.0
+    num_classes: int = 527
+    out_emb: int = 768
+
+    @property
+    def clip_samples(self) -> int:
+        return int(round(self.sample_rate * self.clip_seconds))
+
+
+@dataclass
+class TextEncoderConfig:
+    """CLIP text tower (transformers `CLIPTextConfig` fields) and its projection width."""
+
+    hidden_size: int = 512
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 8
+    intermediate_size: int = 2048
+    max_position_embeddings: int = 77
+    vocab_size: int = 49_408
+    projection_dim: int = 512
+    hidden_act: str = "quick_gelu"
+
+
+@dataclass
+class DecoderConfig:
+    """GPT-2 language model (transformers `GPT2Config` fields)."""
+
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    vocab_size: int = 50_257
+    n_positions: int = 1024
+
+
+@dataclass
+class MapperConfig:
+    """The transformer mapping networks that turn embeddings into GPT-2 prefix tokens."""
+
+    prefix_length: int = 40  # tokens each mapper emits
+    clip_length: int = 40  # tokens the mapper's input is unfolded into
+    num_layers: int = 4  # per mapper (the reference config says 8 and gives each mapper half)
+    num_heads: int = 8
+    mlp_ratio: float = 2.0
+
+
+@dataclass
+class PengiConfig:
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    text_encoder: TextEncoderConfig | None = field(default_factory=TextEncoderConfig)  # None: base_no_text_enc
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    mapper: MapperConfig = field(default_factory=MapperConfig)
+    d_proj: int = 1024
+    text_prompt_length: int = 40  # tokens of a prompt fed to the text encoder (or to GPT-2's embeddings)
+    # The model's own forward L2-normalises the text embedding before its mapper; the reference's public
+    # `generate` does not. True reproduces the former (default), False the latter.
+    normalize_text_embedding: bool = True
+
+    @property
+    def use_text_encoder(self) -> bool:
+        return self.text_encoder is not None
+
+    @property
+    def prefix_tokens(self) -> int:
+        """Length of the [audio ; text] prefix handed to GPT-2."""
+        return 2 * self.mapper.prefix_length
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PengiConfig:
+        audio = dict(data.get("audio", {}))
+        for key in ("depths", "num_heads"):
+            if key in audio:
+                audio[key] = tuple(audio[key])
+        text = data.get("text_encoder", {})
+        return cls(
+            audio=AudioConfig(**audio),
+            text_encoder=None if text is None else TextEncoderConfig(**text),
+            decoder=DecoderConfig(**data.get("decoder", {})),
+            mapper=MapperConfig(**data.get("mapper", {})),
+            **{k: v for k, v in data.items() if k not in ("audio", "text_encoder", "decoder", "mapper")},
+        )
+
+    @classmethod
+    def preset(cls, name: str) -> PengiConfig:
+        if name == "base":
+            return cls()
+        if name == "base_no_text_enc":
+            return cls(text_encoder=None)
+        raise ValueError(f"unknown preset {name!r}; known: base, base_no_text_enc")
+
+    @classmethod
+    def from_reference_architecture(cls, arch: dict[str, Any], variant: str) -> PengiConfig:
+        """Map the `architecture` block of a reference fixture (and the variant name) onto a config."""
+        a, t, d, m = arch["audio"], arch["text_encoder"], arch["decoder"], arch["mapper"]
+        stride = a["patch_stride"]
+        audio = AudioConfig(
+            sample_rate=a["input_sample_rate"],
+            clip_seconds=a["clip_seconds"],
+            mel_sample_rate=a["frontend_sample_rate_for_mel"],
+            window_size=a["window_size"],
+            hop_size=a["hop_size"],
+            mel_bins=a["mel_bins"],
+            fmin=a["fmin"],
+            fmax=a["fmax"],
+            spec_size=a["spec_size"],
+            patch_size=a["patch_size"],
+            patch_stride=stride[0] if isinstance(stride, list) else stride,
+            embed_dim=a["embed_dim"],
+            depths=tuple(a["depths"]),
+            num_heads=tuple(a["num_heads"]),
+            window=a["window"],
+            mlp_ratio=a["mlp_ratio"],
+            num_classes=a["num_classes"],
+            out_emb=a["out_emb"],
+        )
+        text = TextEncoderConfig(**{k: v for k, v in t.items() if k != "kind"})
+        decoder = DecoderConfig(**{k: v for k, v in d.items() if k != "kind"})
+        mapper = MapperConfig(
+            prefix_length=m["prefix_length"],
+            clip_length=m["prefix_length_clip"],
+            num_layers=m["layers_per_mapper"],
+            num_heads=m["heads"],
+            mlp_ratio=m["mlp_ratio"],
+        )
+        return cls(
+            audio=audio,
+            text_encoder=text if variant == "base" else None,
+            decoder=decoder,
+            mapper=mapper,
+            d_proj=arch["d_proj"],
+            text_prompt_length=arch["enc_text_len"],
+            normalize_text_embedding=arch.get("normalize_prefix", True),
+        )

@@ -1,0 +1,76 @@
+"""The two encoders that feed Pengi's mappers: HTSAT for audio and the CLIP text tower for prompts.
+
+Each ends in a `Projection` into the shared d_proj space. Names follow the released checkpoint
+(`audio_encoder.*`, `caption_encoder.*`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from .config import AudioConfig, TextEncoderConfig
+from .htsat import HTSAT
+
+
+class Projection(nn.Module):
+    """h1 = W1 x; out = LayerNorm(h1 + Dropout(W2 gelu(h1)))."""
+
+    def __init__(self, d_in: int, d_out: int, dropout: float = 0.5):
+        super().__init__()
+        self.linear1 = nn.Linear(d_in, d_out, bias=False)
+        self.linear2 = nn.Linear(d_out, d_out, bias=False)
+        self.layer_norm = nn.LayerNorm(d_out)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h1 = self.linear1(x)
+        return self.layer_norm(h1 + self.drop(self.linear2(F.gelu(h1))))
+
+
+class AudioEncoder(nn.Module):
+    def __init__(self, cfg: AudioConfig, d_proj: int):
+        super().__init__()
+        self.base = nn.ModuleDict({"htsat": HTSAT(cfg)})  # the released key path is `base.htsat.*`
+        self.projection = Projection(cfg.out_emb, d_proj)
+
+    @property
+    def htsat(self) -> HTSAT:
+        return self.base["htsat"]
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        """(B, samples) at 44.1 kHz -> (B, d_proj), not normalised."""
+        return self.projection(self.htsat(wave))
+
+
+def clip_text_config(cfg: TextEncoderConfig) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        hidden_act=cfg.hidden_act,
+        projection_dim=cfg.projection_dim,
+        bos_token_id=49406,
+        eos_token_id=49407,  # pooling reads the first end-of-text token, as CLIP's tokenizer places it
+        pad_token_id=1,
+    )
+
+
+class TextEncoder(nn.Module):
+    """CLIP text transformer -> pooled (end-of-text) state -> CLIP text projection -> Projection."""
+
+    def __init__(self, cfg: TextEncoderConfig, d_proj: int):
+        super().__init__()
+        self.base = CLIPTextModel(clip_text_config(cfg))
+        self.clip_text_projection = nn.Linear(cfg.hidden_size, cfg.projection_dim, bias=False)
+        self.projection = Projection(cfg.projection_dim, d_proj)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) token ids -> (B, d_proj), not normalised."""
+        pooled = self.base(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+        return self.projection(self.clip_text_projection(pooled))

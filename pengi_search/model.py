@@ -1,0 +1,114 @@
+"""Pengi: audio + text prompt -> a prefix of GPT-2 input embeddings -> generated text.
+
+    wave (B, 308700) --HTSAT--> (B, 768) --Projection--> audio_embed (B, d_proj) --L2 norm--> audio mapper --+
+    prompt ids (B, 40) --CLIP text--> (B, d_proj) --[L2 norm]--> text mapper -----------------------------+--> prefix
+                        (base_no_text_enc: GPT-2 token embeddings (B, 40, E) --> sequence mapper)            (B, 2L, E)
+
+GPT-2 continues from the prefix (optionally followed by the embeddings of an "additional text").
+Module names follow the released checkpoint: `audio_encoder`, `caption_encoder`, `caption_decoder.{gpt,
+audio_project,text_project}`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from .config import DecoderConfig, PengiConfig
+from .encoders import AudioEncoder, TextEncoder
+from .mapper import EmbeddingMapper, Mapper
+
+
+def gpt2_config(cfg: DecoderConfig) -> GPT2Config:
+    return GPT2Config(
+        vocab_size=cfg.vocab_size,
+        n_positions=cfg.n_positions,
+        n_embd=cfg.n_embd,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        bos_token_id=50256,
+        eos_token_id=50256,
+    )
+
+
+class PrefixDecoder(nn.Module):
+    """GPT-2 and the two mappers that write its prefix."""
+
+    def __init__(self, cfg: PengiConfig):
+        super().__init__()
+        self.gpt = GPT2LMHeadModel(gpt2_config(cfg.decoder))
+        E = cfg.decoder.n_embd
+        self.audio_project = EmbeddingMapper(cfg.d_proj, E, cfg.mapper)
+        self.text_project: Mapper = EmbeddingMapper(cfg.d_proj, E, cfg.mapper) if cfg.use_text_encoder else Mapper(
+            E, cfg.mapper
+        )
+
+
+class Pengi(nn.Module):
+    def __init__(self, cfg: PengiConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.audio_encoder = AudioEncoder(cfg.audio, cfg.d_proj)
+        self.caption_encoder = TextEncoder(cfg.text_encoder, cfg.d_proj) if cfg.text_encoder else None
+        self.caption_decoder = PrefixDecoder(cfg)
+
+    @property
+    def gpt(self) -> GPT2LMHeadModel:
+        return self.caption_decoder.gpt
+
+    def token_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) GPT-2 ids -> (B, T, E)"""
+        return self.gpt.transformer.wte(ids)
+
+    def encode_audio(self, wave: torch.Tensor) -> torch.Tensor:
+        """(B, samples) -> audio_embed (B, d_proj), not normalised (Pengi's audio embedding)."""
+        return self.audio_encoder(wave)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) CLIP ids -> text_embed (B, d_proj), not normalised. Only the `base` variant has it."""
+        if self.caption_encoder is None:
+            raise ValueError("this Pengi model has no text encoder (base_no_text_enc)")
+        return self.caption_encoder(input_ids, attention_mask)
+
+    def audio_prefix(self, audio_embed: torch.Tensor) -> torch.Tensor:
+        """(B, d_proj) -> (B, L, E). The audio embedding is always L2-normalised first."""
+        return self.caption_decoder.audio_project(F.normalize(audio_embed, dim=-1))
+
+    def text_prefix(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, normalize: bool | None = None
+    ) -> torch.Tensor:
+        """Prompt tokens (B, T) -> (B, L, E).
+
+        `base`: CLIP embedding, L2-normalised when `normalize` (default: the config's choice; the reference's
+        public `generate` skips it). `base_no_text_enc`: the prompt's GPT-2 token embeddings, no embedding step.
+        """
+        project = self.caption_decoder.text_project
+        if self.caption_encoder is None:
+            return project(self.token_embeddings(input_ids))
+        text_embed = self.encode_text(input_ids, attention_mask)
+        if self.cfg.normalize_text_embedding if normalize is None else normalize:
+            text_embed = F.normalize(text_embed, dim=-1)
+        return project(text_embed)
+
+    def prefix(self, wave: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, samples), (B, T) -> [audio prefix ; text prefix] (B, 2L, E)."""
+        return torch.cat([self.audio_prefix(self.encode_audio(wave)), self.text_prefix(input_ids, attention_mask)], 1)
+
+    def logits(self, prefix: torch.Tensor, answer_ids: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: (B, P, E) prefix + (B, T) answer ids -> (B, T, vocab) logits predicting each answer token."""
+        embeds = torch.cat([prefix, self.token_embeddings(answer_ids)], dim=1)
+        out = self.gpt(inputs_embeds=embeds).logits  # (B, P + T, vocab)
+        return out[:, prefix.shape[1] - 1 : -1]
+
+    def answer_nll(self, prefix: torch.Tensor, answer_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) negative log-likelihood of each answer token given the prefix and the tokens before it."""
+        logp = self.logits(prefix, answer_ids).float().log_softmax(dim=-1)
+        return -logp.gather(-1, answer_ids[..., None]).squeeze(-1)
+
+    def answer_loss(self, prefix: torch.Tensor, answer_ids: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:
+        """Mean NLL over the real (mask == 1) answer tokens: the paper's training loss (its equation 3)."""
+        nll = self.answer_nll(prefix, answer_ids)
+        mask = answer_mask.to(nll.dtype)
+        return (nll * mask).sum() / mask.sum()
