@@ -52,6 +52,8 @@ class TextEncoderConfig:
     vocab_size: int = 49_408
     projection_dim: int = 512
     hidden_act: str = "quick_gelu"
+    bos_token_id: int = 49_406
+    eos_token_id: int = 49_407  # pooling reads the first end-of-text token; prompts are padded with it too
 
 
 @dataclass

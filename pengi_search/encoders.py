@@ -55,9 +55,9 @@ def clip_text_config(cfg: TextEncoderConfig) -> CLIPTextConfig:
         max_position_embeddings=cfg.max_position_embeddings,
         hidden_act=cfg.hidden_act,
         projection_dim=cfg.projection_dim,
-        bos_token_id=49406,
-        eos_token_id=49407,  # pooling reads the first end-of-text token, as CLIP's tokenizer places it
-        pad_token_id=1,
+        bos_token_id=cfg.bos_token_id,
+        eos_token_id=cfg.eos_token_id,
+        pad_token_id=cfg.eos_token_id,
     )
 
 

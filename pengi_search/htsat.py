@@ -171,7 +171,7 @@ class HTSAT(nn.Module):
         n = len(cfg.depths)
         self.layers = nn.ModuleList(
             SwinStage(cfg.embed_dim * 2**i, resolution // 2**i, depth, heads, cfg, merge=i < n - 1)
-            for i, (depth, heads) in enumerate(zip(cfg.depths, cfg.num_heads))
+            for i, (depth, heads) in enumerate(zip(cfg.depths, cfg.num_heads, strict=True))
         )
         features = cfg.embed_dim * 2 ** (n - 1)
         self.norm = nn.LayerNorm(features)

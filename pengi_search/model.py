@@ -97,7 +97,7 @@ class Pengi(nn.Module):
         return torch.cat([self.audio_prefix(self.encode_audio(wave)), self.text_prefix(input_ids, attention_mask)], 1)
 
     def logits(self, prefix: torch.Tensor, answer_ids: torch.Tensor) -> torch.Tensor:
-        """Teacher forcing: (B, P, E) prefix + (B, T) answer ids -> (B, T, vocab) logits predicting each answer token."""
+        """Teacher forcing: (B, P, E) prefix + (B, T) answer ids -> (B, T, vocab) logits predicting each answer."""
         embeds = torch.cat([prefix, self.token_embeddings(answer_ids)], dim=1)
         out = self.gpt(inputs_embeds=embeds).logits  # (B, P + T, vocab)
         return out[:, prefix.shape[1] - 1 : -1]

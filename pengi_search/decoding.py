@@ -1,0 +1,176 @@
+"""Text generation and scoring from Pengi prefixes, batched and with a key/value cache.
+
+The prefix (B, P, E) goes through GPT-2 once; its key/value cache is then shared by every beam (or candidate) of
+that row, and each step feeds only the newest token. Beam search follows the reference's rules exactly (see
+`beam_search`), so its sequences and scores equal the original's per-clip, recompute-everything loop.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache, GPT2LMHeadModel
+
+END_OF_TEXT = 50256
+SPACE = 220  # the released model ends answers with " " then <|endoftext|>; the reference stops on the space
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    beam: int = 3
+    max_len: int = 30
+    temperature: float = 1.0
+    stop_ids: tuple[int, ...] = (SPACE, END_OF_TEXT)
+    no_repeat_ngram: int = 0  # 0: off (the reference has no such guard)
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    tokens: list[int]  # generated ids, including the stop token when the beam stopped
+    score: float  # summed log-probability / length
+
+
+def _step(gpt: GPT2LMHeadModel, embeds: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
+    """Feed (R, T, E) embeddings after the cached ones; return the last position's logits (R, V) in float32."""
+    out = gpt(inputs_embeds=embeds, cache=cache, use_cache=True)
+    return out.logits[:, -1].float()
+
+
+def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    return (logits / (temperature if temperature > 0 else 1.0)).log_softmax(dim=-1)
+
+
+def _is_stop(tokens: torch.Tensor, stop_ids: tuple[int, ...]) -> torch.Tensor:
+    return torch.isin(tokens, torch.tensor(stop_ids, device=tokens.device)) if stop_ids else torch.zeros_like(
+        tokens, dtype=torch.bool
+    )
+
+
+def _ban_repeated_ngrams(logp: torch.Tensor, history: torch.Tensor, n: int) -> None:
+    """In place: forbid, per row of (R, V) log-probs, tokens that would repeat an n-gram of that row's history."""
+    if n <= 0 or history.shape[1] < n:
+        return
+    rows = history.tolist()
+    for r, seq in enumerate(rows):
+        tail = tuple(seq[len(seq) - n + 1 :])
+        banned = [seq[i + n - 1] for i in range(len(seq) - n + 1) if tuple(seq[i : i + n - 1]) == tail]
+        if banned:
+            logp[r, banned] = float("-inf")
+
+
+@torch.no_grad()
+def greedy(gpt: GPT2LMHeadModel, prefix: torch.Tensor, steps: int, stop_ids: tuple[int, ...] = ()) -> list[list[int]]:
+    """Argmax decoding of up to `steps` tokens for each row of (B, P, E); a row ends at its first stop id."""
+    wte = gpt.get_input_embeddings()
+    cache = DynamicCache()
+    logits = _step(gpt, prefix, cache)
+    tokens = torch.empty(prefix.shape[0], 0, dtype=torch.long, device=prefix.device)
+    done = torch.zeros(prefix.shape[0], dtype=torch.bool, device=prefix.device)
+    for _ in range(steps):
+        nxt = logits.argmax(dim=-1)
+        tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+        done |= _is_stop(nxt, stop_ids)
+        if done.all():
+            break
+        logits = _step(gpt, wte(nxt)[:, None], cache)
+    out = []
+    for row in tokens.tolist():
+        ends = [i for i, t in enumerate(row) if t in stop_ids]
+        out.append(row[: ends[0] + 1] if ends else row)
+    return out
+
+
+@torch.no_grad()
+def beam_search(gpt: GPT2LMHeadModel, prefix: torch.Tensor, cfg: GenerationConfig) -> list[list[Hypothesis]]:
+    """Beam search for every row of (B, P, E) at once; returns each row's `cfg.beam` hypotheses, best first.
+
+    The reference's rules: step 1 keeps the top-`beam` tokens. Later, a stopped beam may only extend with token 0 at
+    no cost; a candidate's rank is (beam's summed log-prob + token log-prob) / beam length, where a length counts
+    generated tokens and freezes once the beam has emitted a stop id; the best `beam` candidates of a row survive.
+    Search ends when every beam has stopped or after `max_len` steps.
+    """
+    B, K, device = prefix.shape[0], cfg.beam, prefix.device
+    wte = gpt.get_input_embeddings()
+    cache = DynamicCache()
+    logp = _log_probs(_step(gpt, prefix, cache), cfg.temperature)  # (B, V)
+    V = logp.shape[-1]
+    scores, tokens = logp.topk(K, dim=-1)  # (B, K) summed log-probs, first tokens
+    tokens = tokens[..., None]  # (B, K, 1) history
+    lengths = torch.ones(B, K, device=device)
+    stopped = _is_stop(tokens[..., 0], cfg.stop_ids)
+    cache.batch_repeat_interleave(K)  # every beam of a row shares the row's prefix cache
+    row_offset = torch.arange(B, device=device)[:, None] * K
+
+    for _ in range(cfg.max_len - 1):
+        if stopped.all():
+            break
+        logits = _step(gpt, wte(tokens[..., -1].reshape(B * K))[:, None], cache)
+        logp = _log_probs(logits, cfg.temperature)  # (B*K, V)
+        _ban_repeated_ngrams(logp, tokens.reshape(B * K, -1), cfg.no_repeat_ngram)
+        logp = logp.view(B, K, V)
+        logp[stopped] = float("-inf")
+        logp[..., 0] = torch.where(stopped, 0.0, logp[..., 0])
+        total = scores[..., None] + logp  # (B, K, V)
+        lengths = lengths + (~stopped).float()
+        ranked, flat = (total / lengths[..., None]).view(B, K * V).topk(K, dim=-1)  # (B, K)
+        source, nxt = flat // V, flat % V
+        lengths = lengths.gather(1, source)
+        scores = ranked * lengths
+        stopped = stopped.gather(1, source) | _is_stop(nxt, cfg.stop_ids)
+        tokens = torch.cat([tokens.gather(1, source[..., None].expand_as(tokens)), nxt[..., None]], dim=-1)
+        cache.reorder_cache((row_offset + source).view(-1))
+
+    final = scores / lengths
+    results = []
+    for b in range(B):
+        order = final[b].argsort(descending=True).tolist()
+        results.append(
+            [Hypothesis(tokens[b, k, : int(lengths[b, k])].tolist(), float(final[b, k])) for k in order]
+        )
+    return results
+
+
+@dataclass(frozen=True)
+class CandidateScore:
+    total: float  # summed log-probability of the candidate's tokens
+    mean: float  # per-token mean
+
+
+@torch.no_grad()
+def score_candidates(
+    gpt: GPT2LMHeadModel, prefix: torch.Tensor, candidates: list[list[int]], max_rows: int = 256
+) -> list[list[CandidateScore]]:
+    """Log-likelihood of every candidate token sequence as the continuation of every prefix row.
+
+    (B, P, E) prefixes x N candidates -> B lists of N scores. Each row's prefix runs once; its cache is shared by
+    the candidates, which are fed right-padded in chunks of at most `max_rows` (row, candidate) pairs.
+    """
+    if any(len(c) == 0 for c in candidates):
+        raise ValueError("candidates must have at least one token")
+    wte = gpt.get_input_embeddings()
+    B, N, device = prefix.shape[0], len(candidates), prefix.device
+    results: list[list[CandidateScore]] = [[] for _ in range(B)]
+    per_chunk = max(1, max_rows // max(B, 1))
+    prefix_cache = DynamicCache()
+    first = _step(gpt, prefix, prefix_cache).log_softmax(-1)  # (B, V): predicts each candidate's first token
+    for start in range(0, N, per_chunk):
+        chunk = candidates[start : start + per_chunk]
+        n, T = len(chunk), max(len(c) for c in chunk)
+        ids = torch.zeros(n, T, dtype=torch.long, device=device)
+        mask = torch.zeros(n, T, dtype=torch.bool, device=device)
+        for i, c in enumerate(chunk):
+            ids[i, : len(c)] = torch.tensor(c, device=device)
+            mask[i, : len(c)] = True
+        cache = copy.deepcopy(prefix_cache)
+        cache.batch_repeat_interleave(n)
+        rows_ids = ids.repeat(B, 1)  # (B*n, T), row-major: prefix b, candidate i
+        out = gpt(inputs_embeds=wte(rows_ids), cache=cache, use_cache=True).logits.float()
+        logp = torch.cat([first.repeat_interleave(n, dim=0)[:, None], out[:, :-1].log_softmax(-1)], dim=1)
+        token_logp = logp.gather(-1, rows_ids[..., None]).squeeze(-1) * mask.repeat(B, 1)  # (B*n, T)
+        totals = token_logp.sum(-1).view(B, n).tolist()
+        lens = mask.sum(-1).tolist()
+        for b in range(B):
+            results[b].extend(CandidateScore(t, t / k) for t, k in zip(totals[b], lens, strict=True))
+    return results
