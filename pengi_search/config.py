@@ -65,6 +65,7 @@ class DecoderConfig:
     n_head: int = 12
     vocab_size: int = 50_257
     n_positions: int = 1024
+    eos_token_id: int = 50_256
 
 
 @dataclass

@@ -28,8 +28,8 @@ def gpt2_config(cfg: DecoderConfig) -> GPT2Config:
         n_embd=cfg.n_embd,
         n_layer=cfg.n_layer,
         n_head=cfg.n_head,
-        bos_token_id=50256,
-        eos_token_id=50256,
+        bos_token_id=cfg.eos_token_id,
+        eos_token_id=cfg.eos_token_id,
     )
 
 

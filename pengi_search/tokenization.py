@@ -1,0 +1,106 @@
+"""Tokenizers and the reference's prompt tokenisation.
+
+Pengi needs two tokenizers: GPT-2's (answers, and prompts of `base_no_text_enc`) and CLIP's (prompts and texts for
+the `base` text encoder). They are read from the model directory (`tokenizer/gpt2`, `tokenizer/clip`) or, failing
+that, from the Hugging Face cache; nothing is downloaded here (`pengi-search model fetch` does that).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from .config import PengiConfig
+
+HUB_NAMES = {"gpt2": "gpt2", "clip": "openai/clip-vit-base-patch16"}
+TOKENIZER_DIR = "tokenizer"
+END_SUFFIX = " <|endoftext|>"  # the released model's answers end with " " then <|endoftext|>
+
+
+class TokenizerNotFoundError(Exception):
+    pass
+
+
+def load_tokenizer(kind: str, model_dir: Path | None) -> PreTrainedTokenizerBase:
+    """`kind` is "gpt2" or "clip": from `<model_dir>/tokenizer/<kind>`, else from the local Hugging Face cache."""
+    if model_dir is not None and (model_dir / TOKENIZER_DIR / kind).is_dir():
+        return AutoTokenizer.from_pretrained(model_dir / TOKENIZER_DIR / kind)
+    try:
+        return AutoTokenizer.from_pretrained(HUB_NAMES[kind], local_files_only=True)
+    except OSError:
+        where = f"{model_dir / TOKENIZER_DIR / kind} or " if model_dir else ""
+        raise TokenizerNotFoundError(
+            f"the {kind} tokenizer is not in {where}the Hugging Face cache; run `pengi-search model fetch` "
+            "or `pengi-search model import` to install it"
+        ) from None
+
+
+@dataclass
+class PromptBatch:
+    input_ids: torch.Tensor  # (B, T)
+    attention_mask: torch.Tensor  # (B, T)
+
+
+def pad_rows(rows: list[list[int]], width: int, pad_id: int) -> PromptBatch:
+    """Right-pad token rows to `width` with `pad_id`; the mask marks the real tokens."""
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return PromptBatch(ids, mask)
+
+
+class Tokenizers:
+    """The pair of tokenizers with the reference's conventions for prompts, answers and free texts."""
+
+    def __init__(self, cfg: PengiConfig, gpt2: PreTrainedTokenizerBase, clip: PreTrainedTokenizerBase | None):
+        if cfg.use_text_encoder and clip is None:
+            raise TokenizerNotFoundError("the base model needs the CLIP tokenizer")
+        self.cfg, self.gpt2, self.clip = cfg, gpt2, clip
+        ends = gpt2.encode(END_SUFFIX)
+        # The reference stops on the first token of " <|endoftext|>" (a lone space, id 220); <|endoftext|> too.
+        self.stop_ids: tuple[int, ...] = tuple(dict.fromkeys([ends[0], gpt2.eos_token_id]))
+
+    @classmethod
+    def load(cls, cfg: PengiConfig, model_dir: Path | None) -> Tokenizers:
+        clip = load_tokenizer("clip", model_dir) if cfg.use_text_encoder else None
+        return cls(cfg, load_tokenizer("gpt2", model_dir), clip)
+
+    def prompts(self, prompts: list[str]) -> PromptBatch:
+        """Prompts as the reference tokenises them, padded to `text_prompt_length` (40).
+
+        base: CLIP tokens with start and end markers, padded with the end-of-text id.
+        base_no_text_enc: GPT-2 tokens of `prompt + " <|endoftext|>"`, padded with id 0 ("!").
+        """
+        length = self.cfg.text_prompt_length
+        if self.clip is not None:
+            rows = [self.clip(p)["input_ids"] for p in prompts]
+            pad = self.cfg.text_encoder.eos_token_id
+        else:
+            rows = [self.gpt2.encode(p + END_SUFFIX) for p in prompts]
+            pad = 0
+        too_long = [p for p, r in zip(prompts, rows, strict=True) if len(r) > length]
+        if too_long:
+            raise ValueError(f"prompt longer than {length} tokens: {too_long[0]!r}")
+        return pad_rows(rows, length, pad)
+
+    def answer_ids(self, text: str) -> list[int]:
+        """GPT-2 ids of an answer as the model was trained to write it: `text + " <|endoftext|>"`."""
+        return self.gpt2.encode(text + END_SUFFIX)
+
+    def texts(self, texts: list[str]) -> PromptBatch:
+        """Free texts (captions, labels, queries) for the CLIP text tower: truncated to its context, padded."""
+        if self.clip is None:
+            raise ValueError("this model has no CLIP text encoder")
+        limit = self.cfg.text_encoder.max_position_embeddings
+        rows = [self.clip(t, truncation=True, max_length=limit)["input_ids"] for t in texts]
+        return pad_rows(rows, max(len(r) for r in rows), self.cfg.text_encoder.eos_token_id)
+
+    def decode(self, tokens: list[int]) -> str:
+        """Generated ids -> text, without the end markers."""
+        kept = [t for t in tokens if t not in self.stop_ids]
+        return self.gpt2.decode(kept, skip_special_tokens=True).strip()
