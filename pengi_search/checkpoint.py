@@ -9,6 +9,7 @@ Two formats:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -102,10 +103,29 @@ def save_model_dir(model: Pengi, directory: str | Path, extra: dict | None = Non
     """Write `config.json` and `model.safetensors` (tied GPT-2 weights stored once) into `directory`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    meta = {"format_version": FORMAT_VERSION, "config": model.cfg.to_dict(), **(extra or {})}
     save_model(model, str(directory / WEIGHTS_FILE))
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "config": model.cfg.to_dict(),
+        "weights_sha256": file_sha256(directory / WEIGHTS_FILE),
+        **(extra or {}),
+    }
     (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return directory
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_identity(directory: str | Path) -> str:
+    """A short name that changes when the weights change: `<name>@<first 12 hex digits of their sha256>`."""
+    _, meta = read_model_config(directory)
+    return f"{meta.get('name', Path(directory).name)}@{meta.get('weights_sha256', 'unknown')[:12]}"
 
 
 def read_model_config(directory: str | Path) -> tuple[PengiConfig, dict]:

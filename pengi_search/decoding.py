@@ -22,8 +22,12 @@ class GenerationConfig:
     beam: int = 3
     max_len: int = 30
     temperature: float = 1.0
-    stop_ids: tuple[int, ...] = (SPACE, END_OF_TEXT)
+    stop_ids: tuple[int, ...] | None = None  # None: the released model's ends (SPACE, END_OF_TEXT); (): never stop
     no_repeat_ngram: int = 0  # 0: off (the reference has no such guard)
+
+    @property
+    def stops(self) -> tuple[int, ...]:
+        return (SPACE, END_OF_TEXT) if self.stop_ids is None else self.stop_ids
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,7 @@ def beam_search(gpt: GPT2LMHeadModel, prefix: torch.Tensor, cfg: GenerationConfi
     scores, tokens = logp.topk(K, dim=-1)  # (B, K) summed log-probs, first tokens
     tokens = tokens[..., None]  # (B, K, 1) history
     lengths = torch.ones(B, K, device=device)
-    stopped = _is_stop(tokens[..., 0], cfg.stop_ids)
+    stopped = _is_stop(tokens[..., 0], cfg.stops)
     cache.batch_repeat_interleave(K)  # every beam of a row shares the row's prefix cache
     row_offset = torch.arange(B, device=device)[:, None] * K
 
@@ -118,7 +122,7 @@ def beam_search(gpt: GPT2LMHeadModel, prefix: torch.Tensor, cfg: GenerationConfi
         source, nxt = flat // V, flat % V
         lengths = lengths.gather(1, source)
         scores = ranked * lengths
-        stopped = stopped.gather(1, source) | _is_stop(nxt, cfg.stop_ids)
+        stopped = stopped.gather(1, source) | _is_stop(nxt, cfg.stops)
         tokens = torch.cat([tokens.gather(1, source[..., None].expand_as(tokens)), nxt[..., None]], dim=-1)
         cache.reorder_cache((row_offset + source).view(-1))
 

@@ -54,6 +54,12 @@ def pad_rows(rows: list[list[int]], width: int, pad_id: int) -> PromptBatch:
     return PromptBatch(ids, mask)
 
 
+def clip_texts(clip: PreTrainedTokenizerBase, texts: list[str], max_length: int, pad_id: int) -> PromptBatch:
+    """Free texts (captions, labels, queries) for the CLIP text tower: truncated to its context, padded."""
+    rows = [clip(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
+    return pad_rows(rows, max(len(r) for r in rows), pad_id)
+
+
 class Tokenizers:
     """The pair of tokenizers with the reference's conventions for prompts, answers and free texts."""
 
@@ -93,12 +99,10 @@ class Tokenizers:
         return self.gpt2.encode(text + END_SUFFIX)
 
     def texts(self, texts: list[str]) -> PromptBatch:
-        """Free texts (captions, labels, queries) for the CLIP text tower: truncated to its context, padded."""
         if self.clip is None:
             raise ValueError("this model has no CLIP text encoder")
-        limit = self.cfg.text_encoder.max_position_embeddings
-        rows = [self.clip(t, truncation=True, max_length=limit)["input_ids"] for t in texts]
-        return pad_rows(rows, max(len(r) for r in rows), self.cfg.text_encoder.eos_token_id)
+        cfg = self.cfg.text_encoder
+        return clip_texts(self.clip, texts, cfg.max_position_embeddings, cfg.eos_token_id)
 
     def decode(self, tokens: list[int]) -> str:
         """Generated ids -> text, without the end markers."""

@@ -1,0 +1,452 @@
+"""Fetching the released Pengi checkpoints and their tokenizers: resumable, verified, atomic downloads.
+
+`download` moves one file over HTTP(S) with the standard library, or copies it from a `file://` URL or a
+local path. Bytes go to `<dest>.part` (with `<dest>.part.json` naming their source, so that a later call
+resumes only the same file), the sha256 is computed as they arrive, and the finished file is fsynced and
+renamed onto `dest`, so `dest` is either absent or complete. `<dest>.json` then records source, size, sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import io
+import json
+import os
+import shutil
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from pengi_search import __version__
+
+
+@dataclass(frozen=True)
+class Release:
+    """A released checkpoint: where it lives and which tokenizers (keys of `TOKENIZERS`) its variant uses."""
+
+    name: str
+    url: str
+    filename: str
+    tokenizers: tuple[str, ...]
+
+
+# Hugging Face hub names of the tokenizers, keyed by the folder name they are saved under.
+TOKENIZERS: dict[str, str] = {"gpt2": "gpt2", "clip": "openai/clip-vit-base-patch16"}
+
+# Zenodo record 8387083. Sizes and digests are not pinned: `download` records what it measured in <dest>.json.
+# base_no_text_enc feeds the prompt through GPT-2's own embeddings, so it needs no CLIP tokenizer.
+RELEASES: dict[str, Release] = {
+    release.name: release
+    for release in (
+        Release(
+            "base",
+            "https://zenodo.org/records/8387083/files/base.pth?download=1",
+            "base.pth",
+            ("gpt2", "clip"),
+        ),
+        Release(
+            "base_no_text_enc",
+            "https://zenodo.org/records/8387083/files/base_no_text_enc.pth?download=1",
+            "base_no_text_enc.pth",
+            ("gpt2",),
+        ),
+    )
+}
+
+TOKENIZER_DIR = "tokenizers"  # tokenizers are saved under <directory>/tokenizers/<key> by `fetch_release`
+_RETRIED_HTTP_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class DownloadError(Exception):
+    """A download or tokenizer fetch failed; the message is one line naming source, destination and reason."""
+
+    def __init__(self, source: str, dest: Path | None, reason: str) -> None:
+        self.source, self.dest, self.reason = source, dest, reason
+        target = f" to {dest}" if dest is not None else ""
+        super().__init__(f"cannot fetch {source}{target}: {reason}")
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    path: Path
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class FetchedRelease:
+    checkpoint: DownloadResult
+    tokenizers: dict[str, Path] = field(default_factory=dict)  # key of TOKENIZERS -> saved folder
+
+
+class _Failure(Exception):
+    """Internal: why an attempt failed, and whether trying again (resuming) may help."""
+
+    def __init__(self, reason: str, *, retry: bool) -> None:
+        super().__init__(reason)
+        self.reason, self.retry = reason, retry
+
+
+@dataclass
+class _Opened:
+    """A source stream positioned at `start` (0 when it could not resume), of `total` bytes if known."""
+
+    stream: io.BufferedIOBase
+    start: int
+    total: int | None
+    validator: str | None  # identifies this version of the source; a resume must present the same one
+
+
+def download(
+    url: str,
+    dest: Path,
+    *,
+    expected_sha256: str | None = None,
+    progress: bool = True,
+    chunk_size: int = 1 << 20,
+    timeout: float = 30,
+    retries: int = 4,
+    backoff: float = 1.0,
+) -> DownloadResult:
+    """Fetch `url` (http, https, file URL or local path) to `dest`, resuming a `.part` an earlier call left.
+
+    Connection errors, timeouts and transient HTTP statuses are retried up to `retries` times in a row (an
+    attempt that made progress starts a new count), waiting `backoff` seconds, doubled after each failure.
+    """
+    dest = Path(dest)
+    try:
+        source, local = _resolve(url)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        part = _Part(dest.with_suffix(dest.suffix + ".part"), source)
+        with _progress_bar(progress) as bar:
+            task = bar.add_task(dest.name, total=None)
+            _fetch(part, partial(_open, local, source, timeout), chunk_size, retries, backoff, bar, task)
+        digest = part.hasher.hexdigest()
+        if expected_sha256 is not None and digest != expected_sha256.lower():
+            part.discard()
+            raise _Failure(f"sha256 mismatch: expected {expected_sha256.lower()}, got {digest}", retry=False)
+        result = _publish(part, dest)
+    except _Failure as exc:
+        raise DownloadError(url, dest, exc.reason) from exc
+    except OSError as exc:
+        raise DownloadError(url, dest, f"{exc.strerror or exc} ({exc.filename or dest})") from exc
+    return result
+
+
+def verify_download(dest: Path) -> DownloadResult | None:
+    """The result recorded for `dest`, if the file is there and still has the size and sha256 recorded."""
+    dest = Path(dest)
+    record = _read_json(_sidecar(dest))
+    if not dest.is_file() or record.get("size") != dest.stat().st_size:
+        return None
+    digest = _hash_file(dest).hexdigest()
+    return DownloadResult(dest, record["size"], digest) if digest == record.get("sha256") else None
+
+
+def fetch_tokenizer(name: str, dest: Path) -> Path:
+    """Save the tokenizer `name` (a Hugging Face hub id, or a local folder holding one) as files in `dest`."""
+    from transformers import AutoTokenizer  # heavy; imported only when a fetch is asked for
+
+    dest = Path(dest)
+    staging = dest.with_name(dest.name + ".part")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        AutoTokenizer.from_pretrained(name).save_pretrained(staging)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(staging, dest)
+    except (OSError, ValueError) as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DownloadError(name, dest, f"cannot fetch tokenizer: {reason}") from exc
+    return dest
+
+
+def fetch_release(
+    name: str,
+    directory: Path,
+    *,
+    progress: bool = True,
+    force: bool = False,
+    checkpoint_url: str | None = None,
+    tokenizer_sources: Mapping[str, str] | None = None,
+) -> FetchedRelease:
+    """Fetch release `name` into `directory`: `<filename>`, and `tokenizers/<key>/` for each tokenizer it uses.
+
+    Files already there and intact are kept unless `force`. `checkpoint_url` replaces the Zenodo URL (a
+    mirror, or a file already downloaded) and `tokenizer_sources` the hub names (say local folders, offline).
+    """
+    release = RELEASES.get(name)
+    directory = Path(directory)
+    if release is None:
+        raise DownloadError(name, directory, f"unknown release; known: {', '.join(RELEASES)}")
+    dest = directory / release.filename
+    checkpoint = None if force else verify_download(dest)
+    if checkpoint is None:
+        checkpoint = download(checkpoint_url or release.url, dest, progress=progress)
+    sources = {**TOKENIZERS, **(tokenizer_sources or {})}
+    tokenizers = {}
+    for key in release.tokenizers:
+        target = directory / TOKENIZER_DIR / key
+        if force or not (target / "tokenizer_config.json").is_file():
+            fetch_tokenizer(sources[key], target)
+        tokenizers[key] = target
+    return FetchedRelease(checkpoint, tokenizers)
+
+
+class _Part:
+    """The growing `.part` file, the sha256 of the bytes it holds, and the source (and version) of those."""
+
+    def __init__(self, path: Path, source: str) -> None:
+        self.path, self.source = path, source
+        self.meta_path = path.with_name(path.name + ".json")
+        self.size, self.hasher = 0, hashlib.sha256()
+        meta = _read_json(self.meta_path)
+        self.validator: str | None = meta.get("validator")
+        if self.path.is_file() and meta.get("url") == source:
+            self._rehash()
+        else:  # bytes of another source (or of unknown origin) must not be resumed
+            self.discard()
+
+    def resume_point(self) -> int:
+        # An attempt that died mid-write may have left bytes the hash has not seen.
+        if not self.path.is_file() or self.path.stat().st_size != self.size:
+            self._rehash()
+        return self.size
+
+    def restart(self, validator: str | None) -> None:
+        self.path.write_bytes(b"")
+        self.size, self.hasher, self.validator = 0, hashlib.sha256(), validator
+        _write_json(self.meta_path, {"url": self.source, "validator": validator})
+
+    def receive(self, stream: io.BufferedIOBase, chunk_size: int, on_chunk: Callable[[int], Any]) -> None:
+        """Append the stream to the part until EOF, then fsync; network errors become retryable failures."""
+        try:
+            with self.path.open("ab") as out:
+                while chunk := _read(stream, chunk_size):
+                    out.write(chunk)
+                    self.hasher.update(chunk)
+                    self.size += len(chunk)
+                    on_chunk(len(chunk))
+                out.flush()
+                os.fsync(out.fileno())
+        except OSError as exc:  # reads raise _Failure, so this is the disk: full, read-only, gone...
+            raise _Failure(f"cannot write {self.path}: {exc.strerror or exc}", retry=False) from exc
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.meta_path.unlink(missing_ok=True)
+        self.size, self.hasher, self.validator = 0, hashlib.sha256(), None
+
+    def _rehash(self) -> None:
+        self.hasher = _hash_file(self.path) if self.path.is_file() else hashlib.sha256()
+        self.size = self.path.stat().st_size if self.path.is_file() else 0
+
+
+def _fetch(
+    part: _Part,
+    open_source: Callable[[int, str | None], _Opened],
+    chunk_size: int,
+    retries: int,
+    backoff: float,
+    bar: Progress,
+    task: TaskID,
+) -> None:
+    """Run attempts until the part holds the whole source, or failures in a row exceed `retries`."""
+    failures = 0
+    while True:
+        before = part.size
+        try:
+            opened = open_source(part.resume_point(), part.validator)
+            with opened.stream:
+                if opened.start == 0:
+                    part.restart(opened.validator)
+                bar.update(task, completed=opened.start, total=opened.total)
+                part.receive(opened.stream, chunk_size, partial(bar.advance, task))
+            if opened.total is not None and part.size != opened.total:
+                raise _Failure(f"connection closed after {part.size} of {opened.total} bytes", retry=True)
+            return
+        except _Failure as exc:
+            failures = 1 if part.size > before else failures + 1  # progress starts a new streak
+            if not exc.retry or failures > retries:
+                gave_up = f" (gave up after {failures} failed attempt{'s' * (failures > 1)}; run again to resume)"
+                raise _Failure(exc.reason + (gave_up if exc.retry else ""), retry=False) from exc
+            time.sleep(backoff * 2 ** max(failures - 1, 0))
+
+
+def _publish(part: _Part, dest: Path) -> DownloadResult:
+    """Rename the finished part onto `dest` and record what it holds in `<dest>.json`."""
+    os.replace(part.path, dest)
+    part.meta_path.unlink(missing_ok=True)
+    _fsync_dir(dest.parent)
+    result = DownloadResult(dest, part.size, part.hasher.hexdigest())
+    completed_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    record = {"url": part.source, "size": result.size, "sha256": result.sha256, "completed_at": completed_at}
+    _write_json(_sidecar(dest), record)
+    return result
+
+
+def _resolve(url: str) -> tuple[str, Path | None]:
+    """The canonical source string (recorded in sidecars) and, for local sources, the file's path."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme in ("http", "https"):
+        return url, None
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise _Failure(f"file URL names a remote host {parsed.netloc!r}", retry=False)
+        path = Path(urllib.request.url2pathname(parsed.path))
+    elif len(parsed.scheme) <= 1:  # no scheme, or a Windows drive letter
+        path = Path(url).expanduser()
+    else:
+        raise _Failure(f"unsupported URL scheme {parsed.scheme!r}", retry=False)
+    path = path.resolve()
+    return path.as_uri(), path
+
+
+def _open(local: Path | None, source: str, timeout: float, offset: int, validator: str | None) -> _Opened:
+    if local is not None:
+        return _open_local(local, offset, validator)
+    return _open_http(source, offset, validator, timeout)
+
+
+def _open_local(path: Path, offset: int, validator: str | None) -> _Opened:
+    try:
+        stream = path.open("rb")
+        stat = os.fstat(stream.fileno())
+    except OSError as exc:
+        raise _Failure(f"cannot read {path}: {exc.strerror or exc}", retry=False) from exc
+    version = f"{stat.st_size}:{stat.st_mtime_ns}"
+    start = offset if offset <= stat.st_size and validator == version else 0
+    stream.seek(start)
+    return _Opened(stream, start, stat.st_size, version)
+
+
+def _open_http(url: str, offset: int, validator: str | None, timeout: float) -> _Opened:
+    """GET `url` from byte `offset`; falls back to the whole file when the server cannot resume it."""
+    headers = {"User-Agent": f"pengi-search/{__version__}"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+        if validator:
+            headers["If-Range"] = validator  # a changed file comes back whole (200) instead of spliced
+    try:
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        if exc.code == 416 and offset:  # the part is as long as the file, or longer: it is not this file
+            return _open_http(url, 0, None, timeout)
+        reason = f"HTTP {exc.code} {exc.reason}"
+        raise _Failure(reason, retry=exc.code in _RETRIED_HTTP_STATUS) from exc
+    except (OSError, http.client.HTTPException) as exc:
+        raise _Failure(f"network error: {_describe(exc)}", retry=True) from exc
+    if response.status != 206:  # the server ignored the range: everything comes from byte 0
+        length = _int_or_none(response.headers.get("Content-Length"))
+        return _Opened(response, 0, length, _validator(response))
+    start, total = _content_range(response.headers.get("Content-Range", ""))
+    if start != offset:
+        response.close()
+        return _open_http(url, 0, None, timeout)
+    return _Opened(response, start, total, validator)
+
+
+def _content_range(value: str) -> tuple[int | None, int | None]:
+    """(first byte, total size) from `bytes first-last/total`; None for what is missing or malformed."""
+    unit, _, spec = value.strip().partition(" ")
+    span, _, total = spec.partition("/")
+    first = span.partition("-")[0]
+    if unit != "bytes" or not first.isdigit():
+        return None, None
+    return int(first), _int_or_none(total)
+
+
+def _validator(response: http.client.HTTPResponse) -> str | None:
+    etag = response.headers.get("ETag")
+    if etag and not etag.startswith("W/"):  # If-Range accepts only strong validators
+        return etag
+    return response.headers.get("Last-Modified")
+
+
+def _read(stream: io.BufferedIOBase, size: int) -> bytes:
+    try:
+        # read1 hands over what has arrived; read() would wait for `size` bytes and lose them on a timeout.
+        return stream.read1(size)
+    except (OSError, http.client.HTTPException) as exc:
+        raise _Failure(f"network error: {_describe(exc)}", retry=True) from exc
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, urllib.error.URLError) and not isinstance(exc.reason, str):
+        exc = exc.reason
+    return str(exc) or type(exc).__name__
+
+
+def _progress_bar(enabled: bool) -> Progress:
+    console = Console(stderr=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not (enabled and console.is_terminal),
+    )
+
+
+def _hash_file(path: Path, chunk_size: int = 1 << 20) -> Any:
+    hasher = hashlib.sha256()
+    with path.open("rb") as source:
+        while chunk := source.read(chunk_size):
+            hasher.update(chunk)
+    return hasher
+
+
+def _sidecar(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".json")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    staging = path.with_name(path.name + ".tmp")
+    staging.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(staging, path)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename durable; only POSIX can open a directory for fsync."""
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _int_or_none(value: str | None) -> int | None:
+    return int(value) if value is not None and value.strip().isdigit() else None
