@@ -96,34 +96,39 @@ class Engine:
         return self._prompt_prefixes[key]
 
     @torch.no_grad()
-    def prefixes(self, audio_embeds: torch.Tensor, prompt: str, additional_text: str = "") -> torch.Tensor:
-        """[audio prefix ; prompt prefix ; additional-text embeddings] for each audio embedding: (N, P, E)."""
+    def prefixes(self, audio_embeds: torch.Tensor, prompt: str, additional_ids: Sequence[int] = ()) -> torch.Tensor:
+        """[audio prefix ; prompt prefix ; embeddings of the answer's given start] per audio embedding: (N, P, E)."""
         with self._autocast():
             audio = self.model.audio_prefix(audio_embeds.to(self.device)).float()
         text = self.prompt_prefix(prompt).expand(len(audio), -1, -1)
         parts = [audio, text]
-        if additional_text:
-            ids = torch.tensor(self.tok.gpt2.encode(additional_text), device=self.device)
+        if additional_ids:
+            ids = torch.tensor(list(additional_ids), device=self.device)
             parts.append(self.model.token_embeddings(ids).float().expand(len(audio), -1, -1))
         return torch.cat(parts, dim=1)
 
     def generate(
         self, audio_embeds: torch.Tensor, prompts: Sequence[str], gen: GenerationConfig, additional_text: str = ""
     ) -> list[list[Answer]]:
-        """Answers for every (window, prompt) pair: result[i][j] answers prompts[j] about window i."""
+        """Answers for every (window, prompt) pair: result[i][j] answers prompts[j] about window i.
+
+        `additional_text` is the start of every answer, fed after the prefix; the model continues it (the
+        reference meant to support this, but passes a single character).
+        """
         if gen.stop_ids is None:  # the tokenizer knows this model's end tokens
             gen = dataclasses.replace(gen, stop_ids=self.tok.stop_ids)
         n = len(audio_embeds)
         rows = [(i, j) for j in range(len(prompts)) for i in range(n)]
         answers: list[list[Answer | None]] = [[None] * len(prompts) for _ in range(n)]
-        per_prompt = {p: self.prefixes(audio_embeds, p, additional_text) for p in dict.fromkeys(prompts)}
+        start = self.tok.gpt2.encode(additional_text) if additional_text else []
+        per_prompt = {p: self.prefixes(audio_embeds, p, start) for p in dict.fromkeys(prompts)}
         for part in batches(len(rows), self.batch_size):
             chunk = rows[part]
             prefix = torch.stack([per_prompt[prompts[j]][i] for i, j in chunk])
             with self._autocast():
                 best = [hyps[0] for hyps in beam_search(self.model.gpt, prefix, gen)]
             for (i, j), hyp in zip(chunk, best, strict=True):
-                answers[i][j] = Answer(self.tok.decode(hyp.tokens), hyp.score)
+                answers[i][j] = Answer(self.tok.decode(start + hyp.tokens), hyp.score)
         return answers  # type: ignore[return-value]
 
     def score(

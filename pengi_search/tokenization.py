@@ -14,8 +14,8 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from .config import PengiConfig
+from .download import TOKENIZERS
 
-HUB_NAMES = {"gpt2": "gpt2", "clip": "openai/clip-vit-base-patch16"}
 TOKENIZER_DIR = "tokenizer"
 END_SUFFIX = " <|endoftext|>"  # the released model's answers end with " " then <|endoftext|>
 
@@ -29,7 +29,7 @@ def load_tokenizer(kind: str, model_dir: Path | None) -> PreTrainedTokenizerBase
     if model_dir is not None and (model_dir / TOKENIZER_DIR / kind).is_dir():
         return AutoTokenizer.from_pretrained(model_dir / TOKENIZER_DIR / kind)
     try:
-        return AutoTokenizer.from_pretrained(HUB_NAMES[kind], local_files_only=True)
+        return AutoTokenizer.from_pretrained(TOKENIZERS[kind], local_files_only=True)
     except OSError:
         where = f"{model_dir / TOKENIZER_DIR / kind} or " if model_dir else ""
         raise TokenizerNotFoundError(

@@ -1,0 +1,18 @@
+"""The `pengi-search` command line. Each command lives in the module named for what it does."""
+
+from __future__ import annotations
+
+import typer
+
+from . import describe, model
+
+app = typer.Typer(
+    name="pengi-search",
+    help="Search, describe and classify sound libraries with Pengi, the audio language model.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command()(describe.describe)
+app.command()(describe.ask)
+app.add_typer(model.app, name="model")

@@ -1,0 +1,124 @@
+"""What every command shares: options, error handling with meaningful exit codes, and output helpers.
+
+Nothing here imports torch: `--help` and quick commands stay fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+# Exit codes: scripts can tell a failed command from bad usage and from a run where only some inputs failed.
+EXIT_OK = 0
+EXIT_FAILED = 1  # the command could not do its work (missing model, unreadable database, ...)
+EXIT_USAGE = 2  # bad arguments or a bad input file (labels, manifest); nothing was done
+EXIT_PARTIAL = 3  # the command ran, but some inputs failed (each one reported)
+
+err_console = Console(stderr=True, highlight=False)
+out_console = Console(highlight=False)
+
+ModelOption = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Model name or directory [env: PENGI_SEARCH_MODEL; default: installed base]"),
+]
+DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu or cuda (bf16 autocast on CUDA).")]
+BatchOption = Annotated[int, typer.Option("--batch-size", min=1, help="Windows decoded together.")]
+BeamOption = Annotated[int, typer.Option("--beam", min=1, help="Beam width (the paper uses 5, its example 3).")]
+MaxLenOption = Annotated[int, typer.Option("--max-len", min=1, help="Most tokens generated per answer.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+
+
+class UsageError(Exception):
+    """Bad input the user can fix (exit 2)."""
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+DEBUG_ENV = "PENGI_SEARCH_DEBUG"  # set it to see tracebacks instead of one-line errors
+EXTRA_USER_ERRORS: list[type[BaseException]] = []  # command modules add their own error types here
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Error types that mean "this command failed for a reason the user can read" (imported lazily)."""
+    from ..audio import AudioDecodeError
+    from ..checkpoint import CheckpointError
+    from ..download import DownloadError
+    from ..models import ModelNotFoundError
+    from ..tokenization import TokenizerNotFoundError
+
+    return (
+        AudioDecodeError,
+        CheckpointError,
+        DownloadError,
+        ModelNotFoundError,
+        TokenizerNotFoundError,
+        OSError,
+        ValueError,
+        *EXTRA_USER_ERRORS,
+    )
+
+
+def handle_errors(func: F) -> F:
+    """Turn expected failures into one line on stderr and an exit code, instead of a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except UsageError as err:
+            fail(str(err), EXIT_USAGE)
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as err:
+            if os.environ.get(DEBUG_ENV) or not isinstance(err, _user_errors()):
+                raise
+            fail(_one_line(err), EXIT_FAILED)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0]
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def warn(message: str) -> None:
+    err_console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+
+
+def show_progress(quiet: bool, json_output: bool = False) -> bool:
+    """Progress bars only for a person watching a terminal."""
+    return not quiet and not json_output and err_console.is_terminal
+
+
+def progress_bar():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    )
