@@ -17,6 +17,9 @@ CORPUS = [
     "generate audio caption",
     "generate metadata",
     "this is a sound of",
+    "this acoustic scene is",
+    "this emotion is",
+    "music analysis",
     "question: is there a dog?",
     "a dog is barking in the rain",
     "water runs from a tap",
@@ -79,7 +82,7 @@ def tiny_config(variant: str = "base", gpt2=None, clip=None) -> PengiConfig:
         ),
         mapper=MapperConfig(prefix_length=4, clip_length=4, num_layers=1, num_heads=2),
         d_proj=32,
-        text_prompt_length=12,
+        text_prompt_length=20,
     )
 
 

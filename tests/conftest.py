@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .tiny import make_tiny_model_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny `base` model directory (random weights, tiny tokenizers), shared by the tests that only read it."""
+    return make_tiny_model_dir(tmp_path_factory.mktemp("models") / "tiny-base")
+
+
+@pytest.fixture(scope="session")
+def tiny_no_text_model_dir(tmp_path_factory) -> Path:
+    return make_tiny_model_dir(tmp_path_factory.mktemp("models") / "tiny-no-text", variant="base_no_text_enc")
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch) -> Path:
+    """Commands never touch the user's real data directory or model settings."""
+    home = tmp_path / "pengi-home"
+    monkeypatch.setenv("PENGI_SEARCH_HOME", str(home))
+    monkeypatch.delenv("PENGI_SEARCH_MODEL", raising=False)
+    monkeypatch.delenv("PENGI_SEARCH_DB", raising=False)
+    return home

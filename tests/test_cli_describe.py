@@ -1,0 +1,103 @@
+"""`pengi-search describe`, `ask` and `model info` on a tiny model, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from pengi_search.cli import app
+from pengi_search.cli.common import EXIT_FAILED, EXIT_PARTIAL
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def clips(tmp_path):
+    sr = 22_050
+    t = np.arange(int(sr * 9.5)) / sr  # 9.5 s: two windows, the second covering the tail
+    tone = tmp_path / "tone.wav"
+    sf.write(tone, 0.3 * np.sin(2 * np.pi * 440 * t), sr)
+    noise = tmp_path / "noise.flac"
+    sf.write(noise, np.random.default_rng(0).uniform(-0.2, 0.2, (sr * 2, 2)), sr)
+    return tone, noise
+
+
+def run(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result
+
+
+def test_describe_json_gives_every_window_the_default_answers(tiny_model_dir, clips):
+    tone, noise = clips
+    result = run("describe", tone, noise, "--model", tiny_model_dir, "--json", "--beam", 2, "--max-len", 4)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert [d["path"] for d in data] == [str(tone), str(noise)]
+    tone_windows = data[0]["windows"]
+    assert [(w["start_s"], w["end_s"]) for w in tone_windows] == [(0.0, 7.0), (2.5, 9.5)]
+    for entry in data:
+        assert entry["error"] is None
+        for window in entry["windows"]:
+            assert set(window["answers"]) == {"caption", "metadata", "sound_events"}
+            assert all(isinstance(t, str) for t in window["answers"].values())
+            assert all(s <= 0 for s in window["scores"].values())
+
+
+def test_describe_is_deterministic(tiny_model_dir, clips):
+    args = ("describe", clips[0], "--model", tiny_model_dir, "--json", "--max-len", 4)
+    assert run(*args).stdout == run(*args).stdout
+
+
+def test_describe_with_own_prompts_and_answer_prefix(tiny_model_dir, clips):
+    result = run(
+        "describe",
+        clips[1],
+        "--model",
+        tiny_model_dir,
+        "--json",
+        "--max-len",
+        3,
+        "-p",
+        "this acoustic scene is",
+        "--answer-prefix",
+        "a dog",
+    )
+    assert result.exit_code == 0, result.output
+    (window,) = json.loads(result.stdout)[0]["windows"]
+    assert list(window["answers"]) == ["this acoustic scene is"]
+    assert window["answers"]["this acoustic scene is"].startswith("a dog")
+
+
+def test_a_corrupt_file_is_reported_and_the_others_still_described(tiny_model_dir, clips, tmp_path):
+    bad = tmp_path / "broken.wav"
+    bad.write_bytes(b"RIFF....garbage")
+    result = run("describe", bad, clips[1], "--model", tiny_model_dir, "--json", "--max-len", 2)
+    assert result.exit_code == EXIT_PARTIAL
+    data = json.loads(result.stdout)
+    assert data[0]["error"].startswith(str(bad)) and data[0]["windows"] == []
+    assert data[1]["error"] is None and data[1]["windows"]
+
+
+def test_ask_answers_a_question(tiny_model_dir, clips):
+    result = run("ask", clips[1], "is there a dog?", "--model", tiny_model_dir, "--json", "--max-len", 3)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert list(data["windows"][0]["answers"]) == ["answer"]
+
+
+def test_without_a_model_the_error_is_one_line_naming_the_fix(clips):
+    result = run("describe", clips[0])
+    assert result.exit_code == EXIT_FAILED
+    assert "pengi-search model fetch base" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_model_info_json(tiny_model_dir):
+    result = run("model", "info", "--model", tiny_model_dir, "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["variant"] == "base" and info["tokenizers"] == {"gpt2": True, "clip": True}

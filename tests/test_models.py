@@ -1,0 +1,153 @@
+"""Model files: released checkpoints convert to model directories that load back identically."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from pengi_search.checkpoint import (
+    CheckpointError,
+    load_model_dir,
+    load_released_checkpoint,
+    load_text_encoder,
+    read_model_config,
+    save_model_dir,
+)
+from pengi_search.models import ModelNotFoundError, fetch_model, import_checkpoint, resolve_model_dir
+from pengi_search.tokenization import TOKENIZER_DIR, TokenizerNotFoundError, Tokenizers, load_tokenizer
+
+from .tiny import make_tiny_model_dir
+
+
+def released_checkpoint(model, path: Path, ddp_prefix: bool = True) -> Path:
+    """Save `model` as the released files are: {"model": state_dict}, keys under `module.`, plus 4.28's buffers."""
+    state = {("module." if ddp_prefix else "") + k: v for k, v in model.state_dict().items()}
+    prefix = "module." if ddp_prefix else ""
+    for i in range(model.cfg.decoder.n_layer):
+        state[f"{prefix}caption_decoder.gpt.transformer.h.{i}.attn.bias"] = torch.ones(1, 1, 4, 4, dtype=torch.bool)
+        state[f"{prefix}caption_decoder.gpt.transformer.h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+    torch.save({"model": state}, path)
+    return path
+
+
+@pytest.fixture()
+def tiny_pair(tiny_model_dir, tmp_path):
+    model = load_model_dir(tiny_model_dir)
+    return model, released_checkpoint(model, tmp_path / "tiny.pth")
+
+
+def test_model_directory_round_trip_keeps_every_tensor(tiny_model_dir, tmp_path):
+    model = load_model_dir(tiny_model_dir)
+    save_model_dir(model, tmp_path / "copy")
+    again = load_model_dir(tmp_path / "copy")
+    for (k, a), (k2, b) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
+        assert k == k2 and torch.equal(a, b)
+
+
+def test_released_format_loads_with_prefix_and_obsolete_buffers(tiny_pair):
+    model, path = tiny_pair
+    loaded = load_released_checkpoint(path, model.cfg)
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True)
+    )
+
+
+def test_a_mismatched_checkpoint_names_missing_and_unexpected_keys(tiny_pair, tmp_path):
+    model, _ = tiny_pair
+    state = dict(model.state_dict())
+    state.pop("caption_decoder.audio_project.linear.bias")
+    state["caption_decoder.surprise.weight"] = torch.zeros(1)
+    torch.save({"model": state}, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError) as err:
+        load_released_checkpoint(tmp_path / "bad.pth", model.cfg)
+    message = str(err.value)
+    assert "missing keys: caption_decoder.audio_project.linear.bias" in message
+    assert "unexpected keys: caption_decoder.surprise.weight" in message
+
+
+def test_the_real_c_attn_bias_is_never_dropped_as_obsolete(tiny_pair, tmp_path):
+    model, _ = tiny_pair
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("attn.c_attn.bias")}
+    torch.save({"model": state}, tmp_path / "no_c_attn_bias.pth")
+    with pytest.raises(CheckpointError, match="attn.c_attn.bias"):
+        load_released_checkpoint(tmp_path / "no_c_attn_bias.pth", model.cfg)
+
+
+def test_not_a_checkpoint_gives_a_clear_error(tmp_path):
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        load_released_checkpoint(tmp_path / "junk.pth")
+
+
+@torch.no_grad()
+def test_the_text_encoder_loads_alone_and_equals_the_full_models(tiny_model_dir):
+    full = load_model_dir(tiny_model_dir)
+    alone = load_text_encoder(tiny_model_dir)
+    ids = torch.tensor([[0, 5, 6, 7, 1]]) % full.cfg.text_encoder.vocab_size
+    mask = torch.ones_like(ids)
+    assert torch.equal(alone(ids, mask), full.encode_text(ids, mask))
+
+
+def test_import_converts_a_released_checkpoint_into_an_installed_model(tiny_pair, tiny_model_dir, isolated_home):
+    model, path = tiny_pair
+    sources = {kind: tiny_model_dir / TOKENIZER_DIR / kind for kind in ("gpt2", "clip")}
+    target, missing = import_checkpoint(path, "mine", config=model.cfg, tokenizer_sources=sources)
+    assert missing == []
+    assert target == isolated_home / "models" / "mine"
+    assert resolve_model_dir("mine") == target
+    _, meta = read_model_config(target)
+    assert meta["name"] == "mine" and len(meta["weights_sha256"]) == 64
+    loaded = load_model_dir(target)
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True)
+    )
+
+
+def test_fetch_downloads_from_a_local_server_and_installs(tiny_pair, tiny_model_dir, tmp_path, isolated_home):
+    model, path = tiny_pair
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(path.parent))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{path.name}"
+        sources = {kind: str(tiny_model_dir / TOKENIZER_DIR / kind) for kind in ("gpt2", "clip")}
+        target, missing = fetch_model("base", url=url, tokenizer_sources=sources, config=model.cfg, progress=False)
+    finally:
+        server.shutdown()
+    assert missing == [] and target == isolated_home / "models" / "base"
+    assert resolve_model_dir() == target  # the installed `base` is what commands use by default
+    cfg, _ = read_model_config(target)
+    assert Tokenizers.load(cfg, target).stop_ids  # both tokenizers installed and usable
+
+
+def test_a_missing_model_says_which_command_fixes_it(isolated_home):
+    with pytest.raises(ModelNotFoundError, match="pengi-search model fetch base"):
+        resolve_model_dir()
+    with pytest.raises(ModelNotFoundError, match="no Pengi model at 'nowhere'"):
+        resolve_model_dir("nowhere")
+
+
+def test_the_environment_variable_chooses_the_model(tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("PENGI_SEARCH_MODEL", str(tiny_model_dir))
+    assert resolve_model_dir() == tiny_model_dir
+
+
+def test_a_missing_tokenizer_error_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(TokenizerNotFoundError, match="pengi-search model fetch"):
+        load_tokenizer("gpt2", tmp_path)
+
+
+def test_base_no_text_enc_model_directory_round_trip(tmp_path):
+    directory = make_tiny_model_dir(tmp_path / "nt", variant="base_no_text_enc")
+    model = load_model_dir(directory)
+    assert model.caption_encoder is None
+    with pytest.raises(CheckpointError, match="no text encoder"):
+        load_text_encoder(directory)

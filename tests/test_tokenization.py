@@ -1,0 +1,66 @@
+"""Prompts are tokenised as the reference does it."""
+
+from __future__ import annotations
+
+import pytest
+
+from pengi_search.checkpoint import read_model_config
+from pengi_search.tokenization import Tokenizers
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_model_dir):
+    cfg, _ = read_model_config(tiny_model_dir)
+    return Tokenizers.load(cfg, tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def tok_no_text(tiny_no_text_model_dir):
+    cfg, _ = read_model_config(tiny_no_text_model_dir)
+    return Tokenizers.load(cfg, tiny_no_text_model_dir)
+
+
+def test_base_prompts_are_clip_tokens_padded_with_end_of_text(tok):
+    batch = tok.prompts(["generate audio caption", "this is a sound of"])
+    length = tok.cfg.text_prompt_length
+    assert batch.input_ids.shape == (2, length)
+    for row, mask, prompt in zip(
+        batch.input_ids.tolist(),
+        batch.attention_mask.tolist(),
+        ["generate audio caption", "this is a sound of"],
+        strict=True,
+    ):
+        real = tok.clip(prompt)["input_ids"]
+        assert real[0] == tok.clip.bos_token_id and real[-1] == tok.clip.eos_token_id
+        assert row == real + [tok.clip.eos_token_id] * (length - len(real))
+        assert mask == [1] * len(real) + [0] * (length - len(real))
+
+
+def test_base_no_text_enc_prompts_are_gpt2_tokens_with_end_padded_with_zero(tok_no_text):
+    batch = tok_no_text.prompts(["generate metadata"])
+    real = tok_no_text.gpt2.encode("generate metadata <|endoftext|>")
+    assert real[-1] == tok_no_text.gpt2.eos_token_id
+    length = tok_no_text.cfg.text_prompt_length
+    assert batch.input_ids[0].tolist() == real + [0] * (length - len(real))
+    assert batch.attention_mask[0].tolist() == [1] * len(real) + [0] * (length - len(real))
+
+
+def test_stop_ids_are_the_lone_space_and_end_of_text(tok):
+    space = tok.gpt2.encode(" ")[0]
+    assert tok.stop_ids == (space, tok.gpt2.eos_token_id)
+
+
+def test_answers_end_like_the_released_models_captions(tok):
+    ids = tok.answer_ids("a dog barks")
+    assert ids[-2:] == list(tok.stop_ids)
+    assert tok.decode(ids) == "a dog barks"
+
+
+def test_an_overlong_prompt_is_refused(tok):
+    with pytest.raises(ValueError, match="longer than"):
+        tok.prompts(["dog " * 100])
+
+
+def test_free_texts_pad_to_the_longest(tok):
+    batch = tok.texts(["a dog", "water runs from a tap"])
+    assert batch.input_ids.shape[1] == max(int(m.sum()) for m in batch.attention_mask)
