@@ -38,7 +38,7 @@ class Hypothesis:
 
 def _step(gpt: GPT2LMHeadModel, embeds: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
     """Feed (R, T, E) embeddings after the cached ones; return the last position's logits (R, V) in float32."""
-    out = gpt(inputs_embeds=embeds, cache=cache, use_cache=True)
+    out = gpt(inputs_embeds=embeds, cache=cache, use_cache=True, logits_to_keep=1)  # lm_head on the last position only
     return out.logits[:, -1].float()
 
 
