@@ -1,0 +1,351 @@
+"""Captioning throughput: the project's batched, cached beam search against the original Pengi's per-clip loop.
+
+    python benchmarks/bench_generate.py                          # 8 clips of 7 s, beam 3, 30 tokens, CPU float32
+    python benchmarks/bench_generate.py --reference-clips 2      # time the slow original on fewer clips
+    python benchmarks/bench_generate.py --device cuda --dtype bf16 --clips 256 --batch 64
+
+The full-size `base` architecture with seeded random weights (nothing is downloaded), seeded random audio and a
+fixed CLIP-style prompt (no tokenizer needed). Stop tokens are disabled, so every beam runs all `--max-len` steps and
+both methods do the same search.
+
+  project    pengi_search: audio prefixes in batches of `--batch`, the prompt's text prefix once, then
+             `decoding.beam_search` over all rows of a batch, GPT-2 fed one token per step from a key/value cache.
+  reference  a re-implementation of the original `PengiWrapper.generate`: prefixes for the clips (in one batch, as
+             `generate` does for the list it gets, or one clip at a time with `--reference-prefix per-clip`), then
+             `_generate_beam` for each clip, which reruns GPT-2 over the whole (beam, prefix + generated) sequence
+             at every step.
+
+Each method runs in its own child process (same seed, same weights, checked by a checksum), after a short warm-up
+that is not timed, so the peak RSS is that method's own. The parent checks that both wrote the same token sequences
+(all beams, in order) for the clips both ran, prints a table and the clips/s ratio project / reference.
+
+On a machine other processes keep busy, several torch threads per child lose much of their time waiting for each
+other; `--threads 1` then gives steadier numbers, and the CPU-seconds ratio is close to what a quiet machine shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import GPT2LMHeadModel
+
+from pengi_search.config import PengiConfig
+from pengi_search.decoding import GenerationConfig, beam_search
+from pengi_search.model import Pengi
+
+SEED = 0
+# A CLIP-style prompt: start marker, a few word ids, end marker, padded with the end marker as the tokenizer does.
+CLIP_START, CLIP_END = 49406, 49407
+PROMPT_WORDS = [9313, 3940, 24654]
+METHODS = ("project", "reference")
+
+T = TypeVar("T")
+Beams = list[list[tuple[list[int], float]]]  # per clip, its beams best first: (generated ids, score)
+
+
+@dataclass
+class Run:
+    """What a child process reports about one method."""
+
+    method: str
+    clips: int
+    prefix_s: float
+    decode_s: float
+    cpu_s: float  # user + system CPU time of the timed run; with --threads > 1 it includes threads' busy-waiting
+    rss_model_mib: float  # resident memory once the model is built, before any run
+    peak_rss_mib: float
+    peak_gpu_mib: float
+    load: float  # 1-minute load average after the timed run: other processes on the machine slow it down
+    checksum: float
+    tokens: list[list[list[int]]]  # per clip, per beam (best first)
+    scores: list[list[float]]
+
+    @property
+    def seconds(self) -> float:
+        return self.prefix_s + self.decode_s
+
+    @property
+    def clips_per_s(self) -> float:
+        return self.clips / self.seconds
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def current_rss_mib() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def build_model(device: torch.device) -> Pengi:
+    torch.manual_seed(SEED)
+    return Pengi(PengiConfig.preset("base")).to(device).eval()
+
+
+def weight_checksum(model: nn.Module) -> float:
+    """A cheap fingerprint, so the parent can tell that both children built the same weights."""
+    return float(sum(p.detach().double().abs().sum() for p in model.parameters()))
+
+
+def make_audio(clips: int, samples: int) -> torch.Tensor:
+    rng = np.random.default_rng(SEED)
+    return torch.from_numpy(rng.normal(0.0, 0.1, size=(clips, samples)).astype(np.float32))
+
+
+def make_prompt(length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, length) ids and mask of the fixed prompt."""
+    row = [CLIP_START, *PROMPT_WORDS, CLIP_END]
+    ids = torch.full((1, length), CLIP_END, dtype=torch.long)
+    ids[0, : len(row)] = torch.tensor(row)
+    mask = torch.zeros(1, length, dtype=torch.long)
+    mask[0, : len(row)] = 1
+    return ids, mask
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def original_beam(
+    gpt: GPT2LMHeadModel, embed: torch.Tensor, beam: int, max_len: int, temperature: float = 1.0
+) -> list[tuple[list[int], float]]:
+    """The original `_generate_beam` for one clip's (1, P, E) prefix, without a stop token.
+
+    Every step reruns GPT-2 on the whole (beam, prefix + generated, E) sequence; the bookkeeping is the original's,
+    line for line, so its sequences are the yardstick for `decoding.beam_search`.
+    """
+    wte = gpt.transformer.wte
+    tokens = scores = None
+    seq_lengths = torch.ones(beam, device=embed.device)
+    is_stopped = torch.zeros(beam, device=embed.device, dtype=torch.bool)
+    generated = embed
+    for _ in range(max_len):
+        logits = gpt(inputs_embeds=generated).logits[:, -1, :] / (temperature if temperature > 0 else 1.0)
+        logits = logits.softmax(-1).log()
+        if scores is None:
+            scores, next_tokens = logits.topk(beam, -1)
+            generated = generated.expand(beam, *generated.shape[1:])
+            next_tokens, scores = next_tokens.permute(1, 0), scores.squeeze(0)
+            tokens = next_tokens
+        else:
+            logits[is_stopped] = -float("inf")
+            logits[is_stopped, 0] = 0
+            scores_sum = scores[:, None] + logits
+            seq_lengths[~is_stopped] += 1
+            scores_sum_average = scores_sum / seq_lengths[:, None]
+            scores_sum_average, next_tokens = scores_sum_average.view(-1).topk(beam, -1)
+            source = next_tokens // scores_sum.shape[1]
+            seq_lengths = seq_lengths[source]
+            next_tokens = (next_tokens % scores_sum.shape[1]).unsqueeze(1)
+            tokens = torch.cat((tokens[source], next_tokens), dim=1)
+            generated = generated[source]
+            scores = scores_sum_average * seq_lengths
+            is_stopped = is_stopped[source]
+        next_token_embed = wte(next_tokens.squeeze(1)).view(generated.shape[0], 1, -1)
+        generated = torch.cat((generated, next_token_embed), dim=1)
+        if is_stopped.all():  # never true here: with no stop token, no beam stops
+            break
+    scores = scores / seq_lengths
+    order = scores.argsort(descending=True).tolist()
+    return [(tokens[k, : int(seq_lengths[k])].tolist(), float(scores[k])) for k in order]
+
+
+class Bench:
+    """One method's work on a fixed model, audio and prompt."""
+
+    def __init__(self, model: Pengi, args: argparse.Namespace, device: torch.device):
+        self.model, self.args, self.device = model, args, device
+        self.ids, self.mask = (t.to(device) for t in make_prompt(model.cfg.text_prompt_length))
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.args.dtype == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def timed(self, work: Callable[..., T], *inputs: Any) -> tuple[T, float]:
+        synchronize(self.device)
+        started = time.perf_counter()
+        with torch.no_grad(), self.autocast():
+            out = work(*inputs)
+        synchronize(self.device)
+        return out, time.perf_counter() - started
+
+    def project_prefixes(self, wave: torch.Tensor) -> torch.Tensor:
+        """Like `inference.Engine.prefixes`: audio prefixes in batches, the prompt's text prefix computed once."""
+        text = self.model.text_prefix(self.ids, self.mask).float()
+        audio = []
+        for start in range(0, len(wave), self.args.batch):
+            part = wave[start : start + self.args.batch].to(self.device)
+            audio.append(self.model.audio_prefix(self.model.encode_audio(part)).float())
+        audio_prefix = torch.cat(audio)
+        return torch.cat([audio_prefix, text.expand(len(audio_prefix), -1, -1)], dim=1)
+
+    def project_decode(self, prefix: torch.Tensor, max_len: int) -> Beams:
+        gen = GenerationConfig(beam=self.args.beam, max_len=max_len, stop_ids=())
+        out = []
+        for start in range(0, len(prefix), self.args.batch):
+            for hyps in beam_search(self.model.gpt, prefix[start : start + self.args.batch], gen):
+                out.append([(h.tokens, h.score) for h in hyps])
+        return out
+
+    def reference_prefixes(self, wave: torch.Tensor) -> torch.Tensor:
+        """Like the original `generate`: audio and prompt prefixes of the clips in one batch (the prompt's rows
+        repeated), or of one clip at a time with `--reference-prefix per-clip`."""
+        rows_at_once = 1 if self.args.reference_prefix == "per-clip" else len(wave)
+        out = []
+        for start in range(0, len(wave), rows_at_once):
+            part = wave[start : start + rows_at_once].to(self.device)
+            n = len(part)
+            out.append(self.model.prefix(part, self.ids.expand(n, -1), self.mask.expand(n, -1)).float())
+        return torch.cat(out)
+
+    def reference_decode(self, prefix: torch.Tensor, max_len: int) -> Beams:
+        return [original_beam(self.model.gpt, prefix[i : i + 1], self.args.beam, max_len) for i in range(len(prefix))]
+
+    def run(self, method: str, wave: torch.Tensor, max_len: int) -> tuple[Beams, float, float]:
+        make_prefix, decode = {
+            "project": (self.project_prefixes, self.project_decode),
+            "reference": (self.reference_prefixes, self.reference_decode),
+        }[method]
+        prefix, prefix_s = self.timed(make_prefix, wave)
+        results, decode_s = self.timed(decode, prefix, max_len)
+        return results, prefix_s, decode_s
+
+
+def run_method(args: argparse.Namespace) -> Run:
+    """Child process: build the model, warm up, time one method, report."""
+    device = torch.device(args.device)
+    model = build_model(device)
+    rss_model = current_rss_mib()
+    bench = Bench(model, args, device)
+    clips = args.clips if args.method == "project" else args.reference_clips
+    wave = make_audio(clips, model.cfg.audio.clip_samples)
+    bench.run(args.method, wave[:1], max_len=2)  # warm-up: first calls allocate and pick kernels; not timed
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    cpu_before = cpu_seconds()
+    results, prefix_s, decode_s = bench.run(args.method, wave, args.max_len)
+    cpu_s = cpu_seconds() - cpu_before
+    return Run(
+        method=args.method,
+        clips=clips,
+        prefix_s=prefix_s,
+        decode_s=decode_s,
+        cpu_s=cpu_s,
+        rss_model_mib=rss_model,
+        peak_rss_mib=peak_rss_mib(),
+        peak_gpu_mib=torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0,
+        load=os.getloadavg()[0],
+        checksum=weight_checksum(model),
+        tokens=[[toks for toks, _ in hyps] for hyps in results],
+        scores=[[score for _, score in hyps] for hyps in results],
+    )
+
+
+def child(method: str) -> Run:
+    """Rerun this script, with the same options, for one method."""
+    argv = [sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--method", method]
+    done = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"the {method} run failed (exit code {done.returncode})")
+    return Run(**json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def compare(project: Run, reference: Run, dtype: str) -> None:
+    """Same token sequences for every clip both ran; under float32 anything else is a bug."""
+    n = min(project.clips, reference.clips)
+    differ = [i for i in range(n) if project.tokens[i] != reference.tokens[i]]
+    score_gap = max(abs(a - b) for i in range(n) for a, b in zip(project.scores[i], reference.scores[i], strict=True))
+    if differ:
+        print(f"outputs identical: no ({len(differ)} of {n} clips differ, first: clip {differ[0]})")
+        if dtype == "fp32":
+            raise SystemExit("float32 runs must agree token for token")
+    else:
+        print(
+            f"outputs identical: yes ({n} clips x {len(project.tokens[0])} beams x "
+            f"{len(project.tokens[0][0])} tokens; largest score difference {score_gap:.2e})"
+        )
+
+
+def report(runs: list[Run], args: argparse.Namespace) -> None:
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, torch threads: {torch.get_num_threads()}"
+    print(
+        f"device: {device}; dtype {args.dtype}; beam {args.beam}; {args.max_len} new tokens per beam, no stop token;"
+        f" project batch {args.batch}; reference prefixes {args.reference_prefix}; warm-up not timed"
+    )
+    gpu = args.device == "cuda"
+    header = f"{'method':<10} {'clips':>5} {'clips/s':>9} {'seconds':>8} {'prefix s':>9} {'decode s':>9} {'CPU s':>8}"
+    header += f" {'RSS model MiB':>14} {'peak RSS MiB':>13} {'load':>5}" + (f" {'peak GPU MiB':>13}" if gpu else "")
+    print(header)
+    for r in runs:
+        line = f"{r.method:<10} {r.clips:>5} {r.clips_per_s:>9.3f} {r.seconds:>8.2f} {r.prefix_s:>9.2f}"
+        line += f" {r.decode_s:>9.2f} {r.cpu_s:>8.1f} {r.rss_model_mib:>14.0f} {r.peak_rss_mib:>13.0f} {r.load:>5.1f}"
+        print(line + (f" {r.peak_gpu_mib:>13.0f}" if gpu else ""))
+    project, reference = runs
+    ratio = project.clips_per_s / reference.clips_per_s
+    decode_ratio = (project.clips / project.decode_s) / (reference.clips / reference.decode_s)
+    print(f"ratio project / reference: {ratio:.1f}x clips/s (decoding alone: {decode_ratio:.1f}x)")
+    if not gpu:  # with one thread, CPU time is what the work costs however busy the machine is
+        cpu_ratio = (reference.cpu_s / reference.clips) / (project.cpu_s / project.clips)
+        print(f"ratio of CPU seconds per clip reference / project: {cpu_ratio:.1f}x")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clips", type=int, default=8, help="clips for the project method")
+    parser.add_argument("--reference-clips", type=int, default=None, help="clips for the reference (default --clips)")
+    parser.add_argument("--batch", type=int, default=None, help="project rows per call (default: all clips)")
+    parser.add_argument("--beam", type=int, default=3)
+    parser.add_argument("--max-len", type=int, default=30, help="new tokens per beam")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--reference-prefix", choices=["batched", "per-clip"], default="batched")
+    parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)  # set by the parent for its children
+    args = parser.parse_args()
+    if min(args.clips, args.reference_clips or 1, args.batch or 1, args.beam, args.max_len, args.threads) < 1:
+        parser.error("counts must be at least 1")
+    args.reference_clips = args.reference_clips or args.clips
+    args.batch = args.batch or args.clips
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: PyTorch sees no CUDA GPU")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    if args.method:
+        print(json.dumps(asdict(run_method(args))))
+        return
+    runs = [child(method) for method in METHODS]
+    if runs[0].checksum != runs[1].checksum:
+        raise SystemExit("the two children built different weights")
+    report(runs, args)
+    compare(*runs, args.dtype)
+
+
+if __name__ == "__main__":
+    main()
