@@ -63,7 +63,7 @@ class SentenceTransformerEmbedder:
 
         self.model = SentenceTransformer(name, device=str(device))
         self.id = SENTENCE_TRANSFORMERS_PREFIX + name
-        self.dim = int(self.model.get_sentence_embedding_dimension())
+        self.dim = int(self.model.get_embedding_dimension())
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         vectors = self.model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True)

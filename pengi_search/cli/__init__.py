@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import describe, model
+from . import describe, index, model, search
 
 app = typer.Typer(
     name="pengi-search",
@@ -16,3 +16,11 @@ app = typer.Typer(
 app.command()(describe.describe)
 app.command()(describe.ask)
 app.add_typer(model.app, name="model")
+app.command()(search.query)
+app.command()(search.similar)
+app.command()(search.classify)
+app.command()(index.index)
+app.command("rebuild-index")(index.rebuild_index)
+app.command()(index.stats)
+app.command()(index.remove)
+app.command()(index.export)

@@ -33,6 +33,10 @@ BatchOption = Annotated[int, typer.Option("--batch-size", min=1, help="Windows d
 BeamOption = Annotated[int, typer.Option("--beam", min=1, help="Beam width (the paper uses 5, its example 3).")]
 MaxLenOption = Annotated[int, typer.Option("--max-len", min=1, help="Most tokens generated per answer.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+DbOption = Annotated[
+    str | None,
+    typer.Option("--db", help="Database URL or SQLite file [env: PENGI_SEARCH_DB; default: index.db in the data dir]"),
+]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
 
@@ -51,14 +55,18 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from ..checkpoint import CheckpointError
     from ..download import DownloadError
     from ..models import ModelNotFoundError
+    from ..store import StoreError
     from ..tokenization import TokenizerNotFoundError
+    from ..vectors import VectorIndexError
 
     return (
         AudioDecodeError,
         CheckpointError,
         DownloadError,
         ModelNotFoundError,
+        StoreError,
         TokenizerNotFoundError,
+        VectorIndexError,
         OSError,
         ValueError,
         *EXTRA_USER_ERRORS,

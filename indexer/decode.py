@@ -1,0 +1,220 @@
+"""Decoding files into 7 s windows, in worker processes, so that the model never waits for disk or decoder.
+
+Each file becomes a stream of messages: `Windows` chunks (a long file is never held whole, in a worker or in a
+pipe), then `Decoded` with its properties and content hash, or `Failed` with the reason. Workers are started with
+'forkserver' (or 'spawn' where there is none): never forked from a process that holds torch threads. Each worker
+has its own pipes and blocks until its message is read, which keeps memory flat; a worker that dies (a decoder
+crash) fails only the file it was on, and a new one takes over its other files.
+
+This module imports no torch, so workers start quickly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import stat
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from pengi_search.audio import AudioDecodeError, Window, iter_windows, probe
+
+CHUNK_WINDOWS = 8  # windows per message: ~10 MB of float32 samples
+PREFETCH_PER_WORKER = 2  # files handed to a worker ahead of time
+_POLL_S = 0.5
+_HASH_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Job:
+    seq: int
+    path: str
+
+
+@dataclass(frozen=True)
+class Windows:
+    seq: int
+    windows: list[Window]
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """The file decoded to its end: `count` windows were sent."""
+
+    seq: int
+    count: int
+    content_hash: str
+    format: str
+    sample_rate: int
+    channels: int
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class Failed:
+    seq: int
+    reason: str
+    content_hash: str | None = None  # when the bytes could be read: an unchanged broken file is not retried
+
+
+Message = Windows | Decoded | Failed
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while block := stream.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def decode_file(job: Job, chunk: int = CHUNK_WINDOWS) -> Iterator[Message]:
+    """The messages for one file. Any failure becomes `Failed` (after which earlier windows must be dropped)."""
+    content_hash = None
+    try:
+        if not stat.S_ISREG(os.stat(job.path).st_mode):  # replaced by a FIFO since the scan: opening it would hang
+            yield Failed(job.seq, "not a regular file")
+            return
+        content_hash = file_sha256(job.path)
+        info = probe(job.path)
+        batch: list[Window] = []
+        count = 0
+        for window in iter_windows(job.path):
+            batch.append(window)
+            count += 1
+            if len(batch) == chunk:
+                yield Windows(job.seq, batch)
+                batch = []
+        if batch:
+            yield Windows(job.seq, batch)
+        yield Decoded(job.seq, count, content_hash, info.format, info.sample_rate, info.channels, info.duration_s)
+    except AudioDecodeError as exc:
+        yield Failed(job.seq, exc.reason, content_hash)
+    except OSError as exc:
+        yield Failed(job.seq, f"cannot read file: {exc.strerror or exc}", content_hash)
+    except Exception as exc:  # a decoder bug on one odd file must not stop a library-wide run
+        yield Failed(job.seq, f"{type(exc).__name__}: {exc}", content_hash)
+
+
+def decode_all(jobs: Iterable[Job], workers: int, chunk: int = CHUNK_WINDOWS) -> Iterator[Message]:
+    """Messages for every job: in this process when `workers` is 0, else from a pool of worker processes.
+
+    Windows of one file arrive in order; files may interleave. Closing the iterator stops the workers.
+    """
+    if workers <= 0:
+        for job in jobs:
+            yield from decode_file(job, chunk)
+        return
+    with _Pool(workers, chunk) as pool:
+        yield from pool.run(list(jobs))
+
+
+def _worker_main(jobs: Connection, results: Connection, chunk: int) -> None:
+    while (job := jobs.recv()) is not None:
+        for message in decode_file(job, chunk):
+            results.send(message)  # blocks until the parent reads: at most one message in flight per worker
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])  # workers fork from a server that already imported the decoders
+        return context
+    return multiprocessing.get_context("spawn")
+
+
+@dataclass
+class _Worker:
+    """A decoding process with its own pipes: one that dies mid-message can only spoil its own."""
+
+    process: Any
+    jobs: Connection
+    results: Connection
+    assigned: deque[Job] = field(default_factory=deque)
+
+
+class _Pool:
+    def __init__(self, size: int, chunk: int) -> None:
+        self._context = _context()
+        self._chunk = chunk
+        self._workers = [self._start() for _ in range(size)]
+
+    def __enter__(self) -> _Pool:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for worker in self._workers:
+            if worker.process.is_alive():
+                worker.process.terminate()
+        for worker in self._workers:
+            worker.process.join()
+            worker.jobs.close()
+            worker.results.close()
+
+    def _start(self) -> _Worker:
+        job_out, job_in = self._context.Pipe(duplex=False)
+        result_out, result_in = self._context.Pipe(duplex=False)
+        process = self._context.Process(
+            target=_worker_main, args=(job_out, result_in, self._chunk), name="pengi-decode", daemon=True
+        )
+        process.start()
+        job_out.close()  # the worker's ends: closed here so that its death reads as end of file
+        result_in.close()
+        return _Worker(process, job_in, result_out)
+
+    def run(self, jobs: list[Job]) -> Iterator[Message]:
+        waiting = deque(jobs)
+        remaining = len(jobs)
+        while remaining:
+            self._hand_out(waiting)
+            for worker in self._ready():
+                try:
+                    message = worker.results.recv()
+                except (EOFError, OSError):
+                    failure = self._replace(worker, waiting)
+                    if failure is None:
+                        continue
+                    message = failure
+                if isinstance(message, (Decoded, Failed)):
+                    worker.assigned.popleft()  # a worker finishes its files in the order it got them
+                    remaining -= 1
+                yield message
+        for worker in self._workers:
+            worker.jobs.send(None)
+
+    def _hand_out(self, waiting: deque[Job]) -> None:
+        for worker in self._workers:
+            while waiting and len(worker.assigned) < PREFETCH_PER_WORKER:
+                job = waiting.popleft()
+                worker.jobs.send(job)
+                worker.assigned.append(job)
+
+    def _ready(self) -> list[_Worker]:
+        """Workers with a message to read or a pipe at end of file (dead), waiting up to a poll interval."""
+        by_handle = {worker.results: worker for worker in self._workers}
+        return [by_handle[handle] for handle in wait(list(by_handle), timeout=_POLL_S)]  # type: ignore[index]
+
+    def _replace(self, worker: _Worker, waiting: deque[Job]) -> Failed | None:
+        """A worker died: its current file fails, its other files go back to the queue, a new worker starts.
+
+        Returns the failure (left as the dead worker's only file, for the caller's bookkeeping), or None when it
+        held no file.
+        """
+        worker.process.join(timeout=5)
+        if worker.process.is_alive():  # closed its pipe without exiting: cannot be trusted with more files
+            worker.process.kill()
+            worker.process.join()
+        code = worker.process.exitcode
+        worker.jobs.close()
+        worker.results.close()
+        self._workers[self._workers.index(worker)] = self._start()
+        if not worker.assigned:
+            return None
+        current, *others = worker.assigned
+        waiting.extendleft(reversed(others))
+        worker.assigned = deque([current])
+        return Failed(current.seq, f"the decoding process died on this file (exit code {code})")

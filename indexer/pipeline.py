@@ -1,0 +1,516 @@
+"""The indexing run: scan -> compare with the database -> decode (worker processes) -> batched Pengi generation ->
+caption and audio embeddings -> store, file by file -> prune -> FAISS files in line with the database.
+
+Incremental: a file whose size and mtime match the database is skipped without being opened; one whose mtime moved
+but whose size and sha256 match is only re-stamped. Resumable: each file is committed in one transaction as soon as
+its last window is described, so a killed run loses at most the batch in flight and a re-run picks up exactly there.
+Per-file failures are recorded with their reason and never stop the run.
+
+Model work starts only when there is something to index: an unchanged library costs a scan and one query.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from pengi_search.audio import AUDIO_EXTENSIONS, Window
+from pengi_search.library import Library
+from pengi_search.store import (
+    AudioInfo,
+    EmbedderInfo,
+    FileStamp,
+    IndexMeta,
+    ModelInfo,
+    Store,
+    StoreError,
+    StoreMismatchError,
+    TextRecord,
+    WindowInput,
+)
+
+from .decode import Decoded, Failed, Job, Windows, decode_all, file_sha256
+from .scan import Entry, ScanResult, has_extension, scan
+from .shard import Rank, Shard
+
+if TYPE_CHECKING:
+    from pengi_search.embedders import TextEmbedder
+    from pengi_search.inference import Engine
+
+PENGI_EMBEDDER = "pengi"
+SENTENCE_TRANSFORMERS = "sentence-transformers:"
+REINDEX_HINT = "Run again with --reindex to re-index everything with the new ones."
+
+
+def default_workers() -> int:
+    """Decoding processes: half the cores (the model needs the rest on CPU), at most 4."""
+    return min(4, max(1, (os.cpu_count() or 2) // 2))
+
+
+class IndexerError(Exception):
+    """A run that cannot start as asked (bad option, model without a text encoder, ...); says where and why."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"{where}: {reason}")
+        self.where = where
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    """What to index and how. Empty `prompts`: the caption and sound-event prompts; the first prompt's answer is
+    the text embedded into the 'text' index."""
+
+    roots: Sequence[str | os.PathLike[str]]
+    db: str | None = None
+    model: str | None = None
+    device: str = "auto"
+    workers: int = field(default_factory=default_workers)
+    batch_size: int = 16
+    prompts: tuple[str, ...] = ()
+    text_embedder: str | None = None
+    index_type: str | None = None
+    shard: Shard | None = None
+    extensions: frozenset[str] = AUDIO_EXTENSIONS
+    retry_errors: bool = False
+    reindex: bool = False
+    beam: int = 3
+    max_len: int = 30
+
+
+class ProgressReporter(Protocol):
+    def start(self, files: int) -> None: ...
+
+    def advance(self, files: int = 0, windows: int = 0) -> None: ...
+
+
+@dataclass(frozen=True)
+class FailedFile:
+    path: str
+    reason: str
+
+
+@dataclass
+class IndexSummary:
+    """What a run did; `partial` when some file or folder could not be indexed."""
+
+    database: str
+    run_id: int | None = None
+    shard: str | None = None
+    files_seen: int = 0
+    indexed: int = 0
+    unchanged: int = 0
+    touched: int = 0
+    skipped_errors: int = 0  # known-bad files with the same stamp, not retried (see --retry-errors)
+    pruned: int = 0
+    windows: int = 0
+    seconds: float = 0.0
+    failed: list[FailedFile] = field(default_factory=list)
+    unreadable_dirs: list[FailedFile] = field(default_factory=list)
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.failed or self.unreadable_dirs)
+
+    def to_json(self) -> dict[str, Any]:
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        data["seconds"] = round(self.seconds, 3)
+        data["failed"] = [vars(item) for item in self.failed]
+        data["unreadable_dirs"] = [vars(item) for item in self.unreadable_dirs]
+        return data
+
+
+def run_index(options: IndexOptions, progress: ProgressReporter | None = None) -> IndexSummary:
+    """Index `options.roots` into the library at `options.db`; see the module docstring."""
+    started = time.monotonic()
+    rank = Rank.from_env()
+    shard = options.shard or (rank.shard if rank is not None and rank.world_size > 1 else None)
+    if options.reindex and shard is not None and rank is None:
+        raise IndexerError(
+            "--reindex", "cannot be combined with --shard (shards run apart); re-index without --shard, or use torchrun"
+        )
+    scanned = scan(options.roots, options.extensions)
+    with Library.open(options.db) as library:
+        run = _Run(library, options, shard, rank, progress)
+        try:
+            summary = run.execute(scanned)
+        finally:
+            if rank is not None:
+                rank.close()
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model and embedder
+
+
+@dataclass(frozen=True)
+class _ModelChoice:
+    directory: Path
+    model: ModelInfo
+    embedder_spec: str  # 'pengi' or 'sentence-transformers:NAME'
+    embedder: EmbedderInfo | None  # None: known only once loaded (a sentence-transformers model not yet recorded)
+
+
+def _choose_model(options: IndexOptions, meta: IndexMeta | None) -> _ModelChoice:
+    """The model asked for and the text embedder: --text-embedder, else the one the index was built with, else
+    Pengi's own text tower."""
+    from pengi_search.checkpoint import model_identity, read_model_config
+    from pengi_search.models import resolve_model_dir
+
+    directory = resolve_model_dir(options.model)
+    cfg, info = read_model_config(directory)
+    model = ModelInfo(str(info.get("name", directory.name)), str(info.get("weights_sha256", "unknown")))
+    spec = options.text_embedder or (_spec_of(meta.embedder.name) if meta else PENGI_EMBEDDER)
+    if spec == PENGI_EMBEDDER:
+        if cfg.text_encoder is None:
+            raise IndexerError(
+                str(directory),
+                "this model has no text encoder (base_no_text_enc): choose a caption embedder with "
+                "--text-embedder sentence-transformers:NAME",
+            )
+        return _ModelChoice(directory, model, spec, EmbedderInfo(f"pengi-text:{model_identity(directory)}", cfg.d_proj))
+    if not spec.startswith(SENTENCE_TRANSFORMERS) or spec == SENTENCE_TRANSFORMERS:
+        raise IndexerError("--text-embedder", f"unknown {spec!r}; use 'pengi' or 'sentence-transformers:NAME'")
+    recorded = meta.embedder if meta is not None and meta.embedder.name == spec else None
+    return _ModelChoice(directory, model, spec, recorded)
+
+
+def _spec_of(embedder_name: str) -> str:
+    return embedder_name if embedder_name.startswith(SENTENCE_TRANSFORMERS) else PENGI_EMBEDDER
+
+
+def _check_compatible(store: Store, choice: _ModelChoice) -> None:
+    """Refuse a run whose model or embedder differs from the index's (before any work)."""
+    try:
+        store.check_compatible(choice.model, choice.embedder)
+    except StoreMismatchError as exc:
+        raise StoreMismatchError(exc.where, f"{exc.reason} {REINDEX_HINT}") from exc
+    meta = store.index_meta()
+    if choice.embedder is None and meta is not None:
+        raise StoreMismatchError(
+            store.url,
+            f"the index was built with {meta.embedder} but this run uses text embedder {choice.embedder_spec!r}. "
+            f"Pass --text-embedder {_spec_of(meta.embedder.name)}, or: {REINDEX_HINT}",
+        )
+
+
+class _Captioner:
+    """Pengi on batches of windows: answers to every prompt, caption embeddings and unit audio embeddings."""
+
+    def __init__(self, engine: Engine, embedder: TextEmbedder, prompts: tuple[str, ...], beam: int, max_len: int):
+        from pengi_search.decoding import GenerationConfig
+
+        self.engine = engine
+        self.embedder = embedder
+        self.prompts = prompts
+        self.gen = GenerationConfig(beam=beam, max_len=max_len)
+
+    @classmethod
+    def load(cls, choice: _ModelChoice, options: IndexOptions, device: str) -> _Captioner:
+        from pengi_search.checkpoint import model_identity
+        from pengi_search.embedders import PengiTextEmbedder, load_text_embedder
+        from pengi_search.inference import DEFAULT_PROMPTS, Engine
+
+        prompts = options.prompts or (DEFAULT_PROMPTS["caption"], DEFAULT_PROMPTS["sound_events"])
+        engine = Engine.load(choice.directory, device, options.batch_size * len(prompts))
+        embedder: TextEmbedder
+        if choice.embedder_spec == PENGI_EMBEDDER:  # the loaded model's own text tower: never load it twice
+            embedder = PengiTextEmbedder(
+                engine.model.caption_encoder, engine.tok.clip, model_identity(choice.directory), engine.device
+            )
+        else:
+            embedder = load_text_embedder(choice.embedder_spec, choice.directory, engine.device)
+        return cls(engine, embedder, tuple(prompts), options.beam, options.max_len)
+
+    @property
+    def embedder_info(self) -> EmbedderInfo:
+        return EmbedderInfo(self.embedder.id, int(self.embedder.dim))
+
+    def describe(self, windows: Sequence[Window]) -> list[WindowInput]:
+        embeds = self.engine.audio_embeddings(np.stack([window.samples for window in windows]))
+        answers = self.engine.generate(embeds, self.prompts, self.gen)
+        text_vectors = self.embedder.embed([row[0].text for row in answers])
+        audio = embeds.float().cpu().numpy()
+        audio_vectors = audio / np.maximum(np.linalg.norm(audio, axis=1, keepdims=True), 1e-12)
+        return [
+            WindowInput(
+                index=window.index,
+                start_s=window.start_s,
+                end_s=window.end_s,
+                texts=[TextRecord(p, a.text, float(a.score)) for p, a in zip(self.prompts, row, strict=True)],
+                vectors={"text": text_vector, "audio": audio_vector},
+            )
+            for window, row, text_vector, audio_vector in zip(
+                windows, answers, text_vectors, audio_vectors, strict=True
+            )
+        ]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The run
+
+
+@dataclass
+class _Plan:
+    todo: list[Entry] = field(default_factory=list)  # to decode and describe
+    broken: list[Entry] = field(default_factory=list)  # unreadable without opening (broken link, FIFO)
+    touched: list[Entry] = field(default_factory=list)  # new mtime, same size and content
+    unchanged: int = 0
+    skipped_errors: int = 0
+
+
+@dataclass
+class _InFlight:
+    """A file whose windows are being described."""
+
+    entry: Entry
+    done: list[WindowInput] = field(default_factory=list)
+    queued: int = 0  # windows waiting in the batch buffer
+    decoded: Decoded | None = None
+
+
+class _Run:
+    def __init__(
+        self,
+        library: Library,
+        options: IndexOptions,
+        shard: Shard | None,
+        rank: Rank | None,
+        progress: ProgressReporter | None,
+    ) -> None:
+        self.library = library
+        self.store = library.store
+        self.options = options
+        self.shard = shard
+        self.rank = rank
+        self.progress = progress
+        self.summary = IndexSummary(database=library.db_url, shard=None if shard is None else str(shard))
+        self.run_id: int | None = None
+        self._choice: _ModelChoice | None = None
+        self._captioner: _Captioner | None = None
+
+    @property
+    def leads(self) -> bool:
+        """Prunes and writes the FAISS files: the only process, shard 0, or torchrun's rank 0."""
+        if self.rank is not None and self.rank.world_size > 1:
+            return self.rank.leads
+        return self.shard is None or self.shard.index == 0
+
+    def execute(self, scanned: ScanResult) -> IndexSummary:
+        summary = self.summary
+        summary.unreadable_dirs = [FailedFile(path, reason) for path, reason in scanned.unreadable_dirs]
+        if self.options.reindex or self.options.model is not None or self.options.text_embedder is not None:
+            self._choose()  # asked for explicitly: checked even when nothing needs indexing
+        self.run_id = summary.run_id = self.store.start_run(summary.shard)
+        status = "failed"
+        try:
+            if self.options.reindex:
+                self._reset()
+            mine = [e for e in scanned.entries if self.shard is None or self.shard.owns(e.path)]
+            summary.files_seen = len(mine)
+            plan = self._plan(mine, self._stamps(scanned.roots))
+            if plan.todo:
+                self._choose()
+            summary.unchanged, summary.skipped_errors = plan.unchanged, plan.skipped_errors
+            for entry in plan.touched:
+                self.store.touch_file(entry.path, size=entry.size, mtime=entry.mtime)
+            summary.touched = len(plan.touched)
+            for entry in plan.broken:
+                self._fail(entry, entry.problem or "unreadable")
+            if plan.todo:
+                self._index(plan.todo)
+            if self.leads:
+                summary.pruned = self._prune(scanned)
+            self._sync()
+            status = "finished"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        finally:
+            self.store.finish_run(
+                self.run_id,
+                status=status,
+                files_seen=summary.files_seen,
+                files_indexed=summary.indexed,
+                files_failed=len(summary.failed),
+                files_pruned=summary.pruned,
+            )
+        return summary
+
+    # -- planning --------------------------------------------------------------------------------------------
+
+    def _stamps(self, roots: list[str]) -> dict[str, FileStamp]:
+        stamps: dict[str, FileStamp] = {}
+        for root in roots:
+            stamps.update(self.store.all_file_stamps(under=root))
+        return stamps
+
+    def _plan(self, entries: list[Entry], stamps: dict[str, FileStamp]) -> _Plan:
+        plan = _Plan()
+        retry = self.options.retry_errors
+        for entry in entries:
+            stamp = stamps.get(entry.path)
+            same_stamp = stamp is not None and (stamp.size, stamp.mtime) == (entry.size, entry.mtime)
+            if stamp is not None and same_stamp and stamp.status == "indexed":
+                plan.unchanged += 1
+            elif stamp is not None and same_stamp and stamp.status == "error" and not retry:
+                plan.skipped_errors += 1
+            elif entry.problem is not None:
+                plan.broken.append(entry)
+            elif stamp is not None and _same_content(entry, stamp, retry):
+                plan.touched.append(entry)
+                if stamp.status == "error":
+                    plan.skipped_errors += 1
+            else:
+                plan.todo.append(entry)
+        return plan
+
+    def _reset(self) -> None:
+        """--reindex: forget every caption and vector and record the new model and embedder (rank 0 only)."""
+        if self.rank is None or self.rank.leads:
+            captioner = self._model()
+            self.store.reset_index(self._choose().model, captioner.embedder_info)
+        if self.rank is not None:
+            self.rank.barrier()
+
+    # -- indexing --------------------------------------------------------------------------------------------
+
+    def _choose(self) -> _ModelChoice:
+        """Find the model and embedder and refuse them if the index was built with others (unless --reindex).
+
+        Deferred until needed: finding a model imports torch, which an unchanged library never has to pay for.
+        """
+        if self._choice is None:
+            choice = _choose_model(self.options, self.store.index_meta())
+            if not self.options.reindex:
+                _check_compatible(self.store, choice)
+            self._choice = choice
+        return self._choice
+
+    def _model(self) -> _Captioner:
+        if self._captioner is None:
+            choice = self._choose()
+            device = self.options.device if self.rank is None else self.rank.device(self.options.device)
+            self._captioner = _Captioner.load(choice, self.options, device)
+        return self._captioner
+
+    def _index(self, todo: list[Entry]) -> None:
+        captioner = self._model()
+        self.store.set_index_meta(self._choose().model, captioner.embedder_info)  # before the first window
+        batch_size = self.options.batch_size
+        flights: dict[int, _InFlight] = {}
+        buffer: list[tuple[int, Window]] = []
+        if self.progress is not None:
+            self.progress.start(len(todo))
+        messages = decode_all([Job(seq, entry.path) for seq, entry in enumerate(todo)], self.options.workers)
+        try:
+            for message in messages:
+                flight = flights.setdefault(message.seq, _InFlight(todo[message.seq]))
+                if isinstance(message, Windows):
+                    buffer.extend((message.seq, window) for window in message.windows)
+                    flight.queued += len(message.windows)
+                    while len(buffer) >= batch_size:
+                        self._describe(captioner, buffer[:batch_size], flights)
+                        del buffer[:batch_size]
+                elif isinstance(message, Decoded):
+                    flight.decoded = message
+                    self._commit_ready(flights)
+                elif isinstance(message, Failed):
+                    buffer = [(seq, window) for seq, window in buffer if seq != message.seq]
+                    del flights[message.seq]
+                    self._fail(flight.entry, message.reason, message.content_hash)
+                    self._advance(files=1)
+            while buffer:
+                self._describe(captioner, buffer[:batch_size], flights)
+                del buffer[:batch_size]
+        finally:
+            messages.close()
+
+    def _describe(self, captioner: _Captioner, batch: list[tuple[int, Window]], flights: dict[int, _InFlight]) -> None:
+        described = captioner.describe([window for _, window in batch])
+        for (seq, _), window in zip(batch, described, strict=True):
+            flights[seq].done.append(window)
+            flights[seq].queued -= 1
+        self._advance(windows=len(batch))
+        self._commit_ready(flights)
+
+    def _commit_ready(self, flights: dict[int, _InFlight]) -> None:
+        """Store every file whose windows are all described (one transaction per file)."""
+        for seq in [seq for seq, flight in flights.items() if flight.decoded is not None and flight.queued == 0]:
+            self._commit(flights.pop(seq))
+            self._advance(files=1)
+
+    def _commit(self, flight: _InFlight) -> None:
+        entry, decoded = flight.entry, flight.decoded
+        assert decoded is not None
+        audio = AudioInfo(decoded.duration_s, decoded.sample_rate, decoded.channels, decoded.format)
+        try:
+            file_id = self.store.upsert_file(
+                entry.path, size=entry.size, mtime=entry.mtime, content_hash=decoded.content_hash, run_id=self.run_id
+            )
+            self.store.replace_file_windows(file_id, flight.done, audio=audio, run_id=self.run_id)
+        except StoreError as exc:  # e.g. a non-finite embedding: this file fails, the others go on
+            self._fail(entry, exc.reason, decoded.content_hash)
+            return
+        self.summary.indexed += 1
+        self.summary.windows += len(flight.done)
+
+    def _fail(self, entry: Entry, reason: str, content_hash: str | None = None) -> None:
+        self.store.record_file_error(
+            entry.path, reason, size=entry.size, mtime=entry.mtime, content_hash=content_hash, run_id=self.run_id
+        )
+        self.summary.failed.append(FailedFile(entry.path, reason))
+
+    def _advance(self, files: int = 0, windows: int = 0) -> None:
+        if self.progress is not None:
+            self.progress.advance(files=files, windows=windows)
+
+    # -- finishing -------------------------------------------------------------------------------------------
+
+    def _prune(self, scanned: ScanResult) -> int:
+        """Forget files under the scanned roots that are gone, keeping what this scan could not see: files under
+        unreadable folders and files whose extension was not asked for this time."""
+        present = {entry.path for entry in scanned.entries}
+        hidden = [folder for folder, _ in scanned.unreadable_dirs]
+        pruned = 0
+        for root in scanned.roots:
+            missing = self.store.all_file_stamps(under=root).keys() - present
+            keep = present | {
+                path
+                for path in missing
+                if not has_extension(path, self.options.extensions) or any(_inside(path, d) for d in hidden)
+            }
+            pruned += self.store.prune_missing(keep, under=root)
+        return pruned
+
+    def _sync(self) -> None:
+        """The FAISS files follow the database: after all ranks finished, by the leading one."""
+        if self.rank is not None and self.rank.world_size > 1:
+            self.rank.barrier()
+            if not self.rank.leads:
+                return
+        self.library.sync_vector_indexes(self.options.index_type)
+
+
+def _same_content(entry: Entry, stamp: FileStamp, retry_errors: bool) -> bool:
+    """Whether a file with a new mtime still holds what was indexed (same size and sha256)."""
+    if stamp.size != entry.size or stamp.content_hash is None:
+        return False
+    if stamp.status == "pending" or (stamp.status == "error" and retry_errors):
+        return False
+    try:
+        return file_sha256(entry.path) == stamp.content_hash
+    except OSError:
+        return False  # decoding will report why it cannot be read
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")

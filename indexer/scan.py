@@ -1,0 +1,143 @@
+"""Finding audio files: walk folders (following symbolic links, surviving loops) and stat what is found.
+
+Nothing here opens a file: entries that cannot be audio files (broken links, FIFOs, devices) are reported with the
+reason from their directory entry alone, so a scan never blocks on a pipe or a dead network mount's file.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+
+class ScanError(Exception):
+    """A path given to scan does not exist or is not a file or folder."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A file found by the scan: absolute path (links kept as found), size, mtime, and why it is unreadable."""
+
+    path: str
+    size: int
+    mtime: float
+    problem: str | None = None
+
+
+@dataclass
+class ScanResult:
+    roots: list[str]
+    entries: list[Entry]  # sorted by path, each path once
+    unreadable_dirs: list[tuple[str, str]] = field(default_factory=list)  # (folder, reason)
+
+
+def normalize_extensions(extensions: Iterable[str]) -> frozenset[str]:
+    """Lower-case extensions with their leading dot: ["WAV", ".flac"] -> {".wav", ".flac"}."""
+    result = set()
+    for ext in extensions:
+        ext = ext.strip().lower()
+        if ext:
+            result.add(ext if ext.startswith(".") else f".{ext}")
+    return frozenset(result)
+
+
+def absolute(path: str | os.PathLike[str]) -> str:
+    """An absolute, normalised path that keeps symbolic links as written (the form the store holds)."""
+    return os.path.abspath(os.path.expanduser(os.fspath(path)))
+
+
+def has_extension(path: str, extensions: frozenset[str]) -> bool:
+    return os.path.splitext(path)[1].lower() in extensions
+
+
+def scan(roots: Sequence[str | os.PathLike[str]], extensions: frozenset[str]) -> ScanResult:
+    """Every audio file under `roots` (folders are walked; a file named as a root is taken whatever its extension).
+
+    Folders reached twice (a link loop, or a link to a folder already walked) are walked once. Folders that cannot
+    be listed are reported in `unreadable_dirs`; raises ScanError only when a root itself is missing.
+    """
+    found: dict[str, Entry] = {}
+    unreadable: list[tuple[str, str]] = []
+    seen_dirs: set[tuple[int, int]] = set()
+    absolute_roots = [absolute(root) for root in roots]
+    for root in absolute_roots:
+        try:
+            info = os.stat(root)
+        except OSError as exc:
+            raise ScanError(root, f"cannot read ({exc.strerror or exc})") from exc
+        if stat.S_ISDIR(info.st_mode):
+            _walk(root, info, extensions, seen_dirs, found, unreadable)
+        else:
+            found[root] = _entry(root, info)
+    return ScanResult(absolute_roots, [found[path] for path in sorted(found)], unreadable)
+
+
+def _walk(
+    root: str,
+    root_info: os.stat_result,
+    extensions: frozenset[str],
+    seen_dirs: set[tuple[int, int]],
+    found: dict[str, Entry],
+    unreadable: list[tuple[str, str]],
+) -> None:
+    if (root_info.st_dev, root_info.st_ino) in seen_dirs:
+        return
+    seen_dirs.add((root_info.st_dev, root_info.st_ino))
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as listing:
+                children = sorted(listing, key=lambda child: child.name)
+        except OSError as exc:
+            unreadable.append((folder, f"cannot list folder ({exc.strerror or exc})"))
+            continue
+        subfolders = []
+        for child in children:
+            try:
+                info = child.stat()  # follows links
+            except OSError as exc:
+                if has_extension(child.path, extensions):
+                    found[child.path] = _dangling(child, exc)
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                key = (info.st_dev, info.st_ino)
+                if key not in seen_dirs:
+                    seen_dirs.add(key)
+                    subfolders.append(child.path)
+            elif has_extension(child.path, extensions):
+                found[child.path] = _entry(child.path, info)
+        stack.extend(subfolders)
+
+
+def _entry(path: str, info: os.stat_result) -> Entry:
+    problem = None if stat.S_ISREG(info.st_mode) else f"not a regular file ({_kind(info.st_mode)})"
+    return Entry(path, info.st_size, info.st_mtime_ns / 1e9, problem)
+
+
+def _dangling(child: os.DirEntry[str], exc: OSError) -> Entry:
+    """An entry whose target cannot be reached: a broken or looping link (stamped with the link itself)."""
+    try:
+        own = child.stat(follow_symlinks=False)
+        size, mtime = own.st_size, own.st_mtime_ns / 1e9
+    except OSError:
+        size, mtime = 0, 0.0
+    reason = "broken symbolic link" if child.is_symlink() else "cannot stat file"
+    return Entry(child.path, size, mtime, f"{reason} ({exc.strerror or exc})")
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    return "special file"

@@ -1,0 +1,97 @@
+"""Splitting one indexing job across processes, GPUs or machines that share a database.
+
+A file belongs to shard i of n when a stable hash of its path is i modulo n, so every process agrees on the split
+without talking to the others. Under `torchrun` the shard comes from RANK / WORLD_SIZE and each rank uses the GPU
+LOCAL_RANK; the ranks meet once at the end so that rank 0 brings the FAISS files in line with everything written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+BARRIER_TIMEOUT = timedelta(days=7)  # ranks wait at the end for the slowest one, however long its share takes
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ValueError(f"bad shard {self.index}/{self.count}: need 0 <= i < n")
+
+    @classmethod
+    def parse(cls, spec: str) -> Shard:
+        """'i/n' (0-based: '0/4' .. '3/4')."""
+        index, sep, count = spec.partition("/")
+        if not sep or not index.strip().isdigit() or not count.strip().isdigit():
+            raise ValueError(f"bad shard {spec!r}: write it as i/n, e.g. 0/4")
+        return cls(int(index), int(count))
+
+    def owns(self, path: str) -> bool:
+        digest = hashlib.sha1(path.encode("utf-8", "surrogateescape")).digest()
+        return int.from_bytes(digest[:8], "big") % self.count == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+@dataclass
+class Rank:
+    """This process's place in a `torchrun` job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    _group: bool = field(default=False, init=False, repr=False, compare=False)  # we started the process group
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Rank | None:
+        """The rank that torchrun set in the environment (RANK, WORLD_SIZE, LOCAL_RANK); None outside torchrun."""
+        if "RANK" not in env or "WORLD_SIZE" not in env:
+            return None
+        try:
+            rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+            local = int(env.get("LOCAL_RANK", rank))
+        except ValueError as exc:
+            raise ValueError(f"bad torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK): {exc}") from exc
+        return cls(rank, world, local)
+
+    @property
+    def shard(self) -> Shard:
+        return Shard(self.rank, self.world_size)
+
+    @property
+    def leads(self) -> bool:
+        return self.rank == 0
+
+    def device(self, requested: str) -> str:
+        """Each rank on its own GPU when the device is left to choose."""
+        if requested != "auto":
+            return requested
+        import torch
+
+        return f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu"
+
+    def barrier(self) -> None:
+        """Wait until every rank got here (a CPU 'gloo' group, so it works with or without GPUs)."""
+        if self.world_size < 2:
+            return
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo", rank=self.rank, world_size=self.world_size, timeout=BARRIER_TIMEOUT)
+            self._group = True
+        dist.barrier()
+
+    def close(self) -> None:
+        if self._group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+            self._group = False

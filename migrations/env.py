@@ -1,0 +1,41 @@
+"""Alembic environment: migrates the connection that `pengi_search.store.migrate` hands over.
+
+Without one (developer commands such as `alembic revision --autogenerate` run through `alembic_config(url)`), it
+opens the configured URL with the store's own engine settings.
+"""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy.engine import Connection
+
+from pengi_search.store import Base, create_store_engine
+
+config = context.config
+
+
+def _run(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=Base.metadata,
+        render_as_batch=connection.dialect.name == "sqlite",  # SQLite alters most things by copying the table
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def _run_from_url() -> None:
+    engine = create_store_engine(config.get_main_option("sqlalchemy.url") or "")
+    try:
+        with engine.begin() as connection:
+            _run(connection)
+    finally:
+        engine.dispose()
+
+
+connection = config.attributes.get("connection")
+if connection is not None:
+    _run(connection)
+else:
+    _run_from_url()

@@ -1,0 +1,27 @@
+"""Add audio_files.content_hash (sha256 of the content) with an index, to tell touched or moved files apart.
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2025-11-27
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column("audio_files", sa.Column("content_hash", sa.String(64), nullable=True))
+    op.create_index(op.f("ix_audio_files_content_hash"), "audio_files", ["content_hash"])
+
+
+def downgrade() -> None:
+    op.drop_index(op.f("ix_audio_files_content_hash"), table_name="audio_files")
+    with op.batch_alter_table("audio_files") as batch:
+        batch.drop_column("content_hash")

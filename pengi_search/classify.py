@@ -1,0 +1,408 @@
+"""Zero-shot classification of audio files against a list of labels, and its evaluation against known labels.
+
+Two methods (the paper's close-ended tasks):
+- `text` (the paper's default): Pengi captions each 7 s window ("generate audio caption"); the captions and the
+  labels (through `--template`, default "{label}") are embedded by a text embedder (Pengi's own CLIP tower by
+  default) and compared by cosine similarity. A file's score for a label is the mean over its windows of the
+  window's similarity, so every part of a long file counts equally.
+- `loglik`: the log-likelihood of each label as Pengi's answer to a prompt ("this is a sound of" by default),
+  ranked by the mean log-probability per token of the answer (`mean`, default: labels of different lengths
+  compete fairly) or by its sum (`total`: favours short labels), averaged over the file's windows. The answer is
+  the template with the label filled in; a template that starts with the prompt ("this is a sound of {label}")
+  has the prompt removed, since the model already heard it.
+
+A file that is indexed and unchanged (size and mtime as stored) by the same model reuses what the index holds:
+its stored captions (text method) or its stored audio embeddings (loglik), so no audio is decoded.
+
+Labels files: one label per line (UTF-8, surrounding spaces trimmed, blank lines only at the end), or a `.csv`
+file with a header that has a `label` column (its distinct values, in order of first appearance, e.g. a dataset's
+metadata). Truth files: a CSV with a `label` column and a `file`, `filename` or `path` column; paths are relative
+to the CSV's folder (or absolute), and a file is also matched by its bare name when that name is unique.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .embedders import TextEmbedder
+    from .inference import Engine
+    from .library import Library
+
+METHODS = ("text", "loglik")
+LOGLIK_SCORES = ("mean", "total")
+DEFAULT_TEMPLATE = "{label}"
+DEFAULT_LOGLIK_PROMPT = "this is a sound of"
+PATH_COLUMNS = ("file", "filename", "path")
+
+
+class LabelsError(Exception):
+    """A labels or truth file that cannot be used; `str()` gives "<path>: <reason>"."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        super().__init__(f"{os.fspath(path)}: {reason}")
+        self.path = os.fspath(path)
+        self.reason = reason
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Labels and truth files
+
+
+def _read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise LabelsError(path, "no such file") from None
+    except OSError as exc:
+        raise LabelsError(path, f"cannot read ({exc.strerror or exc})") from exc
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise LabelsError(path, f"not UTF-8 text: byte {exc.start} (line {line}) is invalid") from None
+
+
+def _csv_rows(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """Lower-cased header and (line number, row) pairs of a CSV file."""
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = [name.strip().lower() for name in next(reader)]
+        rows = [(reader.line_num, dict(zip(header, (v.strip() for v in row), strict=False))) for row in reader if row]
+    except StopIteration:
+        raise LabelsError(path, "the file is empty") from None
+    except csv.Error as exc:
+        raise LabelsError(path, f"not a readable CSV file (line {reader.line_num}: {exc})") from None
+    return header, rows
+
+
+def read_labels(path: str | os.PathLike[str]) -> list[str]:
+    """The labels of a labels file (see the module docstring); raises LabelsError naming the problem and line."""
+    path = Path(path)
+    text = _read_text(path)
+    if path.suffix.lower() == ".csv":
+        return _labels_from_csv(path, text)
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        raise LabelsError(path, "no labels (the file is empty); write one label per line")
+    first_line: dict[str, int] = {}
+    for number, line in enumerate(lines, 1):
+        label = line.strip()
+        if not label:
+            raise LabelsError(path, f"line {number} is blank; write one label per line, without blank lines")
+        if label in first_line:
+            raise LabelsError(path, f"duplicate label {label!r} on line {number} (first on line {first_line[label]})")
+        first_line[label] = number
+    return list(first_line)
+
+
+def _labels_from_csv(path: Path, text: str) -> list[str]:
+    header, rows = _csv_rows(path, text)
+    if "label" not in header:
+        raise LabelsError(path, f"a CSV labels file needs a 'label' column; the header has {', '.join(header)}")
+    labels: dict[str, None] = {}
+    for number, row in rows:
+        if not row.get("label"):
+            raise LabelsError(path, f"line {number} has no label")
+        labels[row["label"]] = None
+    if not labels:
+        raise LabelsError(path, "no labels (the CSV file has a header but no rows)")
+    return list(labels)
+
+
+@dataclass(frozen=True)
+class Truth:
+    """Known labels of files, from a truth CSV."""
+
+    by_path: dict[str, str]  # absolute path -> label
+    by_name: dict[str, str]  # file name -> label, for names listed once
+
+    def label_of(self, path: str | os.PathLike[str]) -> str | None:
+        absolute = os.path.abspath(path)
+        if absolute in self.by_path:
+            return self.by_path[absolute]
+        return self.by_name.get(Path(path).name)
+
+
+def read_truth(path: str | os.PathLike[str]) -> Truth:
+    """Read a truth CSV (a `label` column and a `file`, `filename` or `path` column)."""
+    path = Path(path)
+    header, rows = _csv_rows(path, _read_text(path))
+    column = next((name for name in PATH_COLUMNS if name in header), None)
+    if column is None or "label" not in header:
+        raise LabelsError(
+            path, f"a truth CSV needs a 'label' column and one of {', '.join(PATH_COLUMNS)}; it has {', '.join(header)}"
+        )
+    by_path: dict[str, str] = {}
+    lines: dict[str, int] = {}
+    for number, row in rows:
+        name, label = row.get(column, ""), row.get("label", "")
+        if not name or not label:
+            raise LabelsError(path, f"line {number} lacks a {column if not name else 'label'}")
+        absolute = os.path.abspath(path.parent / name)
+        if absolute in by_path and by_path[absolute] != label:
+            raise LabelsError(path, f"{name!r} on line {number} has another label than on line {lines[absolute]}")
+        by_path[absolute], lines[absolute] = label, number
+    names = Counter(Path(p).name for p in by_path)
+    by_name = {Path(p).name: label for p, label in by_path.items() if names[Path(p).name] == 1}
+    return Truth(by_path, by_name)
+
+
+def apply_template(template: str, label: str) -> str:
+    if "{label}" not in template:
+        raise ValueError(f"the template {template!r} has no {{label}} placeholder")
+    return template.replace("{label}", label)
+
+
+def loglik_answer(template: str, prompt: str, label: str) -> str:
+    """The answer whose likelihood is scored: the filled template, without the prompt it may start with."""
+    text = apply_template(template, label).strip()
+    if text.lower().startswith(prompt.strip().lower()):
+        text = text[len(prompt.strip()) :].strip()
+    if not text:
+        raise ValueError(f"the template {template!r} leaves no answer for the label {label!r}")
+    return text
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Classification
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Scores of every label for one file, best first."""
+
+    path: str
+    ranked: list[tuple[str, float]]
+    windows: int
+    source: str  # "index" (stored captions or audio vectors reused) or "decoded"
+
+    @property
+    def label(self) -> str:
+        return self.ranked[0][0]
+
+    @property
+    def score(self) -> float:
+        return self.ranked[0][1]
+
+    def to_json(self, top: int) -> dict[str, Any]:
+        return {
+            "file": self.path,
+            "label": self.label,
+            "score": round(self.score, 6),
+            "top": [{"label": label, "score": round(score, 6)} for label, score in self.ranked[:top]],
+            "windows": self.windows,
+            "source": self.source,
+        }
+
+
+@dataclass(frozen=True)
+class ClassifySettings:
+    method: str = "text"
+    template: str = DEFAULT_TEMPLATE
+    prompt: str = DEFAULT_LOGLIK_PROMPT
+    loglik_score: str = "mean"
+    text_embedder: str | None = None  # None: Pengi's CLIP tower; "sentence-transformers:NAME"
+    beam: int = 3
+    max_len: int = 30
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"--method {self.method!r}: use one of {', '.join(METHODS)}")
+        if self.loglik_score not in LOGLIK_SCORES:
+            raise ValueError(f"--loglik-score {self.loglik_score!r}: use one of {', '.join(LOGLIK_SCORES)}")
+        apply_template(self.template, "")
+
+
+def rank(labels: Sequence[str], scores: np.ndarray) -> list[tuple[str, float]]:
+    """Labels with their scores, best first (ties keep the labels' order)."""
+    order = sorted(range(len(labels)), key=lambda i: -float(scores[i]))
+    return [(labels[i], float(scores[i])) for i in order]
+
+
+class Classifier:
+    """Classifies files against fixed labels; loads the model only when a file needs it, and only once."""
+
+    def __init__(
+        self,
+        labels: Sequence[str],
+        settings: ClassifySettings,
+        *,
+        model_dir: Path,
+        library: Library | None = None,
+        device: str = "auto",
+        batch_size: int = 16,
+    ) -> None:
+        if not labels:
+            raise ValueError("no labels to classify with")
+        self.labels = list(labels)
+        self.settings = settings
+        self.model_dir = model_dir
+        self.library = library if library is not None and self._index_is_usable(library) else None
+        self.device = device
+        self.batch_size = batch_size
+        self._engine: Engine | None = None
+        self._embedder: TextEmbedder | None = None
+        self._label_vectors: np.ndarray | None = None
+        self._answers = (
+            [loglik_answer(settings.template, settings.prompt, label) for label in self.labels]
+            if settings.method == "loglik"
+            else []
+        )
+
+    def _index_is_usable(self, library: Library) -> bool:
+        """Stored captions and audio vectors serve only when the index was built with this very model."""
+        from .search import built_by
+
+        return built_by(library, self.model_dir)
+
+    def prepare(self, paths: Iterable[str | os.PathLike[str]]) -> None:
+        """Load the full model up front when some file is not in the index (so the text tower is shared)."""
+        if self._engine is None and any(self._stored(p) is None for p in paths):
+            self.engine()
+
+    def engine(self) -> Engine:
+        if self._engine is None:
+            from .inference import Engine
+
+            self._engine = Engine.load(self.model_dir, self.device, self.batch_size)
+        return self._engine
+
+    def embedder(self) -> TextEmbedder:
+        if self._embedder is None:
+            self._embedder = self._load_embedder()
+        return self._embedder
+
+    def _load_embedder(self) -> TextEmbedder:
+        from .embedders import PengiTextEmbedder, load_text_embedder
+        from .inference import resolve_device
+
+        spec = self.settings.text_embedder
+        engine = self._engine
+        if spec in (None, "pengi") and engine is not None and engine.model.caption_encoder is not None:
+            from .checkpoint import model_identity
+
+            encoder = engine.model.caption_encoder
+            return PengiTextEmbedder(encoder, engine.tok.clip, model_identity(self.model_dir), engine.device)
+        return load_text_embedder(spec, self.model_dir, resolve_device(self.device))
+
+    def label_vectors(self) -> np.ndarray:
+        if self._label_vectors is None:
+            texts = [apply_template(self.settings.template, label) for label in self.labels]
+            self._label_vectors = self.embedder().embed(texts)
+        return self._label_vectors
+
+    def _stored(self, path: str | os.PathLike[str]) -> Any:
+        if self.library is None:
+            return None
+        from .search import stored_windows
+
+        return stored_windows(self.library, path, audio=self.settings.method == "loglik")
+
+    def classify(self, path: str | os.PathLike[str]) -> Prediction:
+        stored = self._stored(path)
+        if self.settings.method == "text":
+            captions, source = self._captions(path, stored)
+            scores = (self.embedder().embed(captions) @ self.label_vectors().T).mean(axis=0)
+            windows = len(captions)
+        else:
+            vectors, source = self._audio_vectors(path, stored)
+            scores = self._loglik(vectors)
+            windows = len(vectors)
+        return Prediction(os.fspath(path), rank(self.labels, scores), windows, source)
+
+    def _captions(self, path: str | os.PathLike[str], stored: Any) -> tuple[list[str], str]:
+        from .inference import DEFAULT_PROMPTS
+
+        prompt = DEFAULT_PROMPTS["caption"]
+        if stored is not None:
+            captions = [next((t.text for t in w.texts if t.prompt == prompt), None) for w in stored.windows]
+            if all(c is not None for c in captions):
+                return captions, "index"  # type: ignore[return-value]
+        from .decoding import GenerationConfig
+
+        gen = GenerationConfig(beam=self.settings.beam, max_len=self.settings.max_len)
+        engine = self.engine()
+        captions = []
+        for embeds in self._decoded_embeddings(path):
+            captions += [answers[0].text for answers in engine.generate(embeds, [prompt], gen)]
+        return captions, "decoded"
+
+    def _audio_vectors(self, path: str | os.PathLike[str], stored: Any) -> tuple[Any, str]:
+        import torch
+
+        if stored is not None and stored.vectors is not None:
+            return torch.from_numpy(stored.vectors), "index"
+        return torch.cat(list(self._decoded_embeddings(path))), "decoded"
+
+    def _decoded_embeddings(self, path: str | os.PathLike[str]) -> Iterable[Any]:
+        """Audio embeddings of the file's windows, a batch at a time (long files are never held whole)."""
+        from .audio import iter_windows
+        from .search import chunked
+
+        engine = self.engine()
+        for chunk in chunked(iter_windows(path), self.batch_size):
+            yield engine.audio_embeddings(np.stack([w.samples for w in chunk]))
+
+    def _loglik(self, vectors: Any) -> np.ndarray:
+        scores = self.engine().score(vectors, self.settings.prompt, self._answers)
+        field = self.settings.loglik_score
+        per_window = np.array([[getattr(s, field) for s in row] for row in scores], dtype=np.float64)
+        return per_window.mean(axis=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def evaluate(predictions: Sequence[Prediction], truth: Truth) -> dict[str, Any]:
+    """Accuracy and per-class precision, recall, F1 and support over the files the truth file knows."""
+    pairs = [(truth.label_of(p.path), p.label) for p in predictions]
+    known = [(expected, got) for expected, got in pairs if expected is not None]
+    unmatched = [p.path for p, (expected, _) in zip(predictions, pairs, strict=True) if expected is None]
+    classes = sorted({label for pair in known for label in pair})
+    per_class = {}
+    for label in classes:
+        tp = sum(1 for e, g in known if e == label and g == label)
+        predicted = sum(1 for _, g in known if g == label)
+        support = sum(1 for e, _ in known if e == label)
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[label] = {
+            "precision": round(precision, 6),
+            "recall": round(recall, 6),
+            "f1": round(f1, 6),
+            "support": support,
+        }
+    correct = sum(1 for e, g in known if e == g)
+    return {
+        "files": len(known),
+        "correct": correct,
+        "accuracy": round(correct / len(known), 6) if known else None,
+        "per_class": per_class,
+        "unmatched": unmatched,
+    }
+
+
+def top_string(prediction: Prediction, top: int) -> str:
+    """The CSV form of the best labels: "label:score;label:score"."""
+    return ";".join(f"{label}:{score:.4f}" for label, score in prediction.ranked[:top])
+
+
+def write_csv(predictions: Sequence[Prediction], out: io.TextIOBase | Any, top: int) -> None:
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["file", "label", "score", "top"])
+    for p in predictions:
+        writer.writerow([p.path, p.label, f"{p.score:.6f}", top_string(p, top)])

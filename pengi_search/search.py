@@ -1,0 +1,447 @@
+"""Search over an indexed library: text -> audio (`query`) and audio -> audio (`similar`).
+
+Both search a FAISS index of window vectors (cosine similarity) and turn window hits into results:
+- `by="file"` (default): the best window of each file, with its time range; `by="window"`: every window.
+- Filters (score, path glob, extension, file duration) never cost results: the search fetches more candidates,
+  doubling, until `k` results pass the filters or the candidates run out. Duration and a glob's literal folder
+  also restrict the FAISS search itself (an id selector from `Store.filter_window_ids`), so selective filters
+  stay cheap on large libraries.
+
+A text query must be embedded by the embedder that built the index: `query_embedder` reads it from the store.
+For Pengi's own text tower it uses the numpy implementation in `text_query`, which needs neither torch nor
+transformers (importing those alone takes longer than a whole query should). `similar` reuses the stored audio
+vectors of a file that is indexed and unchanged, and otherwise decodes and embeds the file with the full model; a
+query file with several windows scores each candidate window by its best match among the query's windows (so a
+short sound inside a long file is found), rather than by the blurred mean of its windows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from indexer.scan import ScanError, absolute, scan
+
+from .store import EmbedderInfo, StoreMismatchError, WindowDetails
+
+if TYPE_CHECKING:
+    from .embedders import TextEmbedder
+    from .library import Library
+
+BY_CHOICES = ("file", "window")
+PENGI_TEXT_PREFIX = "pengi-text:"
+SENTENCE_TRANSFORMERS_PREFIX = "sentence-transformers:"
+_FIRST_FETCH = 4  # candidates fetched per wanted result at first (files have several windows)
+_WILDCARD = re.compile(r"[*?\[]")
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Conditions a hit's file must meet; None means no condition."""
+
+    min_score: float | None = None
+    path_glob: str | None = None  # fnmatch pattern over the full path
+    extensions: frozenset[str] | None = None  # lower-case, without the dot
+    min_duration_s: float | None = None
+    max_duration_s: float | None = None
+    exclude_paths: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_options(
+        cls,
+        *,
+        min_score: float | None = None,
+        path: str | None = None,
+        ext: str | None = None,
+        min_duration: float | None = None,
+        max_duration: float | None = None,
+    ) -> Filters:
+        """Command-line values: a relative `path` glob is taken from the current folder, `ext` is "wav,.flac"."""
+        return cls(
+            min_score=min_score,
+            path_glob=None if path is None else absolute_glob(path),
+            extensions=None if ext is None else parse_extensions(ext),
+            min_duration_s=min_duration,
+            max_duration_s=max_duration,
+        )
+
+    def folder(self) -> str | None:
+        """The literal folder the glob starts with (a store-side restriction), if any."""
+        if self.path_glob is None:
+            return None
+        literal = _WILDCARD.split(self.path_glob, maxsplit=1)[0]
+        folder = literal if literal == self.path_glob else literal.rpartition("/")[0]
+        return folder or None
+
+    def restricts_store(self) -> bool:
+        return self.folder() is not None or self.min_duration_s is not None or self.max_duration_s is not None
+
+    def accepts(self, window: WindowDetails) -> bool:
+        """The conditions the store-side restriction does not cover (or covers only in part)."""
+        if window.path in self.exclude_paths:
+            return False
+        if self.path_glob is not None and not fnmatch.fnmatch(window.path, self.path_glob):
+            return False
+        return self.extensions is None or Path(window.path).suffix.lower().lstrip(".") in self.extensions
+
+
+def absolute_glob(pattern: str) -> str:
+    """`pattern` as a glob over absolute paths: a relative one (not starting with a wildcard) is joined to the cwd."""
+    pattern = os.path.expanduser(pattern)
+    if pattern.startswith(("/", "*", "?", "[")):
+        return pattern
+    return Path.cwd().as_posix().rstrip("/") + "/" + pattern
+
+
+def parse_extensions(value: str) -> frozenset[str]:
+    exts = frozenset(part.strip().lower().lstrip(".") for part in value.split(",") if part.strip().lstrip("."))
+    if not exts:
+        raise ValueError(f"--ext {value!r} names no extension; use e.g. --ext wav,flac")
+    return exts
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: a window (the best of its file with `by="file"`) and what Pengi said about it."""
+
+    path: str
+    start_s: float
+    end_s: float
+    score: float
+    caption: str
+    texts: dict[str, str]
+    window_id: int
+    query_start_s: float | None = None  # `similar`: the window of the query file that matched
+    query_end_s: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "path": self.path,
+            "start_s": round(self.start_s, 3),
+            "end_s": round(self.end_s, 3),
+            "score": round(self.score, 6),
+            "caption": self.caption,
+            "texts": self.texts,
+            "window_id": self.window_id,
+        }
+        if self.query_start_s is not None:
+            data["query_start_s"] = round(self.query_start_s, 3)
+            data["query_end_s"] = round(self.query_end_s or 0.0, 3)
+        return data
+
+
+@dataclass
+class _Candidates:
+    """Merged hits of all query rows: window id -> (best score, query row that gave it)."""
+
+    best: dict[int, tuple[float, int]] = field(default_factory=dict)
+    exhausted: bool = False
+    threshold: float = -np.inf  # scores at or above this are final; below it, unfetched windows may compete
+
+    def ranked(self) -> list[tuple[int, float, int]]:
+        items = [(wid, score, row) for wid, (score, row) in self.best.items() if score >= self.threshold]
+        return sorted(items, key=lambda item: (-item[1], item[0]))
+
+
+def search_vectors(
+    library: Library,
+    kind: str,
+    queries: np.ndarray,
+    *,
+    k: int = 10,
+    by: str = "file",
+    filters: Filters | None = None,
+    query_spans: Sequence[tuple[float, float]] | None = None,
+) -> list[Hit]:
+    """The `k` best results for the query rows (q, d) in the `kind` index, best first.
+
+    With several query rows a window's score is its best cosine similarity to any of them. `query_spans` gives
+    each row's time range (for `similar`'s results).
+    """
+    if by not in BY_CHOICES:
+        raise ValueError(f"--by {by!r}: use one of {', '.join(BY_CHOICES)}")
+    if k < 1:
+        raise ValueError(f"the number of results must be at least 1, got {k}")
+    filters = filters or Filters()
+    index = library.vector_index(kind)
+    allowed = _allowed_ids(library, filters)
+    available = len(index) if allowed is None else int(allowed.size)
+    fetch = min(max(k * _FIRST_FETCH, 16), available)
+    while True:
+        found = _fetch(index, queries, fetch, allowed, complete=fetch >= available)
+        hits = _results(library, found, k, by, filters, query_spans)
+        below_min = filters.min_score is not None and found.threshold < filters.min_score
+        if len(hits) >= k or found.exhausted or below_min or fetch >= available:
+            return hits
+        fetch = min(fetch * 2, available)
+
+
+def _allowed_ids(library: Library, filters: Filters) -> np.ndarray | None:
+    if not filters.restricts_store():
+        return None
+    return library.store.filter_window_ids(
+        under=filters.folder(), min_duration_s=filters.min_duration_s, max_duration_s=filters.max_duration_s
+    )
+
+
+def _fetch(index: Any, queries: np.ndarray, fetch: int, allowed: np.ndarray | None, *, complete: bool) -> _Candidates:
+    """The top `fetch` windows of every query row; `complete` when that is every candidate."""
+    found = _Candidates(exhausted=True)
+    if fetch < 1:
+        return found
+    scores, ids = index.search(queries, fetch, allowed_ids=allowed)
+    for row in range(len(ids)):
+        valid = ids[row] >= 0
+        if valid.all() and not complete:  # a full page: this row may have more candidates below its last score
+            found.exhausted = False
+            found.threshold = max(found.threshold, float(scores[row, -1]))
+        for wid, score in zip(ids[row][valid].tolist(), scores[row][valid].tolist(), strict=True):
+            if wid not in found.best or score > found.best[wid][0]:
+                found.best[wid] = (score, row)
+    return found
+
+
+def _results(
+    library: Library,
+    found: _Candidates,
+    k: int,
+    by: str,
+    filters: Filters,
+    query_spans: Sequence[tuple[float, float]] | None,
+) -> list[Hit]:
+    ranked = found.ranked()
+    if filters.min_score is not None:
+        ranked = [item for item in ranked if item[1] >= filters.min_score]
+    details = library.store.window_details(wid for wid, _, _ in ranked)
+    hits: list[Hit] = []
+    seen_files: set[int] = set()
+    for wid, score, row in ranked:
+        window = details.get(wid)
+        if window is None or not filters.accepts(window) or (by == "file" and window.file_id in seen_files):
+            continue
+        seen_files.add(window.file_id)
+        span = query_spans[row] if query_spans is not None else (None, None)
+        hits.append(_hit(window, score, span))
+        if len(hits) == k:
+            break
+    return hits
+
+
+def _hit(window: WindowDetails, score: float, span: tuple[float | None, float | None]) -> Hit:
+    texts = {t.prompt: t.text for t in window.texts}
+    return Hit(
+        path=window.path,
+        start_s=window.start_s,
+        end_s=window.end_s,
+        score=score,
+        caption=window.texts[0].text if window.texts else "",  # the first prompt's answer is what was embedded
+        texts=texts,
+        window_id=window.window_id,
+        query_start_s=span[0],
+        query_end_s=span[1],
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# text -> audio
+
+
+def query_embedder(library: Library, model: str | None = None, device: str = "auto") -> TextEmbedder:
+    """The text embedder that built the library's 'text' index, loaded the cheapest way.
+
+    Raises StoreMismatchError when `--model` (or the default model) is not the one the index was built with.
+    """
+    meta = library.store.index_meta()
+    if meta is None:
+        from .library import EmptyLibraryError
+
+        raise EmptyLibraryError(library.db_url, "the index is empty: run `pengi-search index PATH` first")
+    name = meta.embedder.name
+    if name.startswith(SENTENCE_TRANSFORMERS_PREFIX):
+        from .embedders import SentenceTransformerEmbedder
+        from .inference import resolve_device
+
+        embedder: TextEmbedder = SentenceTransformerEmbedder(
+            name[len(SENTENCE_TRANSFORMERS_PREFIX) :], resolve_device(device)
+        )
+    elif name.startswith(PENGI_TEXT_PREFIX):
+        embedder = _pengi_text_embedder(library, meta.embedder, model, device)
+    else:
+        raise StoreMismatchError(library.db_url, f"the index was built with an unknown text embedder {name!r}")
+    if embedder.dim != meta.embedder.dim:
+        raise StoreMismatchError(
+            library.db_url, f"{embedder.id} makes {embedder.dim}-d vectors, the index holds {meta.embedder.dim}-d ones"
+        )
+    return embedder
+
+
+def _pengi_text_embedder(library: Library, recorded: EmbedderInfo, model: str | None, device: str) -> TextEmbedder:
+    from .checkpoint import model_identity
+    from .models import resolve_model_dir
+    from .text_query import NumpyTextEmbedder, clip_tokenizer_file
+
+    wanted = recorded.name[len(PENGI_TEXT_PREFIX) :]
+    model_dir = resolve_model_dir(model)
+    identity = model_identity(model_dir)
+    if identity != wanted and model is None:
+        model_dir, identity = _installed_model(wanted) or (model_dir, identity)
+    if identity != wanted:
+        raise StoreMismatchError(
+            library.db_url,
+            f"the index was built with the text embedder of model {wanted}, but {model_dir} is {identity}. Pass "
+            f"that model with --model, or re-index the library with this one (pengi-search index PATH --model ...)",
+        )
+    if clip_tokenizer_file(model_dir).is_file():
+        return NumpyTextEmbedder.from_model_dir(model_dir)
+    # No tokenizer.json beside the model (the tokenizer comes from the Hugging Face cache): the torch path finds it.
+    from .embedders import PengiTextEmbedder
+    from .inference import resolve_device
+
+    return PengiTextEmbedder.from_model_dir(model_dir, resolve_device(device))
+
+
+def _installed_model(identity: str) -> tuple[Path, str] | None:
+    """An installed model directory with this identity (when the default model is not the index's)."""
+    from .checkpoint import model_identity
+    from .models import is_model_dir
+    from .paths import models_dir
+
+    root = models_dir()
+    if not root.is_dir():
+        return None
+    for candidate in sorted(root.iterdir()):
+        if is_model_dir(candidate) and model_identity(candidate) == identity:
+            return candidate, identity
+    return None
+
+
+def query_text(
+    library: Library,
+    text: str,
+    *,
+    k: int = 10,
+    by: str = "file",
+    filters: Filters | None = None,
+    model: str | None = None,
+    device: str = "auto",
+    embedder: TextEmbedder | None = None,
+) -> list[Hit]:
+    """Text -> audio: windows whose caption embedding is closest to the text's."""
+    if not text.strip():
+        raise ValueError("the query text is empty")
+    embedder = embedder or query_embedder(library, model, device)
+    return search_vectors(library, "text", embedder.embed([text]), k=k, by=by, filters=filters)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# audio -> audio
+
+
+@dataclass(frozen=True)
+class StoredWindows:
+    """The stored windows of an indexed, unchanged file (in window order)."""
+
+    windows: list[WindowDetails]
+    vectors: np.ndarray | None  # (n, d) audio vectors, when asked for and stored
+
+
+def stored_windows(library: Library, path: str | os.PathLike[str], *, audio: bool = False) -> StoredWindows | None:
+    """What the store holds for `path` if it is indexed and unchanged on disk (same size and mtime), else None."""
+    try:
+        entry = scan([path], frozenset()).entries[0]
+    except ScanError:
+        return None
+    record = library.store.get_file(entry.path)
+    if record is None or record.status != "indexed" or (record.size, record.mtime) != (entry.size, entry.mtime):
+        return None
+    details = library.store.window_details(library.store.filter_window_ids(under=record.path))
+    windows = sorted((d for d in details.values() if d.path == record.path), key=lambda d: d.index)
+    if not windows:
+        return None
+    if not audio:
+        return StoredWindows(windows, None)
+    ids, vectors = library.store.vectors("audio", [w.window_id for w in windows])
+    if len(ids) != len(windows):
+        return None
+    return StoredWindows(windows, vectors)  # both sorted by window id, which follows window order
+
+
+def similar_to_file(
+    library: Library,
+    path: str | os.PathLike[str],
+    *,
+    k: int = 10,
+    by: str = "file",
+    filters: Filters | None = None,
+    model: str | None = None,
+    device: str = "auto",
+    batch_size: int = 16,
+) -> tuple[list[Hit], str]:
+    """Audio -> audio: files that sound like `path` (itself excluded). Returns the hits and where the query's
+    vectors came from: "index" (stored, file unchanged) or "decoded" (embedded now with the model)."""
+    filters = filters or Filters()
+    library.vector_index("audio")  # an empty library fails here, before any decoding
+    stored = stored_windows(library, path, audio=True)
+    if stored is not None and stored.vectors is not None:
+        vectors, spans, source = stored.vectors, [(w.start_s, w.end_s) for w in stored.windows], "index"
+    else:
+        vectors, spans = embed_audio_file(library, path, model=model, device=device, batch_size=batch_size)
+        source = "decoded"
+    excluded = dataclasses.replace(filters, exclude_paths=filters.exclude_paths | {absolute(path)})
+    return search_vectors(library, "audio", vectors, k=k, by=by, filters=excluded, query_spans=spans), source
+
+
+def embed_audio_file(
+    library: Library, path: str | os.PathLike[str], *, model: str | None, device: str, batch_size: int
+) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """Decode `path` and embed its windows with the model that built the index: (vectors (n, d), spans)."""
+    from .audio import iter_windows
+    from .inference import Engine
+    from .models import resolve_model_dir
+
+    model_dir = resolve_model_dir(model)
+    check_index_model(library, model_dir)
+    engine = Engine.load(model_dir, device, batch_size)
+    vectors, spans = [], []
+    for chunk in chunked(iter_windows(path), batch_size):
+        vectors.append(engine.audio_embeddings(np.stack([w.samples for w in chunk])).cpu().numpy())
+        spans += [(w.start_s, w.end_s) for w in chunk]
+    return np.concatenate(vectors), spans
+
+
+def built_by(library: Library, model_dir: Path) -> bool:
+    """Whether the library's texts and audio vectors were made by the model in `model_dir` (same weights)."""
+    from .checkpoint import read_model_config
+
+    meta = library.store.index_meta()
+    return meta is not None and meta.model.fingerprint == read_model_config(model_dir)[1].get("weights_sha256")
+
+
+def check_index_model(library: Library, model_dir: Path) -> None:
+    """Raise StoreMismatchError unless the model in `model_dir` built the library's audio vectors."""
+    if not built_by(library, model_dir):
+        meta = library.store.index_meta()
+        raise StoreMismatchError(
+            library.db_url,
+            f"the index was built with {meta.model if meta else 'no model'}, not with the model at {model_dir}: "
+            "pass the index's model with --model (audio embeddings of different models cannot be compared)",
+        )
+
+
+def chunked(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -1,0 +1,218 @@
+"""Pengi's text tower in numpy, for fast text queries: no torch, no transformers.
+
+`pengi-search query` embeds one short text. Importing torch and transformers alone takes longer than the whole
+query should, so this module runs the same computation as `embedders.PengiTextEmbedder` with numpy, reading only
+the `caption_encoder.*` weights from `model.safetensors` (memory-mapped: nothing is copied, and only the
+token-embedding rows a text uses are ever read) and tokenising with the `tokenizers` library from the
+model's `tokenizer/clip/tokenizer.json`. The forward pass mirrors transformers' CLIPTextModel (pre-LayerNorm
+layers, causal attention, pooling at the first end-of-text token) followed by Pengi's two projections; the
+results equal the torch embedder's to float32 rounding (tests check 1e-5).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+from tokenizers import Tokenizer
+
+from .checkpoint import TEXT_ENCODER_PREFIX, WEIGHTS_FILE, CheckpointError, model_identity, read_model_config
+from .config import TextEncoderConfig
+from .tokenization import TOKENIZER_DIR
+
+LAYER_NORM_EPS = 1e-5  # CLIPTextConfig.layer_norm_eps and torch.nn.LayerNorm's default
+TOKENIZER_FILE = "tokenizer.json"
+_erf = np.frompyfunc(math.erf, 1, 1)
+_HEADER_SIZE = struct.Struct("<Q")
+# Below this many tokens in a batch the products are a few rows tall: BLAS threads cost more than they bring, and
+# under CPU contention they collapse (one query took 0.4-3.8 s with threads, 0.1 s without, on a busy 2-core box).
+SINGLE_THREAD_TOKENS = 512
+
+
+def mapped_tensors(path: Path, prefix: str) -> dict[str, np.ndarray]:
+    """float32 views of the tensors named `prefix...` in a safetensors file, memory-mapped (keys lose the prefix).
+
+    The format: an 8-byte little-endian header length, a JSON header {name: {dtype, shape, data_offsets}}, then
+    the data (offsets are relative to its start). float16 and bfloat16 tensors are converted (copied).
+    """
+    try:
+        with open(path, "rb") as f:
+            (size,) = _HEADER_SIZE.unpack(f.read(_HEADER_SIZE.size))
+            header = json.loads(f.read(size))
+        data = np.memmap(path, dtype=np.uint8, mode="r", offset=_HEADER_SIZE.size + size)
+    except (OSError, ValueError, struct.error) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
+    tensors = {}
+    for name, info in header.items():
+        if not name.startswith(prefix):
+            continue
+        begin, end = info["data_offsets"]
+        raw, shape = data[begin:end], tuple(info["shape"])
+        if info["dtype"] == "F32":
+            tensor = raw.view("<f4")
+        elif info["dtype"] == "F16":
+            tensor = raw.view("<f2").astype(np.float32)
+        elif info["dtype"] == "BF16":  # bfloat16 is the top half of a float32
+            tensor = (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
+        else:
+            raise CheckpointError(f"{path}: tensor {name} has dtype {info['dtype']}; expected floating point weights")
+        tensors[name[len(prefix) :]] = tensor.reshape(shape)
+    return tensors
+
+
+def clip_tokenizer_file(model_dir: Path) -> Path:
+    return Path(model_dir) / TOKENIZER_DIR / "clip" / TOKENIZER_FILE
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """Exact (erf) GELU like torch's default, computed in float64."""
+    wide = x.astype(np.float64)
+    return (0.5 * wide * (1.0 + _erf(wide / math.sqrt(2.0)).astype(np.float64))).astype(np.float32)
+
+
+def quick_gelu(x: np.ndarray) -> np.ndarray:
+    return x / (1.0 + np.exp(-1.702 * x))
+
+
+ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": gelu}
+
+
+def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    mean = x.mean(-1, keepdims=True)
+    centred = x - mean
+    var = (centred * centred).mean(-1, keepdims=True)
+    return centred / np.sqrt(var + LAYER_NORM_EPS) * weight + bias
+
+
+def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    """torch.nn.Linear: weight is (out, in). One 2-D product: numpy's stacked matmul with a transposed operand
+    skips BLAS and runs ~30x slower."""
+    out = (x.reshape(-1, x.shape[-1]) @ weight.T).reshape(*x.shape[:-1], weight.shape[0])
+    return out if bias is None else out + bias
+
+
+_LAYER_PARTS = (
+    "layer_norm1",
+    "layer_norm2",
+    "mlp.fc1",
+    "mlp.fc2",
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.out_proj",
+)
+
+
+def expected_weights(cfg: TextEncoderConfig) -> list[str]:
+    """The tensor names (without `caption_encoder.`) the forward pass reads."""
+    layer = [f"{part}.{kind}" for part in _LAYER_PARTS for kind in ("weight", "bias")]
+    return [
+        "base.embeddings.token_embedding.weight",
+        "base.embeddings.position_embedding.weight",
+        *(f"base.encoder.layers.{i}.{name}" for i in range(cfg.num_hidden_layers) for name in layer),
+        "base.final_layer_norm.weight",
+        "base.final_layer_norm.bias",
+        "clip_text_projection.weight",
+        "projection.linear1.weight",
+        "projection.linear2.weight",
+        "projection.layer_norm.weight",
+        "projection.layer_norm.bias",
+    ]
+
+
+class NumpyTextEmbedder:
+    """`PengiTextEmbedder` without torch: same `id`, `dim` and `embed` results."""
+
+    def __init__(self, weights: Mapping[str, np.ndarray], cfg: TextEncoderConfig, tokenizer: Tokenizer, model_id: str):
+        """`weights` are the text tower's tensors without the `caption_encoder.` prefix."""
+        if cfg.hidden_act not in ACTIVATIONS:
+            raise CheckpointError(f"text tower activation {cfg.hidden_act!r} is not supported by the numpy path")
+        missing = sorted(set(expected_weights(cfg)) - set(weights))
+        if missing:
+            raise CheckpointError(f"the text tower's weights lack {', '.join(missing[:5])} ({len(missing)} in all)")
+        self.w = weights
+        self.cfg = cfg
+        self.act = ACTIVATIONS[cfg.hidden_act]
+        self.tokenizer = tokenizer
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(cfg.max_position_embeddings)
+        self.id = f"pengi-text:{model_id}"
+        self.dim = int(weights["projection.layer_norm.weight"].shape[0])
+
+    @classmethod
+    def from_model_dir(cls, model_dir: Path) -> NumpyTextEmbedder:
+        """Maps the text tower's weights and reads the CLIP tokenizer of a `base` model directory."""
+        model_dir = Path(model_dir)
+        cfg, _ = read_model_config(model_dir)
+        if cfg.text_encoder is None:
+            raise CheckpointError(f"{model_dir}: this model has no text encoder (base_no_text_enc)")
+        weights = mapped_tensors(model_dir / WEIGHTS_FILE, TEXT_ENCODER_PREFIX)
+        tokenizer = Tokenizer.from_file(str(clip_tokenizer_file(model_dir)))
+        return cls(weights, cfg.text_encoder, tokenizer, model_identity(model_dir))
+
+    def embed(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """L2-normalised float32 embeddings (N, dim)."""
+        out = [self._embed_batch(list(texts[start : start + batch_size])) for start in range(0, len(texts), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+    def _embed_batch(self, texts: list[str]) -> np.ndarray:
+        rows = [encoding.ids for encoding in self.tokenizer.encode_batch(texts)]
+        eos = self.cfg.eos_token_id
+        width = max(len(r) for r in rows)
+        ids = np.full((len(rows), width), eos, dtype=np.int64)  # right padding never reaches the pooled token
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = row
+        # CLIPTextModel pools at the first end-of-text token (position 0 when there is none, as argmax gives).
+        pooled_at = (ids == eos).argmax(axis=1)
+        with threadpool_limits(1 if ids.size <= SINGLE_THREAD_TOKENS else None, user_api="blas"):
+            hidden = self._transformer(ids)[np.arange(len(rows)), pooled_at]
+        emb = self._projections(hidden)
+        return (emb / np.linalg.norm(emb, axis=-1, keepdims=True)).astype(np.float32)
+
+    def _transformer(self, ids: np.ndarray) -> np.ndarray:
+        w = self.w
+        h = (
+            w["base.embeddings.token_embedding.weight"][ids]
+            + w["base.embeddings.position_embedding.weight"][: ids.shape[1]]
+        )
+        causal = np.triu(np.full((ids.shape[1], ids.shape[1]), -np.inf, dtype=np.float32), k=1)
+        for layer in range(self.cfg.num_hidden_layers):
+            h = self._layer(h, f"base.encoder.layers.{layer}.", causal)
+        return layer_norm(h, w["base.final_layer_norm.weight"], w["base.final_layer_norm.bias"])
+
+    def _layer(self, h: np.ndarray, p: str, causal: np.ndarray) -> np.ndarray:
+        w = self.w
+        x = layer_norm(h, w[p + "layer_norm1.weight"], w[p + "layer_norm1.bias"])
+        h = h + self._attention(x, p + "self_attn.", causal)
+        x = layer_norm(h, w[p + "layer_norm2.weight"], w[p + "layer_norm2.bias"])
+        x = self.act(linear(x, w[p + "mlp.fc1.weight"], w[p + "mlp.fc1.bias"]))
+        return h + linear(x, w[p + "mlp.fc2.weight"], w[p + "mlp.fc2.bias"])
+
+    def _attention(self, x: np.ndarray, p: str, causal: np.ndarray) -> np.ndarray:
+        w = self.w
+        batch, length, width = x.shape
+        heads = self.cfg.num_attention_heads
+        head_dim = width // heads
+
+        def split(name: str) -> np.ndarray:  # (B, T, E) -> (B, H, T, D)
+            proj = linear(x, w[p + name + ".weight"], w[p + name + ".bias"])
+            return proj.reshape(batch, length, heads, head_dim).transpose(0, 2, 1, 3)
+
+        q, k, v = split("q_proj"), split("k_proj"), split("v_proj")
+        scores = (q @ k.transpose(0, 1, 3, 2)) * np.float32(head_dim**-0.5) + causal
+        scores = np.exp(scores - scores.max(-1, keepdims=True))
+        attn = (scores / scores.sum(-1, keepdims=True)) @ v
+        merged = attn.transpose(0, 2, 1, 3).reshape(batch, length, width)
+        return linear(merged, w[p + "out_proj.weight"], w[p + "out_proj.bias"])
+
+    def _projections(self, pooled: np.ndarray) -> np.ndarray:
+        """CLIP's text projection, then Pengi's Projection: LayerNorm(h1 + W2 gelu(h1)) with h1 = W1 x."""
+        w = self.w
+        h1 = linear(linear(pooled, w["clip_text_projection.weight"]), w["projection.linear1.weight"])
+        out = h1 + linear(gelu(h1), w["projection.linear2.weight"])
+        return layer_norm(out, w["projection.layer_norm.weight"], w["projection.layer_norm.bias"])

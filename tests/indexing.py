@@ -1,0 +1,118 @@
+"""Helpers for the indexer tests: generated audio files, quick options for the tiny model, consistency checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+from indexer.pipeline import IndexOptions
+from pengi_search.library import Library
+from pengi_search.store import VECTOR_KINDS
+from pengi_search.vectors import VectorIndex
+
+
+def write_tone(path: Path, seconds: float, *, sr: int = 44_100, channels: int = 1, freq: float = 440.0) -> Path:
+    """A sine tone with a little seeded noise (so that files with other settings differ), written by soundfile."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(round(seconds * sr))) / sr
+    rng = np.random.default_rng(int(freq * 1000 + seconds * 10 + channels))
+    mono = 0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(len(t))
+    data = np.stack([mono * (0.5 + 0.5 * c) for c in range(channels)], axis=1) if channels > 1 else mono
+    sf.write(path, data.astype(np.float32), sr)
+    return path
+
+
+def make_tiny_sentence_transformer(directory: Path, seed: int = 0) -> Path:
+    """A sentence-transformers model (one-layer BERT, mean pooling, 16 dimensions) saved locally: nothing downloaded."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    bert_dir = directory / "bert"
+    bert_dir.mkdir(parents=True)
+    words = ["a", "the", "dog", "bark", "rain", "water", "bell", "sound", "of", "is", "in", "audio"]
+    (directory / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"))
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(bert_dir)
+    tokenizer.save_pretrained(bert_dir)
+    model = SentenceTransformer(modules=[Transformer(str(bert_dir), max_seq_length=32), Pooling(16)], device="cpu")
+    model.save(str(directory / "model"))
+    return directory / "model"
+
+
+def quick_options(roots: list[Path], db: Path, model_dir: Path, **overrides: Any) -> IndexOptions:
+    """Options that keep the tiny model fast: short answers, narrow beams, decoding in this process."""
+    settings: dict[str, Any] = {"workers": 0, "batch_size": 4, "beam": 2, "max_len": 3, "device": "cpu"}
+    settings.update(overrides)
+    return IndexOptions(roots=[str(root) for root in roots], db=str(db), model=str(model_dir), **settings)
+
+
+def assert_consistent(db: Path) -> None:
+    """The FAISS files on disk hold exactly the database's vectors, and every window has both kinds."""
+    with Library.open(str(db)) as library:
+        ids = {kind: library.store.vector_ids(kind) for kind in VECTOR_KINDS}
+        assert np.array_equal(ids["text"], ids["audio"])
+        for kind in VECTOR_KINDS:
+            path = library.index_path(kind)
+            if ids[kind].size == 0 and not path.exists():
+                continue
+            index, _ = VectorIndex.load(path)
+            assert np.array_equal(index.ids(), ids[kind]), f"{kind} FAISS file differs from the database"
+
+
+def db_content(db: Path) -> list[dict[str, Any]]:
+    """Files, windows and texts as exported, without what differs between runs (times, run ids)."""
+    with Library.open(str(db)) as library:
+        rows = list(library.store.export_rows())
+    for row in rows:
+        row.pop("indexed_at")
+    return rows
+
+
+def assert_same_content(got: Path, expected: Path) -> None:
+    """Two libraries hold the same files, windows and texts; answer scores agree to float32 rounding.
+
+    Float32 matrix products on the CPU may round differently with the batch size, which moves scores (and vectors)
+    by ~1e-6; the generated texts must not change.
+    """
+    (got_rows, got_scores), (want_rows, want_scores) = (
+        _without_scores(db_content(got)),
+        _without_scores(db_content(expected)),
+    )
+    assert got_rows == want_rows
+    np.testing.assert_allclose(got_scores, want_scores, rtol=1e-5, atol=1e-5)
+    for kind in VECTOR_KINDS:
+        got_vectors, want_vectors = window_vectors(got, kind), window_vectors(expected, kind)
+        assert got_vectors.keys() == want_vectors.keys()
+        for key, vector in want_vectors.items():
+            np.testing.assert_allclose(got_vectors[key], vector, atol=1e-5)
+
+
+def _without_scores(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[float]]:
+    scores = []
+    for row in rows:
+        for window in row["windows"]:
+            for text in window["texts"]:
+                scores.append(text.pop("score"))
+    return rows, scores
+
+
+def window_vectors(db: Path, kind: str) -> dict[tuple[str, int], np.ndarray]:
+    """(path, window index) -> stored vector, to compare libraries whose window ids differ."""
+    with Library.open(str(db)) as library:
+        ids, vectors = library.store.vectors(kind)
+        details = library.store.window_details(ids)
+    return {(details[i].path, details[i].index): vector for i, vector in zip(ids.tolist(), vectors, strict=True)}

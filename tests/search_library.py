@@ -1,0 +1,120 @@
+"""Libraries for the search and classify tests.
+
+The tiny test model writes the same gibberish for every sound, so text search is tested on a library whose captions
+are written into the store directly (`caption_library`): known captions, embedded by the tiny model's own text
+tower, and real audio embeddings of real files. `indexed_library` runs the real indexer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+from transformers import CLIPTokenizer
+
+from indexer.pipeline import run_index
+from indexer.scan import scan
+from pengi_search.audio import iter_windows
+from pengi_search.checkpoint import model_identity, read_model_config
+from pengi_search.embedders import PengiTextEmbedder
+from pengi_search.inference import DEFAULT_PROMPTS, Engine
+from pengi_search.library import Library
+from pengi_search.store import AudioInfo, EmbedderInfo, ModelInfo, Store, TextRecord, WindowInput
+
+from .indexing import quick_options, write_tone
+from .tiny import CORPUS
+
+CAPTION = DEFAULT_PROMPTS["caption"]
+EVENTS = DEFAULT_PROMPTS["sound_events"]
+
+# relative path -> (seconds, caption of each window); the 10 s file has two windows (0-7 s and 3-10 s)
+CAPTIONED = {
+    "animals/dog.wav": (3.0, ["a dog barks"]),
+    "weather/rain.flac": (10.0, ["rain on a roof", "thunder rolls in the distance"]),
+    "bell.wav": (2.0, ["a bell rings"]),
+    "animals/cat.flac": (5.0, ["a cat meows"]),
+}
+
+
+def model_info(model_dir: Path) -> ModelInfo:
+    _, meta = read_model_config(model_dir)
+    return ModelInfo(meta["name"], meta["weights_sha256"])
+
+
+@dataclass
+class CaptionLibrary:
+    db: str
+    root: Path
+    files: dict[str, Path]  # relative name -> absolute path
+
+
+def caption_library(db: str, root: Path, model_dir: Path, captioned: dict | None = None) -> CaptionLibrary:
+    """Write the sounds, and store them with the given captions (and real audio embeddings) as the indexer would."""
+    captioned = CAPTIONED if captioned is None else captioned
+    engine = Engine.load(model_dir, "cpu")
+    embedder = PengiTextEmbedder(
+        engine.model.caption_encoder, engine.tok.clip, model_identity(model_dir), engine.device
+    )
+    files = {}
+    with Store.open(db) as store:
+        store.set_index_meta(model_info(model_dir), EmbedderInfo(embedder.id, embedder.dim))
+        for seed, (name, (seconds, captions)) in enumerate(captioned.items()):
+            path = write_tone(root / name, seconds, freq=tone(seed))
+            files[name] = path
+            windows = list(iter_windows(path))
+            assert len(windows) == len(captions), name
+            audio = engine.audio_embeddings(np.stack([w.samples for w in windows])).numpy()
+            text = embedder.embed(captions)
+            entry = scan([path], frozenset()).entries[0]
+            file_id = store.upsert_file(entry.path, size=entry.size, mtime=entry.mtime)
+            inputs = [
+                WindowInput(
+                    w.index,
+                    w.start_s,
+                    w.end_s,
+                    texts=[TextRecord(CAPTION, caption), TextRecord(EVENTS, caption.split()[-1])],
+                    vectors={"text": text[i], "audio": audio[i] / np.linalg.norm(audio[i])},
+                )
+                for i, (w, caption) in enumerate(zip(windows, captions, strict=True))
+            ]
+            info = AudioInfo(seconds, 44_100, 1, path.suffix.lstrip("."))
+            store.replace_file_windows(file_id, inputs, audio=info)
+        Library(store).sync_vector_indexes()
+    return CaptionLibrary(db, root, files)
+
+
+def tone(seed: int) -> float:
+    """A different frequency for every sound of a test library."""
+    return 150.0 + 90.0 * seed
+
+
+def index_folder(db: str, root: Path, model_dir: Path, **options: Any) -> None:
+    """Index everything under `root` with the real indexer (decoding in this process, short answers)."""
+    summary = run_index(quick_options([root], Path(db), model_dir, **options))
+    assert summary.indexed and not summary.failed, summary.to_json()
+
+
+def clip_like_tokenizer(vocab_size: int = 600) -> CLIPTokenizer:
+    """transformers' own CLIPTokenizer (CLIP's normaliser, pre-tokeniser, `</w>` word ends and post-processor) over
+    a small BPE vocabulary trained here: no real CLIP vocabulary is available offline."""
+    trained = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    trained.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
+    trained.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        end_of_word_suffix="</w>",
+        show_progress=False,
+    )
+    trained.train_from_iterator(CORPUS * 4, trainer)
+    bpe = json.loads(trained.to_str())["model"]
+    vocab = dict(bpe["vocab"])
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[tuple(pair) for pair in bpe["merges"]])

@@ -1,0 +1,228 @@
+"""Zero-shot classification: labels and truth files, both methods, reuse of the index, and the evaluation."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pengi_search.audio import iter_windows
+from pengi_search.classify import (
+    Classifier,
+    ClassifySettings,
+    LabelsError,
+    Prediction,
+    Truth,
+    evaluate,
+    loglik_answer,
+    read_labels,
+    read_truth,
+)
+from pengi_search.decoding import GenerationConfig
+from pengi_search.inference import DEFAULT_PROMPTS, Engine
+from pengi_search.library import Library
+
+from .indexing import write_tone
+from .search_library import caption_library
+
+SMOKE_LABELS = Path("/work/shared/data/smoke/labels.csv")
+
+
+# -- labels files ------------------------------------------------------------------------------------------------
+
+
+def write(tmp_path: Path, content: str | bytes, name: str = "labels.txt") -> Path:
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return path
+
+
+def test_labels_one_per_line(tmp_path):
+    path = write(tmp_path, "\ufeffdog barking\n  rain \ncat\n\n\n")  # BOM, spaces and trailing blank lines are fine
+    assert read_labels(path) == ["dog barking", "rain", "cat"]
+
+
+def test_labels_from_a_csv_label_column(tmp_path):
+    path = write(tmp_path, "file,Label,caption\na.wav,dog,x\nb.wav,cat,y\nc.wav,dog,z\n", "meta.csv")
+    assert read_labels(path) == ["dog", "cat"]
+
+
+@pytest.mark.skipif(not SMOKE_LABELS.exists(), reason="shared smoke data not present")
+def test_labels_from_the_smoke_set_csv():
+    labels = read_labels(SMOKE_LABELS)
+    assert "speech" in labels and "bird" in labels and len(labels) == len(set(labels))
+
+
+@pytest.mark.parametrize(
+    ("content", "name", "message"),
+    [
+        ("", "labels.txt", "no labels"),
+        ("\n \n", "labels.txt", "no labels"),
+        ("dog\n\ncat\n", "labels.txt", "line 2 is blank"),
+        ("dog\ncat\n dog\n", "labels.txt", r"duplicate label 'dog' on line 3 \(first on line 1\)"),
+        (b"dog\ncat\nb\xe9ll\n", "labels.txt", r"not UTF-8 text: byte 9 \(line 3\)"),
+        ("name,caption\ndog,x\n", "labels.csv", "needs a 'label' column"),
+        ("label\ndog\n,\n", "labels.csv", "line 3 has no label"),
+        ("label\n", "labels.csv", "no labels"),
+        ("", "labels.csv", "empty"),
+    ],
+)
+def test_bad_labels_files_say_what_and_where(tmp_path, content, name, message):
+    path = write(tmp_path, content, name)
+    with pytest.raises(LabelsError, match=message) as err:
+        read_labels(path)
+    assert str(err.value).startswith(f"{path}: ")
+
+
+def test_missing_labels_file(tmp_path):
+    with pytest.raises(LabelsError, match="no such file"):
+        read_labels(tmp_path / "absent.txt")
+
+
+# -- truth files and evaluation ----------------------------------------------------------------------------------
+
+
+def test_truth_paths_are_relative_to_the_csv_or_matched_by_name(tmp_path):
+    path = write(tmp_path, "filename,label\nsub/a.wav,dog\n/elsewhere/b.wav,cat\nc.wav,bell\nx/c.wav,bell\n", "t.csv")
+    truth = read_truth(path)
+    assert truth.label_of(tmp_path / "sub" / "a.wav") == "dog"
+    assert truth.label_of("/elsewhere/b.wav") == "cat"
+    assert truth.label_of("/other/place/a.wav") == "dog"  # a unique name
+    assert truth.label_of("/other/place/c.wav") is None  # listed twice: ambiguous by name
+    assert truth.label_of(tmp_path / "x" / "c.wav") == "bell"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("name,label\na.wav,dog\n", "needs a 'label' column and one of file, filename, path"),
+        ("path,label\na.wav,\n", "line 2 lacks a label"),
+        ("file,label\na.wav,dog\na.wav,cat\n", "'a.wav' on line 3 has another label than on line 2"),
+        (b"file,label\n\xff.wav,dog\n", "not UTF-8"),
+    ],
+)
+def test_bad_truth_files(tmp_path, content, message):
+    with pytest.raises(LabelsError, match=message):
+        read_truth(write(tmp_path, content, "truth.csv"))
+
+
+def test_evaluate_accuracy_and_per_class_scores():
+    truth = Truth({"/a.wav": "dog", "/b.wav": "dog", "/c.wav": "rain", "/d.wav": "bell"}, {})
+    predictions = [
+        Prediction("/a.wav", [("dog", 0.9), ("rain", 0.1)], 1, "index"),
+        Prediction("/b.wav", [("rain", 0.8), ("dog", 0.2)], 1, "index"),
+        Prediction("/c.wav", [("rain", 0.7), ("dog", 0.3)], 1, "index"),
+        Prediction("/d.wav", [("dog", 0.6), ("bell", 0.4)], 1, "index"),
+        Prediction("/unknown.wav", [("dog", 0.6)], 1, "index"),
+    ]
+    metrics = evaluate(predictions, truth)
+    assert metrics["files"] == 4 and metrics["correct"] == 2 and metrics["accuracy"] == 0.5
+    assert metrics["unmatched"] == ["/unknown.wav"]
+    dog, rain, bell = (metrics["per_class"][label] for label in ("dog", "rain", "bell"))
+    assert dog == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+    assert rain == {"precision": 0.5, "recall": 1.0, "f1": pytest.approx(2 / 3, abs=1e-6), "support": 1}
+    assert bell == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+
+
+def test_loglik_answer_drops_the_prompt_from_the_template():
+    prompt = "this is a sound of"
+    assert loglik_answer("{label}", prompt, "dog") == "dog"
+    assert loglik_answer("This is a sound of {label}", prompt, "dog barking") == "dog barking"
+    assert loglik_answer("a {label} nearby", prompt, "dog") == "a dog nearby"
+    with pytest.raises(ValueError, match="no \\{label\\}"):
+        ClassifySettings(template="this is a sound of")
+    with pytest.raises(ValueError, match="leaves no answer"):
+        loglik_answer("this is a sound of {label}", prompt, "")
+
+
+# -- classification ----------------------------------------------------------------------------------------------
+
+LABELS = ["a dog barks", "rain on a roof", "a bell rings", "a cat meows"]
+
+
+@pytest.fixture(scope="module")
+def captions(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("captioned")
+    return caption_library(str(root / "index.db"), root / "sounds", tiny_model_dir)
+
+
+def classifier(model_dir, labels=LABELS, db=None, **settings):
+    library = None if db is None else Library.open(db)
+    return Classifier(labels, ClassifySettings(**settings), model_dir=model_dir, library=library, device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("name", "label"),
+    [("animals/dog.wav", "a dog barks"), ("bell.wav", "a bell rings"), ("animals/cat.flac", "a cat meows")],
+)
+def test_text_method_picks_the_label_equal_to_the_stored_caption(captions, tiny_model_dir, name, label):
+    prediction = classifier(tiny_model_dir, db=captions.db).classify(captions.files[name])
+    assert prediction.source == "index" and prediction.windows == 1
+    assert prediction.label == label and prediction.score == pytest.approx(1.0, abs=1e-5)
+    assert prediction.ranked[1][1] < 1.0 - 1e-4
+    assert sorted(label for label, _ in prediction.ranked) == sorted(LABELS)
+
+
+def test_text_method_averages_the_windows(captions, tiny_model_dir):
+    """rain.flac: "rain on a roof" then "thunder rolls in the distance"; each label's score is the windows' mean."""
+    c = classifier(tiny_model_dir, labels=["rain on a roof", "thunder rolls in the distance"], db=captions.db)
+    prediction = c.classify(captions.files["weather/rain.flac"])
+    assert prediction.windows == 2
+    vectors = c.embedder().embed(["rain on a roof", "thunder rolls in the distance"])
+    cross = float(vectors[0] @ vectors[1])
+    for _, score in prediction.ranked:
+        assert score == pytest.approx((1.0 + cross) / 2, abs=1e-5)
+
+
+def test_text_method_captions_a_file_that_is_not_indexed(tiny_model_dir, tmp_path):
+    path = write_tone(tmp_path / "new.wav", 4.0, freq=600.0)
+    engine = Engine.load(tiny_model_dir, "cpu")
+    embeds = engine.audio_embeddings(np.stack([w.samples for w in iter_windows(path)]))
+    caption = engine.generate(embeds, [DEFAULT_PROMPTS["caption"]], GenerationConfig(beam=2, max_len=8))[0][0].text
+    c = classifier(tiny_model_dir, labels=["a dog barks", caption, "rain"], beam=2, max_len=8)
+    prediction = c.classify(path)
+    assert prediction.source == "decoded"
+    assert prediction.label == caption and prediction.score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_template_applies_to_the_labels(captions, tiny_model_dir):
+    """With a template the label text no longer equals the caption; the template text itself does."""
+    c = classifier(tiny_model_dir, labels=["a dog", "a cat"], db=captions.db, template="{label} barks")
+    prediction = c.classify(captions.files["animals/dog.wav"])
+    assert prediction.label == "a dog" and prediction.score == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("score", ["mean", "total"])
+def test_loglik_equals_a_direct_engine_score(tiny_model_dir, tmp_path, score):
+    path = write_tone(tmp_path / "long.wav", 10.0, freq=420.0)  # two windows, averaged
+    labels = ["dog", "rain on a roof", "bell", "silence"]
+    engine = Engine.load(tiny_model_dir, "cpu")
+    embeds = engine.audio_embeddings(np.stack([w.samples for w in iter_windows(path)]))
+    direct = engine.score(embeds, "this is a sound of", labels)
+    expected = np.mean([[getattr(s, score) for s in row] for row in direct], axis=0)
+    prediction = classifier(tiny_model_dir, labels=labels, method="loglik", loglik_score=score).classify(path)
+    assert prediction.source == "decoded" and prediction.windows == 2
+    assert prediction.label == labels[int(np.argmax(expected))]
+    got = dict(prediction.ranked)
+    np.testing.assert_allclose([got[label] for label in labels], expected, atol=1e-5, rtol=0)
+
+
+def test_loglik_reuses_stored_audio_embeddings(captions, tiny_model_dir, tmp_path):
+    settings = {"method": "loglik", "template": "this is a sound of {label}"}
+    stored = classifier(tiny_model_dir, labels=["dog", "rain"], db=captions.db, **settings)
+    fresh = classifier(tiny_model_dir, labels=["dog", "rain"], **settings)
+    from_index = stored.classify(captions.files["weather/rain.flac"])
+    decoded = fresh.classify(shutil.copy(captions.files["weather/rain.flac"], tmp_path / "rain.flac"))
+    assert (from_index.source, decoded.source) == ("index", "decoded")
+    assert from_index.label == decoded.label
+    np.testing.assert_allclose([s for _, s in from_index.ranked], [s for _, s in decoded.ranked], atol=1e-4, rtol=0)
+
+
+def test_another_model_does_not_reuse_the_index(captions, tmp_path):
+    from .tiny import make_tiny_model_dir
+
+    other = make_tiny_model_dir(tmp_path / "other", seed=4)
+    prediction = classifier(other, db=captions.db, max_len=4).classify(captions.files["bell.wav"])
+    assert prediction.source == "decoded"

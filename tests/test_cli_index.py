@@ -1,0 +1,133 @@
+"""`pengi-search index`, `rebuild-index`, `stats`, `remove` and `export`, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pengi_search.cli import app
+from pengi_search.cli.common import EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE
+from pengi_search.library import Library
+
+from .indexing import assert_consistent, write_tone
+from .tiny import make_tiny_model_dir
+
+runner = CliRunner()
+QUICK = ("--workers", "0", "--beam", "2", "--max-len", "3", "--device", "cpu", "--quiet")
+
+
+@pytest.fixture()
+def sounds(tmp_path) -> Path:
+    root = tmp_path / "sounds"
+    write_tone(root / "dogs" / "bark.wav", 2.0, freq=600)
+    write_tone(root / "dogs" / "growl.flac", 8.0, sr=22_050, freq=150)
+    write_tone(root / "rain.wav", 1.0, channels=2, freq=900)
+    return root
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def index(root, db, model, *extra):
+    return run("index", root, "--db", db, "--model", model, *QUICK, *extra)
+
+
+def test_index_then_stats_and_export(tiny_model_dir, sounds, tmp_path):
+    db = tmp_path / "lib.db"
+    result = index(sounds, db, tiny_model_dir, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert (summary["indexed"], summary["windows"], summary["failed"]) == (3, 4, [])
+
+    stats = json.loads(run("stats", "--db", db, "--json").stdout)
+    assert stats["files"] == {"total": 3, "pending": 0, "indexed": 3, "error": 0}
+    assert (stats["windows"], stats["texts"], stats["vectors"]) == (4, 8, {"text": 4, "audio": 4})
+    assert stats["model"]["model"] == "tiny-base" and stats["model"]["embedder"].startswith("pengi-text:")
+    assert stats["runs"][0]["files_indexed"] == 3 and stats["database_bytes"] > 0
+    indexes = stats["vector_indexes"]
+    assert {kind: info["index_type"] for kind, info in indexes.items()} == {"text": "flat", "audio": "flat"}
+    assert all(info["bytes"] > 0 for info in indexes.values())
+
+    lines = run("export", "--db", db).stdout.splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert [Path(r["path"]).name for r in rows] == ["bark.wav", "growl.flac", "rain.wav"]
+    assert [len(r["windows"]) for r in rows] == [1, 2, 1]
+    out = tmp_path / "out" / "library.jsonl"
+    out.parent.mkdir()
+    assert run("export", "--db", db, "--output", out, "--under", sounds / "dogs").exit_code == 0
+    assert [json.loads(line)["path"] for line in out.read_text().splitlines()] == [r["path"] for r in rows[:2]]
+
+    text = run("stats", "--db", db)
+    assert "files: 3 (3 indexed, 0 pending, 0 failed)" in text.stdout
+
+
+def test_failed_files_give_exit_code_3_and_are_listed(tiny_model_dir, sounds, tmp_path):
+    (sounds / "broken [live].mp3").write_text("this is not an mp3")
+    result = index(sounds, tmp_path / "lib.db", tiny_model_dir)
+    assert result.exit_code == EXIT_PARTIAL
+    assert "indexed 3 file(s)" in result.stdout
+    assert f"failed {sounds / 'broken [live].mp3'}: not a readable audio file" in result.stderr
+
+
+def test_rebuild_index_changes_the_type_and_indexing_keeps_it(tiny_model_dir, sounds, tmp_path):
+    db = tmp_path / "lib.db"
+    assert index(sounds, db, tiny_model_dir).exit_code == 0
+    rebuilt = run("rebuild-index", "--db", db, "--index-type", "hnsw", "--json")
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert json.loads(rebuilt.stdout)["vectors"] == {"text": 4, "audio": 4}
+
+    write_tone(sounds / "new.wav", 1.0, freq=250)
+    assert index(sounds, db, tiny_model_dir).exit_code == 0
+    with Library.open(str(db)) as library:
+        assert library.index_types() == {"text": "hnsw", "audio": "hnsw"}
+        assert library.vector_index("text").type == "hnsw" and len(library.vector_index("text")) == 5
+    assert_consistent(db)
+
+
+def test_remove_forgets_a_folder_and_updates_the_vector_indexes(tiny_model_dir, sounds, tmp_path):
+    db = tmp_path / "lib.db"
+    assert index(sounds, db, tiny_model_dir).exit_code == 0
+    result = run("remove", sounds / "dogs", "--db", db, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["removed_files"] == 2
+    assert_consistent(db)
+    with Library.open(str(db)) as library:
+        assert len(library.vector_index("audio")) == 1
+
+    again = run("remove", sounds / "dogs", "--db", db)
+    assert again.exit_code == EXIT_FAILED and "nothing in the index" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--shard", "2/2"), "bad shard"),
+        (("--index-type", "lsh"), "--index-type"),
+        (("--ext", ","), "--ext"),
+    ],
+)
+def test_bad_options_are_usage_errors(tiny_model_dir, sounds, tmp_path, args, message):
+    result = index(sounds, tmp_path / "lib.db", tiny_model_dir, *args)
+    assert result.exit_code == EXIT_USAGE
+    assert message in result.stderr and "Traceback" not in result.output
+
+
+def test_a_missing_folder_is_a_usage_error_and_prunes_nothing(tiny_model_dir, sounds, tmp_path):
+    db = tmp_path / "lib.db"
+    assert index(sounds, db, tiny_model_dir).exit_code == 0
+    result = index(tmp_path / "unmounted", db, tiny_model_dir)
+    assert result.exit_code == EXIT_USAGE and "unmounted" in result.stderr
+    assert json.loads(run("stats", "--db", db, "--json").stdout)["files"]["indexed"] == 3
+
+
+def test_another_model_is_refused_in_one_line(tiny_model_dir, sounds, tmp_path):
+    db = tmp_path / "lib.db"
+    assert index(sounds, db, tiny_model_dir).exit_code == 0
+    other = make_tiny_model_dir(tmp_path / "other", seed=3)
+    result = index(sounds, db, other)
+    assert result.exit_code == EXIT_FAILED
+    assert "--reindex" in result.stderr and "Traceback" not in result.output

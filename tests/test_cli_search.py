@@ -1,0 +1,233 @@
+"""`pengi-search query`, `similar` and `classify` as a user runs them: output, JSON schemas and exit codes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from pengi_search.cli import app
+from pengi_search.cli.common import EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE
+
+from .search_library import caption_library
+
+runner = CliRunner()
+HIT_KEYS = {"path", "start_s", "end_s", "score", "caption", "texts", "window_id"}
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def captions(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("cli-search")
+    return caption_library(str(root / "index.db"), root / "sounds", tiny_model_dir)
+
+
+@pytest.fixture()
+def common(captions, tiny_model_dir):
+    return ("--db", captions.db, "--model", tiny_model_dir)
+
+
+def check_hit_schema(hit: dict, extra: frozenset[str] = frozenset()) -> None:
+    assert set(hit) == HIT_KEYS | extra
+    assert isinstance(hit["path"], str) and isinstance(hit["caption"], str)
+    assert isinstance(hit["start_s"], float) and isinstance(hit["end_s"], float)
+    assert isinstance(hit["score"], float) and isinstance(hit["window_id"], int)
+    assert isinstance(hit["texts"], dict) and all(isinstance(v, str) for v in hit["texts"].values())
+
+
+def test_query_json(captions, common):
+    result = run("query", "rain on a roof", *common, "--json", "-k", 3)
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.stdout)
+    assert len(hits) == 3
+    for hit in hits:
+        check_hit_schema(hit)
+    assert hits[0]["path"] == str(captions.files["weather/rain.flac"])
+    assert hits[0]["caption"] == "rain on a roof" and hits[0]["texts"]["generate audio caption"] == "rain on a roof"
+    assert (hits[0]["start_s"], hits[0]["end_s"]) == (0.0, 7.0)
+
+
+def test_query_table(captions, common, monkeypatch):
+    monkeypatch.chdir(captions.root)  # paths below the current folder are shown relative to it
+    result = run("query", "a bell rings", *common, "--ext", "wav", "--by", "window")
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert lines[0].split()[:5] == ["#", "path", "time", "score", "caption"]
+    assert lines[1].split() == ["1", "bell.wav", "0.0-2.0s", "1.000", "a", "bell", "rings"]
+    assert len(lines) == 3  # header and the two .wav files
+
+
+def test_query_with_no_match(common):
+    result = run("query", "a bell rings", *common, "--path", "*/nowhere/*", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"), [(("--by", "folder"), "--by 'folder'"), (("--ext", ","), "names no extension")]
+)
+def test_query_bad_options(common, args, message):
+    result = run("query", "x", *common, *args)
+    assert result.exit_code == EXIT_USAGE and message in result.output
+
+
+def test_query_empty_library(tmp_path, tiny_model_dir):
+    result = run("query", "rain", "--db", tmp_path / "empty.db", "--model", tiny_model_dir)
+    assert result.exit_code == EXIT_FAILED
+    assert "index is empty" in result.output and "pengi-search index PATH" in result.output
+
+
+def test_query_with_another_model(common, tmp_path, tiny_no_text_model_dir):
+    result = run("query", "rain", *common[:2], "--model", tiny_no_text_model_dir)
+    assert result.exit_code == EXIT_FAILED and "--model" in result.output
+
+
+def test_similar_json(captions, common, tmp_path):
+    copy = shutil.copy(captions.files["animals/cat.flac"], tmp_path / "cat-copy.flac")
+    result = run("similar", copy, *common, "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.stdout)
+    for hit in hits:
+        check_hit_schema(hit, frozenset({"query_start_s", "query_end_s"}))
+        assert isinstance(hit["query_start_s"], float) and isinstance(hit["query_end_s"], float)
+    assert hits[0]["path"] == str(captions.files["animals/cat.flac"]) and hits[0]["caption"] == "a cat meows"
+    assert len(hits) == len(captions.files)
+
+
+def test_similar_leaves_the_file_out(captions, common):
+    result = run("similar", captions.files["bell.wav"], *common, "--json")
+    assert result.exit_code == 0, result.output
+    paths = [hit["path"] for hit in json.loads(result.stdout)]
+    assert str(captions.files["bell.wav"]) not in paths and len(paths) == len(captions.files) - 1
+
+
+def test_similar_missing_file(common, tmp_path):
+    result = run("similar", tmp_path / "absent.wav", *common)
+    assert result.exit_code == EXIT_USAGE and "no such file" in result.output
+
+
+# -- classify ----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def labels(tmp_path):
+    path = tmp_path / "labels.txt"
+    path.write_text("a dog barks\nrain on a roof\na bell rings\na cat meows\n")
+    return path
+
+
+def test_classify_one_file(captions, common, labels):
+    result = run("classify", captions.files["bell.wav"], "--labels", labels, *common, "--top", 2)
+    assert result.exit_code == 0, result.output
+    lines = [line.split() for line in result.stdout.splitlines() if line.strip()]
+    assert lines[0][0].endswith("bell.wav")
+    assert lines[2][:5] == ["1", "a", "bell", "rings", "1.0000"]
+    assert len(lines) == 4  # file, header, two labels
+
+
+def test_classify_json_schema(captions, common, labels):
+    result = run("classify", captions.files["animals/dog.wav"], "-l", labels, *common, "--json", "--top", 3)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert set(data) == {"method", "labels", "results", "errors", "metrics"}
+    assert data["method"] == "text" and data["labels"] == labels.read_text().splitlines()
+    assert data["errors"] == [] and data["metrics"] is None
+    (entry,) = data["results"]
+    assert set(entry) == {"file", "label", "score", "top", "windows", "source"}
+    assert entry["label"] == "a dog barks" and isinstance(entry["score"], float) and entry["source"] == "index"
+    assert len(entry["top"]) == 3 and all(set(t) == {"label", "score"} for t in entry["top"])
+
+
+def write_truth(captions, tmp_path):
+    truth = tmp_path / "truth.csv"
+    rows = ["animals/dog.wav,a dog barks", "weather/rain.flac,rain on a roof", "bell.wav,a dog barks"]
+    truth.write_text("file,label\n" + "\n".join(f"{captions.root}/{row}" for row in rows) + "\n")
+    return truth
+
+
+def test_classify_folder_writes_a_csv_and_scores_it(captions, common, labels, tmp_path):
+    out = tmp_path / "predictions.csv"
+    truth = write_truth(captions, tmp_path)
+    result = run("classify", captions.root, "-l", labels, *common, "--output", out, "--truth", truth, "--json")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(out.open()))
+    assert list(rows[0]) == ["file", "label", "score", "top"]
+    by_file = {row["file"]: row for row in rows}
+    assert set(by_file) == {str(p) for p in captions.files.values()}
+    cat = by_file[str(captions.files["animals/cat.flac"])]
+    assert cat["label"] == "a cat meows" and cat["top"].startswith("a cat meows:1.0000;")
+    assert len(cat["top"].split(";")) == 4
+    metrics = json.loads(result.stdout)["metrics"]
+    assert metrics["files"] == 3 and metrics["correct"] == 2 and metrics["accuracy"] == pytest.approx(2 / 3, abs=1e-6)
+    assert metrics["per_class"]["a dog barks"] == {
+        "precision": 1.0,
+        "recall": 0.5,
+        "f1": pytest.approx(2 / 3, abs=1e-6),
+        "support": 2,
+    }
+    assert metrics["per_class"]["a bell rings"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert metrics["unmatched"] == [str(captions.files["animals/cat.flac"])]
+
+
+def test_classify_folder_csv_on_stdout_with_accuracy_on_stderr(captions, common, labels, tmp_path):
+    truth = write_truth(captions, tmp_path)
+    result = run("classify", captions.root / "animals", "-l", labels, *common, "--truth", truth, "-q")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [row["label"] for row in rows] == ["a cat meows", "a dog barks"]  # sorted by path
+    assert "accuracy 1.0000 (1/1 files)" in result.stderr
+
+
+def test_classify_folder_with_a_broken_file_is_partial(captions, common, labels, tmp_path):
+    folder = tmp_path / "mixed"
+    shutil.copytree(captions.root / "animals", folder)
+    (folder / "broken.wav").write_bytes(b"RIFF not really audio")
+    result = run("classify", folder, "-l", labels, *common, "--json", "--max-len", 4)
+    assert result.exit_code == EXIT_PARTIAL, result.output
+    data = json.loads(result.stdout)
+    assert [e["file"] for e in data["errors"]] == [str(folder / "broken.wav")]
+    assert len(data["results"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "no labels"),
+        (b"dog\n\ncat\n", "line 2 is blank"),
+        (b"dog\ncat\ndog\n", "duplicate label 'dog' on line 3"),
+        (b"dog\n\xff\n", "not UTF-8"),
+    ],
+)
+def test_classify_bad_labels_is_a_usage_error(captions, common, tmp_path, content, message):
+    labels = tmp_path / "labels.txt"
+    labels.write_bytes(content)
+    result = run("classify", captions.files["bell.wav"], "-l", labels, *common)
+    assert result.exit_code == EXIT_USAGE
+    assert message in result.output and str(labels) in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--method", "vote"), "--method 'vote'"),
+        (("--template", "no placeholder"), "no {label} placeholder"),
+        (("--loglik-score", "max"), "--loglik-score 'max'"),
+    ],
+)
+def test_classify_bad_options(captions, common, labels, args, message):
+    result = run("classify", captions.files["bell.wav"], "-l", labels, *common, *args)
+    assert result.exit_code == EXIT_USAGE and message in result.output
+
+
+def test_classify_loglik_from_the_command_line(captions, common, labels):
+    result = run("classify", captions.files["bell.wav"], "-l", labels, *common, "--method", "loglik", "--json")
+    assert result.exit_code == 0, result.output
+    entry = json.loads(result.stdout)["results"][0]
+    assert entry["source"] == "index" and entry["score"] < 0  # a mean log-probability
+    assert entry["label"] in labels.read_text().splitlines()

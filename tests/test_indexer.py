@@ -1,0 +1,300 @@
+"""The indexer on the tiny model: what it stores, what an incremental re-run skips, sharding, worker processes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import indexer.pipeline as pipeline
+from indexer.pipeline import IndexerError, run_index
+from indexer.scan import normalize_extensions, scan
+from indexer.shard import Rank, Shard
+from pengi_search.audio import iter_windows
+from pengi_search.embedders import PengiTextEmbedder
+from pengi_search.inference import DEFAULT_PROMPTS, Engine
+from pengi_search.library import Library
+from pengi_search.store import StoreMismatchError
+
+from .indexing import (
+    assert_consistent,
+    assert_same_content,
+    db_content,
+    make_tiny_sentence_transformer,
+    quick_options,
+    window_vectors,
+    write_tone,
+)
+from .tiny import make_tiny_model_dir
+
+PROMPTS = [DEFAULT_PROMPTS["caption"], DEFAULT_PROMPTS["sound_events"]]
+
+
+@pytest.fixture()
+def tree(tmp_path) -> Path:
+    root = tmp_path / "sounds"
+    write_tone(root / "short.wav", 1.5, freq=330)
+    write_tone(root / "birds" / "long stereo.wav", 9.0, sr=22_050, channels=2, freq=880)  # two windows
+    write_tone(root / "birds" / "tone.flac", 3.0, sr=22_050, freq=550)
+    (root / "notes.txt").write_text("not audio")
+    return root
+
+
+@pytest.fixture()
+def model_calls(monkeypatch) -> dict[str, int]:
+    """Counts windows through the audio encoder and generation calls."""
+    calls = {"windows": 0, "generate": 0}
+    embed, generate = Engine.audio_embeddings, Engine.generate
+
+    def counting_embed(self, waves):
+        calls["windows"] += len(waves)
+        return embed(self, waves)
+
+    def counting_generate(self, *args, **kwargs):
+        calls["generate"] += 1
+        return generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "audio_embeddings", counting_embed)
+    monkeypatch.setattr(Engine, "generate", counting_generate)
+    return calls
+
+
+def test_index_stores_files_windows_texts_and_vectors(tiny_model_dir, tree, tmp_path):
+    db = tmp_path / "lib.db"
+    summary = run_index(quick_options([tree], db, tiny_model_dir))
+    assert (summary.indexed, summary.windows, summary.failed, summary.partial) == (3, 4, [], False)
+
+    rows = {Path(row["path"]).name: row for row in db_content(db)}
+    assert set(rows) == {"short.wav", "long stereo.wav", "tone.flac"}
+    stereo = rows["long stereo.wav"]
+    assert [stereo[k] for k in ("status", "sample_rate", "channels", "format")] == ["indexed", 22050, 2, "wav"]
+    assert [(w["start_s"], w["end_s"]) for w in stereo["windows"]] == [(0.0, 7.0), (2.0, 9.0)]
+    assert rows["short.wav"]["windows"][0]["end_s"] == pytest.approx(1.5)
+    for row in rows.values():
+        assert row["content_hash"] and len(row["content_hash"]) == 64
+        for window in row["windows"]:
+            assert [t["prompt"] for t in window["texts"]] == PROMPTS
+    assert_consistent(db)
+
+    # The text vector embeds the caption; the audio vector is the window's unit Pengi embedding.
+    text_vectors = window_vectors(db, "text")
+    audio_vectors = window_vectors(db, "audio")
+    path = str(tree / "birds" / "long stereo.wav")
+    engine = Engine.load(tiny_model_dir, "cpu")
+    embedder = PengiTextEmbedder.from_model_dir(tiny_model_dir, engine.device)
+    for window in iter_windows(path):
+        caption = stereo["windows"][window.index]["texts"][0]["text"]
+        np.testing.assert_allclose(text_vectors[(path, window.index)], embedder.embed([caption])[0], atol=1e-5)
+        expected = engine.audio_embeddings(window.samples[None]).numpy()[0]
+        np.testing.assert_allclose(audio_vectors[(path, window.index)], expected / np.linalg.norm(expected), atol=1e-5)
+
+
+def test_an_unchanged_rerun_does_no_model_work(tiny_model_dir, tree, tmp_path, model_calls, monkeypatch):
+    db = tmp_path / "lib.db"
+    run_index(quick_options([tree], db, tiny_model_dir))
+    assert model_calls["windows"] == 4
+
+    def no_loading(*_args, **_kwargs):
+        raise AssertionError("the model was loaded for an unchanged library")
+
+    monkeypatch.setattr(Engine, "load", no_loading)
+    summary = run_index(quick_options([tree], db, tiny_model_dir))
+    assert (summary.indexed, summary.unchanged, summary.touched, summary.windows) == (0, 3, 0, 0)
+    assert model_calls == {"windows": 4, "generate": 1}
+    assert_consistent(db)
+
+
+def test_a_touched_file_with_the_same_content_is_only_restamped(tiny_model_dir, tree, tmp_path, model_calls):
+    db = tmp_path / "lib.db"
+    run_index(quick_options([tree], db, tiny_model_dir))
+    before = window_vectors(db, "text")
+    target = tree / "birds" / "tone.flac"
+    os.utime(target, (1_000_000_000, 1_000_000_000))
+
+    summary = run_index(quick_options([tree], db, tiny_model_dir))
+    assert (summary.indexed, summary.touched, summary.unchanged) == (0, 1, 2)
+    assert model_calls["windows"] == 4  # nothing new went through the model
+    with Library.open(str(db)) as library:
+        assert library.store.get_file(str(target)).mtime == 1_000_000_000
+    assert window_vectors(db, "text").keys() == before.keys()
+
+
+def test_a_changed_file_is_recaptioned_and_a_deleted_one_pruned(tiny_model_dir, tree, tmp_path, model_calls):
+    db = tmp_path / "lib.db"
+    run_index(quick_options([tree], db, tiny_model_dir))
+    changed = tree / "short.wav"
+    old_audio = window_vectors(db, "audio")[(str(changed), 0)]
+    write_tone(changed, 8.0, freq=1200)  # now two windows
+    (tree / "birds" / "tone.flac").unlink()
+
+    summary = run_index(quick_options([tree], db, tiny_model_dir))
+    assert (summary.indexed, summary.unchanged, summary.pruned, summary.windows) == (1, 1, 1, 2)
+    assert model_calls["windows"] == 4 + 2
+    rows = {Path(row["path"]).name: row for row in db_content(db)}
+    assert set(rows) == {"short.wav", "long stereo.wav"}
+    assert rows["short.wav"]["duration_s"] == pytest.approx(8.0) and len(rows["short.wav"]["windows"]) == 2
+    assert not np.allclose(window_vectors(db, "audio")[(str(changed), 0)], old_audio)
+    assert_consistent(db)
+
+
+def test_pruning_stays_inside_the_scanned_roots_and_extensions(tiny_model_dir, tree, tmp_path):
+    db = tmp_path / "lib.db"
+    other = write_tone(tmp_path / "elsewhere" / "keep.wav", 1.0)
+    run_index(quick_options([tree, other], db, tiny_model_dir))
+    other.unlink()  # gone, but not under the root indexed next
+
+    summary = run_index(quick_options([tree / "birds"], db, tiny_model_dir, extensions=normalize_extensions(["wav"])))
+    assert (summary.files_seen, summary.pruned) == (1, 0)  # tone.flac is not asked for this time: kept
+    assert len(db_content(db)) == 4
+
+
+def test_another_model_is_refused_unless_reindex(tiny_model_dir, tree, tmp_path):
+    db = tmp_path / "lib.db"
+    run_index(quick_options([tree], db, tiny_model_dir))
+    other_model = make_tiny_model_dir(tmp_path / "tiny-other", seed=1)
+
+    with pytest.raises(StoreMismatchError, match="--reindex"):
+        run_index(quick_options([tree], db, other_model))
+
+    summary = run_index(quick_options([tree], db, other_model, reindex=True))
+    assert (summary.indexed, summary.unchanged) == (3, 0)
+    weights = json.loads((other_model / "config.json").read_text())["weights_sha256"]
+    with Library.open(str(db)) as library:
+        meta = library.store.index_meta()
+    assert (meta.model.fingerprint, meta.embedder.name) == (weights, f"pengi-text:tiny-base@{weights[:12]}")
+    assert_consistent(db)
+
+
+def test_a_model_without_text_encoder_needs_a_text_embedder(tiny_no_text_model_dir, tree, tmp_path):
+    with pytest.raises(IndexerError, match="--text-embedder sentence-transformers:NAME"):
+        run_index(quick_options([tree], tmp_path / "lib.db", tiny_no_text_model_dir))
+
+
+def test_a_sentence_transformer_embeds_the_captions_of_a_model_without_text_encoder(
+    tiny_no_text_model_dir, tree, tmp_path
+):
+    db = tmp_path / "lib.db"
+    spec = f"sentence-transformers:{make_tiny_sentence_transformer(tmp_path / 'st')}"
+    summary = run_index(quick_options([tree], db, tiny_no_text_model_dir, text_embedder=spec))
+    assert (summary.indexed, summary.failed) == (3, [])
+    with Library.open(str(db)) as library:
+        meta = library.store.index_meta()
+        assert (meta.embedder.name, meta.embedder.dim) == (spec, 16)
+        assert library.vector_index("text").dim == 16
+    assert_consistent(db)
+
+    write_tone(tree / "new.wav", 1.0, freq=333)  # the recorded embedder is the default for later runs
+    assert run_index(quick_options([tree], db, tiny_no_text_model_dir)).indexed == 1
+    other = f"sentence-transformers:{make_tiny_sentence_transformer(tmp_path / 'st2', seed=1)}"
+    with pytest.raises(StoreMismatchError, match="--reindex"):
+        run_index(quick_options([tree], db, tiny_no_text_model_dir, text_embedder=other))
+
+
+def test_shards_together_equal_a_single_run(tiny_model_dir, tmp_path):
+    root = tmp_path / "sounds"
+    owned = {0: 0, 1: 0}
+    for n in range(40):
+        path = root / f"clip-{n:02d}.wav"
+        shard = 0 if Shard(0, 2).owns(str(path)) else 1
+        if owned[shard] < 2:
+            write_tone(path, 2.0 + 3 * owned[shard] + shard, freq=200 + 50 * n)
+            owned[shard] += 1
+    assert owned == {0: 2, 1: 2}
+
+    single, sharded = tmp_path / "single.db", tmp_path / "sharded.db"
+    run_index(quick_options([root], single, tiny_model_dir, batch_size=3))
+    parts = [run_index(quick_options([root], sharded, tiny_model_dir, shard=Shard(i, 2))) for i in (1, 0)]
+    assert [part.indexed for part in parts] == [2, 2]
+
+    assert_same_content(sharded, single)
+    assert_consistent(sharded)
+
+
+def test_worker_processes_give_what_decoding_in_process_gives(tiny_model_dir, tree, tmp_path):
+    in_process, workers = tmp_path / "in-process.db", tmp_path / "workers.db"
+    run_index(quick_options([tree], in_process, tiny_model_dir, workers=0, batch_size=5))
+    summary = run_index(quick_options([tree], workers, tiny_model_dir, workers=1, batch_size=1))
+    assert (summary.indexed, summary.windows) == (3, 4)
+    assert_same_content(workers, in_process)  # batch composition changes no text
+    assert_consistent(workers)
+
+
+def test_known_bad_files_are_not_retried_unless_asked(tiny_model_dir, tree, tmp_path, monkeypatch):
+    db = tmp_path / "lib.db"
+    (tree / "broken.wav").write_bytes(b"RIFF not really")
+    first = run_index(quick_options([tree], db, tiny_model_dir))
+    assert [Path(f.path).name for f in first.failed] == ["broken.wav"] and first.partial
+
+    decoded: list[str] = []
+    real = pipeline.decode_all
+
+    def recording(jobs, workers, *args):
+        jobs = list(jobs)
+        decoded.extend(Path(job.path).name for job in jobs)
+        return real(jobs, workers, *args)
+
+    monkeypatch.setattr(pipeline, "decode_all", recording)
+    again = run_index(quick_options([tree], db, tiny_model_dir))
+    assert (again.skipped_errors, again.failed, decoded) == (1, [], [])
+    retried = run_index(quick_options([tree], db, tiny_model_dir, retry_errors=True))
+    assert decoded == ["broken.wav"] and len(retried.failed) == 1
+
+
+def test_progress_is_reported_per_file_and_window(tiny_model_dir, tree, tmp_path):
+    events: list[tuple[str, int, int]] = []
+
+    class Recorder:
+        def start(self, files):
+            events.append(("start", files, 0))
+
+        def advance(self, files=0, windows=0):
+            events.append(("advance", files, windows))
+
+    run_index(quick_options([tree], tmp_path / "lib.db", tiny_model_dir), Recorder())
+    assert events[0] == ("start", 3, 0)
+    assert sum(e[1] for e in events[1:]) == 3 and sum(e[2] for e in events[1:]) == 4
+
+
+def test_scan_follows_links_once_sorts_and_filters(tmp_path):
+    root = tmp_path / "root"
+    write_tone(root / "b" / "z.WAV", 0.5)
+    write_tone(root / "a.flac", 0.5)
+    (root / "b" / "loop").symlink_to(root, target_is_directory=True)
+    (root / "linked.ogg").symlink_to(root / "a.flac")
+    (root / "readme.md").write_text("x")
+    result = scan([root], normalize_extensions([".wav", "FLAC", "ogg"]))
+    assert [Path(e.path).relative_to(root).as_posix() for e in result.entries] == ["a.flac", "b/z.WAV", "linked.ogg"]
+    assert all(e.problem is None for e in result.entries) and result.unreadable_dirs == []
+
+
+def test_scan_reports_unlistable_folders(tmp_path, monkeypatch):
+    root = tmp_path / "root"
+    write_tone(root / "ok.wav", 0.5)
+    write_tone(root / "locked" / "hidden.wav", 0.5)
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    result = scan([root], normalize_extensions(["wav"]))
+    assert [Path(e.path).name for e in result.entries] == ["ok.wav"]
+    assert result.unreadable_dirs == [(str(root / "locked"), "cannot list folder (Permission denied)")]
+
+
+def test_shard_parsing_and_torchrun_environment():
+    assert Shard.parse("1/4") == Shard(1, 4) and str(Shard(1, 4)) == "1/4"
+    for bad in ("4/4", "x/2", "1", "-1/2"):
+        with pytest.raises(ValueError):
+            Shard.parse(bad)
+    paths = [f"/sounds/{n}.wav" for n in range(100)]
+    owners = [[s for s in range(3) if Shard(s, 3).owns(p)] for p in paths]
+    assert all(len(o) == 1 for o in owners) and {o[0] for o in owners} == {0, 1, 2}
+    rank = Rank.from_env({"RANK": "2", "WORLD_SIZE": "4", "LOCAL_RANK": "0"})
+    assert (rank.shard, rank.local_rank, rank.leads) == (Shard(2, 4), 0, False)
+    assert Rank.from_env({}) is None

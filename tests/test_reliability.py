@@ -1,0 +1,258 @@
+"""Bad input and bad luck: every case must let the run finish, record the bad file with its reason, and leave the
+FAISS files holding exactly the database's vectors."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import indexer.pipeline as pipeline
+from indexer.decode import Decoded, Failed, Job, Windows, decode_all
+from indexer.pipeline import run_index
+from pengi_search.library import EmptyLibraryError, Library
+
+from .indexing import assert_consistent, quick_options, write_tone
+
+LONG_SECONDS = 180.0  # a few minutes; the two-hour file is measured in benchmarks/bench_index.py
+
+BAD_FILES = {
+    "empty.wav": "empty file (0 bytes)",
+    "random bytes.wav": "not a readable audio file",
+    "text.mp3": "not a readable audio file",
+    "truncated.flac": "corrupt or truncated audio data",
+    "nan.wav": "non-finite samples (NaN or Inf)",
+    "inf.wav": "non-finite samples (NaN or Inf)",
+    "gone.wav": "broken symbolic link",
+    "pipe.wav": "not a regular file (FIFO)",
+    "loop-a.wav": "broken symbolic link (Too many levels of symbolic links)",
+    "loop-b.wav": "broken symbolic link (Too many levels of symbolic links)",
+}
+GOOD_FILES = {  # name -> windows
+    "good.wav": 1,
+    "tiny 50 ms.wav": 1,
+    "silence.wav": 1,
+    "long 8 kHz.flac": 26,
+    "ünïcødé 音 ☂.wav": 1,
+    "   lots   of   spaces   .wav": 1,
+}
+
+
+def make_bad_tree(root: Path) -> None:
+    rng = np.random.default_rng(7)
+    write_tone(root / "good.wav", 2.0)
+    (root / "empty.wav").write_bytes(b"")
+    (root / "random bytes.wav").write_bytes(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    (root / "text.mp3").write_text("just a text file with an mp3 name\n" * 20)
+    whole = write_tone(root / "truncated.flac", 10.0, sr=22_050).read_bytes()
+    (root / "truncated.flac").write_bytes(whole[: len(whole) // 2])
+    write_tone(root / "tiny 50 ms.wav", 0.05)
+    sf.write(root / "silence.wav", np.zeros(3 * 44_100, np.float32), 44_100)
+    write_tone(root / "long 8 kHz.flac", LONG_SECONDS, sr=8_000, freq=300)
+    for name, bad in (("nan.wav", np.nan), ("inf.wav", np.inf)):
+        samples = np.full(22_050, 0.1, np.float32)
+        samples[1000] = bad
+        sf.write(root / name, samples, 22_050, subtype="FLOAT")
+    write_tone(root / "ünïcødé 音 ☂.wav", 1.0, freq=700)
+    write_tone(root / "   lots   of   spaces   .wav", 1.0, freq=800)
+    (root / "gone.wav").symlink_to(root / "never-existed.wav")
+    os.mkfifo(root / "pipe.wav")
+    (root / "loop-a.wav").symlink_to(root / "loop-b.wav")
+    (root / "loop-b.wav").symlink_to(root / "loop-a.wav")
+    (root / "sub").mkdir()
+    (root / "sub" / "back to root").symlink_to(root, target_is_directory=True)  # a folder loop
+
+
+@pytest.fixture(scope="module")
+def bad_run(tiny_model_dir, tmp_path_factory):
+    base = tmp_path_factory.mktemp("reliability")
+    root = base / "library"
+    make_bad_tree(root)
+    db = base / "lib.db"
+    summary = run_index(quick_options([root], db, tiny_model_dir, batch_size=8))
+    return root, db, summary
+
+
+def test_the_run_finishes_and_reports_every_bad_file(bad_run):
+    root, db, summary = bad_run
+    assert summary.partial and summary.indexed == len(GOOD_FILES)
+    assert sorted(Path(f.path).name for f in summary.failed) == sorted(BAD_FILES)
+    assert summary.windows == sum(GOOD_FILES.values())
+    with Library.open(str(db)) as library:
+        assert library.store.runs(1)[0].status == "finished"
+    assert_consistent(db)
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_a_bad_file_is_recorded_with_its_reason(bad_run, name):
+    root, db, _ = bad_run
+    with Library.open(str(db)) as library:
+        record = library.store.get_file(str(root / name))
+        details = library.store.window_details(library.store.vector_ids("text"))
+    assert record.status == "error"
+    assert BAD_FILES[name] in record.error
+    assert all(d.path != record.path for d in details.values())
+
+
+@pytest.mark.parametrize("name", sorted(GOOD_FILES))
+def test_odd_but_valid_files_are_indexed(bad_run, name):
+    root, db, _ = bad_run
+    with Library.open(str(db)) as library:
+        record = library.store.get_file(str(root / name))
+        windows = list(library.store.window_details(library.store.vector_ids("audio")).values())
+    assert record.status == "indexed" and record.error is None
+    mine = sorted((d.index, d.start_s, d.end_s) for d in windows if d.path == record.path)
+    assert len(mine) == GOOD_FILES[name]
+    if name == "tiny 50 ms.wav":
+        assert mine == [(0, 0.0, pytest.approx(0.05))]  # one padded window, its real extent kept
+    if name == "long 8 kHz.flac":
+        assert mine[-1][2] == pytest.approx(LONG_SECONDS) and record.sample_rate == 8_000
+
+
+def test_the_folder_loop_is_walked_once(bad_run):
+    root, db, summary = bad_run
+    with Library.open(str(db)) as library:
+        paths = [record.path for record in library.store.files_under(str(root))]
+    assert not any("back to root" in path for path in paths)
+    assert summary.files_seen == len(BAD_FILES) + len(GOOD_FILES)
+
+
+def test_a_rerun_retries_nothing_and_stays_consistent(bad_run, tiny_model_dir):
+    root, db, _ = bad_run
+    again = run_index(quick_options([root], db, tiny_model_dir))
+    assert (again.indexed, again.failed, again.unchanged) == (0, [], len(GOOD_FILES))
+    assert again.skipped_errors == len(BAD_FILES)
+    assert_consistent(db)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a chmod 000 file anyway; the broken link and FIFO cover it")
+def test_an_unreadable_file_is_recorded(tiny_model_dir, tmp_path):
+    locked = write_tone(tmp_path / "lib" / "locked.wav", 1.0)
+    locked.chmod(0)
+    summary = run_index(quick_options([tmp_path / "lib"], tmp_path / "lib.db", tiny_model_dir))
+    assert [(Path(f.path).name, "Permission denied" in f.reason) for f in summary.failed] == [("locked.wav", True)]
+    assert_consistent(tmp_path / "lib.db")
+
+
+def test_a_file_deleted_between_scan_and_decoding(tiny_model_dir, tmp_path, monkeypatch):
+    root = tmp_path / "lib"
+    write_tone(root / "stays.wav", 1.0)
+    vanishing = write_tone(root / "vanishes.wav", 1.0, freq=500)
+    real_scan = pipeline.scan
+
+    def scan_then_delete(*args):
+        result = real_scan(*args)
+        vanishing.unlink()
+        return result
+
+    monkeypatch.setattr(pipeline, "scan", scan_then_delete)
+    db = tmp_path / "lib.db"
+    summary = run_index(quick_options([root], db, tiny_model_dir))
+    assert summary.indexed == 1
+    assert [(Path(f.path).name, "No such file" in f.reason) for f in summary.failed] == [("vanishes.wav", True)]
+    assert_consistent(db)
+
+    monkeypatch.setattr(pipeline, "scan", real_scan)
+    assert run_index(quick_options([root], db, tiny_model_dir)).pruned == 1  # the next run forgets it
+
+
+def test_a_decoding_process_that_dies_fails_only_its_file(tmp_path):
+    long = write_tone(tmp_path / "long.wav", 120.0)
+    short = write_tone(tmp_path / "short.wav", 1.0, freq=660)
+    ends: dict[int, Decoded | Failed] = {}
+    killed = False
+    for message in decode_all([Job(0, str(long)), Job(1, str(short))], workers=1, chunk=1):
+        if isinstance(message, Windows) and not killed:  # the worker is now mid-file, blocked on its next window
+            for child in multiprocessing.active_children():
+                if child.name == "pengi-decode":
+                    os.kill(child.pid, signal.SIGKILL)
+            killed = True
+        if isinstance(message, (Decoded, Failed)):
+            ends[message.seq] = message
+    assert isinstance(ends[0], Failed) and "decoding process died" in ends[0].reason
+    assert isinstance(ends[1], Decoded) and ends[1].count == 1  # handed to the worker that replaced it
+
+
+def _indexed_count(db: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as connection:
+            return connection.execute("SELECT count(*) FROM audio_files WHERE status = 'indexed'").fetchone()[0]
+    except sqlite3.Error:
+        return 0  # not created yet
+
+
+def test_sigkill_mid_run_then_rerun_loses_and_repeats_nothing(tiny_model_dir, tmp_path):
+    root = tmp_path / "lib"
+    count = 20
+    for n in range(count):
+        write_tone(root / f"clip-{n:02d}.wav", 2.0, freq=100 + 37 * n)
+    db = tmp_path / "lib.db"
+    command = [sys.executable, "-m", "indexer", str(root), "--db", str(db), "--model", str(tiny_model_dir)]
+    command += ["--batch-size", "1", "--workers", "0", "--beam", "2", "--max-len", "3", "--device", "cpu", "--quiet"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while _indexed_count(db) == 0 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()
+    committed = _indexed_count(db)
+    assert 0 < committed < count
+
+    summary = run_index(quick_options([root], db, tiny_model_dir))
+    assert (summary.unchanged, summary.indexed, summary.failed) == (committed, count - committed, [])
+    with Library.open(str(db)) as library:
+        files = library.store.files_under(str(root))
+        windows = library.store.window_details(library.store.vector_ids("text"))
+        assert [run.status for run in library.store.runs(2)] == ["finished", "running"]  # the killed run
+    assert len(files) == count and {f.status for f in files} == {"indexed"}
+    assert sorted(d.path for d in windows.values()) == sorted(f.path for f in files)  # one window each, no repeats
+    assert_consistent(db)
+
+
+def test_queries_while_the_indexer_writes(tiny_model_dir, tmp_path):
+    root = tmp_path / "lib"
+    for n in range(8):
+        write_tone(root / f"clip-{n}.wav", 1.0 + n, freq=200 + 90 * n)
+    db = tmp_path / "lib.db"
+    outcome: dict[str, object] = {}
+
+    def indexing() -> None:
+        try:
+            outcome["summary"] = run_index(quick_options([root], db, tiny_model_dir, batch_size=1))
+        except BaseException as exc:  # handed to the test thread
+            outcome["error"] = exc
+
+    writer = threading.Thread(target=indexing)
+    writer.start()
+    rng = np.random.default_rng(0)
+    sizes: list[int] = []
+    while writer.is_alive():
+        with Library.open(str(db)) as library:
+            try:
+                index = library.vector_index("audio")
+            except EmptyLibraryError:
+                continue
+            scores, ids = index.search(rng.standard_normal(index.dim).astype(np.float32), 5)
+            found = ids[ids >= 0]
+            details = library.store.window_details(found)
+        assert set(details) == set(found.tolist())  # every hit leads to its window and file
+        assert np.all(np.diff(scores[0][ids[0] >= 0]) <= 1e-6)
+        sizes.append(len(index))
+    writer.join()
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["summary"].indexed == 8
+    assert sizes and min(sizes) < outcome["summary"].windows  # some queries ran against a library still growing
+    assert_consistent(db)

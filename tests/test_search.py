@@ -1,0 +1,289 @@
+"""Text -> audio and audio -> audio search: the numpy text tower, ranking, grouping, filters and model checks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from pengi_search.checkpoint import CheckpointError, model_identity, save_model_dir
+from pengi_search.embedders import PengiTextEmbedder
+from pengi_search.library import EmptyLibraryError, Library
+from pengi_search.model import Pengi
+from pengi_search.search import Filters, query_embedder, query_text, search_vectors, similar_to_file, stored_windows
+from pengi_search.store import EmbedderInfo, StoreMismatchError, TextRecord, WindowInput
+from pengi_search.text_query import NumpyTextEmbedder, mapped_tensors
+from pengi_search.tokenization import TOKENIZER_DIR
+
+from .indexing import make_tiny_sentence_transformer, write_tone
+from .search_library import CAPTION, caption_library, clip_like_tokenizer, index_folder, model_info
+from .tiny import make_tiny_model_dir, tiny_config, tiny_gpt2_tokenizer
+
+CPU = torch.device("cpu")
+TEXTS = [
+    "a dog barks",
+    "Rain   on a ROOF, then thunder!",
+    "",
+    "naïve café: 42 bells",
+    "water " * 120,  # longer than CLIP's 77 tokens: truncated the same way
+]
+
+
+@pytest.fixture(scope="module")
+def captions(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("captioned")
+    return caption_library(str(root / "index.db"), root / "sounds", tiny_model_dir)
+
+
+@pytest.fixture()
+def library(captions):
+    with Library.open(captions.db) as lib:
+        yield lib
+
+
+# -- the numpy text tower ----------------------------------------------------------------------------------------
+
+
+def test_numpy_text_tower_equals_the_torch_embedder(tiny_model_dir):
+    fast = NumpyTextEmbedder.from_model_dir(tiny_model_dir)
+    reference = PengiTextEmbedder.from_model_dir(tiny_model_dir, CPU)
+    assert fast.id == reference.id and fast.dim == reference.dim
+    batched = fast.embed(TEXTS)
+    np.testing.assert_allclose(batched, reference.embed(TEXTS), atol=1e-5, rtol=0)
+    one_by_one = np.concatenate([fast.embed([t]) for t in TEXTS])
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-6, rtol=0)  # padding never changes a text's vector
+    assert batched.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-6)
+
+
+def test_numpy_text_tower_with_transformers_clip_tokenizer(tmp_path):
+    """The CLIPTokenizer class that real models are saved with: its tokenizer.json tokenises identically."""
+    clip = clip_like_tokenizer()
+    torch.manual_seed(3)
+    model = Pengi(tiny_config(clip=clip, gpt2=tiny_gpt2_tokenizer()))
+    model_dir = save_model_dir(model, tmp_path / "clip-like", extra={"name": "clip-like"})
+    clip.save_pretrained(model_dir / TOKENIZER_DIR / "clip")
+    fast = NumpyTextEmbedder.from_model_dir(model_dir)
+    for text in TEXTS:
+        assert fast.tokenizer.encode(text).ids == clip(text, truncation=True, max_length=77)["input_ids"]
+    reference = PengiTextEmbedder(model.caption_encoder, clip, model_identity(model_dir), CPU)
+    np.testing.assert_allclose(fast.embed(TEXTS), reference.embed(TEXTS), atol=1e-5, rtol=0)
+
+
+def test_mapped_tensors_reads_every_float_type(tmp_path):
+    from safetensors.torch import save_file
+
+    tensors = {
+        "caption_encoder.a": torch.randn(3, 4),
+        "caption_encoder.b": torch.randn(5).half(),
+        "caption_encoder.c": torch.randn(2, 2).bfloat16(),
+        "other.d": torch.randn(2),
+    }
+    save_file(tensors, tmp_path / "w.safetensors")
+    mapped = mapped_tensors(tmp_path / "w.safetensors", "caption_encoder.")
+    assert set(mapped) == {"a", "b", "c"}
+    for name, array in mapped.items():
+        assert array.dtype == np.float32
+        np.testing.assert_array_equal(array, tensors[f"caption_encoder.{name}"].float().numpy())
+    save_file({"caption_encoder.i": torch.arange(3)}, tmp_path / "ints.safetensors")
+    with pytest.raises(CheckpointError, match="dtype I64"):
+        mapped_tensors(tmp_path / "ints.safetensors", "caption_encoder.")
+    (tmp_path / "bad.safetensors").write_bytes(b"\x05\x00")
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        mapped_tensors(tmp_path / "bad.safetensors", "caption_encoder.")
+
+
+# -- text -> audio -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "name", "span"),
+    [
+        ("a dog barks", "animals/dog.wav", (0.0, 3.0)),
+        ("rain on a roof", "weather/rain.flac", (0.0, 7.0)),
+        ("thunder rolls in the distance", "weather/rain.flac", (3.0, 10.0)),
+        ("a cat meows", "animals/cat.flac", (0.0, 5.0)),
+    ],
+)
+def test_query_with_a_caption_finds_its_window_first(library, captions, tiny_model_dir, text, name, span):
+    hits = query_text(library, text, k=10, model=str(tiny_model_dir))
+    assert hits[0].path == str(captions.files[name])
+    assert (hits[0].start_s, hits[0].end_s) == span
+    assert hits[0].caption == text and hits[0].texts[CAPTION] == text
+    assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert all(h.score < 1.0 - 1e-4 for h in hits[1:])
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert len({h.path for h in hits}) == len(hits) == len(captions.files)  # one result per file
+
+
+def test_query_by_window_returns_every_window(library, captions, tiny_model_dir):
+    hits = query_text(library, "thunder rolls in the distance", k=10, by="window", model=str(tiny_model_dir))
+    assert len(hits) == 5  # all windows of the library
+    rain = [h for h in hits if h.path == str(captions.files["weather/rain.flac"])]
+    assert [(h.start_s, h.end_s) for h in rain] == [(3.0, 10.0), (0.0, 7.0)]
+    assert len({h.window_id for h in hits}) == 5
+
+
+def test_query_limit(library, tiny_model_dir):
+    assert len(query_text(library, "a dog barks", k=2, model=str(tiny_model_dir))) == 2
+
+
+def test_filters_by_extension_folder_duration_and_score(library, captions, tiny_model_dir, monkeypatch):
+    files = captions.files
+
+    def paths(**options):
+        hits = query_text(library, "a dog barks", filters=Filters.from_options(**options), model=str(tiny_model_dir))
+        return {h.path for h in hits}
+
+    def named(*names):
+        return {str(files[n]) for n in names}
+
+    assert paths(ext="flac") == named("weather/rain.flac", "animals/cat.flac")
+    assert paths(ext=".WAV, flac") == named(*files)
+    assert paths(path="*/animals/*") == named("animals/dog.wav", "animals/cat.flac")
+    assert paths(path=str(captions.root / "weather") + "/*") == named("weather/rain.flac")
+    monkeypatch.chdir(captions.root)
+    assert paths(path="animals/*.wav") == named("animals/dog.wav")  # relative to the current folder
+    assert paths(min_duration=4.0) == named("weather/rain.flac", "animals/cat.flac")
+    assert paths(max_duration=3.0) == named("animals/dog.wav", "bell.wav")
+    assert paths(min_duration=4.0, max_duration=6.0, ext="flac") == named("animals/cat.flac")
+    assert paths(min_score=0.9999) == named("animals/dog.wav")
+    assert paths(path="*/nowhere/*") == set()
+
+
+def test_bad_extension_filter():
+    with pytest.raises(ValueError, match="names no extension"):
+        Filters.from_options(ext=" , ")
+
+
+def test_filters_never_cost_results(tmp_path, tiny_model_dir):
+    """Matches ranked far down still fill k: the search fetches more candidates until enough pass the filters."""
+    db = str(tmp_path / "many.db")
+    embedder = NumpyTextEmbedder.from_model_dir(tiny_model_dir)
+    query = embedder.embed(["a dog barks"])[0]
+    rng = np.random.default_rng(0)
+    with Library.open(db) as lib:
+        lib.store.set_index_meta(model_info(tiny_model_dir), EmbedderInfo(embedder.id, embedder.dim))
+        for i in range(120):
+            rare = i % 40 == 39  # three .ogg files, made the least similar of all
+            direction = -query if rare else query
+            vector = direction + (0.5 + 0.001 * i) * rng.standard_normal(embedder.dim).astype(np.float32)
+            file_id = lib.store.upsert_file(f"/lib/{i:03d}.{'ogg' if rare else 'wav'}", size=1, mtime=1.0)
+            window = WindowInput(0, 0.0, 1.0, [TextRecord(CAPTION, f"file {i}")], {"text": vector})
+            lib.store.replace_file_windows(file_id, [window])
+        lib.sync_vector_indexes()
+        hits = search_vectors(lib, "text", query[None], k=3, filters=Filters(extensions=frozenset({"ogg"})))
+        assert sorted(h.path for h in hits) == ["/lib/039.ogg", "/lib/079.ogg", "/lib/119.ogg"]
+        every = search_vectors(lib, "text", query[None], k=200, by="window")
+    assert len(every) == 120
+    assert {h.path for h in every[-3:]} == {h.path for h in hits}  # far below the first fetch of candidates
+
+
+def test_query_refuses_another_model(library, tmp_path):
+    other = make_tiny_model_dir(tmp_path / "other", seed=1)
+    with pytest.raises(StoreMismatchError, match="--model") as err:
+        query_text(library, "a dog barks", model=str(other))
+    assert model_identity(other) in str(err.value)
+
+
+def test_query_finds_the_index_model_among_installed_models(library, captions, tiny_model_dir, isolated_home):
+    """Without --model, the default model is tried, then any installed model with the index's identity."""
+    models = isolated_home / "models"
+    make_tiny_model_dir(models / "base", seed=1)  # the default, but not what built the index
+    shutil.copytree(tiny_model_dir, models / "zz-tiny")
+    hits = query_text(library, "a bell rings")
+    assert hits[0].path == str(captions.files["bell.wav"])
+
+
+def test_query_on_an_empty_library(tmp_path, tiny_model_dir):
+    with Library.open(str(tmp_path / "empty.db")) as lib, pytest.raises(EmptyLibraryError, match="index PATH"):
+        query_text(lib, "anything", model=str(tiny_model_dir))
+
+
+# -- audio -> audio ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("indexed")
+    sounds = root / "sounds"
+    write_tone(sounds / "b.flac", 9.0, freq=240.0)
+    shutil.copy(write_tone(sounds / "a.wav", 3.0, freq=150.0), sounds / "copy-of-a.wav")  # same audio, another name
+    index_folder(str(root / "index.db"), sounds, tiny_model_dir)
+    return str(root / "index.db"), sounds
+
+
+def test_similar_puts_an_identical_copy_first_and_leaves_the_file_out(indexed, tiny_model_dir):
+    db, sounds = indexed
+    with Library.open(db) as lib:
+        hits, source = similar_to_file(lib, sounds / "a.wav", model=str(tiny_model_dir), device="cpu")
+    assert source == "index"
+    assert [h.path for h in hits] == [str(sounds / "copy-of-a.wav"), str(sounds / "b.flac")]
+    assert hits[0].score == pytest.approx(1.0, abs=1e-5) and hits[1].score < 1.0 - 1e-4
+    assert hits[0].caption  # the match's caption comes along
+
+
+def test_similar_decodes_a_file_that_is_not_indexed(indexed, tiny_model_dir, tmp_path):
+    db, sounds = indexed
+    outside = shutil.copy(sounds / "b.flac", tmp_path / "b-again.flac")
+    with Library.open(db) as lib:
+        hits, source = similar_to_file(lib, outside, model=str(tiny_model_dir), device="cpu")
+        assert source == "decoded"
+        assert hits[0].path == str(sounds / "b.flac") and hits[0].score == pytest.approx(1.0, abs=1e-4)
+        # b.flac has two windows: each query window matches its own twin
+        by_window = similar_to_file(lib, outside, by="window", model=str(tiny_model_dir), device="cpu")[0]
+        twins = [h for h in by_window if h.path == str(sounds / "b.flac")]
+        assert {(h.start_s, h.query_start_s) for h in twins} == {(0.0, 0.0), (2.0, 2.0)}
+
+
+def test_a_changed_file_is_decoded_again(indexed, tiny_model_dir):
+    db, sounds = indexed
+    path = sounds / "a.wav"
+    with Library.open(db) as lib:
+        assert stored_windows(lib, path) is not None
+        stat = path.stat()
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+        try:
+            assert stored_windows(lib, path) is None
+            assert similar_to_file(lib, path, model=str(tiny_model_dir), device="cpu")[1] == "decoded"
+        finally:
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_similar_refuses_to_embed_with_another_model(indexed, tmp_path):
+    db, _ = indexed
+    other = make_tiny_model_dir(tmp_path / "other", seed=2)
+    clip = write_tone(tmp_path / "new.wav", 1.0, freq=960.0)
+    with Library.open(db) as lib, pytest.raises(StoreMismatchError, match="--model"):
+        similar_to_file(lib, clip, model=str(other), device="cpu")
+
+
+def test_end_to_end_query_with_a_generated_caption(indexed, tiny_model_dir):
+    """The real indexer's captions and vectors: querying with one window's caption finds windows with exactly
+    that caption at cosine 1 (the tiny model writes the same caption for many windows, so they tie)."""
+    db, _ = indexed
+    with Library.open(db) as lib:
+        rows = list(lib.store.export_rows())
+        caption = rows[0]["windows"][0]["texts"][0]["text"]
+        same = sum(w["texts"][0]["text"] == caption for r in rows for w in r["windows"])
+        hits = query_text(lib, caption, k=10, by="window", model=str(tiny_model_dir))
+    assert hits[0].caption == caption and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    exact = [h for h in hits if h.score > 1.0 - 1e-5]
+    assert len(exact) == same and all(h.caption == caption for h in exact)
+
+
+def test_query_uses_the_sentence_transformers_embedder_the_index_was_built_with(tmp_path, tiny_model_dir):
+    st_model = make_tiny_sentence_transformer(tmp_path / "st")
+    sounds = tmp_path / "sounds"
+    write_tone(sounds / "a.wav", 2.0, freq=330.0)
+    db = str(tmp_path / "index.db")
+    index_folder(db, sounds, tiny_model_dir, text_embedder=f"sentence-transformers:{st_model}")
+    with Library.open(db) as lib:
+        embedder = query_embedder(lib, str(tiny_model_dir), "cpu")
+        assert embedder.id == f"sentence-transformers:{st_model}" and embedder.dim == 16
+        caption = next(lib.store.export_rows())["windows"][0]["texts"][0]["text"]
+        hits = query_text(lib, caption, model=str(tiny_model_dir))
+    assert hits[0].path == str(sounds / "a.wav") and hits[0].score == pytest.approx(1.0, abs=1e-5)

@@ -1,0 +1,593 @@
+"""The SQL store on SQLite and, when PENGI_TEST_POSTGRES_URL is set, on PostgreSQL (a fresh schema per test)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, event, inspect, text
+from sqlalchemy.engine import make_url
+
+from pengi_search.store import (
+    AudioInfo,
+    Base,
+    EmbedderInfo,
+    ModelInfo,
+    Store,
+    StoreError,
+    StoreMismatchError,
+    TextRecord,
+    WindowInput,
+    alembic_config,
+    create_store_engine,
+    default_db_url,
+    default_index_dir,
+    default_index_path,
+    migrate,
+    resolve_db_url,
+)
+
+MODEL = ModelInfo("pengi-base", "a" * 64)
+EMBEDDER = EmbedderInfo("pengi-clip-text", 4)
+AUDIO = AudioInfo(duration_s=14.0, sample_rate=44_100, channels=2, format="flac")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'index.db'}"
+        return
+    base = os.environ.get("PENGI_TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip("PENGI_TEST_POSTGRES_URL is not set")
+    schema = f"pengi_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base)
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    with Store.open(db_url) as opened:
+        yield opened
+
+
+def vec(*values: float) -> np.ndarray:
+    return np.asarray(values, dtype=np.float32)
+
+
+def windows(count: int, caption: str = "a dog barks", seed: int = 0) -> list[WindowInput]:
+    rng = np.random.default_rng(seed)
+    return [
+        WindowInput(
+            index=i,
+            start_s=7.0 * i,
+            end_s=7.0 * (i + 1),
+            texts=[TextRecord("this is a sound of", f"{caption} {i}", -0.5), TextRecord("sound events:", "dog", None)],
+            vectors={"text": rng.standard_normal(4).astype(np.float32), "audio": rng.standard_normal(3)},
+        )
+        for i in range(count)
+    ]
+
+
+def indexed_file(store: Store, path: str, count: int = 2, seed: int = 0) -> int:
+    file_id = store.upsert_file(path, size=100, mtime=1.5)
+    store.replace_file_windows(file_id, windows(count, seed=seed), audio=AUDIO)
+    return file_id
+
+
+# -- schema and locations ---------------------------------------------------------------------------------------
+
+
+def test_open_migrates_to_head_and_models_match_the_migrations(store: Store) -> None:
+    assert store.stats()["schema_revision"] == "0002"
+    with store.session() as session:
+        assert compare_metadata(MigrationContext.configure(session.connection()), Base.metadata) == []
+
+
+def test_sqlite_connections_use_wal_and_foreign_keys(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "index.db") as store, store.session() as session:
+        pragma = session.connection().exec_driver_sql
+        assert pragma("PRAGMA journal_mode").scalar() == "wal"
+        assert pragma("PRAGMA foreign_keys").scalar() == 1
+        assert pragma("PRAGMA synchronous").scalar() == 1  # NORMAL
+        assert pragma("PRAGMA busy_timeout").scalar() > 0
+
+
+def test_opening_an_older_database_upgrades_it_and_keeps_its_rows(db_url: str) -> None:
+    engine = create_store_engine(db_url)
+    migrate(engine, "0001")
+    with engine.begin() as connection:
+        columns = {column["name"] for column in inspect(connection).get_columns("audio_files")}
+        assert "content_hash" not in columns
+        connection.execute(
+            text(
+                "INSERT INTO audio_files (id, path, size, mtime, status) VALUES (1, '/lib/old.wav', 10, 2.5, 'indexed')"
+            )
+        )
+        connection.execute(
+            text("INSERT INTO windows (id, file_id, window_index, start_s, end_s) VALUES (5, 1, 0, 0, 7)")
+        )
+        connection.execute(text("INSERT INTO generated_texts (window_id, prompt, text) VALUES (5, 'p', 'old caption')"))
+    engine.dispose()
+
+    with Store.open(db_url) as store:
+        assert store.stats()["schema_revision"] == "0002"
+        old = store.get_file("/lib/old.wav")
+        assert old is not None and (old.size, old.mtime, old.status, old.content_hash) == (10, 2.5, "indexed", None)
+        assert store.window_details([5])[5].texts == (TextRecord("p", "old caption", None),)
+        store.upsert_file("/lib/old.wav", size=11, mtime=3.0, content_hash="f" * 64)
+        assert [f.path for f in store.files_with_hash("f" * 64)] == ["/lib/old.wav"]
+
+
+def test_migrations_go_down_to_base_and_up_again(db_url: str) -> None:
+    with Store.open(db_url) as store:
+        indexed_file(store, "/lib/a.wav")
+    engine = create_store_engine(db_url)
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0001")
+        assert "content_hash" not in {column["name"] for column in inspect(connection).get_columns("audio_files")}
+        command.downgrade(config, "base")
+        assert set(inspect(connection).get_table_names()) == {"alembic_version"}
+    migrate(engine)
+    engine.dispose()
+    with Store.open(db_url) as store:
+        assert store.stats()["files"]["total"] == 0
+        indexed_file(store, "/lib/a.wav")
+
+
+def test_a_database_from_a_newer_pengi_search_is_refused(tmp_path: Path) -> None:
+    Store.open(tmp_path / "index.db").close()
+    engine = create_store_engine(f"sqlite:///{tmp_path / 'index.db'}")
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    engine.dispose()
+    with pytest.raises(StoreError, match="9999 is newer"):
+        Store.open(tmp_path / "index.db")
+
+
+def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "notes.db").write_text("shopping list: milk, eggs, a better microphone\n" * 20)
+    with pytest.raises(StoreError, match="file is not a database"):
+        Store.open(tmp_path / "notes.db")
+
+
+def test_default_locations(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PENGI_SEARCH_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("PENGI_SEARCH_DB", raising=False)
+    assert default_db_url() == f"sqlite:///{tmp_path / 'home' / 'index.db'}"
+    monkeypatch.setenv("PENGI_SEARCH_DB", str(tmp_path / "env.db"))
+    assert resolve_db_url() == f"sqlite:///{tmp_path / 'env.db'}"
+    assert resolve_db_url(tmp_path / "cli.db") == f"sqlite:///{tmp_path / 'cli.db'}"
+    monkeypatch.chdir(tmp_path)
+    assert resolve_db_url("rel.db") == f"sqlite:///{tmp_path / 'rel.db'}"
+    pg = "postgresql+psycopg://user:secret@db.example/pengi"
+    assert resolve_db_url(pg) == pg
+    assert default_index_dir(f"sqlite:///{tmp_path / 'lib' / 'a.db'}") == tmp_path / "lib"
+    assert default_index_path(f"sqlite:///{tmp_path / 'a.db'}", "text") == tmp_path / "a.text.faiss"
+    assert default_index_dir(pg) == tmp_path / "home"
+    pg_text, pg_audio = default_index_path(pg, "text"), default_index_path(pg, "audio")
+    assert pg_text.parent == tmp_path / "home" and pg_text.name.startswith("postgresql-") and pg_text != pg_audio
+    assert default_index_path("postgresql+psycopg://user:secret@db.example/other", "text") != pg_text
+    with pytest.raises(StoreError, match="cannot use this database URL"):
+        Store.open("nonsense://somewhere")
+
+
+def test_a_plain_file_path_opens_sqlite_in_a_new_folder(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "new" / "folder" / "index.db") as store:
+        assert store.url == f"sqlite:///{tmp_path / 'new' / 'folder' / 'index.db'}"
+    assert (tmp_path / "new" / "folder" / "index.db").is_file()
+
+
+# -- files ------------------------------------------------------------------------------------------------------
+
+
+def test_upsert_get_and_stamps(store: Store) -> None:
+    run = store.start_run()
+    file_id = store.upsert_file("/lib/a.wav", size=100, mtime=1234567890.123456, run_id=run)
+    store.upsert_file("/lib/sub/b.wav", size=5, mtime=1.0, content_hash="b" * 64)
+    record = store.get_file("/lib/a.wav")
+    assert record is not None
+    assert (record.id, record.size, record.mtime, record.status, record.run_id) == (
+        file_id,
+        100,
+        1234567890.123456,
+        "pending",
+        run,
+    )
+    assert store.get_file("/lib/missing.wav") is None
+    assert store.upsert_file("/lib/a.wav", size=101, mtime=2.0) == file_id
+    stamps = store.all_file_stamps()
+    assert stamps == {
+        "/lib/a.wav": (101, 2.0, "pending", None),
+        "/lib/sub/b.wav": (5, 1.0, "pending", "b" * 64),
+    }
+    assert stamps["/lib/sub/b.wav"].content_hash == "b" * 64
+    assert list(store.all_file_stamps(under="/lib/sub")) == ["/lib/sub/b.wav"]
+
+
+def test_prefixes_match_whole_folders_case_sensitively(store: Store) -> None:
+    for path in ("/lib/dogs", "/lib/dogs/a.wav", "/lib/dogs2/b.wav", "/lib/Dogs/c.wav", "/lib/dogs_x.wav"):
+        store.upsert_file(path, size=1, mtime=1.0)
+    assert [f.path for f in store.files_under("/lib/dogs/")] == ["/lib/dogs", "/lib/dogs/a.wav"]
+    assert [f.path for f in store.files_under("/lib/dogs")] == ["/lib/dogs", "/lib/dogs/a.wav"]
+    assert len(store.files_under("/")) == 5
+    assert len(store.files_under()) == 5
+
+
+def test_record_file_error_keeps_indexed_windows(store: Store) -> None:
+    file_id = indexed_file(store, "/lib/a.wav")
+    before = store.vector_ids("text")
+    assert store.record_file_error("/lib/a.wav", "cannot decode: bad header", size=7, mtime=9.0) == file_id
+    record = store.get_file("/lib/a.wav")
+    assert record is not None and (record.status, record.error, record.size, record.mtime) == (
+        "error",
+        "cannot decode: bad header",
+        7,
+        9.0,
+    )
+    assert np.array_equal(store.vector_ids("text"), before)
+    new_id = store.record_file_error("/lib/broken.mp3", "permission denied")
+    broken = store.get_file("/lib/broken.mp3")
+    assert broken is not None and (broken.id, broken.size, broken.status) == (new_id, None, "error")
+    store.upsert_file("/lib/broken.mp3", size=3, mtime=4.0)
+    retried = store.get_file("/lib/broken.mp3")
+    assert retried is not None and (retried.status, retried.error) == ("pending", None)
+
+
+def test_touch_file_keeps_status_and_windows(store: Store) -> None:
+    indexed_file(store, "/lib/a.wav")
+    store.touch_file("/lib/a.wav", size=100, mtime=99.0)
+    assert store.all_file_stamps()["/lib/a.wav"] == (100, 99.0, "indexed", None)
+    assert len(store.vector_ids("audio")) == 2
+    with pytest.raises(StoreError, match="not in the index"):
+        store.touch_file("/lib/nope.wav", size=1, mtime=1.0)
+
+
+# -- windows and vectors ----------------------------------------------------------------------------------------
+
+
+def test_replace_file_windows_stores_everything_and_never_reuses_ids(store: Store) -> None:
+    file_id = store.upsert_file("/lib/a.wav", size=100, mtime=1.0)
+    given = windows(3)
+    first = store.replace_file_windows(file_id, given, audio=AUDIO)
+    assert first.removed_window_ids == [] and len(first.added_window_ids) == 3
+
+    record = store.get_file("/lib/a.wav")
+    assert record is not None
+    assert (record.status, record.duration_s, record.sample_rate, record.channels, record.format) == (
+        "indexed",
+        14.0,
+        44_100,
+        2,
+        "flac",
+    )
+    assert record.indexed_at is not None and record.indexed_at.tzinfo is not None
+
+    ids, matrix = store.vectors("text")
+    assert ids.dtype == np.int64 and matrix.dtype == np.float32
+    assert ids.tolist() == first.added_window_ids
+    np.testing.assert_array_equal(matrix, np.stack([w.vectors["text"] for w in given]))
+    audio_ids, audio = store.vectors("audio", ids=[first.added_window_ids[2], 10**9, first.added_window_ids[0]])
+    assert audio_ids.tolist() == [first.added_window_ids[0], first.added_window_ids[2]]
+    expected_audio = np.stack([given[0].vectors["audio"], given[2].vectors["audio"]]).astype(
+        np.float32
+    )  # given float64
+    np.testing.assert_array_equal(audio, expected_audio)
+
+    details = store.window_details([first.added_window_ids[1], -1, 10**9])
+    assert list(details) == [first.added_window_ids[1]]
+    hit = details[first.added_window_ids[1]]
+    assert (hit.path, hit.index, hit.start_s, hit.end_s, hit.file_duration_s, hit.format) == (
+        "/lib/a.wav",
+        1,
+        7.0,
+        14.0,
+        14.0,
+        "flac",
+    )
+    assert hit.texts == (TextRecord("this is a sound of", "a dog barks 1", -0.5), TextRecord("sound events:", "dog"))
+
+    # The last window of the database is replaced: its id must not come back (FAISS files are matched by id).
+    second = store.replace_file_windows(file_id, windows(1, caption="rain", seed=1))
+    assert second.removed_window_ids == first.added_window_ids
+    assert second.added_window_ids[0] > max(first.added_window_ids)
+    assert store.vector_ids("text").tolist() == second.added_window_ids
+    assert store.stats()["texts"] == 2
+
+
+def test_a_failure_inside_replace_leaves_the_old_windows(store: Store) -> None:
+    file_id = indexed_file(store, "/lib/a.wav", count=2)
+    store.upsert_file("/lib/a.wav", size=200, mtime=2.0)
+    before = (store.vectors("text"), store.window_details(store.vector_ids("text")))
+    statements: list[str] = []
+
+    def fail_on_texts(_conn, _cursor, statement, *_args) -> None:
+        statements.append(statement)
+        if statement.lstrip().upper().startswith("INSERT INTO GENERATED_TEXTS"):
+            raise RuntimeError("simulated crash while writing texts")
+
+    engine = store.engine
+    event.listen(engine, "before_cursor_execute", fail_on_texts)
+    try:
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            store.replace_file_windows(file_id, windows(4, caption="new"), audio=AUDIO)
+    finally:
+        event.remove(engine, "before_cursor_execute", fail_on_texts)
+    assert any(s.lstrip().upper().startswith("DELETE FROM WINDOWS") for s in statements)  # failed after deleting
+
+    after_ids, after_matrix = store.vectors("text")
+    np.testing.assert_array_equal(after_ids, before[0][0])
+    np.testing.assert_array_equal(after_matrix, before[0][1])
+    assert store.window_details(after_ids) == before[1]
+    record = store.get_file("/lib/a.wav")
+    assert record is not None and record.status == "pending"
+
+
+def test_a_process_killed_inside_replace_leaves_the_old_windows(tmp_path: Path) -> None:
+    db = tmp_path / "index.db"
+    with Store.open(db) as store:
+        file_id = indexed_file(store, "/lib/a.wav", count=3)
+        before = store.vectors("text")
+    script = textwrap.dedent(
+        f"""
+        import os
+        from sqlalchemy import event
+        from tests.test_store import windows
+        from pengi_search.store import Store
+
+        store = Store.open({str(db)!r})
+
+        def die(_conn, _cursor, statement, *_args):
+            if statement.lstrip().upper().startswith("INSERT INTO WINDOW_VECTORS"):
+                os._exit(3)
+
+        event.listen(store.engine, "before_cursor_execute", die)
+        store.replace_file_windows({file_id}, windows(5, caption="never"))
+        """
+    )
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3, result.stderr
+    with Store.open(db) as store:
+        after = store.vectors("text")
+        np.testing.assert_array_equal(after[0], before[0])
+        np.testing.assert_array_equal(after[1], before[1])
+        assert all("never" not in t.text for d in store.window_details(after[0]).values() for t in d.texts)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (WindowInput(0, 0.0, 7.0, vectors={"text": vec(1.0, float("nan"), 0.0, 0.0)}), "NaN"),
+        (WindowInput(0, 0.0, 7.0, vectors={"text": vec(1.0, 2.0)}), "2 dimensions but the index embedder has 4"),
+        (WindowInput(0, 0.0, 7.0, vectors={"pixels": vec(1.0)}), "unknown"),
+        (WindowInput(0, 7.0, 1.0), "bad time span"),
+    ],
+)
+def test_replace_rejects_bad_windows_and_changes_nothing(store: Store, bad: WindowInput, message: str) -> None:
+    store.set_index_meta(MODEL, EMBEDDER)
+    file_id = indexed_file(store, "/lib/a.wav")
+    before = store.vectors("text")
+    with pytest.raises(StoreError, match=message):
+        store.replace_file_windows(file_id, [bad])
+    after = store.vectors("text")
+    np.testing.assert_array_equal(after[0], before[0])
+
+
+def test_replace_rejects_repeated_window_indexes_and_unknown_files(store: Store) -> None:
+    file_id = store.upsert_file("/lib/a.wav", size=1, mtime=1.0)
+    with pytest.raises(StoreError, match="window indexes repeat"):
+        store.replace_file_windows(file_id, [*windows(2), *windows(1)])
+    with pytest.raises(StoreError, match="not in the index"):
+        store.replace_file_windows(file_id + 1000, windows(1))
+
+
+def test_vectors_of_an_empty_kind_and_of_mixed_dimensions(store: Store) -> None:
+    ids, matrix = store.vectors("text")
+    assert ids.shape == (0,) and matrix.shape == (0, 0)
+    first = store.upsert_file("/lib/a.wav", size=1, mtime=1.0)
+    second = store.upsert_file("/lib/b.wav", size=1, mtime=1.0)
+    store.replace_file_windows(first, [WindowInput(0, 0.0, 7.0, vectors={"text": vec(1, 0, 0)})])
+    store.replace_file_windows(second, [WindowInput(0, 0.0, 7.0, vectors={"text": vec(1, 0)})])
+    with pytest.raises(StoreError, match=r"mixed dimensions \[2, 3\]"):
+        store.vectors("text")
+    with pytest.raises(StoreError, match="unknown"):
+        store.vector_ids("video")
+
+
+def test_filter_window_ids(store: Store) -> None:
+    indexed_file(store, "/lib/dogs/a.wav", count=2)
+    short = store.upsert_file("/lib/cats/b.wav", size=1, mtime=1.0)
+    result = store.replace_file_windows(short, windows(1), audio=AudioInfo(3.0, 16_000, 1, "mp3"))
+    assert len(store.filter_window_ids()) == 3
+    assert store.filter_window_ids(formats=["MP3"]).tolist() == result.added_window_ids
+    assert store.filter_window_ids(max_duration_s=5.0).tolist() == result.added_window_ids
+    assert len(store.filter_window_ids(under="/lib/dogs", min_duration_s=10.0)) == 2
+    assert len(store.filter_window_ids(under="/lib/dogs", formats=["mp3"])) == 0
+
+
+# -- pruning, removal, statistics, export -----------------------------------------------------------------------
+
+
+def test_prune_missing_deletes_files_windows_and_vectors(store: Store) -> None:
+    for name in ("a", "b", "c"):
+        indexed_file(store, f"/lib/one/{name}.wav")
+    indexed_file(store, "/lib/two/d.wav")
+    assert store.prune_missing(["/lib/one/a.wav"], under="/lib/one") == 2
+    assert sorted(store.all_file_stamps()) == ["/lib/one/a.wav", "/lib/two/d.wav"]
+    assert len(store.vector_ids("text")) == 4 and store.stats()["texts"] == 8
+    assert store.prune_missing([]) == 2
+    assert store.stats()["windows"] == 0
+
+
+def test_prune_missing_handles_many_files(store: Store) -> None:
+    paths = [f"/big/{i:05d}.wav" for i in range(1200)]
+    with store.session(write=True) as session:
+        session.execute(
+            text("INSERT INTO audio_files (path, size, mtime, status) VALUES (:path, 1, 1.0, 'pending')"),
+            [{"path": p} for p in paths],
+        )
+    assert len(store.all_file_stamps()) == 1200
+    assert store.prune_missing(paths[::2]) == 600
+    assert sorted(store.all_file_stamps()) == paths[::2]
+
+
+def test_remove_a_file_or_a_folder(store: Store) -> None:
+    for path in ("/lib/x/a.wav", "/lib/x/sub/b.wav", "/lib/xy/c.wav", "/lib/z.wav"):
+        indexed_file(store, path)
+    assert store.remove("/lib/z.wav") == 1
+    assert store.remove("/lib/x") == 2
+    assert store.remove("/lib/nothing") == 0
+    assert list(store.all_file_stamps()) == ["/lib/xy/c.wav"]
+    assert len(store.vector_ids("audio")) == 2
+
+
+def test_stats(store: Store) -> None:
+    run = store.start_run(shard="0/2")
+    indexed_file(store, "/lib/a.wav", count=3)
+    store.upsert_file("/lib/b.wav", size=1, mtime=1.0)
+    store.record_file_error("/lib/c.wav", "bad")
+    store.set_index_meta(MODEL, EMBEDDER)
+    store.finish_run(run, files_seen=3, files_indexed=1, files_failed=1)
+    stats = store.stats()
+    json.dumps(stats)
+    assert stats["files"] == {"total": 3, "pending": 1, "indexed": 1, "error": 1}
+    assert (stats["windows"], stats["texts"], stats["vectors"]) == (3, 6, {"text": 3, "audio": 3})
+    assert stats["indexed_audio_s"] == 14.0
+    assert stats["model"]["model"] == "pengi-base" and stats["model"]["embedder_dim"] == 4
+    assert stats["last_run"]["id"] == run and stats["last_run"]["status"] == "finished"
+    assert stats["last_run"]["shard"] == "0/2" and stats["last_run"]["files_indexed"] == 1
+
+
+def test_runs(store: Store) -> None:
+    first = store.start_run()
+    second = store.start_run(shard="1/4")
+    store.finish_run(first, status="interrupted", files_seen=10, files_pruned=2)
+    runs = store.runs()
+    assert [r.id for r in runs] == [second, first]
+    assert (runs[0].status, runs[0].finished_at) == ("running", None)
+    assert (runs[1].status, runs[1].files_seen, runs[1].files_pruned) == ("interrupted", 10, 2)
+    assert runs[1].finished_at is not None and runs[1].finished_at >= runs[1].started_at
+    with pytest.raises(StoreError, match="unknown final status"):
+        store.finish_run(second, status="running")
+    with pytest.raises(StoreError, match="no such indexing run"):
+        store.finish_run(second + 100)
+
+
+def test_export_rows_pages_through_every_file(store: Store) -> None:
+    for i in range(5):
+        indexed_file(store, f"/lib/{i}.wav", count=i % 3)
+    store.record_file_error("/lib/z.wav", "unreadable")
+    rows = list(store.export_rows(page_size=2))
+    assert [row["path"] for row in rows] == [*(f"/lib/{i}.wav" for i in range(5)), "/lib/z.wav"]
+    json.dumps(rows)
+    second = rows[2]
+    assert (second["status"], second["format"], second["duration_s"]) == ("indexed", "flac", 14.0)
+    assert [w["index"] for w in second["windows"]] == [0, 1]
+    assert second["windows"][1]["texts"][0] == {"prompt": "this is a sound of", "text": "a dog barks 1", "score": -0.5}
+    assert (rows[-1]["status"], rows[-1]["error"], rows[-1]["windows"]) == ("error", "unreadable", [])
+    assert [row["path"] for row in store.export_rows(under="/lib/3.wav")] == ["/lib/3.wav"]
+
+
+# -- model and embedder -----------------------------------------------------------------------------------------
+
+
+def test_check_compatible_names_what_built_the_index(store: Store) -> None:
+    store.check_compatible(MODEL, EMBEDDER)  # empty index: anything goes
+    store.set_index_meta(MODEL, EMBEDDER)
+    store.set_index_meta(MODEL, EMBEDDER)  # same again: fine
+    store.check_compatible(MODEL, EMBEDDER)
+    store.check_compatible(None, EMBEDDER)
+    other = ModelInfo("pengi-base-no-text-enc", "b" * 64)
+    with pytest.raises(StoreMismatchError) as caught:
+        store.check_compatible(other, EMBEDDER)
+    message = str(caught.value)
+    assert "'pengi-base'" in message and "'pengi-base-no-text-enc'" in message
+    assert "--model" in message and "re-index" in message
+    with pytest.raises(StoreMismatchError, match="dim 384"):
+        store.check_compatible(None, EmbedderInfo("all-MiniLM-L6-v2", 384))
+    with pytest.raises(StoreMismatchError):
+        store.set_index_meta(other, EMBEDDER)
+    meta = store.index_meta()
+    assert meta is not None and meta.model == MODEL and meta.embedder == EMBEDDER
+
+
+def test_reset_index_forgets_windows_for_a_new_model(store: Store) -> None:
+    store.set_index_meta(MODEL, EMBEDDER)
+    indexed_file(store, "/lib/a.wav")
+    indexed_file(store, "/lib/b.wav")
+    other = EmbedderInfo("all-MiniLM-L6-v2", 384)
+    assert store.reset_index(MODEL, other) == 2
+    assert store.stats()["windows"] == 0
+    assert {s.status for s in store.all_file_stamps().values()} == {"pending"}
+    store.check_compatible(MODEL, other)
+
+
+# -- concurrency ------------------------------------------------------------------------------------------------
+
+
+def test_readers_see_whole_files_while_writers_work(db_url: str) -> None:
+    """A reader in another Store (its own connections) never sees half a file; two writers queue, not fail."""
+    per_file = 6
+    with Store.open(db_url) as setup:
+        ids = [setup.upsert_file(f"/lib/{name}.wav", size=1, mtime=1.0) for name in ("a", "b")]
+        for file_id in ids:
+            setup.replace_file_windows(file_id, windows(per_file))
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def write(file_id: int, rounds: int) -> None:
+        try:
+            with Store.open(db_url) as writer:
+                for i in range(rounds):
+                    writer.replace_file_windows(file_id, windows(per_file, caption=f"round {i}", seed=i))
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    def read() -> None:
+        try:
+            with Store.open(db_url) as reader:
+                while not done.is_set():
+                    window_ids, matrix = reader.vectors("text")
+                    assert len(window_ids) == 2 * per_file and matrix.shape == (2 * per_file, 4)
+                    details = reader.window_details(window_ids)
+                    for file_id in ids:
+                        captions = {d.texts[0].text.rsplit(" ", 1)[0] for d in details.values() if d.file_id == file_id}
+                        assert len(captions) <= 1  # all windows of a file come from one replace
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    writers = [threading.Thread(target=write, args=(file_id, 15)) for file_id in ids]
+    reader = threading.Thread(target=read)
+    reader.start()
+    for thread in writers:
+        thread.start()
+    for thread in writers:
+        thread.join()
+    done.set()
+    reader.join()
+    assert errors == []
+    with Store.open(db_url) as check:
+        assert check.stats()["windows"] == 2 * per_file

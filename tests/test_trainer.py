@@ -1,0 +1,421 @@
+"""The training loop on tiny models: the loss, learning, freezing, exact resume, DDP, set-up and dry run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import yaml
+from safetensors.torch import load_file
+from transformers import CLIPConfig, CLIPModel, GPT2LMHeadModel
+
+from pengi_search.checkpoint import WEIGHTS_FILE, load_model_dir, load_released_checkpoint
+from pengi_search.config import PengiConfig
+from pengi_search.encoders import clip_text_config
+from pengi_search.model import gpt2_config
+from pengi_search.tokenization import Tokenizers
+from trainer.config import ConfigError, TrainConfig, load_config, parse_overrides
+from trainer.dry_run import dry_run_report
+from trainer.evaluation import generate_answers
+from trainer.loop import EXIT_PARTIAL, EXIT_USAGE, Trainer, run_training, train
+from trainer.model_setup import apply_freezing, build_model, set_train_mode
+from trainer.objective import AnswerNll
+from trainer.reporting import METRICS_FILE, read_metrics
+
+from .reference import fixture_dirs, missing_reference
+from .tiny import tiny_clip_tokenizer, tiny_config, tiny_gpt2_tokenizer
+
+EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "trainer" / "example.yaml"
+SAMPLE_RATE = 44_100
+CAPTION_PROMPT = "generate audio caption"
+
+
+def synthetic_sounds() -> dict[str, tuple[np.ndarray, str]]:
+    """Four one-second sounds a tiny random audio encoder tells apart, each with its own caption."""
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
+    noise = np.random.default_rng(0).standard_normal(SAMPLE_RATE)
+    return {
+        "hum": (0.5 * np.sin(2 * np.pi * 220 * t), "a low hum"),
+        "noise": (0.3 * noise, "water runs from a tap"),
+        "chord": (0.2 * sum(np.sin(2 * np.pi * f * t) for f in (300, 700, 1500, 3100)), "a bell rings twice"),
+        "beeps": (0.5 * np.sin(2 * np.pi * 1000 * t) * (np.sin(2 * np.pi * 4 * t) > 0), "a high beep"),
+    }
+
+
+@pytest.fixture(scope="module")
+def sounds(tmp_path_factory) -> Path:
+    """A folder with the four sounds as wav files and `train.jsonl`, their caption manifest."""
+    root = tmp_path_factory.mktemp("sounds")
+    rows = []
+    for name, (wave, caption) in synthetic_sounds().items():
+        sf.write(root / f"{name}.wav", wave.astype(np.float32), SAMPLE_RATE)
+        rows.append({"audio": f"{name}.wav", "task": "caption", "answer": caption})
+    (root / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return root
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def write_config(folder: Path, model_dir: Path, manifest: Path, **sections: Any) -> Path:
+    """A small CPU run: batches of 2, no workers, logs every step, no evaluation unless asked."""
+    base = {
+        "output_dir": str(folder / "run"),
+        "seed": 0,
+        "model": {"init": str(model_dir)},
+        "data": {"train": str(manifest), "batch_size": 2, "num_workers": 0},
+        "optimization": {"lr": 1e-3, "warmup_steps": 2, "max_steps": 4},
+        "runtime": {"device": "cpu"},
+        "logging": {"every": 1, "quiet": True},
+        "evaluation": {"every": 1000, "samples": 0},
+        "checkpoints": {"every": 1000},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(merge(base, sections)))
+    return path
+
+
+def losses(output_dir: Path) -> list[tuple[int, float]]:
+    return [(record["step"], record["loss"]) for record in read_metrics(output_dir / METRICS_FILE, "train")]
+
+
+def weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(model_dir / WEIGHTS_FILE))
+
+
+def sound_waves() -> tuple[np.ndarray, list[str]]:
+    """The sounds as the model sees them (a second repeated to the 7 s clip) and their captions."""
+    clips = [(np.tile(wave, 7)[: 7 * SAMPLE_RATE], caption) for wave, caption in synthetic_sounds().values()]
+    return np.stack([clip for clip, _ in clips]).astype(np.float32), [caption for _, caption in clips]
+
+
+# --- Objective ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["base", "base_no_text_enc"])
+def test_training_loss_equals_the_reference_caption_loss(variant: str) -> None:
+    directories = fixture_dirs()
+    if not directories:
+        missing_reference("no fixture directory")
+    directory = directories[0]
+    fixture = json.loads((directory / "fixture.json").read_text())
+    config = PengiConfig.from_reference_architecture(fixture["architecture"], variant)
+    model = load_released_checkpoint(directory / f"{variant}.pth", config)
+    expected = np.load(directory / f"{variant}_expected.npz")
+    inputs = {
+        "wave": torch.from_numpy(np.load(directory / "inputs.npz")["audio"][:2]),
+        "prompt_ids": torch.from_numpy(expected["prompt_input_ids"][:2]).long(),
+        "prompt_mask": torch.from_numpy(expected["prompt_attention_mask"][:2]).long(),
+        "answer_ids": torch.from_numpy(expected["caption_ids"]).long(),
+        "answer_mask": torch.from_numpy(expected["caption_mask"]).long(),
+    }
+    with torch.no_grad():
+        loss = AnswerNll(model.eval())(**inputs) / inputs["answer_mask"].sum()
+    assert abs(float(loss) - float(expected["caption_loss"])) <= 1e-3
+
+
+# --- Learning, export -------------------------------------------------------------------------------------------
+
+
+def test_a_tiny_model_learns_four_sounds_and_exports_a_loadable_model(tmp_path, sounds, tiny_model_dir) -> None:
+    # The tiny language model is random: a prefix cannot steer a frozen random LM (its loss stays at log(vocab)),
+    # so this run trains it. The random tiny HTSAT learns slowly and erratically from four clips, so it stays
+    # frozen here and the mappers learn to tell its fixed embeddings apart (freezing is tested below).
+    config_path = write_config(
+        tmp_path,
+        tiny_model_dir,
+        sounds / "train.jsonl",
+        model={"dropout": 0.0},
+        freeze={"language_model": False, "audio_encoder": True},
+        data={"batch_size": 4},
+        optimization={"lr": 1e-2, "warmup_steps": 5, "max_steps": 100},
+        logging={"every": 10},
+        evaluation={"every": 100, "samples": 4, "beam": 1, "max_len": 12},
+    )
+    result = train(load_config(config_path))
+    waves, captions = sound_waves()
+    prompts = [CAPTION_PROMPT] * len(captions)
+
+    assert generate_answers(result.model, result.tokenizers, waves, prompts, beam=1) == captions
+    (last,) = read_metrics(tmp_path / "run" / METRICS_FILE, "samples")
+    assert [sample["generated"] for sample in last["samples"]] == [sample["answer"] for sample in last["samples"]]
+
+    model_dir = result.model_dir
+    loaded = load_model_dir(model_dir)
+    tokenizers = Tokenizers.load(loaded.cfg, model_dir)
+    assert generate_answers(loaded, tokenizers, waves, prompts, beam=1) == captions
+    assert generate_answers(loaded, tokenizers, waves, prompts, beam=3) == captions
+
+    before, after = weights(tiny_model_dir), weights(model_dir)
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("audio_encoder."))
+    language_model = [key for key in before if key.startswith("caption_decoder.gpt.")]
+    assert all(not torch.equal(before[key], after[key]) for key in language_model if key.endswith("c_fc.weight"))
+
+
+# --- Freezing -----------------------------------------------------------------------------------------------------
+
+
+def test_frozen_parts_stay_in_eval_mode_while_the_rest_trains(tiny_model_dir, tmp_path) -> None:
+    config = load_config(write_config(tmp_path, tiny_model_dir, tmp_path / "unused.jsonl"))
+    model, _ = build_model(config.model, tmp_path)
+    frozen = apply_freezing(model, config.freeze)
+    set_train_mode(model, frozen, config.freeze)
+    assert not model.gpt.training and not model.caption_encoder.training
+    assert model.audio_encoder.training and model.caption_decoder.audio_project.training
+    assert not any(p.requires_grad for p in model.gpt.parameters())
+    assert not any(p.requires_grad for p in model.caption_encoder.parameters())
+    assert model.audio_encoder.projection.linear1.weight.requires_grad
+
+    config.freeze.batch_norm_statistics = True
+    set_train_mode(model, frozen, config.freeze)
+    assert not model.audio_encoder.htsat.bn0.training and model.audio_encoder.htsat.layers.training
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, sounds, tiny_model_dir) -> Path:
+    """Six steps with the paper's freezing and default dropout: batch 1, two micro-batches a step, checkpoints
+    every three steps (mid-epoch: an epoch of four examples is two steps)."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    config_path = write_config(
+        folder,
+        tiny_model_dir,
+        sounds / "train.jsonl",
+        data={"batch_size": 1},
+        optimization={"max_steps": 6, "grad_accumulation": 2},
+        checkpoints={"every": 3},
+    )
+    assert run_training(config_path) == 0
+    return folder
+
+
+def test_frozen_weights_stay_bit_identical_and_trained_ones_change(uninterrupted, tiny_model_dir) -> None:
+    before, after = weights(tiny_model_dir), weights(uninterrupted / "run" / "model")
+    htsat_fixed = ("tscam_conv.", "head.", "spectrogram_extractor.", "logmel_extractor.")  # unused, or DFT kernels
+    frozen_prefixes = (
+        "caption_decoder.gpt.",
+        "caption_encoder.",
+        *(f"audio_encoder.base.htsat.{p}" for p in htsat_fixed),
+    )
+    parameters = [name for name, _ in load_model_dir(tiny_model_dir).named_parameters() if name in before]
+    frozen = [name for name in before if name.startswith(frozen_prefixes)]
+    trained = [name for name in parameters if not name.startswith(frozen_prefixes)]
+    assert len(frozen) > 20 and len(trained) > 20
+    assert [name for name in frozen if not torch.equal(before[name], after[name])] == []
+    assert [name for name in trained if torch.equal(before[name], after[name])] == []
+
+
+# --- Resume -------------------------------------------------------------------------------------------------------
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(uninterrupted, tmp_path, monkeypatch) -> None:
+    config_path = tmp_path / "config.yaml"
+    config = yaml.safe_load((uninterrupted / "config.yaml").read_text())
+    config["output_dir"] = str(tmp_path / "run")
+    config_path.write_text(yaml.safe_dump(config))
+
+    # Crash after step 4 was logged: the run goes back to its step-3 checkpoint and step 4 is not logged twice.
+    after_step = Trainer._after_step
+
+    def crash_after_step_4(self: Trainer) -> None:
+        after_step(self)
+        if self.position.step == 4:
+            raise Crash
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "_after_step", crash_after_step_4)
+        with pytest.raises(Crash):
+            run_training(config_path)
+    assert [step for step, _ in losses(tmp_path / "run")] == [1, 2, 3, 4]
+    assert run_training(config_path) == 1  # a fresh run would overwrite the checkpoints
+    assert run_training(config_path, resume=True) == 0
+
+    assert losses(tmp_path / "run") == losses(uninterrupted / "run")
+    assert [step for step, _ in losses(tmp_path / "run")] == [1, 2, 3, 4, 5, 6]
+    resumed, reference = weights(tmp_path / "run" / "model"), weights(uninterrupted / "run" / "model")
+    assert resumed.keys() == reference.keys()
+    assert all(torch.equal(resumed[key], reference[key]) for key in reference)
+
+
+def test_resume_without_a_checkpoint_fails_clearly(tmp_path, sounds, tiny_model_dir, capsys) -> None:
+    config_path = write_config(tmp_path, tiny_model_dir, sounds / "train.jsonl")
+    assert run_training(config_path, resume=True) == 1
+    assert "no checkpoint to resume from" in capsys.readouterr().err
+
+
+def test_clips_that_fail_to_load_are_skipped_and_counted(tmp_path, sounds, tiny_model_dir) -> None:
+    (tmp_path / "broken.wav").write_text("not audio")
+    rows = [json.loads(line) for line in (sounds / "train.jsonl").read_text().splitlines()[:3]]
+    rows = [{**row, "audio": str(sounds / row["audio"])} for row in rows]
+    rows.append({"audio": "broken.wav", "task": "caption", "answer": "a crackle"})
+    manifest = tmp_path / "with-broken.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    # Batches of one: the broken clip's micro-batch is empty and trains on nothing.
+    config_path = write_config(tmp_path, tiny_model_dir, manifest, data={"batch_size": 1})
+    assert run_training(config_path) == 0
+    records = read_metrics(tmp_path / "run" / METRICS_FILE, "train")
+    assert [record["skipped"] for record in records].count(1) == 1 and sum(r["skipped"] for r in records) == 1
+    assert sum(record["samples"] for record in records) == 3
+    assert [record["loss"] is None for record in records] == [record["skipped"] == 1 for record in records]
+    assert all(np.isfinite(record["loss"]) for record in records if record["loss"] is not None)
+
+
+# --- Distributed ------------------------------------------------------------------------------------------------
+
+
+def test_two_gloo_processes_equal_one_process_with_the_combined_batch(tmp_path, sounds, tiny_model_dir) -> None:
+    # DDP averages gradients; the loop divides each process's summed NLL by the answer tokens of all processes,
+    # so the captions' different lengths still give exactly the gradient of one batch. Dropout off and BatchNorm
+    # on its running statistics: otherwise a batch of 1 and a batch of 2 would differ by design.
+    common = {
+        "model": {"dropout": 0.0},
+        "freeze": {"batch_norm_statistics": True},
+        "optimization": {"max_steps": 2},
+    }
+    two = write_config(tmp_path / "two", tiny_model_dir, sounds / "train.jsonl", data={"batch_size": 1}, **common)
+    one = write_config(tmp_path / "one", tiny_model_dir, sounds / "train.jsonl", **common)
+    accumulated = write_config(
+        tmp_path / "accumulated",
+        tiny_model_dir,
+        sounds / "train.jsonl",
+        data={"batch_size": 1},
+        **merge(common, {"optimization": {"grad_accumulation": 2}}),
+    )
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launched = subprocess.run([*command, "-m", "trainer", str(two)], env=env, capture_output=True, text=True)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert run_training(one) == 0
+    assert run_training(accumulated) == 0
+
+    (end,) = read_metrics(tmp_path / "two" / "run" / METRICS_FILE, "end")
+    assert end["ranks_in_sync"] and len(set(end["rank_digests"])) == 1 and len(end["rank_digests"]) == 2
+    reference = weights(tmp_path / "one" / "run" / "model")
+    for other in ("two", "accumulated"):
+        curve = [loss for _, loss in losses(tmp_path / other / "run")]
+        assert np.allclose(curve, [loss for _, loss in losses(tmp_path / "one" / "run")], rtol=1e-5, atol=0)
+        trained = weights(tmp_path / other / "run" / "model")
+        assert all(torch.allclose(trained[key], reference[key], rtol=0, atol=1e-6) for key in reference), other
+    mapper = "caption_decoder.audio_project.linear.weight"
+    assert not torch.equal(reference[mapper], weights(tiny_model_dir)[mapper])  # it did train
+
+
+# --- Set-up from scratch ---------------------------------------------------------------------------------------
+
+
+def test_from_scratch_takes_the_language_model_and_clip_text_tower_from_local_directories(tmp_path) -> None:
+    gpt2_tok, clip_tok = tiny_gpt2_tokenizer(), tiny_clip_tokenizer()
+    architecture = tiny_config("base", gpt2_tok, clip_tok)
+    torch.manual_seed(1)
+    language_model = GPT2LMHeadModel(gpt2_config(architecture.decoder))
+    language_model.save_pretrained(tmp_path / "gpt2")
+    gpt2_tok.save_pretrained(tmp_path / "gpt2")
+    text = clip_text_config(architecture.text_encoder)
+    vision = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=32)
+    clip = CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision, projection_dim=text.projection_dim))
+    clip.save_pretrained(tmp_path / "clip")
+    clip_tok.save_pretrained(tmp_path / "clip")
+    config_path = write_config(
+        tmp_path,
+        tmp_path,
+        tmp_path / "unused.jsonl",
+        model={
+            "init": None,
+            "architecture": json.loads(json.dumps(architecture.to_dict())),  # tuples as YAML lists
+            "language_model": "gpt2",
+            "text_encoder": "clip",
+        },
+    )
+
+    model, tokenizers = build_model(load_config(config_path).model, config_path)
+
+    lm_state = language_model.state_dict()
+    assert all(torch.equal(tensor, lm_state[key]) for key, tensor in model.gpt.state_dict().items())
+    clip_state = clip.state_dict()
+    tower = model.caption_encoder.base.state_dict()
+    assert tower and all(torch.equal(tensor, clip_state[f"text_model.{key}"]) for key, tensor in tower.items())
+    assert torch.equal(model.caption_encoder.clip_text_projection.weight, clip_state["text_projection.weight"])
+    assert tokenizers.gpt2.encode("a bell") == gpt2_tok.encode("a bell")
+    assert (
+        tokenizers.prompts([CAPTION_PROMPT]).input_ids.tolist()
+        == Tokenizers(architecture, gpt2_tok, clip_tok).prompts([CAPTION_PROMPT]).input_ids.tolist()
+    )
+
+
+# --- Configuration, dry run --------------------------------------------------------------------------------------
+
+
+def test_config_reads_types_and_rejects_unknown_keys(tmp_path, sounds, tiny_model_dir, capsys) -> None:
+    path = write_config(tmp_path, tiny_model_dir, sounds / "train.jsonl", optimization={"lr": "1e-4"})
+    config = load_config(path)
+    assert config.optimization.lr == 1e-4 and config.data.train == sounds / "train.jsonl"
+    assert load_config(path, {"optimization.warmup_steps": 7}).optimization.warmup_steps == 7
+
+    bad = write_config(tmp_path / "bad", tiny_model_dir, sounds / "train.jsonl", optimization={"learning_rate": 1})
+    with pytest.raises(ConfigError, match="unknown key optimization.learning_rate"):
+        load_config(bad)
+    assert run_training(bad) == EXIT_USAGE
+    assert "optimization.learning_rate" in capsys.readouterr().err
+    both = write_config(tmp_path / "both", tiny_model_dir, sounds / "train.jsonl", optimization={"epochs": 2})
+    with pytest.raises(ConfigError, match="exactly one of max_steps and epochs"):
+        load_config(both)
+    assert run_training(path, overrides={"runtime.precision": "bf16"}) == EXIT_USAGE  # autocast is for CUDA
+    assert "needs a CUDA device" in capsys.readouterr().err
+    overrides = parse_overrides(["optimization.lr=3e-3", "freeze.audio_encoder=true", "data.validation=null"])
+    assert load_config(path, overrides).optimization.lr == 3e-3
+    assert overrides == {"optimization.lr": "3e-3", "freeze.audio_encoder": True, "data.validation": None}
+
+
+def test_the_example_config_loads_and_shows_every_key() -> None:
+    config = load_config(EXAMPLE_CONFIG)
+    raw = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    for section in dataclasses.fields(TrainConfig):
+        assert section.name in raw
+        value = getattr(config, section.name)
+        if dataclasses.is_dataclass(value):
+            assert sorted(raw[section.name]) == sorted(f.name for f in dataclasses.fields(value)), section.name
+
+
+def test_dry_run_counts_missing_and_broken_audio_and_prints_the_task_mix(tmp_path, sounds, tiny_model_dir, capsys):
+    (tmp_path / "broken.wav").write_text("not audio")
+    rows = [
+        {"audio": str(sounds / "hum.wav"), "task": "caption", "answer": "a low hum"},
+        {"audio": str(sounds / "noise.wav"), "task": "sound_event", "answer": ["noise", "hiss"]},
+        {"audio": str(sounds / "beeps.wav"), "task": "qa", "question": "is it a beep?", "answer": "yes"},
+        {"audio": str(sounds / "chord.wav"), "task": "caption", "answer": "a bell rings twice"},
+        {"audio": "gone.wav", "task": "caption", "answer": "nothing"},
+        {"audio": "broken.wav", "task": "sound_event", "answer": "static"},
+    ]
+    manifest = tmp_path / "mixed.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config_path = write_config(tmp_path, tiny_model_dir, manifest)
+
+    report = dry_run_report(load_config(config_path))
+    (check,) = report.manifests
+    assert (check.examples, check.usable, check.missing, check.broken) == (6, 4, 1, 1)
+    assert check.tasks == {"caption": 3, "sound_event": 2, "qa": 1}
+    assert report.exit_code == EXIT_PARTIAL
+
+    assert run_training(config_path, dry_run=True) == EXIT_PARTIAL
+    out = capsys.readouterr().out
+    assert "6 examples, 4 usable, 1 missing, 1 unreadable" in out
+    assert "gone.wav: file not found" in out
+    assert "sound_event" in out and "33.3%" in out and "50.0%" in out
+    assert not (tmp_path / "run").exists()  # nothing trained

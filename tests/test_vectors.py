@@ -1,0 +1,348 @@
+"""FAISS vector indexes: exact and approximate search, ids, atomic files, and rebuilding from the database."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from pengi_search.store import Store, WindowInput
+from pengi_search.vectors import (
+    IVFPQ_MIN_VECTORS,
+    IndexParams,
+    VectorIndex,
+    VectorIndexError,
+    l2_normalise,
+)
+
+DIM = 16
+IVFPQ = IndexParams(type="ivfpq", pq_m=2)  # few sub-quantizers: PQ training time grows with them
+
+
+def clustered(count: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
+    """Points around 50 centres (fixed by dim), unnormalised: like embeddings of similar captions."""
+    centres = np.random.default_rng(dim).standard_normal((50, dim))
+    rng = np.random.default_rng(seed)
+    return (centres[rng.integers(0, 50, count)] + 0.3 * rng.standard_normal((count, dim))).astype(np.float32)
+
+
+def sparse_ids(count: int) -> np.ndarray:
+    return np.arange(count, dtype=np.int64) * 7 + 3  # database ids are not positions
+
+
+def brute_force(ids: np.ndarray, vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    query = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    scores = query @ unit.T
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, top, axis=1), ids[top]
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(t)) / truth.shape[1] for f, t in zip(found, truth, strict=True)]))
+
+
+def folder_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[np.ndarray, np.ndarray, VectorIndex]:
+    """One IVF-PQ index (training takes seconds) shared by the tests that only read it."""
+    vectors, ids = clustered(IVFPQ_MIN_VECTORS), sparse_ids(IVFPQ_MIN_VECTORS)
+    return ids, vectors, VectorIndex.build(ids, vectors, IVFPQ)
+
+
+def build(kind: str, ids: np.ndarray, vectors: np.ndarray, trained: tuple) -> VectorIndex:
+    if kind == "ivfpq":
+        return trained[2]
+    return VectorIndex.build(ids, vectors, IndexParams(type=kind))
+
+
+# -- search -----------------------------------------------------------------------------------------------------
+
+
+def test_flat_search_is_exact_with_database_ids_and_cosine_scores() -> None:
+    vectors, queries = clustered(500), clustered(20, seed=1) * 5.0  # unnormalised on both sides
+    ids = sparse_ids(500)
+    index = VectorIndex.build(ids, vectors)
+    scores, found = index.search(queries, 5)
+    expected_scores, expected_ids = brute_force(ids, vectors, queries, 5)
+    assert found.dtype == np.int64 and scores.dtype == np.float32 and found.shape == (20, 5)
+    np.testing.assert_array_equal(found, expected_ids)
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
+    single_scores, single = index.search(queries[0], 5)
+    np.testing.assert_array_equal(single, found[:1])
+    np.testing.assert_allclose(single_scores, scores[:1])
+
+
+def test_searching_for_a_stored_vector_finds_it_with_score_one() -> None:
+    vectors = clustered(200)
+    index = VectorIndex.build(sparse_ids(200), vectors)
+    scores, found = index.search(vectors[17] * 3.0, 1)
+    assert found[0, 0] == sparse_ids(200)[17]
+    assert scores[0, 0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_missing_results_are_minus_one_with_minus_infinity() -> None:
+    index = VectorIndex.build(sparse_ids(3), clustered(3))
+    scores, found = index.search(clustered(2, seed=5), 5)
+    assert (found[:, 3:] == -1).all() and np.isneginf(scores[:, 3:]).all()
+    assert (found[:, :3] >= 0).all()
+    empty = VectorIndex.build(np.empty(0, np.int64), np.empty((0, 0), np.float32), dim=DIM)
+    scores, found = empty.search(clustered(1), 3)
+    assert (found == -1).all() and np.isneginf(scores).all() and len(empty) == 0
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+def test_filtered_search_returns_only_allowed_ids(kind: str, trained: tuple) -> None:
+    count = IVFPQ_MIN_VECTORS if kind == "ivfpq" else 1000
+    vectors, ids, queries = clustered(count), sparse_ids(count), clustered(10, seed=2)
+    index = build(kind, ids, vectors, trained)
+    assert index.type == kind
+    allowed = ids[::10]
+    _, found = index.search(queries, 5, allowed_ids=allowed)
+    assert np.isin(found, allowed).all()
+    if kind == "flat":
+        _, expected = brute_force(allowed, vectors[::10], queries, 5)
+        np.testing.assert_array_equal(found, expected)
+    _, none_found = index.search(queries, 5, allowed_ids=np.array([-5, 10**12]))
+    assert (none_found == -1).all()
+
+
+def test_hnsw_recall_on_a_small_set() -> None:
+    vectors, ids, queries = clustered(3000), sparse_ids(3000), clustered(100, seed=3)
+    index = VectorIndex.build(ids, vectors, IndexParams(type="hnsw", ef_search=64))
+    _, truth = brute_force(ids, vectors, queries, 10)
+    assert recall(index.search(queries, 10)[1], truth) >= 0.95
+
+
+def test_ivfpq_recall_on_a_small_set(trained: tuple) -> None:
+    ids, vectors, index = trained
+    queries = clustered(100, seed=3)
+    assert index.type == "ivfpq" and index.params.nlist == 256 and index.params.pq_m == 2
+    _, truth = brute_force(ids, vectors, queries, 10)
+    assert recall(index.search(queries, 10)[1], truth) >= 0.95
+
+
+def test_ivfpq_falls_back_to_flat_when_too_few_vectors_to_train(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="pengi_search.vectors"):
+        index = VectorIndex.build(sparse_ids(300), clustered(300), IndexParams(type="ivfpq"))
+    assert index.type == "flat"
+    assert "IVF-PQ needs at least" in caplog.text and "using the exact flat index" in caplog.text
+
+
+def test_bad_vectors_and_queries_are_refused() -> None:
+    vectors = clustered(10)
+    with pytest.raises(VectorIndexError, match="zero vector"):
+        VectorIndex.build(sparse_ids(2), np.zeros((2, DIM), np.float32))
+    broken = vectors.copy()
+    broken[3, 0] = np.nan
+    with pytest.raises(VectorIndexError, match="NaN"):
+        VectorIndex.build(sparse_ids(10), broken)
+    index = VectorIndex.build(sparse_ids(10), vectors)
+    with pytest.raises(VectorIndexError, match="expected 16 dimensions, got 8"):
+        index.search(np.ones(8, np.float32), 3)
+    with pytest.raises(VectorIndexError, match="k must be at least 1"):
+        index.search(vectors[0], 0)
+    with pytest.raises(VectorIndexError, match="no vectors and no dimension"):
+        VectorIndex.build(np.empty(0, np.int64), np.empty((0, 0), np.float32))
+    with pytest.raises(VectorIndexError, match="unknown 'annoy'"):
+        IndexParams(type="annoy")
+
+
+def test_l2_normalise_copies_and_normalises() -> None:
+    given = np.array([[3.0, 4.0]], dtype=np.float64)
+    unit = l2_normalise(given)
+    np.testing.assert_allclose(unit, [[0.6, 0.8]])
+    assert unit.dtype == np.float32 and given[0, 0] == 3.0
+
+
+# -- ids --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_add_and_remove_keep_ids_tied_to_vectors(kind: str) -> None:
+    vectors, ids = clustered(400), sparse_ids(400)
+    index = VectorIndex.build(ids[:300], vectors[:300], IndexParams(type=kind))
+    index.add(ids[300:], vectors[300:])
+    assert len(index) == 400 and index.ids().tolist() == ids.tolist()
+    assert index.remove(np.concatenate([ids[:100], [10**9]])) == 100
+    assert index.ids().tolist() == ids[100:].tolist()
+    _, found = index.search(vectors[150:160], 1)
+    assert found[:, 0].tolist() == ids[150:160].tolist()
+    _, found = index.search(vectors[:10], 1)
+    assert not np.isin(found, ids[:100]).any()
+
+
+def test_ivfpq_remove_keeps_the_rest_as_it_was() -> None:
+    vectors, ids, queries = clustered(IVFPQ_MIN_VECTORS), sparse_ids(IVFPQ_MIN_VECTORS), clustered(20, seed=6)
+    index = VectorIndex.build(ids, vectors, IVFPQ)
+    kept_before = index.search(queries, 5, allowed_ids=ids[5000:])
+    assert index.remove(ids[:5000]) == 5000
+    assert index.ids().tolist() == ids[5000:].tolist()
+    # Re-filled from its own exact vectors with the same training: as if the removed ids had been filtered out.
+    for got, want in zip(index.search(queries, 5), kept_before, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_ids_must_be_unique() -> None:
+    index = VectorIndex.build(sparse_ids(5), clustered(5))
+    with pytest.raises(VectorIndexError, match="already in the index"):
+        index.add(sparse_ids(5)[2:3], clustered(1))
+    with pytest.raises(VectorIndexError, match="repeat within the batch"):
+        index.add(np.array([100, 100]), clustered(2))
+    with pytest.raises(VectorIndexError, match="2 ids for 3 vectors"):
+        index.add(np.array([100, 101]), clustered(3))
+    assert len(index) == 5
+
+
+def test_sync_adds_missing_and_drops_extra_ids() -> None:
+    vectors, ids = clustered(50), sparse_ids(50)
+    index = VectorIndex.build(ids[:30], vectors[:30])
+    wanted = ids[10:50]
+    by_id = dict(zip(ids.tolist(), vectors, strict=True))
+    asked: list[list[int]] = []
+
+    def fetch(missing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        asked.append(missing.tolist())
+        return missing, np.stack([by_id[i] for i in missing.tolist()])
+
+    assert index.sync(wanted, fetch) == (20, 10)
+    assert asked == [ids[30:50].tolist()] and index.ids().tolist() == wanted.tolist()
+    assert index.sync(wanted, fetch) == (0, 0) and len(asked) == 1
+
+
+# -- files ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+def test_save_and_load_round_trip(tmp_path: Path, kind: str, trained: tuple) -> None:
+    count = IVFPQ_MIN_VECTORS if kind == "ivfpq" else 500
+    vectors, ids, queries = clustered(count), sparse_ids(count), clustered(10, seed=4)
+    index = build(kind, ids, vectors, trained)
+    index.save(tmp_path / "text.faiss", tag="embedder-a")
+    assert folder_files(tmp_path) == ["text.faiss"]
+    loaded, tag = VectorIndex.load(tmp_path / "text.faiss", IndexParams(type=kind, ef_search=99, k_factor=4))
+    assert tag == "embedder-a" and loaded.type == kind and loaded.ids().tolist() == ids.tolist()
+    assert loaded.params.ef_search == 99 and loaded.params.k_factor == 4 and loaded.params.nlist == index.params.nlist
+    loaded.tune(ef_search=index.params.ef_search, k_factor=index.params.k_factor)
+    for got, want in zip(loaded.search(queries, 5), index.search(queries, 5), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_failed_save_leaves_the_old_file_and_no_temp_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "text.faiss"
+    VectorIndex.build(sparse_ids(20), clustered(20)).save(target)
+    old_bytes = target.read_bytes()
+    bigger = VectorIndex.build(sparse_ids(300), clustered(300))
+    real_write = faiss.write_index
+
+    def write_half_then_fail(index: faiss.Index, writer: faiss.IOWriter) -> None:
+        real_write(index, writer)  # the bytes reach the temp file...
+        raise RuntimeError("disk full")  # ...but the save does not complete
+
+    monkeypatch.setattr(faiss, "write_index", write_half_then_fail)
+    with pytest.raises(VectorIndexError, match="disk full"):
+        bigger.save(target)
+    assert target.read_bytes() == old_bytes
+    assert folder_files(tmp_path) == ["text.faiss"]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: data[: len(data) // 2],  # truncated
+        lambda data: data[:-40] + bytes(b ^ 0xFF for b in data[-40:]),  # bytes flipped in the payload
+        lambda data: data[:30] + bytes([data[30] ^ 0x01]) + data[31:],  # a bit flipped in the header metadata
+        lambda data: b"JUNK" + data[4:],  # not our file
+        lambda data: b"",
+    ],
+    ids=["truncated", "flipped", "metadata", "foreign", "empty"],
+)
+def test_a_damaged_file_is_reported(tmp_path: Path, damage) -> None:
+    target = tmp_path / "text.faiss"
+    VectorIndex.build(sparse_ids(50), clustered(50)).save(target)
+    target.write_bytes(damage(target.read_bytes()))
+    with pytest.raises(VectorIndexError):
+        VectorIndex.load(target)
+
+
+def test_load_or_rebuild(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="pengi_search.vectors")
+    vectors, ids = clustered(100), sparse_ids(100)
+    target = tmp_path / "text.faiss"
+    calls: list[int] = []
+
+    def from_database(count: int):
+        def vectors_fn() -> tuple[np.ndarray, np.ndarray]:
+            calls.append(count)
+            return ids[:count], vectors[:count]
+
+        return vectors_fn
+
+    index, rebuilt = VectorIndex.load_or_rebuild(target, ids[:80], from_database(80), tag="a")
+    assert rebuilt and len(index) == 80 and target.is_file()
+    index, rebuilt = VectorIndex.load_or_rebuild(target, ids[:80][::-1], from_database(80), tag="a")
+    assert not rebuilt and calls == [80]
+
+    index, rebuilt = VectorIndex.load_or_rebuild(target, ids, from_database(100), tag="a")
+    assert rebuilt and index.ids().tolist() == ids.tolist() and "ids differ" in caplog.text
+    index, rebuilt = VectorIndex.load_or_rebuild(target, ids, from_database(100), tag="b")
+    assert rebuilt and "built for 'a'" in caplog.text
+    index, rebuilt = VectorIndex.load_or_rebuild(target, ids, from_database(100), tag="b", params=IndexParams("hnsw"))
+    assert rebuilt and index.type == "hnsw"
+
+    data = target.read_bytes()
+    target.write_bytes(data[:-10] + bytes(10))
+    with caplog.at_level(logging.INFO, logger="pengi_search.vectors"):
+        index, rebuilt = VectorIndex.load_or_rebuild(
+            target, ids, from_database(100), tag="b", params=IndexParams("hnsw")
+        )
+    assert rebuilt and "checksum" in caplog.text
+    index, rebuilt = VectorIndex.load_or_rebuild(target, ids, from_database(100), tag="b", params=IndexParams("hnsw"))
+    assert not rebuilt and calls == [80, 100, 100, 100, 100]
+
+
+def test_rebuilds_from_the_store_when_the_database_changed(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+
+    def file_windows(count: int) -> list[WindowInput]:
+        return [
+            WindowInput(i, 7.0 * i, 7.0 * (i + 1), vectors={"text": rng.standard_normal(DIM)}) for i in range(count)
+        ]
+
+    with Store.open(tmp_path / "index.db") as store:
+        first = store.upsert_file("/lib/a.wav", size=1, mtime=1.0)
+        store.replace_file_windows(first, file_windows(3))
+        second = store.upsert_file("/lib/b.wav", size=1, mtime=1.0)
+        result = store.replace_file_windows(second, file_windows(2))
+        target = tmp_path / "index.text.faiss"
+
+        def open_index() -> tuple[VectorIndex, bool]:
+            return VectorIndex.load_or_rebuild(target, store.vector_ids("text"), lambda: store.vectors("text"))
+
+        assert open_index()[1] and not open_index()[1]
+        _, stored = store.vectors("text", result.added_window_ids[:1])
+        _, found = open_index()[0].search(stored, 1)
+        assert found[0, 0] == result.added_window_ids[0]
+
+        store.replace_file_windows(second, file_windows(2))  # same count, new window ids
+        index, rebuilt = open_index()
+        assert rebuilt and index.ids().tolist() == store.vector_ids("text").tolist()
+        store.remove("/lib/a.wav")
+        assert open_index()[1] and len(open_index()[0]) == 2
+
+
+def test_gpu_request_without_a_gpu_falls_back_to_the_cpu(caplog: pytest.LogCaptureFixture) -> None:
+    if faiss.get_num_gpus() > 0:
+        pytest.skip("a GPU is present: the fallback cannot be exercised")
+    vectors = clustered(100)
+    index = VectorIndex.build(sparse_ids(100), vectors, use_gpu=True)
+    with caplog.at_level(logging.WARNING, logger="pengi_search.vectors"):
+        _, found = index.search(vectors[:3], 1)
+    assert found[:, 0].tolist() == sparse_ids(100)[:3].tolist()
+    assert "searching on the CPU: faiss sees no GPU" in caplog.text

@@ -1,0 +1,274 @@
+"""The training configuration: a YAML file read into typed sections (see `trainer/example.yaml` for every key).
+
+Relative paths in the file are resolved against the file's folder. Unknown keys, wrong types and impossible values
+raise `ConfigError` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A training configuration that cannot be used; names the file and the reason."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class _Invalid(ValueError):
+    """A bad value; the loader adds the file name."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise _Invalid(message)
+
+
+@dataclass
+class ModelSection:
+    init: Path | None = None  # model directory or released .pth to fine-tune
+    architecture: str | dict | None = None  # preset name or PengiConfig fields, to train from scratch
+    language_model: Path | None = None  # Hugging Face directory of the causal LM (from scratch)
+    text_encoder: Path | None = None  # Hugging Face CLIPModel directory (from scratch)
+    gpt2_tokenizer: Path | None = None
+    clip_tokenizer: Path | None = None
+    dropout: float | None = None  # overrides the p of every Dropout layer
+
+    def __post_init__(self) -> None:
+        _require(
+            self.init is not None or self.architecture is not None,
+            "model: give `init` (fine-tune) or `architecture` (from scratch)",
+        )
+        scratch_only = [name for name in ("language_model", "text_encoder") if getattr(self, name) is not None]
+        _require(
+            self.init is None or not scratch_only,
+            f"model: {', '.join(scratch_only)} load weights into a model built from scratch; `init` already has them",
+        )
+        _require(self.dropout is None or 0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
+
+
+@dataclass
+class FreezeSection:
+    language_model: bool = True
+    text_encoder: bool = True
+    audio_encoder: bool = False
+    batch_norm_statistics: bool = False  # BatchNorm layers use (and keep) their running statistics
+
+
+@dataclass
+class DataSection:
+    train: Path | None = None
+    validation: Path | None = None
+    batch_size: int = 8  # per process and per micro-batch
+    num_workers: int = 4
+    max_answer_tokens: int = 77
+
+    def __post_init__(self) -> None:
+        _require(self.train is not None, "data.train (a manifest) is required")
+        _require(self.batch_size >= 1, "data.batch_size must be at least 1")
+        _require(self.num_workers >= 0, "data.num_workers must be non-negative")
+        _require(self.max_answer_tokens >= 1, "data.max_answer_tokens must be at least 1")
+
+
+@dataclass
+class OptimizationSection:
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 2000
+    max_steps: int | None = None
+    epochs: int | None = None
+    grad_clip: float | None = 1.0
+    grad_accumulation: int = 1
+
+    def __post_init__(self) -> None:
+        _require(self.lr > 0, "optimization.lr must be positive")
+        _require(self.weight_decay >= 0, "optimization.weight_decay must be non-negative")
+        _require(self.warmup_steps >= 0, "optimization.warmup_steps must be non-negative")
+        _require(
+            (self.max_steps is None) != (self.epochs is None), "optimization: give exactly one of max_steps and epochs"
+        )
+        _require(self.max_steps is None or self.max_steps >= 1, "optimization.max_steps must be at least 1")
+        _require(self.epochs is None or self.epochs >= 1, "optimization.epochs must be at least 1")
+        _require(self.grad_clip is None or self.grad_clip > 0, "optimization.grad_clip must be positive or null")
+        _require(self.grad_accumulation >= 1, "optimization.grad_accumulation must be at least 1")
+
+
+@dataclass
+class RuntimeSection:
+    device: str = "auto"
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        _require(self.device in DEVICES, f"runtime.device must be one of {', '.join(DEVICES)}")
+        _require(self.precision in PRECISIONS, f"runtime.precision must be one of {', '.join(PRECISIONS)}")
+
+
+@dataclass
+class LoggingSection:
+    every: int = 10
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        _require(self.every >= 1, "logging.every must be at least 1")
+
+
+@dataclass
+class EvaluationSection:
+    every: int = 1000
+    samples: int = 4
+    beam: int = 3  # 1: greedy
+    max_len: int = 30
+
+    def __post_init__(self) -> None:
+        _require(self.every >= 1, "evaluation.every must be at least 1")
+        _require(self.samples >= 0, "evaluation.samples must be non-negative")
+        _require(self.beam >= 1, "evaluation.beam must be at least 1")
+        _require(self.max_len >= 1, "evaluation.max_len must be at least 1")
+
+
+@dataclass
+class CheckpointSection:
+    every: int = 1000
+    keep: int = 3
+    full_model: bool = False  # save frozen weights too (else only what training changes)
+
+    def __post_init__(self) -> None:
+        _require(self.every >= 1, "checkpoints.every must be at least 1")
+        _require(self.keep >= 1, "checkpoints.keep must be at least 1")
+
+
+@dataclass
+class TrainConfig:
+    output_dir: Path | None = None
+    seed: int = 0
+    model: ModelSection = field(default_factory=ModelSection)
+    freeze: FreezeSection = field(default_factory=FreezeSection)
+    data: DataSection = field(default_factory=DataSection)
+    optimization: OptimizationSection = field(default_factory=OptimizationSection)
+    runtime: RuntimeSection = field(default_factory=RuntimeSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
+    evaluation: EvaluationSection = field(default_factory=EvaluationSection)
+    checkpoints: CheckpointSection = field(default_factory=CheckpointSection)
+
+    def __post_init__(self) -> None:
+        _require(self.output_dir is not None, "output_dir is required")
+        _require(self.seed >= 0, "seed must be non-negative")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values (paths as strings), for checkpoints and logs."""
+        return _plain(dataclasses.asdict(self))
+
+
+def load_config(path: Path | str, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML training configuration; `overrides` maps dotted keys ("optimization.lr") to values."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(path, error.strerror or str(error)) from None
+    except yaml.YAMLError as error:
+        raise ConfigError(path, f"not valid YAML ({error})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(path, "expected a mapping of sections at the top level")
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value, path)
+    try:
+        return _build(TrainConfig, raw, "", path.parent.resolve())
+    except _Invalid as error:
+        raise ConfigError(path, str(error)) from None
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`section.key=value` pairs (command-line `--set`); values are read as YAML (numbers, booleans, null, text)."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError("--set", f"expected section.key=value, got {pair!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def _set_dotted(raw: dict, dotted: str, value: Any, path: Path) -> None:
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(path, f"cannot set {dotted}: {key} is not a section")
+    node[leaf] = value
+
+
+def _build(cls: type, data: Any, where: str, base: Path) -> Any:
+    if not isinstance(data, dict):
+        raise _Invalid(f"{where.rstrip('.') or 'the file'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = [key for key in data if key not in known]
+    if unknown:
+        raise _Invalid(f"unknown key {where}{unknown[0]}; known keys here: {', '.join(known)}")
+    values = {key: _convert(value, hints[key], f"{where}{key}", base) for key, value in data.items()}
+    return cls(**values)
+
+
+def _convert(value: Any, hint: Any, where: str, base: Path) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value if value is not None else {}, f"{where}.", base)
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None:
+        _require(type(None) in options, f"{where} may not be empty")
+        return None
+    for option in options:
+        converted = _as_type(value, typing.get_origin(option) or option, base)
+        if converted is not None:
+            return converted
+    names = " or ".join(getattr(option, "__name__", str(option)) for option in options if option is not type(None))
+    raise _Invalid(f"{where} must be {names}, got {value!r}")
+
+
+def _as_type(value: Any, kind: type, base: Path) -> Any:
+    """`value` as `kind`, or None when it is not one."""
+    if kind is bool:
+        return value if isinstance(value, bool) else None
+    if kind is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+    if kind is float:
+        return _as_float(value)
+    if kind is Path:
+        return base / value if isinstance(value, str) and value else None
+    return value if isinstance(value, kind) else None
+
+
+def _as_float(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return str(value) if isinstance(value, Path) else value

@@ -1,0 +1,128 @@
+"""Training checkpoints: everything a run needs to continue exactly where it stopped.
+
+One file per checkpoint, `<output_dir>/checkpoints/step-00001000.pt`, written atomically by rank 0: the model
+weights that training changes (or all of them), the optimizer, scheduler and gradient scaler states, the position
+in the data (step, epoch, micro-batches read in the epoch) and every process's random number generators.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pengi_search.checkpoint import CheckpointError
+
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_NAME = re.compile(r"^step-(\d+)\.pt$")
+FORMAT = "pengi-search-training-state"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Position:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    batches_in_epoch: int = 0  # micro-batches each process has read in this epoch
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def checkpoint_path(output_dir: Path, step: int) -> Path:
+    return output_dir / CHECKPOINT_DIR / f"step-{step:08d}.pt"
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """The run's checkpoints, oldest first."""
+    folder = output_dir / CHECKPOINT_DIR
+    found = [(int(m.group(1)), p) for p in folder.glob("step-*.pt") if (m := CHECKPOINT_NAME.match(p.name))]
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(output_dir: Path) -> Path:
+    checkpoints = list_checkpoints(output_dir)
+    if not checkpoints:
+        raise CheckpointError(f"{output_dir / CHECKPOINT_DIR}: no checkpoint to resume from")
+    return checkpoints[-1]
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any], keep: int) -> Path:
+    """Write atomically (a crash mid-write leaves the previous checkpoints intact), then keep the newest `keep`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".pt.partial")
+    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, partial)
+    os.replace(partial, path)
+    for old in list_checkpoints(path.parent.parent)[:-keep]:
+        old.unlink()
+    return path
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such training checkpoint") from None
+    except Exception as error:  # pickle, zip and torch errors all mean "not a readable checkpoint"
+        raise CheckpointError(f"{path}: not a readable training checkpoint ({type(error).__name__})") from error
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a pengi-search training checkpoint")
+    return payload
+
+
+# --- Model weights --------------------------------------------------------------------------------------------
+
+
+def model_state(model: nn.Module, full: bool) -> dict[str, torch.Tensor]:
+    """The whole state, or all but the frozen parameters (which the run's set-up rebuilds)."""
+    frozen = set() if full else {name for name, p in model.named_parameters() if not p.requires_grad}
+    return {name: tensor.detach().cpu() for name, tensor in model.state_dict().items() if name not in frozen}
+
+
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    not_frozen = sorted(set(missing) - frozen)
+    if not_frozen or unexpected:
+        raise CheckpointError(
+            f"{source}: the checkpoint does not match the model (missing trained weights: "
+            f"{', '.join(not_frozen[:5]) or 'none'}; unexpected: {', '.join(unexpected[:5]) or 'none'})"
+        )
+
+
+# --- Random number generators ---------------------------------------------------------------------------------
+
+
+def capture_rng(device: torch.device) -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (kind, keys.tolist(), pos, has_gauss, cached),  # plain values: loadable with weights_only
+        "torch": torch.get_rng_state(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng(state: dict[str, Any], device: torch.device) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
