@@ -14,14 +14,15 @@ import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
-
-import torch
-from safetensors import safe_open
-from safetensors.torch import load_model, save_model
+from typing import TYPE_CHECKING
 
 from .config import PengiConfig
-from .encoders import TextEncoder
-from .model import Pengi
+
+if TYPE_CHECKING:  # torch loads only when weights do: reading a config or a model's identity stays cheap
+    import torch
+
+    from .encoders import TextEncoder
+    from .model import Pengi
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -73,6 +74,8 @@ def clean_released_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, to
 
 
 def read_released_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    import torch
+
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -92,6 +95,8 @@ def variant_of(state: Mapping[str, torch.Tensor]) -> str:
 
 def load_released_checkpoint(path: str | Path, config: PengiConfig | None = None) -> Pengi:
     """Build Pengi from a released-format checkpoint; the preset matching its variant unless `config` is given."""
+    from .model import Pengi
+
     path = Path(path)
     state = read_released_state_dict(path)
     model = Pengi(config or PengiConfig.preset(variant_of(state)))
@@ -101,6 +106,8 @@ def load_released_checkpoint(path: str | Path, config: PengiConfig | None = None
 
 def save_model_dir(model: Pengi, directory: str | Path, extra: dict | None = None) -> Path:
     """Write `config.json` and `model.safetensors` (tied GPT-2 weights stored once) into `directory`."""
+    from safetensors.torch import save_model
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_model(model, str(directory / WEIGHTS_FILE))
@@ -141,6 +148,10 @@ def read_model_config(directory: str | Path) -> tuple[PengiConfig, dict]:
 
 
 def load_model_dir(directory: str | Path) -> Pengi:
+    from safetensors.torch import load_model
+
+    from .model import Pengi
+
     directory = Path(directory)
     cfg, _ = read_model_config(directory)
     model = Pengi(cfg)
@@ -158,6 +169,10 @@ def load_model_dir(directory: str | Path) -> Pengi:
 
 def load_text_encoder(directory: str | Path) -> TextEncoder:
     """Only Pengi's text tower and its projections, read lazily from the model directory (~250 MB at full size)."""
+    from safetensors import safe_open
+
+    from .encoders import TextEncoder
+
     directory = Path(directory)
     cfg, _ = read_model_config(directory)
     if cfg.text_encoder is None:

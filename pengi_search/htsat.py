@@ -182,7 +182,9 @@ class HTSAT(nn.Module):
 
     def logmel(self, wave: torch.Tensor) -> torch.Tensor:
         """(B, samples) -> (B, 1, frames, mel_bins), normalised by bn0."""
-        x = self.logmel_extractor(self.spectrogram_extractor(wave))
+        # Always float32: under bf16 autocast the power spectrum loses its quiet bins.
+        with torch.autocast(wave.device.type, enabled=False):
+            x = self.logmel_extractor(self.spectrogram_extractor(wave.float()))
         return self.bn0(x.transpose(1, 3)).transpose(1, 3)
 
     def to_image(self, mel: torch.Tensor) -> torch.Tensor:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from .config import PengiConfig
 from .download import TOKENIZERS
+
+if TYPE_CHECKING:  # torch and transformers load only when a tokenizer does (`query` never needs them)
+    import torch
+    from transformers import PreTrainedTokenizerBase
 
 TOKENIZER_DIR = "tokenizer"
 END_SUFFIX = " <|endoftext|>"  # the released model's answers end with " " then <|endoftext|>
@@ -26,6 +28,8 @@ class TokenizerNotFoundError(Exception):
 
 def load_tokenizer(kind: str, model_dir: Path | None) -> PreTrainedTokenizerBase:
     """`kind` is "gpt2" or "clip": from `<model_dir>/tokenizer/<kind>`, else from the local Hugging Face cache."""
+    from transformers import AutoTokenizer
+
     if model_dir is not None and (model_dir / TOKENIZER_DIR / kind).is_dir():
         return AutoTokenizer.from_pretrained(model_dir / TOKENIZER_DIR / kind)
     try:
@@ -46,6 +50,8 @@ class PromptBatch:
 
 def pad_rows(rows: list[list[int]], width: int, pad_id: int) -> PromptBatch:
     """Right-pad token rows to `width` with `pad_id`; the mask marks the real tokens."""
+    import torch
+
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):

@@ -591,3 +591,12 @@ def test_readers_see_whole_files_while_writers_work(db_url: str) -> None:
     assert errors == []
     with Store.open(db_url) as check:
         assert check.stats()["windows"] == 2 * per_file
+
+
+def test_schema_head_constant_is_the_newest_migration() -> None:
+    """`Store.open` answers "already at head" without alembic by comparing with SCHEMA_HEAD; keep them equal."""
+    from alembic.script import ScriptDirectory
+
+    from pengi_search.store import SCHEMA_HEAD, alembic_config
+
+    assert ScriptDirectory.from_config(alembic_config()).get_current_head() == SCHEMA_HEAD

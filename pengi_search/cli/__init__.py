@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import describe, index, model, search
+from . import describe, index, model, search, train
 
 app = typer.Typer(
     name="pengi-search",
@@ -24,3 +24,4 @@ app.command("rebuild-index")(index.rebuild_index)
 app.command()(index.stats)
 app.command()(index.remove)
 app.command()(index.export)
+app.command()(train.train)
