@@ -300,7 +300,9 @@ def test_two_gloo_processes_equal_one_process_with_the_combined_batch(tmp_path, 
     )
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launched = subprocess.run([*command, "-m", "trainer", str(two)], env=env, capture_output=True, text=True)
+    launched = subprocess.run(
+        [*command, "-m", "trainer", str(two)], env=env, capture_output=True, text=True, timeout=600
+    )
     assert launched.returncode == 0, launched.stderr[-3000:]
     assert run_training(one) == 0
     assert run_training(accumulated) == 0

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,8 @@ def start_processes(device_choice: str) -> Processes:
 
 def stop_processes(processes: Processes) -> None:
     if processes.distributed and dist.is_initialized():
+        gc.collect()  # free whatever still holds the group (a DDP reducer) before the group goes
+        dist.barrier()  # and let every process finish its pending collectives
         dist.destroy_process_group()
 
 

@@ -132,12 +132,16 @@ def train(
     if not resume and list_checkpoints(config.output_dir):
         raise TrainingError(f"{config.output_dir} holds checkpoints of a run: resume it, or choose a new output_dir")
     processes = start_processes(config.runtime.device)
+    trainer = None
     try:
         trainer = Trainer(config, processes, source, console)
         if resume:
             trainer.resume(latest_checkpoint(config.output_dir) if resume is True else Path(resume))
         return trainer.fit()
     finally:
+        # DistributedDataParallel's reducer must be freed while its process group still exists: freed after
+        # destroy_process_group, gloo's destructor and its worker thread deadlock on the GIL.
+        del trainer
         stop_processes(processes)
 
 
