@@ -17,8 +17,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 from transformers import CLIPConfig, CLIPModel, GPT2LMHeadModel
+from typer.testing import CliRunner
 
 from pengi_search.checkpoint import WEIGHTS_FILE, load_model_dir, load_released_checkpoint
+from pengi_search.cli import app
 from pengi_search.config import PengiConfig
 from pengi_search.encoders import clip_text_config
 from pengi_search.model import gpt2_config
@@ -159,6 +161,13 @@ def test_a_tiny_model_learns_four_sounds_and_exports_a_loadable_model(tmp_path, 
     tokenizers = Tokenizers.load(loaded.cfg, model_dir)
     assert generate_answers(loaded, tokenizers, waves, prompts, beam=1) == captions
     assert generate_answers(loaded, tokenizers, waves, prompts, beam=3) == captions
+
+    # The whole loop, as a user runs it: `pengi-search describe` with the exported model.
+    files = [str(sounds / f"{name}.wav") for name in synthetic_sounds()]
+    cli = CliRunner().invoke(app, ["describe", *files, "--model", str(model_dir), "-p", CAPTION_PROMPT, "--json"])
+    assert cli.exit_code == 0, cli.output
+    described = [entry["windows"][0]["answers"][CAPTION_PROMPT] for entry in json.loads(cli.stdout)]
+    assert described == captions
 
     before, after = weights(tiny_model_dir), weights(model_dir)
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("audio_encoder."))
