@@ -46,7 +46,6 @@ class UsageError(Exception):
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEBUG_ENV = "PENGI_SEARCH_DEBUG"  # set it to see tracebacks instead of one-line errors
-EXTRA_USER_ERRORS: list[type[BaseException]] = []  # command modules add their own error types here
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -69,7 +68,6 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         VectorIndexError,
         OSError,
         ValueError,
-        *EXTRA_USER_ERRORS,
     )
 
 
