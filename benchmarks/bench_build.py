@@ -1,6 +1,6 @@
 """Time to build the full-size Pengi models from their configuration (random init, nothing downloaded).
 
-    python benchmarks/bench_build.py
+python benchmarks/bench_build.py
 """
 
 from __future__ import annotations
