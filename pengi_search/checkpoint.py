@@ -180,7 +180,9 @@ def load_text_encoder(directory: str | Path) -> TextEncoder:
     encoder = TextEncoder(cfg.text_encoder, cfg.d_proj)
     with safe_open(str(directory / WEIGHTS_FILE), framework="pt") as f:
         state = {
-            k[len(TEXT_ENCODER_PREFIX) :]: f.get_tensor(k) for k in f.keys() if k.startswith(TEXT_ENCODER_PREFIX)  # noqa: SIM118
+            k[len(TEXT_ENCODER_PREFIX) :]: f.get_tensor(k)
+            for k in f.keys()
+            if k.startswith(TEXT_ENCODER_PREFIX)  # noqa: SIM118
         }
     load_state_dict_strict(encoder, state, f"{directory / WEIGHTS_FILE} (text encoder)")
     return encoder.eval()

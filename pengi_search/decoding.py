@@ -47,8 +47,10 @@ def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def _is_stop(tokens: torch.Tensor, stop_ids: tuple[int, ...]) -> torch.Tensor:
-    return torch.isin(tokens, torch.tensor(stop_ids, device=tokens.device)) if stop_ids else torch.zeros_like(
-        tokens, dtype=torch.bool
+    return (
+        torch.isin(tokens, torch.tensor(stop_ids, device=tokens.device))
+        if stop_ids
+        else torch.zeros_like(tokens, dtype=torch.bool)
     )
 
 
@@ -130,9 +132,7 @@ def beam_search(gpt: GPT2LMHeadModel, prefix: torch.Tensor, cfg: GenerationConfi
     results = []
     for b in range(B):
         order = final[b].argsort(descending=True).tolist()
-        results.append(
-            [Hypothesis(tokens[b, k, : int(lengths[b, k])].tolist(), float(final[b, k])) for k in order]
-        )
+        results.append([Hypothesis(tokens[b, k, : int(lengths[b, k])].tolist(), float(final[b, k])) for k in order])
     return results
 
 

@@ -131,9 +131,7 @@ class Engine:
                 answers[i][j] = Answer(self.tok.decode(start + hyp.tokens), hyp.score)
         return answers  # type: ignore[return-value]
 
-    def score(
-        self, audio_embeds: torch.Tensor, prompt: str, candidates: Sequence[str]
-    ) -> list[list[CandidateScore]]:
+    def score(self, audio_embeds: torch.Tensor, prompt: str, candidates: Sequence[str]) -> list[list[CandidateScore]]:
         """Log-likelihood of each candidate answer (as `text + " <|endoftext|>"`) for each window."""
         ids = [self.tok.answer_ids(c) for c in candidates]
         prefix = self.prefixes(audio_embeds, prompt)

@@ -41,8 +41,8 @@ class PrefixDecoder(nn.Module):
         self.gpt = GPT2LMHeadModel(gpt2_config(cfg.decoder))
         E = cfg.decoder.n_embd
         self.audio_project = EmbeddingMapper(cfg.d_proj, E, cfg.mapper)
-        self.text_project: Mapper = EmbeddingMapper(cfg.d_proj, E, cfg.mapper) if cfg.use_text_encoder else Mapper(
-            E, cfg.mapper
+        self.text_project: Mapper = (
+            EmbeddingMapper(cfg.d_proj, E, cfg.mapper) if cfg.use_text_encoder else Mapper(E, cfg.mapper)
         )
 
 
