@@ -179,11 +179,8 @@ def load_text_encoder(directory: str | Path) -> TextEncoder:
         raise CheckpointError(f"{directory}: this model has no text encoder (base_no_text_enc)")
     encoder = TextEncoder(cfg.text_encoder, cfg.d_proj)
     with safe_open(str(directory / WEIGHTS_FILE), framework="pt") as f:
-        state = {
-            k[len(TEXT_ENCODER_PREFIX) :]: f.get_tensor(k)
-            for k in f.keys()
-            if k.startswith(TEXT_ENCODER_PREFIX)  # noqa: SIM118
-        }
+        names = [k for k in f.keys() if k.startswith(TEXT_ENCODER_PREFIX)]  # noqa: SIM118 (safe_open is no dict)
+        state = {k[len(TEXT_ENCODER_PREFIX) :]: f.get_tensor(k) for k in names}
     load_state_dict_strict(encoder, state, f"{directory / WEIGHTS_FILE} (text encoder)")
     return encoder.eval()
 
