@@ -58,7 +58,7 @@ class TextEncoderConfig:
 
 @dataclass
 class DecoderConfig:
-    """GPT-2 language model (transformers `GPT2Config` fields)."""
+    """The language model: GPT-2 from these `GPT2Config` fields, or any causal LM through `hf_config`."""
 
     n_embd: int = 768
     n_layer: int = 12
@@ -66,6 +66,9 @@ class DecoderConfig:
     vocab_size: int = 50_257
     n_positions: int = 1024
     eos_token_id: int = 50_256
+    # A transformers config as a dict with its `model_type` (e.g. {"model_type": "llama", ...}): any causal LM that
+    # accepts `inputs_embeds` replaces GPT-2, and the fields above are then unused.
+    hf_config: dict | None = None
 
 
 @dataclass

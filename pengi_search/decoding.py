@@ -1,5 +1,7 @@
 """Text generation and scoring from Pengi prefixes, batched and with a key/value cache.
 
+`gpt` is the language model: GPT-2 for the released models, or any transformers causal LM taking `inputs_embeds`.
+
 The prefix (B, P, E) goes through GPT-2 once; its key/value cache is then shared by every beam (or candidate) of
 that row, and each step feeds only the newest token. Beam search follows the reference's rules exactly (see
 `beam_search`), so its sequences and scores equal the original's per-clip, recompute-everything loop.
@@ -11,7 +13,7 @@ import copy
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache, GPT2LMHeadModel
+from transformers import DynamicCache, PreTrainedModel
 
 END_OF_TEXT = 50256
 SPACE = 220  # the released model ends answers with " " then <|endoftext|>; the reference stops on the space
@@ -36,7 +38,7 @@ class Hypothesis:
     score: float  # summed log-probability / length
 
 
-def _step(gpt: GPT2LMHeadModel, embeds: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
+def _step(gpt: PreTrainedModel, embeds: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
     """Feed (R, T, E) embeddings after the cached ones; return the last position's logits (R, V) in float32."""
     out = gpt(inputs_embeds=embeds, cache=cache, use_cache=True, logits_to_keep=1)  # lm_head on the last position only
     return out.logits[:, -1].float()
@@ -67,7 +69,7 @@ def _ban_repeated_ngrams(logp: torch.Tensor, history: torch.Tensor, n: int) -> N
 
 
 @torch.no_grad()
-def greedy(gpt: GPT2LMHeadModel, prefix: torch.Tensor, steps: int, stop_ids: tuple[int, ...] = ()) -> list[list[int]]:
+def greedy(gpt: PreTrainedModel, prefix: torch.Tensor, steps: int, stop_ids: tuple[int, ...] = ()) -> list[list[int]]:
     """Argmax decoding of up to `steps` tokens for each row of (B, P, E); a row ends at its first stop id."""
     wte = gpt.get_input_embeddings()
     cache = DynamicCache()
@@ -89,7 +91,7 @@ def greedy(gpt: GPT2LMHeadModel, prefix: torch.Tensor, steps: int, stop_ids: tup
 
 
 @torch.no_grad()
-def beam_search(gpt: GPT2LMHeadModel, prefix: torch.Tensor, cfg: GenerationConfig) -> list[list[Hypothesis]]:
+def beam_search(gpt: PreTrainedModel, prefix: torch.Tensor, cfg: GenerationConfig) -> list[list[Hypothesis]]:
     """Beam search for every row of (B, P, E) at once; returns each row's `cfg.beam` hypotheses, best first.
 
     The reference's rules: step 1 keeps the top-`beam` tokens. Later, a stopped beam may only extend with token 0 at
@@ -144,7 +146,7 @@ class CandidateScore:
 
 @torch.no_grad()
 def score_candidates(
-    gpt: GPT2LMHeadModel, prefix: torch.Tensor, candidates: list[list[int]], max_rows: int = 256
+    gpt: PreTrainedModel, prefix: torch.Tensor, candidates: list[list[int]], max_rows: int = 256
 ) -> list[list[CandidateScore]]:
     """Log-likelihood of every candidate token sequence as the continuation of every prefix row.
 

@@ -120,7 +120,7 @@ class Engine:
         n = len(audio_embeds)
         rows = [(i, j) for j in range(len(prompts)) for i in range(n)]
         answers: list[list[Answer | None]] = [[None] * len(prompts) for _ in range(n)]
-        start = self.tok.gpt2.encode(additional_text) if additional_text else []
+        start = self.tok.encode(additional_text) if additional_text else []
         per_prompt = {p: self.prefixes(audio_embeds, p, start) for p in dict.fromkeys(prompts)}
         for part in batches(len(rows), self.batch_size):
             chunk = rows[part]

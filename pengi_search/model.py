@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreTrainedModel
 
 from .config import DecoderConfig, PengiConfig
 from .encoders import AudioEncoder, TextEncoder
@@ -33,13 +33,20 @@ def gpt2_config(cfg: DecoderConfig) -> GPT2Config:
     )
 
 
+def language_model(cfg: DecoderConfig) -> PreTrainedModel:
+    """GPT-2 (the released models), or the causal LM that `cfg.hf_config` describes."""
+    if cfg.hf_config is None:
+        return GPT2LMHeadModel(gpt2_config(cfg))
+    return AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg.hf_config))
+
+
 class PrefixDecoder(nn.Module):
-    """GPT-2 and the two mappers that write its prefix."""
+    """The language model (`gpt`, GPT-2 by default) and the two mappers that write its prefix."""
 
     def __init__(self, cfg: PengiConfig):
         super().__init__()
-        self.gpt = GPT2LMHeadModel(gpt2_config(cfg.decoder))
-        E = cfg.decoder.n_embd
+        self.gpt = language_model(cfg.decoder)
+        E = self.gpt.get_input_embeddings().embedding_dim
         self.audio_project = EmbeddingMapper(cfg.d_proj, E, cfg.mapper)
         self.text_project: Mapper = (
             EmbeddingMapper(cfg.d_proj, E, cfg.mapper) if cfg.use_text_encoder else Mapper(E, cfg.mapper)
@@ -55,12 +62,12 @@ class Pengi(nn.Module):
         self.caption_decoder = PrefixDecoder(cfg)
 
     @property
-    def gpt(self) -> GPT2LMHeadModel:
+    def gpt(self) -> PreTrainedModel:
         return self.caption_decoder.gpt
 
     def token_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
-        """(B, T) GPT-2 ids -> (B, T, E)"""
-        return self.gpt.transformer.wte(ids)
+        """(B, T) language-model ids -> (B, T, E)"""
+        return self.gpt.get_input_embeddings()(ids)
 
     def encode_audio(self, wave: torch.Tensor) -> torch.Tensor:
         """(B, samples) -> audio_embed (B, d_proj), not normalised (Pengi's audio embedding)."""

@@ -19,7 +19,6 @@ if TYPE_CHECKING:  # torch and transformers load only when a tokenizer does (`qu
     from transformers import PreTrainedTokenizerBase
 
 TOKENIZER_DIR = "tokenizer"
-END_SUFFIX = " <|endoftext|>"  # the released model's answers end with " " then <|endoftext|>
 
 
 class TokenizerNotFoundError(Exception):
@@ -73,7 +72,9 @@ class Tokenizers:
         if cfg.use_text_encoder and clip is None:
             raise TokenizerNotFoundError("the base model needs the CLIP tokenizer")
         self.cfg, self.gpt2, self.clip = cfg, gpt2, clip
-        ends = gpt2.encode(END_SUFFIX)
+        # Answers end as the released model's do: " " then the end-of-text token (" <|endoftext|>" for GPT-2).
+        self.end_suffix = " " + gpt2.eos_token
+        ends = self.encode(self.end_suffix)
         # The reference stops on the first token of " <|endoftext|>" (a lone space, id 220); <|endoftext|> too.
         self.stop_ids: tuple[int, ...] = tuple(dict.fromkeys([ends[0], gpt2.eos_token_id]))
 
@@ -93,7 +94,7 @@ class Tokenizers:
             rows = [self.clip(p)["input_ids"] for p in prompts]
             pad = self.cfg.text_encoder.eos_token_id
         else:
-            rows = [self.gpt2.encode(p + END_SUFFIX) for p in prompts]
+            rows = [self.encode(p + self.end_suffix) for p in prompts]
             pad = 0
         too_long = [p for p, r in zip(prompts, rows, strict=True) if len(r) > length]
         if too_long:
@@ -102,7 +103,11 @@ class Tokenizers:
 
     def answer_ids(self, text: str) -> list[int]:
         """GPT-2 ids of an answer as the model was trained to write it: `text + " <|endoftext|>"`."""
-        return self.gpt2.encode(text + END_SUFFIX)
+        return self.encode(text + self.end_suffix)
+
+    def encode(self, text: str) -> list[int]:
+        """Language-model ids of `text`, without the special tokens some tokenizers add on their own."""
+        return self.gpt2.encode(text, add_special_tokens=False)
 
     def texts(self, texts: list[str]) -> PromptBatch:
         if self.clip is None:
