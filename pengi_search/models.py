@@ -21,7 +21,7 @@ from .checkpoint import (
     save_model_dir,
 )
 from .config import PengiConfig
-from .download import RELEASES, TOKENIZERS, fetch_release
+from .download import RELEASES, TOKENIZERS, DownloadError, fetch_release, fetch_tokenizer
 from .paths import models_dir
 from .tokenization import TOKENIZER_DIR, TokenizerNotFoundError, load_tokenizer
 
@@ -57,18 +57,13 @@ def _install_tokenizers(target: Path, sources: dict[str, Path | str], needed: tu
     for kind in needed:
         source = sources.get(kind)
         try:
-            tokenizer = load_tokenizer(kind, None) if source is None else _tokenizer_from(Path(source))
-        except (TokenizerNotFoundError, OSError, ValueError):
+            if source is None:  # from the local Hugging Face cache
+                load_tokenizer(kind, None).save_pretrained(target / TOKENIZER_DIR / kind)
+            else:
+                fetch_tokenizer(str(source), target / TOKENIZER_DIR / kind)
+        except (TokenizerNotFoundError, DownloadError):
             missing.append(kind)
-            continue
-        tokenizer.save_pretrained(target / TOKENIZER_DIR / kind)
     return missing
-
-
-def _tokenizer_from(path: Path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)
 
 
 def import_checkpoint(
