@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from pengi_search.audio import AUDIO_EXTENSIONS, Window
+from pengi_search.errors import PengiSearchError
 from pengi_search.library import Library
 from pengi_search.store import (
     AudioInfo,
@@ -53,13 +54,8 @@ def default_workers() -> int:
     return min(4, max(1, (os.cpu_count() or 2) // 2))
 
 
-class IndexerError(Exception):
-    """A run that cannot start as asked (bad option, model without a text encoder, ...); says where and why."""
-
-    def __init__(self, where: str, reason: str) -> None:
-        super().__init__(f"{where}: {reason}")
-        self.where = where
-        self.reason = reason
+class IndexerError(PengiSearchError):
+    """A run that cannot start as asked (bad option, model without a text encoder, ...)."""
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,11 @@ import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from pengi_search.errors import PengiSearchError
 
-class ScanError(Exception):
+
+class ScanError(PengiSearchError):
     """A path given to scan does not exist or is not a file or folder."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
 
 
 @dataclass(frozen=True)

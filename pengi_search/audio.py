@@ -31,6 +31,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from pengi_search.errors import PengiSearchError
+
 __all__ = [
     "AUDIO_EXTENSIONS",
     "SAMPLE_RATE",
@@ -62,17 +64,8 @@ _DECODER_ERRORS = (sf.SoundFileError, av.FFmpegError)
 _SOUNDFILE_FORMAT_NAMES = {"wavex": "wav"}
 
 
-class AudioDecodeError(Exception):
-    """A file could not be read as audio; `str()` gives "<path>: <reason>"."""
-
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
-        # Both values go to Exception.args so the error pickles across decoding worker processes.
-        super().__init__(os.fspath(path), reason)
-        self.path = os.fspath(path)
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.reason}"
+class AudioDecodeError(PengiSearchError):
+    """A file could not be read as audio; `where` is its path."""
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pengi_search.errors import PengiSearchError
+
 from .config import PengiConfig
 
 if TYPE_CHECKING:  # torch loads only when weights do: reading a config or a model's identity stays cheap
@@ -37,7 +39,7 @@ OBSOLETE_KEYS = re.compile(
 TEXT_ENCODER_PREFIX = "caption_encoder."
 
 
-class CheckpointError(Exception):
+class CheckpointError(PengiSearchError):
     """A checkpoint or model directory that cannot be loaded; the message says why."""
 
 
@@ -62,7 +64,7 @@ def load_state_dict_strict(model: torch.nn.Module, state: Mapping[str, torch.Ten
         if keys
     ]
     if problems:
-        raise CheckpointError(f"{source} does not match the model: " + "; ".join(problems))
+        raise CheckpointError(source, "does not match the model: " + "; ".join(problems))
     model.load_state_dict(state, strict=True)
 
 
@@ -79,12 +81,12 @@ def read_released_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such checkpoint file") from None
+        raise CheckpointError(path, "no such checkpoint file") from None
     except Exception as err:  # pickle, zip and torch errors all mean "not a readable checkpoint"
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({err.__class__.__name__})") from err
+        raise CheckpointError(path, f"not a readable PyTorch checkpoint ({err.__class__.__name__})") from err
     state = raw.get("model", raw) if isinstance(raw, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: expected {{'model': state_dict}} as the released Pengi checkpoints hold")
+        raise CheckpointError(path, "expected {'model': state_dict} as the released Pengi checkpoints hold")
     return clean_released_state_dict(state)
 
 
@@ -142,9 +144,9 @@ def read_model_config(directory: str | Path) -> tuple[PengiConfig, dict]:
         meta = json.loads(path.read_text())
         return PengiConfig.from_dict(meta["config"]), meta
     except FileNotFoundError:
-        raise CheckpointError(f"{directory}: not a model directory (no {CONFIG_FILE})") from None
+        raise CheckpointError(directory, f"not a model directory (no {CONFIG_FILE})") from None
     except (ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{path}: unreadable model configuration ({err})") from err
+        raise CheckpointError(path, f"unreadable model configuration ({err})") from err
 
 
 def load_model_dir(directory: str | Path) -> Pengi:
@@ -157,12 +159,13 @@ def load_model_dir(directory: str | Path) -> Pengi:
     model = Pengi(cfg)
     weights = directory / WEIGHTS_FILE
     if not weights.exists():
-        raise CheckpointError(f"{directory}: no {WEIGHTS_FILE}")
+        raise CheckpointError(directory, f"no {WEIGHTS_FILE}")
     missing, unexpected = load_model(model, str(weights), strict=False)
     if missing or unexpected:
         raise CheckpointError(
-            f"{weights} does not match its config: missing {_summarise(sorted(missing)) or 'none'}; "
-            f"unexpected {_summarise(sorted(unexpected)) or 'none'}"
+            weights,
+            f"does not match its config: missing {_summarise(sorted(missing)) or 'none'}; "
+            f"unexpected {_summarise(sorted(unexpected)) or 'none'}",
         )
     return model.eval()
 
@@ -176,7 +179,7 @@ def load_text_encoder(directory: str | Path) -> TextEncoder:
     directory = Path(directory)
     cfg, _ = read_model_config(directory)
     if cfg.text_encoder is None:
-        raise CheckpointError(f"{directory}: this model has no text encoder (base_no_text_enc)")
+        raise CheckpointError(directory, "this model has no text encoder (base_no_text_enc)")
     encoder = TextEncoder(cfg.text_encoder, cfg.d_proj)
     with safe_open(str(directory / WEIGHTS_FILE), framework="pt") as f:
         names = [k for k in f.keys() if k.startswith(TEXT_ENCODER_PREFIX)]  # noqa: SIM118 (safe_open is no dict)

@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pengi_search.errors import UsageError
+
 if TYPE_CHECKING:
     from .embedders import TextEmbedder
     from .inference import Engine
@@ -45,13 +47,8 @@ DEFAULT_LOGLIK_PROMPT = "this is a sound of"
 PATH_COLUMNS = ("file", "filename", "path")
 
 
-class LabelsError(Exception):
-    """A labels or truth file that cannot be used; `str()` gives "<path>: <reason>"."""
-
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
-        super().__init__(f"{os.fspath(path)}: {reason}")
-        self.path = os.fspath(path)
-        self.reason = reason
+class LabelsError(UsageError):
+    """A labels or truth file that cannot be used."""
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from rich.progress import (
 )
 
 from pengi_search import __version__
+from pengi_search.errors import PengiSearchError
 
 
 @dataclass(frozen=True)
@@ -76,13 +77,13 @@ TOKENIZER_DIR = "tokenizers"  # tokenizers are saved under <directory>/tokenizer
 _RETRIED_HTTP_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
-class DownloadError(Exception):
+class DownloadError(PengiSearchError):
     """A download or tokenizer fetch failed; the message is one line naming source, destination and reason."""
 
     def __init__(self, source: str, dest: Path | None, reason: str) -> None:
-        self.source, self.dest, self.reason = source, dest, reason
         target = f" to {dest}" if dest is not None else ""
-        super().__init__(f"cannot fetch {source}{target}: {reason}")
+        super().__init__(f"cannot fetch {source}{target}", reason)
+        self.source, self.dest = source, dest
 
 
 @dataclass(frozen=True)

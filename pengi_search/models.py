@@ -12,6 +12,8 @@ import os
 import shutil
 from pathlib import Path
 
+from pengi_search.errors import PengiSearchError
+
 from .checkpoint import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -29,8 +31,8 @@ MODEL_ENV = "PENGI_SEARCH_MODEL"
 FETCH_HINT = "run `pengi-search model fetch base` (or `pengi-search model import PATH`)"
 
 
-class ModelNotFoundError(Exception):
-    pass
+class ModelNotFoundError(PengiSearchError):
+    """No model where one was named, or none installed."""
 
 
 def is_model_dir(path: Path) -> bool:
@@ -44,11 +46,11 @@ def resolve_model_dir(spec: str | None = None) -> Path:
         for candidate in (Path(spec).expanduser(), models_dir() / spec):
             if is_model_dir(candidate):
                 return candidate
-        raise ModelNotFoundError(f"no Pengi model at {spec!r}: {FETCH_HINT}")
+        raise ModelNotFoundError("", f"no Pengi model at {spec!r}: {FETCH_HINT}")
     for name in RELEASES:
         if is_model_dir(models_dir() / name):
             return models_dir() / name
-    raise ModelNotFoundError(f"no Pengi model is installed in {models_dir()}: {FETCH_HINT}")
+    raise ModelNotFoundError(models_dir(), f"no Pengi model is installed here: {FETCH_HINT}")
 
 
 def _install_tokenizers(target: Path, sources: dict[str, Path | str], needed: tuple[str, ...]) -> list[str]:

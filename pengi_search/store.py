@@ -53,6 +53,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 from sqlalchemy.types import TypeDecorator
 
 import migrations
+from pengi_search.errors import PengiSearchError
 from pengi_search.paths import data_dir
 
 DB_ENV_VAR = "PENGI_SEARCH_DB"
@@ -71,13 +72,8 @@ _MIGRATION_LOCK = 0x70656E6769  # PostgreSQL advisory lock that serialises concu
 # Errors
 
 
-class StoreError(Exception):
-    """A database could not be opened, read or written, or was given bad input; says where and why."""
-
-    def __init__(self, where: str, reason: str) -> None:
-        super().__init__(f"{where}: {reason}")
-        self.where = where
-        self.reason = reason
+class StoreError(PengiSearchError):
+    """A database could not be opened, read or written, or was given bad input."""
 
 
 class StoreMismatchError(StoreError):

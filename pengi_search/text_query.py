@@ -46,7 +46,7 @@ def mapped_tensors(path: Path, prefix: str) -> dict[str, np.ndarray]:
             header = json.loads(f.read(size))
         data = np.memmap(path, dtype=np.uint8, mode="r", offset=_HEADER_SIZE.size + size)
     except (OSError, ValueError, struct.error) as err:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
+        raise CheckpointError(path, f"not a readable safetensors file ({err})") from err
     tensors = {}
     for name, info in header.items():
         if not name.startswith(prefix):
@@ -60,7 +60,7 @@ def mapped_tensors(path: Path, prefix: str) -> dict[str, np.ndarray]:
         elif info["dtype"] == "BF16":  # bfloat16 is the top half of a float32
             tensor = (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
         else:
-            raise CheckpointError(f"{path}: tensor {name} has dtype {info['dtype']}; expected floating point weights")
+            raise CheckpointError(path, f"tensor {name} has dtype {info['dtype']}; expected floating point weights")
         tensors[name[len(prefix) :]] = tensor.reshape(shape)
     return tensors
 
@@ -131,10 +131,10 @@ class NumpyTextEmbedder:
     def __init__(self, weights: Mapping[str, np.ndarray], cfg: TextEncoderConfig, tokenizer: Tokenizer, model_id: str):
         """`weights` are the text tower's tensors without the `caption_encoder.` prefix."""
         if cfg.hidden_act not in ACTIVATIONS:
-            raise CheckpointError(f"text tower activation {cfg.hidden_act!r} is not supported by the numpy path")
+            raise CheckpointError("", f"text tower activation {cfg.hidden_act!r} is not supported by the numpy path")
         missing = sorted(set(expected_weights(cfg)) - set(weights))
         if missing:
-            raise CheckpointError(f"the text tower's weights lack {', '.join(missing[:5])} ({len(missing)} in all)")
+            raise CheckpointError("", f"the text tower's weights lack {', '.join(missing[:5])} ({len(missing)} in all)")
         self.w = weights
         self.cfg = cfg
         self.act = ACTIVATIONS[cfg.hidden_act]
@@ -150,7 +150,7 @@ class NumpyTextEmbedder:
         model_dir = Path(model_dir)
         cfg, _ = read_model_config(model_dir)
         if cfg.text_encoder is None:
-            raise CheckpointError(f"{model_dir}: this model has no text encoder (base_no_text_enc)")
+            raise CheckpointError(model_dir, "this model has no text encoder (base_no_text_enc)")
         weights = mapped_tensors(model_dir / WEIGHTS_FILE, TEXT_ENCODER_PREFIX)
         tokenizer = Tokenizer.from_file(str(clip_tokenizer_file(model_dir)))
         return cls(weights, cfg.text_encoder, tokenizer, model_identity(model_dir))

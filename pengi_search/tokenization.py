@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pengi_search.errors import PengiSearchError
+
 from .config import PengiConfig
 from .download import TOKENIZERS
 
@@ -21,8 +23,8 @@ if TYPE_CHECKING:  # torch and transformers load only when a tokenizer does (`qu
 TOKENIZER_DIR = "tokenizer"
 
 
-class TokenizerNotFoundError(Exception):
-    pass
+class TokenizerNotFoundError(PengiSearchError):
+    """A tokenizer the model needs is not installed."""
 
 
 def load_tokenizer(kind: str, model_dir: Path | None) -> PreTrainedTokenizerBase:
@@ -36,8 +38,9 @@ def load_tokenizer(kind: str, model_dir: Path | None) -> PreTrainedTokenizerBase
     except OSError:
         where = f"{model_dir / TOKENIZER_DIR / kind} or " if model_dir else ""
         raise TokenizerNotFoundError(
+            "",
             f"the {kind} tokenizer is not in {where}the Hugging Face cache; run `pengi-search model fetch` "
-            "or `pengi-search model import` to install it"
+            "or `pengi-search model import` to install it",
         ) from None
 
 
@@ -70,7 +73,7 @@ class Tokenizers:
 
     def __init__(self, cfg: PengiConfig, gpt2: PreTrainedTokenizerBase, clip: PreTrainedTokenizerBase | None):
         if cfg.use_text_encoder and clip is None:
-            raise TokenizerNotFoundError("the base model needs the CLIP tokenizer")
+            raise TokenizerNotFoundError("", "the base model needs the CLIP tokenizer")
         self.cfg, self.gpt2, self.clip = cfg, gpt2, clip
         # Answers end as the released model's do: " " then the end-of-text token (" <|endoftext|>" for GPT-2).
         self.end_suffix = " " + gpt2.eos_token

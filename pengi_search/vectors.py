@@ -30,6 +30,8 @@ from typing import Any, BinaryIO
 import faiss
 import numpy as np
 
+from pengi_search.errors import PengiSearchError
+
 log = logging.getLogger(__name__)
 
 INDEX_TYPES = ("flat", "hnsw", "ivfpq")
@@ -47,13 +49,8 @@ VectorsFn = Callable[[], tuple[np.ndarray, np.ndarray]]
 FetchFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-class VectorIndexError(Exception):
-    """Bad vectors or ids, or an index file that cannot be read or written; says where and why."""
-
-    def __init__(self, where: str, reason: str) -> None:
-        super().__init__(f"{where}: {reason}")
-        self.where = where
-        self.reason = reason
+class VectorIndexError(PengiSearchError):
+    """Bad vectors or ids, or an index file that cannot be read or written."""
 
 
 @dataclass(frozen=True)

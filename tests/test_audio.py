@@ -420,7 +420,7 @@ def test_bad_input_raises_one_error_type(tmp_path: Path, name: str, make, reason
         with pytest.raises(AudioDecodeError) as caught:
             read()
         error = caught.value
-        assert (error.path, str(error)) == (str(path), f"{path}: {error.reason}")
+        assert (error.where, str(error)) == (str(path), f"{path}: {error.reason}")
         assert reason in error.reason
 
 
@@ -454,7 +454,7 @@ def test_decode_error_survives_pickling() -> None:
     # Decoding runs in worker processes, so the error must cross a process boundary intact.
     error = pickle.loads(pickle.dumps(AudioDecodeError("/sounds/a.wav", "empty file (0 bytes)")))
     assert isinstance(error, AudioDecodeError)
-    assert (error.path, error.reason, str(error)) == (
+    assert (error.where, error.reason, str(error)) == (
         "/sounds/a.wav",
         "empty file (0 bytes)",
         "/sounds/a.wav: empty file (0 bytes)",

@@ -16,17 +16,14 @@ from typing import Any
 
 import yaml
 
+from pengi_search.errors import UsageError
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 
 
-class ConfigError(ValueError):
-    """A training configuration that cannot be used; names the file and the reason."""
-
-    def __init__(self, path: Path | str, reason: str) -> None:
-        self.path = Path(path)
-        self.reason = reason
-        super().__init__(f"{path}: {reason}")
+class ConfigError(UsageError):
+    """A training configuration that cannot be used; names the file (or the override) and the reason."""
 
 
 class _Invalid(ValueError):

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pengi_search.config import AudioConfig
+from pengi_search.errors import PengiSearchError, UsageError
 from trainer.templates import LIST_ANSWER_TASKS, TemplateError, render_answer, render_prompt
 
 SAMPLE_RATE = AudioConfig().sample_rate
@@ -36,24 +37,17 @@ log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
 
 
-class ManifestError(ValueError):
+class ManifestError(UsageError):
     """A manifest (or a CSV to convert) that cannot be used; names the file and, for a bad row, its number."""
 
     def __init__(self, path: PathLike, reason: str, row: int | None = None) -> None:
+        super().__init__(f"{path}, row {row}" if row is not None else path, reason)
         self.path = Path(path)
-        self.reason = reason
         self.row = row
-        where = f"{path}, row {row}" if row is not None else f"{path}"
-        super().__init__(f"{where}: {reason}")
 
 
-class AudioClipError(ValueError):
+class AudioClipError(PengiSearchError):
     """Audio that decoded but cannot be used: empty, not mono, not finite, or shorter than its segment."""
-
-    def __init__(self, path: PathLike, reason: str) -> None:
-        self.path = Path(path)
-        self.reason = reason
-        super().__init__(f"{path}: {reason}")
 
 
 @dataclass(frozen=True)

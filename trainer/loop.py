@@ -27,6 +27,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
 from pengi_search.checkpoint import CheckpointError
+from pengi_search.errors import PengiSearchError
 from pengi_search.model import Pengi
 from pengi_search.tokenization import TokenizerNotFoundError, Tokenizers
 from trainer.config import ConfigError, RuntimeSection, TrainConfig, load_config
@@ -74,7 +75,7 @@ MODEL_DIR = "model"
 log = logging.getLogger(__name__)
 
 
-class TrainingError(RuntimeError):
+class TrainingError(PengiSearchError):
     """A run that cannot start or go on (nothing to train, too little data, precision the device lacks...)."""
 
 
@@ -130,7 +131,7 @@ def train(
     source = source or Path("<config>")
     check_runtime(config.runtime, source)
     if not resume and list_checkpoints(config.output_dir):
-        raise TrainingError(f"{config.output_dir} holds checkpoints of a run: resume it, or choose a new output_dir")
+        raise TrainingError(config.output_dir, "holds checkpoints of a run: resume it, or choose a new output_dir")
     processes = start_processes(config.runtime.device)
     trainer = None
     try:
@@ -190,7 +191,7 @@ class Trainer:
         self.loss_module = AnswerNll(self.model)
         self.parameters = trainable_parameters(self.model)
         if not self.parameters:
-            raise TrainingError("nothing to train: every part of the model is frozen")
+            raise TrainingError("", "nothing to train: every part of the model is frozen")
         torch.manual_seed(config.seed + processes.rank)  # each process its own dropout
 
         self._setup_data()
@@ -238,8 +239,9 @@ class Trainer:
         self.steps_per_epoch = self.sampler.num_samples // data.batch_size // accumulation
         if self.steps_per_epoch == 0:
             raise TrainingError(
-                f"{data.train}: {len(examples)} examples are too few for one step of batch_size {data.batch_size} "
-                f"x grad_accumulation {accumulation} x {processes.world_size} process(es)"
+                data.train,
+                f"{len(examples)} examples are too few for one step of batch_size {data.batch_size} "
+                f"x grad_accumulation {accumulation} x {processes.world_size} process(es)",
             )
         opt = self.config.optimization
         self.total_steps = opt.max_steps or opt.epochs * self.steps_per_epoch
@@ -254,12 +256,12 @@ class Trainer:
         """Load a checkpoint of this run; the loop then continues exactly where it was written."""
         payload = load_checkpoint(path)
         if not self.config.checkpoints.full_model and payload["frozen_fingerprint"] != self.fingerprint:
-            raise CheckpointError(f"{path}: the frozen weights differ from those this run started with")
+            raise CheckpointError(path, "the frozen weights differ from those this run started with")
         load_model_state(self.model, payload["model"], path)
         try:
             self.optimizer.load_state_dict(payload["optimizer"])
         except ValueError as error:
-            raise CheckpointError(f"{path}: the optimizer state does not fit (freezing changed?): {error}") from None
+            raise CheckpointError(path, f"the optimizer state does not fit (freezing changed?): {error}") from None
         self.scheduler.load_state_dict(payload["scheduler"])
         self.scaler.load_state_dict(payload["scaler"])
         self.position = Position(**payload["position"])

@@ -70,18 +70,18 @@ def load_language_model(model: Pengi, directory: Path) -> None:
     try:
         language_model = AutoModelForCausalLM.from_pretrained(directory)
     except (OSError, ValueError) as error:
-        raise CheckpointError(f"{directory}: not a loadable language model ({error})") from None
+        raise CheckpointError(directory, f"not a loadable language model ({error})") from None
     load_state_dict_strict(model.gpt, language_model.state_dict(), f"language model {directory}")
 
 
 def load_clip_text_encoder(model: Pengi, directory: Path) -> None:
     """The text tower and text projection of a `CLIPModel` directory into the model's text encoder."""
     if model.caption_encoder is None:
-        raise CheckpointError(f"{directory}: this architecture has no text encoder (base_no_text_enc)")
+        raise CheckpointError(directory, "this architecture has no text encoder (base_no_text_enc)")
     try:
         clip = CLIPModel.from_pretrained(directory)
     except (OSError, ValueError) as error:
-        raise CheckpointError(f"{directory}: not a loadable CLIP model ({error})") from None
+        raise CheckpointError(directory, f"not a loadable CLIP model ({error})") from None
     encoder = model.caption_encoder
     load_state_dict_strict(encoder.base, clip.text_model.state_dict(), f"CLIP text tower {directory}")
     projection = clip.text_projection.state_dict()
@@ -108,7 +108,7 @@ def _tokenizer(kind: str, explicit: Path | None, model_dir: Path | None) -> PreT
     try:
         return AutoTokenizer.from_pretrained(explicit)
     except (OSError, ValueError) as error:
-        raise CheckpointError(f"{explicit}: not a loadable {kind} tokenizer ({error})") from None
+        raise CheckpointError(explicit, f"not a loadable {kind} tokenizer ({error})") from None
 
 
 # --- Freezing, train mode, dropout ---------------------------------------------------------------------------

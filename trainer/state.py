@@ -50,7 +50,7 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
 def latest_checkpoint(output_dir: Path) -> Path:
     checkpoints = list_checkpoints(output_dir)
     if not checkpoints:
-        raise CheckpointError(f"{output_dir / CHECKPOINT_DIR}: no checkpoint to resume from")
+        raise CheckpointError(output_dir / CHECKPOINT_DIR, "no checkpoint to resume from")
     return checkpoints[-1]
 
 
@@ -69,11 +69,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such training checkpoint") from None
+        raise CheckpointError(path, "no such training checkpoint") from None
     except Exception as error:  # pickle, zip and torch errors all mean "not a readable checkpoint"
-        raise CheckpointError(f"{path}: not a readable training checkpoint ({type(error).__name__})") from error
+        raise CheckpointError(path, f"not a readable training checkpoint ({type(error).__name__})") from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a pengi-search training checkpoint")
+        raise CheckpointError(path, "not a pengi-search training checkpoint")
     return payload
 
 
@@ -92,8 +92,9 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: P
     not_frozen = sorted(set(missing) - frozen)
     if not_frozen or unexpected:
         raise CheckpointError(
-            f"{source}: the checkpoint does not match the model (missing trained weights: "
-            f"{', '.join(not_frozen[:5]) or 'none'}; unexpected: {', '.join(unexpected[:5]) or 'none'})"
+            source,
+            f"the checkpoint does not match the model (missing trained weights: "
+            f"{', '.join(not_frozen[:5]) or 'none'}; unexpected: {', '.join(unexpected[:5]) or 'none'})",
         )
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from pengi_search.errors import UsageError
+
 # Task name -> prompt. A `{question}` field is filled from the example's question.
 TEMPLATES: dict[str, str] = {
     "caption": "generate audio caption",
@@ -22,7 +24,7 @@ LIST_ANSWER_TASKS: frozenset[str] = frozenset({"sound_event"})
 ANSWER_JOINER = ", "
 
 
-class TemplateError(ValueError):
+class TemplateError(UsageError):
     """A task, question or answer that no template accepts."""
 
 
@@ -36,10 +38,10 @@ def render_prompt(task: str, question: str | None = None) -> str:
     question = question.strip() if question is not None else None
     if needs_question(task):
         if not question:
-            raise TemplateError(f"task {task!r} needs a question")
+            raise TemplateError("", f"task {task!r} needs a question")
         return _template(task).format(question=question)
     if question:
-        raise TemplateError(f"task {task!r} takes no question")
+        raise TemplateError("", f"task {task!r} takes no question")
     return _template(task)
 
 
@@ -51,17 +53,17 @@ def render_answer(task: str | None, answer: str | Sequence[str]) -> str:
         labels = [_label(item) for item in answer]
     else:
         allowed = ", ".join(sorted(LIST_ANSWER_TASKS))
-        raise TemplateError(f"a list answer is only accepted for task {allowed}, not {task!r}")
+        raise TemplateError("", f"a list answer is only accepted for task {allowed}, not {task!r}")
     if not any(labels):
-        raise TemplateError("empty answer")
+        raise TemplateError("", "empty answer")
     if not all(labels):
-        raise TemplateError(f"answer list {list(answer)!r} has an empty label")
+        raise TemplateError("", f"answer list {list(answer)!r} has an empty label")
     return ANSWER_JOINER.join(labels)
 
 
 def _label(item: object) -> str:
     if not isinstance(item, str):
-        raise TemplateError(f"answer labels must be strings, got {item!r}")
+        raise TemplateError("", f"answer labels must be strings, got {item!r}")
     return item.strip()
 
 
@@ -69,4 +71,4 @@ def _template(task: str) -> str:
     try:
         return TEMPLATES[task]
     except (KeyError, TypeError):
-        raise TemplateError(f"unknown task {task!r}; known tasks: {', '.join(TEMPLATES)}") from None
+        raise TemplateError("", f"unknown task {task!r}; known tasks: {', '.join(TEMPLATES)}") from None

@@ -15,11 +15,9 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-# Exit codes: scripts can tell a failed command from bad usage and from a run where only some inputs failed.
-EXIT_OK = 0
-EXIT_FAILED = 1  # the command could not do its work (missing model, unreadable database, ...)
-EXIT_USAGE = 2  # bad arguments or a bad input file (labels, manifest); nothing was done
-EXIT_PARTIAL = 3  # the command ran, but some inputs failed (each one reported)
+from ..errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, PengiSearchError, UsageError
+
+__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "UsageError"]
 
 err_console = Console(stderr=True, highlight=False)
 out_console = Console(highlight=False)
@@ -40,35 +38,8 @@ DbOption = Annotated[
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
 
-class UsageError(Exception):
-    """Bad input the user can fix (exit 2)."""
-
-
 F = TypeVar("F", bound=Callable[..., Any])
 DEBUG_ENV = "PENGI_SEARCH_DEBUG"  # set it to see tracebacks instead of one-line errors
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Error types that mean "this command failed for a reason the user can read" (imported lazily)."""
-    from ..audio import AudioDecodeError
-    from ..checkpoint import CheckpointError
-    from ..download import DownloadError
-    from ..models import ModelNotFoundError
-    from ..store import StoreError
-    from ..tokenization import TokenizerNotFoundError
-    from ..vectors import VectorIndexError
-
-    return (
-        AudioDecodeError,
-        CheckpointError,
-        DownloadError,
-        ModelNotFoundError,
-        StoreError,
-        TokenizerNotFoundError,
-        VectorIndexError,
-        OSError,
-        ValueError,
-    )
 
 
 def handle_errors(func: F) -> F:
@@ -78,17 +49,15 @@ def handle_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except UsageError as err:
-            fail(str(err), EXIT_USAGE)
         except KeyboardInterrupt:
             err_console.print("interrupted")
             raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort):
             raise
         except Exception as err:
-            if os.environ.get(DEBUG_ENV) or not isinstance(err, _user_errors()):
+            if os.environ.get(DEBUG_ENV) or not isinstance(err, PengiSearchError | OSError | ValueError):
                 raise
-            fail(_one_line(err), EXIT_FAILED)
+            fail(_one_line(err), err.exit_code if isinstance(err, PengiSearchError) else EXIT_FAILED)
 
     return wrapper  # type: ignore[return-value]
 

@@ -109,11 +109,11 @@ def index(
     _check_index_type(index_type)
     extensions = AUDIO_EXTENSIONS if ext is None else normalize_extensions(ext.split(","))
     if not extensions:
-        raise UsageError(f"--ext {ext!r} names no extension")
+        raise UsageError("", f"--ext {ext!r} names no extension")
     try:
         shard_part = None if shard is None else Shard.parse(shard)
     except ValueError as exc:
-        raise UsageError(f"--shard: {exc}") from exc
+        raise UsageError("", f"--shard: {exc}") from exc
     options = IndexOptions(
         roots=[str(path) for path in paths],
         db=db,
@@ -135,7 +135,7 @@ def index(
         with progress_bar() as bar:
             summary = run_index(options, _Reporter(bar, visible=show_progress(quiet, json_output)))
     except (IndexerError, ScanError) as exc:
-        raise UsageError(str(exc)) from exc
+        raise UsageError("", str(exc)) from exc
     if json_output:
         print_json(summary.to_json())
     else:
@@ -274,7 +274,7 @@ def _check_index_type(index_type: str | None) -> None:
     from ..vectors import INDEX_TYPES
 
     if index_type is not None and index_type not in INDEX_TYPES:
-        raise UsageError(f"--index-type {index_type!r}: use one of {', '.join(INDEX_TYPES)}")
+        raise UsageError("", f"--index-type {index_type!r}: use one of {', '.join(INDEX_TYPES)}")
 
 
 def _print_summary(summary: IndexSummary) -> None:

@@ -60,14 +60,14 @@ def _filters(
             min_score=min_score, path=path, ext=ext, min_duration=min_duration, max_duration=max_duration
         )
     except ValueError as err:
-        raise UsageError(str(err)) from None
+        raise UsageError("", str(err)) from None
 
 
 def _check_by(by: str) -> None:
     from ..search import BY_CHOICES
 
     if by not in BY_CHOICES:
-        raise UsageError(f"--by {by!r}: use one of {', '.join(BY_CHOICES)}")
+        raise UsageError("", f"--by {by!r}: use one of {', '.join(BY_CHOICES)}")
 
 
 def _shown_path(path: str) -> str:
@@ -164,7 +164,7 @@ def similar(
 
     _check_by(by)
     if not file.is_file():
-        raise UsageError(f"{file}: no such file")
+        raise UsageError("", f"{file}: no such file")
     filters = _filters(min_score, path, ext, min_duration, max_duration)
     with Library.open(db) as library:
         hits, _ = similar_to_file(
@@ -190,7 +190,7 @@ def _audio_files(target: Path) -> tuple[list[str], list[tuple[str, str]]]:
     try:
         result = scan([target], frozenset(AUDIO_EXTENSIONS))
     except ScanError as err:
-        raise UsageError(str(err)) from None
+        raise UsageError("", str(err)) from None
     files = [e.path for e in result.entries if e.problem is None]
     problems = [(e.path, e.problem) for e in result.entries if e.problem is not None]
     return files, problems + list(result.unreadable_dirs)
@@ -246,7 +246,7 @@ def _read_inputs(labels: Path, truth: Path | None) -> tuple[list[str], Truth | N
     try:
         return read_labels(labels), None if truth is None else read_truth(truth)
     except LabelsError as err:
-        raise UsageError(str(err)) from None
+        raise UsageError("", str(err)) from None
 
 
 def _run_classifier(
@@ -323,13 +323,13 @@ def classify(
             max_len=max_len,
         )
     except ValueError as err:
-        raise UsageError(str(err)) from None
+        raise UsageError("", str(err)) from None
     if target.is_dir():
         files, failures = _audio_files(target)
     elif target.is_file():
         files, failures = [os.fspath(target)], []
     else:
-        raise UsageError(f"{target}: no such file or folder")
+        raise UsageError("", f"{target}: no such file or folder")
     library = _open_library(db)
     try:
         model_dir = resolve_model_dir(model)
