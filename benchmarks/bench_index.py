@@ -33,8 +33,8 @@ import soundfile as sf
 
 from indexer.decode import Job, Windows, decode_file
 from indexer.pipeline import IndexOptions, run_index
+from pengi_search.db import EmbedderInfo, ModelInfo, TextRecord, WindowInput
 from pengi_search.library import Library
-from pengi_search.store import EmbedderInfo, ModelInfo, TextRecord, WindowInput
 
 PROMPTS = ("generate audio caption", "this is a sound of")
 

@@ -98,8 +98,8 @@ def build_index(db: Path, model_dir: Path, windows: int) -> None:
     import numpy as np
 
     from pengi_search.checkpoint import read_model_config
+    from pengi_search.db import EmbedderInfo, ModelInfo, TextRecord, WindowInput
     from pengi_search.library import Library
-    from pengi_search.store import EmbedderInfo, ModelInfo, TextRecord, WindowInput
     from pengi_search.text_query import NumpyTextEmbedder
 
     embedder = NumpyTextEmbedder.from_model_dir(model_dir)

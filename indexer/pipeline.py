@@ -21,20 +21,20 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from pengi_search.audio import AUDIO_EXTENSIONS, Window
-from pengi_search.errors import PengiSearchError
-from pengi_search.library import Library
-from pengi_search.store import (
-    AudioInfo,
+from pengi_search.db import (
     EmbedderInfo,
     FileStamp,
     IndexMeta,
     ModelInfo,
     Store,
+    StoredAudio,
     StoreError,
     StoreMismatchError,
     TextRecord,
     WindowInput,
 )
+from pengi_search.errors import PengiSearchError
+from pengi_search.library import Library
 
 from .decode import Decoded, Failed, Job, Windows, decode_all, file_sha256
 from .scan import Entry, ScanResult, has_extension, scan
@@ -447,7 +447,7 @@ class _Run:
     def _commit(self, flight: _InFlight) -> None:
         entry, decoded = flight.entry, flight.decoded
         assert decoded is not None
-        audio = AudioInfo(decoded.duration_s, decoded.sample_rate, decoded.channels, decoded.format)
+        audio = StoredAudio(decoded.duration_s, decoded.sample_rate, decoded.channels, decoded.format)
         try:
             file_id = self.store.upsert_file(
                 entry.path, size=entry.size, mtime=entry.mtime, content_hash=decoded.content_hash, run_id=self.run_id

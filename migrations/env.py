@@ -1,4 +1,4 @@
-"""Alembic environment: migrates the connection that `pengi_search.store.migrate` hands over.
+"""Alembic environment: migrates the connection that `pengi_search.db.migrate.migrate` hands over.
 
 Without one (developer commands such as `alembic revision --autogenerate` run through `alembic_config(url)`), it
 opens the configured URL with the store's own engine settings.
@@ -9,7 +9,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from pengi_search.store import Base, create_store_engine
+from pengi_search.db.engine import create_store_engine
+from pengi_search.db.schema import Base
 
 config = context.config
 

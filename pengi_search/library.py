@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from .store import VECTOR_KINDS, Store, StoreError, default_index_path
+from .db import VECTOR_KINDS, Store, StoreError, default_index_path
 from .vectors import INDEX_TYPES, IndexParams, VectorIndex, VectorIndexError, effective_type
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ import numpy as np
 
 from indexer.scan import ScanError, absolute, scan
 
-from .store import EmbedderInfo, StoreMismatchError, WindowDetails
+from .db import EmbedderInfo, StoreMismatchError, WindowDetails
 
 if TYPE_CHECKING:
     from .embedders import TextEmbedder

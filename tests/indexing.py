@@ -9,8 +9,8 @@ import numpy as np
 import soundfile as sf
 
 from indexer.pipeline import IndexOptions
+from pengi_search.db import VECTOR_KINDS
 from pengi_search.library import Library
-from pengi_search.store import VECTOR_KINDS
 from pengi_search.vectors import VectorIndex
 
 

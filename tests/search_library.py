@@ -20,10 +20,10 @@ from indexer.pipeline import run_index
 from indexer.scan import scan
 from pengi_search.audio import iter_windows
 from pengi_search.checkpoint import model_identity, read_model_config
+from pengi_search.db import EmbedderInfo, ModelInfo, Store, StoredAudio, TextRecord, WindowInput
 from pengi_search.embedders import PengiTextEmbedder
 from pengi_search.inference import DEFAULT_PROMPTS, Engine
 from pengi_search.library import Library
-from pengi_search.store import AudioInfo, EmbedderInfo, ModelInfo, Store, TextRecord, WindowInput
 
 from .indexing import quick_options, write_tone
 from .tiny import CORPUS
@@ -81,7 +81,7 @@ def caption_library(db: str, root: Path, model_dir: Path, captioned: dict | None
                 )
                 for i, (w, caption) in enumerate(zip(windows, captions, strict=True))
             ]
-            info = AudioInfo(seconds, 44_100, 1, path.suffix.lstrip("."))
+            info = StoredAudio(seconds, 44_100, 1, path.suffix.lstrip("."))
             store.replace_file_windows(file_id, inputs, audio=info)
         Library(store).sync_vector_indexes()
     return CaptionLibrary(db, root, files)

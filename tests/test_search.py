@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from pengi_search.checkpoint import CheckpointError, model_identity, save_model_dir
+from pengi_search.db import EmbedderInfo, StoreMismatchError, TextRecord, WindowInput
 from pengi_search.embedders import PengiTextEmbedder
 from pengi_search.library import EmptyLibraryError, Library
 from pengi_search.model import Pengi
 from pengi_search.search import Filters, query_embedder, query_text, search_vectors, similar_to_file, stored_windows
-from pengi_search.store import EmbedderInfo, StoreMismatchError, TextRecord, WindowInput
 from pengi_search.text_query import NumpyTextEmbedder, mapped_tensors
 from pengi_search.tokenization import TOKENIZER_DIR
 

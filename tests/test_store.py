@@ -20,28 +20,27 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 
-from pengi_search.store import (
-    AudioInfo,
-    Base,
+from pengi_search.db import (
     EmbedderInfo,
     ModelInfo,
     Store,
+    StoredAudio,
     StoreError,
     StoreMismatchError,
     TextRecord,
     WindowInput,
-    alembic_config,
-    create_store_engine,
     default_db_url,
     default_index_dir,
     default_index_path,
-    migrate,
     resolve_db_url,
 )
+from pengi_search.db.engine import create_store_engine
+from pengi_search.db.migrate import alembic_config, migrate
+from pengi_search.db.schema import Base
 
 MODEL = ModelInfo("pengi-base", "a" * 64)
 EMBEDDER = EmbedderInfo("pengi-clip-text", 4)
-AUDIO = AudioInfo(duration_s=14.0, sample_rate=44_100, channels=2, format="flac")
+AUDIO = StoredAudio(duration_s=14.0, sample_rate=44_100, channels=2, format="flac")
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -355,7 +354,7 @@ def test_a_process_killed_inside_replace_leaves_the_old_windows(tmp_path: Path) 
         import os
         from sqlalchemy import event
         from tests.test_store import windows
-        from pengi_search.store import Store
+        from pengi_search.db import Store
 
         store = Store.open({str(db)!r})
 
@@ -420,7 +419,7 @@ def test_vectors_of_an_empty_kind_and_of_mixed_dimensions(store: Store) -> None:
 def test_filter_window_ids(store: Store) -> None:
     indexed_file(store, "/lib/dogs/a.wav", count=2)
     short = store.upsert_file("/lib/cats/b.wav", size=1, mtime=1.0)
-    result = store.replace_file_windows(short, windows(1), audio=AudioInfo(3.0, 16_000, 1, "mp3"))
+    result = store.replace_file_windows(short, windows(1), audio=StoredAudio(3.0, 16_000, 1, "mp3"))
     assert len(store.filter_window_ids()) == 3
     assert store.filter_window_ids(formats=["MP3"]).tolist() == result.added_window_ids
     assert store.filter_window_ids(max_duration_s=5.0).tolist() == result.added_window_ids
@@ -597,6 +596,6 @@ def test_schema_head_constant_is_the_newest_migration() -> None:
     """`Store.open` answers "already at head" without alembic by comparing with SCHEMA_HEAD; keep them equal."""
     from alembic.script import ScriptDirectory
 
-    from pengi_search.store import SCHEMA_HEAD, alembic_config
+    from pengi_search.db.migrate import SCHEMA_HEAD, alembic_config
 
     assert ScriptDirectory.from_config(alembic_config()).get_current_head() == SCHEMA_HEAD

@@ -9,7 +9,7 @@ import faiss
 import numpy as np
 import pytest
 
-from pengi_search.store import Store, WindowInput
+from pengi_search.db import Store, WindowInput
 from pengi_search.vectors import (
     IVFPQ_MIN_VECTORS,
     IndexParams,

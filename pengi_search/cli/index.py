@@ -171,8 +171,8 @@ def stats(db: DbOption = None, json_output: JsonOption = False) -> None:
 
     Example: pengi-search stats --json
     """
+    from ..db import sqlite_file
     from ..library import Library
-    from ..store import sqlite_file
 
     with Library.open(db) as library:
         data = library.store.stats()

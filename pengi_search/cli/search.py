@@ -198,8 +198,8 @@ def _audio_files(target: Path) -> tuple[list[str], list[tuple[str, str]]]:
 
 def _open_library(db: str | None) -> Any:
     """The library when its database exists (classify never creates one), else None."""
+    from ..db import resolve_db_url, sqlite_file
     from ..library import Library
-    from ..store import resolve_db_url, sqlite_file
 
     url = resolve_db_url(db)
     db_file = sqlite_file(url)

@@ -1,0 +1,61 @@
+"""The database of a library: where it is (`urls`), its tables (`schema`), the records it hands out (`records`),
+engines (`engine`), schema upgrades (`migrate`) and the `Store` that reads and writes it (`store`).
+
+Callers import from here; the ORM rows, engine and migration helpers stay in their modules for the store, the
+Alembic environment and tests.
+"""
+
+from .errors import StoreError, StoreMismatchError
+from .records import (
+    FILE_STATUSES,
+    RUN_STATUSES,
+    VECTOR_KINDS,
+    EmbedderInfo,
+    FileRecord,
+    FileStamp,
+    IndexMeta,
+    ModelInfo,
+    ReplaceResult,
+    RunRecord,
+    StoredAudio,
+    TextRecord,
+    WindowDetails,
+    WindowInput,
+)
+from .store import Store
+from .urls import (
+    DB_ENV_VAR,
+    default_db_url,
+    default_index_dir,
+    default_index_path,
+    normalize_db_url,
+    resolve_db_url,
+    sqlite_file,
+)
+
+__all__ = [
+    "DB_ENV_VAR",
+    "FILE_STATUSES",
+    "RUN_STATUSES",
+    "VECTOR_KINDS",
+    "EmbedderInfo",
+    "FileRecord",
+    "FileStamp",
+    "IndexMeta",
+    "ModelInfo",
+    "ReplaceResult",
+    "RunRecord",
+    "Store",
+    "StoreError",
+    "StoreMismatchError",
+    "StoredAudio",
+    "TextRecord",
+    "WindowDetails",
+    "WindowInput",
+    "default_db_url",
+    "default_index_dir",
+    "default_index_path",
+    "normalize_db_url",
+    "resolve_db_url",
+    "sqlite_file",
+]

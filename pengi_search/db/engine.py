@@ -1,0 +1,63 @@
+"""SQLAlchemy engines for the store: psycopg 3 for PostgreSQL; WAL, foreign keys and write locks for SQLite."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import ArgumentError
+
+from .errors import StoreError
+from .urls import sqlite_file
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+WRITE_OPTION = "pengi_write"  # execution option marking write transactions (SQLite takes its lock up front)
+
+
+def create_store_engine(url: str | URL) -> Engine:
+    """An engine for `url`; SQLite gets WAL, foreign keys and a busy timeout on every connection."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise StoreError(str(url), f"not a database URL ({exc})") from exc
+    if parsed.drivername == "postgresql":  # the bare name means psycopg2 to SQLAlchemy; psycopg 3 is what we ship
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    where = parsed.render_as_string(hide_password=True)
+    db_file = sqlite_file(parsed)
+    if db_file is not None:
+        db_file.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        engine = create_engine(parsed, pool_pre_ping=parsed.get_backend_name() != "sqlite")
+    except ImportError as exc:
+        raise StoreError(
+            where, f"database driver missing ({exc}); for PostgreSQL: pip install 'psycopg[binary]'"
+        ) from exc
+    except ArgumentError as exc:
+        raise StoreError(where, f"cannot use this database URL ({exc})") from exc
+    if parsed.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Autocommit at the driver level: transactions are begun by `_sqlite_on_begin` instead, which also makes
+    # migrations transactional DDL.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    for pragma in (
+        "journal_mode=WAL",
+        "synchronous=NORMAL",
+        "foreign_keys=ON",
+        f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+    ):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+def _sqlite_on_begin(connection: Connection) -> None:
+    # A writer takes the write lock at BEGIN, so that concurrent writers wait (busy_timeout) instead of failing
+    # when a read lock cannot be upgraded; readers get a plain snapshot.
+    write = connection.get_execution_options().get(WRITE_OPTION, False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")

@@ -1,0 +1,89 @@
+"""The schema upgrade: Alembic, configured in code, run by `Store.open` on every database it opens.
+
+The scripts are the `migrations` package shipped beside `pengi_search`; found as package data, not imported.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from .engine import WRITE_OPTION
+from .errors import StoreError
+
+SCHEMA_HEAD = "0002"  # the newest migration; a test keeps it equal to the scripts' head
+_MIGRATION_LOCK = 0x70656E6769  # PostgreSQL advisory lock that serialises concurrent upgrades
+
+
+def migrations_dir() -> Path:
+    """The folder of the Alembic scripts (the `migrations` package, installed as plain files)."""
+    return Path(str(files("migrations")))
+
+
+def alembic_config(url: str | None = None) -> Any:
+    """The Alembic configuration, built in code (no alembic.ini).
+
+    `migrate` hands its connection over in `config.attributes["connection"]`; `url` serves developer commands
+    such as `command.revision(alembic_config(url), autogenerate=True, message=...)`.
+    """
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.set_main_option("path_separator", "os")
+    if url is not None:
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))  # configparser interpolates '%'
+    return config
+
+
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Upgrade the schema of `engine`'s database to `revision` (no-op when already at head)."""
+    where = engine.url.render_as_string(hide_password=True)
+    if revision == "head" and _at_head(engine):
+        return  # the common case, answered without importing alembic (~0.5 s)
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    config = alembic_config()
+    script = ScriptDirectory.from_config(config)
+    try:
+        with engine.connect() as connection:
+            current = set(MigrationContext.configure(connection).get_current_heads())
+        known = {rev.revision for rev in script.walk_revisions()}
+        if current - known:
+            raise StoreError(
+                where,
+                f"schema revision {', '.join(sorted(current - known))} is newer than this pengi-search knows; "
+                "upgrade pengi-search",
+            )
+        if revision == "head" and current == set(script.get_heads()):
+            return
+        with engine.execution_options(**{WRITE_OPTION: True}).begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+    except SQLAlchemyError as exc:
+        raise StoreError(where, f"cannot open or upgrade the database: {exc}") from exc
+
+
+def _at_head(engine: Engine) -> bool:
+    try:
+        with engine.connect() as connection:
+            if not inspect(connection).has_table("alembic_version"):
+                return False
+            return set(connection.scalars(text("SELECT version_num FROM alembic_version"))) == {SCHEMA_HEAD}
+    except SQLAlchemyError:
+        return False
+
+
+def current_revision(connection: Connection) -> str | None:
+    """The schema revision the database is at (None before the first migration)."""
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(connection).get_current_revision()

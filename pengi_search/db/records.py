@@ -1,0 +1,158 @@
+"""The plain records the store takes and returns (frozen dataclasses), so callers never hold ORM rows or sessions."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .errors import StoreError
+
+FILE_STATUSES = ("pending", "indexed", "error")
+RUN_STATUSES = ("running", "finished", "failed", "interrupted")
+VECTOR_KINDS = ("text", "audio")
+
+
+def check_vector_kind(kind: str) -> None:
+    """Raise StoreError unless `kind` is one of VECTOR_KINDS."""
+    if kind not in VECTOR_KINDS:
+        raise StoreError(f"vector kind {kind!r}", f"unknown; use one of {', '.join(VECTOR_KINDS)}")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The Pengi checkpoint that wrote the texts: a name and the sha256 (or other fingerprint) of its weights."""
+
+    name: str
+    fingerprint: str
+
+    def __str__(self) -> str:
+        return f"model {self.name!r} (fingerprint {self.fingerprint[:16]})"
+
+
+@dataclass(frozen=True)
+class EmbedderInfo:
+    """The text embedder whose vectors fill the 'text' index."""
+
+    name: str
+    dim: int
+
+    def __str__(self) -> str:
+        return f"text embedder {self.name!r} (dim {self.dim})"
+
+
+@dataclass(frozen=True)
+class IndexMeta:
+    model: ModelInfo
+    embedder: EmbedderInfo
+    created_at: datetime
+    updated_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model.name,
+            "model_fingerprint": self.model.fingerprint,
+            "embedder": self.embedder.name,
+            "embedder_dim": self.embedder.dim,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }
+
+
+class FileStamp(NamedTuple):
+    """What the indexer compares with the file system to decide whether a file changed."""
+
+    size: int | None
+    mtime: float | None
+    status: str
+    content_hash: str | None
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    id: int
+    path: str
+    size: int | None
+    mtime: float | None
+    content_hash: str | None
+    duration_s: float | None
+    sample_rate: int | None
+    channels: int | None
+    format: str | None
+    status: str
+    error: str | None
+    indexed_at: datetime | None
+    run_id: int | None
+
+
+@dataclass(frozen=True)
+class StoredAudio:
+    """Properties of a decoded file, recorded when its windows are stored."""
+
+    duration_s: float
+    sample_rate: int
+    channels: int
+    format: str
+
+
+@dataclass(frozen=True)
+class TextRecord:
+    prompt: str
+    text: str
+    score: float | None = None
+
+
+@dataclass(frozen=True)
+class WindowInput:
+    """One window to store: its texts and its vectors by kind ('text', 'audio'), each a 1-D float array."""
+
+    index: int
+    start_s: float
+    end_s: float
+    texts: Sequence[TextRecord] = ()
+    vectors: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ReplaceResult:
+    """Window ids that `replace_file_windows` deleted and created (to update a FAISS index in place)."""
+
+    removed_window_ids: list[int]
+    added_window_ids: list[int]
+
+
+@dataclass(frozen=True)
+class WindowDetails:
+    """A window as a search result shows it: where it is and what was said about it."""
+
+    window_id: int
+    file_id: int
+    path: str
+    index: int
+    start_s: float
+    end_s: float
+    file_duration_s: float | None
+    format: str | None
+    texts: tuple[TextRecord, ...]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: int
+    started_at: datetime
+    finished_at: datetime | None
+    status: str
+    files_seen: int
+    files_indexed: int
+    files_failed: int
+    files_pruned: int
+    shard: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        data["started_at"] = self.started_at.isoformat()
+        data["finished_at"] = None if self.finished_at is None else self.finished_at.isoformat()
+        return data

@@ -1,0 +1,219 @@
+"""The tables, as SQLAlchemy ORM classes (one `...Row` class per table).
+
+The schema is created and changed only by the Alembic migrations in the `migrations` package; a test checks that
+these classes and the migrations agree. Nothing outside `pengi_search.db` sees these rows: the store hands out the
+records of `pengi_search.db.records` instead (`to_record`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+from .records import EmbedderInfo, FileRecord, IndexMeta, ModelInfo, RunRecord
+
+RowId = BigInteger().with_variant(Integer(), "sqlite")  # INTEGER is what makes a SQLite rowid alias
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite keeps no zone, so it stores naive UTC)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime; pass an aware one")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class RunRow(Base):
+    """One run of the indexer (or one shard of a run)."""
+
+    __tablename__ = "runs"
+    __table_args__ = (CheckConstraint("status IN ('running', 'finished', 'failed', 'interrupted')", name="status"),)
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    status: Mapped[str] = mapped_column(String(16))
+    files_seen: Mapped[int] = mapped_column(Integer, default=0)
+    files_indexed: Mapped[int] = mapped_column(Integer, default=0)
+    files_failed: Mapped[int] = mapped_column(Integer, default=0)
+    files_pruned: Mapped[int] = mapped_column(Integer, default=0)
+    shard: Mapped[str | None] = mapped_column(String(64))
+
+    def to_record(self) -> RunRecord:
+        return RunRecord(
+            id=self.id,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            status=self.status,
+            files_seen=self.files_seen,
+            files_indexed=self.files_indexed,
+            files_failed=self.files_failed,
+            files_pruned=self.files_pruned,
+            shard=self.shard,
+        )
+
+
+class AudioFileRow(Base):
+    """One audio file: its stamp (size, mtime, content hash), decoded properties and indexing status."""
+
+    __tablename__ = "audio_files"
+    __table_args__ = (CheckConstraint("status IN ('pending', 'indexed', 'error')", name="status"),)
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True)
+    path: Mapped[str] = mapped_column(Text, unique=True)
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    mtime: Mapped[float | None] = mapped_column(Double)
+    content_hash: Mapped[str | None] = mapped_column(String(64), index=True)  # sha256 hex, revision 0002
+    duration_s: Mapped[float | None] = mapped_column(Double)
+    sample_rate: Mapped[int | None] = mapped_column(Integer)
+    channels: Mapped[int | None] = mapped_column(Integer)
+    format: Mapped[str | None] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), index=True, default="pending")
+    error: Mapped[str | None] = mapped_column(Text)
+    indexed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    run_id: Mapped[int | None] = mapped_column(RowId, ForeignKey("runs.id", ondelete="SET NULL"))
+
+    windows: Mapped[list[WindowRow]] = relationship(
+        back_populates="file", cascade="all, delete-orphan", passive_deletes=True, order_by="WindowRow.index"
+    )
+
+    def to_record(self) -> FileRecord:
+        return FileRecord(
+            id=self.id,
+            path=self.path,
+            size=self.size,
+            mtime=self.mtime,
+            content_hash=self.content_hash,
+            duration_s=self.duration_s,
+            sample_rate=self.sample_rate,
+            channels=self.channels,
+            format=self.format,
+            status=self.status,
+            error=self.error,
+            indexed_at=self.indexed_at,
+            run_id=self.run_id,
+        )
+
+
+class WindowRow(Base):
+    """A fixed stretch of a file (Pengi hears 7 s at a time); its id is the FAISS id of its vectors."""
+
+    __tablename__ = "windows"
+    # AUTOINCREMENT: SQLite must never hand a deleted window's id to a new one, or a stale FAISS file would
+    # still match the database's id set.
+    __table_args__ = (UniqueConstraint("file_id", "window_index"), {"sqlite_autoincrement": True})
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True)
+    file_id: Mapped[int] = mapped_column(RowId, ForeignKey("audio_files.id", ondelete="CASCADE"))
+    index: Mapped[int] = mapped_column("window_index", Integer)
+    start_s: Mapped[float] = mapped_column(Double)
+    end_s: Mapped[float] = mapped_column(Double)
+
+    file: Mapped[AudioFileRow] = relationship(back_populates="windows")
+    texts: Mapped[list[GeneratedTextRow]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True, order_by="GeneratedTextRow.id"
+    )
+    vectors: Mapped[list[WindowVectorRow]] = relationship(cascade="all, delete-orphan", passive_deletes=True)
+
+
+class GeneratedTextRow(Base):
+    """What Pengi wrote for a window in answer to one prompt."""
+
+    __tablename__ = "generated_texts"
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True)
+    window_id: Mapped[int] = mapped_column(RowId, ForeignKey("windows.id", ondelete="CASCADE"), index=True)
+    prompt: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(Text)
+    score: Mapped[float | None] = mapped_column(Double)
+
+
+class WindowVectorRow(Base):
+    """An embedding of a window as little-endian float32 bytes: 'text' (of its caption) or 'audio'."""
+
+    __tablename__ = "window_vectors"
+    __table_args__ = (
+        CheckConstraint("kind IN ('text', 'audio')", name="kind"),
+        Index("ix_window_vectors_kind_window_id", "kind", "window_id"),  # id lists per kind from the index alone
+    )
+
+    window_id: Mapped[int] = mapped_column(RowId, ForeignKey("windows.id", ondelete="CASCADE"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class IndexMetaRow(Base):
+    """The single row naming the model and text embedder that built the index."""
+
+    __tablename__ = "index_meta"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_name: Mapped[str] = mapped_column(Text)
+    model_fingerprint: Mapped[str] = mapped_column(String(128))
+    embedder_name: Mapped[str] = mapped_column(Text)
+    embedder_dim: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    @classmethod
+    def create(cls, model: ModelInfo, embedder: EmbedderInfo, now: datetime) -> IndexMetaRow:
+        """The row for an index built from now on with `model` and `embedder`."""
+        return cls(
+            id=1,
+            model_name=model.name,
+            model_fingerprint=model.fingerprint,
+            embedder_name=embedder.name,
+            embedder_dim=embedder.dim,
+            created_at=now,
+            updated_at=now,
+        )
+
+    def to_record(self) -> IndexMeta:
+        return IndexMeta(
+            model=ModelInfo(self.model_name, self.model_fingerprint),
+            embedder=EmbedderInfo(self.embedder_name, self.embedder_dim),
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+        )
