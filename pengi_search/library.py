@@ -1,12 +1,13 @@
 """A library: the store (the source of truth) and its FAISS indexes, kept in line with it.
 
 There is one FAISS file per vector kind ('text': caption embeddings, 'audio': Pengi audio embeddings), next to a
-SQLite database (see `store.default_index_path`). Each file's tag records what its vectors came from (the text
-embedder or the model) and the index type asked for, so queries use the type that indexing built: an 'ivfpq'
+SQLite database (see `pengi_search.db.default_index_path`). Each file's tag records what its vectors came from (the
+text embedder or the model) and the index type asked for, so queries use the type that indexing built: an 'ivfpq'
 request that fell back to 'flat' on a small library becomes IVF-PQ once the library is large enough.
 
 Opening an index checks its ids against the database; a file that differs is brought in line incrementally (only
-the windows added or removed since) when its tag and type still fit, and rebuilt from the stored vectors otherwise.
+the windows added or removed since) when its tag and type still fit, and rebuilt from the stored vectors otherwise
+(also when it is missing or damaged). This class is the one place that keeps FAISS in line with the database.
 """
 
 from __future__ import annotations

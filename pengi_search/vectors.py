@@ -1,8 +1,7 @@
 """FAISS vector indexes over L2-normalised float32 vectors, searched by inner product (cosine similarity).
 
 Ids are the database's window ids, so a hit leads straight to `Store.window_details`. The database is the source
-of truth: `VectorIndex.load_or_rebuild` checks a saved index against the ids the database expects and rebuilds it
-from the stored vectors when they differ, or when the file is missing, corrupt or was built for something else.
+of truth: `pengi_search.library.Library` keeps the saved indexes (`pengi_search.vector_file`) in line with it.
 
 Index types:
 - 'flat': exact search; the default, right for libraries up to a few hundred thousand windows.
@@ -16,21 +15,17 @@ When faiss has GPU support and a GPU is visible, exact ('flat') searches run on 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
-import struct
-import uuid
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import faiss
 import numpy as np
 
-from pengi_search.errors import PengiSearchError
+from .vector_file import VectorIndexError, read_index_file, write_index_file
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +33,9 @@ INDEX_TYPES = ("flat", "hnsw", "ivfpq")
 REFINE_TYPES = ("flat", "sq8")
 IVFPQ_MIN_VECTORS = 10_000  # ~39 training points per IVF cell and 39 x 256 per PQ codebook
 
-_MAGIC = b"PENGIVEC"
-_FORMAT_VERSION = 1
-_HEADER = struct.Struct("<8sIQII")  # magic, format version, payload bytes, payload crc32, metadata bytes
-_META_KEYS = {"params", "dim", "count", "tag"}
-_IO_BLOCK = 1 << 22
 _TRAIN_SEED = 1234
 
-VectorsFn = Callable[[], tuple[np.ndarray, np.ndarray]]
 FetchFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
-
-
-class VectorIndexError(PengiSearchError):
-    """Bad vectors or ids, or an index file that cannot be read or written."""
 
 
 @dataclass(frozen=True)
@@ -115,7 +100,7 @@ def gpu_count() -> int:
 
 
 class VectorIndex:
-    """A FAISS index keyed by int64 ids. Build with `build`, `load` or `load_or_rebuild`.
+    """A FAISS index keyed by int64 ids. Build with `build` or `load`.
 
     Searches may run from several threads at once; add, remove, sync and tune need exclusive access.
     """
@@ -256,32 +241,8 @@ class VectorIndex:
     # -- files -----------------------------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike[str], tag: str = "") -> None:
-        """Write the index atomically (temp file, fsync, rename, fsync of the folder).
-
-        `tag` names what the vectors came from (e.g. the embedder); `load_or_rebuild` rebuilds on another tag.
-        """
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-        meta = json.dumps(
-            {"params": dataclasses.asdict(self.params), "dim": self.dim, "count": len(self), "tag": tag}
-        ).encode()
-        try:
-            with open(temp, "wb") as out:
-                out.write(_HEADER.pack(_MAGIC, _FORMAT_VERSION, 0, 0, len(meta)))
-                out.write(meta)
-                size, crc = _write_payload(self._index, out, zlib.crc32(meta))
-                out.seek(0)
-                out.write(_HEADER.pack(_MAGIC, _FORMAT_VERSION, size, crc, len(meta)))
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temp, target)
-        except BaseException as exc:
-            temp.unlink(missing_ok=True)
-            if isinstance(exc, (OSError, RuntimeError)):
-                raise VectorIndexError(str(target), f"cannot write the index: {exc}") from exc
-            raise
-        _fsync_dir(target.parent)
+        """Write the index atomically; `tag` names what the vectors came from (e.g. the embedder)."""
+        write_index_file(path, self._index, dataclasses.asdict(self.params), tag)
 
     @classmethod
     def load(
@@ -292,60 +253,13 @@ class VectorIndex:
         The file's own build parameters are kept; the search knobs of `params` apply when given. Raises
         FileNotFoundError when missing and VectorIndexError when damaged.
         """
-        source = Path(path)
-        with open(source, "rb") as stream:
-            meta = _read_header(source, stream)
-            try:
-                index = faiss.read_index(faiss.PyCallbackIOReader(stream.read, _IO_BLOCK))
-            except RuntimeError as exc:
-                raise VectorIndexError(str(source), f"faiss cannot read the index: {exc}") from exc
-        if not isinstance(index, faiss.IndexIDMap2) or index.d != meta["dim"] or index.ntotal != meta["count"]:
-            raise VectorIndexError(str(source), "index contents do not match the file header")
+        index, stored_params, tag = read_index_file(path)
         try:
-            stored = IndexParams(**meta["params"])
+            stored = IndexParams(**stored_params)
         except (TypeError, VectorIndexError) as exc:
-            raise VectorIndexError(str(source), f"bad parameters in the header: {exc}") from exc
+            raise VectorIndexError(str(Path(path)), f"bad parameters in the header: {exc}") from exc
         loaded = stored if params is None else stored.with_search_knobs(params)
-        return cls(index, loaded, use_gpu=use_gpu), str(meta["tag"])
-
-    @classmethod
-    def load_or_rebuild(
-        cls,
-        path: str | os.PathLike[str],
-        expected_ids: np.ndarray,
-        vectors_fn: VectorsFn,
-        *,
-        params: IndexParams | None = None,
-        tag: str = "",
-        save: bool = True,
-        dim: int | None = None,
-        use_gpu: bool | None = None,
-    ) -> tuple[VectorIndex, bool]:
-        """The index at `path` if it holds exactly `expected_ids` under `tag`, else one rebuilt from `vectors_fn()`.
-
-        Returns (index, rebuilt). A rebuilt index is saved when `save` (a read-only folder only logs a warning).
-        `vectors_fn` returns (ids, vectors), e.g. `lambda: store.vectors("text")`.
-        """
-        params = params or IndexParams()
-        expected = np.unique(np.asarray(expected_ids, dtype=np.int64))
-        try:
-            index, stored_tag = cls.load(path, params, use_gpu=use_gpu)
-            reason = _stale_reason(index, stored_tag, expected, params, tag)
-            if reason is None:
-                return index, False
-        except FileNotFoundError:
-            reason = "no index file"
-        except VectorIndexError as exc:
-            reason = exc.reason
-        log.info("rebuilding vector index %s: %s", path, reason)
-        ids, vectors = vectors_fn()
-        index = cls.build(ids, vectors, params, dim=dim, use_gpu=use_gpu)
-        if save:
-            try:
-                index.save(path, tag)
-            except VectorIndexError as exc:
-                log.warning("rebuilt index not saved: %s", exc)
-        return index, True
+        return cls(index, loaded, use_gpu=use_gpu), tag
 
     # -- internals -------------------------------------------------------------------------------------------
 
@@ -467,73 +381,3 @@ def _training_sample(unit: np.ndarray, nlist: int) -> np.ndarray:
 
 def _empty_hits(queries: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.full((queries, k), -np.inf, np.float32), np.full((queries, k), -1, np.int64)
-
-
-def _stale_reason(
-    index: VectorIndex, stored_tag: str, expected: np.ndarray, params: IndexParams, tag: str
-) -> str | None:
-    if stored_tag != tag:
-        return f"built for {stored_tag!r}, expected {tag!r}"
-    wanted = effective_type(params.type, len(expected))
-    if index.type != wanted:
-        return f"index type is {index.type}, expected {wanted}"
-    if not np.array_equal(index.ids(), expected):
-        return f"ids differ from the database ({len(index)} in the file, {len(expected)} expected)"
-    return None
-
-
-def _write_payload(index: Any, out: BinaryIO, crc: int) -> tuple[int, int]:
-    """Stream faiss's serialisation into `out`; returns its size and the crc32 continued from `crc`."""
-    size = 0
-
-    def write(chunk: bytes) -> int:
-        nonlocal size, crc
-        out.write(chunk)
-        size += len(chunk)
-        crc = zlib.crc32(chunk, crc)
-        return len(chunk)
-
-    faiss.write_index(index, faiss.PyCallbackIOWriter(write, _IO_BLOCK))
-    return size, crc
-
-
-def _read_header(source: Path, stream: BinaryIO) -> dict[str, Any]:
-    """Check magic, version, length and checksum; leaves `stream` at the start of the faiss payload."""
-    head = stream.read(_HEADER.size)
-    if len(head) != _HEADER.size:
-        raise VectorIndexError(str(source), "truncated header")
-    magic, version, payload_size, crc, meta_size = _HEADER.unpack(head)
-    if magic != _MAGIC:
-        raise VectorIndexError(str(source), "not a pengi-search vector index")
-    if version != _FORMAT_VERSION:
-        raise VectorIndexError(str(source), f"format version {version}, this pengi-search reads {_FORMAT_VERSION}")
-    expected_size = _HEADER.size + meta_size + payload_size
-    actual_size = os.fstat(stream.fileno()).st_size
-    if actual_size != expected_size:
-        raise VectorIndexError(str(source), f"{actual_size} bytes where the header promises {expected_size}")
-    meta_bytes = stream.read(meta_size)
-    payload_start = stream.tell()
-    actual_crc = zlib.crc32(meta_bytes)
-    while chunk := stream.read(_IO_BLOCK):
-        actual_crc = zlib.crc32(chunk, actual_crc)
-    if actual_crc != crc:
-        raise VectorIndexError(str(source), "checksum mismatch (the file is damaged)")
-    try:
-        meta = json.loads(meta_bytes)
-        if not _META_KEYS.issubset(meta):
-            raise ValueError(f"missing {sorted(_META_KEYS - set(meta))}")
-    except (ValueError, TypeError) as exc:
-        raise VectorIndexError(str(source), f"unreadable header metadata: {exc}") from exc
-    stream.seek(payload_start)
-    return meta
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable (POSIX); not possible on every platform."""
-    if not hasattr(os, "O_DIRECTORY"):
-        return
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

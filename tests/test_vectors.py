@@ -1,4 +1,4 @@
-"""FAISS vector indexes: exact and approximate search, ids, atomic files, and rebuilding from the database."""
+"""FAISS vector indexes: exact and approximate search, ids, and atomic, checked files."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import faiss
 import numpy as np
 import pytest
 
-from pengi_search.db import Store, WindowInput
 from pengi_search.vectors import (
     IVFPQ_MIN_VECTORS,
     IndexParams,
@@ -269,72 +268,6 @@ def test_a_damaged_file_is_reported(tmp_path: Path, damage) -> None:
     target.write_bytes(damage(target.read_bytes()))
     with pytest.raises(VectorIndexError):
         VectorIndex.load(target)
-
-
-def test_load_or_rebuild(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="pengi_search.vectors")
-    vectors, ids = clustered(100), sparse_ids(100)
-    target = tmp_path / "text.faiss"
-    calls: list[int] = []
-
-    def from_database(count: int):
-        def vectors_fn() -> tuple[np.ndarray, np.ndarray]:
-            calls.append(count)
-            return ids[:count], vectors[:count]
-
-        return vectors_fn
-
-    index, rebuilt = VectorIndex.load_or_rebuild(target, ids[:80], from_database(80), tag="a")
-    assert rebuilt and len(index) == 80 and target.is_file()
-    index, rebuilt = VectorIndex.load_or_rebuild(target, ids[:80][::-1], from_database(80), tag="a")
-    assert not rebuilt and calls == [80]
-
-    index, rebuilt = VectorIndex.load_or_rebuild(target, ids, from_database(100), tag="a")
-    assert rebuilt and index.ids().tolist() == ids.tolist() and "ids differ" in caplog.text
-    index, rebuilt = VectorIndex.load_or_rebuild(target, ids, from_database(100), tag="b")
-    assert rebuilt and "built for 'a'" in caplog.text
-    index, rebuilt = VectorIndex.load_or_rebuild(target, ids, from_database(100), tag="b", params=IndexParams("hnsw"))
-    assert rebuilt and index.type == "hnsw"
-
-    data = target.read_bytes()
-    target.write_bytes(data[:-10] + bytes(10))
-    with caplog.at_level(logging.INFO, logger="pengi_search.vectors"):
-        index, rebuilt = VectorIndex.load_or_rebuild(
-            target, ids, from_database(100), tag="b", params=IndexParams("hnsw")
-        )
-    assert rebuilt and "checksum" in caplog.text
-    index, rebuilt = VectorIndex.load_or_rebuild(target, ids, from_database(100), tag="b", params=IndexParams("hnsw"))
-    assert not rebuilt and calls == [80, 100, 100, 100, 100]
-
-
-def test_rebuilds_from_the_store_when_the_database_changed(tmp_path: Path) -> None:
-    rng = np.random.default_rng(0)
-
-    def file_windows(count: int) -> list[WindowInput]:
-        return [
-            WindowInput(i, 7.0 * i, 7.0 * (i + 1), vectors={"text": rng.standard_normal(DIM)}) for i in range(count)
-        ]
-
-    with Store.open(tmp_path / "index.db") as store:
-        first = store.upsert_file("/lib/a.wav", size=1, mtime=1.0)
-        store.replace_file_windows(first, file_windows(3))
-        second = store.upsert_file("/lib/b.wav", size=1, mtime=1.0)
-        result = store.replace_file_windows(second, file_windows(2))
-        target = tmp_path / "index.text.faiss"
-
-        def open_index() -> tuple[VectorIndex, bool]:
-            return VectorIndex.load_or_rebuild(target, store.vector_ids("text"), lambda: store.vectors("text"))
-
-        assert open_index()[1] and not open_index()[1]
-        _, stored = store.vectors("text", result.added_window_ids[:1])
-        _, found = open_index()[0].search(stored, 1)
-        assert found[0, 0] == result.added_window_ids[0]
-
-        store.replace_file_windows(second, file_windows(2))  # same count, new window ids
-        index, rebuilt = open_index()
-        assert rebuilt and index.ids().tolist() == store.vector_ids("text").tolist()
-        store.remove("/lib/a.wav")
-        assert open_index()[1] and len(open_index()[0]) == 2
 
 
 def test_gpu_request_without_a_gpu_falls_back_to_the_cpu(caplog: pytest.LogCaptureFixture) -> None:

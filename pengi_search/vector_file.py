@@ -1,0 +1,131 @@
+"""The file a vector index is saved in: a checked header, JSON metadata, then faiss's own serialisation.
+
+    header    magic b"PENGIVEC", format version, payload bytes, crc32 of metadata + payload, metadata bytes
+    metadata  JSON: {"params": build parameters, "dim": d, "count": n, "tag": what the vectors came from}
+    payload   faiss.write_index of the id-mapped index
+
+Writes are atomic (temp file, fsync, rename, fsync of the folder), so a crash leaves the old file or the new one.
+Reads check magic, version, length and checksum before faiss parses a byte, and the index against the metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import uuid
+import zlib
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import faiss
+
+from pengi_search.errors import PengiSearchError
+
+_MAGIC = b"PENGIVEC"
+_FORMAT_VERSION = 1
+_HEADER = struct.Struct("<8sIQII")  # magic, format version, payload bytes, crc32, metadata bytes
+_META_KEYS = {"params", "dim", "count", "tag"}
+_IO_BLOCK = 1 << 22
+
+
+class VectorIndexError(PengiSearchError):
+    """Bad vectors or ids, or an index file that cannot be read or written."""
+
+
+def write_index_file(path: str | os.PathLike[str], index: faiss.IndexIDMap2, params: dict[str, Any], tag: str) -> None:
+    """Save `index` with its build parameters and `tag` atomically (temp file, fsync, rename, fsync of the folder)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    meta = json.dumps({"params": params, "dim": int(index.d), "count": int(index.ntotal), "tag": tag}).encode()
+    try:
+        with open(temp, "wb") as out:
+            out.write(_HEADER.pack(_MAGIC, _FORMAT_VERSION, 0, 0, len(meta)))
+            out.write(meta)
+            size, crc = _write_payload(index, out, zlib.crc32(meta))
+            out.seek(0)
+            out.write(_HEADER.pack(_MAGIC, _FORMAT_VERSION, size, crc, len(meta)))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, target)
+    except BaseException as exc:
+        temp.unlink(missing_ok=True)
+        if isinstance(exc, (OSError, RuntimeError)):
+            raise VectorIndexError(str(target), f"cannot write the index: {exc}") from exc
+        raise
+    _fsync_dir(target.parent)
+
+
+def read_index_file(path: str | os.PathLike[str]) -> tuple[faiss.IndexIDMap2, dict[str, Any], str]:
+    """(index, build parameters, tag) of a file written by `write_index_file`.
+
+    Raises FileNotFoundError when missing and VectorIndexError when damaged.
+    """
+    source = Path(path)
+    with open(source, "rb") as stream:
+        meta = _read_header(source, stream)
+        try:
+            index = faiss.read_index(faiss.PyCallbackIOReader(stream.read, _IO_BLOCK))
+        except RuntimeError as exc:
+            raise VectorIndexError(str(source), f"faiss cannot read the index: {exc}") from exc
+    if not isinstance(index, faiss.IndexIDMap2) or index.d != meta["dim"] or index.ntotal != meta["count"]:
+        raise VectorIndexError(str(source), "index contents do not match the file header")
+    return index, meta["params"], str(meta["tag"])
+
+
+def _write_payload(index: Any, out: BinaryIO, crc: int) -> tuple[int, int]:
+    """Stream faiss's serialisation into `out`; returns its size and the crc32 continued from `crc`."""
+    size = 0
+
+    def write(chunk: bytes) -> int:
+        nonlocal size, crc
+        out.write(chunk)
+        size += len(chunk)
+        crc = zlib.crc32(chunk, crc)
+        return len(chunk)
+
+    faiss.write_index(index, faiss.PyCallbackIOWriter(write, _IO_BLOCK))
+    return size, crc
+
+
+def _read_header(source: Path, stream: BinaryIO) -> dict[str, Any]:
+    """Check magic, version, length and checksum; leaves `stream` at the start of the faiss payload."""
+    head = stream.read(_HEADER.size)
+    if len(head) != _HEADER.size:
+        raise VectorIndexError(str(source), "truncated header")
+    magic, version, payload_size, crc, meta_size = _HEADER.unpack(head)
+    if magic != _MAGIC:
+        raise VectorIndexError(str(source), "not a pengi-search vector index")
+    if version != _FORMAT_VERSION:
+        raise VectorIndexError(str(source), f"format version {version}, this pengi-search reads {_FORMAT_VERSION}")
+    expected_size = _HEADER.size + meta_size + payload_size
+    actual_size = os.fstat(stream.fileno()).st_size
+    if actual_size != expected_size:
+        raise VectorIndexError(str(source), f"{actual_size} bytes where the header promises {expected_size}")
+    meta_bytes = stream.read(meta_size)
+    payload_start = stream.tell()
+    actual_crc = zlib.crc32(meta_bytes)
+    while chunk := stream.read(_IO_BLOCK):
+        actual_crc = zlib.crc32(chunk, actual_crc)
+    if actual_crc != crc:
+        raise VectorIndexError(str(source), "checksum mismatch (the file is damaged)")
+    try:
+        meta = json.loads(meta_bytes)
+        if not _META_KEYS.issubset(meta):
+            raise ValueError(f"missing {sorted(_META_KEYS - set(meta))}")
+    except (ValueError, TypeError) as exc:
+        raise VectorIndexError(str(source), f"unreadable header metadata: {exc}") from exc
+    stream.seek(payload_start)
+    return meta
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (POSIX); not possible on every platform."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

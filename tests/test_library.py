@@ -1,0 +1,221 @@
+"""The library's one FAISS policy: each saved index holds exactly the database's vectors of its kind.
+
+A file that still fits (same source of vectors, same index type) is brought in line incrementally, fetching only
+the vectors it lacks; a missing, damaged or foreign file, or one of another type, is rebuilt from the database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from pengi_search.db import EmbedderInfo, ModelInfo, ReplaceResult, Store, WindowInput
+from pengi_search.library import EmptyLibraryError, Library
+from pengi_search.vectors import VectorIndex, VectorIndexError
+
+MODEL = ModelInfo("pengi-test", "f" * 64)
+EMBEDDER = EmbedderInfo("embedder-a", 16)
+AUDIO_DIM = 8
+
+Fetched = list[tuple[str, list[int] | None]]  # (kind, ids asked for; None: every vector of the kind)
+
+
+def windows(count: int, seed: int, text_dim: int = EMBEDDER.dim) -> list[WindowInput]:
+    rng = np.random.default_rng(seed)
+    return [
+        WindowInput(
+            i,
+            7.0 * i,
+            7.0 * (i + 1),
+            vectors={"text": rng.standard_normal(text_dim), "audio": rng.standard_normal(AUDIO_DIM)},
+        )
+        for i in range(count)
+    ]
+
+
+def add_file(store: Store, path: str, count: int, seed: int, text_dim: int = EMBEDDER.dim) -> ReplaceResult:
+    file_id = store.upsert_file(path, size=1, mtime=1.0)
+    return store.replace_file_windows(file_id, windows(count, seed, text_dim))
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    """A library of two files (3 + 2 windows, text and audio vectors) and no FAISS file yet."""
+    path = str(tmp_path / "lib.db")
+    with Store.open(path) as store:
+        store.set_index_meta(MODEL, EMBEDDER)
+        add_file(store, "/lib/a.wav", 3, seed=1)
+        add_file(store, "/lib/b.wav", 2, seed=2)
+    return path
+
+
+@contextlib.contextmanager
+def opened(db: str) -> Iterator[tuple[Library, Fetched]]:
+    """The library, and the vectors it reads from the database (a full read means a rebuild)."""
+    fetched: Fetched = []
+    with Library.open(db) as library:
+        read = library.store.vectors
+
+        def vectors(kind: str, ids=None) -> tuple[np.ndarray, np.ndarray]:
+            fetched.append((kind, None if ids is None else sorted(int(i) for i in ids)))
+            return read(kind, ids)
+
+        library.store.vectors = vectors  # type: ignore[method-assign]
+        yield library, fetched
+
+
+def saved_ids(library: Library, kind: str) -> list[int]:
+    return VectorIndex.load(library.index_path(kind))[0].ids().tolist()
+
+
+def in_line(library: Library, kind: str) -> bool:
+    return saved_ids(library, kind) == library.store.vector_ids(kind).tolist()
+
+
+def test_the_first_open_builds_the_file_and_later_opens_only_read_it(db: str) -> None:
+    with opened(db) as (library, fetched):
+        index = library.vector_index("text")
+        assert fetched == [("text", None)] and in_line(library, "text")
+        assert library.vector_index("text") is index and len(fetched) == 1
+        assert not library.index_path("audio").exists()  # built when first asked for
+
+    with opened(db) as (library, fetched):
+        index = library.vector_index("text")
+        assert fetched == [] and index.ids().tolist() == library.store.vector_ids("text").tolist()
+        ids, vectors = library.store.vectors("text")
+        assert index.search(vectors, 1)[1][:, 0].tolist() == ids.tolist()
+
+
+def test_new_windows_are_added_without_a_rebuild(db: str, caplog: pytest.LogCaptureFixture) -> None:
+    with opened(db) as (library, _):
+        library.sync_vector_indexes()
+        added = add_file(library.store, "/lib/c.wav", 2, seed=3).added_window_ids
+
+    with caplog.at_level(logging.INFO, logger="pengi_search.library"), opened(db) as (library, fetched):
+        assert len(library.vector_index("text")) == 7
+        assert fetched == [("text", added)] and in_line(library, "text")
+    assert "2 added, 0 removed" in caplog.text
+
+
+def test_replaced_and_removed_windows_leave_the_files(db: str) -> None:
+    with opened(db) as (library, fetched):
+        library.sync_vector_indexes()
+        store = library.store
+        fetched.clear()
+        file_id = store.get_file("/lib/b.wav").id
+        result = store.replace_file_windows(file_id, windows(2, seed=5))  # same count, new window ids
+        library.sync_vector_indexes()
+        assert fetched == [("text", result.added_window_ids), ("audio", result.added_window_ids)]
+        assert all(in_line(library, kind) for kind in ("text", "audio"))
+
+        fetched.clear()
+        store.remove("/lib/a.wav")
+        library.sync_vector_indexes()
+        assert fetched == [] and saved_ids(library, "audio") == result.added_window_ids
+
+        store.remove("/lib")
+        library.sync_vector_indexes()
+        assert saved_ids(library, "text") == [] and library.index_types() == {"text": "flat", "audio": "flat"}
+        with pytest.raises(EmptyLibraryError, match="index PATH"):
+            library.vector_index("text")
+
+
+def test_a_file_for_another_text_embedder_is_rebuilt(db: str) -> None:
+    with opened(db) as (library, fetched):
+        library.sync_vector_indexes()
+        library.store.reset_index(MODEL, EmbedderInfo("embedder-b", 12))
+        added = add_file(library.store, "/lib/a.wav", 2, seed=6, text_dim=12).added_window_ids
+        fetched.clear()
+        library.sync_vector_indexes()
+        # The text vectors come from another embedder; the audio vectors from the same model.
+        assert fetched == [("text", None), ("audio", added)]
+        assert library.vector_index("text").dim == 12 and in_line(library, "text") and in_line(library, "audio")
+
+
+def test_a_file_with_a_foreign_tag_is_rebuilt_or_removed(db: str) -> None:
+    with opened(db) as (library, _):
+        library.vector_index("text").save(library.index_path("text"), tag="vectors of something else")
+
+    with opened(db) as (library, fetched):
+        library.vector_index("text")
+        assert fetched == [("text", None)] and in_line(library, "text")
+        library.vector_index("text").save(library.index_path("text"), tag="vectors of something else")
+        library.store.remove("/lib")
+        library.sync_vector_indexes()
+        assert not library.index_path("text").exists()  # nothing to hold, and no type worth keeping
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda data: data[:-40] + bytes(b ^ 0xFF for b in data[-40:]), "checksum mismatch"),
+        (lambda data: data[: len(data) // 2], "bytes where the header promises"),
+        (lambda data: b"JUNK" + data[4:], "not a pengi-search vector index"),
+    ],
+    ids=["flipped", "truncated", "foreign"],
+)
+def test_a_damaged_file_is_rebuilt(
+    db: str, caplog: pytest.LogCaptureFixture, damage: Callable[[bytes], bytes], reason: str
+) -> None:
+    with opened(db) as (library, _):
+        path = library.index_path("text")
+        library.vector_index("text")
+    path.write_bytes(damage(path.read_bytes()))
+
+    with caplog.at_level(logging.WARNING, logger="pengi_search.library"), opened(db) as (library, fetched):
+        assert len(library.vector_index("text")) == 5
+        assert fetched == [("text", None)] and in_line(library, "text")
+    assert "ignoring damaged vector index" in caplog.text and reason in caplog.text
+
+    with opened(db) as (library, fetched):
+        library.vector_index("text")
+        assert fetched == []
+
+
+def test_another_index_type_rebuilds_and_is_kept(db: str) -> None:
+    with opened(db) as (library, fetched):
+        library.sync_vector_indexes()
+        fetched.clear()
+        library.sync_vector_indexes("hnsw")
+        assert fetched == [("text", None), ("audio", None)]
+        assert library.index_types() == {"text": "hnsw", "audio": "hnsw"}
+        added = add_file(library.store, "/lib/c.wav", 1, seed=4).added_window_ids
+
+    with opened(db) as (library, fetched):
+        assert library.vector_index("audio").type == "hnsw"
+        assert fetched == [("audio", added)] and in_line(library, "audio")
+
+
+def test_rebuild_reads_every_vector_and_remembers_an_ivfpq_request(db: str) -> None:
+    with opened(db) as (library, fetched):
+        library.sync_vector_indexes()
+        fetched.clear()
+        assert library.rebuild("ivfpq") == {"text": 5, "audio": 5}
+        assert fetched == [("text", None), ("audio", None)]
+        # Too few vectors to train IVF-PQ: the exact index serves, and the request waits in the file.
+        assert library.index_types() == {"text": "ivfpq", "audio": "ivfpq"}
+        assert library.vector_index("text").type == "flat"
+    with opened(db) as (library, fetched):
+        assert library.vector_index("text").type == "flat" and fetched == []
+        with pytest.raises(VectorIndexError, match="unknown 'lsh'"):
+            library.sync_vector_indexes("lsh")
+
+
+def test_an_index_that_cannot_be_saved_still_serves(
+    db: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(_index: faiss.Index, _writer: faiss.IOWriter) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(faiss, "write_index", disk_full)
+    with caplog.at_level(logging.WARNING, logger="pengi_search.library"), opened(db) as (library, _):
+        index = library.vector_index("text")
+        assert index.ids().tolist() == library.store.vector_ids("text").tolist()
+        assert not library.index_path("text").exists()
+    assert "vector index not saved" in caplog.text and "disk full" in caplog.text
