@@ -547,6 +547,16 @@ def test_reset_index_forgets_windows_for_a_new_model(store: Store) -> None:
 # -- concurrency ------------------------------------------------------------------------------------------------
 
 
+def assert_whole_files(reader: Store, file_ids: list[int], per_file: int) -> None:
+    """Every file has all its windows, and all of them come from one replace (one caption per file)."""
+    window_ids, matrix = reader.vectors("text")
+    assert len(window_ids) == 2 * per_file and matrix.shape == (2 * per_file, 4)
+    details = reader.window_details(window_ids)
+    for file_id in file_ids:
+        captions = {d.texts[0].text.rsplit(" ", 1)[0] for d in details.values() if d.file_id == file_id}
+        assert len(captions) <= 1
+
+
 def test_readers_see_whole_files_while_writers_work(db_url: str) -> None:
     """A reader in another Store (its own connections) never sees half a file; two writers queue, not fail."""
     per_file = 6
@@ -569,12 +579,7 @@ def test_readers_see_whole_files_while_writers_work(db_url: str) -> None:
         try:
             with Store.open(db_url) as reader:
                 while not done.is_set():
-                    window_ids, matrix = reader.vectors("text")
-                    assert len(window_ids) == 2 * per_file and matrix.shape == (2 * per_file, 4)
-                    details = reader.window_details(window_ids)
-                    for file_id in ids:
-                        captions = {d.texts[0].text.rsplit(" ", 1)[0] for d in details.values() if d.file_id == file_id}
-                        assert len(captions) <= 1  # all windows of a file come from one replace
+                    assert_whole_files(reader, ids, per_file)
         except BaseException as exc:  # reported by the main thread
             errors.append(exc)
 
