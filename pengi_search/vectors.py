@@ -30,11 +30,12 @@ from typing import Any, BinaryIO
 import faiss
 import numpy as np
 
+from pengi_search.choices import IndexType
 from pengi_search.errors import PengiSearchError
 
 log = logging.getLogger(__name__)
 
-INDEX_TYPES = ("flat", "hnsw", "ivfpq")
+INDEX_TYPES = tuple(t.value for t in IndexType)  # what a caller or a saved file may name
 REFINE_TYPES = ("flat", "sq8")
 IVFPQ_MIN_VECTORS = 10_000  # ~39 training points per IVF cell and 39 x 256 per PQ codebook
 
