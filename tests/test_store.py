@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -9,7 +10,7 @@ import sys
 import textwrap
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -548,39 +549,53 @@ def test_reset_index_forgets_windows_for_a_new_model(store: Store) -> None:
 # -- concurrency ------------------------------------------------------------------------------------------------
 
 
+PER_FILE = 6  # windows of each file in the concurrency test
+
+
+def reporting_to(errors: list[BaseException], work: Callable[[], None]) -> Callable[[], None]:
+    """`work` as a thread's target: what it raises goes to `errors`, for the main thread to report."""
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:
+            errors.append(exc)
+
+    return run
+
+
+def rewrite_windows(db_url: str, file_id: int, rounds: int) -> None:
+    """Replace the file's windows `rounds` times, each round with its own captions, from a Store of its own."""
+    with Store.open(db_url) as writer:
+        for i in range(rounds):
+            writer.replace_file_windows(file_id, windows(PER_FILE, caption=f"round {i}", seed=i))
+
+
+def check_whole_files(db_url: str, file_ids: list[int], done: threading.Event) -> None:
+    """Until `done`: every read sees all windows, and all windows of a file come from one replace."""
+    with Store.open(db_url) as reader:
+        while not done.is_set():
+            window_ids, matrix = reader.vectors("text")
+            assert len(window_ids) == 2 * PER_FILE and matrix.shape == (2 * PER_FILE, 4)
+            details = reader.window_details(window_ids)
+            for file_id in file_ids:
+                captions = {d.texts[0].text.rsplit(" ", 1)[0] for d in details.values() if d.file_id == file_id}
+                assert len(captions) <= 1
+
+
 def test_readers_see_whole_files_while_writers_work(db_url: str) -> None:
     """A reader in another Store (its own connections) never sees half a file; two writers queue, not fail."""
-    per_file = 6
     with Store.open(db_url) as setup:
         ids = [setup.upsert_file(f"/lib/{name}.wav", size=1, mtime=1.0) for name in ("a", "b")]
         for file_id in ids:
-            setup.replace_file_windows(file_id, windows(per_file))
+            setup.replace_file_windows(file_id, windows(PER_FILE))
     errors: list[BaseException] = []
     done = threading.Event()
-
-    def write(file_id: int, rounds: int) -> None:
-        try:
-            with Store.open(db_url) as writer:
-                for i in range(rounds):
-                    writer.replace_file_windows(file_id, windows(per_file, caption=f"round {i}", seed=i))
-        except BaseException as exc:  # reported by the main thread
-            errors.append(exc)
-
-    def read() -> None:
-        try:
-            with Store.open(db_url) as reader:
-                while not done.is_set():
-                    window_ids, matrix = reader.vectors("text")
-                    assert len(window_ids) == 2 * per_file and matrix.shape == (2 * per_file, 4)
-                    details = reader.window_details(window_ids)
-                    for file_id in ids:
-                        captions = {d.texts[0].text.rsplit(" ", 1)[0] for d in details.values() if d.file_id == file_id}
-                        assert len(captions) <= 1  # all windows of a file come from one replace
-        except BaseException as exc:  # reported by the main thread
-            errors.append(exc)
-
-    writers = [threading.Thread(target=write, args=(file_id, 15)) for file_id in ids]
-    reader = threading.Thread(target=read)
+    writers = [
+        threading.Thread(target=reporting_to(errors, functools.partial(rewrite_windows, db_url, file_id, 15)))
+        for file_id in ids
+    ]
+    reader = threading.Thread(target=reporting_to(errors, functools.partial(check_whole_files, db_url, ids, done)))
     reader.start()
     for thread in writers:
         thread.start()
@@ -590,7 +605,7 @@ def test_readers_see_whole_files_while_writers_work(db_url: str) -> None:
     reader.join()
     assert errors == []
     with Store.open(db_url) as check:
-        assert check.stats()["windows"] == 2 * per_file
+        assert check.stats()["windows"] == 2 * PER_FILE
 
 
 def test_schema_head_constant_is_the_newest_migration() -> None:
