@@ -28,7 +28,7 @@ out_console = Console(highlight=False)
 
 ModelOption = Annotated[
     str | None,
-    typer.Option("--model", "-m", help="Model name or directory [env: PENGI_SEARCH_MODEL; default: installed base]"),
+    typer.Option("--model", "-m", help="Model name or directory \\[env: PENGI_SEARCH_MODEL; default: installed base]"),
 ]
 DeviceOption = Annotated[
     Device, typer.Option("--device", help="Where the model runs: auto is CUDA when there is a GPU (bf16 autocast).")
@@ -39,7 +39,9 @@ MaxLenOption = Annotated[int, typer.Option("--max-len", min=1, help="Most tokens
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 DbOption = Annotated[
     str | None,
-    typer.Option("--db", help="Database URL or SQLite file [env: PENGI_SEARCH_DB; default: index.db in the data dir]"),
+    typer.Option(
+        "--db", help="Database URL or SQLite file \\[env: PENGI_SEARCH_DB; default: index.db in the data dir]"
+    ),
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 

@@ -55,7 +55,7 @@ def index(
     workers: Annotated[
         int | None,
         typer.Option(
-            "--workers", min=0, help="Decoding processes; 0 decodes in this process. [default: cores/2, <= 4]"
+            "--workers", min=0, help="Decoding processes; 0 decodes in this process. \\[default: cores/2, <= 4]"
         ),
     ] = None,
     batch_size: BatchOption = 16,
@@ -81,7 +81,7 @@ def index(
         typer.Option("--shard", help="Index only shard i of n (e.g. 0/4); under torchrun it comes from RANK."),
     ] = None,
     ext: Annotated[
-        str | None, typer.Option("--ext", help="Comma-separated extensions to index, e.g. .wav,.flac [default: all]")
+        str | None, typer.Option("--ext", help="Comma-separated extensions to index, e.g. .wav,.flac \\[default: all]")
     ] = None,
     retry_errors: Annotated[
         bool, typer.Option("--retry-errors", help="Try again files that failed before and did not change.")
@@ -217,7 +217,7 @@ def remove(
 @handle_errors
 def export(
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write the JSON lines to this file [default: stdout].")
+        Path | None, typer.Option("--output", "-o", help="Write the JSON lines to this file \\[default: stdout].")
     ] = None,
     under: Annotated[Path | None, typer.Option("--under", help="Only files at or under this path.")] = None,
     db: DbOption = None,
