@@ -35,13 +35,13 @@ import numpy as np
 
 from pengi_search.errors import UsageError
 
+from .choices import LoglikScore, Method
+
 if TYPE_CHECKING:
     from .embedders import TextEmbedder
     from .inference import Engine
     from .library import Library
 
-METHODS = ("text", "loglik")
-LOGLIK_SCORES = ("mean", "total")
 DEFAULT_TEMPLATE = "{label}"
 DEFAULT_LOGLIK_PROMPT = "this is a sound of"
 PATH_COLUMNS = ("file", "filename", "path")
@@ -206,19 +206,18 @@ class Prediction:
 
 @dataclass(frozen=True)
 class ClassifySettings:
-    method: str = "text"
+    method: Method = Method.text
     template: str = DEFAULT_TEMPLATE
     prompt: str = DEFAULT_LOGLIK_PROMPT
-    loglik_score: str = "mean"
+    loglik_score: LoglikScore = LoglikScore.mean
     text_embedder: str | None = None  # None: Pengi's CLIP tower; "sentence-transformers:NAME"
     beam: int = 3
     max_len: int = 30
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"--method {self.method!r}: use one of {', '.join(METHODS)}")
-        if self.loglik_score not in LOGLIK_SCORES:
-            raise ValueError(f"--loglik-score {self.loglik_score!r}: use one of {', '.join(LOGLIK_SCORES)}")
+        # Library callers may pass plain strings: hold the members, and refuse (ValueError) any other value.
+        object.__setattr__(self, "method", Method(self.method))
+        object.__setattr__(self, "loglik_score", LoglikScore(self.loglik_score))
         apply_template(self.template, "")
 
 
@@ -254,7 +253,7 @@ class Classifier:
         self._label_vectors: np.ndarray | None = None
         self._answers = (
             [loglik_answer(settings.template, settings.prompt, label) for label in self.labels]
-            if settings.method == "loglik"
+            if settings.method is Method.loglik
             else []
         )
 
@@ -305,11 +304,11 @@ class Classifier:
             return None
         from .search import stored_windows
 
-        return stored_windows(self.library, path, audio=self.settings.method == "loglik")
+        return stored_windows(self.library, path, audio=self.settings.method is Method.loglik)
 
     def classify(self, path: str | os.PathLike[str]) -> Prediction:
         stored = self._stored(path)
-        if self.settings.method == "text":
+        if self.settings.method is Method.text:
             captions, source = self._captions(path, stored)
             scores = (self.embedder().embed(captions) @ self.label_vectors().T).mean(axis=0)
             windows = len(captions)
@@ -354,7 +353,7 @@ class Classifier:
 
     def _loglik(self, vectors: Any) -> np.ndarray:
         scores = self.engine().score(vectors, self.settings.prompt, self._answers)
-        field = self.settings.loglik_score
+        field = self.settings.loglik_score.value  # a CandidateScore attribute
         per_window = np.array([[getattr(s, field) for s in row] for row in scores], dtype=np.float64)
         return per_window.mean(axis=0)
 

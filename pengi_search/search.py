@@ -30,13 +30,13 @@ import numpy as np
 
 from indexer.scan import ScanError, absolute, scan
 
+from .choices import By
 from .db import EmbedderInfo, StoreMismatchError, WindowDetails
 
 if TYPE_CHECKING:
     from .embedders import TextEmbedder
     from .library import Library
 
-BY_CHOICES = ("file", "window")
 PENGI_TEXT_PREFIX = "pengi-text:"
 SENTENCE_TRANSFORMERS_PREFIX = "sentence-transformers:"
 _FIRST_FETCH = 4  # candidates fetched per wanted result at first (files have several windows)
@@ -157,7 +157,7 @@ def search_vectors(
     queries: np.ndarray,
     *,
     k: int = 10,
-    by: str = "file",
+    by: By = By.file,
     filters: Filters | None = None,
     query_spans: Sequence[tuple[float, float]] | None = None,
 ) -> list[Hit]:
@@ -166,8 +166,7 @@ def search_vectors(
     With several query rows a window's score is its best cosine similarity to any of them. `query_spans` gives
     each row's time range (for `similar`'s results).
     """
-    if by not in BY_CHOICES:
-        raise ValueError(f"--by {by!r}: use one of {', '.join(BY_CHOICES)}")
+    by = By(by)  # a library caller's plain string: ValueError unless "file" or "window"
     if k < 1:
         raise ValueError(f"the number of results must be at least 1, got {k}")
     filters = filters or Filters()
@@ -213,7 +212,7 @@ def _results(
     library: Library,
     found: _Candidates,
     k: int,
-    by: str,
+    by: By,
     filters: Filters,
     query_spans: Sequence[tuple[float, float]] | None,
 ) -> list[Hit]:
@@ -225,7 +224,7 @@ def _results(
     seen_files: set[int] = set()
     for wid, score, row in ranked:
         window = details.get(wid)
-        if window is None or not filters.accepts(window) or (by == "file" and window.file_id in seen_files):
+        if window is None or not filters.accepts(window) or (by == By.file and window.file_id in seen_files):
             continue
         seen_files.add(window.file_id)
         span = query_spans[row] if query_spans is not None else (None, None)
@@ -328,7 +327,7 @@ def query_text(
     text: str,
     *,
     k: int = 10,
-    by: str = "file",
+    by: By = By.file,
     filters: Filters | None = None,
     model: str | None = None,
     device: str = "auto",
@@ -379,7 +378,7 @@ def similar_to_file(
     path: str | os.PathLike[str],
     *,
     k: int = 10,
-    by: str = "file",
+    by: By = By.file,
     filters: Filters | None = None,
     model: str | None = None,
     device: str = "auto",

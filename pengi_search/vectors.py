@@ -25,11 +25,12 @@ from typing import Any
 import faiss
 import numpy as np
 
+from .choices import IndexType
 from .vector_file import VectorIndexError, read_index_file, write_index_file
 
 log = logging.getLogger(__name__)
 
-INDEX_TYPES = ("flat", "hnsw", "ivfpq")
+INDEX_TYPES = tuple(t.value for t in IndexType)  # what a caller or a saved file may name
 REFINE_TYPES = ("flat", "sq8")
 IVFPQ_MIN_VECTORS = 10_000  # ~39 training points per IVF cell and 39 x 256 per PQ codebook
 

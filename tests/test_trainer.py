@@ -17,18 +17,19 @@ import torch
 import yaml
 from safetensors.torch import load_file
 from transformers import CLIPConfig, CLIPModel, GPT2LMHeadModel
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from pengi_search.checkpoint import WEIGHTS_FILE, load_model_dir, load_released_checkpoint
 from pengi_search.cli import app
 from pengi_search.config import PengiConfig
 from pengi_search.encoders import clip_text_config
+from pengi_search.errors import EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE
 from pengi_search.model import gpt2_config
 from pengi_search.tokenization import Tokenizers
 from trainer.config import ConfigError, TrainConfig, load_config, parse_overrides
 from trainer.dry_run import dry_run_report
 from trainer.evaluation import generate_answers
-from trainer.loop import EXIT_PARTIAL, EXIT_USAGE, Trainer, run_training, train
+from trainer.loop import Trainer, train
 from trainer.model_setup import apply_freezing, build_model, set_train_mode
 from trainer.objective import AnswerNll
 from trainer.reporting import METRICS_FILE, read_metrics
@@ -89,6 +90,16 @@ def write_config(folder: Path, model_dir: Path, manifest: Path, **sections: Any)
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(merge(base, sections)))
     return path
+
+
+def train_command(config_path: Path, *options: str) -> Result:
+    """`pengi-search train CONFIG [OPTIONS]` as a user runs it (the same command as `python -m trainer`)."""
+    return CliRunner().invoke(app, ["train", str(config_path), *options])
+
+
+def check_trained(config_path: Path, *options: str) -> None:
+    result = train_command(config_path, *options)
+    assert result.exit_code == 0, result.output
 
 
 def losses(output_dir: Path) -> list[tuple[int, float]]:
@@ -207,7 +218,7 @@ def uninterrupted(tmp_path_factory, sounds, tiny_model_dir) -> Path:
         optimization={"max_steps": 6, "grad_accumulation": 2},
         checkpoints={"every": 3},
     )
-    assert run_training(config_path) == 0
+    check_trained(config_path)
     return folder
 
 
@@ -250,11 +261,10 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(uninterrupted, tmp_p
 
     with monkeypatch.context() as patch:
         patch.setattr(Trainer, "_after_step", crash_after_step_4)
-        with pytest.raises(Crash):
-            run_training(config_path)
+        assert isinstance(train_command(config_path).exception, Crash)
     assert [step for step, _ in losses(tmp_path / "run")] == [1, 2, 3, 4]
-    assert run_training(config_path) == 1  # a fresh run would overwrite the checkpoints
-    assert run_training(config_path, resume=True) == 0
+    assert train_command(config_path).exit_code == EXIT_FAILED  # a fresh run would overwrite the checkpoints
+    check_trained(config_path, "--resume")
 
     assert losses(tmp_path / "run") == losses(uninterrupted / "run")
     assert [step for step, _ in losses(tmp_path / "run")] == [1, 2, 3, 4, 5, 6]
@@ -263,10 +273,11 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(uninterrupted, tmp_p
     assert all(torch.equal(resumed[key], reference[key]) for key in reference)
 
 
-def test_resume_without_a_checkpoint_fails_clearly(tmp_path, sounds, tiny_model_dir, capsys) -> None:
+def test_resume_without_a_checkpoint_fails_clearly(tmp_path, sounds, tiny_model_dir) -> None:
     config_path = write_config(tmp_path, tiny_model_dir, sounds / "train.jsonl")
-    assert run_training(config_path, resume=True) == 1
-    assert "no checkpoint to resume from" in capsys.readouterr().err
+    result = train_command(config_path, "--resume")
+    assert result.exit_code == EXIT_FAILED
+    assert "no checkpoint to resume from" in result.stderr
 
 
 def test_clips_that_fail_to_load_are_skipped_and_counted(tmp_path, sounds, tiny_model_dir) -> None:
@@ -278,7 +289,7 @@ def test_clips_that_fail_to_load_are_skipped_and_counted(tmp_path, sounds, tiny_
     manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
     # Batches of one: the broken clip's micro-batch is empty and trains on nothing.
     config_path = write_config(tmp_path, tiny_model_dir, manifest, data={"batch_size": 1})
-    assert run_training(config_path) == 0
+    check_trained(config_path)
     records = read_metrics(tmp_path / "run" / METRICS_FILE, "train")
     assert [record["skipped"] for record in records].count(1) == 1 and sum(r["skipped"] for r in records) == 1
     assert sum(record["samples"] for record in records) == 3
@@ -313,8 +324,8 @@ def test_two_gloo_processes_equal_one_process_with_the_combined_batch(tmp_path, 
         [*command, "-m", "trainer", str(two)], env=env, capture_output=True, text=True, timeout=600
     )
     assert launched.returncode == 0, launched.stderr[-3000:]
-    assert run_training(one) == 0
-    assert run_training(accumulated) == 0
+    check_trained(one)
+    check_trained(accumulated)
 
     (end,) = read_metrics(tmp_path / "two" / "run" / METRICS_FILE, "end")
     assert end["ranks_in_sync"] and len(set(end["rank_digests"])) == 1 and len(end["rank_digests"]) == 2
@@ -373,7 +384,7 @@ def test_from_scratch_takes_the_language_model_and_clip_text_tower_from_local_di
 # --- Configuration, dry run --------------------------------------------------------------------------------------
 
 
-def test_config_reads_types_and_rejects_unknown_keys(tmp_path, sounds, tiny_model_dir, capsys) -> None:
+def test_config_reads_types_and_rejects_unknown_keys(tmp_path, sounds, tiny_model_dir) -> None:
     path = write_config(tmp_path, tiny_model_dir, sounds / "train.jsonl", optimization={"lr": "1e-4"})
     config = load_config(path)
     assert config.optimization.lr == 1e-4 and config.data.train == sounds / "train.jsonl"
@@ -382,13 +393,13 @@ def test_config_reads_types_and_rejects_unknown_keys(tmp_path, sounds, tiny_mode
     bad = write_config(tmp_path / "bad", tiny_model_dir, sounds / "train.jsonl", optimization={"learning_rate": 1})
     with pytest.raises(ConfigError, match="unknown key optimization.learning_rate"):
         load_config(bad)
-    assert run_training(bad) == EXIT_USAGE
-    assert "optimization.learning_rate" in capsys.readouterr().err
+    result = train_command(bad)
+    assert result.exit_code == EXIT_USAGE and "optimization.learning_rate" in result.stderr
     both = write_config(tmp_path / "both", tiny_model_dir, sounds / "train.jsonl", optimization={"epochs": 2})
     with pytest.raises(ConfigError, match="exactly one of max_steps and epochs"):
         load_config(both)
-    assert run_training(path, overrides={"runtime.precision": "bf16"}) == EXIT_USAGE  # autocast is for CUDA
-    assert "needs a CUDA device" in capsys.readouterr().err
+    result = train_command(path, "--set", "runtime.precision=bf16")  # autocast is for CUDA
+    assert result.exit_code == EXIT_USAGE and "needs a CUDA device" in result.stderr
     overrides = parse_overrides(["optimization.lr=3e-3", "freeze.audio_encoder=true", "data.validation=null"])
     assert load_config(path, overrides).optimization.lr == 3e-3
     assert overrides == {"optimization.lr": "3e-3", "freeze.audio_encoder": True, "data.validation": None}
@@ -404,7 +415,7 @@ def test_the_example_config_loads_and_shows_every_key() -> None:
             assert sorted(raw[section.name]) == sorted(f.name for f in dataclasses.fields(value)), section.name
 
 
-def test_dry_run_counts_missing_and_broken_audio_and_prints_the_task_mix(tmp_path, sounds, tiny_model_dir, capsys):
+def test_dry_run_counts_missing_and_broken_audio_and_prints_the_task_mix(tmp_path, sounds, tiny_model_dir):
     (tmp_path / "broken.wav").write_text("not audio")
     rows = [
         {"audio": str(sounds / "hum.wav"), "task": "caption", "answer": "a low hum"},
@@ -424,8 +435,9 @@ def test_dry_run_counts_missing_and_broken_audio_and_prints_the_task_mix(tmp_pat
     assert check.tasks == {"caption": 3, "sound_event": 2, "qa": 1}
     assert report.exit_code == EXIT_PARTIAL
 
-    assert run_training(config_path, dry_run=True) == EXIT_PARTIAL
-    out = capsys.readouterr().out
+    result = train_command(config_path, "--dry-run")
+    assert result.exit_code == EXIT_PARTIAL
+    out = result.stdout
     assert "6 examples, 4 usable, 1 missing, 1 unreadable" in out
     assert "gone.wav: file not found" in out
     assert "sound_event" in out and "33.3%" in out and "50.0%" in out

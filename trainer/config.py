@@ -16,10 +16,11 @@ from typing import Any
 
 import yaml
 
+from pengi_search.choices import Device
 from pengi_search.errors import UsageError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = tuple(d.value for d in Device)
 
 
 class ConfigError(UsageError):

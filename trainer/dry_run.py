@@ -10,6 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from pengi_search.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL
 from trainer.config import TrainConfig
 from trainer.data import Example, LoadAudio, check_audio, read_manifest, task_mix
 
@@ -48,8 +49,8 @@ class DryRunReport:
     def exit_code(self) -> int:
         """0: ready; 1: the run cannot start (a model file is missing, no usable example); 3: some audio unusable."""
         if self.model_problems or any(check.usable == 0 for check in self.manifests):
-            return 1
-        return 3 if any(check.problems for check in self.manifests) else 0
+            return EXIT_FAILED
+        return EXIT_PARTIAL if any(check.problems for check in self.manifests) else EXIT_OK
 
 
 def dry_run_report(config: TrainConfig, *, load_audio: LoadAudio | None = None) -> DryRunReport:
@@ -114,5 +115,9 @@ def print_dry_run(report: DryRunReport, console: Console) -> None:
         console.print(f"[bold red]model:[/] {problem}", soft_wrap=True)
     plan = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in report.plan.items())
     console.print(f"plan: {plan}", soft_wrap=True)
-    verdict = {0: "ready to train", 1: "cannot train", 3: "ready; unusable clips will be skipped"}
+    verdict = {
+        EXIT_OK: "ready to train",
+        EXIT_FAILED: "cannot train",
+        EXIT_PARTIAL: "ready; unusable clips will be skipped",
+    }
     console.print(f"[bold]{verdict[report.exit_code]}[/]")

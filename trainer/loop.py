@@ -1,10 +1,11 @@
 """The training loop: Adam with linear warm-up and decay, accumulation, clipping, mixed precision and DDP.
 
-`run_training` is what the command lines call (`python -m trainer`, `pengi-search train`); `train` is the same
-run as a function returning the trained model. One optimizer step reads `grad_accumulation` micro-batches on
-every process; its loss is the summed answer-token NLL divided by the answer tokens of all of them, so any split
-of a batch across micro-batches and processes gives the same gradient. Rank 0 logs, evaluates samples, writes
-checkpoints and exports the final model directory (`<output_dir>/model`).
+`train` runs what a configuration describes and returns the trained model (`pengi-search train` and
+`python -m trainer` call it); a run that cannot start or go on raises a `PengiSearchError`, which the command line
+turns into its exit code. One optimizer step reads `grad_accumulation` micro-batches on every process; its loss is
+the summed answer-token NLL divided by the answer tokens of all of them, so any split of a batch across
+micro-batches and processes gives the same gradient. Rank 0 logs, evaluates samples, writes checkpoints and exports
+the final model directory (`<output_dir>/model`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,8 @@ from torch.utils.data import DataLoader
 from pengi_search.checkpoint import CheckpointError
 from pengi_search.errors import PengiSearchError
 from pengi_search.model import Pengi
-from pengi_search.tokenization import TokenizerNotFoundError, Tokenizers
-from trainer.config import ConfigError, RuntimeSection, TrainConfig, load_config
+from pengi_search.tokenization import Tokenizers
+from trainer.config import ConfigError, RuntimeSection, TrainConfig
 from trainer.data import AudioTextDataset, Batch, Example, ManifestError, collate_examples, read_manifest
 from trainer.distributed import (
     Processes,
@@ -40,7 +41,6 @@ from trainer.distributed import (
     sum_across,
     wait_for_all,
 )
-from trainer.dry_run import dry_run_report, print_dry_run
 from trainer.evaluation import sample_generations, validation_loss
 from trainer.model_setup import (
     apply_freezing,
@@ -68,8 +68,6 @@ from trainer.state import (
     seed_everything,
 )
 
-# Exit codes, as the pengi-search command line uses them.
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 MODEL_DIR = "model"
 
 log = logging.getLogger(__name__)
@@ -85,39 +83,6 @@ class TrainingResult:
     tokenizers: Tokenizers
     model_dir: Path | None  # the exported model directory (rank 0)
     steps: int
-
-
-def run_training(
-    config_path: Path,
-    *,
-    dry_run: bool = False,
-    resume: bool | Path = False,
-    quiet: bool | None = None,
-    overrides: Mapping[str, Any] | None = None,
-    console: Console | None = None,
-) -> int:
-    """Train (or, with `dry_run`, check the data) as the configuration says; returns the exit code.
-
-    `resume`: True continues from the run's latest checkpoint, a path from that checkpoint.
-    Exit codes: 0 done; 1 the run failed; 2 bad configuration or manifest; 3 (dry run) some audio is unusable.
-    """
-    console = console or Console(stderr=True, highlight=False)
-    try:
-        config = load_config(config_path, overrides)
-        if quiet is not None:
-            config.logging.quiet = quiet
-        if dry_run:
-            report = dry_run_report(config)
-            print_dry_run(report, Console(highlight=False))
-            return report.exit_code
-        train(config, resume=resume, source=Path(config_path), console=console)
-    except (ConfigError, ManifestError) as error:
-        console.print(f"[bold red]error:[/] {error}", soft_wrap=True)
-        return EXIT_USAGE
-    except (CheckpointError, TokenizerNotFoundError, TrainingError) as error:
-        console.print(f"[bold red]error:[/] {error}", soft_wrap=True)
-        return EXIT_FAILED
-    return EXIT_OK
 
 
 def train(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import describe, index, model, search, train
+from . import classify, describe, index, model, search, train
 
 app = typer.Typer(
     name="pengi-search",
@@ -18,7 +18,7 @@ app.command()(describe.ask)
 app.add_typer(model.app, name="model")
 app.command()(search.query)
 app.command()(search.similar)
-app.command()(search.classify)
+app.command()(classify.classify)
 app.command()(index.index)
 app.command("rebuild-index")(index.rebuild_index)
 app.command()(index.stats)

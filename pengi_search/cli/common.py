@@ -5,16 +5,20 @@ Nothing here imports torch: `--help` and quick commands stay fast.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import json
 import os
 import sys
+import typing
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 
+from ..choices import Device
 from ..errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, PengiSearchError, UsageError
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "UsageError"]
@@ -24,16 +28,20 @@ out_console = Console(highlight=False)
 
 ModelOption = Annotated[
     str | None,
-    typer.Option("--model", "-m", help="Model name or directory [env: PENGI_SEARCH_MODEL; default: installed base]"),
+    typer.Option("--model", "-m", help="Model name or directory \\[env: PENGI_SEARCH_MODEL; default: installed base]"),
 ]
-DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu or cuda (bf16 autocast on CUDA).")]
+DeviceOption = Annotated[
+    Device, typer.Option("--device", help="Where the model runs: auto is CUDA when there is a GPU (bf16 autocast).")
+]
 BatchOption = Annotated[int, typer.Option("--batch-size", min=1, help="Windows decoded together.")]
 BeamOption = Annotated[int, typer.Option("--beam", min=1, help="Beam width (the paper uses 5, its example 3).")]
 MaxLenOption = Annotated[int, typer.Option("--max-len", min=1, help="Most tokens generated per answer.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 DbOption = Annotated[
     str | None,
-    typer.Option("--db", help="Database URL or SQLite file [env: PENGI_SEARCH_DB; default: index.db in the data dir]"),
+    typer.Option(
+        "--db", help="Database URL or SQLite file \\[env: PENGI_SEARCH_DB; default: index.db in the data dir]"
+    ),
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
@@ -60,6 +68,52 @@ def handle_errors(func: F) -> F:
             fail(_one_line(err), err.exit_code if isinstance(err, PengiSearchError) else EXIT_FAILED)
 
     return wrapper  # type: ignore[return-value]
+
+
+def options_from(group: type, parameter: str) -> Callable[[F], F]:
+    """Give a command the fields of the dataclass `group` as its own options, declared once on the dataclass.
+
+    Typer reads a command's options from its signature: the signature shown to it has `group`'s fields in place of
+    the command's `parameter`, and the command is called with one `group` instance there. The fields' annotations
+    are Typer `Annotated` options, their defaults the options' defaults.
+    """
+    hints = typing.get_type_hints(group, include_extras=True)
+    fields = dataclasses.fields(group)
+    names = [field.name for field in fields]
+
+    def as_parameters(kind: Any) -> list[inspect.Parameter]:
+        return [
+            inspect.Parameter(
+                field.name,
+                kind,
+                default=inspect.Parameter.empty if field.default is dataclasses.MISSING else field.default,
+                annotation=hints[field.name],
+            )
+            for field in fields
+        ]
+
+    def decorate(command: F) -> F:
+        signature = inspect.signature(command, eval_str=True)
+        parameters: list[inspect.Parameter] = []
+        for param in signature.parameters.values():
+            parameters += as_parameters(param.kind) if param.name == parameter else [param]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> Any:
+            values = {name: kwargs.pop(name) for name in names}
+            return command(**kwargs, **{parameter: group(**values)})
+
+        wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {param.name: param.annotation for param in parameters}
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def shown_path(path: str) -> str:
+    """Paths below the current folder are shown relative to it (shorter tables); JSON keeps them absolute."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
 
 
 def _one_line(err: BaseException) -> str:

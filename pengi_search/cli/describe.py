@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from ..choices import Device
 from .common import (
     EXIT_OK,
     EXIT_PARTIAL,
@@ -20,17 +21,34 @@ from .common import (
     QuietOption,
     err_console,
     handle_errors,
+    options_from,
     out_console,
     print_json,
     progress_bar,
     show_progress,
 )
 
+if TYPE_CHECKING:
+    from ..decoding import GenerationConfig
+    from ..inference import Engine
+
 FilesArgument = Annotated[list[Path], typer.Argument(help="Audio files (wav, flac, ogg, opus, mp3, m4a, ...).")]
 HopOption = Annotated[float, typer.Option("--hop", min=0.5, help="Seconds between window starts (windows last 7 s).")]
 AnswerPrefixOption = Annotated[
     str, typer.Option("--answer-prefix", help="Text the answer must start with; the model continues it.")
 ]
+
+
+@dataclass(frozen=True)
+class DescribeOptions:
+    """The options `describe` and `ask` share: which model on which device, the beam search, and the windows."""
+
+    model: ModelOption = None
+    device: DeviceOption = Device.auto
+    beam: BeamOption = 3
+    max_len: MaxLenOption = 30
+    batch_size: BatchOption = 16
+    hop: HopOption = 7.0
 
 
 @dataclass
@@ -44,53 +62,53 @@ class FileResult:
 def _describe_files(
     files: list[Path],
     prompts: dict[str, str],
+    options: DescribeOptions,
     *,
-    model: str | None,
-    device: str,
-    beam: int,
-    max_len: int,
-    batch_size: int,
-    hop: float,
     answer_prefix: str,
-    quiet: bool,
-    json_output: bool,
+    progress: bool,
 ) -> list[FileResult]:
-    import numpy as np
-
-    from ..audio import AudioDecodeError, iter_windows, probe
     from ..decoding import GenerationConfig
     from ..inference import Engine
     from ..models import resolve_model_dir
 
-    engine = Engine.load(resolve_model_dir(model), device, batch_size)
-    gen = GenerationConfig(beam=beam, max_len=max_len)
-    keys, texts = list(prompts), list(prompts.values())
+    engine = Engine.load(resolve_model_dir(options.model), options.device, options.batch_size)
+    gen = GenerationConfig(beam=options.beam, max_len=options.max_len)
     results = []
     with progress_bar() as bar:
-        task = bar.add_task("describing", total=len(files), rate="", visible=show_progress(quiet, json_output))
+        task = bar.add_task("describing", total=len(files), rate="", visible=progress)
         for path in files:
-            try:
-                info = probe(path)
-                windows = list(iter_windows(path, hop_s=hop))
-            except AudioDecodeError as err:
-                results.append(FileResult(path, 0.0, [], str(err)))
-                err_console.print(f"[red]skipped[/] {err}")
-                bar.advance(task)
-                continue
-            embeds = engine.audio_embeddings(np.stack([w.samples for w in windows]))
-            answers = engine.generate(embeds, texts, gen, additional_text=answer_prefix)
-            rows = [
-                {
-                    "start_s": round(w.start_s, 3),
-                    "end_s": round(w.end_s, 3),
-                    "answers": {k: a.text for k, a in zip(keys, per_window, strict=True)},
-                    "scores": {k: round(a.score, 4) for k, a in zip(keys, per_window, strict=True)},
-                }
-                for w, per_window in zip(windows, answers, strict=True)
-            ]
-            results.append(FileResult(path, info.duration_s, rows))
+            results.append(_describe_file(engine, path, prompts, gen, hop=options.hop, answer_prefix=answer_prefix))
             bar.advance(task)
     return results
+
+
+def _describe_file(
+    engine: Engine, path: Path, prompts: dict[str, str], gen: GenerationConfig, *, hop: float, answer_prefix: str
+) -> FileResult:
+    """Every window's answer to every prompt; a file that cannot be decoded is reported and skipped."""
+    import numpy as np
+
+    from ..audio import AudioDecodeError, iter_windows, probe
+
+    try:
+        info = probe(path)
+        windows = list(iter_windows(path, hop_s=hop))
+    except AudioDecodeError as err:
+        err_console.print(f"[red]skipped[/] {err}")
+        return FileResult(path, 0.0, [], str(err))
+    keys, texts = list(prompts), list(prompts.values())
+    embeds = engine.audio_embeddings(np.stack([w.samples for w in windows]))
+    answers = engine.generate(embeds, texts, gen, additional_text=answer_prefix)
+    rows = [
+        {
+            "start_s": round(w.start_s, 3),
+            "end_s": round(w.end_s, 3),
+            "answers": {k: a.text for k, a in zip(keys, per_window, strict=True)},
+            "scores": {k: round(a.score, 4) for k, a in zip(keys, per_window, strict=True)},
+        }
+        for w, per_window in zip(windows, answers, strict=True)
+    ]
+    return FileResult(path, info.duration_s, rows)
 
 
 def _to_json(results: list[FileResult]) -> list[dict]:
@@ -113,23 +131,26 @@ def _print_text(results: list[FileResult], show_keys: bool) -> None:
                 span = " " * len(span)
 
 
-def _exit_code(results: list[FileResult]) -> int:
-    return EXIT_PARTIAL if any(r.error for r in results) else EXIT_OK
+def _show(results: list[FileResult], *, json_output: bool, asked: bool) -> None:
+    """Print the results and exit (3 when a file failed); `asked`: `ask`'s form, one file's object and bare answers."""
+    if json_output:
+        data = _to_json(results)
+        print_json(data[0] if asked else data)
+    else:
+        _print_text(results, show_keys=not asked)
+    raise typer.Exit(EXIT_PARTIAL if any(r.error for r in results) else EXIT_OK)
 
 
 @handle_errors
+@options_from(DescribeOptions, "options")
 def describe(
     files: FilesArgument,
     prompt: Annotated[
         list[str] | None,
         typer.Option("--prompt", "-p", help="Prompt to answer (repeatable). Default: caption, metadata, sound events."),
     ] = None,
-    model: ModelOption = None,
-    device: DeviceOption = "auto",
-    beam: BeamOption = 3,
-    max_len: MaxLenOption = 30,
-    batch_size: BatchOption = 16,
-    hop: HopOption = 7.0,
+    *,
+    options: DescribeOptions,
     answer_prefix: AnswerPrefixOption = "",
     json_output: JsonOption = False,
     quiet: QuietOption = False,
@@ -144,36 +165,18 @@ def describe(
     from ..inference import DEFAULT_PROMPTS
 
     prompts = {p: p for p in prompt} if prompt else dict(DEFAULT_PROMPTS)
-    results = _describe_files(
-        files,
-        prompts,
-        model=model,
-        device=device,
-        beam=beam,
-        max_len=max_len,
-        batch_size=batch_size,
-        hop=hop,
-        answer_prefix=answer_prefix,
-        quiet=quiet,
-        json_output=json_output,
-    )
-    if json_output:
-        print_json(_to_json(results))
-    else:
-        _print_text(results, show_keys=True)
-    raise typer.Exit(_exit_code(results))
+    progress = show_progress(quiet, json_output)
+    results = _describe_files(files, prompts, options, answer_prefix=answer_prefix, progress=progress)
+    _show(results, json_output=json_output, asked=False)
 
 
 @handle_errors
+@options_from(DescribeOptions, "options")
 def ask(
     file: Annotated[Path, typer.Argument(help="Audio file.")],
     question: Annotated[str, typer.Argument(help='A question about the sound, e.g. "is the engine healthy?"')],
-    model: ModelOption = None,
-    device: DeviceOption = "auto",
-    beam: BeamOption = 3,
-    max_len: MaxLenOption = 30,
-    batch_size: BatchOption = 16,
-    hop: HopOption = 7.0,
+    *,
+    options: DescribeOptions,
     json_output: JsonOption = False,
 ) -> None:
     """Answer a question about a sound (audio question answering), for each 7 s window.
@@ -183,21 +186,5 @@ def ask(
     from ..inference import question_prompt
 
     prompts = {"answer": question_prompt(question)}
-    results = _describe_files(
-        [file],
-        prompts,
-        model=model,
-        device=device,
-        beam=beam,
-        max_len=max_len,
-        batch_size=batch_size,
-        hop=hop,
-        answer_prefix="",
-        quiet=True,
-        json_output=json_output,
-    )
-    if json_output:
-        print_json(_to_json(results)[0])
-    else:
-        _print_text(results, show_keys=False)
-    raise typer.Exit(_exit_code(results))
+    results = _describe_files([file], prompts, options, answer_prefix="", progress=False)
+    _show(results, json_output=json_output, asked=True)

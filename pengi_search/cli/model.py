@@ -7,7 +7,12 @@ from typing import Annotated
 
 import typer
 
+from ..choices import Choice
+from ..download import RELEASES
 from .common import JsonOption, ModelOption, QuietOption, err_console, handle_errors, out_console, print_json, warn
+
+# The released checkpoints `model fetch` can download, as a choice; `download.RELEASES` is where they are listed.
+ReleaseName = Choice("ReleaseName", [(name, name) for name in RELEASES], module=__name__)
 
 app = typer.Typer(help="Download, import and inspect Pengi models.", no_args_is_help=True)
 
@@ -40,7 +45,9 @@ def _report(target: Path, missing: list[str]) -> None:
 @app.command("fetch")
 @handle_errors
 def fetch(
-    name: Annotated[str, typer.Argument(help="base (with CLIP text encoder) or base_no_text_enc.")] = "base",
+    name: Annotated[
+        ReleaseName, typer.Argument(help="The release: base has a CLIP text encoder, base_no_text_enc none.")
+    ] = ReleaseName.base,  # type: ignore[attr-defined]
     url: Annotated[str | None, typer.Option("--url", help="Download from this mirror or local file instead.")] = None,
     tokenizer_dir: Annotated[
         list[str] | None,

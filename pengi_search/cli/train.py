@@ -1,4 +1,7 @@
-"""`train`: build or fine-tune Pengi from audio-text data (the `trainer` package does the work)."""
+"""`train`: build or fine-tune Pengi from audio-text data (the `trainer` package does the work).
+
+`python -m trainer` and `torchrun ... -m trainer` enter here too (see `trainer/__main__.py`).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,10 @@ from typing import Annotated
 
 import typer
 
-from .common import EXIT_USAGE, fail
+from .common import err_console, handle_errors, out_console
 
 
+@handle_errors
 def train(
     config: Annotated[Path, typer.Argument(help="Training configuration (YAML); see trainer/example.yaml.")],
     dry_run: Annotated[
@@ -33,12 +37,15 @@ def train(
 
     Example: pengi-search train config.yaml --dry-run
     """
-    from trainer.config import ConfigError, parse_overrides
-    from trainer.loop import run_training
+    from trainer.config import load_config, parse_overrides
+    from trainer.dry_run import dry_run_report, print_dry_run
+    from trainer.loop import train as run_training
 
-    try:
-        overrides = parse_overrides(set_ or [])
-    except ConfigError as err:
-        fail(str(err), EXIT_USAGE)
-    code = run_training(config, dry_run=dry_run, resume=resume_from or resume, quiet=quiet or None, overrides=overrides)
-    raise typer.Exit(code)
+    settings = load_config(config, parse_overrides(set_ or []))
+    if quiet:  # without --quiet, the configuration's logging.quiet decides
+        settings.logging.quiet = True
+    if dry_run:
+        report = dry_run_report(settings)
+        print_dry_run(report, out_console)
+        raise typer.Exit(report.exit_code)
+    run_training(settings, resume=resume_from or resume, source=config, console=err_console)

@@ -1,0 +1,54 @@
+"""The fixed choices a caller makes, as string enums: the command line offers them (Typer lists them in `--help`
+and rejects anything else as bad usage) and the layers below compare against them.
+
+Members are `str`s, so they compare equal to their values, serialise as them (JSON, SQL) and print as them.
+The module imports nothing heavy: every command's `--help` loads it.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Choice(str, Enum):
+    """A string enum whose members print as their value ("cpu", not "Device.cpu")."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Device(Choice):
+    """Where the model runs: `auto` is CUDA when PyTorch sees a GPU, else the CPU."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class By(Choice):
+    """What a search returns: the best window of each file, or every matching window."""
+
+    file = "file"
+    window = "window"
+
+
+class IndexType(Choice):
+    """The FAISS index: exact search, HNSW graph, or IVF-PQ (compressed, for millions of windows)."""
+
+    flat = "flat"
+    hnsw = "hnsw"
+    ivfpq = "ivfpq"
+
+
+class Method(Choice):
+    """How `classify` scores labels: caption vs label embeddings (the paper's default), or label likelihood."""
+
+    text = "text"
+    loglik = "loglik"
+
+
+class LoglikScore(Choice):
+    """A label's likelihood score: mean log-probability per token, or their sum (favours short labels)."""
+
+    mean = "mean"
+    total = "total"

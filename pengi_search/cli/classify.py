@@ -1,0 +1,310 @@
+"""`classify`: zero-shot classification of a file or a folder against the user's labels, with optional scores
+against known labels.
+
+The command reads its inputs, classifies every file, scores the result and shows it: one small function a step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from ..choices import Device, LoglikScore, Method
+from .common import (
+    EXIT_OK,
+    EXIT_PARTIAL,
+    BatchOption,
+    BeamOption,
+    DbOption,
+    DeviceOption,
+    JsonOption,
+    MaxLenOption,
+    ModelOption,
+    QuietOption,
+    UsageError,
+    err_console,
+    handle_errors,
+    options_from,
+    out_console,
+    print_json,
+    progress_bar,
+    show_progress,
+    shown_path,
+)
+
+if TYPE_CHECKING:
+    from ..classify import Classifier, ClassifySettings, Prediction, Truth
+
+Failure = tuple[str, str]  # (path, reason)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a classify run found: each file's prediction, the files that failed, and scores against the truth."""
+
+    method: Method
+    labels: list[str]
+    predictions: list[Prediction]
+    failures: list[Failure]
+    metrics: dict[str, Any] | None  # None without --truth
+
+    def to_json(self, top: int) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "labels": self.labels,
+            "results": [p.to_json(top) for p in self.predictions],
+            "errors": [{"file": path, "error": reason} for path, reason in self.failures],
+            "metrics": self.metrics,
+        }
+
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    """How labels are scored: the options that make `classify.ClassifySettings` (same field names)."""
+
+    method: Annotated[
+        Method, typer.Option("--method", help="text: caption vs label embeddings (paper default); loglik: likelihood.")
+    ] = Method.text
+    template: Annotated[str, typer.Option("--template", help='Label text, e.g. "this is a sound of {label}".')] = (
+        "{label}"
+    )
+    prompt: Annotated[str, typer.Option("--prompt", help="loglik: the prompt the label answers.")] = (
+        "this is a sound of"
+    )
+    loglik_score: Annotated[
+        LoglikScore, typer.Option("--loglik-score", help="loglik: mean (per token, default) or total log-probability.")
+    ] = LoglikScore.mean
+    text_embedder: Annotated[
+        str | None,
+        typer.Option("--text-embedder", help="text: 'pengi' (default) or 'sentence-transformers:NAME'."),
+    ] = None
+    beam: BeamOption = 3
+    max_len: MaxLenOption = 30
+
+    def settings(self) -> ClassifySettings:
+        """The classification settings; a template without its {label} placeholder is bad usage."""
+        from ..classify import ClassifySettings
+
+        try:
+            return ClassifySettings(**dataclasses.asdict(self))
+        except ValueError as err:
+            raise UsageError("", str(err)) from None
+
+
+@handle_errors
+@options_from(ScoringOptions, "scoring")
+def classify(
+    target: Annotated[Path, typer.Argument(help="An audio file, or a folder (searched recursively).")],
+    labels: Annotated[Path, typer.Option("--labels", "-l", help="One label per line, or a CSV with a 'label' column.")],
+    *,
+    scoring: ScoringOptions,
+    top: Annotated[int, typer.Option("--top", min=1, help="Labels shown per file.")] = 5,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder input: CSV file to write.")] = None,
+    truth: Annotated[
+        Path | None, typer.Option("--truth", help="CSV of known labels (file/filename/path, label): prints scores.")
+    ] = None,
+    db: DbOption = None,
+    model: ModelOption = None,
+    device: DeviceOption = Device.auto,
+    batch_size: BatchOption = 16,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Zero-shot classification of a file, or of every audio file in a folder (a CSV), against your labels.
+
+    Files already indexed (and unchanged) by the same model reuse their stored captions or audio embeddings.
+
+    Example: pengi-search classify recordings/ --labels labels.txt --output predictions.csv --truth truth.csv
+    """
+    from ..classify import evaluate
+
+    label_list, known = _read_inputs(labels, truth)
+    settings = scoring.settings()
+    files, failures = _files_of(target)
+    predictions, failed = _classify_files(
+        files,
+        label_list,
+        settings,
+        db=db,
+        model=model,
+        device=device,
+        batch_size=batch_size,
+        visible=show_progress(quiet, json_output),
+    )
+    metrics = None if known is None else evaluate(predictions, known)
+    outcome = Outcome(scoring.method, label_list, predictions, failures + failed, metrics)
+    if output is not None:
+        _write_csv(outcome, output, top)
+    if json_output:
+        print_json(outcome.to_json(top))
+    elif target.is_dir():
+        _show_folder(outcome, top, csv_written=output is not None)
+    else:
+        _show_file(outcome, top)
+    raise typer.Exit(EXIT_PARTIAL if outcome.failures else EXIT_OK)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inputs: labels, truth, settings and files
+
+
+def _read_inputs(labels: Path, truth: Path | None) -> tuple[list[str], Truth | None]:
+    from ..classify import LabelsError, read_labels, read_truth
+
+    try:
+        return read_labels(labels), None if truth is None else read_truth(truth)
+    except LabelsError as err:
+        raise UsageError("", str(err)) from None
+
+
+def _files_of(target: Path) -> tuple[list[str], list[Failure]]:
+    """The audio files to classify (a folder's, recursively and sorted) and those that cannot be read."""
+    if target.is_dir():
+        return _audio_files(target)
+    if target.is_file():
+        return [os.fspath(target)], []
+    raise UsageError("", f"{target}: no such file or folder")
+
+
+def _audio_files(target: Path) -> tuple[list[str], list[Failure]]:
+    """The audio files in a folder (recursively, sorted), and those that cannot be read with the reason."""
+    from indexer.scan import ScanError, scan
+
+    from ..audio import AUDIO_EXTENSIONS
+
+    try:
+        result = scan([target], frozenset(AUDIO_EXTENSIONS))
+    except ScanError as err:
+        raise UsageError("", str(err)) from None
+    files = [e.path for e in result.entries if e.problem is None]
+    problems = [(e.path, e.problem) for e in result.entries if e.problem is not None]
+    return files, problems + list(result.unreadable_dirs)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Classifying
+
+
+def _classify_files(
+    files: list[str],
+    labels: list[str],
+    settings: ClassifySettings,
+    *,
+    db: str | None,
+    model: str | None,
+    device: Device,
+    batch_size: int,
+    visible: bool,
+) -> tuple[list[Prediction], list[Failure]]:
+    """Each file's prediction (and the files that failed), reusing what an existing library holds."""
+    from ..classify import Classifier
+    from ..models import resolve_model_dir
+
+    library = _open_library(db)
+    try:
+        model_dir = resolve_model_dir(model)
+        classifier = Classifier(
+            labels, settings, model_dir=model_dir, library=library, device=device, batch_size=batch_size
+        )
+        return _run_classifier(classifier, files, visible=visible)
+    finally:
+        if library is not None:
+            library.close()
+
+
+def _open_library(db: str | None) -> Any:
+    """The library when its database exists (classify never creates one), else None."""
+    from ..db import resolve_db_url, sqlite_file
+    from ..library import Library
+
+    url = resolve_db_url(db)
+    db_file = sqlite_file(url)
+    if db_file is not None and not db_file.exists():
+        return None
+    return Library.open(url)
+
+
+def _run_classifier(
+    classifier: Classifier, files: list[str], *, visible: bool
+) -> tuple[list[Prediction], list[Failure]]:
+    """Classify the files one by one; a file that cannot be decoded is reported and skipped."""
+    from ..audio import AudioDecodeError
+
+    predictions, failures = [], []
+    classifier.prepare(files)
+    with progress_bar() as bar:
+        task = bar.add_task("classifying", total=len(files), rate="", visible=visible)
+        for path in files:
+            try:
+                predictions.append(classifier.classify(path))
+            except AudioDecodeError as err:
+                failures.append((path, err.reason))
+                err_console.print(f"[red]skipped[/] {err}")
+            bar.advance(task)
+    return predictions, failures
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Output
+
+
+def _write_csv(outcome: Outcome, output: Path, top: int) -> None:
+    from ..classify import write_csv
+
+    with open(output, "w", newline="", encoding="utf-8") as out:
+        write_csv(outcome.predictions, out, top)
+
+
+def _show_folder(outcome: Outcome, top: int, *, csv_written: bool) -> None:
+    """A folder's CSV on stdout unless --output took it; the scores then go to stderr, to keep the CSV clean."""
+    from ..classify import write_csv
+
+    if not csv_written:
+        write_csv(outcome.predictions, sys.stdout, top)
+    if outcome.metrics is not None:
+        _print_metrics(outcome.metrics, out_console if csv_written else err_console)
+
+
+def _show_file(outcome: Outcome, top: int) -> None:
+    for prediction in outcome.predictions:
+        _print_ranked(prediction, top)
+    if outcome.metrics is not None:
+        _print_metrics(outcome.metrics, out_console)
+
+
+def _print_ranked(prediction: Prediction, top: int) -> None:
+    from rich.table import Table
+
+    out_console.print(
+        f"[bold]{shown_path(prediction.path)}[/]  ({prediction.windows} window{'s' * (prediction.windows != 1)})"
+    )
+    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+    table.add_column("#", justify="right")
+    table.add_column("label")
+    table.add_column("score", justify="right")
+    for rank, (label, score) in enumerate(prediction.ranked[:top], 1):
+        table.add_row(str(rank), label, f"{score:.4f}")
+    out_console.print(table)
+
+
+def _print_metrics(metrics: dict[str, Any], console: Any) -> None:
+    from rich.table import Table
+
+    if metrics["accuracy"] is None:
+        console.print("no classified file is in the truth file")
+        return
+    console.print(f"accuracy {metrics['accuracy']:.4f} ({metrics['correct']}/{metrics['files']} files)")
+    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+    for name in ("label", "precision", "recall", "f1", "support"):
+        table.add_column(name, justify="left" if name == "label" else "right")
+    for label, m in metrics["per_class"].items():
+        table.add_row(label, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
+    console.print(table)
+    if metrics["unmatched"]:
+        console.print(f"{len(metrics['unmatched'])} classified file(s) are not in the truth file")
