@@ -23,6 +23,7 @@ import numpy as np
 from pengi_search.audio import AUDIO_EXTENSIONS, Window
 from pengi_search.errors import PengiSearchError
 from pengi_search.library import Library
+from pengi_search.scan import Entry, ScanResult, has_extension, scan
 from pengi_search.store import (
     AudioInfo,
     EmbedderInfo,
@@ -37,7 +38,6 @@ from pengi_search.store import (
 )
 
 from .decode import Decoded, Failed, Job, Windows, decode_all, file_sha256
-from .scan import Entry, ScanResult, has_extension, scan
 from .shard import Rank, Shard
 
 if TYPE_CHECKING:

@@ -28,8 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from indexer.scan import ScanError, absolute, scan
-
+from .scan import ScanError, absolute, scan
 from .store import EmbedderInfo, StoreMismatchError, WindowDetails
 
 if TYPE_CHECKING:

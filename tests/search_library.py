@@ -17,12 +17,12 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import CLIPTokenizer
 
 from indexer.pipeline import run_index
-from indexer.scan import scan
 from pengi_search.audio import iter_windows
 from pengi_search.checkpoint import model_identity, read_model_config
 from pengi_search.embedders import PengiTextEmbedder
 from pengi_search.inference import DEFAULT_PROMPTS, Engine
 from pengi_search.library import Library
+from pengi_search.scan import scan
 from pengi_search.store import AudioInfo, EmbedderInfo, ModelInfo, Store, TextRecord, WindowInput
 
 from .indexing import quick_options, write_tone

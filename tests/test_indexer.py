@@ -11,12 +11,12 @@ import pytest
 
 import indexer.pipeline as pipeline
 from indexer.pipeline import IndexerError, run_index
-from indexer.scan import normalize_extensions, scan
 from indexer.shard import Rank, Shard
 from pengi_search.audio import iter_windows
 from pengi_search.embedders import PengiTextEmbedder
 from pengi_search.inference import DEFAULT_PROMPTS, Engine
 from pengi_search.library import Library
+from pengi_search.scan import normalize_extensions, scan
 from pengi_search.store import StoreMismatchError
 
 from .indexing import (

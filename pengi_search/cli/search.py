@@ -183,9 +183,8 @@ def similar(
 
 def _audio_files(target: Path) -> tuple[list[str], list[tuple[str, str]]]:
     """The audio files in a folder (recursively, sorted), and those that cannot be read with the reason."""
-    from indexer.scan import ScanError, scan
-
     from ..audio import AUDIO_EXTENSIONS
+    from ..scan import ScanError, scan
 
     try:
         result = scan([target], frozenset(AUDIO_EXTENSIONS))
