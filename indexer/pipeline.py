@@ -22,6 +22,7 @@ import numpy as np
 
 from pengi_search.audio import AUDIO_EXTENSIONS, Window
 from pengi_search.errors import PengiSearchError
+from pengi_search.hashing import file_sha256
 from pengi_search.library import Library
 from pengi_search.scan import Entry, ScanResult, has_extension, scan
 from pengi_search.store import (
@@ -37,7 +38,7 @@ from pengi_search.store import (
     WindowInput,
 )
 
-from .decode import Decoded, Failed, Job, Windows, decode_all, file_sha256
+from .decode import Decoded, Failed, Job, Windows, decode_all
 from .shard import Rank, Shard
 
 if TYPE_CHECKING:
