@@ -21,6 +21,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from pengi_search.audio import AudioDecodeError, Window, iter_windows, probe
+from pengi_search.chunking import chunked
 from pengi_search.hashing import file_sha256
 
 CHUNK_WINDOWS = 8  # windows per message: ~10 MB of float32 samples
@@ -72,15 +73,9 @@ def decode_file(job: Job, chunk: int = CHUNK_WINDOWS) -> Iterator[Message]:
             return
         content_hash = file_sha256(job.path)
         info = probe(job.path)
-        batch: list[Window] = []
         count = 0
-        for window in iter_windows(job.path):
-            batch.append(window)
-            count += 1
-            if len(batch) == chunk:
-                yield Windows(job.seq, batch)
-                batch = []
-        if batch:
+        for batch in chunked(iter_windows(job.path), chunk):
+            count += len(batch)
             yield Windows(job.seq, batch)
         yield Decoded(job.seq, count, content_hash, info.format, info.sample_rate, info.channels, info.duration_s)
     except AudioDecodeError as exc:

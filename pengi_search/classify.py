@@ -346,7 +346,7 @@ class Classifier:
     def _decoded_embeddings(self, path: str | os.PathLike[str]) -> Iterable[Any]:
         """Audio embeddings of the file's windows, a batch at a time (long files are never held whole)."""
         from .audio import iter_windows
-        from .search import chunked
+        from .chunking import chunked
 
         engine = self.engine()
         for chunk in chunked(iter_windows(path), self.batch_size):

@@ -15,6 +15,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from .checkpoint import load_text_encoder, model_identity, read_model_config
+from .chunking import chunked
 from .encoders import TextEncoder
 from .tokenization import clip_texts, load_tokenizer
 
@@ -47,8 +48,7 @@ class PengiTextEmbedder:
     def embed(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         cfg = self.encoder.base.config
         out = []
-        for start in range(0, len(texts), batch_size):
-            part = list(texts[start : start + batch_size])
+        for part in chunked(texts, batch_size):
             batch = clip_texts(self.clip, part, cfg.max_position_embeddings, cfg.eos_token_id)
             emb = self.encoder(batch.input_ids.to(self.device), batch.attention_mask.to(self.device))
             out.append(torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy())

@@ -22,6 +22,7 @@ from threadpoolctl import threadpool_limits
 from tokenizers import Tokenizer
 
 from .checkpoint import TEXT_ENCODER_PREFIX, WEIGHTS_FILE, CheckpointError, model_identity, read_model_config
+from .chunking import chunked
 from .config import TextEncoderConfig
 from .tokenization import TOKENIZER_DIR
 
@@ -157,7 +158,7 @@ class NumpyTextEmbedder:
 
     def embed(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """L2-normalised float32 embeddings (N, dim)."""
-        out = [self._embed_batch(list(texts[start : start + batch_size])) for start in range(0, len(texts), batch_size)]
+        out = [self._embed_batch(part) for part in chunked(texts, batch_size)]
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
     def _embed_batch(self, texts: list[str]) -> np.ndarray:
