@@ -37,6 +37,7 @@ from pengi_search.store import (
     TextRecord,
     WindowInput,
 )
+from pengi_search.vectors import l2_normalise
 
 from .decode import Decoded, Failed, Job, Windows, decode_all
 from .shard import Rank, Shard
@@ -235,8 +236,7 @@ class _Captioner:
         embeds = self.engine.audio_embeddings(np.stack([window.samples for window in windows]))
         answers = self.engine.generate(embeds, self.prompts, self.gen)
         text_vectors = self.embedder.embed([row[0].text for row in answers])
-        audio = embeds.float().cpu().numpy()
-        audio_vectors = audio / np.maximum(np.linalg.norm(audio, axis=1, keepdims=True), 1e-12)
+        audio_vectors = l2_normalise(embeds.float().cpu().numpy())
         return [
             WindowInput(
                 index=window.index,

@@ -25,6 +25,7 @@ from .checkpoint import TEXT_ENCODER_PREFIX, WEIGHTS_FILE, CheckpointError, mode
 from .chunking import chunked
 from .config import TextEncoderConfig
 from .tokenization import TOKENIZER_DIR
+from .vectors import l2_normalise
 
 LAYER_NORM_EPS = 1e-5  # CLIPTextConfig.layer_norm_eps and torch.nn.LayerNorm's default
 TOKENIZER_FILE = "tokenizer.json"
@@ -173,7 +174,7 @@ class NumpyTextEmbedder:
         with threadpool_limits(1 if ids.size <= SINGLE_THREAD_TOKENS else None, user_api="blas"):
             hidden = self._transformer(ids)[np.arange(len(rows)), pooled_at]
         emb = self._projections(hidden)
-        return (emb / np.linalg.norm(emb, axis=-1, keepdims=True)).astype(np.float32)
+        return l2_normalise(emb)
 
     def _transformer(self, ids: np.ndarray) -> np.ndarray:
         w = self.w
