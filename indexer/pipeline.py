@@ -24,6 +24,7 @@ from pengi_search.audio import AUDIO_EXTENSIONS, Window
 from pengi_search.errors import PengiSearchError
 from pengi_search.hashing import file_sha256
 from pengi_search.library import Library
+from pengi_search.prompts import TASK_PROMPTS
 from pengi_search.scan import Entry, ScanResult, has_extension, scan
 from pengi_search.store import (
     AudioInfo,
@@ -215,9 +216,9 @@ class _Captioner:
     def load(cls, choice: _ModelChoice, options: IndexOptions, device: str) -> _Captioner:
         from pengi_search.checkpoint import model_identity
         from pengi_search.embedders import PengiTextEmbedder, load_text_embedder
-        from pengi_search.inference import DEFAULT_PROMPTS, Engine
+        from pengi_search.inference import Engine
 
-        prompts = options.prompts or (DEFAULT_PROMPTS["caption"], DEFAULT_PROMPTS["sound_events"])
+        prompts = options.prompts or (TASK_PROMPTS["caption"], TASK_PROMPTS["sound_event"])
         engine = Engine.load(choice.directory, device, options.batch_size * len(prompts))
         embedder: TextEmbedder
         if choice.embedder_spec == PENGI_EMBEDDER:  # the loaded model's own text tower: never load it twice

@@ -35,6 +35,8 @@ import numpy as np
 
 from pengi_search.errors import UsageError
 
+from .prompts import TASK_PROMPTS
+
 if TYPE_CHECKING:
     from .embedders import TextEmbedder
     from .inference import Engine
@@ -43,7 +45,6 @@ if TYPE_CHECKING:
 METHODS = ("text", "loglik")
 LOGLIK_SCORES = ("mean", "total")
 DEFAULT_TEMPLATE = "{label}"
-DEFAULT_LOGLIK_PROMPT = "this is a sound of"
 PATH_COLUMNS = ("file", "filename", "path")
 
 
@@ -208,7 +209,7 @@ class Prediction:
 class ClassifySettings:
     method: str = "text"
     template: str = DEFAULT_TEMPLATE
-    prompt: str = DEFAULT_LOGLIK_PROMPT
+    prompt: str = TASK_PROMPTS["sound_event"]
     loglik_score: str = "mean"
     text_embedder: str | None = None  # None: Pengi's CLIP tower; "sentence-transformers:NAME"
     beam: int = 3
@@ -320,9 +321,7 @@ class Classifier:
         return Prediction(os.fspath(path), rank(self.labels, scores), windows, source)
 
     def _captions(self, path: str | os.PathLike[str], stored: Any) -> tuple[list[str], str]:
-        from .inference import DEFAULT_PROMPTS
-
-        prompt = DEFAULT_PROMPTS["caption"]
+        prompt = TASK_PROMPTS["caption"]
         if stored is not None:
             captions = [next((t.text for t in w.texts if t.prompt == prompt), None) for w in stored.windows]
             if all(c is not None for c in captions):

@@ -22,18 +22,6 @@ from .decoding import CandidateScore, GenerationConfig, beam_search, score_candi
 from .model import Pengi
 from .tokenization import Tokenizers
 
-# The paper's prompts that `describe` runs by default, keyed by what their answer is.
-DEFAULT_PROMPTS = {
-    "caption": "generate audio caption",
-    "metadata": "generate metadata",
-    "sound_events": "this is a sound of",
-}
-
-
-def question_prompt(question: str) -> str:
-    """The paper's template for audio question answering."""
-    return f"question: {question.strip()}"
-
 
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":

@@ -14,8 +14,9 @@ from indexer.pipeline import IndexerError, run_index
 from indexer.shard import Rank, Shard
 from pengi_search.audio import iter_windows
 from pengi_search.embedders import PengiTextEmbedder
-from pengi_search.inference import DEFAULT_PROMPTS, Engine
+from pengi_search.inference import Engine
 from pengi_search.library import Library
+from pengi_search.prompts import TASK_PROMPTS
 from pengi_search.scan import normalize_extensions, scan
 from pengi_search.store import StoreMismatchError
 
@@ -30,7 +31,7 @@ from .indexing import (
 )
 from .tiny import make_tiny_model_dir
 
-PROMPTS = [DEFAULT_PROMPTS["caption"], DEFAULT_PROMPTS["sound_events"]]
+PROMPTS = [TASK_PROMPTS["caption"], TASK_PROMPTS["sound_event"]]
 
 
 @pytest.fixture()

@@ -141,9 +141,9 @@ def describe(
 
     Example: pengi-search describe rain.wav --json
     """
-    from ..inference import DEFAULT_PROMPTS
+    from ..prompts import DESCRIBE_TASKS, TASK_PROMPTS
 
-    prompts = {p: p for p in prompt} if prompt else dict(DEFAULT_PROMPTS)
+    prompts = {p: p for p in prompt} if prompt else {task: TASK_PROMPTS[task] for task in DESCRIBE_TASKS}
     results = _describe_files(
         files,
         prompts,
@@ -180,7 +180,7 @@ def ask(
 
     Example: pengi-search ask engine.wav "is the engine healthy?"
     """
-    from ..inference import question_prompt
+    from ..prompts import question_prompt
 
     prompts = {"answer": question_prompt(question)}
     results = _describe_files(

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from ..prompts import TASK_PROMPTS
 from .common import (
     EXIT_OK,
     EXIT_PARTIAL,
@@ -278,7 +279,7 @@ def classify(
         str, typer.Option("--template", help='Label text, e.g. "this is a sound of {label}".')
     ] = "{label}",
     prompt: Annotated[str, typer.Option("--prompt", help="loglik: the prompt the label answers.")] = (
-        "this is a sound of"
+        TASK_PROMPTS["sound_event"]
     ),
     loglik_score: Annotated[
         str, typer.Option("--loglik-score", help="loglik: mean (per token, default) or total log-probability.")
