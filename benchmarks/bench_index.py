@@ -35,6 +35,7 @@ from indexer.decode import Job, Windows, decode_file
 from indexer.pipeline import IndexOptions, run_index
 from pengi_search.db import EmbedderInfo, ModelInfo, TextRecord, WindowInput
 from pengi_search.library import Library
+from pengi_search.vectors import l2_normalise
 
 PROMPTS = ("generate audio caption", "this is a sound of")
 
@@ -68,8 +69,7 @@ def populate(db: Path, paths: list[Path], dim: int) -> float:
         for path in paths:
             info = path.stat()
             file_id = store.upsert_file(str(path), size=info.st_size, mtime=info.st_mtime_ns / 1e9)
-            vectors = rng.standard_normal((2, dim)).astype(np.float32)
-            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            vectors = l2_normalise(rng.standard_normal((2, dim)))
             window = WindowInput(
                 0,
                 0.0,

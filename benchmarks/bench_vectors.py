@@ -22,7 +22,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from pengi_search.vectors import IndexParams, VectorIndex
+from pengi_search.vectors import IndexParams, VectorIndex, l2_normalise
 
 LATENT_DIM = 48
 _CHUNK = 50_000
@@ -51,8 +51,7 @@ class ClusteredVectors:
             latent += 0.35 * rng.standard_normal((n, LATENT_DIM), dtype=np.float32)
             block = latent @ self.projection
             block += 0.05 * rng.standard_normal((n, self.dim), dtype=np.float32)
-            block /= np.linalg.norm(block, axis=1, keepdims=True)
-            out[start : start + n] = block
+            out[start : start + n] = l2_normalise(block)
         return out
 
 

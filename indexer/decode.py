@@ -11,7 +11,6 @@ This module imports no torch, so workers start quickly.
 
 from __future__ import annotations
 
-import hashlib
 import multiprocessing
 import os
 import stat
@@ -22,11 +21,12 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from pengi_search.audio import AudioDecodeError, Window, iter_windows, probe
+from pengi_search.chunking import chunked
+from pengi_search.hashing import file_sha256
 
 CHUNK_WINDOWS = 8  # windows per message: ~10 MB of float32 samples
 PREFETCH_PER_WORKER = 2  # files handed to a worker ahead of time
 _POLL_S = 0.5
-_HASH_BLOCK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -64,14 +64,6 @@ class Failed:
 Message = Windows | Decoded | Failed
 
 
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while block := stream.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def decode_file(job: Job, chunk: int = CHUNK_WINDOWS) -> Iterator[Message]:
     """The messages for one file. Any failure becomes `Failed` (after which earlier windows must be dropped)."""
     content_hash = None
@@ -81,15 +73,9 @@ def decode_file(job: Job, chunk: int = CHUNK_WINDOWS) -> Iterator[Message]:
             return
         content_hash = file_sha256(job.path)
         info = probe(job.path)
-        batch: list[Window] = []
         count = 0
-        for window in iter_windows(job.path):
-            batch.append(window)
-            count += 1
-            if len(batch) == chunk:
-                yield Windows(job.seq, batch)
-                batch = []
-        if batch:
+        for batch in chunked(iter_windows(job.path), chunk):
+            count += len(batch)
             yield Windows(job.seq, batch)
         yield Decoded(job.seq, count, content_hash, info.format, info.sample_rate, info.channels, info.duration_s)
     except AudioDecodeError as exc:

@@ -34,10 +34,13 @@ from pengi_search.db import (
     WindowInput,
 )
 from pengi_search.errors import PengiSearchError
+from pengi_search.hashing import file_sha256
 from pengi_search.library import Library
+from pengi_search.prompts import TASK_PROMPTS
+from pengi_search.scan import Entry, ScanResult, has_extension, scan
+from pengi_search.vectors import l2_normalise
 
-from .decode import Decoded, Failed, Job, Windows, decode_all, file_sha256
-from .scan import Entry, ScanResult, has_extension, scan
+from .decode import Decoded, Failed, Job, Windows, decode_all
 from .shard import Rank, Shard
 
 if TYPE_CHECKING:
@@ -213,9 +216,9 @@ class _Captioner:
     def load(cls, choice: _ModelChoice, options: IndexOptions, device: str) -> _Captioner:
         from pengi_search.checkpoint import model_identity
         from pengi_search.embedders import PengiTextEmbedder, load_text_embedder
-        from pengi_search.inference import DEFAULT_PROMPTS, Engine
+        from pengi_search.inference import Engine
 
-        prompts = options.prompts or (DEFAULT_PROMPTS["caption"], DEFAULT_PROMPTS["sound_events"])
+        prompts = options.prompts or (TASK_PROMPTS["caption"], TASK_PROMPTS["sound_event"])
         engine = Engine.load(choice.directory, device, options.batch_size * len(prompts))
         embedder: TextEmbedder
         if choice.embedder_spec == PENGI_EMBEDDER:  # the loaded model's own text tower: never load it twice
@@ -234,8 +237,7 @@ class _Captioner:
         embeds = self.engine.audio_embeddings(np.stack([window.samples for window in windows]))
         answers = self.engine.generate(embeds, self.prompts, self.gen)
         text_vectors = self.embedder.embed([row[0].text for row in answers])
-        audio = embeds.float().cpu().numpy()
-        audio_vectors = audio / np.maximum(np.linalg.norm(audio, axis=1, keepdims=True), 1e-12)
+        audio_vectors = l2_normalise(embeds.float().cpu().numpy())
         return [
             WindowInput(
                 index=window.index,

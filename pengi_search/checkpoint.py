@@ -9,7 +9,6 @@ Two formats:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING
 from pengi_search.errors import PengiSearchError
 
 from .config import PengiConfig
+from .hashing import file_sha256
 
 if TYPE_CHECKING:  # torch loads only when weights do: reading a config or a model's identity stays cheap
     import torch
@@ -121,14 +121,6 @@ def save_model_dir(model: Pengi, directory: str | Path, extra: dict | None = Non
     }
     (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return directory
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def model_identity(directory: str | Path) -> str:

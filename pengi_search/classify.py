@@ -36,6 +36,7 @@ import numpy as np
 from pengi_search.errors import UsageError
 
 from .choices import LoglikScore, Method
+from .prompts import TASK_PROMPTS
 
 if TYPE_CHECKING:
     from .embedders import TextEmbedder
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
     from .library import Library
 
 DEFAULT_TEMPLATE = "{label}"
-DEFAULT_LOGLIK_PROMPT = "this is a sound of"
 PATH_COLUMNS = ("file", "filename", "path")
 
 
@@ -208,7 +208,7 @@ class Prediction:
 class ClassifySettings:
     method: Method = Method.text
     template: str = DEFAULT_TEMPLATE
-    prompt: str = DEFAULT_LOGLIK_PROMPT
+    prompt: str = TASK_PROMPTS["sound_event"]
     loglik_score: LoglikScore = LoglikScore.mean
     text_embedder: str | None = None  # None: Pengi's CLIP tower; "sentence-transformers:NAME"
     beam: int = 3
@@ -319,9 +319,7 @@ class Classifier:
         return Prediction(os.fspath(path), rank(self.labels, scores), windows, source)
 
     def _captions(self, path: str | os.PathLike[str], stored: Any) -> tuple[list[str], str]:
-        from .inference import DEFAULT_PROMPTS
-
-        prompt = DEFAULT_PROMPTS["caption"]
+        prompt = TASK_PROMPTS["caption"]
         if stored is not None:
             captions = [next((t.text for t in w.texts if t.prompt == prompt), None) for w in stored.windows]
             if all(c is not None for c in captions):
@@ -345,7 +343,7 @@ class Classifier:
     def _decoded_embeddings(self, path: str | os.PathLike[str]) -> Iterable[Any]:
         """Audio embeddings of the file's windows, a batch at a time (long files are never held whole)."""
         from .audio import iter_windows
-        from .search import chunked
+        from .chunking import chunked
 
         engine = self.engine()
         for chunk in chunked(iter_windows(path), self.batch_size):

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from .chunking import chunked
+
 END_OF_TEXT = 50256
 SPACE = 220  # the released model ends answers with " " then <|endoftext|>; the reference stops on the space
 
@@ -156,13 +158,12 @@ def score_candidates(
     if any(len(c) == 0 for c in candidates):
         raise ValueError("candidates must have at least one token")
     wte = gpt.get_input_embeddings()
-    B, N, device = prefix.shape[0], len(candidates), prefix.device
+    B, device = prefix.shape[0], prefix.device
     results: list[list[CandidateScore]] = [[] for _ in range(B)]
     per_chunk = max(1, max_rows // max(B, 1))
     prefix_cache = DynamicCache()
     first = _step(gpt, prefix, prefix_cache).log_softmax(-1)  # (B, V): predicts each candidate's first token
-    for start in range(0, N, per_chunk):
-        chunk = candidates[start : start + per_chunk]
+    for chunk in chunked(candidates, per_chunk):
         n, T = len(chunk), max(len(c) for c in chunk)
         ids = torch.zeros(n, T, dtype=torch.long, device=device)
         mask = torch.zeros(n, T, dtype=torch.bool, device=device)

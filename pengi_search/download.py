@@ -38,6 +38,7 @@ from rich.progress import (
 
 from pengi_search import __version__
 from pengi_search.errors import PengiSearchError
+from pengi_search.hashing import file_sha256, sha256_hasher
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,7 @@ def verify_download(dest: Path) -> DownloadResult | None:
     record = _read_json(_sidecar(dest))
     if not dest.is_file() or record.get("size") != dest.stat().st_size:
         return None
-    digest = _hash_file(dest).hexdigest()
+    digest = file_sha256(dest)
     return DownloadResult(dest, record["size"], digest) if digest == record.get("sha256") else None
 
 
@@ -259,7 +260,7 @@ class _Part:
         self.size, self.hasher, self.validator = 0, hashlib.sha256(), None
 
     def _rehash(self) -> None:
-        self.hasher = _hash_file(self.path) if self.path.is_file() else hashlib.sha256()
+        self.hasher = sha256_hasher(self.path) if self.path.is_file() else hashlib.sha256()
         self.size = self.path.stat().st_size if self.path.is_file() else 0
 
 
@@ -410,14 +411,6 @@ def _progress_bar(enabled: bool) -> Progress:
         console=console,
         disable=not (enabled and console.is_terminal),
     )
-
-
-def _hash_file(path: Path, chunk_size: int = 1 << 20) -> Any:
-    hasher = hashlib.sha256()
-    with path.open("rb") as source:
-        while chunk := source.read(chunk_size):
-            hasher.update(chunk)
-    return hasher
 
 
 def _sidecar(dest: Path) -> Path:

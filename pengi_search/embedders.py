@@ -15,8 +15,10 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from .checkpoint import load_text_encoder, model_identity, read_model_config
+from .chunking import chunked
 from .encoders import TextEncoder
 from .tokenization import clip_texts, load_tokenizer
+from .vectors import l2_normalise
 
 SENTENCE_TRANSFORMERS_PREFIX = "sentence-transformers:"
 
@@ -47,11 +49,10 @@ class PengiTextEmbedder:
     def embed(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         cfg = self.encoder.base.config
         out = []
-        for start in range(0, len(texts), batch_size):
-            part = list(texts[start : start + batch_size])
+        for part in chunked(texts, batch_size):
             batch = clip_texts(self.clip, part, cfg.max_position_embeddings, cfg.eos_token_id)
             emb = self.encoder(batch.input_ids.to(self.device), batch.attention_mask.to(self.device))
-            out.append(torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy())
+            out.append(l2_normalise(emb.float().cpu().numpy()))
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,21 +17,10 @@ import numpy as np
 import torch
 
 from .checkpoint import load_model_dir, read_model_config
+from .chunking import chunk_slices, chunked
 from .decoding import CandidateScore, GenerationConfig, beam_search, score_candidates
 from .model import Pengi
 from .tokenization import Tokenizers
-
-# The paper's prompts that `describe` runs by default, keyed by what their answer is.
-DEFAULT_PROMPTS = {
-    "caption": "generate audio caption",
-    "metadata": "generate metadata",
-    "sound_events": "this is a sound of",
-}
-
-
-def question_prompt(question: str) -> str:
-    """The paper's template for audio question answering."""
-    return f"question: {question.strip()}"
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -40,11 +29,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but PyTorch sees no CUDA GPU")
     return torch.device(device)
-
-
-def batches(n: int, size: int) -> Iterator[slice]:
-    for start in range(0, n, size):
-        yield slice(start, min(start + size, n))
 
 
 @dataclass(frozen=True)
@@ -76,7 +60,7 @@ class Engine:
     def audio_embeddings(self, waves: np.ndarray) -> torch.Tensor:
         """(N, samples) windows -> Pengi audio embeddings (N, d_proj), float32, not normalised."""
         out = []
-        for part in batches(len(waves), self.batch_size):
+        for part in chunk_slices(len(waves), self.batch_size):
             wave = torch.from_numpy(np.ascontiguousarray(waves[part], dtype=np.float32)).to(self.device)
             with self._autocast():
                 out.append(self.model.encode_audio(wave).float())
@@ -122,8 +106,7 @@ class Engine:
         answers: list[list[Answer | None]] = [[None] * len(prompts) for _ in range(n)]
         start = self.tok.encode(additional_text) if additional_text else []
         per_prompt = {p: self.prefixes(audio_embeds, p, start) for p in dict.fromkeys(prompts)}
-        for part in batches(len(rows), self.batch_size):
-            chunk = rows[part]
+        for chunk in chunked(rows, self.batch_size):
             prefix = torch.stack([per_prompt[prompts[j]][i] for i, j in chunk])
             with self._autocast():
                 best = [hyps[0] for hyps in beam_search(self.model.gpt, prefix, gen)]
@@ -136,7 +119,7 @@ class Engine:
         ids = [self.tok.answer_ids(c) for c in candidates]
         prefix = self.prefixes(audio_embeds, prompt)
         out: list[list[CandidateScore]] = []
-        for part in batches(len(prefix), max(1, self.batch_size // 4)):
+        for part in chunk_slices(len(prefix), max(1, self.batch_size // 4)):
             with self._autocast():
                 out.extend(score_candidates(self.model.gpt, prefix[part], ids, max_rows=self.batch_size * 16))
         return out

@@ -17,13 +17,13 @@ from pengi_search.errors import PengiSearchError
 from .checkpoint import (
     CONFIG_FILE,
     WEIGHTS_FILE,
-    file_sha256,
     load_released_checkpoint,
     read_model_config,
     save_model_dir,
 )
 from .config import PengiConfig
 from .download import RELEASES, TOKENIZERS, DownloadError, fetch_release, fetch_tokenizer
+from .hashing import file_sha256
 from .paths import models_dir
 from .tokenization import TOKENIZER_DIR, TokenizerNotFoundError, load_tokenizer
 

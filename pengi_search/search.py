@@ -21,17 +21,17 @@ import dataclasses
 import fnmatch
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from indexer.scan import ScanError, absolute, scan
-
 from .choices import By
+from .chunking import chunked
 from .db import EmbedderInfo, StoreMismatchError, WindowDetails
+from .scan import ScanError, absolute, scan
 
 if TYPE_CHECKING:
     from .embedders import TextEmbedder
@@ -433,14 +433,3 @@ def check_index_model(library: Library, model_dir: Path) -> None:
             f"the index was built with {meta.model if meta else 'no model'}, not with the model at {model_dir}: "
             "pass the index's model with --model (audio embeddings of different models cannot be compared)",
         )
-
-
-def chunked(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
-    chunk: list[Any] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

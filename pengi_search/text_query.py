@@ -22,8 +22,10 @@ from threadpoolctl import threadpool_limits
 from tokenizers import Tokenizer
 
 from .checkpoint import TEXT_ENCODER_PREFIX, WEIGHTS_FILE, CheckpointError, model_identity, read_model_config
+from .chunking import chunked
 from .config import TextEncoderConfig
 from .tokenization import TOKENIZER_DIR
+from .vectors import l2_normalise
 
 LAYER_NORM_EPS = 1e-5  # CLIPTextConfig.layer_norm_eps and torch.nn.LayerNorm's default
 TOKENIZER_FILE = "tokenizer.json"
@@ -157,7 +159,7 @@ class NumpyTextEmbedder:
 
     def embed(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """L2-normalised float32 embeddings (N, dim)."""
-        out = [self._embed_batch(list(texts[start : start + batch_size])) for start in range(0, len(texts), batch_size)]
+        out = [self._embed_batch(part) for part in chunked(texts, batch_size)]
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
     def _embed_batch(self, texts: list[str]) -> np.ndarray:
@@ -172,7 +174,7 @@ class NumpyTextEmbedder:
         with threadpool_limits(1 if ids.size <= SINGLE_THREAD_TOKENS else None, user_api="blas"):
             hidden = self._transformer(ids)[np.arange(len(rows)), pooled_at]
         emb = self._projections(hidden)
-        return (emb / np.linalg.norm(emb, axis=-1, keepdims=True)).astype(np.float32)
+        return l2_normalise(emb)
 
     def _transformer(self, ids: np.ndarray) -> np.ndarray:
         w = self.w

@@ -17,19 +17,20 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import CLIPTokenizer
 
 from indexer.pipeline import run_index
-from indexer.scan import scan
 from pengi_search.audio import iter_windows
 from pengi_search.checkpoint import model_identity, read_model_config
 from pengi_search.db import EmbedderInfo, ModelInfo, Store, StoredAudio, TextRecord, WindowInput
 from pengi_search.embedders import PengiTextEmbedder
-from pengi_search.inference import DEFAULT_PROMPTS, Engine
+from pengi_search.inference import Engine
 from pengi_search.library import Library
+from pengi_search.prompts import TASK_PROMPTS
+from pengi_search.scan import scan
 
 from .indexing import quick_options, write_tone
 from .tiny import CORPUS
 
-CAPTION = DEFAULT_PROMPTS["caption"]
-EVENTS = DEFAULT_PROMPTS["sound_events"]
+CAPTION = TASK_PROMPTS["caption"]
+EVENTS = TASK_PROMPTS["sound_event"]
 
 # relative path -> (seconds, caption of each window); the 10 s file has two windows (0-7 s and 3-10 s)
 CAPTIONED = {

@@ -21,8 +21,9 @@ from pengi_search.classify import (
     read_truth,
 )
 from pengi_search.decoding import GenerationConfig
-from pengi_search.inference import DEFAULT_PROMPTS, Engine
+from pengi_search.inference import Engine
 from pengi_search.library import Library
+from pengi_search.prompts import TASK_PROMPTS
 
 from .indexing import write_tone
 from .search_library import caption_library
@@ -180,7 +181,7 @@ def test_text_method_captions_a_file_that_is_not_indexed(tiny_model_dir, tmp_pat
     path = write_tone(tmp_path / "new.wav", 4.0, freq=600.0)
     engine = Engine.load(tiny_model_dir, "cpu")
     embeds = engine.audio_embeddings(np.stack([w.samples for w in iter_windows(path)]))
-    caption = engine.generate(embeds, [DEFAULT_PROMPTS["caption"]], GenerationConfig(beam=2, max_len=8))[0][0].text
+    caption = engine.generate(embeds, [TASK_PROMPTS["caption"]], GenerationConfig(beam=2, max_len=8))[0][0].text
     c = classifier(tiny_model_dir, labels=["a dog barks", caption, "rain"], beam=2, max_len=8)
     prediction = c.classify(path)
     assert prediction.source == "decoded"

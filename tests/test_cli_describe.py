@@ -42,7 +42,7 @@ def test_describe_json_gives_every_window_the_default_answers(tiny_model_dir, cl
     for entry in data:
         assert entry["error"] is None
         for window in entry["windows"]:
-            assert set(window["answers"]) == {"caption", "metadata", "sound_events"}
+            assert set(window["answers"]) == {"caption", "metadata", "sound_event"}
             assert all(isinstance(t, str) for t in window["answers"].values())
             assert all(s <= 0 for s in window["scores"].values())
 

@@ -11,13 +11,14 @@ import pytest
 
 import indexer.pipeline as pipeline
 from indexer.pipeline import IndexerError, run_index
-from indexer.scan import normalize_extensions, scan
 from indexer.shard import Rank, Shard
 from pengi_search.audio import iter_windows
 from pengi_search.db import StoreMismatchError
 from pengi_search.embedders import PengiTextEmbedder
-from pengi_search.inference import DEFAULT_PROMPTS, Engine
+from pengi_search.inference import Engine
 from pengi_search.library import Library
+from pengi_search.prompts import TASK_PROMPTS
+from pengi_search.scan import normalize_extensions, scan
 
 from .indexing import (
     assert_consistent,
@@ -30,7 +31,7 @@ from .indexing import (
 )
 from .tiny import make_tiny_model_dir
 
-PROMPTS = [DEFAULT_PROMPTS["caption"], DEFAULT_PROMPTS["sound_events"]]
+PROMPTS = [TASK_PROMPTS["caption"], TASK_PROMPTS["sound_event"]]
 
 
 @pytest.fixture()

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from pengi_search.prompts import TASK_PROMPTS
 from trainer.data import (
     CLIP_SAMPLES,
     FREE_PROMPT,
@@ -27,7 +28,7 @@ from trainer.data import (
     read_manifest,
     task_mix,
 )
-from trainer.templates import TEMPLATES, TemplateError, render_answer, render_prompt
+from trainer.templates import TemplateError, render_answer, render_prompt
 
 SMOKE_LABELS = Path(__file__).resolve().parents[2] / "shared" / "data" / "smoke" / "labels.csv"
 
@@ -67,7 +68,7 @@ class FakeDecoder:
 
 
 def test_templates_are_the_papers_prompts() -> None:
-    prompts = {task: render_prompt(task) for task in TEMPLATES if task != "qa"}
+    prompts = {task: render_prompt(task) for task in TASK_PROMPTS if task != "qa"}
     assert prompts == {
         "caption": "generate audio caption",
         "sound_event": "this is a sound of",

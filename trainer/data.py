@@ -1,7 +1,7 @@
 """Training data: manifests of (audio, prompt, answer) examples, converters from common layouts, the Dataset.
 
 A manifest is JSONL or CSV (chosen by extension), one example a row: `audio` (relative paths are resolved
-against the manifest's folder), optional `start`/`end` in seconds, `task` (see `trainer.templates`) or a free
+against the manifest's folder), optional `start`/`end` in seconds, `task` (see `pengi_search.prompts`) or a free
 `prompt`, `question` for question tasks, and `answer`.
 """
 

@@ -1,23 +1,11 @@
-"""Pengi's task templates (paper, Tables 1 and 11): each task's prompt, and how its answer is written."""
+"""A training example's prompt (its task's, from `pengi_search.prompts`) and how its answer is written."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from pengi_search.errors import UsageError
-
-# Task name -> prompt. A `{question}` field is filled from the example's question.
-TEMPLATES: dict[str, str] = {
-    "caption": "generate audio caption",
-    "qa": "question: {question}",
-    "sound_event": "this is a sound of",
-    "acoustic_scene": "this acoustic scene is",
-    "emotion": "this emotion is",
-    "sentiment": "this sentiment is",
-    "music_analysis": "music analysis",
-    "music_note": "this music note is",
-    "metadata": "generate metadata",
-}
+from pengi_search.prompts import TASK_PROMPTS
 
 # Tasks whose answer may be a list of labels; the model sees them joined as "dog, rain".
 LIST_ANSWER_TASKS: frozenset[str] = frozenset({"sound_event"})
@@ -69,6 +57,6 @@ def _label(item: object) -> str:
 
 def _template(task: str) -> str:
     try:
-        return TEMPLATES[task]
+        return TASK_PROMPTS[task]
     except (KeyError, TypeError):
-        raise TemplateError("", f"unknown task {task!r}; known tasks: {', '.join(TEMPLATES)}") from None
+        raise TemplateError("", f"unknown task {task!r}; known tasks: {', '.join(TASK_PROMPTS)}") from None

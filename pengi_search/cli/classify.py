@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..choices import Device, LoglikScore, Method
+from ..prompts import TASK_PROMPTS
 from .common import (
     EXIT_OK,
     EXIT_PARTIAL,
@@ -74,9 +75,9 @@ class ScoringOptions:
     template: Annotated[str, typer.Option("--template", help='Label text, e.g. "this is a sound of {label}".')] = (
         "{label}"
     )
-    prompt: Annotated[str, typer.Option("--prompt", help="loglik: the prompt the label answers.")] = (
-        "this is a sound of"
-    )
+    prompt: Annotated[str, typer.Option("--prompt", help="loglik: the prompt the label answers.")] = TASK_PROMPTS[
+        "sound_event"
+    ]
     loglik_score: Annotated[
         LoglikScore, typer.Option("--loglik-score", help="loglik: mean (per token, default) or total log-probability.")
     ] = LoglikScore.mean
@@ -174,9 +175,8 @@ def _files_of(target: Path) -> tuple[list[str], list[Failure]]:
 
 def _audio_files(target: Path) -> tuple[list[str], list[Failure]]:
     """The audio files in a folder (recursively, sorted), and those that cannot be read with the reason."""
-    from indexer.scan import ScanError, scan
-
     from ..audio import AUDIO_EXTENSIONS
+    from ..scan import ScanError, scan
 
     try:
         result = scan([target], frozenset(AUDIO_EXTENSIONS))

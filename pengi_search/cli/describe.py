@@ -162,9 +162,9 @@ def describe(
 
     Example: pengi-search describe rain.wav --json
     """
-    from ..inference import DEFAULT_PROMPTS
+    from ..prompts import DESCRIBE_TASKS, TASK_PROMPTS
 
-    prompts = {p: p for p in prompt} if prompt else dict(DEFAULT_PROMPTS)
+    prompts = {p: p for p in prompt} if prompt else {task: TASK_PROMPTS[task] for task in DESCRIBE_TASKS}
     progress = show_progress(quiet, json_output)
     results = _describe_files(files, prompts, options, answer_prefix=answer_prefix, progress=progress)
     _show(results, json_output=json_output, asked=False)
@@ -183,7 +183,7 @@ def ask(
 
     Example: pengi-search ask engine.wav "is the engine healthy?"
     """
-    from ..inference import question_prompt
+    from ..prompts import question_prompt
 
     prompts = {"answer": question_prompt(question)}
     results = _describe_files([file], prompts, options, answer_prefix="", progress=False)

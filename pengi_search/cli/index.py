@@ -102,10 +102,10 @@ def index(
     Example: pengi-search index ~/sounds --workers 4 --batch-size 32
     """
     from indexer.pipeline import IndexerError, IndexOptions, default_workers, run_index
-    from indexer.scan import ScanError, normalize_extensions
     from indexer.shard import Shard
 
     from ..audio import AUDIO_EXTENSIONS
+    from ..scan import ScanError, normalize_extensions
 
     extensions = AUDIO_EXTENSIONS if ext is None else normalize_extensions(ext.split(","))
     if not extensions:
@@ -198,9 +198,8 @@ def remove(
 
     Example: pengi-search remove ~/sounds/old-recordings
     """
-    from indexer.scan import absolute
-
     from ..library import Library
+    from ..scan import absolute
 
     target = absolute(path)
     with Library.open(db) as library:
@@ -226,9 +225,8 @@ def export(
 
     Example: pengi-search export --output library.jsonl
     """
-    from indexer.scan import absolute
-
     from ..library import Library
+    from ..scan import absolute
 
     prefix = None if under is None else absolute(under)
     with Library.open(db) as library:
