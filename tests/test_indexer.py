@@ -18,6 +18,7 @@ from pengi_search.embedders import PengiTextEmbedder
 from pengi_search.inference import DEFAULT_PROMPTS, Engine
 from pengi_search.library import Library
 from pengi_search.store import StoreMismatchError
+from pengi_search.testing import make_tiny_model_dir
 
 from .indexing import (
     assert_consistent,
@@ -28,7 +29,6 @@ from .indexing import (
     window_vectors,
     write_tone,
 )
-from .tiny import make_tiny_model_dir
 
 PROMPTS = [DEFAULT_PROMPTS["caption"], DEFAULT_PROMPTS["sound_events"]]
 
