@@ -3,17 +3,19 @@
     python benchmarks/bench_generate.py                          # 8 clips of 7 s, beam 3, 30 tokens, CPU float32
     python benchmarks/bench_generate.py --reference-clips 2      # time the slow original on fewer clips
     python benchmarks/bench_generate.py --device cuda --dtype bf16 --clips 256 --batch 64
+    python benchmarks/bench_generate.py --size tiny --clips 3 --max-len 6   # seconds: do both methods agree?
 
 The full-size `base` architecture with seeded random weights (nothing is downloaded), seeded random audio and a
-fixed CLIP-style prompt (no tokenizer needed). Stop tokens are disabled, so every beam runs all `--max-len` steps and
-both methods do the same search.
+fixed CLIP-style prompt (no tokenizer needed); `--size tiny` takes the toy model of `pengi_search.testing` instead.
+Stop tokens are disabled, so every beam runs all `--max-len` steps and both methods do the same search.
 
   project    pengi_search: audio prefixes in batches of `--batch`, the prompt's text prefix once, then
              `decoding.beam_search` over all rows of a batch, GPT-2 fed one token per step from a key/value cache.
-  reference  a re-implementation of the original `PengiWrapper.generate`: prefixes for the clips (in one batch, as
-             `generate` does for the list it gets, or one clip at a time with `--reference-prefix per-clip`), then
-             `_generate_beam` for each clip, which reruns GPT-2 over the whole (beam, prefix + generated) sequence
-             at every step.
+  reference  what the original `generate` computes, written here from a description of it (no code taken):
+             prefixes for the clips (in one batch, as the original does for the list it gets, or one clip at a
+             time with `--reference-prefix per-clip`), then `recompute_beam_search` for each clip, which reruns
+             GPT-2 over the whole (beam, prefix + generated) sequence at every step, with the original's scoring,
+             length rule and rounding.
 
 Each method runs in its own child process (same seed, same weights, checked by a checksum), after a short warm-up
 that is not timed, so the peak RSS is that method's own. The parent checks that both wrote the same token sequences
@@ -45,15 +47,18 @@ from transformers import GPT2LMHeadModel
 from pengi_search.config import PengiConfig
 from pengi_search.decoding import GenerationConfig, beam_search
 from pengi_search.model import Pengi
+from pengi_search.testing import tiny_clip_tokenizer, tiny_config
 
 SEED = 0
-# A CLIP-style prompt: start marker, a few word ids, end marker, padded with the end marker as the tokenizer does.
-CLIP_START, CLIP_END = 49406, 49407
-PROMPT_WORDS = [9313, 3940, 24654]
+# The full-size model's prompt: CLIP's start marker, a few word ids, its end marker. The tiny model has its own
+# tokenizer and vocabulary, so its prompt is tokenized text.
+CLIP_PROMPT = [49406, 9313, 3940, 24654, 49407]
+TINY_PROMPT = "generate audio caption"
 METHODS = ("project", "reference")
 
 T = TypeVar("T")
-Beams = list[list[tuple[list[int], float]]]  # per clip, its beams best first: (generated ids, score)
+Hyps = list[tuple[list[int], float]]  # one clip's beams, best first: (generated ids, score)
+Beams = list[Hyps]  # per clip
 
 
 @dataclass
@@ -98,9 +103,10 @@ def current_rss_mib() -> float:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def build_model(device: torch.device) -> Pengi:
+def build_model(size: str, device: torch.device) -> Pengi:
+    cfg = PengiConfig.preset("base") if size == "base" else tiny_config()
     torch.manual_seed(SEED)
-    return Pengi(PengiConfig.preset("base")).to(device).eval()
+    return Pengi(cfg).to(device).eval()
 
 
 def weight_checksum(model: nn.Module) -> float:
@@ -113,10 +119,13 @@ def make_audio(clips: int, samples: int) -> torch.Tensor:
     return torch.from_numpy(rng.normal(0.0, 0.1, size=(clips, samples)).astype(np.float32))
 
 
-def make_prompt(length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(1, length) ids and mask of the fixed prompt."""
-    row = [CLIP_START, *PROMPT_WORDS, CLIP_END]
-    ids = torch.full((1, length), CLIP_END, dtype=torch.long)
+def prompt_ids(size: str) -> list[int]:
+    return CLIP_PROMPT if size == "base" else tiny_clip_tokenizer()(TINY_PROMPT)["input_ids"]
+
+
+def make_prompt(row: list[int], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, length) ids and mask of a prompt, padded with its last id (the end marker) as CLIP's tokenizer pads."""
+    ids = torch.full((1, length), row[-1], dtype=torch.long)
     ids[0, : len(row)] = torch.tensor(row)
     mask = torch.zeros(1, length, dtype=torch.long)
     mask[0, : len(row)] = 1
@@ -128,48 +137,41 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def original_beam(
-    gpt: GPT2LMHeadModel, embed: torch.Tensor, beam: int, max_len: int, temperature: float = 1.0
-) -> list[tuple[list[int], float]]:
-    """The original `_generate_beam` for one clip's (1, P, E) prefix, without a stop token.
+def last_log_probs(gpt: GPT2LMHeadModel, sequence: torch.Tensor) -> torch.Tensor:
+    """(R, T, E) embeddings -> (R, V) log-probabilities of the token after each row, the original's way.
 
-    Every step reruns GPT-2 on the whole (beam, prefix + generated, E) sequence; the bookkeeping is the original's,
-    line for line, so its sequences are the yardstick for `decoding.beam_search`.
+    No cache: GPT-2 reads the whole sequence and projects every position onto the vocabulary, of which only the last
+    is used; that waste is part of what the benchmark measures. The log is taken of the softmax (not `log_softmax`)
+    because that is the original's rounding, and its temperature of 1 is left out since dividing by 1 changes nothing.
     """
-    wte = gpt.transformer.wte
-    tokens = scores = None
-    seq_lengths = torch.ones(beam, device=embed.device)
-    is_stopped = torch.zeros(beam, device=embed.device, dtype=torch.bool)
-    generated = embed
-    for _ in range(max_len):
-        logits = gpt(inputs_embeds=generated).logits[:, -1, :] / (temperature if temperature > 0 else 1.0)
-        logits = logits.softmax(-1).log()
-        if scores is None:
-            scores, next_tokens = logits.topk(beam, -1)
-            generated = generated.expand(beam, *generated.shape[1:])
-            next_tokens, scores = next_tokens.permute(1, 0), scores.squeeze(0)
-            tokens = next_tokens
-        else:
-            logits[is_stopped] = -float("inf")
-            logits[is_stopped, 0] = 0
-            scores_sum = scores[:, None] + logits
-            seq_lengths[~is_stopped] += 1
-            scores_sum_average = scores_sum / seq_lengths[:, None]
-            scores_sum_average, next_tokens = scores_sum_average.view(-1).topk(beam, -1)
-            source = next_tokens // scores_sum.shape[1]
-            seq_lengths = seq_lengths[source]
-            next_tokens = (next_tokens % scores_sum.shape[1]).unsqueeze(1)
-            tokens = torch.cat((tokens[source], next_tokens), dim=1)
-            generated = generated[source]
-            scores = scores_sum_average * seq_lengths
-            is_stopped = is_stopped[source]
-        next_token_embed = wte(next_tokens.squeeze(1)).view(generated.shape[0], 1, -1)
-        generated = torch.cat((generated, next_token_embed), dim=1)
-        if is_stopped.all():  # never true here: with no stop token, no beam stops
-            break
-    scores = scores / seq_lengths
-    order = scores.argsort(descending=True).tolist()
-    return [(tokens[k, : int(seq_lengths[k])].tolist(), float(scores[k])) for k in order]
+    return gpt(inputs_embeds=sequence).logits[:, -1].softmax(-1).log()
+
+
+def recompute_beam_search(gpt: GPT2LMHeadModel, prefix: torch.Tensor, beam: int, max_len: int) -> Hyps:
+    """The original Pengi's beam search for one clip's (1, P, E) prefix, with no stop token: the yardstick.
+
+    Step 1 keeps the `beam` most likely first tokens. Every later step scores each beam's every continuation by its
+    summed log-probability divided by its length (generated tokens), and the best `beam` of all beam x vocabulary
+    candidates survive. With no stop token no beam ends early, so the original's rule for ended beams (extend with
+    token 0 at no cost, length frozen) never applies and every length is the step count. After `max_len` tokens the
+    beams are returned best first, scored by sum / length. `decoding.beam_search` must produce the same tokens.
+    """
+    embed = gpt.get_input_embeddings()
+    sums, tokens = last_log_probs(gpt, prefix)[0].topk(beam)  # (K,) summed log-probs, (K,) first tokens
+    history = tokens[:, None]  # (K, 1)
+    sequence = torch.cat([prefix.expand(beam, -1, -1), embed(tokens)[:, None]], dim=1)  # (K, P + 1, E)
+    length = torch.ones((), device=prefix.device)  # a float tensor, as the original divides by
+    for _ in range(max_len - 1):
+        candidates = sums[:, None] + last_log_probs(gpt, sequence)  # (K, V) summed log-probs
+        vocab = candidates.shape[1]
+        length = length + 1
+        means, flat = (candidates / length).view(-1).topk(beam)  # (K,) best over all beams, best first
+        source, tokens = flat // vocab, flat % vocab
+        sums = means * length  # the original keeps the mean and multiplies it back; the rounding follows it
+        history = torch.cat([history[source], tokens[:, None]], dim=1)
+        sequence = torch.cat([sequence[source], embed(tokens)[:, None]], dim=1)
+    scores = sums / length
+    return [(history[k].tolist(), float(scores[k])) for k in scores.argsort(descending=True).tolist()]
 
 
 class Bench:
@@ -177,7 +179,7 @@ class Bench:
 
     def __init__(self, model: Pengi, args: argparse.Namespace, device: torch.device):
         self.model, self.args, self.device = model, args, device
-        self.ids, self.mask = (t.to(device) for t in make_prompt(model.cfg.text_prompt_length))
+        self.ids, self.mask = (t.to(device) for t in make_prompt(prompt_ids(args.size), model.cfg.text_prompt_length))
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.args.dtype == "bf16":
@@ -222,7 +224,8 @@ class Bench:
         return torch.cat(out)
 
     def reference_decode(self, prefix: torch.Tensor, max_len: int) -> Beams:
-        return [original_beam(self.model.gpt, prefix[i : i + 1], self.args.beam, max_len) for i in range(len(prefix))]
+        gpt, beam = self.model.gpt, self.args.beam
+        return [recompute_beam_search(gpt, prefix[i : i + 1], beam, max_len) for i in range(len(prefix))]
 
     def run(self, method: str, wave: torch.Tensor, max_len: int) -> tuple[Beams, float, float]:
         make_prefix, decode = {
@@ -237,7 +240,7 @@ class Bench:
 def run_method(args: argparse.Namespace) -> Run:
     """Child process: build the model, warm up, time one method, report."""
     device = torch.device(args.device)
-    model = build_model(device)
+    model = build_model(args.size, device)
     rss_model = current_rss_mib()
     bench = Bench(model, args, device)
     clips = args.clips if args.method == "project" else args.reference_clips
@@ -314,6 +317,12 @@ def report(runs: list[Run], args: argparse.Namespace) -> None:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--size",
+        choices=["base", "tiny"],
+        default="base",
+        help="tiny: the test suite's toy model, to check in seconds that both methods agree (its timings mean nothing)",
+    )
     parser.add_argument("--clips", type=int, default=8, help="clips for the project method")
     parser.add_argument("--reference-clips", type=int, default=None, help="clips for the reference (default --clips)")
     parser.add_argument("--batch", type=int, default=None, help="project rows per call (default: all clips)")

@@ -12,7 +12,8 @@ real `run_index` (scan, stat, compare with the database, prune check, FAISS chec
 record), in this process after a warm-up, and the whole `pengi-search index` command in a fresh interpreter.
 
 Two-hour file: an 8 kHz mono FLAC of silence and tones, first decoded alone (hash, resampling, windowing), then
-indexed with the tiny random-weight model from tests/tiny.py (or --model); memory is the peak RSS of this process.
+indexed with the tiny random-weight model of `pengi_search.testing` (or --model); memory is the peak RSS of this
+process.
 """
 
 from __future__ import annotations
@@ -134,8 +135,7 @@ def bench_two_hours(work: Path, model: str | None, batch_size: int, workers: int
     windows = sum(len(m.windows) for m in decode_file(Job(0, str(path))) if isinstance(m, Windows))
     print(f"decoding alone (hash, resample to 44.1 kHz, {windows} windows): {time.perf_counter() - started:.1f} s")
     if model is None:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from tests.tiny import make_tiny_model_dir
+        from pengi_search.testing import make_tiny_model_dir
 
         model = str(make_tiny_model_dir(work / "tiny-model"))
     options = IndexOptions(

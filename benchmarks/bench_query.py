@@ -33,9 +33,6 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # for tests.search_library (the CLIP-like tokenizer) when run as a script
-
 CAPTIONS = [
     "a dog barks in the distance",
     "rain falls on a tin roof",
@@ -72,9 +69,8 @@ def build_model(directory: Path) -> Path:
     from pengi_search.checkpoint import save_model_dir
     from pengi_search.config import PengiConfig
     from pengi_search.model import Pengi
+    from pengi_search.testing import clip_like_tokenizer, tiny_gpt2_tokenizer
     from pengi_search.tokenization import TOKENIZER_DIR
-    from tests.search_library import clip_like_tokenizer
-    from tests.tiny import tiny_gpt2_tokenizer
 
     clip = clip_like_tokenizer()
     cfg = PengiConfig.preset("base")

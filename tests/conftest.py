@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from .tiny import make_tiny_model_dir
+from pengi_search.testing import make_tiny_model_dir
 
 
 @pytest.fixture(scope="session")

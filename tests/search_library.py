@@ -7,14 +7,11 @@ tower, and real audio embeddings of real files. `indexed_library` runs the real 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-from transformers import CLIPTokenizer
 
 from indexer.pipeline import run_index
 from pengi_search.audio import iter_windows
@@ -27,7 +24,6 @@ from pengi_search.prompts import TASK_PROMPTS
 from pengi_search.scan import scan
 
 from .indexing import quick_options, write_tone
-from .tiny import CORPUS
 
 CAPTION = TASK_PROMPTS["caption"]
 EVENTS = TASK_PROMPTS["sound_event"]
@@ -97,25 +93,3 @@ def index_folder(db: str, root: Path, model_dir: Path, **options: Any) -> None:
     """Index everything under `root` with the real indexer (decoding in this process, short answers)."""
     summary = run_index(quick_options([root], Path(db), model_dir, **options))
     assert summary.indexed and not summary.failed, summary.to_json()
-
-
-def clip_like_tokenizer(vocab_size: int = 600) -> CLIPTokenizer:
-    """transformers' own CLIPTokenizer (CLIP's normaliser, pre-tokeniser, `</w>` word ends and post-processor) over
-    a small BPE vocabulary trained here: no real CLIP vocabulary is available offline."""
-    trained = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    trained.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
-    trained.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.ByteLevel(add_prefix_space=False)]
-    )
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        end_of_word_suffix="</w>",
-        show_progress=False,
-    )
-    trained.train_from_iterator(CORPUS * 4, trainer)
-    bpe = json.loads(trained.to_str())["model"]
-    vocab = dict(bpe["vocab"])
-    for special in ("<|startoftext|>", "<|endoftext|>"):
-        vocab[special] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[tuple(pair) for pair in bpe["merges"]])

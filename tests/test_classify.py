@@ -222,7 +222,7 @@ def test_loglik_reuses_stored_audio_embeddings(captions, tiny_model_dir, tmp_pat
 
 
 def test_another_model_does_not_reuse_the_index(captions, tmp_path):
-    from .tiny import make_tiny_model_dir
+    from pengi_search.testing import make_tiny_model_dir
 
     other = make_tiny_model_dir(tmp_path / "other", seed=4)
     prediction = classifier(other, db=captions.db, max_len=4).classify(captions.files["bell.wav"])

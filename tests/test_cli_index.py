@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE
 from pengi_search.library import Library
+from pengi_search.testing import make_tiny_model_dir
 
 from .indexing import assert_consistent, write_tone
-from .tiny import make_tiny_model_dir
 
 runner = CliRunner()
 QUICK = ("--workers", "0", "--beam", "2", "--max-len", "3", "--device", "cpu", "--quiet")

@@ -19,6 +19,7 @@ from pengi_search.inference import Engine
 from pengi_search.library import Library
 from pengi_search.prompts import TASK_PROMPTS
 from pengi_search.scan import normalize_extensions, scan
+from pengi_search.testing import make_tiny_model_dir
 
 from .indexing import (
     assert_consistent,
@@ -29,7 +30,6 @@ from .indexing import (
     window_vectors,
     write_tone,
 )
-from .tiny import make_tiny_model_dir
 
 PROMPTS = [TASK_PROMPTS["caption"], TASK_PROMPTS["sound_event"]]
 

@@ -10,9 +10,9 @@ import torch
 from pengi_search.checkpoint import load_model_dir, read_model_config, save_model_dir
 from pengi_search.decoding import GenerationConfig, beam_search, greedy
 from pengi_search.model import Pengi
+from pengi_search.testing import tiny_config, tiny_gpt2_tokenizer
 
 from .test_generation import uncached_greedy
-from .tiny import tiny_config, tiny_gpt2_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,8 @@ from pengi_search.checkpoint import (
     save_model_dir,
 )
 from pengi_search.models import ModelNotFoundError, fetch_model, import_checkpoint, resolve_model_dir
+from pengi_search.testing import make_tiny_model_dir
 from pengi_search.tokenization import TOKENIZER_DIR, TokenizerNotFoundError, Tokenizers, load_tokenizer
-
-from .tiny import make_tiny_model_dir
 
 
 def released_checkpoint(model, path: Path, ddp_prefix: bool = True) -> Path:

@@ -15,12 +15,12 @@ from pengi_search.embedders import PengiTextEmbedder
 from pengi_search.library import EmptyLibraryError, Library
 from pengi_search.model import Pengi
 from pengi_search.search import Filters, query_embedder, query_text, search_vectors, similar_to_file, stored_windows
+from pengi_search.testing import clip_like_tokenizer, make_tiny_model_dir, tiny_config, tiny_gpt2_tokenizer
 from pengi_search.text_query import NumpyTextEmbedder, mapped_tensors
 from pengi_search.tokenization import TOKENIZER_DIR
 
 from .indexing import make_tiny_sentence_transformer, write_tone
-from .search_library import CAPTION, caption_library, clip_like_tokenizer, index_folder, model_info
-from .tiny import make_tiny_model_dir, tiny_config, tiny_gpt2_tokenizer
+from .search_library import CAPTION, caption_library, index_folder, model_info
 
 CPU = torch.device("cpu")
 TEXTS = [

@@ -25,6 +25,7 @@ from pengi_search.config import PengiConfig
 from pengi_search.encoders import clip_text_config
 from pengi_search.errors import EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE
 from pengi_search.model import gpt2_config
+from pengi_search.testing import tiny_clip_tokenizer, tiny_config, tiny_gpt2_tokenizer
 from pengi_search.tokenization import Tokenizers
 from trainer.config import ConfigError, TrainConfig, load_config, parse_overrides
 from trainer.dry_run import dry_run_report
@@ -35,7 +36,6 @@ from trainer.objective import AnswerNll
 from trainer.reporting import METRICS_FILE, read_metrics
 
 from .reference import fixture_dirs, missing_reference
-from .tiny import tiny_clip_tokenizer, tiny_config, tiny_gpt2_tokenizer
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "trainer" / "example.yaml"
 SAMPLE_RATE = 44_100

@@ -1,12 +1,17 @@
-"""Tiny Pengi models and tokenizers built inside the tests: nothing is downloaded."""
+"""Tiny Pengi models and tokenizers built in code, for the tests and the benchmarks: nothing is downloaded.
+
+The tokenizers are byte-level BPE vocabularies trained on a short corpus; the models have the real architecture at
+toy sizes with seeded random weights, so they run in a fraction of a second and write gibberish.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerFast
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import CLIPTokenizer, PreTrainedTokenizerFast
 
 from pengi_search.checkpoint import save_model_dir
 from pengi_search.config import AudioConfig, DecoderConfig, MapperConfig, PengiConfig, TextEncoderConfig
@@ -96,3 +101,25 @@ def make_tiny_model_dir(directory: Path, variant: str = "base", seed: int = 0) -
     if variant == "base":
         clip.save_pretrained(directory / TOKENIZER_DIR / "clip")
     return directory
+
+
+def clip_like_tokenizer(vocab_size: int = 600) -> CLIPTokenizer:
+    """transformers' own CLIPTokenizer (CLIP's normaliser, pre-tokeniser, `</w>` word ends and post-processor) over
+    a small BPE vocabulary trained here: no real CLIP vocabulary is available offline."""
+    trained = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    trained.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
+    trained.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        end_of_word_suffix="</w>",
+        show_progress=False,
+    )
+    trained.train_from_iterator(CORPUS * 4, trainer)
+    bpe = json.loads(trained.to_str())["model"]
+    vocab = dict(bpe["vocab"])
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[tuple(pair) for pair in bpe["merges"]])
