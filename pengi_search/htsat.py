@@ -60,6 +60,7 @@ class WindowAttention(nn.Module):
     def __init__(self, dim: int, window: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
         self.register_buffer("relative_position_index", relative_position_index(window))
         self.qkv = nn.Linear(dim, 3 * dim)
@@ -70,17 +71,21 @@ class WindowAttention(nn.Module):
         Bw, N, C = x.shape
         H = self.num_heads
         q, k, v = self.qkv(x).view(Bw, N, 3, H, C // H).permute(2, 0, 3, 1, 4)  # each (Bw, H, N, d)
+        # Queries are scaled before the product, as the reference does: SDPA's own scaling (q and k each by
+        # sqrt(scale)) rounds differently, and Adam amplifies such differences (training then no longer gives the
+        # same weights in one process as in two, which tests/test_trainer.py checks to 1e-6).
+        q = q * self.scale
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(N, N, H)
         bias = bias.permute(2, 0, 1)  # (H, N, N): the same for every window
         if mask is None:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
         else:
             # The shift mask differs per window: fold the windows into the heads, (B, nW * H, N, d), so that one
             # (nW * H, N, N) additive mask broadcasts over the batch instead of being copied for every clip.
             nW = mask.shape[0]
             attn_mask = (bias[None] + mask[:, None]).reshape(nW * H, N, N)
             q, k, v = (t.reshape(Bw // nW, nW * H, N, C // H) for t in (q, k, v))
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask).view(Bw, H, N, C // H)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=1.0).view(Bw, H, N, C // H)
         return self.proj(out.transpose(1, 2).reshape(Bw, N, C))
 
 
