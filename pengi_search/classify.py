@@ -35,10 +35,12 @@ import numpy as np
 
 from pengi_search.errors import UsageError
 
+from .embedders import EmbedderSpec, TextEmbedder, open_text_embedder
+
 if TYPE_CHECKING:
-    from .embedders import TextEmbedder
     from .inference import Engine
     from .library import Library
+    from .model_dir import ModelDir
 
 METHODS = ("text", "loglik")
 LOGLIK_SCORES = ("mean", "total")
@@ -210,7 +212,7 @@ class ClassifySettings:
     template: str = DEFAULT_TEMPLATE
     prompt: str = DEFAULT_LOGLIK_PROMPT
     loglik_score: str = "mean"
-    text_embedder: str | None = None  # None: Pengi's CLIP tower; "sentence-transformers:NAME"
+    text_embedder: EmbedderSpec = EmbedderSpec()  # Pengi's CLIP tower, or a sentence-transformers model
     beam: int = 3
     max_len: int = 30
 
@@ -236,7 +238,7 @@ class Classifier:
         labels: Sequence[str],
         settings: ClassifySettings,
         *,
-        model_dir: Path,
+        model_dir: ModelDir,
         library: Library | None = None,
         device: str = "auto",
         batch_size: int = 16,
@@ -277,22 +279,11 @@ class Classifier:
         return self._engine
 
     def embedder(self) -> TextEmbedder:
+        """The text embedder; Pengi's tower is the loaded model's when the model is (see `prepare`)."""
         if self._embedder is None:
-            self._embedder = self._load_embedder()
+            spec = self.settings.text_embedder
+            self._embedder = open_text_embedder(spec, self.model_dir, self.device, engine=self._engine)
         return self._embedder
-
-    def _load_embedder(self) -> TextEmbedder:
-        from .embedders import PengiTextEmbedder, load_text_embedder
-        from .inference import resolve_device
-
-        spec = self.settings.text_embedder
-        engine = self._engine
-        if spec in (None, "pengi") and engine is not None and engine.model.caption_encoder is not None:
-            from .checkpoint import model_identity
-
-            encoder = engine.model.caption_encoder
-            return PengiTextEmbedder(encoder, engine.tok.clip, model_identity(self.model_dir), engine.device)
-        return load_text_embedder(spec, self.model_dir, resolve_device(self.device))
 
     def label_vectors(self) -> np.ndarray:
         if self._label_vectors is None:

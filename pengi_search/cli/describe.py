@@ -60,9 +60,9 @@ def _describe_files(
     from ..audio import AudioDecodeError, iter_windows, probe
     from ..decoding import GenerationConfig
     from ..inference import Engine
-    from ..models import resolve_model_dir
+    from ..model_dir import ModelDir
 
-    engine = Engine.load(resolve_model_dir(model), device, batch_size)
+    engine = Engine.load(ModelDir.resolve(model), device, batch_size)
     gen = GenerationConfig(beam=beam, max_len=max_len)
     keys, texts = list(prompts), list(prompts.values())
     results = []

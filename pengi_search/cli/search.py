@@ -309,7 +309,8 @@ def classify(
     Example: pengi-search classify recordings/ --labels labels.txt --output predictions.csv --truth truth.csv
     """
     from ..classify import Classifier, ClassifySettings, evaluate, write_csv
-    from ..models import resolve_model_dir
+    from ..embedders import EmbedderSpec
+    from ..model_dir import ModelDir
 
     label_list, known = _read_inputs(labels, truth)
     try:
@@ -318,7 +319,7 @@ def classify(
             template=template,
             prompt=prompt,
             loglik_score=loglik_score,
-            text_embedder=text_embedder,
+            text_embedder=EmbedderSpec.parse(text_embedder),
             beam=beam,
             max_len=max_len,
         )
@@ -332,7 +333,7 @@ def classify(
         raise UsageError("", f"{target}: no such file or folder")
     library = _open_library(db)
     try:
-        model_dir = resolve_model_dir(model)
+        model_dir = ModelDir.resolve(model)
         classifier = Classifier(
             label_list, settings, model_dir=model_dir, library=library, device=device, batch_size=batch_size
         )
