@@ -41,6 +41,8 @@ def is_model_dir(path: Path) -> bool:
 
 @dataclass(frozen=True, eq=False)
 class ModelDir:
+    """One model directory: where it is, its configuration, its identity, its tokenizers and default embedder."""
+
     path: Path
     config: PengiConfig
     meta: Mapping[str, Any]  # all of config.json: format_version, config, weights_sha256, name, source, ...
