@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pengi_search.checkpoint import CheckpointError
-from pengi_search.embedders import PengiTextEmbedder
+from pengi_search.embedders import EmbedderSpec, PengiTextEmbedder, TextEmbedderError
 from pengi_search.library import EmptyLibraryError, Library
 from pengi_search.model import Pengi
 from pengi_search.model_dir import ModelDir
@@ -97,6 +97,22 @@ def test_mapped_tensors_reads_every_float_type(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"\x05\x00")
     with pytest.raises(CheckpointError, match="not a readable safetensors file"):
         mapped_tensors(tmp_path / "bad.safetensors", "caption_encoder.")
+
+
+def test_one_embedder_spec_names_what_the_store_records(tiny_model_dir, tiny_no_text_model_dir):
+    assert EmbedderSpec.parse(None) == EmbedderSpec.parse("pengi") == EmbedderSpec()
+    st = EmbedderSpec.parse("sentence-transformers:/models/mini")
+    assert st.sentence_transformer == "/models/mini" and str(st) == "sentence-transformers:/models/mini"
+    model_dir = ModelDir.read(tiny_model_dir)
+    assert EmbedderSpec().embedder_id(model_dir) == model_dir.text_embedder_id == f"pengi-text:{model_dir.identity}"
+    for spec in (EmbedderSpec(), st):
+        assert EmbedderSpec.of_embedder_id(spec.embedder_id(model_dir)) == spec
+    assert EmbedderSpec.of_embedder_id("clap:x") is None
+    for bad in ("bogus", "sentence-transformers:"):
+        with pytest.raises(TextEmbedderError, match="use 'pengi' or 'sentence-transformers:NAME'"):
+            EmbedderSpec.parse(bad)
+    with pytest.raises(TextEmbedderError, match="no text encoder"):
+        EmbedderSpec().embedder_id(ModelDir.read(tiny_no_text_model_dir))
 
 
 # -- text -> audio -----------------------------------------------------------------------------------------------
