@@ -46,13 +46,13 @@ CAPTIONS = [
 QUERY = "dog barking in the rain"
 TORCH_QUERY = """
 import json, sys, torch
-from pathlib import Path
 from pengi_search.embedders import PengiTextEmbedder
 from pengi_search.library import Library
+from pengi_search.model_dir import ModelDir
 from pengi_search.search import query_text
 db, model_dir, text = sys.argv[1:4]
 with Library.open(db) as library:
-    embedder = PengiTextEmbedder.from_model_dir(Path(model_dir), torch.device("cpu"))
+    embedder = PengiTextEmbedder.from_model_dir(ModelDir.read(model_dir), torch.device("cpu"))
     hits = query_text(library, text, k=10, embedder=embedder)
 print(json.dumps([h.to_json() for h in hits]))
 """
@@ -66,7 +66,6 @@ def build_model(directory: Path) -> Path:
 
     import torch
 
-    from pengi_search.checkpoint import save_model_dir
     from pengi_search.config import PengiConfig
     from pengi_search.model import Pengi
     from pengi_search.testing import clip_like_tokenizer, tiny_gpt2_tokenizer
@@ -80,7 +79,7 @@ def build_model(directory: Path) -> Path:
     )
     torch.manual_seed(0)
     start = time.perf_counter()
-    save_model_dir(Pengi(cfg).eval(), directory, extra={"name": "bench-base"})
+    Pengi(cfg).eval().save_pretrained(directory, extra={"name": "bench-base"})
     clip.save_pretrained(directory / TOKENIZER_DIR / "clip")
     tiny_gpt2_tokenizer().save_pretrained(directory / TOKENIZER_DIR / "gpt2")
     print(f"built {directory} in {time.perf_counter() - start:.1f} s")
@@ -93,19 +92,19 @@ def build_index(db: Path, model_dir: Path, windows: int) -> None:
         return
     import numpy as np
 
-    from pengi_search.checkpoint import read_model_config
     from pengi_search.db import EmbedderInfo, ModelInfo, TextRecord, WindowInput
     from pengi_search.library import Library
+    from pengi_search.model_dir import ModelDir
     from pengi_search.text_query import NumpyTextEmbedder
 
-    embedder = NumpyTextEmbedder.from_model_dir(model_dir)
+    model = ModelDir.read(model_dir)
+    embedder = NumpyTextEmbedder.from_model_dir(model)
     texts = [f"{CAPTIONS[i % len(CAPTIONS)]} ({i})" for i in range(windows)]
     vectors = embedder.embed(texts)
-    _, meta = read_model_config(model_dir)
     rng = np.random.default_rng(0)
     with Library.open(str(db)) as library:
         store = library.store
-        store.set_index_meta(ModelInfo(meta["name"], meta["weights_sha256"]), EmbedderInfo(embedder.id, embedder.dim))
+        store.set_index_meta(ModelInfo(model.name, str(model.fingerprint)), EmbedderInfo(embedder.id, embedder.dim))
         for i, (text, vector) in enumerate(zip(texts, vectors, strict=True)):
             file_id = store.upsert_file(f"/library/sound-{i:05d}.wav", size=1000 + i, mtime=1.0)
             audio = rng.standard_normal(embedder.dim).astype(np.float32)
@@ -147,11 +146,13 @@ def parity(model_dir: Path) -> float:
     import torch
 
     from pengi_search.embedders import PengiTextEmbedder
+    from pengi_search.model_dir import ModelDir
     from pengi_search.text_query import NumpyTextEmbedder
 
     texts = [*CAPTIONS, QUERY, "x " * 100]
-    fast = NumpyTextEmbedder.from_model_dir(model_dir).embed(texts)
-    slow = PengiTextEmbedder.from_model_dir(Path(model_dir), torch.device("cpu")).embed(texts)
+    model = ModelDir.read(model_dir)
+    fast = NumpyTextEmbedder.from_model_dir(model).embed(texts)
+    slow = PengiTextEmbedder.from_model_dir(model, torch.device("cpu")).embed(texts)
     return float(np.abs(fast - slow).max())
 
 

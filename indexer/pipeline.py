@@ -15,7 +15,6 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -33,9 +32,11 @@ from pengi_search.db import (
     TextRecord,
     WindowInput,
 )
+from pengi_search.embedders import EmbedderSpec, TextEmbedder, open_text_embedder
 from pengi_search.errors import PengiSearchError
 from pengi_search.hashing import file_sha256
 from pengi_search.library import Library
+from pengi_search.model_dir import ModelDir
 from pengi_search.prompts import TASK_PROMPTS
 from pengi_search.scan import Entry, ScanResult, has_extension, scan
 from pengi_search.vectors import l2_normalise
@@ -44,11 +45,8 @@ from .decode import Decoded, Failed, Job, Windows, decode_all
 from .shard import Rank, Shard
 
 if TYPE_CHECKING:
-    from pengi_search.embedders import TextEmbedder
     from pengi_search.inference import Engine
 
-PENGI_EMBEDDER = "pengi"
-SENTENCE_TRANSFORMERS = "sentence-transformers:"
 REINDEX_HINT = "Run again with --reindex to re-index everything with the new ones."
 
 
@@ -58,7 +56,7 @@ def default_workers() -> int:
 
 
 class IndexerError(PengiSearchError):
-    """A run that cannot start as asked (bad option, model without a text encoder, ...)."""
+    """A run that cannot start as asked (e.g. --reindex with --shard)."""
 
 
 @dataclass(frozen=True)
@@ -152,38 +150,28 @@ def run_index(options: IndexOptions, progress: ProgressReporter | None = None) -
 
 @dataclass(frozen=True)
 class _ModelChoice:
-    directory: Path
+    model_dir: ModelDir
     model: ModelInfo
-    embedder_spec: str  # 'pengi' or 'sentence-transformers:NAME'
+    embedder_spec: EmbedderSpec
     embedder: EmbedderInfo | None  # None: known only once loaded (a sentence-transformers model not yet recorded)
 
 
 def _choose_model(options: IndexOptions, meta: IndexMeta | None) -> _ModelChoice:
     """The model asked for and the text embedder: --text-embedder, else the one the index was built with, else
     Pengi's own text tower."""
-    from pengi_search.checkpoint import model_identity, read_model_config
-    from pengi_search.models import resolve_model_dir
-
-    directory = resolve_model_dir(options.model)
-    cfg, info = read_model_config(directory)
-    model = ModelInfo(str(info.get("name", directory.name)), str(info.get("weights_sha256", "unknown")))
-    spec = options.text_embedder or (_spec_of(meta.embedder.name) if meta else PENGI_EMBEDDER)
-    if spec == PENGI_EMBEDDER:
-        if cfg.text_encoder is None:
-            raise IndexerError(
-                str(directory),
-                "this model has no text encoder (base_no_text_enc): choose a caption embedder with "
-                "--text-embedder sentence-transformers:NAME",
-            )
-        return _ModelChoice(directory, model, spec, EmbedderInfo(f"pengi-text:{model_identity(directory)}", cfg.d_proj))
-    if not spec.startswith(SENTENCE_TRANSFORMERS) or spec == SENTENCE_TRANSFORMERS:
-        raise IndexerError("--text-embedder", f"unknown {spec!r}; use 'pengi' or 'sentence-transformers:NAME'")
-    recorded = meta.embedder if meta is not None and meta.embedder.name == spec else None
-    return _ModelChoice(directory, model, spec, recorded)
+    model_dir = ModelDir.resolve(options.model)
+    model = ModelInfo(model_dir.name, model_dir.fingerprint or "unknown")
+    spec = EmbedderSpec.parse(options.text_embedder) if options.text_embedder else _recorded_spec(meta)
+    embedder_id = spec.embedder_id(model_dir)  # refuses Pengi's tower for a model without one
+    if spec.is_pengi:
+        return _ModelChoice(model_dir, model, spec, EmbedderInfo(embedder_id, model_dir.config.d_proj))
+    recorded = meta.embedder if meta is not None and meta.embedder.name == embedder_id else None
+    return _ModelChoice(model_dir, model, spec, recorded)
 
 
-def _spec_of(embedder_name: str) -> str:
-    return embedder_name if embedder_name.startswith(SENTENCE_TRANSFORMERS) else PENGI_EMBEDDER
+def _recorded_spec(meta: IndexMeta | None) -> EmbedderSpec:
+    """The embedder the index was built with (Pengi's tower for a new index, or an id this version does not know)."""
+    return (EmbedderSpec.of_embedder_id(meta.embedder.name) if meta else None) or EmbedderSpec()
 
 
 def _check_compatible(store: Store, choice: _ModelChoice) -> None:
@@ -196,8 +184,8 @@ def _check_compatible(store: Store, choice: _ModelChoice) -> None:
     if choice.embedder is None and meta is not None:
         raise StoreMismatchError(
             store.url,
-            f"the index was built with {meta.embedder} but this run uses text embedder {choice.embedder_spec!r}. "
-            f"Pass --text-embedder {_spec_of(meta.embedder.name)}, or: {REINDEX_HINT}",
+            f"the index was built with {meta.embedder} but this run uses text embedder {str(choice.embedder_spec)!r}. "
+            f"Pass --text-embedder {_recorded_spec(meta)}, or: {REINDEX_HINT}",
         )
 
 
@@ -214,19 +202,11 @@ class _Captioner:
 
     @classmethod
     def load(cls, choice: _ModelChoice, options: IndexOptions, device: str) -> _Captioner:
-        from pengi_search.checkpoint import model_identity
-        from pengi_search.embedders import PengiTextEmbedder, load_text_embedder
         from pengi_search.inference import Engine
 
         prompts = options.prompts or (TASK_PROMPTS["caption"], TASK_PROMPTS["sound_event"])
-        engine = Engine.load(choice.directory, device, options.batch_size * len(prompts))
-        embedder: TextEmbedder
-        if choice.embedder_spec == PENGI_EMBEDDER:  # the loaded model's own text tower: never load it twice
-            embedder = PengiTextEmbedder(
-                engine.model.caption_encoder, engine.tok.clip, model_identity(choice.directory), engine.device
-            )
-        else:
-            embedder = load_text_embedder(choice.embedder_spec, choice.directory, engine.device)
+        engine = Engine.load(choice.model_dir, device, options.batch_size * len(prompts))
+        embedder = open_text_embedder(choice.embedder_spec, choice.model_dir, engine=engine)
         return cls(engine, embedder, tuple(prompts), options.beam, options.max_len)
 
     @property

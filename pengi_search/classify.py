@@ -36,12 +36,13 @@ import numpy as np
 from pengi_search.errors import UsageError
 
 from .choices import LoglikScore, Method
+from .embedders import EmbedderSpec, TextEmbedder, open_text_embedder
 from .prompts import TASK_PROMPTS
 
 if TYPE_CHECKING:
-    from .embedders import TextEmbedder
     from .inference import Engine
     from .library import Library
+    from .model_dir import ModelDir
 
 DEFAULT_TEMPLATE = "{label}"
 PATH_COLUMNS = ("file", "filename", "path")
@@ -210,7 +211,7 @@ class ClassifySettings:
     template: str = DEFAULT_TEMPLATE
     prompt: str = TASK_PROMPTS["sound_event"]
     loglik_score: LoglikScore = LoglikScore.mean
-    text_embedder: str | None = None  # None: Pengi's CLIP tower; "sentence-transformers:NAME"
+    text_embedder: EmbedderSpec = EmbedderSpec()  # Pengi's CLIP tower, or a sentence-transformers model
     beam: int = 3
     max_len: int = 30
 
@@ -235,7 +236,7 @@ class Classifier:
         labels: Sequence[str],
         settings: ClassifySettings,
         *,
-        model_dir: Path,
+        model_dir: ModelDir,
         library: Library | None = None,
         device: str = "auto",
         batch_size: int = 16,
@@ -276,22 +277,11 @@ class Classifier:
         return self._engine
 
     def embedder(self) -> TextEmbedder:
+        """The text embedder; Pengi's tower is the loaded model's when the model is (see `prepare`)."""
         if self._embedder is None:
-            self._embedder = self._load_embedder()
+            spec = self.settings.text_embedder
+            self._embedder = open_text_embedder(spec, self.model_dir, self.device, engine=self._engine)
         return self._embedder
-
-    def _load_embedder(self) -> TextEmbedder:
-        from .embedders import PengiTextEmbedder, load_text_embedder
-        from .inference import resolve_device
-
-        spec = self.settings.text_embedder
-        engine = self._engine
-        if spec in (None, "pengi") and engine is not None and engine.model.caption_encoder is not None:
-            from .checkpoint import model_identity
-
-            encoder = engine.model.caption_encoder
-            return PengiTextEmbedder(encoder, engine.tok.clip, model_identity(self.model_dir), engine.device)
-        return load_text_embedder(spec, self.model_dir, resolve_device(self.device))
 
     def label_vectors(self) -> np.ndarray:
         if self._label_vectors is None:

@@ -1,26 +1,41 @@
-"""Text embedders for captions, labels and queries: Pengi's own CLIP text tower, or a sentence-transformers model.
+"""Text embedders for captions, labels and queries, and the one place that chooses and opens them.
 
-Both return L2-normalised float32 vectors, and an `id` that the store records so that a query is never compared
-against vectors another embedder made.
+`--text-embedder` names one (`EmbedderSpec`): "pengi", the model's own CLIP text tower and projection (the paper's
+text matching; `base` models only), or "sentence-transformers:NAME" (a local directory or a cached hub name; for
+`base_no_text_enc` too). Every embedder returns L2-normalised float32 vectors and an `id` that the store records,
+`pengi-text:<model identity>` or `sentence-transformers:NAME`, so that a query is never compared against vectors
+another embedder made.
+
+Nothing here imports torch until an embedder that needs it is opened: a text query runs Pengi's tower in numpy
+(`text_query`) without it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
-from transformers import PreTrainedTokenizerBase
 
-from .checkpoint import load_text_encoder, model_identity, read_model_config
 from .chunking import chunked
-from .encoders import TextEncoder
-from .tokenization import clip_texts, load_tokenizer
+from .errors import UsageError
+from .model_dir import PENGI_TEXT_PREFIX, ModelDir
 from .vectors import l2_normalise
 
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+    from .encoders import TextEncoder
+    from .inference import Engine
+
+PENGI = "pengi"
 SENTENCE_TRANSFORMERS_PREFIX = "sentence-transformers:"
+
+
+class TextEmbedderError(UsageError):
+    """A text embedder that cannot be used: an unknown name, or Pengi's text tower on a model without one."""
 
 
 class TextEmbedder(Protocol):
@@ -30,6 +45,90 @@ class TextEmbedder(Protocol):
     def embed(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
+@dataclass(frozen=True)
+class EmbedderSpec:
+    """Which text embedder: Pengi's own text tower (the default) or a sentence-transformers model."""
+
+    sentence_transformer: str | None = None  # the model's name or directory; None: Pengi's text tower
+
+    @classmethod
+    def parse(cls, text: str | None) -> EmbedderSpec:
+        """`--text-embedder`: None or "pengi" (Pengi's text tower), or "sentence-transformers:NAME"."""
+        if text is None or text == PENGI:
+            return cls()
+        name = text[len(SENTENCE_TRANSFORMERS_PREFIX) :] if text.startswith(SENTENCE_TRANSFORMERS_PREFIX) else ""
+        if not name:
+            raise TextEmbedderError("--text-embedder", f"unknown {text!r}; use 'pengi' or 'sentence-transformers:NAME'")
+        return cls(name)
+
+    @classmethod
+    def of_embedder_id(cls, embedder_id: str) -> EmbedderSpec | None:
+        """The spec whose embedder records vectors under `embedder_id` (None: an id this version does not know)."""
+        if embedder_id.startswith(SENTENCE_TRANSFORMERS_PREFIX):
+            return cls(embedder_id[len(SENTENCE_TRANSFORMERS_PREFIX) :])
+        return cls() if embedder_id.startswith(PENGI_TEXT_PREFIX) else None
+
+    @property
+    def is_pengi(self) -> bool:
+        return self.sentence_transformer is None
+
+    def __str__(self) -> str:
+        return PENGI if self.is_pengi else SENTENCE_TRANSFORMERS_PREFIX + str(self.sentence_transformer)
+
+    def check(self, model_dir: ModelDir) -> None:
+        """Refuse Pengi's text tower for a model that has none (before anything is loaded)."""
+        if self.is_pengi and not model_dir.has_text_encoder:
+            raise TextEmbedderError(
+                model_dir.path,
+                "this model has no text encoder (base_no_text_enc): choose a text embedder with "
+                "--text-embedder sentence-transformers:NAME",
+            )
+
+    def embedder_id(self, model_dir: ModelDir) -> str:
+        """The id the store records for this embedder's vectors, known before it is loaded."""
+        self.check(model_dir)
+        return str(model_dir.text_embedder_id) if self.is_pengi else str(self)
+
+
+def open_text_embedder(
+    spec: EmbedderSpec,
+    model_dir: ModelDir | None,
+    device: str = "auto",
+    *,
+    engine: Engine | None = None,
+    numpy_tower: bool = False,
+) -> TextEmbedder:
+    """The text embedder `spec` names, loaded the cheapest way.
+
+    A sentence-transformers model needs no `model_dir`. Pengi's text tower is, in order: the tower of `engine`
+    (the loaded model of `model_dir`, never loaded twice); with `numpy_tower`, the numpy tower when the model
+    directory holds CLIP's `tokenizer.json` (no torch at all: the query path); else the torch tower read alone.
+    With an `engine`, the embedder runs on its device.
+    """
+    if spec.sentence_transformer is not None:
+        return SentenceTransformerEmbedder(spec.sentence_transformer, _torch_device(device, engine))
+    if model_dir is None:
+        raise ValueError("Pengi's text tower needs the model directory")
+    spec.check(model_dir)
+    if engine is not None:
+        encoder, clip = engine.model.caption_encoder, engine.tok.clip
+        assert encoder is not None and clip is not None  # spec.check: the model has a text encoder
+        return PengiTextEmbedder(encoder, clip, model_dir.identity, engine.device)
+    if numpy_tower:
+        from .text_query import NumpyTextEmbedder, clip_tokenizer_file
+
+        if clip_tokenizer_file(model_dir).is_file():
+            return NumpyTextEmbedder.from_model_dir(model_dir)
+        # No tokenizer.json beside the model (the tokenizer comes from the Hugging Face cache): the torch path finds it.
+    return PengiTextEmbedder.from_model_dir(model_dir, _torch_device(device))
+
+
+def _torch_device(device: str, engine: Engine | None = None) -> torch.device:
+    from .inference import resolve_device  # imports torch
+
+    return engine.device if engine is not None else resolve_device(device)
+
+
 class PengiTextEmbedder:
     """The paper's text matching: Pengi's CLIP text tower and projection (the `base` model only)."""
 
@@ -37,22 +136,30 @@ class PengiTextEmbedder:
         self.encoder = encoder.to(device).eval()
         self.clip = clip
         self.device = device
-        self.id = f"pengi-text:{model_id}"
+        self.id = PENGI_TEXT_PREFIX + model_id
         self.dim = encoder.projection.layer_norm.normalized_shape[0]
 
     @classmethod
-    def from_model_dir(cls, model_dir: Path, device: torch.device) -> PengiTextEmbedder:
+    def from_model_dir(cls, model_dir: ModelDir, device: torch.device) -> PengiTextEmbedder:
         """Reads only the text tower's weights (about 250 MB of the 1.3 GB at full size)."""
-        return cls(load_text_encoder(model_dir), load_tokenizer("clip", model_dir), model_identity(model_dir), device)
+        from .encoders import TextEncoder
+        from .tokenization import load_tokenizer
 
-    @torch.no_grad()
+        clip = load_tokenizer("clip", model_dir.path)
+        return cls(TextEncoder.from_model_dir(model_dir), clip, model_dir.identity, device)
+
     def embed(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        import torch
+
+        from .tokenization import clip_texts
+
         cfg = self.encoder.base.config
         out = []
-        for part in chunked(texts, batch_size):
-            batch = clip_texts(self.clip, part, cfg.max_position_embeddings, cfg.eos_token_id)
-            emb = self.encoder(batch.input_ids.to(self.device), batch.attention_mask.to(self.device))
-            out.append(l2_normalise(emb.float().cpu().numpy()))
+        with torch.no_grad():
+            for part in chunked(texts, batch_size):
+                batch = clip_texts(self.clip, part, cfg.max_position_embeddings, cfg.eos_token_id)
+                emb = self.encoder(batch.input_ids.to(self.device), batch.attention_mask.to(self.device))
+                out.append(l2_normalise(emb.float().cpu().numpy()))
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
 
@@ -69,18 +176,3 @@ class SentenceTransformerEmbedder:
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         vectors = self.model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True)
         return np.asarray(vectors, dtype=np.float32).reshape(len(texts), self.dim)
-
-
-def load_text_embedder(spec: str | None, model_dir: Path, device: torch.device) -> TextEmbedder:
-    """`spec` None or "pengi": the model's own text tower; "sentence-transformers:NAME": that model."""
-    if spec and spec.startswith(SENTENCE_TRANSFORMERS_PREFIX):
-        return SentenceTransformerEmbedder(spec[len(SENTENCE_TRANSFORMERS_PREFIX) :], device)
-    if spec not in (None, "pengi"):
-        raise ValueError(f"unknown text embedder {spec!r}; use 'pengi' or 'sentence-transformers:NAME'")
-    cfg, _ = read_model_config(model_dir)
-    if cfg.text_encoder is None:
-        raise ValueError(
-            f"{model_dir} has no text encoder (base_no_text_enc): choose one with "
-            "--text-embedder sentence-transformers:NAME"
-        )
-    return PengiTextEmbedder.from_model_dir(model_dir, device)

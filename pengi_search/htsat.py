@@ -67,16 +67,26 @@ class WindowAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        Bw, N, C = x.shape  # Bw = batch * windows, N = w*w tokens
-        q, k, v = self.qkv(x).view(Bw, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        attn = (q * self.scale) @ k.transpose(-2, -1)  # (Bw, heads, N, N)
-        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        attn = attn + bias.view(N, N, -1).permute(2, 0, 1)
-        if mask is not None:
+        """(Bw, N, C) tokens of Bw = batch * windows windows of N = w*w positions; `mask` (windows, N, N)."""
+        Bw, N, C = x.shape
+        H = self.num_heads
+        q, k, v = self.qkv(x).view(Bw, N, 3, H, C // H).permute(2, 0, 3, 1, 4)  # each (Bw, H, N, d)
+        # Queries are scaled before the product, as the reference does: SDPA's own scaling (q and k each by
+        # sqrt(scale)) rounds differently, and Adam amplifies such differences (training then no longer gives the
+        # same weights in one process as in two, which tests/test_trainer.py checks to 1e-6).
+        q = q * self.scale
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(N, N, H)
+        bias = bias.permute(2, 0, 1)  # (H, N, N): the same for every window
+        if mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
+        else:
+            # The shift mask differs per window: fold the windows into the heads, (B, nW * H, N, d), so that one
+            # (nW * H, N, N) additive mask broadcasts over the batch instead of being copied for every clip.
             nW = mask.shape[0]
-            attn = (attn.view(Bw // nW, nW, self.num_heads, N, N) + mask[None, :, None]).view(Bw, -1, N, N)
-        x = attn.softmax(dim=-1) @ v  # (Bw, heads, N, head_dim)
-        return self.proj(x.transpose(1, 2).reshape(Bw, N, C))
+            attn_mask = (bias[None] + mask[:, None]).reshape(nW * H, N, N)
+            q, k, v = (t.reshape(Bw // nW, nW * H, N, C // H) for t in (q, k, v))
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=1.0).view(Bw, H, N, C // H)
+        return self.proj(out.transpose(1, 2).reshape(Bw, N, C))
 
 
 class Mlp(nn.Module):

@@ -11,15 +11,14 @@ import contextlib
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from .checkpoint import load_model_dir, read_model_config
 from .chunking import chunk_slices, chunked
 from .decoding import CandidateScore, GenerationConfig, beam_search, score_candidates
 from .model import Pengi
+from .model_dir import ModelDir
 from .tokenization import Tokenizers
 
 
@@ -46,10 +45,9 @@ class Engine:
         self._prompt_prefixes: dict[tuple[str, bool | None], torch.Tensor] = {}
 
     @classmethod
-    def load(cls, model_dir: Path, device: str = "auto", batch_size: int = 16) -> Engine:
-        cfg, _ = read_model_config(model_dir)
-        tokenizers = Tokenizers.load(cfg, model_dir)
-        return cls(load_model_dir(model_dir), tokenizers, resolve_device(device), batch_size)
+    def load(cls, model_dir: ModelDir, device: str = "auto", batch_size: int = 16) -> Engine:
+        tokenizers = model_dir.tokenizers  # first: a missing tokenizer fails before 1.3 GB of weights load
+        return cls(Pengi.from_pretrained(model_dir), tokenizers, resolve_device(device), batch_size)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.device.type == "cuda":

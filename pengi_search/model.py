@@ -6,19 +6,39 @@
 
 GPT-2 continues from the prefix (optionally followed by the embeddings of an "additional text").
 Module names follow the released checkpoint: `audio_encoder`, `caption_encoder`, `caption_decoder.{gpt,
-audio_project,text_project}`.
+audio_project,text_project}`. `Pengi.from_pretrained` loads a released checkpoint, a model directory or an installed
+model; `save_pretrained` writes a model directory.
 """
 
 from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreTrainedModel
 
+from .checkpoint import (
+    CheckpointError,
+    load_safetensors_strict,
+    load_state_dict_strict,
+    read_released_state_dict,
+    variant_of,
+)
 from .config import DecoderConfig, PengiConfig
 from .encoders import AudioEncoder, TextEncoder
+from .hashing import file_sha256
 from .mapper import EmbeddingMapper, Mapper
+from .model_dir import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, ModelDir, is_model_dir
+from .paths import models_dir
+
+if TYPE_CHECKING:
+    from .tokenization import Tokenizers
 
 
 def gpt2_config(cfg: DecoderConfig) -> GPT2Config:
@@ -60,6 +80,56 @@ class Pengi(nn.Module):
         self.audio_encoder = AudioEncoder(cfg.audio, cfg.d_proj)
         self.caption_encoder = TextEncoder(cfg.text_encoder, cfg.d_proj) if cfg.text_encoder else None
         self.caption_decoder = PrefixDecoder(cfg)
+
+    @classmethod
+    def from_pretrained(cls, source: str | os.PathLike[str] | ModelDir, config: PengiConfig | None = None) -> Pengi:
+        """Pengi in eval mode, from a model directory (or a `ModelDir`), the name of an installed model, or a
+        released-format `.pth` checkpoint. `config` is for checkpoints only: it replaces the released preset
+        that the checkpoint's variant selects (a model directory carries its own configuration)."""
+        if isinstance(source, ModelDir):
+            return cls._from_model_dir(source, config)
+        path = Path(source).expanduser()
+        if not path.exists() and is_model_dir(models_dir() / os.fspath(source)):
+            path = models_dir() / os.fspath(source)
+        if path.is_dir():
+            return cls._from_model_dir(ModelDir.read(path), config)
+        state = read_released_state_dict(path)
+        model = cls(config or PengiConfig.preset(variant_of(state)))
+        load_state_dict_strict(model, state, str(path))
+        return model.eval()
+
+    @classmethod
+    def _from_model_dir(cls, model_dir: ModelDir, config: PengiConfig | None) -> Pengi:
+        if config is not None:
+            raise CheckpointError(model_dir.path, "a model directory carries its own configuration")
+        model = cls(model_dir.config)
+        load_safetensors_strict(model, model_dir.weights)
+        return model.eval()
+
+    def save_pretrained(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        tokenizers: Tokenizers | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> Path:
+        """Write a model directory: `model.safetensors` (tied GPT-2 weights stored once), `config.json` (with the
+        weights' sha256 and the `extra` metadata, e.g. a name) and, when given, the tokenizers."""
+        from safetensors.torch import save_model
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_model(self, str(directory / WEIGHTS_FILE))
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "config": self.cfg.to_dict(),
+            "weights_sha256": file_sha256(directory / WEIGHTS_FILE),
+            **(extra or {}),
+        }
+        (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        if tokenizers is not None:
+            tokenizers.save(directory)
+        return directory
 
     @property
     def gpt(self) -> PreTrainedModel:

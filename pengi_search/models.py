@@ -1,8 +1,7 @@
 """Model management: fetching the released checkpoints, importing files, converting them to model directories.
 
-A model directory holds `config.json`, `model.safetensors` and `tokenizer/{gpt2,clip}`; installed ones live in
-`<data dir>/models/<name>`. Commands find a model through `--model` (a name or a path), else `PENGI_SEARCH_MODEL`,
-else the first installed of `base`, `base_no_text_enc`.
+A model directory holds `config.json`, `model.safetensors` and `tokenizer/{gpt2,clip}` (see `model_dir`, which also
+finds the one a command uses); installed ones live in `<data dir>/models/<name>`.
 """
 
 from __future__ import annotations
@@ -12,45 +11,13 @@ import os
 import shutil
 from pathlib import Path
 
-from pengi_search.errors import PengiSearchError
-
-from .checkpoint import (
-    CONFIG_FILE,
-    WEIGHTS_FILE,
-    load_released_checkpoint,
-    read_model_config,
-    save_model_dir,
-)
+from .checkpoint import CheckpointError
 from .config import PengiConfig
-from .download import RELEASES, TOKENIZERS, DownloadError, fetch_release, fetch_tokenizer
+from .download import TOKENIZERS, DownloadError, fetch_release, fetch_tokenizer
 from .hashing import file_sha256
+from .model_dir import ModelDir
 from .paths import models_dir
 from .tokenization import TOKENIZER_DIR, TokenizerNotFoundError, load_tokenizer
-
-MODEL_ENV = "PENGI_SEARCH_MODEL"
-FETCH_HINT = "run `pengi-search model fetch base` (or `pengi-search model import PATH`)"
-
-
-class ModelNotFoundError(PengiSearchError):
-    """No model where one was named, or none installed."""
-
-
-def is_model_dir(path: Path) -> bool:
-    return (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
-
-
-def resolve_model_dir(spec: str | None = None) -> Path:
-    """The model directory that `--model spec` (or the environment, or the installed defaults) names."""
-    spec = spec or os.environ.get(MODEL_ENV)
-    if spec:
-        for candidate in (Path(spec).expanduser(), models_dir() / spec):
-            if is_model_dir(candidate):
-                return candidate
-        raise ModelNotFoundError("", f"no Pengi model at {spec!r}: {FETCH_HINT}")
-    for name in RELEASES:
-        if is_model_dir(models_dir() / name):
-            return models_dir() / name
-    raise ModelNotFoundError(models_dir(), f"no Pengi model is installed here: {FETCH_HINT}")
 
 
 def _install_tokenizers(target: Path, sources: dict[str, Path | str], needed: tuple[str, ...]) -> list[str]:
@@ -80,13 +47,17 @@ def import_checkpoint(
 
     Returns the directory and the tokenizers that could not be installed (the model then needs them before use).
     """
+    from .model import Pengi  # torch loads only when a model is
+
+    if not checkpoint.is_file():  # from_pretrained would also take a model directory or an installed name
+        raise CheckpointError(checkpoint, "no such checkpoint file (import takes a released-format .pth file)")
     root = root or models_dir()
     target = root / name
     staging = root / f".{name}.importing"
     shutil.rmtree(staging, ignore_errors=True)
-    model = load_released_checkpoint(checkpoint, config)
+    model = Pengi.from_pretrained(checkpoint, config)
     extra = {"name": name, "source": str(checkpoint), "source_sha256": file_sha256(checkpoint)}
-    save_model_dir(model, staging, extra=extra)
+    model.save_pretrained(staging, extra=extra)
     needed = ("gpt2", "clip") if model.cfg.use_text_encoder else ("gpt2",)
     missing = _install_tokenizers(staging, tokenizer_sources or {}, needed)
     if target.exists():
@@ -113,17 +84,14 @@ def fetch_model(
     return import_checkpoint(fetched.checkpoint.path, name, config=config, tokenizer_sources=sources, root=root)
 
 
-def model_info(model_dir: Path) -> dict:
-    cfg, meta = read_model_config(model_dir)
-    weights = model_dir / WEIGHTS_FILE
-    tokenizers = {kind: (model_dir / TOKENIZER_DIR / kind).is_dir() for kind in TOKENIZERS}
+def model_info(model_dir: ModelDir) -> dict:
     return {
-        "name": meta.get("name", model_dir.name),
-        "path": str(model_dir),
-        "variant": "base" if cfg.use_text_encoder else "base_no_text_enc",
-        "weights_bytes": weights.stat().st_size,
-        "weights_sha256": meta.get("weights_sha256"),
-        "source": meta.get("source"),
-        "tokenizers": tokenizers,
-        "config": json.loads(json.dumps(cfg.to_dict())),
+        "name": model_dir.name,
+        "path": str(model_dir.path),
+        "variant": model_dir.variant,
+        "weights_bytes": model_dir.weights.stat().st_size,
+        "weights_sha256": model_dir.fingerprint,
+        "source": model_dir.meta.get("source"),
+        "tokenizers": {kind: model_dir.tokenizer_dir(kind).is_dir() for kind in TOKENIZERS},
+        "config": json.loads(json.dumps(model_dir.config.to_dict())),
     }

@@ -8,7 +8,7 @@ Both search a FAISS index of window vectors (cosine similarity) and turn window 
   stay cheap on large libraries.
 
 A text query must be embedded by the embedder that built the index: `query_embedder` reads it from the store.
-For Pengi's own text tower it uses the numpy implementation in `text_query`, which needs neither torch nor
+For Pengi's own text tower it opens the numpy implementation in `text_query`, which needs neither torch nor
 transformers (importing those alone takes longer than a whole query should). `similar` reuses the stored audio
 vectors of a file that is indexed and unchanged, and otherwise decodes and embeds the file with the full model; a
 query file with several windows scores each candidate window by its best match among the query's windows (so a
@@ -30,15 +30,14 @@ import numpy as np
 
 from .choices import By
 from .chunking import chunked
-from .db import EmbedderInfo, StoreMismatchError, WindowDetails
+from .db import StoreMismatchError, WindowDetails
+from .embedders import EmbedderSpec, TextEmbedder, open_text_embedder
+from .model_dir import PENGI_TEXT_PREFIX, ModelDir
 from .scan import ScanError, absolute, scan
 
 if TYPE_CHECKING:
-    from .embedders import TextEmbedder
     from .library import Library
 
-PENGI_TEXT_PREFIX = "pengi-text:"
-SENTENCE_TRANSFORMERS_PREFIX = "sentence-transformers:"
 _FIRST_FETCH = 4  # candidates fetched per wanted result at first (files have several windows)
 _WILDCARD = re.compile(r"[*?\[]")
 
@@ -254,7 +253,7 @@ def _hit(window: WindowDetails, score: float, span: tuple[float | None, float | 
 
 
 def query_embedder(library: Library, model: str | None = None, device: str = "auto") -> TextEmbedder:
-    """The text embedder that built the library's 'text' index, loaded the cheapest way.
+    """The text embedder that built the library's 'text' index, loaded the cheapest way (see `open_text_embedder`).
 
     Raises StoreMismatchError when `--model` (or the default model) is not the one the index was built with.
     """
@@ -263,18 +262,13 @@ def query_embedder(library: Library, model: str | None = None, device: str = "au
         from .library import EmptyLibraryError
 
         raise EmptyLibraryError(library.db_url, "the index is empty: run `pengi-search index PATH` first")
-    name = meta.embedder.name
-    if name.startswith(SENTENCE_TRANSFORMERS_PREFIX):
-        from .embedders import SentenceTransformerEmbedder
-        from .inference import resolve_device
-
-        embedder: TextEmbedder = SentenceTransformerEmbedder(
-            name[len(SENTENCE_TRANSFORMERS_PREFIX) :], resolve_device(device)
+    spec = EmbedderSpec.of_embedder_id(meta.embedder.name)
+    if spec is None:
+        raise StoreMismatchError(
+            library.db_url, f"the index was built with an unknown text embedder {meta.embedder.name!r}"
         )
-    elif name.startswith(PENGI_TEXT_PREFIX):
-        embedder = _pengi_text_embedder(library, meta.embedder, model, device)
-    else:
-        raise StoreMismatchError(library.db_url, f"the index was built with an unknown text embedder {name!r}")
+    model_dir = _text_tower_model(library, meta.embedder.name, model) if spec.is_pengi else None
+    embedder = open_text_embedder(spec, model_dir, device, numpy_tower=True)
     if embedder.dim != meta.embedder.dim:
         raise StoreMismatchError(
             library.db_url, f"{embedder.id} makes {embedder.dim}-d vectors, the index holds {meta.embedder.dim}-d ones"
@@ -282,44 +276,21 @@ def query_embedder(library: Library, model: str | None = None, device: str = "au
     return embedder
 
 
-def _pengi_text_embedder(library: Library, recorded: EmbedderInfo, model: str | None, device: str) -> TextEmbedder:
-    from .checkpoint import model_identity
-    from .models import resolve_model_dir
-    from .text_query import NumpyTextEmbedder, clip_tokenizer_file
-
-    wanted = recorded.name[len(PENGI_TEXT_PREFIX) :]
-    model_dir = resolve_model_dir(model)
-    identity = model_identity(model_dir)
-    if identity != wanted and model is None:
-        model_dir, identity = _installed_model(wanted) or (model_dir, identity)
-    if identity != wanted:
+def _text_tower_model(library: Library, embedder_id: str, model: str | None) -> ModelDir:
+    """The model whose text tower made `embedder_id`: `--model` (or the default), else, without `--model`, an
+    installed model with the index's identity."""
+    model_dir = ModelDir.resolve(model)
+    if model_dir.text_embedder_id != embedder_id and model is None:
+        found = (candidate for candidate in ModelDir.installed() if candidate.text_embedder_id == embedder_id)
+        model_dir = next(found, model_dir)
+    if model_dir.text_embedder_id != embedder_id:
         raise StoreMismatchError(
             library.db_url,
-            f"the index was built with the text embedder of model {wanted}, but {model_dir} is {identity}. Pass "
-            f"that model with --model, or re-index the library with this one (pengi-search index PATH --model ...)",
+            f"the index was built with the text embedder of model {embedder_id.removeprefix(PENGI_TEXT_PREFIX)}, "
+            f"but {model_dir.path} is {model_dir.identity}. Pass that model with --model, or re-index the library "
+            "with this one (pengi-search index PATH --model ...)",
         )
-    if clip_tokenizer_file(model_dir).is_file():
-        return NumpyTextEmbedder.from_model_dir(model_dir)
-    # No tokenizer.json beside the model (the tokenizer comes from the Hugging Face cache): the torch path finds it.
-    from .embedders import PengiTextEmbedder
-    from .inference import resolve_device
-
-    return PengiTextEmbedder.from_model_dir(model_dir, resolve_device(device))
-
-
-def _installed_model(identity: str) -> tuple[Path, str] | None:
-    """An installed model directory with this identity (when the default model is not the index's)."""
-    from .checkpoint import model_identity
-    from .models import is_model_dir
-    from .paths import models_dir
-
-    root = models_dir()
-    if not root.is_dir():
-        return None
-    for candidate in sorted(root.iterdir()):
-        if is_model_dir(candidate) and model_identity(candidate) == identity:
-            return candidate, identity
-    return None
+    return model_dir
 
 
 def query_text(
@@ -404,9 +375,8 @@ def embed_audio_file(
     """Decode `path` and embed its windows with the model that built the index: (vectors (n, d), spans)."""
     from .audio import iter_windows
     from .inference import Engine
-    from .models import resolve_model_dir
 
-    model_dir = resolve_model_dir(model)
+    model_dir = ModelDir.resolve(model)
     check_index_model(library, model_dir)
     engine = Engine.load(model_dir, device, batch_size)
     vectors, spans = [], []
@@ -416,20 +386,18 @@ def embed_audio_file(
     return np.concatenate(vectors), spans
 
 
-def built_by(library: Library, model_dir: Path) -> bool:
+def built_by(library: Library, model_dir: ModelDir) -> bool:
     """Whether the library's texts and audio vectors were made by the model in `model_dir` (same weights)."""
-    from .checkpoint import read_model_config
-
     meta = library.store.index_meta()
-    return meta is not None and meta.model.fingerprint == read_model_config(model_dir)[1].get("weights_sha256")
+    return meta is not None and meta.model.fingerprint == model_dir.fingerprint
 
 
-def check_index_model(library: Library, model_dir: Path) -> None:
+def check_index_model(library: Library, model_dir: ModelDir) -> None:
     """Raise StoreMismatchError unless the model in `model_dir` built the library's audio vectors."""
     if not built_by(library, model_dir):
         meta = library.store.index_meta()
         raise StoreMismatchError(
             library.db_url,
-            f"the index was built with {meta.model if meta else 'no model'}, not with the model at {model_dir}: "
+            f"the index was built with {meta.model if meta else 'no model'}, not with the model at {model_dir.path}: "
             "pass the index's model with --model (audio embeddings of different models cannot be compared)",
         )

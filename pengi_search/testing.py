@@ -13,10 +13,9 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import CLIPTokenizer, PreTrainedTokenizerFast
 
-from pengi_search.checkpoint import save_model_dir
 from pengi_search.config import AudioConfig, DecoderConfig, MapperConfig, PengiConfig, TextEncoderConfig
 from pengi_search.model import Pengi
-from pengi_search.tokenization import TOKENIZER_DIR
+from pengi_search.tokenization import Tokenizers
 
 CORPUS = [
     "generate audio caption",
@@ -96,11 +95,8 @@ def make_tiny_model_dir(directory: Path, variant: str = "base", seed: int = 0) -
     gpt2, clip = tiny_gpt2_tokenizer(), tiny_clip_tokenizer()
     torch.manual_seed(seed)
     model = Pengi(tiny_config(variant, gpt2, clip)).eval()
-    save_model_dir(model, directory, extra={"name": f"tiny-{variant}"})
-    gpt2.save_pretrained(directory / TOKENIZER_DIR / "gpt2")
-    if variant == "base":
-        clip.save_pretrained(directory / TOKENIZER_DIR / "clip")
-    return directory
+    tokenizers = Tokenizers(model.cfg, gpt2, clip if variant == "base" else None)
+    return model.save_pretrained(directory, tokenizers=tokenizers, extra={"name": f"tiny-{variant}"})
 
 
 def clip_like_tokenizer(vocab_size: int = 600) -> CLIPTokenizer:

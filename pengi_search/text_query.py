@@ -21,10 +21,10 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tokenizers import Tokenizer
 
-from .checkpoint import TEXT_ENCODER_PREFIX, WEIGHTS_FILE, CheckpointError, model_identity, read_model_config
+from .checkpoint import TEXT_ENCODER_PREFIX, CheckpointError
 from .chunking import chunked
 from .config import TextEncoderConfig
-from .tokenization import TOKENIZER_DIR
+from .model_dir import PENGI_TEXT_PREFIX, ModelDir
 from .vectors import l2_normalise
 
 LAYER_NORM_EPS = 1e-5  # CLIPTextConfig.layer_norm_eps and torch.nn.LayerNorm's default
@@ -67,8 +67,8 @@ def mapped_tensors(path: Path, prefix: str) -> dict[str, np.ndarray]:
     return tensors
 
 
-def clip_tokenizer_file(model_dir: Path) -> Path:
-    return Path(model_dir) / TOKENIZER_DIR / "clip" / TOKENIZER_FILE
+def clip_tokenizer_file(model_dir: ModelDir) -> Path:
+    return model_dir.tokenizer_dir("clip") / TOKENIZER_FILE
 
 
 def gelu(x: np.ndarray) -> np.ndarray:
@@ -143,19 +143,18 @@ class NumpyTextEmbedder:
         self.tokenizer = tokenizer
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(cfg.max_position_embeddings)
-        self.id = f"pengi-text:{model_id}"
+        self.id = PENGI_TEXT_PREFIX + model_id
         self.dim = int(weights["projection.layer_norm.weight"].shape[0])
 
     @classmethod
-    def from_model_dir(cls, model_dir: Path) -> NumpyTextEmbedder:
+    def from_model_dir(cls, model_dir: ModelDir) -> NumpyTextEmbedder:
         """Maps the text tower's weights and reads the CLIP tokenizer of a `base` model directory."""
-        model_dir = Path(model_dir)
-        cfg, _ = read_model_config(model_dir)
-        if cfg.text_encoder is None:
-            raise CheckpointError(model_dir, "this model has no text encoder (base_no_text_enc)")
-        weights = mapped_tensors(model_dir / WEIGHTS_FILE, TEXT_ENCODER_PREFIX)
+        cfg = model_dir.config.text_encoder
+        if cfg is None:
+            raise CheckpointError(model_dir.path, "this model has no text encoder (base_no_text_enc)")
+        weights = mapped_tensors(model_dir.weights, TEXT_ENCODER_PREFIX)
         tokenizer = Tokenizer.from_file(str(clip_tokenizer_file(model_dir)))
-        return cls(weights, cfg.text_encoder, tokenizer, model_identity(model_dir))
+        return cls(weights, cfg, tokenizer, model_dir.identity)
 
     def embed(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """L2-normalised float32 embeddings (N, dim)."""

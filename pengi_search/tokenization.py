@@ -86,6 +86,12 @@ class Tokenizers:
         clip = load_tokenizer("clip", model_dir) if cfg.use_text_encoder else None
         return cls(cfg, load_tokenizer("gpt2", model_dir), clip)
 
+    def save(self, model_dir: Path) -> None:
+        """Into `<model_dir>/tokenizer/{gpt2,clip}`, where `load` finds them."""
+        self.gpt2.save_pretrained(model_dir / TOKENIZER_DIR / "gpt2")
+        if self.clip is not None:
+            self.clip.save_pretrained(model_dir / TOKENIZER_DIR / "clip")
+
     def prompts(self, prompts: list[str]) -> PromptBatch:
         """Prompts as the reference tokenises them, padded to `text_prompt_length` (40).
 

@@ -15,11 +15,11 @@ import numpy as np
 
 from indexer.pipeline import run_index
 from pengi_search.audio import iter_windows
-from pengi_search.checkpoint import model_identity, read_model_config
 from pengi_search.db import EmbedderInfo, ModelInfo, Store, StoredAudio, TextRecord, WindowInput
-from pengi_search.embedders import PengiTextEmbedder
+from pengi_search.embedders import EmbedderSpec, open_text_embedder
 from pengi_search.inference import Engine
 from pengi_search.library import Library
+from pengi_search.model_dir import ModelDir
 from pengi_search.prompts import TASK_PROMPTS
 from pengi_search.scan import scan
 
@@ -38,8 +38,8 @@ CAPTIONED = {
 
 
 def model_info(model_dir: Path) -> ModelInfo:
-    _, meta = read_model_config(model_dir)
-    return ModelInfo(meta["name"], meta["weights_sha256"])
+    read = ModelDir.read(model_dir)
+    return ModelInfo(read.name, str(read.fingerprint))
 
 
 @dataclass
@@ -52,10 +52,9 @@ class CaptionLibrary:
 def caption_library(db: str, root: Path, model_dir: Path, captioned: dict | None = None) -> CaptionLibrary:
     """Write the sounds, and store them with the given captions (and real audio embeddings) as the indexer would."""
     captioned = CAPTIONED if captioned is None else captioned
-    engine = Engine.load(model_dir, "cpu")
-    embedder = PengiTextEmbedder(
-        engine.model.caption_encoder, engine.tok.clip, model_identity(model_dir), engine.device
-    )
+    model = ModelDir.read(model_dir)
+    engine = Engine.load(model, "cpu")
+    embedder = open_text_embedder(EmbedderSpec(), model, engine=engine)
     files = {}
     with Store.open(db) as store:
         store.set_index_meta(model_info(model_dir), EmbedderInfo(embedder.id, embedder.dim))

@@ -23,6 +23,7 @@ from pengi_search.classify import (
 from pengi_search.decoding import GenerationConfig
 from pengi_search.inference import Engine
 from pengi_search.library import Library
+from pengi_search.model_dir import ModelDir
 from pengi_search.prompts import TASK_PROMPTS
 
 from .indexing import write_tone
@@ -151,7 +152,8 @@ def captions(tmp_path_factory, tiny_model_dir):
 
 def classifier(model_dir, labels=LABELS, db=None, **settings):
     library = None if db is None else Library.open(db)
-    return Classifier(labels, ClassifySettings(**settings), model_dir=model_dir, library=library, device="cpu")
+    settings = ClassifySettings(**settings)
+    return Classifier(labels, settings, model_dir=ModelDir.read(model_dir), library=library, device="cpu")
 
 
 @pytest.mark.parametrize(
@@ -179,7 +181,7 @@ def test_text_method_averages_the_windows(captions, tiny_model_dir):
 
 def test_text_method_captions_a_file_that_is_not_indexed(tiny_model_dir, tmp_path):
     path = write_tone(tmp_path / "new.wav", 4.0, freq=600.0)
-    engine = Engine.load(tiny_model_dir, "cpu")
+    engine = Engine.load(ModelDir.read(tiny_model_dir), "cpu")
     embeds = engine.audio_embeddings(np.stack([w.samples for w in iter_windows(path)]))
     caption = engine.generate(embeds, [TASK_PROMPTS["caption"]], GenerationConfig(beam=2, max_len=8))[0][0].text
     c = classifier(tiny_model_dir, labels=["a dog barks", caption, "rain"], beam=2, max_len=8)
@@ -199,7 +201,7 @@ def test_template_applies_to_the_labels(captions, tiny_model_dir):
 def test_loglik_equals_a_direct_engine_score(tiny_model_dir, tmp_path, score):
     path = write_tone(tmp_path / "long.wav", 10.0, freq=420.0)  # two windows, averaged
     labels = ["dog", "rain on a roof", "bell", "silence"]
-    engine = Engine.load(tiny_model_dir, "cpu")
+    engine = Engine.load(ModelDir.read(tiny_model_dir), "cpu")
     embeds = engine.audio_embeddings(np.stack([w.samples for w in iter_windows(path)]))
     direct = engine.score(embeds, "this is a sound of", labels)
     expected = np.mean([[getattr(s, score) for s in row] for row in direct], axis=0)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pengi_search.checkpoint import load_model_dir
 from pengi_search.decoding import GenerationConfig, beam_search, greedy, score_candidates
+from pengi_search.model import Pengi
 
 
 @pytest.fixture(scope="module")
 def model(tiny_model_dir):
-    return load_model_dir(tiny_model_dir)
+    return Pengi.from_pretrained(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 
 import indexer.pipeline as pipeline
-from indexer.pipeline import IndexerError, run_index
+from indexer.pipeline import run_index
 from indexer.shard import Rank, Shard
 from pengi_search.audio import iter_windows
 from pengi_search.db import StoreMismatchError
-from pengi_search.embedders import PengiTextEmbedder
+from pengi_search.embedders import PengiTextEmbedder, TextEmbedderError
 from pengi_search.inference import Engine
 from pengi_search.library import Library
+from pengi_search.model_dir import ModelDir
 from pengi_search.prompts import TASK_PROMPTS
 from pengi_search.scan import normalize_extensions, scan
 from pengi_search.testing import make_tiny_model_dir
@@ -84,8 +85,9 @@ def test_index_stores_files_windows_texts_and_vectors(tiny_model_dir, tree, tmp_
     text_vectors = window_vectors(db, "text")
     audio_vectors = window_vectors(db, "audio")
     path = str(tree / "birds" / "long stereo.wav")
-    engine = Engine.load(tiny_model_dir, "cpu")
-    embedder = PengiTextEmbedder.from_model_dir(tiny_model_dir, engine.device)
+    model_dir = ModelDir.read(tiny_model_dir)
+    engine = Engine.load(model_dir, "cpu")
+    embedder = PengiTextEmbedder.from_model_dir(model_dir, engine.device)
     for window in iter_windows(path):
         caption = stereo["windows"][window.index]["texts"][0]["text"]
         np.testing.assert_allclose(text_vectors[(path, window.index)], embedder.embed([caption])[0], atol=1e-5)
@@ -170,7 +172,7 @@ def test_another_model_is_refused_unless_reindex(tiny_model_dir, tree, tmp_path)
 
 
 def test_a_model_without_text_encoder_needs_a_text_embedder(tiny_no_text_model_dir, tree, tmp_path):
-    with pytest.raises(IndexerError, match="--text-embedder sentence-transformers:NAME"):
+    with pytest.raises(TextEmbedderError, match="--text-embedder sentence-transformers:NAME"):
         run_index(quick_options([tree], tmp_path / "lib.db", tiny_no_text_model_dir))
 
 

@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 import torch
 
-from pengi_search.checkpoint import load_model_dir, read_model_config, save_model_dir
 from pengi_search.decoding import GenerationConfig, beam_search, greedy
 from pengi_search.model import Pengi
+from pengi_search.model_dir import ModelDir
 from pengi_search.testing import tiny_config, tiny_gpt2_tokenizer
 
 from .test_generation import uncached_greedy
@@ -64,9 +64,9 @@ def test_it_trains_and_round_trips_through_a_model_directory(llama_pengi, tmp_pa
     loss.backward()
     assert torch.isfinite(loss) and prefix.grad is not None and prefix.grad.abs().sum() > 0
 
-    save_model_dir(llama_pengi, tmp_path / "llama-pengi")
-    cfg, _ = read_model_config(tmp_path / "llama-pengi")
-    assert cfg.decoder.hf_config["model_type"] == "llama"
-    loaded = load_model_dir(tmp_path / "llama-pengi")
+    llama_pengi.save_pretrained(tmp_path / "llama-pengi")
+    model_dir = ModelDir.read(tmp_path / "llama-pengi")
+    assert model_dir.config.decoder.hf_config["model_type"] == "llama"
+    loaded = Pengi.from_pretrained(model_dir)
     for (k, a), b in zip(llama_pengi.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), k

@@ -10,17 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from pengi_search.checkpoint import (
-    CheckpointError,
-    load_model_dir,
-    load_released_checkpoint,
-    load_text_encoder,
-    read_model_config,
-    save_model_dir,
-)
-from pengi_search.models import ModelNotFoundError, fetch_model, import_checkpoint, resolve_model_dir
+from pengi_search.checkpoint import CheckpointError
+from pengi_search.encoders import TextEncoder
+from pengi_search.model import Pengi
+from pengi_search.model_dir import ModelDir, ModelNotFoundError
+from pengi_search.models import fetch_model, import_checkpoint
 from pengi_search.testing import make_tiny_model_dir
-from pengi_search.tokenization import TOKENIZER_DIR, TokenizerNotFoundError, Tokenizers, load_tokenizer
+from pengi_search.tokenization import TOKENIZER_DIR, TokenizerNotFoundError, load_tokenizer
 
 
 def released_checkpoint(model, path: Path, ddp_prefix: bool = True) -> Path:
@@ -36,21 +32,21 @@ def released_checkpoint(model, path: Path, ddp_prefix: bool = True) -> Path:
 
 @pytest.fixture()
 def tiny_pair(tiny_model_dir, tmp_path):
-    model = load_model_dir(tiny_model_dir)
+    model = Pengi.from_pretrained(tiny_model_dir)
     return model, released_checkpoint(model, tmp_path / "tiny.pth")
 
 
 def test_model_directory_round_trip_keeps_every_tensor(tiny_model_dir, tmp_path):
-    model = load_model_dir(tiny_model_dir)
-    save_model_dir(model, tmp_path / "copy")
-    again = load_model_dir(tmp_path / "copy")
+    model = Pengi.from_pretrained(tiny_model_dir)
+    model.save_pretrained(tmp_path / "copy")
+    again = Pengi.from_pretrained(tmp_path / "copy")
     for (k, a), (k2, b) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(a, b)
 
 
 def test_released_format_loads_with_prefix_and_obsolete_buffers(tiny_pair):
     model, path = tiny_pair
-    loaded = load_released_checkpoint(path, model.cfg)
+    loaded = Pengi.from_pretrained(path, model.cfg)
     assert all(
         torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True)
     )
@@ -63,7 +59,7 @@ def test_a_mismatched_checkpoint_names_missing_and_unexpected_keys(tiny_pair, tm
     state["caption_decoder.surprise.weight"] = torch.zeros(1)
     torch.save({"model": state}, tmp_path / "bad.pth")
     with pytest.raises(CheckpointError) as err:
-        load_released_checkpoint(tmp_path / "bad.pth", model.cfg)
+        Pengi.from_pretrained(tmp_path / "bad.pth", model.cfg)
     message = str(err.value)
     assert "missing keys: caption_decoder.audio_project.linear.bias" in message
     assert "unexpected keys: caption_decoder.surprise.weight" in message
@@ -74,19 +70,19 @@ def test_the_real_c_attn_bias_is_never_dropped_as_obsolete(tiny_pair, tmp_path):
     state = {k: v for k, v in model.state_dict().items() if not k.endswith("attn.c_attn.bias")}
     torch.save({"model": state}, tmp_path / "no_c_attn_bias.pth")
     with pytest.raises(CheckpointError, match="attn.c_attn.bias"):
-        load_released_checkpoint(tmp_path / "no_c_attn_bias.pth", model.cfg)
+        Pengi.from_pretrained(tmp_path / "no_c_attn_bias.pth", model.cfg)
 
 
 def test_not_a_checkpoint_gives_a_clear_error(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
-        load_released_checkpoint(tmp_path / "junk.pth")
+        Pengi.from_pretrained(tmp_path / "junk.pth")
 
 
 @torch.no_grad()
 def test_the_text_encoder_loads_alone_and_equals_the_full_models(tiny_model_dir):
-    full = load_model_dir(tiny_model_dir)
-    alone = load_text_encoder(tiny_model_dir)
+    full = Pengi.from_pretrained(tiny_model_dir)
+    alone = TextEncoder.from_model_dir(ModelDir.read(tiny_model_dir))
     ids = torch.tensor([[0, 5, 6, 7, 1]]) % full.cfg.text_encoder.vocab_size
     mask = torch.ones_like(ids)
     assert torch.equal(alone(ids, mask), full.encode_text(ids, mask))
@@ -98,10 +94,10 @@ def test_import_converts_a_released_checkpoint_into_an_installed_model(tiny_pair
     target, missing = import_checkpoint(path, "mine", config=model.cfg, tokenizer_sources=sources)
     assert missing == []
     assert target == isolated_home / "models" / "mine"
-    assert resolve_model_dir("mine") == target
-    _, meta = read_model_config(target)
-    assert meta["name"] == "mine" and len(meta["weights_sha256"]) == 64
-    loaded = load_model_dir(target)
+    installed = ModelDir.resolve("mine")
+    assert installed.path == target
+    assert installed.name == "mine" and len(str(installed.fingerprint)) == 64
+    loaded = Pengi.from_pretrained("mine")  # an installed model, by name
     assert all(
         torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True)
     )
@@ -120,21 +116,21 @@ def test_fetch_downloads_from_a_local_server_and_installs(tiny_pair, tiny_model_
     finally:
         server.shutdown()
     assert missing == [] and target == isolated_home / "models" / "base"
-    assert resolve_model_dir() == target  # the installed `base` is what commands use by default
-    cfg, _ = read_model_config(target)
-    assert Tokenizers.load(cfg, target).stop_ids  # both tokenizers installed and usable
+    installed = ModelDir.resolve()
+    assert installed.path == target  # the installed `base` is what commands use by default
+    assert installed.tokenizers.stop_ids and installed.tokenizers.clip is not None  # both installed and usable
 
 
 def test_a_missing_model_says_which_command_fixes_it(isolated_home):
     with pytest.raises(ModelNotFoundError, match="pengi-search model fetch base"):
-        resolve_model_dir()
+        ModelDir.resolve()
     with pytest.raises(ModelNotFoundError, match="no Pengi model at 'nowhere'"):
-        resolve_model_dir("nowhere")
+        ModelDir.resolve("nowhere")
 
 
 def test_the_environment_variable_chooses_the_model(tiny_model_dir, monkeypatch):
     monkeypatch.setenv("PENGI_SEARCH_MODEL", str(tiny_model_dir))
-    assert resolve_model_dir() == tiny_model_dir
+    assert ModelDir.resolve().path == tiny_model_dir
 
 
 def test_a_missing_tokenizer_error_says_how_to_install_it(tmp_path, monkeypatch):
@@ -146,7 +142,7 @@ def test_a_missing_tokenizer_error_says_how_to_install_it(tmp_path, monkeypatch)
 
 def test_base_no_text_enc_model_directory_round_trip(tmp_path):
     directory = make_tiny_model_dir(tmp_path / "nt", variant="base_no_text_enc")
-    model = load_model_dir(directory)
+    model = Pengi.from_pretrained(directory)
     assert model.caption_encoder is None
     with pytest.raises(CheckpointError, match="no text encoder"):
-        load_text_encoder(directory)
+        TextEncoder.from_model_dir(ModelDir.read(directory))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from pengi_search.checkpoint import OBSOLETE_KEYS, load_released_checkpoint
+from pengi_search.checkpoint import OBSOLETE_KEYS
 from pengi_search.config import PengiConfig
 from pengi_search.decoding import GenerationConfig, beam_search, greedy
 from pengi_search.frontend import hann_dft_kernels, mel_filterbank
@@ -35,7 +35,7 @@ def case_id(case: tuple[Path | None, str]) -> str:
 def load_case(directory: Path, variant: str):
     fixture = json.loads((directory / "fixture.json").read_text())
     config = PengiConfig.from_reference_architecture(fixture["architecture"], variant)
-    model = load_released_checkpoint(directory / f"{variant}.pth", config)
+    model = Pengi.from_pretrained(directory / f"{variant}.pth", config)
     expected = dict(np.load(directory / f"{variant}_expected.npz"))
     inputs = dict(np.load(directory / "inputs.npz"))
     with torch.no_grad():

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from pengi_search.checkpoint import CheckpointError, model_identity, save_model_dir
+from pengi_search.checkpoint import CheckpointError
 from pengi_search.db import EmbedderInfo, StoreMismatchError, TextRecord, WindowInput
-from pengi_search.embedders import PengiTextEmbedder
+from pengi_search.embedders import EmbedderSpec, PengiTextEmbedder, TextEmbedderError
 from pengi_search.library import EmptyLibraryError, Library
 from pengi_search.model import Pengi
+from pengi_search.model_dir import ModelDir
 from pengi_search.search import Filters, query_embedder, query_text, search_vectors, similar_to_file, stored_windows
 from pengi_search.testing import clip_like_tokenizer, make_tiny_model_dir, tiny_config, tiny_gpt2_tokenizer
 from pengi_search.text_query import NumpyTextEmbedder, mapped_tensors
@@ -48,8 +49,9 @@ def library(captions):
 
 
 def test_numpy_text_tower_equals_the_torch_embedder(tiny_model_dir):
-    fast = NumpyTextEmbedder.from_model_dir(tiny_model_dir)
-    reference = PengiTextEmbedder.from_model_dir(tiny_model_dir, CPU)
+    model_dir = ModelDir.read(tiny_model_dir)
+    fast = NumpyTextEmbedder.from_model_dir(model_dir)
+    reference = PengiTextEmbedder.from_model_dir(model_dir, CPU)
     assert fast.id == reference.id and fast.dim == reference.dim
     batched = fast.embed(TEXTS)
     np.testing.assert_allclose(batched, reference.embed(TEXTS), atol=1e-5, rtol=0)
@@ -64,12 +66,13 @@ def test_numpy_text_tower_with_transformers_clip_tokenizer(tmp_path):
     clip = clip_like_tokenizer()
     torch.manual_seed(3)
     model = Pengi(tiny_config(clip=clip, gpt2=tiny_gpt2_tokenizer()))
-    model_dir = save_model_dir(model, tmp_path / "clip-like", extra={"name": "clip-like"})
-    clip.save_pretrained(model_dir / TOKENIZER_DIR / "clip")
+    directory = model.save_pretrained(tmp_path / "clip-like", extra={"name": "clip-like"})
+    clip.save_pretrained(directory / TOKENIZER_DIR / "clip")
+    model_dir = ModelDir.read(directory)
     fast = NumpyTextEmbedder.from_model_dir(model_dir)
     for text in TEXTS:
         assert fast.tokenizer.encode(text).ids == clip(text, truncation=True, max_length=77)["input_ids"]
-    reference = PengiTextEmbedder(model.caption_encoder, clip, model_identity(model_dir), CPU)
+    reference = PengiTextEmbedder(model.caption_encoder, clip, model_dir.identity, CPU)
     np.testing.assert_allclose(fast.embed(TEXTS), reference.embed(TEXTS), atol=1e-5, rtol=0)
 
 
@@ -94,6 +97,22 @@ def test_mapped_tensors_reads_every_float_type(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"\x05\x00")
     with pytest.raises(CheckpointError, match="not a readable safetensors file"):
         mapped_tensors(tmp_path / "bad.safetensors", "caption_encoder.")
+
+
+def test_one_embedder_spec_names_what_the_store_records(tiny_model_dir, tiny_no_text_model_dir):
+    assert EmbedderSpec.parse(None) == EmbedderSpec.parse("pengi") == EmbedderSpec()
+    st = EmbedderSpec.parse("sentence-transformers:/models/mini")
+    assert st.sentence_transformer == "/models/mini" and str(st) == "sentence-transformers:/models/mini"
+    model_dir = ModelDir.read(tiny_model_dir)
+    assert EmbedderSpec().embedder_id(model_dir) == model_dir.text_embedder_id == f"pengi-text:{model_dir.identity}"
+    for spec in (EmbedderSpec(), st):
+        assert EmbedderSpec.of_embedder_id(spec.embedder_id(model_dir)) == spec
+    assert EmbedderSpec.of_embedder_id("clap:x") is None
+    for bad in ("bogus", "sentence-transformers:"):
+        with pytest.raises(TextEmbedderError, match="use 'pengi' or 'sentence-transformers:NAME'"):
+            EmbedderSpec.parse(bad)
+    with pytest.raises(TextEmbedderError, match="no text encoder"):
+        EmbedderSpec().embedder_id(ModelDir.read(tiny_no_text_model_dir))
 
 
 # -- text -> audio -----------------------------------------------------------------------------------------------
@@ -162,7 +181,7 @@ def test_bad_extension_filter():
 def test_filters_never_cost_results(tmp_path, tiny_model_dir):
     """Matches ranked far down still fill k: the search fetches more candidates until enough pass the filters."""
     db = str(tmp_path / "many.db")
-    embedder = NumpyTextEmbedder.from_model_dir(tiny_model_dir)
+    embedder = NumpyTextEmbedder.from_model_dir(ModelDir.read(tiny_model_dir))
     query = embedder.embed(["a dog barks"])[0]
     rng = np.random.default_rng(0)
     with Library.open(db) as lib:
@@ -186,7 +205,7 @@ def test_query_refuses_another_model(library, tmp_path):
     other = make_tiny_model_dir(tmp_path / "other", seed=1)
     with pytest.raises(StoreMismatchError, match="--model") as err:
         query_text(library, "a dog barks", model=str(other))
-    assert model_identity(other) in str(err.value)
+    assert ModelDir.read(other).identity in str(err.value)
 
 
 def test_query_finds_the_index_model_among_installed_models(library, captions, tiny_model_dir, isolated_home):

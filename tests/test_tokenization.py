@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from pengi_search.checkpoint import read_model_config
-from pengi_search.tokenization import Tokenizers
+from pengi_search.model_dir import ModelDir
 
 
 @pytest.fixture(scope="module")
 def tok(tiny_model_dir):
-    cfg, _ = read_model_config(tiny_model_dir)
-    return Tokenizers.load(cfg, tiny_model_dir)
+    return ModelDir.read(tiny_model_dir).tokenizers
 
 
 @pytest.fixture(scope="module")
 def tok_no_text(tiny_no_text_model_dir):
-    cfg, _ = read_model_config(tiny_no_text_model_dir)
-    return Tokenizers.load(cfg, tiny_no_text_model_dir)
+    return ModelDir.read(tiny_no_text_model_dir).tokenizers
 
 
 def test_base_prompts_are_clip_tokens_padded_with_end_of_text(tok):

@@ -19,12 +19,12 @@ from safetensors.torch import load_file
 from transformers import CLIPConfig, CLIPModel, GPT2LMHeadModel
 from typer.testing import CliRunner, Result
 
-from pengi_search.checkpoint import WEIGHTS_FILE, load_model_dir, load_released_checkpoint
 from pengi_search.cli import app
 from pengi_search.config import PengiConfig
 from pengi_search.encoders import clip_text_config
 from pengi_search.errors import EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE
-from pengi_search.model import gpt2_config
+from pengi_search.model import Pengi, gpt2_config
+from pengi_search.model_dir import WEIGHTS_FILE, ModelDir
 from pengi_search.testing import tiny_clip_tokenizer, tiny_config, tiny_gpt2_tokenizer
 from pengi_search.tokenization import Tokenizers
 from trainer.config import ConfigError, TrainConfig, load_config, parse_overrides
@@ -127,7 +127,7 @@ def test_training_loss_equals_the_reference_caption_loss(variant: str) -> None:
     directory = directories[0]
     fixture = json.loads((directory / "fixture.json").read_text())
     config = PengiConfig.from_reference_architecture(fixture["architecture"], variant)
-    model = load_released_checkpoint(directory / f"{variant}.pth", config)
+    model = Pengi.from_pretrained(directory / f"{variant}.pth", config)
     expected = np.load(directory / f"{variant}_expected.npz")
     inputs = {
         "wave": torch.from_numpy(np.load(directory / "inputs.npz")["audio"][:2]),
@@ -168,8 +168,8 @@ def test_a_tiny_model_learns_four_sounds_and_exports_a_loadable_model(tmp_path, 
     assert [sample["generated"] for sample in last["samples"]] == [sample["answer"] for sample in last["samples"]]
 
     model_dir = result.model_dir
-    loaded = load_model_dir(model_dir)
-    tokenizers = Tokenizers.load(loaded.cfg, model_dir)
+    loaded = Pengi.from_pretrained(model_dir)
+    tokenizers = ModelDir.read(model_dir).tokenizers
     assert generate_answers(loaded, tokenizers, waves, prompts, beam=1) == captions
     assert generate_answers(loaded, tokenizers, waves, prompts, beam=3) == captions
 
@@ -230,7 +230,7 @@ def test_frozen_weights_stay_bit_identical_and_trained_ones_change(uninterrupted
         "caption_encoder.",
         *(f"audio_encoder.base.htsat.{p}" for p in htsat_fixed),
     )
-    parameters = [name for name, _ in load_model_dir(tiny_model_dir).named_parameters() if name in before]
+    parameters = [name for name, _ in Pengi.from_pretrained(tiny_model_dir).named_parameters() if name in before]
     frozen = [name for name in before if name.startswith(frozen_prefixes)]
     trained = [name for name in parameters if not name.startswith(frozen_prefixes)]
     assert len(frozen) > 20 and len(trained) > 20

@@ -45,7 +45,6 @@ from trainer.evaluation import sample_generations, validation_loss
 from trainer.model_setup import (
     apply_freezing,
     build_model,
-    export_model_dir,
     frozen_fingerprint,
     set_dropout,
     set_train_mode,
@@ -415,10 +414,9 @@ class Trainer:
         if not self.processes.main:
             wait_for_all(self.processes)  # the run ends when rank 0 has written the model
             return None
-        model_dir = export_model_dir(
-            self.model,
-            self.tokenizers,
+        model_dir = self.model.save_pretrained(
             self.config.output_dir / MODEL_DIR,
+            tokenizers=self.tokenizers,
             extra={"trained": {"steps": self.position.step, "config": self.config.to_dict()}},
         )
         self.metrics.write(

@@ -14,10 +14,10 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPModel, PreTrainedTokenizerBase
 
-from pengi_search.checkpoint import CheckpointError, load_any, load_state_dict_strict, save_model_dir
+from pengi_search.checkpoint import CheckpointError, load_state_dict_strict
 from pengi_search.config import PengiConfig
 from pengi_search.model import Pengi
-from pengi_search.tokenization import TOKENIZER_DIR, Tokenizers, load_tokenizer
+from pengi_search.tokenization import Tokenizers, load_tokenizer
 from trainer.config import ConfigError, FreezeSection, ModelSection
 
 # HTSAT's AudioSet classification head: stored in checkpoints but outside Pengi's forward, so it gets no
@@ -28,7 +28,7 @@ UNUSED_MODULES = ("audio_encoder.base.htsat.tscam_conv", "audio_encoder.base.hts
 def build_model(section: ModelSection, source: Path) -> tuple[Pengi, Tokenizers]:
     """The model and its tokenizers as `section` describes them; `source` (the config file) names errors."""
     if section.init is not None:
-        model = load_any(section.init, _fine_tune_architecture(section, source))
+        model = Pengi.from_pretrained(section.init, _fine_tune_architecture(section, source))
     else:
         model = Pengi(resolve_architecture(section.architecture, source))
         if section.language_model is not None:
@@ -163,15 +163,3 @@ def frozen_fingerprint(model: nn.Module) -> dict[str, float]:
     """Per frozen tensor, the sum of its values in float64: resuming checks the frozen weights are the same."""
     with torch.no_grad():
         return {name: float(p.double().sum()) for name, p in model.named_parameters() if not p.requires_grad}
-
-
-# --- Export ---------------------------------------------------------------------------------------------------
-
-
-def export_model_dir(model: Pengi, tokenizers: Tokenizers, directory: Path, extra: dict | None = None) -> Path:
-    """A model directory the inference side loads: config, safetensors weights and both tokenizers."""
-    save_model_dir(model, directory, extra=extra)
-    tokenizers.gpt2.save_pretrained(directory / TOKENIZER_DIR / "gpt2")
-    if tokenizers.clip is not None:
-        tokenizers.clip.save_pretrained(directory / TOKENIZER_DIR / "clip")
-    return directory

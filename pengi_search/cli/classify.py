@@ -91,9 +91,11 @@ class ScoringOptions:
     def settings(self) -> ClassifySettings:
         """The classification settings; a template without its {label} placeholder is bad usage."""
         from ..classify import ClassifySettings
+        from ..embedders import EmbedderSpec
 
+        fields = dataclasses.asdict(self) | {"text_embedder": EmbedderSpec.parse(self.text_embedder)}
         try:
-            return ClassifySettings(**dataclasses.asdict(self))
+            return ClassifySettings(**fields)
         except ValueError as err:
             raise UsageError("", str(err)) from None
 
@@ -204,11 +206,11 @@ def _classify_files(
 ) -> tuple[list[Prediction], list[Failure]]:
     """Each file's prediction (and the files that failed), reusing what an existing library holds."""
     from ..classify import Classifier
-    from ..models import resolve_model_dir
+    from ..model_dir import ModelDir
 
     library = _open_library(db)
     try:
-        model_dir = resolve_model_dir(model)
+        model_dir = ModelDir.resolve(model)
         classifier = Classifier(
             labels, settings, model_dir=model_dir, library=library, device=device, batch_size=batch_size
         )

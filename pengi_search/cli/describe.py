@@ -69,9 +69,9 @@ def _describe_files(
 ) -> list[FileResult]:
     from ..decoding import GenerationConfig
     from ..inference import Engine
-    from ..models import resolve_model_dir
+    from ..model_dir import ModelDir
 
-    engine = Engine.load(resolve_model_dir(options.model), options.device, options.batch_size)
+    engine = Engine.load(ModelDir.resolve(options.model), options.device, options.batch_size)
     gen = GenerationConfig(beam=options.beam, max_len=options.max_len)
     results = []
     with progress_bar() as bar:

@@ -96,9 +96,10 @@ def import_(
 @handle_errors
 def info(model: ModelOption = None, json_output: JsonOption = False) -> None:
     """Show which model commands will use, where it is, and what it holds."""
-    from ..models import model_info, resolve_model_dir
+    from ..model_dir import ModelDir
+    from ..models import model_info
 
-    details = model_info(resolve_model_dir(model))
+    details = model_info(ModelDir.resolve(model))
     if json_output:
         print_json(details)
         return

@@ -1,0 +1,122 @@
+"""A model directory, read once and passed down: `config.json`, `model.safetensors` and `tokenizer/{gpt2,clip}`.
+
+Commands name a model with `--model` (a directory or the name of an installed model), else `PENGI_SEARCH_MODEL`,
+else the first installed of `base`, `base_no_text_enc`; installed models live in `<data dir>/models/<name>`.
+`ModelDir.resolve` finds it and reads its configuration; everything after that (loading the weights, the
+tokenizers, the identity the index records) asks the object instead of the disk. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import CheckpointError
+from .config import PengiConfig
+from .download import RELEASES
+from .paths import models_dir
+from .tokenization import TOKENIZER_DIR, Tokenizers
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 1
+MODEL_ENV = "PENGI_SEARCH_MODEL"
+FETCH_HINT = "run `pengi-search model fetch base` (or `pengi-search model import PATH`)"
+# The id under which the store records vectors of a model's own text tower: `pengi-text:<identity>`.
+PENGI_TEXT_PREFIX = "pengi-text:"
+
+
+class ModelNotFoundError(CheckpointError):
+    """No model where one was named, or none installed."""
+
+
+def is_model_dir(path: Path) -> bool:
+    return (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+
+
+@dataclass(frozen=True, eq=False)
+class ModelDir:
+    """One model directory: where it is, its configuration, its identity, its tokenizers and default embedder."""
+
+    path: Path
+    config: PengiConfig
+    meta: Mapping[str, Any]  # all of config.json: format_version, config, weights_sha256, name, source, ...
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str]) -> ModelDir:
+        """The configuration of the model directory at `path` (its weights are read only when loaded)."""
+        path = Path(path)
+        config_file = path / CONFIG_FILE
+        try:
+            meta = json.loads(config_file.read_text())
+            return cls(path, PengiConfig.from_dict(meta["config"]), meta)
+        except FileNotFoundError:
+            raise CheckpointError(path, f"not a model directory (no {CONFIG_FILE})") from None
+        except (ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(config_file, f"unreadable model configuration ({err})") from err
+
+    @classmethod
+    def resolve(cls, spec: str | None = None) -> ModelDir:
+        """The model that `--model spec` (or the environment, or the installed defaults) names."""
+        spec = spec or os.environ.get(MODEL_ENV)
+        if spec:
+            for candidate in (Path(spec).expanduser(), models_dir() / spec):
+                if is_model_dir(candidate):
+                    return cls.read(candidate)
+            raise ModelNotFoundError("", f"no Pengi model at {spec!r}: {FETCH_HINT}")
+        for name in RELEASES:
+            if is_model_dir(models_dir() / name):
+                return cls.read(models_dir() / name)
+        raise ModelNotFoundError(models_dir(), f"no Pengi model is installed here: {FETCH_HINT}")
+
+    @classmethod
+    def installed(cls) -> Iterator[ModelDir]:
+        """Every installed model, by name; each is read only when the iteration reaches it."""
+        root = models_dir()
+        if root.is_dir():
+            yield from (cls.read(path) for path in sorted(root.iterdir()) if is_model_dir(path))
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name", self.path.name))
+
+    @property
+    def fingerprint(self) -> str | None:
+        """The sha256 of `model.safetensors`, as written when the directory was made."""
+        return self.meta.get("weights_sha256")
+
+    @property
+    def identity(self) -> str:
+        """A short name that changes when the weights change: `<name>@<first 12 hex digits of their sha256>`."""
+        return f"{self.name}@{(self.fingerprint or 'unknown')[:12]}"
+
+    @property
+    def weights(self) -> Path:
+        return self.path / WEIGHTS_FILE
+
+    @property
+    def has_text_encoder(self) -> bool:
+        return self.config.text_encoder is not None
+
+    @property
+    def variant(self) -> str:
+        return "base" if self.has_text_encoder else "base_no_text_enc"
+
+    @property
+    def text_embedder_id(self) -> str | None:
+        """The text embedder this model provides by default, its own CLIP tower; None without a text encoder."""
+        return PENGI_TEXT_PREFIX + self.identity if self.has_text_encoder else None
+
+    def tokenizer_dir(self, kind: str) -> Path:
+        """Where the `kind` ("gpt2" or "clip") tokenizer is installed, if it is."""
+        return self.path / TOKENIZER_DIR / kind
+
+    @cached_property
+    def tokenizers(self) -> Tokenizers:
+        """The model's tokenizers, loaded on first use (from the directory, else the Hugging Face cache)."""
+        return Tokenizers.load(self.config, self.path)
