@@ -58,10 +58,11 @@ class CaptionMatching:
         self._embedded: dict[str, np.ndarray] = {}
 
     def _vectors(self, captions: Sequence[str]) -> np.ndarray:
-        """(n, d) normalised caption embeddings, each text embedded once across both directions."""
-        new = [c for c in dict.fromkeys(captions) if c not in self._embedded]
-        if new:
-            self._embedded.update(zip(new, self.embedder.embed(new), strict=True))
+        """(n, d) normalised caption embeddings, each text embedded once for both directions, and alone, exactly as
+        `query` embeds it: in a batch, padding and blocking can move the last bits, which reorders near ties."""
+        for caption in captions:
+            if caption not in self._embedded:
+                self._embedded[caption] = self.embedder.embed([caption])[0]
         return np.stack([self._embedded[c] for c in captions])
 
     def text_to_audio(self, captions: Sequence[str], k: int) -> list[list[str]]:
