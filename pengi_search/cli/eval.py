@@ -51,24 +51,24 @@ CaptionsArgument = Annotated[
 ]
 AudioRootOption = Annotated[
     Path | None,
-    typer.Option("--audio-root", help="Folder the CSV's file names are relative to [default: the CSV's folder]."),
+    typer.Option("--audio-root", help="Folder the CSV's file names are relative to (default: the CSV's folder)."),
 ]
 FileColumnOption = Annotated[
-    str | None, typer.Option("--file-column", help="Column naming the audio file [default: file_name, file, ...].")
+    str | None, typer.Option("--file-column", help="Column naming the audio file (default: file_name, file, ...).")
 ]
 CaptionColumnOption = Annotated[
     list[str] | None,
-    typer.Option("--caption-column", help="Caption column (repeatable) [default: caption, caption_1, ...]."),
+    typer.Option("--caption-column", help="Caption column, repeatable (default: caption, caption_1, ...)."),
 ]
 EvalDbOption = Annotated[
     str | None,
     typer.Option(
         "--db",
-        help="Library to evaluate; audio not yet in it is indexed first [default: index.db in the output folder].",
+        help="Library to evaluate; audio not yet in it is indexed first (default: index.db in the output folder).",
     ),
 ]
 WorkersOption = Annotated[
-    int | None, typer.Option("--workers", min=0, help="Decoding processes while indexing [default: cores/2, <= 4].")
+    int | None, typer.Option("--workers", min=0, help="Decoding processes while indexing (default: cores/2, <= 4).")
 ]
 PromptOption = Annotated[
     list[str] | None,
@@ -78,16 +78,15 @@ TextEmbedderOption = Annotated[
     str | None,
     typer.Option("--text-embedder", help="Caption embedder: pengi or sentence-transformers:NAME (as for index)."),
 ]
+OutputOption = Annotated[
+    Path, typer.Option("--output", "-o", help="Folder for report.json, report.md and the figures.")
+]
 ReindexOption = Annotated[
     bool, typer.Option("--reindex", help="Index the set again (after changing beam, prompts or max length).")
 ]
 
 
 _SHOWN_SKIPPED = 10  # files left out that the terminal lists (the report lists them all)
-
-
-def _output_option(kind: str) -> Any:
-    return typer.Option("--output", "-o", help=f"Folder for report.json, report.md and figures [default: eval-{kind}].")
 
 
 @dataclass(frozen=True)
@@ -119,7 +118,7 @@ def retrieval(
     audio_root: AudioRootOption = None,
     file_column: FileColumnOption = None,
     caption_column: CaptionColumnOption = None,
-    output: Annotated[Path, _output_option("retrieval")] = Path("eval-retrieval"),
+    output: OutputOption = Path("eval-retrieval"),
     db: EvalDbOption = None,
     model: ModelOption = None,
     device: DeviceOption = "auto",
@@ -160,7 +159,7 @@ def caption(
     audio_root: AudioRootOption = None,
     file_column: FileColumnOption = None,
     caption_column: CaptionColumnOption = None,
-    output: Annotated[Path, _output_option("caption")] = Path("eval-caption"),
+    output: OutputOption = Path("eval-caption"),
     db: EvalDbOption = None,
     model: ModelOption = None,
     device: DeviceOption = "auto",
@@ -180,8 +179,8 @@ def caption(
 ) -> None:
     """Captioning: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, SPICE, SPIDEr and caption-embedding cosine.
 
-    METEOR and SPICE need Java and `pip install 'pengi-search[eval]'` (SPICE also Stanford CoreNLP); without them
-    the report says why they are missing.
+    METEOR and SPICE need Java and the pycocoevalcap package (the `eval` extra; SPICE also Stanford CoreNLP);
+    without them the report says why they are missing.
 
     Example: pengi-search eval caption clotho_captions_evaluation.csv --audio-root clotho/evaluation -o runs/base
     """
@@ -331,7 +330,7 @@ def classify_files(
     ],
     labels: Annotated[
         Path | None,
-        typer.Option("--labels", "-l", help="Candidate labels, one per line or a CSV [default: the truth's labels]."),
+        typer.Option("--labels", "-l", help="Candidate labels, one per line or a CSV (default: the truth's labels)."),
     ] = None,
     method: Annotated[str, typer.Option("--method", help="text (caption matching, paper default) or loglik.")] = "text",
     template: Annotated[str, typer.Option("--template", help='Label text, e.g. "this is a sound of {label}".')] = (
@@ -346,7 +345,7 @@ def classify_files(
     text_embedder: Annotated[
         str | None, typer.Option("--text-embedder", help="text: 'pengi' (default) or 'sentence-transformers:NAME'.")
     ] = None,
-    output: Annotated[Path, _output_option("classify")] = Path("eval-classify"),
+    output: OutputOption = Path("eval-classify"),
     db: Annotated[str | None, typer.Option("--db", help="A library whose stored captions are reused.")] = None,
     model: ModelOption = None,
     device: DeviceOption = "auto",

@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
 RECALL_KS = (1, 5, 10)
 AP_K = 10
-DIRECTIONS = ("text_to_audio", "audio_to_text")
 
 
 class Ranking(Protocol):
