@@ -76,9 +76,10 @@ class CaptionMatching:
         ranked = []
         for path in paths:
             stored = stored_windows(self.library, path)
-            if stored is None:
-                raise ValueError(f"{path} is not in the index (or changed since it was indexed)")
-            _, windows = self.library.store.vectors("text", [w.window_id for w in stored.windows])
+            _, windows = self.library.store.vectors("text", [w.window_id for w in stored.windows] if stored else [])
+            if not len(windows):  # nothing captioned: no caption can be ranked for this file
+                ranked.append([])
+                continue
             # A caption's score is its best cosine over the file's windows, as text -> audio scores a file.
             scores = (windows @ vectors.T).max(axis=0)
             ranked.append(np.argsort(-scores, kind="stable")[:k].tolist())
