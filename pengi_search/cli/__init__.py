@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from . import classify, describe, index, model, search, train
+from .eval import app as eval_app
 
 app = typer.Typer(
     name="pengi-search",
@@ -25,3 +26,4 @@ app.command()(index.stats)
 app.command()(index.remove)
 app.command()(index.export)
 app.command()(train.train)
+app.add_typer(eval_app, name="eval")

@@ -41,6 +41,7 @@ from .common import (
 
 if TYPE_CHECKING:
     from ..classify import Classifier, ClassifySettings, Prediction, Truth
+    from ..model_dir import ModelDir
 
 Failure = tuple[str, str]  # (path, reason)
 
@@ -126,22 +127,22 @@ def classify(
     Example: pengi-search classify recordings/ --labels labels.txt --output predictions.csv --truth truth.csv
     """
     from ..classify import evaluate
+    from ..model_dir import ModelDir
 
     label_list, known = _read_inputs(labels, truth)
     settings = scoring.settings()
-    files, failures = _files_of(target)
-    predictions, failed = _classify_files(
-        files,
+    predictions, failures = classify_target(
+        target,
         label_list,
         settings,
         db=db,
-        model=model,
+        model_dir=ModelDir.resolve(model),
         device=device,
         batch_size=batch_size,
         visible=show_progress(quiet, json_output),
     )
     metrics = None if known is None else evaluate(predictions, known)
-    outcome = Outcome(scoring.method, label_list, predictions, failures + failed, metrics)
+    outcome = Outcome(scoring.method, label_list, predictions, failures, metrics)
     if output is not None:
         _write_csv(outcome, output, top)
     if json_output:
@@ -193,31 +194,32 @@ def _audio_files(target: Path) -> tuple[list[str], list[Failure]]:
 # Classifying
 
 
-def _classify_files(
-    files: list[str],
+def classify_target(
+    target: Path,
     labels: list[str],
     settings: ClassifySettings,
     *,
     db: str | None,
-    model: str | None,
+    model_dir: ModelDir,
     device: Device,
     batch_size: int,
     visible: bool,
 ) -> tuple[list[Prediction], list[Failure]]:
-    """Each file's prediction (and the files that failed), reusing what an existing library holds."""
+    """Each audio file's prediction (a folder's files, recursively) and the files that failed, reusing what an
+    existing library holds (`eval classify` shares this)."""
     from ..classify import Classifier
-    from ..model_dir import ModelDir
 
+    files, failures = _files_of(target)
     library = _open_library(db)
     try:
-        model_dir = ModelDir.resolve(model)
         classifier = Classifier(
             labels, settings, model_dir=model_dir, library=library, device=device, batch_size=batch_size
         )
-        return _run_classifier(classifier, files, visible=visible)
+        predictions, failed = _run_classifier(classifier, files, visible=visible)
     finally:
         if library is not None:
             library.close()
+    return predictions, failures + failed
 
 
 def _open_library(db: str | None) -> Any:

@@ -1,0 +1,453 @@
+"""`eval retrieval`, `eval caption`, `eval classify` and `eval compare`: measuring quality on your own data.
+
+Retrieval and captioning index the set's audio first (into the output folder's own library unless `--db` names
+one; files already indexed and unchanged are reused), then score what the library holds: the indexing step is the
+indexer's, here at the command line, and the scoring is `pengi_search.evaluation`'s. Each command writes
+report.json, report.md and its figures into `--output`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from ..choices import Device, Method
+from .classify import ScoringOptions
+from .common import (
+    EXIT_OK,
+    EXIT_PARTIAL,
+    BatchOption,
+    BeamOption,
+    DeviceOption,
+    JsonOption,
+    MaxLenOption,
+    ModelOption,
+    QuietOption,
+    UsageError,
+    handle_errors,
+    options_from,
+    out_console,
+    print_json,
+    progress_bar,
+    show_progress,
+    warn,
+)
+
+if TYPE_CHECKING:
+    from indexer.pipeline import IndexSummary
+
+    from ..evaluation.datasets import CaptionSet
+    from ..library import Library
+
+app = typer.Typer(
+    help="Measure retrieval, captioning and classification quality on your own data, and compare two runs.",
+    no_args_is_help=True,
+)
+
+CaptionsArgument = Annotated[
+    Path, typer.Argument(help="CSV with a file column and caption columns (Clotho or AudioCaps layout).")
+]
+AudioRootOption = Annotated[
+    Path | None,
+    typer.Option("--audio-root", help="Folder the CSV's file names are relative to (default: the CSV's folder)."),
+]
+FileColumnOption = Annotated[
+    str | None, typer.Option("--file-column", help="Column naming the audio file (default: file_name, file, ...).")
+]
+CaptionColumnOption = Annotated[
+    list[str] | None,
+    typer.Option("--caption-column", help="Caption column, repeatable (default: caption, caption_1, ...)."),
+]
+EvalDbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        help="Library to evaluate; audio not yet in it is indexed first (default: index.db in the output folder).",
+    ),
+]
+WorkersOption = Annotated[
+    int | None, typer.Option("--workers", min=0, help="Decoding processes while indexing (default: cores/2, <= 4).")
+]
+PromptOption = Annotated[
+    list[str] | None,
+    typer.Option("--prompt", "-p", help="Index prompts (repeatable); the first one's answer is the caption."),
+]
+TextEmbedderOption = Annotated[
+    str | None,
+    typer.Option("--text-embedder", help="Caption embedder: pengi or sentence-transformers:NAME (as for index)."),
+]
+OutputOption = Annotated[
+    Path, typer.Option("--output", "-o", help="Folder for report.json, report.md and the figures.")
+]
+ReindexOption = Annotated[
+    bool, typer.Option("--reindex", help="Index the set again (after changing beam, prompts or max length).")
+]
+
+
+_SHOWN_SKIPPED = 10  # files left out that the terminal lists (the report lists them all)
+
+
+@dataclass(frozen=True)
+class _IndexChoices:
+    """How the set's audio is indexed when the library lacks it."""
+
+    model: str | None
+    device: str
+    workers: int | None
+    batch_size: int
+    prompts: tuple[str, ...]
+    text_embedder: str | None
+    beam: int
+    max_len: int
+    reindex: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"prompts": list(self.prompts) or "index default", "beam": self.beam, "max_len": self.max_len}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# retrieval and caption
+
+
+@app.command()
+@handle_errors
+def retrieval(
+    captions: CaptionsArgument,
+    audio_root: AudioRootOption = None,
+    file_column: FileColumnOption = None,
+    caption_column: CaptionColumnOption = None,
+    output: OutputOption = Path("eval-retrieval"),
+    db: EvalDbOption = None,
+    model: ModelOption = None,
+    device: DeviceOption = "auto",
+    workers: WorkersOption = None,
+    batch_size: BatchOption = 16,
+    prompt: PromptOption = None,
+    text_embedder: TextEmbedderOption = None,
+    beam: BeamOption = 3,
+    max_len: MaxLenOption = 30,
+    reindex: ReindexOption = False,
+    quiet: QuietOption = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Text -> audio and audio -> text retrieval: every caption is a query. R@1, R@5, R@10 and mAP@10 per ranking.
+
+    Example: pengi-search eval retrieval clotho_captions_evaluation.csv --audio-root clotho/evaluation -o runs/base
+    """
+    from ..evaluation.retrieval import available_rankings, evaluate_retrieval
+    from ..search import query_embedder
+
+    choices = _IndexChoices(
+        model, device, workers, batch_size, tuple(prompt or ()), text_embedder, beam, max_len, reindex
+    )
+    caption_set = _read_set(captions, audio_root, file_column, caption_column)
+    library, summary = _indexed_library(caption_set, db, output, choices, quiet=quiet, json_output=json_output)
+    with library:
+        embedder = query_embedder(library, model, device)
+        rankings = available_rankings(library, embedder, caption_set.audio_root)
+        result = evaluate_retrieval(library, caption_set, rankings, _failures(summary))
+        setup = _library_setup(library, choices)
+    _finish("retrieval", result, caption_set.to_json(), setup, summary, output, json_output)
+
+
+@app.command()
+@handle_errors
+def caption(
+    captions: CaptionsArgument,
+    audio_root: AudioRootOption = None,
+    file_column: FileColumnOption = None,
+    caption_column: CaptionColumnOption = None,
+    output: OutputOption = Path("eval-caption"),
+    db: EvalDbOption = None,
+    model: ModelOption = None,
+    device: DeviceOption = "auto",
+    workers: WorkersOption = None,
+    batch_size: BatchOption = 16,
+    prompt: PromptOption = None,
+    text_embedder: TextEmbedderOption = None,
+    beam: BeamOption = 3,
+    max_len: MaxLenOption = 30,
+    reindex: ReindexOption = False,
+    java_metrics: Annotated[
+        bool,
+        typer.Option("--java-metrics/--no-java-metrics", help="METEOR and SPICE, when Java can run them (slow start)."),
+    ] = True,
+    quiet: QuietOption = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Captioning: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, SPICE, SPIDEr and caption-embedding cosine.
+
+    METEOR and SPICE need Java and the pycocoevalcap package (the `eval` extra; SPICE also Stanford CoreNLP);
+    without them the report says why they are missing.
+
+    Example: pengi-search eval caption clotho_captions_evaluation.csv --audio-root clotho/evaluation -o runs/base
+    """
+    from ..evaluation.captioning import evaluate_captions
+    from ..search import query_embedder
+
+    choices = _IndexChoices(
+        model, device, workers, batch_size, tuple(prompt or ()), text_embedder, beam, max_len, reindex
+    )
+    caption_set = _read_set(captions, audio_root, file_column, caption_column)
+    library, summary = _indexed_library(caption_set, db, output, choices, quiet=quiet, json_output=json_output)
+    with library:
+        embedder = query_embedder(library, model, device)
+        result = evaluate_captions(library, caption_set, embedder, java=java_metrics, index_failures=_failures(summary))
+        setup = _library_setup(library, choices)
+    _finish("caption", result, caption_set.to_json(), setup, summary, output, json_output)
+
+
+def _read_set(
+    captions: Path, audio_root: Path | None, file_column: str | None, caption_columns: list[str] | None
+) -> CaptionSet:
+    from ..evaluation.datasets import read_caption_set
+
+    caption_set = read_caption_set(captions, audio_root, file_column=file_column, caption_columns=caption_columns)
+    if not caption_set.found:
+        raise UsageError(captions, f"none of its {len(caption_set.items)} files is under {caption_set.audio_root}")
+    return caption_set
+
+
+def _indexed_library(
+    caption_set: CaptionSet, db: str | None, output: Path, choices: _IndexChoices, *, quiet: bool, json_output: bool
+) -> tuple[Library, IndexSummary]:
+    """Index the set's files that the library lacks (or all, with --reindex) and open the library."""
+    from indexer.pipeline import IndexerError, IndexOptions, default_workers, run_index
+
+    from ..library import Library
+    from ..scan import ScanError
+    from .index import _Reporter
+
+    output.mkdir(parents=True, exist_ok=True)
+    db = db or str(output / "index.db")
+    options = IndexOptions(
+        roots=[item.path for item in caption_set.found if item.path],
+        db=db,
+        model=choices.model,
+        device=choices.device,
+        workers=default_workers() if choices.workers is None else choices.workers,
+        batch_size=choices.batch_size,
+        prompts=choices.prompts,
+        text_embedder=choices.text_embedder,
+        beam=choices.beam,
+        max_len=choices.max_len,
+        reindex=choices.reindex,
+    )
+    try:
+        with progress_bar() as bar:
+            summary = run_index(options, _Reporter(bar, visible=show_progress(quiet, json_output)))
+    except (IndexerError, ScanError) as exc:
+        raise UsageError("", str(exc)) from exc
+    return Library.open(db), summary
+
+
+def _failures(summary: IndexSummary) -> dict[str, str]:
+    return {item.path: f"failed to index: {item.reason}" for item in summary.failed}
+
+
+def _library_setup(library: Library, choices: _IndexChoices) -> dict[str, Any]:
+    meta = library.store.index_meta()
+    return {
+        "model": None if meta is None else meta.model.name,
+        "model_fingerprint": None if meta is None else meta.model.fingerprint,
+        "text_embedder": None if meta is None else meta.embedder.name,
+        "database": library.db_url,
+        **choices.to_json(),
+    }
+
+
+def _finish(
+    kind: str,
+    result: dict[str, Any],
+    dataset: dict[str, Any],
+    setup: dict[str, Any],
+    summary: IndexSummary | None,
+    output: Path,
+    json_output: bool,
+) -> None:
+    from ..evaluation.report import build_report, write_report
+
+    report = build_report(kind, result, dataset=dataset, setup=setup)
+    if summary is not None:
+        report["index_run"] = {
+            name: getattr(summary, name) for name in ("indexed", "unchanged", "touched", "windows", "seconds")
+        } | {"failed": [vars(item) for item in summary.failed]}
+    files = write_report(report, output)
+    if json_output:
+        print_json(report)
+    else:
+        _print_report(report)
+        out_console.print(f"report: {', '.join(str(path) for path in files)}", markup=False, soft_wrap=True)
+    raise typer.Exit(EXIT_PARTIAL if report.get("skipped") else EXIT_OK)
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from ..evaluation.plots import DIRECTION_NAMES
+    from ..evaluation.report import flat_metrics
+
+    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+    if report["kind"] == "retrieval":
+        names = list(next(iter(next(iter(report["metrics"].values()), {}).values()), {}))
+        for column in ("ranking", "direction", *names):
+            table.add_column(column, justify="left" if column in ("ranking", "direction") else "right")
+        for ranking, directions in report["metrics"].items():
+            for direction, values in directions.items():
+                cells = [_cell(values[name]) for name in names]
+                table.add_row(ranking, DIRECTION_NAMES.get(direction, direction), *cells)
+    else:
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for name, value in flat_metrics(report["metrics"]).items():
+            table.add_row(name, _cell(value))
+    out_console.print(table)
+    for name, why in report.get("unavailable", {}).items():
+        out_console.print(f"{name} not computed: {why}", markup=False, soft_wrap=True)
+    skipped = report.get("skipped", [])
+    for item in skipped[:_SHOWN_SKIPPED]:
+        warn(f"left out {item['file']}: {item['reason']}")
+    if len(skipped) > _SHOWN_SKIPPED:
+        warn(f"... and {len(skipped) - _SHOWN_SKIPPED} more files left out (listed in the report)")
+
+
+def _cell(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# classify
+
+
+@app.command("classify")
+@handle_errors
+@options_from(ScoringOptions, "scoring")
+def classify_files(
+    target: Annotated[Path, typer.Argument(help="An audio file, or a folder (searched recursively).")],
+    truth: Annotated[
+        Path, typer.Option("--truth", help="CSV of known labels: a file/filename/path and a label column.")
+    ],
+    labels: Annotated[
+        Path | None,
+        typer.Option("--labels", "-l", help="Candidate labels, one per line or a CSV (default: the truth's labels)."),
+    ] = None,
+    *,
+    scoring: ScoringOptions,
+    output: OutputOption = Path("eval-classify"),
+    db: Annotated[str | None, typer.Option("--db", help="A library whose stored captions are reused.")] = None,
+    model: ModelOption = None,
+    device: DeviceOption = Device.auto,
+    batch_size: BatchOption = 16,
+    quiet: QuietOption = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Zero-shot classification against known labels: accuracy, top-k accuracy, per-class scores, confusion matrix.
+
+    Writes predictions.csv beside the report. Files indexed (and unchanged) by the same model reuse what the index
+    holds, as `classify` does.
+
+    Example: pengi-search eval classify esc50/audio --truth esc50/truth.csv -o runs/esc50
+    """
+    from ..classify import LabelsError, read_labels, read_truth, write_csv
+    from ..evaluation.classification import evaluate_classification
+    from ..model_dir import ModelDir
+    from .classify import classify_target
+
+    try:
+        known = read_truth(truth)
+        label_list = read_labels(labels if labels is not None else truth)
+    except LabelsError as err:
+        raise UsageError("", str(err)) from None
+    settings = scoring.settings()
+    model_dir = ModelDir.resolve(model)
+    predictions, failures = classify_target(
+        target,
+        label_list,
+        settings,
+        db=db,
+        model_dir=model_dir,
+        device=device,
+        batch_size=batch_size,
+        visible=show_progress(quiet, json_output),
+    )
+    result = evaluate_classification(predictions, known, label_list)
+    result["skipped"] = [{"file": path, "reason": reason} for path, reason in failures]
+    output.mkdir(parents=True, exist_ok=True)
+    with open(output / "predictions.csv", "w", newline="", encoding="utf-8") as out:
+        write_csv(predictions, out, top=5)
+    dataset = {
+        "csv": os.path.abspath(truth),
+        "sha256": _truth_digest(truth, label_list),
+        "target": os.path.abspath(target),
+        "labels": label_list,
+    }
+    setup = {"model": model_dir.identity, "method": scoring.method.value, "template": scoring.template}
+    if scoring.method == Method.text:
+        setup["text_embedder"] = scoring.text_embedder or "pengi"
+    else:
+        setup |= {"prompt": scoring.prompt, "loglik_score": scoring.loglik_score.value}
+    _finish("classify", result, dataset, setup, None, output, json_output)
+
+
+def _truth_digest(truth: Path, labels: list[str]) -> str:
+    """What was measured: the truth file and the candidate labels (another label set is another task)."""
+    digest = hashlib.sha256(truth.read_bytes())
+    digest.update(b"\0" + "\n".join(labels).encode("utf-8"))
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# compare
+
+
+@app.command()
+@handle_errors
+def compare(
+    first: Annotated[Path, typer.Argument(help="A report.json (the baseline).")],
+    second: Annotated[Path, typer.Argument(help="A report.json of the same kind (the change).")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Also write the comparison as Markdown.")
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Two reports of the same kind side by side: every metric, the difference, and what differs in the setup.
+
+    Example: pengi-search eval compare runs/base/report.json runs/finetuned/report.json
+    """
+    from ..evaluation.report import compare_markdown, compare_reports, load_report
+
+    comparison = compare_reports(load_report(first), load_report(second), _report_names(first, second))
+    if output is not None:
+        output.write_text(compare_markdown(comparison), encoding="utf-8")
+    if json_output:
+        print_json(comparison)
+        return
+    _print_comparison(comparison)
+
+
+def _report_names(first: Path, second: Path) -> tuple[str, str]:
+    """Short names for the two columns: the folder of a report.json, else the file name; "a" and "b" if equal."""
+    names = tuple(p.parent.name if p.name == "report.json" and p.parent.name else p.stem for p in (first, second))
+    return (names[0], names[1]) if names[0] != names[1] else ("a", "b")
+
+
+def _print_comparison(comparison: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    (name_a, _), (name_b, _) = comparison["reports"].items()
+    for key, (was, now) in comparison["setup_differences"].items():
+        out_console.print(f"{key}: {was} -> {now}", markup=False, soft_wrap=True)
+    for note in comparison["notes"]:
+        warn(note)
+    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+    for column in ("metric", name_a, name_b, "change"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for row in comparison["rows"]:
+        change = "–" if row["delta"] is None else f"{row['delta']:+.4f}"
+        table.add_row(row["metric"], _cell(row["a"]), _cell(row["b"]), change)
+    out_console.print(table)

@@ -1,0 +1,142 @@
+"""Captioning quality: the captions the library holds for a captioned set, scored against its references.
+
+A file's generated caption is the answer to the index's first prompt ("generate audio caption" by default) in its
+window with the best score (the model's mean log-probability per token): files longer than 7 s have several
+windows, and the one the model is surest of stands for the file. Scores: BLEU-1..4, ROUGE-L, CIDEr-D (`metrics`),
+METEOR and SPICE where Java can run them (`java_metrics`), SPIDEr = (CIDEr-D + SPICE) / 2, and the mean cosine
+between each generated caption and its references in the library's text embedding (how close in meaning, where
+n-gram metrics only count shared words).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..search import stored_windows
+from . import java_metrics
+from .datasets import CaptionedFile, CaptionSet, left_out
+from .metrics import bleu, cider_d, mean, rouge_l, tokenize
+
+if TYPE_CHECKING:
+    from ..embedders import TextEmbedder
+    from ..library import Library
+
+JAVA_SKIPPED = "not run (--no-java-metrics)"
+
+
+@dataclass(frozen=True)
+class GeneratedCaption:
+    text: str
+    prompt: str
+    start_s: float
+    end_s: float
+    score: float | None
+
+
+def stored_caption(library: Library, path: str) -> GeneratedCaption | None:
+    """The caption that stands for an indexed, unchanged file (see the module docstring); None if not indexed."""
+    stored = stored_windows(library, path)
+    if stored is None:
+        return None
+    described = [(w, w.texts[0]) for w in stored.windows if w.texts]
+    if not described:
+        return None
+    # max keeps the first of equal scores: the earliest window wins a tie.
+    window, text = max(described, key=lambda pair: -np.inf if pair[1].score is None else pair[1].score)
+    return GeneratedCaption(text.text, text.prompt, window.start_s, window.end_s, text.score)
+
+
+def evaluate_captions(
+    library: Library,
+    caption_set: CaptionSet,
+    embedder: TextEmbedder,
+    *,
+    java: bool = True,
+    index_failures: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Caption metrics over the set's indexed files, each file's caption and scores, and the files left out
+    (`index_failures`: the indexer's reasons, by path)."""
+    generated: list[tuple[CaptionedFile, GeneratedCaption]] = []
+    for item in caption_set.found:
+        caption = stored_caption(library, item.path or "")
+        if caption is not None:
+            generated.append((item, caption))
+    skipped = left_out(caption_set, {item.name for item, _ in generated}, index_failures)
+    metrics, unavailable, per_item = score_captions(
+        [caption.text for _, caption in generated], [item.captions for item, _ in generated], embedder, java=java
+    )
+    items = [
+        {
+            "file": item.name,
+            "generated": caption.text,
+            "window": [round(caption.start_s, 3), round(caption.end_s, 3)],
+            "references": list(item.captions),
+            **scores,
+        }
+        for (item, caption), scores in zip(generated, per_item, strict=True)
+    ]
+    return {
+        "metrics": metrics,
+        "unavailable": unavailable,
+        "prompts": sorted({caption.prompt for _, caption in generated}),
+        "evaluated": {"files": len(generated), "captions": sum(len(item.captions) for item, _ in generated)},
+        "skipped": skipped,
+        "items": items,
+    }
+
+
+def score_captions(
+    candidates: Sequence[str], references: Sequence[Sequence[str]], embedder: TextEmbedder, *, java: bool = True
+) -> tuple[dict[str, float | None], dict[str, str], list[dict[str, float]]]:
+    """(corpus metrics, unavailable metric -> why, per-caption ROUGE-L, CIDEr-D and embedding cosine)."""
+    if not candidates:
+        return {}, {"all": "no file of the set is in the index"}, []
+    cand_tokens = [tokenize(c) for c in candidates]
+    ref_tokens = [[tokenize(r) for r in refs] for refs in references]
+    metrics: dict[str, float | None] = {f"BLEU-{n}": v for n, v in enumerate(bleu(cand_tokens, ref_tokens), 1)}
+    rouge, cider = rouge_l(cand_tokens, ref_tokens), cider_d(cand_tokens, ref_tokens)
+    if java:
+        joined = [" ".join(t) for t in cand_tokens], [[" ".join(t) for t in refs] for refs in ref_tokens]
+        found = {
+            "METEOR": java_metrics.meteor(*joined),
+            "SPICE": java_metrics.spice(candidates, references),  # SPICE parses the sentences itself
+        }
+    else:
+        found = {name: java_metrics.JavaMetric(None, JAVA_SKIPPED) for name in ("METEOR", "SPICE")}
+    unavailable = {name: m.unavailable for name, m in found.items() if m.unavailable}
+    cider_mean, spice = sum(cider) / len(cider), found["SPICE"].value
+    cosines = embedding_cosines(embedder, candidates, references)
+    metrics.update(
+        {
+            "METEOR": found["METEOR"].value,
+            "ROUGE-L": mean(rouge),
+            "CIDEr-D": cider_mean,
+            "SPICE": spice,
+            "SPIDEr": None if spice is None else (cider_mean + spice) / 2,
+            "embedding_cosine": mean(cosines),
+        }
+    )
+    if spice is None:
+        unavailable["SPIDEr"] = "needs SPICE"
+    per_item = [
+        {"rouge_l": r, "cider_d": c, "embedding_cosine": e} for r, c, e in zip(rouge, cider, cosines, strict=True)
+    ]
+    return metrics, unavailable, per_item
+
+
+def embedding_cosines(
+    embedder: TextEmbedder, candidates: Sequence[str], references: Sequence[Sequence[str]]
+) -> list[float]:
+    """Per candidate, the mean cosine between its embedding and each of its references' (embeddings normalised)."""
+    flat = [r for refs in references for r in refs]
+    vectors = embedder.embed([*candidates, *flat])
+    generated, refs_vectors = vectors[: len(candidates)], vectors[len(candidates) :]
+    cosines, start = [], 0
+    for i, refs in enumerate(references):
+        cosines.append(float((refs_vectors[start : start + len(refs)] @ generated[i]).mean()))
+        start += len(refs)
+    return cosines

@@ -1,0 +1,154 @@
+"""Captioned audio sets as the public benchmarks lay them out: a CSV with a file column and caption columns.
+
+Clotho: `file_name,caption_1,...,caption_5`, one row per file. AudioCaps: one row per caption (`caption` column),
+so rows naming the same file are merged. Paths are relative to the audio root (the CSV's folder unless given); a
+name without an extension (e.g. a YouTube id) matches a file of that name with any audio extension. Files not
+found are kept, with `path` None, so that reports can say which ones were left out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..audio import AUDIO_EXTENSIONS
+from ..classify import _csv_rows, _read_text
+from ..errors import UsageError
+
+FILE_COLUMNS = ("file_name", "file", "filename", "fname", "path", "audio")
+_CAPTION_COLUMN = re.compile(r"^caption(_?\d+)?$")
+
+
+class DatasetError(UsageError):
+    """A captions file that cannot be used."""
+
+
+@dataclass(frozen=True)
+class CaptionedFile:
+    name: str  # as the CSV writes it
+    path: str | None  # absolute path of the audio file, None when it is not under the audio root
+    captions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CaptionSet:
+    csv: str
+    sha256: str  # of the CSV's text, so that two reports can tell whether they measured the same set
+    audio_root: str
+    items: tuple[CaptionedFile, ...]
+
+    @property
+    def found(self) -> list[CaptionedFile]:
+        return [item for item in self.items if item.path is not None]
+
+    @property
+    def missing(self) -> list[CaptionedFile]:
+        return [item for item in self.items if item.path is None]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "csv": self.csv,
+            "sha256": self.sha256,
+            "audio_root": self.audio_root,
+            "files": len(self.items),
+            "captions": sum(len(item.captions) for item in self.items),
+            "missing_files": [item.name for item in self.missing],
+        }
+
+
+def left_out(
+    caption_set: CaptionSet, evaluated: Collection[str], index_failures: Mapping[str, str] | None = None
+) -> list[dict[str, str]]:
+    """A row {file, reason} for each file of the set whose name is not in `evaluated`; `index_failures` gives the
+    indexer's reason by absolute path."""
+    failures = index_failures or {}
+    rows = []
+    for item in caption_set.items:
+        if item.name in evaluated:
+            continue
+        if item.path is None:
+            reason = "not found under the audio root"
+        else:
+            reason = failures.get(item.path) or "not in the index (it changed since it was indexed, or failed before)"
+        rows.append({"file": item.name, "reason": reason})
+    return rows
+
+
+def read_caption_set(
+    csv_path: str | os.PathLike[str],
+    audio_root: str | os.PathLike[str] | None = None,
+    *,
+    file_column: str | None = None,
+    caption_columns: list[str] | None = None,
+) -> CaptionSet:
+    """Read a captions CSV (see the module docstring); raises DatasetError naming the problem and its line."""
+    path = Path(csv_path)
+    try:
+        text = _read_text(path)
+        header, rows = _csv_rows(path, text)
+    except UsageError as err:
+        raise DatasetError(err.where, err.reason) from None
+    column = _file_column(path, header, file_column)
+    captions_in = _caption_columns(path, header, caption_columns)
+    merged: dict[str, list[str]] = {}
+    for number, row in rows:
+        name = row.get(column, "")
+        if not name:
+            raise DatasetError(path, f"line {number} has no {column}")
+        merged.setdefault(name, []).extend(row[c] for c in captions_in if row.get(c))
+    if not merged:
+        raise DatasetError(path, "no rows (the CSV file has a header only)")
+    uncaptioned = [name for name, captions in merged.items() if not captions]
+    if uncaptioned:
+        raise DatasetError(path, f"{uncaptioned[0]!r} has no caption in {', '.join(captions_in)}")
+    root = Path(audio_root) if audio_root is not None else path.parent
+    if not root.is_dir():
+        raise DatasetError(root, "the audio root is not a folder")
+    items = tuple(CaptionedFile(name, _find_audio(root, name), tuple(caps)) for name, caps in merged.items())
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return CaptionSet(os.path.abspath(path), digest, os.path.abspath(root), items)
+
+
+def _file_column(path: Path, header: list[str], wanted: str | None) -> str:
+    if wanted is not None:
+        if wanted.lower() not in header:
+            raise DatasetError(path, f"no column {wanted!r}; the header has {', '.join(header)}")
+        return wanted.lower()
+    found = next((name for name in FILE_COLUMNS if name in header), None)
+    if found is None:
+        raise DatasetError(
+            path, f"no file column ({', '.join(FILE_COLUMNS)}); the header has {', '.join(header)}: use --file-column"
+        )
+    return found
+
+
+def _caption_columns(path: Path, header: list[str], wanted: list[str] | None) -> list[str]:
+    if wanted:
+        missing = [name for name in wanted if name.lower() not in header]
+        if missing:
+            raise DatasetError(path, f"no column {missing[0]!r}; the header has {', '.join(header)}")
+        return [name.lower() for name in wanted]
+    found = [name for name in header if _CAPTION_COLUMN.match(name)]
+    if not found:
+        raise DatasetError(
+            path,
+            f"no caption column (caption, caption_1, ...); the header has {', '.join(header)}: use --caption-column",
+        )
+    return found
+
+
+def _find_audio(root: Path, name: str) -> str | None:
+    candidate = root / name
+    if candidate.is_file():
+        return os.path.abspath(candidate)
+    if not candidate.suffix:
+        for extension in sorted(AUDIO_EXTENSIONS):
+            with_extension = candidate.with_name(candidate.name + extension)
+            if with_extension.is_file():
+                return os.path.abspath(with_extension)
+    return None

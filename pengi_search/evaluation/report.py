@@ -1,0 +1,239 @@
+"""Evaluation reports: a JSON file with everything (metrics, setup, per-query details), a Markdown summary for
+people, PNG figures where they help, and the comparison of two reports of the same kind.
+
+Every report has `kind` (retrieval, caption or classify), `dataset` (what was measured, with the sha256 of its
+CSV), `setup` (model, text embedder, options) and `metrics`, a nesting of named numbers that `compare` lines up
+by their dotted names (e.g. `caption.text_to_audio.R@1`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from . import plots
+
+SCHEMA = 1
+KINDS = ("retrieval", "caption", "classify")
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+TITLES = {"retrieval": "Retrieval", "caption": "Captioning", "classify": "Classification"}
+_LISTED = 20  # skipped files and examples shown in the Markdown summary (the JSON has them all)
+
+
+class ReportError(UsageError):
+    """A file that is not a readable evaluation report."""
+
+
+def build_report(kind: str, result: dict[str, Any], *, dataset: dict[str, Any], setup: dict[str, Any]) -> dict:
+    if kind not in KINDS:
+        raise ValueError(f"unknown report kind {kind!r}")
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return {"pengi_search_eval": SCHEMA, "kind": kind, "created_at": created, "dataset": dataset, "setup": setup} | (
+        result
+    )
+
+
+def write_report(report: dict[str, Any], folder: Path) -> list[Path]:
+    """Write report.json, report.md and the figures into `folder`; returns the files written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    drawn, why_not = plots.draw(report, folder)
+    report["plots"] = drawn
+    if why_not:
+        report["plots_unavailable"] = why_not
+    _write_text(folder / REPORT_JSON, json.dumps(report, ensure_ascii=False, indent=2) + "\n")
+    _write_text(folder / REPORT_MD, markdown(report))
+    return [folder / REPORT_JSON, folder / REPORT_MD, *(folder / name for name in drawn)]
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Written beside and renamed into place: a report is never left half-written."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+
+
+def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ReportError(path, "no such file") from None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ReportError(path, f"not a readable JSON report ({err})") from None
+    if (
+        not isinstance(report, dict)
+        or report.get("kind") not in KINDS
+        or not all(isinstance(report.get(part), dict) for part in ("metrics", "dataset", "setup"))
+    ):
+        raise ReportError(path, "not a pengi-search evaluation report (written by `pengi-search eval ...`)")
+    return report
+
+
+def flat_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float | None]:
+    """Nested metrics as {"a.b.c": number}, in the report's order."""
+    flat: dict[str, float | None] = {}
+    for name, value in metrics.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, dict):
+            flat.update(flat_metrics(value, key + "."))
+        elif value is None or isinstance(value, int | float):
+            flat[key] = value
+    return flat
+
+
+def compare_reports(a: dict[str, Any], b: dict[str, Any], names: tuple[str, str] = ("a", "b")) -> dict[str, Any]:
+    """Every metric of either report side by side, with b - a; notes what differs in the set and setup."""
+    if a["kind"] != b["kind"]:
+        raise ReportError("", f"cannot compare a {a['kind']} report with a {b['kind']} report")
+    first, second = flat_metrics(a["metrics"]), flat_metrics(b["metrics"])
+    rows = []
+    for metric in dict.fromkeys([*first, *second]):
+        x, y = first.get(metric), second.get(metric)
+        rows.append({"metric": metric, "a": x, "b": y, "delta": None if x is None or y is None else y - x})
+    notes = []
+    if a["dataset"].get("sha256") != b["dataset"].get("sha256"):
+        notes.append("the two reports measured different sets (their CSVs differ): the numbers are not comparable")
+    elif a.get("evaluated") != b.get("evaluated"):
+        notes.append(
+            f"the same set, but other parts of it were evaluated: {a.get('evaluated')} vs {b.get('evaluated')}"
+        )
+    differences = {
+        key: [a["setup"].get(key), b["setup"].get(key)]
+        for key in dict.fromkeys([*a["setup"], *b["setup"]])
+        if a["setup"].get(key) != b["setup"].get(key)
+    }
+    return {
+        "kind": a["kind"],
+        "reports": {names[0]: _identity(a), names[1]: _identity(b)},
+        "setup_differences": differences,
+        "notes": notes,
+        "rows": rows,
+    }
+
+
+def _identity(report: dict[str, Any]) -> dict[str, Any]:
+    return {"created_at": report.get("created_at"), "dataset": report["dataset"].get("csv"), "setup": report["setup"]}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Markdown
+
+
+def markdown(report: dict[str, Any]) -> str:
+    kind = report["kind"]
+    dataset = report["dataset"]
+    lines = [f"# {TITLES[kind]}: {Path(dataset['csv']).name}", ""]
+    lines += [f"- {name}: {value}" for name, value in _setup_lines(report)]
+    lines.append("")
+    lines += {"retrieval": _retrieval_md, "caption": _caption_md, "classify": _classify_md}[kind](report)
+    lines += [f"![{name}]({name})" for name in report.get("plots", [])]
+    if report.get("plots_unavailable"):
+        lines.append(f"_No figures: {report['plots_unavailable']}._")
+    lines += _skipped_md(report.get("skipped", []))
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _setup_lines(report: dict[str, Any]) -> list[tuple[str, Any]]:
+    dataset, setup = report["dataset"], report["setup"]
+    shown: list[tuple[str, Any]] = [("set", f"{dataset['csv']} (sha256 {dataset['sha256'][:12]})")]
+    shown.append(("audio", dataset.get("audio_root") or dataset.get("target")))
+    if "labels" in dataset:
+        shown.append(("labels", ", ".join(dataset["labels"])))
+    if report.get("evaluated"):
+        shown.append(("evaluated", ", ".join(f"{v} {k}" for k, v in report["evaluated"].items())))
+    for key, value in setup.items():
+        if isinstance(value, list):
+            shown.append((key, ", ".join(map(str, value))))
+        elif not isinstance(value, dict):
+            shown.append((key, value))
+    shown.append(("created", report.get("created_at")))
+    return shown
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value).replace("|", "\\|").replace("\n", " ")  # a caption must not end its table cell
+
+
+def _table(header: list[str], rows: list[list[Any]], text_columns: int = 1) -> list[str]:
+    """A Markdown table: the first `text_columns` columns left-aligned, the numbers right-aligned."""
+    rule = ["---"] * text_columns + ["---:"] * (len(header) - text_columns)
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(rule) + " |"]
+    lines += ["| " + " | ".join(_cell(cell) for cell in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _retrieval_md(report: dict[str, Any]) -> list[str]:
+    rows = []
+    for ranking, directions in report["metrics"].items():
+        for direction, values in directions.items():
+            rows.append([ranking, plots.DIRECTION_NAMES.get(direction, direction), *values.values()])
+    first = next(iter(next(iter(report["metrics"].values()), {}).values()), {})
+    lines = _table(["ranking", "direction", *first], rows, text_columns=2)
+    lines += [f"- {name}: {text}" for name, text in report.get("rankings", {}).items()] + [""]
+    return lines
+
+
+def _caption_md(report: dict[str, Any]) -> list[str]:
+    lines = _table(["metric", "value"], [[name, value] for name, value in report["metrics"].items()])
+    if report.get("unavailable"):
+        lines += ["Not computed:", *(f"- {name}: {why}" for name, why in report["unavailable"].items()), ""]
+    if report.get("prompts"):
+        lines += [f"Captions answer the prompt(s): {', '.join(report['prompts'])}.", ""]
+    worst = sorted(report.get("items", []), key=lambda item: item["cider_d"])[:_LISTED]
+    if worst:
+        lines += [f"## Lowest CIDEr-D ({len(worst)} of {len(report['items'])})", ""]
+        lines += _table(
+            ["file", "generated", "first reference", "CIDEr-D"],
+            [[item["file"], item["generated"], item["references"][0], item["cider_d"]] for item in worst],
+            text_columns=3,
+        )
+    return lines
+
+
+def _classify_md(report: dict[str, Any]) -> list[str]:
+    lines = _table(["metric", "value"], [[name, value] for name, value in report["metrics"].items()])
+    per_class = report.get("per_class", {})
+    if per_class:
+        lines += ["## Per class", ""]
+        lines += _table(
+            ["label", "precision", "recall", "F1", "support"],
+            [[label, m["precision"], m["recall"], m["f1"], m["support"]] for label, m in per_class.items()],
+        )
+    if report.get("unmatched"):
+        lines += [f"{len(report['unmatched'])} classified file(s) are not in the truth file.", ""]
+    return lines
+
+
+def _skipped_md(skipped: list[dict[str, str]]) -> list[str]:
+    if not skipped:
+        return []
+    lines = ["", f"## Left out ({len(skipped)})", ""]
+    lines += [f"- {item['file']}: {item['reason']}" for item in skipped[:_LISTED]]
+    if len(skipped) > _LISTED:
+        lines.append(f"- ... and {len(skipped) - _LISTED} more (see {REPORT_JSON})")
+    return lines
+
+
+def compare_markdown(comparison: dict[str, Any]) -> str:
+    (name_a, a), (name_b, b) = comparison["reports"].items()
+    lines = [f"# {TITLES[comparison['kind']]}: {name_a} vs {name_b}", ""]
+    lines += [f"- {name_a}: {a['dataset']} ({a['created_at']})", f"- {name_b}: {b['dataset']} ({b['created_at']})"]
+    lines += [f"- {key}: {values[0]} → {values[1]}" for key, values in comparison["setup_differences"].items()]
+    lines += [f"- **note**: {note}" for note in comparison["notes"]]
+    lines.append("")
+    rows = [[row["metric"], row["a"], row["b"], _signed(row["delta"])] for row in comparison["rows"]]
+    lines += _table(["metric", name_a, name_b, f"{name_b} − {name_a}"], rows)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _signed(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.4f}"

@@ -1,0 +1,420 @@
+"""`pengi-search eval`: captioned sets, retrieval and captioning scored from a library, classification reports,
+report files and their comparison; end to end on generated audio with a tiny model, against a hand count."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from pengi_search.classify import Prediction, read_truth
+from pengi_search.cli import app
+from pengi_search.cli.common import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
+from pengi_search.evaluation.captioning import evaluate_captions
+from pengi_search.evaluation.classification import evaluate_classification
+from pengi_search.evaluation.datasets import DatasetError, read_caption_set
+from pengi_search.evaluation.metrics import bleu, cider_d, rouge_l, tokenize
+from pengi_search.evaluation.report import ReportError, build_report, compare_reports, load_report, write_report
+from pengi_search.evaluation.retrieval import available_rankings, evaluate_retrieval
+from pengi_search.library import Library
+from pengi_search.search import Filters, query_embedder, query_text, stored_windows
+
+from .indexing import write_tone
+from .search_library import caption_library, tone
+
+runner = CliRunner()
+HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def write(path: Path, text: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+# -- captioned sets ----------------------------------------------------------------------------------------------
+
+
+def test_clotho_layout(tmp_path):
+    write_tone(tmp_path / "audio" / "a b.wav", 1.0)
+    csv_path = write(
+        tmp_path / "captions.csv",
+        'file_name,caption_1,caption_2\n"a b.wav","A dog, barking.",a dog barks\nc.wav,rain,rain falls\n',
+    )
+    caption_set = read_caption_set(csv_path, tmp_path / "audio")
+    assert [(i.name, i.captions) for i in caption_set.items] == [
+        ("a b.wav", ("A dog, barking.", "a dog barks")),
+        ("c.wav", ("rain", "rain falls")),
+    ]
+    assert caption_set.found[0].path == str(tmp_path / "audio" / "a b.wav")
+    assert [i.name for i in caption_set.missing] == ["c.wav"]
+    assert caption_set.to_json()["captions"] == 4 and len(caption_set.sha256) == 64
+
+
+def test_audiocaps_layout(tmp_path):
+    # One caption per row; rows of the same clip merge; a bare id finds the file with its audio extension.
+    write_tone(tmp_path / "abc123.flac", 1.0)
+    csv_path = write(
+        tmp_path / "test.csv",
+        "audiocap_id,youtube_id,start_time,caption\n1,abc123,30,a car passes\n2,abc123,30,an engine hums\n",
+    )
+    caption_set = read_caption_set(csv_path, file_column="youtube_id")
+    assert [(i.name, i.path, i.captions) for i in caption_set.items] == [
+        ("abc123", str(tmp_path / "abc123.flac"), ("a car passes", "an engine hums"))
+    ]
+
+
+@pytest.mark.parametrize(
+    ("content", "options", "message"),
+    [
+        ("name,caption\na.wav,x\n", {}, "no file column"),
+        ("file,text\na.wav,x\n", {}, "no caption column"),
+        ("file,caption\na.wav,\n", {}, "'a.wav' has no caption"),
+        ("file,caption\n", {}, "no rows"),
+        ("file,caption\n,x\n", {}, "line 2 has no file"),
+        ("file,caption\na.wav,x\n", {"file_column": "path"}, "no column 'path'"),
+        ("file,caption\na.wav,x\n", {"caption_columns": ["text"]}, "no column 'text'"),
+        (b"file,caption\na.wav,caf\xe9\n", {}, "not UTF-8"),
+    ],
+)
+def test_bad_caption_sets(tmp_path, content, options, message):
+    with pytest.raises(DatasetError, match=message):
+        read_caption_set(write(tmp_path / "c.csv", content), **options)
+
+
+def test_audio_root_must_be_a_folder(tmp_path):
+    with pytest.raises(DatasetError, match="not a folder"):
+        read_caption_set(write(tmp_path / "c.csv", "file,caption\na.wav,x\n"), tmp_path / "nowhere")
+
+
+# -- retrieval and captioning on a library with known captions ---------------------------------------------------
+
+# Captions of the set: each file's own stored caption where there is one, plus captions of other files and new
+# text; the 10 s rain file has two windows ("rain on a roof", "thunder rolls in the distance").
+SET_CAPTIONS = {
+    "animals/dog.wav": ["a dog barks", "a bell rings"],
+    "weather/rain.flac": ["thunder rolls in the distance", "water runs from a tap"],
+    "bell.wav": ["a bell rings"],
+    "animals/cat.flac": ["a cat meows", "birds sing while cars pass by"],
+}
+
+
+@pytest.fixture(scope="module")
+def known(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("eval-known")
+    captions = caption_library(str(root / "index.db"), root / "sounds", tiny_model_dir)
+    rows = "".join(f"{name},{caps[0]},{caps[1] if len(caps) > 1 else ''}\n" for name, caps in SET_CAPTIONS.items())
+    csv_path = write(root / "sounds" / "captions.csv", "file_name,caption_1,caption_2\n" + rows)
+    return captions, read_caption_set(csv_path)
+
+
+def hand_ranks_text_to_audio(library, caption_set, model_dir) -> list[int | None]:
+    """Each caption searched as `query` searches (among the files under the audio root); the rank of its own file
+    in the top 10, counted here."""
+    under_root = Filters(path_glob=caption_set.audio_root + "/*")
+    ranks = []
+    for item in caption_set.found:
+        for caption in item.captions:
+            hits = query_text(library, caption, k=10, filters=under_root, model=str(model_dir), device="cpu")
+            paths = [hit.path for hit in hits]
+            ranks.append(paths.index(item.path) + 1 if item.path in paths else None)
+    return ranks
+
+
+def hand_ranks_audio_to_text(library, caption_set, embedder) -> list[list[int]]:
+    """Per file, the ranks (1-based) of its own captions among all captions: best cosine over its windows, ties
+    to the earlier caption."""
+    captions = [(c, i) for i, item in enumerate(caption_set.found) for c in item.captions]
+    vectors = [embedder.embed([c])[0] for c, _ in captions]  # each alone, as `query` embeds it
+    ranks = []
+    for i, item in enumerate(caption_set.found):
+        windows = stored_windows(library, item.path)
+        _, window_vectors = library.store.vectors("text", [w.window_id for w in windows.windows])
+        scores = [max(float(w @ v) for w in window_vectors) for v in vectors]
+        order = sorted(range(len(captions)), key=lambda j: (-scores[j], j))
+        ranks.append(sorted(order.index(j) + 1 for j, (_, owner) in enumerate(captions) if owner == i))
+    return ranks
+
+
+def test_retrieval_equals_a_hand_count(known, tiny_model_dir):
+    captions, caption_set = known
+    with Library.open(captions.db) as library:
+        embedder = query_embedder(library, str(tiny_model_dir), "cpu")
+        result = evaluate_retrieval(library, caption_set, available_rankings(library, embedder, caption_set.audio_root))
+        t2a = hand_ranks_text_to_audio(library, caption_set, tiny_model_dir)
+        a2t = hand_ranks_audio_to_text(library, caption_set, embedder)
+    assert result["evaluated"] == {"files": 4, "captions": 7} and result["skipped"] == []
+    rows = result["queries"]["caption"]["text_to_audio"]
+    assert [row["rank"] for row in rows] == t2a
+    # A caption the library holds finds its own file first (cosine 1); "a bell rings" is the bell's, not the dog's.
+    by_caption = {(row["file"], row["caption"]): row for row in rows}
+    assert by_caption[("animals/dog.wav", "a dog barks")]["rank"] == 1
+    assert by_caption[("weather/rain.flac", "thunder rolls in the distance")]["rank"] == 1
+    assert by_caption[("animals/dog.wav", "a bell rings")]["top"] == "bell.wav"
+    metrics = result["metrics"]["caption"]
+    n = len(t2a)
+    assert metrics["text_to_audio"] == pytest.approx(
+        {
+            "R@1": sum(r is not None and r <= 1 for r in t2a) / n,
+            "R@5": sum(r is not None and r <= 5 for r in t2a) / n,
+            "R@10": sum(r is not None for r in t2a) / n,
+            "mAP@10": sum(1 / r for r in t2a if r is not None) / n,
+        }
+    )
+    # Audio -> text: a file's hit is its best-ranked caption; AP sums precision at each of its captions' ranks.
+    firsts = [ranks[0] for ranks in a2t]
+    ap = [sum((h + 1) / r for h, r in enumerate(x for x in ranks if x <= 10)) / min(len(ranks), 10) for ranks in a2t]
+    assert metrics["audio_to_text"] == pytest.approx(
+        {
+            "R@1": sum(r <= 1 for r in firsts) / 4,
+            "R@5": sum(r <= 5 for r in firsts) / 4,
+            "R@10": sum(r <= 10 for r in firsts) / 4,
+            "mAP@10": sum(ap) / 4,
+        }
+    )
+    assert [row["rank"] for row in result["queries"]["caption"]["audio_to_text"]] == firsts
+    curve = result["curves"]["caption"]["text_to_audio"]
+    assert (
+        len(curve) == 10 and curve[0] == metrics["text_to_audio"]["R@1"] and curve[4] == metrics["text_to_audio"]["R@5"]
+    )
+
+
+def test_caption_evaluation_of_stored_captions(known, tiny_model_dir):
+    captions, caption_set = known
+    with Library.open(captions.db) as library:
+        embedder = query_embedder(library, str(tiny_model_dir), "cpu")
+        result = evaluate_captions(library, caption_set, embedder, java=False)
+    # The stored captions carry no score, so the first window stands for the rain file.
+    generated = {item["file"]: item["generated"] for item in result["items"]}
+    assert generated == {
+        "animals/dog.wav": "a dog barks",
+        "weather/rain.flac": "rain on a roof",
+        "bell.wav": "a bell rings",
+        "animals/cat.flac": "a cat meows",
+    }
+    cands = [tokenize(generated[name]) for name in SET_CAPTIONS]
+    refs = [[tokenize(c) for c in SET_CAPTIONS[name]] for name in SET_CAPTIONS]
+    metrics = result["metrics"]
+    assert [metrics[f"BLEU-{n}"] for n in range(1, 5)] == pytest.approx(bleu(cands, refs))
+    assert metrics["CIDEr-D"] == pytest.approx(np.mean(cider_d(cands, refs)))
+    assert metrics["ROUGE-L"] == pytest.approx(np.mean(rouge_l(cands, refs)))
+    assert metrics["BLEU-1"] > 0.5  # three of the four generated captions are one of their references
+    bell = next(item for item in result["items"] if item["file"] == "bell.wav")
+    assert bell["embedding_cosine"] == pytest.approx(1.0, abs=1e-5) and bell["rouge_l"] == pytest.approx(1.0)
+    vectors = embedder.embed(["a cat meows", *SET_CAPTIONS["animals/cat.flac"]])
+    cat = next(item for item in result["items"] if item["file"] == "animals/cat.flac")
+    assert cat["embedding_cosine"] == pytest.approx(float((vectors[1:] @ vectors[0]).mean()), abs=1e-6)
+    assert metrics["METEOR"] is None and "--no-java-metrics" in result["unavailable"]["METEOR"]
+    assert metrics["SPIDEr"] is None and result["prompts"] == ["generate audio caption"]
+
+
+# -- classification ----------------------------------------------------------------------------------------------
+
+
+def test_classification_report_by_hand(tmp_path):
+    truth = read_truth(write(tmp_path / "truth.csv", "file,label\na.wav,dog\nb.wav,cat\nc.wav,dog\nd.wav,bird\n"))
+
+    def predicted(name: str, *labels: str) -> Prediction:
+        return Prediction(str(tmp_path / name), [(label, 1.0 - i / 10) for i, label in enumerate(labels)], 1, "decoded")
+
+    labels = ["dog", "cat", "rain", "bell"]  # "bird" is not a candidate: never predictable
+    predictions = [
+        predicted("a.wav", "dog", "cat", "rain", "bell"),
+        predicted("b.wav", "dog", "rain", "bell", "cat"),  # cat ranked 4th
+        predicted("c.wav", "cat", "dog", "rain", "bell"),  # dog ranked 2nd
+        predicted("d.wav", "rain", "dog", "cat", "bell"),
+        predicted("extra.wav", "dog", "cat", "rain", "bell"),  # not in the truth file
+    ]
+    result = evaluate_classification(predictions, truth, labels)
+    assert result["metrics"]["accuracy"] == 0.25
+    assert result["metrics"]["top-3"] == 0.5  # a (1st) and c (2nd); b is 4th, bird is not ranked
+    assert "top-5" not in result["metrics"]  # 4 labels: top-5 would say nothing
+    assert result["confusion"]["classes"] == ["dog", "cat", "rain", "bell", "bird"]
+    assert result["confusion"]["counts"] == [
+        [1, 1, 0, 0, 0],
+        [1, 0, 0, 0, 0],
+        [0, 0, 0, 0, 0],
+        [0, 0, 0, 0, 0],
+        [0, 0, 1, 0, 0],
+    ]
+    # Macro F1 over every label predicted or true: only dog has an F1 (precision 1/2, recall 1/2).
+    assert result["metrics"]["macro_f1"] == pytest.approx(0.5 / 4)
+    assert result["unmatched"] == [str(tmp_path / "extra.wav")]
+    assert [f["rank"] for f in result["files"]] == [1, 4, 2, None]
+
+
+# -- report files and comparison ---------------------------------------------------------------------------------
+
+
+def retrieval_report(r1: float, sha: str = "0" * 64, embedder: str = "pengi-text:x") -> dict:
+    metrics = {"caption": {"text_to_audio": {"R@1": r1, "mAP@10": 0.5}, "audio_to_text": {"R@1": 0.1, "mAP@10": None}}}
+    curves = {"caption": {"text_to_audio": [r1] + [0.9] * 9, "audio_to_text": [0.1] * 10}}
+    return build_report(
+        "retrieval",
+        {"metrics": metrics, "curves": curves, "evaluated": {"files": 2}, "skipped": []},
+        dataset={"csv": "/data/set.csv", "sha256": sha, "audio_root": "/data"},
+        setup={"model": "base", "text_embedder": embedder},
+    )
+
+
+def test_report_files(tmp_path):
+    files = write_report(retrieval_report(0.25), tmp_path / "run")
+    names = [f.name for f in files]
+    assert names[:2] == ["report.json", "report.md"]
+    saved = load_report(tmp_path / "run" / "report.json")
+    assert saved["kind"] == "retrieval" and saved["metrics"]["caption"]["text_to_audio"]["R@1"] == 0.25
+    summary = (tmp_path / "run" / "report.md").read_text()
+    assert "| caption | text → audio | 0.2500 | 0.5000 |" in summary
+    if HAVE_MATPLOTLIB:
+        assert names[2:] == ["recall_at_k.png"]
+        assert (tmp_path / "run" / "recall_at_k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:
+        assert "matplotlib" in saved["plots_unavailable"]
+
+
+def test_compare(tmp_path):
+    comparison = compare_reports(retrieval_report(0.25), retrieval_report(0.5, embedder="st"), ("base", "new"))
+    first = comparison["rows"][0]
+    assert first == {"metric": "caption.text_to_audio.R@1", "a": 0.25, "b": 0.5, "delta": 0.25}
+    assert comparison["rows"][3] == {"metric": "caption.audio_to_text.mAP@10", "a": None, "b": None, "delta": None}
+    assert comparison["setup_differences"] == {"text_embedder": ["pengi-text:x", "st"]} and comparison["notes"] == []
+    other_set = compare_reports(retrieval_report(0.25), retrieval_report(0.5, sha="1" * 64))
+    assert "different sets" in other_set["notes"][0]
+    classify = build_report("classify", {"metrics": {"accuracy": 1.0}}, dataset={"csv": "t", "sha256": "2"}, setup={})
+    with pytest.raises(ReportError, match="cannot compare a retrieval report with a classify report"):
+        compare_reports(retrieval_report(0.25), classify)
+
+
+def test_load_report_refuses_other_files(tmp_path):
+    with pytest.raises(ReportError, match="no such file"):
+        load_report(tmp_path / "none.json")
+    with pytest.raises(ReportError, match="not a readable JSON"):
+        load_report(write(tmp_path / "bad.json", "{"))
+    with pytest.raises(ReportError, match="not a pengi-search evaluation report"):
+        load_report(write(tmp_path / "other.json", '{"kind": "retrieval"}'))
+
+
+# -- the commands, end to end on generated audio -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tones(tmp_path_factory):
+    """Four generated sounds and a Clotho-style CSV that also lists a file that is not there."""
+    root = tmp_path_factory.mktemp("eval-cli")
+    names = ["low.wav", "mid.wav", "high.flac", "long.wav"]
+    for i, name in enumerate(names):
+        write_tone(root / "audio" / name, 9.0 if name == "long.wav" else 2.0, freq=tone(i))
+    lines = [f"{name},a tone number {i},a sound at {tone(i):.0f} hertz" for i, name in enumerate(names)]
+    write(root / "captions.csv", "file_name,caption_1,caption_2\n" + "\n".join([*lines, "gone.wav,silence,nothing"]))
+    return root
+
+
+def quick(model_dir: Path) -> list:
+    return ["--model", model_dir, "--device", "cpu", "--workers", 0, "--beam", 2, "--max-len", 3, "--batch-size", 4]
+
+
+def test_eval_retrieval_end_to_end(tones, tiny_model_dir):
+    out = tones / "runs" / "base"
+    args = ["eval", "retrieval", tones / "captions.csv", "--audio-root", tones / "audio", "-o", out]
+    result = run(*args, *quick(tiny_model_dir))
+    assert result.exit_code == EXIT_PARTIAL, result.output  # gone.wav is left out
+    report = json.loads((out / "report.json").read_text())
+    assert report["index_run"]["indexed"] == 4
+    assert report["skipped"] == [{"file": "gone.wav", "reason": "not found under the audio root"}]
+    assert report["evaluated"] == {"files": 4, "captions": 8}
+    caption_set = read_caption_set(tones / "captions.csv", tones / "audio")
+    with Library.open(out / "index.db") as library:
+        t2a = hand_ranks_text_to_audio(library, caption_set, tiny_model_dir)
+        a2t = hand_ranks_audio_to_text(library, caption_set, query_embedder(library, str(tiny_model_dir), "cpu"))
+    metrics = report["metrics"]["caption"]
+    assert [row["rank"] for row in report["queries"]["caption"]["text_to_audio"]] == t2a
+    assert metrics["text_to_audio"]["R@1"] == pytest.approx(sum(r == 1 for r in t2a) / 8)
+    assert metrics["text_to_audio"]["R@5"] == pytest.approx(sum(r is not None and r <= 5 for r in t2a) / 8)
+    assert metrics["text_to_audio"]["mAP@10"] == pytest.approx(sum(1 / r for r in t2a if r) / 8)
+    assert metrics["audio_to_text"]["R@1"] == pytest.approx(sum(ranks[0] == 1 for ranks in a2t) / 4)
+    assert "| caption | text → audio |" in (out / "report.md").read_text()
+    assert (out / "recall_at_k.png").exists() == HAVE_MATPLOTLIB
+    # Again: the library is reused as it is, and the numbers do not move.
+    again = run(*args, *quick(tiny_model_dir), "--json")
+    assert again.exit_code == EXIT_PARTIAL
+    second = json.loads(again.stdout)
+    assert second["index_run"]["indexed"] == 0 and second["index_run"]["unchanged"] == 4
+    assert second["metrics"] == report["metrics"]
+
+
+def test_eval_caption_end_to_end(tones, tiny_model_dir):
+    out = tones / "runs" / "caption"
+    result = run(
+        "eval", "caption", tones / "captions.csv", "--audio-root", tones / "audio", "-o", out,
+        "--no-java-metrics", *quick(tiny_model_dir),
+    )  # fmt: skip
+    assert result.exit_code == EXIT_PARTIAL, result.output
+    assert "BLEU-1" in result.stdout and "CIDEr-D" in result.stdout
+    report = json.loads((out / "report.json").read_text())
+    caption_set = read_caption_set(tones / "captions.csv", tones / "audio")
+    with Library.open(out / "index.db") as library:
+        generated = []
+        for item in caption_set.found:
+            windows = stored_windows(library, item.path).windows
+            best = max(windows, key=lambda w: w.texts[0].score)  # the first of equal scores, as documented
+            generated.append(best.texts[0].text)
+    assert [item["generated"] for item in report["items"]] == generated
+    refs = [[tokenize(c) for c in item.captions] for item in caption_set.found]
+    assert report["metrics"]["CIDEr-D"] == pytest.approx(np.mean(cider_d([tokenize(g) for g in generated], refs)))
+    assert report["metrics"]["METEOR"] is None
+
+
+def test_eval_classify_end_to_end(known, tiny_model_dir, tmp_path):
+    captions, _ = known
+    labels = {"animals/dog.wav": "dog", "weather/rain.flac": "rain", "bell.wav": "bell", "animals/cat.flac": "cat"}
+    truth = write(captions.root / "truth.csv", "file,label\n" + "".join(f"{f},{lab}\n" for f, lab in labels.items()))
+    out = tmp_path / "classify"
+    result = run(
+        "eval", "classify", captions.root, "--truth", truth, "--db", captions.db, "--model", tiny_model_dir,
+        "--device", "cpu", "-o", out,
+    )  # fmt: skip
+    assert result.exit_code == EXIT_OK, result.output
+    report = json.loads((out / "report.json").read_text())
+    with open(out / "predictions.csv", newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    truth_labels = {str(captions.root / name): label for name, label in labels.items()}
+    correct = sum(row["label"] == truth_labels[row["file"]] for row in rows)
+    top3 = sum(truth_labels[row["file"]] in [p.split(":")[0] for p in row["top"].split(";")[:3]] for row in rows)
+    assert report["metrics"]["accuracy"] == correct / 4 and report["metrics"]["top-3"] == top3 / 4
+    assert report["dataset"]["labels"] == ["dog", "rain", "bell", "cat"]  # the truth's labels, in order
+    assert sum(map(sum, report["confusion"]["counts"])) == 4
+    assert (out / "confusion.png").exists() == HAVE_MATPLOTLIB
+
+
+def test_eval_compare_command(tmp_path):
+    for name, r1 in (("base", 0.25), ("tuned", 0.5)):
+        write_report(retrieval_report(r1), tmp_path / name)
+    result = run(
+        "eval", "compare", tmp_path / "base" / "report.json", tmp_path / "tuned" / "report.json",
+        "-o", tmp_path / "compare.md",
+    )  # fmt: skip
+    assert result.exit_code == EXIT_OK, result.output
+    assert "caption.text_to_audio.R@1" in result.stdout and "+0.2500" in result.stdout
+    assert "| caption.text_to_audio.R@1 | 0.2500 | 0.5000 | +0.2500 |" in (tmp_path / "compare.md").read_text()
+    as_json = json.loads(
+        run("eval", "compare", tmp_path / "base/report.json", tmp_path / "tuned/report.json", "--json").stdout
+    )
+    assert list(as_json["reports"]) == ["base", "tuned"]
+    missing = run("eval", "compare", tmp_path / "base" / "report.json", tmp_path / "nothing.json")
+    assert missing.exit_code == EXIT_USAGE and "no such file" in missing.output
+
+
+def test_eval_retrieval_bad_csv(tmp_path):
+    result = run("eval", "retrieval", write(tmp_path / "c.csv", "name,caption\na.wav,x\n"), "-o", tmp_path / "out")
+    assert result.exit_code == EXIT_USAGE and "no file column" in result.output
+    nothing = run("eval", "retrieval", write(tmp_path / "d.csv", "file,caption\na.wav,x\n"), "-o", tmp_path / "out")
+    assert nothing.exit_code == EXIT_USAGE and "none of its 1 files" in nothing.output
