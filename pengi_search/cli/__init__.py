@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import describe, index, model, search, train
+from . import describe, index, model, search, serve, train
 
 app = typer.Typer(
     name="pengi-search",
@@ -25,3 +25,4 @@ app.command()(index.stats)
 app.command()(index.remove)
 app.command()(index.export)
 app.command()(train.train)
+app.command()(serve.serve)
