@@ -71,10 +71,12 @@ def serve(
         listener.close()
         raise
     address = _address(host, listener.getsockname()[1])
-    out_console.print(f"pengi-search serves {address}/{f'?token={required}' if required else ''}", soft_wrap=True)
+    out_console.print(
+        f"pengi-search serves {address}/{f'?token={required}' if required else ''}", soft_wrap=True, markup=False
+    )
     if required and not token:
-        err_console.print(f"token (send as 'Authorization: Bearer TOKEN'): {required}", soft_wrap=True)
-    out_console.print(f"API docs: {address}/docs   (Ctrl-C stops)")
+        err_console.print(f"token (send as 'Authorization: Bearer TOKEN'): {required}", soft_wrap=True, markup=False)
+    out_console.print(f"API docs: {address}/docs   (Ctrl-C stops)", markup=False)
     if open_browser:
         import webbrowser
 

@@ -82,14 +82,15 @@ def peaks(path: Path, start_s: float, end_s: float, count: int) -> list[tuple[fl
 def spectrogram_png(path: Path, max_s: float, *, width: int = 1200, height: int = 160) -> bytes:
     """A log-power spectrogram of the file's first `max_s` seconds as a PNG image, low frequencies at the bottom.
 
-    Columns are STFT frames (a Hann window of 1024 samples at 22.05 kHz, hopped to fit `width`), rows are
+    Columns are `width` STFT frames spread evenly (a Hann window of 1024 samples at 22.05 kHz), rows are
     frequency bands spaced on the mel scale; each band shows its strongest bin, in dB below the loudest point.
     """
     samples = load_audio(path, sample_rate=SPECTROGRAM_RATE, max_seconds=max_s)
     if len(samples) < SPECTROGRAM_FFT:
         samples = np.pad(samples, (0, SPECTROGRAM_FFT - len(samples)))
-    hop = max(1, -(-(len(samples) - SPECTROGRAM_FFT) // (width - 1)) if width > 1 else len(samples))
-    frames = np.lib.stride_tricks.sliding_window_view(samples, SPECTROGRAM_FFT)[::hop]  # (columns, fft)
+    columns = min(width, len(samples) - SPECTROGRAM_FFT + 1)
+    starts = np.linspace(0, len(samples) - SPECTROGRAM_FFT, columns).round().astype(np.int64)
+    frames = samples[starts[:, None] + np.arange(SPECTROGRAM_FFT)]  # (columns, fft)
     power = np.abs(np.fft.rfft(frames * np.hanning(SPECTROGRAM_FFT), axis=1)) ** 2  # (columns, bins)
     bands = _mel_band_edges(power.shape[1], height)
     banded = np.stack([power[:, lo:hi].max(axis=1) for lo, hi in zip(bands[:-1], bands[1:], strict=True)], axis=1)

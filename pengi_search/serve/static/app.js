@@ -89,9 +89,10 @@ function setUpFile() {
   const timeline = document.querySelector(".timeline");
   const box = document.querySelector(".spectrogram-box");
   const playhead = document.querySelector(".playhead");
+  const lanes = timeline ? Array.from(timeline.querySelectorAll(".lane")) : [];
   const duration = timeline ? parseFloat(timeline.dataset.duration) : 0;
   if (timeline && duration > 0) {
-    for (const lane of timeline.querySelectorAll(".lane")) {
+    for (const lane of lanes) {
       const start = parseFloat(lane.dataset.start), end = parseFloat(lane.dataset.end);
       lane.style.left = `${(100 * start) / duration}%`;
       lane.style.width = `${(100 * (end - start)) / duration}%`;
@@ -125,6 +126,7 @@ function setUpFile() {
       if (parseFloat(item.dataset.start) <= now + 1e-3) active = item;
     }
     for (const item of windows) item.classList.toggle("active", item === active);
+    lanes.forEach((lane, i) => lane.classList.toggle("active", windows[i] === active));
     if (box && playhead) {
       const shown = parseFloat(box.dataset.shown);
       playhead.style.left = `${Math.min(100, (100 * now) / Math.max(shown, 1e-6))}%`;
