@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from pengi_search.library import Library
+from pengi_search.store import StoreError
 
 from .indexing import write_tone
 from .search_library import caption_library, index_folder
 from .serving import client_for
+from .test_store import db_url  # noqa: F401 (the fixture: SQLite, and PostgreSQL when a server is given)
 
 
 def window_paths(client) -> set[str]:
@@ -86,3 +90,14 @@ def test_windows_committed_before_the_faiss_files_are_saved_are_found(tmp_path, 
         hits = client.get("/api/search", params={"q": "an owl hoots", "k": 1}).json()
         assert (hits[0]["caption"], hits[0]["path"]) == ("an owl hoots", "/late/owl.wav")
         assert client.get("/api/stats").json()["indexes"]["text"]["vectors"] == 6
+
+
+def test_the_server_reads_every_backend_read_only(db_url, tmp_path, tiny_model_dir):  # noqa: F811 (a fixture)
+    library = caption_library(db_url, tmp_path / "sounds", tiny_model_dir)
+    with client_for(library, tiny_model_dir) as client:
+        assert len(window_paths(client)) == 4
+        with pytest.raises(StoreError):
+            client.app.state.service.library.store.upsert_file("/tmp/x.wav", size=1, mtime=1.0)
+        store_window_without_faiss(db_url, tiny_model_dir, "/late/owl.wav", "an owl hoots")
+        hits = client.get("/api/search", params={"q": "an owl hoots", "k": 1}).json()
+        assert hits[0]["path"] == "/late/owl.wav"
