@@ -1,8 +1,9 @@
 """What the server does, shared by the pages and the JSON API: search, similar, files, describe, classify, stats.
 
 One `Service` lives as long as the server. It opens the database read-only, loads the query text embedder once
-(the numpy text tower, reloaded only when the library is re-indexed with another embedder) and the full model only
-when an uploaded clip needs it. Results have the shapes of the CLI's `--json` output, plus the ids the pages link.
+(the numpy text tower, reloaded only when the library is re-indexed with another embedder), keeps the embeddings
+of recent query texts (refining a search re-embeds nothing) and loads the full model only when an uploaded clip
+needs it. Results have the shapes of the CLI's `--json` output, plus the ids the pages link.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -20,7 +22,7 @@ import numpy as np
 from sqlalchemy import event
 
 from ..library import EmptyLibraryError
-from ..search import BY_CHOICES, Filters, Hit, query_embedder, query_text, search_vectors
+from ..search import BY_CHOICES, Filters, Hit, query_embedder, search_vectors
 from ..store import (
     FileRecord,
     Store,
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PEAKS = 120  # waveform points per hit
+QUERY_CACHE = 4096  # query embeddings kept
 FAILED_SHOWN = 200
 
 
@@ -111,6 +114,7 @@ class Service:
         self.transcodes = media.TranscodeCache(settings.transcode_cache_bytes)
         self._embedder: TextEmbedder | None = None
         self._embedder_generation = -1
+        self._query_cache: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
         self._engine: Engine | None = None
         self._embedder_lock = threading.Lock()
         self._model_lock = threading.Lock()  # one model run at a time: uploads are CPU-bound
@@ -159,10 +163,24 @@ class Service:
         if not text.strip():
             raise RequestError("q", "the query text is empty")
         filters = params.filters()
-        hits = query_text(
-            self.library, text, k=self._k(params), by=params.by, filters=filters, embedder=self.embedder()
-        )
+        vector = self._query_vector(text)
+        hits = search_vectors(self.library, "text", vector, k=self._k(params), by=params.by, filters=filters)
         return self._hits_json(hits)
+
+    def _query_vector(self, text: str) -> np.ndarray:
+        """The text's embedding (1, d); the latest QUERY_CACHE texts are kept (a refined search reuses its text)."""
+        embedder = self.embedder()
+        key = (self._embedder_generation, text)
+        with self._embedder_lock:
+            if key in self._query_cache:
+                self._query_cache.move_to_end(key)
+                return self._query_cache[key]
+        vector = embedder.embed([text])
+        with self._embedder_lock:
+            self._query_cache[key] = vector
+            while len(self._query_cache) > QUERY_CACHE:
+                self._query_cache.popitem(last=False)
+        return vector
 
     def similar_to_window(self, window_id: int, params: SearchParams) -> list[dict[str, Any]]:
         """Audio -> audio from an indexed window ("more like this"); its own file is left out."""
