@@ -10,15 +10,20 @@ import struct
 import numpy as np
 import pytest
 import soundfile as sf
+from typer.testing import CliRunner
 
+from pengi_search.cli import app
+from pengi_search.cli.common import EXIT_FAILED, EXIT_USAGE
 from pengi_search.serve.media import browser_type
-from pengi_search.store import StoreError
+from pengi_search.store import Store, StoreError
 
 from .indexing import write_tone
+from .search_library import CaptionLibrary
 from .serving import BROKEN, BROKEN_REASON, HOSTILE, client_for, served_library
 from .test_cli_search import HIT_KEYS
 
 HIT_API_KEYS = HIT_KEYS | {"file_id", "query_start_s", "query_end_s"}
+runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +238,9 @@ def test_uploads_are_bounded_in_bytes_and_seconds(library, tiny_model_dir, tmp_p
     clip = library.files["weather/rain.flac"].read_bytes()
     with client_for(library, tiny_model_dir, max_upload_bytes=len(clip) - 1, max_upload_s=5.0) as small:
         too_big = small.post("/api/describe", files={"file": ("rain.flac", clip)})
-        assert too_big.status_code == 413  # refused from Content-Length, before the body is read
+        assert too_big.status_code == 413 and "larger than the server's limit" in too_big.json()["detail"]
+        huge = small.post("/api/describe", files={"file": ("huge.wav", bytes(len(clip) + (2 << 20)))})
+        assert huge.status_code == 413 and "request body is larger" in huge.json()["detail"]  # from Content-Length
         long_clip = write_tone(tmp_path / "long.wav", 6.0, sr=8000).read_bytes()
         too_long = small.post("/api/describe", files={"file": ("long.wav", long_clip)})
         assert too_long.status_code == 413 and "longer than the server's limit of 5 s" in too_long.json()["detail"]
@@ -341,3 +348,24 @@ def test_json_errors_name_the_problem(client):
     assert response.status_code == 404 and json.loads(response.text) == {
         "detail": "file 424242: no such file in the index"
     }
+
+
+def test_an_empty_library_answers_with_what_to_do(tmp_path, tiny_model_dir):
+    db = tmp_path / "index.db"
+    Store.open(db).close()
+    empty = CaptionLibrary(str(db), tmp_path, {})
+    with client_for(empty, tiny_model_dir) as client:
+        response = client.get("/api/search", params={"q": "a bell rings"})
+        assert response.status_code == 409 and "pengi-search index" in response.json()["detail"]
+        assert client.get("/api/stats").json()["files"]["total"] == 0
+        page = client.get("/", params={"q": "a bell rings"})
+        assert page.status_code == 200 and "pengi-search index" in page.text
+
+
+def test_the_command_refuses_what_it_cannot_serve(tmp_path):
+    missing = runner.invoke(app, ["serve", "--db", str(tmp_path / "none.db"), "--port", "0"])
+    assert missing.exit_code == EXIT_FAILED and "no index here yet" in missing.output
+    assert not (tmp_path / "none.db").exists()  # never created
+    bad_root = runner.invoke(app, ["serve", "--root", str(tmp_path / "nowhere"), "--port", "0"])
+    assert bad_root.exit_code == EXIT_USAGE and "not a folder" in bad_root.output
+    assert "--max-upload-mb" in runner.invoke(app, ["serve", "--help"]).output
