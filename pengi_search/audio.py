@@ -45,6 +45,7 @@ __all__ = [
     "load_audio",
     "pad_to_length",
     "probe",
+    "stream_audio",
 ]
 
 SAMPLE_RATE = 44_100
@@ -125,21 +126,38 @@ def probe(path: str | os.PathLike[str]) -> AudioInfo:
 
 
 def load_audio(
-    path: str | os.PathLike[str], *, sample_rate: int = SAMPLE_RATE, max_seconds: float | None = None
+    path: str | os.PathLike[str],
+    *,
+    sample_rate: int = SAMPLE_RATE,
+    max_seconds: float | None = None,
+    start_s: float = 0.0,
 ) -> np.ndarray:
-    """The whole file (or its first `max_seconds`) as mono float32 at `sample_rate`, unpadded."""
+    """The file from `start_s` to its end (or for `max_seconds`) as mono float32 at `sample_rate`, unpadded.
+
+    Formats libsndfile reads seek straight to `start_s`; the others are decoded from the start and the part before
+    it dropped. Starting at or after the end raises AudioDecodeError ("no audio samples").
+    """
     if max_seconds is not None and max_seconds <= 0:
         raise ValueError(f"max_seconds must be positive, got {max_seconds}")
     limit = None if max_seconds is None else round(max_seconds * sample_rate)
     parts: list[np.ndarray] = []
     collected = 0
-    with closing(_mono_chunks(Path(path), sample_rate)) as chunks:
+    with closing(stream_audio(path, sample_rate=sample_rate, start_s=start_s)) as chunks:
         for chunk in chunks:
             parts.append(chunk)
             collected += len(chunk)
             if limit is not None and collected >= limit:
                 break  # stop decoding: the rest of the file is not wanted
     return np.concatenate(parts)[:limit]
+
+
+def stream_audio(
+    path: str | os.PathLike[str], *, sample_rate: int = SAMPLE_RATE, start_s: float = 0.0
+) -> Iterator[np.ndarray]:
+    """The file from `start_s` on as consecutive mono float32 chunks at `sample_rate` (memory stays flat)."""
+    if start_s < 0:
+        raise ValueError(f"start_s must not be negative, got {start_s}")
+    return _mono_chunks(Path(path), sample_rate, start_s)
 
 
 def iter_windows(
@@ -206,12 +224,12 @@ class _WindowCutter:
         return window
 
 
-def _mono_chunks(path: Path, sample_rate: int) -> Iterator[np.ndarray]:
-    """The file as consecutive mono float32 chunks at `sample_rate` (some chunks may be empty)."""
+def _mono_chunks(path: Path, sample_rate: int, start_s: float = 0.0) -> Iterator[np.ndarray]:
+    """The file from `start_s` on as consecutive mono float32 chunks at `sample_rate` (some chunks may be empty)."""
     with _open_source(path) as source:
         resampler = _Resampler(source.sample_rate, sample_rate)
         produced = 0
-        for block in _decoded_blocks(source):
+        for block in _decoded_blocks(source, round(start_s * source.sample_rate)):
             chunk = resampler.push(_downmix(block))
             produced += len(chunk)
             yield chunk
@@ -230,11 +248,12 @@ def _downmix(block: np.ndarray) -> np.ndarray:
     return block @ np.full(channels, 1 / channels, dtype=np.float32)
 
 
-def _decoded_blocks(source: _Source) -> Iterator[np.ndarray]:
-    """The source's blocks, with decoder failures and NaN/Inf samples turned into AudioDecodeError."""
-    decoded = 0
+def _decoded_blocks(source: _Source, start_frame: int = 0) -> Iterator[np.ndarray]:
+    """The source's blocks from `start_frame` on, with decoder failures and NaN/Inf samples turned into
+    AudioDecodeError."""
+    decoded = start_frame
     try:
-        for block in source.blocks():
+        for block in source.blocks(start_frame):
             if not np.isfinite(block).all():
                 first_bad = int(np.argmin(np.isfinite(block).all(axis=1)))
                 at = (decoded + first_bad) / source.sample_rate
@@ -271,7 +290,8 @@ class _Source(ABC):
     frames: int | None  # None when the header does not say
 
     @abstractmethod
-    def blocks(self) -> Iterator[np.ndarray]: ...
+    def blocks(self, start_frame: int = 0) -> Iterator[np.ndarray]:
+        """The frames from `start_frame` (at the file's own rate) to the end, in blocks."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -307,7 +327,11 @@ class _SoundFileSource(_Source):
         self.channels = self._file.channels
         self.frames = self._file.frames
 
-    def blocks(self) -> Iterator[np.ndarray]:
+    def blocks(self, start_frame: int = 0) -> Iterator[np.ndarray]:
+        if start_frame:
+            if start_frame >= self.frames:
+                return
+            self._file.seek(start_frame)
         # Plain reads rather than SoundFile.blocks(), which trusts the header's length and, on a cut MP3 (whose
         # header length libsndfile takes from the encoder's tag), yields stale buffer contents for missing frames.
         while len(block := self._file.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)):
@@ -342,7 +366,16 @@ class _PyAVSource(_Source):
             return None
         return round(seconds * self.sample_rate)
 
-    def blocks(self) -> Iterator[np.ndarray]:
+    def blocks(self, start_frame: int = 0) -> Iterator[np.ndarray]:
+        skip = start_frame  # FFmpeg's seeks land on packets, not samples: decode from the start and drop
+        for block in self._decoded():
+            if skip >= len(block):
+                skip -= len(block)
+                continue
+            yield block[skip:]
+            skip = 0
+
+    def _decoded(self) -> Iterator[np.ndarray]:
         # Converting to planar float at a fixed layout and rate also absorbs mid-stream format changes.
         converter = av.AudioResampler(format="fltp", layout=self._stream.layout, rate=self.sample_rate)
         pending: list[np.ndarray] = []

@@ -240,7 +240,9 @@ class Classifier:
         library: Library | None = None,
         device: str = "auto",
         batch_size: int = 16,
+        engine: Engine | None = None,
     ) -> None:
+        """`engine`: the model of `model_dir`, already loaded (a server shares one); otherwise loaded when needed."""
         if not labels:
             raise ValueError("no labels to classify with")
         self.labels = list(labels)
@@ -249,7 +251,7 @@ class Classifier:
         self.library = library if library is not None and self._index_is_usable(library) else None
         self.device = device
         self.batch_size = batch_size
-        self._engine: Engine | None = None
+        self._engine = engine
         self._embedder: TextEmbedder | None = None
         self._label_vectors: np.ndarray | None = None
         self._answers = (

@@ -8,6 +8,7 @@ request that fell back to 'flat' on a small library becomes IVF-PQ once the libr
 Opening an index checks its ids against the database; a file that differs is brought in line incrementally (only
 the windows added or removed since) when its tag and type still fit, and rebuilt from the stored vectors otherwise
 (also when it is missing or damaged). This class is the one place that keeps FAISS in line with the database.
+A read-only library (`read_only=True`, the server's) does the same in memory and never writes a FAISS file.
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ class EmptyLibraryError(StoreError):
 class Library:
     """The store plus its FAISS indexes. Open with `Library.open(db)`; close with `close()` or a `with` block."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, read_only: bool = False) -> None:
         self.store = store
         self.db_url = store.url
+        self.read_only = read_only
         self._indexes: dict[str, VectorIndex] = {}
 
     @classmethod
@@ -110,6 +112,8 @@ class Library:
         if index_type is not None and index_type not in INDEX_TYPES:
             raise VectorIndexError("index type", f"unknown {index_type!r}; use one of {', '.join(INDEX_TYPES)}")
         path = self.index_path(kind)
+        if self.read_only:  # files are replaced atomically: reading one needs no lock
+            return self._in_line_locked(kind, path, index_type, rebuild=rebuild)
         with _locked(path):
             return self._in_line_locked(kind, path, index_type, rebuild=rebuild)
 
@@ -132,16 +136,22 @@ class Library:
             added, removed = loaded.sync(expected, lambda missing: self.store.vectors(kind, missing))
             if added or removed:
                 log.info("vector index %s: %d added, %d removed", path, added, removed)
-                _save(loaded, path, tag)
+                self._save(loaded, path, tag)
             return loaded
         ids, vectors = self.store.vectors(kind)
         index = VectorIndex.build(ids, vectors, IndexParams(type=requested))
         log.info("vector index %s rebuilt: %d %s vectors (%s)", path, len(index), kind, index.type)
-        _save(index, path, tag)
+        self._save(index, path, tag)
         return index
+
+    def _save(self, index: VectorIndex, path: Path, tag: str) -> None:
+        if not self.read_only:
+            _save(index, path, tag)
 
     def _forget(self, path: Path, loaded: VectorIndex | None, tag: str) -> None:
         """No vectors of this kind: empty the file (keeping its type) or remove a file that no longer fits."""
+        if self.read_only:
+            return
         if loaded is not None:
             if len(loaded):
                 loaded.remove(loaded.ids())

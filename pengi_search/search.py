@@ -36,6 +36,7 @@ from .model_dir import PENGI_TEXT_PREFIX, ModelDir
 from .scan import ScanError, absolute, scan
 
 if TYPE_CHECKING:
+    from .inference import Engine
     from .library import Library
 
 _FIRST_FETCH = 4  # candidates fetched per wanted result at first (files have several windows)
@@ -370,15 +371,24 @@ def similar_to_file(
 
 
 def embed_audio_file(
-    library: Library, path: str | os.PathLike[str], *, model: str | None, device: str, batch_size: int
+    library: Library,
+    path: str | os.PathLike[str],
+    *,
+    model: str | None,
+    device: str,
+    batch_size: int,
+    engine: Engine | None = None,
 ) -> tuple[np.ndarray, list[tuple[float, float]]]:
-    """Decode `path` and embed its windows with the model that built the index: (vectors (n, d), spans)."""
+    """Decode `path` and embed its windows with the model that built the index: (vectors (n, d), spans).
+
+    `engine`: that model already loaded (a server shares one; `model` must name the same model directory).
+    """
     from .audio import iter_windows
     from .inference import Engine
 
     model_dir = ModelDir.resolve(model)
     check_index_model(library, model_dir)
-    engine = Engine.load(model_dir, device, batch_size)
+    engine = engine or Engine.load(model_dir, device, batch_size)
     vectors, spans = [], []
     for chunk in chunked(iter_windows(path), batch_size):
         vectors.append(engine.audio_embeddings(np.stack([w.samples for w in chunk])).cpu().numpy())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import classify, describe, index, model, search, train
+from . import classify, describe, index, model, search, serve, train
 from .eval import app as eval_app
 
 app = typer.Typer(
@@ -27,3 +27,4 @@ app.command()(index.remove)
 app.command()(index.export)
 app.command()(train.train)
 app.add_typer(eval_app, name="eval")
+app.command()(serve.serve)

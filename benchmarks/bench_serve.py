@@ -1,0 +1,233 @@
+"""`/api/search` latency and throughput of `pengi-search serve` with concurrent clients on the loopback.
+
+    python benchmarks/bench_serve.py                                   # 100k and 1M windows, 8 clients
+    python benchmarks/bench_serve.py --windows 10000 --requests 400    # a quick run
+    python benchmarks/bench_serve.py --workdir /tmp/bs                 # keep (and reuse) the model and indexes
+
+For each library size the script builds (once, in the work folder) a library of that many 7 s windows, starts
+`pengi-search serve` in its own process on a free loopback port, and sends a fixed number of text queries from a
+bounded number of client threads, each on one keep-alive connection; every client stops after its share. It prints
+p50/p90/p99/max latency (ms) and requests per second: one client alone and all clients together sending texts the
+server has never seen (each is embedded by the text tower, the dominant cost), and all clients repeating a dozen
+texts (the server keeps recent query embeddings: what remains is FAISS, the database and HTTP).
+
+The model is `PengiConfig.preset("base")` with random weights (see `bench_query.py`): the full-size CLIP text
+tower embeds every query, as it would with the released weights. Window captions are a few hundred distinct
+sentences embedded by that tower, each window's vector a slightly perturbed copy (so that rankings vary), in files
+of 100 windows; audio vectors are random. The FAISS type is `--index-type` (HNSW by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import queue
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_query import CAPTIONS, ROOT, build_model  # noqa: E402
+
+WINDOWS_PER_FILE = 100
+DISTINCT_CAPTIONS = 512
+QUERIES = [
+    "dog barking in the rain",
+    "church bells ringing",
+    "an engine idling",
+    "footsteps on gravel",
+    "birds at dawn",
+    "a door slams",
+    "water dripping in a cave",
+    "crowd cheering in a stadium",
+    "wind through trees",
+    "a phone ringing",
+    "glass breaking",
+    "thunder far away",
+]
+
+
+def build_library(db: Path, model_dir: Path, windows: int, index_type: str) -> None:
+    """`windows` windows in files of WINDOWS_PER_FILE, with perturbed caption vectors; FAISS files built."""
+    if db.exists():
+        return
+    import numpy as np
+
+    from pengi_search.db import EmbedderInfo, ModelInfo, StoredAudio, TextRecord, WindowInput
+    from pengi_search.library import Library
+    from pengi_search.model_dir import ModelDir
+    from pengi_search.text_query import NumpyTextEmbedder
+
+    start = time.perf_counter()
+    embedder = NumpyTextEmbedder.from_model_dir(model_dir)
+    captions = [f"{CAPTIONS[i % len(CAPTIONS)]}, take {i // len(CAPTIONS)}" for i in range(DISTINCT_CAPTIONS)]
+    caption_vectors = embedder.embed(captions)
+    meta = ModelDir.read(model_dir).meta
+    rng = np.random.default_rng(0)
+    with Library.open(str(db)) as library:
+        store = library.store
+        store.set_index_meta(ModelInfo(meta["name"], meta["weights_sha256"]), EmbedderInfo(embedder.id, embedder.dim))
+        for first in range(0, windows, WINDOWS_PER_FILE):
+            count = min(WINDOWS_PER_FILE, windows - first)
+            picks = rng.integers(0, DISTINCT_CAPTIONS, count)
+            text = caption_vectors[picks] + 0.05 * rng.standard_normal((count, embedder.dim)).astype(np.float32)
+            audio = rng.standard_normal((count, embedder.dim)).astype(np.float32)
+            file_id = store.upsert_file(f"/library/sound-{first // WINDOWS_PER_FILE:06d}.wav", size=1, mtime=1.0)
+            rows = [
+                WindowInput(
+                    i,
+                    7.0 * i,
+                    7.0 * (i + 1),
+                    [TextRecord("generate audio caption", captions[p]), TextRecord("this is a sound of", "a sound")],
+                    {"text": text[i], "audio": audio[i]},
+                )
+                for i, p in enumerate(picks.tolist())
+            ]
+            store.replace_file_windows(file_id, rows, audio=StoredAudio(7.0 * count, 44_100, 1, "wav"))
+        library.sync_vector_indexes(index_type)
+    print(f"  built {windows} windows ({index_type}) in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+class Server:
+    """`pengi-search serve --port 0` in its own process."""
+
+    def __init__(self, db: Path, model_dir: Path) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        command = [sys.executable, "-c", "from pengi_search.cli import app; app()", "serve", "--port", "0"]
+        command += ["--db", str(db), "--model", str(model_dir), "--device", "cpu"]
+        started = time.perf_counter()
+        self.process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in self.process.stdout], daemon=True).start()
+        self.address = self._address(lines)
+        self.start_s = time.perf_counter() - started
+
+    def _address(self, lines: queue.Queue[str]) -> str:
+        output = []
+        while self.process.poll() is None or not lines.empty():
+            try:
+                line = lines.get(timeout=1)
+            except queue.Empty:
+                continue
+            output.append(line)
+            if line.startswith("pengi-search serves "):
+                return line.split()[2].rstrip("/")
+        raise SystemExit(f"the server did not start:\n{''.join(output)}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def load(address: str, clients: int, requests: int, *, new_texts: bool) -> tuple[list[float], float, int]:
+    """Send `requests` searches from `clients` threads (each its own keep-alive connection); returns the latencies
+    (s), the wall time and the number of failed requests. `new_texts`: every request a text never sent before (the
+    server embeds each one), else a dozen texts over and over (their embeddings are cached)."""
+    parts = urlsplit(address)
+    latencies: list[float] = []
+    failures = 0
+    lock = threading.Lock()
+    shares = [requests // clients + (i < requests % clients) for i in range(clients)]
+    barrier = threading.Barrier(clients + 1)
+
+    def client(index: int, count: int) -> None:
+        nonlocal failures
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+        mine, failed = [], 0
+        barrier.wait()
+        for n in range(count):
+            query = QUERIES[(index * 7 + n) % len(QUERIES)]
+            query = f"{query} {index} {n} {time.perf_counter_ns()}" if new_texts else query
+            began = time.perf_counter()
+            connection.request("GET", f"/api/search?k=10&q={quote(query)}")
+            response = connection.getresponse()
+            body = response.read()
+            mine.append(time.perf_counter() - began)
+            if response.status != 200 or not json.loads(body):
+                failed += 1
+        connection.close()
+        with lock:
+            latencies.extend(mine)
+            failures += failed
+
+    threads = [threading.Thread(target=client, args=(i, n)) for i, n in enumerate(shares)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    began = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return latencies, time.perf_counter() - began, failures
+
+
+def summary(latencies: list[float], wall: float, failures: int) -> dict[str, float]:
+    ms = sorted(1000 * t for t in latencies)
+    q = statistics.quantiles(ms, n=100, method="inclusive")
+    return {
+        "requests": len(ms),
+        "p50_ms": round(q[49], 2),
+        "p90_ms": round(q[89], 2),
+        "p99_ms": round(q[98], 2),
+        "max_ms": round(ms[-1], 2),
+        "requests_per_s": round(len(ms) / wall, 1),
+        "failed": failures,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--windows", default="100000,1000000", help="library sizes, comma-separated")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent clients")
+    parser.add_argument("--requests", type=int, default=2000, help="requests per size with all clients")
+    parser.add_argument("--solo-requests", type=int, default=200, help="requests per size with one client")
+    parser.add_argument("--index-type", default="hnsw", choices=["flat", "hnsw", "ivfpq"])
+    parser.add_argument("--workdir", type=Path, help="keep the model and the libraries here (reused when present)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    model_dir = build_model(workdir / "model")
+    results = {}
+    for windows in [int(size) for size in args.windows.split(",")]:
+        print(f"{windows} windows:", flush=True)
+        db = workdir / f"library-{windows}-{args.index_type}" / "index.db"
+        db.parent.mkdir(exist_ok=True)
+        build_library(db, model_dir, windows, args.index_type)
+        server = Server(db, model_dir)
+        try:
+            load(server.address, 1, 20, new_texts=False)  # warm-up: connections, the first FAISS searches
+            rows = {
+                "1 client, new texts": summary(*load(server.address, 1, args.solo_requests, new_texts=True)),
+                f"{args.clients} clients, new texts": summary(
+                    *load(server.address, args.clients, args.requests, new_texts=True)
+                ),
+                f"{args.clients} clients, repeated texts": summary(
+                    *load(server.address, args.clients, args.requests, new_texts=False)
+                ),
+            }
+        finally:
+            server.stop()
+        results[windows] = {"server_start_s": round(server.start_s, 2), **rows}
+        for name, row in rows.items():
+            print(
+                f"  {name:>27}: p50 {row['p50_ms']:.1f} ms, p90 {row['p90_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, "
+                f"max {row['max_ms']:.1f} ms, {row['requests_per_s']:.1f} requests/s, {row['failed']} failed",
+                flush=True,
+            )
+        print(f"  server ready in {server.start_s:.1f} s", flush=True)
+    if args.json:
+        print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

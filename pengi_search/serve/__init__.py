@@ -1,0 +1,15 @@
+"""`pengi-search serve`: a web page and a JSON API over an indexed library.
+
+- `app`: the FastAPI application (`create_app`), its error answers and security layer;
+- `api` and `pages`: the JSON routes under /api/ and the server-rendered pages (templates/, static/);
+- `service`: what both do (search, similar, files, describe, classify, stats) over a read-only store;
+- `live`: FAISS indexes that follow the database while another process indexes;
+- `media`: waveform peaks, spectrograms, cut windows and transcodes; `uploads`: bounded, checked clips;
+- `security`: the token rule and which files may be served; `catalog`: read-only queries `Store` lacks.
+"""
+
+from .app import create_app
+from .security import LOOPBACK_NAMES, is_loopback, required_token
+from .settings import ServeSettings
+
+__all__ = ["LOOPBACK_NAMES", "ServeSettings", "create_app", "is_loopback", "required_token"]

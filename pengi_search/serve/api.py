@@ -1,0 +1,237 @@
+"""The JSON API under /api/: the CLI's `--json` shapes over HTTP, documented at /docs (OpenAPI at /openapi.json)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from fastapi.responses import FileResponse, Response
+from pydantic import BaseModel
+
+from ..classify import LabelsError, read_labels
+from .errors import RequestError, TooLargeError
+from .service import SearchParams, Service
+from .uploads import saved_upload
+
+router = APIRouter(prefix="/api", tags=["api"])
+MAX_LABELS_BYTES = 1 << 20
+
+
+# -- response shapes (for the documentation; the CLI's --json output has the same fields) ------------------------
+
+
+class HitModel(BaseModel):
+    path: str
+    start_s: float
+    end_s: float
+    score: float
+    caption: str
+    texts: dict[str, str]
+    window_id: int
+    file_id: int | None
+    query_start_s: float | None = None
+    query_end_s: float | None = None
+
+
+class TextModel(BaseModel):
+    prompt: str
+    text: str
+    score: float | None
+
+
+class WindowModel(BaseModel):
+    window_id: int
+    index: int
+    start_s: float
+    end_s: float
+    texts: list[TextModel]
+
+
+class FileModel(BaseModel):
+    id: int
+    path: str
+    duration_s: float | None
+    format: str | None
+    sample_rate: int | None
+    channels: int | None
+    status: str
+    error: str | None
+    indexed_at: str | None
+    windows: list[WindowModel]
+
+
+class PeaksModel(BaseModel):
+    window_id: int
+    peaks: list[tuple[float, float]]
+
+
+class DescribedWindowModel(BaseModel):
+    start_s: float
+    end_s: float
+    answers: dict[str, str]
+    scores: dict[str, float]
+
+
+class DescribeModel(BaseModel):
+    path: str
+    duration_s: float
+    windows: list[DescribedWindowModel]
+    error: str | None
+
+
+class LabelScoreModel(BaseModel):
+    label: str
+    score: float
+
+
+class PredictionModel(BaseModel):
+    file: str
+    label: str
+    score: float
+    top: list[LabelScoreModel]
+    windows: int
+    source: str
+
+
+class ClassifyModel(BaseModel):
+    method: str
+    labels: list[str]
+    results: list[PredictionModel]
+    errors: list[dict[str, str]]
+    metrics: dict[str, Any] | None
+
+
+# -- shared parameters ---------------------------------------------------------------------------------------
+
+
+def service(request: Request) -> Service:
+    return request.app.state.service
+
+
+ServiceDep = Annotated[Service, Depends(service)]
+
+
+def search_params(
+    k: Annotated[int, Query(ge=1, description="Number of results.")] = 10,
+    by: Annotated[Literal["file", "window"], Query(description="file: best window per file; window: all.")] = "file",
+    min_score: Annotated[float | None, Query(description="Only results at least this similar.")] = None,
+    path: Annotated[str | None, Query(description="Glob over full paths, e.g. */dogs/*.")] = None,
+    ext: Annotated[str | None, Query(description="File extensions, e.g. wav,flac.")] = None,
+    min_duration: Annotated[float | None, Query(ge=0, description="Files at least this long (s).")] = None,
+    max_duration: Annotated[float | None, Query(ge=0, description="Files at most this long (s).")] = None,
+) -> SearchParams:
+    return SearchParams(k, by, min_score, path, ext, min_duration, max_duration)
+
+
+ParamsDep = Annotated[SearchParams, Depends(search_params)]
+AUDIO = {200: {"content": {"audio/*": {}}, "description": "Audio (HTTP Range requests are honoured)."}}
+
+
+def read_upload(svc: Service, file: UploadFile) -> Any:
+    """The clip as a saved, checked `Upload` (a context manager)."""
+    return saved_upload(
+        file.file, file.filename, max_bytes=svc.settings.max_upload_bytes, max_seconds=svc.settings.max_upload_s
+    )
+
+
+def parse_labels(typed: str | None, uploaded: UploadFile | None) -> list[str]:
+    """Labels typed one per line, or a labels file (text, or CSV with a 'label' column), checked as the CLI does."""
+    if uploaded is not None and uploaded.filename:
+        data = uploaded.file.read(MAX_LABELS_BYTES + 1)
+        suffix = ".csv" if Path(uploaded.filename).suffix.lower() == ".csv" else ".txt"
+    elif typed and typed.strip():
+        data, suffix = typed.replace("\r\n", "\n").strip("\n").encode("utf-8"), ".txt"
+    else:
+        raise RequestError("labels", "no labels: type one per line, or send a labels file")
+    if len(data) > MAX_LABELS_BYTES:
+        raise TooLargeError("labels", f"larger than {MAX_LABELS_BYTES} bytes")
+    with tempfile.TemporaryDirectory(prefix="pengi-labels-") as folder:
+        path = Path(folder) / f"labels{suffix}"
+        path.write_bytes(data)
+        try:
+            return read_labels(path)
+        except LabelsError as exc:
+            raise RequestError("labels", exc.reason) from None
+
+
+# -- routes --------------------------------------------------------------------------------------------------
+
+
+@router.get("/search", response_model=list[HitModel], summary="Text -> audio search")
+def search(svc: ServiceDep, params: ParamsDep, q: Annotated[str, Query(description="What to look for.")]) -> Any:
+    """Windows whose captions match the text, best first (`pengi-search query --json`)."""
+    return svc.search(q, params)
+
+
+@router.get("/similar", response_model=list[HitModel], summary="Audio -> audio from an indexed window")
+def similar(svc: ServiceDep, params: ParamsDep, window_id: Annotated[int, Query(ge=0)]) -> Any:
+    """Sounds like the given window ("more like this"); the window's own file is left out."""
+    return svc.similar_to_window(window_id, params)
+
+
+@router.post("/similar", response_model=list[HitModel], summary="Audio -> audio from an uploaded clip")
+def similar_upload(svc: ServiceDep, params: ParamsDep, file: Annotated[UploadFile, File()]) -> Any:
+    """Sounds like the clip sent (`pengi-search similar CLIP --json`)."""
+    with read_upload(svc, file) as upload:
+        return svc.similar_to_upload(upload, params)
+
+
+@router.get("/files/{file_id}", response_model=FileModel, summary="A file and its windows")
+def file_info(svc: ServiceDep, file_id: int) -> Any:
+    """An indexed file with every window and what Pengi wrote for it."""
+    return svc.file(file_id)
+
+
+@router.get("/files/{file_id}/audio", response_class=FileResponse, responses=AUDIO, summary="A file's audio")
+def file_audio(svc: ServiceDep, file_id: int) -> Any:
+    """The whole file, as it is when browsers play its format, else transcoded to FLAC."""
+    path, mime = svc.file_audio(file_id)
+    return FileResponse(path, media_type=mime)
+
+
+@router.get("/files/{file_id}/spectrogram.png", response_class=Response, summary="A file's spectrogram")
+def spectrogram(svc: ServiceDep, file_id: int) -> Response:
+    """A log-power mel-spaced spectrogram of the file (at most its first minutes), as a PNG image."""
+    return Response(svc.spectrogram(file_id), media_type="image/png")
+
+
+@router.get("/windows/{window_id}/audio", response_class=Response, responses=AUDIO, summary="A window's audio")
+def window_audio(svc: ServiceDep, window_id: int) -> Response:
+    """The window cut from its file, as mono 16-bit WAV."""
+    return Response(svc.window_audio(window_id), media_type="audio/wav")
+
+
+@router.get("/windows/{window_id}/peaks", response_model=PeaksModel, summary="A window's waveform")
+def window_peaks(svc: ServiceDep, window_id: int) -> Any:
+    """(min, max) sample pairs across the window, for drawing its waveform."""
+    return {"window_id": window_id, "peaks": svc.window_peaks(window_id)}
+
+
+@router.post("/describe", response_model=DescribeModel, summary="Audio -> text for an uploaded clip")
+def describe(svc: ServiceDep, file: Annotated[UploadFile, File()]) -> Any:
+    """Caption, metadata and sound events of every 7 s window (`pengi-search describe CLIP --json`)."""
+    with read_upload(svc, file) as upload:
+        return svc.describe(upload)
+
+
+@router.post("/classify", response_model=ClassifyModel, summary="Zero-shot classification of an uploaded clip")
+def classify(
+    svc: ServiceDep,
+    file: Annotated[UploadFile, File()],
+    labels: Annotated[str | None, Form(description="One label per line.")] = None,
+    labels_file: Annotated[UploadFile | None, File(description="A labels file (text or CSV).")] = None,
+    method: Annotated[Literal["text", "loglik"], Form()] = "text",
+    top: Annotated[int, Form(ge=1, le=100)] = 5,
+) -> Any:
+    """Ranked labels for the clip (`pengi-search classify CLIP --labels FILE --json`)."""
+    label_list = parse_labels(labels, labels_file)
+    with read_upload(svc, file) as upload:
+        return svc.classify(upload, label_list, method, top)
+
+
+@router.get("/stats", summary="Library statistics")
+def stats(svc: ServiceDep) -> dict[str, Any]:
+    """Counts, index types, model and embedder, latest runs and failed files (`pengi-search stats --json`, more)."""
+    return svc.stats()

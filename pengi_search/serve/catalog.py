@@ -1,0 +1,68 @@
+"""The read-only questions the server asks the database that `Store`'s methods do not answer.
+
+Each is one short read transaction returning plain values (never ORM objects), like `Store`'s own methods.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import func, select
+
+from ..db import FileRecord, Store, WindowDetails
+from ..db.schema import AudioFileRow, WindowRow, WindowVectorRow
+
+
+@dataclass(frozen=True)
+class FailedFile:
+    path: str
+    error: str
+
+
+def file_by_id(store: Store, file_id: int) -> FileRecord | None:
+    """The file with this id, or None."""
+    with store.session() as session:
+        path = session.scalar(select(AudioFileRow.path).where(AudioFileRow.id == file_id))
+    return None if path is None else store.get_file(path)
+
+
+def file_windows(store: Store, record: FileRecord) -> list[WindowDetails]:
+    """The windows of a file, in time order, with what Pengi wrote for each."""
+    details = store.window_details(store.filter_window_ids(under=record.path))
+    return sorted((d for d in details.values() if d.file_id == record.id), key=lambda d: d.index)
+
+
+def window_files(store: Store, window_ids: list[int]) -> dict[int, int]:
+    """window id -> file id, for the windows that still exist."""
+    if not window_ids:
+        return {}
+    with store.session() as session:
+        rows = session.execute(select(WindowRow.id, WindowRow.file_id).where(WindowRow.id.in_(window_ids)))
+        return {window_id: file_id for window_id, file_id in rows}
+
+
+def failed_files(store: Store, limit: int) -> list[FailedFile]:
+    """Up to `limit` files that could not be indexed, with the reason, by path."""
+    query = (
+        select(AudioFileRow.path, AudioFileRow.error).where(AudioFileRow.status == "error").order_by(AudioFileRow.path)
+    )
+    with store.session() as session:
+        return [FailedFile(path, error or "") for path, error in session.execute(query.limit(limit))]
+
+
+def newest_window_id(store: Store) -> int:
+    """The highest window id (0 when there is none). Window ids are never reused, so a new one means an addition."""
+    with store.session() as session:
+        return int(session.scalar(select(func.max(WindowRow.id))) or 0)
+
+
+def vector_ids_after(store: Store, kind: str, after: int) -> np.ndarray:
+    """Sorted ids (int64) above `after` of the windows that have a vector of `kind`: what was added since."""
+    query = (
+        select(WindowVectorRow.window_id)
+        .where(WindowVectorRow.kind == kind, WindowVectorRow.window_id > after)
+        .order_by(WindowVectorRow.window_id)
+    )
+    with store.session() as session:
+        return np.asarray(session.scalars(query).all(), dtype=np.int64)

@@ -1,0 +1,136 @@
+"""A read-only library whose FAISS indexes follow the database while `pengi-search index` writes to it.
+
+Before a search (at most every `check_s` seconds) the library asks two cheap questions: did a FAISS file change on
+disk (an indexing run, `remove` or `rebuild-index` saved it), and is there a window newer than the newest one seen
+(window ids are never reused)? A changed file is loaded and brought in line with the database in memory (the
+database is the source of truth; `Library(read_only=True)` never writes a file), then swapped in; new windows are
+added to the index in memory. A search that started keeps the index it started with. Windows deleted since
+(re-indexed or removed files) stay in memory until the next file change; search already drops hits whose window
+is gone from the database.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..db import VECTOR_KINDS, Store
+from ..library import EmptyLibraryError, Library
+from ..vectors import FetchFn, VectorIndex
+from . import catalog
+
+FileStamp = tuple[int, int, int] | None  # (inode, size, mtime ns) of a FAISS file; None when there is none
+
+
+class GuardedIndex:
+    """A FAISS index that is searched and grown under one lock (faiss must not be searched while it grows)."""
+
+    def __init__(self, index: VectorIndex) -> None:
+        self._index = index
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    @property
+    def type(self) -> str:
+        return self._index.type
+
+    def search(
+        self, queries: np.ndarray, k: int, *, allowed_ids: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        with self._lock:
+            return self._index.search(queries, k, allowed_ids=allowed_ids)
+
+    def add_missing(self, ids: np.ndarray, fetch: FetchFn) -> int:
+        """Add the windows of `ids` the index lacks, their vectors from `fetch(ids)`; returns how many."""
+        with self._lock:
+            missing = np.setdiff1d(ids, self._index.ids(), assume_unique=True)
+            if missing.size == 0:
+                return 0
+            found, vectors = fetch(missing)
+            self._index.add(found, vectors)
+            return len(found)
+
+
+class LiveLibrary(Library):
+    """The server's library: read-only, its vector indexes refreshed from the database as it grows."""
+
+    def __init__(self, store: Store, *, check_s: float = 0.5) -> None:
+        super().__init__(store, read_only=True)
+        self.check_s = check_s
+        self._live: dict[str, GuardedIndex] = {}
+        self._file_stamps: dict[str, FileStamp] = {}
+        self._newest = -1  # newest window id the indexes hold (-1: nothing loaded yet)
+        self._built_by: tuple[object, object] | None = None
+        self._checked_at = -float("inf")
+        self._refresh_lock = threading.Lock()
+        self.generation = 0  # grows whenever the model or text embedder that built the index changes
+
+    def close(self) -> None:
+        self._live.clear()
+        super().close()
+
+    def vector_index(self, kind: str) -> GuardedIndex:  # type: ignore[override]
+        """The current index of `kind`, refreshed first when due; raises EmptyLibraryError when there is none."""
+        self.refresh()
+        index = self._live.get(kind)
+        if index is None:
+            raise EmptyLibraryError(
+                self.db_url, f"no {kind} vectors indexed yet; run `pengi-search index PATH...` first"
+            )
+        return index
+
+    def live_indexes(self) -> dict[str, GuardedIndex]:
+        """The indexes in memory now, by kind (for statistics)."""
+        return dict(self._live)
+
+    def refresh(self, *, force: bool = False) -> None:
+        """Bring the indexes up to date with the database and the FAISS files, if due (or `force`)."""
+        if not force and time.monotonic() - self._checked_at < self.check_s:
+            return
+        # The first load is waited for; later, a search does not wait for another thread's refresh.
+        if not self._refresh_lock.acquire(blocking=self._newest < 0 or force):
+            return
+        try:
+            self._checked_at = time.monotonic()
+            self._refresh_locked()
+        finally:
+            self._refresh_lock.release()
+
+    def _refresh_locked(self) -> None:
+        newest = catalog.newest_window_id(self.store)  # read before loading: later windows are caught next time
+        stamps = {kind: _file_stamp(self.index_path(kind)) for kind in VECTOR_KINDS}
+        if newest == self._newest and stamps == self._file_stamps:
+            return
+        meta = self.store.index_meta()
+        built_by = None if meta is None else (meta.model, meta.embedder)
+        if built_by != self._built_by:
+            self.generation += 1
+        for kind in VECTOR_KINDS:
+            current = self._live.get(kind)
+            if current is None or built_by != self._built_by or stamps[kind] != self._file_stamps.get(kind):
+                self._reload(kind)
+            elif newest > self._newest:
+                ids = catalog.vector_ids_after(self.store, kind, self._newest)
+                current.add_missing(ids, lambda missing, kind=kind: self.store.vectors(kind, missing))
+        self._newest, self._file_stamps, self._built_by = newest, stamps, built_by
+
+    def _reload(self, kind: str) -> None:
+        index = self._in_line(kind, None, rebuild=False)  # read-only: in memory, no file written
+        if index is None:
+            self._live.pop(kind, None)
+        else:
+            self._live[kind] = GuardedIndex(index)
+
+
+def _file_stamp(path: Path) -> FileStamp:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_ino, info.st_size, info.st_mtime_ns

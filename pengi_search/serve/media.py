@@ -1,0 +1,176 @@
+"""What the pages show and play of a file: waveform peaks, spectrogram images, cut windows and browser-ready audio.
+
+Everything is decoded by the project's audio I/O (`pengi_search.audio`: mono, resampled). Files in a format every
+browser plays are served as they are (with HTTP Range); the others are transcoded to 16-bit FLAC once, into a
+private cache folder bounded in bytes, and served from there. Windows are cut from the file and sent as WAV.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import struct
+import tempfile
+import threading
+import uuid
+import zlib
+from collections import OrderedDict
+from collections.abc import Hashable
+from contextlib import closing
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from ..audio import SAMPLE_RATE, load_audio, stream_audio
+
+# Containers and codecs that Chromium, Firefox and Safari all play, by file extension.
+BROWSER_TYPES = {
+    ".wav": "audio/wav",
+    ".wave": "audio/wav",
+    ".flac": "audio/flac",
+    ".mp3": "audio/mpeg",
+    ".ogg": "audio/ogg",
+    ".oga": "audio/ogg",
+    ".opus": "audio/ogg",
+    ".webm": "audio/webm",
+}
+_PLAYABLE_WAV = {"PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT"}  # other WAV codecs (ADPCM, u-law) are transcoded
+PEAKS_RATE = 11_025  # peaks need no more detail than this
+SPECTROGRAM_RATE = 22_050
+SPECTROGRAM_FFT = 1024
+SPECTROGRAM_FLOOR_DB = 80.0
+# A dark-to-bright colour ramp (position, R, G, B) for spectrogram images.
+_RAMP = np.array(
+    [
+        (0.00, 0, 0, 4),
+        (0.25, 60, 15, 110),
+        (0.50, 150, 40, 120),
+        (0.75, 240, 105, 60),
+        (1.00, 252, 250, 190),
+    ],
+    dtype=np.float64,
+)
+
+
+def browser_type(path: Path) -> str | None:
+    """The MIME type to serve `path` as it is, or None when a browser may not play it (then it is transcoded)."""
+    mime = BROWSER_TYPES.get(path.suffix.lower())
+    if mime == "audio/wav":
+        try:
+            return mime if sf.info(str(path)).subtype in _PLAYABLE_WAV else None
+        except (sf.SoundFileError, RuntimeError):
+            return None
+    return mime
+
+
+def window_wav(path: Path, start_s: float, end_s: float) -> bytes:
+    """The stretch `start_s`..`end_s` of the file as mono 16-bit WAV at 44.1 kHz."""
+    samples = load_audio(path, start_s=start_s, max_seconds=max(end_s - start_s, 1e-3))
+    out = io.BytesIO()
+    sf.write(out, np.clip(samples, -1.0, 1.0), SAMPLE_RATE, format="WAV", subtype="PCM_16")
+    return out.getvalue()
+
+
+def peaks(path: Path, start_s: float, end_s: float, count: int) -> list[tuple[float, float]]:
+    """`count` (min, max) sample pairs over `start_s`..`end_s`, for drawing a waveform."""
+    samples = load_audio(path, sample_rate=PEAKS_RATE, start_s=start_s, max_seconds=max(end_s - start_s, 1e-3))
+    buckets = np.array_split(samples, count) if len(samples) >= count else [samples] * count
+    return [(round(float(b.min()), 4), round(float(b.max()), 4)) if b.size else (0.0, 0.0) for b in buckets]
+
+
+def spectrogram_png(path: Path, max_s: float, *, width: int = 1200, height: int = 160) -> bytes:
+    """A log-power spectrogram of the file's first `max_s` seconds as a PNG image, low frequencies at the bottom.
+
+    Columns are `width` STFT frames spread evenly (a Hann window of 1024 samples at 22.05 kHz), rows are
+    frequency bands spaced on the mel scale; each band shows its strongest bin, in dB below the loudest point.
+    """
+    samples = load_audio(path, sample_rate=SPECTROGRAM_RATE, max_seconds=max_s)
+    if len(samples) < SPECTROGRAM_FFT:
+        samples = np.pad(samples, (0, SPECTROGRAM_FFT - len(samples)))
+    columns = min(width, len(samples) - SPECTROGRAM_FFT + 1)
+    starts = np.linspace(0, len(samples) - SPECTROGRAM_FFT, columns).round().astype(np.int64)
+    frames = samples[starts[:, None] + np.arange(SPECTROGRAM_FFT)]  # (columns, fft)
+    power = np.abs(np.fft.rfft(frames * np.hanning(SPECTROGRAM_FFT), axis=1)) ** 2  # (columns, bins)
+    bands = _mel_band_edges(power.shape[1], height)
+    banded = np.stack([power[:, lo:hi].max(axis=1) for lo, hi in zip(bands[:-1], bands[1:], strict=True)], axis=1)
+    decibels = 10 * np.log10(banded + 1e-12)
+    level = np.clip((decibels - decibels.max() + SPECTROGRAM_FLOOR_DB) / SPECTROGRAM_FLOOR_DB, 0.0, 1.0)
+    return png_rgb(_colour(level.T[::-1]))  # (height, columns, 3), highest band on the top row
+
+
+def _mel_band_edges(bins: int, bands: int) -> np.ndarray:
+    """`bands + 1` increasing FFT-bin edges spaced evenly in mels; every band holds at least one bin."""
+    top = 2595 * np.log10(1 + (SPECTROGRAM_RATE / 2) / 700)
+    hertz = 700 * (10 ** (np.linspace(0, top, bands + 1) / 2595) - 1)
+    edges = np.round(hertz / (SPECTROGRAM_RATE / 2) * (bins - 1)).astype(int)
+    for i in range(1, len(edges)):  # low bands are narrower than a bin: widen them to one
+        edges[i] = max(edges[i], edges[i - 1] + 1)
+    return np.minimum(edges, bins)
+
+
+def _colour(level: np.ndarray) -> np.ndarray:
+    """Levels in [0, 1] (h, w) -> RGB bytes (h, w, 3) along the colour ramp."""
+    channels = [np.interp(level, _RAMP[:, 0], _RAMP[:, c]) for c in (1, 2, 3)]
+    return np.stack(channels, axis=-1).round().astype(np.uint8)
+
+
+def png_rgb(pixels: np.ndarray) -> bytes:
+    """An 8-bit RGB image (h, w, 3) as PNG bytes (no filtering: spectrograms compress well enough)."""
+    height, width, _ = pixels.shape
+    raw = b"".join(b"\x00" + row.tobytes() for row in np.ascontiguousarray(pixels, dtype=np.uint8))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8 bits, truecolour, no interlace
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
+
+
+class TranscodeCache:
+    """Files a browser may not play, transcoded to FLAC in a private folder; least recently used go first."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._folder = Path(tempfile.mkdtemp(prefix="pengi-serve-"))
+        self._entries: OrderedDict[Hashable, Path] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def flac(self, key: Hashable, source: Path, max_s: float) -> Path:
+        """The FLAC file of `source`'s first `max_s` seconds, made once per `key` (e.g. the file's id and stamp)."""
+        with self._lock:  # one transcode at a time: they are CPU-bound, and two for one key would waste the work
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key]
+            target = self._folder / f"{uuid.uuid4().hex}.flac"
+            try:
+                _write_flac(source, target, max_s)
+            except BaseException:
+                target.unlink(missing_ok=True)
+                raise
+            self._entries[key] = target
+            self._evict()
+            return target
+
+    def close(self) -> None:
+        shutil.rmtree(self._folder, ignore_errors=True)
+
+    def _evict(self) -> None:
+        sizes = {key: path.stat().st_size for key, path in self._entries.items()}
+        while len(self._entries) > 1 and sum(sizes.values()) > self.max_bytes:
+            key, path = self._entries.popitem(last=False)
+            sizes.pop(key)
+            path.unlink(missing_ok=True)
+
+
+def _write_flac(source: Path, target: Path, max_s: float) -> None:
+    remaining = round(max_s * SAMPLE_RATE)
+    with (
+        sf.SoundFile(target, "w", SAMPLE_RATE, 1, format="FLAC", subtype="PCM_16") as out,
+        closing(stream_audio(source)) as chunks,
+    ):
+        for chunk in chunks:
+            out.write(np.clip(chunk[:remaining], -1.0, 1.0))
+            remaining -= len(chunk)
+            if remaining <= 0:
+                break

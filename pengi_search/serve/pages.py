@@ -1,0 +1,249 @@
+"""The server-rendered pages: search, "more like this", a file's timeline, uploads, the library and the API docs.
+
+Templates are Jinja2 with autoescaping on for everything: what Pengi wrote is untrusted text and is only ever
+rendered as text. The little JavaScript (static/app.js) reads data attributes and never writes HTML.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import jinja2
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+
+from ..errors import PengiSearchError
+from . import media
+from .api import ServiceDep, parse_labels, read_upload
+from .errors import RequestError
+from .service import SearchParams
+
+router = APIRouter(include_in_schema=False)
+templates = Jinja2Templates(
+    env=jinja2.Environment(
+        loader=jinja2.PackageLoader("pengi_search.serve", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+)
+OPENAPI_METHODS = ("get", "post", "put", "patch", "delete")
+
+
+def hit_player(hit: dict[str, Any]) -> dict[str, Any]:
+    """Where a hit is played from: its file (seeked to the hit) when browsers play the format, else its window."""
+    if Path(hit["path"]).suffix.lower() in media.BROWSER_TYPES and hit.get("file_id") is not None:
+        start, end, src = hit["start_s"], hit["end_s"], f"/api/files/{hit['file_id']}/audio"
+    else:
+        start, end, src = 0.0, hit["end_s"] - hit["start_s"], f"/api/windows/{hit['window_id']}/audio"
+    return {"src": f"{src}#t={start:.3f},{end:.3f}", "start": start, "end": end}
+
+
+def span(start: float, end: float) -> str:
+    return f"{start:.1f}–{end:.1f} s"
+
+
+templates.env.globals.update(hit_player=hit_player, span=span)
+
+
+def _number(name: str, value: str, kind: type = float) -> Any:
+    """A form field as a number (None when left empty)."""
+    if not value.strip():
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        raise RequestError(name, f"{value!r} is not a number") from None
+
+
+def page_params(k: str, by: str, min_score: str, path: str, ext: str, min_duration: str, max_duration: str) -> Any:
+    return SearchParams(
+        k=_number("k", k, int) if k.strip() else 10,
+        by=by or "file",
+        min_score=_number("min_score", min_score),
+        path=path.strip() or None,
+        ext=ext.strip() or None,
+        min_duration=_number("min_duration", min_duration),
+        max_duration=_number("max_duration", max_duration),
+    )
+
+
+def _form(params: SearchParams, q: str = "") -> dict[str, Any]:
+    """The search form's values, to show them again above the results."""
+    values = {name: getattr(params, name) for name in SearchParams.__dataclass_fields__}
+    return {"q": q, **{name: "" if value is None else value for name, value in values.items()}}
+
+
+@router.get("/", response_class=HTMLResponse)
+def search_page(
+    request: Request,
+    svc: ServiceDep,
+    q: str = "",
+    k: str = "10",
+    by: str = "file",
+    min_score: str = "",
+    path: str = "",
+    ext: str = "",
+    min_duration: str = "",
+    max_duration: str = "",
+) -> HTMLResponse:
+    hits, error = None, None
+    params = SearchParams()
+    try:
+        params = page_params(k, by, min_score, path, ext, min_duration, max_duration)
+        if q.strip():
+            hits = svc.search(q, params)
+    except PengiSearchError as exc:
+        error = str(exc)
+    context = {"form": _form(params, q), "hits": hits, "error": error, "heading": None}
+    return templates.TemplateResponse(request, "search.html", context)
+
+
+@router.get("/similar", response_class=HTMLResponse)
+def similar_page(
+    request: Request,
+    svc: ServiceDep,
+    window_id: int,
+    k: str = "10",
+    by: str = "file",
+    min_score: str = "",
+    path: str = "",
+    ext: str = "",
+    min_duration: str = "",
+    max_duration: str = "",
+) -> HTMLResponse:
+    params = page_params(k, by, min_score, path, ext, min_duration, max_duration)
+    window = svc.window(window_id)
+    hits = svc.similar_to_window(window_id, params)
+    heading = {"path": window.path, "file_id": window.file_id, "span": span(window.start_s, window.end_s)}
+    context = {"form": _form(params), "hits": hits, "error": None, "heading": heading}
+    return templates.TemplateResponse(request, "search.html", context)
+
+
+@router.get("/files/{file_id}", response_class=HTMLResponse)
+def file_page(request: Request, svc: ServiceDep, file_id: int) -> HTMLResponse:
+    info = svc.file(file_id)
+    duration = info["duration_s"] or max((w["end_s"] for w in info["windows"]), default=0.0)
+    context = {
+        "file": info,
+        "duration": duration,
+        "truncated": duration > svc.settings.spectrogram_s,
+        "spectrogram_s": svc.settings.spectrogram_s,
+    }
+    return templates.TemplateResponse(request, "file.html", context)
+
+
+@router.get("/upload", response_class=HTMLResponse)
+def upload_page(request: Request, svc: ServiceDep) -> HTMLResponse:
+    return _upload_response(request, svc)
+
+
+@router.post("/upload/describe", response_class=HTMLResponse)
+def upload_describe(request: Request, svc: ServiceDep, file: Annotated[UploadFile, File()]) -> HTMLResponse:
+    with read_upload(svc, file) as upload:
+        return _upload_response(request, svc, described=svc.describe(upload))
+
+
+@router.post("/upload/similar", response_class=HTMLResponse)
+def upload_similar(
+    request: Request, svc: ServiceDep, file: Annotated[UploadFile, File()], k: Annotated[str, Form()] = "10"
+) -> HTMLResponse:
+    params = page_params(k, "file", "", "", "", "", "")
+    with read_upload(svc, file) as upload:
+        return _upload_response(request, svc, hits=svc.similar_to_upload(upload, params), name=upload.name)
+
+
+@router.post("/upload/classify", response_class=HTMLResponse)
+def upload_classify(
+    request: Request,
+    svc: ServiceDep,
+    file: Annotated[UploadFile, File()],
+    labels: Annotated[str, Form()] = "",
+    labels_file: Annotated[UploadFile | None, File()] = None,
+    method: Annotated[str, Form()] = "text",
+) -> HTMLResponse:
+    label_list = parse_labels(labels, labels_file)
+    with read_upload(svc, file) as upload:
+        return _upload_response(request, svc, classified=svc.classify(upload, label_list, method, top=10))
+
+
+def _upload_response(request: Request, svc: ServiceDep, **results: Any) -> HTMLResponse:
+    limits = {"bytes": svc.settings.max_upload_bytes, "seconds": svc.settings.max_upload_s}
+    context = {"described": None, "hits": None, "classified": None, "name": "", "limits": limits, **results}
+    return templates.TemplateResponse(request, "upload.html", context)
+
+
+@router.get("/library", response_class=HTMLResponse)
+def library_page(request: Request, svc: ServiceDep) -> HTMLResponse:
+    return templates.TemplateResponse(request, "library.html", {"stats": svc.stats()})
+
+
+@router.get("/docs", response_class=HTMLResponse)
+def docs_page(request: Request) -> HTMLResponse:
+    """The API reference, rendered here from the OpenAPI document (no script or style from elsewhere)."""
+    spec = request.app.openapi()
+    operations = [
+        _operation(path, method, item[method], spec)
+        for path, item in spec["paths"].items()
+        for method in OPENAPI_METHODS
+        if method in item
+    ]
+    return templates.TemplateResponse(request, "docs.html", {"spec": spec, "operations": operations})
+
+
+def _operation(path: str, method: str, operation: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    parameters = [
+        {
+            "name": p["name"],
+            "in": p["in"],
+            "required": p.get("required", False),
+            "type": _type_name(p.get("schema", {})),
+            "description": p.get("description") or p.get("schema", {}).get("description", ""),
+        }
+        for p in operation.get("parameters", [])
+    ]
+    body = operation.get("requestBody", {}).get("content", {})
+    for content_type, content in body.items():
+        schema = _resolve(content.get("schema", {}), spec)
+        for name, field in schema.get("properties", {}).items():
+            field = _resolve(field, spec)
+            parameters.append(
+                {
+                    "name": name,
+                    "in": content_type,
+                    "required": name in schema.get("required", []),
+                    "type": _type_name(field),
+                    "description": field.get("description", ""),
+                }
+            )
+    responses = {code: item.get("description", "") for code, item in operation.get("responses", {}).items()}
+    return {
+        "path": path,
+        "method": method.upper(),
+        "summary": operation.get("summary", ""),
+        "description": operation.get("description", ""),
+        "parameters": parameters,
+        "responses": responses,
+    }
+
+
+def _resolve(schema: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """Follow a local `$ref` ("#/components/schemas/Name")."""
+    ref = schema.get("$ref")
+    if not ref:
+        return schema
+    node: Any = spec
+    for part in ref.lstrip("#/").split("/"):
+        node = node[part]
+    return node
+
+
+def _type_name(schema: dict[str, Any]) -> str:
+    if "anyOf" in schema:
+        return " | ".join(_type_name(option) for option in schema["anyOf"])
+    if schema.get("format") == "binary" or schema.get("contentMediaType") == "application/octet-stream":
+        return "file"
+    if "enum" in schema:
+        return " | ".join(repr(value) for value in schema["enum"])
+    return str(schema.get("type", "object"))

@@ -1,0 +1,367 @@
+"""What the server does, shared by the pages and the JSON API: search, similar, files, describe, classify, stats.
+
+One `Service` lives as long as the server. It opens the database read-only, loads the query text embedder once
+(the numpy text tower, reloaded only when the library is re-indexed with another embedder), keeps the embeddings
+of recent query texts (refining a search re-embeds nothing) and loads the full model only when an uploaded clip
+needs it. Results have the shapes of the CLI's `--json` output, plus the ids the pages link.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from sqlalchemy import event
+
+from ..choices import By
+from ..db import FileRecord, Store, StoreError, WindowDetails, resolve_db_url, sqlite_file
+from ..db.engine import create_store_engine
+from ..db.migrate import migrate
+from ..library import EmptyLibraryError
+from ..search import Filters, Hit, query_embedder, search_vectors
+from . import catalog, media
+from .errors import NotFoundError, RequestError
+from .live import LiveLibrary
+from .security import servable_path
+from .settings import ServeSettings
+
+if TYPE_CHECKING:
+    from ..embedders import TextEmbedder
+    from ..inference import Engine
+    from ..model_dir import ModelDir
+    from .uploads import Upload
+
+log = logging.getLogger(__name__)
+
+PEAKS = 120  # waveform points per hit
+QUERY_CACHE = 4096  # query embeddings kept
+FAILED_SHOWN = 200
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """The CLI's search options (`query` and `similar`)."""
+
+    k: int = 10
+    by: str = "file"
+    min_score: float | None = None
+    path: str | None = None
+    ext: str | None = None
+    min_duration: float | None = None
+    max_duration: float | None = None
+
+    def filters(self) -> Filters:
+        if self.by not in {b.value for b in By}:
+            raise RequestError("by", f"{self.by!r}: use one of {', '.join(b.value for b in By)}")
+        try:
+            return Filters.from_options(
+                min_score=self.min_score,
+                path=self.path or None,
+                ext=self.ext or None,
+                min_duration=self.min_duration,
+                max_duration=self.max_duration,
+            )
+        except ValueError as exc:
+            raise RequestError("filters", str(exc)) from None
+
+
+def open_read_only(db: str | None) -> Store:
+    """The store at `db`, on connections that cannot write; a missing SQLite file is an error, never created."""
+    url = resolve_db_url(db)
+    db_file = sqlite_file(url)
+    if db_file is not None and not db_file.is_file():
+        raise StoreError(url, "no index here yet: run `pengi-search index PATH` first (the server never creates one)")
+    engine = create_store_engine(url)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_read_only)
+    elif engine.dialect.name == "postgresql":
+        engine = engine.execution_options(postgresql_readonly=True)
+    try:
+        migrate(engine)  # at the current schema this only reads; an older one fails on the read-only connection
+    except StoreError as exc:
+        engine.dispose()
+        raise StoreError(
+            url,
+            f"cannot open the index read-only ({exc.reason}); if it was made by an older pengi-search, run "
+            "`pengi-search stats` once to upgrade it",
+        ) from None
+    return Store(engine)
+
+
+def _sqlite_read_only(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.execute("PRAGMA query_only = ON")
+
+
+class Service:
+    """The server's state and operations (thread-safe: requests run in a thread pool)."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        self.library = LiveLibrary(open_read_only(settings.db), check_s=settings.check_s)
+        self.transcodes = media.TranscodeCache(settings.transcode_cache_bytes)
+        self._embedder: TextEmbedder | None = None
+        self._embedder_generation = -1
+        self._query_cache: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
+        self._engine: Engine | None = None
+        self._model_dir: ModelDir | None = None
+        self._embedder_lock = threading.Lock()
+        self._model_lock = threading.Lock()  # one model run at a time: uploads are CPU-bound
+
+    def close(self) -> None:
+        self.library.close()
+        self.transcodes.close()
+
+    def warm_up(self) -> None:
+        """Load the indexes and the query embedder now, so the first search is as fast as the next."""
+        try:
+            self.embedder()
+        except EmptyLibraryError as exc:
+            log.warning("%s", exc)
+
+    # -- models ----------------------------------------------------------------------------------------------
+
+    def embedder(self) -> TextEmbedder:
+        """The text embedder that built the index (reloaded when the library was re-indexed with another)."""
+        self.library.refresh()
+        with self._embedder_lock:
+            if self._embedder is None or self._embedder_generation != self.library.generation:
+                generation = self.library.generation
+                self._embedder = query_embedder(self.library, self.settings.model, self.settings.device)
+                self._embedder_generation = generation
+            return self._embedder
+
+    def engine(self) -> Engine:
+        """The full model (for uploaded clips), loaded on first use."""
+        with self._model_lock:
+            if self._engine is None:
+                from ..inference import Engine
+
+                self._engine = Engine.load(self.model_dir(), self.settings.device, self.settings.batch_size)
+            return self._engine
+
+    def model_dir(self) -> ModelDir:
+        from ..model_dir import ModelDir
+
+        if self._model_dir is None:  # resolving twice in a race is harmless
+            self._model_dir = ModelDir.resolve(self.settings.model)
+        return self._model_dir
+
+    # -- search ----------------------------------------------------------------------------------------------
+
+    def search(self, text: str, params: SearchParams) -> list[dict[str, Any]]:
+        """Text -> audio, as `pengi-search query --json` (plus each hit's file id)."""
+        if not text.strip():
+            raise RequestError("q", "the query text is empty")
+        filters = params.filters()
+        vector = self._query_vector(text)
+        hits = search_vectors(self.library, "text", vector, k=self._k(params), by=params.by, filters=filters)
+        return self._hits_json(hits)
+
+    def _query_vector(self, text: str) -> np.ndarray:
+        """The text's embedding (1, d); the latest QUERY_CACHE texts are kept (a refined search reuses its text)."""
+        embedder = self.embedder()
+        key = (self._embedder_generation, text)
+        with self._embedder_lock:
+            if key in self._query_cache:
+                self._query_cache.move_to_end(key)
+                return self._query_cache[key]
+        vector = embedder.embed([text])
+        with self._embedder_lock:
+            self._query_cache[key] = vector
+            while len(self._query_cache) > QUERY_CACHE:
+                self._query_cache.popitem(last=False)
+        return vector
+
+    def similar_to_window(self, window_id: int, params: SearchParams) -> list[dict[str, Any]]:
+        """Audio -> audio from an indexed window ("more like this"); its own file is left out."""
+        window = self.window(window_id)
+        ids, vectors = self.library.store.vectors("audio", [window_id])
+        if len(ids) == 0:
+            raise NotFoundError(f"window {window_id}", "has no audio embedding")
+        filters = dataclasses.replace(params.filters(), exclude_paths=frozenset({window.path}))
+        spans = [(window.start_s, window.end_s)]
+        k = self._k(params)
+        return self._hits_json(
+            search_vectors(self.library, "audio", vectors, k=k, by=params.by, filters=filters, query_spans=spans)
+        )
+
+    def similar_to_upload(self, upload: Upload, params: SearchParams) -> list[dict[str, Any]]:
+        """Audio -> audio from a clip sent by the client (embedded with the model that built the index)."""
+        from ..search import embed_audio_file
+
+        filters = params.filters()
+        self.library.vector_index("audio")  # an empty library fails here, before the model is loaded
+        engine = self.engine()
+        with self._model_lock:
+            vectors, spans = embed_audio_file(
+                self.library,
+                upload.path,
+                model=self.settings.model,
+                device=self.settings.device,
+                batch_size=self.settings.batch_size,
+                engine=engine,
+            )
+        hits = search_vectors(
+            self.library, "audio", vectors, k=self._k(params), by=params.by, filters=filters, query_spans=spans
+        )
+        return self._hits_json(hits)
+
+    def _k(self, params: SearchParams) -> int:
+        if not 1 <= params.k <= self.settings.max_k:
+            raise RequestError("k", f"the number of results must be between 1 and {self.settings.max_k}")
+        return params.k
+
+    def _hits_json(self, hits: Sequence[Hit]) -> list[dict[str, Any]]:
+        files = catalog.window_files(self.library.store, [hit.window_id for hit in hits])
+        return [{**hit.to_json(), "file_id": files.get(hit.window_id)} for hit in hits]
+
+    # -- files and windows -----------------------------------------------------------------------------------
+
+    def window(self, window_id: int) -> WindowDetails:
+        window = self.library.store.window_details([window_id]).get(window_id)
+        if window is None:
+            raise NotFoundError(f"window {window_id}", "no such window in the index")
+        return window
+
+    def file_record(self, file_id: int) -> FileRecord:
+        record = catalog.file_by_id(self.library.store, file_id)
+        if record is None:
+            raise NotFoundError(f"file {file_id}", "no such file in the index")
+        return record
+
+    def file(self, file_id: int) -> dict[str, Any]:
+        """A file with its windows and what Pengi wrote for each (the shape of `pengi-search export`, plus ids)."""
+        record = self.file_record(file_id)
+        windows = catalog.file_windows(self.library.store, record)
+        return {
+            "id": record.id,
+            "path": record.path,
+            "duration_s": record.duration_s,
+            "format": record.format,
+            "sample_rate": record.sample_rate,
+            "channels": record.channels,
+            "status": record.status,
+            "error": record.error,
+            "indexed_at": None if record.indexed_at is None else record.indexed_at.isoformat(),
+            "windows": [
+                {
+                    "window_id": w.window_id,
+                    "index": w.index,
+                    "start_s": w.start_s,
+                    "end_s": w.end_s,
+                    "texts": [{"prompt": t.prompt, "text": t.text, "score": t.score} for t in w.texts],
+                }
+                for w in windows
+            ],
+        }
+
+    def file_audio(self, file_id: int) -> tuple[Path, str]:
+        """The file to send for a file's player and its MIME type: the file itself, or a FLAC transcode."""
+        record = self.file_record(file_id)
+        real = servable_path(record, self.settings.roots)
+        mime = media.browser_type(real)
+        if mime is not None:
+            return real, mime
+        key = (record.id, record.size, record.mtime)
+        return self.transcodes.flac(key, real, self.settings.max_transcode_s), "audio/flac"
+
+    def window_audio(self, window_id: int) -> bytes:
+        window = self.window(window_id)
+        real = servable_path(self.file_record(window.file_id), self.settings.roots)
+        return media.window_wav(real, window.start_s, window.end_s)
+
+    def window_peaks(self, window_id: int) -> list[tuple[float, float]]:
+        """(min, max) pairs over a window, for its waveform."""
+        window = self.window(window_id)
+        record = self.file_record(window.file_id)
+        real = servable_path(record, self.settings.roots)
+        return list(_cached_peaks(real, (record.size, record.mtime), window.start_s, window.end_s))
+
+    def spectrogram(self, file_id: int) -> bytes:
+        real = servable_path(self.file_record(file_id), self.settings.roots)
+        return media.spectrogram_png(real, self.settings.spectrogram_s)
+
+    # -- uploaded clips --------------------------------------------------------------------------------------
+
+    def describe(self, upload: Upload) -> dict[str, Any]:
+        """Audio -> text for every window, as `pengi-search describe --json` gives one file."""
+        from ..audio import iter_windows
+        from ..decoding import GenerationConfig
+        from ..prompts import DESCRIBE_TASKS, TASK_PROMPTS
+
+        engine = self.engine()
+        keys, prompts = list(DESCRIBE_TASKS), [TASK_PROMPTS[task] for task in DESCRIBE_TASKS]
+        windows = list(iter_windows(upload.path))
+        gen = GenerationConfig(beam=self.settings.beam, max_len=self.settings.max_len)
+        with self._model_lock:
+            embeds = engine.audio_embeddings(np.stack([w.samples for w in windows]))
+            answers = engine.generate(embeds, prompts, gen)
+        rows = [
+            {
+                "start_s": round(w.start_s, 3),
+                "end_s": round(w.end_s, 3),
+                "answers": {k: a.text for k, a in zip(keys, per_window, strict=True)},
+                "scores": {k: round(a.score, 4) for k, a in zip(keys, per_window, strict=True)},
+            }
+            for w, per_window in zip(windows, answers, strict=True)
+        ]
+        return {"path": upload.name, "duration_s": round(upload.duration_s, 3), "windows": rows, "error": None}
+
+    def classify(self, upload: Upload, labels: list[str], method: str = "text", top: int = 5) -> dict[str, Any]:
+        """Zero-shot classification of a clip, as `pengi-search classify --json` gives one file."""
+        from ..classify import Classifier, ClassifySettings
+
+        try:
+            settings = ClassifySettings(method=method, beam=self.settings.beam, max_len=self.settings.max_len)
+            engine = self.engine()
+            classifier = Classifier(
+                labels,
+                settings,
+                model_dir=self.model_dir(),
+                device=self.settings.device,
+                batch_size=self.settings.batch_size,
+                engine=engine,
+            )
+        except ValueError as exc:
+            raise RequestError("classify", str(exc)) from None
+        with self._model_lock:
+            prediction = classifier.classify(upload.path)
+        result = {**prediction.to_json(top), "file": upload.name}
+        return {"method": method, "labels": labels, "results": [result], "errors": [], "metrics": None}
+
+    # -- the library -----------------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """`pengi-search stats --json`, plus the indexes in memory, the latest runs and the files that failed."""
+        store = self.library.store
+        self.library.refresh()
+        stats = store.stats()
+        stats["indexes"] = {
+            kind: {"type": index.type, "vectors": len(index)} for kind, index in self.library.live_indexes().items()
+        }
+        stats["runs"] = [_run_json(run) for run in store.runs(10)]
+        stats["failed"] = [{"path": f.path, "error": f.error} for f in catalog.failed_files(store, FAILED_SHOWN)]
+        return stats
+
+
+@lru_cache(maxsize=4096)
+def _cached_peaks(
+    path: Path, _stamp: tuple[int | None, float | None], start_s: float, end_s: float
+) -> tuple[tuple[float, float], ...]:
+    """Peaks of a stretch of a file; `_stamp` (size, mtime) keys the cache, so a changed file is read again."""
+    return tuple(media.peaks(path, start_s, end_s, PEAKS))
+
+
+def _run_json(run: Any) -> dict[str, Any]:
+    data = dataclasses.asdict(run)
+    data["started_at"] = run.started_at.isoformat()
+    data["finished_at"] = None if run.finished_at is None else run.finished_at.isoformat()
+    return data

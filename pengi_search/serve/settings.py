@@ -1,0 +1,30 @@
+"""What a server is started with: the library, the model, who may connect, and the limits it keeps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Settings of one server (see `pengi-search serve --help` for the user-facing side)."""
+
+    db: str | None = None  # database URL or SQLite file; None: $PENGI_SEARCH_DB or the default
+    model: str | None = None  # model name or directory; None: the installed default
+    device: str = "auto"
+    token: str | None = None  # every request must carry it when set
+    allowed_hosts: tuple[str, ...] | None = None  # Host header names accepted (loopback binds); None: any
+    roots: tuple[Path, ...] = ()  # real folders audio may be served from; empty: each file's own folder
+    max_upload_bytes: int = 64 * MIB
+    max_upload_s: float = 600.0  # longest clip accepted for describe, similar and classify
+    max_transcode_s: float = 3600.0  # longest file transcoded whole for the player (windows are always cut)
+    transcode_cache_bytes: int = 512 * MIB
+    spectrogram_s: float = 600.0  # the spectrogram covers at most the first this many seconds
+    check_s: float = 0.5  # how often a search checks the database for new windows
+    max_k: int = 200
+    batch_size: int = 16
+    beam: int = 3
+    max_len: int = 30

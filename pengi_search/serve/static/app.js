@@ -1,0 +1,146 @@
+"use strict";
+// Waveforms, hit players and the file timeline. Everything comes from data-* attributes and JSON answers;
+// nothing is ever written as HTML (what the model wrote is untrusted text).
+
+function drawPeaks(canvas, peaks) {
+  const ctx = canvas.getContext("2d");
+  const width = canvas.width, height = canvas.height, middle = height / 2;
+  const loudest = Math.max(1e-6, ...peaks.map(([low, high]) => Math.max(-low, high)));
+  const step = width / peaks.length;
+  ctx.clearRect(0, 0, width, height);
+  ctx.fillStyle = getComputedStyle(canvas).color;
+  peaks.forEach(([low, high], i) => {
+    const top = middle - (Math.max(high, 0) / loudest) * middle;
+    const bottom = middle - (Math.min(low, 0) / loudest) * middle;
+    ctx.fillRect(i * step, top, Math.max(step - 1, 1), Math.max(bottom - top, 1));
+  });
+}
+
+async function loadWaveform(canvas) {
+  try {
+    const response = await fetch(canvas.dataset.peaks, { credentials: "same-origin" });
+    if (!response.ok) {
+      canvas.classList.add("unavailable");
+      canvas.title = (await response.json()).detail || "no waveform";
+      return;
+    }
+    drawPeaks(canvas, (await response.json()).peaks);
+  } catch (error) {
+    canvas.classList.add("unavailable");
+  }
+}
+
+function pauseOthers(current) {
+  for (const audio of document.querySelectorAll("audio")) {
+    if (audio !== current && !audio.paused) audio.pause();
+  }
+}
+
+// Play `audio` from `start` and stop at `end` (seconds on the audio element's own time line).
+function playSpan(audio, start, end) {
+  pauseOthers(audio);
+  audio.dataset.stopAt = String(end);
+  audio.currentTime = start;
+  const played = audio.play();
+  if (played) played.catch(() => {});
+  audio.addEventListener("playing", () => {
+    if (audio.currentTime + 0.05 < start) audio.currentTime = start;
+  }, { once: true });
+}
+
+function stopAtEnd(audio) {
+  audio.addEventListener("timeupdate", () => {
+    const stopAt = parseFloat(audio.dataset.stopAt);
+    if (!Number.isNaN(stopAt) && audio.currentTime >= stopAt) {
+      audio.pause();
+      delete audio.dataset.stopAt;
+    }
+  });
+  audio.addEventListener("seeking", () => {
+    const stopAt = parseFloat(audio.dataset.stopAt);
+    if (!Number.isNaN(stopAt) && audio.currentTime > stopAt) delete audio.dataset.stopAt;
+  });
+}
+
+function setUpHits() {
+  for (const hit of document.querySelectorAll(".hit")) {
+    const audio = hit.querySelector("audio.player");
+    const button = hit.querySelector("button.play-hit");
+    const canvas = hit.querySelector("canvas.waveform");
+    if (!audio || !button) continue;
+    stopAtEnd(audio);
+    const start = parseFloat(button.dataset.start), end = parseFloat(button.dataset.end);
+    button.addEventListener("click", () => playSpan(audio, start, end));
+    if (canvas) {
+      loadWaveform(canvas);
+      canvas.addEventListener("click", (event) => {
+        const fraction = event.offsetX / canvas.clientWidth;
+        playSpan(audio, start + fraction * (end - start), end);
+      });
+    }
+  }
+}
+
+function setUpFile() {
+  const player = document.getElementById("file-player");
+  if (!player) return;
+  stopAtEnd(player);
+  const windows = Array.from(document.querySelectorAll("li.window[data-start]"));
+  const timeline = document.querySelector(".timeline");
+  const box = document.querySelector(".spectrogram-box");
+  const playhead = document.querySelector(".playhead");
+  const lanes = timeline ? Array.from(timeline.querySelectorAll(".lane")) : [];
+  const duration = timeline ? parseFloat(timeline.dataset.duration) : 0;
+  if (timeline && duration > 0) {
+    for (const lane of lanes) {
+      const start = parseFloat(lane.dataset.start), end = parseFloat(lane.dataset.end);
+      lane.style.left = `${(100 * start) / duration}%`;
+      lane.style.width = `${(100 * (end - start)) / duration}%`;
+      lane.addEventListener("click", () => seekTo(start));
+    }
+  }
+  function seekTo(start) {
+    delete player.dataset.stopAt;
+    pauseOthers(player);
+    player.currentTime = start;
+    const played = player.play();
+    if (played) played.catch(() => {});
+  }
+  for (const item of windows) {
+    const start = parseFloat(item.dataset.start);
+    item.addEventListener("click", (event) => {
+      if (event.target.closest("a")) return;
+      seekTo(start);
+    });
+    item.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" || event.key === " ") {
+        event.preventDefault();
+        seekTo(start);
+      }
+    });
+  }
+  player.addEventListener("timeupdate", () => {
+    const now = player.currentTime;
+    let active = null;
+    for (const item of windows) {
+      if (parseFloat(item.dataset.start) <= now + 1e-3) active = item;
+    }
+    for (const item of windows) item.classList.toggle("active", item === active);
+    lanes.forEach((lane, i) => lane.classList.toggle("active", windows[i] === active));
+    if (box && playhead) {
+      const shown = parseFloat(box.dataset.shown);
+      playhead.style.left = `${Math.min(100, (100 * now) / Math.max(shown, 1e-6))}%`;
+    }
+  });
+  const target = location.hash && document.getElementById(location.hash.slice(1));
+  if (target && target.dataset.start) {
+    target.classList.add("active");
+    target.scrollIntoView({ block: "center" });
+    player.currentTime = parseFloat(target.dataset.start);
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  setUpHits();
+  setUpFile();
+});

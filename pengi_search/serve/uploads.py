@@ -1,0 +1,69 @@
+"""Clips sent to the server: saved to a private temporary file, bounded in bytes and seconds, checked by decoding.
+
+A clip is decoded by the project's audio I/O before anything else sees it; one that cannot be read is refused with
+the decoder's reason (422), one too large or too long with 413. Only the extension of the client's file name is
+kept (it helps the decoders guess the format); the name itself never reaches the file system.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from ..audio import AUDIO_EXTENSIONS, AudioDecodeError, iter_windows
+from .errors import TooLargeError, UnprocessableError
+
+_CHUNK = 1 << 20
+_SAFE_SUFFIX = re.compile(r"^\.[a-z0-9]{1,8}$")
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A saved clip: where it lies, what the client called it, and how long it is."""
+
+    path: Path
+    name: str
+    duration_s: float
+
+
+@contextmanager
+def saved_upload(stream: BinaryIO, filename: str | None, *, max_bytes: int, max_seconds: float) -> Iterator[Upload]:
+    """Save `stream` to a temporary file (removed afterwards) and check that it decodes and is short enough."""
+    name = Path(filename or "upload").name or "upload"
+    suffix = Path(name).suffix.lower()
+    suffix = suffix if _SAFE_SUFFIX.match(suffix) and suffix in AUDIO_EXTENSIONS else ""
+    with tempfile.TemporaryDirectory(prefix="pengi-upload-") as folder:
+        path = Path(folder) / f"clip{suffix}"
+        _copy_bounded(stream, path, name, max_bytes)
+        yield Upload(path, name, _checked_duration(path, name, max_seconds))
+
+
+def _copy_bounded(stream: BinaryIO, path: Path, name: str, max_bytes: int) -> None:
+    written = 0
+    with open(path, "wb") as out:
+        while chunk := stream.read(_CHUNK):
+            written += len(chunk)
+            if written > max_bytes:
+                raise TooLargeError(name, f"larger than the server's limit of {max_bytes} bytes")
+            out.write(chunk)
+    if written == 0:
+        raise UnprocessableError(name, "empty file (0 bytes)")
+
+
+def _checked_duration(path: Path, name: str, max_seconds: float) -> float:
+    """Decode the whole clip once (so a corrupt one fails here, with the decoder's reason), stopping past the limit."""
+    duration = 0.0
+    try:
+        with closing(iter_windows(path)) as windows:
+            for window in windows:
+                duration = max(duration, window.end_s)
+                if duration > max_seconds:
+                    raise TooLargeError(name, f"longer than the server's limit of {max_seconds:g} s")
+    except AudioDecodeError as exc:
+        raise UnprocessableError(name, exc.reason) from None
+    return duration

@@ -1,0 +1,371 @@
+"""`pengi-search serve`: every JSON endpoint and page through FastAPI's test client, uploads and escaping."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import struct
+
+import numpy as np
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from pengi_search.cli import app
+from pengi_search.cli.common import EXIT_FAILED, EXIT_USAGE
+from pengi_search.db import Store, StoreError
+from pengi_search.serve.media import browser_type
+
+from .indexing import write_tone
+from .search_library import CaptionLibrary
+from .serving import BROKEN, BROKEN_REASON, HOSTILE, client_for, served_library
+from .test_cli_search import HIT_KEYS
+
+HIT_API_KEYS = HIT_KEYS | {"file_id", "query_start_s", "query_end_s"}
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory, tiny_model_dir):
+    return served_library(tmp_path_factory.mktemp("serve"), tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def client(library, tiny_model_dir):
+    with client_for(library, tiny_model_dir) as client:
+        yield client
+
+
+def search(client, q, **params):
+    response = client.get("/api/search", params={"q": q, **params})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def hit_for(client, library, name):
+    hits = search(client, SERVED_CAPTION[name], k=1)
+    assert hits[0]["path"] == str(library.files[name])
+    return hits[0]
+
+
+SERVED_CAPTION = {
+    "weather/rain.flac": "thunder rolls in the distance",
+    "bell.wav": "a bell rings",
+    "loops/hum.aiff": "a low hum",
+    "odd/<i>cat</i>.wav": HOSTILE,
+}
+
+
+# -- search ------------------------------------------------------------------------------------------------------
+
+
+def test_search_has_the_cli_shape_and_finds_the_window(client, library):
+    hits = search(client, "thunder rolls in the distance", k=3)
+    assert len(hits) == 3
+    assert all(set(hit) == HIT_API_KEYS for hit in hits)
+    top = hits[0]
+    assert top["path"] == str(library.files["weather/rain.flac"])
+    assert (top["start_s"], top["end_s"]) == (3.0, 10.0)
+    assert top["caption"] == "thunder rolls in the distance"
+    assert isinstance(top["file_id"], int) and top["score"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_search_filters(client, library):
+    only_wav = search(client, "a bell rings", ext="wav", by="window", k=20)
+    assert {hit["path"].rsplit(".", 1)[1] for hit in only_wav} == {"wav"}
+    animals = search(client, "a dog barks", path="*/animals/*", k=20)
+    assert [hit["path"] for hit in animals] == [str(library.files["animals/dog.wav"])]
+    long_files = search(client, "a bell rings", min_duration=5, k=20)
+    assert {hit["path"] for hit in long_files} == {str(library.files["weather/rain.flac"])}
+    by_window = search(client, "rain on a roof", by="window", k=20)
+    assert len(by_window) == 6  # every window of the 5 files
+
+
+@pytest.mark.parametrize(
+    ("params", "status"),
+    [({"q": "x", "k": 0}, 422), ({"q": "x", "by": "folder"}, 422), ({"q": "  "}, 400), ({"q": "x", "ext": ","}, 400)],
+)
+def test_search_rejects_bad_parameters(client, params, status):
+    response = client.get("/api/search", params=params)
+    assert response.status_code == status, response.text
+
+
+# -- similar -----------------------------------------------------------------------------------------------------
+
+
+def test_similar_to_a_window_leaves_its_file_out(client, library):
+    rain = hit_for(client, library, "weather/rain.flac")
+    response = client.get("/api/similar", params={"window_id": rain["window_id"], "k": 10})
+    assert response.status_code == 200
+    hits = response.json()
+    assert hits and all(set(hit) == HIT_API_KEYS for hit in hits)
+    assert str(library.files["weather/rain.flac"]) not in {hit["path"] for hit in hits}
+    assert {(hit["query_start_s"], hit["query_end_s"]) for hit in hits} == {(3.0, 10.0)}
+    assert client.get("/api/similar", params={"window_id": 999_999}).status_code == 404
+
+
+def test_similar_to_an_uploaded_clip(client, library):
+    clip = library.files["bell.wav"].read_bytes()
+    response = client.post("/api/similar", params={"k": 2}, files={"file": ("clip.wav", clip, "audio/wav")})
+    assert response.status_code == 200, response.text
+    hits = response.json()
+    assert hits[0]["path"] == str(library.files["bell.wav"]) and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+# -- files and windows -------------------------------------------------------------------------------------------
+
+
+def test_file_lists_its_windows_with_texts(client, library):
+    rain = hit_for(client, library, "weather/rain.flac")
+    info = client.get(f"/api/files/{rain['file_id']}").json()
+    assert info["path"] == str(library.files["weather/rain.flac"]) and info["status"] == "indexed"
+    assert [(w["start_s"], w["end_s"]) for w in info["windows"]] == [(0.0, 7.0), (3.0, 10.0)]
+    assert [w["texts"][0]["text"] for w in info["windows"]] == ["rain on a roof", "thunder rolls in the distance"]
+    assert info["windows"][1]["window_id"] == rain["window_id"]
+    assert client.get("/api/files/999999").status_code == 404
+
+
+def test_file_audio_is_the_file_with_range_support(client, library):
+    bell = hit_for(client, library, "bell.wav")
+    data = library.files["bell.wav"].read_bytes()
+    whole = client.get(f"/api/files/{bell['file_id']}/audio")
+    assert whole.status_code == 200 and whole.content == data
+    assert whole.headers["content-type"] == "audio/wav" and whole.headers["accept-ranges"] == "bytes"
+    part = client.get(f"/api/files/{bell['file_id']}/audio", headers={"Range": "bytes=100-199"})
+    assert part.status_code == 206 and part.content == data[100:200]
+    assert part.headers["content-range"] == f"bytes 100-199/{len(data)}"
+
+
+def test_formats_browsers_cannot_play_are_transcoded_to_flac(client, library):
+    hum = hit_for(client, library, "loops/hum.aiff")
+    assert browser_type(library.files["loops/hum.aiff"]) is None
+    response = client.get(f"/api/files/{hum['file_id']}/audio")
+    assert response.status_code == 200 and response.headers["content-type"] == "audio/flac"
+    samples, rate = sf.read(io.BytesIO(response.content))
+    original, _ = sf.read(library.files["loops/hum.aiff"])
+    assert rate == 44_100 and len(samples) == len(original)
+    np.testing.assert_allclose(samples, original, atol=2e-4)  # 16-bit FLAC of the same audio
+    again = client.get(f"/api/files/{hum['file_id']}/audio", headers={"Range": "bytes=0-9"})
+    assert again.status_code == 206 and again.content == response.content[:10]
+
+
+def test_window_audio_is_the_window_cut_as_wav(client, library):
+    rain = hit_for(client, library, "weather/rain.flac")
+    response = client.get(f"/api/windows/{rain['window_id']}/audio")
+    assert response.status_code == 200 and response.headers["content-type"] == "audio/wav"
+    samples, rate = sf.read(io.BytesIO(response.content))
+    original, _ = sf.read(library.files["weather/rain.flac"])
+    assert rate == 44_100 and len(samples) == 7 * 44_100
+    np.testing.assert_allclose(samples, original[3 * 44_100 :], atol=1e-4)
+    assert client.get("/api/windows/999999/audio").status_code == 404
+
+
+def test_window_peaks_follow_the_waveform(client, library):
+    bell = hit_for(client, library, "bell.wav")
+    peaks = client.get(f"/api/windows/{bell['window_id']}/peaks").json()["peaks"]
+    assert len(peaks) == 120 and all(low <= high for low, high in peaks)
+    assert max(high for _, high in peaks) == pytest.approx(0.3, abs=0.05)  # write_tone's amplitude
+
+
+def test_spectrogram_is_a_png(client, library):
+    rain = hit_for(client, library, "weather/rain.flac")
+    response = client.get(f"/api/files/{rain['file_id']}/spectrogram.png")
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    assert response.content[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", response.content[16:24])
+    assert (width, height) == (1200, 160)
+
+
+# -- uploads -----------------------------------------------------------------------------------------------------
+
+
+def test_describe_an_uploaded_clip(client, library):
+    response = client.post(
+        "/api/describe", files={"file": ("my clip.flac", library.files["weather/rain.flac"].read_bytes())}
+    )
+    assert response.status_code == 200, response.text
+    described = response.json()
+    assert described["path"] == "my clip.flac" and described["duration_s"] == 10.0 and described["error"] is None
+    assert [(w["start_s"], w["end_s"]) for w in described["windows"]] == [(0.0, 7.0), (3.0, 10.0)]
+    assert set(described["windows"][0]["answers"]) == {"caption", "metadata", "sound_event"}
+
+
+def test_classify_an_uploaded_clip_with_typed_or_sent_labels(client, library):
+    clip = ("clip.wav", library.files["bell.wav"].read_bytes())
+    typed = client.post("/api/classify", files={"file": clip}, data={"labels": "a bell rings\na dog barks\n"})
+    assert typed.status_code == 200, typed.text
+    result = typed.json()
+    assert result["labels"] == ["a bell rings", "a dog barks"] and result["method"] == "text"
+    assert result["results"][0]["file"] == "clip.wav" and len(result["results"][0]["top"]) == 2
+    labels_csv = ("labels.csv", b"file,label\nx.wav,a bell rings\ny.wav,a dog barks\nz.wav,a bell rings\n")
+    sent = client.post("/api/classify", files={"file": clip, "labels_file": labels_csv}, data={"method": "loglik"})
+    assert sent.status_code == 200, sent.text
+    assert sent.json()["labels"] == ["a bell rings", "a dog barks"] and sent.json()["method"] == "loglik"
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"), [("dog\ndog", "duplicate label 'dog' on line 2"), ("", "no labels"), ("a\n\nb", "blank")]
+)
+def test_classify_refuses_bad_labels(client, library, labels, message):
+    clip = ("clip.wav", library.files["bell.wav"].read_bytes())
+    response = client.post("/api/classify", files={"file": clip}, data={"labels": labels})
+    assert response.status_code == 400 and message in response.json()["detail"]
+
+
+def corrupt_flac(library) -> bytes:
+    data = bytearray(library.files["weather/rain.flac"].read_bytes())
+    data[200:] = bytes(range(256)) * ((len(data) - 200) // 256) + bytes((len(data) - 200) % 256)
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "reason"),
+    [
+        ("empty.wav", lambda library: b"", "empty file"),
+        ("notes.wav", lambda library: b"these are words, not sound\n" * 40, "not a readable audio file"),
+        ("cut.flac", corrupt_flac, "corrupt or truncated audio data"),
+    ],
+)
+def test_bad_uploads_get_the_decoder_reason(client, library, name, make, reason):
+    for endpoint in ("/api/describe", "/api/similar"):
+        response = client.post(endpoint, files={"file": (name, make(library))})
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"].startswith(f"{name}: ") and reason in response.json()["detail"]
+
+
+def test_uploads_are_bounded_in_bytes_and_seconds(library, tiny_model_dir, tmp_path):
+    clip = library.files["weather/rain.flac"].read_bytes()
+    with client_for(library, tiny_model_dir, max_upload_bytes=len(clip) - 1, max_upload_s=5.0) as small:
+        too_big = small.post("/api/describe", files={"file": ("rain.flac", clip)})
+        assert too_big.status_code == 413 and "larger than the server's limit" in too_big.json()["detail"]
+        huge = small.post("/api/describe", files={"file": ("huge.wav", bytes(len(clip) + (2 << 20)))})
+        assert huge.status_code == 413 and "request body is larger" in huge.json()["detail"]  # from Content-Length
+        long_clip = write_tone(tmp_path / "long.wav", 6.0, sr=8000).read_bytes()
+        too_long = small.post("/api/describe", files={"file": ("long.wav", long_clip)})
+        assert too_long.status_code == 413 and "longer than the server's limit of 5 s" in too_long.json()["detail"]
+
+
+# -- the library, pages and escaping -----------------------------------------------------------------------------
+
+
+def test_stats(client, library):
+    stats = client.get("/api/stats").json()
+    assert stats["files"] == {"total": 6, "pending": 0, "indexed": 5, "error": 1}
+    assert stats["windows"] == 6 and stats["vectors"] == {"text": 6, "audio": 6}
+    assert stats["indexes"] == {"text": {"type": "flat", "vectors": 6}, "audio": {"type": "flat", "vectors": 6}}
+    assert stats["failed"] == [{"path": BROKEN, "error": BROKEN_REASON}]
+    assert stats["model"]["model"] == "tiny-base"
+
+
+def test_pages_render(client, library):
+    rain = hit_for(client, library, "weather/rain.flac")
+    page = client.get("/", params={"q": "thunder rolls in the distance", "ext": "flac"}).text
+    assert "thunder rolls in the distance" in page and f"/api/files/{rain['file_id']}/audio#t=3.000,10.000" in page
+    assert 'class="hit"' in page and f"/similar?window_id={rain['window_id']}" in page
+    similar = client.get("/similar", params={"window_id": rain["window_id"]})
+    assert similar.status_code == 200 and "Sounds like" in similar.text
+    file_page = client.get(f"/files/{rain['file_id']}").text
+    assert f'id="w{rain["window_id"]}"' in file_page and "rain on a roof" in file_page
+    assert f"/api/files/{rain['file_id']}/spectrogram.png" in file_page
+    library_page = client.get("/library").text
+    assert BROKEN in library_page and BROKEN_REASON in library_page
+    assert "Drop a clip" in client.get("/upload").text
+
+
+def test_upload_pages(client, library):
+    clip = ("clip.wav", library.files["bell.wav"].read_bytes())
+    described = client.post("/upload/describe", files={"file": clip})
+    assert described.status_code == 200 and "caption" in described.text
+    similar = client.post("/upload/similar", files={"file": clip}, data={"k": "3"})
+    assert similar.status_code == 200 and str(library.files["bell.wav"]) in similar.text
+    classified = client.post("/upload/classify", files={"file": clip}, data={"labels": "a bell rings\nsilence"})
+    assert classified.status_code == 200 and "a bell rings" in classified.text
+    bad = client.post("/upload/describe", files={"file": ("x.wav", b"not audio at all" * 10)})
+    assert bad.status_code == 422 and "not a readable audio file" in bad.text and "<html" in bad.text
+
+
+def test_model_output_and_paths_are_escaped_everywhere(client, library):
+    cat = hit_for(client, library, "odd/<i>cat</i>.wav")
+    assert cat["caption"] == HOSTILE  # JSON keeps the text as written
+    pages = [
+        client.get("/", params={"q": HOSTILE}).text,
+        client.get(f"/files/{cat['file_id']}").text,
+        client.get("/similar", params={"window_id": hit_for(client, library, "bell.wav")["window_id"]}).text,
+    ]
+    for page in pages:
+        assert "<script>alert" not in page and "<i>cat</i>" not in page
+        assert "&lt;script&gt;alert(&#39;pengi&#39;)&lt;/script&gt;" in page or "&lt;i&gt;cat&lt;/i&gt;" in page
+    assert "&lt;script&gt;alert" in pages[0] and "&lt;i&gt;cat&lt;/i&gt;" in pages[0]
+    response = client.get("/", params={"q": HOSTILE})
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert "access-control-allow-origin" not in response.headers  # no CORS
+
+
+def test_docs_list_every_api_route(client):
+    page = client.get("/docs").text
+    spec = client.get("/openapi.json").json()
+    assert set(spec["paths"]) == {
+        "/api/search",
+        "/api/similar",
+        "/api/files/{file_id}",
+        "/api/files/{file_id}/audio",
+        "/api/files/{file_id}/spectrogram.png",
+        "/api/windows/{window_id}/audio",
+        "/api/windows/{window_id}/peaks",
+        "/api/describe",
+        "/api/classify",
+        "/api/stats",
+    }
+    for path in spec["paths"]:
+        assert f"<code>{path}</code>" in page
+    assert "<script" not in page.split("</head>")[1]  # the reference page needs no script
+
+
+# -- read only ---------------------------------------------------------------------------------------------------
+
+
+def digest(paths):
+    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in paths}
+
+
+def test_the_server_never_writes_to_the_index(library, tiny_model_dir):
+    root = library.root.parent
+    files = sorted(p for p in root.iterdir() if p.is_file())
+    before = digest(files)
+    with client_for(library, tiny_model_dir) as client:
+        search(client, "a bell rings")
+        client.get("/api/stats")
+        service = client.app.state.service
+        with pytest.raises(StoreError, match="readonly|read-only|query_only"):
+            service.library.store.upsert_file("/tmp/x.wav", size=1, mtime=1.0)
+    assert digest(sorted(p for p in root.iterdir() if p.is_file())) == before
+
+
+def test_json_errors_name_the_problem(client):
+    response = client.get("/api/files/424242")
+    assert response.status_code == 404 and json.loads(response.text) == {
+        "detail": "file 424242: no such file in the index"
+    }
+
+
+def test_an_empty_library_answers_with_what_to_do(tmp_path, tiny_model_dir):
+    db = tmp_path / "index.db"
+    Store.open(db).close()
+    empty = CaptionLibrary(str(db), tmp_path, {})
+    with client_for(empty, tiny_model_dir) as client:
+        response = client.get("/api/search", params={"q": "a bell rings"})
+        assert response.status_code == 409 and "pengi-search index" in response.json()["detail"]
+        assert client.get("/api/stats").json()["files"]["total"] == 0
+        page = client.get("/", params={"q": "a bell rings"})
+        assert page.status_code == 200 and "pengi-search index" in page.text
+
+
+def test_the_command_refuses_what_it_cannot_serve(tmp_path):
+    missing = runner.invoke(app, ["serve", "--db", str(tmp_path / "none.db"), "--port", "0"])
+    assert missing.exit_code == EXIT_FAILED and "no index here yet" in missing.output
+    assert not (tmp_path / "none.db").exists()  # never created
+    bad_root = runner.invoke(app, ["serve", "--root", str(tmp_path / "nowhere"), "--port", "0"])
+    assert bad_root.exit_code == EXIT_USAGE and "not a folder" in bad_root.output
+    assert "--max-upload-mb" in runner.invoke(app, ["serve", "--help"]).output

@@ -1,0 +1,202 @@
+"""A real browser on `pengi-search serve`: Debian's chromium driven through Selenium and chromedriver.
+
+The command runs as a user starts it, on a free loopback port over a small index built here. The browser types a
+query, plays the top hit (the audio element must play from the hit's start), follows "more like this", opens the
+file page and clicks a window. Screenshots are saved in the test's folder (and in `$PENGI_SCREENSHOT_DIR` when set).
+
+Without chromium and chromedriver the test is skipped, unless PENGI_REQUIRE_BROWSER=1 (as in CI), where it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from .search_library import caption_library
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUIRE_ENV = "PENGI_REQUIRE_BROWSER"
+SCREENSHOT_ENV = "PENGI_SCREENSHOT_DIR"
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--autoplay-policy=no-user-gesture-required",
+    "--window-size=1280,900",
+)
+WAIT_S = 30.0
+
+
+def missing(reason: str) -> None:
+    if os.environ.get(REQUIRE_ENV) == "1":
+        pytest.fail(
+            f"{reason}, and {REQUIRE_ENV}=1 requires the browser test (apt-get install chromium chromium-driver)"
+        )
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser_programs() -> tuple[str, str]:
+    browser = next((found for name in BROWSERS if (found := shutil.which(name))), None)
+    driver = shutil.which("chromedriver")
+    if browser is None or driver is None:
+        missing("chromium or chromedriver is not installed")
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing("selenium is not installed")
+    return browser, driver  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_model_dir, browser_programs):
+    """`pengi-search serve --port 0` in its own process; yields its address."""
+    root = tmp_path_factory.mktemp("browser")
+    library = caption_library(str(root / "index.db"), root / "sounds", tiny_model_dir)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONUNBUFFERED": "1",
+        "PENGI_SEARCH_HOME": str(root / "home"),
+    }
+    command = [sys.executable, "-c", "from pengi_search.cli import app; app()", "serve", "--port", "0"]
+    command += ["--db", library.db, "--model", str(tiny_model_dir), "--device", "cpu"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()  # type: ignore[union-attr]
+    try:
+        address = _address(lines, process)
+        yield address, library
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _address(lines: queue.Queue[str], process: subprocess.Popen[str]) -> str:
+    deadline, seen = time.monotonic() + 120, []
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            if process.poll() is not None:
+                break
+            continue
+        seen.append(line)
+        if line.startswith("pengi-search serves "):
+            return line.split()[2].rstrip("/")
+    raise AssertionError(f"the server did not start: {''.join(seen)}")
+
+
+@pytest.fixture(scope="module")
+def driver(browser_programs, tmp_path_factory):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    browser, chromedriver = browser_programs
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    chrome = webdriver.Chrome(options=options, service=Service(executable_path=chromedriver))
+    try:
+        yield chrome
+    finally:
+        chrome.quit()
+
+
+def wait_for(driver, condition, what: str):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, WAIT_S, poll_frequency=0.1).until(lambda d: condition(d), message=what)
+
+
+def audio_state(driver, audio) -> dict:
+    return driver.execute_script(
+        "const a = arguments[0]; return {t: a.currentTime, paused: a.paused, error: a.error && a.error.code};", audio
+    )
+
+
+def save_screenshot(driver, folder: Path, name: str) -> Path:
+    path = folder / name
+    driver.save_screenshot(str(path))
+    if os.environ.get(SCREENSHOT_ENV):
+        target = Path(os.environ[SCREENSHOT_ENV])
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target / name)
+    return path
+
+
+def test_search_listen_and_browse_in_a_real_browser(server, driver, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    address, library = server
+    rain = str(library.files["weather/rain.flac"])
+    driver.get(f"{address}/")
+    box = driver.find_element(By.NAME, "q")
+    box.send_keys("thunder rolls in the distance", Keys.ENTER)
+    hits = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "li.hit"), "search results")
+    top = hits[0]
+    assert top.find_element(By.CSS_SELECTOR, ".path").text == rain
+    assert top.find_element(By.CSS_SELECTOR, ".time").text == "3.0–10.0 s"
+    assert top.find_element(By.CSS_SELECTOR, ".caption").text == "thunder rolls in the distance"
+
+    # The waveform is drawn from the server's peaks.
+    canvas = top.find_element(By.CSS_SELECTOR, "canvas.waveform")
+    painted = "const c = arguments[0]; const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+    painted += "let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i]) n++; return n;"
+    wait_for(driver, lambda d: d.execute_script(painted, canvas) > 100, "a drawn waveform")
+
+    # Play the hit: the audio element plays the file from the hit's start.
+    audio = top.find_element(By.CSS_SELECTOR, "audio.player")
+    top.find_element(By.CSS_SELECTOR, "button.play-hit").click()
+    wait_for(driver, lambda d: not audio_state(d, audio)["paused"], "the hit playing")
+    started = audio_state(driver, audio)
+    assert started["error"] is None and started["t"] >= 3.0, started
+    wait_for(driver, lambda d: audio_state(d, audio)["t"] > started["t"] + 0.2, "time moving on")
+    assert 3.0 <= audio_state(driver, audio)["t"] <= 10.0 + 0.5
+    save_screenshot(driver, tmp_path, "search.png")
+
+    # More like this: audio -> audio from the hit's window; the file itself is left out.
+    top.find_element(By.CSS_SELECTOR, "a.more").click()
+    wait_for(driver, lambda d: "Sounds like" in d.find_element(By.TAG_NAME, "h1").text, "more like this")
+    similar = [
+        hit.find_element(By.CSS_SELECTOR, ".path").text for hit in driver.find_elements(By.CSS_SELECTOR, "li.hit")
+    ]
+    assert similar and rain not in similar
+
+    # The file page: click the second window, and the file's player plays from its start.
+    driver.find_element(By.CSS_SELECTOR, "h1 a").click()
+    windows = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "li.window"), "the file's windows")
+    assert [w.find_element(By.CSS_SELECTOR, ".time").text for w in windows] == ["0.0–7.0 s", "3.0–10.0 s"]
+    spectrogram = driver.find_element(By.CSS_SELECTOR, "img.spectrogram")
+    assert driver.execute_script("return arguments[0].naturalWidth", spectrogram) == 1200
+    player = driver.find_element(By.ID, "file-player")
+    windows[1].click()
+    wait_for(driver, lambda d: not audio_state(d, player)["paused"], "the file playing")
+    assert audio_state(driver, player)["t"] >= 3.0
+    wait_for(driver, lambda d: "active" in windows[1].get_attribute("class"), "the window marked as playing")
+    save_screenshot(driver, tmp_path, "file.png")
+
+    # Nothing was blocked by the content security policy, and no script failed.
+    problems = [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+    assert problems == []

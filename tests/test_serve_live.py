@@ -1,0 +1,104 @@
+"""The server follows the index: files indexed by another writer while it runs appear in the next search, and
+searches during the writes never fail."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from pengi_search.db import StoreError
+from pengi_search.library import Library
+
+from .indexing import write_tone
+from .search_library import caption_library, index_folder
+from .serving import client_for
+from .test_store import db_url  # noqa: F401 (the fixture: SQLite, and PostgreSQL when a server is given)
+
+
+def window_paths(client) -> set[str]:
+    response = client.get("/api/search", params={"q": "a bell rings", "by": "window", "k": 200})
+    assert response.status_code == 200, response.text
+    return {hit["path"] for hit in response.json()}
+
+
+def test_new_windows_appear_without_a_restart(tmp_path, tiny_model_dir):
+    library = caption_library(str(tmp_path / "index.db"), tmp_path / "sounds", tiny_model_dir)
+    new_root = tmp_path / "new"
+    new_files = [write_tone(new_root / f"tone-{i}.wav", 2.0 + 6 * i, freq=500.0 + 100 * i) for i in range(3)]
+    with client_for(library, tiny_model_dir) as client:
+        before = window_paths(client)
+        assert before == {str(path) for path in library.files.values()}
+        failures: list[str] = []
+        searches = 0
+        stop = threading.Event()
+
+        def search_while_indexing() -> None:
+            nonlocal searches
+            while not stop.is_set():
+                response = client.get("/api/search", params={"q": "a bell rings", "by": "window", "k": 50})
+                searches += 1
+                if response.status_code != 200:
+                    failures.append(response.text)
+                stop.wait(0.02)  # leave the indexer room on a small machine
+
+        searcher = threading.Thread(target=search_while_indexing)
+        searcher.start()
+        try:
+            index_folder(library.db, new_root, tiny_model_dir)  # another writer: the real indexer
+        finally:
+            stop.set()
+            searcher.join()
+        assert failures == [] and searches > 0
+        assert window_paths(client) == before | {str(path) for path in new_files}
+        stats = client.get("/api/stats").json()
+        with Library.open(library.db) as opened:
+            expected = len(opened.store.vector_ids("text"))
+        assert stats["indexes"]["text"]["vectors"] == stats["vectors"]["text"] == expected
+
+
+def store_window_without_faiss(db: str, model_dir, path: str, caption: str) -> None:
+    """Commit one window to the database as the indexer does, but leave the FAISS files as they are."""
+    from pengi_search.db import Store, TextRecord, WindowInput
+    from pengi_search.model_dir import ModelDir
+    from pengi_search.text_query import NumpyTextEmbedder
+
+    text = NumpyTextEmbedder.from_model_dir(ModelDir.read(model_dir)).embed([caption])[0]
+    with Store.open(db) as store:
+        _, audio = store.vectors("audio")
+        file_id = store.upsert_file(path, size=1, mtime=1.0)
+        window = WindowInput(
+            0, 0.0, 3.0, [TextRecord("generate audio caption", caption)], {"text": text, "audio": audio[0]}
+        )
+        store.replace_file_windows(file_id, [window])
+
+
+def test_windows_committed_before_the_faiss_files_are_saved_are_found(tmp_path, tiny_model_dir):
+    """The database is the source of truth: a window committed but not yet in a FAISS file is searchable, and the
+    FAISS files saved later replace the server's indexes."""
+    library = caption_library(str(tmp_path / "index.db"), tmp_path / "sounds", tiny_model_dir)
+    faiss_files = sorted(tmp_path.glob("*.faiss"))
+    stamps = [path.stat().st_mtime_ns for path in faiss_files]
+    with client_for(library, tiny_model_dir) as client:
+        assert len(window_paths(client)) == 4
+        store_window_without_faiss(library.db, tiny_model_dir, "/late/owl.wav", "an owl hoots")
+        assert [path.stat().st_mtime_ns for path in faiss_files] == stamps
+        hits = client.get("/api/search", params={"q": "an owl hoots", "k": 1}).json()
+        assert (hits[0]["caption"], hits[0]["path"]) == ("an owl hoots", "/late/owl.wav")
+        with Library.open(library.db) as writer:  # what an indexing run does at its end
+            writer.sync_vector_indexes()
+        assert [path.stat().st_mtime_ns for path in faiss_files] != stamps
+        hits = client.get("/api/search", params={"q": "an owl hoots", "k": 1}).json()
+        assert (hits[0]["caption"], hits[0]["path"]) == ("an owl hoots", "/late/owl.wav")
+        assert client.get("/api/stats").json()["indexes"]["text"]["vectors"] == 6
+
+
+def test_the_server_reads_every_backend_read_only(db_url, tmp_path, tiny_model_dir):  # noqa: F811 (a fixture)
+    library = caption_library(db_url, tmp_path / "sounds", tiny_model_dir)
+    with client_for(library, tiny_model_dir) as client:
+        assert len(window_paths(client)) == 4
+        with pytest.raises(StoreError):
+            client.app.state.service.library.store.upsert_file("/tmp/x.wav", size=1, mtime=1.0)
+        store_window_without_faiss(db_url, tiny_model_dir, "/late/owl.wav", "an owl hoots")
+        hits = client.get("/api/search", params={"q": "an owl hoots", "k": 1}).json()
+        assert hits[0]["path"] == "/late/owl.wav"

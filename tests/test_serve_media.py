@@ -1,0 +1,124 @@
+"""What the server shows and plays: audio read from an offset, waveform peaks, spectrogram PNGs, transcodes and
+saved uploads."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from pengi_search.audio import AudioDecodeError, load_audio, stream_audio
+from pengi_search.serve.errors import TooLargeError, UnprocessableError
+from pengi_search.serve.media import TranscodeCache, browser_type, peaks, png_rgb, spectrogram_png, window_wav
+from pengi_search.serve.uploads import saved_upload
+
+from .indexing import write_tone
+
+
+@pytest.mark.parametrize("suffix", [".wav", ".flac", ".m4a"])  # soundfile seeks; PyAV decodes and drops
+def test_load_audio_from_an_offset_matches_the_whole_file(tmp_path, suffix):
+    source = write_tone(tmp_path / "tone.wav", 5.0, sr=22_050, freq=330.0)
+    path = source if suffix == ".wav" else _convert(source, tmp_path / f"tone{suffix}")
+    whole = load_audio(path)
+    part = load_audio(path, start_s=2.0, max_seconds=1.5)
+    assert len(part) == round(1.5 * 44_100)
+    start = 2 * 44_100
+    tolerance = 1e-5 if suffix != ".m4a" else 2e-2  # AAC is lossy, and its decoder's edges differ a little
+    np.testing.assert_allclose(part[1000:-1000], whole[start + 1000 : start + len(part) - 1000], atol=tolerance)
+    assert sum(len(chunk) for chunk in stream_audio(path, start_s=4.0)) == pytest.approx(
+        len(whole) - 4 * 44_100, abs=64
+    )
+    with pytest.raises(AudioDecodeError, match="no audio samples"):
+        load_audio(path, start_s=60.0)
+    with pytest.raises(ValueError):
+        load_audio(path, start_s=-1.0)
+
+
+def _convert(source: Path, target: Path) -> Path:
+    samples, rate = sf.read(source, dtype="float32")
+    if target.suffix == ".flac":
+        sf.write(target, samples, rate)
+        return target
+    from .test_audio import _write_with_av
+
+    _write_with_av(target, samples[None, :], rate, "aac", "ipod")
+    return target
+
+
+def test_window_wav_and_peaks(tmp_path):
+    path = write_tone(tmp_path / "tone.flac", 9.0, freq=200.0)
+    samples, rate = sf.read(io.BytesIO(window_wav(path, 2.0, 9.0)))
+    assert rate == 44_100 and len(samples) == 7 * 44_100
+    np.testing.assert_allclose(samples, sf.read(path)[0][2 * 44_100 :], atol=1e-4)
+    pairs = peaks(path, 2.0, 9.0, 50)
+    assert len(pairs) == 50 and all(-0.35 < low < 0 < high < 0.35 for low, high in pairs)
+
+
+def test_png_rgb_is_a_valid_png():
+    pixels = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    data = png_rgb(pixels)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    chunks, offset = {}, 8
+    while offset < len(data):
+        (length,) = struct.unpack(">I", data[offset : offset + 4])
+        kind, body = data[offset + 4 : offset + 8], data[offset + 8 : offset + 8 + length]
+        assert struct.unpack(">I", data[offset + 8 + length : offset + 12 + length])[0] == zlib.crc32(kind + body)
+        chunks[kind] = body
+        offset += 12 + length
+    assert struct.unpack(">IIBBBBB", chunks[b"IHDR"]) == (3, 2, 8, 2, 0, 0, 0)
+    rows = zlib.decompress(chunks[b"IDAT"])
+    assert rows == b"\x00" + pixels[0].tobytes() + b"\x00" + pixels[1].tobytes()
+
+
+def test_spectrogram_shows_a_tone_as_one_bright_band(tmp_path):
+    path = write_tone(tmp_path / "tone.wav", 3.0, freq=1000.0)
+    data = spectrogram_png(path, 600.0, width=64, height=40)
+    width, height = struct.unpack(">II", data[16:24])
+    assert (width, height) == (64, 40)
+    idat = data[data.index(b"IDAT") + 4 : data.index(b"IEND") - 8]
+    image = (
+        np.frombuffer(zlib.decompress(idat), np.uint8).reshape(height, 1 + width * 3)[:, 1:].reshape(height, width, 3)
+    )
+    brightness = image.astype(int).sum(axis=2).mean(axis=1)  # per row, top row = highest band
+    assert brightness.argmax() > height // 2  # 1 kHz lies in the lower half of the mel scale up to 11 kHz
+    assert brightness.max() > 2 * np.median(brightness)
+
+
+def test_transcode_cache_makes_each_file_once_and_stays_bounded(tmp_path):
+    sources = [write_tone(tmp_path / f"t{i}.aiff", 2.0, freq=300.0 + 50 * i) for i in range(3)]
+    assert browser_type(sources[0]) is None and browser_type(tmp_path / "x.flac") == "audio/flac"
+    cache = TranscodeCache(max_bytes=1)  # keeps only the newest file
+    try:
+        first = cache.flac("a", sources[0], 60.0)
+        assert cache.flac("a", sources[0], 60.0) == first
+        samples, rate = sf.read(first)
+        assert rate == 44_100 and len(samples) == 2 * 44_100
+        second = cache.flac("b", sources[1], 1.0)
+        assert len(sf.read(second)[0]) == 44_100 and not first.exists()  # the limit: 1 s; the first was evicted
+    finally:
+        cache.close()
+    assert not second.exists()
+
+
+def test_saved_upload_keeps_only_a_safe_suffix_and_checks_the_clip(tmp_path):
+    clip = write_tone(tmp_path / "clip.flac", 3.0).read_bytes()
+    for name, suffix in [("../../etc/x.flac", ".flac"), ("a.FLAC", ".flac"), ("evil.sh", ""), (None, "")]:
+        with saved_upload(io.BytesIO(clip), name, max_bytes=len(clip), max_seconds=10) as upload:
+            assert upload.path.name == f"clip{suffix}" and upload.duration_s == pytest.approx(3.0)
+            folder = upload.path.parent
+        assert not folder.exists()
+    with (
+        pytest.raises(TooLargeError),
+        saved_upload(io.BytesIO(clip), "c.flac", max_bytes=len(clip) - 1, max_seconds=10),
+    ):
+        pass
+    with (
+        pytest.raises(UnprocessableError, match="empty"),
+        saved_upload(io.BytesIO(b""), "c.wav", max_bytes=10, max_seconds=1),
+    ):
+        pass
