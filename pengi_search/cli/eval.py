@@ -93,21 +93,25 @@ _SHOWN_SKIPPED = 10  # files left out that the terminal lists (the report lists 
 
 
 @dataclass(frozen=True)
-class _IndexChoices:
-    """How the set's audio is indexed when the library lacks it."""
+class EvalSet:
+    """Where the captioned set's audio is and how it is indexed when the library lacks it (retrieval, caption)."""
 
-    model: str | None
-    device: str
-    workers: int | None
-    batch_size: int
-    prompts: tuple[str, ...]
-    text_embedder: str | None
-    beam: int
-    max_len: int
-    reindex: bool
+    audio_root: AudioRootOption = None
+    file_column: FileColumnOption = None
+    caption_column: CaptionColumnOption = None
+    db: EvalDbOption = None
+    model: ModelOption = None
+    device: DeviceOption = Device.auto
+    workers: WorkersOption = None
+    batch_size: BatchOption = 16
+    prompt: PromptOption = None
+    text_embedder: TextEmbedderOption = None
+    beam: BeamOption = 3
+    max_len: MaxLenOption = 30
+    reindex: ReindexOption = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"prompts": list(self.prompts) or "index default", "beam": self.beam, "max_len": self.max_len}
+        return {"prompts": list(self.prompt or ()) or "index default", "beam": self.beam, "max_len": self.max_len}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -116,22 +120,12 @@ class _IndexChoices:
 
 @app.command()
 @handle_errors
+@options_from(EvalSet, "evalset")
 def retrieval(
     captions: CaptionsArgument,
-    audio_root: AudioRootOption = None,
-    file_column: FileColumnOption = None,
-    caption_column: CaptionColumnOption = None,
+    *,
+    evalset: EvalSet,
     output: OutputOption = Path("eval-retrieval"),
-    db: EvalDbOption = None,
-    model: ModelOption = None,
-    device: DeviceOption = "auto",
-    workers: WorkersOption = None,
-    batch_size: BatchOption = 16,
-    prompt: PromptOption = None,
-    text_embedder: TextEmbedderOption = None,
-    beam: BeamOption = 3,
-    max_len: MaxLenOption = 30,
-    reindex: ReindexOption = False,
     quiet: QuietOption = False,
     json_output: JsonOption = False,
 ) -> None:
@@ -142,37 +136,24 @@ def retrieval(
     from ..evaluation.retrieval import available_rankings, evaluate_retrieval
     from ..search import query_embedder
 
-    choices = _IndexChoices(
-        model, device, workers, batch_size, tuple(prompt or ()), text_embedder, beam, max_len, reindex
-    )
-    caption_set = _read_set(captions, audio_root, file_column, caption_column)
-    library, summary = _indexed_library(caption_set, db, output, choices, quiet=quiet, json_output=json_output)
+    caption_set = _read_set(captions, evalset)
+    library, summary = _indexed_library(caption_set, evalset, output, quiet=quiet, json_output=json_output)
     with library:
-        embedder = query_embedder(library, model, device)
+        embedder = query_embedder(library, evalset.model, evalset.device)
         rankings = available_rankings(library, embedder, caption_set.audio_root)
         result = evaluate_retrieval(library, caption_set, rankings, _failures(summary))
-        setup = _library_setup(library, choices)
+        setup = _library_setup(library, evalset)
     _finish("retrieval", result, caption_set.to_json(), setup, summary, output, json_output)
 
 
 @app.command()
 @handle_errors
+@options_from(EvalSet, "evalset")
 def caption(
     captions: CaptionsArgument,
-    audio_root: AudioRootOption = None,
-    file_column: FileColumnOption = None,
-    caption_column: CaptionColumnOption = None,
+    *,
+    evalset: EvalSet,
     output: OutputOption = Path("eval-caption"),
-    db: EvalDbOption = None,
-    model: ModelOption = None,
-    device: DeviceOption = "auto",
-    workers: WorkersOption = None,
-    batch_size: BatchOption = 16,
-    prompt: PromptOption = None,
-    text_embedder: TextEmbedderOption = None,
-    beam: BeamOption = 3,
-    max_len: MaxLenOption = 30,
-    reindex: ReindexOption = False,
     java_metrics: Annotated[
         bool,
         typer.Option("--java-metrics/--no-java-metrics", help="METEOR and SPICE, when Java can run them (slow start)."),
@@ -190,31 +171,28 @@ def caption(
     from ..evaluation.captioning import evaluate_captions
     from ..search import query_embedder
 
-    choices = _IndexChoices(
-        model, device, workers, batch_size, tuple(prompt or ()), text_embedder, beam, max_len, reindex
-    )
-    caption_set = _read_set(captions, audio_root, file_column, caption_column)
-    library, summary = _indexed_library(caption_set, db, output, choices, quiet=quiet, json_output=json_output)
+    caption_set = _read_set(captions, evalset)
+    library, summary = _indexed_library(caption_set, evalset, output, quiet=quiet, json_output=json_output)
     with library:
-        embedder = query_embedder(library, model, device)
+        embedder = query_embedder(library, evalset.model, evalset.device)
         result = evaluate_captions(library, caption_set, embedder, java=java_metrics, index_failures=_failures(summary))
-        setup = _library_setup(library, choices)
+        setup = _library_setup(library, evalset)
     _finish("caption", result, caption_set.to_json(), setup, summary, output, json_output)
 
 
-def _read_set(
-    captions: Path, audio_root: Path | None, file_column: str | None, caption_columns: list[str] | None
-) -> CaptionSet:
+def _read_set(captions: Path, evalset: EvalSet) -> CaptionSet:
     from ..evaluation.datasets import read_caption_set
 
-    caption_set = read_caption_set(captions, audio_root, file_column=file_column, caption_columns=caption_columns)
+    caption_set = read_caption_set(
+        captions, evalset.audio_root, file_column=evalset.file_column, caption_columns=evalset.caption_column
+    )
     if not caption_set.found:
         raise UsageError(captions, f"none of its {len(caption_set.items)} files is under {caption_set.audio_root}")
     return caption_set
 
 
 def _indexed_library(
-    caption_set: CaptionSet, db: str | None, output: Path, choices: _IndexChoices, *, quiet: bool, json_output: bool
+    caption_set: CaptionSet, evalset: EvalSet, output: Path, *, quiet: bool, json_output: bool
 ) -> tuple[Library, IndexSummary]:
     """Index the set's files that the library lacks (or all, with --reindex) and open the library."""
     from indexer.pipeline import IndexerError, IndexOptions, default_workers, run_index
@@ -224,19 +202,19 @@ def _indexed_library(
     from .index import _Reporter
 
     output.mkdir(parents=True, exist_ok=True)
-    db = db or str(output / "index.db")
+    db = evalset.db or str(output / "index.db")
     options = IndexOptions(
         roots=[item.path for item in caption_set.found if item.path],
         db=db,
-        model=choices.model,
-        device=choices.device,
-        workers=default_workers() if choices.workers is None else choices.workers,
-        batch_size=choices.batch_size,
-        prompts=choices.prompts,
-        text_embedder=choices.text_embedder,
-        beam=choices.beam,
-        max_len=choices.max_len,
-        reindex=choices.reindex,
+        model=evalset.model,
+        device=evalset.device,
+        workers=default_workers() if evalset.workers is None else evalset.workers,
+        batch_size=evalset.batch_size,
+        prompts=tuple(evalset.prompt or ()),
+        text_embedder=evalset.text_embedder,
+        beam=evalset.beam,
+        max_len=evalset.max_len,
+        reindex=evalset.reindex,
     )
     try:
         with progress_bar() as bar:
@@ -250,14 +228,14 @@ def _failures(summary: IndexSummary) -> dict[str, str]:
     return {item.path: f"failed to index: {item.reason}" for item in summary.failed}
 
 
-def _library_setup(library: Library, choices: _IndexChoices) -> dict[str, Any]:
+def _library_setup(library: Library, evalset: EvalSet) -> dict[str, Any]:
     meta = library.store.index_meta()
     return {
         "model": None if meta is None else meta.model.name,
         "model_fingerprint": None if meta is None else meta.model.fingerprint,
         "text_embedder": None if meta is None else meta.embedder.name,
         "database": library.db_url,
-        **choices.to_json(),
+        **evalset.to_json(),
     }
 
 
