@@ -22,6 +22,7 @@ from sqlalchemy import ColumnElement, Engine, delete, func, or_, select, true, u
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from ..chunking import chunked
 from .engine import WRITE_OPTION, create_store_engine
 from .errors import StoreError, StoreMismatchError
 from .migrate import current_revision, migrate
@@ -232,8 +233,7 @@ class Store:
         with self.session(write=True) as session:
             rows = session.execute(select(AudioFileRow.id, AudioFileRow.path).where(_under(under)))
             gone = [file_id for file_id, path in rows if path not in keep]
-            for start in range(0, len(gone), _CHUNK):
-                chunk = gone[start : start + _CHUNK]
+            for chunk in chunked(gone, _CHUNK):
                 session.execute(delete(AudioFileRow).where(AudioFileRow.id.in_(chunk)), execution_options=_NO_SYNC)
             return len(gone)
 
@@ -269,7 +269,7 @@ class Store:
                 id_list, blobs = _unzip(rows)
             else:
                 id_list, blobs = [], []
-                for chunk in _chunks(sorted(set(int(i) for i in ids))):
+                for chunk in chunked(sorted(set(int(i) for i in ids)), _CHUNK):
                     found, chunk_blobs = _unzip(session.execute(query.where(WindowVectorRow.window_id.in_(chunk))))
                     id_list += found
                     blobs += chunk_blobs
@@ -282,7 +282,7 @@ class Store:
         wanted = sorted({int(i) for i in window_ids if int(i) >= 0})
         details: dict[int, WindowDetails] = {}
         with self.session() as session:
-            for chunk in _chunks(wanted):
+            for chunk in chunked(wanted, _CHUNK):
                 query = (
                     select(WindowRow, AudioFileRow)
                     .join(AudioFileRow, WindowRow.file_id == AudioFileRow.id)
@@ -470,11 +470,6 @@ def _under(prefix: str | None) -> ColumnElement[bool]:
     if folder == "/":
         return AudioFileRow.path.startswith("/")
     return or_(AudioFileRow.path == folder[:-1], func.substr(AudioFileRow.path, 1, len(folder)) == folder)
-
-
-def _chunks(values: Sequence[int]) -> Iterator[Sequence[int]]:
-    for start in range(0, len(values), _CHUNK):
-        yield values[start : start + _CHUNK]
 
 
 def _unzip(rows: Iterable[Any]) -> tuple[list[int], list[bytes]]:
