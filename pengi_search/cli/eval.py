@@ -29,6 +29,7 @@ from .common import (
     ModelOption,
     QuietOption,
     UsageError,
+    fetches_model,
     handle_errors,
     options_from,
     out_console,
@@ -116,6 +117,7 @@ class _IndexChoices:
 
 @app.command()
 @handle_errors
+@fetches_model()
 def retrieval(
     captions: CaptionsArgument,
     audio_root: AudioRootOption = None,
@@ -157,6 +159,7 @@ def retrieval(
 
 @app.command()
 @handle_errors
+@fetches_model()
 def caption(
     captions: CaptionsArgument,
     audio_root: AudioRootOption = None,
@@ -326,6 +329,7 @@ def _cell(value: float | None) -> str:
 
 @app.command("classify")
 @handle_errors
+@fetches_model()
 @options_from(ScoringOptions, "scoring")
 def classify_files(
     target: Annotated[Path, typer.Argument(help="An audio file, or a folder (searched recursively).")],
