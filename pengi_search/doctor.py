@@ -206,8 +206,8 @@ def _check_model(path: Path, downloads: Path) -> tuple[dict[str, Any], list[Prob
         model = ModelDir.read(path)
     except CheckpointError as err:
         return data, [Problem(f"model {path.name}", err.reason, _reinstall(path.name, None))]
-    where, fix = f"model {model.name}", _reinstall(path.name, model.meta.get("source"))
-    data.update(name=model.name, variant=model.variant, source=model.meta.get("source"))
+    where, fix = f"model {path.name}", _reinstall(path.name, model.meta.get("source"))
+    data.update(variant=model.variant, source=model.meta.get("source"))
     data["download"] = _download_record(downloads)
     if not model.weights.is_file():
         return data, [Problem(where, f"{WEIGHTS_FILE} is missing", fix)]
