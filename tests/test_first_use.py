@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import http.server
 import json
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -65,7 +66,8 @@ def release(tiny_model_dir, tmp_path, monkeypatch) -> Iterator[Release]:
     config = ModelDir.read(tiny_model_dir).config
     monkeypatch.setattr(PengiConfig, "preset", classmethod(lambda cls, name: config))
     for variable in ("PENGI_SEARCH_OFFLINE", "HF_HUB_OFFLINE", "PENGI_SEARCH_AUTO_FETCH"):
-        monkeypatch.delenv(variable, raising=False)
+        monkeypatch.setenv(variable, "")  # recorded, so that what the command sets is undone after the test
+        monkeypatch.delenv(variable)
     yield Release(url, requests)
     server.shutdown()
     server.server_close()
@@ -148,6 +150,7 @@ def test_offline_mode_refuses_to_fetch_and_says_why(release, clip, isolated_home
     assert result.exit_code == 1
     assert f"{variable}=1 forbids network access" in result.stderr
     assert release.requests == [] and not _installed(isolated_home)
+    assert os.environ["HF_HUB_OFFLINE"] == "1"  # set for the Hugging Face libraries too (sentence-transformers)
 
 
 def test_offline_mode_still_installs_from_local_files(release, tiny_model_dir, tmp_path, isolated_home, monkeypatch):
