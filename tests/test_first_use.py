@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from pengi_search.cli import app, common
 from pengi_search.config import PengiConfig
+from pengi_search.db import Store
 from pengi_search.download import RELEASES, TOKENIZERS
 from pengi_search.model import Pengi
 from pengi_search.model_dir import ModelDir
@@ -115,6 +116,13 @@ def test_refusing_the_offer_writes_nothing(release, clip, isolated_home, answer)
     assert not (isolated_home / "models").exists()
 
 
+@pytest.mark.usefixtures("terminal")
+def test_mistakes_in_the_inputs_come_before_the_offer(release, tmp_path, isolated_home):
+    result = runner.invoke(app, ["classify", str(tmp_path / "x.wav"), "--labels", str(tmp_path / "none.txt")])
+    assert result.exit_code == 2 and "none.txt" in result.stderr and "Download" not in result.stderr
+    assert release.requests == []
+
+
 def test_a_script_gets_the_one_line_error_without_yes(release, clip, isolated_home):
     result = runner.invoke(app, ["describe", str(clip), *DESCRIBE])
     assert result.exit_code == 1
@@ -168,6 +176,8 @@ def test_query_offers_the_model_only_when_it_needs_it(release, clip, tmp_path, i
     quick = ("--workers", "0", "--beam", "1", "--max-len", "2", "--device", "cpu", "--quiet")
     indexed = runner.invoke(app, ["index", str(clip.parent), "--db", str(db), *quick, "--yes"])
     assert indexed.exit_code == 0, indexed.output
+    with Store.open(db) as store:  # the run that found no model stopped there, having indexed nothing
+        assert [(run.status, run.files_indexed) for run in store.runs()] == [("finished", 1), ("failed", 0)]
     for path in sorted((isolated_home / "models" / "base").rglob("*"), reverse=True):  # the model goes away,
         path.rmdir() if path.is_dir() else path.unlink()  # its verified download stays
     missing = runner.invoke(app, ["query", "a dog", "--db", str(db), "--json"])

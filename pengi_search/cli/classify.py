@@ -103,7 +103,7 @@ class ScoringOptions:
 
 
 @handle_errors
-@fetches_model()
+@fetches_model
 @options_from(ScoringOptions, "scoring")
 def classify(
     target: Annotated[Path, typer.Argument(help="An audio file, or a folder (searched recursively).")],

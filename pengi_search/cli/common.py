@@ -121,38 +121,33 @@ def options_from(group: type, parameter: str) -> Callable[[F], F]:
     return decorate
 
 
-def fetches_model(*, upfront: bool = True) -> Callable[[F], F]:
-    """Give a command `--yes` and the first-use download: a model it needs but is not installed is offered.
+def fetches_model(command: F) -> F:
+    """Give a command `--yes` and the first-use download: a model it needs but finds missing is offered.
 
-    `upfront`: the command always needs the model, so the offer comes before it starts (nothing half done).
-    Otherwise (`query` and `similar` need it for some libraries and files only) the offer comes when the command
-    finds the model missing, and the command runs again: those commands are read-only, so nothing is done twice.
+    The offer comes when the command finds the model missing, so that mistakes in its inputs are reported first
+    and commands that need no model for the library at hand (`query` on a sentence-transformers index) never ask.
+    After the download the command runs again from the start: what it did before it needed the model (checking
+    its inputs, scanning folders; `index` records that stopped run as failed, having indexed nothing) is repeated.
     """
+    signature = inspect.signature(command, eval_str=True)
+    yes = inspect.Parameter("yes", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=YesOption)
+    parameters = [*signature.parameters.values(), yes]
 
-    def decorate(command: F) -> F:
-        signature = inspect.signature(command, eval_str=True)
-        yes = inspect.Parameter("yes", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=YesOption)
-        parameters = [*signature.parameters.values(), yes]
+    @functools.wraps(command)
+    def wrapper(*args: Any, yes: bool = False, **kwargs: Any) -> Any:
+        from ..model_dir import ModelNotFoundError, release_to_fetch
 
-        @functools.wraps(command)
-        def wrapper(*args: Any, yes: bool = False, **kwargs: Any) -> Any:
-            from ..model_dir import ModelNotFoundError, release_to_fetch
-
-            spec = kwargs.get("model")
-            if not upfront:
-                try:
-                    return command(*args, **kwargs)
-                except ModelNotFoundError:
-                    if release_to_fetch(spec) is None:
-                        raise
-            ensure_model(spec, assume_yes=yes)
+        try:
             return command(*args, **kwargs)
+        except ModelNotFoundError:
+            if release_to_fetch(kwargs.get("model")) is None:
+                raise
+        ensure_model(kwargs.get("model"), assume_yes=yes)
+        return command(*args, **kwargs)
 
-        wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
-        wrapper.__annotations__ = {param.name: param.annotation for param in parameters}
-        return wrapper  # type: ignore[return-value]
-
-    return decorate
+    wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {param.name: param.annotation for param in parameters}
+    return wrapper  # type: ignore[return-value]
 
 
 def ensure_model(spec: str | None, *, assume_yes: bool) -> None:

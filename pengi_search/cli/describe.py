@@ -143,7 +143,7 @@ def _show(results: list[FileResult], *, json_output: bool, asked: bool) -> None:
 
 
 @handle_errors
-@fetches_model()
+@fetches_model
 @options_from(DescribeOptions, "options")
 def describe(
     files: FilesArgument,
@@ -173,7 +173,7 @@ def describe(
 
 
 @handle_errors
-@fetches_model()
+@fetches_model
 @options_from(DescribeOptions, "options")
 def ask(
     file: Annotated[Path, typer.Argument(help="Audio file.")],

@@ -117,7 +117,7 @@ class _IndexChoices:
 
 @app.command()
 @handle_errors
-@fetches_model()
+@fetches_model
 def retrieval(
     captions: CaptionsArgument,
     audio_root: AudioRootOption = None,
@@ -159,7 +159,7 @@ def retrieval(
 
 @app.command()
 @handle_errors
-@fetches_model()
+@fetches_model
 def caption(
     captions: CaptionsArgument,
     audio_root: AudioRootOption = None,
@@ -329,7 +329,7 @@ def _cell(value: float | None) -> str:
 
 @app.command("classify")
 @handle_errors
-@fetches_model()
+@fetches_model
 @options_from(ScoringOptions, "scoring")
 def classify_files(
     target: Annotated[Path, typer.Argument(help="An audio file, or a folder (searched recursively).")],

@@ -48,7 +48,7 @@ IndexTypeOption = Annotated[
 
 
 @handle_errors
-@fetches_model()
+@fetches_model
 def index(
     paths: Annotated[list[Path], typer.Argument(help="Folders (walked, following links) or files to index.")],
     db: DbOption = None,

@@ -107,7 +107,7 @@ def _show_hits(hits: list[Hit], *, json_output: bool, show_query_span: bool = Fa
 
 
 @handle_errors
-@fetches_model(upfront=False)
+@fetches_model
 @options_from(SearchOptions, "search")
 def query(
     text: Annotated[str, typer.Argument(help='What to look for, e.g. "dog barking in the rain".')],
@@ -133,7 +133,7 @@ def query(
 
 
 @handle_errors
-@fetches_model(upfront=False)
+@fetches_model
 @options_from(SearchOptions, "search")
 def similar(
     file: Annotated[Path, typer.Argument(help="An audio file (indexed or not).")],
