@@ -34,7 +34,11 @@ class CheckpointError(PengiSearchError):
     """A checkpoint or model directory that cannot be loaded; the message says why."""
 
 
-def _summarise(keys: list[str], limit: int = 8) -> str:
+class CheckpointMismatchError(CheckpointError):
+    """A readable checkpoint whose tensors are not those of the configured model (other sizes, or another model)."""
+
+
+def _summarise(keys: list[str], limit: int = 3) -> str:
     shown = ", ".join(keys[:limit])
     return f"{shown}, ... ({len(keys)} in all)" if len(keys) > limit else shown
 
@@ -55,7 +59,7 @@ def load_state_dict_strict(model: torch.nn.Module, state: Mapping[str, torch.Ten
         if keys
     ]
     if problems:
-        raise CheckpointError(source, "does not match the model: " + "; ".join(problems))
+        raise CheckpointMismatchError(source, "does not match the model: " + "; ".join(problems))
     model.load_state_dict(state, strict=True)
 
 

@@ -4,6 +4,10 @@
 local path. Bytes go to `<dest>.part` (with `<dest>.part.json` naming their source, so that a later call
 resumes only the same file), the sha256 is computed as they arrive, and the finished file is fsynced and
 renamed onto `dest`, so `dest` is either absent or complete. `<dest>.json` then records source, size, sha256.
+
+`fetch_release` keeps a finished download only for the URL it came from and while it still has its recorded
+checksum; a file that fails that check is moved aside (`<dest>.invalid`), never reused. `PENGI_SEARCH_OFFLINE=1`
+(or `HF_HUB_OFFLINE=1`) forbids every network access here: local sources and cached tokenizers still work.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import hashlib
 import http.client
 import io
 import json
+import logging
 import os
 import shutil
 import time
@@ -43,19 +48,24 @@ from pengi_search.hashing import file_sha256, sha256_hasher
 
 @dataclass(frozen=True)
 class Release:
-    """A released checkpoint: where it lives and which tokenizers (keys of `TOKENIZERS`) its variant uses."""
+    """A released checkpoint: where it lives, which tokenizers (keys of `TOKENIZERS`) its variant uses, and what
+    a person is told before it is downloaded (`summary`, `approx_size`)."""
 
     name: str
     url: str
     filename: str
     tokenizers: tuple[str, ...]
+    summary: str
+    approx_size: str  # as published; the exact size is what `download` measures and records
 
 
 # Hugging Face hub names of the tokenizers, keyed by the folder name they are saved under.
 TOKENIZERS: dict[str, str] = {"gpt2": "gpt2", "clip": "openai/clip-vit-base-patch16"}
 
-# Zenodo record 8387083. Sizes and digests are not pinned: `download` records what it measured in <dest>.json.
+# Zenodo record 8387083. Digests are not pinned: `download` records what it measured in <dest>.json.
 # base_no_text_enc feeds the prompt through GPT-2's own embeddings, so it needs no CLIP tokenizer.
+RELEASE_PAGE = "https://zenodo.org/records/8387083"
+RELEASE_LICENCE = f"the terms of the Zenodo record ({RELEASE_PAGE}); Microsoft's Pengi code is MIT-licensed"
 RELEASES: dict[str, Release] = {
     release.name: release
     for release in (
@@ -64,18 +74,29 @@ RELEASES: dict[str, Release] = {
             "https://zenodo.org/records/8387083/files/base.pth?download=1",
             "base.pth",
             ("gpt2", "clip"),
+            "Pengi with its CLIP text encoder (text search uses it)",
+            "about 2.2 GB",
         ),
         Release(
             "base_no_text_enc",
             "https://zenodo.org/records/8387083/files/base_no_text_enc.pth?download=1",
             "base_no_text_enc.pth",
             ("gpt2",),
+            "Pengi without a text encoder",
+            "about 2 GB",
         ),
     )
 }
+DEFAULT_RELEASE = "base"  # what commands use, and fetch on first use, when no model is named
 
 TOKENIZER_DIR = "tokenizers"  # tokenizers are saved under <directory>/tokenizers/<key> by `fetch_release`
+INVALID_SUFFIX = ".invalid"  # a download that failed validation is moved aside to <dest>.invalid
+OFFLINE_ENV = "PENGI_SEARCH_OFFLINE"
+_OFFLINE_ENVS = (OFFLINE_ENV, "HF_HUB_OFFLINE")
 _RETRIED_HTTP_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+log = logging.getLogger(__name__)
+Notify = Callable[[str], Any]  # receives one-line notices for the person running the command
 
 
 class DownloadError(PengiSearchError):
@@ -137,6 +158,8 @@ def download(
     dest = Path(dest)
     try:
         source, local = _resolve(url)
+        if local is None and (setting := offline_setting()):
+            raise _Failure(f"{setting} forbids network access; download it elsewhere and give its path", retry=False)
         dest.parent.mkdir(parents=True, exist_ok=True)
         part = _Part(dest.with_suffix(dest.suffix + ".part"), source)
         with _progress_bar(progress) as bar:
@@ -152,6 +175,15 @@ def download(
     except OSError as exc:
         raise DownloadError(url, dest, f"{exc.strerror or exc} ({exc.filename or dest})") from exc
     return result
+
+
+def offline_setting() -> str | None:
+    """The setting that forbids network access (`PENGI_SEARCH_OFFLINE=1` or `HF_HUB_OFFLINE=1`), or None."""
+    for name in _OFFLINE_ENVS:
+        value = os.environ.get(name, "")
+        if value.strip().upper() in {"1", "ON", "YES", "TRUE"}:  # what huggingface_hub accepts
+            return f"{name}={value}"
+    return None
 
 
 def verify_download(dest: Path) -> DownloadResult | None:
@@ -171,15 +203,18 @@ def fetch_tokenizer(name: str, dest: Path) -> Path:
     dest = Path(dest)
     staging = dest.with_name(dest.name + ".part")
     shutil.rmtree(staging, ignore_errors=True)
+    offline = None if Path(name).is_dir() else offline_setting()
     try:
-        AutoTokenizer.from_pretrained(name).save_pretrained(staging)
+        AutoTokenizer.from_pretrained(name, local_files_only=offline is not None).save_pretrained(staging)
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(staging, dest)
     except (OSError, ValueError) as exc:
         shutil.rmtree(staging, ignore_errors=True)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DownloadError(name, dest, f"cannot fetch tokenizer: {reason}") from exc
+        if offline:
+            reason = f"it is not in the Hugging Face cache and {offline} forbids downloading it"
+        raise DownloadError(name, dest, f"cannot fetch tokenizer: {reason} (--tokenizer-dir {dest.name}=PATH)") from exc
     return dest
 
 
@@ -191,20 +226,26 @@ def fetch_release(
     force: bool = False,
     checkpoint_url: str | None = None,
     tokenizer_sources: Mapping[str, str] | None = None,
+    notify: Notify = log.warning,
 ) -> FetchedRelease:
     """Fetch release `name` into `directory`: `<filename>`, and `tokenizers/<key>/` for each tokenizer it uses.
 
-    Files already there and intact are kept unless `force`. `checkpoint_url` replaces the Zenodo URL (a
-    mirror, or a file already downloaded) and `tokenizer_sources` the hub names (say local folders, offline).
+    A checkpoint already there is kept when it came from the same URL and still has the size and sha256 recorded
+    when it was downloaded; one that fails that check is moved aside (`notify` says so) and fetched again. `force`
+    starts over: the files, their records and any partial download are discarded. `checkpoint_url` replaces the
+    Zenodo URL (a mirror, or a file already downloaded) and `tokenizer_sources` the hub names (say local folders).
     """
     release = RELEASES.get(name)
     directory = Path(directory)
     if release is None:
         raise DownloadError(name, directory, f"unknown release; known: {', '.join(RELEASES)}")
     dest = directory / release.filename
-    checkpoint = None if force else verify_download(dest)
+    url = checkpoint_url or release.url
+    if force:
+        discard_download(dest)
+    checkpoint = _reusable(dest, url, notify)
     if checkpoint is None:
-        checkpoint = download(checkpoint_url or release.url, dest, progress=progress)
+        checkpoint = download(url, dest, progress=progress)
     sources = {**TOKENIZERS, **(tokenizer_sources or {})}
     tokenizers = {}
     for key in release.tokenizers:
@@ -213,6 +254,53 @@ def fetch_release(
             fetch_tokenizer(sources[key], target)
         tokenizers[key] = target
     return FetchedRelease(checkpoint, tokenizers)
+
+
+def set_aside(dest: Path) -> Path:
+    """Move a download that failed validation, with its record, to `<dest>.invalid` (replacing an older one)."""
+    aside = dest.with_name(dest.name + INVALID_SUFFIX)
+    os.replace(dest, aside)
+    _sidecar(aside).unlink(missing_ok=True)
+    if _sidecar(dest).exists():
+        os.replace(_sidecar(dest), _sidecar(aside))
+    return aside
+
+
+def discard_download(dest: Path) -> None:
+    """Forget `dest`, its record and any partial download of it: the next `download` starts from byte 0."""
+    part = dest.with_name(dest.name + ".part")
+    for path in (dest, _sidecar(dest), part, _sidecar(part)):
+        path.unlink(missing_ok=True)
+
+
+def _reusable(dest: Path, url: str, notify: Notify) -> DownloadResult | None:
+    """The finished download at `dest` if it came from `url` and is intact.
+
+    A file from another URL stays until the new download replaces it; a file that fails its checksum is moved
+    aside at once, so that it is neither reused nor mistaken for the start of the new download.
+    """
+    if not dest.exists():
+        return None
+    recorded = _read_json(_sidecar(dest)).get("url")
+    if recorded is not None and recorded != _source_or_none(url):
+        notify(f"{dest} was downloaded from {recorded}; fetching {url} instead")
+        return None
+    result = verify_download(dest)
+    if result is None:
+        aside = set_aside(dest)
+        notify(
+            f"{dest} failed validation (its size or sha256 is not what was recorded when it was downloaded): "
+            f"moved aside to {aside.name}; downloading it again"
+        )
+    return result
+
+
+def _source_or_none(url: str) -> str | None:
+    """The canonical source of `url` (as records hold it); None when `download` would refuse it anyway."""
+    try:
+        return _resolve(url)[0]
+    except _Failure:
+        return None
 
 
 class _Part:

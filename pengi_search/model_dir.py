@@ -18,7 +18,7 @@ from typing import Any
 
 from .checkpoint import CheckpointError
 from .config import PengiConfig
-from .download import RELEASES
+from .download import DEFAULT_RELEASE, RELEASES
 from .paths import models_dir
 from .tokenization import TOKENIZER_DIR, Tokenizers
 
@@ -37,6 +37,24 @@ class ModelNotFoundError(CheckpointError):
 
 def is_model_dir(path: Path) -> bool:
     return (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+
+
+def _candidates(spec: str) -> tuple[Path, Path]:
+    """Where `--model spec` may be: a directory, or the name of an installed model."""
+    return Path(spec).expanduser(), models_dir() / spec
+
+
+def release_to_fetch(spec: str | None = None) -> str | None:
+    """The release to fetch for `ModelDir.resolve(spec)` to find a model, when it finds none now.
+
+    None when a model is found, and when `spec` names something no release provides (a folder, an imported model).
+    """
+    spec = spec or os.environ.get(MODEL_ENV)
+    if spec:
+        found = any(is_model_dir(candidate) for candidate in _candidates(spec))
+        return spec if not found and spec in RELEASES else None
+    installed = any(is_model_dir(models_dir() / name) for name in RELEASES)
+    return None if installed else DEFAULT_RELEASE
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,7 +83,7 @@ class ModelDir:
         """The model that `--model spec` (or the environment, or the installed defaults) names."""
         spec = spec or os.environ.get(MODEL_ENV)
         if spec:
-            for candidate in (Path(spec).expanduser(), models_dir() / spec):
+            for candidate in _candidates(spec):
                 if is_model_dir(candidate):
                     return cls.read(candidate)
             raise ModelNotFoundError("", f"no Pengi model at {spec!r}: {FETCH_HINT}")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -26,3 +27,16 @@ def isolated_home(tmp_path, monkeypatch) -> Path:
     monkeypatch.delenv("PENGI_SEARCH_MODEL", raising=False)
     monkeypatch.delenv("PENGI_SEARCH_DB", raising=False)
     return home
+
+
+@pytest.fixture
+def no_internet(monkeypatch) -> None:
+    """Fail any connection that leaves the machine (the download tests use servers on 127.0.0.1)."""
+    connect = socket.socket.connect
+
+    def loopback_only(sock: socket.socket, address: object) -> None:
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in ("127.0.0.1", "::1"):
+            raise AssertionError(f"test tried to reach {address}")
+        connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", loopback_only)

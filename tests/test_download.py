@@ -28,6 +28,8 @@ from pengi_search.download import (
     verify_download,
 )
 
+pytestmark = pytest.mark.usefixtures("no_internet")
+
 PAYLOAD = random.Random(0).randbytes(300_000)
 CHUNK = 1 << 16
 FAST = {"chunk_size": CHUNK, "backoff": 0.0, "progress": False}
@@ -106,19 +108,6 @@ class RangeHandler(BaseHTTPRequestHandler):
 class _StateServer(ThreadingHTTPServer):
     daemon_threads = True
     state: ServerState
-
-
-@pytest.fixture(autouse=True)
-def no_internet(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fail any connection that leaves the machine."""
-    connect = socket.socket.connect
-
-    def loopback_only(sock: socket.socket, address: object) -> None:
-        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in ("127.0.0.1", "::1"):
-            raise AssertionError(f"test tried to reach {address}")
-        connect(sock, address)
-
-    monkeypatch.setattr(socket.socket, "connect", loopback_only)
 
 
 @pytest.fixture
@@ -390,3 +379,74 @@ def test_release_table_points_at_the_zenodo_record() -> None:
         assert release.url == f"https://zenodo.org/records/8387083/files/{name}.pth?download=1"
         assert set(release.tokenizers) <= set(TOKENIZERS)
     assert TOKENIZERS == {"gpt2": "gpt2", "clip": "openai/clip-vit-base-patch16"}
+
+
+def test_a_changed_url_starts_a_new_download(server: ServerState, tmp_path: Path) -> None:
+    tokenizer = _local_tokenizer(tmp_path / "tok")
+    mirror = tmp_path / "mirror" / "base_no_text_enc.pth"
+    mirror.parent.mkdir()
+    mirror.write_bytes(PAYLOAD[::-1])
+    notices: list[str] = []
+    options = {"tokenizer_sources": {"gpt2": str(tokenizer)}, "progress": False, "notify": notices.append}
+    fetch_release("base_no_text_enc", tmp_path / "dl", checkpoint_url=server.url, **options)
+    fetched = fetch_release("base_no_text_enc", tmp_path / "dl", checkpoint_url=str(mirror), **options)
+    assert fetched.checkpoint.sha256 == _sha(PAYLOAD[::-1])  # not the file the first URL gave
+    record = json.loads((tmp_path / "dl" / "base_no_text_enc.pth.json").read_text())
+    assert record["url"] == mirror.as_uri()
+    assert notices == [f"{fetched.checkpoint.path} was downloaded from {server.url}; fetching {mirror} instead"]
+    again = fetch_release("base_no_text_enc", tmp_path / "dl", checkpoint_url=server.url, **options)
+    assert again.checkpoint.sha256 == _sha(PAYLOAD) and len(server.requests) == 2
+
+
+@pytest.mark.parametrize("damage", ["bytes", "record"])
+def test_a_download_failing_validation_is_moved_aside(server: ServerState, tmp_path: Path, damage: str) -> None:
+    tokenizer = _local_tokenizer(tmp_path / "tok")
+    notices: list[str] = []
+    options = {"checkpoint_url": server.url, "tokenizer_sources": {"gpt2": str(tokenizer)}, "progress": False}
+    dest = fetch_release("base_no_text_enc", tmp_path / "dl", **options).checkpoint.path
+    damaged = PAYLOAD[:-1] + b"\0"
+    if damage == "bytes":
+        dest.write_bytes(damaged)  # same size, other bytes: only the sha256 tells
+    else:
+        dest.write_bytes(damaged)
+        dest.with_name(dest.name + ".json").unlink()  # a file nobody recorded is not trusted either
+    fetched = fetch_release("base_no_text_enc", tmp_path / "dl", notify=notices.append, **options)
+    aside = tmp_path / "dl" / "base_no_text_enc.pth.invalid"
+    assert fetched.checkpoint.sha256 == _sha(PAYLOAD) and dest.read_bytes() == PAYLOAD
+    assert aside.read_bytes() == damaged
+    assert len(server.requests) == 2
+    assert len(notices) == 1 and "failed validation" in notices[0]
+    assert "moved aside to base_no_text_enc.pth.invalid; downloading it again" in notices[0]
+    assert aside.with_name(aside.name + ".json").exists() == (damage == "bytes")  # its record goes with it
+
+
+def test_force_starts_over_without_resuming(server: ServerState, tmp_path: Path) -> None:
+    tokenizer = _local_tokenizer(tmp_path / "tok")
+    dest = tmp_path / "dl" / "base_no_text_enc.pth"
+    server.cuts = [100_000]
+    with pytest.raises(DownloadError):
+        download(server.url, dest, retries=0, **FAST)
+    assert _part(dest).stat().st_size == 100_000
+    options = {"checkpoint_url": server.url, "tokenizer_sources": {"gpt2": str(tokenizer)}, "progress": False}
+    fetched = fetch_release("base_no_text_enc", tmp_path / "dl", force=True, **options)
+    assert fetched.checkpoint.sha256 == _sha(PAYLOAD)
+    assert server.requests[-1].get("Range") is None  # the partial download was discarded, not resumed
+    _assert_complete(dest, PAYLOAD)
+
+
+@pytest.mark.parametrize("variable", ["PENGI_SEARCH_OFFLINE", "HF_HUB_OFFLINE"])
+def test_offline_mode_refuses_the_network_but_not_local_files(
+    server: ServerState, tmp_path: Path, monkeypatch, variable: str
+) -> None:
+    monkeypatch.setenv(variable, "1")
+    with pytest.raises(DownloadError, match=f"{variable}=1 forbids network access"):
+        download(server.url, tmp_path / "a" / "base.pth", **FAST)
+    assert server.requests == [] and not (tmp_path / "a").exists()
+    source = tmp_path / "base.pth"
+    source.write_bytes(PAYLOAD)
+    download(str(source), tmp_path / "b" / "base.pth", **FAST)
+    _assert_complete(tmp_path / "b" / "base.pth", PAYLOAD)
+    with pytest.raises(DownloadError, match=f"not in the Hugging Face cache and {variable}=1 forbids downloading it"):
+        fetch_tokenizer("some-org/some-tokenizer", tmp_path / "tokenizers" / "gpt2")
+    saved = fetch_tokenizer(str(_local_tokenizer(tmp_path / "tok")), tmp_path / "tokenizers" / "gpt2")
+    assert (saved / "tokenizer_config.json").is_file()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import threading
 from pathlib import Path
 
@@ -146,3 +147,95 @@ def test_base_no_text_enc_model_directory_round_trip(tmp_path):
     assert model.caption_encoder is None
     with pytest.raises(CheckpointError, match="no text encoder"):
         TextEncoder.from_model_dir(ModelDir.read(directory))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# `model import` and `model fetch` from the command line
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from pengi_search.cli import app
+
+    return CliRunner().invoke(app, [str(arg) for arg in args])
+
+
+@pytest.fixture()
+def no_tokenizer_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+
+
+def test_import_without_tokenizers_fails_unless_asked(tiny_pair, tiny_model_dir, isolated_home, no_tokenizer_cache):
+    _, path = tiny_pair
+    config = tiny_model_dir / "config.json"  # `--config` takes a model directory's config.json as it is
+    result = _cli("model", "import", path, "--name", "mine", "--config", config)
+    assert result.exit_code == 1, result.output
+    reason = "not given with --tokenizer-dir and not in the Hugging Face cache"
+    assert f"no usable gpt2 tokenizer ({reason})" in result.stderr
+    assert "pass --tokenizer-dir gpt2=PATH, or --no-tokenizers" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (isolated_home / "models" / "mine").exists()
+    assert not (isolated_home / "models" / ".mine.importing").exists()
+
+    result = _cli("model", "import", path, "--name", "mine", "--config", config, "--no-tokenizers")
+    assert result.exit_code == 0, result.output
+    assert "the gpt2 tokenizer was not installed" in result.stderr
+    assert "the clip tokenizer was not installed" in result.stderr
+    assert ModelDir.resolve("mine").tokenizer_dir("gpt2").exists() is False
+
+
+def test_import_refuses_a_tokenizer_larger_than_the_vocabulary(tiny_pair, tiny_model_dir, tmp_path, isolated_home):
+    from pengi_search.testing import clip_like_tokenizer
+
+    _, path = tiny_pair
+    big = tmp_path / "big-tokenizer"
+    clip_like_tokenizer(vocab_size=600).save_pretrained(big)
+    gpt2_size = ModelDir.read(tiny_model_dir).config.decoder.vocab_size
+    result = _cli(
+        "model", "import", path, "--name", "mine", "--config", tiny_model_dir / "config.json",
+        "--tokenizer-dir", f"gpt2={big}", "--tokenizer-dir", f"clip={tiny_model_dir / TOKENIZER_DIR / 'clip'}",
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert f"no usable gpt2 tokenizer ({big} has " in result.stderr
+    assert f"tokens, the model only {gpt2_size})" in result.stderr
+    assert not (isolated_home / "models" / "mine").exists()
+    result = _cli("model", "import", path, "--tokenizer-dir", "gpt2")
+    assert result.exit_code == 2 and "is not KIND=PATH" in result.stderr
+
+
+def test_a_key_mismatch_names_a_few_keys_and_suggests_config(tiny_pair, tiny_model_dir, tmp_path, monkeypatch):
+    from pengi_search.config import PengiConfig
+    from pengi_search.testing import tiny_config
+
+    _, path = tiny_pair
+    other = tiny_config()
+    other = PengiConfig.from_dict({**other.to_dict(), "d_proj": 16})  # other sizes than the checkpoint's
+    (tmp_path / "other.json").write_text(json.dumps(other.to_dict()))
+    result = _cli("model", "import", path, "--config", tmp_path / "other.json")
+    assert result.exit_code == 1
+    message = result.stderr.strip()
+    assert "does not match the model: wrong shapes: " in message and " in all)" in message
+    assert message.endswith(f"is {tmp_path / 'other.json'} this checkpoint's configuration?")
+    assert len(message) < 600  # it was 1.2 kB: the first three keys of each kind, and the count
+
+    monkeypatch.setattr(PengiConfig, "preset", classmethod(lambda cls, name: other))  # as if released at other sizes
+    result = _cli("model", "import", path)
+    assert result.exit_code == 1
+    assert result.stderr.strip().endswith("pass its configuration with --config FILE")
+
+
+def test_a_fetched_file_that_is_no_checkpoint_is_moved_aside(tiny_pair, tiny_model_dir, tmp_path, isolated_home):
+    model, path = tiny_pair
+    page = tmp_path / "error-page.html"
+    page.write_text("<html>rate limited</html>")
+    sources = {kind: str(tiny_model_dir / TOKENIZER_DIR / kind) for kind in ("gpt2", "clip")}
+    options = {"tokenizer_sources": sources, "config": model.cfg, "progress": False}
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint.*moved it aside to base.pth.invalid"):
+        fetch_model("base", url=str(page), **options)
+    downloads = isolated_home / "models" / "downloads" / "base"
+    assert (downloads / "base.pth.invalid").read_text() == "<html>rate limited</html>"
+    assert not (downloads / "base.pth").exists()
+    target, missing = fetch_model("base", url=str(path), **options)
+    assert missing == [] and ModelDir.resolve().path == target

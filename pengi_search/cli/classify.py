@@ -30,6 +30,7 @@ from .common import (
     QuietOption,
     UsageError,
     err_console,
+    fetches_model,
     handle_errors,
     options_from,
     out_console,
@@ -102,6 +103,7 @@ class ScoringOptions:
 
 
 @handle_errors
+@fetches_model
 @options_from(ScoringOptions, "scoring")
 def classify(
     target: Annotated[Path, typer.Argument(help="An audio file, or a folder (searched recursively).")],

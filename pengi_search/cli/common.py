@@ -13,13 +13,17 @@ import os
 import sys
 import typing
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 
 from ..choices import Device
 from ..errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, PengiSearchError, UsageError
+
+if TYPE_CHECKING:
+    from ..download import Release
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "UsageError"]
 
@@ -44,6 +48,13 @@ DbOption = Annotated[
     ),
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+AUTO_FETCH_ENV = "PENGI_SEARCH_AUTO_FETCH"
+YesOption = Annotated[
+    bool,
+    typer.Option(
+        "--yes", "-y", help="No model installed: download it without asking \\[env: PENGI_SEARCH_AUTO_FETCH=1]."
+    ),
+]
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -108,6 +119,95 @@ def options_from(group: type, parameter: str) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def fetches_model(command: F) -> F:
+    """Give a command `--yes` and the first-use download: a model it needs but finds missing is offered.
+
+    The offer comes when the command finds the model missing, so that mistakes in its inputs are reported first
+    and commands that need no model for the library at hand (`query` on a sentence-transformers index) never ask.
+    After the download the command runs again from the start: what it did before it needed the model (checking
+    its inputs, scanning folders; `index` records that stopped run as failed, having indexed nothing) is repeated.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    yes = inspect.Parameter("yes", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=YesOption)
+    parameters = [*signature.parameters.values(), yes]
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, yes: bool = False, **kwargs: Any) -> Any:
+        from ..model_dir import ModelNotFoundError, release_to_fetch
+
+        try:
+            return command(*args, **kwargs)
+        except ModelNotFoundError:
+            if release_to_fetch(kwargs.get("model")) is None:
+                raise
+        ensure_model(kwargs.get("model"), assume_yes=yes)
+        return command(*args, **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {param.name: param.annotation for param in parameters}
+    return wrapper  # type: ignore[return-value]
+
+
+def ensure_model(spec: str | None, *, assume_yes: bool) -> None:
+    """Install the release that `--model spec` (or the default) names when no model is found, with consent.
+
+    In a terminal the person is told what would be downloaded and asked once; elsewhere only `--yes` or
+    `PENGI_SEARCH_AUTO_FETCH=1` allow it, and offline mode never does. Refusals are one-line errors (exit 1).
+    """
+    from ..download import RELEASES, offline_setting
+    from ..model_dir import release_to_fetch
+    from ..paths import models_dir
+
+    name = release_to_fetch(spec)
+    if name is None:
+        return
+    missing = f"the Pengi model {name} is not installed"
+    if setting := offline_setting():
+        fail(f"{missing} and {setting} forbids downloading it: `pengi-search model import PATH` installs a copy")
+    hint = f"`pengi-search model fetch {name}` installs it"
+    if not (assume_yes or os.environ.get(AUTO_FETCH_ENV, "").strip() == "1"):
+        if not can_ask():
+            fail(f"{missing}: {hint}, or pass --yes to fetch it now")
+        err_console.print(f"{missing}. It can be downloaded now:", soft_wrap=True)
+        err_console.print(release_details(RELEASES[name], models_dir() / name), markup=False, soft_wrap=True)
+        if not _confirm("Download it now?"):
+            fail(f"nothing was downloaded; {hint}")
+    else:
+        release = RELEASES[name]
+        err_console.print(f"{missing}: fetching it ({release.approx_size}) from {release.url}", soft_wrap=True)
+    from ..models import fetch_model
+
+    target, _ = fetch_model(name, notify=warn)
+    err_console.print(f"installed {target}", markup=False, soft_wrap=True)
+
+
+def release_details(release: Release, target: Path) -> str:
+    """What a download of `release` fetches, from where, under which terms, and where it goes."""
+    from ..download import RELEASE_LICENCE, TOKENIZERS
+
+    hub_names = ", ".join(TOKENIZERS[key] for key in release.tokenizers)
+    rows = {
+        release.name: f"{release.summary}, {release.approx_size}",
+        "from": release.url,
+        "tokenizers": f"{hub_names}, from the Hugging Face hub (a few MB)",
+        "licence": RELEASE_LICENCE,
+        "into": str(target),
+    }
+    return "\n".join(f"  {label:<11} {text}" for label, text in rows.items())
+
+
+def can_ask() -> bool:
+    """Whether a person can answer a question: stdin and stderr are terminals (not a script, a pipe or CI)."""
+    return sys.stdin is not None and sys.stdin.isatty() and err_console.is_terminal
+
+
+def _confirm(question: str) -> bool:
+    try:
+        return typer.confirm(question, default=True, err=True)
+    except typer.Abort:  # end of input or Ctrl-C at the prompt: no consent
+        return False
 
 
 def shown_path(path: str) -> str:

@@ -20,6 +20,7 @@ from .common import (
     ModelOption,
     QuietOption,
     err_console,
+    fetches_model,
     handle_errors,
     options_from,
     out_console,
@@ -142,6 +143,7 @@ def _show(results: list[FileResult], *, json_output: bool, asked: bool) -> None:
 
 
 @handle_errors
+@fetches_model
 @options_from(DescribeOptions, "options")
 def describe(
     files: FilesArgument,
@@ -171,6 +173,7 @@ def describe(
 
 
 @handle_errors
+@fetches_model
 @options_from(DescribeOptions, "options")
 def ask(
     file: Annotated[Path, typer.Argument(help="Audio file.")],

@@ -29,6 +29,7 @@ from .common import (
     ModelOption,
     QuietOption,
     UsageError,
+    fetches_model,
     handle_errors,
     options_from,
     out_console,
@@ -120,6 +121,7 @@ class EvalSet:
 
 @app.command()
 @handle_errors
+@fetches_model
 @options_from(EvalSet, "evalset")
 def retrieval(
     captions: CaptionsArgument,
@@ -148,6 +150,7 @@ def retrieval(
 
 @app.command()
 @handle_errors
+@fetches_model
 @options_from(EvalSet, "evalset")
 def caption(
     captions: CaptionsArgument,
@@ -304,6 +307,7 @@ def _cell(value: float | None) -> str:
 
 @app.command("classify")
 @handle_errors
+@fetches_model
 @options_from(ScoringOptions, "scoring")
 def classify_files(
     target: Annotated[Path, typer.Argument(help="An audio file, or a folder (searched recursively).")],

@@ -27,6 +27,7 @@ from .common import (
     UsageError,
     err_console,
     fail,
+    fetches_model,
     handle_errors,
     out_console,
     print_json,
@@ -47,6 +48,7 @@ IndexTypeOption = Annotated[
 
 
 @handle_errors
+@fetches_model
 def index(
     paths: Annotated[list[Path], typer.Argument(help="Folders (walked, following links) or files to index.")],
     db: DbOption = None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -9,7 +11,17 @@ import typer
 
 from ..choices import Choice
 from ..download import RELEASES
-from .common import JsonOption, ModelOption, QuietOption, err_console, handle_errors, out_console, print_json, warn
+from .common import (
+    JsonOption,
+    ModelOption,
+    QuietOption,
+    UsageError,
+    err_console,
+    handle_errors,
+    out_console,
+    print_json,
+    warn,
+)
 
 # The released checkpoints `model fetch` can download, as a choice; `download.RELEASES` is where they are listed.
 ReleaseName = Choice("ReleaseName", [(name, name) for name in RELEASES], module=__name__)
@@ -19,6 +31,10 @@ app = typer.Typer(help="Download, import and inspect Pengi models.", no_args_is_
 ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", help="JSON model configuration, for checkpoints not of the released sizes."),
+]
+TokenizerDirOption = Annotated[
+    list[str] | None,
+    typer.Option("--tokenizer-dir", help="KIND=PATH of a local tokenizer (gpt2=..., clip=...), for offline use."),
 ]
 
 
@@ -33,12 +49,38 @@ def _read_config(path: Path | None):
     return PengiConfig.from_dict(data.get("config", data))
 
 
+def _tokenizer_sources(items: list[str] | None) -> dict[str, str]:
+    sources = {}
+    for item in items or []:
+        kind, separator, path = item.partition("=")
+        if not separator or kind not in ("gpt2", "clip") or not path:
+            raise UsageError("--tokenizer-dir", f"{item!r} is not KIND=PATH with KIND gpt2 or clip")
+        sources[kind] = path
+    return sources
+
+
+@contextlib.contextmanager
+def _config_hint(config: Path | None) -> Iterator[None]:
+    """Say what to do about a checkpoint whose tensors are not the model's: name its configuration."""
+    from ..checkpoint import CheckpointError, CheckpointMismatchError
+
+    try:
+        yield
+    except CheckpointMismatchError as err:
+        hint = (
+            f"is {config} this checkpoint's configuration?"
+            if config
+            else "for a checkpoint of other sizes than the released ones, pass its configuration with --config FILE"
+        )
+        raise CheckpointError(err.where, f"{err.reason}. {hint}") from err
+
+
 def _report(target: Path, missing: list[str]) -> None:
     err_console.print(f"installed [bold]{target}[/]")
     for kind in missing:
         warn(
-            f"the {kind} tokenizer was not found; copy one into {target / 'tokenizer' / kind} "
-            "(or re-run with --tokenizer-dir) before using this model"
+            f"the {kind} tokenizer was not installed; copy one into {target / 'tokenizer' / kind} "
+            "(or import again with --tokenizer-dir) before using this model"
         )
 
 
@@ -49,25 +91,33 @@ def fetch(
         ReleaseName, typer.Argument(help="The release: base has a CLIP text encoder, base_no_text_enc none.")
     ] = ReleaseName.base,  # type: ignore[attr-defined]
     url: Annotated[str | None, typer.Option("--url", help="Download from this mirror or local file instead.")] = None,
-    tokenizer_dir: Annotated[
-        list[str] | None,
-        typer.Option("--tokenizer-dir", help="KIND=PATH of a local tokenizer (gpt2=..., clip=...), for offline use."),
-    ] = None,
+    tokenizer_dir: TokenizerDirOption = None,
     config: ConfigOption = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Start over: discard what an earlier fetch downloaded, even if intact.")
+    ] = False,
     quiet: QuietOption = False,
 ) -> None:
     """Download a released Pengi checkpoint (Zenodo record 8387083) and its tokenizers, and install them.
 
-    The download resumes where it stopped if interrupted; the file's size and sha256 are recorded.
+    An interrupted download resumes where it stopped; the file's URL, size and sha256 are recorded. A later fetch
+    reuses it only for the same URL and while its sha256 still matches; a file that fails that check is moved
+    aside (to NAME.pth.invalid) and downloaded again.
 
     Example: pengi-search model fetch base
     """
     from ..models import fetch_model
 
-    sources = dict(item.split("=", 1) for item in tokenizer_dir or [])
-    target, missing = fetch_model(
-        name, url=url, tokenizer_sources=sources, config=_read_config(config), progress=not quiet
-    )
+    with _config_hint(config):
+        target, missing = fetch_model(
+            name,
+            url=url,
+            tokenizer_sources=_tokenizer_sources(tokenizer_dir),
+            config=_read_config(config),
+            progress=not quiet,
+            force=force,
+            notify=warn,
+        )
     _report(target, missing)
 
 
@@ -76,19 +126,31 @@ def fetch(
 def import_(
     path: Annotated[Path, typer.Argument(help="A checkpoint in the released format (.pth), obtained elsewhere.")],
     name: Annotated[str | None, typer.Option("--name", help="Name to install it under (default: file name).")] = None,
-    tokenizer_dir: Annotated[
-        list[str] | None, typer.Option("--tokenizer-dir", help="KIND=PATH of a local tokenizer (gpt2=..., clip=...).")
-    ] = None,
+    tokenizer_dir: TokenizerDirOption = None,
+    no_tokenizers: Annotated[
+        bool,
+        typer.Option("--no-tokenizers", help="Install even without the tokenizers (the model cannot run until added)."),
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Convert a Pengi checkpoint file into an installed model directory (safetensors + config + tokenizers).
+
+    The tokenizers come from --tokenizer-dir, else from the Hugging Face cache; without them nothing is installed
+    (exit 1), unless --no-tokenizers.
 
     Example: pengi-search model import ~/Downloads/base.pth
     """
     from ..models import import_checkpoint
 
-    sources = {k: Path(v) for k, v in (item.split("=", 1) for item in tokenizer_dir or [])}
-    target, missing = import_checkpoint(path, name or path.stem, config=_read_config(config), tokenizer_sources=sources)
+    sources: dict[str, Path | str] = {kind: Path(p) for kind, p in _tokenizer_sources(tokenizer_dir).items()}
+    with _config_hint(config):
+        target, missing = import_checkpoint(
+            path,
+            name or path.stem,
+            config=_read_config(config),
+            tokenizer_sources=sources,
+            require_tokenizers=not no_tokenizers,
+        )
     _report(target, missing)
 
 

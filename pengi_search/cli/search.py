@@ -20,6 +20,7 @@ from .common import (
     ModelOption,
     UsageError,
     err_console,
+    fetches_model,
     handle_errors,
     options_from,
     out_console,
@@ -106,6 +107,7 @@ def _show_hits(hits: list[Hit], *, json_output: bool, show_query_span: bool = Fa
 
 
 @handle_errors
+@fetches_model
 @options_from(SearchOptions, "search")
 def query(
     text: Annotated[str, typer.Argument(help='What to look for, e.g. "dog barking in the rain".')],
@@ -131,6 +133,7 @@ def query(
 
 
 @handle_errors
+@fetches_model
 @options_from(SearchOptions, "search")
 def similar(
     file: Annotated[Path, typer.Argument(help="An audio file (indexed or not).")],

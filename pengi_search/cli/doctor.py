@@ -1,0 +1,112 @@
+"""`doctor`: whether this installation is healthy, and the command that fixes each problem found."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.markup import escape
+
+from .common import EXIT_FAILED, EXIT_OK, DbOption, JsonOption, handle_errors, out_console, print_json
+
+if TYPE_CHECKING:
+    from ..doctor import Report
+
+
+@handle_errors
+def doctor(db: DbOption = None, json_output: JsonOption = False) -> None:
+    """Check this installation, and say how to fix each problem found.
+
+    Versions and builds (torch, CUDA, faiss, PyAV's codecs), devices, threads, the installed models (sizes,
+    checksums, tokenizers), the database (schema, counts, integrity), its FAISS files and runs left "running".
+    Exit code 0 when healthy, 1 otherwise.
+
+    Example: pengi-search doctor --json
+    """
+    from ..doctor import diagnose
+
+    report = diagnose(db)
+    if json_output:
+        print_json(report.to_json())
+    else:
+        _print_report(report)
+    raise typer.Exit(EXIT_OK if report.healthy else EXIT_FAILED)
+
+
+def _print_report(report: Report) -> None:
+    for title, rows in (
+        ("software", _software(report.environment)),
+        ("devices", _devices(report.devices)),
+        ("models", _models(report.models)),
+        ("database", _database(report.database)),
+    ):
+        out_console.print(f"[bold]{title}[/]")
+        for label, text in rows:
+            out_console.print(f"  {label:<14} {escape(text)}", soft_wrap=True)
+    for note in report.notes:
+        out_console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+    if report.healthy:
+        out_console.print("[green]healthy[/]: no problem found")
+        return
+    out_console.print(f"[bold red]{len(report.problems)} problem(s)[/]")
+    for problem in report.problems:
+        out_console.print(f"[red]-[/] {escape(problem.where)}: {escape(problem.what)}", soft_wrap=True)
+        out_console.print(f"  fix: {escape(problem.fix)}", soft_wrap=True)
+
+
+def _software(env: dict[str, Any]) -> list[tuple[str, str]]:
+    torch, faiss, av, sf = env["torch"], env["faiss"], env["av"], env["soundfile"]
+    missing = [name for name, present in av["decoders"].items() if not present]
+    return [
+        ("python", f"{env['python']} ({env['platform']})"),
+        ("pengi-search", env["pengi_search"]),
+        ("torch", f"{torch['version']}, CUDA {torch['cuda'] or 'none (CPU build)'}, MPS built {torch['mps_built']}"),
+        ("transformers", str(env["transformers"])),
+        ("faiss", f"{faiss['version']} ({'GPU' if faiss['gpu_build'] else 'CPU'} build)"),
+        ("PyAV", f"{av['version']}, libavcodec {av['libavcodec']}, decoders missing: {', '.join(missing) or 'none'}"),
+        ("soundfile", f"{sf['version']} (libsndfile {sf['libsndfile']})"),
+        ("network", f"off ({env['offline']})" if env["offline"] else "allowed (model fetch, first use)"),
+    ]
+
+
+def _devices(devices: dict[str, Any]) -> list[tuple[str, str]]:
+    gpus = ", ".join(f"{gpu['index']}: {gpu['name']} ({gpu['memory_gib']} GiB)" for gpu in devices["cuda"])
+    return [
+        ("cuda", gpus or "no GPU visible"),
+        ("mps", "available" if devices["mps"] else "not available"),
+        ("--device auto", devices["auto_device"]),
+        ("threads", f"torch {devices['torch_threads']}, faiss {devices['faiss_threads']}"),
+        ("cpus", f"{devices['usable_cpus']} usable of {devices['cpus']}"),
+    ]
+
+
+def _models(models: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = [("directory", models["directory"]), ("default", models["default"] or "none")]
+    for model in models["installed"]:
+        checksum = {True: "sha256 ok", False: "sha256 MISMATCH", None: "unchecked"}[model.get("checksum_ok")]
+        tokenizers = ", ".join(f"{kind} {where or 'MISSING'}" for kind, where in model.get("tokenizers", {}).items())
+        size = f"{model['bytes'] / 2**30:.2f} GiB"
+        rows.append((model["name"], f"{model.get('variant', '?')}, {size}, {checksum}; tokenizers: {tokenizers}"))
+    return rows
+
+
+def _database(db: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = [("url", db["url"])]
+    if not db["exists"]:
+        return [*rows, ("state", "not created yet (`pengi-search index PATH` creates it)")]
+    if "files" not in db:  # unreadable, or at another schema revision: the problem says which
+        return [*rows, ("schema", str(db.get("schema_revision", "unknown")))]
+    files = db["files"]
+    counts = f"{files['indexed']} indexed, {files['pending']} pending, {files['error']} failed"
+    rows += [
+        ("schema", str(db["schema_revision"])),
+        ("integrity", str(db.get("integrity", "not checked (not SQLite)"))),
+        ("files", f"{files['total']} ({counts})"),
+        ("windows", f"{db['windows']}, texts {db['texts']}, audio {db['indexed_audio_s'] / 3600:.2f} h"),
+        ("running runs", str(len(db["running_runs"]))),
+    ]
+    for kind, info in db["vector_indexes"].items():
+        rows.append(
+            (f"{kind} index", f"{info['state']}, {info.get('vectors', 0)} of {info['database_vectors']} vectors")
+        )
+    return rows

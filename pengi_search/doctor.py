@@ -1,0 +1,395 @@
+"""Is this installation healthy? Versions, devices, models, the database and its FAISS files (`pengi-search doctor`).
+
+Each check returns plain data for the report and the problems it found, every problem with the command that fixes
+it; `diagnose` runs them all. Nothing here changes anything: the database is read only when it exists, never
+created or upgraded, and the FAISS files are loaded, not rebuilt.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import shutil
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .checkpoint import CheckpointError
+from .db import VECTOR_KINDS, Store, StoreError, default_index_path, resolve_db_url, sqlite_file
+from .download import INVALID_SUFFIX, RELEASES, TOKENIZERS, offline_setting
+from .hashing import file_sha256
+from .model_dir import CONFIG_FILE, MODEL_ENV, WEIGHTS_FILE, ModelDir, ModelNotFoundError, release_to_fetch
+from .paths import models_dir
+
+# FFmpeg decoders for the formats soundfile leaves to PyAV (m4a/aac, alac, wma, opus, ...) and a few it shares.
+DECODERS = ("aac", "alac", "wmav2", "opus", "vorbis", "mp3float", "flac", "ac3", "amrnb", "ape", "wavpack")
+RUNS_CHECKED = 1000  # the latest runs looked at for ones left "running"
+DOWNLOADS = "downloads"  # `model fetch` keeps its downloads in <models>/downloads/<release>
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something that keeps pengi-search from working as it should, and how to fix it."""
+
+    where: str  # what was checked: "model base", "database", "text index", ...
+    what: str
+    fix: str  # the command (or step) that fixes it
+
+
+@dataclass
+class Report:
+    environment: dict[str, Any]
+    devices: dict[str, Any]
+    models: dict[str, Any]
+    database: dict[str, Any]
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # advice that is no fault: a faster build, a GPU left unused
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "healthy": self.healthy,
+            "environment": self.environment,
+            "devices": self.devices,
+            "models": self.models,
+            "database": self.database,
+            "problems": [asdict(problem) for problem in self.problems],
+            "notes": self.notes,
+        }
+
+
+def diagnose(db: str | None = None) -> Report:
+    """Run every check: `db` is the database to look at (`--db`; None: `$PENGI_SEARCH_DB` or the default)."""
+    environment, environment_problems = check_environment()
+    devices = check_devices()
+    models, model_problems = check_models()
+    database, database_problems = check_database(db)
+    problems = environment_problems + model_problems + database_problems
+    return Report(environment, devices, models, database, problems, advice(environment, devices))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Software and hardware
+
+
+def check_environment() -> tuple[dict[str, Any], list[Problem]]:
+    """Versions of Python and the libraries that matter, which builds they are, and PyAV's decoders."""
+    import av
+    import faiss
+    import soundfile
+    import torch
+
+    decoders = {name: _has_decoder(av, name) for name in DECODERS}
+    data = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "pengi_search": __version__,
+        "torch": {
+            "version": torch.__version__,
+            "cuda": torch.version.cuda,  # None for a CPU-only build
+            "mps_built": torch.backends.mps.is_built(),
+        },
+        "transformers": _version("transformers"),
+        "sentence_transformers": _version("sentence-transformers"),
+        "faiss": {"version": faiss.__version__, "gpu_build": hasattr(faiss, "StandardGpuResources")},
+        "av": {
+            "version": av.__version__,
+            "libavcodec": ".".join(map(str, av.library_versions.get("libavcodec", ()))),
+            "decoders": decoders,
+        },
+        "soundfile": {"version": soundfile.__version__, "libsndfile": soundfile.__libsndfile_version__},
+        "offline": offline_setting(),
+    }
+    missing = [name for name, present in decoders.items() if not present]
+    problems = []
+    if missing:
+        problems.append(
+            Problem(
+                "PyAV",
+                f"its FFmpeg has no decoder for {', '.join(missing)}: files in those formats cannot be read",
+                "pip install --force-reinstall av  (the PyAV wheels bundle FFmpeg with every decoder)",
+            )
+        )
+    return data, problems
+
+
+def check_devices() -> dict[str, Any]:
+    """The devices torch and faiss see, and how many threads each would use."""
+    import faiss
+    import torch
+
+    from .vectors import gpu_count
+
+    cuda = []
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(index)
+            cuda.append({"index": index, "name": props.name, "memory_gib": round(props.total_memory / 2**30, 1)})
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cuda": cuda,
+        "mps": torch.backends.mps.is_available(),
+        "faiss_gpus": gpu_count(),
+        "auto_device": "cuda" if cuda else "cpu",  # what --device auto picks
+        "cpus": os.cpu_count(),
+        "usable_cpus": usable,
+        "torch_threads": torch.get_num_threads(),
+        "faiss_threads": faiss.omp_get_max_threads(),
+    }
+
+
+def advice(environment: dict[str, Any], devices: dict[str, Any]) -> list[str]:
+    """Notes on builds that leave hardware unused (not faults: everything still runs on the CPU)."""
+    notes = []
+    if environment["torch"]["cuda"] is None and shutil.which("nvidia-smi"):
+        notes.append("an NVIDIA driver is installed but torch is a CPU-only build: install a CUDA build of torch")
+    if devices["cuda"] and not environment["faiss"]["gpu_build"]:
+        notes.append("torch sees a GPU but faiss is the CPU build: `pip install faiss-gpu` searches on the GPU")
+    return notes
+
+
+def _has_decoder(av: Any, name: str) -> bool:
+    try:
+        av.codec.Codec(name, "r")
+    except ValueError:  # UnknownCodecError: this FFmpeg was built without it
+        return False
+    return True
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Models
+
+
+def check_models(root: Path | None = None) -> tuple[dict[str, Any], list[Problem]]:
+    """Every installed model: size, weights against the sha256 recorded at install, tokenizers; and the default."""
+    root = root or models_dir()
+    installed, problems = [], []
+    for path in sorted(root.iterdir()) if root.is_dir() else []:
+        if path.name.startswith(".") or not ((path / CONFIG_FILE).exists() or (path / WEIGHTS_FILE).exists()):
+            continue  # staging folders, downloads
+        data, found = _check_model(path, root / DOWNLOADS / path.name)
+        installed.append(data)
+        problems += found
+    default = None
+    try:
+        default = ModelDir.resolve().name
+    except ModelNotFoundError:
+        problems.append(_no_default_model(root))
+    except CheckpointError:
+        pass  # an unreadable model: reported above with the installed ones
+    return {"directory": str(root), "default": default, "installed": installed}, problems
+
+
+def _no_default_model(root: Path) -> Problem:
+    release, named = release_to_fetch(), os.environ.get(MODEL_ENV)
+    what = f"{MODEL_ENV}={named} names no model" if named else f"no Pengi model is installed in {root}"
+    fix = f"pengi-search model fetch {release}" if release else f"point {MODEL_ENV} at a model directory, or unset it"
+    return Problem("models", what, fix)
+
+
+def _check_model(path: Path, downloads: Path) -> tuple[dict[str, Any], list[Problem]]:
+    data: dict[str, Any] = {"name": path.name, "path": str(path), "bytes": _tree_bytes(path)}
+    try:
+        model = ModelDir.read(path)
+    except CheckpointError as err:
+        return data, [Problem(f"model {path.name}", err.reason, _reinstall(path.name, None))]
+    where, fix = f"model {path.name}", _reinstall(path.name, model.meta.get("source"))
+    data.update(variant=model.variant, source=model.meta.get("source"))
+    data["download"] = _download_record(downloads)
+    if not model.weights.is_file():
+        return data, [Problem(where, f"{WEIGHTS_FILE} is missing", fix)]
+    digest = file_sha256(model.weights)
+    data.update(weights_sha256=digest, checksum_ok=digest == model.fingerprint)
+    problems = []
+    if not data["checksum_ok"]:
+        problems.append(
+            Problem(
+                where,
+                f"{model.weights} is damaged or was changed: its sha256 is {digest[:16]}..., "
+                f"the one recorded when it was installed {str(model.fingerprint)[:16]}...",
+                fix,
+            )
+        )
+    needed = ("gpt2", "clip") if model.has_text_encoder else ("gpt2",)
+    data["tokenizers"] = {kind: _tokenizer_location(model, kind) for kind in needed}
+    for kind, location in data["tokenizers"].items():
+        if location is None:
+            problems.append(Problem(where, f"the {kind} tokenizer is in neither {model.path} nor the cache", fix))
+    return data, problems
+
+
+def _reinstall(name: str, source: str | None) -> str:
+    """The command that installs model `name` again: fetch for a release, else import of the file it came from."""
+    if name in RELEASES:
+        return f"pengi-search model fetch {name}  (converts the verified download again, or downloads it again)"
+    checkpoint = shlex.quote(source) if source and not source.endswith(INVALID_SUFFIX) else "CHECKPOINT.pth"
+    return f"pengi-search model import {checkpoint} --name {shlex.quote(name)}"
+
+
+def _tokenizer_location(model: ModelDir, kind: str) -> str | None:
+    """Where `kind` is loaded from: the model directory, the Hugging Face cache, or nowhere (None)."""
+    if (model.tokenizer_dir(kind) / "tokenizer_config.json").is_file():
+        return "model directory"
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(TOKENIZERS[kind], "tokenizer_config.json")
+    return "hugging face cache" if isinstance(cached, str) else None
+
+
+def _download_record(folder: Path) -> dict[str, Any] | None:
+    """What `model fetch` recorded of the checkpoint it downloaded (the file is not hashed again here)."""
+    import json
+
+    for release in RELEASES.values():
+        record = folder / f"{release.filename}.json"
+        if record.is_file():
+            try:
+                data = json.loads(record.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return None
+            return {key: data.get(key) for key in ("url", "size", "sha256", "completed_at")}
+    return None
+
+
+def _tree_bytes(path: Path) -> int:
+    return sum(item.stat().st_size for item in path.rglob("*") if item.is_file())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The database and its FAISS files
+
+
+def check_database(db: str | None = None) -> tuple[dict[str, Any], list[Problem]]:
+    """Schema revision, counts, SQLite's integrity check, runs left "running" and the FAISS files against it."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .db.engine import create_store_engine
+
+    url = resolve_db_url(db)
+    data: dict[str, Any] = {"url": make_url(url).render_as_string(hide_password=True)}
+    db_file = sqlite_file(url)
+    data["exists"] = db_file is None or db_file.is_file()
+    if not data["exists"]:
+        return data, []  # nothing indexed yet: `pengi-search index` creates it
+    option = _db_option(db, data["url"])
+    try:
+        engine = create_store_engine(url)
+    except StoreError as err:
+        return data, [Problem("database", err.reason, "check --db or PENGI_SEARCH_DB")]
+    try:
+        return _check_open_database(engine, data, option)
+    except (SQLAlchemyError, StoreError) as err:
+        reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+        return data, [Problem("database", f"cannot be read: {reason}", _damaged_database_fix(option))]
+    finally:
+        engine.dispose()
+
+
+def _check_open_database(engine: Any, data: dict[str, Any], option: str) -> tuple[dict[str, Any], list[Problem]]:
+    from .db.migrate import SCHEMA_HEAD, current_revision
+
+    with engine.connect() as connection:
+        data["schema_revision"] = current_revision(connection)
+        if data["schema_revision"] != SCHEMA_HEAD:
+            return data, [_schema_problem(data["schema_revision"], option)]
+        if engine.dialect.name == "sqlite":
+            rows = list(connection.exec_driver_sql("PRAGMA integrity_check").scalars())
+            data["integrity"] = "ok" if rows == ["ok"] else rows[:5]
+    problems = []
+    if data.get("integrity", "ok") != "ok":
+        problems.append(
+            Problem("database", f"integrity check failed: {data['integrity'][0]}", _damaged_database_fix(option))
+        )
+    store = Store(engine)  # at the schema head: the store's reads apply as they are
+    stats = store.stats()
+    data.update({key: stats[key] for key in ("files", "windows", "texts", "vectors", "indexed_audio_s", "model")})
+    running = [run for run in store.runs(limit=RUNS_CHECKED) if run.status == "running"]
+    data["running_runs"] = [run.to_json() for run in running]
+    for run in running:
+        problems.append(
+            Problem(
+                "indexing runs",
+                f"run {run.id} (started {run.started_at:%Y-%m-%d %H:%M} UTC) is still marked running: unless an "
+                "index is running now, it was stopped before it could finish",
+                f"pengi-search index PATH...{option}  (the same folders: it indexes what the stopped run left)",
+            )
+        )
+    data["vector_indexes"], index_problems = check_vector_files(store, option)
+    return data, problems + index_problems
+
+
+def check_vector_files(store: Store, option: str = "") -> tuple[dict[str, Any], list[Problem]]:
+    """Each FAISS file against the database: present when there are vectors, readable, holding exactly their ids."""
+    import numpy as np
+
+    from .vector_file import VectorIndexError
+    from .vectors import VectorIndex
+
+    fix = f"pengi-search rebuild-index{option}"
+    data, problems = {}, []
+    for kind in VECTOR_KINDS:
+        path = default_index_path(store.url, kind)
+        expected = store.vector_ids(kind)
+        info: dict[str, Any] = {"path": str(path), "database_vectors": int(expected.size)}
+        data[kind] = info
+        where = f"{kind} index"
+        try:
+            index, _tag = VectorIndex.load(path)
+        except FileNotFoundError:
+            info["state"] = "missing"
+            if expected.size:
+                problems.append(Problem(where, f"{path} is missing ({expected.size} vectors in the database)", fix))
+            continue
+        except VectorIndexError as err:
+            info["state"] = "damaged"
+            problems.append(Problem(where, f"{path} is damaged: {err.reason}", fix))
+            continue
+        ids = index.ids()
+        missing, extra = np.setdiff1d(expected, ids).size, np.setdiff1d(ids, expected).size
+        info.update(type=index.type, vectors=len(index), state="ok" if missing == extra == 0 else "out of date")
+        if missing or extra:
+            problems.append(
+                Problem(where, f"{path} differs from the database: {missing} vectors missing, {extra} extra", fix)
+            )
+    return data, problems
+
+
+def _schema_problem(revision: str | None, option: str) -> Problem:
+    from alembic.script import ScriptDirectory
+
+    from .db.migrate import SCHEMA_HEAD, alembic_config
+
+    known = {script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+    if revision is None or revision in known:
+        what = f"schema revision {revision or 'none'}, this pengi-search uses {SCHEMA_HEAD}"
+        return Problem("database", what, f"pengi-search stats{option}  (opening it upgrades the schema)")
+    what = f"schema revision {revision} is newer than this pengi-search ({SCHEMA_HEAD}) knows"
+    return Problem("database", what, "pip install --upgrade pengi-search")
+
+
+def _damaged_database_fix(option: str) -> str:
+    return (
+        "restore the database from a backup, or move it aside and run "
+        f"`pengi-search index PATH...{option}` again (every file is captioned again)"
+    )
+
+
+def _db_option(db: str | None, shown_url: str) -> str:
+    """` --db ...` for the fix commands when the database was named; a URL is shown without its password."""
+    if db is None:
+        return ""
+    return f" --db {shlex.quote(shown_url if '://' in db else db)}"

@@ -1,0 +1,134 @@
+"""`pengi-search doctor`: a healthy installation, and each fault it must find with the command that fixes it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pengi_search.cli import app
+from pengi_search.db import Store
+from pengi_search.db.migrate import SCHEMA_HEAD
+
+from .indexing import write_tone
+
+runner = CliRunner()
+QUICK = ("--workers", "0", "--beam", "1", "--max-len", "2", "--device", "cpu", "--quiet")
+
+
+@pytest.fixture()
+def installation(tiny_model_dir, tmp_path, isolated_home) -> Path:
+    """`base` installed (the tiny model) and one folder indexed with it; returns the database file."""
+    shutil.copytree(tiny_model_dir, isolated_home / "models" / "base")
+    write_tone(tmp_path / "sounds" / "bell.wav", 2.0)
+    db = tmp_path / "lib.db"
+    result = runner.invoke(app, ["index", str(tmp_path / "sounds"), "--db", str(db), *QUICK])
+    assert result.exit_code == 0, result.output
+    return db
+
+
+def doctor(db: Path) -> tuple[int, dict]:
+    result = runner.invoke(app, ["doctor", "--db", str(db), "--json"])
+    return result.exit_code, json.loads(result.stdout)
+
+
+def problems(report: dict) -> dict[str, tuple[str, str]]:
+    return {problem["where"]: (problem["what"], problem["fix"]) for problem in report["problems"]}
+
+
+def test_a_healthy_installation(installation, isolated_home):
+    code, report = doctor(installation)
+    assert (code, report["healthy"], report["problems"]) == (0, True, [])
+    env = report["environment"]
+    assert env["torch"]["version"] and env["faiss"]["gpu_build"] in (True, False) and env["offline"] is None
+    assert all(env["av"]["decoders"].values())
+    assert report["devices"]["torch_threads"] >= 1 and report["devices"]["auto_device"] in ("cpu", "cuda")
+    [model] = report["models"]["installed"]
+    assert report["models"]["default"] == "tiny-base"  # the name recorded in the tiny model's config
+    assert (model["name"], model["checksum_ok"], model["variant"]) == ("base", True, "base")
+    assert model["tokenizers"] == {"gpt2": "model directory", "clip": "model directory"} and model["bytes"] > 0
+    database = report["database"]
+    assert (database["schema_revision"], database["integrity"], database["running_runs"]) == (SCHEMA_HEAD, "ok", [])
+    assert database["files"]["indexed"] == 1 and database["vectors"] == {"text": 1, "audio": 1}
+    assert {kind: info["state"] for kind, info in database["vector_indexes"].items()} == {"text": "ok", "audio": "ok"}
+    text = runner.invoke(app, ["doctor", "--db", str(installation)])
+    assert text.exit_code == 0 and "healthy: no problem found" in text.stdout
+
+
+def test_a_damaged_model_file_is_found_by_its_checksum(installation, isolated_home):
+    weights = isolated_home / "models" / "base" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    code, report = doctor(installation)
+    assert code == 1 and report["models"]["installed"][0]["checksum_ok"] is False
+    what, fix = problems(report)["model base"]
+    assert f"{weights} is damaged or was changed" in what
+    assert fix.startswith("pengi-search model fetch base")
+    text = runner.invoke(app, ["doctor", "--db", str(installation)])
+    assert text.exit_code == 1 and "fix: pengi-search model fetch base" in text.stdout
+
+
+def test_an_imported_model_is_fixed_by_importing_it_again(installation, isolated_home):
+    config = isolated_home / "models" / "base" / "config.json"
+    meta = json.loads(config.read_text())
+    (isolated_home / "models" / "base").rename(isolated_home / "models" / "mine")
+    config = isolated_home / "models" / "mine" / "config.json"
+    config.write_text(json.dumps({**meta, "source": "/data/pengi.pth", "weights_sha256": "0" * 64}))
+    shutil.rmtree(isolated_home / "models" / "mine" / "tokenizer" / "clip")
+    code, report = doctor(installation)
+    assert code == 1
+    model_problems = [p for p in report["problems"] if p["where"] == "model mine"]
+    assert [p["fix"] for p in model_problems] == ["pengi-search model import /data/pengi.pth --name mine"] * 2
+    assert "the clip tokenizer is in neither" in model_problems[1]["what"]
+    what, fix = problems(report)["models"]
+    assert "no Pengi model is installed" in what and fix == "pengi-search model fetch base"
+
+
+@pytest.mark.parametrize("damage", ["garbage", "stale"])
+def test_a_damaged_or_stale_faiss_file_is_found(installation, damage):
+    path = installation.with_name("lib.text.faiss")
+    if damage == "garbage":
+        path.write_bytes(b"not a faiss index")
+    else:
+        with Store.open(installation) as store:  # the database changes behind the index's back
+            store.remove(str(installation.parent / "sounds"))
+    code, report = doctor(installation)
+    assert code == 1
+    what, fix = problems(report)["text index"]
+    if damage == "garbage":
+        assert what.startswith(f"{path} is damaged")
+    else:
+        assert what == f"{path} differs from the database: 0 vectors missing, 1 extra"
+    assert fix == f"pengi-search rebuild-index --db {installation}"
+    assert runner.invoke(app, ["rebuild-index", "--db", str(installation)]).exit_code == 0  # the fix works
+    assert doctor(installation)[0] == 0
+
+
+def test_a_run_left_running_is_reported(installation):
+    with Store.open(installation) as store:
+        run = store.start_run()  # as a run killed with -9 leaves it
+    code, report = doctor(installation)
+    assert code == 1 and [r["id"] for r in report["database"]["running_runs"]] == [run]
+    what, fix = problems(report)["indexing runs"]
+    assert what.startswith(f"run {run} (started ") and "is still marked running" in what
+    assert fix.startswith(f"pengi-search index PATH... --db {installation}")
+
+
+def test_nothing_is_created_for_a_missing_database(tmp_path, isolated_home):
+    db = tmp_path / "nowhere" / "lib.db"
+    code, report = doctor(db)
+    assert code == 1 and report["database"]["exists"] is False and not db.parent.exists()
+    assert set(problems(report)) == {"models"}  # no model yet; no database yet is no fault
+
+
+def test_an_unreadable_database_is_reported(tmp_path, isolated_home):
+    db = tmp_path / "lib.db"
+    db.write_bytes(b"this is no database" * 100)
+    code, report = doctor(db)
+    what, fix = problems(report)["database"]
+    assert code == 1 and what.startswith("cannot be read: file is not a database")
+    assert "restore the database from a backup" in fix
