@@ -31,7 +31,9 @@ from pengi_search.db import (
     StoreMismatchError,
     TextRecord,
     WindowInput,
+    library_exists,
 )
+from pengi_search.db.run_lock import indexing_lock
 from pengi_search.embedders import EmbedderSpec, TextEmbedder, open_text_embedder
 from pengi_search.errors import PengiSearchError
 from pengi_search.hashing import file_sha256
@@ -79,6 +81,7 @@ class IndexOptions:
     reindex: bool = False
     beam: int = 3
     max_len: int = 30
+    wait: bool = False  # another run holds the library's lock: wait for it instead of refusing
 
 
 class ProgressReporter(Protocol):
@@ -108,6 +111,7 @@ class IndexSummary:
     pruned: int = 0
     windows: int = 0
     seconds: float = 0.0
+    stale_runs: list[int] = field(default_factory=list)  # earlier runs found dead and marked 'interrupted'
     failed: list[FailedFile] = field(default_factory=list)
     unreadable_dirs: list[FailedFile] = field(default_factory=list)
 
@@ -133,13 +137,17 @@ def run_index(options: IndexOptions, progress: ProgressReporter | None = None) -
             "--reindex", "cannot be combined with --shard (shards run apart); re-index without --shard, or use torchrun"
         )
     scanned = scan(options.roots, options.extensions)
-    with Library.open(options.db) as library:
-        run = _Run(library, options, shard, rank, progress)
-        try:
-            summary = run.execute(scanned)
-        finally:
-            if rank is not None:
-                rank.close()
+    shard_name = None if shard is None else str(shard)
+    try:
+        # A new library is created only once the run can work: a missing model fails first, leaving nothing behind.
+        choice = None if library_exists(options.db) else _choose_model(options, None)
+        with Library.open(options.db) as library, indexing_lock(library.store, shard_name, wait=options.wait):
+            stale = library.store.interrupt_stale_runs(shard_name)
+            summary = _Run(library, options, shard, rank, progress, choice).execute(scanned)
+            summary.stale_runs = stale
+    finally:
+        if rank is not None:
+            rank.close()
     summary.seconds = time.monotonic() - started
     return summary
 
@@ -263,6 +271,7 @@ class _Run:
         shard: Shard | None,
         rank: Rank | None,
         progress: ProgressReporter | None,
+        choice: _ModelChoice | None = None,
     ) -> None:
         self.library = library
         self.store = library.store
@@ -272,7 +281,7 @@ class _Run:
         self.progress = progress
         self.summary = IndexSummary(database=library.db_url, shard=None if shard is None else str(shard))
         self.run_id: int | None = None
-        self._choice: _ModelChoice | None = None
+        self._choice = choice  # found before a new library was created, else on first need (`_choose`)
         self._captioner: _Captioner | None = None
 
     @property
