@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from pengi_search.audio import AUDIO_EXTENSIONS, Window
+from pengi_search.choices import LongPrompt, StopRule
 from pengi_search.db import (
     EmbedderInfo,
     FileStamp,
@@ -47,6 +48,7 @@ from .decode import Decoded, Failed, Job, Windows, decode_all
 from .shard import Rank, Shard
 
 if TYPE_CHECKING:
+    from pengi_search.decoding import GenerationConfig
     from pengi_search.inference import Engine
 
 REINDEX_HINT = "Run again with --reindex to re-index everything with the new ones."
@@ -81,6 +83,8 @@ class IndexOptions:
     reindex: bool = False
     beam: int = 3
     max_len: int = 30
+    stop: StopRule = StopRule.both  # see `pengi_search.choices.StopRule`
+    long_prompts: LongPrompt = LongPrompt.cut
     wait: bool = False  # another run holds the library's lock: wait for it instead of refusing
 
 
@@ -200,22 +204,22 @@ def _check_compatible(store: Store, choice: _ModelChoice) -> None:
 class _Captioner:
     """Pengi on batches of windows: answers to every prompt, caption embeddings and unit audio embeddings."""
 
-    def __init__(self, engine: Engine, embedder: TextEmbedder, prompts: tuple[str, ...], beam: int, max_len: int):
-        from pengi_search.decoding import GenerationConfig
-
+    def __init__(self, engine: Engine, embedder: TextEmbedder, prompts: tuple[str, ...], gen: GenerationConfig):
         self.engine = engine
         self.embedder = embedder
         self.prompts = prompts
-        self.gen = GenerationConfig(beam=beam, max_len=max_len)
+        self.gen = gen
 
     @classmethod
     def load(cls, choice: _ModelChoice, options: IndexOptions, device: str) -> _Captioner:
+        from pengi_search.decoding import GenerationConfig
         from pengi_search.inference import Engine
 
         prompts = options.prompts or (TASK_PROMPTS["caption"], TASK_PROMPTS["sound_event"])
-        engine = Engine.load(choice.model_dir, device, options.batch_size * len(prompts))
+        engine = Engine.load(choice.model_dir, device, options.batch_size * len(prompts), options.long_prompts)
         embedder = open_text_embedder(choice.embedder_spec, choice.model_dir, engine=engine)
-        return cls(engine, embedder, tuple(prompts), options.beam, options.max_len)
+        gen = GenerationConfig(beam=options.beam, max_len=options.max_len, stop=options.stop)
+        return cls(engine, embedder, tuple(prompts), gen)
 
     @property
     def embedder_info(self) -> EmbedderInfo:

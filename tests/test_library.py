@@ -129,7 +129,10 @@ def test_replaced_and_removed_windows_leave_the_files(db: str) -> None:
 
         store.remove("/lib")
         library.sync_vector_indexes()
-        assert saved_ids(library, "text") == [] and built_types(library) == {"text": ("flat", None), "audio": ("flat", None)}
+        assert saved_ids(library, "text") == [] and built_types(library) == {
+            "text": ("flat", None),
+            "audio": ("flat", None),
+        }
         with pytest.raises(EmptyLibraryError, match="index PATH"):
             library.vector_index("text")
 

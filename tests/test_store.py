@@ -156,7 +156,9 @@ def test_a_0002_database_gains_run_owners_and_index_records(db_url: str) -> None
         (old,) = store.runs()
         assert (old.id, old.status, old.host, old.pid) == (7, "running", None, None)
         assert store.vector_indexes() == {}
-        store.record_vector_index("text", requested_type="ivfpq", effective_type="flat", params={"type": "flat"}, vectors=3)
+        store.record_vector_index(
+            "text", requested_type="ivfpq", effective_type="flat", params={"type": "flat"}, vectors=3
+        )
         recorded = store.vector_indexes()["text"]
         assert (recorded.requested_type, recorded.effective_type, recorded.fell_back) == ("ivfpq", "flat", True)
         new_id = store.start_run()

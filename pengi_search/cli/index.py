@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..choices import Device, IndexType
+from ..choices import Device, IndexType, LongPrompt, StopRule
 from .common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -22,9 +22,11 @@ from .common import (
     DbOption,
     DeviceOption,
     JsonOption,
+    LongPromptsOption,
     MaxLenOption,
     ModelOption,
     QuietOption,
+    StopOption,
     UsageError,
     err_console,
     fail,
@@ -94,6 +96,8 @@ def index(
     ] = False,
     beam: BeamOption = 3,
     max_len: MaxLenOption = 30,
+    stop: StopOption = StopRule.both,
+    long_prompts: LongPromptsOption = LongPrompt.cut,
     wait: Annotated[
         bool, typer.Option("--wait", help="When another index run is writing to the library, wait for it to end.")
     ] = False,
@@ -137,6 +141,8 @@ def index(
         reindex=reindex,
         beam=beam,
         max_len=max_len,
+        stop=stop,
+        long_prompts=long_prompts,
         wait=wait,
     )
     try:
@@ -285,6 +291,8 @@ def _print_summary(summary: IndexSummary) -> None:
         f"{summary.pruned} pruned",
         soft_wrap=True,
     )
+    for run_id in summary.stale_runs:
+        err_console.print(f"run {run_id} was still marked running, but its process had ended: marked interrupted")
     if summary.skipped_errors:
         out_console.print(f"{summary.skipped_errors} file(s) that failed before were skipped (--retry-errors)")
     for label, items in (("failed", summary.failed), ("unreadable folder", summary.unreadable_dirs)):

@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from sqlalchemy import Engine, event, inspect
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from .engine import create_store_engine
@@ -37,7 +38,7 @@ def open_engine(db: str | os.PathLike[str] | None, *, create: bool, read_only: b
     engine = create_store_engine(url)
     try:
         if not create and not _has_schema(engine):
-            raise _missing(engine.url.render_as_string(hide_password=True), db)
+            raise _missing(url, db)
         migrate(engine)
         if read_only:
             engine.dispose()  # the pooled connections were writable; new ones get the read-only settings
@@ -61,7 +62,10 @@ def library_exists(db: str | os.PathLike[str] | None) -> bool:
         engine.dispose()
 
 
-def _missing(where: str, db: str | os.PathLike[str] | None) -> MissingDatabaseError:
+def _missing(url: str, db: str | os.PathLike[str] | None) -> MissingDatabaseError:
+    """The error for a library that does not exist yet, naming the command that creates it."""
+    db_file = sqlite_file(url)
+    where = str(db_file) if db_file is not None else make_url(url).render_as_string(hide_password=True)
     option = "" if db is None or os.fspath(db) == "" else f" --db {os.fspath(db)}"
     return MissingDatabaseError(where, f"no index here yet; create it with `pengi-search index PATH...{option}`")
 

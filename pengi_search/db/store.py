@@ -38,11 +38,12 @@ from .records import (
     ReplaceResult,
     StoredAudio,
     TextRecord,
-    WindowDetails,
     VectorIndexInfo,
+    WindowDetails,
     WindowInput,
     check_vector_kind,
 )
+from .runs import RunJournal
 from .schema import (
     AudioFileRow,
     GeneratedTextRow,
@@ -52,7 +53,6 @@ from .schema import (
     WindowRow,
     WindowVectorRow,
 )
-from .runs import RunJournal
 
 _CHUNK = 500  # ids per IN (...) list: far below SQLite's limit on bound parameters
 _NO_SYNC = {"synchronize_session": False}  # bulk statements: the session holds no rows they could make stale
@@ -75,9 +75,7 @@ class Store(RunJournal):
         self.url = engine.url.render_as_string(hide_password=True)
 
     @classmethod
-    def open(
-        cls, db: str | os.PathLike[str] | None = None, *, create: bool = True, read_only: bool = False
-    ) -> Store:
+    def open(cls, db: str | os.PathLike[str] | None = None, *, create: bool = True, read_only: bool = False) -> Store:
         """Open (upgrading) the database at `db`: a URL, a file path, or None for the default.
 
         `create`: make it when missing (only `index` does), else MissingDatabaseError names the command that makes
