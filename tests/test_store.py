@@ -145,8 +145,8 @@ def test_a_0002_database_gains_run_owners_and_index_records(db_url: str) -> None
         assert not inspect(connection).has_table("vector_indexes")
         connection.execute(
             text(
-                "INSERT INTO runs (id, started_at, status, files_seen, files_indexed, files_failed, files_pruned) "
-                "VALUES (7, '2025-11-27 10:00:00', 'running', 3, 1, 0, 0)"
+                "INSERT INTO runs (started_at, status, files_seen, files_indexed, files_failed, files_pruned) "
+                "VALUES ('2025-11-27 10:00:00', 'running', 3, 1, 0, 0)"
             )
         )
     engine.dispose()
@@ -154,7 +154,7 @@ def test_a_0002_database_gains_run_owners_and_index_records(db_url: str) -> None
     with Store.open(db_url) as store:
         assert store.stats()["schema_revision"] == "0003"
         (old,) = store.runs()
-        assert (old.id, old.status, old.host, old.pid) == (7, "running", None, None)
+        assert (old.status, old.host, old.pid, old.files_seen) == ("running", None, None, 3)
         assert store.vector_indexes() == {}
         store.record_vector_index(
             "text", requested_type="ivfpq", effective_type="flat", params={"type": "flat"}, vectors=3
@@ -164,7 +164,7 @@ def test_a_0002_database_gains_run_owners_and_index_records(db_url: str) -> None
         new_id = store.start_run()
         new = store.runs()[0]
         assert (new.id, new.pid) == (new_id, os.getpid()) and new.host
-        assert store.interrupt_stale_runs() == [7, new_id]
+        assert store.interrupt_stale_runs() == [old.id, new_id]
         assert {run.status for run in store.runs()} == {"interrupted"}
 
 
