@@ -309,8 +309,8 @@ def _index_json(path: Path, info: VectorIndexInfo | None) -> dict[str, Any]:
     """Where a kind's FAISS file is, its size, and what index it is: `index_type` is the type built."""
     data: dict[str, Any] = {"path": str(path), "bytes": _size(path), "index_type": None, "requested_type": None}
     if info is not None:
-        data |= info.to_json() | {"index_type": info.effective_type}
-        del data["effective_type"]
+        recorded = info.to_json()
+        data |= {"index_type": recorded.pop("effective_type")} | recorded
     return data
 
 
