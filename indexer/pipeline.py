@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from pengi_search.audio import AUDIO_EXTENSIONS, Window
+from pengi_search.choices import LongPrompt, StopRule
 from pengi_search.db import (
     EmbedderInfo,
     FileStamp,
@@ -31,7 +32,9 @@ from pengi_search.db import (
     StoreMismatchError,
     TextRecord,
     WindowInput,
+    library_exists,
 )
+from pengi_search.db.run_lock import indexing_lock
 from pengi_search.embedders import EmbedderSpec, TextEmbedder, open_text_embedder
 from pengi_search.errors import PengiSearchError
 from pengi_search.hashing import file_sha256
@@ -45,6 +48,7 @@ from .decode import Decoded, Failed, Job, Windows, decode_all
 from .shard import Rank, Shard
 
 if TYPE_CHECKING:
+    from pengi_search.decoding import GenerationConfig
     from pengi_search.inference import Engine
 
 REINDEX_HINT = "Run again with --reindex to re-index everything with the new ones."
@@ -79,6 +83,9 @@ class IndexOptions:
     reindex: bool = False
     beam: int = 3
     max_len: int = 30
+    stop: StopRule = StopRule.both  # see `pengi_search.choices.StopRule`
+    long_prompts: LongPrompt = LongPrompt.cut
+    wait: bool = False  # another run holds the library's lock: wait for it instead of refusing
 
 
 class ProgressReporter(Protocol):
@@ -108,6 +115,7 @@ class IndexSummary:
     pruned: int = 0
     windows: int = 0
     seconds: float = 0.0
+    stale_runs: list[int] = field(default_factory=list)  # earlier runs found dead and marked 'interrupted'
     failed: list[FailedFile] = field(default_factory=list)
     unreadable_dirs: list[FailedFile] = field(default_factory=list)
 
@@ -133,13 +141,17 @@ def run_index(options: IndexOptions, progress: ProgressReporter | None = None) -
             "--reindex", "cannot be combined with --shard (shards run apart); re-index without --shard, or use torchrun"
         )
     scanned = scan(options.roots, options.extensions)
-    with Library.open(options.db) as library:
-        run = _Run(library, options, shard, rank, progress)
-        try:
-            summary = run.execute(scanned)
-        finally:
-            if rank is not None:
-                rank.close()
+    shard_name = None if shard is None else str(shard)
+    try:
+        # A new library is created only once the run can work: a missing model fails first, leaving nothing behind.
+        choice = None if library_exists(options.db) else _choose_model(options, None)
+        with Library.open(options.db) as library, indexing_lock(library.store, shard_name, wait=options.wait):
+            stale = library.store.interrupt_stale_runs(shard_name)
+            summary = _Run(library, options, shard, rank, progress, choice).execute(scanned)
+            summary.stale_runs = stale
+    finally:
+        if rank is not None:
+            rank.close()
     summary.seconds = time.monotonic() - started
     return summary
 
@@ -192,22 +204,22 @@ def _check_compatible(store: Store, choice: _ModelChoice) -> None:
 class _Captioner:
     """Pengi on batches of windows: answers to every prompt, caption embeddings and unit audio embeddings."""
 
-    def __init__(self, engine: Engine, embedder: TextEmbedder, prompts: tuple[str, ...], beam: int, max_len: int):
-        from pengi_search.decoding import GenerationConfig
-
+    def __init__(self, engine: Engine, embedder: TextEmbedder, prompts: tuple[str, ...], gen: GenerationConfig):
         self.engine = engine
         self.embedder = embedder
         self.prompts = prompts
-        self.gen = GenerationConfig(beam=beam, max_len=max_len)
+        self.gen = gen
 
     @classmethod
     def load(cls, choice: _ModelChoice, options: IndexOptions, device: str) -> _Captioner:
+        from pengi_search.decoding import GenerationConfig
         from pengi_search.inference import Engine
 
         prompts = options.prompts or (TASK_PROMPTS["caption"], TASK_PROMPTS["sound_event"])
-        engine = Engine.load(choice.model_dir, device, options.batch_size * len(prompts))
+        engine = Engine.load(choice.model_dir, device, options.batch_size * len(prompts), options.long_prompts)
         embedder = open_text_embedder(choice.embedder_spec, choice.model_dir, engine=engine)
-        return cls(engine, embedder, tuple(prompts), options.beam, options.max_len)
+        gen = GenerationConfig(beam=options.beam, max_len=options.max_len, stop=options.stop)
+        return cls(engine, embedder, tuple(prompts), gen)
 
     @property
     def embedder_info(self) -> EmbedderInfo:
@@ -263,6 +275,7 @@ class _Run:
         shard: Shard | None,
         rank: Rank | None,
         progress: ProgressReporter | None,
+        choice: _ModelChoice | None = None,
     ) -> None:
         self.library = library
         self.store = library.store
@@ -272,7 +285,7 @@ class _Run:
         self.progress = progress
         self.summary = IndexSummary(database=library.db_url, shard=None if shard is None else str(shard))
         self.run_id: int | None = None
-        self._choice: _ModelChoice | None = None
+        self._choice = choice  # found before a new library was created, else on first need (`_choose`)
         self._captioner: _Captioner | None = None
 
     @property

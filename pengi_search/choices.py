@@ -52,3 +52,19 @@ class LoglikScore(Choice):
 
     mean = "mean"
     total = "total"
+
+
+class StopRule(Choice):
+    """When an answer ends. `original`: on the lone space (token 220) only, as the original Pengi code, which
+    reproduces it exactly; `both`: also on <|endoftext|> (50256), which the original generates past."""
+
+    original = "original"
+    both = "both"
+
+
+class LongPrompt(Choice):
+    """A prompt longer than the model's 40 prompt tokens: `cut` to its first 40 as the original does (with a
+    warning), or `refuse` it."""
+
+    cut = "cut"
+    refuse = "refuse"

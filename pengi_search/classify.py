@@ -35,7 +35,7 @@ import numpy as np
 
 from pengi_search.errors import UsageError
 
-from .choices import LoglikScore, Method
+from .choices import LoglikScore, LongPrompt, Method, StopRule
 from .embedders import EmbedderSpec, TextEmbedder, open_text_embedder
 from .prompts import TASK_PROMPTS
 
@@ -214,11 +214,15 @@ class ClassifySettings:
     text_embedder: EmbedderSpec = EmbedderSpec()  # Pengi's CLIP tower, or a sentence-transformers model
     beam: int = 3
     max_len: int = 30
+    stop: StopRule = StopRule.both
+    long_prompts: LongPrompt = LongPrompt.cut
 
     def __post_init__(self) -> None:
         # Library callers may pass plain strings: hold the members, and refuse (ValueError) any other value.
         object.__setattr__(self, "method", Method(self.method))
         object.__setattr__(self, "loglik_score", LoglikScore(self.loglik_score))
+        object.__setattr__(self, "stop", StopRule(self.stop))
+        object.__setattr__(self, "long_prompts", LongPrompt(self.long_prompts))
         apply_template(self.template, "")
 
 
@@ -275,7 +279,7 @@ class Classifier:
         if self._engine is None:
             from .inference import Engine
 
-            self._engine = Engine.load(self.model_dir, self.device, self.batch_size)
+            self._engine = Engine.load(self.model_dir, self.device, self.batch_size, self.settings.long_prompts)
         return self._engine
 
     def embedder(self) -> TextEmbedder:
@@ -318,7 +322,7 @@ class Classifier:
                 return captions, "index"  # type: ignore[return-value]
         from .decoding import GenerationConfig
 
-        gen = GenerationConfig(beam=self.settings.beam, max_len=self.settings.max_len)
+        gen = GenerationConfig(beam=self.settings.beam, max_len=self.settings.max_len, stop=self.settings.stop)
         engine = self.engine()
         captions = []
         for embeds in self._decoded_embeddings(path):

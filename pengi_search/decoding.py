@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from .choices import StopRule
 from .chunking import chunked
 
 END_OF_TEXT = 50256
@@ -26,12 +27,15 @@ class GenerationConfig:
     beam: int = 3
     max_len: int = 30
     temperature: float = 1.0
-    stop_ids: tuple[int, ...] | None = None  # None: the released model's ends (SPACE, END_OF_TEXT); (): never stop
+    stop: StopRule = StopRule.both  # which end tokens `stop_ids=None` means (see `StopRule`)
+    stop_ids: tuple[int, ...] | None = None  # None: the released model's ends by `stop`; (): never stop
     no_repeat_ngram: int = 0  # 0: off (the reference has no such guard)
 
     @property
     def stops(self) -> tuple[int, ...]:
-        return (SPACE, END_OF_TEXT) if self.stop_ids is None else self.stop_ids
+        if self.stop_ids is not None:
+            return self.stop_ids
+        return (SPACE,) if self.stop == StopRule.original else (SPACE, END_OF_TEXT)
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 
 EXIT_OK = 0
-EXIT_FAILED = 1  # the command could not do its work (missing model, unreadable database, ...)
+EXIT_FAILED = 1  # the command could not do its work (missing model or database, another index run, ...)
 EXIT_USAGE = 2  # bad arguments or a bad input file (labels, manifest, config); nothing was done
-EXIT_PARTIAL = 3  # the command ran, but some inputs failed (each one reported)
+EXIT_PARTIAL = 3  # the command ran, but some audio inputs failed (each one reported), even if the only one
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as shells report it)
 
 
 class PengiSearchError(Exception):

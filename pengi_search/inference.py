@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .choices import LongPrompt
 from .chunking import chunk_slices, chunked
 from .decoding import CandidateScore, GenerationConfig, beam_search, score_candidates
 from .model import Pengi
@@ -37,17 +38,31 @@ class Answer:
 
 
 class Engine:
-    def __init__(self, model: Pengi, tokenizers: Tokenizers, device: torch.device, batch_size: int = 16):
+    def __init__(
+        self,
+        model: Pengi,
+        tokenizers: Tokenizers,
+        device: torch.device,
+        batch_size: int = 16,
+        long_prompts: LongPrompt = LongPrompt.cut,
+    ):
         self.model = model.to(device).eval()
         self.tok = tokenizers
         self.device = device
         self.batch_size = batch_size
+        self.long_prompts = long_prompts  # prompts over 40 tokens: cut as the original does, or refused
         self._prompt_prefixes: dict[tuple[str, bool | None], torch.Tensor] = {}
 
     @classmethod
-    def load(cls, model_dir: ModelDir, device: str = "auto", batch_size: int = 16) -> Engine:
+    def load(
+        cls,
+        model_dir: ModelDir,
+        device: str = "auto",
+        batch_size: int = 16,
+        long_prompts: LongPrompt = LongPrompt.cut,
+    ) -> Engine:
         tokenizers = model_dir.tokenizers  # first: a missing tokenizer fails before 1.3 GB of weights load
-        return cls(Pengi.from_pretrained(model_dir), tokenizers, resolve_device(device), batch_size)
+        return cls(Pengi.from_pretrained(model_dir), tokenizers, resolve_device(device), batch_size, long_prompts)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.device.type == "cuda":
@@ -69,7 +84,7 @@ class Engine:
         """(L, E) text prefix of one prompt, computed once and cached."""
         key = (prompt, normalize)
         if key not in self._prompt_prefixes:
-            batch = self.tok.prompts([prompt])
+            batch = self.tok.prompts([prompt], self.long_prompts)
             with self._autocast():
                 prefix = self.model.text_prefix(
                     batch.input_ids.to(self.device), batch.attention_mask.to(self.device), normalize
@@ -98,7 +113,7 @@ class Engine:
         reference meant to support this, but passes a single character).
         """
         if gen.stop_ids is None:  # the tokenizer knows this model's end tokens
-            gen = dataclasses.replace(gen, stop_ids=self.tok.stop_ids)
+            gen = dataclasses.replace(gen, stop_ids=self.tok.stop_ids_for(gen.stop))
         n = len(audio_embeds)
         rows = [(i, j) for j in range(len(prompts)) for i in range(n)]
         answers: list[list[Answer | None]] = [[None] * len(prompts) for _ in range(n)]

@@ -1,26 +1,31 @@
 """A library: the store (the source of truth) and its FAISS indexes, kept in line with it.
 
 There is one FAISS file per vector kind ('text': caption embeddings, 'audio': Pengi audio embeddings), next to a
-SQLite database (see `pengi_search.db.default_index_path`). Each file's tag records what its vectors came from (the
-text embedder or the model) and the index type asked for, so queries use the type that indexing built: an 'ivfpq'
-request that fell back to 'flat' on a small library becomes IVF-PQ once the library is large enough.
+SQLite database (see `pengi_search.db.default_index_path`). The database records, per kind, the index type asked
+for, the type built and its parameters (`Store.vector_indexes`), so a damaged or deleted file is rebuilt as the
+type it was, and an 'ivfpq' request that fell back to 'flat' on a small library is reported as such and becomes
+IVF-PQ once the library is large enough. Each file's tag records what its vectors came from (the text embedder or
+the model) and the type asked for (what a database older than that record has to go by).
 
 Opening an index checks its ids against the database; a file that differs is brought in line incrementally (only
 the windows added or removed since) when its tag and type still fit, and rebuilt from the stored vectors otherwise
 (also when it is missing or damaged). This class is the one place that keeps FAISS in line with the database.
-A read-only library (`read_only=True`, the server's) does the same in memory and never writes a FAISS file.
+A library on a read-only store records nothing in the database; an in-memory one (`in_memory=True`, the
+server's) also never writes a FAISS file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
-from .db import VECTOR_KINDS, Store, StoreError, default_index_path
+from .db import VECTOR_KINDS, Store, StoreError, VectorIndexInfo, default_index_path
 from .vectors import INDEX_TYPES, IndexParams, VectorIndex, VectorIndexError, effective_type
 
 log = logging.getLogger(__name__)
@@ -35,16 +40,20 @@ class EmptyLibraryError(StoreError):
 class Library:
     """The store plus its FAISS indexes. Open with `Library.open(db)`; close with `close()` or a `with` block."""
 
-    def __init__(self, store: Store, *, read_only: bool = False) -> None:
+    def __init__(self, store: Store, *, in_memory: bool = False) -> None:
         self.store = store
         self.db_url = store.url
-        self.read_only = read_only
+        self.in_memory = in_memory
         self._indexes: dict[str, VectorIndex] = {}
 
     @classmethod
-    def open(cls, db: str | os.PathLike[str] | None = None) -> Library:
-        """Open the library at `db` (a URL or file path; None: `$PENGI_SEARCH_DB`, else the default database)."""
-        return cls(Store.open(db))
+    def open(cls, db: str | os.PathLike[str] | None = None, *, create: bool = True, read_only: bool = False) -> Library:
+        """Open the library at `db` (a URL or file path; None: `$PENGI_SEARCH_DB`, else the default database).
+
+        `create`: make the database when missing (else MissingDatabaseError); `read_only`: the database is only
+        read. Either way the FAISS files are kept in line with it: they are a cache of what it holds.
+        """
+        return cls(Store.open(db, create=create, read_only=read_only))
 
     def close(self) -> None:
         self._indexes.clear()
@@ -90,13 +99,13 @@ class Library:
             counts[kind] = 0 if index is None else len(index)
         return counts
 
-    def index_types(self) -> dict[str, str | None]:
-        """Per kind, the index type asked for and saved in its FAISS file (None: no file)."""
-        types: dict[str, str | None] = {}
-        for kind in VECTOR_KINDS:
-            _, tag = _load(self.index_path(kind))
-            types[kind] = None if tag is None else _requested_type(tag)
-        return types
+    def index_info(self) -> dict[str, VectorIndexInfo | None]:
+        """Per kind, what its index is: the type asked for, the type built and its parameters (None: never built).
+
+        From the database; a library indexed before it kept this record is described from its FAISS file.
+        """
+        recorded = self.store.vector_indexes()
+        return {kind: recorded.get(kind) or self._described_by_file(kind) for kind in VECTOR_KINDS}
 
     # -- internals -------------------------------------------------------------------------------------------
 
@@ -112,7 +121,7 @@ class Library:
         if index_type is not None and index_type not in INDEX_TYPES:
             raise VectorIndexError("index type", f"unknown {index_type!r}; use one of {', '.join(INDEX_TYPES)}")
         path = self.index_path(kind)
-        if self.read_only:  # files are replaced atomically: reading one needs no lock
+        if self.in_memory:  # files are replaced atomically: reading one needs no lock
             return self._in_line_locked(kind, path, index_type, rebuild=rebuild)
         with _locked(path):
             return self._in_line_locked(kind, path, index_type, rebuild=rebuild)
@@ -120,7 +129,8 @@ class Library:
     def _in_line_locked(self, kind: str, path: Path, index_type: str | None, *, rebuild: bool) -> VectorIndex | None:
         expected = self.store.vector_ids(kind)
         loaded, stored_tag = _load(path)
-        requested = index_type or (_requested_type(stored_tag) if stored_tag else DEFAULT_INDEX_TYPE)
+        recorded = self.store.vector_indexes().get(kind)
+        requested = index_type or (recorded.requested_type if recorded else None) or _requested_type(stored_tag)
         tag = self._tag(kind, requested)
         fits = (
             loaded is not None
@@ -130,6 +140,7 @@ class Library:
         )
         if expected.size == 0:
             self._forget(path, loaded if fits else None, tag)
+            self._record(recorded, kind, requested, None)
             return None
         if fits:
             assert loaded is not None
@@ -137,20 +148,51 @@ class Library:
             if added or removed:
                 log.info("vector index %s: %d added, %d removed", path, added, removed)
                 self._save(loaded, path, tag)
+            self._record(recorded, kind, requested, loaded)
             return loaded
         ids, vectors = self.store.vectors(kind)
         index = VectorIndex.build(ids, vectors, IndexParams(type=requested))
         log.info("vector index %s rebuilt: %d %s vectors (%s)", path, len(index), kind, index.type)
         self._save(index, path, tag)
+        self._record(recorded, kind, requested, index)
         return index
 
+    def _record(self, recorded: VectorIndexInfo | None, kind: str, requested: str, index: VectorIndex | None) -> None:
+        """Record in the database what the index of `kind` now is, when that changed (a read-only store: never)."""
+        effective = None if index is None else index.type
+        params = {} if index is None else dataclasses.asdict(index.params)
+        vectors = 0 if index is None else len(index)
+        now = (requested, effective, params, vectors)
+        if self.store.read_only or (
+            recorded is not None
+            and (recorded.requested_type, recorded.effective_type, dict(recorded.params), recorded.vectors) == now
+        ):
+            return
+        self.store.record_vector_index(
+            kind, requested_type=requested, effective_type=effective, params=params, vectors=vectors
+        )
+
+    def _described_by_file(self, kind: str) -> VectorIndexInfo | None:
+        """What a FAISS file written before the database kept this record says about itself."""
+        index, tag = _load(self.index_path(kind))
+        if index is None or tag is None:
+            return None
+        return VectorIndexInfo(
+            kind=kind,
+            requested_type=_requested_type(tag),
+            effective_type=index.type,
+            params=dataclasses.asdict(index.params),
+            vectors=len(index),
+            updated_at=datetime.fromtimestamp(self.index_path(kind).stat().st_mtime, timezone.utc),
+        )
+
     def _save(self, index: VectorIndex, path: Path, tag: str) -> None:
-        if not self.read_only:
+        if not self.in_memory:
             _save(index, path, tag)
 
     def _forget(self, path: Path, loaded: VectorIndex | None, tag: str) -> None:
         """No vectors of this kind: empty the file (keeping its type) or remove a file that no longer fits."""
-        if self.read_only:
+        if self.in_memory:
             return
         if loaded is not None:
             if len(loaded):
@@ -204,7 +246,9 @@ def _load(path: Path) -> tuple[VectorIndex | None, str | None]:
         return None, None
 
 
-def _requested_type(tag: str) -> str:
+def _requested_type(tag: str | None) -> str:
+    if not tag:
+        return DEFAULT_INDEX_TYPE
     try:
         value = json.loads(tag).get("index_type")
     except (ValueError, AttributeError):

@@ -54,6 +54,12 @@ class Filters:
     max_duration_s: float | None = None
     exclude_paths: frozenset[str] = frozenset()
 
+    def __post_init__(self) -> None:
+        low, high = self.min_duration_s, self.max_duration_s
+        if low is not None and high is not None and low > high:
+            # No file can match: say so rather than answer "no results" as if the library lacked them.
+            raise ValueError(f"--min-duration {low:g} is more than --max-duration {high:g}: no file can match")
+
     @classmethod
     def from_options(
         cls,

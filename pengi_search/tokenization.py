@@ -7,12 +7,14 @@ that, from the Hugging Face cache; nothing is downloaded here (`pengi-search mod
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pengi_search.errors import PengiSearchError
+from pengi_search.errors import PengiSearchError, UsageError
 
+from .choices import LongPrompt, StopRule
 from .config import PengiConfig
 from .download import TOKENIZERS
 
@@ -22,9 +24,15 @@ if TYPE_CHECKING:  # torch and transformers load only when a tokenizer does (`qu
 
 TOKENIZER_DIR = "tokenizer"
 
+log = logging.getLogger(__name__)
+
 
 class TokenizerNotFoundError(PengiSearchError):
     """A tokenizer the model needs is not installed."""
+
+
+class PromptTooLongError(UsageError):
+    """A prompt longer than the model's prompt tokens, refused (`LongPrompt.refuse`)."""
 
 
 def load_tokenizer(kind: str, model_dir: Path | None) -> PreTrainedTokenizerBase:
@@ -81,6 +89,10 @@ class Tokenizers:
         # The reference stops on the first token of " <|endoftext|>" (a lone space, id 220); <|endoftext|> too.
         self.stop_ids: tuple[int, ...] = tuple(dict.fromkeys([ends[0], gpt2.eos_token_id]))
 
+    def stop_ids_for(self, rule: StopRule) -> tuple[int, ...]:
+        """The ids that end an answer under `rule`: the lone space only (the original's), or it and end-of-text."""
+        return self.stop_ids[:1] if rule == StopRule.original else self.stop_ids
+
     @classmethod
     def load(cls, cfg: PengiConfig, model_dir: Path | None) -> Tokenizers:
         clip = load_tokenizer("clip", model_dir) if cfg.use_text_encoder else None
@@ -92,23 +104,29 @@ class Tokenizers:
         if self.clip is not None:
             self.clip.save_pretrained(model_dir / TOKENIZER_DIR / "clip")
 
-    def prompts(self, prompts: list[str]) -> PromptBatch:
+    def prompts(self, prompts: list[str], long: LongPrompt = LongPrompt.cut) -> PromptBatch:
         """Prompts as the reference tokenises them, padded to `text_prompt_length` (40).
 
         base: CLIP tokens with start and end markers, padded with the end-of-text id.
         base_no_text_enc: GPT-2 tokens of `prompt + " <|endoftext|>"`, padded with id 0 ("!").
+        A longer prompt is cut to 40 tokens as the reference's tokenizer call cuts it (CLIP keeps its end marker,
+        GPT-2 keeps the first 40 ids), with a warning; `long=LongPrompt.refuse` raises PromptTooLongError instead.
         """
         length = self.cfg.text_prompt_length
-        if self.clip is not None:
-            rows = [self.clip(p)["input_ids"] for p in prompts]
-            pad = self.cfg.text_encoder.eos_token_id
-        else:
-            rows = [self.encode(p + self.end_suffix) for p in prompts]
-            pad = 0
-        too_long = [p for p, r in zip(prompts, rows, strict=True) if len(r) > length]
-        if too_long:
-            raise ValueError(f"prompt longer than {length} tokens: {too_long[0]!r}")
+        rows = [self._prompt_ids(p, length, long) for p in prompts]
+        pad = self.cfg.text_encoder.eos_token_id if self.clip is not None else 0
         return pad_rows(rows, length, pad)
+
+    def _prompt_ids(self, prompt: str, length: int, long: LongPrompt) -> list[int]:
+        ids = self.clip(prompt)["input_ids"] if self.clip is not None else self.encode(prompt + self.end_suffix)
+        if len(ids) <= length:
+            return ids
+        if long == LongPrompt.refuse:
+            raise PromptTooLongError("", f"prompt longer than {length} tokens ({len(ids)}): {prompt!r}")
+        log.warning("prompt of %d tokens cut to its first %d, as the original Pengi does: %r", len(ids), length, prompt)
+        if self.clip is not None:
+            return self.clip(prompt, truncation=True, max_length=length)["input_ids"]
+        return ids[:length]
 
     def answer_ids(self, text: str) -> list[int]:
         """GPT-2 ids of an answer as the model was trained to write it: `text + " <|endoftext|>"`."""

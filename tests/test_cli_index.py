@@ -83,7 +83,10 @@ def test_rebuild_index_changes_the_type_and_indexing_keeps_it(tiny_model_dir, so
     write_tone(sounds / "new.wav", 1.0, freq=250)
     assert index(sounds, db, tiny_model_dir).exit_code == 0
     with Library.open(str(db)) as library:
-        assert library.index_types() == {"text": "hnsw", "audio": "hnsw"}
+        assert {kind: info.effective_type for kind, info in library.index_info().items()} == {
+            "text": "hnsw",
+            "audio": "hnsw",
+        }
         assert library.vector_index("text").type == "hnsw" and len(library.vector_index("text")) == 5
     assert_consistent(db)
 

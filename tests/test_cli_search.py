@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE
+from pengi_search.db import Store
 
 from .search_library import caption_library
 
@@ -78,6 +79,7 @@ def test_query_bad_options(common, args, message):
 
 
 def test_query_empty_library(tmp_path, tiny_model_dir):
+    Store.open(tmp_path / "empty.db").close()
     result = run("query", "rain", "--db", tmp_path / "empty.db", "--model", tiny_model_dir)
     assert result.exit_code == EXIT_FAILED
     assert "index is empty" in result.output and "pengi-search index PATH" in result.output

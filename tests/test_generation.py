@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
+from pengi_search.choices import StopRule
 from pengi_search.decoding import GenerationConfig, beam_search, greedy, score_candidates
+from pengi_search.inference import Engine
 from pengi_search.model import Pengi
+from pengi_search.model_dir import ModelDir
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +105,18 @@ def test_additional_text_is_continued(model, prefixes):
     extended = torch.cat([prefixes[:1], wte(torch.tensor([start]))], dim=1)
     hyp = beam_search(model.gpt, extended, GenerationConfig(beam=1, max_len=4, stop_ids=()))[0][0]
     assert hyp.tokens == uncached_greedy(model.gpt, extended, 4)
+
+
+@pytest.mark.parametrize(("rule", "ends"), [(StopRule.both, 2), (StopRule.original, 1)])
+def test_the_engine_ends_answers_where_the_stop_rule_says(tiny_model_dir, monkeypatch, rule, ends):
+    engine = Engine.load(ModelDir.read(tiny_model_dir), "cpu")
+    seen = []
+
+    def recording(gpt, prefix, cfg):
+        seen.append(cfg.stops)
+        return beam_search(gpt, prefix, cfg)
+
+    monkeypatch.setattr("pengi_search.inference.beam_search", recording)
+    audio = engine.audio_embeddings(np.zeros((1, engine.model.cfg.audio.clip_samples), np.float32))
+    engine.generate(audio, ["generate audio caption"], GenerationConfig(beam=2, max_len=3, stop=rule))
+    assert seen == [engine.tok.stop_ids[:ends]]  # the lone space; and end-of-text unless `original`

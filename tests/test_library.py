@@ -74,6 +74,14 @@ def saved_ids(library: Library, kind: str) -> list[int]:
     return VectorIndex.load(library.index_path(kind))[0].ids().tolist()
 
 
+def built_types(library: Library) -> dict[str, tuple[str, str | None] | None]:
+    """Per kind, (type asked for, type built) as the database records them."""
+    return {
+        kind: None if info is None else (info.requested_type, info.effective_type)
+        for kind, info in library.index_info().items()
+    }
+
+
 def in_line(library: Library, kind: str) -> bool:
     return saved_ids(library, kind) == library.store.vector_ids(kind).tolist()
 
@@ -121,7 +129,10 @@ def test_replaced_and_removed_windows_leave_the_files(db: str) -> None:
 
         store.remove("/lib")
         library.sync_vector_indexes()
-        assert saved_ids(library, "text") == [] and library.index_types() == {"text": "flat", "audio": "flat"}
+        assert saved_ids(library, "text") == [] and built_types(library) == {
+            "text": ("flat", None),
+            "audio": ("flat", None),
+        }
         with pytest.raises(EmptyLibraryError, match="index PATH"):
             library.vector_index("text")
 
@@ -184,7 +195,7 @@ def test_another_index_type_rebuilds_and_is_kept(db: str) -> None:
         fetched.clear()
         library.sync_vector_indexes("hnsw")
         assert fetched == [("text", None), ("audio", None)]
-        assert library.index_types() == {"text": "hnsw", "audio": "hnsw"}
+        assert built_types(library) == {"text": ("hnsw", "hnsw"), "audio": ("hnsw", "hnsw")}
         added = add_file(library.store, "/lib/c.wav", 1, seed=4).added_window_ids
 
     with opened(db) as (library, fetched):
@@ -198,8 +209,8 @@ def test_rebuild_reads_every_vector_and_remembers_an_ivfpq_request(db: str) -> N
         fetched.clear()
         assert library.rebuild("ivfpq") == {"text": 5, "audio": 5}
         assert fetched == [("text", None), ("audio", None)]
-        # Too few vectors to train IVF-PQ: the exact index serves, and the request waits in the file.
-        assert library.index_types() == {"text": "ivfpq", "audio": "ivfpq"}
+        # Too few vectors to train IVF-PQ: the exact index serves, and the database keeps the request.
+        assert built_types(library) == {"text": ("ivfpq", "flat"), "audio": ("ivfpq", "flat")}
         assert library.vector_index("text").type == "flat"
     with opened(db) as (library, fetched):
         assert library.vector_index("text").type == "flat" and fetched == []

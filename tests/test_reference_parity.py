@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from pengi_search.checkpoint import OBSOLETE_KEYS
+from pengi_search.choices import StopRule
 from pengi_search.config import PengiConfig
-from pengi_search.decoding import GenerationConfig, beam_search, greedy
+from pengi_search.decoding import SPACE, GenerationConfig, beam_search, greedy
 from pengi_search.frontend import hann_dft_kernels, mel_filterbank
 from pengi_search.model import Pengi
 
@@ -204,9 +205,12 @@ def test_beam_search_matches_reference_sequences_and_scores(case):
 
 
 def test_beam_search_batched_equals_one_row_at_a_time(case):
+    """All rows at once, with `--stop original`: the reference's own stop token, the lone space (id 220)."""
     variant, fixture, model, _, _, prefix = case
     search = fixture["beam_search"]
-    cfg = GenerationConfig(beam=search["beam_size"], max_len=search["max_steps"], stop_ids=(search["stop_token_id"],))
+    assert search["stop_token_id"] == SPACE
+    cfg = GenerationConfig(beam=search["beam_size"], max_len=search["max_steps"], stop=StopRule.original)
+    assert cfg.stops == (SPACE,)
     batched = beam_search(model.gpt, prefix, cfg)
     for row, expected in enumerate(search[variant]):
         assert [h.tokens for h in batched[row]] == expected["sequences"]

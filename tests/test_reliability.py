@@ -216,7 +216,10 @@ def test_sigkill_mid_run_then_rerun_loses_and_repeats_nothing(tiny_model_dir, tm
     with Library.open(str(db)) as library:
         files = library.store.files_under(str(root))
         windows = library.store.window_details(library.store.vector_ids("text"))
-        assert [run.status for run in library.store.runs(2)] == ["finished", "running"]  # the killed run
+        runs = library.store.runs(2)
+    # The killed run held the indexing lock, which died with it; the rerun marked it interrupted, end unknown.
+    assert [(run.status, run.finished_at is None) for run in runs] == [("finished", False), ("interrupted", True)]
+    assert summary.stale_runs == [runs[1].id]
     assert len(files) == count and {f.status for f in files} == {"indexed"}
     assert sorted(d.path for d in windows.values()) == sorted(f.path for f in files)  # one window each, no repeats
     assert_consistent(db)

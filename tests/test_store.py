@@ -35,7 +35,7 @@ from pengi_search.db import (
     resolve_db_url,
 )
 from pengi_search.db.engine import create_store_engine
-from pengi_search.db.migrate import alembic_config, migrate
+from pengi_search.db.migrate import SCHEMA_HEAD, alembic_config, migrate
 from pengi_search.db.schema import Base
 
 MODEL = ModelInfo("pengi-base", "a" * 64)
@@ -98,7 +98,7 @@ def indexed_file(store: Store, path: str, count: int = 2, seed: int = 0) -> int:
 
 
 def test_open_migrates_to_head_and_models_match_the_migrations(store: Store) -> None:
-    assert store.stats()["schema_revision"] == "0002"
+    assert store.stats()["schema_revision"] == SCHEMA_HEAD
     with store.session() as session:
         assert compare_metadata(MigrationContext.configure(session.connection()), Base.metadata) == []
 
@@ -130,12 +130,42 @@ def test_opening_an_older_database_upgrades_it_and_keeps_its_rows(db_url: str) -
     engine.dispose()
 
     with Store.open(db_url) as store:
-        assert store.stats()["schema_revision"] == "0002"
+        assert store.stats()["schema_revision"] == SCHEMA_HEAD
         old = store.get_file("/lib/old.wav")
         assert old is not None and (old.size, old.mtime, old.status, old.content_hash) == (10, 2.5, "indexed", None)
         assert store.window_details([5])[5].texts == (TextRecord("p", "old caption", None),)
         store.upsert_file("/lib/old.wav", size=11, mtime=3.0, content_hash="f" * 64)
         assert [f.path for f in store.files_with_hash("f" * 64)] == ["/lib/old.wav"]
+
+
+def test_a_0002_database_gains_run_owners_and_index_records(db_url: str) -> None:
+    engine = create_store_engine(db_url)
+    migrate(engine, "0002")
+    with engine.begin() as connection:
+        assert not inspect(connection).has_table("vector_indexes")
+        connection.execute(
+            text(
+                "INSERT INTO runs (started_at, status, files_seen, files_indexed, files_failed, files_pruned) "
+                "VALUES ('2025-11-27 10:00:00', 'running', 3, 1, 0, 0)"
+            )
+        )
+    engine.dispose()
+
+    with Store.open(db_url) as store:
+        assert store.stats()["schema_revision"] == "0003"
+        (old,) = store.runs()
+        assert (old.status, old.host, old.pid, old.files_seen) == ("running", None, None, 3)
+        assert store.vector_indexes() == {}
+        store.record_vector_index(
+            "text", requested_type="ivfpq", effective_type="flat", params={"type": "flat"}, vectors=3
+        )
+        recorded = store.vector_indexes()["text"]
+        assert (recorded.requested_type, recorded.effective_type, recorded.fell_back) == ("ivfpq", "flat", True)
+        new_id = store.start_run()
+        new = store.runs()[0]
+        assert (new.id, new.pid) == (new_id, os.getpid()) and new.host
+        assert store.interrupt_stale_runs() == [old.id, new_id]
+        assert {run.status for run in store.runs()} == {"interrupted"}
 
 
 def test_migrations_go_down_to_base_and_up_again(db_url: str) -> None:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
+from pengi_search.choices import LongPrompt, StopRule
+from pengi_search.errors import EXIT_USAGE
 from pengi_search.model_dir import ModelDir
+from pengi_search.tokenization import PromptTooLongError
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +58,28 @@ def test_answers_end_like_the_released_models_captions(tok):
     assert tok.decode(ids) == "a dog barks"
 
 
-def test_an_overlong_prompt_is_refused(tok):
-    with pytest.raises(ValueError, match="longer than"):
-        tok.prompts(["dog " * 100])
+def test_an_overlong_prompt_is_cut_as_the_original_does(tok, tok_no_text, caplog):
+    prompt = "question: " + "is there a dog " * 30
+    length = tok.cfg.text_prompt_length
+    with caplog.at_level(logging.WARNING, logger="pengi_search.tokenization"):
+        (row,) = tok.prompts([prompt]).input_ids.tolist()
+    # The reference's tokenizer call (max_length, no explicit truncation) truncates: CLIP keeps both markers.
+    full = tok.clip(prompt)["input_ids"]
+    assert len(full) > length and row == full[: length - 1] + [tok.clip.eos_token_id]
+    assert f"cut to its first {length}" in caplog.text
+    (gpt2_row,) = tok_no_text.prompts([prompt]).input_ids.tolist()  # GPT-2: the first ids, end marker lost
+    assert gpt2_row == tok_no_text.encode(prompt + " <|endoftext|>")[:length]
+
+
+def test_an_overlong_prompt_can_be_refused(tok):
+    with pytest.raises(PromptTooLongError, match=f"longer than {tok.cfg.text_prompt_length} tokens") as refused:
+        tok.prompts(["dog " * 100], LongPrompt.refuse)
+    assert refused.value.exit_code == EXIT_USAGE
+
+
+def test_the_original_stop_rule_is_the_lone_space_only(tok):
+    assert tok.stop_ids_for(StopRule.original) == tok.stop_ids[:1] == (tok.gpt2.encode(" ")[0],)
+    assert tok.stop_ids_for(StopRule.both) == tok.stop_ids
 
 
 def test_free_texts_pad_to_the_longest(tok):

@@ -28,9 +28,10 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
 from pengi_search.checkpoint import CheckpointError
+from pengi_search.choices import LongPrompt
 from pengi_search.errors import PengiSearchError
 from pengi_search.model import Pengi
-from pengi_search.tokenization import Tokenizers
+from pengi_search.tokenization import PromptTooLongError, Tokenizers
 from trainer.config import ConfigError, RuntimeSection, TrainConfig
 from trainer.data import AudioTextDataset, Batch, Example, ManifestError, collate_examples, read_manifest
 from trainer.distributed import (
@@ -442,6 +443,6 @@ def check_prompts(examples: list[Example], tokenizers: Tokenizers, manifest: Pat
         first_row.setdefault(example.prompt, example.row)
     for prompt, row in first_row.items():
         try:
-            tokenizers.prompts([prompt])
-        except ValueError as error:
+            tokenizers.prompts([prompt], LongPrompt.refuse)  # training data is fixed, not cut
+        except PromptTooLongError as error:
             raise ManifestError(manifest, str(error), row) from None

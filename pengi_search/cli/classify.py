@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..choices import Device, LoglikScore, Method
+from ..choices import Device, LoglikScore, LongPrompt, Method, StopRule
 from ..prompts import TASK_PROMPTS
 from .common import (
     EXIT_OK,
@@ -25,9 +25,11 @@ from .common import (
     DbOption,
     DeviceOption,
     JsonOption,
+    LongPromptsOption,
     MaxLenOption,
     ModelOption,
     QuietOption,
+    StopOption,
     UsageError,
     err_console,
     fetches_model,
@@ -89,6 +91,8 @@ class ScoringOptions:
     ] = None
     beam: BeamOption = 3
     max_len: MaxLenOption = 30
+    stop: StopOption = StopRule.both
+    long_prompts: LongPromptsOption = LongPrompt.cut
 
     def settings(self) -> ClassifySettings:
         """The classification settings; a template without its {label} placeholder is bad usage."""
@@ -225,15 +229,16 @@ def classify_target(
 
 
 def _open_library(db: str | None) -> Any:
-    """The library when its database exists (classify never creates one), else None."""
-    from ..db import resolve_db_url, sqlite_file
+    """The library to reuse, read-only: the one `--db` names (which must exist), else the default one if any.
+
+    Classify never creates a library; without one, every file is decoded and described.
+    """
+    from ..db import library_exists
     from ..library import Library
 
-    url = resolve_db_url(db)
-    db_file = sqlite_file(url)
-    if db_file is not None and not db_file.exists():
+    if db is None and not library_exists(None):
         return None
-    return Library.open(url)
+    return Library.open(db, read_only=True)
 
 
 def _run_classifier(

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from ..choices import Device
-from ..errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, PengiSearchError, UsageError
+from ..choices import Device, LongPrompt, StopRule
+from ..errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, PengiSearchError, UsageError
 
 if TYPE_CHECKING:
     from ..download import Release
 
-__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "UsageError"]
+__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "UsageError"]
 
 err_console = Console(stderr=True, highlight=False)
 out_console = Console(highlight=False)
@@ -40,6 +40,20 @@ DeviceOption = Annotated[
 BatchOption = Annotated[int, typer.Option("--batch-size", min=1, help="Windows decoded together.")]
 BeamOption = Annotated[int, typer.Option("--beam", min=1, help="Beam width (the paper uses 5, its example 3).")]
 MaxLenOption = Annotated[int, typer.Option("--max-len", min=1, help="Most tokens generated per answer.")]
+StopOption = Annotated[
+    StopRule,
+    typer.Option(
+        "--stop",
+        help="When an answer ends: both (on the space or <|endoftext|>) or original (on the space only, exactly "
+        "as the original Pengi, which writes on past <|endoftext|>).",
+    ),
+]
+LongPromptsOption = Annotated[
+    LongPrompt,
+    typer.Option(
+        "--long-prompts", help="A prompt over 40 tokens: cut to its first 40 as the original does (warns), or refuse."
+    ),
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 DbOption = Annotated[
     str | None,
@@ -70,7 +84,7 @@ def handle_errors(func: F) -> F:
             return func(*args, **kwargs)
         except KeyboardInterrupt:
             err_console.print("interrupted")
-            raise typer.Exit(130) from None
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         except (typer.Exit, typer.Abort):
             raise
         except Exception as err:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..choices import Device
+from ..choices import Device, LongPrompt, StopRule
 from .common import (
     EXIT_OK,
     EXIT_PARTIAL,
@@ -16,9 +16,12 @@ from .common import (
     BeamOption,
     DeviceOption,
     JsonOption,
+    LongPromptsOption,
     MaxLenOption,
     ModelOption,
     QuietOption,
+    StopOption,
+    UsageError,
     err_console,
     fetches_model,
     handle_errors,
@@ -48,6 +51,8 @@ class DescribeOptions:
     device: DeviceOption = Device.auto
     beam: BeamOption = 3
     max_len: MaxLenOption = 30
+    stop: StopOption = StopRule.both
+    long_prompts: LongPromptsOption = LongPrompt.cut
     batch_size: BatchOption = 16
     hop: HopOption = 7.0
 
@@ -68,12 +73,17 @@ def _describe_files(
     answer_prefix: str,
     progress: bool,
 ) -> list[FileResult]:
+    """Every file's answers; a path that does not exist is bad usage (nothing is described), a file that cannot
+    be decoded is reported in its result (the others are still described)."""
     from ..decoding import GenerationConfig
     from ..inference import Engine
     from ..model_dir import ModelDir
 
-    engine = Engine.load(ModelDir.resolve(options.model), options.device, options.batch_size)
-    gen = GenerationConfig(beam=options.beam, max_len=options.max_len)
+    missing = [path for path in files if not path.exists()]
+    if missing:
+        raise UsageError("", f"{missing[0]}: no such file")
+    engine = Engine.load(ModelDir.resolve(options.model), options.device, options.batch_size, options.long_prompts)
+    gen = GenerationConfig(beam=options.beam, max_len=options.max_len, stop=options.stop)
     results = []
     with progress_bar() as bar:
         task = bar.add_task("describing", total=len(files), rate="", visible=progress)

@@ -224,7 +224,7 @@ def _indexed_library(
             summary = run_index(options, _Reporter(bar, visible=show_progress(quiet, json_output)))
     except (IndexerError, ScanError) as exc:
         raise UsageError("", str(exc)) from exc
-    return Library.open(db), summary
+    return Library.open(db, read_only=True), summary
 
 
 def _failures(summary: IndexSummary) -> dict[str, str]:

@@ -6,12 +6,13 @@ import json
 import os
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..choices import Device, IndexType
+from ..choices import Device, IndexType, LongPrompt, StopRule
 from .common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -21,9 +22,11 @@ from .common import (
     DbOption,
     DeviceOption,
     JsonOption,
+    LongPromptsOption,
     MaxLenOption,
     ModelOption,
     QuietOption,
+    StopOption,
     UsageError,
     err_console,
     fail,
@@ -37,6 +40,8 @@ from .common import (
 
 if TYPE_CHECKING:
     from indexer.pipeline import IndexSummary
+
+    from ..db import VectorIndexInfo
 
 IndexTypeOption = Annotated[
     IndexType | None,
@@ -93,13 +98,19 @@ def index(
     ] = False,
     beam: BeamOption = 3,
     max_len: MaxLenOption = 30,
+    stop: StopOption = StopRule.both,
+    long_prompts: LongPromptsOption = LongPrompt.cut,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="When another index run is writing to the library, wait for it to end.")
+    ] = False,
     quiet: QuietOption = False,
     json_output: JsonOption = False,
 ) -> None:
     """Caption every audio file under PATH... into the library (incremental, resumable).
 
     Unchanged files are skipped, changed ones captioned again, deleted ones forgotten. Files that cannot be read
-    are recorded with the reason and reported; the run goes on (exit code 3 when any failed).
+    are recorded with the reason and reported; the run goes on (exit code 3 when any failed). One run writes to a
+    library at a time: a second one refuses (exit code 1), or waits with --wait.
 
     Example: pengi-search index ~/sounds --workers 4 --batch-size 32
     """
@@ -132,6 +143,9 @@ def index(
         reindex=reindex,
         beam=beam,
         max_len=max_len,
+        stop=stop,
+        long_prompts=long_prompts,
+        wait=wait,
     )
     try:
         with progress_bar() as bar:
@@ -154,15 +168,16 @@ def rebuild_index(db: DbOption = None, index_type: IndexTypeOption = None, json_
     from ..library import Library
 
     started = time.monotonic()
-    with Library.open(db) as library:
+    with Library.open(db, create=False) as library:
         counts = library.rebuild(index_type)
-        types = library.index_types()
+        indexes = {kind: _index_json(library.index_path(kind), info) for kind, info in library.index_info().items()}
     seconds = time.monotonic() - started
     if json_output:
-        print_json({"vectors": counts, "index_types": types, "seconds": round(seconds, 3)})
+        print_json({"vectors": counts, "vector_indexes": indexes, "seconds": round(seconds, 3)})
         return
     for kind, count in counts.items():
-        out_console.print(f"{kind}: {count} vectors ({types[kind] or 'no index'})")
+        built = _index_kind(indexes[kind]["index_type"], indexes[kind]["requested_type"])
+        out_console.print(f"{kind}: {count} vectors ({built})", markup=False)
     out_console.print(f"rebuilt in {seconds:.1f} s")
 
 
@@ -175,14 +190,13 @@ def stats(db: DbOption = None, json_output: JsonOption = False) -> None:
     from ..db import sqlite_file
     from ..library import Library
 
-    with Library.open(db) as library:
+    with Library.open(db, read_only=True) as library:
         data = library.store.stats()
-        data["runs"] = [_run_json(run) for run in library.store.runs(limit=5)]
+        data["runs"] = [run.to_json() for run in library.store.runs(limit=5)]
         db_file = sqlite_file(library.db_url)
         data["database_bytes"] = None if db_file is None else _sqlite_bytes(db_file)
         data["vector_indexes"] = {
-            kind: {"path": str(library.index_path(kind)), "bytes": _size(library.index_path(kind)), "index_type": type_}
-            for kind, type_ in library.index_types().items()
+            kind: _index_json(library.index_path(kind), info) for kind, info in library.index_info().items()
         }
     if json_output:
         print_json(data)
@@ -204,7 +218,7 @@ def remove(
     from ..scan import absolute
 
     target = absolute(path)
-    with Library.open(db) as library:
+    with Library.open(db, create=False) as library:
         removed = library.store.remove(target)
         library.sync_vector_indexes()
     if removed == 0:
@@ -231,7 +245,7 @@ def export(
     from ..scan import absolute
 
     prefix = None if under is None else absolute(under)
-    with Library.open(db) as library:
+    with Library.open(db, read_only=True) as library:
         if output is None:
             try:
                 _write_rows(library.store.export_rows(prefix), sys.stdout)
@@ -279,6 +293,8 @@ def _print_summary(summary: IndexSummary) -> None:
         f"{summary.pruned} pruned",
         soft_wrap=True,
     )
+    for run_id in summary.stale_runs:
+        err_console.print(f"run {run_id} was still marked running, but its process had ended: marked interrupted")
     if summary.skipped_errors:
         out_console.print(f"{summary.skipped_errors} file(s) that failed before were skipped (--retry-errors)")
     for label, items in (("failed", summary.failed), ("unreadable folder", summary.unreadable_dirs)):
@@ -291,11 +307,24 @@ def _write_rows(rows: Any, stream: Any) -> None:
         stream.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def _run_json(run: Any) -> dict[str, Any]:
-    data = dict(vars(run))
-    data["started_at"] = run.started_at.isoformat()
-    data["finished_at"] = None if run.finished_at is None else run.finished_at.isoformat()
+def _index_json(path: Path, info: VectorIndexInfo | None) -> dict[str, Any]:
+    """Where a kind's FAISS file is, its size, and what index it is: `index_type` is the type built."""
+    data: dict[str, Any] = {"path": str(path), "bytes": _size(path), "index_type": None, "requested_type": None}
+    if info is not None:
+        recorded = info.to_json()
+        data |= {"index_type": recorded.pop("effective_type")} | recorded
     return data
+
+
+def _index_kind(effective: str | None, requested: str | None) -> str:
+    """The index type built, and the type asked for when it is another (an IVF-PQ request on a small library)."""
+    if effective is None:
+        return "no index"
+    if requested in (None, effective):
+        return effective
+    from ..vectors import IVFPQ_MIN_VECTORS
+
+    return f"{effective}; {requested} was asked for, built once there are {IVFPQ_MIN_VECTORS:,} vectors"
 
 
 def _size(path: Path) -> int | None:
@@ -322,16 +351,39 @@ def _print_stats(data: dict[str, Any]) -> None:
     if model:
         lines.append(f"model: {model['model']} ({model['model_fingerprint'][:12]}), embedder: {model['embedder']}")
     for kind, info in data["vector_indexes"].items():
-        built = info["index_type"] or "not built"
+        built = _index_kind(info["index_type"], info["requested_type"])
         lines.append(f"{kind} index: {data['vectors'][kind]} vectors, {built} ({_human(info['bytes'])})")
-    for run in data["runs"]:
-        shard = f", shard {run['shard']}" if run["shard"] else ""
-        lines.append(
-            f"run {run['id']}: {run['status']} {run['started_at']}, {run['files_indexed']} indexed, "
-            f"{run['files_failed']} failed, {run['files_pruned']} pruned{shard}"
-        )
+    lines += [_run_line(run) for run in data["runs"]]
     for line in lines:
         out_console.print(line, markup=False, soft_wrap=True)
+
+
+def _run_line(run: dict[str, Any]) -> str:
+    """One run as a person reads it: status, start, end, duration and counts."""
+    started = datetime.fromisoformat(run["started_at"])
+    shard = f" (shard {run['shard']})" if run["shard"] else ""
+    if run["finished_at"] is not None:
+        finished = datetime.fromisoformat(run["finished_at"])
+        end = f"ended {_when(finished)} ({_duration((finished - started).total_seconds())})"
+    elif run["status"] == "running":
+        end = "not ended yet"
+    else:
+        end = "end unknown (its process died)"
+    return (
+        f"run {run['id']}{shard}: {run['status']}; started {_when(started)}, {end}; "
+        f"{run['files_seen']} seen, {run['files_indexed']} indexed, {run['files_failed']} failed, "
+        f"{run['files_pruned']} pruned"
+    )
+
+
+def _when(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min {secs} s" if minutes else f"{seconds:.1f} s"
 
 
 def _human(size: int | None) -> str:

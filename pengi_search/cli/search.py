@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 
 from ..choices import By, Device
 from .common import (
+    EXIT_PARTIAL,
     BatchOption,
     DbOption,
     DeviceOption,
@@ -124,8 +126,10 @@ def query(
     from ..library import Library
     from ..search import query_text
 
+    if not text.strip():
+        raise UsageError("", 'the query text is empty; say what to look for, e.g. "dog barking in the rain"')
     filters = search.filters()
-    with Library.open(search.db) as library:
+    with Library.open(search.db, read_only=True) as library:
         hits = query_text(
             library, text, k=search.limit, by=search.by, filters=filters, model=search.model, device=search.device
         )
@@ -145,26 +149,33 @@ def similar(
     """Find the sounds that sound like FILE (audio -> audio); FILE itself is left out.
 
     An indexed, unchanged FILE uses its stored audio embeddings; any other file is decoded and embedded with the
-    model. Each window of the library is scored by its best match among FILE's windows.
+    model. Each window of the library is scored by its best match among FILE's windows. A FILE that cannot be
+    decoded is reported, with no results (exit code 3).
 
     Example: pengi-search similar door-slam.wav -k 5
     """
+    from ..audio import AudioDecodeError
     from ..library import Library
     from ..search import similar_to_file
 
     if not file.is_file():
         raise UsageError("", f"{file}: no such file")
     filters = search.filters()
-    with Library.open(search.db) as library:
-        hits, _ = similar_to_file(
-            library,
-            file,
-            k=search.limit,
-            by=search.by,
-            filters=filters,
-            model=search.model,
-            device=search.device,
-            batch_size=batch_size,
-        )
+    with Library.open(search.db, read_only=True) as library:
+        try:
+            hits, _ = similar_to_file(
+                library,
+                file,
+                k=search.limit,
+                by=search.by,
+                filters=filters,
+                model=search.model,
+                device=search.device,
+                batch_size=batch_size,
+            )
+        except AudioDecodeError as err:
+            err_console.print(f"[red]skipped[/] {escape(str(err))}", soft_wrap=True)
+            _show_hits([], json_output=json_output)
+            raise typer.Exit(EXIT_PARTIAL) from None
     spans = {(hit.query_start_s, hit.query_end_s) for hit in hits}
     _show_hits(hits, json_output=json_output, show_query_span=len(spans) > 1)

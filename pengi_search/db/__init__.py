@@ -1,11 +1,14 @@
 """The database of a library: where it is (`urls`), its tables (`schema`), the records it hands out (`records`),
-engines (`engine`), schema upgrades (`migrate`) and the `Store` that reads and writes it (`store`).
+engines (`engine`), how it is opened (`access`: created by `index` only, read-only for readers), schema upgrades
+(`migrate`), the `Store` that reads and writes it (`store`, with its journal of indexing runs in `runs`) and the
+lock that lets one indexing run at a time write to it (`run_lock`).
 
 Callers import from here; the ORM rows, engine and migration helpers stay in their modules for the store, the
 Alembic environment and tests.
 """
 
-from .errors import StoreError, StoreMismatchError
+from .access import library_exists
+from .errors import IndexBusyError, MissingDatabaseError, StoreError, StoreMismatchError
 from .records import (
     FILE_STATUSES,
     RUN_STATUSES,
@@ -19,6 +22,7 @@ from .records import (
     RunRecord,
     StoredAudio,
     TextRecord,
+    VectorIndexInfo,
     WindowDetails,
     WindowInput,
 )
@@ -41,7 +45,9 @@ __all__ = [
     "EmbedderInfo",
     "FileRecord",
     "FileStamp",
+    "IndexBusyError",
     "IndexMeta",
+    "MissingDatabaseError",
     "ModelInfo",
     "ReplaceResult",
     "RunRecord",
@@ -50,11 +56,13 @@ __all__ = [
     "StoreMismatchError",
     "StoredAudio",
     "TextRecord",
+    "VectorIndexInfo",
     "WindowDetails",
     "WindowInput",
     "default_db_url",
     "default_index_dir",
     "default_index_path",
+    "library_exists",
     "normalize_db_url",
     "resolve_db_url",
     "sqlite_file",

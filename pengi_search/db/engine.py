@@ -9,14 +9,16 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError
 
 from .errors import StoreError
-from .urls import sqlite_file
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 WRITE_OPTION = "pengi_write"  # execution option marking write transactions (SQLite takes its lock up front)
 
 
 def create_store_engine(url: str | URL) -> Engine:
-    """An engine for `url`; SQLite gets WAL, foreign keys and a busy timeout on every connection."""
+    """An engine for `url`; SQLite gets WAL, foreign keys and a busy timeout on every connection.
+
+    Nothing is created here: `pengi_search.db.access.open_engine` decides whether a database may be made.
+    """
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
@@ -24,9 +26,6 @@ def create_store_engine(url: str | URL) -> Engine:
     if parsed.drivername == "postgresql":  # the bare name means psycopg2 to SQLAlchemy; psycopg 3 is what we ship
         parsed = parsed.set(drivername="postgresql+psycopg")
     where = parsed.render_as_string(hide_password=True)
-    db_file = sqlite_file(parsed)
-    if db_file is not None:
-        db_file.parent.mkdir(parents=True, exist_ok=True)
     try:
         engine = create_engine(parsed, pool_pre_ping=parsed.get_backend_name() != "sqlite")
     except ImportError as exc:

@@ -11,3 +11,11 @@ class StoreError(PengiSearchError):
 
 class StoreMismatchError(StoreError):
     """The index was built with another model or text embedder than the one asked for."""
+
+
+class MissingDatabaseError(StoreError):
+    """A command that only reads (or changes) a library was pointed at one that does not exist yet."""
+
+
+class IndexBusyError(StoreError):
+    """Another indexing run holds the library's lock."""

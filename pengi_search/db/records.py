@@ -150,9 +150,42 @@ class RunRecord:
     files_failed: int
     files_pruned: int
     shard: str | None
+    host: str | None = None
+    pid: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = {name: getattr(self, name) for name in self.__dataclass_fields__}
         data["started_at"] = self.started_at.isoformat()
         data["finished_at"] = None if self.finished_at is None else self.finished_at.isoformat()
         return data
+
+
+@dataclass(frozen=True)
+class VectorIndexInfo:
+    """The FAISS index of one vector kind as the database records it.
+
+    `requested_type` is what was asked for (`--index-type`, else the type in use, else flat); `effective_type` what
+    was built from `vectors` vectors (IVF-PQ needs enough vectors to train and is built as flat until then), None
+    when there were none; `params` the built index's parameters (HNSW M, IVF lists, PQ codes, ...).
+    """
+
+    kind: str
+    requested_type: str
+    effective_type: str | None
+    params: Mapping[str, Any]
+    vectors: int
+    updated_at: datetime
+
+    @property
+    def fell_back(self) -> bool:
+        """Whether the index built is not the type asked for (IVF-PQ on too few vectors)."""
+        return self.effective_type is not None and self.effective_type != self.requested_type
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "requested_type": self.requested_type,
+            "effective_type": self.effective_type,
+            "params": dict(self.params),
+            "vectors": self.vectors,
+            "updated_at": self.updated_at.isoformat(),
+        }

@@ -7,6 +7,7 @@ records of `pengi_search.db.records` instead (`to_record`).
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from typing import Any
 
@@ -27,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-from .records import EmbedderInfo, FileRecord, IndexMeta, ModelInfo, RunRecord
+from .records import EmbedderInfo, FileRecord, IndexMeta, ModelInfo, RunRecord, VectorIndexInfo
 
 RowId = BigInteger().with_variant(Integer(), "sqlite")  # INTEGER is what makes a SQLite rowid alias
 
@@ -79,6 +80,8 @@ class RunRow(Base):
     files_failed: Mapped[int] = mapped_column(Integer, default=0)
     files_pruned: Mapped[int] = mapped_column(Integer, default=0)
     shard: Mapped[str | None] = mapped_column(String(64))
+    host: Mapped[str | None] = mapped_column(String(255))  # revision 0003: who runs it, for "waiting for run N"
+    pid: Mapped[int | None] = mapped_column(Integer)
 
     def to_record(self) -> RunRecord:
         return RunRecord(
@@ -91,6 +94,8 @@ class RunRow(Base):
             files_failed=self.files_failed,
             files_pruned=self.files_pruned,
             shard=self.shard,
+            host=self.host,
+            pid=self.pid,
         )
 
 
@@ -215,5 +220,29 @@ class IndexMetaRow(Base):
             model=ModelInfo(self.model_name, self.model_fingerprint),
             embedder=EmbedderInfo(self.embedder_name, self.embedder_dim),
             created_at=self.created_at,
+            updated_at=self.updated_at,
+        )
+
+
+class VectorIndexRow(Base):
+    """What the FAISS index of one vector kind is: the type asked for, the type built and its parameters (0003)."""
+
+    __tablename__ = "vector_indexes"
+    __table_args__ = (CheckConstraint("kind IN ('text', 'audio')", name="kind"),)
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    requested_type: Mapped[str] = mapped_column(String(16))
+    effective_type: Mapped[str | None] = mapped_column(String(16))  # None: no vectors, nothing built
+    params: Mapped[str | None] = mapped_column(Text)  # JSON of the built index's parameters
+    vectors: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    def to_record(self) -> VectorIndexInfo:
+        return VectorIndexInfo(
+            kind=self.kind,
+            requested_type=self.requested_type,
+            effective_type=self.effective_type,
+            params=json.loads(self.params) if self.params else {},
+            vectors=self.vectors,
             updated_at=self.updated_at,
         )

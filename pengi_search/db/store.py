@@ -12,6 +12,7 @@ prefix such as `/sounds/dogs` matches the file `/sounds/dogs` and everything bel
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
@@ -23,12 +24,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from ..chunking import chunked
-from .engine import WRITE_OPTION, create_store_engine
+from .access import open_engine
+from .engine import WRITE_OPTION
 from .errors import StoreError, StoreMismatchError
-from .migrate import current_revision, migrate
+from .migrate import current_revision
 from .records import (
     FILE_STATUSES,
-    RUN_STATUSES,
     VECTOR_KINDS,
     EmbedderInfo,
     FileRecord,
@@ -36,26 +37,38 @@ from .records import (
     IndexMeta,
     ModelInfo,
     ReplaceResult,
-    RunRecord,
     StoredAudio,
     TextRecord,
+    VectorIndexInfo,
     WindowDetails,
     WindowInput,
     check_vector_kind,
 )
-from .schema import AudioFileRow, GeneratedTextRow, IndexMetaRow, RunRow, WindowRow, WindowVectorRow
-from .urls import resolve_db_url
+from .runs import RunJournal
+from .schema import (
+    AudioFileRow,
+    GeneratedTextRow,
+    IndexMetaRow,
+    RunRow,
+    VectorIndexRow,
+    WindowRow,
+    WindowVectorRow,
+)
 
 _CHUNK = 500  # ids per IN (...) list: far below SQLite's limit on bound parameters
 _NO_SYNC = {"synchronize_session": False}  # bulk statements: the session holds no rows they could make stale
 
 
-class Store:
-    """The pengi-search database. Open with `Store.open(db)`, close with `close()` or a `with` block."""
+class Store(RunJournal):
+    """The pengi-search database. Open with `Store.open(db)`, close with `close()` or a `with` block.
 
-    def __init__(self, engine: Engine) -> None:
+    The indexing runs' methods (`start_run`, `finish_run`, `runs`, ...) come from `pengi_search.db.runs`.
+    """
+
+    def __init__(self, engine: Engine, *, read_only: bool = False) -> None:
         """Wrap an engine whose database is already migrated; use `Store.open` instead."""
         self._engine = engine
+        self.read_only = read_only
         # Every read sees one snapshot, as SQLite's WAL readers do (PostgreSQL's default is per statement).
         snapshot = {"isolation_level": "REPEATABLE READ"} if engine.dialect.name == "postgresql" else {}
         self._read = sessionmaker(engine.execution_options(**snapshot), expire_on_commit=False)
@@ -63,15 +76,13 @@ class Store:
         self.url = engine.url.render_as_string(hide_password=True)
 
     @classmethod
-    def open(cls, db: str | os.PathLike[str] | None = None) -> Store:
-        """Open (creating or upgrading) the database at `db`: a URL, a file path, or None for the default."""
-        engine = create_store_engine(resolve_db_url(db))
-        try:
-            migrate(engine)
-        except BaseException:
-            engine.dispose()
-            raise
-        return cls(engine)
+    def open(cls, db: str | os.PathLike[str] | None = None, *, create: bool = True, read_only: bool = False) -> Store:
+        """Open (upgrading) the database at `db`: a URL, a file path, or None for the default.
+
+        `create`: make it when missing (only `index` does), else MissingDatabaseError names the command that makes
+        it. `read_only`: never create, and write nothing (see `pengi_search.db.access`).
+        """
+        return cls(open_engine(db, create=create, read_only=read_only), read_only=read_only)
 
     @property
     def engine(self) -> Engine:
@@ -385,6 +396,27 @@ class Store:
             session.add(IndexMetaRow.create(model, embedder, datetime.now(timezone.utc)))
             return files
 
+    # -- vector indexes --------------------------------------------------------------------------------------
+
+    def vector_indexes(self) -> dict[str, VectorIndexInfo]:
+        """What each kind's FAISS index is, as last built or brought in line (kinds never built are left out)."""
+        with self.session() as session:
+            return {row.kind: row.to_record() for row in session.scalars(select(VectorIndexRow))}
+
+    def record_vector_index(
+        self, kind: str, *, requested_type: str, effective_type: str | None, params: dict[str, Any], vectors: int
+    ) -> None:
+        """Record the index of `kind` just built or synced: the type asked for, the type built and its parameters."""
+        check_vector_kind(kind)
+        with self.session(write=True) as session:
+            row = session.get(VectorIndexRow, kind, with_for_update=True)
+            if row is None:
+                row = VectorIndexRow(kind=kind)
+                session.add(row)
+            row.requested_type, row.effective_type = requested_type, effective_type
+            row.params = json.dumps(params, sort_keys=True) if effective_type is not None else None
+            row.vectors, row.updated_at = vectors, datetime.now(timezone.utc)
+
     def _raise_on_mismatch(self, meta: IndexMeta, model: ModelInfo | None, embedder: EmbedderInfo | None) -> None:
         wrong = [
             f"{theirs} but this run uses {ours}"
@@ -399,42 +431,7 @@ class Store:
                 "ones (a full re-index replaces every caption and vector).",
             )
 
-    # -- runs and statistics ---------------------------------------------------------------------------------
-
-    def start_run(self, shard: str | None = None) -> int:
-        """Record the start of an indexing run (shard e.g. '2/8'); returns its id."""
-        with self.session(write=True) as session:
-            run = RunRow(started_at=datetime.now(timezone.utc), status="running", shard=shard)
-            session.add(run)
-            session.flush()
-            return run.id
-
-    def finish_run(
-        self,
-        run_id: int,
-        *,
-        status: str = "finished",
-        files_seen: int = 0,
-        files_indexed: int = 0,
-        files_failed: int = 0,
-        files_pruned: int = 0,
-    ) -> None:
-        """Record the end of a run: its status ('finished', 'failed' or 'interrupted') and counts."""
-        if status not in RUN_STATUSES[1:]:
-            raise StoreError(f"run {run_id}", f"unknown final status {status!r}; use one of {RUN_STATUSES[1:]}")
-        with self.session(write=True) as session:
-            run = session.get(RunRow, run_id)
-            if run is None:
-                raise StoreError(f"run {run_id}", "no such indexing run")
-            run.finished_at, run.status = datetime.now(timezone.utc), status
-            run.files_seen, run.files_indexed = files_seen, files_indexed
-            run.files_failed, run.files_pruned = files_failed, files_pruned
-
-    def runs(self, limit: int = 20) -> list[RunRecord]:
-        """The latest runs, newest first."""
-        with self.session() as session:
-            rows = session.scalars(select(RunRow).order_by(RunRow.id.desc()).limit(limit))
-            return [row.to_record() for row in rows]
+    # -- statistics ---------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
         """JSON-ready counts: files by status, windows, texts, vectors by kind, audio hours, model, last run."""

@@ -3,7 +3,7 @@
 Before a search (at most every `check_s` seconds) the library asks two cheap questions: did a FAISS file change on
 disk (an indexing run, `remove` or `rebuild-index` saved it), and is there a window newer than the newest one seen
 (window ids are never reused)? A changed file is loaded and brought in line with the database in memory (the
-database is the source of truth; `Library(read_only=True)` never writes a file), then swapped in; new windows are
+database is the source of truth; `Library(in_memory=True)` never writes a file), then swapped in; new windows are
 added to the index in memory. A search that started keeps the index it started with. Windows deleted since
 (re-indexed or removed files) stay in memory until the next file change; search already drops hits whose window
 is gone from the database.
@@ -61,7 +61,7 @@ class LiveLibrary(Library):
     """The server's library: read-only, its vector indexes refreshed from the database as it grows."""
 
     def __init__(self, store: Store, *, check_s: float = 0.5) -> None:
-        super().__init__(store, read_only=True)
+        super().__init__(store, in_memory=True)
         self.check_s = check_s
         self._live: dict[str, GuardedIndex] = {}
         self._file_stamps: dict[str, FileStamp] = {}

@@ -19,12 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import event
 
 from ..choices import By
-from ..db import FileRecord, Store, StoreError, WindowDetails, resolve_db_url, sqlite_file
-from ..db.engine import create_store_engine
-from ..db.migrate import migrate
+from ..db import FileRecord, Store, WindowDetails
 from ..library import EmptyLibraryError
 from ..search import Filters, Hit, query_embedder, search_vectors
 from . import catalog, media
@@ -73,39 +70,12 @@ class SearchParams:
             raise RequestError("filters", str(exc)) from None
 
 
-def open_read_only(db: str | None) -> Store:
-    """The store at `db`, on connections that cannot write; a missing SQLite file is an error, never created."""
-    url = resolve_db_url(db)
-    db_file = sqlite_file(url)
-    if db_file is not None and not db_file.is_file():
-        raise StoreError(url, "no index here yet: run `pengi-search index PATH` first (the server never creates one)")
-    engine = create_store_engine(url)
-    if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_read_only)
-    elif engine.dialect.name == "postgresql":
-        engine = engine.execution_options(postgresql_readonly=True)
-    try:
-        migrate(engine)  # at the current schema this only reads; an older one fails on the read-only connection
-    except StoreError as exc:
-        engine.dispose()
-        raise StoreError(
-            url,
-            f"cannot open the index read-only ({exc.reason}); if it was made by an older pengi-search, run "
-            "`pengi-search stats` once to upgrade it",
-        ) from None
-    return Store(engine)
-
-
-def _sqlite_read_only(dbapi_connection: Any, _record: Any) -> None:
-    dbapi_connection.execute("PRAGMA query_only = ON")
-
-
 class Service:
     """The server's state and operations (thread-safe: requests run in a thread pool)."""
 
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
-        self.library = LiveLibrary(open_read_only(settings.db), check_s=settings.check_s)
+        self.library = LiveLibrary(Store.open(settings.db, read_only=True), check_s=settings.check_s)
         self.transcodes = media.TranscodeCache(settings.transcode_cache_bytes)
         self._embedder: TextEmbedder | None = None
         self._embedder_generation = -1

@@ -1,0 +1,92 @@
+"""How a database is opened: created only by the command that fills it, read-only for the commands that only read.
+
+`index` creates a library (`create=True`); every other command needs one to exist and says which command makes it
+when there is none, before anything is written: no folder, no empty database. A database made by an older
+pengi-search is upgraded first (Alembic, one transaction), also for a reader: reading needs the current schema.
+Readers then get connections that cannot write (SQLite `query_only`, PostgreSQL read-only transactions).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from sqlalchemy import Engine, event, inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from .engine import create_store_engine
+from .errors import MissingDatabaseError, StoreError
+from .migrate import migrate
+from .urls import resolve_db_url, sqlite_file
+
+
+def open_engine(db: str | os.PathLike[str] | None, *, create: bool, read_only: bool) -> Engine:
+    """An engine on the migrated database at `db` (URL, file path, None: the default).
+
+    `create`: make the database (and a SQLite file's folder) when missing; otherwise a missing one raises
+    MissingDatabaseError. `read_only`: connections that refuse writes (implies not creating).
+    """
+    url = resolve_db_url(db)
+    create = create and not read_only
+    db_file = sqlite_file(url)
+    if db_file is not None:
+        if create:
+            db_file.parent.mkdir(parents=True, exist_ok=True)
+        elif not db_file.is_file():
+            raise _missing(url, db)
+    engine = create_store_engine(url)
+    try:
+        if not create and not _has_schema(engine):
+            raise _missing(url, db)
+        migrate(engine)
+        if read_only:
+            engine.dispose()  # the pooled connections were writable; new ones get the read-only settings
+            return _read_only(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
+def library_exists(db: str | os.PathLike[str] | None) -> bool:
+    """Whether `db` holds a pengi-search library already (never creates anything)."""
+    url = resolve_db_url(db)
+    db_file = sqlite_file(url)
+    if db_file is not None and not db_file.is_file():
+        return False
+    engine = create_store_engine(url)
+    try:
+        return _has_schema(engine)
+    finally:
+        engine.dispose()
+
+
+def _missing(url: str, db: str | os.PathLike[str] | None) -> MissingDatabaseError:
+    """The error for a library that does not exist yet, naming the command that creates it."""
+    db_file = sqlite_file(url)
+    where = str(db_file) if db_file is not None else make_url(url).render_as_string(hide_password=True)
+    option = "" if db is None or os.fspath(db) == "" else f" --db {os.fspath(db)}"
+    return MissingDatabaseError(where, f"no index here yet; create it with `pengi-search index PATH...{option}`")
+
+
+def _has_schema(engine: Engine) -> bool:
+    """Whether the database has been set up by pengi-search (Alembic's version table is there)."""
+    try:
+        with engine.connect() as connection:
+            return inspect(connection).has_table("alembic_version")
+    except SQLAlchemyError as exc:
+        raise StoreError(engine.url.render_as_string(hide_password=True), f"cannot open the database: {exc}") from exc
+
+
+def _read_only(engine: Engine) -> Engine:
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_query_only)
+        return engine
+    if engine.dialect.name == "postgresql":
+        return engine.execution_options(postgresql_readonly=True)
+    return engine
+
+
+def _sqlite_query_only(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.execute("PRAGMA query_only = ON")

@@ -1,0 +1,144 @@
+"""One indexing run per library at a time: a second `pengi-search index` refuses (or waits, with `--wait`).
+
+The lock is held by the process for as long as the run lasts and is released by the operating system or the
+database server when the process ends in any way, kill -9 included, so a dead run never blocks the next one:
+- SQLite: `flock` on files beside the database (`index.db.indexing.lock`, and one per shard);
+- PostgreSQL: session advisory locks on a connection of the run's own, keyed by the database schema.
+
+Shards of one job index together: each holds the library's lock shared and its shard's lock exclusively, so shards
+run side by side while an unsharded run (which holds the library's lock exclusively) waits for all of them.
+In-memory SQLite and other backends take no lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from sqlalchemy import text
+
+from .errors import IndexBusyError
+from .urls import sqlite_file
+
+if TYPE_CHECKING:
+    from .records import RunRecord
+    from .store import Store
+
+log = logging.getLogger(__name__)
+
+LIBRARY = "library"
+_PG_CLASS = 0x70656E67  # "peng": the first key of pengi-search's two-key advisory locks
+
+
+class _Locks(Protocol):
+    def take(self, name: str, *, shared: bool, wait: bool) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+@contextlib.contextmanager
+def indexing_lock(store: Store, shard: str | None = None, *, wait: bool = False) -> Iterator[None]:
+    """Hold the library's indexing lock (for shard 'i/n' of a sharded job, when given) inside the block.
+
+    Raises IndexBusyError when another run holds it, or waits for it with `wait`.
+    """
+    locks = _locks_for(store)
+    if locks is None:
+        yield
+        return
+    wanted = [(LIBRARY, shard is not None)] + ([] if shard is None else [(f"shard {shard}", False)])
+    try:
+        for name, shared in wanted:
+            if locks.take(name, shared=shared, wait=False):
+                continue
+            busy = _busy_message(store, shard)
+            if not wait:
+                raise IndexBusyError(store.url, f"{busy}; wait for it to end, or pass --wait to start when it has")
+            log.warning("%s; waiting for it to end (--wait)", busy)
+            locks.take(name, shared=shared, wait=True)
+        yield
+    finally:
+        locks.release()
+
+
+def _busy_message(store: Store, shard: str | None) -> str:
+    runs = [run for run in store.running_runs() if shard is None or run.shard in (None, shard)]
+    if not runs:
+        return "another indexing run is writing to this library"
+    return "another indexing run is writing to this library: " + "; ".join(_describe(run) for run in runs)
+
+
+def _describe(run: RunRecord) -> str:
+    shard = f" (shard {run.shard})" if run.shard else ""
+    who = f" by process {run.pid} on {run.host}" if run.pid is not None else ""
+    return f"run {run.id}{shard}, started {run.started_at:%Y-%m-%d %H:%M:%S} UTC{who}"
+
+
+def _locks_for(store: Store) -> _Locks | None:
+    dialect = store.engine.dialect.name
+    if dialect == "postgresql":
+        return _AdvisoryLocks(store)
+    db_file = sqlite_file(store.engine.url) if dialect == "sqlite" else None
+    if db_file is None:
+        return None
+    try:
+        import fcntl  # noqa: F401 (POSIX only)
+    except ImportError:
+        log.info("no file locks on this system: concurrent indexing runs are not prevented")
+        return None
+    return _FileLocks(db_file)
+
+
+class _FileLocks:
+    """flock'ed files beside a SQLite database; the kernel drops the locks when the process ends."""
+
+    def __init__(self, db_file: Path) -> None:
+        self.db_file = db_file
+        self.handles: list[Any] = []
+
+    def take(self, name: str, *, shared: bool, wait: bool) -> bool:
+        import fcntl
+
+        suffix = "" if name == LIBRARY else "-" + name.replace("shard ", "shard-").replace("/", "-of-")
+        handle = open(self.db_file.with_name(f"{self.db_file.name}.indexing{suffix}.lock"), "a+b")  # noqa: SIM115
+        mode = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB)
+        try:
+            fcntl.flock(handle, mode)
+        except BlockingIOError:
+            handle.close()
+            return False
+        except BaseException:
+            handle.close()
+            raise
+        self.handles.append(handle)
+        return True
+
+    def release(self) -> None:
+        for handle in self.handles:
+            handle.close()  # closing the file releases its lock
+        self.handles.clear()
+
+
+class _AdvisoryLocks:
+    """PostgreSQL session advisory locks on a dedicated connection; the server drops them when it closes."""
+
+    def __init__(self, store: Store) -> None:
+        self.connection = store.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        self.schema = self.connection.scalar(text("SELECT current_database() || '.' || current_schema()"))
+
+    def take(self, name: str, *, shared: bool, wait: bool) -> bool:
+        function = f"pg{'' if wait else '_try'}_advisory_lock{'_shared' if shared else ''}"
+        key = zlib.crc32(f"{self.schema}\0{name}".encode())
+        key = key - (1 << 32) if key >= 1 << 31 else key  # the second key is a signed 32-bit int
+        taken = self.connection.scalar(text(f"SELECT {function}(:cls, :key)"), {"cls": _PG_CLASS, "key": key})
+        return wait or bool(taken)
+
+    def release(self) -> None:
+        try:
+            self.connection.execute(text("SELECT pg_advisory_unlock_all()"))
+        finally:
+            self.connection.close()

@@ -1,0 +1,95 @@
+"""The store's journal of indexing runs: when each started and ended, how, what it did, and which process ran it.
+
+A run is 'running' until it records its end ('finished', 'failed' or 'interrupted' by Ctrl-C). A process killed
+outright (kill -9, power loss) cannot record anything: the next run of the same library, once it holds the
+indexing lock (`pengi_search.db.run_lock`), knows that no other process is writing and marks such runs
+'interrupted' (`interrupt_stale_runs`), leaving their end time unknown.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from datetime import datetime, timezone
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from .errors import StoreError
+from .records import RUN_STATUSES, RunRecord
+from .schema import RunRow
+
+_NO_SYNC = {"synchronize_session": False}
+
+
+class RunJournal:
+    """The run methods of `Store` (mixed in; each is one short transaction of the store's `session`)."""
+
+    session: Callable[..., AbstractContextManager[Session]]
+
+    def start_run(self, shard: str | None = None) -> int:
+        """Record the start of an indexing run by this process (shard e.g. '2/8'); returns its id."""
+        with self.session(write=True) as session:
+            run = RunRow(
+                started_at=datetime.now(timezone.utc),
+                status="running",
+                shard=shard,
+                host=socket.gethostname()[:255],
+                pid=os.getpid(),
+            )
+            session.add(run)
+            session.flush()
+            return run.id
+
+    def finish_run(
+        self,
+        run_id: int,
+        *,
+        status: str = "finished",
+        files_seen: int = 0,
+        files_indexed: int = 0,
+        files_failed: int = 0,
+        files_pruned: int = 0,
+    ) -> None:
+        """Record the end of a run: its status ('finished', 'failed' or 'interrupted') and counts."""
+        if status not in RUN_STATUSES[1:]:
+            raise StoreError(f"run {run_id}", f"unknown final status {status!r}; use one of {RUN_STATUSES[1:]}")
+        with self.session(write=True) as session:
+            run = session.get(RunRow, run_id)
+            if run is None:
+                raise StoreError(f"run {run_id}", "no such indexing run")
+            run.finished_at, run.status = datetime.now(timezone.utc), status
+            run.files_seen, run.files_indexed = files_seen, files_indexed
+            run.files_failed, run.files_pruned = files_failed, files_pruned
+
+    def runs(self, limit: int = 20) -> list[RunRecord]:
+        """The latest runs, newest first."""
+        with self.session() as session:
+            rows = session.scalars(select(RunRow).order_by(RunRow.id.desc()).limit(limit))
+            return [row.to_record() for row in rows]
+
+    def running_runs(self, shard: str | None = None) -> list[RunRecord]:
+        """The runs marked 'running', oldest first: every one, or only those of `shard`."""
+        query = select(RunRow).where(RunRow.status == "running")
+        if shard is not None:
+            query = query.where(RunRow.shard == shard)
+        with self.session() as session:
+            return [row.to_record() for row in session.scalars(query.order_by(RunRow.id))]
+
+    def interrupt_stale_runs(self, shard: str | None = None) -> list[int]:
+        """Mark as 'interrupted' the 'running' runs whose process is gone; returns their ids.
+
+        Call it holding the indexing lock: an unsharded run holds it alone, so every other 'running' run is dead;
+        a shard holds its shard's lock, so the other runs of that shard are. Their end time stays unknown (None).
+        """
+        query = select(RunRow.id).where(RunRow.status == "running")
+        if shard is not None:
+            query = query.where(RunRow.shard == shard)
+        with self.session(write=True) as session:
+            ids = list(session.scalars(query.order_by(RunRow.id)))
+            if ids:
+                interrupted = update(RunRow).where(RunRow.id.in_(ids)).values(status="interrupted")
+                session.execute(interrupted, execution_options=_NO_SYNC)
+            return ids

@@ -1,0 +1,202 @@
+"""Every command's failure modes end with the exit code the README's table documents.
+
+0 ok; 1 the command could not do its work (missing model or library, another index run, a library built by another
+model, nothing to remove); 2 bad usage or a bad input file, nothing done (also a path that does not exist, a
+contradictory filter, an empty query); 3 the command ran but some audio input could not be decoded, each one
+reported, even when it was the only input; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pengi_search.cli import app
+from pengi_search.db import Store
+from pengi_search.db.run_lock import indexing_lock
+from pengi_search.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
+
+from .indexing import write_tone
+from .search_library import caption_library
+
+runner = CliRunner()
+QUICK = ("--beam", "2", "--max-len", "3", "--device", "cpu")
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@dataclass(frozen=True)
+class Paths:
+    db: Path  # a library (captions written directly, real audio vectors)
+    model: Path
+    other_model: Path  # not the model that built the library
+    clip: Path  # a good recording, not in the library
+    broken: Path  # a .wav file that is not audio
+    sounds: Path  # a folder with good files and an empty one
+    labels: Path
+    bad_labels: Path  # a label given twice
+    missing: Path  # no such file or library
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory, tiny_model_dir, tiny_no_text_model_dir) -> Paths:
+    base = tmp_path_factory.mktemp("exit-codes")
+    caption_library(str(base / "lib.db"), base / "library", tiny_model_dir)
+    (base / "broken.wav").write_text("not audio at all\n" * 50)
+    write_tone(base / "sounds" / "good.wav", 1.0)
+    (base / "sounds" / "empty.wav").write_bytes(b"")
+    (base / "labels.txt").write_text("dog\nrain\n")
+    (base / "bad-labels.txt").write_text("dog\nrain\ndog\n")
+    return Paths(
+        db=base / "lib.db",
+        model=tiny_model_dir,
+        other_model=tiny_no_text_model_dir,
+        clip=write_tone(base / "clip.wav", 2.0, freq=330),
+        broken=base / "broken.wav",
+        sounds=base / "sounds",
+        labels=base / "labels.txt",
+        bad_labels=base / "bad-labels.txt",
+        missing=base / "missing" / "none.wav",
+    )
+
+
+@contextlib.contextmanager
+def another_index_run(p: Paths) -> Iterator[None]:
+    with Store.open(p.db) as store, indexing_lock(store):
+        yield
+
+
+@contextlib.contextmanager
+def ctrl_c(_p: Paths) -> Iterator[None]:
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("pengi_search.search.query_text", interrupted)
+        yield
+
+
+@dataclass(frozen=True)
+class Case:
+    args: Callable[[Paths], tuple]
+    code: int
+    says: str  # a fragment of the one-line message (stdout and stderr together)
+    during: Callable[[Paths], contextlib.AbstractContextManager[None]] | None = None
+
+
+def lib(p: Paths) -> tuple:
+    return ("--db", p.db, "--model", p.model)
+
+
+CASES = {
+    # 0: it worked
+    "query": Case(lambda p: ("query", "a dog barks", *lib(p)), EXIT_OK, "a dog barks"),
+    "similar": Case(lambda p: ("similar", p.clip, *lib(p), "--device", "cpu"), EXIT_OK, "score"),
+    # 2: bad usage or a bad input file; nothing was done
+    "query, empty text": Case(lambda p: ("query", " ", *lib(p)), EXIT_USAGE, "query text is empty"),
+    "query --by foo": Case(lambda p: ("query", "x", "--by", "foo", *lib(p)), EXIT_USAGE, "Invalid value for '--by'"),
+    "query -k 0": Case(lambda p: ("query", "x", "-k", "0", *lib(p)), EXIT_USAGE, "Invalid value for '--limit'"),
+    "query --ext ,": Case(lambda p: ("query", "x", "--ext", ",", *lib(p)), EXIT_USAGE, "names no extension"),
+    "query, min > max duration": Case(
+        lambda p: ("query", "x", "--min-duration", "10", "--max-duration", "5", *lib(p)),
+        EXIT_USAGE,
+        "--min-duration 10 is more than --max-duration 5",
+    ),
+    "similar, no such file": Case(lambda p: ("similar", p.missing, *lib(p)), EXIT_USAGE, "no such file"),
+    "describe, no such file": Case(lambda p: ("describe", p.missing, "--model", p.model), EXIT_USAGE, "no such file"),
+    "ask, no such file": Case(lambda p: ("ask", p.missing, "what?", "--model", p.model), EXIT_USAGE, "no such file"),
+    "ask, refused long question": Case(
+        lambda p: ("ask", p.clip, "is it " * 60, "--model", p.model, *QUICK, "--long-prompts", "refuse"),
+        EXIT_USAGE,
+        "prompt longer than",
+    ),
+    "classify, bad labels file": Case(
+        lambda p: ("classify", p.clip, "--labels", p.bad_labels, "--model", p.model), EXIT_USAGE, "line 3"
+    ),
+    "classify, no labels file": Case(
+        lambda p: ("classify", p.clip, "--labels", p.missing, "--model", p.model), EXIT_USAGE, "no such file"
+    ),
+    "classify, no such target": Case(
+        lambda p: ("classify", p.missing, "--labels", p.labels, "--model", p.model), EXIT_USAGE, "no such file"
+    ),
+    "classify, template without {label}": Case(
+        lambda p: ("classify", p.clip, "--labels", p.labels, "--template", "a sound", "--model", p.model),
+        EXIT_USAGE,
+        "{label}",
+    ),
+    "index, no such folder": Case(lambda p: ("index", p.missing, *lib(p)), EXIT_USAGE, "cannot read"),
+    "index, bad shard": Case(lambda p: ("index", p.sounds, "--shard", "5/2", *lib(p)), EXIT_USAGE, "--shard"),
+    "eval, no such captions file": Case(lambda p: ("eval", "retrieval", p.missing), EXIT_USAGE, "no such file"),
+    "train, no such config": Case(lambda p: ("train", p.missing), EXIT_USAGE, "No such file"),
+    "unknown command": Case(lambda p: ("search", "x"), EXIT_USAGE, "No such command"),
+    # 1: the command could not do its work
+    "query, no library": Case(lambda p: ("query", "x", "--db", p.missing), EXIT_FAILED, "no index here yet"),
+    "similar, no library": Case(lambda p: ("similar", p.clip, "--db", p.missing), EXIT_FAILED, "no index here yet"),
+    "stats, no library": Case(lambda p: ("stats", "--db", p.missing), EXIT_FAILED, "pengi-search index PATH"),
+    "export, no library": Case(lambda p: ("export", "--db", p.missing), EXIT_FAILED, "no index here yet"),
+    "remove, no library": Case(lambda p: ("remove", p.clip, "--db", p.missing), EXIT_FAILED, "no index here yet"),
+    "rebuild-index, no library": Case(lambda p: ("rebuild-index", "--db", p.missing), EXIT_FAILED, "no index here"),
+    "serve, no library": Case(lambda p: ("serve", "--db", p.missing, "--port", "0"), EXIT_FAILED, "no index here"),
+    "classify, no library": Case(
+        lambda p: ("classify", p.clip, "--labels", p.labels, "--db", p.missing, "--model", p.model),
+        EXIT_FAILED,
+        "no index here yet",
+    ),
+    "describe, no model": Case(lambda p: ("describe", p.clip, "--model", p.missing), EXIT_FAILED, "model"),
+    "index, no model": Case(
+        lambda p: ("index", p.sounds, "--db", p.missing.with_suffix(".db"), "--model", p.missing),
+        EXIT_FAILED,
+        "model",
+    ),
+    "index, another run writing": Case(
+        lambda p: ("index", p.sounds, *lib(p)), EXIT_FAILED, "another indexing run", another_index_run
+    ),
+    "query, library of another model": Case(
+        lambda p: ("query", "x", "--db", p.db, "--model", p.other_model), EXIT_FAILED, "Pass that model with --model"
+    ),
+    "remove, nothing there": Case(lambda p: ("remove", p.clip, "--db", p.db), EXIT_FAILED, "nothing in the index"),
+    # 3: it ran, but audio could not be decoded, even the only input
+    "similar, undecodable file": Case(
+        lambda p: ("similar", p.broken, *lib(p), "--device", "cpu"), EXIT_PARTIAL, "not a readable audio file"
+    ),
+    "ask, undecodable file": Case(
+        lambda p: ("ask", p.broken, "what?", "--model", p.model, *QUICK), EXIT_PARTIAL, "not a readable audio file"
+    ),
+    "describe, one undecodable of two": Case(
+        lambda p: ("describe", p.clip, p.broken, "--model", p.model, *QUICK), EXIT_PARTIAL, "not a readable audio"
+    ),
+    "classify, undecodable file": Case(
+        lambda p: ("classify", p.broken, "--labels", p.labels, "--model", p.model, *QUICK),
+        EXIT_PARTIAL,
+        "not a readable audio file",
+    ),
+    "index, an empty file": Case(
+        lambda p: ("index", p.sounds, "--db", p.sounds.parent / "new.db", "--model", p.model, *QUICK, "--workers", "0"),
+        EXIT_PARTIAL,
+        "empty file",
+    ),
+    # 130: Ctrl-C
+    "query, interrupted": Case(lambda p: ("query", "x", *lib(p)), EXIT_INTERRUPTED, "interrupted", ctrl_c),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_each_failure_mode_has_its_documented_exit_code(paths, name):
+    case = CASES[name]
+    with case.during(paths) if case.during else contextlib.nullcontext():
+        result = runner.invoke(app, [str(arg) for arg in case.args(paths)])
+    output = " ".join(result.output.split())  # Rich wraps long lines
+    assert result.exit_code == case.code, f"{name}: {result.output}"
+    assert " ".join(case.says.split()) in output, f"{name}: {result.output}"
+    assert result.exception is None or isinstance(result.exception, SystemExit), name  # no traceback
+
+
+def test_the_readme_table_lists_the_codes_the_cases_use():
+    section = README.read_text().split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    documented = {int(code) for code in re.findall(r"^\| (\d+) \|", section, flags=re.MULTILINE)}
+    assert documented == {case.code for case in CASES.values()}

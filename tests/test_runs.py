@@ -1,0 +1,250 @@
+"""Indexing runs and what a library records about itself: one run at a time, dead runs marked, stats that read
+plainly, read-only commands that create nothing, and the index type (asked for and built) kept in the database."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from indexer.pipeline import run_index
+from indexer.shard import Shard
+from pengi_search.cli import app
+from pengi_search.cli.common import EXIT_FAILED
+from pengi_search.db import IndexBusyError, MissingDatabaseError, Store, StoreError
+from pengi_search.db.run_lock import indexing_lock
+from pengi_search.library import Library
+from pengi_search.vectors import VectorIndex
+
+from .indexing import assert_consistent, quick_options, write_tone
+from .test_store import db_url  # noqa: F401 (the fixture: SQLite, and PostgreSQL when a server is given)
+
+runner = CliRunner()
+QUICK = ("--workers", "0", "--beam", "2", "--max-len", "3", "--device", "cpu", "--quiet")
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture()
+def sounds(tmp_path) -> Path:
+    root = tmp_path / "sounds"
+    write_tone(root / "a.wav", 1.0, freq=500)
+    write_tone(root / "b.wav", 2.0, freq=700)
+    return root
+
+
+# -- one run at a time ------------------------------------------------------------------------------------------
+
+
+def refused(store: Store, shard: str | None = None) -> IndexBusyError | None:
+    """The error when the indexing lock (of `shard`) cannot be taken now; None when it could."""
+    try:
+        with indexing_lock(store, shard):
+            return None
+    except IndexBusyError as busy:
+        return busy
+
+
+def test_a_second_run_is_refused_while_one_holds_the_library(db_url):  # noqa: F811
+    with Store.open(db_url) as store, indexing_lock(store), Store.open(db_url) as other:
+        holder = store.start_run()
+        busy = refused(other)
+        assert busy is not None and busy.exit_code == EXIT_FAILED
+        assert f"run {holder}, started " in str(busy) and "--wait" in str(busy)
+    with Store.open(db_url) as store:
+        assert refused(store) is None  # released with the block
+
+
+def test_shards_of_one_job_run_together_but_not_beside_a_whole_run(db_url):  # noqa: F811
+    with Store.open(db_url) as one, Store.open(db_url) as two, Store.open(db_url) as three:
+        with indexing_lock(one, "0/2"), indexing_lock(two, "1/2"):
+            assert refused(three) and refused(three, "1/2")
+        with indexing_lock(one):
+            assert refused(two, "0/2")
+        assert refused(three) is None
+
+
+def test_index_refuses_or_waits_for_the_run_holding_the_library(tiny_model_dir, sounds, tmp_path, caplog):
+    db = tmp_path / "lib.db"
+    release = threading.Event()
+    held = threading.Event()
+
+    def hold() -> None:
+        with Store.open(db) as store, indexing_lock(store):
+            run_id = store.start_run()
+            held.set()
+            release.wait(30)
+            store.finish_run(run_id)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(30)
+        refused = run("index", sounds, "--db", db, "--model", tiny_model_dir, *QUICK)
+        assert refused.exit_code == EXIT_FAILED
+        assert "another indexing run is writing to this library: run 1, started" in refused.output
+        assert "pass --wait" in refused.output
+        threading.Timer(1.0, release.set).start()
+        with caplog.at_level(logging.WARNING, logger="pengi_search.db.run_lock"):
+            waited = run("index", sounds, "--db", db, "--model", tiny_model_dir, *QUICK, "--wait", "--json")
+    finally:
+        release.set()
+        holder.join()
+    assert waited.exit_code == 0, waited.output
+    assert json.loads(waited.stdout)["indexed"] == 2 and "waiting for it to end" in caplog.text
+    with Store.open(db) as store:
+        assert [(r.id, r.status) for r in store.runs()] == [(2, "finished"), (1, "finished")]  # refused: no trace
+
+
+def test_runs_left_running_by_a_dead_process_are_marked_interrupted(tiny_model_dir, sounds, tmp_path):
+    db = tmp_path / "lib.db"
+    with Store.open(db) as store:
+        dead_whole, dead_shard, dead_other_shard = store.start_run(), store.start_run("0/2"), store.start_run("1/2")
+    summary = run_index(quick_options([sounds], db, tiny_model_dir, shard=Shard(0, 2)))
+    assert summary.stale_runs == [dead_shard]  # a shard vouches only for its own shard
+    summary = run_index(quick_options([sounds], db, tiny_model_dir))
+    assert summary.stale_runs == [dead_whole, dead_other_shard]  # a whole run holds the library alone
+    with Store.open(db) as store:
+        statuses = {run.id: (run.status, run.finished_at) for run in store.runs()}
+    assert {statuses[i] for i in (dead_whole, dead_shard, dead_other_shard)} == {("interrupted", None)}
+
+
+def test_stats_prints_start_end_and_status_of_each_run(tiny_model_dir, sounds, tmp_path):
+    db = tmp_path / "lib.db"
+    with Store.open(db) as store:
+        store.start_run()  # a process that died
+    indexed = run("index", sounds, "--db", db, "--model", tiny_model_dir, *QUICK)
+    assert indexed.exit_code == 0 and "run 1 was still marked running" in indexed.output
+    lines = [line for line in run("stats", "--db", db).stdout.splitlines() if line.startswith("run ")]
+    assert lines[0].startswith("run 2: finished; started 20") and " UTC, ended 20" in lines[0]
+    assert lines[0].endswith("; 2 seen, 2 indexed, 0 failed, 0 pruned")
+    assert lines[1].startswith("run 1: interrupted; started 20") and "end unknown (its process died)" in lines[1]
+    runs = json.loads(run("stats", "--db", db, "--json").stdout)["runs"]
+    assert runs[0]["status"] == "finished" and runs[0]["finished_at"] > runs[0]["started_at"]
+    assert runs[0]["pid"] and runs[0]["host"]
+
+
+# -- read-only commands -----------------------------------------------------------------------------------------
+
+
+def test_commands_that_read_create_nothing_and_name_the_command_that_does(tiny_model_dir, tmp_path):
+    typo = tmp_path / "typo" / "dir" / "x.db"
+    clip = write_tone(tmp_path / "clip.wav", 1.0)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("dog\ncat\n")
+    model = ("--model", tiny_model_dir)
+    for args in (
+        ("query", "rain", *model),
+        ("similar", clip, *model),
+        ("stats",),
+        ("export",),
+        ("classify", clip, "--labels", labels, *model),
+        ("remove", clip),
+        ("rebuild-index",),
+        ("serve", "--port", "0"),
+    ):
+        result = run(*args, "--db", typo)
+        assert result.exit_code == EXIT_FAILED, (args, result.output)
+        assert "no index here yet; create it with `pengi-search index PATH... --db" in result.output, args
+        assert not (tmp_path / "typo").exists(), args
+    # Without --db, the default library: classify works without one, the others refuse.
+    assert run("stats").exit_code == EXIT_FAILED and not list(tmp_path.glob("pengi-home/*.db"))
+
+
+def test_a_missing_model_fails_index_before_it_creates_the_library(sounds, tmp_path):
+    result = run("index", sounds, "--db", tmp_path / "new" / "lib.db", "--model", tmp_path / "no-model", *QUICK)
+    assert result.exit_code == EXIT_FAILED and "no-model" in result.output
+    assert not (tmp_path / "new").exists()
+    assert run("stats").exit_code == EXIT_FAILED  # the default library was not made either
+
+
+def test_a_database_without_the_schema_is_missing_and_readers_cannot_write(tmp_path, db_url):  # noqa: F811
+    (tmp_path / "empty.db").touch()
+    with pytest.raises(MissingDatabaseError, match="pengi-search index PATH"):
+        Store.open(tmp_path / "empty.db", read_only=True)
+    with pytest.raises(MissingDatabaseError):
+        Store.open(db_url, create=False)  # a fresh schema (PostgreSQL) or file (SQLite) holds no library yet
+    Store.open(db_url).close()
+    with Store.open(db_url, read_only=True) as reader:
+        assert reader.read_only and reader.stats()["files"]["total"] == 0
+        with pytest.raises(StoreError, match="readonly|read-only|query_only"):
+            reader.upsert_file("/lib/a.wav", size=1, mtime=1.0)
+
+
+def test_a_reader_upgrades_an_older_library_first(tmp_path):
+    from pengi_search.db.engine import create_store_engine
+    from pengi_search.db.migrate import migrate
+
+    engine = create_store_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    migrate(engine, "0002")
+    engine.dispose()
+    with Store.open(tmp_path / "old.db", read_only=True) as reader:
+        assert reader.stats()["schema_revision"] == "0003"
+
+
+# -- the index type lives in the database -----------------------------------------------------------------------
+
+
+def test_an_ivfpq_request_on_a_small_library_is_reported_as_the_flat_index_it_is(tiny_model_dir, sounds, tmp_path):
+    db = tmp_path / "lib.db"
+    assert run("index", sounds, "--db", db, "--model", tiny_model_dir, *QUICK).exit_code == 0
+    rebuilt = run("rebuild-index", "--db", db, "--index-type", "ivfpq", "--json")
+    assert rebuilt.exit_code == 0, rebuilt.output
+    text_index = json.loads(rebuilt.stdout)["vector_indexes"]["text"]
+    assert (text_index["requested_type"], text_index["index_type"], text_index["vectors"]) == ("ivfpq", "flat", 2)
+    stats = json.loads(run("stats", "--db", db, "--json").stdout)["vector_indexes"]
+    assert {kind: (i["requested_type"], i["index_type"]) for kind, i in stats.items()} == {
+        "text": ("ivfpq", "flat"),
+        "audio": ("ivfpq", "flat"),
+    }
+    assert "text index: 2 vectors, flat; ivfpq was asked for, built once there are 10,000 vectors" in (
+        run("stats", "--db", db).stdout
+    )
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "delete"])
+def test_a_damaged_hnsw_file_is_rebuilt_as_hnsw(tiny_model_dir, sounds, tmp_path, damage):
+    db = tmp_path / "lib.db"
+    assert run("index", sounds, "--db", db, "--model", tiny_model_dir, *QUICK).exit_code == 0
+    assert run("rebuild-index", "--db", db, "--index-type", "hnsw").exit_code == 0
+    with Library.open(db) as library:
+        path = library.index_path("text")
+        params = library.index_info()["text"].params
+    if damage == "corrupt":
+        path.write_bytes(path.read_bytes()[:100])
+    else:
+        path.unlink()
+    found = run("query", "a tone", "--db", db, "--model", tiny_model_dir, "--json")  # a reader rebuilds it
+    assert found.exit_code == 0, found.output
+    rebuilt, _ = VectorIndex.load(path)
+    assert rebuilt.type == "hnsw" and len(rebuilt) == 2
+    with Library.open(db, read_only=True) as library:
+        info = library.index_info()["text"]
+        assert (info.requested_type, info.effective_type, info.params) == ("hnsw", "hnsw", params)
+        assert np.array_equal(library.vector_index("text").ids(), library.store.vector_ids("text"))
+    assert_consistent(db)
+
+
+def test_the_record_follows_the_index_as_it_grows_and_empties(tiny_model_dir, sounds, tmp_path):
+    db = tmp_path / "lib.db"
+    run_index(quick_options([sounds], db, tiny_model_dir, index_type="hnsw"))
+    write_tone(sounds / "c.wav", 1.0, freq=900)
+    run_index(quick_options([sounds], db, tiny_model_dir))
+    with Library.open(db) as library:
+        info = library.index_info()["audio"]
+        assert (info.requested_type, info.effective_type, info.vectors) == ("hnsw", "hnsw", 3)
+        updated = info.updated_at
+    time.sleep(0.01)
+    assert run("remove", sounds, "--db", db).exit_code == 0
+    with Library.open(db) as library:
+        info = library.index_info()["audio"]
+        assert (info.requested_type, info.effective_type, info.vectors) == ("hnsw", None, 0)
+        assert info.updated_at > updated
