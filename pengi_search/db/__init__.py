@@ -5,6 +5,14 @@ Callers import from here; the ORM rows, engine and migration helpers stay in the
 Alembic environment and tests.
 """
 
+from .captions import (
+    CaptionCounts,
+    UncaptionedWindow,
+    WindowCaptions,
+    add_captions,
+    caption_counts,
+    uncaptioned_windows,
+)
 from .errors import StoreError, StoreMismatchError
 from .records import (
     FILE_STATUSES,
@@ -38,6 +46,7 @@ __all__ = [
     "FILE_STATUSES",
     "RUN_STATUSES",
     "VECTOR_KINDS",
+    "CaptionCounts",
     "EmbedderInfo",
     "FileRecord",
     "FileStamp",
@@ -50,12 +59,17 @@ __all__ = [
     "StoreMismatchError",
     "StoredAudio",
     "TextRecord",
+    "UncaptionedWindow",
+    "WindowCaptions",
     "WindowDetails",
     "WindowInput",
+    "add_captions",
+    "caption_counts",
     "default_db_url",
     "default_index_dir",
     "default_index_path",
     "normalize_db_url",
     "resolve_db_url",
     "sqlite_file",
+    "uncaptioned_windows",
 ]
