@@ -63,6 +63,9 @@ class Rank(Choice):
     hybrid = "hybrid"
 
 
+DEFAULT_HYBRID_WEIGHT = 0.5  # the caption cosine's weight in a hybrid ranking; the audio cosine gets the rest
+
+
 class Captions(Choice):
     """When `index` writes captions: in the same run, right after every window's audio embedding is stored, or
     in a later `index` run (the library is searchable by sound, and by text through the audio ranking, meanwhile)."""

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..choices import Device, Method
+from ..choices import DEFAULT_HYBRID_WEIGHT, Device, Method, Rank
 from .classify import ScoringOptions
 from .common import (
     EXIT_OK,
@@ -132,6 +132,18 @@ def retrieval(
     beam: BeamOption = 3,
     max_len: MaxLenOption = 30,
     reindex: ReindexOption = False,
+    rank: Annotated[
+        list[Rank] | None,
+        typer.Option(
+            "--rank",
+            help="Ranking to measure (repeatable): caption, audio, hybrid, as `query --rank`. \\[default: every one "
+            "the model supports]",
+            show_default=False,
+        ),
+    ] = None,
+    hybrid_weight: Annotated[
+        float, typer.Option("--hybrid-weight", min=0.0, max=1.0, help="The hybrid ranking's caption weight.")
+    ] = DEFAULT_HYBRID_WEIGHT,
     quiet: QuietOption = False,
     json_output: JsonOption = False,
 ) -> None:
@@ -139,8 +151,9 @@ def retrieval(
 
     Example: pengi-search eval retrieval clotho_captions_evaluation.csv --audio-root clotho/evaluation -o runs/base
     """
+    from ..embedders import TextEmbedderError
     from ..evaluation.retrieval import available_rankings, evaluate_retrieval
-    from ..search import query_embedder
+    from ..search import audio_query_embedder, query_embedder
 
     choices = _IndexChoices(
         model, device, workers, batch_size, tuple(prompt or ()), text_embedder, beam, max_len, reindex
@@ -149,7 +162,16 @@ def retrieval(
     library, summary = _indexed_library(caption_set, db, output, choices, quiet=quiet, json_output=json_output)
     with library:
         embedder = query_embedder(library, model, device)
-        rankings = available_rankings(library, embedder, caption_set.audio_root)
+        try:
+            audio_embedder = audio_query_embedder(library, model, device, caption_embedder=embedder)
+        except TextEmbedderError:  # a model without text tower: caption matching only
+            audio_embedder = None
+        try:
+            rankings = available_rankings(
+                library, embedder, caption_set.audio_root, audio_embedder, ranks=rank or (), hybrid_weight=hybrid_weight
+            )
+        except ValueError as exc:
+            raise UsageError("", str(exc)) from None
         result = evaluate_retrieval(library, caption_set, rankings, _failures(summary))
         setup = _library_setup(library, choices)
     _finish("retrieval", result, caption_set.to_json(), setup, summary, output, json_output)
