@@ -373,16 +373,31 @@ def ranked_index(
     library: Library, rank: Rank, caption_query: np.ndarray | None, audio_query: np.ndarray | None, weight: float
 ) -> tuple[Any, np.ndarray]:
     """The index a `rank` searches and its query rows, from the query's caption and/or audio embedding (q, d)."""
-    if rank is Rank.caption:
-        assert caption_query is not None
-        return library.vector_index("text"), caption_query
     if rank is Rank.audio:
         assert audio_query is not None
         return library.vector_index("audio"), audio_query
+    text_index = _caption_index(library)
+    if rank is Rank.caption:
+        assert caption_query is not None
+        return text_index, caption_query
     assert caption_query is not None and audio_query is not None
-    text_index, audio_index = library.vector_index("text"), library.vector_index("audio")
-    hybrid = HybridIndex(text_index, audio_index, library.store, weight, caption_query.shape[1])
+    hybrid = HybridIndex(text_index, library.vector_index("audio"), library.store, weight, caption_query.shape[1])
     return hybrid, HybridIndex.queries(caption_query, audio_query)
+
+
+def _caption_index(library: Library) -> Any:
+    """The 'text' index; when windows exist but none has captions yet, an error that says what to do."""
+    from .library import EmptyLibraryError
+
+    try:
+        return library.vector_index("text")
+    except EmptyLibraryError as exc:
+        if caption_counts(library.store).windows == 0:
+            raise
+        raise EmptyLibraryError(
+            exc.where,
+            "no window has captions yet: `pengi-search index PATH` writes them; `--rank audio` searches without them",
+        ) from None
 
 
 def query_text(

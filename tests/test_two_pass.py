@@ -22,7 +22,7 @@ from pengi_search.choices import Captions, Rank
 from pengi_search.cli import app
 from pengi_search.db import caption_counts
 from pengi_search.inference import Engine
-from pengi_search.library import Library
+from pengi_search.library import EmptyLibraryError, Library
 from pengi_search.search import query_text, similar_to_file
 
 from .indexing import assert_consistent, assert_same_content, db_content, quick_options, window_vectors, write_tone
@@ -55,6 +55,8 @@ def test_captions_later_then_a_second_run_writes_them(tiny_model_dir, tree, tmp_
         # a text query ranks by audio embeddings while captions are missing
         found = query_text(library, "birds singing", k=5, model=str(tiny_model_dir))
         assert len(found) == 3 and {h.ranking for h in found} == {Rank.audio}
+        with pytest.raises(EmptyLibraryError, match="no window has captions yet"):
+            query_text(library, "birds singing", model=str(tiny_model_dir), rank=Rank.caption)
     assert_consistent_audio_only(db)
 
     # The second run has no file to decode: it only writes the captions, from the stored audio embeddings.
