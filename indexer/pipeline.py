@@ -1,12 +1,16 @@
-"""The indexing run: scan -> compare with the database -> decode (worker processes) -> batched Pengi generation ->
-caption and audio embeddings -> store, file by file -> prune -> FAISS files in line with the database.
+"""The indexing run, in two passes: scan -> compare with the database -> decode (worker processes) -> audio
+embeddings -> store, file by file -> prune -> FAISS files saved (pass 1: `similar` works on the whole library);
+then batched Pengi generation for the windows without captions -> caption embeddings -> store, batch by batch
+(pass 2, `indexer.captions`; with `--captions later`, a later run does it) -> FAISS files in line with the database.
 
 Incremental: a file whose size and mtime match the database is skipped without being opened; one whose mtime moved
 but whose size and sha256 match is only re-stamped. Resumable: each file is committed in one transaction as soon as
-its last window is described, so a killed run loses at most the batch in flight and a re-run picks up exactly there.
-Per-file failures are recorded with their reason and never stop the run.
+its last window is embedded, and each batch of captions in one transaction, so a run killed in either pass loses at
+most the batch in flight and a re-run picks up exactly there. Per-file failures are recorded with their reason and
+never stop the run.
 
-Model work starts only when there is something to index: an unchanged library costs a scan and one query.
+Model work starts only when there is something to do: an unchanged, captioned library costs a scan and a few
+queries.
 """
 
 from __future__ import annotations
@@ -15,12 +19,10 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
-
-import numpy as np
+from typing import Any, Protocol
 
 from pengi_search.audio import AUDIO_EXTENSIONS, Window
-from pengi_search.choices import LongPrompt, StopRule
+from pengi_search.choices import Captions, LongPrompt, StopRule
 from pengi_search.db import (
     EmbedderInfo,
     FileStamp,
@@ -30,26 +32,21 @@ from pengi_search.db import (
     StoredAudio,
     StoreError,
     StoreMismatchError,
-    TextRecord,
     WindowInput,
+    caption_counts,
     library_exists,
 )
 from pengi_search.db.run_lock import indexing_lock
-from pengi_search.embedders import EmbedderSpec, TextEmbedder, open_text_embedder
+from pengi_search.embedders import EmbedderSpec
 from pengi_search.errors import PengiSearchError
 from pengi_search.hashing import file_sha256
 from pengi_search.library import Library
 from pengi_search.model_dir import ModelDir
-from pengi_search.prompts import TASK_PROMPTS
 from pengi_search.scan import Entry, ScanResult, has_extension, scan
-from pengi_search.vectors import l2_normalise
 
+from .captions import CaptionPass, IndexModel
 from .decode import Decoded, Failed, Job, Windows, decode_all
 from .shard import Rank, Shard
-
-if TYPE_CHECKING:
-    from pengi_search.decoding import GenerationConfig
-    from pengi_search.inference import Engine
 
 REINDEX_HINT = "Run again with --reindex to re-index everything with the new ones."
 
@@ -66,7 +63,7 @@ class IndexerError(PengiSearchError):
 @dataclass(frozen=True)
 class IndexOptions:
     """What to index and how. Empty `prompts`: the caption and sound-event prompts; the first prompt's answer is
-    the text embedded into the 'text' index."""
+    the text embedded into the 'text' index. `captions`: now (pass 2 in this run) or later (pass 1 only)."""
 
     roots: Sequence[str | os.PathLike[str]]
     db: str | None = None
@@ -86,10 +83,15 @@ class IndexOptions:
     stop: StopRule = StopRule.both  # see `pengi_search.choices.StopRule`
     long_prompts: LongPrompt = LongPrompt.cut
     wait: bool = False  # another run holds the library's lock: wait for it instead of refusing
+    captions: Captions = Captions.now
 
 
 class ProgressReporter(Protocol):
+    """Pass 1 reports files and windows after `start`; pass 2 reports windows after `start_captions`."""
+
     def start(self, files: int) -> None: ...
+
+    def start_captions(self, windows: int | None) -> None: ...  # None: not known (a shard's share)
 
     def advance(self, files: int = 0, windows: int = 0) -> None: ...
 
@@ -102,7 +104,12 @@ class FailedFile:
 
 @dataclass
 class IndexSummary:
-    """What a run did; `partial` when some file or folder could not be indexed."""
+    """What a run did; `partial` when some file or folder could not be indexed.
+
+    `windows`: windows stored with their audio embedding (pass 1); `captioned`: windows given captions (pass 2);
+    `captions_missing`: windows below the roots still without captions after the run; `searchable_s`: seconds
+    until every window's audio embedding was stored and the FAISS files saved (when `similar` covers the set).
+    """
 
     database: str
     run_id: int | None = None
@@ -114,6 +121,9 @@ class IndexSummary:
     skipped_errors: int = 0  # known-bad files with the same stamp, not retried (see --retry-errors)
     pruned: int = 0
     windows: int = 0
+    captioned: int = 0
+    captions_missing: int = 0
+    searchable_s: float = 0.0
     seconds: float = 0.0
     stale_runs: list[int] = field(default_factory=list)  # earlier runs found dead and marked 'interrupted'
     failed: list[FailedFile] = field(default_factory=list)
@@ -126,6 +136,7 @@ class IndexSummary:
     def to_json(self) -> dict[str, Any]:
         data = {name: getattr(self, name) for name in self.__dataclass_fields__}
         data["seconds"] = round(self.seconds, 3)
+        data["searchable_s"] = round(self.searchable_s, 3)
         data["failed"] = [vars(item) for item in self.failed]
         data["unreadable_dirs"] = [vars(item) for item in self.unreadable_dirs]
         return data
@@ -147,7 +158,7 @@ def run_index(options: IndexOptions, progress: ProgressReporter | None = None) -
         choice = None if library_exists(options.db) else _choose_model(options, None)
         with Library.open(options.db) as library, indexing_lock(library.store, shard_name, wait=options.wait):
             stale = library.store.interrupt_stale_runs(shard_name)
-            summary = _Run(library, options, shard, rank, progress, choice).execute(scanned)
+            summary = _Run(library, options, shard, rank, progress, started, choice).execute(scanned)
             summary.stale_runs = stale
     finally:
         if rank is not None:
@@ -201,49 +212,6 @@ def _check_compatible(store: Store, choice: _ModelChoice) -> None:
         )
 
 
-class _Captioner:
-    """Pengi on batches of windows: answers to every prompt, caption embeddings and unit audio embeddings."""
-
-    def __init__(self, engine: Engine, embedder: TextEmbedder, prompts: tuple[str, ...], gen: GenerationConfig):
-        self.engine = engine
-        self.embedder = embedder
-        self.prompts = prompts
-        self.gen = gen
-
-    @classmethod
-    def load(cls, choice: _ModelChoice, options: IndexOptions, device: str) -> _Captioner:
-        from pengi_search.decoding import GenerationConfig
-        from pengi_search.inference import Engine
-
-        prompts = options.prompts or (TASK_PROMPTS["caption"], TASK_PROMPTS["sound_event"])
-        engine = Engine.load(choice.model_dir, device, options.batch_size * len(prompts), options.long_prompts)
-        embedder = open_text_embedder(choice.embedder_spec, choice.model_dir, engine=engine)
-        gen = GenerationConfig(beam=options.beam, max_len=options.max_len, stop=options.stop)
-        return cls(engine, embedder, tuple(prompts), gen)
-
-    @property
-    def embedder_info(self) -> EmbedderInfo:
-        return EmbedderInfo(self.embedder.id, int(self.embedder.dim))
-
-    def describe(self, windows: Sequence[Window]) -> list[WindowInput]:
-        embeds = self.engine.audio_embeddings(np.stack([window.samples for window in windows]))
-        answers = self.engine.generate(embeds, self.prompts, self.gen)
-        text_vectors = self.embedder.embed([row[0].text for row in answers])
-        audio_vectors = l2_normalise(embeds.float().cpu().numpy())
-        return [
-            WindowInput(
-                index=window.index,
-                start_s=window.start_s,
-                end_s=window.end_s,
-                texts=[TextRecord(p, a.text, float(a.score)) for p, a in zip(self.prompts, row, strict=True)],
-                vectors={"text": text_vector, "audio": audio_vector},
-            )
-            for window, row, text_vector, audio_vector in zip(
-                windows, answers, text_vectors, audio_vectors, strict=True
-            )
-        ]
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # The run
 
@@ -275,6 +243,7 @@ class _Run:
         shard: Shard | None,
         rank: Rank | None,
         progress: ProgressReporter | None,
+        started: float,
         choice: _ModelChoice | None = None,
     ) -> None:
         self.library = library
@@ -283,10 +252,11 @@ class _Run:
         self.shard = shard
         self.rank = rank
         self.progress = progress
+        self.started = started
         self.summary = IndexSummary(database=library.db_url, shard=None if shard is None else str(shard))
         self.run_id: int | None = None
         self._choice = choice  # found before a new library was created, else on first need (`_choose`)
-        self._captioner: _Captioner | None = None
+        self._model_loaded: IndexModel | None = None
 
     @property
     def leads(self) -> bool:
@@ -308,7 +278,9 @@ class _Run:
             mine = [e for e in scanned.entries if self.shard is None or self.shard.owns(e.path)]
             summary.files_seen = len(mine)
             plan = self._plan(mine, self._stamps(scanned.roots))
-            if plan.todo:
+            captions_now = self.options.captions is Captions.now
+            waiting = captions_now and self._captions_missing(scanned.roots) > 0  # from an earlier run
+            if plan.todo or waiting:
                 self._choose()
             summary.unchanged, summary.skipped_errors = plan.unchanged, plan.skipped_errors
             for entry in plan.touched:
@@ -320,7 +292,15 @@ class _Run:
                 self._index(plan.todo)
             if self.leads:
                 summary.pruned = self._prune(scanned)
+            if captions_now and (plan.todo or waiting):
+                # Any process may save the FAISS files (they are locked while saved); the final sync, after all
+                # ranks, is the leader's. From here on `similar` and `query --rank audio` see every window.
+                self.library.sync_vector_indexes(self.options.index_type)
+                summary.searchable_s = time.monotonic() - self.started
+                self._caption(scanned.roots)
             self._sync()
+            summary.searchable_s = summary.searchable_s or time.monotonic() - self.started
+            summary.captions_missing = self._captions_missing(scanned.roots)
             status = "finished"
         except KeyboardInterrupt:
             status = "interrupted"
@@ -364,11 +344,15 @@ class _Run:
                 plan.todo.append(entry)
         return plan
 
+    def _captions_missing(self, roots: list[str]) -> int:
+        """Windows below `roots` without captions (all shards' windows: one count query per root)."""
+        return sum(caption_counts(self.store, under=root).missing for root in roots)
+
     def _reset(self) -> None:
         """--reindex: forget every caption and vector and record the new model and embedder (rank 0 only)."""
         if self.rank is None or self.rank.leads:
-            captioner = self._model()
-            self.store.reset_index(self._choose().model, captioner.embedder_info)
+            model = self._model()
+            self.store.reset_index(self._choose().model, model.embedder_info)
         if self.rank is not None:
             self.rank.barrier()
 
@@ -386,16 +370,27 @@ class _Run:
             self._choice = choice
         return self._choice
 
-    def _model(self) -> _Captioner:
-        if self._captioner is None:
-            choice = self._choose()
-            device = self.options.device if self.rank is None else self.rank.device(self.options.device)
-            self._captioner = _Captioner.load(choice, self.options, device)
-        return self._captioner
+    def _model(self) -> IndexModel:
+        if self._model_loaded is None:
+            from pengi_search.decoding import GenerationConfig
+
+            choice, options = self._choose(), self.options
+            device = options.device if self.rank is None else self.rank.device(options.device)
+            self._model_loaded = IndexModel.load(
+                choice.model_dir,
+                choice.embedder_spec,
+                device,
+                prompts=options.prompts,
+                batch_size=options.batch_size,
+                gen=GenerationConfig(beam=options.beam, max_len=options.max_len, stop=options.stop),
+                long_prompts=options.long_prompts,
+            )
+        return self._model_loaded
 
     def _index(self, todo: list[Entry]) -> None:
-        captioner = self._model()
-        self.store.set_index_meta(self._choose().model, captioner.embedder_info)  # before the first window
+        """Pass 1: decode every file and store its windows with their audio embeddings, file by file."""
+        model = self._model()
+        self.store.set_index_meta(self._choose().model, model.embedder_info)  # before the first window
         batch_size = self.options.batch_size
         flights: dict[int, _InFlight] = {}
         buffer: list[tuple[int, Window]] = []
@@ -409,7 +404,7 @@ class _Run:
                     buffer.extend((message.seq, window) for window in message.windows)
                     flight.queued += len(message.windows)
                     while len(buffer) >= batch_size:
-                        self._describe(captioner, buffer[:batch_size], flights)
+                        self._embed(model, buffer[:batch_size], flights)
                         del buffer[:batch_size]
                 elif isinstance(message, Decoded):
                     flight.decoded = message
@@ -420,21 +415,21 @@ class _Run:
                     self._fail(flight.entry, message.reason, message.content_hash)
                     self._advance(files=1)
             while buffer:
-                self._describe(captioner, buffer[:batch_size], flights)
+                self._embed(model, buffer[:batch_size], flights)
                 del buffer[:batch_size]
         finally:
             messages.close()
 
-    def _describe(self, captioner: _Captioner, batch: list[tuple[int, Window]], flights: dict[int, _InFlight]) -> None:
-        described = captioner.describe([window for _, window in batch])
-        for (seq, _), window in zip(batch, described, strict=True):
+    def _embed(self, model: IndexModel, batch: list[tuple[int, Window]], flights: dict[int, _InFlight]) -> None:
+        embedded = model.audio_windows([window for _, window in batch])
+        for (seq, _), window in zip(batch, embedded, strict=True):
             flights[seq].done.append(window)
             flights[seq].queued -= 1
         self._advance(windows=len(batch))
         self._commit_ready(flights)
 
     def _commit_ready(self, flights: dict[int, _InFlight]) -> None:
-        """Store every file whose windows are all described (one transaction per file)."""
+        """Store every file whose windows are all embedded (one transaction per file)."""
         for seq in [seq for seq, flight in flights.items() if flight.decoded is not None and flight.queued == 0]:
             self._commit(flights.pop(seq))
             self._advance(files=1)
@@ -453,6 +448,21 @@ class _Run:
             return
         self.summary.indexed += 1
         self.summary.windows += len(flight.done)
+
+    def _caption(self, roots: list[str]) -> None:
+        """Pass 2: captions for the windows below `roots` that have none (this run's and any earlier run's)."""
+        caption_pass = CaptionPass(
+            self.store,
+            roots,
+            self.shard,
+            self.options.batch_size,
+            sync=lambda: self.library.sync_vector_indexes(self.options.index_type),
+        )
+        if self.progress is not None:
+            self.progress.start_captions(None if self.shard is not None else self._captions_missing(roots))
+        result = caption_pass.run(self._model(), advance=lambda windows: self._advance(windows=windows))
+        self.summary.captioned += result.captioned
+        self.summary.failed += [FailedFile(path, reason) for path, reason in result.failed]
 
     def _fail(self, entry: Entry, reason: str, content_hash: str | None = None) -> None:
         self.store.record_file_error(

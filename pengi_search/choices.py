@@ -68,3 +68,23 @@ class LongPrompt(Choice):
 
     cut = "cut"
     refuse = "refuse"
+
+
+class Rank(Choice):
+    """How a text query ranks windows: by their generated captions (the paper's retrieval), by Pengi's audio
+    embedding against the query's text embedding (works before any caption exists), or a weighted sum of both."""
+
+    caption = "caption"
+    audio = "audio"
+    hybrid = "hybrid"
+
+
+DEFAULT_HYBRID_WEIGHT = 0.5  # the caption cosine's weight in a hybrid ranking; the audio cosine gets the rest
+
+
+class Captions(Choice):
+    """When `index` writes captions: in the same run, right after every window's audio embedding is stored, or
+    in a later `index` run (the library is searchable by sound, and by text through the audio ranking, meanwhile)."""
+
+    now = "now"
+    later = "later"

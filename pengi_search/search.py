@@ -7,8 +7,11 @@ Both search a FAISS index of window vectors (cosine similarity) and turn window 
   also restrict the FAISS search itself (an id selector from `Store.filter_window_ids`), so selective filters
   stay cheap on large libraries.
 
-A text query must be embedded by the embedder that built the index: `query_embedder` reads it from the store.
-For Pengi's own text tower it opens the numpy implementation in `text_query`, which needs neither torch nor
+A text query ranks windows by caption, by audio embedding or by both (`ranking`); without a choice, by caption once
+every window has captions, else by audio (a library whose captions are still being written is searched whole).
+The caption query must be embedded by the embedder that built the index: `query_embedder` reads it from the store;
+the audio query by Pengi's text tower of the model that made the audio vectors (`audio_query_embedder`). For
+Pengi's own text tower they open the numpy implementation in `text_query`, which needs neither torch nor
 transformers (importing those alone takes longer than a whole query should). `similar` reuses the stored audio
 vectors of a file that is indexed and unchanged, and otherwise decodes and embeds the file with the full model; a
 query file with several windows scores each candidate window by its best match among the query's windows (so a
@@ -28,11 +31,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .choices import By
+from .checkpoint import CheckpointError
+from .choices import DEFAULT_HYBRID_WEIGHT, By, Rank
 from .chunking import chunked
-from .db import StoreMismatchError, WindowDetails
-from .embedders import EmbedderSpec, TextEmbedder, open_text_embedder
+from .db import StoreMismatchError, WindowDetails, caption_counts
+from .embedders import EmbedderSpec, TextEmbedder, TextEmbedderError, open_text_embedder
 from .model_dir import PENGI_TEXT_PREFIX, ModelDir
+from .ranking import HybridIndex
 from .scan import ScanError, absolute, scan
 
 if TYPE_CHECKING:
@@ -127,6 +132,7 @@ class Hit:
     window_id: int
     query_start_s: float | None = None  # `similar`: the window of the query file that matched
     query_end_s: float | None = None
+    ranking: Rank | None = None  # a text query: how it was ranked
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -141,6 +147,8 @@ class Hit:
         if self.query_start_s is not None:
             data["query_start_s"] = round(self.query_start_s, 3)
             data["query_end_s"] = round(self.query_end_s or 0.0, 3)
+        if self.ranking is not None:
+            data["ranking"] = self.ranking.value
         return data
 
 
@@ -172,11 +180,25 @@ def search_vectors(
     With several query rows a window's score is its best cosine similarity to any of them. `query_spans` gives
     each row's time range (for `similar`'s results).
     """
+    index = library.vector_index(kind)
+    return search_index(library, index, queries, k=k, by=by, filters=filters, query_spans=query_spans)
+
+
+def search_index(
+    library: Library,
+    index: Any,
+    queries: np.ndarray,
+    *,
+    k: int = 10,
+    by: By = By.file,
+    filters: Filters | None = None,
+    query_spans: Sequence[tuple[float, float]] | None = None,
+) -> list[Hit]:
+    """`search_vectors` over any index with `search(queries, k, allowed_ids=)` and `len` (e.g. `HybridIndex`)."""
     by = By(by)  # a library caller's plain string: ValueError unless "file" or "window"
     if k < 1:
         raise ValueError(f"the number of results must be at least 1, got {k}")
     filters = filters or Filters()
-    index = library.vector_index(kind)
     allowed = _allowed_ids(library, filters)
     available = len(index) if allowed is None else int(allowed.size)
     fetch = min(max(k * _FIRST_FETCH, 16), available)
@@ -300,6 +322,90 @@ def _text_tower_model(library: Library, embedder_id: str, model: str | None) -> 
     return model_dir
 
 
+def audio_query_embedder(
+    library: Library, model: str | None = None, device: str = "auto", *, caption_embedder: TextEmbedder | None = None
+) -> TextEmbedder:
+    """Pengi's text tower of the model that made the library's audio vectors (for `Rank.audio` and `Rank.hybrid`).
+
+    When that tower also embedded the captions, `caption_embedder` (the library's, if already open) is it.
+    Raises TextEmbedderError when the model has no text tower (base_no_text_enc).
+    """
+    meta = library.store.index_meta()
+    if meta is not None and meta.embedder.name.startswith(PENGI_TEXT_PREFIX):
+        if caption_embedder is not None and caption_embedder.id == meta.embedder.name:
+            return caption_embedder
+        return query_embedder(library, model, device)
+    model_dir = _audio_model(library, model)
+    if not model_dir.has_text_encoder:
+        raise TextEmbedderError(
+            "--rank",
+            f"the index's model {model_dir.identity} has no text tower (base_no_text_enc), so a text query can only "
+            "be matched with captions: use --rank caption",
+        )
+    return open_text_embedder(EmbedderSpec(), model_dir, device, numpy_tower=True)
+
+
+def _audio_model(library: Library, model: str | None) -> ModelDir:
+    """The model that made the audio vectors: `--model` (or the default), else an installed one with its weights."""
+    model_dir = ModelDir.resolve(model)
+    if not built_by(library, model_dir) and model is None:
+        model_dir = next((found for found in ModelDir.installed() if built_by(library, found)), model_dir)
+    check_index_model(library, model_dir)
+    return model_dir
+
+
+def choose_rank(library: Library, requested: Rank | None = None, model: str | None = None) -> Rank:
+    """`requested`, else caption when every window has captions (or no text tower can embed an audio query), else
+    audio."""
+    if requested is not None:
+        return Rank(requested)
+    if caption_counts(library.store).missing == 0 or not _audio_tower_known(library, model):
+        return Rank.caption
+    return Rank.audio
+
+
+def _audio_tower_known(library: Library, model: str | None) -> bool:
+    """Whether the model that made the audio vectors has a text tower (nothing is loaded to find out)."""
+    meta = library.store.index_meta()
+    if meta is not None and meta.embedder.name.startswith(PENGI_TEXT_PREFIX):
+        return True
+    try:
+        return _audio_model(library, model).has_text_encoder
+    except (StoreMismatchError, CheckpointError):  # not installed here, or another model
+        return False
+
+
+def ranked_index(
+    library: Library, rank: Rank, caption_query: np.ndarray | None, audio_query: np.ndarray | None, weight: float
+) -> tuple[Any, np.ndarray]:
+    """The index a `rank` searches and its query rows, from the query's caption and/or audio embedding (q, d)."""
+    if rank is Rank.audio:
+        assert audio_query is not None
+        return library.vector_index("audio"), audio_query
+    text_index = _caption_index(library)
+    if rank is Rank.caption:
+        assert caption_query is not None
+        return text_index, caption_query
+    assert caption_query is not None and audio_query is not None
+    hybrid = HybridIndex(text_index, library.vector_index("audio"), library.store, weight, caption_query.shape[1])
+    return hybrid, HybridIndex.queries(caption_query, audio_query)
+
+
+def _caption_index(library: Library) -> Any:
+    """The 'text' index; when windows exist but none has captions yet, an error that says what to do."""
+    from .library import EmptyLibraryError
+
+    try:
+        return library.vector_index("text")
+    except EmptyLibraryError as exc:
+        if caption_counts(library.store).windows == 0:
+            raise
+        raise EmptyLibraryError(
+            exc.where,
+            "no window has captions yet: `pengi-search index PATH` writes them; `--rank audio` searches without them",
+        ) from None
+
+
 def query_text(
     library: Library,
     text: str,
@@ -310,12 +416,26 @@ def query_text(
     model: str | None = None,
     device: str = "auto",
     embedder: TextEmbedder | None = None,
+    rank: Rank | None = None,
+    hybrid_weight: float = DEFAULT_HYBRID_WEIGHT,
 ) -> list[Hit]:
-    """Text -> audio: windows whose caption embedding is closest to the text's."""
+    """Text -> audio, ranked as `rank` says (None: `choose_rank`); every hit records the ranking.
+
+    `embedder`: the library's caption embedder, if already open.
+    """
     if not text.strip():
         raise ValueError("the query text is empty")
-    embedder = embedder or query_embedder(library, model, device)
-    return search_vectors(library, "text", embedder.embed([text]), k=k, by=by, filters=filters)
+    rank = choose_rank(library, rank, model)
+    caption_query = audio_query = None
+    if rank is not Rank.audio:
+        embedder = embedder or query_embedder(library, model, device)
+        caption_query = embedder.embed([text])
+    if rank is not Rank.caption:
+        tower = audio_query_embedder(library, model, device, caption_embedder=embedder)
+        audio_query = caption_query if tower is embedder and caption_query is not None else tower.embed([text])
+    index, queries = ranked_index(library, rank, caption_query, audio_query, hybrid_weight)
+    hits = search_index(library, index, queries, k=k, by=by, filters=filters)
+    return [dataclasses.replace(hit, ranking=rank) for hit in hits]
 
 
 # ---------------------------------------------------------------------------------------------------------------

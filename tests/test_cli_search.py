@@ -49,7 +49,8 @@ def test_query_json(captions, common):
     hits = json.loads(result.stdout)
     assert len(hits) == 3
     for hit in hits:
-        check_hit_schema(hit)
+        check_hit_schema(hit, frozenset({"ranking"}))
+        assert hit["ranking"] == "caption"  # every window has captions: the paper's caption matching
     assert hits[0]["path"] == str(captions.files["weather/rain.flac"])
     assert hits[0]["caption"] == "rain on a roof" and hits[0]["texts"]["generate audio caption"] == "rain on a roof"
     assert (hits[0]["start_s"], hits[0]["end_s"]) == (0.0, 7.0)

@@ -22,7 +22,7 @@ from .search_library import CaptionLibrary
 from .serving import BROKEN, BROKEN_REASON, HOSTILE, client_for, served_library
 from .test_cli_search import HIT_KEYS
 
-HIT_API_KEYS = HIT_KEYS | {"file_id", "query_start_s", "query_end_s"}
+HIT_API_KEYS = HIT_KEYS | {"file_id", "query_start_s", "query_end_s", "ranking"}
 runner = CliRunner()
 
 
@@ -67,7 +67,7 @@ def test_search_has_the_cli_shape_and_finds_the_window(client, library):
     top = hits[0]
     assert top["path"] == str(library.files["weather/rain.flac"])
     assert (top["start_s"], top["end_s"]) == (3.0, 10.0)
-    assert top["caption"] == "thunder rolls in the distance"
+    assert top["caption"] == "thunder rolls in the distance" and top["ranking"] == "caption"
     assert isinstance(top["file_id"], int) and top["score"] == pytest.approx(1.0, abs=1e-5)
 
 

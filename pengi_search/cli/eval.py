@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..choices import Device, Method
+from ..choices import DEFAULT_HYBRID_WEIGHT, Device, Method, Rank
 from .classify import ScoringOptions
 from .common import (
     EXIT_OK,
@@ -128,6 +128,18 @@ def retrieval(
     *,
     evalset: EvalSet,
     output: OutputOption = Path("eval-retrieval"),
+    rank: Annotated[
+        list[Rank] | None,
+        typer.Option(
+            "--rank",
+            help="Ranking to measure (repeatable): caption, audio, hybrid, as `query --rank`. \\[default: every one "
+            "the model supports]",
+            show_default=False,
+        ),
+    ] = None,
+    hybrid_weight: Annotated[
+        float, typer.Option("--hybrid-weight", min=0.0, max=1.0, help="The hybrid ranking's caption weight.")
+    ] = DEFAULT_HYBRID_WEIGHT,
     quiet: QuietOption = False,
     json_output: JsonOption = False,
 ) -> None:
@@ -135,14 +147,24 @@ def retrieval(
 
     Example: pengi-search eval retrieval clotho_captions_evaluation.csv --audio-root clotho/evaluation -o runs/base
     """
+    from ..embedders import TextEmbedderError
     from ..evaluation.retrieval import available_rankings, evaluate_retrieval
-    from ..search import query_embedder
+    from ..search import audio_query_embedder, query_embedder
 
     caption_set = _read_set(captions, evalset)
     library, summary = _indexed_library(caption_set, evalset, output, quiet=quiet, json_output=json_output)
     with library:
         embedder = query_embedder(library, evalset.model, evalset.device)
-        rankings = available_rankings(library, embedder, caption_set.audio_root)
+        try:
+            audio_embedder = audio_query_embedder(library, evalset.model, evalset.device, caption_embedder=embedder)
+        except TextEmbedderError:  # a model without text tower: caption matching only
+            audio_embedder = None
+        try:
+            rankings = available_rankings(
+                library, embedder, caption_set.audio_root, audio_embedder, ranks=rank or (), hybrid_weight=hybrid_weight
+            )
+        except ValueError as exc:
+            raise UsageError("", str(exc)) from None
         result = evaluate_retrieval(library, caption_set, rankings, _failures(summary))
         setup = _library_setup(library, evalset)
     _finish("retrieval", result, caption_set.to_json(), setup, summary, output, json_output)

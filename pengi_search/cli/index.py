@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..choices import Device, IndexType, LongPrompt, StopRule
+from ..choices import Captions, Device, IndexType, LongPrompt, StopRule
 from .common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -103,14 +103,24 @@ def index(
     wait: Annotated[
         bool, typer.Option("--wait", help="When another index run is writing to the library, wait for it to end.")
     ] = False,
+    captions: Annotated[
+        Captions,
+        typer.Option(
+            "--captions",
+            help="now: caption every window in this run, after all audio embeddings are stored; later: store audio "
+            "embeddings only (similar and query --rank audio work at once) and let a later index run caption them.",
+        ),
+    ] = Captions.now,
     quiet: QuietOption = False,
     json_output: JsonOption = False,
 ) -> None:
-    """Caption every audio file under PATH... into the library (incremental, resumable).
+    """Index every audio file under PATH... into the library (incremental, resumable), in two passes.
 
-    Unchanged files are skipped, changed ones captioned again, deleted ones forgotten. Files that cannot be read
-    are recorded with the reason and reported; the run goes on (exit code 3 when any failed). One run writes to a
-    library at a time: a second one refuses (exit code 1), or waits with --wait.
+    Pass 1 stores every window's audio embedding (fast: `similar` works on the whole library as soon as it ends);
+    pass 2 captions the windows that have no captions yet, this run's and any earlier run's. Unchanged files are
+    skipped, changed ones indexed again, deleted ones forgotten. Files that cannot be read are recorded with the
+    reason and reported; the run goes on (exit code 3 when any failed). One run writes to a library at a time: a
+    second one refuses (exit code 1), or waits with --wait.
 
     Example: pengi-search index ~/sounds --workers 4 --batch-size 32
     """
@@ -146,6 +156,7 @@ def index(
         stop=stop,
         long_prompts=long_prompts,
         wait=wait,
+        captions=captions,
     )
     try:
         with progress_bar() as bar:
@@ -183,15 +194,17 @@ def rebuild_index(db: DbOption = None, index_type: IndexTypeOption = None, json_
 
 @handle_errors
 def stats(db: DbOption = None, json_output: JsonOption = False) -> None:
-    """Show what the library holds: files by status, windows, texts, model, embedder, runs, sizes on disk.
+    """Show what the library holds: files by status, windows (and how many have captions), texts, model, embedder,
+    runs, sizes on disk.
 
     Example: pengi-search stats --json
     """
-    from ..db import sqlite_file
+    from ..db import caption_counts, sqlite_file
     from ..library import Library
 
     with Library.open(db, read_only=True) as library:
         data = library.store.stats()
+        data["captions"] = caption_counts(library.store).to_json()
         data["runs"] = [run.to_json() for run in library.store.runs(limit=5)]
         db_file = sqlite_file(library.db_url)
         data["database_bytes"] = None if db_file is None else _sqlite_bytes(db_file)
@@ -264,23 +277,33 @@ def export(
 
 
 class _Reporter:
-    """The indexer's progress on a Rich bar: files done of all, windows per second, time left."""
+    """The indexer's progress on a Rich bar: pass 1 counts files done of all, pass 2 windows captioned of all;
+    both show windows per second and the time left."""
 
     def __init__(self, bar: Any, visible: bool) -> None:
         self.bar = bar
         self.visible = visible
         self.task: Any = None
+        self.captioning = False
         self.windows = 0
         self.started = time.monotonic()
 
     def start(self, files: int) -> None:
-        self.started = time.monotonic()
-        self.task = self.bar.add_task("indexing", total=files, rate="", visible=self.visible)
+        self._begin("audio embeddings", files, captioning=False)
+
+    def start_captions(self, windows: int | None) -> None:
+        self._begin("captions", windows, captioning=True)
+
+    def _begin(self, label: str, total: int | None, *, captioning: bool) -> None:
+        if self.task is not None:
+            self.bar.update(self.task, visible=False)
+        self.captioning, self.windows, self.started = captioning, 0, time.monotonic()
+        self.task = self.bar.add_task(label, total=total, rate="", visible=self.visible)
 
     def advance(self, files: int = 0, windows: int = 0) -> None:
         self.windows += windows
         rate = self.windows / max(time.monotonic() - self.started, 1e-9)
-        self.bar.update(self.task, advance=files, rate=f"{rate:.1f} windows/s")
+        self.bar.update(self.task, advance=windows if self.captioning else files, rate=f"{rate:.1f} windows/s")
 
 
 def _print_summary(summary: IndexSummary) -> None:
@@ -288,13 +311,20 @@ def _print_summary(summary: IndexSummary) -> None:
 
     shard = f" (shard {summary.shard})" if summary.shard else ""
     out_console.print(
-        f"indexed {summary.indexed} file(s), {summary.windows} window(s) in {summary.seconds:.1f} s{shard}; "
+        f"indexed {summary.indexed} file(s), {summary.windows} window(s) in {summary.seconds:.1f} s{shard} "
+        f"(searchable by sound after {summary.searchable_s:.1f} s), {summary.captioned} window(s) captioned; "
         f"{summary.unchanged} unchanged, {summary.touched} touched, {len(summary.failed)} failed, "
         f"{summary.pruned} pruned",
         soft_wrap=True,
     )
     for run_id in summary.stale_runs:
         err_console.print(f"run {run_id} was still marked running, but its process had ended: marked interrupted")
+    if summary.captions_missing:
+        out_console.print(
+            f"{summary.captions_missing} window(s) have no captions yet: run `pengi-search index` on the same "
+            "path(s) again to write them (meanwhile `query` ranks by audio embeddings)",
+            soft_wrap=True,
+        )
     if summary.skipped_errors:
         out_console.print(f"{summary.skipped_errors} file(s) that failed before were skipped (--retry-errors)")
     for label, items in (("failed", summary.failed), ("unreadable folder", summary.unreadable_dirs)):
@@ -346,6 +376,7 @@ def _print_stats(data: dict[str, Any]) -> None:
         f"database: {data['database']} ({_human(data['database_bytes'])})",
         f"files: {files['total']} ({files['indexed']} indexed, {files['pending']} pending, {files['error']} failed)",
         f"windows: {data['windows']}, texts: {data['texts']}, audio: {data['indexed_audio_s'] / 3600:.2f} h",
+        _captions_line(data["captions"]),
     ]
     model = data["model"]
     if model:
@@ -384,6 +415,13 @@ def _duration(seconds: float) -> str:
     minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes} min" if hours else f"{minutes} min {secs} s" if minutes else f"{seconds:.1f} s"
+
+
+def _captions_line(captions: dict[str, int]) -> str:
+    line = f"captions: {captions['captioned']} of {captions['windows']} windows"
+    if captions["missing"]:
+        line += f" ({captions['missing']} waiting: `pengi-search index PATH` writes them)"
+    return line
 
 
 def _human(size: int | None) -> str:

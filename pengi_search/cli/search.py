@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from ..choices import By, Device
+from ..choices import DEFAULT_HYBRID_WEIGHT, By, Device, Rank
 from .common import (
     EXIT_PARTIAL,
     BatchOption,
@@ -45,6 +45,22 @@ PathOption = Annotated[
 ExtOption = Annotated[str | None, typer.Option("--ext", help="File extensions, e.g. wav,flac.")]
 MinDurationOption = Annotated[float | None, typer.Option("--min-duration", min=0, help="Files at least this long (s).")]
 MaxDurationOption = Annotated[float | None, typer.Option("--max-duration", min=0, help="Files at most this long (s).")]
+RankOption = Annotated[
+    Rank | None,
+    typer.Option(
+        "--rank",
+        help="caption: the query against the generated captions (the paper's); audio: against each window's Pengi "
+        "audio embedding (no captions needed); hybrid: a weighted sum of both. \\[default: caption once every "
+        "window has captions, else audio]",
+        show_default=False,
+    ),
+]
+HybridWeightOption = Annotated[
+    float,
+    typer.Option(
+        "--hybrid-weight", min=0.0, max=1.0, help="--rank hybrid: the caption cosine's weight (audio: 1 - it)."
+    ),
+]
 
 
 @dataclass(frozen=True)
@@ -83,7 +99,7 @@ def _span(start: float, end: float) -> str:
     return f"{start:.1f}-{end:.1f}s"
 
 
-def _show_hits(hits: list[Hit], *, json_output: bool, show_query_span: bool = False) -> None:
+def _show_hits(hits: list[Hit], *, json_output: bool, show_query_span: bool = False, title: str | None = None) -> None:
     if json_output:
         print_json([hit.to_json() for hit in hits])
         return
@@ -92,7 +108,7 @@ def _show_hits(hits: list[Hit], *, json_output: bool, show_query_span: bool = Fa
         return
     from rich.table import Table
 
-    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold", title=title, title_justify="left")
     table.add_column("#", justify="right")
     table.add_column("path", overflow="fold")
     table.add_column("time", no_wrap=True)
@@ -104,7 +120,7 @@ def _show_hits(hits: list[Hit], *, json_output: bool, show_query_span: bool = Fa
         row = [str(rank), shown_path(hit.path), _span(hit.start_s, hit.end_s)]
         if show_query_span:
             row.append(_span(hit.query_start_s or 0.0, hit.query_end_s or 0.0))
-        table.add_row(*row, f"{hit.score:.3f}", hit.caption)
+        table.add_row(*row, f"{hit.score:.3f}", hit.caption or "(no caption yet)")
     out_console.print(table)
 
 
@@ -115,25 +131,51 @@ def query(
     text: Annotated[str, typer.Argument(help='What to look for, e.g. "dog barking in the rain".')],
     *,
     search: SearchOptions,
+    rank: RankOption = None,
+    hybrid_weight: HybridWeightOption = DEFAULT_HYBRID_WEIGHT,
     json_output: JsonOption = False,
 ) -> None:
-    """Find the sounds whose captions match a text (text -> audio), best first.
+    """Find the sounds that match a text (text -> audio), best first.
 
-    The text is embedded by the text embedder that built the index and compared with every window's caption.
+    By caption (the paper's retrieval): the text is embedded by the text embedder that built the index and compared
+    with every window's caption. By audio: Pengi's text tower embeds the text and it is compared with every window's
+    audio embedding, which needs no captions (the default while some windows have none; results say so).
 
     Example: pengi-search query "dog barking in the rain" -k 5 --ext wav
     """
+    from ..db import caption_counts
     from ..library import Library
-    from ..search import query_text
+    from ..ranking import RANK_LABELS
+    from ..search import choose_rank, query_text
 
     if not text.strip():
         raise UsageError("", 'the query text is empty; say what to look for, e.g. "dog barking in the rain"')
     filters = search.filters()
     with Library.open(search.db, read_only=True) as library:
+        chosen = choose_rank(library, rank, search.model)
+        counts = caption_counts(library.store)
         hits = query_text(
-            library, text, k=search.limit, by=search.by, filters=filters, model=search.model, device=search.device
+            library,
+            text,
+            k=search.limit,
+            by=search.by,
+            filters=filters,
+            model=search.model,
+            device=search.device,
+            rank=chosen,
+            hybrid_weight=hybrid_weight,
         )
-    _show_hits(hits, json_output=json_output)
+    title = None
+    if chosen is not Rank.caption:
+        weight = f", caption weight {hybrid_weight:g}" if chosen is Rank.hybrid else ""
+        title = f"ranked by {RANK_LABELS[chosen]}{weight}; {counts.captioned} of {counts.windows} windows have captions"
+    elif counts.missing and not json_output:
+        err_console.print(
+            f"note: {counts.missing} of {counts.windows} windows have no captions yet and cannot match by caption "
+            "(--rank audio searches them all)",
+            soft_wrap=True,
+        )
+    _show_hits(hits, json_output=json_output, title=title)
 
 
 @handle_errors

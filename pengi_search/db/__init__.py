@@ -8,6 +8,14 @@ Alembic environment and tests.
 """
 
 from .access import library_exists
+from .captions import (
+    CaptionCounts,
+    UncaptionedWindow,
+    WindowCaptions,
+    add_captions,
+    caption_counts,
+    uncaptioned_windows,
+)
 from .errors import IndexBusyError, MissingDatabaseError, StoreError, StoreMismatchError
 from .records import (
     FILE_STATUSES,
@@ -42,6 +50,7 @@ __all__ = [
     "FILE_STATUSES",
     "RUN_STATUSES",
     "VECTOR_KINDS",
+    "CaptionCounts",
     "EmbedderInfo",
     "FileRecord",
     "FileStamp",
@@ -57,8 +66,12 @@ __all__ = [
     "StoredAudio",
     "TextRecord",
     "VectorIndexInfo",
+    "UncaptionedWindow",
+    "WindowCaptions",
     "WindowDetails",
     "WindowInput",
+    "add_captions",
+    "caption_counts",
     "default_db_url",
     "default_index_dir",
     "default_index_path",
@@ -66,4 +79,5 @@ __all__ = [
     "normalize_db_url",
     "resolve_db_url",
     "sqlite_file",
+    "uncaptioned_windows",
 ]

@@ -4,10 +4,10 @@ Text -> audio: each caption searches the library (only files under the set's aud
 best window per file; the caption's own file is the one relevant result. Audio -> text: each file ranks every
 caption of the set; its own captions are the relevant ones. R@1, R@5, R@10 and mAP@10 as in `metrics`.
 
-A ranking is one way of scoring text against audio. `CaptionMatching` is the paper's (section 5.4): the windows'
-generated captions and the query, both embedded by the library's text embedder, compared by cosine. Other rankings
-(e.g. Pengi's audio embedding against the query's text embedding) plug in as further `Ranking`s and are reported
-side by side.
+A ranking is one way of scoring text against audio, reported side by side with the others: the `--rank` modes of
+`query` (`pengi_search.ranking`). "caption" is the paper's (section 5.4): the windows' generated captions and the
+query, both embedded by the library's text embedder, compared by cosine; "audio" compares Pengi's audio embedding
+of each window with the query's embedding by Pengi's text tower; "hybrid" weighs the two cosines.
 """
 
 from __future__ import annotations
@@ -19,7 +19,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from ..search import Filters, search_vectors, stored_windows
+from ..choices import DEFAULT_HYBRID_WEIGHT, Rank
+from ..ranking import RANK_LABELS
+from ..search import Filters, ranked_index, search_index, stored_windows
+from ..vectors import l2_normalise
 from .datasets import CaptionedFile, CaptionSet, left_out
 from .metrics import average_precision_at_k, mean, recall_at_k
 
@@ -44,52 +47,112 @@ class Ranking(Protocol):
         ...
 
 
-class CaptionMatching:
-    """The paper's retrieval: query text against the windows' generated captions, in the library's text embedding."""
+class WindowMatching:
+    """A `--rank` mode as a `Ranking`: text -> audio searches the library as `query --rank` does; audio -> text
+    scores each caption by its best window of the file, with the same score (windows lacking a vector it needs
+    are left out)."""
 
-    name = "caption"
-    description = "generated captions matched with the text (the paper's retrieval)"
-
-    def __init__(self, library: Library, embedder: TextEmbedder, filters: Filters) -> None:
+    def __init__(
+        self,
+        rank: Rank,
+        library: Library,
+        filters: Filters,
+        caption_embedder: TextEmbedder | None,
+        audio_embedder: TextEmbedder | None,
+        hybrid_weight: float = DEFAULT_HYBRID_WEIGHT,
+    ) -> None:
+        self.rank = rank
+        self.name = rank.value
+        weight = f", caption weight {hybrid_weight:g}" if rank is Rank.hybrid else ""
+        self.description = RANK_LABELS[rank] + weight
         self.library = library
-        self.embedder = embedder
         self.filters = filters
-        self._embedded: dict[str, np.ndarray] = {}
+        self.weight = hybrid_weight
+        # (vector kind, query embedder, weight) whose weighted cosines make a window's score
+        parts = {
+            Rank.caption: [("text", caption_embedder, 1.0)],
+            Rank.audio: [("audio", audio_embedder, 1.0)],
+            Rank.hybrid: [("text", caption_embedder, hybrid_weight), ("audio", audio_embedder, 1.0 - hybrid_weight)],
+        }[rank]
+        self.parts: list[tuple[str, TextEmbedder, float]] = []
+        for kind, embedder, part_weight in parts:
+            assert embedder is not None, f"--rank {rank.value} needs a {kind} query embedder"
+            self.parts.append((kind, embedder, part_weight))
+        self._embedded: dict[tuple[str, str], np.ndarray] = {}
 
-    def _vectors(self, captions: Sequence[str]) -> np.ndarray:
+    def _vectors(self, embedder: TextEmbedder, captions: Sequence[str]) -> np.ndarray:
         """(n, d) normalised caption embeddings, each text embedded once for both directions, and alone, exactly as
         `query` embeds it: in a batch, padding and blocking can move the last bits, which reorders near ties."""
         for caption in captions:
-            if caption not in self._embedded:
-                self._embedded[caption] = self.embedder.embed([caption])[0]
-        return np.stack([self._embedded[c] for c in captions])
+            if (embedder.id, caption) not in self._embedded:
+                self._embedded[embedder.id, caption] = embedder.embed([caption])[0]
+        return np.stack([self._embedded[embedder.id, c] for c in captions])
+
+    def _query_vectors(self, captions: Sequence[str]) -> dict[str, np.ndarray]:
+        return {kind: self._vectors(embedder, captions) for kind, embedder, _ in self.parts}
 
     def text_to_audio(self, captions: Sequence[str], k: int) -> list[list[str]]:
-        vectors = self._vectors(captions)
-        return [
-            [hit.path for hit in search_vectors(self.library, "text", row[None], k=k, by="file", filters=self.filters)]
-            for row in vectors
-        ]
-
-    def audio_to_text(self, paths: Sequence[str], captions: Sequence[str], k: int) -> list[list[int]]:
-        vectors = self._vectors(captions)
+        vectors = self._query_vectors(captions)
         ranked = []
-        for path in paths:
-            stored = stored_windows(self.library, path)
-            _, windows = self.library.store.vectors("text", [w.window_id for w in stored.windows] if stored else [])
-            if not len(windows):  # nothing captioned: no caption can be ranked for this file
-                ranked.append([])
-                continue
-            # A caption's score is its best cosine over the file's windows, as text -> audio scores a file.
-            scores = (windows @ vectors.T).max(axis=0)
-            ranked.append(np.argsort(-scores, kind="stable")[:k].tolist())
+        for row in range(len(captions)):
+            caption, audio = (vectors[kind][row : row + 1] if kind in vectors else None for kind in ("text", "audio"))
+            index, queries = ranked_index(self.library, self.rank, caption, audio, self.weight)
+            hits = search_index(self.library, index, queries, k=k, by="file", filters=self.filters)
+            ranked.append([hit.path for hit in hits])
         return ranked
 
+    def audio_to_text(self, paths: Sequence[str], captions: Sequence[str], k: int) -> list[list[int]]:
+        vectors = self._query_vectors(captions)
+        ranked = []
+        for path in paths:
+            scores = self._window_scores(path, vectors, len(captions))
+            if scores is None:  # no window with every vector this ranking needs: no caption can be ranked
+                ranked.append([])
+                continue
+            # A caption's score is its best over the file's windows, as text -> audio scores a file.
+            ranked.append(np.argsort(-scores.max(axis=0), kind="stable")[:k].tolist())
+        return ranked
 
-def available_rankings(library: Library, embedder: TextEmbedder, audio_root: str) -> list[Ranking]:
-    """The rankings the library supports, restricted to files under `audio_root`."""
+    def _window_scores(self, path: str, vectors: dict[str, np.ndarray], captions: int) -> np.ndarray | None:
+        """(windows, captions) scores of the file's windows that have every vector kind needed."""
+        stored = stored_windows(self.library, path)
+        window_ids = [w.window_id for w in stored.windows] if stored else []
+        found = {kind: self.library.store.vectors(kind, window_ids) for kind, _, _ in self.parts}
+        common = np.asarray(window_ids, dtype=np.int64)
+        for ids, _ in found.values():
+            common = np.intersect1d(common, ids)
+        if not common.size:
+            return None
+        total = np.zeros((common.size, captions), np.float32)
+        for kind, _, weight in self.parts:
+            ids, windows = found[kind]
+            total += weight * (l2_normalise(windows[np.isin(ids, common)]) @ vectors[kind].T)
+        return total
+
+
+def available_rankings(
+    library: Library,
+    embedder: TextEmbedder,
+    audio_root: str,
+    audio_embedder: TextEmbedder | None = None,
+    *,
+    ranks: Sequence[Rank] = (),
+    hybrid_weight: float = DEFAULT_HYBRID_WEIGHT,
+) -> list[Ranking]:
+    """The rankings `ranks` asks for (default: every one the library supports) over the files under `audio_root`.
+
+    `embedder` embeds queries for caption matching; `audio_embedder` (Pengi's text tower of the index's model, None
+    when it has none) for the audio and hybrid rankings.
+    """
     filters = Filters(path_glob=glob.escape(audio_root.rstrip("/")) + "/*")
-    return [CaptionMatching(library, embedder, filters)]
+    possible = [Rank.caption] if audio_embedder is None else list(Rank)
+    for rank in ranks:
+        if rank not in possible:
+            raise ValueError(f"--rank {rank.value} needs Pengi's text tower, which the index's model does not have")
+    return [
+        WindowMatching(rank, library, filters, embedder, audio_embedder, hybrid_weight)
+        for rank in dict.fromkeys(ranks or possible)
+    ]
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -10,6 +11,7 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel
 
+from ..choices import DEFAULT_HYBRID_WEIGHT
 from ..classify import LabelsError, read_labels
 from .errors import RequestError, TooLargeError
 from .service import SearchParams, Service
@@ -33,6 +35,7 @@ class HitModel(BaseModel):
     file_id: int | None
     query_start_s: float | None = None
     query_end_s: float | None = None
+    ranking: Literal["caption", "audio", "hybrid"] | None = None  # text search: how the hits were ranked
 
 
 class TextModel(BaseModel):
@@ -160,9 +163,23 @@ def parse_labels(typed: str | None, uploaded: UploadFile | None) -> list[str]:
 
 
 @router.get("/search", response_model=list[HitModel], summary="Text -> audio search")
-def search(svc: ServiceDep, params: ParamsDep, q: Annotated[str, Query(description="What to look for.")]) -> Any:
-    """Windows whose captions match the text, best first (`pengi-search query --json`)."""
-    return svc.search(q, params)
+def search(
+    svc: ServiceDep,
+    params: ParamsDep,
+    q: Annotated[str, Query(description="What to look for.")],
+    rank: Annotated[
+        Literal["caption", "audio", "hybrid"] | None,
+        Query(
+            description="caption: against the generated captions; audio: against each window's audio embedding "
+            "(no captions needed); hybrid: a weighted sum. Default: caption once every window has captions, else audio."
+        ),
+    ] = None,
+    hybrid_weight: Annotated[
+        float, Query(ge=0, le=1, description="rank=hybrid: the caption cosine's weight (audio gets 1 - it).")
+    ] = DEFAULT_HYBRID_WEIGHT,
+) -> Any:
+    """Windows that match the text, best first (`pengi-search query --json`); each hit says how it was ranked."""
+    return svc.search(q, dataclasses.replace(params, rank=rank, hybrid_weight=hybrid_weight))
 
 
 @router.get("/similar", response_model=list[HitModel], summary="Audio -> audio from an indexed window")

@@ -6,6 +6,7 @@ rendered as text. The little JavaScript (static/app.js) reads data attributes an
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -87,11 +88,15 @@ def search_page(
     ext: str = "",
     min_duration: str = "",
     max_duration: str = "",
+    rank: str = "",
+    hybrid_weight: str = "",
 ) -> HTMLResponse:
     hits, error = None, None
     params = SearchParams()
     try:
         params = page_params(k, by, min_score, path, ext, min_duration, max_duration)
+        weight = _number("hybrid_weight", hybrid_weight) if hybrid_weight.strip() else params.hybrid_weight
+        params = dataclasses.replace(params, rank=rank or None, hybrid_weight=weight)
         if q.strip():
             hits = svc.search(q, params)
     except PengiSearchError as exc:

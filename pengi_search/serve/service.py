@@ -20,10 +20,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..choices import By
-from ..db import FileRecord, Store, WindowDetails
+from ..choices import DEFAULT_HYBRID_WEIGHT, By, Rank
+from ..db import FileRecord, Store, WindowDetails, caption_counts
 from ..library import EmptyLibraryError
-from ..search import Filters, Hit, query_embedder, search_vectors
+from ..ranking import check_hybrid_weight
+from ..search import (
+    Filters,
+    Hit,
+    audio_query_embedder,
+    choose_rank,
+    query_embedder,
+    ranked_index,
+    search_index,
+    search_vectors,
+)
 from . import catalog, media
 from .errors import NotFoundError, RequestError
 from .live import LiveLibrary
@@ -45,7 +55,7 @@ FAILED_SHOWN = 200
 
 @dataclass(frozen=True)
 class SearchParams:
-    """The CLI's search options (`query` and `similar`)."""
+    """The CLI's search options (`query` and `similar`; `rank` and `hybrid_weight` are `query`'s)."""
 
     k: int = 10
     by: str = "file"
@@ -54,6 +64,18 @@ class SearchParams:
     ext: str | None = None
     min_duration: float | None = None
     max_duration: float | None = None
+    rank: str | None = None  # None: caption once every window has captions, else audio
+    hybrid_weight: float = DEFAULT_HYBRID_WEIGHT
+
+    def ranking(self) -> tuple[Rank | None, float]:
+        """The ranking asked for (None: the default) and the hybrid weight, checked."""
+        if self.rank and self.rank not in {r.value for r in Rank}:
+            raise RequestError("rank", f"{self.rank!r}: use one of {', '.join(r.value for r in Rank)}")
+        try:
+            weight = check_hybrid_weight(self.hybrid_weight)
+        except ValueError as exc:
+            raise RequestError("hybrid_weight", str(exc)) from None
+        return (Rank(self.rank) if self.rank else None), weight
 
     def filters(self) -> Filters:
         if self.by not in {b.value for b in By}:
@@ -79,7 +101,9 @@ class Service:
         self.transcodes = media.TranscodeCache(settings.transcode_cache_bytes)
         self._embedder: TextEmbedder | None = None
         self._embedder_generation = -1
-        self._query_cache: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
+        self._audio_embedder: TextEmbedder | None = None
+        self._audio_generation = -1
+        self._query_cache: OrderedDict[tuple[int, str, str], np.ndarray] = OrderedDict()
         self._engine: Engine | None = None
         self._model_dir: ModelDir | None = None
         self._embedder_lock = threading.Lock()
@@ -108,6 +132,19 @@ class Service:
                 self._embedder_generation = generation
             return self._embedder
 
+    def audio_embedder(self) -> TextEmbedder:
+        """Pengi's text tower of the model that made the audio vectors (the caption embedder when it is that)."""
+        self.library.refresh()
+        with self._embedder_lock:
+            if self._audio_embedder is None or self._audio_generation != self.library.generation:
+                generation = self.library.generation
+                caption = self._embedder if self._embedder_generation == generation else None
+                self._audio_embedder = audio_query_embedder(
+                    self.library, self.settings.model, self.settings.device, caption_embedder=caption
+                )
+                self._audio_generation = generation
+            return self._audio_embedder
+
     def engine(self) -> Engine:
         """The full model (for uploaded clips), loaded on first use."""
         with self._model_lock:
@@ -127,18 +164,23 @@ class Service:
     # -- search ----------------------------------------------------------------------------------------------
 
     def search(self, text: str, params: SearchParams) -> list[dict[str, Any]]:
-        """Text -> audio, as `pengi-search query --json` (plus each hit's file id)."""
+        """Text -> audio, as `pengi-search query --json` (plus each hit's file id), ranked as `params.rank` says."""
         if not text.strip():
             raise RequestError("q", "the query text is empty")
         filters = params.filters()
-        vector = self._query_vector(text)
-        hits = search_vectors(self.library, "text", vector, k=self._k(params), by=params.by, filters=filters)
-        return self._hits_json(hits)
+        requested, weight = params.ranking()
+        rank = choose_rank(self.library, requested, self.settings.model)
+        caption = None if rank is Rank.audio else self._query_vector(text, Rank.caption)
+        audio = None if rank is Rank.caption else self._query_vector(text, Rank.audio)
+        index, queries = ranked_index(self.library, rank, caption, audio, weight)
+        hits = search_index(self.library, index, queries, k=self._k(params), by=params.by, filters=filters)
+        return self._hits_json([dataclasses.replace(hit, ranking=rank) for hit in hits])
 
-    def _query_vector(self, text: str) -> np.ndarray:
-        """The text's embedding (1, d); the latest QUERY_CACHE texts are kept (a refined search reuses its text)."""
-        embedder = self.embedder()
-        key = (self._embedder_generation, text)
+    def _query_vector(self, text: str, rank: Rank) -> np.ndarray:
+        """The text's embedding (1, d) for matching captions or audio; the latest QUERY_CACHE texts are kept (a
+        refined search reuses its text)."""
+        embedder = self.audio_embedder() if rank is Rank.audio else self.embedder()
+        key = (self.library.generation, rank.value, text)
         with self._embedder_lock:
             if key in self._query_cache:
                 self._query_cache.move_to_end(key)
@@ -314,6 +356,7 @@ class Service:
         store = self.library.store
         self.library.refresh()
         stats = store.stats()
+        stats["captions"] = caption_counts(store).to_json()
         stats["indexes"] = {
             kind: {"type": index.type, "vectors": len(index)} for kind, index in self.library.live_indexes().items()
         }

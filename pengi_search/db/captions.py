@@ -1,0 +1,132 @@
+"""Captions that come after the audio: the windows still waiting for them, and writing them in.
+
+`pengi-search index` stores every window first with its audio embedding only (so that `similar` works on the whole
+library at once), then writes the captions. Nothing in the schema says which windows wait: a window is captioned
+when it has a 'text' vector (its texts and that vector are always written in one transaction), and waits for its
+captions when it has none. Each function is one short transaction, like `Store`'s methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.orm import aliased
+
+from ..chunking import chunked
+from .records import TextRecord
+from .schema import AudioFileRow, GeneratedTextRow, WindowRow, WindowVectorRow
+from .store import _CHUNK, Store, _encode_vector, _text_dim, _under
+
+
+@dataclass(frozen=True)
+class CaptionCounts:
+    """How many windows there are and how many of them have captions (below a folder, or in the whole library)."""
+
+    windows: int
+    captioned: int
+
+    @property
+    def missing(self) -> int:
+        return self.windows - self.captioned
+
+    def to_json(self) -> dict[str, Any]:
+        return {"windows": self.windows, "captioned": self.captioned, "missing": self.missing}
+
+
+@dataclass(frozen=True)
+class UncaptionedWindow:
+    """A window waiting for its captions, with the stored audio embedding that generation starts from."""
+
+    window_id: int
+    path: str
+    index: int
+    audio: np.ndarray  # (d_proj,) float32, as stored
+
+
+@dataclass(frozen=True)
+class WindowCaptions:
+    """What the caption pass writes for one window: the answer to every prompt and the caption's embedding."""
+
+    window_id: int
+    texts: Sequence[TextRecord]
+    text_vector: np.ndarray
+
+
+def _has_text_vector() -> Any:
+    """EXISTS (the window's 'text' vector), over its own alias: the outer query may join the 'audio' vectors."""
+    text = aliased(WindowVectorRow)
+    return select(text.window_id).where(text.window_id == WindowRow.id, text.kind == "text").exists()
+
+
+def caption_counts(store: Store, under: str | None = None) -> CaptionCounts:
+    """Windows of the files below `under` (all when None), and how many of them have captions."""
+    if under is None:  # two index-only counts, cheap even for millions of windows (a query may ask every time)
+        windows = select(func.count()).select_from(WindowRow)
+        captioned = select(func.count()).select_from(WindowVectorRow).where(WindowVectorRow.kind == "text")
+    else:
+        windows = select(func.count(WindowRow.id)).join(AudioFileRow, WindowRow.file_id == AudioFileRow.id)
+        windows = windows.where(_under(under))
+        captioned = windows.where(_has_text_vector())
+    with store.session() as session:
+        return CaptionCounts(int(session.scalar(windows) or 0), int(session.scalar(captioned) or 0))
+
+
+def uncaptioned_windows(
+    store: Store, *, under: str | None = None, after_id: int = 0, limit: int = 256
+) -> list[UncaptionedWindow]:
+    """Up to `limit` windows below `under` with an audio vector and no captions, window ids above `after_id`, in
+    id order (page through them by passing the last id seen)."""
+    query = (
+        select(WindowRow.id, AudioFileRow.path, WindowRow.index, WindowVectorRow.vector)
+        .join(AudioFileRow, WindowRow.file_id == AudioFileRow.id)
+        .join(WindowVectorRow, (WindowVectorRow.window_id == WindowRow.id) & (WindowVectorRow.kind == "audio"))
+        .where(_under(under), WindowRow.id > after_id, ~_has_text_vector())
+        .order_by(WindowRow.id)
+        .limit(limit)
+    )
+    with store.session() as session:
+        rows = session.execute(query).all()
+    return [
+        UncaptionedWindow(window_id, path, index, np.frombuffer(blob, dtype="<f4").astype(np.float32))
+        for window_id, path, index, blob in rows
+    ]
+
+
+def add_captions(store: Store, captions: Sequence[WindowCaptions]) -> int:
+    """Write the texts and caption vector of each window, in one transaction; returns how many were written.
+
+    A window that is gone (its file was re-indexed or removed meanwhile) or that got its captions from another
+    process is skipped, so nothing is ever written twice. A bad vector (NaN, wrong size) raises StoreError and
+    writes nothing.
+    """
+    wanted = sorted({item.window_id for item in captions})
+    with store.session(write=True) as session:
+        text_dim = _text_dim(session)
+        alive: set[int] = set()
+        done: set[int] = set()
+        for chunk in chunked(wanted, _CHUNK):
+            alive.update(session.scalars(select(WindowRow.id).where(WindowRow.id.in_(chunk)).with_for_update()))
+            done.update(
+                session.scalars(
+                    select(WindowVectorRow.window_id).where(
+                        WindowVectorRow.kind == "text", WindowVectorRow.window_id.in_(chunk)
+                    )
+                )
+            )
+        written = 0
+        for item in captions:
+            if item.window_id not in alive or item.window_id in done:
+                continue
+            vector = _encode_vector(f"window {item.window_id}", "text", item.text_vector, text_dim)
+            session.add_all(
+                GeneratedTextRow(window_id=item.window_id, prompt=t.prompt, text=t.text, score=t.score)
+                for t in item.texts
+            )
+            session.add(WindowVectorRow(window_id=item.window_id, kind="text", vector=vector))
+            done.add(item.window_id)
+            written += 1
+        return written

@@ -1,0 +1,108 @@
+"""The ways a text query can rank windows (`--rank`), and the index that searches the hybrid one.
+
+- caption: the paper's retrieval (section 5.4). The query, embedded by the library's text embedder, against the
+  embeddings of the windows' generated captions. Needs captions.
+- audio: the contrastive path. Pengi's own text tower (CLIP text model, then its projection) embeds the query into
+  the model's d_proj space, where the audio encoder (HTSAT, then its projection) put every window; cosine between
+  the two. The original code returns exactly these two from `get_audio_embeddings` (the projected audio embedding,
+  L2-normalised) and `get_prompt_embeddings` (the projected text embedding), both d_proj wide. The two encoders
+  come from a contrastively trained audio-text pair, but Pengi itself was trained only to caption, so how well the
+  two spaces still agree depends on the weights: output that used this ranking says so. It needs no caption, so it
+  searches a library whose captions are still being written, and it needs a model with a text tower (`base`).
+- hybrid: weight x caption cosine + (1 - weight) x audio cosine, for windows that have both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .choices import Rank
+from .db import Store
+from .vectors import l2_normalise
+
+RANK_LABELS = {
+    Rank.caption: "caption matching (the query against the windows' generated captions)",
+    Rank.audio: "audio embeddings (Pengi's audio embedding of each window against the query's text embedding; "
+    "no captions compared)",
+    Rank.hybrid: "hybrid (weighted sum of the caption and audio-embedding cosines)",
+}
+
+
+def check_hybrid_weight(weight: float) -> float:
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"the hybrid weight must be between 0 and 1, got {weight}")
+    return float(weight)
+
+
+class HybridIndex:
+    """The caption ('text') and 'audio' indexes searched as one, scoring w * caption cosine + (1 - w) * audio cosine.
+
+    A query row is the caption query and the audio query side by side, (caption_dim + d_proj) wide (`queries`).
+    The search is exact over windows with both vectors (given exact indexes): it takes the top `fetch` of each
+    index, scores their union from the stored vectors, and fetches twice as many until no window outside both
+    lists can beat the k-th score (its score is at most w * the caption list's last + (1 - w) * the audio list's
+    last), or one list holds every window it can.
+    """
+
+    def __init__(self, text_index: Any, audio_index: Any, store: Store, weight: float, caption_dim: int) -> None:
+        self.text = text_index
+        self.audio = audio_index
+        self.store = store
+        self.weight = check_hybrid_weight(weight)
+        self.caption_dim = caption_dim
+
+    @staticmethod
+    def queries(caption: np.ndarray, audio: np.ndarray) -> np.ndarray:
+        """(q, caption_dim), (q, d_proj) -> the rows this index searches, (q, caption_dim + d_proj)."""
+        return np.concatenate([l2_normalise(caption), l2_normalise(audio)], axis=1)
+
+    def __len__(self) -> int:
+        return len(self.text)  # only captioned windows can be ranked
+
+    def search(
+        self, queries: np.ndarray, k: int, *, allowed_ids: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The k best windows per query row: (scores float32 (q, k), ids int64 (q, k)); empty slots -inf and -1."""
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        ids = np.full((len(queries), k), -1, dtype=np.int64)
+        for row, query in enumerate(queries):
+            found_ids, found_scores = self._search_row(query, k, allowed_ids)
+            scores[row, : len(found_ids)], ids[row, : len(found_ids)] = found_scores, found_ids
+        return scores, ids
+
+    def _search_row(self, query: np.ndarray, k: int, allowed_ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        caption_query, audio_query = query[None, : self.caption_dim], query[None, self.caption_dim :]
+        fetch, most = k, max(len(self.text), len(self.audio), 1)
+        while True:
+            text_scores, text_ids = _valid(*self.text.search(caption_query, fetch, allowed_ids=allowed_ids))
+            audio_scores, audio_ids = _valid(*self.audio.search(audio_query, fetch, allowed_ids=allowed_ids))
+            ids, scores = self._exact(np.union1d(text_ids, audio_ids), caption_query[0], audio_query[0])
+            order = np.lexsort((ids, -scores))[:k]  # best first, ties by id
+            complete = len(text_ids) < fetch or len(audio_ids) < fetch or fetch >= most
+            if complete or (len(order) == k and scores[order[-1]] >= self._bound(text_scores, audio_scores)):
+                return ids[order], scores[order]
+            fetch = min(fetch * 2, most)
+
+    def _bound(self, text_scores: np.ndarray, audio_scores: np.ndarray) -> float:
+        """The best score a window in neither list could have."""
+        return float(self.weight * text_scores[-1] + (1.0 - self.weight) * audio_scores[-1])
+
+    def _exact(self, candidates: np.ndarray, caption_query: np.ndarray, audio_query: np.ndarray) -> tuple[Any, Any]:
+        """(ids, hybrid scores) of the candidates that have both vectors, from the stored vectors."""
+        text_ids, text_vectors = self.store.vectors("text", candidates)
+        audio_ids, audio_vectors = self.store.vectors("audio", text_ids)
+        if not len(audio_ids):
+            return np.empty(0, np.int64), np.empty(0, np.float32)
+        keep = np.isin(text_ids, audio_ids)  # a window removed between the two reads drops out
+        text_part = l2_normalise(text_vectors[keep]) @ caption_query
+        audio_part = l2_normalise(audio_vectors) @ audio_query
+        scores = self.weight * text_part + (1.0 - self.weight) * audio_part
+        return audio_ids, scores.astype(np.float32)
+
+
+def _valid(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One query row's real hits (FAISS pads with id -1)."""
+    found = ids[0] >= 0
+    return scores[0][found], ids[0][found]

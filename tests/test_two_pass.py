@@ -1,0 +1,222 @@
+"""Two-pass indexing: audio embeddings for every window first (similar works at once), captions second, in the same
+run or a later one; a run killed in either pass loses at most its batch and repeats nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from indexer.pipeline import run_index
+from pengi_search.choices import Captions, Rank
+from pengi_search.cli import app
+from pengi_search.db import caption_counts
+from pengi_search.inference import Engine
+from pengi_search.library import EmptyLibraryError, Library
+from pengi_search.search import query_text, similar_to_file
+
+from .indexing import assert_consistent, assert_same_content, db_content, quick_options, window_vectors, write_tone
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def tree(tmp_path) -> Path:
+    root = tmp_path / "sounds"
+    write_tone(root / "short.wav", 1.5, freq=330)
+    write_tone(root / "birds" / "long.wav", 9.0, sr=22_050, freq=880)  # two windows
+    write_tone(root / "birds" / "tone.flac", 3.0, sr=22_050, freq=550)
+    return root
+
+
+def test_captions_later_then_a_second_run_writes_them(tiny_model_dir, tree, tmp_path, monkeypatch):
+    db = tmp_path / "later.db"
+    first = run_index(quick_options([tree], db, tiny_model_dir, captions=Captions.later))
+    assert (first.indexed, first.windows, first.captioned, first.captions_missing) == (3, 4, 0, 4)
+    with Library.open(str(db)) as library:
+        assert caption_counts(library.store).to_json() == {"windows": 4, "captioned": 0, "missing": 4}
+        assert len(library.store.vector_ids("audio")) == 4 and len(library.store.vector_ids("text")) == 0
+        # similar already covers the whole library, from the stored embeddings
+        hits, source = similar_to_file(library, tree / "short.wav", model=str(tiny_model_dir), device="cpu")
+        assert source == "index" and {h.path for h in hits} == {
+            str(tree / "birds" / n) for n in ("long.wav", "tone.flac")
+        }
+        assert all(h.caption == "" and h.texts == {} for h in hits)
+        # a text query ranks by audio embeddings while captions are missing
+        found = query_text(library, "birds singing", k=5, model=str(tiny_model_dir))
+        assert len(found) == 3 and {h.ranking for h in found} == {Rank.audio}
+        with pytest.raises(EmptyLibraryError, match="no window has captions yet"):
+            query_text(library, "birds singing", model=str(tiny_model_dir), rank=Rank.caption)
+    assert_consistent_audio_only(db)
+
+    # The second run has no file to decode: it only writes the captions, from the stored audio embeddings.
+    monkeypatch.setattr(Engine, "audio_embeddings", _never)
+    second = run_index(quick_options([tree], db, tiny_model_dir))
+    assert (second.indexed, second.unchanged, second.windows, second.captioned, second.captions_missing) == (
+        0,
+        3,
+        0,
+        4,
+        0,
+    )
+    assert_consistent(db)
+    monkeypatch.undo()
+
+    one_run = tmp_path / "one-run.db"
+    run_index(quick_options([tree], one_run, tiny_model_dir))
+    assert_same_content(db, one_run)  # same texts, vectors and scores as captions written in the same run
+    assert all(len(w["texts"]) == 2 for row in db_content(db) for w in row["windows"])
+
+
+def _never(*_args, **_kwargs):
+    raise AssertionError("audio was embedded again")
+
+
+def assert_consistent_audio_only(db: Path) -> None:
+    with Library.open(str(db)) as library:
+        ids = library.store.vector_ids("audio")
+        assert np.array_equal(library.vector_index("audio").ids(), ids)
+
+
+def test_the_same_run_captions_after_every_audio_embedding_is_stored(tiny_model_dir, tree, tmp_path, monkeypatch):
+    """Pass 2 starts only when pass 1 is committed and the FAISS files are saved: at that moment `similar` works
+    on the whole set and no window has captions yet."""
+    db = tmp_path / "lib.db"
+    seen: dict[str, object] = {}
+
+    class Probe:
+        def start(self, files):
+            pass
+
+        def start_captions(self, windows):
+            with Library.open(str(db)) as library:
+                seen["counts"] = caption_counts(library.store).to_json()
+                hits, _ = similar_to_file(
+                    library, tree / "birds" / "tone.flac", model=str(tiny_model_dir), device="cpu"
+                )
+                seen["similar"] = sorted(Path(h.path).name for h in hits)
+            seen["windows"] = windows
+
+        def advance(self, files=0, windows=0):
+            pass
+
+    summary = run_index(quick_options([tree], db, tiny_model_dir), Probe())
+    assert seen == {
+        "counts": {"windows": 4, "captioned": 0, "missing": 4},
+        "similar": ["long.wav", "short.wav"],
+        "windows": 4,
+    }
+    assert 0 < summary.searchable_s <= summary.seconds and (summary.captioned, summary.captions_missing) == (4, 0)
+    assert_consistent(db)
+
+
+def test_a_changed_file_loses_its_old_captions_and_gets_new_ones(tiny_model_dir, tree, tmp_path):
+    db = tmp_path / "lib.db"
+    run_index(quick_options([tree], db, tiny_model_dir))
+    write_tone(tree / "short.wav", 2.5, freq=700)
+    summary = run_index(quick_options([tree], db, tiny_model_dir))
+    assert (summary.indexed, summary.captioned, summary.captions_missing) == (1, 1, 0)
+    with Library.open(str(db)) as library:
+        assert caption_counts(library.store).to_json() == {"windows": 4, "captioned": 4, "missing": 0}
+    assert_consistent(db)
+
+
+def test_captions_are_written_only_under_the_roots_of_the_run(tiny_model_dir, tree, tmp_path):
+    db = tmp_path / "lib.db"
+    run_index(quick_options([tree], db, tiny_model_dir, captions=Captions.later))
+    summary = run_index(quick_options([tree / "birds"], db, tiny_model_dir))
+    assert (summary.captioned, summary.captions_missing) == (3, 0)
+    with Library.open(str(db)) as library:
+        assert caption_counts(library.store).missing == 1  # short.wav waits for a run over its folder
+        assert caption_counts(library.store, under=str(tree / "short.wav")).missing == 1
+
+
+def test_stats_and_index_say_how_many_windows_have_captions(tiny_model_dir, tree, tmp_path):
+    db = tmp_path / "lib.db"
+    common = ["--db", str(db), "--model", str(tiny_model_dir), "--workers", "0", "--beam", "2", "--max-len", "3"]
+    result = runner.invoke(app, ["index", str(tree), *common, "--captions", "later", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "0 window(s) captioned" in result.stdout and "4 window(s) have no captions yet" in result.stdout
+    result = runner.invoke(app, ["stats", "--db", str(db)])
+    assert "captions: 0 of 4 windows (4 waiting" in result.stdout
+    assert json.loads(runner.invoke(app, ["stats", "--db", str(db), "--json"]).stdout)["captions"] == {
+        "windows": 4,
+        "captioned": 0,
+        "missing": 4,
+    }
+    result = runner.invoke(app, ["index", str(tree), *common, "--json", "--device", "cpu"])
+    data = json.loads(result.stdout)
+    assert (data["indexed"], data["captioned"], data["captions_missing"]) == (0, 4, 0)
+    assert "captions: 4 of 4 windows" in runner.invoke(app, ["stats", "--db", str(db)]).stdout
+    bad = runner.invoke(app, ["index", str(tree), *common, "--captions", "never"])
+    assert bad.exit_code == 2 and "Invalid value for '--captions'" in bad.output
+
+
+# -- kill -9 in either pass ----------------------------------------------------------------------------------------
+
+
+def _count(db: Path, sql: str) -> int:
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as connection:
+            return connection.execute(sql).fetchone()[0]
+    except sqlite3.Error:
+        return 0  # not created yet
+
+
+INDEXED = "SELECT count(*) FROM audio_files WHERE status = 'indexed'"
+CAPTIONED = "SELECT count(*) FROM window_vectors WHERE kind = 'text'"
+
+
+def _kill_when(command: list[str], db: Path, ready: Callable[[], bool]) -> None:
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()
+
+
+@pytest.mark.parametrize("killed_in", ["audio embeddings", "captions"])
+def test_sigkill_in_either_pass_then_rerun_loses_and_repeats_nothing(tiny_model_dir, tmp_path, killed_in):
+    root = tmp_path / "lib"
+    count = 24
+    for n in range(count):
+        write_tone(root / f"clip-{n:02d}.wav", 2.0, freq=100 + 37 * n)
+    db = tmp_path / "lib.db"
+    command = [sys.executable, "-m", "indexer", str(root), "--db", str(db), "--model", str(tiny_model_dir)]
+    command += ["--batch-size", "1", "--workers", "0", "--beam", "2", "--max-len", "8", "--device", "cpu", "--quiet"]
+    if killed_in == "audio embeddings":
+        _kill_when(command, db, lambda: _count(db, INDEXED) > 0)
+        embedded, captioned = _count(db, INDEXED), _count(db, CAPTIONED)
+        assert 0 < embedded < count and captioned == 0
+    else:
+        _kill_when(command, db, lambda: _count(db, CAPTIONED) > 0)
+        embedded, captioned = _count(db, INDEXED), _count(db, CAPTIONED)
+        assert embedded == count and 0 < captioned < count
+
+    summary = run_index(quick_options([root], db, tiny_model_dir, max_len=8))
+    assert (summary.unchanged, summary.indexed, summary.failed) == (embedded, count - embedded, [])
+    assert (summary.captioned, summary.captions_missing) == (count - captioned, 0)
+    with Library.open(str(db)) as library:
+        files = library.store.files_under(str(root))
+        assert [run.status for run in library.store.runs(2)] == ["finished", "interrupted"]  # the killed run
+        assert caption_counts(library.store).to_json() == {"windows": count, "captioned": count, "missing": 0}
+    assert len(files) == count and {f.status for f in files} == {"indexed"}
+    rows = db_content(db)
+    assert sorted(len(row["windows"]) for row in rows) == [1] * count  # one window per file, none repeated
+    assert all(len(row["windows"][0]["texts"]) == 2 for row in rows)  # each prompt answered once
+    assert len(window_vectors(db, "text")) == count
+    assert_consistent(db)
