@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from ..choices import Device, LoglikScore, Method
+from ..pathnames import path_fields
 from ..prompts import TASK_PROMPTS
 from .common import (
     EXIT_OK,
@@ -61,7 +63,7 @@ class Outcome:
             "method": self.method,
             "labels": self.labels,
             "results": [p.to_json(top) for p in self.predictions],
-            "errors": [{"file": path, "error": reason} for path, reason in self.failures],
+            "errors": [{**path_fields(path, "file"), "error": reason} for path, reason in self.failures],
             "metrics": self.metrics,
         }
 
@@ -249,7 +251,7 @@ def _run_classifier(
                 predictions.append(classifier.classify(path))
             except AudioDecodeError as err:
                 failures.append((path, err.reason))
-                err_console.print(f"[red]skipped[/] {err}")
+                err_console.print(f"[red]skipped[/] {escape(str(err))}", soft_wrap=True)
             bar.advance(task)
     return predictions, failures
 
@@ -285,9 +287,8 @@ def _show_file(outcome: Outcome, top: int) -> None:
 def _print_ranked(prediction: Prediction, top: int) -> None:
     from rich.table import Table
 
-    out_console.print(
-        f"[bold]{shown_path(prediction.path)}[/]  ({prediction.windows} window{'s' * (prediction.windows != 1)})"
-    )
+    windows = f"{prediction.windows} window{'s' * (prediction.windows != 1)}"
+    out_console.print(f"[bold]{escape(shown_path(prediction.path))}[/]  ({windows})", soft_wrap=True)
     table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
     table.add_column("#", justify="right")
     table.add_column("label")
