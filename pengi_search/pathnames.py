@@ -70,10 +70,14 @@ def _escape_unprintable(match: re.Match[str]) -> str:
     return _NAMED_CONTROLS.get(char, f"\\x{code:02x}")
 
 
-def path_fields(path: str | os.PathLike[str], key: str = "path") -> dict[str, str]:
-    """`{key: path}` for JSON, plus `{key}_bytes` (base64 of the name's bytes) when the name is not valid UTF-8."""
+def path_fields(path: str | os.PathLike[str], key: str = "path", *, readable: bool = False) -> dict[str, str]:
+    """`{key: path}` for JSON, plus `{key}_bytes` (base64 of the name's bytes) when the name is not valid UTF-8.
+
+    `readable`: the name as `shown` writes it, for JSON encoders that refuse lone surrogates (the server's);
+    `{key}_bytes` still says exactly which file it is.
+    """
     text = os.fspath(path)
-    fields = {key: text}
+    fields = {key: shown(text) if readable else text}
     if not is_utf8(text):
         fields[f"{key}_bytes"] = base64.b64encode(os.fsencode(text)).decode("ascii")
     return fields
