@@ -294,7 +294,7 @@ def _print_ranked(prediction: Prediction, top: int) -> None:
     table.add_column("label")
     table.add_column("score", justify="right")
     for rank, (label, score) in enumerate(prediction.ranked[:top], 1):
-        table.add_row(str(rank), label, f"{score:.4f}")
+        table.add_row(str(rank), escape(label), f"{score:.4f}")
     out_console.print(table)
 
 
@@ -309,7 +309,7 @@ def _print_metrics(metrics: dict[str, Any], console: Any) -> None:
     for name in ("label", "precision", "recall", "f1", "support"):
         table.add_column(name, justify="left" if name == "label" else "right")
     for label, m in metrics["per_class"].items():
-        table.add_row(label, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
+        table.add_row(escape(label), f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
     console.print(table)
     if metrics["unmatched"]:
         console.print(f"{len(metrics['unmatched'])} classified file(s) are not in the truth file")

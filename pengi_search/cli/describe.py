@@ -135,7 +135,7 @@ def _print_text(results: list[FileResult], show_keys: bool) -> None:
             span = f"  {w['start_s']:6.1f}-{w['end_s']:.1f}s"
             for key, text in w["answers"].items():
                 label = f"{key}: " if show_keys else ""
-                out_console.print(f"{span}  {label}{text}", soft_wrap=True)
+                out_console.print(f"{span}  {escape(label)}{escape(text)}", soft_wrap=True)
                 span = " " * len(span)
 
 

@@ -222,7 +222,7 @@ def remove(
         removed = library.store.remove(target)
         library.sync_vector_indexes()
     if removed == 0:
-        fail(f"{escape(shown(target))}: nothing in the index at or under this path", EXIT_FAILED)
+        fail(f"{shown(target)}: nothing in the index at or under this path", EXIT_FAILED)
     if json_output:
         print_json({**path_fields(target), "removed_files": removed})
     else:
