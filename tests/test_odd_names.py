@@ -237,3 +237,20 @@ def test_a_failure_that_cannot_be_recorded_is_reported_and_the_run_goes_on(tree,
     assert_consistent(tmp_path / "lib.db")
     with Library.open(str(tmp_path / "lib.db")) as library:
         assert library.store.get_file(tree["empty"]) is None
+
+
+def test_eval_classify_reports_the_odd_files(tree, indexed, tiny_model_dir, tmp_path):
+    truth = tmp_path / "truth.csv"
+    truth.write_text("file,label\ngood.wav,tone\nrain.flac,rain\n")
+    common = ("--truth", truth, "--db", indexed["db"], "--model", tiny_model_dir, "--device", "cpu", "--quiet")
+    result = run("eval", "classify", tree["root"], *common, "-o", tmp_path / "report")
+    assert result.exit_code == EXIT_PARTIAL  # the empty file is left out, and said so
+    report = json.loads((tmp_path / "report" / "report.json").read_text(encoding="utf-8"))
+    assert [item["file"] for item in report["skipped"]] == [tree["empty"]]
+    rows = (tmp_path / "report" / "predictions.csv").read_text(encoding="utf-8")
+    assert "odd\\xff\\xfe.wav" in rows
+
+
+def test_a_database_path_that_is_not_utf8_is_refused_with_the_reason(tmp_path):
+    result = run("stats", "--db", odd(tmp_path, b"db\xff") + "/lib.db")
+    assert result.exit_code == 2 and "db\\xff/lib.db: the database's path is not valid UTF-8" in result.stderr
