@@ -16,7 +16,7 @@ Every failure to read a file (missing, empty, not audio, corrupt, NaN/Inf sample
 should treat the whole file as failed. A file cut short whose decoder stops cleanly at the cut (WAV, AIFF, MP3) is
 read as far as it goes, like players do; a `DecodeReport` passed to `iter_windows` or `stream_audio` then says how
 much its header promised (`DecodeReport.truncation`), along with what the C decoders printed to stderr meanwhile,
-which is captured rather than shown (`pengi_search.stderr_notes`).
+which is captured rather than shown (`pengi_search.stderr_notes`; without a report it goes to the debug log).
 
 Paths may be any name the OS gives (`str` with surrogate escapes for bytes that are not UTF-8): libsndfile gets
 the name's bytes, PyAV encodes such names itself.
@@ -24,6 +24,7 @@ the name's bytes, PyAV encodes such names itself.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from abc import ABC, abstractmethod
@@ -72,6 +73,7 @@ AUDIO_EXTENSIONS = frozenset(
 _BLOCK_FRAMES = 1 << 16  # frames decoded per step: big enough for speed, small enough to keep memory flat
 _DECODER_ERRORS = (sf.SoundFileError, av.FFmpegError)
 _SOUNDFILE_FORMAT_NAMES = {"wavex": "wav"}
+log = logging.getLogger(__name__)
 # A cut file's end, as libsndfile's log reports it for formats that state their data size: "data : 269892 (should
 # be 38518)" (WAV; SSND for AIFF, Data Size for AU). W64 and RF64 state only the whole file's size ("riff : ...").
 _SIZE_CLAIM = re.compile(r"^\s*(data|SSND|Data Size|riff|Riff size)\s*:\s*(\d+) \(should be (\d+)\)", re.MULTILINE)
@@ -208,7 +210,7 @@ def stream_audio(
     """The file from `start_s` on as consecutive mono float32 chunks at `sample_rate` (memory stays flat)."""
     if start_s < 0:
         raise ValueError(f"start_s must not be negative, got {start_s}")
-    return _mono_chunks(Path(path), sample_rate, report or DecodeReport(), start_s)
+    return _mono_chunks(Path(path), sample_rate, report, start_s)
 
 
 def iter_windows(
@@ -227,10 +229,10 @@ def iter_windows(
     if not 0 < hop <= size:
         # Checked in samples, where a tiny hop rounds to zero; a hop longer than the window would skip audio.
         raise ValueError(f"need 0 < hop_s <= window_s (at least one sample), got hop_s={hop_s}, window_s={window_s}")
-    return _windows(Path(path), _WindowCutter(size, hop, sample_rate), report or DecodeReport())
+    return _windows(Path(path), _WindowCutter(size, hop, sample_rate), report)
 
 
-def _windows(path: Path, cutter: _WindowCutter, report: DecodeReport) -> Iterator[Window]:
+def _windows(path: Path, cutter: _WindowCutter, report: DecodeReport | None) -> Iterator[Window]:
     for chunk in _mono_chunks(path, cutter.sample_rate, report):
         yield from cutter.push(chunk)
     yield from cutter.finish()
@@ -277,8 +279,22 @@ class _WindowCutter:
         return window
 
 
-def _mono_chunks(path: Path, sample_rate: int, report: DecodeReport, start_s: float = 0.0) -> Iterator[np.ndarray]:
-    """The file from `start_s` on as consecutive mono float32 chunks at `sample_rate` (some chunks may be empty)."""
+def _mono_chunks(
+    path: Path, sample_rate: int, asked: DecodeReport | None, start_s: float = 0.0
+) -> Iterator[np.ndarray]:
+    """The file from `start_s` on as consecutive mono float32 chunks at `sample_rate` (some chunks may be empty).
+
+    What the decoders print goes to `asked`, or to the debug log when no caller asked for it.
+    """
+    report = asked or DecodeReport()
+    try:
+        yield from _report_chunks(path, sample_rate, report, start_s)
+    finally:
+        if asked is None and report.notes:
+            log.debug("decoding %s: %s", path, "; ".join(report.notes))
+
+
+def _report_chunks(path: Path, sample_rate: int, report: DecodeReport, start_s: float) -> Iterator[np.ndarray]:
     with _open_source(path, report) as source:
         report.format, report.sample_rate, report.channels = source.format, source.sample_rate, source.channels
         report.header_frames = source.header_frames
