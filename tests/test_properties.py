@@ -236,6 +236,12 @@ def test_indexing_random_trees_never_fails_the_run_nor_loses_what_was_indexed(tm
     if after:
         hits = invoke("query", "a tone", "--db", db, "--model", model, "--json", "-k", "50")
         assert {hit["path"] for hit in json.loads(hits.stdout)} == after.keys()
+        one = min(after)
+        alike = invoke("similar", one, "--db", db, "--model", model, "--json", "-k", "50")
+        assert alike.exit_code == 0 and {hit["path"] for hit in json.loads(alike.stdout)} == after.keys() - {one}
+        assert invoke("remove", one, "--db", db).exit_code == 0
+        assert_consistent(db)
+        assert indexed_rows(db).keys() == after.keys() - {one}
 
 
 def _audio(name: bytes) -> bool:
