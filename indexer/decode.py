@@ -1,7 +1,8 @@
 """Decoding files into 7 s windows, in worker processes, so that the model never waits for disk or decoder.
 
 Each file becomes a stream of messages: `Windows` chunks (a long file is never held whole, in a worker or in a
-pipe), then `Decoded` with its properties and content hash, or `Failed` with the reason. Workers are started with
+pipe), then `Decoded` with its properties (its duration is what decoded), content hash and what decoding noticed
+(a truncation, the decoders' own messages), or `Failed` with the reason. Workers are started with
 'forkserver' (or 'spawn' where there is none): never forked from a process that holds torch threads. Each worker
 has its own pipes and blocks until its message is read, which keeps memory flat; a worker that dies (a decoder
 crash) fails only the file it was on, and a new one takes over its other files.
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from pengi_search.audio import AudioDecodeError, Window, iter_windows, probe
+from pengi_search.audio import AudioDecodeError, DecodeReport, Window, iter_windows
 from pengi_search.chunking import chunked
 from pengi_search.hashing import file_sha256
 
@@ -43,7 +44,8 @@ class Windows:
 
 @dataclass(frozen=True)
 class Decoded:
-    """The file decoded to its end: `count` windows were sent."""
+    """The file decoded to its end: `count` windows were sent. `truncation`: the file decoded clearly shorter
+    than its header says ("truncated: header says ..."); `notes`: what the C decoders printed meanwhile."""
 
     seq: int
     count: int
@@ -52,6 +54,8 @@ class Decoded:
     sample_rate: int
     channels: int
     duration_s: float
+    truncation: str | None = None
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class Failed:
     seq: int
     reason: str
     content_hash: str | None = None  # when the bytes could be read: an unchanged broken file is not retried
+    notes: tuple[str, ...] = ()  # what the C decoders printed before it failed
 
 
 Message = Windows | Decoded | Failed
@@ -67,23 +72,33 @@ Message = Windows | Decoded | Failed
 def decode_file(job: Job, chunk: int = CHUNK_WINDOWS) -> Iterator[Message]:
     """The messages for one file. Any failure becomes `Failed` (after which earlier windows must be dropped)."""
     content_hash = None
+    report = DecodeReport()
     try:
         if not stat.S_ISREG(os.stat(job.path).st_mode):  # replaced by a FIFO since the scan: opening it would hang
             yield Failed(job.seq, "not a regular file")
             return
         content_hash = file_sha256(job.path)
-        info = probe(job.path)
         count = 0
-        for batch in chunked(iter_windows(job.path), chunk):
+        for batch in chunked(iter_windows(job.path, report=report), chunk):
             count += len(batch)
             yield Windows(job.seq, batch)
-        yield Decoded(job.seq, count, content_hash, info.format, info.sample_rate, info.channels, info.duration_s)
+        yield Decoded(
+            job.seq,
+            count,
+            content_hash,
+            report.format,
+            report.sample_rate,
+            report.channels,
+            report.duration_s,
+            report.truncation(),
+            tuple(report.notes),
+        )
     except AudioDecodeError as exc:
-        yield Failed(job.seq, exc.reason, content_hash)
+        yield Failed(job.seq, exc.reason, content_hash, tuple(report.notes))
     except OSError as exc:
-        yield Failed(job.seq, f"cannot read file: {exc.strerror or exc}", content_hash)
+        yield Failed(job.seq, f"cannot read file: {exc.strerror or exc}", content_hash, tuple(report.notes))
     except Exception as exc:  # a decoder bug on one odd file must not stop a library-wide run
-        yield Failed(job.seq, f"{type(exc).__name__}: {exc}", content_hash)
+        yield Failed(job.seq, f"{type(exc).__name__}: {exc}", content_hash, tuple(report.notes))
 
 
 def decode_all(jobs: Iterable[Job], workers: int, chunk: int = CHUNK_WINDOWS) -> Iterator[Message]:

@@ -7,7 +7,9 @@ Incremental: a file whose size and mtime match the database is skipped without b
 but whose size and sha256 match is only re-stamped. Resumable: each file is committed in one transaction as soon as
 its last window is embedded, and each batch of captions in one transaction, so a run killed in either pass loses at
 most the batch in flight and a re-run picks up exactly there. Per-file failures are recorded with their reason and
-never stop the run.
+never stop the run, whatever the file is called (names that are not valid UTF-8 are stored as they are; a failure to
+record a failure is reported, not raised). A file that decodes shorter than its header says is indexed with a note,
+or recorded as failed with `strict`.
 
 Model work starts only when there is something to do: an unchanged, captioned library costs a scan and a few
 queries.
@@ -15,6 +17,7 @@ queries.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -42,6 +45,7 @@ from pengi_search.errors import PengiSearchError
 from pengi_search.hashing import file_sha256
 from pengi_search.library import Library
 from pengi_search.model_dir import ModelDir
+from pengi_search.pathnames import path_fields
 from pengi_search.scan import Entry, ScanResult, has_extension, scan
 
 from .captions import CaptionPass, IndexModel
@@ -49,6 +53,9 @@ from .decode import Decoded, Failed, Job, Windows, decode_all
 from .shard import Rank, Shard
 
 REINDEX_HINT = "Run again with --reindex to re-index everything with the new ones."
+DECODER_NOTE = "decoder: "  # how a line a C decoder printed begins among a file's notes
+
+log = logging.getLogger(__name__)
 
 
 def default_workers() -> int:
@@ -78,6 +85,7 @@ class IndexOptions:
     extensions: frozenset[str] = AUDIO_EXTENSIONS
     retry_errors: bool = False
     reindex: bool = False
+    strict: bool = False  # a truncated file is recorded as failed instead of indexed with a note
     beam: int = 3
     max_len: int = 30
     stop: StopRule = StopRule.both  # see `pengi_search.choices.StopRule`
@@ -100,6 +108,20 @@ class ProgressReporter(Protocol):
 class FailedFile:
     path: str
     reason: str
+
+    def to_json(self) -> dict[str, str]:
+        return {**path_fields(self.path), "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class FileNote:
+    """Something decoding noticed in a file that was indexed (a truncation, a decoder's message)."""
+
+    path: str
+    note: str
+
+    def to_json(self) -> dict[str, str]:
+        return {**path_fields(self.path), "note": self.note}
 
 
 @dataclass
@@ -128,6 +150,8 @@ class IndexSummary:
     stale_runs: list[int] = field(default_factory=list)  # earlier runs found dead and marked 'interrupted'
     failed: list[FailedFile] = field(default_factory=list)
     unreadable_dirs: list[FailedFile] = field(default_factory=list)
+    truncated: list[FileNote] = field(default_factory=list)  # indexed as far as they decode
+    decoder_notes: list[FileNote] = field(default_factory=list)  # what C decoders printed, per file
 
     @property
     def partial(self) -> bool:
@@ -137,8 +161,8 @@ class IndexSummary:
         data = {name: getattr(self, name) for name in self.__dataclass_fields__}
         data["seconds"] = round(self.seconds, 3)
         data["searchable_s"] = round(self.searchable_s, 3)
-        data["failed"] = [vars(item) for item in self.failed]
-        data["unreadable_dirs"] = [vars(item) for item in self.unreadable_dirs]
+        for name in ("failed", "unreadable_dirs", "truncated", "decoder_notes"):
+            data[name] = [item.to_json() for item in getattr(self, name)]
         return data
 
 
@@ -412,7 +436,7 @@ class _Run:
                 elif isinstance(message, Failed):
                     buffer = [(seq, window) for seq, window in buffer if seq != message.seq]
                     del flights[message.seq]
-                    self._fail(flight.entry, message.reason, message.content_hash)
+                    self._fail(flight.entry, message.reason, message.content_hash, message.notes)
                     self._advance(files=1)
             while buffer:
                 self._embed(model, buffer[:batch_size], flights)
@@ -437,17 +461,24 @@ class _Run:
     def _commit(self, flight: _InFlight) -> None:
         entry, decoded = flight.entry, flight.decoded
         assert decoded is not None
-        audio = StoredAudio(decoded.duration_s, decoded.sample_rate, decoded.channels, decoded.format)
+        if decoded.truncation is not None and self.options.strict:
+            self._fail(entry, decoded.truncation, decoded.content_hash, decoded.notes)
+            return
+        truncation = () if decoded.truncation is None else (decoded.truncation,)
+        notes = truncation + tuple(DECODER_NOTE + note for note in decoded.notes)
+        audio = StoredAudio(decoded.duration_s, decoded.sample_rate, decoded.channels, decoded.format, notes)
         try:
             file_id = self.store.upsert_file(
                 entry.path, size=entry.size, mtime=entry.mtime, content_hash=decoded.content_hash, run_id=self.run_id
             )
             self.store.replace_file_windows(file_id, flight.done, audio=audio, run_id=self.run_id)
         except StoreError as exc:  # e.g. a non-finite embedding: this file fails, the others go on
-            self._fail(entry, exc.reason, decoded.content_hash)
+            self._fail(entry, exc.reason, decoded.content_hash, decoded.notes)
             return
         self.summary.indexed += 1
         self.summary.windows += len(flight.done)
+        self.summary.truncated += [FileNote(entry.path, note) for note in truncation]
+        self.summary.decoder_notes += [FileNote(entry.path, note) for note in decoded.notes]
 
     def _caption(self, roots: list[str]) -> None:
         """Pass 2: captions for the windows below `roots` that have none (this run's and any earlier run's)."""
@@ -464,11 +495,23 @@ class _Run:
         self.summary.captioned += result.captioned
         self.summary.failed += [FailedFile(path, reason) for path, reason in result.failed]
 
-    def _fail(self, entry: Entry, reason: str, content_hash: str | None = None) -> None:
-        self.store.record_file_error(
-            entry.path, reason, size=entry.size, mtime=entry.mtime, content_hash=content_hash, run_id=self.run_id
-        )
+    def _fail(self, entry: Entry, reason: str, content_hash: str | None = None, notes: Sequence[str] = ()) -> None:
+        """Record the file as failed (the decoders' messages below the reason). A failure to record it is
+        reported with it and ends nothing: the next run tries the file again."""
+        try:
+            self.store.record_file_error(
+                entry.path,
+                "\n".join([reason, *(DECODER_NOTE + note for note in notes)]),
+                size=entry.size,
+                mtime=entry.mtime,
+                content_hash=content_hash,
+                run_id=self.run_id,
+            )
+        except StoreError as exc:
+            log.warning("could not record the failure of %r: %s", entry.path, exc)
+            reason = f"{reason} (not recorded in the database: {exc.reason})"
         self.summary.failed.append(FailedFile(entry.path, reason))
+        self.summary.decoder_notes += [FileNote(entry.path, note) for note in notes]
 
     def _advance(self, files: int = 0, windows: int = 0) -> None:
         if self.progress is not None:

@@ -11,18 +11,26 @@ Windowing rule (deterministic, every window holds real audio, all windows are ex
   - a file shorter than one window gives a single window, padded the way the original Pengi pads: the whole clip
     repeated end to end, then cut (see `pad_to_length`).
 
-Every failure to read a file (missing, empty, not audio, corrupt, truncated, NaN/Inf samples, no samples) raises
-`AudioDecodeError` (a cut MP3 is the exception: like players, we decode the part that survives). It can surface
-mid-iteration, after some windows were yielded: a caller that stores windows should treat the whole file as failed.
+Every failure to read a file (missing, empty, not audio, corrupt, NaN/Inf samples, no samples) raises
+`AudioDecodeError`. It can surface mid-iteration, after some windows were yielded: a caller that stores windows
+should treat the whole file as failed. A file cut short whose decoder stops cleanly at the cut (WAV, AIFF, MP3) is
+read as far as it goes, like players do; a `DecodeReport` passed to `iter_windows` or `stream_audio` then says how
+much its header promised (`DecodeReport.truncation`), along with what the C decoders printed to stderr meanwhile,
+which is captured rather than shown (`pengi_search.stderr_notes`; without a report it goes to the debug log).
+
+Paths may be any name the OS gives (`str` with surrogate escapes for bytes that are not UTF-8): libsndfile gets
+the name's bytes, PyAV encodes such names itself.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 
@@ -32,6 +40,7 @@ import soundfile as sf
 import soxr
 
 from pengi_search.errors import PengiSearchError
+from pengi_search.stderr_notes import capture_stderr
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -40,6 +49,7 @@ __all__ = [
     "WINDOW_SECONDS",
     "AudioDecodeError",
     "AudioInfo",
+    "DecodeReport",
     "Window",
     "iter_windows",
     "load_audio",
@@ -63,6 +73,13 @@ AUDIO_EXTENSIONS = frozenset(
 _BLOCK_FRAMES = 1 << 16  # frames decoded per step: big enough for speed, small enough to keep memory flat
 _DECODER_ERRORS = (sf.SoundFileError, av.FFmpegError)
 _SOUNDFILE_FORMAT_NAMES = {"wavex": "wav"}
+log = logging.getLogger(__name__)
+# A cut file's end, as libsndfile's log reports it for formats that state their data size: "data : 269892 (should
+# be 38518)" (WAV; SSND for AIFF, Data Size for AU). W64 and RF64 state only the whole file's size ("riff : ...").
+_SIZE_CLAIM = re.compile(r"^\s*(data|SSND|Data Size|riff|Riff size)\s*:\s*(\d+) \(should be (\d+)\)", re.MULTILINE)
+_WHOLE_FILE_CLAIMS = {"riff", "Riff size"}
+_STREAMED_SIZE = 0xFFFF_FFF0  # at or above: the placeholder a writer that could not seek back leaves, not a size
+TRUNCATION_TOLERANCE_S = 0.05  # shorter than the header says by more than this (and by more than 1%): truncated
 
 
 class AudioDecodeError(PengiSearchError):
@@ -79,6 +96,38 @@ class AudioInfo:
     channels: int
     duration_s: float
     frames: int
+
+
+@dataclass
+class DecodeReport:
+    """What decoding a file found, filled in as its samples stream (complete once the stream ends).
+
+    `decoded_frames` is what the decoder delivered, at the file's own rate: the file's real length, which a cut
+    file's header overstates (`header_frames`; None when the header does not say). `notes` are the lines C
+    decoders printed to stderr meanwhile.
+    """
+
+    format: str = ""
+    sample_rate: int = 0
+    channels: int = 0
+    header_frames: int | None = None
+    decoded_frames: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def duration_s(self) -> float:
+        """The length of what decoded, in seconds."""
+        return self.decoded_frames / self.sample_rate if self.sample_rate else 0.0
+
+    def truncation(self) -> str | None:
+        """A note such as "truncated: header says 3.06 s, 0.43 s decoded" when the file decodes clearly shorter
+        than its header promises (by more than 50 ms and 1%), else None."""
+        if self.header_frames is None or not self.sample_rate:
+            return None
+        header_s = self.header_frames / self.sample_rate
+        if header_s - self.duration_s <= max(TRUNCATION_TOLERANCE_S, 0.01 * header_s):
+            return None
+        return f"truncated: header says {header_s:.2f} s, {self.duration_s:.2f} s decoded"
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,10 +157,10 @@ def pad_to_length(x: np.ndarray, n: int) -> np.ndarray:
 def probe(path: str | os.PathLike[str]) -> AudioInfo:
     """Format, sample rate, channels and length of a file, from its header where the header says."""
     path = Path(path)
-    with _open_source(path) as source:
+    with _open_source(path, DecodeReport()) as source:
         frames = source.frames
         if frames is None:
-            frames = sum(len(block) for block in _decoded_blocks(source))
+            frames = sum(len(block) for block in _decoded_blocks(source, DecodeReport()))
         info = AudioInfo(
             path=path,
             format=source.format,
@@ -152,12 +201,16 @@ def load_audio(
 
 
 def stream_audio(
-    path: str | os.PathLike[str], *, sample_rate: int = SAMPLE_RATE, start_s: float = 0.0
+    path: str | os.PathLike[str],
+    *,
+    sample_rate: int = SAMPLE_RATE,
+    start_s: float = 0.0,
+    report: DecodeReport | None = None,
 ) -> Iterator[np.ndarray]:
     """The file from `start_s` on as consecutive mono float32 chunks at `sample_rate` (memory stays flat)."""
     if start_s < 0:
         raise ValueError(f"start_s must not be negative, got {start_s}")
-    return _mono_chunks(Path(path), sample_rate, start_s)
+    return _mono_chunks(Path(path), sample_rate, report, start_s)
 
 
 def iter_windows(
@@ -166,19 +219,21 @@ def iter_windows(
     hop_s: float = WINDOW_SECONDS,
     window_s: float = WINDOW_SECONDS,
     sample_rate: int = SAMPLE_RATE,
+    report: DecodeReport | None = None,
 ) -> Iterator[Window]:
-    """Stream the file's windows in order (see the module docstring for the rule)."""
+    """Stream the file's windows in order (see the module docstring for the rule); `report` learns what decoding
+    found (see `DecodeReport`)."""
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
     size, hop = round(window_s * sample_rate), round(hop_s * sample_rate)
     if not 0 < hop <= size:
         # Checked in samples, where a tiny hop rounds to zero; a hop longer than the window would skip audio.
         raise ValueError(f"need 0 < hop_s <= window_s (at least one sample), got hop_s={hop_s}, window_s={window_s}")
-    return _windows(Path(path), _WindowCutter(size, hop, sample_rate))
+    return _windows(Path(path), _WindowCutter(size, hop, sample_rate), report)
 
 
-def _windows(path: Path, cutter: _WindowCutter) -> Iterator[Window]:
-    for chunk in _mono_chunks(path, cutter.sample_rate):
+def _windows(path: Path, cutter: _WindowCutter, report: DecodeReport | None) -> Iterator[Window]:
+    for chunk in _mono_chunks(path, cutter.sample_rate, report):
         yield from cutter.push(chunk)
     yield from cutter.finish()
 
@@ -224,12 +279,28 @@ class _WindowCutter:
         return window
 
 
-def _mono_chunks(path: Path, sample_rate: int, start_s: float = 0.0) -> Iterator[np.ndarray]:
-    """The file from `start_s` on as consecutive mono float32 chunks at `sample_rate` (some chunks may be empty)."""
-    with _open_source(path) as source:
+def _mono_chunks(
+    path: Path, sample_rate: int, asked: DecodeReport | None, start_s: float = 0.0
+) -> Iterator[np.ndarray]:
+    """The file from `start_s` on as consecutive mono float32 chunks at `sample_rate` (some chunks may be empty).
+
+    What the decoders print goes to `asked`, or to the debug log when no caller asked for it.
+    """
+    report = asked or DecodeReport()
+    try:
+        yield from _report_chunks(path, sample_rate, report, start_s)
+    finally:
+        if asked is None and report.notes:
+            log.debug("decoding %s: %s", path, "; ".join(report.notes))
+
+
+def _report_chunks(path: Path, sample_rate: int, report: DecodeReport, start_s: float) -> Iterator[np.ndarray]:
+    with _open_source(path, report) as source:
+        report.format, report.sample_rate, report.channels = source.format, source.sample_rate, source.channels
+        report.header_frames = source.header_frames
         resampler = _Resampler(source.sample_rate, sample_rate)
         produced = 0
-        for block in _decoded_blocks(source, round(start_s * source.sample_rate)):
+        for block in _decoded_blocks(source, report, round(start_s * source.sample_rate)):
             chunk = resampler.push(_downmix(block))
             produced += len(chunk)
             yield chunk
@@ -248,17 +319,24 @@ def _downmix(block: np.ndarray) -> np.ndarray:
     return block @ np.full(channels, 1 / channels, dtype=np.float32)
 
 
-def _decoded_blocks(source: _Source, start_frame: int = 0) -> Iterator[np.ndarray]:
+def _decoded_blocks(source: _Source, report: DecodeReport, start_frame: int = 0) -> Iterator[np.ndarray]:
     """The source's blocks from `start_frame` on, with decoder failures and NaN/Inf samples turned into
-    AudioDecodeError."""
+    AudioDecodeError; `report.decoded_frames` follows. Each block is decoded with stderr captured into the report
+    (between blocks the caller may print: a capture never spans a yield)."""
     decoded = start_frame
+    blocks = source.blocks(start_frame)
     try:
-        for block in source.blocks(start_frame):
+        while True:
+            with capture_stderr(report.notes):
+                block = next(blocks, None)
+            if block is None:
+                return
             if not np.isfinite(block).all():
                 first_bad = int(np.argmin(np.isfinite(block).all(axis=1)))
                 at = (decoded + first_bad) / source.sample_rate
                 raise AudioDecodeError(source.path, f"non-finite samples (NaN or Inf) at {at:.2f} s")
             decoded += len(block)
+            report.decoded_frames = decoded
             yield block
     except _DECODER_ERRORS as error:
         at = decoded / source.sample_rate
@@ -288,6 +366,7 @@ class _Source(ABC):
     sample_rate: int
     channels: int
     frames: int | None  # None when the header does not say
+    header_frames: int | None  # what the header promises, where it says and can be trusted to (truncation checks)
 
     @abstractmethod
     def blocks(self, start_frame: int = 0) -> Iterator[np.ndarray]:
@@ -303,7 +382,7 @@ class _Source(ABC):
         self.close()
 
 
-def _open_source(path: Path) -> _Source:
+def _open_source(path: Path, report: DecodeReport) -> _Source:
     try:
         with open(path, "rb"):
             pass
@@ -311,21 +390,23 @@ def _open_source(path: Path) -> _Source:
         raise AudioDecodeError(path, f"cannot read file: {error.strerror or error}") from error
     if path.stat().st_size == 0:
         raise AudioDecodeError(path, "empty file (0 bytes)")
-    try:
-        return _SoundFileSource(path)
-    except sf.SoundFileError:
-        pass  # not a format libsndfile reads (or it failed to): FFmpeg gets a try
-    return _PyAVSource(path)
+    with capture_stderr(report.notes):  # libmpg123 comments on odd MP3 headers while the file opens
+        try:
+            return _SoundFileSource(path)
+        except sf.SoundFileError:
+            pass  # not a format libsndfile reads (or it failed to): FFmpeg gets a try
+        return _PyAVSource(path)
 
 
 class _SoundFileSource(_Source):
     def __init__(self, path: Path) -> None:
-        self._file = sf.SoundFile(path)
+        self._file = sf.SoundFile(os.fsencode(path))  # bytes: soundfile would encode a str strictly as UTF-8
         self.path = path
         self.format = _SOUNDFILE_FORMAT_NAMES.get(self._file.format.lower(), self._file.format.lower())
         self.sample_rate = self._file.samplerate
         self.channels = self._file.channels
         self.frames = self._file.frames
+        self.header_frames = _claimed_frames(self._file.extra_info, self.frames)
 
     def blocks(self, start_frame: int = 0) -> Iterator[np.ndarray]:
         if start_frame:
@@ -356,6 +437,9 @@ class _PyAVSource(_Source):
         self.sample_rate = self._stream.rate
         self.channels = self._stream.channels
         self.frames = self._header_frames()
+        # The stream's own duration, not the container's: FFmpeg estimates that one from the bit rate for some
+        # formats (raw AAC), which would make a whole file look cut.
+        self.header_frames = None if self._stream.duration is None else self.frames
 
     def _header_frames(self) -> int | None:
         if self._stream.duration is not None:
@@ -391,6 +475,17 @@ class _PyAVSource(_Source):
 
     def close(self) -> None:
         self._container.close()
+
+
+def _claimed_frames(log: str, frames: int) -> int:
+    """The frames a libsndfile file's header promises: more than `frames` (what libsndfile reads) when the log
+    reports the data cut short, scaled by how much of the stated size is there."""
+    claims = {name: (int(said), int(real)) for name, said, real in _SIZE_CLAIM.findall(log)}
+    data = [claim for name, claim in claims.items() if name not in _WHOLE_FILE_CLAIMS]
+    said, real = (data or list(claims.values()) or [(0, 0)])[0]
+    if real <= 0 or said <= real or said >= _STREAMED_SIZE:
+        return frames
+    return round(frames * said / real)
 
 
 def _container_name(names: str, path: Path) -> str:

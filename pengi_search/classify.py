@@ -37,6 +37,7 @@ from pengi_search.errors import UsageError
 
 from .choices import LoglikScore, LongPrompt, Method, StopRule
 from .embedders import EmbedderSpec, TextEmbedder, open_text_embedder
+from .pathnames import path_fields, shown
 from .prompts import TASK_PROMPTS
 
 if TYPE_CHECKING:
@@ -196,7 +197,7 @@ class Prediction:
 
     def to_json(self, top: int) -> dict[str, Any]:
         return {
-            "file": self.path,
+            **path_fields(self.path, "file"),
             "label": self.label,
             "score": round(self.score, 6),
             "top": [{"label": label, "score": round(score, 6)} for label, score in self.ranked[:top]],
@@ -392,7 +393,8 @@ def top_string(prediction: Prediction, top: int) -> str:
 
 
 def write_csv(predictions: Sequence[Prediction], out: io.TextIOBase | Any, top: int) -> None:
+    """One row per file; a file name that is not valid UTF-8 is written escaped (`pathnames.shown`)."""
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["file", "label", "score", "top"])
     for p in predictions:
-        writer.writerow([p.path, p.label, f"{p.score:.6f}", top_string(p, top)])
+        writer.writerow([shown(p.path), p.label, f"{p.score:.6f}", top_string(p, top)])

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+from .pathnames import shown
+
 EXIT_OK = 0
 EXIT_FAILED = 1  # the command could not do its work (missing model or database, another index run, ...)
 EXIT_USAGE = 2  # bad arguments or a bad input file (labels, manifest, config); nothing was done
@@ -16,7 +18,8 @@ EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as shells report it)
 
 
 class PengiSearchError(Exception):
-    """An expected failure: `str()` gives "<where>: <reason>" (or just the reason when `where` is empty)."""
+    """An expected failure: `str()` gives "<where>: <reason>" (or just the reason when `where` is empty), with a
+    file name that is not valid UTF-8 shown escaped (`pathnames.shown`); `where` keeps it as it is."""
 
     exit_code = EXIT_FAILED
 
@@ -28,7 +31,7 @@ class PengiSearchError(Exception):
         self.reason = reason
 
     def __str__(self) -> str:
-        return f"{self.where}: {self.reason}" if self.where else self.reason
+        return f"{shown(self.where)}: {self.reason}" if self.where else self.reason
 
 
 class UsageError(PengiSearchError):

@@ -37,6 +37,7 @@ from .chunking import chunked
 from .db import StoreMismatchError, WindowDetails, caption_counts
 from .embedders import EmbedderSpec, TextEmbedder, TextEmbedderError, open_text_embedder
 from .model_dir import PENGI_TEXT_PREFIX, ModelDir
+from .pathnames import path_fields
 from .ranking import HybridIndex
 from .scan import ScanError, absolute, scan
 
@@ -136,7 +137,7 @@ class Hit:
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
-            "path": self.path,
+            **path_fields(self.path),
             "start_s": round(self.start_s, 3),
             "end_s": round(self.end_s, 3),
             "score": round(self.score, 6),

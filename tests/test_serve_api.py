@@ -22,7 +22,13 @@ from .search_library import CaptionLibrary
 from .serving import BROKEN, BROKEN_REASON, HOSTILE, client_for, served_library
 from .test_cli_search import HIT_KEYS
 
-HIT_API_KEYS = HIT_KEYS | {"file_id", "query_start_s", "query_end_s", "ranking"}
+HIT_API_KEYS = HIT_KEYS | {
+    "file_id",
+    "query_start_s",
+    "query_end_s",
+    "ranking",
+    "path_bytes",
+}  # path_bytes: null for UTF-8
 runner = CliRunner()
 
 

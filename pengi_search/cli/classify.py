@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from ..choices import Device, LoglikScore, LongPrompt, Method, StopRule
+from ..pathnames import path_fields
 from ..prompts import TASK_PROMPTS
 from .common import (
     EXIT_OK,
@@ -64,7 +66,7 @@ class Outcome:
             "method": self.method,
             "labels": self.labels,
             "results": [p.to_json(top) for p in self.predictions],
-            "errors": [{"file": path, "error": reason} for path, reason in self.failures],
+            "errors": [{**path_fields(path, "file"), "error": reason} for path, reason in self.failures],
             "metrics": self.metrics,
         }
 
@@ -256,7 +258,7 @@ def _run_classifier(
                 predictions.append(classifier.classify(path))
             except AudioDecodeError as err:
                 failures.append((path, err.reason))
-                err_console.print(f"[red]skipped[/] {err}")
+                err_console.print(f"[red]skipped[/] {escape(str(err))}", soft_wrap=True)
             bar.advance(task)
     return predictions, failures
 
@@ -292,15 +294,14 @@ def _show_file(outcome: Outcome, top: int) -> None:
 def _print_ranked(prediction: Prediction, top: int) -> None:
     from rich.table import Table
 
-    out_console.print(
-        f"[bold]{shown_path(prediction.path)}[/]  ({prediction.windows} window{'s' * (prediction.windows != 1)})"
-    )
+    windows = f"{prediction.windows} window{'s' * (prediction.windows != 1)}"
+    out_console.print(f"[bold]{escape(shown_path(prediction.path))}[/]  ({windows})", soft_wrap=True)
     table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
     table.add_column("#", justify="right")
     table.add_column("label")
     table.add_column("score", justify="right")
     for rank, (label, score) in enumerate(prediction.ranked[:top], 1):
-        table.add_row(str(rank), label, f"{score:.4f}")
+        table.add_row(str(rank), escape(label), f"{score:.4f}")
     out_console.print(table)
 
 
@@ -315,7 +316,7 @@ def _print_metrics(metrics: dict[str, Any], console: Any) -> None:
     for name in ("label", "precision", "recall", "f1", "support"):
         table.add_column(name, justify="left" if name == "label" else "right")
     for label, m in metrics["per_class"].items():
-        table.add_row(label, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
+        table.add_row(escape(label), f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
     console.print(table)
     if metrics["unmatched"]:
         console.print(f"{len(metrics['unmatched'])} classified file(s) are not in the truth file")

@@ -5,10 +5,10 @@ Nothing here imports torch: `--help` and quick commands stay fast.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
-import json
 import os
 import sys
 import typing
@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..choices import Device, LongPrompt, StopRule
 from ..errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, PengiSearchError, UsageError
+from ..pathnames import json_text, shown
 
 if TYPE_CHECKING:
     from ..download import Release
@@ -80,6 +82,7 @@ def handle_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _tolerant_output()
         try:
             return func(*args, **kwargs)
         except KeyboardInterrupt:
@@ -93,6 +96,19 @@ def handle_errors(func: F) -> F:
             fail(_one_line(err), err.exit_code if isinstance(err, PengiSearchError) else EXIT_FAILED)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _tolerant_output() -> None:
+    """Text that cannot be encoded for stdout or stderr comes out escaped rather than ending the command.
+
+    Every file name printed goes through `shown` (and JSON through `json_text`) first; this is the net under
+    them, for a name that reaches the output some other way.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            with contextlib.suppress(Exception):  # a stream that cannot change: leave it as it is
+                reconfigure(errors="backslashreplace")
 
 
 def options_from(group: type, parameter: str) -> Callable[[F], F]:
@@ -225,9 +241,10 @@ def _confirm(question: str) -> bool:
 
 
 def shown_path(path: str) -> str:
-    """Paths below the current folder are shown relative to it (shorter tables); JSON keeps them absolute."""
+    """Paths below the current folder are shown relative to it (shorter tables), escaped where they are not
+    UTF-8 (`pathnames.shown`); JSON keeps them absolute and as they are."""
     relative = os.path.relpath(path)
-    return path if relative.startswith("..") else relative
+    return shown(path if relative.startswith("..") else relative)
 
 
 def _one_line(err: BaseException) -> str:
@@ -236,16 +253,17 @@ def _one_line(err: BaseException) -> str:
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    """Print `message` (plain text: a file name with brackets is no markup) as an error and exit with `code`."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
 def warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
+    err_console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+    sys.stdout.write(json_text(data, indent=2) + "\n")
 
 
 def show_progress(quiet: bool, json_output: bool = False) -> bool:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..choices import Device, LongPrompt, StopRule
+from ..pathnames import path_fields, shown
 from .common import (
     EXIT_OK,
     EXIT_PARTIAL,
@@ -96,17 +97,22 @@ def _describe_files(
 def _describe_file(
     engine: Engine, path: Path, prompts: dict[str, str], gen: GenerationConfig, *, hop: float, answer_prefix: str
 ) -> FileResult:
-    """Every window's answer to every prompt; a file that cannot be decoded is reported and skipped."""
+    """Every window's answer to every prompt; a file that cannot be decoded is reported and skipped, one cut
+    short is described as far as it decodes, with a warning."""
     import numpy as np
+    from rich.markup import escape
 
-    from ..audio import AudioDecodeError, iter_windows, probe
+    from ..audio import AudioDecodeError, DecodeReport, iter_windows
 
+    report = DecodeReport()  # what the decoders print is kept here rather than shown
     try:
-        info = probe(path)
-        windows = list(iter_windows(path, hop_s=hop))
+        windows = list(iter_windows(path, hop_s=hop, report=report))
     except AudioDecodeError as err:
-        err_console.print(f"[red]skipped[/] {err}")
+        err_console.print(f"[red]skipped[/] {escape(str(err))}", soft_wrap=True)
         return FileResult(path, 0.0, [], str(err))
+    truncation = report.truncation()
+    if truncation is not None:
+        err_console.print(f"[yellow]warning:[/] {escape(shown(str(path)))}: {truncation}", soft_wrap=True)
     keys, texts = list(prompts), list(prompts.values())
     embeds = engine.audio_embeddings(np.stack([w.samples for w in windows]))
     answers = engine.generate(embeds, texts, gen, additional_text=answer_prefix)
@@ -119,26 +125,28 @@ def _describe_file(
         }
         for w, per_window in zip(windows, answers, strict=True)
     ]
-    return FileResult(path, info.duration_s, rows)
+    return FileResult(path, report.duration_s, rows)
 
 
 def _to_json(results: list[FileResult]) -> list[dict]:
     return [
-        {"path": str(r.path), "duration_s": round(r.duration_s, 3), "windows": r.windows, "error": r.error}
+        {**path_fields(r.path), "duration_s": round(r.duration_s, 3), "windows": r.windows, "error": r.error}
         for r in results
     ]
 
 
 def _print_text(results: list[FileResult], show_keys: bool) -> None:
+    from rich.markup import escape
+
     for r in results:
         if r.error:
             continue
-        out_console.print(f"[bold]{r.path}[/]  ({r.duration_s:.1f} s)")
+        out_console.print(f"[bold]{escape(shown(str(r.path)))}[/]  ({r.duration_s:.1f} s)", soft_wrap=True)
         for w in r.windows:
             span = f"  {w['start_s']:6.1f}-{w['end_s']:.1f}s"
             for key, text in w["answers"].items():
                 label = f"{key}: " if show_keys else ""
-                out_console.print(f"{span}  {label}{text}", soft_wrap=True)
+                out_console.print(f"{span}  {escape(label)}{escape(text)}", soft_wrap=True)
                 span = " " * len(span)
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..choices import DEFAULT_HYBRID_WEIGHT, Device, Method, Rank
+from ..pathnames import shown
 from .classify import ScoringOptions
 from .common import (
     EXIT_OK,
@@ -279,13 +280,13 @@ def _finish(
     if summary is not None:
         report["index_run"] = {
             name: getattr(summary, name) for name in ("indexed", "unchanged", "touched", "windows", "seconds")
-        } | {"failed": [vars(item) for item in summary.failed]}
+        } | {"failed": [item.to_json() for item in summary.failed]}
     files = write_report(report, output)
     if json_output:
         print_json(report)
     else:
         _print_report(report)
-        out_console.print(f"report: {', '.join(str(path) for path in files)}", markup=False, soft_wrap=True)
+        out_console.print(f"report: {', '.join(shown(str(path)) for path in files)}", markup=False, soft_wrap=True)
     raise typer.Exit(EXIT_PARTIAL if report.get("skipped") else EXIT_OK)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from ..choices import Captions, Device, IndexType, LongPrompt, StopRule
 from .common import (
@@ -96,6 +96,12 @@ def index(
     reindex: Annotated[
         bool, typer.Option("--reindex", help="Re-index everything (needed to switch model or text embedder).")
     ] = False,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict", help="Record files that decode shorter than their header says as failed, not indexed."
+        ),
+    ] = False,
     beam: BeamOption = 3,
     max_len: MaxLenOption = 30,
     stop: StopOption = StopRule.both,
@@ -112,6 +118,9 @@ def index(
         ),
     ] = Captions.now,
     quiet: QuietOption = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Also show what the audio decoders printed about each file.")
+    ] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Index every audio file under PATH... into the library (incremental, resumable), in two passes.
@@ -119,8 +128,9 @@ def index(
     Pass 1 stores every window's audio embedding (fast: `similar` works on the whole library as soon as it ends);
     pass 2 captions the windows that have no captions yet, this run's and any earlier run's. Unchanged files are
     skipped, changed ones indexed again, deleted ones forgotten. Files that cannot be read are recorded with the
-    reason and reported; the run goes on (exit code 3 when any failed). One run writes to a library at a time: a
-    second one refuses (exit code 1), or waits with --wait.
+    reason and reported; the run goes on (exit code 3 when any failed). A file cut short is indexed as far as it
+    decodes, with a warning (--strict: recorded as failed). One run writes to a library at a time: a second one
+    refuses (exit code 1), or waits with --wait.
 
     Example: pengi-search index ~/sounds --workers 4 --batch-size 32
     """
@@ -151,6 +161,7 @@ def index(
         extensions=extensions,
         retry_errors=retry_errors,
         reindex=reindex,
+        strict=strict,
         beam=beam,
         max_len=max_len,
         stop=stop,
@@ -166,7 +177,7 @@ def index(
     if json_output:
         print_json(summary.to_json())
     else:
-        _print_summary(summary)
+        _print_summary(summary, verbose=verbose)
     raise typer.Exit(EXIT_PARTIAL if summary.partial else EXIT_OK)
 
 
@@ -201,10 +212,14 @@ def stats(db: DbOption = None, json_output: JsonOption = False) -> None:
     """
     from ..db import caption_counts, sqlite_file
     from ..library import Library
+    from ..pathnames import path_fields
 
     with Library.open(db, read_only=True) as library:
         data = library.store.stats()
         data["captions"] = caption_counts(library.store).to_json()
+        data["truncated"] = [
+            {**path_fields(record.path), "note": record.truncated} for record in library.store.truncated_files()
+        ]
         data["runs"] = [run.to_json() for run in library.store.runs(limit=5)]
         db_file = sqlite_file(library.db_url)
         data["database_bytes"] = None if db_file is None else _sqlite_bytes(db_file)
@@ -228,6 +243,7 @@ def remove(
     Example: pengi-search remove ~/sounds/old-recordings
     """
     from ..library import Library
+    from ..pathnames import path_fields, shown
     from ..scan import absolute
 
     target = absolute(path)
@@ -235,11 +251,11 @@ def remove(
         removed = library.store.remove(target)
         library.sync_vector_indexes()
     if removed == 0:
-        fail(f"{target}: nothing in the index at or under this path", EXIT_FAILED)
+        fail(f"{shown(target)}: nothing in the index at or under this path", EXIT_FAILED)
     if json_output:
-        print_json({"path": target, "removed_files": removed})
+        print_json({**path_fields(target), "removed_files": removed})
     else:
-        out_console.print(f"removed {removed} file(s) at or under {target}", markup=False)
+        out_console.print(f"removed {removed} file(s) at or under {shown(target)}", markup=False)
 
 
 @handle_errors
@@ -251,6 +267,9 @@ def export(
     db: DbOption = None,
 ) -> None:
     """Export the library as JSON lines: one file per line, with its windows and their texts (no vectors).
+
+    A file name that is not valid UTF-8 is written with \\udcXX escapes (lossless in any JSON parser that keeps
+    them, e.g. Python's) and its bytes in base64 as `path_bytes`; `truncated` and `notes` flag files cut short.
 
     Example: pengi-search export --output library.jsonl
     """
@@ -306,8 +325,8 @@ class _Reporter:
         self.bar.update(self.task, advance=windows if self.captioning else files, rate=f"{rate:.1f} windows/s")
 
 
-def _print_summary(summary: IndexSummary) -> None:
-    from rich.markup import escape
+def _print_summary(summary: IndexSummary, *, verbose: bool = False) -> None:
+    from ..pathnames import shown
 
     shard = f" (shard {summary.shard})" if summary.shard else ""
     out_console.print(
@@ -329,12 +348,18 @@ def _print_summary(summary: IndexSummary) -> None:
         out_console.print(f"{summary.skipped_errors} file(s) that failed before were skipped (--retry-errors)")
     for label, items in (("failed", summary.failed), ("unreadable folder", summary.unreadable_dirs)):
         for item in items:
-            err_console.print(f"[red]{label}[/] {escape(item.path)}: {escape(item.reason)}", soft_wrap=True)
+            err_console.print(f"[red]{label}[/] {escape(shown(item.path))}: {escape(item.reason)}", soft_wrap=True)
+    for note in summary.truncated:
+        err_console.print(f"[yellow]warning:[/] {escape(shown(note.path))}: {escape(note.note)}", soft_wrap=True)
+    for note in summary.decoder_notes if verbose else ():
+        err_console.print(f"decoder {escape(shown(note.path))}: {escape(note.note)}", soft_wrap=True)
 
 
 def _write_rows(rows: Any, stream: Any) -> None:
+    from ..pathnames import json_text
+
     for row in rows:
-        stream.write(json.dumps(row, ensure_ascii=False) + "\n")
+        stream.write(json_text(row) + "\n")
 
 
 def _index_json(path: Path, info: VectorIndexInfo | None) -> dict[str, Any]:
@@ -371,6 +396,8 @@ def _sqlite_bytes(db_file: Path) -> int | None:
 
 
 def _print_stats(data: dict[str, Any]) -> None:
+    from ..pathnames import shown
+
     files = data["files"]
     lines = [
         f"database: {data['database']} ({_human(data['database_bytes'])})",
@@ -381,6 +408,9 @@ def _print_stats(data: dict[str, Any]) -> None:
     model = data["model"]
     if model:
         lines.append(f"model: {model['model']} ({model['model_fingerprint'][:12]}), embedder: {model['embedder']}")
+    if data["truncated"]:
+        lines.append(f"truncated: {len(data['truncated'])} file(s) decode shorter than their header says")
+        lines += [f"  {shown(item['path'])}: {item['note']}" for item in data["truncated"]]
     for kind, info in data["vector_indexes"].items():
         built = _index_kind(info["index_type"], info["requested_type"])
         lines.append(f"{kind} index: {data['vectors'][kind]} vectors, {built} ({_human(info['bytes'])})")

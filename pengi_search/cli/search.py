@@ -106,6 +106,7 @@ def _show_hits(hits: list[Hit], *, json_output: bool, show_query_span: bool = Fa
     if not hits:
         err_console.print("no results")
         return
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold", title=title, title_justify="left")
@@ -117,10 +118,10 @@ def _show_hits(hits: list[Hit], *, json_output: bool, show_query_span: bool = Fa
     table.add_column("score", justify="right")
     table.add_column("caption", overflow="fold")
     for rank, hit in enumerate(hits, 1):
-        row = [str(rank), shown_path(hit.path), _span(hit.start_s, hit.end_s)]
+        row = [str(rank), escape(shown_path(hit.path)), _span(hit.start_s, hit.end_s)]
         if show_query_span:
             row.append(_span(hit.query_start_s or 0.0, hit.query_end_s or 0.0))
-        table.add_row(*row, f"{hit.score:.3f}", hit.caption or "(no caption yet)")
+        table.add_row(*row, f"{hit.score:.3f}", escape(hit.caption) if hit.caption else "(no caption yet)")
     out_console.print(table)
 
 

@@ -45,11 +45,12 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     # migrations transactional DDL.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
+    # busy_timeout first: switching to WAL needs a lock that a busy writer may hold for a moment.
     for pragma in (
+        f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
         "journal_mode=WAL",
         "synchronous=NORMAL",
         "foreign_keys=ON",
-        f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
     ):
         cursor.execute(f"PRAGMA {pragma}")
     cursor.close()

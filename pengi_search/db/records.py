@@ -71,6 +71,9 @@ class FileStamp(NamedTuple):
     content_hash: str | None
 
 
+TRUNCATED_NOTE = "truncated: "  # how the note on a file that decodes shorter than its header says begins
+
+
 @dataclass(frozen=True)
 class FileRecord:
     id: int
@@ -78,24 +81,33 @@ class FileRecord:
     size: int | None
     mtime: float | None
     content_hash: str | None
-    duration_s: float | None
+    duration_s: float | None  # what decodes, which a cut file's header overstates
     sample_rate: int | None
     channels: int | None
     format: str | None
     status: str
-    error: str | None
+    error: str | None  # why the file could not be indexed (status 'error')
     indexed_at: datetime | None
     run_id: int | None
+    notes: str | None = None  # what decoding noticed in a file that was indexed, one note per line
+
+    @property
+    def truncated(self) -> str | None:
+        """The note saying the file decodes shorter than its header says ("truncated: header says ..."), if any."""
+        first = (self.notes or "").partition("\n")[0]
+        return first if first.startswith(TRUNCATED_NOTE) else None
 
 
 @dataclass(frozen=True)
 class StoredAudio:
-    """Properties of a decoded file, recorded when its windows are stored."""
+    """Properties of a decoded file, recorded when its windows are stored; `notes`: what decoding noticed (a
+    truncation first, then the decoders' own messages), kept with the file."""
 
     duration_s: float
     sample_rate: int
     channels: int
     format: str
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

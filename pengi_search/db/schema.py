@@ -28,6 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from ..pathnames import from_stored, to_stored
 from .records import EmbedderInfo, FileRecord, IndexMeta, ModelInfo, RunRecord, VectorIndexInfo
 
 RowId = BigInteger().with_variant(Integer(), "sqlite")  # INTEGER is what makes a SQLite rowid alias
@@ -59,6 +60,24 @@ class UtcDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+class OsText(TypeDecorator[str]):
+    """Text that may hold file names as the OS gives them (lone surrogates for bytes that are not UTF-8).
+
+    Database drivers refuse lone surrogates; they are stored escaped (`pengi_search.pathnames.to_stored`), every
+    other text unchanged. Values compared with such a column in a query go through the same escape, and the escape
+    keeps prefixes, so equality, ordering by path and prefix tests work on the stored form.
+    """
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
+        return None if value is None else to_stored(value)
+
+    def process_result_value(self, value: str | None, dialect: Any) -> str | None:
+        return None if value is None else from_stored(value)
 
 
 class Base(DeclarativeBase):
@@ -106,7 +125,7 @@ class AudioFileRow(Base):
     __table_args__ = (CheckConstraint("status IN ('pending', 'indexed', 'error')", name="status"),)
 
     id: Mapped[int] = mapped_column(RowId, primary_key=True)
-    path: Mapped[str] = mapped_column(Text, unique=True)
+    path: Mapped[str] = mapped_column(OsText, unique=True)
     size: Mapped[int | None] = mapped_column(BigInteger)
     mtime: Mapped[float | None] = mapped_column(Double)
     content_hash: Mapped[str | None] = mapped_column(String(64), index=True)  # sha256 hex, revision 0002
@@ -115,7 +134,7 @@ class AudioFileRow(Base):
     channels: Mapped[int | None] = mapped_column(Integer)
     format: Mapped[str | None] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16), index=True, default="pending")
-    error: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(OsText)  # the reason when status is 'error', else notes (see records)
     indexed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     run_id: Mapped[int | None] = mapped_column(RowId, ForeignKey("runs.id", ondelete="SET NULL"))
 
@@ -135,9 +154,11 @@ class AudioFileRow(Base):
             channels=self.channels,
             format=self.format,
             status=self.status,
-            error=self.error,
+            # One column holds both, the status tells which: the reason a file failed, or an indexed file's notes.
+            error=self.error if self.status == "error" else None,
             indexed_at=self.indexed_at,
             run_id=self.run_id,
+            notes=None if self.status == "error" else self.error,
         )
 
 

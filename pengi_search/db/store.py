@@ -7,6 +7,7 @@ created and upgraded only by the Alembic migrations in the `migrations` package:
 Every public method of `Store` is one short transaction and returns plain records (`pengi_search.db.records`), so
 callers never hold ORM objects or sessions. Paths are stored as the indexer gives them (absolute, `/`-separated); a
 prefix such as `/sounds/dogs` matches the file `/sounds/dogs` and everything below the folder `/sounds/dogs/`.
+Names that are not valid UTF-8 are stored without loss through an escape that keeps prefixes (`schema.OsText`).
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from ..chunking import chunked
+from ..pathnames import path_fields, to_stored
 from .access import open_engine
 from .engine import WRITE_OPTION
 from .errors import StoreError, StoreMismatchError
 from .migrate import current_revision
 from .records import (
     FILE_STATUSES,
+    TRUNCATED_NOTE,
     VECTOR_KINDS,
     EmbedderInfo,
     FileRecord,
@@ -122,6 +125,12 @@ class Store(RunJournal):
         """All files below `prefix` (every file when None), ordered by path."""
         with self.session() as session:
             rows = session.scalars(select(AudioFileRow).where(_under(prefix)).order_by(AudioFileRow.path))
+            return [row.to_record() for row in rows]
+
+    def truncated_files(self) -> list[FileRecord]:
+        """Indexed files that decode shorter than their header says (flagged "truncated: ..."), by path."""
+        with self.session() as session:
+            rows = session.scalars(select(AudioFileRow).where(_truncated()).order_by(AudioFileRow.path))
             return [row.to_record() for row in rows]
 
     def files_with_hash(self, content_hash: str) -> list[FileRecord]:
@@ -230,10 +239,12 @@ class Store(RunJournal):
             for window in new_windows:
                 window.file_id = file_id
             session.add_all(new_windows)
+            row.error = None
             if audio is not None:
                 row.duration_s, row.sample_rate = audio.duration_s, audio.sample_rate
                 row.channels, row.format = audio.channels, audio.format
-            row.status, row.error, row.run_id = "indexed", None, run_id
+                row.error = "\n".join(audio.notes) or None  # an indexed file's notes (see FileRecord)
+            row.status, row.run_id = "indexed", run_id
             row.indexed_at = datetime.now(timezone.utc)
             session.flush()
             return ReplaceResult(removed, [window.id for window in new_windows])
@@ -434,7 +445,8 @@ class Store(RunJournal):
     # -- statistics ---------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """JSON-ready counts: files by status, windows, texts, vectors by kind, audio hours, model, last run."""
+        """JSON-ready counts: files by status, truncated files, windows, texts, vectors by kind, audio hours, model,
+        last run."""
         with self.session() as session:
             by_status = dict(
                 session.execute(select(AudioFileRow.status, func.count()).group_by(AudioFileRow.status)).all()
@@ -443,6 +455,7 @@ class Store(RunJournal):
                 session.execute(select(WindowVectorRow.kind, func.count()).group_by(WindowVectorRow.kind)).all()
             )
             duration = session.scalar(select(func.sum(AudioFileRow.duration_s)).where(AudioFileRow.status == "indexed"))
+            truncated = session.scalar(select(func.count()).select_from(AudioFileRow).where(_truncated()))
             meta = session.get(IndexMetaRow, 1)
             last_run = session.scalars(select(RunRow).order_by(RunRow.id.desc()).limit(1)).first()
             revision = current_revision(session.connection())
@@ -450,6 +463,7 @@ class Store(RunJournal):
                 "database": self.url,
                 "schema_revision": revision,
                 "files": {"total": sum(by_status.values()), **{s: by_status.get(s, 0) for s in FILE_STATUSES}},
+                "truncated_files": truncated,
                 "windows": session.scalar(select(func.count()).select_from(WindowRow)),
                 "texts": session.scalar(select(func.count()).select_from(GeneratedTextRow)),
                 "vectors": {kind: by_kind.get(kind, 0) for kind in VECTOR_KINDS},
@@ -466,7 +480,13 @@ def _under(prefix: str | None) -> ColumnElement[bool]:
     folder = prefix.rstrip("/") + "/"
     if folder == "/":
         return AudioFileRow.path.startswith("/")
-    return or_(AudioFileRow.path == folder[:-1], func.substr(AudioFileRow.path, 1, len(folder)) == folder)
+    # substr() sees the stored form, so it is compared with the stored folder (the escape keeps prefixes).
+    stored = to_stored(folder)
+    return or_(AudioFileRow.path == folder[:-1], func.substr(AudioFileRow.path, 1, len(stored)) == stored)
+
+
+def _truncated() -> ColumnElement[bool]:
+    return (AudioFileRow.status == "indexed") & AudioFileRow.error.startswith(TRUNCATED_NOTE, autoescape=True)
 
 
 def _unzip(rows: Iterable[Any]) -> tuple[list[int], list[bytes]]:
@@ -534,8 +554,12 @@ def _check_unique_indexes(path: str, windows: Sequence[WindowInput]) -> None:
 
 def _export_row(row: AudioFileRow) -> dict[str, Any]:
     record = row.to_record()
-    data = {name: getattr(record, name) for name in record.__dataclass_fields__ if name not in ("id", "run_id")}
+    data = path_fields(record.path) | {
+        name: getattr(record, name) for name in record.__dataclass_fields__ if name not in ("id", "run_id", "path")
+    }
     data["indexed_at"] = None if record.indexed_at is None else record.indexed_at.isoformat()
+    data["notes"] = record.notes.splitlines() if record.notes else []
+    data["truncated"] = record.truncated is not None
     data["windows"] = [
         {
             "index": window.index,

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL, make_url
 
+from pengi_search.errors import UsageError
+from pengi_search.pathnames import is_utf8
 from pengi_search.paths import data_dir
 
 from .records import check_vector_kind
@@ -27,8 +29,13 @@ def resolve_db_url(db: str | os.PathLike[str] | None = None) -> str:
 
 
 def normalize_db_url(db: str | os.PathLike[str]) -> str:
-    """An SQLAlchemy URL for `db`: URLs (anything with `://`) pass through, file paths become SQLite URLs."""
+    """An SQLAlchemy URL for `db`: URLs (anything with `://`) pass through, file paths become SQLite URLs.
+
+    A path whose name is not valid UTF-8 is refused: a URL cannot hold it (library files may have such names; the
+    database and its FAISS files may not)."""
     value = os.fspath(db)
+    if not is_utf8(value):
+        raise UsageError(value, "the database's path is not valid UTF-8; put the database in a folder whose name is")
     if "://" in value:
         return value
     return URL.create("sqlite", database=str(Path(value).expanduser().absolute())).render_as_string()

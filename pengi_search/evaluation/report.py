@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..pathnames import json_text
 from . import plots
 
 SCHEMA = 1
@@ -45,15 +46,16 @@ def write_report(report: dict[str, Any], folder: Path) -> list[Path]:
     report["plots"] = drawn
     if why_not:
         report["plots_unavailable"] = why_not
-    _write_text(folder / REPORT_JSON, json.dumps(report, ensure_ascii=False, indent=2) + "\n")
+    _write_text(folder / REPORT_JSON, json_text(report, indent=2) + "\n")
     _write_text(folder / REPORT_MD, markdown(report))
     return [folder / REPORT_JSON, folder / REPORT_MD, *(folder / name for name in drawn)]
 
 
 def _write_text(path: Path, text: str) -> None:
-    """Written beside and renamed into place: a report is never left half-written."""
+    """Written beside and renamed into place: a report is never left half-written. A file name that is not valid
+    UTF-8 is written escaped (in JSON it already is, by `json_text`)."""
     partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8")
+    partial.write_text(text, encoding="utf-8", errors="backslashreplace")
     os.replace(partial, path)
 
 

@@ -25,7 +25,8 @@ MAX_LABELS_BYTES = 1 << 20
 
 
 class HitModel(BaseModel):
-    path: str
+    path: str  # a name that is not valid UTF-8 is shown escaped (\xff), its bytes in path_bytes (base64)
+    path_bytes: str | None = None
     start_s: float
     end_s: float
     score: float
@@ -55,12 +56,15 @@ class WindowModel(BaseModel):
 class FileModel(BaseModel):
     id: int
     path: str
+    path_bytes: str | None = None
     duration_s: float | None
     format: str | None
     sample_rate: int | None
     channels: int | None
     status: str
     error: str | None
+    notes: list[str]  # what decoding noticed: "truncated: header says ...", the decoders' own messages
+    truncated: bool
     indexed_at: str | None
     windows: list[WindowModel]
 

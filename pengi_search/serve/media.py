@@ -8,6 +8,7 @@ private cache folder bounded in bytes, and served from there. Windows are cut fr
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import struct
 import tempfile
@@ -58,7 +59,7 @@ def browser_type(path: Path) -> str | None:
     mime = BROWSER_TYPES.get(path.suffix.lower())
     if mime == "audio/wav":
         try:
-            return mime if sf.info(str(path)).subtype in _PLAYABLE_WAV else None
+            return mime if sf.info(os.fsencode(path)).subtype in _PLAYABLE_WAV else None  # bytes: any file name
         except (sf.SoundFileError, RuntimeError):
             return None
     return mime

@@ -16,6 +16,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from ..errors import PengiSearchError
+from ..pathnames import shown
 from . import media
 from .api import ServiceDep, parse_labels, read_upload
 from .errors import RequestError
@@ -121,7 +122,7 @@ def similar_page(
     params = page_params(k, by, min_score, path, ext, min_duration, max_duration)
     window = svc.window(window_id)
     hits = svc.similar_to_window(window_id, params)
-    heading = {"path": window.path, "file_id": window.file_id, "span": span(window.start_s, window.end_s)}
+    heading = {"path": shown(window.path), "file_id": window.file_id, "span": span(window.start_s, window.end_s)}
     context = {"form": _form(params), "hits": hits, "error": None, "heading": heading}
     return templates.TemplateResponse(request, "search.html", context)
 

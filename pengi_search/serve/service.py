@@ -23,6 +23,7 @@ import numpy as np
 from ..choices import DEFAULT_HYBRID_WEIGHT, By, Rank
 from ..db import FileRecord, Store, WindowDetails, caption_counts
 from ..library import EmptyLibraryError
+from ..pathnames import path_fields
 from ..ranking import check_hybrid_weight
 from ..search import (
     Filters,
@@ -233,7 +234,10 @@ class Service:
 
     def _hits_json(self, hits: Sequence[Hit]) -> list[dict[str, Any]]:
         files = catalog.window_files(self.library.store, [hit.window_id for hit in hits])
-        return [{**hit.to_json(), "file_id": files.get(hit.window_id)} for hit in hits]
+        return [
+            {**hit.to_json(), **path_fields(hit.path, readable=True), "file_id": files.get(hit.window_id)}
+            for hit in hits
+        ]
 
     # -- files and windows -----------------------------------------------------------------------------------
 
@@ -255,13 +259,15 @@ class Service:
         windows = catalog.file_windows(self.library.store, record)
         return {
             "id": record.id,
-            "path": record.path,
+            **path_fields(record.path, readable=True),
             "duration_s": record.duration_s,
             "format": record.format,
             "sample_rate": record.sample_rate,
             "channels": record.channels,
             "status": record.status,
             "error": record.error,
+            "notes": record.notes.splitlines() if record.notes else [],
+            "truncated": record.truncated is not None,
             "indexed_at": None if record.indexed_at is None else record.indexed_at.isoformat(),
             "windows": [
                 {
@@ -361,7 +367,9 @@ class Service:
             kind: {"type": index.type, "vectors": len(index)} for kind, index in self.library.live_indexes().items()
         }
         stats["runs"] = [_run_json(run) for run in store.runs(10)]
-        stats["failed"] = [{"path": f.path, "error": f.error} for f in catalog.failed_files(store, FAILED_SHOWN)]
+        stats["failed"] = [
+            {**path_fields(f.path, readable=True), "error": f.error} for f in catalog.failed_files(store, FAILED_SHOWN)
+        ]
         return stats
 
 
