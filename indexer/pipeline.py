@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from pengi_search.audio import AUDIO_EXTENSIONS, Window
+from pengi_search.audio_workers import Decoded, Failed, Job, Windows, decode_all, default_workers
 from pengi_search.db import (
     EmbedderInfo,
     FileStamp,
@@ -41,18 +42,12 @@ from pengi_search.prompts import TASK_PROMPTS
 from pengi_search.scan import Entry, ScanResult, has_extension, scan
 from pengi_search.vectors import l2_normalise
 
-from .decode import Decoded, Failed, Job, Windows, decode_all
 from .shard import Rank, Shard
 
 if TYPE_CHECKING:
     from pengi_search.inference import Engine
 
 REINDEX_HINT = "Run again with --reindex to re-index everything with the new ones."
-
-
-def default_workers() -> int:
-    """Decoding processes: half the cores (the model needs the rest on CPU), at most 4."""
-    return min(4, max(1, (os.cpu_count() or 2) // 2))
 
 
 class IndexerError(PengiSearchError):
@@ -79,6 +74,7 @@ class IndexOptions:
     reindex: bool = False
     beam: int = 3
     max_len: int = 30
+    fast: bool = False  # --fast (pengi_search.fast_mode): not bit-identical
 
 
 class ProgressReporter(Protocol):
@@ -205,7 +201,7 @@ class _Captioner:
         from pengi_search.inference import Engine
 
         prompts = options.prompts or (TASK_PROMPTS["caption"], TASK_PROMPTS["sound_event"])
-        engine = Engine.load(choice.model_dir, device, options.batch_size * len(prompts))
+        engine = Engine.load(choice.model_dir, device, options.batch_size * len(prompts), fast=options.fast)
         embedder = open_text_embedder(choice.embedder_spec, choice.model_dir, engine=engine)
         return cls(engine, embedder, tuple(prompts), options.beam, options.max_len)
 

@@ -11,6 +11,7 @@ import inspect
 import json
 import os
 import sys
+import time
 import typing
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
@@ -34,6 +35,14 @@ DeviceOption = Annotated[
     Device, typer.Option("--device", help="Where the model runs: auto is CUDA when there is a GPU (bf16 autocast).")
 ]
 BatchOption = Annotated[int, typer.Option("--batch-size", min=1, help="Windows decoded together.")]
+AutoBatchOption = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size",
+        min=1,
+        help="Windows decoded together \\[default: the device's: 32 (window, prompt) pairs on CPU, 256 on CUDA]",
+    ),
+]
 BeamOption = Annotated[int, typer.Option("--beam", min=1, help="Beam width (the paper uses 5, its example 3).")]
 MaxLenOption = Annotated[int, typer.Option("--max-len", min=1, help="Most tokens generated per answer.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
@@ -44,6 +53,17 @@ DbOption = Annotated[
     ),
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+FastOption = Annotated[
+    bool,
+    typer.Option(
+        "--fast",
+        help="Faster, not bit-identical: bf16 (or int8) and greedy decoding; see the README for the agreement.",
+    ),
+]
+ThreadsOption = Annotated[
+    int | None,
+    typer.Option("--threads", min=1, help="CPU threads the model uses \\[default: one per core, PyTorch's choice]"),
+]
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -151,3 +171,40 @@ def progress_bar():
         console=err_console,
         transient=True,
     )
+
+
+class WindowProgress:
+    """A run over files on a progress bar: windows done of all, files done, windows per second and time left.
+
+    A file's number of windows is known once it is decoded; until every file is, the total is the known counts plus
+    the files still to come at the mean so far (so the time left firms up as the run goes).
+    """
+
+    def __init__(self, bar: Any, description: str, visible: bool) -> None:
+        self.bar = bar
+        self.task = bar.add_task(description, total=None, rate="", visible=visible)
+        self.files = self.files_done = self.counted_files = self.counted_windows = self.windows_done = 0
+        self.started = 0.0
+
+    def start(self, files: int) -> None:
+        self.files = files
+        self.started = time.monotonic()
+        self._show()
+
+    def counted(self, windows: int) -> None:
+        self.counted_files += 1
+        self.counted_windows += windows
+        self._show()
+
+    def advance(self, files: int = 0, windows: int = 0) -> None:
+        self.files_done += files
+        self.windows_done += windows
+        self._show()
+
+    def _show(self) -> None:
+        mean = self.counted_windows / self.counted_files if self.counted_files else None
+        total = None if mean is None else self.counted_windows + round(mean * (self.files - self.counted_files))
+        total = None if total is None else max(total, self.windows_done)
+        rate = self.windows_done / max(time.monotonic() - self.started, 1e-9)
+        text = f"{self.files_done}/{self.files} files, {rate:.2f} windows/s"
+        self.bar.update(self.task, total=total, completed=self.windows_done, rate=text)

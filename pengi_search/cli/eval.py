@@ -28,6 +28,7 @@ from .common import (
     MaxLenOption,
     ModelOption,
     QuietOption,
+    ThreadsOption,
     UsageError,
     handle_errors,
     options_from,
@@ -132,6 +133,7 @@ def retrieval(
     beam: BeamOption = 3,
     max_len: MaxLenOption = 30,
     reindex: ReindexOption = False,
+    threads: ThreadsOption = None,
     quiet: QuietOption = False,
     json_output: JsonOption = False,
 ) -> None:
@@ -140,8 +142,10 @@ def retrieval(
     Example: pengi-search eval retrieval clotho_captions_evaluation.csv --audio-root clotho/evaluation -o runs/base
     """
     from ..evaluation.retrieval import available_rankings, evaluate_retrieval
+    from ..inference import use_threads
     from ..search import query_embedder
 
+    use_threads(threads)
     choices = _IndexChoices(
         model, device, workers, batch_size, tuple(prompt or ()), text_embedder, beam, max_len, reindex
     )
@@ -177,6 +181,7 @@ def caption(
         bool,
         typer.Option("--java-metrics/--no-java-metrics", help="METEOR and SPICE, when Java can run them (slow start)."),
     ] = True,
+    threads: ThreadsOption = None,
     quiet: QuietOption = False,
     json_output: JsonOption = False,
 ) -> None:
@@ -188,8 +193,10 @@ def caption(
     Example: pengi-search eval caption clotho_captions_evaluation.csv --audio-root clotho/evaluation -o runs/base
     """
     from ..evaluation.captioning import evaluate_captions
+    from ..inference import use_threads
     from ..search import query_embedder
 
+    use_threads(threads)
     choices = _IndexChoices(
         model, device, workers, batch_size, tuple(prompt or ()), text_embedder, beam, max_len, reindex
     )
@@ -343,6 +350,7 @@ def classify_files(
     model: ModelOption = None,
     device: DeviceOption = Device.auto,
     batch_size: BatchOption = 16,
+    threads: ThreadsOption = None,
     quiet: QuietOption = False,
     json_output: JsonOption = False,
 ) -> None:
@@ -355,9 +363,11 @@ def classify_files(
     """
     from ..classify import LabelsError, read_labels, read_truth, write_csv
     from ..evaluation.classification import evaluate_classification
+    from ..inference import use_threads
     from ..model_dir import ModelDir
     from .classify import classify_target
 
+    use_threads(threads)
     try:
         known = read_truth(truth)
         label_list = read_labels(labels if labels is not None else truth)

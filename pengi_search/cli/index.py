@@ -20,10 +20,12 @@ from .common import (
     BeamOption,
     DbOption,
     DeviceOption,
+    FastOption,
     JsonOption,
     MaxLenOption,
     ModelOption,
     QuietOption,
+    ThreadsOption,
     UsageError,
     err_console,
     fail,
@@ -91,6 +93,8 @@ def index(
     ] = False,
     beam: BeamOption = 3,
     max_len: MaxLenOption = 30,
+    threads: ThreadsOption = None,
+    fast: FastOption = False,
     quiet: QuietOption = False,
     json_output: JsonOption = False,
 ) -> None:
@@ -105,8 +109,10 @@ def index(
     from indexer.shard import Shard
 
     from ..audio import AUDIO_EXTENSIONS
+    from ..inference import use_threads
     from ..scan import ScanError, normalize_extensions
 
+    use_threads(threads)
     extensions = AUDIO_EXTENSIONS if ext is None else normalize_extensions(ext.split(","))
     if not extensions:
         raise UsageError("", f"--ext {ext!r} names no extension")
@@ -130,6 +136,7 @@ def index(
         reindex=reindex,
         beam=beam,
         max_len=max_len,
+        fast=fast,
     )
     try:
         with progress_bar() as bar:
