@@ -14,6 +14,7 @@ Exact mode computes in float32 what the original Pengi computes. Fast mode trade
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 from typing import Literal
@@ -47,6 +48,15 @@ class FastMode:
     def __str__(self) -> str:
         parts = [] if self.precision == "fp32" else [self.precision]
         return "+".join(parts + ["greedy"] * self.greedy) or "exact"
+
+
+def autocast(device: torch.device, mode: FastMode | None) -> contextlib.AbstractContextManager:
+    """Where the encoders and mappers compute in bf16: always on CUDA, and on a CPU in bf16 fast mode."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if mode is not None and mode.precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def apply(model: Pengi, mode: FastMode, device: torch.device) -> None:

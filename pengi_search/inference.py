@@ -18,7 +18,7 @@ import torch
 
 from .chunking import chunk_slices
 from .decoding import CandidateScore, GenerationConfig, beam_search, score_candidates
-from .fast_mode import FastMode, apply
+from .fast_mode import FastMode, apply, autocast
 from .kv_cache import SharedPrefix
 from .model import Pengi
 from .model_dir import ModelDir
@@ -83,11 +83,7 @@ class Engine:
         return cls(Pengi.from_pretrained(model_dir), tokenizers, where, batch_size, mode)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        if self.fast is not None and self.fast.precision == "bf16":
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.device, self.fast)
 
     @torch.no_grad()
     def audio_embeddings(self, waves: np.ndarray) -> torch.Tensor:
