@@ -33,12 +33,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def use_threads(threads: int | None) -> None:
-    """`--threads`: the CPU threads PyTorch computes with (None keeps its default: one per core)."""
-    if threads is not None:
-        torch.set_num_threads(threads)
-
-
 def default_batch_size(device: torch.device) -> int:
     """(window, prompt) rows decoded together. On CPU, 32 rows (96 beams at beam 3) keep the matrix products at
     full speed (measured in benchmarks/README.md: 16 rows lose ~10%, 64 gain nothing); a GPU wants far more."""

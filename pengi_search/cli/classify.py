@@ -32,6 +32,7 @@ from .common import (
     ThreadsOption,
     UsageError,
     WindowProgress,
+    apply_threads,
     err_console,
     handle_errors,
     options_from,
@@ -132,10 +133,9 @@ def classify(
     Example: pengi-search classify recordings/ --labels labels.txt --output predictions.csv --truth truth.csv
     """
     from ..classify import evaluate
-    from ..inference import use_threads
     from ..model_dir import ModelDir
 
-    use_threads(threads)
+    apply_threads(threads)
     label_list, known = _read_inputs(labels, truth)
     settings = scoring.settings()
     predictions, failures = classify_target(

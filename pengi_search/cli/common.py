@@ -154,6 +154,15 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
 
 
+def apply_threads(threads: int | None) -> None:
+    """`--threads`: the CPU threads PyTorch computes with; None keeps its default (one per core) and does not even
+    import torch (an unchanged library's `index` never needs it)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def show_progress(quiet: bool, json_output: bool = False) -> bool:
     """Progress bars only for a person watching a terminal."""
     return not quiet and not json_output and err_console.is_terminal

@@ -22,6 +22,7 @@ from .common import (
     QuietOption,
     ThreadsOption,
     WindowProgress,
+    apply_threads,
     err_console,
     handle_errors,
     options_from,
@@ -77,11 +78,11 @@ def _describe_files(
     import numpy as np
 
     from ..decoding import GenerationConfig
-    from ..inference import Engine, use_threads
+    from ..inference import Engine
     from ..model_dir import ModelDir
     from ..window_batches import map_windows
 
-    use_threads(options.threads)
+    apply_threads(options.threads)
     keys, texts = list(prompts), list(prompts.values())
     rows = None if options.batch_size is None else options.batch_size * len(texts)
     engine = Engine.load(ModelDir.resolve(options.model), options.device, rows, fast=options.fast)

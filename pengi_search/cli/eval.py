@@ -30,6 +30,7 @@ from .common import (
     QuietOption,
     ThreadsOption,
     UsageError,
+    apply_threads,
     handle_errors,
     options_from,
     out_console,
@@ -142,10 +143,9 @@ def retrieval(
     Example: pengi-search eval retrieval clotho_captions_evaluation.csv --audio-root clotho/evaluation -o runs/base
     """
     from ..evaluation.retrieval import available_rankings, evaluate_retrieval
-    from ..inference import use_threads
     from ..search import query_embedder
 
-    use_threads(threads)
+    apply_threads(threads)
     choices = _IndexChoices(
         model, device, workers, batch_size, tuple(prompt or ()), text_embedder, beam, max_len, reindex
     )
@@ -193,10 +193,9 @@ def caption(
     Example: pengi-search eval caption clotho_captions_evaluation.csv --audio-root clotho/evaluation -o runs/base
     """
     from ..evaluation.captioning import evaluate_captions
-    from ..inference import use_threads
     from ..search import query_embedder
 
-    use_threads(threads)
+    apply_threads(threads)
     choices = _IndexChoices(
         model, device, workers, batch_size, tuple(prompt or ()), text_embedder, beam, max_len, reindex
     )
@@ -363,11 +362,10 @@ def classify_files(
     """
     from ..classify import LabelsError, read_labels, read_truth, write_csv
     from ..evaluation.classification import evaluate_classification
-    from ..inference import use_threads
     from ..model_dir import ModelDir
     from .classify import classify_target
 
-    use_threads(threads)
+    apply_threads(threads)
     try:
         known = read_truth(truth)
         label_list = read_labels(labels if labels is not None else truth)

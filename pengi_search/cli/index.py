@@ -27,6 +27,7 @@ from .common import (
     QuietOption,
     ThreadsOption,
     UsageError,
+    apply_threads,
     err_console,
     fail,
     handle_errors,
@@ -109,10 +110,9 @@ def index(
     from indexer.shard import Shard
 
     from ..audio import AUDIO_EXTENSIONS
-    from ..inference import use_threads
     from ..scan import ScanError, normalize_extensions
 
-    use_threads(threads)
+    apply_threads(threads)
     extensions = AUDIO_EXTENSIONS if ext is None else normalize_extensions(ext.split(","))
     if not extensions:
         raise UsageError("", f"--ext {ext!r} names no extension")

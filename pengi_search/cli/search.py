@@ -25,6 +25,7 @@ from .common import (
     ThreadsOption,
     UsageError,
     WindowProgress,
+    apply_threads,
     err_console,
     handle_errors,
     options_from,
@@ -158,14 +159,13 @@ def similar(
 
     Example: pengi-search similar door-slam.wav -k 5
     """
-    from ..inference import use_threads
     from ..library import Library
     from ..search import similar_to_files
 
     missing = [f for f in files if not f.is_file()]
     if missing:
         raise UsageError("", f"{missing[0]}: no such file")
-    use_threads(threads)
+    apply_threads(threads)
     filters = search.filters()
     with Library.open(search.db) as library, progress_bar() as bar:
         results = list(
