@@ -34,8 +34,9 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def default_batch_size(device: torch.device) -> int:
-    """(window, prompt) rows decoded together. On CPU, 32 rows (96 beams at beam 3) keep the matrix products at
-    full speed (measured in benchmarks/README.md: 16 rows lose ~10%, 64 gain nothing); a GPU wants far more."""
+    """(window, prompt) rows decoded together. On CPU, 32 rows (96 beams at beam 3): GPT-2's projections reach full
+    speed from about 48 beams and the vocabulary projection from about 96, and more rows gain nothing but memory
+    (benchmarks/README.md, "Batch size on CPU"). A GPU wants far more."""
     return 256 if device.type == "cuda" else 32
 
 
