@@ -12,9 +12,10 @@ The full-size `base` architecture with seeded random weights (nothing is downloa
 fixed CLIP-style prompt (no tokenizer needed); `--size tiny` takes the toy model of `pengi_search.testing` instead.
 Stop tokens are disabled, so every beam runs all `--max-len` steps and both methods do the same search.
 
-  project    pengi_search in exact mode: audio prefixes in batches of `--batch` (default: the device's batch size,
-             `inference.default_batch_size`), the prompt's text prefix once, then `decoding.beam_search` over a
-             `kv_cache.SharedPrefix` for all rows of a batch (the shared-prefix GPT-2 cache).
+  project    pengi_search in exact mode, as the engine runs it: audio prefixes in batches of `--audio-batch`, the
+             prompt's text prefix once, then `decoding.beam_search` over a `kv_cache.SharedPrefix` for `--batch`
+             rows at a time (the shared-prefix GPT-2 cache); both batch sizes default to the device's
+             (`inference.default_audio_batch_size`, `default_batch_size`).
   reference  what the original `generate` computes, written here from a description of it (no code taken):
              prefixes for the clips (in one batch, as the original does for the list it gets, or one clip at a
              time with `--reference-prefix per-clip`), then `recompute_beam_search` for each clip, which reruns
@@ -64,7 +65,7 @@ from pengi_search.audio import AUDIO_EXTENSIONS, iter_windows
 from pengi_search.config import PengiConfig
 from pengi_search.decoding import GenerationConfig, beam_search
 from pengi_search.fast_mode import FastMode, apply, autocast
-from pengi_search.inference import default_batch_size
+from pengi_search.inference import default_audio_batch_size, default_batch_size
 from pengi_search.kv_cache import SharedPrefix
 from pengi_search.model import Pengi
 from pengi_search.testing import tiny_clip_tokenizer, tiny_config
@@ -230,8 +231,8 @@ class Bench:
         """Like `inference.Engine.prefixes`: audio prefixes in batches, the prompt's text prefix computed once."""
         text = self.model.text_prefix(self.ids, self.mask).float()
         audio = []
-        for start in range(0, len(wave), self.args.batch):
-            part = wave[start : start + self.args.batch].to(self.device)
+        for start in range(0, len(wave), self.args.audio_batch):
+            part = wave[start : start + self.args.audio_batch].to(self.device)
             audio.append(self.model.audio_prefix(self.model.encode_audio(part)).float())
         audio_prefix = torch.cat(audio)
         return SharedPrefix(audio_prefix, text.expand(len(audio_prefix), -1, -1))
@@ -429,6 +430,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--clips", type=int, default=32, help="clips for the project method")
     parser.add_argument("--reference-clips", type=int, default=None, help="clips for the reference (default --clips)")
     parser.add_argument("--batch", type=int, default=None, help="project rows per call (default: the device's)")
+    parser.add_argument("--audio-batch", type=int, default=None, help="project clips per audio-encoder call")
     parser.add_argument("--beam", type=int, default=3)
     parser.add_argument("--max-len", type=int, default=30, help="new tokens per beam")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -448,6 +450,7 @@ def parse_args() -> argparse.Namespace:
         parser.error("--device cuda: PyTorch sees no CUDA GPU")
     args.reference_clips = args.reference_clips or args.clips
     args.batch = args.batch or default_batch_size(torch.device(args.device))
+    args.audio_batch = args.audio_batch or default_audio_batch_size(torch.device(args.device))
     args.fast = args.fast or args.fast_options
     args.agreement = args.fast and args.smoke.is_dir()
     return args

@@ -209,11 +209,20 @@ class GPT2Cache:
         return sum(s.length for s in self.segments) + self._filled
 
     def _freeze(self, embeds: torch.Tensor) -> torch.Tensor:
-        """Feed a prefix part to every row and keep its keys as a new shared segment (one group per row)."""
+        """Feed a prefix part to every row and keep its keys as a new shared segment (one group per row), joined to
+        the previous segment when that one has a group per row too (one prompt per window): fewer, longer
+        attention products per step."""
         keys: list[torch.Tensor] = []
         values: list[torch.Tensor] = []
         logits = self._forward(embeds, keys, values, all_positions=False)
-        self.segments = (*self.segments, _Segment(tuple(keys), tuple(values)))
+        segment = _Segment(tuple(keys), tuple(values))
+        if self.segments and self.segments[-1].groups == segment.groups:
+            last, self.segments = self.segments[-1], self.segments[:-1]
+            segment = _Segment(
+                tuple(torch.cat(pair, dim=2) for pair in zip(last.keys, segment.keys, strict=True)),
+                tuple(torch.cat(pair, dim=2) for pair in zip(last.values, segment.values, strict=True)),
+            )
+        self.segments = (*self.segments, segment)
         return logits
 
     def extend(self, embeds: torch.Tensor, *, all_positions: bool = False) -> torch.Tensor:
@@ -240,7 +249,7 @@ class GPT2Cache:
         if self._grown is not None and self._grown.shape[4] >= needed:
             return
         layers = len(self.gpt.transformer.h)
-        size = max(needed, self.capacity)
+        size = max(needed, self.capacity, 0 if self._grown is None else 2 * self._grown.shape[4])
         shape = (layers, 2, self.rows, heads, size, head_dim)
         grown = like.new_empty(shape)
         if self._grown is not None:
