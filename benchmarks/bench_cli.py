@@ -164,7 +164,7 @@ def report(runs: list[Run], args: argparse.Namespace) -> None:
     for run in runs:
         busy = f"{run.model_seconds / run.seconds:.0%} of the wall time" if run.model_seconds else "-"
         share = run.clips_per_s / engine.clips_per_s
-        print(f"{run.method:<9} {run.seconds:>8.2f} {run.clips_per_s:>8.3f} {share:>10.0%}  {busy}")
+        print(f"{run.method:<9} {run.seconds:>8.2f} {run.clips_per_s:>8.3f} {share:>10.1%}  {busy}")
     same = all(run.answers == engine.answers for run in runs)
     print(f"answers identical to the engine's: {'yes' if same else 'no'}")
     if not same:
