@@ -1,25 +1,39 @@
 """Captioning throughput: the project's batched, cached beam search against the original Pengi's per-clip loop.
 
-    python benchmarks/bench_generate.py                          # 8 clips of 7 s, beam 3, 30 tokens, CPU float32
-    python benchmarks/bench_generate.py --reference-clips 2      # time the slow original on fewer clips
-    python benchmarks/bench_generate.py --device cuda --dtype bf16 --clips 256 --batch 64
+    python benchmarks/bench_generate.py                          # 32 clips of 7 s, beam 3, 30 tokens, CPU float32
+    python benchmarks/bench_generate.py --threads 1 --reference-clips 2   # the slow original on fewer clips
+    python benchmarks/bench_generate.py --threads 1 --reference-clips 2 --fast            # + a --fast row
+    python benchmarks/bench_generate.py --threads 1 --reference-clips 2 --fast-options    # + each fast option
+    python benchmarks/bench_generate.py --profile --clips 4 --max-len 10    # where the project's time goes
+    python benchmarks/bench_generate.py --device cuda --dtype bf16 --clips 1024 --reference-clips 16 --fast
     python benchmarks/bench_generate.py --size tiny --clips 3 --max-len 6   # seconds: do both methods agree?
 
 The full-size `base` architecture with seeded random weights (nothing is downloaded), seeded random audio and a
 fixed CLIP-style prompt (no tokenizer needed); `--size tiny` takes the toy model of `pengi_search.testing` instead.
 Stop tokens are disabled, so every beam runs all `--max-len` steps and both methods do the same search.
 
-  project    pengi_search: audio prefixes in batches of `--batch`, the prompt's text prefix once, then
-             `decoding.beam_search` over all rows of a batch, GPT-2 fed one token per step from a key/value cache.
+  project    pengi_search in exact mode, as the engine runs it: audio prefixes in batches of `--audio-batch`, the
+             prompt's text prefix once, then `decoding.beam_search` over a `kv_cache.SharedPrefix` for `--batch`
+             rows at a time (the shared-prefix GPT-2 cache); both batch sizes default to the device's
+             (`inference.default_audio_batch_size`, `default_batch_size`).
   reference  what the original `generate` computes, written here from a description of it (no code taken):
              prefixes for the clips (in one batch, as the original does for the list it gets, or one clip at a
              time with `--reference-prefix per-clip`), then `recompute_beam_search` for each clip, which reruns
              GPT-2 over the whole (beam, prefix + generated) sequence at every step, with the original's scoring,
              length rule and rounding.
+  fast...    the project in `--fast` mode (`pengi_search.fast_mode`): `fast` is what `--fast` picks on the device;
+             with `--fast-options` also each option alone (`fast-bf16`, `fast-int8`, `fast-greedy`).
 
 Each method runs in its own child process (same seed, same weights, checked by a checksum), after a short warm-up
-that is not timed, so the peak RSS is that method's own. The parent checks that both wrote the same token sequences
-(all beams, in order) for the clips both ran, prints a table and the clips/s ratio project / reference.
+that is not timed, so the peak RSS is that method's own. The parent checks that project and reference wrote the
+same token sequences (all beams, in order) for the clips both ran, prints a table and the clips/s ratios.
+
+Fast rows also measure their agreement with exact mode on real recordings: the first 7 s window of each file of
+`--smoke` (../shared/data/smoke/audio), captioned by the project (exact) and by the fast method with the released
+model's stop tokens. It prints the fraction of identical captions (token for token) and the mean cosine between
+the two captions' embeddings. No tokenizer or trained weights are available offline, so a caption is its token
+sequence and its embedding the mean of the language model's float32 token embeddings; with random weights that
+agreement says how far the arithmetic moves the search, not how good the captions are.
 
 On a machine other processes keep busy, several torch threads per child lose much of their time waiting for each
 other; `--threads 1` then gives steadier numbers, and the CPU-seconds ratio is close to what a quiet machine shows.
@@ -29,14 +43,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import cProfile
 import json
 import os
+import pstats
 import resource
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -44,8 +61,12 @@ import torch
 from torch import nn
 from transformers import GPT2LMHeadModel
 
+from pengi_search.audio import AUDIO_EXTENSIONS, iter_windows
 from pengi_search.config import PengiConfig
 from pengi_search.decoding import GenerationConfig, beam_search
+from pengi_search.fast_mode import FastMode, apply, autocast
+from pengi_search.inference import default_audio_batch_size, default_batch_size
+from pengi_search.kv_cache import SharedPrefix
 from pengi_search.model import Pengi
 from pengi_search.testing import tiny_clip_tokenizer, tiny_config
 
@@ -54,7 +75,14 @@ SEED = 0
 # tokenizer and vocabulary, so its prompt is tokenized text.
 CLIP_PROMPT = [49406, 9313, 3940, 24654, 49407]
 TINY_PROMPT = "generate audio caption"
-METHODS = ("project", "reference")
+FAST_METHODS = {  # method -> fast mode (None: what --fast picks on the device)
+    "fast": None,
+    "fast-bf16": FastMode("bf16"),
+    "fast-int8": FastMode("int8"),
+    "fast-greedy": FastMode("fp32", greedy=True),
+}
+METHODS = ("project", "reference", *FAST_METHODS)
+SMOKE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "smoke" / "audio"
 
 T = TypeVar("T")
 Hyps = list[tuple[list[int], float]]  # one clip's beams, best first: (generated ids, score)
@@ -77,6 +105,9 @@ class Run:
     checksum: float
     tokens: list[list[list[int]]]  # per clip, per beam (best first)
     scores: list[list[float]]
+    mode: str = "exact"
+    smoke_tokens: list[list[int]] = field(default_factory=list)  # best caption of each real recording's window
+    smoke_embeddings: list[list[float]] = field(default_factory=list)  # mean token embedding of each caption
 
     @property
     def seconds(self) -> float:
@@ -175,13 +206,15 @@ def recompute_beam_search(gpt: GPT2LMHeadModel, prefix: torch.Tensor, beam: int,
 
 
 class Bench:
-    """One method's work on a fixed model, audio and prompt."""
+    """One method's work on a fixed model, audio and prompt; `fast`: the project's in that fast mode."""
 
-    def __init__(self, model: Pengi, args: argparse.Namespace, device: torch.device):
-        self.model, self.args, self.device = model, args, device
+    def __init__(self, model: Pengi, args: argparse.Namespace, device: torch.device, fast: FastMode | None = None):
+        self.model, self.args, self.device, self.fast = model, args, device, fast
         self.ids, self.mask = (t.to(device) for t in make_prompt(prompt_ids(args.size), model.cfg.text_prompt_length))
 
     def autocast(self) -> contextlib.AbstractContextManager:
+        if self.fast is not None:
+            return autocast(self.device, self.fast)
         if self.args.dtype == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
@@ -194,21 +227,24 @@ class Bench:
         synchronize(self.device)
         return out, time.perf_counter() - started
 
-    def project_prefixes(self, wave: torch.Tensor) -> torch.Tensor:
+    def project_prefixes(self, wave: torch.Tensor) -> SharedPrefix:
         """Like `inference.Engine.prefixes`: audio prefixes in batches, the prompt's text prefix computed once."""
         text = self.model.text_prefix(self.ids, self.mask).float()
         audio = []
-        for start in range(0, len(wave), self.args.batch):
-            part = wave[start : start + self.args.batch].to(self.device)
+        for start in range(0, len(wave), self.args.audio_batch):
+            part = wave[start : start + self.args.audio_batch].to(self.device)
             audio.append(self.model.audio_prefix(self.model.encode_audio(part)).float())
         audio_prefix = torch.cat(audio)
-        return torch.cat([audio_prefix, text.expand(len(audio_prefix), -1, -1)], dim=1)
+        return SharedPrefix(audio_prefix, text.expand(len(audio_prefix), -1, -1))
 
-    def project_decode(self, prefix: torch.Tensor, max_len: int) -> Beams:
-        gen = GenerationConfig(beam=self.args.beam, max_len=max_len, stop_ids=())
+    def project_decode(self, prefix: SharedPrefix, max_len: int, stop_ids: tuple[int, ...] = ()) -> Beams:
+        beam = 1 if self.fast is not None and self.fast.greedy else self.args.beam
+        gen = GenerationConfig(beam=beam, max_len=max_len, stop_ids=stop_ids)
         out = []
-        for start in range(0, len(prefix), self.args.batch):
-            for hyps in beam_search(self.model.gpt, prefix[start : start + self.args.batch], gen):
+        for start in range(0, prefix.rows, self.args.batch):
+            rows = slice(start, start + self.args.batch)
+            part = SharedPrefix(prefix.shared[rows], prefix.own[rows])
+            for hyps in beam_search(self.model.gpt, part, gen):
                 out.append([(h.tokens, h.score) for h in hyps])
         return out
 
@@ -228,22 +264,52 @@ class Bench:
         return [recompute_beam_search(gpt, prefix[i : i + 1], beam, max_len) for i in range(len(prefix))]
 
     def run(self, method: str, wave: torch.Tensor, max_len: int) -> tuple[Beams, float, float]:
-        make_prefix, decode = {
-            "project": (self.project_prefixes, self.project_decode),
-            "reference": (self.reference_prefixes, self.reference_decode),
-        }[method]
+        if method == "reference":
+            make_prefix, decode = self.reference_prefixes, self.reference_decode
+        else:
+            make_prefix, decode = self.project_prefixes, self.project_decode
         prefix, prefix_s = self.timed(make_prefix, wave)
         results, decode_s = self.timed(decode, prefix, max_len)
         return results, prefix_s, decode_s
+
+    def captions(self, wave: torch.Tensor) -> list[list[int]]:
+        """Each window's best caption, as the engine writes it: stopping at the released model's end tokens."""
+        with torch.no_grad(), self.autocast():
+            beams = self.project_decode(self.project_prefixes(wave), self.args.max_len, stop_ids=(220, 50256))
+        return [hyps[0][0] for hyps in beams]
+
+
+def smoke_windows(folder: Path, limit: int, samples: int) -> torch.Tensor:
+    """The first 7 s window of each real recording in `folder` (sorted by name), at most `limit` of them."""
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_EXTENSIONS)[:limit]
+    waves = [next(iter_windows(p)).samples for p in paths]
+    return torch.from_numpy(np.stack(waves)) if waves else torch.empty(0, samples)
+
+
+def caption_embeddings(token_table: torch.Tensor, captions: list[list[int]]) -> list[list[float]]:
+    """Unit mean token embedding of each caption (the stand-in for a text embedding, see the module docstring)."""
+    rows = [token_table[c].mean(0) if c else torch.zeros(token_table.shape[1]) for c in captions]
+    return torch.nn.functional.normalize(torch.stack(rows), dim=-1).tolist()
+
+
+def fast_mode_of(method: str, device: torch.device) -> FastMode | None:
+    if method not in FAST_METHODS:
+        return None
+    return FAST_METHODS[method] or FastMode.for_device(device)
 
 
 def run_method(args: argparse.Namespace) -> Run:
     """Child process: build the model, warm up, time one method, report."""
     device = torch.device(args.device)
     model = build_model(args.size, device)
+    checksum = weight_checksum(model)
+    token_table = model.gpt.get_input_embeddings().weight.detach().float().clone()  # before a fast conversion
     rss_model = current_rss_mib()
-    bench = Bench(model, args, device)
-    clips = args.clips if args.method == "project" else args.reference_clips
+    fast = fast_mode_of(args.method, device)
+    if fast is not None:
+        apply(model, fast, device)
+    bench = Bench(model, args, device, fast)
+    clips = args.reference_clips if args.method == "reference" else args.clips
     wave = make_audio(clips, model.cfg.audio.clip_samples)
     bench.run(args.method, wave[:1], max_len=2)  # warm-up: first calls allocate and pick kernels; not timed
     if device.type == "cuda":
@@ -251,7 +317,7 @@ def run_method(args: argparse.Namespace) -> Run:
     cpu_before = cpu_seconds()
     results, prefix_s, decode_s = bench.run(args.method, wave, args.max_len)
     cpu_s = cpu_seconds() - cpu_before
-    return Run(
+    run = Run(
         method=args.method,
         clips=clips,
         prefix_s=prefix_s,
@@ -261,10 +327,30 @@ def run_method(args: argparse.Namespace) -> Run:
         peak_rss_mib=peak_rss_mib(),
         peak_gpu_mib=torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0,
         load=os.getloadavg()[0],
-        checksum=weight_checksum(model),
+        checksum=checksum,
         tokens=[[toks for toks, _ in hyps] for hyps in results],
         scores=[[score for _, score in hyps] for hyps in results],
+        mode=str(fast or FastMode()),
     )
+    if args.agreement and args.method != "reference":
+        run.smoke_tokens = bench.captions(smoke_windows(args.smoke, args.agreement_clips, wave.shape[1]))
+        run.smoke_embeddings = caption_embeddings(token_table, run.smoke_tokens)
+    return run
+
+
+def profile(args: argparse.Namespace) -> None:
+    """The project method under cProfile, in this process: the entries with the most time of their own."""
+    device = torch.device(args.device)
+    model = build_model(args.size, device)
+    bench = Bench(model, args, device, fast_mode_of("fast", device) if args.fast else None)
+    wave = make_audio(args.clips, model.cfg.audio.clip_samples)
+    bench.run("project", wave[:1], max_len=2)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    _, prefix_s, decode_s = bench.run("project", wave, args.max_len)
+    profiler.disable()
+    print(f"project, {args.clips} clips, {args.max_len} tokens: prefixes {prefix_s:.2f} s, decoding {decode_s:.2f} s")
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
 
 
 def child(method: str) -> Run:
@@ -299,20 +385,38 @@ def report(runs: list[Run], args: argparse.Namespace) -> None:
         f" project batch {args.batch}; reference prefixes {args.reference_prefix}; warm-up not timed"
     )
     gpu = args.device == "cuda"
-    header = f"{'method':<10} {'clips':>5} {'clips/s':>9} {'seconds':>8} {'prefix s':>9} {'decode s':>9} {'CPU s':>8}"
-    header += f" {'RSS model MiB':>14} {'peak RSS MiB':>13} {'load':>5}" + (f" {'peak GPU MiB':>13}" if gpu else "")
-    print(header)
+    header = f"{'method':<12} {'mode':<12} {'clips':>5} {'clips/s':>9} {'seconds':>8} {'prefix s':>9} {'decode s':>9}"
+    header += f" {'CPU s':>8} {'RSS model MiB':>14} {'peak RSS MiB':>13} {'load':>5}"
+    print(header + (f" {'peak GPU MiB':>13}" if gpu else ""))
     for r in runs:
-        line = f"{r.method:<10} {r.clips:>5} {r.clips_per_s:>9.3f} {r.seconds:>8.2f} {r.prefix_s:>9.2f}"
+        line = f"{r.method:<12} {r.mode:<12} {r.clips:>5} {r.clips_per_s:>9.3f} {r.seconds:>8.2f} {r.prefix_s:>9.2f}"
         line += f" {r.decode_s:>9.2f} {r.cpu_s:>8.1f} {r.rss_model_mib:>14.0f} {r.peak_rss_mib:>13.0f} {r.load:>5.1f}"
         print(line + (f" {r.peak_gpu_mib:>13.0f}" if gpu else ""))
-    project, reference = runs
+    project, reference, *fast_runs = runs
     ratio = project.clips_per_s / reference.clips_per_s
     decode_ratio = (project.clips / project.decode_s) / (reference.clips / reference.decode_s)
     print(f"ratio project / reference: {ratio:.1f}x clips/s (decoding alone: {decode_ratio:.1f}x)")
     if not gpu:  # with one thread, CPU time is what the work costs however busy the machine is
         cpu_ratio = (reference.cpu_s / reference.clips) / (project.cpu_s / project.clips)
         print(f"ratio of CPU seconds per clip reference / project: {cpu_ratio:.1f}x")
+    for run in fast_runs:
+        print(
+            f"{run.method} ({run.mode}): {run.clips_per_s / reference.clips_per_s:.1f}x the reference's clips/s, "
+            f"{run.clips_per_s / project.clips_per_s:.2f}x exact mode's; {agreement(project, run)}"
+        )
+
+
+def agreement(exact: Run, fast: Run) -> str:
+    """How often the fast method wrote exact mode's caption for a real recording, and how close the captions are."""
+    n = len(exact.smoke_tokens)
+    if not n:
+        return "agreement not measured (no recordings in --smoke)"
+    same = sum(a == b for a, b in zip(exact.smoke_tokens, fast.smoke_tokens, strict=True))
+    cosines = (np.array(exact.smoke_embeddings) * np.array(fast.smoke_embeddings)).sum(axis=1)
+    return (
+        f"agreement with exact mode on {n} real recordings: {same}/{n} identical captions ({same / n:.0%}), "
+        f"mean caption-embedding cosine {cosines.mean():.3f}"
+    )
 
 
 def parse_args() -> argparse.Namespace:
@@ -323,37 +427,56 @@ def parse_args() -> argparse.Namespace:
         default="base",
         help="tiny: the test suite's toy model, to check in seconds that both methods agree (its timings mean nothing)",
     )
-    parser.add_argument("--clips", type=int, default=8, help="clips for the project method")
+    parser.add_argument("--clips", type=int, default=32, help="clips for the project method")
     parser.add_argument("--reference-clips", type=int, default=None, help="clips for the reference (default --clips)")
-    parser.add_argument("--batch", type=int, default=None, help="project rows per call (default: all clips)")
+    parser.add_argument("--batch", type=int, default=None, help="project rows per call (default: the device's)")
+    parser.add_argument("--audio-batch", type=int, default=None, help="project clips per audio-encoder call")
     parser.add_argument("--beam", type=int, default=3)
     parser.add_argument("--max-len", type=int, default=30, help="new tokens per beam")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--reference-prefix", choices=["batched", "per-clip"], default="batched")
+    parser.add_argument("--fast", action="store_true", help="add a row for what --fast picks on the device")
+    parser.add_argument("--fast-options", action="store_true", help="and a row for each fast option alone")
+    parser.add_argument("--smoke", type=Path, default=SMOKE, help="real recordings for the fast rows' agreement")
+    parser.add_argument("--agreement-clips", type=int, default=36, help="recordings (first window each) compared")
+    parser.add_argument("--profile", action="store_true", help="profile the project method (with --fast: fast)")
     parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)  # set by the parent for its children
     args = parser.parse_args()
     if min(args.clips, args.reference_clips or 1, args.batch or 1, args.beam, args.max_len, args.threads) < 1:
         parser.error("counts must be at least 1")
-    args.reference_clips = args.reference_clips or args.clips
-    args.batch = args.batch or args.clips
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: PyTorch sees no CUDA GPU")
+    args.reference_clips = args.reference_clips or args.clips
+    args.batch = args.batch or default_batch_size(torch.device(args.device))
+    args.audio_batch = args.audio_batch or default_audio_batch_size(torch.device(args.device))
+    args.fast = args.fast or args.fast_options
+    args.agreement = args.fast and args.smoke.is_dir()
     return args
+
+
+def methods(args: argparse.Namespace) -> list[str]:
+    chosen = ["project", "reference"] + ["fast"] * args.fast
+    if args.fast_options:
+        chosen += [m for m in FAST_METHODS if m != "fast" and not (m == "fast-int8" and args.device == "cuda")]
+    return chosen
 
 
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
+    if args.profile:
+        profile(args)
+        return
     if args.method:
         print(json.dumps(asdict(run_method(args))))
         return
-    runs = [child(method) for method in METHODS]
-    if runs[0].checksum != runs[1].checksum:
-        raise SystemExit("the two children built different weights")
+    runs = [child(method) for method in methods(args)]
+    if len({run.checksum for run in runs}) != 1:
+        raise SystemExit("the children built different weights")
     report(runs, args)
-    compare(*runs, args.dtype)
+    compare(runs[0], runs[1], args.dtype)
 
 
 if __name__ == "__main__":

@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from indexer.decode import Job, Windows, decode_file
 from indexer.pipeline import IndexOptions, run_index
+from pengi_search.audio_workers import Job, Windows, decode_file
 from pengi_search.db import EmbedderInfo, ModelInfo, TextRecord, WindowInput
 from pengi_search.library import Library
 from pengi_search.vectors import l2_normalise

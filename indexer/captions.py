@@ -67,12 +67,13 @@ class IndexModel:
         batch_size: int,
         gen: GenerationConfig,
         long_prompts: LongPrompt,
+        fast: bool = False,
     ) -> IndexModel:
         """`prompts`: empty for the caption and sound-event prompts; the first one's answer is embedded."""
         from pengi_search.inference import Engine
 
         prompts = prompts or DEFAULT_PROMPTS
-        engine = Engine.load(model_dir, device, batch_size * len(prompts), long_prompts)
+        engine = Engine.load(model_dir, device, batch_size * len(prompts), long_prompts, fast=fast)
         embedder = open_text_embedder(embedder_spec, model_dir, engine=engine)
         return cls(engine, embedder, prompts, gen)
 

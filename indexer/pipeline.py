@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pengi_search.audio import AUDIO_EXTENSIONS, Window
+from pengi_search.audio_workers import Decoded, Failed, Job, Windows, decode_all, default_workers
 from pengi_search.choices import Captions, LongPrompt, StopRule
 from pengi_search.db import (
     EmbedderInfo,
@@ -49,18 +50,12 @@ from pengi_search.pathnames import path_fields
 from pengi_search.scan import Entry, ScanResult, has_extension, scan
 
 from .captions import CaptionPass, IndexModel
-from .decode import Decoded, Failed, Job, Windows, decode_all
 from .shard import Rank, Shard
 
 REINDEX_HINT = "Run again with --reindex to re-index everything with the new ones."
 DECODER_NOTE = "decoder: "  # how a line a C decoder printed begins among a file's notes
 
 log = logging.getLogger(__name__)
-
-
-def default_workers() -> int:
-    """Decoding processes: half the cores (the model needs the rest on CPU), at most 4."""
-    return min(4, max(1, (os.cpu_count() or 2) // 2))
 
 
 class IndexerError(PengiSearchError):
@@ -92,6 +87,7 @@ class IndexOptions:
     long_prompts: LongPrompt = LongPrompt.cut
     wait: bool = False  # another run holds the library's lock: wait for it instead of refusing
     captions: Captions = Captions.now
+    fast: bool = False  # --fast (pengi_search.fast_mode): not bit-identical
 
 
 class ProgressReporter(Protocol):
@@ -408,6 +404,7 @@ class _Run:
                 batch_size=options.batch_size,
                 gen=GenerationConfig(beam=options.beam, max_len=options.max_len, stop=options.stop),
                 long_prompts=options.long_prompts,
+                fast=options.fast,
             )
         return self._model_loaded
 

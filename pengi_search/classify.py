@@ -26,7 +26,7 @@ import csv
 import io
 import os
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,9 +41,11 @@ from .pathnames import path_fields, shown
 from .prompts import TASK_PROMPTS
 
 if TYPE_CHECKING:
+    from .audio import Window
     from .inference import Engine
     from .library import Library
     from .model_dir import ModelDir
+    from .window_batches import Progress
 
 DEFAULT_TEMPLATE = "{label}"
 PATH_COLUMNS = ("file", "filename", "path")
@@ -207,6 +209,14 @@ class Prediction:
 
 
 @dataclass(frozen=True)
+class Failure:
+    """A file that could not be classified, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class ClassifySettings:
     method: Method = Method.text
     template: str = DEFAULT_TEMPLATE
@@ -244,10 +254,13 @@ class Classifier:
         model_dir: ModelDir,
         library: Library | None = None,
         device: str = "auto",
-        batch_size: int = 16,
+        batch_size: int | None = None,
         engine: Engine | None = None,
+        fast: bool = False,
     ) -> None:
-        """`engine`: the model of `model_dir`, already loaded (a server shares one); otherwise loaded when needed."""
+        """`engine`: the model of `model_dir`, already loaded (a server shares one); otherwise loaded when needed
+        (on `device`, with `batch_size` windows per batch, None: the device's default, in `--fast` mode if `fast`).
+        """
         if not labels:
             raise ValueError("no labels to classify with")
         self.labels = list(labels)
@@ -256,6 +269,7 @@ class Classifier:
         self.library = library if library is not None and self._index_is_usable(library) else None
         self.device = device
         self.batch_size = batch_size
+        self.fast = fast
         self._engine = engine
         self._embedder: TextEmbedder | None = None
         self._label_vectors: np.ndarray | None = None
@@ -271,20 +285,18 @@ class Classifier:
 
         return built_by(library, self.model_dir)
 
-    def prepare(self, paths: Iterable[str | os.PathLike[str]]) -> None:
-        """Load the full model up front when some file is not in the index (so the text tower is shared)."""
-        if self._engine is None and any(self._stored(p) is None for p in paths):
-            self.engine()
-
     def engine(self) -> Engine:
         if self._engine is None:
             from .inference import Engine
 
-            self._engine = Engine.load(self.model_dir, self.device, self.batch_size, self.settings.long_prompts)
+            self._engine = Engine.load(
+                self.model_dir, self.device, self.batch_size, self.settings.long_prompts, fast=self.fast
+            )
         return self._engine
 
     def embedder(self) -> TextEmbedder:
-        """The text embedder; Pengi's tower is the loaded model's when the model is (see `prepare`)."""
+        """The text embedder; Pengi's tower is the loaded model's when the model is loaded first (as
+        `classify_files` does when some file needs it)."""
         if self._embedder is None:
             spec = self.settings.text_embedder
             self._embedder = open_text_embedder(spec, self.model_dir, self.device, engine=self._engine)
@@ -304,53 +316,75 @@ class Classifier:
         return stored_windows(self.library, path, audio=self.settings.method is Method.loglik)
 
     def classify(self, path: str | os.PathLike[str]) -> Prediction:
-        stored = self._stored(path)
-        if self.settings.method is Method.text:
-            captions, source = self._captions(path, stored)
-            scores = (self.embedder().embed(captions) @ self.label_vectors().T).mean(axis=0)
-            windows = len(captions)
-        else:
-            vectors, source = self._audio_vectors(path, stored)
-            scores = self._loglik(vectors)
-            windows = len(vectors)
-        return Prediction(os.fspath(path), rank(self.labels, scores), windows, source)
+        """One file's prediction; raises AudioDecodeError when it cannot be decoded."""
+        from .audio import AudioDecodeError
 
-    def _captions(self, path: str | os.PathLike[str], stored: Any) -> tuple[list[str], str]:
+        (outcome,) = self.classify_files([path])
+        if isinstance(outcome, Failure):
+            raise AudioDecodeError(outcome.path, outcome.reason)
+        return outcome
+
+    def classify_files(
+        self, paths: Sequence[str | os.PathLike[str]], progress: Progress | None = None
+    ) -> Iterator[Prediction | Failure]:
+        """Each file's prediction (or why it failed), in order. Files the index holds are scored from what it
+        stored; the others are decoded and run through the model together, windows from all of them in each
+        batch (`window_batches`)."""
+        from .window_batches import map_windows
+
+        stored = [(os.fspath(p), self._stored_evidence(p)) for p in paths]
+        to_decode = [path for path, found in stored if found is None]
+        batch_size = self.engine().batch_size if to_decode else 1  # the model first: the text tower is then shared
+        outcomes = map_windows(to_decode, self._window_scores, batch_size=batch_size, progress=progress)
+        for path, found in stored:
+            if found is not None:
+                scores = self._loglik(found) if self.settings.method is Method.loglik else self._text_scores(found)
+                yield Prediction(path, rank(self.labels, scores.mean(axis=0)), len(scores), "index")
+                continue
+            outcome = next(outcomes)
+            if outcome.error is not None:
+                yield Failure(path, outcome.error)
+            else:
+                scores = np.stack(outcome.results)  # (windows, labels)
+                yield Prediction(path, rank(self.labels, scores.mean(axis=0)), len(scores), "decoded")
+
+    def _stored_evidence(self, path: str | os.PathLike[str]) -> Any:
+        """What the index holds for the file that this method scores (its captions, or its audio vectors), or None
+        when it holds nothing usable (not indexed, changed since, or a caption missing)."""
+        stored = self._stored(path)
+        if stored is None:
+            return None
+        if self.settings.method is Method.loglik:
+            return stored.vectors
         prompt = TASK_PROMPTS["caption"]
-        if stored is not None:
-            captions = [next((t.text for t in w.texts if t.prompt == prompt), None) for w in stored.windows]
-            if all(c is not None for c in captions):
-                return captions, "index"  # type: ignore[return-value]
+        captions = [next((t.text for t in w.texts if t.prompt == prompt), None) for w in stored.windows]
+        return None if any(c is None for c in captions) else captions
+
+    def _window_scores(self, windows: list[Window]) -> list[np.ndarray]:
+        """The label scores of each decoded window: its caption against the labels, or the labels' likelihoods."""
+        engine = self.engine()
+        embeds = engine.audio_embeddings(np.stack([w.samples for w in windows]))
+        if self.settings.method is Method.loglik:
+            return list(self._loglik(embeds))
         from .decoding import GenerationConfig
 
         gen = GenerationConfig(beam=self.settings.beam, max_len=self.settings.max_len, stop=self.settings.stop)
-        engine = self.engine()
-        captions = []
-        for embeds in self._decoded_embeddings(path):
-            captions += [answers[0].text for answers in engine.generate(embeds, [prompt], gen)]
-        return captions, "decoded"
+        captions = [answers[0].text for answers in engine.generate(embeds, [TASK_PROMPTS["caption"]], gen)]
+        return list(self._text_scores(captions))
 
-    def _audio_vectors(self, path: str | os.PathLike[str], stored: Any) -> tuple[Any, str]:
-        import torch
-
-        if stored is not None and stored.vectors is not None:
-            return torch.from_numpy(stored.vectors), "index"
-        return torch.cat(list(self._decoded_embeddings(path))), "decoded"
-
-    def _decoded_embeddings(self, path: str | os.PathLike[str]) -> Iterable[Any]:
-        """Audio embeddings of the file's windows, a batch at a time (long files are never held whole)."""
-        from .audio import iter_windows
-        from .chunking import chunked
-
-        engine = self.engine()
-        for chunk in chunked(iter_windows(path), self.batch_size):
-            yield engine.audio_embeddings(np.stack([w.samples for w in chunk]))
+    def _text_scores(self, captions: list[str]) -> np.ndarray:
+        """(windows, labels) cosine similarities of the captions' and the labels' text embeddings."""
+        return self.embedder().embed(captions) @ self.label_vectors().T
 
     def _loglik(self, vectors: Any) -> np.ndarray:
+        """(windows, labels) scores of the labels as answers to the prompt, for audio embeddings (n, d)."""
+        import torch
+
+        if isinstance(vectors, np.ndarray):
+            vectors = torch.from_numpy(vectors)
         scores = self.engine().score(vectors, self.settings.prompt, self._answers)
         field = self.settings.loglik_score.value  # a CandidateScore attribute
-        per_window = np.array([[getattr(s, field) for s in row] for row in scores], dtype=np.float64)
-        return per_window.mean(axis=0)
+        return np.array([[getattr(s, field) for s in row] for row in scores], dtype=np.float64)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -2,21 +2,22 @@
 
 `gpt` is the language model: GPT-2 for the released models, or any transformers causal LM taking `inputs_embeds`.
 
-The prefix (B, P, E) goes through GPT-2 once; its key/value cache is then shared by every beam (or candidate) of
-that row, and each step feeds only the newest token. Beam search follows the reference's rules exactly (see
+A prefix is a (B, P, E) tensor of rows, or a `kv_cache.SharedPrefix` whose rows share their audio half. It goes
+through the language model once; its key/value cache is then read by every beam (or candidate) of its row, and each
+step feeds only the newest token. Beam search follows the reference's rules exactly (see
 `beam_search`), so its sequences and scores equal the original's per-clip, recompute-everything loop.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
 
 from .choices import StopRule
 from .chunking import chunked
+from .kv_cache import SharedPrefix, start_cache
 
 END_OF_TEXT = 50256
 SPACE = 220  # the released model ends answers with " " then <|endoftext|>; the reference stops on the space
@@ -44,12 +45,6 @@ class Hypothesis:
     score: float  # summed log-probability / length
 
 
-def _step(gpt: PreTrainedModel, embeds: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
-    """Feed (R, T, E) embeddings after the cached ones; return the last position's logits (R, V) in float32."""
-    out = gpt(inputs_embeds=embeds, cache=cache, use_cache=True, logits_to_keep=1)  # lm_head on the last position only
-    return out.logits[:, -1].float()
-
-
 def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return (logits / (temperature if temperature > 0 else 1.0)).log_softmax(dim=-1)
 
@@ -75,20 +70,23 @@ def _ban_repeated_ngrams(logp: torch.Tensor, history: torch.Tensor, n: int) -> N
 
 
 @torch.no_grad()
-def greedy(gpt: PreTrainedModel, prefix: torch.Tensor, steps: int, stop_ids: tuple[int, ...] = ()) -> list[list[int]]:
-    """Argmax decoding of up to `steps` tokens for each row of (B, P, E); a row ends at its first stop id."""
+def greedy(
+    gpt: PreTrainedModel, prefix: torch.Tensor | SharedPrefix, steps: int, stop_ids: tuple[int, ...] = ()
+) -> list[list[int]]:
+    """Argmax decoding of up to `steps` tokens for each prefix row; a row ends at its first stop id."""
+    prefix = _as_shared(prefix)
     wte = gpt.get_input_embeddings()
-    cache = DynamicCache()
-    logits = _step(gpt, prefix, cache)
-    tokens = torch.empty(prefix.shape[0], 0, dtype=torch.long, device=prefix.device)
-    done = torch.zeros(prefix.shape[0], dtype=torch.bool, device=prefix.device)
+    cache, logits = start_cache(gpt, prefix, capacity=steps)
+    device = logits.device
+    tokens = torch.empty(prefix.rows, 0, dtype=torch.long, device=device)
+    done = torch.zeros(prefix.rows, dtype=torch.bool, device=device)
     for _ in range(steps):
         nxt = logits.argmax(dim=-1)
         tokens = torch.cat([tokens, nxt[:, None]], dim=1)
         done |= _is_stop(nxt, stop_ids)
         if done.all():
             break
-        logits = _step(gpt, wte(nxt)[:, None], cache)
+        logits = cache.extend(wte(nxt)[:, None])
     out = []
     for row in tokens.tolist():
         ends = [i for i, t in enumerate(row) if t in stop_ids]
@@ -97,30 +95,34 @@ def greedy(gpt: PreTrainedModel, prefix: torch.Tensor, steps: int, stop_ids: tup
 
 
 @torch.no_grad()
-def beam_search(gpt: PreTrainedModel, prefix: torch.Tensor, cfg: GenerationConfig) -> list[list[Hypothesis]]:
-    """Beam search for every row of (B, P, E) at once; returns each row's `cfg.beam` hypotheses, best first.
+def beam_search(
+    gpt: PreTrainedModel, prefix: torch.Tensor | SharedPrefix, cfg: GenerationConfig
+) -> list[list[Hypothesis]]:
+    """Beam search for every prefix row at once; returns each row's `cfg.beam` hypotheses, best first.
 
     The reference's rules: step 1 keeps the top-`beam` tokens. Later, a stopped beam may only extend with token 0 at
     no cost; a candidate's rank is (beam's summed log-prob + token log-prob) / beam length, where a length counts
     generated tokens and freezes once the beam has emitted a stop id; the best `beam` candidates of a row survive.
     Search ends when every beam has stopped or after `max_len` steps.
     """
-    B, K, device = prefix.shape[0], cfg.beam, prefix.device
+    prefix = _as_shared(prefix)
+    B, K = prefix.rows, cfg.beam
     wte = gpt.get_input_embeddings()
-    cache = DynamicCache()
-    logp = _log_probs(_step(gpt, prefix, cache), cfg.temperature)  # (B, V)
+    first, logits = start_cache(gpt, prefix, capacity=cfg.max_len)
+    device = logits.device
+    logp = _log_probs(logits, cfg.temperature)  # (B, V)
     V = logp.shape[-1]
     scores, tokens = logp.topk(K, dim=-1)  # (B, K) summed log-probs, first tokens
     tokens = tokens[..., None]  # (B, K, 1) history
     lengths = torch.ones(B, K, device=device)
     stopped = _is_stop(tokens[..., 0], cfg.stops)
-    cache.batch_repeat_interleave(K)  # every beam of a row shares the row's prefix cache
+    cache = first.repeated(K)  # every beam of a row reads the row's prefix, stored once
     row_offset = torch.arange(B, device=device)[:, None] * K
 
     for _ in range(cfg.max_len - 1):
         if stopped.all():
             break
-        logits = _step(gpt, wte(tokens[..., -1].reshape(B * K))[:, None], cache)
+        logits = cache.extend(wte(tokens[..., -1].reshape(B * K))[:, None])
         logp = _log_probs(logits, cfg.temperature)  # (B*K, V)
         _ban_repeated_ngrams(logp, tokens.reshape(B * K, -1), cfg.no_repeat_ngram)
         logp = logp.view(B, K, V)
@@ -134,7 +136,7 @@ def beam_search(gpt: PreTrainedModel, prefix: torch.Tensor, cfg: GenerationConfi
         scores = ranked * lengths
         stopped = stopped.gather(1, source) | _is_stop(nxt, cfg.stops)
         tokens = torch.cat([tokens.gather(1, source[..., None].expand_as(tokens)), nxt[..., None]], dim=-1)
-        cache.reorder_cache((row_offset + source).view(-1))
+        cache.reorder((row_offset + source).view(-1))
 
     final = scores / lengths
     results = []
@@ -152,21 +154,23 @@ class CandidateScore:
 
 @torch.no_grad()
 def score_candidates(
-    gpt: PreTrainedModel, prefix: torch.Tensor, candidates: list[list[int]], max_rows: int = 256
+    gpt: PreTrainedModel, prefix: torch.Tensor | SharedPrefix, candidates: list[list[int]], max_rows: int = 256
 ) -> list[list[CandidateScore]]:
     """Log-likelihood of every candidate token sequence as the continuation of every prefix row.
 
-    (B, P, E) prefixes x N candidates -> B lists of N scores. Each row's prefix runs once; its cache is shared by
-    the candidates, which are fed right-padded in chunks of at most `max_rows` (row, candidate) pairs.
+    B prefix rows x N candidates -> B lists of N scores. Each row's prefix runs once; the candidates read its cache
+    (shared, not copied, for GPT-2) and are fed right-padded, in chunks of at most `max_rows` (row, candidate) pairs.
     """
     if any(len(c) == 0 for c in candidates):
         raise ValueError("candidates must have at least one token")
+    prefix = _as_shared(prefix)
     wte = gpt.get_input_embeddings()
-    B, device = prefix.shape[0], prefix.device
+    B = prefix.rows
     results: list[list[CandidateScore]] = [[] for _ in range(B)]
     per_chunk = max(1, max_rows // max(B, 1))
-    prefix_cache = DynamicCache()
-    first = _step(gpt, prefix, prefix_cache).log_softmax(-1)  # (B, V): predicts each candidate's first token
+    prefix_cache, logits = start_cache(gpt, prefix)
+    first = logits.log_softmax(-1)  # (B, V): predicts each candidate's first token
+    device = first.device
     for chunk in chunked(candidates, per_chunk):
         n, T = len(chunk), max(len(c) for c in chunk)
         ids = torch.zeros(n, T, dtype=torch.long, device=device)
@@ -174,10 +178,8 @@ def score_candidates(
         for i, c in enumerate(chunk):
             ids[i, : len(c)] = torch.tensor(c, device=device)
             mask[i, : len(c)] = True
-        cache = copy.deepcopy(prefix_cache)
-        cache.batch_repeat_interleave(n)
         rows_ids = ids.repeat(B, 1)  # (B*n, T), row-major: prefix b, candidate i
-        out = gpt(inputs_embeds=wte(rows_ids), cache=cache, use_cache=True).logits.float()
+        out = prefix_cache.repeated(n).extend(wte(rows_ids), all_positions=True)  # (B*n, T, V)
         logp = torch.cat([first.repeat_interleave(n, dim=0)[:, None], out[:, :-1].log_softmax(-1)], dim=1)
         token_logp = logp.gather(-1, rows_ids[..., None]).squeeze(-1) * mask.repeat(B, 1)  # (B*n, T)
         totals = token_logp.sum(-1).view(B, n).tolist()
@@ -185,3 +187,7 @@ def score_candidates(
         for b in range(B):
             results[b].extend(CandidateScore(t, t / k) for t, k in zip(totals[b], lens, strict=True))
     return results
+
+
+def _as_shared(prefix: torch.Tensor | SharedPrefix) -> SharedPrefix:
+    return prefix if isinstance(prefix, SharedPrefix) else SharedPrefix.unshared(prefix)

@@ -1,8 +1,9 @@
 """The inference engine: a loaded Pengi model with its tokenizers, turning audio windows into texts and scores.
 
 Everything is batched: many (window, prompt) rows go through the encoders, the mappers and the decoder at once.
-A prompt's text prefix is computed once per engine, not once per clip, and on CUDA the model runs under bf16
-autocast.
+A prompt's text prefix is computed once per engine, not once per clip; a window's audio prefix goes through the
+language model once for all the prompts asked about it (`kv_cache.SharedPrefix`). On CUDA the model runs under
+bf16 autocast, in larger batches.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import numpy as np
 import torch
 
 from .choices import LongPrompt
-from .chunking import chunk_slices, chunked
+from .chunking import chunk_slices
 from .decoding import CandidateScore, GenerationConfig, beam_search, score_candidates
+from .fast_mode import FastMode, apply, autocast
+from .kv_cache import SharedPrefix
 from .model import Pengi
 from .model_dir import ModelDir
 from .tokenization import Tokenizers
@@ -31,6 +34,19 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def default_batch_size(device: torch.device) -> int:
+    """(window, prompt) rows decoded together. On CPU, 32 rows (96 beams at beam 3): GPT-2's projections reach full
+    speed from about 48 beams and the vocabulary projection from about 96, and more rows gain nothing but memory
+    (benchmarks/README.md, "Batch size on CPU"). A GPU wants far more."""
+    return 256 if device.type == "cuda" else 32
+
+
+def default_audio_batch_size(device: torch.device) -> int:
+    """Windows per audio-encoder batch. On CPU small batches are fastest: HTSAT's activations then stay in cache
+    (4 windows: 0.19 CPU s each, 32: 0.25; benchmarks/README.md). A GPU wants many."""
+    return 256 if device.type == "cuda" else 4
+
+
 @dataclass(frozen=True)
 class Answer:
     text: str
@@ -38,19 +54,27 @@ class Answer:
 
 
 class Engine:
+    """`batch_size`: (window, prompt) rows per decoding batch, None: the device's default (`default_batch_size`);
+    the audio encoder takes `default_audio_batch_size` windows at a time. `fast`: see `fast_mode` (None: exact)."""
+
     def __init__(
         self,
         model: Pengi,
         tokenizers: Tokenizers,
         device: torch.device,
-        batch_size: int = 16,
+        batch_size: int | None = None,
         long_prompts: LongPrompt = LongPrompt.cut,
+        fast: FastMode | None = None,
     ):
         self.model = model.to(device).eval()
         self.tok = tokenizers
         self.device = device
-        self.batch_size = batch_size
+        self.batch_size = batch_size or default_batch_size(device)
+        self.audio_batch_size = min(self.batch_size, default_audio_batch_size(device))
         self.long_prompts = long_prompts  # prompts over 40 tokens: cut as the original does, or refused
+        self.fast = fast
+        if fast is not None:
+            apply(self.model, fast, device)
         self._prompt_prefixes: dict[tuple[str, bool | None], torch.Tensor] = {}
 
     @classmethod
@@ -58,22 +82,24 @@ class Engine:
         cls,
         model_dir: ModelDir,
         device: str = "auto",
-        batch_size: int = 16,
+        batch_size: int | None = None,
         long_prompts: LongPrompt = LongPrompt.cut,
+        fast: bool = False,
     ) -> Engine:
+        """The model of `model_dir` on `device`; `fast`: in `--fast` mode (`FastMode.for_device`)."""
         tokenizers = model_dir.tokenizers  # first: a missing tokenizer fails before 1.3 GB of weights load
-        return cls(Pengi.from_pretrained(model_dir), tokenizers, resolve_device(device), batch_size, long_prompts)
+        where = resolve_device(device)
+        mode = FastMode.for_device(where) if fast else None
+        return cls(Pengi.from_pretrained(model_dir), tokenizers, where, batch_size, long_prompts, mode)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.device, self.fast)
 
     @torch.no_grad()
     def audio_embeddings(self, waves: np.ndarray) -> torch.Tensor:
         """(N, samples) windows -> Pengi audio embeddings (N, d_proj), float32, not normalised."""
         out = []
-        for part in chunk_slices(len(waves), self.batch_size):
+        for part in chunk_slices(len(waves), self.audio_batch_size):
             wave = torch.from_numpy(np.ascontiguousarray(waves[part], dtype=np.float32)).to(self.device)
             with self._autocast():
                 out.append(self.model.encode_audio(wave).float())
@@ -93,16 +119,20 @@ class Engine:
         return self._prompt_prefixes[key]
 
     @torch.no_grad()
-    def prefixes(self, audio_embeds: torch.Tensor, prompt: str, additional_ids: Sequence[int] = ()) -> torch.Tensor:
-        """[audio prefix ; prompt prefix ; embeddings of the answer's given start] per audio embedding: (N, P, E)."""
+    def prefixes(
+        self, audio_embeds: torch.Tensor, prompts: Sequence[str], additional_ids: Sequence[int] = ()
+    ) -> SharedPrefix:
+        """For every window and prompt, [audio prefix ; prompt prefix ; embeddings of the answer's given start],
+        the window's audio prefix stored once: rows are window-major (row i * len(prompts) + j: window i, prompt j).
+        """
         with self._autocast():
-            audio = self.model.audio_prefix(audio_embeds.to(self.device)).float()
-        text = self.prompt_prefix(prompt).expand(len(audio), -1, -1)
-        parts = [audio, text]
+            audio = self.model.audio_prefix(audio_embeds.to(self.device)).float()  # (N, L, E)
+        own = torch.stack([self.prompt_prefix(p) for p in prompts])  # (P, L, E)
         if additional_ids:
             ids = torch.tensor(list(additional_ids), device=self.device)
-            parts.append(self.model.token_embeddings(ids).float().expand(len(audio), -1, -1))
-        return torch.cat(parts, dim=1)
+            start = self.model.token_embeddings(ids).float().expand(len(prompts), -1, -1)
+            own = torch.cat([own, start], dim=1)
+        return SharedPrefix(audio, own.repeat(len(audio), 1, 1))
 
     def generate(
         self, audio_embeds: torch.Tensor, prompts: Sequence[str], gen: GenerationConfig, additional_text: str = ""
@@ -114,25 +144,25 @@ class Engine:
         """
         if gen.stop_ids is None:  # the tokenizer knows this model's end tokens
             gen = dataclasses.replace(gen, stop_ids=self.tok.stop_ids_for(gen.stop))
-        n = len(audio_embeds)
-        rows = [(i, j) for j in range(len(prompts)) for i in range(n)]
-        answers: list[list[Answer | None]] = [[None] * len(prompts) for _ in range(n)]
+        if self.fast is not None and self.fast.greedy:
+            gen = dataclasses.replace(gen, beam=1)
         start = self.tok.encode(additional_text) if additional_text else []
-        per_prompt = {p: self.prefixes(audio_embeds, p, start) for p in dict.fromkeys(prompts)}
-        for chunk in chunked(rows, self.batch_size):
-            prefix = torch.stack([per_prompt[prompts[j]][i] for i, j in chunk])
+        P = len(prompts)
+        answers: list[list[Answer]] = []
+        for part in chunk_slices(len(audio_embeds), max(1, self.batch_size // P)):  # whole windows per batch
+            prefix = self.prefixes(audio_embeds[part], prompts, start)
             with self._autocast():
                 best = [hyps[0] for hyps in beam_search(self.model.gpt, prefix, gen)]
-            for (i, j), hyp in zip(chunk, best, strict=True):
-                answers[i][j] = Answer(self.tok.decode(start + hyp.tokens), hyp.score)
-        return answers  # type: ignore[return-value]
+            texts = [Answer(self.tok.decode(start + hyp.tokens), hyp.score) for hyp in best]
+            answers.extend(texts[i : i + P] for i in range(0, len(texts), P))
+        return answers
 
     def score(self, audio_embeds: torch.Tensor, prompt: str, candidates: Sequence[str]) -> list[list[CandidateScore]]:
         """Log-likelihood of each candidate answer (as `text + " <|endoftext|>"`) for each window."""
         ids = [self.tok.answer_ids(c) for c in candidates]
-        prefix = self.prefixes(audio_embeds, prompt)
         out: list[list[CandidateScore]] = []
-        for part in chunk_slices(len(prefix), max(1, self.batch_size // 4)):
+        for part in chunk_slices(len(audio_embeds), max(1, self.batch_size // 4)):
+            prefix = self.prefixes(audio_embeds[part], [prompt])
             with self._autocast():
-                out.extend(score_candidates(self.model.gpt, prefix[part], ids, max_rows=self.batch_size * 16))
+                out.extend(score_candidates(self.model.gpt, prefix, ids, max_rows=self.batch_size * 16))
         return out

@@ -94,7 +94,7 @@ class Pengi(nn.Module):
         if path.is_dir():
             return cls._from_model_dir(ModelDir.read(path), config)
         state = read_released_state_dict(path)
-        model = cls(config or PengiConfig.preset(variant_of(state)))
+        model = cls._uninitialized(config or PengiConfig.preset(variant_of(state)))
         load_state_dict_strict(model, state, str(path))
         return model.eval()
 
@@ -102,9 +102,19 @@ class Pengi(nn.Module):
     def _from_model_dir(cls, model_dir: ModelDir, config: PengiConfig | None) -> Pengi:
         if config is not None:
             raise CheckpointError(model_dir.path, "a model directory carries its own configuration")
-        model = cls(model_dir.config)
+        model = cls._uninitialized(model_dir.config)
         load_safetensors_strict(model, model_dir.weights)
         return model.eval()
+
+    @classmethod
+    def _uninitialized(cls, cfg: PengiConfig) -> Pengi:
+        """A model whose every weight is loaded next: random initialisation (seconds at full size) is skipped."""
+        from transformers.initialization import no_init_weights
+
+        with no_init_weights():
+            model = cls(cfg)
+        model.gpt.tie_weights()  # transformers ties the LM's input and output embeddings in the skipped step
+        return model
 
     def save_pretrained(
         self,

@@ -25,7 +25,7 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from indexer.decode import Decoded, Failed, Job, Windows, decode_file
+from pengi_search.audio_workers import Decoded, Failed, Job, Windows, decode_file
 from pengi_search.classify import LabelsError, read_labels, read_truth
 from pengi_search.cli import app
 from pengi_search.db import Store

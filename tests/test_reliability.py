@@ -18,8 +18,8 @@ import pytest
 import soundfile as sf
 
 import indexer.pipeline as pipeline
-from indexer.decode import Decoded, Failed, Job, Windows, decode_all
 from indexer.pipeline import run_index
+from pengi_search.audio_workers import Decoded, Failed, Job, Windows, decode_all
 from pengi_search.library import EmptyLibraryError, Library
 
 from .indexing import assert_consistent, quick_options, write_tone

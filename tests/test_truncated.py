@@ -12,8 +12,8 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from indexer.decode import Decoded, Job, decode_file
 from pengi_search.audio import DecodeReport, iter_windows
+from pengi_search.audio_workers import Decoded, Job, decode_file
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_OK, EXIT_PARTIAL
 from pengi_search.db import Store

@@ -17,22 +17,26 @@ import typer
 from rich.markup import escape
 
 from ..choices import Device, LoglikScore, LongPrompt, Method, StopRule
-from ..pathnames import path_fields
+from ..pathnames import path_fields, shown
 from ..prompts import TASK_PROMPTS
 from .common import (
     EXIT_OK,
     EXIT_PARTIAL,
-    BatchOption,
+    AutoBatchOption,
     BeamOption,
     DbOption,
     DeviceOption,
+    FastOption,
     JsonOption,
     LongPromptsOption,
     MaxLenOption,
     ModelOption,
     QuietOption,
     StopOption,
+    ThreadsOption,
     UsageError,
+    WindowProgress,
+    apply_threads,
     err_console,
     fetches_model,
     handle_errors,
@@ -124,7 +128,9 @@ def classify(
     db: DbOption = None,
     model: ModelOption = None,
     device: DeviceOption = Device.auto,
-    batch_size: BatchOption = 16,
+    batch_size: AutoBatchOption = None,
+    threads: ThreadsOption = None,
+    fast: FastOption = False,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -137,6 +143,7 @@ def classify(
     from ..classify import evaluate
     from ..model_dir import ModelDir
 
+    apply_threads(threads)
     label_list, known = _read_inputs(labels, truth)
     settings = scoring.settings()
     predictions, failures = classify_target(
@@ -147,6 +154,7 @@ def classify(
         model_dir=ModelDir.resolve(model),
         device=device,
         batch_size=batch_size,
+        fast=fast,
         visible=show_progress(quiet, json_output),
     )
     metrics = None if known is None else evaluate(predictions, known)
@@ -210,8 +218,9 @@ def classify_target(
     db: str | None,
     model_dir: ModelDir,
     device: Device,
-    batch_size: int,
+    batch_size: int | None,
     visible: bool,
+    fast: bool = False,
 ) -> tuple[list[Prediction], list[Failure]]:
     """Each audio file's prediction (a folder's files, recursively) and the files that failed, reusing what an
     existing library holds (`eval classify` shares this)."""
@@ -221,7 +230,7 @@ def classify_target(
     library = _open_library(db)
     try:
         classifier = Classifier(
-            labels, settings, model_dir=model_dir, library=library, device=device, batch_size=batch_size
+            labels, settings, model_dir=model_dir, library=library, device=device, batch_size=batch_size, fast=fast
         )
         predictions, failed = _run_classifier(classifier, files, visible=visible)
     finally:
@@ -246,20 +255,20 @@ def _open_library(db: str | None) -> Any:
 def _run_classifier(
     classifier: Classifier, files: list[str], *, visible: bool
 ) -> tuple[list[Prediction], list[Failure]]:
-    """Classify the files one by one; a file that cannot be decoded is reported and skipped."""
-    from ..audio import AudioDecodeError
+    """Classify the files (those the model must hear, together); a file that cannot be decoded is reported and
+    skipped."""
+    from ..classify import Failure as FailedFile
 
     predictions, failures = [], []
-    classifier.prepare(files)
     with progress_bar() as bar:
-        task = bar.add_task("classifying", total=len(files), rate="", visible=visible)
-        for path in files:
-            try:
-                predictions.append(classifier.classify(path))
-            except AudioDecodeError as err:
-                failures.append((path, err.reason))
-                err_console.print(f"[red]skipped[/] {escape(str(err))}", soft_wrap=True)
-            bar.advance(task)
+        for outcome in classifier.classify_files(files, WindowProgress(bar, "classifying", visible=visible)):
+            if isinstance(outcome, FailedFile):
+                failures.append((outcome.path, outcome.reason))
+                err_console.print(
+                    f"[red]skipped[/] {escape(shown(outcome.path))}: {escape(outcome.reason)}", soft_wrap=True
+                )
+            else:
+                predictions.append(outcome)
     return predictions, failures
 
 

@@ -11,6 +11,7 @@ import functools
 import inspect
 import os
 import sys
+import time
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +41,14 @@ DeviceOption = Annotated[
     Device, typer.Option("--device", help="Where the model runs: auto is CUDA when there is a GPU (bf16 autocast).")
 ]
 BatchOption = Annotated[int, typer.Option("--batch-size", min=1, help="Windows decoded together.")]
+AutoBatchOption = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size",
+        min=1,
+        help="Windows decoded together \\[default: the device's: 32 (window, prompt) pairs on CPU, 256 on CUDA]",
+    ),
+]
 BeamOption = Annotated[int, typer.Option("--beam", min=1, help="Beam width (the paper uses 5, its example 3).")]
 MaxLenOption = Annotated[int, typer.Option("--max-len", min=1, help="Most tokens generated per answer.")]
 StopOption = Annotated[
@@ -70,6 +79,17 @@ YesOption = Annotated[
     typer.Option(
         "--yes", "-y", help="No model installed: download it without asking \\[env: PENGI_SEARCH_AUTO_FETCH=1]."
     ),
+]
+FastOption = Annotated[
+    bool,
+    typer.Option(
+        "--fast",
+        help="Faster, not bit-identical: bf16 (or int8) and greedy decoding; see the README for the agreement.",
+    ),
+]
+ThreadsOption = Annotated[
+    int | None,
+    typer.Option("--threads", min=1, help="CPU threads the model uses \\[default: one per core, PyTorch's choice]"),
 ]
 
 
@@ -266,6 +286,15 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json_text(data, indent=2) + "\n")
 
 
+def apply_threads(threads: int | None) -> None:
+    """`--threads`: the CPU threads PyTorch computes with; None keeps its default (one per core) and does not even
+    import torch (an unchanged library's `index` never needs it)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def show_progress(quiet: bool, json_output: bool = False) -> bool:
     """Progress bars only for a person watching a terminal."""
     return not quiet and not json_output and err_console.is_terminal
@@ -283,3 +312,40 @@ def progress_bar():
         console=err_console,
         transient=True,
     )
+
+
+class WindowProgress:
+    """A run over files on a progress bar: windows done of all, files done, windows per second and time left.
+
+    A file's number of windows is known once it is decoded; until every file is, the total is the known counts plus
+    the files still to come at the mean so far (so the time left firms up as the run goes).
+    """
+
+    def __init__(self, bar: Any, description: str, visible: bool) -> None:
+        self.bar = bar
+        self.task = bar.add_task(description, total=None, rate="", visible=visible)
+        self.files = self.files_done = self.counted_files = self.counted_windows = self.windows_done = 0
+        self.started = 0.0
+
+    def start(self, files: int) -> None:
+        self.files = files
+        self.started = time.monotonic()
+        self._show()
+
+    def counted(self, windows: int) -> None:
+        self.counted_files += 1
+        self.counted_windows += windows
+        self._show()
+
+    def advance(self, files: int = 0, windows: int = 0) -> None:
+        self.files_done += files
+        self.windows_done += windows
+        self._show()
+
+    def _show(self) -> None:
+        mean = self.counted_windows / self.counted_files if self.counted_files else None
+        total = None if mean is None else self.counted_windows + round(mean * (self.files - self.counted_files))
+        total = None if total is None else max(total, self.windows_done)
+        rate = self.windows_done / max(time.monotonic() - self.started, 1e-9)
+        text = f"{self.files_done}/{self.files} files, {rate:.2f} windows/s"
+        self.bar.update(self.task, total=total, completed=self.windows_done, rate=text)

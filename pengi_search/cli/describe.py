@@ -13,16 +13,20 @@ from ..pathnames import path_fields, shown
 from .common import (
     EXIT_OK,
     EXIT_PARTIAL,
-    BatchOption,
+    AutoBatchOption,
     BeamOption,
     DeviceOption,
+    FastOption,
     JsonOption,
     LongPromptsOption,
     MaxLenOption,
     ModelOption,
     QuietOption,
     StopOption,
+    ThreadsOption,
     UsageError,
+    WindowProgress,
+    apply_threads,
     err_console,
     fetches_model,
     handle_errors,
@@ -34,8 +38,8 @@ from .common import (
 )
 
 if TYPE_CHECKING:
-    from ..decoding import GenerationConfig
-    from ..inference import Engine
+    from ..audio import Window
+    from ..inference import Answer
 
 FilesArgument = Annotated[list[Path], typer.Argument(help="Audio files (wav, flac, ogg, opus, mp3, m4a, ...).")]
 HopOption = Annotated[float, typer.Option("--hop", min=0.5, help="Seconds between window starts (windows last 7 s).")]
@@ -54,8 +58,10 @@ class DescribeOptions:
     max_len: MaxLenOption = 30
     stop: StopOption = StopRule.both
     long_prompts: LongPromptsOption = LongPrompt.cut
-    batch_size: BatchOption = 16
+    batch_size: AutoBatchOption = None
     hop: HopOption = 7.0
+    threads: ThreadsOption = None
+    fast: FastOption = False
 
 
 @dataclass
@@ -74,58 +80,55 @@ def _describe_files(
     answer_prefix: str,
     progress: bool,
 ) -> list[FileResult]:
-    """Every file's answers; a path that does not exist is bad usage (nothing is described), a file that cannot
-    be decoded is reported in its result (the others are still described)."""
+    """Every window's answer to every prompt, for all files at once: windows from all files fill the batches. A file
+    that cannot be decoded is reported (here, as it happens, and in its result) and the others go on."""
+    import numpy as np
+    from rich.markup import escape
+
     from ..decoding import GenerationConfig
     from ..inference import Engine
     from ..model_dir import ModelDir
+    from ..window_batches import map_windows
 
     missing = [path for path in files if not path.exists()]
     if missing:
         raise UsageError("", f"{missing[0]}: no such file")
-    engine = Engine.load(ModelDir.resolve(options.model), options.device, options.batch_size, options.long_prompts)
+    apply_threads(options.threads)
+    keys, texts = list(prompts), list(prompts.values())
+    rows = None if options.batch_size is None else options.batch_size * len(texts)
+    engine = Engine.load(ModelDir.resolve(options.model), options.device, rows, options.long_prompts, fast=options.fast)
     gen = GenerationConfig(beam=options.beam, max_len=options.max_len, stop=options.stop)
+
+    def answer(windows: list[Window]) -> list[list[Answer]]:
+        embeds = engine.audio_embeddings(np.stack([w.samples for w in windows]))
+        return engine.generate(embeds, texts, gen, additional_text=answer_prefix)
+
     results = []
     with progress_bar() as bar:
-        task = bar.add_task("describing", total=len(files), rate="", visible=progress)
-        for path in files:
-            results.append(_describe_file(engine, path, prompts, gen, hop=options.hop, answer_prefix=answer_prefix))
-            bar.advance(task)
+        reporter = WindowProgress(bar, "describing", visible=progress)
+        windows_per_batch = max(1, engine.batch_size // len(texts))
+        for outcome in map_windows(files, answer, batch_size=windows_per_batch, hop_s=options.hop, progress=reporter):
+            path = Path(outcome.path)
+            if outcome.error is not None:
+                error = f"{shown(outcome.path)}: {outcome.error}"
+                err_console.print(f"[red]skipped[/] {escape(error)}", soft_wrap=True)
+                results.append(FileResult(path, 0.0, [], error))
+                continue
+            if outcome.truncation is not None:
+                err_console.print(
+                    f"[yellow]warning:[/] {escape(shown(outcome.path))}: {outcome.truncation}", soft_wrap=True
+                )
+            rows_out = [
+                {
+                    "start_s": round(span.start_s, 3),
+                    "end_s": round(span.end_s, 3),
+                    "answers": {k: a.text for k, a in zip(keys, per_window, strict=True)},
+                    "scores": {k: round(a.score, 4) for k, a in zip(keys, per_window, strict=True)},
+                }
+                for span, per_window in zip(outcome.spans, outcome.results, strict=True)
+            ]
+            results.append(FileResult(path, outcome.duration_s, rows_out))
     return results
-
-
-def _describe_file(
-    engine: Engine, path: Path, prompts: dict[str, str], gen: GenerationConfig, *, hop: float, answer_prefix: str
-) -> FileResult:
-    """Every window's answer to every prompt; a file that cannot be decoded is reported and skipped, one cut
-    short is described as far as it decodes, with a warning."""
-    import numpy as np
-    from rich.markup import escape
-
-    from ..audio import AudioDecodeError, DecodeReport, iter_windows
-
-    report = DecodeReport()  # what the decoders print is kept here rather than shown
-    try:
-        windows = list(iter_windows(path, hop_s=hop, report=report))
-    except AudioDecodeError as err:
-        err_console.print(f"[red]skipped[/] {escape(str(err))}", soft_wrap=True)
-        return FileResult(path, 0.0, [], str(err))
-    truncation = report.truncation()
-    if truncation is not None:
-        err_console.print(f"[yellow]warning:[/] {escape(shown(str(path)))}: {truncation}", soft_wrap=True)
-    keys, texts = list(prompts), list(prompts.values())
-    embeds = engine.audio_embeddings(np.stack([w.samples for w in windows]))
-    answers = engine.generate(embeds, texts, gen, additional_text=answer_prefix)
-    rows = [
-        {
-            "start_s": round(w.start_s, 3),
-            "end_s": round(w.end_s, 3),
-            "answers": {k: a.text for k, a in zip(keys, per_window, strict=True)},
-            "scores": {k: round(a.score, 4) for k, a in zip(keys, per_window, strict=True)},
-        }
-        for w, per_window in zip(windows, answers, strict=True)
-    ]
-    return FileResult(path, report.duration_s, rows)
 
 
 def _to_json(results: list[FileResult]) -> list[dict]:
@@ -151,10 +154,11 @@ def _print_text(results: list[FileResult], show_keys: bool) -> None:
 
 
 def _show(results: list[FileResult], *, json_output: bool, asked: bool) -> None:
-    """Print the results and exit (3 when a file failed); `asked`: `ask`'s form, one file's object and bare answers."""
+    """Print the results and exit (3 when a file failed); `asked`: `ask`'s form, bare answers (and for a single
+    file, its object rather than a list)."""
     if json_output:
         data = _to_json(results)
-        print_json(data[0] if asked else data)
+        print_json(data[0] if asked and len(data) == 1 else data)
     else:
         _print_text(results, show_keys=not asked)
     raise typer.Exit(EXIT_PARTIAL if any(r.error for r in results) else EXIT_OK)
@@ -194,18 +198,22 @@ def describe(
 @fetches_model
 @options_from(DescribeOptions, "options")
 def ask(
-    file: Annotated[Path, typer.Argument(help="Audio file.")],
+    files: Annotated[list[Path], typer.Argument(help="Audio files (the question comes last).")],
     question: Annotated[str, typer.Argument(help='A question about the sound, e.g. "is the engine healthy?"')],
     *,
     options: DescribeOptions,
     json_output: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
-    """Answer a question about a sound (audio question answering), for each 7 s window.
+    """Answer a question about sounds (audio question answering), for each 7 s window of each file.
+
+    With --json, one file gives its object and several files a list of them.
 
     Example: pengi-search ask engine.wav "is the engine healthy?"
     """
     from ..prompts import question_prompt
 
     prompts = {"answer": question_prompt(question)}
-    results = _describe_files([file], prompts, options, answer_prefix="", progress=False)
+    progress = show_progress(quiet, json_output)
+    results = _describe_files(files, prompts, options, answer_prefix="", progress=progress)
     _show(results, json_output=json_output, asked=True)

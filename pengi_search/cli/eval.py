@@ -29,7 +29,9 @@ from .common import (
     MaxLenOption,
     ModelOption,
     QuietOption,
+    ThreadsOption,
     UsageError,
+    apply_threads,
     fetches_model,
     handle_errors,
     options_from,
@@ -111,6 +113,7 @@ class EvalSet:
     beam: BeamOption = 3
     max_len: MaxLenOption = 30
     reindex: ReindexOption = False
+    threads: ThreadsOption = None
 
     def to_json(self) -> dict[str, Any]:
         return {"prompts": list(self.prompt or ()) or "index default", "beam": self.beam, "max_len": self.max_len}
@@ -152,6 +155,7 @@ def retrieval(
     from ..evaluation.retrieval import available_rankings, evaluate_retrieval
     from ..search import audio_query_embedder, query_embedder
 
+    apply_threads(evalset.threads)
     caption_set = _read_set(captions, evalset)
     library, summary = _indexed_library(caption_set, evalset, output, quiet=quiet, json_output=json_output)
     with library:
@@ -197,6 +201,7 @@ def caption(
     from ..evaluation.captioning import evaluate_captions
     from ..search import query_embedder
 
+    apply_threads(evalset.threads)
     caption_set = _read_set(captions, evalset)
     library, summary = _indexed_library(caption_set, evalset, output, quiet=quiet, json_output=json_output)
     with library:
@@ -348,6 +353,7 @@ def classify_files(
     model: ModelOption = None,
     device: DeviceOption = Device.auto,
     batch_size: BatchOption = 16,
+    threads: ThreadsOption = None,
     quiet: QuietOption = False,
     json_output: JsonOption = False,
 ) -> None:
@@ -363,6 +369,7 @@ def classify_files(
     from ..model_dir import ModelDir
     from .classify import classify_target
 
+    apply_threads(threads)
     try:
         known = read_truth(truth)
         label_list = read_labels(labels if labels is not None else truth)

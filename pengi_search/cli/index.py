@@ -21,13 +21,16 @@ from .common import (
     BeamOption,
     DbOption,
     DeviceOption,
+    FastOption,
     JsonOption,
     LongPromptsOption,
     MaxLenOption,
     ModelOption,
     QuietOption,
     StopOption,
+    ThreadsOption,
     UsageError,
+    apply_threads,
     err_console,
     fail,
     fetches_model,
@@ -117,6 +120,8 @@ def index(
             "embeddings only (similar and query --rank audio work at once) and let a later index run caption them.",
         ),
     ] = Captions.now,
+    threads: ThreadsOption = None,
+    fast: FastOption = False,
     quiet: QuietOption = False,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Also show what the audio decoders printed about each file.")
@@ -140,6 +145,7 @@ def index(
     from ..audio import AUDIO_EXTENSIONS
     from ..scan import ScanError, normalize_extensions
 
+    apply_threads(threads)
     extensions = AUDIO_EXTENSIONS if ext is None else normalize_extensions(ext.split(","))
     if not extensions:
         raise UsageError("", f"--ext {ext!r} names no extension")
@@ -168,6 +174,7 @@ def index(
         long_prompts=long_prompts,
         wait=wait,
         captions=captions,
+        fast=fast,
     )
     try:
         with progress_bar() as bar:

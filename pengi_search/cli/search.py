@@ -14,24 +14,32 @@ from rich.markup import escape
 
 from ..choices import DEFAULT_HYBRID_WEIGHT, By, Device, Rank
 from .common import (
+    EXIT_OK,
     EXIT_PARTIAL,
-    BatchOption,
+    AutoBatchOption,
     DbOption,
     DeviceOption,
+    FastOption,
     JsonOption,
     ModelOption,
+    QuietOption,
+    ThreadsOption,
     UsageError,
+    WindowProgress,
+    apply_threads,
     err_console,
     fetches_model,
     handle_errors,
     options_from,
     out_console,
     print_json,
+    progress_bar,
+    show_progress,
     shown_path,
 )
 
 if TYPE_CHECKING:
-    from ..search import Filters, Hit
+    from ..search import Filters, Hit, SimilarResult
 
 LimitOption = Annotated[int, typer.Option("--limit", "-k", min=1, help="Number of results.")]
 ByOption = Annotated[
@@ -183,42 +191,72 @@ def query(
 @fetches_model
 @options_from(SearchOptions, "search")
 def similar(
-    file: Annotated[Path, typer.Argument(help="An audio file (indexed or not).")],
+    files: Annotated[list[Path], typer.Argument(help="Audio files (indexed or not).")],
     *,
     search: SearchOptions,
-    batch_size: BatchOption = 16,
+    batch_size: AutoBatchOption = None,
+    threads: ThreadsOption = None,
+    fast: FastOption = False,
     json_output: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
-    """Find the sounds that sound like FILE (audio -> audio); FILE itself is left out.
+    """Find the sounds that sound like each FILE (audio -> audio); the file itself is left out.
 
-    An indexed, unchanged FILE uses its stored audio embeddings; any other file is decoded and embedded with the
-    model. Each window of the library is scored by its best match among FILE's windows. A FILE that cannot be
-    decoded is reported, with no results (exit code 3).
+    An indexed, unchanged file uses its stored audio embeddings; any other file is decoded and embedded with the
+    model (several such files together). Each window of the library is scored by its best match among the file's
+    windows. A file that cannot be decoded is reported (exit code 3). With --json, one file gives its list of
+    hits and several files a list of {file, source, hits, error}.
 
     Example: pengi-search similar door-slam.wav -k 5
     """
-    from ..audio import AudioDecodeError
     from ..library import Library
-    from ..search import similar_to_file
+    from ..search import similar_to_files
 
-    if not file.is_file():
-        raise UsageError("", f"{file}: no such file")
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise UsageError("", f"{missing[0]}: no such file")
+    apply_threads(threads)
     filters = search.filters()
-    with Library.open(search.db, read_only=True) as library:
-        try:
-            hits, _ = similar_to_file(
+    with Library.open(search.db, read_only=True) as library, progress_bar() as bar:
+        results = list(
+            similar_to_files(
                 library,
-                file,
+                files,
                 k=search.limit,
                 by=search.by,
                 filters=filters,
                 model=search.model,
                 device=search.device,
                 batch_size=batch_size,
+                fast=fast,
+                progress=WindowProgress(bar, "embedding", visible=show_progress(quiet, json_output)),
             )
-        except AudioDecodeError as err:
-            err_console.print(f"[red]skipped[/] {escape(str(err))}", soft_wrap=True)
-            _show_hits([], json_output=json_output)
-            raise typer.Exit(EXIT_PARTIAL) from None
-    spans = {(hit.query_start_s, hit.query_end_s) for hit in hits}
-    _show_hits(hits, json_output=json_output, show_query_span=len(spans) > 1)
+        )
+    _show_similar(results, json_output=json_output)
+    raise typer.Exit(EXIT_PARTIAL if any(r.error for r in results) else EXIT_OK)
+
+
+def _show_similar(results: list[SimilarResult], *, json_output: bool) -> None:
+    for result in results:
+        if result.error is not None:
+            err_console.print(
+                f"[red]skipped[/] {escape(shown_path(result.path))}: {escape(result.error)}", soft_wrap=True
+            )
+    if json_output and len(results) == 1:
+        print_json([hit.to_json() for hit in results[0].hits])
+        return
+    if json_output:
+        print_json(
+            [
+                {"file": r.path, "source": r.source, "hits": [hit.to_json() for hit in r.hits], "error": r.error}
+                for r in results
+            ]
+        )
+        return
+    for result in results:
+        if result.error is not None:
+            continue
+        if len(results) > 1:
+            out_console.print(f"[bold]{shown_path(result.path)}[/]")
+        spans = {(hit.query_start_s, hit.query_end_s) for hit in result.hits}
+        _show_hits(result.hits, json_output=False, show_query_span=len(spans) > 1)

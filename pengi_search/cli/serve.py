@@ -8,7 +8,17 @@ from typing import Annotated
 
 import typer
 
-from .common import DbOption, DeviceOption, ModelOption, UsageError, err_console, handle_errors, out_console
+from .common import (
+    DbOption,
+    DeviceOption,
+    ModelOption,
+    ThreadsOption,
+    UsageError,
+    apply_threads,
+    err_console,
+    handle_errors,
+    out_console,
+)
 
 MIB = 1 << 20
 
@@ -41,6 +51,7 @@ def serve(
     device: DeviceOption = "auto",
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.001, help="Largest clip accepted.")] = 64.0,
     max_upload_s: Annotated[float, typer.Option("--max-upload-s", min=0.1, help="Longest clip accepted (s).")] = 600.0,
+    threads: ThreadsOption = None,
 ) -> None:
     """Search and listen to the library in a web browser, and answer a JSON API (docs at /docs).
 
@@ -52,6 +63,7 @@ def serve(
 
     from ..serve import LOOPBACK_NAMES, ServeSettings, create_app, is_loopback, required_token
 
+    apply_threads(threads)
     required = required_token(host, token)
     roots = tuple(_folder(path) for path in root or [])
     settings = ServeSettings(

@@ -1,8 +1,10 @@
 """Decoding files into 7 s windows, in worker processes, so that the model never waits for disk or decoder.
 
-Each file becomes a stream of messages: `Windows` chunks (a long file is never held whole, in a worker or in a
-pipe), then `Decoded` with its properties (its duration is what decoded), content hash and what decoding noticed
-(a truncation, the decoders' own messages), or `Failed` with the reason. Workers are started with
+`index` and every command that runs the model on many files (`describe`, `ask`, `classify`, `similar`, through
+`window_batches`) read their files this way. Each file becomes a stream of messages: `Windows` chunks (a long file
+is never held whole, in a worker or in a pipe), then `Decoded` with its properties (its duration is what decoded),
+content hash (when the job asks for it) and what decoding noticed (a truncation, the decoders' own messages), or
+`Failed` with the reason. Workers are started with
 'forkserver' (or 'spawn' where there is none): never forked from a process that holds torch threads. Each worker
 has its own pipes and blocks until its message is read, which keeps memory flat; a worker that dies (a decoder
 crash) fails only the file it was on, and a new one takes over its other files.
@@ -21,19 +23,26 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from pengi_search.audio import AudioDecodeError, DecodeReport, Window, iter_windows
-from pengi_search.chunking import chunked
-from pengi_search.hashing import file_sha256
+from .audio import WINDOW_SECONDS, AudioDecodeError, DecodeReport, Window, iter_windows
+from .chunking import chunked
+from .hashing import file_sha256
 
 CHUNK_WINDOWS = 8  # windows per message: ~10 MB of float32 samples
 PREFETCH_PER_WORKER = 2  # files handed to a worker ahead of time
 _POLL_S = 0.5
 
 
+def default_workers() -> int:
+    """Decoding processes: half the cores (the model needs the rest on CPU), at most 4."""
+    return min(4, max(1, (os.cpu_count() or 2) // 2))
+
+
 @dataclass(frozen=True)
 class Job:
     seq: int
     path: str
+    hop_s: float = WINDOW_SECONDS  # seconds between window starts
+    content_hash: bool = True  # hash the file's bytes (the index records it; a one-off command has no use for it)
 
 
 @dataclass(frozen=True)
@@ -49,7 +58,7 @@ class Decoded:
 
     seq: int
     count: int
-    content_hash: str
+    content_hash: str | None
     format: str
     sample_rate: int
     channels: int
@@ -77,9 +86,9 @@ def decode_file(job: Job, chunk: int = CHUNK_WINDOWS) -> Iterator[Message]:
         if not stat.S_ISREG(os.stat(job.path).st_mode):  # replaced by a FIFO since the scan: opening it would hang
             yield Failed(job.seq, "not a regular file")
             return
-        content_hash = file_sha256(job.path)
+        content_hash = file_sha256(job.path) if job.content_hash else None
         count = 0
-        for batch in chunked(iter_windows(job.path, report=report), chunk):
+        for batch in chunked(iter_windows(job.path, hop_s=job.hop_s, report=report), chunk):
             count += len(batch)
             yield Windows(job.seq, batch)
         yield Decoded(
