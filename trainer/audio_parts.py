@@ -62,7 +62,7 @@ HF_RENAMES = (  # transformers' ClapAudioEncoder names -> HTSAT names (applied i
 HF_QKV = re.compile(r"^(.*)\.attention\.self\.(query|key|value)\.(weight|bias)$")
 
 
-def configure_audio(audio: AudioConfig, kind: str, weights: str | None, base: Path) -> tuple[AudioConfig, Any]:
+def configure_audio(audio: AudioConfig, kind: str, weights: str | None) -> tuple[AudioConfig, Any]:
     """The architecture's audio section for the chosen encoder, and what `load_audio_weights` then needs."""
     if kind not in ENCODER_KINDS:
         raise CheckpointError("model.audio_encoder", f"unknown encoder {kind!r}; known: {', '.join(ENCODER_KINDS)}")
@@ -73,11 +73,11 @@ def configure_audio(audio: AudioConfig, kind: str, weights: str | None, base: Pa
     if kind == TRANSFORMERS_ENCODER:
         if weights is None:
             raise CheckpointError("model.audio_weights", "a transformers encoder needs a directory or a hub name")
-        tower, extractor = load_transformers_audio(resolve_source(weights, base))
+        tower, extractor = load_transformers_audio(local_or_name(weights))
         encoder_config = transformers_encoder_config(tower, extractor)
         width = _output_width(audio.sample_rate, encoder_config, tower)
         return dataclasses.replace(audio, encoder=kind, encoder_config=encoder_config, out_emb=width), tower
-    return audio, None if weights is None else resolve_source(weights, base)
+    return audio, None if weights is None else Path(weights)
 
 
 def load_audio_weights(model: Pengi, loaded: Any) -> None:
@@ -95,10 +95,9 @@ def load_audio_weights(model: Pengi, loaded: Any) -> None:
         init_htsat_from_clap(backbone, Path(loaded))
 
 
-def resolve_source(value: str, base: Path) -> str | Path:
-    """A path relative to the config's folder when it exists there, else the value itself (a hub name)."""
-    candidate = base / value
-    return candidate if candidate.exists() or Path(value).is_absolute() else value
+def local_or_name(value: str) -> str | Path:
+    """A path when one exists (the config resolved it against its folder), else a hub name for the local cache."""
+    return Path(value) if Path(value).exists() else value
 
 
 # --- aisfx ------------------------------------------------------------------------------------------------------

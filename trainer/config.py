@@ -230,9 +230,17 @@ class TrainConfig:
 def config_from_dict(raw: dict[str, Any], source: Path | str, base: Path) -> TrainConfig:
     """A configuration from its dict (`TrainConfig.to_dict`, as checkpoints store it); paths relative to `base`."""
     try:
-        return _build(TrainConfig, raw, "", base)
+        return _with_local_sources(_build(TrainConfig, raw, "", base), base)
     except _Invalid as error:
         raise ConfigError(source, str(error)) from None
+
+
+def _with_local_sources(config: TrainConfig, base: Path) -> TrainConfig:
+    """`model.audio_weights` is a path (relative to the config's folder) when one exists there, else a hub name."""
+    weights = config.model.audio_weights
+    if weights is not None and (base / weights).exists():
+        config.model.audio_weights = str(base / weights)
+    return config
 
 
 def load_config(path: Path | str, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
@@ -249,7 +257,8 @@ def load_config(path: Path | str, overrides: Mapping[str, Any] | None = None) ->
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value, path)
     try:
-        return _build(TrainConfig, raw, "", path.parent.resolve())
+        base = path.parent.resolve()
+        return _with_local_sources(_build(TrainConfig, raw, "", base), base)
     except _Invalid as error:
         raise ConfigError(path, str(error)) from None
 

@@ -62,7 +62,7 @@ def _build_from_scratch(config: TrainConfig, source: Path, save_tokenizer: bool)
     cfg = resolve_architecture(section.architecture, source)
     if section.language_model is not None:
         cfg = dataclasses.replace(cfg, decoder=decoder_for(cfg.decoder, section.language_model))
-    audio, audio_weights = configure_audio(cfg.audio, section.audio_encoder, section.audio_weights, source.parent)
+    audio, audio_weights = configure_audio(cfg.audio, section.audio_encoder, section.audio_weights)
     cfg = dataclasses.replace(cfg, audio=audio)
     lm_tokenizer = scratch_tokenizer(config, source, save_tokenizer)
     if section.train_tokenizer is not None:
