@@ -94,6 +94,7 @@ def _check_model(config: TrainConfig, report: DryRunReport, source: Path) -> Non
         return
     prompts = sorted({example.prompt for path in _manifest_paths(config) for example in read_manifest(path)})
     report.model_problems += shape_problems(model, tokenizers, prompts, config.data.max_answer_tokens)
+    report.warnings += shape_warnings(model.cfg)
     if report.model_problems:
         return
     apply_freezing(model, config.freeze)
@@ -117,11 +118,6 @@ def shape_problems(model: Pengi, tokenizers: Tokenizers, prompts: list[str], max
         )
     if cfg.decoder.hf_config is None and cfg.decoder.n_embd % cfg.decoder.n_head:
         problems.append(f"decoder.n_embd {cfg.decoder.n_embd} is not divisible by decoder.n_head {cfg.decoder.n_head}")
-    if not cfg.use_text_encoder and cfg.text_prompt_length != cfg.mapper.clip_length:
-        problems.append(
-            f"without a text encoder, text_prompt_length ({cfg.text_prompt_length}) must equal mapper.clip_length "
-            f"({cfg.mapper.clip_length}): the prompt's tokens are the mapper's input"
-        )
     if len(tokenizers.gpt2) > vocab:
         problems.append(f"the tokenizer has {len(tokenizers.gpt2)} tokens, the language model's vocabulary {vocab}")
     positions = cfg.decoder.n_positions if cfg.decoder.hf_config is None else None
@@ -135,6 +131,18 @@ def shape_problems(model: Pengi, tokenizers: Tokenizers, prompts: list[str], max
     except ValueError as error:
         problems.append(f"{error}: raise text_prompt_length (and mapper.clip_length without a text encoder)")
     return problems
+
+
+def shape_warnings(cfg: PengiConfig) -> list[str]:
+    """Shapes that run but are probably not what was meant."""
+    if not cfg.use_text_encoder and cfg.text_prompt_length != cfg.mapper.clip_length:
+        tokens = cfg.text_prompt_length + cfg.mapper.prefix_length - cfg.mapper.clip_length
+        return [
+            f"without a text encoder, text_prompt_length ({cfg.text_prompt_length}) should equal mapper.clip_length "
+            f"({cfg.mapper.clip_length}): the prompt's mapper then writes {tokens} prefix tokens, not "
+            f"mapper.prefix_length ({cfg.mapper.prefix_length})"
+        ]
+    return []
 
 
 def _plan_warnings(plan: dict[str, int | None]) -> list[str]:
