@@ -60,6 +60,26 @@ def make_backbone(cfg: AudioConfig) -> nn.Module:
     raise AudioEncoderError("audio.encoder", f"unknown encoder {cfg.encoder!r}; known: {', '.join(ENCODER_KINDS)}")
 
 
+class FeatureStandardiser(nn.Module):
+    """(B, width) -> (x - mean) / std per dimension, with statistics fixed from the training data (buffers, saved
+    with the model). A pretrained encoder's vectors share a large common part (ReLU features are all positive);
+    without it, every clip looks alike to the projection and a small model learns only the label frequencies."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(width))
+        self.register_buffer("std", torch.ones(width))
+
+    @torch.no_grad()
+    def fit(self, features: torch.Tensor) -> None:
+        """Set the statistics from (N, width) features."""
+        self.mean.copy_(features.mean(dim=0))
+        self.std.copy_(features.std(dim=0).clamp(min=1e-6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
 # --- aisfx ------------------------------------------------------------------------------------------------------
 
 

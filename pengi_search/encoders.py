@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from .audio_backbones import make_backbone
+from .audio_backbones import HTSAT_ENCODER, FeatureStandardiser, make_backbone
 from .checkpoint import TEXT_ENCODER_PREFIX, CheckpointError, load_state_dict_strict, read_safetensors_part
 from .config import AudioConfig, TextEncoderConfig
 from .htsat import HTSAT
@@ -43,6 +43,8 @@ class AudioEncoder(nn.Module):
         super().__init__()
         self.kind = cfg.encoder
         self.base = nn.ModuleDict({cfg.encoder: make_backbone(cfg)})  # the released key path is `base.htsat.*`
+        # A pretrained encoder of another kind gets its outputs standardised (HTSAT keeps the released layout).
+        self.standardise = FeatureStandardiser(cfg.out_emb) if cfg.encoder != HTSAT_ENCODER else None
         self.projection = Projection(cfg.out_emb, d_proj)
 
     @property
@@ -56,9 +58,15 @@ class AudioEncoder(nn.Module):
             raise TypeError(f"this audio encoder is {self.kind}, not HTSAT")
         return self.backbone
 
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, out_emb) backbone outputs -> (B, d_proj), not normalised."""
+        if self.standardise is not None:
+            features = self.standardise(features)
+        return self.projection(features)
+
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         """(B, samples) at 44.1 kHz -> (B, d_proj), not normalised."""
-        return self.projection(self.backbone(wave))
+        return self.project(self.backbone(wave))
 
 
 def clip_text_config(cfg: TextEncoderConfig) -> CLIPTextConfig:

@@ -129,6 +129,7 @@ class OptimizationSection:
     epochs: int | None = None
     grad_clip: float | None = 1.0
     grad_accumulation: int = 1
+    max_minutes: float | None = None  # a time budget: stop (and export) this long after the run started
     part_lr: dict | None = None  # learning rate per part: audio_encoder, audio_projection, mappers, language_model,
     # text_encoder (the others use lr)
 
@@ -148,6 +149,7 @@ class OptimizationSection:
         _require(self.epochs is None or self.epochs >= 1, "optimization.epochs must be at least 1")
         _require(self.grad_clip is None or self.grad_clip > 0, "optimization.grad_clip must be positive or null")
         _require(self.grad_accumulation >= 1, "optimization.grad_accumulation must be at least 1")
+        _require(self.max_minutes is None or self.max_minutes > 0, "optimization.max_minutes must be positive")
 
 
 @dataclass

@@ -82,7 +82,7 @@ def row_embeddings(
     out = []
     for start in range(0, len(good), batch_size):
         audio = torch.stack([item["audio"] for item in good[start : start + batch_size]]).to(device)
-        out.append((encoder.projection(audio) if cached else encoder(audio)).float())
+        out.append((encoder.project(audio) if cached else encoder(audio)).float())
     embeds = torch.cat(out) if out else torch.empty(0, model.cfg.d_proj, device=device)
     return embeds, [item["index"] for item in good]
 

@@ -4,14 +4,19 @@ With the audio encoder's backbone frozen (`freeze.audio_backbone`, the usual cho
 and `data.cache_features` on, a run first encodes every training clip `augmentation.views` times (view v is the
 clip as epoch v would see it: its window and augmentation) and every validation clip once; epoch e then reads view
 e % views. Epochs after that cost only the projection, the mappers and the language model. Rows that share a
-clip (the same file and segment under several prompts) are encoded once.
+clip (the same file and segment under several prompts) are encoded once. The outputs are kept in
+`<output_dir>/features/`, under a key made of everything they depend on, so a resumed run does not encode again.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -28,6 +33,36 @@ class FeatureCache:
     row_clip: list[int]  # per kept row: its clip's index in `features`
     rows: list[int]  # the kept rows' indices in the source dataset (rows whose clip loaded)
     skipped: list[tuple[int, str]]  # (row, reason) of the rows whose clip failed to load
+
+
+def cache_key(backbone: nn.Module, dataset: AudioTextDataset, views: int) -> str:
+    """A digest of what the cached outputs depend on: the backbone's weights, the clips, their windows and
+    augmentation (seed, settings) and the number of views."""
+    digest = hashlib.sha256()
+    for name, tensor in backbone.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    settings = dataclasses.asdict(dataset.augmentation) if dataset.augmentation is not None else None
+    clips = [clip_key(example) for example in dataset.examples]
+    described = [dataset.train, dataset.seed, dataset.sample_rate, dataset.clip_samples, settings, views, clips]
+    digest.update(json.dumps(described).encode())
+    return digest.hexdigest()[:24]
+
+
+def load_or_encode(folder: Path, backbone: nn.Module, dataset: AudioTextDataset, views: int, **options) -> FeatureCache:
+    """The cached outputs from `folder` when they were made from the same inputs, else encoded now and saved."""
+    path = folder / f"{cache_key(backbone, dataset, views)}.pt"
+    if path.is_file():
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        return FeatureCache(
+            stored["features"], stored["row_clip"], stored["rows"], [tuple(s) for s in stored["skipped"]]
+        )
+    cache = encode_clips(backbone, dataset, views, **options)
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    torch.save(dataclasses.asdict(cache), partial)
+    partial.replace(path)
+    return cache
 
 
 def clip_key(example: Example) -> tuple[str, float | None, float | None]:

@@ -15,6 +15,7 @@ import hashlib
 import itertools
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +56,7 @@ from trainer.model_setup import (
 )
 from trainer.objective import AnswerNll, encode_batch
 from trainer.reporting import METRICS_FILE, PLOT_FILE, MetricsLog, RateWindow, TrainingProgress, write_plot
-from trainer.run_data import prepare_data
+from trainer.run_data import prepare_data, quiet
 from trainer.sampling import ResumableSampler
 from trainer.state import (
     BEST_CHECKPOINT,
@@ -152,6 +153,7 @@ class Trainer:
         self.source = source
         self.processes = processes
         self.device = processes.device
+        self.started = time.monotonic()  # the time budget (optimization.max_minutes) counts from here
         seed_everything(config.seed)  # the same initial weights on every process
         self.model, self.tokenizers = build_model(config, source)
         self.frozen = apply_freezing(self.model, config.freeze)
@@ -167,7 +169,7 @@ class Trainer:
         torch.manual_seed(config.seed + processes.rank)  # each process its own dropout
         shown = processes.main and not config.logging.quiet
         self.console = console or Console(stderr=True)
-        say = self.console.print if shown else _silent
+        say = self.console.print if shown else quiet
         self.data = prepare_data(config, self.model, self.tokenizers, source, cached=cached, say=say)
         self._setup_loader()
         opt = config.optimization
@@ -180,6 +182,7 @@ class Trainer:
         self.rate = RateWindow()
         self.best = BestTracker(self._metric(), config.evaluation.patience)
         self.stopped_early = False
+        self.last_checkpoint: int | None = None  # step of the latest step checkpoint
         self.rng_to_restore: dict[str, Any] | None = None
         self.metrics = MetricsLog(config.output_dir / METRICS_FILE, enabled=processes.main)
         self.progress = TrainingProgress(self.total_steps, 0, enabled=shown, console=self.console)
@@ -268,8 +271,8 @@ class Trainer:
             self.rate.restart_clock()
             while self.position.step < self.total_steps and not self._stopping():
                 self._run_epoch()
-        if self._interrupted():
-            self._checkpoint()
+        if self.position.step < self.total_steps and self.last_checkpoint != self.position.step:
+            self._checkpoint()  # stopped early (Ctrl-C, patience, time budget): the run can be resumed or exported
         model_dir = self._finish()
         if self._interrupted():
             raise KeyboardInterrupt  # after the checkpoint and the model: the command line exits with 130
@@ -279,8 +282,18 @@ class Trainer:
         (requested,) = sum_across(self.processes, [float(self.interrupt.requested)])
         return requested > 0
 
+    def _out_of_time(self) -> bool:
+        budget = self.config.optimization.max_minutes
+        over = budget is not None and time.monotonic() - self.started > 60 * budget
+        (anywhere,) = sum_across(self.processes, [float(over)])
+        if anywhere and not self.stopped_early:
+            self.stopped_early = True
+            self.metrics.write("time_limit", step=self.position.step, minutes=budget)
+            self.progress.print(f"time budget of {budget} min reached at step {self.position.step}")
+        return anywhere > 0
+
     def _stopping(self) -> bool:
-        return self.stopped_early or self._interrupted()
+        return self.stopped_early or self._interrupted() or self._out_of_time()
 
     def _run_epoch(self) -> None:
         position, batch_size = self.position, self.config.data.batch_size
@@ -444,6 +457,8 @@ class Trainer:
 
     def _checkpoint(self, best: bool = False) -> None:
         rng = gather_objects(self.processes, capture_rng(self.device))
+        if not best:
+            self.last_checkpoint = self.position.step  # on every process: they decide together on a final one
         if not self.processes.main:
             return
         folder = self.config.output_dir
@@ -507,10 +522,6 @@ class Trainer:
             self.progress.print(f"best {self.best.metric} {self.best.best:.4f} at step {self.best.best_step}: {best}")
         wait_for_all(self.processes)
         return model_dir
-
-
-def _silent(message: str) -> None:
-    del message
 
 
 def parameter_digest(parameters: list[torch.nn.Parameter]) -> str:

@@ -56,7 +56,7 @@ class AnswerNll(nn.Module):
         answer_mask: torch.Tensor,
     ) -> torch.Tensor:
         encoder = self.model.audio_encoder
-        audio_embed = encoder.projection(wave) if self.cached else encoder(wave)
+        audio_embed = encoder.project(wave) if self.cached else encoder(wave)
         prefix = self.model.embedding_prefix(audio_embed, prompt_ids, prompt_mask)
         nll = self.model.answer_nll(prefix, answer_ids)  # float32 even under autocast
         return (nll * answer_mask.to(nll.dtype)).sum()
