@@ -51,7 +51,7 @@ from pengi_search.db import Store  # noqa: E402
 from pengi_search.embedders import PengiTextEmbedder  # noqa: E402
 from pengi_search.inference import Engine  # noqa: E402
 from pengi_search.library import Library  # noqa: E402
-from pengi_search.search import similar_to_file  # noqa: E402
+from pengi_search.similar import similar_to_file  # noqa: E402
 
 STAGES = ("decoding", "audio embedding", "generation", "caption embedding", "store", "model load")
 

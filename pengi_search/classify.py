@@ -311,7 +311,7 @@ class Classifier:
     def _stored(self, path: str | os.PathLike[str]) -> Any:
         if self.library is None:
             return None
-        from .search import stored_windows
+        from .similar import stored_windows
 
         return stored_windows(self.library, path, audio=self.settings.method is Method.loglik)
 

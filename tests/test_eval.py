@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pengi_similar.similar import stored_windows
 from typer.testing import CliRunner
 
 from pengi_search.classify import Prediction, read_truth
@@ -22,7 +23,7 @@ from pengi_search.evaluation.metrics import bleu, cider_d, rouge_l, tokenize
 from pengi_search.evaluation.report import ReportError, build_report, compare_reports, load_report, write_report
 from pengi_search.evaluation.retrieval import available_rankings, evaluate_retrieval
 from pengi_search.library import Library
-from pengi_search.search import Filters, query_embedder, query_text, stored_windows
+from pengi_search.search import Filters, query_embedder, query_text
 
 from .indexing import write_tone
 from .search_library import caption_library, tone

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pengi_similar.similar import similar_to_file
 from typer.testing import CliRunner
 
 from indexer.pipeline import run_index
@@ -23,7 +24,7 @@ from pengi_search.cli import app
 from pengi_search.db import caption_counts
 from pengi_search.inference import Engine
 from pengi_search.library import EmptyLibraryError, Library
-from pengi_search.search import query_text, similar_to_file
+from pengi_search.search import query_text
 
 from .indexing import assert_consistent, assert_same_content, db_content, quick_options, window_vectors, write_tone
 

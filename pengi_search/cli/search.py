@@ -39,7 +39,8 @@ from .common import (
 )
 
 if TYPE_CHECKING:
-    from ..search import Filters, Hit, SimilarResult
+    from ..search import Filters, Hit
+    from ..similar import SimilarResult
 
 LimitOption = Annotated[int, typer.Option("--limit", "-k", min=1, help="Number of results.")]
 ByOption = Annotated[
@@ -210,7 +211,7 @@ def similar(
     Example: pengi-search similar door-slam.wav -k 5
     """
     from ..library import Library
-    from ..search import similar_to_files
+    from ..similar import similar_to_files
 
     missing = [f for f in files if not f.is_file()]
     if missing:

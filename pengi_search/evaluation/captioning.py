@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..search import stored_windows
+from ..similar import stored_windows
 from . import java_metrics
 from .datasets import CaptionedFile, CaptionSet, left_out
 from .metrics import bleu, cider_d, mean, rouge_l, tokenize

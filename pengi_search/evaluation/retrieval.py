@@ -21,7 +21,8 @@ import numpy as np
 
 from ..choices import DEFAULT_HYBRID_WEIGHT, Rank
 from ..ranking import RANK_LABELS
-from ..search import Filters, ranked_index, search_index, stored_windows
+from ..search import Filters, ranked_index, search_index
+from ..similar import stored_windows
 from ..vectors import l2_normalise
 from .datasets import CaptionedFile, CaptionSet, left_out
 from .metrics import average_precision_at_k, mean, recall_at_k

@@ -208,7 +208,7 @@ class Service:
 
     def similar_to_upload(self, upload: Upload, params: SearchParams) -> list[dict[str, Any]]:
         """Audio -> audio from a clip sent by the client (embedded with the model that built the index)."""
-        from ..search import embed_audio_file
+        from ..similar import embed_audio_file
 
         filters = params.filters()
         self.library.vector_index("audio")  # an empty library fails here, before the model is loaded

@@ -1,0 +1,184 @@
+"""Audio -> audio: `similar`. A file that is indexed and unchanged reuses its stored audio vectors; any other file is
+decoded and embedded with the full model (several such files together). A query file with several windows scores
+each candidate window by its best match among the query's windows (so a short sound inside a long file is found),
+rather than by the blurred mean of its windows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .choices import By
+from .chunking import chunked
+from .db import WindowDetails
+from .model_dir import ModelDir
+from .scan import ScanError, absolute, scan
+
+if TYPE_CHECKING:
+    from .audio import Window
+    from .inference import Engine
+    from .library import Library
+    from .window_batches import Progress
+
+from .search import Filters, Hit, check_index_model, search_vectors
+
+# ---------------------------------------------------------------------------------------------------------------
+# audio -> audio
+
+
+@dataclass(frozen=True)
+class StoredWindows:
+    """The stored windows of an indexed, unchanged file (in window order)."""
+
+    windows: list[WindowDetails]
+    vectors: np.ndarray | None  # (n, d) audio vectors, when asked for and stored
+
+
+def stored_windows(library: Library, path: str | os.PathLike[str], *, audio: bool = False) -> StoredWindows | None:
+    """What the store holds for `path` if it is indexed and unchanged on disk (same size and mtime), else None."""
+    try:
+        entry = scan([path], frozenset()).entries[0]
+    except ScanError:
+        return None
+    record = library.store.get_file(entry.path)
+    if record is None or record.status != "indexed" or (record.size, record.mtime) != (entry.size, entry.mtime):
+        return None
+    details = library.store.window_details(library.store.filter_window_ids(under=record.path))
+    windows = sorted((d for d in details.values() if d.path == record.path), key=lambda d: d.index)
+    if not windows:
+        return None
+    if not audio:
+        return StoredWindows(windows, None)
+    ids, vectors = library.store.vectors("audio", [w.window_id for w in windows])
+    if len(ids) != len(windows):
+        return None
+    return StoredWindows(windows, vectors)  # both sorted by window id, which follows window order
+
+
+@dataclass(frozen=True)
+class SimilarResult:
+    """`similar` for one query file: its hits and where its vectors came from, "index" (stored, the file unchanged)
+    or "decoded" (embedded now with the model); or why it could not be decoded."""
+
+    path: str
+    hits: list[Hit]
+    source: str
+    error: str | None = None
+
+
+def similar_to_file(
+    library: Library,
+    path: str | os.PathLike[str],
+    *,
+    k: int = 10,
+    by: By = By.file,
+    filters: Filters | None = None,
+    model: str | None = None,
+    device: str = "auto",
+    batch_size: int | None = None,
+) -> tuple[list[Hit], str]:
+    """Audio -> audio for one file (see `similar_to_files`): the hits and their source. Raises AudioDecodeError when
+    the file cannot be decoded."""
+    from .audio import AudioDecodeError
+
+    (result,) = similar_to_files(
+        library, [path], k=k, by=by, filters=filters, model=model, device=device, batch_size=batch_size
+    )
+    if result.error is not None:
+        raise AudioDecodeError(result.path, result.error)
+    return result.hits, result.source
+
+
+def similar_to_files(
+    library: Library,
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    k: int = 10,
+    by: By = By.file,
+    filters: Filters | None = None,
+    model: str | None = None,
+    device: str = "auto",
+    batch_size: int | None = None,
+    fast: bool = False,
+    progress: Progress | None = None,
+) -> Iterator[SimilarResult]:
+    """Audio -> audio: for each file in turn, the files that sound like it (itself left out).
+
+    Files that are indexed and unchanged use their stored vectors; the others are decoded and embedded with the
+    model that built the index, their windows batched together across files (`window_batches`).
+    """
+    from .window_batches import map_windows
+
+    filters = filters or Filters()
+    library.vector_index("audio")  # an empty library fails here, before any decoding
+    queries = [(os.fspath(path), stored_windows(library, path, audio=True)) for path in paths]
+    to_embed = [path for path, stored in queries if stored is None or stored.vectors is None]
+    engine = _index_engine(library, model, device, batch_size, fast) if to_embed else None
+    outcomes = map_windows(
+        to_embed, _audio_vectors(engine), batch_size=engine.batch_size if engine else 1, progress=progress
+    )
+    for path, stored in queries:
+        if stored is not None and stored.vectors is not None:
+            vectors, spans, source = stored.vectors, [(w.start_s, w.end_s) for w in stored.windows], "index"
+        else:
+            outcome = next(outcomes)
+            if outcome.error is not None:
+                yield SimilarResult(path, [], "decoded", outcome.error)
+                continue
+            vectors, spans, source = np.stack(outcome.results), [(s.start_s, s.end_s) for s in outcome.spans], "decoded"
+        excluded = dataclasses.replace(filters, exclude_paths=filters.exclude_paths | {absolute(path)})
+        hits = search_vectors(library, "audio", vectors, k=k, by=by, filters=excluded, query_spans=spans)
+        yield SimilarResult(path, hits, source)
+
+
+def _index_engine(library: Library, model: str | None, device: str, batch_size: int | None, fast: bool) -> Engine:
+    """The model that built the library's audio vectors, loaded (StoreMismatchError if `model` is another)."""
+    from .inference import Engine
+
+    model_dir = ModelDir.resolve(model)
+    check_index_model(library, model_dir)
+    return Engine.load(model_dir, device, batch_size, fast=fast)
+
+
+def _audio_vectors(engine: Engine | None) -> Callable[[list[Window]], list[np.ndarray]]:
+    """The work that embeds a batch of windows: one (d,) audio vector each."""
+
+    def embed(windows: list[Window]) -> list[np.ndarray]:
+        assert engine is not None
+        return list(engine.audio_embeddings(np.stack([w.samples for w in windows])).cpu().numpy())
+
+    return embed
+
+
+def embed_audio_file(
+    library: Library,
+    path: str | os.PathLike[str],
+    *,
+    model: str | None,
+    device: str,
+    batch_size: int | None,
+    engine: Engine | None = None,
+) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """Decode `path` and embed its windows with the model that built the index: (vectors (n, d), spans).
+
+    `engine`: that model already loaded (a server shares one; `model` must name the same model directory).
+    Raises AudioDecodeError when the file cannot be decoded.
+    """
+    from .audio import iter_windows
+
+    if engine is None:
+        engine = _index_engine(library, model, device, batch_size, fast=False)
+    else:
+        check_index_model(library, ModelDir.resolve(model))
+    vectors, spans = [], []
+    embed = _audio_vectors(engine)
+    for chunk in chunked(iter_windows(path), engine.batch_size):
+        vectors += embed(chunk)
+        spans += [(w.start_s, w.end_s) for w in chunk]
+    return np.stack(vectors), spans
