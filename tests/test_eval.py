@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pengi_similar.similar import stored_windows
 from typer.testing import CliRunner
 
 from pengi_search.classify import Prediction, read_truth
@@ -24,6 +23,7 @@ from pengi_search.evaluation.report import ReportError, build_report, compare_re
 from pengi_search.evaluation.retrieval import available_rankings, evaluate_retrieval
 from pengi_search.library import Library
 from pengi_search.search import Filters, query_embedder, query_text
+from pengi_search.similar import stored_windows
 
 from .indexing import write_tone
 from .search_library import caption_library, tone

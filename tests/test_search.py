@@ -8,7 +8,6 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from pengi_similar.similar import similar_to_file, stored_windows
 
 from pengi_search.checkpoint import CheckpointError
 from pengi_search.db import EmbedderInfo, StoreMismatchError, TextRecord, WindowInput
@@ -17,6 +16,7 @@ from pengi_search.library import EmptyLibraryError, Library
 from pengi_search.model import Pengi
 from pengi_search.model_dir import ModelDir
 from pengi_search.search import Filters, query_embedder, query_text, search_vectors
+from pengi_search.similar import similar_to_file, stored_windows
 from pengi_search.testing import clip_like_tokenizer, make_tiny_model_dir, tiny_config, tiny_gpt2_tokenizer
 from pengi_search.text_query import NumpyTextEmbedder, mapped_tensors
 from pengi_search.tokenization import TOKENIZER_DIR

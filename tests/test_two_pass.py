@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pengi_similar.similar import similar_to_file
 from typer.testing import CliRunner
 
 from indexer.pipeline import run_index
@@ -25,6 +24,7 @@ from pengi_search.db import caption_counts
 from pengi_search.inference import Engine
 from pengi_search.library import EmptyLibraryError, Library
 from pengi_search.search import query_text
+from pengi_search.similar import similar_to_file
 
 from .indexing import assert_consistent, assert_same_content, db_content, quick_options, window_vectors, write_tone
 

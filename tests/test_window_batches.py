@@ -125,9 +125,8 @@ def test_classify_of_many_files_equals_classifying_each_alone(tiny_model_dir, fo
 
 
 def test_similar_on_several_files_equals_each_alone(tiny_model_dir, folder, tmp_path):
-    from pengi_similar.similar import similar_to_file, similar_to_files
-
     from pengi_search.library import Library
+    from pengi_search.similar import similar_to_file, similar_to_files
 
     from .search_library import index_folder
 
