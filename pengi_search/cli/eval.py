@@ -25,6 +25,7 @@ from .common import (
     BatchOption,
     BeamOption,
     DeviceOption,
+    IndexProgress,
     JsonOption,
     MaxLenOption,
     ModelOption,
@@ -230,7 +231,6 @@ def _indexed_library(
 
     from ..library import Library
     from ..scan import ScanError
-    from .index import _Reporter
 
     output.mkdir(parents=True, exist_ok=True)
     db = evalset.db or str(output / "index.db")
@@ -249,7 +249,7 @@ def _indexed_library(
     )
     try:
         with progress_bar() as bar:
-            summary = run_index(options, _Reporter(bar, visible=show_progress(quiet, json_output)))
+            summary = run_index(options, IndexProgress(bar, visible=show_progress(quiet, json_output)))
     except (IndexerError, ScanError) as exc:
         raise UsageError("", str(exc)) from exc
     return Library.open(db, read_only=True), summary
