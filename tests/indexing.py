@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 import soundfile as sf
 
@@ -23,6 +24,21 @@ def write_tone(path: Path, seconds: float, *, sr: int = 44_100, channels: int = 
     data = np.stack([mono * (0.5 + 0.5 * c) for c in range(channels)], axis=1) if channels > 1 else mono
     sf.write(path, data.astype(np.float32), sr)
     return path
+
+
+def write_with_av(
+    path: Path, channels: np.ndarray, rate: int, codec: str, fmt: str | None = None, sample_format: str = "fltp"
+) -> None:
+    """Encode (channels, n) float samples with FFmpeg; `path` may also be a file object."""
+    layout = {1: "mono", 2: "stereo"}[len(channels)]
+    if sample_format == "s16p":
+        channels = np.round(channels * 32767).astype(np.int16)
+    with av.open(path, "w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=rate, layout=layout)
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(channels), format=sample_format, layout=layout)
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
 
 
 def make_tiny_sentence_transformer(directory: Path, seed: int = 0) -> Path:
