@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -103,6 +103,10 @@ class SearchOptions:
         except ValueError as err:
             raise UsageError("", str(err)) from None
 
+    def scope(self) -> dict[str, Any]:
+        """The arguments `query_text` and `similar_to_files` take from these options (the filters checked here)."""
+        return {"k": self.limit, "by": self.by, "filters": self.filters(), "model": self.model, "device": self.device}
+
 
 def _span(start: float, end: float) -> str:
     return f"{start:.1f}-{end:.1f}s"
@@ -160,21 +164,11 @@ def query(
 
     if not text.strip():
         raise UsageError("", 'the query text is empty; say what to look for, e.g. "dog barking in the rain"')
-    filters = search.filters()
+    scope = search.scope()
     with Library.open(search.db, read_only=True) as library:
         chosen = choose_rank(library, rank, search.model)
         counts = caption_counts(library.store)
-        hits = query_text(
-            library,
-            text,
-            k=search.limit,
-            by=search.by,
-            filters=filters,
-            model=search.model,
-            device=search.device,
-            rank=chosen,
-            hybrid_weight=hybrid_weight,
-        )
+        hits = query_text(library, text, **scope, rank=chosen, hybrid_weight=hybrid_weight)
     title = None
     if chosen is not Rank.caption:
         weight = f", caption weight {hybrid_weight:g}" if chosen is Rank.hybrid else ""
@@ -217,22 +211,10 @@ def similar(
     if missing:
         raise UsageError("", f"{missing[0]}: no such file")
     apply_threads(threads)
-    filters = search.filters()
+    scope = search.scope()
     with Library.open(search.db, read_only=True) as library, progress_bar() as bar:
-        results = list(
-            similar_to_files(
-                library,
-                files,
-                k=search.limit,
-                by=search.by,
-                filters=filters,
-                model=search.model,
-                device=search.device,
-                batch_size=batch_size,
-                fast=fast,
-                progress=WindowProgress(bar, "embedding", visible=show_progress(quiet, json_output)),
-            )
-        )
+        progress = WindowProgress(bar, "embedding", visible=show_progress(quiet, json_output))
+        results = list(similar_to_files(library, files, **scope, batch_size=batch_size, fast=fast, progress=progress))
     _show_similar(results, json_output=json_output)
     raise typer.Exit(EXIT_PARTIAL if any(r.error for r in results) else EXIT_OK)
 
