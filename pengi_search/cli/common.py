@@ -14,6 +14,7 @@ import sys
 import time
 import typing
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -91,6 +92,15 @@ ThreadsOption = Annotated[
     int | None,
     typer.Option("--threads", min=1, help="CPU threads the model uses \\[default: one per core, PyTorch's choice]"),
 ]
+
+
+@dataclass(frozen=True)
+class ComputeOptions:
+    """How a command that runs the model on audio computes: windows per batch, CPU threads, and `--fast`."""
+
+    batch_size: AutoBatchOption = None
+    threads: ThreadsOption = None
+    fast: FastOption = False
 
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -16,14 +16,12 @@ from ..choices import DEFAULT_HYBRID_WEIGHT, By, Device, Rank
 from .common import (
     EXIT_OK,
     EXIT_PARTIAL,
-    AutoBatchOption,
+    ComputeOptions,
     DbOption,
     DeviceOption,
-    FastOption,
     JsonOption,
     ModelOption,
     QuietOption,
-    ThreadsOption,
     UsageError,
     WindowProgress,
     apply_threads,
@@ -185,13 +183,12 @@ def query(
 @handle_errors
 @fetches_model
 @options_from(SearchOptions, "search")
+@options_from(ComputeOptions, "compute")
 def similar(
     files: Annotated[list[Path], typer.Argument(help="Audio files (indexed or not).")],
     *,
     search: SearchOptions,
-    batch_size: AutoBatchOption = None,
-    threads: ThreadsOption = None,
-    fast: FastOption = False,
+    compute: ComputeOptions,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -210,11 +207,14 @@ def similar(
     missing = [f for f in files if not f.is_file()]
     if missing:
         raise UsageError("", f"{missing[0]}: no such file")
-    apply_threads(threads)
+    apply_threads(compute.threads)
     scope = search.scope()
     with Library.open(search.db, read_only=True) as library, progress_bar() as bar:
         progress = WindowProgress(bar, "embedding", visible=show_progress(quiet, json_output))
-        results = list(similar_to_files(library, files, **scope, batch_size=batch_size, fast=fast, progress=progress))
+        found = similar_to_files(
+            library, files, **scope, batch_size=compute.batch_size, fast=compute.fast, progress=progress
+        )
+        results = list(found)
     _show_similar(results, json_output=json_output)
     raise typer.Exit(EXIT_PARTIAL if any(r.error for r in results) else EXIT_OK)
 
