@@ -39,6 +39,7 @@ from .choices import LoglikScore, LongPrompt, Method, StopRule
 from .embedders import EmbedderSpec, TextEmbedder, open_text_embedder
 from .pathnames import path_fields, shown
 from .prompts import TASK_PROMPTS
+from .text_files import csv_rows, read_text
 
 if TYPE_CHECKING:
     from .audio import Window
@@ -59,37 +60,10 @@ class LabelsError(UsageError):
 # Labels and truth files
 
 
-def _read_text(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise LabelsError(path, "no such file") from None
-    except OSError as exc:
-        raise LabelsError(path, f"cannot read ({exc.strerror or exc})") from exc
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise LabelsError(path, f"not UTF-8 text: byte {exc.start} (line {line}) is invalid") from None
-
-
-def _csv_rows(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """Lower-cased header and (line number, row) pairs of a CSV file."""
-    reader = csv.reader(io.StringIO(text))
-    try:
-        header = [name.strip().lower() for name in next(reader)]
-        rows = [(reader.line_num, dict(zip(header, (v.strip() for v in row), strict=False))) for row in reader if row]
-    except StopIteration:
-        raise LabelsError(path, "the file is empty") from None
-    except csv.Error as exc:
-        raise LabelsError(path, f"not a readable CSV file (line {reader.line_num}: {exc})") from None
-    return header, rows
-
-
 def read_labels(path: str | os.PathLike[str]) -> list[str]:
     """The labels of a labels file (see the module docstring); raises LabelsError naming the problem and line."""
     path = Path(path)
-    text = _read_text(path)
+    text = read_text(path, LabelsError)
     if path.suffix.lower() == ".csv":
         return _labels_from_csv(path, text)
     lines = text.splitlines()
@@ -109,7 +83,7 @@ def read_labels(path: str | os.PathLike[str]) -> list[str]:
 
 
 def _labels_from_csv(path: Path, text: str) -> list[str]:
-    header, rows = _csv_rows(path, text)
+    header, rows = csv_rows(path, text, LabelsError)
     if "label" not in header:
         raise LabelsError(path, f"a CSV labels file needs a 'label' column; the header has {', '.join(header)}")
     labels: dict[str, None] = {}
@@ -139,7 +113,7 @@ class Truth:
 def read_truth(path: str | os.PathLike[str]) -> Truth:
     """Read a truth CSV (a `label` column and a `file`, `filename` or `path` column)."""
     path = Path(path)
-    header, rows = _csv_rows(path, _read_text(path))
+    header, rows = csv_rows(path, read_text(path, LabelsError), LabelsError)
     column = next((name for name in PATH_COLUMNS if name in header), None)
     if column is None or "label" not in header:
         raise LabelsError(

@@ -6,6 +6,7 @@ Each ends in a `Projection` into the shared d_proj space. Names follow the relea
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 import torch
@@ -52,19 +53,8 @@ class AudioEncoder(nn.Module):
 
 
 def clip_text_config(cfg: TextEncoderConfig) -> CLIPTextConfig:
-    return CLIPTextConfig(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_hidden_layers,
-        num_attention_heads=cfg.num_attention_heads,
-        max_position_embeddings=cfg.max_position_embeddings,
-        hidden_act=cfg.hidden_act,
-        projection_dim=cfg.projection_dim,
-        bos_token_id=cfg.bos_token_id,
-        eos_token_id=cfg.eos_token_id,
-        pad_token_id=cfg.eos_token_id,
-    )
+    # Every field of TextEncoderConfig is a CLIPTextConfig field of the same name; prompts are padded with <eos>.
+    return CLIPTextConfig(**dataclasses.asdict(cfg), pad_token_id=cfg.eos_token_id)
 
 
 class TextEncoder(nn.Module):

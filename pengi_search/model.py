@@ -12,6 +12,7 @@ model; `save_pretrained` writes a model directory.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Mapping
@@ -42,15 +43,9 @@ if TYPE_CHECKING:
 
 
 def gpt2_config(cfg: DecoderConfig) -> GPT2Config:
-    return GPT2Config(
-        vocab_size=cfg.vocab_size,
-        n_positions=cfg.n_positions,
-        n_embd=cfg.n_embd,
-        n_layer=cfg.n_layer,
-        n_head=cfg.n_head,
-        bos_token_id=cfg.eos_token_id,
-        eos_token_id=cfg.eos_token_id,
-    )
+    # The fields of DecoderConfig but `hf_config` are GPT2Config fields of the same name; GPT-2 begins with <eos>.
+    sizes = {name: value for name, value in dataclasses.asdict(cfg).items() if name != "hf_config"}
+    return GPT2Config(**sizes, bos_token_id=cfg.eos_token_id)
 
 
 def language_model(cfg: DecoderConfig) -> PreTrainedModel:

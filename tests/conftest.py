@@ -2,10 +2,14 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from pengi_search.testing import make_tiny_model_dir
+
+if TYPE_CHECKING:
+    from .search_library import CaptionLibrary
 
 
 @pytest.fixture(scope="session")
@@ -17,6 +21,15 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_no_text_model_dir(tmp_path_factory) -> Path:
     return make_tiny_model_dir(tmp_path_factory.mktemp("models") / "tiny-no-text", variant="base_no_text_enc")
+
+
+@pytest.fixture(scope="module")
+def captions(tmp_path_factory, tiny_model_dir) -> CaptionLibrary:
+    """A library with known captions and real audio embeddings (`search_library.caption_library`), one per module."""
+    from .search_library import caption_library
+
+    root = tmp_path_factory.mktemp("captions")
+    return caption_library(str(root / "index.db"), root / "sounds", tiny_model_dir)
 
 
 @pytest.fixture(autouse=True)

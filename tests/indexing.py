@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 import soundfile as sf
 
@@ -23,6 +31,21 @@ def write_tone(path: Path, seconds: float, *, sr: int = 44_100, channels: int = 
     data = np.stack([mono * (0.5 + 0.5 * c) for c in range(channels)], axis=1) if channels > 1 else mono
     sf.write(path, data.astype(np.float32), sr)
     return path
+
+
+def write_with_av(
+    path: Path, channels: np.ndarray, rate: int, codec: str, fmt: str | None = None, sample_format: str = "fltp"
+) -> None:
+    """Encode (channels, n) float samples with FFmpeg; `path` may also be a file object."""
+    layout = {1: "mono", 2: "stereo"}[len(channels)]
+    if sample_format == "s16p":
+        channels = np.round(channels * 32767).astype(np.int16)
+    with av.open(path, "w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=rate, layout=layout)
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(channels), format=sample_format, layout=layout)
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
 
 
 def make_tiny_sentence_transformer(directory: Path, seed: int = 0) -> Path:
@@ -116,3 +139,44 @@ def window_vectors(db: Path, kind: str) -> dict[tuple[str, int], np.ndarray]:
         ids, vectors = library.store.vectors(kind)
         details = library.store.window_details(ids)
     return {(details[i].path, details[i].index): vector for i, vector in zip(ids.tolist(), vectors, strict=True)}
+
+
+# -- indexer processes killed with SIGKILL -------------------------------------------------------------------------
+
+INDEXED = "SELECT count(*) FROM audio_files WHERE status = 'indexed'"
+CAPTIONED = "SELECT count(*) FROM window_vectors WHERE kind = 'text'"
+
+
+def write_clips(root: Path, count: int) -> None:
+    """`count` 2 s tones of different pitches, clip-00.wav, clip-01.wav, ... (one window each)."""
+    for n in range(count):
+        write_tone(root / f"clip-{n:02d}.wav", 2.0, freq=100 + 37 * n)
+
+
+def indexer_command(root: Path, db: Path, model_dir: Path, *, max_len: int) -> list[str]:
+    """`python -m indexer` over `root` with the tiny model, one window a batch (so a kill lands between batches)."""
+    command = [sys.executable, "-m", "indexer", str(root), "--db", str(db), "--model", str(model_dir)]
+    command += ["--batch-size", "1", "--workers", "0", "--beam", "2", "--max-len", str(max_len), "--device", "cpu"]
+    return [*command, "--quiet"]
+
+
+def kill_when(command: list[str], ready: Callable[[], bool]) -> None:
+    """Run `command` and SIGKILL it as soon as `ready()` (within two minutes); it must die of the signal."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()
+
+
+def count_rows(db: Path, sql: str) -> int:
+    """`sql`'s count in the database at `db`, read-only while another process writes; 0 before it exists."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as connection:
+            return connection.execute(sql).fetchone()[0]
+    except sqlite3.Error:
+        return 0  # not created yet

@@ -27,6 +27,8 @@ from pengi_search.audio import (
     probe,
 )
 
+from .indexing import write_with_av
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SMOKE = SHARED / "data" / "smoke"
 REFERENCE_INPUTS = SHARED / "fixtures" / "pengi-reference" / "tiny-a" / "inputs.npz"
@@ -51,21 +53,6 @@ def _peak_hz(x: np.ndarray, rate: int) -> float:
     return float(np.fft.rfftfreq(len(x), 1 / rate)[np.argmax(spectrum)])
 
 
-def _write_with_av(
-    path: Path, channels: np.ndarray, rate: int, codec: str, fmt: str | None = None, sample_format: str = "fltp"
-) -> None:
-    """Encode (channels, n) float samples with FFmpeg; `path` may also be a file object."""
-    layout = {1: "mono", 2: "stereo"}[len(channels)]
-    if sample_format == "s16p":
-        channels = np.round(channels * 32767).astype(np.int16)
-    with av.open(path, "w", format=fmt) as container:
-        stream = container.add_stream(codec, rate=rate, layout=layout)
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(channels), format=sample_format, layout=layout)
-        frame.sample_rate = rate
-        for packet in [*stream.encode(frame), *stream.encode(None)]:
-            container.mux(packet)
-
-
 def _write_ramp(path: Path, seconds: float) -> np.ndarray:
     """A float WAV whose sample i holds i / 2**20, so every window shows exactly where it was cut."""
     ramp = (np.arange(round(seconds * SAMPLE_RATE)) / 2**20).astype(np.float32)
@@ -85,7 +72,7 @@ def _soundfile_writer(fmt: str, subtype: str):
 
 def _av_writer(codec: str, fmt: str | None = None, sample_format: str = "fltp"):
     def write(path: Path, stereo: np.ndarray, rate: int) -> None:
-        _write_with_av(path, stereo, rate, codec, fmt, sample_format)
+        write_with_av(path, stereo, rate, codec, fmt, sample_format)
 
     return write
 
@@ -188,7 +175,7 @@ def test_three_channels_are_averaged(tmp_path: Path) -> None:
 def test_ffmpeg_path_also_averages_channels(tmp_path: Path) -> None:
     tone = _tone(440.0, 2.0, SAMPLE_RATE)
     path = tmp_path / "opposite.m4a"  # ALAC is lossless, so +x and -x still cancel exactly
-    _write_with_av(path, np.stack([tone, -tone]), SAMPLE_RATE, "alac", "ipod", "s16p")
+    write_with_av(path, np.stack([tone, -tone]), SAMPLE_RATE, "alac", "ipod", "s16p")
     mono = load_audio(path)
     assert len(mono) == len(tone)
     assert np.array_equal(mono, np.zeros_like(mono))
@@ -325,7 +312,7 @@ def test_probe_counts_frames_when_the_header_has_no_length(tmp_path: Path) -> No
             return len(chunk)
 
     sink = Unseekable()
-    _write_with_av(sink, _tone(440.0, 3.0, SAMPLE_RATE)[None, :], SAMPLE_RATE, "alac", "matroska", "s16p")
+    write_with_av(sink, _tone(440.0, 3.0, SAMPLE_RATE)[None, :], SAMPLE_RATE, "alac", "matroska", "s16p")
     path = tmp_path / "streamed.mka"
     path.write_bytes(bytes(sink.data))
 
@@ -362,7 +349,7 @@ def _truncated_flac(path: Path) -> None:
 
 
 def _truncated_m4a(path: Path) -> None:
-    _write_with_av(path, _tone(440.0, 2.0, SAMPLE_RATE)[None, :], SAMPLE_RATE, "aac", "ipod")
+    write_with_av(path, _tone(440.0, 2.0, SAMPLE_RATE)[None, :], SAMPLE_RATE, "aac", "ipod")
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])  # the index (moov atom) sits at the end and is lost
 

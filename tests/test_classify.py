@@ -27,7 +27,6 @@ from pengi_search.model_dir import ModelDir
 from pengi_search.prompts import TASK_PROMPTS
 
 from .indexing import write_tone
-from .search_library import caption_library
 
 SMOKE_LABELS = Path("/work/shared/data/smoke/labels.csv")
 
@@ -142,12 +141,6 @@ def test_loglik_answer_drops_the_prompt_from_the_template():
 # -- classification ----------------------------------------------------------------------------------------------
 
 LABELS = ["a dog barks", "rain on a roof", "a bell rings", "a cat meows"]
-
-
-@pytest.fixture(scope="module")
-def captions(tmp_path_factory, tiny_model_dir):
-    root = tmp_path_factory.mktemp("captioned")
-    return caption_library(str(root / "index.db"), root / "sounds", tiny_model_dir)
 
 
 def classifier(model_dir, labels=LABELS, db=None, **settings):

@@ -14,20 +14,12 @@ from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE
 from pengi_search.db import Store
 
-from .search_library import caption_library
-
 runner = CliRunner()
 HIT_KEYS = {"path", "start_s", "end_s", "score", "caption", "texts", "window_id"}
 
 
 def run(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-@pytest.fixture(scope="module")
-def captions(tmp_path_factory, tiny_model_dir):
-    root = tmp_path_factory.mktemp("cli-search")
-    return caption_library(str(root / "index.db"), root / "sounds", tiny_model_dir)
 
 
 @pytest.fixture()

@@ -202,7 +202,7 @@ def test_java_metrics_say_why_they_are_missing(monkeypatch):
 def test_spice_without_stanford_corenlp_says_how_to_get_it():
     from pengi_search.evaluation import java_metrics
 
-    folder, _ = java_metrics._package_folder("pycocoevalcap.spice.spice")
+    folder, _ = java_metrics.scorer_folder("pycocoevalcap.spice.spice")
     if all((folder / "lib" / name).is_file() for name in java_metrics.CORENLP_JARS):
         pytest.skip("Stanford CoreNLP is installed here")
     got = spice(["a dog"], [["a dog barks"]])

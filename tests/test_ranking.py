@@ -31,12 +31,6 @@ runner = CliRunner()
 QUERY = "rain on a roof"
 
 
-@pytest.fixture(scope="module")
-def captions(tmp_path_factory, tiny_model_dir):
-    root = tmp_path_factory.mktemp("ranking")
-    return caption_library(str(root / "index.db"), root / "sounds", tiny_model_dir)
-
-
 @pytest.fixture()
 def library(captions):
     with Library.open(captions.db) as lib:

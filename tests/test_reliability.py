@@ -6,11 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-import sqlite3
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +18,16 @@ from indexer.pipeline import run_index
 from pengi_search.audio_workers import Decoded, Failed, Job, Windows, decode_all
 from pengi_search.library import EmptyLibraryError, Library
 
-from .indexing import assert_consistent, quick_options, write_tone
+from .indexing import (
+    INDEXED,
+    assert_consistent,
+    count_rows,
+    indexer_command,
+    kill_when,
+    quick_options,
+    write_clips,
+    write_tone,
+)
 
 LONG_SECONDS = 180.0  # a few minutes; the two-hour file is measured in benchmarks/bench_index.py
 
@@ -183,32 +188,13 @@ def test_a_decoding_process_that_dies_fails_only_its_file(tmp_path):
     assert isinstance(ends[1], Decoded) and ends[1].count == 1  # handed to the worker that replaced it
 
 
-def _indexed_count(db: Path) -> int:
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as connection:
-            return connection.execute("SELECT count(*) FROM audio_files WHERE status = 'indexed'").fetchone()[0]
-    except sqlite3.Error:
-        return 0  # not created yet
-
-
 def test_sigkill_mid_run_then_rerun_loses_and_repeats_nothing(tiny_model_dir, tmp_path):
     root = tmp_path / "lib"
     count = 20
-    for n in range(count):
-        write_tone(root / f"clip-{n:02d}.wav", 2.0, freq=100 + 37 * n)
+    write_clips(root, count)
     db = tmp_path / "lib.db"
-    command = [sys.executable, "-m", "indexer", str(root), "--db", str(db), "--model", str(tiny_model_dir)]
-    command += ["--batch-size", "1", "--workers", "0", "--beam", "2", "--max-len", "3", "--device", "cpu", "--quiet"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while _indexed_count(db) == 0 and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        os.kill(process.pid, signal.SIGKILL)
-    finally:
-        process.wait()
-    assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()
-    committed = _indexed_count(db)
+    kill_when(indexer_command(root, db, tiny_model_dir, max_len=3), lambda: count_rows(db, INDEXED) > 0)
+    committed = count_rows(db, INDEXED)
     assert 0 < committed < count
 
     summary = run_index(quick_options([root], db, tiny_model_dir))

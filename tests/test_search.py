@@ -22,7 +22,7 @@ from pengi_search.text_query import NumpyTextEmbedder, mapped_tensors
 from pengi_search.tokenization import TOKENIZER_DIR
 
 from .indexing import make_tiny_sentence_transformer, write_tone
-from .search_library import CAPTION, caption_library, index_folder, model_info
+from .search_library import CAPTION, index_folder, model_info
 
 CPU = torch.device("cpu")
 TEXTS = [
@@ -32,12 +32,6 @@ TEXTS = [
     "naïve café: 42 bells",
     "water " * 120,  # longer than CLIP's 77 tokens: truncated the same way
 ]
-
-
-@pytest.fixture(scope="module")
-def captions(tmp_path_factory, tiny_model_dir):
-    root = tmp_path_factory.mktemp("captioned")
-    return caption_library(str(root / "index.db"), root / "sounds", tiny_model_dir)
 
 
 @pytest.fixture()

@@ -17,7 +17,7 @@ from pengi_search.serve.errors import TooLargeError, UnprocessableError
 from pengi_search.serve.media import TranscodeCache, browser_type, peaks, png_rgb, spectrogram_png, window_wav
 from pengi_search.serve.uploads import saved_upload
 
-from .indexing import write_tone
+from .indexing import write_tone, write_with_av
 
 
 @pytest.mark.parametrize("suffix", [".wav", ".flac", ".m4a"])  # soundfile seeks; PyAV decodes and drops
@@ -44,9 +44,7 @@ def _convert(source: Path, target: Path) -> Path:
     if target.suffix == ".flac":
         sf.write(target, samples, rate)
         return target
-    from .test_audio import _write_with_av
-
-    _write_with_av(target, samples[None, :], rate, "aac", "ipod")
+    write_with_av(target, samples[None, :], rate, "aac", "ipod")
     return target
 
 

@@ -4,13 +4,6 @@ run or a later one; a run killed in either pass loses at most its batch and repe
 from __future__ import annotations
 
 import json
-import os
-import signal
-import sqlite3
-import subprocess
-import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +19,20 @@ from pengi_search.library import EmptyLibraryError, Library
 from pengi_search.search import query_text
 from pengi_search.similar import similar_to_file
 
-from .indexing import assert_consistent, assert_same_content, db_content, quick_options, window_vectors, write_tone
+from .indexing import (
+    CAPTIONED,
+    INDEXED,
+    assert_consistent,
+    assert_same_content,
+    count_rows,
+    db_content,
+    indexer_command,
+    kill_when,
+    quick_options,
+    window_vectors,
+    write_clips,
+    write_tone,
+)
 
 runner = CliRunner()
 
@@ -166,46 +172,20 @@ def test_stats_and_index_say_how_many_windows_have_captions(tiny_model_dir, tree
 # -- kill -9 in either pass ----------------------------------------------------------------------------------------
 
 
-def _count(db: Path, sql: str) -> int:
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as connection:
-            return connection.execute(sql).fetchone()[0]
-    except sqlite3.Error:
-        return 0  # not created yet
-
-
-INDEXED = "SELECT count(*) FROM audio_files WHERE status = 'indexed'"
-CAPTIONED = "SELECT count(*) FROM window_vectors WHERE kind = 'text'"
-
-
-def _kill_when(command: list[str], db: Path, ready: Callable[[], bool]) -> None:
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while not ready() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)
-        os.kill(process.pid, signal.SIGKILL)
-    finally:
-        process.wait()
-    assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()
-
-
 @pytest.mark.parametrize("killed_in", ["audio embeddings", "captions"])
 def test_sigkill_in_either_pass_then_rerun_loses_and_repeats_nothing(tiny_model_dir, tmp_path, killed_in):
     root = tmp_path / "lib"
     count = 24
-    for n in range(count):
-        write_tone(root / f"clip-{n:02d}.wav", 2.0, freq=100 + 37 * n)
+    write_clips(root, count)
     db = tmp_path / "lib.db"
-    command = [sys.executable, "-m", "indexer", str(root), "--db", str(db), "--model", str(tiny_model_dir)]
-    command += ["--batch-size", "1", "--workers", "0", "--beam", "2", "--max-len", "8", "--device", "cpu", "--quiet"]
+    command = indexer_command(root, db, tiny_model_dir, max_len=8)
     if killed_in == "audio embeddings":
-        _kill_when(command, db, lambda: _count(db, INDEXED) > 0)
-        embedded, captioned = _count(db, INDEXED), _count(db, CAPTIONED)
+        kill_when(command, lambda: count_rows(db, INDEXED) > 0)
+        embedded, captioned = count_rows(db, INDEXED), count_rows(db, CAPTIONED)
         assert 0 < embedded < count and captioned == 0
     else:
-        _kill_when(command, db, lambda: _count(db, CAPTIONED) > 0)
-        embedded, captioned = _count(db, INDEXED), _count(db, CAPTIONED)
+        kill_when(command, lambda: count_rows(db, CAPTIONED) > 0)
+        embedded, captioned = count_rows(db, INDEXED), count_rows(db, CAPTIONED)
         assert embedded == count and 0 < captioned < count
 
     summary = run_index(quick_options([root], db, tiny_model_dir, max_len=8))

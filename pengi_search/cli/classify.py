@@ -22,18 +22,16 @@ from ..prompts import TASK_PROMPTS
 from .common import (
     EXIT_OK,
     EXIT_PARTIAL,
-    AutoBatchOption,
     BeamOption,
+    ComputeOptions,
     DbOption,
     DeviceOption,
-    FastOption,
     JsonOption,
     LongPromptsOption,
     MaxLenOption,
     ModelOption,
     QuietOption,
     StopOption,
-    ThreadsOption,
     UsageError,
     WindowProgress,
     apply_threads,
@@ -115,6 +113,7 @@ class ScoringOptions:
 @handle_errors
 @fetches_model
 @options_from(ScoringOptions, "scoring")
+@options_from(ComputeOptions, "compute")
 def classify(
     target: Annotated[Path, typer.Argument(help="An audio file, or a folder (searched recursively).")],
     labels: Annotated[Path, typer.Option("--labels", "-l", help="One label per line, or a CSV with a 'label' column.")],
@@ -128,9 +127,7 @@ def classify(
     db: DbOption = None,
     model: ModelOption = None,
     device: DeviceOption = Device.auto,
-    batch_size: AutoBatchOption = None,
-    threads: ThreadsOption = None,
-    fast: FastOption = False,
+    compute: ComputeOptions,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -143,7 +140,7 @@ def classify(
     from ..classify import evaluate
     from ..model_dir import ModelDir
 
-    apply_threads(threads)
+    apply_threads(compute.threads)
     label_list, known = _read_inputs(labels, truth)
     settings = scoring.settings()
     predictions, failures = classify_target(
@@ -153,8 +150,8 @@ def classify(
         db=db,
         model_dir=ModelDir.resolve(model),
         device=device,
-        batch_size=batch_size,
-        fast=fast,
+        batch_size=compute.batch_size,
+        fast=compute.fast,
         visible=show_progress(quiet, json_output),
     )
     metrics = None if known is None else evaluate(predictions, known)

@@ -14,6 +14,7 @@ import sys
 import time
 import typing
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -91,6 +92,15 @@ ThreadsOption = Annotated[
     int | None,
     typer.Option("--threads", min=1, help="CPU threads the model uses \\[default: one per core, PyTorch's choice]"),
 ]
+
+
+@dataclass(frozen=True)
+class ComputeOptions:
+    """How a command that runs the model on audio computes: windows per batch, CPU threads, and `--fast`."""
+
+    batch_size: AutoBatchOption = None
+    threads: ThreadsOption = None
+    fast: FastOption = False
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -349,3 +359,33 @@ class WindowProgress:
         rate = self.windows_done / max(time.monotonic() - self.started, 1e-9)
         text = f"{self.files_done}/{self.files} files, {rate:.2f} windows/s"
         self.bar.update(self.task, total=total, completed=self.windows_done, rate=text)
+
+
+class IndexProgress:
+    """An indexing run's progress on a Rich bar (`index`, and `eval` indexing its set): pass 1 counts files done of
+    all, pass 2 windows captioned of all; both show windows per second and the time left."""
+
+    def __init__(self, bar: Any, visible: bool) -> None:
+        self.bar = bar
+        self.visible = visible
+        self.task: Any = None
+        self.captioning = False
+        self.windows = 0
+        self.started = time.monotonic()
+
+    def start(self, files: int) -> None:
+        self._begin("audio embeddings", files, captioning=False)
+
+    def start_captions(self, windows: int | None) -> None:
+        self._begin("captions", windows, captioning=True)
+
+    def _begin(self, label: str, total: int | None, *, captioning: bool) -> None:
+        if self.task is not None:
+            self.bar.update(self.task, visible=False)
+        self.captioning, self.windows, self.started = captioning, 0, time.monotonic()
+        self.task = self.bar.add_task(label, total=total, rate="", visible=self.visible)
+
+    def advance(self, files: int = 0, windows: int = 0) -> None:
+        self.windows += windows
+        rate = self.windows / max(time.monotonic() - self.started, 1e-9)
+        self.bar.update(self.task, advance=windows if self.captioning else files, rate=f"{rate:.1f} windows/s")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -25,6 +26,7 @@ from .common import (
     BatchOption,
     BeamOption,
     DeviceOption,
+    IndexProgress,
     JsonOption,
     MaxLenOption,
     ModelOption,
@@ -45,6 +47,7 @@ from .common import (
 if TYPE_CHECKING:
     from indexer.pipeline import IndexSummary
 
+    from ..embedders import TextEmbedder
     from ..evaluation.datasets import CaptionSet
     from ..library import Library
 
@@ -92,6 +95,9 @@ ReindexOption = Annotated[
     bool, typer.Option("--reindex", help="Index the set again (after changing beam, prompts or max length).")
 ]
 
+
+Failures = dict[str, str]  # path -> why it could not be indexed
+Report = dict[str, Any]  # what a command measured, as report.json holds it
 
 _SHOWN_SKIPPED = 10  # files left out that the terminal lists (the report lists them all)
 
@@ -153,13 +159,9 @@ def retrieval(
     """
     from ..embedders import TextEmbedderError
     from ..evaluation.retrieval import available_rankings, evaluate_retrieval
-    from ..search import audio_query_embedder, query_embedder
+    from ..search import audio_query_embedder
 
-    apply_threads(evalset.threads)
-    caption_set = _read_set(captions, evalset)
-    library, summary = _indexed_library(caption_set, evalset, output, quiet=quiet, json_output=json_output)
-    with library:
-        embedder = query_embedder(library, evalset.model, evalset.device)
+    def score(library: Library, caption_set: CaptionSet, embedder: TextEmbedder, failures: Failures) -> Report:
         try:
             audio_embedder = audio_query_embedder(library, evalset.model, evalset.device, caption_embedder=embedder)
         except TextEmbedderError:  # a model without text tower: caption matching only
@@ -170,9 +172,9 @@ def retrieval(
             )
         except ValueError as exc:
             raise UsageError("", str(exc)) from None
-        result = evaluate_retrieval(library, caption_set, rankings, _failures(summary))
-        setup = _library_setup(library, evalset)
-    _finish("retrieval", result, caption_set.to_json(), setup, summary, output, json_output)
+        return evaluate_retrieval(library, caption_set, rankings, failures)
+
+    _evaluate_set("retrieval", captions, evalset, output, score, quiet=quiet, json_output=json_output)
 
 
 @app.command()
@@ -199,6 +201,25 @@ def caption(
     Example: pengi-search eval caption clotho_captions_evaluation.csv --audio-root clotho/evaluation -o runs/base
     """
     from ..evaluation.captioning import evaluate_captions
+
+    def score(library: Library, caption_set: CaptionSet, embedder: TextEmbedder, failures: Failures) -> Report:
+        return evaluate_captions(library, caption_set, embedder, java=java_metrics, index_failures=failures)
+
+    _evaluate_set("caption", captions, evalset, output, score, quiet=quiet, json_output=json_output)
+
+
+def _evaluate_set(
+    kind: str,
+    captions: Path,
+    evalset: EvalSet,
+    output: Path,
+    score: Callable[[Library, CaptionSet, TextEmbedder, Failures], Report],
+    *,
+    quiet: bool,
+    json_output: bool,
+) -> None:
+    """Read the captioned set, index what the library lacks, `score` the library with its caption embedder (and the
+    files that failed to index), and write the `kind` report."""
     from ..search import query_embedder
 
     apply_threads(evalset.threads)
@@ -206,9 +227,9 @@ def caption(
     library, summary = _indexed_library(caption_set, evalset, output, quiet=quiet, json_output=json_output)
     with library:
         embedder = query_embedder(library, evalset.model, evalset.device)
-        result = evaluate_captions(library, caption_set, embedder, java=java_metrics, index_failures=_failures(summary))
+        result = score(library, caption_set, embedder, _failures(summary))
         setup = _library_setup(library, evalset)
-    _finish("caption", result, caption_set.to_json(), setup, summary, output, json_output)
+    _finish(kind, result, caption_set.to_json(), setup, summary, output, json_output)
 
 
 def _read_set(captions: Path, evalset: EvalSet) -> CaptionSet:
@@ -230,7 +251,6 @@ def _indexed_library(
 
     from ..library import Library
     from ..scan import ScanError
-    from .index import _Reporter
 
     output.mkdir(parents=True, exist_ok=True)
     db = evalset.db or str(output / "index.db")
@@ -249,13 +269,13 @@ def _indexed_library(
     )
     try:
         with progress_bar() as bar:
-            summary = run_index(options, _Reporter(bar, visible=show_progress(quiet, json_output)))
+            summary = run_index(options, IndexProgress(bar, visible=show_progress(quiet, json_output)))
     except (IndexerError, ScanError) as exc:
         raise UsageError("", str(exc)) from exc
     return Library.open(db, read_only=True), summary
 
 
-def _failures(summary: IndexSummary) -> dict[str, str]:
+def _failures(summary: IndexSummary) -> Failures:
     return {item.path: f"failed to index: {item.reason}" for item in summary.failed}
 
 

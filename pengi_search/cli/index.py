@@ -22,6 +22,7 @@ from .common import (
     DbOption,
     DeviceOption,
     FastOption,
+    IndexProgress,
     JsonOption,
     LongPromptsOption,
     MaxLenOption,
@@ -178,7 +179,7 @@ def index(
     )
     try:
         with progress_bar() as bar:
-            summary = run_index(options, _Reporter(bar, visible=show_progress(quiet, json_output)))
+            summary = run_index(options, IndexProgress(bar, visible=show_progress(quiet, json_output)))
     except (IndexerError, ScanError) as exc:
         raise UsageError("", str(exc)) from exc
     if json_output:
@@ -300,36 +301,6 @@ def export(
 
 # ---------------------------------------------------------------------------------------------------------------
 # Helpers
-
-
-class _Reporter:
-    """The indexer's progress on a Rich bar: pass 1 counts files done of all, pass 2 windows captioned of all;
-    both show windows per second and the time left."""
-
-    def __init__(self, bar: Any, visible: bool) -> None:
-        self.bar = bar
-        self.visible = visible
-        self.task: Any = None
-        self.captioning = False
-        self.windows = 0
-        self.started = time.monotonic()
-
-    def start(self, files: int) -> None:
-        self._begin("audio embeddings", files, captioning=False)
-
-    def start_captions(self, windows: int | None) -> None:
-        self._begin("captions", windows, captioning=True)
-
-    def _begin(self, label: str, total: int | None, *, captioning: bool) -> None:
-        if self.task is not None:
-            self.bar.update(self.task, visible=False)
-        self.captioning, self.windows, self.started = captioning, 0, time.monotonic()
-        self.task = self.bar.add_task(label, total=total, rate="", visible=self.visible)
-
-    def advance(self, files: int = 0, windows: int = 0) -> None:
-        self.windows += windows
-        rate = self.windows / max(time.monotonic() - self.started, 1e-9)
-        self.bar.update(self.task, advance=windows if self.captioning else files, rate=f"{rate:.1f} windows/s")
 
 
 def _print_summary(summary: IndexSummary, *, verbose: bool = False) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -16,14 +16,12 @@ from ..choices import DEFAULT_HYBRID_WEIGHT, By, Device, Rank
 from .common import (
     EXIT_OK,
     EXIT_PARTIAL,
-    AutoBatchOption,
+    ComputeOptions,
     DbOption,
     DeviceOption,
-    FastOption,
     JsonOption,
     ModelOption,
     QuietOption,
-    ThreadsOption,
     UsageError,
     WindowProgress,
     apply_threads,
@@ -103,6 +101,10 @@ class SearchOptions:
         except ValueError as err:
             raise UsageError("", str(err)) from None
 
+    def scope(self) -> dict[str, Any]:
+        """The arguments `query_text` and `similar_to_files` take from these options (the filters checked here)."""
+        return {"k": self.limit, "by": self.by, "filters": self.filters(), "model": self.model, "device": self.device}
+
 
 def _span(start: float, end: float) -> str:
     return f"{start:.1f}-{end:.1f}s"
@@ -160,21 +162,11 @@ def query(
 
     if not text.strip():
         raise UsageError("", 'the query text is empty; say what to look for, e.g. "dog barking in the rain"')
-    filters = search.filters()
+    scope = search.scope()
     with Library.open(search.db, read_only=True) as library:
         chosen = choose_rank(library, rank, search.model)
         counts = caption_counts(library.store)
-        hits = query_text(
-            library,
-            text,
-            k=search.limit,
-            by=search.by,
-            filters=filters,
-            model=search.model,
-            device=search.device,
-            rank=chosen,
-            hybrid_weight=hybrid_weight,
-        )
+        hits = query_text(library, text, **scope, rank=chosen, hybrid_weight=hybrid_weight)
     title = None
     if chosen is not Rank.caption:
         weight = f", caption weight {hybrid_weight:g}" if chosen is Rank.hybrid else ""
@@ -191,13 +183,12 @@ def query(
 @handle_errors
 @fetches_model
 @options_from(SearchOptions, "search")
+@options_from(ComputeOptions, "compute")
 def similar(
     files: Annotated[list[Path], typer.Argument(help="Audio files (indexed or not).")],
     *,
     search: SearchOptions,
-    batch_size: AutoBatchOption = None,
-    threads: ThreadsOption = None,
-    fast: FastOption = False,
+    compute: ComputeOptions,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -216,23 +207,14 @@ def similar(
     missing = [f for f in files if not f.is_file()]
     if missing:
         raise UsageError("", f"{missing[0]}: no such file")
-    apply_threads(threads)
-    filters = search.filters()
+    apply_threads(compute.threads)
+    scope = search.scope()
     with Library.open(search.db, read_only=True) as library, progress_bar() as bar:
-        results = list(
-            similar_to_files(
-                library,
-                files,
-                k=search.limit,
-                by=search.by,
-                filters=filters,
-                model=search.model,
-                device=search.device,
-                batch_size=batch_size,
-                fast=fast,
-                progress=WindowProgress(bar, "embedding", visible=show_progress(quiet, json_output)),
-            )
+        progress = WindowProgress(bar, "embedding", visible=show_progress(quiet, json_output))
+        found = similar_to_files(
+            library, files, **scope, batch_size=compute.batch_size, fast=compute.fast, progress=progress
         )
+        results = list(found)
     _show_similar(results, json_output=json_output)
     raise typer.Exit(EXIT_PARTIAL if any(r.error for r in results) else EXIT_OK)
 

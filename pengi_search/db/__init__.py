@@ -1,7 +1,8 @@
 """The database of a library: where it is (`urls`), its tables (`schema`), the records it hands out (`records`),
 engines (`engine`), how it is opened (`access`: created by `index` only, read-only for readers), schema upgrades
-(`migrate`), the `Store` that reads and writes it (`store`, with its journal of indexing runs in `runs`) and the
-lock that lets one indexing run at a time write to it (`run_lock`).
+(`migrate`), the `Store` that reads and writes it (`store`, with its journal of indexing runs in `runs` and the SQL
+pieces it shares with `captions` in `queries`) and the lock that lets one indexing run at a time write to it
+(`run_lock`).
 
 Callers import from here; the ORM rows, engine and migration helpers stay in their modules for the store, the
 Alembic environment and tests.

@@ -17,9 +17,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import aliased
 
 from ..chunking import chunked
+from .queries import IDS_PER_QUERY, encode_vector, paths_under, text_vector_dim
 from .records import TextRecord
 from .schema import AudioFileRow, GeneratedTextRow, WindowRow, WindowVectorRow
-from .store import _CHUNK, Store, _encode_vector, _text_dim, _under
+from .store import Store
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def caption_counts(store: Store, under: str | None = None) -> CaptionCounts:
         captioned = select(func.count()).select_from(WindowVectorRow).where(WindowVectorRow.kind == "text")
     else:
         windows = select(func.count(WindowRow.id)).join(AudioFileRow, WindowRow.file_id == AudioFileRow.id)
-        windows = windows.where(_under(under))
+        windows = windows.where(paths_under(under))
         captioned = windows.where(_has_text_vector())
     with store.session() as session:
         return CaptionCounts(int(session.scalar(windows) or 0), int(session.scalar(captioned) or 0))
@@ -84,7 +85,7 @@ def uncaptioned_windows(
         select(WindowRow.id, AudioFileRow.path, WindowRow.index, WindowVectorRow.vector)
         .join(AudioFileRow, WindowRow.file_id == AudioFileRow.id)
         .join(WindowVectorRow, (WindowVectorRow.window_id == WindowRow.id) & (WindowVectorRow.kind == "audio"))
-        .where(_under(under), WindowRow.id > after_id, ~_has_text_vector())
+        .where(paths_under(under), WindowRow.id > after_id, ~_has_text_vector())
         .order_by(WindowRow.id)
         .limit(limit)
     )
@@ -105,10 +106,10 @@ def add_captions(store: Store, captions: Sequence[WindowCaptions]) -> int:
     """
     wanted = sorted({item.window_id for item in captions})
     with store.session(write=True) as session:
-        text_dim = _text_dim(session)
+        text_dim = text_vector_dim(session)
         alive: set[int] = set()
         done: set[int] = set()
-        for chunk in chunked(wanted, _CHUNK):
+        for chunk in chunked(wanted, IDS_PER_QUERY):
             alive.update(session.scalars(select(WindowRow.id).where(WindowRow.id.in_(chunk)).with_for_update()))
             done.update(
                 session.scalars(
@@ -121,7 +122,7 @@ def add_captions(store: Store, captions: Sequence[WindowCaptions]) -> int:
         for item in captions:
             if item.window_id not in alive or item.window_id in done:
                 continue
-            vector = _encode_vector(f"window {item.window_id}", "text", item.text_vector, text_dim)
+            vector = encode_vector(f"window {item.window_id}", "text", item.text_vector, text_dim)
             session.add_all(
                 GeneratedTextRow(window_id=item.window_id, prompt=t.prompt, text=t.text, score=t.score)
                 for t in item.texts

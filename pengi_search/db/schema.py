@@ -7,9 +7,10 @@ records of `pengi_search.db.records` instead (`to_record`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -30,6 +31,8 @@ from sqlalchemy.types import TypeDecorator
 
 from ..pathnames import from_stored, to_stored
 from .records import EmbedderInfo, FileRecord, IndexMeta, ModelInfo, RunRecord, VectorIndexInfo
+
+R = TypeVar("R")  # a record dataclass of `records`
 
 RowId = BigInteger().with_variant(Integer(), "sqlite")  # INTEGER is what makes a SQLite rowid alias
 
@@ -103,19 +106,7 @@ class RunRow(Base):
     pid: Mapped[int | None] = mapped_column(Integer)
 
     def to_record(self) -> RunRecord:
-        return RunRecord(
-            id=self.id,
-            started_at=self.started_at,
-            finished_at=self.finished_at,
-            status=self.status,
-            files_seen=self.files_seen,
-            files_indexed=self.files_indexed,
-            files_failed=self.files_failed,
-            files_pruned=self.files_pruned,
-            shard=self.shard,
-            host=self.host,
-            pid=self.pid,
-        )
+        return _record(RunRecord, self)
 
 
 class AudioFileRow(Base):
@@ -143,23 +134,9 @@ class AudioFileRow(Base):
     )
 
     def to_record(self) -> FileRecord:
-        return FileRecord(
-            id=self.id,
-            path=self.path,
-            size=self.size,
-            mtime=self.mtime,
-            content_hash=self.content_hash,
-            duration_s=self.duration_s,
-            sample_rate=self.sample_rate,
-            channels=self.channels,
-            format=self.format,
-            status=self.status,
-            # One column holds both, the status tells which: the reason a file failed, or an indexed file's notes.
-            error=self.error if self.status == "error" else None,
-            indexed_at=self.indexed_at,
-            run_id=self.run_id,
-            notes=None if self.status == "error" else self.error,
-        )
+        # One column holds both, the status tells which: the reason a file failed, or an indexed file's notes.
+        failed = self.status == "error"
+        return _record(FileRecord, self, error=self.error if failed else None, notes=None if failed else self.error)
 
 
 class WindowRow(Base):
@@ -259,11 +236,10 @@ class VectorIndexRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
     def to_record(self) -> VectorIndexInfo:
-        return VectorIndexInfo(
-            kind=self.kind,
-            requested_type=self.requested_type,
-            effective_type=self.effective_type,
-            params=json.loads(self.params) if self.params else {},
-            vectors=self.vectors,
-            updated_at=self.updated_at,
-        )
+        return _record(VectorIndexInfo, self, params=json.loads(self.params) if self.params else {})
+
+
+def _record(record: type[R], row: Base, **values: Any) -> R:
+    """The `record` dataclass of `row`: each field from the row's attribute of the same name, unless in `values`."""
+    names = [field.name for field in dataclasses.fields(record) if field.name not in values]
+    return record(**{name: getattr(row, name) for name in names}, **values)

@@ -20,16 +20,17 @@ from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
-from sqlalchemy import ColumnElement, Engine, delete, func, or_, select, true, update
+from sqlalchemy import ColumnElement, Engine, delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from ..chunking import chunked
-from ..pathnames import path_fields, to_stored
+from ..pathnames import path_fields
 from .access import open_engine
 from .engine import WRITE_OPTION
 from .errors import StoreError, StoreMismatchError
 from .migrate import current_revision
+from .queries import IDS_PER_QUERY, decode_matrix, encode_vector, paths_under, text_vector_dim
 from .records import (
     FILE_STATUSES,
     TRUNCATED_NOTE,
@@ -58,7 +59,6 @@ from .schema import (
     WindowVectorRow,
 )
 
-_CHUNK = 500  # ids per IN (...) list: far below SQLite's limit on bound parameters
 _NO_SYNC = {"synchronize_session": False}  # bulk statements: the session holds no rows they could make stale
 
 
@@ -124,7 +124,7 @@ class Store(RunJournal):
     def files_under(self, prefix: str | None = None) -> list[FileRecord]:
         """All files below `prefix` (every file when None), ordered by path."""
         with self.session() as session:
-            rows = session.scalars(select(AudioFileRow).where(_under(prefix)).order_by(AudioFileRow.path))
+            rows = session.scalars(select(AudioFileRow).where(paths_under(prefix)).order_by(AudioFileRow.path))
             return [row.to_record() for row in rows]
 
     def truncated_files(self) -> list[FileRecord]:
@@ -149,7 +149,7 @@ class Store(RunJournal):
             AudioFileRow.content_hash,
         )
         with self.session() as session:
-            rows = session.execute(select(*columns).where(_under(under)))
+            rows = session.execute(select(*columns).where(paths_under(under)))
             return {path: FileStamp(size, mtime, status, digest) for path, size, mtime, status, digest in rows}
 
     def upsert_file(
@@ -229,7 +229,7 @@ class Store(RunJournal):
             row = session.get(AudioFileRow, file_id, with_for_update=True)
             if row is None:
                 raise StoreError(f"file id {file_id}", "not in the index")
-            text_dim = _text_dim(session)
+            text_dim = text_vector_dim(session)
             new_windows = [_window_row(row.path, window, text_dim) for window in windows]
             _check_unique_indexes(row.path, windows)
             removed = list(
@@ -253,16 +253,17 @@ class Store(RunJournal):
         """Delete the files below `under` (all when None) whose path is not in `present`; returns how many."""
         keep = set(present)
         with self.session(write=True) as session:
-            rows = session.execute(select(AudioFileRow.id, AudioFileRow.path).where(_under(under)))
+            rows = session.execute(select(AudioFileRow.id, AudioFileRow.path).where(paths_under(under)))
             gone = [file_id for file_id, path in rows if path not in keep]
-            for chunk in chunked(gone, _CHUNK):
+            for chunk in chunked(gone, IDS_PER_QUERY):
                 session.execute(delete(AudioFileRow).where(AudioFileRow.id.in_(chunk)), execution_options=_NO_SYNC)
             return len(gone)
 
     def remove(self, path_or_prefix: str) -> int:
         """Delete one file, or every file below a folder, with all their windows; returns how many files."""
         with self.session(write=True) as session:
-            result = session.execute(delete(AudioFileRow).where(_under(path_or_prefix)), execution_options=_NO_SYNC)
+            statement = delete(AudioFileRow).where(paths_under(path_or_prefix))
+            result = session.execute(statement, execution_options=_NO_SYNC)
             return result.rowcount
 
     # -- windows and vectors ---------------------------------------------------------------------------------
@@ -291,20 +292,20 @@ class Store(RunJournal):
                 id_list, blobs = _unzip(rows)
             else:
                 id_list, blobs = [], []
-                for chunk in chunked(sorted(set(int(i) for i in ids)), _CHUNK):
+                for chunk in chunked(sorted(set(int(i) for i in ids)), IDS_PER_QUERY):
                     found, chunk_blobs = _unzip(session.execute(query.where(WindowVectorRow.window_id.in_(chunk))))
                     id_list += found
                     blobs += chunk_blobs
                 order = np.argsort(np.asarray(id_list, dtype=np.int64), kind="stable")
                 id_list, blobs = [id_list[i] for i in order], [blobs[i] for i in order]
-        return np.asarray(id_list, dtype=np.int64), _decode_matrix(self.url, kind, blobs)
+        return np.asarray(id_list, dtype=np.int64), decode_matrix(self.url, kind, blobs)
 
     def window_details(self, window_ids: Iterable[int]) -> dict[int, WindowDetails]:
         """Details of the given windows for showing search results; ids no longer in the database are left out."""
         wanted = sorted({int(i) for i in window_ids if int(i) >= 0})
         details: dict[int, WindowDetails] = {}
         with self.session() as session:
-            for chunk in chunked(wanted, _CHUNK):
+            for chunk in chunked(wanted, IDS_PER_QUERY):
                 query = (
                     select(WindowRow, AudioFileRow)
                     .join(AudioFileRow, WindowRow.file_id == AudioFileRow.id)
@@ -334,7 +335,7 @@ class Store(RunJournal):
         max_duration_s: float | None = None,
     ) -> np.ndarray:
         """Sorted ids (int64) of the windows of files matching all given filters (for a filtered search)."""
-        query = select(WindowRow.id).join(AudioFileRow, WindowRow.file_id == AudioFileRow.id).where(_under(under))
+        query = select(WindowRow.id).join(AudioFileRow, WindowRow.file_id == AudioFileRow.id).where(paths_under(under))
         if formats is not None:
             query = query.where(func.lower(AudioFileRow.format).in_([f.lower() for f in formats]))
         if min_duration_s is not None:
@@ -352,7 +353,7 @@ class Store(RunJournal):
         with self.session() as session:
             last_path: str | None = None
             while True:
-                query = select(AudioFileRow).where(_under(under)).order_by(AudioFileRow.path).limit(page_size)
+                query = select(AudioFileRow).where(paths_under(under)).order_by(AudioFileRow.path).limit(page_size)
                 if last_path is not None:
                     query = query.where(AudioFileRow.path > last_path)
                 page = session.scalars(
@@ -473,18 +474,6 @@ class Store(RunJournal):
             }
 
 
-def _under(prefix: str | None) -> ColumnElement[bool]:
-    """Paths equal to `prefix` or inside the folder `prefix` (case-sensitive on every backend, unlike LIKE)."""
-    if prefix is None:
-        return true()
-    folder = prefix.rstrip("/") + "/"
-    if folder == "/":
-        return AudioFileRow.path.startswith("/")
-    # substr() sees the stored form, so it is compared with the stored folder (the escape keeps prefixes).
-    stored = to_stored(folder)
-    return or_(AudioFileRow.path == folder[:-1], func.substr(AudioFileRow.path, 1, len(stored)) == stored)
-
-
 def _truncated() -> ColumnElement[bool]:
     return (AudioFileRow.status == "indexed") & AudioFileRow.error.startswith(TRUNCATED_NOTE, autoescape=True)
 
@@ -498,36 +487,8 @@ def _unzip(rows: Iterable[Any]) -> tuple[list[int], list[bytes]]:
     return ids, blobs
 
 
-def _text_dim(session: Session) -> int | None:
-    row = session.get(IndexMetaRow, 1)
-    return None if row is None else row.embedder_dim
-
-
 def _file_for_update(session: Session, path: str) -> AudioFileRow | None:
     return session.scalars(select(AudioFileRow).where(AudioFileRow.path == path).with_for_update()).one_or_none()
-
-
-def _encode_vector(where: str, kind: str, vector: np.ndarray, text_dim: int | None) -> bytes:
-    check_vector_kind(kind)
-    array = np.asarray(vector, dtype=np.float32)
-    if array.ndim != 1 or array.size == 0:
-        raise StoreError(where, f"{kind} vector must be 1-D and non-empty, got shape {array.shape}")
-    if not np.isfinite(array).all():
-        raise StoreError(where, f"{kind} vector has NaN or infinite values")
-    if kind == "text" and text_dim is not None and array.size != text_dim:
-        raise StoreError(where, f"text vector has {array.size} dimensions but the index embedder has {text_dim}")
-    return array.astype("<f4", copy=False).tobytes()
-
-
-def _decode_matrix(where: str, kind: str, blobs: list[bytes]) -> np.ndarray:
-    if not blobs:
-        return np.empty((0, 0), dtype=np.float32)
-    sizes = {len(blob) for blob in blobs}
-    if len(sizes) != 1:
-        dims = sorted(size // 4 for size in sizes)
-        raise StoreError(where, f"{kind} vectors have mixed dimensions {dims}; re-index the library")
-    dim = sizes.pop() // 4
-    return np.frombuffer(b"".join(blobs), dtype="<f4").astype(np.float32).reshape(len(blobs), dim)
 
 
 def _window_row(path: str, window: WindowInput, text_dim: int | None) -> WindowRow:
@@ -540,7 +501,7 @@ def _window_row(path: str, window: WindowInput, text_dim: int | None) -> WindowR
         end_s=float(window.end_s),
         texts=[GeneratedTextRow(prompt=t.prompt, text=t.text, score=t.score) for t in window.texts],
         vectors=[
-            WindowVectorRow(kind=kind, vector=_encode_vector(where, kind, vector, text_dim))
+            WindowVectorRow(kind=kind, vector=encode_vector(where, kind, vector, text_dim))
             for kind, vector in window.vectors.items()
         ],
     )

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from ..audio import AUDIO_EXTENSIONS
-from ..classify import _csv_rows, _read_text
 from ..errors import UsageError
+from ..text_files import csv_rows, read_text
 
 FILE_COLUMNS = ("file_name", "file", "filename", "fname", "path", "audio")
 _CAPTION_COLUMN = re.compile(r"^caption(_?\d+)?$")
@@ -88,11 +88,8 @@ def read_caption_set(
 ) -> CaptionSet:
     """Read a captions CSV (see the module docstring); raises DatasetError naming the problem and its line."""
     path = Path(csv_path)
-    try:
-        text = _read_text(path)
-        header, rows = _csv_rows(path, text)
-    except UsageError as err:
-        raise DatasetError(err.where, err.reason) from None
+    text = read_text(path, DatasetError)
+    header, rows = csv_rows(path, text, DatasetError)
     column = _file_column(path, header, file_column)
     captions_in = _caption_columns(path, header, caption_columns)
     merged: dict[str, list[str]] = {}

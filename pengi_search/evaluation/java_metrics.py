@@ -36,7 +36,7 @@ class JavaMetric:
 
 def meteor(candidates: Sequence[str], references: Sequence[Sequence[str]]) -> JavaMetric:
     """METEOR of the corpus; give the texts tokenised and joined by spaces (as coco-caption does)."""
-    folder, missing = _package_folder("pycocoevalcap.meteor.meteor")
+    folder, missing = scorer_folder("pycocoevalcap.meteor.meteor")
     if folder is None:
         return JavaMetric(None, missing)
     try:
@@ -86,7 +86,7 @@ def _read(stdout: IO[str]) -> str:
 
 def spice(candidates: Sequence[str], references: Sequence[Sequence[str]]) -> JavaMetric:
     """SPICE of the corpus (the mean of the captions' F-scores)."""
-    folder, missing = _package_folder("pycocoevalcap.spice.spice")
+    folder, missing = scorer_folder("pycocoevalcap.spice.spice")
     if folder is None:
         return JavaMetric(None, missing)
     absent = [name for name in CORENLP_JARS if not (folder / "lib" / name).is_file()]
@@ -108,7 +108,7 @@ def spice(candidates: Sequence[str], references: Sequence[Sequence[str]]) -> Jav
     return JavaMetric(float(value))
 
 
-def _package_folder(module: str) -> tuple[Path | None, str]:
+def scorer_folder(module: str) -> tuple[Path | None, str]:
     """The folder of a pycocoevalcap scorer (holding its jars), or None and why it cannot run."""
     if shutil.which("java") is None:
         return None, "needs a Java runtime (no `java` on PATH)"

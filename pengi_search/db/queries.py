@@ -1,0 +1,59 @@
+"""What the store's modules share below the level of `Store`'s methods: the condition "at or below a path", the
+width of the index's text vectors, vectors as the bytes the database keeps, and how many ids one statement lists.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sqlalchemy import ColumnElement, func, or_, true
+from sqlalchemy.orm import Session
+
+from ..pathnames import to_stored
+from .errors import StoreError
+from .records import check_vector_kind
+from .schema import AudioFileRow, IndexMetaRow
+
+IDS_PER_QUERY = 500  # ids per IN (...) list: far below SQLite's limit on bound parameters
+
+
+def paths_under(prefix: str | None) -> ColumnElement[bool]:
+    """Paths equal to `prefix` or inside the folder `prefix` (case-sensitive on every backend, unlike LIKE)."""
+    if prefix is None:
+        return true()
+    folder = prefix.rstrip("/") + "/"
+    if folder == "/":
+        return AudioFileRow.path.startswith("/")
+    # substr() sees the stored form, so it is compared with the stored folder (the escape keeps prefixes).
+    stored = to_stored(folder)
+    return or_(AudioFileRow.path == folder[:-1], func.substr(AudioFileRow.path, 1, len(stored)) == stored)
+
+
+def text_vector_dim(session: Session) -> int | None:
+    """The width of the index's text vectors (its text embedder's), None before the index has one."""
+    row = session.get(IndexMetaRow, 1)
+    return None if row is None else row.embedder_dim
+
+
+def encode_vector(where: str, kind: str, vector: np.ndarray, text_dim: int | None) -> bytes:
+    """A 1-D finite vector as little-endian float32 bytes; a text vector must be `text_dim` wide (when known)."""
+    check_vector_kind(kind)
+    array = np.asarray(vector, dtype=np.float32)
+    if array.ndim != 1 or array.size == 0:
+        raise StoreError(where, f"{kind} vector must be 1-D and non-empty, got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise StoreError(where, f"{kind} vector has NaN or infinite values")
+    if kind == "text" and text_dim is not None and array.size != text_dim:
+        raise StoreError(where, f"text vector has {array.size} dimensions but the index embedder has {text_dim}")
+    return array.astype("<f4", copy=False).tobytes()
+
+
+def decode_matrix(where: str, kind: str, blobs: list[bytes]) -> np.ndarray:
+    """Stored vectors back as one (n, d) float32 matrix; vectors of different widths are a StoreError."""
+    if not blobs:
+        return np.empty((0, 0), dtype=np.float32)
+    sizes = {len(blob) for blob in blobs}
+    if len(sizes) != 1:
+        dims = sorted(size // 4 for size in sizes)
+        raise StoreError(where, f"{kind} vectors have mixed dimensions {dims}; re-index the library")
+    dim = sizes.pop() // 4
+    return np.frombuffer(b"".join(blobs), dtype="<f4").astype(np.float32).reshape(len(blobs), dim)

@@ -1,0 +1,43 @@
+"""The text and CSV files users hand to commands (labels, truth, captioned sets): read as UTF-8, with errors that
+name the file and the line.
+
+Each reader takes the `UsageError` subclass its caller reports (`LabelsError`, `DatasetError`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from .errors import UsageError
+
+CsvRows = list[tuple[int, dict[str, str]]]  # (line number, row by lower-cased column name)
+
+
+def read_text(path: Path, error: type[UsageError]) -> str:
+    """The file's text (UTF-8, a byte-order mark dropped); `error` says why it cannot be read or decoded."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise error(path, "no such file") from None
+    except OSError as exc:
+        raise error(path, f"cannot read ({exc.strerror or exc})") from exc
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise error(path, f"not UTF-8 text: byte {exc.start} (line {line}) is invalid") from None
+
+
+def csv_rows(path: Path, text: str, error: type[UsageError]) -> tuple[list[str], CsvRows]:
+    """Lower-cased header and (line number, row) pairs of the CSV `text` read from `path`; values are trimmed."""
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = [name.strip().lower() for name in next(reader)]
+        rows = [(reader.line_num, dict(zip(header, (v.strip() for v in row), strict=False))) for row in reader if row]
+    except StopIteration:
+        raise error(path, "the file is empty") from None
+    except csv.Error as exc:
+        raise error(path, f"not a readable CSV file (line {reader.line_num}: {exc})") from None
+    return header, rows
