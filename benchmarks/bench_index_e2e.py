@@ -51,6 +51,7 @@ from pengi_search.db import Store  # noqa: E402
 from pengi_search.embedders import PengiTextEmbedder  # noqa: E402
 from pengi_search.inference import Engine  # noqa: E402
 from pengi_search.library import Library  # noqa: E402
+from pengi_search.search import SearchScope  # noqa: E402
 from pengi_search.similar import similar_to_file  # noqa: E402
 
 STAGES = ("decoding", "audio embedding", "generation", "caption embedding", "store", "model load")
@@ -134,7 +135,7 @@ class Probe:
         files = sorted(self.folder.iterdir())
         started = time.perf_counter()
         with Library.open(str(self.db)) as library:
-            hits, _ = similar_to_file(library, files[0], k=len(files), model=self.model, device=self.device)
+            hits, _ = similar_to_file(library, files[0], SearchScope(len(files)), model=self.model, device=self.device)
             captioned = len(library.store.vector_ids("text"))
         assert captioned == 0, "pass 2 started after captions were written"
         self.similar = (len({hit.path for hit in hits}), len(files) - 1, time.perf_counter() - started)

@@ -49,11 +49,11 @@ import json, sys, torch
 from pengi_search.embedders import PengiTextEmbedder
 from pengi_search.library import Library
 from pengi_search.model_dir import ModelDir
-from pengi_search.search import query_text
+from pengi_search.search import SearchScope, query_text
 db, model_dir, text = sys.argv[1:4]
 with Library.open(db) as library:
     embedder = PengiTextEmbedder.from_model_dir(ModelDir.read(model_dir), torch.device("cpu"))
-    hits = query_text(library, text, k=10, embedder=embedder)
+    hits = query_text(library, text, SearchScope(10), embedder=embedder)
 print(json.dumps([h.to_json() for h in hits]))
 """
 

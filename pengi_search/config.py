@@ -82,6 +82,15 @@ class MapperConfig:
     mlp_ratio: float = 2.0
 
 
+def _audio_config(values: dict[str, Any]) -> AudioConfig:
+    """An AudioConfig from JSON values (lists where the config holds tuples)."""
+    tuples = {key: tuple(values[key]) for key in ("depths", "num_heads") if key in values}
+    return AudioConfig(**{**values, **tuples})
+
+
+_REFERENCE_AUDIO_NAMES = {"input_sample_rate": "sample_rate", "frontend_sample_rate_for_mel": "mel_sample_rate"}
+
+
 @dataclass
 class PengiConfig:
     audio: AudioConfig = field(default_factory=AudioConfig)
@@ -108,13 +117,9 @@ class PengiConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PengiConfig:
-        audio = dict(data.get("audio", {}))
-        for key in ("depths", "num_heads"):
-            if key in audio:
-                audio[key] = tuple(audio[key])
         text = data.get("text_encoder", {})
         return cls(
-            audio=AudioConfig(**audio),
+            audio=_audio_config(data.get("audio", {})),
             text_encoder=None if text is None else TextEncoderConfig(**text),
             decoder=DecoderConfig(**data.get("decoder", {})),
             mapper=MapperConfig(**data.get("mapper", {})),
@@ -132,28 +137,14 @@ class PengiConfig:
     @classmethod
     def from_reference_architecture(cls, arch: dict[str, Any], variant: str) -> PengiConfig:
         """Map the `architecture` block of a reference fixture (and the variant name) onto a config."""
-        a, t, d, m = arch["audio"], arch["text_encoder"], arch["decoder"], arch["mapper"]
-        stride = a["patch_stride"]
-        audio = AudioConfig(
-            sample_rate=a["input_sample_rate"],
-            clip_seconds=a["clip_seconds"],
-            mel_sample_rate=a["frontend_sample_rate_for_mel"],
-            window_size=a["window_size"],
-            hop_size=a["hop_size"],
-            mel_bins=a["mel_bins"],
-            fmin=a["fmin"],
-            fmax=a["fmax"],
-            spec_size=a["spec_size"],
-            patch_size=a["patch_size"],
-            patch_stride=stride[0] if isinstance(stride, list) else stride,
-            embed_dim=a["embed_dim"],
-            depths=tuple(a["depths"]),
-            num_heads=tuple(a["num_heads"]),
-            window=a["window"],
-            mlp_ratio=a["mlp_ratio"],
-            num_classes=a["num_classes"],
-            out_emb=a["out_emb"],
-        )
+        t, d, m = arch["text_encoder"], arch["decoder"], arch["mapper"]
+        # The reference names the audio fields as AudioConfig does, but for two sample rates and a (h, w) stride;
+        # its other keys (the encoder's name) are no fields.
+        known = {f.name for f in dataclasses.fields(AudioConfig)}
+        renamed = ((_REFERENCE_AUDIO_NAMES.get(key, key), value) for key, value in arch["audio"].items())
+        audio = {name: value for name, value in renamed if name in known}
+        if isinstance(stride := audio["patch_stride"], list):
+            audio["patch_stride"] = stride[0]
         text = TextEncoderConfig(**{k: v for k, v in t.items() if k != "kind"})
         decoder = DecoderConfig(**{k: v for k, v in d.items() if k != "kind"})
         mapper = MapperConfig(
@@ -164,7 +155,7 @@ class PengiConfig:
             mlp_ratio=m["mlp_ratio"],
         )
         return cls(
-            audio=audio,
+            audio=_audio_config(audio),
             text_encoder=text if variant == "base" else None,
             decoder=decoder,
             mapper=mapper,

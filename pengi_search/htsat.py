@@ -12,6 +12,7 @@ from torch import nn
 
 from .config import AudioConfig
 from .frontend import LogMel, Spectrogram
+from .mlp import Mlp
 
 # In eval mode, spectrograms longer than the 1024-frame image are averaged over crops of this size and step
 # (constants of the reference; a 7 s clip has 965 frames and never reaches this path).
@@ -89,16 +90,6 @@ class WindowAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(Bw, N, C))
 
 
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
 class SwinBlock(nn.Module):
     """Pre-norm window attention (cyclically shifted on odd blocks) and MLP, both residual."""
 
@@ -110,7 +101,7 @@ class SwinBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(dim, window, num_heads)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), F.gelu)
         mask = shifted_window_mask(resolution, resolution, window, shift) if shift else None
         self.register_buffer("attn_mask", mask)
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import MapperConfig
+from .mlp import Mlp
 
 
 class MapperAttention(nn.Module):
@@ -32,23 +33,13 @@ class MapperAttention(nn.Module):
         return self.project(out.transpose(1, 2).reshape(B, N, C))
 
 
-class MapperMlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.relu(self.fc1(x)))
-
-
 class MapperLayer(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = MapperAttention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = MapperMlp(dim, int(dim * mlp_ratio))
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), F.relu)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))

@@ -160,46 +160,47 @@ class _Candidates:
         return sorted(items, key=lambda item: (-item[1], item[0]))
 
 
-def search_vectors(
-    library: Library,
-    kind: str,
-    queries: np.ndarray,
-    *,
-    k: int = 10,
-    by: By = By.file,
-    filters: Filters | None = None,
-    query_spans: Sequence[tuple[float, float]] | None = None,
-) -> list[Hit]:
-    """The `k` best results for the query rows (q, d) in the `kind` index, best first.
+@dataclass(frozen=True)
+class SearchScope:
+    """What a search returns: the `k` best results, each the best window of its file or any window (`by`), among
+    the files the filters accept."""
 
-    With several query rows a window's score is its best cosine similarity to any of them. `query_spans` gives
-    each row's time range (for `similar`'s results).
-    """
-    index = library.vector_index(kind)
-    return search_index(library, index, queries, k=k, by=by, filters=filters, query_spans=query_spans)
+    k: int = 10
+    by: By = By.file
+    filters: Filters = Filters()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by", By(self.by))  # a library caller's plain string: ValueError unless known
+        if self.k < 1:
+            raise ValueError(f"the number of results must be at least 1, got {self.k}")
+
+    def excluding(self, path: str) -> SearchScope:
+        """This scope without the file at `path` (a `similar` query leaves itself out)."""
+        filters = dataclasses.replace(self.filters, exclude_paths=self.filters.exclude_paths | {path})
+        return dataclasses.replace(self, filters=filters)
 
 
 def search_index(
     library: Library,
     index: Any,
     queries: np.ndarray,
+    scope: SearchScope = SearchScope(),
     *,
-    k: int = 10,
-    by: By = By.file,
-    filters: Filters | None = None,
     query_spans: Sequence[tuple[float, float]] | None = None,
 ) -> list[Hit]:
-    """`search_vectors` over any index with `search(queries, k, allowed_ids=)` and `len` (e.g. `HybridIndex`)."""
-    by = By(by)  # a library caller's plain string: ValueError unless "file" or "window"
-    if k < 1:
-        raise ValueError(f"the number of results must be at least 1, got {k}")
-    filters = filters or Filters()
+    """The results in `scope` for the query rows (q, d), best first, from an index with
+    `search(queries, k, allowed_ids=)` and `len`: the library's `vector_index(kind)` or a `HybridIndex`.
+
+    With several query rows a window's score is its best cosine similarity to any of them. `query_spans` gives
+    each row's time range (for `similar`'s results).
+    """
+    k, filters = scope.k, scope.filters
     allowed = _allowed_ids(library, filters)
     available = len(index) if allowed is None else int(allowed.size)
     fetch = min(max(k * _FIRST_FETCH, 16), available)
     while True:
         found = _fetch(index, queries, fetch, allowed, complete=fetch >= available)
-        hits = _results(library, found, k, by, filters, query_spans)
+        hits = _results(library, found, scope, query_spans)
         below_min = filters.min_score is not None and found.threshold < filters.min_score
         if len(hits) >= k or found.exhausted or below_min or fetch >= available:
             return hits
@@ -232,13 +233,9 @@ def _fetch(index: Any, queries: np.ndarray, fetch: int, allowed: np.ndarray | No
 
 
 def _results(
-    library: Library,
-    found: _Candidates,
-    k: int,
-    by: By,
-    filters: Filters,
-    query_spans: Sequence[tuple[float, float]] | None,
+    library: Library, found: _Candidates, scope: SearchScope, query_spans: Sequence[tuple[float, float]] | None
 ) -> list[Hit]:
+    filters = scope.filters
     ranked = found.ranked()
     if filters.min_score is not None:
         ranked = [item for item in ranked if item[1] >= filters.min_score]
@@ -247,12 +244,12 @@ def _results(
     seen_files: set[int] = set()
     for wid, score, row in ranked:
         window = details.get(wid)
-        if window is None or not filters.accepts(window) or (by == By.file and window.file_id in seen_files):
+        if window is None or not filters.accepts(window) or (scope.by == By.file and window.file_id in seen_files):
             continue
         seen_files.add(window.file_id)
         span = query_spans[row] if query_spans is not None else (None, None)
         hits.append(_hit(window, score, span))
-        if len(hits) == k:
+        if len(hits) == scope.k:
             break
     return hits
 
@@ -404,10 +401,8 @@ def _caption_index(library: Library) -> Any:
 def query_text(
     library: Library,
     text: str,
+    scope: SearchScope = SearchScope(),
     *,
-    k: int = 10,
-    by: By = By.file,
-    filters: Filters | None = None,
     model: str | None = None,
     device: str = "auto",
     embedder: TextEmbedder | None = None,
@@ -429,7 +424,7 @@ def query_text(
         tower = audio_query_embedder(library, model, device, caption_embedder=embedder)
         audio_query = caption_query if tower is embedder and caption_query is not None else tower.embed([text])
     index, queries = ranked_index(library, rank, caption_query, audio_query, hybrid_weight)
-    hits = search_index(library, index, queries, k=k, by=by, filters=filters)
+    hits = search_index(library, index, queries, scope)
     return [dataclasses.replace(hit, ranking=rank) for hit in hits]
 
 

@@ -6,7 +6,6 @@ rather than by the blurred mean of its windows.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -14,7 +13,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .choices import By
 from .chunking import chunked
 from .db import WindowDetails
 from .model_dir import ModelDir
@@ -26,7 +24,7 @@ if TYPE_CHECKING:
     from .library import Library
     from .window_batches import Progress
 
-from .search import Filters, Hit, check_index_model, search_vectors
+from .search import Hit, SearchScope, check_index_model, search_index
 
 # ---------------------------------------------------------------------------------------------------------------
 # audio -> audio
@@ -75,10 +73,8 @@ class SimilarResult:
 def similar_to_file(
     library: Library,
     path: str | os.PathLike[str],
+    scope: SearchScope = SearchScope(),
     *,
-    k: int = 10,
-    by: By = By.file,
-    filters: Filters | None = None,
     model: str | None = None,
     device: str = "auto",
     batch_size: int | None = None,
@@ -87,9 +83,7 @@ def similar_to_file(
     the file cannot be decoded."""
     from .audio import AudioDecodeError
 
-    (result,) = similar_to_files(
-        library, [path], k=k, by=by, filters=filters, model=model, device=device, batch_size=batch_size
-    )
+    (result,) = similar_to_files(library, [path], scope, model=model, device=device, batch_size=batch_size)
     if result.error is not None:
         raise AudioDecodeError(result.path, result.error)
     return result.hits, result.source
@@ -98,10 +92,8 @@ def similar_to_file(
 def similar_to_files(
     library: Library,
     paths: Sequence[str | os.PathLike[str]],
+    scope: SearchScope = SearchScope(),
     *,
-    k: int = 10,
-    by: By = By.file,
-    filters: Filters | None = None,
     model: str | None = None,
     device: str = "auto",
     batch_size: int | None = None,
@@ -115,8 +107,7 @@ def similar_to_files(
     """
     from .window_batches import map_windows
 
-    filters = filters or Filters()
-    library.vector_index("audio")  # an empty library fails here, before any decoding
+    index = library.vector_index("audio")  # an empty library fails here, before any decoding
     queries = [(os.fspath(path), stored_windows(library, path, audio=True)) for path in paths]
     to_embed = [path for path, stored in queries if stored is None or stored.vectors is None]
     engine = _index_engine(library, model, device, batch_size, fast) if to_embed else None
@@ -132,8 +123,7 @@ def similar_to_files(
                 yield SimilarResult(path, [], "decoded", outcome.error)
                 continue
             vectors, spans, source = np.stack(outcome.results), [(s.start_s, s.end_s) for s in outcome.spans], "decoded"
-        excluded = dataclasses.replace(filters, exclude_paths=filters.exclude_paths | {absolute(path)})
-        hits = search_vectors(library, "audio", vectors, k=k, by=by, filters=excluded, query_spans=spans)
+        hits = search_index(library, index, vectors, scope.excluding(absolute(path)), query_spans=spans)
         yield SimilarResult(path, hits, source)
 
 

@@ -22,7 +22,7 @@ from pengi_search.evaluation.metrics import bleu, cider_d, rouge_l, tokenize
 from pengi_search.evaluation.report import ReportError, build_report, compare_reports, load_report, write_report
 from pengi_search.evaluation.retrieval import available_rankings, evaluate_retrieval
 from pengi_search.library import Library
-from pengi_search.search import Filters, query_embedder, query_text
+from pengi_search.search import Filters, SearchScope, query_embedder, query_text
 from pengi_search.similar import stored_windows
 
 from .indexing import write_tone
@@ -125,7 +125,7 @@ def hand_ranks_text_to_audio(library, caption_set, model_dir) -> list[int | None
     ranks = []
     for item in caption_set.found:
         for caption in item.captions:
-            hits = query_text(library, caption, k=10, filters=under_root, model=str(model_dir), device="cpu")
+            hits = query_text(library, caption, SearchScope(10, filters=under_root), model=str(model_dir), device="cpu")
             paths = [hit.path for hit in hits]
             ranks.append(paths.index(item.path) + 1 if item.path in paths else None)
     return ranks

@@ -11,7 +11,7 @@ from sqlalchemy import text as sql
 from typer.testing import CliRunner
 
 from indexer.pipeline import run_index
-from pengi_search.choices import Rank
+from pengi_search.choices import By, Rank
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_USAGE
 from pengi_search.db import EmbedderInfo, ModelInfo, Store, TextRecord, WindowInput
@@ -20,7 +20,7 @@ from pengi_search.evaluation.retrieval import available_rankings
 from pengi_search.library import Library
 from pengi_search.model_dir import ModelDir
 from pengi_search.ranking import HybridIndex
-from pengi_search.search import audio_query_embedder, choose_rank, query_embedder, query_text
+from pengi_search.search import SearchScope, audio_query_embedder, choose_rank, query_embedder, query_text
 from pengi_search.vectors import l2_normalise
 
 from .indexing import make_tiny_sentence_transformer, quick_options, write_tone
@@ -53,7 +53,9 @@ def brute_force(library: Library, text: str, model: str, weight: float) -> dict[
 )
 def test_each_ranking_orders_every_window_by_its_score(library, tiny_model_dir, rank, weight):
     expected = brute_force(library, QUERY, str(tiny_model_dir), weight)
-    hits = query_text(library, QUERY, k=10, by="window", model=str(tiny_model_dir), rank=rank, hybrid_weight=weight)
+    hits = query_text(
+        library, QUERY, SearchScope(10, By.window), model=str(tiny_model_dir), rank=rank, hybrid_weight=weight
+    )
     assert len(hits) == len(expected) and {h.ranking for h in hits} == {rank}
     assert [h.window_id for h in hits] == sorted(expected, key=lambda wid: (-expected[wid], wid))
     np.testing.assert_allclose([h.score for h in hits], [expected[h.window_id] for h in hits], atol=1e-5)
@@ -61,7 +63,9 @@ def test_each_ranking_orders_every_window_by_its_score(library, tiny_model_dir, 
 
 def test_hybrid_weight_one_and_zero_are_the_caption_and_audio_rankings(library, tiny_model_dir):
     def order(rank, weight=0.5):
-        hits = query_text(library, QUERY, k=10, by="window", model=str(tiny_model_dir), rank=rank, hybrid_weight=weight)
+        hits = query_text(
+            library, QUERY, SearchScope(10, By.window), model=str(tiny_model_dir), rank=rank, hybrid_weight=weight
+        )
         return [h.window_id for h in hits]
 
     assert order(Rank.hybrid, 1.0) == order(Rank.caption) and order(Rank.hybrid, 0.0) == order(Rank.audio)
@@ -110,7 +114,7 @@ def test_the_default_ranking_follows_the_captions(tmp_path, tiny_model_dir, capt
         session.execute(sql("DELETE FROM window_vectors WHERE kind = 'text' AND window_id = 1"))
     with Library.open(partial.db) as library:
         assert choose_rank(library) is Rank.audio  # one window waits: the audio ranking searches them all
-        hits = query_text(library, "a dog barks", k=10, by="window", model=str(tiny_model_dir))
+        hits = query_text(library, "a dog barks", SearchScope(10, By.window), model=str(tiny_model_dir))
         assert {h.ranking for h in hits} == {Rank.audio} and len(hits) == 5
 
 
@@ -151,7 +155,8 @@ def test_the_server_offers_the_same_rankings(captions, tiny_model_dir):
     with Library.open(captions.db) as library:
         model = str(tiny_model_dir)
         expected = {
-            rank: [h.window_id for h in query_text(library, QUERY, k=3, model=model, rank=rank)] for rank in Rank
+            rank: [h.window_id for h in query_text(library, QUERY, SearchScope(3), model=model, rank=rank)]
+            for rank in Rank
         }
     with client_for(captions, tiny_model_dir) as client:
         for rank in Rank:
@@ -173,7 +178,7 @@ def test_eval_retrieval_reports_every_ranking(library, captions, tiny_model_dir)
     assert [r.name for r in rankings] == ["caption", "audio", "hybrid"]
     for ranking in rankings:
         found = ranking.text_to_audio([QUERY], 5)[0]
-        hits = query_text(library, QUERY, k=5, model=str(tiny_model_dir), rank=Rank(ranking.name))
+        hits = query_text(library, QUERY, SearchScope(5), model=str(tiny_model_dir), rank=Rank(ranking.name))
         assert found == [h.path for h in hits]
     assert [r.name for r in available_rankings(library, embedder, root, None)] == ["caption"]
     with pytest.raises(ValueError, match="text tower"):

@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from pengi_search.checkpoint import CheckpointError
+from pengi_search.choices import By
 from pengi_search.db import EmbedderInfo, StoreMismatchError, TextRecord, WindowInput
 from pengi_search.embedders import EmbedderSpec, PengiTextEmbedder, TextEmbedderError
 from pengi_search.library import EmptyLibraryError, Library
 from pengi_search.model import Pengi
 from pengi_search.model_dir import ModelDir
-from pengi_search.search import Filters, query_embedder, query_text, search_vectors
+from pengi_search.search import Filters, SearchScope, query_embedder, query_text, search_index
 from pengi_search.similar import similar_to_file, stored_windows
 from pengi_search.testing import clip_like_tokenizer, make_tiny_model_dir, tiny_config, tiny_gpt2_tokenizer
 from pengi_search.text_query import NumpyTextEmbedder, mapped_tensors
@@ -123,7 +124,7 @@ def test_one_embedder_spec_names_what_the_store_records(tiny_model_dir, tiny_no_
     ],
 )
 def test_query_with_a_caption_finds_its_window_first(library, captions, tiny_model_dir, text, name, span):
-    hits = query_text(library, text, k=10, model=str(tiny_model_dir))
+    hits = query_text(library, text, SearchScope(10), model=str(tiny_model_dir))
     assert hits[0].path == str(captions.files[name])
     assert (hits[0].start_s, hits[0].end_s) == span
     assert hits[0].caption == text and hits[0].texts[CAPTION] == text
@@ -134,7 +135,7 @@ def test_query_with_a_caption_finds_its_window_first(library, captions, tiny_mod
 
 
 def test_query_by_window_returns_every_window(library, captions, tiny_model_dir):
-    hits = query_text(library, "thunder rolls in the distance", k=10, by="window", model=str(tiny_model_dir))
+    hits = query_text(library, "thunder rolls in the distance", SearchScope(10, By.window), model=str(tiny_model_dir))
     assert len(hits) == 5  # all windows of the library
     rain = [h for h in hits if h.path == str(captions.files["weather/rain.flac"])]
     assert [(h.start_s, h.end_s) for h in rain] == [(3.0, 10.0), (0.0, 7.0)]
@@ -142,14 +143,16 @@ def test_query_by_window_returns_every_window(library, captions, tiny_model_dir)
 
 
 def test_query_limit(library, tiny_model_dir):
-    assert len(query_text(library, "a dog barks", k=2, model=str(tiny_model_dir))) == 2
+    assert len(query_text(library, "a dog barks", SearchScope(2), model=str(tiny_model_dir))) == 2
 
 
 def test_filters_by_extension_folder_duration_and_score(library, captions, tiny_model_dir, monkeypatch):
     files = captions.files
 
     def paths(**options):
-        hits = query_text(library, "a dog barks", filters=Filters.from_options(**options), model=str(tiny_model_dir))
+        hits = query_text(
+            library, "a dog barks", SearchScope(filters=Filters.from_options(**options)), model=str(tiny_model_dir)
+        )
         return {h.path for h in hits}
 
     def named(*names):
@@ -173,6 +176,16 @@ def test_bad_extension_filter():
         Filters.from_options(ext=" , ")
 
 
+def test_search_scope_checks_its_values_and_leaves_a_file_out():
+    assert SearchScope(by="window").by is By.window  # a library caller's plain string
+    with pytest.raises(ValueError, match="at least 1"):
+        SearchScope(0)
+    with pytest.raises(ValueError):
+        SearchScope(by="folder")
+    scope = SearchScope(5, filters=Filters(extensions=frozenset({"wav"}))).excluding("/a.wav").excluding("/b.wav")
+    assert scope.k == 5 and scope.filters.extensions == {"wav"} and scope.filters.exclude_paths == {"/a.wav", "/b.wav"}
+
+
 def test_filters_never_cost_results(tmp_path, tiny_model_dir):
     """Matches ranked far down still fill k: the search fetches more candidates until enough pass the filters."""
     db = str(tmp_path / "many.db")
@@ -189,9 +202,10 @@ def test_filters_never_cost_results(tmp_path, tiny_model_dir):
             window = WindowInput(0, 0.0, 1.0, [TextRecord(CAPTION, f"file {i}")], {"text": vector})
             lib.store.replace_file_windows(file_id, [window])
         lib.sync_vector_indexes()
-        hits = search_vectors(lib, "text", query[None], k=3, filters=Filters(extensions=frozenset({"ogg"})))
+        index = lib.vector_index("text")
+        hits = search_index(lib, index, query[None], SearchScope(3, filters=Filters(extensions=frozenset({"ogg"}))))
         assert sorted(h.path for h in hits) == ["/lib/039.ogg", "/lib/079.ogg", "/lib/119.ogg"]
-        every = search_vectors(lib, "text", query[None], k=200, by="window")
+        every = search_index(lib, index, query[None], SearchScope(200, By.window))
     assert len(every) == 120
     assert {h.path for h in every[-3:]} == {h.path for h in hits}  # far below the first fetch of candidates
 
@@ -248,7 +262,7 @@ def test_similar_decodes_a_file_that_is_not_indexed(indexed, tiny_model_dir, tmp
         assert source == "decoded"
         assert hits[0].path == str(sounds / "b.flac") and hits[0].score == pytest.approx(1.0, abs=1e-4)
         # b.flac has two windows: each query window matches its own twin
-        by_window = similar_to_file(lib, outside, by="window", model=str(tiny_model_dir), device="cpu")[0]
+        by_window = similar_to_file(lib, outside, SearchScope(by=By.window), model=str(tiny_model_dir), device="cpu")[0]
         twins = [h for h in by_window if h.path == str(sounds / "b.flac")]
         assert {(h.start_s, h.query_start_s) for h in twins} == {(0.0, 0.0), (2.0, 2.0)}
 
@@ -283,7 +297,7 @@ def test_end_to_end_query_with_a_generated_caption(indexed, tiny_model_dir):
         rows = list(lib.store.export_rows())
         caption = rows[0]["windows"][0]["texts"][0]["text"]
         same = sum(w["texts"][0]["text"] == caption for r in rows for w in r["windows"])
-        hits = query_text(lib, caption, k=10, by="window", model=str(tiny_model_dir))
+        hits = query_text(lib, caption, SearchScope(10, By.window), model=str(tiny_model_dir))
     assert hits[0].caption == caption and hits[0].score == pytest.approx(1.0, abs=1e-5)
     exact = [h for h in hits if h.score > 1.0 - 1e-5]
     assert len(exact) == same and all(h.caption == caption for h in exact)

@@ -16,7 +16,7 @@ from pengi_search.cli import app
 from pengi_search.db import caption_counts
 from pengi_search.inference import Engine
 from pengi_search.library import EmptyLibraryError, Library
-from pengi_search.search import query_text
+from pengi_search.search import SearchScope, query_text
 from pengi_search.similar import similar_to_file
 
 from .indexing import (
@@ -60,7 +60,7 @@ def test_captions_later_then_a_second_run_writes_them(tiny_model_dir, tree, tmp_
         }
         assert all(h.caption == "" and h.texts == {} for h in hits)
         # a text query ranks by audio embeddings while captions are missing
-        found = query_text(library, "birds singing", k=5, model=str(tiny_model_dir))
+        found = query_text(library, "birds singing", SearchScope(5), model=str(tiny_model_dir))
         assert len(found) == 3 and {h.ranking for h in found} == {Rank.audio}
         with pytest.raises(EmptyLibraryError, match="no window has captions yet"):
             query_text(library, "birds singing", model=str(tiny_model_dir), rank=Rank.caption)

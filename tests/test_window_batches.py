@@ -126,6 +126,7 @@ def test_classify_of_many_files_equals_classifying_each_alone(tiny_model_dir, fo
 
 def test_similar_on_several_files_equals_each_alone(tiny_model_dir, folder, tmp_path):
     from pengi_search.library import Library
+    from pengi_search.search import SearchScope
     from pengi_search.similar import similar_to_file, similar_to_files
 
     from .search_library import index_folder
@@ -137,13 +138,13 @@ def test_similar_on_several_files_equals_each_alone(tiny_model_dir, folder, tmp_
     index_folder(db, library_root, tiny_model_dir)
     queries = [folder[0], library_root / "indexed-1.wav", folder[2], folder[4]]
     with Library.open(db) as library:
-        options = {"model": str(tiny_model_dir), "device": "cpu", "k": 3}
-        results = list(similar_to_files(library, queries, batch_size=2, **options))
+        options = {"model": str(tiny_model_dir), "device": "cpu"}
+        results = list(similar_to_files(library, queries, SearchScope(3), batch_size=2, **options))
         assert [r.source for r in results] == ["decoded", "index", "decoded", "decoded"]
         assert results[2].error is not None and results[2].hits == []
         for query, result in zip(queries, results, strict=True):
             if result.error is None:
-                hits, source = similar_to_file(library, query, **options)
+                hits, source = similar_to_file(library, query, SearchScope(3), **options)
                 assert source == result.source
                 assert [(h.path, h.start_s, h.query_start_s) for h in hits] == [
                     (h.path, h.start_s, h.query_start_s) for h in result.hits

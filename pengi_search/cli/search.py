@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -37,7 +37,7 @@ from .common import (
 )
 
 if TYPE_CHECKING:
-    from ..search import Filters, Hit
+    from ..search import Filters, Hit, SearchScope
     from ..similar import SimilarResult
 
 LimitOption = Annotated[int, typer.Option("--limit", "-k", min=1, help="Number of results.")]
@@ -101,9 +101,11 @@ class SearchOptions:
         except ValueError as err:
             raise UsageError("", str(err)) from None
 
-    def scope(self) -> dict[str, Any]:
-        """The arguments `query_text` and `similar_to_files` take from these options (the filters checked here)."""
-        return {"k": self.limit, "by": self.by, "filters": self.filters(), "model": self.model, "device": self.device}
+    def scope(self) -> SearchScope:
+        """What `query_text` and `similar_to_files` return (the filters checked here)."""
+        from ..search import SearchScope
+
+        return SearchScope(self.limit, self.by, self.filters())
 
 
 def _span(start: float, end: float) -> str:
@@ -166,7 +168,9 @@ def query(
     with Library.open(search.db, read_only=True) as library:
         chosen = choose_rank(library, rank, search.model)
         counts = caption_counts(library.store)
-        hits = query_text(library, text, **scope, rank=chosen, hybrid_weight=hybrid_weight)
+        hits = query_text(
+            library, text, scope, model=search.model, device=search.device, rank=chosen, hybrid_weight=hybrid_weight
+        )
     title = None
     if chosen is not Rank.caption:
         weight = f", caption weight {hybrid_weight:g}" if chosen is Rank.hybrid else ""
@@ -212,7 +216,14 @@ def similar(
     with Library.open(search.db, read_only=True) as library, progress_bar() as bar:
         progress = WindowProgress(bar, "embedding", visible=show_progress(quiet, json_output))
         found = similar_to_files(
-            library, files, **scope, batch_size=compute.batch_size, fast=compute.fast, progress=progress
+            library,
+            files,
+            scope,
+            model=search.model,
+            device=search.device,
+            batch_size=compute.batch_size,
+            fast=compute.fast,
+            progress=progress,
         )
         results = list(found)
     _show_similar(results, json_output=json_output)

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from ..choices import DEFAULT_HYBRID_WEIGHT, Rank
+from ..choices import DEFAULT_HYBRID_WEIGHT, By, Rank
 from ..ranking import RANK_LABELS
-from ..search import Filters, ranked_index, search_index
+from ..search import Filters, SearchScope, ranked_index, search_index
 from ..similar import stored_windows
 from ..vectors import l2_normalise
 from .datasets import CaptionedFile, CaptionSet, left_out
@@ -94,11 +94,12 @@ class WindowMatching:
 
     def text_to_audio(self, captions: Sequence[str], k: int) -> list[list[str]]:
         vectors = self._query_vectors(captions)
+        scope = SearchScope(k, By.file, self.filters)
         ranked = []
         for row in range(len(captions)):
             caption, audio = (vectors[kind][row : row + 1] if kind in vectors else None for kind in ("text", "audio"))
             index, queries = ranked_index(self.library, self.rank, caption, audio, self.weight)
-            hits = search_index(self.library, index, queries, k=k, by="file", filters=self.filters)
+            hits = search_index(self.library, index, queries, scope)
             ranked.append([hit.path for hit in hits])
         return ranked
 

@@ -28,12 +28,12 @@ from ..ranking import check_hybrid_weight
 from ..search import (
     Filters,
     Hit,
+    SearchScope,
     audio_query_embedder,
     choose_rank,
     query_embedder,
     ranked_index,
     search_index,
-    search_vectors,
 )
 from . import catalog, media
 from .errors import NotFoundError, RequestError
@@ -174,7 +174,7 @@ class Service:
         caption = None if rank is Rank.audio else self._query_vector(text, Rank.caption)
         audio = None if rank is Rank.caption else self._query_vector(text, Rank.audio)
         index, queries = ranked_index(self.library, rank, caption, audio, weight)
-        hits = search_index(self.library, index, queries, k=self._k(params), by=params.by, filters=filters)
+        hits = search_index(self.library, index, queries, SearchScope(self._k(params), params.by, filters))
         return self._hits_json([dataclasses.replace(hit, ranking=rank) for hit in hits])
 
     def _query_vector(self, text: str, rank: Rank) -> np.ndarray:
@@ -202,8 +202,9 @@ class Service:
         filters = dataclasses.replace(params.filters(), exclude_paths=frozenset({window.path}))
         spans = [(window.start_s, window.end_s)]
         k = self._k(params)
+        index = self.library.vector_index("audio")
         return self._hits_json(
-            search_vectors(self.library, "audio", vectors, k=k, by=params.by, filters=filters, query_spans=spans)
+            search_index(self.library, index, vectors, SearchScope(k, params.by, filters), query_spans=spans)
         )
 
     def similar_to_upload(self, upload: Upload, params: SearchParams) -> list[dict[str, Any]]:
@@ -222,9 +223,8 @@ class Service:
                 batch_size=self.settings.batch_size,
                 engine=engine,
             )
-        hits = search_vectors(
-            self.library, "audio", vectors, k=self._k(params), by=params.by, filters=filters, query_spans=spans
-        )
+        scope = SearchScope(self._k(params), params.by, filters)
+        hits = search_index(self.library, self.library.vector_index("audio"), vectors, scope, query_spans=spans)
         return self._hits_json(hits)
 
     def _k(self, params: SearchParams) -> int:
