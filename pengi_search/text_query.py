@@ -15,10 +15,12 @@ import json
 import math
 import struct
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 from tokenizers import Tokenizer
 
 from .checkpoint import TEXT_ENCODER_PREFIX, CheckpointError
@@ -65,6 +67,22 @@ def mapped_tensors(path: Path, prefix: str) -> dict[str, np.ndarray]:
             raise CheckpointError(path, f"tensor {name} has dtype {info['dtype']}; expected floating point weights")
         tensors[name[len(prefix) :]] = tensor.reshape(shape)
     return tensors
+
+
+def _through_first(ids: list[int], eos: int) -> list[int]:
+    """`ids` up to and including the first `eos` (only the first token when there is none)."""
+    return ids[: ids.index(eos) + 1] if eos in ids else ids[:1]
+
+
+@lru_cache(maxsize=1)
+def _blas_controller() -> ThreadpoolController:
+    """Inspecting the loaded libraries costs milliseconds in a big process (a server): done once."""
+    return ThreadpoolController()
+
+
+def blas_threads(limit: int | None) -> AbstractContextManager[object]:
+    """BLAS limited to `limit` threads inside the block (None: as configured)."""
+    return _blas_controller().limit(limits=limit, user_api="blas")
 
 
 def clip_tokenizer_file(model_dir: ModelDir) -> Path:
@@ -162,15 +180,16 @@ class NumpyTextEmbedder:
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
     def _embed_batch(self, texts: list[str]) -> np.ndarray:
-        rows = [encoding.ids for encoding in self.tokenizer.encode_batch(texts)]
         eos = self.cfg.eos_token_id
+        # The layers are causal and CLIPTextModel pools at the first end-of-text token (position 0 when there is
+        # none, as argmax gives), so nothing after that token can change the result: each row stops there.
+        rows = [_through_first(encoding.ids, eos) for encoding in self.tokenizer.encode_batch(texts)]
         width = max(len(r) for r in rows)
         ids = np.full((len(rows), width), eos, dtype=np.int64)  # right padding never reaches the pooled token
         for i, row in enumerate(rows):
             ids[i, : len(row)] = row
-        # CLIPTextModel pools at the first end-of-text token (position 0 when there is none, as argmax gives).
-        pooled_at = (ids == eos).argmax(axis=1)
-        with threadpool_limits(1 if ids.size <= SINGLE_THREAD_TOKENS else None, user_api="blas"):
+        pooled_at = np.array([len(r) - 1 for r in rows])
+        with blas_threads(1 if ids.size <= SINGLE_THREAD_TOKENS else None):
             hidden = self._transformer(ids)[np.arange(len(rows)), pooled_at]
         emb = self._projections(hidden)
         return l2_normalise(emb)
