@@ -128,6 +128,7 @@ class Hit:
     query_start_s: float | None = None  # `similar`: the window of the query file that matched
     query_end_s: float | None = None
     ranking: Rank | None = None  # a text query: how it was ranked
+    file_id: int | None = None  # the file's id in the store (not in the CLI's JSON)
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -269,6 +270,7 @@ def _hit(window: WindowDetails, score: float, span: tuple[float | None, float | 
         window_id=window.window_id,
         query_start_s=span[0],
         query_end_s=span[1],
+        file_id=window.file_id,
     )
 
 

@@ -36,6 +36,7 @@ from ..search import (
     search_vectors,
 )
 from . import catalog, media
+from .batching import EmbedBatcher
 from .errors import NotFoundError, RequestError
 from .live import LiveLibrary
 from .security import servable_path
@@ -105,12 +106,14 @@ class Service:
         self._audio_embedder: TextEmbedder | None = None
         self._audio_generation = -1
         self._query_cache: OrderedDict[tuple[int, str, str], np.ndarray] = OrderedDict()
+        self._batcher = EmbedBatcher()
         self._engine: Engine | None = None
         self._model_dir: ModelDir | None = None
         self._embedder_lock = threading.Lock()
         self._model_lock = threading.Lock()  # one model run at a time: uploads are CPU-bound
 
     def close(self) -> None:
+        self._batcher.close()
         self.library.close()
         self.transcodes.close()
 
@@ -179,14 +182,14 @@ class Service:
 
     def _query_vector(self, text: str, rank: Rank) -> np.ndarray:
         """The text's embedding (1, d) for matching captions or audio; the latest QUERY_CACHE texts are kept (a
-        refined search reuses its text)."""
+        refined search reuses its text). Concurrent requests share the tower's passes (`EmbedBatcher`)."""
         embedder = self.audio_embedder() if rank is Rank.audio else self.embedder()
-        key = (self.library.generation, rank.value, text)
+        key = (self.library.generation, embedder.id, text)  # one tower for captions and audio: embedded once
         with self._embedder_lock:
             if key in self._query_cache:
                 self._query_cache.move_to_end(key)
                 return self._query_cache[key]
-        vector = embedder.embed([text])
+        vector = self._batcher.embed(embedder, text)
         with self._embedder_lock:
             self._query_cache[key] = vector
             while len(self._query_cache) > QUERY_CACHE:
@@ -233,11 +236,7 @@ class Service:
         return params.k
 
     def _hits_json(self, hits: Sequence[Hit]) -> list[dict[str, Any]]:
-        files = catalog.window_files(self.library.store, [hit.window_id for hit in hits])
-        return [
-            {**hit.to_json(), **path_fields(hit.path, readable=True), "file_id": files.get(hit.window_id)}
-            for hit in hits
-        ]
+        return [{**hit.to_json(), **path_fields(hit.path, readable=True), "file_id": hit.file_id} for hit in hits]
 
     # -- files and windows -----------------------------------------------------------------------------------
 
