@@ -356,7 +356,7 @@ def choose_rank(library: Library, requested: Rank | None = None, model: str | No
     audio."""
     if requested is not None:
         return Rank(requested)
-    if caption_counts(library.store).missing == 0 or not _audio_tower_known(library, model):
+    if library.caption_counts().missing == 0 or not _audio_tower_known(library, model):
         return Rank.caption
     return Rank.audio
 
