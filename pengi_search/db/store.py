@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
-from sqlalchemy import ColumnElement, Engine, delete, func, or_, select, true, update
+from sqlalchemy import ColumnElement, Engine, bindparam, delete, func, or_, select, true, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
@@ -302,39 +302,16 @@ class Store(RunJournal):
     def window_details(self, window_ids: Iterable[int]) -> dict[int, WindowDetails]:
         """Details of the given windows for showing search results; ids no longer in the database are left out.
 
-        Two plain SELECTs per chunk, no ORM objects: every search asks this for its candidates."""
+        Every search asks this for its candidates: two prepared SELECTs per chunk, no ORM objects."""
         wanted = sorted({int(i) for i in window_ids if int(i) >= 0})
         details: dict[int, WindowDetails] = {}
         with self.session() as session:
             for chunk in chunked(wanted, _CHUNK):
                 texts: dict[int, list[TextRecord]] = {}
-                text_rows = session.execute(
-                    select(
-                        GeneratedTextRow.window_id,
-                        GeneratedTextRow.prompt,
-                        GeneratedTextRow.text,
-                        GeneratedTextRow.score,
-                    )
-                    .where(GeneratedTextRow.window_id.in_(chunk))
-                    .order_by(GeneratedTextRow.window_id, GeneratedTextRow.id)  # the window_id index gives this order
-                )
-                for window_id, prompt, text, score in text_rows:
+                for window_id, prompt, text, score in session.execute(_TEXTS_OF_WINDOWS, {"ids": chunk}):
                     texts.setdefault(window_id, []).append(TextRecord(prompt, text, score))
-                windows = session.execute(
-                    select(
-                        WindowRow.id,
-                        WindowRow.file_id,
-                        AudioFileRow.path,
-                        WindowRow.index,
-                        WindowRow.start_s,
-                        WindowRow.end_s,
-                        AudioFileRow.duration_s,
-                        AudioFileRow.format,
-                    )
-                    .join(AudioFileRow, WindowRow.file_id == AudioFileRow.id)
-                    .where(WindowRow.id.in_(chunk))
-                )
-                for window_id, file_id, path, index, start_s, end_s, duration_s, fmt in windows:
+                for row in session.execute(_WINDOWS_WITH_FILES, {"ids": chunk}):
+                    window_id, file_id, path, index, start_s, end_s, duration_s, fmt = row
                     said = tuple(texts.get(window_id, ()))
                     details[window_id] = WindowDetails(
                         window_id, file_id, path, index, start_s, end_s, duration_s, fmt, said
@@ -544,6 +521,28 @@ def _decode_matrix(where: str, kind: str, blobs: list[bytes]) -> np.ndarray:
         raise StoreError(where, f"{kind} vectors have mixed dimensions {dims}; re-index the library")
     dim = sizes.pop() // 4
     return np.frombuffer(b"".join(blobs), dtype="<f4").astype(np.float32).reshape(len(blobs), dim)
+
+
+# `window_details`' statements, built once: their id lists are bound whole (no per-id work per search).
+_TEXTS_OF_WINDOWS = (
+    select(GeneratedTextRow.window_id, GeneratedTextRow.prompt, GeneratedTextRow.text, GeneratedTextRow.score)
+    .where(GeneratedTextRow.window_id.in_(bindparam("ids", expanding=True)))
+    .order_by(GeneratedTextRow.window_id, GeneratedTextRow.id)  # the order of the window_id index: no sort
+)
+_WINDOWS_WITH_FILES = (
+    select(
+        WindowRow.id,
+        WindowRow.file_id,
+        AudioFileRow.path,
+        WindowRow.index,
+        WindowRow.start_s,
+        WindowRow.end_s,
+        AudioFileRow.duration_s,
+        AudioFileRow.format,
+    )
+    .join(AudioFileRow, WindowRow.file_id == AudioFileRow.id)
+    .where(WindowRow.id.in_(bindparam("ids", expanding=True)))
+)
 
 
 def _window_row(path: str, window: WindowInput, text_dim: int | None) -> WindowRow:
