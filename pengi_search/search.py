@@ -33,7 +33,7 @@ from .choices import DEFAULT_HYBRID_WEIGHT, By, Rank
 from .db import StoreMismatchError, WindowDetails, caption_counts
 from .embedders import EmbedderSpec, TextEmbedder, TextEmbedderError, open_text_embedder
 from .model_dir import PENGI_TEXT_PREFIX, ModelDir
-from .pathnames import path_fields
+from .pathnames import from_typed, path_fields
 from .ranking import HybridIndex
 
 if TYPE_CHECKING:
@@ -70,10 +70,11 @@ class Filters:
         min_duration: float | None = None,
         max_duration: float | None = None,
     ) -> Filters:
-        """Command-line values: a relative `path` glob is taken from the current folder, `ext` is "wav,.flac"."""
+        """Command-line values: a relative `path` glob is taken from the current folder (`\\xff` in it is the byte
+        0xff of a name that is not UTF-8, see `pathnames.from_typed`), `ext` is "wav,.flac"."""
         return cls(
             min_score=min_score,
-            path_glob=None if path is None else absolute_glob(path),
+            path_glob=None if path is None else absolute_glob(from_typed(path)),
             extensions=None if ext is None else parse_extensions(ext),
             min_duration_s=min_duration,
             max_duration_s=max_duration,

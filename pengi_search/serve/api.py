@@ -124,7 +124,10 @@ def search_params(
     k: Annotated[int, Query(ge=1, description="Number of results.")] = 10,
     by: Annotated[Literal["file", "window"], Query(description="file: best window per file; window: all.")] = "file",
     min_score: Annotated[float | None, Query(description="Only results at least this similar.")] = None,
-    path: Annotated[str | None, Query(description="Glob over full paths, e.g. */dogs/*.")] = None,
+    path: Annotated[
+        str | None,
+        Query(description="Glob over full paths, e.g. */dogs/*; a byte of a name that is not UTF-8 as \\xe9."),
+    ] = None,
     ext: Annotated[str | None, Query(description="File extensions, e.g. wav,flac.")] = None,
     min_duration: Annotated[float | None, Query(ge=0, description="Files at least this long (s).")] = None,
     max_duration: Annotated[float | None, Query(ge=0, description="Files at most this long (s).")] = None,
