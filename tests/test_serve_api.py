@@ -279,6 +279,19 @@ def test_pages_render(client, library):
     assert "Drop a clip" in client.get("/upload").text
 
 
+def test_the_pages_take_the_same_filter_boxes(client, library):
+    """Search and "more like this" read the filters the same way: as typed, an empty box being no filter."""
+    bell = hit_for(client, library, "bell.wav")
+    boxes = {"k": "2", "by": "window", "min_score": "", "path": "*/weather/*", "ext": "", "min_duration": ""}
+    page = client.get("/", params={"q": "a bell rings", **boxes}).text
+    assert page.count('class="hit"') == 2 and "rain.flac" in page and "bell.wav" not in page
+    similar = client.get("/similar", params={"window_id": bell["window_id"], **boxes}).text
+    assert similar.count('class="hit"') == 2 and "rain.flac" in similar and "dog.wav" not in similar
+    refused = client.get("/", params={"q": "a bell rings", "min_duration": "long"})
+    assert refused.status_code == 200 and "&#39;long&#39; is not a number" in refused.text
+    assert client.get("/similar", params={"window_id": bell["window_id"], "k": "many"}).status_code == 400
+
+
 def test_upload_pages(client, library):
     clip = ("clip.wav", library.files["bell.wav"].read_bytes())
     described = client.post("/upload/describe", files={"file": clip})
