@@ -312,6 +312,7 @@ class Service:
         """Audio -> text for every window, as `pengi-search describe --json` gives one file."""
         from ..audio import iter_windows
         from ..decoding import GenerationConfig
+        from ..inference import described_window
         from ..prompts import DESCRIBE_TASKS, TASK_PROMPTS
 
         engine = self.engine()
@@ -321,15 +322,7 @@ class Service:
         with self._model_lock:
             embeds = engine.audio_embeddings(np.stack([w.samples for w in windows]))
             answers = engine.generate(embeds, prompts, gen)
-        rows = [
-            {
-                "start_s": round(w.start_s, 3),
-                "end_s": round(w.end_s, 3),
-                "answers": {k: a.text for k, a in zip(keys, per_window, strict=True)},
-                "scores": {k: round(a.score, 4) for k, a in zip(keys, per_window, strict=True)},
-            }
-            for w, per_window in zip(windows, answers, strict=True)
-        ]
+        rows = [described_window(w.start_s, w.end_s, keys, said) for w, said in zip(windows, answers, strict=True)]
         return {"path": upload.name, "duration_s": round(upload.duration_s, 3), "windows": rows, "error": None}
 
     def classify(self, upload: Upload, labels: list[str], method: str = "text", top: int = 5) -> dict[str, Any]:
