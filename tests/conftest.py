@@ -19,6 +19,14 @@ def tiny_no_text_model_dir(tmp_path_factory) -> Path:
     return make_tiny_model_dir(tmp_path_factory.mktemp("models") / "tiny-no-text", variant="base_no_text_enc")
 
 
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_model_dir):
+    """The server tests' library (`tests.serving`), fresh for each test module: some change its files."""
+    from .serving import served_library
+
+    return served_library(tmp_path_factory.mktemp("served"), tiny_model_dir)
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch) -> Path:
     """Commands never touch the user's real data directory or model settings."""
