@@ -111,3 +111,15 @@ def test_a_closed_batcher_embeds_in_the_calling_thread(tower):
 
     np.testing.assert_allclose(batcher.embed(Recording(), "a bell rings"), tower.embed(["a bell rings"]), atol=1e-6)
     assert seen == [caller]
+
+
+def test_a_lone_client_never_waits_for_others(tower):
+    """Only after a pass of several texts does the next one wait for company; one client's passes start at once."""
+    batcher = EmbedBatcher(max_wait_s=30.0)
+    try:
+        started = time.monotonic()
+        for text in ("a dog barks", "rain on a roof", "a bell rings"):
+            batcher.embed(tower, text)
+        assert time.monotonic() - started < 20.0
+    finally:
+        batcher.close()

@@ -2,15 +2,18 @@
 
 On a CPU the tower's matrix products are a few rows tall for one short query, which leaves most of the arithmetic
 units idle: eight queries in one pass cost about three times one query, not eight. So the server embeds on one
-worker thread, and each pass takes every text queued while the previous pass ran. A lone request waits for
-nothing (its pass starts at once); under load, requests wait at most for the pass before theirs. Texts are
-embedded exactly as alone: a row's padding never reaches its pooled token (see `text_query`).
+worker thread, and each pass takes every text queued while the previous pass ran. When the previous pass had
+several texts (clients are searching at once), the next one also waits up to `MAX_WAIT_S` for as many: the clients
+answered by a pass come back at slightly different times, and without the wait the quickest would get a pass of
+its own, costing the others nearly a whole pass. A lone client waits for nothing. Texts are embedded exactly as
+alone (see `text_query`: texts are packed, never padded).
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -21,6 +24,7 @@ if TYPE_CHECKING:
     from ..embedders import TextEmbedder
 
 MAX_BATCH = 32  # texts per pass: past this the products are tall enough, and a pass should stay short
+MAX_WAIT_S = 0.02  # the longest a pass waits for the texts of concurrent clients
 
 
 @dataclass
@@ -35,8 +39,9 @@ class _Job:
 class EmbedBatcher:
     """`embed(embedder, text)` from any thread; the texts waiting together go through the tower together."""
 
-    def __init__(self, max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, max_batch: int = MAX_BATCH, max_wait_s: float = MAX_WAIT_S) -> None:
         self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -70,21 +75,33 @@ class EmbedBatcher:
             worker.join()
 
     def _work(self) -> None:
+        expected = 1  # texts in the previous pass: how many clients are searching at once
         while True:
-            first = self._queue.get()
-            jobs = [] if first is None else [first]
-            stop = first is None
-            while not stop and len(jobs) < self.max_batch:
-                try:
-                    job = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                stop = job is None
-                jobs += [] if job is None else [job]
+            jobs, stop = self._next_jobs(expected)
             for group in _by_embedder(jobs):
                 _run(group)
             if stop:
                 return
+            expected = max(1, len(jobs))
+
+    def _next_jobs(self, expected: int) -> tuple[list[_Job], bool]:
+        """The next pass's jobs: all queued now, and up to `expected` of them waiting at most `max_wait_s`; and
+        whether `close` was called."""
+        first = self._queue.get()
+        if first is None:
+            return [], True
+        jobs = [first]
+        deadline = time.monotonic() + self.max_wait_s
+        while len(jobs) < self.max_batch:
+            wait = deadline - time.monotonic() if len(jobs) < expected else 0.0
+            try:
+                job = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                return jobs, True
+            jobs.append(job)
+        return jobs, False
 
 
 def _by_embedder(jobs: Sequence[_Job]) -> list[list[_Job]]:
