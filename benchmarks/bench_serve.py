@@ -12,9 +12,13 @@ server has never seen (each is embedded by the text tower, the dominant cost), a
 texts (the server keeps recent query embeddings: what remains is FAISS, the database and HTTP).
 
 The model is `PengiConfig.preset("base")` with random weights (see `bench_query.py`): the full-size CLIP text
-tower embeds every query, as it would with the released weights. Window captions are a few hundred distinct
-sentences embedded by that tower, each window's vector a slightly perturbed copy (so that rankings vary), in files
-of 100 windows; audio vectors are random. The FAISS type is `--index-type` (HNSW by default).
+tower embeds every query, as it would with the released weights. Its tokenizer is a small trained stand-in whose
+unknown characters (digits) map to the end token, so the number that makes each "new" text unique ends it: the
+tower runs over the query's words (7 to 15 tokens), about what CLIP's tokenizer gives a short query. Window
+captions are a few hundred distinct sentences embedded by that tower, each window's vector a slightly perturbed
+copy (so that rankings vary), in files of 100 windows, written in bulk; windows have caption vectors only (a search
+ranks by caption when every window has one). The FAISS type is `--index-type` (HNSW by default; building HNSW
+over 1M 1024-d vectors takes over an hour on 2 busy cores, IVF-PQ about a quarter of that).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from ..choices import DEFAULT_HYBRID_WEIGHT
 from ..classify import LabelsError, read_labels
+from ..search import Hit
 from .errors import RequestError, TooLargeError
 from .service import SearchParams, Service
 from .uploads import saved_upload
@@ -24,19 +25,12 @@ MAX_LABELS_BYTES = 1 << 20
 # -- response shapes (for the documentation; the CLI's --json output has the same fields) ------------------------
 
 
-class HitModel(BaseModel):
-    path: str  # a name that is not valid UTF-8 is shown escaped (\xff), its bytes in path_bytes (base64)
+@dataclasses.dataclass(frozen=True)
+class HitModel(Hit):
+    """A hit as the CLI's `--json` gives it, with its `file_id`; `path` shows a name that is not valid UTF-8
+    escaped (\\xff), its bytes in `path_bytes` (base64)."""
+
     path_bytes: str | None = None
-    start_s: float
-    end_s: float
-    score: float
-    caption: str
-    texts: dict[str, str]
-    window_id: int
-    file_id: int | None
-    query_start_s: float | None = None
-    query_end_s: float | None = None
-    ranking: Literal["caption", "audio", "hybrid"] | None = None  # text search: how the hits were ranked
 
 
 class TextModel(BaseModel):
