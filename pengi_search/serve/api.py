@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
+from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -14,7 +15,7 @@ from pydantic import BaseModel
 from ..choices import DEFAULT_HYBRID_WEIGHT
 from ..classify import LabelsError, read_labels
 from ..search import Hit
-from .errors import RequestError, TooLargeError
+from .errors import RequestError
 from .service import SearchParams, Service
 from .uploads import saved_upload
 
@@ -150,7 +151,7 @@ def parse_labels(typed: str | None, uploaded: UploadFile | None) -> list[str]:
     else:
         raise RequestError("labels", "no labels: type one per line, or send a labels file")
     if len(data) > MAX_LABELS_BYTES:
-        raise TooLargeError("labels", f"larger than {MAX_LABELS_BYTES} bytes")
+        raise RequestError("labels", f"larger than {MAX_LABELS_BYTES} bytes", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
     with tempfile.TemporaryDirectory(prefix="pengi-labels-") as folder:
         path = Path(folder) / f"labels{suffix}"
         path.write_bytes(data)

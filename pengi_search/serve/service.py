@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +38,7 @@ from ..search import (
 )
 from . import catalog, media
 from .batching import EmbedBatcher
-from .errors import NotFoundError, RequestError
+from .errors import RequestError
 from .live import LiveLibrary
 from .security import servable_path
 from .settings import ServeSettings
@@ -201,7 +202,7 @@ class Service:
         window = self.window(window_id)
         ids, vectors = self.library.store.vectors("audio", [window_id])
         if len(ids) == 0:
-            raise NotFoundError(f"window {window_id}", "has no audio embedding")
+            raise RequestError(f"window {window_id}", "has no audio embedding", HTTPStatus.NOT_FOUND)
         filters = dataclasses.replace(params.filters(), exclude_paths=frozenset({window.path}))
         spans = [(window.start_s, window.end_s)]
         k = self._k(params)
@@ -243,13 +244,13 @@ class Service:
     def window(self, window_id: int) -> WindowDetails:
         window = self.library.store.window_details([window_id]).get(window_id)
         if window is None:
-            raise NotFoundError(f"window {window_id}", "no such window in the index")
+            raise RequestError(f"window {window_id}", "no such window in the index", HTTPStatus.NOT_FOUND)
         return window
 
     def file_record(self, file_id: int) -> FileRecord:
         record = catalog.file_by_id(self.library.store, file_id)
         if record is None:
-            raise NotFoundError(f"file {file_id}", "no such file in the index")
+            raise RequestError(f"file {file_id}", "no such file in the index", HTTPStatus.NOT_FOUND)
         return record
 
     def file(self, file_id: int) -> dict[str, Any]:
