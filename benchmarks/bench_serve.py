@@ -18,7 +18,7 @@ tower runs over the query's words (7 to 15 tokens), about what CLIP's tokenizer 
 captions are a few hundred distinct sentences embedded by that tower, each window's vector a slightly perturbed
 copy (so that rankings vary), in files of 100 windows, written in bulk; windows have caption vectors only (a search
 ranks by caption when every window has one). The FAISS type is `--index-type` (HNSW by default; building HNSW
-over 1M 1024-d vectors takes over an hour on 2 busy cores, IVF-PQ about a quarter of that).
+over 1M 1024-d vectors takes over an hour on 2 busy cores, IVF-PQ 11 minutes).
 """
 
 from __future__ import annotations
