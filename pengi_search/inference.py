@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,6 +52,17 @@ def default_audio_batch_size(device: torch.device) -> int:
 class Answer:
     text: str
     score: float  # length-normalised log-probability of the best beam
+
+
+def described_window(start_s: float, end_s: float, keys: Sequence[str], answers: Sequence[Answer]) -> dict[str, Any]:
+    """A window's answers as `describe --json` writes them (the server's too): its span, and per prompt key the
+    text and the score."""
+    return {
+        "start_s": round(start_s, 3),
+        "end_s": round(end_s, 3),
+        "answers": {key: answer.text for key, answer in zip(keys, answers, strict=True)},
+        "scores": {key: round(answer.score, 4) for key, answer in zip(keys, answers, strict=True)},
+    }
 
 
 class Engine:

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .db import VECTOR_KINDS, Store, StoreError, VectorIndexInfo, default_index_path
+from .db import VECTOR_KINDS, CaptionCounts, Store, StoreError, VectorIndexInfo, caption_counts, default_index_path
 from .vectors import INDEX_TYPES, IndexParams, VectorIndex, VectorIndexError, effective_type
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,10 @@ class Library:
     def index_path(self, kind: str) -> Path:
         """The FAISS file of vectors of `kind` ('text' or 'audio')."""
         return default_index_path(self.db_url, kind)
+
+    def caption_counts(self) -> CaptionCounts:
+        """How many windows there are and how many have captions (for the default ranking of a text query)."""
+        return caption_counts(self.store)
 
     def vector_index(self, kind: str) -> VectorIndex:
         """The FAISS index of `kind`, holding exactly the database's vectors of that kind (cached once loaded).

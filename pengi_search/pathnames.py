@@ -13,6 +13,9 @@ three forms such a name takes elsewhere:
   path exactly when the stored folder is a prefix of the stored path, and the store's prefix queries still work.
 - shown (`shown`): for terminals and text files; undecodable bytes as `\\xff`, control characters as `\\n`,
   `\\t` or `\\x1b`. Not reversible: JSON output is.
+- typed (`from_typed`): a name as a user can type it in a glob, in a terminal or a web form, where such bytes
+  cannot be typed: `\\xHH` (HH from 80 to ff) is the byte HH, as `shown` writes it, so a shown name pasted back
+  names the file. A real backslash followed by x and such digits is written `[\\]xHH` (a glob bracket).
 - JSON (`json_text`, `path_fields`): the `str` itself, with lone surrogates written as JSON `\\udcff` escapes (a
   JSON parser in Python gives back the very `str`, and `os.fsencode` the bytes), plus a `<key>_bytes` field with
   the name's bytes in base64 for a name that is not valid UTF-8.
@@ -30,6 +33,7 @@ ESCAPE = "\ufdd0"  # a Unicode noncharacter: reserved for a program's own use, n
 _TO_ESCAPE = re.compile("[\ud800-\udfff\ufdd0]")
 _ESCAPED = re.compile("\ufdd0(?:\ufdd0|(d[89a-f][0-9a-f]{2}))")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_TYPED_BYTE = re.compile(r"\\x([89a-fA-F][0-9a-fA-F])")
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _NAMED_CONTROLS = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -51,6 +55,17 @@ def from_stored(text: str) -> str:
 def is_utf8(path: str) -> bool:
     """Whether the name's bytes are valid UTF-8 (it holds no lone surrogate)."""
     return not _SURROGATE.search(path)
+
+
+def from_typed(text: str) -> str:
+    """`text` with each `\\xHH` (HH 80-ff) turned into the byte HH, the result decoded as the OS's names are
+    (`os.fsdecode`): a byte that is not part of valid UTF-8 becomes a surrogate escape, `caf\\xc3\\xa9` is
+    `café`."""
+    if not _TYPED_BYTE.search(text):
+        return text
+    parts = _TYPED_BYTE.split(text)  # text, hex digits, text, hex digits, ..., text
+    raw = b"".join(bytes([int(part, 16)]) if i % 2 else os.fsencode(part) for i, part in enumerate(parts))
+    return os.fsdecode(raw)
 
 
 def shown(text: str) -> str:

@@ -33,7 +33,7 @@ from .choices import DEFAULT_HYBRID_WEIGHT, By, Rank
 from .db import StoreMismatchError, WindowDetails, caption_counts
 from .embedders import EmbedderSpec, TextEmbedder, TextEmbedderError, open_text_embedder
 from .model_dir import PENGI_TEXT_PREFIX, ModelDir
-from .pathnames import path_fields
+from .pathnames import from_typed, path_fields
 from .ranking import HybridIndex
 
 if TYPE_CHECKING:
@@ -70,10 +70,11 @@ class Filters:
         min_duration: float | None = None,
         max_duration: float | None = None,
     ) -> Filters:
-        """Command-line values: a relative `path` glob is taken from the current folder, `ext` is "wav,.flac"."""
+        """Command-line values: a relative `path` glob is taken from the current folder (`\\xff` in it is the byte
+        0xff of a name that is not UTF-8, see `pathnames.from_typed`), `ext` is "wav,.flac"."""
         return cls(
             min_score=min_score,
-            path_glob=None if path is None else absolute_glob(path),
+            path_glob=None if path is None else absolute_glob(from_typed(path)),
             extensions=None if ext is None else parse_extensions(ext),
             min_duration_s=min_duration,
             max_duration_s=max_duration,
@@ -128,6 +129,7 @@ class Hit:
     query_start_s: float | None = None  # `similar`: the window of the query file that matched
     query_end_s: float | None = None
     ranking: Rank | None = None  # a text query: how it was ranked
+    file_id: int | None = None  # the file's id in the store (not in the CLI's JSON)
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -266,6 +268,7 @@ def _hit(window: WindowDetails, score: float, span: tuple[float | None, float | 
         window_id=window.window_id,
         query_start_s=span[0],
         query_end_s=span[1],
+        file_id=window.file_id,
     )
 
 
@@ -351,7 +354,7 @@ def choose_rank(library: Library, requested: Rank | None = None, model: str | No
     audio."""
     if requested is not None:
         return Rank(requested)
-    if caption_counts(library.store).missing == 0 or not _audio_tower_known(library, model):
+    if library.caption_counts().missing == 0 or not _audio_tower_known(library, model):
         return Rank.caption
     return Rank.audio
 

@@ -15,10 +15,12 @@ import json
 import math
 import struct
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 from tokenizers import Tokenizer
 
 from .checkpoint import TEXT_ENCODER_PREFIX, CheckpointError
@@ -65,6 +67,28 @@ def mapped_tensors(path: Path, prefix: str) -> dict[str, np.ndarray]:
             raise CheckpointError(path, f"tensor {name} has dtype {info['dtype']}; expected floating point weights")
         tensors[name[len(prefix) :]] = tensor.reshape(shape)
     return tensors
+
+
+def _through_first(ids: list[int], eos: int) -> list[int]:
+    """`ids` up to and including the first `eos` (only the first token when there is none)."""
+    return ids[: ids.index(eos) + 1] if eos in ids else ids[:1]
+
+
+@lru_cache(maxsize=1)
+def _blas_controller() -> ThreadpoolController:
+    """Inspecting the loaded libraries costs milliseconds in a big process (a server): done once."""
+    return ThreadpoolController()
+
+
+def blas_threads(limit: int | None) -> AbstractContextManager[object]:
+    """BLAS limited to `limit` threads inside the block (None: as configured)."""
+    return _blas_controller().limit(limits=limit, user_api="blas")
+
+
+@lru_cache(maxsize=128)
+def _causal_mask(length: int) -> np.ndarray:
+    """(L, L): 0 where a token may attend (itself and earlier ones), -inf above the diagonal."""
+    return np.triu(np.full((length, length), -np.inf, dtype=np.float32), k=1)
 
 
 def clip_tokenizer_file(model_dir: ModelDir) -> Path:
@@ -162,53 +186,64 @@ class NumpyTextEmbedder:
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
     def _embed_batch(self, texts: list[str]) -> np.ndarray:
-        rows = [encoding.ids for encoding in self.tokenizer.encode_batch(texts)]
         eos = self.cfg.eos_token_id
-        width = max(len(r) for r in rows)
-        ids = np.full((len(rows), width), eos, dtype=np.int64)  # right padding never reaches the pooled token
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = row
-        # CLIPTextModel pools at the first end-of-text token (position 0 when there is none, as argmax gives).
-        pooled_at = (ids == eos).argmax(axis=1)
-        with threadpool_limits(1 if ids.size <= SINGLE_THREAD_TOKENS else None, user_api="blas"):
-            hidden = self._transformer(ids)[np.arange(len(rows)), pooled_at]
-        emb = self._projections(hidden)
-        return l2_normalise(emb)
+        # The layers are causal and CLIPTextModel pools at the first end-of-text token (position 0 when there is
+        # none, as argmax gives), so nothing after that token can change the result: each text stops there.
+        rows = [_through_first(encoding.ids, eos) for encoding in self.tokenizer.encode_batch(texts)]
+        lengths = np.array([len(row) for row in rows])
+        ids = np.concatenate([np.asarray(row, dtype=np.int64) for row in rows])
+        with blas_threads(1 if ids.size <= SINGLE_THREAD_TOKENS else None):
+            pooled = self._transformer(ids, lengths)
+        return l2_normalise(self._projections(pooled))
 
-    def _transformer(self, ids: np.ndarray) -> np.ndarray:
+    def _transformer(self, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """The texts' tokens packed one after another (N,), no padding (every product works on real tokens only),
+        -> each text's last token after the final LayerNorm (B, E)."""
         w = self.w
-        h = (
-            w["base.embeddings.token_embedding.weight"][ids]
-            + w["base.embeddings.position_embedding.weight"][: ids.shape[1]]
-        )
-        causal = np.triu(np.full((ids.shape[1], ids.shape[1]), -np.inf, dtype=np.float32), k=1)
-        for layer in range(self.cfg.num_hidden_layers):
-            h = self._layer(h, f"base.encoder.layers.{layer}.", causal)
-        return layer_norm(h, w["base.final_layer_norm.weight"], w["base.final_layer_norm.bias"])
+        ends = np.cumsum(lengths)
+        texts = list(zip((ends - lengths).tolist(), ends.tolist(), strict=True))  # each text's [start, end) rows
+        positions = np.concatenate([np.arange(n) for n in lengths])
+        h = w["base.embeddings.token_embedding.weight"][ids] + w["base.embeddings.position_embedding.weight"][positions]
+        last = self.cfg.num_hidden_layers - 1
+        for layer in range(last):
+            h = self._layer(h, f"base.encoder.layers.{layer}.", texts)
+        # Only the pooled tokens leave the last layer: it needs every token's keys and values, nothing more of them.
+        pooled = self._layer(h, f"base.encoder.layers.{last}.", texts, pooled_only=True)
+        return layer_norm(pooled, w["base.final_layer_norm.weight"], w["base.final_layer_norm.bias"])
 
-    def _layer(self, h: np.ndarray, p: str, causal: np.ndarray) -> np.ndarray:
+    def _layer(self, h: np.ndarray, p: str, texts: list[tuple[int, int]], *, pooled_only: bool = False) -> np.ndarray:
+        """One pre-LayerNorm layer over packed tokens (N, E) -> (N, E), or (B, E) for each text's last token."""
         w = self.w
         x = layer_norm(h, w[p + "layer_norm1.weight"], w[p + "layer_norm1.bias"])
-        h = h + self._attention(x, p + "self_attn.", causal)
+        if pooled_only:
+            h = h[[end - 1 for _, end in texts]]
+        h = h + self._attention(x, p + "self_attn.", texts, pooled_only)
         x = layer_norm(h, w[p + "layer_norm2.weight"], w[p + "layer_norm2.bias"])
         x = self.act(linear(x, w[p + "mlp.fc1.weight"], w[p + "mlp.fc1.bias"]))
         return h + linear(x, w[p + "mlp.fc2.weight"], w[p + "mlp.fc2.bias"])
 
-    def _attention(self, x: np.ndarray, p: str, causal: np.ndarray) -> np.ndarray:
+    def _attention(self, x: np.ndarray, p: str, texts: list[tuple[int, int]], pooled_only: bool) -> np.ndarray:
+        """Causal self-attention within each text; queries at every token, or at each text's last one only."""
         w = self.w
-        batch, length, width = x.shape
         heads = self.cfg.num_attention_heads
+        width = x.shape[-1]
         head_dim = width // heads
 
-        def split(name: str) -> np.ndarray:  # (B, T, E) -> (B, H, T, D)
-            proj = linear(x, w[p + name + ".weight"], w[p + name + ".bias"])
-            return proj.reshape(batch, length, heads, head_dim).transpose(0, 2, 1, 3)
+        def project(name: str, rows: np.ndarray) -> np.ndarray:  # (n, E) -> (H, n, D)
+            proj = linear(rows, w[p + name + ".weight"], w[p + name + ".bias"])
+            return proj.reshape(len(rows), heads, head_dim).transpose(1, 0, 2)
 
-        q, k, v = split("q_proj"), split("k_proj"), split("v_proj")
-        scores = (q @ k.transpose(0, 1, 3, 2)) * np.float32(head_dim**-0.5) + causal
-        scores = np.exp(scores - scores.max(-1, keepdims=True))
-        attn = (scores / scores.sum(-1, keepdims=True)) @ v
-        merged = attn.transpose(0, 2, 1, 3).reshape(batch, length, width)
+        queries = x[[end - 1 for _, end in texts]] if pooled_only else x
+        q, k, v = project("q_proj", queries), project("k_proj", x), project("v_proj", x)
+        merged = np.empty((len(queries), width), dtype=np.float32)
+        for i, (start, end) in enumerate(texts):
+            rows = slice(i, i + 1) if pooled_only else slice(start, end)
+            scores = (q[:, rows] @ k[:, start:end].transpose(0, 2, 1)) * np.float32(head_dim**-0.5)
+            if not pooled_only:  # the last token sees its whole text: no mask
+                scores += _causal_mask(end - start)
+            scores = np.exp(scores - scores.max(-1, keepdims=True))
+            attn = (scores / scores.sum(-1, keepdims=True)) @ v[:, start:end]  # (H, rows, D)
+            merged[rows] = attn.transpose(1, 0, 2).reshape(-1, width)
         return linear(merged, w[p + "out_proj.weight"], w[p + "out_proj.bias"])
 
     def _projections(self, pooled: np.ndarray) -> np.ndarray:

@@ -32,6 +32,14 @@ def captions(tmp_path_factory, tiny_model_dir) -> CaptionLibrary:
     return caption_library(str(root / "index.db"), root / "sounds", tiny_model_dir)
 
 
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_model_dir):
+    """The server tests' library (`tests.serving`), fresh for each test module: some change its files."""
+    from .serving import served_library
+
+    return served_library(tmp_path_factory.mktemp("served"), tiny_model_dir)
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch) -> Path:
     """Commands never touch the user's real data directory or model settings."""

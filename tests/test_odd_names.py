@@ -114,6 +114,10 @@ def test_path_filters_match_odd_folders(tree, indexed, tiny_model_dir):
     assert [hit["path"] for hit in inside] == [tree["inside"]]
     named = json.loads(run("query", "a tone", *common, "--path", "*/odd\udcff*").stdout)
     assert [hit["path"] for hit in named] == [tree["odd"]]
+    typed = json.loads(run("query", "a tone", *common, "--path", "*/odd\\xff\\xFE.wav").stdout)  # as shown
+    assert [hit["path"] for hit in typed] == [tree["odd"]]
+    folder = json.loads(run("query", "a tone", *common, "--path", f"{tree['root']}/dir\\xfe/*").stdout)
+    assert [hit["path"] for hit in folder] == [tree["inside"]]
 
 
 def test_similar_to_the_odd_file_uses_its_stored_vectors_and_leaves_it_out(tree, indexed, tiny_model_dir):
@@ -182,6 +186,15 @@ def test_the_server_shows_and_plays_the_odd_file(tree, indexed, tiny_model_dir):
         window = next(hit["window_id"] for hit in hits if hit["file_id"] == file_id)
         assert client.get(f"/api/windows/{window}/audio").status_code == 200
         assert client.get("/similar", params={"window_id": window}).status_code == 200
+        # The path filter names such a folder with the bytes written as results show them.
+        shown_folder = f"{tree['root']}/dir\\xfe/*"
+        inside = client.get("/api/search", params={"q": "a tone", "k": 10, "path": shown_folder}).json()
+        assert [hit["path"] for hit in inside] == [f"{tree['root']}/dir\\xfe/inside.wav"]
+        assert base64.b64decode(inside[0]["path_bytes"]) == os.fsencode(tree["inside"])
+        similar = client.get("/api/similar", params={"window_id": window, "path": "*\\xfe/*"}).json()
+        assert [hit["path"] for hit in similar] == [f"{tree['root']}/dir\\xfe/inside.wav"]
+        page = client.get("/", params={"q": "a tone", "path": shown_folder})
+        assert page.status_code == 200 and "dir\\xfe/inside.wav" in page.text and "odd\\xff" not in page.text
 
 
 def test_remove_matches_odd_files_and_folders(tree, indexed, tmp_path):

@@ -9,12 +9,28 @@ import os
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pengi_search.pathnames import ESCAPE, from_stored, is_utf8, json_text, path_fields, shown, to_stored
+from pengi_search.pathnames import (
+    ESCAPE,
+    from_stored,
+    from_typed,
+    is_utf8,
+    json_text,
+    path_fields,
+    shown,
+    to_stored,
+)
 
 from .properties import bounded
 
 ODD = os.fsdecode(b"/sounds/caf\xe9 \xff\xfe/take 1.wav")  # Latin-1 bytes from an old share, and two stray ones
 OS_NAMES = st.binary(min_size=1, max_size=40).map(os.fsdecode)  # any bytes, as Python hands them out
+# Names without control characters (C1 ones included: `shown` writes U+0080 as \\x80, like the byte) or backslashes:
+# `shown` writes such names with escapes for their odd bytes only.
+TYPABLE_NAMES = (
+    st.lists(st.integers(0x20, 0xFF).filter(lambda b: b not in (0x5C, 0x7F)), min_size=1, max_size=40)
+    .map(lambda raw: os.fsdecode(bytes(raw)))
+    .filter(lambda name: not any(0x80 <= ord(c) <= 0x9F for c in name))
+)
 TEXTS = st.text(alphabet=st.characters(codec=None), max_size=40)  # any code point, lone surrogates and U+FDD0 too
 
 
@@ -93,3 +109,16 @@ def test_any_os_name_survives_json_and_is_shown_printable(name):
     visible = shown(name)
     visible.encode("utf-8")
     assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in visible)
+
+
+def test_typed_bytes_name_odd_files():
+    assert from_typed("/sounds/caf\\xe9 \\xff\\xFE/*.wav") == os.fsdecode(b"/sounds/caf\xe9 \xff\xfe/*.wav")
+    assert from_typed("caf\\xc3\\xa9") == "café"  # bytes that are valid UTF-8 name the character, as the OS does
+    assert from_typed("*/dogs/*") == "*/dogs/*"
+    assert from_typed("a\\x41b [\\]xff") == "a\\x41b [\\]xff"  # ASCII escapes and a bracketed backslash stay text
+
+
+@bounded(200)
+@given(TYPABLE_NAMES)
+def test_a_shown_name_typed_back_is_the_name(name):
+    assert from_typed(shown(name)) == name

@@ -72,6 +72,20 @@ def test_numpy_text_tower_with_transformers_clip_tokenizer(tmp_path):
     np.testing.assert_allclose(fast.embed(TEXTS), reference.embed(TEXTS), atol=1e-5, rtol=0)
 
 
+def test_numpy_text_tower_stops_at_the_first_end_token(tiny_model_dir):
+    """Tokens after the pooled end-of-text token are never run (causal layers): the vectors still equal torch's,
+    which runs them all."""
+    model_dir = ModelDir.read(tiny_model_dir)
+    fast = NumpyTextEmbedder.from_model_dir(model_dir)
+    eos = fast.cfg.eos_token_id
+    texts = ["a dog<|endoftext|> then many more words after the end", "a dog", "rain<|endoftext|><|endoftext|>"]
+    assert fast.tokenizer.encode(texts[0]).ids.count(eos) == 2  # the one typed and the one appended
+    reference = PengiTextEmbedder.from_model_dir(model_dir, CPU).embed(texts)
+    vectors = fast.embed(texts)
+    np.testing.assert_allclose(vectors, reference, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(vectors[0], vectors[1], atol=1e-6, rtol=0)
+
+
 def test_mapped_tensors_reads_every_float_type(tmp_path):
     from safetensors.torch import save_file
 

@@ -19,7 +19,7 @@ from pengi_search.serve.media import browser_type
 
 from .indexing import write_tone
 from .search_library import CaptionLibrary
-from .serving import BROKEN, BROKEN_REASON, HOSTILE, client_for, served_library
+from .serving import BROKEN, BROKEN_REASON, HOSTILE, client_for
 from .test_cli_search import HIT_KEYS
 
 HIT_API_KEYS = HIT_KEYS | {
@@ -33,13 +33,8 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def library(tmp_path_factory, tiny_model_dir):
-    return served_library(tmp_path_factory.mktemp("serve"), tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
-def client(library, tiny_model_dir):
-    with client_for(library, tiny_model_dir) as client:
+def client(served, tiny_model_dir):
+    with client_for(served, tiny_model_dir) as client:
         yield client
 
 
@@ -49,9 +44,9 @@ def search(client, q, **params):
     return response.json()
 
 
-def hit_for(client, library, name):
+def hit_for(client, served, name):
     hits = search(client, SERVED_CAPTION[name], k=1)
-    assert hits[0]["path"] == str(library.files[name])
+    assert hits[0]["path"] == str(served.files[name])
     return hits[0]
 
 
@@ -66,24 +61,24 @@ SERVED_CAPTION = {
 # -- search ------------------------------------------------------------------------------------------------------
 
 
-def test_search_has_the_cli_shape_and_finds_the_window(client, library):
+def test_search_has_the_cli_shape_and_finds_the_window(client, served):
     hits = search(client, "thunder rolls in the distance", k=3)
     assert len(hits) == 3
     assert all(set(hit) == HIT_API_KEYS for hit in hits)
     top = hits[0]
-    assert top["path"] == str(library.files["weather/rain.flac"])
+    assert top["path"] == str(served.files["weather/rain.flac"])
     assert (top["start_s"], top["end_s"]) == (3.0, 10.0)
     assert top["caption"] == "thunder rolls in the distance" and top["ranking"] == "caption"
     assert isinstance(top["file_id"], int) and top["score"] == pytest.approx(1.0, abs=1e-5)
 
 
-def test_search_filters(client, library):
+def test_search_filters(client, served):
     only_wav = search(client, "a bell rings", ext="wav", by="window", k=20)
     assert {hit["path"].rsplit(".", 1)[1] for hit in only_wav} == {"wav"}
     animals = search(client, "a dog barks", path="*/animals/*", k=20)
-    assert [hit["path"] for hit in animals] == [str(library.files["animals/dog.wav"])]
+    assert [hit["path"] for hit in animals] == [str(served.files["animals/dog.wav"])]
     long_files = search(client, "a bell rings", min_duration=5, k=20)
-    assert {hit["path"] for hit in long_files} == {str(library.files["weather/rain.flac"])}
+    assert {hit["path"] for hit in long_files} == {str(served.files["weather/rain.flac"])}
     by_window = search(client, "rain on a roof", by="window", k=20)
     assert len(by_window) == 6  # every window of the 5 files
 
@@ -100,41 +95,41 @@ def test_search_rejects_bad_parameters(client, params, status):
 # -- similar -----------------------------------------------------------------------------------------------------
 
 
-def test_similar_to_a_window_leaves_its_file_out(client, library):
-    rain = hit_for(client, library, "weather/rain.flac")
+def test_similar_to_a_window_leaves_its_file_out(client, served):
+    rain = hit_for(client, served, "weather/rain.flac")
     response = client.get("/api/similar", params={"window_id": rain["window_id"], "k": 10})
     assert response.status_code == 200
     hits = response.json()
     assert hits and all(set(hit) == HIT_API_KEYS for hit in hits)
-    assert str(library.files["weather/rain.flac"]) not in {hit["path"] for hit in hits}
+    assert str(served.files["weather/rain.flac"]) not in {hit["path"] for hit in hits}
     assert {(hit["query_start_s"], hit["query_end_s"]) for hit in hits} == {(3.0, 10.0)}
     assert client.get("/api/similar", params={"window_id": 999_999}).status_code == 404
 
 
-def test_similar_to_an_uploaded_clip(client, library):
-    clip = library.files["bell.wav"].read_bytes()
+def test_similar_to_an_uploaded_clip(client, served):
+    clip = served.files["bell.wav"].read_bytes()
     response = client.post("/api/similar", params={"k": 2}, files={"file": ("clip.wav", clip, "audio/wav")})
     assert response.status_code == 200, response.text
     hits = response.json()
-    assert hits[0]["path"] == str(library.files["bell.wav"]) and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert hits[0]["path"] == str(served.files["bell.wav"]) and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
 
 
 # -- files and windows -------------------------------------------------------------------------------------------
 
 
-def test_file_lists_its_windows_with_texts(client, library):
-    rain = hit_for(client, library, "weather/rain.flac")
+def test_file_lists_its_windows_with_texts(client, served):
+    rain = hit_for(client, served, "weather/rain.flac")
     info = client.get(f"/api/files/{rain['file_id']}").json()
-    assert info["path"] == str(library.files["weather/rain.flac"]) and info["status"] == "indexed"
+    assert info["path"] == str(served.files["weather/rain.flac"]) and info["status"] == "indexed"
     assert [(w["start_s"], w["end_s"]) for w in info["windows"]] == [(0.0, 7.0), (3.0, 10.0)]
     assert [w["texts"][0]["text"] for w in info["windows"]] == ["rain on a roof", "thunder rolls in the distance"]
     assert info["windows"][1]["window_id"] == rain["window_id"]
     assert client.get("/api/files/999999").status_code == 404
 
 
-def test_file_audio_is_the_file_with_range_support(client, library):
-    bell = hit_for(client, library, "bell.wav")
-    data = library.files["bell.wav"].read_bytes()
+def test_file_audio_is_the_file_with_range_support(client, served):
+    bell = hit_for(client, served, "bell.wav")
+    data = served.files["bell.wav"].read_bytes()
     whole = client.get(f"/api/files/{bell['file_id']}/audio")
     assert whole.status_code == 200 and whole.content == data
     assert whole.headers["content-type"] == "audio/wav" and whole.headers["accept-ranges"] == "bytes"
@@ -143,39 +138,39 @@ def test_file_audio_is_the_file_with_range_support(client, library):
     assert part.headers["content-range"] == f"bytes 100-199/{len(data)}"
 
 
-def test_formats_browsers_cannot_play_are_transcoded_to_flac(client, library):
-    hum = hit_for(client, library, "loops/hum.aiff")
-    assert browser_type(library.files["loops/hum.aiff"]) is None
+def test_formats_browsers_cannot_play_are_transcoded_to_flac(client, served):
+    hum = hit_for(client, served, "loops/hum.aiff")
+    assert browser_type(served.files["loops/hum.aiff"]) is None
     response = client.get(f"/api/files/{hum['file_id']}/audio")
     assert response.status_code == 200 and response.headers["content-type"] == "audio/flac"
     samples, rate = sf.read(io.BytesIO(response.content))
-    original, _ = sf.read(library.files["loops/hum.aiff"])
+    original, _ = sf.read(served.files["loops/hum.aiff"])
     assert rate == 44_100 and len(samples) == len(original)
     np.testing.assert_allclose(samples, original, atol=2e-4)  # 16-bit FLAC of the same audio
     again = client.get(f"/api/files/{hum['file_id']}/audio", headers={"Range": "bytes=0-9"})
     assert again.status_code == 206 and again.content == response.content[:10]
 
 
-def test_window_audio_is_the_window_cut_as_wav(client, library):
-    rain = hit_for(client, library, "weather/rain.flac")
+def test_window_audio_is_the_window_cut_as_wav(client, served):
+    rain = hit_for(client, served, "weather/rain.flac")
     response = client.get(f"/api/windows/{rain['window_id']}/audio")
     assert response.status_code == 200 and response.headers["content-type"] == "audio/wav"
     samples, rate = sf.read(io.BytesIO(response.content))
-    original, _ = sf.read(library.files["weather/rain.flac"])
+    original, _ = sf.read(served.files["weather/rain.flac"])
     assert rate == 44_100 and len(samples) == 7 * 44_100
     np.testing.assert_allclose(samples, original[3 * 44_100 :], atol=1e-4)
     assert client.get("/api/windows/999999/audio").status_code == 404
 
 
-def test_window_peaks_follow_the_waveform(client, library):
-    bell = hit_for(client, library, "bell.wav")
+def test_window_peaks_follow_the_waveform(client, served):
+    bell = hit_for(client, served, "bell.wav")
     peaks = client.get(f"/api/windows/{bell['window_id']}/peaks").json()["peaks"]
     assert len(peaks) == 120 and all(low <= high for low, high in peaks)
     assert max(high for _, high in peaks) == pytest.approx(0.3, abs=0.05)  # write_tone's amplitude
 
 
-def test_spectrogram_is_a_png(client, library):
-    rain = hit_for(client, library, "weather/rain.flac")
+def test_spectrogram_is_a_png(client, served):
+    rain = hit_for(client, served, "weather/rain.flac")
     response = client.get(f"/api/files/{rain['file_id']}/spectrogram.png")
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"
     assert response.content[:8] == b"\x89PNG\r\n\x1a\n"
@@ -186,9 +181,9 @@ def test_spectrogram_is_a_png(client, library):
 # -- uploads -----------------------------------------------------------------------------------------------------
 
 
-def test_describe_an_uploaded_clip(client, library):
+def test_describe_an_uploaded_clip(client, served):
     response = client.post(
-        "/api/describe", files={"file": ("my clip.flac", library.files["weather/rain.flac"].read_bytes())}
+        "/api/describe", files={"file": ("my clip.flac", served.files["weather/rain.flac"].read_bytes())}
     )
     assert response.status_code == 200, response.text
     described = response.json()
@@ -197,8 +192,8 @@ def test_describe_an_uploaded_clip(client, library):
     assert set(described["windows"][0]["answers"]) == {"caption", "metadata", "sound_event"}
 
 
-def test_classify_an_uploaded_clip_with_typed_or_sent_labels(client, library):
-    clip = ("clip.wav", library.files["bell.wav"].read_bytes())
+def test_classify_an_uploaded_clip_with_typed_or_sent_labels(client, served):
+    clip = ("clip.wav", served.files["bell.wav"].read_bytes())
     typed = client.post("/api/classify", files={"file": clip}, data={"labels": "a bell rings\na dog barks\n"})
     assert typed.status_code == 200, typed.text
     result = typed.json()
@@ -213,14 +208,14 @@ def test_classify_an_uploaded_clip_with_typed_or_sent_labels(client, library):
 @pytest.mark.parametrize(
     ("labels", "message"), [("dog\ndog", "duplicate label 'dog' on line 2"), ("", "no labels"), ("a\n\nb", "blank")]
 )
-def test_classify_refuses_bad_labels(client, library, labels, message):
-    clip = ("clip.wav", library.files["bell.wav"].read_bytes())
+def test_classify_refuses_bad_labels(client, served, labels, message):
+    clip = ("clip.wav", served.files["bell.wav"].read_bytes())
     response = client.post("/api/classify", files={"file": clip}, data={"labels": labels})
     assert response.status_code == 400 and message in response.json()["detail"]
 
 
-def corrupt_flac(library) -> bytes:
-    data = bytearray(library.files["weather/rain.flac"].read_bytes())
+def corrupt_flac(served) -> bytes:
+    data = bytearray(served.files["weather/rain.flac"].read_bytes())
     data[200:] = bytes(range(256)) * ((len(data) - 200) // 256) + bytes((len(data) - 200) % 256)
     return bytes(data)
 
@@ -228,21 +223,21 @@ def corrupt_flac(library) -> bytes:
 @pytest.mark.parametrize(
     ("name", "make", "reason"),
     [
-        ("empty.wav", lambda library: b"", "empty file"),
-        ("notes.wav", lambda library: b"these are words, not sound\n" * 40, "not a readable audio file"),
+        ("empty.wav", lambda served: b"", "empty file"),
+        ("notes.wav", lambda served: b"these are words, not sound\n" * 40, "not a readable audio file"),
         ("cut.flac", corrupt_flac, "corrupt or truncated audio data"),
     ],
 )
-def test_bad_uploads_get_the_decoder_reason(client, library, name, make, reason):
+def test_bad_uploads_get_the_decoder_reason(client, served, name, make, reason):
     for endpoint in ("/api/describe", "/api/similar"):
-        response = client.post(endpoint, files={"file": (name, make(library))})
+        response = client.post(endpoint, files={"file": (name, make(served))})
         assert response.status_code == 422, response.text
         assert response.json()["detail"].startswith(f"{name}: ") and reason in response.json()["detail"]
 
 
-def test_uploads_are_bounded_in_bytes_and_seconds(library, tiny_model_dir, tmp_path):
-    clip = library.files["weather/rain.flac"].read_bytes()
-    with client_for(library, tiny_model_dir, max_upload_bytes=len(clip) - 1, max_upload_s=5.0) as small:
+def test_uploads_are_bounded_in_bytes_and_seconds(served, tiny_model_dir, tmp_path):
+    clip = served.files["weather/rain.flac"].read_bytes()
+    with client_for(served, tiny_model_dir, max_upload_bytes=len(clip) - 1, max_upload_s=5.0) as small:
         too_big = small.post("/api/describe", files={"file": ("rain.flac", clip)})
         assert too_big.status_code == 413 and "larger than the server's limit" in too_big.json()["detail"]
         huge = small.post("/api/describe", files={"file": ("huge.wav", bytes(len(clip) + (2 << 20)))})
@@ -252,10 +247,10 @@ def test_uploads_are_bounded_in_bytes_and_seconds(library, tiny_model_dir, tmp_p
         assert too_long.status_code == 413 and "longer than the server's limit of 5 s" in too_long.json()["detail"]
 
 
-# -- the library, pages and escaping -----------------------------------------------------------------------------
+# -- the served, pages and escaping -----------------------------------------------------------------------------
 
 
-def test_stats(client, library):
+def test_stats(client, served):
     stats = client.get("/api/stats").json()
     assert stats["files"] == {"total": 6, "pending": 0, "indexed": 5, "error": 1}
     assert stats["windows"] == 6 and stats["vectors"] == {"text": 6, "audio": 6}
@@ -264,8 +259,8 @@ def test_stats(client, library):
     assert stats["model"]["model"] == "tiny-base"
 
 
-def test_pages_render(client, library):
-    rain = hit_for(client, library, "weather/rain.flac")
+def test_pages_render(client, served):
+    rain = hit_for(client, served, "weather/rain.flac")
     page = client.get("/", params={"q": "thunder rolls in the distance", "ext": "flac"}).text
     assert "thunder rolls in the distance" in page and f"/api/files/{rain['file_id']}/audio#t=3.000,10.000" in page
     assert 'class="hit"' in page and f"/similar?window_id={rain['window_id']}" in page
@@ -279,25 +274,38 @@ def test_pages_render(client, library):
     assert "Drop a clip" in client.get("/upload").text
 
 
-def test_upload_pages(client, library):
-    clip = ("clip.wav", library.files["bell.wav"].read_bytes())
+def test_the_pages_take_the_same_filter_boxes(client, served):
+    """Search and "more like this" read the filters the same way: as typed, an empty box being no filter."""
+    bell = hit_for(client, served, "bell.wav")
+    boxes = {"k": "2", "by": "window", "min_score": "", "path": "*/weather/*", "ext": "", "min_duration": ""}
+    page = client.get("/", params={"q": "a bell rings", **boxes}).text
+    assert page.count('class="hit"') == 2 and "rain.flac" in page and "bell.wav" not in page
+    similar = client.get("/similar", params={"window_id": bell["window_id"], **boxes}).text
+    assert similar.count('class="hit"') == 2 and "rain.flac" in similar and "dog.wav" not in similar
+    refused = client.get("/", params={"q": "a bell rings", "min_duration": "long"})
+    assert refused.status_code == 200 and "&#39;long&#39; is not a number" in refused.text
+    assert client.get("/similar", params={"window_id": bell["window_id"], "k": "many"}).status_code == 400
+
+
+def test_upload_pages(client, served):
+    clip = ("clip.wav", served.files["bell.wav"].read_bytes())
     described = client.post("/upload/describe", files={"file": clip})
     assert described.status_code == 200 and "caption" in described.text
     similar = client.post("/upload/similar", files={"file": clip}, data={"k": "3"})
-    assert similar.status_code == 200 and str(library.files["bell.wav"]) in similar.text
+    assert similar.status_code == 200 and str(served.files["bell.wav"]) in similar.text
     classified = client.post("/upload/classify", files={"file": clip}, data={"labels": "a bell rings\nsilence"})
     assert classified.status_code == 200 and "a bell rings" in classified.text
     bad = client.post("/upload/describe", files={"file": ("x.wav", b"not audio at all" * 10)})
     assert bad.status_code == 422 and "not a readable audio file" in bad.text and "<html" in bad.text
 
 
-def test_model_output_and_paths_are_escaped_everywhere(client, library):
-    cat = hit_for(client, library, "odd/<i>cat</i>.wav")
+def test_model_output_and_paths_are_escaped_everywhere(client, served):
+    cat = hit_for(client, served, "odd/<i>cat</i>.wav")
     assert cat["caption"] == HOSTILE  # JSON keeps the text as written
     pages = [
         client.get("/", params={"q": HOSTILE}).text,
         client.get(f"/files/{cat['file_id']}").text,
-        client.get("/similar", params={"window_id": hit_for(client, library, "bell.wav")["window_id"]}).text,
+        client.get("/similar", params={"window_id": hit_for(client, served, "bell.wav")["window_id"]}).text,
     ]
     for page in pages:
         assert "<script>alert" not in page and "<i>cat</i>" not in page
@@ -336,11 +344,11 @@ def digest(paths):
     return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in paths}
 
 
-def test_the_server_never_writes_to_the_index(library, tiny_model_dir):
-    root = library.root.parent
+def test_the_server_never_writes_to_the_index(served, tiny_model_dir):
+    root = served.root.parent
     files = sorted(p for p in root.iterdir() if p.is_file())
     before = digest(files)
-    with client_for(library, tiny_model_dir) as client:
+    with client_for(served, tiny_model_dir) as client:
         search(client, "a bell rings")
         client.get("/api/stats")
         service = client.app.state.service

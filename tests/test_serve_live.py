@@ -102,3 +102,34 @@ def test_the_server_reads_every_backend_read_only(db_url, tmp_path, tiny_model_d
         store_window_without_faiss(db_url, tiny_model_dir, "/late/owl.wav", "an owl hoots")
         hits = client.get("/api/search", params={"q": "an owl hoots", "k": 1}).json()
         assert hits[0]["path"] == "/late/owl.wav"
+
+
+def test_the_default_ranking_follows_captions_as_they_arrive(tmp_path, tiny_model_dir):
+    """A window without captions yet (pass 1 done) makes a text search rank by audio; once the caption pass has
+    written its captions and saved the FAISS files, by caption again. The server counts captions once per refresh,
+    not per search."""
+    from pengi_search.db import Store, TextRecord, WindowCaptions, WindowInput, add_captions
+    from pengi_search.model_dir import ModelDir
+    from pengi_search.text_query import NumpyTextEmbedder
+
+    library = caption_library(str(tmp_path / "index.db"), tmp_path / "sounds", tiny_model_dir)
+
+    def ranking(client) -> str:
+        response = client.get("/api/search", params={"q": "an owl hoots", "k": 3})
+        assert response.status_code == 200, response.text
+        return response.json()[0]["ranking"]
+
+    with client_for(library, tiny_model_dir) as client:
+        assert ranking(client) == "caption"
+        with Store.open(library.db) as store:
+            _, audio = store.vectors("audio")
+            file_id = store.upsert_file("/late/owl.wav", size=1, mtime=1.0)
+            added = store.replace_file_windows(file_id, [WindowInput(0, 0.0, 3.0, [], {"audio": audio[0]})])
+        (window_id,) = added.added_window_ids
+        assert ranking(client) == "audio"
+        caption = NumpyTextEmbedder.from_model_dir(ModelDir.read(tiny_model_dir)).embed(["an owl hoots"])[0]
+        with Library.open(library.db) as writer:
+            texts = [TextRecord("generate audio caption", "an owl hoots")]
+            add_captions(writer.store, [WindowCaptions(window_id, texts, caption)])
+            writer.sync_vector_indexes()
+        assert ranking(client) == "caption"

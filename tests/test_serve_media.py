@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 
 from pengi_search.audio import AudioDecodeError, load_audio, stream_audio
-from pengi_search.serve.errors import TooLargeError, UnprocessableError
+from pengi_search.serve.errors import RequestError
 from pengi_search.serve.media import TranscodeCache, browser_type, peaks, png_rgb, spectrogram_png, window_wav
 from pengi_search.serve.uploads import saved_upload
 
@@ -111,12 +111,14 @@ def test_saved_upload_keeps_only_a_safe_suffix_and_checks_the_clip(tmp_path):
             folder = upload.path.parent
         assert not folder.exists()
     with (
-        pytest.raises(TooLargeError),
+        pytest.raises(RequestError, match="larger than") as too_large,
         saved_upload(io.BytesIO(clip), "c.flac", max_bytes=len(clip) - 1, max_seconds=10),
     ):
         pass
+    assert too_large.value.status == 413
     with (
-        pytest.raises(UnprocessableError, match="empty"),
+        pytest.raises(RequestError, match="empty") as empty,
         saved_upload(io.BytesIO(b""), "c.wav", max_bytes=10, max_seconds=1),
     ):
         pass
+    assert empty.value.status == 422

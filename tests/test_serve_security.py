@@ -10,19 +10,14 @@ import pytest
 
 from pengi_search.serve import LOOPBACK_NAMES, is_loopback, required_token
 
-from .serving import client_for, served_library
+from .serving import client_for
 
 TOKEN = "s3cret-token"
 
 
 @pytest.fixture(scope="module")
-def library(tmp_path_factory, tiny_model_dir):
-    return served_library(tmp_path_factory.mktemp("serve-security"), tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
-def file_ids(library, tiny_model_dir):
-    with client_for(library, tiny_model_dir) as client:
+def file_ids(served, tiny_model_dir):
+    with client_for(served, tiny_model_dir) as client:
         hits = client.get("/api/search", params={"q": "a bell rings", "by": "window", "k": 20}).json()
     return {hit["path"]: hit["file_id"] for hit in hits}
 
@@ -57,8 +52,8 @@ REQUESTS = [
 
 
 @pytest.mark.parametrize(("method", "path", "extra"), REQUESTS)
-def test_every_request_without_the_token_gets_401(library, tiny_model_dir, method, path, extra):
-    with client_for(library, tiny_model_dir, token=TOKEN) as client:
+def test_every_request_without_the_token_gets_401(served, tiny_model_dir, method, path, extra):
+    with client_for(served, tiny_model_dir, token=TOKEN) as client:
         for headers in (
             {},
             {"Authorization": "Bearer wrong"},
@@ -71,8 +66,8 @@ def test_every_request_without_the_token_gets_401(library, tiny_model_dir, metho
             assert "token" in response.json()["detail"]
 
 
-def test_the_token_opens_every_door(library, tiny_model_dir):
-    with client_for(library, tiny_model_dir, token=TOKEN) as client:
+def test_the_token_opens_every_door(served, tiny_model_dir):
+    with client_for(served, tiny_model_dir, token=TOKEN) as client:
         for headers in (
             {"Authorization": f"Bearer {TOKEN}"},
             {"X-Pengi-Token": TOKEN},
@@ -82,8 +77,8 @@ def test_the_token_opens_every_door(library, tiny_model_dir):
             assert client.get("/static/style.css", headers=headers).status_code == 200
 
 
-def test_the_printed_address_sets_the_cookie(library, tiny_model_dir):
-    with client_for(library, tiny_model_dir, token=TOKEN) as client:
+def test_the_printed_address_sets_the_cookie(served, tiny_model_dir):
+    with client_for(served, tiny_model_dir, token=TOKEN) as client:
         first = client.get("/", params={"token": TOKEN, "q": "bell"}, follow_redirects=False)
         assert first.status_code == 303 and first.headers["location"] == "/?q=bell"
         cookie = first.headers["set-cookie"]
@@ -92,8 +87,8 @@ def test_the_printed_address_sets_the_cookie(library, tiny_model_dir):
         assert client.post("/api/describe", params={"token": TOKEN}).status_code != 303  # only GET, and only once
 
 
-def test_loopback_needs_no_token_but_checks_the_host(library, tiny_model_dir):
-    with client_for(library, tiny_model_dir, allowed_hosts=LOOPBACK_NAMES) as client:
+def test_loopback_needs_no_token_but_checks_the_host(served, tiny_model_dir):
+    with client_for(served, tiny_model_dir, allowed_hosts=LOOPBACK_NAMES) as client:
         assert client.get("/api/stats").status_code == 200
         for host in ("127.0.0.1:8765", "localhost:8765", "[::1]:8765", "localhost"):
             assert client.get("/api/stats", headers={"Host": host}).status_code == 200, host
@@ -122,18 +117,18 @@ def test_loopback_needs_no_token_but_checks_the_host(library, tiny_model_dir):
         "/static//etc/passwd",
     ],
 )
-def test_traversal_attempts_serve_nothing(library, tiny_model_dir, path):
-    with client_for(library, tiny_model_dir) as client:
+def test_traversal_attempts_serve_nothing(served, tiny_model_dir, path):
+    with client_for(served, tiny_model_dir) as client:
         response = client.get(path)
     assert response.status_code in (404, 422), (path, response.status_code)
     assert b"root:" not in response.content and b"import" not in response.content
 
 
-def test_a_path_in_the_request_is_never_used(library, tiny_model_dir, file_ids):
-    bell = file_ids[str(library.files["bell.wav"])]
-    with client_for(library, tiny_model_dir) as client:
+def test_a_path_in_the_request_is_never_used(served, tiny_model_dir, file_ids):
+    bell = file_ids[str(served.files["bell.wav"])]
+    with client_for(served, tiny_model_dir) as client:
         response = client.get(f"/api/files/{bell}/audio", params={"path": "/etc/passwd", "file": "/etc/passwd"})
-    assert response.status_code == 200 and response.content == library.files["bell.wav"].read_bytes()
+    assert response.status_code == 200 and response.content == served.files["bell.wav"].read_bytes()
 
 
 @contextmanager
@@ -149,35 +144,35 @@ def swapped(path, replacement):
         shutil.move(backup, path)
 
 
-def test_a_link_out_of_the_root_is_refused(library, tiny_model_dir, file_ids, tmp_path):
-    bell = library.files["bell.wav"]
+def test_a_link_out_of_the_root_is_refused(served, tiny_model_dir, file_ids, tmp_path):
+    bell = served.files["bell.wav"]
     outside = tmp_path / "elsewhere" / "bell.wav"  # an identical copy (same size and time): only the link differs
     outside.parent.mkdir()
     shutil.copy2(bell, outside)
     bell_id = file_ids[str(bell)]
     with swapped(bell, lambda path: path.symlink_to(outside)):
-        with client_for(library, tiny_model_dir) as client:
+        with client_for(served, tiny_model_dir) as client:
             for path in (f"/api/files/{bell_id}/audio", f"/api/files/{bell_id}/spectrogram.png"):
                 response = client.get(path)
                 assert response.status_code == 403 and "outside the folders" in response.json()["detail"]
-        with client_for(library, tiny_model_dir, roots=(library.root.resolve(),)) as client:
+        with client_for(served, tiny_model_dir, roots=(served.root.resolve(),)) as client:
             assert client.get(f"/api/files/{bell_id}/audio").status_code == 403
-        with client_for(library, tiny_model_dir, roots=(outside.parent,)) as client:
+        with client_for(served, tiny_model_dir, roots=(outside.parent,)) as client:
             assert client.get(f"/api/files/{bell_id}/audio").status_code == 200  # a root the link points into
 
 
-def test_a_link_to_a_system_file_is_refused(library, tiny_model_dir, file_ids):
-    bell = library.files["bell.wav"]
-    with swapped(bell, lambda path: path.symlink_to("/etc/passwd")), client_for(library, tiny_model_dir) as client:
+def test_a_link_to_a_system_file_is_refused(served, tiny_model_dir, file_ids):
+    bell = served.files["bell.wav"]
+    with swapped(bell, lambda path: path.symlink_to("/etc/passwd")), client_for(served, tiny_model_dir) as client:
         response = client.get(f"/api/files/{file_ids[str(bell)]}/audio")
     assert response.status_code == 403 and b"root:" not in response.content
 
 
-def test_a_changed_or_missing_file_is_not_served(library, tiny_model_dir, file_ids):
-    dog = library.files["animals/dog.wav"]
+def test_a_changed_or_missing_file_is_not_served(served, tiny_model_dir, file_ids):
+    dog = served.files["animals/dog.wav"]
     dog_id = file_ids[str(dog)]
     stamp = dog.stat()
-    with client_for(library, tiny_model_dir) as client:
+    with client_for(served, tiny_model_dir) as client:
         os.utime(dog, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))
         try:
             response = client.get(f"/api/files/{dog_id}/audio")

@@ -86,7 +86,7 @@ def _describe_files(
     from rich.markup import escape
 
     from ..decoding import GenerationConfig
-    from ..inference import Engine
+    from ..inference import Engine, described_window
     from ..model_dir import ModelDir
     from ..window_batches import map_windows
 
@@ -119,12 +119,7 @@ def _describe_files(
                     f"[yellow]warning:[/] {escape(shown(outcome.path))}: {outcome.truncation}", soft_wrap=True
                 )
             rows_out = [
-                {
-                    "start_s": round(span.start_s, 3),
-                    "end_s": round(span.end_s, 3),
-                    "answers": {k: a.text for k, a in zip(keys, per_window, strict=True)},
-                    "scores": {k: round(a.score, 4) for k, a in zip(keys, per_window, strict=True)},
-                }
+                described_window(span.start_s, span.end_s, keys, per_window)
                 for span, per_window in zip(outcome.spans, outcome.results, strict=True)
             ]
             results.append(FileResult(path, outcome.duration_s, rows_out))

@@ -47,7 +47,11 @@ ByOption = Annotated[
 MinScoreOption = Annotated[float | None, typer.Option("--min-score", help="Only results at least this similar.")]
 PathOption = Annotated[
     str | None,
-    typer.Option("--path", help="Glob over full paths, e.g. '*/dogs/*' or 'sounds/**.wav' (relative: from here)."),
+    typer.Option(
+        "--path",
+        help="Glob over full paths, e.g. '*/dogs/*' or 'sounds/**.wav' (relative: from here); a byte of a name that "
+        "is not UTF-8 as results show it: '*/caf\\xe9/*'.",
+    ),
 ]
 ExtOption = Annotated[str | None, typer.Option("--ext", help="File extensions, e.g. wav,flac.")]
 MinDurationOption = Annotated[float | None, typer.Option("--min-duration", min=0, help="Files at least this long (s).")]

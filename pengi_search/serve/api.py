@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
+from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -13,7 +14,8 @@ from pydantic import BaseModel
 
 from ..choices import DEFAULT_HYBRID_WEIGHT
 from ..classify import LabelsError, read_labels
-from .errors import RequestError, TooLargeError
+from ..search import Hit
+from .errors import RequestError
 from .service import SearchParams, Service
 from .uploads import saved_upload
 
@@ -24,19 +26,12 @@ MAX_LABELS_BYTES = 1 << 20
 # -- response shapes (for the documentation; the CLI's --json output has the same fields) ------------------------
 
 
-class HitModel(BaseModel):
-    path: str  # a name that is not valid UTF-8 is shown escaped (\xff), its bytes in path_bytes (base64)
+@dataclasses.dataclass(frozen=True)
+class HitModel(Hit):
+    """A hit as the CLI's `--json` gives it, with its `file_id`; `path` shows a name that is not valid UTF-8
+    escaped (\\xff), its bytes in `path_bytes` (base64)."""
+
     path_bytes: str | None = None
-    start_s: float
-    end_s: float
-    score: float
-    caption: str
-    texts: dict[str, str]
-    window_id: int
-    file_id: int | None
-    query_start_s: float | None = None
-    query_end_s: float | None = None
-    ranking: Literal["caption", "audio", "hybrid"] | None = None  # text search: how the hits were ranked
 
 
 class TextModel(BaseModel):
@@ -124,7 +119,10 @@ def search_params(
     k: Annotated[int, Query(ge=1, description="Number of results.")] = 10,
     by: Annotated[Literal["file", "window"], Query(description="file: best window per file; window: all.")] = "file",
     min_score: Annotated[float | None, Query(description="Only results at least this similar.")] = None,
-    path: Annotated[str | None, Query(description="Glob over full paths, e.g. */dogs/*.")] = None,
+    path: Annotated[
+        str | None,
+        Query(description="Glob over full paths, e.g. */dogs/*; a byte of a name that is not UTF-8 as \\xe9."),
+    ] = None,
     ext: Annotated[str | None, Query(description="File extensions, e.g. wav,flac.")] = None,
     min_duration: Annotated[float | None, Query(ge=0, description="Files at least this long (s).")] = None,
     max_duration: Annotated[float | None, Query(ge=0, description="Files at most this long (s).")] = None,
@@ -153,7 +151,7 @@ def parse_labels(typed: str | None, uploaded: UploadFile | None) -> list[str]:
     else:
         raise RequestError("labels", "no labels: type one per line, or send a labels file")
     if len(data) > MAX_LABELS_BYTES:
-        raise TooLargeError("labels", f"larger than {MAX_LABELS_BYTES} bytes")
+        raise RequestError("labels", f"larger than {MAX_LABELS_BYTES} bytes", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
     with tempfile.TemporaryDirectory(prefix="pengi-labels-") as folder:
         path = Path(folder) / f"labels{suffix}"
         path.write_bytes(data)

@@ -33,15 +33,6 @@ def file_windows(store: Store, record: FileRecord) -> list[WindowDetails]:
     return sorted((d for d in details.values() if d.file_id == record.id), key=lambda d: d.index)
 
 
-def window_files(store: Store, window_ids: list[int]) -> dict[int, int]:
-    """window id -> file id, for the windows that still exist."""
-    if not window_ids:
-        return {}
-    with store.session() as session:
-        rows = session.execute(select(WindowRow.id, WindowRow.file_id).where(WindowRow.id.in_(window_ids)))
-        return {window_id: file_id for window_id, file_id in rows}
-
-
 def failed_files(store: Store, limit: int) -> list[FailedFile]:
     """Up to `limit` files that could not be indexed, with the reason, by path."""
     query = (

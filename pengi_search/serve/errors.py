@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
+import os
+from http import HTTPStatus
+
 from ..errors import PengiSearchError
 
 
 class RequestError(PengiSearchError):
-    """A request the server refuses; `status` is the HTTP status of the answer."""
+    """A request the server refuses: `status` is the HTTP status of the answer (400, Bad Request, unless said)."""
 
-    status = 400
-
-
-class NotFoundError(RequestError):
-    status = 404
-
-
-class ForbiddenError(RequestError):
-    status = 403
-
-
-class ConflictError(RequestError):
-    status = 409
-
-
-class TooLargeError(RequestError):
-    status = 413
-
-
-class UnprocessableError(RequestError):
-    status = 422
+    def __init__(self, where: str | os.PathLike[str], reason: str, status: HTTPStatus = HTTPStatus.BAD_REQUEST) -> None:
+        super().__init__(where, reason)
+        self.status = int(status)

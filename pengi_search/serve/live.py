@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..db import VECTOR_KINDS, Store
+from ..db import VECTOR_KINDS, CaptionCounts, Store, caption_counts
 from ..library import EmptyLibraryError, Library
 from ..vectors import FetchFn, VectorIndex
 from . import catalog
@@ -69,6 +69,7 @@ class LiveLibrary(Library):
         self._built_by: tuple[object, object] | None = None
         self._checked_at = -float("inf")
         self._refresh_lock = threading.Lock()
+        self._captions: CaptionCounts | None = None
         self.generation = 0  # grows whenever the model or text embedder that built the index changes
 
     def close(self) -> None:
@@ -84,6 +85,14 @@ class LiveLibrary(Library):
                 self.db_url, f"no {kind} vectors indexed yet; run `pengi-search index PATH...` first"
             )
         return index
+
+    def caption_counts(self) -> CaptionCounts:
+        """As of the last refresh: counting a million windows takes longer than a search, and captions reach the
+        indexes in memory only when the database gains windows or a FAISS file changes, which is when it is redone."""
+        self.refresh()
+        if self._captions is None:  # another thread is loading the indexes for the first time
+            return caption_counts(self.store)
+        return self._captions
 
     def live_indexes(self) -> dict[str, GuardedIndex]:
         """The indexes in memory now, by kind (for statistics)."""
@@ -118,6 +127,7 @@ class LiveLibrary(Library):
             elif newest > self._newest:
                 ids = catalog.vector_ids_after(self.store, kind, self._newest)
                 current.add_missing(ids, lambda missing, kind=kind: self.store.vectors(kind, missing))
+        self._captions = caption_counts(self.store)
         self._newest, self._file_stamps, self._built_by = newest, stamps, built_by
 
     def _reload(self, kind: str) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import jinja2
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
@@ -59,16 +59,32 @@ def _number(name: str, value: str, kind: type = float) -> Any:
         raise RequestError(name, f"{value!r} is not a number") from None
 
 
-def page_params(k: str, by: str, min_score: str, path: str, ext: str, min_duration: str, max_duration: str) -> Any:
-    return SearchParams(
-        k=_number("k", k, int) if k.strip() else 10,
-        by=by or "file",
-        min_score=_number("min_score", min_score),
-        path=path.strip() or None,
-        ext=ext.strip() or None,
-        min_duration=_number("min_duration", min_duration),
-        max_duration=_number("max_duration", max_duration),
-    )
+@dataclasses.dataclass
+class FilterFields:
+    """The search form's filter boxes as typed, from the query string (text: an empty box is no filter)."""
+
+    k: str = "10"
+    by: str = "file"
+    min_score: str = ""
+    path: str = ""
+    ext: str = ""
+    min_duration: str = ""
+    max_duration: str = ""
+
+    def params(self) -> SearchParams:
+        """The boxes as search options; RequestError names a box that is not a number."""
+        return SearchParams(
+            k=_number("k", self.k, int) if self.k.strip() else 10,
+            by=self.by or "file",
+            min_score=_number("min_score", self.min_score),
+            path=self.path.strip() or None,
+            ext=self.ext.strip() or None,
+            min_duration=_number("min_duration", self.min_duration),
+            max_duration=_number("max_duration", self.max_duration),
+        )
+
+
+FieldsDep = Annotated[FilterFields, Depends()]
 
 
 def _form(params: SearchParams, q: str = "") -> dict[str, Any]:
@@ -79,23 +95,12 @@ def _form(params: SearchParams, q: str = "") -> dict[str, Any]:
 
 @router.get("/", response_class=HTMLResponse)
 def search_page(
-    request: Request,
-    svc: ServiceDep,
-    q: str = "",
-    k: str = "10",
-    by: str = "file",
-    min_score: str = "",
-    path: str = "",
-    ext: str = "",
-    min_duration: str = "",
-    max_duration: str = "",
-    rank: str = "",
-    hybrid_weight: str = "",
+    request: Request, svc: ServiceDep, fields: FieldsDep, q: str = "", rank: str = "", hybrid_weight: str = ""
 ) -> HTMLResponse:
     hits, error = None, None
     params = SearchParams()
     try:
-        params = page_params(k, by, min_score, path, ext, min_duration, max_duration)
+        params = fields.params()
         weight = _number("hybrid_weight", hybrid_weight) if hybrid_weight.strip() else params.hybrid_weight
         params = dataclasses.replace(params, rank=rank or None, hybrid_weight=weight)
         if q.strip():
@@ -107,19 +112,8 @@ def search_page(
 
 
 @router.get("/similar", response_class=HTMLResponse)
-def similar_page(
-    request: Request,
-    svc: ServiceDep,
-    window_id: int,
-    k: str = "10",
-    by: str = "file",
-    min_score: str = "",
-    path: str = "",
-    ext: str = "",
-    min_duration: str = "",
-    max_duration: str = "",
-) -> HTMLResponse:
-    params = page_params(k, by, min_score, path, ext, min_duration, max_duration)
+def similar_page(request: Request, svc: ServiceDep, fields: FieldsDep, window_id: int) -> HTMLResponse:
+    params = fields.params()
     window = svc.window(window_id)
     hits = svc.similar_to_window(window_id, params)
     heading = {"path": shown(window.path), "file_id": window.file_id, "span": span(window.start_s, window.end_s)}
@@ -155,7 +149,7 @@ def upload_describe(request: Request, svc: ServiceDep, file: Annotated[UploadFil
 def upload_similar(
     request: Request, svc: ServiceDep, file: Annotated[UploadFile, File()], k: Annotated[str, Form()] = "10"
 ) -> HTMLResponse:
-    params = page_params(k, "file", "", "", "", "", "")
+    params = FilterFields(k=k).params()
     with read_upload(svc, file) as upload:
         return _upload_response(request, svc, hits=svc.similar_to_upload(upload, params), name=upload.name)
 

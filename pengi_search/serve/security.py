@@ -20,13 +20,14 @@ import os
 import secrets
 import stat
 from collections.abc import Awaitable, Callable, MutableMapping
+from http import HTTPStatus
 from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from ..db import FileRecord
-from .errors import ConflictError, ForbiddenError, NotFoundError
+from .errors import RequestError
 
 TOKEN_HEADER = "x-pengi-token"
 TOKEN_COOKIE = "pengi_token"
@@ -187,19 +188,21 @@ def servable_path(record: FileRecord, roots: tuple[Path, ...]) -> Path:
     """The real path of an indexed file that may be served (see the module docstring), or a RequestError."""
     where = f"file {record.id}"
     if record.status != "indexed":
-        raise NotFoundError(where, f"not indexed ({record.status}): it has no audio to serve")
+        raise RequestError(where, f"not indexed ({record.status}): it has no audio to serve", HTTPStatus.NOT_FOUND)
     try:
         real = Path(record.path).resolve(strict=True)
         info = os.stat(real)
     except OSError as exc:
-        raise NotFoundError(where, f"no longer readable on disk ({exc.strerror or exc})") from None
+        raise RequestError(where, f"no longer readable on disk ({exc.strerror or exc})", HTTPStatus.NOT_FOUND) from None
     allowed = [_real_folder(root) for root in roots] if roots else [_real_folder(Path(record.path).parent)]
     if not any(folder is not None and real.is_relative_to(folder) for folder in allowed):
-        raise ForbiddenError(where, "its real path is outside the folders this server serves (see --root)")
+        raise RequestError(
+            where, "its real path is outside the folders this server serves (see --root)", HTTPStatus.FORBIDDEN
+        )
     if not stat.S_ISREG(info.st_mode):
-        raise ForbiddenError(where, "not a regular file")
+        raise RequestError(where, "not a regular file", HTTPStatus.FORBIDDEN)
     if (info.st_size, info.st_mtime_ns / 1e9) != (record.size, record.mtime):
-        raise ConflictError(where, "the file changed on disk since it was indexed; index it again")
+        raise RequestError(where, "the file changed on disk since it was indexed; index it again", HTTPStatus.CONFLICT)
     return real
 
 

@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +37,8 @@ from ..search import (
     search_index,
 )
 from . import catalog, media
-from .errors import NotFoundError, RequestError
+from .batching import EmbedBatcher
+from .errors import RequestError
 from .live import LiveLibrary
 from .security import servable_path
 from .settings import ServeSettings
@@ -105,12 +107,14 @@ class Service:
         self._audio_embedder: TextEmbedder | None = None
         self._audio_generation = -1
         self._query_cache: OrderedDict[tuple[int, str, str], np.ndarray] = OrderedDict()
+        self._batcher = EmbedBatcher()
         self._engine: Engine | None = None
         self._model_dir: ModelDir | None = None
         self._embedder_lock = threading.Lock()
         self._model_lock = threading.Lock()  # one model run at a time: uploads are CPU-bound
 
     def close(self) -> None:
+        self._batcher.close()
         self.library.close()
         self.transcodes.close()
 
@@ -179,14 +183,14 @@ class Service:
 
     def _query_vector(self, text: str, rank: Rank) -> np.ndarray:
         """The text's embedding (1, d) for matching captions or audio; the latest QUERY_CACHE texts are kept (a
-        refined search reuses its text)."""
+        refined search reuses its text). Concurrent requests share the tower's passes (`EmbedBatcher`)."""
         embedder = self.audio_embedder() if rank is Rank.audio else self.embedder()
-        key = (self.library.generation, rank.value, text)
+        key = (self.library.generation, embedder.id, text)  # one tower for captions and audio: embedded once
         with self._embedder_lock:
             if key in self._query_cache:
                 self._query_cache.move_to_end(key)
                 return self._query_cache[key]
-        vector = embedder.embed([text])
+        vector = self._batcher.embed(embedder, text)
         with self._embedder_lock:
             self._query_cache[key] = vector
             while len(self._query_cache) > QUERY_CACHE:
@@ -198,7 +202,7 @@ class Service:
         window = self.window(window_id)
         ids, vectors = self.library.store.vectors("audio", [window_id])
         if len(ids) == 0:
-            raise NotFoundError(f"window {window_id}", "has no audio embedding")
+            raise RequestError(f"window {window_id}", "has no audio embedding", HTTPStatus.NOT_FOUND)
         filters = dataclasses.replace(params.filters(), exclude_paths=frozenset({window.path}))
         spans = [(window.start_s, window.end_s)]
         k = self._k(params)
@@ -233,24 +237,20 @@ class Service:
         return params.k
 
     def _hits_json(self, hits: Sequence[Hit]) -> list[dict[str, Any]]:
-        files = catalog.window_files(self.library.store, [hit.window_id for hit in hits])
-        return [
-            {**hit.to_json(), **path_fields(hit.path, readable=True), "file_id": files.get(hit.window_id)}
-            for hit in hits
-        ]
+        return [{**hit.to_json(), **path_fields(hit.path, readable=True), "file_id": hit.file_id} for hit in hits]
 
     # -- files and windows -----------------------------------------------------------------------------------
 
     def window(self, window_id: int) -> WindowDetails:
         window = self.library.store.window_details([window_id]).get(window_id)
         if window is None:
-            raise NotFoundError(f"window {window_id}", "no such window in the index")
+            raise RequestError(f"window {window_id}", "no such window in the index", HTTPStatus.NOT_FOUND)
         return window
 
     def file_record(self, file_id: int) -> FileRecord:
         record = catalog.file_by_id(self.library.store, file_id)
         if record is None:
-            raise NotFoundError(f"file {file_id}", "no such file in the index")
+            raise RequestError(f"file {file_id}", "no such file in the index", HTTPStatus.NOT_FOUND)
         return record
 
     def file(self, file_id: int) -> dict[str, Any]:
@@ -313,6 +313,7 @@ class Service:
         """Audio -> text for every window, as `pengi-search describe --json` gives one file."""
         from ..audio import iter_windows
         from ..decoding import GenerationConfig
+        from ..inference import described_window
         from ..prompts import DESCRIBE_TASKS, TASK_PROMPTS
 
         engine = self.engine()
@@ -322,15 +323,7 @@ class Service:
         with self._model_lock:
             embeds = engine.audio_embeddings(np.stack([w.samples for w in windows]))
             answers = engine.generate(embeds, prompts, gen)
-        rows = [
-            {
-                "start_s": round(w.start_s, 3),
-                "end_s": round(w.end_s, 3),
-                "answers": {k: a.text for k, a in zip(keys, per_window, strict=True)},
-                "scores": {k: round(a.score, 4) for k, a in zip(keys, per_window, strict=True)},
-            }
-            for w, per_window in zip(windows, answers, strict=True)
-        ]
+        rows = [described_window(w.start_s, w.end_s, keys, said) for w, said in zip(windows, answers, strict=True)]
         return {"path": upload.name, "duration_s": round(upload.duration_s, 3), "windows": rows, "error": None}
 
     def classify(self, upload: Upload, labels: list[str], method: str = "text", top: int = 5) -> dict[str, Any]:

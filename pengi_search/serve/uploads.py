@@ -12,11 +12,12 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import BinaryIO
 
 from ..audio import AUDIO_EXTENSIONS, AudioDecodeError, iter_windows
-from .errors import TooLargeError, UnprocessableError
+from .errors import RequestError
 
 _CHUNK = 1 << 20
 _SAFE_SUFFIX = re.compile(r"^\.[a-z0-9]{1,8}$")
@@ -49,10 +50,12 @@ def _copy_bounded(stream: BinaryIO, path: Path, name: str, max_bytes: int) -> No
         while chunk := stream.read(_CHUNK):
             written += len(chunk)
             if written > max_bytes:
-                raise TooLargeError(name, f"larger than the server's limit of {max_bytes} bytes")
+                raise RequestError(
+                    name, f"larger than the server's limit of {max_bytes} bytes", HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+                )
             out.write(chunk)
     if written == 0:
-        raise UnprocessableError(name, "empty file (0 bytes)")
+        raise RequestError(name, "empty file (0 bytes)", HTTPStatus.UNPROCESSABLE_ENTITY)
 
 
 def _checked_duration(path: Path, name: str, max_seconds: float) -> float:
@@ -63,7 +66,11 @@ def _checked_duration(path: Path, name: str, max_seconds: float) -> float:
             for window in windows:
                 duration = max(duration, window.end_s)
                 if duration > max_seconds:
-                    raise TooLargeError(name, f"longer than the server's limit of {max_seconds:g} s")
+                    raise RequestError(
+                        name,
+                        f"longer than the server's limit of {max_seconds:g} s",
+                        HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                    )
     except AudioDecodeError as exc:
-        raise UnprocessableError(name, exc.reason) from None
+        raise RequestError(name, exc.reason, HTTPStatus.UNPROCESSABLE_ENTITY) from None
     return duration
