@@ -18,6 +18,7 @@ import torch
 
 from .choices import LongPrompt
 from .chunking import chunk_slices
+from .cpu_kernels import use_onednn_linear
 from .decoding import CandidateScore, GenerationConfig, beam_search, score_candidates
 from .fast_mode import FastMode, apply, autocast
 from .kv_cache import SharedPrefix
@@ -32,6 +33,17 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but PyTorch sees no CUDA GPU")
     return torch.device(device)
+
+
+def prepare_model(model: Pengi, device: torch.device, fast: FastMode | None = None) -> Pengi:
+    """The model as the engine runs it, converted in place: on `device`, in eval mode, in `fast` mode when given, and
+    on a CPU (outside bf16, whose layers autocast picks) with its float32 linear layers on oneDNN (`cpu_kernels`)."""
+    model = model.to(device).eval()
+    if fast is not None:
+        apply(model, fast, device)
+    if device.type == "cpu" and (fast is None or fast.precision != "bf16"):
+        use_onednn_linear(model)
+    return model
 
 
 def default_batch_size(device: torch.device) -> int:
@@ -66,15 +78,13 @@ class Engine:
         long_prompts: LongPrompt = LongPrompt.cut,
         fast: FastMode | None = None,
     ):
-        self.model = model.to(device).eval()
+        self.model = prepare_model(model, device, fast)
         self.tok = tokenizers
         self.device = device
         self.batch_size = batch_size or default_batch_size(device)
         self.audio_batch_size = min(self.batch_size, default_audio_batch_size(device))
         self.long_prompts = long_prompts  # prompts over 40 tokens: cut as the original does, or refused
         self.fast = fast
-        if fast is not None:
-            apply(self.model, fast, device)
         self._prompt_prefixes: dict[tuple[str, bool | None], torch.Tensor] = {}
 
     @classmethod

@@ -1,0 +1,67 @@
+"""The engine's CPU layers (`cpu_kernels`): the same maps as PyTorch's, within float32 rounding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from pengi_search.cpu_kernels import OneDnnLinear, linear_add, linear_gelu_tanh, onednn_available, use_onednn_linear
+from pengi_search.inference import prepare_model
+from pengi_search.model import Pengi
+from pengi_search.testing import tiny_config
+
+pytestmark = pytest.mark.skipif(not onednn_available(), reason="this PyTorch has no oneDNN")
+TOL = 1e-5
+
+
+def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return bool(torch.allclose(a, b, rtol=TOL, atol=TOL))
+
+
+@torch.no_grad()
+def test_onednn_linear_computes_what_linear_and_conv1d_compute():
+    torch.manual_seed(0)
+    linear, conv = nn.Linear(16, 24), Conv1D(24, 16)
+    x = torch.randn(2, 5, 16)
+    assert close(OneDnnLinear.of(linear)(x), linear(x))
+    assert close(OneDnnLinear.of(conv)(x), conv(x))
+    assert OneDnnLinear.of(linear).weight is linear.weight  # shared, not copied
+
+
+@torch.no_grad()
+def test_fused_activation_and_residual_equal_the_separate_operations():
+    torch.manual_seed(0)
+    layer = nn.Linear(16, 32)
+    fused = OneDnnLinear.of(layer)
+    x, residual = torch.randn(3, 4, 16), torch.randn(3, 4, 32)
+    expected = F.gelu(layer(x), approximate="tanh")
+    assert close(linear_gelu_tanh(fused, x), expected)
+    assert close(linear_gelu_tanh(layer, x), expected)
+    assert close(linear_add(fused, x, residual), residual + layer(x))
+    assert close(linear_add(layer, x, residual), residual + layer(x))
+
+
+def test_gradients_fall_back_to_pytorch():
+    torch.manual_seed(0)
+    layer = OneDnnLinear.of(nn.Linear(8, 4))
+    layer(torch.randn(2, 8)).sum().backward()
+    assert layer.weight.grad is not None and layer.weight.grad.shape == (4, 8)
+
+
+def test_the_engine_model_has_its_linear_layers_on_onednn_and_its_embeddings_still_tied():
+    torch.manual_seed(0)
+    model = Pengi(tiny_config()).eval()
+    expected = sum(type(m) is nn.Linear or isinstance(m, Conv1D) for m in model.modules())
+    wave = torch.randn(2, model.cfg.audio.clip_samples)
+    with torch.no_grad():
+        before = model.encode_audio(wave)
+    prepare_model(model, torch.device("cpu"))
+    assert sum(isinstance(m, OneDnnLinear) for m in model.modules()) == expected > 0
+    assert not any(type(m) is nn.Linear or isinstance(m, Conv1D) for m in model.modules())
+    assert model.gpt.lm_head.weight is model.gpt.get_input_embeddings().weight
+    with torch.no_grad():
+        assert close(model.encode_audio(wave), before)
+    assert use_onednn_linear(model) == 0  # nothing left to convert
