@@ -76,11 +76,12 @@ def use_onednn_linear(model: nn.Module) -> int:
     return converted
 
 
-def linear_gelu_tanh(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """gelu(layer(x)) with the tanh approximation (GPT-2's); one pass over the output when `layer` is oneDNN's."""
+def linear_gelu(layer: nn.Module, x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """gelu(layer(x)) (`approximate`: "none", the erf form, or "tanh", GPT-2's); computed inside the product, without
+    a second pass over its output, when `layer` is oneDNN's."""
     if isinstance(layer, OneDnnLinear) and not torch.is_grad_enabled():
-        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "gelu", [], "tanh")
-    return F.gelu(layer(x), approximate="tanh")
+        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "gelu", [], approximate)
+    return F.gelu(layer(x), approximate=approximate)
 
 
 def linear_add(layer: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:

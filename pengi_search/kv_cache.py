@@ -25,7 +25,7 @@ from typing import Protocol
 import torch
 from transformers import DynamicCache, GPT2LMHeadModel, PreTrainedModel
 
-from .cpu_kernels import linear_add, linear_gelu_tanh
+from .cpu_kernels import linear_add, linear_gelu
 
 # GPT-2's activation: transformers writes the tanh approximation out in five operations; a fused kernel (PyTorch's,
 # or oneDNN's inside the product, see `cpu_kernels`) computes the same function within rounding, in a fraction of
@@ -291,7 +291,7 @@ class GPT2Cache:
                 frozen_values.append(v)
             attended = self._attend(layer, q, k, v)  # (R, H, T, D)
             x = linear_add(block.attn.c_proj, attended.transpose(1, 2).reshape(R, T, E), x)
-            x = linear_add(block.mlp.c_proj, linear_gelu_tanh(block.mlp.c_fc, block.ln_2(x)), x)
+            x = linear_add(block.mlp.c_proj, linear_gelu(block.mlp.c_fc, block.ln_2(x), "tanh"), x)
         if frozen_keys is None:
             self._filled += T
         x = transformer.ln_f(x if all_positions else x[:, -1:])
