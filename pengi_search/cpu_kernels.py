@@ -25,29 +25,33 @@ def onednn_available() -> bool:
 
 
 class OneDnnLinear(nn.Module):
-    """y = x W^T + b through oneDNN; W is (out, in) like `nn.Linear`'s, for inputs of any leading shape."""
+    """y = x W^T + b through oneDNN, for inputs of any leading shape. `weight` is the replaced layer's own
+    parameter, shared: (out, in) for an `nn.Linear`, (in, out) for a GPT-2 `Conv1D` (`transposed`), which oneDNN
+    reads through a transposed view as fast and with the same result as a contiguous copy. The state dict's names
+    and shapes are the replaced layer's."""
 
-    def __init__(self, weight: nn.Parameter, bias: nn.Parameter | None) -> None:
+    def __init__(self, weight: nn.Parameter, bias: nn.Parameter | None, transposed: bool) -> None:
         super().__init__()
         self.weight = weight
         self.bias = bias
+        self.transposed = transposed
 
     @classmethod
     def of(cls, layer: nn.Linear | Conv1D) -> OneDnnLinear:
-        """The same map as `layer`, sharing its parameters (a `Conv1D`'s (in, out) weight is stored transposed,
-        which replaces the layer's own copy once the layer is gone)."""
-        if isinstance(layer, Conv1D):
-            weight = nn.Parameter(layer.weight.detach().t().contiguous(), requires_grad=False)
-            return cls(weight, layer.bias)
-        return cls(layer.weight, layer.bias)
+        return cls(layer.weight, layer.bias, transposed=isinstance(layer, Conv1D))
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        """The weight as (out, in)."""
+        return self.weight.t() if self.transposed else self.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and self.weight.requires_grad:  # oneDNN's operator has no backward pass
-            return F.linear(x, self.weight, self.bias)
-        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+            return F.linear(x, self.matrix, self.bias)
+        return torch.ops.mkldnn._linear_pointwise(x, self.matrix, self.bias, "none", [], "")
 
     def extra_repr(self) -> str:
-        out_features, in_features = self.weight.shape
+        out_features, in_features = self.matrix.shape
         return f"in_features={in_features}, out_features={out_features}, bias={self.bias is not None}"
 
 
@@ -80,12 +84,12 @@ def linear_gelu(layer: nn.Module, x: torch.Tensor, approximate: str = "none") ->
     """gelu(layer(x)) (`approximate`: "none", the erf form, or "tanh", GPT-2's); computed inside the product, without
     a second pass over its output, when `layer` is oneDNN's."""
     if isinstance(layer, OneDnnLinear) and not torch.is_grad_enabled():
-        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "gelu", [], approximate)
+        return torch.ops.mkldnn._linear_pointwise(x, layer.matrix, layer.bias, "gelu", [], approximate)
     return F.gelu(layer(x), approximate=approximate)
 
 
 def linear_add(layer: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """residual + layer(x); the sum is written by the product itself when `layer` is oneDNN's."""
     if isinstance(layer, OneDnnLinear) and not torch.is_grad_enabled():
-        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, layer.weight, layer.bias, "add")
+        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, layer.matrix, layer.bias, "add")
     return residual + layer(x)

@@ -18,7 +18,7 @@ import torch
 
 from .choices import LongPrompt
 from .chunking import chunk_slices
-from .cpu_kernels import use_onednn_linear
+from .cpu_kernels import onednn_available, use_onednn_linear
 from .decoding import CandidateScore, GenerationConfig, beam_search, score_candidates
 from .fast_mode import FastMode, apply, autocast
 from .kv_cache import SharedPrefix
@@ -100,7 +100,10 @@ class Engine:
         tokenizers = model_dir.tokenizers  # first: a missing tokenizer fails before 1.3 GB of weights load
         where = resolve_device(device)
         mode = FastMode.for_device(where) if fast else None
-        return cls(Pengi.from_pretrained(model_dir), tokenizers, where, batch_size, long_prompts, mode)
+        # The weights stay memory-mapped (no copy at load) where the products do not depend on their alignment.
+        mapped = where.type == "cuda" or (where.type == "cpu" and onednn_available())
+        model = Pengi.from_pretrained(model_dir, mapped=mapped)
+        return cls(model, tokenizers, where, batch_size, long_prompts, mode)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.device, self.fast)

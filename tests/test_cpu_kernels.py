@@ -1,4 +1,5 @@
-"""The engine's CPU layers (`cpu_kernels`): the same maps as PyTorch's, within float32 rounding."""
+"""The engine's CPU layers (`cpu_kernels`): the same maps as PyTorch's, within float32 rounding; its weights
+memory-mapped (`Pengi.from_pretrained(mapped=True)`) give the same answers as copied ones."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from pengi_search.checkpoint import CheckpointError, load_safetensors_strict
 from pengi_search.cpu_kernels import OneDnnLinear, linear_add, linear_gelu, onednn_available, use_onednn_linear
+from pengi_search.decoding import GenerationConfig, beam_search
 from pengi_search.inference import prepare_model
 from pengi_search.model import Pengi
 from pengi_search.testing import tiny_config
@@ -29,6 +32,7 @@ def test_onednn_linear_computes_what_linear_and_conv1d_compute():
     assert close(OneDnnLinear.of(linear)(x), linear(x))
     assert close(OneDnnLinear.of(conv)(x), conv(x))
     assert OneDnnLinear.of(linear).weight is linear.weight  # shared, not copied
+    assert OneDnnLinear.of(conv).weight is conv.weight
 
 
 @torch.no_grad()
@@ -56,6 +60,7 @@ def test_the_engine_model_has_its_linear_layers_on_onednn_and_its_embeddings_sti
     torch.manual_seed(0)
     model = Pengi(tiny_config()).eval()
     expected = sum(type(m) is nn.Linear or isinstance(m, Conv1D) for m in model.modules())
+    names = {k: v.shape for k, v in model.state_dict().items()}
     wave = torch.randn(2, model.cfg.audio.clip_samples)
     with torch.no_grad():
         before = model.encode_audio(wave)
@@ -63,6 +68,39 @@ def test_the_engine_model_has_its_linear_layers_on_onednn_and_its_embeddings_sti
     assert sum(isinstance(m, OneDnnLinear) for m in model.modules()) == expected > 0
     assert not any(type(m) is nn.Linear or isinstance(m, Conv1D) for m in model.modules())
     assert model.gpt.lm_head.weight is model.gpt.get_input_embeddings().weight
+    assert {k: v.shape for k, v in model.state_dict().items()} == names  # the same tensors under the same names
     with torch.no_grad():
         assert close(model.encode_audio(wave), before)
     assert use_onednn_linear(model) == 0  # nothing left to convert
+
+
+@torch.no_grad()
+def test_mapped_weights_give_the_engine_model_the_same_answers_as_copied_ones(tiny_model_dir):
+    """Mapped tensors are not aligned as PyTorch's own; oneDNN's products do not depend on that."""
+    copied = prepare_model(Pengi.from_pretrained(tiny_model_dir), torch.device("cpu"))
+    mapped = prepare_model(Pengi.from_pretrained(tiny_model_dir, mapped=True), torch.device("cpu"))
+    assert mapped.gpt.lm_head.weight is mapped.gpt.get_input_embeddings().weight
+    assert all(
+        torch.equal(a, b) for a, b in zip(copied.state_dict().values(), mapped.state_dict().values(), strict=True)
+    )
+    torch.manual_seed(1)
+    wave = torch.randn(3, copied.cfg.audio.clip_samples)
+    ids = torch.tensor([[0, 5, 6, 7, 1]]).expand(3, -1) % copied.cfg.text_encoder.vocab_size
+    prefixes = [m.prefix(wave, ids, torch.ones_like(ids)) for m in (copied, mapped)]
+    assert torch.equal(*prefixes)
+    cfg = GenerationConfig(beam=3, max_len=8, stop_ids=())
+    expected, actual = (beam_search(m.gpt, p, cfg) for m, p in zip((copied, mapped), prefixes, strict=True))
+    assert [[(h.tokens, h.score) for h in row] for row in actual] == [
+        [(h.tokens, h.score) for h in row] for row in expected
+    ]
+
+
+def test_a_mapped_load_reports_what_does_not_match(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(tiny_model_dir / "model.safetensors")
+    state["extra.weight"] = torch.zeros(1)
+    del state["caption_decoder.audio_project.linear.bias"]
+    save_file(state, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match="missing caption_decoder.audio_project.linear.bias.*unexpected extra"):
+        load_safetensors_strict(Pengi(tiny_config()), tmp_path / "model.safetensors", mapped=True)
