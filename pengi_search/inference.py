@@ -105,6 +105,11 @@ class Engine:
         model = Pengi.from_pretrained(model_dir, mapped=mapped)
         return cls(model, tokenizers, where, batch_size, long_prompts, mode)
 
+    @property
+    def mode(self) -> str:
+        """How this engine generates: "exact", or its fast mode (e.g. "bf16+greedy"), as the index records it."""
+        return str(self.fast or FastMode())
+
     def _autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.device, self.fast)
 

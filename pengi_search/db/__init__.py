@@ -14,6 +14,7 @@ from .captions import (
     WindowCaptions,
     add_captions,
     caption_counts,
+    caption_modes,
     uncaptioned_windows,
 )
 from .errors import IndexBusyError, MissingDatabaseError, StoreError, StoreMismatchError
@@ -72,6 +73,7 @@ __all__ = [
     "WindowInput",
     "add_captions",
     "caption_counts",
+    "caption_modes",
     "default_db_url",
     "default_index_dir",
     "default_index_path",

@@ -321,7 +321,7 @@ class Store(RunJournal):
                         end_s=window.end_s,
                         file_duration_s=file.duration_s,
                         format=file.format,
-                        texts=tuple(TextRecord(t.prompt, t.text, t.score) for t in window.texts),
+                        texts=tuple(TextRecord(t.prompt, t.text, t.score, t.mode) for t in window.texts),
                     )
         return details
 
@@ -538,7 +538,7 @@ def _window_row(path: str, window: WindowInput, text_dim: int | None) -> WindowR
         index=window.index,
         start_s=float(window.start_s),
         end_s=float(window.end_s),
-        texts=[GeneratedTextRow(prompt=t.prompt, text=t.text, score=t.score) for t in window.texts],
+        texts=[GeneratedTextRow(prompt=t.prompt, text=t.text, score=t.score, mode=t.mode) for t in window.texts],
         vectors=[
             WindowVectorRow(kind=kind, vector=_encode_vector(where, kind, vector, text_dim))
             for kind, vector in window.vectors.items()
