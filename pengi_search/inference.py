@@ -35,13 +35,16 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def prepare_model(model: Pengi, device: torch.device, fast: FastMode | None = None) -> Pengi:
-    """The model as the engine runs it, converted in place: on `device`, in eval mode, in `fast` mode when given, and
-    on a CPU (outside bf16, whose layers autocast picks) with its float32 linear layers on oneDNN (`cpu_kernels`)."""
+def prepare_model(
+    model: Pengi, device: torch.device, fast: FastMode | None = None, *, cpu_kernels: bool = True
+) -> Pengi:
+    """The model as the engine runs it, converted in place: on `device`, in eval mode, in `fast` mode when given,
+    and with `cpu_kernels` on a CPU (outside bf16, whose layers autocast picks) its float32 linear layers on oneDNN
+    (`cpu_kernels.use_onednn_linear`)."""
     model = model.to(device).eval()
     if fast is not None:
         apply(model, fast, device)
-    if device.type == "cpu" and (fast is None or fast.precision != "bf16"):
+    if cpu_kernels and device.type == "cpu" and (fast is None or fast.precision != "bf16"):
         use_onednn_linear(model)
     return model
 
@@ -67,7 +70,10 @@ class Answer:
 
 class Engine:
     """`batch_size`: (window, prompt) rows per decoding batch, None: the device's default (`default_batch_size`);
-    the audio encoder takes `default_audio_batch_size` windows at a time. `fast`: see `fast_mode` (None: exact)."""
+    the audio encoder takes `default_audio_batch_size` windows at a time. `fast`: see `fast_mode` (None: exact).
+    `cpu_kernels`: the model's CPU linear layers on oneDNN (see `prepare_model`; `load` does it for the model it
+    loads); off by default, since the conversion is in place and a model that is also being trained (the trainer's
+    evaluations) keeps PyTorch's layers."""
 
     def __init__(
         self,
@@ -77,8 +83,10 @@ class Engine:
         batch_size: int | None = None,
         long_prompts: LongPrompt = LongPrompt.cut,
         fast: FastMode | None = None,
+        *,
+        cpu_kernels: bool = False,
     ):
-        self.model = prepare_model(model, device, fast)
+        self.model = prepare_model(model, device, fast, cpu_kernels=cpu_kernels)
         self.tok = tokenizers
         self.device = device
         self.batch_size = batch_size or default_batch_size(device)
@@ -103,7 +111,7 @@ class Engine:
         # The weights stay memory-mapped (no copy at load) where the products do not depend on their alignment.
         mapped = where.type == "cuda" or (where.type == "cpu" and onednn_available())
         model = Pengi.from_pretrained(model_dir, mapped=mapped)
-        return cls(model, tokenizers, where, batch_size, long_prompts, mode)
+        return cls(model, tokenizers, where, batch_size, long_prompts, mode, cpu_kernels=True)
 
     @property
     def mode(self) -> str:

@@ -12,8 +12,9 @@ from transformers.pytorch_utils import Conv1D
 from pengi_search.checkpoint import CheckpointError, load_safetensors_strict
 from pengi_search.cpu_kernels import OneDnnLinear, linear_add, linear_gelu, onednn_available, use_onednn_linear
 from pengi_search.decoding import GenerationConfig, beam_search
-from pengi_search.inference import prepare_model
+from pengi_search.inference import Engine, prepare_model
 from pengi_search.model import Pengi
+from pengi_search.model_dir import ModelDir
 from pengi_search.testing import tiny_config
 
 pytestmark = pytest.mark.skipif(not onednn_available(), reason="this PyTorch has no oneDNN")
@@ -104,3 +105,11 @@ def test_a_mapped_load_reports_what_does_not_match(tiny_model_dir, tmp_path):
     save_file(state, tmp_path / "model.safetensors")
     with pytest.raises(CheckpointError, match="missing caption_decoder.audio_project.linear.bias.*unexpected extra"):
         load_safetensors_strict(Pengi(tiny_config()), tmp_path / "model.safetensors", mapped=True)
+
+
+def test_a_loaded_engine_runs_on_onednn_and_a_given_model_keeps_its_layers(tiny_model_dir):
+    loaded = Engine.load(ModelDir.read(tiny_model_dir), "cpu")
+    assert any(isinstance(m, OneDnnLinear) for m in loaded.model.modules())
+    model = Pengi.from_pretrained(tiny_model_dir)  # e.g. the trainer's, evaluated between training steps
+    given = Engine(model, ModelDir.read(tiny_model_dir).tokenizers, torch.device("cpu"))
+    assert given.model is model and not any(isinstance(m, OneDnnLinear) for m in model.modules())
