@@ -98,7 +98,9 @@ def load_safetensors_strict(model: torch.nn.Module, path: Path, *, mapped: bool 
     copied and each page is read when first used (the model's uninitialised tensors are dropped, never filled).
     Those tensors lie where the file puts them, not aligned as PyTorch aligns its own, and MKL's products round
     differently by alignment: for models whose products do not depend on it (oneDNN's, a GPU's; see
-    `inference.Engine.load`). Otherwise the tensors are copied into the model's.
+    `inference.Engine.load`). The project replaces a weights file by renaming a new one over it, never rewrites it
+    in place (`Pengi.save_pretrained`, downloads), so a mapped model keeps the file it loaded. Otherwise the tensors
+    are copied into the model's.
     """
     from safetensors.torch import load_file
 

@@ -132,7 +132,11 @@ class Pengi(nn.Module):
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_model(self, str(directory / WEIGHTS_FILE))
+        # Written aside, then renamed over the old file: a process that has the old one mapped (`Engine.load`) keeps
+        # reading it, where rewriting the file in place would pull the pages from under it.
+        partial = directory / f".{WEIGHTS_FILE}.partial"
+        save_model(self, str(partial))
+        os.replace(partial, directory / WEIGHTS_FILE)
         meta = {
             "format_version": FORMAT_VERSION,
             "config": self.cfg.to_dict(),

@@ -113,3 +113,15 @@ def test_a_loaded_engine_runs_on_onednn_and_a_given_model_keeps_its_layers(tiny_
     model = Pengi.from_pretrained(tiny_model_dir)  # e.g. the trainer's, evaluated between training steps
     given = Engine(model, ModelDir.read(tiny_model_dir).tokenizers, torch.device("cpu"))
     assert given.model is model and not any(isinstance(m, OneDnnLinear) for m in model.modules())
+
+
+@torch.no_grad()
+def test_a_mapped_model_keeps_its_weights_when_the_directory_is_saved_again(tiny_model_dir, tmp_path):
+    model_dir = tmp_path / "model"
+    Pengi.from_pretrained(tiny_model_dir).save_pretrained(model_dir)
+    mapped = Pengi.from_pretrained(model_dir, mapped=True)
+    before = {k: v.clone() for k, v in mapped.state_dict().items()}
+    other = Pengi(tiny_config())
+    other.save_pretrained(model_dir)  # replaced, not rewritten in place
+    assert all(torch.equal(v, before[k]) for k, v in mapped.state_dict().items())
+    assert not list(model_dir.glob(".*partial"))
