@@ -4,7 +4,7 @@
     python benchmarks/bench_generate.py --threads 1 --reference-clips 2   # the slow original on fewer clips
     python benchmarks/bench_generate.py --threads 1 --reference-clips 2 --fast            # + a --fast row
     python benchmarks/bench_generate.py --threads 1 --reference-clips 2 --fast-options    # + each fast option
-    python benchmarks/bench_generate.py --profile --clips 4 --max-len 10    # where the project's time goes
+    python benchmarks/bench_generate.py --profile --clips 32 --max-len 30 --threads 1   # where the project's time goes
     python benchmarks/bench_generate.py --device cuda --dtype bf16 --clips 1024 --reference-clips 16 --fast
     python benchmarks/bench_generate.py --size tiny --clips 3 --max-len 6   # seconds: do both methods agree?
 
