@@ -4,7 +4,7 @@
     python benchmarks/bench_generate.py --threads 1 --reference-clips 2   # the slow original on fewer clips
     python benchmarks/bench_generate.py --threads 1 --reference-clips 2 --fast            # + a --fast row
     python benchmarks/bench_generate.py --threads 1 --reference-clips 2 --fast-options    # + each fast option
-    python benchmarks/bench_generate.py --profile --clips 4 --max-len 10    # where the project's time goes
+    python benchmarks/bench_generate.py --profile --clips 32 --max-len 30 --threads 1   # where the project's time goes
     python benchmarks/bench_generate.py --device cuda --dtype bf16 --clips 1024 --reference-clips 16 --fast
     python benchmarks/bench_generate.py --size tiny --clips 3 --max-len 6   # seconds: do both methods agree?
 
@@ -43,10 +43,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import cProfile
 import json
 import os
-import pstats
 import resource
 import subprocess
 import sys
@@ -64,8 +62,8 @@ from transformers import GPT2LMHeadModel
 from pengi_search.audio import AUDIO_EXTENSIONS, iter_windows
 from pengi_search.config import PengiConfig
 from pengi_search.decoding import GenerationConfig, beam_search
-from pengi_search.fast_mode import FastMode, apply, autocast
-from pengi_search.inference import default_audio_batch_size, default_batch_size
+from pengi_search.fast_mode import FastMode, autocast
+from pengi_search.inference import default_audio_batch_size, default_batch_size, prepare_model
 from pengi_search.kv_cache import SharedPrefix
 from pengi_search.model import Pengi
 from pengi_search.testing import tiny_clip_tokenizer, tiny_config
@@ -306,8 +304,8 @@ def run_method(args: argparse.Namespace) -> Run:
     token_table = model.gpt.get_input_embeddings().weight.detach().float().clone()  # before a fast conversion
     rss_model = current_rss_mib()
     fast = fast_mode_of(args.method, device)
-    if fast is not None:
-        apply(model, fast, device)
+    if args.method != "reference":
+        prepare_model(model, device, fast)  # as the engine runs it
     bench = Bench(model, args, device, fast)
     clips = args.reference_clips if args.method == "reference" else args.clips
     wave = make_audio(clips, model.cfg.audio.clip_samples)
@@ -339,18 +337,25 @@ def run_method(args: argparse.Namespace) -> Run:
 
 
 def profile(args: argparse.Namespace) -> None:
-    """The project method under cProfile, in this process: the entries with the most time of their own."""
+    """The project method under torch.profiler, in this process: the operators with the most time of their own."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
     device = torch.device(args.device)
-    model = build_model(args.size, device)
-    bench = Bench(model, args, device, fast_mode_of("fast", device) if args.fast else None)
+    fast = fast_mode_of("fast", device) if args.fast else None
+    model = prepare_model(build_model(args.size, device), device, fast)
+    bench = Bench(model, args, device, fast)
     wave = make_audio(args.clips, model.cfg.audio.clip_samples)
     bench.run("project", wave[:1], max_len=2)
-    profiler = cProfile.Profile()
-    profiler.enable()
-    _, prefix_s, decode_s = bench.run("project", wave, args.max_len)
-    profiler.disable()
-    print(f"project, {args.clips} clips, {args.max_len} tokens: prefixes {prefix_s:.2f} s, decoding {decode_s:.2f} s")
-    pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
+    activities = [ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * (device.type == "cuda")
+    with torch_profile(activities=activities) as profiler:
+        _, prefix_s, decode_s = bench.run("project", wave, args.max_len)
+    seconds = prefix_s + decode_s
+    print(
+        f"project, {args.clips} clips, {args.max_len} tokens: prefixes {prefix_s:.2f} s, decoding {decode_s:.2f} s,"
+        f" {seconds / args.clips:.3f} s per clip (load average {os.getloadavg()[0]:.1f})"
+    )
+    print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
 def child(method: str) -> Run:

@@ -99,7 +99,10 @@ class IndexModel:
         return [
             WindowCaptions(
                 window.window_id,
-                [TextRecord(p, a.text, float(a.score)) for p, a in zip(self.prompts, row, strict=True)],
+                [
+                    TextRecord(p, a.text, float(a.score), self.engine.mode)
+                    for p, a in zip(self.prompts, row, strict=True)
+                ],
                 vector,
             )
             for window, row, vector in zip(windows, answers, text_vectors, strict=True)

@@ -90,19 +90,53 @@ def variant_of(state: Mapping[str, torch.Tensor]) -> str:
     return "base" if any(k.startswith(TEXT_ENCODER_PREFIX) for k in state) else "base_no_text_enc"
 
 
-def load_safetensors_strict(model: torch.nn.Module, path: Path) -> None:
-    """Load a `model.safetensors` into `model` (GPT-2's tied weights are stored once) or raise one CheckpointError."""
-    from safetensors.torch import load_model
+def load_safetensors_strict(model: torch.nn.Module, path: Path, *, mapped: bool = False) -> None:
+    """Load a `model.safetensors` into `model` or raise one CheckpointError. Tensors the model ties together
+    (GPT-2's input and output embeddings) are stored once.
+
+    `mapped`: the file's tensors become the model's own. safetensors maps the file (copy on write), so nothing is
+    copied and each page is read when first used (the model's uninitialised tensors are dropped, never filled).
+    Those tensors lie where the file puts them, not aligned as PyTorch aligns its own, and MKL's products round
+    differently by alignment: for models whose products do not depend on it (oneDNN's, a GPU's; see
+    `inference.Engine.load`). The project replaces a weights file by renaming a new one over it, never rewrites it
+    in place (`Pengi.save_pretrained`, downloads), so a mapped model keeps the file it loaded. Otherwise the tensors
+    are copied into the model's.
+    """
+    from safetensors.torch import load_file
 
     if not path.is_file():
         raise CheckpointError(path.parent, f"no {path.name}")
-    missing, unexpected = load_model(model, str(path), strict=False)
+    own = model.state_dict(keep_vars=True)
+    state = load_file(path)
+    if mapped:
+        state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=mapped)
+    tied = _tied_to_loaded(own, state)
+    if mapped:
+        for name, loaded in tied.items():
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent), attr, model.get_parameter(loaded))
+    missing = set(missing) - set(tied)
     if missing or unexpected:
         raise CheckpointError(
             path,
             f"does not match its config: missing {_summarise(sorted(missing)) or 'none'}; "
             f"unexpected {_summarise(sorted(unexpected)) or 'none'}",
         )
+
+
+def _tied_to_loaded(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """Names missing from `state` whose tensor in `own` (before loading) is shared with a name in `state`: each
+    with that loaded name."""
+    by_storage: dict[int, list[str]] = {}
+    for name, tensor in own.items():
+        if tensor.numel():  # empty tensors may all report address 0
+            by_storage.setdefault(tensor.untyped_storage().data_ptr(), []).append(name)
+    tied = {}
+    for names in by_storage.values():
+        loaded = [n for n in names if n in state]
+        tied.update({n: loaded[0] for n in names if loaded and n not in state})
+    return tied
 
 
 def read_safetensors_part(path: Path, prefix: str) -> dict[str, torch.Tensor]:

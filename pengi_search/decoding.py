@@ -46,7 +46,9 @@ class Hypothesis:
 
 
 def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    return (logits / (temperature if temperature > 0 else 1.0)).log_softmax(dim=-1)
+    if temperature > 0 and temperature != 1.0:  # dividing by 1 changes nothing but costs a pass over (rows, V)
+        logits = logits / temperature
+    return logits.log_softmax(dim=-1)
 
 
 def _is_stop(tokens: torch.Tensor, stop_ids: tuple[int, ...]) -> torch.Tensor:
@@ -118,6 +120,8 @@ def beam_search(
     stopped = _is_stop(tokens[..., 0], cfg.stops)
     cache = first.repeated(K)  # every beam of a row reads the row's prefix, stored once
     row_offset = torch.arange(B, device=device)[:, None] * K
+    stopped_best = torch.full((K,), float("-inf"), device=device)  # a stopped beam's best K: token 0 at no cost
+    stopped_best[0] = 0.0
 
     for _ in range(cfg.max_len - 1):
         if stopped.all():
@@ -125,13 +129,15 @@ def beam_search(
         logits = cache.extend(wte(tokens[..., -1].reshape(B * K))[:, None])
         logp = _log_probs(logits, cfg.temperature)  # (B*K, V)
         _ban_repeated_ngrams(logp, tokens.reshape(B * K, -1), cfg.no_repeat_ngram)
-        logp = logp.view(B, K, V)
-        logp[stopped] = float("-inf")
-        logp[..., 0] = torch.where(stopped, 0.0, logp[..., 0])
-        total = scores[..., None] + logp  # (B, K, V)
+        # A beam's candidates rank as its tokens' log-probs do (its sum and length are common to them), so a row's
+        # best K of K x V candidates are among its beams' best K tokens each: rank K x K, not K x V.
+        best, best_ids = logp.view(B, K, V).topk(K, dim=-1)  # (B, K, K)
+        best[stopped] = stopped_best
+        best_ids[stopped] = 0
         lengths = lengths + (~stopped).float()
-        ranked, flat = (total / lengths[..., None]).view(B, K * V).topk(K, dim=-1)  # (B, K)
-        source, nxt = flat // V, flat % V
+        ranked, flat = ((scores[..., None] + best) / lengths[..., None]).view(B, K * K).topk(K, dim=-1)  # (B, K)
+        source = flat // K
+        nxt = best_ids.view(B, K * K).gather(1, flat)
         lengths = lengths.gather(1, source)
         scores = ranked * lengths
         stopped = stopped.gather(1, source) | _is_stop(nxt, cfg.stops)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import AudioConfig
+from .cpu_kernels import linear_gelu
 from .frontend import LogMel, Spectrogram
 from .mlp import Mlp
 
@@ -77,14 +78,16 @@ class WindowAttention(nn.Module):
         # same weights in one process as in two, which tests/test_trainer.py checks to 1e-6).
         q = q * self.scale
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(N, N, H)
-        bias = bias.permute(2, 0, 1)  # (H, N, N): the same for every window
+        # Masks are given 4-D: PyTorch's fused CPU attention takes those, and falls back to separate products and
+        # a softmax (3-4x slower here) for a 3-D one.
+        bias = bias.permute(2, 0, 1)[None]  # (1, H, N, N): the same for every window
         if mask is None:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
         else:
             # The shift mask differs per window: fold the windows into the heads, (B, nW * H, N, d), so that one
-            # (nW * H, N, N) additive mask broadcasts over the batch instead of being copied for every clip.
+            # (1, nW * H, N, N) additive mask broadcasts over the batch instead of being copied for every clip.
             nW = mask.shape[0]
-            attn_mask = (bias[None] + mask[:, None]).reshape(nW * H, N, N)
+            attn_mask = (bias + mask[:, None]).reshape(1, nW * H, N, N)
             q, k, v = (t.reshape(Bw // nW, nW * H, N, C // H) for t in (q, k, v))
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=1.0).view(Bw, H, N, C // H)
         return self.proj(out.transpose(1, 2).reshape(Bw, N, C))
@@ -101,7 +104,7 @@ class SwinBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(dim, window, num_heads)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), F.gelu)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), linear_gelu)
         mask = shifted_window_mask(resolution, resolution, window, shift) if shift else None
         self.register_buffer("attn_mask", mask)
 

@@ -19,6 +19,7 @@ import torch
 
 from .choices import LongPrompt
 from .chunking import chunk_slices
+from .cpu_kernels import onednn_available, use_onednn_linear
 from .decoding import CandidateScore, GenerationConfig, beam_search, score_candidates
 from .fast_mode import FastMode, apply, autocast
 from .kv_cache import SharedPrefix
@@ -33,6 +34,20 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but PyTorch sees no CUDA GPU")
     return torch.device(device)
+
+
+def prepare_model(
+    model: Pengi, device: torch.device, fast: FastMode | None = None, *, cpu_kernels: bool = True
+) -> Pengi:
+    """The model as the engine runs it, converted in place: on `device`, in eval mode, in `fast` mode when given,
+    and with `cpu_kernels` on a CPU (outside bf16, whose layers autocast picks) its float32 linear layers on oneDNN
+    (`cpu_kernels.use_onednn_linear`)."""
+    model = model.to(device).eval()
+    if fast is not None:
+        apply(model, fast, device)
+    if cpu_kernels and device.type == "cpu" and (fast is None or fast.precision != "bf16"):
+        use_onednn_linear(model)
+    return model
 
 
 def default_batch_size(device: torch.device) -> int:
@@ -67,7 +82,10 @@ def described_window(start_s: float, end_s: float, keys: Sequence[str], answers:
 
 class Engine:
     """`batch_size`: (window, prompt) rows per decoding batch, None: the device's default (`default_batch_size`);
-    the audio encoder takes `default_audio_batch_size` windows at a time. `fast`: see `fast_mode` (None: exact)."""
+    the audio encoder takes `default_audio_batch_size` windows at a time. `fast`: see `fast_mode` (None: exact).
+    `cpu_kernels`: the model's CPU linear layers on oneDNN (see `prepare_model`; `load` does it for the model it
+    loads); off by default, since the conversion is in place and a model that is also being trained (the trainer's
+    evaluations) keeps PyTorch's layers."""
 
     def __init__(
         self,
@@ -77,16 +95,16 @@ class Engine:
         batch_size: int | None = None,
         long_prompts: LongPrompt = LongPrompt.cut,
         fast: FastMode | None = None,
+        *,
+        cpu_kernels: bool = False,
     ):
-        self.model = model.to(device).eval()
+        self.model = prepare_model(model, device, fast, cpu_kernels=cpu_kernels)
         self.tok = tokenizers
         self.device = device
         self.batch_size = batch_size or default_batch_size(device)
         self.audio_batch_size = min(self.batch_size, default_audio_batch_size(device))
         self.long_prompts = long_prompts  # prompts over 40 tokens: cut as the original does, or refused
         self.fast = fast
-        if fast is not None:
-            apply(self.model, fast, device)
         self._prompt_prefixes: dict[tuple[str, bool | None], torch.Tensor] = {}
 
     @classmethod
@@ -102,7 +120,15 @@ class Engine:
         tokenizers = model_dir.tokenizers  # first: a missing tokenizer fails before 1.3 GB of weights load
         where = resolve_device(device)
         mode = FastMode.for_device(where) if fast else None
-        return cls(Pengi.from_pretrained(model_dir), tokenizers, where, batch_size, long_prompts, mode)
+        # The weights stay memory-mapped (no copy at load) where the products do not depend on their alignment.
+        mapped = where.type == "cuda" or (where.type == "cpu" and onednn_available())
+        model = Pengi.from_pretrained(model_dir, mapped=mapped)
+        return cls(model, tokenizers, where, batch_size, long_prompts, mode, cpu_kernels=True)
+
+    @property
+    def mode(self) -> str:
+        """How this engine generates: "exact", or its fast mode (e.g. "bf16+greedy"), as the index records it."""
+        return str(self.fast or FastMode())
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.device, self.fast)

@@ -23,11 +23,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from transformers import DynamicCache, GPT2LMHeadModel, PreTrainedModel
 
-# GPT-2's activation: transformers writes the tanh approximation out in five operations; PyTorch's fused kernel
-# computes the same function (within one rounding step) in a fraction of the time, which matters on long prefixes.
+from .cpu_kernels import linear_add, linear_gelu
+
+# GPT-2's activation: transformers writes the tanh approximation out in five operations; a fused kernel (PyTorch's,
+# or oneDNN's inside the product, see `cpu_kernels`) computes the same function within rounding, in a fraction of
+# the time.
 _TANH_GELU = ("gelu_new", "gelu_pytorch_tanh")
 
 
@@ -288,8 +290,8 @@ class GPT2Cache:
                 frozen_keys.append(k)
                 frozen_values.append(v)
             attended = self._attend(layer, q, k, v)  # (R, H, T, D)
-            x = x + block.attn.c_proj(attended.transpose(1, 2).reshape(R, T, E))
-            x = x + block.mlp.c_proj(F.gelu(block.mlp.c_fc(block.ln_2(x)), approximate="tanh"))
+            x = linear_add(block.attn.c_proj, attended.transpose(1, 2).reshape(R, T, E), x)
+            x = linear_add(block.mlp.c_proj, linear_gelu(block.mlp.c_fc, block.ln_2(x), "tanh"), x)
         if frozen_keys is None:
             self._filled += T
         x = transformer.ln_f(x if all_positions else x[:, -1:])

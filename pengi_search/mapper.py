@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import MapperConfig
-from .mlp import Mlp
+from .mlp import Mlp, linear_relu
 
 
 class MapperAttention(nn.Module):
@@ -39,7 +39,7 @@ class MapperLayer(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attn = MapperAttention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), F.relu)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), linear_relu)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))

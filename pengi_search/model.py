@@ -77,28 +77,31 @@ class Pengi(nn.Module):
         self.caption_decoder = PrefixDecoder(cfg)
 
     @classmethod
-    def from_pretrained(cls, source: str | os.PathLike[str] | ModelDir, config: PengiConfig | None = None) -> Pengi:
+    def from_pretrained(
+        cls, source: str | os.PathLike[str] | ModelDir, config: PengiConfig | None = None, *, mapped: bool = False
+    ) -> Pengi:
         """Pengi in eval mode, from a model directory (or a `ModelDir`), the name of an installed model, or a
         released-format `.pth` checkpoint. `config` is for checkpoints only: it replaces the released preset
-        that the checkpoint's variant selects (a model directory carries its own configuration)."""
+        that the checkpoint's variant selects (a model directory carries its own configuration). `mapped`: a
+        model directory's weights stay memory-mapped instead of copied (see `checkpoint.load_safetensors_strict`)."""
         if isinstance(source, ModelDir):
-            return cls._from_model_dir(source, config)
+            return cls._from_model_dir(source, config, mapped)
         path = Path(source).expanduser()
         if not path.exists() and is_model_dir(models_dir() / os.fspath(source)):
             path = models_dir() / os.fspath(source)
         if path.is_dir():
-            return cls._from_model_dir(ModelDir.read(path), config)
+            return cls._from_model_dir(ModelDir.read(path), config, mapped)
         state = read_released_state_dict(path)
         model = cls._uninitialized(config or PengiConfig.preset(variant_of(state)))
         load_state_dict_strict(model, state, str(path))
         return model.eval()
 
     @classmethod
-    def _from_model_dir(cls, model_dir: ModelDir, config: PengiConfig | None) -> Pengi:
+    def _from_model_dir(cls, model_dir: ModelDir, config: PengiConfig | None, mapped: bool) -> Pengi:
         if config is not None:
             raise CheckpointError(model_dir.path, "a model directory carries its own configuration")
         model = cls._uninitialized(model_dir.config)
-        load_safetensors_strict(model, model_dir.weights)
+        load_safetensors_strict(model, model_dir.weights, mapped=mapped)
         return model.eval()
 
     @classmethod
@@ -124,7 +127,11 @@ class Pengi(nn.Module):
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_model(self, str(directory / WEIGHTS_FILE))
+        # Written aside, then renamed over the old file: a process that has the old one mapped (`Engine.load`) keeps
+        # reading it, where rewriting the file in place would pull the pages from under it.
+        partial = directory / f".{WEIGHTS_FILE}.partial"
+        save_model(self, str(partial))
+        os.replace(partial, directory / WEIGHTS_FILE)
         meta = {
             "format_version": FORMAT_VERSION,
             "config": self.cfg.to_dict(),

@@ -19,24 +19,32 @@ from pengi_search.choices import StopRule
 from pengi_search.config import PengiConfig
 from pengi_search.decoding import SPACE, GenerationConfig, beam_search, greedy
 from pengi_search.frontend import hann_dft_kernels, mel_filterbank
+from pengi_search.inference import prepare_model
 from pengi_search.model import Pengi
 
 from .reference import VARIANTS, fixture_dirs, full_size_keys_file, missing_reference
 
 EMBED_TOL, LOGPROB_TOL, SCORE_TOL = 1e-4, 1e-3, 1e-4
-CASES = [(d, v) for d in fixture_dirs() for v in VARIANTS] or [(None, v) for v in VARIANTS]
+# Each case runs twice: with PyTorch's layers as loaded, and converted as the engine runs them on this device
+# (`inference.prepare_model`: on a CPU, the linear layers on oneDNN), which must pass every check just the same.
+KERNELS = ("loaded", "engine")
+CASES = [(d, v, k) for d in fixture_dirs() for v in VARIANTS for k in KERNELS] or [
+    (None, v, k) for v in VARIANTS for k in KERNELS
+]
 
 
-def case_id(case: tuple[Path | None, str]) -> str:
-    directory, variant = case
-    return f"{directory.name if directory else 'missing'}-{variant}"
+def case_id(case: tuple[Path | None, str, str]) -> str:
+    directory, variant, kernels = case
+    return f"{directory.name if directory else 'missing'}-{variant}-{kernels}"
 
 
-@functools.lru_cache(maxsize=4)
-def load_case(directory: Path, variant: str):
+@functools.lru_cache(maxsize=8)
+def load_case(directory: Path, variant: str, kernels: str):
     fixture = json.loads((directory / "fixture.json").read_text())
     config = PengiConfig.from_reference_architecture(fixture["architecture"], variant)
     model = Pengi.from_pretrained(directory / f"{variant}.pth", config)
+    if kernels == "engine":
+        prepare_model(model, torch.device("cpu"))
     expected = dict(np.load(directory / f"{variant}_expected.npz"))
     inputs = dict(np.load(directory / "inputs.npz"))
     with torch.no_grad():
@@ -49,10 +57,10 @@ def load_case(directory: Path, variant: str):
 
 @pytest.fixture(params=CASES, ids=case_id)
 def case(request):
-    directory, variant = request.param
+    directory, variant, kernels = request.param
     if directory is None:
         missing_reference("no fixture directory")
-    return (variant, *load_case(directory, variant))
+    return (variant, *load_case(directory, variant, kernels))
 
 
 def assert_close(actual: torch.Tensor, expected: np.ndarray, tol: float) -> None:

@@ -181,13 +181,13 @@ def test_a_database_without_the_schema_is_missing_and_readers_cannot_write(tmp_p
 
 def test_a_reader_upgrades_an_older_library_first(tmp_path):
     from pengi_search.db.engine import create_store_engine
-    from pengi_search.db.migrate import migrate
+    from pengi_search.db.migrate import SCHEMA_HEAD, migrate
 
     engine = create_store_engine(f"sqlite:///{tmp_path / 'old.db'}")
     migrate(engine, "0002")
     engine.dispose()
     with Store.open(tmp_path / "old.db", read_only=True) as reader:
-        assert reader.stats()["schema_revision"] == "0003"
+        assert reader.stats()["schema_revision"] == SCHEMA_HEAD
 
 
 # -- the index type lives in the database -----------------------------------------------------------------------

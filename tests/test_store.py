@@ -34,6 +34,7 @@ from pengi_search.db import (
     default_index_path,
     resolve_db_url,
 )
+from pengi_search.db.captions import UNRECORDED_MODE, caption_modes
 from pengi_search.db.engine import create_store_engine
 from pengi_search.db.migrate import SCHEMA_HEAD, alembic_config, migrate
 from pengi_search.db.schema import Base
@@ -152,7 +153,7 @@ def test_a_0002_database_gains_run_owners_and_index_records(db_url: str) -> None
     engine.dispose()
 
     with Store.open(db_url) as store:
-        assert store.stats()["schema_revision"] == "0003"
+        assert store.stats()["schema_revision"] == SCHEMA_HEAD
         (old,) = store.runs()
         assert (old.status, old.host, old.pid, old.files_seen) == ("running", None, None, 3)
         assert store.vector_indexes() == {}
@@ -166,6 +167,39 @@ def test_a_0002_database_gains_run_owners_and_index_records(db_url: str) -> None
         assert (new.id, new.pid) == (new_id, os.getpid()) and new.host
         assert store.interrupt_stale_runs() == [old.id, new_id]
         assert {run.status for run in store.runs()} == {"interrupted"}
+
+
+def test_a_0003_database_keeps_its_texts_with_their_mode_unrecorded(db_url: str) -> None:
+    """0004 records how each text was generated; texts written before it say nothing about that."""
+    engine = create_store_engine(db_url)
+    migrate(engine, "0003")
+    with engine.begin() as connection:
+        assert "mode" not in {column["name"] for column in inspect(connection).get_columns("generated_texts")}
+        connection.execute(text("INSERT INTO audio_files (id, path, status) VALUES (1, '/lib/old.wav', 'indexed')"))
+        connection.execute(
+            text("INSERT INTO windows (id, file_id, window_index, start_s, end_s) VALUES (5, 1, 0, 0, 7)")
+        )
+        connection.execute(text("INSERT INTO generated_texts (window_id, prompt, text) VALUES (5, 'p', 'old caption')"))
+    engine.dispose()
+
+    with Store.open(db_url) as store:
+        assert store.stats()["schema_revision"] == SCHEMA_HEAD == "0004"
+        assert store.window_details([5])[5].texts == (TextRecord("p", "old caption", None, None),)
+        assert caption_modes(store) == {UNRECORDED_MODE: 1}
+        fast = [TextRecord("p", "new caption", -0.5, "bf16+greedy")]
+        file_id = store.upsert_file("/lib/new.wav", size=1, mtime=1.0)
+        store.replace_file_windows(file_id, [WindowInput(0, 0.0, 7.0, fast, {"audio": vec(1, 2, 3)})], audio=AUDIO)
+        (new,) = store.vector_ids("audio")  # the only window with an audio vector
+        new = int(new)
+        assert store.window_details([new])[new].texts == tuple(fast)
+        assert caption_modes(store) == {"bf16+greedy": 1, UNRECORDED_MODE: 1}
+    engine = create_store_engine(db_url)
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0003")
+        assert "mode" not in {column["name"] for column in inspect(connection).get_columns("generated_texts")}
+    engine.dispose()
 
 
 def test_migrations_go_down_to_base_and_up_again(db_url: str) -> None:

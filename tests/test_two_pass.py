@@ -8,12 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from indexer.pipeline import run_index
 from pengi_search.choices import Captions, Rank
 from pengi_search.cli import app
 from pengi_search.db import caption_counts
+from pengi_search.fast_mode import FastMode
 from pengi_search.inference import Engine
 from pengi_search.library import EmptyLibraryError, Library
 from pengi_search.search import SearchScope, query_text
@@ -160,13 +162,37 @@ def test_stats_and_index_say_how_many_windows_have_captions(tiny_model_dir, tree
         "windows": 4,
         "captioned": 0,
         "missing": 4,
+        "by_mode": {},
     }
     result = runner.invoke(app, ["index", str(tree), *common, "--json", "--device", "cpu"])
     data = json.loads(result.stdout)
     assert (data["indexed"], data["captioned"], data["captions_missing"]) == (0, 4, 0)
-    assert "captions: 4 of 4 windows" in runner.invoke(app, ["stats", "--db", str(db)]).stdout
+    assert "captions: 4 of 4 windows (exact: 4)" in runner.invoke(app, ["stats", "--db", str(db)]).stdout
     bad = runner.invoke(app, ["index", str(tree), *common, "--captions", "never"])
     assert bad.exit_code == 2 and "Invalid value for '--captions'" in bad.output
+
+
+def test_captions_written_in_fast_mode_say_so(tiny_model_dir, tree, tmp_path):
+    """--fast answers are not exact mode's: each text records its mode, and stats counts windows by mode."""
+    db = tmp_path / "lib.db"
+    common = ["--db", str(db), "--model", str(tiny_model_dir), "--workers", "0", "--beam", "2", "--max-len", "3"]
+    result = runner.invoke(app, ["index", str(tree / "birds"), *common, "--fast", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["index", str(tree), *common, "--device", "cpu"])  # short.wav, in exact mode
+    assert result.exit_code == 0, result.output
+    fast = str(FastMode.for_device(torch.device("cpu")))
+    assert fast != "exact"
+    stats = json.loads(runner.invoke(app, ["stats", "--db", str(db), "--json"]).stdout)
+    assert stats["captions"]["by_mode"] == {"exact": 1, fast: 3}
+    by_mode = ", ".join(f"{mode}: {count}" for mode, count in sorted({"exact": 1, fast: 3}.items()))
+    assert f"captions: 4 of 4 windows ({by_mode})" in runner.invoke(app, ["stats", "--db", str(db)]).stdout
+    with Library.open(str(db)) as library:
+        details = library.store.window_details(library.store.vector_ids("text"))
+    modes = {detail.path: {t.mode for t in detail.texts} for detail in details.values()}
+    assert modes == {
+        str(tree / "short.wav"): {"exact"},
+        **{str(tree / "birds" / n): {fast} for n in ("long.wav", "tone.flac")},
+    }
 
 
 # -- kill -9 in either pass ----------------------------------------------------------------------------------------

@@ -218,13 +218,13 @@ def stats(db: DbOption = None, json_output: JsonOption = False) -> None:
 
     Example: pengi-search stats --json
     """
-    from ..db import caption_counts, sqlite_file
+    from ..db import caption_counts, caption_modes, sqlite_file
     from ..library import Library
     from ..pathnames import path_fields
 
     with Library.open(db, read_only=True) as library:
         data = library.store.stats()
-        data["captions"] = caption_counts(library.store).to_json()
+        data["captions"] = {**caption_counts(library.store).to_json(), "by_mode": caption_modes(library.store)}
         data["truncated"] = [
             {**path_fields(record.path), "note": record.truncated} for record in library.store.truncated_files()
         ]
@@ -425,8 +425,10 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {minutes} min" if hours else f"{minutes} min {secs} s" if minutes else f"{seconds:.1f} s"
 
 
-def _captions_line(captions: dict[str, int]) -> str:
+def _captions_line(captions: dict[str, Any]) -> str:
     line = f"captions: {captions['captioned']} of {captions['windows']} windows"
+    if captions["by_mode"]:  # how they were generated: exact, or a --fast mode (not bit-identical)
+        line += " (" + ", ".join(f"{mode}: {count}" for mode, count in captions["by_mode"].items()) + ")"
     if captions["missing"]:
         line += f" ({captions['missing']} waiting: `pengi-search index PATH` writes them)"
     return line

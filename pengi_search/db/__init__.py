@@ -15,6 +15,7 @@ from .captions import (
     WindowCaptions,
     add_captions,
     caption_counts,
+    caption_modes,
     uncaptioned_windows,
 )
 from .errors import IndexBusyError, MissingDatabaseError, StoreError, StoreMismatchError
@@ -73,6 +74,7 @@ __all__ = [
     "WindowInput",
     "add_captions",
     "caption_counts",
+    "caption_modes",
     "default_db_url",
     "default_index_dir",
     "default_index_path",

@@ -76,6 +76,18 @@ def caption_counts(store: Store, under: str | None = None) -> CaptionCounts:
         return CaptionCounts(int(session.scalar(windows) or 0), int(session.scalar(captioned) or 0))
 
 
+UNRECORDED_MODE = "unrecorded"  # texts written before revision 0004, which records how each text was generated
+
+
+def caption_modes(store: Store) -> dict[str, int]:
+    """Captioned windows by how their texts were generated: "exact", a --fast mode (e.g. "bf16+greedy"), or
+    `UNRECORDED_MODE`."""
+    windows = func.count(func.distinct(GeneratedTextRow.window_id))
+    query = select(GeneratedTextRow.mode, windows).group_by(GeneratedTextRow.mode).order_by(GeneratedTextRow.mode)
+    with store.session() as session:
+        return {mode or UNRECORDED_MODE: int(count) for mode, count in session.execute(query).all()}
+
+
 def uncaptioned_windows(
     store: Store, *, under: str | None = None, after_id: int = 0, limit: int = 256
 ) -> list[UncaptionedWindow]:
@@ -124,7 +136,7 @@ def add_captions(store: Store, captions: Sequence[WindowCaptions]) -> int:
                 continue
             vector = encode_vector(f"window {item.window_id}", "text", item.text_vector, text_dim)
             session.add_all(
-                GeneratedTextRow(window_id=item.window_id, prompt=t.prompt, text=t.text, score=t.score)
+                GeneratedTextRow(window_id=item.window_id, prompt=t.prompt, text=t.text, score=t.score, mode=t.mode)
                 for t in item.texts
             )
             session.add(WindowVectorRow(window_id=item.window_id, kind="text", vector=vector))

@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from .engine import WRITE_OPTION
 from .errors import StoreError
 
-SCHEMA_HEAD = "0003"  # the newest migration; a test keeps it equal to the scripts' head
+SCHEMA_HEAD = "0004"  # the newest migration; a test keeps it equal to the scripts' head
 _MIGRATION_LOCK = 0x70656E6769  # PostgreSQL advisory lock that serialises concurrent upgrades
 
 

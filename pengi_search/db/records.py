@@ -115,6 +115,7 @@ class TextRecord:
     prompt: str
     text: str
     score: float | None = None
+    mode: str | None = None  # how it was generated: "exact" or a --fast mode ("bf16+greedy"); None: not recorded
 
 
 @dataclass(frozen=True)

@@ -170,6 +170,7 @@ class GeneratedTextRow(Base):
     prompt: Mapped[str] = mapped_column(Text)
     text: Mapped[str] = mapped_column(Text)
     score: Mapped[float | None] = mapped_column(Double)
+    mode: Mapped[str | None] = mapped_column(String(32))  # revision 0004: "exact" or the --fast mode; NULL: unknown
 
 
 class WindowVectorRow(Base):

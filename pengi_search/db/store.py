@@ -309,8 +309,8 @@ class Store(RunJournal):
         with self.session() as session:
             for chunk in chunked(wanted, IDS_PER_QUERY):
                 texts: dict[int, list[TextRecord]] = {}
-                for window_id, prompt, text, score in session.execute(_TEXTS_OF_WINDOWS, {"ids": chunk}):
-                    texts.setdefault(window_id, []).append(TextRecord(prompt, text, score))
+                for window_id, prompt, text, score, mode in session.execute(_TEXTS_OF_WINDOWS, {"ids": chunk}):
+                    texts.setdefault(window_id, []).append(TextRecord(prompt, text, score, mode))
                 for row in session.execute(_WINDOWS_WITH_FILES, {"ids": chunk}):
                     window_id, file_id, path, index, start_s, end_s, duration_s, fmt = row
                     said = tuple(texts.get(window_id, ()))
@@ -486,7 +486,13 @@ def _file_for_update(session: Session, path: str) -> AudioFileRow | None:
 
 # `window_details`' statements, built once: their id lists are bound whole (no per-id work per search).
 _TEXTS_OF_WINDOWS = (
-    select(GeneratedTextRow.window_id, GeneratedTextRow.prompt, GeneratedTextRow.text, GeneratedTextRow.score)
+    select(
+        GeneratedTextRow.window_id,
+        GeneratedTextRow.prompt,
+        GeneratedTextRow.text,
+        GeneratedTextRow.score,
+        GeneratedTextRow.mode,
+    )
     .where(GeneratedTextRow.window_id.in_(bindparam("ids", expanding=True)))
     .order_by(GeneratedTextRow.window_id, GeneratedTextRow.id)  # the order of the window_id index: no sort
 )
@@ -514,7 +520,7 @@ def _window_row(path: str, window: WindowInput, text_dim: int | None) -> WindowR
         index=window.index,
         start_s=float(window.start_s),
         end_s=float(window.end_s),
-        texts=[GeneratedTextRow(prompt=t.prompt, text=t.text, score=t.score) for t in window.texts],
+        texts=[GeneratedTextRow(prompt=t.prompt, text=t.text, score=t.score, mode=t.mode) for t in window.texts],
         vectors=[
             WindowVectorRow(kind=kind, vector=encode_vector(where, kind, vector, text_dim))
             for kind, vector in window.vectors.items()

@@ -104,13 +104,18 @@ class WindowMatching:
         return ranked
 
     def audio_to_text(self, paths: Sequence[str], captions: Sequence[str], k: int) -> list[list[int]]:
-        vectors = self._query_vectors(captions)
+        # Each distinct text is scored once: a matrix product may round two equal columns differently (its blocking),
+        # which would break the tie between two files' identical captions by chance instead of by order.
+        distinct = list(dict.fromkeys(captions))
+        column = [distinct.index(caption) for caption in captions]
+        vectors = self._query_vectors(distinct)
         ranked = []
         for path in paths:
-            scores = self._window_scores(path, vectors, len(captions))
+            scores = self._window_scores(path, vectors, len(distinct))
             if scores is None:  # no window with every vector this ranking needs: no caption can be ranked
                 ranked.append([])
                 continue
+            scores = scores[:, column]
             # A caption's score is its best over the file's windows, as text -> audio scores a file.
             ranked.append(np.argsort(-scores.max(axis=0), kind="stable")[:k].tolist())
         return ranked
