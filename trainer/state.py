@@ -21,6 +21,7 @@ from torch import nn
 from pengi_search.checkpoint import CheckpointError
 
 CHECKPOINT_DIR = "checkpoints"
+BEST_CHECKPOINT = "best.pt"  # the training state at the best evaluation (not counted among the `keep` newest)
 CHECKPOINT_NAME = re.compile(r"^step-(\d+)\.pt$")
 FORMAT = "pengi-search-training-state"
 FORMAT_VERSION = 1
@@ -54,14 +55,16 @@ def latest_checkpoint(output_dir: Path) -> Path:
     return checkpoints[-1]
 
 
-def save_checkpoint(path: Path, payload: dict[str, Any], keep: int) -> Path:
-    """Write atomically (a crash mid-write leaves the previous checkpoints intact), then keep the newest `keep`."""
+def save_checkpoint(path: Path, payload: dict[str, Any], keep: int | None) -> Path:
+    """Write atomically (a crash mid-write leaves the previous checkpoints intact), then keep the newest `keep`
+    step checkpoints (None: leave the others alone)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".pt.partial")
     torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, partial)
     os.replace(partial, path)
-    for old in list_checkpoints(path.parent.parent)[:-keep]:
-        old.unlink()
+    if keep is not None:
+        for old in list_checkpoints(path.parent.parent)[:-keep]:
+            old.unlink()
     return path
 
 
