@@ -18,7 +18,6 @@ set. The test takes seed 0.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -49,7 +48,6 @@ WINDOWS = 4  # per recording at most
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("aisfx") is None, reason="pip install --no-deps aisfx"),
     pytest.mark.skipif(not SMOKE.is_dir(), reason="the smoke recordings (../shared/data/smoke) are not here"),
 ]
 

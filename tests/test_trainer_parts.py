@@ -7,7 +7,6 @@ downloaded.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -188,7 +187,6 @@ def test_a_clap_tower_of_other_sizes_is_refused_by_name(tmp_path) -> None:
 # --- aisfx ------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(importlib.util.find_spec("aisfx") is None, reason="pip install --no-deps aisfx")
 def test_the_aisfx_cnn_loads_its_package_weights_and_tells_sounds_apart() -> None:
     cnn = AisfxCnn(RATE)
     cnn.load_state_dict(read_aisfx_state(aisfx_checkpoint()), strict=True)
