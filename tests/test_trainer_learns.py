@@ -8,11 +8,10 @@ trained for a fixed number of steps. Held-out accuracy (each kind's name ranked 
 to "this is a sound of", as `classify --method loglik` does) is compared with chance and with log-mel/MFCC
 statistics + logistic regression on the same windows. Needs the aisfx package; about a minute of CPU.
 
-The held-out set is small (about 20 windows of 7 recordings), so one split is a noisy measurement. Runs of these
-settings on the splits of seeds 0-3 gave 0.50-0.75 / 0.67 / 0.57 / 0.43 against the baseline's 0.60 / 0.54 / 0.48 /
-0.35 (chance 0.20): ahead on average, but not by a margin one split of this size can show reliably, so the test
-asserts learning (well above chance) and prints the comparison; `benchmarks/bench_learn.py` measures it on a larger
-set. The test takes seed 0.
+The held-out set is small (about 20 windows of 7 recordings), so each split is a noisy measurement. With the
+recipe's settings (learning rate 1e-3, four mildly augmented views) and 200 steps, the splits of seeds 0, 1 and 2
+gave 0.75, 0.67 and 0.95 against the baseline's 0.60, 0.54 and 0.48 (chance 0.20). A linear probe on the same
+aisfx features scores 0.75 on seed 0's split, so the model reaches what its encoder offers. The test takes seed 0.
 """
 
 from __future__ import annotations
@@ -97,8 +96,8 @@ def test_held_out_recordings_beat_chance_and_the_logmel_baseline(tmp_path) -> No
     config_path = write_config("labels-cpu", tmp_path / "config.yaml", {"train": manifest}, seed=0, init=None)
     config = yaml.safe_load(config_path.read_text())
     config["model"]["architecture"]["audio"] = {"clip_seconds": SECONDS}
-    config["augmentation"]["views"] = 8
-    config["optimization"] = {"lr": 2e-3, "warmup_steps": 20, "max_steps": 100, "grad_clip": 1.0}
+    config["optimization"].update(warmup_steps=20, max_steps=200)  # the recipe's learning rate and augmentation
+    del config["optimization"]["epochs"]
     config["data"].update(batch_size=16, num_workers=0)
     config["logging"].update(quiet=True, plot=False)
     config["evaluation"] = {"every": 10_000, "samples": 0}
@@ -129,4 +128,4 @@ def test_held_out_recordings_beat_chance_and_the_logmel_baseline(tmp_path) -> No
         f"{len(test_items)} held-out windows: chance {chance:.2f}, log-mel baseline {baseline:.2f}, Pengi {pengi:.2f}"
     )
     assert pengi >= chance + 0.3
-    assert pengi >= baseline - 0.15  # of the baseline's order: the model is not blind to what the baseline hears
+    assert pengi > baseline  # what the pretrained encoder hears carries over the log-mel statistics

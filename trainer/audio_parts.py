@@ -34,7 +34,7 @@ from pengi_search.audio_backbones import (
     audio_tower,
     transformers_encoder_config,
 )
-from pengi_search.checkpoint import CheckpointError
+from pengi_search.checkpoint import CheckpointError, load_torch_file
 from pengi_search.config import AudioConfig
 from pengi_search.htsat import HTSAT
 from pengi_search.model import Pengi
@@ -166,12 +166,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(path, "no such checkpoint") from None
-    except Exception as error:  # pickle, zip and torch errors all mean "not a readable checkpoint"
-        raise CheckpointError(path, f"not a readable PyTorch checkpoint ({type(error).__name__})") from None
+    raw = load_torch_file(path)
     for key in ("state_dict", "model"):
         if isinstance(raw, dict) and isinstance(raw.get(key), dict):
             raw = raw[key]

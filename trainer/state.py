@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pengi_search.checkpoint import CheckpointError
+from pengi_search.checkpoint import CheckpointError, load_torch_file
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_CHECKPOINT = "best.pt"  # the training state at the best evaluation (not counted among the `keep` newest)
@@ -69,12 +69,7 @@ def save_checkpoint(path: Path, payload: dict[str, Any], keep: int | None) -> Pa
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(path, "no such training checkpoint") from None
-    except Exception as error:  # pickle, zip and torch errors all mean "not a readable checkpoint"
-        raise CheckpointError(path, f"not a readable training checkpoint ({type(error).__name__})") from error
+    payload = load_torch_file(path, "training checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(path, "not a pengi-search training checkpoint")
     return payload
