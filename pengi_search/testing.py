@@ -7,6 +7,7 @@ toy sizes with seeded random weights, so they run in a fraction of a second and 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -185,6 +186,74 @@ def write_spoken_words(
         name = f"{word}-{voice}{variant.replace('+', '-')}-{speed}.wav"
         sf.write(folder / name, clip, SPOKEN_RATE, subtype="PCM_16")
         rows.append(f"{name},{word},{'test' if voice in test_voices else 'train'}")
+    labels = folder / "labels.csv"
+    labels.write_text("\n".join(rows) + "\n")
+    return labels
+
+
+# The smoke recordings (`../shared/data/smoke`) grouped into five kinds of sound, by their labels.
+SOUND_KINDS = {
+    "speech": ("speech",),
+    "animal": ("cat", "cow", "dog", "duck", "frog", "horse", "owl", "pig", "rooster", "sheep", "crow", "bird", "whale"),
+    "music": ("trumpet", "orchestra", "music", "guitar", "choir"),
+    "percussion": ("drum_roll", "cowbell", "bell", "finger_snap", "drum_loop", "tabla"),
+    "noise": ("burp", "vinyl_scratch", "vinyl_hiss", "glass_rub", "camera_shutter", "alarm_clock"),
+}
+
+
+@dataclass
+class KindWindow:
+    path: Path  # the recording
+    kind: str
+    clip: np.ndarray  # (samples,) at 44.1 kHz
+    segment: tuple[float, float] | None  # seconds in the recording; None for a short one repeated to length
+
+
+def smoke_kind_windows(smoke: Path, seconds: float = 3.0, per_recording: int = 4) -> list[KindWindow]:
+    """Each smoke recording's windows, labelled with its kind: up to `per_recording`, spread over it (a short one is
+    repeated to length, as Pengi pads)."""
+    import csv
+
+    from pengi_search.audio import load_audio
+
+    kind_of = {label: kind for kind, labels in SOUND_KINDS.items() for label in labels}
+    size = round(seconds * SPOKEN_RATE)
+    out = []
+    with (smoke / "labels.csv").open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            path = (smoke / row["filename"]).resolve()
+            audio = load_audio(path, sample_rate=SPOKEN_RATE)
+            whole = np.tile(audio, -(-size // audio.size)) if audio.size < size else audio
+            count = min(per_recording, 1 + (whole.size - size) // size)
+            for start in np.linspace(0, whole.size - size, count).astype(int):
+                segment = (start / SPOKEN_RATE, start / SPOKEN_RATE + seconds) if audio.size >= size else None
+                out.append(KindWindow(path, kind_of[row["label"]], whole[start : start + size], segment))
+    return out
+
+
+def held_out_recordings(items: list[KindWindow], share: float = 0.3, seed: int = 0) -> set[Path]:
+    """A seeded `share` of each kind's recordings (at least one): every window of them is held out."""
+    rng = np.random.default_rng(seed)
+    held: set[Path] = set()
+    for kind in SOUND_KINDS:
+        files = sorted({str(item.path) for item in items if item.kind == kind})
+        held |= {Path(f) for f in rng.choice(files, max(1, round(share * len(files))), replace=False)}
+    return held
+
+
+def write_smoke_kinds(folder: Path, smoke: Path, seed: int = 0) -> Path:
+    """`smoke_kind_windows` as wav files with `labels.csv` (file, label, split: the recordings
+    `held_out_recordings(seed)` are the test rows); returns the CSV's path."""
+    import soundfile as sf
+
+    items = smoke_kind_windows(smoke)
+    held = held_out_recordings(items, seed=seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = ["file,label,split"]
+    for number, item in enumerate(items):
+        name = f"{item.kind}-{number:03d}-{item.path.stem}.wav"
+        sf.write(folder / name, item.clip, SPOKEN_RATE, subtype="FLOAT")
+        rows.append(f"{name},{item.kind},{'test' if item.path in held else 'train'}")
     labels = folder / "labels.csv"
     labels.write_text("\n".join(rows) + "\n")
     return labels

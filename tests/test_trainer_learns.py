@@ -16,7 +16,6 @@ aisfx features scores 0.75 on seed 0's split, so the model reaches what its enco
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -25,25 +24,23 @@ import pytest
 import torch
 import yaml
 
-from pengi_search.audio import load_audio
 from pengi_search.inference import Engine
 from pengi_search.model import Pengi
-from pengi_search.testing import logistic_regression_accuracy, logmel_statistics
+from pengi_search.testing import (
+    SOUND_KINDS,
+    KindWindow,
+    held_out_recordings,
+    logistic_regression_accuracy,
+    logmel_statistics,
+    smoke_kind_windows,
+)
 from trainer.config import load_config
 from trainer.loop import train
 from trainer.recipes import write_config
 
 SMOKE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "smoke"
-KINDS = {
-    "speech": ("speech",),
-    "animal": ("cat", "cow", "dog", "duck", "frog", "horse", "owl", "pig", "rooster", "sheep", "crow", "bird", "whale"),
-    "music": ("trumpet", "orchestra", "music", "guitar", "choir"),
-    "percussion": ("drum_roll", "cowbell", "bell", "finger_snap", "drum_loop", "tabla"),
-    "noise": ("burp", "vinyl_scratch", "vinyl_hiss", "glass_rub", "camera_shutter", "alarm_clock"),
-}
-RATE = 44_100
 SECONDS = 3.0
-WINDOWS = 4  # per recording at most
+
 
 pytestmark = [
     pytest.mark.slow,
@@ -51,46 +48,18 @@ pytestmark = [
 ]
 
 
-def windows() -> list[dict]:
-    """Each recording's windows: up to four, spread over it (a short one is repeated to length, as Pengi pads)."""
-    kind_of = {label: kind for kind, labels in KINDS.items() for label in labels}
-    size = round(SECONDS * RATE)
-    out = []
-    with (SMOKE / "labels.csv").open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            path = (SMOKE / row["filename"]).resolve()
-            audio = load_audio(path, sample_rate=RATE)
-            whole = np.tile(audio, -(-size // audio.size)) if audio.size < size else audio
-            count = min(WINDOWS, 1 + (whole.size - size) // size)
-            for start in np.linspace(0, whole.size - size, count).astype(int):
-                clip = whole[start : start + size]
-                seconds = (start / RATE, start / RATE + SECONDS) if audio.size >= size else (None, None)
-                out.append({"path": path, "kind": kind_of[row["label"]], "clip": clip, "segment": seconds})
-    return out
-
-
-def held_out_files(items: list[dict], seed: int = 0) -> set[Path]:
-    rng = np.random.default_rng(seed)
-    held = set()
-    for kind in KINDS:
-        files = sorted({str(item["path"]) for item in items if item["kind"] == kind})
-        held |= {Path(f) for f in rng.choice(files, max(1, round(0.3 * len(files))), replace=False)}
-    return held
-
-
-def manifest_row(item: dict) -> dict:
-    row = {"audio": str(item["path"]), "task": "sound_event", "answer": item["kind"]}
-    start, end = item["segment"]
-    if start is not None:
-        row.update(start=float(start), end=float(end))
+def manifest_row(item: KindWindow) -> dict:
+    row = {"audio": str(item.path), "task": "sound_event", "answer": item.kind}
+    if item.segment is not None:
+        row.update(start=float(item.segment[0]), end=float(item.segment[1]))
     return row
 
 
 def test_held_out_recordings_beat_chance_and_the_logmel_baseline(tmp_path) -> None:
-    items = windows()
-    held = held_out_files(items)
-    train_items = [item for item in items if item["path"] not in held]
-    test_items = [item for item in items if item["path"] in held]
+    items = smoke_kind_windows(SMOKE, seconds=SECONDS)
+    held = held_out_recordings(items)
+    train_items = [item for item in items if item.path not in held]
+    test_items = [item for item in items if item.path in held]
     manifest = tmp_path / "train.jsonl"
     manifest.write_text("".join(json.dumps(manifest_row(item)) + "\n" for item in train_items))
     config_path = write_config("labels-cpu", tmp_path / "config.yaml", {"train": manifest}, seed=0, init=None)
@@ -105,25 +74,25 @@ def test_held_out_recordings_beat_chance_and_the_logmel_baseline(tmp_path) -> No
     trained = train(load_config(config_path), source=config_path)
 
     engine = Engine(trained.model, trained.tokenizers, torch.device("cpu"), batch_size=16)
-    test_waves = np.stack([item["clip"] for item in test_items])
-    kinds = list(KINDS)
+    test_waves = np.stack([item.clip for item in test_items])
+    kinds = list(SOUND_KINDS)
     scores = engine.score(engine.audio_embeddings(test_waves), "this is a sound of", kinds)
     predicted = [kinds[int(np.argmax([score.mean for score in row]))] for row in scores]
-    pengi = float(np.mean([p == item["kind"] for p, item in zip(predicted, test_items, strict=True)]))
+    pengi = float(np.mean([p == item.kind for p, item in zip(predicted, test_items, strict=True)]))
 
-    train_waves = np.stack([item["clip"] for item in train_items])
+    train_waves = np.stack([item.clip for item in train_items])
     baseline = logistic_regression_accuracy(
         logmel_statistics(train_waves),
-        [item["kind"] for item in train_items],
+        [item.kind for item in train_items],
         logmel_statistics(test_waves),
-        [item["kind"] for item in test_items],
+        [item.kind for item in test_items],
     )
     reloaded = Pengi.from_pretrained(trained.model_dir)  # the model directory records the aisfx encoder
     assert reloaded.cfg.audio.encoder == "aisfx"
     with torch.no_grad():
         sample = torch.from_numpy(test_waves[:2])
         assert torch.allclose(reloaded.encode_audio(sample), trained.model.eval().encode_audio(sample), atol=1e-4)
-    chance = 1 / len(KINDS)
+    chance = 1 / len(SOUND_KINDS)
     print(
         f"{len(test_items)} held-out windows: chance {chance:.2f}, log-mel baseline {baseline:.2f}, Pengi {pengi:.2f}"
     )
