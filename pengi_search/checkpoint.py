@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pengi_search.errors import PengiSearchError
 
@@ -70,15 +70,22 @@ def clean_released_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, to
     return {k: v for k, v in state.items() if not OBSOLETE_KEYS.match(k)}
 
 
-def read_released_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def load_torch_file(path: Path, what: str = "PyTorch checkpoint") -> Any:
+    """`torch.load` of tensors and plain containers only (no code runs), with one-line errors naming `what`."""
     import torch
 
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise CheckpointError(path, "no such checkpoint file") from None
+        raise CheckpointError(path, f"no such {what}") from None
     except Exception as err:  # pickle, zip and torch errors all mean "not a readable checkpoint"
-        raise CheckpointError(path, f"not a readable PyTorch checkpoint ({err.__class__.__name__})") from err
+        raise CheckpointError(path, f"not a readable {what} ({err.__class__.__name__})") from err
+
+
+def read_released_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    import torch
+
+    raw = load_torch_file(path)
     state = raw.get("model", raw) if isinstance(raw, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(path, "expected {'model': state_dict} as the released Pengi checkpoints hold")

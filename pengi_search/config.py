@@ -33,7 +33,11 @@ class AudioConfig:
     window: int = 8
     mlp_ratio: float = 4.0
     num_classes: int = 527
-    out_emb: int = 768
+    out_emb: int = 768  # width of the encoder's vector (the projection's input), whichever encoder it is
+    # The encoder: "htsat" (the fields above), "aisfx" or "transformers" (see `pengi_search.audio_backbones`),
+    # with what a non-HTSAT encoder needs to be rebuilt (for "transformers": its model and extractor configs).
+    encoder: str = "htsat"
+    encoder_config: dict | None = None
 
     @property
     def clip_samples(self) -> int:

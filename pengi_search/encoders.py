@@ -1,7 +1,8 @@
-"""The two encoders that feed Pengi's mappers: HTSAT for audio and the CLIP text tower for prompts.
+"""The two encoders that feed Pengi's mappers: the audio encoder (HTSAT by default, see `audio_backbones`) and the
+CLIP text tower for prompts.
 
 Each ends in a `Projection` into the shared d_proj space. Names follow the released checkpoint
-(`audio_encoder.*`, `caption_encoder.*`).
+(`audio_encoder.*`, `caption_encoder.*`); another audio encoder lives at `audio_encoder.base.<kind>.*`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from .audio_backbones import HTSAT_ENCODER, FeatureStandardiser, make_backbone
 from .checkpoint import TEXT_ENCODER_PREFIX, CheckpointError, load_state_dict_strict, read_safetensors_part
 from .config import AudioConfig, TextEncoderConfig
 from .htsat import HTSAT
@@ -40,16 +42,32 @@ class Projection(nn.Module):
 class AudioEncoder(nn.Module):
     def __init__(self, cfg: AudioConfig, d_proj: int):
         super().__init__()
-        self.base = nn.ModuleDict({"htsat": HTSAT(cfg)})  # the released key path is `base.htsat.*`
+        self.kind = cfg.encoder
+        self.base = nn.ModuleDict({cfg.encoder: make_backbone(cfg)})  # the released key path is `base.htsat.*`
+        # A pretrained encoder of another kind gets its outputs standardised (HTSAT keeps the released layout).
+        self.standardise = FeatureStandardiser(cfg.out_emb) if cfg.encoder != HTSAT_ENCODER else None
         self.projection = Projection(cfg.out_emb, d_proj)
 
     @property
+    def backbone(self) -> nn.Module:
+        """(B, samples) at 44.1 kHz -> (B, out_emb): the part before the projection."""
+        return self.base[self.kind]
+
+    @property
     def htsat(self) -> HTSAT:
-        return self.base["htsat"]
+        if not isinstance(self.backbone, HTSAT):
+            raise TypeError(f"this audio encoder is {self.kind}, not HTSAT")
+        return self.backbone
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, out_emb) backbone outputs -> (B, d_proj), not normalised."""
+        if self.standardise is not None:
+            features = self.standardise(features)
+        return self.projection(features)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         """(B, samples) at 44.1 kHz -> (B, d_proj), not normalised."""
-        return self.projection(self.htsat(wave))
+        return self.project(self.backbone(wave))
 
 
 def clip_text_config(cfg: TextEncoderConfig) -> CLIPTextConfig:

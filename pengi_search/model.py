@@ -183,7 +183,13 @@ class Pengi(nn.Module):
 
     def prefix(self, wave: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, samples), (B, T) -> [audio prefix ; text prefix] (B, 2L, E)."""
-        return torch.cat([self.audio_prefix(self.encode_audio(wave)), self.text_prefix(input_ids, attention_mask)], 1)
+        return self.embedding_prefix(self.encode_audio(wave), input_ids, attention_mask)
+
+    def embedding_prefix(
+        self, audio_embed: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, d_proj) audio embeddings, (B, T) prompt ids -> [audio prefix ; text prefix] (B, 2L, E)."""
+        return torch.cat([self.audio_prefix(audio_embed), self.text_prefix(input_ids, attention_mask)], 1)
 
     def logits(self, prefix: torch.Tensor, answer_ids: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: (B, P, E) prefix + (B, T) answer ids -> (B, T, vocab) logits predicting each answer."""

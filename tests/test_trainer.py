@@ -191,7 +191,7 @@ def test_a_tiny_model_learns_four_sounds_and_exports_a_loadable_model(tmp_path, 
 
 def test_frozen_parts_stay_in_eval_mode_while_the_rest_trains(tiny_model_dir, tmp_path) -> None:
     config = load_config(write_config(tmp_path, tiny_model_dir, tmp_path / "unused.jsonl"))
-    model, _ = build_model(config.model, tmp_path)
+    model, _ = build_model(config, tmp_path)
     frozen = apply_freezing(model, config.freeze)
     set_train_mode(model, frozen, config.freeze)
     assert not model.gpt.training and not model.caption_encoder.training
@@ -366,7 +366,7 @@ def test_from_scratch_takes_the_language_model_and_clip_text_tower_from_local_di
         },
     )
 
-    model, tokenizers = build_model(load_config(config_path).model, config_path)
+    model, tokenizers = build_model(load_config(config_path), config_path)
 
     lm_state = language_model.state_dict()
     assert all(torch.equal(tensor, lm_state[key]) for key, tensor in model.gpt.state_dict().items())

@@ -20,6 +20,8 @@ from pengi_search.choices import Device
 from pengi_search.errors import UsageError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+MODEL_PARTS = ("audio_encoder", "audio_projection", "mappers", "language_model", "text_encoder")
+METRICS = ("auto", "accuracy", "loglik_accuracy", "val_loss")
 DEVICES = tuple(d.value for d in Device)
 
 
@@ -40,10 +42,13 @@ def _require(condition: bool, message: str) -> None:
 class ModelSection:
     init: Path | None = None  # model directory or released .pth to fine-tune
     architecture: str | dict | None = None  # preset name or PengiConfig fields, to train from scratch
-    language_model: Path | None = None  # Hugging Face directory of the causal LM (from scratch)
+    language_model: Path | None = None  # causal LM (from scratch): a transformers directory or a .gguf file
     text_encoder: Path | None = None  # Hugging Face CLIPModel directory (from scratch)
-    gpt2_tokenizer: Path | None = None
+    audio_encoder: str = "htsat"  # from scratch: htsat, aisfx or transformers (see trainer/audio_parts.py)
+    audio_weights: str | None = None  # htsat: a CLAP checkpoint; transformers: a directory or cached hub name
+    gpt2_tokenizer: Path | None = None  # the language model's tokenizer (a directory), whatever the model
     clip_tokenizer: Path | None = None
+    train_tokenizer: int | None = None  # from scratch, no tokenizer: train a byte-level BPE of this many tokens
     dropout: float | None = None  # overrides the p of every Dropout layer
 
     def __post_init__(self) -> None:
@@ -51,19 +56,27 @@ class ModelSection:
             self.init is not None or self.architecture is not None,
             "model: give `init` (fine-tune) or `architecture` (from scratch)",
         )
-        scratch_only = [name for name in ("language_model", "text_encoder") if getattr(self, name) is not None]
+        scratch_only = [
+            name
+            for name in ("language_model", "text_encoder", "audio_weights", "train_tokenizer")
+            if getattr(self, name) is not None
+        ]
+        if self.audio_encoder != "htsat":
+            scratch_only.append("audio_encoder")
         _require(
             self.init is None or not scratch_only,
             f"model: {', '.join(scratch_only)} load weights into a model built from scratch; `init` already has them",
         )
         _require(self.dropout is None or 0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
+        _require(self.train_tokenizer is None or self.train_tokenizer >= 300, "model.train_tokenizer must be >= 300")
 
 
 @dataclass
 class FreezeSection:
     language_model: bool = True
     text_encoder: bool = True
-    audio_encoder: bool = False
+    audio_encoder: bool = False  # the whole audio encoder, its projection included
+    audio_backbone: bool = False  # the audio encoder before its projection (its outputs can then be cached)
     batch_norm_statistics: bool = False  # BatchNorm layers use (and keep) their running statistics
 
 
@@ -74,12 +87,37 @@ class DataSection:
     batch_size: int = 8  # per process and per micro-batch
     num_workers: int = 4
     max_answer_tokens: int = 77
+    cache_features: bool = True  # with a frozen audio backbone: encode each clip (view) once, then reuse it
 
     def __post_init__(self) -> None:
         _require(self.train is not None, "data.train (a manifest) is required")
         _require(self.batch_size >= 1, "data.batch_size must be at least 1")
         _require(self.num_workers >= 0, "data.num_workers must be non-negative")
         _require(self.max_answer_tokens >= 1, "data.max_answer_tokens must be at least 1")
+
+
+@dataclass
+class AugmentationSection:
+    """Training clips only; every draw is seeded by (seed, epoch or view, example)."""
+
+    views: int = 1  # augmented versions of each clip that cached features hold (epoch e uses view e % views)
+    gain_db: float = 0.0  # random gain, uniform in +-gain_db
+    time_shift: float = 0.0  # circular shift by up to this fraction of the clip
+    noise_snr_db: float | None = None  # white noise at a signal-to-noise ratio uniform in [this, this + 20] dB
+    mix: float = 0.0  # probability of mixing in another training clip, 5 to 15 dB quieter (label unchanged)
+    time_mask: float = 0.0  # SpecAugment-style: silence up to this fraction of the clip (two spans)
+    frequency_mask: float = 0.0  # SpecAugment-style: remove a band of up to this fraction of the spectrum
+
+    def __post_init__(self) -> None:
+        _require(self.views >= 1, "augmentation.views must be at least 1")
+        _require(self.gain_db >= 0, "augmentation.gain_db must be non-negative")
+        for name in ("time_shift", "mix", "time_mask", "frequency_mask"):
+            _require(0.0 <= getattr(self, name) <= 1.0, f"augmentation.{name} must be in [0, 1]")
+
+    @property
+    def active(self) -> bool:
+        amounts = (self.gain_db, self.time_shift, self.mix, self.time_mask, self.frequency_mask)
+        return any(amounts) or self.noise_snr_db is not None
 
 
 @dataclass
@@ -91,9 +129,17 @@ class OptimizationSection:
     epochs: int | None = None
     grad_clip: float | None = 1.0
     grad_accumulation: int = 1
+    max_minutes: float | None = None  # a time budget: stop (and export) this long after the run started
+    part_lr: dict | None = None  # learning rate per part: audio_encoder, audio_projection, mappers, language_model,
+    # text_encoder (the others use lr)
 
     def __post_init__(self) -> None:
         _require(self.lr > 0, "optimization.lr must be positive")
+        for part, value in (self.part_lr or {}).items():
+            _require(
+                part in MODEL_PARTS, f"optimization.part_lr: unknown part {part!r}; parts: {', '.join(MODEL_PARTS)}"
+            )
+            _require(_as_float(value) is not None and _as_float(value) > 0, f"optimization.part_lr.{part} must be > 0")
         _require(self.weight_decay >= 0, "optimization.weight_decay must be non-negative")
         _require(self.warmup_steps >= 0, "optimization.warmup_steps must be non-negative")
         _require(
@@ -103,6 +149,7 @@ class OptimizationSection:
         _require(self.epochs is None or self.epochs >= 1, "optimization.epochs must be at least 1")
         _require(self.grad_clip is None or self.grad_clip > 0, "optimization.grad_clip must be positive or null")
         _require(self.grad_accumulation >= 1, "optimization.grad_accumulation must be at least 1")
+        _require(self.max_minutes is None or self.max_minutes > 0, "optimization.max_minutes must be positive")
 
 
 @dataclass
@@ -119,6 +166,7 @@ class RuntimeSection:
 class LoggingSection:
     every: int = 10
     quiet: bool = False
+    plot: bool = True  # metrics.png beside metrics.jsonl: loss and validation curves (needs matplotlib)
 
     def __post_init__(self) -> None:
         _require(self.every >= 1, "logging.every must be at least 1")
@@ -130,9 +178,17 @@ class EvaluationSection:
     samples: int = 4
     beam: int = 3  # 1: greedy
     max_len: int = 30
+    metric: str = "auto"  # what picks the best model: accuracy, loglik_accuracy, val_loss (auto: accuracy if any)
+    patience: int | None = None  # stop after this many evaluations without a better metric (null: never)
+    max_examples: int | None = None  # validation examples whose answers are generated and scored (null: all)
+    top_k: int = 5  # loglik: also count a label among the k most likely as right
 
     def __post_init__(self) -> None:
         _require(self.every >= 1, "evaluation.every must be at least 1")
+        _require(self.metric in METRICS, f"evaluation.metric must be one of {', '.join(METRICS)}")
+        _require(self.patience is None or self.patience >= 1, "evaluation.patience must be at least 1")
+        _require(self.max_examples is None or self.max_examples >= 1, "evaluation.max_examples must be >= 1")
+        _require(self.top_k >= 1, "evaluation.top_k must be at least 1")
         _require(self.samples >= 0, "evaluation.samples must be non-negative")
         _require(self.beam >= 1, "evaluation.beam must be at least 1")
         _require(self.max_len >= 1, "evaluation.max_len must be at least 1")
@@ -143,6 +199,7 @@ class CheckpointSection:
     every: int = 1000
     keep: int = 3
     full_model: bool = False  # save frozen weights too (else only what training changes)
+    keep_best: bool = True  # checkpoints/best.pt and best-model/ follow the best evaluation
 
     def __post_init__(self) -> None:
         _require(self.every >= 1, "checkpoints.every must be at least 1")
@@ -156,6 +213,7 @@ class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     freeze: FreezeSection = field(default_factory=FreezeSection)
     data: DataSection = field(default_factory=DataSection)
+    augmentation: AugmentationSection = field(default_factory=AugmentationSection)
     optimization: OptimizationSection = field(default_factory=OptimizationSection)
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
@@ -169,6 +227,22 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values (paths as strings), for checkpoints and logs."""
         return _plain(dataclasses.asdict(self))
+
+
+def config_from_dict(raw: dict[str, Any], source: Path | str, base: Path) -> TrainConfig:
+    """A configuration from its dict (`TrainConfig.to_dict`, as checkpoints store it); paths relative to `base`."""
+    try:
+        return _with_local_sources(_build(TrainConfig, raw, "", base), base)
+    except _Invalid as error:
+        raise ConfigError(source, str(error)) from None
+
+
+def _with_local_sources(config: TrainConfig, base: Path) -> TrainConfig:
+    """`model.audio_weights` is a path (relative to the config's folder) when one exists there, else a hub name."""
+    weights = config.model.audio_weights
+    if weights is not None and (base / weights).exists():
+        config.model.audio_weights = str(base / weights)
+    return config
 
 
 def load_config(path: Path | str, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
@@ -185,7 +259,8 @@ def load_config(path: Path | str, overrides: Mapping[str, Any] | None = None) ->
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value, path)
     try:
-        return _build(TrainConfig, raw, "", path.parent.resolve())
+        base = path.parent.resolve()
+        return _with_local_sources(_build(TrainConfig, raw, "", base), base)
     except _Invalid as error:
         raise ConfigError(path, str(error)) from None
 

@@ -25,6 +25,8 @@ from torch.utils.data import Dataset
 
 from pengi_search.config import AudioConfig
 from pengi_search.errors import PengiSearchError, UsageError
+from trainer.augment import augment
+from trainer.config import AugmentationSection
 from trainer.templates import LIST_ANSWER_TASKS, TemplateError, render_answer, render_prompt
 
 SAMPLE_RATE = AudioConfig().sample_rate
@@ -284,12 +286,12 @@ def _convert_csv(
     dest_folder = dest.parent.resolve()
     with dest.open("w", encoding="utf-8") as out:
         for record, example in zip(records, examples, strict=True):
-            record["audio"] = _manifest_path(example.audio, dest_folder)
+            record["audio"] = manifest_path(example.audio, dest_folder)
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
     return examples
 
 
-def _manifest_path(audio: Path, folder: Path) -> str:
+def manifest_path(audio: Path, folder: Path) -> str:
     """Relative to the manifest's folder when under it, so the two can move together; else absolute."""
     return audio.relative_to(folder).as_posix() if audio.is_relative_to(folder) else str(audio)
 
@@ -393,7 +395,8 @@ class AudioTextDataset(Dataset):
     """Examples as fixed-length clips with their prompt and answer.
 
     Training takes a random window of each clip, a deterministic function of (seed, epoch, index), so a
-    resumed run sees the same data; evaluation takes the start. Audio that fails to load gives a `FailedItem`
+    resumed run sees the same data, and changes it as `augmentation` says (seeded the same way); evaluation takes
+    the start, unchanged. Audio that fails to load gives a `FailedItem`
     (and a warning) instead of an exception; `collate_examples` drops it, listing it in `skipped`.
     Call `set_epoch` before each epoch; with persistent DataLoader workers the change would not reach them.
     """
@@ -407,6 +410,7 @@ class AudioTextDataset(Dataset):
         load_audio: LoadAudio | None = None,
         sample_rate: int = SAMPLE_RATE,
         clip_samples: int = CLIP_SAMPLES,
+        augmentation: AugmentationSection | None = None,
     ) -> None:
         if seed < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
@@ -417,6 +421,7 @@ class AudioTextDataset(Dataset):
         self.load_audio = load_audio or project_load_audio
         self.sample_rate = sample_rate
         self.clip_samples = clip_samples
+        self.augmentation = augmentation if train and augmentation is not None and augmentation.active else None
 
     def set_epoch(self, epoch: int) -> None:
         if epoch < 0:
@@ -435,8 +440,21 @@ class AudioTextDataset(Dataset):
             log.warning("skipping %s (row %d): %s", example.audio, example.row, reason)
             return FailedItem(index=index, error=reason)
         clip = fit_clip(audio, self.clip_samples, self.window_offset(audio.size, index))
+        if self.augmentation is not None:
+            rng = np.random.default_rng((self.seed, self.epoch, index, 1))
+            clip = augment(clip, self.augmentation, rng, self._other_clip)
         audio_tensor = torch.tensor(clip)
         return ExampleItem(audio=audio_tensor, prompt=example.prompt, answer=example.answer, index=index)
+
+    def _other_clip(self, rng: np.random.Generator) -> np.ndarray | None:
+        """A random training clip (a random window of it) to mix in; None when it fails to load."""
+        example = self.examples[int(rng.integers(len(self.examples)))]
+        try:
+            audio = load_example_audio(example, self.load_audio, self.sample_rate)
+        except Exception:  # mixing is optional: a clip that fails here fails (and is reported) on its own turn
+            return None
+        spare = max(0, audio.size - self.clip_samples)
+        return fit_clip(audio, self.clip_samples, int(rng.integers(0, spare + 1)))
 
     def window_offset(self, num_samples: int, index: int) -> int:
         """Where the window starts: random (seeded) in training, 0 in evaluation or for a short clip."""

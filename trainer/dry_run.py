@@ -1,18 +1,27 @@
-"""`--dry-run`: check a run's data and model sources without training, and show what it would do."""
+"""`--dry-run`: check a run's data, model sources and architecture without training, and show what it would do:
+the task mix, the step plan, the shape rules of the architecture (see `trainer/example.yaml`), the vocabulary
+against the tokenizer, warm-up against the run's length, and the time an epoch should take (two steps timed on
+this machine)."""
 
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
-from pengi_search.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL
+from pengi_search.config import PengiConfig
+from pengi_search.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, PengiSearchError
+from pengi_search.model import Pengi
+from pengi_search.tokenization import Tokenizers
 from trainer.config import TrainConfig
 from trainer.data import Example, LoadAudio, check_audio, read_manifest, task_mix
+from trainer.features import clip_key
 
 MISSING = "file not found"  # the reason `check_audio` gives for a file that is not there
 PROBLEMS_SHOWN = 20  # per manifest; the counts cover them all
@@ -44,6 +53,8 @@ class DryRunReport:
     manifests: list[ManifestCheck]
     model_problems: list[str] = field(default_factory=list)
     plan: dict[str, int | None] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    timing: dict[str, float] = field(default_factory=dict)  # seconds: per step, per epoch, encoding the clips
 
     @property
     def exit_code(self) -> int:
@@ -53,14 +64,133 @@ class DryRunReport:
         return EXIT_PARTIAL if any(check.problems for check in self.manifests) else EXIT_OK
 
 
-def dry_run_report(config: TrainConfig, *, load_audio: LoadAudio | None = None) -> DryRunReport:
+def dry_run_report(
+    config: TrainConfig, *, load_audio: LoadAudio | None = None, source: Path | None = None
+) -> DryRunReport:
     """Read the manifests, decode every clip, check the model's files exist and work out the step plan.
 
     A manifest that cannot be parsed raises `ManifestError`, as training would.
     """
     roles = [("train", config.data.train), ("validation", config.data.validation)]
     manifests = [_check_manifest(role, path, load_audio) for role, path in roles if path is not None]
-    return DryRunReport(manifests, _model_problems(config), _plan(config, manifests[0].usable))
+    report = DryRunReport(manifests, _model_problems(config), _plan(config, manifests[0].usable))
+    report.warnings += _plan_warnings(report.plan)
+    if not report.model_problems:
+        _check_model(config, report, source or Path("<config>"))
+    return report
+
+
+def _check_model(config: TrainConfig, report: DryRunReport, source: Path) -> None:
+    """Build the model as training would (a failure is a problem, not an exception), check its shapes and time
+    two steps."""
+    from trainer.model_setup import apply_freezing, audio_backbone_frozen, build_model
+
+    try:
+        model, tokenizers = build_model(config, source, save_tokenizer=False)
+    except PengiSearchError as error:
+        report.model_problems.append(str(error))
+        return
+    except (ValueError, RuntimeError) as error:  # a module's own size checks (e.g. heads that do not divide)
+        report.model_problems.append(f"the architecture cannot be built: {error}")
+        return
+    prompts = sorted({example.prompt for path in _manifest_paths(config) for example in read_manifest(path)})
+    report.model_problems += shape_problems(model, tokenizers, prompts, config.data.max_answer_tokens)
+    report.warnings += shape_warnings(model.cfg)
+    if report.model_problems:
+        return
+    apply_freezing(model, config.freeze)
+    cached = config.data.cache_features and audio_backbone_frozen(model)
+    clips = len({clip_key(example) for example in read_manifest(config.data.train)})
+    report.timing = _time_steps(model, tokenizers, config, prompts[0], cached, report.plan, clips)
+
+
+def _manifest_paths(config: TrainConfig) -> list[Path]:
+    return [path for path in (config.data.train, config.data.validation) if path is not None]
+
+
+def shape_problems(model: Pengi, tokenizers: Tokenizers, prompts: list[str], max_answer_tokens: int) -> list[str]:
+    """The architecture's shape rules (documented in trainer/example.yaml) that this model and data break."""
+    cfg: PengiConfig = model.cfg
+    problems = []
+    width = model.gpt.get_input_embeddings().embedding_dim
+    vocab = model.gpt.get_input_embeddings().num_embeddings
+    if width % cfg.mapper.num_heads:
+        problems.append(
+            f"the language model's width {width} is not divisible by mapper.num_heads {cfg.mapper.num_heads}"
+        )
+    if cfg.decoder.hf_config is None and cfg.decoder.n_embd % cfg.decoder.n_head:
+        problems.append(f"decoder.n_embd {cfg.decoder.n_embd} is not divisible by decoder.n_head {cfg.decoder.n_head}")
+    if len(tokenizers.gpt2) > vocab:
+        problems.append(f"the tokenizer has {len(tokenizers.gpt2)} tokens, the language model's vocabulary {vocab}")
+    positions = cfg.decoder.n_positions if cfg.decoder.hf_config is None else None
+    if positions is not None and cfg.prefix_tokens + max_answer_tokens > positions:
+        problems.append(
+            f"2 x mapper.prefix_length + data.max_answer_tokens = {cfg.prefix_tokens + max_answer_tokens} "
+            f"exceeds the language model's {positions} positions"
+        )
+    try:
+        tokenizers.prompts(prompts)
+    except ValueError as error:
+        problems.append(f"{error}: raise text_prompt_length (and mapper.clip_length without a text encoder)")
+    return problems
+
+
+def shape_warnings(cfg: PengiConfig) -> list[str]:
+    """Shapes that run but are probably not what was meant."""
+    if not cfg.use_text_encoder and cfg.text_prompt_length != cfg.mapper.clip_length:
+        tokens = cfg.text_prompt_length + cfg.mapper.prefix_length - cfg.mapper.clip_length
+        return [
+            f"without a text encoder, text_prompt_length ({cfg.text_prompt_length}) should equal mapper.clip_length "
+            f"({cfg.mapper.clip_length}): the prompt's mapper then writes {tokens} prefix tokens, not "
+            f"mapper.prefix_length ({cfg.mapper.prefix_length})"
+        ]
+    return []
+
+
+def _plan_warnings(plan: dict[str, int | None]) -> list[str]:
+    total, warmup = plan.get("total_steps") or 0, plan.get("warmup_steps") or 0
+    warnings = []
+    if warmup >= total:
+        warnings.append(
+            f"warm-up ({warmup} steps) is not shorter than the whole run ({total} steps): the learning rate never "
+            "reaches its peak; lower optimization.warmup_steps"
+        )
+    if plan.get("steps_per_epoch") == 0:
+        warnings.append("fewer usable examples than one batch: lower data.batch_size")
+    return warnings
+
+
+def _time_steps(
+    model: Pengi, tokenizers: Tokenizers, config: TrainConfig, prompt: str, cached: bool, plan: dict, clips: int
+) -> dict[str, float]:
+    """Seconds per optimizer step (the second of two, on random audio) and per epoch; with cached features, the
+    one-off encoding of the `clips` distinct training clips as well."""
+    from trainer.objective import AnswerNll, ModelInputs
+
+    batch = config.data.batch_size
+    audio = model.cfg.audio
+    wave = 0.1 * torch.randn(batch, audio.clip_samples)
+    prompts = tokenizers.prompts([prompt] * batch)
+    answer = torch.tensor([tokenizers.answer_ids("a sound")] * batch)
+    loss = AnswerNll(model, cached=cached).train()
+    timing = {}
+    with torch.no_grad():
+        started = time.perf_counter()
+        features = model.audio_encoder.backbone.eval()(wave)
+        encode = time.perf_counter() - started
+    inputs = ModelInputs(
+        features if cached else wave, prompts.input_ids, prompts.attention_mask, answer, answer * 0 + 1
+    )
+    for _ in range(2):
+        started = time.perf_counter()
+        loss(**vars(inputs)).backward()
+        step = (time.perf_counter() - started) * config.optimization.grad_accumulation
+    timing["step"] = step
+    timing["epoch"] = step * (plan.get("steps_per_epoch") or 0)
+    if cached:
+        views = config.augmentation.views if config.augmentation.active else 1
+        timing["encoding"] = encode / batch * clips * views  # each distinct clip, once per view
+    return timing
 
 
 def _check_manifest(role: str, path: Path, load_audio: LoadAudio | None) -> ManifestCheck:
@@ -115,8 +245,16 @@ def print_dry_run(report: DryRunReport, console: Console) -> None:
         console.print(f"[bold red]model:[/] {problem}", soft_wrap=True)
     plan = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in report.plan.items())
     console.print(f"plan: {plan}", soft_wrap=True)
+    if report.timing:
+        timing = report.timing
+        line = f"time: {timing['step']:.2f} s a step, about {timing['epoch'] / 60:.1f} min an epoch on this machine"
+        if "encoding" in timing:
+            line += f"; encoding the clips first (frozen encoder, cached): about {timing['encoding'] / 60:.1f} min"
+        console.print(line, soft_wrap=True)
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
     verdict = {
-        EXIT_OK: "ready to train",
+        EXIT_OK: "ready to train" + (" (see the warnings)" if report.warnings else ""),
         EXIT_FAILED: "cannot train",
         EXIT_PARTIAL: "ready; unusable clips will be skipped",
     }

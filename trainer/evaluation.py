@@ -1,24 +1,33 @@
-"""Evaluation during training: the validation loss and a few sample generations."""
+"""Evaluation during training: the validation loss, task metrics and sample generations.
+
+Task metrics are for label-style tasks (every task but the free-text ones: caption, qa, metadata, music
+analysis): `accuracy`, the share of generated answers that equal the reference (case and spacing aside), and
+`loglik_accuracy` / `loglik_top_k`, where each label of the task (every answer the manifests give it) is scored by
+its mean log-probability per token as the answer, as `classify --method loglik` does.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import re
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from pengi_search.decoding import GenerationConfig
 from pengi_search.inference import Engine
 from pengi_search.model import Pengi
 from pengi_search.tokenization import Tokenizers
-from trainer.data import AudioTextDataset, collate_examples
+from trainer.data import Example, collate_examples
 from trainer.distributed import Processes, sum_across
 from trainer.objective import AnswerNll, encode_batch
+
+FREE_TEXT_TASKS = frozenset({"caption", "qa", "metadata", "music_analysis"})
 
 
 @dataclass(frozen=True)
@@ -31,13 +40,14 @@ class ValidationLoss:
 @torch.no_grad()
 def validation_loss(
     loss_module: AnswerNll,
-    dataset: AudioTextDataset,
+    dataset: Dataset,
     tokenizers: Tokenizers,
     processes: Processes,
     *,
     batch_size: int,
     num_workers: int,
     max_answer_tokens: int,
+    audio_width: int,
     autocast: Callable[[], contextlib.AbstractContextManager],
 ) -> ValidationLoss:
     """Every process evaluates every `world_size`-th example; the sums are added up across processes."""
@@ -48,12 +58,48 @@ def validation_loss(
         skipped += len(batch["skipped"])
         if not batch["answer"]:
             continue
-        inputs = encode_batch(batch, tokenizers, max_answer_tokens, dataset.clip_samples).to(processes.device)
+        inputs = encode_batch(batch, tokenizers, max_answer_tokens, audio_width).to(processes.device)
         with autocast():
             nll += float(loss_module(**vars(inputs)))
         tokens += inputs.tokens
     nll, tokens, skipped = sum_across(processes, [nll, tokens, skipped])
     return ValidationLoss(nll / max(tokens, 1.0), int(tokens), int(skipped))
+
+
+# --- Audio embeddings of dataset rows -----------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def row_embeddings(
+    model: Pengi, dataset: Dataset, rows: Sequence[int], *, cached: bool, batch_size: int
+) -> tuple[torch.Tensor, list[int]]:
+    """Pengi's audio embeddings (n, d_proj) of the rows whose audio loads, and those rows. `cached`: the dataset
+    gives backbone outputs, which only need the projection."""
+    device = next(model.parameters()).device
+    items = [dataset[row] for row in rows]
+    good = [item for item in items if "error" not in item]
+    encoder = model.audio_encoder
+    out = []
+    for start in range(0, len(good), batch_size):
+        audio = torch.stack([item["audio"] for item in good[start : start + batch_size]]).to(device)
+        out.append((encoder.project(audio) if cached else encoder(audio)).float())
+    embeds = torch.cat(out) if out else torch.empty(0, model.cfg.d_proj, device=device)
+    return embeds, [item["index"] for item in good]
+
+
+def generate_for_embeddings(
+    engine: Engine, embeds: torch.Tensor, prompts: list[str], *, beam: int, max_len: int
+) -> list[str]:
+    """The best answer to each (embedding, prompt) pair, rows grouped by prompt."""
+    config = GenerationConfig(beam=beam, max_len=max_len, stop_ids=engine.tok.stop_ids)
+    by_prompt: dict[str, list[int]] = defaultdict(list)
+    for row, prompt in enumerate(prompts):
+        by_prompt[prompt].append(row)
+    answers = [""] * len(prompts)
+    for prompt, rows in by_prompt.items():
+        for row, answer in zip(rows, engine.generate(embeds[rows], [prompt], config), strict=True):
+            answers[row] = answer[0].text
+    return answers
 
 
 def generate_answers(
@@ -73,34 +119,110 @@ def generate_answers(
     device = device or next(model.parameters()).device
     engine = Engine(model, tokenizers, device, batch_size=max(1, len(waves)))
     embeds = engine.audio_embeddings(np.asarray(waves, dtype=np.float32))
-    config = GenerationConfig(beam=beam, max_len=max_len, stop_ids=tokenizers.stop_ids)
-    by_prompt: dict[str, list[int]] = defaultdict(list)
-    for row, prompt in enumerate(prompts):
-        by_prompt[prompt].append(row)
-    answers = [""] * len(prompts)
-    for prompt, rows in by_prompt.items():
-        for row, answer in zip(rows, engine.generate(embeds[rows], [prompt], config), strict=True):
-            answers[row] = answer[0].text
-    return answers
+    return generate_for_embeddings(engine, embeds, prompts, beam=beam, max_len=max_len)
+
+
+# --- Label metrics ------------------------------------------------------------------------------------------------
+
+
+def is_label_task(example: Example) -> bool:
+    return example.task is not None and example.task not in FREE_TEXT_TASKS
+
+
+def label_sets(examples: Sequence[Example]) -> dict[str, list[str]]:
+    """Per prompt of a label task, every answer the examples give it (sorted): the candidates loglik ranks."""
+    labels: dict[str, set[str]] = defaultdict(set)
+    for example in examples:
+        if is_label_task(example):
+            labels[example.prompt].add(example.answer)
+    return {prompt: sorted(answers) for prompt, answers in labels.items()}
+
+
+def normalise_answer(text: str) -> str:
+    return re.sub(r"\s+", " ", text.strip().lower()).strip(" .,;:!")
+
+
+@dataclass(frozen=True)
+class LabelMetrics:
+    examples: int  # label-task rows scored
+    accuracy: float  # generated answer == reference
+    loglik_accuracy: float  # the reference is the most likely label
+    loglik_top_k: float  # the reference is among the k most likely labels
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "accuracy": self.accuracy,
+            "loglik_accuracy": self.loglik_accuracy,
+            "loglik_top_k": self.loglik_top_k,
+            "label_examples": self.examples,
+        }
+
+
+@torch.no_grad()
+def label_metrics(
+    engine: Engine,
+    dataset: Dataset,
+    rows: Sequence[int],
+    candidates: dict[str, list[str]],
+    *,
+    cached: bool,
+    beam: int,
+    max_len: int,
+    top_k: int,
+) -> LabelMetrics | None:
+    """Accuracy of the generated and of the most likely answers over the label-task `rows`; None without any."""
+    examples = dataset.examples
+    rows = [row for row in rows if is_label_task(examples[row]) and examples[row].prompt in candidates]
+    if not rows:
+        return None
+    embeds, kept = row_embeddings(engine.model, dataset, rows, cached=cached, batch_size=engine.batch_size)
+    prompts = [examples[row].prompt for row in kept]
+    truths = [examples[row].answer for row in kept]
+    generated = generate_for_embeddings(engine, embeds, prompts, beam=beam, max_len=max_len)
+    exact = [normalise_answer(g) == normalise_answer(t) for g, t in zip(generated, truths, strict=True)]
+    top1, topk = [], []
+    for prompt in dict.fromkeys(prompts):
+        at = [i for i, p in enumerate(prompts) if p == prompt]
+        labels = candidates[prompt]
+        scores = engine.score(embeds[at], prompt, labels)
+        for i, row_scores in zip(at, scores, strict=True):
+            order = np.argsort([-score.mean for score in row_scores])
+            ranked = [labels[j] for j in order]
+            top1.append(ranked[0] == truths[i])
+            topk.append(truths[i] in ranked[:top_k])
+    n = max(len(kept), 1)
+    return LabelMetrics(len(kept), sum(exact) / n, sum(top1) / n, sum(topk) / n)
+
+
+# --- Samples ------------------------------------------------------------------------------------------------------
+
+
+def sample_rows(examples: Sequence[Example], count: int, seed: int) -> list[int]:
+    """`count` rows drawn (seeded) across the set: one per distinct answer in turn, so classes differ."""
+    rng = np.random.default_rng(seed)
+    by_answer: dict[str, list[int]] = defaultdict(list)
+    for row in rng.permutation(len(examples)).tolist():
+        by_answer[examples[row].answer].append(row)
+    queues = [by_answer[answer] for answer in rng.permutation(sorted(by_answer)).tolist()]
+    chosen: list[int] = []
+    while len(chosen) < min(count, len(examples)):
+        for queue in queues:
+            if queue and len(chosen) < count:
+                chosen.append(queue.pop())
+    return chosen
 
 
 def sample_generations(
-    model: Pengi, tokenizers: Tokenizers, dataset: AudioTextDataset, count: int, *, beam: int, max_len: int
+    engine: Engine, dataset: Dataset, rows: Sequence[int], *, cached: bool, beam: int, max_len: int
 ) -> list[dict[str, Any]]:
-    """Generations for the first `count` examples of `dataset`, next to their reference answers."""
-    items = [dataset[index] for index in range(min(count, len(dataset)))]
-    items = [item for item in items if "error" not in item]
-    if not items:
+    """Generations for `rows` of `dataset`, next to their reference answers."""
+    embeds, kept = row_embeddings(engine.model, dataset, rows, cached=cached, batch_size=engine.batch_size)
+    if not kept:
         return []
-    waves = np.stack([item["audio"].numpy() for item in items])
-    prompts = [item["prompt"] for item in items]
-    generated = generate_answers(model, tokenizers, waves, prompts, beam=beam, max_len=max_len)
+    examples = dataset.examples
+    prompts = [examples[row].prompt for row in kept]
+    generated = generate_for_embeddings(engine, embeds, prompts, beam=beam, max_len=max_len)
     return [
-        {
-            "audio": str(dataset.examples[item["index"]].audio),
-            "prompt": item["prompt"],
-            "answer": item["answer"],
-            "generated": text,
-        }
-        for item, text in zip(items, generated, strict=True)
+        {"audio": str(examples[row].audio), "prompt": prompt, "answer": examples[row].answer, "generated": text}
+        for row, prompt, text in zip(kept, prompts, generated, strict=True)
     ]

@@ -28,12 +28,12 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
 from pengi_search.checkpoint import CheckpointError
-from pengi_search.choices import LongPrompt
 from pengi_search.errors import PengiSearchError
+from pengi_search.inference import Engine
 from pengi_search.model import Pengi
-from pengi_search.tokenization import PromptTooLongError, Tokenizers
+from pengi_search.tokenization import Tokenizers
 from trainer.config import ConfigError, RuntimeSection, TrainConfig
-from trainer.data import AudioTextDataset, Batch, Example, ManifestError, collate_examples, read_manifest
+from trainer.data import Batch, collate_examples
 from trainer.distributed import (
     Processes,
     gather_objects,
@@ -42,19 +42,25 @@ from trainer.distributed import (
     sum_across,
     wait_for_all,
 )
-from trainer.evaluation import sample_generations, validation_loss
+from trainer.evaluation import is_label_task, label_metrics, sample_generations, validation_loss
+from trainer.export import BEST_MODEL_DIR, MODEL_DIR, export_model
 from trainer.model_setup import (
     apply_freezing,
+    audio_backbone_frozen,
     build_model,
     frozen_fingerprint,
+    parameter_groups,
     set_dropout,
     set_train_mode,
     trainable_parameters,
 )
 from trainer.objective import AnswerNll, encode_batch
-from trainer.reporting import METRICS_FILE, MetricsLog, TrainingProgress
+from trainer.reporting import METRICS_FILE, PLOT_FILE, MetricsLog, RateWindow, TrainingProgress, write_plot
+from trainer.run_data import prepare_data, quiet
 from trainer.sampling import ResumableSampler
 from trainer.state import (
+    BEST_CHECKPOINT,
+    CHECKPOINT_DIR,
     Position,
     capture_rng,
     checkpoint_path,
@@ -67,8 +73,9 @@ from trainer.state import (
     save_checkpoint,
     seed_everything,
 )
+from trainer.stopping import BestTracker, InterruptRequest
 
-MODEL_DIR = "model"
+SHOWN = ("val_loss", "accuracy", "loglik_accuracy", "loglik_top_k")  # what an evaluation prints
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +142,7 @@ class _Interval:
     """What the steps since the last log add up to on this process."""
 
     def __init__(self) -> None:
-        self.nll = self.tokens = self.samples = self.skipped = self.seconds = 0.0
+        self.nll = self.tokens = self.samples = self.skipped = 0.0
         self.grad_norm = math.nan
         self.lr = math.nan
 
@@ -146,56 +153,53 @@ class Trainer:
         self.source = source
         self.processes = processes
         self.device = processes.device
+        self.started = time.monotonic()  # the time budget (optimization.max_minutes) counts from here
         seed_everything(config.seed)  # the same initial weights on every process
-        self.model, self.tokenizers = build_model(config.model, source)
+        self.model, self.tokenizers = build_model(config, source)
         self.frozen = apply_freezing(self.model, config.freeze)
         if config.model.dropout is not None:
             set_dropout(self.model, config.model.dropout)
         self.fingerprint = frozen_fingerprint(self.model)
         self.model.to(self.device)
-        self.loss_module = AnswerNll(self.model)
+        cached = config.data.cache_features and audio_backbone_frozen(self.model)
+        self.loss_module = AnswerNll(self.model, cached=cached)
         self.parameters = trainable_parameters(self.model)
         if not self.parameters:
             raise TrainingError("", "nothing to train: every part of the model is frozen")
         torch.manual_seed(config.seed + processes.rank)  # each process its own dropout
-
-        self._setup_data()
+        shown = processes.main and not config.logging.quiet
+        self.console = console or Console(stderr=True)
+        say = self.console.print if shown else quiet
+        self.data = prepare_data(config, self.model, self.tokenizers, source, cached=cached, say=say)
+        self._setup_loader()
         opt = config.optimization
-        self.optimizer = torch.optim.Adam(self.parameters, lr=opt.lr, weight_decay=opt.weight_decay)
+        groups = parameter_groups(self.model, opt.lr, opt.part_lr)
+        self.optimizer = torch.optim.Adam(groups, lr=opt.lr, weight_decay=opt.weight_decay)
         self.scheduler = LambdaLR(self.optimizer, warmup_then_linear_decay(opt.warmup_steps, self.total_steps))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.runtime.precision == "fp16")
         self.position = Position()
         self.interval = _Interval()
+        self.rate = RateWindow()
+        self.best = BestTracker(self._metric(), config.evaluation.patience)
+        self.stopped_early = False
+        self.last_checkpoint: int | None = None  # step of the latest step checkpoint
         self.rng_to_restore: dict[str, Any] | None = None
         self.metrics = MetricsLog(config.output_dir / METRICS_FILE, enabled=processes.main)
-        shown = processes.main and not config.logging.quiet
-        self.progress = TrainingProgress(self.total_steps, 0, enabled=shown, console=console)
+        self.progress = TrainingProgress(self.total_steps, 0, enabled=shown, console=self.console)
 
     # --- Set-up ------------------------------------------------------------------------------------------------
 
-    def _dataset(self, examples: list[Example], train: bool) -> AudioTextDataset:
-        audio = self.model.cfg.audio
-        return AudioTextDataset(
-            examples, train=train, seed=self.config.seed, sample_rate=audio.sample_rate, clip_samples=audio.clip_samples
-        )
-
-    def _setup_data(self) -> None:
-        data, processes, cfg = self.config.data, self.processes, self.model.cfg
-        room = cfg.decoder.n_positions - cfg.prefix_tokens  # GPT-2 positions left after the prefix
-        if data.max_answer_tokens > room:
-            raise ConfigError(self.source, f"data.max_answer_tokens may be at most {room} for this model")
-        examples = read_manifest(data.train)
-        check_prompts(examples, self.tokenizers, data.train)
-        self.train_set = self._dataset(examples, train=True)
+    def _setup_loader(self) -> None:
+        data, processes, train_set = self.config.data, self.processes, self.data.train_set
         self.sampler = ResumableSampler(
-            self.train_set, num_replicas=processes.world_size, rank=processes.rank, seed=self.config.seed
+            train_set, num_replicas=processes.world_size, rank=processes.rank, seed=self.config.seed
         )
         self.loader = DataLoader(
-            self.train_set,
+            train_set,
             data.batch_size,
             sampler=self.sampler,
             collate_fn=collate_examples,
-            num_workers=data.num_workers,
+            num_workers=0 if self.data.cached else data.num_workers,  # cached rows need no decoding
             drop_last=True,
             pin_memory=self.device.type == "cuda",
             generator=torch.Generator(),  # its own: creating an iterator must not draw from the global RNG
@@ -205,17 +209,21 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise TrainingError(
                 data.train,
-                f"{len(examples)} examples are too few for one step of batch_size {data.batch_size} "
+                f"{len(train_set)} usable examples are too few for one step of batch_size {data.batch_size} "
                 f"x grad_accumulation {accumulation} x {processes.world_size} process(es)",
             )
         opt = self.config.optimization
         self.total_steps = opt.max_steps or opt.epochs * self.steps_per_epoch
-        self.val_set = None
-        if data.validation is not None:
-            val_examples = read_manifest(data.validation)
-            check_prompts(val_examples, self.tokenizers, data.validation)
-            self.val_set = self._dataset(val_examples, train=False)
-        self.sample_set = self.val_set or self._dataset(examples, train=False)
+
+    def _metric(self) -> str | None:
+        """What picks the best model: the configured metric; `auto` is accuracy when there are label rows."""
+        if self.data.val_set is None:
+            return None
+        metric = self.config.evaluation.metric
+        if metric != "auto":
+            return metric
+        labelled = any(is_label_task(self.data.val_set.examples[row]) for row in self.data.eval_rows)
+        return "accuracy" if labelled else "val_loss"
 
     def resume(self, path: Path) -> None:
         """Load a checkpoint of this run; the loop then continues exactly where it was written."""
@@ -230,7 +238,8 @@ class Trainer:
         self.scheduler.load_state_dict(payload["scheduler"])
         self.scaler.load_state_dict(payload["scaler"])
         self.position = Position(**payload["position"])
-        if payload["train_examples"] != len(self.train_set):
+        self.best.restore(payload.get("best", {}))
+        if payload["train_examples"] != len(self.data.train_set):
             log.warning("the training manifest changed since the checkpoint: the data order will differ")
         rng = payload["rng"]
         if len(rng) == self.processes.world_size:
@@ -256,21 +265,43 @@ class Trainer:
             self.metrics.truncate_after(0)  # what a run that crashed before its first checkpoint logged
         if self.rng_to_restore is not None:
             restore_rng(self.rng_to_restore, self.device)
-        with self.progress:
+        with self.progress, InterruptRequest() as interrupt:
+            self.interrupt = interrupt
             self.progress.advance(self.position.step)
-            while self.position.step < self.total_steps:
+            self.rate.restart_clock()
+            while self.position.step < self.total_steps and not self._stopping():
                 self._run_epoch()
+        if self.position.step < self.total_steps and self.last_checkpoint != self.position.step:
+            self._checkpoint()  # stopped early (Ctrl-C, patience, time budget): the run can be resumed or exported
         model_dir = self._finish()
+        if self._interrupted():
+            raise KeyboardInterrupt  # after the checkpoint and the model: the command line exits with 130
         return TrainingResult(self.model, self.tokenizers, model_dir, self.position.step)
+
+    def _interrupted(self) -> bool:
+        (requested,) = sum_across(self.processes, [float(self.interrupt.requested)])
+        return requested > 0
+
+    def _out_of_time(self) -> bool:
+        budget = self.config.optimization.max_minutes
+        over = budget is not None and time.monotonic() - self.started > 60 * budget
+        (anywhere,) = sum_across(self.processes, [float(over)])
+        if anywhere and not self.stopped_early:
+            self.stopped_early = True
+            self.metrics.write("time_limit", step=self.position.step, minutes=budget)
+            self.progress.print(f"time budget of {budget} min reached at step {self.position.step}")
+        return anywhere > 0
+
+    def _stopping(self) -> bool:
+        return self.stopped_early or self._interrupted() or self._out_of_time()
 
     def _run_epoch(self) -> None:
         position, batch_size = self.position, self.config.data.batch_size
         accumulation = self.config.optimization.grad_accumulation
-        self.train_set.set_epoch(position.epoch)
+        self.data.train_set.set_epoch(position.epoch)
         self.sampler.set_position(position.epoch, position.batches_in_epoch * batch_size)
         batches: Iterator[Batch] = iter(self.loader)
-        while position.step < self.total_steps:
-            started = time.perf_counter()
+        while position.step < self.total_steps and not self._stopping():
             micro = list(itertools.islice(batches, accumulation))
             if len(micro) < accumulation:  # the epoch's end (a partial group is left out)
                 position.epoch += 1
@@ -279,7 +310,6 @@ class Trainer:
             self._step(micro)
             position.batches_in_epoch += accumulation
             position.step += 1
-            self.interval.seconds += time.perf_counter() - started
             self._after_step()
 
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -290,8 +320,8 @@ class Trainer:
 
     def _step(self, micro: list[Batch]) -> None:
         data, processes = self.config.data, self.processes
-        clip_samples = self.model.cfg.audio.clip_samples
-        inputs = [encode_batch(batch, self.tokenizers, data.max_answer_tokens, clip_samples) for batch in micro]
+        width = self.data.audio_width
+        inputs = [encode_batch(batch, self.tokenizers, data.max_answer_tokens, width) for batch in micro]
         local_tokens = sum(item.tokens for item in inputs)
         (all_tokens,) = sum_across(processes, [float(local_tokens)])
         # DDP averages gradients over processes; scaling by world_size makes that a sum over all answer tokens.
@@ -314,11 +344,13 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        samples = sum(len(batch["answer"]) for batch in micro)
         interval.nll += nll_sum
         interval.tokens += local_tokens
-        interval.samples += sum(len(batch["answer"]) for batch in micro)
+        interval.samples += samples
         interval.skipped += sum(len(batch["skipped"]) for batch in micro)
         interval.grad_norm = float(grad_norm)
+        self.rate.step(samples * processes.world_size)
 
     def _after_step(self) -> None:
         step, total = self.position.step, self.total_steps
@@ -326,19 +358,19 @@ class Trainer:
         if step % self.config.logging.every == 0 or checkpoint_due:
             self._log_interval()
         else:
-            self.progress.advance(step)
+            self.progress.advance(step, self.rate.rate)
         if step % self.config.evaluation.every == 0 or step == total:
             self._evaluate()
         if checkpoint_due:
             self._checkpoint()
+        self.rate.restart_clock()
 
     def _log_interval(self) -> None:
         interval = self.interval
-        nll, tokens, samples, skipped, seconds = sum_across(
-            self.processes, [interval.nll, interval.tokens, interval.samples, interval.skipped, interval.seconds]
+        nll, tokens, samples, skipped = sum_across(
+            self.processes, [interval.nll, interval.tokens, interval.samples, interval.skipped]
         )
         loss = nll / tokens if tokens else None  # None: every clip of the interval failed to load
-        rate = samples / max(seconds / self.processes.world_size, 1e-9)
         self.metrics.write(
             "train",
             step=self.position.step,
@@ -346,50 +378,91 @@ class Trainer:
             loss=loss,
             lr=interval.lr,
             grad_norm=interval.grad_norm,
-            samples_per_s=rate,
+            samples_per_s=self.rate.rate,
             samples=int(samples),
             tokens=int(tokens),
             skipped=int(skipped),
         )
-        self.progress.advance(self.position.step, rate, loss)
+        self.progress.advance(self.position.step, self.rate.rate, loss)
         self.interval = _Interval()
 
     def _evaluate(self) -> None:
         self.model.eval()
-        step, evaluation = self.position.step, self.config.evaluation
-        if self.val_set is not None:
+        step, evaluation, data = self.position.step, self.config.evaluation, self.data
+        record: dict[str, Any] = {}
+        if data.val_set is not None:
             result = validation_loss(
                 self.loss_module,
-                self.val_set,
+                data.val_set,
                 self.tokenizers,
                 self.processes,
                 batch_size=self.config.data.batch_size,
-                num_workers=self.config.data.num_workers,
+                num_workers=0 if data.cached else self.config.data.num_workers,
                 max_answer_tokens=self.config.data.max_answer_tokens,
+                audio_width=data.audio_width,
                 autocast=self._autocast,
             )
-            self.metrics.write("eval", step=step, val_loss=result.loss, tokens=result.tokens, skipped=result.skipped)
-            self.progress.print(f"step {step}: validation loss {result.loss:.4f}")
-        if self.processes.main and evaluation.samples:
-            samples = sample_generations(
-                self.model,
-                self.tokenizers,
-                self.sample_set,
-                evaluation.samples,
-                beam=evaluation.beam,
-                max_len=evaluation.max_len,
-            )
-            self.metrics.write("samples", step=step, samples=samples)
-            for sample in samples:
-                shown = f"{sample['prompt']!r} -> {sample['generated']!r}"
-                self.progress.print(f"  {shown} (reference {sample['answer']!r})")
+            record.update(val_loss=result.loss, tokens=result.tokens, skipped=result.skipped)
+        if self.processes.main:
+            engine = Engine(self.model, self.tokenizers, self.device, batch_size=self.config.data.batch_size)
+            record.update(self._label_metrics(engine))
+            self._samples(engine)
+        if data.val_set is not None:
+            self.metrics.write("eval", step=step, **record)
+            shown = ", ".join(f"{key.replace('_', ' ')} {record[key]:.4f}" for key in SHOWN if key in record)
+            self.progress.print(f"step {step}: {shown}")
+        improved = self.processes.main and self.best.update(step, record.get(self.best.metric))
+        exhausted = self.processes.main and self.best.exhausted
+        improved_flag, exhausted_flag = sum_across(self.processes, [float(improved), float(exhausted)])
+        if improved_flag and self.config.checkpoints.keep_best:
+            self._checkpoint(best=True)
+        if exhausted_flag:
+            self.stopped_early = True
+            self.metrics.write("early_stop", step=step, **self.best.state())
+            self.progress.print(f"early stop: no better {self.best.metric} in {evaluation.patience} evaluations")
         set_train_mode(self.model, self.frozen, self.config.freeze)
 
-    def _checkpoint(self) -> None:
+    def _label_metrics(self, engine: Engine) -> dict[str, float]:
+        if self.data.val_set is None:
+            return {}
+        evaluation = self.config.evaluation
+        metrics = label_metrics(
+            engine,
+            self.data.val_set,
+            self.data.eval_rows,
+            self.data.candidates,
+            cached=self.data.cached,
+            beam=evaluation.beam,
+            max_len=evaluation.max_len,
+            top_k=evaluation.top_k,
+        )
+        return metrics.to_dict() if metrics is not None else {}
+
+    def _samples(self, engine: Engine) -> None:
+        evaluation = self.config.evaluation
+        if not evaluation.samples:
+            return
+        samples = sample_generations(
+            engine,
+            self.data.sample_set,
+            self.data.sample_rows,
+            cached=self.data.cached,
+            beam=evaluation.beam,
+            max_len=evaluation.max_len,
+        )
+        self.metrics.write("samples", step=self.position.step, samples=samples)
+        for sample in samples:
+            shown = f"{sample['prompt']!r} -> {sample['generated']!r}"
+            self.progress.print(f"  {shown} (reference {sample['answer']!r})")
+
+    def _checkpoint(self, best: bool = False) -> None:
         rng = gather_objects(self.processes, capture_rng(self.device))
+        if not best:
+            self.last_checkpoint = self.position.step  # on every process: they decide together on a final one
         if not self.processes.main:
             return
-        path = checkpoint_path(self.config.output_dir, self.position.step)
+        folder = self.config.output_dir
+        path = folder / CHECKPOINT_DIR / BEST_CHECKPOINT if best else checkpoint_path(folder, self.position.step)
         payload = {
             "position": self.position.to_dict(),
             "model": model_state(self.model, self.config.checkpoints.full_model),
@@ -399,12 +472,28 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": rng,
             "data": {"seed": self.config.seed, "epoch": self.position.epoch},
-            "train_examples": len(self.train_set),
+            "train_examples": len(self.data.train_set),
             "total_steps": self.total_steps,
+            "best": self.best.state(),
             "config": self.config.to_dict(),
         }
-        save_checkpoint(path, payload, keep=self.config.checkpoints.keep)
-        self.metrics.write("checkpoint", step=self.position.step, path=str(path))
+        if best:
+            save_checkpoint(path, payload, keep=None)
+            self._export(folder / BEST_MODEL_DIR, best=True)
+        else:
+            save_checkpoint(path, payload, keep=self.config.checkpoints.keep)
+        self.metrics.write("best" if best else "checkpoint", step=self.position.step, path=str(path))
+
+    def _export(self, directory: Path, best: bool = False) -> Path:
+        extra = {"metric": self.best.metric, "value": self.best.best} if best else None
+        return export_model(
+            self.model,
+            self.tokenizers,
+            directory,
+            step=self.position.step,
+            config=self.config.to_dict(),
+            extra=extra,
+        )
 
     def _finish(self) -> Path | None:
         """Check every process holds the same weights, then export the model directory (rank 0)."""
@@ -415,15 +504,22 @@ class Trainer:
         if not self.processes.main:
             wait_for_all(self.processes)  # the run ends when rank 0 has written the model
             return None
-        model_dir = self.model.save_pretrained(
-            self.config.output_dir / MODEL_DIR,
-            tokenizers=self.tokenizers,
-            extra={"trained": {"steps": self.position.step, "config": self.config.to_dict()}},
-        )
+        model_dir = self._export(self.config.output_dir / MODEL_DIR)
         self.metrics.write(
-            "end", step=self.position.step, model_dir=str(model_dir), rank_digests=digests, ranks_in_sync=in_sync
+            "end",
+            step=self.position.step,
+            model_dir=str(model_dir),
+            rank_digests=digests,
+            ranks_in_sync=in_sync,
+            best=self.best.state(),
+            stopped_early=self.stopped_early,
         )
+        if self.config.logging.plot:
+            write_plot(self.config.output_dir / METRICS_FILE, self.config.output_dir / PLOT_FILE)
         self.progress.print(f"model written to {model_dir}")
+        if self.best.best_step is not None and self.config.checkpoints.keep_best:
+            best = self.config.output_dir / BEST_MODEL_DIR
+            self.progress.print(f"best {self.best.metric} {self.best.best:.4f} at step {self.best.best_step}: {best}")
         wait_for_all(self.processes)
         return model_dir
 
@@ -434,15 +530,3 @@ def parameter_digest(parameters: list[torch.nn.Parameter]) -> str:
     for parameter in parameters:
         digest.update(parameter.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
-
-
-def check_prompts(examples: list[Example], tokenizers: Tokenizers, manifest: Path) -> None:
-    """Fail before training when a prompt is longer than the model's prompt length."""
-    first_row: dict[str, int] = {}
-    for example in examples:
-        first_row.setdefault(example.prompt, example.row)
-    for prompt, row in first_row.items():
-        try:
-            tokenizers.prompts([prompt], LongPrompt.refuse)  # training data is fixed, not cut
-        except PromptTooLongError as error:
-            raise ManifestError(manifest, str(error), row) from None

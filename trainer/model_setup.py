@@ -1,48 +1,114 @@
 """The model to train: built from a checkpoint or from scratch, with its tokenizers, freezing and dropout.
 
-From scratch, the language model and the CLIP text tower come from local Hugging Face directories (what
-`save_pretrained` writes); nothing is downloaded. Freezing follows the paper: the language model and the text
-encoder are frozen and kept in eval mode, the audio encoder, the projections and the mappers are trained.
+From scratch, every pretrained part comes from local files, nothing is downloaded: the audio encoder
+(`trainer.audio_parts`: HTSAT, possibly from a CLAP checkpoint, aisfx's CNN or a transformers audio model), the
+language model with its tokenizer (`trainer.language_parts`: a transformers directory or a GGUF file) and CLIP's
+text tower. Freezing follows the paper: the language model and the text encoder are frozen and kept in eval mode,
+the audio encoder, the projections and the mappers are trained; a pretrained audio encoder can be frozen too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPModel, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, CLIPModel, PreTrainedTokenizerBase
 
 from pengi_search.checkpoint import CheckpointError, load_state_dict_strict
 from pengi_search.config import PengiConfig
 from pengi_search.model import Pengi
-from pengi_search.tokenization import Tokenizers, load_tokenizer
-from trainer.config import ConfigError, FreezeSection, ModelSection
+from pengi_search.tokenization import TokenizerNotFoundError, Tokenizers, load_tokenizer
+from trainer.audio_parts import configure_audio, load_audio_weights
+from trainer.config import ConfigError, FreezeSection, ModelSection, TrainConfig
+from trainer.data import read_manifest
+from trainer.language_parts import (
+    decoder_for,
+    fit_decoder_to_tokenizer,
+    language_model_tokenizer,
+    load_language_model_weights,
+    missing_tokenizer,
+    train_bpe_tokenizer,
+)
 
 # HTSAT's AudioSet classification head: stored in checkpoints but outside Pengi's forward, so it gets no
 # gradient; it stays frozen (DistributedDataParallel would otherwise wait for its gradients).
 UNUSED_MODULES = ("audio_encoder.base.htsat.tscam_conv", "audio_encoder.base.htsat.head")
+TRAINED_TOKENIZER_DIR = "tokenizer"  # in the run's output_dir: the BPE trained for it, reused on resume and export
 
 
-def build_model(section: ModelSection, source: Path) -> tuple[Pengi, Tokenizers]:
-    """The model and its tokenizers as `section` describes them; `source` (the config file) names errors."""
+def build_model(config: TrainConfig, source: Path, *, save_tokenizer: bool = True) -> tuple[Pengi, Tokenizers]:
+    """The model and its tokenizers as `config.model` describes them; `source` (the config file) names errors.
+    `save_tokenizer` False (a dry run): a tokenizer trained for the run is not written to its output_dir."""
+    section = config.model
     if section.init is not None:
         model = Pengi.from_pretrained(section.init, _fine_tune_architecture(section, source))
+        tokenizers = load_tokenizers(section, model.cfg)
     else:
-        model = Pengi(resolve_architecture(section.architecture, source))
-        if section.language_model is not None:
-            load_language_model(model, section.language_model)
-        if section.text_encoder is not None:
-            load_clip_text_encoder(model, section.text_encoder)
-    tokenizers = load_tokenizers(section, model.cfg)
-    if len(tokenizers.gpt2) > model.cfg.decoder.vocab_size:
+        model, tokenizers = _build_from_scratch(config, source, save_tokenizer)
+    if len(tokenizers.gpt2) > model.gpt.get_input_embeddings().num_embeddings:
         raise ConfigError(
             source,
-            f"the GPT-2 tokenizer has {len(tokenizers.gpt2)} tokens, more than the language model's vocabulary "
-            f"({model.cfg.decoder.vocab_size})",
+            f"the tokenizer has {len(tokenizers.gpt2)} tokens, more than the language model's vocabulary "
+            f"({model.gpt.get_input_embeddings().num_embeddings})",
         )
     return model, tokenizers
+
+
+def _build_from_scratch(config: TrainConfig, source: Path, save_tokenizer: bool) -> tuple[Pengi, Tokenizers]:
+    section = config.model
+    cfg = resolve_architecture(section.architecture, source)
+    if section.language_model is not None:
+        cfg = dataclasses.replace(cfg, decoder=decoder_for(cfg.decoder, section.language_model))
+    audio, audio_weights = configure_audio(cfg.audio, section.audio_encoder, section.audio_weights)
+    cfg = dataclasses.replace(cfg, audio=audio)
+    lm_tokenizer = scratch_tokenizer(config, source, save_tokenizer)
+    if section.train_tokenizer is not None:
+        cfg = dataclasses.replace(cfg, decoder=fit_decoder_to_tokenizer(cfg.decoder, lm_tokenizer))
+    model = Pengi(cfg)
+    load_audio_weights(model, audio_weights)
+    if section.language_model is not None:
+        load_language_model_weights(model.gpt, section.language_model)
+    if section.text_encoder is not None:
+        load_clip_text_encoder(model, section.text_encoder)
+    clip = None
+    if cfg.use_text_encoder:
+        clip = _tokenizer("clip", section.clip_tokenizer or _with_tokenizer(section.text_encoder), None)
+    return model, Tokenizers(cfg, lm_tokenizer, clip)
+
+
+def scratch_tokenizer(config: TrainConfig, source: Path, save: bool = True) -> PreTrainedTokenizerBase:
+    """The language model's tokenizer for a run from scratch: an explicit directory, the language model's own,
+    the BPE trained for this run (trained now on its manifests the first time), else GPT-2's from the cache."""
+    section = config.model
+    if section.gpt2_tokenizer is not None:
+        return _tokenizer("gpt2", section.gpt2_tokenizer, None)
+    if section.language_model is not None:
+        own = language_model_tokenizer(section.language_model)
+        if own is not None:
+            return own
+    if section.train_tokenizer is not None:
+        return trained_tokenizer(config, save)
+    try:
+        return load_tokenizer("gpt2", None)
+    except TokenizerNotFoundError:
+        raise missing_tokenizer(str(source)) from None
+
+
+def trained_tokenizer(config: TrainConfig, save: bool = True) -> PreTrainedTokenizerBase:
+    """The run's own BPE, from `<output_dir>/tokenizer` or trained on the manifests' prompts and answers."""
+    folder = config.output_dir / TRAINED_TOKENIZER_DIR
+    if folder.is_dir():
+        return AutoTokenizer.from_pretrained(folder)
+    manifests = [path for path in (config.data.train, config.data.validation) if path is not None]
+    examples = [example for path in manifests for example in read_manifest(path)]
+    texts = sorted({text for example in examples for text in (example.prompt, example.answer)})
+    tokenizer = train_bpe_tokenizer(texts, config.model.train_tokenizer)
+    if save:
+        tokenizer.save_pretrained(folder)
+    return tokenizer
 
 
 def resolve_architecture(architecture: str | dict | None, source: Path) -> PengiConfig:
@@ -65,15 +131,6 @@ def _fine_tune_architecture(section: ModelSection, source: Path) -> PengiConfig 
     return resolve_architecture(section.architecture, source)
 
 
-def load_language_model(model: Pengi, directory: Path) -> None:
-    """Weights of a causal LM saved with `save_pretrained` into the model's decoder; shapes must match."""
-    try:
-        language_model = AutoModelForCausalLM.from_pretrained(directory)
-    except (OSError, ValueError) as error:
-        raise CheckpointError(directory, f"not a loadable language model ({error})") from None
-    load_state_dict_strict(model.gpt, language_model.state_dict(), f"language model {directory}")
-
-
 def load_clip_text_encoder(model: Pengi, directory: Path) -> None:
     """The text tower and text projection of a `CLIPModel` directory into the model's text encoder."""
     if model.caption_encoder is None:
@@ -89,12 +146,12 @@ def load_clip_text_encoder(model: Pengi, directory: Path) -> None:
 
 
 def load_tokenizers(section: ModelSection, cfg: PengiConfig) -> Tokenizers:
-    """Explicit tokenizer paths first, then the init model directory or the LM/CLIP directory, then the HF cache."""
+    """Fine-tuning: explicit tokenizer paths first, then the init model directory, then the HF cache."""
     init_dir = section.init if section.init is not None and section.init.is_dir() else None
-    gpt2 = _tokenizer("gpt2", section.gpt2_tokenizer or _with_tokenizer(section.language_model), init_dir)
+    gpt2 = _tokenizer("gpt2", section.gpt2_tokenizer, init_dir)
     clip = None
     if cfg.use_text_encoder:
-        clip = _tokenizer("clip", section.clip_tokenizer or _with_tokenizer(section.text_encoder), init_dir)
+        clip = _tokenizer("clip", section.clip_tokenizer, init_dir)
     return Tokenizers(cfg, gpt2, clip)
 
 
@@ -111,18 +168,33 @@ def _tokenizer(kind: str, explicit: Path | None, model_dir: Path | None) -> PreT
         raise CheckpointError(explicit, f"not a loadable {kind} tokenizer ({error})") from None
 
 
-# --- Freezing, train mode, dropout ---------------------------------------------------------------------------
+# --- Freezing, train mode, dropout, parts -----------------------------------------------------------------------
+
+
+def model_parts(model: Pengi) -> dict[str, list[nn.Module]]:
+    """The parts `optimization.part_lr` names, each the modules it covers."""
+    decoder = model.caption_decoder
+    return {
+        "audio_encoder": [model.audio_encoder.base],
+        "audio_projection": [model.audio_encoder.projection],
+        "mappers": [decoder.audio_project, decoder.text_project],
+        "language_model": [decoder.gpt],
+        "text_encoder": [model.caption_encoder] if model.caption_encoder is not None else [],
+    }
 
 
 def frozen_modules(model: Pengi, freeze: FreezeSection) -> list[nn.Module]:
     """The parts that do not train: they get no gradients and stay in eval mode (no dropout, no BN updates)."""
-    modules = [model.get_submodule(name) for name in UNUSED_MODULES]
+    names = dict(model.named_modules())
+    modules = [names[name] for name in UNUSED_MODULES if name in names]
     if freeze.language_model:
         modules.append(model.caption_decoder.gpt)
     if freeze.text_encoder and model.caption_encoder is not None:
         modules.append(model.caption_encoder)
     if freeze.audio_encoder:
         modules.append(model.audio_encoder)
+    elif freeze.audio_backbone:
+        modules.append(model.audio_encoder.base)
     return modules
 
 
@@ -132,6 +204,10 @@ def apply_freezing(model: Pengi, freeze: FreezeSection) -> list[nn.Module]:
     for module in frozen:
         module.requires_grad_(False)
     return frozen
+
+
+def audio_backbone_frozen(model: Pengi) -> bool:
+    return not any(parameter.requires_grad for parameter in model.audio_encoder.base.parameters())
 
 
 def set_train_mode(model: Pengi, frozen: list[nn.Module], freeze: FreezeSection) -> None:
@@ -157,6 +233,23 @@ def set_dropout(model: nn.Module, p: float) -> None:
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [parameter for parameter in model.parameters() if parameter.requires_grad]
+
+
+def parameter_groups(model: Pengi, lr: float, part_lr: dict[str, float] | None) -> list[dict]:
+    """Adam's parameter groups: one per part with its own learning rate, one for the rest (at `lr`)."""
+    groups: list[dict] = []
+    claimed: set[int] = set()
+    for part, modules in model_parts(model).items():
+        if part not in (part_lr or {}):
+            continue
+        params = [p for module in modules for p in module.parameters() if p.requires_grad and id(p) not in claimed]
+        claimed.update(id(p) for p in params)
+        if params:
+            groups.append({"params": params, "lr": float(part_lr[part]), "part": part})
+    rest = [p for p in trainable_parameters(model) if id(p) not in claimed]
+    if rest:
+        groups.insert(0, {"params": rest, "lr": lr, "part": "default"})
+    return groups
 
 
 def frozen_fingerprint(model: nn.Module) -> dict[str, float]:

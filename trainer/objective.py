@@ -37,11 +37,15 @@ class ModelInputs:
 
 
 class AnswerNll(nn.Module):
-    """(inputs) -> summed NLL of the real answer tokens; a module so that DistributedDataParallel can wrap it."""
+    """(inputs) -> summed NLL of the real answer tokens; a module so that DistributedDataParallel can wrap it.
 
-    def __init__(self, model: Pengi) -> None:
+    `cached`: the `wave` inputs are cached outputs of the frozen audio backbone (B, width), not waveforms.
+    """
+
+    def __init__(self, model: Pengi, cached: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.cached = cached
 
     def forward(
         self,
@@ -51,16 +55,19 @@ class AnswerNll(nn.Module):
         answer_ids: torch.Tensor,
         answer_mask: torch.Tensor,
     ) -> torch.Tensor:
-        prefix = self.model.prefix(wave, prompt_ids, prompt_mask)
+        encoder = self.model.audio_encoder
+        audio_embed = encoder.project(wave) if self.cached else encoder(wave)
+        prefix = self.model.embedding_prefix(audio_embed, prompt_ids, prompt_mask)
         nll = self.model.answer_nll(prefix, answer_ids)  # float32 even under autocast
         return (nll * answer_mask.to(nll.dtype)).sum()
 
 
-def encode_batch(batch: Batch, tokenizers: Tokenizers, max_answer_tokens: int, clip_samples: int) -> ModelInputs:
+def encode_batch(batch: Batch, tokenizers: Tokenizers, max_answer_tokens: int, audio_width: int) -> ModelInputs:
     """Tokenise a collated batch. An empty batch (every clip failed to load) becomes one row with no answer
-    tokens: it adds nothing to the loss, but keeps the processes of a distributed run in step."""
+    tokens: it adds nothing to the loss, but keeps the processes of a distributed run in step. `audio_width`:
+    samples of a clip, or the width of cached features."""
     if not batch["answer"]:
-        return placeholder_inputs(tokenizers, clip_samples)
+        return placeholder_inputs(tokenizers, audio_width)
     prompts = tokenizers.prompts(batch["prompt"])
     answers = [tokenizers.answer_ids(text)[:max_answer_tokens] for text in batch["answer"]]
     padded = pad_rows(answers, max(len(row) for row in answers), ANSWER_PAD_ID)
@@ -69,8 +76,8 @@ def encode_batch(batch: Batch, tokenizers: Tokenizers, max_answer_tokens: int, c
     )
 
 
-def placeholder_inputs(tokenizers: Tokenizers, clip_samples: int) -> ModelInputs:
+def placeholder_inputs(tokenizers: Tokenizers, audio_width: int) -> ModelInputs:
     prompts = tokenizers.prompts([""])
     ids = torch.full((1, 1), ANSWER_PAD_ID, dtype=torch.long)
-    wave = torch.zeros(1, clip_samples)
+    wave = torch.zeros(1, audio_width)
     return ModelInputs(wave, prompts.input_ids, prompts.attention_mask, ids, torch.zeros_like(ids))

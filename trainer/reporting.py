@@ -1,9 +1,13 @@
-"""What a run reports (rank 0 only): metrics as JSON lines, and a Rich progress bar with samples/s and loss."""
+"""What a run reports (rank 0 only): metrics as JSON lines, a PNG of their curves, and a Rich progress bar with
+samples/s and loss."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +15,36 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "metrics.png"
+RATE_WINDOW_STEPS = 50
+
+log = logging.getLogger(__name__)
+
+
+class RateWindow:
+    """Samples per second of wall-clock time over the last `RATE_WINDOW_STEPS` steps, data loading included.
+
+    The clock runs from the end of one step to the end of the next; `pause` (evaluation, checkpoints) stops it,
+    and the DataLoader's read-ahead during a pause is spread over the window rather than making one step look fast.
+    """
+
+    def __init__(self, steps: int = RATE_WINDOW_STEPS) -> None:
+        self._window: deque[tuple[int, float]] = deque(maxlen=steps)
+        self._last = time.perf_counter()
+
+    def step(self, samples: int) -> None:
+        now = time.perf_counter()
+        self._window.append((samples, now - self._last))
+        self._last = now
+
+    def restart_clock(self) -> None:
+        """After a pause: the time since the last step was not spent training."""
+        self._last = time.perf_counter()
+
+    @property
+    def rate(self) -> float | None:
+        seconds = sum(duration for _, duration in self._window)
+        return sum(samples for samples, _ in self._window) / seconds if seconds > 0 else None
 
 
 class MetricsLog:
@@ -33,6 +67,40 @@ class MetricsLog:
             return
         kept = [line for line in self.path.read_text(encoding="utf-8").splitlines() if _step(line) <= step]
         self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def write_plot(metrics: Path, out: Path) -> Path | None:
+    """Training loss and the validation curves (loss, accuracies) against steps, as a PNG; None without
+    matplotlib (the run goes on: the numbers are in the JSONL)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # headless: no display needed
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed: no %s (pip install matplotlib)", out.name)
+        return None
+    train = [r for r in read_metrics(metrics, "train") if r.get("loss") is not None]
+    evals = read_metrics(metrics, "eval")
+    figure, (losses, scores) = plt.subplots(1, 2, figsize=(11, 4))
+    losses.plot([r["step"] for r in train], [r["loss"] for r in train], label="training loss")
+    losses.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="validation loss")
+    losses.set_xlabel("step")
+    losses.set_ylabel("loss per answer token")
+    losses.legend()
+    for key in ("accuracy", "loglik_accuracy", "loglik_top_k"):
+        points = [(r["step"], r[key]) for r in evals if r.get(key) is not None]
+        if points:
+            scores.plot(*zip(*points, strict=True), "o-", label=key.replace("_", " "))
+    scores.set_xlabel("step")
+    scores.set_ylabel("validation")
+    scores.set_ylim(0, 1)
+    if scores.get_legend_handles_labels()[0]:
+        scores.legend()
+    figure.tight_layout()
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
+    return out
 
 
 def read_metrics(path: Path, event: str | None = None) -> list[dict[str, Any]]:

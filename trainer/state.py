@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from pengi_search.checkpoint import CheckpointError
+from pengi_search.checkpoint import CheckpointError, load_torch_file
 
 CHECKPOINT_DIR = "checkpoints"
+BEST_CHECKPOINT = "best.pt"  # the training state at the best evaluation (not counted among the `keep` newest)
 CHECKPOINT_NAME = re.compile(r"^step-(\d+)\.pt$")
 FORMAT = "pengi-search-training-state"
 FORMAT_VERSION = 1
@@ -54,24 +55,21 @@ def latest_checkpoint(output_dir: Path) -> Path:
     return checkpoints[-1]
 
 
-def save_checkpoint(path: Path, payload: dict[str, Any], keep: int) -> Path:
-    """Write atomically (a crash mid-write leaves the previous checkpoints intact), then keep the newest `keep`."""
+def save_checkpoint(path: Path, payload: dict[str, Any], keep: int | None) -> Path:
+    """Write atomically (a crash mid-write leaves the previous checkpoints intact), then keep the newest `keep`
+    step checkpoints (None: leave the others alone)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".pt.partial")
     torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, partial)
     os.replace(partial, path)
-    for old in list_checkpoints(path.parent.parent)[:-keep]:
-        old.unlink()
+    if keep is not None:
+        for old in list_checkpoints(path.parent.parent)[:-keep]:
+            old.unlink()
     return path
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(path, "no such training checkpoint") from None
-    except Exception as error:  # pickle, zip and torch errors all mean "not a readable checkpoint"
-        raise CheckpointError(path, f"not a readable training checkpoint ({type(error).__name__})") from error
+    payload = load_torch_file(path, "training checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(path, "not a pengi-search training checkpoint")
     return payload

@@ -1,5 +1,9 @@
 """`train`: build or fine-tune Pengi from audio-text data (the `trainer` package does the work).
 
+    pengi-search train init LABELS.csv --audio-root DIR   # manifests and a config from a recipe
+    pengi-search train CONFIG.yaml [--dry-run|--resume]  # run (the same as `train run CONFIG.yaml`)
+    pengi-search train export CHECKPOINT                 # a model directory from any checkpoint
+
 `python -m trainer` and `torchrun ... -m trainer` enter here too (see `trainer/__main__.py`).
 """
 
@@ -8,16 +12,40 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from .common import err_console, handle_errors, out_console
 
+RUN = "run"
 
+
+class _RunByDefault(TyperGroup):
+    """`pengi-search train CONFIG.yaml ...` runs: anything but a subcommand's name or --help goes to `run`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = [RUN, *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(
+    cls=_RunByDefault,
+    help="Train Pengi on your data, or fine-tune a released model: init, run (the default) and export.",
+    no_args_is_help=True,
+)
+
+
+@app.command(RUN)
 @handle_errors
-def train(
+def run(
     config: Annotated[Path, typer.Argument(help="Training configuration (YAML); see trainer/example.yaml.")],
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Check the manifest, audio and model files; print the task mix.")
+        bool,
+        typer.Option(
+            "--dry-run", help="Check the data, model, shapes and plan; estimate the time per epoch. Trains nothing."
+        ),
     ] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's latest checkpoint.")] = False,
     resume_from: Annotated[
@@ -32,8 +60,8 @@ def train(
 
     The paper's procedure: task prompts, frozen language model and text encoder, trained audio encoder and mappers,
     cross-entropy on the answer tokens, Adam with linear warm-up. The result is a model directory that describe,
-    index and classify load with --model. For several GPUs or nodes:
-    torchrun --nproc-per-node 8 -m trainer config.yaml
+    index and classify load with --model. Ctrl-C stops after the current step and writes a checkpoint and the
+    model. For several GPUs or nodes: torchrun --nproc-per-node 8 -m trainer config.yaml
 
     Example: pengi-search train config.yaml --dry-run
     """
@@ -45,7 +73,75 @@ def train(
     if quiet:  # without --quiet, the configuration's logging.quiet decides
         settings.logging.quiet = True
     if dry_run:
-        report = dry_run_report(settings)
+        report = dry_run_report(settings, source=config)
         print_dry_run(report, out_console)
         raise typer.Exit(report.exit_code)
     run_training(settings, resume=resume_from or resume, source=config, console=err_console)
+
+
+@app.command("init")
+@handle_errors
+def init(
+    labels: Annotated[Path, typer.Argument(help="CSV: file (or filename), label[, split][, caption].")],
+    audio_root: Annotated[Path, typer.Option("--audio-root", help="Folder the CSV's file paths are relative to.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Folder for manifests and config [default: train-<CSV name>].")
+    ] = None,
+    recipe: Annotated[
+        str, typer.Option("--recipe", help="labels-cpu (minutes on a CPU), labels-gpu or finetune-released.")
+    ] = "labels-cpu",
+    validation: Annotated[
+        float, typer.Option("--validation", help="Share of each label held out, without a split column.")
+    ] = 0.2,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seeds the split and the run.")] = 0,
+    task: Annotated[str, typer.Option("--task", help="The label task's prompt (see pengi_search.prompts).")] = (
+        "sound_event"
+    ),
+    captions: Annotated[
+        bool, typer.Option("--captions/--no-captions", help="Also teach the caption prompt (for classify text).")
+    ] = True,
+    init_model: Annotated[
+        str | None, typer.Option("--init", help="finetune-released: the model to start from.")
+    ] = None,
+) -> None:
+    """Turn a labels CSV into training and validation manifests, a label map and a config from a recipe.
+
+    Then: pengi-search train OUT/config.yaml --dry-run, and pengi-search train OUT/config.yaml
+    """
+    from trainer.recipes import init_run
+
+    folder = out or Path(f"train-{labels.stem}")
+    result = init_run(
+        labels,
+        audio_root,
+        folder,
+        recipe=recipe,
+        validation=validation,
+        seed=seed,
+        task=task,
+        captions=captions,
+        init=init_model,
+    )
+    counts = ", ".join(f"{count} {split}" for split, count in result.counts.items() if count)
+    out_console.print(f"clips: {counts}")
+    for split, path in result.manifests.items():
+        out_console.print(f"{split} manifest: {path}")
+    out_console.print(f"label map: {result.label_map}")
+    out_console.print(f"config ({recipe}): {result.config}")
+    out_console.print(f"next: pengi-search train {result.config} --dry-run", soft_wrap=True)
+
+
+@app.command("export")
+@handle_errors
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="A training checkpoint (…/checkpoints/step-*.pt or best.pt).")],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Model directory to write [default: <output_dir>/model-step-<step>]."),
+    ] = None,
+) -> None:
+    """Write the model of any training checkpoint as a model directory (describe, index, classify --model)."""
+    from trainer.export import export_checkpoint
+
+    directory = export_checkpoint(checkpoint, output)
+    out_console.print(f"model written to {directory}")

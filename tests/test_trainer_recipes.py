@@ -1,0 +1,323 @@
+"""From labels to a model: `train init` (manifests, label map, config from a recipe), the run's watchable parts
+(validation accuracy, best model, early stopping, samples across classes, honest samples/s, Ctrl-C, export of any
+checkpoint, the plot), augmentation, the feature cache and what `--dry-run` warns about."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from pengi_search.cli import app
+from pengi_search.errors import EXIT_FAILED, EXIT_OK
+from pengi_search.model import Pengi
+from trainer.augment import augment
+from trainer.config import AugmentationSection, load_config
+from trainer.data import AudioTextDataset, read_manifest
+from trainer.dry_run import dry_run_report
+from trainer.evaluation import sample_rows
+from trainer.features import FeatureDataset, encode_clips
+from trainer.loop import Trainer
+from trainer.model_setup import build_model, parameter_groups
+from trainer.recipes import RECIPES, init_run
+from trainer.reporting import METRICS_FILE, PLOT_FILE, RateWindow, read_metrics
+
+RATE = 44_100
+LABELS = ("low", "high", "hiss", "buzz")
+
+
+def write_clips(folder: Path, per_label: int = 3) -> Path:
+    """`per_label` one-second clips of each of four sounds (pitch and level vary) and a labels CSV."""
+    folder.mkdir(parents=True, exist_ok=True)
+    t = np.arange(RATE) / RATE
+    rng = np.random.default_rng(0)
+    rows = ["file,label"]
+    for label in LABELS:
+        for i in range(per_label):
+            shift = 1 + 0.05 * i
+            wave = {
+                "low": np.sin(2 * np.pi * 200 * shift * t),
+                "high": np.sin(2 * np.pi * 2500 * shift * t),
+                "hiss": rng.standard_normal(RATE),
+                "buzz": np.sign(np.sin(2 * np.pi * 80 * shift * t)),
+            }[label]
+            name = f"{label}_{i}.wav"
+            sf.write(folder / name, (0.2 * (1 + i) * wave / np.abs(wave).max()).astype(np.float32), RATE)
+            rows.append(f"{name},{label.replace('o', 'o')}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    return folder / "labels.csv"
+
+
+def cli(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+# --- train init -------------------------------------------------------------------------------------------------
+
+
+def test_init_splits_each_label_with_the_seed_and_writes_manifests_label_map_and_config(tmp_path) -> None:
+    labels = write_clips(tmp_path / "clips", per_label=5)
+    result = cli("train", "init", str(labels), "--audio-root", str(tmp_path / "clips"), "--out", str(tmp_path / "t"))
+    assert result.exit_code == EXIT_OK, result.output
+    train, validation = (
+        read_manifest(tmp_path / "t" / "train.jsonl"),
+        read_manifest(tmp_path / "t" / "validation.jsonl"),
+    )
+    # 20% of each label's five clips: one clip per label, taught under two prompts.
+    assert sorted(e.answer for e in validation if e.task == "sound_event") == sorted(LABELS)
+    assert len(train) == 2 * 4 * 4 and {e.task for e in train} == {"sound_event", "caption"}
+    assert not {e.audio for e in train} & {e.audio for e in validation}
+    label_map = (tmp_path / "t" / "labels.csv").read_text().splitlines()
+    assert label_map[0] == "label,answer,train,validation,test" and "hiss,hiss,4,1,0" in label_map
+    config = load_config(tmp_path / "t" / "config.yaml")  # the labels-cpu recipe, ready to run
+    assert config.model.audio_encoder == "aisfx" and config.freeze.audio_backbone
+    assert config.data.validation == (tmp_path / "t" / "validation.jsonl").resolve()
+
+    again = init_run(labels, tmp_path / "clips", tmp_path / "again", validation=0.2, seed=0)
+    assert (tmp_path / "again" / "validation.jsonl").read_text().count("wav") == len(validation)
+    other_seed = init_run(labels, tmp_path / "clips", tmp_path / "other", seed=5)
+    assert other_seed.manifests["validation"].read_text() != again.manifests["validation"].read_text()
+
+
+def test_init_keeps_a_split_column_and_never_trains_on_test_rows(tmp_path) -> None:
+    write_clips(tmp_path, per_label=2)
+    rows = ["filename,label,split,caption"]
+    for label in LABELS:
+        rows += [f"{label}_0.wav,{label},train,a {label} sound", f"{label}_1.wav,{label},test,"]
+    (tmp_path / "split.csv").write_text("\n".join(rows) + "\n")
+    result = init_run(tmp_path / "split.csv", tmp_path, tmp_path / "out", validation=0.5)
+    assert result.counts == {"train": 4, "validation": 0, "test": 4}  # one clip per label: nothing to hold out
+    train = read_manifest(result.manifests["train"])
+    assert {e.answer for e in train if e.task == "caption"} == {f"a {label} sound" for label in LABELS}
+    assert all("_1.wav" in str(e.audio) for e in read_manifest(result.manifests["test"]))
+    assert "validation: null" in result.config.read_text()
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_writes_a_loadable_config(tmp_path, recipe) -> None:
+    labels = write_clips(tmp_path / "clips")
+    result = init_run(labels, tmp_path / "clips", tmp_path / recipe, recipe=recipe, init=str(tmp_path / "model"))
+    config = load_config(result.config)
+    assert config.data.train == result.manifests["train"].resolve()
+
+
+def test_init_names_the_row_of_a_bad_csv(tmp_path) -> None:
+    (tmp_path / "bad.csv").write_text("file,label\na.wav,dog\n,cat\n")
+    result = cli("train", "init", str(tmp_path / "bad.csv"), "--audio-root", str(tmp_path))
+    assert result.exit_code == 2 and "line 3 lacks a file" in result.output
+    (tmp_path / "missing.csv").write_text("file,label\nnothere.wav,dog\n")
+    result = cli("train", "init", str(tmp_path / "missing.csv"), "--audio-root", str(tmp_path))
+    assert result.exit_code == 2 and "line 2: no audio file" in result.output
+
+
+# --- A run on labels ------------------------------------------------------------------------------------------------
+
+
+def label_run_config(folder: Path, model_dir: Path, **overrides) -> Path:
+    labels = write_clips(folder / "clips", per_label=3)
+    init_run(labels, folder / "clips", folder, validation=0.34, captions=False)
+    config = {
+        "output_dir": str(folder / "run"),
+        "model": {"init": str(model_dir), "dropout": 0.0},
+        "freeze": {"language_model": False, "audio_encoder": True},
+        "data": {"train": "train.jsonl", "validation": "validation.jsonl", "batch_size": 4, "num_workers": 0},
+        "optimization": {"lr": 1e-2, "warmup_steps": 2, "max_steps": 40},
+        "runtime": {"device": "cpu"},
+        "logging": {"every": 5, "quiet": True},
+        "evaluation": {"every": 5, "samples": 4, "beam": 1, "max_len": 6},
+        "checkpoints": {"every": 10},
+    }
+    for dotted, value in overrides.items():
+        section, key = dotted.split("__")
+        config[section][key] = value
+    path = folder / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_a_labelled_run_reports_accuracy_keeps_the_best_model_and_plots(tmp_path, tiny_no_text_model_dir) -> None:
+    config_path = label_run_config(tmp_path, tiny_no_text_model_dir)
+    result = cli("train", str(config_path))
+    assert result.exit_code == EXIT_OK, result.output
+    run = tmp_path / "run"
+    evals = read_metrics(run / METRICS_FILE, "eval")
+    assert [e["step"] for e in evals] == list(range(5, 41, 5))
+    assert all(0.0 <= e["accuracy"] <= 1.0 and e["label_examples"] == 4 for e in evals)
+    assert evals[-1]["loglik_top_k"] == 1.0  # four labels, top 5
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"]
+    (end,) = read_metrics(run / METRICS_FILE, "end")
+    best = max(evals, key=lambda e: e["accuracy"])  # the first of the best ones
+    assert end["best"]["best_step"] == best["step"] and end["best"]["best"] == best["accuracy"]
+    assert json.loads((run / "best-model" / "config.json").read_text())["trained"]["steps"] == best["step"]
+    assert (run / "checkpoints" / "best.pt").is_file() and (run / PLOT_FILE).stat().st_size > 10_000
+    samples = read_metrics(run / METRICS_FILE, "samples")[-1]["samples"]
+    assert len({sample["answer"] for sample in samples}) == 4  # one of each class
+    assert all(record["samples_per_s"] > 0 for record in read_metrics(run / METRICS_FILE, "train"))
+
+
+def test_early_stopping_ends_the_run_when_the_metric_stops_improving(tmp_path, tiny_no_text_model_dir) -> None:
+    config_path = label_run_config(
+        tmp_path, tiny_no_text_model_dir, optimization__lr=1e-9, evaluation__patience=2, evaluation__metric="val_loss"
+    )
+    assert cli("train", str(config_path)).exit_code == EXIT_OK
+    (stop,) = read_metrics(tmp_path / "run" / METRICS_FILE, "early_stop")
+    assert stop["step"] < 40 and stop["since_best"] == 2
+    (end,) = read_metrics(tmp_path / "run" / METRICS_FILE, "end")
+    assert end["stopped_early"] and end["step"] == stop["step"]
+
+
+def test_ctrl_c_writes_a_checkpoint_and_the_model_and_any_checkpoint_exports(
+    tmp_path, tiny_no_text_model_dir, monkeypatch
+) -> None:
+    config_path = label_run_config(tmp_path, tiny_no_text_model_dir)
+    after_step = Trainer._after_step
+
+    def press_ctrl_c_at_step_7(self: Trainer) -> None:
+        after_step(self)
+        if self.position.step == 7:
+            self.interrupt.requested = True  # what the SIGINT handler sets
+
+    monkeypatch.setattr(Trainer, "_after_step", press_ctrl_c_at_step_7)
+    result = cli("train", str(config_path))
+    assert result.exit_code == 130
+    run = tmp_path / "run"
+    assert (run / "checkpoints" / "step-00000007.pt").is_file()
+    assert json.loads((run / "model" / "config.json").read_text())["trained"]["steps"] == 7
+
+    exported = cli("train", "export", str(run / "checkpoints" / "step-00000007.pt"), "-o", str(tmp_path / "at-7"))
+    assert exported.exit_code == EXIT_OK, exported.output
+    at_7, interrupted = Pengi.from_pretrained(tmp_path / "at-7"), Pengi.from_pretrained(run / "model")
+    interrupted_state = interrupted.state_dict()
+    assert all(torch.equal(value, interrupted_state[key]) for key, value in at_7.state_dict().items())
+    monkeypatch.setattr(Trainer, "_after_step", after_step)
+    assert cli("train", str(config_path), "--resume").exit_code == EXIT_OK
+    assert read_metrics(run / METRICS_FILE, "end")[-1]["step"] == 40
+
+
+def test_per_part_learning_rates_make_their_own_groups(tiny_no_text_model_dir) -> None:
+    model = Pengi.from_pretrained(tiny_no_text_model_dir)
+    groups = parameter_groups(model, 1e-4, {"mappers": 1e-3, "audio_encoder": 1e-6})
+    by_part = {group["part"]: group for group in groups}
+    assert {part: group["lr"] for part, group in by_part.items()} == {
+        "default": 1e-4,
+        "mappers": 1e-3,
+        "audio_encoder": 1e-6,
+    }
+    mapper_params = {id(p) for p in model.caption_decoder.audio_project.parameters()}
+    assert mapper_params <= {id(p) for p in by_part["mappers"]["params"]}
+    assert sum(len(g["params"]) for g in groups) == len([p for p in model.parameters() if p.requires_grad])
+
+
+# --- Dry run ------------------------------------------------------------------------------------------------------
+
+
+def test_dry_run_warns_of_a_long_warm_up_and_refuses_a_small_vocabulary(tmp_path, tiny_no_text_model_dir) -> None:
+    config_path = label_run_config(tmp_path, tiny_no_text_model_dir, optimization__warmup_steps=2000)
+    result = cli("train", str(config_path), "--dry-run")
+    assert result.exit_code == EXIT_OK
+    assert "warm-up (2000 steps) is not shorter than the whole run (40 steps)" in result.output
+    assert "s a step, about" in result.output and "ready to train (see the warnings)" in result.output
+
+    scratch = yaml.safe_load(config_path.read_text())
+    architecture = {
+        "text_encoder": None,
+        "audio": {"embed_dim": 8, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], "num_classes": 4, "out_emb": 64},
+        "decoder": {"n_embd": 32, "n_layer": 1, "n_head": 2, "vocab_size": 50, "n_positions": 64},
+        "mapper": {"prefix_length": 2, "clip_length": 10, "num_layers": 1, "num_heads": 2},
+        "d_proj": 16,
+        "text_prompt_length": 12,
+    }
+    scratch["data"]["max_answer_tokens"] = 16
+    scratch["model"] = {
+        "architecture": architecture,
+        "gpt2_tokenizer": str(tiny_no_text_model_dir / "tokenizer" / "gpt2"),
+    }
+    config_path.write_text(yaml.safe_dump(scratch))
+    result = cli("train", str(config_path), "--dry-run")
+    assert result.exit_code == EXIT_FAILED
+    assert "more than the language model's vocabulary (50)" in result.output
+    report = dry_run_report(load_config(config_path), source=config_path)
+    assert not (tmp_path / "run").exists()
+    assert report.model_problems
+
+    architecture["decoder"]["vocab_size"] = 500
+    config_path.write_text(yaml.safe_dump(scratch))
+    result = cli("train", str(config_path), "--dry-run")
+    assert result.exit_code == EXIT_OK, result.output
+    assert "text_prompt_length (12) should equal mapper.clip_length (10)" in result.output
+    architecture["mapper"]["num_heads"] = 5
+    config_path.write_text(yaml.safe_dump(scratch))
+    result = cli("train", str(config_path), "--dry-run")
+    assert result.exit_code == EXIT_FAILED
+    assert "width 32 is not divisible by mapper.num_heads 5" in result.output
+
+
+# --- Pieces ---------------------------------------------------------------------------------------------------------
+
+
+def test_samples_are_drawn_with_the_seed_across_answers() -> None:
+    class Row:
+        def __init__(self, answer: str) -> None:
+            self.answer = answer
+
+    rows = [Row(label) for label in ("a", "a", "a", "a", "b", "b", "c", "d")]
+    chosen = sample_rows(rows, 4, seed=0)
+    assert sorted(rows[i].answer for i in chosen) == ["a", "b", "c", "d"]
+    assert chosen == sample_rows(rows, 4, seed=0) and len(set(sample_rows(rows, 8, seed=1))) == 8
+
+
+def test_samples_per_second_is_the_window_average_of_wall_clock_time(monkeypatch) -> None:
+    clock = iter([0.0, 1.0, 2.0, 12.0, 13.0])  # start, step (1 s), step (1 s), pause ends, step (1 s)
+    monkeypatch.setattr("trainer.reporting.time.perf_counter", lambda: next(clock))
+    window = RateWindow(steps=10)
+    window.step(8)
+    window.step(8)
+    window.restart_clock()  # evaluation or a checkpoint: not training time
+    window.step(8)
+    assert window.rate == pytest.approx(24 / 3)
+
+
+def test_augmentation_is_seeded_and_keeps_the_clip_length() -> None:
+    clip = np.sin(np.linspace(0, 200, RATE)).astype(np.float32)
+    settings = AugmentationSection(gain_db=6, time_shift=0.3, noise_snr_db=10, time_mask=0.2, frequency_mask=0.2, mix=1)
+
+    def other(rng: np.random.Generator) -> np.ndarray:
+        return rng.standard_normal(RATE).astype(np.float32)
+
+    first = augment(clip, settings, np.random.default_rng(1), other)
+    assert first.shape == clip.shape and first.dtype == np.float32
+    assert np.array_equal(first, augment(clip, settings, np.random.default_rng(1), other))
+    assert not np.allclose(first, augment(clip, settings, np.random.default_rng(2), other))
+    assert np.array_equal(augment(clip, AugmentationSection(), np.random.default_rng(1)), clip)
+
+
+def test_the_feature_cache_encodes_each_clip_once_per_view(tmp_path, tiny_no_text_model_dir) -> None:
+    config_path = label_run_config(tmp_path, tiny_no_text_model_dir)
+    config = load_config(config_path)
+    model, _ = build_model(config, config_path)
+    examples = read_manifest(tmp_path / "train.jsonl") * 2  # every clip under two rows
+    settings = AugmentationSection(gain_db=6, time_shift=0.5)
+    dataset = AudioTextDataset(examples, train=True, seed=0, augmentation=settings)
+    calls = []
+
+    def backbone(audio: torch.Tensor) -> torch.Tensor:
+        calls.append(len(audio))
+        return audio[:, :3]  # the first samples stand for the clip's features
+
+    cache = encode_clips(backbone, dataset, 2, device=torch.device("cpu"), batch_size=4, num_workers=0)
+    assert sum(calls) == 2 * len(examples) // 2  # each distinct clip, once per view
+    cached = FeatureDataset(examples, cache)
+    half = len(examples) // 2
+    assert torch.equal(cached[0]["audio"], cached[half]["audio"])  # two rows, one clip
+    cached.set_epoch(1)
+    view_1 = cached[0]["audio"]
+    cached.set_epoch(2)
+    assert not torch.equal(view_1, cached[0]["audio"]) and cached.width == 3
+    dataset.set_epoch(0)
+    assert torch.equal(cached[0]["audio"], dataset[0]["audio"][:3])

@@ -1,0 +1,53 @@
+"""Model directories from a run: at its end (`model/`), at its best evaluation (`best-model/`), on Ctrl-C, and
+from any of its checkpoints afterwards (`pengi-search train export CHECKPOINT`). Each loads like a released model
+(`describe`, `index` and `classify` take it with `--model`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pengi_search.checkpoint import CheckpointError
+from pengi_search.model import Pengi
+from pengi_search.tokenization import Tokenizers
+from trainer.config import config_from_dict
+from trainer.model_setup import apply_freezing, build_model, frozen_fingerprint
+from trainer.state import load_checkpoint, load_model_state, seed_everything
+
+MODEL_DIR = "model"
+BEST_MODEL_DIR = "best-model"
+
+
+def export_model(
+    model: Pengi,
+    tokenizers: Tokenizers,
+    directory: Path,
+    *,
+    step: int,
+    config: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """A model directory with the run's settings and step recorded under `trained` in its config.json."""
+    trained = {"steps": step, "config": config, **(extra or {})}
+    return model.save_pretrained(directory, tokenizers=tokenizers, extra={"trained": trained})
+
+
+def export_checkpoint(checkpoint: Path, output: Path | None = None) -> Path:
+    """The model of a training checkpoint as a model directory (default: `<output_dir>/model-step-<step>`).
+
+    The frozen parts are rebuilt from the sources the run's configuration names (as on resume) and checked
+    against the fingerprint the checkpoint holds.
+    """
+    payload = load_checkpoint(checkpoint)
+    config = config_from_dict(payload["config"], checkpoint, base=Path("/"))
+    seed_everything(config.seed)
+    model, tokenizers = build_model(config, checkpoint)
+    apply_freezing(model, config.freeze)
+    if not config.checkpoints.full_model and payload["frozen_fingerprint"] != frozen_fingerprint(model):
+        raise CheckpointError(checkpoint, "the frozen weights its configuration names have changed since the run")
+    load_model_state(model, payload["model"], checkpoint)
+    step = int(payload["position"]["step"])
+    directory = output or config.output_dir / f"model-step-{step:08d}"
+    return export_model(
+        model, tokenizers, directory, step=step, config=payload["config"], extra={"from": str(checkpoint)}
+    )

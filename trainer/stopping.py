@@ -1,0 +1,80 @@
+"""When a run stops early: Ctrl-C (after the current step, with a checkpoint and a model) and early stopping on
+the validation metric (the best evaluation so far is kept, `evaluation.patience` bounds the wait for a better one).
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+from dataclasses import dataclass, field
+from types import FrameType
+
+LOWER_IS_BETTER = frozenset({"val_loss"})
+
+
+class InterruptRequest:
+    """Within `with`: the first Ctrl-C (SIGINT) sets `requested`, so the loop stops after the step it is in; a
+    second one interrupts at once. Outside the main thread (where signals cannot be caught) it does nothing."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: signal.Handlers | None = None
+        self._installed = False
+
+    def __enter__(self) -> InterruptRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+            self._installed = False
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+@dataclass
+class BestTracker:
+    """The best value of one metric over the evaluations, and how many evaluations have passed since."""
+
+    metric: str
+    patience: int | None = None
+    best: float | None = None
+    best_step: int | None = None
+    since_best: int = 0
+    history: list[tuple[int, float]] = field(default_factory=list)
+
+    def better(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        return value < self.best if self.metric in LOWER_IS_BETTER else value > self.best
+
+    def update(self, step: int, value: float | None) -> bool:
+        """Record an evaluation; True when it is the new best."""
+        if value is None or math.isnan(value):
+            return False
+        self.history.append((step, value))
+        if self.better(value):
+            self.best, self.best_step, self.since_best = value, step, 0
+            return True
+        self.since_best += 1
+        return False
+
+    @property
+    def exhausted(self) -> bool:
+        return self.patience is not None and self.since_best >= self.patience
+
+    def state(self) -> dict[str, float | int | None]:
+        return {"best": self.best, "best_step": self.best_step, "since_best": self.since_best}
+
+    def restore(self, state: dict[str, float | int | None]) -> None:
+        self.best = state.get("best")
+        best_step = state.get("best_step")
+        self.best_step = int(best_step) if best_step is not None else None
+        self.since_best = int(state.get("since_best") or 0)
