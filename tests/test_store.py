@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -16,8 +17,9 @@ import numpy as np
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, event, inspect, text
+from sqlalchemy import Connection, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 
 from pengi_search.db import (
@@ -96,6 +98,19 @@ def indexed_file(store: Store, path: str, count: int = 2, seed: int = 0) -> int:
 
 
 # -- schema and locations ---------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def migrating(db_url: str) -> Iterator[tuple[Config, Connection]]:
+    """An Alembic config bound to one transaction on the database, as `migrate` runs it."""
+    engine = create_store_engine(db_url)
+    config = alembic_config()
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            yield config, connection
+    finally:
+        engine.dispose()
 
 
 def test_open_migrates_to_head_and_models_match_the_migrations(store: Store) -> None:
@@ -193,26 +208,20 @@ def test_a_0003_database_keeps_its_texts_with_their_mode_unrecorded(db_url: str)
         new = int(new)
         assert store.window_details([new])[new].texts == tuple(fast)
         assert caption_modes(store) == {"bf16+greedy": 1, UNRECORDED_MODE: 1}
-    engine = create_store_engine(db_url)
-    config = alembic_config()
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
+    with migrating(db_url) as (config, connection):
         command.downgrade(config, "0003")
         assert "mode" not in {column["name"] for column in inspect(connection).get_columns("generated_texts")}
-    engine.dispose()
 
 
 def test_migrations_go_down_to_base_and_up_again(db_url: str) -> None:
     with Store.open(db_url) as store:
         indexed_file(store, "/lib/a.wav")
-    engine = create_store_engine(db_url)
-    config = alembic_config()
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
+    with migrating(db_url) as (config, connection):
         command.downgrade(config, "0001")
         assert "content_hash" not in {column["name"] for column in inspect(connection).get_columns("audio_files")}
         command.downgrade(config, "base")
         assert set(inspect(connection).get_table_names()) == {"alembic_version"}
+    engine = create_store_engine(db_url)
     migrate(engine)
     engine.dispose()
     with Store.open(db_url) as store:
