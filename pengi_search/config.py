@@ -142,9 +142,9 @@ class PengiConfig:
     def from_reference_architecture(cls, arch: dict[str, Any], variant: str) -> PengiConfig:
         """Map the `architecture` block of a reference fixture (and the variant name) onto a config."""
         t, d, m = arch["text_encoder"], arch["decoder"], arch["mapper"]
-        # The reference names the audio fields as AudioConfig does, but for two sample rates and a (h, w) stride;
-        # its other keys (the encoder's name) are no fields.
-        known = {f.name for f in dataclasses.fields(AudioConfig)}
+        # The reference names the audio fields as AudioConfig does, but for two sample rates and a (h, w) stride.
+        # Its `encoder` is the class name ("HTSAT"), not our encoder kind: the reference has HTSAT only (the default).
+        known = {f.name for f in dataclasses.fields(AudioConfig)} - {"encoder", "encoder_config"}
         renamed = ((_REFERENCE_AUDIO_NAMES.get(key, key), value) for key, value in arch["audio"].items())
         audio = {name: value for name, value in renamed if name in known}
         if isinstance(stride := audio["patch_stride"], list):
