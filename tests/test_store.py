@@ -190,16 +190,18 @@ def test_a_0003_database_keeps_its_texts_with_their_mode_unrecorded(db_url: str)
     migrate(engine, "0003")
     with engine.begin() as connection:
         assert "mode" not in {column["name"] for column in inspect(connection).get_columns("generated_texts")}
-        connection.execute(text("INSERT INTO audio_files (id, path, status) VALUES (1, '/lib/old.wav', 'indexed')"))
-        connection.execute(
-            text("INSERT INTO windows (id, file_id, window_index, start_s, end_s) VALUES (5, 1, 0, 0, 7)")
-        )
-        connection.execute(text("INSERT INTO generated_texts (window_id, prompt, text) VALUES (5, 'p', 'old caption')"))
+        # Ids come from the database (RETURNING): PostgreSQL's sequences would not know of ids given here.
+        insert_file = "INSERT INTO audio_files (path, status) VALUES ('/lib/old.wav', 'indexed') RETURNING id"
+        file_id = connection.execute(text(insert_file)).scalar_one()
+        insert_window = "INSERT INTO windows (file_id, window_index, start_s, end_s) VALUES (:f, 0, 0, 7) RETURNING id"
+        old = connection.execute(text(insert_window), {"f": file_id}).scalar_one()
+        insert_text = "INSERT INTO generated_texts (window_id, prompt, text) VALUES (:w, 'p', 'old caption')"
+        connection.execute(text(insert_text), {"w": old})
     engine.dispose()
 
     with Store.open(db_url) as store:
         assert store.stats()["schema_revision"] == SCHEMA_HEAD == "0004"
-        assert store.window_details([5])[5].texts == (TextRecord("p", "old caption", None, None),)
+        assert store.window_details([old])[old].texts == (TextRecord("p", "old caption", None, None),)
         assert caption_modes(store) == {UNRECORDED_MODE: 1}
         fast = [TextRecord("p", "new caption", -0.5, "bf16+greedy")]
         file_id = store.upsert_file("/lib/new.wav", size=1, mtime=1.0)
