@@ -206,7 +206,8 @@ def test_fetch_notices_reach_the_terminal(release, isolated_home):
 def test_shell_completion_is_offered_and_completes():
     assert "--install-completion" in runner.invoke(app, ["--help"]).stdout
     script = runner.invoke(app, ["--show-completion", "bash"], prog_name="pengi-search")
-    assert "_PENGI_SEARCH_COMPLETE=complete_bash" in script.stdout
+    # It failed twice in whole-suite runs on a loaded machine (exit 1, no output) and never alone: say why if again.
+    assert "_PENGI_SEARCH_COMPLETE=complete_bash" in script.stdout, (script.exit_code, script.output, script.exc_info)
 
     def complete(line: str) -> list[str]:
         words = line.split(" ")
