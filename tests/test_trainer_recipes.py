@@ -172,6 +172,16 @@ def test_early_stopping_ends_the_run_when_the_metric_stops_improving(tmp_path, t
     assert end["stopped_early"] and end["step"] == stop["step"]
 
 
+def test_a_time_budget_ends_the_run_with_an_evaluation_and_a_best_model(tmp_path, tiny_no_text_model_dir) -> None:
+    config_path = label_run_config(tmp_path, tiny_no_text_model_dir, optimization__max_minutes=1e-6)
+    assert cli("train", str(config_path)).exit_code == EXIT_OK
+    run = tmp_path / "run"
+    (limit,) = read_metrics(run / METRICS_FILE, "time_limit")
+    assert limit["step"] < 5  # stopped before the first scheduled evaluation...
+    assert [e["step"] for e in read_metrics(run / METRICS_FILE, "eval")] == [limit["step"]]  # ...so it evaluated
+    assert json.loads((run / "best-model" / "config.json").read_text())["trained"]["steps"] == limit["step"]
+
+
 def test_ctrl_c_writes_a_checkpoint_and_the_model_and_any_checkpoint_exports(
     tmp_path, tiny_no_text_model_dir, monkeypatch
 ) -> None:

@@ -181,6 +181,7 @@ class Trainer:
         self.interval = _Interval()
         self.rate = RateWindow()
         self.best = BestTracker(self._metric(), config.evaluation.patience)
+        self.evaluated_at: int | None = None  # the step of the last evaluation
         self.stopped_early = False
         self.last_checkpoint: int | None = None  # step of the latest step checkpoint
         self.rng_to_restore: dict[str, Any] | None = None
@@ -271,6 +272,8 @@ class Trainer:
             self.rate.restart_clock()
             while self.position.step < self.total_steps and not self._stopping():
                 self._run_epoch()
+        if self._out_of_time() and self.evaluated_at != self.position.step:
+            self._evaluate()  # the budget ended the run between evaluations: the last steps may hold the best model
         if self.position.step < self.total_steps and self.last_checkpoint != self.position.step:
             self._checkpoint()  # stopped early (Ctrl-C, patience, time budget): the run can be resumed or exported
         model_dir = self._finish()
@@ -387,6 +390,7 @@ class Trainer:
         self.interval = _Interval()
 
     def _evaluate(self) -> None:
+        self.evaluated_at = self.position.step
         self.model.eval()
         step, evaluation, data = self.position.step, self.config.evaluation, self.data
         record: dict[str, Any] = {}
