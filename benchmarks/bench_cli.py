@@ -10,8 +10,9 @@ same threads and device, in exact mode with `describe`'s three default prompts (
   engine    the yardstick: `inference.Engine` on the clips' windows, decoded beforehand and held in memory, in
             batches of the engine's default size (what the issue calls the Engine's clips/s).
   pipeline  what `describe` does once the model is loaded: `window_batches.map_windows` over the files, decoding
-            them in worker processes and batching windows across files. It also times the model's work on each
-            batch, so it reports the fraction of the wall time the model (the GPU, on CUDA) waits for windows.
+            them in worker processes (started before the model loads, as `describe` starts them) and batching
+            windows across files. It also times the model's work on each batch, so it reports the fraction of the
+            wall time the model (the GPU, on CUDA) waits for windows.
   cli       the whole command as a user types it, `pengi-search describe FILE... --json --threads N`, timed from
             start to exit: interpreter, imports, loading the model, decoding, describing, printing.
 
@@ -109,8 +110,9 @@ def pipeline_run(args: argparse.Namespace, paths: list[Path]) -> Run:
     from pengi_search.inference import Engine
     from pengi_search.model_dir import ModelDir
     from pengi_search.prompts import DESCRIBE_TASKS, TASK_PROMPTS
-    from pengi_search.window_batches import map_windows
+    from pengi_search.window_batches import Decoding, map_windows
 
+    decoding = Decoding(paths)  # as `describe` does: the files decode while the model loads
     torch.set_num_threads(args.threads)
     engine = Engine.load(ModelDir.read(args.model_dir), args.device)
     prompts = [TASK_PROMPTS[task] for task in DESCRIBE_TASKS]
@@ -127,7 +129,7 @@ def pipeline_run(args: argparse.Namespace, paths: list[Path]) -> Run:
     silence = np.zeros((1, round(SECONDS * SAMPLE_RATE)), dtype=np.float32)
     engine.generate(engine.audio_embeddings(silence), prompts, GenerationConfig(beam=3, max_len=2))  # warm-up
     started = time.perf_counter()
-    outcomes = list(map_windows(paths, describe, batch_size=max(1, engine.batch_size // len(prompts))))
+    outcomes = list(map_windows(decoding, describe, batch_size=max(1, engine.batch_size // len(prompts))))
     seconds = time.perf_counter() - started
     texts = [{task: a.text for task, a in zip(DESCRIBE_TASKS, o.results[0], strict=True)} for o in outcomes]
     return Run("pipeline", len(paths), seconds, busy, texts)

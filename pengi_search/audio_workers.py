@@ -17,6 +17,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import stat
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -110,17 +111,20 @@ def decode_file(job: Job, chunk: int = CHUNK_WINDOWS) -> Iterator[Message]:
         yield Failed(job.seq, f"{type(exc).__name__}: {exc}", content_hash, tuple(report.notes))
 
 
-def decode_all(jobs: Iterable[Job], workers: int, chunk: int = CHUNK_WINDOWS) -> Iterator[Message]:
+def decode_all(
+    jobs: Iterable[Job], workers: int, chunk: int = CHUNK_WINDOWS, stop: threading.Event | None = None
+) -> Iterator[Message]:
     """Messages for every job: in this process when `workers` is 0, else from a pool of worker processes.
 
-    Windows of one file arrive in order; files may interleave. Closing the iterator stops the workers.
+    Windows of one file arrive in order; files may interleave. Closing the iterator stops the workers, and so does
+    setting `stop` (for a reader in another thread: the iterator then ends within a poll interval, short).
     """
     if workers <= 0:
         for job in jobs:
             yield from decode_file(job, chunk)
         return
     with _Pool(workers, chunk) as pool:
-        yield from pool.run(list(jobs))
+        yield from pool.run(list(jobs), stop or threading.Event())
 
 
 def _worker_main(jobs: Connection, results: Connection, chunk: int) -> None:
@@ -176,10 +180,10 @@ class _Pool:
         result_in.close()
         return _Worker(process, job_in, result_out)
 
-    def run(self, jobs: list[Job]) -> Iterator[Message]:
+    def run(self, jobs: list[Job], stop: threading.Event) -> Iterator[Message]:
         waiting = deque(jobs)
         remaining = len(jobs)
-        while remaining:
+        while remaining and not stop.is_set():
             self._hand_out(waiting)
             for worker in self._ready():
                 try:

@@ -11,14 +11,18 @@ with its reason and the others go on.
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from .audio import WINDOW_SECONDS, Window
-from .audio_workers import Decoded, Failed, Job, Windows, decode_all, default_workers
+from .audio_workers import Decoded, Failed, Job, Message, Windows, decode_all, default_workers
 
 T = TypeVar("T")
+READ_AHEAD = 16  # decoded messages held ahead of the model: 8 short files, or 128 windows (~160 MB) of long ones
+_POLL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,70 @@ def decode_workers(files: int) -> int:
     return 0 if files <= 1 else min(default_workers(), files)
 
 
+class Decoding:
+    """`paths` decoding from the moment this is made, so that a command decodes while it imports and loads its
+    model: in worker processes (`workers`; None: `decode_workers`), whose messages a thread reads ahead, up to
+    `READ_AHEAD`; or, without workers (a single file), in this process as they are read. `map_windows` takes it in
+    place of the paths. Closing it (or leaving its `with`) stops the decoding."""
+
+    def __init__(
+        self, paths: Sequence[str | os.PathLike[str]], *, hop_s: float = WINDOW_SECONDS, workers: int | None = None
+    ) -> None:
+        self.paths = [os.fspath(p) for p in paths]
+        jobs = [Job(seq, path, hop_s=hop_s, content_hash=False) for seq, path in enumerate(self.paths)]
+        workers = decode_workers(len(jobs)) if workers is None else workers
+        self._stop = threading.Event()
+        self._messages = decode_all(jobs, workers, stop=self._stop)
+        self._ahead: queue.Queue[Message | BaseException | None] = queue.Queue(READ_AHEAD)
+        self._reader = threading.Thread(target=self._read, name="pengi-read-ahead", daemon=True) if workers else None
+        if self._reader is not None:
+            self._reader.start()
+
+    def __enter__(self) -> Decoding:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[Message]:
+        """The messages, in the order they were decoded; an error the decoding raised is raised here."""
+        if self._reader is None:
+            yield from self._messages
+            return
+        while (item := self._ahead.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._reader is None:
+            self._messages.close()
+        else:
+            self._reader.join()  # the pool sees `_stop` within a poll interval and stops its workers
+
+    def _read(self) -> None:
+        try:
+            for message in self._messages:
+                if not self._hand_over(message):
+                    return
+            self._hand_over(None)  # the end
+        except BaseException as error:  # raised to the consumer: a failure to start the workers is not lost here
+            self._hand_over(error)
+        finally:
+            self._messages.close()
+
+    def _hand_over(self, item: Message | BaseException | None) -> bool:
+        """Queue `item`, waiting for room; False when closed meanwhile."""
+        while not self._stop.is_set():
+            try:
+                self._ahead.put(item, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+
 @dataclass
 class _Pending(Generic[T]):
     outcome: FileOutcome[T]
@@ -70,7 +138,7 @@ class _Pending(Generic[T]):
 
 
 def map_windows(
-    paths: Sequence[str | os.PathLike[str]],
+    files: Sequence[str | os.PathLike[str]] | Decoding,
     work: Callable[[list[Window]], Sequence[T]],
     *,
     batch_size: int,
@@ -78,22 +146,21 @@ def map_windows(
     workers: int | None = None,
     progress: Progress | None = None,
 ) -> Iterator[FileOutcome[T]]:
-    """`work` on the windows of all `paths`, `batch_size` windows at a time across files; one `FileOutcome` per
-    path, in order. `work` returns one result per window. `workers`: decoding processes (None: `decode_workers`)."""
-    paths = [os.fspath(p) for p in paths]
-    run = _Run(paths, work, batch_size, progress)
+    """`work` on the windows of all `files`, `batch_size` windows at a time across files; one `FileOutcome` per
+    file, in order. `work` returns one result per window. `files`: paths (decoded with `hop_s` and `workers`, as
+    `Decoding` does), or a `Decoding` of them already under way (closed here once read)."""
+    decoding = files if isinstance(files, Decoding) else Decoding(files, hop_s=hop_s, workers=workers)
+    run = _Run(decoding.paths, work, batch_size, progress)
     if progress is not None:
-        progress.start(len(paths))
-    jobs = [Job(seq, path, hop_s=hop_s, content_hash=False) for seq, path in enumerate(paths)]
-    messages = decode_all(jobs, decode_workers(len(paths)) if workers is None else workers)
+        progress.start(len(decoding.paths))
     try:
-        for message in messages:
+        for message in decoding:
             run.receive(message)
             yield from run.finished()
         run.flush()
         yield from run.finished()
     finally:
-        messages.close()
+        decoding.close()
 
 
 class _Run(Generic[T]):

@@ -4,6 +4,7 @@ gets on its own."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from typer.testing import CliRunner
 
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_PARTIAL
-from pengi_search.window_batches import map_windows
+from pengi_search.window_batches import Decoding, map_windows
 
 from .indexing import write_tone
 
@@ -54,6 +55,22 @@ def test_batches_cross_files_and_results_come_back_per_file_in_order(folder, wor
             assert outcome.results == pytest.approx(alone.results)
             assert outcome.spans == alone.spans and outcome.duration_s == pytest.approx(alone.duration_s)
     assert [(s.start_s, s.end_s) for s in outcomes[4].spans] == [(0.0, 7.0), (7.0, 14.0), (13.0, 20.0)]
+
+
+def test_a_decoding_started_early_gives_what_the_paths_give(folder):
+    expected = list(map_windows(folder, fingerprint, batch_size=4, workers=2))
+    with Decoding(folder, workers=2) as decoding:  # decodes (and reads ahead) before map_windows is called
+        outcomes = list(map_windows(decoding, fingerprint, batch_size=4))
+    assert outcomes == expected
+
+
+def test_closing_a_decoding_stops_its_workers_even_unread(folder):
+    for read in (0, 1):
+        decoding = Decoding(folder, workers=2)
+        for _ in zip(range(read), decoding, strict=False):
+            pass
+        decoding.close()
+        assert [p for p in multiprocessing.active_children() if p.name == "pengi-decode"] == []
 
 
 def test_progress_counts_windows_and_files(folder):

@@ -30,6 +30,7 @@ from .common import (
     err_console,
     fetches_model,
     handle_errors,
+    lasting_objects,
     options_from,
     out_console,
     print_json,
@@ -39,7 +40,8 @@ from .common import (
 
 if TYPE_CHECKING:
     from ..audio import Window
-    from ..inference import Answer
+    from ..inference import Answer, Engine
+    from ..window_batches import Decoding
 
 FilesArgument = Annotated[list[Path], typer.Argument(help="Audio files (wav, flac, ogg, opus, mp3, m4a, ...).")]
 HopOption = Annotated[float, typer.Option("--hop", min=0.5, help="Seconds between window starts (windows last 7 s).")]
@@ -82,21 +84,43 @@ def _describe_files(
 ) -> list[FileResult]:
     """Every window's answer to every prompt, for all files at once: windows from all files fill the batches. A file
     that cannot be decoded is reported (here, as it happens, and in its result) and the others go on."""
-    import numpy as np
-    from rich.markup import escape
-
-    from ..decoding import GenerationConfig
-    from ..inference import Engine, described_window
-    from ..model_dir import ModelDir
-    from ..window_batches import map_windows
+    from ..window_batches import Decoding
 
     missing = [path for path in files if not path.exists()]
     if missing:
         raise UsageError("", f"{missing[0]}: no such file")
+    with Decoding(files, hop_s=options.hop) as decoding:  # the files decode while the model's code imports and loads
+        with lasting_objects():
+            engine = _load_engine(options, prompts=len(prompts))
+        return _describe_decoding(decoding, engine, prompts, options, answer_prefix=answer_prefix, progress=progress)
+
+
+def _load_engine(options: DescribeOptions, *, prompts: int) -> Engine:
+    from ..inference import Engine
+    from ..model_dir import ModelDir
+
     apply_threads(options.threads)
+    rows = None if options.batch_size is None else options.batch_size * prompts
+    return Engine.load(ModelDir.resolve(options.model), options.device, rows, options.long_prompts, fast=options.fast)
+
+
+def _describe_decoding(
+    decoding: Decoding,
+    engine: Engine,
+    prompts: dict[str, str],
+    options: DescribeOptions,
+    *,
+    answer_prefix: str,
+    progress: bool,
+) -> list[FileResult]:
+    import numpy as np
+    from rich.markup import escape
+
+    from ..decoding import GenerationConfig
+    from ..inference import described_window
+    from ..window_batches import map_windows
+
     keys, texts = list(prompts), list(prompts.values())
-    rows = None if options.batch_size is None else options.batch_size * len(texts)
-    engine = Engine.load(ModelDir.resolve(options.model), options.device, rows, options.long_prompts, fast=options.fast)
     gen = GenerationConfig(beam=options.beam, max_len=options.max_len, stop=options.stop)
 
     def answer(windows: list[Window]) -> list[list[Answer]]:
@@ -107,7 +131,7 @@ def _describe_files(
     with progress_bar() as bar:
         reporter = WindowProgress(bar, "describing", visible=progress)
         windows_per_batch = max(1, engine.batch_size // len(texts))
-        for outcome in map_windows(files, answer, batch_size=windows_per_batch, hop_s=options.hop, progress=reporter):
+        for outcome in map_windows(decoding, answer, batch_size=windows_per_batch, progress=reporter):
             path = Path(outcome.path)
             if outcome.error is not None:
                 error = f"{shown(outcome.path)}: {outcome.error}"
