@@ -272,7 +272,7 @@ class Trainer:
             self.rate.restart_clock()
             while self.position.step < self.total_steps and not self._stopping():
                 self._run_epoch()
-        if self._out_of_time() and self.evaluated_at != self.position.step:
+        if self.stopped_early and self.evaluated_at != self.position.step:
             self._evaluate()  # the budget ended the run between evaluations: the last steps may hold the best model
         if self.position.step < self.total_steps and self.last_checkpoint != self.position.step:
             self._checkpoint()  # stopped early (Ctrl-C, patience, time budget): the run can be resumed or exported
