@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from pengi_search.audio import load_audio
+from pengi_search.audio import load_audio, pad_to_length
 from pengi_search.classify import Classifier, ClassifySettings
 from pengi_search.embedders import EmbedderSpec
 from pengi_search.model_dir import ModelDir
@@ -63,7 +63,7 @@ def read_rows(labels: Path, root: Path) -> list[dict[str, str]]:
 
 def first_window(path: str) -> np.ndarray:
     audio = load_audio(path, sample_rate=RATE)
-    return np.tile(audio, -(-WINDOW // audio.size))[:WINDOW]
+    return pad_to_length(audio, WINDOW)  # a longer file's first window; a shorter one repeated, as Pengi pads
 
 
 def baseline(rows: list[dict[str, str]]) -> float:

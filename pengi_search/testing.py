@@ -214,7 +214,7 @@ def smoke_kind_windows(smoke: Path, seconds: float = 3.0, per_recording: int = 4
     repeated to length, as Pengi pads)."""
     import csv
 
-    from pengi_search.audio import load_audio
+    from pengi_search.audio import load_audio, pad_to_length
 
     kind_of = {label: kind for kind, labels in SOUND_KINDS.items() for label in labels}
     size = round(seconds * SPOKEN_RATE)
@@ -223,7 +223,7 @@ def smoke_kind_windows(smoke: Path, seconds: float = 3.0, per_recording: int = 4
         for row in csv.DictReader(handle):
             path = (smoke / row["filename"]).resolve()
             audio = load_audio(path, sample_rate=SPOKEN_RATE)
-            whole = np.tile(audio, -(-size // audio.size)) if audio.size < size else audio
+            whole = pad_to_length(audio, size) if audio.size < size else audio
             count = min(per_recording, 1 + (whole.size - size) // size)
             for start in np.linspace(0, whole.size - size, count).astype(int):
                 segment = (start / SPOKEN_RATE, start / SPOKEN_RATE + seconds) if audio.size >= size else None
