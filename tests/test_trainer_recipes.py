@@ -261,6 +261,12 @@ def test_dry_run_warns_of_a_long_warm_up_and_refuses_a_small_vocabulary(tmp_path
     result = cli("train", str(config_path), "--dry-run")
     assert result.exit_code == EXIT_OK, result.output
     assert "text_prompt_length (12) should equal mapper.clip_length (10)" in result.output
+    architecture["text_prompt_length"] = 2  # "this is a sound of" + the end marker is longer
+    config_path.write_text(yaml.safe_dump(scratch))
+    result = cli("train", str(config_path), "--dry-run")
+    assert result.exit_code == EXIT_FAILED
+    assert "prompt longer than 2 tokens" in result.output
+    architecture["text_prompt_length"] = 12
     architecture["mapper"]["num_heads"] = 5
     config_path.write_text(yaml.safe_dump(scratch))
     result = cli("train", str(config_path), "--dry-run")

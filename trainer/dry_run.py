@@ -15,10 +15,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from pengi_search.choices import LongPrompt
 from pengi_search.config import PengiConfig
 from pengi_search.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, PengiSearchError
 from pengi_search.model import Pengi
-from pengi_search.tokenization import Tokenizers
+from pengi_search.tokenization import PromptTooLongError, Tokenizers
 from trainer.config import TrainConfig
 from trainer.data import Example, LoadAudio, check_audio, read_manifest, task_mix
 from trainer.features import clip_key
@@ -129,8 +130,8 @@ def shape_problems(model: Pengi, tokenizers: Tokenizers, prompts: list[str], max
             f"exceeds the language model's {positions} positions"
         )
     try:
-        tokenizers.prompts(prompts)
-    except ValueError as error:
+        tokenizers.prompts(prompts, LongPrompt.refuse)  # as training does (run_data.check_prompts)
+    except PromptTooLongError as error:
         problems.append(f"{error}: raise text_prompt_length (and mapper.clip_length without a text encoder)")
     return problems
 
