@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from pengi_search.audio import AUDIO_EXTENSIONS, Window
 from pengi_search.audio_workers import Decoded, Failed, Job, Windows, decode_all, default_workers
@@ -101,23 +101,27 @@ class ProgressReporter(Protocol):
 
 
 @dataclass(frozen=True)
-class FailedFile:
+class PathMessage:
+    """A file or folder and what the run has to say about it; `KEY` names the message in the JSON summary."""
+
     path: str
-    reason: str
+    message: str
+    KEY: ClassVar[str]
 
     def to_json(self) -> dict[str, str]:
-        return {**path_fields(self.path), "reason": self.reason}
+        return {**path_fields(self.path), self.KEY: self.message}
 
 
-@dataclass(frozen=True)
-class FileNote:
+class FailedFile(PathMessage):
+    """A file that could not be indexed, or a folder that could not be read, and why."""
+
+    KEY = "reason"
+
+
+class FileNote(PathMessage):
     """Something decoding noticed in a file that was indexed (a truncation, a decoder's message)."""
 
-    path: str
-    note: str
-
-    def to_json(self) -> dict[str, str]:
-        return {**path_fields(self.path), "note": self.note}
+    KEY = "note"
 
 
 @dataclass

@@ -53,15 +53,7 @@ class Report:
         return not self.problems
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "healthy": self.healthy,
-            "environment": self.environment,
-            "devices": self.devices,
-            "models": self.models,
-            "database": self.database,
-            "problems": [asdict(problem) for problem in self.problems],
-            "notes": self.notes,
-        }
+        return {"healthy": self.healthy, **asdict(self)}  # asdict turns the problems into dicts too
 
 
 def diagnose(db: str | None = None) -> Report:

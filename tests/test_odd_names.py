@@ -244,7 +244,7 @@ def test_a_failure_that_cannot_be_recorded_is_reported_and_the_run_goes_on(tree,
     monkeypatch.setattr(Store, "record_file_error", refuse_the_empty_file)
     summary = run_index(quick_options([Path(tree["root"])], tmp_path / "lib.db", tiny_model_dir))
     assert summary.indexed == 4
-    assert [(item.path, item.reason) for item in summary.failed] == [
+    assert [(item.path, item.message) for item in summary.failed] == [
         (tree["empty"], "empty file (0 bytes) (not recorded in the database: database is locked)")
     ]
     assert_consistent(tmp_path / "lib.db")

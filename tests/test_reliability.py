@@ -145,7 +145,7 @@ def test_an_unreadable_file_is_recorded(tiny_model_dir, tmp_path):
     locked = write_tone(tmp_path / "lib" / "locked.wav", 1.0)
     locked.chmod(0)
     summary = run_index(quick_options([tmp_path / "lib"], tmp_path / "lib.db", tiny_model_dir))
-    assert [(Path(f.path).name, "Permission denied" in f.reason) for f in summary.failed] == [("locked.wav", True)]
+    assert [(Path(f.path).name, "Permission denied" in f.message) for f in summary.failed] == [("locked.wav", True)]
     assert_consistent(tmp_path / "lib.db")
 
 
@@ -164,7 +164,7 @@ def test_a_file_deleted_between_scan_and_decoding(tiny_model_dir, tmp_path, monk
     db = tmp_path / "lib.db"
     summary = run_index(quick_options([root], db, tiny_model_dir))
     assert summary.indexed == 1
-    assert [(Path(f.path).name, "No such file" in f.reason) for f in summary.failed] == [("vanishes.wav", True)]
+    assert [(Path(f.path).name, "No such file" in f.message) for f in summary.failed] == [("vanishes.wav", True)]
     assert_consistent(db)
 
     monkeypatch.setattr(pipeline, "scan", real_scan)

@@ -276,7 +276,7 @@ def _indexed_library(
 
 
 def _failures(summary: IndexSummary) -> Failures:
-    return {item.path: f"failed to index: {item.reason}" for item in summary.failed}
+    return {item.path: f"failed to index: {item.message}" for item in summary.failed}
 
 
 def _library_setup(library: Library, evalset: EvalSet) -> dict[str, Any]:

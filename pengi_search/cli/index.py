@@ -326,11 +326,11 @@ def _print_summary(summary: IndexSummary, *, verbose: bool = False) -> None:
         out_console.print(f"{summary.skipped_errors} file(s) that failed before were skipped (--retry-errors)")
     for label, items in (("failed", summary.failed), ("unreadable folder", summary.unreadable_dirs)):
         for item in items:
-            err_console.print(f"[red]{label}[/] {escape(shown(item.path))}: {escape(item.reason)}", soft_wrap=True)
+            err_console.print(f"[red]{label}[/] {escape(shown(item.path))}: {escape(item.message)}", soft_wrap=True)
     for note in summary.truncated:
-        err_console.print(f"[yellow]warning:[/] {escape(shown(note.path))}: {escape(note.note)}", soft_wrap=True)
+        err_console.print(f"[yellow]warning:[/] {escape(shown(note.path))}: {escape(note.message)}", soft_wrap=True)
     for note in summary.decoder_notes if verbose else ():
-        err_console.print(f"decoder {escape(shown(note.path))}: {escape(note.note)}", soft_wrap=True)
+        err_console.print(f"decoder {escape(shown(note.path))}: {escape(note.message)}", soft_wrap=True)
 
 
 def _write_rows(rows: Any, stream: Any) -> None:
