@@ -105,20 +105,6 @@ def test_remove_forgets_a_folder_and_updates_the_vector_indexes(tiny_model_dir, 
     assert again.exit_code == EXIT_FAILED and "nothing in the index" in again.stderr
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (("--shard", "2/2"), "bad shard"),
-        (("--index-type", "lsh"), "--index-type"),
-        (("--ext", ","), "--ext"),
-    ],
-)
-def test_bad_options_are_usage_errors(tiny_model_dir, sounds, tmp_path, args, message):
-    result = index(sounds, tmp_path / "lib.db", tiny_model_dir, *args)
-    assert result.exit_code == EXIT_USAGE
-    assert message in result.stderr and "Traceback" not in result.output
-
-
 def test_a_missing_folder_is_a_usage_error_and_prunes_nothing(tiny_model_dir, sounds, tmp_path):
     db = tmp_path / "lib.db"
     assert index(sounds, db, tiny_model_dir).exit_code == 0

@@ -207,19 +207,6 @@ def test_classify_bad_labels_is_a_usage_error(captions, common, tmp_path, conten
     assert message in result.output and str(labels) in result.output
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (("--method", "vote"), "Invalid value for '--method'"),
-        (("--template", "no placeholder"), "no {label} placeholder"),
-        (("--loglik-score", "max"), "Invalid value for '--loglik-score'"),
-    ],
-)
-def test_classify_bad_options(captions, common, labels, args, message):
-    result = run("classify", captions.files["bell.wav"], "-l", labels, *common, *args)
-    assert result.exit_code == EXIT_USAGE and message in result.output
-
-
 def test_classify_loglik_from_the_command_line(captions, common, labels):
     result = run("classify", captions.files["bell.wav"], "-l", labels, *common, "--method", "loglik", "--json")
     assert result.exit_code == 0, result.output

@@ -127,10 +127,24 @@ CASES = {
     "classify, template without {label}": Case(
         lambda p: ("classify", p.clip, "--labels", p.labels, "--template", "a sound", "--model", p.model),
         EXIT_USAGE,
-        "{label}",
+        "no {label} placeholder",
+    ),
+    "classify --method vote": Case(
+        lambda p: ("classify", p.clip, "--labels", p.labels, "--method", "vote"),
+        EXIT_USAGE,
+        "Invalid value for '--method'",
+    ),
+    "classify --loglik-score max": Case(
+        lambda p: ("classify", p.clip, "--labels", p.labels, "--loglik-score", "max"),
+        EXIT_USAGE,
+        "Invalid value for '--loglik-score'",
     ),
     "index, no such folder": Case(lambda p: ("index", p.missing, *lib(p)), EXIT_USAGE, "cannot read"),
     "index, bad shard": Case(lambda p: ("index", p.sounds, "--shard", "5/2", *lib(p)), EXIT_USAGE, "--shard"),
+    "index --index-type lsh": Case(
+        lambda p: ("index", p.sounds, "--index-type", "lsh", *lib(p)), EXIT_USAGE, "Invalid value for '--index-type'"
+    ),
+    "index --ext ,": Case(lambda p: ("index", p.sounds, "--ext", ",", *lib(p)), EXIT_USAGE, "names no extension"),
     "eval, no such captions file": Case(lambda p: ("eval", "retrieval", p.missing), EXIT_USAGE, "no such file"),
     "train, no such config": Case(lambda p: ("train", p.missing), EXIT_USAGE, "No such file"),
     "unknown command": Case(lambda p: ("search", "x"), EXIT_USAGE, "No such command"),
