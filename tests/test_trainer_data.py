@@ -67,18 +67,11 @@ class FakeDecoder:
 # --- Templates --------------------------------------------------------------------------------------------
 
 
-def test_templates_are_the_papers_prompts() -> None:
-    prompts = {task: render_prompt(task) for task in TASK_PROMPTS if task != "qa"}
-    assert prompts == {
-        "caption": "generate audio caption",
-        "sound_event": "this is a sound of",
-        "acoustic_scene": "this acoustic scene is",
-        "emotion": "this emotion is",
-        "sentiment": "this sentiment is",
-        "music_analysis": "music analysis",
-        "music_note": "this music note is",
-        "metadata": "generate metadata",
-    }
+def test_templates_render_the_shared_prompt_table() -> None:
+    for task, prompt in TASK_PROMPTS.items():
+        if task != "qa":
+            assert render_prompt(task) == prompt
+    assert render_prompt("sound_event") == "this is a sound of"  # the paper's wording (Table 1), as manifests expect
     assert render_prompt("qa", "  what is barking? ") == "question: what is barking?"
 
 
@@ -136,27 +129,12 @@ def test_jsonl_manifest(tmp_path: Path) -> None:
     )
     dog, rain, up = read_manifest(manifest)
     data = (tmp_path / "data").resolve()
-    assert dog == Example(
-        audio=data / "clips" / "dog.wav",
-        prompt="this is a sound of",
-        answer="dog, rain",
-        task="sound_event",
-        start=1.5,
-        end=4.0,
-        row=1,
-    )
-    assert rain == Example(
-        audio=elsewhere, prompt="question: is it raining?", answer="yes", task="qa", start=None, end=None, row=2
-    )
-    assert up == Example(
-        audio=tmp_path.resolve() / "up.flac",
-        prompt="describe the room",
-        answer="a small hall",
-        task=None,
-        start=None,
-        end=2.0,
-        row=4,
-    )
+    # Example(audio, prompt, answer, task, start, end, row): one line per manifest row
+    assert [dog, rain, up] == [
+        Example(data / "clips" / "dog.wav", "this is a sound of", "dog, rain", "sound_event", 1.5, 4.0, 1),
+        Example(elsewhere, "question: is it raining?", "yes", "qa", None, None, 2),
+        Example(tmp_path.resolve() / "up.flac", "describe the room", "a small hall", None, None, 2.0, 4),
+    ]
     assert task_mix([dog, rain, up, dog]) == {"sound_event": 2, "qa": 1, FREE_PROMPT: 1}
 
 
@@ -168,29 +146,13 @@ def test_csv_manifest(tmp_path: Path) -> None:
         'sub/b.wav,qa,,"what, exactly, barks?",a dog,,\n'
         "/abs/c.wav,,how loud is it,,very loud,,10\n",
     )
-    a, b, c = read_manifest(manifest)
     folder = tmp_path.resolve()
-    assert a == Example(
-        audio=folder / "a.wav",
-        prompt="this is a sound of",
-        answer="dog, rain, wind",
-        task="sound_event",
-        start=0.5,
-        end=3.0,
-        row=1,
-    )
-    assert b == Example(
-        audio=folder / "sub" / "b.wav",
-        prompt="question: what, exactly, barks?",
-        answer="a dog",
-        task="qa",
-        start=None,
-        end=None,
-        row=2,
-    )
-    assert c == Example(
-        audio=Path("/abs/c.wav"), prompt="how loud is it", answer="very loud", task=None, start=None, end=10.0, row=3
-    )
+    # Example(audio, prompt, answer, task, start, end, row): one line per manifest row
+    assert read_manifest(manifest) == [
+        Example(folder / "a.wav", "this is a sound of", "dog, rain, wind", "sound_event", 0.5, 3.0, 1),
+        Example(folder / "sub" / "b.wav", "question: what, exactly, barks?", "a dog", "qa", None, None, 2),
+        Example(Path("/abs/c.wav"), "how loud is it", "very loud", None, None, 10.0, 3),
+    ]
 
 
 def test_csv_manifest_keeps_semicolons_outside_sound_events(tmp_path: Path) -> None:
