@@ -1,9 +1,4 @@
-"""Initial schema: runs, audio files, windows, generated texts, window vectors and index metadata.
-
-Revision ID: 0001
-Revises:
-Create Date: 2025-11-27
-"""
+"""Initial schema: runs, audio files, windows, generated texts, window vectors and index metadata."""
 
 from __future__ import annotations
 
@@ -12,8 +7,6 @@ from alembic import op
 
 revision = "0001"
 down_revision = None
-branch_labels = None
-depends_on = None
 
 ROW_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # INTEGER makes a SQLite rowid alias
 WHEN = sa.DateTime(timezone=True)

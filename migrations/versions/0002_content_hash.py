@@ -1,9 +1,4 @@
-"""Add audio_files.content_hash (sha256 of the content) with an index, to tell touched or moved files apart.
-
-Revision ID: 0002
-Revises: 0001
-Create Date: 2025-11-27
-"""
+"""Add audio_files.content_hash (sha256 of the content) with an index, to tell touched or moved files apart."""
 
 from __future__ import annotations
 
@@ -12,8 +7,6 @@ from alembic import op
 
 revision = "0002"
 down_revision = "0001"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

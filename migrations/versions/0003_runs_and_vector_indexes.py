@@ -3,10 +3,6 @@
 `runs.host`/`runs.pid` name the process holding a library's indexing lock, so that a second run can say who it
 waits for. `vector_indexes` keeps, per vector kind, the index type asked for, the type built (IVF-PQ falls back to
 flat on a small library) and the built parameters: the FAISS file can be damaged or deleted, the choice survives.
-
-Revision ID: 0003
-Revises: 0002
-Create Date: 2025-11-28
 """
 
 from __future__ import annotations
@@ -16,8 +12,6 @@ from alembic import op
 
 revision = "0003"
 down_revision = "0002"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

@@ -3,10 +3,6 @@
 `--fast` answers are close to exact mode's but not identical (see pengi_search.fast_mode); a library indexed with it
 says so, per text, so that `stats` can tell and a later run can find them. Texts written before this revision have
 no mode (NULL: not recorded).
-
-Revision ID: 0004
-Revises: 0003
-Create Date: 2026-11-29
 """
 
 from __future__ import annotations
@@ -16,8 +12,6 @@ from alembic import op
 
 revision = "0004"
 down_revision = "0003"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:
