@@ -36,13 +36,17 @@ class ScanResult:
 
 
 def normalize_extensions(extensions: Iterable[str]) -> frozenset[str]:
-    """Lower-case extensions with their leading dot: ["WAV", ".flac"] -> {".wav", ".flac"}."""
-    result = set()
-    for ext in extensions:
-        ext = ext.strip().lower()
-        if ext:
-            result.add(ext if ext.startswith(".") else f".{ext}")
-    return frozenset(result)
+    """Lower-case extensions with one leading dot, blanks dropped: ["WAV", ".flac", " "] -> {".wav", ".flac"}."""
+    names = (ext.strip().lower().lstrip(".") for ext in extensions)
+    return frozenset(f".{name}" for name in names if name)
+
+
+def parse_extensions(value: str) -> frozenset[str]:
+    """A command line's comma-separated extensions: "wav,.FLAC" -> {".wav", ".flac"}; ValueError if it names none."""
+    extensions = normalize_extensions(value.split(","))
+    if not extensions:
+        raise ValueError(f"--ext {value!r} names no extension; use e.g. --ext wav,flac")
+    return extensions
 
 
 def absolute(path: str | os.PathLike[str]) -> str:

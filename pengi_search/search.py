@@ -35,6 +35,7 @@ from .embedders import EmbedderSpec, TextEmbedder, TextEmbedderError, open_text_
 from .model_dir import PENGI_TEXT_PREFIX, ModelDir
 from .pathnames import from_typed, path_fields
 from .ranking import HybridIndex
+from .scan import has_extension, parse_extensions
 
 if TYPE_CHECKING:
     from .library import Library
@@ -49,7 +50,7 @@ class Filters:
 
     min_score: float | None = None
     path_glob: str | None = None  # fnmatch pattern over the full path
-    extensions: frozenset[str] | None = None  # lower-case, without the dot
+    extensions: frozenset[str] | None = None  # lower-case, with the dot (see `scan.normalize_extensions`)
     min_duration_s: float | None = None
     max_duration_s: float | None = None
     exclude_paths: frozenset[str] = frozenset()
@@ -97,7 +98,7 @@ class Filters:
             return False
         if self.path_glob is not None and not fnmatch.fnmatch(window.path, self.path_glob):
             return False
-        return self.extensions is None or Path(window.path).suffix.lower().lstrip(".") in self.extensions
+        return self.extensions is None or has_extension(window.path, self.extensions)
 
 
 def absolute_glob(pattern: str) -> str:
@@ -106,13 +107,6 @@ def absolute_glob(pattern: str) -> str:
     if pattern.startswith(("/", "*", "?", "[")):
         return pattern
     return Path.cwd().as_posix().rstrip("/") + "/" + pattern
-
-
-def parse_extensions(value: str) -> frozenset[str]:
-    exts = frozenset(part.strip().lower().lstrip(".") for part in value.split(",") if part.strip().lstrip("."))
-    if not exts:
-        raise ValueError(f"--ext {value!r} names no extension; use e.g. --ext wav,flac")
-    return exts
 
 
 @dataclass(frozen=True)

@@ -303,7 +303,7 @@ def test_any_query_filters_give_results_that_pass_them_or_a_clear_error(searchab
             assert parsed.min_duration_s is None or record.duration_s >= parsed.min_duration_s
             assert parsed.max_duration_s is None or record.duration_s <= parsed.max_duration_s
             assert parsed.path_glob is None or fnmatch.fnmatch(hit["path"], parsed.path_glob)
-            assert parsed.extensions is None or Path(hit["path"]).suffix.lower().lstrip(".") in parsed.extensions
+            assert parsed.extensions is None or Path(hit["path"]).suffix.lower() in parsed.extensions
     if filters.get("--by", "file") == "file":
         assert len({hit["path"] for hit in hits}) == len(hits)
 

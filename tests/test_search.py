@@ -196,8 +196,8 @@ def test_search_scope_checks_its_values_and_leaves_a_file_out():
         SearchScope(0)
     with pytest.raises(ValueError):
         SearchScope(by="folder")
-    scope = SearchScope(5, filters=Filters(extensions=frozenset({"wav"}))).excluding("/a.wav").excluding("/b.wav")
-    assert scope.k == 5 and scope.filters.extensions == {"wav"} and scope.filters.exclude_paths == {"/a.wav", "/b.wav"}
+    scope = SearchScope(5, filters=Filters(extensions=frozenset({".wav"}))).excluding("/a.wav").excluding("/b.wav")
+    assert scope.k == 5 and scope.filters.extensions == {".wav"} and scope.filters.exclude_paths == {"/a.wav", "/b.wav"}
 
 
 def test_filters_never_cost_results(tmp_path, tiny_model_dir):
@@ -217,7 +217,7 @@ def test_filters_never_cost_results(tmp_path, tiny_model_dir):
             lib.store.replace_file_windows(file_id, [window])
         lib.sync_vector_indexes()
         index = lib.vector_index("text")
-        hits = search_index(lib, index, query[None], SearchScope(3, filters=Filters(extensions=frozenset({"ogg"}))))
+        hits = search_index(lib, index, query[None], SearchScope(3, filters=Filters(extensions=frozenset({".ogg"}))))
         assert sorted(h.path for h in hits) == ["/lib/039.ogg", "/lib/079.ogg", "/lib/119.ogg"]
         every = search_index(lib, index, query[None], SearchScope(200, By.window))
     assert len(every) == 120

@@ -144,12 +144,13 @@ def index(
     from indexer.shard import Shard
 
     from ..audio import AUDIO_EXTENSIONS
-    from ..scan import ScanError, normalize_extensions
+    from ..scan import ScanError, parse_extensions
 
     apply_threads(threads)
-    extensions = AUDIO_EXTENSIONS if ext is None else normalize_extensions(ext.split(","))
-    if not extensions:
-        raise UsageError("", f"--ext {ext!r} names no extension")
+    try:
+        extensions = AUDIO_EXTENSIONS if ext is None else parse_extensions(ext)
+    except ValueError as exc:
+        raise UsageError("", str(exc)) from exc
     try:
         shard_part = None if shard is None else Shard.parse(shard)
     except ValueError as exc:
