@@ -6,7 +6,7 @@
 
 For each library size the script builds (once, in the work folder) a library of that many 7 s windows, starts
 `pengi-search serve` in its own process on a free loopback port, and sends a fixed number of text queries from a
-bounded number of client threads, each on one keep-alive connection; every client stops after its share. It prints
+bounded number of client processes, each on one keep-alive connection; every client stops after its share. It prints
 p50/p90/p99/max latency (ms) and requests per second: one client alone and all clients together sending texts the
 server has never seen (each is embedded by the text tower, the dominant cost), and all clients repeating a dozen
 texts (the server keeps recent query embeddings: what remains is FAISS, the database and HTTP).
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import multiprocessing
 import os
 import queue
 import statistics
@@ -36,6 +37,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -175,44 +177,46 @@ class Server:
 
 
 def load(address: str, clients: int, requests: int, *, new_texts: bool) -> tuple[list[float], float, int]:
-    """Send `requests` searches from `clients` threads (each its own keep-alive connection); returns the latencies
-    (s), the wall time and the number of failed requests. `new_texts`: every request a text never sent before (the
-    server embeds each one), else a dozen texts over and over (their embeddings are cached)."""
-    parts = urlsplit(address)
-    latencies: list[float] = []
-    failures = 0
-    lock = threading.Lock()
+    """Send `requests` searches from `clients` processes (each its own keep-alive connection, as separate programs
+    would: client threads in one process fight over its lock and took more CPU than the server); returns the
+    latencies (s), the wall time and the number of failed requests. `new_texts`: every request a text never sent
+    before (the server embeds each one), else a dozen texts over and over (their embeddings are cached)."""
     shares = [requests // clients + (i < requests % clients) for i in range(clients)]
-    barrier = threading.Barrier(clients + 1)
-
-    def client(index: int, count: int) -> None:
-        nonlocal failures
-        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
-        mine, failed = [], 0
-        barrier.wait()
-        for n in range(count):
-            query = QUERIES[(index * 7 + n) % len(QUERIES)]
-            query = f"{query} {index} {n} {time.perf_counter_ns()}" if new_texts else query
-            began = time.perf_counter()
-            connection.request("GET", f"/api/search?k=10&q={quote(query)}")
-            response = connection.getresponse()
-            body = response.read()
-            mine.append(time.perf_counter() - began)
-            if response.status != 200 or not json.loads(body):
-                failed += 1
-        connection.close()
-        with lock:
-            latencies.extend(mine)
-            failures += failed
-
-    threads = [threading.Thread(target=client, args=(i, n)) for i, n in enumerate(shares)]
-    for thread in threads:
-        thread.start()
-    barrier.wait()
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Barrier(clients + 1), context.Queue()
+    workers = [
+        context.Process(target=_client, args=(address, index, count, new_texts, start, results))
+        for index, count in enumerate(shares)
+    ]
+    for worker in workers:
+        worker.start()
+    start.wait()
     began = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    return latencies, time.perf_counter() - began, failures
+    answers = [results.get() for _ in workers]
+    wall = time.perf_counter() - began
+    for worker in workers:
+        worker.join()
+    return [t for mine, _ in answers for t in mine], wall, sum(failed for _, failed in answers)
+
+
+def _client(address: str, index: int, count: int, new_texts: bool, start: Any, results: Any) -> None:
+    """One client: `count` searches on one connection, each timed from sending to the last byte of the answer."""
+    parts = urlsplit(address)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    latencies, failed = [], 0
+    start.wait()
+    for n in range(count):
+        query = QUERIES[(index * 7 + n) % len(QUERIES)]
+        query = f"{query} {index} {n} {time.perf_counter_ns()}" if new_texts else query
+        began = time.perf_counter()
+        connection.request("GET", f"/api/search?k=10&q={quote(query)}")
+        response = connection.getresponse()
+        body = response.read()
+        latencies.append(time.perf_counter() - began)
+        if response.status != 200 or not json.loads(body):
+            failed += 1
+    connection.close()
+    results.put((latencies, failed))
 
 
 def summary(latencies: list[float], wall: float, failures: int) -> dict[str, float]:

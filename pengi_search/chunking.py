@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -20,3 +20,12 @@ def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
     iterator = iter(items)
     while chunk := list(itertools.islice(iterator, size)):
         yield chunk
+
+
+def doubling_chunks(items: Sequence[T], first: int) -> Iterator[Sequence[T]]:
+    """The items in slices of `first`, then each twice as long as the one before: for work that usually ends early
+    (the best search results) but must be able to go on to the end."""
+    start, size = 0, max(1, first)
+    while start < len(items):
+        yield items[start : start + size]
+        start, size = start + size, 2 * size

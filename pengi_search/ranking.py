@@ -62,9 +62,10 @@ class HybridIndex:
         return len(self.text)  # only captioned windows can be ranked
 
     def search(
-        self, queries: np.ndarray, k: int, *, allowed_ids: np.ndarray | None = None
+        self, queries: np.ndarray, k: int, *, allowed_ids: np.ndarray | None = None, exact_top: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The k best windows per query row: (scores float32 (q, k), ids int64 (q, k)); empty slots -inf and -1."""
+        """The k best windows per query row: (scores float32 (q, k), ids int64 (q, k)); empty slots -inf and -1.
+        Scores are exact from the stored vectors, so `exact_top` (see `VectorIndex.search`) changes nothing here."""
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         ids = np.full((len(queries), k), -1, dtype=np.int64)
         for row, query in enumerate(queries):

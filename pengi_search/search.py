@@ -30,6 +30,7 @@ import numpy as np
 
 from .checkpoint import CheckpointError
 from .choices import DEFAULT_HYBRID_WEIGHT, By, Rank
+from .chunking import doubling_chunks
 from .db import StoreMismatchError, WindowDetails, caption_counts
 from .embedders import EmbedderSpec, TextEmbedder, TextEmbedderError, open_text_embedder
 from .model_dir import PENGI_TEXT_PREFIX, ModelDir
@@ -195,7 +196,7 @@ def search_index(
     available = len(index) if allowed is None else int(allowed.size)
     fetch = min(max(k * _FIRST_FETCH, 16), available)
     while True:
-        found = _fetch(index, queries, fetch, allowed, complete=fetch >= available)
+        found = _fetch(index, queries, fetch, allowed, complete=fetch >= available, k=k)
         hits = _results(library, found, scope, query_spans)
         below_min = filters.min_score is not None and found.threshold < filters.min_score
         if len(hits) >= k or found.exhausted or below_min or fetch >= available:
@@ -211,12 +212,16 @@ def _allowed_ids(library: Library, filters: Filters) -> np.ndarray | None:
     )
 
 
-def _fetch(index: Any, queries: np.ndarray, fetch: int, allowed: np.ndarray | None, *, complete: bool) -> _Candidates:
-    """The top `fetch` windows of every query row; `complete` when that is every candidate."""
+def _fetch(
+    index: Any, queries: np.ndarray, fetch: int, allowed: np.ndarray | None, *, complete: bool, k: int
+) -> _Candidates:
+    """The top `fetch` windows of every query row, the first `k` of them as accurate as a search for `k` (the rest
+    stand in for windows that results of the same file or the filters drop); `complete` when that is every
+    candidate."""
     found = _Candidates(exhausted=True)
     if fetch < 1:
         return found
-    scores, ids = index.search(queries, fetch, allowed_ids=allowed)
+    scores, ids = index.search(queries, fetch, allowed_ids=allowed, exact_top=k)
     for row in range(len(ids)):
         valid = ids[row] >= 0
         if valid.all() and not complete:  # a full page: this row may have more candidates below its last score
@@ -235,18 +240,19 @@ def _results(
     ranked = found.ranked()
     if filters.min_score is not None:
         ranked = [item for item in ranked if item[1] >= filters.min_score]
-    details = library.store.window_details(wid for wid, _, _ in ranked)
     hits: list[Hit] = []
     seen_files: set[int] = set()
-    for wid, score, row in ranked:
-        window = details.get(wid)
-        if window is None or not filters.accepts(window) or (scope.by == By.file and window.file_id in seen_files):
-            continue
-        seen_files.add(window.file_id)
-        span = query_spans[row] if query_spans is not None else (None, None)
-        hits.append(_hit(window, score, span))
-        if len(hits) == scope.k:
-            break
+    for page in doubling_chunks(ranked, first=2 * scope.k):
+        details = library.store.window_details(wid for wid, _, _ in page)  # most searches need one page
+        for wid, score, row in page:
+            window = details.get(wid)
+            if window is None or not filters.accepts(window) or (scope.by == By.file and window.file_id in seen_files):
+                continue
+            seen_files.add(window.file_id)
+            span = query_spans[row] if query_spans is not None else (None, None)
+            hits.append(_hit(window, score, span))
+            if len(hits) == scope.k:
+                return hits
     return hits
 
 

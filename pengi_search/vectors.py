@@ -158,6 +158,11 @@ class VectorIndex:
         return int(self._index.d)
 
     @property
+    def searches_on_gpu(self) -> bool:
+        """Whether searches run on a GPU copy (which, unlike a CPU index, must not be searched by two threads)."""
+        return self._use_gpu and self.type == "flat"
+
+    @property
     def type(self) -> str:
         return self.params.type
 
@@ -220,12 +225,14 @@ class VectorIndex:
         self.params = dataclasses.replace(self.params, **{name: v for name, v in knobs.items() if v is not None})
 
     def search(
-        self, queries: np.ndarray, k: int, *, allowed_ids: np.ndarray | None = None
+        self, queries: np.ndarray, k: int, *, allowed_ids: np.ndarray | None = None, exact_top: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """The k best ids for each query row by cosine similarity: (scores float32 (q, k), ids int64 (q, k)).
 
         Queries are normalised here. `allowed_ids` restricts the search to those ids (a filtered search).
-        Empty slots (fewer than k candidates) have id -1 and score -inf.
+        `exact_top`: only the first that many results need the accuracy of a search for that many, the rest are
+        spares (IVF-PQ then re-ranks k_factor x exact_top candidates instead of k_factor x k). Empty slots (fewer
+        than k candidates) have id -1 and score -inf.
         """
         if int(k) < 1:
             raise VectorIndexError("search", f"k must be at least 1, got {k}")
@@ -234,7 +241,8 @@ class VectorIndex:
         if len(self) == 0 or (keep_alive is not None and not keep_alive.any()):
             return _empty_hits(len(query), int(k))
         index = self._search_index() if selector is None else self._inner
-        scores, positions = index.search(query, int(k), params=self._search_params(int(k), selector))
+        params = self._search_params(int(k), selector, min(int(exact_top or k), int(k)))
+        scores, positions = index.search(query, int(k), params=params)
         found = positions >= 0
         ids = np.where(found, self._id_map()[np.where(found, positions, 0)], -1)
         return np.where(found, scores, -np.inf).astype(np.float32), ids.astype(np.int64)
@@ -304,14 +312,15 @@ class VectorIndex:
         bitmap = np.packbits(mask, bitorder="little")
         return faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bitmap)), bitmap
 
-    def _search_params(self, k: int, selector: Any) -> Any:
+    def _search_params(self, k: int, selector: Any, exact_top: int) -> Any:
         if self.type == "hnsw":
             return faiss.SearchParametersHNSW(efSearch=max(self.params.ef_search, k), sel=selector)
         if self.type == "ivfpq":
             ivf = faiss.extract_index_ivf(self._inner)
             nprobe = self.params.nprobe or _auto_nprobe(ivf.nlist)
             base = faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)
-            return faiss.IndexRefineSearchParameters(k_factor=self.params.k_factor, base_index_params=base)
+            k_factor = max(1.0, self.params.k_factor * exact_top / k)  # faiss re-ranks k x k_factor candidates
+            return faiss.IndexRefineSearchParameters(k_factor=k_factor, base_index_params=base)
         return None if selector is None else faiss.SearchParameters(sel=selector)
 
     def _search_index(self) -> Any:

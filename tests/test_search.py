@@ -224,6 +224,28 @@ def test_filters_never_cost_results(tmp_path, tiny_model_dir):
     assert {h.path for h in every[-3:]} == {h.path for h in hits}  # far below the first fetch of candidates
 
 
+def test_by_file_reads_on_past_a_file_whose_windows_fill_the_first_candidates(tmp_path, tiny_model_dir):
+    """One file's 30 windows are the 30 best matches: by file, it is one result and the next files follow."""
+    db = str(tmp_path / "one-loud-file.db")
+    embedder = NumpyTextEmbedder.from_model_dir(ModelDir.read(tiny_model_dir))
+    query = embedder.embed(["a dog barks"])[0]
+    away = np.random.default_rng(1).standard_normal(embedder.dim).astype(np.float32)
+    away -= (away @ query) / (query @ query) * query  # a direction orthogonal to the query: similarity falls with it
+    away /= np.linalg.norm(away)
+    distances = {"/lib/loud.wav": 0.01 * np.arange(30), "/lib/a.wav": [1.0], "/lib/b.wav": [1.5], "/lib/c.wav": [2.0]}
+    with Library.open(db) as lib:
+        lib.store.set_index_meta(model_info(tiny_model_dir), EmbedderInfo(embedder.id, embedder.dim))
+        for path, steps in distances.items():
+            windows = [
+                WindowInput(w, w, w + 1.0, [TextRecord(CAPTION, f"{path} {w}")], {"text": query + step * away})
+                for w, step in enumerate(steps)
+            ]
+            lib.store.replace_file_windows(lib.store.upsert_file(path, size=1, mtime=1.0), windows)
+        lib.sync_vector_indexes()
+        hits = search_index(lib, lib.vector_index("text"), query[None], SearchScope(3, By.file))
+    assert [h.path for h in hits] == ["/lib/loud.wav", "/lib/a.wav", "/lib/b.wav"]
+
+
 def test_query_refuses_another_model(library, tmp_path):
     other = make_tiny_model_dir(tmp_path / "other", seed=1)
     with pytest.raises(StoreMismatchError, match="--model") as err:

@@ -4,11 +4,13 @@ searches during the writes never fail."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
 from pengi_search.db import StoreError
 from pengi_search.library import Library
+from pengi_search.serve.live import SharedLock
 
 from .indexing import write_tone
 from .search_library import caption_library, index_folder
@@ -133,3 +135,62 @@ def test_the_default_ranking_follows_captions_as_they_arrive(tmp_path, tiny_mode
             add_captions(writer.store, [WindowCaptions(window_id, texts, caption)])
             writer.sync_vector_indexes()
         assert ranking(client) == "caption"
+
+
+# -- searches share the index, growth has it alone ------------------------------------------------------------
+
+
+def test_shared_lock_lets_searches_overlap_and_growth_wait_for_them():
+    lock = SharedLock()
+    inside, both_in, grown = threading.Barrier(2, timeout=5), threading.Event(), threading.Event()
+    grown_during_a_search: list[bool] = []
+
+    def search() -> None:
+        with lock.shared():
+            inside.wait()  # only passes when the other search holds the lock at the same time
+            both_in.set()
+            grown_during_a_search.append(grown.wait(0.2))
+
+    def grow() -> None:
+        both_in.wait(5)
+        with lock.exclusive():
+            grown.set()
+
+    threads = [threading.Thread(target=f) for f in (search, search, grow)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert grown_during_a_search == [False, False] and grown.is_set()
+
+
+def test_shared_lock_holds_new_searches_back_while_growth_waits():
+    lock = SharedLock()
+    order: list[str] = []
+    first_in, grower_waiting = threading.Event(), threading.Event()
+
+    def first_search() -> None:
+        with lock.shared():
+            first_in.set()
+            grower_waiting.wait(5)
+            time.sleep(0.2)  # the late search arrives while growth is waiting
+            order.append("first search")
+
+    def grow() -> None:
+        first_in.wait(5)
+        grower_waiting.set()
+        with lock.exclusive():
+            order.append("growth")
+
+    def late_search() -> None:
+        while not lock._waiting:  # arrive once growth is queued
+            time.sleep(0.001)
+        with lock.shared():
+            order.append("late search")
+
+    threads = [threading.Thread(target=f) for f in (first_search, grow, late_search)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert order == ["first search", "growth", "late search"]

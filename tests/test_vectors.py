@@ -127,6 +127,18 @@ def test_ivfpq_recall_on_a_small_set(trained: tuple) -> None:
     assert recall(index.search(queries, 10)[1], truth) >= 0.95
 
 
+def test_ivfpq_spares_beyond_exact_top_leave_the_first_results_as_a_search_for_that_many(trained: tuple) -> None:
+    """A search that fetches spare candidates (results of one file, filtered ones) re-ranks as many IVF-PQ
+    candidates as a search for `exact_top` results: the first `exact_top` are the same, the cost does not grow."""
+    _, _, index = trained
+    queries = clustered(20, seed=4)
+    scores, found = index.search(queries, 10)
+    spare_scores, with_spares = index.search(queries, 40, exact_top=10)
+    np.testing.assert_array_equal(with_spares[:, :10], found)
+    np.testing.assert_allclose(spare_scores[:, :10], scores, rtol=0, atol=1e-6)
+    assert (with_spares[:, 10:] >= 0).all()
+
+
 def test_ivfpq_falls_back_to_flat_when_too_few_vectors_to_train(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="pengi_search.vectors"):
         index = VectorIndex.build(sparse_ids(300), clustered(300), IndexParams(type="ivfpq"))
