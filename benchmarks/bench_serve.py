@@ -145,10 +145,10 @@ def build_library(db: Path, model_dir: Path, windows: int, index_type: str) -> N
 class Server:
     """`pengi-search serve --port 0` in its own process."""
 
-    def __init__(self, db: Path, model_dir: Path) -> None:
+    def __init__(self, db: Path, model_dir: Path, workers: int) -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
         command = [sys.executable, "-c", "from pengi_search.cli import app; app()", "serve", "--port", "0"]
-        command += ["--db", str(db), "--model", str(model_dir), "--device", "cpu"]
+        command += ["--db", str(db), "--model", str(model_dir), "--device", "cpu", "--workers", str(workers)]
         started = time.perf_counter()
         self.process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         lines: queue.Queue[str] = queue.Queue()
@@ -240,6 +240,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000, help="requests per size with all clients")
     parser.add_argument("--solo-requests", type=int, default=200, help="requests per size with one client")
     parser.add_argument("--index-type", default="hnsw", choices=["flat", "hnsw", "ivfpq"])
+    parser.add_argument("--workers", type=int, default=1, help="server processes (`serve --workers`)")
     parser.add_argument("--workdir", type=Path, help="keep the model and the libraries here (reused when present)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
@@ -248,11 +249,11 @@ def main() -> None:
     model_dir = build_model(workdir / "model")
     results = {}
     for windows in [int(size) for size in args.windows.split(",")]:
-        print(f"{windows} windows:", flush=True)
+        print(f"{windows} windows, {args.workers} server process(es):", flush=True)
         db = workdir / f"library-{windows}-{args.index_type}" / "index.db"
         db.parent.mkdir(exist_ok=True)
         build_library(db, model_dir, windows, args.index_type)
-        server = Server(db, model_dir)
+        server = Server(db, model_dir, args.workers)
         try:
             load(server.address, 1, 20, new_texts=False)  # warm-up: connections, the first FAISS searches
             rows = {
@@ -266,7 +267,7 @@ def main() -> None:
             }
         finally:
             server.stop()
-        results[windows] = {"server_start_s": round(server.start_s, 2), **rows}
+        results[windows] = {"workers": args.workers, "server_start_s": round(server.start_s, 2), **rows}
         for name, row in rows.items():
             print(
                 f"  {name:>27}: p50 {row['p50_ms']:.1f} ms, p90 {row['p90_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, "

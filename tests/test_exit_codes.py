@@ -156,6 +156,9 @@ CASES = {
     "remove, no library": Case(lambda p: ("remove", p.clip, "--db", p.missing), EXIT_FAILED, "no index here yet"),
     "rebuild-index, no library": Case(lambda p: ("rebuild-index", "--db", p.missing), EXIT_FAILED, "no index here"),
     "serve, no library": Case(lambda p: ("serve", "--db", p.missing, "--port", "0"), EXIT_FAILED, "no index here"),
+    "serve --workers, no library": Case(
+        lambda p: ("serve", "--db", p.missing, "--port", "0", "--workers", "2"), EXIT_FAILED, "no index here"
+    ),
     "classify, no library": Case(
         lambda p: ("classify", p.clip, "--labels", p.labels, "--db", p.missing, "--model", p.model),
         EXIT_FAILED,

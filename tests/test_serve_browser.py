@@ -9,20 +9,17 @@ Without chromium and chromedriver the test is skipped, unless PENGI_REQUIRE_BROW
 
 from __future__ import annotations
 
+import contextlib
 import os
-import queue
 import shutil
 import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from .search_library import caption_library
+from .serving import ServeProcess
 
-ROOT = Path(__file__).resolve().parents[1]
 REQUIRE_ENV = "PENGI_REQUIRE_BROWSER"
 SCREENSHOT_ENV = "PENGI_SCREENSHOT_DIR"
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
@@ -68,41 +65,14 @@ def server(tmp_path_factory, tiny_model_dir, browser_programs):
     """`pengi-search serve --port 0` in its own process; yields its address."""
     root = tmp_path_factory.mktemp("browser")
     library = caption_library(str(root / "index.db"), root / "sounds", tiny_model_dir)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-        "PYTHONUNBUFFERED": "1",
-        "PENGI_SEARCH_HOME": str(root / "home"),
-    }
-    command = [sys.executable, "-c", "from pengi_search.cli import app; app()", "serve", "--port", "0"]
-    command += ["--db", library.db, "--model", str(tiny_model_dir), "--device", "cpu"]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()  # type: ignore[union-attr]
+    served = ServeProcess("--db", library.db, "--model", str(tiny_model_dir), "--device", "cpu", home=root / "home")
     try:
-        address = _address(lines, process)
+        address = served.address()
+        assert address is not None, f"the server did not start: {''.join(served.output)}"
         yield address, library
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
-def _address(lines: queue.Queue[str], process: subprocess.Popen[str]) -> str:
-    deadline, seen = time.monotonic() + 120, []
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=1)
-        except queue.Empty:
-            if process.poll() is not None:
-                break
-            continue
-        seen.append(line)
-        if line.startswith("pengi-search serves "):
-            return line.split()[2].rstrip("/")
-    raise AssertionError(f"the server did not start: {''.join(seen)}")
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            served.stop()
 
 
 @pytest.fixture(scope="module")

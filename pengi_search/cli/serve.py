@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -52,6 +55,15 @@ def serve(
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.001, help="Largest clip accepted.")] = 64.0,
     max_upload_s: Annotated[float, typer.Option("--max-upload-s", min=0.1, help="Longest clip accepted (s).")] = 600.0,
     threads: ThreadsOption = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Server processes sharing the port: more searches per second on several cores; each holds its own "
+            "copy of the indexes and text model in memory.",
+        ),
+    ] = 1,
 ) -> None:
     """Search and listen to the library in a web browser, and answer a JSON API (docs at /docs).
 
@@ -59,10 +71,10 @@ def serve(
 
     Example: pengi-search serve --open
     """
-    import uvicorn
-
     from ..serve import LOOPBACK_NAMES, ServeSettings, create_app, is_loopback, required_token
 
+    if workers > 1 and not hasattr(os, "fork"):
+        raise UsageError("--workers", "needs a system with fork(); use one worker here")
     apply_threads(threads)
     required = required_token(host, token)
     roots = tuple(_folder(path) for path in root or [])
@@ -77,24 +89,47 @@ def serve(
         max_upload_s=max_upload_s,
     )
     listener = _listen(host, port)
-    try:
-        app = create_app(settings)
-    except BaseException:
-        listener.close()
-        raise
-    address = _address(host, listener.getsockname()[1])
-    out_console.print(
-        f"pengi-search serves {address}/{f'?token={required}' if required else ''}", soft_wrap=True, markup=False
-    )
-    if required and not token:
+    with listener:
+        address = _address(host, listener.getsockname()[1])
+        announce = functools.partial(_announce, address, required, token, open_browser)
+        if workers == 1:
+            app = create_app(settings)
+            announce()
+            _run(app, listener)
+            return
+        from ..db import Store
+        from ..serve.workers import run_workers
+
+        with Store.open(settings.db, read_only=True):  # a missing library is said once, here, not by every worker
+            pass
+
+        def work(ready: Callable[[], None]) -> None:
+            app = create_app(settings)  # in the worker: see serve/workers.py
+            ready()
+            _run(app, listener)
+
+        code = run_workers(workers, handle_errors(work), announce)
+    if code:
+        raise typer.Exit(code)
+
+
+def _announce(address: str, required: str | None, given: str | None, open_browser: bool) -> None:
+    """Say where the server listens (and the token it generated), once it answers."""
+    suffix = f"?token={required}" if required else ""
+    out_console.print(f"pengi-search serves {address}/{suffix}", soft_wrap=True, markup=False)
+    if required and not given:
         err_console.print(f"token (send as 'Authorization: Bearer TOKEN'): {required}", soft_wrap=True, markup=False)
     out_console.print(f"API docs: {address}/docs   (Ctrl-C stops)", markup=False)
     if open_browser:
         import webbrowser
 
-        webbrowser.open(f"{address}/{f'?token={required}' if required else ''}")
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    server.run(sockets=[listener])
+        webbrowser.open(f"{address}/{suffix}")
+
+
+def _run(app: Any, listener: socket.socket) -> None:
+    import uvicorn
+
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[listener])
 
 
 def _folder(path: Path) -> Path:

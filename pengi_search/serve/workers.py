@@ -1,0 +1,115 @@
+"""Several server processes on one listening socket (`serve --workers N`).
+
+One process answers requests on many threads, but its Python work (HTTP, the database rows, JSON) runs under one
+interpreter lock: on a 2-core machine it used about 1.5 cores. Worker processes each have their own lock and take
+connections from the same socket, so searches use every core. Each worker opens the library and loads the indexes
+and the text tower itself (memory grows with the number of workers): a process forked after FAISS has run OpenMP
+hangs in its own first parallel region, so nothing is loaded before the fork.
+
+The parent only supervises: it reports the address once every worker is ready, forwards SIGTERM, and exits with the
+first failing worker's code (a worker that fails to start ends the others).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+
+WorkerFn = Callable[[Callable[[], None]], None]  # builds the app, calls `ready()`, serves until told to stop
+
+
+def run_workers(count: int, work: WorkerFn, on_ready: Callable[[], None]) -> int:
+    """Fork `count` processes that each run `work(ready)`; call `on_ready` once all have called `ready`, then wait
+    for them all. Returns the exit code: 0, or the first non-zero one of a worker."""
+    read_end, write_end = os.pipe()
+    children = [_fork(work, read_end, write_end) for _ in range(count)]
+    os.close(write_end)
+    forward = signal.signal(signal.SIGTERM, lambda *_: _signal_all(children, signal.SIGTERM))
+    try:
+        code = _wait_until_ready(children, read_end, count)
+        if code is None:
+            on_ready()
+        return _wait_for_all(children, code)
+    except BaseException:  # Ctrl-C while the workers load, or a failing `on_ready`: no worker outlives the parent
+        _signal_all(children, signal.SIGTERM)
+        _wait_for_all(children, None)
+        raise
+    finally:
+        os.close(read_end)
+        signal.signal(signal.SIGTERM, forward)
+
+
+def _fork(work: WorkerFn, read_end: int, write_end: int) -> int:
+    pid = os.fork()
+    if pid:
+        return pid
+    os.close(read_end)
+    code = 0
+    try:
+        work(lambda: os.write(write_end, b"."))
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else 1
+    except BaseException as exc:  # a worker must never return into the parent's code
+        code = getattr(exc, "exit_code", None)  # the CLI's error handler has reported it (typer.Exit)
+        if code is None:
+            code = 1
+            traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _wait_until_ready(children: list[int], read_end: int, count: int) -> int | None:
+    """None once every worker said it is ready; a worker's exit code if one ended before that."""
+    ready = 0
+    while ready < count:
+        readable, _, _ = select.select([read_end], [], [], 0.5)
+        if readable:
+            ready += len(os.read(read_end, count))
+        for pid in children:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                children.remove(pid)
+                _signal_all(children, signal.SIGTERM)
+                return _failure(os.waitstatus_to_exitcode(status))
+    return None
+
+
+def _wait_for_all(children: list[int], code: int | None) -> int:
+    """Wait for every worker (Ctrl-C reaches them too; the parent then keeps waiting for them to finish)."""
+    while children:
+        try:
+            pid, status = os.wait()
+        except KeyboardInterrupt:
+            _signal_all(children, signal.SIGTERM)
+            continue
+        except ChildProcessError:
+            break
+        if pid in children:
+            children.remove(pid)
+            exit_code = os.waitstatus_to_exitcode(status)
+            if exit_code not in STOPPED and code is None:
+                code = _failure(exit_code)
+                _signal_all(children, signal.SIGTERM)
+    return code or 0
+
+
+# uvicorn shuts down on SIGTERM or SIGINT, then raises the signal again: the worker ends "killed" by it
+STOPPED = {0, -signal.SIGTERM, -signal.SIGINT}
+
+
+def _failure(exit_code: int) -> int:
+    """A worker's exit status as a failing exit code (a worker killed by a signal has a negative one)."""
+    return exit_code if exit_code > 0 else 1
+
+
+def _signal_all(children: list[int], number: int) -> None:
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):  # already gone
+            os.kill(pid, number)

@@ -1,0 +1,67 @@
+"""`pengi-search serve --workers N`: several processes answer on one port, stop together, and fail together."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .search_library import caption_library
+from .serving import ServeProcess
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="workers need fork()")
+
+
+def children(pid: int) -> set[int]:
+    found = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found |= {int(child) for child in (task / "children").read_text().split()}
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("workers")
+    return caption_library(str(root / "index.db"), root / "sounds", tiny_model_dir)
+
+
+def test_workers_answer_on_one_port_and_stop_together(library, tiny_model_dir, tmp_path):
+    served = ServeProcess(
+        "--db", library.db, "--model", str(tiny_model_dir), "--device", "cpu", "--workers", "2", home=tmp_path
+    )
+    try:
+        address = served.address()
+        assert address is not None, served.rest_of_output()
+        workers = children(served.process.pid)
+        assert len(workers) == 2
+        for _ in range(20):
+            with urllib.request.urlopen(f"{address}/api/search?q=a+bell+rings&k=3", timeout=30) as response:
+                assert response.status == 200 and len(json.loads(response.read())) == 3
+    finally:
+        code = served.stop()
+    assert code == 0
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in workers)
+
+
+def test_a_worker_that_cannot_start_ends_the_server_with_its_error(library, tiny_no_text_model_dir, tmp_path):
+    served = ServeProcess(
+        "--db", library.db, "--model", str(tiny_no_text_model_dir), "--device", "cpu", "--workers", "2", home=tmp_path
+    )
+    assert served.address() is None
+    output = served.rest_of_output()
+    assert served.process.returncode == 1
+    assert "Pass that model with --model" in output and "Traceback" not in output
