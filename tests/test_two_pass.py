@@ -189,10 +189,13 @@ def test_captions_written_in_fast_mode_say_so(tiny_model_dir, tree, tmp_path):
     with Library.open(str(db)) as library:
         details = library.store.window_details(library.store.vector_ids("text"))
     modes = {detail.path: {t.mode for t in detail.texts} for detail in details.values()}
-    assert modes == {
+    expected = {
         str(tree / "short.wav"): {"exact"},
         **{str(tree / "birds" / n): {fast} for n in ("long.wav", "tone.flac")},
     }
+    assert modes == expected
+    exported = [json.loads(line) for line in runner.invoke(app, ["export", "--db", str(db)]).stdout.splitlines()]
+    assert {row["path"]: {t["mode"] for w in row["windows"] for t in w["texts"]} for row in exported} == expected
 
 
 # -- kill -9 in either pass ----------------------------------------------------------------------------------------

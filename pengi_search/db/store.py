@@ -547,7 +547,7 @@ def _export_row(row: AudioFileRow) -> dict[str, Any]:
             "index": window.index,
             "start_s": window.start_s,
             "end_s": window.end_s,
-            "texts": [{"prompt": t.prompt, "text": t.text, "score": t.score} for t in window.texts],
+            "texts": [{"prompt": t.prompt, "text": t.text, "score": t.score, "mode": t.mode} for t in window.texts],
         }
         for window in row.windows
     ]
