@@ -38,6 +38,7 @@ from pengi_search.db import (
     StoreMismatchError,
     WindowInput,
     caption_counts,
+    drop_fast_captions,
     library_exists,
 )
 from pengi_search.db.run_lock import indexing_lock
@@ -88,6 +89,7 @@ class IndexOptions:
     wait: bool = False  # another run holds the library's lock: wait for it instead of refusing
     captions: Captions = Captions.now
     fast: bool = False  # --fast (pengi_search.fast_mode): not bit-identical
+    recaption_fast: bool = False  # windows a --fast run captioned get exact captions (db.drop_fast_captions)
 
 
 class ProgressReporter(Protocol):
@@ -144,6 +146,7 @@ class IndexSummary:
     pruned: int = 0
     windows: int = 0
     captioned: int = 0
+    recaptioned: int = 0  # windows whose --fast captions this run dropped to write exact ones (--recaption-fast)
     captions_missing: int = 0
     searchable_s: float = 0.0
     seconds: float = 0.0
@@ -302,6 +305,7 @@ class _Run:
             mine = [e for e in scanned.entries if self.shard is None or self.shard.owns(e.path)]
             summary.files_seen = len(mine)
             plan = self._plan(mine, self._stamps(scanned.roots))
+            summary.recaptioned = self._drop_fast_captions(scanned.roots)
             captions_now = self.options.captions is Captions.now
             waiting = captions_now and self._captions_missing(scanned.roots) > 0  # from an earlier run
             if plan.todo or waiting:
@@ -480,6 +484,14 @@ class _Run:
         self.summary.windows += len(flight.done)
         self.summary.truncated += [FileNote(entry.path, note) for note in truncation]
         self.summary.decoder_notes += [FileNote(entry.path, note) for note in decoded.notes]
+
+    def _drop_fast_captions(self, roots: list[str]) -> int:
+        """--recaption-fast: the windows below `roots` (this shard's files) that a --fast run captioned wait for
+        captions again."""
+        if not self.options.recaption_fast:
+            return 0
+        owns = None if self.shard is None else self.shard.owns
+        return sum(drop_fast_captions(self.store, root, owns) for root in roots)
 
     def _caption(self, roots: list[str]) -> None:
         """Pass 2: captions for the windows below `roots` that have none (this run's and any earlier run's)."""

@@ -80,6 +80,7 @@ class Rank(Choice):
 
 
 DEFAULT_HYBRID_WEIGHT = 0.5  # the caption cosine's weight in a hybrid ranking; the audio cosine gets the rest
+EXACT_MODE = "exact"  # how a text was generated without --fast, as `generated_texts.mode` records it
 
 
 class Captions(Choice):

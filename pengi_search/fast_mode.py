@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from .choices import EXACT_MODE
 from .model import Pengi
 
 Precision = Literal["fp32", "bf16", "int8"]
@@ -47,7 +48,7 @@ class FastMode:
 
     def __str__(self) -> str:
         parts = [] if self.precision == "fp32" else [self.precision]
-        return "+".join(parts + ["greedy"] * self.greedy) or "exact"
+        return "+".join(parts + ["greedy"] * self.greedy) or EXACT_MODE
 
 
 def autocast(device: torch.device, mode: FastMode | None) -> contextlib.AbstractContextManager:

@@ -145,6 +145,9 @@ CASES = {
         lambda p: ("index", p.sounds, "--index-type", "lsh", *lib(p)), EXIT_USAGE, "Invalid value for '--index-type'"
     ),
     "index --ext ,": Case(lambda p: ("index", p.sounds, "--ext", ",", *lib(p)), EXIT_USAGE, "names no extension"),
+    "index --fast --recaption-fast": Case(
+        lambda p: ("index", p.sounds, "--fast", "--recaption-fast", *lib(p)), EXIT_USAGE, "leave out --fast"
+    ),
     "eval, no such captions file": Case(lambda p: ("eval", "retrieval", p.missing), EXIT_USAGE, "no such file"),
     "train, no such config": Case(lambda p: ("train", p.missing), EXIT_USAGE, "No such file"),
     "unknown command": Case(lambda p: ("search", "x"), EXIT_USAGE, "No such command"),

@@ -11,6 +11,7 @@ import textwrap
 import threading
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ from pengi_search.db import (
     default_index_path,
     resolve_db_url,
 )
-from pengi_search.db.captions import UNRECORDED_MODE, caption_modes
+from pengi_search.db.captions import UNRECORDED_MODE, caption_modes, drop_fast_captions, uncaptioned_windows
 from pengi_search.db.engine import create_store_engine
 from pengi_search.db.migrate import SCHEMA_HEAD, alembic_config, migrate
 from pengi_search.db.schema import Base
@@ -555,6 +556,30 @@ def test_stats(store: Store) -> None:
     assert stats["last_run"]["shard"] == "0/2" and stats["last_run"]["files_indexed"] == 1
 
 
+def test_drop_fast_captions_renews_those_windows_with_their_audio_only(store: Store) -> None:
+    fast_file = store.upsert_file("/lib/fast.wav", size=100, mtime=1.5)
+    fast = [replace(w, texts=[replace(t, mode="bf16+greedy") for t in w.texts]) for w in windows(2)]
+    store.replace_file_windows(fast_file, fast, audio=AUDIO)
+    exact_file = store.upsert_file("/lib/other/exact.wav", size=100, mtime=1.5)
+    exact = [replace(w, texts=[replace(t, mode="exact") for t in w.texts]) for w in windows(1, seed=1)]
+    store.replace_file_windows(exact_file, exact, audio=AUDIO)
+    old_ids = store.vector_ids("audio")
+    old_audio = store.vectors("audio", old_ids)[1]
+
+    assert drop_fast_captions(store, "/lib/other") == 0  # below another folder: nothing
+    assert drop_fast_captions(store, "/lib", owns=lambda path: path != "/lib/fast.wav") == 0  # not this shard's
+    assert drop_fast_captions(store, "/lib") == 2
+
+    waiting = uncaptioned_windows(store)
+    assert [(w.path, w.index) for w in waiting] == [("/lib/fast.wav", 0), ("/lib/fast.wav", 1)]
+    assert not {w.window_id for w in waiting} & set(old_ids.tolist())  # new ids, never an old one again
+    np.testing.assert_array_equal(np.stack([w.audio for w in waiting]), old_audio[:2])  # the same embeddings
+    assert caption_modes(store) == {"exact": 1}
+    details = store.window_details([w.window_id for w in waiting])
+    assert sorted((d.start_s, d.end_s, d.texts) for d in details.values()) == [(0.0, 7.0, ()), (7.0, 14.0, ())]
+    assert drop_fast_captions(store, "/lib") == 0
+
+
 def test_runs(store: Store) -> None:
     first = store.start_run()
     second = store.start_run(shard="1/4")
@@ -580,7 +605,8 @@ def test_export_rows_pages_through_every_file(store: Store) -> None:
     second = rows[2]
     assert (second["status"], second["format"], second["duration_s"]) == ("indexed", "flac", 14.0)
     assert [w["index"] for w in second["windows"]] == [0, 1]
-    assert second["windows"][1]["texts"][0] == {"prompt": "this is a sound of", "text": "a dog barks 1", "score": -0.5}
+    first_text = {"prompt": "this is a sound of", "text": "a dog barks 1", "score": -0.5, "mode": None}  # unrecorded
+    assert second["windows"][1]["texts"][0] == first_text
     assert (rows[-1]["status"], rows[-1]["error"], rows[-1]["windows"]) == ("error", "unreadable", [])
     assert [row["path"] for row in store.export_rows(under="/lib/3.wav")] == ["/lib/3.wav"]
 

@@ -172,14 +172,20 @@ def test_stats_and_index_say_how_many_windows_have_captions(tiny_model_dir, tree
     assert bad.exit_code == 2 and "Invalid value for '--captions'" in bad.output
 
 
-def test_captions_written_in_fast_mode_say_so(tiny_model_dir, tree, tmp_path):
-    """--fast answers are not exact mode's: each text records its mode, and stats counts windows by mode."""
-    db = tmp_path / "lib.db"
+def index_birds_fast_then_the_rest(tiny_model_dir: Path, tree: Path, db: Path) -> list[str]:
+    """birds/ (3 windows) indexed with --fast, then short.wav (1 window) in exact mode; the common options."""
     common = ["--db", str(db), "--model", str(tiny_model_dir), "--workers", "0", "--beam", "2", "--max-len", "3"]
     result = runner.invoke(app, ["index", str(tree / "birds"), *common, "--fast", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["index", str(tree), *common, "--device", "cpu"])  # short.wav, in exact mode
     assert result.exit_code == 0, result.output
+    return [*common, "--device", "cpu"]
+
+
+def test_captions_written_in_fast_mode_say_so(tiny_model_dir, tree, tmp_path):
+    """--fast answers are not exact mode's: each text records its mode, and stats counts windows by mode."""
+    db = tmp_path / "lib.db"
+    index_birds_fast_then_the_rest(tiny_model_dir, tree, db)
     fast = str(FastMode.for_device(torch.device("cpu")))
     assert fast != "exact"
     stats = json.loads(runner.invoke(app, ["stats", "--db", str(db), "--json"]).stdout)
@@ -196,6 +202,38 @@ def test_captions_written_in_fast_mode_say_so(tiny_model_dir, tree, tmp_path):
     assert modes == expected
     exported = [json.loads(line) for line in runner.invoke(app, ["export", "--db", str(db)]).stdout.splitlines()]
     assert {row["path"]: {t["mode"] for w in row["windows"] for t in w["texts"]} for row in exported} == expected
+
+
+def test_recaption_fast_gives_exact_captions_under_new_window_ids(tiny_model_dir, tree, tmp_path):
+    """--recaption-fast: the --fast windows get the captions an exact run writes, as new windows (ids are never
+    reused for other vectors), and the FAISS indexes follow."""
+    db = tmp_path / "lib.db"
+    common = index_birds_fast_then_the_rest(tiny_model_dir, tree, db)
+    with Library.open(str(db)) as library:
+        before = set(library.store.vector_ids("text").tolist())
+    result = runner.invoke(app, ["index", str(tree), *common, "--recaption-fast", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["recaptioned"] == 3 and summary["captioned"] == 3 and summary["captions_missing"] == 0
+    stats = json.loads(runner.invoke(app, ["stats", "--db", str(db), "--json"]).stdout)
+    assert stats["captions"]["by_mode"] == {"exact": 4}
+
+    exact_db = tmp_path / "exact.db"  # the same files indexed in exact mode from the start
+    result = runner.invoke(app, ["index", str(tree), *[exact_db if a == str(db) else a for a in common]])
+    assert result.exit_code == 0, result.output
+    with Library.open(str(db)) as library, Library.open(str(exact_db)) as exact:
+        after = library.store.vector_ids("text")
+        assert len(set(after.tolist()) & before) == 1  # short.wav's window kept its id; the 3 others are new
+        np.testing.assert_array_equal(library.vector_index("text").ids(), after)
+        np.testing.assert_array_equal(library.vector_index("audio").ids(), library.store.vector_ids("audio"))
+        assert texts_by_window(library) == texts_by_window(exact)
+    again = runner.invoke(app, ["index", str(tree), *common, "--recaption-fast", "--json"])
+    assert json.loads(again.stdout)["recaptioned"] == 0  # nothing left to redo
+
+
+def texts_by_window(library: Library) -> dict[tuple[str, int], list[tuple[str, str]]]:
+    details = library.store.window_details(library.store.vector_ids("text"))
+    return {(d.path, d.index): [(t.prompt, t.text) for t in d.texts] for d in details.values()}
 
 
 # -- kill -9 in either pass ----------------------------------------------------------------------------------------

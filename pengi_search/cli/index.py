@@ -123,6 +123,14 @@ def index(
     ] = Captions.now,
     threads: ThreadsOption = None,
     fast: FastOption = False,
+    recaption_fast: Annotated[
+        bool,
+        typer.Option(
+            "--recaption-fast",
+            help="Give exact captions to the windows a --fast run captioned (`stats` counts them by mode); they "
+            "are searchable by caption again once captioned.",
+        ),
+    ] = False,
     quiet: QuietOption = False,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Also show what the audio decoders printed about each file.")
@@ -146,6 +154,8 @@ def index(
     from ..audio import AUDIO_EXTENSIONS
     from ..scan import ScanError, parse_extensions
 
+    if fast and recaption_fast:
+        raise UsageError("--recaption-fast", "writes exact captions: leave out --fast")
     apply_threads(threads)
     try:
         extensions = AUDIO_EXTENSIONS if ext is None else parse_extensions(ext)
@@ -177,6 +187,7 @@ def index(
         wait=wait,
         captions=captions,
         fast=fast,
+        recaption_fast=recaption_fast,
     )
     try:
         with progress_bar() as bar:
@@ -317,6 +328,8 @@ def _print_summary(summary: IndexSummary, *, verbose: bool = False) -> None:
     )
     for run_id in summary.stale_runs:
         err_console.print(f"run {run_id} was still marked running, but its process had ended: marked interrupted")
+    if summary.recaptioned:
+        out_console.print(f"{summary.recaptioned} window(s) captioned by --fast went to pass 2 for exact captions")
     if summary.captions_missing:
         out_console.print(
             f"{summary.captions_missing} window(s) have no captions yet: run `pengi-search index` on the same "

@@ -16,6 +16,7 @@ from .captions import (
     add_captions,
     caption_counts,
     caption_modes,
+    drop_fast_captions,
     uncaptioned_windows,
 )
 from .errors import IndexBusyError, MissingDatabaseError, StoreError, StoreMismatchError
@@ -75,6 +76,7 @@ __all__ = [
     "add_captions",
     "caption_counts",
     "caption_modes",
+    "drop_fast_captions",
     "default_db_url",
     "default_index_dir",
     "default_index_path",

@@ -8,14 +8,15 @@ captions when it has none. Each function is one short transaction, like `Store`'
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import aliased
 
+from ..choices import EXACT_MODE
 from ..chunking import chunked
 from .queries import IDS_PER_QUERY, encode_vector, paths_under, text_vector_dim
 from .records import TextRecord
@@ -143,3 +144,41 @@ def add_captions(store: Store, captions: Sequence[WindowCaptions]) -> int:
             done.add(item.window_id)
             written += 1
         return written
+
+
+def drop_fast_captions(store: Store, under: str | None = None, owns: Callable[[str], bool] | None = None) -> int:
+    """Make the windows below `under` whose captions a --fast mode wrote wait for captions again, so that the next
+    caption pass writes exact ones; returns how many. Only windows with a stored audio embedding (what captions are
+    generated from) qualify; `owns(path)` limits them to one shard's files.
+
+    Each such window is written again under a new id with its audio embedding, and the old one is deleted with its
+    texts and vectors, in one transaction: window ids are never reused for other vectors, so FAISS files and a
+    running server, which follow the database by id, drop the old caption vector and never keep it for the new one.
+    """
+    fast = select(GeneratedTextRow.window_id).where(GeneratedTextRow.mode.is_not(None))
+    fast = fast.where(GeneratedTextRow.mode != EXACT_MODE)
+    query = (
+        select(WindowRow.id, AudioFileRow.path)
+        .join(AudioFileRow, WindowRow.file_id == AudioFileRow.id)
+        .join(WindowVectorRow, (WindowVectorRow.window_id == WindowRow.id) & (WindowVectorRow.kind == "audio"))
+        .where(paths_under(under), WindowRow.id.in_(fast))
+        .order_by(WindowRow.id)
+    )
+    with store.session(write=True) as session:
+        ids = [window_id for window_id, path in session.execute(query) if owns is None or owns(path)]
+        for chunk in chunked(ids, IDS_PER_QUERY):
+            rows = session.execute(
+                select(WindowRow.file_id, WindowRow.index, WindowRow.start_s, WindowRow.end_s, WindowVectorRow.vector)
+                .join(WindowVectorRow, (WindowVectorRow.window_id == WindowRow.id) & (WindowVectorRow.kind == "audio"))
+                .where(WindowRow.id.in_(chunk))
+                .order_by(WindowRow.id)
+            ).all()
+            session.execute(delete(WindowRow).where(WindowRow.id.in_(chunk)))  # texts and vectors go with them
+            renewed = [WindowRow(file_id=f, index=i, start_s=start, end_s=end) for f, i, start, end, _ in rows]
+            session.add_all(renewed)
+            session.flush()  # the new ids
+            session.add_all(
+                WindowVectorRow(window_id=window.id, kind="audio", vector=row.vector)
+                for window, row in zip(renewed, rows, strict=True)
+            )
+    return len(ids)
