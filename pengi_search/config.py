@@ -147,6 +147,8 @@ class PengiConfig:
         known = {f.name for f in dataclasses.fields(AudioConfig)} - {"encoder", "encoder_config"}
         renamed = ((_REFERENCE_AUDIO_NAMES.get(key, key), value) for key, value in arch["audio"].items())
         audio = {name: value for name, value in renamed if name in known}
+        if missing := known - audio.keys():  # a default in its place would build another model without a word
+            raise ValueError(f"the reference architecture's audio block lacks {', '.join(sorted(missing))}")
         if isinstance(stride := audio["patch_stride"], list):
             audio["patch_stride"] = stride[0]
         text = TextEncoderConfig(**{k: v for k, v in t.items() if k != "kind"})

@@ -77,6 +77,14 @@ def prompt_tensors(expected):
     )
 
 
+def test_a_reference_architecture_without_an_audio_field_is_refused(case):
+    """Every HTSAT field comes from the fixture: a missing one is an error, never the default in its place."""
+    variant, fixture = case[0], case[1]
+    audio = {key: value for key, value in fixture["architecture"]["audio"].items() if key != "hop_size"}
+    with pytest.raises(ValueError, match="lacks hop_size"):
+        PengiConfig.from_reference_architecture({**fixture["architecture"], "audio": audio}, variant)
+
+
 def test_front_end_kernels_built_from_scratch_equal_the_checkpoint(case):
     _, fixture, model, *_ = case
     audio = fixture["architecture"]["audio"]
