@@ -4,7 +4,10 @@
 - `aisfx`: the sound-effects CNN of Ma & Lerch (ISMIR 2022, the `aisfx` package, CC BY 4.0): a 9-layer CNN over a
   96-band log-mel image at 44.1 kHz, pooled to a 512-dimensional vector. Its pretrained weights come from the
   package when a run starts (`trainer.pretrained_parts`); a saved model directory holds them, so inference needs
-  no `aisfx` install.
+  no `aisfx` install. With `encoder_config = {"pooling": "attention"}` it yields the time steps of its third
+  block instead (256 wide, about 5 a second), and the audio encoder pools them with a trained `FramePooling`: a
+  short sound in a long clip (a word in 7 s of background) is lost in the fixed max over time, found by a learnt
+  attention (benchmarks/README.md, "Learning": linear and attention probes chose the block).
 - `transformers`: any transformers audio model (AST, CLAP's audio tower, Whisper's encoder, wav2vec2, ...) built
   from its config dict, with its feature extractor; the clip is resampled to the extractor's rate, and the model's
   pooled output (or the mean of its last hidden states over the clip's frames) is the vector.
@@ -41,6 +44,8 @@ AISFX_LOG_SCALE = 10_000.0
 AISFX_MAX_LOG_MEL = 9.457798957824707
 AISFX_WIDTH = 64  # channels of the first block; 512 after the fourth
 AISFX_OUT = AISFX_WIDTH * 8
+AISFX_FRAME_OUT = AISFX_WIDTH * 4  # the third block's width: its time steps are what attention pooling reads
+AISFX_POOLINGS = ("max", "attention")  # over time: the CNN's own max, or its time steps for a trained pooling
 
 
 class AudioEncoderError(UsageError):
@@ -52,7 +57,7 @@ def make_backbone(cfg: AudioConfig) -> nn.Module:
     if cfg.encoder == HTSAT_ENCODER:
         return HTSAT(cfg)
     if cfg.encoder == AISFX_ENCODER:
-        return AisfxCnn(cfg.sample_rate)
+        return AisfxCnn(cfg.sample_rate, frames=gives_frames(cfg))
     if cfg.encoder == TRANSFORMERS_ENCODER:
         if not cfg.encoder_config:
             raise AudioEncoderError("audio.encoder_config", "a transformers encoder needs its model and extractor")
@@ -60,8 +65,16 @@ def make_backbone(cfg: AudioConfig) -> nn.Module:
     raise AudioEncoderError("audio.encoder", f"unknown encoder {cfg.encoder!r}; known: {', '.join(ENCODER_KINDS)}")
 
 
+def gives_frames(cfg: AudioConfig) -> bool:
+    """Whether the backbone yields time steps (B, T, out_emb) for a trained pooling instead of (B, out_emb)."""
+    pooling = (cfg.encoder_config or {}).get("pooling", "max") if cfg.encoder == AISFX_ENCODER else "max"
+    if pooling not in AISFX_POOLINGS:
+        raise AudioEncoderError("audio.encoder_config", f"unknown pooling {pooling!r}; known: {AISFX_POOLINGS}")
+    return pooling == "attention"
+
+
 class FeatureStandardiser(nn.Module):
-    """(B, width) -> (x - mean) / std per dimension, with statistics fixed from the training data (buffers, saved
+    """(..., width) -> (x - mean) / std per dimension, with statistics fixed from the training data (buffers, saved
     with the model). A pretrained encoder's vectors share a large common part (ReLU features are all positive);
     without it, every clip looks alike to the projection and a small model learns only the label frequencies."""
 
@@ -72,12 +85,34 @@ class FeatureStandardiser(nn.Module):
 
     @torch.no_grad()
     def fit(self, features: torch.Tensor) -> None:
-        """Set the statistics from (N, width) features."""
+        """Set the statistics from (..., width) features (vectors, or time steps of every clip)."""
+        features = features.reshape(-1, features.shape[-1])
         self.mean.copy_(features.mean(dim=0))
         self.std.copy_(features.std(dim=0).clamp(min=1e-6))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
+
+
+class FramePooling(nn.Module):
+    """(B, T, width) time steps -> (B, width), trained: each of `heads` heads scores every (linearly mapped) time
+    step, and averages its slice of them with the softmax of its scores over time. No positions: where in the clip
+    a sound is does not matter, only that it is there."""
+
+    def __init__(self, width: int, heads: int = 4, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.drop = nn.Dropout(dropout)
+        self.value = nn.Linear(width, width)
+        self.score = nn.Linear(width, heads)
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        values = self.value(self.drop(frames))  # (B, T, width)
+        weights = self.score(values).softmax(dim=1)  # (B, T, heads), each head's weights sum to 1 over time
+        B, T, width = values.shape
+        pooled = (weights[..., None] * values.view(B, T, self.heads, width // self.heads)).sum(dim=1)
+        return self.norm(pooled.reshape(B, width))
 
 
 # --- aisfx ------------------------------------------------------------------------------------------------------
@@ -121,10 +156,12 @@ class ConvBlock(nn.Module):
 class AisfxCnn(nn.Module):
     """(B, samples) -> (B, 512): peak-normalised clip -> log-mel image (frames x 96) -> CNN -> mean over
     frequency, max over time. The CNN pools over time itself, so a whole 7 s window goes through at once (aisfx
-    cuts files into 100-frame blocks and gives a vector per block)."""
+    cuts files into 100-frame blocks and gives a vector per block). `frames`: the first three blocks only, no max
+    over time: (B, T, 256) with T = 1 + samples // 1024 halved (floored) three times, 37 for 7 s."""
 
-    def __init__(self, sample_rate: int) -> None:
+    def __init__(self, sample_rate: int, frames: bool = False) -> None:
         super().__init__()
+        self.frames = frames
         if sample_rate != AISFX_SAMPLE_RATE:
             raise AudioEncoderError("audio.sample_rate", f"the aisfx encoder takes {AISFX_SAMPLE_RATE} Hz audio")
         filters = htk_mel_filterbank(AISFX_SAMPLE_RATE, AISFX_N_FFT, AISFX_MELS, 0.0, AISFX_SAMPLE_RATE / 2)
@@ -132,7 +169,8 @@ class AisfxCnn(nn.Module):
         self.register_buffer("window", torch.hann_window(AISFX_N_FFT), persistent=False)
         widths = [1, AISFX_WIDTH, AISFX_WIDTH * 2, AISFX_WIDTH * 4, AISFX_WIDTH * 8]
         pools = [2, 2, 2, 1]
-        blocks = {f"conv_block{i + 1}": ConvBlock(widths[i], widths[i + 1], pools[i]) for i in range(4)}
+        count = 3 if frames else 4
+        blocks = {f"conv_block{i + 1}": ConvBlock(widths[i], widths[i + 1], pools[i]) for i in range(count)}
         self.embedding_net = nn.ModuleDict(blocks)
 
     def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
@@ -152,7 +190,8 @@ class AisfxCnn(nn.Module):
         x = self.log_mel(wave)[:, None]  # (B, 1, frames, 96)
         for block in self.embedding_net.values():
             x = block(x)
-        return x.mean(dim=3).amax(dim=2)  # (B, 512)
+        steps = x.mean(dim=3)  # (B, channels, T)
+        return steps.transpose(1, 2) if self.frames else steps.amax(dim=2)
 
 
 # --- transformers -----------------------------------------------------------------------------------------------

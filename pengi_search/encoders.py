@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from .audio_backbones import HTSAT_ENCODER, FeatureStandardiser, make_backbone
+from .audio_backbones import HTSAT_ENCODER, FeatureStandardiser, FramePooling, gives_frames, make_backbone
 from .checkpoint import TEXT_ENCODER_PREFIX, CheckpointError, load_state_dict_strict, read_safetensors_part
 from .config import AudioConfig, TextEncoderConfig
 from .htsat import HTSAT
@@ -46,11 +46,13 @@ class AudioEncoder(nn.Module):
         self.base = nn.ModuleDict({cfg.encoder: make_backbone(cfg)})  # the released key path is `base.htsat.*`
         # A pretrained encoder of another kind gets its outputs standardised (HTSAT keeps the released layout).
         self.standardise = FeatureStandardiser(cfg.out_emb) if cfg.encoder != HTSAT_ENCODER else None
+        # A backbone that yields time steps has them pooled by a trained attention (`audio_encoder.pool.*`).
+        self.pool = FramePooling(cfg.out_emb) if gives_frames(cfg) else None
         self.projection = Projection(cfg.out_emb, d_proj)
 
     @property
     def backbone(self) -> nn.Module:
-        """(B, samples) at 44.1 kHz -> (B, out_emb): the part before the projection."""
+        """(B, samples) at 44.1 kHz -> (B, out_emb), or time steps (B, T, out_emb): the part before `project`."""
         return self.base[self.kind]
 
     @property
@@ -60,9 +62,11 @@ class AudioEncoder(nn.Module):
         return self.backbone
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, out_emb) backbone outputs -> (B, d_proj), not normalised."""
+        """(B, out_emb) or (B, T, out_emb) backbone outputs -> (B, d_proj), not normalised."""
         if self.standardise is not None:
             features = self.standardise(features)
+        if self.pool is not None:
+            features = self.pool(features)
         return self.projection(features)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:

@@ -26,8 +26,9 @@ from transformers import (
     Wav2Vec2Model,
 )
 
-from pengi_search.audio_backbones import AisfxCnn
+from pengi_search.audio_backbones import AisfxCnn, FramePooling
 from pengi_search.config import AudioConfig
+from pengi_search.errors import PengiSearchError
 from pengi_search.htsat import HTSAT
 from pengi_search.model import Pengi
 from pengi_search.model_dir import ModelDir
@@ -199,6 +200,57 @@ def test_the_aisfx_cnn_loads_its_package_weights_and_tells_sounds_apart() -> Non
     assert torch.allclose(out, louder, atol=1e-4)  # clips are peak-normalised, as aisfx does
     similarity = torch.nn.functional.normalize(out, dim=1) @ torch.nn.functional.normalize(out, dim=1).T
     assert similarity[0, 1] < 0.99 and similarity[0, 2] < 0.99
+
+
+def test_aisfx_attention_pooling_trains_on_cached_time_steps_and_the_model_directory_records_it(tmp_path) -> None:
+    manifest = labelled_clips(tmp_path)
+    architecture = {**SCRATCH_ARCHITECTURE, "audio": {**TINY_AUDIO, "clip_seconds": 1.0}}
+    model_section = {"architecture": architecture, "audio_encoder": "aisfx", "audio_pooling": "attention"}
+    config_path = scratch_config(
+        tmp_path,
+        manifest,
+        {**model_section, "train_tokenizer": 300},
+        freeze={"language_model": False, "audio_backbone": True},
+    )
+    model, _ = build_model(load_config(config_path), config_path, save_tokenizer=False)
+    audio = model.cfg.audio
+    assert audio.encoder_config == {"pooling": "attention"} and audio.out_emb == 256
+    backbone = model.audio_encoder.backbone
+    assert list(backbone.embedding_net) == ["conv_block1", "conv_block2", "conv_block3"]  # the fourth is unused
+    package = read_aisfx_state(aisfx_checkpoint())
+    assert all(torch.equal(value, package[key]) for key, value in backbone.state_dict().items())
+    wave = 0.1 * torch.randn(2, audio.clip_samples, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        steps = backbone.eval()(wave)
+    assert steps.shape == (2, (1 + RATE // 1024) // 8, 256)  # (B, T, width): ~5 time steps a second
+
+    pool_before = {key: value.clone() for key, value in model.audio_encoder.pool.state_dict().items()}
+    result = train(load_config(config_path))  # the time steps are cached; the pooling and projection train
+    features = list((tmp_path / "run" / "features").glob("*.pt"))
+    assert features and torch.load(features[0], weights_only=True)["features"].dim() == 4  # (views, clips, T, 256)
+    pool_after = result.model.audio_encoder.pool.state_dict()
+    assert not torch.equal(pool_after["value.weight"].cpu(), pool_before["value.weight"])
+    assert ModelDir.read(result.model_dir).config.audio.encoder_config == {"pooling": "attention"}
+    loaded = Pengi.from_pretrained(result.model_dir)  # rebuilt from the directory alone, pooling included
+    with torch.no_grad():
+        embedding = loaded.encode_audio(wave)
+        assert embedding.shape == (2, result.model.cfg.d_proj)
+        assert torch.allclose(embedding, result.model.eval().encode_audio(wave), atol=1e-5)
+
+
+def test_frame_pooling_finds_a_sound_wherever_it_is_in_the_clip() -> None:
+    torch.manual_seed(0)
+    pool = FramePooling(8, heads=2).eval()
+    frames = torch.randn(3, 10, 8)
+    with torch.no_grad():
+        assert torch.allclose(pool(frames), pool(frames.roll(4, dims=1)), atol=1e-6)
+        assert pool(frames).shape == (3, 8)
+
+
+def test_attention_pooling_is_for_the_aisfx_encoder_only(tmp_path) -> None:
+    config_path = scratch_config(tmp_path, labelled_clips(tmp_path), {"audio_pooling": "attention"})
+    with pytest.raises(PengiSearchError, match="model.audio_pooling"):
+        build_model(load_config(config_path), config_path, save_tokenizer=False)
 
 
 # --- A GGUF language model ----------------------------------------------------------------------------------------

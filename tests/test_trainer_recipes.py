@@ -334,6 +334,6 @@ def test_the_feature_cache_encodes_each_clip_once_per_view(tmp_path, tiny_no_tex
     cached.set_epoch(1)
     view_1 = cached[0]["audio"]
     cached.set_epoch(2)
-    assert not torch.equal(view_1, cached[0]["audio"]) and cached.width == 3
+    assert not torch.equal(view_1, cached[0]["audio"]) and cached.shape == (3,)
     dataset.set_epoch(0)
     assert torch.equal(cached[0]["audio"], dataset[0]["audio"][:3])

@@ -1,7 +1,8 @@
 """Pretrained audio encoders a run can start from (`model.audio_encoder` and `model.audio_weights`).
 
 - `aisfx`: the weights inside the `aisfx` package (`pip install --no-deps aisfx`; only its checkpoint file is
-  read, so its pinned dependencies are not needed).
+  read, so its pinned dependencies are not needed). `model.audio_pooling: attention` takes its third block's time
+  steps, pooled by a trained attention, in place of its max over time (recorded in `audio.encoder_config`).
 - `transformers`: a transformers audio model from a local directory or a hub name already in the local cache
   (AST, CLAP, Whisper, wav2vec2, ...): its audio tower, weights and feature extractor.
 - `htsat` with weights: Pengi's HTSAT initialised from a CLAP checkpoint's audio tower (the paper's
@@ -26,7 +27,9 @@ from torch import nn
 
 from pengi_search.audio_backbones import (
     AISFX_ENCODER,
+    AISFX_FRAME_OUT,
     AISFX_OUT,
+    AISFX_POOLINGS,
     ENCODER_KINDS,
     HTSAT_ENCODER,
     TRANSFORMERS_ENCODER,
@@ -62,14 +65,21 @@ HF_RENAMES = (  # transformers' ClapAudioEncoder names -> HTSAT names (applied i
 HF_QKV = re.compile(r"^(.*)\.attention\.self\.(query|key|value)\.(weight|bias)$")
 
 
-def configure_audio(audio: AudioConfig, kind: str, weights: str | None) -> tuple[AudioConfig, Any]:
-    """The architecture's audio section for the chosen encoder, and what `load_audio_weights` then needs."""
+def configure_audio(
+    audio: AudioConfig, kind: str, weights: str | None, pooling: str = "max"
+) -> tuple[AudioConfig, Any]:
+    """The architecture's audio section for the chosen encoder (and, for aisfx, pooling over time), and what
+    `load_audio_weights` then needs."""
     if kind not in ENCODER_KINDS:
         raise CheckpointError("model.audio_encoder", f"unknown encoder {kind!r}; known: {', '.join(ENCODER_KINDS)}")
+    if pooling != "max" and (kind != AISFX_ENCODER or pooling not in AISFX_POOLINGS):
+        raise CheckpointError("model.audio_pooling", f"{pooling!r} is not a pooling of the {kind} encoder")
     if kind == AISFX_ENCODER:
         if weights is not None:
             raise CheckpointError("model.audio_weights", "the aisfx encoder takes its weights from its package")
-        return dataclasses.replace(audio, encoder=kind, encoder_config=None, out_emb=AISFX_OUT), aisfx_checkpoint()
+        recorded = None if pooling == "max" else {"pooling": pooling}  # the CNN's own max is recorded as nothing
+        width = AISFX_OUT if pooling == "max" else AISFX_FRAME_OUT
+        return dataclasses.replace(audio, encoder=kind, encoder_config=recorded, out_emb=width), aisfx_checkpoint()
     if kind == TRANSFORMERS_ENCODER:
         if weights is None:
             raise CheckpointError("model.audio_weights", "a transformers encoder needs a directory or a hub name")
@@ -87,7 +97,8 @@ def load_audio_weights(model: Pengi, loaded: Any) -> None:
     backbone = model.audio_encoder.backbone
     kind = model.cfg.audio.encoder
     if kind == AISFX_ENCODER:
-        state = read_aisfx_state(loaded)
+        wanted = backbone.state_dict()  # the framed CNN has three of the four blocks
+        state = {key: value for key, value in read_aisfx_state(loaded).items() if key in wanted}
         backbone.load_state_dict(state, strict=True)
     elif kind == TRANSFORMERS_ENCODER:
         backbone.model.load_state_dict(loaded.state_dict(), strict=True)

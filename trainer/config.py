@@ -46,6 +46,7 @@ class ModelSection:
     text_encoder: Path | None = None  # Hugging Face CLIPModel directory (from scratch)
     audio_encoder: str = "htsat"  # from scratch: htsat, aisfx or transformers (see trainer/audio_parts.py)
     audio_weights: str | None = None  # htsat: a CLAP checkpoint; transformers: a directory or cached hub name
+    audio_pooling: str = "max"  # aisfx: "attention" pools its time steps with a trained attention instead
     gpt2_tokenizer: Path | None = None  # the language model's tokenizer (a directory), whatever the model
     clip_tokenizer: Path | None = None
     train_tokenizer: int | None = None  # from scratch, no tokenizer: train a byte-level BPE of this many tokens
@@ -63,6 +64,8 @@ class ModelSection:
         ]
         if self.audio_encoder != "htsat":
             scratch_only.append("audio_encoder")
+        if self.audio_pooling != "max":
+            scratch_only.append("audio_pooling")
         _require(
             self.init is None or not scratch_only,
             f"model: {', '.join(scratch_only)} load weights into a model built from scratch; `init` already has them",

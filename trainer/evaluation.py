@@ -47,7 +47,7 @@ def validation_loss(
     batch_size: int,
     num_workers: int,
     max_answer_tokens: int,
-    audio_width: int,
+    audio_shape: tuple[int, ...],
     autocast: Callable[[], contextlib.AbstractContextManager],
 ) -> ValidationLoss:
     """Every process evaluates every `world_size`-th example; the sums are added up across processes."""
@@ -58,7 +58,7 @@ def validation_loss(
         skipped += len(batch["skipped"])
         if not batch["answer"]:
             continue
-        inputs = encode_batch(batch, tokenizers, max_answer_tokens, audio_width).to(processes.device)
+        inputs = encode_batch(batch, tokenizers, max_answer_tokens, audio_shape).to(processes.device)
         with autocast():
             nll += float(loss_module(**vars(inputs)))
         tokens += inputs.tokens

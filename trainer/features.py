@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class FeatureCache:
-    features: torch.Tensor  # (views, clips, width), float32 on the CPU
+    features: torch.Tensor  # (views, clips, width) or time steps (views, clips, T, width), float32 on the CPU
     row_clip: list[int]  # per kept row: its clip's index in `features`
     rows: list[int]  # the kept rows' indices in the source dataset (rows whose clip loaded)
     skipped: list[tuple[int, str]]  # (row, reason) of the rows whose clip failed to load
@@ -102,7 +102,7 @@ def encode_clips(
         per_view.append(encoded)
     good = [row for row in clips if row not in failed and all(row in encoded for encoded in per_view)]
     position = {row: i for i, row in enumerate(good)}
-    width = next(iter(per_view[0].values())).shape[-1] if good else 0
+    shape = next(iter(per_view[0].values())).shape if good else (0,)
     features = torch.stack([torch.stack([encoded[row] for row in good]) for encoded in per_view]) if good else None
     kept, row_clip, skipped = [], [], []
     for row, example in enumerate(dataset.examples):
@@ -113,12 +113,12 @@ def encode_clips(
         else:
             skipped.append((row, failed.get(representative, "not encoded")))
     if features is None:
-        features = torch.empty(views, 0, width)
+        features = torch.empty(views, 0, *shape)
     return FeatureCache(features, row_clip, kept, skipped)
 
 
 class FeatureDataset(Dataset):
-    """The kept rows of a dataset with their cached features in place of audio (`audio` is then (width,))."""
+    """The kept rows of a dataset with their cached features in place of audio (`audio` is then `shape`)."""
 
     def __init__(self, examples: Sequence[Example], cache: FeatureCache) -> None:
         self.examples = [examples[row] for row in cache.rows]
@@ -126,8 +126,9 @@ class FeatureDataset(Dataset):
         self.view = 0
 
     @property
-    def width(self) -> int:
-        return self.cache.features.shape[-1]
+    def shape(self) -> tuple[int, ...]:
+        """One row's features: (width,), or (T, width) time steps."""
+        return tuple(self.cache.features.shape[2:])
 
     def set_epoch(self, epoch: int) -> None:
         self.view = epoch % self.cache.features.shape[0]

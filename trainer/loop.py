@@ -323,8 +323,8 @@ class Trainer:
 
     def _step(self, micro: list[Batch]) -> None:
         data, processes = self.config.data, self.processes
-        width = self.data.audio_width
-        inputs = [encode_batch(batch, self.tokenizers, data.max_answer_tokens, width) for batch in micro]
+        shape = self.data.audio_shape
+        inputs = [encode_batch(batch, self.tokenizers, data.max_answer_tokens, shape) for batch in micro]
         local_tokens = sum(item.tokens for item in inputs)
         (all_tokens,) = sum_across(processes, [float(local_tokens)])
         # DDP averages gradients over processes; scaling by world_size makes that a sum over all answer tokens.
@@ -403,7 +403,7 @@ class Trainer:
                 batch_size=self.config.data.batch_size,
                 num_workers=0 if data.cached else self.config.data.num_workers,
                 max_answer_tokens=self.config.data.max_answer_tokens,
-                audio_width=data.audio_width,
+                audio_shape=data.audio_shape,
                 autocast=self._autocast,
             )
             record.update(val_loss=result.loss, tokens=result.tokens, skipped=result.skipped)

@@ -62,7 +62,9 @@ def _build_from_scratch(config: TrainConfig, source: Path, save_tokenizer: bool)
     cfg = resolve_architecture(section.architecture, source)
     if section.language_model is not None:
         cfg = dataclasses.replace(cfg, decoder=decoder_for(cfg.decoder, section.language_model))
-    audio, audio_weights = configure_audio(cfg.audio, section.audio_encoder, section.audio_weights)
+    audio, audio_weights = configure_audio(
+        cfg.audio, section.audio_encoder, section.audio_weights, section.audio_pooling
+    )
     cfg = dataclasses.replace(cfg, audio=audio)
     lm_tokenizer = scratch_tokenizer(config, source, save_tokenizer)
     if section.train_tokenizer is not None:
@@ -176,7 +178,7 @@ def model_parts(model: Pengi) -> dict[str, list[nn.Module]]:
     decoder = model.caption_decoder
     return {
         "audio_encoder": [model.audio_encoder.base],
-        "audio_projection": [model.audio_encoder.projection],
+        "audio_projection": [m for m in (model.audio_encoder.pool, model.audio_encoder.projection) if m is not None],
         "mappers": [decoder.audio_project, decoder.text_project],
         "language_model": [decoder.gpt],
         "text_encoder": [model.caption_encoder] if model.caption_encoder is not None else [],

@@ -39,7 +39,8 @@ class ModelInputs:
 class AnswerNll(nn.Module):
     """(inputs) -> summed NLL of the real answer tokens; a module so that DistributedDataParallel can wrap it.
 
-    `cached`: the `wave` inputs are cached outputs of the frozen audio backbone (B, width), not waveforms.
+    `cached`: the `wave` inputs are cached outputs of the frozen audio backbone ((B, width) or time steps
+    (B, T, width)), not waveforms.
     """
 
     def __init__(self, model: Pengi, cached: bool = False) -> None:
@@ -62,12 +63,14 @@ class AnswerNll(nn.Module):
         return (nll * answer_mask.to(nll.dtype)).sum()
 
 
-def encode_batch(batch: Batch, tokenizers: Tokenizers, max_answer_tokens: int, audio_width: int) -> ModelInputs:
+def encode_batch(
+    batch: Batch, tokenizers: Tokenizers, max_answer_tokens: int, audio_shape: tuple[int, ...]
+) -> ModelInputs:
     """Tokenise a collated batch. An empty batch (every clip failed to load) becomes one row with no answer
-    tokens: it adds nothing to the loss, but keeps the processes of a distributed run in step. `audio_width`:
-    samples of a clip, or the width of cached features."""
+    tokens: it adds nothing to the loss, but keeps the processes of a distributed run in step. `audio_shape`:
+    one row's audio, (samples,) of a clip or the shape of its cached features."""
     if not batch["answer"]:
-        return placeholder_inputs(tokenizers, audio_width)
+        return placeholder_inputs(tokenizers, audio_shape)
     prompts = tokenizers.prompts(batch["prompt"])
     answers = [tokenizers.answer_ids(text)[:max_answer_tokens] for text in batch["answer"]]
     padded = pad_rows(answers, max(len(row) for row in answers), ANSWER_PAD_ID)
@@ -76,8 +79,8 @@ def encode_batch(batch: Batch, tokenizers: Tokenizers, max_answer_tokens: int, a
     )
 
 
-def placeholder_inputs(tokenizers: Tokenizers, audio_width: int) -> ModelInputs:
+def placeholder_inputs(tokenizers: Tokenizers, audio_shape: tuple[int, ...]) -> ModelInputs:
     prompts = tokenizers.prompts([""])
     ids = torch.full((1, 1), ANSWER_PAD_ID, dtype=torch.long)
-    wave = torch.zeros(1, audio_width)
+    wave = torch.zeros(1, *audio_shape)
     return ModelInputs(wave, prompts.input_ids, prompts.attention_mask, ids, torch.zeros_like(ids))

@@ -54,7 +54,7 @@ class RunData:
     val_set: Dataset | None
     sample_set: Dataset  # validation, else training (without augmentation)
     cached: bool
-    audio_width: int  # what one row's `audio` holds: samples of a clip, or the cached feature width
+    audio_shape: tuple[int, ...]  # one row's `audio`: (samples,) of a clip, or the cached features' shape
     sample_rows: list[int]
     eval_rows: list[int]
     candidates: dict[str, list[str]]
@@ -102,10 +102,10 @@ def prepare_data(
     val_set: Dataset | None = audio_dataset(config, model, val_examples, train=False) if val_examples else None
     sample_set: Dataset = val_set or audio_dataset(config, model, examples, train=False)
     skipped = 0
-    width = cfg.audio.clip_samples
+    shape: tuple[int, ...] = (cfg.audio.clip_samples,)
     if cached:
         train_set, val_set, sample_set, skipped = _cache(config, model, train_set, val_set, sample_set, say)
-        width = cfg.audio.out_emb
+        shape = train_set.shape
     standardiser = model.audio_encoder.standardise
     if standardiser is not None and config.model.init is None:  # a new model: statistics of its training data
         standardiser.fit(_training_features(config, model, train_set))
@@ -119,7 +119,7 @@ def prepare_data(
         val_set=val_set,
         sample_set=sample_set,
         cached=cached,
-        audio_width=width,
+        audio_shape=shape,
         sample_rows=sample_rows(sample_set.examples, evaluation.samples, config.seed),
         eval_rows=rows,
         candidates=label_sets(examples + (val_examples or [])),
@@ -128,11 +128,10 @@ def prepare_data(
 
 
 def _training_features(config: TrainConfig, model: Pengi, train_set: Dataset) -> torch.Tensor:
-    """(N, width) backbone outputs of the training clips: the cache's (every view), else a seeded sample of up
+    """(N, ...) backbone outputs of the training clips: the cache's (every view), else a seeded sample of up
     to `STATISTICS_CLIPS` clips encoded now."""
     if isinstance(train_set, FeatureDataset):
-        features = train_set.cache.features
-        return features.reshape(-1, features.shape[-1])
+        return train_set.cache.features.flatten(0, 1)
     rng = np.random.default_rng(config.seed)
     rows = sorted(rng.permutation(len(train_set))[:STATISTICS_CLIPS].tolist())
     subset = audio_dataset(config, model, [train_set.examples[row] for row in rows], train=False)
