@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from .search_library import caption_library
+from .indexing import write_tone
+from .search_library import caption_library, index_folder
 from .serving import ServeProcess
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="workers need fork()")
@@ -55,6 +56,29 @@ def test_workers_answer_on_one_port_and_stop_together(library, tiny_model_dir, t
     while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(alive(pid) for pid in workers)
+
+
+def window_paths(address: str) -> set[str]:
+    with urllib.request.urlopen(f"{address}/api/search?q=a+bell+rings&by=window&k=200", timeout=30) as response:
+        return {hit["path"] for hit in json.loads(response.read())}
+
+
+def test_every_worker_sees_windows_indexed_while_it_runs(tiny_model_dir, tmp_path):
+    library = caption_library(str(tmp_path / "index.db"), tmp_path / "sounds", tiny_model_dir)
+    served = ServeProcess(
+        "--db", library.db, "--model", str(tiny_model_dir), "--device", "cpu", "--workers", "2", home=tmp_path
+    )
+    try:
+        address = served.address()
+        assert address is not None, served.rest_of_output()
+        before = window_paths(address)
+        new = {str(write_tone(tmp_path / "new" / f"tone-{i}.wav", 2.0, freq=700.0 + 100 * i)) for i in range(2)}
+        index_folder(library.db, tmp_path / "new", tiny_model_dir)
+        time.sleep(1.0)  # past the workers' refresh interval (0.5 s)
+        for _ in range(12):  # connections land on either worker: each answers with the new windows
+            assert window_paths(address) == before | new
+    finally:
+        served.stop()
 
 
 def test_a_worker_that_cannot_start_ends_the_server_with_its_error(library, tiny_no_text_model_dir, tmp_path):
