@@ -1,0 +1,74 @@
+"""Where a search's time goes inside the server, measured in process (no HTTP): the parts `bench_serve.py` adds up.
+
+    python benchmarks/bench_serve_parts.py --workdir /tmp/s10b --windows 1000000 --index-type ivfpq
+
+Uses a library that `bench_serve.py --workdir DIR` built (the same model and library folders). Prints the p50 of:
+- a whole search of a repeated text (`Service.search`: FAISS, hit details, JSON-ready hits; the embedding cached);
+- the FAISS search alone, as the search asks it (4 x k candidates, the first k as exact as a search for k);
+- reading the details of 2 x k windows (the first page a search reads);
+- the text tower embedding 1 and 8 new texts on one BLAS thread (the server's setting for so few tokens) and on
+  every core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+K = 10
+
+
+def p50_ms(work: Callable[[], object], repeats: int) -> float:
+    work()  # warm
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - began)
+    return 1000 * statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, required=True, help="bench_serve.py's work folder")
+    parser.add_argument("--windows", type=int, default=1_000_000, help="which of its libraries")
+    parser.add_argument("--index-type", default="ivfpq", choices=["flat", "hnsw", "ivfpq"])
+    parser.add_argument("--repeats", type=int, default=200)
+    args = parser.parse_args()
+
+    from pengi_search import text_query
+    from pengi_search.serve.service import SearchParams, Service
+    from pengi_search.serve.settings import ServeSettings
+
+    db = args.workdir / f"library-{args.windows}-{args.index_type}" / "index.db"
+    service = Service(ServeSettings(db=str(db), model=str(args.workdir / "model"), device="cpu"))
+    service.warm_up()
+    text = "dog barking in the rain"
+    query = service.embedder().embed([text])
+    index = service.library.vector_index("text")
+    hits = service.search(text, SearchParams(k=K))
+    page = [hit["window_id"] for hit in hits] * 2
+    rows = {
+        "search, repeated text": p50_ms(lambda: service.search(text, SearchParams(k=K)), args.repeats),
+        "FAISS search (4k candidates, k exact)": p50_ms(lambda: index.search(query, 4 * K, exact_top=K), args.repeats),
+        "hit details of 2k windows": p50_ms(lambda: service.library.store.window_details(page), args.repeats),
+    }
+    embedder = service.embedder()
+    server_setting = text_query.SINGLE_THREAD_TOKENS
+    for single_below, threads in ((server_setting, "one BLAS thread"), (0, "all cores")):
+        text_query.SINGLE_THREAD_TOKENS = single_below  # the tower's own rule: one thread below this many tokens
+        for count in (1, 8):
+            texts = [f"{text} at night {i}" for i in range(count)]
+            rows[f"text tower, {count} new text(s), {threads}"] = p50_ms(lambda t=texts: embedder.embed(t), 20)
+    text_query.SINGLE_THREAD_TOKENS = server_setting
+    service.close()
+    print(f"{args.windows} windows ({index.type}), p50 in process:")
+    for name, ms in rows.items():
+        print(f"  {name:>48}: {ms:.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
