@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pengi_search.audio_backbones import AisfxCnn
+from pengi_search.audio_backbones import AisfxCnn, FramePooling
 from pengi_search.testing import logistic_regression_accuracy, logmel_statistics
 from trainer.audio_parts import aisfx_checkpoint, read_aisfx_state
 from trainer.recipes import LabelledClip, split_clips
@@ -147,35 +147,20 @@ def linear_accuracy(features: np.ndarray, labels: list[str], fit: list[int], sco
     )
 
 
-class AttentionProbe(nn.Module):
-    """(B, T, channels) -> (B, classes): `FramePooling`'s pooling, its linear map narrowing to `width`."""
-
-    def __init__(self, channels: int, classes: int, width: int = 128, heads: int = 4, dropout: float = 0.2) -> None:
-        super().__init__()
-        self.heads = heads
-        self.drop = nn.Dropout(dropout)
-        self.value = nn.Linear(channels, width)
-        self.score = nn.Linear(width, heads)
-        self.norm = nn.LayerNorm(width)
-        self.classify = nn.Linear(width, classes)
-
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        values = self.value(self.drop(frames))  # (B, T, width)
-        weights = self.score(values).softmax(dim=1)  # (B, T, heads): each head's weights sum to 1 over time
-        B, T, width = values.shape
-        pooled = (weights[..., None] * values.view(B, T, self.heads, width // self.heads)).sum(dim=1)
-        return self.classify(self.norm(pooled.reshape(B, width)))
+def attention_probe(channels: int, classes: int, width: int = 128) -> nn.Module:
+    """(B, T, channels) -> (B, classes): Pengi's `FramePooling`, narrowing to `width`, then a linear classifier."""
+    return nn.Sequential(FramePooling(channels, out_width=width), nn.Linear(width, classes))
 
 
 def attention_accuracy(
     frames: torch.Tensor, targets: torch.Tensor, fit: list[int], scored: list[int], seed: int, epochs: int = 120
 ) -> float:
-    """Train an AttentionProbe on the `fit` clips' time steps (N, T, channels), score it on the `scored` clips."""
+    """Train an attention probe on the `fit` clips' time steps (N, T, channels), score it on the `scored` clips."""
     torch.manual_seed(seed)
     mean = frames[fit].mean(dim=(0, 1))
     std = frames[fit].std(dim=(0, 1)) + 1e-5
     frames = (frames - mean) / std
-    probe = AttentionProbe(frames.shape[2], int(targets.max()) + 1)
+    probe = attention_probe(frames.shape[2], int(targets.max()) + 1)
     optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-3, weight_decay=0.05)
     fit_rows = torch.tensor(fit)
     probe.train()

@@ -95,20 +95,21 @@ class FeatureStandardiser(nn.Module):
 
 
 class FramePooling(nn.Module):
-    """(B, T, width) time steps -> (B, width), trained: each of `heads` heads scores every (linearly mapped) time
-    step, and averages its slice of them with the softmax of its scores over time. No positions: where in the clip
-    a sound is does not matter, only that it is there."""
+    """(B, T, width) time steps -> (B, out_width), trained: each of `heads` heads scores every (linearly mapped)
+    time step, and averages its slice of them with the softmax of its scores over time. No positions: where in the
+    clip a sound is does not matter, only that it is there. `out_width`: the mapped width (default: `width`)."""
 
-    def __init__(self, width: int, heads: int = 4, dropout: float = 0.2) -> None:
+    def __init__(self, width: int, heads: int = 4, dropout: float = 0.2, out_width: int | None = None) -> None:
         super().__init__()
+        out_width = out_width or width
         self.heads = heads
         self.drop = nn.Dropout(dropout)
-        self.value = nn.Linear(width, width)
-        self.score = nn.Linear(width, heads)
-        self.norm = nn.LayerNorm(width)
+        self.value = nn.Linear(width, out_width)
+        self.score = nn.Linear(out_width, heads)
+        self.norm = nn.LayerNorm(out_width)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        values = self.value(self.drop(frames))  # (B, T, width)
+        values = self.value(self.drop(frames))  # (B, T, out_width)
         weights = self.score(values).softmax(dim=1)  # (B, T, heads), each head's weights sum to 1 over time
         B, T, width = values.shape
         pooled = (weights[..., None] * values.view(B, T, self.heads, width // self.heads)).sum(dim=1)
