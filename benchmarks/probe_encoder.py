@@ -79,9 +79,12 @@ class Result:
 
 
 def split_rows(rows: list[dict[str, str]], seed: int) -> Split:
-    """The trainer's own split of the training rows (stratified by label, seeded), so "val" is what the recipe
-    validates on; the CSV's test rows stay test rows."""
-    clips = [LabelledClip(Path(row["path"]), row["label"], row["split"], None, i) for i, row in enumerate(rows)]
+    """The trainer's own split of the training rows (stratified by label, seeded, whole groups), so "val" is what
+    the recipe validates on; the CSV's test rows stay test rows."""
+    clips = [
+        LabelledClip(Path(row["path"]), row["label"], row["split"], None, i, row["group"] or None)
+        for i, row in enumerate(rows)
+    ]
     parts = split_clips(clips, VALIDATION, seed)
     fit, val, test = ([clip.row for clip in parts[name]] for name in ("train", "validation", "test"))
     return Split(fit, val, test)

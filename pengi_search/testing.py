@@ -243,17 +243,18 @@ def held_out_recordings(items: list[KindWindow], share: float = 0.3, seed: int =
 
 def write_smoke_kinds(folder: Path, smoke: Path, seed: int = 0) -> Path:
     """`smoke_kind_windows` as wav files with `labels.csv` (file, label, split: the recordings
-    `held_out_recordings(seed)` are the test rows); returns the CSV's path."""
+    `held_out_recordings(seed)` are the test rows; group: the recording, so that a validation split keeps a
+    recording's windows together); returns the CSV's path."""
     import soundfile as sf
 
     items = smoke_kind_windows(smoke)
     held = held_out_recordings(items, seed=seed)
     folder.mkdir(parents=True, exist_ok=True)
-    rows = ["file,label,split"]
+    rows = ["file,label,split,group"]
     for number, item in enumerate(items):
         name = f"{item.kind}-{number:03d}-{item.path.stem}.wav"
         sf.write(folder / name, item.clip, SPOKEN_RATE, subtype="FLOAT")
-        rows.append(f"{name},{item.kind},{'test' if item.path in held else 'train'}")
+        rows.append(f"{name},{item.kind},{'test' if item.path in held else 'train'},{item.path.stem}")
     labels = folder / "labels.csv"
     labels.write_text("\n".join(rows) + "\n")
     return labels

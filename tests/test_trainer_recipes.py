@@ -85,6 +85,24 @@ def test_init_splits_each_label_with_the_seed_and_writes_manifests_label_map_and
     assert other_seed.manifests["validation"].read_text() != again.manifests["validation"].read_text()
 
 
+def test_init_keeps_each_group_on_one_side_of_the_validation_split(tmp_path) -> None:
+    """Clips cut from one recording (a `group`) are all in training or all in validation, never both."""
+    write_clips(tmp_path, per_label=6)
+    takes = [f"{label}_{i}.wav,{label},{label}-take{i // 2}" for label in LABELS for i in range(6)]
+    rows = ["file,label,group", *takes]
+    (tmp_path / "grouped.csv").write_text("\n".join(rows) + "\n")
+    for seed in range(5):
+        result = init_run(tmp_path / "grouped.csv", tmp_path, tmp_path / f"out{seed}", validation=0.34, seed=seed)
+        sides = {}
+        for split in ("train", "validation"):
+            for example in read_manifest(result.manifests[split]):
+                label, take = Path(example.audio).stem.split("_")
+                sides.setdefault(f"{label}-take{int(take) // 2}", set()).add(split)
+        assert all(len(side) == 1 for side in sides.values()), sides
+        # two of each label's six clips (34%): one whole take of two clips per label
+        assert result.counts == {"train": 16, "validation": 8, "test": 0}
+
+
 def test_init_keeps_a_split_column_and_never_trains_on_test_rows(tmp_path) -> None:
     write_clips(tmp_path, per_label=2)
     rows = ["filename,label,split,caption"]

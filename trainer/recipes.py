@@ -1,9 +1,11 @@
 """`pengi-search train init LABELS.csv --audio-root DIR`: from a labels CSV to manifests and a configuration.
 
 The CSV has a `file` (or `filename`) column, relative to the audio root, a `label` column, and optionally `split`
-(train, validation/val/valid, test) and `caption`. Without validation rows, a seeded split stratified by label
-takes `validation` of each label's training rows (a label with one row stays in training). Test rows are written
-to `test.jsonl` and never trained on.
+(train, validation/val/valid, test), `caption` and `group`. Without validation rows, a seeded split stratified by
+label takes `validation` of each label's training rows (a label with one row stays in training). Clips of one
+`group` (the recording they were cut from, the speaker, the session) go to the same side: validation clips that
+share a recording with training clips would score the memory of that recording, and pick the best model by it.
+Test rows are written to `test.jsonl` and never trained on.
 
 Each clip becomes two rows: the label task's prompt ("this is a sound of" for sound_event) answered with the label,
 and the caption prompt answered with the clip's caption, or the label without one, so that both classify methods
@@ -47,6 +49,7 @@ class LabelledClip:
     split: str | None  # train, validation, test; None: to be split
     caption: str | None
     row: int
+    group: str | None = None  # clips of one group stay on one side of the train/validation split
 
 
 @dataclass(frozen=True)
@@ -81,8 +84,9 @@ def read_labels_csv(path: Path, audio_root: Path) -> list[LabelledClip]:
         if split is not None and split not in SPLIT_NAMES:
             raise LabelsCsvError(path, f"line {number}: unknown split {split!r}; use train, validation or test")
         caption = (row.get("caption") or "").strip() or None
+        group = (row.get("group") or "").strip() or None
         audio = (audio_root / name).resolve()
-        clips.append(LabelledClip(audio, label, SPLIT_NAMES[split] if split else None, caption, number))
+        clips.append(LabelledClip(audio, label, SPLIT_NAMES[split] if split else None, caption, number, group))
     if not clips:
         raise LabelsCsvError(path, "no rows")
     return clips
@@ -90,7 +94,8 @@ def read_labels_csv(path: Path, audio_root: Path) -> list[LabelledClip]:
 
 def split_clips(clips: list[LabelledClip], validation: float, seed: int) -> dict[str, list[LabelledClip]]:
     """train / validation / test. Given splits are kept; without validation rows, each label's training rows
-    give round(validation x n) of theirs to validation (seeded shuffle; a label keeps at least one row)."""
+    give round(validation x n) of theirs to validation (seeded shuffle; a label keeps at least one row), whole
+    groups at a time when the clips have groups (`held_out_groups`)."""
     splits: dict[str, list[LabelledClip]] = {"train": [], "validation": [], "test": []}
     for clip in clips:
         splits[clip.split or "train"].append(clip)
@@ -100,15 +105,36 @@ def split_clips(clips: list[LabelledClip], validation: float, seed: int) -> dict
     by_label: dict[str, list[LabelledClip]] = defaultdict(list)
     for clip in splits["train"]:
         by_label[clip.label].append(clip)
-    train, held = [], []
-    for label in sorted(by_label):
-        group = [by_label[label][i] for i in rng.permutation(len(by_label[label]))]
-        count = min(round(validation * len(group)), len(group) - 1)
-        held += group[:count]
-        train += group[count:]
-    splits["train"] = sorted(train, key=lambda clip: clip.row)
+    wanted = {label: min(round(validation * len(group)), len(group) - 1) for label, group in by_label.items()}
+    if any(clip.group is not None for clip in splits["train"]):
+        held = held_out_groups(splits["train"], wanted, rng)
+    else:
+        held = []
+        for label in sorted(by_label):
+            shuffled = [by_label[label][i] for i in rng.permutation(len(by_label[label]))]
+            held += shuffled[: wanted[label]]
+    chosen = {clip.row for clip in held}
     splits["validation"] = sorted(held, key=lambda clip: clip.row)
+    splits["train"] = [clip for clip in splits["train"] if clip.row not in chosen]
     return splits
+
+
+def held_out_groups(clips: list[LabelledClip], wanted: dict[str, int], rng: np.random.Generator) -> list[LabelledClip]:
+    """Whole groups (a clip without one is a group of its own) for validation, in a seeded order: a group is taken
+    when it keeps every label within its wanted count and brings at least one label closer to it."""
+    groups: dict[str, list[LabelledClip]] = defaultdict(list)
+    for clip in clips:
+        groups[clip.group if clip.group is not None else f"row {clip.row}"].append(clip)
+    names = sorted(groups)
+    held: list[LabelledClip] = []
+    taken: Counter[str] = Counter()
+    for index in rng.permutation(len(names)):
+        counts = Counter(clip.label for clip in groups[names[index]])
+        fits = all(taken[label] + count <= wanted[label] for label, count in counts.items())
+        if fits and any(taken[label] < wanted[label] for label in counts):
+            held += groups[names[index]]
+            taken.update(counts)
+    return held
 
 
 def answer_text(label: str) -> str:
