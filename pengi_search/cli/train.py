@@ -82,7 +82,13 @@ def run(
 @app.command("init")
 @handle_errors
 def init(
-    labels: Annotated[Path, typer.Argument(help="CSV: file (or filename), label[, split][, caption].")],
+    labels: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV: file (or filename), label[, split][, caption][, group: clips of one recording, kept on one "
+            "side of the validation split]."
+        ),
+    ],
     audio_root: Annotated[Path, typer.Option("--audio-root", help="Folder the CSV's file paths are relative to.")],
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Folder for manifests and config [default: train-<CSV name>].")
