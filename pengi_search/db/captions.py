@@ -58,6 +58,9 @@ class WindowCaptions:
     text_vector: np.ndarray
 
 
+_AUDIO_VECTOR = (WindowVectorRow.window_id == WindowRow.id) & (WindowVectorRow.kind == "audio")  # a join's ON
+
+
 def _has_text_vector() -> Any:
     """EXISTS (the window's 'text' vector), over its own alias: the outer query may join the 'audio' vectors."""
     text = aliased(WindowVectorRow)
@@ -97,7 +100,7 @@ def uncaptioned_windows(
     query = (
         select(WindowRow.id, AudioFileRow.path, WindowRow.index, WindowVectorRow.vector)
         .join(AudioFileRow, WindowRow.file_id == AudioFileRow.id)
-        .join(WindowVectorRow, (WindowVectorRow.window_id == WindowRow.id) & (WindowVectorRow.kind == "audio"))
+        .join(WindowVectorRow, _AUDIO_VECTOR)
         .where(paths_under(under), WindowRow.id > after_id, ~_has_text_vector())
         .order_by(WindowRow.id)
         .limit(limit)
@@ -160,7 +163,7 @@ def drop_fast_captions(store: Store, under: str | None = None, owns: Callable[[s
     query = (
         select(WindowRow.id, AudioFileRow.path)
         .join(AudioFileRow, WindowRow.file_id == AudioFileRow.id)
-        .join(WindowVectorRow, (WindowVectorRow.window_id == WindowRow.id) & (WindowVectorRow.kind == "audio"))
+        .join(WindowVectorRow, _AUDIO_VECTOR)
         .where(paths_under(under), WindowRow.id.in_(fast))
         .order_by(WindowRow.id)
     )
@@ -169,16 +172,13 @@ def drop_fast_captions(store: Store, under: str | None = None, owns: Callable[[s
         for chunk in chunked(ids, IDS_PER_QUERY):
             rows = session.execute(
                 select(WindowRow.file_id, WindowRow.index, WindowRow.start_s, WindowRow.end_s, WindowVectorRow.vector)
-                .join(WindowVectorRow, (WindowVectorRow.window_id == WindowRow.id) & (WindowVectorRow.kind == "audio"))
+                .join(WindowVectorRow, _AUDIO_VECTOR)
                 .where(WindowRow.id.in_(chunk))
                 .order_by(WindowRow.id)
             ).all()
             session.execute(delete(WindowRow).where(WindowRow.id.in_(chunk)))  # texts and vectors go with them
-            renewed = [WindowRow(file_id=f, index=i, start_s=start, end_s=end) for f, i, start, end, _ in rows]
-            session.add_all(renewed)
-            session.flush()  # the new ids
             session.add_all(
-                WindowVectorRow(window_id=window.id, kind="audio", vector=row.vector)
-                for window, row in zip(renewed, rows, strict=True)
+                WindowRow(file_id=f, index=i, start_s=s, end_s=e, vectors=[WindowVectorRow(kind="audio", vector=v)])
+                for f, i, s, e, v in rows
             )
     return len(ids)
