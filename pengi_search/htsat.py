@@ -89,7 +89,8 @@ class WindowAttention(nn.Module):
             nW = mask.shape[0]
             attn_mask = (bias + mask[:, None]).reshape(1, nW * H, N, N)
             q, k, v = (t.reshape(Bw // nW, nW * H, N, C // H) for t in (q, k, v))
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=1.0).view(Bw, H, N, C // H)
+            # reshape, not view: CUDA's fused kernels may return the heads in another memory order.
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=1.0).reshape(Bw, H, N, C // H)
         return self.proj(out.transpose(1, 2).reshape(Bw, N, C))
 
 
