@@ -5,7 +5,7 @@
 #
 # 1. the test suite with CUDA visible (tests that pick `--device auto` then run on the GPU);
 # 2. the prepared benchmarks of benchmarks/README.md, "On a GPU machine": captioning throughput against the
-#    original's loop (bf16 autocast, --fast), indexing end to end, a training step's throughput and memory,
+#    original's loop (bf16 autocast, --fast), decoding alone by worker count, indexing end to end, a training step's throughput and memory,
 #    and `describe` on many short files.
 # A step that fails or runs out of time is reported and the next one runs. SCALE=small shrinks every step to
 # seconds (to try the script on a CPU machine: DEVICE=cpu SCALE=small). The tests run in 12 processes (pytest-xdist).
@@ -35,11 +35,12 @@ torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
     step "$(pick 60 100)" generate python3 benchmarks/bench_generate.py --device "$device" \
         --dtype "$(pick fp32 bf16)" --clips "$(pick 2 512)" --reference-clips "$(pick 1 8)" --fast \
         --max-len "$(pick 4 30)" $(pick "--size tiny" "")
+    step "$(pick 60 40)" decode python3 benchmarks/bench_decode.py --files "$(pick 4 200)" --workers "$(pick 0,1 0,1,8)"
     step "$(pick 60 90)" index-e2e python3 benchmarks/bench_index_e2e.py --device "$device" \
         --files "$(pick 2 200)" --seconds 20 --batch-size 64 --workers "$(pick 1 8)" --max-len "$(pick 4 30)"
     step "$(pick 60 60)" train python3 benchmarks/bench_train.py --device "$device" --dtype "$(pick fp32 bf16)" \
         --steps "$(pick 1 10)" $(pick "--batch 2" "")
-    step "$(pick 60 70)" describe python3 benchmarks/bench_cli.py --device "$device" --files "$(pick 2 512)" \
+    step "$(pick 60 70)" describe python3 benchmarks/bench_cli.py --device "$device" --files "$(pick 2 256)" \
         --threads "$(pick 2 8)"
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
 } 2>&1 | tee "$log"
