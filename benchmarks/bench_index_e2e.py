@@ -44,15 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_query import build_model  # noqa: E402
 
-import indexer.captions as captions_module  # noqa: E402
-import indexer.pipeline as pipeline  # noqa: E402
-from indexer.pipeline import IndexOptions, run_index  # noqa: E402
-from pengi_search.db import Store  # noqa: E402
-from pengi_search.embedders import PengiTextEmbedder  # noqa: E402
-from pengi_search.inference import Engine  # noqa: E402
-from pengi_search.library import Library  # noqa: E402
-from pengi_search.search import SearchScope  # noqa: E402
-from pengi_search.similar import similar_to_file  # noqa: E402
+# The indexer and the model are imported in main(), not here: every decoding worker runs this script's top level
+# again (multiprocessing's fix-up of __main__), and with torch imported here 8 workers waited 17 s of a 28 s GPU run,
+# which `pengi-search index` (whose script imports only the CLI) never pays.
 
 STAGES = ("decoding", "audio embedding", "generation", "caption embedding", "store", "model load")
 
@@ -131,6 +125,10 @@ class Probe:
         pass
 
     def start_captions(self, windows: int | None) -> None:
+        from pengi_search.library import Library
+        from pengi_search.search import SearchScope
+        from pengi_search.similar import similar_to_file
+
         self.searchable_at = time.perf_counter() - self.started
         files = sorted(self.folder.iterdir())
         started = time.perf_counter()
@@ -157,6 +155,14 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="keeps the model (and reuses it); default: a temp folder")
     args = parser.parse_args()
     import torch
+
+    import indexer.captions as captions_module
+    import indexer.pipeline as pipeline
+    from indexer.pipeline import IndexOptions, run_index
+    from pengi_search.db import Store
+    from pengi_search.embedders import PengiTextEmbedder
+    from pengi_search.inference import Engine
+    from pengi_search.library import Library
 
     if args.threads:
         torch.set_num_threads(args.threads)
