@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,6 +58,13 @@ def test_a_healthy_installation(installation, isolated_home):
     assert {kind: info["state"] for kind, info in database["vector_indexes"].items()} == {"text": "ok", "audio": "ok"}
     text = runner.invoke(app, ["doctor", "--db", str(installation)])
     assert text.exit_code == 0 and "healthy: no problem found" in text.stdout
+
+
+def test_python_dash_m_runs_the_same_commands(installation, isolated_home):
+    """`python -m pengi_search`, for an environment whose scripts folder is not on PATH."""
+    command = [sys.executable, "-m", "pengi_search", "doctor", "--db", str(installation), "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and json.loads(done.stdout)["healthy"] is True, done.stderr
 
 
 def test_a_damaged_model_file_is_found_by_its_checksum(installation, isolated_home):
