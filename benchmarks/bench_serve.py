@@ -145,10 +145,10 @@ def build_library(db: Path, model_dir: Path, windows: int, index_type: str) -> N
 class Server:
     """`pengi-search serve --port 0` in its own process."""
 
-    def __init__(self, db: Path, model_dir: Path, workers: int) -> None:
+    def __init__(self, db: Path, model_dir: Path, workers: int, device: str = "cpu") -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
         command = [sys.executable, "-c", "from pengi_search.cli import app; app()", "serve", "--port", "0"]
-        command += ["--db", str(db), "--model", str(model_dir), "--device", "cpu", "--workers", str(workers)]
+        command += ["--db", str(db), "--model", str(model_dir), "--device", device, "--workers", str(workers)]
         started = time.perf_counter()
         self.process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         lines: queue.Queue[str] = queue.Queue()
@@ -242,6 +242,7 @@ def main() -> None:
     parser.add_argument("--index-type", default="hnsw", choices=["flat", "hnsw", "ivfpq"])
     parser.add_argument("--workers", type=int, default=1, help="server processes (`serve --workers`)")
     parser.add_argument("--workdir", type=Path, help="keep the model and the libraries here (reused when present)")
+    parser.add_argument("--device", default="cpu", help="where the server runs the text tower (`serve --device`)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-serve-"))
@@ -253,7 +254,7 @@ def main() -> None:
         db = workdir / f"library-{windows}-{args.index_type}" / "index.db"
         db.parent.mkdir(exist_ok=True)
         build_library(db, model_dir, windows, args.index_type)
-        server = Server(db, model_dir, args.workers)
+        server = Server(db, model_dir, args.workers, args.device)
         try:
             load(server.address, 1, 20, new_texts=False)  # warm-up: connections, the first FAISS searches
             rows = {

@@ -6,7 +6,7 @@
 # 1. the test suite with CUDA visible (tests that pick `--device auto` then run on the GPU);
 # 2. the prepared benchmarks of benchmarks/README.md, "On a GPU machine": captioning throughput against the
 #    original's loop (bf16 autocast, --fast), decoding alone by worker count, indexing end to end, a training step's throughput and memory,
-#    and `describe` on many short files.
+#    `describe` on many short files, and `serve` with the text tower on the GPU.
 # A step that fails or runs out of time is reported and the next one runs. SCALE=small shrinks every step to
 # seconds (to try the script on a CPU machine: DEVICE=cpu SCALE=small). The tests run in 12 processes (pytest-xdist).
 set -uo pipefail
@@ -45,5 +45,7 @@ torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
         --steps "$(pick 1 10)" $(pick "--batch 2" "")
     step "$(pick 60 70)" describe python3 benchmarks/bench_cli.py --device "$device" --files "$(pick 2 256)" \
         --threads "$(pick 2 8)"
+    step "$(pick 90 150)" serve python3 benchmarks/bench_serve.py --device "$device" --windows "$(pick 2000 100000)" \
+        --index-type hnsw --requests "$(pick 40 1000)" --solo-requests "$(pick 10 50)" --workers 2
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
 } 2>&1 | tee "$log"
