@@ -55,6 +55,9 @@ class IndexModel:
         self.embedder = embedder
         self.prompts = prompts
         self.gen = gen
+        # Whole windows per batch, each with every prompt: the engine's (window, prompt) rows (its device's
+        # default, or what --batch-size asked for), e.g. 16 windows on CPU and 128 on CUDA with two prompts.
+        self.windows_per_batch = max(1, engine.batch_size // len(prompts))
 
     @classmethod
     def load(
@@ -64,16 +67,18 @@ class IndexModel:
         device: str,
         *,
         prompts: tuple[str, ...],
-        batch_size: int,
+        batch_size: int | None,
         gen: GenerationConfig,
         long_prompts: LongPrompt,
         fast: bool = False,
     ) -> IndexModel:
-        """`prompts`: empty for the caption and sound-event prompts; the first one's answer is embedded."""
+        """`prompts`: empty for the caption and sound-event prompts; the first one's answer is embedded.
+        `batch_size`: windows per batch (None: the device's default)."""
         from pengi_search.inference import Engine
 
         prompts = prompts or DEFAULT_PROMPTS
-        engine = Engine.load(model_dir, device, batch_size * len(prompts), long_prompts, fast=fast)
+        rows = None if batch_size is None else batch_size * len(prompts)
+        engine = Engine.load(model_dir, device, rows, long_prompts, fast=fast)
         embedder = open_text_embedder(embedder_spec, model_dir, engine=engine)
         return cls(engine, embedder, prompts, gen)
 
@@ -122,7 +127,6 @@ class CaptionPass:
     store: Store
     roots: Sequence[str]
     shard: Shard | None = None
-    batch_size: int = 16
     sync: Callable[[], None] | None = None  # saves the FAISS files; called at most every SYNC_EVERY_S
 
     def windows(self) -> Iterator[UncaptionedWindow]:
@@ -140,7 +144,7 @@ class CaptionPass:
     def run(self, model: IndexModel, advance: Callable[[int], None] | None = None) -> CaptionResult:
         result = CaptionResult()
         synced = time.monotonic()
-        for batch in chunked(self.windows(), self.batch_size):
+        for batch in chunked(self.windows(), model.windows_per_batch):
             self._store(model.captions(batch), batch, result)
             if advance is not None:
                 advance(len(batch))

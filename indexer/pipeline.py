@@ -73,7 +73,7 @@ class IndexOptions:
     model: str | None = None
     device: str = "auto"
     workers: int = field(default_factory=default_workers)
-    batch_size: int = 16
+    batch_size: int | None = None  # windows per batch; None: the device's (16 on CPU, 128 on CUDA with 2 prompts)
     prompts: tuple[str, ...] = ()
     text_embedder: str | None = None
     index_type: str | None = None
@@ -420,7 +420,7 @@ class _Run:
         """Pass 1: decode every file and store its windows with their audio embeddings, file by file."""
         model = self._model()
         self.store.set_index_meta(self._choose().model, model.embedder_info)  # before the first window
-        batch_size = self.options.batch_size
+        batch_size = model.windows_per_batch
         flights: dict[int, _InFlight] = {}
         buffer: list[tuple[int, Window]] = []
         if self.progress is not None:
@@ -499,7 +499,6 @@ class _Run:
             self.store,
             roots,
             self.shard,
-            self.options.batch_size,
             sync=lambda: self.library.sync_vector_indexes(self.options.index_type),
         )
         if self.progress is not None:

@@ -5,17 +5,20 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 import indexer.pipeline as pipeline
+from indexer.captions import IndexModel
 from indexer.pipeline import run_index
 from indexer.shard import Rank, Shard
 from pengi_search.audio import iter_windows
 from pengi_search.db import StoreMismatchError
 from pengi_search.embedders import PengiTextEmbedder, TextEmbedderError
-from pengi_search.inference import Engine
+from pengi_search.inference import Engine, default_batch_size
 from pengi_search.library import Library
 from pengi_search.model_dir import ModelDir
 from pengi_search.prompts import TASK_PROMPTS
@@ -215,6 +218,33 @@ def test_shards_together_equal_a_single_run(tiny_model_dir, tmp_path):
 
     assert_same_content(sharded, single)
     assert_consistent(sharded)
+
+
+@pytest.mark.parametrize(("device", "prompts", "windows"), [("cpu", 2, 16), ("cpu", 3, 10), ("cuda", 2, 128)])
+def test_a_default_batch_is_the_devices_rows_in_whole_windows(device, prompts, windows):
+    engine = SimpleNamespace(batch_size=default_batch_size(torch.device(device)))  # 32 rows on CPU, 256 on CUDA
+    model = IndexModel(engine, embedder=None, prompts=("a prompt",) * prompts, gen=None)
+    assert model.windows_per_batch == windows
+
+
+@pytest.mark.parametrize(("batch_size", "largest"), [(None, 16), (3, 3)])
+def test_both_passes_take_batches_of_the_asked_or_default_size(
+    tiny_model_dir, tmp_path, monkeypatch, batch_size, largest
+):
+    write_tone(tmp_path / "sounds" / "long.wav", 7.0 * 20)  # 20 windows
+    sizes: dict[str, list[int]] = {"audio_windows": [], "captions": []}
+    for name in sizes:
+        method = getattr(IndexModel, name)
+
+        def recorded(self, windows, method=method, name=name):
+            sizes[name].append(len(windows))
+            return method(self, windows)
+
+        monkeypatch.setattr(IndexModel, name, recorded)
+    options = quick_options([tmp_path / "sounds"], tmp_path / "lib.db", tiny_model_dir, batch_size=batch_size)
+    assert run_index(options).windows == 20
+    assert max(sizes["audio_windows"]) == max(sizes["captions"]) == largest
+    assert sum(sizes["audio_windows"]) == sum(sizes["captions"]) == 20
 
 
 def test_worker_processes_give_what_decoding_in_process_gives(tiny_model_dir, tree, tmp_path):

@@ -42,7 +42,15 @@ ModelOption = Annotated[
 DeviceOption = Annotated[
     Device, typer.Option("--device", help="Where the model runs: auto is CUDA when there is a GPU (bf16 autocast).")
 ]
-BatchOption = Annotated[int, typer.Option("--batch-size", min=1, help="Windows decoded together.")]
+BatchOption = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size",
+        min=1,
+        help="Windows per batch, each with every prompt \\[default: the device's: 16 on CPU, 128 on CUDA with the two "
+        "default prompts]",
+    ),
+]
 AutoBatchOption = Annotated[
     int | None,
     typer.Option(

@@ -113,7 +113,7 @@ class EvalSet:
     model: ModelOption = None
     device: DeviceOption = Device.auto
     workers: WorkersOption = None
-    batch_size: BatchOption = 16
+    batch_size: BatchOption = None
     prompt: PromptOption = None
     text_embedder: TextEmbedderOption = None
     beam: BeamOption = 3
@@ -372,7 +372,7 @@ def classify_files(
     db: Annotated[str | None, typer.Option("--db", help="A library whose stored captions are reused.")] = None,
     model: ModelOption = None,
     device: DeviceOption = Device.auto,
-    batch_size: BatchOption = 16,
+    batch_size: BatchOption = None,
     threads: ThreadsOption = None,
     quiet: QuietOption = False,
     json_output: JsonOption = False,

@@ -69,7 +69,7 @@ def index(
             "--workers", min=0, help="Decoding processes; 0 decodes in this process. \\[default: cores/2, <= 4]"
         ),
     ] = None,
-    batch_size: BatchOption = 16,
+    batch_size: BatchOption = None,
     prompt: Annotated[
         list[str] | None,
         typer.Option(
