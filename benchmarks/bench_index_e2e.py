@@ -2,7 +2,7 @@
 
     python benchmarks/bench_index_e2e.py                             # 50 files of 20 s (150 windows), CPU
     python benchmarks/bench_index_e2e.py --files 4 --seconds 7       # a quick run (4 windows)
-    python benchmarks/bench_index_e2e.py --device cuda --batch-size 64 --workers 8    # on a GPU machine
+    python benchmarks/bench_index_e2e.py --device cuda --workers 8    # on a GPU machine
     python benchmarks/bench_index_e2e.py --workdir /tmp/bie          # keep (and reuse) the model there
 
 The model is `PengiConfig.preset("base")` with seeded random weights (built as `bench_query.py` builds it: the real
@@ -147,7 +147,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each file (7 s windows, 5 s hop)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=None, help="windows per batch [default: the device's]")
     parser.add_argument("--workers", type=int, default=1, help="decoding processes (0: in this process)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads [default: torch's choice]")
     parser.add_argument("--beam", type=int, default=3)
@@ -209,7 +209,7 @@ def main() -> None:
     searchable = probe.searchable_at or summary.searchable_s
     load = timers.seconds["model load"]
     print(
-        f"{args.files} files x {args.seconds:g} s = {windows} windows; device {args.device}, batch {args.batch_size}, "
+        f"{args.files} files x {args.seconds:g} s = {windows} windows; device {args.device}, batch {args.batch_size or 'default'}, "
         f"{args.workers} decoding worker(s), torch threads {torch.get_num_threads()}, beam {args.beam}, "
         f"max_len {args.max_len}; {os.cpu_count()} CPUs"
     )

@@ -40,7 +40,7 @@ torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
         --max-len "$(pick 4 30)" $(pick "--size tiny" "")
     step "$(pick 60 40)" decode python3 benchmarks/bench_decode.py --files "$(pick 4 200)" --workers "$(pick 0,1 0,1,8)"
     step "$(pick 60 90)" index-e2e python3 benchmarks/bench_index_e2e.py --device "$device" \
-        --files "$(pick 2 200)" --seconds 20 --batch-size 64 --workers "$(pick 1 8)" --max-len "$(pick 4 30)"
+        --files "$(pick 2 200)" --seconds 20 --workers "$(pick 1 8)" --max-len "$(pick 4 30)"
     step "$(pick 60 60)" train python3 benchmarks/bench_train.py --device "$device" --dtype "$(pick fp32 bf16)" \
         --steps "$(pick 1 10)" $(pick "--batch 2" "")
     step "$(pick 60 70)" describe python3 benchmarks/bench_cli.py --device "$device" --files "$(pick 2 256)" \
