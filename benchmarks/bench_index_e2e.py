@@ -209,7 +209,8 @@ def main() -> None:
     searchable = probe.searchable_at or summary.searchable_s
     load = timers.seconds["model load"]
     print(
-        f"{args.files} files x {args.seconds:g} s = {windows} windows; device {args.device}, batch {args.batch_size or 'default'}, "
+        f"{args.files} files x {args.seconds:g} s = {windows} windows; device {args.device}, "
+        f"batch {args.batch_size or 'default'}, "
         f"{args.workers} decoding worker(s), torch threads {torch.get_num_threads()}, beam {args.beam}, "
         f"max_len {args.max_len}; {os.cpu_count()} CPUs"
     )
