@@ -74,6 +74,7 @@ class IndexModel:
 
         prompts = prompts or DEFAULT_PROMPTS
         engine = Engine.load(model_dir, device, batch_size * len(prompts), long_prompts, fast=fast)
+        engine.check_generation(prompts, gen)  # before pass 1 stores anything, not at pass 2's first batch
         embedder = open_text_embedder(embedder_spec, model_dir, engine=engine)
         return cls(engine, embedder, prompts, gen)
 

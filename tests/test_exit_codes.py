@@ -40,6 +40,7 @@ class Paths:
     sounds: Path  # a folder with good files and an empty one
     labels: Path
     bad_labels: Path  # a label given twice
+    long_label: Path  # a label longer than the tiny model's language model can score
     missing: Path  # no such file or library
 
 
@@ -52,6 +53,7 @@ def paths(tmp_path_factory, tiny_model_dir, tiny_no_text_model_dir) -> Paths:
     (base / "sounds" / "empty.wav").write_bytes(b"")
     (base / "labels.txt").write_text("dog\nrain\n")
     (base / "bad-labels.txt").write_text("dog\nrain\ndog\n")
+    (base / "long-label.txt").write_text("dog\n" + "rain " * 500 + "\n")
     return Paths(
         db=base / "lib.db",
         model=tiny_model_dir,
@@ -61,6 +63,7 @@ def paths(tmp_path_factory, tiny_model_dir, tiny_no_text_model_dir) -> Paths:
         sounds=base / "sounds",
         labels=base / "labels.txt",
         bad_labels=base / "bad-labels.txt",
+        long_label=base / "long-label.txt",
         missing=base / "missing" / "none.wav",
     )
 
@@ -114,6 +117,36 @@ CASES = {
         lambda p: ("ask", p.clip, "is it " * 60, "--model", p.model, *QUICK, "--long-prompts", "refuse"),
         EXIT_USAGE,
         "prompt longer than",
+    ),
+    "describe --max-len past the model's positions": Case(
+        lambda p: ("describe", p.clip, "--model", p.model, *QUICK, "--max-len", "1000"),
+        EXIT_USAGE,
+        "--max-len: 1000 tokens do not fit",
+    ),
+    "describe, an answer prefix longer than the model": Case(
+        lambda p: ("describe", p.clip, "--model", p.model, *QUICK, "--answer-prefix", "a " * 1000),
+        EXIT_USAGE,
+        "--answer-prefix",
+    ),
+    "classify --method loglik, a label longer than the model": Case(
+        lambda p: ("classify", p.clip, "--labels", p.long_label, "--method", "loglik", "--model", p.model, *QUICK),
+        EXIT_USAGE,
+        "tokens as an answer",
+    ),
+    "index --max-len past the model's positions": Case(
+        lambda p: (
+            "index",
+            p.sounds,
+            "--db",
+            p.sounds.parent / "long.db",
+            "--model",
+            p.model,
+            *QUICK,
+            "--max-len",
+            "1000",
+        ),
+        EXIT_USAGE,
+        "--max-len: 1000 tokens do not fit",
     ),
     "classify, bad labels file": Case(
         lambda p: ("classify", p.clip, "--labels", p.bad_labels, "--model", p.model), EXIT_USAGE, "line 3"
