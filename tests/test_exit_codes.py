@@ -42,6 +42,7 @@ class Paths:
     bad_labels: Path  # a label given twice
     long_label: Path  # a label longer than the tiny model's language model can score
     missing: Path  # no such file or library
+    linked: Path  # a folder with a good recording and a symbolic link to nothing (gone.wav)
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,8 @@ def paths(tmp_path_factory, tiny_model_dir, tiny_no_text_model_dir) -> Paths:
     (base / "sounds" / "empty.wav").write_bytes(b"")
     (base / "labels.txt").write_text("dog\nrain\n")
     (base / "bad-labels.txt").write_text("dog\nrain\ndog\n")
+    write_tone(base / "linked" / "good.wav", 1.0)
+    (base / "linked" / "gone.wav").symlink_to(base / "linked" / "deleted.wav")
     (base / "long-label.txt").write_text("dog\n" + "rain " * 500 + "\n")
     return Paths(
         db=base / "lib.db",
@@ -65,6 +68,7 @@ def paths(tmp_path_factory, tiny_model_dir, tiny_no_text_model_dir) -> Paths:
         bad_labels=base / "bad-labels.txt",
         long_label=base / "long-label.txt",
         missing=base / "missing" / "none.wav",
+        linked=base / "linked",
     )
 
 
@@ -111,6 +115,10 @@ CASES = {
         "--min-duration 10 is more than --max-duration 5",
     ),
     "similar, no such file": Case(lambda p: ("similar", p.missing, *lib(p)), EXIT_USAGE, "no such file"),
+    "similar, a folder": Case(lambda p: ("similar", p.sounds, *lib(p)), EXIT_USAGE, "a folder, not a file"),
+    "describe, a broken symbolic link": Case(
+        lambda p: ("describe", p.linked / "gone.wav", "--model", p.model), EXIT_USAGE, "gone.wav: broken symbolic link"
+    ),
     "describe, no such file": Case(lambda p: ("describe", p.missing, "--model", p.model), EXIT_USAGE, "no such file"),
     "ask, no such file": Case(lambda p: ("ask", p.missing, "what?", "--model", p.model), EXIT_USAGE, "no such file"),
     "ask, refused long question": Case(
@@ -227,6 +235,11 @@ CASES = {
         lambda p: ("classify", p.broken, "--labels", p.labels, "--model", p.model, *QUICK),
         EXIT_PARTIAL,
         "not a readable audio file",
+    ),
+    "classify, a folder with a broken link": Case(
+        lambda p: ("classify", p.linked, "--labels", p.labels, "--model", p.model, *QUICK),
+        EXIT_PARTIAL,
+        "gone.wav: broken symbolic link",
     ),
     "index, an empty file": Case(
         lambda p: ("index", p.sounds, "--db", p.sounds.parent / "new.db", "--model", p.model, *QUICK, "--workers", "0"),

@@ -38,6 +38,7 @@ from .common import (
     err_console,
     fetches_model,
     handle_errors,
+    not_found,
     options_from,
     out_console,
     print_json,
@@ -186,7 +187,7 @@ def _files_of(target: Path) -> tuple[list[str], list[Failure]]:
         return _audio_files(target)
     if target.is_file():
         return [os.fspath(target)], []
-    raise UsageError("", f"{target}: no such file or folder")
+    raise not_found(target, "file or folder")
 
 
 def _audio_files(target: Path) -> tuple[list[str], list[Failure]]:
@@ -224,6 +225,8 @@ def classify_target(
     from ..classify import Classifier
 
     files, failures = _files_of(target)
+    for path, reason in failures:  # found but unreadable (a broken link, a folder that cannot be listed)
+        _report_skipped(path, reason)
     library = _open_library(db)
     try:
         classifier = Classifier(
@@ -261,12 +264,14 @@ def _run_classifier(
         for outcome in classifier.classify_files(files, WindowProgress(bar, "classifying", visible=visible)):
             if isinstance(outcome, FailedFile):
                 failures.append((outcome.path, outcome.reason))
-                err_console.print(
-                    f"[red]skipped[/] {escape(shown(outcome.path))}: {escape(outcome.reason)}", soft_wrap=True
-                )
+                _report_skipped(outcome.path, outcome.reason)
             else:
                 predictions.append(outcome)
     return predictions, failures
+
+
+def _report_skipped(path: str, reason: str) -> None:
+    err_console.print(f"[red]skipped[/] {escape(shown(path))}: {escape(reason)}", soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------

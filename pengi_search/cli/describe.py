@@ -24,13 +24,13 @@ from .common import (
     QuietOption,
     StopOption,
     ThreadsOption,
-    UsageError,
     WindowProgress,
     apply_threads,
     err_console,
     fetches_model,
     handle_errors,
     lasting_objects,
+    not_found,
     options_from,
     out_console,
     print_json,
@@ -88,7 +88,7 @@ def _describe_files(
 
     missing = [path for path in files if not path.exists()]
     if missing:
-        raise UsageError("", f"{missing[0]}: no such file")
+        raise not_found(missing[0])
     with Decoding(files, hop_s=options.hop) as decoding:  # the files decode while the model's code imports and loads
         with lasting_objects():
             engine = _load_engine(options, prompts=len(prompts))
