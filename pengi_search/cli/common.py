@@ -337,6 +337,8 @@ def show_progress(quiet: bool, json_output: bool = False) -> bool:
 
 
 def progress_bar():
+    """A transient progress bar on stderr. Off where stderr is no terminal: it would show nothing there, and Rich
+    ends a bar on such a stream with a blank line, which scripts keeping stderr would read as a message."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(
@@ -347,6 +349,7 @@ def progress_bar():
         TimeRemainingColumn(),
         console=err_console,
         transient=True,
+        disable=not err_console.is_interactive,
     )
 
 
