@@ -126,6 +126,11 @@ CASES = {
         EXIT_USAGE,
         "prompt longer than",
     ),
+    "describe --hop longer than a window": Case(
+        lambda p: ("describe", p.clip, "--model", p.model, *QUICK, "--hop", "8"),
+        EXIT_USAGE,
+        "Invalid value for '--hop'",
+    ),
     "describe --max-len past the model's positions": Case(
         lambda p: ("describe", p.clip, "--model", p.model, *QUICK, "--max-len", "1000"),
         EXIT_USAGE,

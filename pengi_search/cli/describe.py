@@ -44,7 +44,10 @@ if TYPE_CHECKING:
     from ..window_batches import Decoding
 
 FilesArgument = Annotated[list[Path], typer.Argument(help="Audio files (wav, flac, ogg, opus, mp3, m4a, ...).")]
-HopOption = Annotated[float, typer.Option("--hop", min=0.5, help="Seconds between window starts (windows last 7 s).")]
+HopOption = Annotated[
+    float,  # at most a window apart (audio.WINDOW_SECONDS): windows further apart would leave gaps unheard
+    typer.Option("--hop", min=0.5, max=7.0, help="Seconds between window starts (windows last 7 s)."),
+]
 AnswerPrefixOption = Annotated[
     str, typer.Option("--answer-prefix", help="Text the answer must start with; the model continues it.")
 ]
