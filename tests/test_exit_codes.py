@@ -121,6 +121,9 @@ CASES = {
     ),
     "describe, no such file": Case(lambda p: ("describe", p.missing, "--model", p.model), EXIT_USAGE, "no such file"),
     "ask, no such file": Case(lambda p: ("ask", p.missing, "what?", "--model", p.model), EXIT_USAGE, "no such file"),
+    "ask, empty question": Case(
+        lambda p: ("ask", p.clip, "  ", "--model", p.model, *QUICK), EXIT_USAGE, "the question is empty"
+    ),
     "ask, refused long question": Case(
         lambda p: ("ask", p.clip, "is it " * 60, "--model", p.model, *QUICK, "--long-prompts", "refuse"),
         EXIT_USAGE,

@@ -24,6 +24,7 @@ from .common import (
     QuietOption,
     StopOption,
     ThreadsOption,
+    UsageError,
     WindowProgress,
     apply_threads,
     err_console,
@@ -235,6 +236,8 @@ def ask(
     """
     from ..prompts import question_prompt
 
+    if not question.strip():
+        raise UsageError("", 'the question is empty; ask something about the sound, e.g. "is there speech?"')
     prompts = {"answer": question_prompt(question)}
     progress = show_progress(quiet, json_output)
     results = _describe_files(files, prompts, options, answer_prefix="", progress=progress)
