@@ -173,6 +173,16 @@ CASES = {
     "classify, no such target": Case(
         lambda p: ("classify", p.missing, "--labels", p.labels, "--model", p.model), EXIT_USAGE, "no such file"
     ),
+    "classify -o into a folder that does not exist": Case(
+        lambda p: ("classify", p.sounds, "--labels", p.labels, "--model", p.model, "-o", p.missing / "out.csv"),
+        EXIT_USAGE,
+        "cannot write the CSV: no folder",
+    ),
+    "classify -o a folder": Case(
+        lambda p: ("classify", p.sounds, "--labels", p.labels, "--model", p.model, "-o", p.sounds),
+        EXIT_USAGE,
+        "a folder; --output takes the CSV file's name",
+    ),
     "classify, template without {label}": Case(
         lambda p: ("classify", p.clip, "--labels", p.labels, "--template", "a sound", "--model", p.model),
         EXIT_USAGE,

@@ -143,6 +143,8 @@ def classify(
 
     apply_threads(compute.threads)
     label_list, known = _read_inputs(labels, truth)
+    if output is not None:
+        _check_writable(output)
     settings = scoring.settings()
     predictions, failures = classify_target(
         target,
@@ -179,6 +181,17 @@ def _read_inputs(labels: Path, truth: Path | None) -> tuple[list[str], Truth | N
         return read_labels(labels), None if truth is None else read_truth(truth)
     except LabelsError as err:
         raise UsageError("", str(err)) from None
+
+
+def _check_writable(output: Path) -> None:
+    """Refuse an --output the CSV cannot be written to before the work, not after it."""
+    folder = output.parent
+    if output.is_dir():
+        raise UsageError(output, "a folder; --output takes the CSV file's name")
+    if not folder.is_dir():
+        raise UsageError(output, f"cannot write the CSV: no folder {shown(os.fspath(folder))}")
+    if not os.access(folder, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
+        raise UsageError(output, "cannot write the CSV: permission denied")
 
 
 def _files_of(target: Path) -> tuple[list[str], list[Failure]]:
