@@ -79,6 +79,7 @@ class IndexModel:
         prompts = prompts or DEFAULT_PROMPTS
         rows = None if batch_size is None else batch_size * len(prompts)
         engine = Engine.load(model_dir, device, rows, long_prompts, fast=fast)
+        engine.check_generation(prompts, gen)  # before pass 1 stores anything, not at pass 2's first batch
         embedder = open_text_embedder(embedder_spec, model_dir, engine=engine)
         return cls(engine, embedder, prompts, gen)
 

@@ -21,6 +21,7 @@ from .choices import LongPrompt
 from .chunking import chunk_slices
 from .cpu_kernels import onednn_available, use_onednn_linear
 from .decoding import CandidateScore, GenerationConfig, beam_search, score_candidates
+from .errors import UsageError
 from .fast_mode import FastMode, apply, autocast
 from .kv_cache import SharedPrefix
 from .model import Pengi
@@ -172,14 +173,48 @@ class Engine:
             own = torch.cat([own, start], dim=1)
         return SharedPrefix(audio, own.repeat(len(audio), 1, 1))
 
+    def _room(self, prompts: Sequence[str]) -> tuple[int, int] | None:
+        """(positions, prefix): GPT-2's positions, and how many of them the longest [audio ; prompt] prefix of
+        `prompts` takes; None for a language model without a fixed number of positions (`hf_config`)."""
+        decoder = self.model.cfg.decoder
+        if decoder.hf_config is not None:
+            return None
+        prefix = self.model.cfg.mapper.prefix_length + max(len(self.prompt_prefix(p)) for p in prompts)
+        return decoder.n_positions, prefix
+
+    def check_generation(self, prompts: Sequence[str], gen: GenerationConfig, additional_text: str = "") -> None:
+        """Refuse (`UsageError`) answers that could run past the language model's last position: the prefix, the
+        answer's given start and `gen.max_len` tokens (the last one never fed back) must fit in its positions."""
+        room = self._room(prompts) if prompts else None
+        if room is None:
+            return
+        positions, prefix = room
+        start = len(self.tok.encode(additional_text)) if additional_text else 0
+        most = positions - prefix - start + 1  # the longest answer that fits
+        if start and most < 1:
+            raise UsageError(
+                "--answer-prefix",
+                f"{start} tokens: more than the {positions - prefix} positions this model has after its "
+                f"{prefix}-token prefix (audio and prompt)",
+            )
+        if gen.max_len > most:
+            given = f", {start} by the answer's given start" if start else ""
+            raise UsageError(
+                "--max-len",
+                f"{gen.max_len} tokens do not fit: this model has {positions} positions, {prefix} taken by the "
+                f"audio and prompt prefix{given}; use --max-len {most} or less",
+            )
+
     def generate(
         self, audio_embeds: torch.Tensor, prompts: Sequence[str], gen: GenerationConfig, additional_text: str = ""
     ) -> list[list[Answer]]:
         """Answers for every (window, prompt) pair: result[i][j] answers prompts[j] about window i.
 
         `additional_text` is the start of every answer, fed after the prefix; the model continues it (the
-        reference meant to support this, but passes a single character).
+        reference meant to support this, but passes a single character). Answers that could not fit in the
+        language model's positions are refused (`check_generation`).
         """
+        self.check_generation(prompts, gen, additional_text)
         if gen.stop_ids is None:  # the tokenizer knows this model's end tokens
             gen = dataclasses.replace(gen, stop_ids=self.tok.stop_ids_for(gen.stop))
         if self.fast is not None and self.fast.greedy:
@@ -196,8 +231,20 @@ class Engine:
         return answers
 
     def score(self, audio_embeds: torch.Tensor, prompt: str, candidates: Sequence[str]) -> list[list[CandidateScore]]:
-        """Log-likelihood of each candidate answer (as `text + " <|endoftext|>"`) for each window."""
+        """Log-likelihood of each candidate answer (as `text + " <|endoftext|>"`) for each window; a candidate
+        too long for the language model's positions after the prefix is refused (`UsageError`)."""
         ids = [self.tok.answer_ids(c) for c in candidates]
+        room = self._room([prompt])
+        if room is not None and ids:
+            positions, prefix = room
+            longest = max(range(len(ids)), key=lambda i: len(ids[i]))
+            if prefix + len(ids[longest]) > positions:
+                text = candidates[longest] if len(candidates[longest]) <= 40 else candidates[longest][:40] + "..."
+                raise UsageError(
+                    "",
+                    f"{text!r}: {len(ids[longest])} tokens as an answer, more than the {positions - prefix} "
+                    f"positions this model has after its {prefix}-token prefix",
+                )
         out: list[list[CandidateScore]] = []
         for part in chunk_slices(len(audio_embeds), max(1, self.batch_size // 4)):
             prefix = self.prefixes(audio_embeds[part], [prompt])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -101,3 +103,19 @@ def test_model_info_json(tiny_model_dir):
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)
     assert info["variant"] == "base" and info["tokenizers"] == {"gpt2": True, "clip": True}
+
+
+def test_stderr_holds_only_the_messages_when_it_is_not_a_terminal(tiny_model_dir, clips, tmp_path):
+    """A script that keeps stderr gets no stray blank line from the (invisible) progress bar: nothing for a clean
+    run, and exactly one line per file that could not be decoded."""
+    broken = tmp_path / "broken.wav"
+    broken.write_text("not audio\n")
+    base = [sys.executable, "-m", "pengi_search", "describe", "--model", str(tiny_model_dir), "--max-len", "2"]
+    clean = subprocess.run([*base, str(clips[0]), "--json"], capture_output=True, text=True, timeout=300)
+    assert clean.returncode == 0 and json.loads(clean.stdout), clean.stderr
+    assert clean.stderr == ""
+    partial = subprocess.run([*base, str(clips[0]), str(broken)], capture_output=True, text=True, timeout=300)
+    assert partial.returncode == EXIT_PARTIAL
+    assert partial.stderr.splitlines() == [
+        f"skipped {broken}: not a readable audio file (unknown format or corrupt data)"
+    ]

@@ -40,7 +40,9 @@ class Paths:
     sounds: Path  # a folder with good files and an empty one
     labels: Path
     bad_labels: Path  # a label given twice
+    long_label: Path  # a label longer than the tiny model's language model can score
     missing: Path  # no such file or library
+    linked: Path  # a folder with a good recording and a symbolic link to nothing (gone.wav)
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +54,9 @@ def paths(tmp_path_factory, tiny_model_dir, tiny_no_text_model_dir) -> Paths:
     (base / "sounds" / "empty.wav").write_bytes(b"")
     (base / "labels.txt").write_text("dog\nrain\n")
     (base / "bad-labels.txt").write_text("dog\nrain\ndog\n")
+    write_tone(base / "linked" / "good.wav", 1.0)
+    (base / "linked" / "gone.wav").symlink_to(base / "linked" / "deleted.wav")
+    (base / "long-label.txt").write_text("dog\n" + "rain " * 500 + "\n")
     return Paths(
         db=base / "lib.db",
         model=tiny_model_dir,
@@ -61,7 +66,9 @@ def paths(tmp_path_factory, tiny_model_dir, tiny_no_text_model_dir) -> Paths:
         sounds=base / "sounds",
         labels=base / "labels.txt",
         bad_labels=base / "bad-labels.txt",
+        long_label=base / "long-label.txt",
         missing=base / "missing" / "none.wav",
+        linked=base / "linked",
     )
 
 
@@ -108,12 +115,54 @@ CASES = {
         "--min-duration 10 is more than --max-duration 5",
     ),
     "similar, no such file": Case(lambda p: ("similar", p.missing, *lib(p)), EXIT_USAGE, "no such file"),
+    "similar, a folder": Case(lambda p: ("similar", p.sounds, *lib(p)), EXIT_USAGE, "a folder, not a file"),
+    "describe, a broken symbolic link": Case(
+        lambda p: ("describe", p.linked / "gone.wav", "--model", p.model), EXIT_USAGE, "gone.wav: broken symbolic link"
+    ),
     "describe, no such file": Case(lambda p: ("describe", p.missing, "--model", p.model), EXIT_USAGE, "no such file"),
     "ask, no such file": Case(lambda p: ("ask", p.missing, "what?", "--model", p.model), EXIT_USAGE, "no such file"),
+    "ask, empty question": Case(
+        lambda p: ("ask", p.clip, "  ", "--model", p.model, *QUICK), EXIT_USAGE, "the question is empty"
+    ),
     "ask, refused long question": Case(
         lambda p: ("ask", p.clip, "is it " * 60, "--model", p.model, *QUICK, "--long-prompts", "refuse"),
         EXIT_USAGE,
         "prompt longer than",
+    ),
+    "describe --hop longer than a window": Case(
+        lambda p: ("describe", p.clip, "--model", p.model, *QUICK, "--hop", "8"),
+        EXIT_USAGE,
+        "Invalid value for '--hop'",
+    ),
+    "describe --max-len past the model's positions": Case(
+        lambda p: ("describe", p.clip, "--model", p.model, *QUICK, "--max-len", "1000"),
+        EXIT_USAGE,
+        "--max-len: 1000 tokens do not fit",
+    ),
+    "describe, an answer prefix longer than the model": Case(
+        lambda p: ("describe", p.clip, "--model", p.model, *QUICK, "--answer-prefix", "a " * 1000),
+        EXIT_USAGE,
+        "--answer-prefix",
+    ),
+    "classify --method loglik, a label longer than the model": Case(
+        lambda p: ("classify", p.clip, "--labels", p.long_label, "--method", "loglik", "--model", p.model, *QUICK),
+        EXIT_USAGE,
+        "tokens as an answer",
+    ),
+    "index --max-len past the model's positions": Case(
+        lambda p: (
+            "index",
+            p.sounds,
+            "--db",
+            p.sounds.parent / "long.db",
+            "--model",
+            p.model,
+            *QUICK,
+            "--max-len",
+            "1000",
+        ),
+        EXIT_USAGE,
+        "--max-len: 1000 tokens do not fit",
     ),
     "classify, bad labels file": Case(
         lambda p: ("classify", p.clip, "--labels", p.bad_labels, "--model", p.model), EXIT_USAGE, "line 3"
@@ -123,6 +172,16 @@ CASES = {
     ),
     "classify, no such target": Case(
         lambda p: ("classify", p.missing, "--labels", p.labels, "--model", p.model), EXIT_USAGE, "no such file"
+    ),
+    "classify -o into a folder that does not exist": Case(
+        lambda p: ("classify", p.sounds, "--labels", p.labels, "--model", p.model, "-o", p.missing / "out.csv"),
+        EXIT_USAGE,
+        "cannot write the CSV: no folder",
+    ),
+    "classify -o a folder": Case(
+        lambda p: ("classify", p.sounds, "--labels", p.labels, "--model", p.model, "-o", p.sounds),
+        EXIT_USAGE,
+        "a folder; --output takes the CSV file's name",
     ),
     "classify, template without {label}": Case(
         lambda p: ("classify", p.clip, "--labels", p.labels, "--template", "a sound", "--model", p.model),
@@ -194,6 +253,11 @@ CASES = {
         lambda p: ("classify", p.broken, "--labels", p.labels, "--model", p.model, *QUICK),
         EXIT_PARTIAL,
         "not a readable audio file",
+    ),
+    "classify, a folder with a broken link": Case(
+        lambda p: ("classify", p.linked, "--labels", p.labels, "--model", p.model, *QUICK),
+        EXIT_PARTIAL,
+        "gone.wav: broken symbolic link",
     ),
     "index, an empty file": Case(
         lambda p: ("index", p.sounds, "--db", p.sounds.parent / "new.db", "--model", p.model, *QUICK, "--workers", "0"),

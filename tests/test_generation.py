@@ -120,3 +120,50 @@ def test_the_engine_ends_answers_where_the_stop_rule_says(tiny_model_dir, monkey
     audio = engine.audio_embeddings(np.zeros((1, engine.model.cfg.audio.clip_samples), np.float32))
     engine.generate(audio, ["generate audio caption"], GenerationConfig(beam=2, max_len=3, stop=rule))
     assert seen == [engine.tok.stop_ids[:ends]]  # the lone space; and end-of-text unless `original`
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    return Engine.load(ModelDir.read(tiny_model_dir), "cpu")
+
+
+@pytest.fixture(scope="module")
+def silence(engine):
+    return engine.audio_embeddings(np.zeros((1, engine.model.cfg.audio.clip_samples), np.float32))
+
+
+def positions_after_prefix(engine) -> int:
+    return engine.model.cfg.decoder.n_positions - engine.model.cfg.prefix_tokens
+
+
+@pytest.mark.parametrize("beam", [1, 2])
+def test_the_longest_answer_that_fits_the_language_model_is_generated_to_its_last_position(engine, silence, beam):
+    """The prefix and max_len tokens fill GPT-2's positions (the last token is never fed back), never stopping."""
+    most = positions_after_prefix(engine) + 1
+    [[answer]] = engine.generate(silence, ["generate audio caption"], GenerationConfig(beam, most, stop_ids=()))
+    assert np.isfinite(answer.score)
+
+
+def test_an_answer_longer_than_the_language_model_is_refused_before_decoding(engine, silence, monkeypatch):
+    """One token too many for GPT-2's positions is bad usage, saying the longest that fits: no IndexError deep in
+    the model after the work, whatever the answer would have been."""
+    from pengi_search.errors import UsageError
+
+    monkeypatch.setattr("pengi_search.inference.beam_search", lambda *a: pytest.fail("decoded anyway"))
+    most = positions_after_prefix(engine) + 1
+    with pytest.raises(UsageError, match=f"use --max-len {most} or less"):
+        engine.generate(silence, ["generate audio caption"], GenerationConfig(beam=1, max_len=most + 1))
+    start = " a" * (most + 1)
+    with pytest.raises(UsageError, match="--answer-prefix"):
+        engine.generate(silence, ["generate audio caption"], GenerationConfig(1, 1), additional_text=start)
+
+
+def test_a_candidate_longer_than_the_language_model_is_refused(engine, silence):
+    from pengi_search.errors import UsageError
+
+    fits = engine.tok.decode(engine.tok.encode(" a") * (positions_after_prefix(engine) - 2))
+    assert len(engine.tok.answer_ids(fits)) == positions_after_prefix(engine)
+    [[scored]] = engine.score(silence, "this is a sound of", [fits])
+    assert np.isfinite(scored.mean)
+    with pytest.raises(UsageError, match="tokens as an answer"):
+        engine.score(silence, "this is a sound of", [fits + " a"])

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from indexer.pipeline import run_index
 from pengi_search.cli import app
-from pengi_search.cli.common import EXIT_OK, EXIT_PARTIAL
+from pengi_search.cli.common import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 from pengi_search.db import Store, StoreError
 from pengi_search.errors import PengiSearchError
 from pengi_search.library import Library
@@ -231,6 +231,22 @@ def test_prefix_queries_keep_odd_folders_apart(tmp_path):
 def test_errors_show_the_name_escaped():
     error = PengiSearchError(os.fsdecode(b"/x/\xff.wav"), "broken")
     assert str(error) == "/x/\\xff.wav: broken" and error.where == os.fsdecode(b"/x/\xff.wav")
+
+
+@pytest.mark.parametrize("command", ["describe", "similar", "classify"])
+@pytest.mark.parametrize(
+    ("name", "shown"), [(b"gone\xff.wav", "gone\\xff.wav"), (b"two\nlines.wav", "two\\nlines.wav")]
+)
+def test_a_missing_file_is_named_escaped_on_one_line(command, name, shown, tmp_path, tiny_model_dir):
+    """The name as every other message shows it: not Python's surrogate escape, and not cut at its line break."""
+    missing = odd(tmp_path, name)
+    (tmp_path / "labels.txt").write_text("dog\nrain\n")
+    extra = {"similar": ("--db", tmp_path / "none.db"), "classify": ("--labels", tmp_path / "labels.txt")}
+    result = run(command, missing, "--model", tiny_model_dir, *extra.get(command, ()))
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert result.output.strip().splitlines() == [
+        f"error: {tmp_path}/{shown}: no such file" + " or folder" * (command == "classify")
+    ]
 
 
 def test_a_failure_that_cannot_be_recorded_is_reported_and_the_run_goes_on(tree, tmp_path, tiny_model_dir, monkeypatch):

@@ -38,6 +38,7 @@ from .common import (
     err_console,
     fetches_model,
     handle_errors,
+    not_found,
     options_from,
     out_console,
     print_json,
@@ -142,6 +143,8 @@ def classify(
 
     apply_threads(compute.threads)
     label_list, known = _read_inputs(labels, truth)
+    if output is not None:
+        _check_writable(output)
     settings = scoring.settings()
     predictions, failures = classify_target(
         target,
@@ -180,13 +183,24 @@ def _read_inputs(labels: Path, truth: Path | None) -> tuple[list[str], Truth | N
         raise UsageError("", str(err)) from None
 
 
+def _check_writable(output: Path) -> None:
+    """Refuse an --output the CSV cannot be written to before the work, not after it."""
+    folder = output.parent
+    if output.is_dir():
+        raise UsageError(output, "a folder; --output takes the CSV file's name")
+    if not folder.is_dir():
+        raise UsageError(output, f"cannot write the CSV: no folder {shown(os.fspath(folder))}")
+    if not os.access(folder, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
+        raise UsageError(output, "cannot write the CSV: permission denied")
+
+
 def _files_of(target: Path) -> tuple[list[str], list[Failure]]:
     """The audio files to classify (a folder's, recursively and sorted) and those that cannot be read."""
     if target.is_dir():
         return _audio_files(target)
     if target.is_file():
         return [os.fspath(target)], []
-    raise UsageError("", f"{target}: no such file or folder")
+    raise not_found(target, "file or folder")
 
 
 def _audio_files(target: Path) -> tuple[list[str], list[Failure]]:
@@ -224,6 +238,8 @@ def classify_target(
     from ..classify import Classifier
 
     files, failures = _files_of(target)
+    for path, reason in failures:  # found but unreadable (a broken link, a folder that cannot be listed)
+        _report_skipped(path, reason)
     library = _open_library(db)
     try:
         classifier = Classifier(
@@ -261,12 +277,14 @@ def _run_classifier(
         for outcome in classifier.classify_files(files, WindowProgress(bar, "classifying", visible=visible)):
             if isinstance(outcome, FailedFile):
                 failures.append((outcome.path, outcome.reason))
-                err_console.print(
-                    f"[red]skipped[/] {escape(shown(outcome.path))}: {escape(outcome.reason)}", soft_wrap=True
-                )
+                _report_skipped(outcome.path, outcome.reason)
             else:
                 predictions.append(outcome)
     return predictions, failures
+
+
+def _report_skipped(path: str, reason: str) -> None:
+    err_console.print(f"[red]skipped[/] {escape(shown(path))}: {escape(reason)}", soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -291,6 +291,18 @@ def _one_line(err: BaseException) -> str:
     return text.splitlines()[0]
 
 
+def not_found(path: Path, what: str = "file") -> UsageError:
+    """Bad usage for a `path` that names no `what` ("file", "file or folder"): a broken symbolic link and a
+    folder where a file was wanted say so. The path is the error's `where`, so it is shown escaped, on one line."""
+    if path.is_symlink() and not path.exists():
+        return UsageError(path, "broken symbolic link (its target does not exist or is a loop)")
+    if path.is_dir():
+        return UsageError(path, "a folder, not a file; give the audio files in it")
+    if path.exists():
+        return UsageError(path, f"not a regular {what} (a device, FIFO or socket)")
+    return UsageError(path, f"no such {what}")
+
+
 def fail(message: str, code: int = EXIT_FAILED) -> None:
     """Print `message` (plain text: a file name with brackets is no markup) as an error and exit with `code`."""
     err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
@@ -333,6 +345,8 @@ def show_progress(quiet: bool, json_output: bool = False) -> bool:
 
 
 def progress_bar():
+    """A transient progress bar on stderr. Off where stderr is no terminal: it would show nothing there, and Rich
+    ends a bar on such a stream with a blank line, which scripts keeping stderr would read as a message."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(
@@ -343,6 +357,7 @@ def progress_bar():
         TimeRemainingColumn(),
         console=err_console,
         transient=True,
+        disable=not err_console.is_interactive,
     )
 
 

@@ -31,6 +31,7 @@ from .common import (
     fetches_model,
     handle_errors,
     lasting_objects,
+    not_found,
     options_from,
     out_console,
     print_json,
@@ -44,7 +45,10 @@ if TYPE_CHECKING:
     from ..window_batches import Decoding
 
 FilesArgument = Annotated[list[Path], typer.Argument(help="Audio files (wav, flac, ogg, opus, mp3, m4a, ...).")]
-HopOption = Annotated[float, typer.Option("--hop", min=0.5, help="Seconds between window starts (windows last 7 s).")]
+HopOption = Annotated[
+    float,  # at most a window apart (audio.WINDOW_SECONDS): windows further apart would leave gaps unheard
+    typer.Option("--hop", min=0.5, max=7.0, help="Seconds between window starts (windows last 7 s)."),
+]
 AnswerPrefixOption = Annotated[
     str, typer.Option("--answer-prefix", help="Text the answer must start with; the model continues it.")
 ]
@@ -88,7 +92,7 @@ def _describe_files(
 
     missing = [path for path in files if not path.exists()]
     if missing:
-        raise UsageError("", f"{missing[0]}: no such file")
+        raise not_found(missing[0])
     with Decoding(files, hop_s=options.hop) as decoding:  # the files decode while the model's code imports and loads
         with lasting_objects():
             engine = _load_engine(options, prompts=len(prompts))
@@ -232,6 +236,8 @@ def ask(
     """
     from ..prompts import question_prompt
 
+    if not question.strip():
+        raise UsageError("", 'the question is empty; ask something about the sound, e.g. "is there speech?"')
     prompts = {"answer": question_prompt(question)}
     progress = show_progress(quiet, json_output)
     results = _describe_files(files, prompts, options, answer_prefix="", progress=progress)

@@ -28,6 +28,7 @@ from .common import (
     err_console,
     fetches_model,
     handle_errors,
+    not_found,
     options_from,
     out_console,
     print_json,
@@ -214,7 +215,7 @@ def similar(
 
     missing = [f for f in files if not f.is_file()]
     if missing:
-        raise UsageError("", f"{missing[0]}: no such file")
+        raise not_found(missing[0])
     apply_threads(compute.threads)
     scope = search.scope()
     with Library.open(search.db, read_only=True) as library, progress_bar() as bar:
