@@ -153,6 +153,7 @@ class IndexSummary:
     stale_runs: list[int] = field(default_factory=list)  # earlier runs found dead and marked 'interrupted'
     failed: list[FailedFile] = field(default_factory=list)
     unreadable_dirs: list[FailedFile] = field(default_factory=list)
+    unseen_roots: list[FileNote] = field(default_factory=list)  # roots with indexed files but none found: not pruned
     truncated: list[FileNote] = field(default_factory=list)  # indexed as far as they decode
     decoder_notes: list[FileNote] = field(default_factory=list)  # what C decoders printed, per file
 
@@ -164,7 +165,7 @@ class IndexSummary:
         data = {name: getattr(self, name) for name in self.__dataclass_fields__}
         data["seconds"] = round(self.seconds, 3)
         data["searchable_s"] = round(self.searchable_s, 3)
-        for name in ("failed", "unreadable_dirs", "truncated", "decoder_notes"):
+        for name in ("failed", "unreadable_dirs", "unseen_roots", "truncated", "decoder_notes"):
             data[name] = [item.to_json() for item in getattr(self, name)]
         return data
 
@@ -533,18 +534,23 @@ class _Run:
 
     def _prune(self, scanned: ScanResult) -> int:
         """Forget files under the scanned roots that are gone, keeping what this scan could not see: files under
-        unreadable folders and files whose extension was not asked for this time."""
+        unreadable folders, files whose extension was not asked for this time, and every file of a root where the
+        scan found nothing at all (an unmounted drive's empty mount point must not cost the library)."""
         present = {entry.path for entry in scanned.entries}
         hidden = [folder for folder, _ in scanned.unreadable_dirs]
         pruned = 0
         for root in scanned.roots:
             missing = self.store.all_file_stamps(under=root).keys() - present
-            keep = present | {
+            unseen = {
                 path
                 for path in missing
                 if not has_extension(path, self.options.extensions) or any(_inside(path, d) for d in hidden)
             }
-            pruned += self.store.prune_missing(keep, under=root)
+            gone = missing - unseen
+            if gone and not any(_inside(path, root) for path in present):
+                self.summary.unseen_roots.append(FileNote(root, _EMPTY_ROOT.format(count=len(gone))))
+                continue
+            pruned += self.store.prune_missing(present | unseen, under=root)
         return pruned
 
     def _sync(self) -> None:
@@ -566,6 +572,12 @@ def _same_content(entry: Entry, stamp: FileStamp, retry_errors: bool) -> bool:
         return file_sha256(entry.path) == stamp.content_hash
     except OSError:
         return False  # decoding will report why it cannot be read
+
+
+_EMPTY_ROOT = (
+    "no audio file found here, so its {count} indexed file(s) were kept (an unmounted drive?); "
+    "`pengi-search remove` forgets them"
+)
 
 
 def _inside(path: str, folder: str) -> bool:

@@ -113,6 +113,30 @@ def test_a_missing_folder_is_a_usage_error_and_prunes_nothing(tiny_model_dir, so
     assert json.loads(run("stats", "--db", db, "--json").stdout)["files"]["indexed"] == 3
 
 
+def test_an_empty_mount_point_keeps_its_files_and_says_how_to_forget_them(tiny_model_dir, sounds, tmp_path):
+    db = tmp_path / "lib.db"
+    assert index(sounds, db, tiny_model_dir).exit_code == 0
+    for path in [*(sounds / "dogs").iterdir(), sounds / "rain.wav"]:
+        path.unlink()  # the folder is still there, empty: what an unmounted drive's mount point looks like
+
+    result = index(sounds, db, tiny_model_dir, "--json")
+    summary = json.loads(result.stdout)
+    assert result.exit_code == 0 and summary["pruned"] == 0
+    [note] = summary["unseen_roots"]
+    assert note["path"] == str(sounds) and "3 indexed file(s) were kept" in note["note"]
+    shown = index(sounds, db, tiny_model_dir)
+    assert shown.exit_code == 0 and "were kept" in shown.stderr and "pengi-search remove" in shown.stderr
+    assert json.loads(run("stats", "--db", db, "--json").stdout)["files"]["indexed"] == 3
+
+    write_tone(sounds / "rain.wav", 1.0, freq=900)  # back with one file: the other two are really gone
+    again = index(sounds, db, tiny_model_dir, "--json")
+    assert (
+        again.exit_code == 0
+        and json.loads(again.stdout)["pruned"] == 2
+        and not json.loads(again.stdout)["unseen_roots"]
+    )
+
+
 def test_another_model_is_refused_in_one_line(tiny_model_dir, sounds, tmp_path):
     db = tmp_path / "lib.db"
     assert index(sounds, db, tiny_model_dir).exit_code == 0

@@ -341,7 +341,7 @@ def _print_summary(summary: IndexSummary, *, verbose: bool = False) -> None:
     for label, items in (("failed", summary.failed), ("unreadable folder", summary.unreadable_dirs)):
         for item in items:
             err_console.print(f"[red]{label}[/] {escape(shown(item.path))}: {escape(item.message)}", soft_wrap=True)
-    for note in summary.truncated:
+    for note in [*summary.unseen_roots, *summary.truncated]:
         err_console.print(f"[yellow]warning:[/] {escape(shown(note.path))}: {escape(note.message)}", soft_wrap=True)
     for note in summary.decoder_notes if verbose else ():
         err_console.print(f"decoder {escape(shown(note.path))}: {escape(note.message)}", soft_wrap=True)
