@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -73,7 +74,12 @@ class Filters:
         max_duration: float | None = None,
     ) -> Filters:
         """Command-line values: a relative `path` glob is taken from the current folder (`\\xff` in it is the byte
-        0xff of a name that is not UTF-8, see `pathnames.from_typed`), `ext` is "wav,.flac"."""
+        0xff of a name that is not UTF-8, see `pathnames.from_typed`), `ext` is "wav,.flac". A number that is not
+        finite (`nan` parses as a float) is refused: no score or duration compares true with it."""
+        bounds = {"--min-score": min_score, "--min-duration": min_duration, "--max-duration": max_duration}
+        for option, value in bounds.items():
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{option} {value}: give a finite number")
         return cls(
             min_score=min_score,
             path_glob=None if path is None else absolute_glob(from_typed(path)),

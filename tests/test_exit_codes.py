@@ -108,6 +108,10 @@ CASES = {
     "query, empty text": Case(lambda p: ("query", " ", *lib(p)), EXIT_USAGE, "query text is empty"),
     "query --by foo": Case(lambda p: ("query", "x", "--by", "foo", *lib(p)), EXIT_USAGE, "Invalid value for '--by'"),
     "query -k 0": Case(lambda p: ("query", "x", "-k", "0", *lib(p)), EXIT_USAGE, "Invalid value for '--limit'"),
+    "query --min-score nan": Case(lambda p: ("query", "x", "--min-score", "nan", *lib(p)), EXIT_USAGE, "finite"),
+    "similar --max-duration inf": Case(
+        lambda p: ("similar", p.clip, "--max-duration", "inf", *lib(p)), EXIT_USAGE, "--max-duration inf"
+    ),
     "query --ext ,": Case(lambda p: ("query", "x", "--ext", ",", *lib(p)), EXIT_USAGE, "names no extension"),
     "query, min > max duration": Case(
         lambda p: ("query", "x", "--min-duration", "10", "--max-duration", "5", *lib(p)),
