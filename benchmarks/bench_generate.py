@@ -57,12 +57,12 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 from torch import nn
-from transformers import GPT2LMHeadModel
 
 from pengi_search.audio import AUDIO_EXTENSIONS, iter_windows
 from pengi_search.config import PengiConfig
 from pengi_search.decoding import GenerationConfig, beam_search
 from pengi_search.fast_mode import FastMode, autocast
+from pengi_search.gpt2 import GPT2LM
 from pengi_search.inference import default_audio_batch_size, default_batch_size, prepare_model
 from pengi_search.kv_cache import SharedPrefix
 from pengi_search.model import Pengi
@@ -166,7 +166,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def last_log_probs(gpt: GPT2LMHeadModel, sequence: torch.Tensor) -> torch.Tensor:
+def last_log_probs(gpt: GPT2LM, sequence: torch.Tensor) -> torch.Tensor:
     """(R, T, E) embeddings -> (R, V) log-probabilities of the token after each row, the original's way.
 
     No cache: GPT-2 reads the whole sequence and projects every position onto the vocabulary, of which only the last
@@ -176,7 +176,7 @@ def last_log_probs(gpt: GPT2LMHeadModel, sequence: torch.Tensor) -> torch.Tensor
     return gpt(inputs_embeds=sequence).logits[:, -1].softmax(-1).log()
 
 
-def recompute_beam_search(gpt: GPT2LMHeadModel, prefix: torch.Tensor, beam: int, max_len: int) -> Hyps:
+def recompute_beam_search(gpt: GPT2LM, prefix: torch.Tensor, beam: int, max_len: int) -> Hyps:
     """The original Pengi's beam search for one clip's (1, P, E) prefix, with no stop token: the yardstick.
 
     Step 1 keeps the `beam` most likely first tokens. Every later step scores each beam's every continuation by its

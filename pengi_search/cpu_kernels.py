@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.pytorch_utils import Conv1D
+
+from .gpt2 import Conv1D, is_conv1d
 
 
 def onednn_available() -> bool:
@@ -38,7 +39,7 @@ class OneDnnLinear(nn.Module):
 
     @classmethod
     def of(cls, layer: nn.Linear | Conv1D) -> OneDnnLinear:
-        return cls(layer.weight, layer.bias, transposed=isinstance(layer, Conv1D))
+        return cls(layer.weight, layer.bias, transposed=is_conv1d(layer))
 
     @property
     def matrix(self) -> torch.Tensor:
@@ -58,7 +59,7 @@ class OneDnnLinear(nn.Module):
 def _convertible(layer: nn.Module) -> bool:
     """float32 `nn.Linear` (exactly that class: subclasses such as attention's output projection are read by
     their owner's own code) or GPT-2 `Conv1D` layers on the CPU."""
-    if type(layer) is not nn.Linear and not isinstance(layer, Conv1D):
+    if type(layer) is not nn.Linear and not is_conv1d(layer):
         return False
     return layer.weight.device.type == "cpu" and layer.weight.dtype == torch.float32
 

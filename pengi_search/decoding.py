@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedModel
+from torch import nn
 
 from .choices import StopRule
 from .chunking import chunked
@@ -73,7 +73,7 @@ def _ban_repeated_ngrams(logp: torch.Tensor, history: torch.Tensor, n: int) -> N
 
 @torch.no_grad()
 def greedy(
-    gpt: PreTrainedModel, prefix: torch.Tensor | SharedPrefix, steps: int, stop_ids: tuple[int, ...] = ()
+    gpt: nn.Module, prefix: torch.Tensor | SharedPrefix, steps: int, stop_ids: tuple[int, ...] = ()
 ) -> list[list[int]]:
     """Argmax decoding of up to `steps` tokens for each prefix row; a row ends at its first stop id."""
     prefix = _as_shared(prefix)
@@ -97,9 +97,7 @@ def greedy(
 
 
 @torch.no_grad()
-def beam_search(
-    gpt: PreTrainedModel, prefix: torch.Tensor | SharedPrefix, cfg: GenerationConfig
-) -> list[list[Hypothesis]]:
+def beam_search(gpt: nn.Module, prefix: torch.Tensor | SharedPrefix, cfg: GenerationConfig) -> list[list[Hypothesis]]:
     """Beam search for every prefix row at once; returns each row's `cfg.beam` hypotheses, best first.
 
     The reference's rules: step 1 keeps the top-`beam` tokens. Later, a stopped beam may only extend with token 0 at
@@ -160,7 +158,7 @@ class CandidateScore:
 
 @torch.no_grad()
 def score_candidates(
-    gpt: PreTrainedModel, prefix: torch.Tensor | SharedPrefix, candidates: list[list[int]], max_rows: int = 256
+    gpt: nn.Module, prefix: torch.Tensor | SharedPrefix, candidates: list[list[int]], max_rows: int = 256
 ) -> list[list[CandidateScore]]:
     """Log-likelihood of every candidate token sequence as the continuation of every prefix row.
 

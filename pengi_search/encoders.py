@@ -13,14 +13,16 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import CLIPTextConfig, CLIPTextModel
 
 from .audio_backbones import HTSAT_ENCODER, FeatureStandardiser, FramePooling, gives_frames, make_backbone
 from .checkpoint import TEXT_ENCODER_PREFIX, CheckpointError, load_state_dict_strict, read_safetensors_part
+from .clip_text import CLIPTextTower
 from .config import AudioConfig, TextEncoderConfig
 from .htsat import HTSAT
 
 if TYPE_CHECKING:
+    from transformers import CLIPTextConfig
+
     from .model_dir import ModelDir
 
 
@@ -76,15 +78,17 @@ class AudioEncoder(nn.Module):
 
 def clip_text_config(cfg: TextEncoderConfig) -> CLIPTextConfig:
     # Every field of TextEncoderConfig is a CLIPTextConfig field of the same name; prompts are padded with <eos>.
+    from transformers import CLIPTextConfig  # the configuration only: no model code
+
     return CLIPTextConfig(**dataclasses.asdict(cfg), pad_token_id=cfg.eos_token_id)
 
 
 class TextEncoder(nn.Module):
-    """CLIP text transformer -> pooled (end-of-text) state -> CLIP text projection -> Projection."""
+    """CLIP text transformer (`clip_text`) -> pooled (end-of-text) state -> CLIP text projection -> Projection."""
 
     def __init__(self, cfg: TextEncoderConfig, d_proj: int):
         super().__init__()
-        self.base = CLIPTextModel(clip_text_config(cfg))
+        self.base = CLIPTextTower(clip_text_config(cfg))
         self.clip_text_projection = nn.Linear(cfg.hidden_size, cfg.projection_dim, bias=False)
         self.projection = Projection(cfg.projection_dim, d_proj)
 
@@ -102,5 +106,5 @@ class TextEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) token ids -> (B, d_proj), not normalised."""
-        pooled = self.base(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+        pooled = self.base(input_ids, attention_mask)  # (B, hidden)
         return self.projection(self.clip_text_projection(pooled))

@@ -21,9 +21,9 @@ from typing import Literal
 
 import torch
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
 from .choices import EXACT_MODE
+from .gpt2 import is_conv1d
 from .model import Pengi
 
 Precision = Literal["fp32", "bf16", "int8"]
@@ -74,7 +74,7 @@ def gpt2_conv1d_to_linear(module: nn.Module) -> None:
     """Replace every GPT-2 `Conv1D` (x @ W + b, W stored (in, out)) under `module` by the same `nn.Linear`."""
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, Conv1D):
+            if is_conv1d(child):
                 fan_in, fan_out = child.weight.shape
                 linear = nn.Linear(fan_in, fan_out, device=child.weight.device, dtype=child.weight.dtype)
                 with torch.no_grad():

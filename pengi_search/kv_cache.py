@@ -20,12 +20,16 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
-from transformers import DynamicCache, GPT2LMHeadModel, PreTrainedModel
+from torch import nn
 
 from .cpu_kernels import linear_add, linear_gelu
+from .gpt2 import GPT2LM
+
+if TYPE_CHECKING:
+    from transformers import DynamicCache
 
 # GPT-2's activation: transformers writes the tanh approximation out in five operations; a fused kernel (PyTorch's,
 # or oneDNN's inside the product, see `cpu_kernels`) computes the same function within rounding, in a fraction of
@@ -92,7 +96,7 @@ class LMCache(Protocol):
         ...
 
 
-def start_cache(gpt: PreTrainedModel, prefix: SharedPrefix, capacity: int = 0) -> tuple[LMCache, torch.Tensor]:
+def start_cache(gpt: nn.Module, prefix: SharedPrefix, capacity: int = 0) -> tuple[LMCache, torch.Tensor]:
     """Run `gpt` over the prefix rows; returns the cache and the logits (rows, V) predicting each row's next token.
 
     `capacity`: tokens each row is expected to receive afterwards (space reserved ahead; more still fits).
@@ -109,13 +113,15 @@ def _last_logits(logits: torch.Tensor, all_positions: bool) -> torch.Tensor:
 class HFCache:
     """Any transformers causal LM: each row's prefix in full, transformers' `DynamicCache`."""
 
-    def __init__(self, gpt: PreTrainedModel, cache: DynamicCache, rows: int) -> None:
+    def __init__(self, gpt: nn.Module, cache: DynamicCache, rows: int) -> None:
         self.gpt = gpt
         self.cache = cache
         self.rows = rows
 
     @classmethod
-    def start(cls, gpt: PreTrainedModel, prefix: SharedPrefix) -> tuple[HFCache, torch.Tensor]:
+    def start(cls, gpt: nn.Module, prefix: SharedPrefix) -> tuple[HFCache, torch.Tensor]:
+        from transformers import DynamicCache
+
         state = cls(gpt, DynamicCache(), prefix.rows)
         return state, state.extend(prefix.full())
 
@@ -176,7 +182,7 @@ class GPT2Cache:
     the values; the result equals transformers' attention up to float rounding.
     """
 
-    def __init__(self, gpt: GPT2LMHeadModel, segments: tuple[_Segment, ...], rows: int, capacity: int) -> None:
+    def __init__(self, gpt: GPT2LM, segments: tuple[_Segment, ...], rows: int, capacity: int) -> None:
         self.gpt = gpt
         self.segments = segments
         self.rows = rows
@@ -186,11 +192,12 @@ class GPT2Cache:
         self._filled = 0
 
     @staticmethod
-    def supports(gpt: PreTrainedModel) -> bool:
+    def supports(gpt: Any) -> bool:
+        if not isinstance(gpt, GPT2LM):  # transformers' own GPT2LMHeadModel included: it goes through HFCache
+            return False
         cfg = gpt.config
-        return (
-            isinstance(gpt, GPT2LMHeadModel)
-            and cfg.scale_attn_weights
+        return bool(
+            cfg.scale_attn_weights
             and not cfg.scale_attn_by_inverse_layer_idx
             and not cfg.reorder_and_upcast_attn
             and not getattr(cfg, "add_cross_attention", False)
@@ -198,7 +205,7 @@ class GPT2Cache:
         )
 
     @classmethod
-    def start(cls, gpt: GPT2LMHeadModel, prefix: SharedPrefix, capacity: int) -> tuple[GPT2Cache, torch.Tensor]:
+    def start(cls, gpt: GPT2LM, prefix: SharedPrefix, capacity: int) -> tuple[GPT2Cache, torch.Tensor]:
         cache = cls(gpt, (), prefix.shared.shape[0], capacity)
         logits = cache._freeze(prefix.shared)
         if prefix.own.shape[1]:

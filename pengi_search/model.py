@@ -12,17 +12,17 @@ model; `save_pretrained` writes a model directory.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreTrainedModel
 
 from .checkpoint import (
     CheckpointError,
@@ -33,26 +33,53 @@ from .checkpoint import (
 )
 from .config import DecoderConfig, PengiConfig
 from .encoders import AudioEncoder, TextEncoder
+from .gpt2 import GPT2LM
 from .hashing import file_sha256
 from .mapper import EmbeddingMapper, Mapper
 from .model_dir import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, ModelDir, is_model_dir
 from .paths import models_dir
 
 if TYPE_CHECKING:
+    from transformers import GPT2Config
+
     from .tokenization import Tokenizers
 
 
 def gpt2_config(cfg: DecoderConfig) -> GPT2Config:
     # The fields of DecoderConfig but `hf_config` are GPT2Config fields of the same name; GPT-2 begins with <eos>.
+    from transformers import GPT2Config  # the configuration only: no model code
+
     sizes = {name: value for name, value in dataclasses.asdict(cfg).items() if name != "hf_config"}
     return GPT2Config(**sizes, bos_token_id=cfg.eos_token_id)
 
 
-def language_model(cfg: DecoderConfig) -> PreTrainedModel:
-    """GPT-2 (the released models), or the causal LM that `cfg.hf_config` describes."""
+def language_model(cfg: DecoderConfig) -> nn.Module:
+    """GPT-2 (the released models; this project's own, see `gpt2`), or the transformers causal LM that
+    `cfg.hf_config` describes (transformers' model code is imported for that one only)."""
     if cfg.hf_config is None:
-        return GPT2LMHeadModel(gpt2_config(cfg))
+        return GPT2LM(gpt2_config(cfg))
+    from transformers import AutoConfig, AutoModelForCausalLM
+
     return AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg.hf_config))
+
+
+@contextlib.contextmanager
+def skipped_initialisation() -> Iterator[None]:
+    """Modules built inside draw no random weights: every `torch.nn.init` function returns its tensor untouched
+    (layers initialise through them, as do `gpt2` and `clip_text`). For models whose weights are loaded next."""
+    names = [name for name in dir(nn.init) if name.endswith("_") and not name.startswith("_")]
+    saved = {name: getattr(nn.init, name) for name in names}
+
+    def untouched(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return tensor
+
+    try:
+        for name in names:
+            setattr(nn.init, name, untouched)
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(nn.init, name, function)
 
 
 class PrefixDecoder(nn.Module):
@@ -107,7 +134,10 @@ class Pengi(nn.Module):
     @classmethod
     def _uninitialized(cls, cfg: PengiConfig) -> Pengi:
         """A model whose every weight is loaded next: random initialisation (seconds at full size) is skipped."""
-        from transformers.initialization import no_init_weights
+        if cfg.decoder.hf_config is None:
+            with skipped_initialisation():
+                return cls(cfg)
+        from transformers.initialization import no_init_weights  # transformers' own models skip theirs this way
 
         with no_init_weights():
             model = cls(cfg)
@@ -144,7 +174,7 @@ class Pengi(nn.Module):
         return directory
 
     @property
-    def gpt(self) -> PreTrainedModel:
+    def gpt(self) -> nn.Module:
         return self.caption_decoder.gpt
 
     def token_embeddings(self, ids: torch.Tensor) -> torch.Tensor:

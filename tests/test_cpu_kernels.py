@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
 from pengi_search.checkpoint import CheckpointError, load_safetensors_strict
 from pengi_search.cpu_kernels import OneDnnLinear, linear_add, linear_gelu, onednn_available, use_onednn_linear
 from pengi_search.decoding import GenerationConfig, beam_search
+from pengi_search.gpt2 import Conv1D
 from pengi_search.inference import Engine, prepare_model
 from pengi_search.model import Pengi
 from pengi_search.model_dir import ModelDir

@@ -1,0 +1,244 @@
+"""GPT-2, Pengi's language model, in plain PyTorch: no transformers model code at inference.
+
+Importing transformers' model classes costs seconds per command; this module is the same network with the same
+parameter names as transformers' `GPT2LMHeadModel`, so model directories, released checkpoints and transformers
+checkpoints load unchanged:
+
+    transformer.wte (V, E)  transformer.wpe (P, E)
+    transformer.h.N.ln_1  .attn.c_attn (E, 3E)  .attn.c_proj (E, E)  .ln_2  .mlp.c_fc (E, 4E)  .mlp.c_proj (4E, E)
+    transformer.ln_f        lm_head (V, E), the same tensor as transformer.wte
+
+A `Conv1D` stores its weight (in, out), as GPT-2's original code did. The forward pass computes what transformers'
+computes (its "sdpa" attention, the same order of operations), and a new model is initialised as transformers
+initialises one: the same random draws in the same order, so a seed gives the same weights. The configuration is
+transformers' `GPT2Config` (a light import: no model code). `kv_cache.GPT2Cache` runs the blocks' modules with
+its own shared-prefix attention for decoding; `forward` here serves teacher forcing, training and any caller with
+transformers' cache protocol (`cache.update(k, v, layer)`, `cache.get_seq_length()`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+if TYPE_CHECKING:
+    from transformers import GPT2Config
+
+
+def new_gelu(x: torch.Tensor) -> torch.Tensor:
+    """GPT-2's `gelu_new`: the tanh approximation of GELU, written out as transformers writes it."""
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+ACTIVATIONS = {
+    "gelu_new": new_gelu,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu": F.gelu,
+    "relu": F.relu,
+}
+
+
+class Conv1D(nn.Module):
+    """y = x W + b with W stored (in, out): GPT-2's linear layer (named after the original TensorFlow code)."""
+
+    def __init__(self, nf: int, nx: int) -> None:
+        super().__init__()
+        self.nf = nf
+        self.nx = nx
+        self.weight = nn.Parameter(torch.empty(nx, nf))  # (in, out)
+        self.bias = nn.Parameter(torch.zeros(nf))
+        nn.init.normal_(self.weight, std=0.02)  # drawn here, as transformers' Conv1D does
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out_shape = x.shape[:-1] + (self.nf,)
+        x = torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight)  # (N, in) @ (in, out) + b
+        return x.view(out_shape)
+
+    def extra_repr(self) -> str:
+        return f"nf={self.nf}, nx={self.nx}"
+
+
+def is_conv1d(layer: nn.Module) -> bool:
+    """A GPT-2 `Conv1D`: this module's, or transformers' (`transformers.pytorch_utils.Conv1D`, the same layer),
+    recognised without importing transformers."""
+    kind = type(layer)
+    return isinstance(layer, Conv1D) or (kind.__name__ == "Conv1D" and kind.__module__ == "transformers.pytorch_utils")
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention; q, k, v come out of one (E, 3E) projection."""
+
+    def __init__(self, config: GPT2Config, layer_idx: int) -> None:
+        super().__init__()
+        E = config.hidden_size
+        self.n_head = config.num_attention_heads
+        self.head_dim = E // self.n_head
+        if self.head_dim * self.n_head != E:
+            raise ValueError(f"n_embd {E} is not divisible by n_head {self.n_head}")
+        self.layer_idx = layer_idx
+        self.scaling = self.head_dim**-0.5 if config.scale_attn_weights else 1.0
+        if config.scale_attn_by_inverse_layer_idx:
+            self.scaling /= float(layer_idx + 1)
+        self.c_attn = Conv1D(3 * E, E)
+        self.c_proj = Conv1D(E, E)
+        self.attn_dropout = nn.Dropout(config.attn_pdrop)
+        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, x: torch.Tensor, cache: Any = None) -> torch.Tensor:
+        B, T, E = x.shape
+        q, k, v = self.c_attn(x).split(E, dim=2)  # each (B, T, E)
+        q, k, v = (t.view(B, T, -1, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)  # (B, H, past + T, D)
+        L = k.shape[2]
+        mask = None
+        if T > 1 and L > T:  # new tokens after a cached past: each sees the past and the new tokens up to itself
+            mask = torch.ones(T, L, dtype=torch.bool, device=x.device).tril(L - T)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.attn_dropout.p if self.training else 0.0,
+            scale=self.scaling,
+            is_causal=T > 1 and mask is None,
+        )  # (B, H, T, D)
+        y = y.transpose(1, 2).contiguous().reshape(B, T, E)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__()
+        E = config.hidden_size
+        inner = config.n_inner if config.n_inner is not None else 4 * E
+        if config.activation_function not in ACTIVATIONS:
+            raise ValueError(f"unsupported GPT-2 activation {config.activation_function!r}")
+        self.c_fc = Conv1D(inner, E)
+        self.c_proj = Conv1D(E, inner)
+        self.act = ACTIVATIONS[config.activation_function]
+        self.dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, config: GPT2Config, layer_idx: int) -> None:
+        super().__init__()
+        E = config.hidden_size
+        self.ln_1 = nn.LayerNorm(E, eps=config.layer_norm_epsilon)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.ln_2 = nn.LayerNorm(E, eps=config.layer_norm_epsilon)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, cache: Any = None) -> torch.Tensor:
+        x = self.attn(self.ln_1(x), cache) + x
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT2Body(nn.Module):
+    """Embeddings, blocks and the final LayerNorm (transformers' `GPT2Model`, `transformer.*`)."""
+
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.wpe = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.drop = nn.Dropout(config.embd_pdrop)
+        self.h = nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers))
+        self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        self.init_weights(config)
+
+    def init_weights(self, config: GPT2Config) -> None:
+        """transformers' initialisation of a new GPT-2, draw for draw: modules in post-order (children before their
+        parent); linear layers and embeddings N(0, 0.02), biases 0, LayerNorms 1 and 0; then the residual
+        projections `c_proj` again with std 0.02 / sqrt(2 * n_layer) (GPT-2's paper)."""
+        std = config.initializer_range
+        residual_std = std / math.sqrt(2 * config.n_layer)
+
+        def init(module: nn.Module) -> None:
+            if isinstance(module, Conv1D):
+                nn.init.normal_(module.weight, 0.0, std)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, 0.0, std)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            if isinstance(module, (CausalSelfAttention, MLP)):
+                nn.init.normal_(module.c_proj.weight, 0.0, residual_std)
+
+        _post_order(self, init)
+
+    def forward(self, inputs_embeds: torch.Tensor, cache: Any = None) -> torch.Tensor:
+        """(B, T, E) -> (B, T, E), after the `cache`'s past when one is given."""
+        past = cache.get_seq_length() if cache is not None else 0
+        positions = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past  # (T,)
+        x = self.drop(inputs_embeds + self.wpe(positions)[None])
+        for block in self.h:
+            x = block(x, cache)
+        return self.ln_f(x)
+
+
+@dataclass
+class LMOutput:
+    logits: torch.Tensor  # (B, T, V), or the last `logits_to_keep` positions
+    cache: Any = None
+
+
+class GPT2LM(nn.Module):
+    """GPT-2 with its language-model head, whose weight is the token embeddings' (`lm_head` tied to `wte`)."""
+
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__()
+        if getattr(config, "add_cross_attention", False):
+            raise ValueError("GPT-2 with cross-attention is not supported")
+        self.config = config
+        self.transformer = GPT2Body(config)  # initialised as it is built, as transformers' GPT2Model is
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        nn.init.normal_(self.lm_head.weight, 0.0, config.initializer_range)  # drawn, then replaced by the tie
+        self.tie_weights()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.transformer.wte
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def tie_weights(self) -> None:
+        if getattr(self.config, "tie_word_embeddings", True):
+            self.lm_head.weight = self.transformer.wte.weight
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        cache: Any = None,
+        *,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+    ) -> LMOutput:
+        """Token ids (B, T) or embeddings (B, T, E) -> logits. `cache`: transformers' key/value cache protocol,
+        read and extended in place (`use_cache` is accepted for transformers' callers; a cache is used when one is
+        given). `logits_to_keep` > 0: logits of that many last positions only."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of input_ids and inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.transformer.wte(input_ids)
+        hidden = self.transformer(inputs_embeds, cache)
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        return LMOutput(self.lm_head(hidden), cache)
+
+
+def _post_order(module: nn.Module, fn: Any) -> None:
+    for child in module.children():
+        _post_order(child, fn)
+    fn(module)
