@@ -125,6 +125,8 @@ CASES = {
     ),
     "describe, no such file": Case(lambda p: ("describe", p.missing, "--model", p.model), EXIT_USAGE, "no such file"),
     "ask, no such file": Case(lambda p: ("ask", p.missing, "what?", "--model", p.model), EXIT_USAGE, "no such file"),
+    "ask, no question": Case(lambda p: ("ask", p.clip, "--model", p.model), EXIT_USAGE, "no question after"),
+    "ask, nothing": Case(lambda p: ("ask", "--model", p.model), EXIT_USAGE, "give the audio files, then the question"),
     "ask, empty question": Case(
         lambda p: ("ask", p.clip, "  ", "--model", p.model, *QUICK), EXIT_USAGE, "the question is empty"
     ),

@@ -221,8 +221,11 @@ def describe(
 @fetches_model
 @options_from(DescribeOptions, "options")
 def ask(
-    files: Annotated[list[Path], typer.Argument(help="Audio files (the question comes last).")],
-    question: Annotated[str, typer.Argument(help='A question about the sound, e.g. "is the engine healthy?"')],
+    # Not required for the parser: with one argument Click would name the files as missing when the question is.
+    files: Annotated[list[Path] | None, typer.Argument(help="Audio files (the question comes last).")] = None,
+    question: Annotated[
+        str | None, typer.Argument(help='A question about the sound, e.g. "is the engine healthy?"')
+    ] = None,
     *,
     options: DescribeOptions,
     json_output: JsonOption = False,
@@ -236,6 +239,10 @@ def ask(
     """
     from ..prompts import question_prompt
 
+    if not files or question is None:  # Click gives a lone argument to the question: files or question missing
+        said = "" if question is None else f"no question after {question!r}: "
+        example = 'pengi-search ask engine.wav "is the engine healthy?"'
+        raise UsageError("", f"{said}give the audio files, then the question, e.g. {example}")
     if not question.strip():
         raise UsageError("", 'the question is empty; ask something about the sound, e.g. "is there speech?"')
     prompts = {"answer": question_prompt(question)}
