@@ -33,6 +33,17 @@ def run(*args):
     return result
 
 
+def test_a_folder_stands_for_its_audio_files(tiny_model_dir, clips, tmp_path):
+    (tmp_path / "notes.txt").write_text("not audio, not listed")
+    quick = ("--model", tiny_model_dir, "--device", "cpu", "--beam", "1", "--max-len", "2", "--json")
+    folder = run("describe", tmp_path, *quick)
+    files = run("describe", *clips, *quick)
+    assert folder.exit_code == files.exit_code == 0, folder.output
+    assert sorted(json.loads(folder.stdout), key=lambda r: r["path"]) == sorted(
+        json.loads(files.stdout), key=lambda r: r["path"]
+    )
+
+
 def test_describe_json_gives_every_window_the_default_answers(tiny_model_dir, clips):
     tone, noise = clips
     result = run("describe", tone, noise, "--model", tiny_model_dir, "--json", "--beam", 2, "--max-len", 4)

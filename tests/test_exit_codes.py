@@ -43,6 +43,7 @@ class Paths:
     long_label: Path  # a label longer than the tiny model's language model can score
     missing: Path  # no such file or library
     linked: Path  # a folder with a good recording and a symbolic link to nothing (gone.wav)
+    no_audio: Path  # a folder with a text file only
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +58,8 @@ def paths(tmp_path_factory, tiny_model_dir, tiny_no_text_model_dir) -> Paths:
     write_tone(base / "linked" / "good.wav", 1.0)
     (base / "linked" / "gone.wav").symlink_to(base / "linked" / "deleted.wav")
     (base / "long-label.txt").write_text("dog\n" + "rain " * 500 + "\n")
+    (base / "notes").mkdir()
+    (base / "notes" / "readme.txt").write_text("no audio here\n")
     return Paths(
         db=base / "lib.db",
         model=tiny_model_dir,
@@ -69,6 +72,7 @@ def paths(tmp_path_factory, tiny_model_dir, tiny_no_text_model_dir) -> Paths:
         long_label=base / "long-label.txt",
         missing=base / "missing" / "none.wav",
         linked=base / "linked",
+        no_audio=base / "notes",
     )
 
 
@@ -124,6 +128,15 @@ CASES = {
         lambda p: ("describe", p.linked / "gone.wav", "--model", p.model), EXIT_USAGE, "gone.wav: broken symbolic link"
     ),
     "describe, no such file": Case(lambda p: ("describe", p.missing, "--model", p.model), EXIT_USAGE, "no such file"),
+    "describe, a folder without audio": Case(
+        lambda p: ("describe", p.no_audio, "--model", p.model), EXIT_USAGE, "no audio file in this folder"
+    ),
+    "describe, a folder with an empty file": Case(
+        lambda p: ("describe", p.sounds, "--model", p.model, *QUICK), EXIT_PARTIAL, "empty.wav"
+    ),
+    "describe, a folder with a broken link": Case(
+        lambda p: ("describe", p.linked, "--model", p.model, *QUICK), EXIT_PARTIAL, "gone.wav"
+    ),
     "ask, no such file": Case(lambda p: ("ask", p.missing, "what?", "--model", p.model), EXIT_USAGE, "no such file"),
     "ask, no question": Case(lambda p: ("ask", p.clip, "--model", p.model), EXIT_USAGE, "no question after"),
     "ask, nothing": Case(lambda p: ("ask", "--model", p.model), EXIT_USAGE, "give the audio files, then the question"),

@@ -35,6 +35,7 @@ from .common import (
     UsageError,
     WindowProgress,
     apply_threads,
+    audio_files_in,
     err_console,
     fetches_model,
     handle_errors,
@@ -197,24 +198,10 @@ def _check_writable(output: Path) -> None:
 def _files_of(target: Path) -> tuple[list[str], list[Failure]]:
     """The audio files to classify (a folder's, recursively and sorted) and those that cannot be read."""
     if target.is_dir():
-        return _audio_files(target)
+        return audio_files_in(target)
     if target.is_file():
         return [os.fspath(target)], []
     raise not_found(target, "file or folder")
-
-
-def _audio_files(target: Path) -> tuple[list[str], list[Failure]]:
-    """The audio files in a folder (recursively, sorted), and those that cannot be read with the reason."""
-    from ..audio import AUDIO_EXTENSIONS
-    from ..scan import ScanError, scan
-
-    try:
-        result = scan([target], frozenset(AUDIO_EXTENSIONS))
-    except ScanError as err:
-        raise UsageError("", str(err)) from None
-    files = [e.path for e in result.entries if e.problem is None]
-    problems = [(e.path, e.problem) for e in result.entries if e.problem is not None]
-    return files, problems + list(result.unreadable_dirs)
 
 
 # ---------------------------------------------------------------------------------------------------------------

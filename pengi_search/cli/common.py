@@ -303,6 +303,20 @@ def not_found(path: Path, what: str = "file") -> UsageError:
     return UsageError(path, f"no such {what}")
 
 
+def audio_files_in(folder: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """The audio files in a folder (recursively, sorted), and the (path, reason) of entries that cannot be read."""
+    from ..audio import AUDIO_EXTENSIONS
+    from ..scan import ScanError, scan
+
+    try:
+        result = scan([folder], frozenset(AUDIO_EXTENSIONS))
+    except ScanError as err:
+        raise UsageError("", str(err)) from None
+    files = [e.path for e in result.entries if e.problem is None]
+    problems = [(e.path, e.problem) for e in result.entries if e.problem is not None]
+    return files, problems + list(result.unreadable_dirs)
+
+
 def fail(message: str, code: int = EXIT_FAILED) -> None:
     """Print `message` (plain text: a file name with brackets is no markup) as an error and exit with `code`."""
     err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)

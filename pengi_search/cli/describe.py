@@ -27,6 +27,7 @@ from .common import (
     UsageError,
     WindowProgress,
     apply_threads,
+    audio_files_in,
     err_console,
     fetches_model,
     handle_errors,
@@ -44,7 +45,10 @@ if TYPE_CHECKING:
     from ..inference import Answer, Engine
     from ..window_batches import Decoding
 
-FilesArgument = Annotated[list[Path], typer.Argument(help="Audio files (wav, flac, ogg, opus, mp3, m4a, ...).")]
+FilesArgument = Annotated[
+    list[Path],
+    typer.Argument(help="Audio files (wav, flac, ogg, opus, mp3, m4a, ...) or folders (searched recursively)."),
+]
 HopOption = Annotated[
     float,  # at most a window apart (audio.WINDOW_SECONDS): windows further apart would leave gaps unheard
     typer.Option("--hop", min=0.5, max=7.0, help="Seconds between window starts (windows last 7 s)."),
@@ -87,16 +91,48 @@ def _describe_files(
     progress: bool,
 ) -> list[FileResult]:
     """Every window's answer to every prompt, for all files at once: windows from all files fill the batches. A file
-    that cannot be decoded is reported (here, as it happens, and in its result) and the others go on."""
+    that cannot be decoded is reported (here, as it happens, and in its result) and the others go on; a folder
+    stands for its audio files."""
     from ..window_batches import Decoding
 
-    missing = [path for path in files if not path.exists()]
-    if missing:
-        raise not_found(missing[0])
+    files, unreadable = _expand_folders(files)
+    skipped = [_skipped(Path(path), reason) for path, reason in unreadable]
+    if not files:
+        return skipped
     with Decoding(files, hop_s=options.hop) as decoding:  # the files decode while the model's code imports and loads
         with lasting_objects():
             engine = _load_engine(options, prompts=len(prompts))
-        return _describe_decoding(decoding, engine, prompts, options, answer_prefix=answer_prefix, progress=progress)
+        described = _describe_decoding(
+            decoding, engine, prompts, options, answer_prefix=answer_prefix, progress=progress
+        )
+    return skipped + described
+
+
+def _expand_folders(paths: list[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The files as given and each folder's audio files, with the folders' entries that cannot be read. A missing
+    file, or a folder without any audio file, is bad usage."""
+    files: list[Path] = []
+    unreadable: list[tuple[str, str]] = []
+    for path in paths:
+        if not path.is_dir():
+            if not path.exists():
+                raise not_found(path)
+            files.append(path)
+            continue
+        found, problems = audio_files_in(path)
+        if not found and not problems:
+            raise UsageError(path, "no audio file in this folder")
+        files += [Path(name) for name in found]
+        unreadable += problems
+    return files, unreadable
+
+
+def _skipped(path: Path, reason: str) -> FileResult:
+    from rich.markup import escape
+
+    error = f"{shown(str(path))}: {reason}"
+    err_console.print(f"[red]skipped[/] {escape(error)}", soft_wrap=True)
+    return FileResult(path, 0.0, [], error)
 
 
 def _load_engine(options: DescribeOptions, *, prompts: int) -> Engine:
@@ -138,9 +174,7 @@ def _describe_decoding(
         for outcome in map_windows(decoding, answer, batch_size=windows_per_batch, progress=reporter):
             path = Path(outcome.path)
             if outcome.error is not None:
-                error = f"{shown(outcome.path)}: {outcome.error}"
-                err_console.print(f"[red]skipped[/] {escape(error)}", soft_wrap=True)
-                results.append(FileResult(path, 0.0, [], error))
+                results.append(_skipped(path, outcome.error))
                 continue
             if outcome.truncation is not None:
                 err_console.print(
@@ -222,7 +256,9 @@ def describe(
 @options_from(DescribeOptions, "options")
 def ask(
     # Not required for the parser: with one argument Click would name the files as missing when the question is.
-    files: Annotated[list[Path] | None, typer.Argument(help="Audio files (the question comes last).")] = None,
+    files: Annotated[
+        list[Path] | None, typer.Argument(help="Audio files or folders (the question comes last).")
+    ] = None,
     question: Annotated[
         str | None, typer.Argument(help='A question about the sound, e.g. "is the engine healthy?"')
     ] = None,
