@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import unicodedata
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -76,6 +77,7 @@ def read_labels(path: str | os.PathLike[str]) -> list[str]:
         label = line.strip()
         if not label:
             raise LabelsError(path, f"line {number} is blank; write one label per line, without blank lines")
+        _check_characters(path, label, number)
         if label in first_line:
             raise LabelsError(path, f"duplicate label {label!r} on line {number} (first on line {first_line[label]})")
         first_line[label] = number
@@ -90,10 +92,18 @@ def _labels_from_csv(path: Path, text: str) -> list[str]:
     for number, row in rows:
         if not row.get("label"):
             raise LabelsError(path, f"line {number} has no label")
+        _check_characters(path, row["label"], number)
         labels[row["label"]] = None
     if not labels:
         raise LabelsError(path, "no labels (the CSV file has a header but no rows)")
     return list(labels)
+
+
+def _check_characters(path: Path, label: str, number: int) -> None:
+    """A label is text: a control character (a NUL byte, an escape) means the file is binary or damaged."""
+    control = next((ch for ch in label if unicodedata.category(ch) == "Cc" and ch != "\t"), None)
+    if control is not None:
+        raise LabelsError(path, f"line {number} holds the control character {control!r}: is this a text file?")
 
 
 @dataclass(frozen=True)

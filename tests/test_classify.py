@@ -68,6 +68,8 @@ def test_labels_from_the_smoke_set_csv():
         ("label\ndog\n,\n", "labels.csv", "line 3 has no label"),
         ("label\n", "labels.csv", "no labels"),
         ("", "labels.csv", "empty"),
+        (b"\x00\x01\x02\n", "labels.txt", r"line 1 holds the control character '\\x00': is this a text file\?"),
+        ("label\ndog\nca\x1bt\n", "labels.csv", r"line 3 holds the control character '\\x1b'"),
     ],
 )
 def test_bad_labels_files_say_what_and_where(tmp_path, content, name, message):
