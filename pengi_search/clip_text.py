@@ -8,12 +8,14 @@ The same network and parameter names as transformers' `CLIPTextModel` (Pengi's `
 
 Pre-LayerNorm causal layers; the pooled output is the final state at each row's first end-of-text token. The forward
 pass computes what transformers' computes (its "sdpa" attention, the same masks), and a new tower is initialised as
-transformers initialises one, draw for draw. The configuration is transformers' `CLIPTextConfig` (a light import).
+transformers initialises one, draw for draw. The configuration is `CLIPTextSettings` (the `CLIPTextConfig` fields this
+network reads, with transformers' defaults: importing transformers costs most of a second) or `CLIPTextConfig` itself.
 `text_query` has the same forward pass in NumPy for `query`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -22,6 +24,27 @@ from torch import nn
 
 if TYPE_CHECKING:
     from transformers import CLIPTextConfig
+
+
+@dataclass
+class CLIPTextSettings:
+    """The fields of transformers' `CLIPTextConfig` that the tower here reads, with its defaults (tests compare)."""
+
+    vocab_size: int = 49_408
+    hidden_size: int = 512
+    intermediate_size: int = 2048
+    projection_dim: int = 512
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 8
+    max_position_embeddings: int = 77
+    hidden_act: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+    attention_dropout: float = 0.0
+    initializer_range: float = 0.02
+    initializer_factor: float = 1.0
+    pad_token_id: int | None = 1
+    bos_token_id: int | None = 49_406
+    eos_token_id: int | None = 49_407
 
 
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
@@ -38,7 +61,7 @@ ACTIVATIONS = {
 
 
 class TextEmbeddings(nn.Module):
-    def __init__(self, config: CLIPTextConfig) -> None:
+    def __init__(self, config: CLIPTextSettings | CLIPTextConfig) -> None:
         super().__init__()
         self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
         self.position_embedding = nn.Embedding(config.max_position_embeddings, config.hidden_size)
@@ -55,7 +78,7 @@ class TextEmbeddings(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, config: CLIPTextConfig) -> None:
+    def __init__(self, config: CLIPTextSettings | CLIPTextConfig) -> None:
         super().__init__()
         E = config.hidden_size
         self.n_head = config.num_attention_heads
@@ -86,7 +109,7 @@ class SelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, config: CLIPTextConfig) -> None:
+    def __init__(self, config: CLIPTextSettings | CLIPTextConfig) -> None:
         super().__init__()
         if config.hidden_act not in ACTIVATIONS:
             raise ValueError(f"unsupported CLIP activation {config.hidden_act!r}")
@@ -101,7 +124,7 @@ class MLP(nn.Module):
 class EncoderLayer(nn.Module):
     """x + attn(layer_norm1(x)), then x + mlp(layer_norm2(x))."""
 
-    def __init__(self, config: CLIPTextConfig) -> None:
+    def __init__(self, config: CLIPTextSettings | CLIPTextConfig) -> None:
         super().__init__()
         E = config.hidden_size
         self.self_attn = SelfAttention(config)
@@ -115,7 +138,7 @@ class EncoderLayer(nn.Module):
 
 
 class Encoder(nn.Module):
-    def __init__(self, config: CLIPTextConfig) -> None:
+    def __init__(self, config: CLIPTextSettings | CLIPTextConfig) -> None:
         super().__init__()
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
 
@@ -128,7 +151,7 @@ class Encoder(nn.Module):
 class CLIPTextTower(nn.Module):
     """(B, T) token ids and their attention mask -> the pooled state (B, E) at each row's first end-of-text."""
 
-    def __init__(self, config: CLIPTextConfig) -> None:
+    def __init__(self, config: CLIPTextSettings | CLIPTextConfig) -> None:
         super().__init__()
         self.config = config
         self.embeddings = TextEmbeddings(config)

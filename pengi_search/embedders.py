@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
 
+    from .bpe_tokenizer import FileTokenizer
     from .encoders import TextEncoder
     from .inference import Engine
 
@@ -132,7 +133,9 @@ def _torch_device(device: str, engine: Engine | None = None) -> torch.device:
 class PengiTextEmbedder:
     """The paper's text matching: Pengi's CLIP text tower and projection (the `base` model only)."""
 
-    def __init__(self, encoder: TextEncoder, clip: PreTrainedTokenizerBase, model_id: str, device: torch.device):
+    def __init__(
+        self, encoder: TextEncoder, clip: FileTokenizer | PreTrainedTokenizerBase, model_id: str, device: torch.device
+    ):
         self.encoder = encoder.to(device).eval()
         self.clip = clip
         self.device = device
@@ -143,9 +146,9 @@ class PengiTextEmbedder:
     def from_model_dir(cls, model_dir: ModelDir, device: torch.device) -> PengiTextEmbedder:
         """Reads only the text tower's weights (about 250 MB of the 1.3 GB at full size)."""
         from .encoders import TextEncoder
-        from .tokenization import load_tokenizer
+        from .tokenization import read_tokenizer
 
-        clip = load_tokenizer("clip", model_dir.path)
+        clip = read_tokenizer("clip", model_dir.path)
         return cls(TextEncoder.from_model_dir(model_dir), clip, model_dir.identity, device)
 
     def embed(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:

@@ -16,7 +16,7 @@ from torch import nn
 
 from .audio_backbones import HTSAT_ENCODER, FeatureStandardiser, FramePooling, gives_frames, make_backbone
 from .checkpoint import TEXT_ENCODER_PREFIX, CheckpointError, load_state_dict_strict, read_safetensors_part
-from .clip_text import CLIPTextTower
+from .clip_text import CLIPTextSettings, CLIPTextTower
 from .config import AudioConfig, TextEncoderConfig
 from .htsat import HTSAT
 
@@ -76,8 +76,13 @@ class AudioEncoder(nn.Module):
         return self.project(self.backbone(wave))
 
 
-def clip_text_config(cfg: TextEncoderConfig) -> CLIPTextConfig:
+def clip_text_settings(cfg: TextEncoderConfig) -> CLIPTextSettings:
     # Every field of TextEncoderConfig is a CLIPTextConfig field of the same name; prompts are padded with <eos>.
+    return CLIPTextSettings(**dataclasses.asdict(cfg), pad_token_id=cfg.eos_token_id)
+
+
+def clip_text_config(cfg: TextEncoderConfig) -> CLIPTextConfig:
+    """The same as transformers' `CLIPTextConfig`, for transformers' CLIP (training from a pretrained one, tests)."""
     from transformers import CLIPTextConfig  # the configuration only: no model code
 
     return CLIPTextConfig(**dataclasses.asdict(cfg), pad_token_id=cfg.eos_token_id)
@@ -88,7 +93,7 @@ class TextEncoder(nn.Module):
 
     def __init__(self, cfg: TextEncoderConfig, d_proj: int):
         super().__init__()
-        self.base = CLIPTextTower(clip_text_config(cfg))
+        self.base = CLIPTextTower(clip_text_settings(cfg))
         self.clip_text_projection = nn.Linear(cfg.hidden_size, cfg.projection_dim, bias=False)
         self.projection = Projection(cfg.projection_dim, d_proj)
 

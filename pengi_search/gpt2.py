@@ -11,13 +11,15 @@ checkpoints load unchanged:
 A `Conv1D` stores its weight (in, out), as GPT-2's original code did. The forward pass computes what transformers'
 computes (its "sdpa" attention, the same order of operations), and a new model is initialised as transformers
 initialises one: the same random draws in the same order, so a seed gives the same weights. The configuration is
-transformers' `GPT2Config` (a light import: no model code). `kv_cache.GPT2Cache` runs the blocks' modules with
+`GPT2Settings` (the `GPT2Config` fields this network reads, with transformers' defaults: importing transformers costs
+most of a second) or transformers' `GPT2Config` itself. `kv_cache.GPT2Cache` runs the blocks' modules with
 its own shared-prefix attention for decoding; `forward` here serves teacher forcing, training and any caller with
 transformers' cache protocol (`cache.update(k, v, layer)`, `cache.get_seq_length()`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -28,6 +30,52 @@ from torch import nn
 
 if TYPE_CHECKING:
     from transformers import GPT2Config
+
+
+@dataclass
+class GPT2Settings:
+    """The fields of transformers' `GPT2Config` that GPT-2 here reads, with its defaults (tests compare them)."""
+
+    vocab_size: int = 50_257
+    n_positions: int = 1024
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    n_inner: int | None = None
+    activation_function: str = "gelu_new"
+    resid_pdrop: float = 0.1
+    embd_pdrop: float = 0.1
+    attn_pdrop: float = 0.1
+    layer_norm_epsilon: float = 1e-5
+    initializer_range: float = 0.02
+    scale_attn_weights: bool = True
+    scale_attn_by_inverse_layer_idx: bool = False
+    reorder_and_upcast_attn: bool = False
+    add_cross_attention: bool = False
+    tie_word_embeddings: bool = True
+    bos_token_id: int | None = 50_256
+    eos_token_id: int | None = 50_256
+
+    # GPT2Config's other names for four of them
+    @property
+    def hidden_size(self) -> int:
+        return self.n_embd
+
+    @property
+    def num_attention_heads(self) -> int:
+        return self.n_head
+
+    @property
+    def num_hidden_layers(self) -> int:
+        return self.n_layer
+
+    @property
+    def max_position_embeddings(self) -> int:
+        return self.n_positions
+
+    def to_dict(self) -> dict[str, Any]:
+        """Keyword arguments for `GPT2Config` (or this class)."""
+        return dataclasses.asdict(self)
 
 
 def new_gelu(x: torch.Tensor) -> torch.Tensor:
@@ -73,7 +121,7 @@ def is_conv1d(layer: nn.Module) -> bool:
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention; q, k, v come out of one (E, 3E) projection."""
 
-    def __init__(self, config: GPT2Config, layer_idx: int) -> None:
+    def __init__(self, config: GPT2Settings | GPT2Config, layer_idx: int) -> None:
         super().__init__()
         E = config.hidden_size
         self.n_head = config.num_attention_heads
@@ -113,7 +161,7 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, config: GPT2Config) -> None:
+    def __init__(self, config: GPT2Settings | GPT2Config) -> None:
         super().__init__()
         E = config.hidden_size
         inner = config.n_inner if config.n_inner is not None else 4 * E
@@ -131,7 +179,7 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-LayerNorm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
 
-    def __init__(self, config: GPT2Config, layer_idx: int) -> None:
+    def __init__(self, config: GPT2Settings | GPT2Config, layer_idx: int) -> None:
         super().__init__()
         E = config.hidden_size
         self.ln_1 = nn.LayerNorm(E, eps=config.layer_norm_epsilon)
@@ -147,7 +195,7 @@ class Block(nn.Module):
 class GPT2Body(nn.Module):
     """Embeddings, blocks and the final LayerNorm (transformers' `GPT2Model`, `transformer.*`)."""
 
-    def __init__(self, config: GPT2Config) -> None:
+    def __init__(self, config: GPT2Settings | GPT2Config) -> None:
         super().__init__()
         self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
         self.wpe = nn.Embedding(config.max_position_embeddings, config.hidden_size)
@@ -156,7 +204,7 @@ class GPT2Body(nn.Module):
         self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
         self.init_weights(config)
 
-    def init_weights(self, config: GPT2Config) -> None:
+    def init_weights(self, config: GPT2Settings | GPT2Config) -> None:
         """transformers' initialisation of a new GPT-2, draw for draw: modules in post-order (children before their
         parent); linear layers and embeddings N(0, 0.02), biases 0, LayerNorms 1 and 0; then the residual
         projections `c_proj` again with std 0.02 / sqrt(2 * n_layer) (GPT-2's paper)."""
@@ -196,7 +244,7 @@ class LMOutput:
 class GPT2LM(nn.Module):
     """GPT-2 with its language-model head, whose weight is the token embeddings' (`lm_head` tied to `wte`)."""
 
-    def __init__(self, config: GPT2Config) -> None:
+    def __init__(self, config: GPT2Settings | GPT2Config) -> None:
         super().__init__()
         if getattr(config, "add_cross_attention", False):
             raise ValueError("GPT-2 with cross-attention is not supported")

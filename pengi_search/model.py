@@ -33,7 +33,7 @@ from .checkpoint import (
 )
 from .config import DecoderConfig, PengiConfig
 from .encoders import AudioEncoder, TextEncoder
-from .gpt2 import GPT2LM
+from .gpt2 import GPT2LM, GPT2Settings
 from .hashing import file_sha256
 from .mapper import EmbeddingMapper, Mapper
 from .model_dir import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, ModelDir, is_model_dir
@@ -45,19 +45,29 @@ if TYPE_CHECKING:
     from .tokenization import Tokenizers
 
 
-def gpt2_config(cfg: DecoderConfig) -> GPT2Config:
+def gpt2_fields(cfg: DecoderConfig) -> dict[str, Any]:
     # The fields of DecoderConfig but `hf_config` are GPT2Config fields of the same name; GPT-2 begins with <eos>.
+    sizes = {name: value for name, value in dataclasses.asdict(cfg).items() if name != "hf_config"}
+    return {**sizes, "bos_token_id": cfg.eos_token_id}
+
+
+def gpt2_settings(cfg: DecoderConfig) -> GPT2Settings:
+    """What the project's GPT-2 is built from (no transformers import)."""
+    return GPT2Settings(**gpt2_fields(cfg))
+
+
+def gpt2_config(cfg: DecoderConfig) -> GPT2Config:
+    """The same as transformers' `GPT2Config`, for transformers' GPT-2 (training from a pretrained one, tests)."""
     from transformers import GPT2Config  # the configuration only: no model code
 
-    sizes = {name: value for name, value in dataclasses.asdict(cfg).items() if name != "hf_config"}
-    return GPT2Config(**sizes, bos_token_id=cfg.eos_token_id)
+    return GPT2Config(**gpt2_fields(cfg))
 
 
 def language_model(cfg: DecoderConfig) -> nn.Module:
     """GPT-2 (the released models; this project's own, see `gpt2`), or the transformers causal LM that
     `cfg.hf_config` describes (transformers' model code is imported for that one only)."""
     if cfg.hf_config is None:
-        return GPT2LM(gpt2_config(cfg))
+        return GPT2LM(gpt2_settings(cfg))
     from transformers import AutoConfig, AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg.hf_config))

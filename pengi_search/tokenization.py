@@ -2,7 +2,9 @@
 
 Pengi needs two tokenizers: GPT-2's (answers, and prompts of `base_no_text_enc`) and CLIP's (prompts and texts for
 the `base` text encoder). They are read from the model directory (`tokenizer/gpt2`, `tokenizer/clip`) or, failing
-that, from the Hugging Face cache; nothing is downloaded here (`pengi-search model fetch` does that).
+that, from the Hugging Face cache; nothing is downloaded here (`pengi-search model fetch` does that). A model
+directory's tokenizers are read with the `tokenizers` library alone (`bpe_tokenizer`): inference does not import
+transformers. Training and `model import` pass transformers' tokenizers, which `Tokenizers` takes as well.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from pengi_search.errors import PengiSearchError, UsageError
 
+from .bpe_tokenizer import FileTokenizer, has_tokenizer_file
 from .choices import LongPrompt, StopRule
 from .config import PengiConfig
 from .download import TOKENIZERS
@@ -35,8 +38,16 @@ class PromptTooLongError(UsageError):
     """A prompt longer than the model's prompt tokens, refused (`LongPrompt.refuse`)."""
 
 
+def read_tokenizer(kind: str, model_dir: Path | None) -> FileTokenizer | PreTrainedTokenizerBase:
+    """For inference: `<model_dir>/tokenizer/<kind>/tokenizer.json` without transformers, else `load_tokenizer`."""
+    if model_dir is not None and has_tokenizer_file(model_dir / TOKENIZER_DIR / kind):
+        return FileTokenizer.from_folder(model_dir / TOKENIZER_DIR / kind)
+    return load_tokenizer(kind, model_dir)
+
+
 def load_tokenizer(kind: str, model_dir: Path | None) -> PreTrainedTokenizerBase:
-    """`kind` is "gpt2" or "clip": from `<model_dir>/tokenizer/<kind>`, else from the local Hugging Face cache."""
+    """transformers' tokenizer `kind` ("gpt2" or "clip"): from `<model_dir>/tokenizer/<kind>`, else from the local
+    Hugging Face cache."""
     from transformers import AutoTokenizer
 
     if model_dir is not None and (model_dir / TOKENIZER_DIR / kind).is_dir():
@@ -70,7 +81,9 @@ def pad_rows(rows: list[list[int]], width: int, pad_id: int) -> PromptBatch:
     return PromptBatch(ids, mask)
 
 
-def clip_texts(clip: PreTrainedTokenizerBase, texts: list[str], max_length: int, pad_id: int) -> PromptBatch:
+def clip_texts(
+    clip: FileTokenizer | PreTrainedTokenizerBase, texts: list[str], max_length: int, pad_id: int
+) -> PromptBatch:
     """Free texts (captions, labels, queries) for the CLIP text tower: truncated to its context, padded."""
     rows = [clip(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
     return pad_rows(rows, max(len(r) for r in rows), pad_id)
@@ -79,7 +92,12 @@ def clip_texts(clip: PreTrainedTokenizerBase, texts: list[str], max_length: int,
 class Tokenizers:
     """The pair of tokenizers with the reference's conventions for prompts, answers and free texts."""
 
-    def __init__(self, cfg: PengiConfig, gpt2: PreTrainedTokenizerBase, clip: PreTrainedTokenizerBase | None):
+    def __init__(
+        self,
+        cfg: PengiConfig,
+        gpt2: FileTokenizer | PreTrainedTokenizerBase,
+        clip: FileTokenizer | PreTrainedTokenizerBase | None,
+    ):
         if cfg.use_text_encoder and clip is None:
             raise TokenizerNotFoundError("", "the base model needs the CLIP tokenizer")
         self.cfg, self.gpt2, self.clip = cfg, gpt2, clip
@@ -95,8 +113,8 @@ class Tokenizers:
 
     @classmethod
     def load(cls, cfg: PengiConfig, model_dir: Path | None) -> Tokenizers:
-        clip = load_tokenizer("clip", model_dir) if cfg.use_text_encoder else None
-        return cls(cfg, load_tokenizer("gpt2", model_dir), clip)
+        clip = read_tokenizer("clip", model_dir) if cfg.use_text_encoder else None
+        return cls(cfg, read_tokenizer("gpt2", model_dir), clip)
 
     def save(self, model_dir: Path) -> None:
         """Into `<model_dir>/tokenizer/{gpt2,clip}`, where `load` finds them."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import GPT2LMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from pengi_search.decoding import GenerationConfig, beam_search, greedy, score_candidates
 from pengi_search.kv_cache import GPT2Cache, HFCache, SharedPrefix, start_cache
@@ -28,7 +28,7 @@ def shared(gpt) -> SharedPrefix:
 
 def test_the_released_language_model_gets_the_shared_cache_and_others_transformers_cache(gpt, shared):
     assert isinstance(start_cache(gpt, shared)[0], GPT2Cache)
-    unusual = GPT2LMHeadModel(gpt.config.__class__(**{**gpt.config.to_dict(), "scale_attn_by_inverse_layer_idx": True}))
+    unusual = GPT2LMHeadModel(GPT2Config(**{**gpt.config.to_dict(), "scale_attn_by_inverse_layer_idx": True}))
     assert isinstance(start_cache(unusual.eval(), shared)[0], HFCache)
 
 

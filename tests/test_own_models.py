@@ -4,6 +4,7 @@ the same gradients); and the inference commands run without importing transforme
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -127,3 +128,70 @@ print(loaded)
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_the_settings_are_transformers_configs_fields_and_defaults():
+    """`GPT2Settings` / `CLIPTextSettings` (what the engine builds from, no transformers import) hold, field for
+    field, what transformers' configs hold: for the defaults, for given sizes and for the project's own builders."""
+    from pengi_search.clip_text import CLIPTextSettings
+    from pengi_search.config import DecoderConfig, TextEncoderConfig
+    from pengi_search.encoders import clip_text_config, clip_text_settings
+    from pengi_search.gpt2 import GPT2Settings
+    from pengi_search.model import gpt2_config, gpt2_settings
+
+    def same(ours, theirs) -> None:
+        for name in dataclasses.asdict(ours):
+            assert getattr(ours, name) == getattr(theirs, name), name
+        for name in ("hidden_size", "num_attention_heads", "num_hidden_layers", "max_position_embeddings"):
+            assert getattr(ours, name) == getattr(theirs, name), name
+
+    same(GPT2Settings(), GPT2Config())
+    same(GPT2Settings(**GPT2_SIZES), GPT2Config(**GPT2_SIZES))
+    same(CLIPTextSettings(), CLIPTextConfig())
+    same(CLIPTextSettings(**CLIP_SIZES), CLIPTextConfig(**CLIP_SIZES))
+    small = DecoderConfig(n_embd=32, n_layer=2, n_head=2, vocab_size=70, n_positions=64, eos_token_id=69)
+    same(gpt2_settings(small), gpt2_config(small))
+    same(gpt2_settings(DecoderConfig()), gpt2_config(DecoderConfig()))
+    same(clip_text_settings(TextEncoderConfig()), clip_text_config(TextEncoderConfig()))
+    assert GPT2Config(**GPT2Settings(**GPT2_SIZES).to_dict()).to_dict() == GPT2Config(**GPT2_SIZES).to_dict()
+
+
+@torch.no_grad()
+def test_models_built_from_the_settings_equal_those_built_from_transformers_configs():
+    from pengi_search.clip_text import CLIPTextSettings
+    from pengi_search.gpt2 import GPT2Settings
+
+    gpt_a = seeded(lambda: GPT2LM(GPT2Settings(**GPT2_SIZES))).eval()
+    gpt_b = seeded(lambda: GPT2LM(GPT2Config(**GPT2_SIZES))).eval()
+    assert same_state(gpt_a, gpt_b)
+    embeds = torch.randn(2, 5, 16)
+    assert torch.equal(gpt_a(inputs_embeds=embeds).logits, gpt_b(inputs_embeds=embeds).logits)
+    clip_a = seeded(lambda: CLIPTextTower(CLIPTextSettings(**CLIP_SIZES))).eval()
+    clip_b = seeded(lambda: CLIPTextTower(CLIPTextConfig(**CLIP_SIZES))).eval()
+    assert same_state(clip_a, clip_b)
+    ids = torch.tensor([[58, 3, 4, 59, 59], [58, 7, 8, 9, 59]])
+    assert torch.equal(clip_a(ids, (ids != 59).long()), clip_b(ids, (ids != 59).long()))
+
+
+def test_the_engine_imports_no_transformers_at_all(tiny_model_dir, tiny_no_text_model_dir):
+    """Loading, describing, asking, classifying and embedding texts, in a fresh interpreter: not even the
+    configurations or tokenizers of transformers are imported."""
+    script = f"""
+import sys
+import numpy as np
+from pengi_search.decoding import GenerationConfig
+from pengi_search.inference import Engine
+from pengi_search.model_dir import ModelDir
+for folder in ({str(tiny_model_dir)!r}, {str(tiny_no_text_model_dir)!r}):
+    engine = Engine.load(ModelDir.read(folder), "cpu")
+    audio = engine.audio_embeddings(np.zeros((1, 308_700), np.float32))
+    answers = engine.generate(audio, ["generate audio caption", "question: is it a dog?"], GenerationConfig(2, 4))
+    assert len(answers) == 1 and len(answers[0]) == 2, answers  # one window, two prompts
+    engine.score(audio, "this is a sound of", ["dog", "bell"])
+    if engine.tok.clip is not None:
+        engine.tok.texts(["a dog barks"])
+print(sorted(m for m in sys.modules if m.split(".")[0] == "transformers"))
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == "[]"
