@@ -22,29 +22,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import TextEncoderConfig
+
 if TYPE_CHECKING:
     from transformers import CLIPTextConfig
 
 
 @dataclass
-class CLIPTextSettings:
-    """The fields of transformers' `CLIPTextConfig` that the tower here reads, with its defaults (tests compare)."""
+class CLIPTextSettings(TextEncoderConfig):
+    """The fields of transformers' `CLIPTextConfig` that the tower here reads, with its defaults (tests compare):
+    the model's `TextEncoderConfig` (sizes, activation, special tokens) and what CLIP fixes besides."""
 
-    vocab_size: int = 49_408
-    hidden_size: int = 512
-    intermediate_size: int = 2048
-    projection_dim: int = 512
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 8
-    max_position_embeddings: int = 77
-    hidden_act: str = "quick_gelu"
     layer_norm_eps: float = 1e-5
     attention_dropout: float = 0.0
     initializer_range: float = 0.02
     initializer_factor: float = 1.0
     pad_token_id: int | None = 1
-    bos_token_id: int | None = 49_406
-    eos_token_id: int | None = 49_407
 
 
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:

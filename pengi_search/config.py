@@ -61,8 +61,8 @@ class TextEncoderConfig:
 
 
 @dataclass
-class DecoderConfig:
-    """The language model: GPT-2 from these `GPT2Config` fields, or any causal LM through `hf_config`."""
+class GPT2Sizes:
+    """GPT-2's sizes and end token (`GPT2Config` fields of the same names); GPT-2 base by default."""
 
     n_embd: int = 768
     n_layer: int = 12
@@ -70,6 +70,12 @@ class DecoderConfig:
     vocab_size: int = 50_257
     n_positions: int = 1024
     eos_token_id: int = 50_256
+
+
+@dataclass
+class DecoderConfig(GPT2Sizes):
+    """The language model: GPT-2 of these sizes, or any causal LM through `hf_config`."""
+
     # A transformers config as a dict with its `model_type` (e.g. {"model_type": "llama", ...}): any causal LM that
     # accepts `inputs_embeds` replaces GPT-2, and the fields above are then unused.
     hf_config: dict | None = None

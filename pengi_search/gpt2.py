@@ -28,19 +28,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import GPT2Sizes
+
 if TYPE_CHECKING:
     from transformers import GPT2Config
 
 
 @dataclass
-class GPT2Settings:
-    """The fields of transformers' `GPT2Config` that GPT-2 here reads, with its defaults (tests compare them)."""
+class GPT2Settings(GPT2Sizes):
+    """The fields of transformers' `GPT2Config` that GPT-2 here reads, with its defaults (tests compare them): the
+    model's sizes (`GPT2Sizes`) and what GPT-2 fixes besides."""
 
-    vocab_size: int = 50_257
-    n_positions: int = 1024
-    n_embd: int = 768
-    n_layer: int = 12
-    n_head: int = 12
     n_inner: int | None = None
     activation_function: str = "gelu_new"
     resid_pdrop: float = 0.1
@@ -54,24 +52,6 @@ class GPT2Settings:
     add_cross_attention: bool = False
     tie_word_embeddings: bool = True
     bos_token_id: int | None = 50_256
-    eos_token_id: int | None = 50_256
-
-    # GPT2Config's other names for four of them
-    @property
-    def hidden_size(self) -> int:
-        return self.n_embd
-
-    @property
-    def num_attention_heads(self) -> int:
-        return self.n_head
-
-    @property
-    def num_hidden_layers(self) -> int:
-        return self.n_layer
-
-    @property
-    def max_position_embeddings(self) -> int:
-        return self.n_positions
 
     def to_dict(self) -> dict[str, Any]:
         """Keyword arguments for `GPT2Config` (or this class)."""
@@ -123,8 +103,8 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, config: GPT2Settings | GPT2Config, layer_idx: int) -> None:
         super().__init__()
-        E = config.hidden_size
-        self.n_head = config.num_attention_heads
+        E = config.n_embd
+        self.n_head = config.n_head
         self.head_dim = E // self.n_head
         if self.head_dim * self.n_head != E:
             raise ValueError(f"n_embd {E} is not divisible by n_head {self.n_head}")
@@ -163,7 +143,7 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: GPT2Settings | GPT2Config) -> None:
         super().__init__()
-        E = config.hidden_size
+        E = config.n_embd
         inner = config.n_inner if config.n_inner is not None else 4 * E
         if config.activation_function not in ACTIVATIONS:
             raise ValueError(f"unsupported GPT-2 activation {config.activation_function!r}")
@@ -181,7 +161,7 @@ class Block(nn.Module):
 
     def __init__(self, config: GPT2Settings | GPT2Config, layer_idx: int) -> None:
         super().__init__()
-        E = config.hidden_size
+        E = config.n_embd
         self.ln_1 = nn.LayerNorm(E, eps=config.layer_norm_epsilon)
         self.attn = CausalSelfAttention(config, layer_idx)
         self.ln_2 = nn.LayerNorm(E, eps=config.layer_norm_epsilon)
@@ -197,11 +177,11 @@ class GPT2Body(nn.Module):
 
     def __init__(self, config: GPT2Settings | GPT2Config) -> None:
         super().__init__()
-        self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.wpe = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
         self.drop = nn.Dropout(config.embd_pdrop)
-        self.h = nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers))
-        self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.init_weights(config)
 
     def init_weights(self, config: GPT2Settings | GPT2Config) -> None:
@@ -250,7 +230,7 @@ class GPT2LM(nn.Module):
             raise ValueError("GPT-2 with cross-attention is not supported")
         self.config = config
         self.transformer = GPT2Body(config)  # initialised as it is built, as transformers' GPT2Model is
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         nn.init.normal_(self.lm_head.weight, 0.0, config.initializer_range)  # drawn, then replaced by the tie
         self.tie_weights()
 
