@@ -142,7 +142,10 @@ def advice(environment: dict[str, Any], devices: dict[str, Any]) -> list[str]:
     if environment["torch"]["cuda"] is None and shutil.which("nvidia-smi"):
         notes.append("an NVIDIA driver is installed but torch is a CPU-only build: install a CUDA build of torch")
     if devices["cuda"] and not environment["faiss"]["gpu_build"]:
-        notes.append("torch sees a GPU but faiss is the CPU build: `pip install faiss-gpu` searches on the GPU")
+        notes.append(
+            "torch sees a GPU but faiss is the CPU build: `pip uninstall -y faiss-cpu && pip install faiss-gpu` "
+            "searches on the GPU"
+        )
     return notes
 
 
