@@ -92,6 +92,15 @@ def test_search_rejects_bad_parameters(client, params, status):
     assert response.status_code == status, response.text
 
 
+@pytest.mark.parametrize("path", ["animals/*", "dog.wav", "~/sounds/*"])
+def test_a_relative_path_glob_is_refused_not_taken_from_the_servers_folder(client, served, path):
+    response = client.get("/api/search", params={"q": "a dog barks", "path": path})
+    assert response.status_code == 400, response.text
+    assert "starts with / or a wildcard" in response.json()["detail"] and f"*/{path}" in response.json()["detail"]
+    page = client.get("/", params={"q": "a dog barks", "path": path})
+    assert page.status_code == 200 and "starts with / or a wildcard" in page.text
+
+
 # -- similar -----------------------------------------------------------------------------------------------------
 
 
@@ -178,6 +187,41 @@ def test_spectrogram_is_a_png(client, served):
     assert (width, height) == (1200, 160)
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/files/99999999999999999999",
+        "/api/files/-9223372036854775809",
+        "/api/files/9223372036854775808/audio",
+        "/api/files/99999999999999999999/spectrogram.png",
+        "/api/windows/99999999999999999999/audio",
+        "/api/windows/99999999999999999999/peaks",
+        "/api/similar?window_id=99999999999999999999",
+        "/files/99999999999999999999",
+        "/similar?window_id=99999999999999999999",
+    ],
+)
+def test_an_id_past_the_databases_integers_is_not_found(client, path):
+    assert client.get(path).status_code == 404
+
+
+def test_head_is_answered_wherever_get_is(client, served):
+    bell = hit_for(client, served, "bell.wav")
+    for path in (
+        f"/api/files/{bell['file_id']}/audio",
+        f"/api/windows/{bell['window_id']}/audio",
+        "/api/search?q=a+bell+rings",
+        "/",
+    ):
+        got, head = client.get(path), client.head(path)
+        assert (head.status_code, head.content) == (200, b""), path
+        assert head.headers["content-type"] == got.headers["content-type"]
+        assert head.headers["content-length"] == got.headers["content-length"]
+    assert client.head(f"/api/files/{bell['file_id']}/audio").headers["accept-ranges"] == "bytes"
+    assert client.head("/api/files/424242").status_code == 404
+    assert "head" not in client.get("/openapi.json").json()["paths"]["/api/search"]
+
+
 # -- uploads -----------------------------------------------------------------------------------------------------
 
 
@@ -214,6 +258,28 @@ def test_classify_refuses_bad_labels(client, served, labels, message):
     assert response.status_code == 400 and message in response.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    ("endpoint", "files", "data", "field"),
+    [
+        ("/api/describe", None, {"file": "not a file"}, "file"),
+        ("/api/classify", {"labels": ("labels.txt", b"dog\ncat\n")}, {"file": "x"}, "file"),
+        ("/api/classify", {"file": ("clip.wav", b"RIFF")}, {"labels_file": "dog"}, "labels_file"),
+    ],
+)
+def test_a_form_field_of_the_wrong_kind_is_a_422_that_names_it(client, endpoint, files, data, field):
+    response = client.post(endpoint, files=files, data=data)
+    assert response.status_code == 422, response.text
+    assert field in {problem["loc"][-1] for problem in response.json()["detail"]}
+
+
+def test_a_file_sent_as_typed_labels_is_named_in_the_422(client, served):
+    clip = ("clip.wav", served.files["bell.wav"].read_bytes())
+    response = client.post("/api/classify", files={"file": clip, "labels": ("labels.txt", b"dog\ncat\n")})
+    assert response.status_code == 422, response.text
+    [problem] = response.json()["detail"]
+    assert problem["loc"] == ["body", "labels"] and problem["input"] == "labels.txt"
+
+
 def corrupt_flac(served) -> bytes:
     data = bytearray(served.files["weather/rain.flac"].read_bytes())
     data[200:] = bytes(range(256)) * ((len(data) - 200) // 256) + bytes((len(data) - 200) % 256)
@@ -242,6 +308,13 @@ def test_uploads_are_bounded_in_bytes_and_seconds(served, tiny_model_dir, tmp_pa
         assert too_big.status_code == 413 and "larger than the server's limit" in too_big.json()["detail"]
         huge = small.post("/api/describe", files={"file": ("huge.wav", bytes(len(clip) + (2 << 20)))})
         assert huge.status_code == 413 and "request body is larger" in huge.json()["detail"]  # from Content-Length
+        boundary = "pengi-boundary"
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="c.wav"\r\n\r\n'.encode()
+        chunks = iter([head, *[bytes(1 << 20)] * 3, f"\r\n--{boundary}--\r\n".encode()])  # no Content-Length
+        streamed = small.post(
+            "/api/describe", content=chunks, headers={"content-type": f"multipart/form-data; boundary={boundary}"}
+        )
+        assert streamed.status_code == 413 and "request body is larger" in streamed.json()["detail"]
         long_clip = write_tone(tmp_path / "long.wav", 6.0, sr=8000).read_bytes()
         too_long = small.post("/api/describe", files={"file": ("long.wav", long_clip)})
         assert too_long.status_code == 413 and "longer than the server's limit of 5 s" in too_long.json()["detail"]

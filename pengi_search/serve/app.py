@@ -7,10 +7,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import UploadFile  # what form parsing makes (FastAPI's is a subclass)
 
 from ..audio import AudioDecodeError
 from ..classify import LabelsError
@@ -49,6 +52,7 @@ def create_app(settings: ServeSettings, *, warm_up: bool = True) -> FastAPI:
     app.state.service = service
     app.include_router(api.router)
     app.include_router(pages.router)
+    app.include_router(_head_routes(api.router, pages.router))
     app.mount("/static", StaticFiles(packages=[("pengi_search.serve", "static")]), name="static")
     app.add_exception_handler(PengiSearchError, _pengi_error)
     app.add_exception_handler(ValueError, _value_error)
@@ -60,6 +64,23 @@ def create_app(settings: ServeSettings, *, warm_up: bool = True) -> FastAPI:
         max_body=settings.max_upload_bytes + FORM_OVERHEAD,
     )
     return app
+
+
+def _head_routes(*routers: APIRouter) -> APIRouter:
+    """HEAD wherever GET is answered (HTTP requires it; players and download tools ask a file's size and Range
+    support so): the same handlers, whose bodies the server leaves out. Kept out of the API document."""
+    head = APIRouter(include_in_schema=False)
+    for router in routers:
+        for route in router.routes:
+            if isinstance(route, APIRoute) and "GET" in route.methods:
+                head.add_api_route(
+                    route.path,
+                    route.endpoint,
+                    methods=["HEAD"],
+                    response_model=route.response_model,
+                    response_class=route.response_class,
+                )
+    return head
 
 
 def status_of(exc: PengiSearchError) -> int:
@@ -90,7 +111,10 @@ async def _value_error(request: Request, exc: Exception) -> Response:
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     if _wants_json(request):
-        return JSONResponse({"detail": exc.errors()}, status_code=422)
+        # jsonable: an error's `ctx` may hold the exception itself ("Expected UploadFile" for a text field sent as
+        # `file`) and its `input` a file sent for a text field, which json.dumps refuses: say their message, name
+        encoders = {Exception: str, UploadFile: lambda upload: upload.filename}
+        return JSONResponse({"detail": jsonable_encoder(exc.errors(), custom_encoder=encoders)}, status_code=422)
     problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
     return _error(request, 422, problems)
 

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+from starlette.exceptions import HTTPException
+
 from ..db import FileRecord
 from .errors import RequestError
 
@@ -161,8 +163,13 @@ async def _redirect_with_cookie(send: Send, scope: Scope, token: str) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-class BodyTooLargeError(Exception):
-    """A request body (without a Content-Length that said so) grew past the limit."""
+class BodyTooLargeError(HTTPException):
+    """A request body (without a Content-Length that said so) grew past the limit: 413, as with one. (An
+    HTTPException: FastAPI lets it through when it reads a form, where any other error becomes a 400 "There was an
+    error parsing the body".)"""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the request body is larger than {limit} bytes")
 
 
 def _limited(receive: Receive, limit: int) -> Receive:
@@ -174,7 +181,7 @@ def _limited(receive: Receive, limit: int) -> Receive:
         if message["type"] == "http.request":
             received += len(message.get("body", b""))
             if received > limit:
-                raise BodyTooLargeError(f"the request body is larger than {limit} bytes")
+                raise BodyTooLargeError(limit)
         return message
 
     return counting

@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 PEAKS = 120  # waveform points per hit
 QUERY_CACHE = 4096  # query embeddings kept
 FAILED_SHOWN = 200
+MAX_ID = 2**63 - 1  # the largest database row id (SQLite INTEGER, PostgreSQL BIGINT); a larger one names no row
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,12 @@ class SearchParams:
     def filters(self) -> Filters:
         if self.by not in {b.value for b in By}:
             raise RequestError("by", f"{self.by!r}: use one of {', '.join(b.value for b in By)}")
+        if self.path and not self.path.startswith(("/", "*", "?", "[")):
+            # The CLI takes a relative glob from the current folder (and ~ as the home): the server's own, which
+            # means nothing to its client and would match nothing, silently.
+            raise RequestError(
+                "path", f"{self.path!r}: a glob over full paths starts with / or a wildcard, e.g. */{self.path}"
+            )
         try:
             return Filters.from_options(
                 min_score=self.min_score,
@@ -242,13 +249,13 @@ class Service:
     # -- files and windows -----------------------------------------------------------------------------------
 
     def window(self, window_id: int) -> WindowDetails:
-        window = self.library.store.window_details([window_id]).get(window_id)
+        window = self.library.store.window_details([window_id]).get(window_id) if abs(window_id) <= MAX_ID else None
         if window is None:
             raise RequestError(f"window {window_id}", "no such window in the index", HTTPStatus.NOT_FOUND)
         return window
 
     def file_record(self, file_id: int) -> FileRecord:
-        record = catalog.file_by_id(self.library.store, file_id)
+        record = catalog.file_by_id(self.library.store, file_id) if abs(file_id) <= MAX_ID else None
         if record is None:
             raise RequestError(f"file {file_id}", "no such file in the index", HTTPStatus.NOT_FOUND)
         return record
