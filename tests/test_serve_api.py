@@ -272,6 +272,15 @@ def test_a_form_field_of_the_wrong_kind_is_a_422_that_names_it(client, endpoint,
     assert field in {problem["loc"][-1] for problem in response.json()["detail"]}
 
 
+def test_typed_labels_and_a_labels_file_together_are_refused(client, served):
+    clip = ("clip.wav", served.files["bell.wav"].read_bytes())
+    labels_file = ("labels.txt", b"a bell rings\na dog barks\n")
+    response = client.post("/api/classify", files={"file": clip, "labels_file": labels_file}, data={"labels": "rain"})
+    assert response.status_code == 400 and "send one of them" in response.json()["detail"]
+    blank = client.post("/api/classify", files={"file": clip, "labels_file": labels_file}, data={"labels": " \n"})
+    assert blank.status_code == 200 and blank.json()["labels"] == ["a bell rings", "a dog barks"]
+
+
 def test_a_file_sent_as_typed_labels_is_named_in_the_422(client, served):
     clip = ("clip.wav", served.files["bell.wav"].read_bytes())
     response = client.post("/api/classify", files={"file": clip, "labels": ("labels.txt", b"dog\ncat\n")})

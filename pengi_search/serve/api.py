@@ -144,6 +144,8 @@ def read_upload(svc: Service, file: UploadFile) -> Any:
 def parse_labels(typed: str | None, uploaded: UploadFile | None) -> list[str]:
     """Labels typed one per line, or a labels file (text, or CSV with a 'label' column), checked as the CLI does."""
     if uploaded is not None and uploaded.filename:
+        if typed and typed.strip():  # which did the client mean? Say so rather than drop the typed ones
+            raise RequestError("labels", "both typed labels and a labels file: send one of them")
         data = uploaded.file.read(MAX_LABELS_BYTES + 1)
         suffix = ".csv" if Path(uploaded.filename).suffix.lower() == ".csv" else ".txt"
     elif typed and typed.strip():
