@@ -112,7 +112,8 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     if _wants_json(request):
         # jsonable: an error's `ctx` may hold the exception itself ("Expected UploadFile" for a text field sent as
-        # `file`) and its `input` a file sent for a text field, which json.dumps refuses: say their message, name
+        # `file`) and its `input` a file sent for a text field, which json.dumps refuses: give the exception's
+        # message and the file's name instead
         encoders = {Exception: str, UploadFile: lambda upload: upload.filename}
         return JSONResponse({"detail": jsonable_encoder(exc.errors(), custom_encoder=encoders)}, status_code=422)
     problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
