@@ -405,6 +405,23 @@ def test_config_reads_types_and_rejects_unknown_keys(tmp_path, sounds, tiny_mode
     assert overrides == {"optimization.lr": "3e-3", "freeze.audio_encoder": True, "data.validation": None}
 
 
+def test_a_config_that_is_not_yaml_or_not_utf8_or_a_bad_set_value_is_one_line_and_exit_code_2(tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("output_dir: [unclosed\nmodel: {a: 1\n")
+    result = train_command(bad, "--dry-run")
+    # The problem and where it is, on one line (PyYAML's message spans four, the first alone says nothing).
+    assert result.exit_code == EXIT_USAGE
+    assert "not valid YAML: expected ',' or ']', but got ':' (line 2, column 6)" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(b"output_dir: caf\xe9\n")
+    result = train_command(latin1, "--dry-run")
+    assert result.exit_code == EXIT_USAGE and f"{latin1}: not UTF-8 text" in result.stderr
+    result = train_command(bad, "--dry-run", "--set", "data.batch_size=[1")
+    assert result.exit_code == EXIT_USAGE  # was a traceback (exit code 1)
+    assert "--set: data.batch_size: not a valid YAML value" in result.stderr
+
+
 def test_the_example_config_loads_and_shows_every_key() -> None:
     config = load_config(EXAMPLE_CONFIG)
     raw = yaml.safe_load(EXAMPLE_CONFIG.read_text())

@@ -15,7 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from pengi_search.cli import app
-from pengi_search.errors import EXIT_FAILED, EXIT_OK
+from pengi_search.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from pengi_search.model import Pengi
 from trainer.augment import augment
 from trainer.config import AugmentationSection, load_config
@@ -134,6 +134,28 @@ def test_init_names_the_row_of_a_bad_csv(tmp_path) -> None:
     assert result.exit_code == 2 and "line 2: no audio file" in result.output
 
 
+def test_init_refuses_a_file_listed_twice_and_warns_of_one_label_or_no_validation(tmp_path) -> None:
+    write_clips(tmp_path, per_label=3)
+    (tmp_path / "twice.csv").write_text("file,label\nlow_0.wav,low\nhigh_0.wav,high\nlow_0.wav,high\n")
+    result = cli("train", "init", str(tmp_path / "twice.csv"), "--audio-root", str(tmp_path), "-o", str(tmp_path / "t"))
+    # was accepted: one clip with two labels, or a duplicate on both sides of the validation split
+    assert result.exit_code == 2 and "line 4: low_0.wav is listed again (first on line 2)" in result.output
+    (tmp_path / "empty.csv").write_text("")
+    result = cli("train", "init", str(tmp_path / "empty.csv"), "--audio-root", str(tmp_path), "-o", str(tmp_path / "e"))
+    assert result.exit_code == 2 and "empty.csv: empty: no header" in result.output
+
+    (tmp_path / "one.csv").write_text("file,label\n" + "".join(f"low_{i}.wav,low\n" for i in range(3)))
+    result = cli("train", "init", str(tmp_path / "one.csv"), "--audio-root", str(tmp_path), "-o", str(tmp_path / "a"))
+    assert result.exit_code == 0 and "warning: one label only (low)" in result.output
+    assert "no validation clips" not in result.output
+    rows = "file,label,group\n" + "".join(f"{label}_{i}.wav,{label},take\n" for label in LABELS for i in range(3))
+    (tmp_path / "group.csv").write_text(rows)  # one recording: nothing can be held out
+    result = cli("train", "init", str(tmp_path / "group.csv"), "--audio-root", str(tmp_path), "-o", str(tmp_path / "g"))
+    assert result.exit_code == 0 and "warning: no validation clips" in result.output
+    assert "one label only" not in result.output
+    assert "validation: null" in (tmp_path / "g" / "config.yaml").read_text()
+
+
 # --- A run on labels ------------------------------------------------------------------------------------------------
 
 
@@ -243,6 +265,41 @@ def test_per_part_learning_rates_make_their_own_groups(tiny_no_text_model_dir) -
 
 
 # --- Dry run ------------------------------------------------------------------------------------------------------
+
+
+def test_dry_run_refuses_what_the_run_refuses_too_few_examples_or_an_output_dir_that_is_a_file(
+    tmp_path, tiny_no_text_model_dir
+) -> None:
+    config_path = label_run_config(tmp_path, tiny_no_text_model_dir, data__batch_size=64)
+    result = cli("train", str(config_path), "--dry-run")
+    assert result.exit_code == EXIT_FAILED, result.output  # was "ready to train (see the warnings)", exit code 0
+    assert "usable examples are too few for one step of batch_size 64" in result.output
+    assert "cannot train" in result.output
+    result = cli("train", str(config_path))
+    assert result.exit_code == EXIT_FAILED and "too few for one step of batch_size 64" in result.output
+
+    (tmp_path / "taken").write_text("a file")
+    config = yaml.safe_load(config_path.read_text())
+    config_path.write_text(yaml.safe_dump({**config, "output_dir": str(tmp_path / "taken")}))
+    result = cli("train", str(config_path), "--dry-run")
+    assert result.exit_code == EXIT_FAILED and "is a file, not a folder" in result.output
+    result = cli("train", str(config_path))  # was "[Errno 20] Not a directory: '.../taken/tokenizer'"
+    assert (
+        result.exit_code == EXIT_USAGE and f"output_dir {tmp_path / 'taken'} is a file, not a folder" in result.output
+    )
+
+
+def test_resume_from_a_missing_checkpoint_fails_before_the_set_up(
+    tmp_path, tiny_no_text_model_dir, monkeypatch
+) -> None:
+    import trainer.loop
+
+    config_path = label_run_config(tmp_path, tiny_no_text_model_dir)
+    monkeypatch.setattr(trainer.loop, "Trainer", None)  # set-up (minutes of feature encoding) must not start
+    result = cli("train", str(config_path), "--resume-from", str(tmp_path / "nope.pt"))
+    assert result.exit_code == EXIT_FAILED and "nope.pt: no such training checkpoint" in result.output
+    result = cli("train", str(config_path), "--resume")
+    assert result.exit_code == EXIT_FAILED and "no checkpoint to resume from" in result.output
 
 
 def test_dry_run_warns_of_a_long_warm_up_and_refuses_a_small_vocabulary(tmp_path, tiny_no_text_model_dir) -> None:

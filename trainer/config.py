@@ -255,8 +255,10 @@ def load_config(path: Path | str, overrides: Mapping[str, Any] | None = None) ->
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise ConfigError(path, error.strerror or str(error)) from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(path, f"not UTF-8 text ({error.reason})") from None
     except yaml.YAMLError as error:
-        raise ConfigError(path, f"not valid YAML ({error})") from None
+        raise ConfigError(path, f"not valid YAML: {yaml_problem(error)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(path, "expected a mapping of sections at the top level")
     for dotted, value in (overrides or {}).items():
@@ -275,8 +277,20 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ConfigError("--set", f"expected section.key=value, got {pair!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            raise ConfigError("--set", f"{key.strip()}: not a valid YAML value: {yaml_problem(error)}") from None
     return overrides
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message as one line: the problem and where (1-based line and column)."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem:
+        mark = error.problem_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        return f"{error.problem}{where}"
+    return " ".join(str(error).split())
 
 
 def _set_dotted(raw: dict, dotted: str, value: Any, path: Path) -> None:

@@ -55,12 +55,13 @@ class DryRunReport:
     model_problems: list[str] = field(default_factory=list)
     plan: dict[str, int | None] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    run_problems: list[str] = field(default_factory=list)  # what the run itself would refuse (too few examples...)
     timing: dict[str, float] = field(default_factory=dict)  # seconds: per step, per epoch, encoding the clips
 
     @property
     def exit_code(self) -> int:
         """0: ready; 1: the run cannot start (a model file is missing, no usable example); 3: some audio unusable."""
-        if self.model_problems or any(check.usable == 0 for check in self.manifests):
+        if self.model_problems or self.run_problems or any(check.usable == 0 for check in self.manifests):
             return EXIT_FAILED
         return EXIT_PARTIAL if any(check.problems for check in self.manifests) else EXIT_OK
 
@@ -76,6 +77,7 @@ def dry_run_report(
     manifests = [_check_manifest(role, path, load_audio) for role, path in roles if path is not None]
     report = DryRunReport(manifests, _model_problems(config), _plan(config, manifests[0].usable))
     report.warnings += _plan_warnings(report.plan)
+    report.run_problems += _run_problems(config, report.plan, manifests[0].usable)
     if not report.model_problems:
         _check_model(config, report, source or Path("<config>"))
     return report
@@ -156,9 +158,21 @@ def _plan_warnings(plan: dict[str, int | None]) -> list[str]:
             f"warm-up ({warmup} steps) is not shorter than the whole run ({total} steps): the learning rate never "
             "reaches its peak; lower optimization.warmup_steps"
         )
-    if plan.get("steps_per_epoch") == 0:
-        warnings.append("fewer usable examples than one batch: lower data.batch_size")
     return warnings
+
+
+def _run_problems(config: TrainConfig, plan: dict[str, int | None], usable: int) -> list[str]:
+    """What `train` would refuse before its first step: the same checks, the same words."""
+    problems = []
+    if plan.get("steps_per_epoch") == 0 and usable:
+        problems.append(
+            f"{config.data.train}: {usable} usable examples are too few for one step of batch_size "
+            f"{config.data.batch_size} x grad_accumulation {config.optimization.grad_accumulation} x "
+            f"{plan.get('processes')} process(es): lower data.batch_size"
+        )
+    if config.output_dir is not None and config.output_dir.exists() and not config.output_dir.is_dir():
+        problems.append(f"output_dir {config.output_dir} is a file, not a folder")
+    return problems
 
 
 def _time_steps(
@@ -244,6 +258,8 @@ def print_dry_run(report: DryRunReport, console: Console) -> None:
         console.print(table)
     for problem in report.model_problems:
         console.print(f"[bold red]model:[/] {problem}", soft_wrap=True)
+    for problem in report.run_problems:
+        console.print(f"[bold red]run:[/] {problem}", soft_wrap=True)
     plan = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in report.plan.items())
     console.print(f"plan: {plan}", soft_wrap=True)
     if report.timing:

@@ -102,14 +102,20 @@ def train(
     """Run the training that `config` describes in this process (one of several under `torchrun`)."""
     source = source or Path("<config>")
     check_runtime(config.runtime, source)
+    if config.output_dir.exists() and not config.output_dir.is_dir():
+        raise ConfigError(source, f"output_dir {config.output_dir} is a file, not a folder")
     if not resume and list_checkpoints(config.output_dir):
         raise TrainingError(config.output_dir, "holds checkpoints of a run: resume it, or choose a new output_dir")
+    # Found before the set-up (features may take minutes to encode), so that a mistyped path fails at once.
+    checkpoint = None if not resume else latest_checkpoint(config.output_dir) if resume is True else Path(resume)
+    if checkpoint is not None and not checkpoint.is_file():
+        raise CheckpointError(checkpoint, "no such training checkpoint")
     processes = start_processes(config.runtime.device)
     trainer = None
     try:
         trainer = Trainer(config, processes, source, console)
-        if resume:
-            trainer.resume(latest_checkpoint(config.output_dir) if resume is True else Path(resume))
+        if checkpoint is not None:
+            trainer.resume(checkpoint)
         return trainer.fit()
     finally:
         # DistributedDataParallel's reducer must be freed while its process group still exists: freed after

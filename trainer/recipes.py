@@ -58,6 +58,7 @@ class InitResult:
     manifests: dict[str, Path]  # split -> manifest
     label_map: Path
     counts: dict[str, int]  # split -> clips
+    warnings: tuple[str, ...] = ()  # what will run but is probably not what was meant
 
 
 def read_labels_csv(path: Path, audio_root: Path) -> list[LabelledClip]:
@@ -72,10 +73,13 @@ def read_labels_csv(path: Path, audio_root: Path) -> list[LabelledClip]:
         raise LabelsCsvError(path, error.strerror or str(error)) from None
     except UnicodeDecodeError as error:
         raise LabelsCsvError(path, f"not UTF-8 text ({error.reason})") from None
+    if not header:
+        raise LabelsCsvError(path, "empty: no header (file, label[, split][, caption][, group])")
     column = next((name for name in FILE_COLUMNS if name in header), None)
     if column is None or "label" not in header:
         raise LabelsCsvError(path, f"needs a file (or filename) and a label column; the header has {', '.join(header)}")
     clips = []
+    first_row: dict[Path, int] = {}  # audio -> the line that listed it first
     for number, row in enumerate(rows, start=2):  # line numbers, after the header
         name, label = (row.get(column) or "").strip(), (row.get("label") or "").strip()
         if not name or not label:
@@ -86,6 +90,9 @@ def read_labels_csv(path: Path, audio_root: Path) -> list[LabelledClip]:
         caption = (row.get("caption") or "").strip() or None
         group = (row.get("group") or "").strip() or None
         audio = (audio_root / name).resolve()
+        if audio in first_row:  # trained twice, or with two labels, or on both sides of the validation split
+            raise LabelsCsvError(path, f"line {number}: {name} is listed again (first on line {first_row[audio]})")
+        first_row[audio] = number
         clips.append(LabelledClip(audio, label, SPLIT_NAMES[split] if split else None, caption, number, group))
     if not clips:
         raise LabelsCsvError(path, "no rows")
@@ -239,4 +246,17 @@ def init_run(
     label_map = write_label_map(splits, folder / "labels.csv")
     config = write_config(recipe, folder / "config.yaml", manifests, seed, init)
     counts = {split: len(clips) for split, clips in splits.items()}
-    return InitResult(config, manifests, label_map, counts)
+    return InitResult(config, manifests, label_map, counts, split_warnings(splits))
+
+
+def split_warnings(splits: dict[str, list[LabelledClip]]) -> tuple[str, ...]:
+    warnings = []
+    labels = {clip.label for clip in splits["train"]}
+    if len(labels) == 1:
+        warnings.append(f"one label only ({next(iter(labels))}): a classifier needs two or more to choose between")
+    if not splits["validation"]:
+        warnings.append(
+            "no validation clips (no label has enough clips, or groups, to hold one out): the run cannot pick a "
+            "best model or stop early, and trains for all of optimization.epochs; add clips or a split column"
+        )
+    return tuple(warnings)

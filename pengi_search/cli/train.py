@@ -134,6 +134,8 @@ def init(
         out_console.print(f"{split} manifest: {path}")
     out_console.print(f"label map: {result.label_map}")
     out_console.print(f"config ({recipe}): {result.config}")
+    for warning in result.warnings:
+        err_console.print(f"warning: {warning}", soft_wrap=True)
     out_console.print(f"next: pengi-search train {result.config} --dry-run", soft_wrap=True)
 
 
