@@ -16,13 +16,14 @@ network reads, with transformers' defaults: importing transformers costs most of
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import TextEncoderConfig
+from .mlp import ACTIVATIONS
 
 if TYPE_CHECKING:
     from transformers import CLIPTextConfig
@@ -38,19 +39,6 @@ class CLIPTextSettings(TextEncoderConfig):
     initializer_range: float = 0.02
     initializer_factor: float = 1.0
     pad_token_id: int | None = 1
-
-
-def quick_gelu(x: torch.Tensor) -> torch.Tensor:
-    """CLIP's activation: x * sigmoid(1.702 x)."""
-    return x * torch.sigmoid(1.702 * x)
-
-
-ACTIVATIONS = {
-    "quick_gelu": quick_gelu,
-    "gelu": F.gelu,
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "relu": F.relu,
-}
 
 
 class TextEmbeddings(nn.Module):
@@ -180,7 +168,7 @@ class CLIPTextTower(nn.Module):
                 nn.init.normal_(module.fc1.weight, 0.0, (2 * E) ** -0.5 * factor)
                 nn.init.normal_(module.fc2.weight, 0.0, in_proj_std)
 
-        _post_order(self, init)
+        self.apply(init)  # children before their parent, as transformers initialises
 
     def attention_mask(self, padding: torch.Tensor | None, T: int) -> torch.Tensor | None:
         """Causal attention restricted to the real (mask 1) keys: (B, 1, T, T) booleans, or None when no key is
@@ -201,9 +189,3 @@ class CLIPTextTower(nn.Module):
         else:  # the first end-of-text (padding may be end-of-text too)
             ends = (ids == self.config.eos_token_id).int().argmax(dim=-1)
         return x[torch.arange(x.shape[0], device=x.device), ends]
-
-
-def _post_order(module: nn.Module, fn: Any) -> None:
-    for child in module.children():
-        _post_order(child, fn)
-    fn(module)

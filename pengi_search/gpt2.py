@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import GPT2Sizes
+from .mlp import ACTIVATIONS
 
 if TYPE_CHECKING:
     from transformers import GPT2Config
@@ -56,19 +57,6 @@ class GPT2Settings(GPT2Sizes):
     def to_dict(self) -> dict[str, Any]:
         """Keyword arguments for `GPT2Config` (or this class)."""
         return dataclasses.asdict(self)
-
-
-def new_gelu(x: torch.Tensor) -> torch.Tensor:
-    """GPT-2's `gelu_new`: the tanh approximation of GELU, written out as transformers writes it."""
-    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
-
-
-ACTIVATIONS = {
-    "gelu_new": new_gelu,
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu": F.gelu,
-    "relu": F.relu,
-}
 
 
 class Conv1D(nn.Module):
@@ -203,7 +191,7 @@ class GPT2Body(nn.Module):
             if isinstance(module, (CausalSelfAttention, MLP)):
                 nn.init.normal_(module.c_proj.weight, 0.0, residual_std)
 
-        _post_order(self, init)
+        self.apply(init)  # children before their parent, as transformers initialises
 
     def forward(self, inputs_embeds: torch.Tensor, cache: Any = None) -> torch.Tensor:
         """(B, T, E) -> (B, T, E), after the `cache`'s past when one is given."""
@@ -264,9 +252,3 @@ class GPT2LM(nn.Module):
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         return LMOutput(self.lm_head(hidden), cache)
-
-
-def _post_order(module: nn.Module, fn: Any) -> None:
-    for child in module.children():
-        _post_order(child, fn)
-    fn(module)

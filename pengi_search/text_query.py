@@ -23,6 +23,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 from tokenizers import Tokenizer
 
+from .bpe_tokenizer import TOKENIZER_FILE
 from .checkpoint import TEXT_ENCODER_PREFIX, CheckpointError
 from .chunking import chunked
 from .config import TextEncoderConfig
@@ -30,7 +31,6 @@ from .model_dir import PENGI_TEXT_PREFIX, ModelDir
 from .vectors import l2_normalise
 
 LAYER_NORM_EPS = 1e-5  # CLIPTextConfig.layer_norm_eps and torch.nn.LayerNorm's default
-TOKENIZER_FILE = "tokenizer.json"
 _erf = np.frompyfunc(math.erf, 1, 1)
 _HEADER_SIZE = struct.Struct("<Q")
 # Below this many tokens in a batch the products are a few rows tall: BLAS threads cost more than they bring, and
