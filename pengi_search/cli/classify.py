@@ -44,6 +44,7 @@ from .common import (
     out_console,
     print_json,
     progress_bar,
+    report_skipped,
     show_progress,
     shown_path,
 )
@@ -226,7 +227,7 @@ def classify_target(
 
     files, failures = _files_of(target)
     for path, reason in failures:  # found but unreadable (a broken link, a folder that cannot be listed)
-        _report_skipped(path, reason)
+        report_skipped(path, reason)
     library = _open_library(db)
     try:
         classifier = Classifier(
@@ -264,14 +265,10 @@ def _run_classifier(
         for outcome in classifier.classify_files(files, WindowProgress(bar, "classifying", visible=visible)):
             if isinstance(outcome, FailedFile):
                 failures.append((outcome.path, outcome.reason))
-                _report_skipped(outcome.path, outcome.reason)
+                report_skipped(outcome.path, outcome.reason)
             else:
                 predictions.append(outcome)
     return predictions, failures
-
-
-def _report_skipped(path: str, reason: str) -> None:
-    err_console.print(f"[red]skipped[/] {escape(shown(path))}: {escape(reason)}", soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -327,6 +327,11 @@ def warn(message: str) -> None:
     err_console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
 
 
+def report_skipped(path: str, reason: str) -> None:
+    """An input that a command went on without (its result, or the exit code, says so too)."""
+    err_console.print(f"[red]skipped[/] {escape(shown(path))}: {escape(reason)}", soft_wrap=True)
+
+
 def print_json(data: Any) -> None:
     sys.stdout.write(json_text(data, indent=2) + "\n")
 

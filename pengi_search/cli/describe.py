@@ -37,6 +37,7 @@ from .common import (
     out_console,
     print_json,
     progress_bar,
+    report_skipped,
     show_progress,
 )
 
@@ -128,11 +129,8 @@ def _expand_folders(paths: list[Path]) -> tuple[list[Path], list[tuple[str, str]
 
 
 def _skipped(path: Path, reason: str) -> FileResult:
-    from rich.markup import escape
-
-    error = f"{shown(str(path))}: {reason}"
-    err_console.print(f"[red]skipped[/] {escape(error)}", soft_wrap=True)
-    return FileResult(path, 0.0, [], error)
+    report_skipped(str(path), reason)
+    return FileResult(path, 0.0, [], f"{shown(str(path))}: {reason}")
 
 
 def _load_engine(options: DescribeOptions, *, prompts: int) -> Engine:

@@ -16,7 +16,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from .common import err_console, handle_errors, out_console
+from .common import err_console, handle_errors, out_console, warn
 
 RUN = "run"
 
@@ -135,7 +135,7 @@ def init(
     out_console.print(f"label map: {result.label_map}")
     out_console.print(f"config ({recipe}): {result.config}")
     for warning in result.warnings:
-        err_console.print(f"warning: {warning}", soft_wrap=True)
+        warn(warning)
     out_console.print(f"next: pengi-search train {result.config} --dry-run", soft_wrap=True)
 
 
