@@ -231,6 +231,19 @@ class TrainConfig:
         """Plain JSON-able values (paths as strings), for checkpoints and logs."""
         return _plain(dataclasses.asdict(self))
 
+    def output_dir_problem(self) -> str | None:
+        """Why the run cannot write to `output_dir` (the dry run reports it, `train` refuses it), or None."""
+        if self.output_dir is not None and self.output_dir.exists() and not self.output_dir.is_dir():
+            return f"output_dir {self.output_dir} is a file, not a folder"
+        return None
+
+    def too_few_for_a_step(self, usable: int, processes: int) -> str:
+        """What the run says when `usable` training examples make no whole step (and the dry run, in its words)."""
+        return (
+            f"{usable} usable examples are too few for one step of batch_size {self.data.batch_size} x "
+            f"grad_accumulation {self.optimization.grad_accumulation} x {processes} process(es)"
+        )
+
 
 def config_from_dict(raw: dict[str, Any], source: Path | str, base: Path) -> TrainConfig:
     """A configuration from its dict (`TrainConfig.to_dict`, as checkpoints store it); paths relative to `base`."""

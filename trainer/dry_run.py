@@ -165,13 +165,10 @@ def _run_problems(config: TrainConfig, plan: dict[str, int | None], usable: int)
     """What `train` would refuse before its first step: the same checks, the same words."""
     problems = []
     if plan.get("steps_per_epoch") == 0 and usable:
-        problems.append(
-            f"{config.data.train}: {usable} usable examples are too few for one step of batch_size "
-            f"{config.data.batch_size} x grad_accumulation {config.optimization.grad_accumulation} x "
-            f"{plan.get('processes')} process(es): lower data.batch_size"
-        )
-    if config.output_dir is not None and config.output_dir.exists() and not config.output_dir.is_dir():
-        problems.append(f"output_dir {config.output_dir} is a file, not a folder")
+        too_few = config.too_few_for_a_step(usable, plan.get("processes") or 1)
+        problems.append(f"{config.data.train}: {too_few}: lower data.batch_size")
+    if (problem := config.output_dir_problem()) is not None:
+        problems.append(problem)
     return problems
 
 

@@ -102,8 +102,8 @@ def train(
     """Run the training that `config` describes in this process (one of several under `torchrun`)."""
     source = source or Path("<config>")
     check_runtime(config.runtime, source)
-    if config.output_dir.exists() and not config.output_dir.is_dir():
-        raise ConfigError(source, f"output_dir {config.output_dir} is a file, not a folder")
+    if (problem := config.output_dir_problem()) is not None:
+        raise ConfigError(source, problem)
     if not resume and list_checkpoints(config.output_dir):
         raise TrainingError(config.output_dir, "holds checkpoints of a run: resume it, or choose a new output_dir")
     # Found before the set-up (features may take minutes to encode), so that a mistyped path fails at once.
@@ -214,11 +214,7 @@ class Trainer:
         accumulation = self.config.optimization.grad_accumulation
         self.steps_per_epoch = self.sampler.num_samples // data.batch_size // accumulation
         if self.steps_per_epoch == 0:
-            raise TrainingError(
-                data.train,
-                f"{len(train_set)} usable examples are too few for one step of batch_size {data.batch_size} "
-                f"x grad_accumulation {accumulation} x {processes.world_size} process(es)",
-            )
+            raise TrainingError(data.train, self.config.too_few_for_a_step(len(train_set), processes.world_size))
         opt = self.config.optimization
         self.total_steps = opt.max_steps or opt.epochs * self.steps_per_epoch
 
