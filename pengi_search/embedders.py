@@ -116,9 +116,10 @@ def open_text_embedder(
         assert encoder is not None and clip is not None  # spec.check: the model has a text encoder
         return PengiTextEmbedder(encoder, clip, model_dir.identity, engine.device)
     if numpy_tower:
-        from .text_query import NumpyTextEmbedder, clip_tokenizer_file
+        from .bpe_tokenizer import has_tokenizer_file
+        from .text_query import NumpyTextEmbedder
 
-        if clip_tokenizer_file(model_dir).is_file():
+        if has_tokenizer_file(model_dir.tokenizer_dir("clip")):
             return NumpyTextEmbedder.from_model_dir(model_dir)
         # No tokenizer.json beside the model (the tokenizer comes from the Hugging Face cache): the torch path finds it.
     return PengiTextEmbedder.from_model_dir(model_dir, _torch_device(device))

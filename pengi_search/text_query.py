@@ -23,7 +23,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 from tokenizers import Tokenizer
 
-from .bpe_tokenizer import TOKENIZER_FILE
+from .bpe_tokenizer import FileTokenizer
 from .checkpoint import TEXT_ENCODER_PREFIX, CheckpointError
 from .chunking import chunked
 from .config import TextEncoderConfig
@@ -89,10 +89,6 @@ def blas_threads(limit: int | None) -> AbstractContextManager[object]:
 def _causal_mask(length: int) -> np.ndarray:
     """(L, L): 0 where a token may attend (itself and earlier ones), -inf above the diagonal."""
     return np.triu(np.full((length, length), -np.inf, dtype=np.float32), k=1)
-
-
-def clip_tokenizer_file(model_dir: ModelDir) -> Path:
-    return model_dir.tokenizer_dir("clip") / TOKENIZER_FILE
 
 
 def gelu(x: np.ndarray) -> np.ndarray:
@@ -177,7 +173,8 @@ class NumpyTextEmbedder:
         if cfg is None:
             raise CheckpointError(model_dir.path, "this model has no text encoder (base_no_text_enc)")
         weights = mapped_tensors(model_dir.weights, TEXT_ENCODER_PREFIX)
-        tokenizer = Tokenizer.from_file(str(clip_tokenizer_file(model_dir)))
+        # The raw `tokenizers` backend: `encode_batch` without padding is all this path needs.
+        tokenizer = FileTokenizer.from_folder(model_dir.tokenizer_dir("clip")).backend
         return cls(weights, cfg, tokenizer, model_dir.identity)
 
     def embed(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from pengi_search.bpe_tokenizer import TokenizerFileError
 from pengi_search.checkpoint import CheckpointError
 from pengi_search.choices import By
 from pengi_search.db import EmbedderInfo, StoreMismatchError, TextRecord, WindowInput
@@ -84,6 +85,13 @@ def test_numpy_text_tower_stops_at_the_first_end_token(tiny_model_dir):
     vectors = fast.embed(texts)
     np.testing.assert_allclose(vectors, reference, atol=1e-5, rtol=0)
     np.testing.assert_allclose(vectors[0], vectors[1], atol=1e-6, rtol=0)
+
+
+def test_numpy_text_tower_names_a_broken_tokenizer_file(tiny_model_dir, tmp_path):
+    copy = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    (copy / TOKENIZER_DIR / "clip" / "tokenizer.json").write_text("{ not json")
+    with pytest.raises(TokenizerFileError, match=r"clip.tokenizer\.json"):
+        NumpyTextEmbedder.from_model_dir(ModelDir.read(copy))
 
 
 def test_mapped_tensors_reads_every_float_type(tmp_path):
