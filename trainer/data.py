@@ -221,25 +221,20 @@ def convert_labels_csv(
     """
     render_prompt(task)  # an unknown task, or one that needs a question, fails here with the known tasks
 
-    def record(fields: Mapping[str, str | None]) -> dict[str, Any]:
-        cell = fields[label_column] or ""
+    def labels(cell: str | None) -> str | list[str]:
+        cell = cell or ""
         if underscores_to_spaces:
             cell = cell.replace("_", " ")
-        answer = cell.split(label_separator) if task in LIST_ANSWER_TASKS else cell
-        return {"audio": fields[audio_column], "task": task, "answer": answer}
+        return cell.split(label_separator) if task in LIST_ANSWER_TASKS else cell
 
-    return _convert_csv(Path(src), Path(dest), (audio_column, label_column), record)
+    return _convert_csv(src, dest, task, audio_column, {"answer": label_column}, answer=labels)
 
 
 def convert_captions_csv(
     src: PathLike, dest: PathLike, *, audio_column: str = "filename", caption_column: str = "caption"
 ) -> list[Example]:
     """Caption CSV -> JSONL manifest for the caption task."""
-
-    def record(fields: Mapping[str, str | None]) -> dict[str, Any]:
-        return {"audio": fields[audio_column], "task": "caption", "answer": fields[caption_column]}
-
-    return _convert_csv(Path(src), Path(dest), (audio_column, caption_column), record)
+    return _convert_csv(src, dest, "caption", audio_column, {"answer": caption_column})
 
 
 def convert_qa_csv(
@@ -251,33 +246,32 @@ def convert_qa_csv(
     answer_column: str = "answer",
 ) -> list[Example]:
     """Question-answer CSV -> JSONL manifest for the qa task."""
-
-    def record(fields: Mapping[str, str | None]) -> dict[str, Any]:
-        return {
-            "audio": fields[audio_column],
-            "task": "qa",
-            "question": fields[question_column],
-            "answer": fields[answer_column],
-        }
-
-    return _convert_csv(Path(src), Path(dest), (audio_column, question_column, answer_column), record)
+    return _convert_csv(src, dest, "qa", audio_column, {"question": question_column, "answer": answer_column})
 
 
 def _convert_csv(
-    src: Path,
-    dest: Path,
-    columns: Sequence[str],
-    make_record: Callable[[Mapping[str, str | None]], dict[str, Any]],
+    src: PathLike,
+    dest: PathLike,
+    task: str,
+    audio_column: str,
+    columns: Mapping[str, str],
+    answer: Callable[[str | None], str | list[str]] | None = None,
 ) -> list[Example]:
-    """Write a checked manifest record per CSV row; returns the examples, as `read_manifest(dest)` would."""
+    """Write a checked manifest record per CSV row: its `task`, its audio and the manifest fields that `columns`
+    maps to CSV columns, the answer passed through `answer` if given. Returns the examples, as `read_manifest(dest)`
+    would."""
+    src, dest = Path(src), Path(dest)
     if dest.suffix.lower() != ".jsonl":
         raise ManifestError(dest, "converters write JSONL manifests: name the destination *.jsonl")
     base = src.parent.resolve()
     records: list[dict[str, Any]] = []
     examples: list[Example] = []
     with _reading(src) as handle:
-        for row, fields in _csv_records(src, handle, required=columns):
-            record = make_record(fields)
+        for row, fields in _csv_records(src, handle, required=(audio_column, *columns.values())):
+            record = {"audio": fields[audio_column], "task": task}
+            record |= {field: fields[column] for field, column in columns.items()}
+            if answer is not None:
+                record["answer"] = answer(record["answer"])
             examples.append(_example(src, row, record, base, split_lists=False))
             records.append(record)
     if not examples:
