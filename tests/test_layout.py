@@ -1,0 +1,81 @@
+"""The shape of the code base itself: modules small enough to read, and layers that import downwards only.
+
+The layers (README, "Layout"): the command line -> search, classify, indexer, trainer -> model, store, vectors ->
+audio, config. The core (`pengi_search` outside `cli/`) must stay usable as a library without the applications built
+on it, so it imports neither the indexer, the trainer nor the command line.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("pengi_search", "indexer", "trainer")
+MAX_LINES = 600
+APPLICATIONS = ("indexer", "trainer", "pengi_search.cli")
+
+
+def _modules(*packages: str) -> list[Path]:
+    return sorted(path for package in packages for path in (ROOT / package).rglob("*.py"))
+
+
+def _module_name(path: Path, root: Path) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: Path, root: Path = ROOT) -> set[str]:
+    """Every module `path` (a file under `root`) imports, at its top or inside a function, with relative imports
+    made absolute."""
+    name = _module_name(path, root)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+def _is_under(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def _core_modules() -> list[Path]:
+    cli = ROOT / "pengi_search" / "cli"
+    # `python -m pengi_search` is the command line's second door, not part of the library.
+    entry = ROOT / "pengi_search" / "__main__.py"
+    return [path for path in _modules("pengi_search") if not path.is_relative_to(cli) and path != entry]
+
+
+@pytest.mark.parametrize("path", _modules(*PACKAGES), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_module_is_longer_than_a_sitting_s_read(path):
+    lines = len(path.read_text(encoding="utf-8").splitlines())
+    assert lines <= MAX_LINES, f"{path.relative_to(ROOT)} has {lines} lines; split it by idea"
+
+
+def test_the_core_imports_no_application():
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(
+            name for name in imported_modules(path) if any(_is_under(name, a) for a in APPLICATIONS)
+        )
+        for path in _core_modules()
+    }
+    assert {path: names for path, names in offenders.items() if names} == {}
+
+
+def test_the_import_reader_sees_relative_and_nested_imports(tmp_path):
+    """The check above can fail: a relative import of the command line inside a function is found."""
+    module = tmp_path / "pengi_search" / "serve" / "app.py"
+    module.parent.mkdir(parents=True)
+    module.write_text("def run():\n    from ..cli.common import fail\n    import indexer.scan\n")
+    assert {"pengi_search.cli.common", "indexer.scan"} <= imported_modules(module, tmp_path)
