@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_FAILED, EXIT_USAGE
 from pengi_search.db import Store, StoreError
+from pengi_search.embedders import TextEmbedderError
 from pengi_search.serve.media import browser_type
 
 from .indexing import write_tone
@@ -521,6 +522,19 @@ def test_a_labels_file_that_cannot_be_used_names_labels_file(client, served):
     labels_file = ("labels.csv", b"name,kind\nx.wav,dog\n")
     response = client.post("/api/classify", files={"file": clip, "labels_file": labels_file})
     assert "needs a 'label' column" in invalid(response, "labels_file")["detail"]
+
+
+def test_a_ranking_the_librarys_model_cannot_do_is_a_400_in_the_apis_words(served, tiny_model_dir, monkeypatch):
+    with client_for(served, tiny_model_dir) as client:
+
+        def no_text_tower():  # a base_no_text_enc library: the core says so for the command line
+            raise TextEmbedderError("--rank", "no text tower: use --rank caption")
+
+        monkeypatch.setattr(client.app.state.service, "audio_embedder", no_text_tower)
+        response = client.get("/api/search", params={"q": "a bell rings", "rank": "audio"})
+    assert response.status_code == 400 and set(response.json()) == {"detail"}
+    assert response.json()["detail"].startswith("rank: audio: ") and "use rank=caption" in response.json()["detail"]
+    assert "--" not in response.json()["detail"]
 
 
 def test_other_errors_are_a_detail_line_alone(client, served):

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..choices import DEFAULT_HYBRID_WEIGHT, By, Rank
 from ..db import FileRecord, Store, WindowDetails, caption_counts, caption_modes
+from ..embedders import TextEmbedderError
 from ..errors import OptionError
 from ..library import EmptyLibraryError
 from ..pathnames import path_fields
@@ -184,7 +185,14 @@ class Service:
         requested, weight = params.ranking()
         rank = choose_rank(self.library, requested, self.settings.model)
         caption = None if rank is Rank.audio else self._query_vector(text, Rank.caption)
-        audio = None if rank is Rank.caption else self._query_vector(text, Rank.audio)
+        try:
+            audio = None if rank is Rank.caption else self._query_vector(text, Rank.audio)
+        except TextEmbedderError:  # worded for the command line's --rank
+            raise RequestError(
+                "rank",
+                f"{rank.value}: the library's model has no text tower, so a text query can only be matched "
+                "with captions: use rank=caption",
+            ) from None
         index, queries = ranked_index(self.library, rank, caption, audio, weight)
         hits = search_index(self.library, index, queries, SearchScope(self._k(params), params.by, filters))
         return self._hits_json([dataclasses.replace(hit, ranking=rank) for hit in hits])
