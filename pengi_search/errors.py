@@ -7,6 +7,7 @@ error's `exit_code` (see `pengi_search.cli.common`).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from .pathnames import shown
 
@@ -38,3 +39,38 @@ class UsageError(PengiSearchError):
     """Bad arguments or a bad input file the user can fix; nothing was done."""
 
     exit_code = EXIT_USAGE
+
+
+def cli_option(name: str) -> str:
+    """An option's neutral name as the command line spells it: min_score -> --min-score."""
+    return "--" + name.replace("_", "-")
+
+
+class OptionError(ValueError):
+    """A value an option cannot take, with the option's neutral name (`min_score`) apart from the reason, so that
+    each front end names it its own way: `str()` is the command line's "--min-score nan is not a finite number",
+    `option` and `reason(str)` are the JSON API's parameter `min_score` and "nan is not a finite number".
+
+    `template` is the reason with the values as `{value}` fields (given as keywords) and any other option it names
+    as `{option_name}`, spelled by the front end."""
+
+    def __init__(self, option: str, template: str, **values: object) -> None:
+        self.option = option
+        self.template = template
+        self.values = values
+        super().__init__(f"{cli_option(option)} {self.reason(cli_option)}")
+
+    def reason(self, spell: Callable[[str], str] = cli_option) -> str:
+        """The reason, other options named as `spell` writes them."""
+        return self.template.format_map(_Spelled(self.values, spell))
+
+
+class _Spelled(dict[str, object]):
+    """Format fields: the values given, else an option name as `spell` writes it."""
+
+    def __init__(self, values: dict[str, object], spell: Callable[[str], str]) -> None:
+        super().__init__(values)
+        self.spell = spell
+
+    def __missing__(self, name: str) -> str:
+        return self.spell(name)

@@ -11,7 +11,7 @@ import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from pengi_search.errors import PengiSearchError
+from pengi_search.errors import OptionError, PengiSearchError
 
 
 class ScanError(PengiSearchError):
@@ -42,10 +42,10 @@ def normalize_extensions(extensions: Iterable[str]) -> frozenset[str]:
 
 
 def parse_extensions(value: str) -> frozenset[str]:
-    """A command line's comma-separated extensions: "wav,.FLAC" -> {".wav", ".flac"}; ValueError if it names none."""
+    """Comma-separated extensions: "wav,.FLAC" -> {".wav", ".flac"}; OptionError (a ValueError) if it names none."""
     extensions = normalize_extensions(value.split(","))
     if not extensions:
-        raise ValueError(f"--ext {value!r} names no extension; use e.g. --ext wav,flac")
+        raise OptionError("ext", "{value!r} names no extension (write e.g. wav,flac)", value=value)
     return extensions
 
 

@@ -34,6 +34,7 @@ from .choices import DEFAULT_HYBRID_WEIGHT, By, Rank
 from .chunking import doubling_chunks
 from .db import StoreMismatchError, WindowDetails, caption_counts
 from .embedders import EmbedderSpec, TextEmbedder, TextEmbedderError, open_text_embedder
+from .errors import OptionError
 from .model_dir import PENGI_TEXT_PREFIX, ModelDir
 from .pathnames import from_typed, path_fields
 from .ranking import HybridIndex
@@ -61,7 +62,9 @@ class Filters:
         low, high = self.min_duration_s, self.max_duration_s
         if low is not None and high is not None and low > high:
             # No file can match: say so rather than answer "no results" as if the library lacked them.
-            raise ValueError(f"--min-duration {low:g} is more than --max-duration {high:g}: no file can match")
+            raise OptionError(
+                "min_duration", "{low:g} is more than {max_duration} {high:g}: no file can match", low=low, high=high
+            )
 
     @classmethod
     def from_options(
@@ -76,10 +79,10 @@ class Filters:
         """Command-line values: a relative `path` glob is taken from the current folder (`\\xff` in it is the byte
         0xff of a name that is not UTF-8, see `pathnames.from_typed`), `ext` is "wav,.flac". A number that is not
         finite (`nan` parses as a float) is refused: no score or duration compares true with it."""
-        bounds = {"--min-score": min_score, "--min-duration": min_duration, "--max-duration": max_duration}
+        bounds = {"min_score": min_score, "min_duration": min_duration, "max_duration": max_duration}
         for option, value in bounds.items():
             if value is not None and not math.isfinite(value):
-                raise ValueError(f"{option} {value}: give a finite number")
+                raise OptionError(option, "{value} is not a finite number", value=value)
         return cls(
             min_score=min_score,
             path_glob=None if path is None else absolute_glob(from_typed(path)),

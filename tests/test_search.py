@@ -14,6 +14,7 @@ from pengi_search.checkpoint import CheckpointError
 from pengi_search.choices import By
 from pengi_search.db import EmbedderInfo, StoreMismatchError, TextRecord, WindowInput
 from pengi_search.embedders import EmbedderSpec, PengiTextEmbedder, TextEmbedderError
+from pengi_search.errors import OptionError
 from pengi_search.library import EmptyLibraryError, Library
 from pengi_search.model import Pengi
 from pengi_search.model_dir import ModelDir
@@ -196,6 +197,28 @@ def test_filters_by_extension_folder_duration_and_score(library, captions, tiny_
 def test_bad_extension_filter():
     with pytest.raises(ValueError, match="names no extension"):
         Filters.from_options(ext=" , ")
+
+
+@pytest.mark.parametrize(
+    ("options", "option", "cli", "api"),
+    [
+        ({"ext": ","}, "ext", "--ext ',' names no extension", "',' names no extension"),
+        ({"min_score": float("nan")}, "min_score", "--min-score nan is not a finite number", "nan is not a finite"),
+        ({"max_duration": float("inf")}, "max_duration", "--max-duration inf is not", "inf is not a finite number"),
+        (
+            {"min_duration": 10.0, "max_duration": 5.0},
+            "min_duration",
+            "--min-duration 10 is more than --max-duration 5: no file can match",
+            "10 is more than max_duration 5: no file can match",
+        ),
+    ],
+)
+def test_a_bad_filter_names_its_option_for_each_front_end(options, option, cli, api):
+    """The error carries the option's neutral name: str() is the command line's, reason(str) the JSON API's."""
+    with pytest.raises(OptionError) as caught:
+        Filters.from_options(**options)
+    assert caught.value.option == option and str(caught.value).startswith(cli)
+    assert caught.value.reason(str).startswith(api) and "--" not in caught.value.reason(str)
 
 
 def test_search_scope_checks_its_values_and_leaves_a_file_out():

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_FAILED, EXIT_USAGE
 from pengi_search.db import Store, StoreError
+from pengi_search.embedders import TextEmbedderError
 from pengi_search.serve.media import browser_type
 
 from .indexing import write_tone
@@ -50,6 +51,19 @@ def hit_for(client, served, name):
     return hits[0]
 
 
+def invalid(response, *fields):
+    """The answer to invalid parameters, the same for every JSON endpoint: 422, `detail` one line, `errors` one
+    {field, message} per parameter at fault, with the API's names (never a command-line option)."""
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert set(body) == {"detail", "errors"}, body
+    assert [problem["field"] for problem in body["errors"]] == list(fields)
+    assert all(set(problem) == {"field", "message"} and problem["message"] for problem in body["errors"])
+    assert isinstance(body["detail"], str) and "\n" not in body["detail"]
+    assert "--" not in body["detail"] and "query." not in body["detail"] and "body." not in body["detail"]
+    return body
+
+
 SERVED_CAPTION = {
     "weather/rain.flac": "thunder rolls in the distance",
     "bell.wav": "a bell rings",
@@ -83,20 +97,11 @@ def test_search_filters(client, served):
     assert len(by_window) == 6  # every window of the 5 files
 
 
-@pytest.mark.parametrize(
-    ("params", "status"),
-    [({"q": "x", "k": 0}, 422), ({"q": "x", "by": "folder"}, 422), ({"q": "  "}, 400), ({"q": "x", "ext": ","}, 400)],
-)
-def test_search_rejects_bad_parameters(client, params, status):
-    response = client.get("/api/search", params=params)
-    assert response.status_code == status, response.text
-
-
 @pytest.mark.parametrize("path", ["animals/*", "dog.wav", "~/sounds/*"])
 def test_a_relative_path_glob_is_refused_not_taken_from_the_servers_folder(client, served, path):
     response = client.get("/api/search", params={"q": "a dog barks", "path": path})
-    assert response.status_code == 400, response.text
-    assert "starts with / or a wildcard" in response.json()["detail"] and f"*/{path}" in response.json()["detail"]
+    [problem] = invalid(response, "path")["errors"]
+    assert "starts with / or a wildcard" in problem["message"] and f"*/{path}" in problem["message"]
     page = client.get("/", params={"q": "a dog barks", "path": path})
     assert page.status_code == 200 and "starts with / or a wildcard" in page.text
 
@@ -255,7 +260,7 @@ def test_classify_an_uploaded_clip_with_typed_or_sent_labels(client, served):
 def test_classify_refuses_bad_labels(client, served, labels, message):
     clip = ("clip.wav", served.files["bell.wav"].read_bytes())
     response = client.post("/api/classify", files={"file": clip}, data={"labels": labels})
-    assert response.status_code == 400 and message in response.json()["detail"]
+    assert message in invalid(response, "labels")["detail"]
 
 
 @pytest.mark.parametrize(
@@ -269,14 +274,14 @@ def test_classify_refuses_bad_labels(client, served, labels, message):
 def test_a_form_field_of_the_wrong_kind_is_a_422_that_names_it(client, endpoint, files, data, field):
     response = client.post(endpoint, files=files, data=data)
     assert response.status_code == 422, response.text
-    assert field in {problem["loc"][-1] for problem in response.json()["detail"]}
+    assert field in {problem["field"] for problem in response.json()["errors"]}
 
 
 def test_typed_labels_and_a_labels_file_together_are_refused(client, served):
     clip = ("clip.wav", served.files["bell.wav"].read_bytes())
     labels_file = ("labels.txt", b"a bell rings\na dog barks\n")
     response = client.post("/api/classify", files={"file": clip, "labels_file": labels_file}, data={"labels": "rain"})
-    assert response.status_code == 400 and "send one of them" in response.json()["detail"]
+    assert "send one of them" in invalid(response, "labels")["detail"]
     blank = client.post("/api/classify", files={"file": clip, "labels_file": labels_file}, data={"labels": " \n"})
     assert blank.status_code == 200 and blank.json()["labels"] == ["a bell rings", "a dog barks"]
 
@@ -284,9 +289,8 @@ def test_typed_labels_and_a_labels_file_together_are_refused(client, served):
 def test_a_file_sent_as_typed_labels_is_named_in_the_422(client, served):
     clip = ("clip.wav", served.files["bell.wav"].read_bytes())
     response = client.post("/api/classify", files={"file": clip, "labels": ("labels.txt", b"dog\ncat\n")})
-    assert response.status_code == 422, response.text
-    [problem] = response.json()["detail"]
-    assert problem["loc"] == ["body", "labels"] and problem["input"] == "labels.txt"
+    [problem] = invalid(response, "labels")["errors"]
+    assert problem["message"] == "Input should be a valid string"
 
 
 def corrupt_flac(served) -> bytes:
@@ -306,8 +310,9 @@ def corrupt_flac(served) -> bytes:
 def test_bad_uploads_get_the_decoder_reason(client, served, name, make, reason):
     for endpoint in ("/api/describe", "/api/similar"):
         response = client.post(endpoint, files={"file": (name, make(served))})
-        assert response.status_code == 422, response.text
-        assert response.json()["detail"].startswith(f"{name}: ") and reason in response.json()["detail"]
+        body = invalid(response, "file")  # the clip is the parameter at fault; the message names it as sent
+        assert body["detail"].startswith(f"{name}: ") and reason in body["detail"]
+        assert body["errors"][0]["message"] == body["detail"]
 
 
 def test_uploads_are_bounded_in_bytes_and_seconds(served, tiny_model_dir, tmp_path):
@@ -368,7 +373,8 @@ def test_the_pages_take_the_same_filter_boxes(client, served):
     assert similar.count('class="hit"') == 2 and "rain.flac" in similar and "dog.wav" not in similar
     refused = client.get("/", params={"q": "a bell rings", "min_duration": "long"})
     assert refused.status_code == 200 and "&#39;long&#39; is not a number" in refused.text
-    assert client.get("/similar", params={"window_id": bell["window_id"], "k": "many"}).status_code == 400
+    not_a_number = client.get("/similar", params={"window_id": bell["window_id"], "k": "many"})
+    assert not_a_number.status_code == 422 and "k: &#39;many&#39; is not a number" in not_a_number.text
 
 
 def test_upload_pages(client, served):
@@ -441,11 +447,136 @@ def test_the_server_never_writes_to_the_index(served, tiny_model_dir):
     assert digest(sorted(p for p in root.iterdir() if p.is_file())) == before
 
 
+# -- error answers -----------------------------------------------------------------------------------------------
+
+
 def test_json_errors_name_the_problem(client):
     response = client.get("/api/files/424242")
     assert response.status_code == 404 and json.loads(response.text) == {
         "detail": "file 424242: no such file in the index"
     }
+
+
+SEARCH = "/api/search?q=a+bell+rings&"
+LABELS = {"labels": "a bell rings\nsilence"}
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "data", "field"),
+    [
+        # number of results: both ends of the range are the same kind of error
+        ("GET", SEARCH + "k=0", None, "k"),
+        ("GET", SEARCH + "k=201", None, "k"),  # past the server's max_k (200)
+        ("GET", SEARCH + "k=many", None, "k"),
+        ("GET", "/api/similar?window_id=1&k=0", None, "k"),
+        ("GET", "/api/similar?window_id=1&k=201", None, "k"),
+        ("POST", "/api/similar?k=0", {}, "k"),
+        ("POST", "/api/similar?k=201", {}, "k"),
+        # every filter, with the API's parameter names (the core's errors name the CLI's --min-score, --ext, ...)
+        ("GET", SEARCH + "by=folder", None, "by"),
+        ("GET", SEARCH + "min_score=nan", None, "min_score"),
+        ("GET", SEARCH + "min_score=high", None, "min_score"),
+        ("GET", SEARCH + "ext=,", None, "ext"),
+        ("GET", SEARCH + "path=animals/*", None, "path"),
+        ("GET", SEARCH + "min_duration=-1", None, "min_duration"),
+        ("GET", SEARCH + "max_duration=inf", None, "max_duration"),
+        ("GET", SEARCH + "min_duration=5&max_duration=1", None, "min_duration"),
+        ("GET", "/api/similar?window_id=1&ext=,", None, "ext"),
+        ("GET", "/api/similar?window_id=1&min_score=nan", None, "min_score"),
+        ("POST", "/api/similar?ext=,", {}, "ext"),
+        ("POST", "/api/similar?min_duration=5&max_duration=1", {}, "min_duration"),
+        # the rest of each endpoint's parameters
+        ("GET", "/api/search?q=+", None, "q"),
+        ("GET", "/api/search", None, "q"),
+        ("GET", SEARCH + "rank=loudest", None, "rank"),
+        ("GET", SEARCH + "hybrid_weight=2", None, "hybrid_weight"),
+        ("GET", SEARCH + "hybrid_weight=nan", None, "hybrid_weight"),
+        ("GET", "/api/similar?window_id=-1", None, "window_id"),
+        ("GET", "/api/similar", None, "window_id"),
+        ("GET", "/api/files/first", None, "file_id"),
+        ("GET", "/api/windows/first/peaks", None, "window_id"),
+        ("POST", "/api/classify", {"top": "0", **LABELS}, "top"),
+        ("POST", "/api/classify", {"top": "101", **LABELS}, "top"),
+        ("POST", "/api/classify", {"method": "guess", **LABELS}, "method"),
+        ("POST", "/api/classify", {"labels": "dog\ndog"}, "labels"),
+    ],
+)
+def test_an_invalid_parameter_is_a_422_that_names_it_as_the_api_does(client, served, method, url, data, field):
+    files = None if data is None else {"file": ("clip.wav", served.files["bell.wav"].read_bytes())}
+    body = invalid(client.request(method, url, data=data, files=files), field)
+    assert body["detail"] == f"{field}: {body['errors'][0]['message']}"
+
+
+def test_every_problem_of_a_request_is_listed(client):
+    body = invalid(client.get(SEARCH + "k=0&by=folder&min_score=x"), "k", "by", "min_score")
+    assert body["detail"].count("; ") == 2  # one line: "k: ...; by: ...; min_score: ..."
+
+
+def test_the_largest_k_is_served_and_the_next_one_refused(client):
+    assert client.get(SEARCH + "k=200").status_code == 200
+    assert invalid(client.get(SEARCH + "k=201"), "k")["errors"][0]["message"].endswith("between 1 and 200")
+
+
+def test_a_labels_file_that_cannot_be_used_names_labels_file(client, served):
+    clip = ("clip.wav", served.files["bell.wav"].read_bytes())
+    labels_file = ("labels.csv", b"name,kind\nx.wav,dog\n")
+    response = client.post("/api/classify", files={"file": clip, "labels_file": labels_file})
+    assert "needs a 'label' column" in invalid(response, "labels_file")["detail"]
+
+
+def test_a_ranking_the_librarys_model_cannot_do_is_a_400_in_the_apis_words(served, tiny_model_dir, monkeypatch):
+    with client_for(served, tiny_model_dir) as client:
+
+        def no_text_tower():  # a base_no_text_enc library: the core says so for the command line
+            raise TextEmbedderError("--rank", "no text tower: use --rank caption")
+
+        monkeypatch.setattr(client.app.state.service, "audio_embedder", no_text_tower)
+        response = client.get("/api/search", params={"q": "a bell rings", "rank": "audio"})
+    assert response.status_code == 400 and set(response.json()) == {"detail"}
+    assert response.json()["detail"].startswith("rank: audio: ") and "use rank=caption" in response.json()["detail"]
+    assert "--" not in response.json()["detail"]
+
+
+def test_other_errors_are_a_detail_line_alone(client, served):
+    """Not found (404), too large (413), nothing to search (409): `detail` only, as every error but a 422."""
+    assert set(client.get("/api/files/424242").json()) == {"detail"}
+    assert set(client.get("/api/similar", params={"window_id": 999_999}).json()) == {"detail"}
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "files", "data", "field"),
+    [
+        ("POST", "/api/describe", [("file", "bell.wav"), ("file", "bell.wav")], None, "file"),
+        ("POST", "/api/similar", [("file", "bell.wav"), ("file", "bell.wav")], None, "file"),
+        ("POST", "/api/classify", [("file", "bell.wav")], {"labels": ["a bell\nrain", "dog\ncat"]}, "labels"),
+        ("POST", "/api/classify", [("file", "bell.wav")], {**LABELS, "method": ["text", "loglik"]}, "method"),
+        (
+            "POST",
+            "/api/classify",
+            [("file", "bell.wav"), ("labels_file", "a.txt"), ("labels_file", "b.txt")],
+            None,
+            "labels_file",
+        ),
+        ("GET", SEARCH + "k=1&k=2", None, None, "k"),
+        ("GET", "/api/search?q=rain&q=bell", None, None, "q"),
+        ("POST", "/api/similar?k=1&k=2", [("file", "bell.wav")], None, "k"),
+    ],
+)
+def test_a_parameter_sent_twice_is_refused_not_answered_with_the_last(client, served, method, url, files, data, field):
+    parts = None
+    if files is not None:
+        content = {"bell.wav": served.files["bell.wav"].read_bytes(), "a.txt": b"a bell\nrain\n", "b.txt": b"dog\n"}
+        parts = [(name, (sent, content[sent])) for name, sent in files]
+    body = invalid(client.request(method, url, files=parts, data=data), field)
+    assert body["detail"] == f"{field}: sent 2 times; send it once"
+
+
+def test_pages_answer_invalid_parameters_with_an_html_page(client, served):
+    clip = served.files["bell.wav"].read_bytes()
+    page = client.post("/upload/describe", files=[("file", ("a.wav", clip)), ("file", ("b.wav", clip))])
+    assert page.status_code == 422 and "<html" in page.text and "file: sent 2 times; send it once" in page.text
+    not_an_id = client.get("/similar", params={"window_id": "first"})
+    assert not_an_id.status_code == 422 and "<html" in not_an_id.text and "window_id: Input should be" in not_an_id.text
 
 
 def test_an_empty_library_answers_with_what_to_do(tmp_path, tiny_model_dir):

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
+from collections import Counter
 from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel
+from starlette.formparsers import MultiPartException
 
 from ..choices import DEFAULT_HYBRID_WEIGHT
 from ..classify import LabelsError, read_labels
 from ..search import Hit
-from .errors import RequestError
+from .errors import InvalidParameter, RequestError
 from .service import SearchParams, Service
 from .uploads import saved_upload
 
@@ -118,19 +121,48 @@ ServiceDep = Annotated[Service, Depends(service)]
 def search_params(
     k: Annotated[int, Query(ge=1, description="Number of results.")] = 10,
     by: Annotated[Literal["file", "window"], Query(description="file: best window per file; window: all.")] = "file",
-    min_score: Annotated[float | None, Query(description="Only results at least this similar.")] = None,
+    min_score: Annotated[
+        float | None, Query(allow_inf_nan=False, description="Only results at least this similar.")
+    ] = None,
     path: Annotated[
         str | None,
         Query(description="Glob over full paths, e.g. */dogs/*; a byte of a name that is not UTF-8 as \\xe9."),
     ] = None,
     ext: Annotated[str | None, Query(description="File extensions, e.g. wav,flac.")] = None,
-    min_duration: Annotated[float | None, Query(ge=0, description="Files at least this long (s).")] = None,
-    max_duration: Annotated[float | None, Query(ge=0, description="Files at most this long (s).")] = None,
+    min_duration: Annotated[
+        float | None, Query(ge=0, allow_inf_nan=False, description="Files at least this long (s).")
+    ] = None,
+    max_duration: Annotated[
+        float | None, Query(ge=0, allow_inf_nan=False, description="Files at most this long (s).")
+    ] = None,
 ) -> SearchParams:
     return SearchParams(k, by, min_score, path, ext, min_duration, max_duration)
 
 
 ParamsDep = Annotated[SearchParams, Depends(search_params)]
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+async def one_value_each(request: Request) -> None:
+    """Refuse a parameter sent more than once (`k=1&k=2`, two `file` parts in a form): every parameter of this
+    server takes one value, and FastAPI would answer with the last one as if the others were not there."""
+    sent = [("query", name) for name, _ in request.query_params.multi_items()]
+    if request.method == "POST" and request.headers.get("content-type", "").startswith(FORM_TYPES):
+        try:
+            form = await request.form()  # parsed once: the route's own form parameters read this one
+        except MultiPartException:
+            return  # a malformed body: the route that reads it says so
+        sent += [("body", name) for name, _ in form.multi_items()]
+    repeated = [(where, name, count) for (where, name), count in Counter(sent).items() if count > 1]
+    if repeated:
+        raise RequestValidationError(
+            [
+                {"type": "repeated", "loc": (where, name), "msg": f"sent {count} times; send it once"}
+                for where, name, count in repeated
+            ]
+        )
+
+
 AUDIO = {200: {"content": {"audio/*": {}}, "description": "Audio (HTTP Range requests are honoured)."}}
 
 
@@ -145,22 +177,22 @@ def parse_labels(typed: str | None, uploaded: UploadFile | None) -> list[str]:
     """Labels typed one per line, or a labels file (text, or CSV with a 'label' column), checked as the CLI does."""
     if uploaded is not None and uploaded.filename:
         if typed and typed.strip():  # which did the client mean? Say so rather than drop the typed ones
-            raise RequestError("labels", "both typed labels and a labels file: send one of them")
-        data = uploaded.file.read(MAX_LABELS_BYTES + 1)
+            raise InvalidParameter("labels", "both typed labels and a labels file: send one of them")
+        field, data = "labels_file", uploaded.file.read(MAX_LABELS_BYTES + 1)
         suffix = ".csv" if Path(uploaded.filename).suffix.lower() == ".csv" else ".txt"
     elif typed and typed.strip():
-        data, suffix = typed.replace("\r\n", "\n").strip("\n").encode("utf-8"), ".txt"
+        field, data, suffix = "labels", typed.replace("\r\n", "\n").strip("\n").encode("utf-8"), ".txt"
     else:
-        raise RequestError("labels", "no labels: type one per line, or send a labels file")
+        raise InvalidParameter("labels", "no labels: type one per line, or send a labels file")
     if len(data) > MAX_LABELS_BYTES:
-        raise RequestError("labels", f"larger than {MAX_LABELS_BYTES} bytes", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+        raise RequestError(field, f"larger than {MAX_LABELS_BYTES} bytes", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
     with tempfile.TemporaryDirectory(prefix="pengi-labels-") as folder:
         path = Path(folder) / f"labels{suffix}"
         path.write_bytes(data)
         try:
             return read_labels(path)
         except LabelsError as exc:
-            raise RequestError("labels", exc.reason) from None
+            raise InvalidParameter(field, exc.reason) from None
 
 
 # -- routes --------------------------------------------------------------------------------------------------
@@ -179,7 +211,8 @@ def search(
         ),
     ] = None,
     hybrid_weight: Annotated[
-        float, Query(ge=0, le=1, description="rank=hybrid: the caption cosine's weight (audio gets 1 - it).")
+        float,
+        Query(ge=0, le=1, allow_inf_nan=False, description="rank=hybrid: the caption cosine's weight (audio: 1 - it)."),
     ] = DEFAULT_HYBRID_WEIGHT,
 ) -> Any:
     """Windows that match the text, best first (`pengi-search query --json`); each hit says how it was ranked."""

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 
-from fastapi import APIRouter, FastAPI, Request
-from fastapi.encoders import jsonable_encoder
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
-from starlette.datastructures import UploadFile  # what form parsing makes (FastAPI's is a subclass)
 
 from ..audio import AudioDecodeError
-from ..classify import LabelsError
 from ..db import StoreMismatchError
-from ..errors import PengiSearchError
+from ..errors import PengiSearchError, UsageError
 from ..library import EmptyLibraryError
 from . import api, pages
 from .errors import RequestError
@@ -28,6 +25,7 @@ from .settings import ServeSettings
 
 log = logging.getLogger(__name__)
 FORM_OVERHEAD = 1 << 20  # room for the multipart framing and small fields beside an upload
+REQUEST_PARTS = {"query", "body", "path", "header", "cookie"}  # where FastAPI locates a parameter
 
 
 def create_app(settings: ServeSettings, *, warm_up: bool = True) -> FastAPI:
@@ -48,6 +46,7 @@ def create_app(settings: ServeSettings, *, warm_up: bool = True) -> FastAPI:
         docs_url=None,  # /docs is a page of ours: FastAPI's loads its script from the internet
         redoc_url=None,
         lifespan=lifespan,
+        dependencies=[Depends(api.one_value_each)],
     )
     app.state.service = service
     app.include_router(api.router)
@@ -89,10 +88,10 @@ def status_of(exc: PengiSearchError) -> int:
         return exc.status
     if isinstance(exc, AudioDecodeError):
         return 422
-    if isinstance(exc, LabelsError):
-        return 400
     if isinstance(exc, EmptyLibraryError | StoreMismatchError):
         return 409
+    if isinstance(exc, UsageError):  # a labels file, a ranking the library's model cannot do, ...
+        return 400
     return 500
 
 
@@ -101,6 +100,9 @@ async def _pengi_error(request: Request, exc: Exception) -> Response:
     status = status_of(exc)
     if status >= 500:
         log.error("%s %s failed: %s", request.method, request.url.path, exc)
+    if isinstance(exc, RequestError) and exc.field is not None:
+        message = exc.reason if exc.where == exc.field else str(exc)
+        return _error(request, status, str(exc), [{"field": exc.field, "message": message}])
     return _error(request, status, str(exc))
 
 
@@ -109,20 +111,24 @@ async def _value_error(request: Request, exc: Exception) -> Response:
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's 422 for a parameter missing or of the wrong kind, in the shape of every other error: the
+    parameters as the API names them (`k`, not `query.k`) and FastAPI's message for each."""
     assert isinstance(exc, RequestValidationError)
-    if _wants_json(request):
-        # jsonable: an error's `ctx` may hold the exception itself ("Expected UploadFile" for a text field sent as
-        # `file`) and its `input` a file sent for a text field, which json.dumps refuses: give the exception's
-        # message and the file's name instead
-        encoders = {Exception: str, UploadFile: lambda upload: upload.filename}
-        return JSONResponse({"detail": jsonable_encoder(exc.errors(), custom_encoder=encoders)}, status_code=422)
-    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-    return _error(request, 422, problems)
+    errors = [{"field": _field(problem["loc"]), "message": problem["msg"]} for problem in exc.errors()]
+    return _error(request, 422, "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors)
 
 
-def _error(request: Request, status: int, detail: str) -> Response:
+def _field(loc: Sequence[str | int]) -> str:
+    """A parameter's name from a validation error's location: ("query", "k") -> "k"."""
+    parts = loc[1:] if len(loc) > 1 and loc[0] in REQUEST_PARTS else loc
+    return ".".join(str(part) for part in parts)
+
+
+def _error(request: Request, status: int, detail: str, errors: list[dict[str, str]] | None = None) -> Response:
+    """The answer to a failed request: JSON under /api/ (`detail`, and `errors` for invalid parameters), else a
+    page that says `detail`."""
     if _wants_json(request):
-        return JSONResponse({"detail": detail}, status_code=status)
+        return JSONResponse({"detail": detail} if errors is None else {"detail": detail, "errors": errors}, status)
     page = pages.templates.TemplateResponse(request, "error.html", {"status": status, "detail": detail})
     return HTMLResponse(page.body, status_code=status)
 

@@ -1,16 +1,36 @@
-"""Failures of a request, each with the HTTP status it answers with (the message is the error's reason)."""
+"""Failures of a request, each with the HTTP status it answers with (the message is the error's reason).
+
+The JSON API answers every error with `{"detail": "one line"}`; an invalid parameter (422) adds
+`"errors": [{"field": NAME, "message": WHY}, ...]` with the API's own parameter names (see `app`).
+"""
 
 from __future__ import annotations
 
 import os
 from http import HTTPStatus
 
-from ..errors import PengiSearchError
+from ..errors import OptionError, PengiSearchError
 
 
 class RequestError(PengiSearchError):
     """A request the server refuses: `status` is the HTTP status of the answer (400, Bad Request, unless said)."""
 
+    field: str | None = None  # the parameter at fault, when one is
+
     def __init__(self, where: str | os.PathLike[str], reason: str, status: HTTPStatus = HTTPStatus.BAD_REQUEST) -> None:
         super().__init__(where, reason)
         self.status = int(status)
+
+
+class InvalidParameter(RequestError):
+    """A parameter whose value the server cannot take (422), named as the API names it; `where` is what the message
+    starts with: the parameter, unless said (an uploaded clip's file name)."""
+
+    def __init__(self, field: str, reason: str, *, where: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(field if where is None else where, reason, HTTPStatus.UNPROCESSABLE_ENTITY)
+        self.field = field
+
+    @classmethod
+    def of(cls, exc: OptionError) -> InvalidParameter:
+        """A core option error in the API's words: its parameter, and other options named as parameters too."""
+        return cls(exc.option, exc.reason(str))

@@ -19,7 +19,7 @@ from ..errors import PengiSearchError
 from ..pathnames import shown
 from . import media
 from .api import ServiceDep, parse_labels, read_upload
-from .errors import RequestError
+from .errors import InvalidParameter
 from .service import SearchParams
 
 router = APIRouter(include_in_schema=False)
@@ -56,7 +56,7 @@ def _number(name: str, value: str, kind: type = float) -> Any:
     try:
         return kind(value)
     except ValueError:
-        raise RequestError(name, f"{value!r} is not a number") from None
+        raise InvalidParameter(name, f"{value!r} is not a number") from None
 
 
 @dataclasses.dataclass
@@ -72,7 +72,7 @@ class FilterFields:
     max_duration: str = ""
 
     def params(self) -> SearchParams:
-        """The boxes as search options; RequestError names a box that is not a number."""
+        """The boxes as search options; InvalidParameter names a box that is not a number."""
         return SearchParams(
             k=_number("k", self.k, int) if self.k.strip() else 10,
             by=self.by or "file",

@@ -23,6 +23,8 @@ import numpy as np
 
 from ..choices import DEFAULT_HYBRID_WEIGHT, By, Rank
 from ..db import FileRecord, Store, WindowDetails, caption_counts, caption_modes
+from ..embedders import TextEmbedderError
+from ..errors import OptionError
 from ..library import EmptyLibraryError
 from ..pathnames import path_fields
 from ..ranking import check_hybrid_weight
@@ -38,7 +40,7 @@ from ..search import (
 )
 from . import catalog, media
 from .batching import EmbedBatcher
-from .errors import RequestError
+from .errors import InvalidParameter, RequestError
 from .live import LiveLibrary
 from .security import servable_path
 from .settings import ServeSettings
@@ -74,20 +76,20 @@ class SearchParams:
     def ranking(self) -> tuple[Rank | None, float]:
         """The ranking asked for (None: the default) and the hybrid weight, checked."""
         if self.rank and self.rank not in {r.value for r in Rank}:
-            raise RequestError("rank", f"{self.rank!r}: use one of {', '.join(r.value for r in Rank)}")
+            raise InvalidParameter("rank", f"{self.rank!r}: use one of {', '.join(r.value for r in Rank)}")
         try:
             weight = check_hybrid_weight(self.hybrid_weight)
         except ValueError as exc:
-            raise RequestError("hybrid_weight", str(exc)) from None
+            raise InvalidParameter("hybrid_weight", str(exc)) from None
         return (Rank(self.rank) if self.rank else None), weight
 
     def filters(self) -> Filters:
         if self.by not in {b.value for b in By}:
-            raise RequestError("by", f"{self.by!r}: use one of {', '.join(b.value for b in By)}")
+            raise InvalidParameter("by", f"{self.by!r}: use one of {', '.join(b.value for b in By)}")
         if self.path and not self.path.startswith(("/", "*", "?", "[")):
             # The CLI takes a relative glob from the current folder (and ~ as the home): the server's own, which
             # means nothing to its client and would match nothing, silently.
-            raise RequestError(
+            raise InvalidParameter(
                 "path", f"{self.path!r}: a glob over full paths starts with / or a wildcard, e.g. */{self.path}"
             )
         try:
@@ -98,8 +100,8 @@ class SearchParams:
                 min_duration=self.min_duration,
                 max_duration=self.max_duration,
             )
-        except ValueError as exc:
-            raise RequestError("filters", str(exc)) from None
+        except OptionError as exc:
+            raise InvalidParameter.of(exc) from None
 
 
 class Service:
@@ -178,12 +180,19 @@ class Service:
     def search(self, text: str, params: SearchParams) -> list[dict[str, Any]]:
         """Text -> audio, as `pengi-search query --json` (plus each hit's file id), ranked as `params.rank` says."""
         if not text.strip():
-            raise RequestError("q", "the query text is empty")
+            raise InvalidParameter("q", "the query text is empty")
         filters = params.filters()
         requested, weight = params.ranking()
         rank = choose_rank(self.library, requested, self.settings.model)
         caption = None if rank is Rank.audio else self._query_vector(text, Rank.caption)
-        audio = None if rank is Rank.caption else self._query_vector(text, Rank.audio)
+        try:
+            audio = None if rank is Rank.caption else self._query_vector(text, Rank.audio)
+        except TextEmbedderError:  # worded for the command line's --rank
+            raise RequestError(
+                "rank",
+                f"{rank.value}: the library's model has no text tower, so a text query can only be matched "
+                "with captions: use rank=caption",
+            ) from None
         index, queries = ranked_index(self.library, rank, caption, audio, weight)
         hits = search_index(self.library, index, queries, SearchScope(self._k(params), params.by, filters))
         return self._hits_json([dataclasses.replace(hit, ranking=rank) for hit in hits])
@@ -240,7 +249,7 @@ class Service:
 
     def _k(self, params: SearchParams) -> int:
         if not 1 <= params.k <= self.settings.max_k:
-            raise RequestError("k", f"the number of results must be between 1 and {self.settings.max_k}")
+            raise InvalidParameter("k", f"the number of results must be between 1 and {self.settings.max_k}")
         return params.k
 
     def _hits_json(self, hits: Sequence[Hit]) -> list[dict[str, Any]]:

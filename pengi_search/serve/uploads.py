@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..audio import AUDIO_EXTENSIONS, AudioDecodeError, iter_windows
-from .errors import RequestError
+from .errors import InvalidParameter, RequestError
 
 _CHUNK = 1 << 20
 _SAFE_SUFFIX = re.compile(r"^\.[a-z0-9]{1,8}$")
@@ -55,7 +55,7 @@ def _copy_bounded(stream: BinaryIO, path: Path, name: str, max_bytes: int) -> No
                 )
             out.write(chunk)
     if written == 0:
-        raise RequestError(name, "empty file (0 bytes)", HTTPStatus.UNPROCESSABLE_ENTITY)
+        raise InvalidParameter("file", "empty file (0 bytes)", where=name)
 
 
 def _checked_duration(path: Path, name: str, max_seconds: float) -> float:
@@ -72,5 +72,5 @@ def _checked_duration(path: Path, name: str, max_seconds: float) -> float:
                         HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                     )
     except AudioDecodeError as exc:
-        raise RequestError(name, exc.reason, HTTPStatus.UNPROCESSABLE_ENTITY) from None
+        raise InvalidParameter("file", exc.reason, where=name) from None
     return duration
