@@ -228,6 +228,10 @@ CASES = {
     ),
     "eval, no such captions file": Case(lambda p: ("eval", "retrieval", p.missing), EXIT_USAGE, "no such file"),
     "train, no such config": Case(lambda p: ("train", p.missing), EXIT_USAGE, "No such file"),
+    "train export, no such checkpoint": Case(
+        lambda p: ("train", "export", p.missing), EXIT_USAGE, "no such training checkpoint"
+    ),
+    "train export, a folder": Case(lambda p: ("train", "export", p.sounds), EXIT_USAGE, "name one of its checkpoint"),
     "unknown command": Case(lambda p: ("search", "x"), EXIT_USAGE, "No such command"),
     # 1: the command could not do its work
     "query, no library": Case(lambda p: ("query", "x", "--db", p.missing), EXIT_FAILED, "no index here yet"),

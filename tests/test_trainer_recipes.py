@@ -297,7 +297,7 @@ def test_resume_from_a_missing_checkpoint_fails_before_the_set_up(
     config_path = label_run_config(tmp_path, tiny_no_text_model_dir)
     monkeypatch.setattr(trainer.loop, "Trainer", None)  # set-up (minutes of feature encoding) must not start
     result = cli("train", str(config_path), "--resume-from", str(tmp_path / "nope.pt"))
-    assert result.exit_code == EXIT_FAILED and "nope.pt: no such training checkpoint" in result.output
+    assert result.exit_code == EXIT_USAGE and "nope.pt: no such training checkpoint" in result.output
     result = cli("train", str(config_path), "--resume")
     assert result.exit_code == EXIT_FAILED and "no checkpoint to resume from" in result.output
 

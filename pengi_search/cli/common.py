@@ -291,13 +291,14 @@ def _one_line(err: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def not_found(path: Path, what: str = "file") -> UsageError:
+def not_found(path: Path, what: str = "file", *, in_folder: str = "give the audio files in it") -> UsageError:
     """Bad usage for a `path` that names no `what` ("file", "file or folder"): a broken symbolic link and a
-    folder where a file was wanted say so. The path is the error's `where`, so it is shown escaped, on one line."""
+    folder where a file was wanted say so (and `in_folder`, what to give instead). The path is the error's `where`,
+    so it is shown escaped, on one line."""
     if path.is_symlink() and not path.exists():
         return UsageError(path, "broken symbolic link (its target does not exist or is a loop)")
     if path.is_dir():
-        return UsageError(path, "a folder, not a file; give the audio files in it")
+        return UsageError(path, f"a folder, not a {what}; {in_folder}")
     if path.exists():
         return UsageError(path, f"not a regular {what} (a device, FIFO or socket)")
     return UsageError(path, f"no such {what}")

@@ -16,9 +16,10 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from .common import err_console, handle_errors, out_console, warn
+from .common import err_console, handle_errors, not_found, out_console, warn
 
 RUN = "run"
+CHECKPOINT_FILES = "name one of its checkpoint files (…/checkpoints/step-*.pt or best.pt)"
 
 
 class _RunByDefault(TyperGroup):
@@ -69,6 +70,8 @@ def run(
     from trainer.dry_run import dry_run_report, print_dry_run
     from trainer.loop import train as run_training
 
+    if resume_from is not None and not resume_from.is_file():
+        raise not_found(resume_from, "training checkpoint", in_folder=CHECKPOINT_FILES)
     settings = load_config(config, parse_overrides(set_ or []))
     if quiet:  # without --quiet, the configuration's logging.quiet decides
         settings.logging.quiet = True
@@ -151,5 +154,7 @@ def export(
     """Write the model of any training checkpoint as a model directory (describe, index, classify --model)."""
     from trainer.export import export_checkpoint
 
+    if not checkpoint.is_file():
+        raise not_found(checkpoint, "training checkpoint", in_folder=CHECKPOINT_FILES)
     directory = export_checkpoint(checkpoint, output)
     out_console.print(f"model written to {directory}")
