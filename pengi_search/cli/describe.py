@@ -121,8 +121,6 @@ def _expand_folders(paths: list[Path]) -> tuple[list[Path], list[tuple[str, str]
             files.append(path)
             continue
         found, problems = audio_files_in(path)
-        if not found and not problems:
-            raise UsageError(path, "no audio file in this folder")
         files += [Path(name) for name in found]
         unreadable += problems
     return files, unreadable
