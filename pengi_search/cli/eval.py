@@ -23,6 +23,7 @@ from .classify import ScoringOptions
 from .common import (
     EXIT_OK,
     EXIT_PARTIAL,
+    AutoBatchOption,
     BatchOption,
     BeamOption,
     DeviceOption,
@@ -372,7 +373,7 @@ def classify_files(
     db: Annotated[str | None, typer.Option("--db", help="A library whose stored captions are reused.")] = None,
     model: ModelOption = None,
     device: DeviceOption = Device.auto,
-    batch_size: BatchOption = None,
+    batch_size: AutoBatchOption = None,
     threads: ThreadsOption = None,
     quiet: QuietOption = False,
     json_output: JsonOption = False,
