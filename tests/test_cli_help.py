@@ -38,6 +38,13 @@ def test_every_help_text_is_shown_as_written(name):
         assert Text.from_markup(text).plain == text.replace("\\[", "["), f"{name}: {text!r}"
 
 
+@pytest.mark.parametrize("name", COMMANDS)
+def test_each_paragraph_of_a_command_help_is_one_line(name):
+    """Rich wraps each paragraph to the terminal; a line break kept from the docstring would leave a ragged line."""
+    for paragraph in (COMMANDS[name].help or "").split("\n\n"):
+        assert "\n" not in paragraph, f"{name}: {paragraph!r}"
+
+
 def test_eval_classify_batches_as_classify_does():
     """`eval classify` runs classify's pipeline, so its --batch-size means what classify's means."""
     assert (
