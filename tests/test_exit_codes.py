@@ -142,6 +142,9 @@ CASES = {
     ),
     "ask, no such file": Case(lambda p: ("ask", p.missing, "what?", "--model", p.model), EXIT_USAGE, "no such file"),
     "ask, no question": Case(lambda p: ("ask", p.clip, "--model", p.model), EXIT_USAGE, "no question after"),
+    "ask, no file": Case(
+        lambda p: ("ask", "is there speech?", "--model", p.model), EXIT_USAGE, "no audio file before the question"
+    ),
     "ask, nothing": Case(lambda p: ("ask", "--model", p.model), EXIT_USAGE, "give the audio files, then the question"),
     "ask, empty question": Case(
         lambda p: ("ask", p.clip, "  ", "--model", p.model, *QUICK), EXIT_USAGE, "the question is empty"
