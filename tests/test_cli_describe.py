@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -114,6 +115,22 @@ def test_model_info_json(tiny_model_dir):
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)
     assert info["variant"] == "base" and info["tokenizers"] == {"gpt2": True, "clip": True}
+
+
+def test_model_info_shows_the_path_as_it_is_one_fact_a_line(tiny_model_dir, tmp_path):
+    """A folder named with brackets is no markup; the 64-digit sha256 has a line of its own, under 80 columns."""
+    odd = tmp_path / "[red]models" / "tiny"
+    shutil.copytree(tiny_model_dir, odd)
+    result = run("model", "info", "--model", odd)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[1:] == [
+        f"  path       {odd}",
+        "  weights    " + lines[2].split(maxsplit=1)[1],
+        "  sha256     " + json.loads(run("model", "info", "--model", odd, "--json").stdout)["weights_sha256"],
+        "  tokenizers gpt2 yes, clip yes",
+    ]
+    assert lines[2].endswith(" MiB") and max(map(len, lines[2:])) < 80
 
 
 def test_stderr_holds_only_the_messages_when_it_is_not_a_terminal(tiny_model_dir, clips, tmp_path):

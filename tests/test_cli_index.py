@@ -113,6 +113,18 @@ def test_a_missing_folder_is_a_usage_error_and_prunes_nothing(tiny_model_dir, so
     assert json.loads(run("stats", "--db", db, "--json").stdout)["files"]["indexed"] == 3
 
 
+def test_a_folder_without_audio_is_indexed_with_a_warning(tiny_model_dir, sounds, tmp_path):
+    """Nothing to index is no error (a drop folder may be empty today), but a wrong folder or --ext is told."""
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no audio here\n")
+    empty = index(tmp_path / "notes", tmp_path / "lib.db", tiny_model_dir)
+    assert empty.exit_code == 0 and "indexed 0 file(s)" in empty.stdout
+    assert "warning: no audio file found in" in empty.stderr and "notes" in empty.stderr
+    other_kind = index(sounds, tmp_path / "lib.db", tiny_model_dir, "--ext", "mp3")
+    assert other_kind.exit_code == 0 and "no audio file with the extensions 'mp3' found in" in other_kind.stderr
+    assert "warning" not in index(sounds, tmp_path / "lib.db", tiny_model_dir).stderr
+
+
 def test_an_empty_mount_point_keeps_its_files_and_says_how_to_forget_them(tiny_model_dir, sounds, tmp_path):
     db = tmp_path / "lib.db"
     assert index(sounds, db, tiny_model_dir).exit_code == 0

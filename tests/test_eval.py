@@ -379,11 +379,13 @@ def test_eval_classify_end_to_end(known, tiny_model_dir, tmp_path):
     labels = {"animals/dog.wav": "dog", "weather/rain.flac": "rain", "bell.wav": "bell", "animals/cat.flac": "cat"}
     truth = write(captions.root / "truth.csv", "file,label\n" + "".join(f"{f},{lab}\n" for f, lab in labels.items()))
     out = tmp_path / "classify"
+    write_report(retrieval_report(0.25), out)  # an earlier evaluation of another kind in the same folder
     result = run(
         "eval", "classify", captions.root, "--truth", truth, "--db", captions.db, "--model", tiny_model_dir,
         "--device", "cpu", "-o", out,
     )  # fmt: skip
     assert result.exit_code == EXIT_OK, result.output
+    assert "held a retrieval report, replaced by this classify report" in " ".join(result.stderr.split())
     report = json.loads((out / "report.json").read_text())
     with open(out / "predictions.csv", newline="") as stream:
         rows = list(csv.DictReader(stream))

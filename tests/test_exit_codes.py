@@ -39,6 +39,7 @@ class Paths:
     broken: Path  # a .wav file that is not audio
     sounds: Path  # a folder with good files and an empty one
     labels: Path
+    truth: Path  # the labels of the files in `sounds`
     bad_labels: Path  # a label given twice
     long_label: Path  # a label longer than the tiny model's language model can score
     missing: Path  # no such file or library
@@ -54,6 +55,7 @@ def paths(tmp_path_factory, tiny_model_dir, tiny_no_text_model_dir) -> Paths:
     write_tone(base / "sounds" / "good.wav", 1.0)
     (base / "sounds" / "empty.wav").write_bytes(b"")
     (base / "labels.txt").write_text("dog\nrain\n")
+    (base / "truth.csv").write_text("file,label\nsounds/good.wav,dog\n")
     (base / "bad-labels.txt").write_text("dog\nrain\ndog\n")
     write_tone(base / "linked" / "good.wav", 1.0)
     (base / "linked" / "gone.wav").symlink_to(base / "linked" / "deleted.wav")
@@ -68,6 +70,7 @@ def paths(tmp_path_factory, tiny_model_dir, tiny_no_text_model_dir) -> Paths:
         broken=base / "broken.wav",
         sounds=base / "sounds",
         labels=base / "labels.txt",
+        truth=base / "truth.csv",
         bad_labels=base / "bad-labels.txt",
         long_label=base / "long-label.txt",
         missing=base / "missing" / "none.wav",
@@ -139,6 +142,9 @@ CASES = {
     ),
     "ask, no such file": Case(lambda p: ("ask", p.missing, "what?", "--model", p.model), EXIT_USAGE, "no such file"),
     "ask, no question": Case(lambda p: ("ask", p.clip, "--model", p.model), EXIT_USAGE, "no question after"),
+    "ask, no file": Case(
+        lambda p: ("ask", "is there speech?", "--model", p.model), EXIT_USAGE, "no audio file before the question"
+    ),
     "ask, nothing": Case(lambda p: ("ask", "--model", p.model), EXIT_USAGE, "give the audio files, then the question"),
     "ask, empty question": Case(
         lambda p: ("ask", p.clip, "  ", "--model", p.model, *QUICK), EXIT_USAGE, "the question is empty"
@@ -188,6 +194,16 @@ CASES = {
     ),
     "classify, no labels file": Case(
         lambda p: ("classify", p.clip, "--labels", p.missing, "--model", p.model), EXIT_USAGE, "no such file"
+    ),
+    "classify, a folder without audio": Case(
+        lambda p: ("classify", p.no_audio, "--labels", p.labels, "--model", p.model),
+        EXIT_USAGE,
+        "no audio file in this folder",
+    ),
+    "eval classify, a folder without audio": Case(
+        lambda p: ("eval", "classify", p.no_audio, "--truth", p.truth, "--model", p.model, "-o", p.missing.parent),
+        EXIT_USAGE,
+        "no audio file in this folder",
     ),
     "classify, no such target": Case(
         lambda p: ("classify", p.missing, "--labels", p.labels, "--model", p.model), EXIT_USAGE, "no such file"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import typer
@@ -42,3 +43,18 @@ app.add_typer(train.app, name="train")
 app.add_typer(eval_app, name="eval")
 app.command()(serve.serve)
 app.command()(doctor.doctor)
+
+
+def _flowing_help(group: typer.Typer) -> None:
+    """Each paragraph of a command's docstring as one line, for Rich to wrap to the terminal: Typer keeps the
+    source's line breaks after the first paragraph, which left ragged lines at every width but the source's."""
+    for info in group.registered_commands:
+        text = info.help or inspect.getdoc(info.callback)
+        if text:
+            info.help = "\n\n".join(" ".join(paragraph.split("\n")) for paragraph in text.split("\n\n"))
+    for sub in group.registered_groups:
+        if sub.typer_instance is not None:
+            _flowing_help(sub.typer_instance)
+
+
+_flowing_help(app)

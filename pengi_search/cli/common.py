@@ -305,7 +305,10 @@ def not_found(path: Path, what: str = "file", *, in_folder: str = "give the audi
 
 
 def audio_files_in(folder: Path) -> tuple[list[str], list[tuple[str, str]]]:
-    """The audio files in a folder (recursively, sorted), and the (path, reason) of entries that cannot be read."""
+    """The audio files in a folder (recursively, sorted), and the (path, reason) of entries that cannot be read.
+
+    A folder with neither is bad usage (a typo'd or wrong folder), for every command that takes folders alike.
+    """
     from ..audio import AUDIO_EXTENSIONS
     from ..scan import ScanError, scan
 
@@ -315,7 +318,10 @@ def audio_files_in(folder: Path) -> tuple[list[str], list[tuple[str, str]]]:
         raise UsageError("", str(err)) from None
     files = [e.path for e in result.entries if e.problem is None]
     problems = [(e.path, e.problem) for e in result.entries if e.problem is not None]
-    return files, problems + list(result.unreadable_dirs)
+    problems += list(result.unreadable_dirs)
+    if not files and not problems:
+        raise UsageError(folder, "no audio file in this folder")
+    return files, problems
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> None:

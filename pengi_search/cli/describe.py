@@ -121,8 +121,6 @@ def _expand_folders(paths: list[Path]) -> tuple[list[Path], list[tuple[str, str]
             files.append(path)
             continue
         found, problems = audio_files_in(path)
-        if not found and not problems:
-            raise UsageError(path, "no audio file in this folder")
         files += [Path(name) for name in found]
         unreadable += problems
     return files, unreadable
@@ -274,7 +272,12 @@ def ask(
     from ..prompts import question_prompt
 
     if not files or question is None:  # Click gives a lone argument to the question: files or question missing
-        said = "" if question is None else f"no question after {question!r}: "
+        if question is None:
+            said = ""
+        elif Path(question).exists():
+            said = f"no question after {question!r}: "
+        else:  # a lone question: the files are what is missing
+            said = f"no audio file before the question {question!r}: "
         example = 'pengi-search ask engine.wav "is the engine healthy?"'
         raise UsageError("", f"{said}give the audio files, then the question, e.g. {example}")
     if not question.strip():

@@ -23,6 +23,7 @@ from .classify import ScoringOptions
 from .common import (
     EXIT_OK,
     EXIT_PARTIAL,
+    AutoBatchOption,
     BatchOption,
     BeamOption,
     DeviceOption,
@@ -155,7 +156,7 @@ def retrieval(
 ) -> None:
     """Text -> audio and audio -> text retrieval: every caption is a query. R@1, R@5, R@10 and mAP@10 per ranking.
 
-    Example: pengi-search eval retrieval clotho_captions_evaluation.csv --audio-root clotho/evaluation -o runs/base
+    Example: pengi-search eval retrieval clotho_captions_evaluation.csv --audio-root clotho/evaluation -o runs/retrieval
     """
     from ..embedders import TextEmbedderError
     from ..evaluation.retrieval import available_rankings, evaluate_retrieval
@@ -198,7 +199,7 @@ def caption(
     METEOR and SPICE need Java and the pycocoevalcap package (the `eval` extra; SPICE also Stanford CoreNLP);
     without them the report says why they are missing.
 
-    Example: pengi-search eval caption clotho_captions_evaluation.csv --audio-root clotho/evaluation -o runs/base
+    Example: pengi-search eval caption clotho_captions_evaluation.csv --audio-root clotho/evaluation -o runs/caption
     """
     from ..evaluation.captioning import evaluate_captions
 
@@ -299,9 +300,12 @@ def _finish(
     output: Path,
     json_output: bool,
 ) -> None:
-    from ..evaluation.report import build_report, write_report
+    from ..evaluation.report import REPORT_JSON, build_report, write_report
 
     report = build_report(kind, result, dataset=dataset, setup=setup)
+    replaced = _report_kind(output / REPORT_JSON)
+    if replaced is not None and replaced != kind:
+        warn(f"{shown(str(output))} held a {replaced} report, replaced by this {kind} report (another -o keeps both)")
     if summary is not None:
         report["index_run"] = {
             name: getattr(summary, name) for name in ("indexed", "unchanged", "touched", "windows", "seconds")
@@ -313,6 +317,18 @@ def _finish(
         _print_report(report)
         out_console.print(f"report: {', '.join(shown(str(path)) for path in files)}", markup=False, soft_wrap=True)
     raise typer.Exit(EXIT_PARTIAL if report.get("skipped") else EXIT_OK)
+
+
+def _report_kind(path: Path) -> str | None:
+    """The kind of the evaluation report at `path`, if there is a readable one."""
+    from ..evaluation.report import ReportError, load_report
+
+    if not path.is_file():
+        return None
+    try:
+        return load_report(path).get("kind")
+    except (ReportError, OSError):
+        return None
 
 
 def _print_report(report: dict[str, Any]) -> None:
@@ -372,7 +388,7 @@ def classify_files(
     db: Annotated[str | None, typer.Option("--db", help="A library whose stored captions are reused.")] = None,
     model: ModelOption = None,
     device: DeviceOption = Device.auto,
-    batch_size: BatchOption = None,
+    batch_size: AutoBatchOption = None,
     threads: ThreadsOption = None,
     quiet: QuietOption = False,
     json_output: JsonOption = False,

@@ -40,6 +40,7 @@ from .common import (
     print_json,
     progress_bar,
     show_progress,
+    warn,
 )
 
 if TYPE_CHECKING:
@@ -198,6 +199,11 @@ def index(
         print_json(summary.to_json())
     else:
         _print_summary(summary, verbose=verbose)
+        if not (summary.files_seen or summary.unseen_roots or summary.unreadable_dirs):  # a wrong folder, or --ext
+            from ..pathnames import shown
+
+            asked = "" if ext is None else f" with the extensions {ext!r}"
+            warn(f"no audio file{asked} found in {', '.join(shown(os.fspath(path)) for path in paths)}")
     raise typer.Exit(EXIT_PARTIAL if summary.partial else EXIT_OK)
 
 

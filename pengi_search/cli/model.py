@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from ..choices import Choice
 from ..download import RELEASES
+from ..pathnames import shown
 from .common import (
     JsonOption,
     ModelOption,
@@ -165,8 +167,12 @@ def info(model: ModelOption = None, json_output: JsonOption = False) -> None:
     if json_output:
         print_json(details)
         return
-    out_console.print(f"[bold]{details['name']}[/] ({details['variant']})")
-    out_console.print(f"  path      {details['path']}")
-    out_console.print(f"  weights   {details['weights_bytes'] / 2**20:.1f} MiB, sha256 {details['weights_sha256']}")
     tokenizers = ", ".join(f"{k} {'yes' if ok else 'MISSING'}" for k, ok in details["tokenizers"].items())
-    out_console.print(f"  tokenizers {tokenizers}")
+    out_console.print(f"[bold]{escape(shown(details['name']))}[/] ({details['variant']})", soft_wrap=True)
+    for label, value in (
+        ("path", shown(details["path"])),
+        ("weights", f"{details['weights_bytes'] / 2**20:.1f} MiB"),
+        ("sha256", details["weights_sha256"]),
+        ("tokenizers", tokenizers),
+    ):
+        out_console.print(f"  {label:<11}{value}", markup=False, soft_wrap=True)

@@ -94,7 +94,7 @@ def init(
     ],
     audio_root: Annotated[Path, typer.Option("--audio-root", help="Folder the CSV's file paths are relative to.")],
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Folder for manifests and config [default: train-<CSV name>].")
+        Path | None, typer.Option("--out", "-o", help="Folder for manifests and config \\[default: train-<CSV name>].")
     ] = None,
     recipe: Annotated[
         str, typer.Option("--recipe", help="labels-cpu (minutes on a CPU), labels-gpu or finetune-released.")
@@ -148,7 +148,7 @@ def export(
     checkpoint: Annotated[Path, typer.Argument(help="A training checkpoint (…/checkpoints/step-*.pt or best.pt).")],
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Model directory to write [default: <output_dir>/model-step-<step>]."),
+        typer.Option("--output", "-o", help="Model directory to write \\[default: <output_dir>/model-step-<step>]."),
     ] = None,
 ) -> None:
     """Write the model of any training checkpoint as a model directory (describe, index, classify --model)."""

@@ -1,0 +1,53 @@
+"""What `--help` shows: every help text as written (no bracket taken for markup), the same words for the same
+option wherever it means the same."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import typer
+from rich.text import Text
+
+from pengi_search.cli import app
+
+ROOT = typer.main.get_command(app)
+
+
+def _commands(command: Any, name: str = "pengi-search") -> Iterator[tuple[str, Any]]:
+    yield name, command
+    if hasattr(command, "commands"):  # a group (Typer brings its own Click: no isinstance)
+        for sub_name, sub in command.commands.items():
+            yield from _commands(sub, f"{name} {sub_name}")
+
+
+COMMANDS = dict(_commands(ROOT))
+
+
+def _option(command: str, flag: str) -> Any:
+    return next(param for param in COMMANDS[command].params if flag in param.opts)
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_help_text_is_shown_as_written(name):
+    """Rich reads `[default: x]` as a style tag and drops it; written `\\[default: x]`, it shows."""
+    command = COMMANDS[name]
+    texts = [command.help or ""] + [getattr(param, "help", None) or "" for param in command.params]
+    for text in texts:
+        assert Text.from_markup(text).plain == text.replace("\\[", "["), f"{name}: {text!r}"
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_each_paragraph_of_a_command_help_is_one_line(name):
+    """Rich wraps each paragraph to the terminal; a line break kept from the docstring would leave a ragged line."""
+    for paragraph in (COMMANDS[name].help or "").split("\n\n"):
+        assert "\n" not in paragraph, f"{name}: {paragraph!r}"
+
+
+def test_eval_classify_batches_as_classify_does():
+    """`eval classify` runs classify's pipeline, so its --batch-size means what classify's means."""
+    assert (
+        _option("pengi-search eval classify", "--batch-size").help
+        == _option("pengi-search classify", "--batch-size").help
+    )
