@@ -51,3 +51,11 @@ def test_eval_classify_batches_as_classify_does():
         _option("pengi-search eval classify", "--batch-size").help
         == _option("pengi-search classify", "--batch-size").help
     )
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_an_option_read_from_the_environment_says_so_in_one_style(name):
+    """`[env: NAME]` in the help text, as --db and --model write it, not Typer's own `[env var: NAME]` beside it."""
+    for param in COMMANDS[name].params:
+        if getattr(param, "envvar", None):
+            assert not param.show_envvar and f"[env: {param.envvar}" in param.help, f"{name} {param.opts}"

@@ -40,7 +40,9 @@ def serve(
         typer.Option(
             "--token",
             envvar="PENGI_SEARCH_TOKEN",
-            help="Token every request must carry (generated when listening beyond the loopback without one).",
+            show_envvar=False,  # said in the help as --db and --model say theirs
+            help="Token every request must carry (generated when listening beyond the loopback without one) "
+            "\\[env: PENGI_SEARCH_TOKEN]",
         ),
     ] = None,
     root: Annotated[
