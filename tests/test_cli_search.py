@@ -58,6 +58,17 @@ def test_query_table(captions, common, monkeypatch):
     assert len(lines) == 3  # header and the two .wav files
 
 
+def test_query_table_keeps_paths_whole_on_a_narrow_terminal(captions, common, monkeypatch):
+    """The caption wraps; a path (what a user copies) keeps up to half the terminal's width unbroken."""
+    from pengi_search.cli.common import out_console
+
+    monkeypatch.chdir(captions.root)
+    monkeypatch.setattr(out_console, "width", 48)
+    result = run("query", "rain on a roof", *common, "-k", 1)
+    assert result.exit_code == 0, result.output
+    assert "weather/rain.flac" in result.stdout.splitlines()[1]
+
+
 def test_query_with_no_match(common):
     result = run("query", "a bell rings", *common, "--path", "*/nowhere/*", "--json")
     assert result.exit_code == 0 and json.loads(result.stdout) == []

@@ -127,16 +127,18 @@ def _show_hits(hits: list[Hit], *, json_output: bool, show_query_span: bool = Fa
     from rich.markup import escape
     from rich.table import Table
 
+    paths = [escape(shown_path(hit.path)) for hit in hits]
     table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold", title=title, title_justify="left")
     table.add_column("#", justify="right")
-    table.add_column("path", overflow="fold")
+    # A path is what a user copies: it keeps up to half the terminal, and the caption wraps around it instead.
+    table.add_column("path", overflow="fold", min_width=min(max(map(len, paths)), out_console.width // 2))
     table.add_column("time", no_wrap=True)
     if show_query_span:
         table.add_column("query time", no_wrap=True)
     table.add_column("score", justify="right")
     table.add_column("caption", overflow="fold")
-    for rank, hit in enumerate(hits, 1):
-        row = [str(rank), escape(shown_path(hit.path)), _span(hit.start_s, hit.end_s)]
+    for rank, (hit, path) in enumerate(zip(hits, paths, strict=True), 1):
+        row = [str(rank), path, _span(hit.start_s, hit.end_s)]
         if show_query_span:
             row.append(_span(hit.query_start_s or 0.0, hit.query_end_s or 0.0))
         table.add_row(*row, f"{hit.score:.3f}", escape(hit.caption) if hit.caption else "(no caption yet)")
