@@ -323,3 +323,31 @@ def test_the_readme_table_lists_the_codes_the_cases_use():
     section = README.read_text().split("## Exit codes", 1)[1].split("\n## ", 1)[0]
     documented = {int(code) for code in re.findall(r"^\| (\d+) \|", section, flags=re.MULTILINE)}
     assert documented == {case.code for case in CASES.values()}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("query", "x", "--bogus"),  # an unknown option
+        ("querz", "x"),  # an unknown command
+        ("query", "x", "--by", "nope"),  # a value not among the choices
+        ("query", "x", "-k", "0"),  # a value out of range
+        ("query",),  # a missing argument
+        ("--bogus",),  # an unknown option of the root command
+        ("train", "init"),  # a missing argument two levels down
+    ],
+    ids=" ".join,
+)
+def test_a_mistake_the_option_parser_catches_is_one_line(args):
+    """Like every other error: one line on stderr, saying where the usage is, exit code 2 (Typer would draw a box
+    under the usage)."""
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: ") and line.endswith("--help')"), line
+
+
+def test_no_command_at_all_shows_the_help():
+    result = runner.invoke(app, [])
+    assert result.exit_code == EXIT_USAGE and "Usage: pengi-search" in result.output and "error" not in result.output

@@ -4,13 +4,48 @@ from __future__ import annotations
 
 import inspect
 import os
+from typing import Any, NoReturn
 
 import typer
+from typer.core import TyperGroup
 
 from . import classify, describe, doctor, index, model, search, serve, train
+from .common import fail
 from .eval import app as eval_app
 
+# Typer exports no UsageError. BadParameter derives from the UsageError of the Click that Typer runs on (its own copy
+# since Typer 0.2x): the base of every mistake the option parser catches.
+ParserUsageError: type[Exception] = typer.BadParameter.__base__
+
+
+class _OneLineUsageErrors(TyperGroup):
+    """The root command. A mistake the option parser catches (an unknown option or command, a missing argument, a
+    value out of range) is one line on stderr, like every other error of this tool, with where to read the usage;
+    Typer would draw a box under the usage. Exit code 2, as before."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        try:  # the root's own options (and no command at all)
+            return super().make_context(info_name, args, parent, **extra)
+        except ParserUsageError as err:
+            _usage_error(err)
+
+    def invoke(self, ctx: Any) -> Any:
+        try:  # every subcommand's arguments are parsed in here
+            return super().invoke(ctx)
+        except ParserUsageError as err:
+            _usage_error(err)
+
+
+def _usage_error(err: Any) -> NoReturn:
+    # Typer tells this one by its name too: its "message" is the help, already printed.
+    if type(err).__name__ != "NoArgsIsHelpError":
+        hint = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
+        fail(" ".join(err.format_message().split()) + hint, err.exit_code)
+    raise typer.Exit(err.exit_code)
+
+
 app = typer.Typer(
+    cls=_OneLineUsageErrors,
     name="pengi-search",
     help="Search, describe and classify sound libraries with Pengi, the audio language model.",
     no_args_is_help=True,
