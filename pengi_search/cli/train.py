@@ -16,6 +16,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
+from ..errors import EXIT_PARTIAL
 from .common import err_console, handle_errors, out_console, warn
 
 RUN = "run"
@@ -76,7 +77,10 @@ def run(
         report = dry_run_report(settings, source=config)
         print_dry_run(report, out_console)
         raise typer.Exit(report.exit_code)
-    run_training(settings, resume=resume_from or resume, source=config, console=err_console)
+    result = run_training(settings, resume=resume_from or resume, source=config, console=err_console)
+    if result.audio_skipped:  # as everywhere: the command ran, but some audio could not be used
+        warn("trained without the clips reported above, whose audio could not be used")
+        raise typer.Exit(EXIT_PARTIAL)
 
 
 @app.command("init")
