@@ -426,6 +426,21 @@ def test_a_config_that_is_not_yaml_or_not_utf8_or_a_bad_set_value_is_one_line_an
     assert "--set: data.batch_size: not a valid YAML value" in result.stderr
 
 
+def test_a_config_mistake_is_reported_before_torch_is_imported(tmp_path) -> None:
+    """A typo'd key fails in a second, not after the seconds that importing torch and the models take."""
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("output_dir: run\ndata: {train: train.jsonl, batch_sise: 4}\noptimization: {max_steps: 1}\n")
+    script = f"""
+import sys
+from typer.testing import CliRunner
+from pengi_search.cli import app
+result = CliRunner().invoke(app, ["train", {str(typo)!r}])
+print(result.exit_code, "torch" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "2 False"
+
+
 def test_the_example_config_loads_and_shows_every_key() -> None:
     config = load_config(EXAMPLE_CONFIG)
     raw = yaml.safe_load(EXAMPLE_CONFIG.read_text())

@@ -67,10 +67,12 @@ def run(
     Example: pengi-search train config.yaml --dry-run
     """
     from trainer.config import load_config, parse_overrides
+
+    # Read before the training code is imported (torch and the models: seconds), so a mistyped key fails at once.
+    settings = load_config(config, parse_overrides(set_ or []))
     from trainer.dry_run import dry_run_report, print_dry_run
     from trainer.loop import train as run_training
 
-    settings = load_config(config, parse_overrides(set_ or []))
     if quiet:  # without --quiet, the configuration's logging.quiet decides
         settings.logging.quiet = True
     if dry_run:
