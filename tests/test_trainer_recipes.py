@@ -289,6 +289,21 @@ def test_dry_run_refuses_what_the_run_refuses_too_few_examples_or_an_output_dir_
     )
 
 
+def test_dry_run_refuses_an_output_dir_holding_a_run_unless_resuming(tmp_path, tiny_no_text_model_dir) -> None:
+    config_path = label_run_config(tmp_path, tiny_no_text_model_dir)
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "step-00000010.pt").write_bytes(b"")
+    holds = "holds checkpoints of a run: continue it with --resume, or choose a new output_dir"
+    result = cli("train", str(config_path), "--dry-run")
+    assert result.exit_code == EXIT_FAILED and holds in result.output  # was "ready to train", exit code 0
+    result = cli("train", str(config_path))  # the run refuses it in the same words
+    assert result.exit_code == EXIT_FAILED and holds in result.output
+    result = cli("train", str(config_path), "--dry-run", "--resume")
+    assert result.exit_code == EXIT_OK and "ready to train" in result.output
+    result = cli("train", str(config_path), "--dry-run", "--resume-from", str(tmp_path / "nope.pt"))
+    assert result.exit_code == EXIT_FAILED and "nope.pt: no such training checkpoint" in result.output
+
+
 def test_resume_from_a_missing_checkpoint_fails_before_the_set_up(
     tmp_path, tiny_no_text_model_dir, monkeypatch
 ) -> None:

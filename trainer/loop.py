@@ -61,6 +61,7 @@ from trainer.sampling import ResumableSampler
 from trainer.state import (
     BEST_CHECKPOINT,
     CHECKPOINT_DIR,
+    HOLDS_A_RUN,
     Position,
     capture_rng,
     checkpoint_path,
@@ -106,7 +107,7 @@ def train(
     if (problem := config.output_dir_problem()) is not None:
         raise ConfigError(source, problem)
     if not resume and list_checkpoints(config.output_dir):
-        raise TrainingError(config.output_dir, "holds checkpoints of a run: resume it, or choose a new output_dir")
+        raise TrainingError(config.output_dir, HOLDS_A_RUN)
     # Found before the set-up (features may take minutes to encode), so that a mistyped path fails at once.
     checkpoint = None if not resume else latest_checkpoint(config.output_dir) if resume is True else Path(resume)
     if checkpoint is not None and not checkpoint.is_file():

@@ -76,7 +76,7 @@ def run(
     if quiet:  # without --quiet, the configuration's logging.quiet decides
         settings.logging.quiet = True
     if dry_run:
-        report = dry_run_report(settings, source=config)
+        report = dry_run_report(settings, source=config, resume=resume_from or resume)
         print_dry_run(report, out_console)
         raise typer.Exit(report.exit_code)
     result = run_training(settings, resume=resume_from or resume, source=config, console=err_console)
