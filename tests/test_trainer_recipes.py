@@ -155,6 +155,14 @@ def test_init_refuses_a_file_listed_twice_and_warns_of_one_label_or_no_validatio
     assert "one label only" not in result.output
     assert "validation: null" in (tmp_path / "g" / "config.yaml").read_text()
 
+    # Three clips of "low" give one to validation; one clip of each other label gives none (was silent).
+    rows = "file,label\n" + "".join(f"low_{i}.wav,low\n" for i in range(3)) + "high_0.wav,high\nhiss_0.wav,hiss\n"
+    (tmp_path / "few.csv").write_text(rows)
+    result = cli("train", "init", str(tmp_path / "few.csv"), "--audio-root", str(tmp_path), "-o", str(tmp_path / "f"))
+    assert result.exit_code == 0 and "clips: 4 train, 1 validation" in result.output
+    assert "warning: 2 of 3 labels have no validation clip (high, hiss;" in " ".join(result.output.split())
+    assert "covers only the other 1" in " ".join(result.output.split())
+
 
 # --- A run on labels ------------------------------------------------------------------------------------------------
 
