@@ -402,6 +402,11 @@ def test_config_reads_types_and_rejects_unknown_keys(tmp_path, sounds, tiny_mode
     both = write_config(tmp_path / "both", tiny_model_dir, sounds / "train.jsonl", optimization={"epochs": 2})
     with pytest.raises(ConfigError, match="exactly one of max_steps and epochs"):
         load_config(both)
+    # A recipe gives epochs; shortening a run with --set max_steps says how (it said only "exactly one").
+    result = train_command(both)
+    assert result.exit_code == EXIT_USAGE and "both are set: make one null, e.g. --set optimization.epochs=null" in (
+        " ".join(result.stderr.split())
+    )
     result = train_command(path, "--set", "runtime.precision=bf16")  # autocast is for CUDA
     assert result.exit_code == EXIT_USAGE and "needs a CUDA device" in result.stderr
     overrides = parse_overrides(["optimization.lr=3e-3", "freeze.audio_encoder=true", "data.validation=null"])
