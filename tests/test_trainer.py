@@ -446,6 +446,24 @@ print(result.exit_code, "torch" in sys.modules)
     assert out.strip().splitlines()[-1] == "2 False"
 
 
+def test_an_architecture_value_of_the_wrong_type_is_a_config_error_not_a_traceback(tmp_path) -> None:
+    from trainer.model_setup import resolve_architecture
+
+    source = tmp_path / "config.yaml"
+    for fields, says in [
+        ({"decoder": {"n_layer": "x"}}, "decoder.n_layer must be int, got 'x'"),  # was a TypeError from range()
+        ({"d_proj": 1.5}, "d_proj must be int, got 1.5"),
+        ({"normalize_text_embedding": 1}, "normalize_text_embedding must be bool, got 1"),
+    ]:
+        with pytest.raises(ConfigError, match=f"model.architecture: {says}"):
+            resolve_architecture(fields, source)
+    # ints where floats go, lists where tuples go, and null for an optional part are all fine
+    cfg = resolve_architecture(
+        {"mapper": {"mlp_ratio": 2}, "audio": {"depths": [1, 1, 1, 1]}, "text_encoder": None}, source
+    )
+    assert cfg.mapper.mlp_ratio == 2 and cfg.audio.depths == (1, 1, 1, 1) and cfg.text_encoder is None
+
+
 def test_the_example_config_loads_and_shows_every_key() -> None:
     config = load_config(EXAMPLE_CONFIG)
     raw = yaml.safe_load(EXAMPLE_CONFIG.read_text())
