@@ -16,8 +16,9 @@ its stored captions (text method) or its stored audio embeddings (loglik), so no
 
 Labels files: one label per line (UTF-8, surrounding spaces trimmed, blank lines only at the end), or a `.csv`
 file with a header that has a `label` column (its distinct values, in order of first appearance, e.g. a dataset's
-metadata). Truth files: a CSV with a `label` column and a `file`, `filename` or `path` column; paths are relative
-to the CSV's folder (or absolute), and a file is also matched by its bare name when that name is unique.
+metadata; an `answer` column, as `train init`'s label map has, gives the text each label is scored as). Truth
+files: a CSV with a `label` column and a `file`, `filename` or `path` column; paths are relative to the CSV's folder
+(or absolute), and a file is also matched by its bare name when that name is unique.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import io
 import os
 import unicodedata
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -97,6 +98,19 @@ def _labels_from_csv(path: Path, text: str) -> list[str]:
     if not labels:
         raise LabelsError(path, "no labels (the CSV file has a header but no rows)")
     return list(labels)
+
+
+def read_label_texts(path: str | os.PathLike[str]) -> dict[str, str]:
+    """label -> the text the model says for it, from a labels CSV with an `answer` column (the label map that
+    `pengi-search train init` writes: it teaches "alarm clock" for the label alarm_clock); {} for any other file.
+    Call after `read_labels`, which checks the file."""
+    path = Path(path)
+    if path.suffix.lower() != ".csv":
+        return {}
+    header, rows = csv_rows(path, path.read_text(encoding="utf-8"), LabelsError)
+    if "answer" not in header:
+        return {}
+    return {row["label"]: row["answer"] for _, row in rows if row.get("label") and row.get("answer")}
 
 
 def _check_characters(path: Path, label: str, number: int) -> None:
@@ -241,13 +255,16 @@ class Classifier:
         batch_size: int | None = None,
         engine: Engine | None = None,
         fast: bool = False,
+        texts: Mapping[str, str] | None = None,
     ) -> None:
         """`engine`: the model of `model_dir`, already loaded (a server shares one); otherwise loaded when needed
         (on `device`, with `batch_size` windows per batch, None: the device's default, in `--fast` mode if `fast`).
+        `texts`: what a label is scored as, where it is not the label itself (`read_label_texts`).
         """
         if not labels:
             raise ValueError("no labels to classify with")
         self.labels = list(labels)
+        self.texts = [(texts or {}).get(label, label) for label in self.labels]
         self.settings = settings
         self.model_dir = model_dir
         self.library = library if library is not None and self._index_is_usable(library) else None
@@ -258,7 +275,7 @@ class Classifier:
         self._embedder: TextEmbedder | None = None
         self._label_vectors: np.ndarray | None = None
         self._answers = (
-            [loglik_answer(settings.template, settings.prompt, label) for label in self.labels]
+            [loglik_answer(settings.template, settings.prompt, text) for text in self.texts]
             if settings.method is Method.loglik
             else []
         )
@@ -288,7 +305,7 @@ class Classifier:
 
     def label_vectors(self) -> np.ndarray:
         if self._label_vectors is None:
-            texts = [apply_template(self.settings.template, label) for label in self.labels]
+            texts = [apply_template(self.settings.template, text) for text in self.texts]
             self._label_vectors = self.embedder().embed(texts)
         return self._label_vectors
 

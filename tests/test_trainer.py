@@ -289,7 +289,11 @@ def test_clips_that_fail_to_load_are_skipped_and_counted(tmp_path, sounds, tiny_
     manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
     # Batches of one: the broken clip's micro-batch is empty and trains on nothing.
     config_path = write_config(tmp_path, tiny_model_dir, manifest, data={"batch_size": 1})
-    check_trained(config_path)
+    result = train_command(config_path)
+    # As for every command: it ran, but some audio could not be used (the dry run says 3 for the same manifest).
+    assert result.exit_code == EXIT_PARTIAL, result.output  # was 0
+    assert "trained without the clips reported above" in result.stderr
+    assert (tmp_path / "run" / "model").is_dir()
     records = read_metrics(tmp_path / "run" / METRICS_FILE, "train")
     assert [record["skipped"] for record in records].count(1) == 1 and sum(r["skipped"] for r in records) == 1
     assert sum(record["samples"] for record in records) == 3
@@ -398,6 +402,11 @@ def test_config_reads_types_and_rejects_unknown_keys(tmp_path, sounds, tiny_mode
     both = write_config(tmp_path / "both", tiny_model_dir, sounds / "train.jsonl", optimization={"epochs": 2})
     with pytest.raises(ConfigError, match="exactly one of max_steps and epochs"):
         load_config(both)
+    # A recipe gives epochs; shortening a run with --set max_steps says how (it said only "exactly one").
+    result = train_command(both)
+    assert result.exit_code == EXIT_USAGE and "both are set: make one null, e.g. --set optimization.epochs=null" in (
+        " ".join(result.stderr.split())
+    )
     result = train_command(path, "--set", "runtime.precision=bf16")  # autocast is for CUDA
     assert result.exit_code == EXIT_USAGE and "needs a CUDA device" in result.stderr
     overrides = parse_overrides(["optimization.lr=3e-3", "freeze.audio_encoder=true", "data.validation=null"])
@@ -420,6 +429,39 @@ def test_a_config_that_is_not_yaml_or_not_utf8_or_a_bad_set_value_is_one_line_an
     result = train_command(bad, "--dry-run", "--set", "data.batch_size=[1")
     assert result.exit_code == EXIT_USAGE  # was a traceback (exit code 1)
     assert "--set: data.batch_size: not a valid YAML value" in result.stderr
+
+
+def test_a_config_mistake_is_reported_before_torch_is_imported(tmp_path) -> None:
+    """A typo'd key fails in a second, not after the seconds that importing torch and the models take."""
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("output_dir: run\ndata: {train: train.jsonl, batch_sise: 4}\noptimization: {max_steps: 1}\n")
+    script = f"""
+import sys
+from typer.testing import CliRunner
+from pengi_search.cli import app
+result = CliRunner().invoke(app, ["train", {str(typo)!r}])
+print(result.exit_code, "torch" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "2 False"
+
+
+def test_an_architecture_value_of_the_wrong_type_is_a_config_error_not_a_traceback(tmp_path) -> None:
+    from trainer.model_setup import resolve_architecture
+
+    source = tmp_path / "config.yaml"
+    for fields, says in [
+        ({"decoder": {"n_layer": "x"}}, "decoder.n_layer must be int, got 'x'"),  # was a TypeError from range()
+        ({"d_proj": 1.5}, "d_proj must be int, got 1.5"),
+        ({"normalize_text_embedding": 1}, "normalize_text_embedding must be bool, got 1"),
+    ]:
+        with pytest.raises(ConfigError, match=f"model.architecture: {says}"):
+            resolve_architecture(fields, source)
+    # ints where floats go, lists where tuples go, and null for an optional part are all fine
+    cfg = resolve_architecture(
+        {"mapper": {"mlp_ratio": 2}, "audio": {"depths": [1, 1, 1, 1]}, "text_encoder": None}, source
+    )
+    assert cfg.mapper.mlp_ratio == 2 and cfg.audio.depths == (1, 1, 1, 1) and cfg.text_encoder is None
 
 
 def test_the_example_config_loads_and_shows_every_key() -> None:

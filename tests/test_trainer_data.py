@@ -488,12 +488,24 @@ def test_check_audio_reports_each_problem(tmp_path: Path) -> None:
     assert reasons == {
         "missing": "file not found",
         "broken": "RuntimeError: invalid data found when processing input",
-        "empty": f"AudioClipError: {paths['empty']}: no samples",
-        "stereo": f"AudioClipError: {paths['stereo']}: expected mono audio, got an array of shape (2, 100)",
-        "nan": f"AudioClipError: {paths['nan']}: NaN or infinite samples",
-        "late": f"AudioClipError: {paths['late']}: segment starts at 2.0 s; the audio lasts 1.00 s",
+        # The report's line names the file already: our own errors give their reason alone (was
+        # "AudioClipError: <path>: no samples" after the path), anything else its type and message.
+        "empty": "no samples",
+        "stereo": "expected mono audio, got an array of shape (2, 100)",
+        "nan": "NaN or infinite samples",
+        "late": "segment starts at 2.0 s; the audio lasts 1.00 s",
     }
     assert paths["missing"] not in [path for path, _ in decoder.calls]
+
+
+def test_a_file_that_does_not_decode_is_reported_once_by_name(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.wav"
+    broken.write_text("not audio")
+    _, [(_, reason)] = check_audio([example(broken)])  # the project's decoder
+    # Shown after "row 1: <path>:" (dry run) or "skipping <path> (row 1):" (training): no second path, no class name.
+    assert reason == "not a readable audio file (unknown format or corrupt data)"
+    dataset = AudioTextDataset([example(broken)], train=False, seed=0, clip_samples=40)
+    assert dataset[0]["error"] == reason
 
 
 def test_failed_audio_is_skipped_and_counted_in_batches(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -20,7 +20,7 @@ from pengi_search.model import Pengi
 from trainer.augment import augment
 from trainer.config import AugmentationSection, load_config
 from trainer.data import AudioTextDataset, read_manifest
-from trainer.dry_run import dry_run_report
+from trainer.dry_run import dry_run_report, duration
 from trainer.evaluation import sample_rows
 from trainer.features import FeatureDataset, encode_clips
 from trainer.loop import Trainer
@@ -154,6 +154,30 @@ def test_init_refuses_a_file_listed_twice_and_warns_of_one_label_or_no_validatio
     assert result.exit_code == 0 and "warning: no validation clips" in result.output
     assert "one label only" not in result.output
     assert "validation: null" in (tmp_path / "g" / "config.yaml").read_text()
+
+    # Three clips of "low" give one to validation; one clip of each other label gives none (was silent).
+    rows = "file,label\n" + "".join(f"low_{i}.wav,low\n" for i in range(3)) + "high_0.wav,high\nhiss_0.wav,hiss\n"
+    (tmp_path / "few.csv").write_text(rows)
+    result = cli("train", "init", str(tmp_path / "few.csv"), "--audio-root", str(tmp_path), "-o", str(tmp_path / "f"))
+    assert result.exit_code == 0 and "clips: 4 train, 1 validation" in result.output
+    assert "warning: 2 of 3 labels have no validation clip (high, hiss;" in " ".join(result.output.split())
+    assert "covers only the other 1" in " ".join(result.output.split())
+
+
+def test_classify_with_the_label_map_scores_the_answers_the_model_was_taught(tmp_path, tiny_no_text_model_dir) -> None:
+    from pengi_search.classify import Classifier, ClassifySettings, read_label_texts, read_labels
+    from pengi_search.model_dir import ModelDir
+
+    write_clips(tmp_path, per_label=1)
+    (tmp_path / "snake.csv").write_text("file,label\nlow_0.wav,low_hum\nhigh_0.wav,high\n")
+    result = init_run(tmp_path / "snake.csv", tmp_path, tmp_path / "out")
+    labels, texts = read_labels(result.label_map), read_label_texts(result.label_map)
+    assert labels == ["high", "low_hum"] and texts == {"high": "high", "low_hum": "low hum"}
+    model = ModelDir.read(tiny_no_text_model_dir)
+    # The model learnt "low hum" for low_hum: that is what loglik scores (it scored "low_hum"); the label is reported.
+    loglik = Classifier(labels, ClassifySettings(method="loglik"), model_dir=model, texts=texts)
+    assert loglik._answers == ["high", "low hum"] and loglik.labels == labels
+    assert read_label_texts(tmp_path / "snake.csv") == {}  # no answer column: labels are scored as they are
 
 
 # --- A run on labels ------------------------------------------------------------------------------------------------
@@ -289,6 +313,21 @@ def test_dry_run_refuses_what_the_run_refuses_too_few_examples_or_an_output_dir_
     )
 
 
+def test_dry_run_refuses_an_output_dir_holding_a_run_unless_resuming(tmp_path, tiny_no_text_model_dir) -> None:
+    config_path = label_run_config(tmp_path, tiny_no_text_model_dir)
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "step-00000010.pt").write_bytes(b"")
+    holds = "holds checkpoints of a run: continue it with --resume, or choose a new output_dir"
+    result = cli("train", str(config_path), "--dry-run")
+    assert result.exit_code == EXIT_FAILED and holds in result.output  # was "ready to train", exit code 0
+    result = cli("train", str(config_path))  # the run refuses it in the same words
+    assert result.exit_code == EXIT_FAILED and holds in result.output
+    result = cli("train", str(config_path), "--dry-run", "--resume")
+    assert result.exit_code == EXIT_OK and "ready to train" in result.output
+    result = cli("train", str(config_path), "--dry-run", "--resume-from", str(tmp_path / "nope.pt"))
+    assert result.exit_code == EXIT_FAILED and "nope.pt: no such training checkpoint" in result.output
+
+
 def test_resume_from_a_missing_checkpoint_fails_before_the_set_up(
     tmp_path, tiny_no_text_model_dir, monkeypatch
 ) -> None:
@@ -300,6 +339,11 @@ def test_resume_from_a_missing_checkpoint_fails_before_the_set_up(
     assert result.exit_code == EXIT_USAGE and "nope.pt: no such training checkpoint" in result.output
     result = cli("train", str(config_path), "--resume")
     assert result.exit_code == EXIT_FAILED and "no checkpoint to resume from" in result.output
+
+
+def test_dry_run_times_read_in_seconds_minutes_or_hours() -> None:
+    # A small set's epoch of 1.3 s was shown as "about 0.0 min an epoch".
+    assert [duration(s) for s in (1.32, 42.4, 90, 5400)] == ["1.3 s", "42 s", "1.5 min", "1.5 h"]
 
 
 def test_dry_run_warns_of_a_long_warm_up_and_refuses_a_small_vocabulary(tmp_path, tiny_no_text_model_dir) -> None:

@@ -145,8 +145,10 @@ class OptimizationSection:
             _require(_as_float(value) is not None and _as_float(value) > 0, f"optimization.part_lr.{part} must be > 0")
         _require(self.weight_decay >= 0, "optimization.weight_decay must be non-negative")
         _require(self.warmup_steps >= 0, "optimization.warmup_steps must be non-negative")
+        both = "both are set: make one null, e.g. --set optimization.epochs=null"  # a recipe's epochs + --set max_steps
         _require(
-            (self.max_steps is None) != (self.epochs is None), "optimization: give exactly one of max_steps and epochs"
+            (self.max_steps is None) != (self.epochs is None),
+            f"optimization: give exactly one of max_steps and epochs ({both if self.epochs else 'neither is set'})",
         )
         _require(self.max_steps is None or self.max_steps >= 1, "optimization.max_steps must be at least 1")
         _require(self.epochs is None or self.epochs >= 1, "optimization.epochs must be at least 1")

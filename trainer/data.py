@@ -347,11 +347,15 @@ def _audio_problem(example: Example, load_fn: LoadAudio, sample_rate: int) -> st
     try:
         load_example_audio(example, load_fn, sample_rate)
     except Exception as error:  # decoders fail in many ways; each is a problem of this file, to be reported
-        return _describe(error)
+        return _describe(error, example.audio)
     return None
 
 
-def _describe(error: Exception) -> str:
+def _describe(error: Exception, audio: Path) -> str:
+    """Why `audio` could not be used, for a line that already names the file: our own errors about it give their
+    reason alone, anything else its type and message."""
+    if isinstance(error, PengiSearchError) and error.where and Path(error.where) == audio:
+        return error.reason
     return f"{type(error).__name__}: {error}"
 
 
@@ -430,7 +434,7 @@ class AudioTextDataset(Dataset):
         try:
             audio = load_example_audio(example, self.load_audio, self.sample_rate)
         except Exception as error:  # as in check_audio: reported and skipped, never fatal to the epoch
-            reason = _describe(error)
+            reason = _describe(error, example.audio)
             log.warning("skipping %s (row %d): %s", example.audio, example.row, reason)
             return FailedItem(index=index, error=reason)
         clip = fit_clip(audio, self.clip_samples, self.window_offset(audio.size, index))

@@ -23,6 +23,7 @@ from pengi_search.tokenization import PromptTooLongError, Tokenizers
 from trainer.config import TrainConfig
 from trainer.data import Example, LoadAudio, check_audio, read_manifest, task_mix
 from trainer.features import clip_key
+from trainer.state import CHECKPOINT_DIR, HOLDS_A_RUN, list_checkpoints
 
 MISSING = "file not found"  # the reason `check_audio` gives for a file that is not there
 PROBLEMS_SHOWN = 20  # per manifest; the counts cover them all
@@ -67,17 +68,22 @@ class DryRunReport:
 
 
 def dry_run_report(
-    config: TrainConfig, *, load_audio: LoadAudio | None = None, source: Path | None = None
+    config: TrainConfig,
+    *,
+    load_audio: LoadAudio | None = None,
+    source: Path | None = None,
+    resume: bool | Path = False,
 ) -> DryRunReport:
     """Read the manifests, decode every clip, check the model's files exist and work out the step plan.
 
-    A manifest that cannot be parsed raises `ManifestError`, as training would.
+    `resume` as `train` takes it (--resume, --resume-from): a new run refuses an output_dir with checkpoints, a
+    resumed one needs its checkpoint. A manifest that cannot be parsed raises `ManifestError`, as training would.
     """
     roles = [("train", config.data.train), ("validation", config.data.validation)]
     manifests = [_check_manifest(role, path, load_audio) for role, path in roles if path is not None]
     report = DryRunReport(manifests, _model_problems(config), _plan(config, manifests[0].usable))
     report.warnings += _plan_warnings(report.plan)
-    report.run_problems += _run_problems(config, report.plan, manifests[0].usable)
+    report.run_problems += _run_problems(config, report.plan, manifests[0].usable, resume)
     if not report.model_problems:
         _check_model(config, report, source or Path("<config>"))
     return report
@@ -161,9 +167,16 @@ def _plan_warnings(plan: dict[str, int | None]) -> list[str]:
     return warnings
 
 
-def _run_problems(config: TrainConfig, plan: dict[str, int | None], usable: int) -> list[str]:
+def _run_problems(config: TrainConfig, plan: dict[str, int | None], usable: int, resume: bool | Path) -> list[str]:
     """What `train` would refuse before its first step: the same checks, the same words."""
     problems = []
+    checkpoints = list_checkpoints(config.output_dir)
+    if not resume and checkpoints:
+        problems.append(f"{config.output_dir}: {HOLDS_A_RUN}")
+    elif resume is True and not checkpoints:
+        problems.append(f"{config.output_dir / CHECKPOINT_DIR}: no checkpoint to resume from")
+    elif isinstance(resume, Path) and not resume.is_file():
+        problems.append(f"{resume}: no such training checkpoint")
     if plan.get("steps_per_epoch") == 0 and usable:
         too_few = config.too_few_for_a_step(usable, plan.get("processes") or 1)
         problems.append(f"{config.data.train}: {too_few}: lower data.batch_size")
@@ -238,6 +251,16 @@ def _plan(config: TrainConfig, usable: int) -> dict[str, int | None]:
     }
 
 
+def duration(seconds: float) -> str:
+    """An estimate as a person reads it: seconds under a minute (a small set's epoch is not "0.0 min"), else
+    minutes, else hours."""
+    if seconds < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def print_dry_run(report: DryRunReport, console: Console) -> None:
     for check in report.manifests:
         console.print(
@@ -261,9 +284,9 @@ def print_dry_run(report: DryRunReport, console: Console) -> None:
     console.print(f"plan: {plan}", soft_wrap=True)
     if report.timing:
         timing = report.timing
-        line = f"time: {timing['step']:.2f} s a step, about {timing['epoch'] / 60:.1f} min an epoch on this machine"
+        line = f"time: {timing['step']:.2f} s a step, about {duration(timing['epoch'])} an epoch on this machine"
         if "encoding" in timing:
-            line += f"; encoding the clips first (frozen encoder, cached): about {timing['encoding'] / 60:.1f} min"
+            line += f"; encoding the clips first (frozen encoder, cached): about {duration(timing['encoding'])}"
         console.print(line, soft_wrap=True)
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)

@@ -61,6 +61,7 @@ from trainer.sampling import ResumableSampler
 from trainer.state import (
     BEST_CHECKPOINT,
     CHECKPOINT_DIR,
+    HOLDS_A_RUN,
     Position,
     capture_rng,
     checkpoint_path,
@@ -90,6 +91,7 @@ class TrainingResult:
     tokenizers: Tokenizers
     model_dir: Path | None  # the exported model directory (rank 0)
     steps: int
+    audio_skipped: bool = False  # some rows' audio could not be used (each reported): the command exits 3
 
 
 def train(
@@ -105,7 +107,7 @@ def train(
     if (problem := config.output_dir_problem()) is not None:
         raise ConfigError(source, problem)
     if not resume and list_checkpoints(config.output_dir):
-        raise TrainingError(config.output_dir, "holds checkpoints of a run: resume it, or choose a new output_dir")
+        raise TrainingError(config.output_dir, HOLDS_A_RUN)
     # Found before the set-up (features may take minutes to encode), so that a mistyped path fails at once.
     checkpoint = None if not resume else latest_checkpoint(config.output_dir) if resume is True else Path(resume)
     if checkpoint is not None and not checkpoint.is_file():
@@ -188,6 +190,7 @@ class Trainer:
         self.rate = RateWindow()
         self.best = BestTracker(self._metric(), config.evaluation.patience)
         self.evaluated_at: int | None = None  # the step of the last evaluation
+        self.audio_skipped = float(self.data.skipped_at_caching)  # rows whose audio failed, on this process
         self.stopped_early = False
         self.last_checkpoint: int | None = None  # step of the latest step checkpoint
         self.rng_to_restore: dict[str, Any] | None = None
@@ -281,7 +284,8 @@ class Trainer:
         model_dir = self._finish()
         if self._interrupted():
             raise KeyboardInterrupt  # after the checkpoint and the model: the command line exits with 130
-        return TrainingResult(self.model, self.tokenizers, model_dir, self.position.step)
+        (skipped,) = sum_across(self.processes, [self.audio_skipped])
+        return TrainingResult(self.model, self.tokenizers, model_dir, self.position.step, audio_skipped=skipped > 0)
 
     def _interrupted(self) -> bool:
         (requested,) = sum_across(self.processes, [float(self.interrupt.requested)])
@@ -354,6 +358,7 @@ class Trainer:
         interval.tokens += local_tokens
         interval.samples += samples
         interval.skipped += sum(len(batch["skipped"]) for batch in micro)
+        self.audio_skipped += sum(len(batch["skipped"]) for batch in micro)
         interval.grad_norm = float(grad_norm)
         self.rate.step(samples * processes.world_size)
 
@@ -409,6 +414,7 @@ class Trainer:
                 autocast=self._autocast,
             )
             record.update(val_loss=result.loss, tokens=result.tokens, skipped=result.skipped)
+            self.audio_skipped += result.skipped
         if self.processes.main:
             engine = Engine(self.model, self.tokenizers, self.device, batch_size=self.config.data.batch_size)
             record.update(self._label_metrics(engine))

@@ -259,4 +259,13 @@ def split_warnings(splits: dict[str, list[LabelledClip]]) -> tuple[str, ...]:
             "no validation clips (no label has enough clips, or groups, to hold one out): the run cannot pick a "
             "best model or stop early, and trains for all of optimization.epochs; add clips or a split column"
         )
+    else:
+        unseen = sorted(labels - {clip.label for clip in splits["validation"]})
+        if unseen:
+            named = ", ".join(unseen[:3]) + (", ..." if len(unseen) > 3 else "")
+            warnings.append(
+                f"{len(unseen)} of {len(labels)} labels have no validation clip ({named}; too few clips, or groups, "
+                f"to hold one out): the validation accuracy that picks the best model covers only the other "
+                f"{len(labels) - len(unseen)}; add clips or a split column"
+            )
     return tuple(warnings)

@@ -58,7 +58,7 @@ class RunData:
     sample_rows: list[int]
     eval_rows: list[int]
     candidates: dict[str, list[str]]
-    skipped_at_caching: int
+    skipped_at_caching: int  # rows of either manifest whose clip could not be encoded
 
 
 def check_prompts(examples: list[Example], tokenizers: Tokenizers, manifest: Path) -> None:
@@ -171,12 +171,15 @@ def _cache(
         train_cache = load_or_encode(folder, backbone, train_set, views, **options)
         cached_train = FeatureDataset(train_set.examples, train_cache)
         cached_val = None
+        skipped = len(train_cache.skipped)
         if val_set is not None:
-            cached_val = FeatureDataset(val_set.examples, load_or_encode(folder, backbone, val_set, 1, **options))
+            val_cache = load_or_encode(folder, backbone, val_set, 1, **options)
+            cached_val = FeatureDataset(val_set.examples, val_cache)
+            skipped += len(val_cache.skipped)
         if sample_set is val_set:
             cached_samples = cached_val
         else:
             encoded = load_or_encode(folder, backbone, sample_set, 1, **options)
             cached_samples = FeatureDataset(sample_set.examples, encoded)
-    say(f"audio features ready in {time.perf_counter() - started:.0f} s; {len(train_cache.skipped)} row(s) skipped")
-    return cached_train, cached_val, cached_samples, len(train_cache.skipped)
+    say(f"audio features ready in {time.perf_counter() - started:.0f} s; {skipped} row(s) skipped")
+    return cached_train, cached_val, cached_samples, skipped

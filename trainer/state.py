@@ -48,6 +48,10 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+# Why `train` (and its dry run) will not start a new run in an output_dir that holds one.
+HOLDS_A_RUN = "holds checkpoints of a run: continue it with --resume, or choose a new output_dir"
+
+
 def latest_checkpoint(output_dir: Path) -> Path:
     checkpoints = list_checkpoints(output_dir)
     if not checkpoints:

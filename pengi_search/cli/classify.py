@@ -144,7 +144,7 @@ def classify(
     from ..model_dir import ModelDir
 
     apply_threads(compute.threads)
-    label_list, known = _read_inputs(labels, truth)
+    label_list, texts, known = _read_inputs(labels, truth)
     if output is not None:
         _check_writable(output)
     settings = scoring.settings()
@@ -158,6 +158,7 @@ def classify(
         batch_size=compute.batch_size,
         fast=compute.fast,
         visible=show_progress(quiet, json_output),
+        texts=texts,
     )
     metrics = None if known is None else evaluate(predictions, known)
     outcome = Outcome(scoring.method, label_list, predictions, failures, metrics)
@@ -176,11 +177,12 @@ def classify(
 # Inputs: labels, truth, settings and files
 
 
-def _read_inputs(labels: Path, truth: Path | None) -> tuple[list[str], Truth | None]:
-    from ..classify import LabelsError, read_labels, read_truth
+def _read_inputs(labels: Path, truth: Path | None) -> tuple[list[str], dict[str, str], Truth | None]:
+    """The labels, what each is scored as (a `train init` label map's `answer` column) and the truth."""
+    from ..classify import LabelsError, read_label_texts, read_labels, read_truth
 
     try:
-        return read_labels(labels), None if truth is None else read_truth(truth)
+        return read_labels(labels), read_label_texts(labels), None if truth is None else read_truth(truth)
     except LabelsError as err:
         raise UsageError("", str(err)) from None
 
@@ -220,6 +222,7 @@ def classify_target(
     batch_size: int | None,
     visible: bool,
     fast: bool = False,
+    texts: dict[str, str] | None = None,
 ) -> tuple[list[Prediction], list[Failure]]:
     """Each audio file's prediction (a folder's files, recursively) and the files that failed, reusing what an
     existing library holds (`eval classify` shares this)."""
@@ -231,7 +234,14 @@ def classify_target(
     library = _open_library(db)
     try:
         classifier = Classifier(
-            labels, settings, model_dir=model_dir, library=library, device=device, batch_size=batch_size, fast=fast
+            labels,
+            settings,
+            model_dir=model_dir,
+            library=library,
+            device=device,
+            batch_size=batch_size,
+            fast=fast,
+            texts=texts,
         )
         predictions, failed = _run_classifier(classifier, files, visible=visible)
     finally:

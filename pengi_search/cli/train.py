@@ -16,6 +16,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
+from ..errors import EXIT_PARTIAL
 from .common import err_console, handle_errors, not_found, out_console, warn
 
 RUN = "run"
@@ -67,19 +68,24 @@ def run(
     Example: pengi-search train config.yaml --dry-run
     """
     from trainer.config import load_config, parse_overrides
-    from trainer.dry_run import dry_run_report, print_dry_run
-    from trainer.loop import train as run_training
 
     if resume_from is not None and not resume_from.is_file():
         raise not_found(resume_from, "training checkpoint", in_folder=CHECKPOINT_FILES)
+    # Read before the training code is imported (torch and the models: seconds), so a mistyped key fails at once.
     settings = load_config(config, parse_overrides(set_ or []))
+    from trainer.dry_run import dry_run_report, print_dry_run
+    from trainer.loop import train as run_training
+
     if quiet:  # without --quiet, the configuration's logging.quiet decides
         settings.logging.quiet = True
     if dry_run:
-        report = dry_run_report(settings, source=config)
+        report = dry_run_report(settings, source=config, resume=resume_from or resume)
         print_dry_run(report, out_console)
         raise typer.Exit(report.exit_code)
-    run_training(settings, resume=resume_from or resume, source=config, console=err_console)
+    result = run_training(settings, resume=resume_from or resume, source=config, console=err_console)
+    if result.audio_skipped:  # as everywhere: the command ran, but some audio could not be used
+        warn("trained without the clips reported above, whose audio could not be used")
+        raise typer.Exit(EXIT_PARTIAL)
 
 
 @app.command("init")
