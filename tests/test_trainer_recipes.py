@@ -325,7 +325,7 @@ def test_dry_run_refuses_an_output_dir_holding_a_run_unless_resuming(tmp_path, t
     result = cli("train", str(config_path), "--dry-run", "--resume")
     assert result.exit_code == EXIT_OK and "ready to train" in result.output
     result = cli("train", str(config_path), "--dry-run", "--resume-from", str(tmp_path / "nope.pt"))
-    assert result.exit_code == EXIT_FAILED and "nope.pt: no such training checkpoint" in result.output
+    assert result.exit_code == EXIT_USAGE and "nope.pt: no such training checkpoint" in result.output
 
 
 def test_resume_from_a_missing_checkpoint_fails_before_the_set_up(
