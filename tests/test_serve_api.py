@@ -254,6 +254,20 @@ def test_classify_an_uploaded_clip_with_typed_or_sent_labels(client, served):
     assert sent.json()["labels"] == ["a bell rings", "a dog barks"] and sent.json()["method"] == "loglik"
 
 
+def test_classify_with_a_label_map_scores_its_answers_and_reports_its_labels(client, served):
+    """A `train init` label map (label, answer): the model is asked about the answer, as `classify` does."""
+    clip = ("clip.wav", served.files["bell.wav"].read_bytes())
+    typed = client.post("/api/classify", files={"file": clip}, data={"labels": "a bell rings\na dog barks"}).json()
+    label_map = ("labels.csv", b"label,answer\na_bell,a bell rings\na_dog,a dog barks\n")
+    mapped = client.post("/api/classify", files={"file": clip, "labels_file": label_map}).json()
+    assert mapped["labels"] == ["a_bell", "a_dog"]
+    scores = {row["label"]: row["score"] for row in typed["results"][0]["top"]}
+    assert {row["label"]: row["score"] for row in mapped["results"][0]["top"]} == {
+        "a_bell": scores["a bell rings"],
+        "a_dog": scores["a dog barks"],
+    }
+
+
 @pytest.mark.parametrize(
     ("labels", "message"), [("dog\ndog", "duplicate label 'dog' on line 2"), ("", "no labels"), ("a\n\nb", "blank")]
 )

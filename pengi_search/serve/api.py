@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from starlette.formparsers import MultiPartException
 
 from ..choices import DEFAULT_HYBRID_WEIGHT
-from ..classify import LabelsError, read_labels
+from ..classify import LabelsError, read_label_texts, read_labels
 from ..search import Hit
 from .errors import InvalidParameter, RequestError
 from .service import SearchParams, Service
@@ -173,8 +173,9 @@ def read_upload(svc: Service, file: UploadFile) -> Any:
     )
 
 
-def parse_labels(typed: str | None, uploaded: UploadFile | None) -> list[str]:
-    """Labels typed one per line, or a labels file (text, or CSV with a 'label' column), checked as the CLI does."""
+def parse_labels(typed: str | None, uploaded: UploadFile | None) -> tuple[list[str], dict[str, str]]:
+    """Labels typed one per line, or a labels file (text, or CSV with a 'label' column), checked as the CLI does;
+    with what each label is scored as where a label map's `answer` column says (`classify.read_label_texts`)."""
     if uploaded is not None and uploaded.filename:
         if typed and typed.strip():  # which did the client mean? Say so rather than drop the typed ones
             raise InvalidParameter("labels", "both typed labels and a labels file: send one of them")
@@ -190,7 +191,7 @@ def parse_labels(typed: str | None, uploaded: UploadFile | None) -> list[str]:
         path = Path(folder) / f"labels{suffix}"
         path.write_bytes(data)
         try:
-            return read_labels(path)
+            return read_labels(path), read_label_texts(path)
         except LabelsError as exc:
             raise InvalidParameter(field, exc.reason) from None
 
@@ -280,9 +281,9 @@ def classify(
     top: Annotated[int, Form(ge=1, le=100)] = 5,
 ) -> Any:
     """Ranked labels for the clip (`pengi-search classify CLIP --labels FILE --json`)."""
-    label_list = parse_labels(labels, labels_file)
+    label_list, texts = parse_labels(labels, labels_file)
     with read_upload(svc, file) as upload:
-        return svc.classify(upload, label_list, method, top)
+        return svc.classify(upload, label_list, method, top, texts)
 
 
 @router.get("/stats", summary="Library statistics")

@@ -163,9 +163,9 @@ def upload_classify(
     labels_file: Annotated[UploadFile | None, File()] = None,
     method: Annotated[str, Form()] = "text",
 ) -> HTMLResponse:
-    label_list = parse_labels(labels, labels_file)
+    label_list, texts = parse_labels(labels, labels_file)
     with read_upload(svc, file) as upload:
-        return _upload_response(request, svc, classified=svc.classify(upload, label_list, method, top=10))
+        return _upload_response(request, svc, classified=svc.classify(upload, label_list, method, 10, texts))
 
 
 def _upload_response(request: Request, svc: ServiceDep, **results: Any) -> HTMLResponse:

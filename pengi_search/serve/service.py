@@ -342,8 +342,11 @@ class Service:
         rows = [described_window(w.start_s, w.end_s, keys, said) for w, said in zip(windows, answers, strict=True)]
         return {"path": upload.name, "duration_s": round(upload.duration_s, 3), "windows": rows, "error": None}
 
-    def classify(self, upload: Upload, labels: list[str], method: str = "text", top: int = 5) -> dict[str, Any]:
-        """Zero-shot classification of a clip, as `pengi-search classify --json` gives one file."""
+    def classify(
+        self, upload: Upload, labels: list[str], method: str = "text", top: int = 5, texts: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Zero-shot classification of a clip, as `pengi-search classify --json` gives one file; `texts`: what a
+        label is scored as, where it is not the label itself."""
         from ..classify import Classifier, ClassifySettings
 
         try:
@@ -356,6 +359,7 @@ class Service:
                 device=self.settings.device,
                 batch_size=self.settings.batch_size,
                 engine=engine,
+                texts=texts,
             )
         except ValueError as exc:
             raise RequestError("classify", str(exc)) from None
