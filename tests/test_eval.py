@@ -398,6 +398,24 @@ def test_eval_classify_end_to_end(known, tiny_model_dir, tmp_path):
     assert (out / "confusion.png").exists() == HAVE_MATPLOTLIB
 
 
+def test_eval_classify_with_a_label_map_scores_its_answers(known, tiny_model_dir, tmp_path):
+    """`--labels` a `train init` label map: each label is scored as its answer, and the report records them."""
+    captions, _ = known
+    files = {"animals/dog.wav": "dog", "weather/rain.flac": "rain", "bell.wav": "bell", "animals/cat.flac": "cat"}
+    truth = write(captions.root / "truth.csv", "file,label\n" + "".join(f"{f},{lab}\n" for f, lab in files.items()))
+    answers = {"dog": "a dog barks", "rain": "rain on a roof", "bell": "a bell rings", "cat": "a cat meows"}
+    label_map = write(tmp_path / "labels.csv", "label,answer\n" + "".join(f"{k},{v}\n" for k, v in answers.items()))
+    out = tmp_path / "classify"
+    result = run(
+        "eval", "classify", captions.root, "--truth", truth, "--labels", label_map, "--db", captions.db,
+        "--model", tiny_model_dir, "--device", "cpu", "-o", out,
+    )  # fmt: skip
+    assert result.exit_code == EXIT_OK, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["setup"]["label_texts"] == answers
+    assert report["metrics"]["accuracy"] == 1.0  # the answers are the files' captions, word for word
+
+
 def test_eval_compare_command(tmp_path):
     for name, r1 in (("base", 0.25), ("tuned", 0.5)):
         write_report(retrieval_report(r1), tmp_path / name)

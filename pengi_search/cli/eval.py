@@ -400,7 +400,7 @@ def classify_files(
 
     Example: pengi-search eval classify esc50/audio --truth esc50/truth.csv -o runs/esc50
     """
-    from ..classify import LabelsError, read_labels, read_truth, write_csv
+    from ..classify import LabelsError, read_label_texts, read_labels, read_truth, write_csv
     from ..evaluation.classification import evaluate_classification
     from ..model_dir import ModelDir
     from .classify import classify_target
@@ -409,6 +409,7 @@ def classify_files(
     try:
         known = read_truth(truth)
         label_list = read_labels(labels if labels is not None else truth)
+        texts = read_label_texts(labels) if labels is not None else {}  # a label map: what each label is scored as
     except LabelsError as err:
         raise UsageError("", str(err)) from None
     settings = scoring.settings()
@@ -422,6 +423,7 @@ def classify_files(
         device=device,
         batch_size=batch_size,
         visible=show_progress(quiet, json_output),
+        texts=texts,
     )
     result = evaluate_classification(predictions, known, label_list)
     result["skipped"] = [{"file": path, "reason": reason} for path, reason in failures]
@@ -435,6 +437,8 @@ def classify_files(
         "labels": label_list,
     }
     setup = {"model": model_dir.identity, "method": scoring.method.value, "template": scoring.template}
+    if texts:
+        setup["label_texts"] = texts
     if scoring.method == Method.text:
         setup["text_embedder"] = scoring.text_embedder or "pengi"
     else:
