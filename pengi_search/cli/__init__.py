@@ -40,7 +40,9 @@ def _usage_error(err: Any) -> NoReturn:
     # Typer tells this one by its name too: its "message" is the help, already printed.
     if type(err).__name__ != "NoArgsIsHelpError":
         hint = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
-        fail(" ".join(err.format_message().split()) + hint, err.exit_code)
+        # Typer checks values with pydantic, whose messages start "Value error, " (a Python class name, not words).
+        message = " ".join(err.format_message().replace("Value error, ", "").split())
+        fail(message + hint, err.exit_code)
     raise typer.Exit(err.exit_code)
 
 
