@@ -8,7 +8,7 @@ from pengi_search.cli import app
 
 
 def main() -> None:
-    app(args=["index", *sys.argv[1:]], prog_name="python -m indexer")
+    app(args=["index", *sys.argv[1:]], prog_name="pengi-search")  # usage and hints name a command that runs
 
 
 if __name__ == "__main__":
