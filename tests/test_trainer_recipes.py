@@ -296,6 +296,17 @@ def test_early_stopping_ends_the_run_when_the_metric_stops_improving(tmp_path, t
     (end,) = read_metrics(tmp_path / "run" / METRICS_FILE, "end")
     assert end["stopped_early"] and end["step"] == stop["step"]
 
+    # Resumed, it trained to the next evaluation and wrote model/ and an `end` again: now it says it has finished.
+    metrics = (tmp_path / "run" / METRICS_FILE).read_bytes()
+    result = cli("train", str(config_path), "--resume")
+    assert result.exit_code == EXIT_OK, result.output
+    assert (
+        f"the run already finished at step {stop['step']} (early stop: no better val_loss in 2 evaluations, "
+        "evaluation.patience 2): nothing was trained or written" in " ".join(result.output.split())
+    )
+    assert "raise evaluation.patience and resume again" in " ".join(result.output.split())
+    assert (tmp_path / "run" / METRICS_FILE).read_bytes() == metrics
+
 
 def test_a_time_budget_ends_the_run_with_an_evaluation_and_a_best_model(tmp_path, tiny_no_text_model_dir) -> None:
     config_path = label_run_config(tmp_path, tiny_no_text_model_dir, optimization__max_minutes=1e-6)

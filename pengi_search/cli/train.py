@@ -49,7 +49,14 @@ def run(
             "--dry-run", help="Check the data, model, shapes and plan; estimate the time per epoch. Trains nothing."
         ),
     ] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's latest checkpoint.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue from the run's latest checkpoint (a finished run trains on only if max_steps, epochs "
+            "or patience was raised; otherwise nothing is written).",
+        ),
+    ] = False,
     resume_from: Annotated[
         Path | None, typer.Option("--resume-from", help="Continue from this checkpoint file.")
     ] = None,
