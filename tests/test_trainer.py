@@ -273,6 +273,36 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(uninterrupted, tmp_p
     assert all(torch.equal(resumed[key], reference[key]) for key in reference)
 
 
+def test_resuming_a_finished_run_says_so_and_writes_nothing_and_a_raised_max_steps_trains_on(
+    tmp_path, sounds, tiny_model_dir
+) -> None:
+    """--resume after the run reached max_steps trained nothing, wrote the model again and logged a second `end`,
+    without a word."""
+    config_path = write_config(tmp_path, tiny_model_dir, sounds / "train.jsonl")  # max_steps 4
+    check_trained(config_path)
+    run = tmp_path / "run"
+
+    def written() -> dict[str, tuple[int, int]]:
+        return {str(p.relative_to(run)): (p.stat().st_mtime_ns, p.stat().st_size) for p in run.rglob("*")}
+
+    before, metrics = written(), (run / METRICS_FILE).read_bytes()
+    result = train_command(config_path, "--resume")
+    assert result.exit_code == 0, result.output
+    message = " ".join(result.stderr.split())
+    assert "the run already finished at step 4 (optimization.max_steps 4): nothing was trained or written" in message
+    assert f"its model is in {run / 'model'}" in message
+    assert "raise optimization.max_steps" in message
+    assert written() == before and (run / METRICS_FILE).read_bytes() == metrics
+    result = train_command(config_path, "--resume-from", str(run / "checkpoints" / "step-00000004.pt"))
+    assert result.exit_code == 0 and "already finished at step 4" in result.stderr and written() == before
+
+    # More steps in the config: the run goes on from its last checkpoint to the new end.
+    check_trained(config_path, "--resume", "--set", "optimization.max_steps=6")
+    assert [step for step, _ in losses(run)] == [1, 2, 3, 4, 5, 6]
+    assert [end["step"] for end in read_metrics(run / METRICS_FILE, "end")] == [4, 6]
+    assert json.loads((run / "model" / "config.json").read_text())["trained"]["steps"] == 6
+
+
 def test_resume_without_a_checkpoint_fails_clearly(tmp_path, sounds, tiny_model_dir) -> None:
     config_path = write_config(tmp_path, tiny_model_dir, sounds / "train.jsonl")
     result = train_command(config_path, "--resume")

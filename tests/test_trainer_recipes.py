@@ -117,6 +117,67 @@ def test_init_keeps_a_split_column_and_never_trains_on_test_rows(tmp_path) -> No
     assert "validation: null" in result.config.read_text()
 
 
+def test_init_refuses_a_folder_holding_an_earlier_init_unless_forced_and_then_leaves_no_stale_file(tmp_path) -> None:
+    """Init again into the same --out replaced the edited config.yaml, the manifests and the label map under a run
+    trained on them, and left an earlier test.jsonl behind; now it refuses as `train` refuses a used output_dir."""
+    write_clips(tmp_path, per_label=3)
+    with_test = [
+        "file,label,split",
+        *(f"{label}_{i}.wav,{label},{'test' if i == 2 else ''}" for label in LABELS for i in range(3)),
+    ]
+    (tmp_path / "with-test.csv").write_text("\n".join(with_test) + "\n")
+    (tmp_path / "plain.csv").write_text(
+        "file,label\n" + "".join(f"{label}_{i}.wav,{label}\n" for label in LABELS for i in range(3))
+    )
+    out = tmp_path / "t"
+
+    def init(csv: str, *options: str):
+        return cli("train", "init", str(tmp_path / csv), "--audio-root", str(tmp_path), "--out", str(out), *options)
+
+    assert init("with-test.csv", "--validation", "0.5").exit_code == EXIT_OK
+    config = out / "config.yaml"
+    config.write_text(config.read_text().replace("batch_size: 32", "batch_size: 8"))  # the user's edit
+    (out / "notes.txt").write_text("mine")
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+
+    result = init("plain.csv")
+    assert result.exit_code == EXIT_USAGE
+    assert result.output.strip() == (
+        f"error: {out}: holds an earlier init (config.yaml, labels.csv, train.jsonl, validation.jsonl, test.jsonl): "
+        "replace it with --force, or choose another --out"
+    )
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before  # nothing written
+
+    checkpoint = out / "run" / "checkpoints" / "step-00000010.pt"  # a run trained on the earlier manifests
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"weights")
+    result = init("plain.csv")
+    assert result.exit_code == EXIT_USAGE and len(result.output.strip().splitlines()) == 1
+    assert f"and a run trained on it ({out / 'run'}): replace the init with --force (the run stays)" in result.output
+
+    result = init("plain.csv", "--force")
+    assert result.exit_code == EXIT_OK, result.output
+    assert "batch_size: 32" in config.read_text()  # replaced, as asked
+    assert not (out / "test.jsonl").exists()  # the earlier init's: it would pass for this CSV's test rows
+    assert sorted(path.name for path in out.iterdir()) == [
+        "config.yaml",
+        "labels.csv",
+        "notes.txt",
+        "run",
+        "train.jsonl",
+        "validation.jsonl",
+    ]
+    assert checkpoint.read_bytes() == b"weights" and (out / "notes.txt").read_text() == "mine"
+    assert f"warning: the run in {out / 'run'} was trained on the manifests this init replaced" in " ".join(
+        result.output.split()
+    )
+
+    (out / "labels.csv").write_bytes((tmp_path / "plain.csv").read_bytes())  # the user's CSV, where the map goes
+    result = cli("train", "init", str(out / "labels.csv"), "--audio-root", str(tmp_path), "--out", str(out), "--force")
+    assert result.exit_code == EXIT_USAGE and "init would write its own file of that name over it" in result.output
+    assert (out / "labels.csv").read_bytes() == (tmp_path / "plain.csv").read_bytes()
+
+
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_writes_a_loadable_config(tmp_path, recipe) -> None:
     labels = write_clips(tmp_path / "clips")
@@ -234,6 +295,17 @@ def test_early_stopping_ends_the_run_when_the_metric_stops_improving(tmp_path, t
     assert stop["step"] < 40 and stop["since_best"] == 2
     (end,) = read_metrics(tmp_path / "run" / METRICS_FILE, "end")
     assert end["stopped_early"] and end["step"] == stop["step"]
+
+    # Resumed, it trained to the next evaluation and wrote model/ and an `end` again: now it says it has finished.
+    metrics = (tmp_path / "run" / METRICS_FILE).read_bytes()
+    result = cli("train", str(config_path), "--resume")
+    assert result.exit_code == EXIT_OK, result.output
+    assert (
+        f"the run already finished at step {stop['step']} (early stop: no better val_loss in 2 evaluations, "
+        "evaluation.patience 2): nothing was trained or written" in " ".join(result.output.split())
+    )
+    assert "raise evaluation.patience and resume again" in " ".join(result.output.split())
+    assert (tmp_path / "run" / METRICS_FILE).read_bytes() == metrics
 
 
 def test_a_time_budget_ends_the_run_with_an_evaluation_and_a_best_model(tmp_path, tiny_no_text_model_dir) -> None:

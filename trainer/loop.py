@@ -118,6 +118,8 @@ def train(
         trainer = Trainer(config, processes, source, console)
         if checkpoint is not None:
             trainer.resume(checkpoint)
+            if trainer.finished is not None:  # nothing to train: said, and nothing written
+                return trainer.already_finished(checkpoint)
         return trainer.fit()
     finally:
         # DistributedDataParallel's reducer must be freed while its process group still exists: freed after
@@ -194,6 +196,7 @@ class Trainer:
         self.stopped_early = False
         self.last_checkpoint: int | None = None  # step of the latest step checkpoint
         self.rng_to_restore: dict[str, Any] | None = None
+        self.finished: tuple[str, str] | None = None  # resumed at the run's end: why, and what to raise
         self.metrics = MetricsLog(config.output_dir / METRICS_FILE, enabled=processes.main)
         self.progress = TrainingProgress(self.total_steps, 0, enabled=shown, console=self.console)
 
@@ -245,6 +248,9 @@ class Trainer:
         self.scaler.load_state_dict(payload["scaler"])
         self.position = Position(**payload["position"])
         self.best.restore(payload.get("best", {}))
+        self.finished = self._finished()
+        if self.finished is not None:
+            return  # before the metrics log is touched: a finished run stays as it is
         if payload["train_examples"] != len(self.data.train_set):
             log.warning("the training manifest changed since the checkpoint: the data order will differ")
         rng = payload["rng"]
@@ -258,6 +264,46 @@ class Trainer:
             )
         self.metrics.truncate_after(self.position.step)
         self.progress.print(f"resumed from {path} at step {self.position.step}")
+
+    def _finished(self) -> tuple[str, str] | None:
+        """Why a run resumed here has nothing left to train under this configuration (and what to raise), or None.
+
+        The configuration decides, not the checkpoint: a run resumed with a raised `optimization.max_steps` (or
+        `epochs`, or `evaluation.patience`) trains on to the new end."""
+        step, opt = self.position.step, self.config.optimization
+        if step >= self.total_steps:
+            if opt.max_steps:
+                return f"at step {step} (optimization.max_steps {opt.max_steps})", "optimization.max_steps"
+            return (
+                f"at step {step} (optimization.epochs {opt.epochs}: {self.total_steps} steps)",
+                "optimization.epochs (or set optimization.max_steps)",
+            )
+        if self.best.exhausted:
+            return (
+                f"at step {step} (early stop: no better {self.best.metric} in {self.best.since_best} evaluations, "
+                f"evaluation.patience {self.best.patience})",
+                "evaluation.patience",
+            )
+        return None
+
+    def already_finished(self, checkpoint: Path) -> TrainingResult:
+        """Resumed at the run's end (`finished`): say so, where its model is and how to train on; write nothing."""
+        where, what = self.finished
+        folder = self.config.output_dir
+        model_dir = folder / MODEL_DIR if (folder / MODEL_DIR / "config.json").is_file() else None
+        if model_dir is not None:
+            model = f"its model is in {model_dir}"
+            if (folder / BEST_MODEL_DIR).is_dir():
+                model += f" (the best evaluation's in {folder / BEST_MODEL_DIR})"
+        else:
+            model = f"pengi-search train export {checkpoint} writes its model"
+        if self.processes.main:  # even with --quiet: it is the run's only outcome
+            self.console.print(
+                f"the run already finished {where}: nothing was trained or written; {model}. To train on, raise "
+                f"{what} and resume again",
+                soft_wrap=True,
+            )
+        return TrainingResult(self.model, self.tokenizers, model_dir, self.position.step)
 
     # --- Loop --------------------------------------------------------------------------------------------------
 

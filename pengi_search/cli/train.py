@@ -49,7 +49,14 @@ def run(
             "--dry-run", help="Check the data, model, shapes and plan; estimate the time per epoch. Trains nothing."
         ),
     ] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's latest checkpoint.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue from the run's latest checkpoint (a finished run trains on only if max_steps, epochs "
+            "or patience was raised; otherwise nothing is written).",
+        ),
+    ] = False,
     resume_from: Annotated[
         Path | None, typer.Option("--resume-from", help="Continue from this checkpoint file.")
     ] = None,
@@ -118,8 +125,18 @@ def init(
     init_model: Annotated[
         str | None, typer.Option("--init", help="finetune-released: the model to start from.")
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace an earlier init's files in --out (config.yaml included, edits and all) and remove those "
+            "this init does not write (a stale test.jsonl); a run there stays.",
+        ),
+    ] = False,
 ) -> None:
     """Turn a labels CSV into training and validation manifests, a label map and a config from a recipe.
+
+    A folder that already holds an earlier init's files is refused (nothing is written) unless --force.
 
     Then: pengi-search train OUT/config.yaml --dry-run, and pengi-search train OUT/config.yaml
     """
@@ -136,6 +153,7 @@ def init(
         task=task,
         captions=captions,
         init=init_model,
+        force=force,
     )
     counts = ", ".join(f"{count} {split}" for split, count in result.counts.items() if count)
     out_console.print(f"clips: {counts}")
