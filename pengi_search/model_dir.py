@@ -130,6 +130,13 @@ class ModelDir:
         """The text embedder this model provides by default, its own CLIP tower; None without a text encoder."""
         return PENGI_TEXT_PREFIX + self.identity if self.has_text_encoder else None
 
+    @property
+    def trained_tasks(self) -> tuple[str, ...] | None:
+        """The tasks of the training data of a model that `pengi-search train` wrote (its manifests' `task`s, as it
+        recorded them); None for a released model, or one trained before they were recorded."""
+        tasks = (self.meta.get("trained") or {}).get("tasks")
+        return tuple(tasks) if tasks else None
+
     def tokenizer_dir(self, kind: str) -> Path:
         """Where the `kind` ("gpt2" or "clip") tokenizer is installed, if it is."""
         return self.path / TOKENIZER_DIR / kind

@@ -6,6 +6,8 @@ those that training manifests write in their `task` column, so they are part of 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 # Task name -> prompt. The question-answering prompt has a `{question}` field (see `question_prompt`).
 TASK_PROMPTS: dict[str, str] = {
     "caption": "generate audio caption",
@@ -21,6 +23,15 @@ TASK_PROMPTS: dict[str, str] = {
 
 # The tasks that `describe` answers by default, as the reference's describe does.
 DESCRIBE_TASKS: tuple[str, ...] = ("caption", "metadata", "sound_event")
+
+
+def describe_tasks(trained: Sequence[str] | None = None) -> tuple[str, ...]:
+    """What `describe` asks a model by default: the reference's three tasks, or, for a model trained on named tasks
+    (`ModelDir.trained_tasks`), those of them that have a prompt of their own, so that it is not asked what it
+    never learnt ("generate metadata" of a model trained on labels). `DESCRIBE_TASKS` order first."""
+    own = [task for task in dict.fromkeys(trained or ()) if task in TASK_PROMPTS and task != "qa"]
+    order = {task: rank for rank, task in enumerate(DESCRIBE_TASKS)}
+    return tuple(sorted(own, key=lambda task: order.get(task, len(order)))) or DESCRIBE_TASKS
 
 
 def question_prompt(question: str) -> str:

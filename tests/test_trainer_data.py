@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from pengi_search.prompts import TASK_PROMPTS
+from pengi_search.prompts import DESCRIBE_TASKS, TASK_PROMPTS, describe_tasks
 from trainer.data import (
     CLIP_SAMPLES,
     FREE_PROMPT,
@@ -73,6 +73,19 @@ def test_templates_render_the_shared_prompt_table() -> None:
             assert render_prompt(task) == prompt
     assert render_prompt("sound_event") == "this is a sound of"  # the paper's wording (Table 1), as manifests expect
     assert render_prompt("qa", "  what is barking? ") == "question: what is barking?"
+
+
+@pytest.mark.parametrize(
+    ("trained", "asked"),
+    [
+        (None, DESCRIBE_TASKS),  # a released model: the reference's three
+        (("sound_event", "caption"), ("caption", "sound_event")),  # the labels recipe's: never "generate metadata"
+        (("acoustic_scene", "caption", "acoustic_scene"), ("caption", "acoustic_scene")),
+        (("qa",), DESCRIBE_TASKS),  # no fixed prompt to ask: as a released model
+    ],
+)
+def test_describe_asks_a_trained_model_the_tasks_it_learnt(trained, asked) -> None:
+    assert describe_tasks(trained) == asked
 
 
 @pytest.mark.parametrize(

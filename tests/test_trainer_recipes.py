@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from pengi_search.cli import app
 from pengi_search.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from pengi_search.model import Pengi
+from pengi_search.model_dir import ModelDir
 from trainer.augment import augment
 from trainer.config import AugmentationSection, load_config
 from trainer.data import AudioTextDataset, read_manifest
@@ -341,6 +342,13 @@ def test_ctrl_c_writes_a_checkpoint_and_the_model_and_any_checkpoint_exports(
     at_7, interrupted = Pengi.from_pretrained(tmp_path / "at-7"), Pengi.from_pretrained(run / "model")
     interrupted_state = interrupted.state_dict()
     assert all(torch.equal(value, interrupted_state[key]) for key, value in at_7.state_dict().items())
+    # Both record what the model learnt (the manifests' one task), and describe asks it that, not all three tasks.
+    assert ModelDir.read(run / "model").trained_tasks == ModelDir.read(tmp_path / "at-7").trained_tasks
+    assert ModelDir.read(tmp_path / "at-7").trained_tasks == ("sound_event",)
+    clip = tmp_path / "clips" / "low_0.wav"
+    described = cli("describe", str(clip), "--model", str(tmp_path / "at-7"), "--json", "--beam", "1", "--max-len", "2")
+    assert described.exit_code == EXIT_OK, described.output
+    assert [list(window["answers"]) for window in json.loads(described.stdout)[0]["windows"]] == [["sound_event"]]
     monkeypatch.setattr(Trainer, "_after_step", after_step)
     assert cli("train", str(config_path), "--resume").exit_code == EXIT_OK
     assert read_metrics(run / METRICS_FILE, "end")[-1]["step"] == 40

@@ -4,6 +4,7 @@ from any of its checkpoints afterwards (`pengi-search train export CHECKPOINT`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,12 @@ def export_model(
     *,
     step: int,
     config: dict[str, Any],
+    tasks: Sequence[str] | None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """A model directory with the run's settings and step recorded under `trained` in its config.json."""
-    trained = {"steps": step, "config": config, **(extra or {})}
+    """A model directory with the run's settings, step and training tasks (None: not known) recorded under
+    `trained` in its config.json (`ModelDir.trained_tasks` reads them: `describe` asks a model what it learnt)."""
+    trained = {"steps": step, "tasks": None if tasks is None else list(tasks), "config": config, **(extra or {})}
     return model.save_pretrained(directory, tokenizers=tokenizers, extra={"trained": trained})
 
 
@@ -48,6 +51,7 @@ def export_checkpoint(checkpoint: Path, output: Path | None = None) -> Path:
     load_model_state(model, payload["model"], checkpoint)
     step = int(payload["position"]["step"])
     directory = output or config.output_dir / f"model-step-{step:08d}"
+    tasks = payload.get("tasks")  # absent from checkpoints written before tasks were recorded
     return export_model(
-        model, tokenizers, directory, step=step, config=payload["config"], extra={"from": str(checkpoint)}
+        model, tokenizers, directory, step=step, config=payload["config"], tasks=tasks, extra={"from": str(checkpoint)}
     )

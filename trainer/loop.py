@@ -531,6 +531,7 @@ class Trainer:
             "rng": rng,
             "data": {"seed": self.config.seed, "epoch": self.position.epoch},
             "train_examples": len(self.data.train_set),
+            "tasks": list(self.data.tasks),
             "total_steps": self.total_steps,
             "best": self.best.state(),
             "config": self.config.to_dict(),
@@ -550,6 +551,7 @@ class Trainer:
             directory,
             step=self.position.step,
             config=self.config.to_dict(),
+            tasks=self.data.tasks,
             extra=extra,
         )
 

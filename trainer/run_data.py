@@ -59,6 +59,7 @@ class RunData:
     eval_rows: list[int]
     candidates: dict[str, list[str]]
     skipped_at_caching: int  # rows of either manifest whose clip could not be encoded
+    tasks: tuple[str, ...]  # the named tasks of the training rows, first seen first: what the model learns to answer
 
 
 def check_prompts(examples: list[Example], tokenizers: Tokenizers, manifest: Path) -> None:
@@ -124,6 +125,7 @@ def prepare_data(
         eval_rows=rows,
         candidates=label_sets(examples + (val_examples or [])),
         skipped_at_caching=skipped,
+        tasks=tuple(dict.fromkeys(example.task for example in examples if example.task is not None)),
     )
 
 

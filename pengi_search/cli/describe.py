@@ -44,6 +44,7 @@ from .common import (
 if TYPE_CHECKING:
     from ..audio import Window
     from ..inference import Answer, Engine
+    from ..model_dir import ModelDir
     from ..window_batches import Decoding
 
 FilesArgument = Annotated[
@@ -85,24 +86,29 @@ class FileResult:
 
 def _describe_files(
     files: list[Path],
-    prompts: dict[str, str],
+    prompts: dict[str, str] | None,
     options: DescribeOptions,
     *,
     answer_prefix: str,
     progress: bool,
 ) -> list[FileResult]:
-    """Every window's answer to every prompt, for all files at once: windows from all files fill the batches. A file
-    that cannot be decoded is reported (here, as it happens, and in its result) and the others go on; a folder
-    stands for its audio files."""
+    """Every window's answer to every prompt (None: the model's default tasks), for all files at once: windows from
+    all files fill the batches. A file that cannot be decoded is reported (here, as it happens, and in its result)
+    and the others go on; a folder stands for its audio files."""
+    from ..model_dir import ModelDir
+    from ..prompts import TASK_PROMPTS, describe_tasks
     from ..window_batches import Decoding
 
     files, unreadable = _expand_folders(files)
     skipped = [_skipped(Path(path), reason) for path, reason in unreadable]
     if not files:
         return skipped
+    model_dir = ModelDir.resolve(options.model)  # after the inputs: their mistakes are reported first
+    if prompts is None:
+        prompts = {task: TASK_PROMPTS[task] for task in describe_tasks(model_dir.trained_tasks)}
     with Decoding(files, hop_s=options.hop) as decoding:  # the files decode while the model's code imports and loads
         with lasting_objects():
-            engine = _load_engine(options, prompts=len(prompts))
+            engine = _load_engine(model_dir, options, prompts=len(prompts))
         described = _describe_decoding(
             decoding, engine, prompts, options, answer_prefix=answer_prefix, progress=progress
         )
@@ -131,13 +137,12 @@ def _skipped(path: Path, reason: str) -> FileResult:
     return FileResult(path, 0.0, [], f"{shown(str(path))}: {reason}")
 
 
-def _load_engine(options: DescribeOptions, *, prompts: int) -> Engine:
+def _load_engine(model_dir: ModelDir, options: DescribeOptions, *, prompts: int) -> Engine:
     from ..inference import Engine
-    from ..model_dir import ModelDir
 
     apply_threads(options.threads)
     rows = None if options.batch_size is None else options.batch_size * prompts
-    return Engine.load(ModelDir.resolve(options.model), options.device, rows, options.long_prompts, fast=options.fast)
+    return Engine.load(model_dir, options.device, rows, options.long_prompts, fast=options.fast)
 
 
 def _describe_decoding(
@@ -235,13 +240,12 @@ def describe(
     """Describe what each 7 s window of each file sounds like.
 
     By default every window gets Pengi's caption ("generate audio caption"), metadata ("generate metadata") and
-    sound events ("this is a sound of"); --prompt asks your own, e.g. --prompt "this acoustic scene is".
+    sound events ("this is a sound of"); a model you trained is asked the tasks of its training data instead.
+    --prompt asks your own, e.g. --prompt "this acoustic scene is".
 
     Example: pengi-search describe rain.wav --json
     """
-    from ..prompts import DESCRIBE_TASKS, TASK_PROMPTS
-
-    prompts = {p: p for p in prompt} if prompt else {task: TASK_PROMPTS[task] for task in DESCRIBE_TASKS}
+    prompts = {p: p for p in prompt} if prompt else None
     progress = show_progress(quiet, json_output)
     results = _describe_files(files, prompts, options, answer_prefix=answer_prefix, progress=progress)
     _show(results, json_output=json_output, asked=False)

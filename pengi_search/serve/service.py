@@ -330,10 +330,11 @@ class Service:
         from ..audio import iter_windows
         from ..decoding import GenerationConfig
         from ..inference import described_window
-        from ..prompts import DESCRIBE_TASKS, TASK_PROMPTS
+        from ..prompts import TASK_PROMPTS, describe_tasks
 
         engine = self.engine()
-        keys, prompts = list(DESCRIBE_TASKS), [TASK_PROMPTS[task] for task in DESCRIBE_TASKS]
+        keys = list(describe_tasks(self.model_dir().trained_tasks))
+        prompts = [TASK_PROMPTS[task] for task in keys]
         windows = list(iter_windows(upload.path))
         gen = GenerationConfig(beam=self.settings.beam, max_len=self.settings.max_len)
         with self._model_lock:
