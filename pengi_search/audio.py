@@ -11,7 +11,7 @@ Windowing rule (deterministic, every window holds real audio, all windows are ex
   - a file shorter than one window gives a single window, padded the way the original Pengi pads: the whole clip
     repeated end to end, then cut (see `pad_to_length`).
 
-Every failure to read a file (missing, empty, not audio, corrupt, NaN/Inf samples, no samples) raises
+Every failure to read a file (missing, empty, not audio, corrupt, NaN/Inf or absurdly large samples, no samples) raises
 `AudioDecodeError`. It can surface mid-iteration, after some windows were yielded: a caller that stores windows
 should treat the whole file as failed. A file cut short whose decoder stops cleanly at the cut (WAV, AIFF, MP3) is
 read as far as it goes, like players do; a `DecodeReport` passed to `iter_windows` or `stream_audio` then says how
@@ -79,6 +79,9 @@ log = logging.getLogger(__name__)
 _SIZE_CLAIM = re.compile(r"^\s*(data|SSND|Data Size|riff|Riff size)\s*:\s*(\d+) \(should be (\d+)\)", re.MULTILINE)
 _WHOLE_FILE_CLAIMS = {"riff", "Riff size"}
 _STREAMED_SIZE = 0xFFFF_FFF0  # at or above: the placeholder a writer that could not seek back leaves, not a size
+# Float samples beyond this (240 dB above full scale) are not audio, e.g. a float file written wrong: the
+# spectrogram of samples near 1e17 overflows float32 and every answer for the file would be made of NaN.
+MAX_SAMPLE = 1e12
 TRUNCATION_TOLERANCE_S = 0.05  # shorter than the header says by more than this (and by more than 1%): truncated
 
 
@@ -335,6 +338,13 @@ def _decoded_blocks(source: _Source, report: DecodeReport, start_frame: int = 0)
                 first_bad = int(np.argmin(np.isfinite(block).all(axis=1)))
                 at = (decoded + first_bad) / source.sample_rate
                 raise AudioDecodeError(source.path, f"non-finite samples (NaN or Inf) at {at:.2f} s")
+            peaks = np.abs(block).max(axis=1)
+            if len(block) and peaks.max() > MAX_SAMPLE:
+                first_bad = int(np.argmax(peaks > MAX_SAMPLE))
+                at = (decoded + first_bad) / source.sample_rate
+                raise AudioDecodeError(
+                    source.path, f"samples out of range ({peaks[first_bad]:.0e} at {at:.2f} s; audio is within ±1)"
+                )
             decoded += len(block)
             report.decoded_frames = decoded
             yield block

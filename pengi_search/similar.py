@@ -29,6 +29,8 @@ from .search import Hit, SearchScope, check_index_model, search_index
 # ---------------------------------------------------------------------------------------------------------------
 # audio -> audio
 
+NON_FINITE_VECTOR = "audio vector has NaN or infinite values"
+
 
 @dataclass(frozen=True)
 class StoredWindows:
@@ -123,6 +125,9 @@ def similar_to_files(
                 yield SimilarResult(path, [], "decoded", outcome.error)
                 continue
             vectors, spans, source = np.stack(outcome.results), [(s.start_s, s.end_s) for s in outcome.spans], "decoded"
+        if not np.isfinite(vectors).all():  # the model overflowed on this file: reported as `index` records it
+            yield SimilarResult(path, [], source, NON_FINITE_VECTOR)
+            continue
         hits = search_index(library, index, vectors, scope.excluding(absolute(path)), query_spans=spans)
         yield SimilarResult(path, hits, source)
 

@@ -393,6 +393,7 @@ BAD_INPUTS = [
     ("no_samples.wav", _no_samples, "no audio samples"),
     ("nan.wav", _with_value(np.nan), "non-finite samples"),
     ("inf.wav", _with_value(np.inf), "non-finite samples"),
+    ("huge.wav", _with_value(1e30), "samples out of range"),
     ("video.mp4", _video_only, "no audio stream"),
     ("folder.wav", _directory, "cannot read file"),
     ("missing.wav", _missing, "cannot read file"),
@@ -427,6 +428,18 @@ def test_non_finite_samples_are_located(tmp_path: Path) -> None:
     _with_value(np.nan)(path)
     with pytest.raises(AudioDecodeError, match=r"non-finite samples \(NaN or Inf\) at 1\.00 s"):
         load_audio(path)
+
+
+def test_samples_too_large_for_the_spectrogram_are_located(tmp_path: Path) -> None:
+    """A float file whose samples are absurdly large (written wrong) would give NaN answers: it is refused where
+    its first such sample is. Float audio far above full scale but still meaningful (int32-scaled) decodes."""
+    path = tmp_path / "huge.wav"
+    _with_value(-3e17)(path)
+    with pytest.raises(AudioDecodeError, match=r"samples out of range \(3e\+17 at 1\.00 s; audio is within ±1\)"):
+        load_audio(path)
+    loud = tmp_path / "int32-scaled.wav"
+    sf.write(loud, _tone(440.0, 1.0, SAMPLE_RATE) * 2.0**31, SAMPLE_RATE, subtype="FLOAT")
+    assert np.abs(load_audio(loud)).max() > 1e9
 
 
 @pytest.mark.parametrize(("name", "make"), [("no_samples.wav", _no_samples), ("text.mp3", _text)])

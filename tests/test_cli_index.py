@@ -105,6 +105,19 @@ def test_remove_forgets_a_folder_and_updates_the_vector_indexes(tiny_model_dir, 
     assert again.exit_code == EXIT_FAILED and "nothing in the index" in again.stderr
 
 
+def test_remove_with_an_empty_path_forgets_nothing(tiny_model_dir, sounds, tmp_path, monkeypatch):
+    """`pengi-search remove "$UNSET"` is bad usage: an empty path is not the current folder."""
+    db = tmp_path / "lib.db"
+    assert index(sounds, db, tiny_model_dir).exit_code == 0
+    monkeypatch.chdir(sounds)
+    result = run("remove", "", "--db", db)
+    assert result.exit_code == EXIT_USAGE and "the path is empty" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    with Library.open(str(db)) as library:
+        assert len(library.vector_index("audio")) == 4
+    assert run("remove", ".", "--db", db).exit_code == 0  # said explicitly, it is the current folder
+
+
 def test_a_missing_folder_is_a_usage_error_and_prunes_nothing(tiny_model_dir, sounds, tmp_path):
     db = tmp_path / "lib.db"
     assert index(sounds, db, tiny_model_dir).exit_code == 0

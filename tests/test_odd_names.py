@@ -127,6 +127,15 @@ def test_similar_to_the_odd_file_uses_its_stored_vectors_and_leaves_it_out(tree,
     assert tree["odd"] not in paths and tree["inside"] in paths
 
 
+def test_similar_to_several_files_names_the_odd_one_with_its_bytes(tree, indexed, tiny_model_dir):
+    good = f"{tree['root']}/good.wav"
+    result = run("similar", tree["odd"], good, "--db", indexed["db"], "--model", tiny_model_dir, "--json")
+    assert result.exit_code == EXIT_OK, result.output
+    odd, plain = json.loads(result.stdout)
+    assert odd["file"] == tree["odd"] and base64.b64decode(odd["file_bytes"]) == os.fsencode(tree["odd"])
+    assert plain["file"] == good and "file_bytes" not in plain
+
+
 def test_describe_and_ask_the_odd_file(tree, tiny_model_dir):
     described = run("describe", tree["odd"], "--model", tiny_model_dir, *QUICK, "--json")
     assert described.exit_code == EXIT_OK, described.output

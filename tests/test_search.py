@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from pengi_search import similar as similar_module
 from pengi_search.bpe_tokenizer import TokenizerFileError
 from pengi_search.checkpoint import CheckpointError
 from pengi_search.choices import By
@@ -19,7 +20,7 @@ from pengi_search.library import EmptyLibraryError, Library
 from pengi_search.model import Pengi
 from pengi_search.model_dir import ModelDir
 from pengi_search.search import Filters, SearchScope, query_embedder, query_text, search_index
-from pengi_search.similar import similar_to_file, stored_windows
+from pengi_search.similar import similar_to_file, similar_to_files, stored_windows
 from pengi_search.testing import clip_like_tokenizer, make_tiny_model_dir, tiny_config, tiny_gpt2_tokenizer
 from pengi_search.text_query import NumpyTextEmbedder, mapped_tensors
 from pengi_search.tokenization import TOKENIZER_DIR
@@ -346,6 +347,24 @@ def test_a_changed_file_is_decoded_again(indexed, tiny_model_dir):
             assert similar_to_file(lib, path, model=str(tiny_model_dir), device="cpu")[1] == "decoded"
         finally:
             os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_similar_reports_a_file_it_cannot_embed_and_goes_on(indexed, tiny_model_dir, tmp_path, monkeypatch):
+    """A file whose audio vectors come out NaN is reported as `index` records such a file (exit 3 in the CLI),
+    not an error that ends the command; the next file still gets its hits."""
+    db, sounds = indexed
+    odd, fine = shutil.copy(sounds / "b.flac", tmp_path / "odd.flac"), shutil.copy(sounds / "a.wav", tmp_path)
+    real = similar_module._audio_vectors
+
+    def nan_for_long_files(engine):
+        embed = real(engine)
+        return lambda windows: [v * np.nan if w.end_s > 5 else v for w, v in zip(windows, embed(windows), strict=True)]
+
+    monkeypatch.setattr(similar_module, "_audio_vectors", nan_for_long_files)
+    with Library.open(db) as lib:
+        results = list(similar_to_files(lib, [odd, fine], model=str(tiny_model_dir), device="cpu"))
+    assert [(r.error, r.hits) for r in results[:1]] == [("audio vector has NaN or infinite values", [])]
+    assert results[1].error is None and results[1].hits
 
 
 def test_similar_refuses_to_embed_with_another_model(indexed, tmp_path):

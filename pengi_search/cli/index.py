@@ -258,9 +258,16 @@ def stats(db: DbOption = None, json_output: JsonOption = False) -> None:
         _print_stats(data)
 
 
+def _given_path(value: str) -> Path:
+    """A path argument that may not be empty: `remove "$UNSET"` must not mean the current folder, and forget it."""
+    if not value:
+        raise typer.BadParameter("the path is empty (write . for the current folder)")
+    return Path(value)
+
+
 @handle_errors
 def remove(
-    path: Annotated[Path, typer.Argument(help="A file, or a folder: everything indexed below it.")],
+    path: Annotated[Path, typer.Argument(help="A file, or a folder: everything indexed below it.", parser=_given_path)],
     db: DbOption = None,
     json_output: JsonOption = False,
 ) -> None:

@@ -238,6 +238,8 @@ def similar(
 
 
 def _show_similar(results: list[SimilarResult], *, json_output: bool) -> None:
+    from ..pathnames import path_fields
+
     for result in results:
         if result.error is not None:
             err_console.print(
@@ -249,7 +251,12 @@ def _show_similar(results: list[SimilarResult], *, json_output: bool) -> None:
     if json_output:
         print_json(
             [
-                {"file": r.path, "source": r.source, "hits": [hit.to_json() for hit in r.hits], "error": r.error}
+                {
+                    **path_fields(r.path, "file"),
+                    "source": r.source,
+                    "hits": [hit.to_json() for hit in r.hits],
+                    "error": r.error,
+                }
                 for r in results
             ]
         )
