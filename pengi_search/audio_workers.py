@@ -131,9 +131,12 @@ def decode_all(
 
 
 def _worker_main(jobs: Connection, results: Connection, chunk: int) -> None:
-    while (job := jobs.recv()) is not None:
-        for message in decode_file(job, chunk):
-            results.send(message)  # blocks until the parent reads: at most one message in flight per worker
+    try:
+        while (job := jobs.recv()) is not None:
+            for message in decode_file(job, chunk):
+                results.send(message)  # blocks until the parent reads: at most one message in flight per worker
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        return  # the run's process is gone (`kill -9`): no one to report to, and no traceback on its terminal
 
 
 def _context() -> multiprocessing.context.BaseContext:

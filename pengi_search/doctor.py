@@ -19,6 +19,8 @@ from typing import Any
 from . import __version__
 from .checkpoint import CheckpointError
 from .db import VECTOR_KINDS, Store, StoreError, default_index_path, resolve_db_url, sqlite_file
+from .db.errors import DatabaseURLError, driver_reason
+from .db.urls import shown_db_url
 from .download import INVALID_SUFFIX, RELEASES, TOKENIZERS, offline_setting
 from .hashing import file_sha256
 from .model_dir import CONFIG_FILE, MODEL_ENV, WEIGHTS_FILE, ModelDir, ModelNotFoundError, release_to_fetch
@@ -269,14 +271,16 @@ def _tree_bytes(path: Path) -> int:
 
 def check_database(db: str | None = None) -> tuple[dict[str, Any], list[Problem]]:
     """Schema revision, counts, SQLite's integrity check, runs left "running" and the FAISS files against it."""
-    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
     from .db.engine import create_store_engine
 
-    url = resolve_db_url(db)
-    data: dict[str, Any] = {"url": make_url(url).render_as_string(hide_password=True)}
-    db_file = sqlite_file(url)
+    try:
+        url = resolve_db_url(db)
+        data: dict[str, Any] = {"url": shown_db_url(url)}
+        db_file = sqlite_file(url)
+    except DatabaseURLError as err:  # a mistyped URL: shown as the error shows it, password hidden
+        return {"url": err.where, "exists": True}, [Problem("database", err.reason, "check --db or PENGI_SEARCH_DB")]
     data["exists"] = db_file is None or db_file.is_file()
     if not data["exists"]:
         return data, []  # nothing indexed yet: `pengi-search index` creates it
@@ -288,19 +292,34 @@ def check_database(db: str | None = None) -> tuple[dict[str, Any], list[Problem]
     try:
         return _check_open_database(engine, data, option)
     except (SQLAlchemyError, StoreError) as err:
-        reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
-        return data, [Problem("database", f"cannot be read: {reason}", _damaged_database_fix(option))]
+        fix = _damaged_database_fix(option) if db_file is not None else _unreachable_server_fix()
+        return data, [Problem("database", f"cannot be read: {driver_reason(err)}", fix)]
     finally:
         engine.dispose()
 
 
 def _check_open_database(engine: Any, data: dict[str, Any], option: str) -> tuple[dict[str, Any], list[Problem]]:
-    from .db.migrate import SCHEMA_HEAD, current_revision
+    from sqlalchemy import inspect
+
+    from .db.access import foreign_tables_reason
+    from .db.migrate import LIBRARY_TABLE, SCHEMA_HEAD, current_revision, foreign_revision_reason
 
     with engine.connect() as connection:
         data["schema_revision"] = current_revision(connection)
-        if data["schema_revision"] != SCHEMA_HEAD:
-            return data, [_schema_problem(data["schema_revision"], option)]
+        tables = inspect(connection).get_table_names()
+    if data["schema_revision"] is None and not tables:
+        data["exists"] = False  # an empty database on a server: `pengi-search index` makes the library in it
+        return data, []
+    if LIBRARY_TABLE not in tables:
+        reason = (
+            foreign_tables_reason(tables)
+            if data["schema_revision"] is None
+            else foreign_revision_reason({data["schema_revision"]})
+        )
+        return data, [Problem("database", reason, "point --db or PENGI_SEARCH_DB at a database of pengi-search's own")]
+    if data["schema_revision"] != SCHEMA_HEAD:
+        return data, [_schema_problem(data["schema_revision"], option)]
+    with engine.connect() as connection:
         if engine.dialect.name == "sqlite":
             rows = list(connection.exec_driver_sql("PRAGMA integrity_check").scalars())
             data["integrity"] = "ok" if rows == ["ok"] else rows[:5]
@@ -374,6 +393,13 @@ def _schema_problem(revision: str | None, option: str) -> Problem:
         return Problem("database", what, f"pengi-search stats{option}  (opening it upgrades the schema)")
     what = f"schema revision {revision} is newer than this pengi-search ({SCHEMA_HEAD}) knows"
     return Problem("database", what, "pip install --upgrade pengi-search")
+
+
+def _unreachable_server_fix() -> str:
+    return (
+        "check the URL (--db or PENGI_SEARCH_DB): the host and port, the user and password, the database's name; "
+        "and that the server is running"
+    )
 
 
 def _damaged_database_fix(option: str) -> str:

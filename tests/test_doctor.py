@@ -141,3 +141,36 @@ def test_an_unreadable_database_is_reported(tmp_path, isolated_home):
     what, fix = problems(report)["database"]
     assert code == 1 and what.startswith("cannot be read: file is not a database")
     assert "restore the database from a backup" in fix
+
+
+def test_doctor_tells_an_unreachable_server_from_a_damaged_database():
+    """A login or connection failure is fixed by checking the URL and the server, not by restoring a backup; the
+    password is never shown."""
+    import socket
+
+    from pengi_search.doctor import check_database
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens on it once closed
+    data, [problem] = check_database(f"postgresql+psycopg://me:Secret-PW@127.0.0.1:{port}/pengi")
+    assert data["url"] == f"postgresql+psycopg://me:***@127.0.0.1:{port}/pengi"
+    assert problem.what.startswith("cannot be read: connection failed") and "(psycopg." not in problem.what
+    assert "check the URL" in problem.fix and "backup" not in problem.fix
+    assert "Secret-PW" not in json.dumps([data, problem.what, problem.fix])
+
+
+def test_doctor_on_a_database_that_is_empty_or_another_applications(tmp_path):
+    import sqlite3
+
+    from pengi_search.doctor import check_database
+
+    sqlite3.connect(tmp_path / "empty.db").close()
+    assert check_database(str(tmp_path / "empty.db")) == (
+        {"url": f"sqlite:///{tmp_path / 'empty.db'}", "exists": False, "schema_revision": None},
+        [],
+    )
+    with sqlite3.connect(tmp_path / "other.db") as other:
+        other.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
+    _data, [problem] = check_database(str(tmp_path / "other.db"))
+    assert "another application's tables (users)" in problem.what and "of pengi-search's own" in problem.fix

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +106,16 @@ class Case:
 
 def lib(p: Paths) -> tuple:
     return ("--db", p.db, "--model", p.model)
+
+
+SECRET = "Secret-PW"  # the password in the database URLs below: no message may show it
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: a database server that does not answer."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 CASES = {
@@ -249,6 +260,26 @@ CASES = {
     ),
     "train export, a folder": Case(lambda p: ("train", "export", p.sounds), EXIT_USAGE, "name one of its checkpoint"),
     "unknown command": Case(lambda p: ("search", "x"), EXIT_USAGE, "No such command"),
+    "stats, a database URL whose port is not a number": Case(
+        lambda p: ("stats", "--db", f"postgresql+psycopg://me:{SECRET}@127.0.0.1:five/lib"),
+        EXIT_USAGE,
+        "not a database URL (its port is not a number",
+    ),
+    "query, a database URL with a mistyped driver": Case(
+        lambda p: ("query", "x", "--db", f"postgresql+pyscopg://me:{SECRET}@127.0.0.1/lib", "--model", p.model),
+        EXIT_USAGE,
+        "no database driver 'postgresql+pyscopg'",
+    ),
+    "index, a database URL without its colon": Case(  # not a file path: no folder named after it is made
+        lambda p: ("index", p.sounds, "--db", f"postgresql+psycopg//me:{SECRET}@127.0.0.1/lib", "--model", p.model),
+        EXIT_USAGE,
+        "postgresql+psycopg//me:***@127.0.0.1/lib: not a database URL",
+    ),
+    "stats, a database URL with an unescaped @ in its password": Case(
+        lambda p: ("stats", "--db", f"postgresql+psycopg://me:{SECRET}@x@127.0.0.1/lib"),
+        EXIT_USAGE,
+        "an '@' in the password must be written %40",
+    ),
     # 1: the command could not do its work
     "query, no library": Case(lambda p: ("query", "x", "--db", p.missing), EXIT_FAILED, "no index here yet"),
     "similar, no library": Case(lambda p: ("similar", p.clip, "--db", p.missing), EXIT_FAILED, "no index here yet"),
@@ -276,6 +307,11 @@ CASES = {
     ),
     "query, library of another model": Case(
         lambda p: ("query", "x", "--db", p.db, "--model", p.other_model), EXIT_FAILED, "Pass that model with --model"
+    ),
+    "stats, a database server that does not answer": Case(
+        lambda p: ("stats", "--db", f"postgresql+psycopg://me:{SECRET}@127.0.0.1:{closed_port()}/lib"),
+        EXIT_FAILED,
+        "cannot open the database: connection failed",
     ),
     "remove, nothing there": Case(lambda p: ("remove", p.clip, "--db", p.db), EXIT_FAILED, "nothing in the index"),
     # 3: it ran, but audio could not be decoded, even the only input
@@ -317,6 +353,7 @@ def test_each_failure_mode_has_its_documented_exit_code(paths, name):
     assert result.exit_code == case.code, f"{name}: {result.output}"
     assert " ".join(case.says.split()) in output, f"{name}: {result.output}"
     assert result.exception is None or isinstance(result.exception, SystemExit), name  # no traceback
+    assert SECRET not in result.output and "(psycopg." not in result.output, name
 
 
 def test_the_readme_table_lists_the_codes_the_cases_use():

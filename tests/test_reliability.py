@@ -15,7 +15,7 @@ import soundfile as sf
 
 import indexer.pipeline as pipeline
 from indexer.pipeline import run_index
-from pengi_search.audio_workers import Decoded, Failed, Job, Windows, decode_all
+from pengi_search.audio_workers import Decoded, Failed, Job, Windows, _worker_main, decode_all
 from pengi_search.library import EmptyLibraryError, Library
 
 from .indexing import (
@@ -186,6 +186,20 @@ def test_a_decoding_process_that_dies_fails_only_its_file(tmp_path):
             ends[message.seq] = message
     assert isinstance(ends[0], Failed) and "decoding process died" in ends[0].reason
     assert isinstance(ends[1], Decoded) and ends[1].count == 1  # handed to the worker that replaced it
+
+
+def test_a_decoding_process_whose_run_was_killed_ends_quietly(tmp_path):
+    """`kill -9` of an index run leaves its decoding processes behind: each ends at its next message to the run (or
+    its next wait for a job), without a BrokenPipeError traceback on the terminal the run was started from."""
+    clip = write_tone(tmp_path / "clip.wav", 1.0)
+    for has_job in (True, False):
+        jobs_in, jobs_out = multiprocessing.Pipe(duplex=False)
+        results_in, results_out = multiprocessing.Pipe(duplex=False)
+        if has_job:
+            jobs_out.send(Job(0, str(clip)))
+        jobs_out.close()  # the run's ends of both pipes went with its process
+        results_in.close()
+        _worker_main(jobs_in, results_out, chunk=1)  # returns; raised BrokenPipeError (with a job), EOFError (without)
 
 
 def test_sigkill_mid_run_then_rerun_loses_and_repeats_nothing(tiny_model_dir, tmp_path):

@@ -39,6 +39,7 @@ from pengi_search.db import (
 )
 from pengi_search.db.captions import UNRECORDED_MODE, caption_modes, drop_fast_captions, uncaptioned_windows
 from pengi_search.db.engine import create_store_engine
+from pengi_search.db.errors import ForeignDatabaseError, MissingDatabaseError
 from pengi_search.db.migrate import SCHEMA_HEAD, alembic_config, migrate
 from pengi_search.db.schema import Base
 
@@ -240,6 +241,62 @@ def test_a_database_from_a_newer_pengi_search_is_refused(tmp_path: Path) -> None
     engine.dispose()
     with pytest.raises(StoreError, match="9999 is newer"):
         Store.open(tmp_path / "index.db")
+
+
+def another_applications_database(url: str, *statements: str) -> list[str]:
+    """Run `statements` in the database at `url` (made by another application); returns its tables."""
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        for statement in statements:
+            connection.execute(text(statement))
+    with engine.connect() as connection:
+        tables = sorted(inspect(connection).get_table_names())
+    engine.dispose()
+    return tables
+
+
+@pytest.mark.parametrize("create", [True, False], ids=["index", "readers"])
+def test_a_database_holding_another_applications_tables_is_refused_and_left_as_it_was(
+    db_url: str, create: bool
+) -> None:
+    """No library in it, but tables: every command refuses it (`index` too, which would add its tables among the
+    other application's, or fail on one of the same name) and says whose it is."""
+    tables = another_applications_database(db_url, "CREATE TABLE runs (id INTEGER PRIMARY KEY, job TEXT)")
+    with pytest.raises(ForeignDatabaseError, match=r"another application's tables \(runs\).*a database of its own"):
+        Store.open(db_url, create=create, read_only=not create)
+    assert another_applications_database(db_url) == tables
+
+
+def test_another_applications_alembic_revision_is_not_taken_for_a_newer_pengi_search(db_url: str) -> None:
+    tables = another_applications_database(
+        db_url,
+        "CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)",
+        "INSERT INTO alembic_version VALUES ('ab12cd34ef56')",
+        "CREATE TABLE users (id INTEGER PRIMARY KEY)",
+    )
+    for create in (True, False):
+        with pytest.raises(ForeignDatabaseError, match="belongs to another application .*ab12cd34ef56 is not pengi"):
+            Store.open(db_url, create=create, read_only=not create)
+    assert another_applications_database(db_url) == tables
+
+
+def test_an_empty_database_on_a_server_is_where_index_makes_the_library(db_url: str) -> None:
+    with pytest.raises(MissingDatabaseError, match="no index here yet"):
+        Store.open(db_url, read_only=True)
+    with Store.open(db_url) as store:
+        assert store.stats()["files"]["total"] == 0
+
+
+def test_the_command_that_creates_a_missing_library_is_named_without_the_urls_password(db_url: str) -> None:
+    url = make_url(db_url)
+    if url.get_backend_name() == "sqlite":
+        pytest.skip("a SQLite file has no password")
+    if not url.password:
+        url = url.set(password="never-shown")  # the CI server trusts loopback: any password is accepted
+    with pytest.raises(MissingDatabaseError) as missing:
+        Store.open(url.render_as_string(hide_password=False), read_only=True)
+    assert url.password not in str(missing.value)
+    assert f"pengi-search index PATH... --db '{url.render_as_string(hide_password=True)}'" in str(missing.value)
 
 
 def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:

@@ -405,7 +405,7 @@ def _print_stats(data: dict[str, Any]) -> None:
 
     files = data["files"]
     lines = [
-        f"database: {data['database']} ({_human(data['database_bytes'])})",
+        _database_line(data["database"], data["database_bytes"]),
         f"files: {files['total']} ({files['indexed']} indexed, {files['pending']} pending, {files['error']} failed)",
         f"windows: {data['windows']}, texts: {data['texts']}, audio: {data['indexed_audio_s'] / 3600:.2f} h",
         _captions_line(data["captions"]),
@@ -422,6 +422,11 @@ def _print_stats(data: dict[str, Any]) -> None:
     lines += [_run_line(run) for run in data["runs"]]
     for line in lines:
         out_console.print(line, markup=False, soft_wrap=True)
+
+
+def _database_line(url: str, size: int | None) -> str:
+    """The URL, with the size of a SQLite file (a server's database has no file of its own to measure)."""
+    return f"database: {url} ({_human(size)})" if url.startswith("sqlite") else f"database: {url}"
 
 
 def _run_line(run: dict[str, Any]) -> str:

@@ -4,21 +4,23 @@
 when there is none, before anything is written: no folder, no empty database. A database made by an older
 pengi-search is upgraded first (Alembic, one transaction), also for a reader: reading needs the current schema.
 Readers then get connections that cannot write (SQLite `query_only`, PostgreSQL read-only transactions).
+A database that holds tables but no pengi-search library (another application's) is refused by every command,
+`index` too: nothing is read from it or added to it.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 from typing import Any
 
 from sqlalchemy import Engine, event, inspect
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from .engine import create_store_engine
-from .errors import MissingDatabaseError, StoreError
-from .migrate import migrate
-from .urls import resolve_db_url, sqlite_file
+from .errors import ForeignDatabaseError, MissingDatabaseError, StoreError, driver_reason
+from .migrate import LIBRARY_TABLE, migrate
+from .urls import resolve_db_url, shown_db_url, sqlite_file
 
 
 def open_engine(db: str | os.PathLike[str] | None, *, create: bool, read_only: bool) -> Engine:
@@ -37,7 +39,7 @@ def open_engine(db: str | os.PathLike[str] | None, *, create: bool, read_only: b
             raise _missing(url, db)
     engine = create_store_engine(url)
     try:
-        if not create and not _has_schema(engine):
+        if not _has_schema(engine) and not create:  # asked of `index` too: another application's tables refuse it
             raise _missing(url, db)
         migrate(engine)
         if read_only:
@@ -65,18 +67,36 @@ def library_exists(db: str | os.PathLike[str] | None) -> bool:
 def _missing(url: str, db: str | os.PathLike[str] | None) -> MissingDatabaseError:
     """The error for a library that does not exist yet, naming the command that creates it."""
     db_file = sqlite_file(url)
-    where = str(db_file) if db_file is not None else make_url(url).render_as_string(hide_password=True)
-    option = "" if db is None or os.fspath(db) == "" else f" --db {os.fspath(db)}"
+    where = str(db_file) if db_file is not None else shown_db_url(url)
+    named = "" if db is None else os.fspath(db)
+    option = "" if named == "" else f" --db {shlex.quote(shown_db_url(named))}" if "://" in named else f" --db {named}"
     return MissingDatabaseError(where, f"no index here yet; create it with `pengi-search index PATH...{option}`")
 
 
 def _has_schema(engine: Engine) -> bool:
-    """Whether the database has been set up by pengi-search (Alembic's version table is there)."""
+    """Whether the database has been set up by pengi-search (Alembic's version table is there); False for an empty
+    one. A database with other tables and no library is another application's: ForeignDatabaseError."""
+    where = engine.url.render_as_string(hide_password=True)
     try:
         with engine.connect() as connection:
-            return inspect(connection).has_table("alembic_version")
+            inspector = inspect(connection)
+            if inspector.has_table("alembic_version"):
+                return True
+            tables = inspector.get_table_names()
     except SQLAlchemyError as exc:
-        raise StoreError(engine.url.render_as_string(hide_password=True), f"cannot open the database: {exc}") from exc
+        raise StoreError(where, f"cannot open the database: {driver_reason(exc)}") from exc
+    if tables:
+        raise ForeignDatabaseError(where, foreign_tables_reason(tables))
+    return False
+
+
+def foreign_tables_reason(tables: list[str]) -> str:
+    """Why a database with `tables` (none of them a library's) is not used."""
+    shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+    return (
+        f"this database holds another application's tables ({shown}), not a pengi-search library ({LIBRARY_TABLE} "
+        "is missing); give pengi-search a database of its own"
+    )
 
 
 def _read_only(engine: Engine) -> Engine:

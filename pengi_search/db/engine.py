@@ -7,10 +7,11 @@ import time
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-from .errors import StoreError
+from .errors import DatabaseURLError, StoreError
+from .urls import URL_EXAMPLE, parse_db_url
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 WRITE_OPTION = "pengi_write"  # execution option marking write transactions (SQLite takes its lock up front)
@@ -21,11 +22,9 @@ def create_store_engine(url: str | URL) -> Engine:
 
     Nothing is created here: `pengi_search.db.access.open_engine` decides whether a database may be made.
     """
-    try:
-        parsed = make_url(url)
-    except ArgumentError as exc:
-        raise StoreError(str(url), f"not a database URL ({exc})") from exc
-    if parsed.drivername == "postgresql":  # the bare name means psycopg2 to SQLAlchemy; psycopg 3 is what we ship
+    parsed = parse_db_url(url)
+    # The bare name means psycopg2 to SQLAlchemy, psycopg 3 is what we ship; `postgres://` is libpq's short form.
+    if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     where = parsed.render_as_string(hide_password=True)
     try:
@@ -33,6 +32,10 @@ def create_store_engine(url: str | URL) -> Engine:
     except ImportError as exc:
         raise StoreError(
             where, f"database driver missing ({exc}); for PostgreSQL: pip install 'psycopg[binary]'"
+        ) from exc
+    except NoSuchModuleError as exc:  # a mistyped scheme or driver (`postgresql+pyscopg://`)
+        raise DatabaseURLError(
+            where, f"cannot use this database URL: no database driver {parsed.drivername!r}; the form is {URL_EXAMPLE}"
         ) from exc
     except ArgumentError as exc:
         raise StoreError(where, f"cannot use this database URL ({exc})") from exc

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pengi_search.errors import PengiSearchError
+import re
+
+from pengi_search.errors import PengiSearchError, UsageError
 
 
 class StoreError(PengiSearchError):
@@ -19,3 +21,21 @@ class MissingDatabaseError(StoreError):
 
 class IndexBusyError(StoreError):
     """Another indexing run holds the library's lock."""
+
+
+class DatabaseURLError(StoreError, UsageError):
+    """`--db` / `$PENGI_SEARCH_DB` is not a URL pengi-search can use (a typo'd scheme, driver or port): bad usage."""
+
+
+class ForeignDatabaseError(StoreError):
+    """The database holds another application's tables, not a pengi-search library: nothing is read or written."""
+
+
+def driver_reason(exc: BaseException) -> str:
+    """What the database or its driver said, on one line, without SQLAlchemy's wrapping ("(psycopg.X) ...", the
+    statement, the link to its documentation); a server's missing database says who creates it."""
+    reason = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
+    missing = re.search(r'database "([^"]+)" does not exist', reason)
+    if missing:
+        reason += f" (create it first, e.g. `createdb {missing[1]}`: pengi-search makes its tables, not the database)"
+    return reason

@@ -13,9 +13,10 @@ from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from .engine import WRITE_OPTION
-from .errors import StoreError
+from .errors import ForeignDatabaseError, StoreError, driver_reason
 
 SCHEMA_HEAD = "0004"  # the newest migration; a test keeps it equal to the scripts' head
+LIBRARY_TABLE = "audio_files"  # in every revision: a database without it holds no pengi-search library
 _MIGRATION_LOCK = 0x70656E6769  # PostgreSQL advisory lock that serialises concurrent upgrades
 
 
@@ -55,6 +56,8 @@ def migrate(engine: Engine, revision: str = "head") -> None:
         with engine.connect() as connection:
             current = set(MigrationContext.configure(connection).get_current_heads())
         known = {rev.revision for rev in script.walk_revisions()}
+        if current - known and not _has_library_table(engine):
+            raise ForeignDatabaseError(where, foreign_revision_reason(current - known))
         if current - known:
             raise StoreError(
                 where,
@@ -69,7 +72,20 @@ def migrate(engine: Engine, revision: str = "head") -> None:
             config.attributes["connection"] = connection
             command.upgrade(config, revision)
     except SQLAlchemyError as exc:
-        raise StoreError(where, f"cannot open or upgrade the database: {exc}") from exc
+        raise StoreError(where, f"cannot open or upgrade the database: {driver_reason(exc)}") from exc
+
+
+def foreign_revision_reason(revisions: set[str]) -> str:
+    """Why a database that another application's Alembic set up (`revisions` unknown, no library table) is not used."""
+    return (
+        f"this database belongs to another application (its schema revision {', '.join(sorted(revisions))} is not "
+        f"pengi-search's and it has no {LIBRARY_TABLE} table); give pengi-search a database of its own"
+    )
+
+
+def _has_library_table(engine: Engine) -> bool:
+    with engine.connect() as connection:
+        return inspect(connection).has_table(LIBRARY_TABLE)
 
 
 def _at_head(engine: Engine) -> bool:

@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 
 from pengi_search.errors import UsageError
 from pengi_search.pathnames import is_utf8
 from pengi_search.paths import data_dir
 
+from .errors import DatabaseURLError
 from .records import check_vector_kind
 
 DB_ENV_VAR = "PENGI_SEARCH_DB"
 DB_FILENAME = "index.db"
+URL_EXAMPLE = "postgresql+psycopg://user:password@host/database"
+
+# The backends a mistyped URL names (`postgresql+psycopg//...`, `postgresql:/...`): such a value is not a file path.
+_URL_LIKE = re.compile(r"^(postgres|postgresql|sqlite|mysql|mariadb|oracle|mssql)(\+\w+)?(:/|//)", re.IGNORECASE)
+_PASSWORD = re.compile(r"^([^/@]*//[^/:@]*:)[^/]*@")  # up to the host's '@', also past an unescaped '@' in it
 
 
 def default_db_url() -> str:
@@ -38,12 +46,37 @@ def normalize_db_url(db: str | os.PathLike[str]) -> str:
         raise UsageError(value, "the database's path is not valid UTF-8; put the database in a folder whose name is")
     if "://" in value:
         return value
+    if _URL_LIKE.match(value):
+        raise DatabaseURLError(shown_db_url(value), f"not a database URL (the form is {URL_EXAMPLE})")
     return URL.create("sqlite", database=str(Path(value).expanduser().absolute())).render_as_string()
+
+
+def parse_db_url(url: str | URL) -> URL:
+    """`url` parsed; DatabaseURLError (bad usage, password hidden) when it cannot be, e.g. a port that is no number."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError) as exc:
+        what = "its port is not a number" if isinstance(exc, ValueError) else str(exc)  # int(port) is the ValueError
+        raise DatabaseURLError(shown_db_url(url), f"not a database URL ({what}; the form is {URL_EXAMPLE})") from exc
+    if "@" in (parsed.host or ""):  # the password's own '@' ended it early: the rest of it would read as the host
+        raise DatabaseURLError(shown_db_url(url), "an '@' in the password must be written %40 in the URL")
+    return parsed
+
+
+def shown_db_url(url: str | URL) -> str:
+    """`url` as messages show it: its password as `***`, also when the URL does not parse."""
+    if isinstance(url, URL):
+        return url.render_as_string(hide_password=True)
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return _PASSWORD.sub(r"\1***@", url)
+    return _PASSWORD.sub(r"\1***@", url) if "@" in (parsed.host or "") else parsed.render_as_string(hide_password=True)
 
 
 def sqlite_file(url: str | URL) -> Path | None:
     """The database file of a SQLite URL; None for other backends and in-memory databases."""
-    parsed = make_url(url)
+    parsed = parse_db_url(url)
     database = parsed.database or ""
     if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:") or database.startswith("file:"):
         return None
@@ -63,7 +96,7 @@ def default_index_path(url: str | URL, kind: str) -> Path:
     if db_file is not None:
         stem = db_file.stem
     else:
-        parsed = make_url(url)
+        parsed = parse_db_url(url)
         digest = hashlib.sha256(parsed.render_as_string(hide_password=True).encode()).hexdigest()[:12]
         stem = f"{parsed.get_backend_name()}-{digest}"
     return default_index_dir(url) / f"{stem}.{kind}.faiss"
