@@ -255,6 +255,13 @@ CASES = {
     ),
     "eval, no such captions file": Case(lambda p: ("eval", "retrieval", p.missing), EXIT_USAGE, "no such file"),
     "train, no such config": Case(lambda p: ("train", p.missing), EXIT_USAGE, "No such file"),
+    # An empty path (an unset shell variable) is not the current folder: indexing, classifying or forgetting it all.
+    **{
+        f"{args[0]}, an empty path": Case(lambda p, args=args: (*args, "--model", p.model), EXIT_USAGE, "path is empty")
+        for args in (("index", ""), ("similar", ""), ("describe", ""), ("ask", "", "what?"))
+    },
+    "remove, an empty path": Case(lambda p: ("remove", "", "--db", p.db), EXIT_USAGE, "the path is empty"),
+    "classify, an empty path": Case(lambda p: ("classify", "", "--labels", p.labels), EXIT_USAGE, "the path is empty"),
     "train export, no such checkpoint": Case(
         lambda p: ("train", "export", p.missing), EXIT_USAGE, "no such training checkpoint"
     ),

@@ -38,6 +38,7 @@ from .common import (
     audio_files_in,
     err_console,
     fetches_model,
+    given_path,
     handle_errors,
     not_found,
     options_from,
@@ -118,7 +119,9 @@ class ScoringOptions:
 @options_from(ScoringOptions, "scoring")
 @options_from(ComputeOptions, "compute")
 def classify(
-    target: Annotated[Path, typer.Argument(help="An audio file, or a folder (searched recursively).")],
+    target: Annotated[
+        Path, typer.Argument(help="An audio file, or a folder (searched recursively).", parser=given_path)
+    ],
     labels: Annotated[Path, typer.Option("--labels", "-l", help="One label per line, or a CSV with a 'label' column.")],
     *,
     scoring: ScoringOptions,

@@ -291,6 +291,14 @@ def _one_line(err: BaseException) -> str:
     return text.splitlines()[0]
 
 
+def given_path(value: str) -> Path:
+    """A path argument's parser: an empty one is refused. Path("") is the current folder, so `remove "$UNSET"` would
+    forget all of it and `index "$UNSET"` or `classify "$UNSET"` work through it."""
+    if not value:
+        raise typer.BadParameter("the path is empty (write . for the current folder)")
+    return Path(value)
+
+
 def not_found(path: Path, what: str = "file", *, in_folder: str = "give the audio files in it") -> UsageError:
     """Bad usage for a `path` that names no `what` ("file", "file or folder"): a broken symbolic link and a
     folder where a file was wanted say so (and `in_folder`, what to give instead). The path is the error's `where`,

@@ -30,6 +30,7 @@ from .common import (
     audio_files_in,
     err_console,
     fetches_model,
+    given_path,
     handle_errors,
     lasting_objects,
     not_found,
@@ -49,7 +50,9 @@ if TYPE_CHECKING:
 
 FilesArgument = Annotated[
     list[Path],
-    typer.Argument(help="Audio files (wav, flac, ogg, opus, mp3, m4a, ...) or folders (searched recursively)."),
+    typer.Argument(
+        help="Audio files (wav, flac, ogg, opus, mp3, m4a, ...) or folders (searched recursively).", parser=given_path
+    ),
 ]
 HopOption = Annotated[
     float,  # at most a window apart (audio.WINDOW_SECONDS): windows further apart would leave gaps unheard
@@ -257,7 +260,7 @@ def describe(
 def ask(
     # Not required for the parser: with one argument Click would name the files as missing when the question is.
     files: Annotated[
-        list[Path] | None, typer.Argument(help="Audio files or folders (the question comes last).")
+        list[Path] | None, typer.Argument(help="Audio files or folders (the question comes last).", parser=given_path)
     ] = None,
     question: Annotated[
         str | None, typer.Argument(help='A question about the sound, e.g. "is the engine healthy?"')

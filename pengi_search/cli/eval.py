@@ -36,6 +36,7 @@ from .common import (
     UsageError,
     apply_threads,
     fetches_model,
+    given_path,
     handle_errors,
     options_from,
     out_console,
@@ -374,7 +375,9 @@ def _cell(value: float | None) -> str:
 @fetches_model
 @options_from(ScoringOptions, "scoring")
 def classify_files(
-    target: Annotated[Path, typer.Argument(help="An audio file, or a folder (searched recursively).")],
+    target: Annotated[
+        Path, typer.Argument(help="An audio file, or a folder (searched recursively).", parser=given_path)
+    ],
     truth: Annotated[
         Path, typer.Option("--truth", help="CSV of known labels: a file/filename/path and a label column.")
     ],

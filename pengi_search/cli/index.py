@@ -35,6 +35,7 @@ from .common import (
     err_console,
     fail,
     fetches_model,
+    given_path,
     handle_errors,
     out_console,
     print_json,
@@ -60,7 +61,9 @@ IndexTypeOption = Annotated[
 @handle_errors
 @fetches_model
 def index(
-    paths: Annotated[list[Path], typer.Argument(help="Folders (walked, following links) or files to index.")],
+    paths: Annotated[
+        list[Path], typer.Argument(help="Folders (walked, following links) or files to index.", parser=given_path)
+    ],
     db: DbOption = None,
     model: ModelOption = None,
     device: DeviceOption = Device.auto,
@@ -258,16 +261,9 @@ def stats(db: DbOption = None, json_output: JsonOption = False) -> None:
         _print_stats(data)
 
 
-def _given_path(value: str) -> Path:
-    """A path argument that may not be empty: `remove "$UNSET"` must not mean the current folder, and forget it."""
-    if not value:
-        raise typer.BadParameter("the path is empty (write . for the current folder)")
-    return Path(value)
-
-
 @handle_errors
 def remove(
-    path: Annotated[Path, typer.Argument(help="A file, or a folder: everything indexed below it.", parser=_given_path)],
+    path: Annotated[Path, typer.Argument(help="A file, or a folder: everything indexed below it.", parser=given_path)],
     db: DbOption = None,
     json_output: JsonOption = False,
 ) -> None:

@@ -27,6 +27,7 @@ from .common import (
     apply_threads,
     err_console,
     fetches_model,
+    given_path,
     handle_errors,
     not_found,
     options_from,
@@ -196,7 +197,7 @@ def query(
 @options_from(SearchOptions, "search")
 @options_from(ComputeOptions, "compute")
 def similar(
-    files: Annotated[list[Path], typer.Argument(help="Audio files (indexed or not).")],
+    files: Annotated[list[Path], typer.Argument(help="Audio files (indexed or not).", parser=given_path)],
     *,
     search: SearchOptions,
     compute: ComputeOptions,
