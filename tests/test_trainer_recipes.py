@@ -404,6 +404,12 @@ def test_dry_run_refuses_an_output_dir_holding_a_run_unless_resuming(tmp_path, t
     assert result.exit_code == EXIT_FAILED and holds in result.output
     result = cli("train", str(config_path), "--dry-run", "--resume")
     assert result.exit_code == EXIT_OK and "ready to train" in result.output
+    assert "already finished" not in result.output
+    (tmp_path / "run" / "checkpoints" / "step-00000040.pt").write_bytes(b"")  # the run's planned end (max_steps 40)
+    result = cli("train", str(config_path), "--dry-run", "--resume")
+    assert result.exit_code == EXIT_OK, result.output
+    finished = "the run already finished at step 40 (of 40): resuming trains nothing; raise optimization.max_steps"
+    assert finished in " ".join(result.output.split())
     result = cli("train", str(config_path), "--dry-run", "--resume-from", str(tmp_path / "nope.pt"))
     assert result.exit_code == EXIT_USAGE and "nope.pt: no such training checkpoint" in result.output
 

@@ -23,7 +23,7 @@ from pengi_search.tokenization import PromptTooLongError, Tokenizers
 from trainer.config import TrainConfig
 from trainer.data import Example, LoadAudio, check_audio, read_manifest, task_mix
 from trainer.features import clip_key
-from trainer.state import CHECKPOINT_DIR, HOLDS_A_RUN, list_checkpoints
+from trainer.state import CHECKPOINT_DIR, HOLDS_A_RUN, checkpoint_step, list_checkpoints
 
 MISSING = "file not found"  # the reason `check_audio` gives for a file that is not there
 PROBLEMS_SHOWN = 20  # per manifest; the counts cover them all
@@ -84,6 +84,7 @@ def dry_run_report(
     report = DryRunReport(manifests, _model_problems(config), _plan(config, manifests[0].usable))
     report.warnings += _plan_warnings(report.plan)
     report.run_problems += _run_problems(config, report.plan, manifests[0].usable, resume)
+    report.warnings += _resume_warnings(config, report.plan, resume)
     if not report.model_problems:
         _check_model(config, report, source or Path("<config>"))
     return report
@@ -183,6 +184,17 @@ def _run_problems(config: TrainConfig, plan: dict[str, int | None], usable: int,
     if (problem := config.output_dir_problem()) is not None:
         problems.append(problem)
     return problems
+
+
+def _resume_warnings(config: TrainConfig, plan: dict[str, int | None], resume: bool | Path) -> list[str]:
+    """A `--resume` of a run that has reached the planned end: `train` would train nothing (checkpoints are named
+    by their step; a run stopped early on patience is seen only when resumed)."""
+    checkpoints = list_checkpoints(config.output_dir) if resume is True else []
+    step, total = (checkpoint_step(checkpoints[-1]) or 0) if checkpoints else 0, plan.get("total_steps") or 0
+    if not checkpoints or step < total:
+        return []
+    what = "optimization.max_steps" if config.optimization.max_steps else "optimization.epochs"
+    return [f"the run already finished at step {step} (of {total}): resuming trains nothing; raise {what} to go on"]
 
 
 def _time_steps(

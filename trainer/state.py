@@ -41,10 +41,17 @@ def checkpoint_path(output_dir: Path, step: int) -> Path:
     return output_dir / CHECKPOINT_DIR / f"step-{step:08d}.pt"
 
 
+def checkpoint_step(path: Path) -> int | None:
+    """The step a checkpoint was written at, from its name (`step-00000040.pt`); None for another file."""
+    match = CHECKPOINT_NAME.match(path.name)
+    return None if match is None else int(match.group(1))
+
+
 def list_checkpoints(output_dir: Path) -> list[Path]:
     """The run's checkpoints, oldest first."""
-    folder = output_dir / CHECKPOINT_DIR
-    found = [(int(m.group(1)), p) for p in folder.glob("step-*.pt") if (m := CHECKPOINT_NAME.match(p.name))]
+    found = [
+        (step, p) for p in (output_dir / CHECKPOINT_DIR).glob("step-*.pt") if (step := checkpoint_step(p)) is not None
+    ]
     return [path for _, path in sorted(found)]
 
 
