@@ -305,6 +305,7 @@ class _Run:
                 self._reset()
             mine = [e for e in scanned.entries if self.shard is None or self.shard.owns(e.path)]
             summary.files_seen = len(mine)
+            self.store.note_files_seen(self.run_id, summary.files_seen)
             plan = self._plan(mine, self._stamps(scanned.roots))
             summary.recaptioned = self._drop_fast_captions(scanned.roots)
             captions_now = self.options.captions is Captions.now

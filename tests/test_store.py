@@ -652,6 +652,21 @@ def test_runs(store: Store) -> None:
         store.finish_run(second + 100)
 
 
+def test_a_run_killed_outright_keeps_what_it_saw_and_did(store: Store) -> None:
+    """It records nothing at its end: the files it found were noted on the way, and the files it indexed or failed
+    name it, so the run that finds it dead can count them."""
+    killed = store.start_run()
+    store.note_files_seen(killed, 5)
+    for i in range(2):
+        file_id = store.upsert_file(f"/lib/{i}.wav", size=100, mtime=1.5, run_id=killed)
+        store.replace_file_windows(file_id, windows(1, seed=i), audio=AUDIO, run_id=killed)
+    store.record_file_error("/lib/broken.wav", "unreadable", run_id=killed)
+    store.upsert_file("/lib/pending.wav", size=100, mtime=1.5, run_id=killed)  # begun, never finished
+    assert store.interrupt_stale_runs() == [killed]
+    (run,) = store.runs()
+    assert (run.status, run.files_seen, run.files_indexed, run.files_failed) == ("interrupted", 5, 2, 1)
+
+
 def test_export_rows_pages_through_every_file(store: Store) -> None:
     for i in range(5):
         indexed_file(store, f"/lib/{i}.wav", count=i % 3)

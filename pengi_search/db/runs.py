@@ -14,12 +14,12 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session
 
 from .errors import StoreError
 from .records import RUN_STATUSES, RunRecord
-from .schema import RunRow
+from .schema import AudioFileRow, RunRow
 
 _NO_SYNC = {"synchronize_session": False}
 
@@ -64,6 +64,13 @@ class RunJournal:
             run.files_seen, run.files_indexed = files_seen, files_indexed
             run.files_failed, run.files_pruned = files_failed, files_pruned
 
+    def note_files_seen(self, run_id: int, files_seen: int) -> None:
+        """Record, as soon as the run knows it, how many files it found: a run killed outright keeps the count."""
+        with self.session(write=True) as session:
+            session.execute(
+                update(RunRow).where(RunRow.id == run_id).values(files_seen=files_seen), execution_options=_NO_SYNC
+            )
+
     def runs(self, limit: int = 20) -> list[RunRecord]:
         """The latest runs, newest first."""
         with self.session() as session:
@@ -82,7 +89,8 @@ class RunJournal:
         """Mark as 'interrupted' the 'running' runs whose process is gone; returns their ids.
 
         Call it holding the indexing lock: an unsharded run holds it alone, so every other 'running' run is dead;
-        a shard holds its shard's lock, so the other runs of that shard are. Their end time stays unknown (None).
+        a shard holds its shard's lock, so the other runs of that shard are. Their end time stays unknown (None);
+        their counts of files indexed and failed are those of the files it last wrote (their rows name the run).
         """
         query = select(RunRow.id).where(RunRow.status == "running")
         if shard is not None:
@@ -92,4 +100,17 @@ class RunJournal:
             if ids:
                 interrupted = update(RunRow).where(RunRow.id.in_(ids)).values(status="interrupted")
                 session.execute(interrupted, execution_options=_NO_SYNC)
+                for run_id, indexed, failed in session.execute(_file_counts(ids)):
+                    counts = {"files_indexed": indexed, "files_failed": failed}
+                    session.execute(
+                        update(RunRow).where(RunRow.id == run_id).values(**counts), execution_options=_NO_SYNC
+                    )
             return ids
+
+
+def _file_counts(run_ids: list[int]) -> Select:
+    """(run id, files indexed, files failed) of the files whose rows these runs wrote last."""
+    indexed = func.count().filter(AudioFileRow.status == "indexed")
+    failed = func.count().filter(AudioFileRow.status == "error")
+    where = AudioFileRow.run_id.in_(run_ids)
+    return select(AudioFileRow.run_id, indexed, failed).where(where).group_by(AudioFileRow.run_id)
