@@ -272,6 +272,8 @@ def test_a_labelled_run_reports_accuracy_keeps_the_best_model_and_plots(tmp_path
     result = cli("train", str(config_path))
     assert result.exit_code == EXIT_OK, result.output
     run = tmp_path / "run"
+    said = " ".join(result.output.split())  # a quiet run (logging.quiet) still says where its models are
+    assert f"model written to {run / 'model'}" in said and "best accuracy" in said and str(run / "best-model") in said
     evals = read_metrics(run / METRICS_FILE, "eval")
     assert [e["step"] for e in evals] == list(range(5, 41, 5))
     assert all(0.0 <= e["accuracy"] <= 1.0 and e["label_examples"] == 4 for e in evals)

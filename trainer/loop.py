@@ -576,10 +576,11 @@ class Trainer:
         )
         if self.config.logging.plot:
             write_plot(self.config.output_dir / METRICS_FILE, self.config.output_dir / PLOT_FILE)
-        self.progress.print(f"model written to {model_dir}")
+        # The run's outcome, said even with --quiet (which quiets the progress): where its models are.
+        self.console.print(f"model written to {model_dir}", soft_wrap=True)
         if self.best.best_step is not None and self.config.checkpoints.keep_best:
             best = self.config.output_dir / BEST_MODEL_DIR
-            self.progress.print(f"best {self.best.metric} {self.best.best:.4f} at step {self.best.best_step}: {best}")
+            self.console.print(f"best {self.best.metric} {self.best.best:.4f} at step {self.best.best_step}: {best}")
         wait_for_all(self.processes)
         return model_dir
 
