@@ -391,6 +391,27 @@ def test_the_pages_take_the_same_filter_boxes(client, served):
     assert not_a_number.status_code == 422 and "k: &#39;many&#39; is not a number" in not_a_number.text
 
 
+def test_a_refused_search_shows_the_boxes_as_typed_and_open(client, served):
+    page = client.get("/", params={"q": "a bell rings", "k": "0", "path": "*/weather/*", "ext": "flac"})
+    assert page.status_code == 200 and "k: the number of results must be between 1 and 200" in page.text
+    assert '<details class="filters" open>' in page.text  # the box at fault is in sight
+    assert 'name="k" min="1" max="200" value="0"' in page.text  # not the default 10
+    assert 'value="*/weather/*"' in page.text and 'value="flac"' in page.text  # nothing typed is lost
+
+
+def test_the_similar_pages_boxes_refine_it_and_its_text_box_searches(client, served):
+    bell = hit_for(client, served, "bell.wav")
+    page = client.get("/similar", params={"window_id": bell["window_id"]}).text
+    assert '<form class="search" method="get" action="/similar">' in page
+    assert f'<input type="hidden" name="window_id" value="{bell["window_id"]}">' in page
+    assert 'name="rank"' not in page  # audio against audio: no ranking to choose
+    assert f"<title>Sounds like {served.files['bell.wav']} · pengi-search</title>" in page
+    typed = client.get(
+        "/similar", params={"window_id": bell["window_id"], "q": "rain", "ext": "flac"}, follow_redirects=False
+    )
+    assert typed.status_code == 303 and typed.headers["location"] == "/?q=rain&ext=flac"
+
+
 def test_upload_pages(client, served):
     clip = ("clip.wav", served.files["bell.wav"].read_bytes())
     described = client.post("/upload/describe", files={"file": clip})

@@ -9,10 +9,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 import jinja2
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from ..errors import PengiSearchError
@@ -98,26 +99,37 @@ def search_page(
     request: Request, svc: ServiceDep, fields: FieldsDep, q: str = "", rank: str = "", hybrid_weight: str = ""
 ) -> HTMLResponse:
     hits, error = None, None
-    params = SearchParams()
     try:
         params = fields.params()
         weight = _number("hybrid_weight", hybrid_weight) if hybrid_weight.strip() else params.hybrid_weight
         params = dataclasses.replace(params, rank=rank or None, hybrid_weight=weight)
+        form = _form(params, q)
         if q.strip():
             hits = svc.search(q, params)
     except PengiSearchError as exc:
-        error = str(exc)
-    context = {"form": _form(params, q), "hits": hits, "error": error, "heading": None}
+        error = str(exc)  # the boxes as typed, to be corrected there (not the defaults)
+        form = {"q": q, **dataclasses.asdict(fields), "rank": rank, "hybrid_weight": hybrid_weight}
+    context = {"form": form, "hits": hits, "error": error, "heading": None, "max_k": svc.settings.max_k}
     return templates.TemplateResponse(request, "search.html", context)
 
 
 @router.get("/similar", response_class=HTMLResponse)
-def similar_page(request: Request, svc: ServiceDep, fields: FieldsDep, window_id: int) -> HTMLResponse:
+def similar_page(
+    request: Request, svc: ServiceDep, fields: FieldsDep, window_id: int, q: str = ""
+) -> Response:
+    if q.strip():  # text typed in the page's search box: a text search, with the same filters
+        query = [(name, value) for name, value in request.query_params.multi_items() if name != "window_id"]
+        return RedirectResponse(f"/?{urlencode(query)}", status_code=303)
     params = fields.params()
     window = svc.window(window_id)
     hits = svc.similar_to_window(window_id, params)
-    heading = {"path": shown(window.path), "file_id": window.file_id, "span": span(window.start_s, window.end_s)}
-    context = {"form": _form(params), "hits": hits, "error": None, "heading": heading}
+    heading = {
+        "path": shown(window.path),
+        "file_id": window.file_id,
+        "window_id": window_id,
+        "span": span(window.start_s, window.end_s),
+    }
+    context = {"form": _form(params), "hits": hits, "error": None, "heading": heading, "max_k": svc.settings.max_k}
     return templates.TemplateResponse(request, "search.html", context)
 
 
