@@ -114,9 +114,7 @@ def search_page(
 
 
 @router.get("/similar", response_class=HTMLResponse)
-def similar_page(
-    request: Request, svc: ServiceDep, fields: FieldsDep, window_id: int, q: str = ""
-) -> Response:
+def similar_page(request: Request, svc: ServiceDep, fields: FieldsDep, window_id: int, q: str = "") -> Response:
     if q.strip():  # text typed in the page's search box: a text search, with the same filters
         query = [(name, value) for name, value in request.query_params.multi_items() if name != "window_id"]
         return RedirectResponse(f"/?{urlencode(query)}", status_code=303)
