@@ -424,6 +424,36 @@ def test_upload_pages(client, served):
     assert bad.status_code == 422 and "not a readable audio file" in bad.text and "<html" in bad.text
 
 
+def test_a_refused_upload_is_said_on_the_upload_page_with_what_was_typed(client, served):
+    clip = ("clip.wav", served.files["bell.wav"].read_bytes())
+    no_labels = client.post("/upload/classify", files={"file": clip}, data={"labels": " ", "method": "loglik"})
+    assert no_labels.status_code == 422 and '<p class="error" role="alert">labels: no labels' in no_labels.text
+    assert '<form class="upload"' in no_labels.text and '<option value="loglik" selected>' in no_labels.text
+    bad = ("x.wav", b"not audio at all" * 10)
+    kept = client.post("/upload/classify", files={"file": bad}, data={"labels": "a bell rings\n<b>rain</b>"})
+    assert kept.status_code == 422 and "not a readable audio file" in kept.text
+    assert "a bell rings\n&lt;b&gt;rain&lt;/b&gt;</textarea>" in kept.text  # typed again by no one
+    many = client.post("/upload/similar", files={"file": clip}, data={"k": "0"})
+    assert many.status_code == 422 and "k: the number of results" in many.text and 'value="0"' in many.text
+    page = client.get("/upload").text
+    assert 'action="/upload/classify#result"' in page and "Up to 64 MiB and 600 s." in page
+
+
+def test_unknown_pages_and_bodies_past_the_limit_get_a_page_and_the_api_json(served, tiny_model_dir):
+    clip = served.files["weather/rain.flac"].read_bytes()
+    with client_for(served, tiny_model_dir, max_upload_bytes=1 << 20) as small:
+        missing = small.get("/nowhere")
+        assert missing.status_code == 404 and "<html" in missing.text and "/nowhere: no such page" in missing.text
+        assert small.get("/api/nowhere").json() == {"detail": "Not Found"}
+        assert small.post("/library").status_code == 405 and "<html" in small.post("/library").text
+        huge = bytes(len(clip) + (3 << 20))
+        page = small.post("/upload/describe", files={"file": ("huge.wav", huge)})
+        assert page.status_code == 413 and "<html" in page.text
+        assert "the request body is larger than the upload limit of 1 MiB" in page.text
+        api = small.post("/api/describe", files={"file": ("huge.wav", huge)})
+        assert api.json() == {"detail": "the request body is larger than the upload limit of 1 MiB"}
+
+
 def test_model_output_and_paths_are_escaped_everywhere(client, served):
     cat = hit_for(client, served, "odd/<i>cat</i>.wav")
     assert cat["caption"] == HOSTILE  # JSON keeps the text as written

@@ -12,16 +12,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
 
-from ..audio import AudioDecodeError
-from ..db import StoreMismatchError
-from ..errors import PengiSearchError, UsageError
-from ..library import EmptyLibraryError
+from ..errors import PengiSearchError
 from . import api, pages
-from .errors import RequestError
+from .errors import RequestError, status_of
 from .security import SecurityMiddleware
 from .service import Service
 from .settings import ServeSettings
+from .uploads import size_text
 
 log = logging.getLogger(__name__)
 FORM_OVERHEAD = 1 << 20  # room for the multipart framing and small fields beside an upload
@@ -56,11 +55,14 @@ def create_app(settings: ServeSettings, *, warm_up: bool = True) -> FastAPI:
     app.add_exception_handler(PengiSearchError, _pengi_error)
     app.add_exception_handler(ValueError, _value_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
     app.add_middleware(
         SecurityMiddleware,
         token=settings.token,
         allowed_hosts=settings.allowed_hosts,
         max_body=settings.max_upload_bytes + FORM_OVERHEAD,
+        too_large=f"the request body is larger than the upload limit of {size_text(settings.max_upload_bytes)}",
+        error_page=lambda status, detail: pages.error_page(status, detail).encode(),
     )
     return app
 
@@ -80,19 +82,6 @@ def _head_routes(*routers: APIRouter) -> APIRouter:
                     response_class=route.response_class,
                 )
     return head
-
-
-def status_of(exc: PengiSearchError) -> int:
-    """The HTTP status that answers an error."""
-    if isinstance(exc, RequestError):
-        return exc.status
-    if isinstance(exc, AudioDecodeError):
-        return 422
-    if isinstance(exc, EmptyLibraryError | StoreMismatchError):
-        return 409
-    if isinstance(exc, UsageError):  # a labels file, a ranking the library's model cannot do, ...
-        return 400
-    return 500
 
 
 async def _pengi_error(request: Request, exc: Exception) -> Response:
@@ -116,6 +105,16 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     errors = [{"field": _field(problem["loc"]), "message": problem["msg"]} for problem in exc.errors()]
     return _error(request, 422, "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (no such page, a method not allowed, a body past the limit) in the shape of every
+    other: JSON under /api/, a page elsewhere."""
+    assert isinstance(exc, HTTPException)
+    detail = exc.detail if exc.status_code != 404 or _wants_json(request) else f"{request.url.path}: no such page"
+    response = _error(request, exc.status_code, detail)
+    response.headers.update(exc.headers or {})
+    return response
 
 
 def _field(loc: Sequence[str | int]) -> str:

@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 from http import HTTPStatus
 
-from ..errors import OptionError, PengiSearchError
+from ..audio import AudioDecodeError
+from ..db import StoreMismatchError
+from ..errors import OptionError, PengiSearchError, UsageError
+from ..library import EmptyLibraryError
 
 
 class RequestError(PengiSearchError):
@@ -34,3 +37,16 @@ class InvalidParameter(RequestError):
     def of(cls, exc: OptionError) -> InvalidParameter:
         """A core option error in the API's words: its parameter, and other options named as parameters too."""
         return cls(exc.option, exc.reason(str))
+
+
+def status_of(exc: PengiSearchError) -> int:
+    """The HTTP status that answers an error."""
+    if isinstance(exc, RequestError):
+        return exc.status
+    if isinstance(exc, AudioDecodeError):
+        return 422
+    if isinstance(exc, EmptyLibraryError | StoreMismatchError):
+        return 409
+    if isinstance(exc, UsageError):  # a labels file, a ranking the library's model cannot do, ...
+        return 400
+    return 500

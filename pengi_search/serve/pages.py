@@ -7,6 +7,7 @@ rendered as text. The little JavaScript (static/app.js) reads data attributes an
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -20,8 +21,9 @@ from ..errors import PengiSearchError
 from ..pathnames import shown
 from . import media
 from .api import ServiceDep, parse_labels, read_upload
-from .errors import InvalidParameter
+from .errors import InvalidParameter, status_of
 from .service import SearchParams
+from .uploads import size_text
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(
@@ -48,6 +50,11 @@ def span(start: float, end: float) -> str:
 
 
 templates.env.globals.update(hit_player=hit_player, span=span)
+
+
+def error_page(status: int, detail: str) -> str:
+    """The page that answers a refused request (outside a request's own handler: no request object needed)."""
+    return templates.get_template("error.html").render(status=status, detail=detail)
 
 
 def _number(name: str, value: str, kind: type = float) -> Any:
@@ -151,17 +158,23 @@ def upload_page(request: Request, svc: ServiceDep) -> HTMLResponse:
 
 @router.post("/upload/describe", response_class=HTMLResponse)
 def upload_describe(request: Request, svc: ServiceDep, file: Annotated[UploadFile, File()]) -> HTMLResponse:
-    with read_upload(svc, file) as upload:
-        return _upload_response(request, svc, described=svc.describe(upload))
+    def work() -> dict[str, Any]:
+        with read_upload(svc, file) as upload:
+            return {"described": svc.describe(upload)}
+
+    return _upload_result(request, svc, work)
 
 
 @router.post("/upload/similar", response_class=HTMLResponse)
 def upload_similar(
     request: Request, svc: ServiceDep, file: Annotated[UploadFile, File()], k: Annotated[str, Form()] = "10"
 ) -> HTMLResponse:
-    params = FilterFields(k=k).params()
-    with read_upload(svc, file) as upload:
-        return _upload_response(request, svc, hits=svc.similar_to_upload(upload, params), name=upload.name)
+    def work() -> dict[str, Any]:
+        params = FilterFields(k=k).params()
+        with read_upload(svc, file) as upload:
+            return {"hits": svc.similar_to_upload(upload, params), "name": upload.name}
+
+    return _upload_result(request, svc, work, k=k)
 
 
 @router.post("/upload/classify", response_class=HTMLResponse)
@@ -173,15 +186,29 @@ def upload_classify(
     labels_file: Annotated[UploadFile | None, File()] = None,
     method: Annotated[str, Form()] = "text",
 ) -> HTMLResponse:
-    label_list, texts = parse_labels(labels, labels_file)
-    with read_upload(svc, file) as upload:
-        return _upload_response(request, svc, classified=svc.classify(upload, label_list, method, 10, texts))
+    def work() -> dict[str, Any]:
+        label_list, texts = parse_labels(labels, labels_file)
+        with read_upload(svc, file) as upload:
+            return {"classified": svc.classify(upload, label_list, method, 10, texts)}
+
+    return _upload_result(request, svc, work, labels=labels, method=method)
 
 
-def _upload_response(request: Request, svc: ServiceDep, **results: Any) -> HTMLResponse:
-    limits = {"bytes": svc.settings.max_upload_bytes, "seconds": svc.settings.max_upload_s}
-    context = {"described": None, "hits": None, "classified": None, "name": "", "limits": limits, **results}
-    return templates.TemplateResponse(request, "upload.html", context)
+def _upload_result(request: Request, svc: ServiceDep, work: Callable[[], dict[str, Any]], **typed: str) -> HTMLResponse:
+    """The upload page with what `work` found, or with why it was refused (and the refusal's status): either way
+    with the forms as they were filled in (a file input cannot be filled in again)."""
+    try:
+        results = work()
+    except PengiSearchError as exc:
+        return _upload_response(request, svc, typed=typed, error=str(exc), status=status_of(exc))
+    return _upload_response(request, svc, typed=typed, **results)
+
+
+def _upload_response(request: Request, svc: ServiceDep, status: int = 200, **results: Any) -> HTMLResponse:
+    limits = {"size": size_text(svc.settings.max_upload_bytes), "seconds": svc.settings.max_upload_s}
+    context = {"described": None, "hits": None, "classified": None, "name": "", "error": None, "limits": limits}
+    context["typed"] = {"k": "10", "labels": "", "method": "text", **results.pop("typed", {})}
+    return templates.TemplateResponse(request, "upload.html", {**context, **results}, status_code=status)
 
 
 @router.get("/library", response_class=HTMLResponse)

@@ -77,12 +77,23 @@ class SecurityMiddleware:
     """Host check, token check, body size limit and security headers for every HTTP request (pure ASGI)."""
 
     def __init__(
-        self, app: ASGIApp, *, token: str | None, allowed_hosts: tuple[str, ...] | None, max_body: int
+        self,
+        app: ASGIApp,
+        *,
+        token: str | None,
+        allowed_hosts: tuple[str, ...] | None,
+        max_body: int,
+        too_large: str | None = None,
+        error_page: Callable[[int, str], bytes] | None = None,
     ) -> None:
+        """`too_large` says why a body past `max_body` is refused (in the user's units); `error_page` renders a
+        refusal as an HTML page, for the requests of pages (an upload form) rather than of the JSON API."""
         self.app = app
         self.token = token
         self.allowed_hosts = None if allowed_hosts is None else {h.lower() for h in allowed_hosts}
         self.max_body = max_body
+        self.too_large = too_large or f"the request body is larger than {max_body} bytes"
+        self.error_page = error_page
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -106,9 +117,12 @@ class SecurityMiddleware:
             return
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body:
-            await _plain(send_with_headers, 413, f"the request body is larger than {self.max_body} bytes")
+            if self.error_page is not None and not scope["path"].startswith("/api/"):
+                await _page(send_with_headers, 413, self.error_page(413, self.too_large))
+            else:
+                await _plain(send_with_headers, 413, self.too_large)
             return
-        await self.app(scope, _limited(receive, self.max_body), send_with_headers)
+        await self.app(scope, _limited(receive, self.max_body, self.too_large), send_with_headers)
 
     def _carries_token(self, headers: dict[str, str]) -> bool:
         offered = []
@@ -153,6 +167,12 @@ async def _plain(send: Send, status: int, detail: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+async def _page(send: Send, status: int, body: bytes) -> None:
+    headers = [(b"content-type", b"text/html; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 async def _redirect_with_cookie(send: Send, scope: Scope, token: str) -> None:
     """Set the token cookie and send the browser to the same page without the token in its address."""
     query = [(k, v) for k, v in parse_qsl(scope.get("query_string", b"").decode("latin-1")) if k != TOKEN_QUERY]
@@ -168,11 +188,11 @@ class BodyTooLargeError(HTTPException):
     HTTPException: FastAPI lets it through when it reads a form, where any other error becomes a 400 "There was an
     error parsing the body".)"""
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the request body is larger than {limit} bytes")
+    def __init__(self, detail: str) -> None:
+        super().__init__(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, detail)
 
 
-def _limited(receive: Receive, limit: int) -> Receive:
+def _limited(receive: Receive, limit: int, too_large: str) -> Receive:
     received = 0
 
     async def counting() -> Message:
@@ -181,7 +201,7 @@ def _limited(receive: Receive, limit: int) -> Receive:
         if message["type"] == "http.request":
             received += len(message.get("body", b""))
             if received > limit:
-                raise BodyTooLargeError(limit)
+                raise BodyTooLargeError(too_large)
         return message
 
     return counting

@@ -44,6 +44,11 @@ def saved_upload(stream: BinaryIO, filename: str | None, *, max_bytes: int, max_
         yield Upload(path, name, _checked_duration(path, name, max_seconds))
 
 
+def size_text(size: int) -> str:
+    """A size limit in the units the server is given it in (`--max-upload-mb`), bytes below a MiB."""
+    return f"{size / _CHUNK:g} MiB" if size >= _CHUNK else f"{size} bytes"
+
+
 def _copy_bounded(stream: BinaryIO, path: Path, name: str, max_bytes: int) -> None:
     written = 0
     with open(path, "wb") as out:
@@ -51,7 +56,9 @@ def _copy_bounded(stream: BinaryIO, path: Path, name: str, max_bytes: int) -> No
             written += len(chunk)
             if written > max_bytes:
                 raise RequestError(
-                    name, f"larger than the server's limit of {max_bytes} bytes", HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+                    name,
+                    f"larger than the server's limit of {size_text(max_bytes)}",
+                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                 )
             out.write(chunk)
     if written == 0:
