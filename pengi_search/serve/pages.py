@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -49,7 +50,26 @@ def span(start: float, end: float) -> str:
     return f"{start:.1f}–{end:.1f} s"
 
 
-templates.env.globals.update(hit_player=hit_player, span=span)
+def when(stamp: str | None) -> str:
+    """A stored ISO time to the second ("2026-01-31 14:05:09 UTC"), as written when it does not parse."""
+    if not stamp:
+        return ""
+    try:
+        moment = datetime.fromisoformat(stamp)
+    except ValueError:
+        return stamp
+    zone = "UTC" if moment.utcoffset() == timedelta(0) else moment.strftime("%z")
+    return f"{moment:%Y-%m-%d %H:%M:%S} {zone}".rstrip()
+
+
+def length(seconds: float) -> str:
+    """An amount of audio in the unit that reads best: 45 s, 9.8 min, 3.2 h."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
+
+
+templates.env.globals.update(hit_player=hit_player, span=span, when=when, length=length)
 
 
 def error_page(status: int, detail: str) -> str:
