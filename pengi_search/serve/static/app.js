@@ -140,7 +140,31 @@ function setUpFile() {
   }
 }
 
+// A form that takes a while (a search, a clip described by the model): say so, and keep it from being sent twice.
+function setUpBusyForms() {
+  for (const form of document.querySelectorAll("form")) {
+    const button = form.querySelector("button[data-busy]");
+    if (!button) continue;
+    const label = button.textContent;
+    form.addEventListener("submit", () => {
+      // After this event, so that the submission itself is not stopped by the disabled button.
+      setTimeout(() => {
+        button.disabled = true;
+        button.textContent = button.dataset.busy;
+        form.setAttribute("aria-busy", "true");
+      });
+    });
+    // Back to a page kept by the browser: the form is ready again.
+    window.addEventListener("pageshow", () => {
+      button.disabled = false;
+      button.textContent = label;
+      form.removeAttribute("aria-busy");
+    });
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   setUpHits();
   setUpFile();
+  setUpBusyForms();
 });
