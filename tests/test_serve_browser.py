@@ -2,7 +2,8 @@
 
 The command runs as a user starts it, on a free loopback port over a small index built here. The browser types a
 query, plays the top hit (the audio element must play from the hit's start), follows "more like this", opens the
-file page and clicks a window. Screenshots are saved in the test's folder (and in `$PENGI_SCREENSHOT_DIR` when set).
+file page and clicks a window; at phone width (390 px) no page scrolls sideways, and a sent form says it is busy.
+Screenshots are saved in the test's folder (and in `$PENGI_SCREENSHOT_DIR` when set).
 
 Without chromium and chromedriver the test is skipped, unless PENGI_REQUIRE_BROWSER=1 (as in CI), where it fails.
 """
@@ -170,3 +171,35 @@ def test_search_listen_and_browse_in_a_real_browser(server, driver, tmp_path):
     # Nothing was blocked by the content security policy, and no script failed.
     problems = [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
     assert problems == []
+
+
+def test_at_phone_width_nothing_scrolls_sideways_and_a_sent_form_says_it_is_busy(server, driver, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    address, library = server
+    rain = library.files["weather/rain.flac"]
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride", {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True}
+    )
+    try:
+        driver.get(f"{address}/?q=thunder+rolls+in+the+distance&by=window")
+        file_link = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "li.hit a.path"), "results")[0]
+        assert file_link.text == str(rain)
+        widths = "return [document.documentElement.scrollWidth, window.innerWidth]"
+        assert driver.execute_script(widths) == [390, 390]
+        save_screenshot(driver, tmp_path, "phone-search.png")
+        for page in (file_link.get_attribute("href"), f"{address}/library", f"{address}/docs"):
+            driver.get(page)
+            assert driver.execute_script(widths) == [390, 390], page
+    finally:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+    # A form on its way: its button says so and cannot send it twice (read before the next page arrives).
+    driver.get(f"{address}/upload")
+    driver.find_element(By.CSS_SELECTOR, "form.upload input[name=file]").send_keys(str(rain))
+    sent = driver.execute_async_script(
+        "const done = arguments[arguments.length - 1], form = document.querySelector('form.upload');"
+        "form.requestSubmit(); setTimeout(() => { const b = form.querySelector('button');"
+        "const state = [b.textContent, b.disabled, form.getAttribute('aria-busy')]; window.stop(); done(state); }, 5);"
+    )
+    assert sent == ["Describing…", True, "true"]
