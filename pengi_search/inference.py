@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -111,13 +112,18 @@ class Engine:
     @classmethod
     def load(
         cls,
-        model_dir: ModelDir,
+        model_dir: ModelDir | str | os.PathLike[str] | None = None,
         device: str = "auto",
         batch_size: int | None = None,
         long_prompts: LongPrompt = LongPrompt.cut,
         fast: bool = False,
     ) -> Engine:
-        """The model of `model_dir` on `device`; `fast`: in `--fast` mode (`FastMode.for_device`)."""
+        """The model of `model_dir` on `device`; `fast`: in `--fast` mode (`FastMode.for_device`).
+
+        `model_dir`: a `ModelDir`, or what `--model` takes: an installed model's name or a model directory (None:
+        `$PENGI_SEARCH_MODEL`, else the installed `base`), e.g. `Engine.load("base")`."""
+        if not isinstance(model_dir, ModelDir):
+            model_dir = ModelDir.resolve(None if model_dir is None else os.fspath(model_dir))
         tokenizers = model_dir.tokenizers  # first: a missing tokenizer fails before 1.3 GB of weights load
         where = resolve_device(device)
         mode = FastMode.for_device(where) if fast else None
@@ -206,14 +212,20 @@ class Engine:
             )
 
     def generate(
-        self, audio_embeds: torch.Tensor, prompts: Sequence[str], gen: GenerationConfig, additional_text: str = ""
+        self,
+        audio_embeds: torch.Tensor,
+        prompts: Sequence[str],
+        gen: GenerationConfig | None = None,
+        additional_text: str = "",
     ) -> list[list[Answer]]:
-        """Answers for every (window, prompt) pair: result[i][j] answers prompts[j] about window i.
+        """Answers for every (window, prompt) pair: result[i][j] answers prompts[j] about window i; `gen`: how
+        (None: `GenerationConfig()`, the CLI's defaults: beam 3, at most 30 tokens).
 
         `additional_text` is the start of every answer, fed after the prefix; the model continues it (the
         reference meant to support this, but passes a single character). Answers that could not fit in the
         language model's positions are refused (`check_generation`).
         """
+        gen = gen or GenerationConfig()
         self.check_generation(prompts, gen, additional_text)
         if gen.stop_ids is None:  # the tokenizer knows this model's end tokens
             gen = dataclasses.replace(gen, stop_ids=self.tok.stop_ids_for(gen.stop))

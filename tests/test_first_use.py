@@ -219,3 +219,19 @@ def test_shell_completion_is_offered_and_completes(monkeypatch):
 
     assert complete("pengi-search do") == ["doctor"]
     assert complete("pengi-search model fetch ba") == ["base", "base_no_text_enc"]
+
+
+def test_every_command_that_runs_the_model_takes_yes_but_serve():
+    """README, "Get the model": `--yes` on every command that runs the model, but `serve` (and `model info`, which
+    only reads the model's files)."""
+
+    def commands(command: typer.core.TyperCommand, name: str) -> Iterator[tuple[str, set[str]]]:
+        yield name, {flag for param in command.params for flag in param.opts}
+        for sub_name, sub in getattr(command, "commands", {}).items():
+            yield from commands(sub, f"{name} {sub_name}")
+
+    with_model = {
+        name: "--yes" in flags for name, flags in commands(typer.main.get_command(app), "") if "--model" in flags
+    }
+    assert {name for name, yes in with_model.items() if not yes} == {" serve", " model info"}
+    assert len(with_model) > 5

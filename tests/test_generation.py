@@ -167,3 +167,26 @@ def test_a_candidate_longer_than_the_language_model_is_refused(engine, silence):
     assert np.isfinite(scored.mean)
     with pytest.raises(UsageError, match="tokens as an answer"):
         engine.score(silence, "this is a sound of", [fits + " a"])
+
+
+def test_an_engine_loads_by_name_or_folder_as_the_model_option_takes_them(tiny_model_dir, isolated_home, monkeypatch):
+    """`Engine.load("base")` as a transformers user writes it: an installed model's name, a folder (str or Path),
+    or None for `PENGI_SEARCH_MODEL`, else the installed `base`; a `ModelDir` as before."""
+    import shutil
+
+    from pengi_search.model_dir import ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError):
+        Engine.load("base", "cpu")
+    shutil.copytree(tiny_model_dir, isolated_home / "models" / "base")
+    for spec in ("base", None, str(tiny_model_dir), tiny_model_dir, ModelDir.read(tiny_model_dir)):
+        engine = Engine.load(spec, "cpu")
+        assert engine.model.cfg == ModelDir.read(tiny_model_dir).config
+    monkeypatch.setenv("PENGI_SEARCH_MODEL", "nowhere")
+    with pytest.raises(ModelNotFoundError, match="nowhere"):
+        Engine.load(device="cpu")
+
+
+def test_generate_defaults_to_the_command_line_settings(engine, silence):
+    prompts = ["generate audio caption", "this is a sound of"]
+    assert engine.generate(silence, prompts) == engine.generate(silence, prompts, GenerationConfig(beam=3, max_len=30))

@@ -184,3 +184,17 @@ def test_eval_retrieval_reports_every_ranking(library, captions, tiny_model_dir)
     assert [r.name for r in available_rankings(library, embedder, root, None)] == ["caption"]
     with pytest.raises(ValueError, match="text tower"):
         available_rankings(library, embedder, root, None, ranks=[Rank.audio])
+
+
+def test_the_ranking_title_keeps_every_word_on_a_narrow_terminal(captions, tiny_model_dir, monkeypatch):
+    """Long paths widen the table past the terminal; its title lost the ends of its lines ("against the q")."""
+    from pengi_search.cli.common import out_console
+
+    monkeypatch.setattr(out_console, "width", 60)
+    common = ["--db", captions.db, "--model", str(tiny_model_dir), "--rank", "hybrid", "--hybrid-weight", "0.25"]
+    result = runner.invoke(app, ["query", QUERY, *common])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    title = " ".join(" ".join(lines[: next(i for i, line in enumerate(lines) if line.startswith("#"))]).split())
+    assert title.startswith("ranked by hybrid (weighted sum of the caption and audio-embedding cosines)")
+    assert title.endswith("caption weight 0.25; 5 of 5 windows have captions")

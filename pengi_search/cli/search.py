@@ -129,7 +129,9 @@ def _show_hits(hits: list[Hit], *, json_output: bool, show_query_span: bool = Fa
     from rich.table import Table
 
     paths = [escape(shown_path(hit.path)) for hit in hits]
-    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold", title=title, title_justify="left")
+    if title:  # above the table, wrapped to the terminal: a table's title is cut where its columns overflow it
+        out_console.print(title, markup=False)
+    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
     table.add_column("#", justify="right")
     # A path is what a user copies: it keeps up to half the terminal, and the caption wraps around it instead.
     table.add_column("path", overflow="fold", min_width=min(max(map(len, paths)), out_console.width // 2))

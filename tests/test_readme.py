@@ -1,0 +1,91 @@
+"""What the README (and the training example's comments) show a user still works: the Python example runs with the
+tiny model, and every `pengi-search` command line in a code block parses with the options it uses."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import typer
+
+from pengi_search.cli import app
+
+ROOT_DIR = Path(__file__).resolve().parents[1]
+README = ROOT_DIR / "README.md"
+
+
+def _code_blocks(text: str, language: str | None = None) -> list[str]:
+    fence = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
+    return [body for lang, body in fence.findall(text) if language is None or lang == language]
+
+
+def test_the_python_example_runs(captions, tiny_model_dir, monkeypatch, capsys):
+    """README, "From Python": the tiny model stands for `base`, a file of the test library for `clip.wav`, and the
+    test library is the default one (`PENGI_SEARCH_DB`), as a user's would be."""
+    [example] = [block for block in _code_blocks(README.read_text(), "python") if "pengi_search" in block]
+    clip = captions.files["animals/dog.wav"]
+    assert example.count('"base"') == 1 and '"clip.wav"' in example
+    code = example.replace('"base"', repr(str(tiny_model_dir))).replace('"clip.wav"', repr(str(clip)))
+    monkeypatch.setenv("PENGI_SEARCH_DB", captions.db)
+    monkeypatch.setenv("PENGI_SEARCH_MODEL", str(tiny_model_dir))
+    scope: dict = {}
+    exec(compile(code, str(README), "exec"), scope)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("0.0-3.0 s [")  # the clip's one window and its two answers
+    assert len(printed) == 1 + len(captions.files)  # one hit per file of the library
+    assert str(clip) in "\n".join(printed[1:])
+    assert scope["source"] == "index" and all(hit.path != str(clip) for hit in scope["hits"])
+
+
+def _documented_command_lines() -> list[tuple[str, str]]:
+    """(where, command line) of each `pengi-search`, `-m indexer` or `-m trainer` line in a code block of the READMEs,
+    and in the comments of trainer/example.yaml, without its comment."""
+    sources = {
+        "README.md": _code_blocks(README.read_text()),
+        "benchmarks/README.md": _code_blocks((ROOT_DIR / "benchmarks" / "README.md").read_text()),
+        "trainer/example.yaml": [
+            line.removeprefix("#")
+            for line in (ROOT_DIR / "trainer" / "example.yaml").read_text().splitlines()
+            if line.startswith("#")
+        ],
+    }
+    found = []
+    for where, blocks in sources.items():
+        text = "\n".join(blocks).replace("\\\n", " ")
+        for line in text.splitlines():
+            line = line.split(" #", 1)[0].split(" > ", 1)[0].strip()
+            if re.match(r"(pengi-search|python -m pengi_search|(torchrun|python) .*-m (indexer|trainer)) ", line):
+                found.append((where, line))
+    return found
+
+
+def _parse(line: str) -> None:
+    """Parse `line` as the shell would pass it to the command (nothing runs); raise what the parser says."""
+    words = shlex.split(line)
+    if "-m" in words and words[words.index("-m") + 1] in ("indexer", "trainer"):
+        module = words.index("-m") + 1
+        words = ["index" if words[module] == "indexer" else "train", *words[module + 1 :]]
+    else:
+        words = words[3:] if words[0] == "python" else words[1:]
+    assert not {"--help", "--install-completion", "--show-completion"} & set(words), "would run"
+    command = typer.main.get_command(app)
+    ctx = command.make_context("pengi-search", list(words))
+    while hasattr(command, "commands"):  # a group: descend to the command it names
+        rest = [*(getattr(ctx, "_protected_args", None) or getattr(ctx, "protected_args", [])), *ctx.args]
+        name, command, rest = ctx.command.resolve_command(ctx, rest)
+        ctx = command.make_context(name, rest, parent=ctx)
+    assert not ctx.args, f"unexpected {ctx.args}"
+
+
+def test_each_documented_command_line_parses():
+    """The command exists and takes every option given, with a value it accepts."""
+    lines = _documented_command_lines()
+    assert len(lines) > 60
+    failures = []
+    for where, line in lines:
+        try:
+            _parse(line)
+        except (Exception, SystemExit) as err:  # the root command's own mistakes exit (one line on stderr)
+            failures.append(f"{where}: {line}: {type(err).__name__}: {err}")
+    assert not failures, "\n".join(failures)
