@@ -192,7 +192,7 @@ class Trainer:
         self.rate = RateWindow()
         self.best = BestTracker(self._metric(), config.evaluation.patience)
         self.evaluated_at: int | None = None  # the step of the last evaluation
-        self.audio_skipped = float(self.data.skipped_at_caching)  # rows whose audio failed, on this process
+        self.skipped_rows = float(self.data.skipped_at_caching)  # rows whose audio failed, on this process
         self.stopped_early = False
         self.last_checkpoint: int | None = None  # step of the latest step checkpoint
         self.rng_to_restore: dict[str, Any] | None = None
@@ -330,7 +330,7 @@ class Trainer:
         model_dir = self._finish()
         if self._interrupted():
             raise KeyboardInterrupt  # after the checkpoint and the model: the command line exits with 130
-        (skipped,) = sum_across(self.processes, [self.audio_skipped])
+        (skipped,) = sum_across(self.processes, [self.skipped_rows])
         return TrainingResult(self.model, self.tokenizers, model_dir, self.position.step, audio_skipped=skipped > 0)
 
     def _interrupted(self) -> bool:
@@ -403,8 +403,9 @@ class Trainer:
         interval.nll += nll_sum
         interval.tokens += local_tokens
         interval.samples += samples
-        interval.skipped += sum(len(batch["skipped"]) for batch in micro)
-        self.audio_skipped += sum(len(batch["skipped"]) for batch in micro)
+        skipped = sum(len(batch["skipped"]) for batch in micro)
+        interval.skipped += skipped
+        self.skipped_rows += skipped
         interval.grad_norm = float(grad_norm)
         self.rate.step(samples * processes.world_size)
 
@@ -460,7 +461,7 @@ class Trainer:
                 autocast=self._autocast,
             )
             record.update(val_loss=result.loss, tokens=result.tokens, skipped=result.skipped)
-            self.audio_skipped += result.skipped
+            self.skipped_rows += result.skipped
         if self.processes.main:
             engine = Engine(self.model, self.tokenizers, self.device, batch_size=self.config.data.batch_size)
             record.update(self._label_metrics(engine))
