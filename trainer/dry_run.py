@@ -190,8 +190,10 @@ def _resume_warnings(config: TrainConfig, plan: dict[str, int | None], resume: b
     """A `--resume` of a run that has reached the planned end: `train` would train nothing (checkpoints are named
     by their step; a run stopped early on patience is seen only when resumed)."""
     checkpoints = list_checkpoints(config.output_dir) if resume is True else []
-    step, total = (checkpoint_step(checkpoints[-1]) or 0) if checkpoints else 0, plan.get("total_steps") or 0
-    if not checkpoints or step < total:
+    if not checkpoints:
+        return []
+    step, total = checkpoint_step(checkpoints[-1]) or 0, plan.get("total_steps") or 0
+    if step < total:
         return []
     what = "optimization.max_steps" if config.optimization.max_steps else "optimization.epochs"
     return [f"the run already finished at step {step} (of {total}): resuming trains nothing; raise {what} to go on"]
