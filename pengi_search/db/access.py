@@ -69,7 +69,11 @@ def _missing(url: str, db: str | os.PathLike[str] | None) -> MissingDatabaseErro
     db_file = sqlite_file(url)
     where = str(db_file) if db_file is not None else shown_db_url(url)
     named = "" if db is None else os.fspath(db)
-    option = "" if named == "" else f" --db {shlex.quote(shown_db_url(named))}" if "://" in named else f" --db {named}"
+    option = ""
+    if "://" in named:  # a server's URL: password hidden, quoted (the shell reads its `***`, `?` and `&`)
+        option = f" --db {shlex.quote(shown_db_url(named))}"
+    elif named:
+        option = f" --db {named}"
     return MissingDatabaseError(where, f"no index here yet; create it with `pengi-search index PATH...{option}`")
 
 
