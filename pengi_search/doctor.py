@@ -301,8 +301,7 @@ def check_database(db: str | None = None) -> tuple[dict[str, Any], list[Problem]
 def _check_open_database(engine: Any, data: dict[str, Any], option: str) -> tuple[dict[str, Any], list[Problem]]:
     from sqlalchemy import inspect
 
-    from .db.access import foreign_tables_reason
-    from .db.migrate import LIBRARY_TABLE, SCHEMA_HEAD, current_revision, foreign_revision_reason
+    from .db.migrate import LIBRARY_TABLE, SCHEMA_HEAD, current_revision, foreign_revision_reason, foreign_tables_reason
 
     with engine.connect() as connection:
         data["schema_revision"] = current_revision(connection)

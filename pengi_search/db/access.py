@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .engine import create_store_engine
 from .errors import ForeignDatabaseError, MissingDatabaseError, StoreError, driver_reason
-from .migrate import LIBRARY_TABLE, migrate
+from .migrate import foreign_tables_reason, migrate
 from .urls import resolve_db_url, shown_db_url, sqlite_file
 
 
@@ -92,15 +92,6 @@ def _has_schema(engine: Engine) -> bool:
     if tables:
         raise ForeignDatabaseError(where, foreign_tables_reason(tables))
     return False
-
-
-def foreign_tables_reason(tables: list[str]) -> str:
-    """Why a database with `tables` (none of them a library's) is not used."""
-    shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
-    return (
-        f"this database holds another application's tables ({shown}), not a pengi-search library ({LIBRARY_TABLE} "
-        "is missing); give pengi-search a database of its own"
-    )
 
 
 def _read_only(engine: Engine) -> Engine:

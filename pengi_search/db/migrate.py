@@ -75,6 +75,15 @@ def migrate(engine: Engine, revision: str = "head") -> None:
         raise StoreError(where, f"cannot open or upgrade the database: {driver_reason(exc)}") from exc
 
 
+def foreign_tables_reason(tables: list[str]) -> str:
+    """Why a database with `tables` (none of them a library's) is not used."""
+    shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+    return (
+        f"this database holds another application's tables ({shown}), not a pengi-search library ({LIBRARY_TABLE} "
+        "is missing); give pengi-search a database of its own"
+    )
+
+
 def foreign_revision_reason(revisions: set[str]) -> str:
     """Why a database that another application's Alembic set up (`revisions` unknown, no library table) is not used."""
     return (
