@@ -18,6 +18,7 @@ from typing import BinaryIO
 
 from ..audio import AUDIO_EXTENSIONS, AudioDecodeError, iter_windows
 from .errors import InvalidParameter, RequestError
+from .settings import MIB
 
 _CHUNK = 1 << 20
 _SAFE_SUFFIX = re.compile(r"^\.[a-z0-9]{1,8}$")
@@ -46,7 +47,7 @@ def saved_upload(stream: BinaryIO, filename: str | None, *, max_bytes: int, max_
 
 def size_text(size: int) -> str:
     """A size limit in the units the server is given it in (`--max-upload-mb`), bytes below a MiB."""
-    return f"{size / _CHUNK:g} MiB" if size >= _CHUNK else f"{size} bytes"
+    return f"{size / MIB:g} MiB" if size >= MIB else f"{size} bytes"
 
 
 def _copy_bounded(stream: BinaryIO, path: Path, name: str, max_bytes: int) -> None:
