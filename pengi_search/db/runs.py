@@ -90,7 +90,7 @@ class RunJournal:
 
         Call it holding the indexing lock: an unsharded run holds it alone, so every other 'running' run is dead;
         a shard holds its shard's lock, so the other runs of that shard are. Their end time stays unknown (None);
-        their counts of files indexed and failed are those of the files it last wrote (their rows name the run).
+        each one's counts of files indexed and failed are those of the files it wrote last (their rows name it).
         """
         query = select(RunRow.id).where(RunRow.status == "running")
         if shard is not None:
