@@ -20,7 +20,8 @@ from ..errors import EXIT_PARTIAL
 from .common import err_console, handle_errors, not_found, out_console, warn
 
 RUN = "run"
-CHECKPOINT_FILES = "name one of its checkpoint files (…/checkpoints/step-*.pt or best.pt)"
+# What to give instead of a folder where a checkpoint file was wanted.
+CHECKPOINT_HINT = "name one of its checkpoint files (…/checkpoints/step-*.pt or best.pt)"
 
 
 class _RunByDefault(TyperGroup):
@@ -77,7 +78,7 @@ def run(
     from trainer.config import load_config, parse_overrides
 
     if resume_from is not None and not resume_from.is_file():
-        raise not_found(resume_from, "training checkpoint", in_folder=CHECKPOINT_FILES)
+        raise not_found(resume_from, "training checkpoint", in_folder=CHECKPOINT_HINT)
     # Read before the training code is imported (torch and the models: seconds), so a mistyped key fails at once.
     settings = load_config(config, parse_overrides(set_ or []))
     from trainer.dry_run import dry_run_report, print_dry_run
@@ -179,6 +180,6 @@ def export(
     from trainer.export import export_checkpoint
 
     if not checkpoint.is_file():
-        raise not_found(checkpoint, "training checkpoint", in_folder=CHECKPOINT_FILES)
+        raise not_found(checkpoint, "training checkpoint", in_folder=CHECKPOINT_HINT)
     directory = export_checkpoint(checkpoint, output)
     out_console.print(f"model written to {directory}")
