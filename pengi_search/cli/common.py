@@ -315,7 +315,8 @@ def not_found(path: Path, what: str = "file", *, in_folder: str = "give the audi
 def audio_files_in(folder: Path) -> tuple[list[str], list[tuple[str, str]]]:
     """The audio files in a folder (recursively, sorted), and the (path, reason) of entries that cannot be read.
 
-    A folder with neither is bad usage (a typo'd or wrong folder), for every command that takes folders alike.
+    A folder with neither is bad usage (a typo'd or wrong folder) for every command that reads audio files from it
+    (describe, ask, classify, eval classify); `index` does not come here, and only warns: a drop folder may be empty.
     """
     from ..audio import AUDIO_EXTENSIONS
     from ..scan import ScanError, scan
