@@ -221,13 +221,13 @@ def convert_labels_csv(
     """
     render_prompt(task)  # an unknown task, or one that needs a question, fails here with the known tasks
 
-    def labels(cell: str | None) -> str | list[str]:
+    def as_answer(cell: str | None) -> str | list[str]:
         cell = cell or ""
         if underscores_to_spaces:
             cell = cell.replace("_", " ")
         return cell.split(label_separator) if task in LIST_ANSWER_TASKS else cell
 
-    return _convert_csv(src, dest, task, audio_column, {"answer": label_column}, answer=labels)
+    return _convert_csv(src, dest, task, audio_column, {"answer": label_column}, answer=as_answer)
 
 
 def convert_captions_csv(
