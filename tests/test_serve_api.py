@@ -18,7 +18,8 @@ from pengi_search.cli.common import EXIT_FAILED, EXIT_USAGE
 from pengi_search.db import Store, StoreError
 from pengi_search.embedders import TextEmbedderError
 from pengi_search.serve.media import browser_type
-from pengi_search.serve.pages import length, when
+from pengi_search.serve.pages import when
+from pengi_search.units import duration_text
 
 from .indexing import write_tone
 from .search_library import CaptionLibrary
@@ -459,7 +460,7 @@ def test_unknown_pages_and_bodies_past_the_limit_get_a_page_and_the_api_json(ser
 def test_the_library_and_a_failed_file_read_as_words(client, served):
     assert when("2026-01-31T14:05:09.123456+00:00") == "2026-01-31 14:05:09 UTC"  # runs' times, to the second
     assert when("2026-01-31T14:05:09+02:00") == "2026-01-31 14:05:09 +0200" and when(None) == ""
-    assert [length(s) for s in (21.4, 587.1, 11520.0)] == ["21 s", "9.8 min", "3.2 h"]
+    assert [duration_text(s) for s in (21.4, 587.1, 11520.0)] == ["21 s", "9.8 min", "3.2 h"]
     assert re.search(r"<th>indexed audio</th><td>\d+ s</td>", client.get("/library").text)  # not "0.0 h"
     broken = next(info for i in range(1, 20) if (info := client.get(f"/api/files/{i}").json()).get("path") == BROKEN)
     page = client.get(f"/files/{broken['id']}").text

@@ -18,10 +18,11 @@ from pengi_search.cli import app
 from pengi_search.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from pengi_search.model import Pengi
 from pengi_search.model_dir import ModelDir
+from pengi_search.units import duration_text
 from trainer.augment import augment
 from trainer.config import AugmentationSection, load_config
 from trainer.data import AudioTextDataset, read_manifest
-from trainer.dry_run import dry_run_report, duration
+from trainer.dry_run import dry_run_report
 from trainer.evaluation import sample_rows
 from trainer.features import FeatureDataset, encode_clips
 from trainer.loop import Trainer
@@ -431,7 +432,7 @@ def test_resume_from_a_missing_checkpoint_fails_before_the_set_up(
 
 def test_dry_run_times_read_in_seconds_minutes_or_hours() -> None:
     # A small set's epoch of 1.3 s was shown as "about 0.0 min an epoch".
-    assert [duration(s) for s in (1.32, 42.4, 90, 5400)] == ["1.3 s", "42 s", "1.5 min", "1.5 h"]
+    assert [duration_text(s) for s in (1.32, 42.4, 90, 5400)] == ["1.3 s", "42 s", "1.5 min", "1.5 h"]
 
 
 def test_dry_run_warns_of_a_long_warm_up_and_refuses_a_small_vocabulary(tmp_path, tiny_no_text_model_dir) -> None:

@@ -20,6 +20,7 @@ from pengi_search.config import PengiConfig
 from pengi_search.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, PengiSearchError
 from pengi_search.model import Pengi
 from pengi_search.tokenization import PromptTooLongError, Tokenizers
+from pengi_search.units import duration_text
 from trainer.config import TrainConfig
 from trainer.data import Example, LoadAudio, check_audio, read_manifest, task_mix
 from trainer.features import clip_key
@@ -265,16 +266,6 @@ def _plan(config: TrainConfig, usable: int) -> dict[str, int | None]:
     }
 
 
-def duration(seconds: float) -> str:
-    """An estimate as a person reads it: seconds under a minute (a small set's epoch is not "0.0 min"), else
-    minutes, else hours."""
-    if seconds < 60:
-        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
-    if seconds < 3600:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def print_dry_run(report: DryRunReport, console: Console) -> None:
     for check in report.manifests:
         console.print(
@@ -298,9 +289,9 @@ def print_dry_run(report: DryRunReport, console: Console) -> None:
     console.print(f"plan: {plan}", soft_wrap=True)
     if report.timing:
         timing = report.timing
-        line = f"time: {timing['step']:.2f} s a step, about {duration(timing['epoch'])} an epoch on this machine"
+        line = f"time: {timing['step']:.2f} s a step, about {duration_text(timing['epoch'])} an epoch on this machine"
         if "encoding" in timing:
-            line += f"; encoding the clips first (frozen encoder, cached): about {duration(timing['encoding'])}"
+            line += f"; encoding the clips first (frozen encoder, cached): about {duration_text(timing['encoding'])}"
         console.print(line, soft_wrap=True)
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)

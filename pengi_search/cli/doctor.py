@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.markup import escape
 
+from ..units import duration_text
 from .common import EXIT_FAILED, EXIT_OK, DbOption, JsonOption, handle_errors, out_console, print_json
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ def _database(db: dict[str, Any]) -> list[tuple[str, str]]:
         ("schema", str(db["schema_revision"])),
         ("integrity", str(db.get("integrity", "not checked (not SQLite)"))),
         ("files", f"{files['total']} ({counts})"),
-        ("windows", f"{db['windows']}, texts {db['texts']}, audio {db['indexed_audio_s'] / 3600:.2f} h"),
+        ("windows", f"{db['windows']}, texts {db['texts']}, audio {duration_text(db['indexed_audio_s'])}"),
         ("running runs", str(len(db["running_runs"]))),
     ]
     for kind, info in db["vector_indexes"].items():

@@ -13,6 +13,7 @@ import typer
 from rich.markup import escape
 
 from ..choices import Captions, Device, IndexType, LongPrompt, StopRule
+from ..units import duration_text
 from .common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -403,7 +404,7 @@ def _print_stats(data: dict[str, Any]) -> None:
     lines = [
         _database_line(data["database"], data["database_bytes"]),
         f"files: {files['total']} ({files['indexed']} indexed, {files['pending']} pending, {files['error']} failed)",
-        f"windows: {data['windows']}, texts: {data['texts']}, audio: {data['indexed_audio_s'] / 3600:.2f} h",
+        f"windows: {data['windows']}, texts: {data['texts']}, audio: {duration_text(data['indexed_audio_s'])}",
         _captions_line(data["captions"]),
     ]
     model = data["model"]

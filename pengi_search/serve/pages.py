@@ -20,6 +20,7 @@ from fastapi.templating import Jinja2Templates
 
 from ..errors import PengiSearchError
 from ..pathnames import shown
+from ..units import duration_text
 from . import media
 from .api import ServiceDep, parse_labels, read_upload
 from .errors import InvalidParameter, status_of
@@ -62,14 +63,7 @@ def when(stamp: str | None) -> str:
     return f"{moment:%Y-%m-%d %H:%M:%S} {zone}".rstrip()
 
 
-def length(seconds: float) -> str:
-    """An amount of audio in the unit that reads best: 45 s, 9.8 min, 3.2 h."""
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
-
-
-templates.env.globals.update(hit_player=hit_player, span=span, when=when, length=length)
+templates.env.globals.update(hit_player=hit_player, span=span, when=when, duration_text=duration_text)
 
 
 def error_page(status: int, detail: str) -> str:
