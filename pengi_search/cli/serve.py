@@ -23,8 +23,6 @@ from .common import (
     out_console,
 )
 
-MIB = 1 << 20
-
 
 @handle_errors
 def serve(
@@ -74,6 +72,7 @@ def serve(
     Example: pengi-search serve --open
     """
     from ..serve import LOOPBACK_NAMES, ServeSettings, create_app, is_loopback, required_token
+    from ..serve.settings import MIB
 
     if workers > 1 and not hasattr(os, "fork"):
         raise UsageError("--workers", "needs a system with fork(); use one worker here")

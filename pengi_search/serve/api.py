@@ -20,7 +20,7 @@ from ..classify import LabelsError, read_label_texts, read_labels
 from ..search import Hit
 from .errors import InvalidParameter, RequestError
 from .service import SearchParams, Service
-from .uploads import saved_upload
+from .uploads import saved_upload, size_text
 
 router = APIRouter(prefix="/api", tags=["api"])
 MAX_LABELS_BYTES = 1 << 20
@@ -186,7 +186,7 @@ def parse_labels(typed: str | None, uploaded: UploadFile | None) -> tuple[list[s
     else:
         raise InvalidParameter("labels", "no labels: type one per line, or send a labels file")
     if len(data) > MAX_LABELS_BYTES:
-        raise RequestError(field, f"larger than {MAX_LABELS_BYTES} bytes", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+        raise RequestError(field, f"larger than {size_text(MAX_LABELS_BYTES)}", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
     with tempfile.TemporaryDirectory(prefix="pengi-labels-") as folder:
         path = Path(folder) / f"labels{suffix}"
         path.write_bytes(data)
