@@ -33,9 +33,10 @@ from .checkpoint import CheckpointError
 from .choices import DEFAULT_HYBRID_WEIGHT, By, Rank
 from .chunking import doubling_chunks
 from .db import StoreMismatchError, WindowDetails, caption_counts
+from .download import RELEASES
 from .embedders import EmbedderSpec, TextEmbedder, TextEmbedderError, open_text_embedder
 from .errors import OptionError
-from .model_dir import PENGI_TEXT_PREFIX, ModelDir
+from .model_dir import PENGI_TEXT_PREFIX, ModelDir, ModelNotFoundError
 from .pathnames import from_typed, path_fields
 from .ranking import HybridIndex
 from .scan import has_extension, parse_extensions
@@ -311,11 +312,25 @@ def query_embedder(library: Library, model: str | None = None, device: str = "au
 
 def _text_tower_model(library: Library, embedder_id: str, model: str | None) -> ModelDir:
     """The model whose text tower made `embedder_id`: `--model` (or the default), else, without `--model`, an
-    installed model with the index's identity."""
-    model_dir = ModelDir.resolve(model)
-    if model_dir.text_embedder_id != embedder_id and model is None:
+    installed model with the index's identity. Without either, a library built by a released model asks for it
+    (ModelNotFoundError: the first-use download); one built by another model names that model."""
+    try:
+        model_dir: ModelDir | None = ModelDir.resolve(model)
+    except ModelNotFoundError:
+        if model is not None:
+            raise
+        model_dir = None
+    if model is None and (model_dir is None or model_dir.text_embedder_id != embedder_id):
         found = (candidate for candidate in ModelDir.installed() if candidate.text_embedder_id == embedder_id)
         model_dir = next(found, model_dir)
+    built_by = embedder_id.removeprefix(PENGI_TEXT_PREFIX)
+    if model_dir is None:
+        if built_by.partition("@")[0] in RELEASES:
+            return ModelDir.resolve(model)  # raises again: the released model can be fetched
+        raise StoreMismatchError(
+            library.db_url,
+            f"the index was built with model {built_by}, which is not installed here: pass its directory with --model",
+        )
     if model_dir.text_embedder_id != embedder_id:
         raise StoreMismatchError(
             library.db_url,

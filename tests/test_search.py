@@ -294,6 +294,16 @@ def test_query_finds_the_index_model_among_installed_models(library, captions, t
     assert hits[0].path == str(captions.files["bell.wav"])
 
 
+def test_query_without_any_model_installed_names_the_model_that_built_the_index(library, tiny_model_dir, isolated_home):
+    """Not "base is not installed: fetch it" (2.2 GB that would not match the index either)."""
+    built_by = ModelDir.read(tiny_model_dir).identity
+    with pytest.raises(StoreMismatchError, match=f"built with model {built_by}, which is not installed here"):
+        query_text(library, "a bell rings")
+    make_tiny_model_dir(isolated_home / "models" / "base", seed=1)  # installed now, but not what built the index
+    with pytest.raises(StoreMismatchError, match="Pass that model with --model"):
+        query_text(library, "a bell rings")
+
+
 def test_query_on_an_empty_library(tmp_path, tiny_model_dir):
     with Library.open(str(tmp_path / "empty.db")) as lib, pytest.raises(EmptyLibraryError, match="index PATH"):
         query_text(lib, "anything", model=str(tiny_model_dir))
