@@ -7,3 +7,5 @@ chown postgres "$pg_dir"
 su postgres -c "$pg_bin/initdb -D $pg_dir/data -A trust -U postgres" >/dev/null
 su postgres -c "$pg_bin/pg_ctl -D $pg_dir/data -o '-c listen_addresses=127.0.0.1 -p $pg_port -k $pg_dir' -l $pg_dir/log -w start" >/dev/null
 export PENGI_TEST_POSTGRES_URL="postgresql+psycopg://postgres@127.0.0.1:$pg_port/postgres"
+# Stopped and removed when the CI script ends, however it ends (a machine that runs it again keeps no servers).
+trap 'su postgres -c "$pg_bin/pg_ctl -D $pg_dir/data -m immediate stop" >/dev/null 2>&1; rm -rf "$pg_dir"' EXIT
