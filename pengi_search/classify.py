@@ -64,6 +64,13 @@ class LabelsError(UsageError):
 
 def read_labels(path: str | os.PathLike[str]) -> list[str]:
     """The labels of a labels file (see the module docstring); raises LabelsError naming the problem and line."""
+    return read_label_map(path)[0]
+
+
+def read_label_map(path: str | os.PathLike[str]) -> tuple[list[str], dict[str, str]]:
+    """The labels of a labels file, and label -> the text it is scored as where a CSV's `answer` column gives one
+    (the label map `pengi-search train init` writes teaches "alarm clock" for the label alarm_clock; {} for a file
+    without that column). Raises LabelsError naming the problem and line."""
     path = Path(path)
     text = read_text(path, LabelsError)
     if path.suffix.lower() == ".csv":
@@ -82,35 +89,25 @@ def read_labels(path: str | os.PathLike[str]) -> list[str]:
         if label in first_line:
             raise LabelsError(path, f"duplicate label {label!r} on line {number} (first on line {first_line[label]})")
         first_line[label] = number
-    return list(first_line)
+    return list(first_line), {}
 
 
-def _labels_from_csv(path: Path, text: str) -> list[str]:
+def _labels_from_csv(path: Path, text: str) -> tuple[list[str], dict[str, str]]:
     header, rows = csv_rows(path, text, LabelsError)
     if "label" not in header:
         raise LabelsError(path, f"a CSV labels file needs a 'label' column; the header has {', '.join(header)}")
     labels: dict[str, None] = {}
+    texts: dict[str, str] = {}
     for number, row in rows:
         if not row.get("label"):
             raise LabelsError(path, f"line {number} has no label")
         _check_characters(path, row["label"], number)
         labels[row["label"]] = None
+        if row.get("answer"):
+            texts[row["label"]] = row["answer"]
     if not labels:
         raise LabelsError(path, "no labels (the CSV file has a header but no rows)")
-    return list(labels)
-
-
-def read_label_texts(path: str | os.PathLike[str]) -> dict[str, str]:
-    """label -> the text the model says for it, from a labels CSV with an `answer` column (the label map that
-    `pengi-search train init` writes: it teaches "alarm clock" for the label alarm_clock); {} for any other file.
-    Call after `read_labels`, which checks the file."""
-    path = Path(path)
-    if path.suffix.lower() != ".csv":
-        return {}
-    header, rows = csv_rows(path, path.read_text(encoding="utf-8"), LabelsError)
-    if "answer" not in header:
-        return {}
-    return {row["label"]: row["answer"] for _, row in rows if row.get("label") and row.get("answer")}
+    return list(labels), texts
 
 
 def _check_characters(path: Path, label: str, number: int) -> None:
@@ -259,7 +256,7 @@ class Classifier:
     ) -> None:
         """`engine`: the model of `model_dir`, already loaded (a server shares one); otherwise loaded when needed
         (on `device`, with `batch_size` windows per batch, None: the device's default, in `--fast` mode if `fast`).
-        `texts`: what a label is scored as, where it is not the label itself (`read_label_texts`).
+        `texts`: what a label is scored as, where it is not the label itself (`read_label_map`).
         """
         if not labels:
             raise ValueError("no labels to classify with")

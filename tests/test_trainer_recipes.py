@@ -228,19 +228,19 @@ def test_init_refuses_a_file_listed_twice_and_warns_of_one_label_or_no_validatio
 
 
 def test_classify_with_the_label_map_scores_the_answers_the_model_was_taught(tmp_path, tiny_no_text_model_dir) -> None:
-    from pengi_search.classify import Classifier, ClassifySettings, read_label_texts, read_labels
+    from pengi_search.classify import Classifier, ClassifySettings, read_label_map
     from pengi_search.model_dir import ModelDir
 
     write_clips(tmp_path, per_label=1)
     (tmp_path / "snake.csv").write_text("file,label\nlow_0.wav,low_hum\nhigh_0.wav,high\n")
     result = init_run(tmp_path / "snake.csv", tmp_path, tmp_path / "out")
-    labels, texts = read_labels(result.label_map), read_label_texts(result.label_map)
+    labels, texts = read_label_map(result.label_map)
     assert labels == ["high", "low_hum"] and texts == {"high": "high", "low_hum": "low hum"}
     model = ModelDir.read(tiny_no_text_model_dir)
     # The model learnt "low hum" for low_hum: that is what loglik scores (it scored "low_hum"); the label is reported.
     loglik = Classifier(labels, ClassifySettings(method="loglik"), model_dir=model, texts=texts)
     assert loglik._answers == ["high", "low hum"] and loglik.labels == labels
-    assert read_label_texts(tmp_path / "snake.csv") == {}  # no answer column: labels are scored as they are
+    assert read_label_map(tmp_path / "snake.csv")[1] == {}  # no answer column: labels are scored as they are
 
 
 # --- A run on labels ------------------------------------------------------------------------------------------------

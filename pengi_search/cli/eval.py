@@ -403,7 +403,7 @@ def classify_files(
 
     Example: pengi-search eval classify esc50/audio --truth esc50/truth.csv -o runs/esc50
     """
-    from ..classify import LabelsError, read_label_texts, read_labels, read_truth, write_csv
+    from ..classify import LabelsError, read_label_map, read_labels, read_truth, write_csv
     from ..evaluation.classification import evaluate_classification
     from ..model_dir import ModelDir
     from .classify import classify_target
@@ -411,8 +411,8 @@ def classify_files(
     apply_threads(threads)
     try:
         known = read_truth(truth)
-        label_list = read_labels(labels if labels is not None else truth)
-        texts = read_label_texts(labels) if labels is not None else {}  # a label map: what each label is scored as
+        # A labels file may be a label map (what each label is scored as); the truth's labels are scored as they are.
+        label_list, texts = read_label_map(labels) if labels is not None else (read_labels(truth), {})
     except LabelsError as err:
         raise UsageError("", str(err)) from None
     settings = scoring.settings()

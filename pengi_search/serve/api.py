@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from starlette.formparsers import MultiPartException
 
 from ..choices import DEFAULT_HYBRID_WEIGHT
-from ..classify import LabelsError, read_label_texts, read_labels
+from ..classify import LabelsError, read_label_map
 from ..search import Hit
 from .errors import InvalidParameter, RequestError
 from .service import SearchParams, Service
@@ -175,7 +175,7 @@ def read_upload(svc: Service, file: UploadFile) -> Any:
 
 def parse_labels(typed: str | None, uploaded: UploadFile | None) -> tuple[list[str], dict[str, str]]:
     """Labels typed one per line, or a labels file (text, or CSV with a 'label' column), checked as the CLI does;
-    with what each label is scored as where a label map's `answer` column says (`classify.read_label_texts`)."""
+    with what each label is scored as where a label map's `answer` column says (`classify.read_label_map`)."""
     if uploaded is not None and uploaded.filename:
         if typed and typed.strip():  # which did the client mean? Say so rather than drop the typed ones
             raise InvalidParameter("labels", "both typed labels and a labels file: send one of them")
@@ -191,7 +191,7 @@ def parse_labels(typed: str | None, uploaded: UploadFile | None) -> tuple[list[s
         path = Path(folder) / f"labels{suffix}"
         path.write_bytes(data)
         try:
-            return read_labels(path), read_label_texts(path)
+            return read_label_map(path)
         except LabelsError as exc:
             raise InvalidParameter(field, exc.reason) from None
 
