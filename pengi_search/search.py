@@ -314,19 +314,20 @@ def _text_tower_model(library: Library, embedder_id: str, model: str | None) -> 
     """The model whose text tower made `embedder_id`: `--model` (or the default), else, without `--model`, an
     installed model with the index's identity. Without either, a library built by a released model asks for it
     (ModelNotFoundError: the first-use download); one built by another model names that model."""
+    missing: ModelNotFoundError | None = None
     try:
         model_dir: ModelDir | None = ModelDir.resolve(model)
-    except ModelNotFoundError:
+    except ModelNotFoundError as err:
         if model is not None:
             raise
-        model_dir = None
+        model_dir, missing = None, err
     if model is None and (model_dir is None or model_dir.text_embedder_id != embedder_id):
         found = (candidate for candidate in ModelDir.installed() if candidate.text_embedder_id == embedder_id)
         model_dir = next(found, model_dir)
     built_by = embedder_id.removeprefix(PENGI_TEXT_PREFIX)
     if model_dir is None:
-        if built_by.partition("@")[0] in RELEASES:
-            return ModelDir.resolve(model)  # raises again: the released model can be fetched
+        if missing is not None and built_by.partition("@")[0] in RELEASES:
+            raise missing  # the released model can be fetched (the first-use download)
         raise StoreMismatchError(
             library.db_url,
             f"the index was built with model {built_by}, which is not installed here: pass its directory with --model",
