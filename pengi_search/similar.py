@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .chunking import chunked
-from .db import WindowDetails
+from .db import WindowDetails, non_finite_vector
 from .model_dir import ModelDir
 from .scan import ScanError, absolute, scan
 
@@ -28,8 +28,6 @@ from .search import Hit, SearchScope, check_index_model, search_index
 
 # ---------------------------------------------------------------------------------------------------------------
 # audio -> audio
-
-NON_FINITE_VECTOR = "audio vector has NaN or infinite values"
 
 
 @dataclass(frozen=True)
@@ -126,7 +124,7 @@ def similar_to_files(
                 continue
             vectors, spans, source = np.stack(outcome.results), [(s.start_s, s.end_s) for s in outcome.spans], "decoded"
         if not np.isfinite(vectors).all():  # the model overflowed on this file: reported as `index` records it
-            yield SimilarResult(path, [], source, NON_FINITE_VECTOR)
+            yield SimilarResult(path, [], source, non_finite_vector("audio"))
             continue
         hits = search_index(library, index, vectors, scope.excluding(absolute(path)), query_spans=spans)
         yield SimilarResult(path, hits, source)

@@ -36,6 +36,7 @@ from .records import (
     VectorIndexInfo,
     WindowDetails,
     WindowInput,
+    non_finite_vector,
 )
 from .store import Store
 from .urls import (
@@ -73,6 +74,7 @@ __all__ = [
     "WindowCaptions",
     "WindowDetails",
     "WindowInput",
+    "non_finite_vector",
     "add_captions",
     "caption_counts",
     "caption_modes",

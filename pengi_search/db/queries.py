@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from ..pathnames import to_stored
 from .errors import StoreError
-from .records import check_vector_kind
+from .records import check_vector_kind, non_finite_vector
 from .schema import AudioFileRow, IndexMetaRow
 
 IDS_PER_QUERY = 500  # ids per IN (...) list: far below SQLite's limit on bound parameters
@@ -41,7 +41,7 @@ def encode_vector(where: str, kind: str, vector: np.ndarray, text_dim: int | Non
     if array.ndim != 1 or array.size == 0:
         raise StoreError(where, f"{kind} vector must be 1-D and non-empty, got shape {array.shape}")
     if not np.isfinite(array).all():
-        raise StoreError(where, f"{kind} vector has NaN or infinite values")
+        raise StoreError(where, non_finite_vector(kind))
     if kind == "text" and text_dim is not None and array.size != text_dim:
         raise StoreError(where, f"text vector has {array.size} dimensions but the index embedder has {text_dim}")
     return array.astype("<f4", copy=False).tobytes()

@@ -22,6 +22,11 @@ def check_vector_kind(kind: str) -> None:
         raise StoreError(f"vector kind {kind!r}", f"unknown; use one of {', '.join(VECTOR_KINDS)}")
 
 
+def non_finite_vector(kind: str) -> str:
+    """Why a `kind` vector is refused (the store's reason, which `similar` gives a query file too)."""
+    return f"{kind} vector has NaN or infinite values"
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """The Pengi checkpoint that wrote the texts: a name and the sha256 (or other fingerprint) of its weights."""
