@@ -306,6 +306,10 @@ def _check_open_database(engine: Any, data: dict[str, Any], option: str) -> tupl
     with engine.connect() as connection:
         data["schema_revision"] = current_revision(connection)
         tables = inspect(connection).get_table_names()
+        library_at_head = LIBRARY_TABLE in tables and data["schema_revision"] == SCHEMA_HEAD
+        if library_at_head and engine.dialect.name == "sqlite":  # what the checks below go on to read
+            rows = list(connection.exec_driver_sql("PRAGMA integrity_check").scalars())
+            data["integrity"] = "ok" if rows == ["ok"] else rows[:5]
     if data["schema_revision"] is None and not tables:
         data["exists"] = False  # an empty database on a server: `pengi-search index` makes the library in it
         return data, []
@@ -318,10 +322,6 @@ def _check_open_database(engine: Any, data: dict[str, Any], option: str) -> tupl
         return data, [Problem("database", reason, "point --db or PENGI_SEARCH_DB at a database of pengi-search's own")]
     if data["schema_revision"] != SCHEMA_HEAD:
         return data, [_schema_problem(data["schema_revision"], option)]
-    with engine.connect() as connection:
-        if engine.dialect.name == "sqlite":
-            rows = list(connection.exec_driver_sql("PRAGMA integrity_check").scalars())
-            data["integrity"] = "ok" if rows == ["ok"] else rows[:5]
     problems = []
     if data.get("integrity", "ok") != "ok":
         problems.append(

@@ -68,10 +68,12 @@ def shown_db_url(url: str | URL) -> str:
     if isinstance(url, URL):
         return url.render_as_string(hide_password=True)
     try:
-        parsed = make_url(url)
+        parsed: URL | None = make_url(url)
     except (ArgumentError, ValueError):
+        parsed = None
+    if parsed is None or "@" in (parsed.host or ""):  # SQLAlchemy cannot tell the password: cut it from the text
         return _PASSWORD.sub(r"\1***@", url)
-    return _PASSWORD.sub(r"\1***@", url) if "@" in (parsed.host or "") else parsed.render_as_string(hide_password=True)
+    return parsed.render_as_string(hide_password=True)
 
 
 def sqlite_file(url: str | URL) -> Path | None:
