@@ -31,6 +31,7 @@ from pengi_search.checkpoint import CheckpointError
 from pengi_search.errors import PengiSearchError
 from pengi_search.inference import Engine
 from pengi_search.model import Pengi
+from pengi_search.model_dir import is_model_dir
 from pengi_search.tokenization import Tokenizers
 from trainer.config import ConfigError, RuntimeSection, TrainConfig
 from trainer.data import Batch, collate_examples
@@ -290,7 +291,7 @@ class Trainer:
         """Resumed at the run's end (`finished`): say so, where its model is and how to train on; write nothing."""
         where, what = self.finished
         folder = self.config.output_dir
-        model_dir = folder / MODEL_DIR if (folder / MODEL_DIR / "config.json").is_file() else None
+        model_dir = folder / MODEL_DIR if is_model_dir(folder / MODEL_DIR) else None
         if model_dir is not None:
             model = f"its model is in {model_dir}"
             if (folder / BEST_MODEL_DIR).is_dir():
