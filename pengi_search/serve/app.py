@@ -128,8 +128,7 @@ def _error(request: Request, status: int, detail: str, errors: list[dict[str, st
     page that says `detail`."""
     if _wants_json(request):
         return JSONResponse({"detail": detail} if errors is None else {"detail": detail, "errors": errors}, status)
-    page = pages.templates.TemplateResponse(request, "error.html", {"status": status, "detail": detail})
-    return HTMLResponse(page.body, status_code=status)
+    return HTMLResponse(pages.error_page(status, detail), status_code=status)
 
 
 def _wants_json(request: Request) -> bool:
