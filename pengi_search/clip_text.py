@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import TextEncoderConfig
-from .mlp import ACTIVATIONS
+from .mlp import ACTIVATIONS, Mlp
 
 if TYPE_CHECKING:
     from transformers import CLIPTextConfig
@@ -89,17 +89,12 @@ class SelfAttention(nn.Module):
         return self.out_proj(y.transpose(1, 2).contiguous().reshape(B, T, E))
 
 
-class MLP(nn.Module):
-    def __init__(self, config: CLIPTextSettings | CLIPTextConfig) -> None:
-        super().__init__()
-        if config.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"unsupported CLIP activation {config.hidden_act!r}")
-        self.act = ACTIVATIONS[config.hidden_act]
-        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+def feed_forward(config: CLIPTextSettings | CLIPTextConfig) -> Mlp:
+    """The layer's MLP: the shared block (`mlp.Mlp`, whose `fc1` and `fc2` are CLIP's names) with CLIP's activation."""
+    if config.hidden_act not in ACTIVATIONS:
+        raise ValueError(f"unsupported CLIP activation {config.hidden_act!r}")
+    act = ACTIVATIONS[config.hidden_act]
+    return Mlp(config.hidden_size, config.intermediate_size, lambda fc1, x: act(fc1(x)))
 
 
 class EncoderLayer(nn.Module):
@@ -110,7 +105,7 @@ class EncoderLayer(nn.Module):
         E = config.hidden_size
         self.self_attn = SelfAttention(config)
         self.layer_norm1 = nn.LayerNorm(E, eps=config.layer_norm_eps)
-        self.mlp = MLP(config)
+        self.mlp = feed_forward(config)
         self.layer_norm2 = nn.LayerNorm(E, eps=config.layer_norm_eps)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -164,7 +159,7 @@ class CLIPTextTower(nn.Module):
                 for proj in (module.q_proj, module.k_proj, module.v_proj):
                     nn.init.normal_(proj.weight, 0.0, in_proj_std)
                 nn.init.normal_(module.out_proj.weight, 0.0, E**-0.5 * factor)
-            elif isinstance(module, MLP):
+            elif isinstance(module, Mlp):  # this tower's only: `apply` walks its own modules
                 nn.init.normal_(module.fc1.weight, 0.0, (2 * E) ** -0.5 * factor)
                 nn.init.normal_(module.fc2.weight, 0.0, in_proj_std)
 
