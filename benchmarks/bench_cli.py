@@ -109,29 +109,28 @@ def pipeline_run(args: argparse.Namespace, paths: list[Path]) -> Run:
     from pengi_search.decoding import GenerationConfig
     from pengi_search.inference import Engine
     from pengi_search.model_dir import ModelDir
-    from pengi_search.prompts import DESCRIBE_TASKS, TASK_PROMPTS
     from pengi_search.window_batches import Decoding, map_windows
 
     decoding = Decoding(paths)  # as `describe` does: the files decode while the model loads
     torch.set_num_threads(args.threads)
     engine = Engine.load(ModelDir.read(args.model_dir), args.device)
-    prompts = [TASK_PROMPTS[task] for task in DESCRIBE_TASKS]
+    prompts = engine.default_prompts()
     gen = GenerationConfig(beam=3, max_len=30)
     busy = 0.0
 
     def describe(windows):
         nonlocal busy
         began = time.perf_counter()
-        answers = engine.generate(engine.audio_embeddings(np.stack([w.samples for w in windows])), prompts, gen)
+        described = engine.describe_windows(windows, prompts, gen)
         busy += time.perf_counter() - began
-        return answers
+        return described
 
-    silence = np.zeros((1, round(SECONDS * SAMPLE_RATE)), dtype=np.float32)
-    engine.generate(engine.audio_embeddings(silence), prompts, GenerationConfig(beam=3, max_len=2))  # warm-up
+    silence = np.zeros(round(SECONDS * SAMPLE_RATE), dtype=np.float32)
+    engine.describe(silence, prompts, GenerationConfig(beam=3, max_len=2))  # warm-up
     started = time.perf_counter()
-    outcomes = list(map_windows(decoding, describe, batch_size=max(1, engine.batch_size // len(prompts))))
+    outcomes = list(map_windows(decoding, describe, batch_size=engine.windows_per_batch(len(prompts))))
     seconds = time.perf_counter() - started
-    texts = [{task: a.text for task, a in zip(DESCRIBE_TASKS, o.results[0], strict=True)} for o in outcomes]
+    texts = [{task: a.text for task, a in o.results[0].answers.items()} for o in outcomes]
     return Run("pipeline", len(paths), seconds, busy, texts)
 
 

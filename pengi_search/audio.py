@@ -56,6 +56,7 @@ __all__ = [
     "pad_to_length",
     "probe",
     "stream_audio",
+    "windows_of",
 ]
 
 SAMPLE_RATE = 44_100
@@ -226,13 +227,33 @@ def iter_windows(
 ) -> Iterator[Window]:
     """Stream the file's windows in order (see the module docstring for the rule); `report` learns what decoding
     found (see `DecodeReport`)."""
-    if sample_rate <= 0:
-        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
-    size, hop = round(window_s * sample_rate), round(hop_s * sample_rate)
-    if not 0 < hop <= size:
-        # Checked in samples, where a tiny hop rounds to zero; a hop longer than the window would skip audio.
-        raise ValueError(f"need 0 < hop_s <= window_s (at least one sample), got hop_s={hop_s}, window_s={window_s}")
-    return _windows(Path(path), _WindowCutter(size, hop, sample_rate), report)
+    return _windows(Path(path), _WindowCutter.of(hop_s, window_s, sample_rate), report)
+
+
+def windows_of(
+    samples: np.ndarray, *, hop_s: float = WINDOW_SECONDS, window_s: float = WINDOW_SECONDS
+) -> Iterator[Window]:
+    """The windows of a signal already in memory, cut as `iter_windows` cuts a file: `samples` is mono (1-D) float
+    audio at `SAMPLE_RATE` (44.1 kHz), within ±1. Raises ValueError for anything else, since such an array would be
+    heard as something it is not (another rate or channel layout, integer PCM read as huge values)."""
+    samples = _checked_signal(samples)
+    cutter = _WindowCutter.of(hop_s, window_s, SAMPLE_RATE)
+    return chain(cutter.push(samples), cutter.finish())
+
+
+def _checked_signal(samples: np.ndarray) -> np.ndarray:
+    samples = np.asarray(samples)
+    if samples.ndim != 1 or samples.size == 0:
+        raise ValueError(
+            f"expected mono audio, a non-empty 1-D array of samples at {SAMPLE_RATE} Hz; got shape {samples.shape} "
+            "(average the channels first, e.g. samples.mean(axis=1))"
+        )
+    if not np.issubdtype(samples.dtype, np.floating):
+        raise ValueError(f"expected float samples within ±1, got {samples.dtype} (int16 PCM: divide by 32768)")
+    finite = np.isfinite(samples)
+    if not finite.all():
+        raise ValueError(f"non-finite samples (NaN or Inf) at {int(np.argmin(finite)) / SAMPLE_RATE:.2f} s")
+    return samples.astype(np.float32, copy=False)
 
 
 def _windows(path: Path, cutter: _WindowCutter, report: DecodeReport | None) -> Iterator[Window]:
@@ -253,6 +274,19 @@ class _WindowCutter:
         self._total = 0
         self._next_start = 0
         self._count = 0
+
+    @classmethod
+    def of(cls, hop_s: float, window_s: float, sample_rate: int) -> _WindowCutter:
+        """A cutter for windows of `window_s` every `hop_s` seconds; ValueError for a rate or hop that cannot be."""
+        if sample_rate <= 0:
+            raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+        size, hop = round(window_s * sample_rate), round(hop_s * sample_rate)
+        if not 0 < hop <= size:
+            # Checked in samples, where a tiny hop rounds to zero; a hop longer than the window would skip audio.
+            raise ValueError(
+                f"need 0 < hop_s <= window_s (at least one sample), got hop_s={hop_s}, window_s={window_s}"
+            )
+        return cls(size, hop, sample_rate)
 
     def push(self, chunk: np.ndarray) -> Iterator[Window]:
         self._buffer = np.concatenate([self._buffer, chunk])

@@ -238,15 +238,28 @@ def rank(labels: Sequence[str], scores: np.ndarray) -> list[tuple[str, float]]:
     return [(labels[i], float(scores[i])) for i in order]
 
 
+def _model_dir_of(model_dir: ModelDir | str | os.PathLike[str] | None, engine: Engine | None) -> ModelDir:
+    """The model directory a classifier names: as given, else the engine's, else the default one."""
+    from .model_dir import ModelDir
+
+    if isinstance(model_dir, ModelDir):
+        return model_dir
+    if model_dir is None and engine is not None:
+        if engine.model_dir is None:  # the default model could be another than the engine's
+            raise ValueError("an engine built without Engine.load has no model directory: give model_dir")
+        return engine.model_dir
+    return ModelDir.resolve(None if model_dir is None else os.fspath(model_dir))
+
+
 class Classifier:
     """Classifies files against fixed labels; loads the model only when a file needs it, and only once."""
 
     def __init__(
         self,
         labels: Sequence[str],
-        settings: ClassifySettings,
+        settings: ClassifySettings | None = None,
         *,
-        model_dir: ModelDir,
+        model_dir: ModelDir | str | os.PathLike[str] | None = None,
         library: Library | None = None,
         device: str = "auto",
         batch_size: int | None = None,
@@ -254,16 +267,18 @@ class Classifier:
         fast: bool = False,
         texts: Mapping[str, str] | None = None,
     ) -> None:
-        """`engine`: the model of `model_dir`, already loaded (a server shares one); otherwise loaded when needed
-        (on `device`, with `batch_size` windows per batch, None: the device's default, in `--fast` mode if `fast`).
-        `texts`: what a label is scored as, where it is not the label itself (`read_label_map`).
+        """`settings`: how labels are scored (None: `ClassifySettings()`, the command's defaults). `model_dir`: a
+        `ModelDir`, or what `--model` takes; None: the engine's, else the installed default. `engine`: that
+        model, already loaded (a script or a server shares one); otherwise loaded when needed (on `device`, with
+        `batch_size` windows per batch, None: the device's default, in `--fast` mode if `fast`). `texts`: what a
+        label is scored as, where it is not the label itself (`read_label_map`).
         """
         if not labels:
             raise ValueError("no labels to classify with")
         self.labels = list(labels)
         self.texts = [(texts or {}).get(label, label) for label in self.labels]
-        self.settings = settings
-        self.model_dir = model_dir
+        self.settings = settings = settings or ClassifySettings()
+        self.model_dir = _model_dir_of(model_dir, engine)
         self.library = library if library is not None and self._index_is_usable(library) else None
         self.device = device
         self.batch_size = batch_size

@@ -4,6 +4,9 @@ Everything is batched: many (window, prompt) rows go through the encoders, the m
 A prompt's text prefix is computed once per engine, not once per clip; a window's audio prefix goes through the
 language model once for all the prompts asked about it (`kv_cache.SharedPrefix`). On CUDA the model runs under
 bf16 autocast, in larger batches.
+
+`Engine.describe` and `Engine.ask` are the one-call forms of `pengi-search describe` and `ask` for a file or an
+array of samples; the commands run the same `describe_windows` on batches that mix the windows of many files.
 """
 
 from __future__ import annotations
@@ -11,15 +14,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from .audio import WINDOW_SECONDS, DecodeReport, Window, iter_windows, windows_of
 from .choices import LongPrompt
-from .chunking import chunk_slices
+from .chunking import chunk_slices, chunked
 from .cpu_kernels import onednn_available, use_onednn_linear
 from .decoding import CandidateScore, GenerationConfig, beam_search, score_candidates
 from .errors import UsageError
@@ -27,7 +32,11 @@ from .fast_mode import FastMode, apply, autocast
 from .kv_cache import SharedPrefix
 from .model import Pengi
 from .model_dir import ModelDir
+from .prompts import ask_prompts, describe_prompts, named_prompts
 from .tokenization import Tokenizers
+
+# What `Engine.describe` hears: an audio file's path, or mono float samples at 44.1 kHz (`audio.windows_of`).
+Audio = str | os.PathLike[str] | np.ndarray
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -71,15 +80,23 @@ class Answer:
     score: float  # length-normalised log-probability of the best beam
 
 
-def described_window(start_s: float, end_s: float, keys: Sequence[str], answers: Sequence[Answer]) -> dict[str, Any]:
-    """A window's answers as `describe --json` writes them (the server's too): its span, and per prompt key the
-    text and the score."""
-    return {
-        "start_s": round(start_s, 3),
-        "end_s": round(end_s, 3),
-        "answers": {key: answer.text for key, answer in zip(keys, answers, strict=True)},
-        "scores": {key: round(answer.score, 4) for key, answer in zip(keys, answers, strict=True)},
-    }
+@dataclass(frozen=True)
+class DescribedWindow:
+    """One window of a file (seconds from its start) and the answer to each prompt, by the prompt's name."""
+
+    start_s: float
+    end_s: float
+    answers: dict[str, Answer]
+
+    def to_json(self) -> dict[str, Any]:
+        """The window as `describe --json` writes it (the server's too): its span, and per prompt name the text
+        and the score."""
+        return {
+            "start_s": round(self.start_s, 3),
+            "end_s": round(self.end_s, 3),
+            "answers": {name: answer.text for name, answer in self.answers.items()},
+            "scores": {name: round(answer.score, 4) for name, answer in self.answers.items()},
+        }
 
 
 class Engine:
@@ -87,7 +104,8 @@ class Engine:
     the audio encoder takes `default_audio_batch_size` windows at a time. `fast`: see `fast_mode` (None: exact).
     `cpu_kernels`: the model's CPU linear layers on oneDNN (see `prepare_model`; `load` does it for the model it
     loads); off by default, since the conversion is in place and a model that is also being trained (the trainer's
-    evaluations) keeps PyTorch's layers."""
+    evaluations) keeps PyTorch's layers. `model_dir`: where the model came from (`load` gives it), for what it was
+    trained to answer (`default_prompts`)."""
 
     def __init__(
         self,
@@ -99,6 +117,7 @@ class Engine:
         fast: FastMode | None = None,
         *,
         cpu_kernels: bool = False,
+        model_dir: ModelDir | None = None,
     ):
         self.model = prepare_model(model, device, fast, cpu_kernels=cpu_kernels)
         self.tok = tokenizers
@@ -107,6 +126,7 @@ class Engine:
         self.audio_batch_size = min(self.batch_size, default_audio_batch_size(device))
         self.long_prompts = long_prompts  # prompts over 40 tokens: cut as the original does, or refused
         self.fast = fast
+        self.model_dir = model_dir
         self._prompt_prefixes: dict[tuple[str, bool | None], torch.Tensor] = {}
 
     @classmethod
@@ -130,7 +150,7 @@ class Engine:
         # The weights stay memory-mapped (no copy at load) where the products do not depend on their alignment.
         mapped = where.type == "cuda" or (where.type == "cpu" and onednn_available())
         model = Pengi.from_pretrained(model_dir, mapped=mapped)
-        return cls(model, tokenizers, where, batch_size, long_prompts, mode, cpu_kernels=True)
+        return cls(model, tokenizers, where, batch_size, long_prompts, mode, cpu_kernels=True, model_dir=model_dir)
 
     @property
     def mode(self) -> str:
@@ -263,3 +283,76 @@ class Engine:
             with self._autocast():
                 out.extend(score_candidates(self.model.gpt, prefix, ids, max_rows=self.batch_size * 16))
         return out
+
+    # -- audio -> text in one call ------------------------------------------------------------------------------
+
+    def default_prompts(self) -> dict[str, str]:
+        """Name -> prompt of what `describe` asks this model by default: caption, metadata and sound events, or
+        the tasks a model trained with `pengi-search train` learnt (`prompts.describe_tasks`)."""
+        return describe_prompts(None if self.model_dir is None else self.model_dir.trained_tasks)
+
+    def windows_per_batch(self, prompts: int) -> int:
+        """Windows whose (window, prompt) rows fill one decoding batch."""
+        return max(1, self.batch_size // prompts)
+
+    def describe(
+        self,
+        audio: Audio,
+        prompts: Sequence[str] | Mapping[str, str] | None = None,
+        generation: GenerationConfig | None = None,
+        *,
+        hop_s: float = WINDOW_SECONDS,
+        answer_prefix: str = "",
+    ) -> list[DescribedWindow]:
+        """Every 7 s window of `audio` (`hop_s` apart) with the answer to each prompt, as `pengi-search describe`
+        gives them. `audio`: a file's path, or mono float samples at 44.1 kHz (`audio.windows_of`). `prompts`: a
+        list (each answer named by its prompt, as `-p` does) or name -> prompt; None: `default_prompts()`.
+        `generation`: as `generate` takes it. A file that cannot be decoded raises `AudioDecodeError`; one cut
+        short of what its header says is described as far as it goes, with a warning (`warnings.warn`)."""
+        named = self.default_prompts() if prompts is None else named_prompts(prompts)
+        if not named:
+            raise ValueError("no prompts to answer: give at least one, or None for the model's default tasks")
+        described: list[DescribedWindow] = []
+        # In the batches the command forms for a single file, so that the answers are the command's to the bit.
+        for windows in chunked(self._windows(audio, hop_s), self.windows_per_batch(len(named))):
+            described += self.describe_windows(windows, named, generation, answer_prefix=answer_prefix)
+        return described
+
+    def ask(
+        self,
+        audio: Audio,
+        question: str,
+        generation: GenerationConfig | None = None,
+        *,
+        hop_s: float = WINDOW_SECONDS,
+    ) -> list[DescribedWindow]:
+        """The answer to `question` for every window of `audio`, named "answer", as `pengi-search ask` gives it
+        (see `describe`); an empty question is refused (`UsageError`)."""
+        return self.describe(audio, ask_prompts(question), generation, hop_s=hop_s)
+
+    def describe_windows(
+        self,
+        windows: Sequence[Window],
+        prompts: Mapping[str, str],
+        generation: GenerationConfig | None = None,
+        *,
+        answer_prefix: str = "",
+    ) -> list[DescribedWindow]:
+        """Windows (of one file or of many) -> each with its answer to each prompt (name -> prompt), one batch."""
+        if not windows:
+            return []
+        embeds = self.audio_embeddings(np.stack([window.samples for window in windows]))
+        answers = self.generate(embeds, list(prompts.values()), generation, additional_text=answer_prefix)
+        return [
+            DescribedWindow(window.start_s, window.end_s, dict(zip(prompts, said, strict=True)))
+            for window, said in zip(windows, answers, strict=True)
+        ]
+
+    def _windows(self, audio: Audio, hop_s: float) -> Iterator[Window]:
+        if isinstance(audio, np.ndarray):
+            yield from windows_of(audio, hop_s=hop_s)
+            return
+        report = DecodeReport()
+        yield from iter_windows(audio, hop_s=hop_s, report=report)
+        if (truncation := report.truncation()) is not None:  # the command prints the same warning
+            warnings.warn(f"{os.fspath(audio)}: {truncation}", stacklevel=4)  # at describe's caller

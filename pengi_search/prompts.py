@@ -6,7 +6,9 @@ those that training manifests write in their `task` column, so they are part of 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+
+from .errors import UsageError
 
 # Task name -> prompt. The question-answering prompt has a `{question}` field (see `question_prompt`).
 TASK_PROMPTS: dict[str, str] = {
@@ -34,6 +36,23 @@ def describe_tasks(trained: Sequence[str] | None = None) -> tuple[str, ...]:
     return tuple(sorted(own, key=lambda task: order.get(task, len(order)))) or DESCRIBE_TASKS
 
 
+def describe_prompts(trained: Sequence[str] | None = None) -> dict[str, str]:
+    """Task name -> prompt of what `describe` asks by default (`describe_tasks`): the names are its answers' keys."""
+    return {task: TASK_PROMPTS[task] for task in describe_tasks(trained)}
+
+
+def named_prompts(prompts: Sequence[str] | Mapping[str, str]) -> dict[str, str]:
+    """Name -> prompt: a mapping as given, or a list of prompts each named by itself (as `describe -p` names them)."""
+    return dict(prompts) if isinstance(prompts, Mapping) else {prompt: prompt for prompt in prompts}
+
+
 def question_prompt(question: str) -> str:
     """The question-answering prompt for `question` (surrounding spaces trimmed)."""
     return TASK_PROMPTS["qa"].format(question=question.strip())
+
+
+def ask_prompts(question: str) -> dict[str, str]:
+    """What `ask` asks: the question's prompt, its answer named "answer"; an empty question is bad usage."""
+    if not question.strip():
+        raise UsageError("", 'the question is empty; ask something about the sound, e.g. "is there speech?"')
+    return {"answer": question_prompt(question)}

@@ -32,9 +32,11 @@ def test_the_python_example_runs(captions, tiny_model_dir, monkeypatch, capsys):
     scope: dict = {}
     exec(compile(code, str(README), "exec"), scope)
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0].startswith("0.0-3.0 s [")  # the clip's one window and its two answers
-    assert len(printed) == 1 + len(captions.files)  # one hit per file of the library
-    assert str(clip) in "\n".join(printed[1:])
+    assert printed[0].startswith("0.0-3.0 s {'caption': ")  # the clip's one window and its default answers
+    assert printed[1].startswith("0.0 s ")  # the window's answer to the question
+    assert printed[2].split()[0] in ("dog", "rain", "speech")  # the best label, then all of them ranked
+    assert len(printed) == 3 + len(captions.files)  # one hit per file of the library
+    assert str(clip) in "\n".join(printed[3:])
     assert scope["source"] == "index" and all(hit.path != str(clip) for hit in scope["hits"])
 
 

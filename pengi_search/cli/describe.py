@@ -43,8 +43,7 @@ from .common import (
 )
 
 if TYPE_CHECKING:
-    from ..audio import Window
-    from ..inference import Answer, Engine
+    from ..inference import Engine
     from ..model_dir import ModelDir
     from ..window_batches import Decoding
 
@@ -99,7 +98,7 @@ def _describe_files(
     all files fill the batches. A file that cannot be decoded is reported (here, as it happens, and in its result)
     and the others go on; a folder stands for its audio files."""
     from ..model_dir import ModelDir
-    from ..prompts import TASK_PROMPTS, describe_tasks
+    from ..prompts import describe_prompts
     from ..window_batches import Decoding
 
     files, unreadable = _expand_folders(files)
@@ -108,7 +107,7 @@ def _describe_files(
         return skipped
     model_dir = ModelDir.resolve(options.model)  # after the inputs: their mistakes are reported first
     if prompts is None:
-        prompts = {task: TASK_PROMPTS[task] for task in describe_tasks(model_dir.trained_tasks)}
+        prompts = describe_prompts(model_dir.trained_tasks)  # the engine's `default_prompts`, known before it loads
     with Decoding(files, hop_s=options.hop) as decoding:  # the files decode while the model's code imports and loads
         with lasting_objects():
             engine = _load_engine(model_dir, options, prompts=len(prompts))
@@ -157,25 +156,22 @@ def _describe_decoding(
     answer_prefix: str,
     progress: bool,
 ) -> list[FileResult]:
-    import numpy as np
+    """`Engine.describe_windows` on batches that mix the windows of all the files (`map_windows`), each file's
+    windows back in its own result."""
+    from functools import partial
+
     from rich.markup import escape
 
     from ..decoding import GenerationConfig
-    from ..inference import described_window
     from ..window_batches import map_windows
 
-    keys, texts = list(prompts), list(prompts.values())
     gen = GenerationConfig(beam=options.beam, max_len=options.max_len, stop=options.stop)
-
-    def answer(windows: list[Window]) -> list[list[Answer]]:
-        embeds = engine.audio_embeddings(np.stack([w.samples for w in windows]))
-        return engine.generate(embeds, texts, gen, additional_text=answer_prefix)
-
+    answer = partial(engine.describe_windows, prompts=prompts, generation=gen, answer_prefix=answer_prefix)
     results = []
     with progress_bar() as bar:
         reporter = WindowProgress(bar, "describing", visible=progress)
-        windows_per_batch = max(1, engine.batch_size // len(texts))
-        for outcome in map_windows(decoding, answer, batch_size=windows_per_batch, progress=reporter):
+        batch_size = engine.windows_per_batch(len(prompts))
+        for outcome in map_windows(decoding, answer, batch_size=batch_size, progress=reporter):
             path = Path(outcome.path)
             if outcome.error is not None:
                 results.append(_skipped(path, outcome.error))
@@ -184,11 +180,7 @@ def _describe_decoding(
                 err_console.print(
                     f"[yellow]warning:[/] {escape(shown(outcome.path))}: {outcome.truncation}", soft_wrap=True
                 )
-            rows_out = [
-                described_window(span.start_s, span.end_s, keys, per_window)
-                for span, per_window in zip(outcome.spans, outcome.results, strict=True)
-            ]
-            results.append(FileResult(path, outcome.duration_s, rows_out))
+            results.append(FileResult(path, outcome.duration_s, [window.to_json() for window in outcome.results]))
     return results
 
 
@@ -248,7 +240,9 @@ def describe(
 
     Example: pengi-search describe rain.wav --json
     """
-    prompts = {p: p for p in prompt} if prompt else None
+    from ..prompts import named_prompts
+
+    prompts = named_prompts(prompt) if prompt else None
     progress = show_progress(quiet, json_output)
     results = _describe_files(files, prompts, options, answer_prefix=answer_prefix, progress=progress)
     _show(results, json_output=json_output, asked=False)
@@ -276,7 +270,7 @@ def ask(
 
     Example: pengi-search ask engine.wav "is the engine healthy?"
     """
-    from ..prompts import question_prompt
+    from ..prompts import ask_prompts
 
     if not files or question is None:  # Click gives a lone argument to the question: files or question missing
         if question is None:
@@ -287,9 +281,7 @@ def ask(
             said = f"no audio file before the question {question!r}: "
         example = 'pengi-search ask engine.wav "is the engine healthy?"'
         raise UsageError("", f"{said}give the audio files, then the question, e.g. {example}")
-    if not question.strip():
-        raise UsageError("", 'the question is empty; ask something about the sound, e.g. "is there speech?"')
-    prompts = {"answer": question_prompt(question)}
+    prompts = ask_prompts(question)
     progress = show_progress(quiet, json_output)
     results = _describe_files(files, prompts, options, answer_prefix="", progress=progress)
     _show(results, json_output=json_output, asked=True)

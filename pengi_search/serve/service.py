@@ -327,20 +327,15 @@ class Service:
 
     def describe(self, upload: Upload) -> dict[str, Any]:
         """Audio -> text for every window, as `pengi-search describe --json` gives one file."""
-        from ..audio import iter_windows
+        from ..audio import load_audio
         from ..decoding import GenerationConfig
-        from ..inference import described_window
-        from ..prompts import TASK_PROMPTS, describe_tasks
 
         engine = self.engine()
-        keys = list(describe_tasks(self.model_dir().trained_tasks))
-        prompts = [TASK_PROMPTS[task] for task in keys]
-        windows = list(iter_windows(upload.path))
         gen = GenerationConfig(beam=self.settings.beam, max_len=self.settings.max_len)
+        samples = load_audio(upload.path)  # decoded before taking the model, which other requests wait for
         with self._model_lock:
-            embeds = engine.audio_embeddings(np.stack([w.samples for w in windows]))
-            answers = engine.generate(embeds, prompts, gen)
-        rows = [described_window(w.start_s, w.end_s, keys, said) for w, said in zip(windows, answers, strict=True)]
+            described = engine.describe(samples, generation=gen)
+        rows = [window.to_json() for window in described]
         return {"path": upload.name, "duration_s": round(upload.duration_s, 3), "windows": rows, "error": None}
 
     def classify(

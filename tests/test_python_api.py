@@ -1,0 +1,160 @@
+"""The one-call Python API (README, "From Python"): `Engine.describe`, `Engine.ask` and `Classifier` give a script
+what `pengi-search describe`, `ask` and `classify` give for the same file, from a path or an array of samples."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from pengi_search.audio import AudioDecodeError, load_audio
+from pengi_search.classify import Classifier
+from pengi_search.cli import app
+from pengi_search.decoding import GenerationConfig
+from pengi_search.errors import UsageError
+from pengi_search.inference import Engine
+from pengi_search.model import Pengi
+from pengi_search.model_dir import ModelDir
+
+runner = CliRunner()
+QUICK = GenerationConfig(beam=2, max_len=4)
+CLI_QUICK = ("--device", "cpu", "--beam", "2", "--max-len", "4", "--json")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    """9.5 s at 22.05 kHz, stereo: two windows (the second covers the tail), resampled and mixed down to be heard."""
+    sr = 22_050
+    t = np.arange(int(sr * 9.5)) / sr
+    tone = 0.3 * np.sin(2 * np.pi * 440 * t)
+    noise = np.random.default_rng(0).uniform(-0.1, 0.1, len(t))
+    path = tmp_path_factory.mktemp("clips") / "tone.wav"
+    sf.write(path, np.stack([tone, noise], axis=1), sr)
+    return path
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir) -> Engine:
+    return Engine.load(tiny_model_dir, "cpu")
+
+
+def cli_json(*args: object) -> object:
+    result = runner.invoke(app, [str(arg) for arg in args])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def as_json(described) -> list[dict]:
+    return [window.to_json() for window in described]
+
+
+def test_describe_gives_each_window_what_the_describe_command_gives(engine, tiny_model_dir, clip):
+    [command] = cli_json("describe", clip, "--model", tiny_model_dir, *CLI_QUICK)
+    described = engine.describe(clip, generation=QUICK)
+    assert [(w.start_s, w.end_s) for w in described] == [(0.0, 7.0), (2.5, 9.5)]
+    assert set(described[0].answers) == {"caption", "metadata", "sound_event"}  # the model's default tasks
+    assert as_json(described) == command["windows"]
+
+
+def test_describe_takes_the_commands_prompts_answer_prefix_and_hop(engine, tiny_model_dir, clip):
+    options = ("-p", "this acoustic scene is", "-p", "this emotion is", "--answer-prefix", "a dog", "--hop", "3")
+    [command] = cli_json("describe", clip, "--model", tiny_model_dir, *CLI_QUICK, *options)
+    prompts = ["this acoustic scene is", "this emotion is"]  # a list: each answer named by its prompt
+    described = engine.describe(clip, prompts, QUICK, answer_prefix="a dog", hop_s=3.0)
+    assert as_json(described) == command["windows"]
+    assert [w.start_s for w in described] == [0.0, 2.5]  # 3 s apart, the last one end-aligned
+    named = engine.describe(clip, {"scene": "this acoustic scene is"}, QUICK)
+    assert list(named[0].answers) == ["scene"]
+
+
+def test_ask_gives_what_the_ask_command_gives(engine, tiny_model_dir, clip):
+    command = cli_json("ask", clip, "is there a dog?", "--model", tiny_model_dir, *CLI_QUICK)
+    assert as_json(engine.ask(clip, "is there a dog?", QUICK)) == command["windows"]
+
+
+def test_samples_in_memory_are_heard_as_the_file_they_were_read_from(engine, clip):
+    samples = load_audio(clip)  # mono float32 at 44.1 kHz
+    assert engine.describe(samples, generation=QUICK) == engine.describe(clip, generation=QUICK)
+    assert engine.ask(samples, "is there a dog?", QUICK) == engine.ask(clip, "is there a dog?", QUICK)
+
+
+def test_a_clip_shorter_than_a_window_is_padded_as_a_file_is(engine, tmp_path):
+    short = tmp_path / "short.wav"
+    sf.write(short, np.linspace(-0.5, 0.5, 44_100 * 2, dtype=np.float32), 44_100)
+    [window] = engine.describe(load_audio(short), generation=QUICK)
+    assert (window.start_s, window.end_s) == (0.0, 2.0)
+    assert [window] == engine.describe(short, generation=QUICK)
+
+
+@pytest.mark.parametrize(
+    ("samples", "says"),
+    [
+        (np.zeros((44_100, 2), dtype=np.float32), "expected mono audio"),
+        (np.zeros(0, dtype=np.float32), "expected mono audio"),
+        (np.zeros(44_100, dtype=np.int16), "expected float samples"),
+        (np.array([0.0, np.nan], dtype=np.float32), "non-finite samples"),
+    ],
+)
+def test_an_array_that_is_not_mono_float_audio_is_refused(engine, samples, says):
+    with pytest.raises(ValueError, match=says):
+        engine.describe(samples)
+
+
+def test_a_file_that_cannot_be_decoded_raises_with_its_reason(engine, tmp_path):
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF....garbage")
+    with pytest.raises(AudioDecodeError, match="broken.wav"):
+        engine.describe(broken)
+
+
+def test_a_file_cut_short_is_described_as_far_as_it_goes_with_a_warning(engine, tmp_path):
+    cut = tmp_path / "cut.wav"
+    sf.write(cut, np.zeros(44_100 * 3, dtype=np.float32), 44_100)
+    cut.write_bytes(cut.read_bytes()[:44_100])  # the header still promises 3 s
+    with pytest.warns(UserWarning, match=r"cut\.wav: truncated: header says 3\.00 s") as warned:
+        [window] = engine.describe(cut, generation=QUICK)
+    assert window.end_s < 1.0
+    assert warned[0].filename == __file__  # the warning names the line that asked
+
+
+def test_an_empty_question_or_no_prompt_is_refused(engine, clip):
+    with pytest.raises(UsageError, match="the question is empty"):
+        engine.ask(clip, "  ")
+    with pytest.raises(ValueError, match="no prompts"):
+        engine.describe(clip, [])
+
+
+def test_a_trained_model_is_asked_by_default_what_it_learnt(tiny_model_dir, tmp_path):
+    trained = Path(shutil.copytree(tiny_model_dir, tmp_path / "trained"))
+    config = json.loads((trained / "config.json").read_text())
+    (trained / "config.json").write_text(json.dumps({**config, "trained": {"tasks": ["sound_event", "caption"]}}))
+    engine = Engine.load(trained, "cpu")
+    assert engine.default_prompts() == {"caption": "generate audio caption", "sound_event": "this is a sound of"}
+    bare = Engine(engine.model, engine.tok, engine.device)  # no model directory: the released model's tasks
+    assert list(bare.default_prompts()) == ["caption", "metadata", "sound_event"]
+
+
+def test_a_classifier_shares_the_engine_and_gives_what_classify_gives(engine, tiny_model_dir, clip, tmp_path):
+    labels = ["a dog barks", "rain on a roof", "a bell rings"]
+    (tmp_path / "labels.txt").write_text("\n".join(labels) + "\n")
+    labels_file = tmp_path / "labels.txt"
+    command = cli_json(
+        "classify", clip, "--labels", labels_file, "--model", tiny_model_dir, "--device", "cpu", "--json"
+    )
+    classifier = Classifier(labels, engine=engine)  # the engine's model directory, the command's default settings
+    assert classifier.model_dir is engine.model_dir
+    assert classifier.classify(clip).to_json(5) == command["results"][0]
+
+
+def test_a_classifier_names_its_model_as_the_command_does(engine, tiny_model_dir, monkeypatch):
+    assert Classifier(["dog"], model_dir=str(tiny_model_dir)).model_dir.path == Path(tiny_model_dir)
+    monkeypatch.setenv("PENGI_SEARCH_MODEL", str(tiny_model_dir))
+    assert Classifier(["dog"]).model_dir.path == Path(tiny_model_dir)
+    bare = Engine(Pengi.from_pretrained(ModelDir.read(tiny_model_dir)), engine.tok, engine.device)
+    with pytest.raises(ValueError, match="give model_dir"):
+        Classifier(["dog"], engine=bare)
