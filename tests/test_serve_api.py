@@ -106,7 +106,7 @@ def test_a_relative_path_glob_is_refused_not_taken_from_the_servers_folder(clien
     [problem] = invalid(response, "path")["errors"]
     assert "starts with / or a wildcard" in problem["message"] and f"*/{path}" in problem["message"]
     page = client.get("/", params={"q": "a dog barks", "path": path})
-    assert page.status_code == 200 and "starts with / or a wildcard" in page.text
+    assert page.status_code == 422 and "starts with / or a wildcard" in page.text
 
 
 # -- similar -----------------------------------------------------------------------------------------------------
@@ -389,17 +389,48 @@ def test_the_pages_take_the_same_filter_boxes(client, served):
     similar = client.get("/similar", params={"window_id": bell["window_id"], **boxes}).text
     assert similar.count('class="hit"') == 2 and "rain.flac" in similar and "dog.wav" not in similar
     refused = client.get("/", params={"q": "a bell rings", "min_duration": "long"})
-    assert refused.status_code == 200 and "&#39;long&#39; is not a number" in refused.text
+    assert refused.status_code == 422 and "&#39;long&#39; is not a number" in refused.text
     not_a_number = client.get("/similar", params={"window_id": bell["window_id"], "k": "many"})
     assert not_a_number.status_code == 422 and "k: &#39;many&#39; is not a number" in not_a_number.text
 
 
 def test_a_refused_search_shows_the_boxes_as_typed_and_open(client, served):
     page = client.get("/", params={"q": "a bell rings", "k": "0", "path": "*/weather/*", "ext": "flac"})
-    assert page.status_code == 200 and "k: the number of results must be between 1 and 200" in page.text
+    assert page.status_code == 422 and "k: the number of results must be between 1 and 200" in page.text
     assert '<details class="filters" open>' in page.text  # the box at fault is in sight
     assert 'name="k" min="1" max="200" value="0"' in page.text  # not the default 10
     assert 'value="*/weather/*"' in page.text and 'value="flac"' in page.text  # nothing typed is lost
+
+
+@pytest.mark.parametrize(
+    "boxes",
+    [
+        {"k": "0"},
+        {"min_score": "abc"},
+        {"by": "folder"},
+        {"path": "dogs/*"},
+        {"ext": ","},
+        {"min_duration": "5", "max_duration": "1"},
+        {"rank": "loudness"},
+        {"hybrid_weight": "2"},
+    ],
+)
+def test_a_refused_search_page_has_the_apis_status_and_keeps_the_page(client, served, boxes):
+    """Scripts, caches and monitoring read the status: a search the API refuses is refused by the page with the
+    same status (422 for a box at fault), on the search page itself, with the reason and the boxes as typed."""
+    query = {"q": "a bell rings", **boxes}
+    api = client.get("/api/search", params=query)
+    page = client.get("/", params=query)
+    assert api.status_code >= 400 and page.status_code == api.status_code, page.text
+    assert '<form class="search"' in page.text and '<p class="error">' in page.text
+    for name, value in boxes.items():
+        if name not in ("by", "rank"):  # a menu cannot show a value it does not offer
+            assert f'value="{value}"' in page.text
+    bell = hit_for(client, served, "bell.wav")
+    similar = client.get("/similar", params={"window_id": bell["window_id"], **boxes})
+    if "rank" not in boxes and "hybrid_weight" not in boxes:  # "more like this" has no ranking to choose
+        assert similar.status_code == api.status_code and '<form class="search"' in similar.text
+        assert f'<input type="hidden" name="window_id" value="{bell["window_id"]}">' in similar.text
 
 
 def test_the_similar_pages_boxes_refine_it_and_its_text_box_searches(client, served):
@@ -611,6 +642,8 @@ def test_a_ranking_the_librarys_model_cannot_do_is_a_400_in_the_apis_words(serve
 
         monkeypatch.setattr(client.app.state.service, "audio_embedder", no_text_tower)
         response = client.get("/api/search", params={"q": "a bell rings", "rank": "audio"})
+        page = client.get("/", params={"q": "a bell rings", "rank": "audio"})
+    assert page.status_code == 400 and "use rank=caption" in page.text  # the page's status is the API's
     assert response.status_code == 400 and set(response.json()) == {"detail"}
     assert response.json()["detail"].startswith("rank: audio: ") and "use rank=caption" in response.json()["detail"]
     assert "--" not in response.json()["detail"]
@@ -667,7 +700,7 @@ def test_an_empty_library_answers_with_what_to_do(tmp_path, tiny_model_dir):
         assert response.status_code == 409 and "pengi-search index" in response.json()["detail"]
         assert client.get("/api/stats").json()["files"]["total"] == 0
         page = client.get("/", params={"q": "a bell rings"})
-        assert page.status_code == 200 and "pengi-search index" in page.text
+        assert page.status_code == 409 and "pengi-search index" in page.text
 
 
 def test_the_command_refuses_what_it_cannot_serve(tmp_path):

@@ -119,19 +119,14 @@ def _form(params: SearchParams, q: str = "") -> dict[str, Any]:
 def search_page(
     request: Request, svc: ServiceDep, fields: FieldsDep, q: str = "", rank: str = "", hybrid_weight: str = ""
 ) -> HTMLResponse:
-    hits, error = None, None
-    try:
+    def run() -> tuple[SearchParams, list[dict[str, Any]] | None]:
         params = fields.params()
         weight = _number("hybrid_weight", hybrid_weight) if hybrid_weight.strip() else params.hybrid_weight
         params = dataclasses.replace(params, rank=rank or None, hybrid_weight=weight)
-        form = _form(params, q)
-        if q.strip():
-            hits = svc.search(q, params)
-    except PengiSearchError as exc:
-        error = str(exc)  # the boxes as typed, to be corrected there (not the defaults)
-        form = {"q": q, **dataclasses.asdict(fields), "rank": rank, "hybrid_weight": hybrid_weight}
-    context = {"form": form, "hits": hits, "error": error, "heading": None, "max_k": svc.settings.max_k}
-    return templates.TemplateResponse(request, "search.html", context)
+        return params, svc.search(q, params) if q.strip() else None
+
+    typed = {**dataclasses.asdict(fields), "rank": rank, "hybrid_weight": hybrid_weight}
+    return _results_page(request, svc, run, typed, q=q)
 
 
 @router.get("/similar", response_class=HTMLResponse)
@@ -139,17 +134,42 @@ def similar_page(request: Request, svc: ServiceDep, fields: FieldsDep, window_id
     if q.strip():  # text typed in the page's search box: a text search, with the same filters
         query = [(name, value) for name, value in request.query_params.multi_items() if name != "window_id"]
         return RedirectResponse(f"/?{urlencode(query)}", status_code=303)
-    params = fields.params()
-    window = svc.window(window_id)
-    hits = svc.similar_to_window(window_id, params)
+    window = svc.window(window_id)  # an unknown window: the error page (there is nothing to refine)
     heading = {
         "path": shown(window.path),
         "file_id": window.file_id,
         "window_id": window_id,
         "span": span(window.start_s, window.end_s),
     }
-    context = {"form": _form(params), "hits": hits, "error": None, "heading": heading, "max_k": svc.settings.max_k}
-    return templates.TemplateResponse(request, "search.html", context)
+
+    def run() -> tuple[SearchParams, list[dict[str, Any]]]:
+        params = fields.params()
+        return params, svc.similar_to_window(window_id, params)
+
+    typed = {**dataclasses.asdict(fields), "rank": "", "hybrid_weight": ""}
+    return _results_page(request, svc, run, typed, heading=heading)
+
+
+def _results_page(
+    request: Request,
+    svc: ServiceDep,
+    run: Callable[[], tuple[SearchParams, list[dict[str, Any]] | None]],
+    typed: dict[str, str],
+    q: str = "",
+    heading: dict[str, Any] | None = None,
+) -> HTMLResponse:
+    """The search page (a text search, or "more like this" under `heading`) with the hits `run` found, or with why
+    they were refused under the status the JSON API gives the same parameters (a 200 would tell scripts, caches
+    and monitoring that all went well); a refused search shows the boxes as typed, to be corrected there."""
+    hits, error, status = None, None, 200
+    try:
+        params, hits = run()
+        form = _form(params, q)
+    except PengiSearchError as exc:
+        error, status = str(exc), status_of(exc)
+        form = {"q": q, **typed}
+    context = {"form": form, "hits": hits, "error": error, "heading": heading, "max_k": svc.settings.max_k}
+    return templates.TemplateResponse(request, "search.html", context, status_code=status)
 
 
 @router.get("/files/{file_id}", response_class=HTMLResponse)
