@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import html
 import io
 import json
 import re
 import struct
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
@@ -431,6 +433,24 @@ def test_a_refused_search_page_has_the_apis_status_and_keeps_the_page(client, se
     if "rank" not in boxes and "hybrid_weight" not in boxes:  # "more like this" has no ranking to choose
         assert similar.status_code == api.status_code and '<form class="search"' in similar.text
         assert f'<input type="hidden" name="window_id" value="{bell["window_id"]}">' in similar.text
+
+
+def test_more_like_this_keeps_the_filters_of_the_search(client, served):
+    """A result's "more like this" searches the part of the library the user was looking at: the search's filters
+    go with it (not its ranking: audio is compared with audio), and its page shows them in its boxes."""
+    boxes = {"k": "5", "by": "window", "ext": "wav,aiff", "min_duration": "3", "min_score": "-1"}
+    page = client.get("/", params={"q": "a bell rings", **boxes, "rank": "caption"}).text
+    links = [html.unescape(href) for href in re.findall(r'<a class="more" href="([^"]+)"', page)]
+    assert len(links) == 2  # dog.wav (3 s) and hum.aiff (4 s): the only long enough files of those types
+    address = urlsplit(links[0])
+    assert address.path == "/similar"
+    sent = {name: values for name, values in parse_qs(address.query).items() if name != "window_id"}
+    assert sent == {"k": ["5"], "by": ["window"], "ext": ["wav,aiff"], "min_duration": ["3.0"], "min_score": ["-1.0"]}
+    similar = client.get(links[0]).text
+    shown = set(re.findall(r'<a class="path" href="[^"]*">([^<]*)</a>', similar))
+    assert shown and shown <= {str(served.files["animals/dog.wav"]), str(served.files["loops/hum.aiff"])}
+    assert len(shown) == 1  # the other file: the window's own is left out
+    assert 'value="wav,aiff"' in similar and 'name="k" min="1" max="200" value="5"' in similar
 
 
 def test_the_similar_pages_boxes_refine_it_and_its_text_box_searches(client, served):

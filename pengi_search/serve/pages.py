@@ -7,7 +7,7 @@ rendered as text. The little JavaScript (static/app.js) reads data attributes an
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -63,9 +63,6 @@ def when(stamp: str | None) -> str:
     return f"{moment:%Y-%m-%d %H:%M:%S} {zone}".rstrip()
 
 
-templates.env.globals.update(hit_player=hit_player, span=span, when=when, duration_text=duration_text)
-
-
 def error_page(status: int, detail: str) -> str:
     """The page that answers a refused request (outside a request's own handler: no request object needed)."""
     return templates.get_template("error.html").render(status=status, detail=detail)
@@ -107,6 +104,19 @@ class FilterFields:
 
 
 FieldsDep = Annotated[FilterFields, Depends()]
+FILTER_BOXES = tuple(field.name for field in dataclasses.fields(FilterFields))
+
+
+def more_like_this(window_id: int, form: Mapping[str, Any]) -> str:
+    """The address of "more like this" for a window, with the filters of the search it was found by (those
+    "more like this" takes: not the ranking), so the user stays in the part of the library they were looking at."""
+    kept = [(name, form[name]) for name in FILTER_BOXES if form.get(name, "") != ""]
+    return f"/similar?{urlencode([('window_id', window_id), *kept])}"
+
+
+templates.env.globals.update(
+    hit_player=hit_player, span=span, when=when, duration_text=duration_text, more_like_this=more_like_this
+)
 
 
 def _form(params: SearchParams, q: str = "") -> dict[str, Any]:
