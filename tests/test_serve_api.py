@@ -557,6 +557,31 @@ def test_docs_list_every_api_route(client):
     assert "<script" not in page.split("</head>")[1]  # the reference page needs no script
 
 
+def strings(node, key=""):
+    """Every string in a JSON document, with the key it is found under (a list's items: the list's key)."""
+    if isinstance(node, dict):
+        for name, value in node.items():
+            yield from strings(value, name)
+    elif isinstance(node, list):
+        for value in node:
+            yield from strings(value, key)
+    elif isinstance(node, str):
+        yield key, node
+
+
+def test_the_api_reference_renders_the_descriptions_markdown(client):
+    """OpenAPI descriptions are Markdown (written, as docstrings, with `code` in backticks); summaries and titles are
+    plain text and hold none. /docs shows commands and globs as code: no raw backtick, no glob's * read as emphasis."""
+    spec = client.get("/openapi.json").json()
+    plain = [text for key, text in strings(spec) if key in ("summary", "title")]
+    assert plain and [text for text in plain if "`" in text] == []
+    main = client.get("/docs").text.split("<main>")[1]
+    assert "`" not in main and "<em>" not in main
+    assert "<p>Windows that match the text, best first (<code>pengi-search query --json</code>)" in main
+    assert "<td>Glob over full paths, e.g. <code>*/dogs/*</code>; " in main
+    assert "are the CLI's <code>--json</code>." in main
+
+
 # -- read only ---------------------------------------------------------------------------------------------------
 
 

@@ -17,6 +17,8 @@ import jinja2
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from markdown_it import MarkdownIt
+from markupsafe import Markup
 
 from ..errors import PengiSearchError
 from ..pathnames import shown
@@ -36,6 +38,9 @@ templates = Jinja2Templates(
     )
 )
 OPENAPI_METHODS = ("get", "post", "put", "patch", "delete")
+# OpenAPI descriptions are Markdown (every viewer renders them so; the docstrings they come from write `code`);
+# raw HTML in them stays text. Summaries and titles are plain text, and are shown as such.
+MARKDOWN = MarkdownIt("commonmark", {"html": False})
 
 
 def hit_player(hit: dict[str, Any]) -> dict[str, Any]:
@@ -117,6 +122,19 @@ def more_like_this(window_id: int, form: Mapping[str, Any]) -> str:
 templates.env.globals.update(
     hit_player=hit_player, span=span, when=when, duration_text=duration_text, more_like_this=more_like_this
 )
+
+
+def markdown(text: str) -> Markup:
+    """An OpenAPI description as HTML paragraphs."""
+    return Markup(MARKDOWN.render(text))
+
+
+def markdown_inline(text: str) -> Markup:
+    """An OpenAPI description within a line (a table cell, a sentence)."""
+    return Markup(MARKDOWN.renderInline(text))
+
+
+templates.env.filters.update(markdown=markdown, markdown_inline=markdown_inline)
 
 
 def _form(params: SearchParams, q: str = "") -> dict[str, Any]:
