@@ -382,6 +382,25 @@ def test_pages_render(client, served):
     assert "Drop a clip" in client.get("/upload").text
 
 
+def test_windows_that_play_when_pressed_are_labelled_and_reached_by_the_tab_key_once(client, served):
+    """A file's timeline and the hits' waveforms play a window when pressed: each is a button whose label says the
+    file, the window's start and end, and its caption; the first alone is a Tab stop (the arrow keys move on)."""
+    rain = hit_for(client, served, "weather/rain.flac")
+    path = served.files["weather/rain.flac"]
+    page = client.get(f"/files/{rain['file_id']}").text
+    assert 'role="toolbar" aria-label="The file\'s windows">' in page  # the lanes are one group
+    lanes = re.findall(r'<span class="lane" [^>]*>', page)
+    assert len(lanes) == 2 and all('role="button"' in lane for lane in lanes)
+    assert [re.search(r'tabindex="(-?\d)"', lane)[1] for lane in lanes] == ["0", "-1"]
+    assert f'aria-label="Play {path}, 0.0 to 7.0 s: rain on a roof"' in lanes[0]
+    assert f'aria-label="Play {path}, 3.0 to 10.0 s: thunder rolls in the distance"' in lanes[1]
+    results = client.get("/", params={"q": "thunder rolls in the distance", "k": 3}).text
+    waveforms = re.findall(r'<canvas class="waveform" [^>]*>', results)
+    assert len(waveforms) == 3 and all('role="button"' in canvas for canvas in waveforms)
+    assert [re.search(r'tabindex="(-?\d)"', canvas)[1] for canvas in waveforms] == ["0", "-1", "-1"]
+    assert f'aria-label="Play {path}, 3.0 to 10.0 s: thunder rolls in the distance"' in waveforms[0]
+
+
 def test_the_pages_take_the_same_filter_boxes(client, served):
     """Search and "more like this" read the filters the same way: as typed, an empty box being no filter."""
     bell = hit_for(client, served, "bell.wav")

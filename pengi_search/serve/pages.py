@@ -56,6 +56,13 @@ def span(start: float, end: float) -> str:
     return f"{start:.1f}–{end:.1f} s"
 
 
+def window_label(path: str, start: float, end: float, caption: str) -> str:
+    """What a screen reader says of a window that plays when pressed: its file, its time and what Pengi wrote
+    ("to": a dash is read out as "dash" or not at all)."""
+    said = f"Play {path}, {start:.1f} to {end:.1f} s"
+    return f"{said}: {caption}" if caption else said
+
+
 def when(stamp: str | None) -> str:
     """A stored ISO time to the second ("2026-01-31 14:05:09 UTC"), as written when it does not parse."""
     if not stamp:
@@ -120,7 +127,12 @@ def more_like_this(window_id: int, form: Mapping[str, Any]) -> str:
 
 
 templates.env.globals.update(
-    hit_player=hit_player, span=span, when=when, duration_text=duration_text, more_like_this=more_like_this
+    hit_player=hit_player,
+    span=span,
+    window_label=window_label,
+    when=when,
+    duration_text=duration_text,
+    more_like_this=more_like_this,
 )
 
 
