@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import html
 import io
 import json
 import re
 import struct
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
@@ -106,7 +108,7 @@ def test_a_relative_path_glob_is_refused_not_taken_from_the_servers_folder(clien
     [problem] = invalid(response, "path")["errors"]
     assert "starts with / or a wildcard" in problem["message"] and f"*/{path}" in problem["message"]
     page = client.get("/", params={"q": "a dog barks", "path": path})
-    assert page.status_code == 200 and "starts with / or a wildcard" in page.text
+    assert page.status_code == 422 and "starts with / or a wildcard" in page.text
 
 
 # -- similar -----------------------------------------------------------------------------------------------------
@@ -380,6 +382,25 @@ def test_pages_render(client, served):
     assert "Drop a clip" in client.get("/upload").text
 
 
+def test_windows_that_play_when_pressed_are_labelled_and_reached_by_the_tab_key_once(client, served):
+    """A file's timeline and the hits' waveforms play a window when pressed: each is a button whose label says the
+    file, the window's start and end, and its caption; the first alone is a Tab stop (the arrow keys move on)."""
+    rain = hit_for(client, served, "weather/rain.flac")
+    path = served.files["weather/rain.flac"]
+    page = client.get(f"/files/{rain['file_id']}").text
+    assert 'role="toolbar" aria-label="The file\'s windows">' in page  # the lanes are one group
+    lanes = re.findall(r'<span class="lane" [^>]*>', page)
+    assert len(lanes) == 2 and all('role="button"' in lane for lane in lanes)
+    assert [re.search(r'tabindex="(-?\d)"', lane)[1] for lane in lanes] == ["0", "-1"]
+    assert f'aria-label="Play {path}, 0.0 to 7.0 s: rain on a roof"' in lanes[0]
+    assert f'aria-label="Play {path}, 3.0 to 10.0 s: thunder rolls in the distance"' in lanes[1]
+    results = client.get("/", params={"q": "thunder rolls in the distance", "k": 3}).text
+    waveforms = re.findall(r'<canvas class="waveform" [^>]*>', results)
+    assert len(waveforms) == 3 and all('role="button"' in canvas for canvas in waveforms)
+    assert [re.search(r'tabindex="(-?\d)"', canvas)[1] for canvas in waveforms] == ["0", "-1", "-1"]
+    assert f'aria-label="Play {path}, 3.0 to 10.0 s: thunder rolls in the distance"' in waveforms[0]
+
+
 def test_the_pages_take_the_same_filter_boxes(client, served):
     """Search and "more like this" read the filters the same way: as typed, an empty box being no filter."""
     bell = hit_for(client, served, "bell.wav")
@@ -389,17 +410,66 @@ def test_the_pages_take_the_same_filter_boxes(client, served):
     similar = client.get("/similar", params={"window_id": bell["window_id"], **boxes}).text
     assert similar.count('class="hit"') == 2 and "rain.flac" in similar and "dog.wav" not in similar
     refused = client.get("/", params={"q": "a bell rings", "min_duration": "long"})
-    assert refused.status_code == 200 and "&#39;long&#39; is not a number" in refused.text
+    assert refused.status_code == 422 and "&#39;long&#39; is not a number" in refused.text
     not_a_number = client.get("/similar", params={"window_id": bell["window_id"], "k": "many"})
     assert not_a_number.status_code == 422 and "k: &#39;many&#39; is not a number" in not_a_number.text
 
 
 def test_a_refused_search_shows_the_boxes_as_typed_and_open(client, served):
     page = client.get("/", params={"q": "a bell rings", "k": "0", "path": "*/weather/*", "ext": "flac"})
-    assert page.status_code == 200 and "k: the number of results must be between 1 and 200" in page.text
+    assert page.status_code == 422 and "k: the number of results must be between 1 and 200" in page.text
     assert '<details class="filters" open>' in page.text  # the box at fault is in sight
     assert 'name="k" min="1" max="200" value="0"' in page.text  # not the default 10
     assert 'value="*/weather/*"' in page.text and 'value="flac"' in page.text  # nothing typed is lost
+
+
+@pytest.mark.parametrize(
+    "boxes",
+    [
+        {"k": "0"},
+        {"min_score": "abc"},
+        {"by": "folder"},
+        {"path": "dogs/*"},
+        {"ext": ","},
+        {"min_duration": "5", "max_duration": "1"},
+        {"rank": "loudness"},
+        {"hybrid_weight": "2"},
+    ],
+)
+def test_a_refused_search_page_has_the_apis_status_and_keeps_the_page(client, served, boxes):
+    """Scripts, caches and monitoring read the status: a search the API refuses is refused by the page with the
+    same status (422 for a box at fault), on the search page itself, with the reason and the boxes as typed."""
+    query = {"q": "a bell rings", **boxes}
+    api = client.get("/api/search", params=query)
+    page = client.get("/", params=query)
+    assert api.status_code >= 400 and page.status_code == api.status_code, page.text
+    assert '<form class="search"' in page.text and '<p class="error">' in page.text
+    for name, value in boxes.items():
+        if name not in ("by", "rank"):  # a menu cannot show a value it does not offer
+            assert f'value="{value}"' in page.text
+    bell = hit_for(client, served, "bell.wav")
+    similar = client.get("/similar", params={"window_id": bell["window_id"], **boxes})
+    if "rank" not in boxes and "hybrid_weight" not in boxes:  # "more like this" has no ranking to choose
+        assert similar.status_code == api.status_code and '<form class="search"' in similar.text
+        assert f'<input type="hidden" name="window_id" value="{bell["window_id"]}">' in similar.text
+
+
+def test_more_like_this_keeps_the_filters_of_the_search(client, served):
+    """A result's "more like this" searches the part of the library the user was looking at: the search's filters
+    go with it (not its ranking: audio is compared with audio), and its page shows them in its boxes."""
+    boxes = {"k": "5", "by": "window", "ext": "wav,aiff", "min_duration": "3", "min_score": "-1"}
+    page = client.get("/", params={"q": "a bell rings", **boxes, "rank": "caption"}).text
+    links = [html.unescape(href) for href in re.findall(r'<a class="more" href="([^"]+)"', page)]
+    assert len(links) == 2  # dog.wav (3 s) and hum.aiff (4 s): the only long enough files of those types
+    address = urlsplit(links[0])
+    assert address.path == "/similar"
+    sent = {name: values for name, values in parse_qs(address.query).items() if name != "window_id"}
+    assert sent == {"k": ["5"], "by": ["window"], "ext": ["wav,aiff"], "min_duration": ["3.0"], "min_score": ["-1.0"]}
+    similar = client.get(links[0]).text
+    shown = set(re.findall(r'<a class="path" href="[^"]*">([^<]*)</a>', similar))
+    assert shown and shown <= {str(served.files["animals/dog.wav"]), str(served.files["loops/hum.aiff"])}
+    assert len(shown) == 1  # the other file: the window's own is left out
+    assert 'value="wav,aiff"' in similar and 'name="k" min="1" max="200" value="5"' in similar
 
 
 def test_the_similar_pages_boxes_refine_it_and_its_text_box_searches(client, served):
@@ -504,6 +574,31 @@ def test_docs_list_every_api_route(client):
     for path in spec["paths"]:
         assert f"<code>{path}</code>" in page
     assert "<script" not in page.split("</head>")[1]  # the reference page needs no script
+
+
+def strings(node, key=""):
+    """Every string in a JSON document, with the key it is found under (a list's items: the list's key)."""
+    if isinstance(node, dict):
+        for name, value in node.items():
+            yield from strings(value, name)
+    elif isinstance(node, list):
+        for value in node:
+            yield from strings(value, key)
+    elif isinstance(node, str):
+        yield key, node
+
+
+def test_the_api_reference_renders_the_descriptions_markdown(client):
+    """OpenAPI descriptions are Markdown (written, as docstrings, with `code` in backticks); summaries and titles are
+    plain text and hold none. /docs shows commands and globs as code: no raw backtick, no glob's * read as emphasis."""
+    spec = client.get("/openapi.json").json()
+    plain = [text for key, text in strings(spec) if key in ("summary", "title")]
+    assert plain and [text for text in plain if "`" in text] == []
+    main = client.get("/docs").text.split("<main>")[1]
+    assert "`" not in main and "<em>" not in main
+    assert "<p>Windows that match the text, best first (<code>pengi-search query --json</code>)" in main
+    assert "<td>Glob over full paths, e.g. <code>*/dogs/*</code>; " in main
+    assert "are the CLI's <code>--json</code>." in main
 
 
 # -- read only ---------------------------------------------------------------------------------------------------
@@ -611,6 +706,8 @@ def test_a_ranking_the_librarys_model_cannot_do_is_a_400_in_the_apis_words(serve
 
         monkeypatch.setattr(client.app.state.service, "audio_embedder", no_text_tower)
         response = client.get("/api/search", params={"q": "a bell rings", "rank": "audio"})
+        page = client.get("/", params={"q": "a bell rings", "rank": "audio"})
+    assert page.status_code == 400 and "use rank=caption" in page.text  # the page's status is the API's
     assert response.status_code == 400 and set(response.json()) == {"detail"}
     assert response.json()["detail"].startswith("rank: audio: ") and "use rank=caption" in response.json()["detail"]
     assert "--" not in response.json()["detail"]
@@ -667,7 +764,7 @@ def test_an_empty_library_answers_with_what_to_do(tmp_path, tiny_model_dir):
         assert response.status_code == 409 and "pengi-search index" in response.json()["detail"]
         assert client.get("/api/stats").json()["files"]["total"] == 0
         page = client.get("/", params={"q": "a bell rings"})
-        assert page.status_code == 200 and "pengi-search index" in page.text
+        assert page.status_code == 409 and "pengi-search index" in page.text
 
 
 def test_the_command_refuses_what_it_cannot_serve(tmp_path):

@@ -1,8 +1,9 @@
 """A real browser on `pengi-search serve`: Debian's chromium driven through Selenium and chromedriver.
 
 The command runs as a user starts it, on a free loopback port over a small index built here. The browser types a
-query, plays the top hit (the audio element must play from the hit's start), follows "more like this", opens the
-file page and clicks a window; at phone width (390 px) no page scrolls sideways, and a sent form says it is busy.
+query, plays the top hit (the audio element must play from the hit's start) and another one by keyboard, follows
+"more like this", opens the file page and plays a window by mouse and by keyboard; at phone width (390 px) no page
+scrolls sideways, and a sent form says it is busy.
 Screenshots are saved in the test's folder (and in `$PENGI_SCREENSHOT_DIR` when set).
 
 Without chromium and chromedriver the test is skipped, unless PENGI_REQUIRE_BROWSER=1 (as in CI), where it fails.
@@ -116,6 +117,13 @@ def save_screenshot(driver, folder: Path, name: str) -> Path:
     return path
 
 
+def press(driver, key: str) -> None:
+    """A key pressed on whatever has the focus, as a user presses it."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    ActionChains(driver).send_keys(key).perform()
+
+
 def test_search_listen_and_browse_in_a_real_browser(server, driver, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -147,6 +155,18 @@ def test_search_listen_and_browse_in_a_real_browser(server, driver, tmp_path):
     assert 3.0 <= audio_state(driver, audio)["t"] <= 10.0 + 0.5
     save_screenshot(driver, tmp_path, "search.png")
 
+    # By keyboard: the first waveform is the Tab stop, the arrow keys move to the next hit's, Enter plays that hit.
+    waveforms = [hit.find_element(By.CSS_SELECTOR, "canvas.waveform") for hit in hits]
+    assert len(waveforms) > 1 and [w.get_attribute("tabindex") for w in waveforms[:2]] == ["0", "-1"]
+    driver.execute_script("arguments[0].focus()", waveforms[0])
+    press(driver, Keys.ARROW_DOWN)
+    assert driver.switch_to.active_element == waveforms[1]
+    press(driver, Keys.ENTER)
+    second = hits[1].find_element(By.CSS_SELECTOR, "audio.player")
+    wait_for(driver, lambda d: not audio_state(d, second)["paused"], "the second hit playing")
+    assert audio_state(driver, audio)["paused"]  # one player at a time
+    driver.execute_script("arguments[0].pause()", second)
+
     # More like this: audio -> audio from the hit's window; the file itself is left out.
     top.find_element(By.CSS_SELECTOR, "a.more").click()
     wait_for(driver, lambda d: "Sounds like" in d.find_element(By.TAG_NAME, "h1").text, "more like this")
@@ -167,6 +187,24 @@ def test_search_listen_and_browse_in_a_real_browser(server, driver, tmp_path):
     assert audio_state(driver, player)["t"] >= 3.0
     wait_for(driver, lambda d: "active" in windows[1].get_attribute("class"), "the window marked as playing")
     save_screenshot(driver, tmp_path, "file.png")
+
+    # By keyboard: the first lane of the timeline is the Tab stop, the right arrow moves to the next window, Space
+    # plays it; what a screen reader says of it is the file, the window's time and its caption.
+    driver.execute_script("arguments[0].pause(); arguments[0].currentTime = 0;", player)
+    lanes = driver.find_elements(By.CSS_SELECTOR, ".timeline .lane")
+    assert [lane.get_attribute("tabindex") for lane in lanes] == ["0", "-1"]
+    driver.execute_script("arguments[0].focus()", lanes[0])
+    press(driver, Keys.ARROW_RIGHT)
+    assert driver.switch_to.active_element == lanes[1]
+    assert [lane.get_attribute("tabindex") for lane in lanes] == ["-1", "0"]  # Tab comes back to it
+    assert lanes[1].get_attribute("aria-label") == f"Play {rain}, 3.0 to 10.0 s: thunder rolls in the distance"
+    press(driver, Keys.SPACE)
+    wait_for(driver, lambda d: not audio_state(d, player)["paused"], "the file playing from the second lane")
+    assert audio_state(driver, player)["t"] >= 3.0
+
+    # Enter on a window's link follows it (the window plays on Enter, but a key on the link is the link's).
+    windows[1].find_element(By.CSS_SELECTOR, "a.more").send_keys(Keys.ENTER)
+    wait_for(driver, lambda d: "Sounds like" in d.find_element(By.TAG_NAME, "h1").text, "the link followed")
 
     # Nothing was blocked by the content security policy, and no script failed.
     problems = [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]

@@ -126,7 +126,7 @@ def search_params(
     ] = None,
     path: Annotated[
         str | None,
-        Query(description="Glob over full paths, e.g. */dogs/*; a byte of a name that is not UTF-8 as \\xe9."),
+        Query(description="Glob over full paths, e.g. `*/dogs/*`; a byte of a name that is not UTF-8 as `\\xe9`."),
     ] = None,
     ext: Annotated[str | None, Query(description="File extensions, e.g. wav,flac.")] = None,
     min_duration: Annotated[

@@ -7,7 +7,7 @@ rendered as text. The little JavaScript (static/app.js) reads data attributes an
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,6 +17,8 @@ import jinja2
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from markdown_it import MarkdownIt
+from markupsafe import Markup
 
 from ..errors import PengiSearchError
 from ..pathnames import shown
@@ -36,6 +38,9 @@ templates = Jinja2Templates(
     )
 )
 OPENAPI_METHODS = ("get", "post", "put", "patch", "delete")
+# OpenAPI descriptions are Markdown (every viewer renders them so; the docstrings they come from write `code`);
+# raw HTML in them stays text. Summaries and titles are plain text, and are shown as such.
+MARKDOWN = MarkdownIt("commonmark", {"html": False})
 
 
 def hit_player(hit: dict[str, Any]) -> dict[str, Any]:
@@ -51,6 +56,13 @@ def span(start: float, end: float) -> str:
     return f"{start:.1f}–{end:.1f} s"
 
 
+def window_label(path: str, start: float, end: float, caption: str) -> str:
+    """What a screen reader says of a window that plays when pressed: its file, its time and what Pengi wrote
+    ("to": a dash is read out as "dash" or not at all)."""
+    said = f"Play {path}, {start:.1f} to {end:.1f} s"
+    return f"{said}: {caption}" if caption else said
+
+
 def when(stamp: str | None) -> str:
     """A stored ISO time to the second ("2026-01-31 14:05:09 UTC"), as written when it does not parse."""
     if not stamp:
@@ -61,9 +73,6 @@ def when(stamp: str | None) -> str:
         return stamp
     zone = "UTC" if moment.utcoffset() == timedelta(0) else moment.strftime("%z")
     return f"{moment:%Y-%m-%d %H:%M:%S} {zone}".rstrip()
-
-
-templates.env.globals.update(hit_player=hit_player, span=span, when=when, duration_text=duration_text)
 
 
 def error_page(status: int, detail: str) -> str:
@@ -107,6 +116,37 @@ class FilterFields:
 
 
 FieldsDep = Annotated[FilterFields, Depends()]
+FILTER_BOXES = tuple(field.name for field in dataclasses.fields(FilterFields))
+
+
+def more_like_this(window_id: int, form: Mapping[str, Any]) -> str:
+    """The address of "more like this" for a window, with the filters of the search it was found by (those
+    "more like this" takes: not the ranking), so the user stays in the part of the library they were looking at."""
+    kept = [(name, form[name]) for name in FILTER_BOXES if form.get(name, "") != ""]
+    return f"/similar?{urlencode([('window_id', window_id), *kept])}"
+
+
+templates.env.globals.update(
+    hit_player=hit_player,
+    span=span,
+    window_label=window_label,
+    when=when,
+    duration_text=duration_text,
+    more_like_this=more_like_this,
+)
+
+
+def markdown(text: str) -> Markup:
+    """An OpenAPI description as HTML paragraphs."""
+    return Markup(MARKDOWN.render(text))
+
+
+def markdown_inline(text: str) -> Markup:
+    """An OpenAPI description within a line (a table cell, a sentence)."""
+    return Markup(MARKDOWN.renderInline(text))
+
+
+templates.env.filters.update(markdown=markdown, markdown_inline=markdown_inline)
 
 
 def _form(params: SearchParams, q: str = "") -> dict[str, Any]:
@@ -119,19 +159,14 @@ def _form(params: SearchParams, q: str = "") -> dict[str, Any]:
 def search_page(
     request: Request, svc: ServiceDep, fields: FieldsDep, q: str = "", rank: str = "", hybrid_weight: str = ""
 ) -> HTMLResponse:
-    hits, error = None, None
-    try:
+    def run() -> tuple[SearchParams, list[dict[str, Any]] | None]:
         params = fields.params()
         weight = _number("hybrid_weight", hybrid_weight) if hybrid_weight.strip() else params.hybrid_weight
         params = dataclasses.replace(params, rank=rank or None, hybrid_weight=weight)
-        form = _form(params, q)
-        if q.strip():
-            hits = svc.search(q, params)
-    except PengiSearchError as exc:
-        error = str(exc)  # the boxes as typed, to be corrected there (not the defaults)
-        form = {"q": q, **dataclasses.asdict(fields), "rank": rank, "hybrid_weight": hybrid_weight}
-    context = {"form": form, "hits": hits, "error": error, "heading": None, "max_k": svc.settings.max_k}
-    return templates.TemplateResponse(request, "search.html", context)
+        return params, svc.search(q, params) if q.strip() else None
+
+    typed = {**dataclasses.asdict(fields), "rank": rank, "hybrid_weight": hybrid_weight}
+    return _results_page(request, svc, run, typed, q=q)
 
 
 @router.get("/similar", response_class=HTMLResponse)
@@ -139,17 +174,42 @@ def similar_page(request: Request, svc: ServiceDep, fields: FieldsDep, window_id
     if q.strip():  # text typed in the page's search box: a text search, with the same filters
         query = [(name, value) for name, value in request.query_params.multi_items() if name != "window_id"]
         return RedirectResponse(f"/?{urlencode(query)}", status_code=303)
-    params = fields.params()
-    window = svc.window(window_id)
-    hits = svc.similar_to_window(window_id, params)
+    window = svc.window(window_id)  # an unknown window: the error page (there is nothing to refine)
     heading = {
         "path": shown(window.path),
         "file_id": window.file_id,
         "window_id": window_id,
         "span": span(window.start_s, window.end_s),
     }
-    context = {"form": _form(params), "hits": hits, "error": None, "heading": heading, "max_k": svc.settings.max_k}
-    return templates.TemplateResponse(request, "search.html", context)
+
+    def run() -> tuple[SearchParams, list[dict[str, Any]]]:
+        params = fields.params()
+        return params, svc.similar_to_window(window_id, params)
+
+    typed = {**dataclasses.asdict(fields), "rank": "", "hybrid_weight": ""}
+    return _results_page(request, svc, run, typed, heading=heading)
+
+
+def _results_page(
+    request: Request,
+    svc: ServiceDep,
+    run: Callable[[], tuple[SearchParams, list[dict[str, Any]] | None]],
+    typed: dict[str, str],
+    q: str = "",
+    heading: dict[str, Any] | None = None,
+) -> HTMLResponse:
+    """The search page (a text search, or "more like this" under `heading`) with the hits `run` found, or with why
+    they were refused under the status the JSON API gives the same parameters (a 200 would tell scripts, caches
+    and monitoring that all went well); a refused search shows the boxes as typed, to be corrected there."""
+    hits, error, status = None, None, 200
+    try:
+        params, hits = run()
+        form = _form(params, q)
+    except PengiSearchError as exc:
+        error, status = str(exc), status_of(exc)
+        form = {"q": q, **typed}
+    context = {"form": form, "hits": hits, "error": error, "heading": heading, "max_k": svc.settings.max_k}
+    return templates.TemplateResponse(request, "search.html", context, status_code=status)
 
 
 @router.get("/files/{file_id}", response_class=HTMLResponse)

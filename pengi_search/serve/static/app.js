@@ -62,7 +62,29 @@ function stopAtEnd(audio) {
   });
 }
 
+// Windows side by side (a file's timeline, its list of windows, the hits' waveforms) are one stop of the Tab key:
+// the arrow keys move between them (Home and End: to the first and the last), Enter or Space plays the one in
+// focus. Tab comes back to the one last focused (a roving tabindex: it alone has tabindex 0).
+function keyboardWindows(items, play) {
+  items.forEach((item, i) => {
+    item.addEventListener("focus", () => {
+      for (const other of items) other.tabIndex = other === item ? 0 : -1;
+    });
+    item.addEventListener("keydown", (event) => {
+      if (event.target !== item) return; // a key on a link inside the item is the link's
+      const last = items.length - 1;
+      const moves = { ArrowRight: i + 1, ArrowDown: i + 1, ArrowLeft: i - 1, ArrowUp: i - 1, Home: 0, End: last };
+      const to = moves[event.key];
+      if (event.key === "Enter" || event.key === " ") play(item);
+      else if (to !== undefined) items[Math.max(0, Math.min(last, to))].focus();
+      else return;
+      event.preventDefault();
+    });
+  });
+}
+
 function setUpHits() {
+  const waveforms = new Map(); // canvas -> what pressing it plays
   for (const hit of document.querySelectorAll(".hit")) {
     const audio = hit.querySelector("audio.player");
     const button = hit.querySelector("button.play-hit");
@@ -77,8 +99,10 @@ function setUpHits() {
         const fraction = event.offsetX / canvas.clientWidth;
         playSpan(audio, start + fraction * (end - start), end);
       });
+      waveforms.set(canvas, () => playSpan(audio, start, end));
     }
   }
+  keyboardWindows(Array.from(waveforms.keys()), (canvas) => waveforms.get(canvas)());
 }
 
 function setUpFile() {
@@ -98,6 +122,7 @@ function setUpFile() {
       lane.style.width = `${(100 * (end - start)) / duration}%`;
       lane.addEventListener("click", () => seekTo(start));
     }
+    keyboardWindows(lanes, (lane) => seekTo(parseFloat(lane.dataset.start)));
   }
   function seekTo(start) {
     delete player.dataset.stopAt;
@@ -112,13 +137,8 @@ function setUpFile() {
       if (event.target.closest("a")) return;
       seekTo(start);
     });
-    item.addEventListener("keydown", (event) => {
-      if (event.key === "Enter" || event.key === " ") {
-        event.preventDefault();
-        seekTo(start);
-      }
-    });
   }
+  keyboardWindows(windows, (item) => seekTo(parseFloat(item.dataset.start)));
   player.addEventListener("timeupdate", () => {
     const now = player.currentTime;
     let active = null;
