@@ -118,6 +118,29 @@ def test_similar_missing_file(common, tmp_path):
     assert result.exit_code == EXIT_USAGE and "no such file" in result.output
 
 
+def test_similar_heads_each_query_files_hits_with_its_name_as_it_is(captions, common, tmp_path):
+    """Brackets in a file name are not markup: the heading names the file exactly."""
+    odd = shutil.copy(captions.files["bell.wav"], tmp_path / "[dog] bell.wav")
+    result = run("similar", odd, captions.files["animals/cat.flac"], *common)
+    assert result.exit_code == 0, result.output
+    assert str(odd) in result.stdout.splitlines()
+
+
+@pytest.mark.parametrize("command", ["similar", "describe", "classify"])
+@pytest.mark.parametrize("typed", ["../{here}/broken.wav", "{tmp}/broken.wav"])
+def test_every_command_names_a_skipped_file_as_it_was_typed(captions, common, tmp_path, monkeypatch, command, typed):
+    """Escaped where it must be, never made relative to the current folder: the name in the message is the one on
+    the command line, as ripgrep's are."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "broken.wav").write_bytes(b"RIFF not really audio")
+    (tmp_path / "labels.txt").write_text("a dog barks\na bell rings\n")
+    typed = typed.format(here=tmp_path.name, tmp=tmp_path)  # both would be "broken.wav" made relative to here
+    options = {"describe": common[2:], "classify": (*common, "-l", "labels.txt")}.get(command, common)
+    result = run(command, typed, *options, "--device", "cpu")
+    assert result.exit_code == EXIT_PARTIAL, result.output
+    assert result.stderr.startswith(f"skipped {typed}: not a readable audio file"), result.stderr
+
+
 # -- classify ----------------------------------------------------------------------------------------------------
 
 

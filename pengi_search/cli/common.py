@@ -344,7 +344,11 @@ def warn(message: str) -> None:
 
 
 def report_skipped(path: str, reason: str) -> None:
-    """An input that a command went on without (its result, or the exit code, says so too)."""
+    """An input that a command went on without (its result, or the exit code, says so too), by every command.
+
+    The path is shown as the command was given it (escaped by `pathnames.shown`, never made relative), so that it
+    matches what the user typed, as ripgrep's messages do; a file found inside a given folder, as the scan found it.
+    """
     err_console.print(f"[red]skipped[/] {escape(shown(path))}: {escape(reason)}", soft_wrap=True)
 
 
