@@ -25,6 +25,21 @@ class Device(Choice):
     cuda = "cuda"
 
 
+def device_unavailable(device: str) -> str | None:
+    """Why `device` ("auto", "cpu", "cuda", "cuda:1") cannot be used on this machine, or None when it can.
+
+    Only CUDA can be missing. torch is imported only when CUDA is asked for, so that checking `--device` as the
+    command line is read costs `auto` and `cpu` nothing (`query` and an `index` run with nothing to do never load
+    torch otherwise)."""
+    if not device.startswith(Device.cuda.value):
+        return None
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    return "PyTorch sees no CUDA GPU on this machine; use cpu or auto"
+
+
 class By(Choice):
     """What a search returns: the best window of each file, or every matching window."""
 

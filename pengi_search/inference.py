@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .audio import WINDOW_SECONDS, DecodeReport, Window, iter_windows, windows_of
-from .choices import LongPrompt
+from .choices import LongPrompt, device_unavailable
 from .chunking import chunk_slices, chunked
 from .cpu_kernels import onednn_available, use_onednn_linear
 from .decoding import CandidateScore, GenerationConfig, beam_search, score_candidates
@@ -40,10 +40,12 @@ Audio = str | os.PathLike[str] | np.ndarray
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    """The torch device for `--device`; CUDA asked for where there is none is bad usage (the command line refuses it
+    sooner, as it reads `--device`)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but PyTorch sees no CUDA GPU")
+    if reason := device_unavailable(device):
+        raise UsageError(f"--device {device}", reason)
     return torch.device(device)
 
 

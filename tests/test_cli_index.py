@@ -73,6 +73,20 @@ def test_failed_files_give_exit_code_3_and_are_listed(tiny_model_dir, sounds, tm
     assert f"failed {sounds / 'broken [live].mp3'}: not a readable audio file" in result.stderr
 
 
+def test_device_cuda_without_a_gpu_is_refused_even_with_nothing_to_index(tiny_model_dir, sounds, tmp_path, monkeypatch):
+    """Every file is indexed and captioned, so the run would never load the model: CUDA is still checked first."""
+    import torch
+
+    db = tmp_path / "lib.db"
+    assert index(sounds, db, tiny_model_dir).exit_code == 0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = index(sounds, db, tiny_model_dir, "--device", "cuda")
+    assert result.exit_code == EXIT_USAGE and result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: Invalid value for '--device': PyTorch sees no CUDA GPU on this machine"), line
+    assert len(json.loads(run("stats", "--db", db, "--json").stdout)["runs"]) == 1  # no second run was started
+
+
 def test_rebuild_index_changes_the_type_and_indexing_keeps_it(tiny_model_dir, sounds, tmp_path):
     db = tmp_path / "lib.db"
     assert index(sounds, db, tiny_model_dir).exit_code == 0

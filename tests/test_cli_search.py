@@ -118,6 +118,29 @@ def test_similar_missing_file(common, tmp_path):
     assert result.exit_code == EXIT_USAGE and "no such file" in result.output
 
 
+def test_similar_heads_each_query_files_hits_with_its_name_as_it_is(captions, common, tmp_path):
+    """Brackets in a file name are not markup: the heading names the file exactly."""
+    odd = shutil.copy(captions.files["bell.wav"], tmp_path / "[dog] bell.wav")
+    result = run("similar", odd, captions.files["animals/cat.flac"], *common)
+    assert result.exit_code == 0, result.output
+    assert str(odd) in result.stdout.splitlines()
+
+
+@pytest.mark.parametrize("command", ["similar", "describe", "classify"])
+@pytest.mark.parametrize("typed", ["../{here}/broken.wav", "{tmp}/broken.wav"])
+def test_every_command_names_a_skipped_file_as_it_was_typed(captions, common, tmp_path, monkeypatch, command, typed):
+    """Escaped where it must be, never made relative to the current folder: the name in the message is the one on
+    the command line, as ripgrep's are."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "broken.wav").write_bytes(b"RIFF not really audio")
+    (tmp_path / "labels.txt").write_text("a dog barks\na bell rings\n")
+    typed = typed.format(here=tmp_path.name, tmp=tmp_path)  # both would be "broken.wav" made relative to here
+    options = {"describe": common[2:], "classify": (*common, "-l", "labels.txt")}.get(command, common)
+    result = run(command, typed, *options, "--device", "cpu")
+    assert result.exit_code == EXIT_PARTIAL, result.output
+    assert result.stderr.startswith(f"skipped {typed}: not a readable audio file"), result.stderr
+
+
 # -- classify ----------------------------------------------------------------------------------------------------
 
 
@@ -199,6 +222,47 @@ def test_classify_folder_with_a_broken_file_is_partial(captions, common, labels,
     data = json.loads(result.stdout)
     assert [e["file"] for e in data["errors"]] == [str(folder / "broken.wav")]
     assert len(data["results"]) == 2
+
+
+def test_classify_several_files_and_folders_gives_one_csv_in_the_order_given(captions, common, labels, tmp_path):
+    truth = write_truth(captions, tmp_path)
+    targets = (captions.files["bell.wav"], captions.root / "animals", captions.files["weather/rain.flac"])
+    result = run("classify", *targets, "-l", labels, *common, "--truth", truth, "-q")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [(row["file"], row["label"]) for row in rows] == [
+        (str(captions.files["bell.wav"]), "a bell rings"),
+        (str(captions.files["animals/cat.flac"]), "a cat meows"),  # a folder's files sorted by path
+        (str(captions.files["animals/dog.wav"]), "a dog barks"),
+        (str(captions.files["weather/rain.flac"]), "rain on a roof"),
+    ]
+    assert "accuracy 0.6667 (2/3 files)" in result.stderr  # the truth covers files from every target
+
+
+def test_classify_a_file_reached_twice_classifies_it_once(captions, common, labels, monkeypatch):
+    """Given by itself, inside a given folder and under another spelling: one result, named as first given."""
+    monkeypatch.chdir(captions.root)
+    result = run("classify", "animals/dog.wav", "animals", "./animals/dog.wav", "-l", labels, *common, "--json")
+    assert result.exit_code == 0, result.output
+    files = [entry["file"] for entry in json.loads(result.stdout)["results"]]
+    assert files == ["animals/dog.wav", str(captions.files["animals/cat.flac"])]
+
+
+def test_classify_several_files_with_an_undecodable_one_is_partial(captions, common, labels, tmp_path):
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF not really audio")
+    result = run("classify", captions.files["bell.wav"], broken, "-l", labels, *common, "--json", "--max-len", 4)
+    assert result.exit_code == EXIT_PARTIAL, result.output
+    data = json.loads(result.stdout)
+    assert [e["file"] for e in data["errors"]] == [str(broken)]
+    assert [r["file"] for r in data["results"]] == [str(captions.files["bell.wav"])]
+
+
+@pytest.mark.parametrize("bad", ["", "absent.wav"])
+def test_classify_refuses_a_bad_target_among_good_ones_before_any_work(captions, common, labels, tmp_path, bad):
+    result = run("classify", captions.files["bell.wav"], bad and tmp_path / bad, "-l", labels, *common)
+    assert result.exit_code == EXIT_USAGE and result.stdout == ""
+    assert ("the path is empty" if not bad else "absent.wav: no such file or folder") in result.stderr
 
 
 @pytest.mark.parametrize(

@@ -14,14 +14,16 @@ import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from pengi_search.cli import app
 from pengi_search.db import Store
 from pengi_search.db.run_lock import indexing_lock
-from pengi_search.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
+from pengi_search.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, UsageError
 
 from .indexing import write_tone
 from .search_library import caption_library
@@ -93,6 +95,16 @@ def ctrl_c(_p: Paths) -> Iterator[None]:
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("pengi_search.search.query_text", interrupted)
+        yield
+
+
+@contextlib.contextmanager
+def no_gpu(_p: Paths) -> Iterator[None]:
+    """A machine where PyTorch sees no CUDA GPU, whatever this one has."""
+    import torch
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.cuda, "is_available", lambda: False)
         yield
 
 
@@ -287,6 +299,27 @@ CASES = {
         EXIT_USAGE,
         "an '@' in the password must be written %40",
     ),
+    # --device cuda where there is none: refused as the command line is read, before any work, by every command
+    **{
+        f"{name} --device cuda, no GPU": Case(
+            lambda p, name=name, args=args: (*name.split(), *args(p), "--device", "cuda"),
+            EXIT_USAGE,
+            "Invalid value for '--device': PyTorch sees no CUDA GPU on this machine; use cpu or auto",
+            no_gpu,
+        )
+        for name, args in {
+            "describe": lambda p: (p.clip, "--model", p.model),
+            "ask": lambda p: (p.clip, "what?", "--model", p.model),
+            "query": lambda p: ("a dog barks", *lib(p)),
+            "similar": lambda p: (p.clip, *lib(p)),
+            "classify": lambda p: (p.clip, "--labels", p.labels, *lib(p)),
+            "index": lambda p: (p.sounds, "--db", p.sounds.parent / "cuda.db", "--model", p.model),
+            "serve": lambda p: ("--db", p.db, "--port", "0"),
+            "eval retrieval": lambda p: (p.truth, "--model", p.model, "-o", p.missing.parent),
+            "eval caption": lambda p: (p.truth, "--model", p.model, "-o", p.missing.parent),
+            "eval classify": lambda p: (p.sounds, "--truth", p.truth, "--model", p.model, "-o", p.missing.parent),
+        }.items()
+    },
     # 1: the command could not do its work
     "query, no library": Case(lambda p: ("query", "x", "--db", p.missing), EXIT_FAILED, "no index here yet"),
     "similar, no library": Case(lambda p: ("similar", p.clip, "--db", p.missing), EXIT_FAILED, "no index here yet"),
@@ -361,6 +394,31 @@ def test_each_failure_mode_has_its_documented_exit_code(paths, name):
     assert " ".join(case.says.split()) in output, f"{name}: {result.output}"
     assert result.exception is None or isinstance(result.exception, SystemExit), name  # no traceback
     assert SECRET not in result.output and "(psycopg." not in result.output, name
+
+
+def _commands_taking(option: str, group: Any, prefix: str = "") -> set[str]:
+    """The command lines ("eval classify") of every command under the Click `group` that has `option` (Typer runs
+    its own copy of Click: groups are told by their commands)."""
+    found = set()
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            found |= _commands_taking(option, command, f"{prefix}{name} ")
+        elif any(option in param.opts for param in command.params):
+            found.add(prefix + name)
+    return found
+
+
+def test_every_command_that_takes_device_is_checked_without_a_gpu():
+    checked = {name.removesuffix(" --device cuda, no GPU") for name in CASES if name.endswith("--device cuda, no GPU")}
+    assert checked == _commands_taking("--device", typer.main.get_command(app))
+
+
+def test_the_engine_refuses_cuda_without_a_gpu_as_the_command_line_does(paths):
+    """From Python too (no command line to check it first): bad usage, with the same reason."""
+    from pengi_search.inference import Engine
+
+    with no_gpu(paths), pytest.raises(UsageError, match="--device cuda: PyTorch sees no CUDA GPU on this machine"):
+        Engine.load(paths.model, "cuda")
 
 
 def test_the_readme_table_lists_the_codes_the_cases_use():

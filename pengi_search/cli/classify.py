@@ -1,4 +1,4 @@
-"""`classify`: zero-shot classification of a file or a folder against the user's labels, with optional scores
+"""`classify`: zero-shot classification of audio files and folders against the user's labels, with optional scores
 against known labels.
 
 The command reads its inputs, classifies every file, scores the result and shows it: one small function a step.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -19,6 +20,7 @@ from rich.markup import escape
 from ..choices import Device, LoglikScore, LongPrompt, Method, StopRule
 from ..pathnames import path_fields, shown
 from ..prompts import TASK_PROMPTS
+from ..scan import absolute
 from .common import (
     EXIT_OK,
     EXIT_PARTIAL,
@@ -119,14 +121,17 @@ class ScoringOptions:
 @options_from(ScoringOptions, "scoring")
 @options_from(ComputeOptions, "compute")
 def classify(
-    target: Annotated[
-        Path, typer.Argument(help="An audio file, or a folder (searched recursively).", parser=given_path)
+    targets: Annotated[
+        list[Path], typer.Argument(help="Audio files or folders (searched recursively).", parser=given_path)
     ],
     labels: Annotated[Path, typer.Option("--labels", "-l", help="One label per line, or a CSV with a 'label' column.")],
     *,
     scoring: ScoringOptions,
     top: Annotated[int, typer.Option("--top", min=1, help="Labels shown per file.")] = 5,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder input: CSV file to write.")] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="CSV file to write, one row per file (else several files print it)."),
+    ] = None,
     truth: Annotated[
         Path | None, typer.Option("--truth", help="CSV of known labels (file/filename/path, label): prints scores.")
     ] = None,
@@ -137,11 +142,14 @@ def classify(
     json_output: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Zero-shot classification of a file, or of every audio file in a folder (a CSV), against your labels.
+    """Zero-shot classification of audio files and folders against your labels.
 
-    Files already indexed (and unchanged) by the same model reuse their stored captions or audio embeddings.
+    One file gives its ranked labels; several files or a folder, a CSV (one row per file). All the files are
+    classified together, windows from all of them in each batch; a file reached twice (given, and inside a given
+    folder) is classified once. Files already indexed (and unchanged) by the same model reuse their stored captions
+    or audio embeddings.
 
-    Example: pengi-search classify recordings/ --labels labels.txt --output predictions.csv --truth truth.csv
+    Example: pengi-search classify recordings/ extra.wav --labels labels.txt --output predictions.csv --truth truth.csv
     """
     from ..classify import evaluate
     from ..model_dir import ModelDir
@@ -151,8 +159,8 @@ def classify(
     if output is not None:
         _check_writable(output)
     settings = scoring.settings()
-    predictions, failures = classify_target(
-        target,
+    predictions, failures = classify_targets(
+        targets,
         label_list,
         settings,
         db=db,
@@ -169,10 +177,10 @@ def classify(
         _write_csv(outcome, output, top)
     if json_output:
         print_json(outcome.to_json(top))
-    elif target.is_dir():
-        _show_folder(outcome, top, csv_written=output is not None)
+    elif _one_file(targets):
+        _show_ranked(outcome, top)
     else:
-        _show_file(outcome, top)
+        _show_csv(outcome, top, csv_written=output is not None)
     raise typer.Exit(EXIT_PARTIAL if outcome.failures else EXIT_OK)
 
 
@@ -201,8 +209,21 @@ def _check_writable(output: Path) -> None:
         raise UsageError(output, "cannot write the CSV: permission denied")
 
 
-def _files_of(target: Path) -> tuple[list[str], list[Failure]]:
-    """The audio files to classify (a folder's, recursively and sorted) and those that cannot be read."""
+def _files_of(targets: Sequence[Path]) -> tuple[list[str], list[Failure]]:
+    """The audio files to classify, in the order given (a folder's recursively and sorted), each once, and those
+    that cannot be read. Every target is checked before any is classified: a missing one is bad usage."""
+    files: dict[str, str] = {}  # absolute path (what the store and the truth file match on) -> the path as reached
+    unreadable: list[Failure] = []
+    for target in targets:
+        found, problems = _files_in(target)
+        for path in found:
+            files.setdefault(absolute(path), path)  # the first way the file was reached names it
+        unreadable += problems
+    return list(files.values()), unreadable
+
+
+def _files_in(target: Path) -> tuple[list[str], list[Failure]]:
+    """One target's audio files (a folder's, recursively and sorted) and those that cannot be read."""
     if target.is_dir():
         return audio_files_in(target)
     if target.is_file():
@@ -210,12 +231,17 @@ def _files_of(target: Path) -> tuple[list[str], list[Failure]]:
     raise not_found(target, "file or folder")
 
 
+def _one_file(targets: Sequence[Path]) -> bool:
+    """Whether the user asked about a single file: it is shown as a ranked table, anything more as a CSV."""
+    return len(targets) == 1 and not targets[0].is_dir()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Classifying
 
 
-def classify_target(
-    target: Path,
+def classify_targets(
+    targets: Sequence[Path],
     labels: list[str],
     settings: ClassifySettings,
     *,
@@ -231,7 +257,7 @@ def classify_target(
     existing library holds (`eval classify` shares this)."""
     from ..classify import Classifier
 
-    files, failures = _files_of(target)
+    files, failures = _files_of(targets)
     for path, reason in failures:  # found but unreadable (a broken link, a folder that cannot be listed)
         report_skipped(path, reason)
     library = _open_library(db)
@@ -295,8 +321,8 @@ def _write_csv(outcome: Outcome, output: Path, top: int) -> None:
         write_csv(outcome.predictions, out, top)
 
 
-def _show_folder(outcome: Outcome, top: int, *, csv_written: bool) -> None:
-    """A folder's CSV on stdout unless --output took it; the scores then go to stderr, to keep the CSV clean."""
+def _show_csv(outcome: Outcome, top: int, *, csv_written: bool) -> None:
+    """The CSV on stdout unless --output took it; the scores then go to stderr, to keep the CSV clean."""
     from ..classify import write_csv
 
     if not csv_written:
@@ -305,7 +331,7 @@ def _show_folder(outcome: Outcome, top: int, *, csv_written: bool) -> None:
         _print_metrics(outcome.metrics, out_console if csv_written else err_console)
 
 
-def _show_file(outcome: Outcome, top: int) -> None:
+def _show_ranked(outcome: Outcome, top: int) -> None:
     for prediction in outcome.predictions:
         _print_ranked(prediction, top)
     if outcome.metrics is not None:

@@ -23,7 +23,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..choices import Device, LongPrompt, StopRule
+from ..choices import Device, LongPrompt, StopRule, device_unavailable
 from ..errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, PengiSearchError, UsageError
 from ..pathnames import json_text, shown
 
@@ -39,8 +39,23 @@ ModelOption = Annotated[
     str | None,
     typer.Option("--model", "-m", help="Model name or directory \\[env: PENGI_SEARCH_MODEL; default: installed base]"),
 ]
+
+
+def _available_device(device: Device) -> Device:
+    """`--device`, checked as the command line is read, before any work: every command that takes it refuses CUDA
+    on a machine without it (exit 2), even a run that turns out to need no model."""
+    if reason := device_unavailable(device):
+        raise typer.BadParameter(reason)
+    return device
+
+
 DeviceOption = Annotated[
-    Device, typer.Option("--device", help="Where the model runs: auto is CUDA when there is a GPU (bf16 autocast).")
+    Device,
+    typer.Option(
+        "--device",
+        callback=_available_device,
+        help="Where the model runs: auto is CUDA when there is a GPU (bf16 autocast).",
+    ),
 ]
 BatchOption = Annotated[
     int | None,
@@ -344,7 +359,11 @@ def warn(message: str) -> None:
 
 
 def report_skipped(path: str, reason: str) -> None:
-    """An input that a command went on without (its result, or the exit code, says so too)."""
+    """An input that a command went on without (its result, or the exit code, says so too), by every command.
+
+    The path is shown as the command was given it (escaped by `pathnames.shown`, never made relative), so that it
+    matches what the user typed, as ripgrep's messages do; a file found inside a given folder, as the scan found it.
+    """
     err_console.print(f"[red]skipped[/] {escape(shown(path))}: {escape(reason)}", soft_wrap=True)
 
 

@@ -406,7 +406,7 @@ def classify_files(
     from ..classify import LabelsError, read_label_map, read_labels, read_truth, write_csv
     from ..evaluation.classification import evaluate_classification
     from ..model_dir import ModelDir
-    from .classify import classify_target
+    from .classify import classify_targets
 
     apply_threads(threads)
     try:
@@ -417,8 +417,8 @@ def classify_files(
         raise UsageError("", str(err)) from None
     settings = scoring.settings()
     model_dir = ModelDir.resolve(model)
-    predictions, failures = classify_target(
-        target,
+    predictions, failures = classify_targets(
+        [target],
         label_list,
         settings,
         db=db,

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.markup import escape
 
 from ..choices import DEFAULT_HYBRID_WEIGHT, By, Device, Rank
 from .common import (
@@ -34,6 +33,7 @@ from .common import (
     out_console,
     print_json,
     progress_bar,
+    report_skipped,
     show_progress,
     shown_path,
 )
@@ -235,19 +235,20 @@ def similar(
             fast=compute.fast,
             progress=progress,
         )
-        results = list(found)
+        results = []
+        for result in found:
+            if result.error is not None:  # said as it happens, as describe and classify say it
+                report_skipped(result.path, result.error)
+            results.append(result)
     _show_similar(results, json_output=json_output)
     raise typer.Exit(EXIT_PARTIAL if any(r.error for r in results) else EXIT_OK)
 
 
 def _show_similar(results: list[SimilarResult], *, json_output: bool) -> None:
+    from rich.markup import escape
+
     from ..pathnames import path_fields
 
-    for result in results:
-        if result.error is not None:
-            err_console.print(
-                f"[red]skipped[/] {escape(shown_path(result.path))}: {escape(result.error)}", soft_wrap=True
-            )
     if json_output and len(results) == 1:
         print_json([hit.to_json() for hit in results[0].hits])
         return
@@ -268,6 +269,6 @@ def _show_similar(results: list[SimilarResult], *, json_output: bool) -> None:
         if result.error is not None:
             continue
         if len(results) > 1:
-            out_console.print(f"[bold]{shown_path(result.path)}[/]")
+            out_console.print(f"[bold]{escape(shown_path(result.path))}[/]", soft_wrap=True)
         spans = {(hit.query_start_s, hit.query_end_s) for hit in result.hits}
         _show_hits(result.hits, json_output=False, show_query_span=len(spans) > 1)
