@@ -383,7 +383,9 @@ def _decoded_blocks(source: _Source, report: DecodeReport, start_frame: int = 0)
             report.decoded_frames = decoded
             yield block
     except _DECODER_ERRORS as error:
-        at = decoded / source.sample_rate
+        # The failing read loses its whole block, so `decoded` alone would place the failure up to a block early
+        # (65,536 frames, 1.5 s at 44.1 kHz): a FLAC cut at 0.7 s was reported as failing after 0.00 s.
+        at = max(decoded, source.frames_reached()) / source.sample_rate
         raise AudioDecodeError(source.path, f"corrupt or truncated audio data after {at:.2f} s") from error
 
 
@@ -415,6 +417,10 @@ class _Source(ABC):
     @abstractmethod
     def blocks(self, start_frame: int = 0) -> Iterator[np.ndarray]:
         """The frames from `start_frame` (at the file's own rate) to the end, in blocks."""
+
+    @abstractmethod
+    def frames_reached(self) -> int:
+        """How far the decoder got (frames from the file's start), also within a block whose decoding failed."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -462,6 +468,12 @@ class _SoundFileSource(_Source):
         while len(block := self._file.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)):
             yield block
 
+    def frames_reached(self) -> int:
+        try:
+            return self._file.tell()  # libsndfile's position: the frames decoded before a failure, too
+        except _DECODER_ERRORS:
+            return 0
+
     def close(self) -> None:
         self._file.close()
 
@@ -484,6 +496,7 @@ class _PyAVSource(_Source):
         # The stream's own duration, not the container's: FFmpeg estimates that one from the bit rate for some
         # formats (raw AAC), which would make a whole file look cut.
         self.header_frames = None if self._stream.duration is None else self.frames
+        self._reached = 0  # frames FFmpeg has decoded, also those still gathered into the next block
 
     def _header_frames(self) -> int | None:
         if self._stream.duration is not None:
@@ -512,10 +525,14 @@ class _PyAVSource(_Source):
             for converted in converter.resample(frame):
                 pending.append(converted.to_ndarray())
                 pending_frames += converted.samples
+                self._reached += converted.samples
             # Gather FFmpeg's small frames into larger blocks so per-block work stays cheap.
             if pending and (pending_frames >= _BLOCK_FRAMES or frame is None):
                 yield np.concatenate(pending, axis=1).T
                 pending, pending_frames = [], 0
+
+    def frames_reached(self) -> int:
+        return self._reached
 
     def close(self) -> None:
         self._container.close()

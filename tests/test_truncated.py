@@ -7,18 +7,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from pengi_search.audio import DecodeReport, iter_windows
+from pengi_search.audio import AudioDecodeError, DecodeReport, iter_windows
 from pengi_search.audio_workers import Decoded, Job, decode_file
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_OK, EXIT_PARTIAL
 from pengi_search.db import Store
 
-from .indexing import assert_consistent, write_tone
+from .indexing import assert_consistent, write_tone, write_with_av
 
 runner = CliRunner()
 QUICK = ("--workers", "0", "--beam", "2", "--max-len", "3", "--device", "cpu", "--quiet")
@@ -65,6 +66,46 @@ def test_a_whole_file_is_not_flagged(tmp_path, suffix):
     list(iter_windows(write_cut(tmp_path / f"whole{suffix}", 1.0), report=report))
     assert report.truncation() is None
     assert report.duration_s == pytest.approx(SECONDS, abs=1e-3)
+
+
+def noise(seconds: float) -> np.ndarray:
+    """White noise: every second of it takes about as many bytes to encode."""
+    return np.random.default_rng(0).uniform(-0.5, 0.5, round(seconds * 44_100)).astype(np.float32)
+
+
+def test_a_cut_flac_fails_saying_how_far_it_decoded(tmp_path):
+    """A FLAC cut short fails as corrupt (its decoder stops mid-frame), after the position its decoder reached:
+    as far as reading it a little at a time gets, not the start of the 65,536-frame block that failed."""
+    path = tmp_path / "cut.flac"
+    sf.write(path, noise(3.0), 44_100)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 4])  # about 0.75 s
+    with pytest.raises(AudioDecodeError) as failed:
+        list(iter_windows(path))
+    reached = 0
+    with sf.SoundFile(path) as flac, pytest.raises(sf.LibsndfileError):
+        while len(step := flac.read(256)):
+            reached += len(step)
+    assert 0.6 < reached / 44_100 < 0.8
+    assert str(failed.value).endswith(f"corrupt or truncated audio data after {reached / 44_100:.2f} s")
+
+
+def test_a_damaged_m4a_fails_saying_how_far_it_decoded(tmp_path):
+    """The same for a file FFmpeg decodes: the failure comes after the samples decoded before it."""
+    path = tmp_path / "damaged.m4a"
+    write_with_av(path, noise(3.0)[None], 44_100, "aac", "mp4")
+    data = bytearray(path.read_bytes())
+    start = data.index(b"mdat") + len(data) // 3
+    data[start : start + 2000] = bytes(2000)  # about a second in
+    path.write_bytes(bytes(data))
+    with pytest.raises(AudioDecodeError) as failed:
+        list(iter_windows(path))
+    reached = 0
+    with av.open(str(path)) as container, pytest.raises(av.FFmpegError):
+        for frame in container.decode(audio=0):
+            reached += frame.samples
+    assert 0.5 < reached / 44_100 < 1.5
+    assert str(failed.value).endswith(f"corrupt or truncated audio data after {reached / 44_100:.2f} s")
 
 
 def test_a_streamed_wav_without_a_size_is_not_flagged(tmp_path):
