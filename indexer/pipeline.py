@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -236,7 +237,7 @@ def _check_compatible(store: Store, choice: _ModelChoice) -> None:
         raise StoreMismatchError(
             store.url,
             f"the index was built with {meta.embedder} but this run uses text embedder {str(choice.embedder_spec)!r}. "
-            f"Pass --text-embedder {_recorded_spec(meta)}, or: {REINDEX_HINT}",
+            f"Pass --text-embedder {shlex.quote(str(_recorded_spec(meta)))}, or: {REINDEX_HINT}",
         )
 
 

@@ -1,8 +1,10 @@
 """Audio I/O: decode any common format, mix down to mono, resample to 44.1 kHz and cut into 7 s windows.
 
 Decoding tries soundfile (libsndfile: wav, flac, ogg/vorbis, opus, mp3, aiff, ...) first and falls back to PyAV
-(FFmpeg: m4a/aac, wma, webm, mka, ...). Files stream block by block, so a two-hour recording never sits in memory
-whole: each block is averaged to mono, resampled with a streaming soxr resampler and cut into windows as they fill.
+(FFmpeg: m4a/aac, wma, webm, mka, ...; also an MP3 that states no frame count, which libsndfile would stop at its
+estimated length: see `pengi_search.mpeg_frames`). Files stream block by block, so a two-hour recording never sits
+in memory whole: each block is averaged to mono, resampled with a streaming soxr resampler and cut into windows as
+they fill.
 
 Windowing rule (deterministic, every window holds real audio, all windows are exactly `window_s` long):
   - regular windows start at 0, hop, 2*hop, ... while they fit inside the file;
@@ -40,6 +42,7 @@ import soundfile as sf
 import soxr
 
 from pengi_search.errors import PengiSearchError
+from pengi_search.mpeg_frames import stated_frame_count
 from pengi_search.stderr_notes import capture_stderr
 
 __all__ = [
@@ -74,6 +77,7 @@ AUDIO_EXTENSIONS = frozenset(
 _BLOCK_FRAMES = 1 << 16  # frames decoded per step: big enough for speed, small enough to keep memory flat
 _DECODER_ERRORS = (sf.SoundFileError, av.FFmpegError)
 _SOUNDFILE_FORMAT_NAMES = {"wavex": "wav"}
+_MPEG = "mp3"  # MPEG audio (layers I to III), as libsndfile and FFmpeg name it
 log = logging.getLogger(__name__)
 # A cut file's end, as libsndfile's log reports it for formats that state their data size: "data : 269892 (should
 # be 38518)" (WAV; SSND for AIFF, Data Size for AU). W64 and RF64 state only the whole file's size ("riff : ...").
@@ -383,7 +387,9 @@ def _decoded_blocks(source: _Source, report: DecodeReport, start_frame: int = 0)
             report.decoded_frames = decoded
             yield block
     except _DECODER_ERRORS as error:
-        at = decoded / source.sample_rate
+        # The failing read loses its whole block, so `decoded` alone would place the failure up to a block early
+        # (65,536 frames, 1.5 s at 44.1 kHz): a FLAC cut at 0.7 s was reported as failing after 0.00 s.
+        at = max(decoded, source.frames_reached()) / source.sample_rate
         raise AudioDecodeError(source.path, f"corrupt or truncated audio data after {at:.2f} s") from error
 
 
@@ -417,6 +423,10 @@ class _Source(ABC):
         """The frames from `start_frame` (at the file's own rate) to the end, in blocks."""
 
     @abstractmethod
+    def frames_reached(self) -> int:
+        """How far the decoder got (frames from the file's start), also within a block whose decoding failed."""
+
+    @abstractmethod
     def close(self) -> None: ...
 
     def __enter__(self) -> _Source:
@@ -436,10 +446,14 @@ def _open_source(path: Path, report: DecodeReport) -> _Source:
         raise AudioDecodeError(path, "empty file (0 bytes)")
     with capture_stderr(report.notes):  # libmpg123 comments on odd MP3 headers while the file opens
         try:
-            return _SoundFileSource(path)
+            source = _SoundFileSource(path)
         except sf.SoundFileError:
-            pass  # not a format libsndfile reads (or it failed to): FFmpeg gets a try
-        return _PyAVSource(path)
+            return _PyAVSource(path)  # not a format libsndfile reads (or it failed to): FFmpeg gets a try
+        if source.format == _MPEG and stated_frame_count(path) is None:
+            # libsndfile stops an MPEG stream at its estimated length, which may be short: FFmpeg reads every frame.
+            source.close()
+            return _PyAVSource(path)
+        return source
 
 
 class _SoundFileSource(_Source):
@@ -462,6 +476,12 @@ class _SoundFileSource(_Source):
         while len(block := self._file.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)):
             yield block
 
+    def frames_reached(self) -> int:
+        try:
+            return self._file.tell()  # libsndfile's position: the frames decoded before a failure, too
+        except _DECODER_ERRORS:
+            return 0
+
     def close(self) -> None:
         self._file.close()
 
@@ -480,10 +500,13 @@ class _PyAVSource(_Source):
         self.format = _container_name(self._container.format.name, path)
         self.sample_rate = self._stream.rate
         self.channels = self._stream.channels
-        self.frames = self._header_frames()
+        # An MPEG stream without a stated frame count has no length, only FFmpeg's estimate from its bit rate.
+        stated = self.format != _MPEG or stated_frame_count(path) is not None
+        self.frames = self._header_frames() if stated else None
         # The stream's own duration, not the container's: FFmpeg estimates that one from the bit rate for some
         # formats (raw AAC), which would make a whole file look cut.
         self.header_frames = None if self._stream.duration is None else self.frames
+        self._reached = 0  # frames FFmpeg has decoded, also those still gathered into the next block
 
     def _header_frames(self) -> int | None:
         if self._stream.duration is not None:
@@ -512,10 +535,14 @@ class _PyAVSource(_Source):
             for converted in converter.resample(frame):
                 pending.append(converted.to_ndarray())
                 pending_frames += converted.samples
+                self._reached += converted.samples
             # Gather FFmpeg's small frames into larger blocks so per-block work stays cheap.
             if pending and (pending_frames >= _BLOCK_FRAMES or frame is None):
                 yield np.concatenate(pending, axis=1).T
                 pending, pending_frames = [], 0
+
+    def frames_reached(self) -> int:
+        return self._reached
 
     def close(self) -> None:
         self._container.close()

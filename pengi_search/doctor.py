@@ -20,7 +20,7 @@ from . import __version__
 from .checkpoint import CheckpointError
 from .db import VECTOR_KINDS, Store, StoreError, default_index_path, resolve_db_url, sqlite_file
 from .db.errors import DatabaseURLError, driver_reason
-from .db.urls import shown_db_url
+from .db.urls import db_option, shown_db_url
 from .download import INVALID_SUFFIX, RELEASES, TOKENIZERS, offline_setting
 from .hashing import file_sha256
 from .model_dir import CONFIG_FILE, MODEL_ENV, WEIGHTS_FILE, ModelDir, ModelNotFoundError, release_to_fetch
@@ -30,6 +30,7 @@ from .paths import models_dir
 DECODERS = ("aac", "alac", "wmav2", "opus", "vorbis", "mp3float", "flac", "ac3", "amrnb", "ape", "wavpack")
 RUNS_CHECKED = 1000  # the latest runs looked at for ones left "running"
 DOWNLOADS = "downloads"  # `model fetch` keeps its downloads in <models>/downloads/<release>
+URL_FIX = "check --db or PENGI_SEARCH_DB"
 
 
 @dataclass(frozen=True)
@@ -270,7 +271,11 @@ def _tree_bytes(path: Path) -> int:
 
 
 def check_database(db: str | None = None) -> tuple[dict[str, Any], list[Problem]]:
-    """Schema revision, counts, SQLite's integrity check, runs left "running" and the FAISS files against it."""
+    """Schema revision, counts, SQLite's integrity check, runs left "running" and the FAISS files against it.
+
+    `exists` says what doctor found out, never what it assumed: true (the library's file is there, or the server
+    answered and holds it), false (no file yet, an empty database, a folder where the file should be) or None when
+    it cannot tell (a URL it cannot use, a server it cannot reach). When not true, `reason` says why."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from .db.engine import create_store_engine
@@ -280,22 +285,51 @@ def check_database(db: str | None = None) -> tuple[dict[str, Any], list[Problem]
         data: dict[str, Any] = {"url": shown_db_url(url)}
         db_file = sqlite_file(url)
     except DatabaseURLError as err:  # a mistyped URL: shown as the error shows it, password hidden
-        return {"url": err.where, "exists": True}, [Problem("database", err.reason, "check --db or PENGI_SEARCH_DB")]
-    data["exists"] = db_file is None or db_file.is_file()
-    if not data["exists"]:
-        return data, []  # nothing indexed yet: `pengi-search index` creates it
-    option = _db_option(db, data["url"])
+        return _unknown({"url": err.where}, Problem("database", err.reason, URL_FIX))
+    option = db_option(db)
+    if db_file is not None:
+        absent, problems = _absent_file(db_file, option)
+        if absent is not None:
+            return {**data, "exists": False, "reason": absent}, problems
     try:
         engine = create_store_engine(url)
-    except StoreError as err:
-        return data, [Problem("database", err.reason, "check --db or PENGI_SEARCH_DB")]
+    except StoreError as err:  # a driver that is mistyped or not installed
+        return _unknown(data, Problem("database", err.reason, URL_FIX))
+    data["exists"] = True if db_file is not None else None  # a server's database: known once it answers
     try:
         return _check_open_database(engine, data, option)
     except (SQLAlchemyError, StoreError) as err:
-        fix = _damaged_database_fix(option) if db_file is not None else _unreachable_server_fix()
-        return data, [Problem("database", f"cannot be read: {driver_reason(err)}", fix)]
+        what = f"cannot be read: {driver_reason(err)}"
+        if db_file is not None:
+            return data, [Problem("database", what, _damaged_database_fix(option))]
+        if data["exists"] is None:  # the server never answered
+            return _unknown(data, Problem("database", what, _unreachable_server_fix()))
+        return data, [Problem("database", what, _unreachable_server_fix())]
     finally:
         engine.dispose()
+
+
+def _unknown(data: dict[str, Any], problem: Problem) -> tuple[dict[str, Any], list[Problem]]:
+    """The report of a database doctor could not reach: whether it exists is unknown, for the problem's reason."""
+    return {**data, "exists": None, "reason": problem.what}, [problem]
+
+
+def _absent_file(db_file: Path, option: str) -> tuple[str | None, list[Problem]]:
+    """Why there is no SQLite database at `db_file` (None when its file is there), with a problem when `index`
+    could not make one there either."""
+    if db_file.is_file():
+        return None, []
+    if db_file.exists():
+        what = f"{db_file} is a folder, not a database file" if db_file.is_dir() else f"{db_file} is not a file"
+        return what, [Problem("database", what, f"point --db or PENGI_SEARCH_DB at a database file, not at {db_file}")]
+    folder = next(parent for parent in db_file.parents if parent.exists())  # the root, at the latest
+    if not folder.is_dir():
+        what = f"{folder} is a file, not a folder: no database can be made at {db_file}"
+        return what, [Problem("database", what, URL_FIX)]
+    creates = f"`pengi-search index PATH...{option}` creates it"
+    if folder == db_file.parent:
+        return f"no database file at {db_file} yet ({creates})", []
+    return f"neither {db_file} nor its folder {db_file.parent} exists yet ({creates}, folder included)", []
 
 
 def _check_open_database(engine: Any, data: dict[str, Any], option: str) -> tuple[dict[str, Any], list[Problem]]:
@@ -304,6 +338,7 @@ def _check_open_database(engine: Any, data: dict[str, Any], option: str) -> tupl
     from .db.migrate import LIBRARY_TABLE, SCHEMA_HEAD, current_revision, foreign_revision_reason, foreign_tables_reason
 
     with engine.connect() as connection:
+        data["exists"] = True  # it answered; whether it holds a library is settled below
         data["schema_revision"] = current_revision(connection)
         tables = inspect(connection).get_table_names()
         library_at_head = LIBRARY_TABLE in tables and data["schema_revision"] == SCHEMA_HEAD
@@ -311,7 +346,8 @@ def _check_open_database(engine: Any, data: dict[str, Any], option: str) -> tupl
             rows = list(connection.exec_driver_sql("PRAGMA integrity_check").scalars())
             data["integrity"] = "ok" if rows == ["ok"] else rows[:5]
     if data["schema_revision"] is None and not tables:
-        data["exists"] = False  # an empty database on a server: `pengi-search index` makes the library in it
+        reason = f"an empty database, with no library yet (`pengi-search index PATH...{option}` makes it)"
+        data.update(exists=False, reason=reason)
         return data, []
     if LIBRARY_TABLE not in tables:
         reason = (
@@ -406,10 +442,3 @@ def _damaged_database_fix(option: str) -> str:
         "restore the database from a backup, or move it aside and run "
         f"`pengi-search index PATH...{option}` again (every file is captioned again)"
     )
-
-
-def _db_option(db: str | None, shown_url: str) -> str:
-    """` --db ...` for the fix commands when the database was named; a URL is shown without its password."""
-    if db is None:
-        return ""
-    return f" --db {shlex.quote(shown_url if '://' in db else db)}"

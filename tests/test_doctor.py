@@ -32,7 +32,7 @@ def installation(tiny_model_dir, tmp_path, isolated_home) -> Path:
     return db
 
 
-def doctor(db: Path) -> tuple[int, dict]:
+def doctor(db: Path | str) -> tuple[int, dict]:
     result = runner.invoke(app, ["doctor", "--db", str(db), "--json"])
     return result.exit_code, json.loads(result.stdout)
 
@@ -128,10 +128,33 @@ def test_a_run_left_running_is_reported(installation):
 
 
 def test_nothing_is_created_for_a_missing_database(tmp_path, isolated_home):
-    db = tmp_path / "nowhere" / "lib.db"
+    db = tmp_path / "no where" / "lib.db"
     code, report = doctor(db)
     assert code == 1 and report["database"]["exists"] is False and not db.parent.exists()
     assert set(problems(report)) == {"models"}  # no model yet; no database yet is no fault
+    creates = f"`pengi-search index PATH... --db '{db}'` creates it"  # quoted: the folder's name has a space
+    assert (
+        report["database"]["reason"]
+        == f"neither {db} nor its folder {db.parent} exists yet ({creates}, folder included)"
+    )
+    db.parent.mkdir()
+    assert doctor(db)[1]["database"]["reason"] == f"no database file at {db} yet ({creates})"
+    text = runner.invoke(app, ["doctor", "--db", str(db)])
+    assert f"state          no database file at {db} yet" in text.stdout
+
+
+@pytest.mark.parametrize("where", ["a folder", "in a file"])
+def test_a_database_path_no_database_can_be_made_at_is_a_problem(tmp_path, isolated_home, where):
+    """A folder where the file should be, or a file where a folder should be: `index` could not make the library."""
+    (tmp_path / "notes.txt").write_text("a file")
+    db = tmp_path if where == "a folder" else tmp_path / "notes.txt" / "lib.db"
+    code, report = doctor(db)
+    what, fix = problems(report)["database"]
+    assert code == 1 and report["database"]["exists"] is False and report["database"]["reason"] == what
+    if where == "a folder":
+        assert what == f"{tmp_path} is a folder, not a database file" and "at a database file" in fix
+    else:
+        assert what == f"{tmp_path / 'notes.txt'} is a file, not a folder: no database can be made at {db}"
 
 
 def test_an_unreadable_database_is_reported(tmp_path, isolated_home):
@@ -158,6 +181,26 @@ def test_doctor_tells_an_unreachable_server_from_a_damaged_database():
     assert problem.what.startswith("cannot be read: connection failed") and "(psycopg." not in problem.what
     assert "check the URL" in problem.fix and "backup" not in problem.fix
     assert "Secret-PW" not in json.dumps([data, problem.what, problem.fix])
+    assert (data["exists"], data["reason"]) == (None, problem.what)  # unknown, and why: not "exists" by default
+
+
+def test_whether_a_library_exists_is_unknown_when_the_server_cannot_be_reached_or_the_url_used(isolated_home):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens on it once closed
+    for url, reason in (
+        (f"postgresql+psycopg://nobody@127.0.0.1:{port}/nope", "cannot be read: connection failed"),
+        ("postgresql+pyscopg://nobody@127.0.0.1/nope", "cannot use this database URL: no database driver"),
+        ("postgresql+psycopg//nobody@127.0.0.1/nope", "not a database URL"),
+    ):
+        code, report = doctor(url)
+        database = report["database"]
+        assert code == 1 and database["exists"] is None and database["reason"].startswith(reason), url
+        assert problems(report)["database"][0] == database["reason"]
+        text = runner.invoke(app, ["doctor", "--db", url])
+        assert f"state          unknown: {reason}" in text.stdout and "not created yet" not in text.stdout
 
 
 def test_doctor_on_a_database_that_is_empty_or_another_applications(tmp_path):
@@ -166,8 +209,14 @@ def test_doctor_on_a_database_that_is_empty_or_another_applications(tmp_path):
     from pengi_search.doctor import check_database
 
     sqlite3.connect(tmp_path / "empty.db").close()
+    creates = f"`pengi-search index PATH... --db {tmp_path / 'empty.db'}` makes it"
     assert check_database(str(tmp_path / "empty.db")) == (
-        {"url": f"sqlite:///{tmp_path / 'empty.db'}", "exists": False, "schema_revision": None},
+        {
+            "url": f"sqlite:///{tmp_path / 'empty.db'}",
+            "exists": False,
+            "reason": f"an empty database, with no library yet ({creates})",
+            "schema_revision": None,
+        },
         [],
     )
     with sqlite3.connect(tmp_path / "other.db") as other:

@@ -184,7 +184,7 @@ def test_a_sentence_transformer_embeds_the_captions_of_a_model_without_text_enco
     tiny_no_text_model_dir, tree, tmp_path
 ):
     db = tmp_path / "lib.db"
-    spec = f"sentence-transformers:{make_tiny_sentence_transformer(tmp_path / 'st')}"
+    spec = f"sentence-transformers:{make_tiny_sentence_transformer(tmp_path / 'my st')}"  # a space: quoted in hints
     summary = run_index(quick_options([tree], db, tiny_no_text_model_dir, text_embedder=spec))
     assert (summary.indexed, summary.failed) == (3, [])
     with Library.open(str(db)) as library:
@@ -196,8 +196,9 @@ def test_a_sentence_transformer_embeds_the_captions_of_a_model_without_text_enco
     write_tone(tree / "new.wav", 1.0, freq=333)  # the recorded embedder is the default for later runs
     assert run_index(quick_options([tree], db, tiny_no_text_model_dir)).indexed == 1
     other = f"sentence-transformers:{make_tiny_sentence_transformer(tmp_path / 'st2', seed=1)}"
-    with pytest.raises(StoreMismatchError, match="--reindex"):
+    with pytest.raises(StoreMismatchError, match="--reindex") as refused:
         run_index(quick_options([tree], db, tiny_no_text_model_dir, text_embedder=other))
+    assert f"Pass --text-embedder '{spec}', or" in str(refused.value)  # the recorded one, as the shell takes it
 
 
 def test_shards_together_equal_a_single_run(tiny_model_dir, tmp_path):

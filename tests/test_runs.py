@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import shlex
 import threading
 import time
 from pathlib import Path
@@ -157,6 +159,15 @@ def test_commands_that_read_create_nothing_and_name_the_command_that_does(tiny_m
         assert not (tmp_path / "typo").exists(), args
     # Without --db, the default library: classify works without one, the others refuse.
     assert run("stats").exit_code == EXIT_FAILED and not list(tmp_path.glob("pengi-home/*.db"))
+
+
+def test_the_command_named_for_a_missing_library_can_be_pasted_as_it_is(tmp_path):
+    """A library path with a space or a quote is quoted for the shell in the `pengi-search index` hint."""
+    db = tmp_path / "my sounds" / "Bob's library.db"
+    result = run("stats", "--db", db)
+    hint = re.search(r"create it with `([^`]*)`", result.output)
+    assert result.exit_code == EXIT_FAILED and hint, result.output
+    assert shlex.split(hint[1]) == ["pengi-search", "index", "PATH...", "--db", str(db)]
 
 
 def test_a_missing_model_fails_index_before_it_creates_the_library(sounds, tmp_path):

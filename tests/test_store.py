@@ -287,6 +287,13 @@ def test_an_empty_database_on_a_server_is_where_index_makes_the_library(db_url: 
         assert store.stats()["files"]["total"] == 0
 
 
+def test_a_missing_server_database_is_named_in_the_createdb_command_as_the_shell_takes_it() -> None:
+    from pengi_search.db.errors import driver_reason
+
+    reason = driver_reason(Exception('connection failed: FATAL:  database "sound library" does not exist'))
+    assert "(create it first, e.g. `createdb 'sound library'`: pengi-search makes its tables" in reason
+
+
 def test_the_command_that_creates_a_missing_library_is_named_without_the_urls_password(db_url: str) -> None:
     url = make_url(db_url)
     if url.get_backend_name() == "sqlite":

@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -278,9 +281,10 @@ def test_resuming_a_finished_run_says_so_and_writes_nothing_and_a_raised_max_ste
 ) -> None:
     """--resume after the run reached max_steps trained nothing, wrote the model again and logged a second `end`,
     without a word."""
-    config_path = write_config(tmp_path, tiny_model_dir, sounds / "train.jsonl")  # max_steps 4
+    folder = tmp_path / "my runs"  # a space: the commands it names are quoted for the shell
+    config_path = write_config(folder, tiny_model_dir, sounds / "train.jsonl")  # max_steps 4
     check_trained(config_path)
-    run = tmp_path / "run"
+    run = folder / "run"
 
     def written() -> dict[str, tuple[int, int]]:
         return {str(p.relative_to(run)): (p.stat().st_mtime_ns, p.stat().st_size) for p in run.rglob("*")}
@@ -301,6 +305,14 @@ def test_resuming_a_finished_run_says_so_and_writes_nothing_and_a_raised_max_ste
     assert [step for step, _ in losses(run)] == [1, 2, 3, 4, 5, 6]
     assert [end["step"] for end in read_metrics(run / METRICS_FILE, "end")] == [4, 6]
     assert json.loads((run / "model" / "config.json").read_text())["trained"]["steps"] == 6
+
+    # Its model folder gone: the message names the command that writes it again, ready to paste.
+    shutil.rmtree(run / "model")
+    checkpoint = run / "checkpoints" / "step-00000006.pt"
+    result = train_command(config_path, "--resume-from", str(checkpoint), "--set", "optimization.max_steps=6")
+    export = re.search(r"`(pengi-search train export [^`]*)` writes its model", " ".join(result.stderr.split()))
+    assert result.exit_code == 0 and export, result.stderr
+    assert shlex.split(export[1]) == ["pengi-search", "train", "export", str(checkpoint)]
 
 
 def test_resume_without_a_checkpoint_fails_clearly(tmp_path, sounds, tiny_model_dir) -> None:

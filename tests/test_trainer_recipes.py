@@ -5,6 +5,7 @@ checkpoint, the plot), augmentation, the feature cache and what `--dry-run` warn
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,15 @@ def test_init_splits_each_label_with_the_seed_and_writes_manifests_label_map_and
     assert (tmp_path / "again" / "validation.jsonl").read_text().count("wav") == len(validation)
     other_seed = init_run(labels, tmp_path / "clips", tmp_path / "other", seed=5)
     assert other_seed.manifests["validation"].read_text() != again.manifests["validation"].read_text()
+
+
+def test_init_names_the_next_command_as_the_shell_takes_it(tmp_path) -> None:
+    """The `next:` line can be pasted as it is, also with an output folder whose name has a space."""
+    labels = write_clips(tmp_path / "clips", per_label=5)
+    out = tmp_path / "my run"
+    result = cli("train", "init", str(labels), "--audio-root", str(tmp_path / "clips"), "--out", str(out))
+    [line] = [line for line in result.output.splitlines() if line.startswith("next: ")]
+    assert shlex.split(line.removeprefix("next: ")) == ["pengi-search", "train", str(out / "config.yaml"), "--dry-run"]
 
 
 def test_init_keeps_each_group_on_one_side_of_the_validation_split(tmp_path) -> None:

@@ -15,6 +15,7 @@ import hashlib
 import itertools
 import logging
 import math
+import shlex
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -297,7 +298,7 @@ class Trainer:
             if (folder / BEST_MODEL_DIR).is_dir():
                 model += f" (the best evaluation's in {folder / BEST_MODEL_DIR})"
         else:
-            model = f"pengi-search train export {checkpoint} writes its model"
+            model = f"`pengi-search train export {shlex.quote(str(checkpoint))}` writes its model"
         if self.processes.main:  # even with --quiet: it is the run's only outcome
             self.console.print(
                 f"the run already finished {where}: nothing was trained or written; {model}. To train on, raise "

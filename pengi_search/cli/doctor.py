@@ -93,8 +93,10 @@ def _models(models: dict[str, Any]) -> list[tuple[str, str]]:
 
 def _database(db: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [("url", db["url"])]
+    if db["exists"] is None:
+        return [*rows, ("state", f"unknown: {db['reason']}")]
     if not db["exists"]:
-        return [*rows, ("state", "not created yet (`pengi-search index PATH` creates it)")]
+        return [*rows, ("state", db["reason"])]
     if "files" not in db:  # unreadable, or at another schema revision: the problem says which
         return [*rows, ("schema", str(db.get("schema_revision", "unknown")))]
     files = db["files"]

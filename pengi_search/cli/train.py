@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -164,7 +165,7 @@ def init(
     out_console.print(f"config ({recipe}): {result.config}")
     for warning in result.warnings:
         warn(warning)
-    out_console.print(f"next: pengi-search train {result.config} --dry-run", soft_wrap=True)
+    out_console.print(f"next: pengi-search train {shlex.quote(str(result.config))} --dry-run", soft_wrap=True)
 
 
 @app.command("export")

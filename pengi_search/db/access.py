@@ -11,7 +11,6 @@ A database that holds tables but no pengi-search library (another application's)
 from __future__ import annotations
 
 import os
-import shlex
 from typing import Any
 
 from sqlalchemy import Engine, event, inspect
@@ -20,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from .engine import create_store_engine
 from .errors import ForeignDatabaseError, MissingDatabaseError, StoreError, driver_reason
 from .migrate import foreign_tables_reason, migrate
-from .urls import resolve_db_url, shown_db_url, sqlite_file
+from .urls import db_option, resolve_db_url, shown_db_url, sqlite_file
 
 
 def open_engine(db: str | os.PathLike[str] | None, *, create: bool, read_only: bool) -> Engine:
@@ -68,13 +67,7 @@ def _missing(url: str, db: str | os.PathLike[str] | None) -> MissingDatabaseErro
     """The error for a library that does not exist yet, naming the command that creates it."""
     db_file = sqlite_file(url)
     where = str(db_file) if db_file is not None else shown_db_url(url)
-    named = "" if db is None else os.fspath(db)
-    option = ""
-    if "://" in named:  # a server's URL: password hidden, quoted (the shell reads its `***`, `?` and `&`)
-        option = f" --db {shlex.quote(shown_db_url(named))}"
-    elif named:
-        option = f" --db {named}"
-    return MissingDatabaseError(where, f"no index here yet; create it with `pengi-search index PATH...{option}`")
+    return MissingDatabaseError(where, f"no index here yet; create it with `pengi-search index PATH...{db_option(db)}`")
 
 
 def _has_schema(engine: Engine) -> bool:

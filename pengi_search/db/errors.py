@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 
 from pengi_search.errors import PengiSearchError, UsageError
 
@@ -37,5 +38,6 @@ def driver_reason(exc: BaseException) -> str:
     reason = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
     missing = re.search(r'database "([^"]+)" does not exist', reason)
     if missing:
-        reason += f" (create it first, e.g. `createdb {missing[1]}`: pengi-search makes its tables, not the database)"
+        createdb = f"createdb {shlex.quote(missing[1])}"
+        reason += f" (create it first, e.g. `{createdb}`: pengi-search makes its tables, not the database)"
     return reason

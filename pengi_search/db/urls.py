@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shlex
 from pathlib import Path
 
 from sqlalchemy.engine import URL, make_url
@@ -74,6 +75,17 @@ def shown_db_url(url: str | URL) -> str:
     if parsed is None or "@" in (parsed.host or ""):  # SQLAlchemy cannot tell the password: cut it from the text
         return _PASSWORD.sub(r"\1***@", url)
     return parsed.render_as_string(hide_password=True)
+
+
+def db_option(db: str | os.PathLike[str] | None) -> str:
+    """` --db VALUE` for a command hint that names the database the user named (empty when none was named).
+
+    Quoted for the shell, so that the hint can be pasted as it is: a file path may hold spaces, a server's URL `?`
+    and `&`, and its password is shown as `***`."""
+    named = "" if db is None else os.fspath(db)
+    if not named:
+        return ""
+    return f" --db {shlex.quote(shown_db_url(named) if '://' in named else named)}"
 
 
 def sqlite_file(url: str | URL) -> Path | None:
