@@ -44,6 +44,7 @@ from rich.progress import (
 from pengi_search import __version__
 from pengi_search.errors import PengiSearchError
 from pengi_search.hashing import file_sha256, sha256_hasher
+from pengi_search.paths import home_expanded
 
 
 @dataclass(frozen=True)
@@ -405,7 +406,7 @@ def _resolve(url: str) -> tuple[str, Path | None]:
             raise _Failure(f"file URL names a remote host {parsed.netloc!r}", retry=False)
         path = Path(urllib.request.url2pathname(parsed.path))
     elif len(parsed.scheme) <= 1:  # no scheme, or a Windows drive letter
-        path = Path(url).expanduser()
+        path = home_expanded(url)
     else:
         raise _Failure(f"unsupported URL scheme {parsed.scheme!r}", retry=False)
     path = path.resolve()

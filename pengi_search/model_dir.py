@@ -19,7 +19,7 @@ from typing import Any
 from .checkpoint import CheckpointError
 from .config import PengiConfig
 from .download import DEFAULT_RELEASE, RELEASES
-from .paths import models_dir
+from .paths import home_expanded, models_dir
 from .tokenization import TOKENIZER_DIR, Tokenizers
 
 CONFIG_FILE = "config.json"
@@ -41,7 +41,7 @@ def is_model_dir(path: Path) -> bool:
 
 def _candidates(spec: str) -> tuple[Path, Path]:
     """Where `--model spec` may be: a directory, or the name of an installed model."""
-    return Path(spec).expanduser(), models_dir() / spec
+    return home_expanded(spec), models_dir() / spec
 
 
 def release_to_fetch(spec: str | None = None) -> str | None:

@@ -10,9 +10,15 @@ import platformdirs
 APP_NAME = "pengi-search"
 
 
+def home_expanded(path: str | os.PathLike[str]) -> Path:
+    """`path` with a leading `~` or `~user` expanded; an unknown user's `~name` stays as written, as the shell leaves
+    it (`Path.expanduser` raises RuntimeError there, which would reach the user as a traceback)."""
+    return Path(os.path.expanduser(os.fspath(path)))
+
+
 def data_dir() -> Path:
     """`PENGI_SEARCH_HOME`, else the platform's user data directory (e.g. ~/.local/share/pengi-search)."""
-    return Path(os.environ.get("PENGI_SEARCH_HOME") or platformdirs.user_data_dir(APP_NAME)).expanduser()
+    return home_expanded(os.environ.get("PENGI_SEARCH_HOME") or platformdirs.user_data_dir(APP_NAME))
 
 
 def models_dir() -> Path:

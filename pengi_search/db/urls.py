@@ -13,7 +13,7 @@ from sqlalchemy.exc import ArgumentError
 
 from pengi_search.errors import UsageError
 from pengi_search.pathnames import is_utf8
-from pengi_search.paths import data_dir
+from pengi_search.paths import data_dir, home_expanded
 
 from .errors import DatabaseURLError
 from .records import check_vector_kind
@@ -49,7 +49,7 @@ def normalize_db_url(db: str | os.PathLike[str]) -> str:
         return value
     if _URL_LIKE.match(value):
         raise DatabaseURLError(shown_db_url(value), f"not a database URL (the form is {URL_EXAMPLE})")
-    return URL.create("sqlite", database=str(Path(value).expanduser().absolute())).render_as_string()
+    return URL.create("sqlite", database=str(home_expanded(value).absolute())).render_as_string()
 
 
 def parse_db_url(url: str | URL) -> URL:
@@ -94,7 +94,7 @@ def sqlite_file(url: str | URL) -> Path | None:
     database = parsed.database or ""
     if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:") or database.startswith("file:"):
         return None
-    return Path(database).expanduser().absolute()
+    return home_expanded(database).absolute()
 
 
 def default_index_dir(url: str | URL) -> Path:
