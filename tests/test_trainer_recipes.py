@@ -16,7 +16,7 @@ import yaml
 from typer.testing import CliRunner
 
 from pengi_search.cli import app
-from pengi_search.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from pengi_search.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
 from pengi_search.model import Pengi
 from pengi_search.model_dir import ModelDir
 from pengi_search.units import duration_text
@@ -384,9 +384,7 @@ def test_per_part_learning_rates_make_their_own_groups(tiny_no_text_model_dir) -
 # --- Dry run ------------------------------------------------------------------------------------------------------
 
 
-def test_dry_run_refuses_what_the_run_refuses_too_few_examples_or_an_output_dir_that_is_a_file(
-    tmp_path, tiny_no_text_model_dir
-) -> None:
+def test_dry_run_refuses_what_the_run_refuses_too_few_examples(tmp_path, tiny_no_text_model_dir) -> None:
     config_path = label_run_config(tmp_path, tiny_no_text_model_dir, data__batch_size=64)
     result = cli("train", str(config_path), "--dry-run")
     assert result.exit_code == EXIT_FAILED, result.output  # was "ready to train (see the warnings)", exit code 0
@@ -395,15 +393,27 @@ def test_dry_run_refuses_what_the_run_refuses_too_few_examples_or_an_output_dir_
     result = cli("train", str(config_path))
     assert result.exit_code == EXIT_FAILED and "too few for one step of batch_size 64" in result.output
 
+
+def test_a_bad_config_is_bad_usage_for_the_dry_run_as_for_the_run(tmp_path, tiny_no_text_model_dir) -> None:
+    """An output_dir that is a file, or mixed precision on the CPU: both exit with 2 and say why in the same words
+    (the dry run said 1, the run 2)."""
+    config_path = label_run_config(tmp_path, tiny_no_text_model_dir)
     (tmp_path / "taken").write_text("a file")
     config = yaml.safe_load(config_path.read_text())
     config_path.write_text(yaml.safe_dump({**config, "output_dir": str(tmp_path / "taken")}))
+    taken = f"output_dir {tmp_path / 'taken'} is a file, not a folder"
     result = cli("train", str(config_path), "--dry-run")
-    assert result.exit_code == EXIT_FAILED and "is a file, not a folder" in result.output
+    assert result.exit_code == EXIT_USAGE, result.output  # was 1
+    assert taken in result.output and "cannot train: fix the configuration" in result.output
     result = cli("train", str(config_path))  # was "[Errno 20] Not a directory: '.../taken/tokenizer'"
-    assert (
-        result.exit_code == EXIT_USAGE and f"output_dir {tmp_path / 'taken'} is a file, not a folder" in result.output
-    )
+    assert result.exit_code == EXIT_USAGE and taken in result.output
+
+    cpu_bf16 = ("--set", f"output_dir={tmp_path / 'run'}", "--set", "runtime.precision=bf16")  # device: cpu
+    needs_cuda = "runtime.precision bf16 needs a CUDA device; this run is on the CPU"
+    result = cli("train", str(config_path), "--dry-run", *cpu_bf16)
+    assert result.exit_code == EXIT_USAGE and needs_cuda in result.output  # was "ready to train", exit code 0
+    result = cli("train", str(config_path), *cpu_bf16)
+    assert result.exit_code == EXIT_USAGE and needs_cuda in result.output
 
 
 def test_dry_run_refuses_an_output_dir_holding_a_run_unless_resuming(tmp_path, tiny_no_text_model_dir) -> None:
@@ -438,6 +448,38 @@ def test_resume_from_a_missing_checkpoint_fails_before_the_set_up(
     assert result.exit_code == EXIT_USAGE and "nope.pt: no such training checkpoint" in result.output
     result = cli("train", str(config_path), "--resume")
     assert result.exit_code == EXIT_FAILED and "no checkpoint to resume from" in result.output
+
+
+@pytest.mark.parametrize("given", ["missing", "folder"])
+def test_a_missing_checkpoint_is_bad_usage_for_library_callers_as_on_the_command_line(
+    tmp_path, tiny_no_text_model_dir, given: str
+) -> None:
+    """`train`, its dry run and `export_checkpoint` raise the error the command line shows (they raised exit code 1
+    errors in other words): exit code 2, what the path is and what to give instead."""
+    import trainer.loop
+    from trainer.export import export_checkpoint
+
+    config_path = label_run_config(tmp_path, tiny_no_text_model_dir)
+    config = load_config(config_path)
+    checkpoint = tmp_path / "nope.pt" if given == "missing" else tmp_path
+    expected = {
+        "missing": f"{checkpoint}: no such training checkpoint",
+        "folder": f"{checkpoint}: a folder, not a training checkpoint; name one of its checkpoint files",
+    }[given]
+    calls = {
+        "train": lambda: trainer.loop.train(config, resume=checkpoint),
+        "dry run": lambda: dry_run_report(config, resume=checkpoint),
+        "export": lambda: export_checkpoint(checkpoint),
+    }
+    for name, call in calls.items():
+        with pytest.raises(UsageError) as raised:
+            call()
+        assert raised.value.exit_code == EXIT_USAGE and str(raised.value).startswith(expected), name
+    for command in (["--resume-from", str(checkpoint)], ["--dry-run", "--resume-from", str(checkpoint)]):
+        result = cli("train", str(config_path), *command)
+        assert result.exit_code == EXIT_USAGE and expected in " ".join(result.output.split())
+    result = cli("train", "export", str(checkpoint))
+    assert result.exit_code == EXIT_USAGE and expected in " ".join(result.output.split())
 
 
 def test_dry_run_times_read_in_seconds_minutes_or_hours() -> None:

@@ -166,6 +166,15 @@ class RuntimeSection:
         _require(self.device in DEVICES, f"runtime.device must be one of {', '.join(DEVICES)}")
         _require(self.precision in PRECISIONS, f"runtime.precision must be one of {', '.join(PRECISIONS)}")
 
+    def problem(self, cuda: bool) -> str | None:
+        """Why a machine where PyTorch does (`cuda`) or does not see a CUDA GPU cannot run as asked, or None: a
+        CUDA device asked for, or mixed precision (autocast here is CUDA only)."""
+        if self.device == "cuda" and not cuda:
+            return "runtime.device is cuda, but PyTorch sees no CUDA GPU"
+        if self.precision != "fp32" and (self.device == "cpu" or not cuda):
+            return f"runtime.precision {self.precision} needs a CUDA device; this run is on the CPU"
+        return None
+
 
 @dataclass
 class LoggingSection:
@@ -233,8 +242,13 @@ class TrainConfig:
         """Plain JSON-able values (paths as strings), for checkpoints and logs."""
         return _plain(dataclasses.asdict(self))
 
-    def output_dir_problem(self) -> str | None:
-        """Why the run cannot write to `output_dir` (the dry run reports it, `train` refuses it), or None."""
+    def problems(self, cuda: bool) -> list[str]:
+        """What this configuration asks that this machine (`cuda`: PyTorch sees a CUDA GPU) or folder cannot give:
+        `train` refuses the first (`ConfigError`), its dry run reports them all; both exit with 2, bad usage."""
+        found = (self.runtime.problem(cuda), self._output_dir_problem())
+        return [problem for problem in found if problem is not None]
+
+    def _output_dir_problem(self) -> str | None:
         if self.output_dir is not None and self.output_dir.exists() and not self.output_dir.is_dir():
             return f"output_dir {self.output_dir} is a file, not a folder"
         return None

@@ -17,14 +17,14 @@ from rich.table import Table
 
 from pengi_search.choices import LongPrompt
 from pengi_search.config import PengiConfig
-from pengi_search.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, PengiSearchError
+from pengi_search.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, PengiSearchError
 from pengi_search.model import Pengi
 from pengi_search.tokenization import PromptTooLongError, Tokenizers
 from pengi_search.units import duration_text
 from trainer.config import TrainConfig
 from trainer.data import Example, LoadAudio, check_audio, read_manifest, task_mix
 from trainer.features import clip_key
-from trainer.state import CHECKPOINT_DIR, HOLDS_A_RUN, checkpoint_step, list_checkpoints
+from trainer.state import HOLDS_A_RUN, checkpoint_step, checkpoint_to_resume, list_checkpoints
 
 MISSING = "file not found"  # the reason `check_audio` gives for a file that is not there
 PROBLEMS_SHOWN = 20  # per manifest; the counts cover them all
@@ -54,6 +54,7 @@ class ManifestCheck:
 @dataclass
 class DryRunReport:
     manifests: list[ManifestCheck]
+    config_problems: list[str] = field(default_factory=list)  # what the configuration asks that cannot be given
     model_problems: list[str] = field(default_factory=list)
     plan: dict[str, int | None] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -62,7 +63,10 @@ class DryRunReport:
 
     @property
     def exit_code(self) -> int:
-        """0: ready; 1: the run cannot start (a model file is missing, no usable example); 3: some audio unusable."""
+        """0: ready; 2: a bad configuration (as `train` says); 1: the run cannot start (a model file is missing, no
+        usable example); 3: some audio unusable."""
+        if self.config_problems:
+            return EXIT_USAGE
         if self.model_problems or self.run_problems or any(check.usable == 0 for check in self.manifests):
             return EXIT_FAILED
         return EXIT_PARTIAL if any(check.problems for check in self.manifests) else EXIT_OK
@@ -78,14 +82,17 @@ def dry_run_report(
     """Read the manifests, decode every clip, check the model's files exist and work out the step plan.
 
     `resume` as `train` takes it (--resume, --resume-from): a new run refuses an output_dir with checkpoints, a
-    resumed one needs its checkpoint. A manifest that cannot be parsed raises `ManifestError`, as training would.
+    resumed one needs its checkpoint, whose absence raises as in training (`checkpoint_to_resume`), as does a
+    manifest that cannot be parsed (`ManifestError`).
     """
+    checkpoint = checkpoint_to_resume(config.output_dir, resume)
     roles = [("train", config.data.train), ("validation", config.data.validation)]
     manifests = [_check_manifest(role, path, load_audio) for role, path in roles if path is not None]
-    report = DryRunReport(manifests, _model_problems(config), _plan(config, manifests[0].usable))
+    plan = _plan(config, manifests[0].usable)
+    report = DryRunReport(manifests, config.problems(cuda=torch.cuda.is_available()), _model_problems(config), plan)
     report.warnings += _plan_warnings(report.plan)
     report.run_problems += _run_problems(config, report.plan, manifests[0].usable, resume)
-    report.warnings += _resume_warnings(config, report.plan, resume)
+    report.warnings += _resume_warnings(config, report.plan, checkpoint)
     if not report.model_problems:
         _check_model(config, report, source or Path("<config>"))
     return report
@@ -172,29 +179,20 @@ def _plan_warnings(plan: dict[str, int | None]) -> list[str]:
 def _run_problems(config: TrainConfig, plan: dict[str, int | None], usable: int, resume: bool | Path) -> list[str]:
     """What `train` would refuse before its first step: the same checks, the same words."""
     problems = []
-    checkpoints = list_checkpoints(config.output_dir)
-    if not resume and checkpoints:
+    if not resume and list_checkpoints(config.output_dir):
         problems.append(f"{config.output_dir}: {HOLDS_A_RUN}")
-    elif resume is True and not checkpoints:
-        problems.append(f"{config.output_dir / CHECKPOINT_DIR}: no checkpoint to resume from")
-    elif isinstance(resume, Path) and not resume.is_file():
-        problems.append(f"{resume}: no such training checkpoint")
     if plan.get("steps_per_epoch") == 0 and usable:
         too_few = config.too_few_for_a_step(usable, plan.get("processes") or 1)
         problems.append(f"{config.data.train}: {too_few}: lower data.batch_size")
-    if (problem := config.output_dir_problem()) is not None:
-        problems.append(problem)
     return problems
 
 
-def _resume_warnings(config: TrainConfig, plan: dict[str, int | None], resume: bool | Path) -> list[str]:
-    """A `--resume` of a run that has reached the planned end: `train` would train nothing (checkpoints are named
-    by their step; a run stopped early on patience is seen only when resumed)."""
-    checkpoints = list_checkpoints(config.output_dir) if resume is True else []
-    if not checkpoints:
-        return []
-    step, total = checkpoint_step(checkpoints[-1]) or 0, plan.get("total_steps") or 0
-    if step < total:
+def _resume_warnings(config: TrainConfig, plan: dict[str, int | None], checkpoint: Path | None) -> list[str]:
+    """Resuming from a checkpoint at the planned end: `train` would train nothing (checkpoints are named by their
+    step; a run stopped early on patience, or resumed from best.pt, is seen only when resumed)."""
+    step = None if checkpoint is None else checkpoint_step(checkpoint)
+    total = plan.get("total_steps") or 0
+    if step is None or step < total:
         return []
     what = "optimization.max_steps" if config.optimization.max_steps else "optimization.epochs"
     return [f"the run already finished at step {step} (of {total}): resuming trains nothing; raise {what} to go on"]
@@ -268,19 +266,9 @@ def _plan(config: TrainConfig, usable: int) -> dict[str, int | None]:
 
 def print_dry_run(report: DryRunReport, console: Console) -> None:
     for check in report.manifests:
-        console.print(
-            f"[bold]{check.role}[/] {check.path}: {check.examples} examples, {check.usable} usable, "
-            f"{check.missing} missing, {check.broken} unreadable",
-            soft_wrap=True,
-        )
-        for example, reason in check.problems[:PROBLEMS_SHOWN]:
-            console.print(f"  row {example.row}: {example.audio}: {reason}", soft_wrap=True)
-        if len(check.problems) > PROBLEMS_SHOWN:
-            console.print(f"  ... and {len(check.problems) - PROBLEMS_SHOWN} more")
-        table = Table("task", "examples", "share", title=f"{check.role} task mix")
-        for task, count in check.tasks.most_common():
-            table.add_row(task, str(count), f"{count / check.examples:.1%}")
-        console.print(table)
+        _print_manifest(check, console)
+    for problem in report.config_problems:
+        console.print(f"[bold red]config:[/] {problem}", soft_wrap=True)
     for problem in report.model_problems:
         console.print(f"[bold red]model:[/] {problem}", soft_wrap=True)
     for problem in report.run_problems:
@@ -297,7 +285,24 @@ def print_dry_run(report: DryRunReport, console: Console) -> None:
         console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
     verdict = {
         EXIT_OK: "ready to train" + (" (see the warnings)" if report.warnings else ""),
+        EXIT_USAGE: "cannot train: fix the configuration",
         EXIT_FAILED: "cannot train",
         EXIT_PARTIAL: "ready; unusable clips will be skipped",
     }
     console.print(f"[bold]{verdict[report.exit_code]}[/]")
+
+
+def _print_manifest(check: ManifestCheck, console: Console) -> None:
+    console.print(
+        f"[bold]{check.role}[/] {check.path}: {check.examples} examples, {check.usable} usable, "
+        f"{check.missing} missing, {check.broken} unreadable",
+        soft_wrap=True,
+    )
+    for example, reason in check.problems[:PROBLEMS_SHOWN]:
+        console.print(f"  row {example.row}: {example.audio}: {reason}", soft_wrap=True)
+    if len(check.problems) > PROBLEMS_SHOWN:
+        console.print(f"  ... and {len(check.problems) - PROBLEMS_SHOWN} more")
+    table = Table("task", "examples", "share", title=f"{check.role} task mix")
+    for task, count in check.tasks.most_common():
+        table.add_row(task, str(count), f"{count / check.examples:.1%}")
+    console.print(table)

@@ -34,7 +34,7 @@ from pengi_search.inference import Engine
 from pengi_search.model import Pengi
 from pengi_search.model_dir import is_model_dir
 from pengi_search.tokenization import Tokenizers
-from trainer.config import ConfigError, RuntimeSection, TrainConfig
+from trainer.config import ConfigError, TrainConfig
 from trainer.data import Batch, collate_examples
 from trainer.distributed import (
     Processes,
@@ -67,7 +67,7 @@ from trainer.state import (
     Position,
     capture_rng,
     checkpoint_path,
-    latest_checkpoint,
+    checkpoint_to_resume,
     list_checkpoints,
     load_checkpoint,
     load_model_state,
@@ -105,15 +105,11 @@ def train(
 ) -> TrainingResult:
     """Run the training that `config` describes in this process (one of several under `torchrun`)."""
     source = source or Path("<config>")
-    check_runtime(config.runtime, source)
-    if (problem := config.output_dir_problem()) is not None:
-        raise ConfigError(source, problem)
+    if problems := config.problems(cuda=torch.cuda.is_available()):
+        raise ConfigError(source, problems[0])
     if not resume and list_checkpoints(config.output_dir):
         raise TrainingError(config.output_dir, HOLDS_A_RUN)
-    # Found before the set-up (features may take minutes to encode), so that a mistyped path fails at once.
-    checkpoint = None if not resume else latest_checkpoint(config.output_dir) if resume is True else Path(resume)
-    if checkpoint is not None and not checkpoint.is_file():
-        raise CheckpointError(checkpoint, "no such training checkpoint")
+    checkpoint = checkpoint_to_resume(config.output_dir, resume)  # before the set-up (features take minutes)
     processes = start_processes(config.runtime.device)
     trainer = None
     try:
@@ -128,15 +124,6 @@ def train(
         # destroy_process_group, gloo's destructor and its worker thread deadlock on the GIL.
         del trainer
         stop_processes(processes)
-
-
-def check_runtime(runtime: RuntimeSection, source: Path) -> None:
-    """A CUDA device when one is asked for, and for mixed precision (autocast here is CUDA only)."""
-    cuda = torch.cuda.is_available()
-    if runtime.device == "cuda" and not cuda:
-        raise ConfigError(source, "runtime.device is cuda, but PyTorch sees no CUDA GPU")
-    if runtime.precision != "fp32" and (runtime.device == "cpu" or not cuda):
-        raise ConfigError(source, f"runtime.precision {runtime.precision} needs a CUDA device; this run is on the CPU")
 
 
 def warmup_then_linear_decay(warmup_steps: int, total_steps: int) -> Callable[[int], float]:

@@ -19,12 +19,15 @@ import torch
 from torch import nn
 
 from pengi_search.checkpoint import CheckpointError, load_torch_file
+from pengi_search.errors import not_found
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_CHECKPOINT = "best.pt"  # the training state at the best evaluation (not counted among the `keep` newest)
 CHECKPOINT_NAME = re.compile(r"^step-(\d+)\.pt$")
 FORMAT = "pengi-search-training-state"
 FORMAT_VERSION = 1
+# What to give instead of a folder where a checkpoint file was wanted.
+CHECKPOINT_HINT = "name one of its checkpoint files (…/checkpoints/step-*.pt or best.pt)"
 
 
 @dataclass
@@ -66,6 +69,25 @@ def latest_checkpoint(output_dir: Path) -> Path:
     return checkpoints[-1]
 
 
+def existing_checkpoint(path: Path) -> Path:
+    """`path` when it is a file; else bad usage (exit code 2) saying what it is instead (a folder, a broken link).
+
+    The one check of a checkpoint named by the user (`--resume-from`, `train export`), for the command line and
+    library callers alike."""
+    if not path.is_file():
+        raise not_found(path, "training checkpoint", in_folder=CHECKPOINT_HINT)
+    return path
+
+
+def checkpoint_to_resume(output_dir: Path, resume: bool | Path) -> Path | None:
+    """The checkpoint a run continues from: none for a new run (`resume` False), the latest in `output_dir` for
+    `--resume` (True), the named file for `--resume-from` (a path). `train` and its dry run both ask here, before
+    any set-up, so that a mistyped path fails at once and in the same words."""
+    if not resume:
+        return None
+    return latest_checkpoint(output_dir) if resume is True else existing_checkpoint(Path(resume))
+
+
 def save_checkpoint(path: Path, payload: dict[str, Any], keep: int | None) -> Path:
     """Write atomically (a crash mid-write leaves the previous checkpoints intact), then keep the newest `keep`
     step checkpoints (None: leave the others alone)."""
@@ -80,7 +102,7 @@ def save_checkpoint(path: Path, payload: dict[str, Any], keep: int | None) -> Pa
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    payload = load_torch_file(path, "training checkpoint")
+    payload = load_torch_file(existing_checkpoint(path), "training checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(path, "not a pengi-search training checkpoint")
     return payload

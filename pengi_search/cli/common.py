@@ -24,13 +24,22 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..choices import Device, LongPrompt, StopRule, device_unavailable
-from ..errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, PengiSearchError, UsageError
+from ..errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_USAGE,
+    PengiSearchError,
+    UsageError,
+    not_found,
+)
 from ..pathnames import json_text, shown
 
 if TYPE_CHECKING:
     from ..download import Release
 
-__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "UsageError"]
+__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "UsageError", "not_found"]
 
 err_console = Console(stderr=True, highlight=False)
 out_console = Console(highlight=False)
@@ -312,19 +321,6 @@ def given_path(value: str) -> Path:
     if not value:
         raise typer.BadParameter("the path is empty (write . for the current folder)")
     return Path(value)
-
-
-def not_found(path: Path, what: str = "file", *, in_folder: str = "give the audio files in it") -> UsageError:
-    """Bad usage for a `path` that names no `what` ("file", "file or folder"): a broken symbolic link and a
-    folder where a file was wanted say so (and `in_folder`, what to give instead). The path is the error's `where`,
-    so it is shown escaped, on one line."""
-    if path.is_symlink() and not path.exists():
-        return UsageError(path, "broken symbolic link (its target does not exist or is a loop)")
-    if path.is_dir():
-        return UsageError(path, f"a folder, not a {what}; {in_folder}")
-    if path.exists():
-        return UsageError(path, f"not a regular {what} (a device, FIFO or socket)")
-    return UsageError(path, f"no such {what}")
 
 
 def audio_files_in(folder: Path) -> tuple[list[str], list[tuple[str, str]]]:

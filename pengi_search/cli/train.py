@@ -18,11 +18,9 @@ import typer
 from typer.core import TyperGroup
 
 from ..errors import EXIT_PARTIAL
-from .common import err_console, handle_errors, not_found, out_console, warn
+from .common import err_console, handle_errors, out_console, warn
 
 RUN = "run"
-# What to give instead of a folder where a checkpoint file was wanted.
-CHECKPOINT_HINT = "name one of its checkpoint files (…/checkpoints/step-*.pt or best.pt)"
 
 
 class _RunByDefault(TyperGroup):
@@ -78,8 +76,6 @@ def run(
     """
     from trainer.config import load_config, parse_overrides
 
-    if resume_from is not None and not resume_from.is_file():
-        raise not_found(resume_from, "training checkpoint", in_folder=CHECKPOINT_HINT)
     # Read before the training code is imported (torch and the models: seconds), so a mistyped key fails at once.
     settings = load_config(config, parse_overrides(set_ or []))
     from trainer.dry_run import dry_run_report, print_dry_run
@@ -180,7 +176,5 @@ def export(
     """Write the model of any training checkpoint as a model directory (describe, index, classify --model)."""
     from trainer.export import export_checkpoint
 
-    if not checkpoint.is_file():
-        raise not_found(checkpoint, "training checkpoint", in_folder=CHECKPOINT_HINT)
     directory = export_checkpoint(checkpoint, output)
     out_console.print(f"model written to {directory}")
