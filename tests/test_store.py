@@ -333,6 +333,18 @@ def test_default_locations(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
         Store.open("nonsense://somewhere")
 
 
+def test_an_unknown_users_home_is_a_folder_name_as_in_the_shell(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`--db '~nobody-here/x.db'` was a traceback: Path.expanduser raises for a user that does not exist."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "me"))
+    assert resolve_db_url("~nobody-here/x.db") == f"sqlite:///{tmp_path / '~nobody-here' / 'x.db'}"
+    assert resolve_db_url("~/x.db") == f"sqlite:///{tmp_path / 'me' / 'x.db'}"
+    monkeypatch.setenv("PENGI_SEARCH_HOME", "~nobody-here/data")
+    assert default_index_dir(default_db_url()) == tmp_path / "~nobody-here" / "data"
+
+
 def test_a_plain_file_path_opens_sqlite_in_a_new_folder(tmp_path: Path) -> None:
     with Store.open(tmp_path / "new" / "folder" / "index.db") as store:
         assert store.url == f"sqlite:///{tmp_path / 'new' / 'folder' / 'index.db'}"

@@ -33,7 +33,7 @@ from pengi_search.tokenization import Tokenizers
 from trainer.config import ConfigError, TrainConfig, load_config, parse_overrides
 from trainer.dry_run import dry_run_report
 from trainer.evaluation import generate_answers
-from trainer.loop import Trainer, train
+from trainer.loop import Trainer, train, warmup_then_linear_decay
 from trainer.model_setup import apply_freezing, build_model, set_train_mode
 from trainer.objective import AnswerNll
 from trainer.reporting import METRICS_FILE, read_metrics
@@ -303,6 +303,11 @@ def test_resuming_a_finished_run_says_so_and_writes_nothing_and_a_raised_max_ste
     # More steps in the config: the run goes on from its last checkpoint to the new end.
     check_trained(config_path, "--resume", "--set", "optimization.max_steps=6")
     assert [step for step, _ in losses(run)] == [1, 2, 3, 4, 5, 6]
+    # The decay is planned over the new length, as if the run had been set so long: the rate, zero at step 4 of
+    # 4, goes on from where a 6-step schedule is (the README says so).
+    planned = warmup_then_linear_decay(2, 6)
+    rates = [record["lr"] for record in read_metrics(run / METRICS_FILE, "train")]
+    assert rates[4:] == pytest.approx([1e-3 * planned(4), 1e-3 * planned(5)]) and min(rates[4:]) > 0
     assert [end["step"] for end in read_metrics(run / METRICS_FILE, "end")] == [4, 6]
     assert json.loads((run / "model" / "config.json").read_text())["trained"]["steps"] == 6
 

@@ -234,6 +234,10 @@ class Trainer:
         except ValueError as error:
             raise CheckpointError(path, f"the optimizer state does not fit (freezing changed?): {error}") from None
         self.scheduler.load_state_dict(payload["scheduler"])
+        # The resumed step's rate comes from this run's schedule, not from the checkpoint's optimizer: a raised
+        # max_steps or epochs plans the decay over the new length from the first resumed step on (same length:
+        # the same rates, computed the same way).
+        self.scheduler = LambdaLR(self.optimizer, self.scheduler.lr_lambdas, last_epoch=self.scheduler.last_epoch - 1)
         self.scaler.load_state_dict(payload["scaler"])
         self.position = Position(**payload["position"])
         self.best.restore(payload.get("best", {}))
