@@ -3,12 +3,14 @@ option wherever it means the same."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import typer
 from rich.text import Text
+from typer.testing import CliRunner
 
 from pengi_search.cli import app
 
@@ -59,3 +61,26 @@ def test_an_option_read_from_the_environment_says_so_in_one_style(name):
     for param in COMMANDS[name].params:
         if getattr(param, "envvar", None):
             assert not param.show_envvar and f"[env: {param.envvar}" in param.help, f"{name} {param.opts}"
+
+
+@pytest.mark.parametrize("name", [name for name, command in COMMANDS.items() if not hasattr(command, "commands")])
+def test_options_show_the_value_a_user_types_and_flags_none(name):
+    """Typer showed `--json <bool>` (a flag takes no value: `--json true` is an error), `--prompt <list[str]>` and
+    `--beam <int range>`: Python's names for the types, not what is typed."""
+    result = CliRunner().invoke(app, [*name.split()[1:], "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for line in result.output.splitlines():
+        if line.lstrip("│ ").startswith("-"):  # an option's row (arguments are named in the usage line)
+            assert "<bool>" not in line and "list[" not in line and " range>" not in line, line
+
+
+def test_a_numbers_option_shows_its_type_and_range():
+    result = CliRunner().invoke(app, ["describe", "--help"], env={"COLUMNS": "200"})
+    assert re.search(r"--beam +<int> \[x>=1\]", result.output), result.output
+
+
+def test_version_is_shown_and_nothing_else_runs():
+    from pengi_search import __version__
+
+    result = CliRunner().invoke(app, ["--version", "index", "/no/such/folder"])
+    assert result.exit_code == 0 and result.output == f"pengi-search {__version__}\n"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import inspect
 import os
-from typing import Any, NoReturn
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, get_args, get_origin
 
 import typer
 from typer.core import TyperGroup
@@ -24,6 +26,7 @@ class _OneLineUsageErrors(TyperGroup):
     Typer would draw a box under the usage. Exit code 2, as before."""
 
     def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        _plain_value_names(self)
         try:  # the root's own options (and no command at all)
             return super().make_context(info_name, args, parent, **extra)
         except ParserUsageError as err:
@@ -34,6 +37,31 @@ class _OneLineUsageErrors(TyperGroup):
             return super().invoke(ctx)
         except ParserUsageError as err:
             _usage_error(err)
+
+
+_VALUE_NAMES = {int: "<int>", float: "<float>", str: "<text>", Path: "<path>"}
+
+
+def _plain_value_names(command: Any) -> None:
+    """What `--help` shows an option takes, in a user's words: Typer names it as Python would (`<list[str]>` for a
+    repeatable option, `<int range>`) and shows a flag as taking a `<bool>`, which it does not (`--json true` is an
+    error). Choices are listed (`<file|window>`), repeatable or not; ranges are still shown beside (`<int> [x>=1]`)."""
+    # --help itself is made apart from the params, once per command (a context without arguments makes it here).
+    help_option = command.get_help_option(command.context_class(command))
+    for param in [*command.params, *([help_option] if help_option is not None else [])]:
+        if param.param_type_name != "option" or param.metavar is not None:
+            continue
+        if param.is_flag:
+            param.metavar = ""
+            continue
+        annotation = param.type_descriptor.annotation
+        element = get_args(annotation)[0] if get_origin(annotation) is list else annotation
+        if isinstance(element, type) and issubclass(element, Enum):
+            param.metavar = f"<{'|'.join(choice.value for choice in element)}>"
+        else:
+            param.metavar = _VALUE_NAMES.get(element)  # None: Typer's own
+    for sub in getattr(command, "commands", {}).values():
+        _plain_value_names(sub)
 
 
 def _usage_error(err: Any) -> NoReturn:
@@ -55,8 +83,21 @@ app = typer.Typer(
 )
 
 
+def _show_version(asked: bool) -> None:
+    if asked:
+        from .. import __version__
+
+        typer.echo(f"pengi-search {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _every_command() -> None:
+def _every_command(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_show_version, is_eager=True, help="Show the version and exit."),
+    ] = False,
+) -> None:
     from ..download import OFFLINE_ENV, offline_setting
 
     setting = offline_setting()
