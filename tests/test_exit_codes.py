@@ -437,6 +437,7 @@ def test_the_readme_table_lists_the_codes_the_cases_use():
         ("query",),  # a missing argument
         ("--bogus",),  # an unknown option of the root command
         ("train", "init"),  # a missing argument two levels down
+        ("describe", "x.wav", "--beam"),  # an option without its value (the parser's error has no context)
     ],
     ids=" ".join,
 )

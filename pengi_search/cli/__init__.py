@@ -36,7 +36,15 @@ class _OneLineUsageErrors(TyperGroup):
         try:  # every subcommand's arguments are parsed in here
             return super().invoke(ctx)
         except ParserUsageError as err:
+            if err.ctx is None and ctx.invoked_subcommand:  # the option parser's own errors carry no context
+                err.ctx = _bare_context(ctx, ctx.invoked_subcommand)  # for the hint: which --help to read
             _usage_error(err)
+
+
+def _bare_context(parent: Any, name: str) -> Any:
+    """A context of `parent`'s subcommand `name`, with no arguments parsed: its command path is the hint's."""
+    command = parent.command.get_command(parent, name)
+    return command.context_class(command, info_name=name, parent=parent)
 
 
 _VALUE_NAMES = {int: "<int>", float: "<float>", str: "<text>", Path: "<path>"}
