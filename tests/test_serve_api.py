@@ -719,6 +719,37 @@ def test_other_errors_are_a_detail_line_alone(client, served):
     assert set(client.get("/api/similar", params={"window_id": 999_999}).json()) == {"detail"}
 
 
+def test_a_failure_of_the_servers_own_is_logged_wherever_it_is_answered(client, served, monkeypatch, caplog):
+    """A 500 is the server's fault, not the request's: whoever runs the server reads it in the log, one line naming
+    the request, whether the API answers it or a page shows it (the search page, the upload page)."""
+
+    def broken(*_args):
+        raise StoreError("index.db", "disk I/O error")
+
+    service = client.app.state.service
+    for name in ("search", "similar_to_window", "similar_to_upload"):
+        monkeypatch.setattr(service, name, broken)
+    clip = ("clip.wav", served.files["bell.wav"].read_bytes())
+    caplog.set_level("ERROR", logger="pengi_search.serve")
+    answers = [
+        client.get("/api/search", params={"q": "a bell rings"}),
+        client.get("/", params={"q": "a bell rings"}),
+        client.get("/similar", params={"window_id": 1}),
+        client.post("/upload/similar", files={"file": clip}),
+    ]
+    assert [answer.status_code for answer in answers] == [500, 500, 500, 500]
+    assert '<form class="search"' in answers[1].text and '<form class="upload"' in answers[3].text
+    assert [record.getMessage() for record in caplog.records] == [
+        "GET /api/search failed: index.db: disk I/O error",
+        "GET / failed: index.db: disk I/O error",
+        "GET /similar failed: index.db: disk I/O error",
+        "POST /upload/similar failed: index.db: disk I/O error",
+    ]
+    caplog.clear()
+    assert client.get("/", params={"q": "a bell rings", "k": "many"}).status_code == 422
+    assert caplog.records == []  # the request's own fault is the user's to read, on the page
+
+
 @pytest.mark.parametrize(
     ("method", "url", "files", "data", "field"),
     [

@@ -25,7 +25,7 @@ from ..pathnames import shown
 from ..units import duration_text
 from . import media
 from .api import ServiceDep, parse_labels, read_upload
-from .errors import InvalidParameter, status_of
+from .errors import InvalidParameter, answer_status
 from .service import SearchParams
 from .uploads import size_text
 
@@ -206,7 +206,7 @@ def _results_page(
         params, hits = run()
         form = _form(params, q)
     except PengiSearchError as exc:
-        error, status = str(exc), status_of(exc)
+        error, status = str(exc), answer_status(request, exc)
         form = {"q": q, **typed}
     context = {"form": form, "hits": hits, "error": error, "heading": heading, "max_k": svc.settings.max_k}
     return templates.TemplateResponse(request, "search.html", context, status_code=status)
@@ -274,7 +274,7 @@ def _upload_result(request: Request, svc: ServiceDep, work: Callable[[], dict[st
     try:
         results = work()
     except PengiSearchError as exc:
-        return _upload_response(request, svc, typed=typed, error=str(exc), status=status_of(exc))
+        return _upload_response(request, svc, typed=typed, error=str(exc), status=answer_status(request, exc))
     return _upload_response(request, svc, typed=typed, **results)
 
 
