@@ -497,6 +497,28 @@ def test_upload_pages(client, served):
     assert bad.status_code == 422 and "not a readable audio file" in bad.text and "<html" in bad.text
 
 
+def test_an_uploaded_clips_similar_sounds_take_the_filters_and_more_like_this_keeps_them(client, served):
+    """"Find similar sounds" on the upload page has the search's filter boxes; what the user chose there narrows
+    the results, and each result's "more like this" carries it on, as a search's results do."""
+    clip = ("clip.wav", served.files["bell.wav"].read_bytes())
+    boxes = {"k": "3", "by": "window", "ext": "wav,aiff", "min_duration": "3", "min_score": "-1"}
+    page = client.post("/upload/similar", files={"file": clip}, data=boxes)
+    assert page.status_code == 200, page.text
+    shown = re.findall(r'<a class="path" href="[^"]*">([^<]*)</a>', page.text)
+    assert sorted(shown) == sorted(str(served.files[name]) for name in ("animals/dog.wav", "loops/hum.aiff"))
+    links = [urlsplit(html.unescape(href)) for href in re.findall(r'<a class="more" href="([^"]+)"', page.text)]
+    assert len(links) == 2 and {link.path for link in links} == {"/similar"}
+    for link in links:
+        sent = {name: values for name, values in parse_qs(link.query).items() if name != "window_id"}
+        assert sent == {name: [value] for name, value in boxes.items()}
+    assert '<details class="filters" open>' in page.text and 'name="k" min="1" max="200" value="3"' in page.text
+    assert '<option value="window" selected>' in page.text and 'value="wav,aiff"' in page.text
+    similar = client.get(f"{links[0].path}?{links[0].query}").text
+    assert 'value="wav,aiff"' in similar and 'name="k" min="1" max="200" value="3"' in similar
+    a_file = client.post("/upload/similar", files={"file": clip, "ext": ("ext.txt", b"wav")})
+    assert a_file.status_code == 422 and "ext: a file was sent where a value is typed" in a_file.text
+
+
 def test_a_refused_upload_is_said_on_the_upload_page_with_what_was_typed(client, served):
     clip = ("clip.wav", served.files["bell.wav"].read_bytes())
     no_labels = client.post("/upload/classify", files={"file": clip}, data={"labels": " ", "method": "loglik"})

@@ -239,16 +239,29 @@ def upload_describe(request: Request, svc: ServiceDep, file: Annotated[UploadFil
     return _upload_result(request, svc, work)
 
 
+async def posted_fields(request: Request) -> FilterFields:
+    """The filter boxes of a form sent by POST (the upload page's), read as `FieldsDep` reads a query string."""
+    form = await request.form()  # parsed once, already: the route's own form parameters read this one
+    sent = {name: form[name] for name in FILTER_BOXES if name in form}
+    typed = {name: value for name, value in sent.items() if isinstance(value, str)}
+    if files := sorted(sent.keys() - typed.keys()):
+        raise InvalidParameter(files[0], "a file was sent where a value is typed")
+    return FilterFields(**typed)
+
+
 @router.post("/upload/similar", response_class=HTMLResponse)
 def upload_similar(
-    request: Request, svc: ServiceDep, file: Annotated[UploadFile, File()], k: Annotated[str, Form()] = "10"
+    request: Request,
+    svc: ServiceDep,
+    file: Annotated[UploadFile, File()],
+    fields: Annotated[FilterFields, Depends(posted_fields)],
 ) -> HTMLResponse:
     def work() -> dict[str, Any]:
-        params = FilterFields(k=k).params()
+        params = fields.params()
         with read_upload(svc, file) as upload:
             return {"hits": svc.similar_to_upload(upload, params), "name": upload.name}
 
-    return _upload_result(request, svc, work, k=k)
+    return _upload_result(request, svc, work, **dataclasses.asdict(fields))
 
 
 @router.post("/upload/classify", response_class=HTMLResponse)
@@ -281,7 +294,13 @@ def _upload_result(request: Request, svc: ServiceDep, work: Callable[[], dict[st
 def _upload_response(request: Request, svc: ServiceDep, status: int = 200, **results: Any) -> HTMLResponse:
     limits = {"size": size_text(svc.settings.max_upload_bytes), "seconds": svc.settings.max_upload_s}
     context = {"described": None, "hits": None, "classified": None, "name": "", "error": None, "limits": limits}
-    context["typed"] = {"k": "10", "labels": "", "method": "text", **results.pop("typed", {})}
+    context["max_k"] = svc.settings.max_k
+    context["typed"] = {
+        **dataclasses.asdict(FilterFields()),
+        "labels": "",
+        "method": "text",
+        **results.pop("typed", {}),
+    }
     return templates.TemplateResponse(request, "upload.html", {**context, **results}, status_code=status)
 
 
