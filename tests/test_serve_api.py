@@ -498,7 +498,7 @@ def test_upload_pages(client, served):
 
 
 def test_an_uploaded_clips_similar_sounds_take_the_filters_and_more_like_this_keeps_them(client, served):
-    """"Find similar sounds" on the upload page has the search's filter boxes; what the user chose there narrows
+    """The upload page's "Find similar sounds" has the search's filter boxes; what the user chose there narrows
     the results, and each result's "more like this" carries it on, as a search's results do."""
     clip = ("clip.wav", served.files["bell.wav"].read_bytes())
     boxes = {"k": "3", "by": "window", "ext": "wav,aiff", "min_duration": "3", "min_score": "-1"}
