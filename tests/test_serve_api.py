@@ -20,7 +20,7 @@ from pengi_search.cli.common import EXIT_FAILED, EXIT_USAGE
 from pengi_search.db import Store, StoreError
 from pengi_search.embedders import TextEmbedderError
 from pengi_search.serve.media import browser_type
-from pengi_search.serve.pages import when
+from pengi_search.serve.pages import FILTER_BOXES, when
 from pengi_search.units import duration_text
 
 from .indexing import write_tone
@@ -423,6 +423,47 @@ def test_a_refused_search_shows_the_boxes_as_typed_and_open(client, served):
     assert 'value="*/weather/*"' in page.text and 'value="flac"' in page.text  # nothing typed is lost
 
 
+def box(page: str, name: str) -> str:
+    """The tag of the search form's box called `name`."""
+    return re.search(rf'<(?:input|select) [^>]*name="{name}"[^>]*>', page)[0]
+
+
+FAULT = ' aria-invalid="true" aria-describedby="search-error" autofocus'
+
+
+@pytest.mark.parametrize(
+    ("boxes", "fault"),
+    [
+        ({"k": "0"}, "k"),
+        ({"by": "folder"}, "by"),
+        ({"path": "dogs/*"}, "path"),
+        ({"min_duration": "long"}, "min_duration"),
+        ({"rank": "loudness"}, "rank"),
+    ],
+)
+def test_a_refused_search_puts_the_focus_in_the_box_at_fault_which_says_why(client, served, boxes, fault):
+    """A keyboard user lands in the box to correct (not in the text box, far from it), and a screen reader says it is
+    invalid and reads the error with it."""
+    page = client.get("/", params={"q": "a bell rings", **boxes}).text
+    assert '<p class="error" id="search-error" role="alert">' in page
+    assert box(page, fault).endswith(f"{FAULT}>")
+    assert [name for name in ("q", *FILTER_BOXES, "rank") if "autofocus" in box(page, name)] == [fault]
+    if fault != "rank":  # "more like this" has the same boxes but the ranking
+        bell = hit_for(client, served, "bell.wav")
+        similar = client.get("/similar", params={"window_id": bell["window_id"], **boxes}).text
+        assert box(similar, fault).endswith(f"{FAULT}>") and "autofocus" not in box(similar, "q")
+
+
+def test_a_search_refused_for_no_box_in_particular_keeps_the_focus_in_the_text_box(client, served, monkeypatch):
+    def no_text_tower():
+        raise TextEmbedderError("--rank", "no text tower: use --rank caption")
+
+    monkeypatch.setattr(client.app.state.service, "audio_embedder", no_text_tower)
+    page = client.get("/", params={"q": "a bell rings", "rank": "audio"}).text
+    assert '<p class="error" id="search-error" role="alert">' in page and "aria-invalid" not in page
+    assert box(page, "q").endswith(' autofocus aria-label="What to look for">')
+
+
 @pytest.mark.parametrize(
     "boxes",
     [
@@ -443,7 +484,7 @@ def test_a_refused_search_page_has_the_apis_status_and_keeps_the_page(client, se
     api = client.get("/api/search", params=query)
     page = client.get("/", params=query)
     assert api.status_code >= 400 and page.status_code == api.status_code, page.text
-    assert '<form class="search"' in page.text and '<p class="error">' in page.text
+    assert '<form class="search"' in page.text and '<p class="error" id="search-error" role="alert">' in page.text
     for name, value in boxes.items():
         if name not in ("by", "rank"):  # a menu cannot show a value it does not offer
             assert f'value="{value}"' in page.text

@@ -241,6 +241,45 @@ def test_a_file_opened_at_a_window_is_marked_there_and_the_tab_key_reaches_that_
     assert driver.switch_to.active_element == windows[1]
 
 
+CONTROLS = "input, select, textarea, button, [role=button], a[href], audio[controls], img"
+
+
+def test_every_control_has_a_name_and_a_refused_search_puts_the_focus_in_the_box_at_fault(server, driver):
+    """What a screen reader says of each control (its computed name) on every page: none goes without one, the
+    upload page's three "Clip" boxes are told apart by their forms' names, and the play buttons say no glyph."""
+    from selenium.webdriver.common.by import By
+
+    address, _library = server
+    results, refused = f"{address}/?q=thunder+rolls+in+the+distance&k=3", f"{address}/?q=thunder&k=0&ext=flac"
+    driver.get(results)
+    file_page = driver.find_element(By.CSS_SELECTOR, "li.hit a.path").get_attribute("href")
+    pages = [f"{address}{page}" for page in ("/", "/upload", "/library", "/docs", "/nowhere")]
+    for page in (*pages, results, refused, file_page):  # the refused search's filters are open
+        driver.get(page)
+        unnamed = [
+            element.get_attribute("outerHTML")[:120]
+            for element in driver.find_elements(By.CSS_SELECTOR, CONTROLS)
+            if element.is_displayed() and not element.accessible_name.strip()
+        ]
+        assert unnamed == [], page
+    driver.get(results)
+    assert {button.accessible_name for button in driver.find_elements(By.CSS_SELECTOR, "button.play-hit")} == {
+        "Play hit"
+    }
+    driver.get(f"{address}/upload")
+    forms = driver.find_elements(By.CSS_SELECTOR, "form.upload")
+    assert [(form.aria_role, form.accessible_name) for form in forms] == [
+        ("form", "Describe it"),
+        ("form", "Find similar sounds"),
+        ("form", "Classify it"),
+    ]
+
+    # A refused search: the focus is in the box at fault, not in the text box.
+    driver.get(refused)
+    assert driver.switch_to.active_element.get_attribute("name") == "k"
+    assert driver.switch_to.active_element.get_attribute("aria-invalid") == "true"
+
+
 def test_at_phone_width_nothing_scrolls_sideways_and_a_sent_form_says_it_is_busy(server, driver, tmp_path):
     from selenium.webdriver.common.by import By
 

@@ -25,7 +25,7 @@ from ..pathnames import shown
 from ..units import duration_text
 from . import media
 from .api import ServiceDep, parse_labels, read_upload
-from .errors import InvalidParameter, answer_status
+from .errors import InvalidParameter, RequestError, answer_status
 from .service import SearchParams
 from .uploads import size_text
 
@@ -200,15 +200,18 @@ def _results_page(
 ) -> HTMLResponse:
     """The search page (a text search, or "more like this" under `heading`) with the hits `run` found, or with why
     they were refused under the status the JSON API gives the same parameters (a 200 would tell scripts, caches
-    and monitoring that all went well); a refused search shows the boxes as typed, to be corrected there."""
-    hits, error, status = None, None, 200
+    and monitoring that all went well); a refused search shows the boxes as typed, to be corrected there, the
+    focus in the box at fault."""
+    hits, error, status, fault = None, None, 200, None
     try:
         params, hits = run()
         form = _form(params, q)
     except PengiSearchError as exc:
         error, status = str(exc), answer_status(request, exc)
+        fault = exc.field if isinstance(exc, RequestError) else None  # the box to correct, focused
         form = {"q": q, **typed}
-    context = {"form": form, "hits": hits, "error": error, "heading": heading, "max_k": svc.settings.max_k}
+    context = {"form": form, "hits": hits, "error": error, "fault": fault, "heading": heading}
+    context["max_k"] = svc.settings.max_k
     return templates.TemplateResponse(request, "search.html", context, status_code=status)
 
 
