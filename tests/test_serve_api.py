@@ -20,7 +20,7 @@ from pengi_search.cli.common import EXIT_FAILED, EXIT_USAGE
 from pengi_search.db import Store, StoreError
 from pengi_search.embedders import TextEmbedderError
 from pengi_search.serve.media import browser_type
-from pengi_search.serve.pages import when
+from pengi_search.serve.pages import FILTER_BOXES, when
 from pengi_search.units import duration_text
 
 from .indexing import write_tone
@@ -423,6 +423,47 @@ def test_a_refused_search_shows_the_boxes_as_typed_and_open(client, served):
     assert 'value="*/weather/*"' in page.text and 'value="flac"' in page.text  # nothing typed is lost
 
 
+def box(page: str, name: str) -> str:
+    """The tag of the search form's box called `name`."""
+    return re.search(rf'<(?:input|select) [^>]*name="{name}"[^>]*>', page)[0]
+
+
+FAULT = ' aria-invalid="true" aria-describedby="search-error" autofocus'
+
+
+@pytest.mark.parametrize(
+    ("boxes", "fault"),
+    [
+        ({"k": "0"}, "k"),
+        ({"by": "folder"}, "by"),
+        ({"path": "dogs/*"}, "path"),
+        ({"min_duration": "long"}, "min_duration"),
+        ({"rank": "loudness"}, "rank"),
+    ],
+)
+def test_a_refused_search_puts_the_focus_in_the_box_at_fault_which_says_why(client, served, boxes, fault):
+    """A keyboard user lands in the box to correct (not in the text box, far from it), and a screen reader says it is
+    invalid and reads the error with it."""
+    page = client.get("/", params={"q": "a bell rings", **boxes}).text
+    assert '<p class="error" id="search-error" role="alert">' in page
+    assert box(page, fault).endswith(f"{FAULT}>")
+    assert [name for name in ("q", *FILTER_BOXES, "rank") if "autofocus" in box(page, name)] == [fault]
+    if fault != "rank":  # "more like this" has the same boxes but the ranking
+        bell = hit_for(client, served, "bell.wav")
+        similar = client.get("/similar", params={"window_id": bell["window_id"], **boxes}).text
+        assert box(similar, fault).endswith(f"{FAULT}>") and "autofocus" not in box(similar, "q")
+
+
+def test_a_search_refused_for_no_box_in_particular_keeps_the_focus_in_the_text_box(client, served, monkeypatch):
+    def no_text_tower():
+        raise TextEmbedderError("--rank", "no text tower: use --rank caption")
+
+    monkeypatch.setattr(client.app.state.service, "audio_embedder", no_text_tower)
+    page = client.get("/", params={"q": "a bell rings", "rank": "audio"}).text
+    assert '<p class="error" id="search-error" role="alert">' in page and "aria-invalid" not in page
+    assert box(page, "q").endswith(' autofocus aria-label="What to look for">')
+
+
 @pytest.mark.parametrize(
     "boxes",
     [
@@ -443,7 +484,7 @@ def test_a_refused_search_page_has_the_apis_status_and_keeps_the_page(client, se
     api = client.get("/api/search", params=query)
     page = client.get("/", params=query)
     assert api.status_code >= 400 and page.status_code == api.status_code, page.text
-    assert '<form class="search"' in page.text and '<p class="error">' in page.text
+    assert '<form class="search"' in page.text and '<p class="error" id="search-error" role="alert">' in page.text
     for name, value in boxes.items():
         if name not in ("by", "rank"):  # a menu cannot show a value it does not offer
             assert f'value="{value}"' in page.text
@@ -495,6 +536,28 @@ def test_upload_pages(client, served):
     assert classified.status_code == 200 and "a bell rings" in classified.text
     bad = client.post("/upload/describe", files={"file": ("x.wav", b"not audio at all" * 10)})
     assert bad.status_code == 422 and "not a readable audio file" in bad.text and "<html" in bad.text
+
+
+def test_an_uploaded_clips_similar_sounds_take_the_filters_and_more_like_this_keeps_them(client, served):
+    """The upload page's "Find similar sounds" has the search's filter boxes; what the user chose there narrows
+    the results, and each result's "more like this" carries it on, as a search's results do."""
+    clip = ("clip.wav", served.files["bell.wav"].read_bytes())
+    boxes = {"k": "3", "by": "window", "ext": "wav,aiff", "min_duration": "3", "min_score": "-1"}
+    page = client.post("/upload/similar", files={"file": clip}, data=boxes)
+    assert page.status_code == 200, page.text
+    shown = re.findall(r'<a class="path" href="[^"]*">([^<]*)</a>', page.text)
+    assert sorted(shown) == sorted(str(served.files[name]) for name in ("animals/dog.wav", "loops/hum.aiff"))
+    links = [urlsplit(html.unescape(href)) for href in re.findall(r'<a class="more" href="([^"]+)"', page.text)]
+    assert len(links) == 2 and {link.path for link in links} == {"/similar"}
+    for link in links:
+        sent = {name: values for name, values in parse_qs(link.query).items() if name != "window_id"}
+        assert sent == {name: [value] for name, value in boxes.items()}
+    assert '<details class="filters" open>' in page.text and 'name="k" min="1" max="200" value="3"' in page.text
+    assert '<option value="window" selected>' in page.text and 'value="wav,aiff"' in page.text
+    similar = client.get(f"{links[0].path}?{links[0].query}").text
+    assert 'value="wav,aiff"' in similar and 'name="k" min="1" max="200" value="3"' in similar
+    a_file = client.post("/upload/similar", files={"file": clip, "ext": ("ext.txt", b"wav")})
+    assert a_file.status_code == 422 and "ext: a file was sent where a value is typed" in a_file.text
 
 
 def test_a_refused_upload_is_said_on_the_upload_page_with_what_was_typed(client, served):
@@ -717,6 +780,37 @@ def test_other_errors_are_a_detail_line_alone(client, served):
     """Not found (404), too large (413), nothing to search (409): `detail` only, as every error but a 422."""
     assert set(client.get("/api/files/424242").json()) == {"detail"}
     assert set(client.get("/api/similar", params={"window_id": 999_999}).json()) == {"detail"}
+
+
+def test_a_failure_of_the_servers_own_is_logged_wherever_it_is_answered(client, served, monkeypatch, caplog):
+    """A 500 is the server's fault, not the request's: whoever runs the server reads it in the log, one line naming
+    the request, whether the API answers it or a page shows it (the search page, the upload page)."""
+
+    def broken(*_args):
+        raise StoreError("index.db", "disk I/O error")
+
+    service = client.app.state.service
+    for name in ("search", "similar_to_window", "similar_to_upload"):
+        monkeypatch.setattr(service, name, broken)
+    clip = ("clip.wav", served.files["bell.wav"].read_bytes())
+    caplog.set_level("ERROR", logger="pengi_search.serve")
+    answers = [
+        client.get("/api/search", params={"q": "a bell rings"}),
+        client.get("/", params={"q": "a bell rings"}),
+        client.get("/similar", params={"window_id": 1}),
+        client.post("/upload/similar", files={"file": clip}),
+    ]
+    assert [answer.status_code for answer in answers] == [500, 500, 500, 500]
+    assert '<form class="search"' in answers[1].text and '<form class="upload"' in answers[3].text
+    assert [record.getMessage() for record in caplog.records] == [
+        "GET /api/search failed: index.db: disk I/O error",
+        "GET / failed: index.db: disk I/O error",
+        "GET /similar failed: index.db: disk I/O error",
+        "POST /upload/similar failed: index.db: disk I/O error",
+    ]
+    caplog.clear()
+    assert client.get("/", params={"q": "a bell rings", "k": "many"}).status_code == 422
+    assert caplog.records == []  # the request's own fault is the user's to read, on the page
 
 
 @pytest.mark.parametrize(

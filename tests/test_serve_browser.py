@@ -2,8 +2,8 @@
 
 The command runs as a user starts it, on a free loopback port over a small index built here. The browser types a
 query, plays the top hit (the audio element must play from the hit's start) and another one by keyboard, follows
-"more like this", opens the file page and plays a window by mouse and by keyboard; at phone width (390 px) no page
-scrolls sideways, and a sent form says it is busy.
+"more like this", opens the file page and plays a window by mouse and by keyboard, opens a file at a hit's window
+(where the Tab key then starts); at phone width (390 px) no page scrolls sideways, and a sent form says it is busy.
 Screenshots are saved in the test's folder (and in `$PENGI_SCREENSHOT_DIR` when set).
 
 Without chromium and chromedriver the test is skipped, unless PENGI_REQUIRE_BROWSER=1 (as in CI), where it fails.
@@ -12,9 +12,12 @@ Without chromium and chromedriver the test is skipped, unless PENGI_REQUIRE_BROW
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -209,6 +212,72 @@ def test_search_listen_and_browse_in_a_real_browser(server, driver, tmp_path):
     # Nothing was blocked by the content security policy, and no script failed.
     problems = [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
     assert problems == []
+
+
+def test_a_file_opened_at_a_window_is_marked_there_and_the_tab_key_reaches_that_window(server, driver):
+    """A hit's link opens its file at the hit's window (`/files/ID#wWINDOW`): that window is the one marked, and
+    the one the Tab key reaches in the list of windows and on the timeline, not the file's first."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    address, _library = server
+    query = urllib.parse.urlencode({"q": "thunder rolls in the distance", "k": 1})
+    with urllib.request.urlopen(f"{address}/api/search?{query}", timeout=WAIT_S) as answer:
+        hit = json.load(answer)[0]
+    driver.get(f"{address}/files/{hit['file_id']}#w{hit['window_id']}")
+    windows = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "li.window"), "the file's windows")
+    assert len(windows) == 2 and windows[1].get_attribute("id") == f"w{hit['window_id']}"  # 3.0-10.0 s
+    assert "active" in windows[1].get_attribute("class")
+    assert [w.get_attribute("tabindex") for w in windows] == ["-1", "0"]
+    lanes = driver.find_elements(By.CSS_SELECTOR, ".timeline .lane")
+    assert [lane.get_attribute("tabindex") for lane in lanes] == ["-1", "0"]
+
+    # Tab from the timeline: past the first window's link, the first window the key reaches is the hit's.
+    driver.execute_script("arguments[0].focus()", lanes[1])
+    for _ in range(4):
+        press(driver, Keys.TAB)
+        if driver.switch_to.active_element.tag_name == "li":
+            break
+    assert driver.switch_to.active_element == windows[1]
+
+
+CONTROLS = "input, select, textarea, button, [role=button], a[href], audio[controls], img"
+
+
+def test_every_control_has_a_name_and_a_refused_search_puts_the_focus_in_the_box_at_fault(server, driver):
+    """What a screen reader says of each control (its computed name) on every page: none goes without one, the
+    upload page's three "Clip" boxes are told apart by their forms' names, and the play buttons say no glyph."""
+    from selenium.webdriver.common.by import By
+
+    address, _library = server
+    results, refused = f"{address}/?q=thunder+rolls+in+the+distance&k=3", f"{address}/?q=thunder&k=0&ext=flac"
+    driver.get(results)
+    file_page = driver.find_element(By.CSS_SELECTOR, "li.hit a.path").get_attribute("href")
+    pages = [f"{address}{page}" for page in ("/", "/upload", "/library", "/docs", "/nowhere")]
+    for page in (*pages, results, refused, file_page):  # the refused search's filters are open
+        driver.get(page)
+        unnamed = [
+            element.get_attribute("outerHTML")[:120]
+            for element in driver.find_elements(By.CSS_SELECTOR, CONTROLS)
+            if element.is_displayed() and not element.accessible_name.strip()
+        ]
+        assert unnamed == [], page
+    driver.get(results)
+    assert {button.accessible_name for button in driver.find_elements(By.CSS_SELECTOR, "button.play-hit")} == {
+        "Play hit"
+    }
+    driver.get(f"{address}/upload")
+    forms = driver.find_elements(By.CSS_SELECTOR, "form.upload")
+    assert [(form.aria_role, form.accessible_name) for form in forms] == [
+        ("form", "Describe it"),
+        ("form", "Find similar sounds"),
+        ("form", "Classify it"),
+    ]
+
+    # A refused search: the focus is in the box at fault, not in the text box.
+    driver.get(refused)
+    assert driver.switch_to.active_element.get_attribute("name") == "k"
+    assert driver.switch_to.active_element.get_attribute("aria-invalid") == "true"
 
 
 def test_at_phone_width_nothing_scrolls_sideways_and_a_sent_form_says_it_is_busy(server, driver, tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -16,13 +15,12 @@ from starlette.exceptions import HTTPException
 
 from ..errors import PengiSearchError
 from . import api, pages
-from .errors import RequestError, status_of
+from .errors import RequestError, answer_status
 from .security import SecurityMiddleware
 from .service import Service
 from .settings import ServeSettings
 from .uploads import size_text
 
-log = logging.getLogger(__name__)
 FORM_OVERHEAD = 1 << 20  # room for the multipart framing and small fields beside an upload
 REQUEST_PARTS = {"query", "body", "path", "header", "cookie"}  # where FastAPI locates a parameter
 
@@ -86,9 +84,7 @@ def _head_routes(*routers: APIRouter) -> APIRouter:
 
 async def _pengi_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, PengiSearchError)
-    status = status_of(exc)
-    if status >= 500:
-        log.error("%s %s failed: %s", request.method, request.url.path, exc)
+    status = answer_status(request, exc)
     if isinstance(exc, RequestError) and exc.field is not None:
         message = exc.reason if exc.where == exc.field else str(exc)
         return _error(request, status, str(exc), [{"field": exc.field, "message": message}])

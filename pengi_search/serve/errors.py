@@ -6,13 +6,18 @@ The JSON API answers every error with `{"detail": "one line"}`; an invalid param
 
 from __future__ import annotations
 
+import logging
 import os
 from http import HTTPStatus
+
+from starlette.requests import Request
 
 from ..audio import AudioDecodeError
 from ..db import StoreMismatchError
 from ..errors import OptionError, PengiSearchError, UsageError
 from ..library import EmptyLibraryError
+
+log = logging.getLogger(__name__)
 
 
 class RequestError(PengiSearchError):
@@ -50,3 +55,13 @@ def status_of(exc: PengiSearchError) -> int:
     if isinstance(exc, UsageError):  # a labels file, a ranking the library's model cannot do, ...
         return 400
     return 500
+
+
+def answer_status(request: Request, exc: PengiSearchError) -> int:
+    """The status that answers `request`, which failed with `exc`. A failure of the server's own (5xx: not the
+    request's fault) is logged for whoever runs the server, wherever the error is answered: by the app's handler
+    or by a page that shows it (a search page, the upload page), which the log would otherwise never hear of."""
+    status = status_of(exc)
+    if status >= 500:
+        log.error("%s %s failed: %s", request.method, request.url.path, exc)
+    return status

@@ -25,7 +25,7 @@ from ..pathnames import shown
 from ..units import duration_text
 from . import media
 from .api import ServiceDep, parse_labels, read_upload
-from .errors import InvalidParameter, status_of
+from .errors import InvalidParameter, RequestError, answer_status
 from .service import SearchParams
 from .uploads import size_text
 
@@ -200,15 +200,18 @@ def _results_page(
 ) -> HTMLResponse:
     """The search page (a text search, or "more like this" under `heading`) with the hits `run` found, or with why
     they were refused under the status the JSON API gives the same parameters (a 200 would tell scripts, caches
-    and monitoring that all went well); a refused search shows the boxes as typed, to be corrected there."""
-    hits, error, status = None, None, 200
+    and monitoring that all went well); a refused search shows the boxes as typed, to be corrected there, the
+    focus in the box at fault."""
+    hits, error, status, fault = None, None, 200, None
     try:
         params, hits = run()
         form = _form(params, q)
     except PengiSearchError as exc:
-        error, status = str(exc), status_of(exc)
+        error, status = str(exc), answer_status(request, exc)
+        fault = exc.field if isinstance(exc, RequestError) else None  # the box to correct, focused
         form = {"q": q, **typed}
-    context = {"form": form, "hits": hits, "error": error, "heading": heading, "max_k": svc.settings.max_k}
+    context = {"form": form, "hits": hits, "error": error, "fault": fault, "heading": heading}
+    context["max_k"] = svc.settings.max_k
     return templates.TemplateResponse(request, "search.html", context, status_code=status)
 
 
@@ -239,16 +242,29 @@ def upload_describe(request: Request, svc: ServiceDep, file: Annotated[UploadFil
     return _upload_result(request, svc, work)
 
 
+async def posted_fields(request: Request) -> FilterFields:
+    """The filter boxes of a form sent by POST (the upload page's), read as `FieldsDep` reads a query string."""
+    form = await request.form()  # parsed once, already: the route's own form parameters read this one
+    sent = {name: form[name] for name in FILTER_BOXES if name in form}
+    typed = {name: value for name, value in sent.items() if isinstance(value, str)}
+    if files := sorted(sent.keys() - typed.keys()):
+        raise InvalidParameter(files[0], "a file was sent where a value is typed")
+    return FilterFields(**typed)
+
+
 @router.post("/upload/similar", response_class=HTMLResponse)
 def upload_similar(
-    request: Request, svc: ServiceDep, file: Annotated[UploadFile, File()], k: Annotated[str, Form()] = "10"
+    request: Request,
+    svc: ServiceDep,
+    file: Annotated[UploadFile, File()],
+    fields: Annotated[FilterFields, Depends(posted_fields)],
 ) -> HTMLResponse:
     def work() -> dict[str, Any]:
-        params = FilterFields(k=k).params()
+        params = fields.params()
         with read_upload(svc, file) as upload:
             return {"hits": svc.similar_to_upload(upload, params), "name": upload.name}
 
-    return _upload_result(request, svc, work, k=k)
+    return _upload_result(request, svc, work, **dataclasses.asdict(fields))
 
 
 @router.post("/upload/classify", response_class=HTMLResponse)
@@ -274,14 +290,20 @@ def _upload_result(request: Request, svc: ServiceDep, work: Callable[[], dict[st
     try:
         results = work()
     except PengiSearchError as exc:
-        return _upload_response(request, svc, typed=typed, error=str(exc), status=status_of(exc))
+        return _upload_response(request, svc, typed=typed, error=str(exc), status=answer_status(request, exc))
     return _upload_response(request, svc, typed=typed, **results)
 
 
 def _upload_response(request: Request, svc: ServiceDep, status: int = 200, **results: Any) -> HTMLResponse:
     limits = {"size": size_text(svc.settings.max_upload_bytes), "seconds": svc.settings.max_upload_s}
     context = {"described": None, "hits": None, "classified": None, "name": "", "error": None, "limits": limits}
-    context["typed"] = {"k": "10", "labels": "", "method": "text", **results.pop("typed", {})}
+    context["max_k"] = svc.settings.max_k
+    context["typed"] = {
+        **dataclasses.asdict(FilterFields()),
+        "labels": "",
+        "method": "text",
+        **results.pop("typed", {}),
+    }
     return templates.TemplateResponse(request, "upload.html", {**context, **results}, status_code=status)
 
 

@@ -64,12 +64,10 @@ function stopAtEnd(audio) {
 
 // Windows side by side (a file's timeline, its list of windows, the hits' waveforms) are one stop of the Tab key:
 // the arrow keys move between them (Home and End: to the first and the last), Enter or Space plays the one in
-// focus. Tab comes back to the one last focused (a roving tabindex: it alone has tabindex 0).
+// focus. Tab comes back to the one last focused (a roving tabindex: it alone has tabindex 0, see tabStop).
 function keyboardWindows(items, play) {
   items.forEach((item, i) => {
-    item.addEventListener("focus", () => {
-      for (const other of items) other.tabIndex = other === item ? 0 : -1;
-    });
+    item.addEventListener("focus", () => tabStop(items, item));
     item.addEventListener("keydown", (event) => {
       if (event.target !== item) return; // a key on a link inside the item is the link's
       const last = items.length - 1;
@@ -81,6 +79,11 @@ function keyboardWindows(items, play) {
       event.preventDefault();
     });
   });
+}
+
+// Make `chosen` the one of `items` that the Tab key reaches.
+function tabStop(items, chosen) {
+  for (const item of items) item.tabIndex = item === chosen ? 0 : -1;
 }
 
 function setUpHits() {
@@ -153,8 +156,13 @@ function setUpFile() {
     }
   });
   const target = location.hash && document.getElementById(location.hash.slice(1));
-  if (target && target.dataset.start) {
+  const at = windows.indexOf(target);
+  if (at >= 0) {
+    // The window the address names (a hit's link) is the one marked, and the one Tab reaches, in the list and on
+    // the timeline (its lane): a keyboard user goes on from it, not from the file's first window.
     target.classList.add("active");
+    tabStop(windows, target);
+    if (lanes[at]) tabStop(lanes, lanes[at]);
     target.scrollIntoView({ block: "center" });
     player.currentTime = parseFloat(target.dataset.start);
   }
