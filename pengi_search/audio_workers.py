@@ -82,14 +82,40 @@ class Failed:
 Message = Windows | Decoded | Failed
 
 
+CHANGED_WHILE_READ = "the file changed while it was being read (still being written?)"
+
+
 def decode_file(job: Job, chunk: int = CHUNK_WINDOWS) -> Iterator[Message]:
-    """The messages for one file. Any failure becomes `Failed` (after which earlier windows must be dropped)."""
+    """The messages for one file. Any failure becomes `Failed` (after which earlier windows must be dropped), and
+    so does a file that changed while it was read: its windows and hash would mix two versions (a recorder still
+    writing it, a copy over it), and its decoder would call the difference a truncation or corrupt data."""
+    try:
+        before = os.stat(job.path)
+    except OSError as exc:
+        yield Failed(job.seq, f"cannot read file: {exc.strerror or exc}")
+        return
+    if not stat.S_ISREG(before.st_mode):  # replaced by a FIFO since the scan: opening it would hang
+        yield Failed(job.seq, "not a regular file")
+        return
+    for message in _decode_regular_file(job, chunk):
+        if isinstance(message, Windows) or not _changed_since(job.path, before):
+            yield message
+        else:
+            yield Failed(job.seq, CHANGED_WHILE_READ, None, message.notes)
+
+
+def _changed_since(path: str, before: os.stat_result) -> bool:
+    try:
+        now = os.stat(path)
+    except OSError:
+        return True  # deleted or replaced by something unreadable meanwhile
+    return (now.st_ino, now.st_size, now.st_mtime_ns) != (before.st_ino, before.st_size, before.st_mtime_ns)
+
+
+def _decode_regular_file(job: Job, chunk: int) -> Iterator[Message]:
     content_hash = None
     report = DecodeReport()
     try:
-        if not stat.S_ISREG(os.stat(job.path).st_mode):  # replaced by a FIFO since the scan: opening it would hang
-            yield Failed(job.seq, "not a regular file")
-            return
         content_hash = file_sha256(job.path) if job.content_hash else None
         count = 0
         for batch in chunked(iter_windows(job.path, hop_s=job.hop_s, report=report), chunk):

@@ -73,6 +73,26 @@ def test_failed_files_give_exit_code_3_and_are_listed(tiny_model_dir, sounds, tm
     assert f"failed {sounds / 'broken [live].mp3'}: not a readable audio file" in result.stderr
 
 
+def test_stats_names_the_files_that_failed_with_their_reason(tiny_model_dir, sounds, tmp_path):
+    """A later run skips them without naming them, so `stats` is where a user finds which files failed and why."""
+    (sounds / "empty.wav").write_bytes(b"")
+    (sounds / "notes.mp3").write_text("this is not an mp3")
+    db = tmp_path / "lib.db"
+    assert index(sounds, db, tiny_model_dir).exit_code == EXIT_PARTIAL
+    again = index(sounds, db, tiny_model_dir)
+    assert "2 file(s) that failed before were skipped (--retry-errors; `stats` lists them)" in again.stdout
+
+    text = run("stats", "--db", db).stdout
+    assert "failed: 2 file(s) could not be indexed (`index --retry-errors` tries again)" in text
+    assert f"  {sounds / 'empty.wav'}: empty file (0 bytes)\n" in text
+    assert f"  {sounds / 'notes.mp3'}: not a readable audio file (unknown format or corrupt data)\n" in text
+    failed = json.loads(run("stats", "--db", db, "--json").stdout)["failed"]
+    assert [(item["path"], item["error"].splitlines()[0]) for item in failed] == [
+        (str(sounds / "empty.wav"), "empty file (0 bytes)"),
+        (str(sounds / "notes.mp3"), "not a readable audio file (unknown format or corrupt data)"),
+    ]
+
+
 def test_device_cuda_without_a_gpu_is_refused_even_with_nothing_to_index(tiny_model_dir, sounds, tmp_path, monkeypatch):
     """Every file is indexed and captioned, so the run would never load the model: CUDA is still checked first."""
     import torch

@@ -14,8 +14,9 @@ import pytest
 import soundfile as sf
 
 import indexer.pipeline as pipeline
+import pengi_search.audio_workers as audio_workers
 from indexer.pipeline import run_index
-from pengi_search.audio_workers import Decoded, Failed, Job, Windows, _worker_main, decode_all
+from pengi_search.audio_workers import CHANGED_WHILE_READ, Decoded, Failed, Job, Windows, _worker_main, decode_all
 from pengi_search.library import EmptyLibraryError, Library
 
 from .indexing import (
@@ -169,6 +170,42 @@ def test_a_file_deleted_between_scan_and_decoding(tiny_model_dir, tmp_path, monk
 
     monkeypatch.setattr(pipeline, "scan", real_scan)
     assert run_index(quick_options([root], db, tiny_model_dir)).pruned == 1  # the next run forgets it
+
+
+def test_a_file_rewritten_while_it_is_decoded_fails_as_changed(tmp_path):
+    """Its windows would mix two versions, and its decoder would call the shorter file truncated."""
+    growing = write_tone(tmp_path / "take.wav", 60.0)
+    messages = decode_all([Job(0, str(growing))], workers=0, chunk=1)
+    assert isinstance(next(messages), Windows)
+    write_tone(growing, 3.0, freq=500)  # the recorder starts a new take over it
+    *_, end = messages
+    assert isinstance(end, Failed) and end.reason == CHANGED_WHILE_READ
+
+
+def test_an_index_run_records_a_changed_file_and_the_next_run_indexes_it(tiny_model_dir, tmp_path, monkeypatch):
+    root = tmp_path / "lib"
+    write_tone(root / "stays.wav", 1.0)
+    take = write_tone(root / "take.wav", 30.0, freq=500)
+    real_windows = audio_workers.iter_windows
+
+    def rewritten_after_the_first_window(path, **kwargs):
+        for number, window in enumerate(real_windows(path, **kwargs)):
+            if number == 1 and path == str(take):
+                write_tone(take, 3.0, freq=700)
+            yield window
+
+    monkeypatch.setattr(audio_workers, "iter_windows", rewritten_after_the_first_window)
+    db = tmp_path / "lib.db"
+    summary = run_index(quick_options([root], db, tiny_model_dir))
+    assert [(f.path, f.message) for f in summary.failed] == [(str(take), CHANGED_WHILE_READ)]
+    with Library.open(str(db)) as library:
+        assert library.store.filter_window_ids(under=str(take)).size == 0  # none of the mixed windows were kept
+
+    again = run_index(quick_options([root], db, tiny_model_dir))
+    assert (again.indexed, again.failed) == (1, [])
+    with Library.open(str(db)) as library:
+        assert library.store.get_file(str(take)).duration_s == 3.0
+    assert_consistent(db)
 
 
 def test_a_decoding_process_that_dies_fails_only_its_file(tmp_path):

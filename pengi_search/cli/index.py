@@ -235,8 +235,8 @@ def rebuild_index(db: DbOption = None, index_type: IndexTypeOption = None, json_
 
 @handle_errors
 def stats(db: DbOption = None, json_output: JsonOption = False) -> None:
-    """Show what the library holds: files by status, windows (and how many have captions), texts, model, embedder,
-    runs, sizes on disk.
+    """Show what the library holds: files by status (those cut short or failed by name, with the reason), windows
+    (and how many have captions), texts, model, embedder, runs, sizes on disk.
 
     Example: pengi-search stats --json
     """
@@ -250,6 +250,7 @@ def stats(db: DbOption = None, json_output: JsonOption = False) -> None:
         data["truncated"] = [
             {**path_fields(record.path), "note": record.truncated} for record in library.store.truncated_files()
         ]
+        data["failed"] = [{**path_fields(path), "error": error} for path, error in library.store.failed_files()]
         data["runs"] = [run.to_json() for run in library.store.runs(limit=5)]
         db_file = sqlite_file(library.db_url)
         data["database_bytes"] = None if db_file is None else _sqlite_bytes(db_file)
@@ -347,7 +348,9 @@ def _print_summary(summary: IndexSummary, *, verbose: bool = False) -> None:
             soft_wrap=True,
         )
     if summary.skipped_errors:
-        out_console.print(f"{summary.skipped_errors} file(s) that failed before were skipped (--retry-errors)")
+        out_console.print(
+            f"{summary.skipped_errors} file(s) that failed before were skipped (--retry-errors; `stats` lists them)"
+        )
     for label, items in (("failed", summary.failed), ("unreadable folder", summary.unreadable_dirs)):
         for item in items:
             err_console.print(f"[red]{label}[/] {escape(shown(item.path))}: {escape(item.message)}", soft_wrap=True)
@@ -413,6 +416,9 @@ def _print_stats(data: dict[str, Any]) -> None:
     if data["truncated"]:
         lines.append(f"truncated: {len(data['truncated'])} file(s) decode shorter than their header says")
         lines += [f"  {shown(item['path'])}: {item['note']}" for item in data["truncated"]]
+    if data["failed"]:  # the reason's first line: the lines below it are what the decoders printed
+        lines.append(f"failed: {len(data['failed'])} file(s) could not be indexed (`index --retry-errors` tries again)")
+        lines += [f"  {shown(item['path'])}: {item['error'].partition(chr(10))[0]}" for item in data["failed"]]
     for kind, info in data["vector_indexes"].items():
         built = _index_kind(info["index_type"], info["requested_type"])
         lines.append(f"{kind} index: {data['vectors'][kind]} vectors, {built} ({_human(info['bytes'])})")

@@ -144,6 +144,13 @@ class Store(RunJournal):
             rows = session.scalars(select(AudioFileRow).where(_truncated()).order_by(AudioFileRow.path))
             return [row.to_record() for row in rows]
 
+    def failed_files(self, limit: int | None = None) -> list[tuple[str, str]]:
+        """(path, reason) of the files that could not be indexed, by path: the first `limit` (all when None)."""
+        query = select(AudioFileRow.path, AudioFileRow.error).where(AudioFileRow.status == "error")
+        with self.session() as session:
+            rows = session.execute(query.order_by(AudioFileRow.path).limit(limit))
+            return [(path, error or "") for path, error in rows]
+
     def files_with_hash(self, content_hash: str) -> list[FileRecord]:
         """Files whose content has this sha256 (copies, or a file that moved)."""
         with self.session() as session:

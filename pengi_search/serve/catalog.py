@@ -5,19 +5,11 @@ Each is one short read transaction returning plain values (never ORM objects), l
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from sqlalchemy import func, select
 
 from ..db import FileRecord, Store, WindowDetails
 from ..db.schema import AudioFileRow, WindowRow, WindowVectorRow
-
-
-@dataclass(frozen=True)
-class FailedFile:
-    path: str
-    error: str
 
 
 def file_by_id(store: Store, file_id: int) -> FileRecord | None:
@@ -31,15 +23,6 @@ def file_windows(store: Store, record: FileRecord) -> list[WindowDetails]:
     """The windows of a file, in time order, with what Pengi wrote for each."""
     details = store.window_details(store.filter_window_ids(under=record.path))
     return sorted((d for d in details.values() if d.file_id == record.id), key=lambda d: d.index)
-
-
-def failed_files(store: Store, limit: int) -> list[FailedFile]:
-    """Up to `limit` files that could not be indexed, with the reason, by path."""
-    query = (
-        select(AudioFileRow.path, AudioFileRow.error).where(AudioFileRow.status == "error").order_by(AudioFileRow.path)
-    )
-    with store.session() as session:
-        return [FailedFile(path, error or "") for path, error in session.execute(query.limit(limit))]
 
 
 def newest_window_id(store: Store) -> int:

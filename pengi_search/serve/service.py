@@ -377,7 +377,7 @@ class Service:
         }
         stats["runs"] = [_run_json(run) for run in store.runs(10)]
         stats["failed"] = [
-            {**path_fields(f.path, readable=True), "error": f.error} for f in catalog.failed_files(store, FAILED_SHOWN)
+            {**path_fields(path, readable=True), "error": error} for path, error in store.failed_files(FAILED_SHOWN)
         ]
         return stats
 
