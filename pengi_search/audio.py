@@ -238,8 +238,9 @@ def windows_of(
     samples: np.ndarray, *, hop_s: float = WINDOW_SECONDS, window_s: float = WINDOW_SECONDS
 ) -> Iterator[Window]:
     """The windows of a signal already in memory, cut as `iter_windows` cuts a file: `samples` is mono (1-D) float
-    audio at `SAMPLE_RATE` (44.1 kHz), within ±1. Raises ValueError for anything else, since such an array would be
-    heard as something it is not (another rate or channel layout, integer PCM read as huge values)."""
+    audio at `SAMPLE_RATE` (44.1 kHz), within ±1. Raises ValueError for another shape, integer samples, NaN or Inf
+    and samples no file may hold (`MAX_SAMPLE`), since such an array would be heard as something it is not; the
+    rate cannot be checked: samples at another rate are heard faster or slower."""
     samples = _checked_signal(samples)
     cutter = _WindowCutter.of(hop_s, window_s, SAMPLE_RATE)
     return chain(cutter.push(samples), cutter.finish())
@@ -254,10 +255,22 @@ def _checked_signal(samples: np.ndarray) -> np.ndarray:
         )
     if not np.issubdtype(samples.dtype, np.floating):
         raise ValueError(f"expected float samples within ±1, got {samples.dtype} (int16 PCM: divide by 32768)")
-    finite = np.isfinite(samples)
-    if not finite.all():
-        raise ValueError(f"non-finite samples (NaN or Inf) at {int(np.argmin(finite)) / SAMPLE_RATE:.2f} s")
+    if (reason := _unusable(np.abs(samples), 0, SAMPLE_RATE)) is not None:  # what a file's decoding refuses too
+        raise ValueError(reason)
     return samples.astype(np.float32, copy=False)
+
+
+def _unusable(peaks: np.ndarray, first_frame: int, sample_rate: int) -> str | None:
+    """Why frames whose absolute peaks are `peaks` (the first at `first_frame`) are no audio: NaN or Inf, or past
+    `MAX_SAMPLE`; None when they are audio."""
+    finite = np.isfinite(peaks)  # a NaN in any channel makes its frame's peak NaN
+    if not finite.all():
+        return f"non-finite samples (NaN or Inf) at {(first_frame + int(np.argmin(finite))) / sample_rate:.2f} s"
+    if len(peaks) and peaks.max() > MAX_SAMPLE:
+        bad = int(np.argmax(peaks > MAX_SAMPLE))
+        at = (first_frame + bad) / sample_rate
+        return f"samples out of range ({peaks[bad]:.0e} at {at:.2f} s; audio is within ±1)"
+    return None
 
 
 def _windows(path: Path, cutter: _WindowCutter, report: DecodeReport | None) -> Iterator[Window]:
@@ -372,17 +385,8 @@ def _decoded_blocks(source: _Source, report: DecodeReport, start_frame: int = 0)
                 block = next(blocks, None)
             if block is None:
                 return
-            if not np.isfinite(block).all():
-                first_bad = int(np.argmin(np.isfinite(block).all(axis=1)))
-                at = (decoded + first_bad) / source.sample_rate
-                raise AudioDecodeError(source.path, f"non-finite samples (NaN or Inf) at {at:.2f} s")
-            peaks = np.abs(block).max(axis=1)
-            if len(block) and peaks.max() > MAX_SAMPLE:
-                first_bad = int(np.argmax(peaks > MAX_SAMPLE))
-                at = (decoded + first_bad) / source.sample_rate
-                raise AudioDecodeError(
-                    source.path, f"samples out of range ({peaks[first_bad]:.0e} at {at:.2f} s; audio is within ±1)"
-                )
+            if (reason := _unusable(np.abs(block).max(axis=1), decoded, source.sample_rate)) is not None:
+                raise AudioDecodeError(source.path, reason)
             decoded += len(block)
             report.decoded_frames = decoded
             yield block

@@ -308,17 +308,12 @@ class Engine:
     ) -> list[DescribedWindow]:
         """Every 7 s window of `audio` (`hop_s` apart) with the answer to each prompt, as `pengi-search describe`
         gives them. `audio`: a file's path, or mono float samples at 44.1 kHz (`audio.windows_of`). `prompts`: a
-        list (each answer named by its prompt, as `-p` does) or name -> prompt; None: `default_prompts()`.
+        list (each answer named by its prompt, as `-p` does; a string is one prompt) or name -> prompt; None:
+        `default_prompts()`.
         `generation`: as `generate` takes it. A file that cannot be decoded raises `AudioDecodeError`; one cut
         short of what its header says is described as far as it goes, with a warning (`warnings.warn`)."""
         named = self.default_prompts() if prompts is None else named_prompts(prompts)
-        if not named:
-            raise ValueError("no prompts to answer: give at least one, or None for the model's default tasks")
-        described: list[DescribedWindow] = []
-        # In the batches the command forms for a single file, so that the answers are the command's to the bit.
-        for windows in chunked(self._windows(audio, hop_s), self.windows_per_batch(len(named))):
-            described += self.describe_windows(windows, named, generation, answer_prefix=answer_prefix)
-        return described
+        return self._answered(audio, named, generation, hop_s, answer_prefix)
 
     def ask(
         self,
@@ -330,7 +325,7 @@ class Engine:
     ) -> list[DescribedWindow]:
         """The answer to `question` for every window of `audio`, named "answer", as `pengi-search ask` gives it
         (see `describe`); an empty question is refused (`UsageError`)."""
-        return self.describe(audio, ask_prompts(question), generation, hop_s=hop_s)
+        return self._answered(audio, ask_prompts(question), generation, hop_s, "")
 
     def describe_windows(
         self,
@@ -350,11 +345,29 @@ class Engine:
             for window, said in zip(windows, answers, strict=True)
         ]
 
-    def _windows(self, audio: Audio, hop_s: float) -> Iterator[Window]:
-        if isinstance(audio, np.ndarray):
-            yield from windows_of(audio, hop_s=hop_s)
-            return
+    def _answered(
+        self,
+        audio: Audio,
+        prompts: Mapping[str, str],
+        generation: GenerationConfig | None,
+        hop_s: float,
+        answer_prefix: str,
+    ) -> list[DescribedWindow]:
+        """`describe` and `ask`, each of which calls this directly: its warning is then at their caller's line."""
+        if not prompts:
+            raise ValueError("no prompts to answer: give at least one, or None for the model's default tasks")
         report = DecodeReport()
-        yield from iter_windows(audio, hop_s=hop_s, report=report)
+        described: list[DescribedWindow] = []
+        # In the batches the command forms for a single file, so that the answers are the command's to the bit.
+        for windows in chunked(_windows(audio, hop_s, report), self.windows_per_batch(len(prompts))):
+            described += self.describe_windows(windows, prompts, generation, answer_prefix=answer_prefix)
         if (truncation := report.truncation()) is not None:  # the command prints the same warning
-            warnings.warn(f"{os.fspath(audio)}: {truncation}", stacklevel=4)  # at describe's caller
+            warnings.warn(f"{os.fspath(audio)}: {truncation}", stacklevel=3)  # 1: here, 2: describe or ask
+        return described
+
+
+def _windows(audio: Audio, hop_s: float, report: DecodeReport) -> Iterator[Window]:
+    """The windows of a file (what decoding found goes to `report`) or of samples in memory."""
+    if isinstance(audio, np.ndarray):
+        return windows_of(audio, hop_s=hop_s)
+    return iter_windows(audio, hop_s=hop_s, report=report)

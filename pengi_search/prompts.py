@@ -41,9 +41,13 @@ def describe_prompts(trained: Sequence[str] | None = None) -> dict[str, str]:
     return {task: TASK_PROMPTS[task] for task in describe_tasks(trained)}
 
 
-def named_prompts(prompts: Sequence[str] | Mapping[str, str]) -> dict[str, str]:
-    """Name -> prompt: a mapping as given, or a list of prompts each named by itself (as `describe -p` names them)."""
-    return dict(prompts) if isinstance(prompts, Mapping) else {prompt: prompt for prompt in prompts}
+def named_prompts(prompts: str | Sequence[str] | Mapping[str, str]) -> dict[str, str]:
+    """Name -> prompt: a mapping as given, or prompts each named by itself (as `describe -p` names them); a string
+    is one prompt (it is a sequence too, whose letters would each be asked)."""
+    if isinstance(prompts, Mapping):
+        return dict(prompts)
+    listed = [prompts] if isinstance(prompts, str) else prompts
+    return {prompt: prompt for prompt in listed}
 
 
 def question_prompt(question: str) -> str:

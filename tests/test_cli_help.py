@@ -70,7 +70,7 @@ def test_options_show_the_value_a_user_types_and_flags_none(name):
     result = CliRunner().invoke(app, [*name.split()[1:], "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     for line in result.output.splitlines():
-        if line.lstrip("│ ").startswith("-"):  # an option's row (arguments are named in the usage line)
+        if line.lstrip("│ *").startswith("-"):  # an option's row, a required one's too (marked *)
             assert "<bool>" not in line and "list[" not in line and " range>" not in line, line
 
 

@@ -72,6 +72,13 @@ def test_describe_takes_the_commands_prompts_answer_prefix_and_hop(engine, tiny_
     assert list(named[0].answers) == ["scene"]
 
 
+def test_one_prompt_given_as_text_is_one_prompt_not_one_per_letter(engine, clip):
+    """A string is a sequence of strings too: each of its letters was asked as a prompt of its own."""
+    described = engine.describe(clip, "this acoustic scene is", QUICK)
+    assert list(described[0].answers) == ["this acoustic scene is"]
+    assert described == engine.describe(clip, ["this acoustic scene is"], QUICK)
+
+
 def test_ask_gives_what_the_ask_command_gives(engine, tiny_model_dir, clip):
     command = cli_json("ask", clip, "is there a dog?", "--model", tiny_model_dir, *CLI_QUICK)
     assert as_json(engine.ask(clip, "is there a dog?", QUICK)) == command["windows"]
@@ -98,6 +105,7 @@ def test_a_clip_shorter_than_a_window_is_padded_as_a_file_is(engine, tmp_path):
         (np.zeros(0, dtype=np.float32), "expected mono audio"),
         (np.zeros(44_100, dtype=np.int16), "expected float samples"),
         (np.array([0.0, np.nan], dtype=np.float32), "non-finite samples"),
+        (np.array([0.0, 0.5, 1e13], dtype=np.float32), r"samples out of range \(1e\+13 at 0\.00 s"),
     ],
 )
 def test_an_array_that_is_not_mono_float_audio_is_refused(engine, samples, says):
@@ -120,6 +128,9 @@ def test_a_file_cut_short_is_described_as_far_as_it_goes_with_a_warning(engine, 
         [window] = engine.describe(cut, generation=QUICK)
     assert window.end_s < 1.0
     assert warned[0].filename == __file__  # the warning names the line that asked
+    with pytest.warns(UserWarning, match=r"cut\.wav: truncated") as warned:
+        engine.ask(cut, "is there a dog?", QUICK)
+    assert warned[0].filename == __file__  # asked through `ask` too, not a line of the engine's
 
 
 def test_an_empty_question_or_no_prompt_is_refused(engine, clip):

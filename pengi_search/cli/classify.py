@@ -130,7 +130,11 @@ def classify(
     top: Annotated[int, typer.Option("--top", min=1, help="Labels shown per file.")] = 5,
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="CSV file to write, one row per file (else several files print it)."),
+        typer.Option(
+            "--output",
+            "-o",
+            help="CSV file to write, one row per file (else several files or a folder print it on stdout).",
+        ),
     ] = None,
     truth: Annotated[
         Path | None, typer.Option("--truth", help="CSV of known labels (file/filename/path, label): prints scores.")
