@@ -478,19 +478,35 @@ def test_a_config_that_is_not_yaml_or_not_utf8_or_a_bad_set_value_is_one_line_an
     assert "--set: data.batch_size: not a valid YAML value" in result.stderr
 
 
-def test_a_config_mistake_is_reported_before_torch_is_imported(tmp_path) -> None:
-    """A typo'd key fails in a second, not after the seconds that importing torch and the models take."""
-    typo = tmp_path / "typo.yaml"
-    typo.write_text("output_dir: run\ndata: {train: train.jsonl, batch_sise: 4}\noptimization: {max_steps: 1}\n")
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["typo.yaml"],  # a typo'd key
+        ["good.yaml", "--resume-from", "missing.pt"],  # a checkpoint that is not there
+        ["good.yaml", "--dry-run", "--resume-from", "missing.pt"],
+        ["export", "missing.pt"],
+    ],
+    ids=["config key", "resume-from", "dry-run resume-from", "export"],
+)
+def test_a_mistake_in_what_the_user_named_is_reported_before_torch_is_imported(tmp_path, args) -> None:
+    """A typo'd key or checkpoint fails in a second, not after the seconds that importing torch and the models take."""
+    (tmp_path / "typo.yaml").write_text(
+        "output_dir: run\ndata: {train: train.jsonl, batch_sise: 4}\noptimization: {max_steps: 1}\n"
+    )
+    (tmp_path / "train.jsonl").write_text("")
+    good = "output_dir: run\nmodel: {init: base}\ndata: {train: train.jsonl}\noptimization: {max_steps: 1}\n"
+    (tmp_path / "good.yaml").write_text(good)
     script = f"""
 import sys
 from typer.testing import CliRunner
 from pengi_search.cli import app
-result = CliRunner().invoke(app, ["train", {str(typo)!r}])
+result = CliRunner().invoke(app, ["train", *{args!r}])
+print(result.output)
 print(result.exit_code, "torch" in sys.modules)
 """
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
-    assert out.strip().splitlines()[-1] == "2 False"
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert run.stdout.strip().splitlines()[-1] == "2 False", run.stdout
+    assert "no such training checkpoint" in run.stdout or "batch_sise" in run.stdout
 
 
 def test_an_architecture_value_of_the_wrong_type_is_a_config_error_not_a_traceback(tmp_path) -> None:

@@ -21,10 +21,10 @@ from pengi_search.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, 
 from pengi_search.model import Pengi
 from pengi_search.tokenization import PromptTooLongError, Tokenizers
 from pengi_search.units import duration_text
+from trainer.checkpoint_files import HOLDS_A_RUN, checkpoint_step, checkpoint_to_resume, list_checkpoints
 from trainer.config import TrainConfig
 from trainer.data import Example, LoadAudio, check_audio, read_manifest, task_mix
 from trainer.features import clip_key
-from trainer.state import HOLDS_A_RUN, checkpoint_step, checkpoint_to_resume, list_checkpoints
 
 MISSING = "file not found"  # the reason `check_audio` gives for a file that is not there
 PROBLEMS_SHOWN = 20  # per manifest; the counts cover them all

@@ -34,6 +34,14 @@ from pengi_search.inference import Engine
 from pengi_search.model import Pengi
 from pengi_search.model_dir import is_model_dir
 from pengi_search.tokenization import Tokenizers
+from trainer.checkpoint_files import (
+    BEST_CHECKPOINT,
+    CHECKPOINT_DIR,
+    HOLDS_A_RUN,
+    checkpoint_path,
+    checkpoint_to_resume,
+    list_checkpoints,
+)
 from trainer.config import ConfigError, TrainConfig
 from trainer.data import Batch, collate_examples
 from trainer.distributed import (
@@ -61,14 +69,8 @@ from trainer.reporting import METRICS_FILE, PLOT_FILE, MetricsLog, RateWindow, T
 from trainer.run_data import prepare_data, quiet
 from trainer.sampling import ResumableSampler
 from trainer.state import (
-    BEST_CHECKPOINT,
-    CHECKPOINT_DIR,
-    HOLDS_A_RUN,
     Position,
     capture_rng,
-    checkpoint_path,
-    checkpoint_to_resume,
-    list_checkpoints,
     load_checkpoint,
     load_model_state,
     model_state,

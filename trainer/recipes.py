@@ -33,8 +33,8 @@ import numpy as np
 import yaml
 
 from pengi_search.errors import UsageError
+from trainer.checkpoint_files import list_checkpoints
 from trainer.data import manifest_path
-from trainer.state import list_checkpoints
 from trainer.templates import render_prompt
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
@@ -297,7 +297,7 @@ def earlier_init(folder: Path) -> tuple[list[str], Path | None]:
 
 
 def holds_an_init(held: list[str], run: Path | None) -> str:
-    """Why init refuses a folder, as `train` refuses an output_dir that holds a run (`state.HOLDS_A_RUN`)."""
+    """Why init refuses a folder, as `train` refuses an output_dir that holds a run (`checkpoint_files.HOLDS_A_RUN`)."""
     files = ", ".join(held)
     if run is None:
         return f"holds an earlier init ({files}): replace it with --force, or choose another --out"

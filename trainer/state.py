@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,15 +18,10 @@ import torch
 from torch import nn
 
 from pengi_search.checkpoint import CheckpointError, load_torch_file
-from pengi_search.errors import not_found
+from trainer.checkpoint_files import existing_checkpoint, list_checkpoints
 
-CHECKPOINT_DIR = "checkpoints"
-BEST_CHECKPOINT = "best.pt"  # the training state at the best evaluation (not counted among the `keep` newest)
-CHECKPOINT_NAME = re.compile(r"^step-(\d+)\.pt$")
 FORMAT = "pengi-search-training-state"
 FORMAT_VERSION = 1
-# What to give instead of a folder where a checkpoint file was wanted.
-CHECKPOINT_HINT = "name one of its checkpoint files (…/checkpoints/step-*.pt or best.pt)"
 
 
 @dataclass
@@ -38,54 +32,6 @@ class Position:
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
-
-
-def checkpoint_path(output_dir: Path, step: int) -> Path:
-    return output_dir / CHECKPOINT_DIR / f"step-{step:08d}.pt"
-
-
-def checkpoint_step(path: Path) -> int | None:
-    """The step a checkpoint was written at, from its name (`step-00000040.pt`); None for another file."""
-    match = CHECKPOINT_NAME.match(path.name)
-    return None if match is None else int(match.group(1))
-
-
-def list_checkpoints(output_dir: Path) -> list[Path]:
-    """The run's checkpoints, oldest first."""
-    found = [
-        (step, p) for p in (output_dir / CHECKPOINT_DIR).glob("step-*.pt") if (step := checkpoint_step(p)) is not None
-    ]
-    return [path for _, path in sorted(found)]
-
-
-# Why `train` (and its dry run) will not start a new run in an output_dir that holds one.
-HOLDS_A_RUN = "holds checkpoints of a run: continue it with --resume, or choose a new output_dir"
-
-
-def latest_checkpoint(output_dir: Path) -> Path:
-    checkpoints = list_checkpoints(output_dir)
-    if not checkpoints:
-        raise CheckpointError(output_dir / CHECKPOINT_DIR, "no checkpoint to resume from")
-    return checkpoints[-1]
-
-
-def existing_checkpoint(path: Path) -> Path:
-    """`path` when it is a file; else bad usage (exit code 2) saying what it is instead (a folder, a broken link).
-
-    The one check of a checkpoint named by the user (`--resume-from`, `train export`), for the command line and
-    library callers alike."""
-    if not path.is_file():
-        raise not_found(path, "training checkpoint", in_folder=CHECKPOINT_HINT)
-    return path
-
-
-def checkpoint_to_resume(output_dir: Path, resume: bool | Path) -> Path | None:
-    """The checkpoint a run continues from: none for a new run (`resume` False), the latest in `output_dir` for
-    `--resume` (True), the named file for `--resume-from` (a path). `train` and its dry run both ask here, before
-    any set-up, so that a mistyped path fails at once and in the same words."""
-    if not resume:
-        return None
-    return latest_checkpoint(output_dir) if resume is True else existing_checkpoint(Path(resume))
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any], keep: int | None) -> Path:

@@ -74,10 +74,13 @@ def run(
 
     Example: pengi-search train config.yaml --dry-run
     """
+    from trainer.checkpoint_files import checkpoint_to_resume
     from trainer.config import load_config, parse_overrides
 
-    # Read before the training code is imported (torch and the models: seconds), so a mistyped key fails at once.
+    # Read before the training code is imported (torch and the models: seconds), so that a mistyped key or
+    # checkpoint fails at once (the run checks the checkpoint again, for library callers).
     settings = load_config(config, parse_overrides(set_ or []))
+    checkpoint_to_resume(settings.output_dir, resume_from or resume)
     from trainer.dry_run import dry_run_report, print_dry_run
     from trainer.loop import train as run_training
 
@@ -174,6 +177,9 @@ def export(
     ] = None,
 ) -> None:
     """Write the model of any training checkpoint as a model directory (describe, index, classify --model)."""
+    from trainer.checkpoint_files import existing_checkpoint
+
+    existing_checkpoint(checkpoint)  # before the training code loads (seconds); the export checks it again
     from trainer.export import export_checkpoint
 
     directory = export_checkpoint(checkpoint, output)
