@@ -1,10 +1,10 @@
 """Audio I/O: decode any common format, mix down to mono, resample to 44.1 kHz and cut into 7 s windows.
 
 Decoding tries soundfile (libsndfile: wav, flac, ogg/vorbis, opus, mp3, aiff, ...) first and falls back to PyAV
-(FFmpeg: m4a/aac, wma, webm, mka, ...; also an MP3 that states no frame count, which libsndfile would stop at its
-estimated length: see `pengi_search.mpeg_frames`). Files stream block by block, so a two-hour recording never sits
-in memory whole: each block is averaged to mono, resampled with a streaming soxr resampler and cut into windows as
-they fill.
+(FFmpeg: m4a/aac, wma, webm, mka, ...; also MPEG audio, MP3, MP2 or MP1, that states no frame count, which
+libsndfile would stop at its estimated length: see `pengi_search.mpeg_frames`). Files stream block by block, so a
+two-hour recording never sits in memory whole: each block is averaged to mono, resampled with a streaming soxr
+resampler and cut into windows as they fill.
 
 Windowing rule (deterministic, every window holds real audio, all windows are exactly `window_s` long):
   - regular windows start at 0, hop, 2*hop, ... while they fit inside the file;
@@ -15,7 +15,7 @@ Windowing rule (deterministic, every window holds real audio, all windows are ex
 
 Every failure to read a file (missing, empty, not audio, corrupt, NaN/Inf or absurdly large samples, no samples) raises
 `AudioDecodeError`. It can surface mid-iteration, after some windows were yielded: a caller that stores windows
-should treat the whole file as failed. A file cut short whose decoder stops cleanly at the cut (WAV, AIFF, MP3) is
+should treat the whole file as failed. A file cut short whose decoder stops cleanly at the cut (WAV, AIFF, MPEG) is
 read as far as it goes, like players do; a `DecodeReport` passed to `iter_windows` or `stream_audio` then says how
 much its header promised (`DecodeReport.truncation`), along with what the C decoders printed to stderr meanwhile,
 which is captured rather than shown (`pengi_search.stderr_notes`; without a report it goes to the debug log).
@@ -68,16 +68,18 @@ WINDOW_SAMPLES = 308_700
 
 AUDIO_EXTENSIONS = frozenset(
     {
-        ".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".mp2", ".m4a", ".m4b", ".aac", ".alac",
-        ".wma", ".aiff", ".aif", ".aifc", ".caf", ".w64", ".rf64", ".au", ".snd", ".webm", ".mka", ".wv",
-        ".ape", ".ac3", ".amr",
+        ".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".mp2", ".mp1", ".mpga", ".m4a", ".m4b",
+        ".aac", ".alac", ".wma", ".aiff", ".aif", ".aifc", ".caf", ".w64", ".rf64", ".au", ".snd", ".webm", ".mka",
+        ".wv", ".ape", ".ac3", ".amr",
     }
 )  # fmt: skip
 
 _BLOCK_FRAMES = 1 << 16  # frames decoded per step: big enough for speed, small enough to keep memory flat
 _DECODER_ERRORS = (sf.SoundFileError, av.FFmpegError)
 _SOUNDFILE_FORMAT_NAMES = {"wavex": "wav"}
-_MPEG = "mp3"  # MPEG audio (layers I to III), as libsndfile and FFmpeg name it
+# MPEG audio of every layer (MP3, MP2, MP1), as libsndfile and FFmpeg name it whatever the file's suffix: the
+# frame-count rule (`_open_source`, `_PyAVSource`) holds for all three.
+_MPEG = "mp3"
 log = logging.getLogger(__name__)
 # A cut file's end, as libsndfile's log reports it for formats that state their data size: "data : 269892 (should
 # be 38518)" (WAV; SSND for AIFF, Data Size for AU). W64 and RF64 state only the whole file's size ("riff : ...").

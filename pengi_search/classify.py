@@ -239,16 +239,25 @@ def rank(labels: Sequence[str], scores: np.ndarray) -> list[tuple[str, float]]:
 
 
 def _model_dir_of(model_dir: ModelDir | str | os.PathLike[str] | None, engine: Engine | None) -> ModelDir:
-    """The model directory a classifier names: as given, else the engine's, else the default one."""
+    """The model directory a classifier names: as given, else the engine's, else the default one. Given both, they
+    must name one model: the labels are embedded by the directory's text tower and the captions written by the
+    engine's model, and the index is reused by the directory's identity, so two models would mix silently."""
     from .model_dir import ModelDir
 
-    if isinstance(model_dir, ModelDir):
-        return model_dir
     if model_dir is None and engine is not None:
         if engine.model_dir is None:  # the default model could be another than the engine's
             raise ValueError("an engine built without Engine.load has no model directory: give model_dir")
         return engine.model_dir
-    return ModelDir.resolve(None if model_dir is None else os.fspath(model_dir))
+    if not isinstance(model_dir, ModelDir):
+        model_dir = ModelDir.resolve(None if model_dir is None else os.fspath(model_dir))
+    # An engine built without Engine.load knows no directory: model_dir is then the caller's word for its model.
+    loaded = None if engine is None else engine.model_dir
+    if loaded is not None and not loaded.same_model(model_dir):
+        raise ValueError(
+            f"the engine runs the model at {loaded.path} ({loaded.identity}), not the one model_dir names, at "
+            f"{model_dir.path} ({model_dir.identity}): give only the engine, or that model's engine"
+        )
+    return model_dir
 
 
 class Classifier:
@@ -269,9 +278,10 @@ class Classifier:
     ) -> None:
         """`settings`: how labels are scored (None: `ClassifySettings()`, the command's defaults). `model_dir`: a
         `ModelDir`, or what `--model` takes; None: the engine's, else the installed default. `engine`: that
-        model, already loaded (a script or a server shares one); otherwise loaded when needed (on `device`, with
-        `batch_size` windows per batch, None: the device's default, in `--fast` mode if `fast`). `texts`: what a
-        label is scored as, where it is not the label itself (`read_label_map`).
+        model, already loaded (a script or a server shares one; ValueError if `Engine.load` loaded another model
+        than `model_dir` names); otherwise loaded when needed (on `device`, with `batch_size` windows per batch,
+        None: the device's default, in `--fast` mode if `fast`). `texts`: what a label is scored as, where it is
+        not the label itself (`read_label_map`).
         """
         if not labels:
             raise ValueError("no labels to classify with")

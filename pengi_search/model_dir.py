@@ -113,6 +113,13 @@ class ModelDir:
         """A short name that changes when the weights change: `<name>@<first 12 hex digits of their sha256>`."""
         return f"{self.name}@{(self.fingerprint or 'unknown')[:12]}"
 
+    def same_model(self, other: ModelDir) -> bool:
+        """Whether `other` holds this model: the same directory, or a copy with the same weights (by the sha256
+        both recorded; a directory that recorded none matches only itself)."""
+        if self.path.resolve() == other.path.resolve():
+            return True
+        return self.fingerprint is not None and self.fingerprint == other.fingerprint
+
     @property
     def weights(self) -> Path:
         return self.path / WEIGHTS_FILE

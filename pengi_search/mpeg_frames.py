@@ -1,4 +1,5 @@
-"""The length an MPEG audio file (MP3, MP2) states: the frame count in the Xing, Info or VBRI header of its first frame.
+"""The length an MPEG audio file (MP3, MP2, MP1) states: the frame count in the Xing, Info or VBRI header of its first
+frame. MP2 and MP1 files seldom have one (FFmpeg writes it for MP3 only): they then state no length, as below.
 
 An MPEG audio stream is a run of frames with no length field. Encoders that know the length write it into a first,
 silent frame: LAME's "Xing" (VBR) or "Info" (CBR) header, or Fraunhofer's "VBRI". Without one, a decoder's length is

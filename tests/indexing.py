@@ -38,8 +38,10 @@ def write_with_av(
 ) -> None:
     """Encode (channels, n) float samples with FFmpeg; `path` may also be a file object."""
     layout = {1: "mono", 2: "stereo"}[len(channels)]
-    if sample_format == "s16p":
+    if sample_format in ("s16", "s16p"):
         channels = np.round(channels * 32767).astype(np.int16)
+    if not sample_format.endswith("p"):  # a packed format: the channels interleaved in one row
+        channels = channels.T.reshape(1, -1)
     with av.open(path, "w", format=fmt) as container:
         stream = container.add_stream(codec, rate=rate, layout=layout)
         frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(channels), format=sample_format, layout=layout)

@@ -84,6 +84,9 @@ FORMAT_CASES = [
     ("ogg", _soundfile_writer("OGG", "VORBIS"), 22_050, "ogg", 0.0),
     ("opus", _soundfile_writer("OGG", "OPUS"), 48_000, "ogg", 0.0),
     ("mp3", _soundfile_writer("MP3", "MPEG_LAYER_III"), 44_100, "mp3", 0.0),
+    # MPEG audio of every layer is "mp3" to both decoders. No length stated (FFmpeg writes no Xing frame in MP2):
+    # every frame decodes, the encoder's padding of the last one included.
+    ("mp2", _av_writer("mp2", "mp2", "s16"), 44_100, "mp3", 0.03),
     ("aiff", _soundfile_writer("AIFF", "PCM_16"), 44_100, "aiff", 0.0),
     # AAC adds encoder priming and padding (about 2048 samples) that a container without an edit list keeps.
     ("m4a", _av_writer("aac", "ipod"), 44_100, "m4a", 0.05),
@@ -323,6 +326,7 @@ def test_probe_counts_frames_when_the_header_has_no_length(tmp_path: Path) -> No
 
 def test_audio_extensions_are_lower_case_suffixes() -> None:
     assert {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".wma", ".aiff"} <= AUDIO_EXTENSIONS
+    assert {".mp1", ".mp2", ".mp3", ".mpga"} <= AUDIO_EXTENSIONS  # MPEG audio's layers, and audio/mpeg's own suffix
     assert all(ext.startswith(".") and ext == ext.lower() for ext in AUDIO_EXTENSIONS)
     assert {f".{case[0]}" for case in FORMAT_CASES} <= AUDIO_EXTENSIONS
 

@@ -20,6 +20,7 @@ from pengi_search.errors import UsageError
 from pengi_search.inference import Engine
 from pengi_search.model import Pengi
 from pengi_search.model_dir import ModelDir
+from pengi_search.testing import make_tiny_model_dir
 
 runner = CliRunner()
 QUICK = GenerationConfig(beam=2, max_len=4)
@@ -169,3 +170,15 @@ def test_a_classifier_names_its_model_as_the_command_does(engine, tiny_model_dir
     bare = Engine(Pengi.from_pretrained(ModelDir.read(tiny_model_dir)), engine.tok, engine.device)
     with pytest.raises(ValueError, match="give model_dir"):
         Classifier(["dog"], engine=bare)
+    assert Classifier(["dog"], model_dir=tiny_model_dir, engine=bare).model_dir.path == Path(tiny_model_dir)
+
+
+def test_a_classifier_refuses_an_engine_of_another_model_than_model_dir_names(engine, tiny_model_dir, tmp_path):
+    """Labels are embedded by the text tower of `model_dir`'s model, captions written by the engine's: with two
+    models they would be compared across models, silently. The same weights in another folder are the same model."""
+    other = make_tiny_model_dir(tmp_path / "other", seed=1)  # the same name and shapes, other weights
+    with pytest.raises(ValueError, match=r"the engine runs the model at .*tiny-base.*not the one model_dir names"):
+        Classifier(["dog"], model_dir=other, engine=engine)
+    copy = Path(shutil.copytree(tiny_model_dir, tmp_path / "copy"))
+    assert Classifier(["dog"], model_dir=copy, engine=engine).model_dir.path == copy
+    assert Classifier(["dog"], model_dir=str(tiny_model_dir), engine=engine).model_dir.path == Path(tiny_model_dir)

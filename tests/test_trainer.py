@@ -241,6 +241,30 @@ def test_frozen_weights_stay_bit_identical_and_trained_ones_change(uninterrupted
     assert [name for name in trained if torch.equal(before[name], after[name])] == []
 
 
+def test_each_part_with_its_own_learning_rate_logs_it_beside_lr(tmp_path, sounds, tiny_model_dir) -> None:
+    """`lr` is optimization.lr as scheduled, also when no parameter trains at it; each part that trains at its own
+    rate (optimization.part_lr) logs it as `lr_<part>`; a part that is frozen trains at none and logs none."""
+    part_lr = {"mappers": 1e-2, "audio_encoder": 1e-5, "language_model": 1e-6}  # GPT-2 is frozen by default
+    config_path = write_config(tmp_path, tiny_model_dir, sounds / "train.jsonl", optimization={"part_lr": part_lr})
+    check_trained(config_path, "--set", "optimization.max_steps=2")
+    records = read_metrics(tmp_path / "run" / METRICS_FILE, "train")
+    # The scheduler's factor at steps 1 and 2 of a 2-step warm-up, the same for every group.
+    for record, factor in zip(records, [0.5, 1.0], strict=True):
+        rates = {key: value for key, value in record.items() if key.startswith("lr")}
+        assert rates == pytest.approx(
+            {"lr": 1e-3 * factor, "lr_mappers": 1e-2 * factor, "lr_audio_encoder": 1e-5 * factor}
+        )
+    assert (tmp_path / "run" / "metrics.png").is_file()
+
+    # Only the mappers train: every parameter has its part's rate, and `lr` is still optimization.lr's.
+    only_mappers = write_config(
+        tmp_path / "mappers", tiny_model_dir, sounds / "train.jsonl", optimization={"part_lr": {"mappers": 1e-2}}
+    )
+    check_trained(only_mappers, "--set", "optimization.max_steps=1", "--set", "freeze.audio_encoder=true")
+    (record,) = read_metrics(tmp_path / "mappers" / "run" / METRICS_FILE, "train")
+    assert (record["lr"], record["lr_mappers"]) == pytest.approx((1e-3 * 0.5, 1e-2 * 0.5))
+
+
 # --- Resume -------------------------------------------------------------------------------------------------------
 
 

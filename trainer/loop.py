@@ -59,6 +59,7 @@ from trainer.model_setup import (
     audio_backbone_frozen,
     build_model,
     frozen_fingerprint,
+    logged_rates,
     parameter_groups,
     set_dropout,
     set_train_mode,
@@ -145,7 +146,7 @@ class _Interval:
     def __init__(self) -> None:
         self.nll = self.tokens = self.samples = self.skipped = 0.0
         self.grad_norm = math.nan
-        self.lr = math.nan
+        self.rates: dict[str, float] = {"lr": math.nan}  # `logged_rates`
 
 
 class Trainer:
@@ -389,7 +390,9 @@ class Trainer:
         clip = self.config.optimization.grad_clip or math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, clip)
         interval = self.interval
-        interval.lr = self.scheduler.get_last_lr()[0]
+        # The rates of this step (the scheduler moves them on below); its factor scales every group alike.
+        scheduled = self.config.optimization.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        interval.rates = logged_rates(self.optimizer.param_groups, scheduled)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -428,7 +431,7 @@ class Trainer:
             step=self.position.step,
             epoch=self.position.epoch,
             loss=loss,
-            lr=interval.lr,
+            **interval.rates,
             grad_norm=interval.grad_norm,
             samples_per_s=self.rate.rate,
             samples=int(samples),

@@ -288,6 +288,13 @@ def parameter_groups(model: Pengi, lr: float, part_lr: dict[str, float] | None) 
     return groups
 
 
+def logged_rates(groups: list[dict], lr: float) -> dict[str, float]:
+    """The learning rates a "train" record logs: `lr`, the scheduled `optimization.lr` (logged even when every part
+    that would train at it is frozen, so that the column always means the same), and `lr_<part>` for each part
+    training at its own rate (the groups of `parameter_groups`, as the scheduler left them)."""
+    return {"lr": lr, **{f"lr_{group['part']}": group["lr"] for group in groups if group["part"] != "default"}}
+
+
 def frozen_fingerprint(model: nn.Module) -> dict[str, float]:
     """Per frozen tensor, the sum of its values in float64: resuming checks the frozen weights are the same."""
     with torch.no_grad():

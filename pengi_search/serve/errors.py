@@ -44,7 +44,7 @@ class InvalidParameter(RequestError):
         return cls(exc.option, exc.reason(str))
 
 
-def status_of(exc: PengiSearchError) -> int:
+def _status_of(exc: PengiSearchError) -> int:
     """The HTTP status that answers an error."""
     if isinstance(exc, RequestError):
         return exc.status
@@ -61,7 +61,7 @@ def answer_status(request: Request, exc: PengiSearchError) -> int:
     """The status that answers `request`, which failed with `exc`. A failure of the server's own (5xx: not the
     request's fault) is logged for whoever runs the server, wherever the error is answered: by the app's handler
     or by a page that shows it (a search page, the upload page), which the log would otherwise never hear of."""
-    status = status_of(exc)
+    status = _status_of(exc)
     if status >= 500:
         log.error("%s %s failed: %s", request.method, request.url.path, exc)
     return status
