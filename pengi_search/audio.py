@@ -68,7 +68,7 @@ WINDOW_SAMPLES = 308_700
 
 AUDIO_EXTENSIONS = frozenset(
     {
-        ".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".mp2", ".mp1", ".mpga", ".m4a", ".m4b",
+        ".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".mp2", ".mp1", ".mpa", ".mpga", ".m4a", ".m4b",
         ".aac", ".alac", ".wma", ".aiff", ".aif", ".aifc", ".caf", ".w64", ".rf64", ".au", ".snd", ".webm", ".mka",
         ".wv", ".ape", ".ac3", ".amr",
     }

@@ -326,7 +326,8 @@ def test_probe_counts_frames_when_the_header_has_no_length(tmp_path: Path) -> No
 
 def test_audio_extensions_are_lower_case_suffixes() -> None:
     assert {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".wma", ".aiff"} <= AUDIO_EXTENSIONS
-    assert {".mp1", ".mp2", ".mp3", ".mpga"} <= AUDIO_EXTENSIONS  # MPEG audio's layers, and audio/mpeg's own suffix
+    # MPEG audio's layers, and the suffixes of audio/mpeg
+    assert {".mp1", ".mp2", ".mp3", ".mpa", ".mpga"} <= AUDIO_EXTENSIONS
     assert all(ext.startswith(".") and ext == ext.lower() for ext in AUDIO_EXTENSIONS)
     assert {f".{case[0]}" for case in FORMAT_CASES} <= AUDIO_EXTENSIONS
 
