@@ -114,6 +114,15 @@ def test_a_file_reached_twice_is_described_once_named_as_first_given(command, ti
     assert [entry["path"] for entry in json.loads(result.stdout)] == [noise.name, str(tone)]
 
 
+def test_a_very_short_clip_shows_its_length_and_window_without_reading_as_empty(tiny_model_dir, tmp_path):
+    clip = tmp_path / "click.wav"
+    sf.write(clip, np.full(441, 0.1), 44_100)  # 0.01 s
+    result = run("describe", clip, "--model", tiny_model_dir, "--max-len", 2, "-p", "this is a sound of")
+    assert result.exit_code == 0, result.output
+    header, window = result.stdout.splitlines()
+    assert header == f"{clip}  (0.01 s)" and window.startswith("    0.00-0.01s  ")
+
+
 def test_ask_answers_a_question(tiny_model_dir, clips):
     result = run("ask", clips[1], "is there a dog?", "--model", tiny_model_dir, "--json", "--max-len", 3)
     assert result.exit_code == 0, result.output

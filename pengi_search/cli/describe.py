@@ -10,6 +10,7 @@ import typer
 
 from ..choices import Device, LongPrompt, StopRule
 from ..pathnames import path_fields, shown
+from ..units import seconds_text, span_ends
 from .common import (
     EXIT_OK,
     EXIT_PARTIAL,
@@ -180,9 +181,10 @@ def _print_text(results: list[FileResult], show_keys: bool) -> None:
     for r in results:
         if r.error:
             continue
-        out_console.print(f"[bold]{escape(shown(str(r.path)))}[/]  ({r.duration_s:.1f} s)", soft_wrap=True)
+        out_console.print(f"[bold]{escape(shown(str(r.path)))}[/]  ({seconds_text(r.duration_s)})", soft_wrap=True)
         for w in r.windows:
-            span = f"  {w['start_s']:6.1f}-{w['end_s']:.1f}s"
+            start, end = span_ends(w["start_s"], w["end_s"])
+            span = f"  {start:>6}-{end}s"  # the starts right-aligned: the dashes line up
             for key, text in w["answers"].items():
                 label = f"{key}: " if show_keys else ""
                 out_console.print(f"{span}  {escape(label)}{escape(text)}", soft_wrap=True)
