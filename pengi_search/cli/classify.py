@@ -232,14 +232,17 @@ def classify_targets(
     visible: bool,
     fast: bool = False,
     texts: dict[str, str] | None = None,
+    report_skips: bool = True,
 ) -> tuple[list[Prediction], list[Failure]]:
     """Each audio file's prediction (a folder's files, recursively) and the files that failed, reusing what an
-    existing library holds (`eval classify` shares this)."""
+    existing library holds (`eval classify` shares this). `report_skips`: say each failed file as it is found
+    (`eval classify` lists them under its table instead, as its other kinds do)."""
     from ..classify import Classifier
 
     files, failures = audio_inputs(targets)
     for path, reason in failures:  # found but unreadable (a broken link, a folder that cannot be listed)
-        report_skipped(path, reason)
+        if report_skips:
+            report_skipped(path, reason)
     library = _open_library(db)
     try:
         classifier = Classifier(
@@ -252,7 +255,7 @@ def classify_targets(
             fast=fast,
             texts=texts,
         )
-        predictions, failed = _run_classifier(classifier, files, visible=visible)
+        predictions, failed = _run_classifier(classifier, files, visible=visible, report_skips=report_skips)
     finally:
         if library is not None:
             library.close()
@@ -273,10 +276,10 @@ def _open_library(db: str | None) -> Any:
 
 
 def _run_classifier(
-    classifier: Classifier, files: list[str], *, visible: bool
+    classifier: Classifier, files: list[str], *, visible: bool, report_skips: bool
 ) -> tuple[list[Prediction], list[Failure]]:
-    """Classify the files (those the model must hear, together); a file that cannot be decoded is reported and
-    skipped."""
+    """Classify the files (those the model must hear, together); a file that cannot be decoded is skipped (and
+    reported, with `report_skips`)."""
     from ..classify import Failure as FailedFile
 
     predictions, failures = [], []
@@ -284,7 +287,8 @@ def _run_classifier(
         for outcome in classifier.classify_files(files, WindowProgress(bar, "classifying", visible=visible)):
             if isinstance(outcome, FailedFile):
                 failures.append((outcome.path, outcome.reason))
-                report_skipped(outcome.path, outcome.reason)
+                if report_skips:
+                    report_skipped(outcome.path, outcome.reason)
             else:
                 predictions.append(outcome)
     return predictions, failures
