@@ -1,7 +1,8 @@
-"""How amounts are shown to people: a duration in the unit that reads best.
+"""How amounts are shown to people: a duration in the unit that reads best, and a window's time in a file.
 
 The library page, `stats`, `doctor` and the trainer's dry run all say how long something is; one rule keeps them
-alike (a short library is not "0.00 h", a small set's epoch not "0.0 min").
+alike (a short library is not "0.00 h", a small set's epoch not "0.0 min"). `describe`, `query`, `similar` and the
+web pages all say where a window is in its file; one rule keeps a very short clip's window from reading "0.0-0.0".
 """
 
 from __future__ import annotations
@@ -14,3 +15,26 @@ def duration_text(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+_SPAN_DECIMALS = 6  # a microsecond: finer than one sample at any rate a file is decoded at
+
+
+def span_ends(start: float, end: float) -> tuple[str, str]:
+    """A window's start and end in seconds, both with the same decimals: one, or as many more as it takes for a
+    window that is not empty to read as not empty (a 0.01 s clip's window is 0.00-0.01, not 0.0-0.0)."""
+    decimals = 1
+    while decimals < _SPAN_DECIMALS and start < end and f"{start:.{decimals}f}" == f"{end:.{decimals}f}":
+        decimals += 1
+    return f"{start:.{decimals}f}", f"{end:.{decimals}f}"
+
+
+def span_text(start: float, end: float) -> str:
+    """A window as a terminal shows it: `2.5-9.5s`, `0.00-0.01s` (`span_ends`' decimals)."""
+    first, last = span_ends(start, end)
+    return f"{first}-{last}s"
+
+
+def seconds_text(seconds: float) -> str:
+    """A file's length as its last window's end reads: `9.5 s`, and a 0.01 s clip `0.01 s`, not `0.0 s`."""
+    return f"{span_ends(0.0, seconds)[1]} s"

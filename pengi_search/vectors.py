@@ -29,6 +29,9 @@ from .choices import IndexType
 from .vector_file import VectorIndexError, read_index_file, write_index_file
 
 log = logging.getLogger(__name__)
+# The IVF-PQ fallback's own logger: a command that reports the index it built in its own words (`rebuild-index`)
+# silences it, so that the user is not told twice.
+fallback_log = logging.getLogger(f"{__name__}.fallback")
 
 INDEX_TYPES = tuple(t.value for t in IndexType)  # what a caller or a saved file may name
 REFINE_TYPES = ("flat", "sq8")
@@ -138,7 +141,7 @@ class VectorIndex:
             dim = int(matrix.shape[1])
         kind = effective_type(params.type, count)
         if kind != params.type:
-            log.warning(
+            fallback_log.warning(
                 "IVF-PQ needs at least %d vectors to train (have %d); using the exact flat index",
                 IVFPQ_MIN_VECTORS,
                 count,

@@ -16,6 +16,7 @@ from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_FAILED, EXIT_PARTIAL
 
 runner = CliRunner()
+UNREADABLE = "not a readable audio file (unknown format or corrupt data)"
 
 
 @pytest.fixture()
@@ -86,14 +87,40 @@ def test_describe_with_own_prompts_and_answer_prefix(tiny_model_dir, clips):
     assert window["answers"]["this acoustic scene is"].startswith("a dog")
 
 
-def test_a_corrupt_file_is_reported_and_the_others_still_described(tiny_model_dir, clips, tmp_path):
+@pytest.mark.parametrize("command", ["describe", "ask"])
+def test_a_corrupt_file_is_reported_with_its_reason_and_the_others_still_described(
+    command, tiny_model_dir, clips, tmp_path
+):
+    """Its `error` is the reason alone, as in `similar` and `classify`: the path is a field of its own."""
     bad = tmp_path / "broken.wav"
     bad.write_bytes(b"RIFF....garbage")
-    result = run("describe", bad, clips[1], "--model", tiny_model_dir, "--json", "--max-len", 2)
+    question = ("is it a dog?",) if command == "ask" else ()
+    result = run(command, bad, clips[1], *question, "--model", tiny_model_dir, "--json", "--max-len", 2)
     assert result.exit_code == EXIT_PARTIAL
     data = json.loads(result.stdout)
-    assert data[0]["error"].startswith(str(bad)) and data[0]["windows"] == []
+    assert data[0] == {"path": str(bad), "duration_s": 0.0, "windows": [], "error": UNREADABLE}
     assert data[1]["error"] is None and data[1]["windows"]
+
+
+@pytest.mark.parametrize("command", ["describe", "ask"])
+def test_a_file_reached_twice_is_described_once_named_as_first_given(command, tiny_model_dir, clips, monkeypatch):
+    """Given twice, under another spelling and inside a given folder: one result, as `classify` gives."""
+    tone, noise = clips
+    monkeypatch.chdir(tone.parent)
+    question = ("is it a dog?",) if command == "ask" else ()
+    args = (noise.name, f"./{noise.name}", ".", noise.name, *question)
+    result = run(command, *args, "--model", tiny_model_dir, "--json", "--max-len", 2)
+    assert result.exit_code == 0, result.output
+    assert [entry["path"] for entry in json.loads(result.stdout)] == [noise.name, str(tone)]
+
+
+def test_a_very_short_clip_shows_its_length_and_window_without_reading_as_empty(tiny_model_dir, tmp_path):
+    clip = tmp_path / "click.wav"
+    sf.write(clip, np.full(441, 0.1), 44_100)  # 0.01 s
+    result = run("describe", clip, "--model", tiny_model_dir, "--max-len", 2, "-p", "this is a sound of")
+    assert result.exit_code == 0, result.output
+    header, window = result.stdout.splitlines()
+    assert header == f"{clip}  (0.01 s)" and window.startswith("    0.00-0.01s  ")
 
 
 def test_ask_answers_a_question(tiny_model_dir, clips):
@@ -144,6 +171,4 @@ def test_stderr_holds_only_the_messages_when_it_is_not_a_terminal(tiny_model_dir
     assert clean.stderr == ""
     partial = subprocess.run([*base, str(clips[0]), str(broken)], capture_output=True, text=True, timeout=300)
     assert partial.returncode == EXIT_PARTIAL
-    assert partial.stderr.splitlines() == [
-        f"skipped {broken}: not a readable audio file (unknown format or corrupt data)"
-    ]
+    assert partial.stderr.splitlines() == [f"skipped {broken}: {UNREADABLE}"]

@@ -416,6 +416,22 @@ def test_eval_classify_with_a_label_map_scores_its_answers(known, tiny_model_dir
     assert report["metrics"]["accuracy"] == 1.0  # the answers are the files' captions, word for word
 
 
+def test_eval_classify_names_a_file_left_out_once_under_its_table(tiny_model_dir, tmp_path):
+    """Not also as "skipped" while it runs: the report keeps the full list."""
+    write_tone(tmp_path / "audio" / "tone.wav", 1.0)
+    broken = write(tmp_path / "audio" / "broken.wav", "RIFF not really audio")
+    truth = write(tmp_path / "truth.csv", "file,label\ntone.wav,tone\nbroken.wav,noise\n")
+    out = tmp_path / "report"
+    result = run("eval", "classify", tmp_path / "audio", "--truth", truth, *quick(tiny_model_dir)[:4], "-o", out)
+    assert result.exit_code == EXIT_PARTIAL, result.output
+    assert [line for line in result.stderr.splitlines() if "broken.wav" in line] == [
+        f"warning: left out {broken}: not a readable audio file (unknown format or corrupt data)"
+    ]
+    assert json.loads((out / "report.json").read_text())["skipped"] == [
+        {"file": str(broken), "reason": "not a readable audio file (unknown format or corrupt data)"}
+    ]
+
+
 def test_eval_compare_command(tmp_path):
     for name, r1 in (("base", 0.25), ("tuned", 0.5)):
         write_report(retrieval_report(r1), tmp_path / name)

@@ -254,7 +254,7 @@ def test_a_missing_file_is_named_escaped_on_one_line(command, name, shown, tmp_p
     result = run(command, missing, "--model", tiny_model_dir, *extra.get(command, ()))
     assert result.exit_code == EXIT_USAGE, result.output
     assert result.output.strip().splitlines() == [
-        f"error: {tmp_path}/{shown}: no such file" + " or folder" * (command == "classify")
+        f"error: {tmp_path}/{shown}: no such file" + " or folder" * (command != "similar")  # similar takes no folder
     ]
 
 

@@ -221,6 +221,20 @@ def test_an_ivfpq_request_on_a_small_library_is_reported_as_the_flat_index_it_is
     )
 
 
+def test_rebuild_index_says_an_ivfpq_fallback_once_in_its_summary(tiny_model_dir, sounds, tmp_path, caplog):
+    """One line per index, whole, saying what was built and when IVF-PQ will be; not also the log's warning."""
+    db = tmp_path / "lib.db"
+    assert run("index", sounds, "--db", db, "--model", tiny_model_dir, *QUICK).exit_code == 0
+    with caplog.at_level(logging.WARNING):
+        rebuilt = run("rebuild-index", "--db", db, "--index-type", "ivfpq")
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert rebuilt.stdout.splitlines()[:2] == [
+        f"{kind}: 2 vectors (flat; ivfpq was asked for, built once there are 10,000 vectors)"
+        for kind in ("text", "audio")
+    ]
+    assert "IVF-PQ" not in caplog.text and rebuilt.stderr == ""
+
+
 @pytest.mark.parametrize("damage", ["corrupt", "delete"])
 def test_a_damaged_hnsw_file_is_rebuilt_as_hnsw(tiny_model_dir, sounds, tmp_path, damage):
     db = tmp_path / "lib.db"

@@ -20,7 +20,6 @@ from rich.markup import escape
 from ..choices import Device, LoglikScore, LongPrompt, Method, StopRule
 from ..pathnames import path_fields, shown
 from ..prompts import TASK_PROMPTS
-from ..scan import absolute
 from .common import (
     EXIT_OK,
     EXIT_PARTIAL,
@@ -37,12 +36,11 @@ from .common import (
     UsageError,
     WindowProgress,
     apply_threads,
-    audio_files_in,
+    audio_inputs,
     err_console,
     fetches_model,
     given_path,
     handle_errors,
-    not_found,
     options_from,
     out_console,
     print_json,
@@ -213,28 +211,6 @@ def _check_writable(output: Path) -> None:
         raise UsageError(output, "cannot write the CSV: permission denied")
 
 
-def _files_of(targets: Sequence[Path]) -> tuple[list[str], list[Failure]]:
-    """The audio files to classify, in the order given (a folder's recursively and sorted), each once, and those
-    that cannot be read. Every target is checked before any is classified: a missing one is bad usage."""
-    files: dict[str, str] = {}  # absolute path (what the store and the truth file match on) -> the path as reached
-    unreadable: list[Failure] = []
-    for target in targets:
-        found, problems = _files_in(target)
-        for path in found:
-            files.setdefault(absolute(path), path)  # the first way the file was reached names it
-        unreadable += problems
-    return list(files.values()), unreadable
-
-
-def _files_in(target: Path) -> tuple[list[str], list[Failure]]:
-    """One target's audio files (a folder's, recursively and sorted) and those that cannot be read."""
-    if target.is_dir():
-        return audio_files_in(target)
-    if target.is_file():
-        return [os.fspath(target)], []
-    raise not_found(target, "file or folder")
-
-
 def _one_file(targets: Sequence[Path]) -> bool:
     """Whether the user asked about a single file: it is shown as a ranked table, anything more as a CSV."""
     return len(targets) == 1 and not targets[0].is_dir()
@@ -256,14 +232,17 @@ def classify_targets(
     visible: bool,
     fast: bool = False,
     texts: dict[str, str] | None = None,
+    report_skips: bool = True,
 ) -> tuple[list[Prediction], list[Failure]]:
     """Each audio file's prediction (a folder's files, recursively) and the files that failed, reusing what an
-    existing library holds (`eval classify` shares this)."""
+    existing library holds (`eval classify` shares this). `report_skips`: say each failed file as it is found
+    (`eval classify` lists them under its table instead, as its other kinds do)."""
     from ..classify import Classifier
 
-    files, failures = _files_of(targets)
+    files, failures = audio_inputs(targets)
     for path, reason in failures:  # found but unreadable (a broken link, a folder that cannot be listed)
-        report_skipped(path, reason)
+        if report_skips:
+            report_skipped(path, reason)
     library = _open_library(db)
     try:
         classifier = Classifier(
@@ -276,7 +255,7 @@ def classify_targets(
             fast=fast,
             texts=texts,
         )
-        predictions, failed = _run_classifier(classifier, files, visible=visible)
+        predictions, failed = _run_classifier(classifier, files, visible=visible, report_skips=report_skips)
     finally:
         if library is not None:
             library.close()
@@ -297,10 +276,10 @@ def _open_library(db: str | None) -> Any:
 
 
 def _run_classifier(
-    classifier: Classifier, files: list[str], *, visible: bool
+    classifier: Classifier, files: list[str], *, visible: bool, report_skips: bool
 ) -> tuple[list[Prediction], list[Failure]]:
-    """Classify the files (those the model must hear, together); a file that cannot be decoded is reported and
-    skipped."""
+    """Classify the files (those the model must hear, together); a file that cannot be decoded is skipped (and
+    reported, with `report_skips`)."""
     from ..classify import Failure as FailedFile
 
     predictions, failures = [], []
@@ -308,7 +287,8 @@ def _run_classifier(
         for outcome in classifier.classify_files(files, WindowProgress(bar, "classifying", visible=visible)):
             if isinstance(outcome, FailedFile):
                 failures.append((outcome.path, outcome.reason))
-                report_skipped(outcome.path, outcome.reason)
+                if report_skips:
+                    report_skipped(outcome.path, outcome.reason)
             else:
                 predictions.append(outcome)
     return predictions, failures

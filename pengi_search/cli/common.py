@@ -14,7 +14,7 @@ import os
 import sys
 import time
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -342,6 +342,32 @@ def audio_files_in(folder: Path) -> tuple[list[str], list[tuple[str, str]]]:
     if not files and not problems:
         raise UsageError(folder, "no audio file in this folder")
     return files, problems
+
+
+def audio_inputs(targets: Sequence[Path]) -> tuple[list[str], list[tuple[str, str]]]:
+    """The audio files that files and folders given on the command line stand for, in the order given (a folder's
+    recursively and sorted), each once, with the (path, reason) of entries that cannot be read. A file reached twice
+    (given, and inside a given folder, or under another spelling) is kept once, named as first reached. Every target
+    is checked before any file is read: a missing one is bad usage (describe, ask, classify, eval classify)."""
+    from ..scan import absolute
+
+    files: dict[str, str] = {}  # absolute path (what the store and a truth file match on) -> the path as reached
+    unreadable: list[tuple[str, str]] = []
+    for target in targets:
+        found, problems = _audio_files_of(target)
+        for path in found:
+            files.setdefault(absolute(path), path)
+        unreadable += problems
+    return list(files.values()), unreadable
+
+
+def _audio_files_of(target: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """One target's audio files (a folder's, recursively and sorted) and those that cannot be read."""
+    if target.is_dir():
+        return audio_files_in(target)
+    if target.is_file():
+        return [os.fspath(target)], []
+    raise not_found(target, "file or folder")
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> None:

@@ -10,6 +10,7 @@ import typer
 
 from ..choices import Device, LongPrompt, StopRule
 from ..pathnames import path_fields, shown
+from ..units import seconds_text, span_ends
 from .common import (
     EXIT_OK,
     EXIT_PARTIAL,
@@ -27,13 +28,12 @@ from .common import (
     UsageError,
     WindowProgress,
     apply_threads,
-    audio_files_in,
+    audio_inputs,
     err_console,
     fetches_model,
     given_path,
     handle_errors,
     lasting_objects,
-    not_found,
     options_from,
     out_console,
     print_json,
@@ -96,19 +96,20 @@ def _describe_files(
 ) -> list[FileResult]:
     """Every window's answer to every prompt (None: the model's default tasks), for all files at once: windows from
     all files fill the batches. A file that cannot be decoded is reported (here, as it happens, and in its result)
-    and the others go on; a folder stands for its audio files."""
+    and the others go on; a folder stands for its audio files, and a file reached twice is described once, as
+    `classify` classifies it."""
     from ..model_dir import ModelDir
     from ..prompts import describe_prompts
     from ..window_batches import Decoding
 
-    files, unreadable = _expand_folders(files)
+    paths, unreadable = audio_inputs(files)
     skipped = [_skipped(Path(path), reason) for path, reason in unreadable]
-    if not files:
+    if not paths:
         return skipped
     model_dir = ModelDir.resolve(options.model)  # after the inputs: their mistakes are reported first
     if prompts is None:
         prompts = describe_prompts(model_dir.trained_tasks)  # the engine's `default_prompts`, known before it loads
-    with Decoding(files, hop_s=options.hop) as decoding:  # the files decode while the model's code imports and loads
+    with Decoding(paths, hop_s=options.hop) as decoding:  # the files decode while the model's code imports and loads
         with lasting_objects():
             engine = _load_engine(model_dir, options, prompts=len(prompts))
         described = _describe_decoding(
@@ -117,26 +118,9 @@ def _describe_files(
     return skipped + described
 
 
-def _expand_folders(paths: list[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """The files as given and each folder's audio files, with the folders' entries that cannot be read. A missing
-    file, or a folder without any audio file, is bad usage."""
-    files: list[Path] = []
-    unreadable: list[tuple[str, str]] = []
-    for path in paths:
-        if not path.is_dir():
-            if not path.exists():
-                raise not_found(path)
-            files.append(path)
-            continue
-        found, problems = audio_files_in(path)
-        files += [Path(name) for name in found]
-        unreadable += problems
-    return files, unreadable
-
-
 def _skipped(path: Path, reason: str) -> FileResult:
     report_skipped(str(path), reason)
-    return FileResult(path, 0.0, [], f"{shown(str(path))}: {reason}")
+    return FileResult(path, 0.0, [], reason)  # the path is a field of its own, as in `similar` and `classify`
 
 
 def _load_engine(model_dir: ModelDir, options: DescribeOptions, *, prompts: int) -> Engine:
@@ -197,9 +181,10 @@ def _print_text(results: list[FileResult], show_keys: bool) -> None:
     for r in results:
         if r.error:
             continue
-        out_console.print(f"[bold]{escape(shown(str(r.path)))}[/]  ({r.duration_s:.1f} s)", soft_wrap=True)
+        out_console.print(f"[bold]{escape(shown(str(r.path)))}[/]  ({seconds_text(r.duration_s)})", soft_wrap=True)
         for w in r.windows:
-            span = f"  {w['start_s']:6.1f}-{w['end_s']:.1f}s"
+            start, end = span_ends(w["start_s"], w["end_s"])
+            span = f"  {start:>6}-{end}s"  # the starts right-aligned: the dashes line up
             for key, text in w["answers"].items():
                 label = f"{key}: " if show_keys else ""
                 out_console.print(f"{span}  {escape(label)}{escape(text)}", soft_wrap=True)

@@ -427,6 +427,7 @@ def classify_files(
         batch_size=batch_size,
         visible=show_progress(quiet, json_output),
         texts=texts,
+        report_skips=False,  # listed under the table, with the report's other files left out
     )
     result = evaluate_classification(predictions, known, label_list)
     result["skipped"] = [{"file": path, "reason": reason} for path, reason in failures]

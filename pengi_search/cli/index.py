@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -220,7 +223,7 @@ def rebuild_index(db: DbOption = None, index_type: IndexTypeOption = None, json_
     from ..library import Library
 
     started = time.monotonic()
-    with Library.open(db, create=False) as library:
+    with Library.open(db, create=False) as library, _fallback_told_below():
         counts = library.rebuild(index_type)
         indexes = {kind: _index_json(library.index_path(kind), info) for kind, info in library.index_info().items()}
     seconds = time.monotonic() - started
@@ -229,8 +232,24 @@ def rebuild_index(db: DbOption = None, index_type: IndexTypeOption = None, json_
         return
     for kind, count in counts.items():
         built = _index_kind(indexes[kind]["index_type"], indexes[kind]["requested_type"])
-        out_console.print(f"{kind}: {count} vectors ({built})", markup=False)
+        out_console.print(f"{kind}: {count} vectors ({built})", markup=False, soft_wrap=True)
     out_console.print(f"rebuilt in {seconds:.1f} s")
+
+
+@contextlib.contextmanager
+def _fallback_told_below() -> Iterator[None]:
+    """Without the warning an IVF-PQ request on a small library logs (once per index): the summary says what was
+    built and when IVF-PQ will be, and --json has both types."""
+    from ..vectors import fallback_log
+
+    def drop(_record: logging.LogRecord) -> bool:
+        return False
+
+    fallback_log.addFilter(drop)
+    try:
+        yield
+    finally:
+        fallback_log.removeFilter(drop)
 
 
 @handle_errors

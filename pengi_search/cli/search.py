@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..choices import DEFAULT_HYBRID_WEIGHT, By, Device, Rank
+from ..units import span_text
 from .common import (
     EXIT_OK,
     EXIT_PARTIAL,
@@ -114,10 +115,6 @@ class SearchOptions:
         return SearchScope(self.limit, self.by, self.filters())
 
 
-def _span(start: float, end: float) -> str:
-    return f"{start:.1f}-{end:.1f}s"
-
-
 def _show_hits(hits: list[Hit], *, json_output: bool, show_query_span: bool = False, title: str | None = None) -> None:
     if json_output:
         print_json([hit.to_json() for hit in hits])
@@ -141,9 +138,9 @@ def _show_hits(hits: list[Hit], *, json_output: bool, show_query_span: bool = Fa
     table.add_column("score", justify="right")
     table.add_column("caption", overflow="fold")
     for rank, (hit, path) in enumerate(zip(hits, paths, strict=True), 1):
-        row = [str(rank), path, _span(hit.start_s, hit.end_s)]
+        row = [str(rank), path, span_text(hit.start_s, hit.end_s)]
         if show_query_span:
-            row.append(_span(hit.query_start_s or 0.0, hit.query_end_s or 0.0))
+            row.append(span_text(hit.query_start_s or 0.0, hit.query_end_s or 0.0))
         table.add_row(*row, f"{hit.score:.3f}", escape(hit.caption) if hit.caption else "(no caption yet)")
     out_console.print(table)
 

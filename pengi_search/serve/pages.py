@@ -22,7 +22,7 @@ from markupsafe import Markup
 
 from ..errors import PengiSearchError
 from ..pathnames import shown
-from ..units import duration_text
+from ..units import duration_text, span_ends
 from . import media
 from .api import ServiceDep, parse_labels, read_upload
 from .errors import InvalidParameter, RequestError, answer_status
@@ -53,13 +53,16 @@ def hit_player(hit: dict[str, Any]) -> dict[str, Any]:
 
 
 def span(start: float, end: float) -> str:
-    return f"{start:.1f}–{end:.1f} s"
+    """A window's time, as the terminal shows it (`units.span_ends`), with a typographer's dash."""
+    first, last = span_ends(start, end)
+    return f"{first}–{last} s"
 
 
 def window_label(path: str, start: float, end: float, caption: str) -> str:
     """What a screen reader says of a window that plays when pressed: its file, its time and what Pengi wrote
     ("to": a dash is read out as "dash" or not at all)."""
-    said = f"Play {path}, {start:.1f} to {end:.1f} s"
+    first, last = span_ends(start, end)
+    said = f"Play {path}, {first} to {last} s"
     return f"{said}: {caption}" if caption else said
 
 

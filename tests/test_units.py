@@ -1,0 +1,31 @@
+"""How times are shown to people: a window's span never reads as empty when it is not."""
+
+from __future__ import annotations
+
+import pytest
+
+from pengi_search.serve.pages import span, window_label
+from pengi_search.units import seconds_text, span_text
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "text"),
+    [
+        (0.0, 7.0, "0.0-7.0s"),  # a window of a file of 7 s or more: tenths, as always
+        (2.5, 9.5, "2.5-9.5s"),
+        (0.0, 0.14, "0.0-0.1s"),  # tenths already tell it apart
+        (0.0, 0.01, "0.00-0.01s"),  # a 0.01 s clip: not 0.0-0.0s
+        (0.0, 0.004, "0.000-0.004s"),
+        (0.0, 1 / 44_100, "0.00000-0.00002s"),  # one sample
+        (12.34, 12.35, "12.34-12.35s"),  # both ends get the same decimals
+        (3.0, 3.0, "3.0-3.0s"),  # an empty window may read as one
+    ],
+)
+def test_a_window_that_is_not_empty_never_reads_as_empty(start, end, text):
+    assert span_text(start, end) == text
+
+
+def test_a_short_clip_has_a_length_and_the_web_pages_show_its_window_alike():
+    assert (seconds_text(9.5), seconds_text(0.01), seconds_text(0.0)) == ("9.5 s", "0.01 s", "0.0 s")
+    assert span(0.0, 0.01) == "0.00–0.01 s" and span(3.0, 10.0) == "3.0–10.0 s"
+    assert window_label("a.wav", 0.0, 0.01, "") == "Play a.wav, 0.00 to 0.01 s"
