@@ -172,3 +172,11 @@ def test_stderr_holds_only_the_messages_when_it_is_not_a_terminal(tiny_model_dir
     partial = subprocess.run([*base, str(clips[0]), str(broken)], capture_output=True, text=True, timeout=300)
     assert partial.returncode == EXIT_PARTIAL
     assert partial.stderr.splitlines() == [f"skipped {broken}: {UNREADABLE}"]
+
+
+def test_a_librarys_warning_reads_as_the_commands_own(tiny_model_dir, clips):
+    """A prompt cut to the model's length (a warning logged by the tokenizer) printed bare, with no `warning:`."""
+    command = [sys.executable, "-m", "pengi_search", "describe", "--model", str(tiny_model_dir), "--max-len", "2"]
+    run = subprocess.run([*command, str(clips[0]), "-p", "is it " * 30], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.startswith("warning: prompt of ") and "tokens cut to its first" in run.stderr, run.stderr

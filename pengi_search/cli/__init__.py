@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 from enum import Enum
 from pathlib import Path
@@ -99,6 +100,14 @@ def _show_version(asked: bool) -> None:
         raise typer.Exit()
 
 
+class _LibraryMessages(logging.Formatter):
+    """A library's warning (a prompt cut to 40 tokens, a damaged FAISS file rebuilt) as the command's own are
+    written, `warning: message`; logging's fallback printed the bare message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {super().format(record)}"
+
+
 @app.callback()
 def _every_command(
     version: Annotated[
@@ -107,6 +116,9 @@ def _every_command(
     ] = False,
 ) -> None:
     from ..download import OFFLINE_ENV, offline_setting
+
+    if logging.lastResort is not None:  # what logs warnings when nothing configured logging (a command line)
+        logging.lastResort.setFormatter(_LibraryMessages())
 
     setting = offline_setting()
     if setting and setting.startswith(OFFLINE_ENV):
