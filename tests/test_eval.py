@@ -22,6 +22,7 @@ from pengi_search.evaluation.metrics import bleu, cider_d, rouge_l, tokenize
 from pengi_search.evaluation.report import ReportError, build_report, compare_reports, load_report, write_report
 from pengi_search.evaluation.retrieval import available_rankings, evaluate_retrieval
 from pengi_search.library import Library
+from pengi_search.pathnames import shown
 from pengi_search.search import Filters, SearchScope, query_embedder, query_text
 from pengi_search.similar import stored_windows
 
@@ -417,16 +418,18 @@ def test_eval_classify_with_a_label_map_scores_its_answers(known, tiny_model_dir
 
 
 def test_eval_classify_names_a_file_left_out_once_under_its_table(tiny_model_dir, tmp_path):
-    """Not also as "skipped" while it runs: the report keeps the full list."""
+    """Not also as "skipped" while it runs: the report keeps the full list. The name is shown escaped, as every
+    command shows one (a tab in it would break the terminal's columns)."""
     write_tone(tmp_path / "audio" / "tone.wav", 1.0)
-    broken = write(tmp_path / "audio" / "broken.wav", "RIFF not really audio")
-    truth = write(tmp_path / "truth.csv", "file,label\ntone.wav,tone\nbroken.wav,noise\n")
+    broken = write(tmp_path / "audio" / "bro\tken.wav", "RIFF not really audio")
+    truth = write(tmp_path / "truth.csv", "file,label\ntone.wav,tone\nbro\tken.wav,noise\n")
     out = tmp_path / "report"
     result = run("eval", "classify", tmp_path / "audio", "--truth", truth, *quick(tiny_model_dir)[:4], "-o", out)
     assert result.exit_code == EXIT_PARTIAL, result.output
-    assert [line for line in result.stderr.splitlines() if "broken.wav" in line] == [
-        f"warning: left out {broken}: not a readable audio file (unknown format or corrupt data)"
+    assert [line for line in result.stderr.splitlines() if "ken.wav" in line] == [
+        f"warning: left out {shown(str(broken))}: not a readable audio file (unknown format or corrupt data)"
     ]
+    assert "\\t" in shown(str(broken))
     assert json.loads((out / "report.json").read_text())["skipped"] == [
         {"file": str(broken), "reason": "not a readable audio file (unknown format or corrupt data)"}
     ]

@@ -357,7 +357,7 @@ def _print_report(report: dict[str, Any]) -> None:
         out_console.print(f"{name} not computed: {why}", markup=False, soft_wrap=True)
     skipped = report.get("skipped", [])
     for item in skipped[:_SHOWN_SKIPPED]:
-        warn(f"left out {item['file']}: {item['reason']}")
+        warn(f"left out {shown(item['file'])}: {item['reason']}")
     if len(skipped) > _SHOWN_SKIPPED:
         warn(f"... and {len(skipped) - _SHOWN_SKIPPED} more files left out (listed in the report)")
 
