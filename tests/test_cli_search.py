@@ -126,6 +126,21 @@ def test_similar_heads_each_query_files_hits_with_its_name_as_it_is(captions, co
     assert str(odd) in result.stdout.splitlines()
 
 
+def test_similar_takes_a_folder_and_searches_a_file_given_twice_once(captions, common, tmp_path):
+    """As describe, ask and classify: a folder stands for its audio files, and a file reached twice (given and in a
+    given folder) is searched once, named as first given; a file of the folder that does not decode is reported
+    (exit 3)."""
+    folder = tmp_path / "queries"
+    folder.mkdir()
+    cat = shutil.copy(captions.files["animals/cat.flac"], folder / "cat.flac")
+    (folder / "broken.wav").write_bytes(b"RIFF not really audio")
+    result = run("similar", cat, folder, *common, "--json")
+    assert result.exit_code == EXIT_PARTIAL, result.output
+    searched = json.loads(result.stdout)
+    assert [item["file"] for item in searched] == [str(cat), str(folder / "broken.wav")]
+    assert searched[0]["hits"] and searched[1]["error"] and searched[1]["hits"] == []
+
+
 @pytest.mark.parametrize("command", ["similar", "describe", "classify"])
 @pytest.mark.parametrize("typed", ["../{here}/broken.wav", "{tmp}/broken.wav"])
 def test_every_command_names_a_skipped_file_as_it_was_typed(captions, common, tmp_path, monkeypatch, command, typed):

@@ -149,7 +149,7 @@ CASES = {
         "--min-duration 10 is more than --max-duration 5",
     ),
     "similar, no such file": Case(lambda p: ("similar", p.missing, *lib(p)), EXIT_USAGE, "no such file"),
-    "similar, a folder": Case(lambda p: ("similar", p.sounds, *lib(p)), EXIT_USAGE, "a folder, not a file"),
+    "similar, a folder with an empty file": Case(lambda p: ("similar", p.sounds, *lib(p)), EXIT_PARTIAL, "empty.wav"),
     "describe, a broken symbolic link": Case(
         lambda p: ("describe", p.linked / "gone.wav", "--model", p.model), EXIT_USAGE, "gone.wav: broken symbolic link"
     ),

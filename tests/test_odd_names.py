@@ -253,9 +253,7 @@ def test_a_missing_file_is_named_escaped_on_one_line(command, name, shown, tmp_p
     extra = {"similar": ("--db", tmp_path / "none.db"), "classify": ("--labels", tmp_path / "labels.txt")}
     result = run(command, missing, "--model", tiny_model_dir, *extra.get(command, ()))
     assert result.exit_code == EXIT_USAGE, result.output
-    assert result.output.strip().splitlines() == [
-        f"error: {tmp_path}/{shown}: no such file" + " or folder" * (command != "similar")  # similar takes no folder
-    ]
+    assert result.output.strip().splitlines() == [f"error: {tmp_path}/{shown}: no such file or folder"]
 
 
 def test_a_failure_that_cannot_be_recorded_is_reported_and_the_run_goes_on(tree, tmp_path, tiny_model_dir, monkeypatch):

@@ -25,11 +25,11 @@ from .common import (
     UsageError,
     WindowProgress,
     apply_threads,
+    audio_inputs,
     err_console,
     fetches_model,
     given_path,
     handle_errors,
-    not_found,
     options_from,
     out_console,
     print_json,
@@ -196,7 +196,10 @@ def query(
 @options_from(SearchOptions, "search")
 @options_from(ComputeOptions, "compute")
 def similar(
-    files: Annotated[list[Path], typer.Argument(help="Audio files (indexed or not).", parser=given_path)],
+    files: Annotated[
+        list[Path],
+        typer.Argument(help="Audio files (indexed or not) or folders (searched recursively).", parser=given_path),
+    ],
     *,
     search: SearchOptions,
     compute: ComputeOptions,
@@ -207,24 +210,24 @@ def similar(
 
     An indexed, unchanged file uses its stored audio embeddings; any other file is decoded and embedded with the
     model (several such files together). Each window of the library is scored by its best match among the file's
-    windows. A file that cannot be decoded is reported (exit code 3). With --json, one file gives its list of
-    hits and several files a list of {file, source, hits, error}.
+    windows. A file given twice is searched once; a file that cannot be decoded is reported (exit code 3). With
+    --json, one file gives its list of hits and several files (or a folder) a list of {file, source, hits, error}.
 
     Example: pengi-search similar door-slam.wav -k 5
     """
-    from ..library import Library
-    from ..similar import similar_to_files
+    from itertools import chain
 
-    missing = [f for f in files if not f.is_file()]
-    if missing:
-        raise not_found(missing[0])
+    from ..library import Library
+    from ..similar import SimilarResult, similar_to_files
+
+    paths, unreadable = audio_inputs(files)
     apply_threads(compute.threads)
     scope = search.scope()
     with Library.open(search.db, read_only=True) as library, progress_bar() as bar:
         progress = WindowProgress(bar, "embedding", visible=show_progress(quiet, json_output))
         found = similar_to_files(
             library,
-            files,
+            paths,
             scope,
             model=search.model,
             device=search.device,
@@ -232,8 +235,10 @@ def similar(
             fast=compute.fast,
             progress=progress,
         )
+        # A file of a folder that cannot be read is reported as one that cannot be decoded is.
+        unread = [SimilarResult(path, [], "decoded", reason) for path, reason in unreadable]
         results = []
-        for result in found:
+        for result in chain(unread, found):
             if result.error is not None:  # said as it happens, as describe and classify say it
                 report_skipped(result.path, result.error)
             results.append(result)
