@@ -382,6 +382,33 @@ def test_pages_render(client, served):
     assert "Drop a clip" in client.get("/upload").text
 
 
+def test_every_page_has_one_heading_a_skip_link_and_its_place_in_the_navigation(client, served):
+    """A screen reader user jumps to each page's heading (the search page's is for them alone: the search box says
+    it to the eye), skips the header's links from the page's first link, and hears which of the navigation's pages
+    this is (aria-current; a file's page and an error are none of them)."""
+    rain = hit_for(client, served, "weather/rain.flac")
+    clip = ("clip.wav", served.files["bell.wav"].read_bytes())
+    pages = [
+        (client.get("/"), "/", '<h1 class="visually-hidden">Search</h1>'),
+        (client.get("/", params={"q": "a bell rings"}), "/", '<h1 class="visually-hidden">Results for “a bell rings”'),
+        (client.get("/", params={"q": "a bell rings", "k": "0"}), "/", '<h1 class="visually-hidden">Search</h1>'),
+        (client.get("/similar", params={"window_id": rain["window_id"]}), "/", '<h1 class="results-heading">Sounds'),
+        (client.get("/upload"), "/upload", "<h1>Drop a clip</h1>"),
+        (client.post("/upload/describe", files={"file": clip}), "/upload", "<h1>Drop a clip</h1>"),
+        (client.get("/library"), "/library", "<h1>Library</h1>"),
+        (client.get("/docs"), "/docs", "<h1>pengi-search API"),
+        (client.get(f"/files/{rain['file_id']}"), None, f'<h1 class="file-path">{rain["path"]}</h1>'),
+        (client.get("/nowhere"), None, "<h1>Error 404</h1>"),
+    ]
+    for response, current, heading in pages:
+        page = response.text
+        where = f"{response.request.method} {response.request.url}"
+        assert page.count("<h1") == 1 and heading in page, where
+        assert re.search(r"<body>\s*<a [^>]*>", page)[0].endswith('<a class="skip-link" href="#main">'), where
+        assert '<main id="main" tabindex="-1">' in page, where
+        assert re.findall(r'<a href="([^"]*)" aria-current="page">', page) == ([current] if current else []), where
+
+
 def test_windows_that_play_when_pressed_are_labelled_and_reached_by_the_tab_key_once(client, served):
     """A file's timeline and the hits' waveforms play a window when pressed: each is a button whose label says the
     file, the window's start and end, and its caption; the first alone is a Tab stop (the arrow keys move on)."""
@@ -428,7 +455,7 @@ def box(page: str, name: str) -> str:
     return re.search(rf'<(?:input|select) [^>]*name="{name}"[^>]*>', page)[0]
 
 
-FAULT = ' aria-invalid="true" aria-describedby="search-error" autofocus'
+FAULT = ' aria-invalid="true" aria-describedby="form-error" autofocus'
 
 
 @pytest.mark.parametrize(
@@ -445,7 +472,7 @@ def test_a_refused_search_puts_the_focus_in_the_box_at_fault_which_says_why(clie
     """A keyboard user lands in the box to correct (not in the text box, far from it), and a screen reader says it is
     invalid and reads the error with it."""
     page = client.get("/", params={"q": "a bell rings", **boxes}).text
-    assert '<p class="error" id="search-error" role="alert">' in page
+    assert '<p class="error" id="form-error" role="alert">' in page
     assert box(page, fault).endswith(f"{FAULT}>")
     assert [name for name in ("q", *FILTER_BOXES, "rank") if "autofocus" in box(page, name)] == [fault]
     if fault != "rank":  # "more like this" has the same boxes but the ranking
@@ -460,7 +487,7 @@ def test_a_search_refused_for_no_box_in_particular_keeps_the_focus_in_the_text_b
 
     monkeypatch.setattr(client.app.state.service, "audio_embedder", no_text_tower)
     page = client.get("/", params={"q": "a bell rings", "rank": "audio"}).text
-    assert '<p class="error" id="search-error" role="alert">' in page and "aria-invalid" not in page
+    assert '<p class="error" id="form-error" role="alert">' in page and "aria-invalid" not in page
     assert box(page, "q").endswith(' autofocus aria-label="What to look for">')
 
 
@@ -484,7 +511,7 @@ def test_a_refused_search_page_has_the_apis_status_and_keeps_the_page(client, se
     api = client.get("/api/search", params=query)
     page = client.get("/", params=query)
     assert api.status_code >= 400 and page.status_code == api.status_code, page.text
-    assert '<form class="search"' in page.text and '<p class="error" id="search-error" role="alert">' in page.text
+    assert '<form class="search"' in page.text and '<p class="error" id="form-error" role="alert">' in page.text
     for name, value in boxes.items():
         if name not in ("by", "rank"):  # a menu cannot show a value it does not offer
             assert f'value="{value}"' in page.text
@@ -563,7 +590,8 @@ def test_an_uploaded_clips_similar_sounds_take_the_filters_and_more_like_this_ke
 def test_a_refused_upload_is_said_on_the_upload_page_with_what_was_typed(client, served):
     clip = ("clip.wav", served.files["bell.wav"].read_bytes())
     no_labels = client.post("/upload/classify", files={"file": clip}, data={"labels": " ", "method": "loglik"})
-    assert no_labels.status_code == 422 and '<p class="error" role="alert">labels: no labels' in no_labels.text
+    assert no_labels.status_code == 422
+    assert '<p class="error" id="form-error" role="alert">labels: no labels' in no_labels.text
     assert '<form class="upload"' in no_labels.text and '<option value="loglik" selected>' in no_labels.text
     bad = ("x.wav", b"not audio at all" * 10)
     kept = client.post("/upload/classify", files={"file": bad}, data={"labels": "a bell rings\n<b>rain</b>"})
@@ -573,6 +601,46 @@ def test_a_refused_upload_is_said_on_the_upload_page_with_what_was_typed(client,
     assert many.status_code == 422 and "k: the number of results" in many.text and 'value="0"' in many.text
     page = client.get("/upload").text
     assert 'action="/upload/classify#result"' in page and "Up to 64 MiB and 600 s." in page
+
+
+def upload_boxes(page: str) -> dict[str, dict[str, str]]:
+    """The upload page's boxes, form by form (by the last part of the form's address): name -> tag."""
+    boxes = {}
+    for form in re.finditer(r'<form class="upload" [^>]*action="/upload/(\w+)#result".*?</form>', page, re.S):
+        tags = re.findall(r'<(?:input|select|textarea) [^>]*name="\w+"[^>]*>', form[0])
+        boxes[form[1]] = {re.search(r'name="(\w+)"', tag)[1]: tag for tag in tags}
+    return boxes
+
+
+NOT_AUDIO = ("x.wav", b"not audio at all" * 10)
+
+
+@pytest.mark.parametrize(
+    ("form", "files", "data", "fault"),
+    [
+        ("similar", {}, {"k": "0"}, "k"),
+        ("similar", {}, {"min_score": "high"}, "min_score"),
+        ("similar", {"file": NOT_AUDIO}, {"k": "3"}, "file"),
+        ("describe", {"file": NOT_AUDIO}, {}, "file"),
+        ("classify", {"file": NOT_AUDIO}, {"labels": "a bell rings"}, "file"),
+        ("classify", {}, {"labels": " "}, "labels"),
+        ("classify", {"labels_file": ("labels.csv", b"name,kind\nx.wav,dog\n")}, {}, "labels_file"),
+    ],
+)
+def test_a_refused_upload_puts_the_focus_in_the_box_at_fault_of_the_form_sent(client, served, form, files, data, fault):
+    """As on the search page: the box to correct is marked invalid, described by the error and focused; it is the
+    one of the form that was sent, not a box of the same name in another form (each has a "Clip" box, `file`)."""
+    clip = ("clip.wav", served.files["bell.wav"].read_bytes())
+    page = client.post(f"/upload/{form}", files={"file": clip, **files}, data=data)
+    assert page.status_code == 422 and '<p class="error" id="form-error" role="alert">' in page.text
+    boxes = upload_boxes(page.text)
+    assert list(boxes) == ["describe", "similar", "classify"]
+    assert boxes[form][fault].endswith(f"{FAULT}>")
+    marked = [(sent, name) for sent, tags in boxes.items() for name, tag in tags.items() if "aria-invalid" in tag]
+    assert marked == [(form, fault)] and page.text.count("autofocus") == 1
+    if form == "similar" and fault != "file":
+        assert '<details class="filters" open>' in page.text  # the box at fault is in sight
+    assert "aria-invalid" not in client.get("/upload").text
 
 
 def test_unknown_pages_and_bodies_past_the_limit_get_a_page_and_the_api_json(served, tiny_model_dir):
@@ -657,7 +725,7 @@ def test_the_api_reference_renders_the_descriptions_markdown(client):
     spec = client.get("/openapi.json").json()
     plain = [text for key, text in strings(spec) if key in ("summary", "title")]
     assert plain and [text for text in plain if "`" in text] == []
-    main = client.get("/docs").text.split("<main>")[1]
+    main = client.get("/docs").text.split('<main id="main" tabindex="-1">')[1]
     assert "`" not in main and "<em>" not in main
     assert "<p>Windows that match the text, best first (<code>pengi-search query --json</code>)" in main
     assert "<td>Glob over full paths, e.g. <code>*/dogs/*</code>; " in main

@@ -3,7 +3,9 @@
 The command runs as a user starts it, on a free loopback port over a small index built here. The browser types a
 query, plays the top hit (the audio element must play from the hit's start) and another one by keyboard, follows
 "more like this", opens the file page and plays a window by mouse and by keyboard, opens a file at a hit's window
-(where the Tab key then starts); at phone width (390 px) no page scrolls sideways, and a sent form says it is busy.
+(where the Tab key then starts); at phone width (390 px) no page scrolls sideways, and a sent form says it is busy,
+until its sending is stopped or the page is come back to. The first Tab stop skips the header; a refused upload
+focuses the box at fault.
 Screenshots are saved in the test's folder (and in `$PENGI_SCREENSHOT_DIR` when set).
 
 Without chromium and chromedriver the test is skipped, unless PENGI_REQUIRE_BROWSER=1 (as in CI), where it fails.
@@ -120,6 +122,13 @@ def save_screenshot(driver, folder: Path, name: str) -> Path:
     return path
 
 
+def top_hit(address: str, text: str) -> dict:
+    """The best hit of a search through the server's API."""
+    query = urllib.parse.urlencode({"q": text, "k": 1})
+    with urllib.request.urlopen(f"{address}/api/search?{query}", timeout=WAIT_S) as answer:
+        return json.load(answer)[0]
+
+
 def press(driver, key: str) -> None:
     """A key pressed on whatever has the focus, as a user presses it."""
     from selenium.webdriver.common.action_chains import ActionChains
@@ -221,9 +230,7 @@ def test_a_file_opened_at_a_window_is_marked_there_and_the_tab_key_reaches_that_
     from selenium.webdriver.common.keys import Keys
 
     address, _library = server
-    query = urllib.parse.urlencode({"q": "thunder rolls in the distance", "k": 1})
-    with urllib.request.urlopen(f"{address}/api/search?{query}", timeout=WAIT_S) as answer:
-        hit = json.load(answer)[0]
+    hit = top_hit(address, "thunder rolls in the distance")
     driver.get(f"{address}/files/{hit['file_id']}#w{hit['window_id']}")
     windows = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "li.window"), "the file's windows")
     assert len(windows) == 2 and windows[1].get_attribute("id") == f"w{hit['window_id']}"  # 3.0-10.0 s
@@ -310,3 +317,105 @@ def test_at_phone_width_nothing_scrolls_sideways_and_a_sent_form_says_it_is_busy
         "const state = [b.textContent, b.disabled, form.getAttribute('aria-busy')]; window.stop(); done(state); }, 5);"
     )
     assert sent == ["Describing…", True, "true"]
+
+
+def test_the_first_tab_stop_is_a_link_past_the_header_shown_only_while_focused(server, driver):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    address, _library = server
+    driver.get(f"{address}/docs")
+    skip = driver.find_element(By.CSS_SELECTOR, "a.skip-link")
+    below_the_top = "return arguments[0].getBoundingClientRect().bottom > 0"
+    assert not driver.execute_script(below_the_top, skip)  # out of sight
+    assert driver.find_element(By.CSS_SELECTOR, "nav a[aria-current=page]").text == "API"
+    press(driver, Keys.TAB)
+    assert driver.switch_to.active_element == skip and skip.accessible_name == "Skip to content"
+    assert driver.execute_script(below_the_top, skip)  # in sight while focused
+    press(driver, Keys.ENTER)
+    assert driver.switch_to.active_element.tag_name == "main"
+    assert not driver.execute_script(below_the_top, skip)
+    press(driver, Keys.TAB)  # on into the page's content (its first link), not through the header's links
+    assert driver.switch_to.active_element.get_attribute("href") == f"{address}/openapi.json"
+
+
+def test_a_refused_upload_puts_the_focus_in_the_box_at_fault_of_the_form_sent(server, driver):
+    """The answer's address names its result (#result), where browsers skip autofocus: the box to correct is
+    focused anyway, in the form that was sent."""
+    from selenium.webdriver.common.by import By
+
+    address, library = server
+    driver.get(f"{address}/upload")
+    form = driver.find_element(By.CSS_SELECTOR, "form[action^='/upload/similar']")
+    form.find_element(By.NAME, "file").send_keys(str(library.files["bell.wav"]))
+    driver.execute_script("arguments[0].open = true", form.find_element(By.CSS_SELECTOR, "details.filters"))
+    form.find_element(By.NAME, "k").clear()
+    form.find_element(By.NAME, "k").send_keys("0")
+    driver.execute_script("arguments[0].noValidate = true; arguments[0].requestSubmit()", form)  # past the min="1"
+    error = wait_for(driver, lambda d: d.find_elements(By.ID, "form-error"), "the refusal")[0]
+    assert error.text.startswith("k: the number of results")
+    focused = driver.switch_to.active_element
+    assert focused.get_attribute("name") == "k" and focused.get_attribute("aria-invalid") == "true"
+    assert driver.execute_script("return arguments[0].form.getAttribute('action')", focused) == "/upload/similar#result"
+
+
+def test_an_uploaded_clips_described_windows_do_not_look_clickable(server, driver):
+    """Unlike a file's windows (they play the file there), an uploaded clip's play nothing: no hand pointer."""
+    from selenium.webdriver.common.by import By
+
+    address, library = server
+    driver.get(f"{address}/upload")
+    form = driver.find_element(By.CSS_SELECTOR, "form[action^='/upload/describe']")
+    form.find_element(By.NAME, "file").send_keys(str(library.files["weather/rain.flac"]))
+    form.find_element(By.CSS_SELECTOR, "button").click()
+    described = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#result li.window"), "the description")
+    assert {window.value_of_css_property("cursor") for window in described} == {"auto"}
+    driver.get(f"{address}/files/{top_hit(address, 'thunder rolls in the distance')['file_id']}")
+    windows = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "li.window"), "the file's windows")
+    assert {window.value_of_css_property("cursor") for window in windows} == {"pointer"}
+
+
+# Send the search form, and stop the sending (as the browser's stop button or Esc does) while its button says that it
+# is busy; then wait (2 s at most) for the form to be ready again. Returns the button's state busy, then after.
+STOPPED_SEARCH = """
+const done = arguments[arguments.length - 1], form = document.querySelector("form.search");
+const button = form.querySelector("button");
+const state = () => [button.textContent, button.disabled, form.getAttribute("aria-busy")];
+form.q.value = arguments[0];
+form.requestSubmit();
+setTimeout(() => {
+  const busy = state(), stopped = Date.now();
+  window.stop();
+  const ready = () => (!button.disabled || Date.now() - stopped > 2000 ? done([busy, state()]) : setTimeout(ready, 20));
+  ready();
+}, 50);
+"""
+
+
+def test_a_form_whose_sending_was_stopped_or_that_is_come_back_to_is_ready_again(server, driver):
+    """A busy form is not left busy on a page that stays: when the user stops a slow sending, and when the Back
+    button brings the page back from the browser's back/forward cache, as it was left (busy)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    address, _library = server
+    driver.get(f"{address}/")
+    # The browser holds this search's request: no answer comes until the sending is stopped.
+    driver.execute_cdp_cmd("Fetch.enable", {"patterns": [{"urlPattern": "*q=never+answered*"}]})
+    try:
+        busy, after = driver.execute_async_script(STOPPED_SEARCH, "never answered")
+    finally:
+        driver.execute_cdp_cmd("Fetch.disable", {})
+    assert busy == ["Searching…", True, "true"]
+    assert after == ["Search", False, None]
+
+    driver.execute_script("window.kept = true")  # gone if Back loaded the page anew instead of restoring it
+    box = driver.find_element(By.NAME, "q")
+    box.clear()
+    box.send_keys("a bell rings", Keys.ENTER)
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "li.hit"), "search results")
+    driver.back()
+    assert driver.execute_script("return window.kept === true")
+    form = driver.find_element(By.CSS_SELECTOR, "form.search")
+    button = form.find_element(By.TAG_NAME, "button")
+    assert [button.text, button.is_enabled(), form.get_attribute("aria-busy")] == ["Search", True, None]

@@ -38,6 +38,9 @@ templates = Jinja2Templates(
     )
 )
 OPENAPI_METHODS = ("get", "post", "put", "patch", "delete")
+NAV = (("/", "Search"), ("/upload", "Drop a clip"), ("/library", "Library"), ("/docs", "API"))
+# Pages the navigation has no link of their own for, by their path's first part, and the link they come under.
+NAV_PARENTS = {"similar": "/"}  # "more like this" is a search
 # OpenAPI descriptions are Markdown (every viewer renders them so; the docstrings they come from write `code`);
 # raw HTML in them stays text. Summaries and titles are plain text, and are shown as such.
 MARKDOWN = MarkdownIt("commonmark", {"html": False})
@@ -50,6 +53,14 @@ def hit_player(hit: dict[str, Any]) -> dict[str, Any]:
     else:
         start, end, src = 0.0, hit["end_s"] - hit["start_s"], f"/api/windows/{hit['window_id']}/audio"
     return {"src": f"{src}#t={start:.3f},{end:.3f}", "start": start, "end": end}
+
+
+def nav_current(path: str) -> str | None:
+    """The navigation link (its href) of the page at `path`, said to be the current page (an upload's results are
+    the upload page's); None for pages the navigation does not list (a file's)."""
+    first = path.strip("/").partition("/")[0]
+    href = NAV_PARENTS.get(first, f"/{first}")
+    return href if href in dict(NAV) else None
 
 
 def span(start: float, end: float) -> str:
@@ -130,6 +141,8 @@ def more_like_this(window_id: int, form: Mapping[str, Any]) -> str:
 
 
 templates.env.globals.update(
+    NAV=NAV,
+    nav_current=nav_current,
     hit_player=hit_player,
     span=span,
     window_label=window_label,
@@ -193,6 +206,11 @@ def similar_page(request: Request, svc: ServiceDep, fields: FieldsDep, window_id
     return _results_page(request, svc, run, typed, heading=heading)
 
 
+def box_at_fault(exc: PengiSearchError) -> str | None:
+    """The name of the box a refused form is to be corrected in (marked, and given the focus), if one is."""
+    return exc.field if isinstance(exc, RequestError) else None
+
+
 def _results_page(
     request: Request,
     svc: ServiceDep,
@@ -210,8 +228,7 @@ def _results_page(
         params, hits = run()
         form = _form(params, q)
     except PengiSearchError as exc:
-        error, status = str(exc), answer_status(request, exc)
-        fault = exc.field if isinstance(exc, RequestError) else None  # the box to correct, focused
+        error, status, fault = str(exc), answer_status(request, exc), box_at_fault(exc)
         form = {"q": q, **typed}
     context = {"form": form, "hits": hits, "error": error, "fault": fault, "heading": heading}
     context["max_k"] = svc.settings.max_k
@@ -242,7 +259,7 @@ def upload_describe(request: Request, svc: ServiceDep, file: Annotated[UploadFil
         with read_upload(svc, file) as upload:
             return {"described": svc.describe(upload)}
 
-    return _upload_result(request, svc, work)
+    return _upload_result(request, svc, "describe", work)
 
 
 async def posted_fields(request: Request) -> FilterFields:
@@ -267,7 +284,7 @@ def upload_similar(
         with read_upload(svc, file) as upload:
             return {"hits": svc.similar_to_upload(upload, params), "name": upload.name}
 
-    return _upload_result(request, svc, work, **dataclasses.asdict(fields))
+    return _upload_result(request, svc, "similar", work, **dataclasses.asdict(fields))
 
 
 @router.post("/upload/classify", response_class=HTMLResponse)
@@ -284,22 +301,27 @@ def upload_classify(
         with read_upload(svc, file) as upload:
             return {"classified": svc.classify(upload, label_list, method, 10, texts)}
 
-    return _upload_result(request, svc, work, labels=labels, method=method)
+    return _upload_result(request, svc, "classify", work, labels=labels, method=method)
 
 
-def _upload_result(request: Request, svc: ServiceDep, work: Callable[[], dict[str, Any]], **typed: str) -> HTMLResponse:
+def _upload_result(
+    request: Request, svc: ServiceDep, form: str, work: Callable[[], dict[str, Any]], **typed: str
+) -> HTMLResponse:
     """The upload page with what `work` found, or with why it was refused (and the refusal's status): either way
-    with the forms as they were filled in (a file input cannot be filled in again)."""
+    with the forms as they were filled in (a file input cannot be filled in again). Refused, the box at fault is
+    the one of `form` (the form sent: each has a "Clip" box named `file`), not its namesakes in the others."""
     try:
         results = work()
     except PengiSearchError as exc:
-        return _upload_response(request, svc, typed=typed, error=str(exc), status=answer_status(request, exc))
+        status, faults = answer_status(request, exc), {form: box_at_fault(exc)}
+        return _upload_response(request, svc, typed=typed, error=str(exc), status=status, faults=faults)
     return _upload_response(request, svc, typed=typed, **results)
 
 
 def _upload_response(request: Request, svc: ServiceDep, status: int = 200, **results: Any) -> HTMLResponse:
     limits = {"size": size_text(svc.settings.max_upload_bytes), "seconds": svc.settings.max_upload_s}
     context = {"described": None, "hits": None, "classified": None, "name": "", "error": None, "limits": limits}
+    context["faults"] = {}  # form -> its box at fault
     context["max_k"] = svc.settings.max_k
     context["typed"] = {
         **dataclasses.asdict(FilterFields()),

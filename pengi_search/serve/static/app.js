@@ -169,28 +169,47 @@ function setUpFile() {
 }
 
 // A form that takes a while (a search, a clip described by the model): say so, and keep it from being sent twice.
+// It is ready again whenever the page stays without the answer: the sending was stopped (the browser's stop button
+// or Esc; a connection that failed), which the Navigation API reports as a failed navigation, or the page is shown
+// again as it was left, from the browser's back/forward cache (pageshow).
 function setUpBusyForms() {
+  const readyAgain = [];
   for (const form of document.querySelectorAll("form")) {
     const button = form.querySelector("button[data-busy]");
     if (!button) continue;
     const label = button.textContent;
+    let sending = false;
+    const show = (busy) => {
+      button.disabled = busy;
+      button.textContent = busy ? button.dataset.busy : label;
+      if (busy) form.setAttribute("aria-busy", "true");
+      else form.removeAttribute("aria-busy");
+    };
     form.addEventListener("submit", () => {
-      // After this event, so that the submission itself is not stopped by the disabled button.
-      setTimeout(() => {
-        button.disabled = true;
-        button.textContent = button.dataset.busy;
-        form.setAttribute("aria-busy", "true");
-      });
+      sending = true;
+      // After this event, so that the submission itself is not stopped by the disabled button; and only if the
+      // sending was not stopped meanwhile.
+      setTimeout(() => show(sending));
     });
-    // Back to a page kept by the browser: the form is ready again.
-    window.addEventListener("pageshow", () => {
-      button.disabled = false;
-      button.textContent = label;
-      form.removeAttribute("aria-busy");
+    readyAgain.push(() => {
+      sending = false;
+      show(false);
     });
   }
+  const ready = () => readyAgain.forEach((makeReady) => makeReady());
+  window.addEventListener("pageshow", ready);
+  if (window.navigation) window.navigation.addEventListener("navigateerror", ready);
 }
 
+// A refused form's box at fault (marked invalid, with autofocus) takes the focus also where the page's address names
+// a part of it (the upload page's answers: #result): browsers then skip autofocus, and take the focus away once they
+// have scrolled there. Hence on load, after that, unless the user has already moved the focus somewhere.
+function focusBoxAtFault() {
+  const box = document.querySelector("[aria-invalid=true][autofocus]");
+  if (box && document.activeElement === document.body) box.focus();
+}
+
+window.addEventListener("load", focusBoxAtFault);
 document.addEventListener("DOMContentLoaded", () => {
   setUpHits();
   setUpFile();
