@@ -155,7 +155,7 @@ class Library:
             self._record(recorded, kind, requested, loaded)
             return loaded
         ids, vectors = self.store.vectors(kind)
-        index = VectorIndex.build(ids, vectors, IndexParams(type=requested))
+        index = VectorIndex.build(ids, vectors, IndexParams(type=requested), name=f"{kind} index")
         log.info("vector index %s rebuilt: %d %s vectors (%s)", path, len(index), kind, index.type)
         self._save(index, path, tag)
         self._record(recorded, kind, requested, index)

@@ -130,8 +130,10 @@ class VectorIndex:
         *,
         dim: int | None = None,
         use_gpu: bool | None = None,
+        name: str = "vector index",
     ) -> VectorIndex:
-        """An index of `vectors` (n, d) under `ids`; `dim` is needed only when there are no vectors."""
+        """An index of `vectors` (n, d) under `ids`; `dim` is needed only when there are no vectors. `name` says
+        which index a warning is about (a library has two, built one after the other)."""
         params = params or IndexParams()
         matrix = np.asarray(vectors)
         count = len(np.asarray(ids))
@@ -142,7 +144,8 @@ class VectorIndex:
         kind = effective_type(params.type, count)
         if kind != params.type:
             fallback_log.warning(
-                "IVF-PQ needs at least %d vectors to train (have %d); using the exact flat index",
+                "%s: IVF-PQ needs at least %d vectors to train (have %d); using the exact flat index",
+                name,
                 IVFPQ_MIN_VECTORS,
                 count,
             )

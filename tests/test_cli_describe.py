@@ -114,6 +114,17 @@ def test_a_file_reached_twice_is_described_once_named_as_first_given(command, ti
     assert [entry["path"] for entry in json.loads(result.stdout)] == [noise.name, str(tone)]
 
 
+def test_ask_json_of_a_folder_is_a_list_even_of_one_file(tiny_model_dir, clips, tmp_path):
+    """One file given is answered with its object; a folder with a list, however many files it holds."""
+    folder = tmp_path / "one"
+    folder.mkdir()
+    noise = shutil.copy(clips[1], folder / "noise.flac")
+    result = run("ask", folder, "is there a dog?", "--model", tiny_model_dir, "--json", "--max-len", 2)
+    assert result.exit_code == 0, result.output
+    (answered,) = json.loads(result.stdout)
+    assert answered["path"] == str(noise) and answered["windows"]
+
+
 def test_a_very_short_clip_shows_its_length_and_window_without_reading_as_empty(tiny_model_dir, tmp_path):
     clip = tmp_path / "click.wav"
     sf.write(clip, np.full(441, 0.1), 44_100)  # 0.01 s

@@ -141,6 +141,21 @@ def test_similar_takes_a_folder_and_searches_a_file_given_twice_once(captions, c
     assert searched[0]["hits"] and searched[1]["error"] and searched[1]["hits"] == []
 
 
+def test_similar_json_of_a_folder_is_a_list_per_file_however_many_it_holds(captions, common, tmp_path):
+    """The shape follows what was given, not what a folder happens to hold: a script that gives a folder reads a
+    list of {file, source, hits, error} even when the folder holds a single file (as classify writes a CSV), and
+    the terminal heads its hits with its name."""
+    folder = tmp_path / "queries"
+    folder.mkdir()
+    cat = shutil.copy(captions.files["animals/cat.flac"], folder / "cat.flac")
+    result = run("similar", folder, *common, "--json")
+    assert result.exit_code == 0, result.output
+    (searched,) = json.loads(result.stdout)
+    assert searched["file"] == str(cat) and searched["error"] is None and searched["hits"]
+    shown = run("similar", folder, *common)
+    assert shown.exit_code == 0 and str(cat) in shown.stdout.splitlines(), shown.output  # headed with its name
+
+
 @pytest.mark.parametrize("command", ["similar", "describe", "classify"])
 @pytest.mark.parametrize("typed", ["../{here}/broken.wav", "{tmp}/broken.wav"])
 def test_every_command_names_a_skipped_file_as_it_was_typed(captions, common, tmp_path, monkeypatch, command, typed):

@@ -221,6 +221,21 @@ def test_an_ivfpq_request_on_a_small_library_is_reported_as_the_flat_index_it_is
     )
 
 
+def test_index_warns_of_an_ivfpq_fallback_once_for_each_index_naming_it(tiny_model_dir, sounds, tmp_path, caplog):
+    """`index` has no summary line per index to say it in: each index warns once, and says which it is (the two
+    warnings read the same, word for word, as if one thing were said twice)."""
+    with caplog.at_level(logging.WARNING):
+        result = run(
+            "index", sounds, "--db", tmp_path / "lib.db", "--model", tiny_model_dir, *QUICK, "--index-type", "ivfpq"
+        )
+    assert result.exit_code == 0, result.output
+    said = sorted(record.getMessage() for record in caplog.records if "IVF-PQ" in record.getMessage())
+    assert said == [
+        f"{kind} index: IVF-PQ needs at least 10000 vectors to train (have 2); using the exact flat index"
+        for kind in ("audio", "text")
+    ]
+
+
 def test_rebuild_index_says_an_ivfpq_fallback_once_in_its_summary(tiny_model_dir, sounds, tmp_path, caplog):
     """One line per index, whole, saying what was built and when IVF-PQ will be; not also the log's warning."""
     db = tmp_path / "lib.db"

@@ -565,6 +565,15 @@ def test_upload_pages(client, served):
     assert bad.status_code == 422 and "not a readable audio file" in bad.text and "<html" in bad.text
 
 
+def test_a_very_short_uploaded_clips_length_does_not_read_as_empty(client):
+    """As its window's time and the terminal's `describe` show it: 0.01 s, not 0.0 s."""
+    clip = io.BytesIO()
+    sf.write(clip, np.full(441, 0.1), 44_100, format="WAV")  # 0.01 s
+    page = client.post("/upload/describe", files={"file": ("click.wav", clip.getvalue())})
+    assert page.status_code == 200, page.text
+    assert '<span class="note">(0.01 s)</span>' in page.text and "0.00–0.01 s" in page.text
+
+
 def test_an_uploaded_clips_similar_sounds_take_the_filters_and_more_like_this_keeps_them(client, served):
     """The upload page's "Find similar sounds" has the search's filter boxes; what the user chose there narrows
     the results, and each result's "more like this" carries it on, as a search's results do."""

@@ -265,6 +265,19 @@ def test_each_part_with_its_own_learning_rate_logs_it_beside_lr(tmp_path, sounds
     assert (record["lr"], record["lr_mappers"]) == pytest.approx((1e-3 * 0.5, 1e-2 * 0.5))
 
 
+def test_lr_logs_the_rate_trained_at_also_after_a_resume_with_another_optimization_lr(
+    tmp_path, sounds, tiny_model_dir
+) -> None:
+    """A resumed run trains at the rates its checkpoint's optimizer holds, whatever optimization.lr now says: `lr`
+    logs that rate, not the configuration's (it logged ten times the rate the model trained at)."""
+    config_path = write_config(tmp_path, tiny_model_dir, sounds / "train.jsonl")
+    check_trained(config_path, "--set", "optimization.max_steps=1")
+    check_trained(config_path, "--resume", "--set", "optimization.max_steps=2", "--set", "optimization.lr=1e-2")
+    records = read_metrics(tmp_path / "run" / METRICS_FILE, "train")
+    # The factors of steps 1 and 2 of a 2-step warm-up, times the rate the run started with.
+    assert [(record["step"], record["lr"]) for record in records] == pytest.approx([(1, 1e-3 * 0.5), (2, 1e-3)])
+
+
 # --- Resume -------------------------------------------------------------------------------------------------------
 
 
@@ -503,16 +516,17 @@ def test_a_config_that_is_not_yaml_or_not_utf8_or_a_bad_set_value_is_one_line_an
 
 
 @pytest.mark.parametrize(
-    "args",
+    ("args", "says", "code"),
     [
-        ["typo.yaml"],  # a typo'd key
-        ["good.yaml", "--resume-from", "missing.pt"],  # a checkpoint that is not there
-        ["good.yaml", "--dry-run", "--resume-from", "missing.pt"],
-        ["export", "missing.pt"],
+        (["typo.yaml"], "batch_sise", EXIT_USAGE),  # a typo'd key
+        (["good.yaml", "--resume-from", "missing.pt"], "no such training checkpoint", EXIT_USAGE),
+        (["good.yaml", "--dry-run", "--resume-from", "missing.pt"], "no such training checkpoint", EXIT_USAGE),
+        (["good.yaml", "--resume"], "no checkpoint to resume from", EXIT_FAILED),  # a run with none yet
+        (["export", "missing.pt"], "no such training checkpoint", EXIT_USAGE),
     ],
-    ids=["config key", "resume-from", "dry-run resume-from", "export"],
+    ids=["config key", "resume-from", "dry-run resume-from", "resume", "export"],
 )
-def test_a_mistake_in_what_the_user_named_is_reported_before_torch_is_imported(tmp_path, args) -> None:
+def test_a_mistake_in_what_the_user_named_is_reported_before_torch_is_imported(tmp_path, args, says, code) -> None:
     """A typo'd key or checkpoint fails in a second, not after the seconds that importing torch and the models take."""
     (tmp_path / "typo.yaml").write_text(
         "output_dir: run\ndata: {train: train.jsonl, batch_sise: 4}\noptimization: {max_steps: 1}\n"
@@ -529,8 +543,8 @@ print(result.output)
 print(result.exit_code, "torch" in sys.modules)
 """
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=tmp_path)
-    assert run.stdout.strip().splitlines()[-1] == "2 False", run.stdout
-    assert "no such training checkpoint" in run.stdout or "batch_sise" in run.stdout
+    assert run.stdout.strip().splitlines()[-1] == f"{code} False", run.stdout
+    assert says in run.stdout
 
 
 def test_an_architecture_value_of_the_wrong_type_is_a_config_error_not_a_traceback(tmp_path) -> None:

@@ -390,7 +390,8 @@ class Trainer:
         clip = self.config.optimization.grad_clip or math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, clip)
         interval = self.interval
-        # The rates of this step (the scheduler moves them on below); its factor scales every group alike.
+        # The rates of this step (the scheduler moves them on below); its factor scales every group alike, and
+        # `optimization.lr` by it where no parameter trains at that rate.
         scheduled = self.config.optimization.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
         interval.rates = logged_rates(self.optimizer.param_groups, scheduled)
         self.scaler.step(self.optimizer)

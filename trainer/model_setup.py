@@ -288,11 +288,14 @@ def parameter_groups(model: Pengi, lr: float, part_lr: dict[str, float] | None) 
     return groups
 
 
-def logged_rates(groups: list[dict], lr: float) -> dict[str, float]:
-    """The learning rates a "train" record logs: `lr`, the scheduled `optimization.lr` (logged even when every part
-    that would train at it is frozen, so that the column always means the same), and `lr_<part>` for each part
-    training at its own rate (the groups of `parameter_groups`, as the scheduler left them)."""
-    return {"lr": lr, **{f"lr_{group['part']}": group["lr"] for group in groups if group["part"] != "default"}}
+def logged_rates(groups: list[dict], scheduled: float) -> dict[str, float]:
+    """The learning rates a "train" record logs, read from the groups of `parameter_groups` as the scheduler left
+    them: `lr`, the rate of the parameters without a rate of their own, and `lr_<part>` for each part training at
+    its own. `lr` is read, not computed from the configuration, because a resumed run keeps its checkpoint's rates
+    whatever `optimization.lr` now says; when every such parameter is frozen it is `scheduled` (`optimization.lr`
+    as scheduled), so that the column is always there and means the same."""
+    rates = {f"lr_{group['part']}": group["lr"] for group in groups}
+    return {"lr": rates.pop("lr_default", scheduled), **rates}
 
 
 def frozen_fingerprint(model: nn.Module) -> dict[str, float]:

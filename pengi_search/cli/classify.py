@@ -41,6 +41,7 @@ from .common import (
     fetches_model,
     given_path,
     handle_errors,
+    one_file_given,
     options_from,
     out_console,
     print_json,
@@ -179,7 +180,7 @@ def classify(
         _write_csv(outcome, output, top)
     if json_output:
         print_json(outcome.to_json(top))
-    elif _one_file(targets):
+    elif one_file_given(targets):  # a ranked table; anything more, a CSV
         _show_ranked(outcome, top)
     else:
         _show_csv(outcome, top, csv_written=output is not None)
@@ -209,11 +210,6 @@ def _check_writable(output: Path) -> None:
         raise UsageError(output, f"cannot write the CSV: no folder {shown(os.fspath(folder))}")
     if not os.access(folder, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
         raise UsageError(output, "cannot write the CSV: permission denied")
-
-
-def _one_file(targets: Sequence[Path]) -> bool:
-    """Whether the user asked about a single file: it is shown as a ranked table, anything more as a CSV."""
-    return len(targets) == 1 and not targets[0].is_dir()
 
 
 # ---------------------------------------------------------------------------------------------------------------

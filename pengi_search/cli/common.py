@@ -327,7 +327,8 @@ def audio_files_in(folder: Path) -> tuple[list[str], list[tuple[str, str]]]:
     """The audio files in a folder (recursively, sorted), and the (path, reason) of entries that cannot be read.
 
     A folder with neither is bad usage (a typo'd or wrong folder) for every command that reads audio files from it
-    (describe, ask, classify, eval classify); `index` does not come here, and only warns: a drop folder may be empty.
+    (describe, ask, similar, classify, eval classify); `index` does not come here, and only warns: a drop folder may
+    be empty.
     """
     from ..audio import AUDIO_EXTENSIONS
     from ..scan import ScanError, scan
@@ -348,7 +349,8 @@ def audio_inputs(targets: Sequence[Path]) -> tuple[list[str], list[tuple[str, st
     """The audio files that files and folders given on the command line stand for, in the order given (a folder's
     recursively and sorted), each once, with the (path, reason) of entries that cannot be read. A file reached twice
     (given, and inside a given folder, or under another spelling) is kept once, named as first reached. Every target
-    is checked before any file is read: a missing one is bad usage (describe, ask, classify, eval classify)."""
+    is checked before any file is read: a missing one is bad usage (describe, ask, similar, classify, eval
+    classify)."""
     from ..scan import absolute
 
     files: dict[str, str] = {}  # absolute path (what the store and a truth file match on) -> the path as reached
@@ -359,6 +361,13 @@ def audio_inputs(targets: Sequence[Path]) -> tuple[list[str], list[tuple[str, st
             files.setdefault(absolute(path), path)
         unreadable += problems
     return list(files.values()), unreadable
+
+
+def one_file_given(targets: Sequence[Path]) -> bool:
+    """Whether the command line names a single file, which a command answers on its own (a ranked table, a bare
+    JSON object or list of hits) rather than as one entry of a list. Decided by what was given, never by what a
+    folder turned out to hold, so that a script reads the same shape from a folder of one file as of many."""
+    return len(targets) == 1 and not targets[0].is_dir()
 
 
 def _audio_files_of(target: Path) -> tuple[list[str], list[tuple[str, str]]]:

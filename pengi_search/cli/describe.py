@@ -34,6 +34,7 @@ from .common import (
     given_path,
     handle_errors,
     lasting_objects,
+    one_file_given,
     options_from,
     out_console,
     print_json,
@@ -191,12 +192,12 @@ def _print_text(results: list[FileResult], show_keys: bool) -> None:
                 span = " " * len(span)
 
 
-def _show(results: list[FileResult], *, json_output: bool, asked: bool) -> None:
+def _show(results: list[FileResult], *, json_output: bool, asked: bool, one_file: bool) -> None:
     """Print the results and exit (3 when a file failed); `asked`: `ask`'s form, bare answers (and for a single
-    file, its object rather than a list)."""
+    file given, `one_file`, its object rather than a list)."""
     if json_output:
         data = _to_json(results)
-        print_json(data[0] if asked and len(data) == 1 else data)
+        print_json(data[0] if asked and one_file else data)
     else:
         _print_text(results, show_keys=not asked)
     raise typer.Exit(EXIT_PARTIAL if any(r.error for r in results) else EXIT_OK)
@@ -230,7 +231,7 @@ def describe(
     prompts = named_prompts(prompt) if prompt else None
     progress = show_progress(quiet, json_output)
     results = _describe_files(files, prompts, options, answer_prefix=answer_prefix, progress=progress)
-    _show(results, json_output=json_output, asked=False)
+    _show(results, json_output=json_output, asked=False, one_file=one_file_given(files))
 
 
 @handle_errors
@@ -251,7 +252,7 @@ def ask(
 ) -> None:
     """Answer a question about sounds (audio question answering), for each 7 s window of each file.
 
-    With --json, one file gives its object and several files a list of them.
+    With --json, one file gives its object and several files (or a folder) a list of them.
 
     Example: pengi-search ask engine.wav "is the engine healthy?"
     """
@@ -269,4 +270,4 @@ def ask(
     prompts = ask_prompts(question)
     progress = show_progress(quiet, json_output)
     results = _describe_files(files, prompts, options, answer_prefix="", progress=progress)
-    _show(results, json_output=json_output, asked=True)
+    _show(results, json_output=json_output, asked=True, one_file=one_file_given(files))

@@ -30,6 +30,7 @@ from .common import (
     fetches_model,
     given_path,
     handle_errors,
+    one_file_given,
     options_from,
     out_console,
     print_json,
@@ -242,16 +243,17 @@ def similar(
             if result.error is not None:  # said as it happens, as describe and classify say it
                 report_skipped(result.path, result.error)
             results.append(result)
-    _show_similar(results, json_output=json_output)
+    _show_similar(results, json_output=json_output, one_file=one_file_given(files))
     raise typer.Exit(EXIT_PARTIAL if any(r.error for r in results) else EXIT_OK)
 
 
-def _show_similar(results: list[SimilarResult], *, json_output: bool) -> None:
+def _show_similar(results: list[SimilarResult], *, json_output: bool, one_file: bool) -> None:
+    """The hits of each query file; `one_file`: a single file was given, whose --json is its bare list of hits."""
     from rich.markup import escape
 
     from ..pathnames import path_fields
 
-    if json_output and len(results) == 1:
+    if json_output and one_file:
         print_json([hit.to_json() for hit in results[0].hits])
         return
     if json_output:
@@ -270,7 +272,7 @@ def _show_similar(results: list[SimilarResult], *, json_output: bool) -> None:
     for result in results:
         if result.error is not None:
             continue
-        if len(results) > 1:
+        if not one_file:  # which file these hits are for: a folder's files were not named on the command line
             out_console.print(f"[bold]{escape(shown_path(result.path))}[/]", soft_wrap=True)
         spans = {(hit.query_start_s, hit.query_end_s) for hit in result.hits}
         _show_hits(result.hits, json_output=False, show_query_span=len(spans) > 1)

@@ -22,7 +22,7 @@ from markupsafe import Markup
 
 from ..errors import PengiSearchError
 from ..pathnames import shown
-from ..units import duration_text, span_ends
+from ..units import duration_text, seconds_text, span_ends
 from . import media
 from .api import ServiceDep, parse_labels, read_upload
 from .errors import InvalidParameter, RequestError, answer_status
@@ -148,6 +148,7 @@ templates.env.globals.update(
     window_label=window_label,
     when=when,
     duration_text=duration_text,
+    seconds_text=seconds_text,
     more_like_this=more_like_this,
 )
 
