@@ -266,13 +266,15 @@ def test_each_part_with_its_own_learning_rate_logs_it_beside_lr(tmp_path, sounds
 
 
 def test_lr_logs_the_rate_trained_at_also_after_a_resume_with_another_optimization_lr(
-    tmp_path, sounds, tiny_model_dir
+    tmp_path, sounds, tiny_model_dir, caplog
 ) -> None:
-    """A resumed run trains at the rates its checkpoint's optimizer holds, whatever optimization.lr now says: `lr`
-    logs that rate, not the configuration's (it logged ten times the rate the model trained at)."""
+    """A resumed run trains at the rates its checkpoint's optimizer holds, whatever optimization.lr now says, and
+    says so: `lr` logs that rate, not the configuration's (it logged ten times the rate the model trained at)."""
     config_path = write_config(tmp_path, tiny_model_dir, sounds / "train.jsonl")
     check_trained(config_path, "--set", "optimization.max_steps=1")
+    assert "changed since the checkpoint" not in caplog.text
     check_trained(config_path, "--resume", "--set", "optimization.max_steps=2", "--set", "optimization.lr=1e-2")
+    assert "optimization.lr or part_lr changed since the checkpoint: the run keeps the rates" in caplog.text
     records = read_metrics(tmp_path / "run" / METRICS_FILE, "train")
     # The factors of steps 1 and 2 of a 2-step warm-up, times the rate the run started with.
     assert [(record["step"], record["lr"]) for record in records] == pytest.approx([(1, 1e-3 * 0.5), (2, 1e-3)])

@@ -232,10 +232,15 @@ class Trainer:
         if not self.config.checkpoints.full_model and payload["frozen_fingerprint"] != self.fingerprint:
             raise CheckpointError(path, "the frozen weights differ from those this run started with")
         load_model_state(self.model, payload["model"], path)
+        configured = [group["initial_lr"] for group in self.optimizer.param_groups]
         try:
             self.optimizer.load_state_dict(payload["optimizer"])
         except ValueError as error:
             raise CheckpointError(path, f"the optimizer state does not fit (freezing changed?): {error}") from None
+        if [group["initial_lr"] for group in self.optimizer.param_groups] != configured:
+            log.warning(
+                "optimization.lr or part_lr changed since the checkpoint: the run keeps the rates it began with"
+            )
         self.scheduler.load_state_dict(payload["scheduler"])
         # The resumed step's rate comes from this run's schedule, not from the checkpoint's optimizer: a raised
         # max_steps or epochs plans the decay over the new length from the first resumed step on (same length:
