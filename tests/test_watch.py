@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -21,12 +22,13 @@ import pytest
 from typer.testing import CliRunner
 
 import pengi_search.audio_workers as audio_workers
-from indexer.pipeline import run_index
+from indexer.pipeline import FailedFile, IndexSummary, run_index
 from indexer.watch import LibraryWatch
 from pengi_search.audio import AUDIO_EXTENSIONS
 from pengi_search.audio_workers import CHANGED_WHILE_READ
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_INTERRUPTED, EXIT_USAGE
+from pengi_search.cli.index import _print_run_line
 from pengi_search.db import Store
 from pengi_search.db.run_lock import indexing_lock
 
@@ -72,18 +74,21 @@ class Watching:
 
 
 @contextlib.contextmanager
-def watching(tmp_path: Path, model_dir: Path) -> Iterator[Watching]:
-    """`index --watch --json` in a process of its own over a folder of one file, once its first run (the run that
-    `index` alone makes) has reported; killed at the end."""
+def watching(tmp_path: Path, model_dir: Path, *, json_lines: bool = True) -> Iterator[Watching]:
+    """`index --watch` (`--json` with `json_lines`) in a process of its own over a folder of one file, once its
+    first run (the run that `index` alone makes) has reported; killed at the end."""
     root, db = tmp_path / "sounds", tmp_path / "lib.db"
     write_tone(root / "first.wav", 1.0)
-    command = [sys.executable, "-m", "pengi_search", "index", str(root), "--watch", "--debounce", "0.2", "--json"]
-    command += ["--db", str(db), "--model", str(model_dir), *QUICK]
+    command = [sys.executable, "-m", "pengi_search", "index", str(root), "--watch", "--debounce", "0.2"]
+    command += ["--db", str(db), "--model", str(model_dir), *QUICK, *(["--json"] if json_lines else [])]
     env = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}  # stdout as users get it
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         watch = Watching(process, root, db, Lines(process.stdout), Lines(process.stderr))
-        assert watch.out.summary()["indexed"] == 1
+        if json_lines:
+            assert watch.out.summary()["indexed"] == 1
+        else:
+            assert watch.out.next().startswith("indexed 1 file(s), 1 window(s) in ")
         yield watch
     finally:
         process.kill()
@@ -110,12 +115,25 @@ def test_watch_indexes_what_is_added_forgets_what_is_deleted_and_ctrl_c_ends_it_
         assert [run.status for run in store.runs()] == ["finished"] * 3  # none recorded interrupted
 
 
-def test_watch_waits_for_another_run_holding_the_library(tiny_model_dir, tmp_path):
-    with watching(tmp_path, tiny_model_dir) as watch:
+def test_watch_waits_for_another_run_holding_the_library_then_says_what_changed_in_a_line(tiny_model_dir, tmp_path):
+    with watching(tmp_path, tiny_model_dir, json_lines=False) as watch:
         with Store.open(watch.db) as store, indexing_lock(store):  # another run writes to the library
             write_tone(watch.root / "second.wav", 1.0, freq=700)
             watch.err.until("another indexing run is writing to this library; waiting for it to end")
-        assert watch.out.summary()["indexed"] == 1  # once it ended
+        line = watch.out.next()  # once it ended
+        assert re.fullmatch(r"\d\d:\d\d:\d\d indexed 1 file\(s\), removed 0, 0 failed \(\d+\.\d s\)", line), line
+
+
+def test_a_later_run_is_one_line_with_the_time_none_with_quiet_and_failures_always(capsys):
+    summary = IndexSummary("sqlite:///lib.db", indexed=2, pruned=1, seconds=1.26)
+    summary.failed.append(FailedFile("/sounds/bad.wav", "not a readable audio file"))
+    failure = "failed /sounds/bad.wav: not a readable audio file\n"
+    _print_run_line(summary, quiet=False, verbose=False)
+    out, err = capsys.readouterr()
+    assert re.fullmatch(r"\d\d:\d\d:\d\d indexed 2 file\(s\), removed 1, 1 failed \(1.3 s\)\n", out)
+    assert err == failure
+    _print_run_line(summary, quiet=True, verbose=False)
+    assert capsys.readouterr() == ("", failure)
 
 
 def test_a_file_changed_while_a_run_reads_it_is_indexed_by_the_next_run(tiny_model_dir, tmp_path, monkeypatch):
