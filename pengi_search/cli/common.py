@@ -398,8 +398,12 @@ def report_skipped(path: str, reason: str) -> None:
     err_console.print(f"[red]skipped[/] {escape(shown(path))}: {escape(reason)}", soft_wrap=True)
 
 
-def print_json(data: Any) -> None:
-    sys.stdout.write(json_text(data, indent=2) + "\n")
+def print_json(data: Any, *, line: bool = False) -> None:
+    """`data` as indented JSON, or with `line` as one line of a JSON-lines stream (`index --watch --json`),
+    flushed at once: a reader on a pipe gets each line as it is written, not when a buffer fills."""
+    sys.stdout.write(json_text(data, indent=None if line else 2) + "\n")
+    if line:
+        sys.stdout.flush()
 
 
 def apply_threads(threads: int | None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -121,6 +122,22 @@ def index(
     wait: Annotated[
         bool, typer.Option("--wait", help="When another index run is writing to the library, wait for it to end.")
     ] = False,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="After the run, keep watching PATH... and run again whenever audio files change, until Ctrl-C "
+            "(waits for other runs, as --wait).",
+        ),
+    ] = False,
+    debounce: Annotated[
+        float | None,
+        typer.Option(
+            "--debounce",
+            min=0.1,
+            help="With --watch: start a run once the paths have not changed for this many seconds \\[default: 2]",
+        ),
+    ] = None,
     captions: Annotated[
         Captions,
         typer.Option(
@@ -152,7 +169,7 @@ def index(
     skipped, changed ones indexed again, deleted ones forgotten. Files that cannot be read are recorded with the
     reason and reported; the run goes on (exit code 3 when any failed). A file cut short is indexed as far as it
     decodes, with a warning (--strict: recorded as failed). One run writes to a library at a time: a second one
-    refuses (exit code 1), or waits with --wait.
+    refuses (exit code 1), or waits with --wait. With --watch it then watches PATH... and indexes what changes.
 
     Example: pengi-search index ~/sounds --workers 4 --batch-size 32
     """
@@ -161,9 +178,11 @@ def index(
 
     from ..audio import AUDIO_EXTENSIONS
     from ..scan import ScanError, parse_extensions
+    from .index_watch import check_watch_options, keep_watching
 
     if fast and recaption_fast:
         raise UsageError("--recaption-fast", "writes exact captions: leave out --fast")
+    check_watch_options(watch, debounce, shard=shard, reindex=reindex, retry_errors=retry_errors)
     apply_threads(threads)
     try:
         extensions = AUDIO_EXTENSIONS if ext is None else parse_extensions(ext)
@@ -192,25 +211,35 @@ def index(
         max_len=max_len,
         stop=stop,
         long_prompts=long_prompts,
-        wait=wait,
+        wait=wait or watch,  # a watch outlives other runs: it waits for them rather than ending
         captions=captions,
         fast=fast,
         recaption_fast=recaption_fast,
     )
-    try:
-        with progress_bar() as bar:
-            summary = run_index(options, IndexProgress(bar, visible=show_progress(quiet, json_output)))
-    except (IndexerError, ScanError) as exc:
-        raise UsageError("", str(exc)) from exc
-    if json_output:
-        print_json(summary.to_json())
-    else:
+
+    def run() -> IndexSummary:
+        try:
+            with progress_bar() as bar:
+                return run_index(options, IndexProgress(bar, visible=show_progress(quiet, json_output)))
+        except (IndexerError, ScanError) as exc:
+            raise UsageError("", str(exc)) from exc
+
+    def report(summary: IndexSummary) -> None:
         _print_summary(summary, verbose=verbose)
         if not (summary.files_seen or summary.unseen_roots or summary.unreadable_dirs):  # a wrong folder, or --ext
             from ..pathnames import shown
 
             asked = "" if ext is None else f" with the extensions {ext!r}"
             warn(f"no audio file{asked} found in {', '.join(shown(os.fspath(path)) for path in paths)}")
+
+    if watch:  # with --json, JSON lines: one summary a run, the first one's too
+        each = _json_line if json_output else functools.partial(_print_run_line, quiet=quiet, verbose=verbose)
+        keep_watching(options, debounce, run, _json_line if json_output else report, each, quiet=quiet)
+    summary = run()
+    if json_output:
+        print_json(summary.to_json())
+    else:
+        report(summary)
     raise typer.Exit(EXIT_PARTIAL if summary.partial else EXIT_OK)
 
 
@@ -345,9 +374,24 @@ def export(
 # Helpers
 
 
-def _print_summary(summary: IndexSummary, *, verbose: bool = False) -> None:
-    from ..pathnames import shown
+def _json_line(summary: IndexSummary) -> None:
+    print_json(summary.to_json(), line=True)
 
+
+def _print_run_line(summary: IndexSummary, *, quiet: bool, verbose: bool) -> None:
+    """A run of `index --watch` after the first: what changed, on one line with the time (none with --quiet), and
+    what went wrong, as every run says it."""
+    if not quiet:
+        out_console.print(
+            f"{time.strftime('%H:%M:%S')} indexed {summary.indexed} file(s), removed {summary.pruned}, "
+            f"{len(summary.failed)} failed ({summary.seconds:.1f} s)",
+            markup=False,
+            soft_wrap=True,
+        )
+    _print_problems(summary, verbose=verbose)
+
+
+def _print_summary(summary: IndexSummary, *, verbose: bool = False) -> None:
     shard = f" (shard {summary.shard})" if summary.shard else ""
     out_console.print(
         f"indexed {summary.indexed} file(s), {summary.windows} window(s) in {summary.seconds:.1f} s{shard} "
@@ -356,8 +400,6 @@ def _print_summary(summary: IndexSummary, *, verbose: bool = False) -> None:
         f"{summary.pruned} pruned",
         soft_wrap=True,
     )
-    for run_id in summary.stale_runs:
-        err_console.print(f"run {run_id} was still marked running, but its process had ended: marked interrupted")
     if summary.recaptioned:
         out_console.print(f"{summary.recaptioned} window(s) captioned by --fast went to pass 2 for exact captions")
     if summary.captions_missing:
@@ -370,6 +412,16 @@ def _print_summary(summary: IndexSummary, *, verbose: bool = False) -> None:
         out_console.print(
             f"{summary.skipped_errors} file(s) that failed before were skipped (--retry-errors; `stats` lists them)"
         )
+    _print_problems(summary, verbose=verbose)
+
+
+def _print_problems(summary: IndexSummary, *, verbose: bool) -> None:
+    """What a run found wrong or odd, on stderr: runs left dead, files that failed, warnings (decoders' messages
+    with `verbose`)."""
+    from ..pathnames import shown
+
+    for run_id in summary.stale_runs:
+        err_console.print(f"run {run_id} was still marked running, but its process had ended: marked interrupted")
     for label, items in (("failed", summary.failed), ("unreadable folder", summary.unreadable_dirs)):
         for item in items:
             err_console.print(f"[red]{label}[/] {escape(shown(item.path))}: {escape(item.message)}", soft_wrap=True)

@@ -58,7 +58,7 @@ def indexing_lock(store: Store, shard: str | None = None, *, wait: bool = False)
             busy = _busy_message(store, shard)
             if not wait:
                 raise IndexBusyError(store.url, f"{busy}; wait for it to end, or pass --wait to start when it has")
-            log.warning("%s; waiting for it to end (--wait)", busy)
+            log.warning("%s; waiting for it to end", busy)
             locks.take(name, shared=shared, wait=True)
         yield
     finally:

@@ -138,6 +138,11 @@ class Store(RunJournal):
             rows = session.scalars(select(AudioFileRow).where(paths_under(prefix)).order_by(AudioFileRow.path))
             return [row.to_record() for row in rows]
 
+    def holds(self, prefix: str) -> bool:
+        """Whether a file is recorded at `prefix` or below it, without reading them all (a folder gone from disk)."""
+        with self.session() as session:
+            return session.scalar(select(AudioFileRow.id).where(paths_under(prefix)).limit(1)) is not None
+
     def truncated_files(self) -> list[FileRecord]:
         """Indexed files that decode shorter than their header says (flagged "truncated: ..."), by path."""
         with self.session() as session:
