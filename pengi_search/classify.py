@@ -322,6 +322,8 @@ class Classifier:
         `classify_files` does when some file needs it)."""
         if self._embedder is None:
             spec = self.settings.text_embedder
+            # A model trained on labels has no text tower, and likelihood scoring is what it was trained for.
+            spec.check(self.model_dir, or_instead="classify with --method loglik")
             self._embedder = open_text_embedder(spec, self.model_dir, self.device, engine=self._engine)
         return self._embedder
 

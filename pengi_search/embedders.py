@@ -76,13 +76,14 @@ class EmbedderSpec:
     def __str__(self) -> str:
         return PENGI if self.is_pengi else SENTENCE_TRANSFORMERS_PREFIX + str(self.sentence_transformer)
 
-    def check(self, model_dir: ModelDir) -> None:
-        """Refuse Pengi's text tower for a model that has none (before anything is loaded)."""
+    def check(self, model_dir: ModelDir, *, or_instead: str = "") -> None:
+        """Refuse Pengi's text tower for a model that has none (before anything is loaded); `or_instead`: another
+        way to do the command's work without text embeddings, named first in the error."""
         if self.is_pengi and not model_dir.has_text_encoder:
+            fix = "choose a text embedder with --text-embedder sentence-transformers:NAME"
             raise TextEmbedderError(
                 model_dir.path,
-                "this model has no text encoder (base_no_text_enc): choose a text embedder with "
-                "--text-embedder sentence-transformers:NAME",
+                f"this model has no text encoder (base_no_text_enc): {or_instead + ', or ' if or_instead else ''}{fix}",
             )
 
     def embedder_id(self, model_dir: ModelDir) -> str:

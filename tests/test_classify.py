@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from pengi_search.audio import iter_windows
 from pengi_search.classify import (
@@ -20,7 +21,9 @@ from pengi_search.classify import (
     read_labels,
     read_truth,
 )
+from pengi_search.cli import app
 from pengi_search.decoding import GenerationConfig
+from pengi_search.errors import EXIT_USAGE
 from pengi_search.inference import Engine
 from pengi_search.library import Library
 from pengi_search.model_dir import ModelDir
@@ -183,6 +186,17 @@ def test_text_method_captions_a_file_that_is_not_indexed(tiny_model_dir, tmp_pat
     prediction = c.classify(path)
     assert prediction.source == "decoded"
     assert prediction.label == caption and prediction.score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_model_without_text_tower_names_loglik_as_the_way_to_classify_it(tiny_no_text_model_dir, tmp_path):
+    """A model trained on labels (`train init`: no text tower) is classified by likelihood, which needs nothing
+    more; the text method's error said only to get a sentence-transformers model."""
+    path = write_tone(tmp_path / "a.wav", 1.0, freq=440.0)
+    labels = write(tmp_path, "low\nhigh\n")
+    result = CliRunner().invoke(app, ["classify", str(path), "--model", str(tiny_no_text_model_dir), "-l", str(labels)])
+    assert result.exit_code == EXIT_USAGE
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: ") and "--method loglik" in line and "--text-embedder" in line
 
 
 def test_template_applies_to_the_labels(captions, tiny_model_dir):

@@ -35,6 +35,7 @@ from pengi_search.model_dir import ModelDir
 from pengi_search.testing import tiny_gpt2_tokenizer
 from trainer.audio_parts import aisfx_checkpoint, clap_audio_tower, init_htsat_from_clap, read_aisfx_state
 from trainer.config import load_config
+from trainer.export import export_checkpoint
 from trainer.language_parts import TokenizerMissingError
 from trainer.loop import train
 from trainer.model_setup import build_model
@@ -370,3 +371,20 @@ def test_a_tokenizer_trained_on_the_manifest_sizes_the_decoder_and_is_kept_for_t
     assert tokenizers.decode(tokenizers.answer_ids("low")) == "low"
     again, _ = build_model(config, config_path)  # the second build reads the kept tokenizer
     assert (config.output_dir / "tokenizer").is_dir() and again.cfg.decoder.vocab_size == model.cfg.decoder.vocab_size
+
+
+def test_export_of_a_moved_run_reads_and_writes_the_run_where_it_now_lies(tmp_path) -> None:
+    """A run trained elsewhere (a GPU machine) and copied here: its checkpoint exports beside it, with its own
+    tokenizer, and nothing is written where the run was trained (exports went there, and its BPE was trained anew)."""
+    manifest = labelled_clips(tmp_path)
+    config_path = scratch_config(tmp_path, manifest, {"train_tokenizer": 300})
+    trained = train(load_config(config_path)).model_dir.parent
+    moved = trained.rename(tmp_path / "copied-home")
+    manifest.write_text(manifest.read_text().replace('"hiss"', '"a long hiss of steam"'))  # another BPE's texts
+
+    exported = export_checkpoint(moved / "checkpoints" / "step-00000002.pt")
+    assert exported == moved / "model-step-00000002" and not trained.exists()
+    kept = moved / "tokenizer" / "tokenizer.json"
+    assert (exported / "tokenizer" / "gpt2" / "tokenizer.json").read_text() == kept.read_text()
+    final = Pengi.from_pretrained(moved / "model").state_dict()
+    assert all(torch.equal(value, final[key]) for key, value in Pengi.from_pretrained(exported).state_dict().items())

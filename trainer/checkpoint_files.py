@@ -23,6 +23,14 @@ def checkpoint_path(output_dir: Path, step: int) -> Path:
     return output_dir / CHECKPOINT_DIR / f"step-{step:08d}.pt"
 
 
+def run_folder(checkpoint: Path, trained_in: Path) -> Path:
+    """The run a checkpoint belongs to: the folder holding its `checkpoints/`, where the run lies now (also when it
+    was copied from the machine that trained it); else, for a checkpoint file kept elsewhere, the output_dir it was
+    trained in (`trained_in`)."""
+    folder = checkpoint.resolve().parent
+    return folder.parent if folder.name == CHECKPOINT_DIR else trained_in
+
+
 def checkpoint_step(path: Path) -> int | None:
     """The step a checkpoint was written at, from its name (`step-00000040.pt`); None for another file."""
     match = CHECKPOINT_NAME.match(path.name)

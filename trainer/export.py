@@ -11,6 +11,7 @@ from typing import Any
 from pengi_search.checkpoint import CheckpointError
 from pengi_search.model import Pengi
 from pengi_search.tokenization import Tokenizers
+from trainer.checkpoint_files import run_folder
 from trainer.config import config_from_dict
 from trainer.model_setup import apply_freezing, build_model, frozen_fingerprint
 from trainer.state import load_checkpoint, load_model_state, seed_everything
@@ -36,13 +37,16 @@ def export_model(
 
 
 def export_checkpoint(checkpoint: Path, output: Path | None = None) -> Path:
-    """The model of a training checkpoint as a model directory (default: `<output_dir>/model-step-<step>`).
+    """The model of a training checkpoint as a model directory (default: `<run>/model-step-<step>`, the run
+    being the folder that holds its `checkpoints/`).
 
     The frozen parts are rebuilt from the sources the run's configuration names (as on resume) and checked
-    against the fingerprint the checkpoint holds.
+    against the fingerprint the checkpoint holds. The run's own files (its trained tokenizer) are read where the
+    run lies now, not from the output_dir it was trained in: a run copied from another machine exports as is.
     """
     payload = load_checkpoint(checkpoint)
     config = config_from_dict(payload["config"], checkpoint, base=Path("/"))
+    config.output_dir = run_folder(checkpoint, config.output_dir)
     seed_everything(config.seed)
     model, tokenizers = build_model(config, checkpoint)
     apply_freezing(model, config.freeze)

@@ -173,7 +173,11 @@ def export(
     checkpoint: Annotated[Path, typer.Argument(help="A training checkpoint (…/checkpoints/step-*.pt or best.pt).")],
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Model directory to write \\[default: <output_dir>/model-step-<step>]."),
+        typer.Option(
+            "--output",
+            "-o",
+            help="Model directory to write \\[default: model-step-<step> in the run folder holding the checkpoint].",
+        ),
     ] = None,
 ) -> None:
     """Write the model of any training checkpoint as a model directory (describe, index, classify --model)."""
