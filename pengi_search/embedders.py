@@ -174,7 +174,11 @@ class SentenceTransformerEmbedder:
     def __init__(self, name: str, device: torch.device):
         from sentence_transformers import SentenceTransformer  # heavy import, only when chosen
 
-        self.model = SentenceTransformer(name, device=str(device))
+        try:  # from the Hugging Face cache first: asking the hub whether it changed held up every query (seconds,
+            # or a minute of retries without a network)
+            self.model = SentenceTransformer(name, device=str(device), local_files_only=True)
+        except OSError:  # not cached yet: the hub has it (or says why not)
+            self.model = SentenceTransformer(name, device=str(device))
         self.id = SENTENCE_TRANSFORMERS_PREFIX + name
         self.dim = int(self.model.get_embedding_dimension())
 
