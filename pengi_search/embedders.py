@@ -173,7 +173,9 @@ class SentenceTransformerEmbedder:
 
     def __init__(self, name: str, device: torch.device):
         from sentence_transformers import SentenceTransformer  # heavy import, only when chosen
+        from transformers.utils import logging as transformers_logging
 
+        transformers_logging.disable_progress_bar()  # its "Loading weights" bar on every query; commands are quiet
         try:  # from the Hugging Face cache first: asking the hub whether it changed held up every query (seconds,
             # or a minute of retries without a network)
             self.model = SentenceTransformer(name, device=str(device), local_files_only=True)

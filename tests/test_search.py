@@ -404,7 +404,8 @@ def test_end_to_end_query_with_a_generated_caption(indexed, tiny_model_dir):
 
 
 def test_a_sentence_transformer_in_the_hugging_face_cache_loads_without_asking_the_hub(tmp_path):
-    """Every query asked the hub whether the model changed: seconds per query, a minute of retries offline."""
+    """Every query asked the hub whether the model changed (seconds per query, a minute of retries offline) and
+    drew transformers' progress bar of its weights."""
     snapshot = tmp_path / "hub" / "models--someone--mini" / "snapshots" / "0123abcd"
     shutil.copytree(make_tiny_sentence_transformer(tmp_path / "st"), snapshot)
     (snapshot.parent.parent / "refs").mkdir()
@@ -433,6 +434,7 @@ def test_a_sentence_transformer_in_the_hugging_face_cache_loads_without_asking_t
         server.shutdown()
     assert run.returncode == 0 and run.stdout.split() == ["16"], run.stderr
     assert [path for path in asked if "someone" in path] == [], asked
+    assert "Loading weights" not in run.stderr  # transformers' progress bar, on every query
 
 
 def test_query_uses_the_sentence_transformers_embedder_the_index_was_built_with(tmp_path, tiny_model_dir):
