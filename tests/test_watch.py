@@ -194,6 +194,20 @@ def test_only_changes_a_run_would_act_on_end_a_wait(tiny_model_dir, tmp_path):
         assert watch.wait(PATIENCE_S) == {str(root / "back")}
 
 
+def test_a_file_root_is_still_watched_after_a_rename_replaced_it(tmp_path):
+    """Recorders, editors and rsync save by renaming a new file over the old one: the file root's next changes
+    still count, while other audio files beside it (not in the library) do not."""
+    take = tmp_path / "take.wav"
+    take.write_bytes(b"\0" * 1000)
+    with LibraryWatch([take], AUDIO_EXTENSIONS, str(tmp_path / "lib.db"), debounce_s=0.2) as watch:
+        (tmp_path / "beside.wav").write_bytes(b"\0" * 1000)
+        (tmp_path / "take.part").write_bytes(b"\1" * 1000)
+        os.replace(tmp_path / "take.part", take)
+        assert watch.wait(PATIENCE_S) == {str(take)}
+        take.write_bytes(b"\2" * 1000)  # the new file, written in place
+        assert watch.wait(PATIENCE_S) == {str(take)}
+
+
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [
