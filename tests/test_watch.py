@@ -97,7 +97,9 @@ def watching(tmp_path: Path, model_dir: Path, *, json_lines: bool = True) -> Ite
 
 def test_watch_indexes_what_is_added_forgets_what_is_deleted_and_ctrl_c_ends_it_idle(tiny_model_dir, tmp_path):
     with watching(tmp_path, tiny_model_dir) as watch:
-        write_tone(watch.root / "new" / "second.wav", 2.0, freq=700)
+        # Written elsewhere and moved in whole: written in place, a pause of the loaded machine longer than the
+        # debounce could split it into two runs.
+        os.replace(write_tone(tmp_path / "second.wav", 2.0, freq=700), watch.root / "second.wav")
         (watch.root / "notes.txt").write_text("not audio: no run of its own")
         added = watch.out.summary()
         assert (added["indexed"], added["pruned"], added["failed"]) == (1, 0, [])
@@ -118,7 +120,7 @@ def test_watch_indexes_what_is_added_forgets_what_is_deleted_and_ctrl_c_ends_it_
 def test_watch_waits_for_another_run_holding_the_library_then_says_what_changed_in_a_line(tiny_model_dir, tmp_path):
     with watching(tmp_path, tiny_model_dir, json_lines=False) as watch:
         with Store.open(watch.db) as store, indexing_lock(store):  # another run writes to the library
-            write_tone(watch.root / "second.wav", 1.0, freq=700)
+            os.replace(write_tone(tmp_path / "second.wav", 1.0, freq=700), watch.root / "second.wav")  # whole
             watch.err.until("another indexing run is writing to this library; waiting for it to end")
         line = watch.out.next()  # once it ended
         assert re.fullmatch(r"\d\d:\d\d:\d\d indexed 1 file\(s\), removed 0, 0 failed \(\d+\.\d s\)", line), line
