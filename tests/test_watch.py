@@ -75,9 +75,10 @@ class Watching:
 
 @contextlib.contextmanager
 def watching(tmp_path: Path, model_dir: Path, *, json_lines: bool = True) -> Iterator[Watching]:
-    """`index --watch` (`--json` with `json_lines`) in a process of its own over a folder of one file, once its
-    first run (the run that `index` alone makes) has reported; killed at the end."""
-    root, db = tmp_path / "sounds", tmp_path / "lib.db"
+    """`index --watch` (`--json` with `json_lines`) in a process of its own over a folder of one file and the
+    library itself, once its first run (the run that `index` alone makes) has reported; killed at the end."""
+    root = tmp_path / "sounds"
+    db = root / "lib.db"  # a run's writes to the library must not start the next run
     write_tone(root / "first.wav", 1.0)
     command = [sys.executable, "-m", "pengi_search", "index", str(root), "--watch", "--debounce", "0.2"]
     command += ["--db", str(db), "--model", str(model_dir), *QUICK, *(["--json"] if json_lines else [])]
@@ -100,10 +101,12 @@ def test_watch_indexes_what_is_added_forgets_what_is_deleted_and_ctrl_c_ends_it_
         # Written elsewhere and moved in whole: written in place, a pause of the loaded machine longer than the
         # debounce could split it into two runs.
         os.replace(write_tone(tmp_path / "second.wav", 2.0, freq=700), watch.root / "second.wav")
-        (watch.root / "notes.txt").write_text("not audio: no run of its own")
         added = watch.out.summary()
         assert (added["indexed"], added["pruned"], added["failed"]) == (1, 0, [])
         assert count_rows(watch.db, INDEXED) == 2
+        (watch.root / "notes.txt").write_text("not audio")
+        with pytest.raises(queue.Empty):  # no run for it, nor for what the last run wrote to the library
+            watch.out.queue.get(timeout=5 * 0.2)
 
         (watch.root / "first.wav").unlink()
         assert watch.out.summary()["pruned"] == 1
@@ -112,9 +115,9 @@ def test_watch_indexes_what_is_added_forgets_what_is_deleted_and_ctrl_c_ends_it_
         watch.process.send_signal(signal.SIGINT)  # idle: the last run has reported
         assert watch.process.wait(timeout=PATIENCE_S) == EXIT_INTERRUPTED
         watch.err.until("interrupted")
-    assert watch.out.queue.get(timeout=PATIENCE_S) is None  # no run for the text file, nor for the library's files
+    assert watch.out.queue.get(timeout=PATIENCE_S) is None  # nothing more written
     with Store.open(watch.db) as store:
-        assert [run.status for run in store.runs()] == ["finished"] * 3  # none recorded interrupted
+        assert [run.status for run in store.runs()] == ["finished"] * 3  # no other run, none recorded interrupted
 
 
 def test_watch_waits_for_another_run_holding_the_library_then_says_what_changed_in_a_line(tiny_model_dir, tmp_path):
