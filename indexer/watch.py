@@ -6,7 +6,7 @@ ReadDirectoryChangesW; polling where `WATCHFILES_FORCE_POLLING=1` is set, e.g. o
 Only changes an index run acts on count:
 - a file with an extension being indexed (or a root given as a file): added, written, renamed or deleted;
 - a folder that appears (moved in: its files bring no events of their own);
-- a path that disappears with indexed files at or below it (a folder moved away or deleted).
+- a path that disappears with indexed files at or below it (a folder moved away or deleted), or a root itself.
 So the library's own files (its database and FAISS files, even inside a root) and other files (sidecars, editors'
 temporary files) never start a run, and a run never starts the next one.
 
@@ -107,7 +107,9 @@ class LibraryWatch:
             if self._indexable(path) or (change == watchfiles.Change.added and os.path.isdir(path))
         }
         gone = {path for change, path in changes if change == watchfiles.Change.deleted} - found
-        return found | self._held(_topmost(gone))
+        # A root gone always counts, even with the library gone along (inside it): its run ends the watch with
+        # the error a missing PATH gives, where the watch would otherwise go on over a folder no longer there.
+        return found | (gone & set(self.roots)) | self._held(_topmost(gone))
 
     def _indexable(self, path: str) -> bool:
         return has_extension(path, self._extensions) or path in self._file_roots

@@ -129,6 +129,17 @@ def test_watch_waits_for_another_run_holding_the_library_then_says_what_changed_
         assert re.fullmatch(r"\d\d:\d\d:\d\d indexed 1 file\(s\), removed 0, 0 failed \(\d+\.\d s\)", line), line
 
 
+def test_a_watched_folder_moved_away_ends_the_watch_with_an_error_and_the_library_keeps_its_files(
+    tiny_model_dir, tmp_path
+):
+    with watching(tmp_path, tiny_model_dir) as watch:
+        moved = shutil.move(watch.root, tmp_path / "moved")
+        assert watch.process.wait(timeout=PATIENCE_S) == EXIT_USAGE
+        watch.err.until("watching ")
+        assert watch.err.next() == f"error: {watch.root}: cannot read (No such file or directory)"
+    assert count_rows(Path(moved) / "lib.db", INDEXED) == 1
+
+
 def test_a_later_run_is_one_line_with_the_time_none_with_quiet_and_failures_always(capsys):
     summary = IndexSummary("sqlite:///lib.db", indexed=2, pruned=1, seconds=1.26)
     summary.failed.append(FailedFile("/sounds/bad.wav", "not a readable audio file"))
