@@ -6,7 +6,7 @@ ReadDirectoryChangesW; polling where `WATCHFILES_FORCE_POLLING=1` is set, e.g. o
 Only changes an index run acts on count:
 - a file with an extension being indexed (or a root given as a file): added, written, renamed or deleted;
 - a folder that appears (moved in: its files bring no events of their own);
-- a path that disappears with indexed files at or below it (a folder moved away or deleted).
+- a path that disappears with indexed files at or below it (a folder moved away or deleted), or a root itself.
 So the library's own files (its database and FAISS files, even inside a root) and other files (sidecars, editors'
 temporary files) never start a run, and a run never starts the next one.
 
@@ -56,14 +56,13 @@ class LibraryWatch:
         self._db = db
         self._pending: set[str] = set()  # changed paths not yet settled
         self._last = 0.0  # when the last of them came (time.monotonic)
-        self._changes: Iterator[Changes] = watchfiles.watch(
-            *self.roots,
-            watch_filter=None,  # filtered here, so that changes of no interest still let `wait` look at the clock
-            rust_timeout=_TICK_MS,
-            yield_on_timeout=True,
-            ignore_permission_denied=True,  # an unreadable folder: the run reports it, as without --watch
-        )
-        next(self._changes)  # watchfiles sets the watch up when first asked; what it reports, the first run sees
+        folders = [root for root in self.roots if root not in self._file_roots]
+        # A file root is also watched through its folder: the watch on the file itself (which follows a link to
+        # it) ends when the file is replaced by a rename, as recorders, editors and rsync save, or deleted; the
+        # folder's sees the new file. Of that folder's changes only the file root's count (`_next_changes`).
+        beside = sorted(self._file_roots | {os.path.dirname(root) for root in self._file_roots})
+        self._folders = _watch(folders, recursive=True)
+        self._beside = _watch(beside, recursive=False)
 
     def wait(self, timeout_s: float | None = None) -> set[str]:
         """Block until changes of interest have come and then none for `debounce_s`; the paths that changed, or
@@ -72,7 +71,7 @@ class LibraryWatch:
         Ctrl-C raises KeyboardInterrupt (watchfiles checks for it while it waits)."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
-            if found := self._of_interest(next(self._changes)):
+            if found := self._of_interest(self._next_changes()):
                 self._pending |= found
                 self._last = time.monotonic()
             now = time.monotonic()
@@ -83,15 +82,23 @@ class LibraryWatch:
                 return set()
 
     def close(self) -> None:
-        close = getattr(self._changes, "close", None)
-        if close is not None:
-            close()  # ends watchfiles' generator, which stops its watcher
+        for changes in (self._folders, self._beside):
+            close = getattr(changes, "close", None)
+            if close is not None:
+                close()  # ends watchfiles' generator, which stops its watcher
 
     def __enter__(self) -> LibraryWatch:
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+    def _next_changes(self) -> Changes:
+        """What changed since the last call (each watch waits up to a tick for a first change)."""
+        changes = next(self._folders) if self._folders is not None else set()
+        if self._beside is not None:
+            changes |= {(change, path) for change, path in next(self._beside) if path in self._file_roots}
+        return changes
 
     def _of_interest(self, changes: Changes) -> set[str]:
         found = {
@@ -100,7 +107,9 @@ class LibraryWatch:
             if self._indexable(path) or (change == watchfiles.Change.added and os.path.isdir(path))
         }
         gone = {path for change, path in changes if change == watchfiles.Change.deleted} - found
-        return found | self._held(_topmost(gone))
+        # A root gone always counts, even with the library gone along (inside it): its run ends the watch with
+        # the error a missing PATH gives, where the watch would otherwise go on over a folder no longer there.
+        return found | (gone & set(self.roots)) | self._held(_topmost(gone))
 
     def _indexable(self, path: str) -> bool:
         return has_extension(path, self._extensions) or path in self._file_roots
@@ -111,6 +120,22 @@ class LibraryWatch:
             return set()
         with Store.open(self._db, create=False, read_only=True) as store:
             return {path for path in paths if store.holds(path)}
+
+
+def _watch(paths: list[str], *, recursive: bool) -> Iterator[Changes] | None:
+    """watchfiles' changes under `paths`, reported at least every tick (None without paths)."""
+    if not paths:
+        return None
+    changes = watchfiles.watch(
+        *paths,
+        watch_filter=None,  # filtered here, so that changes of no interest still let `wait` look at the clock
+        recursive=recursive,
+        rust_timeout=_TICK_MS,
+        yield_on_timeout=True,
+        ignore_permission_denied=True,  # an unreadable folder: the run reports it, as without --watch
+    )
+    next(changes)  # watchfiles sets the watch up when first asked; what it reports, the first run sees
+    return changes
 
 
 def _topmost(paths: set[str]) -> set[str]:

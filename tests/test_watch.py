@@ -75,9 +75,10 @@ class Watching:
 
 @contextlib.contextmanager
 def watching(tmp_path: Path, model_dir: Path, *, json_lines: bool = True) -> Iterator[Watching]:
-    """`index --watch` (`--json` with `json_lines`) in a process of its own over a folder of one file, once its
-    first run (the run that `index` alone makes) has reported; killed at the end."""
-    root, db = tmp_path / "sounds", tmp_path / "lib.db"
+    """`index --watch` (`--json` with `json_lines`) in a process of its own over a folder of one file and the
+    library itself, once its first run (the run that `index` alone makes) has reported; killed at the end."""
+    root = tmp_path / "sounds"
+    db = root / "lib.db"  # a run's writes to the library must not start the next run
     write_tone(root / "first.wav", 1.0)
     command = [sys.executable, "-m", "pengi_search", "index", str(root), "--watch", "--debounce", "0.2"]
     command += ["--db", str(db), "--model", str(model_dir), *QUICK, *(["--json"] if json_lines else [])]
@@ -97,11 +98,15 @@ def watching(tmp_path: Path, model_dir: Path, *, json_lines: bool = True) -> Ite
 
 def test_watch_indexes_what_is_added_forgets_what_is_deleted_and_ctrl_c_ends_it_idle(tiny_model_dir, tmp_path):
     with watching(tmp_path, tiny_model_dir) as watch:
-        write_tone(watch.root / "new" / "second.wav", 2.0, freq=700)
-        (watch.root / "notes.txt").write_text("not audio: no run of its own")
+        # Written elsewhere and moved in whole: written in place, a pause of the loaded machine longer than the
+        # debounce could split it into two runs.
+        os.replace(write_tone(tmp_path / "second.wav", 2.0, freq=700), watch.root / "second.wav")
         added = watch.out.summary()
         assert (added["indexed"], added["pruned"], added["failed"]) == (1, 0, [])
         assert count_rows(watch.db, INDEXED) == 2
+        (watch.root / "notes.txt").write_text("not audio")
+        with pytest.raises(queue.Empty):  # no run for it, nor for what the last run wrote to the library
+            watch.out.queue.get(timeout=5 * 0.2)
 
         (watch.root / "first.wav").unlink()
         assert watch.out.summary()["pruned"] == 1
@@ -110,18 +115,29 @@ def test_watch_indexes_what_is_added_forgets_what_is_deleted_and_ctrl_c_ends_it_
         watch.process.send_signal(signal.SIGINT)  # idle: the last run has reported
         assert watch.process.wait(timeout=PATIENCE_S) == EXIT_INTERRUPTED
         watch.err.until("interrupted")
-    assert watch.out.queue.get(timeout=PATIENCE_S) is None  # no run for the text file, nor for the library's files
+    assert watch.out.queue.get(timeout=PATIENCE_S) is None  # nothing more written
     with Store.open(watch.db) as store:
-        assert [run.status for run in store.runs()] == ["finished"] * 3  # none recorded interrupted
+        assert [run.status for run in store.runs()] == ["finished"] * 3  # no other run, none recorded interrupted
 
 
 def test_watch_waits_for_another_run_holding_the_library_then_says_what_changed_in_a_line(tiny_model_dir, tmp_path):
     with watching(tmp_path, tiny_model_dir, json_lines=False) as watch:
         with Store.open(watch.db) as store, indexing_lock(store):  # another run writes to the library
-            write_tone(watch.root / "second.wav", 1.0, freq=700)
+            os.replace(write_tone(tmp_path / "second.wav", 1.0, freq=700), watch.root / "second.wav")  # whole
             watch.err.until("another indexing run is writing to this library; waiting for it to end")
         line = watch.out.next()  # once it ended
         assert re.fullmatch(r"\d\d:\d\d:\d\d indexed 1 file\(s\), removed 0, 0 failed \(\d+\.\d s\)", line), line
+
+
+def test_a_watched_folder_moved_away_ends_the_watch_with_an_error_and_the_library_keeps_its_files(
+    tiny_model_dir, tmp_path
+):
+    with watching(tmp_path, tiny_model_dir) as watch:
+        moved = shutil.move(watch.root, tmp_path / "moved")
+        assert watch.process.wait(timeout=PATIENCE_S) == EXIT_USAGE
+        watch.err.until("watching ")
+        assert watch.err.next() == f"error: {watch.root}: cannot read (No such file or directory)"
+    assert count_rows(Path(moved) / "lib.db", INDEXED) == 1
 
 
 def test_a_later_run_is_one_line_with_the_time_none_with_quiet_and_failures_always(capsys):
@@ -192,6 +208,20 @@ def test_only_changes_a_run_would_act_on_end_a_wait(tiny_model_dir, tmp_path):
         assert watch.wait(PATIENCE_S) == {str(root / "kept")}
         shutil.move(tmp_path / "elsewhere", root / "back")  # moved in: its files bring no events of their own
         assert watch.wait(PATIENCE_S) == {str(root / "back")}
+
+
+def test_a_file_root_is_still_watched_after_a_rename_replaced_it(tmp_path):
+    """Recorders, editors and rsync save by renaming a new file over the old one: the file root's next changes
+    still count, while other audio files beside it (not in the library) do not."""
+    take = tmp_path / "take.wav"
+    take.write_bytes(b"\0" * 1000)
+    with LibraryWatch([take], AUDIO_EXTENSIONS, str(tmp_path / "lib.db"), debounce_s=0.2) as watch:
+        (tmp_path / "beside.wav").write_bytes(b"\0" * 1000)
+        (tmp_path / "take.part").write_bytes(b"\1" * 1000)
+        os.replace(tmp_path / "take.part", take)
+        assert watch.wait(PATIENCE_S) == {str(take)}
+        take.write_bytes(b"\2" * 1000)  # the new file, written in place
+        assert watch.wait(PATIENCE_S) == {str(take)}
 
 
 @pytest.mark.parametrize(
