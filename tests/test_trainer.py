@@ -316,7 +316,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(uninterrupted, tmp_p
 
 
 def test_resuming_a_finished_run_says_so_and_writes_nothing_and_a_raised_max_steps_trains_on(
-    tmp_path, sounds, tiny_model_dir
+    tmp_path, sounds, tiny_model_dir, caplog
 ) -> None:
     """--resume after the run reached max_steps trained nothing, wrote the model again and logged a second `end`,
     without a word."""
@@ -338,6 +338,9 @@ def test_resuming_a_finished_run_says_so_and_writes_nothing_and_a_raised_max_ste
     assert written() == before and (run / METRICS_FILE).read_bytes() == metrics
     result = train_command(config_path, "--resume-from", str(run / "checkpoints" / "step-00000004.pt"))
     assert result.exit_code == 0 and "already finished at step 4" in result.stderr and written() == before
+    # Nothing trains, so no word of the rates it would train at.
+    result = train_command(config_path, "--resume", "--set", "optimization.lr=1e-2")
+    assert "already finished" in result.stderr and "changed since the checkpoint" not in caplog.text
 
     # More steps in the config: the run goes on from its last checkpoint to the new end.
     check_trained(config_path, "--resume", "--set", "optimization.max_steps=6")

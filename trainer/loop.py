@@ -237,10 +237,7 @@ class Trainer:
             self.optimizer.load_state_dict(payload["optimizer"])
         except ValueError as error:
             raise CheckpointError(path, f"the optimizer state does not fit (freezing changed?): {error}") from None
-        if [group["initial_lr"] for group in self.optimizer.param_groups] != configured:
-            log.warning(
-                "optimization.lr or part_lr changed since the checkpoint: the run keeps the rates it began with"
-            )
+        rates_changed = [group["initial_lr"] for group in self.optimizer.param_groups] != configured
         self.scheduler.load_state_dict(payload["scheduler"])
         # The resumed step's rate comes from this run's schedule, not from the checkpoint's optimizer: a raised
         # max_steps or epochs plans the decay over the new length from the first resumed step on (same length:
@@ -252,6 +249,10 @@ class Trainer:
         self.finished = self._finished()
         if self.finished is not None:
             return  # before the metrics log is touched: a finished run stays as it is
+        if rates_changed:
+            log.warning(
+                "optimization.lr or part_lr changed since the checkpoint: the run keeps the rates it began with"
+            )
         if payload["train_examples"] != len(self.data.train_set):
             log.warning("the training manifest changed since the checkpoint: the data order will differ")
         rng = payload["rng"]
