@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
+from rich.console import Console
 from safetensors.torch import load_file
 from transformers import CLIPConfig, CLIPModel, GPT2LMHeadModel
 from typer.testing import CliRunner, Result
@@ -36,7 +38,7 @@ from trainer.evaluation import generate_answers
 from trainer.loop import Trainer, train, warmup_then_linear_decay
 from trainer.model_setup import apply_freezing, build_model, set_train_mode
 from trainer.objective import AnswerNll
-from trainer.reporting import METRICS_FILE, read_metrics
+from trainer.reporting import METRICS_FILE, TrainingProgress, read_metrics
 
 from .reference import fixture_dirs, missing_reference
 
@@ -607,3 +609,12 @@ def test_dry_run_counts_missing_and_broken_audio_and_prints_the_task_mix(tmp_pat
     assert "gone.wav: file not found" in out
     assert "sound_event" in out and "33.3%" in out and "50.0%" in out
     assert not (tmp_path / "run").exists()  # nothing trained
+
+
+def test_a_line_above_the_progress_bar_is_printed_as_written_on_one_line() -> None:
+    """A sample answer holding brackets lost them to Rich markup, and piped to a log a long line broke at 80."""
+    out = io.StringIO()
+    answer = "a [bold] dog barks " + "and barks " * 12
+    with TrainingProgress(total=4, done=0, enabled=True, console=Console(file=out, width=80)) as progress:
+        progress.print(f"  {answer!r} (reference 'dog')")
+    assert f"  {answer!r} (reference 'dog')" in out.getvalue().splitlines()

@@ -148,5 +148,7 @@ class TrainingProgress:
         self._progress.update(self._task, completed=step, **fields)
 
     def print(self, message: str) -> None:
+        """A line above the bar, as written: a generated answer may hold brackets (no markup), and a log read
+        later keeps each message on one line (no wrapping at the 80 columns Rich assumes off a terminal)."""
         if self.enabled:
-            self._progress.console.print(message, highlight=False)
+            self._progress.console.print(message, highlight=False, markup=False, soft_wrap=True)
