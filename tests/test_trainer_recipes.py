@@ -279,12 +279,14 @@ def label_run_config(folder: Path, model_dir: Path, **overrides) -> Path:
 
 
 def test_a_labelled_run_reports_accuracy_keeps_the_best_model_and_plots(tmp_path, tiny_no_text_model_dir) -> None:
-    config_path = label_run_config(tmp_path, tiny_no_text_model_dir)
+    folder = tmp_path / "[my] runs"  # brackets are no markup, and a long path is not broken across lines
+    config_path = label_run_config(folder, tiny_no_text_model_dir)
     result = cli("train", str(config_path))
     assert result.exit_code == EXIT_OK, result.output
-    run = tmp_path / "run"
-    said = " ".join(result.output.split())  # a quiet run (logging.quiet) still says where its models are
-    assert f"model written to {run / 'model'}" in said and "best accuracy" in said and str(run / "best-model") in said
+    run = folder / "run"
+    said = result.output.splitlines()  # a quiet run (logging.quiet) still says where its models are
+    assert f"model written to {run / 'model'}" in said
+    assert any(line.startswith("best accuracy") and line.endswith(f": {run / 'best-model'}") for line in said), said
     evals = read_metrics(run / METRICS_FILE, "eval")
     assert [e["step"] for e in evals] == list(range(5, 41, 5))
     assert all(0.0 <= e["accuracy"] <= 1.0 and e["label_examples"] == 4 for e in evals)

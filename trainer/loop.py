@@ -583,10 +583,10 @@ class Trainer:
         if self.config.logging.plot:
             write_plot(self.config.output_dir / METRICS_FILE, self.config.output_dir / PLOT_FILE)
         # The run's outcome, said even with --quiet (which quiets the progress): where its models are.
-        self.console.print(f"model written to {model_dir}", soft_wrap=True)
+        self.console.print(f"model written to {model_dir}", soft_wrap=True, markup=False)
         if self.best.best_step is not None and self.config.checkpoints.keep_best:
-            best = self.config.output_dir / BEST_MODEL_DIR
-            self.console.print(f"best {self.best.metric} {self.best.best:.4f} at step {self.best.best_step}: {best}")
+            best = f"best {self.best.metric} {self.best.best:.4f} at step {self.best.best_step}"
+            self.console.print(f"{best}: {self.config.output_dir / BEST_MODEL_DIR}", soft_wrap=True, markup=False)
         wait_for_all(self.processes)
         return model_dir
 
