@@ -89,12 +89,16 @@ def test_init_splits_each_label_with_the_seed_and_writes_manifests_label_map_and
 
 
 def test_init_names_the_next_command_as_the_shell_takes_it(tmp_path) -> None:
-    """The `next:` line can be pasted as it is, also with an output folder whose name has a space."""
+    """The `next:` line can be pasted as it is, also with an output folder whose name has a space; the paths are
+    printed as they are (brackets were taken for markup and dropped)."""
     labels = write_clips(tmp_path / "clips", per_label=5)
-    out = tmp_path / "my run"
+    out = tmp_path / "my [first] run"
     result = cli("train", "init", str(labels), "--audio-root", str(tmp_path / "clips"), "--out", str(out))
     [line] = [line for line in result.output.splitlines() if line.startswith("next: ")]
     assert shlex.split(line.removeprefix("next: ")) == ["pengi-search", "train", str(out / "config.yaml"), "--dry-run"]
+    assert f"config (labels-cpu): {out / 'config.yaml'}" in result.output.splitlines()
+    dry = cli("train", str(out / "config.yaml"), "--dry-run", "--set", "output_dir=" + str(out / "run"))
+    assert any(line.startswith(f"train {out / 'train.jsonl'}: ") for line in dry.output.splitlines()), dry.output
 
 
 def test_init_keeps_each_group_on_one_side_of_the_validation_split(tmp_path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pengi_search.choices import LongPrompt
@@ -268,11 +269,11 @@ def print_dry_run(report: DryRunReport, console: Console) -> None:
     for check in report.manifests:
         _print_manifest(check, console)
     for problem in report.config_problems:
-        console.print(f"[bold red]config:[/] {problem}", soft_wrap=True)
+        console.print(f"[bold red]config:[/] {escape(problem)}", soft_wrap=True)
     for problem in report.model_problems:
-        console.print(f"[bold red]model:[/] {problem}", soft_wrap=True)
+        console.print(f"[bold red]model:[/] {escape(problem)}", soft_wrap=True)
     for problem in report.run_problems:
-        console.print(f"[bold red]run:[/] {problem}", soft_wrap=True)
+        console.print(f"[bold red]run:[/] {escape(problem)}", soft_wrap=True)
     plan = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in report.plan.items())
     console.print(f"plan: {plan}", soft_wrap=True)
     if report.timing:
@@ -282,7 +283,7 @@ def print_dry_run(report: DryRunReport, console: Console) -> None:
             line += f"; encoding the clips first (frozen encoder, cached): about {duration_text(timing['encoding'])}"
         console.print(line, soft_wrap=True)
     for warning in report.warnings:
-        console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+        console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     verdict = {
         EXIT_OK: "ready to train" + (" (see the warnings)" if report.warnings else ""),
         EXIT_USAGE: "cannot train: fix the configuration",
@@ -294,12 +295,12 @@ def print_dry_run(report: DryRunReport, console: Console) -> None:
 
 def _print_manifest(check: ManifestCheck, console: Console) -> None:
     console.print(
-        f"[bold]{check.role}[/] {check.path}: {check.examples} examples, {check.usable} usable, "
+        f"[bold]{check.role}[/] {escape(str(check.path))}: {check.examples} examples, {check.usable} usable, "
         f"{check.missing} missing, {check.broken} unreadable",
         soft_wrap=True,
     )
     for example, reason in check.problems[:PROBLEMS_SHOWN]:
-        console.print(f"  row {example.row}: {example.audio}: {reason}", soft_wrap=True)
+        console.print(f"  row {example.row}: {example.audio}: {reason}", markup=False, soft_wrap=True)
     if len(check.problems) > PROBLEMS_SHOWN:
         console.print(f"  ... and {len(check.problems) - PROBLEMS_SHOWN} more")
     table = Table("task", "examples", "share", title=f"{check.role} task mix")

@@ -78,7 +78,7 @@ def _config_hint(config: Path | None) -> Iterator[None]:
 
 
 def _report(target: Path, missing: list[str]) -> None:
-    err_console.print(f"installed [bold]{target}[/]")
+    err_console.print(f"installed [bold]{escape(shown(str(target)))}[/]", soft_wrap=True)
     for kind in missing:
         warn(
             f"the {kind} tokenizer was not installed; copy one into {target / 'tokenizer' / kind} "

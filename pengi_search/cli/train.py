@@ -157,14 +157,16 @@ def init(
         force=force,
     )
     counts = ", ".join(f"{count} {split}" for split, count in result.counts.items() if count)
-    out_console.print(f"clips: {counts}")
+    out_console.print(f"clips: {counts}", markup=False, soft_wrap=True)
     for split, path in result.manifests.items():
-        out_console.print(f"{split} manifest: {path}")
-    out_console.print(f"label map: {result.label_map}")
-    out_console.print(f"config ({recipe}): {result.config}")
+        out_console.print(f"{split} manifest: {path}", markup=False, soft_wrap=True)
+    out_console.print(f"label map: {result.label_map}", markup=False, soft_wrap=True)
+    out_console.print(f"config ({recipe}): {result.config}", markup=False, soft_wrap=True)
     for warning in result.warnings:
         warn(warning)
-    out_console.print(f"next: pengi-search train {shlex.quote(str(result.config))} --dry-run", soft_wrap=True)
+    out_console.print(
+        f"next: pengi-search train {shlex.quote(str(result.config))} --dry-run", markup=False, soft_wrap=True
+    )
 
 
 @app.command("export")
@@ -187,4 +189,4 @@ def export(
     from trainer.export import export_checkpoint
 
     directory = export_checkpoint(checkpoint, output)
-    out_console.print(f"model written to {directory}")
+    out_console.print(f"model written to {directory}", markup=False, soft_wrap=True)
