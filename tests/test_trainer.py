@@ -618,3 +618,22 @@ def test_a_line_above_the_progress_bar_is_printed_as_written_on_one_line() -> No
     with TrainingProgress(total=4, done=0, enabled=True, console=Console(file=out, width=80)) as progress:
         progress.print(f"  {answer!r} (reference 'dog')")
     assert f"  {answer!r} (reference 'dog')" in out.getvalue().splitlines()
+
+
+def test_the_encoding_bar_is_drawn_from_the_first_clip_encoded(monkeypatch) -> None:
+    """A resumed run reads every clip's features from the cache: it showed an empty "encoding audio 0 clips" bar."""
+    from trainer import run_data
+
+    consoles: list[Console] = []
+
+    def console(**_: object) -> Console:
+        consoles.append(Console(file=io.StringIO(), force_terminal=True, width=80))
+        return consoles[-1]
+
+    monkeypatch.setattr(run_data, "Console", console)
+    with run_data.progress_bar(True) as advance:
+        pass  # every clip came from the cache
+    assert consoles[0].file.getvalue() == ""
+    with run_data.progress_bar(True) as advance:
+        advance(3)
+    assert "encoding audio" in consoles[1].file.getvalue() and "3 clips" in consoles[1].file.getvalue()

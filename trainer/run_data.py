@@ -34,8 +34,9 @@ def quiet(message: str) -> None:
 
 @contextlib.contextmanager
 def progress_bar(shown: bool) -> Iterator[Callable[[int], None]]:
-    """A bar counting encoded clips (views included), for the minutes a CPU spends encoding."""
-    with Progress(
+    """A bar counting encoded clips (views included), for the minutes a CPU spends encoding; drawn from the first
+    clip encoded, so that features read from the cache (a resumed run) show no empty bar."""
+    bar = Progress(
         TextColumn("encoding audio"),
         BarColumn(),
         TextColumn("{task.completed} clips"),
@@ -43,9 +44,19 @@ def progress_bar(shown: bool) -> Iterator[Callable[[int], None]]:
         console=Console(stderr=True),
         disable=not shown,
         transient=True,
-    ) as bar:
-        task = bar.add_task("encoding", total=None)
-        yield lambda count: bar.advance(task, count)
+    )
+    task = bar.add_task("encoding", total=None)
+
+    def advance(count: int) -> None:
+        if not bar.live.is_started:
+            bar.start()
+        bar.advance(task, count)
+
+    try:
+        yield advance
+    finally:
+        if bar.live.is_started:  # a bar never drawn is not stopped: off a terminal, stopping prints a blank line
+            bar.stop()
 
 
 @dataclass
