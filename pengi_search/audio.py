@@ -458,7 +458,7 @@ def _open_source(path: Path, report: DecodeReport) -> _Source:
         if source.format == _MPEG and stated_frame_count(path) is None:
             # libsndfile stops an MPEG stream at its estimated length, which may be short: FFmpeg reads every frame.
             source.close()
-            return _PyAVSource(path)
+            return _PyAVSource(path, counted=False)
         return source
 
 
@@ -493,7 +493,9 @@ class _SoundFileSource(_Source):
 
 
 class _PyAVSource(_Source):
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, counted: bool | None = None) -> None:
+        """`counted`: whether an MPEG file states its frame count, when the caller has already read it (None: read
+        it here)."""
         try:
             self._container = av.open(str(path), metadata_errors="ignore")
         except (av.FFmpegError, OSError) as error:
@@ -507,8 +509,9 @@ class _PyAVSource(_Source):
         self.sample_rate = self._stream.rate
         self.channels = self._stream.channels
         # An MPEG stream without a stated frame count has no length, only FFmpeg's estimate from its bit rate.
-        stated = self.format != _MPEG or stated_frame_count(path) is not None
-        self.frames = self._header_frames() if stated else None
+        if self.format == _MPEG and counted is None:
+            counted = stated_frame_count(path) is not None
+        self.frames = self._header_frames() if self.format != _MPEG or counted else None
         # The stream's own duration, not the container's: FFmpeg estimates that one from the bit rate for some
         # formats (raw AAC), which would make a whole file look cut.
         self.header_frames = None if self._stream.duration is None else self.frames
