@@ -29,7 +29,6 @@ from .common import (
     WindowProgress,
     apply_threads,
     audio_inputs,
-    err_console,
     fetches_model,
     given_path,
     handle_errors,
@@ -41,6 +40,7 @@ from .common import (
     progress_bar,
     report_skipped,
     show_progress,
+    warn,
 )
 
 if TYPE_CHECKING:
@@ -145,8 +145,6 @@ def _describe_decoding(
     windows back in its own result."""
     from functools import partial
 
-    from rich.markup import escape
-
     from ..decoding import GenerationConfig
     from ..window_batches import map_windows
 
@@ -162,9 +160,7 @@ def _describe_decoding(
                 results.append(_skipped(path, outcome.error))
                 continue
             if outcome.truncation is not None:
-                err_console.print(
-                    f"[yellow]warning:[/] {escape(shown(outcome.path))}: {outcome.truncation}", soft_wrap=True
-                )
+                warn(f"{shown(outcome.path)}: {outcome.truncation}")
             results.append(FileResult(path, outcome.duration_s, [window.to_json() for window in outcome.results]))
     return results
 

@@ -426,7 +426,7 @@ def _print_problems(summary: IndexSummary, *, verbose: bool) -> None:
         for item in items:
             err_console.print(f"[red]{label}[/] {escape(shown(item.path))}: {escape(item.message)}", soft_wrap=True)
     for note in [*summary.unseen_roots, *summary.truncated]:
-        err_console.print(f"[yellow]warning:[/] {escape(shown(note.path))}: {escape(note.message)}", soft_wrap=True)
+        warn(f"{shown(note.path)}: {note.message}")
     for note in summary.decoder_notes if verbose else ():
         err_console.print(f"decoder {escape(shown(note.path))}: {escape(note.message)}", soft_wrap=True)
 
