@@ -17,6 +17,8 @@ BEST_CHECKPOINT = "best.pt"  # the training state at the best evaluation (not co
 CHECKPOINT_NAME = re.compile(r"^step-(\d+)\.pt$")
 # What to give instead of a folder where a checkpoint file was wanted.
 CHECKPOINT_HINT = "name one of its checkpoint files (…/checkpoints/step-*.pt or best.pt)"
+# Why `train` (and its dry run) will not start a new run in an output_dir that holds one.
+HOLDS_A_RUN = "holds checkpoints of a run: continue it with --resume, or choose a new output_dir"
 
 
 def checkpoint_path(output_dir: Path, step: int) -> Path:
@@ -43,10 +45,6 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
         (step, p) for p in (output_dir / CHECKPOINT_DIR).glob("step-*.pt") if (step := checkpoint_step(p)) is not None
     ]
     return [path for _, path in sorted(found)]
-
-
-# Why `train` (and its dry run) will not start a new run in an output_dir that holds one.
-HOLDS_A_RUN = "holds checkpoints of a run: continue it with --resume, or choose a new output_dir"
 
 
 def latest_checkpoint(output_dir: Path) -> Path:
