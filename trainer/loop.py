@@ -304,6 +304,7 @@ class Trainer:
                 f"the run already finished {where}: nothing was trained or written; {model}. To train on, raise "
                 f"{what} and resume again",
                 soft_wrap=True,
+                markup=False,
             )
         return TrainingResult(self.model, self.tokenizers, model_dir, self.position.step)
 
