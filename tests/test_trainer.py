@@ -35,9 +35,10 @@ from pengi_search.tokenization import Tokenizers
 from trainer.config import ConfigError, TrainConfig, load_config, parse_overrides
 from trainer.dry_run import dry_run_report
 from trainer.evaluation import generate_answers
-from trainer.loop import Trainer, train, warmup_then_linear_decay
+from trainer.loop import Trainer, train
 from trainer.model_setup import apply_freezing, build_model, set_train_mode
 from trainer.objective import AnswerNll
+from trainer.optimization import warmup_then_linear_decay
 from trainer.reporting import METRICS_FILE, TrainingProgress, read_metrics
 
 from .reference import fixture_dirs, missing_reference
