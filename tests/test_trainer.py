@@ -365,11 +365,16 @@ def test_resuming_a_finished_run_says_so_and_writes_nothing_and_a_raised_max_ste
     assert shlex.split(export[1]) == ["pengi-search", "train", "export", str(checkpoint)]
 
 
-def test_resume_without_a_checkpoint_fails_clearly(tmp_path, sounds, tiny_model_dir) -> None:
+def test_resume_without_a_checkpoint_is_bad_usage_like_a_missing_resume_from_file(
+    tmp_path, sounds, tiny_model_dir
+) -> None:
+    """The checkpoint asked for does not exist and nothing was done: exit code 2 (it was 1), with the way out."""
     config_path = write_config(tmp_path, tiny_model_dir, sounds / "train.jsonl")
-    result = train_command(config_path, "--resume")
-    assert result.exit_code == EXIT_FAILED
-    assert "no checkpoint to resume from" in result.stderr
+    for dry_run in ([], ["--dry-run"]):
+        result = train_command(config_path, "--resume", *dry_run)
+        assert result.exit_code == EXIT_USAGE, result.stderr
+        assert "no checkpoint to resume from: start the run without --resume" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_clips_that_fail_to_load_are_skipped_and_counted(tmp_path, sounds, tiny_model_dir) -> None:
@@ -529,7 +534,7 @@ def test_a_config_that_is_not_yaml_or_not_utf8_or_a_bad_set_value_is_one_line_an
         (["typo.yaml"], "batch_sise", EXIT_USAGE),  # a typo'd key
         (["good.yaml", "--resume-from", "missing.pt"], "no such training checkpoint", EXIT_USAGE),
         (["good.yaml", "--dry-run", "--resume-from", "missing.pt"], "no such training checkpoint", EXIT_USAGE),
-        (["good.yaml", "--resume"], "no checkpoint to resume from", EXIT_FAILED),  # a run with none yet
+        (["good.yaml", "--resume"], "no checkpoint to resume from", EXIT_USAGE),  # a run with none yet
         (["export", "missing.pt"], "no such training checkpoint", EXIT_USAGE),
     ],
     ids=["config key", "resume-from", "dry-run resume-from", "resume", "export"],

@@ -453,7 +453,7 @@ def test_resume_from_a_missing_checkpoint_fails_before_the_set_up(
     result = cli("train", str(config_path), "--resume-from", str(tmp_path / "nope.pt"))
     assert result.exit_code == EXIT_USAGE and "nope.pt: no such training checkpoint" in result.output
     result = cli("train", str(config_path), "--resume")
-    assert result.exit_code == EXIT_FAILED and "no checkpoint to resume from" in result.output
+    assert result.exit_code == EXIT_USAGE and "no checkpoint to resume from" in result.output
 
 
 @pytest.mark.parametrize("given", ["missing", "folder"])
