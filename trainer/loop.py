@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from pengi_search.checkpoint import CheckpointError
 from pengi_search.errors import PengiSearchError
 from pengi_search.inference import Engine
+from pengi_search.messages import print_warning
 from pengi_search.model import Pengi
 from pengi_search.model_dir import is_model_dir
 from pengi_search.tokenization import Tokenizers
@@ -230,22 +231,21 @@ class Trainer:
         if self.finished is not None:
             return  # before the metrics log is touched: a finished run stays as it is
         if rates_changed:
-            log.warning(
-                "optimization.lr or part_lr changed since the checkpoint: the run keeps the rates it began with"
-            )
+            self._warn("optimization.lr or part_lr changed since the checkpoint: the run keeps the rates it began with")
         if payload["train_examples"] != len(self.data.train_set):
-            log.warning("the training manifest changed since the checkpoint: the data order will differ")
-        rng = payload["rng"]
-        if len(rng) == self.processes.world_size:
+            self._warn("the training manifest changed since the checkpoint: the data order will differ")
+        rng, processes = payload["rng"], self.processes.world_size
+        if len(rng) == processes:
             self.rng_to_restore = rng[self.processes.rank]
         else:
-            log.warning(
-                "the checkpoint was written by %d processes, not %d: random streams restart",
-                len(rng),
-                self.processes.world_size,
-            )
+            self._warn(f"the checkpoint was written by {len(rng)} processes, not {processes}: random streams restart")
         self.metrics.truncate_after(self.position.step)
         self.progress.print(f"resumed from {path} at step {self.position.step}")
+
+    def _warn(self, message: str) -> None:
+        """Said once (by rank 0), even with --quiet, as the command line says its warnings."""
+        if self.processes.main:
+            print_warning(self.console, message)
 
     def _finished(self) -> tuple[str, str] | None:
         """Why a run resumed here has nothing left to train under this configuration (and what to raise), or None.
@@ -535,7 +535,8 @@ class Trainer:
         if not self.processes.main:
             wait_for_all(self.processes)  # the run ends when rank 0 has written the model
             return None
-        model_dir = self._export(self.config.output_dir / MODEL_DIR)
+        folder = self.config.output_dir
+        model_dir = self._export(folder / MODEL_DIR)
         self.metrics.write(
             "end",
             step=self.position.step,
@@ -545,13 +546,13 @@ class Trainer:
             best=self.best.state(),
             stopped_early=self.stopped_early,
         )
-        if self.config.logging.plot:
-            write_plot(self.config.output_dir / METRICS_FILE, self.config.output_dir / PLOT_FILE)
+        if self.config.logging.plot and write_plot(folder / METRICS_FILE, folder / PLOT_FILE) is None:
+            self._warn(f"matplotlib is not installed: no {PLOT_FILE} (pip install matplotlib)")
         # The run's outcome, said even with --quiet (which quiets the progress): where its models are.
         self.console.print(f"model written to {model_dir}", soft_wrap=True, markup=False)
         if self.best.best_step is not None and self.config.checkpoints.keep_best:
             best = f"best {self.best.metric} {self.best.best:.4f} at step {self.best.best_step}"
-            self.console.print(f"{best}: {self.config.output_dir / BEST_MODEL_DIR}", soft_wrap=True, markup=False)
+            self.console.print(f"{best}: {folder / BEST_MODEL_DIR}", soft_wrap=True, markup=False)
         wait_for_all(self.processes)
         return model_dir
 
