@@ -41,6 +41,8 @@ def autocast(precision: str) -> contextlib.AbstractContextManager:
 
 
 class Optimization:
+    """One run's optimizer (a parameter group per part with its own rate), schedule and gradient scaler."""
+
     def __init__(
         self,
         model: Pengi,
