@@ -28,6 +28,7 @@ from pengi_search.cli import app
 from pengi_search.config import PengiConfig
 from pengi_search.encoders import clip_text_config
 from pengi_search.errors import EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE
+from pengi_search.messages import print_warning
 from pengi_search.model import Pengi, gpt2_config
 from pengi_search.model_dir import WEIGHTS_FILE, ModelDir
 from pengi_search.testing import tiny_clip_tokenizer, tiny_config, tiny_gpt2_tokenizer
@@ -35,9 +36,10 @@ from pengi_search.tokenization import Tokenizers
 from trainer.config import ConfigError, TrainConfig, load_config, parse_overrides
 from trainer.dry_run import dry_run_report
 from trainer.evaluation import generate_answers
-from trainer.loop import Trainer, train, warmup_then_linear_decay
+from trainer.loop import Trainer, train
 from trainer.model_setup import apply_freezing, build_model, set_train_mode
 from trainer.objective import AnswerNll
+from trainer.optimization import warmup_then_linear_decay
 from trainer.reporting import METRICS_FILE, TrainingProgress, read_metrics
 
 from .reference import fixture_dirs, missing_reference
@@ -268,18 +270,44 @@ def test_each_part_with_its_own_learning_rate_logs_it_beside_lr(tmp_path, sounds
 
 
 def test_lr_logs_the_rate_trained_at_also_after_a_resume_with_another_optimization_lr(
-    tmp_path, sounds, tiny_model_dir, caplog
+    tmp_path, sounds, tiny_model_dir
 ) -> None:
     """A resumed run trains at the rates its checkpoint's optimizer holds, whatever optimization.lr now says, and
-    says so: `lr` logs that rate, not the configuration's (it logged ten times the rate the model trained at)."""
+    warns as the command line warns (it went to the logging module): `lr` logs that rate, not the configuration's
+    (it logged ten times the rate the model trained at)."""
     config_path = write_config(tmp_path, tiny_model_dir, sounds / "train.jsonl")
-    check_trained(config_path, "--set", "optimization.max_steps=1")
-    assert "changed since the checkpoint" not in caplog.text
-    check_trained(config_path, "--resume", "--set", "optimization.max_steps=2", "--set", "optimization.lr=1e-2")
-    assert "optimization.lr or part_lr changed since the checkpoint: the run keeps the rates" in caplog.text
+    result = train_command(config_path, "--set", "optimization.max_steps=1")
+    assert result.exit_code == 0 and "changed since the checkpoint" not in result.stderr
+    more_steps_faster = ("--set", "optimization.max_steps=2", "--set", "optimization.lr=1e-2")
+    result = train_command(config_path, "--resume", *more_steps_faster)
+    assert result.exit_code == 0, result.output
+    changed = "warning: optimization.lr or part_lr changed since the checkpoint: the run keeps the rates it began with"
+    assert changed in result.stderr.splitlines()
     records = read_metrics(tmp_path / "run" / METRICS_FILE, "train")
     # The factors of steps 1 and 2 of a 2-step warm-up, times the rate the run started with.
     assert [(record["step"], record["lr"]) for record in records] == pytest.approx([(1, 1e-3 * 0.5), (2, 1e-3)])
+
+
+def test_a_run_without_matplotlib_warns_as_the_command_line_does_and_ends_well(
+    tmp_path, sounds, tiny_model_dir, monkeypatch
+) -> None:
+    """No metrics.png without matplotlib: said on the run's console as every warning is (it went to the logging
+    module, which printed it only where logging was set up), and the run still exports its model."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    config_path = write_config(tmp_path, tiny_model_dir, sounds / "train.jsonl")
+    result = train_command(config_path, "--set", "optimization.max_steps=1")
+    assert result.exit_code == 0, result.output
+    assert "warning: matplotlib is not installed: no metrics.png (pip install matplotlib)" in result.stderr.splitlines()
+    assert (tmp_path / "run" / "model").is_dir() and not (tmp_path / "run" / "metrics.png").exists()
+
+
+def test_a_warning_prints_its_message_as_written_on_one_line() -> None:
+    """The one warning printer of the command line and the trainer: brackets in a message (a path, a label) are not
+    read as markup, and a long message is not broken at the console's width."""
+    console = Console(file=io.StringIO(), width=40)
+    message = "[bold]labels[/bold] in " + "/a/long/folder" * 5
+    print_warning(console, message)
+    assert console.file.getvalue() == f"warning: {message}\n"
 
 
 # --- Resume -------------------------------------------------------------------------------------------------------
@@ -318,7 +346,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(uninterrupted, tmp_p
 
 
 def test_resuming_a_finished_run_says_so_and_writes_nothing_and_a_raised_max_steps_trains_on(
-    tmp_path, sounds, tiny_model_dir, caplog
+    tmp_path, sounds, tiny_model_dir
 ) -> None:
     """--resume after the run reached max_steps trained nothing, wrote the model again and logged a second `end`,
     without a word."""
@@ -342,7 +370,7 @@ def test_resuming_a_finished_run_says_so_and_writes_nothing_and_a_raised_max_ste
     assert result.exit_code == 0 and "already finished at step 4" in result.stderr and written() == before
     # Nothing trains, so no word of the rates it would train at.
     result = train_command(config_path, "--resume", "--set", "optimization.lr=1e-2")
-    assert "already finished" in result.stderr and "changed since the checkpoint" not in caplog.text
+    assert "already finished" in result.stderr and "changed since the checkpoint" not in result.stderr
 
     # More steps in the config: the run goes on from its last checkpoint to the new end.
     check_trained(config_path, "--resume", "--set", "optimization.max_steps=6")
@@ -364,11 +392,16 @@ def test_resuming_a_finished_run_says_so_and_writes_nothing_and_a_raised_max_ste
     assert shlex.split(export[1]) == ["pengi-search", "train", "export", str(checkpoint)]
 
 
-def test_resume_without_a_checkpoint_fails_clearly(tmp_path, sounds, tiny_model_dir) -> None:
+def test_resume_without_a_checkpoint_is_bad_usage_like_a_missing_resume_from_file(
+    tmp_path, sounds, tiny_model_dir
+) -> None:
+    """The checkpoint asked for does not exist and nothing was done: exit code 2 (it was 1), with the way out."""
     config_path = write_config(tmp_path, tiny_model_dir, sounds / "train.jsonl")
-    result = train_command(config_path, "--resume")
-    assert result.exit_code == EXIT_FAILED
-    assert "no checkpoint to resume from" in result.stderr
+    for dry_run in ([], ["--dry-run"]):
+        result = train_command(config_path, "--resume", *dry_run)
+        assert result.exit_code == EXIT_USAGE, result.stderr
+        assert "no checkpoint to resume from: start the run without --resume" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_clips_that_fail_to_load_are_skipped_and_counted(tmp_path, sounds, tiny_model_dir) -> None:
@@ -528,7 +561,7 @@ def test_a_config_that_is_not_yaml_or_not_utf8_or_a_bad_set_value_is_one_line_an
         (["typo.yaml"], "batch_sise", EXIT_USAGE),  # a typo'd key
         (["good.yaml", "--resume-from", "missing.pt"], "no such training checkpoint", EXIT_USAGE),
         (["good.yaml", "--dry-run", "--resume-from", "missing.pt"], "no such training checkpoint", EXIT_USAGE),
-        (["good.yaml", "--resume"], "no checkpoint to resume from", EXIT_FAILED),  # a run with none yet
+        (["good.yaml", "--resume"], "no checkpoint to resume from", EXIT_USAGE),  # a run with none yet
         (["export", "missing.pt"], "no such training checkpoint", EXIT_USAGE),
     ],
     ids=["config key", "resume-from", "dry-run resume-from", "resume", "export"],

@@ -25,6 +25,7 @@ from trainer.data import (
     convert_labels_csv,
     convert_qa_csv,
     fit_clip,
+    manifest_path,
     read_manifest,
     task_mix,
 )
@@ -291,12 +292,31 @@ def test_convert_labels_csv(tmp_path: Path) -> None:
         (clips / "b.wav", "this is a sound of", "car horn", "sound_event", 2),
     ]
     assert read_manifest(dest) == examples
-    # The audio lies outside the manifest's folder, so the manifest holds absolute paths.
+    # The audio lies beside the manifest's folder: named relative to it, so `source` can move with both inside.
     assert json.loads(dest.read_text().splitlines()[0]) == {
-        "audio": str(clips / "a.wav"),
+        "audio": "../clips/a.wav",
         "task": "sound_event",
         "answer": ["dog bark", "rain"],
     }
+    moved = tmp_path / "elsewhere" / "source"
+    moved.parent.mkdir()
+    (tmp_path / "source").rename(moved)
+    assert [e.audio for e in read_manifest(moved / "manifests" / "events.jsonl")] == [
+        moved.resolve() / "clips" / "a.wav",
+        moved.resolve() / "clips" / "b.wav",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("audio", "written"),
+    [
+        ("/home/me/runs/labels/clips/a.wav", "clips/a.wav"),  # under the manifest's folder
+        ("/home/me/data/a.wav", "../../data/a.wav"),  # beside it, in /home/me: they move together
+        ("/mnt/sounds/a.wav", "/mnt/sounds/a.wav"),  # they share only the root: nothing moves them together
+    ],
+)
+def test_a_manifest_names_its_audio_relative_to_itself_below_a_shared_folder(audio: str, written: str) -> None:
+    assert manifest_path(Path(audio), Path("/home/me/runs/labels")) == written
 
 
 def test_convert_labels_csv_other_tasks_and_options(tmp_path: Path) -> None:

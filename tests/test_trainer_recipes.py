@@ -101,6 +101,41 @@ def test_init_names_the_next_command_as_the_shell_takes_it(tmp_path) -> None:
     assert any(line.startswith(f"train {out / 'train.jsonl'}: ") for line in dry.output.splitlines()), dry.output
 
 
+def test_an_init_folder_moved_with_its_audio_still_finds_every_clip(tmp_path, monkeypatch) -> None:
+    """The common layout, a dataset folder (clips and labels.csv) beside the init's folder: the manifests name each
+    clip relative to themselves (they named it by absolute path, so moving the project lost every clip), and every
+    path init prints is as typed here (the manifests' were absolute, the label map's and config's as given)."""
+    project = tmp_path / "project"
+    write_clips(project / "dataset", per_label=5)
+    monkeypatch.chdir(project)
+    result = cli("train", "init", "dataset/labels.csv", "--audio-root", "dataset", "--out", str(project / "mine"))
+    assert result.exit_code == EXIT_OK, result.output
+    assert [line for line in result.output.splitlines() if not line.startswith("clips: ")] == [
+        "train manifest: mine/train.jsonl",
+        "validation manifest: mine/validation.jsonl",
+        "label map: mine/labels.csv",
+        "config (labels-cpu): mine/config.yaml",
+        "next: pengi-search train mine/config.yaml --dry-run",
+    ]
+    audio = [json.loads(line)["audio"] for line in (project / "mine" / "train.jsonl").read_text().splitlines()]
+    assert audio and all(path.startswith("../dataset/") for path in audio)
+
+    moved = tmp_path / "elsewhere" / "project"
+    moved.parent.mkdir()
+    project.rename(moved)
+    monkeypatch.chdir(moved)
+    clips = {path.name for path in (moved / "dataset").glob("*.wav")}
+    for split in ("train", "validation"):
+        examples = read_manifest(Path("mine") / f"{split}.jsonl")
+        assert {e.audio.parent for e in examples} == {(moved / "dataset").resolve()}
+        clips -= {e.audio.name for e in examples}
+    assert clips == set()  # every clip found, in one manifest or the other
+    dry = cli("train", "mine/config.yaml", "--dry-run")
+    assert dry.exit_code == EXIT_OK, dry.output
+    checked = [line for line in dry.output.splitlines() if " usable, " in line]  # one line per manifest
+    assert len(checked) == 2 and all(line.endswith(" 0 missing, 0 unreadable") for line in checked), dry.output
+
+
 def test_init_keeps_each_group_on_one_side_of_the_validation_split(tmp_path) -> None:
     """Clips cut from one recording (a `group`) are all in training or all in validation, never both."""
     write_clips(tmp_path, per_label=6)
@@ -453,7 +488,7 @@ def test_resume_from_a_missing_checkpoint_fails_before_the_set_up(
     result = cli("train", str(config_path), "--resume-from", str(tmp_path / "nope.pt"))
     assert result.exit_code == EXIT_USAGE and "nope.pt: no such training checkpoint" in result.output
     result = cli("train", str(config_path), "--resume")
-    assert result.exit_code == EXIT_FAILED and "no checkpoint to resume from" in result.output
+    assert result.exit_code == EXIT_USAGE and "no checkpoint to resume from" in result.output
 
 
 @pytest.mark.parametrize("given", ["missing", "folder"])

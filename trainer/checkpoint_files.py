@@ -9,8 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pengi_search.checkpoint import CheckpointError
-from pengi_search.errors import not_found
+from pengi_search.errors import UsageError, not_found
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_CHECKPOINT = "best.pt"  # the training state at the best evaluation (not counted among the `keep` newest)
@@ -48,9 +47,11 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
 
 
 def latest_checkpoint(output_dir: Path) -> Path:
+    """The run's newest step checkpoint, for `--resume`. None there is bad usage (exit code 2), as a missing
+    `--resume-from` file is: the input asked for does not exist, nothing was done, and the fix is in the command."""
     checkpoints = list_checkpoints(output_dir)
     if not checkpoints:
-        raise CheckpointError(output_dir / CHECKPOINT_DIR, "no checkpoint to resume from")
+        raise UsageError(output_dir / CHECKPOINT_DIR, "no checkpoint to resume from: start the run without --resume")
     return checkpoints[-1]
 
 

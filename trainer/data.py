@@ -1,8 +1,9 @@
 """Training data: manifests of (audio, prompt, answer) examples, converters from common layouts, the Dataset.
 
 A manifest is JSONL or CSV (chosen by extension), one example a row: `audio` (relative paths are resolved
-against the manifest's folder), optional `start`/`end` in seconds, `task` (see `pengi_search.prompts`) or a free
-`prompt`, `question` for question tasks, and `answer`.
+against the manifest's folder, so a manifest moved with its audio still finds it; absolute ones are kept),
+optional `start`/`end` in seconds, `task` (see `pengi_search.prompts`) or a free `prompt`, `question` for question
+tasks, and `answer`.
 """
 
 from __future__ import annotations
@@ -286,8 +287,17 @@ def _convert_csv(
 
 
 def manifest_path(audio: Path, folder: Path) -> str:
-    """Relative to the manifest's folder when under it, so the two can move together; else absolute."""
-    return audio.relative_to(folder).as_posix() if audio.is_relative_to(folder) else str(audio)
+    """How a manifest in `folder` names `audio` (both resolved, as `read_manifest` resolves the folder): relative
+    to the folder, `..` included, when the two lie in one folder below the file system's root, so that moving that
+    folder keeps every clip found; else absolute (another drive, or trees that share only the root, such as
+    /mnt/data and /home, which do not move together)."""
+    try:
+        common = Path(os.path.commonpath([audio, folder]))
+    except ValueError:  # on different drives (Windows): no relative path leads from one to the other
+        return str(audio)
+    if common == Path(common.anchor):
+        return str(audio)
+    return Path(os.path.relpath(audio, folder)).as_posix()
 
 
 # --- Audio ------------------------------------------------------------------------------------------------

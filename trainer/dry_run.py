@@ -19,6 +19,7 @@ from rich.table import Table
 from pengi_search.choices import LongPrompt
 from pengi_search.config import PengiConfig
 from pengi_search.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, PengiSearchError
+from pengi_search.messages import print_warning
 from pengi_search.model import Pengi
 from pengi_search.tokenization import PromptTooLongError, Tokenizers
 from pengi_search.units import duration_text
@@ -283,7 +284,7 @@ def print_dry_run(report: DryRunReport, console: Console) -> None:
             line += f"; encoding the clips first (frozen encoder, cached): about {duration_text(timing['encoding'])}"
         console.print(line, soft_wrap=True)
     for warning in report.warnings:
-        console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+        print_warning(console, warning)
     verdict = {
         EXIT_OK: "ready to train" + (" (see the warnings)" if report.warnings else ""),
         EXIT_USAGE: "cannot train: fix the configuration",

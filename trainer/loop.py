@@ -1,4 +1,5 @@
-"""The training loop: Adam with linear warm-up and decay, accumulation, clipping, mixed precision and DDP.
+"""The training loop: micro-batches accumulated into optimizer steps (`trainer.optimization`), evaluation,
+checkpoints and DDP.
 
 `train` runs what a configuration describes and returns the trained model (`pengi-search train` and
 `python -m trainer` call it); a run that cannot start or go on raises a `PengiSearchError`, which the command line
@@ -17,7 +18,7 @@ import logging
 import math
 import shlex
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,12 +26,12 @@ from typing import Any
 import torch
 from rich.console import Console
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
 from pengi_search.checkpoint import CheckpointError
 from pengi_search.errors import PengiSearchError
 from pengi_search.inference import Engine
+from pengi_search.messages import print_warning
 from pengi_search.model import Pengi
 from pengi_search.model_dir import is_model_dir
 from pengi_search.tokenization import Tokenizers
@@ -59,13 +60,12 @@ from trainer.model_setup import (
     audio_backbone_frozen,
     build_model,
     frozen_fingerprint,
-    logged_rates,
-    parameter_groups,
     set_dropout,
     set_train_mode,
     trainable_parameters,
 )
 from trainer.objective import AnswerNll, encode_batch
+from trainer.optimization import Optimization, autocast
 from trainer.reporting import METRICS_FILE, PLOT_FILE, MetricsLog, RateWindow, TrainingProgress, write_plot
 from trainer.run_data import prepare_data, quiet
 from trainer.sampling import ResumableSampler
@@ -129,17 +129,6 @@ def train(
         stop_processes(processes)
 
 
-def warmup_then_linear_decay(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
-    """LR factor for step s (0-based): (s+1)/warmup while warming up, then down linearly to 1/(remaining steps)."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-    return factor
-
-
 class _Interval:
     """What the steps since the last log add up to on this process."""
 
@@ -174,11 +163,14 @@ class Trainer:
         say = self.console.print if shown else quiet
         self.data = prepare_data(config, self.model, self.tokenizers, source, cached=cached, say=say)
         self._setup_loader()
-        opt = config.optimization
-        groups = parameter_groups(self.model, opt.lr, opt.part_lr)
-        self.optimizer = torch.optim.Adam(groups, lr=opt.lr, weight_decay=opt.weight_decay)
-        self.scheduler = LambdaLR(self.optimizer, warmup_then_linear_decay(opt.warmup_steps, self.total_steps))
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.runtime.precision == "fp16")
+        self.optimization = Optimization(
+            self.model,
+            self.parameters,
+            config.optimization,
+            total_steps=self.total_steps,
+            device=self.device,
+            precision=config.runtime.precision,
+        )
         self.position = Position()
         self.interval = _Interval()
         self.rate = RateWindow()
@@ -232,40 +224,28 @@ class Trainer:
         if not self.config.checkpoints.full_model and payload["frozen_fingerprint"] != self.fingerprint:
             raise CheckpointError(path, "the frozen weights differ from those this run started with")
         load_model_state(self.model, payload["model"], path)
-        configured = [group["initial_lr"] for group in self.optimizer.param_groups]
-        try:
-            self.optimizer.load_state_dict(payload["optimizer"])
-        except ValueError as error:
-            raise CheckpointError(path, f"the optimizer state does not fit (freezing changed?): {error}") from None
-        rates_changed = [group["initial_lr"] for group in self.optimizer.param_groups] != configured
-        self.scheduler.load_state_dict(payload["scheduler"])
-        # The resumed step's rate comes from this run's schedule, not from the checkpoint's optimizer: a raised
-        # max_steps or epochs plans the decay over the new length from the first resumed step on (same length:
-        # the same rates, computed the same way).
-        self.scheduler = LambdaLR(self.optimizer, self.scheduler.lr_lambdas, last_epoch=self.scheduler.last_epoch - 1)
-        self.scaler.load_state_dict(payload["scaler"])
+        rates_changed = self.optimization.restore(payload, path)
         self.position = Position(**payload["position"])
         self.best.restore(payload.get("best", {}))
         self.finished = self._finished()
         if self.finished is not None:
             return  # before the metrics log is touched: a finished run stays as it is
         if rates_changed:
-            log.warning(
-                "optimization.lr or part_lr changed since the checkpoint: the run keeps the rates it began with"
-            )
+            self._warn("optimization.lr or part_lr changed since the checkpoint: the run keeps the rates it began with")
         if payload["train_examples"] != len(self.data.train_set):
-            log.warning("the training manifest changed since the checkpoint: the data order will differ")
-        rng = payload["rng"]
-        if len(rng) == self.processes.world_size:
+            self._warn("the training manifest changed since the checkpoint: the data order will differ")
+        rng, processes = payload["rng"], self.processes.world_size
+        if len(rng) == processes:
             self.rng_to_restore = rng[self.processes.rank]
         else:
-            log.warning(
-                "the checkpoint was written by %d processes, not %d: random streams restart",
-                len(rng),
-                self.processes.world_size,
-            )
+            self._warn(f"the checkpoint was written by {len(rng)} processes, not {processes}: random streams restart")
         self.metrics.truncate_after(self.position.step)
         self.progress.print(f"resumed from {path} at step {self.position.step}")
+
+    def _warn(self, message: str) -> None:
+        """Said once (by rank 0), even with --quiet, as the command line says its warnings."""
+        if self.processes.main:
+            print_warning(self.console, message)
 
     def _finished(self) -> tuple[str, str] | None:
         """Why a run resumed here has nothing left to train under this configuration (and what to raise), or None.
@@ -371,10 +351,7 @@ class Trainer:
             self._after_step()
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        precision = self.config.runtime.precision
-        if precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+        return autocast(self.config.runtime.precision)
 
     def _step(self, micro: list[Batch]) -> None:
         data, processes = self.config.data, self.processes
@@ -391,20 +368,10 @@ class Trainer:
             with sync:
                 with self._autocast():
                     nll = self.wrapped(**vars(item.to(self.device)))
-                self.scaler.scale(nll * scale).backward()
+                self.optimization.backward(nll * scale)
             nll_sum += float(nll.detach())
-        self.scaler.unscale_(self.optimizer)
-        clip = self.config.optimization.grad_clip or math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, clip)
         interval = self.interval
-        # The rates of this step (the scheduler moves them on below); its factor scales every group alike, and
-        # `optimization.lr` by it where no parameter trains at that rate.
-        scheduled = self.config.optimization.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
-        interval.rates = logged_rates(self.optimizer.param_groups, scheduled)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        interval.grad_norm, interval.rates = self.optimization.step()
         samples = sum(len(batch["answer"]) for batch in micro)
         interval.nll += nll_sum
         interval.tokens += local_tokens
@@ -412,7 +379,6 @@ class Trainer:
         skipped = sum(len(batch["skipped"]) for batch in micro)
         interval.skipped += skipped
         self.skipped_rows += skipped
-        interval.grad_norm = float(grad_norm)
         self.rate.step(samples * processes.world_size)
 
     def _after_step(self) -> None:
@@ -532,9 +498,7 @@ class Trainer:
             "position": self.position.to_dict(),
             "model": model_state(self.model, self.config.checkpoints.full_model),
             "frozen_fingerprint": self.fingerprint,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
+            **self.optimization.state(),
             "rng": rng,
             "data": {"seed": self.config.seed, "epoch": self.position.epoch},
             "train_examples": len(self.data.train_set),
@@ -571,7 +535,8 @@ class Trainer:
         if not self.processes.main:
             wait_for_all(self.processes)  # the run ends when rank 0 has written the model
             return None
-        model_dir = self._export(self.config.output_dir / MODEL_DIR)
+        folder = self.config.output_dir
+        model_dir = self._export(folder / MODEL_DIR)
         self.metrics.write(
             "end",
             step=self.position.step,
@@ -581,13 +546,13 @@ class Trainer:
             best=self.best.state(),
             stopped_early=self.stopped_early,
         )
-        if self.config.logging.plot:
-            write_plot(self.config.output_dir / METRICS_FILE, self.config.output_dir / PLOT_FILE)
+        if self.config.logging.plot and write_plot(folder / METRICS_FILE, folder / PLOT_FILE) is None:
+            self._warn(f"matplotlib is not installed: no {PLOT_FILE} (pip install matplotlib)")
         # The run's outcome, said even with --quiet (which quiets the progress): where its models are.
         self.console.print(f"model written to {model_dir}", soft_wrap=True, markup=False)
         if self.best.best_step is not None and self.config.checkpoints.keep_best:
             best = f"best {self.best.metric} {self.best.best:.4f} at step {self.best.best_step}"
-            self.console.print(f"{best}: {self.config.output_dir / BEST_MODEL_DIR}", soft_wrap=True, markup=False)
+            self.console.print(f"{best}: {folder / BEST_MODEL_DIR}", soft_wrap=True, markup=False)
         wait_for_all(self.processes)
         return model_dir
 

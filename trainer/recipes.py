@@ -14,7 +14,8 @@ does not write (a `test.jsonl` of an earlier CSV with test rows), never anything
 Each clip becomes two rows: the label task's prompt ("this is a sound of" for sound_event) answered with the label,
 and the caption prompt answered with the clip's caption, or the label without one, so that both classify methods
 (loglik and text) work with the model. Labels are written as words (underscores become spaces); `labels.csv`
-maps each label to that answer and counts its clips per split.
+maps each label to that answer and counts its clips per split. The manifests name each clip as
+`trainer.data.manifest_path` does: relative to themselves where the folder and the clips can move together.
 
 The configuration comes from a recipe shipped in `trainer/recipes/`: finetune-released, labels-cpu, labels-gpu.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
 import string
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -68,6 +70,8 @@ class LabelledClip:
 
 @dataclass(frozen=True)
 class InitResult:
+    """What init wrote, each path as the user would type it here (`as_typed`)."""
+
     config: Path
     manifests: dict[str, Path]  # split -> manifest
     label_map: Path
@@ -158,6 +162,14 @@ def held_out_groups(clips: list[LabelledClip], wanted: dict[str, int], rng: np.r
     return held
 
 
+def as_typed(path: Path) -> Path:
+    """`path` as a user would type it in the current folder: relative to it when under it, else absolute. Symbolic
+    links are kept (not resolved), as the user named them."""
+    absolute = Path(os.path.abspath(path))
+    here = Path.cwd()
+    return absolute.relative_to(here) if absolute.is_relative_to(here) else absolute
+
+
 def answer_text(label: str) -> str:
     """How the model writes a label: as words."""
     return " ".join(label.replace("_", " ").split())
@@ -173,11 +185,12 @@ def manifest_rows(clip: LabelledClip, folder: Path, task: str, captions: bool) -
 
 def write_manifests(splits: dict[str, list[LabelledClip]], folder: Path, task: str, captions: bool) -> dict[str, Path]:
     written = {}
+    resolved = folder.resolve()  # as `read_manifest` resolves it, so that a relative audio path leads back
     for split, clips in splits.items():
         if not clips:
             continue
         path = folder / f"{split}.jsonl"
-        rows = [row for clip in clips for row in manifest_rows(clip, folder, task, captions)]
+        rows = [row for clip in clips for row in manifest_rows(clip, resolved, task, captions)]
         path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
         written[split] = path
     return written
@@ -253,7 +266,8 @@ def init_run(
     missing = [clip for clip in clips if not clip.audio.is_file()]
     if missing:
         first = missing[0]
-        raise LabelsCsvError(labels_csv, f"line {first.row}: no audio file {first.audio} ({len(missing)} missing)")
+        problem = f"line {first.row}: no audio file {as_typed(first.audio)} ({len(missing)} missing)"
+        raise LabelsCsvError(labels_csv, problem)
     splits = split_clips(clips, validation, seed)
     if not splits["train"]:
         raise LabelsCsvError(labels_csv, "no training rows")
@@ -263,7 +277,7 @@ def init_run(
     if held and not force:
         raise InitFolderError(folder, holds_an_init(held, run))
     folder.mkdir(parents=True, exist_ok=True)
-    manifests = write_manifests(splits, folder.resolve(), task, captions)
+    manifests = write_manifests(splits, folder, task, captions)
     label_map = write_label_map(splits, folder / LABEL_MAP)
     config = write_config(recipe, folder / CONFIG_FILE, manifests, seed, init)
     written = {path.name for path in (*manifests.values(), label_map, config)}
@@ -273,11 +287,13 @@ def init_run(
     counts = {split: len(clips) for split, clips in splits.items()}
     warnings = split_warnings(splits)
     if run is not None:
+        run = as_typed(run)
         warnings += (
             f"the run in {run} was trained on the manifests this init replaced: train anew in another output_dir "
             f"(or remove {run}), rather than resume it",
         )
-    return InitResult(config, manifests, label_map, counts, warnings)
+    typed = {split: as_typed(path) for split, path in manifests.items()}
+    return InitResult(as_typed(config), typed, as_typed(label_map), counts, warnings)
 
 
 def earlier_init(folder: Path) -> tuple[list[str], Path | None]:

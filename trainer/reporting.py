@@ -4,7 +4,6 @@ samples/s and loss."""
 from __future__ import annotations
 
 import json
-import logging
 import math
 import time
 from collections import deque
@@ -17,8 +16,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "metrics.png"
 RATE_WINDOW_STEPS = 50
-
-log = logging.getLogger(__name__)
 
 
 class RateWindow:
@@ -71,14 +68,13 @@ class MetricsLog:
 
 def write_plot(metrics: Path, out: Path) -> Path | None:
     """Training loss and the validation curves (loss, accuracies) against steps, as a PNG; None without
-    matplotlib (the run goes on: the numbers are in the JSONL)."""
+    matplotlib (the run warns and goes on: the numbers are in the JSONL)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")  # headless: no display needed
         import matplotlib.pyplot as plt
     except ImportError:
-        log.warning("matplotlib is not installed: no %s (pip install matplotlib)", out.name)
         return None
     train = [r for r in read_metrics(metrics, "train") if r.get("loss") is not None]
     evals = read_metrics(metrics, "eval")

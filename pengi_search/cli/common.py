@@ -34,6 +34,7 @@ from ..errors import (
     UsageError,
     not_found,
 )
+from ..messages import print_warning
 from ..pathnames import json_text, shown
 
 if TYPE_CHECKING:
@@ -386,7 +387,7 @@ def fail(message: str, code: int = EXIT_FAILED) -> None:
 
 
 def warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+    print_warning(err_console, message)
 
 
 def report_skipped(path: str, reason: str) -> None:
