@@ -30,7 +30,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -42,6 +41,7 @@ from rich.progress import (
 )
 
 from pengi_search import __version__
+from pengi_search.consoles import make_console
 from pengi_search.errors import PengiSearchError
 from pengi_search.hashing import file_sha256, sha256_hasher
 from pengi_search.paths import home_expanded
@@ -490,7 +490,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def _progress_bar(enabled: bool) -> Progress:
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -77,6 +78,39 @@ def test_options_show_the_value_a_user_types_and_flags_none(name):
 def test_a_numbers_option_shows_its_type_and_range():
     result = CliRunner().invoke(app, ["describe", "--help"], env={"COLUMNS": "200"})
     assert re.search(r"--beam +<int> \[x>=1\]", result.output), result.output
+
+
+def _usage_arguments(name: str) -> list[str]:
+    result = CliRunner().invoke(app, [*name.split()[1:], "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    usage = next(line for line in result.output.splitlines() if "Usage:" in line)
+    return usage.split("[OPTIONS]", 1)[1].split()
+
+
+ARGUMENTS = {
+    name: [param for param in command.params if param.param_type_name == "argument"]
+    for name, command in COMMANDS.items()
+}
+
+
+@pytest.mark.parametrize("name", [name for name, arguments in ARGUMENTS.items() if arguments])
+def test_usage_names_arguments_in_capitals_and_files_and_folders_as_path(name):
+    """Typer wrote `describe [OPTIONS] {files}...`, Python's names; the README and the messages write `PATH...`.
+    (Typer still shows the Python type beside an argument in its panel, `<list[Path]>`: it cannot be named.)"""
+    shown = _usage_arguments(name)
+    assert len(shown) == len(ARGUMENTS[name])
+    for param, text in zip(ARGUMENTS[name], shown, strict=True):
+        several_paths = param.type_descriptor.annotation == list[Path]
+        expected = "PATH" if several_paths else param.name.upper()
+        ends = "{}" if param.required else "[]"
+        assert text == ends[0] + expected + ends[1] + "..." * (param.nargs != 1), (name, param.name)
+
+
+def test_the_file_commands_usage_reads_as_the_readme_writes_it():
+    assert _usage_arguments("pengi-search describe") == ["{PATH}..."]
+    assert _usage_arguments("pengi-search ask") == ["[PATH]...", "[QUESTION]"]
+    assert _usage_arguments("pengi-search index") == ["{PATH}..."]
+    assert _usage_arguments("pengi-search eval compare") == ["{FIRST}", "{SECOND}"]
 
 
 def test_version_is_shown_and_nothing_else_runs():

@@ -60,10 +60,8 @@ def test_query_table(captions, common, monkeypatch):
 
 def test_query_table_keeps_paths_whole_on_a_narrow_terminal(captions, common, monkeypatch):
     """The caption wraps; a path (what a user copies) keeps up to half the terminal's width unbroken."""
-    from pengi_search.cli.common import out_console
-
     monkeypatch.chdir(captions.root)
-    monkeypatch.setattr(out_console, "width", 48)
+    monkeypatch.setenv("COLUMNS", "48")
     result = run("query", "rain on a roof", *common, "-k", 1)
     assert result.exit_code == 0, result.output
     assert "weather/rain.flac" in result.stdout.splitlines()[1]

@@ -663,7 +663,7 @@ def test_the_encoding_bar_is_drawn_from_the_first_clip_encoded(monkeypatch) -> N
         consoles.append(Console(file=io.StringIO(), force_terminal=True, width=80))
         return consoles[-1]
 
-    monkeypatch.setattr(run_data, "Console", console)
+    monkeypatch.setattr(run_data, "make_console", console)
     with run_data.progress_bar(True) as advance:
         pass  # every clip came from the cache
     assert consoles[0].file.getvalue() == ""

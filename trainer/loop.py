@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.console import Console
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from pengi_search.checkpoint import CheckpointError
+from pengi_search.consoles import Console, make_console
 from pengi_search.errors import PengiSearchError
 from pengi_search.inference import Engine
 from pengi_search.messages import print_warning
@@ -159,7 +159,7 @@ class Trainer:
             raise TrainingError("", "nothing to train: every part of the model is frozen")
         torch.manual_seed(config.seed + processes.rank)  # each process its own dropout
         shown = processes.main and not config.logging.quiet
-        self.console = console or Console(stderr=True)
+        self.console = console or make_console(stderr=True)
         say = self.console.print if shown else quiet
         self.data = prepare_data(config, self.model, self.tokenizers, source, cached=cached, say=say)
         self._setup_loader()

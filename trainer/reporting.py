@@ -13,6 +13,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from pengi_search.consoles import make_console
+
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "metrics.png"
 RATE_WINDOW_STEPS = 50
@@ -123,7 +125,7 @@ class TrainingProgress:
             TextColumn("{task.fields[rate]} samples/s  loss {task.fields[loss]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
-            console=console or Console(stderr=True),
+            console=console or make_console(stderr=True),
             disable=not enabled,
         )
         self._task = self._progress.add_task("training", total=total, completed=done, rate="-", loss="-")

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.utils.data import Dataset
 
 from pengi_search.choices import LongPrompt
+from pengi_search.consoles import make_console
 from pengi_search.model import Pengi
 from pengi_search.tokenization import PromptTooLongError, Tokenizers
 from trainer.config import ConfigError, TrainConfig
@@ -41,7 +41,7 @@ def progress_bar(shown: bool) -> Iterator[Callable[[int], None]]:
         BarColumn(),
         TextColumn("{task.completed} clips"),
         TimeElapsedColumn(),
-        console=Console(stderr=True),
+        console=make_console(stderr=True),
         disable=not shown,
         transient=True,
     )

@@ -58,6 +58,8 @@ def _plain_value_names(command: Any) -> None:
     # --help itself is made apart from the params, once per command (a context without arguments makes it here).
     help_option = command.get_help_option(command.context_class(command))
     for param in [*command.params, *([help_option] if help_option is not None else [])]:
+        if param.param_type_name == "argument" and param.metavar is None:
+            param.metavar = _argument_name(param)
         if param.param_type_name != "option" or param.metavar is not None:
             continue
         if param.is_flag:
@@ -71,6 +73,20 @@ def _plain_value_names(command: Any) -> None:
             param.metavar = _VALUE_NAMES.get(element)  # None: Typer's own
     for sub in getattr(command, "commands", {}).values():
         _plain_value_names(sub)
+
+
+def _argument_name(argument: Any) -> str:
+    """An argument as a usage line names it, in capitals as man pages do (`{TEXT}`, `[QUESTION]`); any number of files
+    and folders as `PATH`, which Typer follows with `...` (`{PATH}...`), as the README and the messages write it.
+
+    Typer named them as in Python (`{files}...`). Its Arguments panel still shows the Python type beside the name
+    (`PATH  <list[Path]>`): it shows an argument's type whatever the argument is named (typer#1410), from methods
+    of its own argument class, which a command cannot choose.
+    """
+    annotation = argument.type_descriptor.annotation
+    if get_origin(annotation) is list and get_args(annotation)[0] is Path:
+        return "PATH"
+    return argument.name.upper()
 
 
 def _usage_error(err: Any) -> NoReturn:

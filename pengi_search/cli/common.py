@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from ..choices import Device, LongPrompt, StopRule, device_unavailable
+from ..consoles import make_console
 from ..errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -42,8 +42,8 @@ if TYPE_CHECKING:
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "UsageError", "not_found"]
 
-err_console = Console(stderr=True, highlight=False)
-out_console = Console(highlight=False)
+err_console = make_console(stderr=True, highlight=False)
+out_console = make_console(highlight=False)
 
 ModelOption = Annotated[
     str | None,

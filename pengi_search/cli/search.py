@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -41,6 +41,8 @@ from .common import (
 )
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from ..search import Filters, Hit, SearchScope
     from ..similar import SimilarResult
 
@@ -123,27 +125,66 @@ def _show_hits(hits: list[Hit], *, json_output: bool, show_query_span: bool = Fa
     if not hits:
         err_console.print("no results")
         return
+    if title:  # above the table, wrapped to the terminal: a table's title is cut where its columns overflow it
+        out_console.print(title, markup=False)
+    out_console.print(_hits_table(hits, show_query_span, out_console.width))
+
+
+# How each column of the hits' table is laid out: the path and the caption wrap, the others are kept whole.
+_COLUMNS: dict[str, dict[str, Any]] = {
+    "#": {"justify": "right"},
+    "path": {"overflow": "fold"},
+    "time": {"no_wrap": True},
+    "query time": {"no_wrap": True},
+    "score": {"justify": "right"},
+    "caption": {"overflow": "fold"},
+}
+# Between two columns of a table without a box: a space closing one cell and one opening the next.
+_GUTTER = 2
+# However little room the path leaves, a caption is wrapped no narrower than its longest word, up to this.
+_CAPTION_FLOOR = 16
+
+
+def _hits_table(hits: list[Hit], show_query_span: bool, width: int) -> Table:
+    """The ranked hits as a table `width` columns wide (as wide as they need off a terminal)."""
     from rich.markup import escape
     from rich.table import Table
 
-    paths = [escape(shown_path(hit.path)) for hit in hits]
-    if title:  # above the table, wrapped to the terminal: a table's title is cut where its columns overflow it
-        out_console.print(title, markup=False)
+    cells = {
+        "#": [str(rank) for rank in range(1, len(hits) + 1)],
+        "path": [shown_path(hit.path) for hit in hits],
+        "time": [span_text(hit.start_s, hit.end_s) for hit in hits],
+        "query time": [span_text(hit.query_start_s or 0.0, hit.query_end_s or 0.0) for hit in hits],
+        "score": [f"{hit.score:.3f}" for hit in hits],
+        "caption": [hit.caption or "(no caption yet)" for hit in hits],
+    }
+    if not show_query_span:
+        del cells["query time"]
     table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
-    table.add_column("#", justify="right")
-    # A path is what a user copies: it keeps up to half the terminal, and the caption wraps around it instead.
-    table.add_column("path", overflow="fold", min_width=min(max(map(len, paths)), out_console.width // 2))
-    table.add_column("time", no_wrap=True)
-    if show_query_span:
-        table.add_column("query time", no_wrap=True)
-    table.add_column("score", justify="right")
-    table.add_column("caption", overflow="fold")
-    for rank, (hit, path) in enumerate(zip(hits, paths, strict=True), 1):
-        row = [str(rank), path, span_text(hit.start_s, hit.end_s)]
-        if show_query_span:
-            row.append(span_text(hit.query_start_s or 0.0, hit.query_end_s or 0.0))
-        table.add_row(*row, f"{hit.score:.3f}", escape(hit.caption) if hit.caption else "(no caption yet)")
-    out_console.print(table)
+    for name in cells:
+        table.add_column(name, **_COLUMNS[name])
+    table.columns[-1].max_width = _caption_width(cells, width)
+    for row in zip(*cells.values(), strict=True):
+        table.add_row(*map(escape, row))
+    return table
+
+
+def _caption_width(cells: dict[str, list[str]], width: int) -> int:
+    """The widest the caption column may be: a path is what a user copies, so it keeps up to half the width whole,
+    and the caption wraps in what the other columns leave.
+
+    A smallest width on the path column would not do: Rich shrinks the widest columns until the table fits, then
+    widens the path again and crops the table's right edge, the end of every caption line.
+    """
+    from rich.cells import cell_len
+
+    def widest(name: str) -> int:
+        return max(map(cell_len, [name, *cells[name]]))
+
+    whole = sum(widest(name) for name in cells if name not in ("path", "caption"))
+    path = min(widest("path"), width // 2)
+    longest_word = max((cell_len(word) for caption in cells["caption"] for word in caption.split()), default=1)
+    return max(width - whole - _GUTTER * (len(cells) - 1) - path, min(longest_word, _CAPTION_FLOOR))
 
 
 @handle_errors
