@@ -1,12 +1,14 @@
 """From labels to a model: `train init` (manifests, label map, config from a recipe), the run's watchable parts
-(validation accuracy, best model, early stopping, samples across classes, honest samples/s, Ctrl-C, export of any
-checkpoint, the plot), augmentation, the feature cache and what `--dry-run` warns about."""
+(validation accuracy, best model, early stopping, samples across classes, honest samples/s, Ctrl-C and SIGTERM,
+export of any checkpoint, the plot), augmentation, the feature cache and what `--dry-run` warns about."""
 
 from __future__ import annotations
 
 import json
 import shlex
+import sys
 from pathlib import Path
+from signal import SIGINT, SIGTERM, getsignal
 
 import numpy as np
 import pytest
@@ -16,9 +18,10 @@ import yaml
 from typer.testing import CliRunner
 
 from pengi_search.cli import app
-from pengi_search.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
+from pengi_search.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, UsageError
 from pengi_search.model import Pengi
 from pengi_search.model_dir import ModelDir
+from pengi_search.stop_signals import interrupted_by_stop_signals, interrupted_exit_code
 from pengi_search.units import duration_text
 from trainer.augment import augment
 from trainer.config import AugmentationSection, load_config
@@ -30,6 +33,9 @@ from trainer.loop import Trainer
 from trainer.model_setup import build_model, parameter_groups
 from trainer.recipes import RECIPES, init_run
 from trainer.reporting import METRICS_FILE, PLOT_FILE, RateWindow, read_metrics
+from trainer.stopping import InterruptRequest
+
+from .indexing import send_to_self, signal_when
 
 RATE = 44_100
 LABELS = ("low", "high", "hiss", "buzz")
@@ -406,6 +412,35 @@ def test_ctrl_c_writes_a_checkpoint_and_the_model_and_any_checkpoint_exports(
     monkeypatch.setattr(Trainer, "_after_step", after_step)
     assert cli("train", str(config_path), "--resume").exit_code == EXIT_OK
     assert read_metrics(run / METRICS_FILE, "end")[-1]["step"] == 40
+
+
+def test_sigterm_stops_a_run_after_its_step_with_a_checkpoint_the_model_and_its_own_exit_code(
+    tmp_path, tiny_no_text_model_dir
+) -> None:
+    """What a scheduler's preemption, `kill` and torchrun send: the run ends as on Ctrl-C, with 143."""
+    config_path = label_run_config(tmp_path, tiny_no_text_model_dir, optimization__max_steps=100_000, logging__every=1)
+    metrics = tmp_path / "run" / METRICS_FILE
+    command = [sys.executable, "-m", "pengi_search", "train", str(config_path)]
+    status, stderr = signal_when(command, lambda: metrics.is_file() and bool(read_metrics(metrics, "train")), SIGTERM)
+    assert status == EXIT_TERMINATED and stderr.splitlines()[-1:] == ["interrupted"], stderr
+    [end] = read_metrics(metrics, "end")
+    run = tmp_path / "run"
+    assert (run / "checkpoints" / f"step-{end['step']:08d}.pt").is_file()
+    assert json.loads((run / "model" / "config.json").read_text())["trained"]["steps"] == end["step"]
+
+
+def test_either_stop_signal_asks_the_run_to_stop_and_a_second_one_interrupts_at_once() -> None:
+    for number, code in ((SIGINT, EXIT_INTERRUPTED), (SIGTERM, EXIT_TERMINATED)):
+        before = getsignal(number)
+        with interrupted_by_stop_signals(), InterruptRequest() as interrupt:  # the command line's, then the run's
+            try:
+                send_to_self(number)
+            except KeyboardInterrupt:
+                pytest.fail("the run was interrupted mid-step")
+            assert interrupt.requested and interrupted_exit_code() == code
+            with pytest.raises(KeyboardInterrupt):
+                send_to_self(number)
+        assert getsignal(number) == before  # each put back the handler it found
 
 
 def test_per_part_learning_rates_make_their_own_groups(tiny_no_text_model_dir) -> None:

@@ -36,6 +36,8 @@ from ..errors import (
 )
 from ..messages import print_warning
 from ..pathnames import json_text, shown
+from ..stop_signals import interrupted_by_stop_signals, interrupted_exit_code
+from .closed_output import end_quietly, output_closed
 
 if TYPE_CHECKING:
     from ..download import Release
@@ -142,24 +144,51 @@ DEBUG_ENV = "PENGI_SEARCH_DEBUG"  # set it to see tracebacks instead of one-line
 
 
 def handle_errors(func: F) -> F:
-    """Turn expected failures into one line on stderr and an exit code, instead of a traceback."""
+    """Turn expected failures into one line on stderr and an exit code, instead of a traceback; and end the command
+    the way a shell asks: SIGTERM stops it as Ctrl-C does (exit code 143, Ctrl-C's 130), and a reader of its output
+    that went away (`| head`) ends it quietly (141)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         _tolerant_output()
-        try:
-            return func(*args, **kwargs)
-        except KeyboardInterrupt:
-            err_console.print("interrupted")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-        except (typer.Exit, typer.Abort):
-            raise
-        except Exception as err:
-            if os.environ.get(DEBUG_ENV) or not isinstance(err, PengiSearchError | OSError | ValueError):
+        with interrupted_by_stop_signals():
+            try:
+                return _reported(func, *args, **kwargs)
+            except BrokenPipeError:  # also from saying "interrupted" or an error on a stderr whose reader is gone
+                if output_closed():
+                    end_quietly()
                 raise
-            fail(_one_line(err), err.exit_code if isinstance(err, PengiSearchError) else EXIT_FAILED)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _reported(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`func`'s result; its expected failures and interruptions as a line on stderr and an exit code."""
+    try:
+        return _flushed(func, *args, **kwargs)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (`stop_signals`): the exit code says which
+        err_console.print("interrupted")
+        raise typer.Exit(interrupted_exit_code()) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as err:
+        if isinstance(err, BrokenPipeError) and output_closed():
+            raise  # no failure of the command's: `handle_errors` ends it quietly
+        if os.environ.get(DEBUG_ENV) or not isinstance(err, PengiSearchError | OSError | ValueError):
+            raise
+        fail(_one_line(err), err.exit_code if isinstance(err, PengiSearchError) else EXIT_FAILED)
+
+
+def _flushed(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`func`'s result, with what it left in stdout's buffer written: a reader gone is found here, where the exit
+    code can say so, not at interpreter exit (exit code 120, and an "Exception ignored" message)."""
+    try:
+        result = func(*args, **kwargs)
+    except (typer.Exit, typer.Abort):
+        sys.stdout.flush()
+        raise
+    sys.stdout.flush()
+    return result
 
 
 def _tolerant_output() -> None:

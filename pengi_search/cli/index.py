@@ -357,12 +357,8 @@ def export(
 
     prefix = None if under is None else absolute(under)
     with Library.open(db, read_only=True) as library:
-        if output is None:
-            try:
-                _write_rows(library.store.export_rows(prefix), sys.stdout)
-                sys.stdout.flush()
-            except BrokenPipeError:  # `export | head`: the reader had enough
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if output is None:  # `export | head`: a reader that had enough ends it as any command (`handle_errors`)
+            _write_rows(library.store.export_rows(prefix), sys.stdout)
             return
         partial = output.with_name(f".{output.name}.partial")
         with open(partial, "w", encoding="utf-8") as stream:

@@ -69,8 +69,8 @@ def run(
 
     The paper's procedure: task prompts, frozen language model and text encoder, trained audio encoder and mappers,
     cross-entropy on the answer tokens, Adam with linear warm-up. The result is a model directory that describe,
-    index and classify load with --model. Ctrl-C stops after the current step and writes a checkpoint and the
-    model. For several GPUs or nodes: torchrun --nproc-per-node 8 -m trainer config.yaml
+    index and classify load with --model. Ctrl-C (or SIGTERM) stops after the current step and writes a checkpoint
+    and the model. For several GPUs or nodes: torchrun --nproc-per-node 8 -m trainer config.yaml
 
     Example: pengi-search train config.yaml --dry-run
     """
