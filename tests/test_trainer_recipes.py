@@ -457,15 +457,27 @@ def test_a_bad_config_is_bad_usage_for_the_dry_run_as_for_the_run(tmp_path, tiny
     assert result.exit_code == EXIT_USAGE and needs_cuda in result.output
 
 
-def test_dry_run_refuses_an_output_dir_holding_a_run_unless_resuming(tmp_path, tiny_no_text_model_dir) -> None:
+def test_an_output_dir_holding_a_run_is_bad_usage_for_a_new_run_and_its_dry_run_unless_resuming(
+    tmp_path, tiny_no_text_model_dir, monkeypatch
+) -> None:
+    """Nothing was done and the fix is in the command (--resume) or the config (output_dir): exit code 2, as `train
+    init` refusing a taken folder and --resume without a checkpoint (it was 1), on one line naming the folder as
+    typed here, before any set-up."""
+    import trainer.loop
+
     config_path = label_run_config(tmp_path, tiny_no_text_model_dir)
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     (tmp_path / "run" / "checkpoints" / "step-00000010.pt").write_bytes(b"")
-    holds = "holds checkpoints of a run: continue it with --resume, or choose a new output_dir"
-    result = cli("train", str(config_path), "--dry-run")
-    assert result.exit_code == EXIT_FAILED and holds in result.output  # was "ready to train", exit code 0
-    result = cli("train", str(config_path))  # the run refuses it in the same words
-    assert result.exit_code == EXIT_FAILED and holds in result.output
+    monkeypatch.chdir(tmp_path)
+    holds = "error: run: holds checkpoints of a run: continue it with --resume, or choose a new output_dir"
+    with monkeypatch.context() as during:
+        during.setattr(trainer.loop, "Trainer", None)  # set-up (minutes of feature encoding) must not start
+        for dry_run in (["--dry-run"], []):  # the run refuses it in the same words
+            result = cli("train", str(config_path), *dry_run)
+            assert result.exit_code == EXIT_USAGE, result.output  # was 1
+            assert result.output.strip() == holds
+            with pytest.raises(UsageError, match="holds checkpoints of a run"):  # library callers alike
+                (dry_run_report if dry_run else trainer.loop.train)(load_config(config_path))
     result = cli("train", str(config_path), "--dry-run", "--resume")
     assert result.exit_code == EXIT_OK and "ready to train" in result.output
     assert "already finished" not in result.output

@@ -38,10 +38,8 @@ from pengi_search.tokenization import Tokenizers
 from trainer.checkpoint_files import (
     BEST_CHECKPOINT,
     CHECKPOINT_DIR,
-    HOLDS_A_RUN,
     checkpoint_path,
     checkpoint_to_resume,
-    list_checkpoints,
 )
 from trainer.config import ConfigError, TrainConfig
 from trainer.data import Batch, collate_examples
@@ -110,9 +108,8 @@ def train(
     source = source or Path("<config>")
     if problems := config.problems(cuda=torch.cuda.is_available()):
         raise ConfigError(source, problems[0])
-    if not resume and list_checkpoints(config.output_dir):
-        raise TrainingError(config.output_dir, HOLDS_A_RUN)
-    checkpoint = checkpoint_to_resume(config.output_dir, resume)  # before the set-up (features take minutes)
+    # Before the set-up (features take minutes): a missing checkpoint, or a new run in an output_dir holding one.
+    checkpoint = checkpoint_to_resume(config.output_dir, resume)
     processes = start_processes(config.runtime.device)
     trainer = None
     try:
