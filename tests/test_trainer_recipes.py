@@ -16,7 +16,7 @@ import yaml
 from typer.testing import CliRunner
 
 from pengi_search.cli import app
-from pengi_search.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
+from pengi_search.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, UsageError
 from pengi_search.model import Pengi
 from pengi_search.model_dir import ModelDir
 from pengi_search.units import duration_text
@@ -341,6 +341,35 @@ def test_a_labelled_run_reports_accuracy_keeps_the_best_model_and_plots(tmp_path
     assert all(record["samples_per_s"] > 0 for record in read_metrics(run / METRICS_FILE, "train"))
 
 
+def test_a_run_its_dry_run_and_export_name_the_paths_the_config_resolved_as_typed_here(
+    tmp_path, tiny_no_text_model_dir, monkeypatch
+) -> None:
+    """The configuration resolves its paths against its folder; what the commands print of them was absolute. Now,
+    as `train init` prints its files: relative to the current folder when under it (else absolute)."""
+    config_path = label_run_config(tmp_path, tiny_no_text_model_dir, optimization__max_steps=2)
+    missing = tmp_path / "clips" / "gone.wav"
+    with (tmp_path / "train.jsonl").open("a") as manifest:
+        manifest.write(json.dumps({"audio": str(missing), "task": "sound_event", "answer": "gone"}) + "\n")
+    monkeypatch.chdir(tmp_path / "clips")  # the run's folder is above: its paths stay absolute
+    result = cli("train", str(config_path), "--dry-run")
+    assert f"train {tmp_path / 'train.jsonl'}: " in result.stdout, result.stdout
+    monkeypatch.chdir(tmp_path)
+    result = cli("train", "run.yaml", "--dry-run")
+    assert result.exit_code == EXIT_PARTIAL, result.output
+    assert "train train.jsonl: 9 examples, 8 usable, 1 missing" in result.stdout  # was /tmp/.../train.jsonl
+    assert "validation validation.jsonl: " in result.stdout
+    assert "  row 9: clips/gone.wav: file not found" in result.stdout.splitlines()
+    sf.write(missing, np.zeros(RATE // 2, dtype=np.float32), RATE)
+
+    result = cli("train", "run.yaml")
+    assert result.exit_code == EXIT_OK, result.output
+    said = result.output.splitlines()
+    assert "model written to run/model" in said
+    assert any(line.startswith("best accuracy") and line.endswith(": run/best-model") for line in said), said
+    result = cli("train", "export", "run/checkpoints/step-00000002.pt")
+    assert result.exit_code == EXIT_OK and result.stdout.strip() == "model written to run/model-step-00000002"
+
+
 def test_early_stopping_ends_the_run_when_the_metric_stops_improving(tmp_path, tiny_no_text_model_dir) -> None:
     config_path = label_run_config(
         tmp_path, tiny_no_text_model_dir, optimization__lr=1e-9, evaluation__patience=2, evaluation__metric="val_loss"
@@ -433,6 +462,7 @@ def test_dry_run_refuses_what_the_run_refuses_too_few_examples(tmp_path, tiny_no
     assert "cannot train" in result.output
     result = cli("train", str(config_path))
     assert result.exit_code == EXIT_FAILED and "too few for one step of batch_size 64" in result.output
+    assert "lower data.batch_size" in result.output  # the dry run's advice, which the run lacked
 
 
 def test_a_bad_config_is_bad_usage_for_the_dry_run_as_for_the_run(tmp_path, tiny_no_text_model_dir) -> None:

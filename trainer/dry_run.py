@@ -21,6 +21,7 @@ from pengi_search.config import PengiConfig
 from pengi_search.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, PengiSearchError
 from pengi_search.messages import print_warning
 from pengi_search.model import Pengi
+from pengi_search.paths import as_typed
 from pengi_search.tokenization import PromptTooLongError, Tokenizers
 from pengi_search.units import duration_text
 from trainer.checkpoint_files import checkpoint_step, checkpoint_to_resume
@@ -183,7 +184,7 @@ def _run_problems(config: TrainConfig, plan: dict[str, int | None], usable: int)
     problems = []
     if plan.get("steps_per_epoch") == 0 and usable:
         too_few = config.too_few_for_a_step(usable, plan.get("processes") or 1)
-        problems.append(f"{config.data.train}: {too_few}: lower data.batch_size")
+        problems.append(f"{as_typed(config.data.train)}: {too_few}")
     return problems
 
 
@@ -246,7 +247,8 @@ def _model_problems(config: TrainConfig) -> list[str]:
         "model.gpt2_tokenizer": section.gpt2_tokenizer,
         "model.clip_tokenizer": section.clip_tokenizer,
     }
-    return [f"{key}: {path} does not exist" for key, path in paths.items() if path is not None and not path.exists()]
+    missing = [(key, path) for key, path in paths.items() if path is not None and not path.exists()]
+    return [f"{key}: {as_typed(path)} does not exist" for key, path in missing]
 
 
 def _plan(config: TrainConfig, usable: int) -> dict[str, int | None]:
@@ -294,12 +296,12 @@ def print_dry_run(report: DryRunReport, console: Console) -> None:
 
 def _print_manifest(check: ManifestCheck, console: Console) -> None:
     console.print(
-        f"[bold]{check.role}[/] {escape(str(check.path))}: {check.examples} examples, {check.usable} usable, "
-        f"{check.missing} missing, {check.broken} unreadable",
+        f"[bold]{check.role}[/] {escape(str(as_typed(check.path)))}: {check.examples} examples, {check.usable} "
+        f"usable, {check.missing} missing, {check.broken} unreadable",
         soft_wrap=True,
     )
-    for example, reason in check.problems[:PROBLEMS_SHOWN]:
-        console.print(f"  row {example.row}: {example.audio}: {reason}", markup=False, soft_wrap=True)
+    for example, reason in check.problems[:PROBLEMS_SHOWN]:  # the configuration resolved the paths: shown as typed
+        console.print(f"  row {example.row}: {as_typed(example.audio)}: {reason}", markup=False, soft_wrap=True)
     if len(check.problems) > PROBLEMS_SHOWN:
         console.print(f"  ... and {len(check.problems) - PROBLEMS_SHOWN} more")
     table = Table("task", "examples", "share", title=f"{check.role} task mix")

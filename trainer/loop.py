@@ -34,6 +34,7 @@ from pengi_search.inference import Engine
 from pengi_search.messages import print_warning
 from pengi_search.model import Pengi
 from pengi_search.model_dir import is_model_dir
+from pengi_search.paths import as_typed
 from pengi_search.tokenization import Tokenizers
 from trainer.checkpoint_files import (
     BEST_CHECKPOINT,
@@ -201,7 +202,9 @@ class Trainer:
         accumulation = self.config.optimization.grad_accumulation
         self.steps_per_epoch = self.sampler.num_samples // data.batch_size // accumulation
         if self.steps_per_epoch == 0:
-            raise TrainingError(data.train, self.config.too_few_for_a_step(len(train_set), processes.world_size))
+            raise TrainingError(
+                as_typed(data.train), self.config.too_few_for_a_step(len(train_set), processes.world_size)
+            )
         opt = self.config.optimization
         self.total_steps = opt.max_steps or opt.epochs * self.steps_per_epoch
 
@@ -237,7 +240,7 @@ class Trainer:
         else:
             self._warn(f"the checkpoint was written by {len(rng)} processes, not {processes}: random streams restart")
         self.metrics.truncate_after(self.position.step)
-        self.progress.print(f"resumed from {path} at step {self.position.step}")
+        self.progress.print(f"resumed from {as_typed(path)} at step {self.position.step}")
 
     def _warn(self, message: str) -> None:
         """Said once (by rank 0), even with --quiet, as the command line says its warnings."""
@@ -271,11 +274,11 @@ class Trainer:
         folder = self.config.output_dir
         model_dir = folder / MODEL_DIR if is_model_dir(folder / MODEL_DIR) else None
         if model_dir is not None:
-            model = f"its model is in {model_dir}"
+            model = f"its model is in {as_typed(model_dir)}"
             if (folder / BEST_MODEL_DIR).is_dir():
-                model += f" (the best evaluation's in {folder / BEST_MODEL_DIR})"
+                model += f" (the best evaluation's in {as_typed(folder / BEST_MODEL_DIR)})"
         else:
-            model = f"`pengi-search train export {shlex.quote(str(checkpoint))}` writes its model"
+            model = f"`pengi-search train export {shlex.quote(str(as_typed(checkpoint)))}` writes its model"
         if self.processes.main:  # even with --quiet: it is the run's only outcome
             self.console.print(
                 f"the run already finished {where}: nothing was trained or written; {model}. To train on, raise "
@@ -546,10 +549,11 @@ class Trainer:
         if self.config.logging.plot and write_plot(folder / METRICS_FILE, folder / PLOT_FILE) is None:
             self._warn(f"matplotlib is not installed: no {PLOT_FILE} (pip install matplotlib)")
         # The run's outcome, said even with --quiet (which quiets the progress): where its models are.
-        self.console.print(f"model written to {model_dir}", soft_wrap=True, markup=False)
+        # Paths as the user would type them here: the configuration resolved output_dir.
+        self.console.print(f"model written to {as_typed(model_dir)}", soft_wrap=True, markup=False)
         if self.best.best_step is not None and self.config.checkpoints.keep_best:
             best = f"best {self.best.metric} {self.best.best:.4f} at step {self.best.best_step}"
-            self.console.print(f"{best}: {folder / BEST_MODEL_DIR}", soft_wrap=True, markup=False)
+            self.console.print(f"{best}: {as_typed(folder / BEST_MODEL_DIR)}", soft_wrap=True, markup=False)
         wait_for_all(self.processes)
         return model_dir
 

@@ -18,6 +18,7 @@ import typer
 from typer.core import TyperGroup
 
 from ..errors import EXIT_PARTIAL
+from ..paths import as_typed
 from .common import err_console, handle_errors, out_console, warn
 
 RUN = "run"
@@ -188,5 +189,5 @@ def export(
     existing_checkpoint(checkpoint)  # before the training code loads (seconds); the export checks it again
     from trainer.export import export_checkpoint
 
-    directory = export_checkpoint(checkpoint, output)
-    out_console.print(f"model written to {directory}", markup=False, soft_wrap=True)
+    directory = export_checkpoint(checkpoint, output)  # by default beside the run's checkpoints, resolved
+    out_console.print(f"model written to {as_typed(directory)}", markup=False, soft_wrap=True)
