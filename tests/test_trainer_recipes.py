@@ -370,6 +370,26 @@ def test_a_run_its_dry_run_and_export_name_the_paths_the_config_resolved_as_type
     assert result.exit_code == EXIT_OK and result.stdout.strip() == "model written to run/model-step-00000002"
 
 
+def test_a_run_on_cached_features_says_each_clip_it_could_not_encode_once(
+    tmp_path, tiny_no_text_model_dir, monkeypatch
+) -> None:
+    """Encoding the clips met a broken one once per view, and the dataset logged `skipping PATH (row n): reason`
+    each time; now the run says it once, as every command says a file it went on without, and exits 3."""
+    config_path = label_run_config(tmp_path, tiny_no_text_model_dir, optimization__max_steps=2)
+    config = yaml.safe_load(config_path.read_text())
+    config_path.write_text(yaml.safe_dump({**config, "augmentation": {"views": 3, "gain_db": 6.0}}))
+    (tmp_path / "clips" / "broken.wav").write_text("not audio")
+    for manifest in ("train.jsonl", "validation.jsonl"):
+        with (tmp_path / manifest).open("a") as out:
+            for task in ("sound_event", "caption"):  # two rows, one clip
+                out.write(json.dumps({"audio": "clips/broken.wav", "task": task, "answer": "crackle"}) + "\n")
+    monkeypatch.chdir(tmp_path)
+    result = cli("train", "run.yaml")
+    assert result.exit_code == EXIT_PARTIAL, result.output
+    said = [line for line in result.output.splitlines() if "skipp" in line or line.startswith("WARNING")]
+    assert said == ["skipped clips/broken.wav: not a readable audio file (unknown format or corrupt data)"]
+
+
 def test_early_stopping_ends_the_run_when_the_metric_stops_improving(tmp_path, tiny_no_text_model_dir) -> None:
     config_path = label_run_config(
         tmp_path, tiny_no_text_model_dir, optimization__lr=1e-9, evaluation__patience=2, evaluation__metric="val_loss"

@@ -26,10 +26,9 @@ from pengi_search.tokenization import PromptTooLongError, Tokenizers
 from pengi_search.units import duration_text
 from trainer.checkpoint_files import checkpoint_step, checkpoint_to_resume
 from trainer.config import TrainConfig
-from trainer.data import Example, LoadAudio, check_audio, read_manifest, task_mix
+from trainer.data import MISSING, Example, LoadAudio, check_audio, read_manifest, task_mix
 from trainer.features import clip_key
 
-MISSING = "file not found"  # the reason `check_audio` gives for a file that is not there
 PROBLEMS_SHOWN = 20  # per manifest; the counts cover them all
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from rich.console import Console
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from pengi_search.checkpoint import CheckpointError
 from pengi_search.errors import PengiSearchError
@@ -65,7 +65,15 @@ from trainer.model_setup import (
 )
 from trainer.objective import AnswerNll, encode_batch
 from trainer.optimization import Optimization, autocast
-from trainer.reporting import METRICS_FILE, PLOT_FILE, MetricsLog, RateWindow, TrainingProgress, write_plot
+from trainer.reporting import (
+    METRICS_FILE,
+    PLOT_FILE,
+    MetricsLog,
+    RateWindow,
+    SkippedClips,
+    TrainingProgress,
+    write_plot,
+)
 from trainer.run_data import prepare_data, quiet
 from trainer.sampling import ResumableSampler
 from trainer.state import (
@@ -96,6 +104,9 @@ class TrainingResult:
     model_dir: Path | None  # the exported model directory (rank 0)
     steps: int
     audio_skipped: bool = False  # some rows' audio could not be used (each reported): the command exits 3
+    # Rank 0, which reports for the run: only its command says the outcome and exits 3 for skipped audio. Under
+    # torchrun a process ending with a code other than 0 makes it stop the others (SIGTERM), even rank 0 as it ends.
+    main: bool = True
 
 
 def train(
@@ -174,7 +185,8 @@ class Trainer:
         self.rate = RateWindow()
         self.best = BestTracker(self._metric(), config.evaluation.patience)
         self.evaluated_at: int | None = None  # the step of the last evaluation
-        self.skipped_rows = float(self.data.skipped_at_caching)  # rows whose audio failed, on this process
+        self.skips = SkippedClips(self.console if processes.main else None)  # said even with --quiet
+        self.skips.note(self.data.skipped_at_caching)
         self.stopped_early = False
         self.last_checkpoint: int | None = None  # step of the latest step checkpoint
         self.rng_to_restore: dict[str, Any] | None = None
@@ -286,7 +298,7 @@ class Trainer:
                 soft_wrap=True,
                 markup=False,
             )
-        return TrainingResult(self.model, self.tokenizers, model_dir, self.position.step)
+        return TrainingResult(self.model, self.tokenizers, model_dir, self.position.step, main=self.processes.main)
 
     # --- Loop --------------------------------------------------------------------------------------------------
 
@@ -300,6 +312,7 @@ class Trainer:
             self.metrics.truncate_after(0)  # what a run that crashed before its first checkpoint logged
         if self.rng_to_restore is not None:
             restore_rng(self.rng_to_restore, self.device)
+        self._say_skipped()  # what encoding the clips found; a resumed run that trains nothing says none of it
         with self.progress, InterruptRequest() as interrupt:
             self.interrupt = interrupt
             self.progress.advance(self.position.step)
@@ -310,11 +323,20 @@ class Trainer:
             self._evaluate()  # the budget ended the run between evaluations: the last steps may hold the best model
         if self.position.step < self.total_steps and self.last_checkpoint != self.position.step:
             self._checkpoint()  # stopped early (Ctrl-C, patience, time budget): the run can be resumed or exported
+        self._say_skipped()  # the steps since the last log (a run stopped early), before the run's outcome
         model_dir = self._finish()
         if self._interrupted():
             raise KeyboardInterrupt  # after the checkpoint and the model: the command line exits with 130
-        (skipped,) = sum_across(self.processes, [self.skipped_rows])
-        return TrainingResult(self.model, self.tokenizers, model_dir, self.position.step, audio_skipped=skipped > 0)
+        step, skipped, main = self.position.step, self.skips.any, self.processes.main
+        return TrainingResult(self.model, self.tokenizers, model_dir, step, audio_skipped=skipped, main=main)
+
+    def _note_skipped(self, dataset: Dataset, skipped: list[tuple[int, str]]) -> None:
+        """Rows of `dataset` whose audio failed here, with why: said at the next `_say_skipped`."""
+        self.skips.note((dataset.examples[row].audio, reason) for row, reason in skipped)
+
+    def _say_skipped(self) -> None:
+        """Rank 0 says each clip any process noted, once (every process calls this at the same points)."""
+        self.skips.say(gather_objects(self.processes, self.skips.take()))
 
     def _interrupted(self) -> bool:
         (requested,) = sum_across(self.processes, [float(self.interrupt.requested)])
@@ -376,9 +398,9 @@ class Trainer:
         interval.nll += nll_sum
         interval.tokens += local_tokens
         interval.samples += samples
-        skipped = sum(len(batch["skipped"]) for batch in micro)
-        interval.skipped += skipped
-        self.skipped_rows += skipped
+        for batch in micro:
+            self._note_skipped(self.data.train_set, batch["skipped"])
+            interval.skipped += len(batch["skipped"])
         self.rate.step(samples * processes.world_size)
 
     def _after_step(self) -> None:
@@ -414,6 +436,7 @@ class Trainer:
         )
         self.progress.advance(self.position.step, self.rate.rate, loss)
         self.interval = _Interval()
+        self._say_skipped()
 
     def _evaluate(self) -> None:
         self.evaluated_at = self.position.step
@@ -433,7 +456,8 @@ class Trainer:
                 autocast=self._autocast,
             )
             record.update(val_loss=result.loss, tokens=result.tokens, skipped=result.skipped)
-            self.skipped_rows += result.skipped
+            self._note_skipped(data.val_set, result.failed)
+            self._say_skipped()
         if self.processes.main:
             engine = Engine(self.model, self.tokenizers, self.device, batch_size=self.config.data.batch_size)
             record.update(self._label_metrics(engine))

@@ -92,7 +92,7 @@ def run(
         print_dry_run(report, out_console)
         raise typer.Exit(report.exit_code)
     result = run_training(settings, resume=resume_from or resume, source=config, console=err_console)
-    if result.audio_skipped:  # as everywhere: the command ran, but some audio could not be used
+    if result.audio_skipped and result.main:  # as everywhere: the command ran, but some audio could not be used
         warn("trained without the clips reported above, whose audio could not be used")
         raise typer.Exit(EXIT_PARTIAL)
 
