@@ -390,6 +390,18 @@ def test_a_run_on_cached_features_says_each_clip_it_could_not_encode_once(
     assert said == ["skipped clips/broken.wav: not a readable audio file (unknown format or corrupt data)"]
 
 
+def test_what_a_run_says_while_it_encodes_reads_one_line_each_in_a_log(tmp_path, tiny_no_text_model_dir) -> None:
+    """Off a terminal, the note on the frozen encoder broke at 80 columns, and the encoding bar left a blank line."""
+    config_path = label_run_config(tmp_path / "a long folder name", tiny_no_text_model_dir, logging__quiet=False)
+    result = cli("train", str(config_path), "--set", "optimization.max_steps=1")
+    assert result.exit_code == EXIT_OK, result.output
+    lines = result.output.splitlines()
+    frozen = next(line for line in lines if line.startswith("the audio encoder is frozen"))
+    assert frozen.endswith("reused by every epoch") and len(frozen) > 80
+    ready = next(index for index, line in enumerate(lines) if line.startswith("audio features ready"))
+    assert lines[ready - 1] == frozen
+
+
 def test_early_stopping_ends_the_run_when_the_metric_stops_improving(tmp_path, tiny_no_text_model_dir) -> None:
     config_path = label_run_config(
         tmp_path, tiny_no_text_model_dir, optimization__lr=1e-9, evaluation__patience=2, evaluation__metric="val_loss"

@@ -12,6 +12,7 @@ the final model directory (`<output_dir>/model`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 import logging
@@ -169,7 +170,8 @@ class Trainer:
         torch.manual_seed(config.seed + processes.rank)  # each process its own dropout
         shown = processes.main and not config.logging.quiet
         self.console = console or Console(stderr=True)
-        say = self.console.print if shown else quiet
+        # As the progress prints (`TrainingProgress.print`): as written, and on one line in a log.
+        say = functools.partial(self.console.print, markup=False, highlight=False, soft_wrap=True) if shown else quiet
         self.data = prepare_data(config, self.model, self.tokenizers, source, cached=cached, say=say)
         self._setup_loader()
         self.optimization = Optimization(

@@ -35,14 +35,16 @@ def quiet(message: str) -> None:
 @contextlib.contextmanager
 def progress_bar(shown: bool) -> Iterator[Callable[[int], None]]:
     """A bar counting encoded clips (views included), for the minutes a CPU spends encoding; drawn from the first
-    clip encoded, so that features read from the cache (a resumed run) show no empty bar."""
+    clip encoded, so that features read from the cache (a resumed run) show no empty bar. Only on a terminal: off
+    one Rich draws nothing but a blank line as the bar goes."""
+    console = Console(stderr=True)
     bar = Progress(
         TextColumn("encoding audio"),
         BarColumn(),
         TextColumn("{task.completed} clips"),
         TimeElapsedColumn(),
-        console=Console(stderr=True),
-        disable=not shown,
+        console=console,
+        disable=not shown or not console.is_terminal,
         transient=True,
     )
     task = bar.add_task("encoding", total=None)
