@@ -27,7 +27,7 @@ from typer.testing import CliRunner, Result
 from pengi_search.cli import app
 from pengi_search.config import PengiConfig
 from pengi_search.encoders import clip_text_config
-from pengi_search.errors import EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE
+from pengi_search.errors import EXIT_PARTIAL, EXIT_USAGE
 from pengi_search.messages import print_warning
 from pengi_search.model import Pengi, gpt2_config
 from pengi_search.model_dir import WEIGHTS_FILE, ModelDir
@@ -335,7 +335,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(uninterrupted, tmp_p
         patch.setattr(Trainer, "_after_step", crash_after_step_4)
         assert isinstance(train_command(config_path).exception, Crash)
     assert [step for step, _ in losses(tmp_path / "run")] == [1, 2, 3, 4]
-    assert train_command(config_path).exit_code == EXIT_FAILED  # a fresh run would overwrite the checkpoints
+    assert train_command(config_path).exit_code == EXIT_USAGE  # a fresh run would overwrite the checkpoints
     check_trained(config_path, "--resume")
 
     assert losses(tmp_path / "run") == losses(uninterrupted / "run")
