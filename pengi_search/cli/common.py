@@ -34,7 +34,7 @@ from ..errors import (
     UsageError,
     not_found,
 )
-from ..messages import print_warning
+from ..messages import print_skipped, print_warning
 from ..pathnames import json_text, shown
 from ..stop_signals import interrupted_by_stop_signals, interrupted_exit_code
 from .closed_output import end_quietly, output_closed
@@ -425,7 +425,7 @@ def report_skipped(path: str, reason: str) -> None:
     The path is shown as the command was given it (escaped by `pathnames.shown`, never made relative), so that it
     matches what the user typed, as ripgrep's messages do; a file found inside a given folder, as the scan found it.
     """
-    err_console.print(f"[red]skipped[/] {escape(shown(path))}: {escape(reason)}", soft_wrap=True)
+    print_skipped(err_console, path, reason)
 
 
 def print_json(data: Any, *, line: bool = False) -> None:
