@@ -278,7 +278,7 @@ def check_database(db: str | None = None) -> tuple[dict[str, Any], list[Problem]
     it cannot tell (a URL it cannot use, a server it cannot reach). When not true, `reason` says why."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .db.engine import create_store_engine
+    from .db.access import reading_engine
 
     try:
         url = resolve_db_url(db)
@@ -292,7 +292,7 @@ def check_database(db: str | None = None) -> tuple[dict[str, Any], list[Problem]
         if absent is not None:
             return {**data, "exists": False, "reason": absent}, problems
     try:
-        engine = create_store_engine(url)
+        engine = reading_engine(url)  # doctor changes nothing, and reads a library it may not write
     except StoreError as err:  # a driver that is mistyped or not installed
         return _unknown(data, Problem("database", err.reason, URL_FIX))
     data["exists"] = True if db_file is not None else None  # a server's database: known once it answers

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Engine, event, inspect
 from sqlalchemy.exc import SQLAlchemyError
 
-from .engine import create_store_engine
+from .engine import create_store_engine, needs_frozen_read
 from .errors import ForeignDatabaseError, MissingDatabaseError, StoreError, driver_reason
 from .migrate import foreign_tables_reason, migrate
 from .urls import db_option, resolve_db_url, shown_db_url, sqlite_file
@@ -36,7 +36,7 @@ def open_engine(db: str | os.PathLike[str] | None, *, create: bool, read_only: b
             db_file.parent.mkdir(parents=True, exist_ok=True)
         elif not db_file.is_file():
             raise _missing(url, db)
-    engine = create_store_engine(url)
+    engine = reading_engine(url) if read_only else create_store_engine(url)
     try:
         if not _has_schema(engine) and not create:  # asked of `index` too: another application's tables refuse it
             raise _missing(url, db)
@@ -56,11 +56,19 @@ def library_exists(db: str | os.PathLike[str] | None) -> bool:
     db_file = sqlite_file(url)
     if db_file is not None and not db_file.is_file():
         return False
-    engine = create_store_engine(url)
+    engine = reading_engine(url)
     try:
         return _has_schema(engine)
     finally:
         engine.dispose()
+
+
+def reading_engine(url: str) -> Engine:
+    """An engine on `url` for reading only: a SQLite file in a folder this process may not write is read as
+    immutable (see `engine.needs_frozen_read`), any other database as usual."""
+    db_file = sqlite_file(url)
+    frozen = db_file is not None and needs_frozen_read(db_file)
+    return create_store_engine(url, frozen_file=db_file if frozen else None)
 
 
 def _missing(url: str, db: str | os.PathLike[str] | None) -> MissingDatabaseError:
