@@ -57,7 +57,7 @@ class Filters:
     extensions: frozenset[str] | None = None  # lower-case, with the dot (see `scan.normalize_extensions`)
     min_duration_s: float | None = None
     max_duration_s: float | None = None
-    exclude_paths: frozenset[str] = frozenset()
+    exclude_paths: frozenset[str] = frozenset()  # left out however they are reached (see `_left_out`)
 
     def __post_init__(self) -> None:
         low, high = self.min_duration_s, self.max_duration_s
@@ -105,11 +105,21 @@ class Filters:
 
     def accepts(self, window: WindowDetails) -> bool:
         """The conditions the store-side restriction does not cover (or covers only in part)."""
-        if window.path in self.exclude_paths:
+        if self.exclude_paths and _left_out(window.path, self.exclude_paths):
             return False
         if self.path_glob is not None and not fnmatch.fnmatch(window.path, self.path_glob):
             return False
         return self.extensions is None or has_extension(window.path, self.extensions)
+
+
+def _left_out(path: str, excluded: frozenset[str]) -> bool:
+    """Whether the file at `path` is one of `excluded`: by its path, or by the real path behind its links (a linked
+    folder, a library indexed through a link). Only a path whose name is one of theirs is resolved: resolving every
+    candidate would stat files on a mount that may not answer."""
+    if path in excluded:
+        return True
+    name = os.path.basename(path)
+    return any(os.path.basename(other) == name for other in excluded) and os.path.realpath(path) in excluded
 
 
 def absolute_glob(pattern: str) -> str:
@@ -182,8 +192,9 @@ class SearchScope:
             raise ValueError(f"the number of results must be at least 1, got {self.k}")
 
     def excluding(self, path: str) -> SearchScope:
-        """This scope without the file at `path` (a `similar` query leaves itself out)."""
-        filters = dataclasses.replace(self.filters, exclude_paths=self.filters.exclude_paths | {path})
+        """This scope without the file at `path`, however it is reached (a `similar` query leaves itself out)."""
+        itself = {path, os.path.realpath(path)}
+        filters = dataclasses.replace(self.filters, exclude_paths=self.filters.exclude_paths | itself)
         return dataclasses.replace(self, filters=filters)
 
 

@@ -113,6 +113,16 @@ def test_similar_leaves_the_file_out(captions, common):
     assert str(captions.files["bell.wav"]) not in paths and len(paths) == len(captions.files) - 1
 
 
+def test_similar_leaves_the_file_out_when_reached_through_a_link(captions, common, tmp_path):
+    """The same file by another way (a linked folder, a library indexed through a link): still itself, left out."""
+    linked = tmp_path / "linked"
+    linked.symlink_to(captions.files["bell.wav"].parent)
+    result = run("similar", linked / "bell.wav", *common, "--json")
+    assert result.exit_code == 0, result.output
+    paths = [hit["path"] for hit in json.loads(result.stdout)]
+    assert str(captions.files["bell.wav"]) not in paths and len(paths) == len(captions.files) - 1
+
+
 def test_similar_missing_file(common, tmp_path):
     result = run("similar", tmp_path / "absent.wav", *common)
     assert result.exit_code == EXIT_USAGE and "no such file" in result.output
