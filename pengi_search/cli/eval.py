@@ -464,8 +464,8 @@ def _truth_digest(truth: Path, labels: list[str]) -> str:
 @app.command()
 @handle_errors
 def compare(
-    first: Annotated[Path, typer.Argument(help="A report.json (the baseline).")],
-    second: Annotated[Path, typer.Argument(help="A report.json of the same kind (the change).")],
+    first: Annotated[Path, typer.Argument(help="A report.json, or the folder that holds it (the baseline).")],
+    second: Annotated[Path, typer.Argument(help="A report.json of the same kind, or its folder (the change).")],
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Also write the comparison as Markdown.")
     ] = None,
@@ -473,10 +473,12 @@ def compare(
 ) -> None:
     """Two reports of the same kind side by side: every metric, the difference, and what differs in the setup.
 
-    Example: pengi-search eval compare runs/base/report.json runs/finetuned/report.json
+    Example: pengi-search eval compare runs/base runs/finetuned
     """
-    from ..evaluation.report import compare_markdown, compare_reports, load_report
+    from ..evaluation.report import REPORT_JSON, compare_markdown, compare_reports, load_report
 
+    # The folders `eval -o` wrote stand for their reports.
+    first, second = (path / REPORT_JSON if path.is_dir() else path for path in (first, second))
     comparison = compare_reports(load_report(first), load_report(second), _report_names(first, second))
     if output is not None:
         output.write_text(compare_markdown(comparison), encoding="utf-8")
