@@ -279,6 +279,11 @@ CASES = {
     ),
     "train export, a folder": Case(lambda p: ("train", "export", p.sounds), EXIT_USAGE, "name one of its checkpoint"),
     "unknown command": Case(lambda p: ("search", "x"), EXIT_USAGE, "No such command"),
+    "serve, an upload limit of infinite MB": Case(
+        lambda p: ("serve", "--db", p.db, "--port", "0", "--max-upload-mb", "inf"),
+        EXIT_USAGE,
+        "Invalid value for '--max-upload-mb': Input should be less than or equal to 1048576",
+    ),
     "stats, a database URL whose port is not a number": Case(
         lambda p: ("stats", "--db", f"postgresql+psycopg://me:{SECRET}@127.0.0.1:five/lib"),
         EXIT_USAGE,
