@@ -279,6 +279,16 @@ CASES = {
     ),
     "train export, a folder": Case(lambda p: ("train", "export", p.sounds), EXIT_USAGE, "name one of its checkpoint"),
     "unknown command": Case(lambda p: ("search", "x"), EXIT_USAGE, "No such command"),
+    "query, a --db that is a folder": Case(  # no library "yet" either: `index` could not make one there
+        lambda p: ("query", "x", "--db", p.sounds, "--model", p.model),
+        EXIT_USAGE,
+        "is a folder, not a database file: point --db or PENGI_SEARCH_DB at a database file",
+    ),
+    "index, a --db inside a file": Case(
+        lambda p: ("index", p.sounds, "--db", p.clip / "lib.db", "--model", p.model),
+        EXIT_USAGE,
+        "is a file, not a folder: no database can be made at ",
+    ),
     "serve, an upload limit of infinite MB": Case(
         lambda p: ("serve", "--db", p.db, "--port", "0", "--max-upload-mb", "inf"),
         EXIT_USAGE,
