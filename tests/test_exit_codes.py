@@ -241,6 +241,25 @@ CASES = {
         EXIT_USAGE,
         "a folder; --output takes the CSV file's name",
     ),
+    "export -o a folder": Case(
+        lambda p: ("export", "--db", p.db, "-o", p.sounds), EXIT_USAGE, "a folder; --output takes the JSON lines file's"
+    ),
+    "export -o into a folder that does not exist": Case(
+        lambda p: ("export", "--db", p.db, "-o", p.missing), EXIT_USAGE, "cannot write the JSON lines: no folder"
+    ),
+    "eval compare -o into a folder that does not exist": Case(
+        lambda p: ("eval", "compare", p.truth, p.truth, "-o", p.missing), EXIT_USAGE, "cannot write the Markdown"
+    ),
+    "eval classify -o a file": Case(  # refused before the files are classified, not after
+        lambda p: ("eval", "classify", p.sounds, "--truth", p.truth, "--model", p.model, "-o", p.clip),
+        EXIT_USAGE,
+        "not a folder; --output takes a folder for the report and its figures",
+    ),
+    "eval retrieval -o inside a file": Case(
+        lambda p: ("eval", "retrieval", p.truth, "--model", p.model, "-o", p.clip / "run"),
+        EXIT_USAGE,
+        "cannot make this folder: ",
+    ),
     "classify, template without {label}": Case(
         lambda p: ("classify", p.clip, "--labels", p.labels, "--template", "a sound", "--model", p.model),
         EXIT_USAGE,

@@ -35,6 +35,8 @@ from .common import (
     ThreadsOption,
     UsageError,
     apply_threads,
+    check_output_file,
+    check_output_folder,
     fetches_model,
     given_path,
     handle_errors,
@@ -225,6 +227,7 @@ def _evaluate_set(
     from ..search import query_embedder
 
     apply_threads(evalset.threads)
+    check_output_folder(output)
     caption_set = _read_set(captions, evalset)
     library, summary = _indexed_library(caption_set, evalset, output, quiet=quiet, json_output=json_output)
     with library:
@@ -415,6 +418,7 @@ def classify_files(
         label_list, texts = read_label_map(labels) if labels is not None else (read_labels(truth), {})
     except LabelsError as err:
         raise UsageError("", str(err)) from None
+    check_output_folder(output)
     settings = scoring.settings()
     model_dir = ModelDir.resolve(model)
     predictions, failures = classify_targets(
@@ -479,6 +483,8 @@ def compare(
 
     # The folders `eval -o` wrote stand for their reports.
     first, second = (path / REPORT_JSON if path.is_dir() else path for path in (first, second))
+    if output is not None:
+        check_output_file(output, "Markdown")
     comparison = compare_reports(load_report(first), load_report(second), _report_names(first, second))
     if output is not None:
         output.write_text(compare_markdown(comparison), encoding="utf-8")

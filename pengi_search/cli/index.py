@@ -37,6 +37,7 @@ from .common import (
     ThreadsOption,
     UsageError,
     apply_threads,
+    check_output_file,
     err_console,
     fail,
     fetches_model,
@@ -356,6 +357,8 @@ def export(
     from ..scan import absolute
 
     prefix = None if under is None else absolute(under)
+    if output is not None:
+        check_output_file(output, "JSON lines")
     with Library.open(db, read_only=True) as library:
         if output is None:
             try:
