@@ -80,6 +80,8 @@ class Filters:
         """Command-line values: a relative `path` glob is taken from the current folder (`\\xff` in it is the byte
         0xff of a name that is not UTF-8, see `pathnames.from_typed`), `ext` is "wav,.flac". A number that is not
         finite (`nan` parses as a float) is refused: no score or duration compares true with it."""
+        if path == "":  # `--path "$UNSET"`: as a glob from the current folder it would match nothing, silently
+            raise OptionError("path", "is empty; give a glob such as '*/dogs/*', or leave the option out")
         bounds = {"min_score": min_score, "min_duration": min_duration, "max_duration": max_duration}
         for option, value in bounds.items():
             if value is not None and not math.isfinite(value):

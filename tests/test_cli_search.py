@@ -75,7 +75,12 @@ def test_query_with_no_match(common):
 
 
 @pytest.mark.parametrize(
-    ("args", "message"), [(("--by", "folder"), "Invalid value for '--by'"), (("--ext", ","), "names no extension")]
+    ("args", "message"),
+    [
+        (("--by", "folder"), "Invalid value for '--by'"),
+        (("--ext", ","), "names no extension"),
+        (("--path", ""), "--path is empty"),  # `--path "$UNSET"`: not a filter that silently matches nothing
+    ],
 )
 def test_query_bad_options(common, args, message):
     result = run("query", "x", *common, *args)
