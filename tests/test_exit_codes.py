@@ -241,6 +241,18 @@ CASES = {
         EXIT_USAGE,
         "a folder; --output takes the CSV file's name",
     ),
+    # A blank prompt (`-p "$UNSET"`) asks nothing, and would name its answers by an empty string
+    **{
+        f"{name}, a blank prompt": Case(
+            lambda p, name=name, args=args: (*name.split(), *args(p)), EXIT_USAGE, "Invalid value for '--prompt'"
+        )
+        for name, args in {
+            "describe": lambda p: (p.clip, "--model", p.model, "-p", ""),
+            "index": lambda p: (p.sounds, "--db", p.missing.with_suffix(".db"), "--model", p.model, "--prompt", " "),
+            "classify": lambda p: (p.clip, "--labels", p.labels, "--method", "loglik", "--prompt", ""),
+            "eval caption": lambda p: (p.truth, "--model", p.model, "-o", p.missing.parent, "-p", ""),
+        }.items()
+    },
     "export -o a folder": Case(
         lambda p: ("export", "--db", p.db, "-o", p.sounds), EXIT_USAGE, "a folder; --output takes the JSON lines file's"
     ),

@@ -40,6 +40,7 @@ from .common import (
     err_console,
     fetches_model,
     given_path,
+    given_prompt,
     handle_errors,
     one_file_given,
     options_from,
@@ -88,9 +89,9 @@ class ScoringOptions:
     template: Annotated[str, typer.Option("--template", help='Label text, e.g. "this is a sound of {label}".')] = (
         "{label}"
     )
-    prompt: Annotated[str, typer.Option("--prompt", help="loglik: the prompt the label answers.")] = TASK_PROMPTS[
-        "sound_event"
-    ]
+    prompt: Annotated[
+        str, typer.Option("--prompt", help="loglik: the prompt the label answers.", parser=given_prompt)
+    ] = TASK_PROMPTS["sound_event"]
     loglik_score: Annotated[
         LoglikScore, typer.Option("--loglik-score", help="loglik: mean (per token, default) or total log-probability.")
     ] = LoglikScore.mean

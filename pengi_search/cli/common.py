@@ -323,6 +323,14 @@ def given_path(value: str) -> Path:
     return Path(value)
 
 
+def given_prompt(value: str) -> str:
+    """A --prompt's parser: a blank one is refused. It asks the model nothing (a `-p "$UNSET"`), and its answers
+    would be named by an empty string."""
+    if not value.strip():
+        raise typer.BadParameter('the prompt is empty; write what to ask, e.g. "this acoustic scene is"')
+    return value
+
+
 def check_output_file(output: Path, kind: str) -> None:
     """Refuse an --output file of `kind` ("CSV") that cannot be written, before the work rather than after it (and
     before a half-written copy is left beside it)."""

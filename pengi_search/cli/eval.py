@@ -39,6 +39,7 @@ from .common import (
     check_output_folder,
     fetches_model,
     given_path,
+    given_prompt,
     handle_errors,
     options_from,
     out_console,
@@ -86,7 +87,12 @@ WorkersOption = Annotated[
 ]
 PromptOption = Annotated[
     list[str] | None,
-    typer.Option("--prompt", "-p", help="Index prompts (repeatable); the first one's answer is the caption."),
+    typer.Option(
+        "--prompt",
+        "-p",
+        help="Index prompts (repeatable); the first one's answer is the caption.",
+        parser=given_prompt,
+    ),
 ]
 TextEmbedderOption = Annotated[
     str | None,

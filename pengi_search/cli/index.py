@@ -42,6 +42,7 @@ from .common import (
     fail,
     fetches_model,
     given_path,
+    given_prompt,
     handle_errors,
     out_console,
     print_json,
@@ -87,6 +88,7 @@ def index(
             "-p",
             help="Prompt answered for every window (repeatable); the first one's answer is what text search matches. "
             "Default: caption and sound events.",
+            parser=given_prompt,
         ),
     ] = None,
     text_embedder: Annotated[
