@@ -451,6 +451,12 @@ def test_eval_compare_command(tmp_path):
     assert list(as_json["reports"]) == ["base", "tuned"]
     missing = run("eval", "compare", tmp_path / "base" / "report.json", tmp_path / "nothing.json")
     assert missing.exit_code == EXIT_USAGE and "no such file" in missing.output
+    # The folders `eval -o` wrote stand for their reports, and name the columns as their reports do.
+    folders = run("eval", "compare", tmp_path / "base", tmp_path / "tuned", "--json")
+    assert folders.exit_code == EXIT_OK, folders.output
+    assert json.loads(folders.stdout) == as_json
+    empty = run("eval", "compare", tmp_path / "base", tmp_path)
+    assert empty.exit_code == EXIT_USAGE and f"{tmp_path / 'report.json'}: no such file" in empty.output
 
 
 def test_eval_retrieval_bad_csv(tmp_path):

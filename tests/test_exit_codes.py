@@ -280,6 +280,37 @@ CASES = {
         EXIT_USAGE,
         "a folder; --output takes the CSV file's name",
     ),
+    # A blank prompt (`-p "$UNSET"`) asks nothing, and would name its answers by an empty string
+    **{
+        f"{name}, a blank prompt": Case(
+            lambda p, name=name, args=args: (*name.split(), *args(p)), EXIT_USAGE, "Invalid value for '--prompt'"
+        )
+        for name, args in {
+            "describe": lambda p: (p.clip, "--model", p.model, "-p", ""),
+            "index": lambda p: (p.sounds, "--db", p.missing.with_suffix(".db"), "--model", p.model, "--prompt", " "),
+            "classify": lambda p: (p.clip, "--labels", p.labels, "--method", "loglik", "--prompt", ""),
+            "eval caption": lambda p: (p.truth, "--model", p.model, "-o", p.missing.parent, "-p", ""),
+        }.items()
+    },
+    "export -o a folder": Case(
+        lambda p: ("export", "--db", p.db, "-o", p.sounds), EXIT_USAGE, "a folder; --output takes the JSON lines file's"
+    ),
+    "export -o into a folder that does not exist": Case(
+        lambda p: ("export", "--db", p.db, "-o", p.missing), EXIT_USAGE, "cannot write the JSON lines: no folder"
+    ),
+    "eval compare -o into a folder that does not exist": Case(
+        lambda p: ("eval", "compare", p.truth, p.truth, "-o", p.missing), EXIT_USAGE, "cannot write the Markdown"
+    ),
+    "eval classify -o a file": Case(  # refused before the files are classified, not after
+        lambda p: ("eval", "classify", p.sounds, "--truth", p.truth, "--model", p.model, "-o", p.clip),
+        EXIT_USAGE,
+        "not a folder; --output takes a folder for the report and its figures",
+    ),
+    "eval retrieval -o inside a file": Case(
+        lambda p: ("eval", "retrieval", p.truth, "--model", p.model, "-o", p.clip / "run"),
+        EXIT_USAGE,
+        "cannot make this folder: ",
+    ),
     "classify, template without {label}": Case(
         lambda p: ("classify", p.clip, "--labels", p.labels, "--template", "a sound", "--model", p.model),
         EXIT_USAGE,
@@ -318,6 +349,21 @@ CASES = {
     ),
     "train export, a folder": Case(lambda p: ("train", "export", p.sounds), EXIT_USAGE, "name one of its checkpoint"),
     "unknown command": Case(lambda p: ("search", "x"), EXIT_USAGE, "No such command"),
+    "query, a --db that is a folder": Case(  # no library "yet" either: `index` could not make one there
+        lambda p: ("query", "x", "--db", p.sounds, "--model", p.model),
+        EXIT_USAGE,
+        "is a folder, not a database file: point --db or PENGI_SEARCH_DB at a database file",
+    ),
+    "index, a --db inside a file": Case(
+        lambda p: ("index", p.sounds, "--db", p.clip / "lib.db", "--model", p.model),
+        EXIT_USAGE,
+        "is a file, not a folder: no database can be made at ",
+    ),
+    "serve, an upload limit of infinite MB": Case(
+        lambda p: ("serve", "--db", p.db, "--port", "0", "--max-upload-mb", "inf"),
+        EXIT_USAGE,
+        "Invalid value for '--max-upload-mb': Input should be less than or equal to 1048576",
+    ),
     "stats, a database URL whose port is not a number": Case(
         lambda p: ("stats", "--db", f"postgresql+psycopg://me:{SECRET}@127.0.0.1:five/lib"),
         EXIT_USAGE,

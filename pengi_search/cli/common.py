@@ -353,6 +353,37 @@ def given_path(value: str) -> Path:
     return Path(value)
 
 
+def given_prompt(value: str) -> str:
+    """A --prompt's parser: a blank one is refused. It asks the model nothing (a `-p "$UNSET"`), and its answers
+    would be named by an empty string."""
+    if not value.strip():
+        raise typer.BadParameter('the prompt is empty; write what to ask, e.g. "this acoustic scene is"')
+    return value
+
+
+def check_output_file(output: Path, kind: str) -> None:
+    """Refuse an --output file of `kind` ("CSV") that cannot be written, before the work rather than after it (and
+    before a half-written copy is left beside it)."""
+    folder = output.parent
+    if output.is_dir():
+        raise UsageError(output, f"a folder; --output takes the {kind} file's name")
+    if not folder.is_dir():
+        raise UsageError(output, f"cannot write the {kind}: no folder {shown(os.fspath(folder))}")
+    if not os.access(folder, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
+        raise UsageError(output, f"cannot write the {kind}: permission denied")
+
+
+def check_output_folder(output: Path) -> None:
+    """Refuse an --output folder that cannot be made or written in, before the work rather than after it."""
+    if output.exists() and not output.is_dir():
+        raise UsageError(output, "not a folder; --output takes a folder for the report and its figures")
+    existing = next(parent for parent in (output, *output.parents) if parent.exists())  # the root, at the latest
+    if not existing.is_dir():
+        raise UsageError(output, f"cannot make this folder: {shown(os.fspath(existing))} is a file")
+    if not os.access(existing, os.W_OK):
+        raise UsageError(output, f"cannot write in {shown(os.fspath(existing))}: permission denied")
+
+
 def audio_files_in(folder: Path) -> tuple[list[str], list[tuple[str, str]]]:
     """The audio files in a folder (recursively, sorted), and the (path, reason) of entries that cannot be read.
 

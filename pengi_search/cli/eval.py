@@ -35,8 +35,11 @@ from .common import (
     ThreadsOption,
     UsageError,
     apply_threads,
+    check_output_file,
+    check_output_folder,
     fetches_model,
     given_path,
+    given_prompt,
     handle_errors,
     options_from,
     out_console,
@@ -84,7 +87,12 @@ WorkersOption = Annotated[
 ]
 PromptOption = Annotated[
     list[str] | None,
-    typer.Option("--prompt", "-p", help="Index prompts (repeatable); the first one's answer is the caption."),
+    typer.Option(
+        "--prompt",
+        "-p",
+        help="Index prompts (repeatable); the first one's answer is the caption.",
+        parser=given_prompt,
+    ),
 ]
 TextEmbedderOption = Annotated[
     str | None,
@@ -225,6 +233,7 @@ def _evaluate_set(
     from ..search import query_embedder
 
     apply_threads(evalset.threads)
+    check_output_folder(output)
     caption_set = _read_set(captions, evalset)
     library, summary = _indexed_library(caption_set, evalset, output, quiet=quiet, json_output=json_output)
     with library:
@@ -415,6 +424,7 @@ def classify_files(
         label_list, texts = read_label_map(labels) if labels is not None else (read_labels(truth), {})
     except LabelsError as err:
         raise UsageError("", str(err)) from None
+    check_output_folder(output)
     settings = scoring.settings()
     model_dir = ModelDir.resolve(model)
     predictions, failures = classify_targets(
@@ -464,8 +474,8 @@ def _truth_digest(truth: Path, labels: list[str]) -> str:
 @app.command()
 @handle_errors
 def compare(
-    first: Annotated[Path, typer.Argument(help="A report.json (the baseline).")],
-    second: Annotated[Path, typer.Argument(help="A report.json of the same kind (the change).")],
+    first: Annotated[Path, typer.Argument(help="A report.json, or the folder that holds it (the baseline).")],
+    second: Annotated[Path, typer.Argument(help="A report.json of the same kind, or its folder (the change).")],
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Also write the comparison as Markdown.")
     ] = None,
@@ -473,10 +483,14 @@ def compare(
 ) -> None:
     """Two reports of the same kind side by side: every metric, the difference, and what differs in the setup.
 
-    Example: pengi-search eval compare runs/base/report.json runs/finetuned/report.json
+    Example: pengi-search eval compare runs/base runs/finetuned
     """
-    from ..evaluation.report import compare_markdown, compare_reports, load_report
+    from ..evaluation.report import REPORT_JSON, compare_markdown, compare_reports, load_report
 
+    # The folders `eval -o` wrote stand for their reports.
+    first, second = (path / REPORT_JSON if path.is_dir() else path for path in (first, second))
+    if output is not None:
+        check_output_file(output, "Markdown")
     comparison = compare_reports(load_report(first), load_report(second), _report_names(first, second))
     if output is not None:
         output.write_text(compare_markdown(comparison), encoding="utf-8")

@@ -53,7 +53,9 @@ def serve(
         ),
     ] = None,
     device: DeviceOption = "auto",
-    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.001, help="Largest clip accepted.")] = 64.0,
+    max_upload_mb: Annotated[
+        float, typer.Option("--max-upload-mb", min=0.001, max=1 << 20, help="Largest clip accepted.")
+    ] = 64.0,
     max_upload_s: Annotated[float, typer.Option("--max-upload-s", min=0.1, help="Longest clip accepted (s).")] = 600.0,
     threads: ThreadsOption = None,
     workers: Annotated[
