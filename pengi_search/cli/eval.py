@@ -36,7 +36,7 @@ from .common import (
     UsageError,
     apply_threads,
     fetches_model,
-    given_path,
+    given_input,
     handle_errors,
     options_from,
     out_console,
@@ -376,7 +376,7 @@ def _cell(value: float | None) -> str:
 @options_from(ScoringOptions, "scoring")
 def classify_files(
     target: Annotated[
-        Path, typer.Argument(help="An audio file, or a folder (searched recursively).", parser=given_path)
+        str, typer.Argument(help="An audio file, or a folder (searched recursively).", parser=given_input)
     ],
     truth: Annotated[
         Path, typer.Option("--truth", help="CSV of known labels: a file/filename/path and a label column.")
