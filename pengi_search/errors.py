@@ -44,17 +44,20 @@ class UsageError(PengiSearchError):
     exit_code = EXIT_USAGE
 
 
-def not_found(path: Path, what: str = "file", *, in_folder: str = "give the audio files in it") -> UsageError:
-    """Bad usage for a `path` that names no `what` ("file", "file or folder"): a broken symbolic link and a
-    folder where a file was wanted say so (and `in_folder`, what to give instead). The path is the error's `where`,
-    so it is shown escaped, on one line."""
+def not_found(
+    where: str | os.PathLike[str], what: str = "file", *, in_folder: str = "give the audio files in it"
+) -> UsageError:
+    """Bad usage for a path that names no `what` ("file", "file or folder"): a broken symbolic link and a
+    folder where a file was wanted say so (and `in_folder`, what to give instead). The path, as given (a `./` kept),
+    is the error's `where`, so it is shown escaped, on one line."""
+    path = Path(where)
     if path.is_symlink() and not path.exists():
-        return UsageError(path, "broken symbolic link (its target does not exist or is a loop)")
+        return UsageError(where, "broken symbolic link (its target does not exist or is a loop)")
     if path.is_dir():
-        return UsageError(path, f"a folder, not a {what}; {in_folder}")
+        return UsageError(where, f"a folder, not a {what}; {in_folder}")
     if path.exists():
-        return UsageError(path, f"not a regular {what} (a device, FIFO or socket)")
-    return UsageError(path, f"no such {what}")
+        return UsageError(where, f"not a regular {what} (a device, FIFO or socket)")
+    return UsageError(where, f"no such {what}")
 
 
 def cli_option(name: str) -> str:

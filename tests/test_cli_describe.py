@@ -103,15 +103,16 @@ def test_a_corrupt_file_is_reported_with_its_reason_and_the_others_still_describ
 
 
 @pytest.mark.parametrize("command", ["describe", "ask"])
-def test_a_file_reached_twice_is_described_once_named_as_first_given(command, tiny_model_dir, clips, monkeypatch):
-    """Given twice, under another spelling and inside a given folder: one result, as `classify` gives."""
+def test_a_file_reached_twice_is_described_once_named_as_given(command, tiny_model_dir, clips, monkeypatch):
+    """Inside a given folder, given itself and under another spelling: one result, as `classify` gives, where the
+    folder put it, named as first given directly (a folder's other files are named after the folder as typed)."""
     tone, noise = clips
     monkeypatch.chdir(tone.parent)
     question = ("is it a dog?",) if command == "ask" else ()
-    args = (noise.name, f"./{noise.name}", ".", noise.name, *question)
+    args = (".", noise.name, f"./{noise.name}", noise.name, *question)
     result = run(command, *args, "--model", tiny_model_dir, "--json", "--max-len", 2)
     assert result.exit_code == 0, result.output
-    assert [entry["path"] for entry in json.loads(result.stdout)] == [noise.name, str(tone)]
+    assert [entry["path"] for entry in json.loads(result.stdout)] == [noise.name, "./tone.wav"]
 
 
 def test_ask_json_of_a_folder_is_a_list_even_of_one_file(tiny_model_dir, clips, tmp_path):

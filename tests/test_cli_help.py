@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +13,7 @@ from rich.text import Text
 from typer.testing import CliRunner
 
 from pengi_search.cli import app
+from pengi_search.cli.common import PATH_PARSERS
 
 ROOT = typer.main.get_command(app)
 
@@ -96,11 +96,11 @@ ARGUMENTS = {
 @pytest.mark.parametrize("name", [name for name, arguments in ARGUMENTS.items() if arguments])
 def test_usage_names_arguments_in_capitals_and_files_and_folders_as_path(name):
     """Typer wrote `describe [OPTIONS] {files}...`, Python's names; the README and the messages write `PATH...`.
-    (Typer still shows the Python type beside an argument in its panel, `<list[Path]>`: it cannot be named.)"""
+    (Typer still shows the Python type beside an argument in its panel, `<list[str]>`: it cannot be named.)"""
     shown = _usage_arguments(name)
     assert len(shown) == len(ARGUMENTS[name])
     for param, text in zip(ARGUMENTS[name], shown, strict=True):
-        several_paths = param.type_descriptor.annotation == list[Path]
+        several_paths = param.nargs != 1 and param.type_descriptor.parameter_info.parser in PATH_PARSERS
         expected = "PATH" if several_paths else param.name.upper()
         ends = "{}" if param.required else "[]"
         assert text == ends[0] + expected + ends[1] + "..." * (param.nargs != 1), (name, param.name)

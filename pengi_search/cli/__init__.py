@@ -13,7 +13,7 @@ import typer
 from typer.core import TyperGroup
 
 from . import classify, describe, doctor, index, model, search, serve, train
-from .common import fail
+from .common import PATH_PARSERS, fail
 from .eval import app as eval_app
 
 # Typer exports no UsageError. BadParameter derives from the UsageError of the Click that Typer runs on (its own copy
@@ -77,14 +77,14 @@ def _plain_value_names(command: Any) -> None:
 
 def _argument_name(argument: Any) -> str:
     """An argument as a usage line names it, in capitals as man pages do (`{TEXT}`, `[QUESTION]`); any number of files
-    and folders as `PATH`, which Typer follows with `...` (`{PATH}...`), as the README and the messages write it.
+    and folders (parsed by `given_path`, or kept as typed by `given_input`) as `PATH`, which Typer follows with `...`
+    (`{PATH}...`), as the README and the messages write it.
 
     Typer named them as in Python (`{files}...`). Its Arguments panel still shows the Python type beside the name
-    (`PATH  <list[Path]>`): it shows an argument's type whatever the argument is named (typer#1410), from methods
+    (`PATH  <list[str]>`): it shows an argument's type whatever the argument is named (typer#1410), from methods
     of its own argument class, which a command cannot choose.
     """
-    annotation = argument.type_descriptor.annotation
-    if get_origin(annotation) is list and get_args(annotation)[0] is Path:
+    if argument.nargs != 1 and argument.type_descriptor.parameter_info.parser in PATH_PARSERS:
         return "PATH"
     return argument.name.upper()
 

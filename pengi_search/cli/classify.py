@@ -17,7 +17,7 @@ import typer
 from rich.markup import escape
 
 from ..choices import Device, LoglikScore, LongPrompt, Method, StopRule
-from ..pathnames import path_fields
+from ..pathnames import path_fields, shown
 from ..prompts import TASK_PROMPTS
 from .common import (
     EXIT_OK,
@@ -39,7 +39,7 @@ from .common import (
     check_output_file,
     err_console,
     fetches_model,
-    given_path,
+    given_input,
     given_prompt,
     handle_errors,
     one_file_given,
@@ -49,7 +49,6 @@ from .common import (
     progress_bar,
     report_skipped,
     show_progress,
-    shown_path,
 )
 
 if TYPE_CHECKING:
@@ -122,7 +121,7 @@ class ScoringOptions:
 @options_from(ComputeOptions, "compute")
 def classify(
     targets: Annotated[
-        list[Path], typer.Argument(help="Audio files or folders (searched recursively).", parser=given_path)
+        list[str], typer.Argument(help="Audio files or folders (searched recursively).", parser=given_input)
     ],
     labels: Annotated[Path, typer.Option("--labels", "-l", help="One label per line, or a CSV with a 'label' column.")],
     *,
@@ -207,7 +206,7 @@ def _read_inputs(labels: Path, truth: Path | None) -> tuple[list[str], dict[str,
 
 
 def classify_targets(
-    targets: Sequence[Path],
+    targets: Sequence[str],
     labels: list[str],
     settings: ClassifySettings,
     *,
@@ -312,7 +311,7 @@ def _print_ranked(prediction: Prediction, top: int) -> None:
     from rich.table import Table
 
     windows = f"{prediction.windows} window{'s' * (prediction.windows != 1)}"
-    out_console.print(f"[bold]{escape(shown_path(prediction.path))}[/]  ({windows})", soft_wrap=True)
+    out_console.print(f"[bold]{escape(shown(prediction.path))}[/]  ({windows})", soft_wrap=True)
     table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
     table.add_column("#", justify="right")
     table.add_column("label")

@@ -384,8 +384,19 @@ def check_output_folder(output: Path) -> None:
         raise UsageError(output, f"cannot write in {shown(os.fspath(existing))}: permission denied")
 
 
-def audio_files_in(folder: Path) -> tuple[list[str], list[tuple[str, str]]]:
-    """The audio files in a folder (recursively, sorted), and the (path, reason) of entries that cannot be read.
+def given_input(value: str) -> str:
+    """An audio file or folder argument's parser (describe, ask, similar, classify, eval classify): `given_path`'s
+    check, the text kept as typed, since the files are named after it (a Path would drop a leading `./`)."""
+    given_path(value)
+    return value
+
+
+PATH_PARSERS = (given_path, given_input)  # what a usage line names `PATH`
+
+
+def audio_files_in(folder: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """The audio files in a folder (recursively, sorted), and the (path, reason) of entries that cannot be read,
+    each named as reached from the folder as typed (`reached_name`).
 
     A folder with neither is bad usage (a typo'd or wrong folder) for every command that reads audio files from it
     (describe, ask, similar, classify, eval classify); `index` does not come here, and only warns: a drop folder may
@@ -398,45 +409,61 @@ def audio_files_in(folder: Path) -> tuple[list[str], list[tuple[str, str]]]:
         result = scan([folder], frozenset(AUDIO_EXTENSIONS))
     except ScanError as err:
         raise UsageError("", str(err)) from None
-    files = [e.path for e in result.entries if e.problem is None]
-    problems = [(e.path, e.problem) for e in result.entries if e.problem is not None]
-    problems += list(result.unreadable_dirs)
+    name = functools.partial(reached_name, folder, *result.roots)
+    files = [name(e.path) for e in result.entries if e.problem is None]
+    problems = [(name(e.path), e.problem) for e in result.entries if e.problem is not None]
+    problems += [(name(path), reason) for path, reason in result.unreadable_dirs]
     if not files and not problems:
         raise UsageError(folder, "no audio file in this folder")
     return files, problems
 
 
-def audio_inputs(targets: Sequence[Path]) -> tuple[list[str], list[tuple[str, str]]]:
+def reached_name(folder: str, root: str, found: str) -> str:
+    """The name of `found`, which the scan of `folder` (as typed; `root` as the scan made it absolute) reached: the
+    folder as typed joined with the path inside it, as ripgrep and fd name what they find (`sounds/dog.wav`,
+    `/home/me/sounds/dog.wav`, `./sounds/dog.wav`). The one place a command names a file it found in a folder."""
+    inside = os.path.relpath(found, root)
+    return folder if inside == os.curdir else os.path.join(folder, inside)
+
+
+def audio_inputs(targets: Sequence[str | os.PathLike[str]]) -> tuple[list[str], list[tuple[str, str]]]:
     """The audio files that files and folders given on the command line stand for, in the order given (a folder's
-    recursively and sorted), each once, with the (path, reason) of entries that cannot be read. A file reached twice
-    (given, and inside a given folder, or under another spelling) is kept once, named as first reached. Every target
-    is checked before any file is read: a missing one is bad usage (describe, ask, similar, classify, eval
-    classify)."""
+    recursively and sorted), each once, with the (path, reason) of entries that cannot be read. Each is named as
+    reached: a file as typed, a folder's file as `reached_name` says. A file reached twice (given, and inside a given
+    folder, or under another spelling) is kept once, where first reached, named as given directly if it was (else
+    as first reached). Every target is checked before any file is read: a missing one is bad usage (describe, ask,
+    similar, classify, eval classify)."""
     from ..scan import absolute
 
-    files: dict[str, str] = {}  # absolute path (what the store and a truth file match on) -> the path as reached
+    names: dict[str, str] = {}  # absolute path (what the store and a truth file match on) -> the name shown
+    given: set[str] = set()  # absolute paths of the files given directly: their name wins over a folder's
     unreadable: list[tuple[str, str]] = []
-    for target in targets:
+    for target in map(os.fspath, targets):
         found, problems = _audio_files_of(target)
-        for path in found:
-            files.setdefault(absolute(path), path)
+        direct = not os.path.isdir(target)
+        for name in found:
+            key = absolute(name)
+            if key not in names or (direct and key not in given):
+                names[key] = name  # a key assigned again keeps its place in the order
+            if direct:
+                given.add(key)
         unreadable += problems
-    return list(files.values()), unreadable
+    return list(names.values()), unreadable
 
 
-def one_file_given(targets: Sequence[Path]) -> bool:
+def one_file_given(targets: Sequence[str | os.PathLike[str]]) -> bool:
     """Whether the command line names a single file, which a command answers on its own (a ranked table, a bare
     JSON object or list of hits) rather than as one entry of a list. Decided by what was given, never by what a
     folder turned out to hold, so that a script reads the same shape from a folder of one file as of many."""
-    return len(targets) == 1 and not targets[0].is_dir()
+    return len(targets) == 1 and not os.path.isdir(targets[0])
 
 
-def _audio_files_of(target: Path) -> tuple[list[str], list[tuple[str, str]]]:
+def _audio_files_of(target: str) -> tuple[list[str], list[tuple[str, str]]]:
     """One target's audio files (a folder's, recursively and sorted) and those that cannot be read."""
-    if target.is_dir():
+    if os.path.isdir(target):
         return audio_files_in(target)
-    if target.is_file():
-        return [os.fspath(target)], []
+    if os.path.isfile(target):
+        return [target], []
     raise not_found(target, "file or folder")
 
 
@@ -454,7 +481,8 @@ def report_skipped(path: str, reason: str) -> None:
     """An input that a command went on without (its result, or the exit code, says so too), by every command.
 
     The path is shown as the command was given it (escaped by `pathnames.shown`, never made relative), so that it
-    matches what the user typed, as ripgrep's messages do; a file found inside a given folder, as the scan found it.
+    matches what the user typed, as ripgrep's messages do; a file found inside a given folder, after the folder as
+    typed (`reached_name`).
     """
     print_skipped(err_console, path, reason)
 

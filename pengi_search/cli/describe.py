@@ -30,7 +30,7 @@ from .common import (
     apply_threads,
     audio_inputs,
     fetches_model,
-    given_path,
+    given_input,
     given_prompt,
     handle_errors,
     lasting_objects,
@@ -50,9 +50,9 @@ if TYPE_CHECKING:
     from ..window_batches import Decoding
 
 FilesArgument = Annotated[
-    list[Path],
+    list[str],
     typer.Argument(
-        help="Audio files (wav, flac, ogg, opus, mp3, m4a, ...) or folders (searched recursively).", parser=given_path
+        help="Audio files (wav, flac, ogg, opus, mp3, m4a, ...) or folders (searched recursively).", parser=given_input
     ),
 ]
 HopOption = Annotated[
@@ -82,14 +82,14 @@ class DescribeOptions:
 
 @dataclass
 class FileResult:
-    path: Path
+    path: str  # as reached (`common.audio_inputs`)
     duration_s: float
     windows: list[dict]
     error: str | None = None
 
 
 def _describe_files(
-    files: list[Path],
+    files: list[str],
     prompts: dict[str, str] | None,
     options: DescribeOptions,
     *,
@@ -105,7 +105,7 @@ def _describe_files(
     from ..window_batches import Decoding
 
     paths, unreadable = audio_inputs(files)
-    skipped = [_skipped(Path(path), reason) for path, reason in unreadable]
+    skipped = [_skipped(path, reason) for path, reason in unreadable]
     if not paths:
         return skipped
     model_dir = ModelDir.resolve(options.model)  # after the inputs: their mistakes are reported first
@@ -120,8 +120,8 @@ def _describe_files(
     return skipped + described
 
 
-def _skipped(path: Path, reason: str) -> FileResult:
-    report_skipped(str(path), reason)
+def _skipped(path: str, reason: str) -> FileResult:
+    report_skipped(path, reason)
     return FileResult(path, 0.0, [], reason)  # the path is a field of its own, as in `similar` and `classify`
 
 
@@ -156,13 +156,14 @@ def _describe_decoding(
         reporter = WindowProgress(bar, "describing", visible=progress)
         batch_size = engine.windows_per_batch(len(prompts))
         for outcome in map_windows(decoding, answer, batch_size=batch_size, progress=reporter):
-            path = Path(outcome.path)
             if outcome.error is not None:
-                results.append(_skipped(path, outcome.error))
+                results.append(_skipped(outcome.path, outcome.error))
                 continue
             if outcome.truncation is not None:
                 warn(f"{shown(outcome.path)}: {outcome.truncation}")
-            results.append(FileResult(path, outcome.duration_s, [window.to_json() for window in outcome.results]))
+            results.append(
+                FileResult(outcome.path, outcome.duration_s, [window.to_json() for window in outcome.results])
+            )
     return results
 
 
@@ -179,7 +180,7 @@ def _print_text(results: list[FileResult], show_keys: bool) -> None:
     for r in results:
         if r.error:
             continue
-        out_console.print(f"[bold]{escape(shown(str(r.path)))}[/]  ({seconds_text(r.duration_s)})", soft_wrap=True)
+        out_console.print(f"[bold]{escape(shown(r.path))}[/]  ({seconds_text(r.duration_s)})", soft_wrap=True)
         for w in r.windows:
             start, end = span_ends(w["start_s"], w["end_s"])
             span = f"  {start:>6}-{end}s"  # the starts right-aligned: the dashes line up
@@ -242,7 +243,7 @@ def describe(
 def ask(
     # Not required for the parser: with one argument Click would name the files as missing when the question is.
     files: Annotated[
-        list[Path] | None, typer.Argument(help="Audio files or folders (the question comes last).", parser=given_path)
+        list[str] | None, typer.Argument(help="Audio files or folders (the question comes last).", parser=given_input)
     ] = None,
     question: Annotated[
         str | None, typer.Argument(help='A question about the sound, e.g. "is the engine healthy?"')

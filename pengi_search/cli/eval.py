@@ -38,7 +38,7 @@ from .common import (
     check_output_file,
     check_output_folder,
     fetches_model,
-    given_path,
+    given_input,
     given_prompt,
     handle_errors,
     options_from,
@@ -385,7 +385,7 @@ def _cell(value: float | None) -> str:
 @options_from(ScoringOptions, "scoring")
 def classify_files(
     target: Annotated[
-        Path, typer.Argument(help="An audio file, or a folder (searched recursively).", parser=given_path)
+        str, typer.Argument(help="An audio file, or a folder (searched recursively).", parser=given_input)
     ],
     truth: Annotated[
         Path, typer.Option("--truth", help="CSV of known labels: a file/filename/path and a label column.")

@@ -6,7 +6,6 @@ Imports stay inside the commands: `query` must not pay for torch (see `pengi_sea
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -28,7 +27,7 @@ from .common import (
     audio_inputs,
     err_console,
     fetches_model,
-    given_path,
+    given_input,
     handle_errors,
     one_file_given,
     options_from,
@@ -239,8 +238,8 @@ def query(
 @options_from(ComputeOptions, "compute")
 def similar(
     files: Annotated[
-        list[Path],
-        typer.Argument(help="Audio files (indexed or not) or folders (searched recursively).", parser=given_path),
+        list[str],
+        typer.Argument(help="Audio files (indexed or not) or folders (searched recursively).", parser=given_input),
     ],
     *,
     search: SearchOptions,
@@ -292,7 +291,7 @@ def _show_similar(results: list[SimilarResult], *, json_output: bool, one_file: 
     """The hits of each query file; `one_file`: a single file was given, whose --json is its bare list of hits."""
     from rich.markup import escape
 
-    from ..pathnames import path_fields
+    from ..pathnames import path_fields, shown
 
     if json_output and one_file:
         print_json([hit.to_json() for hit in results[0].hits])
@@ -314,6 +313,6 @@ def _show_similar(results: list[SimilarResult], *, json_output: bool, one_file: 
         if result.error is not None:
             continue
         if not one_file:  # which file these hits are for: a folder's files were not named on the command line
-            out_console.print(f"[bold]{escape(shown_path(result.path))}[/]", soft_wrap=True)
+            out_console.print(f"[bold]{escape(shown(result.path))}[/]", soft_wrap=True)
         spans = {(hit.query_start_s, hit.query_end_s) for hit in result.hits}
         _show_hits(result.hits, json_output=False, show_query_span=len(spans) > 1)
