@@ -107,11 +107,24 @@ def test_truth_paths_are_relative_to_the_csv_or_matched_by_name(tmp_path):
         ("path,label\na.wav,\n", "line 2 lacks a label"),
         ("file,label\na.wav,dog\na.wav,cat\n", "'a.wav' on line 3 has another label than on line 2"),
         (b"file,label\n\xff.wav,dog\n", "not UTF-8"),
+        # An unquoted comma in a value: its tail would become a column the header lacks, dropped unseen.
+        ("file,label\na.wav,dog\nb.wav,alarm,clock\n", "line 3 has 3 values but the header has 2 columns"),
     ],
 )
 def test_bad_truth_files(tmp_path, content, message):
     with pytest.raises(LabelsError, match=message):
         read_truth(write(tmp_path, content, "truth.csv"))
+
+
+def test_truth_files_as_spreadsheets_write_them(tmp_path):
+    # A byte-order mark, CRLF line ends, a quoted comma, a trailing comma and columns the truth does not use.
+    text = '\ufeffFile,Label,notes\r\n"a, b.wav",dog,x\r\nc.wav,cat ,\r\nd.wav,bell,,\r\n'
+    truth = read_truth(write(tmp_path, text.encode(), "truth.csv"))
+    assert truth.by_path == {
+        str(tmp_path / "a, b.wav"): "dog",
+        str(tmp_path / "c.wav"): "cat",
+        str(tmp_path / "d.wav"): "bell",
+    }
 
 
 def test_evaluate_accuracy_and_per_class_scores():

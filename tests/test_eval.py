@@ -86,6 +86,7 @@ def test_audiocaps_layout(tmp_path):
         ("file,caption\na.wav,x\n", {"file_column": "path"}, "no column 'path'"),
         ("file,caption\na.wav,x\n", {"caption_columns": ["text"]}, "no column 'text'"),
         (b"file,caption\na.wav,caf\xe9\n", {}, "not UTF-8"),
+        ("file,caption\na.wav,a dog, barking\n", {}, "line 2 has 3 values but the header has 2 columns: quote"),
     ],
 )
 def test_bad_caption_sets(tmp_path, content, options, message):
