@@ -459,3 +459,37 @@ def test_eval_retrieval_bad_csv(tmp_path):
     assert result.exit_code == EXIT_USAGE and "no file column" in result.output
     nothing = run("eval", "retrieval", write(tmp_path / "d.csv", "file,caption\na.wav,x\n"), "-o", tmp_path / "out")
     assert nothing.exit_code == EXIT_USAGE and "none of its 1 files" in nothing.output
+
+
+def test_an_output_that_is_a_file_is_refused_before_any_work(tmp_path):
+    """`-o` naming a file (or a path through one) is bad usage, said in one line before the set is indexed or
+    classified: a model that does not exist is never looked for."""
+    write_tone(tmp_path / "audio" / "tone.wav", 1.0)
+    captions = write(tmp_path / "audio" / "captions.csv", "file,caption\ntone.wav,a tone\n")
+    truth = write(tmp_path / "audio" / "truth.csv", "file,label\ntone.wav,tone\n")
+    taken = write(tmp_path / "taken", "a file")
+    nowhere = ["--model", tmp_path / "no-model"]
+    commands = [
+        ["eval", "retrieval", captions, *nowhere],
+        ["eval", "caption", captions, *nowhere],
+        ["eval", "classify", tmp_path / "audio", "--truth", truth, *nowhere],
+    ]
+    for args in commands:
+        for output, reason in (
+            (taken, "a file, not a folder"),
+            (taken / "sub", "cannot create the folder (Not a directory)"),
+        ):
+            result = run(*args, "-o", output)
+            assert result.exit_code == EXIT_USAGE, result.output
+            assert result.stderr.splitlines() == [f"error: --output: {output}: {reason}"]
+    assert taken.read_text() == "a file"
+
+
+def test_eval_compare_output_that_cannot_be_written(tmp_path):
+    write_report(retrieval_report(0.25), tmp_path / "base")
+    report = tmp_path / "base" / "report.json"
+    for output, why in ((tmp_path, "Is a directory"), (tmp_path / "none" / "c.md", "No such file or directory")):
+        result = run("eval", "compare", report, report, "-o", output)
+        assert result.exit_code == EXIT_USAGE, result.output
+        assert result.stderr.splitlines() == [f"error: --output: {output}: cannot write ({why})"]
+        assert result.stdout == ""

@@ -226,6 +226,7 @@ def _evaluate_set(
 
     apply_threads(evalset.threads)
     caption_set = _read_set(captions, evalset)
+    _output_folder(output)
     library, summary = _indexed_library(caption_set, evalset, output, quiet=quiet, json_output=json_output)
     with library:
         embedder = query_embedder(library, evalset.model, evalset.device)
@@ -254,7 +255,6 @@ def _indexed_library(
     from ..library import Library
     from ..scan import ScanError
 
-    output.mkdir(parents=True, exist_ok=True)
     db = evalset.db or str(output / "index.db")
     options = IndexOptions(
         roots=[item.path for item in caption_set.found if item.path],
@@ -275,6 +275,17 @@ def _indexed_library(
     except (IndexerError, ScanError) as exc:
         raise UsageError("", str(exc)) from exc
     return Library.open(db, read_only=True), summary
+
+
+def _output_folder(output: Path) -> None:
+    """Create the report folder before any work: a file in its way is bad usage, said now rather than after the
+    whole set has been indexed or classified."""
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UsageError("--output", f"{shown(str(output))}: a file, not a folder") from None
+    except OSError as exc:
+        raise UsageError("--output", f"{shown(str(output))}: cannot create the folder ({exc.strerror})") from None
 
 
 def _failures(summary: IndexSummary) -> Failures:
@@ -416,6 +427,7 @@ def classify_files(
     except LabelsError as err:
         raise UsageError("", str(err)) from None
     settings = scoring.settings()
+    _output_folder(output)
     model_dir = ModelDir.resolve(model)
     predictions, failures = classify_targets(
         [target],
@@ -431,7 +443,6 @@ def classify_files(
     )
     result = evaluate_classification(predictions, known, label_list)
     result["skipped"] = [{"file": path, "reason": reason} for path, reason in failures]
-    output.mkdir(parents=True, exist_ok=True)
     with open(output / "predictions.csv", "w", newline="", encoding="utf-8") as out:
         write_csv(predictions, out, top=5)
     dataset = {
@@ -479,7 +490,10 @@ def compare(
 
     comparison = compare_reports(load_report(first), load_report(second), _report_names(first, second))
     if output is not None:
-        output.write_text(compare_markdown(comparison), encoding="utf-8")
+        try:
+            output.write_text(compare_markdown(comparison), encoding="utf-8")
+        except OSError as exc:  # a folder given, or one that does not exist: one line, not an errno
+            raise UsageError("--output", f"{shown(str(output))}: cannot write ({exc.strerror})") from None
     if json_output:
         print_json(comparison)
         return
