@@ -430,17 +430,13 @@ def evaluate(predictions: Sequence[Prediction], truth: Truth) -> dict[str, Any]:
         precision = tp / predicted if predicted else 0.0
         recall = tp / support if support else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[label] = {
-            "precision": round(precision, 6),
-            "recall": round(recall, 6),
-            "f1": round(f1, 6),
-            "support": support,
-        }
+        # Not rounded: macro F1 is their mean, and a mean of rounded values is off in the last digits shown.
+        per_class[label] = {"precision": precision, "recall": recall, "f1": f1, "support": support}
     correct = sum(1 for e, g in known if e == g)
     return {
         "files": len(known),
         "correct": correct,
-        "accuracy": round(correct / len(known), 6) if known else None,
+        "accuracy": correct / len(known) if known else None,
         "per_class": per_class,
         "unmatched": unmatched,
     }

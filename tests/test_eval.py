@@ -253,6 +253,59 @@ def test_classification_report_by_hand(tmp_path):
     assert result["metrics"]["macro_f1"] == pytest.approx(0.5 / 4)
     assert result["unmatched"] == [str(tmp_path / "extra.wav")]
     assert [f["rank"] for f in result["files"]] == [1, 4, 2, None]
+    assert result["notes"] == ["true label 'bird' is not a candidate label: its 1 file(s) count as wrong"]
+
+
+def test_classification_scores_by_hand_are_exact(tmp_path):
+    """Two thirds is 2/3, not 0.666667: each per-class F1 (and the accuracy) is kept whole, and macro F1 is the mean
+    of the exact values (a mean of rounded ones is off in the last digits)."""
+    truth = read_truth(write(tmp_path / "truth.csv", "file,label\na.wav,dog\nb.wav,dog\nc.wav,cat\n"))
+    got = {"a.wav": ["dog", "cat"], "b.wav": ["cat", "dog"], "c.wav": ["cat", "dog"]}
+    predictions = [
+        Prediction(str(tmp_path / name), [(lab, 1.0) for lab in ranked], 1, "decoded") for name, ranked in got.items()
+    ]
+    result = evaluate_classification(predictions, truth, ["dog", "cat"])
+    # dog: precision 1/1, recall 1/2, F1 2/3; cat: precision 1/2, recall 1/1, F1 2/3.
+    assert result["per_class"]["dog"] == {
+        "precision": 1.0,
+        "recall": 0.5,
+        "f1": pytest.approx(2 / 3, rel=1e-12),
+        "support": 2,
+    }
+    assert result["per_class"]["cat"] == {
+        "precision": 0.5,
+        "recall": 1.0,
+        "f1": pytest.approx(2 / 3, rel=1e-12),
+        "support": 1,
+    }
+    assert result["metrics"]["accuracy"] == pytest.approx(2 / 3, rel=1e-12)
+    assert result["metrics"]["macro_f1"] == pytest.approx(2 / 3, rel=1e-12)
+
+
+def test_classification_notes_labels_that_differ_only_in_spelling(tmp_path):
+    """Labels are compared exactly, so a truth written "Dog" against the candidate "dog" scores every dog file as
+    wrong: said, naming the candidate, as is a truth that spells one class two ways."""
+    truth = read_truth(
+        write(tmp_path / "truth.csv", "file,label\na.wav,Dog\nb.wav,Dog\nc.wav,alarm clock\nd.wav,Alarm-Clock\n")
+    )
+
+    def notes(candidates: list[str]) -> list[str]:
+        predictions = [
+            Prediction(str(tmp_path / f"{name}.wav"), [(candidates[0], 1.0)], 1, "decoded") for name in "abcd"
+        ]
+        return evaluate_classification(predictions, truth, candidates)["notes"]
+
+    assert notes(["dog", "alarm_clock"]) == [
+        "true label 'Dog' is not a candidate label (the candidates have 'dog'): its 2 file(s) count as wrong",
+        "true label 'alarm clock' is not a candidate label (the candidates have 'alarm_clock'): "
+        "its 1 file(s) count as wrong",
+        "true label 'Alarm-Clock' is not a candidate label (the candidates have 'alarm_clock'): "
+        "its 1 file(s) count as wrong",
+        "true labels 'alarm clock', 'Alarm-Clock' differ only in case or spacing: counted apart",
+    ]
+    assert notes(["Dog", "alarm clock", "Alarm-Clock"]) == [
+        "true labels 'alarm clock', 'Alarm-Clock' differ only in case or spacing: counted apart"
+    ]
 
 
 # -- report files and comparison ---------------------------------------------------------------------------------
@@ -493,3 +546,36 @@ def test_eval_compare_output_that_cannot_be_written(tmp_path):
         assert result.exit_code == EXIT_USAGE, result.output
         assert result.stderr.splitlines() == [f"error: --output: {output}: cannot write ({why})"]
         assert result.stdout == ""
+
+
+def test_eval_classify_refuses_a_truth_that_lists_none_of_the_files(tmp_path):
+    """It would measure nothing (a report of dashes): bad usage, said before the model is looked for."""
+    write_tone(tmp_path / "audio" / "tone.wav", 1.0)
+    truth = write(tmp_path / "truth.csv", "file,label\nelsewhere/other.wav,tone\n")
+    result = run("eval", "classify", tmp_path / "audio", "--truth", truth, "--model", tmp_path / "no-model")
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert result.stderr.splitlines() == [
+        f"error: {truth}: lists none of the 1 audio file(s) of {tmp_path / 'audio'} (its paths are relative to its "
+        "own folder; a bare file name matches a file of that name)"
+    ]
+
+
+def test_eval_classify_warns_of_what_its_numbers_cannot_count(tiny_model_dir, tmp_path):
+    """A true label that no candidate spells the same way, and a classified file the truth does not list: each
+    said under the table (and in report.md), not only counted into the numbers."""
+    for name in ("a.wav", "b.wav", "extra.wav"):
+        write_tone(tmp_path / "audio" / name, 1.0)
+    truth = write(tmp_path / "truth.csv", "file,label\na.wav,Tone\nb.wav,hum\n")
+    labels = write(tmp_path / "labels.txt", "tone\nhum\n")
+    out = tmp_path / "report"
+    args = ["eval", "classify", tmp_path / "audio", "--truth", truth, "--labels", labels, "-o", out]
+    result = run(*args, *quick(tiny_model_dir)[:4])
+    assert result.exit_code == EXIT_OK, result.output
+    said = [
+        "warning: 1 classified file(s) are not in the truth file, so not scored",
+        "warning: true label 'Tone' is not a candidate label (the candidates have 'tone'): "
+        "its 1 file(s) count as wrong",
+    ]
+    assert result.stderr.splitlines() == said
+    summary = (out / "report.md").read_text()
+    assert all(line.removeprefix("warning: ") in summary for line in said)

@@ -35,6 +35,7 @@ from .common import (
     ThreadsOption,
     UsageError,
     apply_threads,
+    audio_inputs,
     fetches_model,
     given_path,
     handle_errors,
@@ -49,6 +50,7 @@ from .common import (
 if TYPE_CHECKING:
     from indexer.pipeline import IndexSummary
 
+    from ..classify import Truth
     from ..embedders import TextEmbedder
     from ..evaluation.datasets import CaptionSet
     from ..library import Library
@@ -364,8 +366,19 @@ def _print_report(report: dict[str, Any]) -> None:
         for name, value in flat_metrics(report["metrics"]).items():
             table.add_row(name, _cell(value))
     out_console.print(table)
+    _print_caveats(report)
+
+
+def _print_caveats(report: dict[str, Any]) -> None:
+    """What the numbers under the table leave out or cannot count, each on its own line."""
+    from ..evaluation.report import unmatched_note
+
     for name, why in report.get("unavailable", {}).items():
         out_console.print(f"{name} not computed: {why}", markup=False, soft_wrap=True)
+    if report.get("unmatched"):
+        warn(unmatched_note(report["unmatched"]))
+    for note in report.get("notes", []):
+        warn(note)
     skipped = report.get("skipped", [])
     for item in skipped[:_SHOWN_SKIPPED]:
         warn(f"left out {shown(item['file'])}: {item['reason']}")
@@ -426,6 +439,7 @@ def classify_files(
         label_list, texts = read_label_map(labels) if labels is not None else (read_labels(truth), {})
     except LabelsError as err:
         raise UsageError("", str(err)) from None
+    _check_truth_lists(known, truth, target)
     settings = scoring.settings()
     _output_folder(output)
     model_dir = ModelDir.resolve(model)
@@ -459,6 +473,18 @@ def classify_files(
     else:
         setup |= {"prompt": scoring.prompt, "loglik_score": scoring.loglik_score.value}
     _finish("classify", result, dataset, setup, None, output, json_output)
+
+
+def _check_truth_lists(known: Truth, truth: Path, target: Path) -> None:
+    """A truth file that lists none of the files to classify would measure nothing (a report of dashes, exit 0):
+    refused before the model runs. The classifier lists the folder again; listing is cheap next to classifying."""
+    files, _ = audio_inputs([target])
+    if not any(known.label_of(path) is not None for path in files):
+        raise UsageError(
+            truth,
+            f"lists none of the {len(files)} audio file(s) of {shown(str(target))} "
+            "(its paths are relative to its own folder; a bare file name matches a file of that name)",
+        )
 
 
 def _truth_digest(truth: Path, labels: list[str]) -> str:

@@ -3,6 +3,8 @@ confusion matrix (rows: true label, columns: predicted label)."""
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +28,7 @@ def evaluate_classification(predictions: Sequence[Prediction], truth: Truth, lab
     metrics["macro_f1"] = mean([c["f1"] for c in base["per_class"].values()])
     return {
         "metrics": metrics,
+        "notes": label_notes([expected for expected, _ in pairs], labels),
         "evaluated": {"files": base["files"], "correct": base["correct"]},
         "per_class": base["per_class"],
         "confusion": {
@@ -43,3 +46,31 @@ def evaluate_classification(predictions: Sequence[Prediction], truth: Truth, lab
 def _rank_of(label: str, prediction: Prediction) -> int | None:
     """Where the true label is among the prediction's ranked labels (from 1), None when it is not a candidate."""
     return next((rank for rank, (name, _) in enumerate(prediction.ranked, 1) if name == label), None)
+
+
+def label_notes(expected: Sequence[str], candidates: Sequence[str]) -> list[str]:
+    """What makes files count as wrong whatever the model says, from the true labels of the evaluated files (one per
+    file) and the candidate labels: a true label that is not a candidate (naming the candidate that differs from it
+    only in case, spaces, "_" or "-", the usual cause, since labels are compared exactly), and true labels that
+    differ from each other only so (two classes where the truth meant one)."""
+    files = Counter(expected)
+    near = {}
+    for candidate in candidates:
+        near.setdefault(_loose(candidate), candidate)
+    notes = []
+    for label, count in files.items():
+        if label not in candidates:
+            hint = f" (the candidates have {near[_loose(label)]!r})" if _loose(label) in near else ""
+            notes.append(f"true label {label!r} is not a candidate label{hint}: its {count} file(s) count as wrong")
+    spellings: dict[str, list[str]] = {}
+    for label in files:
+        spellings.setdefault(_loose(label), []).append(label)
+    for same in spellings.values():
+        if len(same) > 1:
+            notes.append(f"true labels {', '.join(map(repr, same))} differ only in case or spacing: counted apart")
+    return notes
+
+
+def _loose(label: str) -> str:
+    """A label without what spelling varies in: case, and spaces, "_" and "-" between its words."""
+    return re.sub(r"[\s_-]+", " ", label.casefold()).strip()
