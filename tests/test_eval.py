@@ -579,3 +579,21 @@ def test_eval_classify_warns_of_what_its_numbers_cannot_count(tiny_model_dir, tm
     assert result.stderr.splitlines() == said
     summary = (out / "report.md").read_text()
     assert all(line.removeprefix("warning: ") in summary for line in said)
+
+
+def test_eval_names_why_a_file_failed_on_every_run(tiny_model_dir, tmp_path):
+    """A file that failed to index is not tried again by the next run (it is unchanged): its reason comes from the
+    library then, not a guess that it changed or failed before."""
+    write_tone(tmp_path / "audio" / "tone.wav", 1.0)
+    write(tmp_path / "audio" / "broken.wav", "RIFF not really audio")
+    captions = write(tmp_path / "audio" / "captions.csv", "file,caption\ntone.wav,a tone\nbroken.wav,a crackle\n")
+    args = ["eval", "caption", captions, "--no-java-metrics", "-o", tmp_path / "out", "--json", *quick(tiny_model_dir)]
+    reasons = []
+    for _ in range(2):
+        result = run(*args)
+        assert result.exit_code == EXIT_PARTIAL, result.output
+        reasons.append(json.loads(result.stdout)["skipped"])
+    broken = [
+        {"file": "broken.wav", "reason": "failed to index: not a readable audio file (unknown format or corrupt data)"}
+    ]
+    assert reasons == [broken, broken]

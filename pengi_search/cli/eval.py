@@ -232,7 +232,7 @@ def _evaluate_set(
     library, summary = _indexed_library(caption_set, evalset, output, quiet=quiet, json_output=json_output)
     with library:
         embedder = query_embedder(library, evalset.model, evalset.device)
-        result = score(library, caption_set, embedder, _failures(summary))
+        result = score(library, caption_set, embedder, _failures(summary, library))
         setup = _library_setup(library, evalset)
     _finish(kind, result, caption_set.to_json(), setup, summary, output, json_output)
 
@@ -290,8 +290,11 @@ def _output_folder(output: Path) -> None:
         raise UsageError("--output", f"{shown(str(output))}: cannot create the folder ({exc.strerror})") from None
 
 
-def _failures(summary: IndexSummary) -> Failures:
-    return {item.path: f"failed to index: {item.message}" for item in summary.failed}
+def _failures(summary: IndexSummary, library: Library) -> Failures:
+    """Why files could not be indexed: this run's reason, else the one the library recorded when an earlier run
+    failed on the file (an unchanged file that failed is not tried again, so this run has none to give)."""
+    failures = {path: f"failed to index: {reason}" for path, reason in library.store.failed_files()}
+    return failures | {item.path: f"failed to index: {item.message}" for item in summary.failed}
 
 
 def _library_setup(library: Library, evalset: EvalSet) -> dict[str, Any]:
