@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,14 @@ def test_truth_paths_are_relative_to_the_csv_or_matched_by_name(tmp_path):
 def test_bad_truth_files(tmp_path, content, message):
     with pytest.raises(LabelsError, match=message):
         read_truth(write(tmp_path, content, "truth.csv"))
+
+
+def test_truth_names_match_whatever_unicode_form_the_csv_writes(tmp_path):
+    composed, decomposed = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+    truth = read_truth(write(tmp_path, f"file,label\nsub/{decomposed}.wav,dog\n{composed}2.wav,cat\n", "t.csv"))
+    assert truth.label_of(tmp_path / "sub" / f"{composed}.wav") == "dog"
+    assert truth.label_of(tmp_path / f"{decomposed}2.wav") == "cat"
+    assert truth.label_of(f"/elsewhere/{composed}.wav") == "dog"  # by its unique name
 
 
 def test_truth_files_as_spreadsheets_write_them(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,19 @@ def test_audiocaps_layout(tmp_path):
     caption_set = read_caption_set(csv_path, file_column="youtube_id")
     assert [(i.name, i.path, i.captions) for i in caption_set.items] == [
         ("abc123", str(tmp_path / "abc123.flac"), ("a car passes", "an engine hums"))
+    ]
+
+
+def test_names_match_whatever_unicode_form_the_csv_writes(tmp_path):
+    """ "café" is one name whether written composed (é) or decomposed (e and an accent, as macOS writes it)."""
+    composed, decomposed = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+    write_tone(tmp_path / f"{composed}.wav", 1.0)
+    write_tone(tmp_path / f"{decomposed} 2.wav", 1.0)
+    csv_path = write(tmp_path / "c.csv", f"file,caption\n{decomposed}.wav,a tone\n{composed} 2,another tone\n")
+    caption_set = read_caption_set(csv_path)
+    assert [item.path for item in caption_set.items] == [
+        str(tmp_path / f"{composed}.wav"),
+        str(tmp_path / f"{decomposed} 2.wav"),
     ]
 
 
