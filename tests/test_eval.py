@@ -611,3 +611,22 @@ def test_eval_names_why_a_file_failed_on_every_run(tiny_model_dir, tmp_path):
         {"file": "broken.wav", "reason": "failed to index: not a readable audio file (unknown format or corrupt data)"}
     ]
     assert reasons == [broken, broken]
+
+
+def test_eval_says_when_the_library_holds_captions_of_another_prompt(tiny_model_dir, tmp_path):
+    """A second run reuses what is indexed: asked for another prompt without --reindex, it would score the old
+    captions under the new prompt's name. The report records the prompt the captions answer, and the run says so."""
+    write_tone(tmp_path / "audio" / "tone.wav", 1.0)
+    captions = write(tmp_path / "audio" / "captions.csv", "file,caption\ntone.wav,a tone\n")
+    args = ["eval", "caption", captions, "--no-java-metrics", "-o", tmp_path / "out", "--json", *quick(tiny_model_dir)]
+    first = run(*args, "--prompt", "this is a sound of")
+    assert first.exit_code == EXIT_OK and first.stderr == "", first.output
+    again = run(*args)
+    assert again.exit_code == EXIT_OK, again.output
+    assert json.loads(again.stdout)["setup"]["caption_prompts"] == ["this is a sound of"]
+    assert again.stderr.splitlines() == [
+        "warning: the library's captions of this set answer 'this is a sound of', not 'generate audio caption': "
+        "--reindex captions them anew"
+    ]
+    redone = run(*args, "--reindex")
+    assert redone.stderr == "" and json.loads(redone.stdout)["setup"]["caption_prompts"] == ["generate audio caption"]

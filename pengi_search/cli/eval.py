@@ -19,6 +19,7 @@ import typer
 
 from ..choices import DEFAULT_HYBRID_WEIGHT, Device, Method, Rank
 from ..pathnames import shown
+from ..prompts import TASK_PROMPTS
 from .classify import ScoringOptions
 from .common import (
     EXIT_OK,
@@ -224,6 +225,7 @@ def _evaluate_set(
 ) -> None:
     """Read the captioned set, index what the library lacks, `score` the library with its caption embedder (and the
     files that failed to index), and write the `kind` report."""
+    from ..evaluation.captioning import caption_prompts
     from ..search import query_embedder
 
     apply_threads(evalset.threads)
@@ -234,7 +236,18 @@ def _evaluate_set(
         embedder = query_embedder(library, evalset.model, evalset.device)
         result = score(library, caption_set, embedder, _failures(summary, library))
         setup = _library_setup(library, evalset)
+        setup["caption_prompts"] = caption_prompts(library, [item.path or "" for item in caption_set.found])
+    _warn_other_prompts(setup["caption_prompts"], evalset)
     _finish(kind, result, caption_set.to_json(), setup, summary, output, json_output)
+
+
+def _warn_other_prompts(held: list[str], evalset: EvalSet) -> None:
+    """The library keeps the captions it was first indexed with: asking for another prompt without --reindex would
+    measure the old captions under the new prompt's name."""
+    wanted = (evalset.prompt or [TASK_PROMPTS["caption"]])[0]
+    if held and held != [wanted]:
+        answered = ", ".join(repr(prompt) for prompt in held)
+        warn(f"the library's captions of this set answer {answered}, not {wanted!r}: --reindex captions them anew")
 
 
 def _read_set(captions: Path, evalset: EvalSet) -> CaptionSet:
