@@ -53,7 +53,8 @@ def _row(path: Path, header: list[str], values: list[str], line: int, error: typ
     if any(values[len(header) :]):
         raise error(
             path,
-            f"line {line} has {len(values)} values but the header has {len(header)} columns: "
+            f"line {line} has {len(values)} values but the header has {len(header)} column"
+            f"{'s' if len(header) != 1 else ''}: "
             'quote a value that holds a comma ("a dog, barking")',
         )
     return dict(zip(header, values, strict=False))

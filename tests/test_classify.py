@@ -70,6 +70,7 @@ def test_labels_from_the_smoke_set_csv():
         (b"dog\ncat\nb\xe9ll\n", "labels.txt", r"not UTF-8 text: byte 9 \(line 3\)"),
         ("name,caption\ndog,x\n", "labels.csv", "needs a 'label' column"),
         ("label\ndog\n,\n", "labels.csv", "line 3 has no label"),
+        ("label\ndog\nalarm,clock\n", "labels.csv", "line 3 has 2 values but the header has 1 column: quote"),
         ("label\n", "labels.csv", "no labels"),
         ("", "labels.csv", "empty"),
         (b"\x00\x01\x02\n", "labels.txt", r"line 1 holds the control character '\\x00': is this a text file\?"),
