@@ -17,7 +17,7 @@ from pengi_search.classify import Prediction, read_truth
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 from pengi_search.evaluation.captioning import evaluate_captions
-from pengi_search.evaluation.classification import evaluate_classification
+from pengi_search.evaluation.classification import evaluate_classification, label_notes
 from pengi_search.evaluation.datasets import DatasetError, read_caption_set
 from pengi_search.evaluation.metrics import bleu, cider_d, rouge_l, tokenize
 from pengi_search.evaluation.report import ReportError, build_report, compare_reports, load_report, write_report
@@ -267,7 +267,7 @@ def test_classification_report_by_hand(tmp_path):
     assert result["metrics"]["macro_f1"] == pytest.approx(0.5 / 4)
     assert result["unmatched"] == [str(tmp_path / "extra.wav")]
     assert [f["rank"] for f in result["files"]] == [1, 4, 2, None]
-    assert result["notes"] == ["true label 'bird' is not a candidate label: its 1 file(s) count as wrong"]
+    assert result["notes"] == ["1 true label(s) are not candidate labels, so 1 file(s) count as wrong: 'bird'"]
 
 
 def test_classification_scores_by_hand_are_exact(tmp_path):
@@ -309,16 +309,24 @@ def test_classification_notes_labels_that_differ_only_in_spelling(tmp_path):
         ]
         return evaluate_classification(predictions, truth, candidates)["notes"]
 
+    compared_exactly = "labels are compared exactly, so its {} file(s) count as wrong"
     assert notes(["dog", "alarm_clock"]) == [
-        "true label 'Dog' is not a candidate label (the candidates have 'dog'): its 2 file(s) count as wrong",
-        "true label 'alarm clock' is not a candidate label (the candidates have 'alarm_clock'): "
-        "its 1 file(s) count as wrong",
-        "true label 'Alarm-Clock' is not a candidate label (the candidates have 'alarm_clock'): "
-        "its 1 file(s) count as wrong",
+        "true label 'Dog' is not a candidate label but 'dog' is: " + compared_exactly.format(2),
+        "true label 'alarm clock' is not a candidate label but 'alarm_clock' is: " + compared_exactly.format(1),
+        "true label 'Alarm-Clock' is not a candidate label but 'alarm_clock' is: " + compared_exactly.format(1),
         "true labels 'alarm clock', 'Alarm-Clock' differ only in case or spacing: counted apart",
     ]
     assert notes(["Dog", "alarm clock", "Alarm-Clock"]) == [
         "true labels 'alarm clock', 'Alarm-Clock' differ only in case or spacing: counted apart"
+    ]
+
+
+def test_classification_names_a_few_true_labels_left_out_of_the_candidates():
+    """Candidates that are a subset of the truth's labels (often deliberate): one note, naming the first five."""
+    expected = ["dog", "dog", "cat", "owl", "pig", "cow", "hen", "emu", "yak"]
+    assert label_notes(expected, ["dog"]) == [
+        "7 true label(s) are not candidate labels, so 7 file(s) count as wrong: 'cat', 'owl', 'pig', 'cow', 'hen' "
+        "and 2 more"
     ]
 
 
@@ -587,8 +595,8 @@ def test_eval_classify_warns_of_what_its_numbers_cannot_count(tiny_model_dir, tm
     assert result.exit_code == EXIT_OK, result.output
     said = [
         "warning: 1 classified file(s) are not in the truth file, so not scored",
-        "warning: true label 'Tone' is not a candidate label (the candidates have 'tone'): "
-        "its 1 file(s) count as wrong",
+        "warning: true label 'Tone' is not a candidate label but 'tone' is: labels are compared exactly, so its 1 "
+        "file(s) count as wrong",
     ]
     assert result.stderr.splitlines() == said
     summary = (out / "report.md").read_text()

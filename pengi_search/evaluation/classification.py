@@ -12,6 +12,7 @@ from ..classify import Prediction, Truth, evaluate
 from .metrics import confusion_matrix, mean, top_k_accuracy
 
 TOP_KS = (3, 5)  # top-1 is the accuracy
+_NAMED = 5  # true labels that are no candidate, named in their note
 
 
 def evaluate_classification(predictions: Sequence[Prediction], truth: Truth, labels: Sequence[str]) -> dict[str, Any]:
@@ -50,18 +51,33 @@ def _rank_of(label: str, prediction: Prediction) -> int | None:
 
 def label_notes(expected: Sequence[str], candidates: Sequence[str]) -> list[str]:
     """What makes files count as wrong whatever the model says, from the true labels of the evaluated files (one per
-    file) and the candidate labels: a true label that is not a candidate (naming the candidate that differs from it
-    only in case, spaces, "_" or "-", the usual cause, since labels are compared exactly), and true labels that
-    differ from each other only so (two classes where the truth meant one)."""
+    file) and the candidate labels. Labels are compared exactly, so a true label that differs from a candidate only
+    in case, spaces, "_" or "-" is most likely a mistake: each is named with its candidate. Other true labels that
+    are not candidates (a deliberate subset, often) share one note, as do true labels that differ from each other
+    only so (two classes where the truth meant one)."""
     files = Counter(expected)
-    near = {}
+    near: dict[str, str] = {}
     for candidate in candidates:
         near.setdefault(_loose(candidate), candidate)
-    notes = []
+    notes, absent = [], []
     for label, count in files.items():
-        if label not in candidates:
-            hint = f" (the candidates have {near[_loose(label)]!r})" if _loose(label) in near else ""
-            notes.append(f"true label {label!r} is not a candidate label{hint}: its {count} file(s) count as wrong")
+        if label in candidates:
+            continue
+        if _loose(label) in near:
+            notes.append(
+                f"true label {label!r} is not a candidate label but {near[_loose(label)]!r} is: labels are compared "
+                f"exactly, so its {count} file(s) count as wrong"
+            )
+        else:
+            absent.append(label)
+    if absent:
+        shown = ", ".join(map(repr, absent[:_NAMED])) + (
+            f" and {len(absent) - _NAMED} more" if len(absent) > _NAMED else ""
+        )
+        count = sum(files[label] for label in absent)
+        notes.append(
+            f"{len(absent)} true label(s) are not candidate labels, so {count} file(s) count as wrong: {shown}"
+        )
     spellings: dict[str, list[str]] = {}
     for label in files:
         spellings.setdefault(_loose(label), []).append(label)
