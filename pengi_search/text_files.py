@@ -49,6 +49,7 @@ def csv_rows(path: Path, text: str, error: type[UsageError]) -> tuple[list[str],
 
 
 def _row(path: Path, header: list[str], values: list[str], line: int, error: type[UsageError]) -> dict[str, str]:
+    """One row by column name, its values trimmed; refused when it holds a value no column of the header names."""
     values = [value.strip() for value in values]
     if any(values[len(header) :]):
         raise error(

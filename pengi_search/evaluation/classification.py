@@ -71,12 +71,12 @@ def label_notes(expected: Sequence[str], candidates: Sequence[str]) -> list[str]
         else:
             absent.append(label)
     if absent:
-        shown = ", ".join(map(repr, absent[:_NAMED])) + (
+        named = ", ".join(map(repr, absent[:_NAMED])) + (
             f" and {len(absent) - _NAMED} more" if len(absent) > _NAMED else ""
         )
         count = sum(files[label] for label in absent)
         notes.append(
-            f"{len(absent)} true label(s) are not candidate labels, so {count} file(s) count as wrong: {shown}"
+            f"{len(absent)} true label(s) are not candidate labels, so {count} file(s) count as wrong: {named}"
         )
     spellings: dict[str, list[str]] = {}
     for label in files:
