@@ -68,7 +68,8 @@ class LibraryWatch:
         """Block until changes of interest have come and then none for `debounce_s`; the paths that changed, or
         none when `timeout_s` passed first (changes still settling are kept for the next call).
 
-        Ctrl-C raises KeyboardInterrupt (watchfiles checks for it while it waits)."""
+        Ctrl-C (and SIGTERM, as the command line handles it) raises KeyboardInterrupt (watchfiles checks for it while
+        it waits)."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             if found := self._of_interest(self._next_changes()):

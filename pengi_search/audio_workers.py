@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import stat
 import threading
 from collections import deque
@@ -156,6 +157,13 @@ def decode_all(
         yield from pool.run(list(jobs), stop or threading.Event())
 
 
+def _worker_process(jobs: Connection, results: Connection, chunk: int) -> None:
+    # Ctrl-C reaches every process of the terminal's foreground group: the run stops its workers itself (they end on
+    # SIGTERM), so that they do not each print a KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _worker_main(jobs, results, chunk)
+
+
 def _worker_main(jobs: Connection, results: Connection, chunk: int) -> None:
     try:
         while (job := jobs.recv()) is not None:
@@ -205,7 +213,7 @@ class _Pool:
         job_out, job_in = self._context.Pipe(duplex=False)
         result_out, result_in = self._context.Pipe(duplex=False)
         process = self._context.Process(
-            target=_worker_main, args=(job_out, result_in, self._chunk), name="pengi-decode", daemon=True
+            target=_worker_process, args=(job_out, result_in, self._chunk), name="pengi-decode", daemon=True
         )
         process.start()
         job_out.close()  # the worker's ends: closed here so that its death reads as end of file

@@ -8,6 +8,7 @@ was asked for (COLUMNS, or the console's `width`) still holds wherever the outpu
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -33,6 +34,11 @@ class _FittingConsole(Console):
     @size.setter
     def size(self, new_size: tuple[int, int]) -> None:
         Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+
+    def on_broken_pipe(self) -> None:
+        # Rich exits with 1 when the reader of its stream has gone; raised instead, that ends a command as any
+        # other write's does (`cli.common.handle_errors`: exit code 141, quietly).
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
 
     def _writes_to_a_terminal(self) -> bool:
         # The console's own stream: Rich's `is_terminal` also holds where FORCE_COLOR asks for colours in a log,

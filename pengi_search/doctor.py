@@ -19,6 +19,7 @@ from typing import Any
 from . import __version__
 from .checkpoint import CheckpointError
 from .db import VECTOR_KINDS, Store, StoreError, default_index_path, resolve_db_url, sqlite_file
+from .db.access import reading_engine, unusable_place
 from .db.errors import DatabaseURLError, driver_reason
 from .db.urls import db_option, shown_db_url
 from .download import INVALID_SUFFIX, RELEASES, TOKENIZERS, offline_setting
@@ -278,8 +279,6 @@ def check_database(db: str | None = None) -> tuple[dict[str, Any], list[Problem]
     it cannot tell (a URL it cannot use, a server it cannot reach). When not true, `reason` says why."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .db.engine import create_store_engine
-
     try:
         url = resolve_db_url(db)
         data: dict[str, Any] = {"url": shown_db_url(url)}
@@ -292,7 +291,7 @@ def check_database(db: str | None = None) -> tuple[dict[str, Any], list[Problem]
         if absent is not None:
             return {**data, "exists": False, "reason": absent}, problems
     try:
-        engine = create_store_engine(url)
+        engine = reading_engine(url)  # doctor changes nothing, and reads a library it may not write
     except StoreError as err:  # a driver that is mistyped or not installed
         return _unknown(data, Problem("database", err.reason, URL_FIX))
     data["exists"] = True if db_file is not None else None  # a server's database: known once it answers
@@ -319,13 +318,11 @@ def _absent_file(db_file: Path, option: str) -> tuple[str | None, list[Problem]]
     could not make one there either."""
     if db_file.is_file():
         return None, []
-    if db_file.exists():
-        what = f"{db_file} is a folder, not a database file" if db_file.is_dir() else f"{db_file} is not a file"
-        return what, [Problem("database", what, f"point --db or PENGI_SEARCH_DB at a database file, not at {db_file}")]
-    folder = next(parent for parent in db_file.parents if parent.exists())  # the root, at the latest
-    if not folder.is_dir():
-        what = f"{folder} is a file, not a folder: no database can be made at {db_file}"
-        return what, [Problem("database", what, URL_FIX)]
+    unusable = unusable_place(db_file)
+    if unusable is not None:
+        fix = f"point --db or PENGI_SEARCH_DB at a database file, not at {db_file}" if db_file.exists() else URL_FIX
+        return unusable, [Problem("database", unusable, fix)]
+    folder = next(parent for parent in db_file.parents if parent.exists())
     creates = f"`pengi-search index PATH...{option}` creates it"
     if folder == db_file.parent:
         return f"no database file at {db_file} yet ({creates})", []

@@ -1,7 +1,8 @@
 """How a message for the user that is not a result looks, wherever it is printed from.
 
-The command line (`cli.common.warn`) and the trainer (which does not import the command line) print their warnings
-through `print_warning`, so a warning reads the same from `describe`, `train init`, a dry run or a resumed run.
+The command line (`cli.common.warn`, `cli.common.report_skipped`) and the trainer (which does not import the
+command line) print their warnings through `print_warning` and the inputs they went on without through
+`print_skipped`, so each reads the same from `describe`, `train init`, a dry run or a training run.
 """
 
 from __future__ import annotations
@@ -9,9 +10,17 @@ from __future__ import annotations
 from rich.console import Console
 from rich.markup import escape
 
+from .pathnames import shown
+
 
 def print_warning(console: Console, message: str) -> None:
     """`warning: message` on `console`: the label in yellow, the message as written (escaped: a path or a label with
     brackets keeps them, where Rich would read them as markup), on one line however long (a log read later keeps
     each warning on the line that can be searched for)."""
     console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True, highlight=False)
+
+
+def print_skipped(console: Console, path: str, reason: str) -> None:
+    """`skipped PATH: reason` on `console`: an input a command went on without (its exit code, 3, says so too). The
+    path is shown escaped (`pathnames.shown`), the reason as written, on one line."""
+    console.print(f"[red]skipped[/] {escape(shown(path))}: {escape(reason)}", soft_wrap=True, highlight=False)

@@ -1,4 +1,5 @@
-"""Where pengi-search keeps its files: models and the default index, under the user data directory."""
+"""Where pengi-search keeps its files (models and the default index, under the user data directory), and how a
+path is shown to the user who typed it."""
 
 from __future__ import annotations
 
@@ -14,6 +15,15 @@ def home_expanded(path: str | os.PathLike[str]) -> Path:
     """`path` with a leading `~` or `~user` expanded; an unknown user's `~name` stays as written, as the shell leaves
     it (`Path.expanduser` raises RuntimeError there, which would reach the user as a traceback)."""
     return Path(os.path.expanduser(os.fspath(path)))
+
+
+def as_typed(path: str | os.PathLike[str]) -> Path:
+    """`path` as a user would type it in the current folder: relative to it when under it, else absolute. Symbolic
+    links are kept (not resolved), as the user named them. For paths the program worked out (a configuration's,
+    resolved against its file's folder), not for those the user gave, which are shown as given."""
+    absolute = Path(os.path.abspath(path))
+    here = Path.cwd()
+    return absolute.relative_to(here) if absolute.is_relative_to(here) else absolute
 
 
 def data_dir() -> Path:

@@ -57,7 +57,7 @@ class Filters:
     extensions: frozenset[str] | None = None  # lower-case, with the dot (see `scan.normalize_extensions`)
     min_duration_s: float | None = None
     max_duration_s: float | None = None
-    exclude_paths: frozenset[str] = frozenset()
+    exclude_paths: frozenset[str] = frozenset()  # left out however they are reached (see `_left_out`)
 
     def __post_init__(self) -> None:
         low, high = self.min_duration_s, self.max_duration_s
@@ -80,6 +80,8 @@ class Filters:
         """Command-line values: a relative `path` glob is taken from the current folder (`\\xff` in it is the byte
         0xff of a name that is not UTF-8, see `pathnames.from_typed`), `ext` is "wav,.flac". A number that is not
         finite (`nan` parses as a float) is refused: no score or duration compares true with it."""
+        if path == "":  # `--path "$UNSET"`: as a glob from the current folder it would match nothing, silently
+            raise OptionError("path", "is empty; give a glob such as '*/dogs/*', or leave the option out")
         bounds = {"min_score": min_score, "min_duration": min_duration, "max_duration": max_duration}
         for option, value in bounds.items():
             if value is not None and not math.isfinite(value):
@@ -105,11 +107,21 @@ class Filters:
 
     def accepts(self, window: WindowDetails) -> bool:
         """The conditions the store-side restriction does not cover (or covers only in part)."""
-        if window.path in self.exclude_paths:
+        if self.exclude_paths and _left_out(window.path, self.exclude_paths):
             return False
         if self.path_glob is not None and not fnmatch.fnmatch(window.path, self.path_glob):
             return False
         return self.extensions is None or has_extension(window.path, self.extensions)
+
+
+def _left_out(path: str, excluded: frozenset[str]) -> bool:
+    """Whether the file at `path` is one of `excluded`: by its path, or by the real path behind its links (a linked
+    folder, a library indexed through a link). Only a path whose name is one of theirs is resolved: resolving every
+    candidate would stat files on a mount that may not answer."""
+    if path in excluded:
+        return True
+    name = os.path.basename(path)
+    return any(os.path.basename(other) == name for other in excluded) and os.path.realpath(path) in excluded
 
 
 def absolute_glob(pattern: str) -> str:
@@ -182,8 +194,9 @@ class SearchScope:
             raise ValueError(f"the number of results must be at least 1, got {self.k}")
 
     def excluding(self, path: str) -> SearchScope:
-        """This scope without the file at `path` (a `similar` query leaves itself out)."""
-        filters = dataclasses.replace(self.filters, exclude_paths=self.filters.exclude_paths | {path})
+        """This scope without the file at `path`, however it is reached (a `similar` query leaves itself out)."""
+        itself = {path, os.path.realpath(path)}
+        filters = dataclasses.replace(self.filters, exclude_paths=self.filters.exclude_paths | itself)
         return dataclasses.replace(self, filters=filters)
 
 

@@ -143,7 +143,7 @@ def window_vectors(db: Path, kind: str) -> dict[tuple[str, int], np.ndarray]:
     return {(details[i].path, details[i].index): vector for i, vector in zip(ids.tolist(), vectors, strict=True)}
 
 
-# -- indexer processes killed with SIGKILL -------------------------------------------------------------------------
+# -- indexer processes killed with SIGKILL, or stopped by SIGINT and SIGTERM ---------------------------------------
 
 INDEXED = "SELECT count(*) FROM audio_files WHERE status = 'indexed'"
 CAPTIONED = "SELECT count(*) FROM window_vectors WHERE kind = 'text'"
@@ -155,24 +155,41 @@ def write_clips(root: Path, count: int) -> None:
         write_tone(root / f"clip-{n:02d}.wav", 2.0, freq=100 + 37 * n)
 
 
-def indexer_command(root: Path, db: Path, model_dir: Path, *, max_len: int) -> list[str]:
+def indexer_command(root: Path, db: Path, model_dir: Path, *, max_len: int, workers: int = 0) -> list[str]:
     """`python -m indexer` over `root` with the tiny model, one window a batch (so a kill lands between batches)."""
     command = [sys.executable, "-m", "indexer", str(root), "--db", str(db), "--model", str(model_dir)]
-    command += ["--batch-size", "1", "--workers", "0", "--beam", "2", "--max-len", str(max_len), "--device", "cpu"]
-    return [*command, "--quiet"]
+    command += ["--batch-size", "1", "--workers", str(workers), "--beam", "2", "--max-len", str(max_len)]
+    return [*command, "--device", "cpu", "--quiet"]
 
 
-def kill_when(command: list[str], ready: Callable[[], bool]) -> None:
-    """Run `command` and SIGKILL it as soon as `ready()` (within two minutes); it must die of the signal."""
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def signal_when(command: list[str], ready: Callable[[], bool], number: int, *, group: bool = False) -> tuple[int, str]:
+    """Run `command`, send it signal `number` as soon as `ready()` (within two minutes) and wait for it to end: its
+    exit status (negative: the signal that ended it) and what it wrote on stderr. With `group` the signal goes to
+    every process it started too, as a terminal's Ctrl-C and systemd's stop do."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         while not ready() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
-        os.kill(process.pid, signal.SIGKILL)
+        (os.killpg if group else os.kill)(process.pid, number)
+        _, stderr = process.communicate(timeout=120)
     finally:
-        process.wait()
-    assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return process.returncode, stderr.decode()
+
+
+def kill_when(command: list[str], ready: Callable[[], bool]) -> None:
+    """Run `command` and SIGKILL it as soon as `ready()` (within two minutes); it must die of the signal."""
+    status, stderr = signal_when(command, ready, signal.SIGKILL)
+    assert status == -signal.SIGKILL, stderr
+
+
+def send_to_self(number: int) -> None:
+    """Signal this process; its handler runs before this returns (unhandled, SIGTERM would end pytest itself)."""
+    assert signal.getsignal(number) not in (signal.SIG_DFL, signal.SIG_IGN), f"nothing handles signal {number}"
+    signal.raise_signal(number)
 
 
 def count_rows(db: Path, sql: str) -> int:

@@ -73,7 +73,12 @@ def test_query_with_no_match(common):
 
 
 @pytest.mark.parametrize(
-    ("args", "message"), [(("--by", "folder"), "Invalid value for '--by'"), (("--ext", ","), "names no extension")]
+    ("args", "message"),
+    [
+        (("--by", "folder"), "Invalid value for '--by'"),
+        (("--ext", ","), "names no extension"),
+        (("--path", ""), "--path is empty"),  # `--path "$UNSET"`: not a filter that silently matches nothing
+    ],
 )
 def test_query_bad_options(common, args, message):
     result = run("query", "x", *common, *args)
@@ -106,6 +111,16 @@ def test_similar_json(captions, common, tmp_path):
 
 def test_similar_leaves_the_file_out(captions, common):
     result = run("similar", captions.files["bell.wav"], *common, "--json")
+    assert result.exit_code == 0, result.output
+    paths = [hit["path"] for hit in json.loads(result.stdout)]
+    assert str(captions.files["bell.wav"]) not in paths and len(paths) == len(captions.files) - 1
+
+
+def test_similar_leaves_the_file_out_when_reached_through_a_link(captions, common, tmp_path):
+    """The same file by another way (a linked folder, a library indexed through a link): still itself, left out."""
+    linked = tmp_path / "linked"
+    linked.symlink_to(captions.files["bell.wav"].parent)
+    result = run("similar", linked / "bell.wav", *common, "--json")
     assert result.exit_code == 0, result.output
     paths = [hit["path"] for hit in json.loads(result.stdout)]
     assert str(captions.files["bell.wav"]) not in paths and len(paths) == len(captions.files) - 1

@@ -527,6 +527,12 @@ def test_eval_compare_command(tmp_path):
     assert list(as_json["reports"]) == ["base", "tuned"]
     missing = run("eval", "compare", tmp_path / "base" / "report.json", tmp_path / "nothing.json")
     assert missing.exit_code == EXIT_USAGE and "no such file" in missing.output
+    # The folders `eval -o` wrote stand for their reports, and name the columns as their reports do.
+    folders = run("eval", "compare", tmp_path / "base", tmp_path / "tuned", "--json")
+    assert folders.exit_code == EXIT_OK, folders.output
+    assert json.loads(folders.stdout) == as_json
+    empty = run("eval", "compare", tmp_path / "base", tmp_path)
+    assert empty.exit_code == EXIT_USAGE and f"{tmp_path / 'report.json'}: no such file" in empty.output
 
 
 def test_eval_retrieval_bad_csv(tmp_path):
@@ -534,40 +540,6 @@ def test_eval_retrieval_bad_csv(tmp_path):
     assert result.exit_code == EXIT_USAGE and "no file column" in result.output
     nothing = run("eval", "retrieval", write(tmp_path / "d.csv", "file,caption\na.wav,x\n"), "-o", tmp_path / "out")
     assert nothing.exit_code == EXIT_USAGE and "none of its 1 files" in nothing.output
-
-
-def test_an_output_that_is_a_file_is_refused_before_any_work(tmp_path):
-    """`-o` naming a file (or a path through one) is bad usage, said in one line before the set is indexed or
-    classified: a model that does not exist is never looked for."""
-    write_tone(tmp_path / "audio" / "tone.wav", 1.0)
-    captions = write(tmp_path / "audio" / "captions.csv", "file,caption\ntone.wav,a tone\n")
-    truth = write(tmp_path / "audio" / "truth.csv", "file,label\ntone.wav,tone\n")
-    taken = write(tmp_path / "taken", "a file")
-    nowhere = ["--model", tmp_path / "no-model"]
-    commands = [
-        ["eval", "retrieval", captions, *nowhere],
-        ["eval", "caption", captions, *nowhere],
-        ["eval", "classify", tmp_path / "audio", "--truth", truth, *nowhere],
-    ]
-    for args in commands:
-        for output, reason in (
-            (taken, "a file, not a folder"),
-            (taken / "sub", "cannot create the folder (Not a directory)"),
-        ):
-            result = run(*args, "-o", output)
-            assert result.exit_code == EXIT_USAGE, result.output
-            assert result.stderr.splitlines() == [f"error: --output: {output}: {reason}"]
-    assert taken.read_text() == "a file"
-
-
-def test_eval_compare_output_that_cannot_be_written(tmp_path):
-    write_report(retrieval_report(0.25), tmp_path / "base")
-    report = tmp_path / "base" / "report.json"
-    for output, why in ((tmp_path, "Is a directory"), (tmp_path / "none" / "c.md", "No such file or directory")):
-        result = run("eval", "compare", report, report, "-o", output)
-        assert result.exit_code == EXIT_USAGE, result.output
-        assert result.stderr.splitlines() == [f"error: --output: {output}: cannot write ({why})"]
-        assert result.stdout == ""
 
 
 def test_eval_classify_refuses_a_truth_that_lists_none_of_the_files(tmp_path):

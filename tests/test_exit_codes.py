@@ -3,14 +3,20 @@
 0 ok; 1 the command could not do its work (missing model or library, another index run, a library built by another
 model, nothing to remove); 2 bad usage or a bad input file, nothing done (also a path that does not exist, a
 contradictory filter, an empty query); 3 the command ran but some audio input could not be decoded, each one
-reported, even when it was the only input; 130 interrupted.
+reported, even when it was the only input; 130 interrupted (Ctrl-C), 143 the same on SIGTERM; 141 the reader of
+the output went away (`| head`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import re
+import signal
 import socket
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +29,18 @@ from typer.testing import CliRunner
 from pengi_search.cli import app
 from pengi_search.db import Store
 from pengi_search.db.run_lock import indexing_lock
-from pengi_search.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, UsageError
+from pengi_search.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_OUTPUT_CLOSED,
+    EXIT_PARTIAL,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    UsageError,
+)
 
-from .indexing import write_tone
+from .indexing import send_to_self, write_tone
 from .search_library import caption_library
 
 runner = CliRunner()
@@ -96,6 +111,30 @@ def ctrl_c(_p: Paths) -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("pengi_search.search.query_text", interrupted)
         yield
+
+
+@contextlib.contextmanager
+def query_fails(failure: Callable[[], None]) -> Iterator[None]:
+    def failing(*_args, **_kwargs):
+        failure()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("pengi_search.search.query_text", failing)
+        yield
+
+
+def sigterm(_p: Paths) -> contextlib.AbstractContextManager[None]:
+    """`kill PID` while the command works."""
+    return query_fails(lambda: send_to_self(signal.SIGTERM))
+
+
+def broken_pipe(_p: Paths) -> contextlib.AbstractContextManager[None]:
+    """A pipe of the command's own breaks (to a decoding process that died, say), not its output's."""
+
+    def broken() -> None:
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+    return query_fails(broken)
 
 
 @contextlib.contextmanager
@@ -241,6 +280,37 @@ CASES = {
         EXIT_USAGE,
         "a folder; --output takes the CSV file's name",
     ),
+    # A blank prompt (`-p "$UNSET"`) asks nothing, and would name its answers by an empty string
+    **{
+        f"{name}, a blank prompt": Case(
+            lambda p, name=name, args=args: (*name.split(), *args(p)), EXIT_USAGE, "Invalid value for '--prompt'"
+        )
+        for name, args in {
+            "describe": lambda p: (p.clip, "--model", p.model, "-p", ""),
+            "index": lambda p: (p.sounds, "--db", p.missing.with_suffix(".db"), "--model", p.model, "--prompt", " "),
+            "classify": lambda p: (p.clip, "--labels", p.labels, "--method", "loglik", "--prompt", ""),
+            "eval caption": lambda p: (p.truth, "--model", p.model, "-o", p.missing.parent, "-p", ""),
+        }.items()
+    },
+    "export -o a folder": Case(
+        lambda p: ("export", "--db", p.db, "-o", p.sounds), EXIT_USAGE, "a folder; --output takes the JSON lines file's"
+    ),
+    "export -o into a folder that does not exist": Case(
+        lambda p: ("export", "--db", p.db, "-o", p.missing), EXIT_USAGE, "cannot write the JSON lines: no folder"
+    ),
+    "eval compare -o into a folder that does not exist": Case(
+        lambda p: ("eval", "compare", p.truth, p.truth, "-o", p.missing), EXIT_USAGE, "cannot write the Markdown"
+    ),
+    "eval classify -o a file": Case(  # refused before the files are classified, not after
+        lambda p: ("eval", "classify", p.sounds, "--truth", p.truth, "--model", p.model, "-o", p.clip),
+        EXIT_USAGE,
+        "not a folder; --output takes a folder for the report and its figures",
+    ),
+    "eval retrieval -o inside a file": Case(
+        lambda p: ("eval", "retrieval", p.truth, "--model", p.model, "-o", p.clip / "run"),
+        EXIT_USAGE,
+        "cannot make this folder: ",
+    ),
     "classify, template without {label}": Case(
         lambda p: ("classify", p.clip, "--labels", p.labels, "--template", "a sound", "--model", p.model),
         EXIT_USAGE,
@@ -279,6 +349,21 @@ CASES = {
     ),
     "train export, a folder": Case(lambda p: ("train", "export", p.sounds), EXIT_USAGE, "name one of its checkpoint"),
     "unknown command": Case(lambda p: ("search", "x"), EXIT_USAGE, "No such command"),
+    "query, a --db that is a folder": Case(  # no library "yet" either: `index` could not make one there
+        lambda p: ("query", "x", "--db", p.sounds, "--model", p.model),
+        EXIT_USAGE,
+        "is a folder, not a database file: point --db or PENGI_SEARCH_DB at a database file",
+    ),
+    "index, a --db inside a file": Case(
+        lambda p: ("index", p.sounds, "--db", p.clip / "lib.db", "--model", p.model),
+        EXIT_USAGE,
+        "is a file, not a folder: no database can be made at ",
+    ),
+    "serve, an upload limit of infinite MB": Case(
+        lambda p: ("serve", "--db", p.db, "--port", "0", "--max-upload-mb", "inf"),
+        EXIT_USAGE,
+        "Invalid value for '--max-upload-mb': Input should be less than or equal to 1048576",
+    ),
     "stats, a database URL whose port is not a number": Case(
         lambda p: ("stats", "--db", f"postgresql+psycopg://me:{SECRET}@127.0.0.1:five/lib"),
         EXIT_USAGE,
@@ -379,8 +464,10 @@ CASES = {
         EXIT_PARTIAL,
         "empty file",
     ),
-    # 130: Ctrl-C
+    "query, a pipe of its own broken": Case(lambda p: ("query", "x", *lib(p)), EXIT_FAILED, "Broken pipe", broken_pipe),
+    # 130: Ctrl-C; 143: SIGTERM, which stops a command the same way
     "query, interrupted": Case(lambda p: ("query", "x", *lib(p)), EXIT_INTERRUPTED, "interrupted", ctrl_c),
+    "query, terminated": Case(lambda p: ("query", "x", *lib(p)), EXIT_TERMINATED, "interrupted", sigterm),
 }
 
 
@@ -424,7 +511,46 @@ def test_the_engine_refuses_cuda_without_a_gpu_as_the_command_line_does(paths):
 def test_the_readme_table_lists_the_codes_the_cases_use():
     section = README.read_text().split("## Exit codes", 1)[1].split("\n## ", 1)[0]
     documented = {int(code) for code in re.findall(r"^\| (\d+) \|", section, flags=re.MULTILINE)}
-    assert documented == {case.code for case in CASES.values()}
+    # A closed output needs a real pipe: test_a_reader_of_the_output_gone_ends_a_command_quietly_with_141
+    assert documented == {case.code for case in CASES.values()} | {EXIT_OUTPUT_CLOSED}
+
+
+def with_output_closed(*args: object) -> subprocess.CompletedProcess[bytes]:
+    """`pengi-search ARGS | head -1` once head has its line: the command writes to a pipe nobody reads."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        command = [sys.executable, "-m", "pengi_search", *map(str, args)]
+        return subprocess.run(command, stdout=write_end, stderr=subprocess.PIPE, timeout=300)
+    finally:
+        os.close(write_end)
+
+
+PIPED = {
+    "stats --json": lambda p: ("stats", "--db", p.db, "--json"),
+    "export": lambda p: ("export", "--db", p.db),
+    "query": lambda p: ("query", "a dog barks", *lib(p)),
+    "describe": lambda p: ("describe", p.clip, "--model", p.model, *QUICK),
+    "classify, a CSV": lambda p: ("classify", p.db.parent / "library", "-l", p.labels, "-m", p.model, *QUICK),
+}
+
+
+@pytest.mark.parametrize("name", PIPED)
+def test_a_reader_of_the_output_gone_ends_a_command_quietly_with_141(paths, name):
+    """As `cat`, `grep` and `git` end (so `set -o pipefail` sees it): no message, no traceback."""
+    done = with_output_closed(*PIPED[name](paths))
+    assert (done.returncode, done.stderr.decode()) == (EXIT_OUTPUT_CLOSED, "")
+
+
+def test_an_index_run_whose_output_reader_is_gone_is_recorded_as_the_work_it_did(paths, tmp_path):
+    """Its summary comes last: the run has indexed everything and recorded itself finished when it finds that
+    nobody reads it."""
+    db = tmp_path / "new.db"
+    done = with_output_closed("index", paths.clip, "--db", db, "--model", paths.model, *QUICK, "--workers", "0")
+    assert (done.returncode, done.stderr.decode()) == (EXIT_OUTPUT_CLOSED, "")
+    with Store.open(db) as store:
+        assert [run.status for run in store.runs()] == ["finished"]
+        assert [record.status for record in store.files_under(str(paths.clip))] == ["indexed"]
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ import indexer.pipeline as pipeline
 import pengi_search.audio_workers as audio_workers
 from indexer.pipeline import run_index
 from pengi_search.audio_workers import CHANGED_WHILE_READ, Decoded, Failed, Job, Windows, _worker_main, decode_all
+from pengi_search.errors import EXIT_INTERRUPTED, EXIT_TERMINATED
 from pengi_search.library import EmptyLibraryError, Library
 
 from .indexing import (
@@ -26,6 +27,7 @@ from .indexing import (
     indexer_command,
     kill_when,
     quick_options,
+    signal_when,
     write_clips,
     write_tone,
 )
@@ -260,6 +262,36 @@ def test_sigkill_mid_run_then_rerun_loses_and_repeats_nothing(tiny_model_dir, tm
     assert len(files) == count and {f.status for f in files} == {"indexed"}
     assert sorted(d.path for d in windows.values()) == sorted(f.path for f in files)  # one window each, no repeats
     assert_consistent(db)
+
+
+@pytest.mark.parametrize(
+    ("number", "group", "code"),
+    [
+        (signal.SIGINT, True, EXIT_INTERRUPTED),  # Ctrl-C: the terminal sends it to the run and its decoders
+        (signal.SIGTERM, False, EXIT_TERMINATED),  # `kill PID`
+        (signal.SIGTERM, True, EXIT_TERMINATED),  # systemd, SLURM: the run and its decoders
+    ],
+    ids=["ctrl-c", "kill", "sigterm-to-all"],
+)
+def test_ctrl_c_and_sigterm_stop_a_run_that_records_itself_interrupted_and_a_rerun_resumes(
+    tiny_model_dir, tmp_path, number, group, code
+):
+    root = tmp_path / "lib"
+    count = 16
+    write_clips(root, count)
+    db = tmp_path / "lib.db"
+    command = indexer_command(root, db, tiny_model_dir, max_len=3, workers=1)
+    status, stderr = signal_when(command, lambda: count_rows(db, INDEXED) > 0, number, group=group)
+    assert status == code and stderr.splitlines()[-1:] == ["interrupted"], stderr
+    assert "Traceback" not in stderr  # nor from the decoding process, which its run stops
+    committed = count_rows(db, INDEXED)  # the signal may land in either pass
+    with Library.open(str(db)) as library:
+        [stopped] = library.store.runs()
+    assert (stopped.status, stopped.finished_at is not None) == ("interrupted", True)  # recorded by the run itself
+
+    summary = run_index(quick_options([root], db, tiny_model_dir))
+    assert (summary.unchanged, summary.indexed, summary.failed) == (committed, count - committed, [])
+    assert (summary.stale_runs, summary.captions_missing) == ([], 0)
 
 
 def test_queries_while_the_indexer_writes(tiny_model_dir, tmp_path):

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shlex
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -186,8 +189,11 @@ def test_a_database_without_the_schema_is_missing_and_readers_cannot_write(tmp_p
     Store.open(db_url).close()
     with Store.open(db_url, read_only=True) as reader:
         assert reader.read_only and reader.stats()["files"]["total"] == 0
-        with pytest.raises(StoreError, match="readonly|read-only|query_only"):
+        with pytest.raises(StoreError, match="readonly|read-only|query_only") as refused:
             reader.upsert_file("/lib/a.wav", size=1, mtime=1.0)
+    # What the database said, on one line: not the driver's class, the statement or SQLAlchemy's link.
+    assert "\n" not in refused.value.reason and "Error)" not in refused.value.reason
+    assert "sqlalche.me" not in refused.value.reason and "[SQL" not in refused.value.reason
 
 
 def test_a_reader_upgrades_an_older_library_first(tmp_path):
@@ -199,6 +205,59 @@ def test_a_reader_upgrades_an_older_library_first(tmp_path):
     engine.dispose()
     with Store.open(tmp_path / "old.db", read_only=True) as reader:
         assert reader.stats()["schema_revision"] == SCHEMA_HEAD
+
+
+@pytest.fixture(scope="module")
+def bound_by_file_modes() -> list[str]:
+    """The prefix that runs a command as a user whom file modes bind: none for a user other than root; for root,
+    whom they do not bind, a user namespace in which root's files are this (unprivileged) user's own."""
+    if os.geteuid() != 0:
+        return []
+    prefix = ["unshare", "--user", "--map-user=1000", "--map-group=1000"]
+    try:
+        probe = subprocess.run([*prefix, "true"], capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        probe = None
+    if probe is None or probe.returncode != 0:
+        pytest.skip("root, and no user namespace to run as a user that file modes bind")
+    return prefix
+
+
+def test_a_library_in_a_folder_the_user_may_not_write_is_read_as_it_is(
+    tiny_model_dir, sounds, tmp_path, bound_by_file_modes
+):
+    """A library on a read-only share, or another user's: SQLite reads a WAL database through a shared-memory file
+    beside it, which such a folder does not let a reader make, so the readers (doctor too) read the file as it
+    is rather than fail; and doctor does not call it damaged. A command that writes says it cannot."""
+    shelf = tmp_path / "read only [shelf] #1?"  # a name the SQLite URI that reads it must spell out
+    db = shelf / "lib.db"
+    assert run("index", sounds, "--db", db, "--model", tiny_model_dir, *QUICK).exit_code == 0
+    before = sorted(path.name for path in shelf.iterdir())
+    assert "lib.db-shm" not in before  # the last connection removed it
+    for path in shelf.iterdir():
+        path.chmod(0o444)
+    shelf.chmod(0o555)
+
+    def as_reader(*args: object) -> subprocess.CompletedProcess[str]:
+        command = [*bound_by_file_modes, sys.executable, "-m", "pengi_search", *map(str, args), "--db", str(db)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+    try:
+        stats = as_reader("stats", "--json")
+        found = as_reader("query", "a tone", "--model", tiny_model_dir, "--json")
+        doctor = as_reader("doctor", "--json")
+        removed = as_reader("remove", sounds / "a.wav")
+    finally:
+        shelf.chmod(0o755)
+    assert stats.returncode == 0, stats.stderr
+    assert json.loads(stats.stdout)["files"]["indexed"] == 2
+    assert found.returncode == 0, found.stderr
+    assert sorted(Path(hit["path"]).name for hit in json.loads(found.stdout)) == ["a.wav", "b.wav"]
+    report = json.loads(doctor.stdout)
+    assert report["database"]["integrity"] == "ok" and report["database"]["files"]["indexed"] == 2
+    assert [problem for problem in report["problems"] if problem["where"] == "database"] == []
+    assert removed.returncode == EXIT_FAILED and "readonly database" in removed.stderr
+    assert sorted(path.name for path in shelf.iterdir()) == before  # nothing was made beside it
 
 
 # -- the index type lives in the database -----------------------------------------------------------------------

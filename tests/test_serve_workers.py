@@ -1,9 +1,11 @@
-"""`pengi-search serve --workers N`: several processes answer on one port, stop together, and fail together."""
+"""`pengi-search serve --workers N`: several processes answer on one port, stop together, and fail together; and
+how SIGTERM stops a server of one process."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 import urllib.request
 from pathlib import Path
@@ -56,6 +58,15 @@ def test_workers_answer_on_one_port_and_stop_together(library, tiny_model_dir, t
     while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(alive(pid) for pid in workers)
+
+
+def test_sigterm_shuts_a_server_of_one_process_down_and_it_ends_by_the_signal(library, tiny_model_dir, tmp_path):
+    """As a service manager expects of a server (systemd counts that a clean stop, exit code 143 a failure), not as
+    other commands end on SIGTERM; several workers end by it too, and their parent then exits 0 (above)."""
+    served = ServeProcess("--db", library.db, "--model", str(tiny_model_dir), "--device", "cpu", home=tmp_path)
+    assert served.address() is not None, served.rest_of_output()
+    assert served.stop() == -signal.SIGTERM
+    assert "interrupted" not in served.rest_of_output()
 
 
 def window_paths(address: str) -> set[str]:

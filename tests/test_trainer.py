@@ -27,7 +27,7 @@ from typer.testing import CliRunner, Result
 from pengi_search.cli import app
 from pengi_search.config import PengiConfig
 from pengi_search.encoders import clip_text_config
-from pengi_search.errors import EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE
+from pengi_search.errors import EXIT_PARTIAL, EXIT_USAGE
 from pengi_search.messages import print_warning
 from pengi_search.model import Pengi, gpt2_config
 from pengi_search.model_dir import WEIGHTS_FILE, ModelDir
@@ -335,7 +335,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(uninterrupted, tmp_p
         patch.setattr(Trainer, "_after_step", crash_after_step_4)
         assert isinstance(train_command(config_path).exception, Crash)
     assert [step for step, _ in losses(tmp_path / "run")] == [1, 2, 3, 4]
-    assert train_command(config_path).exit_code == EXIT_FAILED  # a fresh run would overwrite the checkpoints
+    assert train_command(config_path).exit_code == EXIT_USAGE  # a fresh run would overwrite the checkpoints
     check_trained(config_path, "--resume")
 
     assert losses(tmp_path / "run") == losses(uninterrupted / "run")
@@ -404,25 +404,46 @@ def test_resume_without_a_checkpoint_is_bad_usage_like_a_missing_resume_from_fil
         assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_clips_that_fail_to_load_are_skipped_and_counted(tmp_path, sounds, tiny_model_dir) -> None:
+def test_a_clip_that_fails_to_load_is_skipped_counted_and_said_once_as_every_command_says_it(
+    tmp_path, sounds, tiny_model_dir, monkeypatch
+) -> None:
+    """The dataset logged `skipping PATH (row n): reason` through the logging module for every row, every epoch
+    and every evaluation that met the clip (from DataLoader workers, and every process under torchrun). The run
+    now says each clip once, `skipped PATH: reason` on stderr with the path as typed here, as every command does,
+    and exits 3."""
     (tmp_path / "broken.wav").write_text("not audio")
     rows = [json.loads(line) for line in (sounds / "train.jsonl").read_text().splitlines()[:3]]
     rows = [{**row, "audio": str(sounds / row["audio"])} for row in rows]
-    rows.append({"audio": "broken.wav", "task": "caption", "answer": "a crackle"})
-    manifest = tmp_path / "with-broken.jsonl"
-    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    # Batches of one: the broken clip's micro-batch is empty and trains on nothing.
-    config_path = write_config(tmp_path, tiny_model_dir, manifest, data={"batch_size": 1})
+    broken = [
+        {"audio": "broken.wav", "task": "caption", "answer": "a crackle"},
+        {"audio": "broken.wav", "task": "sound_event", "answer": ["crackle"]},  # another row, the same clip
+    ]
+    manifest, validation = tmp_path / "with-broken.jsonl", tmp_path / "validation.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows + broken))
+    validation.write_text("".join(json.dumps(row) + "\n" for row in rows[:1] + broken[:1]))
+    # Batches of one: a broken clip's micro-batch is empty and trains on nothing. Two epochs, four evaluations.
+    config_path = write_config(
+        tmp_path,
+        tiny_model_dir,
+        manifest,
+        data={"batch_size": 1, "validation": str(validation)},
+        optimization={"max_steps": 10},
+        evaluation={"every": 3, "patience": None},
+    )
+    monkeypatch.chdir(tmp_path)
     result = train_command(config_path)
     # As for every command: it ran, but some audio could not be used (the dry run says 3 for the same manifest).
-    assert result.exit_code == EXIT_PARTIAL, result.output  # was 0
-    assert "trained without the clips reported above" in result.stderr
+    assert result.exit_code == EXIT_PARTIAL, result.output
+    said = [line for line in result.stderr.splitlines() if line.startswith(("skipped", "skipping", "WARNING"))]
+    assert said == ["skipped broken.wav: not a readable audio file (unknown format or corrupt data)"], said
+    assert "warning: trained without the clips reported above" in result.stderr
     assert (tmp_path / "run" / "model").is_dir()
     records = read_metrics(tmp_path / "run" / METRICS_FILE, "train")
-    assert [record["skipped"] for record in records].count(1) == 1 and sum(r["skipped"] for r in records) == 1
-    assert sum(record["samples"] for record in records) == 3
-    assert [record["loss"] is None for record in records] == [record["skipped"] == 1 for record in records]
+    assert sum(record["skipped"] for record in records) == 4  # two rows, two epochs: counted where met
+    assert sum(record["samples"] for record in records) == 6
+    assert [record["loss"] is None for record in records] == [record["samples"] == 0 for record in records]
     assert all(np.isfinite(record["loss"]) for record in records if record["loss"] is not None)
+    assert all(record["skipped"] == 1 for record in read_metrics(tmp_path / "run" / METRICS_FILE, "eval"))
 
 
 # --- Distributed ------------------------------------------------------------------------------------------------
@@ -465,6 +486,45 @@ def test_two_gloo_processes_equal_one_process_with_the_combined_batch(tmp_path, 
         assert all(torch.allclose(trained[key], reference[key], rtol=0, atol=1e-6) for key in reference), other
     mapper = "caption_decoder.audio_project.linear.weight"
     assert not torch.equal(reference[mapper], weights(tiny_model_dir)[mapper])  # it did train
+
+
+def test_under_torchrun_rank_0_alone_says_each_clip_that_fails_once(tmp_path, sounds, tiny_model_dir) -> None:
+    """Each process meets the broken clips of its shard, each epoch; under `python -m trainer` the dataset logged
+    `WARNING trainer.data: skipping PATH (row n): reason` every time, on every process. Now rank 0 says each clip
+    once, `skipped PATH: reason`, whichever process met it."""
+    for name in ("crackle", "static"):
+        (tmp_path / f"{name}.wav").write_text("not audio")
+    rows = [{"audio": str(sounds / f"{name}.wav"), "task": "caption", "answer": "a sound"} for name in ("hum", "noise")]
+    broken = ["crackle.wav", "static.wav", "gone.wav"]
+    rows += [{"audio": name, "task": task, "answer": "a crackle"} for name in broken for task in ("caption", "qa")]
+    for row in rows[2:]:
+        row["question"] = "what is it?" if row["task"] == "qa" else None
+    manifest = tmp_path / "with-broken.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    # 8 rows, 2 processes, batches of one: 4 steps an epoch; two epochs.
+    config_path = write_config(tmp_path, tiny_model_dir, manifest, data={"batch_size": 1})
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launched = subprocess.run(
+        [*command, "-m", "trainer", str(config_path), "--set", "optimization.max_steps=8"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    said = [line for line in launched.stderr.splitlines() if "skipp" in line]
+    unreadable = "not a readable audio file (unknown format or corrupt data)"
+    assert sorted(said) == [
+        f"skipped crackle.wav: {unreadable}",
+        "skipped gone.wav: file not found",
+        f"skipped static.wav: {unreadable}",
+    ], launched.stderr[-3000:]
+    assert launched.stderr.count("trained without the clips reported above") == 1, launched.stderr[-3000:]
+    # Rank 0 exits 3 (torchrun reports it and exits 1); the others end well: a process that exited 3 first made
+    # torchrun stop rank 0 (SIGTERM) as it ended.
+    assert "SIGTERM" not in launched.stderr and re.search(r"rank\s*: 0 .*\n\s*exitcode\s*: 3 ", launched.stderr)
+    assert (tmp_path / "run" / "model").is_dir()
 
 
 # --- Set-up from scratch ---------------------------------------------------------------------------------------

@@ -1,12 +1,14 @@
 """From labels to a model: `train init` (manifests, label map, config from a recipe), the run's watchable parts
-(validation accuracy, best model, early stopping, samples across classes, honest samples/s, Ctrl-C, export of any
-checkpoint, the plot), augmentation, the feature cache and what `--dry-run` warns about."""
+(validation accuracy, best model, early stopping, samples across classes, honest samples/s, Ctrl-C and SIGTERM,
+export of any checkpoint, the plot), augmentation, the feature cache and what `--dry-run` warns about."""
 
 from __future__ import annotations
 
 import json
 import shlex
+import sys
 from pathlib import Path
+from signal import SIGINT, SIGTERM, getsignal
 
 import numpy as np
 import pytest
@@ -16,9 +18,18 @@ import yaml
 from typer.testing import CliRunner
 
 from pengi_search.cli import app
-from pengi_search.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
+from pengi_search.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    UsageError,
+)
 from pengi_search.model import Pengi
 from pengi_search.model_dir import ModelDir
+from pengi_search.stop_signals import interrupted_by_stop_signals, interrupted_exit_code
 from pengi_search.units import duration_text
 from trainer.augment import augment
 from trainer.config import AugmentationSection, load_config
@@ -30,6 +41,9 @@ from trainer.loop import Trainer
 from trainer.model_setup import build_model, parameter_groups
 from trainer.recipes import RECIPES, init_run
 from trainer.reporting import METRICS_FILE, PLOT_FILE, RateWindow, read_metrics
+from trainer.stopping import InterruptRequest
+
+from .indexing import send_to_self, signal_when
 
 RATE = 44_100
 LABELS = ("low", "high", "hiss", "buzz")
@@ -341,6 +355,67 @@ def test_a_labelled_run_reports_accuracy_keeps_the_best_model_and_plots(tmp_path
     assert all(record["samples_per_s"] > 0 for record in read_metrics(run / METRICS_FILE, "train"))
 
 
+def test_a_run_its_dry_run_and_export_name_the_paths_the_config_resolved_as_typed_here(
+    tmp_path, tiny_no_text_model_dir, monkeypatch
+) -> None:
+    """The configuration resolves its paths against its folder; what the commands print of them was absolute. Now,
+    as `train init` prints its files: relative to the current folder when under it (else absolute)."""
+    config_path = label_run_config(tmp_path, tiny_no_text_model_dir, optimization__max_steps=2)
+    missing = tmp_path / "clips" / "gone.wav"
+    with (tmp_path / "train.jsonl").open("a") as manifest:
+        manifest.write(json.dumps({"audio": str(missing), "task": "sound_event", "answer": "gone"}) + "\n")
+    monkeypatch.chdir(tmp_path / "clips")  # the run's folder is above: its paths stay absolute
+    result = cli("train", str(config_path), "--dry-run")
+    assert f"train {tmp_path / 'train.jsonl'}: " in result.stdout, result.stdout
+    monkeypatch.chdir(tmp_path)
+    result = cli("train", "run.yaml", "--dry-run")
+    assert result.exit_code == EXIT_PARTIAL, result.output
+    assert "train train.jsonl: 9 examples, 8 usable, 1 missing" in result.stdout  # was /tmp/.../train.jsonl
+    assert "validation validation.jsonl: " in result.stdout
+    assert "  row 9: clips/gone.wav: file not found" in result.stdout.splitlines()
+    sf.write(missing, np.zeros(RATE // 2, dtype=np.float32), RATE)
+
+    result = cli("train", "run.yaml")
+    assert result.exit_code == EXIT_OK, result.output
+    said = result.output.splitlines()
+    assert "model written to run/model" in said
+    assert any(line.startswith("best accuracy") and line.endswith(": run/best-model") for line in said), said
+    result = cli("train", "export", "run/checkpoints/step-00000002.pt")
+    assert result.exit_code == EXIT_OK and result.stdout.strip() == "model written to run/model-step-00000002"
+
+
+def test_a_run_on_cached_features_says_each_clip_it_could_not_encode_once(
+    tmp_path, tiny_no_text_model_dir, monkeypatch
+) -> None:
+    """Encoding the clips met a broken one once per view, and the dataset logged `skipping PATH (row n): reason`
+    each time; now the run says it once, as every command says a file it went on without, and exits 3."""
+    config_path = label_run_config(tmp_path, tiny_no_text_model_dir, optimization__max_steps=2)
+    config = yaml.safe_load(config_path.read_text())
+    config_path.write_text(yaml.safe_dump({**config, "augmentation": {"views": 3, "gain_db": 6.0}}))
+    (tmp_path / "clips" / "broken.wav").write_text("not audio")
+    for manifest in ("train.jsonl", "validation.jsonl"):
+        with (tmp_path / manifest).open("a") as out:
+            for task in ("sound_event", "caption"):  # two rows, one clip
+                out.write(json.dumps({"audio": "clips/broken.wav", "task": task, "answer": "crackle"}) + "\n")
+    monkeypatch.chdir(tmp_path)
+    result = cli("train", "run.yaml")
+    assert result.exit_code == EXIT_PARTIAL, result.output
+    said = [line for line in result.output.splitlines() if "skipp" in line or line.startswith("WARNING")]
+    assert said == ["skipped clips/broken.wav: not a readable audio file (unknown format or corrupt data)"]
+
+
+def test_what_a_run_says_while_it_encodes_reads_one_line_each_in_a_log(tmp_path, tiny_no_text_model_dir) -> None:
+    """Off a terminal, the note on the frozen encoder broke at 80 columns, and the encoding bar left a blank line."""
+    config_path = label_run_config(tmp_path / "a long folder name", tiny_no_text_model_dir, logging__quiet=False)
+    result = cli("train", str(config_path), "--set", "optimization.max_steps=1")
+    assert result.exit_code == EXIT_OK, result.output
+    lines = result.output.splitlines()
+    frozen = next(line for line in lines if line.startswith("the audio encoder is frozen"))
+    assert frozen.endswith("reused by every epoch") and len(frozen) > 80
+    ready = next(index for index, line in enumerate(lines) if line.startswith("audio features ready"))
+    assert lines[ready - 1] == frozen
+
+
 def test_early_stopping_ends_the_run_when_the_metric_stops_improving(tmp_path, tiny_no_text_model_dir) -> None:
     config_path = label_run_config(
         tmp_path, tiny_no_text_model_dir, optimization__lr=1e-9, evaluation__patience=2, evaluation__metric="val_loss"
@@ -408,6 +483,35 @@ def test_ctrl_c_writes_a_checkpoint_and_the_model_and_any_checkpoint_exports(
     assert read_metrics(run / METRICS_FILE, "end")[-1]["step"] == 40
 
 
+def test_sigterm_stops_a_run_after_its_step_with_a_checkpoint_the_model_and_its_own_exit_code(
+    tmp_path, tiny_no_text_model_dir
+) -> None:
+    """What a scheduler's preemption, `kill` and torchrun send: the run ends as on Ctrl-C, with 143."""
+    config_path = label_run_config(tmp_path, tiny_no_text_model_dir, optimization__max_steps=100_000, logging__every=1)
+    metrics = tmp_path / "run" / METRICS_FILE
+    command = [sys.executable, "-m", "pengi_search", "train", str(config_path)]
+    status, stderr = signal_when(command, lambda: metrics.is_file() and bool(read_metrics(metrics, "train")), SIGTERM)
+    assert status == EXIT_TERMINATED and stderr.splitlines()[-1:] == ["interrupted"], stderr
+    [end] = read_metrics(metrics, "end")
+    run = tmp_path / "run"
+    assert (run / "checkpoints" / f"step-{end['step']:08d}.pt").is_file()
+    assert json.loads((run / "model" / "config.json").read_text())["trained"]["steps"] == end["step"]
+
+
+def test_either_stop_signal_asks_the_run_to_stop_and_a_second_one_interrupts_at_once() -> None:
+    for number, code in ((SIGINT, EXIT_INTERRUPTED), (SIGTERM, EXIT_TERMINATED)):
+        before = getsignal(number)
+        with interrupted_by_stop_signals(), InterruptRequest() as interrupt:  # the command line's, then the run's
+            try:
+                send_to_self(number)
+            except KeyboardInterrupt:
+                pytest.fail("the run was interrupted mid-step")
+            assert interrupt.requested and interrupted_exit_code() == code
+            with pytest.raises(KeyboardInterrupt):
+                send_to_self(number)
+        assert getsignal(number) == before  # each put back the handler it found
+
+
 def test_per_part_learning_rates_make_their_own_groups(tiny_no_text_model_dir) -> None:
     model = Pengi.from_pretrained(tiny_no_text_model_dir)
     groups = parameter_groups(model, 1e-4, {"mappers": 1e-3, "audio_encoder": 1e-6})
@@ -433,6 +537,7 @@ def test_dry_run_refuses_what_the_run_refuses_too_few_examples(tmp_path, tiny_no
     assert "cannot train" in result.output
     result = cli("train", str(config_path))
     assert result.exit_code == EXIT_FAILED and "too few for one step of batch_size 64" in result.output
+    assert "lower data.batch_size" in result.output  # the dry run's advice, which the run lacked
 
 
 def test_a_bad_config_is_bad_usage_for_the_dry_run_as_for_the_run(tmp_path, tiny_no_text_model_dir) -> None:
@@ -457,15 +562,27 @@ def test_a_bad_config_is_bad_usage_for_the_dry_run_as_for_the_run(tmp_path, tiny
     assert result.exit_code == EXIT_USAGE and needs_cuda in result.output
 
 
-def test_dry_run_refuses_an_output_dir_holding_a_run_unless_resuming(tmp_path, tiny_no_text_model_dir) -> None:
+def test_an_output_dir_holding_a_run_is_bad_usage_for_a_new_run_and_its_dry_run_unless_resuming(
+    tmp_path, tiny_no_text_model_dir, monkeypatch
+) -> None:
+    """Nothing was done and the fix is in the command (--resume) or the config (output_dir): exit code 2, as `train
+    init` refusing a taken folder and --resume without a checkpoint (it was 1), on one line naming the folder as
+    typed here, before any set-up."""
+    import trainer.loop
+
     config_path = label_run_config(tmp_path, tiny_no_text_model_dir)
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     (tmp_path / "run" / "checkpoints" / "step-00000010.pt").write_bytes(b"")
-    holds = "holds checkpoints of a run: continue it with --resume, or choose a new output_dir"
-    result = cli("train", str(config_path), "--dry-run")
-    assert result.exit_code == EXIT_FAILED and holds in result.output  # was "ready to train", exit code 0
-    result = cli("train", str(config_path))  # the run refuses it in the same words
-    assert result.exit_code == EXIT_FAILED and holds in result.output
+    monkeypatch.chdir(tmp_path)
+    holds = "error: run: holds checkpoints of a run: continue it with --resume, or choose a new output_dir"
+    with monkeypatch.context() as during:
+        during.setattr(trainer.loop, "Trainer", None)  # set-up (minutes of feature encoding) must not start
+        for dry_run in (["--dry-run"], []):  # the run refuses it in the same words
+            result = cli("train", str(config_path), *dry_run)
+            assert result.exit_code == EXIT_USAGE, result.output  # was 1
+            assert result.output.strip() == holds
+            with pytest.raises(UsageError, match="holds checkpoints of a run"):  # library callers alike
+                (dry_run_report if dry_run else trainer.loop.train)(load_config(config_path))
     result = cli("train", str(config_path), "--dry-run", "--resume")
     assert result.exit_code == EXIT_OK and "ready to train" in result.output
     assert "already finished" not in result.output

@@ -31,6 +31,7 @@ from pengi_search.cli.common import EXIT_INTERRUPTED, EXIT_USAGE
 from pengi_search.cli.index import _print_run_line
 from pengi_search.db import Store
 from pengi_search.db.run_lock import indexing_lock
+from pengi_search.errors import EXIT_TERMINATED
 
 from .indexing import INDEXED, count_rows, quick_options, write_tone
 
@@ -118,6 +119,17 @@ def test_watch_indexes_what_is_added_forgets_what_is_deleted_and_ctrl_c_ends_it_
     assert watch.out.queue.get(timeout=PATIENCE_S) is None  # nothing more written
     with Store.open(watch.db) as store:
         assert [run.status for run in store.runs()] == ["finished"] * 3  # no other run, none recorded interrupted
+
+
+def test_sigterm_ends_the_watch_as_ctrl_c_does_with_its_own_exit_code(tiny_model_dir, tmp_path):
+    """`systemctl stop`, `docker stop`: between runs nothing is recorded, and the exit code is SIGTERM's."""
+    with watching(tmp_path, tiny_model_dir) as watch:
+        watch.process.send_signal(signal.SIGTERM)  # idle: the first run has reported
+        assert watch.process.wait(timeout=PATIENCE_S) == EXIT_TERMINATED
+        watch.err.until("interrupted")
+    assert watch.out.queue.get(timeout=PATIENCE_S) is None  # nothing more written
+    with Store.open(watch.db) as store:
+        assert [run.status for run in store.runs()] == ["finished"]
 
 
 def test_watch_waits_for_another_run_holding_the_library_then_says_what_changed_in_a_line(tiny_model_dir, tmp_path):

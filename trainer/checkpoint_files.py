@@ -10,13 +10,16 @@ import re
 from pathlib import Path
 
 from pengi_search.errors import UsageError, not_found
+from pengi_search.paths import as_typed
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_CHECKPOINT = "best.pt"  # the training state at the best evaluation (not counted among the `keep` newest)
 CHECKPOINT_NAME = re.compile(r"^step-(\d+)\.pt$")
 # What to give instead of a folder where a checkpoint file was wanted.
 CHECKPOINT_HINT = "name one of its checkpoint files (…/checkpoints/step-*.pt or best.pt)"
-# Why `train` (and its dry run) will not start a new run in an output_dir that holds one.
+# Why `train` (and its dry run) will not start a new run in an output_dir that holds one: bad usage (exit code 2),
+# as `train init` refusing a taken folder and `--resume` without a checkpoint are; nothing was done, and the fix
+# is in the command (--resume) or the configuration (output_dir).
 HOLDS_A_RUN = "holds checkpoints of a run: continue it with --resume, or choose a new output_dir"
 
 
@@ -51,7 +54,9 @@ def latest_checkpoint(output_dir: Path) -> Path:
     `--resume-from` file is: the input asked for does not exist, nothing was done, and the fix is in the command."""
     checkpoints = list_checkpoints(output_dir)
     if not checkpoints:
-        raise UsageError(output_dir / CHECKPOINT_DIR, "no checkpoint to resume from: start the run without --resume")
+        raise UsageError(
+            as_typed(output_dir / CHECKPOINT_DIR), "no checkpoint to resume from: start the run without --resume"
+        )
     return checkpoints[-1]
 
 
@@ -66,9 +71,12 @@ def existing_checkpoint(path: Path) -> Path:
 
 
 def checkpoint_to_resume(output_dir: Path, resume: bool | Path) -> Path | None:
-    """The checkpoint a run continues from: none for a new run (`resume` False), the latest in `output_dir` for
-    `--resume` (True), the named file for `--resume-from` (a path). `train` and its dry run both ask here, before
-    any set-up, so that a mistyped path fails at once and in the same words."""
+    """The checkpoint a run continues from: none for a new run (`resume` False), whose `output_dir` must not hold
+    a run (`HOLDS_A_RUN`), the latest in `output_dir` for `--resume` (True), the named file for `--resume-from` (a
+    path). `train` and its dry run both ask here, before any set-up, so that a mistyped path or a taken
+    output_dir fails at once and in the same words."""
     if not resume:
+        if list_checkpoints(output_dir):
+            raise UsageError(as_typed(output_dir), HOLDS_A_RUN)
         return None
     return latest_checkpoint(output_dir) if resume is True else existing_checkpoint(Path(resume))

@@ -18,6 +18,7 @@ import yaml
 
 from pengi_search.choices import Device
 from pengi_search.errors import UsageError
+from pengi_search.paths import as_typed
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 MODEL_PARTS = ("audio_encoder", "audio_projection", "mappers", "language_model", "text_encoder")
@@ -250,14 +251,14 @@ class TrainConfig:
 
     def _output_dir_problem(self) -> str | None:
         if self.output_dir is not None and self.output_dir.exists() and not self.output_dir.is_dir():
-            return f"output_dir {self.output_dir} is a file, not a folder"
+            return f"output_dir {as_typed(self.output_dir)} is a file, not a folder"
         return None
 
     def too_few_for_a_step(self, usable: int, processes: int) -> str:
         """What the run says when `usable` training examples make no whole step (and the dry run, in its words)."""
         return (
             f"{usable} usable examples are too few for one step of batch_size {self.data.batch_size} x "
-            f"grad_accumulation {self.optimization.grad_accumulation} x {processes} process(es)"
+            f"grad_accumulation {self.optimization.grad_accumulation} x {processes} process(es): lower data.batch_size"
         )
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import math
 import os
 from collections import Counter
@@ -34,8 +33,7 @@ SAMPLE_RATE = AudioConfig().sample_rate
 CLIP_SAMPLES = AudioConfig().clip_samples  # 7 s at 44.1 kHz, the length Pengi's audio encoder takes
 CSV_LIST_SEPARATOR = ";"  # between the labels of a list answer in a CSV cell
 FREE_PROMPT = "(free prompt)"  # what `task_mix` counts examples with a free prompt under
-
-log = logging.getLogger(__name__)
+MISSING = "file not found"  # why a clip that is not there cannot be used, in the dry run and in training alike
 
 PathLike = str | os.PathLike[str]
 
@@ -353,7 +351,7 @@ def check_audio(
 
 def _audio_problem(example: Example, load_fn: LoadAudio, sample_rate: int) -> str | None:
     if not example.audio.is_file():
-        return "file not found"
+        return MISSING
     try:
         load_example_audio(example, load_fn, sample_rate)
     except Exception as error:  # decoders fail in many ways; each is a problem of this file, to be reported
@@ -362,8 +360,11 @@ def _audio_problem(example: Example, load_fn: LoadAudio, sample_rate: int) -> st
 
 
 def _describe(error: Exception, audio: Path) -> str:
-    """Why `audio` could not be used, for a line that already names the file: our own errors about it give their
-    reason alone, anything else its type and message."""
+    """Why `audio` could not be used, for a line that already names the file: `MISSING` for a file that is not
+    there (as the dry run says it, whatever the decoder said), our own errors about it their reason alone, anything
+    else its type and message."""
+    if not audio.is_file():
+        return MISSING
     if isinstance(error, PengiSearchError) and error.where and Path(error.where) == audio:
         return error.reason
     return f"{type(error).__name__}: {error}"
@@ -404,8 +405,8 @@ class AudioTextDataset(Dataset):
 
     Training takes a random window of each clip, a deterministic function of (seed, epoch, index), so a
     resumed run sees the same data, and changes it as `augmentation` says (seeded the same way); evaluation takes
-    the start, unchanged. Audio that fails to load gives a `FailedItem`
-    (and a warning) instead of an exception; `collate_examples` drops it, listing it in `skipped`.
+    the start, unchanged. Audio that fails to load gives a `FailedItem` (its reason) instead of an exception;
+    `collate_examples` drops it, listing it in `skipped`.
     Call `set_epoch` before each epoch; with persistent DataLoader workers the change would not reach them.
     """
 
@@ -443,10 +444,10 @@ class AudioTextDataset(Dataset):
         example = self.examples[index]
         try:
             audio = load_example_audio(example, self.load_audio, self.sample_rate)
-        except Exception as error:  # as in check_audio: reported and skipped, never fatal to the epoch
-            reason = _describe(error, example.audio)
-            log.warning("skipping %s (row %d): %s", example.audio, example.row, reason)
-            return FailedItem(index=index, error=reason)
+        except Exception as error:  # as in check_audio: skipped, never fatal to the epoch
+            # Not reported here: this may be a DataLoader worker, any process of a run, any epoch. The item carries
+            # the reason to the run, which says each clip once (`trainer.reporting.SkippedClips`).
+            return FailedItem(index=index, error=_describe(error, example.audio))
         clip = fit_clip(audio, self.clip_samples, self.window_offset(audio.size, index))
         if self.augmentation is not None:
             rng = np.random.default_rng((self.seed, self.epoch, index, 1))

@@ -21,14 +21,14 @@ from pengi_search.config import PengiConfig
 from pengi_search.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, PengiSearchError
 from pengi_search.messages import print_warning
 from pengi_search.model import Pengi
+from pengi_search.paths import as_typed
 from pengi_search.tokenization import PromptTooLongError, Tokenizers
 from pengi_search.units import duration_text
-from trainer.checkpoint_files import HOLDS_A_RUN, checkpoint_step, checkpoint_to_resume, list_checkpoints
+from trainer.checkpoint_files import checkpoint_step, checkpoint_to_resume
 from trainer.config import TrainConfig
-from trainer.data import Example, LoadAudio, check_audio, read_manifest, task_mix
+from trainer.data import MISSING, Example, LoadAudio, check_audio, read_manifest, task_mix
 from trainer.features import clip_key
 
-MISSING = "file not found"  # the reason `check_audio` gives for a file that is not there
 PROBLEMS_SHOWN = 20  # per manifest; the counts cover them all
 
 
@@ -83,9 +83,9 @@ def dry_run_report(
 ) -> DryRunReport:
     """Read the manifests, decode every clip, check the model's files exist and work out the step plan.
 
-    `resume` as `train` takes it (--resume, --resume-from): a new run refuses an output_dir with checkpoints, a
-    resumed one needs its checkpoint, whose absence raises as in training (`checkpoint_to_resume`), as does a
-    manifest that cannot be parsed (`ManifestError`).
+    `resume` as `train` takes it (--resume, --resume-from): an output_dir with checkpoints for a new run, or no
+    checkpoint for a resumed one, raises as in training (`checkpoint_to_resume`), as does a manifest that cannot be
+    parsed (`ManifestError`).
     """
     checkpoint = checkpoint_to_resume(config.output_dir, resume)
     roles = [("train", config.data.train), ("validation", config.data.validation)]
@@ -93,7 +93,7 @@ def dry_run_report(
     plan = _plan(config, manifests[0].usable)
     report = DryRunReport(manifests, config.problems(cuda=torch.cuda.is_available()), _model_problems(config), plan)
     report.warnings += _plan_warnings(report.plan)
-    report.run_problems += _run_problems(config, report.plan, manifests[0].usable, resume)
+    report.run_problems += _run_problems(config, report.plan, manifests[0].usable)
     report.warnings += _resume_warnings(config, report.plan, checkpoint)
     if not report.model_problems:
         _check_model(config, report, source or Path("<config>"))
@@ -178,14 +178,12 @@ def _plan_warnings(plan: dict[str, int | None]) -> list[str]:
     return warnings
 
 
-def _run_problems(config: TrainConfig, plan: dict[str, int | None], usable: int, resume: bool | Path) -> list[str]:
+def _run_problems(config: TrainConfig, plan: dict[str, int | None], usable: int) -> list[str]:
     """What `train` would refuse before its first step: the same checks, the same words."""
     problems = []
-    if not resume and list_checkpoints(config.output_dir):
-        problems.append(f"{config.output_dir}: {HOLDS_A_RUN}")
     if plan.get("steps_per_epoch") == 0 and usable:
         too_few = config.too_few_for_a_step(usable, plan.get("processes") or 1)
-        problems.append(f"{config.data.train}: {too_few}: lower data.batch_size")
+        problems.append(f"{as_typed(config.data.train)}: {too_few}")
     return problems
 
 
@@ -248,7 +246,8 @@ def _model_problems(config: TrainConfig) -> list[str]:
         "model.gpt2_tokenizer": section.gpt2_tokenizer,
         "model.clip_tokenizer": section.clip_tokenizer,
     }
-    return [f"{key}: {path} does not exist" for key, path in paths.items() if path is not None and not path.exists()]
+    missing = [(key, path) for key, path in paths.items() if path is not None and not path.exists()]
+    return [f"{key}: {as_typed(path)} does not exist" for key, path in missing]
 
 
 def _plan(config: TrainConfig, usable: int) -> dict[str, int | None]:
@@ -296,12 +295,12 @@ def print_dry_run(report: DryRunReport, console: Console) -> None:
 
 def _print_manifest(check: ManifestCheck, console: Console) -> None:
     console.print(
-        f"[bold]{check.role}[/] {escape(str(check.path))}: {check.examples} examples, {check.usable} usable, "
-        f"{check.missing} missing, {check.broken} unreadable",
+        f"[bold]{check.role}[/] {escape(str(as_typed(check.path)))}: {check.examples} examples, {check.usable} "
+        f"usable, {check.missing} missing, {check.broken} unreadable",
         soft_wrap=True,
     )
-    for example, reason in check.problems[:PROBLEMS_SHOWN]:
-        console.print(f"  row {example.row}: {example.audio}: {reason}", markup=False, soft_wrap=True)
+    for example, reason in check.problems[:PROBLEMS_SHOWN]:  # the configuration resolved the paths: shown as typed
+        console.print(f"  row {example.row}: {as_typed(example.audio)}: {reason}", markup=False, soft_wrap=True)
     if len(check.problems) > PROBLEMS_SHOWN:
         console.print(f"  ... and {len(check.problems) - PROBLEMS_SHOWN} more")
     table = Table("task", "examples", "share", title=f"{check.role} task mix")

@@ -35,6 +35,7 @@ class ValidationLoss:
     loss: float  # mean NLL per answer token over the whole validation set
     tokens: int
     skipped: int  # examples whose audio failed to load
+    failed: list[tuple[int, str]]  # this process's of them: (row, reason), for the run to report
 
 
 @torch.no_grad()
@@ -53,17 +54,18 @@ def validation_loss(
     """Every process evaluates every `world_size`-th example; the sums are added up across processes."""
     shard = list(range(processes.rank, len(dataset), processes.world_size))
     loader = DataLoader(dataset, batch_size, sampler=shard, collate_fn=collate_examples, num_workers=num_workers)
-    nll = tokens = skipped = 0.0
+    nll = tokens = 0.0
+    failed: list[tuple[int, str]] = []
     for batch in loader:
-        skipped += len(batch["skipped"])
+        failed += batch["skipped"]
         if not batch["answer"]:
             continue
         inputs = encode_batch(batch, tokenizers, max_answer_tokens, audio_shape).to(processes.device)
         with autocast():
             nll += float(loss_module(**vars(inputs)))
         tokens += inputs.tokens
-    nll, tokens, skipped = sum_across(processes, [nll, tokens, skipped])
-    return ValidationLoss(nll / max(tokens, 1.0), int(tokens), int(skipped))
+    nll, tokens, skipped = sum_across(processes, [nll, tokens, float(len(failed))])
+    return ValidationLoss(nll / max(tokens, 1.0), int(tokens), int(skipped), failed)
 
 
 # --- Audio embeddings of dataset rows -----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ the final model directory (`<output_dir>/model`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 import logging
@@ -25,7 +26,7 @@ from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from pengi_search.checkpoint import CheckpointError
 from pengi_search.consoles import Console, make_console
@@ -34,14 +35,13 @@ from pengi_search.inference import Engine
 from pengi_search.messages import print_warning
 from pengi_search.model import Pengi
 from pengi_search.model_dir import is_model_dir
+from pengi_search.paths import as_typed
 from pengi_search.tokenization import Tokenizers
 from trainer.checkpoint_files import (
     BEST_CHECKPOINT,
     CHECKPOINT_DIR,
-    HOLDS_A_RUN,
     checkpoint_path,
     checkpoint_to_resume,
-    list_checkpoints,
 )
 from trainer.config import ConfigError, TrainConfig
 from trainer.data import Batch, collate_examples
@@ -66,7 +66,15 @@ from trainer.model_setup import (
 )
 from trainer.objective import AnswerNll, encode_batch
 from trainer.optimization import Optimization, autocast
-from trainer.reporting import METRICS_FILE, PLOT_FILE, MetricsLog, RateWindow, TrainingProgress, write_plot
+from trainer.reporting import (
+    METRICS_FILE,
+    PLOT_FILE,
+    MetricsLog,
+    RateWindow,
+    SkippedClips,
+    TrainingProgress,
+    write_plot,
+)
 from trainer.run_data import prepare_data, quiet
 from trainer.sampling import ResumableSampler
 from trainer.state import (
@@ -97,6 +105,9 @@ class TrainingResult:
     model_dir: Path | None  # the exported model directory (rank 0)
     steps: int
     audio_skipped: bool = False  # some rows' audio could not be used (each reported): the command exits 3
+    # Rank 0, which reports for the run: only its command says the outcome and exits 3 for skipped audio. Under
+    # torchrun a process ending with a code other than 0 makes it stop the others (SIGTERM), even rank 0 as it ends.
+    main: bool = True
 
 
 def train(
@@ -110,9 +121,8 @@ def train(
     source = source or Path("<config>")
     if problems := config.problems(cuda=torch.cuda.is_available()):
         raise ConfigError(source, problems[0])
-    if not resume and list_checkpoints(config.output_dir):
-        raise TrainingError(config.output_dir, HOLDS_A_RUN)
-    checkpoint = checkpoint_to_resume(config.output_dir, resume)  # before the set-up (features take minutes)
+    # Before the set-up (features take minutes): a missing checkpoint, or a new run in an output_dir holding one.
+    checkpoint = checkpoint_to_resume(config.output_dir, resume)
     processes = start_processes(config.runtime.device)
     trainer = None
     try:
@@ -160,7 +170,8 @@ class Trainer:
         torch.manual_seed(config.seed + processes.rank)  # each process its own dropout
         shown = processes.main and not config.logging.quiet
         self.console = console or make_console(stderr=True)
-        say = self.console.print if shown else quiet
+        # As the progress prints (`TrainingProgress.print`): as written, and on one line in a log.
+        say = functools.partial(self.console.print, markup=False, highlight=False, soft_wrap=True) if shown else quiet
         self.data = prepare_data(config, self.model, self.tokenizers, source, cached=cached, say=say)
         self._setup_loader()
         self.optimization = Optimization(
@@ -176,7 +187,8 @@ class Trainer:
         self.rate = RateWindow()
         self.best = BestTracker(self._metric(), config.evaluation.patience)
         self.evaluated_at: int | None = None  # the step of the last evaluation
-        self.skipped_rows = float(self.data.skipped_at_caching)  # rows whose audio failed, on this process
+        self.skips = SkippedClips(self.console if processes.main else None)  # said even with --quiet
+        self.skips.note(self.data.skipped_at_caching)
         self.stopped_early = False
         self.last_checkpoint: int | None = None  # step of the latest step checkpoint
         self.rng_to_restore: dict[str, Any] | None = None
@@ -204,7 +216,9 @@ class Trainer:
         accumulation = self.config.optimization.grad_accumulation
         self.steps_per_epoch = self.sampler.num_samples // data.batch_size // accumulation
         if self.steps_per_epoch == 0:
-            raise TrainingError(data.train, self.config.too_few_for_a_step(len(train_set), processes.world_size))
+            raise TrainingError(
+                as_typed(data.train), self.config.too_few_for_a_step(len(train_set), processes.world_size)
+            )
         opt = self.config.optimization
         self.total_steps = opt.max_steps or opt.epochs * self.steps_per_epoch
 
@@ -240,7 +254,7 @@ class Trainer:
         else:
             self._warn(f"the checkpoint was written by {len(rng)} processes, not {processes}: random streams restart")
         self.metrics.truncate_after(self.position.step)
-        self.progress.print(f"resumed from {path} at step {self.position.step}")
+        self.progress.print(f"resumed from {as_typed(path)} at step {self.position.step}")
 
     def _warn(self, message: str) -> None:
         """Said once (by rank 0), even with --quiet, as the command line says its warnings."""
@@ -274,11 +288,11 @@ class Trainer:
         folder = self.config.output_dir
         model_dir = folder / MODEL_DIR if is_model_dir(folder / MODEL_DIR) else None
         if model_dir is not None:
-            model = f"its model is in {model_dir}"
+            model = f"its model is in {as_typed(model_dir)}"
             if (folder / BEST_MODEL_DIR).is_dir():
-                model += f" (the best evaluation's in {folder / BEST_MODEL_DIR})"
+                model += f" (the best evaluation's in {as_typed(folder / BEST_MODEL_DIR)})"
         else:
-            model = f"`pengi-search train export {shlex.quote(str(checkpoint))}` writes its model"
+            model = f"`pengi-search train export {shlex.quote(str(as_typed(checkpoint)))}` writes its model"
         if self.processes.main:  # even with --quiet: it is the run's only outcome
             self.console.print(
                 f"the run already finished {where}: nothing was trained or written; {model}. To train on, raise "
@@ -286,7 +300,7 @@ class Trainer:
                 soft_wrap=True,
                 markup=False,
             )
-        return TrainingResult(self.model, self.tokenizers, model_dir, self.position.step)
+        return TrainingResult(self.model, self.tokenizers, model_dir, self.position.step, main=self.processes.main)
 
     # --- Loop --------------------------------------------------------------------------------------------------
 
@@ -300,6 +314,7 @@ class Trainer:
             self.metrics.truncate_after(0)  # what a run that crashed before its first checkpoint logged
         if self.rng_to_restore is not None:
             restore_rng(self.rng_to_restore, self.device)
+        self._say_skipped()  # what encoding the clips found; a resumed run that trains nothing says none of it
         with self.progress, InterruptRequest() as interrupt:
             self.interrupt = interrupt
             self.progress.advance(self.position.step)
@@ -310,11 +325,20 @@ class Trainer:
             self._evaluate()  # the budget ended the run between evaluations: the last steps may hold the best model
         if self.position.step < self.total_steps and self.last_checkpoint != self.position.step:
             self._checkpoint()  # stopped early (Ctrl-C, patience, time budget): the run can be resumed or exported
+        self._say_skipped()  # the steps since the last log (a run stopped early), before the run's outcome
         model_dir = self._finish()
         if self._interrupted():
             raise KeyboardInterrupt  # after the checkpoint and the model: the command line exits with 130
-        (skipped,) = sum_across(self.processes, [self.skipped_rows])
-        return TrainingResult(self.model, self.tokenizers, model_dir, self.position.step, audio_skipped=skipped > 0)
+        step, skipped, main = self.position.step, self.skips.any, self.processes.main
+        return TrainingResult(self.model, self.tokenizers, model_dir, step, audio_skipped=skipped, main=main)
+
+    def _note_skipped(self, dataset: Dataset, skipped: list[tuple[int, str]]) -> None:
+        """Rows of `dataset` whose audio failed here, with why: said at the next `_say_skipped`."""
+        self.skips.note((dataset.examples[row].audio, reason) for row, reason in skipped)
+
+    def _say_skipped(self) -> None:
+        """Rank 0 says each clip any process noted, once (every process calls this at the same points)."""
+        self.skips.say(gather_objects(self.processes, self.skips.take()))
 
     def _interrupted(self) -> bool:
         (requested,) = sum_across(self.processes, [float(self.interrupt.requested)])
@@ -376,9 +400,9 @@ class Trainer:
         interval.nll += nll_sum
         interval.tokens += local_tokens
         interval.samples += samples
-        skipped = sum(len(batch["skipped"]) for batch in micro)
-        interval.skipped += skipped
-        self.skipped_rows += skipped
+        for batch in micro:
+            self._note_skipped(self.data.train_set, batch["skipped"])
+            interval.skipped += len(batch["skipped"])
         self.rate.step(samples * processes.world_size)
 
     def _after_step(self) -> None:
@@ -414,6 +438,7 @@ class Trainer:
         )
         self.progress.advance(self.position.step, self.rate.rate, loss)
         self.interval = _Interval()
+        self._say_skipped()
 
     def _evaluate(self) -> None:
         self.evaluated_at = self.position.step
@@ -433,7 +458,8 @@ class Trainer:
                 autocast=self._autocast,
             )
             record.update(val_loss=result.loss, tokens=result.tokens, skipped=result.skipped)
-            self.skipped_rows += result.skipped
+            self._note_skipped(data.val_set, result.failed)
+            self._say_skipped()
         if self.processes.main:
             engine = Engine(self.model, self.tokenizers, self.device, batch_size=self.config.data.batch_size)
             record.update(self._label_metrics(engine))
@@ -549,10 +575,11 @@ class Trainer:
         if self.config.logging.plot and write_plot(folder / METRICS_FILE, folder / PLOT_FILE) is None:
             self._warn(f"matplotlib is not installed: no {PLOT_FILE} (pip install matplotlib)")
         # The run's outcome, said even with --quiet (which quiets the progress): where its models are.
-        self.console.print(f"model written to {model_dir}", soft_wrap=True, markup=False)
+        # Paths as the user would type them here: the configuration resolved output_dir.
+        self.console.print(f"model written to {as_typed(model_dir)}", soft_wrap=True, markup=False)
         if self.best.best_step is not None and self.config.checkpoints.keep_best:
             best = f"best {self.best.metric} {self.best.best:.4f} at step {self.best.best_step}"
-            self.console.print(f"{best}: {folder / BEST_MODEL_DIR}", soft_wrap=True, markup=False)
+            self.console.print(f"{best}: {as_typed(folder / BEST_MODEL_DIR)}", soft_wrap=True, markup=False)
         wait_for_all(self.processes)
         return model_dir
 

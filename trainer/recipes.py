@@ -25,7 +25,6 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
-import os
 import string
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ import numpy as np
 import yaml
 
 from pengi_search.errors import UsageError
+from pengi_search.paths import as_typed
 from trainer.checkpoint_files import list_checkpoints
 from trainer.data import manifest_path
 from trainer.templates import render_prompt
@@ -160,14 +160,6 @@ def held_out_groups(clips: list[LabelledClip], wanted: dict[str, int], rng: np.r
             held += groups[names[index]]
             taken.update(counts)
     return held
-
-
-def as_typed(path: Path) -> Path:
-    """`path` as a user would type it in the current folder: relative to it when under it, else absolute. Symbolic
-    links are kept (not resolved), as the user named them."""
-    absolute = Path(os.path.abspath(path))
-    here = Path.cwd()
-    return absolute.relative_to(here) if absolute.is_relative_to(here) else absolute
 
 
 def answer_text(label: str) -> str:

@@ -1,5 +1,5 @@
-"""What a run reports (rank 0 only): metrics as JSON lines, a PNG of their curves, and a Rich progress bar with
-samples/s and loss."""
+"""What a run reports (rank 0 only): metrics as JSON lines, a PNG of their curves, a Rich progress bar with
+samples/s and loss, and the clips it goes on without."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import math
 import time
 from collections import deque
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from pengi_search.consoles import make_console
+from pengi_search.messages import print_skipped
+from pengi_search.paths import as_typed
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "metrics.png"
@@ -150,3 +153,40 @@ class TrainingProgress:
         later keeps each message on one line (no wrapping at the 80 columns Rich assumes off a terminal)."""
         if self.enabled:
             self._progress.console.print(message, highlight=False, markup=False, soft_wrap=True)
+
+
+class SkippedClips:
+    """The clips whose audio a run could not use, each said once as every command says it (`skipped PATH:
+    reason`, the path as typed here), however many rows, views, epochs and evaluations meet it.
+
+    Clips fail where their audio is read: in DataLoader workers and on every process of a distributed run, so
+    each process `note`s what its batches skipped and `say` (called by every process at the same points) gathers
+    the notes to rank 0, which alone prints. Every process learns what was said, so all agree on `any`.
+    """
+
+    def __init__(self, console: Console | None) -> None:
+        self.console = console  # None: another process prints (a rank other than 0)
+        self.pending: list[tuple[str, str]] = []  # noted here since the last `say`
+        self.said: set[tuple[str, str]] = set()
+
+    def note(self, clips: Iterable[tuple[Path, str]]) -> None:
+        self.pending += [(str(path), reason) for path, reason in clips]
+
+    def take(self) -> list[tuple[str, str]]:
+        """This process's notes since the last call, for `say` to gather."""
+        pending, self.pending = self.pending, []
+        return pending
+
+    def say(self, gathered: Iterable[list[tuple[str, str]]]) -> None:
+        """Print the gathered notes of every process (`take`'s, in rank order) not said before."""
+        for notes in gathered:
+            for path, reason in notes:
+                if (path, reason) in self.said:
+                    continue
+                self.said.add((path, reason))
+                if self.console is not None:
+                    print_skipped(self.console, str(as_typed(path)), reason)
+
+    @property
+    def any(self) -> bool:
+        return bool(self.said)

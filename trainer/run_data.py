@@ -35,14 +35,16 @@ def quiet(message: str) -> None:
 @contextlib.contextmanager
 def progress_bar(shown: bool) -> Iterator[Callable[[int], None]]:
     """A bar counting encoded clips (views included), for the minutes a CPU spends encoding; drawn from the first
-    clip encoded, so that features read from the cache (a resumed run) show no empty bar."""
+    clip encoded, so that features read from the cache (a resumed run) show no empty bar. Only on a terminal: off
+    one Rich draws nothing but a blank line as the bar goes."""
+    console = make_console(stderr=True)
     bar = Progress(
         TextColumn("encoding audio"),
         BarColumn(),
         TextColumn("{task.completed} clips"),
         TimeElapsedColumn(),
-        console=make_console(stderr=True),
-        disable=not shown,
+        console=console,
+        disable=not shown or not console.is_terminal,
         transient=True,
     )
     task = bar.add_task("encoding", total=None)
@@ -69,7 +71,7 @@ class RunData:
     sample_rows: list[int]
     eval_rows: list[int]
     candidates: dict[str, list[str]]
-    skipped_at_caching: int  # rows of either manifest whose clip could not be encoded
+    skipped_at_caching: list[tuple[Path, str]]  # (clip, reason) of the rows of either manifest not encoded
     tasks: tuple[str, ...]  # the named tasks of the training rows, first seen first: what the model learns to answer
 
 
@@ -113,7 +115,7 @@ def prepare_data(
     train_set: Dataset = audio_dataset(config, model, examples, train=True)
     val_set: Dataset | None = audio_dataset(config, model, val_examples, train=False) if val_examples else None
     sample_set: Dataset = val_set or audio_dataset(config, model, examples, train=False)
-    skipped = 0
+    skipped: list[tuple[Path, str]] = []
     shape: tuple[int, ...] = (cfg.audio.clip_samples,)
     if cached:
         train_set, val_set, sample_set, skipped = _cache(config, model, train_set, val_set, sample_set, say)
@@ -163,7 +165,7 @@ def _cache(
     val_set: AudioTextDataset | None,
     sample_set: AudioTextDataset,
     say: Printer,
-) -> tuple[FeatureDataset, FeatureDataset | None, FeatureDataset, int]:
+) -> tuple[FeatureDataset, FeatureDataset | None, FeatureDataset, list[tuple[Path, str]]]:
     views = config.augmentation.views if train_set.augmentation is not None else 1
     backbone = model.audio_encoder.backbone.eval()
     device = next(model.parameters()).device
@@ -184,15 +186,15 @@ def _cache(
         train_cache = load_or_encode(folder, backbone, train_set, views, **options)
         cached_train = FeatureDataset(train_set.examples, train_cache)
         cached_val = None
-        skipped = len(train_cache.skipped)
+        skipped = [(train_set.examples[row].audio, reason) for row, reason in train_cache.skipped]
         if val_set is not None:
             val_cache = load_or_encode(folder, backbone, val_set, 1, **options)
             cached_val = FeatureDataset(val_set.examples, val_cache)
-            skipped += len(val_cache.skipped)
+            skipped += [(val_set.examples[row].audio, reason) for row, reason in val_cache.skipped]
         if sample_set is val_set:
             cached_samples = cached_val
         else:
             encoded = load_or_encode(folder, backbone, sample_set, 1, **options)
             cached_samples = FeatureDataset(sample_set.examples, encoded)
-    say(f"audio features ready in {time.perf_counter() - started:.0f} s; {skipped} row(s) skipped")
+    say(f"audio features ready in {time.perf_counter() - started:.0f} s; {len(skipped)} row(s) skipped")
     return cached_train, cached_val, cached_samples, skipped

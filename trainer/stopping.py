@@ -1,39 +1,37 @@
-"""When a run stops early: Ctrl-C (after the current step, with a checkpoint and a model) and early stopping on
-the validation metric (the best evaluation so far is kept, `evaluation.patience` bounds the wait for a better one).
+"""When a run stops early: Ctrl-C or SIGTERM (after the current step, with a checkpoint and a model) and early
+stopping on the validation metric (the best evaluation so far is kept, `evaluation.patience` bounds the wait for a
+better one).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-import signal
-import threading
 from dataclasses import dataclass, field
-from types import FrameType
+
+from pengi_search.stop_signals import on_stop_signals
 
 LOWER_IS_BETTER = frozenset({"val_loss"})
 
 
 class InterruptRequest:
-    """Within `with`: the first Ctrl-C (SIGINT) sets `requested`, so the loop stops after the step it is in; a
-    second one interrupts at once. Outside the main thread (where signals cannot be caught) it does nothing."""
+    """Within `with`: the first stop signal (Ctrl-C's SIGINT, or the SIGTERM of `kill`, a scheduler's preemption or
+    torchrun) sets `requested`, so the loop stops after the step it is in; a second one interrupts at once. The
+    signal is noted (`pengi_search.stop_signals`): the command's exit code says which it was. Outside the main
+    thread (where signals cannot be caught) it does nothing."""
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: signal.Handlers | None = None
-        self._installed = False
+        self._handlers = contextlib.ExitStack()
 
     def __enter__(self) -> InterruptRequest:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-            self._installed = True
+        self._handlers.enter_context(on_stop_signals(self._handle))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._installed:
-            signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
-            self._installed = False
+        self._handlers.close()
 
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
+    def _handle(self, _number: int) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True

@@ -7,7 +7,6 @@ The command reads its inputs, classifies every file, scores the result and shows
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ import typer
 from rich.markup import escape
 
 from ..choices import Device, LoglikScore, LongPrompt, Method, StopRule
-from ..pathnames import path_fields, shown
+from ..pathnames import path_fields
 from ..prompts import TASK_PROMPTS
 from .common import (
     EXIT_OK,
@@ -37,9 +36,11 @@ from .common import (
     WindowProgress,
     apply_threads,
     audio_inputs,
+    check_output_file,
     err_console,
     fetches_model,
     given_path,
+    given_prompt,
     handle_errors,
     one_file_given,
     options_from,
@@ -88,9 +89,9 @@ class ScoringOptions:
     template: Annotated[str, typer.Option("--template", help='Label text, e.g. "this is a sound of {label}".')] = (
         "{label}"
     )
-    prompt: Annotated[str, typer.Option("--prompt", help="loglik: the prompt the label answers.")] = TASK_PROMPTS[
-        "sound_event"
-    ]
+    prompt: Annotated[
+        str, typer.Option("--prompt", help="loglik: the prompt the label answers.", parser=given_prompt)
+    ] = TASK_PROMPTS["sound_event"]
     loglik_score: Annotated[
         LoglikScore, typer.Option("--loglik-score", help="loglik: mean (per token, default) or total log-probability.")
     ] = LoglikScore.mean
@@ -160,7 +161,7 @@ def classify(
     apply_threads(compute.threads)
     label_list, texts, known = _read_inputs(labels, truth)
     if output is not None:
-        _check_writable(output)
+        check_output_file(output, "CSV")
     settings = scoring.settings()
     predictions, failures = classify_targets(
         targets,
@@ -199,17 +200,6 @@ def _read_inputs(labels: Path, truth: Path | None) -> tuple[list[str], dict[str,
         return *read_label_map(labels), None if truth is None else read_truth(truth)
     except LabelsError as err:
         raise UsageError("", str(err)) from None
-
-
-def _check_writable(output: Path) -> None:
-    """Refuse an --output the CSV cannot be written to before the work, not after it."""
-    folder = output.parent
-    if output.is_dir():
-        raise UsageError(output, "a folder; --output takes the CSV file's name")
-    if not folder.is_dir():
-        raise UsageError(output, f"cannot write the CSV: no folder {shown(os.fspath(folder))}")
-    if not os.access(folder, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
-        raise UsageError(output, "cannot write the CSV: permission denied")
 
 
 # ---------------------------------------------------------------------------------------------------------------

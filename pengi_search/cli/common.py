@@ -34,8 +34,10 @@ from ..errors import (
     UsageError,
     not_found,
 )
-from ..messages import print_warning
+from ..messages import print_skipped, print_warning
 from ..pathnames import json_text, shown
+from ..stop_signals import interrupted_by_stop_signals, interrupted_exit_code
+from .closed_output import end_quietly, output_closed
 
 if TYPE_CHECKING:
     from ..download import Release
@@ -142,24 +144,51 @@ DEBUG_ENV = "PENGI_SEARCH_DEBUG"  # set it to see tracebacks instead of one-line
 
 
 def handle_errors(func: F) -> F:
-    """Turn expected failures into one line on stderr and an exit code, instead of a traceback."""
+    """Turn expected failures into one line on stderr and an exit code, instead of a traceback; and end the command
+    the way a shell asks: SIGTERM stops it as Ctrl-C does (exit code 143, Ctrl-C's 130), and a reader of its output
+    that went away (`| head`) ends it quietly (141)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         _tolerant_output()
-        try:
-            return func(*args, **kwargs)
-        except KeyboardInterrupt:
-            err_console.print("interrupted")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-        except (typer.Exit, typer.Abort):
-            raise
-        except Exception as err:
-            if os.environ.get(DEBUG_ENV) or not isinstance(err, PengiSearchError | OSError | ValueError):
+        with interrupted_by_stop_signals():
+            try:
+                return _reported(func, *args, **kwargs)
+            except BrokenPipeError:  # also from saying "interrupted" or an error on a stderr whose reader is gone
+                if output_closed():
+                    end_quietly()
                 raise
-            fail(_one_line(err), err.exit_code if isinstance(err, PengiSearchError) else EXIT_FAILED)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _reported(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`func`'s result; its expected failures and interruptions as a line on stderr and an exit code."""
+    try:
+        return _flushed(func, *args, **kwargs)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (`stop_signals`): the exit code says which
+        err_console.print("interrupted")
+        raise typer.Exit(interrupted_exit_code()) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as err:
+        if isinstance(err, BrokenPipeError) and output_closed():
+            raise  # no failure of the command's: `handle_errors` ends it quietly
+        if os.environ.get(DEBUG_ENV) or not isinstance(err, PengiSearchError | OSError | ValueError):
+            raise
+        fail(_one_line(err), err.exit_code if isinstance(err, PengiSearchError) else EXIT_FAILED)
+
+
+def _flushed(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`func`'s result, with what it left in stdout's buffer written: a reader gone is found here, where the exit
+    code can say so, not at interpreter exit (exit code 120, and an "Exception ignored" message)."""
+    try:
+        result = func(*args, **kwargs)
+    except (typer.Exit, typer.Abort):
+        sys.stdout.flush()
+        raise
+    sys.stdout.flush()
+    return result
 
 
 def _tolerant_output() -> None:
@@ -324,6 +353,37 @@ def given_path(value: str) -> Path:
     return Path(value)
 
 
+def given_prompt(value: str) -> str:
+    """A --prompt's parser: a blank one is refused. It asks the model nothing (a `-p "$UNSET"`), and its answers
+    would be named by an empty string."""
+    if not value.strip():
+        raise typer.BadParameter('the prompt is empty; write what to ask, e.g. "this acoustic scene is"')
+    return value
+
+
+def check_output_file(output: Path, kind: str) -> None:
+    """Refuse an --output file of `kind` ("CSV") that cannot be written, before the work rather than after it (and
+    before a half-written copy is left beside it)."""
+    folder = output.parent
+    if output.is_dir():
+        raise UsageError(output, f"a folder; --output takes the {kind} file's name")
+    if not folder.is_dir():
+        raise UsageError(output, f"cannot write the {kind}: no folder {shown(os.fspath(folder))}")
+    if not os.access(folder, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
+        raise UsageError(output, f"cannot write the {kind}: permission denied")
+
+
+def check_output_folder(output: Path) -> None:
+    """Refuse an --output folder that cannot be made or written in, before the work rather than after it."""
+    if output.exists() and not output.is_dir():
+        raise UsageError(output, "not a folder; --output takes a folder for the report and its figures")
+    existing = next(parent for parent in (output, *output.parents) if parent.exists())  # the root, at the latest
+    if not existing.is_dir():
+        raise UsageError(output, f"cannot make this folder: {shown(os.fspath(existing))} is a file")
+    if not os.access(existing, os.W_OK):
+        raise UsageError(output, f"cannot write in {shown(os.fspath(existing))}: permission denied")
+
+
 def audio_files_in(folder: Path) -> tuple[list[str], list[tuple[str, str]]]:
     """The audio files in a folder (recursively, sorted), and the (path, reason) of entries that cannot be read.
 
@@ -396,7 +456,7 @@ def report_skipped(path: str, reason: str) -> None:
     The path is shown as the command was given it (escaped by `pathnames.shown`, never made relative), so that it
     matches what the user typed, as ripgrep's messages do; a file found inside a given folder, as the scan found it.
     """
-    err_console.print(f"[red]skipped[/] {escape(shown(path))}: {escape(reason)}", soft_wrap=True)
+    print_skipped(err_console, path, reason)
 
 
 def print_json(data: Any, *, line: bool = False) -> None:

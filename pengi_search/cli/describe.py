@@ -31,6 +31,7 @@ from .common import (
     audio_inputs,
     fetches_model,
     given_path,
+    given_prompt,
     handle_errors,
     lasting_objects,
     one_file_given,
@@ -206,7 +207,12 @@ def describe(
     files: FilesArgument,
     prompt: Annotated[
         list[str] | None,
-        typer.Option("--prompt", "-p", help="Prompt to answer (repeatable). Default: caption, metadata, sound events."),
+        typer.Option(
+            "--prompt",
+            "-p",
+            help="Prompt to answer (repeatable). Default: caption, metadata, sound events.",
+            parser=given_prompt,
+        ),
     ] = None,
     *,
     options: DescribeOptions,

@@ -37,8 +37,11 @@ from .common import (
     UsageError,
     apply_threads,
     audio_inputs,
+    check_output_file,
+    check_output_folder,
     fetches_model,
     given_path,
+    given_prompt,
     handle_errors,
     options_from,
     out_console,
@@ -87,7 +90,12 @@ WorkersOption = Annotated[
 ]
 PromptOption = Annotated[
     list[str] | None,
-    typer.Option("--prompt", "-p", help="Index prompts (repeatable); the first one's answer is the caption."),
+    typer.Option(
+        "--prompt",
+        "-p",
+        help="Index prompts (repeatable); the first one's answer is the caption.",
+        parser=given_prompt,
+    ),
 ]
 TextEmbedderOption = Annotated[
     str | None,
@@ -229,8 +237,8 @@ def _evaluate_set(
     from ..search import query_embedder
 
     apply_threads(evalset.threads)
+    check_output_folder(output)
     caption_set = _read_set(captions, evalset)
-    _output_folder(output)
     library, summary = _indexed_library(caption_set, evalset, output, quiet=quiet, json_output=json_output)
     with library:
         embedder = query_embedder(library, evalset.model, evalset.device)
@@ -270,6 +278,7 @@ def _indexed_library(
     from ..library import Library
     from ..scan import ScanError
 
+    output.mkdir(parents=True, exist_ok=True)
     db = evalset.db or str(output / "index.db")
     options = IndexOptions(
         roots=[item.path for item in caption_set.found if item.path],
@@ -290,17 +299,6 @@ def _indexed_library(
     except (IndexerError, ScanError) as exc:
         raise UsageError("", str(exc)) from exc
     return Library.open(db, read_only=True), summary
-
-
-def _output_folder(output: Path) -> None:
-    """Create the report folder before any work: a file in its way is bad usage, said now rather than after the
-    whole set has been indexed or classified."""
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise UsageError("--output", f"{shown(str(output))}: a file, not a folder") from None
-    except OSError as exc:
-        raise UsageError("--output", f"{shown(str(output))}: cannot create the folder ({exc.strerror})") from None
 
 
 def _failures(summary: IndexSummary, library: Library) -> Failures:
@@ -455,9 +453,9 @@ def classify_files(
         label_list, texts = read_label_map(labels) if labels is not None else (read_labels(truth), {})
     except LabelsError as err:
         raise UsageError("", str(err)) from None
+    check_output_folder(output)
     _check_truth_lists(known, truth, target)
     settings = scoring.settings()
-    _output_folder(output)
     model_dir = ModelDir.resolve(model)
     predictions, failures = classify_targets(
         [target],
@@ -473,6 +471,7 @@ def classify_files(
     )
     result = evaluate_classification(predictions, known, label_list)
     result["skipped"] = [{"file": path, "reason": reason} for path, reason in failures]
+    output.mkdir(parents=True, exist_ok=True)
     with open(output / "predictions.csv", "w", newline="", encoding="utf-8") as out:
         write_csv(predictions, out, top=5)
     dataset = {
@@ -517,8 +516,8 @@ def _truth_digest(truth: Path, labels: list[str]) -> str:
 @app.command()
 @handle_errors
 def compare(
-    first: Annotated[Path, typer.Argument(help="A report.json (the baseline).")],
-    second: Annotated[Path, typer.Argument(help="A report.json of the same kind (the change).")],
+    first: Annotated[Path, typer.Argument(help="A report.json, or the folder that holds it (the baseline).")],
+    second: Annotated[Path, typer.Argument(help="A report.json of the same kind, or its folder (the change).")],
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Also write the comparison as Markdown.")
     ] = None,
@@ -526,16 +525,17 @@ def compare(
 ) -> None:
     """Two reports of the same kind side by side: every metric, the difference, and what differs in the setup.
 
-    Example: pengi-search eval compare runs/base/report.json runs/finetuned/report.json
+    Example: pengi-search eval compare runs/base runs/finetuned
     """
-    from ..evaluation.report import compare_markdown, compare_reports, load_report
+    from ..evaluation.report import REPORT_JSON, compare_markdown, compare_reports, load_report
 
+    # The folders `eval -o` wrote stand for their reports.
+    first, second = (path / REPORT_JSON if path.is_dir() else path for path in (first, second))
+    if output is not None:
+        check_output_file(output, "Markdown")
     comparison = compare_reports(load_report(first), load_report(second), _report_names(first, second))
     if output is not None:
-        try:
-            output.write_text(compare_markdown(comparison), encoding="utf-8")
-        except OSError as exc:  # a folder given, or one that does not exist: one line, not an errno
-            raise UsageError("--output", f"{shown(str(output))}: cannot write ({exc.strerror})") from None
+        output.write_text(compare_markdown(comparison), encoding="utf-8")
     if json_output:
         print_json(comparison)
         return

@@ -37,10 +37,12 @@ from .common import (
     ThreadsOption,
     UsageError,
     apply_threads,
+    check_output_file,
     err_console,
     fail,
     fetches_model,
     given_path,
+    given_prompt,
     handle_errors,
     out_console,
     print_json,
@@ -86,6 +88,7 @@ def index(
             "-p",
             help="Prompt answered for every window (repeatable); the first one's answer is what text search matches. "
             "Default: caption and sound events.",
+            parser=given_prompt,
         ),
     ] = None,
     text_embedder: Annotated[
@@ -356,13 +359,11 @@ def export(
     from ..scan import absolute
 
     prefix = None if under is None else absolute(under)
+    if output is not None:
+        check_output_file(output, "JSON lines")
     with Library.open(db, read_only=True) as library:
-        if output is None:
-            try:
-                _write_rows(library.store.export_rows(prefix), sys.stdout)
-                sys.stdout.flush()
-            except BrokenPipeError:  # `export | head`: the reader had enough
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if output is None:  # `export | head`: a reader that had enough ends it as any command (`handle_errors`)
+            _write_rows(library.store.export_rows(prefix), sys.stdout)
             return
         partial = output.with_name(f".{output.name}.partial")
         with open(partial, "w", encoding="utf-8") as stream:

@@ -2,8 +2,8 @@
 
 Each run is the incremental run `index` makes, with the same options, taking the library's lock only while it
 works (so queries and `serve` go on between runs, and another `index` run may write in between: the watch waits
-for it). Ctrl-C while waiting ends the command with exit code 130 and records nothing; during a run it stops the
-run as it stops any (recorded interrupted, resumed by the next).
+for it). Ctrl-C (or SIGTERM) while waiting ends the command with exit code 130 (143) and records nothing; during a
+run it stops the run as it stops any (recorded interrupted, resumed by the next).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def keep_watching(
     quiet: bool,
 ) -> NoReturn:
     """Make the first run (reported by `first`), then one run (reported by `each`) each time the paths have
-    changed and settled; only Ctrl-C (KeyboardInterrupt) or an error ends it."""
+    changed and settled; only Ctrl-C or SIGTERM (KeyboardInterrupt) or an error ends it."""
     from indexer.watch import DEFAULT_DEBOUNCE_S, LibraryWatch
 
     from ..pathnames import shown

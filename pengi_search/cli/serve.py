@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ..stop_signals import sigterm_ends_the_process
 from .common import (
     DbOption,
     DeviceOption,
@@ -52,7 +53,9 @@ def serve(
         ),
     ] = None,
     device: DeviceOption = "auto",
-    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.001, help="Largest clip accepted.")] = 64.0,
+    max_upload_mb: Annotated[
+        float, typer.Option("--max-upload-mb", min=0.001, max=1 << 20, help="Largest clip accepted.")
+    ] = 64.0,
     max_upload_s: Annotated[float, typer.Option("--max-upload-s", min=0.1, help="Longest clip accepted (s).")] = 600.0,
     threads: ThreadsOption = None,
     workers: Annotated[
@@ -90,7 +93,7 @@ def serve(
         max_upload_s=max_upload_s,
     )
     listener = _listen(host, port)
-    with listener:
+    with listener, sigterm_ends_the_process():  # a server's SIGTERM is uvicorn's (see there), as before
         address = _address(host, listener.getsockname()[1])
         announce = functools.partial(_announce, address, required, token, open_browser)
         if workers == 1:
@@ -110,9 +113,10 @@ def serve(
             # Each worker gets its share of the cores: BLAS threads of several processes spin against each other
             # (8 clients of new texts: 41 requests/s with two workers of 2 threads each, 84 with 1 each).
             threadpoolctl.threadpool_limits(limits=max(1, (os.cpu_count() or 1) // workers))
-            app = create_app(settings)  # in the worker: see serve/workers.py
-            ready()
-            _run(app, listener)
+            with sigterm_ends_the_process():  # as in the parent: `handle_errors` took SIGTERM over again
+                app = create_app(settings)  # in the worker: see serve/workers.py
+                ready()
+                _run(app, listener)
 
         code = run_workers(workers, handle_errors(work), announce)
     if code:

@@ -18,6 +18,7 @@ import typer
 from typer.core import TyperGroup
 
 from ..errors import EXIT_PARTIAL
+from ..paths import as_typed
 from .common import err_console, handle_errors, out_console, warn
 
 RUN = "run"
@@ -69,8 +70,8 @@ def run(
 
     The paper's procedure: task prompts, frozen language model and text encoder, trained audio encoder and mappers,
     cross-entropy on the answer tokens, Adam with linear warm-up. The result is a model directory that describe,
-    index and classify load with --model. Ctrl-C stops after the current step and writes a checkpoint and the
-    model. For several GPUs or nodes: torchrun --nproc-per-node 8 -m trainer config.yaml
+    index and classify load with --model. Ctrl-C (or SIGTERM) stops after the current step and writes a checkpoint
+    and the model. For several GPUs or nodes: torchrun --nproc-per-node 8 -m trainer config.yaml
 
     Example: pengi-search train config.yaml --dry-run
     """
@@ -91,7 +92,7 @@ def run(
         print_dry_run(report, out_console)
         raise typer.Exit(report.exit_code)
     result = run_training(settings, resume=resume_from or resume, source=config, console=err_console)
-    if result.audio_skipped:  # as everywhere: the command ran, but some audio could not be used
+    if result.audio_skipped and result.main:  # as everywhere: the command ran, but some audio could not be used
         warn("trained without the clips reported above, whose audio could not be used")
         raise typer.Exit(EXIT_PARTIAL)
 
@@ -188,5 +189,5 @@ def export(
     existing_checkpoint(checkpoint)  # before the training code loads (seconds); the export checks it again
     from trainer.export import export_checkpoint
 
-    directory = export_checkpoint(checkpoint, output)
-    out_console.print(f"model written to {directory}", markup=False, soft_wrap=True)
+    directory = export_checkpoint(checkpoint, output)  # by default beside the run's checkpoints, resolved
+    out_console.print(f"model written to {as_typed(directory)}", markup=False, soft_wrap=True)

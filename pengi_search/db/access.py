@@ -11,13 +11,14 @@ A database that holds tables but no pengi-search library (another application's)
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, event, inspect
 from sqlalchemy.exc import SQLAlchemyError
 
-from .engine import create_store_engine
-from .errors import ForeignDatabaseError, MissingDatabaseError, StoreError, driver_reason
+from .engine import create_store_engine, needs_frozen_read
+from .errors import DatabaseURLError, ForeignDatabaseError, MissingDatabaseError, StoreError, driver_reason
 from .migrate import foreign_tables_reason, migrate
 from .urls import db_option, resolve_db_url, shown_db_url, sqlite_file
 
@@ -32,11 +33,14 @@ def open_engine(db: str | os.PathLike[str] | None, *, create: bool, read_only: b
     create = create and not read_only
     db_file = sqlite_file(url)
     if db_file is not None:
+        unusable = unusable_place(db_file)
+        if unusable is not None:  # no library can be there: not one "yet" either
+            raise DatabaseURLError(unusable, "point --db or PENGI_SEARCH_DB at a database file (such as index.db)")
         if create:
             db_file.parent.mkdir(parents=True, exist_ok=True)
         elif not db_file.is_file():
             raise _missing(url, db)
-    engine = create_store_engine(url)
+    engine = reading_engine(url) if read_only else create_store_engine(url)
     try:
         if not _has_schema(engine) and not create:  # asked of `index` too: another application's tables refuse it
             raise _missing(url, db)
@@ -56,11 +60,30 @@ def library_exists(db: str | os.PathLike[str] | None) -> bool:
     db_file = sqlite_file(url)
     if db_file is not None and not db_file.is_file():
         return False
-    engine = create_store_engine(url)
+    engine = reading_engine(url)
     try:
         return _has_schema(engine)
     finally:
         engine.dispose()
+
+
+def unusable_place(db_file: Path) -> str | None:
+    """Why no SQLite database can be at `db_file` (None when one is there or can be made): a folder or something
+    else that is not a file there, or a file where one of its folders should be."""
+    if db_file.exists():
+        if db_file.is_file():
+            return None
+        return f"{db_file} is a folder, not a database file" if db_file.is_dir() else f"{db_file} is not a file"
+    folder = next(parent for parent in db_file.parents if parent.exists())  # the root, at the latest
+    return None if folder.is_dir() else f"{folder} is a file, not a folder: no database can be made at {db_file}"
+
+
+def reading_engine(url: str) -> Engine:
+    """An engine on `url` for reading only: a SQLite file in a folder this process may not write is read as
+    immutable (see `engine.needs_frozen_read`), any other database as usual."""
+    db_file = sqlite_file(url)
+    frozen = db_file is not None and needs_frozen_read(db_file)
+    return create_store_engine(url, frozen_file=db_file if frozen else None)
 
 
 def _missing(url: str, db: str | os.PathLike[str] | None) -> MissingDatabaseError:

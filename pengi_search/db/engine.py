@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -17,18 +21,21 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 WRITE_OPTION = "pengi_write"  # execution option marking write transactions (SQLite takes its lock up front)
 
 
-def create_store_engine(url: str | URL) -> Engine:
+def create_store_engine(url: str | URL, *, frozen_file: Path | None = None) -> Engine:
     """An engine for `url`; SQLite gets WAL, foreign keys and a busy timeout on every connection.
 
     Nothing is created here: `pengi_search.db.access.open_engine` decides whether a database may be made.
+    `frozen_file`: `url`'s SQLite file, to be read as immutable (see `needs_frozen_read`); the engine only reads.
     """
     parsed = parse_db_url(url)
     # The bare name means psycopg2 to SQLAlchemy, psycopg 3 is what we ship; `postgres://` is libpq's short form.
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     where = parsed.render_as_string(hide_password=True)
+    # The URL stays the engine's own (messages, FAISS file names); only the connection to the file differs.
+    connector = {} if frozen_file is None else {"creator": _frozen_connector(frozen_file)}
     try:
-        engine = create_engine(parsed, pool_pre_ping=parsed.get_backend_name() != "sqlite")
+        engine = create_engine(parsed, pool_pre_ping=parsed.get_backend_name() != "sqlite", **connector)
     except ImportError as exc:
         raise StoreError(
             where, f"database driver missing ({exc}); for PostgreSQL: pip install 'psycopg[binary]'"
@@ -40,9 +47,30 @@ def create_store_engine(url: str | URL) -> Engine:
     except ArgumentError as exc:
         raise StoreError(where, f"cannot use this database URL ({exc})") from exc
     if parsed.get_backend_name() == "sqlite":
-        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "connect", _sqlite_on_connect if frozen_file is None else _frozen_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
     return engine
+
+
+def needs_frozen_read(db_file: Path) -> bool:
+    """Whether a reader must open the SQLite file at `db_file` as immutable: a WAL database is read through its
+    shared-memory file (`-shm`) beside it, which a folder this process cannot write (a read-only share, another
+    user's library) does not let it create. Immutable reads take no locks and so would not see a writer; but a
+    writer keeps the `-shm` file while it works, and where one is there the ordinary read works (and is used)."""
+    shared_memory = db_file.with_name(db_file.name + "-shm")
+    return not os.access(db_file.parent, os.W_OK) and not shared_memory.exists()
+
+
+def _frozen_connector(db_file: Path) -> Callable[[], sqlite3.Connection]:
+    # A URI filename: the path percent-encoded from its bytes, so spaces, `?`, `#` and any name survive.
+    uri = f"file:{urllib.parse.quote(os.fsencode(db_file))}?immutable=1"
+    return lambda: sqlite3.connect(uri, uri=True, check_same_thread=False)
+
+
+def _frozen_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Autocommit at the driver level, as `_sqlite_on_connect`; no journal mode to set on a file that is only read.
+    dbapi_connection.isolation_level = None
+    dbapi_connection.execute("PRAGMA foreign_keys=ON")
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -1,7 +1,7 @@
 """The store's journal of indexing runs: when each started and ended, how, what it did, and which process ran it.
 
-A run is 'running' until it records its end ('finished', 'failed' or 'interrupted' by Ctrl-C). A process killed
-outright (kill -9, power loss) cannot record anything: the next run of the same library, once it holds the
+A run is 'running' until it records its end ('finished', 'failed' or 'interrupted' by Ctrl-C or SIGTERM). A process
+killed outright (kill -9, power loss) cannot record anything: the next run of the same library, once it holds the
 indexing lock (`pengi_search.db.run_lock`), knows that no other process is writing and marks such runs
 'interrupted' (`interrupt_stale_runs`), leaving their end time unknown.
 """

@@ -28,7 +28,7 @@ from ..chunking import chunked
 from ..pathnames import path_fields
 from .access import open_engine
 from .engine import WRITE_OPTION
-from .errors import StoreError, StoreMismatchError
+from .errors import StoreError, StoreMismatchError, driver_reason
 from .migrate import current_revision
 from .queries import IDS_PER_QUERY, decode_matrix, encode_vector, paths_under, text_vector_dim
 from .records import (
@@ -113,7 +113,7 @@ class Store(RunJournal):
             with maker.begin() as session:
                 yield session
         except SQLAlchemyError as exc:
-            raise StoreError(self.url, str(exc)) from exc
+            raise StoreError(self.url, driver_reason(exc)) from exc
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[Connection]:
@@ -123,7 +123,7 @@ class Store(RunJournal):
             with self._reader.begin() as connection:
                 yield connection
         except SQLAlchemyError as exc:
-            raise StoreError(self.url, str(exc)) from exc
+            raise StoreError(self.url, driver_reason(exc)) from exc
 
     # -- files -----------------------------------------------------------------------------------------------
 

@@ -1,0 +1,49 @@
+"""A command whose output nobody reads any more: `pengi-search query x | head -1` once `head` has its line.
+
+Python ignores SIGPIPE, so such a write raises BrokenPipeError; `handle_errors` ends the command on it the way `cat`,
+`grep` and `git` end (the signal would have killed them): quietly, with exit code 141 (128 + SIGPIPE), which a
+`set -o pipefail` script sees.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import sys
+from typing import NoReturn, TextIO
+
+import typer
+
+from ..errors import EXIT_OUTPUT_CLOSED
+
+
+def output_closed() -> bool:
+    """Whether a broken pipe is the command's output, its reader gone, rather than another pipe of the command
+    (one to a decoding process that died), which is a failure like any other."""
+    return _reader_gone(sys.stdout) or _reader_gone(sys.stderr)
+
+
+def end_quietly() -> NoReturn:
+    """End with exit code 141, saying nothing. The streams whose reader is gone write to /dev/null from here on,
+    so that what is still buffered for them does not fail again as the interpreter exits (exit code 120, and an
+    "Exception ignored" message)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        if _reader_gone(stream):
+            os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+    raise typer.Exit(EXIT_OUTPUT_CLOSED)
+
+
+def _reader_gone(stream: TextIO) -> bool:
+    """Whether `stream` is a pipe or socket that nobody reads any more: poll reports an error or a hang-up on it
+    (a terminal, a file or a pipe still read report neither)."""
+    try:
+        descriptor = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # an in-memory stream (a test's), or a closed one
+        return False
+    if not hasattr(select, "poll"):  # Windows: nothing tells; a broken pipe there is most likely the output's
+        return True
+    poller = select.poll()
+    poller.register(descriptor, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))

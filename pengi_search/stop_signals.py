@@ -1,0 +1,118 @@
+"""The signals that ask a process to stop, taken one way: SIGINT (Ctrl-C) and SIGTERM (`kill`, `docker stop`,
+systemd, SLURM preemption, torchrun).
+
+Both come out as KeyboardInterrupt, the path every command already stops on cleanly: an index run records itself
+interrupted and the next one resumes where it stopped; a training run (`trainer.stopping.InterruptRequest`, which
+takes both) stops after its step with a checkpoint and its model. Only the exit code tells them apart: 128 plus the
+signal's number, as shells report a process a signal ended (130 for Ctrl-C, 143 for SIGTERM).
+
+Which signal came is remembered by the process rather than carried by the exception, because the KeyboardInterrupt
+that reaches the command line is not always the one the handler raised: watchfiles raises its own when a signal
+interrupts its wait, and the training loop raises one after writing its checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from types import FrameType
+from typing import Any
+
+from .errors import EXIT_INTERRUPTED, EXIT_TERMINATED
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+EXIT_CODES = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED}
+
+_received: list[int] = []  # the stop signals this process has been sent, first first
+_AGAIN_S = 0.05  # how long after a finalizer dropped an interrupt it comes again
+
+
+def note_stop_signal(number: int) -> None:
+    """Remember that signal `number` asked this process to stop: `interrupted_exit_code` reports the first."""
+    _received.append(number)
+
+
+def interrupted_exit_code() -> int:
+    """The exit code of the first stop signal received; Ctrl-C's when none was (a KeyboardInterrupt raised by other
+    means)."""
+    return EXIT_CODES[_received[0]] if _received else EXIT_INTERRUPTED
+
+
+@contextlib.contextmanager
+def on_stop_signals(handler: Callable[[int], None]) -> Iterator[None]:
+    """Within: SIGINT and SIGTERM are noted, then call `handler(number)`; the handlers before are back after.
+
+    A signal the process was started ignoring stays ignored (a job a script ran in the background ignores Ctrl-C,
+    `nohup`-like launchers may ignore SIGTERM). Outside the main thread, where Python cannot set handlers, nothing
+    changes.
+    """
+    if not _in_main_thread():
+        yield
+        return
+
+    def noted(number: int, _frame: FrameType | None) -> None:
+        note_stop_signal(number)
+        handler(number)
+
+    previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+    for number, before in previous.items():
+        if before != signal.SIG_IGN:
+            signal.signal(number, noted)
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = functools.partial(_interrupt_again, previous_hook)
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous_hook
+        for number, before in previous.items():
+            # None: a handler set outside Python, which cannot be put back; the default action is the nearest.
+            signal.signal(number, signal.SIG_DFL if before is None else before)
+
+
+def _interrupt_again(previous_hook: Callable[[Any], None], unraisable: Any) -> None:
+    """Python drops an exception raised in a finalizer (a `__del__`, a weakref callback: SQLAlchemy runs many as a
+    session closes), so the KeyboardInterrupt of a signal that arrived there would be lost, and the stop with it.
+    The signal comes again instead, a moment later and from another thread: sent at once, its handler would run in
+    the finalizer again. A real signal, not a flag, so that a wait the program has gone on to ends at once."""
+    if not (_received and issubclass(unraisable.exc_type, KeyboardInterrupt)):
+        previous_hook(unraisable)
+        return
+    again = threading.Timer(_AGAIN_S, signal.pthread_kill, (threading.main_thread().ident, _received[-1]))
+    again.daemon = True
+    again.start()
+
+
+def _raise_interrupt(_number: int) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def interrupted_by_stop_signals() -> Iterator[None]:
+    """Around a whole command: either stop signal raises KeyboardInterrupt where the command is. Signals noted
+    before (by an earlier command in this process, as in tests) are forgotten."""
+    _received.clear()
+    with on_stop_signals(_raise_interrupt):
+        yield
+
+
+@contextlib.contextmanager
+def sigterm_ends_the_process() -> Iterator[None]:
+    """Within: SIGTERM has its default action, ending the process at once. For a server (`serve`): uvicorn shuts
+    down gracefully on SIGTERM and then sends it to itself again, so that the process ends by the signal, which a
+    service manager counts as a clean stop (systemd counts exit code 143 as a failure)."""
+    if not _in_main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
