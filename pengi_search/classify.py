@@ -121,14 +121,20 @@ def _check_characters(path: Path, label: str, number: int) -> None:
 class Truth:
     """Known labels of files, from a truth CSV."""
 
-    by_path: dict[str, str]  # absolute path -> label
+    by_path: dict[str, str]  # absolute path, in Unicode's composed form -> label
     by_name: dict[str, str]  # file name -> label, for names listed once
 
     def label_of(self, path: str | os.PathLike[str]) -> str | None:
-        absolute = os.path.abspath(path)
+        absolute = _composed(os.path.abspath(path))
         if absolute in self.by_path:
             return self.by_path[absolute]
-        return self.by_name.get(Path(path).name)
+        return self.by_name.get(Path(absolute).name)
+
+
+def _composed(path: str) -> str:
+    """A path in Unicode's composed form, as truth files are matched: a CSV written on macOS spells "é" as "e"
+    plus an accent, where a Linux folder keeps the name as the archive had it."""
+    return unicodedata.normalize("NFC", path)
 
 
 def read_truth(path: str | os.PathLike[str]) -> Truth:
@@ -146,7 +152,7 @@ def read_truth(path: str | os.PathLike[str]) -> Truth:
         name, label = row.get(column, ""), row.get("label", "")
         if not name or not label:
             raise LabelsError(path, f"line {number} lacks a {column if not name else 'label'}")
-        absolute = os.path.abspath(path.parent / name)
+        absolute = _composed(os.path.abspath(path.parent / name))
         if absolute in by_path and by_path[absolute] != label:
             raise LabelsError(path, f"{name!r} on line {number} has another label than on line {lines[absolute]}")
         by_path[absolute], lines[absolute] = label, number
@@ -430,17 +436,13 @@ def evaluate(predictions: Sequence[Prediction], truth: Truth) -> dict[str, Any]:
         precision = tp / predicted if predicted else 0.0
         recall = tp / support if support else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[label] = {
-            "precision": round(precision, 6),
-            "recall": round(recall, 6),
-            "f1": round(f1, 6),
-            "support": support,
-        }
+        # Not rounded: macro F1 is their mean, and a mean of rounded values is off in the last digits shown.
+        per_class[label] = {"precision": precision, "recall": recall, "f1": f1, "support": support}
     correct = sum(1 for e, g in known if e == g)
     return {
         "files": len(known),
         "correct": correct,
-        "accuracy": round(correct / len(known), 6) if known else None,
+        "accuracy": correct / len(known) if known else None,
         "per_class": per_class,
         "unmatched": unmatched,
     }

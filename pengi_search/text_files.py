@@ -31,13 +31,31 @@ def read_text(path: Path, error: type[UsageError]) -> str:
 
 
 def csv_rows(path: Path, text: str, error: type[UsageError]) -> tuple[list[str], CsvRows]:
-    """Lower-cased header and (line number, row) pairs of the CSV `text` read from `path`; values are trimmed."""
+    """Lower-cased header and (line number, row) pairs of the CSV `text` read from `path`; values are trimmed.
+
+    A row with more values than the header has columns is refused, naming its line: it is almost always a value
+    with a comma that was not quoted (`a.wav,a dog, barking`), whose tail would otherwise be dropped unseen.
+    Empty values past the header (a trailing comma) are allowed.
+    """
     reader = csv.reader(io.StringIO(text))
     try:
         header = [name.strip().lower() for name in next(reader)]
-        rows = [(reader.line_num, dict(zip(header, (v.strip() for v in row), strict=False))) for row in reader if row]
+        rows = [(reader.line_num, _row(path, header, row, reader.line_num, error)) for row in reader if row]
     except StopIteration:
         raise error(path, "the file is empty") from None
     except csv.Error as exc:
         raise error(path, f"not a readable CSV file (line {reader.line_num}: {exc})") from None
     return header, rows
+
+
+def _row(path: Path, header: list[str], values: list[str], line: int, error: type[UsageError]) -> dict[str, str]:
+    """One row by column name, its values trimmed; refused when it holds a value no column of the header names."""
+    values = [value.strip() for value in values]
+    if any(values[len(header) :]):
+        raise error(
+            path,
+            f"line {line} has {len(values)} values but the header has {len(header)} column"
+            f"{'s' if len(header) != 1 else ''}: "
+            'quote a value that holds a comma ("a dog, barking")',
+        )
+    return dict(zip(header, values, strict=False))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,7 @@ def test_labels_from_the_smoke_set_csv():
         (b"dog\ncat\nb\xe9ll\n", "labels.txt", r"not UTF-8 text: byte 9 \(line 3\)"),
         ("name,caption\ndog,x\n", "labels.csv", "needs a 'label' column"),
         ("label\ndog\n,\n", "labels.csv", "line 3 has no label"),
+        ("label\ndog\nalarm,clock\n", "labels.csv", "line 3 has 2 values but the header has 1 column: quote"),
         ("label\n", "labels.csv", "no labels"),
         ("", "labels.csv", "empty"),
         (b"\x00\x01\x02\n", "labels.txt", r"line 1 holds the control character '\\x00': is this a text file\?"),
@@ -107,11 +109,32 @@ def test_truth_paths_are_relative_to_the_csv_or_matched_by_name(tmp_path):
         ("path,label\na.wav,\n", "line 2 lacks a label"),
         ("file,label\na.wav,dog\na.wav,cat\n", "'a.wav' on line 3 has another label than on line 2"),
         (b"file,label\n\xff.wav,dog\n", "not UTF-8"),
+        # An unquoted comma in a value: its tail would become a column the header lacks, dropped unseen.
+        ("file,label\na.wav,dog\nb.wav,alarm,clock\n", "line 3 has 3 values but the header has 2 columns"),
     ],
 )
 def test_bad_truth_files(tmp_path, content, message):
     with pytest.raises(LabelsError, match=message):
         read_truth(write(tmp_path, content, "truth.csv"))
+
+
+def test_truth_names_match_whatever_unicode_form_the_csv_writes(tmp_path):
+    composed, decomposed = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+    truth = read_truth(write(tmp_path, f"file,label\nsub/{decomposed}.wav,dog\n{composed}2.wav,cat\n", "t.csv"))
+    assert truth.label_of(tmp_path / "sub" / f"{composed}.wav") == "dog"
+    assert truth.label_of(tmp_path / f"{decomposed}2.wav") == "cat"
+    assert truth.label_of(f"/elsewhere/{composed}.wav") == "dog"  # by its unique name
+
+
+def test_truth_files_as_spreadsheets_write_them(tmp_path):
+    # A byte-order mark, CRLF line ends, a quoted comma, a trailing comma and columns the truth does not use.
+    text = '\ufeffFile,Label,notes\r\n"a, b.wav",dog,x\r\nc.wav,cat ,\r\nd.wav,bell,,\r\n'
+    truth = read_truth(write(tmp_path, text.encode(), "truth.csv"))
+    assert truth.by_path == {
+        str(tmp_path / "a, b.wav"): "dog",
+        str(tmp_path / "c.wav"): "cat",
+        str(tmp_path / "d.wav"): "bell",
+    }
 
 
 def test_evaluate_accuracy_and_per_class_scores():

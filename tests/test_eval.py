@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from pengi_search.classify import Prediction, read_truth
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 from pengi_search.evaluation.captioning import evaluate_captions
-from pengi_search.evaluation.classification import evaluate_classification
+from pengi_search.evaluation.classification import evaluate_classification, label_notes
 from pengi_search.evaluation.datasets import DatasetError, read_caption_set
 from pengi_search.evaluation.metrics import bleu, cider_d, rouge_l, tokenize
 from pengi_search.evaluation.report import ReportError, build_report, compare_reports, load_report, write_report
@@ -75,6 +76,19 @@ def test_audiocaps_layout(tmp_path):
     ]
 
 
+def test_names_match_whatever_unicode_form_the_csv_writes(tmp_path):
+    """ "café" is one name whether written composed (é) or decomposed (e and an accent, as macOS writes it)."""
+    composed, decomposed = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+    write_tone(tmp_path / f"{composed}.wav", 1.0)
+    write_tone(tmp_path / f"{decomposed} 2.wav", 1.0)
+    csv_path = write(tmp_path / "c.csv", f"file,caption\n{decomposed}.wav,a tone\n{composed} 2,another tone\n")
+    caption_set = read_caption_set(csv_path)
+    assert [item.path for item in caption_set.items] == [
+        str(tmp_path / f"{composed}.wav"),
+        str(tmp_path / f"{decomposed} 2.wav"),
+    ]
+
+
 @pytest.mark.parametrize(
     ("content", "options", "message"),
     [
@@ -86,6 +100,7 @@ def test_audiocaps_layout(tmp_path):
         ("file,caption\na.wav,x\n", {"file_column": "path"}, "no column 'path'"),
         ("file,caption\na.wav,x\n", {"caption_columns": ["text"]}, "no column 'text'"),
         (b"file,caption\na.wav,caf\xe9\n", {}, "not UTF-8"),
+        ("file,caption\na.wav,a dog, barking\n", {}, "line 2 has 3 values but the header has 2 columns: quote"),
     ],
 )
 def test_bad_caption_sets(tmp_path, content, options, message):
@@ -252,6 +267,67 @@ def test_classification_report_by_hand(tmp_path):
     assert result["metrics"]["macro_f1"] == pytest.approx(0.5 / 4)
     assert result["unmatched"] == [str(tmp_path / "extra.wav")]
     assert [f["rank"] for f in result["files"]] == [1, 4, 2, None]
+    assert result["notes"] == ["1 true label(s) are not candidate labels, so 1 file(s) count as wrong: 'bird'"]
+
+
+def test_classification_scores_by_hand_are_exact(tmp_path):
+    """Two thirds is 2/3, not 0.666667: each per-class F1 (and the accuracy) is kept whole, and macro F1 is the mean
+    of the exact values (a mean of rounded ones is off in the last digits)."""
+    truth = read_truth(write(tmp_path / "truth.csv", "file,label\na.wav,dog\nb.wav,dog\nc.wav,cat\n"))
+    got = {"a.wav": ["dog", "cat"], "b.wav": ["cat", "dog"], "c.wav": ["cat", "dog"]}
+    predictions = [
+        Prediction(str(tmp_path / name), [(lab, 1.0) for lab in ranked], 1, "decoded") for name, ranked in got.items()
+    ]
+    result = evaluate_classification(predictions, truth, ["dog", "cat"])
+    # dog: precision 1/1, recall 1/2, F1 2/3; cat: precision 1/2, recall 1/1, F1 2/3.
+    assert result["per_class"]["dog"] == {
+        "precision": 1.0,
+        "recall": 0.5,
+        "f1": pytest.approx(2 / 3, rel=1e-12),
+        "support": 2,
+    }
+    assert result["per_class"]["cat"] == {
+        "precision": 0.5,
+        "recall": 1.0,
+        "f1": pytest.approx(2 / 3, rel=1e-12),
+        "support": 1,
+    }
+    assert result["metrics"]["accuracy"] == pytest.approx(2 / 3, rel=1e-12)
+    assert result["metrics"]["macro_f1"] == pytest.approx(2 / 3, rel=1e-12)
+
+
+def test_classification_notes_labels_that_differ_only_in_spelling(tmp_path):
+    """Labels are compared exactly, so a truth written "Dog" against the candidate "dog" scores every dog file as
+    wrong: said, naming the candidate, as is a truth that spells one class two ways."""
+    truth = read_truth(
+        write(tmp_path / "truth.csv", "file,label\na.wav,Dog\nb.wav,Dog\nc.wav,alarm clock\nd.wav,Alarm-Clock\n")
+    )
+
+    def notes(candidates: list[str]) -> list[str]:
+        predictions = [
+            Prediction(str(tmp_path / f"{name}.wav"), [(candidates[0], 1.0)], 1, "decoded") for name in "abcd"
+        ]
+        return evaluate_classification(predictions, truth, candidates)["notes"]
+
+    compared_exactly = "labels are compared exactly, so its {} file(s) count as wrong"
+    assert notes(["dog", "alarm_clock"]) == [
+        "true label 'Dog' is not a candidate label but 'dog' is: " + compared_exactly.format(2),
+        "true label 'alarm clock' is not a candidate label but 'alarm_clock' is: " + compared_exactly.format(1),
+        "true label 'Alarm-Clock' is not a candidate label but 'alarm_clock' is: " + compared_exactly.format(1),
+        "true labels 'alarm clock', 'Alarm-Clock' differ only in case or spacing: counted apart",
+    ]
+    assert notes(["Dog", "alarm clock", "Alarm-Clock"]) == [
+        "true labels 'alarm clock', 'Alarm-Clock' differ only in case or spacing: counted apart"
+    ]
+
+
+def test_classification_names_a_few_true_labels_left_out_of_the_candidates():
+    """Candidates that are a subset of the truth's labels (often deliberate): one note, naming the first five."""
+    expected = ["dog", "dog", "cat", "owl", "pig", "cow", "hen", "emu", "yak"]
+    assert label_notes(expected, ["dog"]) == [
+        "7 true label(s) are not candidate labels, so 7 file(s) count as wrong: 'cat', 'owl', 'pig', 'cow', 'hen' "
+        "and 2 more"
+    ]
 
 
 # -- report files and comparison ---------------------------------------------------------------------------------
@@ -464,3 +540,73 @@ def test_eval_retrieval_bad_csv(tmp_path):
     assert result.exit_code == EXIT_USAGE and "no file column" in result.output
     nothing = run("eval", "retrieval", write(tmp_path / "d.csv", "file,caption\na.wav,x\n"), "-o", tmp_path / "out")
     assert nothing.exit_code == EXIT_USAGE and "none of its 1 files" in nothing.output
+
+
+def test_eval_classify_refuses_a_truth_that_lists_none_of_the_files(tmp_path):
+    """It would measure nothing (a report of dashes): bad usage, said before the model is looked for."""
+    write_tone(tmp_path / "audio" / "tone.wav", 1.0)
+    truth = write(tmp_path / "truth.csv", "file,label\nelsewhere/other.wav,tone\n")
+    result = run("eval", "classify", tmp_path / "audio", "--truth", truth, "--model", tmp_path / "no-model")
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert result.stderr.splitlines() == [
+        f"error: {truth}: lists none of the 1 audio file(s) of {tmp_path / 'audio'} (its paths are relative to its "
+        "own folder; a bare file name matches a file of that name)"
+    ]
+
+
+def test_eval_classify_warns_of_what_its_numbers_cannot_count(tiny_model_dir, tmp_path):
+    """A true label that no candidate spells the same way, and a classified file the truth does not list: each
+    said under the table (and in report.md), not only counted into the numbers."""
+    for name in ("a.wav", "b.wav", "extra.wav"):
+        write_tone(tmp_path / "audio" / name, 1.0)
+    truth = write(tmp_path / "truth.csv", "file,label\na.wav,Tone\nb.wav,hum\n")
+    labels = write(tmp_path / "labels.txt", "tone\nhum\n")
+    out = tmp_path / "report"
+    args = ["eval", "classify", tmp_path / "audio", "--truth", truth, "--labels", labels, "-o", out]
+    result = run(*args, *quick(tiny_model_dir)[:4])
+    assert result.exit_code == EXIT_OK, result.output
+    said = [
+        "warning: 1 classified file(s) are not in the truth file, so not scored",
+        "warning: true label 'Tone' is not a candidate label but 'tone' is: labels are compared exactly, so its 1 "
+        "file(s) count as wrong",
+    ]
+    assert result.stderr.splitlines() == said
+    summary = (out / "report.md").read_text()
+    assert all(line.removeprefix("warning: ") in summary for line in said)
+
+
+def test_eval_names_why_a_file_failed_on_every_run(tiny_model_dir, tmp_path):
+    """A file that failed to index is not tried again by the next run (it is unchanged): its reason comes from the
+    library then, not a guess that it changed or failed before."""
+    write_tone(tmp_path / "audio" / "tone.wav", 1.0)
+    write(tmp_path / "audio" / "broken.wav", "RIFF not really audio")
+    captions = write(tmp_path / "audio" / "captions.csv", "file,caption\ntone.wav,a tone\nbroken.wav,a crackle\n")
+    args = ["eval", "caption", captions, "--no-java-metrics", "-o", tmp_path / "out", "--json", *quick(tiny_model_dir)]
+    reasons = []
+    for _ in range(2):
+        result = run(*args)
+        assert result.exit_code == EXIT_PARTIAL, result.output
+        reasons.append(json.loads(result.stdout)["skipped"])
+    broken = [
+        {"file": "broken.wav", "reason": "failed to index: not a readable audio file (unknown format or corrupt data)"}
+    ]
+    assert reasons == [broken, broken]
+
+
+def test_eval_says_when_the_library_holds_captions_of_another_prompt(tiny_model_dir, tmp_path):
+    """A second run reuses what is indexed: asked for another prompt without --reindex, it would score the old
+    captions under the new prompt's name. The report records the prompt the captions answer, and the run says so."""
+    write_tone(tmp_path / "audio" / "tone.wav", 1.0)
+    captions = write(tmp_path / "audio" / "captions.csv", "file,caption\ntone.wav,a tone\n")
+    args = ["eval", "caption", captions, "--no-java-metrics", "-o", tmp_path / "out", "--json", *quick(tiny_model_dir)]
+    first = run(*args, "--prompt", "this is a sound of")
+    assert first.exit_code == EXIT_OK and first.stderr == "", first.output
+    again = run(*args)
+    assert again.exit_code == EXIT_OK, again.output
+    assert json.loads(again.stdout)["setup"]["caption_prompts"] == ["this is a sound of"]
+    assert again.stderr.splitlines() == [
+        "warning: the library's captions of this set answer 'this is a sound of', not 'generate audio caption': "
+        "--reindex captions them anew"
+    ]
+    redone = run(*args, "--reindex")
+    assert redone.stderr == "" and json.loads(redone.stdout)["setup"]["caption_prompts"] == ["generate audio caption"]

@@ -918,6 +918,47 @@ def test_a_parameter_sent_twice_is_refused_not_answered_with_the_last(client, se
     assert body["detail"] == f"{field}: sent 2 times; send it once"
 
 
+@pytest.mark.parametrize(
+    ("url", "data", "field", "message"),
+    [
+        # POST /api/similar reads its filters from the query string, as GET /api/similar does
+        ("/api/similar", {"k": "2"}, "k", "send it in the query string: this request does not read it from the form"),
+        (
+            "/api/similar",
+            {"ext": "flac"},
+            "ext",
+            "send it in the query string: this request does not read it from the form",
+        ),
+        # POST /api/classify reads method and top from the form, beside the labels
+        (
+            "/api/classify?top=1",
+            LABELS,
+            "top",
+            "send it in the form: this request does not read it from the query string",
+        ),
+        (
+            "/api/describe?file=bell.wav",
+            None,
+            "file",
+            "send it in the form: this request does not read it from the query string",
+        ),
+    ],
+)
+def test_a_parameter_sent_where_it_is_not_read_is_refused_not_ignored(client, served, url, data, field, message):
+    """`requests.post(url, files=..., data={"k": 2})` put the filters in the form, where POST /api/similar does not
+    look for them: it answered 10 unfiltered hits as if they had not been sent."""
+    clip = served.files["bell.wav"].read_bytes()
+    body = invalid(client.post(url, files=[("file", ("bell.wav", clip))], data=data), field)
+    assert body["detail"] == f"{field}: {message}"
+
+
+def test_a_parameter_the_request_does_not_take_anywhere_is_let_be(client, served):
+    """Clients add their own (jQuery's cache-busting `_`): only a known parameter in the wrong place is refused."""
+    clip = served.files["bell.wav"].read_bytes()
+    assert client.post("/api/similar?k=1&_=123", files=[("file", ("bell.wav", clip))]).status_code == 200
+    assert client.get(SEARCH + "k=1&_=123").status_code == 200
+
+
 def test_pages_answer_invalid_parameters_with_an_html_page(client, served):
     clip = served.files["bell.wav"].read_bytes()
     page = client.post("/upload/describe", files=[("file", ("a.wav", clip)), ("file", ("b.wav", clip))])

@@ -19,6 +19,7 @@ import typer
 
 from ..choices import DEFAULT_HYBRID_WEIGHT, Device, Method, Rank
 from ..pathnames import shown
+from ..prompts import TASK_PROMPTS
 from .classify import ScoringOptions
 from .common import (
     EXIT_OK,
@@ -35,6 +36,7 @@ from .common import (
     ThreadsOption,
     UsageError,
     apply_threads,
+    audio_inputs,
     check_output_file,
     check_output_folder,
     fetches_model,
@@ -52,6 +54,7 @@ from .common import (
 if TYPE_CHECKING:
     from indexer.pipeline import IndexSummary
 
+    from ..classify import Truth
     from ..embedders import TextEmbedder
     from ..evaluation.datasets import CaptionSet
     from ..library import Library
@@ -230,6 +233,7 @@ def _evaluate_set(
 ) -> None:
     """Read the captioned set, index what the library lacks, `score` the library with its caption embedder (and the
     files that failed to index), and write the `kind` report."""
+    from ..evaluation.captioning import caption_prompts
     from ..search import query_embedder
 
     apply_threads(evalset.threads)
@@ -238,9 +242,20 @@ def _evaluate_set(
     library, summary = _indexed_library(caption_set, evalset, output, quiet=quiet, json_output=json_output)
     with library:
         embedder = query_embedder(library, evalset.model, evalset.device)
-        result = score(library, caption_set, embedder, _failures(summary))
+        result = score(library, caption_set, embedder, _failures(summary, library))
         setup = _library_setup(library, evalset)
+        setup["caption_prompts"] = caption_prompts(library, [item.path or "" for item in caption_set.found])
+    _warn_other_prompts(setup["caption_prompts"], evalset)
     _finish(kind, result, caption_set.to_json(), setup, summary, output, json_output)
+
+
+def _warn_other_prompts(held: list[str], evalset: EvalSet) -> None:
+    """The library keeps the captions it was first indexed with: asking for another prompt without --reindex would
+    measure the old captions under the new prompt's name."""
+    wanted = (evalset.prompt or [TASK_PROMPTS["caption"]])[0]
+    if held and held != [wanted]:
+        answered = ", ".join(repr(prompt) for prompt in held)
+        warn(f"the library's captions of this set answer {answered}, not {wanted!r}: --reindex captions them anew")
 
 
 def _read_set(captions: Path, evalset: EvalSet) -> CaptionSet:
@@ -286,8 +301,11 @@ def _indexed_library(
     return Library.open(db, read_only=True), summary
 
 
-def _failures(summary: IndexSummary) -> Failures:
-    return {item.path: f"failed to index: {item.message}" for item in summary.failed}
+def _failures(summary: IndexSummary, library: Library) -> Failures:
+    """Why files could not be indexed: this run's reason, else the one the library recorded when an earlier run
+    failed on the file (an unchanged file that failed is not tried again, so this run has none to give)."""
+    failures = {path: f"failed to index: {reason}" for path, reason in library.store.failed_files()}
+    return failures | {item.path: f"failed to index: {item.message}" for item in summary.failed}
 
 
 def _library_setup(library: Library, evalset: EvalSet) -> dict[str, Any]:
@@ -362,8 +380,19 @@ def _print_report(report: dict[str, Any]) -> None:
         for name, value in flat_metrics(report["metrics"]).items():
             table.add_row(name, _cell(value))
     out_console.print(table)
+    _print_caveats(report)
+
+
+def _print_caveats(report: dict[str, Any]) -> None:
+    """What the numbers under the table leave out or cannot count, each on its own line."""
+    from ..evaluation.report import unmatched_note
+
     for name, why in report.get("unavailable", {}).items():
         out_console.print(f"{name} not computed: {why}", markup=False, soft_wrap=True)
+    if report.get("unmatched"):
+        warn(unmatched_note(report["unmatched"]))
+    for note in report.get("notes", []):
+        warn(note)
     skipped = report.get("skipped", [])
     for item in skipped[:_SHOWN_SKIPPED]:
         warn(f"left out {shown(item['file'])}: {item['reason']}")
@@ -425,6 +454,7 @@ def classify_files(
     except LabelsError as err:
         raise UsageError("", str(err)) from None
     check_output_folder(output)
+    _check_truth_lists(known, truth, target)
     settings = scoring.settings()
     model_dir = ModelDir.resolve(model)
     predictions, failures = classify_targets(
@@ -458,6 +488,18 @@ def classify_files(
     else:
         setup |= {"prompt": scoring.prompt, "loglik_score": scoring.loglik_score.value}
     _finish("classify", result, dataset, setup, None, output, json_output)
+
+
+def _check_truth_lists(known: Truth, truth: Path, target: Path) -> None:
+    """A truth file that lists none of the files to classify would measure nothing (a report of dashes, exit 0):
+    refused before the model runs. The classifier lists the folder again; listing is cheap next to classifying."""
+    files, _ = audio_inputs([target])
+    if not any(known.label_of(path) is not None for path in files):
+        raise UsageError(
+            truth,
+            f"lists none of the {len(files)} audio file(s) of {shown(str(target))} "
+            "(its paths are relative to its own folder; a bare file name matches a file of that name)",
+        )
 
 
 def _truth_digest(truth: Path, labels: list[str]) -> str:

@@ -50,6 +50,17 @@ def stored_caption(library: Library, path: str) -> GeneratedCaption | None:
     return GeneratedCaption(text.text, text.prompt, window.start_s, window.end_s, text.score)
 
 
+def caption_prompts(library: Library, paths: Sequence[str]) -> list[str]:
+    """The prompts that the stored captions of these files answer, in order of first appearance: each window's first
+    text, the one embedded for search and scored as its caption. A library indexed before with other prompts keeps
+    its captions until it is indexed again (`--reindex`), so these may differ from the prompts asked for."""
+    prompts: dict[str, None] = {}
+    for path in paths:
+        stored = stored_windows(library, path)
+        prompts.update((window.texts[0].prompt, None) for window in (stored.windows if stored else ()) if window.texts)
+    return list(prompts)
+
+
 def evaluate_captions(
     library: Library,
     caption_set: CaptionSet,

@@ -3,6 +3,8 @@ confusion matrix (rows: true label, columns: predicted label)."""
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,6 +12,7 @@ from ..classify import Prediction, Truth, evaluate
 from .metrics import confusion_matrix, mean, top_k_accuracy
 
 TOP_KS = (3, 5)  # top-1 is the accuracy
+_NAMED = 5  # true labels that are no candidate, named in their note
 
 
 def evaluate_classification(predictions: Sequence[Prediction], truth: Truth, labels: Sequence[str]) -> dict[str, Any]:
@@ -26,6 +29,7 @@ def evaluate_classification(predictions: Sequence[Prediction], truth: Truth, lab
     metrics["macro_f1"] = mean([c["f1"] for c in base["per_class"].values()])
     return {
         "metrics": metrics,
+        "notes": label_notes([expected for expected, _ in pairs], labels),
         "evaluated": {"files": base["files"], "correct": base["correct"]},
         "per_class": base["per_class"],
         "confusion": {
@@ -43,3 +47,46 @@ def evaluate_classification(predictions: Sequence[Prediction], truth: Truth, lab
 def _rank_of(label: str, prediction: Prediction) -> int | None:
     """Where the true label is among the prediction's ranked labels (from 1), None when it is not a candidate."""
     return next((rank for rank, (name, _) in enumerate(prediction.ranked, 1) if name == label), None)
+
+
+def label_notes(expected: Sequence[str], candidates: Sequence[str]) -> list[str]:
+    """What makes files count as wrong whatever the model says, from the true labels of the evaluated files (one per
+    file) and the candidate labels. Labels are compared exactly, so a true label that differs from a candidate only
+    in case, spaces, "_" or "-" is most likely a mistake: each is named with its candidate. Other true labels that
+    are not candidates (a deliberate subset, often) share one note, as do true labels that differ from each other
+    only so (two classes where the truth meant one)."""
+    files = Counter(expected)
+    near: dict[str, str] = {}
+    for candidate in candidates:
+        near.setdefault(_loose(candidate), candidate)
+    notes, absent = [], []
+    for label, count in files.items():
+        if label in candidates:
+            continue
+        if _loose(label) in near:
+            notes.append(
+                f"true label {label!r} is not a candidate label but {near[_loose(label)]!r} is: labels are compared "
+                f"exactly, so its {count} file(s) count as wrong"
+            )
+        else:
+            absent.append(label)
+    if absent:
+        named = ", ".join(map(repr, absent[:_NAMED])) + (
+            f" and {len(absent) - _NAMED} more" if len(absent) > _NAMED else ""
+        )
+        count = sum(files[label] for label in absent)
+        notes.append(
+            f"{len(absent)} true label(s) are not candidate labels, so {count} file(s) count as wrong: {named}"
+        )
+    spellings: dict[str, list[str]] = {}
+    for label in files:
+        spellings.setdefault(_loose(label), []).append(label)
+    for same in spellings.values():
+        if len(same) > 1:
+            notes.append(f"true labels {', '.join(map(repr, same))} differ only in case or spacing: counted apart")
+    return notes
+
+
+def _loose(label: str) -> str:
+    """A label without what spelling varies in: case, and spaces, "_" and "-" between its words."""
+    return re.sub(r"[\s_-]+", " ", label.casefold()).strip()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import unicodedata
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,12 +141,19 @@ def _caption_columns(path: Path, header: list[str], wanted: list[str] | None) ->
 
 
 def _find_audio(root: Path, name: str) -> str | None:
-    candidate = root / name
-    if candidate.is_file():
-        return os.path.abspath(candidate)
-    if not candidate.suffix:
-        for extension in sorted(AUDIO_EXTENSIONS):
-            with_extension = candidate.with_name(candidate.name + extension)
-            if with_extension.is_file():
-                return os.path.abspath(with_extension)
+    for spelling in _spellings(name):
+        candidate = root / spelling
+        if candidate.is_file():
+            return os.path.abspath(candidate)
+        if not candidate.suffix:
+            for extension in sorted(AUDIO_EXTENSIONS):
+                with_extension = candidate.with_name(candidate.name + extension)
+                if with_extension.is_file():
+                    return os.path.abspath(with_extension)
     return None
+
+
+def _spellings(name: str) -> list[str]:
+    """A file name as the CSV writes it, then in Unicode's composed and decomposed forms: a list written on macOS
+    spells "é" as "e" plus an accent, where a Linux folder keeps the name as the archive had it."""
+    return list(dict.fromkeys([name, unicodedata.normalize("NFC", name), unicodedata.normalize("NFD", name)]))

@@ -211,8 +211,14 @@ def _classify_md(report: dict[str, Any]) -> list[str]:
             [[label, m["precision"], m["recall"], m["f1"], m["support"]] for label, m in per_class.items()],
         )
     if report.get("unmatched"):
-        lines += [f"{len(report['unmatched'])} classified file(s) are not in the truth file.", ""]
+        lines += [f"{unmatched_note(report['unmatched'])}.", ""]
+    if report.get("notes"):
+        lines += [*(f"- **note**: {note}" for note in report["notes"]), ""]
     return lines
+
+
+def unmatched_note(unmatched: list[str]) -> str:
+    return f"{len(unmatched)} classified file(s) are not in the truth file, so not scored"
 
 
 def _skipped_md(skipped: list[dict[str, str]]) -> list[str]:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 from collections import Counter
+from collections.abc import Iterable
 from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.formparsers import MultiPartException
 
@@ -143,9 +146,11 @@ ParamsDep = Annotated[SearchParams, Depends(search_params)]
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
-async def one_value_each(request: Request) -> None:
-    """Refuse a parameter sent more than once (`k=1&k=2`, two `file` parts in a form): every parameter of this
-    server takes one value, and FastAPI would answer with the last one as if the others were not there."""
+async def parameters_as_declared(request: Request) -> None:
+    """Refuse a parameter sent more than once (`k=1&k=2`, two `file` parts in a form) or sent where its route does
+    not read it (`k` in the form of `POST /api/similar`, which reads its filters from the query string; `top` in the
+    query string of `POST /api/classify`, which reads it from the form): FastAPI would answer with the last value,
+    or as if the parameter had not been sent, without a word."""
     sent = [("query", name) for name, _ in request.query_params.multi_items()]
     if request.method == "POST" and request.headers.get("content-type", "").startswith(FORM_TYPES):
         try:
@@ -153,14 +158,44 @@ async def one_value_each(request: Request) -> None:
         except MultiPartException:
             return  # a malformed body: the route that reads it says so
         sent += [("body", name) for name, _ in form.multi_items()]
-    repeated = [(where, name, count) for (where, name), count in Counter(sent).items() if count > 1]
-    if repeated:
-        raise RequestValidationError(
-            [
-                {"type": "repeated", "loc": (where, name), "msg": f"sent {count} times; send it once"}
-                for where, name, count in repeated
-            ]
-        )
+    problems = [
+        {"type": "repeated", "loc": (where, name), "msg": f"sent {count} times; send it once"}
+        for (where, name), count in Counter(sent).items()
+        if count > 1
+    ]
+    route = request.scope.get("route")
+    if isinstance(route, APIRoute):
+        problems += _misplaced(_declared(route.dependant), dict.fromkeys(sent))
+    if problems:
+        raise RequestValidationError(problems)
+
+
+_PLACES = {"query": "the query string", "body": "the form"}
+
+
+def _misplaced(declared: dict[str, set[str]], sent: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
+    """A problem for each parameter sent in one place (query string or form) that the route reads only from the
+    other. A name it reads nowhere is let be, as HTTP clients add their own (a cache-busting `_`)."""
+    problems = []
+    for where, name in sent:
+        other = "body" if where == "query" else "query"
+        if name not in declared[where] and name in declared[other]:
+            message = f"send it in {_PLACES[other]}: this request does not read it from {_PLACES[where]}"
+            problems.append({"type": "misplaced", "loc": (where, name), "msg": message})
+    return problems
+
+
+def _declared(dependant: Dependant) -> dict[str, set[str]]:
+    """The names a route (its dependencies included) reads from the query string and from the form body (a walk
+    over a few dozen fields: microseconds, not worth a cache)."""
+    declared = {
+        "query": {field.alias for field in dependant.query_params},
+        "body": {field.alias for field in dependant.body_params},
+    }
+    for sub in dependant.dependencies:
+        for where, names in _declared(sub).items():
+            declared[where] |= names
+    return declared
 
 
 AUDIO = {200: {"content": {"audio/*": {}}, "description": "Audio (HTTP Range requests are honoured)."}}

@@ -43,7 +43,7 @@ def create_app(settings: ServeSettings, *, warm_up: bool = True) -> FastAPI:
         docs_url=None,  # /docs is a page of ours: FastAPI's loads its script from the internet
         redoc_url=None,
         lifespan=lifespan,
-        dependencies=[Depends(api.one_value_each)],
+        dependencies=[Depends(api.parameters_as_declared)],
     )
     app.state.service = service
     app.include_router(api.router)
