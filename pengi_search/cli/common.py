@@ -110,6 +110,14 @@ DbOption = Annotated[
     ),
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+HiddenOption = Annotated[  # every command that walks folders (`pengi_search.scan`)
+    bool,
+    typer.Option(
+        "--hidden",
+        help="Walk folders into hidden files and folders too (names starting with '.'); AppleDouble '._*' files are "
+        "never audio. A path given here is used, hidden or not.",
+    ),
+]
 AUTO_FETCH_ENV = "PENGI_SEARCH_AUTO_FETCH"
 YesOption = Annotated[
     bool,
@@ -384,8 +392,9 @@ def check_output_folder(output: Path) -> None:
         raise UsageError(output, f"cannot write in {shown(os.fspath(existing))}: permission denied")
 
 
-def audio_files_in(folder: Path) -> tuple[list[str], list[tuple[str, str]]]:
-    """The audio files in a folder (recursively, sorted), and the (path, reason) of entries that cannot be read.
+def audio_files_in(folder: Path, *, hidden: bool = False) -> tuple[list[str], list[tuple[str, str]]]:
+    """The audio files in a folder (recursively, sorted; hidden names only with `hidden`), and the (path, reason)
+    of entries that cannot be read.
 
     A folder with neither is bad usage (a typo'd or wrong folder) for every command that reads audio files from it
     (describe, ask, similar, classify, eval classify); `index` does not come here, and only warns: a drop folder may
@@ -395,7 +404,7 @@ def audio_files_in(folder: Path) -> tuple[list[str], list[tuple[str, str]]]:
     from ..scan import ScanError, scan
 
     try:
-        result = scan([folder], frozenset(AUDIO_EXTENSIONS))
+        result = scan([folder], frozenset(AUDIO_EXTENSIONS), hidden=hidden)
     except ScanError as err:
         raise UsageError("", str(err)) from None
     files = [e.path for e in result.entries if e.problem is None]
@@ -406,7 +415,7 @@ def audio_files_in(folder: Path) -> tuple[list[str], list[tuple[str, str]]]:
     return files, problems
 
 
-def audio_inputs(targets: Sequence[Path]) -> tuple[list[str], list[tuple[str, str]]]:
+def audio_inputs(targets: Sequence[Path], *, hidden: bool = False) -> tuple[list[str], list[tuple[str, str]]]:
     """The audio files that files and folders given on the command line stand for, in the order given (a folder's
     recursively and sorted), each once, with the (path, reason) of entries that cannot be read. A file reached twice
     (given, and inside a given folder, or under another spelling) is kept once, named as first reached. Every target
@@ -417,7 +426,7 @@ def audio_inputs(targets: Sequence[Path]) -> tuple[list[str], list[tuple[str, st
     files: dict[str, str] = {}  # absolute path (what the store and a truth file match on) -> the path as reached
     unreadable: list[tuple[str, str]] = []
     for target in targets:
-        found, problems = _audio_files_of(target)
+        found, problems = _audio_files_of(target, hidden)
         for path in found:
             files.setdefault(absolute(path), path)
         unreadable += problems
@@ -431,10 +440,10 @@ def one_file_given(targets: Sequence[Path]) -> bool:
     return len(targets) == 1 and not targets[0].is_dir()
 
 
-def _audio_files_of(target: Path) -> tuple[list[str], list[tuple[str, str]]]:
+def _audio_files_of(target: Path, hidden: bool) -> tuple[list[str], list[tuple[str, str]]]:
     """One target's audio files (a folder's, recursively and sorted) and those that cannot be read."""
     if target.is_dir():
-        return audio_files_in(target)
+        return audio_files_in(target, hidden=hidden)
     if target.is_file():
         return [os.fspath(target)], []
     raise not_found(target, "file or folder")

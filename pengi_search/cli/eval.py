@@ -27,6 +27,7 @@ from .common import (
     BatchOption,
     BeamOption,
     DeviceOption,
+    HiddenOption,
     IndexProgress,
     JsonOption,
     MaxLenOption,
@@ -402,6 +403,7 @@ def classify_files(
     device: DeviceOption = Device.auto,
     batch_size: AutoBatchOption = None,
     threads: ThreadsOption = None,
+    hidden: HiddenOption = False,
     quiet: QuietOption = False,
     json_output: JsonOption = False,
 ) -> None:
@@ -437,6 +439,7 @@ def classify_files(
         batch_size=batch_size,
         visible=show_progress(quiet, json_output),
         texts=texts,
+        hidden=hidden,
         report_skips=False,  # listed under the table, with the report's other files left out
     )
     result = evaluate_classification(predictions, known, label_list)
