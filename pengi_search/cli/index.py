@@ -140,6 +140,7 @@ def index(
         typer.Option(
             "--debounce",
             min=0.1,
+            max=3600,  # an hour: a longer quiet spell is no debounce, and inf (accepted as a float) would never run
             help="With --watch: start a run once the paths have not changed for this many seconds \\[default: 2]",
         ),
     ] = None,
