@@ -21,6 +21,7 @@ import logging
 import os
 import shlex
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -49,7 +50,7 @@ from pengi_search.hashing import file_sha256
 from pengi_search.library import Library
 from pengi_search.model_dir import ModelDir
 from pengi_search.pathnames import path_fields
-from pengi_search.scan import Entry, ScanResult, has_extension, scan
+from pengi_search.scan import Entry, ScanResult, has_extension, hidden_path, inside, scan
 
 from .captions import CaptionPass, IndexModel
 from .shard import Rank, Shard
@@ -80,6 +81,7 @@ class IndexOptions:
     index_type: str | None = None
     shard: Shard | None = None
     extensions: frozenset[str] = AUDIO_EXTENSIONS
+    hidden: bool = False  # walk hidden names too (`pengi_search.scan`)
     retry_errors: bool = False
     reindex: bool = False
     strict: bool = False  # a truncated file is recorded as failed instead of indexed with a note
@@ -155,6 +157,7 @@ class IndexSummary:
     failed: list[FailedFile] = field(default_factory=list)
     unreadable_dirs: list[FailedFile] = field(default_factory=list)
     unseen_roots: list[FileNote] = field(default_factory=list)  # roots with indexed files but none found: not pruned
+    hidden_kept: list[FileNote] = field(default_factory=list)  # hidden paths with indexed files, not walked: kept
     truncated: list[FileNote] = field(default_factory=list)  # indexed as far as they decode
     decoder_notes: list[FileNote] = field(default_factory=list)  # what C decoders printed, per file
 
@@ -166,7 +169,7 @@ class IndexSummary:
         data = {name: getattr(self, name) for name in self.__dataclass_fields__}
         data["seconds"] = round(self.seconds, 3)
         data["searchable_s"] = round(self.searchable_s, 3)
-        for name in ("failed", "unreadable_dirs", "unseen_roots", "truncated", "decoder_notes"):
+        for name in ("failed", "unreadable_dirs", "unseen_roots", "hidden_kept", "truncated", "decoder_notes"):
             data[name] = [item.to_json() for item in getattr(self, name)]
         return data
 
@@ -180,7 +183,7 @@ def run_index(options: IndexOptions, progress: ProgressReporter | None = None) -
         raise IndexerError(
             "--reindex", "cannot be combined with --shard (shards run apart); re-index without --shard, or use torchrun"
         )
-    scanned = scan(options.roots, options.extensions)
+    scanned = scan(options.roots, options.extensions, hidden=options.hidden)
     shard_name = None if shard is None else str(shard)
     try:
         # A new library is created only once the run can work: a missing model fails first, leaving nothing behind.
@@ -535,25 +538,35 @@ class _Run:
     # -- finishing -------------------------------------------------------------------------------------------
 
     def _prune(self, scanned: ScanResult) -> int:
-        """Forget files under the scanned roots that are gone, keeping what this scan could not see: files under
-        unreadable folders, files whose extension was not asked for this time, and every file of a root where the
-        scan found nothing at all (an unmounted drive's empty mount point must not cost the library)."""
+        """Forget files under the scanned roots that are gone, keeping what this scan did not see: files under
+        unreadable folders or hidden names (not AppleDouble files: earlier versions recorded those as failed), files
+        of extensions not asked for, and every file of a root where the scan found nothing (an unmounted drive)."""
         present = {entry.path for entry in scanned.entries}
-        hidden = [folder for folder, _ in scanned.unreadable_dirs]
+        unlisted = [folder for folder, _ in scanned.unreadable_dirs]
         pruned = 0
         for root in scanned.roots:
             missing = self.store.all_file_stamps(under=root).keys() - present
-            unseen = {
+            unseen = self._hidden_kept(root, missing) | {
                 path
                 for path in missing
-                if not has_extension(path, self.options.extensions) or any(_inside(path, d) for d in hidden)
+                if not has_extension(path, self.options.extensions) or any(inside(path, d) for d in unlisted)
             }
             gone = missing - unseen
-            if gone and not any(_inside(path, root) for path in present):
+            if gone and not any(inside(path, root) for path in present):
                 self.summary.unseen_roots.append(FileNote(root, _EMPTY_ROOT.format(count=len(gone))))
                 continue
             pruned += self.store.prune_missing(present | unseen, under=root)
         return pruned
+
+    def _hidden_kept(self, root: str, missing: set[str]) -> set[str]:
+        """Of the files under `root` this scan did not find, those it passed over for a hidden name (without
+        --hidden): kept, each hidden path noted once with its count."""
+        if self.options.hidden:
+            return set()
+        kept = {path: at for path in missing if (at := hidden_path(path, root)) is not None}
+        counts = sorted(Counter(kept.values()).items())
+        self.summary.hidden_kept += [FileNote(at, _HIDDEN_KEPT.format(count=count)) for at, count in counts]
+        return set(kept)
 
     def _sync(self) -> None:
         """The FAISS files follow the database: after all ranks finished, by the leading one."""
@@ -576,11 +589,11 @@ def _same_content(entry: Entry, stamp: FileStamp, retry_errors: bool) -> bool:
         return False  # decoding will report why it cannot be read
 
 
+_HIDDEN_KEPT = (
+    "{count} indexed file(s) at or under this hidden path were kept as they are: runs without --hidden do not look "
+    "at hidden names (`pengi-search remove` forgets them)"
+)
 _EMPTY_ROOT = (
     "no audio file found here, so its {count} indexed file(s) were kept (an unmounted drive?); "
     "`pengi-search remove` forgets them"
 )
-
-
-def _inside(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip("/") + "/")

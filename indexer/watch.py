@@ -6,9 +6,11 @@ ReadDirectoryChangesW; polling where `WATCHFILES_FORCE_POLLING=1` is set, e.g. o
 Only changes an index run acts on count:
 - a file with an extension being indexed (or a root given as a file): added, written, renamed or deleted;
 - a folder that appears (moved in: its files bring no events of their own);
-- a path that disappears with indexed files at or below it (a folder moved away or deleted), or a root itself.
-So the library's own files (its database and FAISS files, even inside a root) and other files (sidecars, editors'
-temporary files) never start a run, and a run never starts the next one.
+- a path that disappears with indexed files at or below it (a folder moved away or deleted), or a root itself;
+and of these only what a run's walk reaches (`pengi_search.scan`): none below a hidden name without `hidden` (a
+`.Trash-1000/` filling up, a sync tool's `.x.wav.tmp`), no AppleDouble file ever. So the library's own files (its
+database and FAISS files, even inside a root) and other files (sidecars, editors' temporary files) never start a
+run, and a run never starts the next one.
 
 A run starts once no such change has come for `debounce_s`: copying many files gives one run, not one per file,
 and a file still being written is not read half-way. Changes that come while a run works are kept for the next one:
@@ -25,7 +27,7 @@ from collections.abc import Iterator, Sequence
 import watchfiles
 
 from pengi_search.db import Store, library_exists
-from pengi_search.scan import absolute, has_extension
+from pengi_search.scan import absolute, has_extension, inside, skipped_at
 
 DEFAULT_DEBOUNCE_S = 2.0
 # How often waiting wakes up to look at the clock (watchfiles checks for Ctrl-C more often still); also the most
@@ -36,7 +38,8 @@ Changes = set[tuple[watchfiles.Change, str]]
 
 
 class LibraryWatch:
-    """The changes under `roots` that an index run of `extensions` into the library at `db` would act on.
+    """The changes under `roots` that an index run of `extensions` (and `hidden` names) into the library at `db`
+    would act on.
 
     Watching starts when the object is made, so a change made during the first run is not missed; use it in a
     `with` block (or `close` it) to stop.
@@ -48,10 +51,13 @@ class LibraryWatch:
         extensions: frozenset[str],
         db: str | None,
         debounce_s: float = DEFAULT_DEBOUNCE_S,
+        *,
+        hidden: bool = False,
     ) -> None:
         self.roots = [absolute(root) for root in roots]
         self.debounce_s = debounce_s
         self._extensions = extensions
+        self._hidden = hidden
         self._file_roots = frozenset(root for root in self.roots if not os.path.isdir(root))
         self._db = db
         self._pending: set[str] = set()  # changed paths not yet settled
@@ -102,6 +108,7 @@ class LibraryWatch:
         return changes
 
     def _of_interest(self, changes: Changes) -> set[str]:
+        changes = {(change, path) for change, path in changes if self._walked(path)}
         found = {
             path
             for change, path in changes
@@ -111,6 +118,13 @@ class LibraryWatch:
         # A root gone always counts, even with the library gone along (inside it): its run ends the watch with
         # the error a missing PATH gives, where the watch would otherwise go on over a folder no longer there.
         return found | (gone & set(self.roots)) | self._held(_topmost(gone))
+
+    def _walked(self, path: str) -> bool:
+        """Whether a run reaches `path` by its name: a root, or a path below a folder root that its walk enters."""
+        if path in self.roots:
+            return True
+        folders = (root for root in self.roots if root not in self._file_roots and inside(path, root))
+        return any(skipped_at(path, root, hidden=self._hidden) is None for root in folders)
 
     def _indexable(self, path: str) -> bool:
         return has_extension(path, self._extensions) or path in self._file_roots

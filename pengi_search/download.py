@@ -101,12 +101,14 @@ Notify = Callable[[str], Any]  # receives one-line notices for the person runnin
 
 
 class DownloadError(PengiSearchError):
-    """A download or tokenizer fetch failed; the message is one line naming source, destination and reason."""
+    """A download or tokenizer fetch failed; the message is one line naming source, destination and reason.
+    `unreachable`: the source could not be reached from here (offline mode, the network, the server), so a copy
+    downloaded elsewhere would do."""
 
-    def __init__(self, source: str, dest: Path | None, reason: str) -> None:
+    def __init__(self, source: str, dest: Path | None, reason: str, *, unreachable: bool = False) -> None:
         target = f" to {dest}" if dest is not None else ""
         super().__init__(f"cannot fetch {source}{target}", reason)
-        self.source, self.dest = source, dest
+        self.source, self.dest, self.unreachable = source, dest, unreachable
 
 
 @dataclass(frozen=True)
@@ -123,11 +125,12 @@ class FetchedRelease:
 
 
 class _Failure(Exception):
-    """Internal: why an attempt failed, and whether trying again (resuming) may help."""
+    """Internal: why an attempt failed, whether trying again (resuming) may help, and whether it failed to reach the
+    source (see `DownloadError.unreachable`) rather than to read or write a file here."""
 
-    def __init__(self, reason: str, *, retry: bool) -> None:
+    def __init__(self, reason: str, *, retry: bool, unreachable: bool = False) -> None:
         super().__init__(reason)
-        self.reason, self.retry = reason, retry
+        self.reason, self.retry, self.unreachable = reason, retry, unreachable
 
 
 @dataclass
@@ -160,7 +163,7 @@ def download(
     try:
         source, local = _resolve(url)
         if local is None and (setting := offline_setting()):
-            raise _Failure(f"{setting} forbids network access; download it elsewhere and give its path", retry=False)
+            raise _Failure(f"{setting} forbids network access", retry=False, unreachable=True)
         dest.parent.mkdir(parents=True, exist_ok=True)
         part = _Part(dest.with_suffix(dest.suffix + ".part"), source)
         with _progress_bar(progress) as bar:
@@ -172,7 +175,7 @@ def download(
             raise _Failure(f"sha256 mismatch: expected {expected_sha256.lower()}, got {digest}", retry=False)
         result = _publish(part, dest)
     except _Failure as exc:
-        raise DownloadError(url, dest, exc.reason) from exc
+        raise DownloadError(url, dest, exc.reason, unreachable=exc.unreachable) from exc
     except OSError as exc:
         raise DownloadError(url, dest, f"{exc.strerror or exc} ({exc.filename or dest})") from exc
     return result
@@ -244,9 +247,7 @@ def fetch_release(
     url = checkpoint_url or release.url
     if force:
         discard_download(dest)
-    checkpoint = _reusable(dest, url, notify)
-    if checkpoint is None:
-        checkpoint = download(url, dest, progress=progress)
+    checkpoint = _reusable(dest, url, notify) or _download_release(name, url, dest, progress)
     sources = {**TOKENIZERS, **(tokenizer_sources or {})}
     tokenizers = {}
     for key in release.tokenizers:
@@ -255,6 +256,18 @@ def fetch_release(
             fetch_tokenizer(sources[key], target)
         tokenizers[key] = target
     return FetchedRelease(checkpoint, tokenizers)
+
+
+def _download_release(name: str, url: str, dest: Path, progress: bool) -> DownloadResult:
+    """`download`; where this machine cannot reach `url` (offline mode, no network, a server down), the error says
+    how to install the release from a copy downloaded elsewhere."""
+    try:
+        return download(url, dest, progress=progress)
+    except DownloadError as exc:
+        if not exc.unreachable:  # a full disk, a local file that cannot be read: a copy would not help
+            raise
+        how = f"download it elsewhere, then `pengi-search model fetch {name} --url FILE` installs that file"
+        raise DownloadError(url, dest, f"{exc.reason}; {how}", unreachable=True) from exc
 
 
 def set_aside(dest: Path) -> Path:
@@ -374,13 +387,16 @@ def _fetch(
                 bar.update(task, completed=opened.start, total=opened.total)
                 part.receive(opened.stream, chunk_size, partial(bar.advance, task))
             if opened.total is not None and part.size != opened.total:
-                raise _Failure(f"connection closed after {part.size} of {opened.total} bytes", retry=True)
+                raise _Failure(
+                    f"connection closed after {part.size} of {opened.total} bytes", retry=True, unreachable=True
+                )
             return
         except _Failure as exc:
             failures = 1 if part.size > before else failures + 1  # progress starts a new streak
             if not exc.retry or failures > retries:
                 gave_up = f" (gave up after {failures} failed attempt{'s' * (failures > 1)}; run again to resume)"
-                raise _Failure(exc.reason + (gave_up if exc.retry else ""), retry=False) from exc
+                reason = exc.reason + (gave_up if exc.retry else "")
+                raise _Failure(reason, retry=False, unreachable=exc.unreachable) from exc
             time.sleep(backoff * 2 ** max(failures - 1, 0))
 
 
@@ -445,9 +461,9 @@ def _open_http(url: str, offset: int, validator: str | None, timeout: float) -> 
         if exc.code == 416 and offset:  # the part is as long as the file, or longer: it is not this file
             return _open_http(url, 0, None, timeout)
         reason = f"HTTP {exc.code} {exc.reason}"
-        raise _Failure(reason, retry=exc.code in _RETRIED_HTTP_STATUS) from exc
+        raise _Failure(reason, retry=exc.code in _RETRIED_HTTP_STATUS, unreachable=True) from exc
     except (OSError, http.client.HTTPException) as exc:
-        raise _Failure(f"network error: {_describe(exc)}", retry=True) from exc
+        raise _Failure(f"network error: {_describe(exc)}", retry=True, unreachable=True) from exc
     if response.status != 206:  # the server ignored the range: everything comes from byte 0
         length = _int_or_none(response.headers.get("Content-Length"))
         return _Opened(response, 0, length, _validator(response))
@@ -480,7 +496,7 @@ def _read(stream: io.BufferedIOBase, size: int) -> bytes:
         # read1 hands over what has arrived; read() would wait for `size` bytes and lose them on a timeout.
         return stream.read1(size)
     except (OSError, http.client.HTTPException) as exc:
-        raise _Failure(f"network error: {_describe(exc)}", retry=True) from exc
+        raise _Failure(f"network error: {_describe(exc)}", retry=True, unreachable=True) from exc
 
 
 def _describe(exc: BaseException) -> str:

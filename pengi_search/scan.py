@@ -2,6 +2,13 @@
 
 Nothing here opens a file: entries that cannot be audio files (broken links, FIFOs, devices) are reported with the
 reason from their directory entry alone, so a scan never blocks on a pipe or a dead network mount's file.
+
+A walk passes over hidden names (starting with "."), as ls, fd and ripgrep do: what real libraries hold beside
+their audio (`.Trash-1000/`, `.Spotlight-V100/`, `.git/`, sync tools' and editors' temporary files such as
+`.syncthing.x.tmp`) is no part of them, unless `hidden` asks for it. AppleDouble files (`._dog.wav`, the
+metadata macOS writes beside each file on a drive or share that cannot hold it) are never audio, even then. A path
+given as a root is always taken, hidden or not: the user named it. `skipped_at` applies the same rule to a path
+found otherwise (the watch's change notifications, the library's records).
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from pengi_search.errors import OptionError, PengiSearchError
+
+APPLEDOUBLE_PREFIX = "._"
 
 
 class ScanError(PengiSearchError):
@@ -58,8 +67,40 @@ def has_extension(path: str, extensions: frozenset[str]) -> bool:
     return os.path.splitext(path)[1].lower() in extensions
 
 
-def scan(roots: Sequence[str | os.PathLike[str]], extensions: frozenset[str]) -> ScanResult:
-    """Every audio file under `roots` (folders are walked; a file named as a root is taken whatever its extension).
+def inside(path: str, folder: str) -> bool:
+    """Whether `path` is `folder` or lies below it (both absolute)."""
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def skipped_name(name: str, *, hidden: bool) -> bool:
+    """Whether a walk passes over an entry of this name (see the module docstring)."""
+    return name.startswith(APPLEDOUBLE_PREFIX) or (not hidden and name.startswith("."))
+
+
+def skipped_at(path: str, root: str, *, hidden: bool) -> str | None:
+    """The entry on the way from the folder `root` down to `path` (both absolute, `path` inside `root`) that a walk
+    passes over, or None when it reaches `path` (the root itself is always reached)."""
+    relative = os.path.relpath(path, root)
+    if relative == os.curdir:
+        return None
+    names = relative.split(os.sep)
+    for depth, name in enumerate(names, start=1):
+        if skipped_name(name, hidden=hidden):
+            return os.path.join(root, *names[:depth])
+    return None
+
+
+def hidden_path(path: str, root: str) -> str | None:
+    """The hidden path (the topmost) that keeps a walk of the folder `root` without `hidden` from `path` below it;
+    None when that walk reaches `path`, or when no walk does (an AppleDouble file, never audio)."""
+    if skipped_at(path, root, hidden=True) is not None:
+        return None
+    return skipped_at(path, root, hidden=False)
+
+
+def scan(roots: Sequence[str | os.PathLike[str]], extensions: frozenset[str], *, hidden: bool = False) -> ScanResult:
+    """Every audio file under `roots` (folders are walked; a file named as a root is taken whatever its extension);
+    hidden names below a root only with `hidden`, AppleDouble files never.
 
     Folders reached twice (a link loop, or a link to a folder already walked) are walked once. Folders that cannot
     be listed are reported in `unreadable_dirs`; raises ScanError only when a root itself is missing.
@@ -74,7 +115,7 @@ def scan(roots: Sequence[str | os.PathLike[str]], extensions: frozenset[str]) ->
         except OSError as exc:
             raise ScanError(root, f"cannot read ({exc.strerror or exc})") from exc
         if stat.S_ISDIR(info.st_mode):
-            _walk(root, info, extensions, seen_dirs, found, unreadable)
+            _walk(root, info, extensions, seen_dirs, found, unreadable, hidden=hidden)
         else:
             found[root] = _entry(root, info)
     return ScanResult(absolute_roots, [found[path] for path in sorted(found)], unreadable)
@@ -87,6 +128,8 @@ def _walk(
     seen_dirs: set[tuple[int, int]],
     found: dict[str, Entry],
     unreadable: list[tuple[str, str]],
+    *,
+    hidden: bool,
 ) -> None:
     if (root_info.st_dev, root_info.st_ino) in seen_dirs:
         return
@@ -102,20 +145,32 @@ def _walk(
             continue
         subfolders = []
         for child in children:
-            try:
-                info = child.stat()  # follows links
-            except OSError as exc:
-                if has_extension(child.path, extensions):
-                    found[child.path] = _dangling(child, exc)
+            if skipped_name(child.name, hidden=hidden):  # by name alone: not even a stat
                 continue
-            if stat.S_ISDIR(info.st_mode):
-                key = (info.st_dev, info.st_ino)
-                if key not in seen_dirs:
-                    seen_dirs.add(key)
-                    subfolders.append(child.path)
-            elif has_extension(child.path, extensions):
-                found[child.path] = _entry(child.path, info)
+            if (subfolder := _visit(child, extensions, seen_dirs, found)) is not None:
+                subfolders.append(subfolder)
         stack.extend(subfolders)
+
+
+def _visit(
+    child: os.DirEntry[str], extensions: frozenset[str], seen_dirs: set[tuple[int, int]], found: dict[str, Entry]
+) -> str | None:
+    """Stat a listed entry: an audio file goes into `found`; a folder not walked yet is returned, to walk."""
+    try:
+        info = child.stat()  # follows links
+    except OSError as exc:
+        if has_extension(child.path, extensions):
+            found[child.path] = _dangling(child, exc)
+        return None
+    if stat.S_ISDIR(info.st_mode):
+        key = (info.st_dev, info.st_ino)
+        if key in seen_dirs:
+            return None
+        seen_dirs.add(key)
+        return child.path
+    if has_extension(child.path, extensions):
+        found[child.path] = _entry(child.path, info)
+    return None
 
 
 def _entry(path: str, info: os.stat_result) -> Entry:

@@ -236,6 +236,24 @@ def test_http_404_raises_once_without_retrying(server: ServerState, tmp_path: Pa
     assert not dest.exists()
 
 
+def test_a_release_that_cannot_be_reached_says_how_to_install_a_copy_downloaded_elsewhere(
+    server: ServerState, tmp_path: Path, monkeypatch
+) -> None:
+    how = "download it elsewhere, then `pengi-search model fetch base --url FILE` installs that file"
+    options = {"tokenizer_sources": {}, "progress": False}
+    missing = server.url.replace("ckpt", "missing")
+    with pytest.raises(DownloadError, match="HTTP 404") as caught:
+        fetch_release("base", tmp_path / "dl", checkpoint_url=missing, **options)
+    assert str(caught.value).endswith(f"HTTP 404 Not Found; {how}")
+    monkeypatch.setenv("PENGI_SEARCH_OFFLINE", "1")
+    with pytest.raises(DownloadError) as caught:
+        fetch_release("base", tmp_path / "dl", **options)
+    assert str(caught.value).endswith(f"PENGI_SEARCH_OFFLINE=1 forbids network access; {how}")
+    with pytest.raises(DownloadError) as caught:  # a local file that is not there: no download would help
+        fetch_release("base", tmp_path / "dl", checkpoint_url=str(tmp_path / "nothing.pth"), **options)
+    assert "elsewhere" not in str(caught.value)
+
+
 def test_transient_http_status_is_retried(server: ServerState, tmp_path: Path) -> None:
     server.statuses = [503, 502]
     dest = tmp_path / "base.pth"

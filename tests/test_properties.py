@@ -245,7 +245,8 @@ def test_indexing_random_trees_never_fails_the_run_nor_loses_what_was_indexed(tm
 
 
 def _audio(name: bytes) -> bool:
-    return name.lower().endswith((b".wav", b".flac", b".mp3"))
+    """An audio file's name that a walk takes: a hidden one (".x.wav") it passes over, as it does without --hidden."""
+    return name.lower().endswith((b".wav", b".flac", b".mp3")) and not name.startswith(b".")
 
 
 # ---------------------------------------------------------------------------------------------------------------

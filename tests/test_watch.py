@@ -258,3 +258,13 @@ def test_debounce_without_watch_is_refused(tmp_path):
     result = CliRunner().invoke(app, ["index", str(tmp_path), "--debounce", "5", "--db", str(tmp_path / "lib.db")])
     assert result.exit_code == EXIT_USAGE
     assert result.output.startswith("error: --debounce: says when --watch starts a run")
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf", "1e9"])
+def test_a_debounce_that_never_ends_or_is_no_number_is_refused(tmp_path, value):
+    """A watch with such a debounce would be accepted and never run: refused as any out-of-range number is."""
+    args = ["index", str(tmp_path), "--watch", "--debounce", value, "--db", str(tmp_path / "lib.db")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == EXIT_USAGE
+    assert result.output.startswith("error: Invalid value for '--debounce': ") and result.output.count("\n") == 1
+    assert not (tmp_path / "lib.db").exists()

@@ -26,6 +26,7 @@ from .common import (
     ComputeOptions,
     DbOption,
     DeviceOption,
+    HiddenOption,
     JsonOption,
     LongPromptsOption,
     MaxLenOption,
@@ -142,6 +143,7 @@ def classify(
     model: ModelOption = None,
     device: DeviceOption = Device.auto,
     compute: ComputeOptions,
+    hidden: HiddenOption = False,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -173,6 +175,7 @@ def classify(
         fast=compute.fast,
         visible=show_progress(quiet, json_output),
         texts=texts,
+        hidden=hidden,
     )
     metrics = None if known is None else evaluate(predictions, known)
     outcome = Outcome(scoring.method, label_list, predictions, failures, metrics)
@@ -217,14 +220,15 @@ def classify_targets(
     visible: bool,
     fast: bool = False,
     texts: dict[str, str] | None = None,
+    hidden: bool = False,
     report_skips: bool = True,
 ) -> tuple[list[Prediction], list[Failure]]:
-    """Each audio file's prediction (a folder's files, recursively) and the files that failed, reusing what an
-    existing library holds (`eval classify` shares this). `report_skips`: say each failed file as it is found
-    (`eval classify` lists them under its table instead, as its other kinds do)."""
+    """Each audio file's prediction (a folder's files, recursively; its hidden names too with `hidden`) and the
+    files that failed, reusing what an existing library holds (`eval classify` shares this). `report_skips`: say
+    each failed file as it is found (`eval classify` lists them under its table instead, as its other kinds do)."""
     from ..classify import Classifier
 
-    files, failures = audio_inputs(targets)
+    files, failures = audio_inputs(targets, hidden=hidden)
     for path, reason in failures:  # found but unreadable (a broken link, a folder that cannot be listed)
         if report_skips:
             report_skipped(path, reason)

@@ -110,6 +110,14 @@ DbOption = Annotated[
     ),
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+HiddenOption = Annotated[  # every command that walks folders (`pengi_search.scan`)
+    bool,
+    typer.Option(
+        "--hidden",
+        help="Walk folders into hidden files and folders too (names starting with '.'); AppleDouble '._*' files are "
+        "never audio. A path given here is used, hidden or not.",
+    ),
+]
 AUTO_FETCH_ENV = "PENGI_SEARCH_AUTO_FETCH"
 YesOption = Annotated[
     bool,
@@ -394,9 +402,9 @@ def given_input(value: str) -> str:
 PATH_PARSERS = (given_path, given_input)  # what a usage line names `PATH`
 
 
-def audio_files_in(folder: str) -> tuple[list[str], list[tuple[str, str]]]:
-    """The audio files in a folder (recursively, sorted), and the (path, reason) of entries that cannot be read,
-    each named as reached from the folder as typed (`reached_name`).
+def audio_files_in(folder: str, *, hidden: bool = False) -> tuple[list[str], list[tuple[str, str]]]:
+    """The audio files in a folder (recursively, sorted; hidden names only with `hidden`), and the (path, reason)
+    of entries that cannot be read, each named as reached from the folder as typed (`reached_name`).
 
     A folder with neither is bad usage (a typo'd or wrong folder) for every command that reads audio files from it
     (describe, ask, similar, classify, eval classify); `index` does not come here, and only warns: a drop folder may
@@ -406,7 +414,7 @@ def audio_files_in(folder: str) -> tuple[list[str], list[tuple[str, str]]]:
     from ..scan import ScanError, scan
 
     try:
-        result = scan([folder], frozenset(AUDIO_EXTENSIONS))
+        result = scan([folder], frozenset(AUDIO_EXTENSIONS), hidden=hidden)
     except ScanError as err:
         raise UsageError("", str(err)) from None
     name = functools.partial(reached_name, folder, *result.roots)
@@ -426,7 +434,9 @@ def reached_name(folder: str, root: str, found: str) -> str:
     return folder if inside == os.curdir else os.path.join(folder, inside)
 
 
-def audio_inputs(targets: Sequence[str | os.PathLike[str]]) -> tuple[list[str], list[tuple[str, str]]]:
+def audio_inputs(
+    targets: Sequence[str | os.PathLike[str]], *, hidden: bool = False
+) -> tuple[list[str], list[tuple[str, str]]]:
     """The audio files that files and folders given on the command line stand for, in the order given (a folder's
     recursively and sorted), each once, with the (path, reason) of entries that cannot be read. Each is named as
     reached: a file as typed, a folder's file as `reached_name` says. A file reached twice (given, and inside a given
@@ -439,7 +449,7 @@ def audio_inputs(targets: Sequence[str | os.PathLike[str]]) -> tuple[list[str], 
     given: set[str] = set()  # absolute paths of the files given directly: their name wins over a folder's
     unreadable: list[tuple[str, str]] = []
     for target in map(os.fspath, targets):
-        found, problems = _audio_files_of(target)
+        found, problems = _audio_files_of(target, hidden)
         direct = not os.path.isdir(target)
         for name in found:
             key = absolute(name)
@@ -458,10 +468,10 @@ def one_file_given(targets: Sequence[str | os.PathLike[str]]) -> bool:
     return len(targets) == 1 and not os.path.isdir(targets[0])
 
 
-def _audio_files_of(target: str) -> tuple[list[str], list[tuple[str, str]]]:
+def _audio_files_of(target: str, hidden: bool) -> tuple[list[str], list[tuple[str, str]]]:
     """One target's audio files (a folder's, recursively and sorted) and those that cannot be read."""
     if os.path.isdir(target):
-        return audio_files_in(target)
+        return audio_files_in(target, hidden=hidden)
     if os.path.isfile(target):
         return [target], []
     raise not_found(target, "file or folder")

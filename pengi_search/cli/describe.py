@@ -18,6 +18,7 @@ from .common import (
     BeamOption,
     DeviceOption,
     FastOption,
+    HiddenOption,
     JsonOption,
     LongPromptsOption,
     MaxLenOption,
@@ -66,7 +67,8 @@ AnswerPrefixOption = Annotated[
 
 @dataclass(frozen=True)
 class DescribeOptions:
-    """The options `describe` and `ask` share: which model on which device, the beam search, and the windows."""
+    """The options `describe` and `ask` share: which files a folder stands for, which model on which device, the
+    beam search, and the windows."""
 
     model: ModelOption = None
     device: DeviceOption = Device.auto
@@ -78,6 +80,7 @@ class DescribeOptions:
     hop: HopOption = 7.0
     threads: ThreadsOption = None
     fast: FastOption = False
+    hidden: HiddenOption = False
 
 
 @dataclass
@@ -104,7 +107,7 @@ def _describe_files(
     from ..prompts import describe_prompts
     from ..window_batches import Decoding
 
-    paths, unreadable = audio_inputs(files)
+    paths, unreadable = audio_inputs(files, hidden=options.hidden)
     skipped = [_skipped(path, reason) for path, reason in unreadable]
     if not paths:
         return skipped

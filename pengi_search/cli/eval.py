@@ -28,6 +28,7 @@ from .common import (
     BatchOption,
     BeamOption,
     DeviceOption,
+    HiddenOption,
     IndexProgress,
     JsonOption,
     MaxLenOption,
@@ -431,6 +432,7 @@ def classify_files(
     device: DeviceOption = Device.auto,
     batch_size: AutoBatchOption = None,
     threads: ThreadsOption = None,
+    hidden: HiddenOption = False,
     quiet: QuietOption = False,
     json_output: JsonOption = False,
 ) -> None:
@@ -454,7 +456,7 @@ def classify_files(
     except LabelsError as err:
         raise UsageError("", str(err)) from None
     check_output_folder(output)
-    _check_truth_lists(known, truth, target)
+    _check_truth_lists(known, truth, target, hidden)
     settings = scoring.settings()
     model_dir = ModelDir.resolve(model)
     predictions, failures = classify_targets(
@@ -467,6 +469,7 @@ def classify_files(
         batch_size=batch_size,
         visible=show_progress(quiet, json_output),
         texts=texts,
+        hidden=hidden,
         report_skips=False,  # listed under the table, with the report's other files left out
     )
     result = evaluate_classification(predictions, known, label_list)
@@ -490,10 +493,10 @@ def classify_files(
     _finish("classify", result, dataset, setup, None, output, json_output)
 
 
-def _check_truth_lists(known: Truth, truth: Path, target: Path) -> None:
+def _check_truth_lists(known: Truth, truth: Path, target: Path, hidden: bool) -> None:
     """A truth file that lists none of the files to classify would measure nothing (a report of dashes, exit 0):
     refused before the model runs. The classifier lists the folder again; listing is cheap next to classifying."""
-    files, _ = audio_inputs([target])
+    files, _ = audio_inputs([target], hidden=hidden)
     if not any(known.label_of(path) is not None for path in files):
         raise UsageError(
             truth,

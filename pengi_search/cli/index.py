@@ -27,6 +27,7 @@ from .common import (
     DbOption,
     DeviceOption,
     FastOption,
+    HiddenOption,
     IndexProgress,
     JsonOption,
     LongPromptsOption,
@@ -106,6 +107,7 @@ def index(
     ext: Annotated[
         str | None, typer.Option("--ext", help="Comma-separated extensions to index, e.g. .wav,.flac \\[default: all]")
     ] = None,
+    hidden: HiddenOption = False,
     retry_errors: Annotated[
         bool, typer.Option("--retry-errors", help="Try again files that failed before and did not change.")
     ] = False,
@@ -138,6 +140,7 @@ def index(
         typer.Option(
             "--debounce",
             min=0.1,
+            max=3600,  # an hour: a longer quiet spell is no debounce, and inf (accepted as a float) would never run
             help="With --watch: start a run once the paths have not changed for this many seconds \\[default: 2]",
         ),
     ] = None,
@@ -207,6 +210,7 @@ def index(
         index_type=index_type,
         shard=shard_part,
         extensions=extensions,
+        hidden=hidden,
         retry_errors=retry_errors,
         reindex=reindex,
         strict=strict,
@@ -426,7 +430,7 @@ def _print_problems(summary: IndexSummary, *, verbose: bool) -> None:
     for label, items in (("failed", summary.failed), ("unreadable folder", summary.unreadable_dirs)):
         for item in items:
             err_console.print(f"[red]{label}[/] {escape(shown(item.path))}: {escape(item.message)}", soft_wrap=True)
-    for note in [*summary.unseen_roots, *summary.truncated]:
+    for note in [*summary.unseen_roots, *summary.hidden_kept, *summary.truncated]:
         warn(f"{shown(note.path)}: {note.message}")
     for note in summary.decoder_notes if verbose else ():
         err_console.print(f"decoder {escape(shown(note.path))}: {escape(note.message)}", soft_wrap=True)

@@ -59,7 +59,7 @@ def keep_watching(
 
     seconds = DEFAULT_DEBOUNCE_S if debounce_s is None else debounce_s
     # Watching starts before the first run: what changes while it works is indexed by the next one.
-    with LibraryWatch(options.roots, options.extensions, options.db, seconds) as watch:
+    with LibraryWatch(options.roots, options.extensions, options.db, seconds, hidden=options.hidden) as watch:
         first(run())
         if not quiet:
             roots = ", ".join(shown(root) for root in watch.roots)

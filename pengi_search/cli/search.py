@@ -18,6 +18,7 @@ from .common import (
     ComputeOptions,
     DbOption,
     DeviceOption,
+    HiddenOption,
     JsonOption,
     ModelOption,
     QuietOption,
@@ -244,6 +245,7 @@ def similar(
     *,
     search: SearchOptions,
     compute: ComputeOptions,
+    hidden: HiddenOption = False,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -261,7 +263,7 @@ def similar(
     from ..library import Library
     from ..similar import SimilarResult, similar_to_files
 
-    paths, unreadable = audio_inputs(files)
+    paths, unreadable = audio_inputs(files, hidden=hidden)
     apply_threads(compute.threads)
     scope = search.scope()
     with Library.open(search.db, read_only=True) as library, progress_bar() as bar:
