@@ -86,6 +86,15 @@ def _interrupt_again(previous_hook: Callable[[Any], None], unraisable: Any) -> N
     again.start()
 
 
+def ignore_stop_signals() -> None:
+    """In a helper process of a command (a DataLoader worker): ignore SIGINT and SIGTERM from now on. A terminal's
+    Ctrl-C and a service manager's or scheduler's stop (systemd, SLURM, `kill -- -PGID`) signal the whole process
+    group; the command stops on them and ends its helpers itself, while a helper that died of the signal first would
+    fail the command's work where it stands, before it could stop cleanly."""
+    for number in STOP_SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
+
+
 def _raise_interrupt(_number: int) -> None:
     raise KeyboardInterrupt
 

@@ -21,10 +21,11 @@ from typing import Any, Protocol, TextIO, TypedDict
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from pengi_search.config import AudioConfig
 from pengi_search.errors import PengiSearchError, UsageError
+from pengi_search.stop_signals import ignore_stop_signals
 from trainer.augment import augment
 from trainer.config import AugmentationSection
 from trainer.templates import LIST_ANSWER_TASKS, TemplateError, render_answer, render_prompt
@@ -485,3 +486,28 @@ def collate_examples(items: Sequence[ExampleItem | FailedItem]) -> Batch:
         index=[item["index"] for item in good],
         skipped=skipped,
     )
+
+
+def example_loader(
+    dataset: Dataset, batch_size: int, sampler: Iterable[int], num_workers: int, **options: Any
+) -> DataLoader:
+    """A DataLoader of `dataset`'s rows in `sampler`'s order, collated by `collate_examples`: every loader of a run
+    (training, validation, feature encoding) is made here, so that its workers all leave the stop signals to the run.
+
+    Ctrl-C and a cluster's stop (systemd, SLURM preemption, `kill -- -PGID`) reach the whole process group. A worker
+    that died of the signal made PyTorch raise "DataLoader worker (pid N) is killed by signal" in the run, mid-step,
+    before it wrote its checkpoint; ignoring it, the worker goes on until the run, which stops after its step, shuts
+    the loader down (and a worker whose run is gone ends by itself: PyTorch's workers watch their parent)."""
+    return DataLoader(
+        dataset,
+        batch_size,
+        sampler=sampler,
+        collate_fn=collate_examples,
+        num_workers=num_workers,
+        worker_init_fn=_leave_stop_signals_to_the_run,
+        **options,
+    )
+
+
+def _leave_stop_signals_to_the_run(_worker_id: int) -> None:
+    ignore_stop_signals()
