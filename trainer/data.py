@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pengi_search.config import AudioConfig
-from pengi_search.errors import PengiSearchError, UsageError
+from pengi_search.errors import PengiSearchError, UsageError, unreadable
 from pengi_search.stop_signals import ignore_stop_signals
 from trainer.augment import augment
 from trainer.config import AugmentationSection
@@ -102,7 +102,7 @@ def _reading(path: Path) -> Iterator[TextIO]:
     except UnicodeDecodeError as error:
         raise ManifestError(path, f"not UTF-8 text ({error.reason} at byte {error.start})") from None
     except OSError as error:
-        raise ManifestError(path, error.strerror or str(error)) from None
+        raise unreadable(path, error, ManifestError) from None
 
 
 def _jsonl(path: Path, handle: TextIO) -> Iterator[tuple[int, Mapping[str, Any]]]:
@@ -497,7 +497,8 @@ def example_loader(
     Ctrl-C and a cluster's stop (systemd, SLURM preemption, `kill -- -PGID`) reach the whole process group. A worker
     that died of the signal made PyTorch raise "DataLoader worker (pid N) is killed by signal" in the run, mid-step,
     before it wrote its checkpoint; ignoring it, the worker goes on until the run, which stops after its step, shuts
-    the loader down (and a worker whose run is gone ends by itself: PyTorch's workers watch their parent)."""
+    the loader down (and a worker whose run is gone ends by itself: PyTorch's workers watch their parent). The
+    SIGTERM PyTorch sends a worker that has not ended 5 s after the shutdown is ignored too: it ends after its item."""
     return DataLoader(
         dataset,
         batch_size,
