@@ -388,6 +388,28 @@ def test_a_run_its_dry_run_and_export_name_the_paths_the_config_resolved_as_type
     assert result.exit_code == EXIT_OK and result.stdout.strip() == "model written to run/model-step-00000002"
 
 
+def test_a_manifest_the_run_cannot_use_is_named_as_typed_here(tmp_path, tiny_no_text_model_dir, monkeypatch) -> None:
+    """A manifest error named the manifest by the absolute path the configuration resolved: now as the run's other
+    messages name its paths, relative to the current folder when under it, and a missing one as every command
+    says a missing file."""
+    config_path = label_run_config(tmp_path, tiny_no_text_model_dir, optimization__max_steps=2)
+    with (tmp_path / "validation.jsonl").open("a") as manifest:
+        manifest.write('{"audio": "clips/low_0.wav"\n')
+    rows = len((tmp_path / "validation.jsonl").read_text().splitlines())
+    monkeypatch.chdir(tmp_path / "clips")
+    for options in ((), ("--dry-run",)):
+        result = cli("train", str(config_path), *options)
+        assert result.exit_code == EXIT_USAGE and f"error: {tmp_path}/validation.jsonl, row {rows}: bad JSON" in (
+            result.output
+        )
+    monkeypatch.chdir(tmp_path)
+    for options in ((), ("--dry-run",)):
+        result = cli("train", "run.yaml", *options)
+        assert result.exit_code == EXIT_USAGE and result.output.startswith(f"error: validation.jsonl, row {rows}: ")
+        result = cli("train", "run.yaml", "--set", "data.train=absent.jsonl", *options)
+        assert (result.exit_code, result.output) == (EXIT_USAGE, "error: absent.jsonl: no such file\n")
+
+
 def test_a_run_on_cached_features_says_each_clip_it_could_not_encode_once(
     tmp_path, tiny_no_text_model_dir, monkeypatch
 ) -> None:

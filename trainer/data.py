@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pengi_search.config import AudioConfig
 from pengi_search.errors import PengiSearchError, UsageError, unreadable
+from pengi_search.paths import as_typed
 from pengi_search.stop_signals import ignore_stop_signals
 from trainer.augment import augment
 from trainer.config import AugmentationSection
@@ -43,7 +44,9 @@ class ManifestError(UsageError):
     """A manifest (or a CSV to convert) that cannot be used; names the file and, for a bad row, its number."""
 
     def __init__(self, path: PathLike, reason: str, row: int | None = None) -> None:
-        super().__init__(f"{path}, row {row}" if row is not None else path, reason)
+        # As the user would type it here: the configuration resolved its manifests against its own folder.
+        typed = as_typed(path)
+        super().__init__(f"{typed}, row {row}" if row is not None else typed, reason)
         self.path = Path(path)
         self.row = row
 
