@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from pengi_search.config import AudioConfig
 from pengi_search.errors import PengiSearchError, UsageError, unreadable
 from pengi_search.paths import as_typed
-from pengi_search.stop_signals import ignore_stop_signals
+from pengi_search.stop_signals import ignore_stop_signals, stop_signals_blocked
 from trainer.augment import augment
 from trainer.config import AugmentationSection
 from trainer.templates import LIST_ANSWER_TASKS, TemplateError, render_answer, render_prompt
@@ -502,7 +502,7 @@ def example_loader(
     before it wrote its checkpoint; ignoring it, the worker goes on until the run, which stops after its step, shuts
     the loader down (and a worker whose run is gone ends by itself: PyTorch's workers watch their parent). The
     SIGTERM PyTorch sends a worker that has not ended 5 s after the shutdown is ignored too: it ends after its item."""
-    return DataLoader(
+    return _RunLoader(
         dataset,
         batch_size,
         sampler=sampler,
@@ -511,6 +511,14 @@ def example_loader(
         worker_init_fn=_leave_stop_signals_to_the_run,
         **options,
     )
+
+
+class _RunLoader(DataLoader):
+    def __iter__(self) -> Iterator[Batch]:
+        # The workers start here. Born with the stop signals blocked, they take none before they ignore them: PyTorch
+        # sets its own SIGTERM handler in a worker first, which ends it.
+        with stop_signals_blocked():
+            return super().__iter__()
 
 
 def _leave_stop_signals_to_the_run(_worker_id: int) -> None:
