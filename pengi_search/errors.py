@@ -60,6 +60,14 @@ def not_found(
     return UsageError(where, f"no such {what}")
 
 
+def unreadable(path: Path, error: OSError, kind: type[UsageError] = UsageError) -> UsageError:
+    """Bad usage, of type `kind`, for a file the user named that `error` kept from being read: "no such file" as
+    `not_found` says it (a broken symbolic link too), else "cannot read (why)"."""
+    if isinstance(error, FileNotFoundError):
+        return kind(path, not_found(path).reason)
+    return kind(path, f"cannot read ({error.strerror or error})")
+
+
 def cli_option(name: str) -> str:
     """An option's neutral name as the command line spells it: min_score -> --min-score."""
     return "--" + name.replace("_", "-")

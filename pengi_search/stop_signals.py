@@ -86,6 +86,27 @@ def _interrupt_again(previous_hook: Callable[[Any], None], unraisable: Any) -> N
     again.start()
 
 
+@contextlib.contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """Within: SIGINT and SIGTERM wait (blocked for this thread) and come after. Helper processes started within
+    are born with them blocked, until `ignore_stop_signals`: one that arrives before is then dropped."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def ignore_stop_signals() -> None:
+    """In a helper process of a command (a DataLoader worker): ignore SIGINT and SIGTERM from now on. A terminal's
+    Ctrl-C and a service manager's or scheduler's stop (systemd, SLURM, `kill -- -PGID`) signal the whole process
+    group; the command stops on them and ends its helpers itself, while a helper that died of the signal first would
+    fail the command's work where it stands, before it could stop cleanly."""
+    for number in STOP_SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # born blocked (`stop_signals_blocked`): now ignored
+
+
 def _raise_interrupt(_number: int) -> None:
     raise KeyboardInterrupt
 

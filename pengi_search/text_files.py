@@ -10,7 +10,7 @@ import csv
 import io
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import UsageError, unreadable
 
 CsvRows = list[tuple[int, dict[str, str]]]  # (line number, row by lower-cased column name)
 
@@ -19,10 +19,8 @@ def read_text(path: Path, error: type[UsageError]) -> str:
     """The file's text (UTF-8, a byte-order mark dropped); `error` says why it cannot be read or decoded."""
     try:
         data = path.read_bytes()
-    except FileNotFoundError:
-        raise error(path, "no such file") from None
     except OSError as exc:
-        raise error(path, f"cannot read ({exc.strerror or exc})") from exc
+        raise unreadable(path, exc, error) from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

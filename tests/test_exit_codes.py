@@ -336,7 +336,10 @@ CASES = {
         lambda p: ("index", p.sounds, "--fast", "--recaption-fast", *lib(p)), EXIT_USAGE, "leave out --fast"
     ),
     "eval, no such captions file": Case(lambda p: ("eval", "retrieval", p.missing), EXIT_USAGE, "no such file"),
-    "train, no such config": Case(lambda p: ("train", p.missing), EXIT_USAGE, "No such file"),
+    "train, no such config": Case(lambda p: ("train", p.missing), EXIT_USAGE, "none.wav: no such file"),
+    "train init, no such labels CSV": Case(
+        lambda p: ("train", "init", p.missing, "--audio-root", p.sounds), EXIT_USAGE, "none.wav: no such file"
+    ),
     # An empty path (an unset shell variable) is not the current folder: indexing, classifying or forgetting it all.
     **{
         f"{args[0]}, an empty path": Case(lambda p, args=args: (*args, "--model", p.model), EXIT_USAGE, "path is empty")

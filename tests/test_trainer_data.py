@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
+from torch.utils.data._utils import signal_handling
 
 from pengi_search.prompts import DESCRIBE_TASKS, TASK_PROMPTS, describe_tasks
 from trainer.data import (
@@ -24,6 +26,7 @@ from trainer.data import (
     convert_captions_csv,
     convert_labels_csv,
     convert_qa_csv,
+    example_loader,
     fit_clip,
     manifest_path,
     read_manifest,
@@ -269,8 +272,10 @@ def test_bad_manifest_file(tmp_path: Path, name: str, content: str, message: str
 
 
 def test_unreadable_manifest(tmp_path: Path) -> None:
-    with pytest.raises(ManifestError, match="No such file"):
+    with pytest.raises(ManifestError, match="no such file$"):  # as every command says it (was "No such file or ...")
         read_manifest(tmp_path / "absent.jsonl")
+    with pytest.raises(ManifestError, match=r"cannot read \(Is a directory\)$"):
+        read_manifest(write(tmp_path / "folder.jsonl" / "m.jsonl", GOOD_JSONL).parent)
     latin1 = write(tmp_path / "m.csv", "audio,task,answer\nç.wav,caption,x\n", encoding="latin-1")
     with pytest.raises(ManifestError, match="not UTF-8"):
         read_manifest(latin1)
@@ -582,3 +587,22 @@ def test_collate_stacks_and_handles_an_all_failed_batch(tmp_path: Path) -> None:
     assert empty["audio"].shape == (0, 0)
     assert (empty["prompt"], empty["answer"], empty["index"]) == ([], [], [])
     assert empty["skipped"] == [(4, "OSError: gone")]
+
+
+def test_a_stop_signal_that_reaches_a_loader_worker_as_it_starts_is_left_to_the_run(monkeypatch) -> None:
+    """A new worker first gets PyTorch's own SIGTERM handler, which ends it, and only then ignores the stop signals
+    (`example_loader`): a group-wide stop in between still ended it. Workers are now born with the signals blocked,
+    and drop those that came meanwhile."""
+    set_handlers = signal_handling._set_worker_signal_handlers
+
+    def then_stopped() -> None:  # in the new worker, just before it could ignore the stop signals
+        set_handlers()
+        for number in (signal.SIGTERM, signal.SIGINT):
+            signal.raise_signal(number)
+
+    monkeypatch.setattr(signal_handling, "_set_worker_signal_handlers", then_stopped)
+    paths = [Path(f"clip-{n}.wav") for n in range(4)]
+    decoder = FakeDecoder({path: np.ones(40, dtype=np.float32) for path in paths})
+    dataset = AudioTextDataset([example(path) for path in paths], train=False, seed=0, load_audio=decoder)
+    batches = list(example_loader(dataset, 2, range(len(paths)), num_workers=2))  # a worker ended fails it
+    assert sorted(index for batch in batches for index in batch["index"]) == [0, 1, 2, 3]

@@ -4,19 +4,23 @@ export of any checkpoint, the plot), augmentation, the feature cache and what `-
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
-from signal import SIGINT, SIGTERM, getsignal
+from signal import SIGINT, SIGTERM, getsignal, raise_signal
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 import yaml
+from torch.utils.data import get_worker_info
 from typer.testing import CliRunner
 
+from pengi_search.audio import load_audio
 from pengi_search.cli import app
 from pengi_search.errors import (
     EXIT_FAILED,
@@ -37,7 +41,7 @@ from trainer.data import AudioTextDataset, read_manifest
 from trainer.dry_run import dry_run_report
 from trainer.evaluation import sample_rows
 from trainer.features import FeatureDataset, encode_clips
-from trainer.loop import Trainer
+from trainer.loop import Trainer, train
 from trainer.model_setup import build_model, parameter_groups
 from trainer.recipes import RECIPES, init_run
 from trainer.reporting import METRICS_FILE, PLOT_FILE, RateWindow, read_metrics
@@ -384,6 +388,28 @@ def test_a_run_its_dry_run_and_export_name_the_paths_the_config_resolved_as_type
     assert result.exit_code == EXIT_OK and result.stdout.strip() == "model written to run/model-step-00000002"
 
 
+def test_a_manifest_the_run_cannot_use_is_named_as_typed_here(tmp_path, tiny_no_text_model_dir, monkeypatch) -> None:
+    """A manifest error named the manifest by the absolute path the configuration resolved: now as the run's other
+    messages name its paths, relative to the current folder when under it, and a missing one as every command
+    says a missing file."""
+    config_path = label_run_config(tmp_path, tiny_no_text_model_dir, optimization__max_steps=2)
+    with (tmp_path / "validation.jsonl").open("a") as manifest:
+        manifest.write('{"audio": "clips/low_0.wav"\n')
+    rows = len((tmp_path / "validation.jsonl").read_text().splitlines())
+    monkeypatch.chdir(tmp_path / "clips")
+    for options in ((), ("--dry-run",)):
+        result = cli("train", str(config_path), *options)
+        assert result.exit_code == EXIT_USAGE and f"error: {tmp_path}/validation.jsonl, row {rows}: bad JSON" in (
+            result.output
+        )
+    monkeypatch.chdir(tmp_path)
+    for options in ((), ("--dry-run",)):
+        result = cli("train", "run.yaml", *options)
+        assert result.exit_code == EXIT_USAGE and result.output.startswith(f"error: validation.jsonl, row {rows}: ")
+        result = cli("train", "run.yaml", "--set", "data.train=absent.jsonl", *options)
+        assert (result.exit_code, result.output) == (EXIT_USAGE, "error: absent.jsonl: no such file\n")
+
+
 def test_a_run_on_cached_features_says_each_clip_it_could_not_encode_once(
     tmp_path, tiny_no_text_model_dir, monkeypatch
 ) -> None:
@@ -496,6 +522,64 @@ def test_sigterm_stops_a_run_after_its_step_with_a_checkpoint_the_model_and_its_
     run = tmp_path / "run"
     assert (run / "checkpoints" / f"step-{end['step']:08d}.pt").is_file()
     assert json.loads((run / "model" / "config.json").read_text())["trained"]["steps"] == end["step"]
+
+
+@pytest.mark.parametrize(("number", "code"), [(SIGTERM, EXIT_TERMINATED), (SIGINT, EXIT_INTERRUPTED)])
+def test_a_stop_signal_to_the_whole_process_group_stops_a_run_with_loader_workers_as_it_stops_one_process(
+    tmp_path, tiny_no_text_model_dir, number, code
+) -> None:
+    """systemd's stop, SLURM's preemption, `kill -- -PGID` and a terminal's Ctrl-C signal the DataLoader workers
+    too: one the signal ended made PyTorch raise "DataLoader worker (pid N) is killed by signal" in the run, mid-step,
+    before its checkpoint. The workers leave the signal to the run, which stops after its step as it always does."""
+    config_path = label_run_config(
+        tmp_path,
+        tiny_no_text_model_dir,
+        data__num_workers=2,
+        data__cache_features=False,  # clips decoded by the workers at every step
+        optimization__max_steps=100_000,
+        logging__every=1,
+        evaluation__every=2,  # and by the validation loader's workers
+    )
+    metrics = tmp_path / "run" / METRICS_FILE
+    command = [sys.executable, "-m", "pengi_search", "train", str(config_path)]
+
+    def trained() -> bool:  # a step logged: the workers are reading clips
+        return metrics.is_file() and bool(read_metrics(metrics, "train"))
+
+    status, stderr = signal_when(command, trained, number, group=True)
+    assert status == code and stderr.splitlines()[-1:] == ["interrupted"], stderr
+    assert "Traceback" not in stderr and "DataLoader" not in stderr, stderr
+    [end] = read_metrics(metrics, "end")
+    run = tmp_path / "run"
+    assert (run / "checkpoints" / f"step-{end['step']:08d}.pt").is_file()
+    assert json.loads((run / "model" / "config.json").read_text())["trained"]["steps"] == end["step"]
+
+
+def signalled_then_read(reads: Path, path: Path, *, sample_rate: int) -> np.ndarray:
+    """The clip, read after a DataLoader worker is sent SIGINT and SIGTERM as it starts reading it (noted in
+    `reads`); read in the run's own process, as evaluation's metrics read their rows, it is only read."""
+    if get_worker_info() is not None:
+        (reads / str(os.getpid())).touch()
+        for number in (SIGINT, SIGTERM):
+            raise_signal(number)
+    return load_audio(path, sample_rate=sample_rate)
+
+
+@pytest.mark.parametrize("cached", [True, False], ids=["feature-encoding", "training-and-validation"])
+def test_every_loader_of_a_run_leaves_the_stop_signals_to_the_run(
+    tmp_path, tiny_no_text_model_dir, monkeypatch, cached
+) -> None:
+    """Each loader a run makes (the frozen encoder's features, the training batches, the validation loss) reads
+    clips in worker processes that a stop signal does not end: it is the run's to take."""
+    reads = tmp_path / "reads"
+    reads.mkdir()
+    monkeypatch.setattr("trainer.data.project_load_audio", functools.partial(signalled_then_read, reads))
+    overrides = {"data__num_workers": 2, "data__cache_features": cached, "optimization__max_steps": 2}
+    config = load_config(label_run_config(tmp_path, tiny_no_text_model_dir, evaluation__every=2, **overrides))
+    result = train(config)  # a worker ended by either signal fails the run
+    assert result.steps == 2 and not result.audio_skipped
+    assert len(list(reads.iterdir())) >= 2  # the workers did read the clips
+    assert [record["step"] for record in read_metrics(config.output_dir / METRICS_FILE, "eval")] == [2]
 
 
 def test_either_stop_signal_asks_the_run_to_stop_and_a_second_one_interrupts_at_once() -> None:

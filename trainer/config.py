@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from pengi_search.choices import Device
-from pengi_search.errors import UsageError
+from pengi_search.errors import UsageError, unreadable
 from pengi_search.paths import as_typed
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -284,7 +284,7 @@ def load_config(path: Path | str, overrides: Mapping[str, Any] | None = None) ->
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as error:
-        raise ConfigError(path, error.strerror or str(error)) from None
+        raise unreadable(path, error, ConfigError) from None
     except UnicodeDecodeError as error:
         raise ConfigError(path, f"not UTF-8 text ({error.reason})") from None
     except yaml.YAMLError as error:

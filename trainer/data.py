@@ -21,10 +21,12 @@ from typing import Any, Protocol, TextIO, TypedDict
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from pengi_search.config import AudioConfig
-from pengi_search.errors import PengiSearchError, UsageError
+from pengi_search.errors import PengiSearchError, UsageError, unreadable
+from pengi_search.paths import as_typed
+from pengi_search.stop_signals import ignore_stop_signals, stop_signals_blocked
 from trainer.augment import augment
 from trainer.config import AugmentationSection
 from trainer.templates import LIST_ANSWER_TASKS, TemplateError, render_answer, render_prompt
@@ -42,7 +44,9 @@ class ManifestError(UsageError):
     """A manifest (or a CSV to convert) that cannot be used; names the file and, for a bad row, its number."""
 
     def __init__(self, path: PathLike, reason: str, row: int | None = None) -> None:
-        super().__init__(f"{path}, row {row}" if row is not None else path, reason)
+        # As the user would type it here: the configuration resolved its manifests against its own folder.
+        typed = as_typed(path)
+        super().__init__(f"{typed}, row {row}" if row is not None else typed, reason)
         self.path = Path(path)
         self.row = row
 
@@ -101,7 +105,7 @@ def _reading(path: Path) -> Iterator[TextIO]:
     except UnicodeDecodeError as error:
         raise ManifestError(path, f"not UTF-8 text ({error.reason} at byte {error.start})") from None
     except OSError as error:
-        raise ManifestError(path, error.strerror or str(error)) from None
+        raise unreadable(path, error, ManifestError) from None
 
 
 def _jsonl(path: Path, handle: TextIO) -> Iterator[tuple[int, Mapping[str, Any]]]:
@@ -485,3 +489,37 @@ def collate_examples(items: Sequence[ExampleItem | FailedItem]) -> Batch:
         index=[item["index"] for item in good],
         skipped=skipped,
     )
+
+
+def example_loader(
+    dataset: Dataset, batch_size: int, sampler: Iterable[int], num_workers: int, **options: Any
+) -> DataLoader:
+    """A DataLoader of `dataset`'s rows in `sampler`'s order, collated by `collate_examples`: every loader of a run
+    (training, validation, feature encoding) is made here, so that its workers all leave the stop signals to the run.
+
+    Ctrl-C and a cluster's stop (systemd, SLURM preemption, `kill -- -PGID`) reach the whole process group. A worker
+    that died of the signal made PyTorch raise "DataLoader worker (pid N) is killed by signal" in the run, mid-step,
+    before it wrote its checkpoint; ignoring it, the worker goes on until the run, which stops after its step, shuts
+    the loader down (and a worker whose run is gone ends by itself: PyTorch's workers watch their parent). The
+    SIGTERM PyTorch sends a worker that has not ended 5 s after the shutdown is ignored too: it ends after its item."""
+    return _RunLoader(
+        dataset,
+        batch_size,
+        sampler=sampler,
+        collate_fn=collate_examples,
+        num_workers=num_workers,
+        worker_init_fn=_leave_stop_signals_to_the_run,
+        **options,
+    )
+
+
+class _RunLoader(DataLoader):
+    def __iter__(self) -> Iterator[Batch]:
+        # The workers start here. Born with the stop signals blocked, they take none before they ignore them: PyTorch
+        # sets its own SIGTERM handler in a worker first, which ends it.
+        with stop_signals_blocked():
+            return super().__iter__()
+
+
+def _leave_stop_signals_to_the_run(_worker_id: int) -> None:
+    ignore_stop_signals()

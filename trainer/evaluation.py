@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from pengi_search.decoding import GenerationConfig
 from pengi_search.inference import Engine
 from pengi_search.model import Pengi
 from pengi_search.tokenization import Tokenizers
-from trainer.data import Example, collate_examples
+from trainer.data import Example, example_loader
 from trainer.distributed import Processes, sum_across
 from trainer.objective import AnswerNll, encode_batch
 
@@ -53,7 +53,7 @@ def validation_loss(
 ) -> ValidationLoss:
     """Every process evaluates every `world_size`-th example; the sums are added up across processes."""
     shard = list(range(processes.rank, len(dataset), processes.world_size))
-    loader = DataLoader(dataset, batch_size, sampler=shard, collate_fn=collate_examples, num_workers=num_workers)
+    loader = example_loader(dataset, batch_size, shard, num_workers)
     nll = tokens = 0.0
     failed: list[tuple[int, str]] = []
     for batch in loader:

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from trainer.data import AudioTextDataset, Example, ExampleItem, collate_examples
+from trainer.data import AudioTextDataset, Example, ExampleItem, example_loader
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def encode_clips(
     failed: dict[int, str] = {}
     for view in range(views):
         dataset.set_epoch(view)
-        loader = DataLoader(dataset, batch_size, sampler=clips, collate_fn=collate_examples, num_workers=num_workers)
+        loader = example_loader(dataset, batch_size, clips, num_workers)
         encoded: dict[int, torch.Tensor] = {}
         for batch in loader:
             failed.update(batch["skipped"])

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from pengi_search.checkpoint import CheckpointError
 from pengi_search.consoles import Console, make_console
@@ -44,7 +44,7 @@ from trainer.checkpoint_files import (
     checkpoint_to_resume,
 )
 from trainer.config import ConfigError, TrainConfig
-from trainer.data import Batch, collate_examples
+from trainer.data import Batch, example_loader
 from trainer.distributed import (
     Processes,
     gather_objects,
@@ -203,11 +203,10 @@ class Trainer:
         self.sampler = ResumableSampler(
             train_set, num_replicas=processes.world_size, rank=processes.rank, seed=self.config.seed
         )
-        self.loader = DataLoader(
+        self.loader = example_loader(
             train_set,
             data.batch_size,
-            sampler=self.sampler,
-            collate_fn=collate_examples,
+            self.sampler,
             num_workers=0 if self.data.cached else data.num_workers,  # cached rows need no decoding
             drop_last=True,
             pin_memory=self.device.type == "cuda",

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from pengi_search.errors import UsageError
+from pengi_search.errors import UsageError, unreadable
 from pengi_search.paths import as_typed
 from trainer.checkpoint_files import list_checkpoints
 from trainer.data import manifest_path
@@ -88,7 +88,7 @@ def read_labels_csv(path: Path, audio_root: Path) -> list[LabelledClip]:
             reader.fieldnames = header
             rows = list(reader)
     except OSError as error:
-        raise LabelsCsvError(path, error.strerror or str(error)) from None
+        raise unreadable(path, error, LabelsCsvError) from None
     except UnicodeDecodeError as error:
         raise LabelsCsvError(path, f"not UTF-8 text ({error.reason})") from None
     if not header:
