@@ -36,14 +36,12 @@ from .common import (
     UsageError,
     WindowProgress,
     apply_threads,
-    audio_inputs,
     check_output_file,
     err_console,
     fetches_model,
     given_input,
     given_prompt,
     handle_errors,
-    one_file_given,
     options_from,
     out_console,
     print_json,
@@ -51,6 +49,7 @@ from .common import (
     report_skipped,
     show_progress,
 )
+from .inputs import audio_inputs, one_file_given
 
 if TYPE_CHECKING:
     from ..classify import Classifier, ClassifySettings, Prediction, Truth

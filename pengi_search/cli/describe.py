@@ -29,13 +29,11 @@ from .common import (
     UsageError,
     WindowProgress,
     apply_threads,
-    audio_inputs,
     fetches_model,
     given_input,
     given_prompt,
     handle_errors,
     lasting_objects,
-    one_file_given,
     options_from,
     out_console,
     print_json,
@@ -44,6 +42,7 @@ from .common import (
     show_progress,
     warn,
 )
+from .inputs import audio_inputs, one_file_given
 
 if TYPE_CHECKING:
     from ..inference import Engine
@@ -85,7 +84,7 @@ class DescribeOptions:
 
 @dataclass
 class FileResult:
-    path: str  # as reached (`common.audio_inputs`)
+    path: str  # as reached (`inputs.audio_inputs`)
     duration_s: float
     windows: list[dict]
     error: str | None = None

@@ -37,7 +37,6 @@ from .common import (
     ThreadsOption,
     UsageError,
     apply_threads,
-    audio_inputs,
     check_output_file,
     check_output_folder,
     fetches_model,
@@ -51,6 +50,7 @@ from .common import (
     show_progress,
     warn,
 )
+from .inputs import audio_inputs
 
 if TYPE_CHECKING:
     from indexer.pipeline import IndexSummary

@@ -25,12 +25,10 @@ from .common import (
     UsageError,
     WindowProgress,
     apply_threads,
-    audio_inputs,
     err_console,
     fetches_model,
     given_input,
     handle_errors,
-    one_file_given,
     options_from,
     out_console,
     print_json,
@@ -39,6 +37,7 @@ from .common import (
     show_progress,
     shown_path,
 )
+from .inputs import audio_inputs, one_file_given
 
 if TYPE_CHECKING:
     from rich.table import Table
