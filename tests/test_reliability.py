@@ -158,8 +158,8 @@ def test_a_file_deleted_between_scan_and_decoding(tiny_model_dir, tmp_path, monk
     vanishing = write_tone(root / "vanishes.wav", 1.0, freq=500)
     real_scan = pipeline.scan
 
-    def scan_then_delete(*args):
-        result = real_scan(*args)
+    def scan_then_delete(*args, **kwargs):
+        result = real_scan(*args, **kwargs)
         vanishing.unlink()
         return result
 
