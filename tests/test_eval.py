@@ -554,6 +554,19 @@ def test_eval_classify_refuses_a_truth_that_lists_none_of_the_files(tmp_path):
     ]
 
 
+def test_eval_classify_takes_a_truth_that_lists_only_files_it_cannot_read(tiny_model_dir, tmp_path):
+    """The truth lists them: they are left out with their reason (exit code 3), as a file that does not decode is,
+    not refused as a truth that lists none of the files."""
+    write_tone(tmp_path / "audio" / "tone.wav", 1.0)
+    (tmp_path / "audio" / "gone.wav").symlink_to(tmp_path / "nowhere.wav")
+    truth = write(tmp_path / "truth.csv", "file,label\naudio/gone.wav,tone\n")
+    labels = write(tmp_path / "labels.txt", "tone\nhum\n")
+    args = ["eval", "classify", tmp_path / "audio", "--truth", truth, "--labels", labels, "-o", tmp_path / "report"]
+    result = run(*args, *quick(tiny_model_dir)[:4])
+    assert result.exit_code == EXIT_PARTIAL, result.output
+    assert f"left out {tmp_path / 'audio' / 'gone.wav'}: broken symbolic link" in result.stderr
+
+
 def test_eval_classify_warns_of_what_its_numbers_cannot_count(tiny_model_dir, tmp_path):
     """A true label that no candidate spells the same way, and a classified file the truth does not list: each
     said under the table (and in report.md), not only counted into the numbers."""

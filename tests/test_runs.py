@@ -260,6 +260,56 @@ def test_a_library_in_a_folder_the_user_may_not_write_is_read_as_it_is(
     assert sorted(path.name for path in shelf.iterdir()) == before  # nothing was made beside it
 
 
+# A reader that stays open (as `serve` does), asked for the library's file count once per line of its input.
+COUNTING_READER = """
+import sys
+from pengi_search.db import Store
+with Store.open(sys.argv[1], read_only=True) as store:
+    for _ in sys.stdin:
+        print(store.stats()["files"]["total"], flush=True)
+"""
+
+
+def test_a_lasting_reader_of_a_library_it_may_not_write_sees_what_its_owner_adds(
+    tiny_model_dir, sounds, tmp_path, bound_by_file_modes
+):
+    """A server on another user's library reads it as a file that does not change only while nobody writes it: the
+    files its owner indexes later are there for it, as for a reader of its own library, and so while the owner's
+    writer holds the library open (read through the shared-memory file that writer made)."""
+    shelf = tmp_path / "shelf"
+    db = shelf / "lib.db"
+    assert run("index", sounds, "--db", db, "--model", tiny_model_dir, *QUICK).exit_code == 0
+    shelf.chmod(0o555)
+    command = [*bound_by_file_modes, sys.executable, "-c", COUNTING_READER, str(db)]
+    reader = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def files_seen() -> int:
+        reader.stdin.write("\n")
+        reader.stdin.flush()
+        return int(reader.stdout.readline() or -1)
+
+    more = tmp_path / "more"
+    write_tone(more / "c.wav", 1.0, freq=900)
+    try:
+        assert files_seen() == 2
+        if bound_by_file_modes == []:  # a user whom modes bind writes as the library's owner, in a folder they may
+            shelf.chmod(0o755)
+        assert run("index", more, "--db", db, "--model", tiny_model_dir, *QUICK).exit_code == 0
+        shelf.chmod(0o555)
+        assert files_seen() == 3
+        if bound_by_file_modes == []:
+            shelf.chmod(0o755)
+        with Store.open(db) as writer, writer.session(write=True):  # the owner's writer, holding it open
+            shelf.chmod(0o555)
+            assert (shelf / "lib.db-shm").exists()
+            assert files_seen() == 3
+    finally:
+        reader.stdin.close()
+        reader.wait(timeout=60)
+        shelf.chmod(0o755)
+    assert reader.returncode == 0
+
+
 # -- the index type lives in the database -----------------------------------------------------------------------
 
 

@@ -493,14 +493,16 @@ def classify_files(
     _finish("classify", result, dataset, setup, None, output, json_output)
 
 
-def _check_truth_lists(known: Truth, truth: Path, target: Path, hidden: bool) -> None:
+def _check_truth_lists(known: Truth, truth: Path, target: str, hidden: bool) -> None:
     """A truth file that lists none of the files to classify would measure nothing (a report of dashes, exit 0):
-    refused before the model runs. The classifier lists the folder again; listing is cheap next to classifying."""
-    files, _ = audio_inputs([target], hidden=hidden)
-    if not any(known.label_of(path) is not None for path in files):
+    refused before the model runs. Files that cannot be read count as listed: the run leaves them out with their
+    reason (exit code 3). The classifier lists the folder again; listing is cheap next to classifying."""
+    files, unreadable = audio_inputs([target], hidden=hidden)
+    reached = [*files, *(path for path, _ in unreadable)]
+    if not any(known.label_of(path) is not None for path in reached):
         raise UsageError(
             truth,
-            f"lists none of the {len(files)} audio file(s) of {shown(str(target))} "
+            f"lists none of the {len(reached)} audio file(s) of {shown(target)} "
             "(its paths are relative to its own folder; a bare file name matches a file of that name)",
         )
 

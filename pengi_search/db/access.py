@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Engine, event, inspect
 from sqlalchemy.exc import SQLAlchemyError
 
-from .engine import create_store_engine, needs_frozen_read
+from .engine import create_store_engine
 from .errors import DatabaseURLError, ForeignDatabaseError, MissingDatabaseError, StoreError, driver_reason
 from .migrate import foreign_tables_reason, migrate
 from .urls import db_option, resolve_db_url, shown_db_url, sqlite_file
@@ -80,10 +80,10 @@ def unusable_place(db_file: Path) -> str | None:
 
 def reading_engine(url: str) -> Engine:
     """An engine on `url` for reading only: a SQLite file in a folder this process may not write is read as
-    immutable (see `engine.needs_frozen_read`), any other database as usual."""
+    `engine.create_store_engine` reads an `unwritable_file`, any other database as usual."""
     db_file = sqlite_file(url)
-    frozen = db_file is not None and needs_frozen_read(db_file)
-    return create_store_engine(url, frozen_file=db_file if frozen else None)
+    unwritable = db_file is not None and not os.access(db_file.parent, os.W_OK)
+    return create_store_engine(url, unwritable_file=db_file if unwritable else None)
 
 
 def _missing(url: str, db: str | os.PathLike[str] | None) -> MissingDatabaseError:

@@ -6,13 +6,13 @@ import os
 import sqlite3
 import time
 import urllib.parse
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.pool import NullPool
 
 from .errors import DatabaseURLError, StoreError
 from .urls import URL_EXAMPLE, parse_db_url
@@ -21,11 +21,12 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 WRITE_OPTION = "pengi_write"  # execution option marking write transactions (SQLite takes its lock up front)
 
 
-def create_store_engine(url: str | URL, *, frozen_file: Path | None = None) -> Engine:
+def create_store_engine(url: str | URL, *, unwritable_file: Path | None = None) -> Engine:
     """An engine for `url`; SQLite gets WAL, foreign keys and a busy timeout on every connection.
 
     Nothing is created here: `pengi_search.db.access.open_engine` decides whether a database may be made.
-    `frozen_file`: `url`'s SQLite file, to be read as immutable (see `needs_frozen_read`); the engine only reads.
+    `unwritable_file`: `url`'s SQLite file, in a folder this process may not write; the engine only reads it, as
+    immutable while no writer has it open (see `needs_frozen_read`).
     """
     parsed = parse_db_url(url)
     # The bare name means psycopg2 to SQLAlchemy, psycopg 3 is what we ship; `postgres://` is libpq's short form.
@@ -33,7 +34,7 @@ def create_store_engine(url: str | URL, *, frozen_file: Path | None = None) -> E
         parsed = parsed.set(drivername="postgresql+psycopg")
     where = parsed.render_as_string(hide_password=True)
     # The URL stays the engine's own (messages, FAISS file names); only the connection to the file differs.
-    connector = {} if frozen_file is None else {"creator": _frozen_connector(frozen_file)}
+    connector = {} if unwritable_file is None else _reading_connections(unwritable_file)
     try:
         engine = create_engine(parsed, pool_pre_ping=parsed.get_backend_name() != "sqlite", **connector)
     except ImportError as exc:
@@ -47,7 +48,7 @@ def create_store_engine(url: str | URL, *, frozen_file: Path | None = None) -> E
     except ArgumentError as exc:
         raise StoreError(where, f"cannot use this database URL ({exc})") from exc
     if parsed.get_backend_name() == "sqlite":
-        event.listen(engine, "connect", _sqlite_on_connect if frozen_file is None else _frozen_on_connect)
+        event.listen(engine, "connect", _sqlite_on_connect if unwritable_file is None else _reader_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
     return engine
 
@@ -61,15 +62,25 @@ def needs_frozen_read(db_file: Path) -> bool:
     return not os.access(db_file.parent, os.W_OK) and not shared_memory.exists()
 
 
-def _frozen_connector(db_file: Path) -> Callable[[], sqlite3.Connection]:
+def _reading_connections(db_file: Path) -> dict[str, Any]:
+    """The engine options that connect a reader to `db_file`, in a folder it may not write: each connection is
+    opened as `needs_frozen_read` says at the time, and none is pooled (SQLAlchemy opens one per transaction, in
+    well under a millisecond), so that a reader that lasts (`serve`) sees what an `index` run adds, and reads as
+    immutable only while no writer has the file (its pooled immutable connections never saw another row)."""
     # A URI filename: the path percent-encoded from its bytes, so spaces, `?`, `#` and any name survive.
-    uri = f"file:{urllib.parse.quote(os.fsencode(db_file))}?immutable=1"
-    return lambda: sqlite3.connect(uri, uri=True, check_same_thread=False)
+    path = urllib.parse.quote(os.fsencode(db_file))
+
+    def connect() -> sqlite3.Connection:
+        mode = "immutable=1" if needs_frozen_read(db_file) else "mode=ro"
+        return sqlite3.connect(f"file:{path}?{mode}", uri=True, check_same_thread=False)
+
+    return {"creator": connect, "poolclass": NullPool}
 
 
-def _frozen_on_connect(dbapi_connection: Any, _record: Any) -> None:
+def _reader_on_connect(dbapi_connection: Any, _record: Any) -> None:
     # Autocommit at the driver level, as `_sqlite_on_connect`; no journal mode to set on a file that is only read.
     dbapi_connection.isolation_level = None
+    dbapi_connection.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     dbapi_connection.execute("PRAGMA foreign_keys=ON")
 
 
