@@ -204,3 +204,15 @@ def test_a_missing_file_is_named_as_typed(command, recordings, labels, tiny_mode
     result = run(command, f"./{FOLDER}/gone [1].wav", "--model", tiny_model_dir, *extra)
     assert result.exit_code == 2, result.output
     assert result.stderr.strip() == f"error: ./{FOLDER}/gone [1].wav: no such file or folder"
+
+
+def test_a_folder_given_under_two_spellings_holds_each_file_once(recordings) -> None:
+    """A symbolic link to a folder and the folder itself are one folder: each file (and each unreadable entry, here
+    a broken link) once, named as first reached."""
+    from pengi_search.cli.inputs import audio_inputs
+
+    os.symlink("nowhere.wav", recordings / "gone.wav")
+    os.symlink(FOLDER, "link")
+    files, unreadable = audio_inputs(["link", FOLDER])
+    assert files == [os.path.join("link", name) for name in sorted([BROKEN, *INSIDE])]
+    assert [name for name, _ in unreadable] == [os.path.join("link", "gone.wav")]

@@ -51,22 +51,23 @@ def audio_inputs(
     folder, or under another spelling) is kept once, where first reached, named as given directly if it was (else
     as first reached). Every target is checked before any file is read: a missing one is bad usage (describe, ask,
     similar, classify, eval classify)."""
-    from ..scan import absolute
-
-    names: dict[str, str] = {}  # absolute path (what the store and a truth file match on) -> the name shown
-    given: set[str] = set()  # absolute paths of the files given directly: their name wins over a folder's
-    unreadable: list[tuple[str, str]] = []
+    # Keyed by the file itself (its real path): a folder given under two spellings (a symbolic link and the folder it
+    # points to) holds each file once. Matching on the library or a truth file uses the name's absolute path.
+    names: dict[str, str] = {}  # real path -> the name shown
+    given: set[str] = set()  # real paths of the files given directly: their name wins over a folder's
+    unreadable: dict[tuple[str, str], str] = {}  # (real path, reason) -> the name shown
     for target in map(os.fspath, targets):
         found, problems = _audio_files_of(target, hidden)
         direct = not os.path.isdir(target)
         for name in found:
-            key = absolute(name)
+            key = os.path.realpath(name)
             if key not in names or (direct and key not in given):
                 names[key] = name  # a key assigned again keeps its place in the order
             if direct:
                 given.add(key)
-        unreadable += problems
-    return list(names.values()), unreadable
+        for name, reason in problems:
+            unreadable.setdefault((os.path.realpath(name), reason), name)
+    return list(names.values()), [(name, reason) for (_, reason), name in unreadable.items()]
 
 
 def one_file_given(targets: Sequence[str | os.PathLike[str]]) -> bool:
