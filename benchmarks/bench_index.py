@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from indexer.pipeline import IndexOptions, run_index
+from indexer.pipeline import run_index
+from indexer.run_report import IndexOptions
 from pengi_search.audio_workers import Job, Windows, decode_file
 from pengi_search.db import EmbedderInfo, ModelInfo, TextRecord, WindowInput
 from pengi_search.library import Library

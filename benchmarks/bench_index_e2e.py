@@ -158,7 +158,8 @@ def main() -> None:
 
     import indexer.captions as captions_module
     import indexer.pipeline as pipeline
-    from indexer.pipeline import IndexOptions, run_index
+    from indexer.pipeline import run_index
+    from indexer.run_report import IndexOptions
     from pengi_search.db import Store
     from pengi_search.embedders import PengiTextEmbedder
     from pengi_search.inference import Engine

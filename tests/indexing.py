@@ -16,7 +16,7 @@ import av
 import numpy as np
 import soundfile as sf
 
-from indexer.pipeline import IndexOptions
+from indexer.run_report import IndexOptions
 from pengi_search.db import VECTOR_KINDS
 from pengi_search.library import Library
 from pengi_search.vectors import VectorIndex

@@ -22,7 +22,8 @@ import pytest
 from typer.testing import CliRunner
 
 import pengi_search.audio_workers as audio_workers
-from indexer.pipeline import FailedFile, IndexSummary, run_index
+from indexer.pipeline import run_index
+from indexer.run_report import FailedFile, IndexSummary
 from indexer.watch import LibraryWatch
 from pengi_search.audio import AUDIO_EXTENSIONS
 from pengi_search.audio_workers import CHANGED_WHILE_READ

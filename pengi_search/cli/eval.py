@@ -53,7 +53,7 @@ from .common import (
 from .inputs import audio_inputs
 
 if TYPE_CHECKING:
-    from indexer.pipeline import IndexSummary
+    from indexer.run_report import IndexSummary
 
     from ..classify import Truth
     from ..embedders import TextEmbedder
@@ -274,8 +274,10 @@ def _indexed_library(
     caption_set: CaptionSet, evalset: EvalSet, output: Path, *, quiet: bool, json_output: bool
 ) -> tuple[Library, IndexSummary]:
     """Index the set's files that the library lacks (or all, with --reindex) and open the library."""
-    from indexer.pipeline import IndexerError, IndexOptions, default_workers, run_index
+    from indexer.pipeline import IndexerError, run_index
+    from indexer.run_report import IndexOptions
 
+    from ..audio_workers import default_workers
     from ..library import Library
     from ..scan import ScanError
 

@@ -53,7 +53,7 @@ from .common import (
 )
 
 if TYPE_CHECKING:
-    from indexer.pipeline import IndexSummary
+    from indexer.run_report import IndexSummary
 
     from ..db import VectorIndexInfo
 
@@ -179,10 +179,12 @@ def index(
 
     Example: pengi-search index ~/sounds --workers 4 --batch-size 32
     """
-    from indexer.pipeline import IndexerError, IndexOptions, default_workers, run_index
+    from indexer.pipeline import IndexerError, run_index
+    from indexer.run_report import IndexOptions
     from indexer.shard import Shard
 
     from ..audio import AUDIO_EXTENSIONS
+    from ..audio_workers import default_workers
     from ..scan import ScanError, parse_extensions
     from .index_watch import check_watch_options, keep_watching
 

@@ -15,7 +15,7 @@ from ..errors import UsageError
 from .common import err_console
 
 if TYPE_CHECKING:
-    from indexer.pipeline import IndexOptions, IndexSummary
+    from indexer.run_report import IndexOptions, IndexSummary
 
 
 def check_watch_options(

@@ -1,0 +1,127 @@
+"""What an indexing run is asked (`IndexOptions`) and what it reports: progress as it goes (`ProgressReporter`)
+and, at the end, an `IndexSummary` with the files that failed (`FailedFile`) and what decoding or pruning noticed
+(`FileNote`). The run itself is `indexer.pipeline`; the CLI prints and serialises these.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from pengi_search.audio import AUDIO_EXTENSIONS
+from pengi_search.audio_workers import default_workers
+from pengi_search.choices import Captions, LongPrompt, StopRule
+from pengi_search.pathnames import path_fields
+
+from .shard import Shard
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    """What to index and how. Empty `prompts`: the caption and sound-event prompts; the first prompt's answer is
+    the text embedded into the 'text' index. `captions`: now (pass 2 in this run) or later (pass 1 only)."""
+
+    roots: Sequence[str | os.PathLike[str]]
+    db: str | None = None
+    model: str | None = None
+    device: str = "auto"
+    workers: int = field(default_factory=default_workers)
+    batch_size: int | None = None  # windows per batch; None: the device's (16 on CPU, 128 on CUDA with 2 prompts)
+    prompts: tuple[str, ...] = ()
+    text_embedder: str | None = None
+    index_type: str | None = None
+    shard: Shard | None = None
+    extensions: frozenset[str] = AUDIO_EXTENSIONS
+    hidden: bool = False  # walk hidden names too (`pengi_search.scan`)
+    retry_errors: bool = False
+    reindex: bool = False
+    strict: bool = False  # a truncated file is recorded as failed instead of indexed with a note
+    beam: int = 3
+    max_len: int = 30
+    stop: StopRule = StopRule.both  # see `pengi_search.choices.StopRule`
+    long_prompts: LongPrompt = LongPrompt.cut
+    wait: bool = False  # another run holds the library's lock: wait for it instead of refusing
+    captions: Captions = Captions.now
+    fast: bool = False  # --fast (pengi_search.fast_mode): not bit-identical
+    recaption_fast: bool = False  # windows a --fast run captioned get exact captions (db.drop_fast_captions)
+
+
+class ProgressReporter(Protocol):
+    """Pass 1 reports files and windows after `start`; pass 2 reports windows after `start_captions`."""
+
+    def start(self, files: int) -> None: ...
+
+    def start_captions(self, windows: int | None) -> None: ...  # None: not known (a shard's share)
+
+    def advance(self, files: int = 0, windows: int = 0) -> None: ...
+
+
+@dataclass(frozen=True)
+class PathMessage:
+    """A file or folder and what the run has to say about it; `KEY` names the message in the JSON summary."""
+
+    path: str
+    message: str
+    KEY: ClassVar[str]
+
+    def to_json(self) -> dict[str, str]:
+        return {**path_fields(self.path), self.KEY: self.message}
+
+
+class FailedFile(PathMessage):
+    """A file that could not be indexed, or a folder that could not be read, and why."""
+
+    KEY = "reason"
+
+
+class FileNote(PathMessage):
+    """Something decoding noticed in a file that was indexed (a truncation, a decoder's message)."""
+
+    KEY = "note"
+
+
+@dataclass
+class IndexSummary:
+    """What a run did; `partial` when some file or folder could not be indexed.
+
+    `windows`: windows stored with their audio embedding (pass 1); `captioned`: windows given captions (pass 2);
+    `captions_missing`: windows below the roots still without captions after the run; `searchable_s`: seconds
+    until every window's audio embedding was stored and the FAISS files saved (when `similar` covers the set).
+    """
+
+    database: str
+    run_id: int | None = None
+    shard: str | None = None
+    files_seen: int = 0
+    indexed: int = 0
+    unchanged: int = 0
+    touched: int = 0
+    skipped_errors: int = 0  # known-bad files with the same stamp, not retried (see --retry-errors)
+    pruned: int = 0
+    windows: int = 0
+    captioned: int = 0
+    recaptioned: int = 0  # windows whose --fast captions this run dropped to write exact ones (--recaption-fast)
+    captions_missing: int = 0
+    searchable_s: float = 0.0
+    seconds: float = 0.0
+    stale_runs: list[int] = field(default_factory=list)  # earlier runs found dead and marked 'interrupted'
+    failed: list[FailedFile] = field(default_factory=list)
+    unreadable_dirs: list[FailedFile] = field(default_factory=list)
+    unseen_roots: list[FileNote] = field(default_factory=list)  # roots with indexed files but none found: not pruned
+    hidden_kept: list[FileNote] = field(default_factory=list)  # hidden paths with indexed files, not walked: kept
+    truncated: list[FileNote] = field(default_factory=list)  # indexed as far as they decode
+    decoder_notes: list[FileNote] = field(default_factory=list)  # what C decoders printed, per file
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.failed or self.unreadable_dirs)
+
+    def to_json(self) -> dict[str, Any]:
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        data["seconds"] = round(self.seconds, 3)
+        data["searchable_s"] = round(self.searchable_s, 3)
+        for name in ("failed", "unreadable_dirs", "unseen_roots", "hidden_kept", "truncated", "decoder_notes"):
+            data[name] = [item.to_json() for item in getattr(self, name)]
+        return data
