@@ -27,14 +27,19 @@ _FILE = re.compile(r"/(?P<repo>[^/]+/[^/]+)/resolve/[^/]+/(?:\./)?(?P<file>.+)")
 class FakeHub:
     """`with FakeHub({"someone/mini": folder}) as hub:` serves `folder` as the model someone/mini at `hub.url`;
     `hub.requests` lists each request as "GET /path". `status`: answer every request with it instead (a hub, or a
-    proxy in front of it, that is down)."""
+    proxy in front of it, that is down); `pinned=False`: leave the commit out of the model's API page, as some
+    mirrors do (huggingface_hub then cannot pin one revision, and sentence-transformers warns that it loads without).
+    """
 
-    def __init__(self, models: Mapping[str, Path] | None = None, *, status: int | None = None) -> None:
+    def __init__(
+        self, models: Mapping[str, Path] | None = None, *, status: int | None = None, pinned: bool = True
+    ) -> None:
         self.files = {
             repo: {path.relative_to(root).as_posix(): path for path in Path(root).rglob("*") if path.is_file()}
             for repo, root in (models or {}).items()
         }
         self.status = status
+        self.pinned = pinned
         self.requests: list[str] = []
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self._server.server_port}"
@@ -57,12 +62,9 @@ class FakeHub:
             files = self.files.get(match["repo"])
             if files is None:
                 return 404, {"X-Error-Code": "RepoNotFound"}, b"{}"
-            siblings = [{"rfilename": name} for name in files]
-            return (
-                200,
-                {"Content-Type": "application/json"},
-                json.dumps({"id": match["repo"], "sha": COMMIT, "siblings": siblings}).encode(),
-            )
+            page = {"id": match["repo"], "sha": COMMIT if self.pinned else None}
+            page["siblings"] = [{"rfilename": name} for name in files]
+            return 200, {"Content-Type": "application/json"}, json.dumps(page).encode()
         if match := _FILE.fullmatch(path):
             files = self.files.get(match["repo"])
             if files is None:

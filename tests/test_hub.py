@@ -137,13 +137,15 @@ def test_a_command_meets_an_unreachable_hub_with_one_line_and_no_wait(tmp_path, 
 
 
 def test_a_hub_that_answers_serves_the_model_and_says_plainly_which_it_does_not_have(tmp_path):
-    """The check costs one request; the downloads then run as huggingface_hub does them, quietly."""
+    """The check costs one request; the downloads then run as huggingface_hub does them, its libraries' warnings
+    kept off stderr: here sentence-transformers' that it loads without pinning a revision, which a hub (a mirror)
+    that leaves the commit out of its API page gets."""
     served = make_tiny_sentence_transformer(tmp_path / "st")
     script = "import torch\nfrom pengi_search.embedders import SentenceTransformerEmbedder as S\n"
     script += "print(S('someone/mini', torch.device('cpu')).embed(['a dog barks']).shape)\n"
     script += "try:\n    S('someone/other', torch.device('cpu'))\n"
     script += "except Exception as err:\n    print(type(err).__name__, err, sep=': ')\n"
-    with FakeHub({"someone/mini": served}) as hub:
+    with FakeHub({"someone/mini": served}, pinned=False) as hub:
         run = run_python(script, hub_env(tmp_path, hub.url))
     assert run.returncode == 0 and run.stderr == "", run.stderr
     assert run.stdout.splitlines() == [
@@ -152,7 +154,6 @@ def test_a_hub_that_answers_serves_the_model_and_says_plainly_which_it_does_not_
         " private or gated: 'hf auth login' first)",
     ]
     assert hub.requests[0] == "GET /api/models/someone/mini"  # the check, then sentence-transformers' own
-    assert f"GET /someone/mini/resolve/{COMMIT}/model.safetensors" in hub.requests  # pinned to the one revision
     assert (tmp_path / "hub" / "models--someone--mini" / "snapshots" / COMMIT / "model.safetensors").is_file()
 
 
