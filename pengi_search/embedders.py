@@ -1,10 +1,10 @@
 """Text embedders for captions, labels and queries, and the one place that chooses and opens them.
 
 `--text-embedder` names one (`EmbedderSpec`): "pengi", the model's own CLIP text tower and projection (the paper's
-text matching; `base` models only), or "sentence-transformers:NAME" (a local directory or a cached hub name; for
-`base_no_text_enc` too). Every embedder returns L2-normalised float32 vectors and an `id` that the store records,
-`pengi-text:<model identity>` or `sentence-transformers:NAME`, so that a query is never compared against vectors
-another embedder made.
+text matching; `base` models only), or "sentence-transformers:NAME" (a local directory, or a hub name read from the
+Hugging Face cache, downloaded once if the hub answers (`hub`); for `base_no_text_enc` too). Every embedder returns
+L2-normalised float32 vectors and an `id` that the store records, `pengi-text:<model identity>` or
+`sentence-transformers:NAME`, so that a query is never compared against vectors another embedder made.
 
 Nothing here imports torch until an embedder that needs it is opened: a text query runs Pengi's tower in numpy
 (`text_query`) without it.
@@ -14,17 +14,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from .chunking import chunked
-from .errors import UsageError
+from .errors import PengiSearchError, UsageError
+from .hub import cache_only, hub_cache, hub_endpoint, quiet_hub, unanswered
 from .model_dir import PENGI_TEXT_PREFIX, ModelDir
 from .vectors import l2_normalise
 
 if TYPE_CHECKING:
     import torch
+    from sentence_transformers import SentenceTransformer
     from transformers import PreTrainedTokenizerBase
 
     from .bpe_tokenizer import FileTokenizer
@@ -37,6 +40,10 @@ SENTENCE_TRANSFORMERS_PREFIX = "sentence-transformers:"
 
 class TextEmbedderError(UsageError):
     """A text embedder that cannot be used: an unknown name, or Pengi's text tower on a model without one."""
+
+
+class HubUnreachableError(PengiSearchError):
+    """A sentence-transformers model that is not in the Hugging Face cache, where the hub cannot be asked for it."""
 
 
 class TextEmbedder(Protocol):
@@ -169,7 +176,7 @@ class PengiTextEmbedder:
 
 
 class SentenceTransformerEmbedder:
-    """Any sentence-transformers model (a local directory or a cached hub name); for `base_no_text_enc` too."""
+    """Any sentence-transformers model (a local directory or a hub name); for `base_no_text_enc` too."""
 
     def __init__(self, name: str, device: torch.device):
         from sentence_transformers import SentenceTransformer  # heavy import, only when chosen
@@ -178,12 +185,60 @@ class SentenceTransformerEmbedder:
         transformers_logging.disable_progress_bar()  # its "Loading weights" bar on every query; commands are quiet
         try:  # from the Hugging Face cache first: asking the hub whether it changed held up every query (seconds,
             # or a minute of retries without a network)
-            self.model = SentenceTransformer(name, device=str(device), local_files_only=True)
-        except OSError:  # not cached yet: the hub has it (or says why not)
-            self.model = SentenceTransformer(name, device=str(device))
+            with cache_only():
+                self.model = SentenceTransformer(name, device=str(device), local_files_only=True)
+        except OSError:  # not cached yet: the hub has it (or says why not), if it can be reached
+            if _is_hub_name(name):
+                _refuse_unreachable_hub(name)
+            self.model = _downloaded(name, device)
         self.id = SENTENCE_TRANSFORMERS_PREFIX + name
         self.dim = int(self.model.get_embedding_dimension())
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         vectors = self.model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True)
         return np.asarray(vectors, dtype=np.float32).reshape(len(texts), self.dim)
+
+
+def _downloaded(name: str, device: torch.device) -> SentenceTransformer:
+    """The model `name` loaded online: from the hub (into its cache) for a hub name, with the hub's retries kept off
+    stderr, and a name the hub does not have said so in one line."""
+    from huggingface_hub.errors import RepositoryNotFoundError
+    from sentence_transformers import SentenceTransformer
+
+    with quiet_hub():
+        try:
+            return SentenceTransformer(name, device=str(device))
+        except RepositoryNotFoundError as err:  # its message: the status, then lines of advice
+            raise TextEmbedderError(
+                SENTENCE_TRANSFORMERS_PREFIX + name,
+                f"the hub ({hub_endpoint()}) has no such model (or it is private or gated: 'hf auth login' first)",
+            ) from err
+
+
+def _is_hub_name(name: str) -> bool:
+    """Whether `name` names a model on the hub: not an existing path, and spelt as a hub name can be. Anything else
+    (`./models/mini`, `/data/st`) is a folder, which sentence-transformers reports as missing without the hub."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return not Path(name).exists()
+
+
+def _refuse_unreachable_hub(name: str) -> None:
+    """Fail at once, in one line that says what to do, when the model would have to come from a hub that offline
+    mode forbids or that does not answer (instead of a minute and a half of retries, or none ending at all)."""
+    from .download import OFFLINE_ENV, offline_setting  # not at the top: the query path does without it
+
+    setting = offline_setting()
+    why = f"{setting} forbids downloading it" if setting else unanswered(name)
+    if why is None:
+        return
+    fix = f"run 'hf download {name}' where there is network and copy that cache here, or give the model's folder"
+    if not setting:
+        fix += f"; {OFFLINE_ENV}=1 skips asking the hub"
+    where = SENTENCE_TRANSFORMERS_PREFIX + name
+    raise HubUnreachableError(where, f"not in the Hugging Face cache ({hub_cache()}) and {why}: {fix}")
