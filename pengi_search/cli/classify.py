@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from ..classify import Classifier, ClassifySettings, Prediction, Truth
     from ..model_dir import ModelDir
 
-Failure = tuple[str, str]  # (path, reason)
+Skipped = tuple[str, str]  # (path, reason): a file classify went on without
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class Outcome:
     method: Method
     labels: list[str]
     predictions: list[Prediction]
-    failures: list[Failure]
+    failures: list[Skipped]
     metrics: dict[str, Any] | None  # None without --truth
 
     def to_json(self, top: int) -> dict[str, Any]:
@@ -221,7 +221,7 @@ def classify_targets(
     texts: dict[str, str] | None = None,
     hidden: bool = False,
     report_skips: bool = True,
-) -> tuple[list[Prediction], list[Failure]]:
+) -> tuple[list[Prediction], list[Skipped]]:
     """Each audio file's prediction (a folder's files, recursively; its hidden names too with `hidden`) and the
     files that failed, reusing what an existing library holds (`eval classify` shares this). `report_skips`: say
     each failed file as it is found (`eval classify` lists them under its table instead, as its other kinds do)."""
@@ -265,15 +265,15 @@ def _open_library(db: str | None) -> Any:
 
 def _run_classifier(
     classifier: Classifier, files: list[str], *, visible: bool, report_skips: bool
-) -> tuple[list[Prediction], list[Failure]]:
+) -> tuple[list[Prediction], list[Skipped]]:
     """Classify the files (those the model must hear, together); a file that cannot be decoded is skipped (and
     reported, with `report_skips`)."""
-    from ..classify import Failure as FailedFile
+    from ..classify import Failure
 
     predictions, failures = [], []
     with progress_bar() as bar:
         for outcome in classifier.classify_files(files, WindowProgress(bar, "classifying", visible=visible)):
-            if isinstance(outcome, FailedFile):
+            if isinstance(outcome, Failure):
                 failures.append((outcome.path, outcome.reason))
                 if report_skips:
                     report_skipped(outcome.path, outcome.reason)
