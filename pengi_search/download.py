@@ -42,7 +42,7 @@ from rich.progress import (
 
 from pengi_search import __version__
 from pengi_search.consoles import make_console
-from pengi_search.errors import PengiSearchError
+from pengi_search.errors import PengiSearchError, first_line
 from pengi_search.hashing import file_sha256, sha256_hasher
 from pengi_search.paths import home_expanded
 
@@ -215,7 +215,7 @@ def fetch_tokenizer(name: str, dest: Path) -> Path:
         os.replace(staging, dest)
     except (OSError, ValueError) as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         if offline:
             reason = f"it is not in the Hugging Face cache and {offline} forbids downloading it"
         raise DownloadError(name, dest, f"cannot fetch tokenizer: {reason} (--tokenizer-dir {dest.name}=PATH)") from exc

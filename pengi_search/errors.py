@@ -68,6 +68,13 @@ def unreadable(path: Path, error: OSError, kind: type[UsageError] = UsageError) 
     return kind(path, f"cannot read ({error.strerror or error})")
 
 
+def first_line(err: BaseException) -> str:
+    """An exception's message as one line (its first), or its class name when it says nothing: what a user reads
+    of a library's exception, whose message may run over many lines of advice."""
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0]
+
+
 def cli_option(name: str) -> str:
     """An option's neutral name as the command line spells it: min_score -> --min-score."""
     return "--" + name.replace("_", "-")

@@ -17,6 +17,8 @@ import urllib.request
 from collections.abc import Iterator
 from urllib.parse import quote, urlsplit
 
+from .errors import first_line
+
 # Loggers whose warnings are the hub's retries ("Retrying in 8s [Retry 4/5]") and fallbacks, one per attempt.
 _CHATTY_LOGGERS = ("huggingface_hub", "sentence_transformers")
 
@@ -57,7 +59,7 @@ def unanswered(repo_id: str, timeout: float | None = None) -> str | None:
     except http.TimeoutException:
         what = f"did not answer within {seconds:g} s"
     except http.TransportError as err:  # refused, no route, a proxy that fails, a name that does not resolve
-        what = f"could not be reached ({_first_line(err) or type(err).__name__})"
+        what = f"could not be reached ({first_line(err)})"
     else:
         if response.status_code < 500:
             return None
@@ -106,8 +108,3 @@ def _proxy_for(url: str) -> str | None:
         return None
     shown = urlsplit(proxy if "://" in proxy else "http://" + proxy)
     return shown._replace(netloc=shown.netloc.rpartition("@")[2]).geturl()
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else ""
