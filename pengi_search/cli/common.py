@@ -32,10 +32,12 @@ from ..errors import (
     EXIT_USAGE,
     PengiSearchError,
     UsageError,
+    first_line,
     not_found,
 )
 from ..messages import print_skipped, print_warning
 from ..pathnames import json_text, shown
+from ..paths import as_typed
 from ..stop_signals import interrupted_by_stop_signals, interrupted_exit_code
 from .closed_output import end_quietly, output_closed
 
@@ -184,7 +186,7 @@ def _reported(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
             raise  # no failure of the command's: `handle_errors` ends it quietly
         if os.environ.get(DEBUG_ENV) or not isinstance(err, PengiSearchError | OSError | ValueError):
             raise
-        fail(_one_line(err), err.exit_code if isinstance(err, PengiSearchError) else EXIT_FAILED)
+        fail(first_line(err), err.exit_code if isinstance(err, PengiSearchError) else EXIT_FAILED)
 
 
 def _flushed(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -344,13 +346,7 @@ def _confirm(question: str) -> bool:
 def shown_path(path: str) -> str:
     """Paths below the current folder are shown relative to it (shorter tables), escaped where they are not
     UTF-8 (`pathnames.shown`); JSON keeps them absolute and as they are."""
-    relative = os.path.relpath(path)
-    return shown(path if relative.startswith("..") else relative)
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip() or type(err).__name__
-    return text.splitlines()[0]
+    return shown(os.fspath(as_typed(path)))
 
 
 def given_path(value: str) -> Path:
