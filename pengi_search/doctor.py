@@ -22,8 +22,9 @@ from .db import VECTOR_KINDS, Store, StoreError, default_index_path, resolve_db_
 from .db.access import reading_engine, unusable_place
 from .db.errors import DatabaseURLError, driver_reason
 from .db.urls import db_option, shown_db_url
-from .download import INVALID_SUFFIX, RELEASES, TOKENIZERS, offline_setting
+from .download import INVALID_SUFFIX, RELEASES, TOKENIZERS
 from .hashing import file_sha256
+from .hub import offline_setting
 from .model_dir import CONFIG_FILE, MODEL_ENV, WEIGHTS_FILE, ModelDir, ModelNotFoundError, release_to_fetch
 from .paths import models_dir
 

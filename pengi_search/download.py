@@ -6,8 +6,8 @@ resumes only the same file), the sha256 is computed as they arrive, and the fini
 renamed onto `dest`, so `dest` is either absent or complete. `<dest>.json` then records source, size, sha256.
 
 `fetch_release` keeps a finished download only for the URL it came from and while it still has its recorded
-checksum; a file that fails that check is moved aside (`<dest>.invalid`), never reused. `PENGI_SEARCH_OFFLINE=1`
-(or `HF_HUB_OFFLINE=1`) forbids every network access here: local sources and cached tokenizers still work.
+checksum; a file that fails that check is moved aside (`<dest>.invalid`), never reused. Offline mode
+(`hub.offline_setting`) forbids every network access here: local sources and cached tokenizers still work.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.progress import (
     BarColumn,
@@ -44,7 +44,11 @@ from pengi_search import __version__
 from pengi_search.consoles import make_console
 from pengi_search.errors import PengiSearchError, first_line
 from pengi_search.hashing import file_sha256, sha256_hasher
+from pengi_search.hub import cache_only, hub_cache, is_hub_name, offline_setting, quiet_hub, why_not_downloadable
 from pengi_search.paths import home_expanded
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -92,8 +96,6 @@ DEFAULT_RELEASE = "base"  # what commands use, and fetch on first use, when no m
 
 TOKENIZER_DIR = "tokenizers"  # tokenizers are saved under <directory>/tokenizers/<key> by `fetch_release`
 INVALID_SUFFIX = ".invalid"  # a download that failed validation is moved aside to <dest>.invalid
-OFFLINE_ENV = "PENGI_SEARCH_OFFLINE"
-_OFFLINE_ENVS = (OFFLINE_ENV, "HF_HUB_OFFLINE")
 _RETRIED_HTTP_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 log = logging.getLogger(__name__)
@@ -181,15 +183,6 @@ def download(
     return result
 
 
-def offline_setting() -> str | None:
-    """The setting that forbids network access (`PENGI_SEARCH_OFFLINE=1` or `HF_HUB_OFFLINE=1`), or None."""
-    for name in _OFFLINE_ENVS:
-        value = os.environ.get(name, "")
-        if value.strip().upper() in {"1", "ON", "YES", "TRUE"}:  # what huggingface_hub accepts
-            return f"{name}={value}"
-    return None
-
-
 def verify_download(dest: Path) -> DownloadResult | None:
     """The result recorded for `dest`, if the file is there and still has the size and sha256 recorded."""
     dest = Path(dest)
@@ -201,25 +194,46 @@ def verify_download(dest: Path) -> DownloadResult | None:
 
 
 def fetch_tokenizer(name: str, dest: Path) -> Path:
-    """Save the tokenizer `name` (a Hugging Face hub id, or a local folder holding one) as files in `dest`."""
-    from transformers import AutoTokenizer  # heavy; imported only when a fetch is asked for
+    """Save the tokenizer `name` (a local folder holding one, or a Hugging Face hub id) as files in `dest`.
 
+    A hub id is read from the Hugging Face cache without a word to the hub; one that is not there is downloaded only
+    once one short request (`hub.unanswered`) finds the hub answering, so that a hub that cannot be reached costs
+    seconds and one line, not a minute and a half of retries (or a wait with no end).
+    """
     dest = Path(dest)
     staging = dest.with_name(dest.name + ".part")
     shutil.rmtree(staging, ignore_errors=True)
-    offline = None if Path(name).is_dir() else offline_setting()
     try:
-        AutoTokenizer.from_pretrained(name, local_files_only=offline is not None).save_pretrained(staging)
+        _load_tokenizer(name, dest).save_pretrained(staging)
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(staging, dest)
     except (OSError, ValueError) as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        reason = first_line(exc)
-        if offline:
-            reason = f"it is not in the Hugging Face cache and {offline} forbids downloading it"
-        raise DownloadError(name, dest, f"cannot fetch tokenizer: {reason} (--tokenizer-dir {dest.name}=PATH)") from exc
+        raise DownloadError(name, dest, _tokenizer_failure(first_line(exc), dest)) from exc
     return dest
+
+
+def _load_tokenizer(name: str, dest: Path) -> PreTrainedTokenizerBase:
+    """The tokenizer `name`: from its folder or the Hugging Face cache, else downloaded from a hub that answers."""
+    from transformers import AutoTokenizer  # heavy; imported only when a fetch is asked for
+
+    try:
+        with cache_only():
+            return AutoTokenizer.from_pretrained(name, local_files_only=True)
+    except OSError:
+        if not is_hub_name(name):  # a folder that holds no tokenizer: nothing to download
+            raise
+    if why := why_not_downloadable(name):
+        reason = f"it is not in the Hugging Face cache ({hub_cache()}) and {why}"
+        raise DownloadError(name, dest, _tokenizer_failure(reason, dest), unreachable=True)
+    with quiet_hub():
+        return AutoTokenizer.from_pretrained(name)
+
+
+def _tokenizer_failure(reason: str, dest: Path) -> str:
+    """Why a tokenizer could not be fetched, with the option that gives a local copy instead."""
+    return f"cannot fetch tokenizer: {reason} (--tokenizer-dir {dest.name}=PATH)"
 
 
 def fetch_release(

@@ -14,14 +14,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from .chunking import chunked
 from .errors import PengiSearchError, UsageError
-from .hub import cache_only, hub_cache, hub_endpoint, quiet_hub, unanswered
+from .hub import (
+    OFFLINE_ENV,
+    cache_only,
+    hub_cache,
+    hub_endpoint,
+    is_hub_name,
+    offline_setting,
+    quiet_hub,
+    why_not_downloadable,
+)
 from .model_dir import PENGI_TEXT_PREFIX, ModelDir
 from .vectors import l2_normalise
 
@@ -188,7 +196,7 @@ class SentenceTransformerEmbedder:
             with cache_only():
                 self.model = SentenceTransformer(name, device=str(device), local_files_only=True)
         except OSError:  # not cached yet: the hub has it (or says why not), if it can be reached
-            if _is_hub_name(name):
+            if is_hub_name(name):
                 _refuse_unreachable_hub(name)
             self.model = _downloaded(name, device)
         self.id = SENTENCE_TRANSFORMERS_PREFIX + name
@@ -215,30 +223,14 @@ def _downloaded(name: str, device: torch.device) -> SentenceTransformer:
             ) from err
 
 
-def _is_hub_name(name: str) -> bool:
-    """Whether `name` names a model on the hub: not an existing path, and spelt as a hub name can be. Anything else
-    (`./models/mini`, `/data/st`) is a folder, which sentence-transformers reports as missing without the hub."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return not Path(name).exists()
-
-
 def _refuse_unreachable_hub(name: str) -> None:
     """Fail at once, in one line that says what to do, when the model would have to come from a hub that offline
     mode forbids or that does not answer (instead of a minute and a half of retries, or none ending at all)."""
-    from .download import OFFLINE_ENV, offline_setting  # not at the top: the query path does without it
-
-    setting = offline_setting()
-    why = f"{setting} forbids downloading it" if setting else unanswered(name)
+    why = why_not_downloadable(name)
     if why is None:
         return
     fix = f"run 'hf download {name}' where there is network and copy that cache here, or give the model's folder"
-    if not setting:
+    if not offline_setting():
         fix += f"; {OFFLINE_ENV}=1 skips asking the hub"
     where = SENTENCE_TRANSFORMERS_PREFIX + name
     raise HubUnreachableError(where, f"not in the Hugging Face cache ({hub_cache()}) and {why}: {fix}")

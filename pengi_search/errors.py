@@ -21,6 +21,21 @@ EXIT_OUTPUT_CLOSED = 141  # the reader of the output went away, `| head` (128 + 
 EXIT_TERMINATED = 143  # SIGTERM: kill, docker stop, systemd, SLURM, torchrun (128 + SIGTERM)
 
 
+def _rebuilt(cls: type[BaseException], args: tuple[object, ...]) -> BaseException:
+    """An error of class `cls` holding `args`, made without running its constructor (see `_pickled`)."""
+    return cls.__new__(cls, *args)
+
+
+def _pickled(error: BaseException) -> tuple[object, ...]:
+    """How `error` pickles: remade from its class and `args`, then given back every attribute it had.
+
+    Errors cross process boundaries (decode, DataLoader and serve workers). Pickle's default remakes an exception
+    as `cls(*args)`, which fails for a constructor whose parameters are not what it passes on to `args`
+    (`DownloadError(source, dest, reason)`, `OptionError(option, template, **values)`); this way no constructor
+    runs, so every subclass round-trips, whatever its parameters."""
+    return _rebuilt, (type(error), error.args), error.__dict__
+
+
 class PengiSearchError(Exception):
     """An expected failure: `str()` gives "<where>: <reason>" (or just the reason when `where` is empty), with a
     file name that is not valid UTF-8 shown escaped (`pathnames.shown`); `where` keeps it as it is."""
@@ -29,13 +44,15 @@ class PengiSearchError(Exception):
 
     def __init__(self, where: str | os.PathLike[str], reason: str) -> None:
         where = os.fspath(where)
-        # Both values go to Exception.args so the error pickles across worker processes.
         super().__init__(where, reason)
         self.where = where
         self.reason = reason
 
     def __str__(self) -> str:
         return f"{shown(self.where)}: {self.reason}" if self.where else self.reason
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return _pickled(self)
 
 
 class UsageError(PengiSearchError):
@@ -97,6 +114,9 @@ class OptionError(ValueError):
     def reason(self, spell: Callable[[str], str] = cli_option) -> str:
         """The reason, other options named as `spell` writes them."""
         return self.template.format_map(_Spelled(self.values, spell))
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return _pickled(self)
 
 
 class _Spelled(dict[str, object]):

@@ -6,21 +6,44 @@ the connection and never replies, no end at all (its first request has no timeou
 own session (so `HF_ENDPOINT`, the proxy settings and a custom client factory apply) and its metadata timeout,
 `HF_HUB_ETAG_TIMEOUT`, says up front whether downloading can work; once it has, the downloads run with the hub's own
 timeouts, which bound each read and not the whole file, so a large model is never cut short.
+
+Offline mode (`offline_setting`) is decided here too, for every download: the hub's switches and our own.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
+import os
 import sys
+import threading
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote, urlsplit
 
 from .errors import first_line
 
 # Loggers whose warnings are the hub's retries ("Retrying in 8s [Retry 4/5]") and fallbacks, one per attempt.
 _CHATTY_LOGGERS = ("huggingface_hub", "sentence_transformers")
+_T = TypeVar("_T")
+
+OFFLINE_ENV = "PENGI_SEARCH_OFFLINE"
+# Ours, then the Hugging Face libraries' own: huggingface_hub and transformers take either of theirs as offline, so a
+# user who set only one expects us to stay off the network as they do.
+_OFFLINE_ENVS = (OFFLINE_ENV, "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def offline_setting() -> str | None:
+    """The setting that forbids network access (`PENGI_SEARCH_OFFLINE=1`, `HF_HUB_OFFLINE=1` or
+    `TRANSFORMERS_OFFLINE=1`), e.g. "HF_HUB_OFFLINE=1", or None: the one test of offline mode, for every download."""
+    for name in _OFFLINE_ENVS:
+        value = os.environ.get(name, "")
+        if value.strip().upper() in {"1", "ON", "YES", "TRUE"}:  # what huggingface_hub accepts
+            return f"{name}={value}"
+    return None
 
 
 def hub_endpoint() -> str:
@@ -37,33 +60,47 @@ def hub_cache() -> str:
     return constants.HF_HUB_CACHE
 
 
+def is_hub_name(name: str) -> bool:
+    """Whether `name` names a model on the hub: not an existing path, and spelt as a hub name can be. Anything else
+    (`./models/mini`, `/data/st`) is a folder, which the Hugging Face libraries report as missing without the hub."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return not Path(name).exists()
+
+
+def why_not_downloadable(repo_id: str) -> str | None:
+    """Why `repo_id` cannot be downloaded now, to follow "not in the Hugging Face cache and": offline mode forbids it
+    ("PENGI_SEARCH_OFFLINE=1 forbids downloading it", without asking the hub) or the hub does not answer
+    (`unanswered`); None when it can be."""
+    setting = offline_setting()
+    return f"{setting} forbids downloading it" if setting else unanswered(repo_id)
+
+
 def unanswered(repo_id: str, timeout: float | None = None) -> str | None:
     """Why the hub cannot serve `repo_id` now, e.g. "the hub (https://huggingface.co) did not answer within 10 s",
     or None when it answers.
 
     One GET of the model's API page, with no retry, waiting at most `timeout` seconds (default
-    `HF_HUB_ETAG_TIMEOUT`) to connect and as long again for the reply. Any answer below 500 counts, a 404 too: the
-    download that follows says what is wrong with the name. A 5xx is the hub, or a proxy in front of it, saying it
-    cannot serve now, which huggingface_hub would otherwise retry for a minute and a half.
+    `HF_HUB_ETAG_TIMEOUT`) in all: looking up the name of the hub (or of the proxy), connecting and the reply. Any
+    answer below 500 counts, a 404 too: the download that follows says what is wrong with the name. A 5xx is the
+    hub, or a proxy in front of it, saying it cannot serve now, which huggingface_hub would otherwise retry for a
+    minute and a half.
     """
     from huggingface_hub import constants
-    from huggingface_hub.utils import get_session
 
     seconds = constants.HF_HUB_ETAG_TIMEOUT if timeout is None else timeout
     url = f"{hub_endpoint()}/api/models/{quote(repo_id)}"
-    session = get_session()
-    # The session's HTTP library (httpx2 under huggingface_hub 2, httpx under 1), for its error classes.
-    http = sys.modules[type(session).__module__.partition(".")[0]]
     try:
-        response = session.get(url, timeout=seconds)
-    except http.TimeoutException:
+        what = _within(seconds, lambda: _ask(url, seconds))
+    except concurrent.futures.TimeoutError:  # no answer in time, a name lookup still waiting included
         what = f"did not answer within {seconds:g} s"
-    except http.TransportError as err:  # refused, no route, a proxy that fails, a name that does not resolve
-        what = f"could not be reached ({first_line(err)})"
-    else:
-        if response.status_code < 500:
-            return None
-        what = f"answered HTTP {response.status_code} {response.reason_phrase}".rstrip()
+    if what is None:
+        return None
     proxy = _proxy_for(url)
     return f"the hub ({hub_endpoint()}{f', through the proxy {proxy}' if proxy else ''}) {what}"
 
@@ -96,6 +133,43 @@ def quiet_hub() -> Iterator[None]:
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
+
+
+def _ask(url: str, seconds: float) -> str | None:
+    """What went wrong asking the hub for `url` ("did not answer within 10 s", ...), or None when it answered."""
+    from huggingface_hub.utils import get_session
+
+    session = get_session()
+    # The session's HTTP library (httpx2 under huggingface_hub 2, httpx under 1), for its error classes.
+    http = sys.modules[type(session).__module__.partition(".")[0]]
+    try:
+        response = session.get(url, timeout=seconds)
+    except http.TimeoutException:
+        return f"did not answer within {seconds:g} s"
+    except http.TransportError as err:  # refused, no route, a proxy that fails, a name that does not resolve
+        return f"could not be reached ({first_line(err)})"
+    if response.status_code < 500:
+        return None
+    return f"answered HTTP {response.status_code} {response.reason_phrase}".rstrip()
+
+
+def _within(seconds: float, work: Callable[[], _T]) -> _T:
+    """`work()`, or concurrent.futures.TimeoutError when it has not returned after `seconds`.
+
+    The HTTP timeouts bound connecting and each read, but not the name lookup before them (the C library's, which
+    nothing can interrupt): a resolver that never answers held the command for ever. So the work runs in a daemon
+    thread, which the process leaves behind instead of waiting for it at exit; it ends when the lookup does.
+    """
+    future: concurrent.futures.Future[_T] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            future.set_result(work())
+        except BaseException as err:  # whatever it raises is the caller's to see, not this thread's
+            future.set_exception(err)
+
+    threading.Thread(target=run, name="pengi-hub-check", daemon=True).start()
+    return future.result(timeout=seconds)
 
 
 def _proxy_for(url: str) -> str | None:

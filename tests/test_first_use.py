@@ -67,7 +67,7 @@ def release(tiny_model_dir, tmp_path, monkeypatch) -> Iterator[Release]:
         monkeypatch.setitem(TOKENIZERS, kind, str(tiny_model_dir / TOKENIZER_DIR / kind))
     config = ModelDir.read(tiny_model_dir).config
     monkeypatch.setattr(PengiConfig, "preset", classmethod(lambda cls, name: config))
-    for variable in ("PENGI_SEARCH_OFFLINE", "HF_HUB_OFFLINE", "PENGI_SEARCH_AUTO_FETCH"):
+    for variable in ("PENGI_SEARCH_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "PENGI_SEARCH_AUTO_FETCH"):
         monkeypatch.setenv(variable, "")  # recorded, so that what the command sets is undone after the test
         monkeypatch.delenv(variable)
     yield Release(url, requests)
@@ -148,7 +148,7 @@ def test_yes_or_the_environment_fetch_without_asking(release, clip, isolated_hom
 
 
 @pytest.mark.usefixtures("terminal")
-@pytest.mark.parametrize("variable", ["PENGI_SEARCH_OFFLINE", "HF_HUB_OFFLINE"])
+@pytest.mark.parametrize("variable", ["PENGI_SEARCH_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"])
 def test_offline_mode_refuses_to_fetch_and_says_why(release, clip, isolated_home, monkeypatch, variable):
     monkeypatch.setenv(variable, "1")
     result = runner.invoke(app, ["describe", str(clip), *DESCRIBE, "--yes"], input="y\n")
@@ -159,7 +159,8 @@ def test_offline_mode_refuses_to_fetch_and_says_why(release, clip, isolated_home
     assert result.exit_code == 1
     assert f"{variable}=1 forbids network access" in result.stderr
     assert release.requests == [] and not _installed(isolated_home)
-    assert os.environ["HF_HUB_OFFLINE"] == "1"  # set for the Hugging Face libraries too (sentence-transformers)
+    # The Hugging Face libraries (sentence-transformers) are offline too: ours is passed on to their switch.
+    assert (os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")) == "1"
 
 
 def test_offline_mode_still_installs_from_local_files(release, tiny_model_dir, tmp_path, isolated_home, monkeypatch):

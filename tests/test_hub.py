@@ -1,13 +1,15 @@
-"""A sentence-transformers text embedder named by its hub name: read from the Hugging Face cache without a word to
-the hub, downloaded from a hub that answers, and, from one that cannot be reached, refused at once in one line that
-says what to do (not a minute and a half of retries, or a wait with no end, before an error)."""
+"""A sentence-transformers text embedder or a tokenizer named by its hub name: read from the Hugging Face cache without
+a word to the hub, downloaded from a hub that answers, and, from one that cannot be reached, refused at once in one
+line that says what to do (not a minute and a half of retries, or a wait with no end, before an error)."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,14 +19,18 @@ import torch
 from huggingface_hub import constants
 from huggingface_hub.utils import close_session
 
+from pengi_search.download import DownloadError, fetch_tokenizer
 from pengi_search.embedders import HubUnreachableError, SentenceTransformerEmbedder
 from pengi_search.errors import EXIT_FAILED
 from pengi_search.hub import unanswered
+from pengi_search.testing import tiny_gpt2_tokenizer
 
 from .fake_hub import COMMIT, FakeHub, refusing_hub, silent_hub
 from .indexing import make_tiny_sentence_transformer, write_tone
 
 CPU = torch.device("cpu")
+OFFLINE_SWITCHES = ["PENGI_SEARCH_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"]
+PROXY_SETTINGS = ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"]
 SLACK_S = 2.0  # what a loaded two-core machine adds to a request's own timeout
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,6 +67,29 @@ def test_a_refused_connection_is_reported_at_once(hub_at, no_internet):
     assert reason is not None and reason.startswith(f"the hub ({url}) could not be reached (") and "refused" in reason
 
 
+def test_a_name_lookup_that_never_ends_is_given_up_after_the_metadata_timeout(hub_at, monkeypatch, no_internet):
+    """The HTTP timeouts do not cover looking up the hub's name: a resolver that never answers held the command for
+    ever. Here the lookup is held for 30 s (so that a check without a bound fails rather than hangs)."""
+    for name in PROXY_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    released = threading.Event()
+
+    def never_answers(*args: object, **kwargs: object) -> list[object]:
+        released.wait(30)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", never_answers)
+    hub_at("http://hub.example.org")
+    started = time.monotonic()
+    try:
+        reason = unanswered("someone/mini", timeout=1)
+    finally:
+        released.set()  # the check's thread, left waiting, ends now
+    assert time.monotonic() - started < 1 + SLACK_S
+    assert reason == "the hub (http://hub.example.org) did not answer within 1 s"
+
+
 def test_the_check_goes_through_the_proxy_and_names_it_without_its_password(hub_at, monkeypatch, no_internet):
     """On a cluster node the hub is reached through a proxy, which is what hangs; the hub's own host is never
     looked up (the no_internet fixture would fail the test)."""
@@ -91,15 +120,39 @@ def test_any_other_answer_means_the_hub_is_there(hub_at, no_internet, tmp_path):
     assert hub.requests == ["GET /api/models/someone/mini", "GET /api/models/someone/other"]
 
 
-def test_offline_mode_refuses_a_model_that_is_not_cached_without_asking_the_hub(monkeypatch, no_internet):
-    monkeypatch.setenv("PENGI_SEARCH_OFFLINE", "1")
+@pytest.mark.parametrize("switch", OFFLINE_SWITCHES)
+def test_offline_mode_refuses_a_model_that_is_not_cached_without_asking_the_hub(monkeypatch, no_internet, switch):
+    """Any of the switches: transformers and huggingface_hub take TRANSFORMERS_OFFLINE alone as offline too."""
+    for name in OFFLINE_SWITCHES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(switch, "1")
     with pytest.raises(HubUnreachableError) as caught:
         SentenceTransformerEmbedder("someone/not-cached-anywhere", CPU)
     assert str(caught.value) == (
         f"sentence-transformers:someone/not-cached-anywhere: not in the Hugging Face cache ({constants.HF_HUB_CACHE})"
-        " and PENGI_SEARCH_OFFLINE=1 forbids downloading it: run 'hf download someone/not-cached-anywhere' where"
+        f" and {switch}=1 forbids downloading it: run 'hf download someone/not-cached-anywhere' where"
         " there is network and copy that cache here, or give the model's folder"
     )
+
+
+def test_a_tokenizer_fetch_meets_a_hub_that_refuses_with_one_line_at_once(hub_at, tmp_path, no_internet):
+    """`model fetch` fetched its tokenizers with a minute and a half of retries (or, from a hub that never answers,
+    no end) before an error; it asks the hub once, as a text embedder does."""
+    from transformers import AutoTokenizer  # noqa: F401 (imported before the clock starts, as a command has it)
+
+    dest = tmp_path / "tokenizers" / "gpt2"
+    with refusing_hub() as url:
+        hub_at(url)
+        started = time.monotonic()
+        with pytest.raises(DownloadError) as caught:
+            fetch_tokenizer("someone/tok", dest)
+    assert time.monotonic() - started < SLACK_S
+    assert caught.value.unreachable and not dest.exists() and not dest.with_name("gpt2.part").exists()
+    assert str(caught.value).startswith(
+        f"cannot fetch someone/tok to {dest}: cannot fetch tokenizer: it is not in the Hugging Face cache"
+        f" ({constants.HF_HUB_CACHE}) and the hub ({url}) could not be reached ("
+    )
+    assert str(caught.value).endswith(") (--tokenizer-dir gpt2=PATH)")
 
 
 def hub_env(tmp_path: Path, endpoint: str, **extra: str) -> dict[str, str]:
@@ -107,13 +160,13 @@ def hub_env(tmp_path: Path, endpoint: str, **extra: str) -> dict[str, str]:
     there is never a fresh copy) and hub."""
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hub"), **extra}
     env |= {"HF_ENDPOINT": endpoint, "PYTHONPATH": os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])}
-    for name in ("HF_HUB_OFFLINE", "PENGI_SEARCH_OFFLINE", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+    for name in [*OFFLINE_SWITCHES, *PROXY_SETTINGS[:3]]:
         env.pop(name, None)
     return env
 
 
-def run_python(script: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+def run_python(script: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_a_command_meets_an_unreachable_hub_with_one_line_and_no_wait(tmp_path, tiny_model_dir):
@@ -172,3 +225,40 @@ def test_a_sentence_transformer_in_the_hugging_face_cache_loads_without_asking_t
     assert run.returncode == 0 and run.stdout.split() == ["16"], run.stderr
     assert hub.requests == []
     assert "Loading weights" not in run.stderr  # transformers' progress bar, on every query
+
+
+def test_model_fetch_meets_a_hub_that_never_answers_with_one_line_and_no_wait(tmp_path):
+    """Its tokenizers are fetched after the checkpoint (a local file here, which the fetch does not check)."""
+    (checkpoint := tmp_path / "base_no_text_enc.pth").write_bytes(b"weights")
+    home = tmp_path / "home"
+    command = [sys.executable, "-m", "pengi_search", "model", "fetch", "base_no_text_enc", "--url", str(checkpoint)]
+    with silent_hub() as url:
+        env = hub_env(tmp_path, url, HF_HUB_ETAG_TIMEOUT="1", PENGI_SEARCH_HOME=str(home))
+        started = time.monotonic()
+        run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert time.monotonic() - started < 60  # starting Python included
+    assert run.returncode == EXIT_FAILED
+    dest = home / "models" / "downloads" / "base_no_text_enc" / "tokenizers" / "gpt2"
+    assert run.stderr.splitlines() == [
+        f"error: cannot fetch gpt2 to {dest}: cannot fetch tokenizer: it is not in the Hugging Face cache"
+        f" ({tmp_path / 'hub'}) and the hub ({url}) did not answer within 1 s (--tokenizer-dir gpt2=PATH)"
+    ]
+
+
+def test_a_tokenizer_is_downloaded_from_a_hub_that_answers_then_read_from_the_cache_without_asking_it(tmp_path):
+    """A fetch of a tokenizer in the Hugging Face cache asked the hub whether it had changed."""
+    tiny_gpt2_tokenizer().save_pretrained(served := tmp_path / "served")
+    script = "import sys\nfrom pengi_search.download import fetch_tokenizer\n"
+    script += "print(sorted(p.name for p in fetch_tokenizer('someone/tok', sys.argv[1]).iterdir()))\n"
+    with FakeHub({"someone/tok": served}) as hub:
+        env = hub_env(tmp_path, hub.url)
+        first = run_python(script, env, str(tmp_path / "a"))
+        downloaded = list(hub.requests)
+        hub.requests.clear()
+        second = run_python(script, env, str(tmp_path / "b"))
+    assert first.returncode == second.returncode == 0 and first.stderr == second.stderr == "", (
+        first.stderr + second.stderr
+    )
+    assert first.stdout == second.stdout and "tokenizer.json" in first.stdout
+    assert downloaded[0] == "GET /api/models/someone/tok"  # the check, then transformers' own requests
+    assert hub.requests == []

@@ -131,7 +131,7 @@ def _every_command(
         typer.Option("--version", callback=_show_version, is_eager=True, help="Show the version and exit."),
     ] = False,
 ) -> None:
-    from ..download import OFFLINE_ENV, offline_setting
+    from ..hub import OFFLINE_ENV, offline_setting
 
     if logging.lastResort is not None:  # what logs warnings when nothing configured logging (a command line)
         logging.lastResort.setFormatter(_LibraryMessages())

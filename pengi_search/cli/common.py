@@ -289,7 +289,8 @@ def ensure_model(spec: str | None, *, assume_yes: bool) -> None:
     In a terminal the person is told what would be downloaded and asked once; elsewhere only `--yes` or
     `PENGI_SEARCH_AUTO_FETCH=1` allow it, and offline mode never does. Refusals are one-line errors (exit 1).
     """
-    from ..download import RELEASES, offline_setting
+    from ..download import RELEASES
+    from ..hub import offline_setting
     from ..model_dir import release_to_fetch
     from ..paths import models_dir
 
