@@ -161,7 +161,7 @@ def handle_errors(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         _tolerant_output()
-        # The closed output also of saying "interrupted" or an error on a stderr whose reader is gone.
+        # A reader gone ends it quietly, found by its output or by saying "interrupted" or an error on stderr.
         with interrupted_by_stop_signals(), quiet_when_output_closed():
             return _reported(func, *args, **kwargs)
 
