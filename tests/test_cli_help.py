@@ -48,6 +48,16 @@ def test_each_paragraph_of_a_command_help_is_one_line(name):
         assert "\n" not in paragraph, f"{name}: {paragraph!r}"
 
 
+@pytest.mark.parametrize("name", COMMANDS)
+def test_help_off_a_terminal_has_no_line_ending_in_spaces(name):
+    """Typer's console padded each line to its width (`--help > help.txt`); every command is made by `help_text.App`,
+    whose help off a terminal comes back as text, written as every other output."""
+    result = CliRunner().invoke(app, [*name.split()[1:], "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.stdout
+    assert [line for line in result.stdout.splitlines() if line != line.rstrip()] == []
+
+
 def test_eval_classify_batches_as_classify_does():
     """`eval classify` runs classify's pipeline, so its --batch-size means what classify's means."""
     assert (

@@ -518,13 +518,15 @@ def test_the_readme_table_lists_the_codes_the_cases_use():
     assert documented == {case.code for case in CASES.values()} | {EXIT_OUTPUT_CLOSED}
 
 
-def with_output_closed(*args: object) -> subprocess.CompletedProcess[bytes]:
-    """`pengi-search ARGS | head -1` once head has its line: the command writes to a pipe nobody reads."""
+def with_output_closed(*args: object, stream: str = "stdout") -> subprocess.CompletedProcess[bytes]:
+    """`pengi-search ARGS | head -1` once head has its line: the command writes to a pipe nobody reads (its stdout,
+    or with `stream="stderr"` its stderr, `2>&1 >/dev/null | head -1`); the other stream is kept."""
     read_end, write_end = os.pipe()
     os.close(read_end)
+    kept = "stderr" if stream == "stdout" else "stdout"
     try:
         command = [sys.executable, "-m", "pengi_search", *map(str, args)]
-        return subprocess.run(command, stdout=write_end, stderr=subprocess.PIPE, timeout=300)
+        return subprocess.run(command, **{stream: write_end, kept: subprocess.PIPE}, timeout=300)
     finally:
         os.close(write_end)
 
@@ -543,6 +545,26 @@ def test_a_reader_of_the_output_gone_ends_a_command_quietly_with_141(paths, name
     """As `cat`, `grep` and `git` end (so `set -o pipefail` sees it): no message, no traceback."""
     done = with_output_closed(*PIPED[name](paths))
     assert (done.returncode, done.stderr.decode()) == (EXIT_OUTPUT_CLOSED, "")
+
+
+@pytest.mark.parametrize(
+    ("args", "stream"),
+    [
+        (("query", "--help"), "stdout"),  # a command's help
+        (("model", "fetch", "--help"), "stdout"),  # two levels down
+        ((), "stdout"),  # no command at all: the help, exit code 2 otherwise
+        (("model",), "stdout"),  # a group without its command
+        (("query", "x", "--bogus"), "stderr"),  # a mistake the option parser catches
+        (("describe", "x.wav", "--beam"), "stderr"),  # one the parser's own error (no context) reports
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, tuple) else value,
+)
+def test_help_and_usage_errors_into_a_pipe_nobody_reads_end_quietly_with_141(args, stream):
+    """The option parser writes them before any command runs, Typer's help through a console of its own, which
+    exited with 1 there."""
+    done = with_output_closed(*args, stream=stream)
+    kept = done.stderr if stream == "stdout" else done.stdout
+    assert (done.returncode, kept.decode()) == (EXIT_OUTPUT_CLOSED, "")
 
 
 def test_an_index_run_whose_output_reader_is_gone_is_recorded_as_the_work_it_did(paths, tmp_path):

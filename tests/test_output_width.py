@@ -4,6 +4,7 @@ path and caption; on a terminal tables fit its width and lose nothing; a width s
 from __future__ import annotations
 
 import fcntl
+import io
 import os
 import pty
 import re
@@ -79,6 +80,48 @@ def test_classify_and_describe_off_a_terminal_keep_the_path_and_the_label_on_the
     described = CliRunner().invoke(app, ["describe", clip, *model, "--max-len", "3"])
     assert described.exit_code == 0, described.output
     assert described.stdout.splitlines()[0] == f"{clip}  (3.0 s)"
+
+
+def test_no_line_written_off_a_terminal_ends_in_spaces(library, tiny_model_dir, tmp_path):
+    """Rich pads each cell to its column's widest, the last column's too: `a bell rings` was followed by as many
+    spaces as the long caption has characters more, in `query x > hits.txt`."""
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a bell rings\na dog barks several times at a distance\n")
+    model = ("--model", str(tiny_model_dir))
+    clips = [str(path) for path in library.files.values()]
+    for args in (
+        _query(library, tiny_model_dir),
+        ["classify", clips[1], "-l", str(labels), *model, "--max-len", "3"],
+        ["stats", "--db", library.db],
+    ):
+        for env in ({}, {"COLUMNS": "60"}):
+            result = CliRunner().invoke(app, args, env=env)
+            assert result.exit_code == 0, result.output
+            padded = [line for line in result.stdout.splitlines() if line != line.rstrip()]
+            assert not padded, (args[0], env, padded)
+
+
+def test_on_a_terminal_tables_are_drawn_as_rich_draws_them(monkeypatch):
+    """Each row's cells keep their padding there: what was on the screen before stays as it was."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from pengi_search.consoles import make_console
+
+    class Screen(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    table = Table("path", "caption", box=None)
+    table.add_row("a/long/path/to/a/dog.wav", "a dog barks")
+    table.add_row("bell.wav", "a bell rings at a distance")
+    drawn = []
+    for console in (lambda: make_console(highlight=False), lambda: Console(highlight=False)):
+        monkeypatch.setattr(sys, "stdout", Screen())
+        console().print(table)
+        drawn.append(sys.stdout.getvalue())
+    ours, rich = drawn
+    assert ours == rich and any(line != line.rstrip() for line in ours.splitlines())
 
 
 def test_columns_set_by_the_user_holds_off_a_terminal_and_nothing_is_cut(library, tiny_model_dir):

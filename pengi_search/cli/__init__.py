@@ -10,36 +10,42 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn, get_args, get_origin
 
 import typer
-from typer.core import TyperGroup
 
 from . import classify, describe, doctor, index, model, search, serve, train
+from .closed_output import quiet_when_output_closed
 from .common import PATH_PARSERS, fail
 from .eval import app as eval_app
+from .help_text import App, Group
 
 # Typer exports no UsageError. BadParameter derives from the UsageError of the Click that Typer runs on (its own copy
 # since Typer 0.2x): the base of every mistake the option parser catches.
 ParserUsageError: type[Exception] = typer.BadParameter.__base__
 
 
-class _OneLineUsageErrors(TyperGroup):
+class _OneLineUsageErrors(Group):
     """The root command. A mistake the option parser catches (an unknown option or command, a missing argument, a
     value out of range) is one line on stderr, like every other error of this tool, with where to read the usage;
-    Typer would draw a box under the usage. Exit code 2, as before."""
+    Typer would draw a box under the usage. Exit code 2, as before.
+
+    The option parser writes that line, and `--help`, before any command runs: into a pipe nobody reads they end
+    the process quietly with 141, as a command's output does (`closed_output`); Typer exited with 1."""
 
     def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
         _plain_value_names(self)
-        try:  # the root's own options (and no command at all)
-            return super().make_context(info_name, args, parent, **extra)
-        except ParserUsageError as err:
-            _usage_error(err)
+        with quiet_when_output_closed():
+            try:  # the root's own options (and no command at all)
+                return super().make_context(info_name, args, parent, **extra)
+            except ParserUsageError as err:
+                _usage_error(err)
 
     def invoke(self, ctx: Any) -> Any:
-        try:  # every subcommand's arguments are parsed in here
-            return super().invoke(ctx)
-        except ParserUsageError as err:
-            if err.ctx is None and ctx.invoked_subcommand:  # the option parser's own errors carry no context
-                err.ctx = _bare_context(ctx, ctx.invoked_subcommand)  # for the hint: which --help to read
-            _usage_error(err)
+        with quiet_when_output_closed():
+            try:  # every subcommand's arguments are parsed in here
+                return super().invoke(ctx)
+            except ParserUsageError as err:
+                if err.ctx is None and ctx.invoked_subcommand:  # the option parser's own errors carry no context
+                    err.ctx = _bare_context(ctx, ctx.invoked_subcommand)  # for the hint: which --help to read
+                _usage_error(err)
 
 
 def _bare_context(parent: Any, name: str) -> Any:
@@ -90,8 +96,12 @@ def _argument_name(argument: Any) -> str:
 
 
 def _usage_error(err: Any) -> NoReturn:
-    # Typer tells this one by its name too: its "message" is the help, already printed.
-    if type(err).__name__ != "NoArgsIsHelpError":
+    # Typer tells this one by its name too: its "message" is the help, which Typer has drawn on a terminal, and which
+    # comes as text elsewhere (`help_text`) for us to write.
+    if type(err).__name__ == "NoArgsIsHelpError":
+        if help_text := err.format_message():
+            typer.echo(help_text)
+    else:
         hint = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
         # Typer checks values with pydantic, whose messages start "Value error, " (a Python class name, not words).
         message = " ".join(err.format_message().replace("Value error, ", "").split())
@@ -99,7 +109,7 @@ def _usage_error(err: Any) -> NoReturn:
     raise typer.Exit(err.exit_code)
 
 
-app = typer.Typer(
+app = App(
     cls=_OneLineUsageErrors,
     name="pengi-search",
     help="Search, describe and classify sound libraries with Pengi, the audio language model.",

@@ -7,14 +7,28 @@ Python ignores SIGPIPE, so such a write raises BrokenPipeError; `handle_errors` 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import sys
+from collections.abc import Iterator
 from typing import NoReturn, TextIO
 
 import typer
 
 from ..errors import EXIT_OUTPUT_CLOSED
+
+
+@contextlib.contextmanager
+def quiet_when_output_closed() -> Iterator[None]:
+    """Around what writes a command's output (its run, and its help and usage errors, which the option parser
+    writes): a reader gone ends it quietly (`end_quietly`); any other broken pipe is raised on."""
+    try:
+        yield
+    except BrokenPipeError:
+        if output_closed():
+            end_quietly()
+        raise
 
 
 def output_closed() -> bool:

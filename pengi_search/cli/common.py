@@ -39,7 +39,7 @@ from ..messages import print_skipped, print_warning
 from ..pathnames import json_text, shown
 from ..paths import as_typed
 from ..stop_signals import interrupted_by_stop_signals, interrupted_exit_code
-from .closed_output import end_quietly, output_closed
+from .closed_output import output_closed, quiet_when_output_closed
 
 if TYPE_CHECKING:
     from ..download import Release
@@ -161,13 +161,9 @@ def handle_errors(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         _tolerant_output()
-        with interrupted_by_stop_signals():
-            try:
-                return _reported(func, *args, **kwargs)
-            except BrokenPipeError:  # also from saying "interrupted" or an error on a stderr whose reader is gone
-                if output_closed():
-                    end_quietly()
-                raise
+        # A reader gone ends it quietly, found by its output or by saying "interrupted" or an error on stderr.
+        with interrupted_by_stop_signals(), quiet_when_output_closed():
+            return _reported(func, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 

@@ -50,6 +50,7 @@ from .common import (
     show_progress,
     warn,
 )
+from .help_text import App
 from .inputs import audio_inputs
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ if TYPE_CHECKING:
     from ..evaluation.datasets import CaptionSet
     from ..library import Library
 
-app = typer.Typer(
+app = App(
     help="Measure retrieval, captioning and classification quality on your own data, and compare two runs.",
     no_args_is_help=True,
 )

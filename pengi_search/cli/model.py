@@ -24,11 +24,12 @@ from .common import (
     print_json,
     warn,
 )
+from .help_text import App
 
 # The released checkpoints `model fetch` can download, as a choice; `download.RELEASES` is where they are listed.
 ReleaseName = Choice("ReleaseName", [(name, name) for name in RELEASES], module=__name__)
 
-app = typer.Typer(help="Download, import and inspect Pengi models.", no_args_is_help=True)
+app = App(help="Download, import and inspect Pengi models.", no_args_is_help=True)
 
 ConfigOption = Annotated[
     Path | None,

@@ -15,16 +15,16 @@ from typing import Annotated
 
 import click
 import typer
-from typer.core import TyperGroup
 
 from ..errors import EXIT_PARTIAL
 from ..paths import as_typed
 from .common import err_console, handle_errors, out_console, warn
+from .help_text import App, Group
 
 RUN = "run"
 
 
-class _RunByDefault(TyperGroup):
+class _RunByDefault(Group):
     """`pengi-search train CONFIG.yaml ...` runs: anything but a subcommand's name or --help goes to `run`."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
@@ -33,7 +33,7 @@ class _RunByDefault(TyperGroup):
         return super().parse_args(ctx, args)
 
 
-app = typer.Typer(
+app = App(
     cls=_RunByDefault,
     help="Train Pengi on your data, or fine-tune a released model: init, run (the default) and export.",
     no_args_is_help=True,
