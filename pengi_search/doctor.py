@@ -19,7 +19,7 @@ from typing import Any
 from . import __version__
 from .checkpoint import CheckpointError
 from .db import VECTOR_KINDS, Store, StoreError, default_index_path, resolve_db_url, sqlite_file
-from .db.access import reading_engine, unusable_place
+from .db.access import is_empty_file, reading_engine, unusable_place
 from .db.errors import DatabaseURLError, driver_reason
 from .db.urls import db_option, shown_db_url
 from .download import INVALID_SUFFIX, RELEASES, TOKENIZERS
@@ -291,6 +291,8 @@ def check_database(db: str | None = None) -> tuple[dict[str, Any], list[Problem]
         absent, problems = _absent_file(db_file, option)
         if absent is not None:
             return {**data, "exists": False, "reason": absent}, problems
+        if is_empty_file(db_file):  # connecting would write a database header into it: doctor changes nothing
+            return {**data, "exists": False, "schema_revision": None, "reason": _empty_database(option)}, []
     try:
         engine = reading_engine(url)  # doctor changes nothing, and reads a library it may not write
     except StoreError as err:  # a driver that is mistyped or not installed
@@ -330,6 +332,10 @@ def _absent_file(db_file: Path, option: str) -> tuple[str | None, list[Problem]]
     return f"neither {db_file} nor its folder {db_file.parent} exists yet ({creates}, folder included)", []
 
 
+def _empty_database(option: str) -> str:
+    return f"an empty database, with no library yet (`pengi-search index PATH...{option}` makes it)"
+
+
 def _check_open_database(engine: Any, data: dict[str, Any], option: str) -> tuple[dict[str, Any], list[Problem]]:
     from sqlalchemy import inspect
 
@@ -344,8 +350,7 @@ def _check_open_database(engine: Any, data: dict[str, Any], option: str) -> tupl
             rows = list(connection.exec_driver_sql("PRAGMA integrity_check").scalars())
             data["integrity"] = "ok" if rows == ["ok"] else rows[:5]
     if data["schema_revision"] is None and not tables:
-        reason = f"an empty database, with no library yet (`pengi-search index PATH...{option}` makes it)"
-        data.update(exists=False, reason=reason)
+        data.update(exists=False, reason=_empty_database(option))
         return data, []
     if LIBRARY_TABLE not in tables:
         reason = (

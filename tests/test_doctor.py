@@ -219,6 +219,7 @@ def test_doctor_on_a_database_that_is_empty_or_another_applications(tmp_path):
         },
         [],
     )
+    assert (tmp_path / "empty.db").stat().st_size == 0  # doctor changes nothing: not even a header written into it
     with sqlite3.connect(tmp_path / "other.db") as other:
         other.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
     _data, [problem] = check_database(str(tmp_path / "other.db"))

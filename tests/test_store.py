@@ -287,6 +287,24 @@ def test_an_empty_database_on_a_server_is_where_index_makes_the_library(db_url: 
         assert store.stats()["files"]["total"] == 0
 
 
+def test_an_empty_file_is_no_library_yet_and_commands_that_only_read_leave_it_untouched(tmp_path: Path) -> None:
+    """A 0-byte file (made by `touch`, or a copy that failed) is an empty SQLite database; connecting to it would
+    write a header into it. Readers, and `remove` and `rebuild-index`, which need a library, name the command
+    that makes one and leave the file as it was; `index` makes its library there."""
+    from pengi_search.db import library_exists
+
+    empty = tmp_path / "index.db"
+    empty.touch()
+    for read_only in (True, False):
+        with pytest.raises(MissingDatabaseError, match="no index here yet"):
+            Store.open(empty, create=False, read_only=read_only)
+    assert not library_exists(empty)
+    assert empty.stat().st_size == 0 and sorted(tmp_path.iterdir()) == [empty]
+    with Store.open(empty, create=True) as store:
+        assert store.stats()["files"]["total"] == 0
+    assert library_exists(empty)
+
+
 def test_a_missing_server_database_is_named_in_the_createdb_command_as_the_shell_takes_it() -> None:
     from pengi_search.db.errors import driver_reason
 

@@ -38,7 +38,7 @@ def open_engine(db: str | os.PathLike[str] | None, *, create: bool, read_only: b
             raise DatabaseURLError(unusable, "point --db or PENGI_SEARCH_DB at a database file (such as index.db)")
         if create:
             db_file.parent.mkdir(parents=True, exist_ok=True)
-        elif not db_file.is_file():
+        elif not db_file.is_file() or is_empty_file(db_file):
             raise _missing(url, db)
     engine = reading_engine(url) if read_only else create_store_engine(url)
     try:
@@ -58,13 +58,19 @@ def library_exists(db: str | os.PathLike[str] | None) -> bool:
     """Whether `db` holds a pengi-search library already (never creates anything)."""
     url = resolve_db_url(db)
     db_file = sqlite_file(url)
-    if db_file is not None and not db_file.is_file():
+    if db_file is not None and (not db_file.is_file() or is_empty_file(db_file)):
         return False
     engine = reading_engine(url)
     try:
         return _has_schema(engine)
     finally:
         engine.dispose()
+
+
+def is_empty_file(db_file: Path) -> bool:
+    """Whether `db_file` is a file of 0 bytes: SQLite takes it for an empty database, but the first connection's
+    `PRAGMA journal_mode=WAL` would write a database header into it, so a command that only reads must not connect."""
+    return db_file.stat().st_size == 0
 
 
 def unusable_place(db_file: Path) -> str | None:
