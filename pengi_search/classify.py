@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 import unicodedata
 from collections import Counter
@@ -38,13 +39,14 @@ import numpy as np
 from pengi_search.errors import UsageError
 
 from .choices import LoglikScore, LongPrompt, Method, StopRule
-from .embedders import EmbedderSpec, TextEmbedder, open_text_embedder
+from .embedders import EmbedderSpec, TextEmbedder, embed_given, open_text_embedder
 from .pathnames import path_fields, shown
 from .prompts import TASK_PROMPTS
 from .text_files import csv_rows, read_text
 
 if TYPE_CHECKING:
     from .audio import Window
+    from .download import Notify
     from .inference import Engine
     from .library import Library
     from .model_dir import ModelDir
@@ -52,6 +54,8 @@ if TYPE_CHECKING:
 
 DEFAULT_TEMPLATE = "{label}"
 PATH_COLUMNS = ("file", "filename", "path")
+
+log = logging.getLogger(__name__)
 
 
 class LabelsError(UsageError):
@@ -281,13 +285,14 @@ class Classifier:
         engine: Engine | None = None,
         fast: bool = False,
         texts: Mapping[str, str] | None = None,
+        notify: Notify = log.warning,
     ) -> None:
         """`settings`: how labels are scored (None: `ClassifySettings()`, the command's defaults). `model_dir`: a
         `ModelDir`, or what `--model` takes; None: the engine's, else the installed default. `engine`: that
         model, already loaded (a script or a server shares one; ValueError if `Engine.load` loaded another model
         than `model_dir` names); otherwise loaded when needed (on `device`, with `batch_size` windows per batch,
         None: the device's default, in `--fast` mode if `fast`). `texts`: what a label is scored as, where it is
-        not the label itself (`read_label_map`).
+        not the label itself (`read_label_map`). `notify`: told of each label the text embedder cuts.
         """
         if not labels:
             raise ValueError("no labels to classify with")
@@ -295,10 +300,14 @@ class Classifier:
         self.texts = [(texts or {}).get(label, label) for label in self.labels]
         self.settings = settings = settings or ClassifySettings()
         self.model_dir = _model_dir_of(model_dir, engine)
+        if settings.method is Method.text:  # refused now, before anything is loaded or decoded
+            # A model trained on labels has no text tower, and likelihood scoring is what it was trained for.
+            settings.text_embedder.check(self.model_dir, or_instead="classify with --method loglik")
         self.library = library if library is not None and self._index_is_usable(library) else None
         self.device = device
         self.batch_size = batch_size
         self.fast = fast
+        self.notify = notify
         self._engine = engine
         self._embedder: TextEmbedder | None = None
         self._label_vectors: np.ndarray | None = None
@@ -328,15 +337,13 @@ class Classifier:
         `classify_files` does when some file needs it)."""
         if self._embedder is None:
             spec = self.settings.text_embedder
-            # A model trained on labels has no text tower, and likelihood scoring is what it was trained for.
-            spec.check(self.model_dir, or_instead="classify with --method loglik")
             self._embedder = open_text_embedder(spec, self.model_dir, self.device, engine=self._engine)
         return self._embedder
 
     def label_vectors(self) -> np.ndarray:
         if self._label_vectors is None:
             texts = [apply_template(self.settings.template, text) for text in self.texts]
-            self._label_vectors = self.embedder().embed(texts)
+            self._label_vectors = embed_given(self.embedder(), texts, self.notify, what="label", names=self.labels)
         return self._label_vectors
 
     def _stored(self, path: str | os.PathLike[str]) -> Any:
@@ -365,7 +372,8 @@ class Classifier:
 
         stored = [(os.fspath(p), self._stored_evidence(p)) for p in paths]
         to_decode = [path for path, found in stored if found is None]
-        batch_size = self.engine().batch_size if to_decode else 1  # the model first: the text tower is then shared
+        self._open_models(decoding=bool(to_decode))
+        batch_size = self.engine().batch_size if to_decode else 1
         outcomes = map_windows(to_decode, self._window_scores, batch_size=batch_size, progress=progress)
         for path, found in stored:
             if found is not None:
@@ -378,6 +386,19 @@ class Classifier:
             else:
                 scores = np.stack(outcome.results)  # (windows, labels)
                 yield Prediction(path, rank(self.labels, scores.mean(axis=0)), len(scores), "decoded")
+
+    def _open_models(self, *, decoding: bool) -> None:
+        """What the files need, opened before the first is decoded: a text embedder that cannot be used (a folder
+        that is not there, a hub that cannot be asked, a name it does not have) fails before any audio work, and
+        the labels it cuts are said up front. A sentence-transformers model opens first, as it needs nothing of
+        Pengi's (failing costs no model load); Pengi's text tower after the model, whose tower it then is."""
+        text_method = self.settings.method is Method.text
+        if text_method and not self.settings.text_embedder.is_pengi:
+            self.label_vectors()
+        if decoding:
+            self.engine()
+        if text_method:
+            self.label_vectors()
 
     def _stored_evidence(self, path: str | os.PathLike[str]) -> Any:
         """What the index holds for the file that this method scores (its captions, or its audio vectors), or None
