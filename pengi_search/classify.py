@@ -14,9 +14,10 @@ Two methods (the paper's close-ended tasks):
 A file that is indexed and unchanged (size and mtime as stored) by the same model reuses what the index holds:
 its stored captions (text method) or its stored audio embeddings (loglik), so no audio is decoded.
 
-Labels files: one label per line (UTF-8, surrounding spaces trimmed, blank lines only at the end), or a `.csv`
-file with a header that has a `label` column (its distinct values, in order of first appearance, e.g. a dataset's
-metadata; an `answer` column, as `train init`'s label map has, gives the text each label is scored as). Truth
+Labels files: one label per line (UTF-8, surrounding spaces trimmed, blank lines only at the end, no control
+character or line separator inside a label), or a `.csv` file with a header that has a `label` column (its distinct
+values, in order of first appearance, e.g. a dataset's metadata; an `answer` column, as `train init`'s label map
+has, gives the text each label is scored as, one answer a label). Truth
 files: a CSV with a `label` column and a `file`, `filename` or `path` column; paths are relative to the CSV's folder
 (or absolute), and a file is also matched by its bare name when that name is unique.
 """
@@ -27,6 +28,7 @@ import csv
 import io
 import logging
 import os
+import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -54,6 +56,8 @@ if TYPE_CHECKING:
 
 DEFAULT_TEMPLATE = "{label}"
 PATH_COLUMNS = ("file", "filename", "path")
+LINE_ENDS = re.compile(r"\r\n|\r|\n")
+BREAKING = ("Cc", "Zl", "Zp")  # Unicode categories no label may hold: control characters, line and paragraph breaks
 
 log = logging.getLogger(__name__)
 
@@ -79,17 +83,19 @@ def read_label_map(path: str | os.PathLike[str]) -> tuple[list[str], dict[str, s
     text = read_text(path, LabelsError)
     if path.suffix.lower() == ".csv":
         return _labels_from_csv(path, text)
-    lines = text.splitlines()
+    # Lines end as a text editor ends them (\n, \r\n or \r), not at every character `str.splitlines` breaks on:
+    # a form feed or U+2028 inside a label is refused by _check_characters rather than made two labels unseen.
+    lines = LINE_ENDS.split(text)
     while lines and not lines[-1].strip():
         lines.pop()
     if not lines:
         raise LabelsError(path, "no labels (the file is empty); write one label per line")
     first_line: dict[str, int] = {}
     for number, line in enumerate(lines, 1):
+        _check_characters(path, line, number)  # before trimming, which takes a form feed at either end for a space
         label = line.strip()
         if not label:
             raise LabelsError(path, f"line {number} is blank; write one label per line, without blank lines")
-        _check_characters(path, label, number)
         if label in first_line:
             raise LabelsError(path, f"duplicate label {label!r} on line {number} (first on line {first_line[label]})")
         first_line[label] = number
@@ -101,24 +107,30 @@ def _labels_from_csv(path: Path, text: str) -> tuple[list[str], dict[str, str]]:
     if "label" not in header:
         raise LabelsError(path, f"a CSV labels file needs a 'label' column; the header has {', '.join(header)}")
     labels: dict[str, None] = {}
-    texts: dict[str, str] = {}
+    texts: dict[str, tuple[str, int]] = {}  # label -> its answer, and the line that gives it
     for number, row in rows:
-        if not row.get("label"):
+        label, answer = row.get("label"), row.get("answer")
+        if not label:
             raise LabelsError(path, f"line {number} has no label")
-        _check_characters(path, row["label"], number)
-        labels[row["label"]] = None
-        if row.get("answer"):
-            texts[row["label"]] = row["answer"]
+        _check_characters(path, label, number)
+        labels[label] = None
+        if not answer:
+            continue
+        given, line = texts.setdefault(label, (answer, number))
+        if given != answer:  # one of them would have been scored, the other dropped unseen
+            raise LabelsError(path, f"label {label!r} on line {number} has another answer than on line {line}")
     if not labels:
         raise LabelsError(path, "no labels (the CSV file has a header but no rows)")
-    return list(labels), texts
+    return list(labels), {label: answer for label, (answer, _) in texts.items()}
 
 
 def _check_characters(path: Path, label: str, number: int) -> None:
-    """A label is text: a control character (a NUL byte, an escape) means the file is binary or damaged."""
-    control = next((ch for ch in label if unicodedata.category(ch) == "Cc" and ch != "\t"), None)
-    if control is not None:
-        raise LabelsError(path, f"line {number} holds the control character {control!r}: is this a text file?")
+    """A label is one line of text: a control character (a NUL byte, an escape, a form feed) means the file is
+    binary or damaged, and a Unicode line or paragraph separator would break the label where nothing shows it."""
+    found = next((ch for ch in label if unicodedata.category(ch) in BREAKING and ch != "\t"), None)
+    if found is not None:
+        kind = "control character" if unicodedata.category(found) == "Cc" else "line break"
+        raise LabelsError(path, f"line {number} holds the {kind} {found!r}: is this a text file?")
 
 
 @dataclass(frozen=True)
