@@ -30,6 +30,7 @@ from .decoding import CandidateScore, GenerationConfig, beam_search, score_candi
 from .errors import UsageError
 from .fast_mode import FastMode, apply, autocast
 from .kv_cache import SharedPrefix
+from .messages import shortened
 from .model import Pengi
 from .model_dir import ModelDir
 from .prompts import ask_prompts, describe_prompts, named_prompts
@@ -273,11 +274,10 @@ class Engine:
             positions, prefix = room
             longest = max(range(len(ids)), key=lambda i: len(ids[i]))
             if prefix + len(ids[longest]) > positions:
-                text = candidates[longest] if len(candidates[longest]) <= 40 else candidates[longest][:40] + "..."
                 raise UsageError(
                     "",
-                    f"{text!r}: {len(ids[longest])} tokens as an answer, more than the {positions - prefix} "
-                    f"positions this model has after its {prefix}-token prefix",
+                    f"{shortened(candidates[longest])!r}: {len(ids[longest])} tokens as an answer, more than the "
+                    f"{positions - prefix} positions this model has after its {prefix}-token prefix",
                 )
         out: list[list[CandidateScore]] = []
         for part in chunk_slices(len(audio_embeds), max(1, self.batch_size // 4)):
