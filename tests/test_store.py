@@ -35,6 +35,7 @@ from pengi_search.db import (
     default_db_url,
     default_index_dir,
     default_index_path,
+    library_exists,
     resolve_db_url,
 )
 from pengi_search.db.captions import UNRECORDED_MODE, caption_modes, drop_fast_captions, uncaptioned_windows
@@ -265,6 +266,40 @@ def test_a_database_holding_another_applications_tables_is_refused_and_left_as_i
     with pytest.raises(ForeignDatabaseError, match=r"another application's tables \(runs\).*a database of its own"):
         Store.open(db_url, create=create, read_only=not create)
     assert another_applications_database(db_url) == tables
+
+
+def folder_state(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file in `folder`: its bytes and modification time."""
+    return {path.name: (path.read_bytes(), path.stat().st_mtime_ns) for path in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("whose", ["ours", "another application's"])
+def test_asking_whether_a_library_exists_creates_and_changes_nothing(tmp_path: Path, whose: str) -> None:
+    """An ordinary connection would switch the file to WAL (writing into another application's database, in its
+    journal mode) and could leave `-wal` and `-shm` files beside it: a look must not."""
+    db = tmp_path / "index.db"
+    if whose == "ours":
+        Store.open(db).close()
+    else:
+        another_applications_database(f"sqlite:///{db}", "CREATE TABLE runs (id INTEGER PRIMARY KEY, job TEXT)")
+    before = folder_state(tmp_path)
+    if whose == "ours":
+        assert library_exists(db)
+    else:
+        with pytest.raises(ForeignDatabaseError):
+            library_exists(db)
+    assert folder_state(tmp_path) == before
+
+
+def test_a_library_being_written_is_seen_through_the_writers_files_and_left_as_it_was(tmp_path: Path) -> None:
+    """The `-shm` file is the connections' shared memory, where every reader marks what it reads: not compared."""
+    with Store.open(tmp_path / "index.db") as writer:  # its connection open: the library's -wal and -shm are there
+        writer.start_run()
+        before = folder_state(tmp_path)
+        assert library_exists(tmp_path / "index.db")
+        after = folder_state(tmp_path)
+    assert list(after) == list(before) == ["index.db", "index.db-shm", "index.db-wal"]
+    assert (after["index.db"], after["index.db-wal"]) == (before["index.db"], before["index.db-wal"])
 
 
 def test_another_applications_alembic_revision_is_not_taken_for_a_newer_pengi_search(db_url: str) -> None:
