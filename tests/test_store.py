@@ -37,6 +37,7 @@ from pengi_search.db import (
     default_index_path,
     library_exists,
     resolve_db_url,
+    sqlite_file,
 )
 from pengi_search.db.captions import UNRECORDED_MODE, caption_modes, drop_fast_captions, uncaptioned_windows
 from pengi_search.db.engine import create_store_engine
@@ -386,14 +387,23 @@ def test_default_locations(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
         Store.open("nonsense://somewhere")
 
 
-def test_an_unknown_users_home_is_a_folder_name_as_in_the_shell(
+def test_a_leading_tilde_is_the_home_folder_only_in_the_environment(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """`--db '~nobody-here/x.db'` was a traceback: Path.expanduser raises for a user that does not exist."""
+    """The shell expands the `~` of `--db ~/x.db`: one that reaches pengi-search was quoted, or is in a URL, and names
+    a folder `~`, as SQLite takes it; an environment variable's, which no shell expanded, is the home folder. An
+    unknown user's `~name` stays as written, as in the shell (it was a traceback: Path.expanduser raises)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "me"))
-    assert resolve_db_url("~nobody-here/x.db") == f"sqlite:///{tmp_path / '~nobody-here' / 'x.db'}"
-    assert resolve_db_url("~/x.db") == f"sqlite:///{tmp_path / 'me' / 'x.db'}"
+    assert resolve_db_url("~/x.db") == f"sqlite:///{tmp_path / '~' / 'x.db'}"
+    assert sqlite_file("sqlite:///~/x.db") == tmp_path / "~" / "x.db"
+    monkeypatch.setenv("PENGI_SEARCH_DB", "~/x.db")
+    assert resolve_db_url() == f"sqlite:///{tmp_path / 'me' / 'x.db'}"
+    monkeypatch.setenv("PENGI_SEARCH_DB", "~nobody-here/x.db")
+    assert resolve_db_url() == f"sqlite:///{tmp_path / '~nobody-here' / 'x.db'}"
+    monkeypatch.delenv("PENGI_SEARCH_DB")
+    monkeypatch.setenv("PENGI_SEARCH_HOME", "~/data")
+    assert default_index_dir(default_db_url()) == tmp_path / "me" / "data"
     monkeypatch.setenv("PENGI_SEARCH_HOME", "~nobody-here/data")
     assert default_index_dir(default_db_url()) == tmp_path / "~nobody-here" / "data"
 
