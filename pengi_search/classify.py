@@ -385,7 +385,7 @@ class Classifier:
         stored = [(os.fspath(p), self._stored_evidence(p)) for p in paths]
         to_decode = [path for path, found in stored if found is None]
         self._open_models(decoding=bool(to_decode))
-        batch_size = self.engine().batch_size if to_decode else 1
+        batch_size = self.engine().windows_per_batch(1) if to_decode else 1  # each window is asked one prompt
         outcomes = map_windows(to_decode, self._window_scores, batch_size=batch_size, progress=progress)
         for path, found in stored:
             if found is not None:
