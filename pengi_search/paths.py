@@ -8,6 +8,8 @@ from pathlib import Path
 
 import platformdirs
 
+from .errors import UsageError
+
 APP_NAME = "pengi-search"
 
 
@@ -18,6 +20,28 @@ def home_expanded(path: str | os.PathLike[str]) -> Path:
     Only for values no shell has seen (environment variables): a path given as an argument is taken as given, the
     shell having expanded what the user meant it to (`'~'`, quoted, is a folder named `~`)."""
     return Path(os.path.expanduser(os.fspath(path)))
+
+
+def unexpanded_home(path: str | os.PathLike[str]) -> Path | None:
+    """The folder named like a home folder (`~`, `~user`) that making `path` with its parents would create, or None.
+
+    Such a name is a `~` no shell expanded: bash leaves the one of `--db=~/lib.db` (after `=`) as it is, and any in
+    quotes. Made, it would sit in the current folder as a folder called `~`, one `rm -rf ~` away from deleting the
+    real home folder; so commands refuse to make one (`refuse_unexpanded_home`), and use one that is already there."""
+    absolute = Path(os.path.abspath(path))
+    missing = [folder for folder in (absolute, *absolute.parents) if not folder.exists()]
+    return next((folder for folder in reversed(missing) if folder.name.startswith("~")), None)
+
+
+def refuse_unexpanded_home(path: str | os.PathLike[str]) -> None:
+    """UsageError where making `path` (a folder, with its parents) would make a folder named `~` (`unexpanded_home`)."""
+    folder = unexpanded_home(path)
+    if folder is not None:
+        raise UsageError(
+            path,
+            f"would make a folder named {folder.name!r}: a '~' the shell did not expand (it does not after '=' or "
+            "in quotes); put a space, not '=', between the option and the path, or give the whole path",
+        )
 
 
 def as_typed(path: str | os.PathLike[str]) -> Path:

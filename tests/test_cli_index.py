@@ -52,6 +52,20 @@ def test_a_folder_named_tilde_is_that_folder_not_the_home_folder(tiny_model_dir,
     assert removed.exit_code == 0 and run("export", "--db", "~/lib.db").stdout == ""
 
 
+def test_a_tilde_the_shell_left_never_makes_a_folder_named_tilde(tiny_model_dir, sounds, tmp_path, monkeypatch):
+    """`--db=~/lib.db` reaches pengi-search with its `~` (bash expands none after `=`): a folder `~` made in the
+    current folder is one `rm -rf ~` away from the home folder, so the command refuses (exit 2) and makes nothing."""
+    monkeypatch.chdir(tmp_path)
+    result = run("index", str(sounds), "--db=~/lib.db", "--model", tiny_model_dir, *QUICK)
+    assert result.exit_code == 2, result.output
+    assert "would make a folder named '~'" in result.stderr and "a space, not '='" in result.stderr
+    assert not (tmp_path / "~").exists()
+    (tmp_path / "captions.csv").write_text("file,caption\na.wav,a dog barks\n")
+    report = run("eval", "retrieval", "captions.csv", "--output=~user/report")
+    assert report.exit_code == 2 and "would make a folder named '~user'" in report.stderr
+    assert not (tmp_path / "~user").exists()
+
+
 def test_index_then_stats_and_export(tiny_model_dir, sounds, tmp_path):
     db = tmp_path / "lib.db"
     result = index(sounds, db, tiny_model_dir, "--json")

@@ -598,6 +598,17 @@ def test_config_reads_types_and_rejects_unknown_keys(tmp_path, sounds, tiny_mode
     assert overrides == {"optimization.lr": "3e-3", "freeze.audio_encoder": True, "data.validation": None}
 
 
+def test_a_config_path_is_relative_to_its_file_and_a_leading_tilde_is_the_home_folder(
+    tmp_path, sounds, tiny_model_dir, monkeypatch
+) -> None:
+    """No shell sees a YAML file's values, so `output_dir: ~/runs/x` means the home folder, as it would typed."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    path = write_config(tmp_path / "project", tiny_model_dir, sounds / "train.jsonl")
+    config = load_config(path, {"output_dir": "~/runs/pengi", "data.validation": "val.jsonl"})
+    assert config.output_dir == tmp_path / "home" / "runs" / "pengi"
+    assert config.data.validation == (tmp_path / "project").resolve() / "val.jsonl"
+
+
 def test_a_config_that_is_not_yaml_or_not_utf8_or_a_bad_set_value_is_one_line_and_exit_code_2(tmp_path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("output_dir: [unclosed\nmodel: {a: 1\n")

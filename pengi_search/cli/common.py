@@ -37,7 +37,7 @@ from ..errors import (
 )
 from ..messages import print_skipped, print_warning
 from ..pathnames import json_text, shown
-from ..paths import as_typed
+from ..paths import as_typed, refuse_unexpanded_home
 from ..stop_signals import interrupted_by_stop_signals, interrupted_exit_code
 from .closed_output import output_closed, quiet_when_output_closed
 
@@ -383,6 +383,7 @@ def check_output_folder(output: Path) -> None:
         raise UsageError(output, f"cannot make this folder: {shown(os.fspath(existing))} is a file")
     if not os.access(existing, os.W_OK):
         raise UsageError(output, f"cannot write in {shown(os.fspath(existing))}: permission denied")
+    refuse_unexpanded_home(output)
 
 
 def given_input(value: str) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Engine, event, inspect
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..paths import refuse_unexpanded_home
 from .engine import create_store_engine
 from .errors import DatabaseURLError, ForeignDatabaseError, MissingDatabaseError, StoreError, driver_reason
 from .migrate import foreign_tables_reason, migrate
@@ -37,6 +38,7 @@ def open_engine(db: str | os.PathLike[str] | None, *, create: bool, read_only: b
         if unusable is not None:  # no library can be there: not one "yet" either
             raise DatabaseURLError(unusable, "point --db or PENGI_SEARCH_DB at a database file (such as index.db)")
         if create:
+            refuse_unexpanded_home(db_file.parent)
             db_file.parent.mkdir(parents=True, exist_ok=True)
         elif not db_file.is_file() or is_empty_file(db_file):
             raise _missing(url, db)
