@@ -76,16 +76,8 @@ BatchOption = Annotated[
     typer.Option(
         "--batch-size",
         min=1,
-        help="Windows per batch, each with every prompt \\[default: the device's: 16 on CPU, 128 on CUDA with the two "
-        "default prompts]",
-    ),
-]
-AutoBatchOption = Annotated[
-    int | None,
-    typer.Option(
-        "--batch-size",
-        min=1,
-        help="Windows decoded together \\[default: the device's: 32 (window, prompt) pairs on CPU, 256 on CUDA]",
+        help="Windows decoded together, each with every prompt \\[default: as many as fill the device's 32 (window, "
+        "prompt) pairs on CPU, 256 on CUDA]",
     ),
 ]
 BeamOption = Annotated[int, typer.Option("--beam", min=1, help="Beam width (the paper uses 5, its example 3).")]
@@ -144,7 +136,7 @@ ThreadsOption = Annotated[
 class ComputeOptions:
     """How a command that runs the model on audio computes: windows per batch, CPU threads, and `--fast`."""
 
-    batch_size: AutoBatchOption = None
+    batch_size: BatchOption = None
     threads: ThreadsOption = None
     fast: FastOption = False
 

@@ -14,7 +14,7 @@ from ..units import seconds_text, span_ends
 from .common import (
     EXIT_OK,
     EXIT_PARTIAL,
-    AutoBatchOption,
+    BatchOption,
     BeamOption,
     DeviceOption,
     FastOption,
@@ -75,7 +75,7 @@ class DescribeOptions:
     max_len: MaxLenOption = 30
     stop: StopOption = StopRule.both
     long_prompts: LongPromptsOption = LongPrompt.cut
-    batch_size: AutoBatchOption = None
+    batch_size: BatchOption = None
     hop: HopOption = 7.0
     threads: ThreadsOption = None
     fast: FastOption = False

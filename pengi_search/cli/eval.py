@@ -24,7 +24,6 @@ from .classify import ScoringOptions
 from .common import (
     EXIT_OK,
     EXIT_PARTIAL,
-    AutoBatchOption,
     BatchOption,
     BeamOption,
     DeviceOption,
@@ -433,7 +432,7 @@ def classify_files(
     db: Annotated[str | None, typer.Option("--db", help="A library whose stored captions are reused.")] = None,
     model: ModelOption = None,
     device: DeviceOption = Device.auto,
-    batch_size: AutoBatchOption = None,
+    batch_size: BatchOption = None,
     threads: ThreadsOption = None,
     hidden: HiddenOption = False,
     quiet: QuietOption = False,
