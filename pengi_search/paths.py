@@ -13,7 +13,10 @@ APP_NAME = "pengi-search"
 
 def home_expanded(path: str | os.PathLike[str]) -> Path:
     """`path` with a leading `~` or `~user` expanded; an unknown user's `~name` stays as written, as the shell leaves
-    it (`Path.expanduser` raises RuntimeError there, which would reach the user as a traceback)."""
+    it (`Path.expanduser` raises RuntimeError there, which would reach the user as a traceback).
+
+    Only for values no shell has seen (environment variables): a path given as an argument is taken as given, the
+    shell having expanded what the user meant it to (`'~'`, quoted, is a folder named `~`)."""
     return Path(os.path.expanduser(os.fspath(path)))
 
 
@@ -27,7 +30,7 @@ def as_typed(path: str | os.PathLike[str]) -> Path:
 
 
 def data_dir() -> Path:
-    """`PENGI_SEARCH_HOME`, else the platform's user data directory (e.g. ~/.local/share/pengi-search)."""
+    """`PENGI_SEARCH_HOME` (`~` expanded), else the platform's user data directory (~/.local/share/pengi-search)."""
     return home_expanded(os.environ.get("PENGI_SEARCH_HOME") or platformdirs.user_data_dir(APP_NAME))
 
 

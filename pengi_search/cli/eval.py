@@ -187,7 +187,7 @@ def retrieval(
             )
         except ValueError as exc:
             raise UsageError("", str(exc)) from None
-        return evaluate_retrieval(library, caption_set, rankings, failures)
+        return evaluate_retrieval(library, caption_set, rankings, failures, notify=warn)
 
     _evaluate_set("retrieval", captions, evalset, output, score, quiet=quiet, json_output=json_output)
 
