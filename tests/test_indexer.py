@@ -330,7 +330,7 @@ def test_scan_reports_unlistable_folders(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "scandir", scandir)
     result = scan([root], normalize_extensions(["wav"]))
     assert [Path(e.path).name for e in result.entries] == ["ok.wav"]
-    assert result.unreadable_dirs == [(str(root / "locked"), "cannot list folder (Permission denied)")]
+    assert result.unreadable_dirs == [(str(root / "locked"), "cannot list folder (permission denied)")]
 
 
 def test_shard_parsing_and_torchrun_environment():

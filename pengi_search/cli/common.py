@@ -376,7 +376,7 @@ def check_output_file(output: Path, kind: str) -> None:
 def check_output_folder(output: Path) -> None:
     """Refuse an --output folder that cannot be made or written in, before the work rather than after it."""
     if output.exists() and not output.is_dir():
-        raise UsageError(output, "not a folder; --output takes a folder for the report and its figures")
+        raise UsageError(output, "a file, not a folder; --output takes a folder for the report and its figures")
     existing = next(parent for parent in (output, *output.parents) if parent.exists())  # the root, at the latest
     if not existing.is_dir():
         raise UsageError(output, f"cannot make this folder: {shown(os.fspath(existing))} is a file")
