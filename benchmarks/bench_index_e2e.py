@@ -124,6 +124,9 @@ class Probe:
     def start(self, files: int) -> None:
         pass
 
+    def counted(self, windows: int) -> None:
+        pass
+
     def start_captions(self, windows: int | None) -> None:
         from pengi_search.library import Library
         from pengi_search.search import SearchScope

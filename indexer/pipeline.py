@@ -332,11 +332,13 @@ class _Run:
                         del buffer[:batch_size]
                 elif isinstance(message, Decoded):
                     flight.decoded = message
+                    self._counted(message.count)
                     self._commit_ready(flights)
                 elif isinstance(message, Failed):
                     buffer = [(seq, window) for seq, window in buffer if seq != message.seq]
                     del flights[message.seq]
                     self._fail(flight.entry, message.reason, message.content_hash, message.notes)
+                    self._counted(0)
                     self._advance(files=1)
             while buffer:
                 self._embed(model, buffer[:batch_size], flights)
@@ -423,6 +425,11 @@ class _Run:
     def _advance(self, files: int = 0, windows: int = 0) -> None:
         if self.progress is not None:
             self.progress.advance(files=files, windows=windows)
+
+    def _counted(self, windows: int) -> None:
+        """A file of pass 1 has all its windows sent (none more: it failed), for the progress's estimate."""
+        if self.progress is not None:
+            self.progress.counted(windows)
 
     # -- finishing -------------------------------------------------------------------------------------------
 

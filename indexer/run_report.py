@@ -49,9 +49,12 @@ class IndexOptions:
 
 
 class ProgressReporter(Protocol):
-    """Pass 1 reports files and windows after `start`; pass 2 reports windows after `start_captions`."""
+    """Pass 1 reports files and windows after `start`, and each file's count of windows once it is decoded (0 for
+    a file that failed); pass 2 reports windows after `start_captions`."""
 
     def start(self, files: int) -> None: ...
+
+    def counted(self, windows: int) -> None: ...
 
     def start_captions(self, windows: int | None) -> None: ...  # None: not known (a shard's share)
 

@@ -41,7 +41,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from pengi_search.errors import PengiSearchError
+from pengi_search.errors import PengiSearchError, empty_file, read_reason
 from pengi_search.mpeg_frames import stated_frame_count
 from pengi_search.stderr_notes import capture_stderr
 
@@ -89,6 +89,7 @@ _STREAMED_SIZE = 0xFFFF_FFF0  # at or above: the placeholder a writer that could
 # Float samples beyond this (240 dB above full scale) are not audio, e.g. a float file written wrong: the
 # spectrogram of samples near 1e17 overflows float32 and every answer for the file would be made of NaN.
 MAX_SAMPLE = 1e12
+EMPTY_AUDIO = f"{empty_file()} (0 bytes)"  # why a file (or an upload) of no bytes is no audio
 TRUNCATION_TOLERANCE_S = 0.05  # shorter than the header says by more than this (and by more than 1%): truncated
 
 
@@ -447,9 +448,9 @@ def _open_source(path: Path, report: DecodeReport) -> _Source:
         with open(path, "rb"):
             pass
     except OSError as error:
-        raise AudioDecodeError(path, f"cannot read file: {error.strerror or error}") from error
+        raise AudioDecodeError(path, read_reason(path, error)) from error
     if path.stat().st_size == 0:
-        raise AudioDecodeError(path, "empty file (0 bytes)")
+        raise AudioDecodeError(path, EMPTY_AUDIO)
     with capture_stderr(report.notes):  # libmpg123 comments on odd MP3 headers while the file opens
         try:
             source = _SoundFileSource(path)

@@ -30,6 +30,7 @@ from typing import Any
 
 from .audio import WINDOW_SECONDS, AudioDecodeError, DecodeReport, Window, iter_windows
 from .chunking import chunked
+from .errors import read_reason
 from .hashing import file_sha256
 
 CHUNK_WINDOWS = 8  # windows per message: ~10 MB of float32 samples
@@ -93,7 +94,7 @@ def decode_file(job: Job, chunk: int = CHUNK_WINDOWS) -> Iterator[Message]:
     try:
         before = os.stat(job.path)
     except OSError as exc:
-        yield Failed(job.seq, f"cannot read file: {exc.strerror or exc}")
+        yield Failed(job.seq, read_reason(job.path, exc))
         return
     if not stat.S_ISREG(before.st_mode):  # replaced by a FIFO since the scan: opening it would hang
         yield Failed(job.seq, "not a regular file")
@@ -136,7 +137,7 @@ def _decode_regular_file(job: Job, chunk: int) -> Iterator[Message]:
     except AudioDecodeError as exc:
         yield Failed(job.seq, exc.reason, content_hash, tuple(report.notes))
     except OSError as exc:
-        yield Failed(job.seq, f"cannot read file: {exc.strerror or exc}", content_hash, tuple(report.notes))
+        yield Failed(job.seq, read_reason(job.path, exc), content_hash, tuple(report.notes))
     except Exception as exc:  # a decoder bug on one odd file must not stop a library-wide run
         yield Failed(job.seq, f"{type(exc).__name__}: {exc}", content_hash, tuple(report.notes))
 

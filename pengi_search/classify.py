@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pengi_search.errors import UsageError
+from pengi_search.errors import UsageError, empty_file
 
 from .choices import LoglikScore, LongPrompt, Method, StopRule
 from .embedders import EmbedderSpec, TextEmbedder, embed_given, open_text_embedder
@@ -89,7 +89,7 @@ def read_label_map(path: str | os.PathLike[str]) -> tuple[list[str], dict[str, s
     while lines and not lines[-1].strip():
         lines.pop()
     if not lines:
-        raise LabelsError(path, "no labels (the file is empty); write one label per line")
+        raise LabelsError(path, empty_file("write one label per line"))
     first_line: dict[str, int] = {}
     for number, line in enumerate(lines, 1):
         _check_characters(path, line, number)  # before trimming, which takes a form feed at either end for a space
@@ -103,7 +103,7 @@ def read_label_map(path: str | os.PathLike[str]) -> tuple[list[str], dict[str, s
 
 
 def _labels_from_csv(path: Path, text: str) -> tuple[list[str], dict[str, str]]:
-    header, rows = csv_rows(path, text, LabelsError)
+    header, rows = csv_rows(path, text, LabelsError, "label[, answer]")
     if "label" not in header:
         raise LabelsError(path, f"a CSV labels file needs a 'label' column; the header has {', '.join(header)}")
     labels: dict[str, None] = {}
@@ -119,8 +119,6 @@ def _labels_from_csv(path: Path, text: str) -> tuple[list[str], dict[str, str]]:
         given, line = texts.setdefault(label, (answer, number))
         if given != answer:  # one of them would have been scored, the other dropped unseen
             raise LabelsError(path, f"label {label!r} on line {number} has another answer than on line {line}")
-    if not labels:
-        raise LabelsError(path, "no labels (the CSV file has a header but no rows)")
     return list(labels), {label: answer for label, (answer, _) in texts.items()}
 
 
@@ -156,7 +154,7 @@ def _composed(path: str) -> str:
 def read_truth(path: str | os.PathLike[str]) -> Truth:
     """Read a truth CSV (a `label` column and a `file`, `filename` or `path` column)."""
     path = Path(path)
-    header, rows = csv_rows(path, read_text(path, LabelsError), LabelsError)
+    header, rows = csv_rows(path, read_text(path, LabelsError), LabelsError, "file, label")
     column = next((name for name in PATH_COLUMNS if name in header), None)
     if column is None or "label" not in header:
         raise LabelsError(

@@ -42,7 +42,7 @@ from rich.progress import (
 
 from pengi_search import __version__
 from pengi_search.consoles import make_console
-from pengi_search.errors import PengiSearchError, first_line
+from pengi_search.errors import PengiSearchError, first_line, os_reason, read_reason
 from pengi_search.hashing import file_sha256, sha256_hasher
 from pengi_search.hub import cache_only, hub_cache, is_hub_name, offline_setting, quiet_hub, why_not_downloadable
 
@@ -178,7 +178,7 @@ def download(
     except _Failure as exc:
         raise DownloadError(url, dest, exc.reason, unreachable=exc.unreachable) from exc
     except OSError as exc:
-        raise DownloadError(url, dest, f"{exc.strerror or exc} ({exc.filename or dest})") from exc
+        raise DownloadError(url, dest, f"{os_reason(exc)} ({exc.filename or dest})") from exc
     return result
 
 
@@ -367,7 +367,7 @@ class _Part:
                 out.flush()
                 os.fsync(out.fileno())
         except OSError as exc:  # reads raise _Failure, so this is the disk: full, read-only, gone...
-            raise _Failure(f"cannot write {self.path}: {exc.strerror or exc}", retry=False) from exc
+            raise _Failure(f"cannot write {self.path}: {os_reason(exc)}", retry=False) from exc
 
     def discard(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -453,7 +453,7 @@ def _open_local(path: Path, offset: int, validator: str | None) -> _Opened:
         stream = path.open("rb")
         stat = os.fstat(stream.fileno())
     except OSError as exc:
-        raise _Failure(f"cannot read {path}: {exc.strerror or exc}", retry=False) from exc
+        raise _Failure(f"{path}: {read_reason(path, exc)}", retry=False) from exc
     version = f"{stat.st_size}:{stat.st_mtime_ns}"
     start = offset if offset <= stat.st_size and validator == version else 0
     stream.seek(start)

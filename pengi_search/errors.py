@@ -62,27 +62,56 @@ class UsageError(PengiSearchError):
 
 
 def not_found(
-    where: str | os.PathLike[str], what: str = "file", *, in_folder: str = "give the audio files in it"
+    where: str | os.PathLike[str],
+    what: str = "file",
+    *,
+    in_folder: str | None = None,
+    kind: type[UsageError] = UsageError,
 ) -> UsageError:
-    """Bad usage for a path that names no `what` ("file", "file or folder"): a broken symbolic link and a
-    folder where a file was wanted say so (and `in_folder`, what to give instead). The path, as given (a `./` kept),
-    is the error's `where`, so it is shown escaped, on one line."""
+    """Bad usage, of type `kind`, for a path the user gave that names no `what` ("file", "folder", "file or folder",
+    "training checkpoint"): the one way every command says an input is missing. The path, as given (a `./` kept),
+    is the error's `where`, so it is shown escaped, on one line; `missing_reason` says why."""
+    return kind(where, missing_reason(where, what, in_folder=in_folder))
+
+
+def missing_reason(where: str | os.PathLike[str], what: str = "file", *, in_folder: str | None = None) -> str:
+    """Why `where` is no `what`: `no such file`, a broken symbolic link, a folder where a file was wanted (with
+    `in_folder`, what to give instead), a file where a folder was, or something that is neither (a device)."""
     path = Path(where)
     if path.is_symlink() and not path.exists():
-        return UsageError(where, "broken symbolic link (its target does not exist or is a loop)")
+        return "broken symbolic link (its target does not exist or is a loop)"
+    if not path.exists():
+        return f"no such {what}"
     if path.is_dir():
-        return UsageError(where, f"a folder, not a {what}; {in_folder}")
-    if path.exists():
-        return UsageError(where, f"not a regular {what} (a device, FIFO or socket)")
-    return UsageError(where, f"no such {what}")
+        return f"a folder, not a {what}" + (f"; {in_folder}" if in_folder else "")
+    if what == "folder":
+        return "a file, not a folder"
+    return f"not a regular {what} (a device, FIFO or socket)"
 
 
-def unreadable(path: Path, error: OSError, kind: type[UsageError] = UsageError) -> UsageError:
-    """Bad usage, of type `kind`, for a file the user named that `error` kept from being read: "no such file" as
-    `not_found` says it (a broken symbolic link too), else "cannot read (why)"."""
-    if isinstance(error, FileNotFoundError):
-        return kind(path, not_found(path).reason)
-    return kind(path, f"cannot read ({error.strerror or error})")
+def os_reason(error: OSError) -> str:
+    """What the system says went wrong, as a message goes on: `permission denied` (its strerror, lower-cased)."""
+    text = error.strerror or str(error)
+    return text[:1].lower() + text[1:]
+
+
+def read_reason(where: str | os.PathLike[str], error: OSError, what: str = "file") -> str:
+    """Why `error` kept `where` from being read, as every message says it: a path that is gone (or is a folder) as
+    `missing_reason` says it, anything else `cannot read (permission denied)`."""
+    if isinstance(error, FileNotFoundError | IsADirectoryError | NotADirectoryError):
+        return missing_reason(where, what)
+    return f"cannot read ({os_reason(error)})"
+
+
+def unreadable(path: str | os.PathLike[str], error: OSError, kind: type[UsageError] = UsageError) -> UsageError:
+    """Bad usage, of type `kind`, for a file the user named that `error` kept from being read (`read_reason`)."""
+    return kind(path, read_reason(path, error))
+
+
+def empty_file(advice: str = "") -> str:
+    """How every message says that a file holds nothing (audio, labels, a CSV, a training configuration):
+    `empty file`, then `advice`, what it should hold."""
+    return f"empty file; {advice}" if advice else "empty file"
 
 
 def first_line(err: BaseException) -> str:

@@ -18,7 +18,7 @@ import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from pengi_search.errors import OptionError, PengiSearchError
+from pengi_search.errors import OptionError, PengiSearchError, missing_reason, os_reason, read_reason
 
 APPLEDOUBLE_PREFIX = "._"
 
@@ -110,11 +110,11 @@ def scan(roots: Sequence[str | os.PathLike[str]], extensions: frozenset[str], *,
     unreadable: list[tuple[str, str]] = []
     seen_dirs: set[tuple[int, int]] = set()
     absolute_roots = [absolute(root) for root in roots]
-    for root in absolute_roots:
+    for given, root in zip(roots, absolute_roots, strict=True):
         try:
             info = os.stat(root)
-        except OSError as exc:
-            raise ScanError(root, f"cannot read ({exc.strerror or exc})") from exc
+        except OSError as exc:  # named as given, as every command names a missing input
+            raise ScanError(given, read_reason(given, exc, "file or folder")) from exc
         if stat.S_ISDIR(info.st_mode):
             _walk(root, info, extensions, seen_dirs, found, unreadable, hidden=hidden)
         else:
@@ -142,7 +142,7 @@ def _walk(
             with os.scandir(folder) as listing:
                 children = sorted(listing, key=lambda child: child.name)
         except OSError as exc:
-            unreadable.append((folder, f"cannot list folder ({exc.strerror or exc})"))
+            unreadable.append((folder, f"cannot list folder ({os_reason(exc)})"))
             continue
         subfolders = []
         for child in children:
@@ -186,8 +186,8 @@ def _dangling(child: os.DirEntry[str], exc: OSError) -> Entry:
         size, mtime = own.st_size, own.st_mtime_ns / 1e9
     except OSError:
         size, mtime = 0, 0.0
-    reason = "broken symbolic link" if child.is_symlink() else "cannot stat file"
-    return Entry(child.path, size, mtime, f"{reason} ({exc.strerror or exc})")
+    reason = missing_reason(child.path) if child.is_symlink() else read_reason(child.path, exc)
+    return Entry(child.path, size, mtime, reason)
 
 
 def _kind(mode: int) -> str:

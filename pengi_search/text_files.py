@@ -1,16 +1,22 @@
-"""The text and CSV files users hand to commands (labels, truth, captioned sets): read as UTF-8, with errors that
-name the file and the line.
+"""The text and CSV files users hand to commands (labels, truth, captioned sets, manifests, configurations): read
+as UTF-8, with errors that name the file and the line.
 
-Each reader takes the `UsageError` subclass its caller reports (`LabelsError`, `DatasetError`).
+Each reader takes the `UsageError` subclass its caller reports (`LabelsError`, `DatasetError`, `ManifestError`).
+Whatever reads a user's text file, whole (`read_text`) or as a stream (`open_text`), says that it is not UTF-8 the
+one way `not_utf8` does.
 """
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import csv
 import io
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
-from .errors import UsageError, unreadable
+from .errors import UsageError, empty_file, unreadable
 
 CsvRows = list[tuple[int, dict[str, str]]]  # (line number, row by lower-cased column name)
 
@@ -23,26 +29,68 @@ def read_text(path: Path, error: type[UsageError]) -> str:
         raise unreadable(path, exc, error) from None
     try:
         return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise not_utf8(path, error, data) from None
+
+
+@contextlib.contextmanager
+def open_text(path: Path, error: type[UsageError]) -> Iterator[TextIO]:
+    """The file open as UTF-8 text (a byte-order mark dropped, line ends left to the `csv` module), for a file read
+    as it goes (a manifest of millions of rows); `error` says why it cannot be read or decoded, as `read_text`."""
+    try:
+        # utf-8-sig: spreadsheet programs often start their CSV exports with a byte-order mark.
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            yield handle
+    except UnicodeDecodeError:
+        raise not_utf8(path, error) from None
+    except OSError as exc:
+        raise unreadable(path, exc, error) from None
+
+
+def not_utf8(path: Path, error: type[UsageError], data: bytes | None = None) -> UsageError:
+    """The error for a text file that is not UTF-8, naming its first byte that is not and where it is, as an editor
+    counts: `not UTF-8 text: byte 0xe9 at line 2, column 10`. `data`: the file's bytes, when read already; a file
+    read as a stream is read again here, since a stream's decoding error counts from its last buffer."""
+    try:
+        data = path.read_bytes() if data is None else data
+        data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise error(path, f"not UTF-8 text: byte {exc.start} (line {line}) is invalid") from None
+        return error(path, f"not UTF-8 text: {_where_invalid(data, exc.start)}; save it as UTF-8")
+    except OSError:
+        pass  # gone or changed since it was read: what it held is not known any more
+    return error(path, "not UTF-8 text; save it as UTF-8")
 
 
-def csv_rows(path: Path, text: str, error: type[UsageError]) -> tuple[list[str], CsvRows]:
+def _where_invalid(data: bytes, offset: int) -> str:
+    """`byte 0xe9 at line 2, column 10` for the byte at `offset`: lines counted from 1, columns in characters (the
+    line's start before it is valid UTF-8, having decoded up to it), the file's byte-order mark not counted."""
+    line_start = data.rfind(b"\n", 0, offset) + 1
+    if line_start == 0 and data.startswith(codecs.BOM_UTF8):
+        line_start = len(codecs.BOM_UTF8)
+    line = data.count(b"\n", 0, offset) + 1
+    column = len(data[line_start:offset].decode("utf-8")) + 1
+    return f"byte 0x{data[offset]:02x} at line {line}, column {column}"
+
+
+def csv_rows(path: Path, text: str, error: type[UsageError], columns: str) -> tuple[list[str], CsvRows]:
     """Lower-cased header and (line number, row) pairs of the CSV `text` read from `path`; values are trimmed.
+    `columns` is the header it should have, for the message about an empty file (`file, label`).
 
-    A row with more values than the header has columns is refused, naming its line: it is almost always a value
-    with a comma that was not quoted (`a.wav,a dog, barking`), whose tail would otherwise be dropped unseen.
-    Empty values past the header (a trailing comma) are allowed.
+    A file without rows is refused: every CSV a user gives is read for its rows. A row with more values than the
+    header has columns is refused, naming its line: it is almost always a value with a comma that was not quoted
+    (`a.wav,a dog, barking`), whose tail would otherwise be dropped unseen. Empty values past the header (a trailing
+    comma) are allowed.
     """
     reader = csv.reader(io.StringIO(text))
     try:
         header = [name.strip().lower() for name in next(reader)]
         rows = [(reader.line_num, _row(path, header, row, reader.line_num, error)) for row in reader if row]
     except StopIteration:
-        raise error(path, "the file is empty") from None
+        raise error(path, empty_file(f"a CSV file starts with its header: {columns}")) from None
     except csv.Error as exc:
         raise error(path, f"not a readable CSV file (line {reader.line_num}: {exc})") from None
+    if not rows:
+        raise error(path, "no rows (the CSV file has a header only)")
     return header, rows
 
 

@@ -52,7 +52,7 @@ class Progress(Protocol):
     def start(self, files: int) -> None: ...
 
     def counted(self, windows: int) -> None:
-        """A file was decoded to its end: it has `windows` windows."""
+        """A file was decoded to its end: it has `windows` windows (0: it failed, and no more of its come)."""
 
     def advance(self, files: int = 0, windows: int = 0) -> None: ...
 
@@ -197,6 +197,8 @@ class _Run(Generic[T]):
             pending.outcome.spans.clear()
             pending.outcome.results.clear()
             self.buffer = [(seq, window) for seq, window in self.buffer if seq != message.seq]
+            if self.progress is not None:
+                self.progress.counted(0)
 
     def flush(self) -> None:
         while self.buffer:

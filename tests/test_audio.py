@@ -400,8 +400,8 @@ BAD_INPUTS = [
     ("inf.wav", _with_value(np.inf), "non-finite samples"),
     ("huge.wav", _with_value(1e30), "samples out of range"),
     ("video.mp4", _video_only, "no audio stream"),
-    ("folder.wav", _directory, "cannot read file"),
-    ("missing.wav", _missing, "cannot read file"),
+    ("folder.wav", _directory, "a folder, not a file"),
+    ("missing.wav", _missing, "no such file"),
 ]
 
 

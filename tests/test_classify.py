@@ -74,16 +74,16 @@ def test_labels_from_the_smoke_set_csv():
 @pytest.mark.parametrize(
     ("content", "name", "message"),
     [
-        ("", "labels.txt", "no labels"),
-        ("\n \n", "labels.txt", "no labels"),
+        ("", "labels.txt", "empty file; write one label per line"),
+        ("\n \n", "labels.txt", "empty file; write one label per line"),
         ("dog\n\ncat\n", "labels.txt", "line 2 is blank"),
         ("dog\ncat\n dog\n", "labels.txt", r"duplicate label 'dog' on line 3 \(first on line 1\)"),
-        (b"dog\ncat\nb\xe9ll\n", "labels.txt", r"not UTF-8 text: byte 9 \(line 3\)"),
+        (b"dog\ncat\nb\xe9ll\n", "labels.txt", "not UTF-8 text: byte 0xe9 at line 3, column 2; save it as UTF-8"),
         ("name,caption\ndog,x\n", "labels.csv", "needs a 'label' column"),
         ("label\ndog\n,\n", "labels.csv", "line 3 has no label"),
         ("label\ndog\nalarm,clock\n", "labels.csv", "line 3 has 2 values but the header has 1 column: quote"),
-        ("label\n", "labels.csv", "no labels"),
-        ("", "labels.csv", "empty"),
+        ("label\n", "labels.csv", r"no rows \(the CSV file has a header only\)"),
+        ("", "labels.csv", "empty file; a CSV file starts with its header: label"),
         (b"\x00\x01\x02\n", "labels.txt", r"line 1 holds the control character '\\x00': is this a text file\?"),
         ("label\ndog\nca\x1bt\n", "labels.csv", r"line 3 holds the control character '\\x1b'"),
         # A form feed or a Unicode line separator broke a label in two, where nothing showed it.

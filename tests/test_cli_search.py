@@ -332,7 +332,7 @@ def test_classify_refuses_a_bad_target_among_good_ones_before_any_work(captions,
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (b"", "no labels"),
+        (b"", "empty file; write one label per line"),
         (b"dog\n\ncat\n", "line 2 is blank"),
         (b"dog\ncat\ndog\n", "duplicate label 'dog' on line 3"),
         (b"dog\n\xff\n", "not UTF-8"),

@@ -110,8 +110,10 @@ def test_bad_caption_sets(tmp_path, content, options, message):
 
 
 def test_audio_root_must_be_a_folder(tmp_path):
-    with pytest.raises(DatasetError, match="not a folder"):
+    with pytest.raises(DatasetError, match="nowhere: no such folder"):
         read_caption_set(write(tmp_path / "c.csv", "file,caption\na.wav,x\n"), tmp_path / "nowhere")
+    with pytest.raises(DatasetError, match="c.csv: a file, not a folder"):
+        read_caption_set(write(tmp_path / "c.csv", "file,caption\na.wav,x\n"), tmp_path / "c.csv")
 
 
 # -- retrieval and captioning on a library with known captions ---------------------------------------------------

@@ -326,7 +326,7 @@ CASES = {
         EXIT_USAGE,
         "Invalid value for '--loglik-score'",
     ),
-    "index, no such folder": Case(lambda p: ("index", p.missing, *lib(p)), EXIT_USAGE, "cannot read"),
+    "index, no such folder": Case(lambda p: ("index", p.missing, *lib(p)), EXIT_USAGE, "no such file or folder"),
     "index, bad shard": Case(lambda p: ("index", p.sounds, "--shard", "5/2", *lib(p)), EXIT_USAGE, "--shard"),
     "index --index-type lsh": Case(
         lambda p: ("index", p.sounds, "--index-type", "lsh", *lib(p)), EXIT_USAGE, "Invalid value for '--index-type'"

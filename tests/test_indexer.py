@@ -286,10 +286,14 @@ def test_known_bad_files_are_not_retried_unless_asked(tiny_model_dir, tree, tmp_
 
 def test_progress_is_reported_per_file_and_window_in_both_passes(tiny_model_dir, tree, tmp_path):
     events: list[tuple[str, int | None, int]] = []
+    counted: list[int] = []  # each file's windows, once decoded: the bar's total of pass 1 is estimated from them
 
     class Recorder:
         def start(self, files):
             events.append(("start", files, 0))
+
+        def counted(self, windows):
+            counted.append(windows)
 
         def start_captions(self, windows):
             events.append(("captions", windows, 0))
@@ -303,6 +307,7 @@ def test_progress_is_reported_per_file_and_window_in_both_passes(tiny_model_dir,
     assert events[0] == ("start", 3, 0)
     assert sum(e[1] for e in first_pass) == 3 and sum(e[2] for e in first_pass) == 4
     assert sum(e[1] for e in second_pass) == 0 and sum(e[2] for e in second_pass) == 4
+    assert len(counted) == 3 and sum(counted) == 4
 
 
 def test_scan_follows_links_once_sorts_and_filters(tmp_path):
@@ -331,7 +336,7 @@ def test_scan_reports_unlistable_folders(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "scandir", scandir)
     result = scan([root], normalize_extensions(["wav"]))
     assert [Path(e.path).name for e in result.entries] == ["ok.wav"]
-    assert result.unreadable_dirs == [(str(root / "locked"), "cannot list folder (Permission denied)")]
+    assert result.unreadable_dirs == [(str(root / "locked"), "cannot list folder (permission denied)")]
 
 
 def test_shard_parsing_and_torchrun_environment():

@@ -1002,5 +1002,5 @@ def test_the_command_refuses_what_it_cannot_serve(tmp_path):
     assert missing.exit_code == EXIT_FAILED and "no index here yet" in missing.output
     assert not (tmp_path / "none.db").exists()  # never created
     bad_root = runner.invoke(app, ["serve", "--root", str(tmp_path / "nowhere"), "--port", "0"])
-    assert bad_root.exit_code == EXIT_USAGE and "not a folder" in bad_root.output
+    assert bad_root.exit_code == EXIT_USAGE and f"{tmp_path / 'nowhere'}: no such folder" in bad_root.output
     assert "--max-upload-mb" in runner.invoke(app, ["serve", "--help"]).output

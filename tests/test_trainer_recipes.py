@@ -274,7 +274,8 @@ def test_init_refuses_a_file_listed_twice_and_warns_of_one_label_or_no_validatio
     assert result.exit_code == 2 and "line 4: low_0.wav is listed again (first on line 2)" in result.output
     (tmp_path / "empty.csv").write_text("")
     result = cli("train", "init", str(tmp_path / "empty.csv"), "--audio-root", str(tmp_path), "-o", str(tmp_path / "e"))
-    assert result.exit_code == 2 and "empty.csv: empty: no header" in result.output
+    said = "empty.csv: empty file; a CSV file starts with its header: file, label[, split][, caption][, group]"
+    assert result.exit_code == 2 and said in result.output
 
     (tmp_path / "one.csv").write_text("file,label\n" + "".join(f"low_{i}.wav,low\n" for i in range(3)))
     result = cli("train", "init", str(tmp_path / "one.csv"), "--audio-root", str(tmp_path), "-o", str(tmp_path / "a"))

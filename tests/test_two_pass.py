@@ -107,6 +107,9 @@ def test_the_same_run_captions_after_every_audio_embedding_is_stored(tiny_model_
         def start(self, files):
             pass
 
+        def counted(self, windows):
+            pass
+
         def start_captions(self, windows):
             with Library.open(str(db)) as library:
                 seen["counts"] = caption_counts(library.store).to_json()

@@ -149,7 +149,7 @@ def test_a_watched_folder_moved_away_ends_the_watch_with_an_error_and_the_librar
         moved = shutil.move(watch.root, tmp_path / "moved")
         assert watch.process.wait(timeout=PATIENCE_S) == EXIT_USAGE
         watch.err.until("watching ")
-        assert watch.err.next() == f"error: {watch.root}: cannot read (No such file or directory)"
+        assert watch.err.next() == f"error: {watch.root}: no such file or folder"
     assert count_rows(Path(moved) / "lib.db", INDEXED) == 1
 
 

@@ -17,8 +17,9 @@ from typing import Any
 import yaml
 
 from pengi_search.choices import Device
-from pengi_search.errors import UsageError, unreadable
+from pengi_search.errors import UsageError, empty_file
 from pengi_search.paths import as_typed, home_expanded
+from pengi_search.text_files import read_text
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 MODEL_PARTS = ("audio_encoder", "audio_projection", "mappers", "language_model", "text_encoder")
@@ -281,12 +282,11 @@ def _with_local_sources(config: TrainConfig, base: Path) -> TrainConfig:
 def load_config(path: Path | str, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
     """Read a YAML training configuration; `overrides` maps dotted keys ("optimization.lr") to values."""
     path = Path(path)
+    text = read_text(path, ConfigError)
+    if not text.strip():
+        raise ConfigError(path, empty_file("`pengi-search train init` writes a configuration to start from"))
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise unreadable(path, error, ConfigError) from None
-    except UnicodeDecodeError as error:
-        raise ConfigError(path, f"not UTF-8 text ({error.reason})") from None
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError(path, f"not valid YAML: {yaml_problem(error)}") from None
     if not isinstance(raw, dict):

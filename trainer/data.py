@@ -14,7 +14,6 @@ import math
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TextIO, TypedDict
@@ -24,9 +23,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pengi_search.config import AudioConfig
-from pengi_search.errors import PengiSearchError, UsageError, unreadable
+from pengi_search.errors import PengiSearchError, UsageError
 from pengi_search.paths import as_typed
 from pengi_search.stop_signals import ignore_stop_signals, stop_signals_blocked
+from pengi_search.text_files import open_text
 from trainer.augment import augment
 from trainer.config import AugmentationSection
 from trainer.templates import LIST_ANSWER_TASKS, TemplateError, render_answer, render_prompt
@@ -83,7 +83,7 @@ def read_manifest(path: PathLike) -> list[Example]:
         raise ManifestError(path, f"unknown manifest type {path.suffix!r}: use .jsonl or .csv")
     base = path.parent.resolve()
     csv_manifest = suffix == ".csv"
-    with _reading(path) as handle:
+    with open_text(path, ManifestError) as handle:
         rows = _csv_records(path, handle, required=("audio",)) if csv_manifest else _jsonl(path, handle)
         examples = [_example(path, row, fields, base, split_lists=csv_manifest) for row, fields in rows]
     if not examples:
@@ -94,18 +94,6 @@ def read_manifest(path: PathLike) -> list[Example]:
 def task_mix(examples: Iterable[Example]) -> Counter[str]:
     """How many examples each task has (free prompts counted under `FREE_PROMPT`), for a dry-run summary."""
     return Counter(example.task or FREE_PROMPT for example in examples)
-
-
-@contextmanager
-def _reading(path: Path) -> Iterator[TextIO]:
-    try:
-        # utf-8-sig: spreadsheet programs often start their CSV exports with a byte-order mark.
-        with path.open(encoding="utf-8-sig", newline="") as handle:
-            yield handle
-    except UnicodeDecodeError as error:
-        raise ManifestError(path, f"not UTF-8 text ({error.reason} at byte {error.start})") from None
-    except OSError as error:
-        raise unreadable(path, error, ManifestError) from None
 
 
 def _jsonl(path: Path, handle: TextIO) -> Iterator[tuple[int, Mapping[str, Any]]]:
@@ -269,7 +257,7 @@ def _convert_csv(
     base = src.parent.resolve()
     records: list[dict[str, Any]] = []
     examples: list[Example] = []
-    with _reading(src) as handle:
+    with open_text(src, ManifestError) as handle:
         for row, fields in _csv_records(src, handle, required=(audio_column, *columns.values())):
             record = {"audio": fields[audio_column], "task": task}
             record |= {field: fields[column] for field, column in columns.items()}

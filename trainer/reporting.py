@@ -1,5 +1,5 @@
-"""What a run reports (rank 0 only): metrics as JSON lines, a PNG of their curves, a Rich progress bar with
-samples/s and loss, and the clips it goes on without."""
+"""What a run reports (rank 0 only): metrics as JSON lines, a PNG of their curves, a Rich progress bar of steps
+with steps/s, samples/s and loss, and the clips it goes on without."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from pengi_search.consoles import make_console
 from pengi_search.messages import print_skipped
 from pengi_search.paths import as_typed
+from pengi_search.progress import CountColumn, per_second
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "metrics.png"
@@ -47,6 +48,12 @@ class RateWindow:
     def rate(self) -> float | None:
         seconds = sum(duration for _, duration in self._window)
         return sum(samples for samples, _ in self._window) / seconds if seconds > 0 else None
+
+    @property
+    def steps_rate(self) -> float | None:
+        """Steps per second over the same window, for the progress bar, which counts steps."""
+        seconds = sum(duration for _, duration in self._window)
+        return len(self._window) / seconds if seconds > 0 else None
 
 
 class MetricsLog:
@@ -117,21 +124,23 @@ def _step(line: str) -> float:
 
 
 class TrainingProgress:
-    """A progress bar over optimizer steps; a no-op when quiet or not on rank 0."""
+    """A progress bar over optimizer steps (`120/1000 steps  1.6 steps/s`, then samples/s and the loss); a no-op when
+    quiet or not on rank 0."""
 
     def __init__(self, total: int, done: int, enabled: bool, console: Console | None = None) -> None:
         self.enabled = enabled
         self._progress = Progress(
             TextColumn("training"),
             BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]} samples/s  loss {task.fields[loss]}"),
+            CountColumn(),
+            TextColumn(" {task.fields[samples]}  loss {task.fields[loss]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=console or make_console(stderr=True),
             disable=not enabled,
         )
-        self._task = self._progress.add_task("training", total=total, completed=done, rate="-", loss="-")
+        fields = {"unit": "steps", "rate": None, "samples": "- samples/s", "loss": "-"}
+        self._task = self._progress.add_task("training", total=total, completed=done, **fields)
 
     def __enter__(self) -> TrainingProgress:
         self._progress.start()
@@ -140,10 +149,11 @@ class TrainingProgress:
     def __exit__(self, *exc: object) -> None:
         self._progress.stop()
 
-    def advance(self, step: int, samples_per_s: float | None = None, loss: float | None = None) -> None:
-        fields: dict[str, str] = {}
-        if samples_per_s is not None:
-            fields["rate"] = f"{samples_per_s:.1f}"
+    def advance(self, step: int, rate: RateWindow | None = None, loss: float | None = None) -> None:
+        fields: dict[str, object] = {}
+        if rate is not None and rate.rate is not None:
+            fields["rate"] = rate.steps_rate
+            fields["samples"] = f"{per_second(rate.rate)} samples/s"
         if loss is not None:
             fields["loss"] = f"{loss:.4f}"
         self._progress.update(self._task, completed=step, **fields)

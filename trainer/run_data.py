@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from pengi_search.choices import LongPrompt
 from pengi_search.consoles import make_console
 from pengi_search.model import Pengi
+from pengi_search.progress import CountColumn, Rate
 from pengi_search.tokenization import PromptTooLongError, Tokenizers
 from trainer.config import ConfigError, TrainConfig
 from trainer.data import AudioTextDataset, Example, ManifestError, read_manifest
@@ -34,25 +35,27 @@ def quiet(message: str) -> None:
 
 @contextlib.contextmanager
 def progress_bar(shown: bool) -> Iterator[Callable[[int], None]]:
-    """A bar counting encoded clips (views included), for the minutes a CPU spends encoding; drawn from the first
-    clip encoded, so that features read from the cache (a resumed run) show no empty bar. Only on a terminal: off
-    one Rich draws nothing but a blank line as the bar goes."""
+    """A bar counting encoded clips (views included) and clips per second, for the minutes a CPU spends encoding;
+    drawn from the first clip encoded, so that features read from the cache (a resumed run) show no empty bar. Only
+    on a terminal: off one Rich draws nothing but a blank line as the bar goes."""
     console = make_console(stderr=True)
     bar = Progress(
         TextColumn("encoding audio"),
         BarColumn(),
-        TextColumn("{task.completed} clips"),
+        CountColumn(),
         TimeElapsedColumn(),
         console=console,
         disable=not shown or not console.is_terminal,
         transient=True,
     )
-    task = bar.add_task("encoding", total=None)
+    task = bar.add_task("encoding", total=None, unit="clips", rate=None)
+    rate = Rate()  # from now: the encoding starts here (reading cached features takes a moment at most)
 
     def advance(count: int) -> None:
         if not bar.live.is_started:
             bar.start()
         bar.advance(task, count)
+        bar.update(task, rate=rate.of(bar.tasks[task].completed))
 
     try:
         yield advance

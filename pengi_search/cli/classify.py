@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -50,7 +49,7 @@ from .common import (
     show_progress,
     warn,
 )
-from .inputs import audio_inputs, one_file_given
+from .inputs import AudioInputs, audio_inputs, one_file_given
 
 if TYPE_CHECKING:
     from ..classify import Classifier, ClassifySettings, Prediction, Truth
@@ -164,8 +163,9 @@ def classify(
     if output is not None:
         check_output_file(output, "CSV")
     settings = scoring.settings()
+    inputs = audio_inputs(targets, hidden=hidden)  # a missing file is said before the model is looked for
     predictions, failures = classify_targets(
-        targets,
+        inputs,
         label_list,
         settings,
         db=db,
@@ -175,7 +175,6 @@ def classify(
         fast=compute.fast,
         visible=show_progress(quiet, json_output),
         texts=texts,
-        hidden=hidden,
     )
     metrics = None if known is None else evaluate(predictions, known)
     outcome = Outcome(scoring.method, label_list, predictions, failures, metrics)
@@ -209,7 +208,7 @@ def _read_inputs(labels: Path, truth: Path | None) -> tuple[list[str], dict[str,
 
 
 def classify_targets(
-    targets: Sequence[str],
+    inputs: AudioInputs,
     labels: list[str],
     settings: ClassifySettings,
     *,
@@ -220,15 +219,15 @@ def classify_targets(
     visible: bool,
     fast: bool = False,
     texts: dict[str, str] | None = None,
-    hidden: bool = False,
     report_skips: bool = True,
 ) -> tuple[list[Prediction], list[Skipped]]:
-    """Each audio file's prediction (a folder's files, recursively; its hidden names too with `hidden`) and the
-    files that failed, reusing what an existing library holds (`eval classify` shares this). `report_skips`: say
-    each failed file as it is found (`eval classify` lists them under its table instead, as its other kinds do)."""
+    """Each audio file's prediction (`inputs`: the files that the paths given stand for, and those found but
+    unreadable, as `inputs.audio_inputs` gives them) and the files that failed, reusing what an existing library
+    holds (`eval classify` shares this). `report_skips`: say each failed file as it is found (`eval classify` lists
+    them under its table instead, as its other kinds do)."""
     from ..classify import Classifier
 
-    files, failures = audio_inputs(targets, hidden=hidden)
+    files, failures = inputs
     for path, reason in failures:  # found but unreadable (a broken link, a folder that cannot be listed)
         if report_skips:
             report_skipped(path, reason)

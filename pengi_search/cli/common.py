@@ -12,7 +12,6 @@ import gc
 import inspect
 import os
 import sys
-import time
 import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import typer
 from rich.markup import escape
 
 from ..choices import Device, LongPrompt, StopRule, device_unavailable
-from ..consoles import make_console
+from ..consoles import Console, make_console
 from ..errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -369,7 +368,7 @@ def check_output_file(output: Path, kind: str) -> None:
 def check_output_folder(output: Path) -> None:
     """Refuse an --output folder that cannot be made or written in, before the work rather than after it."""
     if output.exists() and not output.is_dir():
-        raise UsageError(output, "not a folder; --output takes a folder for the report and its figures")
+        raise UsageError(output, "a file, not a folder; --output takes a folder for the report and its figures")
     existing = next(parent for parent in (output, *output.parents) if parent.exists())  # the root, at the latest
     if not existing.is_dir():
         raise UsageError(output, f"cannot make this folder: {shown(os.fspath(existing))} is a file")
@@ -443,39 +442,48 @@ def show_progress(quiet: bool, json_output: bool = False) -> bool:
     return not quiet and not json_output and err_console.is_terminal
 
 
-def progress_bar():
-    """A transient progress bar on stderr. Off where stderr is no terminal: it would show nothing there, and Rich
-    ends a bar on such a stream with a blank line, which scripts keeping stderr would read as a message."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+def progress_bar(console: Console | None = None):
+    """A transient progress bar on stderr (or `console`), each task counted in its unit (`progress.CountColumn`).
+    Off where stderr is no terminal: it would show nothing there, and Rich ends a bar on such a stream with a blank
+    line, which scripts keeping stderr would read as a message."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from ..progress import CountColumn
+
+    console = console or err_console
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
+        CountColumn(),
+        TextColumn(" {task.fields[files]}"),  # two spaces from the rate, as the rate from the count
         TimeRemainingColumn(),
-        console=err_console,
+        console=console,
         transient=True,
-        disable=not err_console.is_interactive,
+        disable=not console.is_interactive,
     )
 
 
 class WindowProgress:
-    """A run over files on a progress bar: windows done of all, files done, windows per second and time left.
+    """A run over files on a progress bar, counted in windows: windows done of all and per second, files done, time
+    left (`describe`, `classify`, `similar`, and each pass of `index`).
 
     A file's number of windows is known once it is decoded; until every file is, the total is the known counts plus
-    the files still to come at the mean so far (so the time left firms up as the run goes).
+    the files still to come at the mean so far (so the time left firms up as the run goes). A total known from the
+    start (`windows`) is shown as it is.
     """
 
-    def __init__(self, bar: Any, description: str, visible: bool) -> None:
+    def __init__(self, bar: Any, description: str, visible: bool, windows: int | None = None) -> None:
+        from ..progress import Rate
+
         self.bar = bar
-        self.task = bar.add_task(description, total=None, rate="", visible=visible)
+        self.task = bar.add_task(description, total=windows, unit="windows", rate=None, files="", visible=visible)
+        self.windows = windows
         self.files = self.files_done = self.counted_files = self.counted_windows = self.windows_done = 0
-        self.started = 0.0
+        self.rate = Rate()
 
     def start(self, files: int) -> None:
         self.files = files
-        self.started = time.monotonic()
+        self.rate.restart()
         self._show()
 
     def counted(self, windows: int) -> None:
@@ -488,40 +496,46 @@ class WindowProgress:
         self.windows_done += windows
         self._show()
 
+    def _total(self) -> int | None:
+        if self.windows is not None:
+            return max(self.windows, self.windows_done)
+        if not self.counted_files:
+            return None
+        mean = self.counted_windows / self.counted_files
+        return max(self.counted_windows + round(mean * (self.files - self.counted_files)), self.windows_done)
+
     def _show(self) -> None:
-        mean = self.counted_windows / self.counted_files if self.counted_files else None
-        total = None if mean is None else self.counted_windows + round(mean * (self.files - self.counted_files))
-        total = None if total is None else max(total, self.windows_done)
-        rate = self.windows_done / max(time.monotonic() - self.started, 1e-9)
-        text = f"{self.files_done}/{self.files} files, {rate:.2f} windows/s"
-        self.bar.update(self.task, total=total, completed=self.windows_done, rate=text)
+        files = f"{self.files_done}/{self.files} files" if self.files else ""
+        rate = self.rate.of(self.windows_done)
+        self.bar.update(self.task, total=self._total(), completed=self.windows_done, rate=rate, files=files)
 
 
 class IndexProgress:
-    """An indexing run's progress on a Rich bar (`index`, and `eval` indexing its set): pass 1 counts files done of
-    all, pass 2 windows captioned of all; both show windows per second and the time left."""
+    """An indexing run's progress on a Rich bar (`index`, and `eval` indexing its set), in windows, as
+    `WindowProgress` counts them: pass 1 ("audio embeddings") the windows of the files to index, with files done
+    beside; pass 2 ("captions") the windows waiting for captions."""
 
     def __init__(self, bar: Any, visible: bool) -> None:
         self.bar = bar
         self.visible = visible
-        self.task: Any = None
-        self.captioning = False
-        self.windows = 0
-        self.started = time.monotonic()
+        self.current: WindowProgress | None = None
 
     def start(self, files: int) -> None:
-        self._begin("audio embeddings", files, captioning=False)
+        self._begin("audio embeddings").start(files)
+
+    def counted(self, windows: int) -> None:
+        assert self.current is not None
+        self.current.counted(windows)
 
     def start_captions(self, windows: int | None) -> None:
-        self._begin("captions", windows, captioning=True)
+        self._begin("captions", windows)
 
-    def _begin(self, label: str, total: int | None, *, captioning: bool) -> None:
-        if self.task is not None:
-            self.bar.update(self.task, visible=False)
-        self.captioning, self.windows, self.started = captioning, 0, time.monotonic()
-        self.task = self.bar.add_task(label, total=total, rate="", visible=self.visible)
+    def _begin(self, label: str, windows: int | None = None) -> WindowProgress:
+        if self.current is not None:
+            self.bar.update(self.current.task, visible=False)
+        self.current = WindowProgress(self.bar, label, self.visible, windows)
+        return self.current
 
     def advance(self, files: int = 0, windows: int = 0) -> None:
-        self.windows += windows
-        rate = self.windows / max(time.monotonic() - self.started, 1e-9)
-        self.bar.update(self.task, advance=windows if self.captioning else files, rate=f"{rate:.1f} windows/s")
+        assert self.current is not None
+        self.current.advance(files, windows)

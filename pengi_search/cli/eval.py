@@ -50,7 +50,7 @@ from .common import (
     warn,
 )
 from .help_text import App
-from .inputs import audio_inputs
+from .inputs import AudioInputs, audio_inputs
 
 if TYPE_CHECKING:
     from indexer.run_report import IndexSummary
@@ -458,11 +458,12 @@ def classify_files(
     except LabelsError as err:
         raise UsageError("", str(err)) from None
     check_output_folder(output)
-    _check_truth_lists(known, truth, target, hidden)
+    inputs = audio_inputs([target], hidden=hidden)  # a missing file is said before the model is looked for
+    _check_truth_lists(known, truth, target, inputs)
     settings = scoring.settings()
     model_dir = ModelDir.resolve(model)
     predictions, failures = classify_targets(
-        [target],
+        inputs,
         label_list,
         settings,
         db=db,
@@ -471,7 +472,6 @@ def classify_files(
         batch_size=batch_size,
         visible=show_progress(quiet, json_output),
         texts=texts,
-        hidden=hidden,
         report_skips=False,  # listed under the table, with the report's other files left out
     )
     result = evaluate_classification(predictions, known, label_list)
@@ -495,11 +495,11 @@ def classify_files(
     _finish("classify", result, dataset, setup, None, output, json_output)
 
 
-def _check_truth_lists(known: Truth, truth: Path, target: str, hidden: bool) -> None:
-    """A truth file that lists none of the files to classify would measure nothing (a report of dashes, exit 0):
-    refused before the model runs. Files that cannot be read count as listed: the run leaves them out with their
-    reason (exit code 3). The classifier lists the folder again; listing is cheap next to classifying."""
-    files, unreadable = audio_inputs([target], hidden=hidden)
+def _check_truth_lists(known: Truth, truth: Path, target: str, inputs: AudioInputs) -> None:
+    """A truth file that lists none of the files to classify (`inputs`, as `audio_inputs` found them) would measure
+    nothing (a report of dashes, exit 0): refused before the model runs. Files that cannot be read count as listed:
+    the run leaves them out with their reason (exit code 3)."""
+    files, unreadable = inputs
     reached = [*files, *(path for path, _ in unreadable)]
     if not any(known.label_of(path) is not None for path in reached):
         raise UsageError(

@@ -9,8 +9,10 @@ from collections.abc import Sequence
 
 from ..errors import UsageError, not_found
 
+AudioInputs = tuple[list[str], list[tuple[str, str]]]  # the audio files, and (path, reason) of those unreadable
 
-def audio_files_in(folder: str, *, hidden: bool = False) -> tuple[list[str], list[tuple[str, str]]]:
+
+def audio_files_in(folder: str, *, hidden: bool = False) -> AudioInputs:
     """The audio files in a folder (recursively, sorted; hidden names only with `hidden`), and the (path, reason)
     of entries that cannot be read, each named as reached from the folder as typed (`reached_name`).
 
@@ -42,9 +44,7 @@ def reached_name(folder: str, root: str, found: str) -> str:
     return folder if inside == os.curdir else os.path.join(folder, inside)
 
 
-def audio_inputs(
-    targets: Sequence[str | os.PathLike[str]], *, hidden: bool = False
-) -> tuple[list[str], list[tuple[str, str]]]:
+def audio_inputs(targets: Sequence[str | os.PathLike[str]], *, hidden: bool = False) -> AudioInputs:
     """The audio files that files and folders given on the command line stand for, in the order given (a folder's
     recursively and sorted), each once, with the (path, reason) of entries that cannot be read. Each is named as
     reached: a file as typed, a folder's file as `reached_name` says. A file reached twice (given, and inside a given
@@ -77,7 +77,7 @@ def one_file_given(targets: Sequence[str | os.PathLike[str]]) -> bool:
     return len(targets) == 1 and not os.path.isdir(targets[0])
 
 
-def _audio_files_of(target: str, hidden: bool) -> tuple[list[str], list[tuple[str, str]]]:
+def _audio_files_of(target: str, hidden: bool) -> AudioInputs:
     """One target's audio files (a folder's, recursively and sorted) and those that cannot be read."""
     if os.path.isdir(target):
         return audio_files_in(target, hidden=hidden)

@@ -47,8 +47,12 @@ def _read_config(path: Path | None):
     import json
 
     from ..config import PengiConfig
+    from ..text_files import read_text
 
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(read_text(path, UsageError))
+    except json.JSONDecodeError as exc:
+        raise UsageError(path, f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
     return PengiConfig.from_dict(data.get("config", data))
 
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ..errors import not_found, os_reason
 from ..stop_signals import sigterm_ends_the_process
 from .common import (
     DbOption,
@@ -144,7 +145,7 @@ def _run(app: Any, listener: socket.socket) -> None:
 
 def _folder(path: Path) -> Path:
     if not path.is_dir():
-        raise UsageError("--root", f"{path}: not a folder")
+        raise not_found(path, "folder")
     return path.resolve()
 
 
@@ -158,7 +159,7 @@ def _listen(host: str, port: int) -> socket.socket:
         listener.bind(address)
         listener.listen(128)
     except OSError as exc:
-        raise UsageError(f"{host}:{port}", f"cannot listen there ({exc.strerror or exc})") from None
+        raise UsageError(f"{host}:{port}", f"cannot listen there ({os_reason(exc)})") from None
     return listener
 
 

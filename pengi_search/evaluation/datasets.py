@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..audio import AUDIO_EXTENSIONS
-from ..errors import UsageError
+from ..errors import UsageError, not_found
 from ..text_files import csv_rows, read_text
 
 FILE_COLUMNS = ("file_name", "file", "filename", "fname", "path", "audio")
@@ -90,7 +90,7 @@ def read_caption_set(
     """Read a captions CSV (see the module docstring); raises DatasetError naming the problem and its line."""
     path = Path(csv_path)
     text = read_text(path, DatasetError)
-    header, rows = csv_rows(path, text, DatasetError)
+    header, rows = csv_rows(path, text, DatasetError, "file, caption[, caption_2, ...]")
     column = _file_column(path, header, file_column)
     captions_in = _caption_columns(path, header, caption_columns)
     merged: dict[str, list[str]] = {}
@@ -99,14 +99,12 @@ def read_caption_set(
         if not name:
             raise DatasetError(path, f"line {number} has no {column}")
         merged.setdefault(name, []).extend(row[c] for c in captions_in if row.get(c))
-    if not merged:
-        raise DatasetError(path, "no rows (the CSV file has a header only)")
     uncaptioned = [name for name, captions in merged.items() if not captions]
     if uncaptioned:
         raise DatasetError(path, f"{uncaptioned[0]!r} has no caption in {', '.join(captions_in)}")
     root = Path(audio_root) if audio_root is not None else path.parent
     if not root.is_dir():
-        raise DatasetError(root, "the audio root is not a folder")
+        raise not_found(root, "folder", kind=DatasetError)
     items = tuple(CaptionedFile(name, _find_audio(root, name), tuple(caps)) for name, caps in merged.items())
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
     return CaptionSet(os.path.abspath(path), digest, os.path.abspath(root), items)

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..pathnames import json_text
+from ..text_files import read_text
 from . import plots
 
 SCHEMA = 1
@@ -61,11 +62,10 @@ def _write_text(path: Path, text: str) -> None:
 
 def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
+    text = read_text(path, ReportError)
     try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ReportError(path, "no such file") from None
-    except (OSError, UnicodeDecodeError, ValueError) as err:
+        report = json.loads(text)
+    except ValueError as err:
         raise ReportError(path, f"not a readable JSON report ({err})") from None
     if (
         not isinstance(report, dict)

@@ -29,6 +29,7 @@ from urllib.parse import parse_qsl, urlencode
 from starlette.exceptions import HTTPException
 
 from ..db import FileRecord
+from ..errors import os_reason
 from .errors import RequestError
 
 TOKEN_HEADER = "x-pengi-token"
@@ -220,7 +221,7 @@ def servable_path(record: FileRecord, roots: tuple[Path, ...]) -> Path:
         real = Path(record.path).resolve(strict=True)
         info = os.stat(real)
     except OSError as exc:
-        raise RequestError(where, f"no longer readable on disk ({exc.strerror or exc})", HTTPStatus.NOT_FOUND) from None
+        raise RequestError(where, f"no longer readable on disk ({os_reason(exc)})", HTTPStatus.NOT_FOUND) from None
     allowed = [_real_folder(root) for root in roots] if roots else [_real_folder(Path(record.path).parent)]
     if not any(folder is not None and real.is_relative_to(folder) for folder in allowed):
         raise RequestError(

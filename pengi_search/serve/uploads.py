@@ -16,7 +16,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import BinaryIO
 
-from ..audio import AUDIO_EXTENSIONS, AudioDecodeError, iter_windows
+from ..audio import AUDIO_EXTENSIONS, EMPTY_AUDIO, AudioDecodeError, iter_windows
 from .errors import InvalidParameter, RequestError
 from .settings import MIB
 
@@ -63,7 +63,7 @@ def _copy_bounded(stream: BinaryIO, path: Path, name: str, max_bytes: int) -> No
                 )
             out.write(chunk)
     if written == 0:
-        raise InvalidParameter("file", "empty file (0 bytes)", where=name)
+        raise InvalidParameter("file", EMPTY_AUDIO, where=name)
 
 
 def _checked_duration(path: Path, name: str, max_seconds: float) -> float:

@@ -1,0 +1,48 @@
+"""How every progress bar says how far it is and how fast it goes: a count and a rate in one unit, named.
+
+`index` counted files on its bar and gave windows per second beside them (`7/36  2.6 windows/s`), which read as 7
+of 36 windows. Each bar now names what it counts, and its rate is of the same thing: `120/400 windows  2.6
+windows/s`, `7 clips  4.1 clips/s`, `120/1000 steps  1.6 steps/s`. The commands (`cli.common`) and the trainer,
+which does not import the command line, draw their bars with `CountColumn`.
+"""
+
+from __future__ import annotations
+
+import time
+
+from rich.progress import ProgressColumn, Task
+from rich.text import Text
+
+
+class CountColumn(ProgressColumn):
+    """A task's count and rate, in the unit its `unit` field names: `120/400 windows  2.6 windows/s`. The rate is
+    the task's `rate` field (per second; None: none yet), kept by whoever advances the task, since each bar
+    measures its own (since its pass began, or over the trainer's last steps)."""
+
+    def render(self, task: Task) -> Text:
+        return Text(count_and_rate(task.completed, task.total, task.fields["unit"], task.fields.get("rate")))
+
+
+def count_and_rate(done: float, total: float | None, unit: str, rate: float | None) -> str:
+    """`7/36 files  0.45 files/s`; `7 clips` while the total is not known, and without a rate until there is one."""
+    count = f"{done:.0f}" if total is None else f"{done:.0f}/{total:.0f}"
+    return f"{count} {unit}" if rate is None else f"{count} {unit}  {per_second(rate)} {unit}/s"
+
+
+def per_second(rate: float) -> str:
+    """A rate as bars show it: one decimal, two below 1 (a slow rate reads 0.45, not 0.5 or 0.0)."""
+    return f"{rate:.1f}" if rate >= 1 else f"{rate:.2f}"
+
+
+class Rate:
+    """Things done per second since the clock started (`restart`): the mean over a pass, as a bar shows it."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def restart(self) -> None:
+        self.started = time.monotonic()
+
+    def of(self, done: float) -> float | None:
+        """`done` things per second since the start; None before any is done (no rate to show yet)."""
+        return done / max(time.monotonic() - self.started, 1e-9) if done else None

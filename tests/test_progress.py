@@ -1,0 +1,131 @@
+"""Every progress bar names what it counts, and its rate is of the same thing: `index` showed `7/36  2.6 windows/s`,
+files counted beside windows per second, which read as 7 of 36 windows."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from rich.console import Console
+
+from pengi_search import progress
+from pengi_search.cli.common import IndexProgress, WindowProgress, progress_bar
+from pengi_search.progress import count_and_rate
+from trainer import reporting, run_data
+from trainer.reporting import RateWindow, TrainingProgress
+
+
+class Clock:
+    """`time` for the code under test: seconds pass only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    perf_counter = monotonic
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    clock = Clock()
+    monkeypatch.setattr(progress, "time", clock)
+    monkeypatch.setattr(reporting, "time", clock)
+    return clock
+
+
+def drawn(bar) -> list[str]:
+    """The lines a bar draws now, as text (its visible tasks, one a line)."""
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(bar.get_renderable())
+    return [line.rstrip() for line in console.export_text().splitlines()]
+
+
+def a_bar():
+    """The commands' bar, as on a terminal (where it draws) but into nowhere: what it draws is read by `drawn`."""
+    return progress_bar(Console(file=io.StringIO(), force_terminal=True, force_interactive=True))
+
+
+def test_a_count_and_its_rate_are_in_one_unit_named_for_both():
+    assert count_and_rate(7, 36, "files", 0.45) == "7/36 files  0.45 files/s"
+    assert count_and_rate(120, None, "clips", 4.06) == "120 clips  4.1 clips/s"
+    assert count_and_rate(0, 400, "windows", None) == "0/400 windows"
+
+
+def test_index_pass_1_counts_windows_with_their_rate_and_files_done_beside(clock):
+    bar = a_bar()
+    index = IndexProgress(bar, visible=True)
+    index.start(36)
+    for windows in (10, 5, 9):  # three files decoded: 8 windows a file, so about 288 in all
+        index.counted(windows)
+    clock.now += 10
+    index.advance(windows=26)
+    index.advance(files=7)
+    (line,) = drawn(bar)
+    assert line.startswith("audio embeddings ")
+    assert "26/288 windows  2.6 windows/s  7/36 files" in line
+
+
+def test_index_pass_2_counts_the_windows_waiting_for_captions(clock):
+    bar = a_bar()
+    index = IndexProgress(bar, visible=True)
+    index.start(2)
+    index.start_captions(400)
+    clock.now += 40
+    index.advance(windows=120)
+    (line,) = drawn(bar)  # pass 1's bar is gone
+    assert line.startswith("captions ") and "120/400 windows  3.0 windows/s" in line and "files" not in line
+
+
+def test_a_shard_captions_an_unknown_number_of_windows(clock):
+    bar = a_bar()
+    index = IndexProgress(bar, visible=True)
+    index.start_captions(None)
+    clock.now += 4
+    index.advance(windows=2)
+    assert "2 windows  0.50 windows/s" in drawn(bar)[0]
+
+
+def test_a_file_that_fails_counts_no_more_windows_to_come(clock):
+    """Without it a failed file kept the mean's worth of windows in the total: the bar never reached its end."""
+    bar = a_bar()
+    describe = WindowProgress(bar, "describing", visible=True)
+    describe.start(2)
+    describe.counted(3)
+    describe.advance(windows=3, files=1)
+    describe.counted(0)  # the second one failed
+    describe.advance(files=1)
+    assert "3/3 windows" in drawn(bar)[0] and "2/2 files" in drawn(bar)[0]
+
+
+def test_describe_counts_windows_with_their_rate_and_files_done_beside(clock):
+    bar = a_bar()
+    describe = WindowProgress(bar, "describing", visible=True)
+    describe.start(3)
+    assert "0 windows  0/3 files" in drawn(bar)[0]  # no total and no rate before anything is known
+    describe.counted(4)
+    clock.now += 2
+    describe.advance(windows=4, files=1)
+    assert "4/12 windows  2.0 windows/s  1/3 files" in drawn(bar)[0]
+
+
+def test_the_training_bar_counts_steps_with_steps_per_second_then_samples_per_second(clock):
+    rate = RateWindow()
+    for _ in range(4):
+        clock.now += 0.5
+        rate.step(16)  # 16 samples a step, 2 steps a second
+    console = Console(file=io.StringIO(), force_terminal=True, width=200, record=True)
+    with TrainingProgress(total=1000, done=0, enabled=True, console=console) as bar:
+        bar.advance(4, rate, loss=2.5)
+    last = console.export_text().splitlines()[-1]
+    assert "4/1000 steps  2.0 steps/s  32.0 samples/s  loss 2.5000" in last
+
+
+def test_the_encoding_bar_counts_clips_with_clips_per_second(monkeypatch, clock):
+    console = Console(file=io.StringIO(), force_terminal=True, width=200, record=True)
+    monkeypatch.setattr(run_data, "make_console", lambda **_: console)
+    with run_data.progress_bar(True) as advance:
+        clock.now += 2
+        advance(5)
+    assert "5 clips  2.5 clips/s" in console.export_text()
