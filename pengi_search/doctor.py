@@ -385,13 +385,16 @@ def _check_open_database(engine: Any, data: dict[str, Any], option: str) -> tupl
 
 
 def check_vector_files(store: Store, option: str = "") -> tuple[dict[str, Any], list[Problem]]:
-    """Each FAISS file against the database: present when there are vectors, readable, holding exactly their ids."""
+    """Each FAISS file against the database: present when there are vectors, readable, written for this library
+    (not left by one deleted before it was made), holding exactly their ids."""
     import numpy as np
 
+    from .library import owned_tag
     from .vector_file import VectorIndexError
     from .vectors import VectorIndex
 
     fix = f"pengi-search rebuild-index{option}"
+    meta = store.index_meta()
     data, problems = {}, []
     for kind in VECTOR_KINDS:
         path = default_index_path(store.url, kind)
@@ -400,7 +403,7 @@ def check_vector_files(store: Store, option: str = "") -> tuple[dict[str, Any], 
         data[kind] = info
         where = f"{kind} index"
         try:
-            index, _tag = VectorIndex.load(path)
+            index, tag = VectorIndex.load(path)
         except FileNotFoundError:
             info["state"] = "missing"
             if expected.size:
@@ -409,6 +412,12 @@ def check_vector_files(store: Store, option: str = "") -> tuple[dict[str, Any], 
         except VectorIndexError as err:
             info["state"] = "damaged"
             problems.append(Problem(where, f"{path} is damaged: {err.reason}", fix))
+            continue
+        if owned_tag(meta, path, tag) is None:
+            info["state"] = "other library"
+            if expected.size:
+                what = f"{path} was written for another library (one deleted before this database was made)"
+                problems.append(Problem(where, what, fix))
             continue
         ids = index.ids()
         missing, extra = np.setdiff1d(expected, ids).size, np.setdiff1d(ids, expected).size

@@ -117,6 +117,25 @@ def test_a_damaged_or_stale_faiss_file_is_found(installation, damage):
     assert doctor(installation)[0] == 0
 
 
+def test_a_faiss_file_left_by_a_deleted_library_is_found(installation):
+    """`rm lib.db*` leaves the FAISS files; the library then made at the same path holds other vectors under the
+    same window ids, which a check of the ids alone would find in order."""
+    path = installation.with_name("lib.text.faiss")
+    leftover = path.read_bytes()
+    for part in installation.parent.glob("lib.db*"):
+        part.unlink()
+    sounds = installation.parent / "sounds"
+    assert runner.invoke(app, ["index", str(sounds), "--db", str(installation), *QUICK]).exit_code == 0
+    path.write_bytes(leftover)
+    code, report = doctor(installation)
+    assert code == 1 and report["database"]["vector_indexes"]["text"]["state"] == "other library"
+    what, fix = problems(report)["text index"]
+    assert what == f"{path} was written for another library (one deleted before this database was made)"
+    assert fix == f"pengi-search rebuild-index --db {installation}"
+    assert runner.invoke(app, ["rebuild-index", "--db", str(installation)]).exit_code == 0
+    assert doctor(installation)[0] == 0
+
+
 def test_a_run_left_running_is_reported(installation):
     with Store.open(installation) as store:
         run = store.start_run()  # as a run killed with -9 leaves it
