@@ -362,6 +362,11 @@ CASES = {
         EXIT_USAGE,
         "is a file, not a folder: no database can be made at ",
     ),
+    "index, a folder without audio and no library yet": Case(  # a typo'd folder: no library made from it
+        lambda p: ("index", p.no_audio, "--db", p.missing.with_suffix(".db"), "--model", p.model),
+        EXIT_USAGE,
+        "notes: no audio file in this folder",
+    ),
     "serve, an upload limit of infinite MB": Case(
         lambda p: ("serve", "--db", p.db, "--port", "0", "--max-upload-mb", "inf"),
         EXIT_USAGE,

@@ -224,6 +224,7 @@ def index(
         captions=captions,
         fast=fast,
         recaption_fast=recaption_fast,
+        create_empty=watch,  # a watch waits for the files to come
     )
 
     def run() -> IndexSummary:
