@@ -90,7 +90,7 @@ def engine_run(args: argparse.Namespace, paths: list[Path]) -> Run:
     windows = np.stack([w.samples for p in paths for w in iter_windows(p)])
     gen = GenerationConfig(beam=3, max_len=30)
     engine.generate(engine.audio_embeddings(windows[:1]), prompts, GenerationConfig(beam=3, max_len=2))  # warm-up
-    per_batch = max(1, engine.batch_size // len(prompts))
+    per_batch = engine.windows_per_batch(len(prompts))
     answers = []
     started = time.perf_counter()
     for start in range(0, len(windows), per_batch):

@@ -15,7 +15,7 @@ Stop tokens are disabled, so every beam runs all `--max-len` steps and both meth
   project    pengi_search in exact mode, as the engine runs it: audio prefixes in batches of `--audio-batch`, the
              prompt's text prefix once, then `decoding.beam_search` over a `kv_cache.SharedPrefix` for `--batch`
              rows at a time (the shared-prefix GPT-2 cache); both batch sizes default to the device's
-             (`inference.default_audio_batch_size`, `default_batch_size`).
+             (`inference.default_audio_batch_size`, `default_batch_rows`).
   reference  what the original `generate` computes, written here from a description of it (no code taken):
              prefixes for the clips (in one batch, as the original does for the list it gets, or one clip at a
              time with `--reference-prefix per-clip`), then `recompute_beam_search` for each clip, which reruns
@@ -63,7 +63,7 @@ from pengi_search.config import PengiConfig
 from pengi_search.decoding import GenerationConfig, beam_search
 from pengi_search.fast_mode import FastMode, autocast
 from pengi_search.gpt2 import GPT2LM
-from pengi_search.inference import default_audio_batch_size, default_batch_size, prepare_model
+from pengi_search.inference import default_audio_batch_size, default_batch_rows, prepare_model
 from pengi_search.kv_cache import SharedPrefix
 from pengi_search.model import Pengi
 from pengi_search.testing import tiny_clip_tokenizer, tiny_config
@@ -454,7 +454,7 @@ def parse_args() -> argparse.Namespace:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: PyTorch sees no CUDA GPU")
     args.reference_clips = args.reference_clips or args.clips
-    args.batch = args.batch or default_batch_size(torch.device(args.device))
+    args.batch = args.batch or default_batch_rows(torch.device(args.device))
     args.audio_batch = args.audio_batch or default_audio_batch_size(torch.device(args.device))
     args.fast = args.fast or args.fast_options
     args.agreement = args.fast and args.smoke.is_dir()

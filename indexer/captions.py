@@ -55,9 +55,9 @@ class IndexModel:
         self.embedder = embedder
         self.prompts = prompts
         self.gen = gen
-        # Whole windows per batch, each with every prompt: the engine's (window, prompt) rows (its device's
-        # default, or what --batch-size asked for), e.g. 16 windows on CPU and 128 on CUDA with two prompts.
-        self.windows_per_batch = max(1, engine.batch_size // len(prompts))
+        # Whole windows per batch, each with every prompt: what --batch-size asked for, or as many as fill the
+        # device's default rows, e.g. 16 windows on CPU and 128 on CUDA with two prompts.
+        self.windows_per_batch = engine.windows_per_batch(len(prompts))
 
     @classmethod
     def load(
@@ -77,8 +77,7 @@ class IndexModel:
         from pengi_search.inference import Engine
 
         prompts = prompts or DEFAULT_PROMPTS
-        rows = None if batch_size is None else batch_size * len(prompts)
-        engine = Engine.load(model_dir, device, rows, long_prompts, fast=fast)
+        engine = Engine.load(model_dir, device, batch_size, long_prompts, fast=fast)
         engine.check_generation(prompts, gen)  # before pass 1 stores anything, not at pass 2's first batch
         embedder = open_text_embedder(embedder_spec, model_dir, engine=engine)
         return cls(engine, embedder, prompts, gen)

@@ -70,12 +70,13 @@ def clean_released_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, to
     return {k: v for k, v in state.items() if not OBSOLETE_KEYS.match(k)}
 
 
-def load_torch_file(path: Path, what: str = "PyTorch checkpoint") -> Any:
-    """`torch.load` of tensors and plain containers only (no code runs), with one-line errors naming `what`."""
+def load_torch_file(path: Path, what: str = "PyTorch checkpoint", *, mmap: bool = False) -> Any:
+    """`torch.load` of tensors and plain containers only (no code runs), with one-line errors naming `what`;
+    `mmap`: the tensors are mapped from the file, not read, for a caller that wants only the plain values."""
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise CheckpointError(path, f"no such {what}") from None
     except Exception as err:  # pickle, zip and torch errors all mean "not a readable checkpoint"

@@ -14,9 +14,10 @@ Two methods (the paper's close-ended tasks):
 A file that is indexed and unchanged (size and mtime as stored) by the same model reuses what the index holds:
 its stored captions (text method) or its stored audio embeddings (loglik), so no audio is decoded.
 
-Labels files: one label per line (UTF-8, surrounding spaces trimmed, blank lines only at the end), or a `.csv`
-file with a header that has a `label` column (its distinct values, in order of first appearance, e.g. a dataset's
-metadata; an `answer` column, as `train init`'s label map has, gives the text each label is scored as). Truth
+Labels files: one label per line (UTF-8, surrounding spaces trimmed, blank lines only at the end, no control
+character or line separator inside a label), or a `.csv` file with a header that has a `label` column (its distinct
+values, in order of first appearance, e.g. a dataset's metadata; an `answer` column, as `train init`'s label map
+has, gives the text each label is scored as, one answer a label). Truth
 files: a CSV with a `label` column and a `file`, `filename` or `path` column; paths are relative to the CSV's folder
 (or absolute), and a file is also matched by its bare name when that name is unique.
 """
@@ -25,7 +26,9 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
+import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -38,13 +41,14 @@ import numpy as np
 from pengi_search.errors import UsageError
 
 from .choices import LoglikScore, LongPrompt, Method, StopRule
-from .embedders import EmbedderSpec, TextEmbedder, open_text_embedder
+from .embedders import EmbedderSpec, TextEmbedder, embed_given, open_text_embedder
 from .pathnames import path_fields, shown
 from .prompts import TASK_PROMPTS
 from .text_files import csv_rows, read_text
 
 if TYPE_CHECKING:
     from .audio import Window
+    from .download import Notify
     from .inference import Engine
     from .library import Library
     from .model_dir import ModelDir
@@ -52,6 +56,10 @@ if TYPE_CHECKING:
 
 DEFAULT_TEMPLATE = "{label}"
 PATH_COLUMNS = ("file", "filename", "path")
+LINE_ENDS = re.compile(r"\r\n|\r|\n")
+BREAKING = ("Cc", "Zl", "Zp")  # Unicode categories no label may hold: control characters, line and paragraph breaks
+
+log = logging.getLogger(__name__)
 
 
 class LabelsError(UsageError):
@@ -75,17 +83,19 @@ def read_label_map(path: str | os.PathLike[str]) -> tuple[list[str], dict[str, s
     text = read_text(path, LabelsError)
     if path.suffix.lower() == ".csv":
         return _labels_from_csv(path, text)
-    lines = text.splitlines()
+    # Lines end as a text editor ends them (\n, \r\n or \r), not at every character `str.splitlines` breaks on:
+    # a form feed or U+2028 inside a label is refused by _check_characters rather than made two labels unseen.
+    lines = LINE_ENDS.split(text)
     while lines and not lines[-1].strip():
         lines.pop()
     if not lines:
         raise LabelsError(path, "no labels (the file is empty); write one label per line")
     first_line: dict[str, int] = {}
     for number, line in enumerate(lines, 1):
+        _check_characters(path, line, number)  # before trimming, which takes a form feed at either end for a space
         label = line.strip()
         if not label:
             raise LabelsError(path, f"line {number} is blank; write one label per line, without blank lines")
-        _check_characters(path, label, number)
         if label in first_line:
             raise LabelsError(path, f"duplicate label {label!r} on line {number} (first on line {first_line[label]})")
         first_line[label] = number
@@ -97,24 +107,30 @@ def _labels_from_csv(path: Path, text: str) -> tuple[list[str], dict[str, str]]:
     if "label" not in header:
         raise LabelsError(path, f"a CSV labels file needs a 'label' column; the header has {', '.join(header)}")
     labels: dict[str, None] = {}
-    texts: dict[str, str] = {}
+    texts: dict[str, tuple[str, int]] = {}  # label -> its answer, and the line that gives it
     for number, row in rows:
-        if not row.get("label"):
+        label, answer = row.get("label"), row.get("answer")
+        if not label:
             raise LabelsError(path, f"line {number} has no label")
-        _check_characters(path, row["label"], number)
-        labels[row["label"]] = None
-        if row.get("answer"):
-            texts[row["label"]] = row["answer"]
+        _check_characters(path, label, number)
+        labels[label] = None
+        if not answer:
+            continue
+        given, line = texts.setdefault(label, (answer, number))
+        if given != answer:  # one of them would have been scored, the other dropped unseen
+            raise LabelsError(path, f"label {label!r} on line {number} has another answer than on line {line}")
     if not labels:
         raise LabelsError(path, "no labels (the CSV file has a header but no rows)")
-    return list(labels), texts
+    return list(labels), {label: answer for label, (answer, _) in texts.items()}
 
 
 def _check_characters(path: Path, label: str, number: int) -> None:
-    """A label is text: a control character (a NUL byte, an escape) means the file is binary or damaged."""
-    control = next((ch for ch in label if unicodedata.category(ch) == "Cc" and ch != "\t"), None)
-    if control is not None:
-        raise LabelsError(path, f"line {number} holds the control character {control!r}: is this a text file?")
+    """A label is one line of text: a control character (a NUL byte, an escape, a form feed) means the file is
+    binary or damaged, and a Unicode line or paragraph separator would break the label where nothing shows it."""
+    found = next((ch for ch in label if unicodedata.category(ch) in BREAKING and ch != "\t"), None)
+    if found is not None:
+        kind = "control character" if unicodedata.category(found) == "Cc" else "line break"
+        raise LabelsError(path, f"line {number} holds the {kind} {found!r}: is this a text file?")
 
 
 @dataclass(frozen=True)
@@ -281,13 +297,14 @@ class Classifier:
         engine: Engine | None = None,
         fast: bool = False,
         texts: Mapping[str, str] | None = None,
+        notify: Notify = log.warning,
     ) -> None:
         """`settings`: how labels are scored (None: `ClassifySettings()`, the command's defaults). `model_dir`: a
         `ModelDir`, or what `--model` takes; None: the engine's, else the installed default. `engine`: that
         model, already loaded (a script or a server shares one; ValueError if `Engine.load` loaded another model
         than `model_dir` names); otherwise loaded when needed (on `device`, with `batch_size` windows per batch,
         None: the device's default, in `--fast` mode if `fast`). `texts`: what a label is scored as, where it is
-        not the label itself (`read_label_map`).
+        not the label itself (`read_label_map`). `notify`: told of each label the text embedder cuts.
         """
         if not labels:
             raise ValueError("no labels to classify with")
@@ -295,10 +312,14 @@ class Classifier:
         self.texts = [(texts or {}).get(label, label) for label in self.labels]
         self.settings = settings = settings or ClassifySettings()
         self.model_dir = _model_dir_of(model_dir, engine)
+        if settings.method is Method.text:  # refused now, before anything is loaded or decoded
+            # A model trained on labels has no text tower, and likelihood scoring is what it was trained for.
+            settings.text_embedder.check(self.model_dir, or_instead="classify with --method loglik")
         self.library = library if library is not None and self._index_is_usable(library) else None
         self.device = device
         self.batch_size = batch_size
         self.fast = fast
+        self.notify = notify
         self._engine = engine
         self._embedder: TextEmbedder | None = None
         self._label_vectors: np.ndarray | None = None
@@ -328,15 +349,13 @@ class Classifier:
         `classify_files` does when some file needs it)."""
         if self._embedder is None:
             spec = self.settings.text_embedder
-            # A model trained on labels has no text tower, and likelihood scoring is what it was trained for.
-            spec.check(self.model_dir, or_instead="classify with --method loglik")
             self._embedder = open_text_embedder(spec, self.model_dir, self.device, engine=self._engine)
         return self._embedder
 
     def label_vectors(self) -> np.ndarray:
         if self._label_vectors is None:
             texts = [apply_template(self.settings.template, text) for text in self.texts]
-            self._label_vectors = self.embedder().embed(texts)
+            self._label_vectors = embed_given(self.embedder(), texts, self.notify, what="label", names=self.labels)
         return self._label_vectors
 
     def _stored(self, path: str | os.PathLike[str]) -> Any:
@@ -365,7 +384,8 @@ class Classifier:
 
         stored = [(os.fspath(p), self._stored_evidence(p)) for p in paths]
         to_decode = [path for path, found in stored if found is None]
-        batch_size = self.engine().batch_size if to_decode else 1  # the model first: the text tower is then shared
+        self._open_models(decoding=bool(to_decode))
+        batch_size = self.engine().windows_per_batch(1) if to_decode else 1  # each window is asked one prompt
         outcomes = map_windows(to_decode, self._window_scores, batch_size=batch_size, progress=progress)
         for path, found in stored:
             if found is not None:
@@ -378,6 +398,19 @@ class Classifier:
             else:
                 scores = np.stack(outcome.results)  # (windows, labels)
                 yield Prediction(path, rank(self.labels, scores.mean(axis=0)), len(scores), "decoded")
+
+    def _open_models(self, *, decoding: bool) -> None:
+        """What the files need, opened before the first is decoded: a text embedder that cannot be used (a folder
+        that is not there, a hub that cannot be asked, a name it does not have) fails before any audio work, and
+        the labels it cuts are said up front. A sentence-transformers model opens first, as it needs nothing of
+        Pengi's (failing costs no model load); Pengi's text tower after the model, whose tower it then is."""
+        text_method = self.settings.method is Method.text
+        if text_method and not self.settings.text_embedder.is_pengi:
+            self.label_vectors()
+        if decoding:
+            self.engine()
+        if text_method:
+            self.label_vectors()
 
     def _stored_evidence(self, path: str | os.PathLike[str]) -> Any:
         """What the index holds for the file that this method scores (its captions, or its audio vectors), or None

@@ -19,7 +19,7 @@ from typing import Any
 from . import __version__
 from .checkpoint import CheckpointError
 from .db import VECTOR_KINDS, Store, StoreError, default_index_path, resolve_db_url, sqlite_file
-from .db.access import is_empty_file, reading_engine, unusable_place
+from .db.access import is_empty_file, untouched_engine, unusable_place
 from .db.errors import DatabaseURLError, driver_reason
 from .db.urls import db_option, shown_db_url
 from .download import INVALID_SUFFIX, RELEASES, TOKENIZERS
@@ -295,7 +295,7 @@ def check_database(db: str | None = None) -> tuple[dict[str, Any], list[Problem]
         if is_empty_file(db_file):  # connecting would write a database header into it: doctor changes nothing
             return {**data, "exists": False, "schema_revision": None, "reason": _empty_database(option)}, []
     try:
-        engine = reading_engine(url)  # doctor changes nothing, and reads a library it may not write
+        engine = untouched_engine(url)  # doctor changes nothing, and reads a library it may not write
     except StoreError as err:  # a driver that is mistyped or not installed
         return _unknown(data, Problem("database", err.reason, URL_FIX))
     data["exists"] = True if db_file is not None else None  # a server's database: known once it answers

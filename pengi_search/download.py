@@ -45,7 +45,6 @@ from pengi_search.consoles import make_console
 from pengi_search.errors import PengiSearchError, first_line
 from pengi_search.hashing import file_sha256, sha256_hasher
 from pengi_search.hub import cache_only, hub_cache, is_hub_name, offline_setting, quiet_hub, why_not_downloadable
-from pengi_search.paths import home_expanded
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -436,7 +435,7 @@ def _resolve(url: str) -> tuple[str, Path | None]:
             raise _Failure(f"file URL names a remote host {parsed.netloc!r}", retry=False)
         path = Path(urllib.request.url2pathname(parsed.path))
     elif len(parsed.scheme) <= 1:  # no scheme, or a Windows drive letter
-        path = home_expanded(url)
+        path = Path(url)
     else:
         raise _Failure(f"unsupported URL scheme {parsed.scheme!r}", retry=False)
     path = path.resolve()

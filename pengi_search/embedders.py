@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -39,11 +40,13 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from .bpe_tokenizer import FileTokenizer
+    from .download import Notify
     from .encoders import TextEncoder
     from .inference import Engine
 
 PENGI = "pengi"
 SENTENCE_TRANSFORMERS_PREFIX = "sentence-transformers:"
+PENGI_TOWER_LIMIT = "all that Pengi's text tower reads"  # its CLIP text model's positions (77 at full size)
 
 
 class TextEmbedderError(UsageError):
@@ -54,11 +57,53 @@ class HubUnreachableError(PengiSearchError):
     """A sentence-transformers model that is not in the Hugging Face cache, where the hub cannot be asked for it."""
 
 
+@dataclass(frozen=True)
+class CutText:
+    """A text longer than its embedder reads: `embed` gives the vector of its first `limit` tokens of `tokens`."""
+
+    text: str
+    tokens: int
+    limit: int
+    why: str  # what sets the limit, as a warning says it: "the max_seq_length of sentence-transformers:NAME"
+
+
 class TextEmbedder(Protocol):
     id: str
     dim: int
 
     def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def cut_texts(self, texts: Sequence[str]) -> list[CutText]:
+        """The texts, of `texts`, that `embed` reads only in part (each once, in order)."""
+        ...
+
+
+def texts_over(texts: Sequence[str], tokens: Sequence[int], limit: int, why: str) -> list[CutText]:
+    """The texts whose count of `tokens` (as the embedder's tokenizer counts them, its markers included) is over
+    `limit`, each once."""
+    counted = dict(zip(texts, tokens, strict=True))
+    return [CutText(text, count, limit, why) for text, count in counted.items() if count > limit]
+
+
+def warn_of_cuts(
+    embedder: TextEmbedder, texts: Sequence[str], notify: Notify, *, what: str, names: Sequence[str] = ()
+) -> None:
+    """Tell `notify`, once for each, of the user's texts (labels, queries) that `embedder` cuts: its vector, and
+    every score made with it, is that of the cut text, which nothing else shows. A text is named by its entry in
+    `names` where given (a label, for the template-filled text embedded), shortened, as a cut prompt is named."""
+    from .messages import shortened  # not at the top: only a cut text needs it
+
+    named = dict(zip(texts, names or texts, strict=True))
+    for cut in embedder.cut_texts(list(named)):
+        notify(f"{what} of {cut.tokens} tokens cut to its first {cut.limit}, {cut.why}: {shortened(named[cut.text])!r}")
+
+
+def embed_given(
+    embedder: TextEmbedder, texts: Sequence[str], notify: Notify, *, what: str, names: Sequence[str] = ()
+) -> np.ndarray:
+    """`embedder.embed(texts)` of texts the user gave, each that it cuts told to `notify` (`warn_of_cuts`)."""
+    warn_of_cuts(embedder, texts, notify, what=what, names=names)
+    return embedder.embed(texts)
 
 
 @dataclass(frozen=True)
@@ -182,6 +227,10 @@ class PengiTextEmbedder:
                 out.append(l2_normalise(emb.float().cpu().numpy()))
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
+    def cut_texts(self, texts: Sequence[str]) -> list[CutText]:
+        limit = self.encoder.base.config.max_position_embeddings  # what `clip_texts` cuts to
+        return texts_over(texts, [len(self.clip(text)["input_ids"]) for text in texts], limit, PENGI_TOWER_LIMIT)
+
 
 class SentenceTransformerEmbedder:
     """Any sentence-transformers model (a local directory or a hub name); for `base_no_text_enc` too."""
@@ -191,12 +240,18 @@ class SentenceTransformerEmbedder:
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()  # its "Loading weights" bar on every query; commands are quiet
+        hub_name = is_hub_name(name)
+        if not hub_name and not Path(name).exists():  # sentence-transformers would ask the hub for a folder's name
+            raise TextEmbedderError(
+                SENTENCE_TRANSFORMERS_PREFIX + name,
+                "no such folder; give a sentence-transformers model's folder or a hub name (owner/name)",
+            )
         try:  # from the Hugging Face cache first: asking the hub whether it changed held up every query (seconds,
             # or a minute of retries without a network)
             with cache_only():
                 self.model = SentenceTransformer(name, device=str(device), local_files_only=True)
         except OSError:  # not cached yet: the hub has it (or says why not), if it can be reached
-            if is_hub_name(name):
+            if hub_name:
                 _refuse_unreachable_hub(name)
             self.model = _downloaded(name, device)
         self.id = SENTENCE_TRANSFORMERS_PREFIX + name
@@ -205,6 +260,15 @@ class SentenceTransformerEmbedder:
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         vectors = self.model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True)
         return np.asarray(vectors, dtype=np.float32).reshape(len(texts), self.dim)
+
+    def cut_texts(self, texts: Sequence[str]) -> list[CutText]:
+        """sentence-transformers cuts a text to the model's `max_seq_length` tokens, its markers included."""
+        limit, tokenizer = self.model.max_seq_length, self.model.tokenizer
+        if limit is None or tokenizer is None or not texts:  # a model that sets no limit, or reads no tokens
+            return []
+        # verbose=False: transformers' own warning of a text longer than the tokenizer's maximum would come too.
+        counts = [len(ids) for ids in tokenizer(list(texts), verbose=False)["input_ids"]]
+        return texts_over(texts, counts, limit, f"the max_seq_length of {self.id}")
 
 
 def _downloaded(name: str, device: torch.device) -> SentenceTransformer:

@@ -30,6 +30,7 @@ from .decoding import CandidateScore, GenerationConfig, beam_search, score_candi
 from .errors import UsageError
 from .fast_mode import FastMode, apply, autocast
 from .kv_cache import SharedPrefix
+from .messages import shortened
 from .model import Pengi
 from .model_dir import ModelDir
 from .prompts import ask_prompts, describe_prompts, named_prompts
@@ -63,10 +64,10 @@ def prepare_model(
     return model
 
 
-def default_batch_size(device: torch.device) -> int:
-    """(window, prompt) rows decoded together. On CPU, 32 rows (96 beams at beam 3): GPT-2's projections reach full
-    speed from about 48 beams and the vocabulary projection from about 96, and more rows gain nothing but memory
-    (benchmarks/README.md, "Batch size on CPU"). A GPU wants far more."""
+def default_batch_rows(device: torch.device) -> int:
+    """(window, prompt) rows decoded together when no number of windows is asked for. On CPU, 32 rows (96 beams at
+    beam 3): GPT-2's projections reach full speed from about 48 beams and the vocabulary projection from about 96,
+    and more rows gain nothing but memory (benchmarks/README.md, "Batch size on CPU"). A GPU wants far more."""
     return 256 if device.type == "cuda" else 32
 
 
@@ -74,6 +75,13 @@ def default_audio_batch_size(device: torch.device) -> int:
     """Windows per audio-encoder batch. On CPU small batches are fastest: HTSAT's activations then stay in cache
     (4 windows: 0.19 CPU s each, 32: 0.25; benchmarks/README.md). A GPU wants many."""
     return 256 if device.type == "cuda" else 4
+
+
+# `Engine.score`: a window counts as this many rows of a decoding batch (its prefix runs once, its candidates read
+# the cache), and the candidates' forward passes take at most this many (window, candidate) pairs per default row
+# of the device: bounded by what the device computes well, whatever the number of windows.
+SCORE_ROWS_PER_WINDOW = 4
+SCORE_PAIRS_PER_ROW = 16
 
 
 @dataclass(frozen=True)
@@ -102,8 +110,10 @@ class DescribedWindow:
 
 
 class Engine:
-    """`batch_size`: (window, prompt) rows per decoding batch, None: the device's default (`default_batch_size`);
-    the audio encoder takes `default_audio_batch_size` windows at a time. `fast`: see `fast_mode` (None: exact).
+    """`batch_size`: windows per decoding batch, each with every prompt asked (as `--batch-size` counts them); None:
+    as many whole windows as fill the device's default rows (`default_batch_rows`), e.g. 16 with two prompts on
+    CPU; the audio encoder takes at most `default_audio_batch_size` windows at a time. `fast`: see `fast_mode`
+    (None: exact).
     `cpu_kernels`: the model's CPU linear layers on oneDNN (see `prepare_model`; `load` does it for the model it
     loads); off by default, since the conversion is in place and a model that is also being trained (the trainer's
     evaluations) keeps PyTorch's layers. `model_dir`: where the model came from (`load` gives it), for what it was
@@ -124,8 +134,8 @@ class Engine:
         self.model = prepare_model(model, device, fast, cpu_kernels=cpu_kernels)
         self.tok = tokenizers
         self.device = device
-        self.batch_size = batch_size or default_batch_size(device)
-        self.audio_batch_size = min(self.batch_size, default_audio_batch_size(device))
+        self.batch_size = batch_size  # windows, or None: the device's rows (`windows_per_batch`)
+        self.audio_batch_size = min(self.windows_per_batch(1), default_audio_batch_size(device))
         self.long_prompts = long_prompts  # prompts over 40 tokens: cut as the original does, or refused
         self.fast = fast
         self.model_dir = model_dir
@@ -256,7 +266,7 @@ class Engine:
         start = self.tok.encode(additional_text) if additional_text else []
         P = len(prompts)
         answers: list[list[Answer]] = []
-        for part in chunk_slices(len(audio_embeds), max(1, self.batch_size // P)):  # whole windows per batch
+        for part in chunk_slices(len(audio_embeds), self.windows_per_batch(P)):
             prefix = self.prefixes(audio_embeds[part], prompts, start)
             with self._autocast():
                 best = [hyps[0] for hyps in beam_search(self.model.gpt, prefix, gen)]
@@ -273,17 +283,17 @@ class Engine:
             positions, prefix = room
             longest = max(range(len(ids)), key=lambda i: len(ids[i]))
             if prefix + len(ids[longest]) > positions:
-                text = candidates[longest] if len(candidates[longest]) <= 40 else candidates[longest][:40] + "..."
                 raise UsageError(
                     "",
-                    f"{text!r}: {len(ids[longest])} tokens as an answer, more than the {positions - prefix} "
-                    f"positions this model has after its {prefix}-token prefix",
+                    f"{shortened(candidates[longest])!r}: {len(ids[longest])} tokens as an answer, more than the "
+                    f"{positions - prefix} positions this model has after its {prefix}-token prefix",
                 )
         out: list[list[CandidateScore]] = []
-        for part in chunk_slices(len(audio_embeds), max(1, self.batch_size // 4)):
+        pairs = SCORE_PAIRS_PER_ROW * default_batch_rows(self.device)
+        for part in chunk_slices(len(audio_embeds), self.windows_per_batch(SCORE_ROWS_PER_WINDOW)):
             prefix = self.prefixes(audio_embeds[part], [prompt])
             with self._autocast():
-                out.extend(score_candidates(self.model.gpt, prefix, ids, max_rows=self.batch_size * 16))
+                out.extend(score_candidates(self.model.gpt, prefix, ids, max_rows=pairs))
         return out
 
     # -- audio -> text in one call ------------------------------------------------------------------------------
@@ -294,8 +304,9 @@ class Engine:
         return describe_prompts(None if self.model_dir is None else self.model_dir.trained_tasks)
 
     def windows_per_batch(self, prompts: int) -> int:
-        """Windows whose (window, prompt) rows fill one decoding batch."""
-        return max(1, self.batch_size // prompts)
+        """Windows decoded together, each with `prompts` prompts: `batch_size` when given, else as many as fill the
+        device's default rows (at least one)."""
+        return self.batch_size or max(1, default_batch_rows(self.device) // prompts)
 
     def describe(
         self,

@@ -12,6 +12,14 @@ from rich.markup import escape
 
 from .pathnames import shown
 
+SHOWN_CHARACTERS = 40  # of a long text a message names: enough to recognise it, and the line stays readable
+
+
+def shortened(text: str, characters: int = SHOWN_CHARACTERS) -> str:
+    """`text`, or its first `characters` and "..." when longer: a user's long text (a prompt, a label, a query) as a
+    one-line message names it."""
+    return text if len(text) <= characters else text[:characters] + "..."
+
 
 def print_warning(console: Console, message: str) -> None:
     """`warning: message` on `console`: the label in yellow, the message as written (escaped: a path or a label with

@@ -41,7 +41,14 @@ def is_model_dir(path: Path) -> bool:
 
 def _candidates(spec: str) -> tuple[Path, Path]:
     """Where `--model spec` may be: a directory, or the name of an installed model."""
-    return home_expanded(spec), models_dir() / spec
+    return Path(spec), models_dir() / spec
+
+
+def _named(spec: str | None) -> str | None:
+    """What names the model: `spec` as given (`--model`, which the shell expanded), else `$PENGI_SEARCH_MODEL` with
+    a leading `~` expanded (no shell did it), else None."""
+    named = os.environ.get(MODEL_ENV)
+    return spec or (os.fspath(home_expanded(named)) if named else None)
 
 
 def release_to_fetch(spec: str | None = None) -> str | None:
@@ -49,7 +56,7 @@ def release_to_fetch(spec: str | None = None) -> str | None:
 
     None when a model is found, and when `spec` names something no release provides (a folder, an imported model).
     """
-    spec = spec or os.environ.get(MODEL_ENV)
+    spec = _named(spec)
     if spec:
         found = any(is_model_dir(candidate) for candidate in _candidates(spec))
         return spec if not found and spec in RELEASES else None
@@ -81,7 +88,7 @@ class ModelDir:
     @classmethod
     def resolve(cls, spec: str | None = None) -> ModelDir:
         """The model that `--model spec` (or the environment, or the installed defaults) names."""
-        spec = spec or os.environ.get(MODEL_ENV)
+        spec = _named(spec)
         if spec:
             for candidate in _candidates(spec):
                 if is_model_dir(candidate):

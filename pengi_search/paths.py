@@ -8,13 +8,40 @@ from pathlib import Path
 
 import platformdirs
 
+from .errors import UsageError
+
 APP_NAME = "pengi-search"
 
 
 def home_expanded(path: str | os.PathLike[str]) -> Path:
     """`path` with a leading `~` or `~user` expanded; an unknown user's `~name` stays as written, as the shell leaves
-    it (`Path.expanduser` raises RuntimeError there, which would reach the user as a traceback)."""
+    it (`Path.expanduser` raises RuntimeError there, which would reach the user as a traceback).
+
+    Only for values no shell has seen (environment variables): a path given as an argument is taken as given, the
+    shell having expanded what the user meant it to (`'~'`, quoted, is a folder named `~`)."""
     return Path(os.path.expanduser(os.fspath(path)))
+
+
+def unexpanded_home(path: str | os.PathLike[str]) -> Path | None:
+    """The folder named like a home folder (`~`, `~user`) that making `path` with its parents would create, or None.
+
+    Such a name is a `~` no shell expanded: bash leaves the one of `--db=~/lib.db` (after `=`) as it is, and any in
+    quotes. Made, it would sit in the current folder as a folder called `~`, one `rm -rf ~` away from deleting the
+    real home folder; so commands refuse to make one (`refuse_unexpanded_home`), and use one that is already there."""
+    absolute = Path(os.path.abspath(path))
+    missing = [folder for folder in (absolute, *absolute.parents) if not folder.exists()]
+    return next((folder for folder in reversed(missing) if folder.name.startswith("~")), None)
+
+
+def refuse_unexpanded_home(path: str | os.PathLike[str]) -> None:
+    """UsageError where making `path` (a folder, with its parents) would make a folder named `~` (`unexpanded_home`)."""
+    folder = unexpanded_home(path)
+    if folder is not None:
+        raise UsageError(
+            path,
+            f"would make a folder named {folder.name!r}: a '~' the shell did not expand (it does not after '=' or "
+            "in quotes); put a space, not '=', between the option and the path, or give the whole path",
+        )
 
 
 def as_typed(path: str | os.PathLike[str]) -> Path:
@@ -27,7 +54,7 @@ def as_typed(path: str | os.PathLike[str]) -> Path:
 
 
 def data_dir() -> Path:
-    """`PENGI_SEARCH_HOME`, else the platform's user data directory (e.g. ~/.local/share/pengi-search)."""
+    """`PENGI_SEARCH_HOME` (`~` expanded), else the platform's user data directory (~/.local/share/pengi-search)."""
     return home_expanded(os.environ.get("PENGI_SEARCH_HOME") or platformdirs.user_data_dir(APP_NAME))
 
 

@@ -59,8 +59,9 @@ def parse_extensions(value: str) -> frozenset[str]:
 
 
 def absolute(path: str | os.PathLike[str]) -> str:
-    """An absolute, normalised path that keeps symbolic links as written (the form the store holds)."""
-    return os.path.abspath(os.path.expanduser(os.fspath(path)))
+    """An absolute, normalised path that keeps symbolic links as written (the form the store holds). A leading `~`
+    is a name like any other: the shell expands the one a user means (see `paths.home_expanded`)."""
+    return os.path.abspath(os.fspath(path))
 
 
 def has_extension(path: str, extensions: frozenset[str]) -> bool:

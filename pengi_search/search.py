@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import logging
 import math
 import os
 import re
@@ -34,7 +35,13 @@ from .choices import DEFAULT_HYBRID_WEIGHT, By, Rank
 from .chunking import doubling_chunks
 from .db import StoreMismatchError, WindowDetails, caption_counts
 from .download import RELEASES
-from .embedders import EmbedderSpec, TextEmbedder, TextEmbedderError, open_text_embedder
+from .embedders import (
+    EmbedderSpec,
+    TextEmbedder,
+    TextEmbedderError,
+    embed_given,
+    open_text_embedder,
+)
 from .errors import OptionError
 from .model_dir import PENGI_TEXT_PREFIX, ModelDir, ModelNotFoundError
 from .pathnames import from_typed, path_fields
@@ -42,8 +49,10 @@ from .ranking import HybridIndex
 from .scan import has_extension, parse_extensions
 
 if TYPE_CHECKING:
+    from .download import Notify
     from .library import Library
 
+log = logging.getLogger(__name__)
 _FIRST_FETCH = 4  # candidates fetched per wanted result at first (files have several windows)
 _WILDCARD = re.compile(r"[*?\[]")
 
@@ -449,10 +458,11 @@ def query_text(
     embedder: TextEmbedder | None = None,
     rank: Rank | None = None,
     hybrid_weight: float = DEFAULT_HYBRID_WEIGHT,
+    notify: Notify = log.warning,
 ) -> list[Hit]:
     """Text -> audio, ranked as `rank` says (None: `choose_rank`); every hit records the ranking.
 
-    `embedder`: the library's caption embedder, if already open.
+    `embedder`: the library's caption embedder, if already open. `notify`: told when an embedder cuts the text.
     """
     if not text.strip():
         raise ValueError("the query text is empty")
@@ -460,10 +470,13 @@ def query_text(
     caption_query = audio_query = None
     if rank is not Rank.audio:
         embedder = embedder or query_embedder(library, model, device)
-        caption_query = embedder.embed([text])
+        caption_query = embed_given(embedder, [text], notify, what="query")
     if rank is not Rank.caption:
         tower = audio_query_embedder(library, model, device, caption_embedder=embedder)
-        audio_query = caption_query if tower is embedder and caption_query is not None else tower.embed([text])
+        if tower is embedder and caption_query is not None:  # the same tower: embedded (and said) once
+            audio_query = caption_query
+        else:
+            audio_query = embed_given(tower, [text], notify, what="query")
     index, queries = ranked_index(library, rank, caption_query, audio_query, hybrid_weight)
     hits = search_index(library, index, queries, scope)
     return [dataclasses.replace(hit, ranking=rank) for hit in hits]

@@ -112,7 +112,7 @@ def similar_to_files(
     to_embed = [path for path, stored in queries if stored is None or stored.vectors is None]
     engine = _index_engine(library, model, device, batch_size, fast) if to_embed else None
     outcomes = map_windows(
-        to_embed, _audio_vectors(engine), batch_size=engine.batch_size if engine else 1, progress=progress
+        to_embed, _audio_vectors(engine), batch_size=engine.windows_per_batch(1) if engine else 1, progress=progress
     )
     for path, stored in queries:
         if stored is not None and stored.vectors is not None:
@@ -171,7 +171,7 @@ def embed_audio_file(
         check_index_model(library, ModelDir.resolve(model))
     vectors, spans = [], []
     embed = _audio_vectors(engine)
-    for chunk in chunked(iter_windows(path), engine.batch_size):
+    for chunk in chunked(iter_windows(path), engine.windows_per_batch(1)):
         vectors += embed(chunk)
         spans += [(w.start_s, w.end_s) for w in chunk]
     return np.stack(vectors), spans

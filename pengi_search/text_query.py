@@ -27,6 +27,7 @@ from .bpe_tokenizer import FileTokenizer
 from .checkpoint import TEXT_ENCODER_PREFIX, CheckpointError
 from .chunking import chunked
 from .config import TextEncoderConfig
+from .embedders import PENGI_TOWER_LIMIT, CutText, texts_over
 from .model_dir import PENGI_TEXT_PREFIX, ModelDir
 from .vectors import l2_normalise
 
@@ -181,6 +182,18 @@ class NumpyTextEmbedder:
         """L2-normalised float32 embeddings (N, dim)."""
         out = [self._embed_batch(part) for part in chunked(texts, batch_size)]
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+    def cut_texts(self, texts: Sequence[str]) -> list[CutText]:
+        """The texts the tokenizer cuts to the tower's positions (those that leave tokens over), counted whole by
+        a copy of it that cuts nothing (made only then: a query path that meets no long text pays nothing)."""
+        encodings = self.tokenizer.encode_batch(list(texts))
+        cut = [text for text, encoding in zip(texts, encodings, strict=True) if encoding.overflowing]
+        if not cut:
+            return []
+        whole = Tokenizer.from_str(self.tokenizer.to_str())
+        whole.no_truncation()
+        counts = [len(encoding.ids) for encoding in whole.encode_batch(cut)]
+        return texts_over(cut, counts, self.cfg.max_position_embeddings, PENGI_TOWER_LIMIT)
 
     def _embed_batch(self, texts: list[str]) -> np.ndarray:
         eos = self.cfg.eos_token_id

@@ -20,6 +20,7 @@ from .bpe_tokenizer import FileTokenizer, has_tokenizer_file
 from .choices import LongPrompt, StopRule
 from .config import PengiConfig
 from .download import TOKENIZERS
+from .messages import shortened
 
 if TYPE_CHECKING:  # torch and transformers load only when a tokenizer does (`query` never needs them)
     import torch
@@ -141,7 +142,12 @@ class Tokenizers:
             return ids
         if long == LongPrompt.refuse:
             raise PromptTooLongError("", f"prompt longer than {length} tokens ({len(ids)}): {prompt!r}")
-        log.warning("prompt of %d tokens cut to its first %d, as the original Pengi does: %r", len(ids), length, prompt)
+        log.warning(
+            "prompt of %d tokens cut to its first %d, as the original Pengi does: %r",
+            len(ids),
+            length,
+            shortened(prompt),
+        )
         if self.clip is not None:
             return self.clip(prompt, truncation=True, max_length=length)["input_ids"]
         return ids[:length]

@@ -19,6 +19,7 @@ from pengi_search.classify import (
     Truth,
     evaluate,
     loglik_answer,
+    read_label_map,
     read_labels,
     read_truth,
 )
@@ -49,6 +50,16 @@ def test_labels_one_per_line(tmp_path):
     assert read_labels(path) == ["dog barking", "rain", "cat"]
 
 
+def test_labels_lines_end_as_editors_end_them(tmp_path):
+    """LF, CRLF or a lone CR (old Mac files) end a line; nothing else does."""
+    assert read_labels(write(tmp_path, "dog\r\nrain\rcat\nbell")) == ["dog", "rain", "cat", "bell"]
+
+
+def test_a_label_map_may_repeat_a_label_with_its_answer_or_without_one(tmp_path):
+    path = write(tmp_path, "label,answer\ndog,a dog barks\ndog,\ndog,a dog barks\ncat,\n", "map.csv")
+    assert read_label_map(path) == (["dog", "cat"], {"dog": "a dog barks"})
+
+
 def test_labels_from_a_csv_label_column(tmp_path):
     path = write(tmp_path, "file,Label,caption\na.wav,dog,x\nb.wav,cat,y\nc.wav,dog,z\n", "meta.csv")
     assert read_labels(path) == ["dog", "cat"]
@@ -75,6 +86,17 @@ def test_labels_from_the_smoke_set_csv():
         ("", "labels.csv", "empty"),
         (b"\x00\x01\x02\n", "labels.txt", r"line 1 holds the control character '\\x00': is this a text file\?"),
         ("label\ndog\nca\x1bt\n", "labels.csv", r"line 3 holds the control character '\\x1b'"),
+        # A form feed or a Unicode line separator broke a label in two, where nothing showed it.
+        ("rain\ndog\x0cbarking\n", "labels.txt", r"line 2 holds the control character '\\x0c'"),
+        ("rain\ndog\x0c\n", "labels.txt", r"line 2 holds the control character '\\x0c'"),
+        ("rain\ndog\u2028barking\n", "labels.txt", r"line 2 holds the line break '\\u2028'"),
+        ("label\ndog\u2029barking\n", "labels.csv", r"line 2 holds the line break '\\u2029'"),
+        # One of two answers of a label was scored, the other dropped unseen.
+        (
+            "label,answer\ndog,a dog barks\ncat,a cat\ndog,a dog growls\n",
+            "labels.csv",
+            "label 'dog' on line 4 has another answer than on line 2",
+        ),
     ],
 )
 def test_bad_labels_files_say_what_and_where(tmp_path, content, name, message):

@@ -36,6 +36,36 @@ def index(root, db, model, *extra):
     return run("index", root, "--db", db, "--model", model, *QUICK, *extra)
 
 
+def test_a_folder_named_tilde_is_that_folder_not_the_home_folder(tiny_model_dir, tmp_path, monkeypatch):
+    """`index '~'` and `--db '~/lib.db'`: the shell expands the `~` a user means, so one that reaches pengi-search was
+    quoted and names a folder `~` (it was walked as the home folder)."""
+    home, here = tmp_path / "home", tmp_path / "here"
+    write_tone(home / "private.wav", 1.0)
+    write_tone(here / "~" / "bell.wav", 1.0)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(here)
+    assert run("index", "~", "--db", "~/lib.db", "--model", tiny_model_dir, *QUICK).exit_code == 0
+    assert (here / "~" / "lib.db").is_file() and not (home / "lib.db").exists()
+    exported = [json.loads(line)["path"] for line in run("export", "--db", "~/lib.db").stdout.splitlines()]
+    assert exported == [str(here / "~" / "bell.wav")]
+    removed = run("remove", "~", "--db", "~/lib.db")
+    assert removed.exit_code == 0 and run("export", "--db", "~/lib.db").stdout == ""
+
+
+def test_a_tilde_the_shell_left_never_makes_a_folder_named_tilde(tiny_model_dir, sounds, tmp_path, monkeypatch):
+    """`--db=~/lib.db` reaches pengi-search with its `~` (bash expands none after `=`): a folder `~` made in the
+    current folder is one `rm -rf ~` away from the home folder, so the command refuses (exit 2) and makes nothing."""
+    monkeypatch.chdir(tmp_path)
+    result = run("index", str(sounds), "--db=~/lib.db", "--model", tiny_model_dir, *QUICK)
+    assert result.exit_code == 2, result.output
+    assert "would make a folder named '~'" in result.stderr and "a space, not '='" in result.stderr
+    assert not (tmp_path / "~").exists()
+    (tmp_path / "captions.csv").write_text("file,caption\na.wav,a dog barks\n")
+    report = run("eval", "retrieval", "captions.csv", "--output=~user/report")
+    assert report.exit_code == 2 and "would make a folder named '~user'" in report.stderr
+    assert not (tmp_path / "~user").exists()
+
+
 def test_index_then_stats_and_export(tiny_model_dir, sounds, tmp_path):
     db = tmp_path / "lib.db"
     result = index(sounds, db, tiny_model_dir, "--json")

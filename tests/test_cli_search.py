@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE
 from pengi_search.db import Store
+from pengi_search.tokenization import read_tokenizer
 
 runner = CliRunner()
 HIT_KEYS = {"path", "start_s", "end_s", "score", "caption", "texts", "window_id"}
@@ -65,6 +66,25 @@ def test_query_table_keeps_paths_whole_on_a_narrow_terminal(captions, common, mo
     result = run("query", "rain on a roof", *common, "-k", 1)
     assert result.exit_code == 0, result.output
     assert "weather/rain.flac" in result.stdout.splitlines()[1]
+
+
+def clip_tokens(model_dir, text: str) -> int:
+    """How many tokens Pengi's text tower is given for `text` before it is cut (its markers included)."""
+    return len(read_tokenizer("clip", model_dir)(text)["input_ids"])
+
+
+@pytest.mark.parametrize("rank", ["caption", "hybrid"])
+def test_query_says_once_that_its_text_is_longer_than_the_embedder_reads(captions, common, tiny_model_dir, rank):
+    """The text tower reads 77 tokens: the rest of the query counted for nothing, and nothing said so. In JSON mode
+    too the warning goes to stderr; a hybrid ranking embeds the text once with the one tower, and says it once."""
+    text = "rain on a roof " * 20
+    result = run("query", text, *common, "--rank", rank, "--json")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        f"warning: query of {clip_tokens(tiny_model_dir, text)} tokens cut to its first 77, all that Pengi's text "
+        "tower reads: 'rain on a roof rain on a roof rain on a ...'"
+    ]
+    assert json.loads(result.stdout)[0]["path"] == str(captions.files["weather/rain.flac"])
 
 
 def test_query_with_no_match(common):
@@ -324,6 +344,53 @@ def test_classify_bad_labels_is_a_usage_error(captions, common, tmp_path, conten
     result = run("classify", captions.files["bell.wav"], "-l", labels, *common)
     assert result.exit_code == EXIT_USAGE
     assert message in result.output and str(labels) in result.output
+
+
+def test_classify_says_once_which_labels_its_text_embedder_cuts(captions, common, tiny_model_dir, tmp_path):
+    """Each by its label, not the template-filled text embedded; on stderr, with --json as well."""
+    long_label = "a dog barks and " * 20
+    labels = tmp_path / "labels.txt"
+    labels.write_text(f"a dog barks\n{long_label}\nrain on a roof\n")
+    template = "this is a sound of {label}"
+    result = run("classify", captions.files["animals/dog.wav"], "-l", labels, *common, "--template", template, "--json")
+    assert result.exit_code == 0, result.output
+    tokens = clip_tokens(tiny_model_dir, template.format(label=long_label.strip()))
+    assert result.stderr.splitlines() == [
+        f"warning: label of {tokens} tokens cut to its first 77, all that Pengi's text tower reads: "
+        "'a dog barks and a dog barks and a dog ba...'"
+    ]
+    assert json.loads(result.stdout)["results"][0]["label"] in ("a dog barks", long_label.strip())
+
+
+def _decoded(*_args, **_kwargs):
+    raise AssertionError("audio was decoded before the text embedder was opened")
+
+
+@pytest.mark.parametrize("audio", ["bell.wav", "broken.wav"])
+@pytest.mark.parametrize(
+    ("name", "code", "reason"),
+    [
+        ("{tmp}/no-such-model", EXIT_USAGE, "no such folder; give a sentence-transformers model's folder or a hub"),
+        ("someone/not-cached-anywhere", EXIT_FAILED, "not in the Hugging Face cache"),
+    ],
+)
+def test_classify_refuses_a_text_embedder_it_cannot_open_before_decoding_any_audio(
+    captions, labels, tiny_model_dir, tmp_path, monkeypatch, audio, name, code, reason
+):
+    """The embedder was opened at the first batch: after decoding and captioning files, and, when every file
+    failed to decode, never (exit code 3, the embedder's fault unsaid). A sentence-transformers model opens first,
+    before Pengi is loaded."""
+    monkeypatch.setenv("PENGI_SEARCH_OFFLINE", "1")  # a hub name not in the cache is refused without a request
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # what the command sets from it, put back after the test
+    monkeypatch.setattr("pengi_search.window_batches.decode_all", _decoded)
+    monkeypatch.setattr("pengi_search.inference.Engine.load", _decoded)
+    (tmp_path / "broken.wav").write_bytes(b"RIFF not really audio")
+    shutil.copy(captions.files["bell.wav"], tmp_path / "bell.wav")  # not indexed: it must be heard
+    spec = "sentence-transformers:" + name.format(tmp=tmp_path)
+    result = run("classify", tmp_path / audio, "-l", labels, "--model", tiny_model_dir, "--text-embedder", spec)
+    assert result.exit_code == code, result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"error: {spec}: {reason}")
 
 
 def test_classify_loglik_from_the_command_line(captions, common, labels):

@@ -16,6 +16,7 @@ from pengi_search.db import Store
 from pengi_search.db.migrate import SCHEMA_HEAD
 
 from .indexing import write_tone
+from .test_store import folder_state
 
 runner = CliRunner()
 QUICK = ("--workers", "0", "--beam", "1", "--max-len", "2", "--device", "cpu", "--quiet")
@@ -253,5 +254,7 @@ def test_doctor_on_a_database_that_is_empty_or_another_applications(tmp_path):
     assert (tmp_path / "empty.db").stat().st_size == 0  # doctor changes nothing: not even a header written into it
     with sqlite3.connect(tmp_path / "other.db") as other:
         other.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
+    before = folder_state(tmp_path)
     _data, [problem] = check_database(str(tmp_path / "other.db"))
     assert "another application's tables (users)" in problem.what and "of pengi-search's own" in problem.fix
+    assert folder_state(tmp_path) == before  # not switched to WAL: another application's file is not written to

@@ -315,6 +315,16 @@ def test_local_sources_are_copied(tmp_path: Path, as_url: bool) -> None:
     assert json.loads(dest.with_name("base.pth.json").read_text())["url"] == source.as_uri()
 
 
+def test_a_local_source_is_the_path_as_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--url=~/base.pth` (no shell expands it there) or `--url '~/base.pth'`: a folder named `~`, as for every path."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "~").mkdir()
+    (tmp_path / "~" / "base.pth").write_bytes(PAYLOAD)
+    download("~/base.pth", tmp_path / "models" / "base.pth", **FAST)
+    _assert_complete(tmp_path / "models" / "base.pth", PAYLOAD)
+
+
 def test_missing_local_source_and_unknown_scheme_raise(tmp_path: Path) -> None:
     with pytest.raises(DownloadError, match="cannot read .*nothing.pth"):
         download(str(tmp_path / "nothing.pth"), tmp_path / "base.pth", **FAST)

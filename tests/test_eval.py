@@ -24,8 +24,9 @@ from pengi_search.evaluation.report import ReportError, build_report, compare_re
 from pengi_search.evaluation.retrieval import available_rankings, evaluate_retrieval
 from pengi_search.library import Library
 from pengi_search.pathnames import shown
-from pengi_search.search import Filters, SearchScope, query_embedder, query_text
+from pengi_search.search import Filters, SearchScope, audio_query_embedder, query_embedder, query_text
 from pengi_search.similar import stored_windows
+from pengi_search.tokenization import read_tokenizer
 
 from .indexing import write_tone
 from .search_library import caption_library, tone
@@ -203,6 +204,26 @@ def test_retrieval_equals_a_hand_count(known, tiny_model_dir):
     assert (
         len(curve) == 10 and curve[0] == metrics["text_to_audio"]["R@1"] and curve[4] == metrics["text_to_audio"]["R@5"]
     )
+
+
+def test_retrieval_says_once_which_captions_its_embedders_cut(known, tiny_model_dir):
+    """Every caption is a query: one longer than the text tower reads was searched by its first 77 tokens, unsaid.
+    Said once however many files list it and however many rankings embed it with the one tower."""
+    captions, _ = known
+    long = "a bell rings " * 30
+    rows = f"file_name,caption_1,caption_2\nbell.wav,a bell rings,{long}\nanimals/dog.wav,{long},a dog barks\n"
+    caption_set = read_caption_set(write(captions.root / "long-captions.csv", rows))
+    said: list[str] = []
+    with Library.open(captions.db) as library:
+        embedder = query_embedder(library, str(tiny_model_dir), "cpu")
+        tower = audio_query_embedder(library, str(tiny_model_dir), "cpu", caption_embedder=embedder)
+        rankings = available_rankings(library, embedder, caption_set.audio_root, tower)
+        assert [ranking.name for ranking in rankings] == ["caption", "audio", "hybrid"]
+        evaluate_retrieval(library, caption_set, rankings, notify=said.append)
+    tokens = len(read_tokenizer("clip", tiny_model_dir)(long.strip())["input_ids"])
+    assert said == [
+        f"caption of {tokens} tokens cut to its first 77, all that Pengi's text tower reads: {long[:40] + '...'!r}"
+    ]
 
 
 def test_caption_evaluation_of_stored_captions(known, tiny_model_dir):
@@ -491,6 +512,26 @@ def test_eval_classify_with_a_label_map_scores_its_answers(known, tiny_model_dir
     report = json.loads((out / "report.json").read_text())
     assert report["setup"]["label_texts"] == answers
     assert report["metrics"]["accuracy"] == 1.0  # the answers are the files' captions, word for word
+
+
+# A label this long leaves matplotlib no room for the confusion figure's axes (a warning of its own, not this test's).
+@pytest.mark.filterwarnings("ignore:constrained_layout not applied")
+def test_eval_classify_says_which_candidate_labels_its_text_embedder_cuts(known, tiny_model_dir, tmp_path):
+    captions, _ = known
+    files = {"animals/dog.wav": "dog", "weather/rain.flac": "rain", "bell.wav": "bell", "animals/cat.flac": "cat"}
+    truth = write(captions.root / "truth.csv", "file,label\n" + "".join(f"{f},{lab}\n" for f, lab in files.items()))
+    long = "a dog barks and " * 20
+    labels = write(tmp_path / "labels.txt", f"dog\nrain\nbell\ncat\n{long}\n")
+    result = run(
+        "eval", "classify", captions.root, "--truth", truth, "--labels", labels, "--db", captions.db,
+        "--model", tiny_model_dir, "--device", "cpu", "-o", tmp_path / "classify", "--json",
+    )  # fmt: skip
+    assert result.exit_code == EXIT_OK, result.output
+    tokens = len(read_tokenizer("clip", tiny_model_dir)(long.strip())["input_ids"])
+    assert [line for line in result.stderr.splitlines() if " cut to " in line] == [
+        f"warning: label of {tokens} tokens cut to its first 77, all that Pengi's text tower reads: "
+        f"{long[:40] + '...'!r}"
+    ]
 
 
 def test_eval_classify_names_a_file_left_out_once_under_its_table(tiny_model_dir, tmp_path):

@@ -18,7 +18,7 @@ from indexer.shard import Rank, Shard
 from pengi_search.audio import iter_windows
 from pengi_search.db import StoreMismatchError
 from pengi_search.embedders import PengiTextEmbedder, TextEmbedderError
-from pengi_search.inference import Engine, default_batch_size
+from pengi_search.inference import Engine
 from pengi_search.library import Library
 from pengi_search.model_dir import ModelDir
 from pengi_search.prompts import TASK_PROMPTS
@@ -221,9 +221,15 @@ def test_shards_together_equal_a_single_run(tiny_model_dir, tmp_path):
     assert_consistent(sharded)
 
 
+class UnloadedEngine(SimpleNamespace):
+    """An engine's batch arithmetic without its model: `batch_size` (windows, or None) and `device`."""
+
+    windows_per_batch = Engine.windows_per_batch
+
+
 @pytest.mark.parametrize(("device", "prompts", "windows"), [("cpu", 2, 16), ("cpu", 3, 10), ("cuda", 2, 128)])
 def test_a_default_batch_is_the_devices_rows_in_whole_windows(device, prompts, windows):
-    engine = SimpleNamespace(batch_size=default_batch_size(torch.device(device)))  # 32 rows on CPU, 256 on CUDA
+    engine = UnloadedEngine(batch_size=None, device=torch.device(device))  # 32 rows on CPU, 256 on CUDA
     model = IndexModel(engine, embedder=None, prompts=("a prompt",) * prompts, gen=None)
     assert model.windows_per_batch == windows
 

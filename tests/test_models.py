@@ -134,6 +134,22 @@ def test_the_environment_variable_chooses_the_model(tiny_model_dir, monkeypatch)
     assert ModelDir.resolve().path == tiny_model_dir
 
 
+def test_a_leading_tilde_is_the_home_folder_in_the_environment_and_a_folders_name_in_an_argument(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """The shell expands the `~` of `--model ~/m`; one that reaches pengi-search was quoted (`--model '~/m'`), or is
+    in an environment variable, which no shell expanded."""
+    home, here = tmp_path / "home", tmp_path / "here"
+    make_tiny_model_dir(home / "m", variant="base_no_text_enc")
+    make_tiny_model_dir(here / "~" / "m")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(here)
+    assert ModelDir.resolve("~/m").path.absolute() == here / "~" / "m"
+    assert Pengi.from_pretrained("~/m").caption_encoder is not None  # the one here, with a text encoder
+    monkeypatch.setenv("PENGI_SEARCH_MODEL", "~/m")
+    assert ModelDir.resolve().path == home / "m"
+
+
 def test_a_missing_tokenizer_error_says_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))

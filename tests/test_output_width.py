@@ -160,6 +160,9 @@ def test_on_a_terminal_the_table_fits_its_width_and_loses_nothing(library, tiny_
     finally:
         os.close(terminal)
     lines = ANSI.sub("", shown).replace("\r\n", "\n").splitlines()
+    # The query is longer than the text tower reads: that warning is one line however long (messages.print_warning),
+    # which the terminal folds; the table is what must fit.
+    lines = [line for line in lines if not line.startswith("warning: query of ")]
     assert max(map(cell_len, lines)) <= TERMINAL_COLUMNS, shown
     assert max(map(cell_len, lines)) > TERMINAL_COLUMNS - 10  # sized by the terminal, not as narrow as it could be
     assert _column_text(lines, "path", "time") == _squeezed(str(library.files[LONG_NAME]))

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from typer.testing import CliRunner
 
 from pengi_search.audio import AudioDecodeError, load_audio
@@ -21,6 +22,8 @@ from pengi_search.inference import Engine
 from pengi_search.model import Pengi
 from pengi_search.model_dir import ModelDir
 from pengi_search.testing import make_tiny_model_dir
+
+from .indexing import write_tone
 
 runner = CliRunner()
 QUICK = GenerationConfig(beam=2, max_len=4)
@@ -182,3 +185,45 @@ def test_a_classifier_refuses_an_engine_of_another_model_than_model_dir_names(en
     copy = Path(shutil.copytree(tiny_model_dir, tmp_path / "copy"))
     assert Classifier(["dog"], model_dir=copy, engine=engine).model_dir.path == copy
     assert Classifier(["dog"], model_dir=str(tiny_model_dir), engine=engine).model_dir.path == Path(tiny_model_dir)
+
+
+@pytest.fixture()
+def decoded_rows(monkeypatch) -> dict[str, list[int]]:
+    """The prefix rows of each batch the engine decodes (beam search) and scores (candidates), as they are run."""
+    from pengi_search import inference
+
+    rows: dict[str, list[int]] = {"generated": [], "scored": []}
+
+    def recording(run, kind):
+        def recorded(gpt, prefix, *args, **kwargs):
+            rows[kind].append(prefix.rows)
+            return run(gpt, prefix, *args, **kwargs)
+
+        return recorded
+
+    monkeypatch.setattr(inference, "beam_search", recording(inference.beam_search, "generated"))
+    monkeypatch.setattr(inference, "score_candidates", recording(inference.score_candidates, "scored"))
+    return rows
+
+
+@pytest.mark.parametrize(("batch_size", "rows"), [(2, [6, 6, 6, 6, 6, 3]), (None, [30, 3])])
+def test_batch_size_counts_windows_each_decoded_with_every_prompt(tiny_model_dir, decoded_rows, batch_size, rows):
+    """`Engine.load(batch_size=N)` is `--batch-size N`: N windows decoded together, each with every prompt (N x P
+    rows); unset, as many whole windows as fill the device's 32 rows on the CPU (10 windows of 3 prompts)."""
+    engine = Engine.load(tiny_model_dir, "cpu", batch_size)
+    embeds = torch.randn(11, engine.model.cfg.d_proj, generator=torch.Generator().manual_seed(0))
+    answers = engine.generate(embeds, ["this is a sound of", "generate audio caption", "this acoustic scene is"])
+    assert len(answers) == 11 and all(len(row) == 3 for row in answers)
+    assert decoded_rows["generated"] == rows
+
+
+@pytest.mark.parametrize(("method", "rows"), [("text", {"generated": [3, 1]}), ("loglik", {"scored": [3, 1]})])
+def test_classify_batch_size_counts_windows_as_describe_does(tiny_model_dir, tmp_path, decoded_rows, method, rows):
+    """`classify --batch-size 3` on 4 windows: 3 windows, then 1, whichever way the labels are scored (a window's
+    caption, or each label's likelihood); it was taken as (window, prompt) rows, 3 // 4 windows for loglik."""
+    write_tone(tmp_path / "long.wav", 7.0 * 4)
+    (tmp_path / "labels.txt").write_text("a dog barks\nrain\n")
+    args = ("classify", tmp_path / "long.wav", "-l", tmp_path / "labels.txt", "--method", method, "--batch-size", 3)
+    result = runner.invoke(app, [str(a) for a in (*args, "--model", tiny_model_dir, "--device", "cpu")])
+    assert result.exit_code == 0, result.output
+    assert {kind: batches for kind, batches in decoded_rows.items() if batches} == rows

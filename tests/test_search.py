@@ -14,7 +14,14 @@ from pengi_search.bpe_tokenizer import TokenizerFileError
 from pengi_search.checkpoint import CheckpointError
 from pengi_search.choices import By
 from pengi_search.db import EmbedderInfo, StoreMismatchError, TextRecord, WindowInput
-from pengi_search.embedders import EmbedderSpec, PengiTextEmbedder, TextEmbedderError
+from pengi_search.embedders import (
+    PENGI_TOWER_LIMIT,
+    CutText,
+    EmbedderSpec,
+    PengiTextEmbedder,
+    SentenceTransformerEmbedder,
+    TextEmbedderError,
+)
 from pengi_search.errors import OptionError
 from pengi_search.library import EmptyLibraryError, Library
 from pengi_search.model import Pengi
@@ -58,6 +65,27 @@ def test_numpy_text_tower_equals_the_torch_embedder(tiny_model_dir):
     np.testing.assert_allclose(batched, one_by_one, atol=1e-6, rtol=0)  # padding never changes a text's vector
     assert batched.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-6)
+
+
+def test_every_text_embedder_names_the_texts_it_cuts_with_their_length_and_its_limit(tiny_model_dir, tmp_path):
+    """A text is read up to the embedder's limit, its markers included: CLIP's 77 positions (both towers count
+    alike) and a sentence-transformers model's max_seq_length (32 here). One token over is cut (it embeds as the
+    text at the limit does); at the limit, nothing is."""
+    model_dir = ModelDir.read(tiny_model_dir)
+    towers = [NumpyTextEmbedder.from_model_dir(model_dir), PengiTextEmbedder.from_model_dir(model_dir, CPU)]
+    clip = towers[1].clip
+    by_length = {len(clip(text)["input_ids"]): text for text in (" ".join(["rain"] * n) for n in range(60, 90))}
+    at_limit, over, longest = by_length[77], by_length[78], TEXTS[-1]
+    for tower in towers:
+        assert tower.cut_texts(["a dog barks", at_limit, over, longest, over]) == [
+            CutText(over, 78, 77, PENGI_TOWER_LIMIT),
+            CutText(longest, len(clip(longest)["input_ids"]), 77, PENGI_TOWER_LIMIT),
+        ]
+        np.testing.assert_allclose(tower.embed([over]), tower.embed([at_limit]), atol=1e-6, rtol=0)
+    st = SentenceTransformerEmbedder(str(make_tiny_sentence_transformer(tmp_path / "st")), CPU)
+    at_limit, over = "dog " * 30, "dog " * 31  # a token a word, and the two markers
+    assert st.cut_texts(["a dog", at_limit, over]) == [CutText(over, 33, 32, f"the max_seq_length of {st.id}")]
+    np.testing.assert_allclose(st.embed([over]), st.embed([at_limit]), atol=1e-6, rtol=0)
 
 
 def test_numpy_text_tower_with_transformers_clip_tokenizer(tmp_path):

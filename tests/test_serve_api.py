@@ -28,13 +28,8 @@ from .search_library import CaptionLibrary
 from .serving import BROKEN, BROKEN_REASON, HOSTILE, client_for
 from .test_cli_search import HIT_KEYS
 
-HIT_API_KEYS = HIT_KEYS | {
-    "file_id",
-    "query_start_s",
-    "query_end_s",
-    "ranking",
-    "path_bytes",
-}  # path_bytes: null for UTF-8
+SEARCH_HIT_KEYS = HIT_KEYS | {"ranking", "file_id"}  # as `query --json`, with the file's id
+SIMILAR_HIT_KEYS = HIT_KEYS | {"query_start_s", "query_end_s", "file_id"}  # as `similar --json`, with the file's id
 runner = CliRunner()
 
 
@@ -83,12 +78,35 @@ SERVED_CAPTION = {
 def test_search_has_the_cli_shape_and_finds_the_window(client, served):
     hits = search(client, "thunder rolls in the distance", k=3)
     assert len(hits) == 3
-    assert all(set(hit) == HIT_API_KEYS for hit in hits)
+    assert all(set(hit) == SEARCH_HIT_KEYS for hit in hits)
     top = hits[0]
     assert top["path"] == str(served.files["weather/rain.flac"])
     assert (top["start_s"], top["end_s"]) == (3.0, 10.0)
     assert top["caption"] == "thunder rolls in the distance" and top["ranking"] == "caption"
     assert isinstance(top["file_id"], int) and top["score"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_hits_are_those_of_the_commands_json_with_the_file_id(client, served, tiny_model_dir):
+    """A script reads one shape, from the command or the server: a field a hit does not have (a text search's
+    `query_start_s`, an audio search's `ranking`, a UTF-8 name's `path_bytes`) is left out, never null."""
+    options = ("--db", served.db, "--model", tiny_model_dir, "-k", 3, "--json")
+    command = runner.invoke(app, [str(a) for a in ("query", "a bell rings", *options)])
+    assert command.exit_code == 0, command.output
+    hits = search(client, "a bell rings", k=3)
+    assert [{key: value for key, value in hit.items() if key != "file_id"} for hit in hits] == json.loads(
+        command.stdout
+    )
+    clip = served.files["bell.wav"]
+    command = runner.invoke(app, [str(a) for a in ("similar", clip, *options, "--device", "cpu")])
+    assert command.exit_code == 0, command.output
+    uploaded = client.post("/api/similar", params={"k": 3}, files={"file": ("clip.wav", clip.read_bytes())})
+    assert uploaded.status_code == 200, uploaded.text
+    shapes = {frozenset(hit) for hit in json.loads(command.stdout)}
+    assert (
+        shapes
+        == {frozenset(hit) - {"file_id"} for hit in uploaded.json()}
+        == {frozenset(SIMILAR_HIT_KEYS - {"file_id"})}
+    )
 
 
 def test_search_filters(client, served):
@@ -119,7 +137,7 @@ def test_similar_to_a_window_leaves_its_file_out(client, served):
     response = client.get("/api/similar", params={"window_id": rain["window_id"], "k": 10})
     assert response.status_code == 200
     hits = response.json()
-    assert hits and all(set(hit) == HIT_API_KEYS for hit in hits)
+    assert hits and all(set(hit) == SIMILAR_HIT_KEYS for hit in hits)
     assert str(served.files["weather/rain.flac"]) not in {hit["path"] for hit in hits}
     assert {(hit["query_start_s"], hit["query_end_s"]) for hit in hits} == {(3.0, 10.0)}
     assert client.get("/api/similar", params={"window_id": 999_999}).status_code == 404

@@ -37,6 +37,7 @@ from pengi_search.db import (
     default_index_path,
     library_exists,
     resolve_db_url,
+    sqlite_file,
 )
 from pengi_search.db.captions import UNRECORDED_MODE, caption_modes, drop_fast_captions, uncaptioned_windows
 from pengi_search.db.engine import create_store_engine
@@ -269,6 +270,40 @@ def test_a_database_holding_another_applications_tables_is_refused_and_left_as_i
     assert another_applications_database(db_url) == tables
 
 
+def folder_state(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file in `folder`: its bytes and modification time."""
+    return {path.name: (path.read_bytes(), path.stat().st_mtime_ns) for path in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("whose", ["ours", "another application's"])
+def test_asking_whether_a_library_exists_creates_and_changes_nothing(tmp_path: Path, whose: str) -> None:
+    """An ordinary connection would switch the file to WAL (writing into another application's database, in its
+    journal mode) and could leave `-wal` and `-shm` files beside it: a look must not."""
+    db = tmp_path / "index.db"
+    if whose == "ours":
+        Store.open(db).close()
+    else:
+        another_applications_database(f"sqlite:///{db}", "CREATE TABLE runs (id INTEGER PRIMARY KEY, job TEXT)")
+    before = folder_state(tmp_path)
+    if whose == "ours":
+        assert library_exists(db)
+    else:
+        with pytest.raises(ForeignDatabaseError):
+            library_exists(db)
+    assert folder_state(tmp_path) == before
+
+
+def test_a_library_being_written_is_seen_through_the_writers_files_and_left_as_it_was(tmp_path: Path) -> None:
+    """The `-shm` file is the connections' shared memory, where every reader marks what it reads: not compared."""
+    with Store.open(tmp_path / "index.db") as writer:  # its connection open: the library's -wal and -shm are there
+        writer.start_run()
+        before = folder_state(tmp_path)
+        assert library_exists(tmp_path / "index.db")
+        after = folder_state(tmp_path)
+    assert list(after) == list(before) == ["index.db", "index.db-shm", "index.db-wal"]
+    assert (after["index.db"], after["index.db-wal"]) == (before["index.db"], before["index.db-wal"])
+
+
 def test_another_applications_alembic_revision_is_not_taken_for_a_newer_pengi_search(db_url: str) -> None:
     tables = another_applications_database(
         db_url,
@@ -367,14 +402,23 @@ def test_default_locations(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
         Store.open("nonsense://somewhere")
 
 
-def test_an_unknown_users_home_is_a_folder_name_as_in_the_shell(
+def test_a_leading_tilde_is_the_home_folder_only_in_the_environment(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """`--db '~nobody-here/x.db'` was a traceback: Path.expanduser raises for a user that does not exist."""
+    """The shell expands the `~` of `--db ~/x.db`: one that reaches pengi-search was quoted, or is in a URL, and names
+    a folder `~`, as SQLite takes it; an environment variable's, which no shell expanded, is the home folder. An
+    unknown user's `~name` stays as written, as in the shell (it was a traceback: Path.expanduser raises)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "me"))
-    assert resolve_db_url("~nobody-here/x.db") == f"sqlite:///{tmp_path / '~nobody-here' / 'x.db'}"
-    assert resolve_db_url("~/x.db") == f"sqlite:///{tmp_path / 'me' / 'x.db'}"
+    assert resolve_db_url("~/x.db") == f"sqlite:///{tmp_path / '~' / 'x.db'}"
+    assert sqlite_file("sqlite:///~/x.db") == tmp_path / "~" / "x.db"
+    monkeypatch.setenv("PENGI_SEARCH_DB", "~/x.db")
+    assert resolve_db_url() == f"sqlite:///{tmp_path / 'me' / 'x.db'}"
+    monkeypatch.setenv("PENGI_SEARCH_DB", "~nobody-here/x.db")
+    assert resolve_db_url() == f"sqlite:///{tmp_path / '~nobody-here' / 'x.db'}"
+    monkeypatch.delenv("PENGI_SEARCH_DB")
+    monkeypatch.setenv("PENGI_SEARCH_HOME", "~/data")
+    assert default_index_dir(default_db_url()) == tmp_path / "me" / "data"
     monkeypatch.setenv("PENGI_SEARCH_HOME", "~nobody-here/data")
     assert default_index_dir(default_db_url()) == tmp_path / "~nobody-here" / "data"
 

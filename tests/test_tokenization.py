@@ -66,7 +66,8 @@ def test_an_overlong_prompt_is_cut_as_the_original_does(tok, tok_no_text, caplog
     # The reference's tokenizer call (max_length, no explicit truncation) truncates: CLIP keeps both markers.
     full = tok.clip(prompt)["input_ids"]
     assert len(full) > length and row == full[: length - 1] + [tok.clip.eos_token_id]
-    assert f"cut to its first {length}" in caplog.text
+    # Named shortened, as a cut label or query is: the whole prompt made a line of hundreds of characters.
+    assert f"cut to its first {length}, as the original Pengi does: {prompt[:40] + '...'!r}" in caplog.text
     (gpt2_row,) = tok_no_text.prompts([prompt]).input_ids.tolist()  # GPT-2: the first ids, end marker lost
     assert gpt2_row == tok_no_text.encode(prompt + " <|endoftext|>")[:length]
 

@@ -269,20 +269,30 @@ def test_each_part_with_its_own_learning_rate_logs_it_beside_lr(tmp_path, sounds
     assert (record["lr"], record["lr_mappers"]) == pytest.approx((1e-3 * 0.5, 1e-2 * 0.5))
 
 
-def test_lr_logs_the_rate_trained_at_also_after_a_resume_with_another_optimization_lr(
+def test_a_resume_that_changes_the_schedule_batch_or_seed_is_refused_even_with_a_new_length(
     tmp_path, sounds, tiny_model_dir
 ) -> None:
-    """A resumed run trains at the rates its checkpoint's optimizer holds, whatever optimization.lr now says, and
-    warns as the command line warns (it went to the logging module): `lr` logs that rate, not the configuration's
-    (it logged ten times the rate the model trained at)."""
+    """A resumed run trained at the rates its checkpoint's optimizer held whatever optimization.lr said (with a
+    warning), and took another warm-up, batch or seed without a word: each made another run of it. Refused now, on
+    one line naming the setting; logging, evaluation and checkpoints may change, and `lr` logs the run's rates."""
     config_path = write_config(tmp_path, tiny_model_dir, sounds / "train.jsonl")
-    result = train_command(config_path, "--set", "optimization.max_steps=1")
-    assert result.exit_code == 0 and "changed since the checkpoint" not in result.stderr
-    more_steps_faster = ("--set", "optimization.max_steps=2", "--set", "optimization.lr=1e-2")
-    result = train_command(config_path, "--resume", *more_steps_faster)
+    check_trained(config_path, "--set", "optimization.max_steps=1")
+    longer = ("--set", "optimization.max_steps=2")
+    changes = {
+        "optimization.lr=1e-2": "optimization.lr 0.01 (the run's: 0.001)",
+        "optimization.warmup_steps=5": "optimization.warmup_steps 5 (the run's: 2)",
+        "optimization.part_lr={mappers: 0.01}": 'optimization.part_lr {"mappers": 0.01} (the run\'s: null)',
+        "data.batch_size=1": "data.batch_size 1 (the run's: 2)",
+        "seed=3": "seed 3 (the run's: 0)",
+    }
+    for setting, named in changes.items():
+        result = train_command(config_path, "--resume", *longer, "--set", setting)
+        assert result.exit_code == EXIT_USAGE, result.output
+        (line,) = result.stderr.splitlines()
+        assert named in line and line.endswith("of these, only the length can change on resume, given with --set")
+    free = ("logging.every=2", "evaluation.every=5", "checkpoints.keep=1", "optimization.grad_clip=0.5")
+    result = train_command(config_path, "--resume", *longer, *(f"--set={setting}" for setting in free))
     assert result.exit_code == 0, result.output
-    changed = "warning: optimization.lr or part_lr changed since the checkpoint: the run keeps the rates it began with"
-    assert changed in result.stderr.splitlines()
     records = read_metrics(tmp_path / "run" / METRICS_FILE, "train")
     # The factors of steps 1 and 2 of a 2-step warm-up, times the rate the run started with.
     assert [(record["step"], record["lr"]) for record in records] == pytest.approx([(1, 1e-3 * 0.5), (2, 1e-3)])
@@ -336,7 +346,13 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(uninterrupted, tmp_p
         assert isinstance(train_command(config_path).exception, Crash)
     assert [step for step, _ in losses(tmp_path / "run")] == [1, 2, 3, 4]
     assert train_command(config_path).exit_code == EXIT_USAGE  # a fresh run would overwrite the checkpoints
-    check_trained(config_path, "--resume")
+    # Where it resumes and where it stops, said by the run (even quiet) and by its dry run in the same words.
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-00000003.pt"
+    said = f"resuming from {checkpoint} at step 3 of 6 (epoch 2, 2 steps an epoch)"
+    planned = train_command(config_path, "--resume", "--dry-run")
+    assert planned.exit_code == 0 and said in planned.stdout.splitlines(), planned.output
+    result = train_command(config_path, "--resume")
+    assert result.exit_code == 0 and said in result.stderr.splitlines(), result.output
 
     assert losses(tmp_path / "run") == losses(uninterrupted / "run")
     assert [step for step, _ in losses(tmp_path / "run")] == [1, 2, 3, 4, 5, 6]
@@ -364,16 +380,29 @@ def test_resuming_a_finished_run_says_so_and_writes_nothing_and_a_raised_max_ste
     message = " ".join(result.stderr.split())
     assert "the run already finished at step 4 (optimization.max_steps 4): nothing was trained or written" in message
     assert f"its model is in {run / 'model'}" in message
-    assert "raise optimization.max_steps" in message
+    assert message.endswith("To train on, resume with a higher optimization.max_steps, given with --set")
     assert written() == before and (run / METRICS_FILE).read_bytes() == metrics
     result = train_command(config_path, "--resume-from", str(run / "checkpoints" / "step-00000004.pt"))
     assert result.exit_code == 0 and "already finished at step 4" in result.stderr and written() == before
-    # Nothing trains, so no word of the rates it would train at.
-    result = train_command(config_path, "--resume", "--set", "optimization.lr=1e-2")
-    assert "already finished" in result.stderr and "changed since the checkpoint" not in result.stderr
+    # More steps in the config file alone: another run, refused with the --set that trains this one on.
+    longer = yaml.safe_load(config_path.read_text())
+    longer["optimization"]["max_steps"] = 6
+    (folder / "longer.yaml").write_text(yaml.safe_dump(longer))
+    result = train_command(folder / "longer.yaml", "--resume")
+    assert result.exit_code == EXIT_USAGE and written() == before, result.output
+    assert result.stderr.strip().endswith(
+        "optimization.max_steps 6 (the run's: 4); resume it as it was with --set optimization.max_steps=4, or train "
+        "it on to this length with --set optimization.max_steps=6"
+    )
 
-    # More steps in the config: the run goes on from its last checkpoint to the new end.
-    check_trained(config_path, "--resume", "--set", "optimization.max_steps=6")
+    # More steps given with --set: the run goes on from its last checkpoint to the new end, and says so.
+    result = train_command(config_path, "--resume", "--set", "optimization.max_steps=6")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines()[:2] == [
+        "the run's length changes to optimization.max_steps 6 (it was optimization.max_steps 4), as --set asks: the "
+        "learning rate now decays over the new length",
+        f"resuming from {run / 'checkpoints' / 'step-00000004.pt'} at step 4 of 6 (epoch 3, 2 steps an epoch)",
+    ]
     assert [step for step, _ in losses(run)] == [1, 2, 3, 4, 5, 6]
     # The decay is planned over the new length, as if the run had been set so long: the rate, zero at step 4 of
     # 4, goes on from where a 6-step schedule is (the README says so).
@@ -390,6 +419,47 @@ def test_resuming_a_finished_run_says_so_and_writes_nothing_and_a_raised_max_ste
     export = re.search(r"`(pengi-search train export [^`]*)` writes its model", " ".join(result.stderr.split()))
     assert result.exit_code == 0 and export, result.stderr
     assert shlex.split(export[1]) == ["pengi-search", "train", "export", str(checkpoint)]
+
+
+def test_a_resume_is_the_run_that_was_started_not_what_the_config_file_says(
+    tmp_path, sounds, tiny_model_dir, monkeypatch
+) -> None:
+    """A run started with `--set optimization.max_steps=4 --set optimization.epochs=null` over a recipe's epochs:
+    `--resume` without them took the file's epochs and trained on towards another end, the learning-rate decay
+    planned over another length. Refused now, and by the dry run, before any set-up, on one line naming each
+    setting and the --set that resumes the run as it was; that resumes it (it had finished), and a new length given
+    with --set trains it on."""
+    import trainer.loop
+
+    recipe_like = {"max_steps": None, "epochs": 1000}
+    config_path = write_config(tmp_path, tiny_model_dir, sounds / "train.jsonl", optimization=recipe_like)
+    check_trained(config_path, "--set", "optimization.max_steps=4", "--set", "optimization.epochs=null")
+    run = tmp_path / "run"
+    metrics = (run / METRICS_FILE).read_bytes()
+    refused = (
+        f"error: {config_path}: differs from the run it resumes ({run / 'checkpoints' / 'step-00000004.pt'}): "
+        "optimization.max_steps null (the run's: 4), optimization.epochs 1000 (the run's: null); resume it as it was "
+        "with --set optimization.max_steps=4 --set optimization.epochs=null, or train it on to this length with "
+        "--set optimization.epochs=1000"
+    )
+    with monkeypatch.context() as during:
+        during.setattr(trainer.loop, "Trainer", None)  # set-up (minutes of feature encoding) must not start
+        for dry_run in ([], ["--dry-run"]):
+            result = train_command(config_path, "--resume", *dry_run)
+            assert result.exit_code == EXIT_USAGE, result.output
+            assert result.stderr.splitlines() == [refused]
+    assert (run / METRICS_FILE).read_bytes() == metrics
+
+    as_it_was = shlex.split(re.search(r"resume it as it was with (.*), or", refused)[1])
+    result = train_command(config_path, "--resume", *as_it_was)
+    assert result.exit_code == 0, result.output
+    assert "the run already finished at step 4 (optimization.max_steps 4)" in result.stderr
+    assert (run / METRICS_FILE).read_bytes() == metrics
+
+    result = train_command(config_path, "--resume", "--set", "optimization.epochs=3")  # 2 steps an epoch
+    assert result.exit_code == 0, result.output
+    assert f"resuming from {run / 'checkpoints' / 'step-00000004.pt'} at step 4 of 6 (epoch 3 of 3)" in result.stderr
+    assert [step for step, _ in losses(run)] == [1, 2, 3, 4, 5, 6]
 
 
 def test_resume_without_a_checkpoint_is_bad_usage_like_a_missing_resume_from_file(
@@ -596,6 +666,17 @@ def test_config_reads_types_and_rejects_unknown_keys(tmp_path, sounds, tiny_mode
     overrides = parse_overrides(["optimization.lr=3e-3", "freeze.audio_encoder=true", "data.validation=null"])
     assert load_config(path, overrides).optimization.lr == 3e-3
     assert overrides == {"optimization.lr": "3e-3", "freeze.audio_encoder": True, "data.validation": None}
+
+
+def test_a_config_path_is_relative_to_its_file_and_a_leading_tilde_is_the_home_folder(
+    tmp_path, sounds, tiny_model_dir, monkeypatch
+) -> None:
+    """No shell sees a YAML file's values, so `output_dir: ~/runs/x` means the home folder, as it would typed."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    path = write_config(tmp_path / "project", tiny_model_dir, sounds / "train.jsonl")
+    config = load_config(path, {"output_dir": "~/runs/pengi", "data.validation": "val.jsonl"})
+    assert config.output_dir == tmp_path / "home" / "runs" / "pengi"
+    assert config.data.validation == (tmp_path / "project").resolve() / "val.jsonl"
 
 
 def test_a_config_that_is_not_yaml_or_not_utf8_or_a_bad_set_value_is_one_line_and_exit_code_2(tmp_path) -> None:

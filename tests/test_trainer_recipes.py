@@ -36,6 +36,7 @@ from pengi_search.model_dir import ModelDir
 from pengi_search.stop_signals import interrupted_by_stop_signals, interrupted_exit_code
 from pengi_search.units import duration_text
 from trainer.augment import augment
+from trainer.checkpoint_files import checkpoint_path
 from trainer.config import AugmentationSection, load_config
 from trainer.data import AudioTextDataset, read_manifest
 from trainer.dry_run import dry_run_report
@@ -45,6 +46,7 @@ from trainer.loop import Trainer, train
 from trainer.model_setup import build_model, parameter_groups
 from trainer.recipes import RECIPES, init_run
 from trainer.reporting import METRICS_FILE, PLOT_FILE, RateWindow, read_metrics
+from trainer.state import Position, save_checkpoint
 from trainer.stopping import InterruptRequest
 
 from .indexing import send_to_self, signal_when
@@ -655,8 +657,7 @@ def test_an_output_dir_holding_a_run_is_bad_usage_for_a_new_run_and_its_dry_run_
     import trainer.loop
 
     config_path = label_run_config(tmp_path, tiny_no_text_model_dir)
-    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
-    (tmp_path / "run" / "checkpoints" / "step-00000010.pt").write_bytes(b"")
+    run_at(config_path, step=10)
     monkeypatch.chdir(tmp_path)
     holds = "error: run: holds checkpoints of a run: continue it with --resume, or choose a new output_dir"
     with monkeypatch.context() as during:
@@ -669,14 +670,25 @@ def test_an_output_dir_holding_a_run_is_bad_usage_for_a_new_run_and_its_dry_run_
                 (dry_run_report if dry_run else trainer.loop.train)(load_config(config_path))
     result = cli("train", str(config_path), "--dry-run", "--resume")
     assert result.exit_code == EXIT_OK and "ready to train" in result.output
+    assert "resuming from run/checkpoints/step-00000010.pt at step 10 of 40 (epoch 1, " in result.output
     assert "already finished" not in result.output
-    (tmp_path / "run" / "checkpoints" / "step-00000040.pt").write_bytes(b"")  # the run's planned end (max_steps 40)
+    run_at(config_path, step=40)  # the run's planned end (max_steps 40)
     result = cli("train", str(config_path), "--dry-run", "--resume")
     assert result.exit_code == EXIT_OK, result.output
-    finished = "the run already finished at step 40 (of 40): resuming trains nothing; raise optimization.max_steps"
+    finished = (
+        "the run already finished at step 40 (optimization.max_steps 40): resuming trains nothing; to train on, "
+        "resume with a higher optimization.max_steps, given with --set"
+    )
     assert finished in " ".join(result.output.split())
     result = cli("train", str(config_path), "--dry-run", "--resume-from", str(tmp_path / "nope.pt"))
     assert result.exit_code == EXIT_USAGE and "nope.pt: no such training checkpoint" in result.output
+
+
+def run_at(config_path: Path, step: int) -> None:
+    """A checkpoint of the configuration's run at `step`, with what a dry run reads of one (its run and position)."""
+    config = load_config(config_path)
+    payload = {"position": Position(step=step).to_dict(), "config": config.to_dict()}
+    save_checkpoint(checkpoint_path(config.output_dir, step), payload, keep=None)
 
 
 def test_resume_from_a_missing_checkpoint_fails_before_the_set_up(

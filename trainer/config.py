@@ -18,7 +18,7 @@ import yaml
 
 from pengi_search.choices import Device
 from pengi_search.errors import UsageError, unreadable
-from pengi_search.paths import as_typed
+from pengi_search.paths import as_typed, home_expanded
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 MODEL_PARTS = ("audio_encoder", "audio_projection", "mappers", "language_model", "text_encoder")
@@ -368,8 +368,8 @@ def _as_type(value: Any, kind: type, base: Path) -> Any:
         return value if isinstance(value, int) and not isinstance(value, bool) else None
     if kind is float:
         return _as_float(value)
-    if kind is Path:
-        return base / value if isinstance(value, str) and value else None
+    if kind is Path:  # a leading `~` is the home folder: no shell has seen a YAML file's values
+        return base / home_expanded(value) if isinstance(value, str) and value else None
     return value if isinstance(value, kind) else None
 
 

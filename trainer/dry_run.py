@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,10 +25,11 @@ from pengi_search.model import Pengi
 from pengi_search.paths import as_typed
 from pengi_search.tokenization import PromptTooLongError, Tokenizers
 from pengi_search.units import duration_text
-from trainer.checkpoint_files import checkpoint_step, checkpoint_to_resume
+from trainer.checkpoint_files import checkpoint_to_resume
 from trainer.config import TrainConfig
 from trainer.data import MISSING, Example, LoadAudio, check_audio, read_manifest, task_mix
 from trainer.features import clip_key
+from trainer.resume_plan import RunRecord, check_resume, finished_by_length, read_run_record, resume_point
 
 PROBLEMS_SHOWN = 20  # per manifest; the counts cover them all
 
@@ -61,6 +63,7 @@ class DryRunReport:
     plan: dict[str, int | None] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     run_problems: list[str] = field(default_factory=list)  # what the run itself would refuse (too few examples...)
+    resume: list[str] = field(default_factory=list)  # what resuming would do, as the run says it
     timing: dict[str, float] = field(default_factory=dict)  # seconds: per step, per epoch, encoding the clips
 
     @property
@@ -80,23 +83,29 @@ def dry_run_report(
     load_audio: LoadAudio | None = None,
     source: Path | None = None,
     resume: bool | Path = False,
+    given: Collection[str] = (),
 ) -> DryRunReport:
     """Read the manifests, decode every clip, check the model's files exist and work out the step plan.
 
-    `resume` as `train` takes it (--resume, --resume-from): an output_dir with checkpoints for a new run, or no
-    checkpoint for a resumed one, raises as in training (`checkpoint_to_resume`), as does a manifest that cannot be
-    parsed (`ManifestError`).
+    `resume` and `given` as `train` takes them (--resume, --resume-from; the keys given with --set): an output_dir
+    with checkpoints for a new run, no checkpoint for a resumed one, or a configuration that is not the resumed
+    run's raises as in training (`checkpoint_to_resume`, `check_resume`), as does a manifest that cannot be parsed
+    (`ManifestError`).
     """
+    source = source or Path("<config>")
     checkpoint = checkpoint_to_resume(config.output_dir, resume)
+    record = None if checkpoint is None else read_run_record(checkpoint)
+    length_change = None if record is None else check_resume(config, record, given, source)
     roles = [("train", config.data.train), ("validation", config.data.validation)]
     manifests = [_check_manifest(role, path, load_audio) for role, path in roles if path is not None]
     plan = _plan(config, manifests[0].usable)
     report = DryRunReport(manifests, config.problems(cuda=torch.cuda.is_available()), _model_problems(config), plan)
     report.warnings += _plan_warnings(report.plan)
     report.run_problems += _run_problems(config, report.plan, manifests[0].usable)
-    report.warnings += _resume_warnings(config, report.plan, checkpoint)
+    if record is not None:
+        _plan_resume(config, record, length_change, report)
     if not report.model_problems:
-        _check_model(config, report, source or Path("<config>"))
+        _check_model(config, report, source)
     return report
 
 
@@ -187,15 +196,17 @@ def _run_problems(config: TrainConfig, plan: dict[str, int | None], usable: int)
     return problems
 
 
-def _resume_warnings(config: TrainConfig, plan: dict[str, int | None], checkpoint: Path | None) -> list[str]:
-    """Resuming from a checkpoint at the planned end: `train` would train nothing (checkpoints are named by their
-    step; a run stopped early on patience, or resumed from best.pt, is seen only when resumed)."""
-    step = None if checkpoint is None else checkpoint_step(checkpoint)
-    total = plan.get("total_steps") or 0
-    if step is None or step < total:
-        return []
-    what = "optimization.max_steps" if config.optimization.max_steps else "optimization.epochs"
-    return [f"the run already finished at step {step} (of {total}): resuming trains nothing; raise {what} to go on"]
+def _plan_resume(config: TrainConfig, record: RunRecord, length_change: str | None, report: DryRunReport) -> None:
+    """Where resuming from `record` would start and stop, or that it would train nothing, in the run's words (a
+    run stopped early on patience is seen only when resumed)."""
+    report.resume += [length_change] if length_change else []
+    total, step = report.plan.get("total_steps") or 0, record.position.step
+    if (finished := finished_by_length(step, total, config.optimization)) is not None:
+        where, how = finished
+        report.warnings.append(f"the run already finished {where}: resuming trains nothing; to train on, {how}")
+        return
+    where = resume_point(record.position, total, report.plan.get("steps_per_epoch") or 0, config.optimization)
+    report.resume.append(f"resuming from {as_typed(record.checkpoint)} {where}")
 
 
 def _time_steps(
@@ -276,6 +287,8 @@ def print_dry_run(report: DryRunReport, console: Console) -> None:
         console.print(f"[bold red]run:[/] {escape(problem)}", soft_wrap=True)
     plan = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in report.plan.items())
     console.print(f"plan: {plan}", soft_wrap=True)
+    for line in report.resume:
+        console.print(line, soft_wrap=True, markup=False, highlight=False)
     if report.timing:
         timing = report.timing
         line = f"time: {timing['step']:.2f} s a step, about {duration_text(timing['epoch'])} an epoch on this machine"

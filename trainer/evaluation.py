@@ -177,7 +177,7 @@ def label_metrics(
     rows = [row for row in rows if is_label_task(examples[row]) and examples[row].prompt in candidates]
     if not rows:
         return None
-    embeds, kept = row_embeddings(engine.model, dataset, rows, cached=cached, batch_size=engine.batch_size)
+    embeds, kept = row_embeddings(engine.model, dataset, rows, cached=cached, batch_size=engine.windows_per_batch(1))
     prompts = [examples[row].prompt for row in kept]
     truths = [examples[row].answer for row in kept]
     generated = generate_for_embeddings(engine, embeds, prompts, beam=beam, max_len=max_len)
@@ -218,7 +218,7 @@ def sample_generations(
     engine: Engine, dataset: Dataset, rows: Sequence[int], *, cached: bool, beam: int, max_len: int
 ) -> list[dict[str, Any]]:
     """Generations for `rows` of `dataset`, next to their reference answers."""
-    embeds, kept = row_embeddings(engine.model, dataset, rows, cached=cached, batch_size=engine.batch_size)
+    embeds, kept = row_embeddings(engine.model, dataset, rows, cached=cached, batch_size=engine.windows_per_batch(1))
     if not kept:
         return []
     examples = dataset.examples

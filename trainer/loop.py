@@ -19,7 +19,7 @@ import logging
 import math
 import shlex
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,7 @@ from trainer.reporting import (
     TrainingProgress,
     write_plot,
 )
+from trainer.resume_plan import check_resume, finished_by_length, read_run_record, resume_point
 from trainer.run_data import prepare_data, quiet
 from trainer.sampling import ResumableSampler
 from trainer.state import (
@@ -114,21 +115,27 @@ def train(
     config: TrainConfig,
     *,
     resume: bool | Path = False,
+    given: Collection[str] = (),
     source: Path | None = None,
     console: Console | None = None,
 ) -> TrainingResult:
-    """Run the training that `config` describes in this process (one of several under `torchrun`)."""
+    """Run the training that `config` describes in this process (one of several under `torchrun`).
+
+    A resumed run must be the checkpoint's run, but for a new length among the keys `given` on the command line
+    (`--set`): see `trainer.resume_plan`."""
     source = source or Path("<config>")
     if problems := config.problems(cuda=torch.cuda.is_available()):
         raise ConfigError(source, problems[0])
-    # Before the set-up (features take minutes): a missing checkpoint, or a new run in an output_dir holding one.
+    # Before the set-up (features take minutes): a missing checkpoint, a new run in an output_dir holding one, or a
+    # configuration that is not the run's.
     checkpoint = checkpoint_to_resume(config.output_dir, resume)
+    length_change = None if checkpoint is None else check_resume(config, read_run_record(checkpoint), given, source)
     processes = start_processes(config.runtime.device)
     trainer = None
     try:
         trainer = Trainer(config, processes, source, console)
         if checkpoint is not None:
-            trainer.resume(checkpoint)
+            trainer.resume(checkpoint, length_change)
             if trainer.finished is not None:  # nothing to train: said, and nothing written
                 return trainer.already_finished(checkpoint)
         return trainer.fit()
@@ -231,20 +238,20 @@ class Trainer:
         labelled = any(is_label_task(self.data.val_set.examples[row]) for row in self.data.eval_rows)
         return "accuracy" if labelled else "val_loss"
 
-    def resume(self, path: Path) -> None:
-        """Load a checkpoint of this run; the loop then continues exactly where it was written."""
+    def resume(self, path: Path, length_change: str | None = None) -> None:
+        """Load a checkpoint of this run (`check_resume` checked the configuration is its run's, or says in
+        `length_change` how its length changed); the loop then continues exactly where it was written."""
         payload = load_checkpoint(path)
         if not self.config.checkpoints.full_model and payload["frozen_fingerprint"] != self.fingerprint:
             raise CheckpointError(path, "the frozen weights differ from those this run started with")
         load_model_state(self.model, payload["model"], path)
-        rates_changed = self.optimization.restore(payload, path)
+        self.optimization.restore(payload, path)
         self.position = Position(**payload["position"])
         self.best.restore(payload.get("best", {}))
+        self._say(length_change)
         self.finished = self._finished()
         if self.finished is not None:
             return  # before the metrics log is touched: a finished run stays as it is
-        if rates_changed:
-            self._warn("optimization.lr or part_lr changed since the checkpoint: the run keeps the rates it began with")
         if payload["train_examples"] != len(self.data.train_set):
             self._warn("the training manifest changed since the checkpoint: the data order will differ")
         rng, processes = payload["rng"], self.processes.world_size
@@ -253,37 +260,38 @@ class Trainer:
         else:
             self._warn(f"the checkpoint was written by {len(rng)} processes, not {processes}: random streams restart")
         self.metrics.truncate_after(self.position.step)
-        self.progress.print(f"resumed from {as_typed(path)} at step {self.position.step}")
+        where = resume_point(self.position, self.total_steps, self.steps_per_epoch, self.config.optimization)
+        self._say(f"resuming from {as_typed(path)} {where}")
 
     def _warn(self, message: str) -> None:
         """Said once (by rank 0), even with --quiet, as the command line says its warnings."""
         if self.processes.main:
             print_warning(self.console, message)
 
-    def _finished(self) -> tuple[str, str] | None:
-        """Why a run resumed here has nothing left to train under this configuration (and what to raise), or None.
+    def _say(self, message: str | None) -> None:
+        """What the run will do, said once (by rank 0), even with --quiet (which quiets the progress)."""
+        if message is not None and self.processes.main:
+            self.console.print(message, soft_wrap=True, markup=False, highlight=False)
 
-        The configuration decides, not the checkpoint: a run resumed with a raised `optimization.max_steps` (or
-        `epochs`, or `evaluation.patience`) trains on to the new end."""
-        step, opt = self.position.step, self.config.optimization
-        if step >= self.total_steps:
-            if opt.max_steps:
-                return f"at step {step} (optimization.max_steps {opt.max_steps})", "optimization.max_steps"
-            return (
-                f"at step {step} (optimization.epochs {opt.epochs}: {self.total_steps} steps)",
-                "optimization.epochs (or set optimization.max_steps)",
-            )
+    def _finished(self) -> tuple[str, str] | None:
+        """Why a run resumed here has nothing left to train (and how to train on), or None.
+
+        Its length is the run's own, or the new one given with --set (`check_resume`); `evaluation.patience` may
+        be raised in the configuration."""
+        step = self.position.step
+        if (by_length := finished_by_length(step, self.total_steps, self.config.optimization)) is not None:
+            return by_length
         if self.best.exhausted:
             return (
                 f"at step {step} (early stop: no better {self.best.metric} in {self.best.since_best} evaluations, "
                 f"evaluation.patience {self.best.patience})",
-                "evaluation.patience",
+                "raise evaluation.patience and resume again",
             )
         return None
 
     def already_finished(self, checkpoint: Path) -> TrainingResult:
         """Resumed at the run's end (`finished`): say so, where its model is and how to train on; write nothing."""
-        where, what = self.finished
+        where, how = self.finished
         folder = self.config.output_dir
         model_dir = folder / MODEL_DIR if is_model_dir(folder / MODEL_DIR) else None
         if model_dir is not None:
@@ -292,13 +300,8 @@ class Trainer:
                 model += f" (the best evaluation's in {as_typed(folder / BEST_MODEL_DIR)})"
         else:
             model = f"`pengi-search train export {shlex.quote(str(as_typed(checkpoint)))}` writes its model"
-        if self.processes.main:  # even with --quiet: it is the run's only outcome
-            self.console.print(
-                f"the run already finished {where}: nothing was trained or written; {model}. To train on, raise "
-                f"{what} and resume again",
-                soft_wrap=True,
-                markup=False,
-            )
+        # Even with --quiet: it is the run's only outcome.
+        self._say(f"the run already finished {where}: nothing was trained or written; {model}. To train on, {how}")
         return TrainingResult(self.model, self.tokenizers, model_dir, self.position.step, main=self.processes.main)
 
     # --- Loop --------------------------------------------------------------------------------------------------

@@ -87,19 +87,16 @@ class Optimization:
             "scaler": self.scaler.state_dict(),
         }
 
-    def restore(self, payload: dict[str, Any], path: Path) -> bool:
-        """Continue from a checkpoint's states (`path` names it in errors); whether the configured learning rates
-        differ from those the run began with, which the run keeps."""
-        configured = [group["initial_lr"] for group in self.optimizer.param_groups]
+    def restore(self, payload: dict[str, Any], path: Path) -> None:
+        """Continue from a checkpoint's states (`path` names it in errors). The run's rates are the configured
+        ones: a resume with others is refused before (`trainer.resume_plan`)."""
         try:
             self.optimizer.load_state_dict(payload["optimizer"])
         except ValueError as error:
             raise CheckpointError(path, f"the optimizer state does not fit (freezing changed?): {error}") from None
-        rates_changed = [group["initial_lr"] for group in self.optimizer.param_groups] != configured
         self.scheduler.load_state_dict(payload["scheduler"])
-        # The resumed step's rate comes from this run's schedule, not from the checkpoint's optimizer: a raised
-        # max_steps or epochs plans the decay over the new length from the first resumed step on (same length:
-        # the same rates, computed the same way).
+        # The resumed step's rate comes from this run's schedule, not from the checkpoint's optimizer: a length
+        # given anew with --set plans the decay over it from the first resumed step on (same length: the same
+        # rates, computed the same way).
         self.scheduler = LambdaLR(self.optimizer, self.scheduler.lr_lambdas, last_epoch=self.scheduler.last_epoch - 1)
         self.scaler.load_state_dict(payload["scaler"])
-        return rates_changed

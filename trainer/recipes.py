@@ -34,7 +34,7 @@ import numpy as np
 import yaml
 
 from pengi_search.errors import UsageError, unreadable
-from pengi_search.paths import as_typed
+from pengi_search.paths import as_typed, refuse_unexpanded_home
 from trainer.checkpoint_files import list_checkpoints
 from trainer.data import manifest_path
 from trainer.templates import render_prompt
@@ -268,6 +268,7 @@ def init_run(
     held, run = earlier_init(folder)
     if held and not force:
         raise InitFolderError(folder, holds_an_init(held, run))
+    refuse_unexpanded_home(folder)
     folder.mkdir(parents=True, exist_ok=True)
     manifests = write_manifests(splits, folder, task, captions)
     label_map = write_label_map(splits, folder / LABEL_MAP)

@@ -47,8 +47,9 @@ def save_checkpoint(path: Path, payload: dict[str, Any], keep: int | None) -> Pa
     return path
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    payload = load_torch_file(existing_checkpoint(path), "training checkpoint")
+def load_checkpoint(path: Path, *, mmap: bool = False) -> dict[str, Any]:
+    """A training checkpoint's payload; `mmap`: its tensors mapped from the file, not read (`load_torch_file`)."""
+    payload = load_torch_file(existing_checkpoint(path), "training checkpoint", mmap=mmap)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(path, "not a pengi-search training checkpoint")
     return payload

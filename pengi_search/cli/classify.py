@@ -48,6 +48,7 @@ from .common import (
     progress_bar,
     report_skipped,
     show_progress,
+    warn,
 )
 from .inputs import audio_inputs, one_file_given
 
@@ -242,6 +243,7 @@ def classify_targets(
             batch_size=batch_size,
             fast=fast,
             texts=texts,
+            notify=warn,
         )
         predictions, failed = _run_classifier(classifier, files, visible=visible, report_skips=report_skips)
     finally:

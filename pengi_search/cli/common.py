@@ -37,7 +37,7 @@ from ..errors import (
 )
 from ..messages import print_skipped, print_warning
 from ..pathnames import json_text, shown
-from ..paths import as_typed
+from ..paths import as_typed, refuse_unexpanded_home
 from ..stop_signals import interrupted_by_stop_signals, interrupted_exit_code
 from .closed_output import output_closed, quiet_when_output_closed
 
@@ -76,16 +76,8 @@ BatchOption = Annotated[
     typer.Option(
         "--batch-size",
         min=1,
-        help="Windows per batch, each with every prompt \\[default: the device's: 16 on CPU, 128 on CUDA with the two "
-        "default prompts]",
-    ),
-]
-AutoBatchOption = Annotated[
-    int | None,
-    typer.Option(
-        "--batch-size",
-        min=1,
-        help="Windows decoded together \\[default: the device's: 32 (window, prompt) pairs on CPU, 256 on CUDA]",
+        help="Windows decoded together, each with every prompt \\[default: as many as fill the device's 32 (window, "
+        "prompt) pairs on CPU, 256 on CUDA]",
     ),
 ]
 BeamOption = Annotated[int, typer.Option("--beam", min=1, help="Beam width (the paper uses 5, its example 3).")]
@@ -144,7 +136,7 @@ ThreadsOption = Annotated[
 class ComputeOptions:
     """How a command that runs the model on audio computes: windows per batch, CPU threads, and `--fast`."""
 
-    batch_size: AutoBatchOption = None
+    batch_size: BatchOption = None
     threads: ThreadsOption = None
     fast: FastOption = False
 
@@ -383,6 +375,7 @@ def check_output_folder(output: Path) -> None:
         raise UsageError(output, f"cannot make this folder: {shown(os.fspath(existing))} is a file")
     if not os.access(existing, os.W_OK):
         raise UsageError(output, f"cannot write in {shown(os.fspath(existing))}: permission denied")
+    refuse_unexpanded_home(output)
 
 
 def given_input(value: str) -> str:

@@ -14,7 +14,7 @@ from ..units import seconds_text, span_ends
 from .common import (
     EXIT_OK,
     EXIT_PARTIAL,
-    AutoBatchOption,
+    BatchOption,
     BeamOption,
     DeviceOption,
     FastOption,
@@ -75,7 +75,7 @@ class DescribeOptions:
     max_len: MaxLenOption = 30
     stop: StopOption = StopRule.both
     long_prompts: LongPromptsOption = LongPrompt.cut
-    batch_size: AutoBatchOption = None
+    batch_size: BatchOption = None
     hop: HopOption = 7.0
     threads: ThreadsOption = None
     fast: FastOption = False
@@ -115,7 +115,7 @@ def _describe_files(
         prompts = describe_prompts(model_dir.trained_tasks)  # the engine's `default_prompts`, known before it loads
     with Decoding(paths, hop_s=options.hop) as decoding:  # the files decode while the model's code imports and loads
         with lasting_objects():
-            engine = _load_engine(model_dir, options, prompts=len(prompts))
+            engine = _load_engine(model_dir, options)
         described = _describe_decoding(
             decoding, engine, prompts, options, answer_prefix=answer_prefix, progress=progress
         )
@@ -127,12 +127,11 @@ def _skipped(path: str, reason: str) -> FileResult:
     return FileResult(path, 0.0, [], reason)  # the path is a field of its own, as in `similar` and `classify`
 
 
-def _load_engine(model_dir: ModelDir, options: DescribeOptions, *, prompts: int) -> Engine:
+def _load_engine(model_dir: ModelDir, options: DescribeOptions) -> Engine:
     from ..inference import Engine
 
     apply_threads(options.threads)
-    rows = None if options.batch_size is None else options.batch_size * prompts
-    return Engine.load(model_dir, options.device, rows, options.long_prompts, fast=options.fast)
+    return Engine.load(model_dir, options.device, options.batch_size, options.long_prompts, fast=options.fast)
 
 
 def _describe_decoding(

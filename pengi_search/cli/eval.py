@@ -24,7 +24,6 @@ from .classify import ScoringOptions
 from .common import (
     EXIT_OK,
     EXIT_PARTIAL,
-    AutoBatchOption,
     BatchOption,
     BeamOption,
     DeviceOption,
@@ -187,7 +186,7 @@ def retrieval(
             )
         except ValueError as exc:
             raise UsageError("", str(exc)) from None
-        return evaluate_retrieval(library, caption_set, rankings, failures)
+        return evaluate_retrieval(library, caption_set, rankings, failures, notify=warn)
 
     _evaluate_set("retrieval", captions, evalset, output, score, quiet=quiet, json_output=json_output)
 
@@ -433,7 +432,7 @@ def classify_files(
     db: Annotated[str | None, typer.Option("--db", help="A library whose stored captions are reused.")] = None,
     model: ModelOption = None,
     device: DeviceOption = Device.auto,
-    batch_size: AutoBatchOption = None,
+    batch_size: BatchOption = None,
     threads: ThreadsOption = None,
     hidden: HiddenOption = False,
     quiet: QuietOption = False,

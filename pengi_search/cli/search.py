@@ -36,6 +36,7 @@ from .common import (
     report_skipped,
     show_progress,
     shown_path,
+    warn,
 )
 from .inputs import audio_inputs, one_file_given
 
@@ -217,7 +218,14 @@ def query(
         chosen = choose_rank(library, rank, search.model)
         counts = caption_counts(library.store)
         hits = query_text(
-            library, text, scope, model=search.model, device=search.device, rank=chosen, hybrid_weight=hybrid_weight
+            library,
+            text,
+            scope,
+            model=search.model,
+            device=search.device,
+            rank=chosen,
+            hybrid_weight=hybrid_weight,
+            notify=warn,
         )
     title = None
     if chosen is not Rank.caption:

@@ -54,8 +54,9 @@ def run(
         bool,
         typer.Option(
             "--resume",
-            help="Continue from the run's latest checkpoint (a finished run trains on only if max_steps, epochs "
-            "or patience was raised; otherwise nothing is written).",
+            help="Continue from the run's latest checkpoint, as the run was set: a config or --set that differs in "
+            "its length, learning-rate schedule, batch or seed is refused, but for a new optimization.max_steps or "
+            "epochs given with --set, which trains it on.",
         ),
     ] = False,
     resume_from: Annotated[
@@ -80,18 +81,20 @@ def run(
 
     # Read before the training code is imported (torch and the models: seconds), so that a mistyped key or
     # checkpoint fails at once (the run checks the checkpoint again, for library callers).
-    settings = load_config(config, parse_overrides(set_ or []))
+    overrides = parse_overrides(set_ or [])
+    settings = load_config(config, overrides)
     checkpoint_to_resume(settings.output_dir, resume_from or resume)
     from trainer.dry_run import dry_run_report, print_dry_run
     from trainer.loop import train as run_training
 
     if quiet:  # without --quiet, the configuration's logging.quiet decides
         settings.logging.quiet = True
+    given = set(overrides)  # a resumed run takes a new length from these alone
     if dry_run:
-        report = dry_run_report(settings, source=config, resume=resume_from or resume)
+        report = dry_run_report(settings, source=config, resume=resume_from or resume, given=given)
         print_dry_run(report, out_console)
         raise typer.Exit(report.exit_code)
-    result = run_training(settings, resume=resume_from or resume, source=config, console=err_console)
+    result = run_training(settings, resume=resume_from or resume, given=given, source=config, console=err_console)
     if result.audio_skipped and result.main:  # as everywhere: the command ran, but some audio could not be used
         warn("trained without the clips reported above, whose audio could not be used")
         raise typer.Exit(EXIT_PARTIAL)

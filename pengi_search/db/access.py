@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Engine, event, inspect
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..paths import refuse_unexpanded_home
 from .engine import create_store_engine
 from .errors import DatabaseURLError, ForeignDatabaseError, MissingDatabaseError, StoreError, driver_reason
 from .migrate import foreign_tables_reason, migrate
@@ -37,6 +38,7 @@ def open_engine(db: str | os.PathLike[str] | None, *, create: bool, read_only: b
     if db_file is not None:
         _check_place(db_file)
         if create:
+            refuse_unexpanded_home(db_file.parent)
             db_file.parent.mkdir(parents=True, exist_ok=True)
         elif not db_file.is_file() or is_empty_file(db_file):
             raise _missing(url, db)
@@ -55,14 +57,14 @@ def open_engine(db: str | os.PathLike[str] | None, *, create: bool, read_only: b
 
 
 def library_exists(db: str | os.PathLike[str] | None) -> bool:
-    """Whether `db` holds a pengi-search library already (never creates anything)."""
+    """Whether `db` holds a pengi-search library already; creates and changes nothing (`untouched_engine`)."""
     url = resolve_db_url(db)
     db_file = sqlite_file(url)
     if db_file is not None and (not db_file.is_file() or is_empty_file(db_file)):
         return False
     if db_file is not None:
         _check_place(db_file)
-    engine = reading_engine(url)
+    engine = untouched_engine(url)
     try:
         return _has_schema(engine)
     finally:
@@ -100,10 +102,18 @@ def _may_be_sqlite(db_file: Path) -> bool:
 
 def reading_engine(url: str) -> Engine:
     """An engine on `url` for reading only: a SQLite file in a folder this process may not write is read as
-    `engine.create_store_engine` reads an `unwritable_file`, any other database as usual."""
+    `engine.create_store_engine` reads a `read_only_file`, any other database as usual."""
     db_file = sqlite_file(url)
     unwritable = db_file is not None and not os.access(db_file.parent, os.W_OK)
-    return create_store_engine(url, unwritable_file=db_file if unwritable else None)
+    return create_store_engine(url, read_only_file=db_file if unwritable else None)
+
+
+def untouched_engine(url: str) -> Engine:
+    """An engine on `url` for looking only, which creates and changes nothing, whoever may write there: a SQLite
+    file is read as `engine.untouched_read` says (an ordinary connection would switch it to WAL, writing an empty
+    file's header or another application's file, and leave `-wal` and `-shm` files beside it)."""
+    db_file = sqlite_file(url)
+    return create_store_engine(url, read_only_file=db_file, untouched=True)
 
 
 def _check_place(db_file: Path) -> None:

@@ -21,12 +21,13 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 WRITE_OPTION = "pengi_write"  # execution option marking write transactions (SQLite takes its lock up front)
 
 
-def create_store_engine(url: str | URL, *, unwritable_file: Path | None = None) -> Engine:
+def create_store_engine(url: str | URL, *, read_only_file: Path | None = None, untouched: bool = False) -> Engine:
     """An engine for `url`; SQLite gets WAL, foreign keys and a busy timeout on every connection.
 
     Nothing is created here: `pengi_search.db.access.open_engine` decides whether a database may be made.
-    `unwritable_file`: `url`'s SQLite file, in a folder this process may not write; the engine only reads it, as
-    immutable while no writer has it open (see `needs_frozen_read`).
+    `read_only_file`: `url`'s SQLite file, which the engine only reads: as immutable while no writer has it open
+    (see `needs_frozen_read`) in a folder this process may not write, or wherever it is when `untouched` (see
+    `untouched_read`).
     """
     parsed = parse_db_url(url)
     # The bare name means psycopg2 to SQLAlchemy, psycopg 3 is what we ship; `postgres://` is libpq's short form.
@@ -34,7 +35,7 @@ def create_store_engine(url: str | URL, *, unwritable_file: Path | None = None) 
         parsed = parsed.set(drivername="postgresql+psycopg")
     where = parsed.render_as_string(hide_password=True)
     # The URL stays the engine's own (messages, FAISS file names); only the connection to the file differs.
-    connector = {} if unwritable_file is None else _reading_connections(unwritable_file)
+    connector = {} if read_only_file is None else _reading_connections(read_only_file, untouched)
     try:
         engine = create_engine(parsed, pool_pre_ping=parsed.get_backend_name() != "sqlite", **connector)
     except ImportError as exc:
@@ -48,7 +49,7 @@ def create_store_engine(url: str | URL, *, unwritable_file: Path | None = None) 
     except ArgumentError as exc:
         raise StoreError(where, f"cannot use this database URL ({exc})") from exc
     if parsed.get_backend_name() == "sqlite":
-        event.listen(engine, "connect", _sqlite_on_connect if unwritable_file is None else _reader_on_connect)
+        event.listen(engine, "connect", _sqlite_on_connect if read_only_file is None else _reader_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
     return engine
 
@@ -58,20 +59,29 @@ def needs_frozen_read(db_file: Path) -> bool:
     shared-memory file (`-shm`) beside it, which a folder this process cannot write (a read-only share, another
     user's library) does not let it create. Immutable reads take no locks and so would not see a writer; but a
     writer keeps the `-shm` file while it works, and where one is there the ordinary read works (and is used)."""
-    shared_memory = db_file.with_name(db_file.name + "-shm")
-    return not os.access(db_file.parent, os.W_OK) and not shared_memory.exists()
+    return not os.access(db_file.parent, os.W_OK) and untouched_read(db_file)
 
 
-def _reading_connections(db_file: Path) -> dict[str, Any]:
-    """The engine options that connect a reader to `db_file`, in a folder it may not write: each connection is
-    opened as `needs_frozen_read` says at the time, and none is pooled (SQLAlchemy opens one per transaction, in
-    well under a millisecond), so that a reader that lasts (`serve`) sees what an `index` run adds, and reads as
-    immutable only while no writer has the file (its pooled immutable connections never saw another row)."""
+def untouched_read(db_file: Path) -> bool:
+    """Whether a reader that must leave `db_file` as it found it opens it as immutable: while no connection has a
+    WAL database open there is no `-shm` file beside it, and even a read-only connection would then make one (and
+    a `-wal`) and leave both behind; while one is there, a read-only connection reads through it and makes nothing.
+    """
+    return not db_file.with_name(db_file.name + "-shm").exists()
+
+
+def _reading_connections(db_file: Path, untouched: bool) -> dict[str, Any]:
+    """The engine options that connect a reader to `db_file`, in a folder it may not write or, `untouched`, that
+    it must not change: each connection is opened as `needs_frozen_read` (or `untouched_read`) says at the time,
+    and none is pooled (SQLAlchemy opens one per transaction, in well under a millisecond), so that a reader that
+    lasts (`serve`) sees what an `index` run adds, and reads as immutable only while no writer has the file (its
+    pooled immutable connections never saw another row)."""
     # A URI filename: the path percent-encoded from its bytes, so spaces, `?`, `#` and any name survive.
     path = urllib.parse.quote(os.fsencode(db_file))
+    frozen = untouched_read if untouched else needs_frozen_read
 
     def connect() -> sqlite3.Connection:
-        mode = "immutable=1" if needs_frozen_read(db_file) else "mode=ro"
+        mode = "immutable=1" if frozen(db_file) else "mode=ro"
         return sqlite3.connect(f"file:{path}?{mode}", uri=True, check_same_thread=False)
 
     return {"creator": connect, "poolclass": NullPool}

@@ -28,8 +28,12 @@ _PASSWORD = re.compile(r"^([^/@]*//[^/:@]*:)[^/]*@")  # up to the host's '@', al
 
 
 def default_db_url() -> str:
-    """`$PENGI_SEARCH_DB` when set (URL or file path), else `index.db` in `pengi_search.paths.data_dir()`."""
-    return normalize_db_url(os.environ.get(DB_ENV_VAR) or data_dir() / DB_FILENAME)
+    """`$PENGI_SEARCH_DB` when set (URL or file path, `~` expanded: no shell did it), else `index.db` in
+    `pengi_search.paths.data_dir()`."""
+    named = os.environ.get(DB_ENV_VAR)
+    if not named:
+        return normalize_db_url(data_dir() / DB_FILENAME)
+    return normalize_db_url(named if "://" in named else home_expanded(named))
 
 
 def resolve_db_url(db: str | os.PathLike[str] | None = None) -> str:
@@ -38,7 +42,8 @@ def resolve_db_url(db: str | os.PathLike[str] | None = None) -> str:
 
 
 def normalize_db_url(db: str | os.PathLike[str]) -> str:
-    """An SQLAlchemy URL for `db`: URLs (anything with `://`) pass through, file paths become SQLite URLs.
+    """An SQLAlchemy URL for `db`: URLs (anything with `://`) pass through, file paths become SQLite URLs (of the
+    path as given: a leading `~` is a folder's name, as in a URL, where SQLite takes it so).
 
     A path whose name is not valid UTF-8 is refused: a URL cannot hold it (library files may have such names; the
     database and its FAISS files may not)."""
@@ -49,7 +54,7 @@ def normalize_db_url(db: str | os.PathLike[str]) -> str:
         return value
     if _URL_LIKE.match(value):
         raise DatabaseURLError(shown_db_url(value), f"not a database URL (the form is {URL_EXAMPLE})")
-    return URL.create("sqlite", database=str(home_expanded(value).absolute())).render_as_string()
+    return URL.create("sqlite", database=str(Path(value).absolute())).render_as_string()
 
 
 def parse_db_url(url: str | URL) -> URL:
@@ -89,12 +94,13 @@ def db_option(db: str | os.PathLike[str] | None) -> str:
 
 
 def sqlite_file(url: str | URL) -> Path | None:
-    """The database file of a SQLite URL; None for other backends and in-memory databases."""
+    """The database file of a SQLite URL, the one SQLite opens (a relative path from the current folder, `~` a
+    folder's name); None for other backends and in-memory databases."""
     parsed = parse_db_url(url)
     database = parsed.database or ""
     if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:") or database.startswith("file:"):
         return None
-    return home_expanded(database).absolute()
+    return Path(database).absolute()
 
 
 def default_index_dir(url: str | URL) -> Path:

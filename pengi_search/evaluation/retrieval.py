@@ -13,6 +13,7 @@ of each window with the query's embedding by Pengi's text tower; "hybrid" weighs
 from __future__ import annotations
 
 import glob
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from ..choices import DEFAULT_HYBRID_WEIGHT, By, Rank
+from ..embedders import warn_of_cuts
 from ..ranking import RANK_LABELS
 from ..search import Filters, SearchScope, ranked_index, search_index
 from ..similar import stored_windows
@@ -28,16 +30,20 @@ from .datasets import CaptionedFile, CaptionSet, left_out
 from .metrics import average_precision_at_k, mean, recall_at_k
 
 if TYPE_CHECKING:
+    from ..download import Notify
     from ..embedders import TextEmbedder
     from ..library import Library
 
 RECALL_KS = (1, 5, 10)
 AP_K = 10
 
+log = logging.getLogger(__name__)
+
 
 class Ranking(Protocol):
     name: str
     description: str
+    embedders: list[TextEmbedder]  # what embeds its queries
 
     def text_to_audio(self, captions: Sequence[str], k: int) -> list[list[str]]:
         """Per caption, the paths of its best `k` files, best first."""
@@ -79,6 +85,7 @@ class WindowMatching:
         for kind, embedder, part_weight in parts:
             assert embedder is not None, f"--rank {rank.value} needs a {kind} query embedder"
             self.parts.append((kind, embedder, part_weight))
+        self.embedders = list(dict.fromkeys(embedder for _, embedder, _ in self.parts))
         self._embedded: dict[tuple[str, str], np.ndarray] = {}
 
     def _vectors(self, embedder: TextEmbedder, captions: Sequence[str]) -> np.ndarray:
@@ -180,9 +187,10 @@ def evaluate_retrieval(
     caption_set: CaptionSet,
     rankings: Sequence[Ranking],
     index_failures: Mapping[str, str] | None = None,
+    notify: Notify = log.warning,
 ) -> dict[str, Any]:
     """Metrics of each ranking in both directions, recall-at-k curves, per-query ranks, and the files left out
-    (`index_failures`: the indexer's reasons, by path)."""
+    (`index_failures`: the indexer's reasons, by path). `notify`: told of each caption an embedder cuts."""
     indexed = [item for item in caption_set.found if stored_windows(library, item.path or "") is not None]
     skipped = left_out(caption_set, {item.name for item in indexed}, index_failures)
     queries = _Queries(
@@ -190,6 +198,8 @@ def evaluate_retrieval(
         [caption for item in indexed for caption in item.captions],
         [i for i, item in enumerate(indexed) for _ in item.captions],
     )
+    for embedder in dict.fromkeys(embedder for ranking in rankings for embedder in ranking.embedders):
+        warn_of_cuts(embedder, queries.captions, notify, what="caption")
     names = {item.path: item.name for item in caption_set.found}
     metrics: dict[str, Any] = {}
     curves: dict[str, Any] = {}

@@ -35,9 +35,14 @@ MAX_LABELS_BYTES = 1 << 20
 @dataclasses.dataclass(frozen=True)
 class HitModel(Hit):
     """A hit as the CLI's `--json` gives it, with its `file_id`; `path` shows a name that is not valid UTF-8
-    escaped (\\xff), its bytes in `path_bytes` (base64)."""
+    escaped (\\xff), its bytes in `path_bytes` (base64). A field the hit does not have is left out, as there
+    (`query_start_s` and `query_end_s` of a text search, `ranking` of an audio one, `path_bytes` of a UTF-8 name)."""
 
     path_bytes: str | None = None
+
+
+# `Hit.to_json` is what a hit holds; the model only documents it, and must not add its absent fields as nulls.
+HITS: dict[str, Any] = {"response_model": list[HitModel], "response_model_exclude_none": True}
 
 
 class TextModel(BaseModel):
@@ -234,7 +239,7 @@ def parse_labels(typed: str | None, uploaded: UploadFile | None) -> tuple[list[s
 # -- routes --------------------------------------------------------------------------------------------------
 
 
-@router.get("/search", response_model=list[HitModel], summary="Text -> audio search")
+@router.get("/search", **HITS, summary="Text -> audio search")
 def search(
     svc: ServiceDep,
     params: ParamsDep,
@@ -255,13 +260,13 @@ def search(
     return svc.search(q, dataclasses.replace(params, rank=rank, hybrid_weight=hybrid_weight))
 
 
-@router.get("/similar", response_model=list[HitModel], summary="Audio -> audio from an indexed window")
+@router.get("/similar", **HITS, summary="Audio -> audio from an indexed window")
 def similar(svc: ServiceDep, params: ParamsDep, window_id: Annotated[int, Query(ge=0)]) -> Any:
     """Sounds like the given window ("more like this"); the window's own file is left out."""
     return svc.similar_to_window(window_id, params)
 
 
-@router.post("/similar", response_model=list[HitModel], summary="Audio -> audio from an uploaded clip")
+@router.post("/similar", **HITS, summary="Audio -> audio from an uploaded clip")
 def similar_upload(svc: ServiceDep, params: ParamsDep, file: Annotated[UploadFile, File()]) -> Any:
     """Sounds like the clip sent (`pengi-search similar CLIP --json`)."""
     with read_upload(svc, file) as upload:

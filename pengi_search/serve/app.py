@@ -77,6 +77,7 @@ def _head_routes(*routers: APIRouter) -> APIRouter:
                     route.endpoint,
                     methods=["HEAD"],
                     response_model=route.response_model,
+                    response_model_exclude_none=route.response_model_exclude_none,  # the same body, so its length
                     response_class=route.response_class,
                 )
     return head

@@ -25,6 +25,6 @@ class ServeSettings:
     spectrogram_s: float = 600.0  # the spectrogram covers at most the first this many seconds
     check_s: float = 0.5  # how often a search checks the database for new windows
     max_k: int = 200
-    batch_size: int = 16
+    batch_size: int | None = None  # windows per batch, as --batch-size; None: the device's default, as there
     beam: int = 3
     max_len: int = 30
