@@ -18,13 +18,14 @@ queries.
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from pengi_search.audio import Window
+from pengi_search.audio import AUDIO_EXTENSIONS, Window
 from pengi_search.audio_workers import Decoded, Failed, Job, Windows, decode_all
 from pengi_search.choices import Captions
 from pengi_search.db import (
@@ -76,7 +77,10 @@ def run_index(options: IndexOptions, progress: ProgressReporter | None = None) -
     shard_name = None if shard is None else str(shard)
     try:
         # A new library is created only once the run can work: a missing model fails first, leaving nothing behind.
-        choice = None if library_exists(options.db) else _choose_model(options, None)
+        choice = None
+        if not library_exists(options.db):
+            _check_something_to_index(options, scanned)
+            choice = _choose_model(options, None)
         with Library.open(options.db) as library, indexing_lock(library.store, shard_name, wait=options.wait):
             stale = library.store.interrupt_stale_runs(shard_name)
             summary = _Run(library, options, shard, rank, progress, started, choice).execute(scanned)
@@ -86,6 +90,18 @@ def run_index(options: IndexOptions, progress: ProgressReporter | None = None) -
             rank.close()
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _check_something_to_index(options: IndexOptions, scanned: ScanResult) -> None:
+    """Refuse to create a library from paths that hold no audio at all (a mistyped folder, a wrong --ext), as
+    `describe` refuses such a folder, unless asked to (`create_empty`). An existing library's run goes on: it
+    records what vanished."""
+    if options.create_empty or scanned.entries or scanned.unreadable_dirs:
+        return
+    default = options.extensions == AUDIO_EXTENSIONS
+    asked = "" if default else f" with the extensions {', '.join(sorted(options.extensions))}"
+    where = "this folder" if len(options.roots) == 1 else "these folders"
+    raise IndexerError(", ".join(map(os.fspath, options.roots)), f"no audio file{asked} in {where}")
 
 
 # ---------------------------------------------------------------------------------------------------------------

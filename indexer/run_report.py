@@ -46,6 +46,7 @@ class IndexOptions:
     captions: Captions = Captions.now
     fast: bool = False  # --fast (pengi_search.fast_mode): not bit-identical
     recaption_fast: bool = False  # windows a --fast run captioned get exact captions (db.drop_fast_captions)
+    create_empty: bool = False  # no library yet and no audio under `roots`: create it all the same (--watch)
 
 
 class ProgressReporter(Protocol):

@@ -276,8 +276,9 @@ def check_database(db: str | None = None) -> tuple[dict[str, Any], list[Problem]
     """Schema revision, counts, SQLite's integrity check, runs left "running" and the FAISS files against it.
 
     `exists` says what doctor found out, never what it assumed: true (the library's file is there, or the server
-    answered and holds it), false (no file yet, an empty database, a folder where the file should be) or None when
-    it cannot tell (a URL it cannot use, a server it cannot reach). When not true, `reason` says why."""
+    answered and holds it), false (no file yet, an empty database, a folder or a file that is no SQLite database
+    where the file should be) or None when it cannot tell (a URL it cannot use, a server it cannot reach). When not
+    true, `reason` says why."""
     from sqlalchemy.exc import SQLAlchemyError
 
     try:
@@ -318,13 +319,13 @@ def _unknown(data: dict[str, Any], problem: Problem) -> tuple[dict[str, Any], li
 
 def _absent_file(db_file: Path, option: str) -> tuple[str | None, list[Problem]]:
     """Why there is no SQLite database at `db_file` (None when its file is there), with a problem when `index`
-    could not make one there either."""
-    if db_file.is_file():
-        return None, []
+    could not make one there either (a folder, or a file that is no database, in its place)."""
     unusable = unusable_place(db_file)
     if unusable is not None:
         fix = f"point --db or PENGI_SEARCH_DB at a database file, not at {db_file}" if db_file.exists() else URL_FIX
         return unusable, [Problem("database", unusable, fix)]
+    if db_file.is_file():
+        return None, []
     folder = next(parent for parent in db_file.parents if parent.exists())
     creates = f"`pengi-search index PATH...{option}` creates it"
     if folder == db_file.parent:
@@ -385,13 +386,16 @@ def _check_open_database(engine: Any, data: dict[str, Any], option: str) -> tupl
 
 
 def check_vector_files(store: Store, option: str = "") -> tuple[dict[str, Any], list[Problem]]:
-    """Each FAISS file against the database: present when there are vectors, readable, holding exactly their ids."""
+    """Each FAISS file against the database: present when there are vectors, readable, written for this library
+    (not left by one deleted before it was made), holding exactly their ids."""
     import numpy as np
 
+    from .library import owned_tag
     from .vector_file import VectorIndexError
     from .vectors import VectorIndex
 
     fix = f"pengi-search rebuild-index{option}"
+    meta = store.index_meta()
     data, problems = {}, []
     for kind in VECTOR_KINDS:
         path = default_index_path(store.url, kind)
@@ -400,7 +404,7 @@ def check_vector_files(store: Store, option: str = "") -> tuple[dict[str, Any], 
         data[kind] = info
         where = f"{kind} index"
         try:
-            index, _tag = VectorIndex.load(path)
+            index, tag = VectorIndex.load(path)
         except FileNotFoundError:
             info["state"] = "missing"
             if expected.size:
@@ -409,6 +413,12 @@ def check_vector_files(store: Store, option: str = "") -> tuple[dict[str, Any], 
         except VectorIndexError as err:
             info["state"] = "damaged"
             problems.append(Problem(where, f"{path} is damaged: {err.reason}", fix))
+            continue
+        if owned_tag(meta, path, tag) is None:
+            info["state"] = "other library"
+            if expected.size:
+                what = f"{path} was written for another library (one deleted before this database was made)"
+                problems.append(Problem(where, what, fix))
             continue
         ids = index.ids()
         missing, extra = np.setdiff1d(expected, ids).size, np.setdiff1d(ids, expected).size

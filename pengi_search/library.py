@@ -5,7 +5,9 @@ SQLite database (see `pengi_search.db.default_index_path`). The database records
 for, the type built and its parameters (`Store.vector_indexes`), so a damaged or deleted file is rebuilt as the
 type it was, and an 'ivfpq' request that fell back to 'flat' on a small library is reported as such and becomes
 IVF-PQ once the library is large enough. Each file's tag records what its vectors came from (the text embedder or
-the model) and the type asked for (what a database older than that record has to go by).
+the model), the type asked for (what a database older than that record has to go by) and which library wrote it
+(`library_id`): a file left beside the database by a library deleted before this one was made at the same place
+holds another library's vectors under the same window ids, and is taken as no file at all.
 
 Opening an index checks its ids against the database; a file that differs is brought in line incrementally (only
 the windows added or removed since) when its tag and type still fit, and rebuilt from the stored vectors otherwise
@@ -25,7 +27,17 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .db import VECTOR_KINDS, CaptionCounts, Store, StoreError, VectorIndexInfo, caption_counts, default_index_path
+from .db import (
+    VECTOR_KINDS,
+    CaptionCounts,
+    IndexMeta,
+    Store,
+    StoreError,
+    VectorIndexInfo,
+    caption_counts,
+    default_index_path,
+)
+from .vector_file import read_index_tag
 from .vectors import INDEX_TYPES, IndexParams, VectorIndex, VectorIndexError, effective_type
 
 log = logging.getLogger(__name__)
@@ -68,6 +80,23 @@ class Library:
     def index_path(self, kind: str) -> Path:
         """The FAISS file of vectors of `kind` ('text' or 'audio')."""
         return default_index_path(self.db_url, kind)
+
+    def index_file_bytes(self, kind: str) -> int | None:
+        """The size of the library's FAISS file of `kind`; None when there is none (another library's is none).
+
+        Only the file's header is read: a damaged file still counts (it is rebuilt when next opened).
+        """
+        path = self.index_path(kind)
+        try:
+            tag: str | None = read_index_tag(path)
+            size = path.stat().st_size
+        except VectorIndexError:
+            tag, size = None, path.stat().st_size
+        except OSError:
+            return None
+        if tag is not None and owned_tag(self.store.index_meta(), path, tag) is None:
+            return None
+        return size
 
     def caption_counts(self) -> CaptionCounts:
         """How many windows there are and how many have captions (for the default ranking of a text query)."""
@@ -132,7 +161,7 @@ class Library:
 
     def _in_line_locked(self, kind: str, path: Path, index_type: str | None, *, rebuild: bool) -> VectorIndex | None:
         expected = self.store.vector_ids(kind)
-        loaded, stored_tag = _load(path)
+        loaded, stored_tag = self._load_own(path)
         recorded = self.store.vector_indexes().get(kind)
         requested = index_type or (recorded.requested_type if recorded else None) or _requested_type(stored_tag)
         tag = self._tag(kind, requested)
@@ -178,7 +207,7 @@ class Library:
 
     def _described_by_file(self, kind: str) -> VectorIndexInfo | None:
         """What a FAISS file written before the database kept this record says about itself."""
-        index, tag = _load(self.index_path(kind))
+        index, tag = self._load_own(self.index_path(kind))
         if index is None or tag is None:
             return None
         return VectorIndexInfo(
@@ -189,6 +218,18 @@ class Library:
             vectors=len(index),
             updated_at=datetime.fromtimestamp(self.index_path(kind).stat().st_mtime, timezone.utc),
         )
+
+    def _load_own(self, path: Path) -> tuple[VectorIndex | None, str | None]:
+        """The index saved at `path` and its tag (see `owned_tag`); (None, None) when missing, damaged or another
+        library's. Another library's is replaced as a missing one is: an ordinary leftover, told only in the log."""
+        loaded, tag = _load(path)
+        if tag is None:
+            return loaded, tag
+        own = owned_tag(self.store.index_meta(), path, tag)
+        if own is None:
+            log.info("vector index %s was written for another library: it is not used", path)
+            return None, None
+        return loaded, own
 
     def _save(self, index: VectorIndex, path: Path, tag: str) -> None:
         if not self.in_memory:
@@ -214,7 +255,41 @@ class Library:
             source = f"{meta.embedder.name}/{meta.embedder.dim}"
         else:
             source = f"{meta.model.name}@{meta.model.fingerprint}"
-        return json.dumps({"kind": kind, "source": source, "index_type": index_type}, sort_keys=True)
+        fields = {"kind": kind, "source": source, "index_type": index_type}
+        if meta is not None:
+            fields["library"] = library_id(meta)
+        return json.dumps(fields, sort_keys=True)
+
+
+def library_id(meta: IndexMeta) -> str:
+    """What tells one library from another made later at the same place: when its first vectors were recorded
+    (a re-index keeps it). Only a library with vectors has FAISS files worth telling apart."""
+    return meta.created_at.isoformat()
+
+
+def owned_tag(meta: IndexMeta | None, path: Path, tag: str) -> str | None:
+    """The tag of the FAISS file at `path` as this library (`meta`: None before its first vectors) writes it, or
+    None when the file was written for another library.
+
+    A tag that names no library was written before tags did; it is this library's when the file is newer than the
+    library (a leftover of a library deleted before this one was made is older), and is then read as if it named
+    it, so that an upgrade does not rebuild every index. A tag that is not this module's JSON is left as it is
+    (it never fits: the index is rebuilt).
+    """
+    try:
+        fields = json.loads(tag)
+    except ValueError:
+        return tag
+    if not isinstance(fields, dict):
+        return tag
+    ours = None if meta is None else library_id(meta)
+    if meta is None or "library" in fields:
+        return tag if fields.get("library") == ours else None
+    try:
+        written = path.stat().st_mtime
+    except OSError:
+        return None
+    return None if written < meta.created_at.timestamp() else json.dumps({**fields, "library": ours}, sort_keys=True)
 
 
 @contextlib.contextmanager

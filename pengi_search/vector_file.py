@@ -74,6 +74,20 @@ def read_index_file(path: str | os.PathLike[str]) -> tuple[faiss.IndexIDMap2, di
     return index, meta["params"], str(meta["tag"])
 
 
+def read_index_tag(path: str | os.PathLike[str]) -> str:
+    """The tag of a file written by `write_index_file`, from its header alone (the rest is neither read nor checked).
+
+    Raises FileNotFoundError when missing and VectorIndexError when the header is damaged.
+    """
+    source = Path(path)
+    with open(source, "rb") as stream:
+        meta_size = _read_front(source, stream)[2]
+        meta_bytes = stream.read(meta_size)
+    if len(meta_bytes) != meta_size:
+        raise VectorIndexError(str(source), "truncated header")
+    return str(_parse_meta(source, meta_bytes)["tag"])
+
+
 def _write_payload(index: Any, out: BinaryIO, crc: int) -> tuple[int, int]:
     """Stream faiss's serialisation into `out`; returns its size and the crc32 continued from `crc`."""
     size = 0
@@ -91,14 +105,7 @@ def _write_payload(index: Any, out: BinaryIO, crc: int) -> tuple[int, int]:
 
 def _read_header(source: Path, stream: BinaryIO) -> dict[str, Any]:
     """Check magic, version, length and checksum; leaves `stream` at the start of the faiss payload."""
-    head = stream.read(_HEADER.size)
-    if len(head) != _HEADER.size:
-        raise VectorIndexError(str(source), "truncated header")
-    magic, version, payload_size, crc, meta_size = _HEADER.unpack(head)
-    if magic != _MAGIC:
-        raise VectorIndexError(str(source), "not a pengi-search vector index")
-    if version != _FORMAT_VERSION:
-        raise VectorIndexError(str(source), f"format version {version}, this pengi-search reads {_FORMAT_VERSION}")
+    payload_size, crc, meta_size = _read_front(source, stream)
     expected_size = _HEADER.size + meta_size + payload_size
     actual_size = os.fstat(stream.fileno()).st_size
     if actual_size != expected_size:
@@ -110,13 +117,31 @@ def _read_header(source: Path, stream: BinaryIO) -> dict[str, Any]:
         actual_crc = zlib.crc32(chunk, actual_crc)
     if actual_crc != crc:
         raise VectorIndexError(str(source), "checksum mismatch (the file is damaged)")
+    meta = _parse_meta(source, meta_bytes)
+    stream.seek(payload_start)
+    return meta
+
+
+def _read_front(source: Path, stream: BinaryIO) -> tuple[int, int, int]:
+    """Check magic and version; returns the payload's size, the checksum and the metadata's size."""
+    head = stream.read(_HEADER.size)
+    if len(head) != _HEADER.size:
+        raise VectorIndexError(str(source), "truncated header")
+    magic, version, payload_size, crc, meta_size = _HEADER.unpack(head)
+    if magic != _MAGIC:
+        raise VectorIndexError(str(source), "not a pengi-search vector index")
+    if version != _FORMAT_VERSION:
+        raise VectorIndexError(str(source), f"format version {version}, this pengi-search reads {_FORMAT_VERSION}")
+    return payload_size, crc, meta_size
+
+
+def _parse_meta(source: Path, meta_bytes: bytes) -> dict[str, Any]:
     try:
         meta = json.loads(meta_bytes)
         if not _META_KEYS.issubset(meta):
             raise ValueError(f"missing {sorted(_META_KEYS - set(meta))}")
     except (ValueError, TypeError) as exc:
         raise VectorIndexError(str(source), f"unreadable header metadata: {exc}") from exc
-    stream.seek(payload_start)
     return meta
 
 

@@ -190,10 +190,31 @@ def test_a_missing_folder_is_a_usage_error_and_prunes_nothing(tiny_model_dir, so
     assert json.loads(run("stats", "--db", db, "--json").stdout)["files"]["indexed"] == 3
 
 
-def test_a_folder_without_audio_is_indexed_with_a_warning(tiny_model_dir, sounds, tmp_path):
-    """Nothing to index is no error (a drop folder may be empty today), but a wrong folder or --ext is told."""
+def test_a_first_run_over_folders_without_audio_creates_no_library(tiny_model_dir, sounds, tmp_path):
+    """A mistyped folder or --ext is refused as `describe` refuses it (exit code 2), and nothing is created."""
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "readme.txt").write_text("no audio here\n")
+    db = tmp_path / "new" / "lib.db"
+    empty = index(tmp_path / "notes", db, tiny_model_dir)
+    assert (empty.exit_code, empty.stderr) == (
+        EXIT_USAGE,
+        f"error: {tmp_path / 'notes'}: no audio file in this folder\n",
+    )
+    other_kind = index(sounds, db, tiny_model_dir, "--ext", "mp3")
+    assert other_kind.exit_code == EXIT_USAGE
+    assert other_kind.stderr == f"error: {sounds}: no audio file with the extensions .mp3 in this folder\n"
+    both = index(tmp_path / "notes", db, tiny_model_dir, "--ext", "mp3,wav")
+    assert both.stderr.endswith("no audio file with the extensions .mp3, .wav in this folder\n")
+    assert not db.parent.exists()
+
+
+def test_a_run_over_folders_without_audio_goes_on_with_a_warning_once_the_library_exists(
+    tiny_model_dir, sounds, tmp_path
+):
+    """The library's run records what is there, or not (a drop folder may be empty today), and tells of it."""
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no audio here\n")
+    assert index(sounds, tmp_path / "lib.db", tiny_model_dir).exit_code == 0
     empty = index(tmp_path / "notes", tmp_path / "lib.db", tiny_model_dir)
     assert empty.exit_code == 0 and "indexed 0 file(s)" in empty.stdout
     assert "warning: no audio file found in" in empty.stderr and "notes" in empty.stderr

@@ -118,6 +118,25 @@ def test_a_damaged_or_stale_faiss_file_is_found(installation, damage):
     assert doctor(installation)[0] == 0
 
 
+def test_a_faiss_file_left_by_a_deleted_library_is_found(installation):
+    """`rm lib.db*` leaves the FAISS files; the library then made at the same path holds other vectors under the
+    same window ids, which a check of the ids alone would find in order."""
+    path = installation.with_name("lib.text.faiss")
+    leftover = path.read_bytes()
+    for part in installation.parent.glob("lib.db*"):
+        part.unlink()
+    sounds = installation.parent / "sounds"
+    assert runner.invoke(app, ["index", str(sounds), "--db", str(installation), *QUICK]).exit_code == 0
+    path.write_bytes(leftover)
+    code, report = doctor(installation)
+    assert code == 1 and report["database"]["vector_indexes"]["text"]["state"] == "other library"
+    what, fix = problems(report)["text index"]
+    assert what == f"{path} was written for another library (one deleted before this database was made)"
+    assert fix == f"pengi-search rebuild-index --db {installation}"
+    assert runner.invoke(app, ["rebuild-index", "--db", str(installation)]).exit_code == 0
+    assert doctor(installation)[0] == 0
+
+
 def test_a_run_left_running_is_reported(installation):
     with Store.open(installation) as store:
         run = store.start_run()  # as a run killed with -9 leaves it
@@ -160,11 +179,23 @@ def test_a_database_path_no_database_can_be_made_at_is_a_problem(tmp_path, isola
 
 def test_an_unreadable_database_is_reported(tmp_path, isolated_home):
     db = tmp_path / "lib.db"
-    db.write_bytes(b"this is no database" * 100)
+    db.write_bytes(b"SQLite format 3\x00" + b"this is no database" * 100)  # a SQLite file, damaged
     code, report = doctor(db)
     what, fix = problems(report)["database"]
     assert code == 1 and what.startswith("cannot be read: file is not a database")
     assert "restore the database from a backup" in fix
+
+
+def test_a_file_that_is_no_database_is_no_library_and_is_left_alone(tmp_path, isolated_home):
+    """`--db clip.mp3`: the wrong file given, as commands say (exit code 2); not a database to restore."""
+    clip = tmp_path / "clip.mp3"
+    clip.write_bytes(b"ID3" + bytes(500))
+    code, report = doctor(clip)
+    what, fix = problems(report)["database"]
+    assert code == 1 and report["database"]["exists"] is False and report["database"]["reason"] == what
+    assert what == f"{clip} is not a SQLite database"
+    assert fix == f"point --db or PENGI_SEARCH_DB at a database file, not at {clip}"
+    assert clip.read_bytes() == b"ID3" + bytes(500)
 
 
 def test_doctor_tells_an_unreachable_server_from_a_damaged_database():

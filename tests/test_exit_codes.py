@@ -58,6 +58,7 @@ class Paths:
     sounds: Path  # a folder with good files and an empty one
     labels: Path
     truth: Path  # the labels of the files in `sounds`
+    captions: Path  # a caption of a file in `sounds`
     bad_labels: Path  # a label given twice
     long_label: Path  # a label longer than the tiny model's language model can score
     missing: Path  # no such file or library
@@ -74,6 +75,7 @@ def paths(tmp_path_factory, tiny_model_dir, tiny_no_text_model_dir) -> Paths:
     (base / "sounds" / "empty.wav").write_bytes(b"")
     (base / "labels.txt").write_text("dog\nrain\n")
     (base / "truth.csv").write_text("file,label\nsounds/good.wav,dog\n")
+    (base / "captions.csv").write_text("file,caption\nsounds/good.wav,a steady tone\n")
     (base / "bad-labels.txt").write_text("dog\nrain\ndog\n")
     write_tone(base / "linked" / "good.wav", 1.0)
     (base / "linked" / "gone.wav").symlink_to(base / "linked" / "deleted.wav")
@@ -89,6 +91,7 @@ def paths(tmp_path_factory, tiny_model_dir, tiny_no_text_model_dir) -> Paths:
         sounds=base / "sounds",
         labels=base / "labels.txt",
         truth=base / "truth.csv",
+        captions=base / "captions.csv",
         bad_labels=base / "bad-labels.txt",
         long_label=base / "long-label.txt",
         missing=base / "missing" / "none.wav",
@@ -362,6 +365,33 @@ CASES = {
         EXIT_USAGE,
         "is a file, not a folder: no database can be made at ",
     ),
+    # A file that is no database (an audio file given as --db): a wrong argument, named, for every command but doctor
+    **{
+        f"{name}, a --db that is an audio file": Case(
+            lambda p, name=name, args=args: (*name.split(), *args(p), "--db", p.clip),
+            EXIT_USAGE,
+            "clip.wav is not a SQLite database: point --db or PENGI_SEARCH_DB at a database file",
+        )
+        for name, args in {
+            "query": lambda p: ("x", "--model", p.model),
+            "similar": lambda p: (p.clip, "--model", p.model),
+            "classify": lambda p: (p.clip, "--labels", p.labels, "--model", p.model),
+            "index": lambda p: (p.sounds, "--model", p.model),
+            "stats": lambda p: (),
+            "export": lambda p: (),
+            "remove": lambda p: (p.clip,),
+            "rebuild-index": lambda p: (),
+            "serve": lambda p: ("--port", "0"),
+            "eval retrieval": lambda p: (p.captions, "--model", p.model, "-o", p.missing.parent),
+            "eval caption": lambda p: (p.captions, "--model", p.model, "-o", p.missing.parent),
+            "eval classify": lambda p: (p.sounds, "--truth", p.truth, "--model", p.model, "-o", p.missing.parent),
+        }.items()
+    },
+    "index, a folder without audio and no library yet": Case(  # a typo'd folder: no library made from it
+        lambda p: ("index", p.no_audio, "--db", p.missing.with_suffix(".db"), "--model", p.model),
+        EXIT_USAGE,
+        "notes: no audio file in this folder",
+    ),
     "serve, an upload limit of infinite MB": Case(
         lambda p: ("serve", "--db", p.db, "--port", "0", "--max-upload-mb", "inf"),
         EXIT_USAGE,
@@ -501,6 +531,12 @@ def _commands_taking(option: str, group: Any, prefix: str = "") -> set[str]:
 def test_every_command_that_takes_device_is_checked_without_a_gpu():
     checked = {name.removesuffix(" --device cuda, no GPU") for name in CASES if name.endswith("--device cuda, no GPU")}
     assert checked == _commands_taking("--device", typer.main.get_command(app))
+
+
+def test_every_command_that_takes_db_refuses_a_file_that_is_no_database():
+    checked = {name.removesuffix(", a --db that is an audio file") for name in CASES if "a --db that is an" in name}
+    # doctor reports it as a problem (its exit code says healthy or not): tests/test_doctor.py
+    assert checked | {"doctor"} == _commands_taking("--db", typer.main.get_command(app))
 
 
 def test_the_engine_refuses_cuda_without_a_gpu_as_the_command_line_does(paths):

@@ -7,7 +7,9 @@ the vectors it lacks; a missing, damaged or foreign file, or one of another type
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -230,3 +232,62 @@ def test_an_index_that_cannot_be_saved_still_serves(
         assert index.ids().tolist() == library.store.vector_ids("text").tolist()
         assert not library.index_path("text").exists()
     assert "vector index not saved" in caplog.text and "disk full" in caplog.text
+
+
+def delete_and_make_anew(db: str, files: int) -> None:
+    """`rm lib.db*`, which leaves the FAISS files (`lib.text.faiss`...), then a new library at the same path: its
+    window ids start again at 1, under other vectors."""
+    for part in Path(db).parent.glob(Path(db).name + "*"):
+        part.unlink()
+    with Store.open(db) as store:
+        if files:
+            store.set_index_meta(MODEL, EMBEDDER)
+        for number in range(files):
+            add_file(store, f"/new/{number}.wav", 1, seed=10 + number)
+
+
+def test_the_faiss_files_of_a_deleted_library_are_not_those_of_a_new_one_at_the_same_path(db: str) -> None:
+    with opened(db) as (library, _):
+        library.sync_vector_indexes("hnsw")  # ids 1 to 5
+    delete_and_make_anew(db, files=2)  # ids 1 and 2, other vectors
+
+    with opened(db) as (library, fetched):
+        index = library.vector_index("text")
+        assert fetched == [("text", None)] and in_line(library, "text")  # built anew, not trimmed to ids 1 and 2
+        ids, vectors = library.store.vectors("text")
+        assert index.search(vectors, 1)[0][:, 0] == pytest.approx([1.0, 1.0], abs=1e-5)
+        assert index.type == "flat"  # the type the other library asked for is not taken either
+    with opened(db) as (library, fetched):
+        library.vector_index("text")
+        assert fetched == []  # the file is this library's now
+
+
+def test_a_new_library_without_vectors_shows_and_keeps_no_faiss_file_of_the_deleted_one(db: str) -> None:
+    with opened(db) as (library, _):
+        library.sync_vector_indexes()
+    delete_and_make_anew(db, files=0)
+
+    with Library.open(db, read_only=True) as library:  # as `stats` reads it
+        assert library.index_info() == {"text": None, "audio": None}
+        assert library.index_file_bytes("text") is None and library.index_file_bytes("audio") is None
+    with opened(db) as (library, _):
+        library.sync_vector_indexes()
+        assert not library.index_path("text").exists() and not library.index_path("audio").exists()
+
+
+def test_a_file_written_before_files_named_their_library_is_kept_when_newer_than_the_library(db: str) -> None:
+    """An upgrade reads the files an earlier version wrote (no rebuild); a leftover older than the library is not."""
+    with opened(db) as (library, _):
+        path = library.index_path("text")
+        index = library.vector_index("text")
+        tag = json.loads(VectorIndex.load(path)[1])
+        del tag["library"]
+        index.save(path, json.dumps(tag, sort_keys=True))
+        created = library.store.index_meta().created_at.timestamp()
+    with opened(db) as (library, fetched):
+        library.vector_index("text")
+        assert fetched == []
+    os.utime(path, (created - 60, created - 60))  # saved before the library was made: another library's
+    with opened(db) as (library, fetched):
+        library.vector_index("text")
+        assert fetched == [("text", None)] and in_line(library, "text")

@@ -215,6 +215,9 @@ def test_indexing_random_trees_never_fails_the_run_nor_loses_what_was_indexed(tm
     plant(root, first)
     run = invoke("index", os.fsdecode(root), "--db", db, "--model", model, *QUICK)
     event(f"first run: exit code {run.exit_code}")
+    if not any(_audio(item.name) for item in first):  # nothing a walk takes: no library is made of it
+        assert run.exit_code == 2 and not db.exists()
+        return
     assert run.exit_code in (0, 3)
     assert_consistent(db)
     before = indexed_rows(db)

@@ -41,9 +41,10 @@ from pengi_search.db import (
 )
 from pengi_search.db.captions import UNRECORDED_MODE, caption_modes, drop_fast_captions, uncaptioned_windows
 from pengi_search.db.engine import create_store_engine
-from pengi_search.db.errors import ForeignDatabaseError, MissingDatabaseError
+from pengi_search.db.errors import DatabaseURLError, ForeignDatabaseError, MissingDatabaseError
 from pengi_search.db.migrate import SCHEMA_HEAD, alembic_config, migrate
 from pengi_search.db.schema import Base
+from pengi_search.errors import EXIT_USAGE
 
 MODEL = ModelInfo("pengi-base", "a" * 64)
 EMBEDDER = EmbedderInfo("pengi-clip-text", 4)
@@ -327,8 +328,6 @@ def test_an_empty_file_is_no_library_yet_and_commands_that_only_read_leave_it_un
     """A 0-byte file (made by `touch`, or a copy that failed) is an empty SQLite database; connecting to it would
     write a header into it. Readers, and `remove` and `rebuild-index`, which need a library, name the command
     that makes one and leave the file as it was; `index` makes its library there."""
-    from pengi_search.db import library_exists
-
     empty = tmp_path / "index.db"
     empty.touch()
     for read_only in (True, False):
@@ -360,10 +359,26 @@ def test_the_command_that_creates_a_missing_library_is_named_without_the_urls_pa
     assert f"pengi-search index PATH... --db '{url.render_as_string(hide_password=True)}'" in str(missing.value)
 
 
-def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "notes.db").write_text("shopping list: milk, eggs, a better microphone\n" * 20)
-    with pytest.raises(StoreError, match="file is not a database"):
-        Store.open(tmp_path / "notes.db")
+@pytest.mark.parametrize("read_only", [False, True])
+def test_a_file_that_is_not_a_database_is_refused_as_bad_usage(tmp_path: Path, read_only: bool) -> None:
+    """An audio file or a text file given as the database is a wrong argument, named, and left as it was."""
+    notes = tmp_path / "notes.db"
+    notes.write_text("shopping list: milk, eggs, a better microphone\n" * 20)
+    with pytest.raises(DatabaseURLError, match=f"^{notes} is not a SQLite database: point --db") as refused:
+        Store.open(notes, read_only=read_only)
+    assert refused.value.exit_code == EXIT_USAGE and library_exists(tmp_path / "other.db") is False
+    with pytest.raises(DatabaseURLError):
+        library_exists(notes)
+    assert notes.read_text().startswith("shopping list") and sorted(tmp_path.iterdir()) == [notes]
+
+
+def test_a_damaged_database_is_refused(tmp_path: Path) -> None:
+    """A file that begins as SQLite's do but is damaged cannot be read: not a usage error, a failure."""
+    damaged = tmp_path / "lib.db"
+    damaged.write_bytes(b"SQLite format 3\x00" + b"damaged pages " * 100)
+    with pytest.raises(StoreError, match="file is not a database") as refused:
+        Store.open(damaged)
+    assert not isinstance(refused.value, DatabaseURLError)
 
 
 def test_default_locations(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -76,12 +76,15 @@ class Watching:
 
 
 @contextlib.contextmanager
-def watching(tmp_path: Path, model_dir: Path, *, json_lines: bool = True) -> Iterator[Watching]:
-    """`index --watch` (`--json` with `json_lines`) in a process of its own over a folder of one file and the
-    library itself, once its first run (the run that `index` alone makes) has reported; killed at the end."""
+def watching(tmp_path: Path, model_dir: Path, *, json_lines: bool = True, empty: bool = False) -> Iterator[Watching]:
+    """`index --watch` (`--json` with `json_lines`) in a process of its own over a folder of one file (none with
+    `empty`) and the library itself, once its first run (the run that `index` alone makes) has reported; killed at
+    the end."""
     root = tmp_path / "sounds"
     db = root / "lib.db"  # a run's writes to the library must not start the next run
-    write_tone(root / "first.wav", 1.0)
+    root.mkdir()
+    if not empty:
+        write_tone(root / "first.wav", 1.0)
     command = [sys.executable, "-m", "pengi_search", "index", str(root), "--watch", "--debounce", "0.2"]
     command += ["--db", str(db), "--model", str(model_dir), *QUICK, *(["--json"] if json_lines else [])]
     env = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}  # stdout as users get it
@@ -89,7 +92,7 @@ def watching(tmp_path: Path, model_dir: Path, *, json_lines: bool = True) -> Ite
     try:
         watch = Watching(process, root, db, Lines(process.stdout), Lines(process.stderr))
         if json_lines:
-            assert watch.out.summary()["indexed"] == 1
+            assert watch.out.summary()["indexed"] == (0 if empty else 1)
         else:
             assert watch.out.next().startswith("indexed 1 file(s), 1 window(s) in ")
         yield watch
@@ -120,6 +123,15 @@ def test_watch_indexes_what_is_added_forgets_what_is_deleted_and_ctrl_c_ends_it_
     assert watch.out.queue.get(timeout=PATIENCE_S) is None  # nothing more written
     with Store.open(watch.db) as store:
         assert [run.status for run in store.runs()] == ["finished"] * 3  # no other run, none recorded interrupted
+
+
+def test_a_watch_of_a_folder_without_audio_makes_the_library_and_waits_for_files(tiny_model_dir, tmp_path):
+    """Without --watch, a first run over folders with no audio is refused (a mistyped folder); a watch is made to
+    wait for them."""
+    with watching(tmp_path, tiny_model_dir, empty=True) as watch:
+        assert watch.db.is_file()
+        os.replace(write_tone(tmp_path / "first.wav", 1.0), watch.root / "first.wav")
+        assert watch.out.summary()["indexed"] == 1
 
 
 def test_sigterm_ends_the_watch_as_ctrl_c_does_with_its_own_exit_code(tiny_model_dir, tmp_path):

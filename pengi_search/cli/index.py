@@ -55,7 +55,7 @@ from .common import (
 if TYPE_CHECKING:
     from indexer.run_report import IndexSummary
 
-    from ..db import VectorIndexInfo
+    from ..library import Library
 
 IndexTypeOption = Annotated[
     IndexType | None,
@@ -224,6 +224,7 @@ def index(
         captions=captions,
         fast=fast,
         recaption_fast=recaption_fast,
+        create_empty=watch,  # a watch waits for the files to come
     )
 
     def run() -> IndexSummary:
@@ -263,7 +264,7 @@ def rebuild_index(db: DbOption = None, index_type: IndexTypeOption = None, json_
     started = time.monotonic()
     with Library.open(db, create=False) as library, _fallback_told_below():
         counts = library.rebuild(index_type)
-        indexes = {kind: _index_json(library.index_path(kind), info) for kind, info in library.index_info().items()}
+        indexes = _indexes_json(library)
     seconds = time.monotonic() - started
     if json_output:
         print_json({"vectors": counts, "vector_indexes": indexes, "seconds": round(seconds, 3)})
@@ -311,9 +312,7 @@ def stats(db: DbOption = None, json_output: JsonOption = False) -> None:
         data["runs"] = [run.to_json() for run in library.store.runs(limit=5)]
         db_file = sqlite_file(library.db_url)
         data["database_bytes"] = None if db_file is None else _sqlite_bytes(db_file)
-        data["vector_indexes"] = {
-            kind: _index_json(library.index_path(kind), info) for kind, info in library.index_info().items()
-        }
+        data["vector_indexes"] = _indexes_json(library)
     if json_output:
         print_json(data)
     else:
@@ -445,13 +444,18 @@ def _write_rows(rows: Any, stream: Any) -> None:
         stream.write(json_text(row) + "\n")
 
 
-def _index_json(path: Path, info: VectorIndexInfo | None) -> dict[str, Any]:
-    """Where a kind's FAISS file is, its size, and what index it is: `index_type` is the type built."""
-    data: dict[str, Any] = {"path": str(path), "bytes": _size(path), "index_type": None, "requested_type": None}
-    if info is not None:
-        recorded = info.to_json()
-        data |= {"index_type": recorded.pop("effective_type")} | recorded
-    return data
+def _indexes_json(library: Library) -> dict[str, dict[str, Any]]:
+    """Per kind, where its FAISS file is, its size (None: no file of this library's) and what index it is:
+    `index_type` is the type built."""
+    indexes = {}
+    for kind, info in library.index_info().items():
+        path, size = library.index_path(kind), library.index_file_bytes(kind)
+        data: dict[str, Any] = {"path": str(path), "bytes": size, "index_type": None, "requested_type": None}
+        if info is not None:
+            recorded = info.to_json()
+            data |= {"index_type": recorded.pop("effective_type")} | recorded
+        indexes[kind] = data
+    return indexes
 
 
 def _index_kind(effective: str | None, requested: str | None) -> str:

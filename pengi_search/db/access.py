@@ -23,6 +23,8 @@ from .errors import DatabaseURLError, ForeignDatabaseError, MissingDatabaseError
 from .migrate import foreign_tables_reason, migrate
 from .urls import db_option, resolve_db_url, shown_db_url, sqlite_file
 
+SQLITE_HEADER = b"SQLite format 3\x00"  # how every SQLite database file begins
+
 
 def open_engine(db: str | os.PathLike[str] | None, *, create: bool, read_only: bool) -> Engine:
     """An engine on the migrated database at `db` (URL, file path, None: the default).
@@ -34,9 +36,7 @@ def open_engine(db: str | os.PathLike[str] | None, *, create: bool, read_only: b
     create = create and not read_only
     db_file = sqlite_file(url)
     if db_file is not None:
-        unusable = unusable_place(db_file)
-        if unusable is not None:  # no library can be there: not one "yet" either
-            raise DatabaseURLError(unusable, "point --db or PENGI_SEARCH_DB at a database file (such as index.db)")
+        _check_place(db_file)
         if create:
             refuse_unexpanded_home(db_file.parent)
             db_file.parent.mkdir(parents=True, exist_ok=True)
@@ -62,6 +62,8 @@ def library_exists(db: str | os.PathLike[str] | None) -> bool:
     db_file = sqlite_file(url)
     if db_file is not None and (not db_file.is_file() or is_empty_file(db_file)):
         return False
+    if db_file is not None:
+        _check_place(db_file)
     engine = untouched_engine(url)
     try:
         return _has_schema(engine)
@@ -77,13 +79,25 @@ def is_empty_file(db_file: Path) -> bool:
 
 def unusable_place(db_file: Path) -> str | None:
     """Why no SQLite database can be at `db_file` (None when one is there or can be made): a folder or something
-    else that is not a file there, or a file where one of its folders should be."""
+    else that is not a file there, a file that is not a SQLite database (an audio file given as --db), or a file
+    where one of its folders should be."""
     if db_file.exists():
         if db_file.is_file():
-            return None
+            return None if _may_be_sqlite(db_file) else f"{db_file} is not a SQLite database"
         return f"{db_file} is a folder, not a database file" if db_file.is_dir() else f"{db_file} is not a file"
     folder = next(parent for parent in db_file.parents if parent.exists())  # the root, at the latest
     return None if folder.is_dir() else f"{folder} is a file, not a folder: no database can be made at {db_file}"
+
+
+def _may_be_sqlite(db_file: Path) -> bool:
+    """Whether `db_file` begins with SQLite's header, or is empty (a database not begun). A file that cannot be read
+    may be one: SQLite says why it cannot open it."""
+    try:
+        with open(db_file, "rb") as stream:
+            head = stream.read(len(SQLITE_HEADER))
+    except OSError:
+        return True
+    return head in (b"", SQLITE_HEADER)
 
 
 def reading_engine(url: str) -> Engine:
@@ -100,6 +114,13 @@ def untouched_engine(url: str) -> Engine:
     file's header or another application's file, and leave `-wal` and `-shm` files beside it)."""
     db_file = sqlite_file(url)
     return create_store_engine(url, read_only_file=db_file, untouched=True)
+
+
+def _check_place(db_file: Path) -> None:
+    """Refuse, as bad usage, a place where no library can be: not one "yet" either (see `unusable_place`)."""
+    unusable = unusable_place(db_file)
+    if unusable is not None:
+        raise DatabaseURLError(unusable, "point --db or PENGI_SEARCH_DB at a database file (such as index.db)")
 
 
 def _missing(url: str, db: str | os.PathLike[str] | None) -> MissingDatabaseError:

@@ -198,21 +198,22 @@ class IndexMetaRow(Base):
     model_fingerprint: Mapped[str] = mapped_column(String(128))
     embedder_name: Mapped[str] = mapped_column(Text)
     embedder_dim: Mapped[int] = mapped_column(Integer)
+    # Set once, kept by a re-index: it tells this library's FAISS files from those of one deleted before it.
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
     @classmethod
     def create(cls, model: ModelInfo, embedder: EmbedderInfo, now: datetime) -> IndexMetaRow:
         """The row for an index built from now on with `model` and `embedder`."""
-        return cls(
-            id=1,
-            model_name=model.name,
-            model_fingerprint=model.fingerprint,
-            embedder_name=embedder.name,
-            embedder_dim=embedder.dim,
-            created_at=now,
-            updated_at=now,
-        )
+        row = cls(id=1, created_at=now)
+        row.record(model, embedder, now)
+        return row
+
+    def record(self, model: ModelInfo, embedder: EmbedderInfo, now: datetime) -> None:
+        """Record that the index is built from now on with `model` and `embedder`."""
+        self.model_name, self.model_fingerprint = model.name, model.fingerprint
+        self.embedder_name, self.embedder_dim = embedder.name, embedder.dim
+        self.updated_at = now
 
     def to_record(self) -> IndexMeta:
         return IndexMeta(

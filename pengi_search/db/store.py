@@ -420,8 +420,13 @@ class Store(RunJournal):
             files = session.execute(
                 update(AudioFileRow).values(status="pending", error=None, indexed_at=None), execution_options=_NO_SYNC
             ).rowcount
-            session.execute(delete(IndexMetaRow), execution_options=_NO_SYNC)
-            session.add(IndexMetaRow.create(model, embedder, datetime.now(timezone.utc)))
+            # The row is kept, not made anew: its created_at is the library's identity (`library_id`).
+            now = datetime.now(timezone.utc)
+            row = session.get(IndexMetaRow, 1, with_for_update=True)
+            if row is None:
+                session.add(IndexMetaRow.create(model, embedder, now))
+            else:
+                row.record(model, embedder, now)
             return files
 
     # -- vector indexes --------------------------------------------------------------------------------------
