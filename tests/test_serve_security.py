@@ -186,3 +186,34 @@ def test_a_changed_or_missing_file_is_not_served(served, tiny_model_dir, file_id
             assert client.get(f"/api/files/{dog_id}/audio").status_code == 404
         finally:
             moved.rename(dog)
+
+
+def test_the_page_of_a_changed_or_missing_file_says_why_it_cannot_be_played(served, tiny_model_dir, file_ids):
+    """Not a player and a spectrogram that fail without a word: the page says what the audio's API says, and its
+    windows do not offer to play (they still show what Pengi wrote, and lead to similar sounds)."""
+    dog = served.files["animals/dog.wav"]
+    dog_id = file_ids[str(dog)]
+    stamp = dog.stat()
+    with client_for(served, tiny_model_dir) as client:
+        playable = client.get(f"/files/{dog_id}").text
+        os.utime(dog, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))
+        try:
+            changed = client.get(f"/files/{dog_id}")
+        finally:
+            os.utime(dog, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+        moved = dog.with_name("moved.wav")
+        dog.rename(moved)
+        try:
+            missing = client.get(f"/files/{dog_id}")
+        finally:
+            moved.rename(dog)
+    assert 'id="file-player"' in playable and "data-start" in playable and "cannot be played" not in playable
+    reasons = {
+        "the file changed on disk since it was indexed; index it again": changed,
+        "no longer readable on disk (no such file or directory)": missing,
+    }
+    for reason, page in reasons.items():
+        assert page.status_code == 200
+        assert f'<p class="error">The audio cannot be played: {reason}</p>' in page.text
+        assert not any(part in page.text for part in ('id="file-player"', "spectrogram.png", "data-start"))
+        assert "a dog barks" in page.text and "More like this" in page.text

@@ -242,6 +242,7 @@ def file_page(request: Request, svc: ServiceDep, file_id: int) -> HTMLResponse:
     duration = info["duration_s"] or max((w["end_s"] for w in info["windows"]), default=0.0)
     context = {
         "file": info,
+        "unplayable": svc.unplayable(file_id) if info["status"] == "indexed" else None,
         "duration": duration,
         "truncated": duration > svc.settings.spectrogram_s,
         "spectrogram_s": svc.settings.spectrogram_s,

@@ -307,6 +307,15 @@ class Service:
         key = (record.id, record.size, record.mtime)
         return self.transcodes.flac(key, real, self.settings.max_transcode_s), "audio/flac"
 
+    def unplayable(self, file_id: int) -> str | None:
+        """Why the file's audio cannot be served (gone or changed on disk, outside the served folders), or None: the
+        file's page says so, where its player would otherwise fail without a word."""
+        try:
+            servable_path(self.file_record(file_id), self.settings.roots)
+        except RequestError as exc:
+            return exc.reason
+        return None
+
     def window_audio(self, window_id: int) -> bytes:
         window = self.window(window_id)
         real = servable_path(self.file_record(window.file_id), self.settings.roots)
