@@ -242,6 +242,18 @@ def test_a_key_mismatch_names_a_few_keys_and_suggests_config(tiny_pair, tiny_mod
     assert result.stderr.strip().endswith("pass its configuration with --config FILE")
 
 
+@pytest.mark.usefixtures("no_internet")
+def test_fetch_from_a_local_file_that_is_not_there_is_bad_usage(tmp_path, isolated_home, monkeypatch):
+    """A typo, not a failed download: exit 2, one line naming the file as typed, nothing fetched or made."""
+    monkeypatch.chdir(tmp_path)
+    result = _cli("model", "fetch", "--url", "./Downloads/base.pth")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == "error: ./Downloads/base.pth: no such file"
+    as_url = _cli("model", "fetch", "--url", (tmp_path / "base.pth").as_uri())
+    assert as_url.exit_code == 2 and as_url.stderr.strip() == f"error: {(tmp_path / 'base.pth').as_uri()}: no such file"
+    assert not (isolated_home / "models").exists()
+
+
 def test_a_fetched_file_that_is_no_checkpoint_is_moved_aside(tiny_pair, tiny_model_dir, tmp_path, isolated_home):
     model, path = tiny_pair
     page = tmp_path / "error-page.html"
