@@ -15,7 +15,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.pool import NullPool
 
 from .errors import DatabaseURLError, StoreError
-from .urls import URL_EXAMPLE, parse_db_url
+from .urls import URL_EXAMPLE, parse_db_url, shown_db_url, with_driver
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 WRITE_OPTION = "pengi_write"  # execution option marking write transactions (SQLite takes its lock up front)
@@ -29,11 +29,8 @@ def create_store_engine(url: str | URL, *, read_only_file: Path | None = None, u
     (see `needs_frozen_read`) in a folder this process may not write, or wherever it is when `untouched` (see
     `untouched_read`).
     """
-    parsed = parse_db_url(url)
-    # The bare name means psycopg2 to SQLAlchemy, psycopg 3 is what we ship; `postgres://` is libpq's short form.
-    if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    where = parsed.render_as_string(hide_password=True)
+    parsed = with_driver(parse_db_url(url))
+    where = shown_db_url(parsed)
     # The URL stays the engine's own (messages, FAISS file names); only the connection to the file differs.
     connector = {} if read_only_file is None else _reading_connections(read_only_file, untouched)
     try:
