@@ -8,6 +8,7 @@ import io
 import json
 import re
 import struct
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -906,6 +907,42 @@ def test_a_failure_of_the_servers_own_is_logged_wherever_it_is_answered(client, 
     caplog.clear()
     assert client.get("/", params={"q": "a bell rings", "k": "many"}).status_code == 422
     assert caplog.records == []  # the request's own fault is the user's to read, on the page
+
+
+def test_a_database_that_does_not_answer_is_a_503_said_once_in_the_log(served, tiny_model_dir, caplog):
+    """Not the server's own failure (500) but one that passes: while the database cannot be reached (a server
+    stopped, a share gone), every request that needs it is answered 503 with when to ask again, the pages say so,
+    and the log says it once, not once per request; once the database answers again, so does the server."""
+    db = Path(served.db)
+    caplog.set_level("WARNING", logger="pengi_search.serve")
+    with client_for(served, tiny_model_dir) as client:
+        assert client.get("/api/search", params={"q": "a bell rings"}).status_code == 200
+        client.app.state.service.library.store.engine.dispose()  # the next request connects anew
+        db.rename(db.with_name("away.db"))
+        db.mkdir()  # no database can be opened there: every connection fails
+        try:
+            answers = [
+                client.get("/api/search", params={"q": "a bell rings"}),
+                client.get("/api/files/1"),
+                client.get("/api/stats"),
+                client.get("/", params={"q": "a bell rings"}),
+                client.get("/library"),
+            ]
+        finally:
+            db.rmdir()
+            db.with_name("away.db").rename(db)
+        assert [answer.status_code for answer in answers] == [503] * 5
+        assert {answer.headers["retry-after"] for answer in answers} == {"5"}
+        assert "cannot reach the database: unable to open database file" in answers[0].json()["detail"]
+        assert '<form class="search"' in answers[3].text and "cannot reach the database" in answers[3].text
+        assert "Error 503" in answers[4].text and "does not answer. Try again in a moment" in answers[4].text
+        assert [record.getMessage() for record in caplog.records] == [
+            f"sqlite:///{db}: cannot reach the database: unable to open database file; answering 503 until it answers "
+            "again"
+        ]
+        caplog.clear()
+        assert client.get("/api/search", params={"q": "a bell rings"}).status_code == 200
+        assert [record.getMessage() for record in caplog.records] == ["the database answers again"]
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ from ..pathnames import shown
 from ..units import duration_text, seconds_text, span_ends
 from . import media
 from .api import ServiceDep, parse_labels, read_upload
-from .errors import InvalidParameter, RequestError, answer_status
+from .errors import InvalidParameter, RequestError, answer_status, status_headers
 from .service import SearchParams
 from .uploads import size_text
 
@@ -233,7 +233,9 @@ def _results_page(
         form = {"q": q, **typed}
     context = {"form": form, "hits": hits, "error": error, "fault": fault, "heading": heading}
     context["max_k"] = svc.settings.max_k
-    return templates.TemplateResponse(request, "search.html", context, status_code=status)
+    return templates.TemplateResponse(
+        request, "search.html", context, status_code=status, headers=status_headers(status)
+    )
 
 
 @router.get("/files/{file_id}", response_class=HTMLResponse)
@@ -331,7 +333,8 @@ def _upload_response(request: Request, svc: ServiceDep, status: int = 200, **res
         "method": "text",
         **results.pop("typed", {}),
     }
-    return templates.TemplateResponse(request, "upload.html", {**context, **results}, status_code=status)
+    page = {**context, **results}
+    return templates.TemplateResponse(request, "upload.html", page, status_code=status, headers=status_headers(status))
 
 
 @router.get("/library", response_class=HTMLResponse)
