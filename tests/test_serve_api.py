@@ -6,6 +6,7 @@ import hashlib
 import html
 import io
 import json
+import os
 import re
 import struct
 from pathlib import Path
@@ -20,6 +21,7 @@ from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_FAILED, EXIT_USAGE
 from pengi_search.db import Store, StoreError
 from pengi_search.embedders import TextEmbedderError
+from pengi_search.serve import media
 from pengi_search.serve.media import browser_type
 from pengi_search.serve.pages import FILTER_BOXES, when
 from pengi_search.units import duration_text
@@ -174,6 +176,58 @@ def test_file_audio_is_the_file_with_range_support(client, served):
     part = client.get(f"/api/files/{bell['file_id']}/audio", headers={"Range": "bytes=100-199"})
     assert part.status_code == 206 and part.content == data[100:200]
     assert part.headers["content-range"] == f"bytes 100-199/{len(data)}"
+
+
+def test_a_range_of_a_unit_other_than_bytes_is_ignored_and_a_malformed_one_refused(client, served):
+    """RFC 9110 (14.2): a server ignores a range unit it does not know, answering the whole file (200)."""
+    bell = hit_for(client, served, "bell.wav")
+    data = served.files["bell.wav"].read_bytes()
+    for unit in ("items=0-1", "ITEMS=0-1", "seconds"):
+        whole = client.get(f"/api/files/{bell['file_id']}/audio", headers={"Range": unit})
+        assert (whole.status_code, whole.content) == (200, data), unit
+        assert "content-range" not in whole.headers
+    assert client.get(f"/api/files/{bell['file_id']}/audio", headers={"Range": "bytes=x-y"}).status_code == 400
+    assert client.get(f"/api/files/{bell['file_id']}/audio", headers={"Range": "Bytes=0-1"}).status_code == 206
+
+
+def test_audio_and_spectrograms_the_browser_holds_are_not_sent_again(client, served, monkeypatch):
+    """Each carries an ETag; asked again with it (If-None-Match, as browsers re-request media), the answer is 304
+    without a body, and nothing is cut or drawn for it. `Cache-Control: no-cache`: a file changed on disk since is
+    refused (409) rather than answered from the browser's copy."""
+    rain = hit_for(client, served, "weather/rain.flac")
+    hum = hit_for(client, served, "loops/hum.aiff")
+    paths = [
+        f"/api/files/{rain['file_id']}/audio",  # the file as it is
+        f"/api/files/{hum['file_id']}/audio",  # transcoded
+        f"/api/windows/{rain['window_id']}/audio",
+        f"/api/files/{rain['file_id']}/spectrogram.png",
+    ]
+    tags = {}
+    for path in paths:
+        first = client.get(path)
+        assert first.status_code == 200 and first.headers["cache-control"] == "no-cache", path
+        tags[path] = first.headers["etag"]
+        assert client.get(path, headers={"If-None-Match": '"other"'}).content == first.content  # another: sent
+    assert len(set(tags.values())) == len(paths)
+
+    def never(*_args, **_kwargs):
+        raise AssertionError("made again for a client that holds it")
+
+    monkeypatch.setattr(media, "window_wav", never)
+    monkeypatch.setattr(media, "spectrogram_png", never)
+    for path, tag in tags.items():
+        for sent in (tag, f"W/{tag}", f'"other", {tag}', "*"):
+            for method in ("GET", "HEAD"):
+                again = client.request(method, path, headers={"If-None-Match": sent})
+                assert (again.status_code, again.content, again.headers["etag"]) == (304, b"", tag), (path, sent)
+    rain_path = served.files["weather/rain.flac"]
+    stamp = rain_path.stat()
+    os.utime(rain_path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))
+    try:
+        changed = client.get(paths[0], headers={"If-None-Match": tags[paths[0]]})
+    finally:
+        os.utime(rain_path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert changed.status_code == 409
 
 
 def test_formats_browsers_cannot_play_are_transcoded_to_flac(client, served):

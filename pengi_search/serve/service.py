@@ -41,6 +41,7 @@ from ..search import (
 from . import catalog, media
 from .batching import EmbedBatcher
 from .errors import InvalidParameter, RequestError
+from .http_cache import Made, entity_tag
 from .live import LiveLibrary
 from .security import servable_path
 from .settings import ServeSettings
@@ -316,10 +317,13 @@ class Service:
             return exc.reason
         return None
 
-    def window_audio(self, window_id: int) -> bytes:
+    def window_audio(self, window_id: int) -> Made:
+        """The window cut from its file as WAV (made only when the client does not hold it: see `http_cache`)."""
         window = self.window(window_id)
-        real = servable_path(self.file_record(window.file_id), self.settings.roots)
-        return media.window_wav(real, window.start_s, window.end_s)
+        record = self.file_record(window.file_id)
+        real = servable_path(record, self.settings.roots)
+        tag = entity_tag("window", window_id, record.size, record.mtime)
+        return Made(tag, lambda: media.window_wav(real, window.start_s, window.end_s))
 
     def window_peaks(self, window_id: int) -> list[tuple[float, float]]:
         """(min, max) pairs over a window, for its waveform."""
@@ -328,9 +332,12 @@ class Service:
         real = servable_path(record, self.settings.roots)
         return list(_cached_peaks(real, (record.size, record.mtime), window.start_s, window.end_s))
 
-    def spectrogram(self, file_id: int) -> bytes:
-        real = servable_path(self.file_record(file_id), self.settings.roots)
-        return media.spectrogram_png(real, self.settings.spectrogram_s)
+    def spectrogram(self, file_id: int) -> Made:
+        """The file's spectrogram as PNG (made only when the client does not hold it: see `http_cache`)."""
+        record = self.file_record(file_id)
+        real = servable_path(record, self.settings.roots)
+        tag = entity_tag("spectrogram", file_id, record.size, record.mtime, self.settings.spectrogram_s)
+        return Made(tag, lambda: media.spectrogram_png(real, self.settings.spectrogram_s))
 
     # -- uploaded clips --------------------------------------------------------------------------------------
 
