@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 import pytest
 import soundfile as sf
+from markupsafe import escape
 from typer.testing import CliRunner
 
 from pengi_search.cli import app
@@ -29,7 +30,7 @@ from pengi_search.units import duration_text
 from .indexing import write_tone
 from .search_library import CaptionLibrary
 from .serving import BROKEN, BROKEN_REASON, HOSTILE, client_for
-from .test_cli_search import HIT_KEYS
+from .test_cli_search import HIT_KEYS, clip_tokens
 
 SEARCH_HIT_KEYS = HIT_KEYS | {"ranking", "file_id"}  # as `query --json`, with the file's id
 SIMILAR_HIT_KEYS = HIT_KEYS | {"query_start_s", "query_end_s", "file_id"}  # as `similar --json`, with the file's id
@@ -330,6 +331,26 @@ def test_classify_an_uploaded_clip_with_typed_or_sent_labels(client, served):
     sent = client.post("/api/classify", files={"file": clip, "labels_file": labels_csv}, data={"method": "loglik"})
     assert sent.status_code == 200, sent.text
     assert sent.json()["labels"] == ["a bell rings", "a dog barks"] and sent.json()["method"] == "loglik"
+
+
+def test_a_label_the_text_embedder_cuts_is_said_to_the_client_not_only_on_the_servers_stderr(
+    client, served, tiny_model_dir, capsys
+):
+    """As `classify` warns on stderr: the API's answer lists it in `warnings` (empty when none), the page shows it."""
+    clip = ("clip.wav", served.files["bell.wav"].read_bytes())
+    long_label = ("a bell rings and " * 20).strip()
+    tokens = clip_tokens(tiny_model_dir, long_label)  # the default template is the label itself
+    said = (
+        f"label of {tokens} tokens cut to its first 77, all that Pengi's text tower reads: "
+        "'a bell rings and a bell rings and a bell...'"
+    )
+    labels = {"labels": f"a bell rings\n{long_label}\n"}
+    assert client.post("/api/classify", files={"file": clip}, data=labels).json()["warnings"] == [said]
+    page = client.post("/upload/classify", files={"file": clip}, data=labels)
+    assert page.status_code == 200 and f'<p class="note warning">{escape(said)}</p>' in page.text
+    plain = client.post("/api/classify", files={"file": clip}, data={"labels": "a bell rings\na dog barks"})
+    assert plain.json()["warnings"] == [] and '"warnings"' in client.get("/openapi.json").text
+    assert "cut to its first" not in capsys.readouterr().err
 
 
 def test_classify_with_a_label_map_scores_its_answers_and_reports_its_labels(client, served):

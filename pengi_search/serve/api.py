@@ -115,6 +115,7 @@ class ClassifyModel(BaseModel):
     results: list[PredictionModel]
     errors: list[dict[str, str]]
     metrics: dict[str, Any] | None
+    warnings: list[str]  # what the command says on stderr: each label the text embedder cuts
 
 
 # -- shared parameters ---------------------------------------------------------------------------------------

@@ -357,10 +357,12 @@ class Service:
     def classify(
         self, upload: Upload, labels: list[str], method: str = "text", top: int = 5, texts: dict[str, str] | None = None
     ) -> dict[str, Any]:
-        """Zero-shot classification of a clip, as `pengi-search classify --json` gives one file; `texts`: what a
-        label is scored as, where it is not the label itself."""
+        """Zero-shot classification of a clip, as `pengi-search classify --json` gives one file, and `warnings`: what
+        the command says on stderr (a label cut by the text embedder), for the client, who sent the labels. `texts`:
+        what a label is scored as, where it is not the label itself."""
         from ..classify import Classifier, ClassifySettings
 
+        warnings: list[str] = []
         try:
             settings = ClassifySettings(method=method, beam=self.settings.beam, max_len=self.settings.max_len)
             engine = self.engine()
@@ -372,13 +374,21 @@ class Service:
                 batch_size=self.settings.batch_size,
                 engine=engine,
                 texts=texts,
+                notify=warnings.append,
             )
         except ValueError as exc:
             raise RequestError("classify", str(exc)) from None
         with self._model_lock:
             prediction = classifier.classify(upload.path)
         result = {**prediction.to_json(top), "file": upload.name}
-        return {"method": method, "labels": labels, "results": [result], "errors": [], "metrics": None}
+        return {
+            "method": method,
+            "labels": labels,
+            "results": [result],
+            "errors": [],
+            "metrics": None,
+            "warnings": warnings,
+        }
 
     # -- the library -----------------------------------------------------------------------------------------
 
