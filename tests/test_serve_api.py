@@ -522,6 +522,39 @@ def test_windows_that_play_when_pressed_are_labelled_and_reached_by_the_tab_key_
     assert f'aria-label="Play {path}, 3.0 to 10.0 s: thunder rolls in the distance"' in waveforms[0]
 
 
+def test_a_hit_whose_file_is_gone_or_changed_says_why_it_cannot_be_played(client, served):
+    """As a file's page does: where *Play hit* would do nothing visible, the hit says why instead, on the results of
+    a search, of "more like this" and of an uploaded clip; the Tab key reaches the first waveform left."""
+    bell, dog = served.files["bell.wav"], served.files["animals/dog.wav"]
+    rain = hit_for(client, served, "weather/rain.flac")
+    clip = ("clip.flac", served.files["weather/rain.flac"].read_bytes())
+    stamp = bell.stat()
+    os.utime(bell, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))
+    dog.rename(dog.with_name("away.wav"))
+    try:
+        pages = [
+            client.get("/", params={"q": "a bell rings", "k": 10}).text,
+            client.get("/similar", params={"window_id": rain["window_id"], "k": 10}).text,
+            client.post("/upload/similar", files={"file": clip}, data={"k": "10"}).text,
+        ]
+    finally:
+        os.utime(bell, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+        dog.with_name("away.wav").rename(dog)
+    for page in pages:
+        hits = {
+            html.unescape(re.search(r'class="path" href="[^"]*">([^<]*)<', item)[1]): item
+            for item in re.findall(r'<li class="hit".*?</li>', page, re.S)
+        }
+        assert len(hits) >= 4 and str(bell) in hits and str(dog) in hits
+        changed, gone = hits.pop(str(bell)), hits.pop(str(dog))
+        assert "The audio cannot be played: the file changed on disk since it was indexed; index it again" in changed
+        assert "The audio cannot be played: no longer readable on disk" in gone
+        assert not any("play-hit" in item or "<audio" in item for item in (changed, gone))
+        assert all("play-hit" in item and "cannot be played" not in item for item in hits.values())
+        assert [re.search(r'tabindex="(-?\d)"', c)[1] for c in re.findall(r"<canvas [^>]*>", page)].count("0") == 1
+    assert "cannot be played" not in client.get("/", params={"q": "a bell rings", "k": 10}).text  # all back
+
+
 def test_the_pages_take_the_same_filter_boxes(client, served):
     """Search and "more like this" read the filters the same way: as typed, an empty box being no filter."""
     bell = hit_for(client, served, "bell.wav")

@@ -233,6 +233,7 @@ def _results_page(
         form = {"q": q, **typed}
     context = {"form": form, "hits": hits, "error": error, "fault": fault, "heading": heading}
     context["max_k"] = svc.settings.max_k
+    context["unplayable"] = svc.unplayable_hits(hits or [])
     return templates.TemplateResponse(
         request, "search.html", context, status_code=status, headers=status_headers(status)
     )
@@ -286,7 +287,8 @@ def upload_similar(
     def work() -> dict[str, Any]:
         params = fields.params()
         with read_upload(svc, file) as upload:
-            return {"hits": svc.similar_to_upload(upload, params), "name": upload.name}
+            hits = svc.similar_to_upload(upload, params)
+        return {"hits": hits, "name": upload.name, "unplayable": svc.unplayable_hits(hits)}
 
     return _upload_result(request, svc, "similar", work, **dataclasses.asdict(fields))
 
@@ -325,6 +327,7 @@ def _upload_result(
 def _upload_response(request: Request, svc: ServiceDep, status: int = 200, **results: Any) -> HTMLResponse:
     limits = {"size": size_text(svc.settings.max_upload_bytes), "seconds": svc.settings.max_upload_s}
     context = {"described": None, "hits": None, "classified": None, "name": "", "error": None, "limits": limits}
+    context["unplayable"] = {}  # file id -> why a hit's file cannot be played
     context["faults"] = {}  # form -> its box at fault
     context["max_k"] = svc.settings.max_k
     context["typed"] = {

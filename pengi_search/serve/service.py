@@ -311,8 +311,19 @@ class Service:
     def unplayable(self, file_id: int) -> str | None:
         """Why the file's audio cannot be served (gone or changed on disk, outside the served folders), or None: the
         file's page says so, where its player would otherwise fail without a word."""
+        return self._unservable(self.file_record(file_id))
+
+    def unplayable_hits(self, hits: Sequence[dict[str, Any]]) -> dict[int, str]:
+        """Why the files of `hits` cannot be played, by file id (the others are left out): a page of results says
+        so at each, where *Play hit* would otherwise do nothing visible."""
+        file_ids = sorted({hit["file_id"] for hit in hits if hit.get("file_id") is not None})
+        records = catalog.files_by_id(self.library.store, file_ids) if file_ids else {}
+        reasons = {file_id: self._unservable(record) for file_id, record in records.items()}
+        return {file_id: reason for file_id, reason in reasons.items() if reason is not None}
+
+    def _unservable(self, record: FileRecord) -> str | None:
         try:
-            servable_path(self.file_record(file_id), self.settings.roots)
+            servable_path(record, self.settings.roots)
         except RequestError as exc:
             return exc.reason
         return None
