@@ -779,6 +779,19 @@ def test_a_refused_upload_puts_the_focus_in_the_box_at_fault_of_the_form_sent(cl
     assert "aria-invalid" not in client.get("/upload").text
 
 
+def test_the_upload_page_holds_its_limits_and_says_them_as_the_server_does(served, tiny_model_dir):
+    """Each file box carries its limit in bytes and the server's own words past it, which the page says before
+    sending a file too large (static/app.js; the browser test sends one)."""
+    with client_for(served, tiny_model_dir, max_upload_bytes=3 << 19) as small:
+        boxes = upload_boxes(small.get("/upload").text)
+        said = "larger than the server&#39;s limit of 1.5 MiB"
+        assert all(f'data-max-bytes="{3 << 19}" data-too-large="{said}"' in form["file"] for form in boxes.values())
+        labels = 'data-max-bytes="1048576" data-too-large="larger than the server&#39;s limit of 1 MiB"'
+        assert labels in boxes["classify"]["labels_file"]
+        refused = small.post("/api/describe", files={"file": ("big.wav", bytes((3 << 19) + 1))})
+        assert (refused.status_code, refused.json()) == (413, {"detail": f"big.wav: {html.unescape(said)}"})
+
+
 def test_unknown_pages_and_bodies_past_the_limit_get_a_page_and_the_api_json(served, tiny_model_dir):
     clip = served.files["weather/rain.flac"].read_bytes()
     with client_for(served, tiny_model_dir, max_upload_bytes=1 << 20) as small:

@@ -24,7 +24,7 @@ from ..search import Hit
 from .errors import InvalidParameter, RequestError
 from .http_cache import file_response, made_response
 from .service import SearchParams, Service
-from .uploads import saved_upload, size_text
+from .uploads import larger_than, saved_upload
 
 router = APIRouter(prefix="/api", tags=["api"])
 MAX_LABELS_BYTES = 1 << 20
@@ -229,7 +229,7 @@ def parse_labels(typed: str | None, uploaded: UploadFile | None) -> tuple[list[s
     else:
         raise InvalidParameter("labels", "no labels: type one per line, or send a labels file")
     if len(data) > MAX_LABELS_BYTES:
-        raise RequestError(field, f"larger than {size_text(MAX_LABELS_BYTES)}", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+        raise RequestError(field, larger_than(MAX_LABELS_BYTES), HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
     with tempfile.TemporaryDirectory(prefix="pengi-labels-") as folder:
         path = Path(folder) / f"labels{suffix}"
         path.write_bytes(data)

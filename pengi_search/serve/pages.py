@@ -24,10 +24,10 @@ from ..errors import PengiSearchError
 from ..pathnames import shown
 from ..units import duration_text, seconds_text, span_ends
 from . import media
-from .api import ServiceDep, parse_labels, read_upload
+from .api import MAX_LABELS_BYTES, ServiceDep, parse_labels, read_upload
 from .errors import InvalidParameter, RequestError, answer_status, status_headers
 from .service import SearchParams
-from .uploads import size_text
+from .uploads import larger_than, size_text
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(
@@ -325,7 +325,11 @@ def _upload_result(
 
 
 def _upload_response(request: Request, svc: ServiceDep, status: int = 200, **results: Any) -> HTMLResponse:
-    limits = {"size": size_text(svc.settings.max_upload_bytes), "seconds": svc.settings.max_upload_s}
+    most = svc.settings.max_upload_bytes
+    limits = {"size": size_text(most), "seconds": svc.settings.max_upload_s}
+    # Each file box's limit in bytes and what is said past it, which the page says before sending (static/app.js)
+    limits["clip"] = {"bytes": most, "reason": larger_than(most)}
+    limits["labels"] = {"bytes": MAX_LABELS_BYTES, "reason": larger_than(MAX_LABELS_BYTES)}
     context = {"described": None, "hits": None, "classified": None, "name": "", "error": None, "limits": limits}
     context["unplayable"] = {}  # file id -> why a hit's file cannot be played
     context["faults"] = {}  # form -> its box at fault

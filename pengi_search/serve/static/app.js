@@ -185,7 +185,8 @@ function setUpBusyForms() {
       if (busy) form.setAttribute("aria-busy", "true");
       else form.removeAttribute("aria-busy");
     };
-    form.addEventListener("submit", () => {
+    form.addEventListener("submit", (event) => {
+      if (event.defaultPrevented) return; // refused before sending (setUpUploadLimits)
       sending = true;
       // After this event, so that the submission itself is not stopped by the disabled button; and only if the
       // sending was not stopped meanwhile.
@@ -201,6 +202,53 @@ function setUpBusyForms() {
   if (window.navigation) window.navigation.addEventListener("navigateerror", ready);
 }
 
+// A file past the server's limit (each file box's data-max-bytes) is refused before it is sent: the server would
+// read it all only to refuse it with 413, on a page of its own, the form's other boxes lost. Said as the server
+// says a refused upload (in #form-error, where the results go), the box marked and focused; the page stays as it is.
+function setUpUploadLimits() {
+  for (const form of document.querySelectorAll("form.upload")) {
+    const boxes = Array.from(form.querySelectorAll("input[type=file][data-max-bytes]"));
+    form.addEventListener("submit", (event) => {
+      const over = boxes.find((box) => box.files.length > 0 && box.files[0].size > Number(box.dataset.maxBytes));
+      if (!over) return;
+      event.preventDefault();
+      refuse(over, `${over.files[0].name}: ${over.dataset.tooLarge}`);
+    });
+    for (const box of boxes) {
+      box.addEventListener("change", () => {
+        if (box.getAttribute("aria-invalid") !== "true") return;
+        unmark(box);
+        document.getElementById("form-error")?.remove();
+      });
+    }
+  }
+}
+
+// Say why `box` was refused, as a refused form's page does: the reason in place of the results, the box marked
+// invalid, described by it, and focused.
+function refuse(box, reason) {
+  const result = document.getElementById("result");
+  for (const old of result.querySelectorAll("section.result")) old.remove(); // they answered an earlier sending
+  for (const marked of document.querySelectorAll("[aria-invalid=true]")) unmark(marked);
+  let error = document.getElementById("form-error");
+  if (!error) {
+    error = document.createElement("p");
+    error.className = "error";
+    error.id = "form-error";
+    error.setAttribute("role", "alert");
+    result.prepend(error);
+  }
+  error.textContent = reason;
+  box.setAttribute("aria-invalid", "true");
+  box.setAttribute("aria-describedby", "form-error");
+  box.focus();
+}
+
+function unmark(box) {
+  box.removeAttribute("aria-invalid");
+  box.removeAttribute("aria-describedby");
+}
+
 // A refused form's box at fault (marked invalid, with autofocus) takes the focus also where the page's address names
 // a part of it (the upload page's answers: #result): browsers then skip autofocus, and take the focus away once they
 // have scrolled there. Hence on load, after that, unless the user has already moved the focus somewhere.
@@ -213,5 +261,6 @@ window.addEventListener("load", focusBoxAtFault);
 document.addEventListener("DOMContentLoaded", () => {
   setUpHits();
   setUpFile();
+  setUpUploadLimits(); // before setUpBusyForms: a form refused here is not sent, so never busy
   setUpBusyForms();
 });
