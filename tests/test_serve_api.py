@@ -18,6 +18,7 @@ import soundfile as sf
 from markupsafe import escape
 from typer.testing import CliRunner
 
+from pengi_search.choices import DEFAULT_HYBRID_WEIGHT
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_FAILED, EXIT_USAGE
 from pengi_search.db import Store, StoreError
@@ -665,6 +666,20 @@ def test_more_like_this_keeps_the_filters_of_the_search(client, served):
     assert shown and shown <= {str(served.files["animals/dog.wav"]), str(served.files["loops/hum.aiff"])}
     assert len(shown) == 1  # the other file: the window's own is left out
     assert 'value="wav,aiff"' in similar and 'name="k" min="1" max="200" value="5"' in similar
+
+
+def test_more_like_this_holds_only_the_filters_that_were_set(client, served):
+    """As the search form sends only its boxes set (static/app.js): an address to read and share, and one that
+    works, as a box left out is its default."""
+    for boxes in ({}, {"k": "10", "by": "file", "path": "", "ext": "", "min_score": ""}):
+        page = client.get("/", params={"q": "a bell rings", **boxes}).text
+        links = [html.unescape(href) for href in re.findall(r'<a class="more" href="([^"]+)"', page)]
+        assert links and all(re.fullmatch(r"/similar\?window_id=\d+", link) for link in links), links
+        assert client.get(links[0]).status_code == 200
+    narrowed = client.get("/", params={"q": "a bell rings", "k": "3", "by": "file", "ext": "wav"}).text
+    assert re.search(r'<a class="more" href="/similar\?window_id=\d+&amp;k=3&amp;ext=wav">', narrowed)
+    assert 'data-default="10"' in box(narrowed, "k") and 'data-default="file"' in box(narrowed, "by")
+    assert f'data-default="{DEFAULT_HYBRID_WEIGHT}"' in box(narrowed, "hybrid_weight")
 
 
 def test_the_similar_pages_boxes_refine_it_and_its_text_box_searches(client, served):

@@ -455,3 +455,38 @@ def test_a_clip_past_the_upload_limit_is_refused_in_its_form_before_it_is_sent(s
     button.click()
     ranked = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "table.ranked"), "the classification")
     assert "a bell rings" in ranked[0].text
+
+
+def test_a_searchs_address_holds_only_the_boxes_that_were_set(server, driver):
+    """To be read and shared: no empty filter and no default (`k=10`, `by=file`), on the search page and "more
+    like this"; the boxes are all usable again afterwards (Back shows the page as it was left)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    address, _library = server
+    query = "return location.pathname + location.search"
+    driver.get(f"{address}/")
+    driver.find_element(By.NAME, "q").send_keys("a bell rings", Keys.ENTER)
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "li.hit"), "search results")
+    assert driver.execute_script(query) == "/?q=a+bell+rings"
+
+    form = driver.find_element(By.CSS_SELECTOR, "form.search")
+    driver.execute_script("const f = arguments[0]; f.k.value = '3'; f.by.value = 'window'; f.ext.value = 'wav';", form)
+    form.find_element(By.TAG_NAME, "button").click()
+    wait_for(driver, lambda d: "k=3" in d.current_url, "the narrowed search")
+    assert driver.execute_script(query) == "/?q=a+bell+rings&k=3&by=window&ext=wav"
+
+    driver.find_element(By.CSS_SELECTOR, "li.hit a.more").click()  # "more like this" keeps what was set
+    wait_for(driver, lambda d: "Sounds like" in d.find_element(By.TAG_NAME, "h1").text, "more like this")
+    window = driver.find_element(By.NAME, "window_id").get_attribute("value")
+    assert driver.execute_script(query) == f"/similar?window_id={window}&k=3&by=window&ext=wav"
+    form = driver.find_element(By.CSS_SELECTOR, "form.search")
+    driver.execute_script("arguments[0].k.value = '10'", form)  # back to its default
+    form.find_element(By.TAG_NAME, "button").click()
+    wait_for(driver, lambda d: "k=3" not in d.current_url, "the refined search")
+    assert driver.execute_script(query) == f"/similar?window_id={window}&by=window&ext=wav"
+
+    driver.back()
+    wait_for(driver, lambda d: "k=3" in d.current_url, "the page before")
+    boxes = driver.find_elements(By.CSS_SELECTOR, "form.search [name]")
+    assert boxes and not [box.get_attribute("name") for box in boxes if not box.is_enabled()]

@@ -20,6 +20,7 @@ from fastapi.templating import Jinja2Templates
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
+from ..choices import DEFAULT_HYBRID_WEIGHT
 from ..errors import PengiSearchError
 from ..pathnames import shown
 from ..units import duration_text, seconds_text, span_ends
@@ -131,12 +132,14 @@ class FilterFields:
 
 FieldsDep = Annotated[FilterFields, Depends()]
 FILTER_BOXES = tuple(field.name for field in dataclasses.fields(FilterFields))
+FILTER_DEFAULTS = dataclasses.asdict(FilterFields())  # what a box left out of an address means
 
 
 def more_like_this(window_id: int, form: Mapping[str, Any]) -> str:
     """The address of "more like this" for a window, with the filters of the search it was found by (those
-    "more like this" takes: not the ranking), so the user stays in the part of the library they were looking at."""
-    kept = [(name, form[name]) for name in FILTER_BOXES if form.get(name, "") != ""]
+    "more like this" takes: not the ranking), so the user stays in the part of the library they were looking at;
+    only those set, as the search form sends them (static/app.js), so that the address says what they are."""
+    kept = [(name, form[name]) for name in FILTER_BOXES if str(form.get(name, "")) not in ("", FILTER_DEFAULTS[name])]
     return f"/similar?{urlencode([('window_id', window_id), *kept])}"
 
 
@@ -150,6 +153,8 @@ templates.env.globals.update(
     duration_text=duration_text,
     seconds_text=seconds_text,
     more_like_this=more_like_this,
+    FILTER_DEFAULTS=FILTER_DEFAULTS,
+    DEFAULT_HYBRID_WEIGHT=DEFAULT_HYBRID_WEIGHT,
 )
 
 

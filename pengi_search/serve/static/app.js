@@ -202,6 +202,22 @@ function setUpBusyForms() {
   if (window.navigation) window.navigation.addEventListener("navigateerror", ready);
 }
 
+// A search's address holds only what was set, to be read and shared: a box left empty, or at its default (its
+// data-default), is not sent (disabled while the form's data is taken, enabled again at once), and the server takes
+// a box left out as its default.
+function setUpShortAddresses() {
+  for (const form of document.querySelectorAll("form[method=get]")) {
+    form.addEventListener("submit", (event) => {
+      if (event.defaultPrevented) return;
+      const unset = Array.from(form.elements).filter(
+        (box) => box.name && !box.disabled && box.type !== "hidden" && [box.dataset.default, ""].includes(box.value),
+      );
+      for (const box of unset) box.disabled = true;
+      setTimeout(() => unset.forEach((box) => (box.disabled = false)));
+    });
+  }
+}
+
 // A file past the server's limit (each file box's data-max-bytes) is refused before it is sent: the server would
 // read it all only to refuse it with 413, on a page of its own, the form's other boxes lost. Said as the server
 // says a refused upload (in #form-error, where the results go), the box marked and focused; the page stays as it is.
@@ -261,6 +277,7 @@ window.addEventListener("load", focusBoxAtFault);
 document.addEventListener("DOMContentLoaded", () => {
   setUpHits();
   setUpFile();
+  setUpShortAddresses();
   setUpUploadLimits(); // before setUpBusyForms: a form refused here is not sent, so never busy
   setUpBusyForms();
 });
