@@ -128,3 +128,15 @@ def test_version_is_shown_and_nothing_else_runs():
 
     result = CliRunner().invoke(app, ["--version", "index", "/no/such/folder"])
     assert result.exit_code == 0 and result.output == f"pengi-search {__version__}\n"
+
+
+def test_serve_help_and_the_readme_say_one_thing_of_its_folders_and_of_its_upload_limits_unit():
+    """`--root`'s default is the same true sentence in both (the folder that held the file, not the folder given to
+    `index`); `--max-upload-mb` counts the MiB that the server's messages name."""
+    from .test_readme import README
+
+    readme = " ".join(README.read_text(encoding="utf-8").split())
+    default = "default: the folder that held each file when it was indexed"
+    assert default in _option("pengi-search serve", "--root").help and default in readme
+    assert "in MiB (2^20 bytes" in _option("pengi-search serve", "--max-upload-mb").help
+    assert "(`--max-upload-mb`, 64, in MiB of 2^20 bytes" in readme

@@ -216,6 +216,22 @@ def test_doctor_tells_an_unreachable_server_from_a_damaged_database():
     assert (data["exists"], data["reason"]) == (None, problem.what)  # unknown, and why: not "exists" by default
 
 
+@pytest.mark.parametrize("driver", ["postgres", "postgresql", "postgresql+psycopg"])
+def test_doctor_and_stats_show_a_servers_url_one_way_whatever_its_spelling(isolated_home, driver):
+    """The three spellings are one database (and one pair of FAISS files): `doctor` shows the URL as `stats` and
+    every message do, with the driver it is used through and the password hidden, not as it was typed."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens on it once closed
+    typed, shown = (f"{scheme}://me:Secret-PW@127.0.0.1:{port}/pengi" for scheme in (driver, "postgresql+psycopg"))
+    shown = shown.replace("Secret-PW", "***")
+    assert doctor(typed)[1]["database"]["url"] == shown
+    stats = runner.invoke(app, ["stats", "--db", typed])
+    assert stats.exit_code == 1 and stats.stderr.startswith(f"error: {shown}: cannot open the database"), stats.stderr
+
+
 def test_whether_a_library_exists_is_unknown_when_the_server_cannot_be_reached_or_the_url_used(isolated_home):
     import socket
 

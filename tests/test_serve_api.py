@@ -6,19 +6,24 @@ import hashlib
 import html
 import io
 import json
+import os
 import re
 import struct
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
 import soundfile as sf
+from markupsafe import escape
 from typer.testing import CliRunner
 
+from pengi_search.choices import DEFAULT_HYBRID_WEIGHT
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_FAILED, EXIT_USAGE
 from pengi_search.db import Store, StoreError
 from pengi_search.embedders import TextEmbedderError
+from pengi_search.serve import media
 from pengi_search.serve.media import browser_type
 from pengi_search.serve.pages import FILTER_BOXES, when
 from pengi_search.units import duration_text
@@ -26,7 +31,7 @@ from pengi_search.units import duration_text
 from .indexing import write_tone
 from .search_library import CaptionLibrary
 from .serving import BROKEN, BROKEN_REASON, HOSTILE, client_for
-from .test_cli_search import HIT_KEYS
+from .test_cli_search import HIT_KEYS, clip_tokens
 
 SEARCH_HIT_KEYS = HIT_KEYS | {"ranking", "file_id"}  # as `query --json`, with the file's id
 SIMILAR_HIT_KEYS = HIT_KEYS | {"query_start_s", "query_end_s", "file_id"}  # as `similar --json`, with the file's id
@@ -175,6 +180,58 @@ def test_file_audio_is_the_file_with_range_support(client, served):
     assert part.headers["content-range"] == f"bytes 100-199/{len(data)}"
 
 
+def test_a_range_of_a_unit_other_than_bytes_is_ignored_and_a_malformed_one_refused(client, served):
+    """RFC 9110 (14.2): a server ignores a range unit it does not know, answering the whole file (200)."""
+    bell = hit_for(client, served, "bell.wav")
+    data = served.files["bell.wav"].read_bytes()
+    for unit in ("items=0-1", "ITEMS=0-1", "seconds"):
+        whole = client.get(f"/api/files/{bell['file_id']}/audio", headers={"Range": unit})
+        assert (whole.status_code, whole.content) == (200, data), unit
+        assert "content-range" not in whole.headers
+    assert client.get(f"/api/files/{bell['file_id']}/audio", headers={"Range": "bytes=x-y"}).status_code == 400
+    assert client.get(f"/api/files/{bell['file_id']}/audio", headers={"Range": "Bytes=0-1"}).status_code == 206
+
+
+def test_audio_and_spectrograms_the_browser_holds_are_not_sent_again(client, served, monkeypatch):
+    """Each carries an ETag; asked again with it (If-None-Match, as browsers re-request media), the answer is 304
+    without a body, and nothing is cut or drawn for it. `Cache-Control: no-cache`: a file changed on disk since is
+    refused (409) rather than answered from the browser's copy."""
+    rain = hit_for(client, served, "weather/rain.flac")
+    hum = hit_for(client, served, "loops/hum.aiff")
+    paths = [
+        f"/api/files/{rain['file_id']}/audio",  # the file as it is
+        f"/api/files/{hum['file_id']}/audio",  # transcoded
+        f"/api/windows/{rain['window_id']}/audio",
+        f"/api/files/{rain['file_id']}/spectrogram.png",
+    ]
+    tags = {}
+    for path in paths:
+        first = client.get(path)
+        assert first.status_code == 200 and first.headers["cache-control"] == "no-cache", path
+        tags[path] = first.headers["etag"]
+        assert client.get(path, headers={"If-None-Match": '"other"'}).content == first.content  # another: sent
+    assert len(set(tags.values())) == len(paths)
+
+    def never(*_args, **_kwargs):
+        raise AssertionError("made again for a client that holds it")
+
+    monkeypatch.setattr(media, "window_wav", never)
+    monkeypatch.setattr(media, "spectrogram_png", never)
+    for path, tag in tags.items():
+        for sent in (tag, f"W/{tag}", f'"other", {tag}', "*"):
+            for method in ("GET", "HEAD"):
+                again = client.request(method, path, headers={"If-None-Match": sent})
+                assert (again.status_code, again.content, again.headers["etag"]) == (304, b"", tag), (path, sent)
+    rain_path = served.files["weather/rain.flac"]
+    stamp = rain_path.stat()
+    os.utime(rain_path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))
+    try:
+        changed = client.get(paths[0], headers={"If-None-Match": tags[paths[0]]})
+    finally:
+        os.utime(rain_path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert changed.status_code == 409
+
+
 def test_formats_browsers_cannot_play_are_transcoded_to_flac(client, served):
     hum = hit_for(client, served, "loops/hum.aiff")
     assert browser_type(served.files["loops/hum.aiff"]) is None
@@ -275,6 +332,26 @@ def test_classify_an_uploaded_clip_with_typed_or_sent_labels(client, served):
     sent = client.post("/api/classify", files={"file": clip, "labels_file": labels_csv}, data={"method": "loglik"})
     assert sent.status_code == 200, sent.text
     assert sent.json()["labels"] == ["a bell rings", "a dog barks"] and sent.json()["method"] == "loglik"
+
+
+def test_a_label_the_text_embedder_cuts_is_said_to_the_client_not_only_on_the_servers_stderr(
+    client, served, tiny_model_dir, capsys
+):
+    """As `classify` warns on stderr: the API's answer lists it in `warnings` (empty when none), the page shows it."""
+    clip = ("clip.wav", served.files["bell.wav"].read_bytes())
+    long_label = ("a bell rings and " * 20).strip()
+    tokens = clip_tokens(tiny_model_dir, long_label)  # the default template is the label itself
+    said = (
+        f"label of {tokens} tokens cut to its first 77, all that Pengi's text tower reads: "
+        "'a bell rings and a bell rings and a bell...'"
+    )
+    labels = {"labels": f"a bell rings\n{long_label}\n"}
+    assert client.post("/api/classify", files={"file": clip}, data=labels).json()["warnings"] == [said]
+    page = client.post("/upload/classify", files={"file": clip}, data=labels)
+    assert page.status_code == 200 and f'<p class="note warning">{escape(said)}</p>' in page.text
+    plain = client.post("/api/classify", files={"file": clip}, data={"labels": "a bell rings\na dog barks"})
+    assert plain.json()["warnings"] == [] and '"warnings"' in client.get("/openapi.json").text
+    assert "cut to its first" not in capsys.readouterr().err
 
 
 def test_classify_with_a_label_map_scores_its_answers_and_reports_its_labels(client, served):
@@ -446,6 +523,39 @@ def test_windows_that_play_when_pressed_are_labelled_and_reached_by_the_tab_key_
     assert f'aria-label="Play {path}, 3.0 to 10.0 s: thunder rolls in the distance"' in waveforms[0]
 
 
+def test_a_hit_whose_file_is_gone_or_changed_says_why_it_cannot_be_played(client, served):
+    """As a file's page does: where *Play hit* would do nothing visible, the hit says why instead, on the results of
+    a search, of "more like this" and of an uploaded clip; the Tab key reaches the first waveform left."""
+    bell, dog = served.files["bell.wav"], served.files["animals/dog.wav"]
+    rain = hit_for(client, served, "weather/rain.flac")
+    clip = ("clip.flac", served.files["weather/rain.flac"].read_bytes())
+    stamp = bell.stat()
+    os.utime(bell, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))
+    dog.rename(dog.with_name("away.wav"))
+    try:
+        pages = [
+            client.get("/", params={"q": "a bell rings", "k": 10}).text,
+            client.get("/similar", params={"window_id": rain["window_id"], "k": 10}).text,
+            client.post("/upload/similar", files={"file": clip}, data={"k": "10"}).text,
+        ]
+    finally:
+        os.utime(bell, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+        dog.with_name("away.wav").rename(dog)
+    for page in pages:
+        hits = {
+            html.unescape(re.search(r'class="path" href="[^"]*">([^<]*)<', item)[1]): item
+            for item in re.findall(r'<li class="hit".*?</li>', page, re.S)
+        }
+        assert len(hits) >= 4 and str(bell) in hits and str(dog) in hits
+        changed, gone = hits.pop(str(bell)), hits.pop(str(dog))
+        assert "The audio cannot be played: the file changed on disk since it was indexed; index it again" in changed
+        assert "The audio cannot be played: no longer readable on disk" in gone
+        assert not any("play-hit" in item or "<audio" in item for item in (changed, gone))
+        assert all("play-hit" in item and "cannot be played" not in item for item in hits.values())
+        assert [re.search(r'tabindex="(-?\d)"', c)[1] for c in re.findall(r"<canvas [^>]*>", page)].count("0") == 1
+    assert "cannot be played" not in client.get("/", params={"q": "a bell rings", "k": 10}).text  # all back
+
+
 def test_the_pages_take_the_same_filter_boxes(client, served):
     """Search and "more like this" read the filters the same way: as typed, an empty box being no filter."""
     bell = hit_for(client, served, "bell.wav")
@@ -558,6 +668,20 @@ def test_more_like_this_keeps_the_filters_of_the_search(client, served):
     assert 'value="wav,aiff"' in similar and 'name="k" min="1" max="200" value="5"' in similar
 
 
+def test_more_like_this_holds_only_the_filters_that_were_set(client, served):
+    """As the search form sends only its boxes set (static/app.js): an address to read and share, and one that
+    works, as a box left out is its default."""
+    for boxes in ({}, {"k": "10", "by": "file", "path": "", "ext": "", "min_score": ""}):
+        page = client.get("/", params={"q": "a bell rings", **boxes}).text
+        links = [html.unescape(href) for href in re.findall(r'<a class="more" href="([^"]+)"', page)]
+        assert links and all(re.fullmatch(r"/similar\?window_id=\d+", link) for link in links), links
+        assert client.get(links[0]).status_code == 200
+    narrowed = client.get("/", params={"q": "a bell rings", "k": "3", "by": "file", "ext": "wav"}).text
+    assert re.search(r'<a class="more" href="/similar\?window_id=\d+&amp;k=3&amp;ext=wav">', narrowed)
+    assert 'data-default="10"' in box(narrowed, "k") and 'data-default="file"' in box(narrowed, "by")
+    assert f'data-default="{DEFAULT_HYBRID_WEIGHT}"' in box(narrowed, "hybrid_weight")
+
+
 def test_the_similar_pages_boxes_refine_it_and_its_text_box_searches(client, served):
     bell = hit_for(client, served, "bell.wav")
     page = client.get("/similar", params={"window_id": bell["window_id"]}).text
@@ -668,6 +792,19 @@ def test_a_refused_upload_puts_the_focus_in_the_box_at_fault_of_the_form_sent(cl
     if form == "similar" and fault != "file":
         assert '<details class="filters" open>' in page.text  # the box at fault is in sight
     assert "aria-invalid" not in client.get("/upload").text
+
+
+def test_the_upload_page_holds_its_limits_and_says_them_as_the_server_does(served, tiny_model_dir):
+    """Each file box carries its limit in bytes and the server's own words past it, which the page says before
+    sending a file too large (static/app.js; the browser test sends one)."""
+    with client_for(served, tiny_model_dir, max_upload_bytes=3 << 19) as small:
+        boxes = upload_boxes(small.get("/upload").text)
+        said = "larger than the server&#39;s limit of 1.5 MiB"
+        assert all(f'data-max-bytes="{3 << 19}" data-too-large="{said}"' in form["file"] for form in boxes.values())
+        labels = 'data-max-bytes="1048576" data-too-large="larger than the server&#39;s limit of 1 MiB"'
+        assert labels in boxes["classify"]["labels_file"]
+        refused = small.post("/api/describe", files={"file": ("big.wav", bytes((3 << 19) + 1))})
+        assert (refused.status_code, refused.json()) == (413, {"detail": f"big.wav: {html.unescape(said)}"})
 
 
 def test_unknown_pages_and_bodies_past_the_limit_get_a_page_and_the_api_json(served, tiny_model_dir):
@@ -906,6 +1043,42 @@ def test_a_failure_of_the_servers_own_is_logged_wherever_it_is_answered(client, 
     caplog.clear()
     assert client.get("/", params={"q": "a bell rings", "k": "many"}).status_code == 422
     assert caplog.records == []  # the request's own fault is the user's to read, on the page
+
+
+def test_a_database_that_does_not_answer_is_a_503_said_once_in_the_log(served, tiny_model_dir, caplog):
+    """Not the server's own failure (500) but one that passes: while the database cannot be reached (a server
+    stopped, a share gone), every request that needs it is answered 503 with when to ask again, the pages say so,
+    and the log says it once, not once per request; once the database answers again, so does the server."""
+    db = Path(served.db)
+    caplog.set_level("WARNING", logger="pengi_search.serve")
+    with client_for(served, tiny_model_dir) as client:
+        assert client.get("/api/search", params={"q": "a bell rings"}).status_code == 200
+        client.app.state.service.library.store.engine.dispose()  # the next request connects anew
+        db.rename(db.with_name("away.db"))
+        db.mkdir()  # no database can be opened there: every connection fails
+        try:
+            answers = [
+                client.get("/api/search", params={"q": "a bell rings"}),
+                client.get("/api/files/1"),
+                client.get("/api/stats"),
+                client.get("/", params={"q": "a bell rings"}),
+                client.get("/library"),
+            ]
+        finally:
+            db.rmdir()
+            db.with_name("away.db").rename(db)
+        assert [answer.status_code for answer in answers] == [503] * 5
+        assert {answer.headers["retry-after"] for answer in answers} == {"5"}
+        assert "cannot reach the database: unable to open database file" in answers[0].json()["detail"]
+        assert '<form class="search"' in answers[3].text and "cannot reach the database" in answers[3].text
+        assert "Error 503" in answers[4].text and "does not answer. Try again in a moment" in answers[4].text
+        assert [record.getMessage() for record in caplog.records] == [
+            f"sqlite:///{db}: cannot reach the database: unable to open database file; answering 503 until it answers "
+            "again"
+        ]
+        caplog.clear()
+        assert client.get("/api/search", params={"q": "a bell rings"}).status_code == 200
+        assert [record.getMessage() for record in caplog.records] == ["the database answers again"]
 
 
 @pytest.mark.parametrize(

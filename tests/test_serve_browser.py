@@ -44,6 +44,7 @@ CHROMIUM_FLAGS = (
     "--window-size=1280,900",
 )
 WAIT_S = 30.0
+UPLOAD_MB = 1
 
 
 def missing(reason: str) -> None:
@@ -72,7 +73,11 @@ def server(tmp_path_factory, tiny_model_dir, browser_programs):
     """`pengi-search serve --port 0` in its own process; yields its address."""
     root = tmp_path_factory.mktemp("browser")
     library = caption_library(str(root / "index.db"), root / "sounds", tiny_model_dir)
-    served = ServeProcess("--db", library.db, "--model", str(tiny_model_dir), "--device", "cpu", home=root / "home")
+    served = ServeProcess(
+        *("--db", library.db, "--model", str(tiny_model_dir), "--device", "cpu"),
+        *("--max-upload-mb", str(UPLOAD_MB)),  # the test sounds are smaller
+        home=root / "home",
+    )
     try:
         address = served.address()
         assert address is not None, f"the server did not start: {''.join(served.output)}"
@@ -419,3 +424,69 @@ def test_a_form_whose_sending_was_stopped_or_that_is_come_back_to_is_ready_again
     form = driver.find_element(By.CSS_SELECTOR, "form.search")
     button = form.find_element(By.TAG_NAME, "button")
     assert [button.text, button.is_enabled(), form.get_attribute("aria-busy")] == ["Search", True, None]
+
+
+def test_a_clip_past_the_upload_limit_is_refused_in_its_form_before_it_is_sent(server, driver, tmp_path):
+    """The server would read it all, then refuse it with 413 on a page of its own, the labels typed lost: the page
+    says it first, where a refused upload is said, the box marked and focused, all typed kept, nothing sent. A clip
+    within the limit is sent then."""
+    from selenium.webdriver.common.by import By
+
+    address, library = server
+    big = tmp_path / "big.wav"
+    big.write_bytes(bytes(UPLOAD_MB * (3 << 19)))  # 1.5 times the limit
+    driver.get(f"{address}/upload")
+    driver.execute_script("window.kept = true")  # gone if the page was left
+    form = driver.find_element(By.CSS_SELECTOR, "form[action^='/upload/classify']")
+    form.find_element(By.NAME, "labels").send_keys("a bell rings\nrain")
+    clip = form.find_element(By.NAME, "file")
+    clip.send_keys(str(big))
+    button = form.find_element(By.CSS_SELECTOR, "button")
+    button.click()
+    error = wait_for(driver, lambda d: d.find_elements(By.ID, "form-error"), "the refusal")[0]
+    assert error.text == f"big.wav: larger than the server's limit of {UPLOAD_MB} MiB"
+    assert driver.execute_script("return window.kept === true")
+    assert driver.switch_to.active_element == clip and clip.get_attribute("aria-invalid") == "true"
+    assert form.find_element(By.NAME, "labels").get_attribute("value") == "a bell rings\nrain"
+    assert (button.text, button.is_enabled(), form.get_attribute("aria-busy")) == ("Classify", True, None)
+
+    clip.send_keys(str(library.files["bell.wav"]))  # another clip: the mark and the refusal go
+    assert clip.get_attribute("aria-invalid") is None and not driver.find_elements(By.ID, "form-error")
+    button.click()
+    ranked = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "table.ranked"), "the classification")
+    assert "a bell rings" in ranked[0].text
+
+
+def test_a_searchs_address_holds_only_the_boxes_that_were_set(server, driver):
+    """To be read and shared: no empty filter and no default (`k=10`, `by=file`), on the search page and "more
+    like this"; the boxes are all usable again afterwards (Back shows the page as it was left)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    address, _library = server
+    query = "return location.pathname + location.search"
+    driver.get(f"{address}/")
+    driver.find_element(By.NAME, "q").send_keys("a bell rings", Keys.ENTER)
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "li.hit"), "search results")
+    assert driver.execute_script(query) == "/?q=a+bell+rings"
+
+    form = driver.find_element(By.CSS_SELECTOR, "form.search")
+    driver.execute_script("const f = arguments[0]; f.k.value = '3'; f.by.value = 'window'; f.ext.value = 'wav';", form)
+    form.find_element(By.TAG_NAME, "button").click()
+    wait_for(driver, lambda d: "k=3" in d.current_url, "the narrowed search")
+    assert driver.execute_script(query) == "/?q=a+bell+rings&k=3&by=window&ext=wav"
+
+    driver.find_element(By.CSS_SELECTOR, "li.hit a.more").click()  # "more like this" keeps what was set
+    wait_for(driver, lambda d: "Sounds like" in d.find_element(By.TAG_NAME, "h1").text, "more like this")
+    window = driver.find_element(By.NAME, "window_id").get_attribute("value")
+    assert driver.execute_script(query) == f"/similar?window_id={window}&k=3&by=window&ext=wav"
+    form = driver.find_element(By.CSS_SELECTOR, "form.search")
+    driver.execute_script("arguments[0].k.value = '10'", form)  # back to its default
+    form.find_element(By.TAG_NAME, "button").click()
+    wait_for(driver, lambda d: "k=3" not in d.current_url, "the refined search")
+    assert driver.execute_script(query) == f"/similar?window_id={window}&by=window&ext=wav"
+
+    driver.back()
+    wait_for(driver, lambda d: "k=3" in d.current_url, "the page before")
+    boxes = driver.find_elements(By.CSS_SELECTOR, "form.search [name]")
+    assert boxes and not [box.get_attribute("name") for box in boxes if not box.is_enabled()]

@@ -49,13 +49,19 @@ def serve(
         list[Path] | None,
         typer.Option(
             "--root",
-            help="Serve audio only from files inside this folder (repeatable; default: each "
-            "file's own folder, links resolved).",
+            help="Serve audio only from files whose real path (links resolved) lies inside this folder "
+            "(repeatable; default: the folder that held each file when it was indexed).",
         ),
     ] = None,
     device: DeviceOption = "auto",
     max_upload_mb: Annotated[
-        float, typer.Option("--max-upload-mb", min=0.001, max=1 << 20, help="Largest clip accepted.")
+        float,
+        typer.Option(
+            "--max-upload-mb",
+            min=0.001,
+            max=1 << 20,
+            help="Largest clip accepted, in MiB (2^20 bytes, as the server's messages say).",
+        ),
     ] = 64.0,
     max_upload_s: Annotated[float, typer.Option("--max-upload-s", min=0.1, help="Longest clip accepted (s).")] = 600.0,
     threads: ThreadsOption = None,

@@ -19,7 +19,7 @@ from .captions import (
     drop_fast_captions,
     uncaptioned_windows,
 )
-from .errors import IndexBusyError, MissingDatabaseError, StoreError, StoreMismatchError
+from .errors import DatabaseUnreachableError, IndexBusyError, MissingDatabaseError, StoreError, StoreMismatchError
 from .records import (
     FILE_STATUSES,
     RUN_STATUSES,
@@ -55,6 +55,7 @@ __all__ = [
     "RUN_STATUSES",
     "VECTOR_KINDS",
     "CaptionCounts",
+    "DatabaseUnreachableError",
     "EmbedderInfo",
     "FileRecord",
     "FileStamp",

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import URL, Connection
+from sqlalchemy.engine import URL, Connection, ExceptionContext
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.pool import NullPool
 
 from .errors import DatabaseURLError, StoreError
-from .urls import URL_EXAMPLE, parse_db_url
+from .urls import URL_EXAMPLE, parse_db_url, shown_db_url, with_driver
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 WRITE_OPTION = "pengi_write"  # execution option marking write transactions (SQLite takes its lock up front)
@@ -29,11 +29,8 @@ def create_store_engine(url: str | URL, *, read_only_file: Path | None = None, u
     (see `needs_frozen_read`) in a folder this process may not write, or wherever it is when `untouched` (see
     `untouched_read`).
     """
-    parsed = parse_db_url(url)
-    # The bare name means psycopg2 to SQLAlchemy, psycopg 3 is what we ship; `postgres://` is libpq's short form.
-    if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    where = parsed.render_as_string(hide_password=True)
+    parsed = with_driver(parse_db_url(url))
+    where = shown_db_url(parsed)
     # The URL stays the engine's own (messages, FAISS file names); only the connection to the file differs.
     connector = {} if read_only_file is None else _reading_connections(read_only_file, untouched)
     try:
@@ -48,10 +45,19 @@ def create_store_engine(url: str | URL, *, read_only_file: Path | None = None, u
         ) from exc
     except ArgumentError as exc:
         raise StoreError(where, f"cannot use this database URL ({exc})") from exc
+    event.listen(engine, "handle_error", _failed_connection_is_lost)
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_on_connect if read_only_file is None else _reader_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
     return engine
+
+
+def _failed_connection_is_lost(context: ExceptionContext) -> None:
+    """Count a connection that could not be made as one lost (SQLAlchemy only counts those it had and lost): its
+    error then says `connection_invalidated`, which `errors.store_error` tells a database that did not answer by,
+    and the pool starts afresh, whether the server refused or the pool's ping found a connection dead."""
+    if context.connection is None and context.sqlalchemy_exception is not None:
+        context.is_disconnect = True
 
 
 def needs_frozen_read(db_file: Path) -> bool:

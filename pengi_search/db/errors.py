@@ -24,12 +24,26 @@ class IndexBusyError(StoreError):
     """Another indexing run holds the library's lock."""
 
 
+class DatabaseUnreachableError(StoreError):
+    """The database did not answer: a connection could not be made (a server that is down or out of reach, a file
+    that cannot be opened), or the one in use was lost. Trying again later may work: nothing is wrong with the
+    request or the library."""
+
+
 class DatabaseURLError(StoreError, UsageError):
     """`--db` / `$PENGI_SEARCH_DB` is not a URL pengi-search can use (a typo'd scheme, driver or port): bad usage."""
 
 
 class ForeignDatabaseError(StoreError):
     """The database holds another application's tables, not a pengi-search library: nothing is read or written."""
+
+
+def store_error(where: str, exc: BaseException) -> StoreError:
+    """The StoreError for a failure of the database or its driver: DatabaseUnreachableError when SQLAlchemy found
+    the connection lost or none could be made (`engine` counts a failed connection as lost)."""
+    if getattr(exc, "connection_invalidated", False):
+        return DatabaseUnreachableError(where, f"cannot reach the database: {driver_reason(exc)}")
+    return StoreError(where, driver_reason(exc))
 
 
 def driver_reason(exc: BaseException) -> str:

@@ -28,7 +28,7 @@ from ..chunking import chunked
 from ..pathnames import path_fields
 from .access import open_engine
 from .engine import WRITE_OPTION
-from .errors import StoreError, StoreMismatchError, driver_reason
+from .errors import StoreError, StoreMismatchError, store_error
 from .migrate import current_revision
 from .queries import IDS_PER_QUERY, decode_matrix, encode_vector, paths_under, text_vector_dim
 from .records import (
@@ -106,14 +106,15 @@ class Store(RunJournal):
     def session(self, *, write: bool = False) -> Iterator[Session]:
         """A session in one transaction: committed on success, rolled back on error.
 
-        Database failures surface as StoreError; exceptions raised by the caller's code pass through unchanged.
+        Database failures surface as StoreError (DatabaseUnreachableError when it did not answer); exceptions raised
+        by the caller's code pass through unchanged.
         """
         maker = self._write if write else self._read
         try:
             with maker.begin() as session:
                 yield session
         except SQLAlchemyError as exc:
-            raise StoreError(self.url, driver_reason(exc)) from exc
+            raise store_error(self.url, exc) from exc
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[Connection]:
@@ -123,7 +124,7 @@ class Store(RunJournal):
             with self._reader.begin() as connection:
                 yield connection
         except SQLAlchemyError as exc:
-            raise StoreError(self.url, driver_reason(exc)) from exc
+            raise store_error(self.url, exc) from exc
 
     # -- files -----------------------------------------------------------------------------------------------
 

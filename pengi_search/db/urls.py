@@ -20,7 +20,8 @@ from .records import check_vector_kind
 
 DB_ENV_VAR = "PENGI_SEARCH_DB"
 DB_FILENAME = "index.db"
-URL_EXAMPLE = "postgresql+psycopg://user:password@host/database"
+POSTGRES_DRIVER = "postgresql+psycopg"
+URL_EXAMPLE = f"{POSTGRES_DRIVER}://user:password@host/database"
 
 # The backends a mistyped URL names (`postgresql+psycopg//...`, `postgresql:/...`): such a value is not a file path.
 _URL_LIKE = re.compile(r"^(postgres|postgresql|sqlite|mysql|mariadb|oracle|mssql)(\+\w+)?(:/|//)", re.IGNORECASE)
@@ -69,17 +70,25 @@ def parse_db_url(url: str | URL) -> URL:
     return parsed
 
 
+def with_driver(url: URL) -> URL:
+    """`url` with the driver pengi-search connects through: the bare `postgresql` means psycopg2 to SQLAlchemy, but
+    psycopg 3 is what we ship, and `postgres` is libpq's short form; so all three spellings are one database."""
+    return url.set(drivername=POSTGRES_DRIVER) if url.drivername in ("postgresql", "postgres") else url
+
+
 def shown_db_url(url: str | URL) -> str:
-    """`url` as messages show it: its password as `***`, also when the URL does not parse."""
+    """`url` as every message, `stats` and `doctor` show it: with the driver it is used through (`with_driver`:
+    `postgres://` shows as `postgresql+psycopg://`, as the store names it) and its password as `***`, also when
+    the URL does not parse."""
     if isinstance(url, URL):
-        return url.render_as_string(hide_password=True)
+        return with_driver(url).render_as_string(hide_password=True)
     try:
         parsed: URL | None = make_url(url)
     except (ArgumentError, ValueError):
         parsed = None
     if parsed is None or "@" in (parsed.host or ""):  # SQLAlchemy cannot tell the password: cut it from the text
         return _PASSWORD.sub(r"\1***@", url)
-    return parsed.render_as_string(hide_password=True)
+    return with_driver(parsed).render_as_string(hide_password=True)
 
 
 def db_option(db: str | os.PathLike[str] | None) -> str:
@@ -116,7 +125,7 @@ def default_index_path(url: str | URL, kind: str) -> Path:
     if db_file is not None:
         stem = db_file.stem
     else:
-        parsed = parse_db_url(url)
-        digest = hashlib.sha256(parsed.render_as_string(hide_password=True).encode()).hexdigest()[:12]
+        parsed = parse_db_url(url)  # named as shown: each spelling of the driver names the same files
+        digest = hashlib.sha256(shown_db_url(parsed).encode()).hexdigest()[:12]
         stem = f"{parsed.get_backend_name()}-{digest}"
     return default_index_dir(url) / f"{stem}.{kind}.faiss"

@@ -22,8 +22,9 @@ from ..choices import DEFAULT_HYBRID_WEIGHT
 from ..classify import LabelsError, read_label_map
 from ..search import Hit
 from .errors import InvalidParameter, RequestError
+from .http_cache import file_response, made_response
 from .service import SearchParams, Service
-from .uploads import saved_upload, size_text
+from .uploads import larger_than, saved_upload
 
 router = APIRouter(prefix="/api", tags=["api"])
 MAX_LABELS_BYTES = 1 << 20
@@ -114,6 +115,7 @@ class ClassifyModel(BaseModel):
     results: list[PredictionModel]
     errors: list[dict[str, str]]
     metrics: dict[str, Any] | None
+    warnings: list[str]  # what the command says on stderr: each label the text embedder cuts
 
 
 # -- shared parameters ---------------------------------------------------------------------------------------
@@ -203,7 +205,8 @@ def _declared(dependant: Dependant) -> dict[str, set[str]]:
     return declared
 
 
-AUDIO = {200: {"content": {"audio/*": {}}, "description": "Audio (HTTP Range requests are honoured)."}}
+CACHED = {304: {"description": "Not modified: `If-None-Match` names the answer's current ETag."}}
+AUDIO = {200: {"content": {"audio/*": {}}, "description": "Audio (HTTP Range requests are honoured)."}, **CACHED}
 
 
 def read_upload(svc: Service, file: UploadFile) -> Any:
@@ -226,7 +229,7 @@ def parse_labels(typed: str | None, uploaded: UploadFile | None) -> tuple[list[s
     else:
         raise InvalidParameter("labels", "no labels: type one per line, or send a labels file")
     if len(data) > MAX_LABELS_BYTES:
-        raise RequestError(field, f"larger than {size_text(MAX_LABELS_BYTES)}", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+        raise RequestError(field, larger_than(MAX_LABELS_BYTES), HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
     with tempfile.TemporaryDirectory(prefix="pengi-labels-") as folder:
         path = Path(folder) / f"labels{suffix}"
         path.write_bytes(data)
@@ -280,22 +283,24 @@ def file_info(svc: ServiceDep, file_id: int) -> Any:
 
 
 @router.get("/files/{file_id}/audio", response_class=FileResponse, responses=AUDIO, summary="A file's audio")
-def file_audio(svc: ServiceDep, file_id: int) -> Any:
+def file_audio(request: Request, svc: ServiceDep, file_id: int) -> Response:
     """The whole file, as it is when browsers play its format, else transcoded to FLAC."""
     path, mime = svc.file_audio(file_id)
-    return FileResponse(path, media_type=mime)
+    return file_response(request.headers, path, mime)
 
 
-@router.get("/files/{file_id}/spectrogram.png", response_class=Response, summary="A file's spectrogram")
-def spectrogram(svc: ServiceDep, file_id: int) -> Response:
+@router.get(
+    "/files/{file_id}/spectrogram.png", response_class=Response, responses=CACHED, summary="A file's spectrogram"
+)
+def spectrogram(request: Request, svc: ServiceDep, file_id: int) -> Response:
     """A log-power mel-spaced spectrogram of the file (at most its first minutes), as a PNG image."""
-    return Response(svc.spectrogram(file_id), media_type="image/png")
+    return made_response(request.headers, svc.spectrogram(file_id), "image/png")
 
 
 @router.get("/windows/{window_id}/audio", response_class=Response, responses=AUDIO, summary="A window's audio")
-def window_audio(svc: ServiceDep, window_id: int) -> Response:
+def window_audio(request: Request, svc: ServiceDep, window_id: int) -> Response:
     """The window cut from its file, as mono 16-bit WAV."""
-    return Response(svc.window_audio(window_id), media_type="audio/wav")
+    return made_response(request.headers, svc.window_audio(window_id), "audio/wav")
 
 
 @router.get("/windows/{window_id}/peaks", response_model=PeaksModel, summary="A window's waveform")

@@ -11,11 +11,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy import event
 from starlette.exceptions import HTTPException
 
 from ..errors import PengiSearchError
 from . import api, pages
-from .errors import RequestError, answer_status
+from .errors import Outage, RequestError, answer_status, status_headers
 from .security import SecurityMiddleware
 from .service import Service
 from .settings import ServeSettings
@@ -46,6 +47,8 @@ def create_app(settings: ServeSettings, *, warm_up: bool = True) -> FastAPI:
         dependencies=[Depends(api.parameters_as_declared)],
     )
     app.state.service = service
+    app.state.outage = Outage()
+    event.listen(service.library.store.engine, "connect", app.state.outage.over)  # the database answers again
     app.include_router(api.router)
     app.include_router(pages.router)
     app.include_router(_head_routes(api.router, pages.router))
@@ -123,9 +126,11 @@ def _field(loc: Sequence[str | int]) -> str:
 def _error(request: Request, status: int, detail: str, errors: list[dict[str, str]] | None = None) -> Response:
     """The answer to a failed request: JSON under /api/ (`detail`, and `errors` for invalid parameters), else a
     page that says `detail`."""
+    headers = status_headers(status)
     if _wants_json(request):
-        return JSONResponse({"detail": detail} if errors is None else {"detail": detail, "errors": errors}, status)
-    return HTMLResponse(pages.error_page(status, detail), status_code=status)
+        body = {"detail": detail} if errors is None else {"detail": detail, "errors": errors}
+        return JSONResponse(body, status, headers=headers)
+    return HTMLResponse(pages.error_page(status, detail), status_code=status, headers=headers)
 
 
 def _wants_json(request: Request) -> bool:

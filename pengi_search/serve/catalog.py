@@ -5,6 +5,8 @@ Each is one short read transaction returning plain values (never ORM objects), l
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from sqlalchemy import func, select
 
@@ -14,9 +16,14 @@ from ..db.schema import AudioFileRow, WindowRow, WindowVectorRow
 
 def file_by_id(store: Store, file_id: int) -> FileRecord | None:
     """The file with this id, or None."""
+    return files_by_id(store, [file_id]).get(file_id)
+
+
+def files_by_id(store: Store, file_ids: Sequence[int]) -> dict[int, FileRecord]:
+    """The files with these ids (a page of hits' files), by id; an unknown id is left out."""
     with store.session() as session:
-        path = session.scalar(select(AudioFileRow.path).where(AudioFileRow.id == file_id))
-    return None if path is None else store.get_file(path)
+        rows = session.scalars(select(AudioFileRow).where(AudioFileRow.id.in_(file_ids)))
+        return {row.id: row.to_record() for row in rows}
 
 
 def file_windows(store: Store, record: FileRecord) -> list[WindowDetails]:

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from http import HTTPStatus
 
 from starlette.requests import Request
 
 from ..audio import AudioDecodeError
-from ..db import StoreMismatchError
+from ..db import DatabaseUnreachableError, StoreMismatchError
 from ..errors import OptionError, PengiSearchError, UsageError
 from ..library import EmptyLibraryError
 
 log = logging.getLogger(__name__)
+RETRY_AFTER_S = 5  # when to ask again while the database does not answer (503)
 
 
 class RequestError(PengiSearchError):
@@ -50,6 +52,8 @@ def _status_of(exc: PengiSearchError) -> int:
         return exc.status
     if isinstance(exc, AudioDecodeError):
         return 422
+    if isinstance(exc, DatabaseUnreachableError):  # not the server's fault either: try again later
+        return 503
     if isinstance(exc, EmptyLibraryError | StoreMismatchError):
         return 409
     if isinstance(exc, UsageError):  # a labels file, a ranking the library's model cannot do, ...
@@ -58,10 +62,42 @@ def _status_of(exc: PengiSearchError) -> int:
 
 
 def answer_status(request: Request, exc: PengiSearchError) -> int:
-    """The status that answers `request`, which failed with `exc`. A failure of the server's own (5xx: not the
+    """The status that answers `request`, which failed with `exc`. A failure of the server's own (500: not the
     request's fault) is logged for whoever runs the server, wherever the error is answered: by the app's handler
-    or by a page that shows it (a search page, the upload page), which the log would otherwise never hear of."""
+    or by a page that shows it (a search page, the upload page), which the log would otherwise never hear of. A
+    database that does not answer (503) is logged once, by the app's `Outage`, not once for every request."""
     status = _status_of(exc)
-    if status >= 500:
+    if status == 503:
+        request.app.state.outage.began(exc)
+    elif status >= 500:
         log.error("%s %s failed: %s", request.method, request.url.path, exc)
     return status
+
+
+def status_headers(status: int) -> dict[str, str]:
+    """The headers an error's answer carries beside its status: when to try again, for a 503."""
+    return {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else {}
+
+
+class Outage:
+    """Whether the database is known not to answer: said once in the log when it stops (every request meanwhile is
+    answered 503, and would otherwise log the same line) and once when it answers again, which `over` hears of
+    (the store's engine calls it for each new connection)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._down = False
+
+    def began(self, exc: PengiSearchError) -> None:
+        with self._lock:
+            if self._down:
+                return
+            self._down = True
+        log.error("%s; answering 503 until it answers again", exc)
+
+    def over(self, *_connection: object) -> None:
+        with self._lock:
+            if not self._down:
+                return
+            self._down = False
+        log.warning("the database answers again")

@@ -20,14 +20,15 @@ from fastapi.templating import Jinja2Templates
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
+from ..choices import DEFAULT_HYBRID_WEIGHT
 from ..errors import PengiSearchError
 from ..pathnames import shown
 from ..units import duration_text, seconds_text, span_ends
 from . import media
-from .api import ServiceDep, parse_labels, read_upload
-from .errors import InvalidParameter, RequestError, answer_status
+from .api import MAX_LABELS_BYTES, ServiceDep, parse_labels, read_upload
+from .errors import InvalidParameter, RequestError, answer_status, status_headers
 from .service import SearchParams
-from .uploads import size_text
+from .uploads import larger_than, size_text
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(
@@ -131,12 +132,14 @@ class FilterFields:
 
 FieldsDep = Annotated[FilterFields, Depends()]
 FILTER_BOXES = tuple(field.name for field in dataclasses.fields(FilterFields))
+FILTER_DEFAULTS = dataclasses.asdict(FilterFields())  # what a box left out of an address means
 
 
 def more_like_this(window_id: int, form: Mapping[str, Any]) -> str:
     """The address of "more like this" for a window, with the filters of the search it was found by (those
-    "more like this" takes: not the ranking), so the user stays in the part of the library they were looking at."""
-    kept = [(name, form[name]) for name in FILTER_BOXES if form.get(name, "") != ""]
+    "more like this" takes: not the ranking), so the user stays in the part of the library they were looking at;
+    only those set, as the search form sends them (static/app.js), so that the address says what they are."""
+    kept = [(name, form[name]) for name in FILTER_BOXES if str(form.get(name, "")) not in ("", FILTER_DEFAULTS[name])]
     return f"/similar?{urlencode([('window_id', window_id), *kept])}"
 
 
@@ -150,6 +153,8 @@ templates.env.globals.update(
     duration_text=duration_text,
     seconds_text=seconds_text,
     more_like_this=more_like_this,
+    FILTER_DEFAULTS=FILTER_DEFAULTS,
+    DEFAULT_HYBRID_WEIGHT=DEFAULT_HYBRID_WEIGHT,
 )
 
 
@@ -233,7 +238,10 @@ def _results_page(
         form = {"q": q, **typed}
     context = {"form": form, "hits": hits, "error": error, "fault": fault, "heading": heading}
     context["max_k"] = svc.settings.max_k
-    return templates.TemplateResponse(request, "search.html", context, status_code=status)
+    context["unplayable"] = svc.unplayable_hits(hits or [])
+    return templates.TemplateResponse(
+        request, "search.html", context, status_code=status, headers=status_headers(status)
+    )
 
 
 @router.get("/files/{file_id}", response_class=HTMLResponse)
@@ -284,7 +292,8 @@ def upload_similar(
     def work() -> dict[str, Any]:
         params = fields.params()
         with read_upload(svc, file) as upload:
-            return {"hits": svc.similar_to_upload(upload, params), "name": upload.name}
+            hits = svc.similar_to_upload(upload, params)
+        return {"hits": hits, "name": upload.name, "unplayable": svc.unplayable_hits(hits)}
 
     return _upload_result(request, svc, "similar", work, **dataclasses.asdict(fields))
 
@@ -321,8 +330,13 @@ def _upload_result(
 
 
 def _upload_response(request: Request, svc: ServiceDep, status: int = 200, **results: Any) -> HTMLResponse:
-    limits = {"size": size_text(svc.settings.max_upload_bytes), "seconds": svc.settings.max_upload_s}
+    most = svc.settings.max_upload_bytes
+    limits = {"size": size_text(most), "seconds": svc.settings.max_upload_s}
+    # Each file box's limit in bytes and what is said past it, which the page says before sending (static/app.js)
+    limits["clip"] = {"bytes": most, "reason": larger_than(most)}
+    limits["labels"] = {"bytes": MAX_LABELS_BYTES, "reason": larger_than(MAX_LABELS_BYTES)}
     context = {"described": None, "hits": None, "classified": None, "name": "", "error": None, "limits": limits}
+    context["unplayable"] = {}  # file id -> why a hit's file cannot be played
     context["faults"] = {}  # form -> its box at fault
     context["max_k"] = svc.settings.max_k
     context["typed"] = {
@@ -331,7 +345,8 @@ def _upload_response(request: Request, svc: ServiceDep, status: int = 200, **res
         "method": "text",
         **results.pop("typed", {}),
     }
-    return templates.TemplateResponse(request, "upload.html", {**context, **results}, status_code=status)
+    page = {**context, **results}
+    return templates.TemplateResponse(request, "upload.html", page, status_code=status, headers=status_headers(status))
 
 
 @router.get("/library", response_class=HTMLResponse)

@@ -7,8 +7,8 @@ with `--token` or generated and printed at start. The token travels as `Authoriz
 (`/?token=TOKEN` sets it and redirects to the same page without it). Every other request gets 401.
 
 Audio is served only for indexed files, looked up by id, never by a path from the request. The file's real path
-(links resolved) must lie inside one of the server's roots (`--root`; by default the real folder the file was
-indexed in, so a file that is, or became, a link out of its folder is refused), and it must still be the file
+(links resolved) must lie inside one of the server's roots (`--root`; by default the folder that held the file
+when it was indexed, so a file that is, or became, a link out of its folder is refused), and it must still be the file
 that was indexed (same size and modification time).
 """
 

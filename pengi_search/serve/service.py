@@ -41,6 +41,7 @@ from ..search import (
 from . import catalog, media
 from .batching import EmbedBatcher
 from .errors import InvalidParameter, RequestError
+from .http_cache import Made, entity_tag
 from .live import LiveLibrary
 from .security import servable_path
 from .settings import ServeSettings
@@ -310,16 +311,30 @@ class Service:
     def unplayable(self, file_id: int) -> str | None:
         """Why the file's audio cannot be served (gone or changed on disk, outside the served folders), or None: the
         file's page says so, where its player would otherwise fail without a word."""
+        return self._unservable(self.file_record(file_id))
+
+    def unplayable_hits(self, hits: Sequence[dict[str, Any]]) -> dict[int, str]:
+        """Why the files of `hits` cannot be played, by file id (the others are left out): a page of results says
+        so at each, where *Play hit* would otherwise do nothing visible."""
+        file_ids = sorted({hit["file_id"] for hit in hits if hit.get("file_id") is not None})
+        records = catalog.files_by_id(self.library.store, file_ids) if file_ids else {}
+        reasons = {file_id: self._unservable(record) for file_id, record in records.items()}
+        return {file_id: reason for file_id, reason in reasons.items() if reason is not None}
+
+    def _unservable(self, record: FileRecord) -> str | None:
         try:
-            servable_path(self.file_record(file_id), self.settings.roots)
+            servable_path(record, self.settings.roots)
         except RequestError as exc:
             return exc.reason
         return None
 
-    def window_audio(self, window_id: int) -> bytes:
+    def window_audio(self, window_id: int) -> Made:
+        """The window cut from its file as WAV (made only when the client does not hold it: see `http_cache`)."""
         window = self.window(window_id)
-        real = servable_path(self.file_record(window.file_id), self.settings.roots)
-        return media.window_wav(real, window.start_s, window.end_s)
+        record = self.file_record(window.file_id)
+        real = servable_path(record, self.settings.roots)
+        tag = entity_tag("window", window_id, record.size, record.mtime)
+        return Made(tag, lambda: media.window_wav(real, window.start_s, window.end_s))
 
     def window_peaks(self, window_id: int) -> list[tuple[float, float]]:
         """(min, max) pairs over a window, for its waveform."""
@@ -328,9 +343,12 @@ class Service:
         real = servable_path(record, self.settings.roots)
         return list(_cached_peaks(real, (record.size, record.mtime), window.start_s, window.end_s))
 
-    def spectrogram(self, file_id: int) -> bytes:
-        real = servable_path(self.file_record(file_id), self.settings.roots)
-        return media.spectrogram_png(real, self.settings.spectrogram_s)
+    def spectrogram(self, file_id: int) -> Made:
+        """The file's spectrogram as PNG (made only when the client does not hold it: see `http_cache`)."""
+        record = self.file_record(file_id)
+        real = servable_path(record, self.settings.roots)
+        tag = entity_tag("spectrogram", file_id, record.size, record.mtime, self.settings.spectrogram_s)
+        return Made(tag, lambda: media.spectrogram_png(real, self.settings.spectrogram_s))
 
     # -- uploaded clips --------------------------------------------------------------------------------------
 
@@ -350,10 +368,12 @@ class Service:
     def classify(
         self, upload: Upload, labels: list[str], method: str = "text", top: int = 5, texts: dict[str, str] | None = None
     ) -> dict[str, Any]:
-        """Zero-shot classification of a clip, as `pengi-search classify --json` gives one file; `texts`: what a
-        label is scored as, where it is not the label itself."""
+        """Zero-shot classification of a clip, as `pengi-search classify --json` gives one file, and `warnings`: what
+        the command says on stderr (a label cut by the text embedder), for the client, who sent the labels. `texts`:
+        what a label is scored as, where it is not the label itself."""
         from ..classify import Classifier, ClassifySettings
 
+        warnings: list[str] = []
         try:
             settings = ClassifySettings(method=method, beam=self.settings.beam, max_len=self.settings.max_len)
             engine = self.engine()
@@ -365,13 +385,21 @@ class Service:
                 batch_size=self.settings.batch_size,
                 engine=engine,
                 texts=texts,
+                notify=warnings.append,
             )
         except ValueError as exc:
             raise RequestError("classify", str(exc)) from None
         with self._model_lock:
             prediction = classifier.classify(upload.path)
         result = {**prediction.to_json(top), "file": upload.name}
-        return {"method": method, "labels": labels, "results": [result], "errors": [], "metrics": None}
+        return {
+            "method": method,
+            "labels": labels,
+            "results": [result],
+            "errors": [],
+            "metrics": None,
+            "warnings": warnings,
+        }
 
     # -- the library -----------------------------------------------------------------------------------------
 

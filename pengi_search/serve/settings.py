@@ -17,7 +17,7 @@ class ServeSettings:
     device: str = "auto"
     token: str | None = None  # every request must carry it when set
     allowed_hosts: tuple[str, ...] | None = None  # Host header names accepted (loopback binds); None: any
-    roots: tuple[Path, ...] = ()  # real folders audio may be served from; empty: each file's own folder
+    roots: tuple[Path, ...] = ()  # real folders audio may be served from; empty: the folder that held each file
     max_upload_bytes: int = 64 * MIB
     max_upload_s: float = 600.0  # longest clip accepted for describe, similar and classify
     max_transcode_s: float = 3600.0  # longest file transcoded whole for the player (windows are always cut)

@@ -50,17 +50,18 @@ def size_text(size: int) -> str:
     return f"{size / MIB:g} MiB" if size >= MIB else f"{size} bytes"
 
 
+def larger_than(limit: int) -> str:
+    """Why a file of more than `limit` bytes is refused: said by the server (413), and by the page before sending."""
+    return f"larger than the server's limit of {size_text(limit)}"
+
+
 def _copy_bounded(stream: BinaryIO, path: Path, name: str, max_bytes: int) -> None:
     written = 0
     with open(path, "wb") as out:
         while chunk := stream.read(_CHUNK):
             written += len(chunk)
             if written > max_bytes:
-                raise RequestError(
-                    name,
-                    f"larger than the server's limit of {size_text(max_bytes)}",
-                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                )
+                raise RequestError(name, larger_than(max_bytes), HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
             out.write(chunk)
     if written == 0:
         raise InvalidParameter("file", EMPTY_AUDIO, where=name)

@@ -185,7 +185,8 @@ function setUpBusyForms() {
       if (busy) form.setAttribute("aria-busy", "true");
       else form.removeAttribute("aria-busy");
     };
-    form.addEventListener("submit", () => {
+    form.addEventListener("submit", (event) => {
+      if (event.defaultPrevented) return; // refused before sending (setUpUploadLimits)
       sending = true;
       // After this event, so that the submission itself is not stopped by the disabled button; and only if the
       // sending was not stopped meanwhile.
@@ -201,6 +202,69 @@ function setUpBusyForms() {
   if (window.navigation) window.navigation.addEventListener("navigateerror", ready);
 }
 
+// A search's address holds only what was set, to be read and shared: a box left empty, or at its default (its
+// data-default), is not sent (disabled while the form's data is taken, enabled again at once), and the server takes
+// a box left out as its default.
+function setUpShortAddresses() {
+  for (const form of document.querySelectorAll("form[method=get]")) {
+    form.addEventListener("submit", (event) => {
+      if (event.defaultPrevented) return;
+      const unset = Array.from(form.elements).filter(
+        (box) => box.name && !box.disabled && box.type !== "hidden" && [box.dataset.default, ""].includes(box.value),
+      );
+      for (const box of unset) box.disabled = true;
+      setTimeout(() => unset.forEach((box) => (box.disabled = false)));
+    });
+  }
+}
+
+// A file past the server's limit (each file box's data-max-bytes) is refused before it is sent: the server would
+// read it all only to refuse it with 413, on a page of its own, the form's other boxes lost. Said as the server
+// says a refused upload (in #form-error, where the results go), the box marked and focused; the page stays as it is.
+function setUpUploadLimits() {
+  for (const form of document.querySelectorAll("form.upload")) {
+    const boxes = Array.from(form.querySelectorAll("input[type=file][data-max-bytes]"));
+    form.addEventListener("submit", (event) => {
+      const over = boxes.find((box) => box.files.length > 0 && box.files[0].size > Number(box.dataset.maxBytes));
+      if (!over) return;
+      event.preventDefault();
+      refuse(over, `${over.files[0].name}: ${over.dataset.tooLarge}`);
+    });
+    for (const box of boxes) {
+      box.addEventListener("change", () => {
+        if (box.getAttribute("aria-invalid") !== "true") return;
+        unmark(box);
+        document.getElementById("form-error")?.remove();
+      });
+    }
+  }
+}
+
+// Say why `box` was refused, as a refused form's page does: the reason in place of the results, the box marked
+// invalid, described by it, and focused.
+function refuse(box, reason) {
+  const result = document.getElementById("result");
+  for (const old of result.querySelectorAll("section.result")) old.remove(); // they answered an earlier sending
+  for (const marked of document.querySelectorAll("[aria-invalid=true]")) unmark(marked);
+  let error = document.getElementById("form-error");
+  if (!error) {
+    error = document.createElement("p");
+    error.className = "error";
+    error.id = "form-error";
+    error.setAttribute("role", "alert");
+    result.prepend(error);
+  }
+  error.textContent = reason;
+  box.setAttribute("aria-invalid", "true");
+  box.setAttribute("aria-describedby", "form-error");
+  box.focus();
+}
+
+function unmark(box) {
+  box.removeAttribute("aria-invalid");
+  box.removeAttribute("aria-describedby");
+}
+
 // A refused form's box at fault (marked invalid, with autofocus) takes the focus also where the page's address names
 // a part of it (the upload page's answers: #result): browsers then skip autofocus, and take the focus away once they
 // have scrolled there. Hence on load, after that, unless the user has already moved the focus somewhere.
@@ -213,5 +277,7 @@ window.addEventListener("load", focusBoxAtFault);
 document.addEventListener("DOMContentLoaded", () => {
   setUpHits();
   setUpFile();
+  setUpShortAddresses();
+  setUpUploadLimits(); // before setUpBusyForms: a form refused here is not sent, so never busy
   setUpBusyForms();
 });

@@ -1,0 +1,82 @@
+"""Answers a browser need not download again, and Range headers HTTP lets a server ignore.
+
+The media routes' answers carry an ETag (the file's audio as sent, its window cut as WAV, its spectrogram) and
+`Cache-Control: no-cache`: browsers keep them but ask each time, since the file may change on disk (it is then
+refused, 409), and a request whose `If-None-Match` names the current tag gets 304 without a body, before anything
+is decoded or drawn. A `Range` header of a unit other than bytes is ignored, as RFC 9110 (14.2) requires: the whole
+body, 200, where Starlette answers 400.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi.responses import FileResponse, Response
+from starlette.datastructures import Headers
+from starlette.types import Receive, Scope, Send
+
+CACHE_CONTROL = "no-cache"  # keep it, but ask whether it is still current before using it
+
+
+@dataclass(frozen=True)
+class Made:
+    """Something made from an indexed file on request: its ETag, known before it is made, and how to make it."""
+
+    tag: str
+    make: Callable[[], bytes]
+
+
+def entity_tag(*parts: object) -> str:
+    """A strong ETag for what `parts` determine (a file's id, size and modification time; what is made of it)."""
+    return '"' + hashlib.sha256(repr(parts).encode()).hexdigest()[:32] + '"'
+
+
+def names_tag(headers: Headers, tag: str) -> bool:
+    """Whether the request's `If-None-Match` names `tag` (or is `*`), compared weakly as RFC 9110 (13.1.2) asks."""
+    value = headers.get("if-none-match")
+    if value is None:
+        return False
+    candidates = [candidate.strip().removeprefix("W/") for candidate in value.split(",")]
+    return "*" in candidates or tag.removeprefix("W/") in candidates
+
+
+def not_modified(tag: str) -> Response:
+    return Response(status_code=304, headers={"ETag": tag, "Cache-Control": CACHE_CONTROL})
+
+
+def made_response(headers: Headers, made: Made, media_type: str) -> Response:
+    """304 when the client holds `made` already, else `made` made now."""
+    if names_tag(headers, made.tag):
+        return not_modified(made.tag)
+    return Response(made.make(), media_type=media_type, headers={"ETag": made.tag, "Cache-Control": CACHE_CONTROL})
+
+
+def file_response(headers: Headers, path: Path, media_type: str) -> Response:
+    """The file at `path`, or 304 when the client holds it already."""
+    cache = {"Cache-Control": CACHE_CONTROL}
+    response = AudioFileResponse(path, media_type=media_type, stat_result=os.stat(path), headers=cache)
+    tag = response.headers["etag"]  # Starlette's, of the file's size and modification time
+    return not_modified(tag) if names_tag(headers, tag) else response
+
+
+class AudioFileResponse(FileResponse):
+    """A file sent as Starlette sends one (its ETag from the file's size and time, Range requests of bytes), but a
+    `Range` of another unit is ignored rather than refused."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(_byte_ranges_only(scope), receive, send)
+
+
+def _byte_ranges_only(scope: Scope) -> Scope:
+    """`scope` without its `Range` header when that names a unit other than bytes (`items=0-1`)."""
+    headers = scope["headers"]
+    kept = [
+        (name, value)
+        for name, value in headers
+        if name.lower() != b"range" or value.partition(b"=")[0].strip().lower() == b"bytes"
+    ]
+    return scope if len(kept) == len(headers) else {**scope, "headers": kept}
