@@ -1,5 +1,6 @@
-"""The indexing run, in two passes: scan -> compare with the database -> decode (worker processes) -> audio
-embeddings -> store, file by file -> prune -> FAISS files saved (pass 1: `similar` works on the whole library);
+"""The indexing run, in two passes: scan -> compare with the database -> files whose bytes are indexed already (moved,
+renamed, copied) copied from them (`indexer.reuse`) -> decode the others (worker processes) -> audio embeddings ->
+store, file by file -> prune -> FAISS files saved (pass 1: `similar` works on the whole library);
 then batched Pengi generation for the windows without captions -> caption embeddings -> store, batch by batch
 (pass 2, `indexer.captions`; with `--captions later`, a later run does it) -> FAISS files in line with the database.
 

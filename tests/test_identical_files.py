@@ -18,7 +18,14 @@ from pengi_search.db import Store, TextRecord
 from pengi_search.inference import Engine
 from pengi_search.library import Library
 
-from .indexing import assert_consistent, assert_same_content, db_content, quick_options, write_tone
+from .indexing import (
+    assert_consistent,
+    assert_same_content,
+    db_content,
+    quick_options,
+    write_tone,
+    write_tree,
+)
 from .test_truncated import SECONDS, write_cut
 
 OTHER_PROMPT = "this acoustic scene is"
@@ -26,11 +33,7 @@ OTHER_PROMPT = "this acoustic scene is"
 
 @pytest.fixture()
 def tree(tmp_path) -> Path:
-    root = tmp_path / "sounds"
-    write_tone(root / "short.wav", 1.5, freq=330)
-    write_tone(root / "birds" / "long.wav", 9.0, sr=22_050, freq=880)  # two windows
-    write_tone(root / "birds" / "tone.flac", 3.0, sr=22_050, freq=550)
-    return root
+    return write_tree(tmp_path / "sounds")
 
 
 @pytest.fixture()
@@ -57,22 +60,25 @@ def model_work(monkeypatch) -> dict[str, int]:
     return work
 
 
-def fresh_index(root: Path, db: Path, model_dir: Path, **options) -> Path:
-    """The library a first run over `root` builds, to compare with."""
+def indexed(root: Path, db: Path, model_dir: Path, work: dict[str, int], **options) -> Path:
+    """`db` after a first run over `root`, the model's work counted from zero again."""
     run_index(quick_options([root], db, model_dir, **options))
+    work.update(dict.fromkeys(work, 0))
     return db
 
 
-def reset(work: dict[str, int]) -> None:
-    work.update(dict.fromkeys(work, 0))
+def assert_as_a_fresh_index(db: Path, root: Path, model_dir: Path) -> None:
+    """`db` holds what a first run over `root` gives, and its FAISS files hold its vectors."""
+    fresh = db.with_name("fresh.db")
+    run_index(quick_options([root], fresh, model_dir))
+    assert_same_content(db, fresh)
+    assert_consistent(db)
 
 
 def test_files_renamed_or_moved_within_a_run_are_neither_decoded_nor_captioned(
     tiny_model_dir, tree, tmp_path, model_work
 ):
-    db = tmp_path / "lib.db"
-    run_index(quick_options([tree], db, tiny_model_dir))
-    reset(model_work)
+    db = indexed(tree, tmp_path / "lib.db", tiny_model_dir, model_work)
     (tree / "field").mkdir()
     shutil.move(tree / "birds", tree / "field" / "birds")  # a folder moved: its files' old paths are pruned
     os.rename(tree / "short.wav", tree / "renamed.wav")
@@ -81,14 +87,11 @@ def test_files_renamed_or_moved_within_a_run_are_neither_decoded_nor_captioned(
     assert (summary.indexed, summary.reused, summary.pruned, summary.windows, summary.captioned) == (3, 3, 3, 4, 0)
     assert model_work == {"loads": 0, "embedded": 0, "captioned": 0}
     assert summary.captions_missing == 0
-    assert_same_content(db, fresh_index(tree, tmp_path / "fresh.db", tiny_model_dir))
-    assert_consistent(db)
+    assert_as_a_fresh_index(db, tree, tiny_model_dir)
 
 
 def test_a_copy_of_an_indexed_file_takes_its_windows_and_captions(tiny_model_dir, tree, tmp_path, model_work):
-    db = tmp_path / "lib.db"
-    run_index(quick_options([tree], db, tiny_model_dir))
-    reset(model_work)
+    db = indexed(tree, tmp_path / "lib.db", tiny_model_dir, model_work)
     shutil.copy(tree / "birds" / "long.wav", tree / "copy of long.wav")  # a new mtime: only the bytes are the same
     write_tone(tree / "new.wav", 2.0, freq=990)  # a new sound beside it is indexed as ever
 
@@ -97,20 +100,17 @@ def test_a_copy_of_an_indexed_file_takes_its_windows_and_captions(tiny_model_dir
     assert model_work == {"loads": 1, "embedded": 1, "captioned": 1}  # new.wav's one window only
     rows = {Path(row["path"]).name: row for row in db_content(db)}
     assert rows["copy of long.wav"]["windows"] == rows["long.wav"]["windows"]
-    assert_same_content(db, fresh_index(tree, tmp_path / "fresh.db", tiny_model_dir))
-    assert_consistent(db)
+    assert_as_a_fresh_index(db, tree, tiny_model_dir)
 
 
 def test_a_file_changed_into_a_copy_of_another_takes_that_files_windows(tiny_model_dir, tree, tmp_path, model_work):
-    db = tmp_path / "lib.db"
-    run_index(quick_options([tree], db, tiny_model_dir))
-    reset(model_work)
+    db = indexed(tree, tmp_path / "lib.db", tiny_model_dir, model_work)
     shutil.copy(tree / "birds" / "tone.flac", tree / "short.wav")  # same path, other bytes: those of tone.flac
 
     summary = run_index(quick_options([tree], db, tiny_model_dir))
     assert (summary.indexed, summary.reused, summary.captioned) == (1, 1, 0)
     assert model_work["captioned"] == 0
-    assert_same_content(db, fresh_index(tree, tmp_path / "fresh.db", tiny_model_dir))
+    assert_as_a_fresh_index(db, tree, tiny_model_dir)
 
 
 def test_a_source_whose_captions_were_never_written_gives_its_audio_and_the_copy_is_captioned(
@@ -118,9 +118,7 @@ def test_a_source_whose_captions_were_never_written_gives_its_audio_and_the_copy
 ):
     """Pass 2 never ran for the old path (`--captions later`, or a run killed before it): the moved file takes the
     audio embeddings and is captioned from them, as its old path would have been."""
-    db = tmp_path / "lib.db"
-    run_index(quick_options([tree], db, tiny_model_dir, captions=Captions.later))
-    reset(model_work)
+    db = indexed(tree, tmp_path / "lib.db", tiny_model_dir, model_work, captions=Captions.later)
     shutil.move(tree / "birds", tree / "moved")
 
     summary = run_index(quick_options([tree], db, tiny_model_dir))
@@ -132,14 +130,11 @@ def test_a_source_whose_captions_were_never_written_gives_its_audio_and_the_copy
         0,
     )
     assert model_work == {"loads": 1, "embedded": 0, "captioned": 4}
-    assert_same_content(db, fresh_index(tree, tmp_path / "fresh.db", tiny_model_dir))
-    assert_consistent(db)
+    assert_as_a_fresh_index(db, tree, tiny_model_dir)
 
 
 def test_captions_for_other_prompts_are_not_taken_the_audio_is(tiny_model_dir, tree, tmp_path, model_work):
-    db = tmp_path / "lib.db"
-    run_index(quick_options([tree], db, tiny_model_dir))
-    reset(model_work)
+    db = indexed(tree, tmp_path / "lib.db", tiny_model_dir, model_work)
     shutil.copy(tree / "short.wav", tree / "copy.wav")
 
     summary = run_index(quick_options([tree], db, tiny_model_dir, prompts=(OTHER_PROMPT,)))
@@ -209,8 +204,7 @@ def test_an_interrupted_run_of_copies_resumes_and_repeats_nothing(tiny_model_dir
     assert (again.indexed, again.reused, again.unchanged, again.pruned, again.captioned) == (1, 1, 2, 2, 0)
     with Store.open(str(db)) as store:
         assert [run.status for run in store.runs(2)] == ["finished", "interrupted"]
-    assert_same_content(db, fresh_index(tree, tmp_path / "fresh.db", tiny_model_dir))
-    assert_consistent(db)
+    assert_as_a_fresh_index(db, tree, tiny_model_dir)
 
 
 @pytest.mark.parametrize("order", [(1, 0), (0, 1)])
@@ -228,5 +222,4 @@ def test_shards_index_moved_files_as_a_single_run_does(tiny_model_dir, tmp_path,
         assert [part.reused for part in parts] == [part.indexed for part in parts]
     with Library.open(str(db)) as library:
         assert {Path(f.path).parent.name for f in library.store.files_under()} == {"new"}
-    assert_same_content(db, fresh_index(root, tmp_path / "fresh.db", tiny_model_dir))
-    assert_consistent(db)
+    assert_as_a_fresh_index(db, root, tiny_model_dir)
