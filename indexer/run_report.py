@@ -6,8 +6,8 @@ and, at the end, an `IndexSummary` with the files that failed (`FailedFile`) and
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Protocol
 
 from pengi_search.audio import AUDIO_EXTENSIONS
@@ -86,6 +86,10 @@ class FileNote(PathMessage):
     KEY = "note"
 
 
+# The summary's lists of files and folders, each named by its path.
+_PATH_LISTS = ("failed", "unreadable_dirs", "unseen_roots", "hidden_kept", "truncated", "decoder_notes")
+
+
 @dataclass
 class IndexSummary:
     """What a run did; `partial` when some file or folder could not be indexed.
@@ -129,6 +133,12 @@ class IndexSummary:
         data = {name: getattr(self, name) for name in self.__dataclass_fields__}
         data["seconds"] = round(self.seconds, 3)
         data["searchable_s"] = round(self.searchable_s, 3)
-        for name in ("failed", "unreadable_dirs", "unseen_roots", "hidden_kept", "truncated", "decoder_notes"):
+        for name in _PATH_LISTS:
             data[name] = [item.to_json() for item in getattr(self, name)]
         return data
+
+    def renamed(self, name: Callable[[str], str]) -> IndexSummary:
+        """This summary with each path it names (absolute, as the run found them) passed through `name`: the
+        command line names them as the user reached them."""
+        lists = {key: [replace(item, path=name(item.path)) for item in getattr(self, key)] for key in _PATH_LISTS}
+        return replace(self, **lists)

@@ -19,7 +19,8 @@ character or line separator inside a label), or a `.csv` file with a header that
 values, in order of first appearance, e.g. a dataset's metadata; an `answer` column, as `train init`'s label map
 has, gives the text each label is scored as, one answer a label). Truth
 files: a CSV with a `label` column and a `file`, `filename` or `path` column; paths are relative to the CSV's folder
-(or absolute), and a file is also matched by its bare name when that name is unique.
+(or absolute), as written when such a file exists, else trimmed (`text_files.listed_file`), and a file is also
+matched by its bare name when that name is unique.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from .choices import LoglikScore, LongPrompt, Method, StopRule
 from .embedders import EmbedderSpec, TextEmbedder, embed_given, open_text_embedder
 from .pathnames import path_fields, shown
 from .prompts import TASK_PROMPTS
-from .text_files import csv_rows, read_text
+from .text_files import csv_rows, listed_file, read_text
 
 if TYPE_CHECKING:
     from .audio import Window
@@ -154,7 +155,7 @@ def _composed(path: str) -> str:
 def read_truth(path: str | os.PathLike[str]) -> Truth:
     """Read a truth CSV (a `label` column and a `file`, `filename` or `path` column)."""
     path = Path(path)
-    header, rows = csv_rows(path, read_text(path, LabelsError), LabelsError, "file, label")
+    header, rows = csv_rows(path, read_text(path, LabelsError), LabelsError, "file, label", names=PATH_COLUMNS)
     column = next((name for name in PATH_COLUMNS if name in header), None)
     if column is None or "label" not in header:
         raise LabelsError(
@@ -164,9 +165,9 @@ def read_truth(path: str | os.PathLike[str]) -> Truth:
     lines: dict[str, int] = {}
     for number, row in rows:
         name, label = row.get(column, ""), row.get("label", "")
-        if not name or not label:
-            raise LabelsError(path, f"line {number} lacks a {column if not name else 'label'}")
-        absolute = _composed(os.path.abspath(path.parent / name))
+        if not name.strip() or not label:
+            raise LabelsError(path, f"line {number} lacks a {column if not name.strip() else 'label'}")
+        absolute = _composed(os.path.abspath(listed_file(path.parent, name)))
         if absolute in by_path and by_path[absolute] != label:
             raise LabelsError(path, f"{name!r} on line {number} has another label than on line {lines[absolute]}")
         by_path[absolute], lines[absolute] = label, number

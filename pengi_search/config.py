@@ -8,6 +8,8 @@ block of the reference fixtures.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,8 +96,60 @@ class MapperConfig:
 
 def _audio_config(values: dict[str, Any]) -> AudioConfig:
     """An AudioConfig from JSON values (lists where the config holds tuples)."""
-    tuples = {key: tuple(values[key]) for key in ("depths", "num_heads") if key in values}
-    return AudioConfig(**{**values, **tuples})
+    tuples = {key: values[key] for key in ("depths", "num_heads") if key in values}
+    for key, value in tuples.items():
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"audio.{key} must be a list of ints, got {value!r}")
+    return AudioConfig(**{**values, **{key: tuple(value) for key, value in tuples.items()}})
+
+
+_JSON_KINDS = {bool: "true or false", int: "a number", float: "a number", str: "a string", list: "a list"}
+
+
+def _settings(kind: type, values: Any, part: str) -> dict[str, Any]:
+    """`values` when they are an object (a mapping) of settings that `kind` has; else a ValueError that names the
+    `part` ("decoder", "" for the whole configuration) or the setting."""
+    if not isinstance(values, dict):
+        what = f"{part} is" if part else "the configuration is"
+        kind_of = "null" if values is None else _JSON_KINDS.get(type(values), f"a {type(values).__name__}")
+        raise ValueError(f"{what} {kind_of}, not an object of settings")
+    known = {item.name for item in dataclasses.fields(kind)}
+    if unknown := next((str(name) for name in values if name not in known), None):
+        raise ValueError(f"unknown setting {part + '.' if part else ''}{unknown}")
+    return values
+
+
+def _part(kind: type, data: dict[str, Any], name: str) -> dict[str, Any]:
+    """The settings of the configuration's part `name` (`_settings`); none given: all its defaults."""
+    return _settings(kind, data.get(name, {}), name)
+
+
+_SCALARS = {int: "int", float: "float", bool: "bool", str: "text"}
+
+
+def _scalar_type_problem(config: Any, where: str) -> str | None:
+    """The first int, float, bool or text field (nested ones too) holding a value of another type, or None: a
+    mapping's `n_layer: x` would otherwise fail deep in the model's construction with a traceback."""
+    hints = typing.get_type_hints(type(config))
+    for item in dataclasses.fields(config):
+        value, hint = getattr(config, item.name), hints[item.name]
+        if dataclasses.is_dataclass(value):
+            if (problem := _scalar_type_problem(value, f"{where}{item.name}.")) is not None:
+                return problem
+            continue
+        options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        kinds = [kind for kind in options if kind in _SCALARS]
+        if not kinds or (value is None and type(None) in options):
+            continue
+        if not any(_fits(value, kind) for kind in kinds):
+            return f"{where}{item.name} must be {' or '.join(_SCALARS[kind] for kind in kinds)}, got {value!r}"
+    return None
+
+
+def _fits(value: Any, kind: type) -> bool:
+    if isinstance(value, bool):  # YAML's true is no number
+        return kind is bool
+    return isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
 
 
 _REFERENCE_AUDIO_NAMES = {"input_sample_rate": "sample_rate", "frontend_sample_rate_for_mel": "mel_sample_rate"}
@@ -126,15 +180,23 @@ class PengiConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PengiConfig:
+    def from_dict(cls, data: Any) -> PengiConfig:
+        """A configuration from its JSON form (`to_dict`'s; a part or setting left out keeps its default). A user
+        writes it (`model import --config`, a training configuration's `model.architecture`), so anything else is a
+        ValueError naming the part or setting: an object that is no object, a setting no part has, a value of the
+        wrong type (which would otherwise fail with a traceback deep in the model's construction)."""
+        data = _settings(cls, data, "")
         text = data.get("text_encoder", {})
-        return cls(
-            audio=_audio_config(data.get("audio", {})),
-            text_encoder=None if text is None else TextEncoderConfig(**text),
-            decoder=DecoderConfig(**data.get("decoder", {})),
-            mapper=MapperConfig(**data.get("mapper", {})),
+        config = cls(
+            audio=_audio_config(_part(AudioConfig, data, "audio")),
+            text_encoder=None if text is None else TextEncoderConfig(**_part(TextEncoderConfig, data, "text_encoder")),
+            decoder=DecoderConfig(**_part(DecoderConfig, data, "decoder")),
+            mapper=MapperConfig(**_part(MapperConfig, data, "mapper")),
             **{k: v for k, v in data.items() if k not in ("audio", "text_encoder", "decoder", "mapper")},
         )
+        if (problem := _scalar_type_problem(config, "")) is not None:
+            raise ValueError(problem)
+        return config
 
     @classmethod
     def preset(cls, name: str) -> PengiConfig:

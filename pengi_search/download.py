@@ -42,7 +42,7 @@ from rich.progress import (
 
 from pengi_search import __version__
 from pengi_search.consoles import make_console
-from pengi_search.errors import PengiSearchError, first_line, os_reason, read_reason
+from pengi_search.errors import PengiSearchError, UsageError, first_line, missing_reason, os_reason, read_reason
 from pengi_search.hashing import file_sha256, sha256_hasher
 from pengi_search.hub import cache_only, hub_cache, is_hub_name, offline_setting, quiet_hub, why_not_downloadable
 
@@ -258,6 +258,7 @@ def fetch_release(
         raise DownloadError(name, directory, f"unknown release; known: {', '.join(RELEASES)}")
     dest = directory / release.filename
     url = checkpoint_url or release.url
+    _refuse_missing_file(url)
     if force:
         discard_download(dest)
     checkpoint = _reusable(dest, url, notify) or _download_release(name, url, dest, progress)
@@ -425,21 +426,38 @@ def _publish(part: _Part, dest: Path) -> DownloadResult:
     return result
 
 
+def _refuse_missing_file(url: str) -> None:
+    """A local path or file URL that names no file is bad usage (a typo), said before an earlier download is reused
+    or discarded, with the URL as typed: `./base.pth: no such file`."""
+    try:
+        path = _local_path(url)
+    except _Failure:
+        return  # `download` refuses it, saying why
+    if path is not None and not path.is_file():
+        raise UsageError(url, missing_reason(path))
+
+
 def _resolve(url: str) -> tuple[str, Path | None]:
     """The canonical source string (recorded in sidecars) and, for local sources, the file's path."""
+    path = _local_path(url)
+    if path is None:
+        return url, None
+    path = path.resolve()
+    return path.as_uri(), path
+
+
+def _local_path(url: str) -> Path | None:
+    """The path a local source names (a file URL's or the path itself, links not resolved); None for HTTP(S)."""
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme in ("http", "https"):
-        return url, None
+        return None
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
             raise _Failure(f"file URL names a remote host {parsed.netloc!r}", retry=False)
-        path = Path(urllib.request.url2pathname(parsed.path))
-    elif len(parsed.scheme) <= 1:  # no scheme, or a Windows drive letter
-        path = Path(url)
-    else:
-        raise _Failure(f"unsupported URL scheme {parsed.scheme!r}", retry=False)
-    path = path.resolve()
-    return path.as_uri(), path
+        return Path(urllib.request.url2pathname(parsed.path))
+    if len(parsed.scheme) <= 1:  # no scheme, or a Windows drive letter
+        return Path(url)
+    raise _Failure(f"unsupported URL scheme {parsed.scheme!r}", retry=False)
 
 
 def _open(local: Path | None, source: str, timeout: float, offset: int, validator: str | None) -> _Opened:

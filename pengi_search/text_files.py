@@ -12,7 +12,7 @@ import codecs
 import contextlib
 import csv
 import io
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import TextIO
 
@@ -72,9 +72,13 @@ def _where_invalid(data: bytes, offset: int) -> str:
     return f"byte 0x{data[offset]:02x} at line {line}, column {column}"
 
 
-def csv_rows(path: Path, text: str, error: type[UsageError], columns: str) -> tuple[list[str], CsvRows]:
-    """Lower-cased header and (line number, row) pairs of the CSV `text` read from `path`; values are trimmed.
-    `columns` is the header it should have, for the message about an empty file (`file, label`).
+def csv_rows(
+    path: Path, text: str, error: type[UsageError], columns: str, *, names: Collection[str] = ()
+) -> tuple[list[str], CsvRows]:
+    """Lower-cased header and (line number, row) pairs of the CSV `text` read from `path`; values are trimmed (the
+    spaces a spreadsheet writes after a comma, `a.wav, dog`), but those of the columns in `names`, which hold file
+    names (a name may start or end with a space; `listed_file` reads them). `columns` is the header it should have,
+    for the message about an empty file (`file, label`).
 
     A file without rows is refused: every CSV a user gives is read for its rows. A row with more values than the
     header has columns is refused, naming its line: it is almost always a value with a comma that was not quoted
@@ -84,7 +88,8 @@ def csv_rows(path: Path, text: str, error: type[UsageError], columns: str) -> tu
     reader = csv.reader(io.StringIO(text))
     try:
         header = [name.strip().lower() for name in next(reader)]
-        rows = [(reader.line_num, _row(path, header, row, reader.line_num, error)) for row in reader if row]
+        kept = [name in names for name in header]
+        rows = [(reader.line_num, _row(path, header, kept, row, reader.line_num, error)) for row in reader if row]
     except StopIteration:
         raise error(path, empty_file(f"a CSV file starts with its header: {columns}")) from None
     except csv.Error as exc:
@@ -94,9 +99,13 @@ def csv_rows(path: Path, text: str, error: type[UsageError], columns: str) -> tu
     return header, rows
 
 
-def _row(path: Path, header: list[str], values: list[str], line: int, error: type[UsageError]) -> dict[str, str]:
-    """One row by column name, its values trimmed; refused when it holds a value no column of the header names."""
-    values = [value.strip() for value in values]
+def _row(
+    path: Path, header: list[str], kept: list[bool], written: list[str], line: int, error: type[UsageError]
+) -> dict[str, str]:
+    """One row by column name, its values trimmed but where `kept`; refused when it holds a value no column of the
+    header names."""
+    values = [value if keep else value.strip() for value, keep in zip(written, kept, strict=False)]
+    values += [value.strip() for value in written[len(header) :]]
     if any(values[len(header) :]):
         raise error(
             path,
@@ -105,3 +114,17 @@ def _row(path: Path, header: list[str], values: list[str], line: int, error: typ
             'quote a value that holds a comma ("a dog, barking")',
         )
     return dict(zip(header, values, strict=False))
+
+
+def file_name_spellings(written: str) -> list[str]:
+    """The names a CSV's file value may mean, in the order to look for them: as written, then trimmed. Trimming
+    alone would miss a file whose name starts or ends with a space; the name as written alone, the file of a row
+    spaced as spreadsheets space them (`label, file`)."""
+    return list(dict.fromkeys([written, written.strip()]))
+
+
+def listed_file(folder: Path, written: str) -> Path:
+    """The file a CSV's file value names, relative to `folder` (or absolute): the first of `file_name_spellings`
+    that exists, else the trimmed name (which the caller may report missing)."""
+    candidates = [folder / name for name in file_name_spellings(written)]
+    return next((candidate for candidate in candidates if candidate.exists()), candidates[-1])

@@ -159,6 +159,16 @@ def test_truth_files_as_spreadsheets_write_them(tmp_path):
     }
 
 
+def test_a_truth_file_name_is_the_file_of_that_name_as_written_else_trimmed(tmp_path):
+    """Values are trimmed (the space a spreadsheet writes after a comma), but a file name may start or end with a
+    space: where a file of the name as written exists, the row means that file."""
+    for name in (" intro.wav", "intro.wav", "outro.wav"):
+        (tmp_path / name).write_bytes(b"")
+    truth = read_truth(write(tmp_path, 'label,file\nspeech," intro.wav"\nmusic, outro.wav\n', "truth.csv"))
+    assert truth.by_path == {str(tmp_path / " intro.wav"): "speech", str(tmp_path / "outro.wav"): "music"}
+    assert truth.label_of(tmp_path / "intro.wav") is None
+
+
 def test_evaluate_accuracy_and_per_class_scores():
     truth = Truth({"/a.wav": "dog", "/b.wav": "dog", "/c.wav": "rain", "/d.wav": "bell"}, {})
     predictions = [

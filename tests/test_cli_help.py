@@ -13,7 +13,7 @@ from rich.text import Text
 from typer.testing import CliRunner
 
 from pengi_search.cli import app
-from pengi_search.cli.common import PATH_PARSERS
+from pengi_search.cli.common import given_input
 
 ROOT = typer.main.get_command(app)
 
@@ -110,7 +110,7 @@ def test_usage_names_arguments_in_capitals_and_files_and_folders_as_path(name):
     shown = _usage_arguments(name)
     assert len(shown) == len(ARGUMENTS[name])
     for param, text in zip(ARGUMENTS[name], shown, strict=True):
-        several_paths = param.nargs != 1 and param.type_descriptor.parameter_info.parser in PATH_PARSERS
+        several_paths = param.nargs != 1 and param.type_descriptor.parameter_info.parser is given_input
         expected = "PATH" if several_paths else param.name.upper()
         ends = "{}" if param.required else "[]"
         assert text == ends[0] + expected + ends[1] + "..." * (param.nargs != 1), (name, param.name)

@@ -90,6 +90,19 @@ def test_names_match_whatever_unicode_form_the_csv_writes(tmp_path):
     ]
 
 
+def test_a_file_name_is_the_file_of_that_name_as_written_else_trimmed(tmp_path):
+    """Values are trimmed (the space a spreadsheet writes after a comma), but a file name may start or end with a
+    space: where a file of the name as written exists, the row means that file; rows that mean one file merge."""
+    for name in (" intro.wav", "intro.wav", "rain.wav"):
+        (tmp_path / name).write_bytes(b"")
+    rows = 'caption,file\na voice," intro.wav"\nrain falls, rain.wav\nrain again,rain.wav \n'
+    caption_set = read_caption_set(write(tmp_path / "captions.csv", rows))
+    assert [(i.name, i.path, i.captions) for i in caption_set.items] == [
+        (" intro.wav", str(tmp_path / " intro.wav"), ("a voice",)),
+        ("rain.wav", str(tmp_path / "rain.wav"), ("rain falls", "rain again")),
+    ]
+
+
 @pytest.mark.parametrize(
     ("content", "options", "message"),
     [

@@ -1,9 +1,11 @@
-"""How the commands that take audio files and folders (describe, ask, classify, similar, eval classify) name a file.
+"""How the commands that take audio files and folders (describe, ask, classify, similar, eval classify, index,
+remove) name a file.
 
 A file given is named as typed; a file found inside a given folder, as ripgrep and fd name it: the folder as typed
 joined with the path inside it (`sounds/dog.wav`, `./sounds/dog.wav`, `/home/me/sounds/dog.wav`). The same name in
-text, CSV and JSON output and in `skipped PATH: reason` lines. What the name is matched on (the library, a truth
-file, the query file left out of `similar`'s hits) is the file's absolute path, whatever the spelling.
+text, CSV and JSON output and in `skipped PATH: reason` (`index`: `failed PATH: reason`) lines. What the name is
+matched on (the library, a truth file, the query file left out of `similar`'s hits) is the file's absolute path,
+whatever the spelling.
 """
 
 from __future__ import annotations
@@ -196,6 +198,46 @@ def test_eval_classify_names_the_files_as_classify_does(recordings, tmp_path, ti
     assert report["evaluated"]["files"] == 2  # matched to the truth by name
     with open(out / "predictions.csv", newline="", encoding="utf-8") as rows:
         assert [row["file"] for row in csv.DictReader(rows)] == names(FOLDER)
+
+
+def failed_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("failed ")]
+
+
+@pytest.mark.parametrize("form", TYPED)
+def test_index_names_a_folders_files_after_the_folder_as_typed(form, recordings, tmp_path, tiny_model_dir):
+    """The library still holds each file by its absolute path."""
+    folder, db = typed_folder(form, tmp_path), tmp_path / "lib.db"
+    common = ("--db", db, "--model", tiny_model_dir, "--workers", "0", *QUICK, "--quiet")
+    indexed = run("index", folder, *common, "--json")
+    assert indexed.exit_code == EXIT_PARTIAL, indexed.output
+    failed = json.loads(indexed.stdout)["failed"]
+    assert [(item["path"], item["reason"]) for item in failed] == [(f"{folder}/{BROKEN}", UNREADABLE)]
+    again = run("index", folder, *common, "--retry-errors")
+    assert failed_lines(again.stderr) == [f"failed {folder}/{BROKEN}: {UNREADABLE}"]
+    exported = [json.loads(line)["path"] for line in run("export", "--db", db).stdout.splitlines()]
+    assert exported == [str(recordings / name) for name in sorted([BROKEN, *INSIDE])]
+
+
+def test_index_names_a_file_reached_twice_as_given_directly(recordings, tmp_path, tiny_model_dir):
+    broken = f"{FOLDER}/../{FOLDER}/{BROKEN}"
+    common = ("--db", tmp_path / "lib.db", "--model", tiny_model_dir, "--workers", "0", *QUICK, "--quiet")
+    indexed = run("index", f"./{FOLDER}", broken, *common)
+    assert indexed.exit_code == EXIT_PARTIAL, indexed.output
+    assert failed_lines(indexed.stderr) == [f"failed {broken}: {UNREADABLE}"]
+
+
+def test_remove_names_the_path_as_typed(recordings, tmp_path, tiny_model_dir):
+    db = tmp_path / "lib.db"
+    run("index", recordings, "--db", db, "--model", tiny_model_dir, "--workers", "0", *QUICK, "--quiet")
+    typed = f"./{FOLDER}/more"
+    removed = run("remove", typed, "--db", db, "--json")
+    assert removed.exit_code == EXIT_OK, removed.output
+    assert json.loads(removed.stdout) == {"path": typed, "removed_files": 1}
+    again = run("remove", typed, "--db", db)
+    assert again.stderr.strip() == f"error: {typed}: nothing in the index at or under this path"
+    forgotten = run("remove", f"{FOLDER}/{INSIDE[0]}", "--db", db)
+    assert forgotten.stdout.strip() == f"removed 1 file(s) at or under {FOLDER}/{INSIDE[0]}"
 
 
 @pytest.mark.parametrize("command", ["describe", "classify", "similar"])

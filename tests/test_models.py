@@ -221,6 +221,27 @@ def test_import_refuses_a_tokenizer_larger_than_the_vocabulary(tiny_pair, tiny_m
     assert result.exit_code == 2 and "is not KIND=PATH" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("written", "says"),
+    [
+        ("[1, 2]", "the configuration is a list, not an object of settings"),
+        ("7", "the configuration is a number, not an object of settings"),
+        ('{"config": null}', "the configuration is null, not an object of settings"),  # a model's config.json
+        ('{"decoder": 12}', "decoder is a number, not an object of settings"),
+        ('{"mapper": {"layers": 2}}', "unknown setting mapper.layers"),
+        ('{"d_proj": "wide"}', "d_proj must be int, got 'wide'"),
+    ],
+)
+def test_a_config_that_is_no_object_of_settings_is_bad_usage(written, says, tiny_pair, tmp_path, isolated_home):
+    """Valid JSON that no model has: one line naming what is wrong (it was a traceback), exit 2, nothing installed."""
+    _, path = tiny_pair
+    (tmp_path / "config.json").write_text(written)
+    result = _cli("model", "import", path, "--config", tmp_path / "config.json", "--no-tokenizers")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == f"error: {tmp_path / 'config.json'}: {says}"
+    assert not (isolated_home / "models").exists()
+
+
 def test_a_key_mismatch_names_a_few_keys_and_suggests_config(tiny_pair, tiny_model_dir, tmp_path, monkeypatch):
     from pengi_search.config import PengiConfig
     from pengi_search.testing import tiny_config
@@ -240,6 +261,18 @@ def test_a_key_mismatch_names_a_few_keys_and_suggests_config(tiny_pair, tiny_mod
     result = _cli("model", "import", path)
     assert result.exit_code == 1
     assert result.stderr.strip().endswith("pass its configuration with --config FILE")
+
+
+@pytest.mark.usefixtures("no_internet")
+def test_fetch_from_a_local_file_that_is_not_there_is_bad_usage(tmp_path, isolated_home, monkeypatch):
+    """A typo, not a failed download: exit 2, one line naming the file as typed, nothing fetched or made."""
+    monkeypatch.chdir(tmp_path)
+    result = _cli("model", "fetch", "--url", "./Downloads/base.pth")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == "error: ./Downloads/base.pth: no such file"
+    as_url = _cli("model", "fetch", "--url", (tmp_path / "base.pth").as_uri())
+    assert as_url.exit_code == 2 and as_url.stderr.strip() == f"error: {(tmp_path / 'base.pth').as_uri()}: no such file"
+    assert not (isolated_home / "models").exists()
 
 
 def test_a_fetched_file_that_is_no_checkpoint_is_moved_aside(tiny_pair, tiny_model_dir, tmp_path, isolated_home):

@@ -736,6 +736,7 @@ def test_an_architecture_value_of_the_wrong_type_is_a_config_error_not_a_traceba
         ({"decoder": {"n_layer": "x"}}, "decoder.n_layer must be int, got 'x'"),  # was a TypeError from range()
         ({"d_proj": 1.5}, "d_proj must be int, got 1.5"),
         ({"normalize_text_embedding": 1}, "normalize_text_embedding must be bool, got 1"),
+        ({"decoder": {"layers": 2}}, "unknown setting decoder.layers"),  # was DecoderConfig's TypeError
     ]:
         with pytest.raises(ConfigError, match=f"model.architecture: {says}"):
             resolve_architecture(fields, source)

@@ -44,7 +44,7 @@ from trainer.evaluation import sample_rows
 from trainer.features import FeatureDataset, encode_clips
 from trainer.loop import Trainer, train
 from trainer.model_setup import build_model, parameter_groups
-from trainer.recipes import RECIPES, init_run
+from trainer.recipes import RECIPES, init_run, read_labels_csv
 from trainer.reporting import METRICS_FILE, PLOT_FILE, RateWindow, read_metrics
 from trainer.state import Position, save_checkpoint
 from trainer.stopping import InterruptRequest
@@ -264,6 +264,15 @@ def test_init_names_the_row_of_a_bad_csv(tmp_path) -> None:
     (tmp_path / "missing.csv").write_text("file,label\nnothere.wav,dog\n")
     result = cli("train", "init", str(tmp_path / "missing.csv"), "--audio-root", str(tmp_path))
     assert result.exit_code == 2 and "line 2: no audio file" in result.output
+
+
+def test_init_takes_a_clips_file_name_as_written_where_that_file_exists_else_trimmed(tmp_path) -> None:
+    """As a truth or captions CSV: values are trimmed, but a file name may start or end with a space."""
+    for name in (" take 1.wav", "take 1.wav", "take 2.wav"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "labels.csv").write_text('label,file\ndog," take 1.wav"\ncat, take 2.wav\n')
+    clips = read_labels_csv(tmp_path / "labels.csv", tmp_path)
+    assert [clip.audio for clip in clips] == [(tmp_path / name).resolve() for name in (" take 1.wav", "take 2.wav")]
 
 
 def test_init_refuses_a_file_listed_twice_and_warns_of_one_label_or_no_validation(tmp_path) -> None:

@@ -10,11 +10,8 @@ the audio encoder, the projections and the mappers are trained; a pretrained aud
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -122,41 +119,10 @@ def resolve_architecture(architecture: str | dict | None, source: Path) -> Pengi
         if isinstance(architecture, str):
             return PengiConfig.preset(architecture)
         if isinstance(architecture, dict):
-            cfg = PengiConfig.from_dict(architecture)
-            if (problem := scalar_type_problem(cfg, "")) is not None:
-                raise ValueError(problem)
-            return cfg
+            return PengiConfig.from_dict(architecture)
     except (TypeError, ValueError) as error:
         raise ConfigError(source, f"model.architecture: {error}") from None
     raise ConfigError(source, "model.architecture must be a preset name or a mapping of PengiConfig fields")
-
-
-_SCALARS = {int: "int", float: "float", bool: "bool", str: "text"}
-
-
-def scalar_type_problem(config: Any, where: str) -> str | None:
-    """The first int, float, bool or text field (nested ones too) holding a value of another type, or None: a
-    mapping's `n_layer: x` would otherwise fail deep in the model's construction with a traceback."""
-    hints = typing.get_type_hints(type(config))
-    for item in dataclasses.fields(config):
-        value, hint = getattr(config, item.name), hints[item.name]
-        if dataclasses.is_dataclass(value):
-            if (problem := scalar_type_problem(value, f"{where}{item.name}.")) is not None:
-                return problem
-            continue
-        options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-        kinds = [kind for kind in options if kind in _SCALARS]
-        if not kinds or (value is None and type(None) in options):
-            continue
-        if not any(_fits(value, kind) for kind in kinds):
-            return f"{where}{item.name} must be {' or '.join(_SCALARS[kind] for kind in kinds)}, got {value!r}"
-    return None
-
-
-def _fits(value: Any, kind: type) -> bool:
-    if isinstance(value, bool):  # YAML's true is no number
-        return kind is bool
-    return isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
 
 
 def _fine_tune_architecture(section: ModelSection, source: Path) -> PengiConfig | None:

@@ -1,11 +1,12 @@
 """`pengi-search train init LABELS.csv --audio-root DIR`: from a labels CSV to manifests and a configuration.
 
-The CSV has a `file` (or `filename`) column, relative to the audio root, a `label` column, and optionally `split`
-(train, validation/val/valid, test), `caption` and `group`. Without validation rows, a seeded split stratified by
-label takes `validation` of each label's training rows (a label with one row stays in training). Clips of one
-`group` (the recording they were cut from, the speaker, the session) go to the same side: validation clips that
-share a recording with training clips would score the memory of that recording, and pick the best model by it.
-Test rows are written to `test.jsonl` and never trained on.
+The CSV has a `file` (or `filename`) column, relative to the audio root (a name as written when such a file exists,
+else trimmed: `text_files.listed_file`), a `label` column, and optionally `split` (train, validation/val/valid,
+test), `caption` and `group`. Without validation rows, a seeded split stratified by label takes `validation` of each
+label's training rows (a label with one row stays in training). Clips of one `group` (the recording they were cut
+from, the speaker, the session) go to the same side: validation clips that share a recording with training clips
+would score the memory of that recording, and pick the best model by it. Test rows are written to `test.jsonl` and
+never trained on.
 
 A folder that already holds what init writes (`INIT_FILES`: an earlier init, which the user may have edited, and
 perhaps a run trained on its manifests) is refused; `force` replaces those files and removes the ones this init
@@ -35,7 +36,7 @@ import yaml
 
 from pengi_search.errors import UsageError, not_found
 from pengi_search.paths import as_typed, refuse_unexpanded_home
-from pengi_search.text_files import csv_rows, read_text
+from pengi_search.text_files import csv_rows, listed_file, read_text
 from trainer.checkpoint_files import list_checkpoints
 from trainer.data import manifest_path
 from trainer.templates import render_prompt
@@ -86,7 +87,8 @@ def read_labels_csv(path: Path, audio_root: Path) -> list[LabelledClip]:
     would name its clip missing."""
     if not audio_root.is_dir():
         raise not_found(audio_root, "folder")
-    header, rows = csv_rows(path, read_text(path, LabelsCsvError), LabelsCsvError, LABELS_CSV_COLUMNS)
+    text = read_text(path, LabelsCsvError)
+    header, rows = csv_rows(path, text, LabelsCsvError, LABELS_CSV_COLUMNS, names=FILE_COLUMNS)
     column = next((name for name in FILE_COLUMNS if name in header), None)
     if column is None or "label" not in header:
         raise LabelsCsvError(path, f"needs a file (or filename) and a label column; the header has {', '.join(header)}")
@@ -94,12 +96,12 @@ def read_labels_csv(path: Path, audio_root: Path) -> list[LabelledClip]:
     first_row: dict[Path, int] = {}  # audio -> the line that listed it first
     for number, row in rows:
         name, label = row.get(column, ""), row.get("label", "")
-        if not name or not label:
-            raise LabelsCsvError(path, f"line {number} lacks a {'file' if not name else 'label'}")
+        if not name.strip() or not label:
+            raise LabelsCsvError(path, f"line {number} lacks a {'file' if not name.strip() else 'label'}")
         split = row.get("split", "").lower() or None
         if split is not None and split not in SPLIT_NAMES:
             raise LabelsCsvError(path, f"line {number}: unknown split {split!r}; use train, validation or test")
-        audio = (audio_root / name).resolve()
+        audio = listed_file(audio_root, name).resolve()
         if audio in first_row:  # trained twice, or with two labels, or on both sides of the validation split
             raise LabelsCsvError(path, f"line {number}: {name} is listed again (first on line {first_row[audio]})")
         first_row[audio] = number

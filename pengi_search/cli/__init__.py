@@ -13,7 +13,7 @@ import typer
 
 from . import classify, describe, doctor, index, model, search, serve, train
 from .closed_output import quiet_when_output_closed
-from .common import PATH_PARSERS, fail
+from .common import fail, given_input
 from .eval import app as eval_app
 from .help_text import App, Group
 
@@ -83,14 +83,14 @@ def _plain_value_names(command: Any) -> None:
 
 def _argument_name(argument: Any) -> str:
     """An argument as a usage line names it, in capitals as man pages do (`{TEXT}`, `[QUESTION]`); any number of files
-    and folders (parsed by `given_path`, or kept as typed by `given_input`) as `PATH`, which Typer follows with `...`
-    (`{PATH}...`), as the README and the messages write it.
+    and folders (kept as typed by `given_input`) as `PATH`, which Typer follows with `...` (`{PATH}...`), as the
+    README and the messages write it.
 
     Typer named them as in Python (`{files}...`). Its Arguments panel still shows the Python type beside the name
     (`PATH  <list[str]>`): it shows an argument's type whatever the argument is named (typer#1410), from methods
     of its own argument class, which a command cannot choose.
     """
-    if argument.nargs != 1 and argument.type_descriptor.parameter_info.parser in PATH_PARSERS:
+    if argument.nargs != 1 and argument.type_descriptor.parameter_info.parser is given_input:
         return "PATH"
     return argument.name.upper()
 

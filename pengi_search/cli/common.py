@@ -337,14 +337,6 @@ def shown_path(path: str) -> str:
     return shown(os.fspath(as_typed(path)))
 
 
-def given_path(value: str) -> Path:
-    """A path argument's parser: an empty one is refused. Path("") is the current folder, so `remove "$UNSET"` would
-    forget all of it and `index "$UNSET"` or `classify "$UNSET"` work through it."""
-    if not value:
-        raise typer.BadParameter("the path is empty (write . for the current folder)")
-    return Path(value)
-
-
 def given_prompt(value: str) -> str:
     """A --prompt's parser: a blank one is refused. It asks the model nothing (a `-p "$UNSET"`), and its answers
     would be named by an empty string."""
@@ -378,13 +370,13 @@ def check_output_folder(output: Path) -> None:
 
 
 def given_input(value: str) -> str:
-    """An audio file or folder argument's parser (describe, ask, similar, classify, eval classify): `given_path`'s
-    check, the text kept as typed, since the files are named after it (a Path would drop a leading `./`)."""
-    given_path(value)
+    """The parser of every argument that names files and folders (index, remove, describe, ask, similar, classify,
+    eval classify): the text kept as typed, since the files are named after it (a Path would drop a leading `./`).
+    An empty one is refused: Path("") is the current folder, so `remove "$UNSET"` would forget all of it and
+    `index "$UNSET"` or `classify "$UNSET"` work through it."""
+    if not value:
+        raise typer.BadParameter("the path is empty (write . for the current folder)")
     return value
-
-
-PATH_PARSERS = (given_path, given_input)  # what a usage line names `PATH`
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> None:

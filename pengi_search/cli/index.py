@@ -42,7 +42,7 @@ from .common import (
     err_console,
     fail,
     fetches_model,
-    given_path,
+    given_input,
     given_prompt,
     handle_errors,
     out_console,
@@ -70,7 +70,7 @@ IndexTypeOption = Annotated[
 @fetches_model
 def index(
     paths: Annotated[
-        list[Path], typer.Argument(help="Folders (walked, following links) or files to index.", parser=given_path)
+        list[str], typer.Argument(help="Folders (walked, following links) or files to index.", parser=given_input)
     ],
     db: DbOption = None,
     model: ModelOption = None,
@@ -187,6 +187,7 @@ def index(
     from ..audio_workers import default_workers
     from ..scan import ScanError, parse_extensions
     from .index_watch import check_watch_options, keep_watching
+    from .inputs import name_as_reached
 
     if fast and recaption_fast:
         raise UsageError("--recaption-fast", "writes exact captions: leave out --fast")
@@ -201,7 +202,7 @@ def index(
     except ValueError as exc:
         raise UsageError("", f"--shard: {exc}") from exc
     options = IndexOptions(
-        roots=[str(path) for path in paths],
+        roots=paths,
         db=db,
         model=model,
         device=device,
@@ -230,7 +231,8 @@ def index(
     def run() -> IndexSummary:
         try:
             with progress_bar() as bar:
-                return run_index(options, IndexProgress(bar, visible=show_progress(quiet, json_output)))
+                summary = run_index(options, IndexProgress(bar, visible=show_progress(quiet, json_output)))
+            return summary.renamed(functools.partial(name_as_reached, targets=paths))
         except (IndexerError, ScanError) as exc:
             raise UsageError("", str(exc)) from exc
 
@@ -240,7 +242,7 @@ def index(
             from ..pathnames import shown
 
             asked = "" if ext is None else f" with the extensions {ext!r}"
-            warn(f"no audio file{asked} found in {', '.join(shown(os.fspath(path)) for path in paths)}")
+            warn(f"no audio file{asked} found in {', '.join(map(shown, paths))}")
 
     if watch:  # with --json, JSON lines: one summary a run, the first one's too
         each = _json_line if json_output else functools.partial(_print_run_line, quiet=quiet, verbose=verbose)
@@ -321,7 +323,7 @@ def stats(db: DbOption = None, json_output: JsonOption = False) -> None:
 
 @handle_errors
 def remove(
-    path: Annotated[Path, typer.Argument(help="A file, or a folder: everything indexed below it.", parser=given_path)],
+    path: Annotated[str, typer.Argument(help="A file, or a folder: everything indexed below it.", parser=given_input)],
     db: DbOption = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -337,12 +339,12 @@ def remove(
     with Library.open(db, create=False) as library:
         removed = library.store.remove(target)
         library.sync_vector_indexes()
-    if removed == 0:
-        fail(f"{shown(target)}: nothing in the index at or under this path", EXIT_FAILED)
+    if removed == 0:  # named as typed, as every command names a path given; the library holds it absolute
+        fail(f"{shown(path)}: nothing in the index at or under this path", EXIT_FAILED)
     if json_output:
-        print_json({**path_fields(target), "removed_files": removed})
+        print_json({**path_fields(path), "removed_files": removed})
     else:
-        out_console.print(f"removed {removed} file(s) at or under {shown(target)}", markup=False)
+        out_console.print(f"removed {removed} file(s) at or under {shown(path)}", markup=False)
 
 
 @handle_errors

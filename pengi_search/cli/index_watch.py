@@ -9,6 +9,7 @@ it with an error saying so (exit code 2), before a run.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
@@ -63,7 +64,7 @@ def keep_watching(
     with LibraryWatch(options.roots, options.extensions, options.db, seconds, hidden=options.hidden) as watch:
         first(run())
         if not quiet:
-            roots = ", ".join(shown(root) for root in watch.roots)
+            roots = ", ".join(shown(os.fspath(root)) for root in options.roots)  # as typed
             err_console.print(
                 f"watching {roots}: a run starts once nothing has changed for {seconds:g} s (Ctrl-C ends)",
                 markup=False,

@@ -1,5 +1,6 @@
 """The audio files that the paths given on a command line stand for (describe, ask, classify, similar, eval
-classify): a folder walked for its audio, each file named as the user reached it, each once, missing ones refused."""
+classify): a folder walked for its audio, each file named as the user reached it, each once, missing ones refused;
+and the names of what `index` and `remove` reach, given the same way."""
 
 from __future__ import annotations
 
@@ -42,6 +43,20 @@ def reached_name(folder: str, root: str, found: str) -> str:
     `/home/me/sounds/dog.wav`, `./sounds/dog.wav`). The one place a command names a file it found in a folder."""
     inside = os.path.relpath(found, root)
     return folder if inside == os.curdir else os.path.join(folder, inside)
+
+
+def name_as_reached(found: str, targets: Sequence[str]) -> str:
+    """The name of `found`, an absolute path that a walk of `targets` (the paths as typed) reached, or that the
+    library holds below them (what `index` and `remove` report): a target itself as typed, a path inside one after
+    the first target that holds it (`reached_name`), as `audio_inputs` names what it reaches; a path that none holds
+    as it is."""
+    from ..scan import absolute, inside
+
+    roots = [(target, absolute(target)) for target in targets]
+    if given := next((target for target, root in roots if root == found), None):
+        return given
+    holder = next(((target, root) for target, root in roots if inside(found, root)), None)
+    return found if holder is None else reached_name(*holder, found)
 
 
 def audio_inputs(targets: Sequence[str | os.PathLike[str]], *, hidden: bool = False) -> AudioInputs:

@@ -53,7 +53,12 @@ def _read_config(path: Path | None):
         data = json.loads(read_text(path, UsageError))
     except json.JSONDecodeError as exc:
         raise UsageError(path, f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
-    return PengiConfig.from_dict(data.get("config", data))
+    if isinstance(data, dict) and "config" in data:  # a model directory's config.json, taken as it is
+        data = data["config"]
+    try:
+        return PengiConfig.from_dict(data)
+    except ValueError as exc:
+        raise UsageError(path, str(exc)) from None
 
 
 def _tokenizer_sources(items: list[str] | None) -> dict[str, str]:

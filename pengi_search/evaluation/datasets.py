@@ -1,8 +1,9 @@
 """Captioned audio sets as the public benchmarks lay them out: a CSV with a file column and caption columns.
 
 Clotho: `file_name,caption_1,...,caption_5`, one row per file. AudioCaps: one row per caption (`caption` column),
-so rows naming the same file are merged. Paths are relative to the audio root (the CSV's folder unless given); a
-name without an extension (e.g. a YouTube id) matches a file of that name with any audio extension. Files not
+so rows naming the same file are merged. Paths are relative to the audio root (the CSV's folder unless given), a
+name as written when such a file exists, else trimmed (`text_files.file_name_spellings`); a name without an
+extension (e.g. a YouTube id) matches a file of that name with any audio extension. Files not
 found are kept, with `path` None, so that reports can say which ones were left out.
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 
 from ..audio import AUDIO_EXTENSIONS
 from ..errors import UsageError, not_found
-from ..text_files import csv_rows, read_text
+from ..text_files import csv_rows, file_name_spellings, read_text
 
 FILE_COLUMNS = ("file_name", "file", "filename", "fname", "path", "audio")
 _CAPTION_COLUMN = re.compile(r"^caption(_?\d+)?$")
@@ -90,22 +91,27 @@ def read_caption_set(
     """Read a captions CSV (see the module docstring); raises DatasetError naming the problem and its line."""
     path = Path(csv_path)
     text = read_text(path, DatasetError)
-    header, rows = csv_rows(path, text, DatasetError, "file, caption[, caption_2, ...]")
+    names = FILE_COLUMNS if file_column is None else (file_column.lower(),)
+    header, rows = csv_rows(path, text, DatasetError, "file, caption[, caption_2, ...]", names=names)
     column = _file_column(path, header, file_column)
     captions_in = _caption_columns(path, header, caption_columns)
-    merged: dict[str, list[str]] = {}
-    for number, row in rows:
-        name = row.get(column, "")
-        if not name:
-            raise DatasetError(path, f"line {number} has no {column}")
-        merged.setdefault(name, []).extend(row[c] for c in captions_in if row.get(c))
-    uncaptioned = [name for name, captions in merged.items() if not captions]
-    if uncaptioned:
-        raise DatasetError(path, f"{uncaptioned[0]!r} has no caption in {', '.join(captions_in)}")
     root = Path(audio_root) if audio_root is not None else path.parent
     if not root.is_dir():
         raise not_found(root, "folder", kind=DatasetError)
-    items = tuple(CaptionedFile(name, _find_audio(root, name), tuple(caps)) for name, caps in merged.items())
+    found: dict[str, tuple[str, str | None]] = {}  # a file value as written -> (the name it means, its audio file)
+    merged: dict[str, list[str]] = {}  # the name a file value means -> its captions (AudioCaps: one a row)
+    for number, row in rows:
+        written = row.get(column, "")
+        if not written.strip():
+            raise DatasetError(path, f"line {number} has no {column}")
+        if written not in found:
+            found[written] = _find_audio(root, written)
+        merged.setdefault(found[written][0], []).extend(row[c] for c in captions_in if row.get(c))
+    uncaptioned = [name for name, captions in merged.items() if not captions]
+    if uncaptioned:
+        raise DatasetError(path, f"{uncaptioned[0]!r} has no caption in {', '.join(captions_in)}")
+    audio = dict(found.values())  # name -> its audio file (the spellings of one name find the same file)
+    items = tuple(CaptionedFile(name, audio[name], tuple(caps)) for name, caps in merged.items())
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
     return CaptionSet(os.path.abspath(path), digest, os.path.abspath(root), items)
 
@@ -138,7 +144,17 @@ def _caption_columns(path: Path, header: list[str], wanted: list[str] | None) ->
     return found
 
 
-def _find_audio(root: Path, name: str) -> str | None:
+def _find_audio(root: Path, written: str) -> tuple[str, str | None]:
+    """The name a file value means (`file_name_spellings`: as written when such a file is found, else trimmed) and
+    the absolute path of its audio file under `root`, None when there is none."""
+    names = file_name_spellings(written)
+    for name in names:
+        if (audio := _audio_named(root, name)) is not None:
+            return name, audio
+    return names[-1], None
+
+
+def _audio_named(root: Path, name: str) -> str | None:
     for spelling in _spellings(name):
         candidate = root / spelling
         if candidate.is_file():
