@@ -408,7 +408,8 @@ class _Run:
         self._indexed(entry, len(flight.done), notes)
 
     def _reuse(self, todo: list[Entry]) -> list[Entry]:
-        """Index the files whose bytes an indexed file holds from that file (`indexer.reuse`); the others, to decode."""
+        """Index each file that holds the bytes of an indexed file from that file (`indexer.reuse`); returns the
+        others, to decode."""
         copied, rest = IdenticalFiles(self.store, self.options, self.run_id).copy_all(todo)
         for entry, copy in copied:
             self._indexed(entry, copy.windows, copy.notes)
