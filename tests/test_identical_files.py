@@ -8,12 +8,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 import indexer.pipeline as pipeline
 from indexer.pipeline import run_index
 from indexer.reuse import IdenticalFiles
 from indexer.shard import Shard
 from pengi_search.choices import EXACT_MODE, Captions
+from pengi_search.cli import app
 from pengi_search.db import Store, TextRecord
 from pengi_search.inference import Engine
 from pengi_search.library import Library
@@ -101,6 +103,17 @@ def test_a_copy_of_an_indexed_file_takes_its_windows_and_captions(tiny_model_dir
     rows = {Path(row["path"]).name: row for row in db_content(db)}
     assert rows["copy of long.wav"]["windows"] == rows["long.wav"]["windows"]
     assert_as_a_fresh_index(db, tree, tiny_model_dir)
+
+
+def test_the_run_summary_says_how_many_files_were_reused(tiny_model_dir, tree, tmp_path):
+    command = ["index", str(tree), "--db", str(tmp_path / "lib.db"), "--model", str(tiny_model_dir), "--workers", "0"]
+    command += ["--beam", "2", "--max-len", "3", "--device", "cpu"]
+    assert CliRunner().invoke(app, command).exit_code == 0
+    os.rename(tree / "short.wav", tree / "renamed.wav")
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0
+    assert result.stdout.startswith("indexed 1 file(s) (1 reused from identical files), 1 window(s) in ")
+    assert ", 0 window(s) captioned; 2 unchanged, 0 touched, 0 failed, 1 pruned\n" in result.stdout
 
 
 def test_a_file_changed_into_a_copy_of_another_takes_that_files_windows(tiny_model_dir, tree, tmp_path, model_work):
