@@ -1,5 +1,6 @@
-"""The indexing run, in two passes: scan -> compare with the database -> decode (worker processes) -> audio
-embeddings -> store, file by file -> prune -> FAISS files saved (pass 1: `similar` works on the whole library);
+"""The indexing run, in two passes: scan -> compare with the database -> files whose bytes are indexed already (moved,
+renamed, copied) copied from them (`indexer.reuse`) -> decode the others (worker processes) -> audio embeddings ->
+store, file by file -> prune -> FAISS files saved (pass 1: `similar` works on the whole library);
 then batched Pengi generation for the windows without captions -> caption embeddings -> store, batch by batch
 (pass 2, `indexer.captions`; with `--captions later`, a later run does it) -> FAISS files in line with the database.
 
@@ -29,6 +30,7 @@ from pengi_search.audio import AUDIO_EXTENSIONS, Window
 from pengi_search.audio_workers import Decoded, Failed, Job, Windows, decode_all
 from pengi_search.choices import Captions
 from pengi_search.db import (
+    TRUNCATED_NOTE,
     EmbedderInfo,
     FileStamp,
     IndexMeta,
@@ -51,6 +53,7 @@ from pengi_search.model_dir import ModelDir
 from pengi_search.scan import Entry, ScanResult, has_extension, hidden_path, inside, scan
 
 from .captions import CaptionPass, IndexModel
+from .reuse import IdenticalFiles
 from .run_report import FailedFile, FileNote, IndexOptions, IndexSummary, ProgressReporter
 from .shard import Rank, Shard
 
@@ -217,16 +220,15 @@ class _Run:
             self.store.note_files_seen(self.run_id, summary.files_seen)
             plan = self._plan(mine, self._stamps(scanned.roots))
             summary.recaptioned = self._drop_fast_captions(scanned.roots)
+            if plan.todo:
+                self._choose()  # a library built with another model or embedder is refused before any work
+            self._settle(plan)
+            # Before pass 1, and so before the prune: a file moved within the library is copied from its old path.
+            plan.todo = self._reuse(plan.todo)
             captions_now = self.options.captions is Captions.now
-            waiting = captions_now and self._captions_missing(scanned.roots) > 0  # from an earlier run
-            if plan.todo or waiting:
+            waiting = captions_now and self._captions_missing(scanned.roots) > 0  # from an earlier run, or copied
+            if waiting:
                 self._choose()
-            summary.unchanged, summary.skipped_errors = plan.unchanged, plan.skipped_errors
-            for entry in plan.touched:
-                self.store.touch_file(entry.path, size=entry.size, mtime=entry.mtime)
-            summary.touched = len(plan.touched)
-            for entry in plan.broken:
-                self._fail(entry, entry.problem or "unreadable")
             if plan.todo:
                 self._index(plan.todo)
             if self.leads:
@@ -282,6 +284,16 @@ class _Run:
             else:
                 plan.todo.append(entry)
         return plan
+
+    def _settle(self, plan: _Plan) -> None:
+        """What the plan settles without decoding: unchanged and known-bad files counted, files with a new mtime
+        and the same content re-stamped, files unreadable without opening them recorded as failed."""
+        self.summary.unchanged, self.summary.skipped_errors = plan.unchanged, plan.skipped_errors
+        for entry in plan.touched:
+            self.store.touch_file(entry.path, size=entry.size, mtime=entry.mtime)
+        self.summary.touched = len(plan.touched)
+        for entry in plan.broken:
+            self._fail(entry, entry.problem or "unreadable")
 
     def _captions_missing(self, roots: list[str]) -> int:
         """Windows below `roots` without captions (all shards' windows: one count query per root)."""
@@ -393,10 +405,24 @@ class _Run:
         except StoreError as exc:  # e.g. a non-finite embedding: this file fails, the others go on
             self._fail(entry, exc.reason, decoded.content_hash, decoded.notes)
             return
+        self._indexed(entry, len(flight.done), notes)
+
+    def _reuse(self, todo: list[Entry]) -> list[Entry]:
+        """Index each file that holds the bytes of an indexed file from that file (`indexer.reuse`); returns the
+        others, to decode."""
+        copied, rest = IdenticalFiles(self.store, self.options, self.run_id).copy_all(todo)
+        for entry, copy in copied:
+            self._indexed(entry, copy.windows, copy.notes)
+        self.summary.reused = len(copied)
+        return rest
+
+    def _indexed(self, entry: Entry, windows: int, notes: Sequence[str]) -> None:
+        """Count a file stored with `windows` windows and its `notes` (a truncation, then the decoders' messages)."""
         self.summary.indexed += 1
-        self.summary.windows += len(flight.done)
-        self.summary.truncated += [FileNote(entry.path, note) for note in truncation]
-        self.summary.decoder_notes += [FileNote(entry.path, note) for note in decoded.notes]
+        self.summary.windows += windows
+        self.summary.truncated += [FileNote(entry.path, note) for note in notes[:1] if note.startswith(TRUNCATED_NOTE)]
+        decoder = [note.removeprefix(DECODER_NOTE) for note in notes if note.startswith(DECODER_NOTE)]
+        self.summary.decoder_notes += [FileNote(entry.path, note) for note in decoder]
 
     def _drop_fast_captions(self, roots: list[str]) -> int:
         """--recaption-fast: the windows below `roots` (this shard's files) that a --fast run captioned wait for

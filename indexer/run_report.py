@@ -94,6 +94,8 @@ _PATH_LISTS = ("failed", "unreadable_dirs", "unseen_roots", "hidden_kept", "trun
 class IndexSummary:
     """What a run did; `partial` when some file or folder could not be indexed.
 
+    `reused`: of the `indexed` files, those that took the windows of an indexed file with the same bytes instead of
+    being decoded (`indexer.reuse`): their windows count in `windows`, and in `captioned` only if pass 2 wrote them;
     `windows`: windows stored with their audio embedding (pass 1); `captioned`: windows given captions (pass 2);
     `captions_missing`: windows below the roots still without captions after the run; `searchable_s`: seconds
     until every window's audio embedding was stored and the FAISS files saved (when `similar` covers the set).
@@ -104,6 +106,7 @@ class IndexSummary:
     shard: str | None = None
     files_seen: int = 0
     indexed: int = 0
+    reused: int = 0
     unchanged: int = 0
     touched: int = 0
     skipped_errors: int = 0  # known-bad files with the same stamp, not retried (see --retry-errors)

@@ -55,6 +55,7 @@ class LibraryWatch:
         hidden: bool = False,
     ) -> None:
         self.roots = [absolute(root) for root in roots]
+        self._given = [os.fspath(root) for root in roots]  # as the user wrote them, for messages
         self.debounce_s = debounce_s
         self._extensions = extensions
         self._hidden = hidden
@@ -88,6 +89,14 @@ class LibraryWatch:
             if deadline is not None and now >= deadline:
                 return set()
 
+    def vanished(self) -> list[tuple[str, str]]:
+        """The roots no longer there (moved away or deleted), as given, each with what it was: "file" or "folder"."""
+        return [
+            (given, "file" if root in self._file_roots else "folder")
+            for given, root in zip(self._given, self.roots, strict=True)
+            if not os.path.exists(root)
+        ]
+
     def close(self) -> None:
         for changes in (self._folders, self._beside):
             close = getattr(changes, "close", None)
@@ -115,8 +124,8 @@ class LibraryWatch:
             if self._indexable(path) or (change == watchfiles.Change.added and os.path.isdir(path))
         }
         gone = {path for change, path in changes if change == watchfiles.Change.deleted} - found
-        # A root gone always counts, even with the library gone along (inside it): its run ends the watch with
-        # the error a missing PATH gives, where the watch would otherwise go on over a folder no longer there.
+        # A root gone always counts, even with the library gone along (inside it): the watch then ends with an
+        # error (`vanished`), where it would otherwise go on over a folder no longer there.
         return found | (gone & set(self.roots)) | self._held(_topmost(gone))
 
     def _walked(self, path: str) -> bool:

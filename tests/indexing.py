@@ -33,6 +33,14 @@ def write_tone(path: Path, seconds: float, *, sr: int = 44_100, channels: int = 
     return path
 
 
+def write_tree(root: Path) -> Path:
+    """Three files of four windows: `short.wav` (1.5 s), `birds/long.wav` (9 s: two windows), `birds/tone.flac`."""
+    write_tone(root / "short.wav", 1.5, freq=330)
+    write_tone(root / "birds" / "long.wav", 9.0, sr=22_050, freq=880)
+    write_tone(root / "birds" / "tone.flac", 3.0, sr=22_050, freq=550)
+    return root
+
+
 def write_with_av(
     path: Path, channels: np.ndarray, rate: int, codec: str, fmt: str | None = None, sample_format: str = "fltp"
 ) -> None:

@@ -10,7 +10,7 @@ import sys
 import textwrap
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from sqlalchemy import Connection, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 
 from pengi_search.db import (
+    CopiedFile,
     EmbedderInfo,
     ModelInfo,
     Store,
@@ -32,11 +33,14 @@ from pengi_search.db import (
     StoreMismatchError,
     TextRecord,
     WindowInput,
+    caption_counts,
+    copy_identical_file,
     default_db_url,
     default_index_dir,
     default_index_path,
     library_exists,
     resolve_db_url,
+    sizes_indexed,
     sqlite_file,
 )
 from pengi_search.db.captions import UNRECORDED_MODE, caption_modes, drop_fast_captions, uncaptioned_windows
@@ -732,6 +736,42 @@ def test_drop_fast_captions_renews_those_windows_with_their_audio_only(store: St
     details = store.window_details([w.window_id for w in waiting])
     assert sorted((d.start_s, d.end_s, d.texts) for d in details.values()) == [(0.0, 7.0, ()), (7.0, 14.0, ())]
     assert drop_fast_captions(store, "/lib") == 0
+
+
+def test_a_file_with_an_indexed_files_bytes_is_indexed_as_its_copy(store: Store) -> None:
+    """Every window with its audio vector, under a new id; texts and caption vector only where accepted."""
+    source_id = store.upsert_file("/lib/a.wav", size=100, mtime=1.5, content_hash="h" * 64)
+    source = store.replace_file_windows(source_id, windows(2), audio=replace(AUDIO, notes=("truncated: ...",)))
+    store.upsert_file("/lib/b.wav", size=7, mtime=2.0, content_hash="b" * 64)  # pending: no source
+    assert sizes_indexed(store, [100, 7, 5]) == {100}
+
+    def first_window_only(texts: Sequence[TextRecord]) -> bool:
+        return texts[0].text.endswith(" 0")
+
+    copied = copy_identical_file(
+        store, "/lib/b.wav", [source_id], first_window_only, size=100, mtime=3.0, content_hash="h" * 64
+    )
+    assert copied == CopiedFile("/lib/a.wav", windows=2, captioned=1, notes=("truncated: ...",))
+    record = store.get_file("/lib/b.wav")
+    assert (record.status, record.size, record.mtime, record.content_hash) == ("indexed", 100, 3.0, "h" * 64)
+    assert (record.duration_s, record.format, record.notes) == (14.0, "flac", "truncated: ...")
+    assert caption_counts(store, "/lib/b.wav").to_json() == {"windows": 2, "captioned": 1, "missing": 1}
+    waiting = uncaptioned_windows(store, under="/lib/b.wav")
+    assert [w.index for w in waiting] == [1] and waiting[0].window_id not in source.added_window_ids
+    old_ids, old_audio = store.vectors("audio", source.added_window_ids)
+    new_ids = sorted(set(store.vector_ids("audio").tolist()) - set(old_ids.tolist()))
+    np.testing.assert_array_equal(store.vectors("audio", new_ids)[1], old_audio)
+    copy = store.window_details(new_ids)[new_ids[0]]
+    assert copy.texts == store.window_details(old_ids[:1])[old_ids[0]].texts and copy.path == "/lib/b.wav"
+
+    # A source that changed, or the path itself, is none: nothing written.
+    assert (
+        copy_identical_file(store, "/lib/c.wav", [source_id], bool, size=100, mtime=1.0, content_hash="x" * 64) is None
+    )
+    assert (
+        copy_identical_file(store, "/lib/a.wav", [source_id], bool, size=100, mtime=1.0, content_hash="h" * 64) is None
+    )
+    assert store.get_file("/lib/c.wav") is None and store.stats()["windows"] == 4
 
 
 def test_runs(store: Store) -> None:

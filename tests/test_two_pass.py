@@ -34,6 +34,7 @@ from .indexing import (
     window_vectors,
     write_clips,
     write_tone,
+    write_tree,
 )
 
 runner = CliRunner()
@@ -41,11 +42,7 @@ runner = CliRunner()
 
 @pytest.fixture()
 def tree(tmp_path) -> Path:
-    root = tmp_path / "sounds"
-    write_tone(root / "short.wav", 1.5, freq=330)
-    write_tone(root / "birds" / "long.wav", 9.0, sr=22_050, freq=880)  # two windows
-    write_tone(root / "birds" / "tone.flac", 3.0, sr=22_050, freq=550)
-    return root
+    return write_tree(tmp_path / "sounds")
 
 
 def test_captions_later_then_a_second_run_writes_them(tiny_model_dir, tree, tmp_path, monkeypatch):

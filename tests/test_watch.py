@@ -154,15 +154,26 @@ def test_watch_waits_for_another_run_holding_the_library_then_says_what_changed_
         assert re.fullmatch(r"\d\d:\d\d:\d\d indexed 1 file\(s\), removed 0, 0 failed \(\d+\.\d s\)", line), line
 
 
-def test_a_watched_folder_moved_away_ends_the_watch_with_an_error_and_the_library_keeps_its_files(
-    tiny_model_dir, tmp_path
-):
+def test_a_watched_folder_moved_away_ends_the_watch_saying_so_and_the_library_keeps_its_files(tiny_model_dir, tmp_path):
     with watching(tmp_path, tiny_model_dir) as watch:
         moved = shutil.move(watch.root, tmp_path / "moved")
         assert watch.process.wait(timeout=PATIENCE_S) == EXIT_USAGE
         watch.err.until("watching ")
-        assert watch.err.next() == f"error: {watch.root}: no such file or folder"
+        assert watch.err.next() == f"error: {watch.root}: the watched folder disappeared (moved away or deleted)"
     assert count_rows(Path(moved) / "lib.db", INDEXED) == 1
+
+
+def test_a_file_renamed_or_copied_under_watch_is_indexed_from_its_windows_not_captioned_again(tiny_model_dir, tmp_path):
+    with watching(tmp_path, tiny_model_dir) as watch:
+        os.rename(watch.root / "first.wav", watch.root / "renamed.wav")
+        renamed = watch.out.summary()
+        assert [renamed[k] for k in ("indexed", "reused", "pruned", "windows", "captioned")] == [1, 1, 1, 1, 0]
+        shutil.copy(watch.root / "renamed.wav", tmp_path / "copy.wav")
+        os.replace(tmp_path / "copy.wav", watch.root / "copy.wav")  # moved in whole, as in the test above
+        copied = watch.out.summary()
+        assert [copied[k] for k in ("indexed", "reused", "pruned", "windows", "captioned")] == [1, 1, 0, 1, 0]
+    with Store.open(watch.db) as store:
+        assert sorted(Path(record.path).name for record in store.files_under()) == ["copy.wav", "renamed.wav"]
 
 
 def test_a_later_run_is_one_line_with_the_time_none_with_quiet_and_failures_always(capsys):
@@ -175,6 +186,11 @@ def test_a_later_run_is_one_line_with_the_time_none_with_quiet_and_failures_alwa
     assert err == failure
     _print_run_line(summary, quiet=True, verbose=False)
     assert capsys.readouterr() == ("", failure)
+    summary.reused = 1  # a file moved: indexed from its old path's windows
+    _print_run_line(summary, quiet=False, verbose=False)
+    assert re.fullmatch(
+        r"\d\d:\d\d:\d\d indexed 2 file\(s\) \(1 reused\), removed 1, 1 failed \(1.3 s\)\n", capsys.readouterr().out
+    )
 
 
 def test_a_file_changed_while_a_run_reads_it_is_indexed_by_the_next_run(tiny_model_dir, tmp_path, monkeypatch):

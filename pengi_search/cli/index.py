@@ -391,8 +391,8 @@ def _print_run_line(summary: IndexSummary, *, quiet: bool, verbose: bool) -> Non
     what went wrong, as every run says it."""
     if not quiet:
         out_console.print(
-            f"{time.strftime('%H:%M:%S')} indexed {summary.indexed} file(s), removed {summary.pruned}, "
-            f"{len(summary.failed)} failed ({summary.seconds:.1f} s)",
+            f"{time.strftime('%H:%M:%S')} indexed {summary.indexed} file(s){_reused(summary, ' reused')}, "
+            f"removed {summary.pruned}, {len(summary.failed)} failed ({summary.seconds:.1f} s)",
             markup=False,
             soft_wrap=True,
         )
@@ -402,7 +402,8 @@ def _print_run_line(summary: IndexSummary, *, quiet: bool, verbose: bool) -> Non
 def _print_summary(summary: IndexSummary, *, verbose: bool = False) -> None:
     shard = f" (shard {summary.shard})" if summary.shard else ""
     out_console.print(
-        f"indexed {summary.indexed} file(s), {summary.windows} window(s) in {summary.seconds:.1f} s{shard} "
+        f"indexed {summary.indexed} file(s){_reused(summary, ' reused from identical files')}, "
+        f"{summary.windows} window(s) in {summary.seconds:.1f} s{shard} "
         f"(searchable by sound after {summary.searchable_s:.1f} s), {summary.captioned} window(s) captioned; "
         f"{summary.unchanged} unchanged, {summary.touched} touched, {len(summary.failed)} failed, "
         f"{summary.pruned} pruned",
@@ -421,6 +422,11 @@ def _print_summary(summary: IndexSummary, *, verbose: bool = False) -> None:
             f"{summary.skipped_errors} file(s) that failed before were skipped (--retry-errors; `stats` lists them)"
         )
     _print_problems(summary, verbose=verbose)
+
+
+def _reused(summary: IndexSummary, what: str) -> str:
+    """How many of the files indexed took the windows of an indexed file with the same bytes, when any did."""
+    return f" ({summary.reused}{what})" if summary.reused else ""
 
 
 def _print_problems(summary: IndexSummary, *, verbose: bool) -> None:

@@ -3,7 +3,8 @@
 Each run is the incremental run `index` makes, with the same options, taking the library's lock only while it
 works (so queries and `serve` go on between runs, and another `index` run may write in between: the watch waits
 for it). Ctrl-C (or SIGTERM) while waiting ends the command with exit code 130 (143) and records nothing; during a
-run it stops the run as it stops any (recorded interrupted, resumed by the next).
+run it stops the run as it stops any (recorded interrupted, resumed by the next). A PATH moved away or deleted ends
+it with an error saying so (exit code 2), before a run.
 """
 
 from __future__ import annotations
@@ -71,4 +72,6 @@ def keep_watching(
             )
         while True:
             watch.wait()
+            for root, what in watch.vanished():  # the first one: nothing is left to watch there
+                raise UsageError(root, f"the watched {what} disappeared (moved away or deleted)")
             each(run())

@@ -1,8 +1,8 @@
 """The database of a library: where it is (`urls`), its tables (`schema`), the records it hands out (`records`),
 engines (`engine`), how it is opened (`access`: created by `index` only, read-only for readers), schema upgrades
 (`migrate`), the `Store` that reads and writes it (`store`, with its journal of indexing runs in `runs` and the SQL
-pieces it shares with `captions` in `queries`) and the lock that lets one indexing run at a time write to it
-(`run_lock`).
+pieces it shares with `captions` and `copies` in `queries`) and the lock that lets one indexing run at a time write
+to it (`run_lock`).
 
 Callers import from here; the ORM rows, engine and migration helpers stay in their modules for the store, the
 Alembic environment and tests.
@@ -19,10 +19,12 @@ from .captions import (
     drop_fast_captions,
     uncaptioned_windows,
 )
+from .copies import CopiedFile, TextsCheck, copy_identical_file, sizes_indexed
 from .errors import DatabaseUnreachableError, IndexBusyError, MissingDatabaseError, StoreError, StoreMismatchError
 from .records import (
     FILE_STATUSES,
     RUN_STATUSES,
+    TRUNCATED_NOTE,
     VECTOR_KINDS,
     EmbedderInfo,
     FileRecord,
@@ -53,8 +55,10 @@ __all__ = [
     "DB_ENV_VAR",
     "FILE_STATUSES",
     "RUN_STATUSES",
+    "TRUNCATED_NOTE",
     "VECTOR_KINDS",
     "CaptionCounts",
+    "CopiedFile",
     "DatabaseUnreachableError",
     "EmbedderInfo",
     "FileRecord",
@@ -70,6 +74,7 @@ __all__ = [
     "StoreMismatchError",
     "StoredAudio",
     "TextRecord",
+    "TextsCheck",
     "VectorIndexInfo",
     "UncaptionedWindow",
     "WindowCaptions",
@@ -79,6 +84,7 @@ __all__ = [
     "add_captions",
     "caption_counts",
     "caption_modes",
+    "copy_identical_file",
     "drop_fast_captions",
     "default_db_url",
     "default_index_dir",
@@ -86,6 +92,7 @@ __all__ = [
     "library_exists",
     "normalize_db_url",
     "resolve_db_url",
+    "sizes_indexed",
     "sqlite_file",
     "uncaptioned_windows",
 ]

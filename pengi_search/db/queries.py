@@ -1,11 +1,12 @@
-"""What the store's modules share below the level of `Store`'s methods: the condition "at or below a path", the
-width of the index's text vectors, vectors as the bytes the database keeps, and how many ids one statement lists.
+"""What the store's modules share below the level of `Store`'s methods: the condition "at or below a path", a file's
+row locked for writing, the width of the index's text vectors, vectors as the bytes the database keeps, and how many
+ids one statement lists.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from sqlalchemy import ColumnElement, func, or_, true
+from sqlalchemy import ColumnElement, func, or_, select, true
 from sqlalchemy.orm import Session
 
 from ..pathnames import to_stored
@@ -14,6 +15,7 @@ from .records import check_vector_kind, non_finite_vector
 from .schema import AudioFileRow, IndexMetaRow
 
 IDS_PER_QUERY = 500  # ids per IN (...) list: far below SQLite's limit on bound parameters
+NO_SYNC = {"synchronize_session": False}  # bulk statements: the session holds no rows they could make stale
 
 
 def paths_under(prefix: str | None) -> ColumnElement[bool]:
@@ -26,6 +28,11 @@ def paths_under(prefix: str | None) -> ColumnElement[bool]:
     # substr() sees the stored form, so it is compared with the stored folder (the escape keeps prefixes).
     stored = to_stored(folder)
     return or_(AudioFileRow.path == folder[:-1], func.substr(AudioFileRow.path, 1, len(stored)) == stored)
+
+
+def file_for_update(session: Session, path: str) -> AudioFileRow | None:
+    """The file recorded at `path`, locked until the transaction ends; None when there is none."""
+    return session.scalars(select(AudioFileRow).where(AudioFileRow.path == path).with_for_update()).one_or_none()
 
 
 def text_vector_dim(session: Session) -> int | None:

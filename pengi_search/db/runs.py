@@ -18,10 +18,9 @@ from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session
 
 from .errors import StoreError
+from .queries import NO_SYNC
 from .records import RUN_STATUSES, RunRecord
 from .schema import AudioFileRow, RunRow
-
-_NO_SYNC = {"synchronize_session": False}
 
 
 class RunJournal:
@@ -68,7 +67,7 @@ class RunJournal:
         """Record, as soon as the run knows it, how many files it found: a run killed outright keeps the count."""
         with self.session(write=True) as session:
             session.execute(
-                update(RunRow).where(RunRow.id == run_id).values(files_seen=files_seen), execution_options=_NO_SYNC
+                update(RunRow).where(RunRow.id == run_id).values(files_seen=files_seen), execution_options=NO_SYNC
             )
 
     def runs(self, limit: int = 20) -> list[RunRecord]:
@@ -99,11 +98,11 @@ class RunJournal:
             ids = list(session.scalars(query.order_by(RunRow.id)))
             if ids:
                 interrupted = update(RunRow).where(RunRow.id.in_(ids)).values(status="interrupted")
-                session.execute(interrupted, execution_options=_NO_SYNC)
+                session.execute(interrupted, execution_options=NO_SYNC)
                 for run_id, indexed, failed in session.execute(_file_counts(ids)):
                     counts = {"files_indexed": indexed, "files_failed": failed}
                     session.execute(
-                        update(RunRow).where(RunRow.id == run_id).values(**counts), execution_options=_NO_SYNC
+                        update(RunRow).where(RunRow.id == run_id).values(**counts), execution_options=NO_SYNC
                     )
             return ids
 

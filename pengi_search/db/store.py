@@ -30,7 +30,15 @@ from .access import open_engine
 from .engine import WRITE_OPTION
 from .errors import StoreError, StoreMismatchError, store_error
 from .migrate import current_revision
-from .queries import IDS_PER_QUERY, decode_matrix, encode_vector, paths_under, text_vector_dim
+from .queries import (
+    IDS_PER_QUERY,
+    NO_SYNC,
+    decode_matrix,
+    encode_vector,
+    file_for_update,
+    paths_under,
+    text_vector_dim,
+)
 from .records import (
     FILE_STATUSES,
     TRUNCATED_NOTE,
@@ -58,8 +66,6 @@ from .schema import (
     WindowRow,
     WindowVectorRow,
 )
-
-_NO_SYNC = {"synchronize_session": False}  # bulk statements: the session holds no rows they could make stale
 
 
 class Store(RunJournal):
@@ -190,7 +196,7 @@ class Store(RunJournal):
         Windows stored earlier stay searchable until `replace_file_windows` swaps them.
         """
         with self.session(write=True) as session:
-            row = _file_for_update(session, path)
+            row = file_for_update(session, path)
             if row is None:
                 row = AudioFileRow(path=path)
                 session.add(row)
@@ -202,7 +208,7 @@ class Store(RunJournal):
     def touch_file(self, path: str, *, size: int, mtime: float) -> None:
         """Record a new stamp for a file whose content did not change (same content hash), keeping its windows."""
         with self.session(write=True) as session:
-            row = _file_for_update(session, path)
+            row = file_for_update(session, path)
             if row is None:
                 raise StoreError(path, "not in the index")
             row.size, row.mtime = size, mtime
@@ -223,7 +229,7 @@ class Store(RunJournal):
         is updated when given, so that an unchanged broken file is not retried on every run.
         """
         with self.session(write=True) as session:
-            row = _file_for_update(session, path)
+            row = file_for_update(session, path)
             if row is None:
                 row = AudioFileRow(path=path)
                 session.add(row)
@@ -259,7 +265,7 @@ class Store(RunJournal):
             removed = list(
                 session.scalars(select(WindowRow.id).where(WindowRow.file_id == file_id).order_by(WindowRow.id))
             )
-            session.execute(delete(WindowRow).where(WindowRow.file_id == file_id), execution_options=_NO_SYNC)
+            session.execute(delete(WindowRow).where(WindowRow.file_id == file_id), execution_options=NO_SYNC)
             for window in new_windows:
                 window.file_id = file_id
             session.add_all(new_windows)
@@ -280,14 +286,14 @@ class Store(RunJournal):
             rows = session.execute(select(AudioFileRow.id, AudioFileRow.path).where(paths_under(under)))
             gone = [file_id for file_id, path in rows if path not in keep]
             for chunk in chunked(gone, IDS_PER_QUERY):
-                session.execute(delete(AudioFileRow).where(AudioFileRow.id.in_(chunk)), execution_options=_NO_SYNC)
+                session.execute(delete(AudioFileRow).where(AudioFileRow.id.in_(chunk)), execution_options=NO_SYNC)
             return len(gone)
 
     def remove(self, path_or_prefix: str) -> int:
         """Delete one file, or every file below a folder, with all their windows; returns how many files."""
         with self.session(write=True) as session:
             statement = delete(AudioFileRow).where(paths_under(path_or_prefix))
-            result = session.execute(statement, execution_options=_NO_SYNC)
+            result = session.execute(statement, execution_options=NO_SYNC)
             return result.rowcount
 
     # -- windows and vectors ---------------------------------------------------------------------------------
@@ -417,9 +423,9 @@ class Store(RunJournal):
         For a full re-index with another model or embedder; returns how many files must be indexed again.
         """
         with self.session(write=True) as session:
-            session.execute(delete(WindowRow), execution_options=_NO_SYNC)
+            session.execute(delete(WindowRow), execution_options=NO_SYNC)
             files = session.execute(
-                update(AudioFileRow).values(status="pending", error=None, indexed_at=None), execution_options=_NO_SYNC
+                update(AudioFileRow).values(status="pending", error=None, indexed_at=None), execution_options=NO_SYNC
             ).rowcount
             # The row is kept, not made anew: its created_at is the library's identity (`library_id`).
             now = datetime.now(timezone.utc)
@@ -507,10 +513,6 @@ def _unzip(rows: Iterable[Any]) -> tuple[list[int], list[bytes]]:
         ids.append(window_id)
         blobs.append(blob)
     return ids, blobs
-
-
-def _file_for_update(session: Session, path: str) -> AudioFileRow | None:
-    return session.scalars(select(AudioFileRow).where(AudioFileRow.path == path).with_for_update()).one_or_none()
 
 
 # `window_details`' statements, built once: their id lists are bound whole (no per-id work per search).

@@ -1,0 +1,238 @@
+"""A file whose bytes are indexed already (moved, renamed, copied) is indexed from them: not decoded nor captioned
+again, and the library holds what a fresh index of the same folders holds."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import indexer.pipeline as pipeline
+from indexer.pipeline import run_index
+from indexer.reuse import IdenticalFiles
+from indexer.shard import Shard
+from pengi_search.choices import EXACT_MODE, Captions
+from pengi_search.cli import app
+from pengi_search.db import Store, TextRecord
+from pengi_search.inference import Engine
+from pengi_search.library import Library
+
+from .indexing import (
+    assert_consistent,
+    assert_same_content,
+    db_content,
+    quick_options,
+    write_tone,
+    write_tree,
+)
+from .test_truncated import SECONDS, write_cut
+
+OTHER_PROMPT = "this acoustic scene is"
+
+
+@pytest.fixture()
+def tree(tmp_path) -> Path:
+    return write_tree(tmp_path / "sounds")
+
+
+@pytest.fixture()
+def model_work(monkeypatch) -> dict[str, int]:
+    """Counts the model's loads, windows through its audio encoder and windows captioned."""
+    work = {"loads": 0, "embedded": 0, "captioned": 0}
+    load, embed, generate = Engine.load.__func__, Engine.audio_embeddings, Engine.generate
+
+    def counting_load(cls, *args, **kwargs):
+        work["loads"] += 1
+        return load(cls, *args, **kwargs)
+
+    def counting_embed(self, waves):
+        work["embedded"] += len(waves)
+        return embed(self, waves)
+
+    def counting_generate(self, embeds, *args, **kwargs):
+        work["captioned"] += len(embeds)
+        return generate(self, embeds, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "load", classmethod(counting_load))
+    monkeypatch.setattr(Engine, "audio_embeddings", counting_embed)
+    monkeypatch.setattr(Engine, "generate", counting_generate)
+    return work
+
+
+def indexed(root: Path, db: Path, model_dir: Path, work: dict[str, int], **options) -> Path:
+    """`db` after a first run over `root`, the model's work counted from zero again."""
+    run_index(quick_options([root], db, model_dir, **options))
+    work.update(dict.fromkeys(work, 0))
+    return db
+
+
+def assert_as_a_fresh_index(db: Path, root: Path, model_dir: Path) -> None:
+    """`db` holds what a first run over `root` gives, and its FAISS files hold its vectors."""
+    fresh = db.with_name("fresh.db")
+    run_index(quick_options([root], fresh, model_dir))
+    assert_same_content(db, fresh)
+    assert_consistent(db)
+
+
+def test_files_renamed_or_moved_within_a_run_are_neither_decoded_nor_captioned(
+    tiny_model_dir, tree, tmp_path, model_work
+):
+    db = indexed(tree, tmp_path / "lib.db", tiny_model_dir, model_work)
+    (tree / "field").mkdir()
+    shutil.move(tree / "birds", tree / "field" / "birds")  # a folder moved: its files' old paths are pruned
+    os.rename(tree / "short.wav", tree / "renamed.wav")
+
+    summary = run_index(quick_options([tree], db, tiny_model_dir))
+    assert (summary.indexed, summary.reused, summary.pruned, summary.windows, summary.captioned) == (3, 3, 3, 4, 0)
+    assert model_work == {"loads": 0, "embedded": 0, "captioned": 0}
+    assert summary.captions_missing == 0
+    assert_as_a_fresh_index(db, tree, tiny_model_dir)
+
+
+def test_a_copy_of_an_indexed_file_takes_its_windows_and_captions(tiny_model_dir, tree, tmp_path, model_work):
+    db = indexed(tree, tmp_path / "lib.db", tiny_model_dir, model_work)
+    shutil.copy(tree / "birds" / "long.wav", tree / "copy of long.wav")  # a new mtime: only the bytes are the same
+    write_tone(tree / "new.wav", 2.0, freq=990)  # a new sound beside it is indexed as ever
+
+    summary = run_index(quick_options([tree], db, tiny_model_dir))
+    assert (summary.indexed, summary.reused, summary.unchanged, summary.windows, summary.captioned) == (2, 1, 3, 3, 1)
+    assert model_work == {"loads": 1, "embedded": 1, "captioned": 1}  # new.wav's one window only
+    rows = {Path(row["path"]).name: row for row in db_content(db)}
+    assert rows["copy of long.wav"]["windows"] == rows["long.wav"]["windows"]
+    assert_as_a_fresh_index(db, tree, tiny_model_dir)
+
+
+def test_the_run_summary_says_how_many_files_were_reused(tiny_model_dir, tree, tmp_path):
+    command = ["index", str(tree), "--db", str(tmp_path / "lib.db"), "--model", str(tiny_model_dir), "--workers", "0"]
+    command += ["--beam", "2", "--max-len", "3", "--device", "cpu"]
+    assert CliRunner().invoke(app, command).exit_code == 0
+    os.rename(tree / "short.wav", tree / "renamed.wav")
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0
+    assert result.stdout.startswith("indexed 1 file(s) (1 reused from identical files), 1 window(s) in ")
+    assert ", 0 window(s) captioned; 2 unchanged, 0 touched, 0 failed, 1 pruned\n" in result.stdout
+
+
+def test_a_file_changed_into_a_copy_of_another_takes_that_files_windows(tiny_model_dir, tree, tmp_path, model_work):
+    db = indexed(tree, tmp_path / "lib.db", tiny_model_dir, model_work)
+    shutil.copy(tree / "birds" / "tone.flac", tree / "short.wav")  # same path, other bytes: those of tone.flac
+
+    summary = run_index(quick_options([tree], db, tiny_model_dir))
+    assert (summary.indexed, summary.reused, summary.captioned) == (1, 1, 0)
+    assert model_work["captioned"] == 0
+    assert_as_a_fresh_index(db, tree, tiny_model_dir)
+
+
+def test_a_source_whose_captions_were_never_written_gives_its_audio_and_the_copy_is_captioned(
+    tiny_model_dir, tree, tmp_path, model_work
+):
+    """Pass 2 never ran for the old path (`--captions later`, or a run killed before it): the moved file takes the
+    audio embeddings and is captioned from them, as its old path would have been."""
+    db = indexed(tree, tmp_path / "lib.db", tiny_model_dir, model_work, captions=Captions.later)
+    shutil.move(tree / "birds", tree / "moved")
+
+    summary = run_index(quick_options([tree], db, tiny_model_dir))
+    assert (summary.indexed, summary.reused, summary.pruned, summary.captioned, summary.captions_missing) == (
+        2,
+        2,
+        2,
+        4,  # short.wav's window too: it waited from the first run
+        0,
+    )
+    assert model_work == {"loads": 1, "embedded": 0, "captioned": 4}
+    assert_as_a_fresh_index(db, tree, tiny_model_dir)
+
+
+def test_captions_for_other_prompts_are_not_taken_the_audio_is(tiny_model_dir, tree, tmp_path, model_work):
+    db = indexed(tree, tmp_path / "lib.db", tiny_model_dir, model_work)
+    shutil.copy(tree / "short.wav", tree / "copy.wav")
+
+    summary = run_index(quick_options([tree], db, tiny_model_dir, prompts=(OTHER_PROMPT,)))
+    assert (summary.indexed, summary.reused, summary.captioned) == (1, 1, 1)
+    assert model_work == {"loads": 1, "embedded": 0, "captioned": 1}
+    rows = {Path(row["path"]).name: row for row in db_content(db)}
+    assert [text["prompt"] for text in rows["copy.wav"]["windows"][0]["texts"]] == [OTHER_PROMPT]
+
+
+def test_exact_captions_serve_any_run_and_fast_ones_only_a_fast_run(tmp_path):
+    prompts = ("generate audio caption", "this is a sound of")
+
+    def texts(mode: str | None) -> list[TextRecord]:
+        return [TextRecord(prompt, "a dog", -0.5, mode) for prompt in prompts]
+
+    def accepts(fast: bool, mode: str | None, asked: tuple[str, ...] = ()) -> bool:
+        options = quick_options([tmp_path], tmp_path / "lib.db", tmp_path, fast=fast, prompts=asked)
+        return IdenticalFiles(None, options, None).texts_ok(texts(mode))  # type: ignore[arg-type]
+
+    assert accepts(False, EXACT_MODE) and accepts(True, EXACT_MODE)
+    assert accepts(True, "bf16+greedy") and not accepts(False, "bf16+greedy")
+    assert not accepts(False, None) and not accepts(True, None)  # written before modes were recorded: unknown
+    assert accepts(False, EXACT_MODE, prompts) and not accepts(False, EXACT_MODE, prompts[::-1])
+
+
+def test_a_copy_of_a_cut_file_says_so_and_strict_decodes_it_to_fail_it(tiny_model_dir, tmp_path, model_work):
+    root, db = tmp_path / "sounds", tmp_path / "lib.db"
+    write_cut(root / "cut.mp3", 1 / 7)
+    run_index(quick_options([root], db, tiny_model_dir))
+    shutil.copy(root / "cut.mp3", root / "copy.mp3")
+
+    copied = run_index(quick_options([root], db, tiny_model_dir))
+    assert (copied.indexed, copied.reused) == (1, 1)
+    assert [(Path(n.path).name, n.message[:29]) for n in copied.truncated] == [
+        ("copy.mp3", f"truncated: header says {SECONDS:.2f} s")
+    ]
+    assert any("Xing" in note.message for note in copied.decoder_notes)
+
+    shutil.copy(root / "cut.mp3", root / "strict copy.mp3")
+    strict = run_index(quick_options([root], db, tiny_model_dir, strict=True))
+    assert (strict.indexed, strict.reused) == (0, 0)
+    assert [(Path(f.path).name, f.message[:29]) for f in strict.failed] == [
+        ("strict copy.mp3", f"truncated: header says {SECONDS:.2f} s")
+    ]
+
+
+def test_an_interrupted_run_of_copies_resumes_and_repeats_nothing(tiny_model_dir, tree, tmp_path, monkeypatch):
+    """Each copy is one transaction: a run stopped among them keeps those made, and the next makes the rest."""
+    db = tmp_path / "lib.db"
+    run_index(quick_options([tree], db, tiny_model_dir))
+    shutil.move(tree / "birds", tree / "moved")
+    made = []
+    real_copy = pipeline.IdenticalFiles.copy
+
+    def stopped_at_the_second(self, entry):
+        if made:
+            raise KeyboardInterrupt
+        made.append(real_copy(self, entry))
+        return made[-1]
+
+    monkeypatch.setattr(pipeline.IdenticalFiles, "copy", stopped_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_index(quick_options([tree], db, tiny_model_dir))
+    monkeypatch.undo()
+
+    again = run_index(quick_options([tree], db, tiny_model_dir))
+    assert (again.indexed, again.reused, again.unchanged, again.pruned, again.captioned) == (1, 1, 2, 2, 0)
+    with Store.open(str(db)) as store:
+        assert [run.status for run in store.runs(2)] == ["finished", "interrupted"]
+    assert_as_a_fresh_index(db, tree, tiny_model_dir)
+
+
+@pytest.mark.parametrize("order", [(1, 0), (0, 1)])
+def test_shards_index_moved_files_as_a_single_run_does(tiny_model_dir, tmp_path, order):
+    """Shard 0 prunes the old paths: a shard that comes after it finds them gone and decodes its files instead."""
+    root, db = tmp_path / "sounds", tmp_path / "lib.db"
+    for n in range(6):
+        write_tone(root / "old" / f"clip-{n}.wav", 1.0 + n, freq=200 + 90 * n)
+    run_index(quick_options([root], db, tiny_model_dir))
+    shutil.move(root / "old", root / "new")
+
+    parts = [run_index(quick_options([root], db, tiny_model_dir, shard=Shard(i, 2))) for i in order]
+    assert sum(part.indexed for part in parts) == 6
+    if order == (1, 0):
+        assert [part.reused for part in parts] == [part.indexed for part in parts]
+    with Library.open(str(db)) as library:
+        assert {Path(f.path).parent.name for f in library.store.files_under()} == {"new"}
+    assert_as_a_fresh_index(db, root, tiny_model_dir)
