@@ -170,17 +170,22 @@ def indexer_command(root: Path, db: Path, model_dir: Path, *, max_len: int, work
     return [*command, "--device", "cpu", "--quiet"]
 
 
+HANG_S = 300  # what no step of a subprocess here takes, however loaded the machine
+
+
 def signal_when(command: list[str], ready: Callable[[], bool], number: int, *, group: bool = False) -> tuple[int, str]:
-    """Run `command`, send it signal `number` as soon as `ready()` (within two minutes) and wait for it to end: its
-    exit status (negative: the signal that ended it) and what it wrote on stderr. With `group` the signal goes to
-    every process it started too, as a terminal's Ctrl-C and systemd's stop do."""
+    """Run `command`, send it signal `number` as soon as `ready()` and wait for it to end: its exit status (negative:
+    the signal that ended it) and what it wrote on stderr. With `group` the signal goes to every process it started
+    too, as a terminal's Ctrl-C and systemd's stop do. Five minutes bound each wait, only against a hang: a loaded
+    machine takes half a minute to start a training run."""
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while not ready() and process.poll() is None and time.monotonic() < deadline:
+        deadline = time.monotonic() + HANG_S
+        while not ready() and process.poll() is None:
+            assert time.monotonic() < deadline, f"not ready within {HANG_S} s: {' '.join(command)}"
             time.sleep(0.005)
         (os.killpg if group else os.kill)(process.pid, number)
-        _, stderr = process.communicate(timeout=120)
+        _, stderr = process.communicate(timeout=HANG_S)
     finally:
         if process.poll() is None:
             process.kill()
@@ -189,7 +194,7 @@ def signal_when(command: list[str], ready: Callable[[], bool], number: int, *, g
 
 
 def kill_when(command: list[str], ready: Callable[[], bool]) -> None:
-    """Run `command` and SIGKILL it as soon as `ready()` (within two minutes); it must die of the signal."""
+    """Run `command` and SIGKILL it as soon as `ready()`; it must die of the signal."""
     status, stderr = signal_when(command, ready, signal.SIGKILL)
     assert status == -signal.SIGKILL, stderr
 

@@ -64,25 +64,31 @@ class ServeProcess:
         command = [sys.executable, "-c", "from pengi_search.cli import app; app()", "serve", "--port", "0", *args]
         self.process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.output: list[str] = []
-        self._lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=lambda: [self._lines.put(line) for line in self.process.stdout], daemon=True).start()  # type: ignore[union-attr]
+        self._lines: queue.Queue[str | None] = queue.Queue()  # None: the output has ended
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:  # type: ignore[union-attr]
+            self._lines.put(line)
+        self._lines.put(None)  # every process holding the pipe (the server, its workers) has ended
 
     def address(self, timeout_s: float = 120) -> str | None:
-        """Where it serves, once it says so; None when it ended first (its words are in `output`)."""
+        """Where it serves, once it says so; None when its output ended first (its words are in `output`)."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        while True:
             try:
-                line = self._lines.get(timeout=1)
+                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                if self.process.poll() is not None and self._lines.empty():
-                    return None
-                continue
+                raise AssertionError(f"the server did not start within {timeout_s} s: {''.join(self.output)}") from None
+            if line is None:
+                self._lines.put(None)  # for `rest_of_output`
+                return None
             self.output.append(line)
             if line.startswith("pengi-search serves "):
                 return line.split()[2].rstrip("/")
-        raise AssertionError(f"the server did not start within {timeout_s} s: {''.join(self.output)}")
 
-    def stop(self, timeout_s: float = 20) -> int:
+    def stop(self, timeout_s: float = 60) -> int:
         """SIGTERM, as a service manager stops it; returns its exit code."""
         self.process.terminate()
         try:
@@ -91,9 +97,12 @@ class ServeProcess:
             self.process.kill()
             raise
 
-    def rest_of_output(self) -> str:
-        self.process.wait(timeout=60)
-        time.sleep(0.2)  # the reader thread drains the pipe
-        while not self._lines.empty():
-            self.output.append(self._lines.get())
+    def rest_of_output(self, timeout_s: float = 60) -> str:
+        """All it said, once it has ended (read to the end of its output, not for a while)."""
+        self.process.wait(timeout=timeout_s)
+        self._reader.join(timeout=timeout_s)
+        assert not self._reader.is_alive(), f"its output stayed open after it ended: {''.join(self.output)}"
+        while (line := self._lines.get_nowait()) is not None:
+            self.output.append(line)
+        self._lines.put(None)  # for a later call
         return "".join(self.output)

@@ -77,6 +77,18 @@ def test_shards_of_one_job_run_together_but_not_beside_a_whole_run(db_url):  # n
         assert refused(three) is None
 
 
+class SetWhenLogged(logging.Handler):
+    """Sets `event` when a record says `text`: the moment the code under test reaches a step, whatever the load."""
+
+    def __init__(self, event: threading.Event, text: str) -> None:
+        super().__init__()
+        self.event, self.text = event, text
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.event.set()
+
+
 def test_index_refuses_or_waits_for_the_run_holding_the_library(tiny_model_dir, sounds, tmp_path, caplog):
     db = tmp_path / "lib.db"
     release = threading.Event()
@@ -89,6 +101,8 @@ def test_index_refuses_or_waits_for_the_run_holding_the_library(tiny_model_dir, 
             release.wait(30)
             store.finish_run(run_id)
 
+    lock_log = logging.getLogger("pengi_search.db.run_lock")
+    waiting = SetWhenLogged(release, "waiting for it to end")  # the holder ends once the run waits for it
     holder = threading.Thread(target=hold)
     holder.start()
     try:
@@ -97,10 +111,11 @@ def test_index_refuses_or_waits_for_the_run_holding_the_library(tiny_model_dir, 
         assert refused.exit_code == EXIT_FAILED
         assert "another indexing run is writing to this library: run 1, started" in refused.output
         assert "pass --wait" in refused.output
-        threading.Timer(1.0, release.set).start()
-        with caplog.at_level(logging.WARNING, logger="pengi_search.db.run_lock"):
+        lock_log.addHandler(waiting)
+        with caplog.at_level(logging.WARNING, logger=lock_log.name):
             waited = run("index", sounds, "--db", db, "--model", tiny_model_dir, *QUICK, "--wait", "--json")
     finally:
+        lock_log.removeHandler(waiting)
         release.set()
         holder.join()
     assert waited.exit_code == 0, waited.output

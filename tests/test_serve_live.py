@@ -167,24 +167,24 @@ def test_shared_lock_lets_searches_overlap_and_growth_wait_for_them():
 def test_shared_lock_holds_new_searches_back_while_growth_waits():
     lock = SharedLock()
     order: list[str] = []
-    first_in, grower_waiting = threading.Event(), threading.Event()
+    first_in, late_arriving = threading.Event(), threading.Event()
 
     def first_search() -> None:
         with lock.shared():
             first_in.set()
-            grower_waiting.wait(5)
-            time.sleep(0.2)  # the late search arrives while growth is waiting
+            late_arriving.wait(10)  # growth is queued (it cannot pass this search) and the late search comes
+            time.sleep(0.2)  # room for a late search wrongly let in to get in before this one ends
             order.append("first search")
 
     def grow() -> None:
-        first_in.wait(5)
-        grower_waiting.set()
+        first_in.wait(10)
         with lock.exclusive():
             order.append("growth")
 
     def late_search() -> None:
         while not lock._waiting:  # arrive once growth is queued
             time.sleep(0.001)
+        late_arriving.set()
         with lock.shared():
             order.append("late search")
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -54,10 +56,7 @@ def test_workers_answer_on_one_port_and_stop_together(library, tiny_model_dir, t
     finally:
         code = served.stop()
     assert code == 0
-    deadline = time.monotonic() + 10
-    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(alive(pid) for pid in workers)
+    assert not any(alive(pid) for pid in workers)  # the parent ends only once it has seen every worker end
 
 
 def test_sigterm_shuts_a_server_of_one_process_down_and_it_ends_by_the_signal(library, tiny_model_dir, tmp_path):
@@ -100,3 +99,39 @@ def test_a_worker_that_cannot_start_ends_the_server_with_its_error(library, tiny
     output = served.rest_of_output()
     assert served.process.returncode == 1
     assert "Pass that model with --model" in output and "Traceback" not in output
+
+
+# Two workers that fail alike: the first fails at once; the other is still saying why (its message takes a while)
+# when the parent, seeing the first one end, stops it with SIGTERM.
+FAILING_ALIKE = """
+import os, sys, time
+from pengi_search.cli.common import handle_errors
+from pengi_search.serve.workers import run_workers
+
+class SlowToSay(ValueError):
+    waited = False
+
+    def __str__(self):
+        if not SlowToSay.waited:  # the first time only (a traceback would say it again)
+            SlowToSay.waited = True
+            time.sleep(60)  # until the parent's SIGTERM
+        return "the second worker failed"
+
+def work(ready):
+    try:
+        os.mkdir(sys.argv[1])
+    except FileExistsError:
+        raise SlowToSay() from None
+    raise ValueError("the first worker failed")
+
+sys.exit(run_workers(2, handle_errors(work), lambda: None))
+"""
+
+
+def test_a_worker_stopped_while_it_reports_its_failure_ends_without_a_traceback(tmp_path):
+    """The parent stops the other workers once one fails to start; one that is reporting the same failure then
+    ends quietly, leaving the first worker's one-line error as the server's output."""
+    command = [sys.executable, "-c", FAILING_ALIKE, str(tmp_path / "first")]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1
+    assert run.stderr == "error: the first worker failed\n"

@@ -109,10 +109,18 @@ def tiny_wav2vec2(directory: Path) -> Wav2Vec2Model:
 def test_a_transformers_audio_model_trains_and_its_model_directory_rebuilds_it(tmp_path) -> None:
     pretrained = tiny_wav2vec2(tmp_path / "wav2vec2")
     manifest = labelled_clips(tmp_path)
+    # Clips of the recordings' one second: wav2vec2 attends over every frame, and over 7 s (the clip repeated) its
+    # attention held 125 M scores per head, a minute of the test's time.
+    architecture = {**SCRATCH_ARCHITECTURE, "audio": {**TINY_AUDIO, "clip_seconds": 1.0}}
     config_path = scratch_config(
         tmp_path,
         manifest,
-        {"audio_encoder": "transformers", "audio_weights": "wav2vec2", "train_tokenizer": 300},
+        {
+            "architecture": architecture,
+            "audio_encoder": "transformers",
+            "audio_weights": "wav2vec2",
+            "train_tokenizer": 300,
+        },
         freeze={"language_model": False},
     )
     model, _ = build_model(load_config(config_path), config_path, save_tokenizer=False)

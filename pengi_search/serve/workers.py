@@ -20,6 +20,8 @@ import sys
 import traceback
 from collections.abc import Callable
 
+from ..stop_signals import interrupted_exit_code
+
 WorkerFn = Callable[[Callable[[], None]], None]  # builds the app, calls `ready()`, serves until told to stop
 
 
@@ -54,6 +56,10 @@ def _fork(work: WorkerFn, read_end: int, write_end: int) -> int:
         work(lambda: os.write(write_end, b"."))
     except SystemExit as done:
         code = done.code if isinstance(done.code, int) else 1
+    except KeyboardInterrupt:
+        # A stop signal that came while the CLI's handler was reporting this worker's own failure: the parent stops
+        # every worker once one fails, and they fail alike, so this is routine and its traceback would be noise.
+        code = interrupted_exit_code()
     except BaseException as exc:  # a worker must never return into the parent's code
         code = getattr(exc, "exit_code", None)  # the CLI's error handler has reported it (typer.Exit)
         if code is None:
