@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import gc
 import os
+import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,8 +55,47 @@ def start_processes(device_choice: str) -> Processes:
 def stop_processes(processes: Processes) -> None:
     if processes.distributed and dist.is_initialized():
         gc.collect()  # free whatever still holds the group (a DDP reducer) before the group goes
+        siblings = _other_local_pids(processes)
         dist.barrier()  # and let every process finish its pending collectives
         dist.destroy_process_group()
+        if processes.main:
+            _wait_until_ended(siblings, SIBLINGS_WAIT_S)
+
+
+# Rank 0 ends last on its machine: torchrun stops the processes still running (SIGTERM) as soon as one ends with a
+# code other than 0, and rank 0 does so when some clips could not be used (exit code 3), the others with 0. Had it
+# ended first, a process that had finished its work would be reported as stopped. Bounded: a process kept busy
+# after the run (or one whose end cannot be seen) does not hold rank 0 for longer.
+SIBLINGS_WAIT_S = 30.0
+
+
+def _other_local_pids(processes: Processes) -> list[int]:
+    """The process ids of the run's other processes on this machine (one collective)."""
+    here = (socket.gethostname(), os.getpid())
+    everyone: list[Any] = [None] * processes.world_size
+    dist.all_gather_object(everyone, here)
+    return [pid for host, pid in everyone if host == here[0] and pid != here[1]]
+
+
+def _wait_until_ended(pids: list[int], timeout_s: float) -> None:
+    """Return once every process of `pids` has ended (exited, or exited and not yet reaped), or after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while any(map(_running, pids)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process now: ours has ended
+        return False
+    try:  # a process that exited but that its parent (torchrun) has not reaped yet is a zombie: ended
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rpartition(b")")[2].split()[0] != b"Z"
+    except OSError:
+        return True  # no /proc (not Linux): running until its parent reaps it
 
 
 def wait_for_all(processes: Processes) -> None:
