@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pengi_search.audio import Window
+from pengi_search.choices import decoding_settings
 from pengi_search.chunking import chunked
 from pengi_search.db import (
     EmbedderInfo,
@@ -83,6 +84,11 @@ class IndexModel:
         return cls(engine, embedder, prompts, gen)
 
     @property
+    def decoding(self) -> str:
+        """The decoding settings, as each text records them."""
+        return decoding_settings(self.gen.beam, self.gen.max_len, self.gen.stop)
+
+    @property
     def embedder_info(self) -> EmbedderInfo:
         return EmbedderInfo(self.embedder.id, int(self.embedder.dim))
 
@@ -101,13 +107,11 @@ class IndexModel:
         embeds = torch.from_numpy(np.stack([window.audio for window in windows]))
         answers = self.engine.generate(embeds, self.prompts, self.gen)
         text_vectors = self.embedder.embed([row[0].text for row in answers])
+        decoding, mode = self.decoding, self.engine.mode
         return [
             WindowCaptions(
                 window.window_id,
-                [
-                    TextRecord(p, a.text, float(a.score), self.engine.mode)
-                    for p, a in zip(self.prompts, row, strict=True)
-                ],
+                [TextRecord(p, a.text, float(a.score), mode, decoding) for p, a in zip(self.prompts, row, strict=True)],
                 vector,
             )
             for window, row, vector in zip(windows, answers, text_vectors, strict=True)

@@ -2,7 +2,8 @@
 renamed, copied) copied from them (`indexer.reuse`) -> decode the others (worker processes) -> audio embeddings ->
 store, file by file -> prune -> FAISS files saved (pass 1: `similar` works on the whole library);
 then batched Pengi generation for the windows without captions -> caption embeddings -> store, batch by batch
-(pass 2, `indexer.captions`; with `--captions later`, a later run does it) -> FAISS files in line with the database.
+(pass 2, `indexer.captions`; with `--captions later`, a later run does it) -> new files identical to one the run
+decoded copied from it -> FAISS files in line with the database.
 
 Incremental: a file whose size and mtime match the database is skipped without being opened; one whose mtime moved
 but whose size and sha256 match is only re-stamped. Resumable: each file is committed in one transaction as soon as
@@ -53,7 +54,7 @@ from pengi_search.model_dir import ModelDir
 from pengi_search.scan import Entry, ScanResult, has_extension, hidden_path, inside, scan
 
 from .captions import CaptionPass, IndexModel
-from .reuse import IdenticalFiles
+from .reuse import Copies, IdenticalFiles, Reuse
 from .run_report import FailedFile, FileNote, IndexOptions, IndexSummary, ProgressReporter
 from .shard import Rank, Shard
 
@@ -197,6 +198,7 @@ class _Run:
         self.run_id: int | None = None
         self._choice = choice  # found before a new library was created, else on first need (`_choose`)
         self._model_loaded: IndexModel | None = None
+        self._identical: IdenticalFiles  # set by `_reuse`, before pass 1
 
     @property
     def leads(self) -> bool:
@@ -224,7 +226,8 @@ class _Run:
                 self._choose()  # a library built with another model or embedder is refused before any work
             self._settle(plan)
             # Before pass 1, and so before the prune: a file moved within the library is copied from its old path.
-            plan.todo = self._reuse(plan.todo)
+            reuse = self._reuse(plan.todo)
+            plan.todo = reuse.decode
             captions_now = self.options.captions is Captions.now
             waiting = captions_now and self._captions_missing(scanned.roots) > 0  # from an earlier run, or copied
             if waiting:
@@ -239,6 +242,7 @@ class _Run:
                 self.library.sync_vector_indexes(self.options.index_type)
                 summary.searchable_s = time.monotonic() - self.started
                 self._caption(scanned.roots)
+            self._copy_later(reuse.later, scanned.roots)
             self._sync()
             summary.searchable_s = summary.searchable_s or time.monotonic() - self.started
             summary.captions_missing = self._captions_missing(scanned.roots)
@@ -407,14 +411,30 @@ class _Run:
             return
         self._indexed(entry, len(flight.done), notes)
 
-    def _reuse(self, todo: list[Entry]) -> list[Entry]:
+    def _reuse(self, todo: list[Entry]) -> Reuse:
         """Index each file that holds the bytes of an indexed file from that file (`indexer.reuse`); returns the
-        others, to decode."""
-        copied, rest = IdenticalFiles(self.store, self.options, self.run_id).copy_all(todo)
+        others: to decode, or to copy from one of those once it is indexed (`_copy_later`)."""
+        self._identical = IdenticalFiles(self.store, self.options, self.run_id, self.progress)
+        reuse = self._identical.copy_all(todo)
+        self._reused(reuse.copied)
+        return reuse
+
+    def _copy_later(self, later: list[Entry], roots: list[str]) -> None:
+        """Index each file identical to one this run decoded from that one, now stored (and captioned, captions
+        now); a file whose twin could not be indexed is decoded and captioned as its own."""
+        if not later:
+            return
+        copied, rest = self._identical.copy_later(later)
+        self._reused(copied)
+        if rest:
+            self._index(rest)
+            if self.options.captions is Captions.now:
+                self._caption(roots)
+
+    def _reused(self, copied: Copies) -> None:
         for entry, copy in copied:
             self._indexed(entry, copy.windows, copy.notes)
-        self.summary.reused = len(copied)
-        return rest
+        self.summary.reused += len(copied)
 
     def _indexed(self, entry: Entry, windows: int, notes: Sequence[str]) -> None:
         """Count a file stored with `windows` windows and its `notes` (a truncation, then the decoders' messages)."""

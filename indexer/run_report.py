@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Protocol
 
 from pengi_search.audio import AUDIO_EXTENSIONS
 from pengi_search.audio_workers import default_workers
-from pengi_search.choices import Captions, LongPrompt, StopRule
+from pengi_search.choices import Captions, LongPrompt, StopRule, decoding_settings
 from pengi_search.pathnames import path_fields
 
 from .shard import Shard
@@ -48,10 +48,18 @@ class IndexOptions:
     recaption_fast: bool = False  # windows a --fast run captioned get exact captions (db.drop_fast_captions)
     create_empty: bool = False  # no library yet and no audio under `roots`: create it all the same (--watch)
 
+    @property
+    def decoding(self) -> str:
+        """This run's --beam, --max-len and --stop as each text it writes records them."""
+        return decoding_settings(self.beam, self.max_len, self.stop)
+
 
 class ProgressReporter(Protocol):
-    """Pass 1 reports files and windows after `start`, and each file's count of windows once it is decoded (0 for
-    a file that failed); pass 2 reports windows after `start_captions`."""
+    """Files hashed to find identical ones are reported after `start_hashing`; pass 1 reports files and windows
+    after `start`, and each file's count of windows once it is decoded (0 for a file that failed); pass 2 reports
+    windows after `start_captions`."""
+
+    def start_hashing(self, files: int) -> None: ...
 
     def start(self, files: int) -> None: ...
 

@@ -98,6 +98,13 @@ DEFAULT_HYBRID_WEIGHT = 0.5  # the caption cosine's weight in a hybrid ranking; 
 EXACT_MODE = "exact"  # how a text was generated without --fast, as `generated_texts.mode` records it
 
 
+def decoding_settings(beam: int, max_len: int, stop: StopRule) -> str:
+    """The decoding settings asked for (`--beam`, `--max-len`, `--stop`) as `generated_texts.decoding` records them
+    beside each text: `beam=3 max_len=30 stop=both`. Texts with equal records were decoded alike (`--fast`, whose
+    mode the text records too, decodes one beam whatever `--beam` asks)."""
+    return f"beam={beam} max_len={max_len} stop={StopRule(stop).value}"
+
+
 class Captions(Choice):
     """When `index` writes captions: in the same run, right after every window's audio embedding is stored, or
     in a later `index` run (the library is searchable by sound, and by text through the audio ranking, meanwhile)."""

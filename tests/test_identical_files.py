@@ -14,9 +14,10 @@ import indexer.pipeline as pipeline
 from indexer.pipeline import run_index
 from indexer.reuse import IdenticalFiles
 from indexer.shard import Shard
-from pengi_search.choices import EXACT_MODE, Captions
+from pengi_search.choices import EXACT_MODE, Captions, StopRule
 from pengi_search.cli import app
-from pengi_search.db import Store, TextRecord
+from pengi_search.db import Store, TextRecord, copy_identical_file
+from pengi_search.hashing import file_sha256
 from pengi_search.inference import Engine
 from pengi_search.library import Library
 
@@ -31,6 +32,7 @@ from .indexing import (
 from .test_truncated import SECONDS, write_cut
 
 OTHER_PROMPT = "this acoustic scene is"
+PROMPTS = ("generate audio caption", "this is a sound of")  # the index's by default
 
 
 @pytest.fixture()
@@ -157,6 +159,35 @@ def test_captions_for_other_prompts_are_not_taken_the_audio_is(tiny_model_dir, t
     assert [text["prompt"] for text in rows["copy.wav"]["windows"][0]["texts"]] == [OTHER_PROMPT]
 
 
+@pytest.mark.parametrize("other", [{"beam": 3}, {"max_len": 4}, {"stop": StopRule.original}])
+def test_captions_decoded_with_other_settings_are_not_taken_the_audio_is(
+    tiny_model_dir, tree, tmp_path, model_work, other
+):
+    """--beam, --max-len and --stop change the answers as the prompts do: the copy is captioned as this run
+    captions, not given answers another run decoded otherwise."""
+    db = indexed(tree, tmp_path / "lib.db", tiny_model_dir, model_work)
+    shutil.copy(tree / "short.wav", tree / "copy.wav")
+
+    summary = run_index(quick_options([tree], db, tiny_model_dir, **other))
+    assert (summary.indexed, summary.reused, summary.captioned) == (1, 1, 1)
+    assert model_work == {"loads": 1, "embedded": 0, "captioned": 1}
+    rows = {Path(row["path"]).name: row for row in db_content(db)}
+    decoding = quick_options([tree], db, tiny_model_dir, **other).decoding
+    assert {text["decoding"] for text in rows["copy.wav"]["windows"][0]["texts"]} == {decoding}
+
+
+def test_texts_record_their_decoding_settings_and_unrecorded_ones_count_as_this_runs(tmp_path):
+    def accepts(decoding: str | None, **asked) -> bool:
+        options = quick_options([tmp_path], tmp_path / "lib.db", tmp_path, **asked)
+        texts = [TextRecord(prompt, "a dog", -0.5, EXACT_MODE, decoding) for prompt in options.prompts or PROMPTS]
+        return IdenticalFiles(None, options, None).texts_ok(texts)  # type: ignore[arg-type]
+
+    assert quick_options([tmp_path], tmp_path / "lib.db", tmp_path).decoding == "beam=2 max_len=3 stop=both"
+    assert accepts("beam=2 max_len=3 stop=both") and not accepts("beam=3 max_len=3 stop=both")
+    assert accepts("beam=2 max_len=3 stop=original", stop=StopRule.original)
+    assert accepts(None) and accepts(None, beam=5)  # written before decoding settings were recorded
+
+
 def test_exact_captions_serve_any_run_and_fast_ones_only_a_fast_run(tmp_path):
     prompts = ("generate audio caption", "this is a sound of")
 
@@ -236,3 +267,102 @@ def test_shards_index_moved_files_as_a_single_run_does(tiny_model_dir, tmp_path,
     with Library.open(str(db)) as library:
         assert {Path(f.path).parent.name for f in library.store.files_under()} == {"new"}
     assert_as_a_fresh_index(db, root, tiny_model_dir)
+
+
+def test_identical_new_files_of_one_run_are_decoded_and_captioned_once(tiny_model_dir, tmp_path, model_work):
+    """A folder of copies added at once: the first is decoded and captioned, the others are copied from it once it
+    is stored, though their windows would have shared its batches."""
+    root, db = tmp_path / "sounds", tmp_path / "lib.db"
+    write_tone(root / "a.wav", 9.0, freq=880)  # two windows
+    shutil.copy(root / "a.wav", root / "b.wav")
+    (root / "copies").mkdir()
+    shutil.copy(root / "a.wav", root / "copies" / "c.wav")
+    write_tone(root / "other.wav", 1.5, freq=330)
+
+    summary = run_index(quick_options([root], db, tiny_model_dir, batch_size=8))
+    assert (summary.indexed, summary.reused, summary.windows, summary.captioned) == (4, 2, 7, 3)
+    assert model_work == {"loads": 1, "embedded": 3, "captioned": 3}  # a.wav's two windows and other.wav's one
+    rows = {Path(row["path"]).name: row for row in db_content(db)}
+    assert rows["b.wav"]["windows"] == rows["c.wav"]["windows"] == rows["a.wav"]["windows"]
+    assert summary.captions_missing == 0
+    assert_consistent(db)
+
+
+def test_identical_new_files_wait_for_the_first_with_captions_later_too(tiny_model_dir, tmp_path, model_work):
+    root, db = tmp_path / "sounds", tmp_path / "lib.db"
+    write_tone(root / "a.wav", 9.0, freq=880)
+    shutil.copy(root / "a.wav", root / "b.wav")
+
+    summary = run_index(quick_options([root], db, tiny_model_dir, captions=Captions.later))
+    assert (summary.indexed, summary.reused, summary.windows, summary.captions_missing) == (2, 1, 4, 4)
+    assert model_work == {"loads": 1, "embedded": 2, "captioned": 0}
+    rows = {Path(row["path"]).name: row for row in db_content(db)}
+    assert rows["b.wav"]["windows"] == rows["a.wav"]["windows"]
+
+
+def test_a_file_whose_twin_cannot_be_decoded_is_decoded_and_fails_on_its_own(tiny_model_dir, tmp_path):
+    root, db = tmp_path / "sounds", tmp_path / "lib.db"
+    for name in ("a.wav", "b.wav"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"not audio at all" * 64)
+    write_tone(root / "other.wav", 1.5, freq=330)
+
+    summary = run_index(quick_options([root], db, tiny_model_dir))
+    assert (summary.indexed, summary.reused) == (1, 0)
+    assert sorted(Path(failed.path).name for failed in summary.failed) == ["a.wav", "b.wav"]
+
+
+def test_hashing_files_that_may_be_copies_is_reported_in_files(tiny_model_dir, tmp_path):
+    """Only files of a size that another has are hashed; on a large library of same-size files that takes a while,
+    so it has its bar, before pass 1's."""
+    root = tmp_path / "sounds"
+    for name in ("a.wav", "b.wav", "c.wav"):  # the same length and rate: the same size, other bytes
+        write_tone(root / name, 1.0, freq={"a.wav": 300, "b.wav": 500, "c.wav": 700}[name])
+    write_tone(root / "longer.wav", 2.0)
+    events: list[tuple[str, int]] = []
+
+    class Recorder:
+        def start_hashing(self, files):
+            events.append(("hashing", files))
+
+        def start(self, files):
+            events.append(("start", files))
+
+        def counted(self, windows):
+            pass
+
+        def start_captions(self, windows):
+            events.append(("captions", windows))
+
+        def advance(self, files=0, windows=0):
+            events.append(("files", files) if files else ("windows", windows))
+
+    summary = run_index(quick_options([root], tmp_path / "lib.db", tiny_model_dir), Recorder())
+    assert (summary.indexed, summary.reused) == (4, 0)
+    assert events[:5] == [("hashing", 3), ("files", 1), ("files", 1), ("files", 1), ("start", 4)]
+
+
+def test_a_copy_judges_each_windows_texts_once(tiny_model_dir, tree, tmp_path):
+    db = tmp_path / "lib.db"
+    run_index(quick_options([tree], db, tiny_model_dir))
+    copy = shutil.copy(tree / "birds" / "long.wav", tree / "copy.wav")
+    judged = []
+
+    def texts_ok(texts):
+        judged.append(texts)
+        return True
+
+    with Store.open(str(db)) as store:
+        (source,) = store.files_with_hash(file_sha256(copy))
+        stat = os.stat(copy)
+        made = copy_identical_file(
+            store,
+            str(copy),
+            [source.id],
+            texts_ok,
+            size=stat.st_size,
+            mtime=stat.st_mtime,
+            content_hash=source.content_hash,
+        )
+    assert made is not None and made.windows == made.captioned == 2
+    assert len(judged) == 2

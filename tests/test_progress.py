@@ -78,6 +78,19 @@ def test_index_pass_2_counts_the_windows_waiting_for_captions(clock):
     assert line.startswith("captions ") and "120/400 windows  3.0 windows/s" in line and "files" not in line
 
 
+def test_index_hashing_counts_files_with_their_rate_then_gives_way_to_pass_1(clock):
+    bar = a_bar()
+    index = IndexProgress(bar, visible=True)
+    index.start_hashing(400)
+    clock.now += 10
+    index.advance(files=31)
+    (line,) = drawn(bar)
+    assert line.startswith("hashing ") and "31/400 files  3.1 files/s" in line
+    index.start(36)
+    (line,) = drawn(bar)  # the hashing bar is gone
+    assert line.startswith("audio embeddings ")
+
+
 def test_a_shard_captions_an_unknown_number_of_windows(clock):
     bar = a_bar()
     index = IndexProgress(bar, visible=True)

@@ -209,7 +209,7 @@ def test_a_0003_database_keeps_its_texts_with_their_mode_unrecorded(db_url: str)
     engine.dispose()
 
     with Store.open(db_url) as store:
-        assert store.stats()["schema_revision"] == SCHEMA_HEAD == "0004"
+        assert store.stats()["schema_revision"] == SCHEMA_HEAD
         assert store.window_details([old])[old].texts == (TextRecord("p", "old caption", None, None),)
         assert caption_modes(store) == {UNRECORDED_MODE: 1}
         fast = [TextRecord("p", "new caption", -0.5, "bf16+greedy")]
@@ -222,6 +222,32 @@ def test_a_0003_database_keeps_its_texts_with_their_mode_unrecorded(db_url: str)
     with migrating(db_url) as (config, connection):
         command.downgrade(config, "0003")
         assert "mode" not in {column["name"] for column in inspect(connection).get_columns("generated_texts")}
+
+
+def test_a_0004_database_keeps_its_texts_with_their_decoding_settings_unrecorded(db_url: str) -> None:
+    """0005 records the settings each text was decoded with; texts written before it have none."""
+    engine = create_store_engine(db_url)
+    migrate(engine, "0004")
+    with engine.begin() as connection:
+        assert "decoding" not in {column["name"] for column in inspect(connection).get_columns("generated_texts")}
+    engine.dispose()
+
+    with Store.open(db_url) as store:
+        assert store.stats()["schema_revision"] == SCHEMA_HEAD == "0005"
+        old = TextRecord("p", "old caption", -0.5, "exact")
+        decoded = TextRecord("p", "new caption", -0.5, "exact", "beam=3 max_len=30 stop=both")
+        for path, texts in (("/lib/old.wav", [old]), ("/lib/new.wav", [decoded])):
+            file_id = store.upsert_file(path, size=1, mtime=1.0)
+            store.replace_file_windows(file_id, [WindowInput(0, 0.0, 7.0, texts, {"audio": vec(1, 2, 3)})], audio=AUDIO)
+        ids = [int(i) for i in store.vector_ids("audio")]
+        assert [store.window_details(ids)[i].texts for i in ids] == [(old,), (decoded,)]
+        assert [row["windows"][0]["texts"][0]["decoding"] for row in store.export_rows()] == [
+            "beam=3 max_len=30 stop=both",
+            None,
+        ]
+    with migrating(db_url) as (config, connection):
+        command.downgrade(config, "0004")
+        assert "decoding" not in {column["name"] for column in inspect(connection).get_columns("generated_texts")}
 
 
 def test_migrations_go_down_to_base_and_up_again(db_url: str) -> None:
@@ -814,7 +840,13 @@ def test_export_rows_pages_through_every_file(store: Store) -> None:
     second = rows[2]
     assert (second["status"], second["format"], second["duration_s"]) == ("indexed", "flac", 14.0)
     assert [w["index"] for w in second["windows"]] == [0, 1]
-    first_text = {"prompt": "this is a sound of", "text": "a dog barks 1", "score": -0.5, "mode": None}  # unrecorded
+    first_text = {
+        "prompt": "this is a sound of",
+        "text": "a dog barks 1",
+        "score": -0.5,
+        "mode": None,
+        "decoding": None,
+    }
     assert second["windows"][1]["texts"][0] == first_text
     assert (rows[-1]["status"], rows[-1]["error"], rows[-1]["windows"]) == ("error", "unreadable", [])
     assert [row["path"] for row in store.export_rows(under="/lib/3.wav")] == ["/lib/3.wav"]

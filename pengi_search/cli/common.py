@@ -502,31 +502,57 @@ class WindowProgress:
         self.bar.update(self.task, total=self._total(), completed=self.windows_done, rate=rate, files=files)
 
 
+class FileProgress:
+    """Files done of a known number, and per second, on a progress bar (`index` hashing the files that may be
+    copies of others)."""
+
+    def __init__(self, bar: Any, description: str, visible: bool, files: int) -> None:
+        from ..progress import Rate
+
+        self.bar = bar
+        self.task = bar.add_task(description, total=files, unit="files", rate=None, files="", visible=visible)
+        self.done = 0
+        self.rate = Rate()
+
+    def advance(self, files: int = 0, windows: int = 0) -> None:
+        self.done += files
+        self.bar.update(self.task, completed=self.done, rate=self.rate.of(self.done))
+
+
 class IndexProgress:
-    """An indexing run's progress on a Rich bar (`index`, and `eval` indexing its set), in windows, as
-    `WindowProgress` counts them: pass 1 ("audio embeddings") the windows of the files to index, with files done
-    beside; pass 2 ("captions") the windows waiting for captions."""
+    """An indexing run's progress on a Rich bar (`index`, and `eval` indexing its set): the files hashed to find
+    identical ones ("hashing", in files), then in windows, as `WindowProgress` counts them: pass 1 ("audio
+    embeddings") the windows of the files to index, with files done beside; pass 2 ("captions") the windows waiting
+    for captions."""
 
     def __init__(self, bar: Any, visible: bool) -> None:
         self.bar = bar
         self.visible = visible
-        self.current: WindowProgress | None = None
+        self.current: WindowProgress | FileProgress | None = None
+
+    def start_hashing(self, files: int) -> None:
+        self._hide()
+        self.current = FileProgress(self.bar, "hashing", self.visible, files)
 
     def start(self, files: int) -> None:
         self._begin("audio embeddings").start(files)
 
     def counted(self, windows: int) -> None:
-        assert self.current is not None
+        assert isinstance(self.current, WindowProgress)
         self.current.counted(windows)
 
     def start_captions(self, windows: int | None) -> None:
         self._begin("captions", windows)
 
     def _begin(self, label: str, windows: int | None = None) -> WindowProgress:
-        if self.current is not None:
-            self.bar.update(self.current.task, visible=False)
+        self._hide()
         self.current = WindowProgress(self.bar, label, self.visible, windows)
         return self.current
+
+    def _hide(self) -> None:
+        """The bar of the step before goes: one bar at a time."""
+        if self.current is not None:
+            self.bar.update(self.current.task, visible=False)
 
     def advance(self, files: int = 0, windows: int = 0) -> None:
         assert self.current is not None

@@ -139,10 +139,7 @@ def add_captions(store: Store, captions: Sequence[WindowCaptions]) -> int:
             if item.window_id not in alive or item.window_id in done:
                 continue
             vector = encode_vector(f"window {item.window_id}", "text", item.text_vector, text_dim)
-            session.add_all(
-                GeneratedTextRow(window_id=item.window_id, prompt=t.prompt, text=t.text, score=t.score, mode=t.mode)
-                for t in item.texts
-            )
+            session.add_all(GeneratedTextRow.of(text, window_id=item.window_id) for text in item.texts)
             session.add(WindowVectorRow(window_id=item.window_id, kind="text", vector=vector))
             done.add(item.window_id)
             written += 1

@@ -41,7 +41,12 @@ class CopiedFile:
 class _Source:
     row: AudioFileRow
     windows: Sequence[WindowRow]
-    captioned: int  # windows whose texts the caller accepts
+    taken: Sequence[bool]  # per window: whether its captions are taken (`_captions_taken`), decided once
+
+    @property
+    def captioned(self) -> int:
+        """Windows whose texts the caller accepts."""
+        return sum(self.taken)
 
 
 def sizes_indexed(store: Store, sizes: Iterable[int]) -> set[int]:
@@ -81,7 +86,9 @@ def copy_identical_file(
             session.flush()
         session.execute(delete(WindowRow).where(WindowRow.file_id == target.id), execution_options=NO_SYNC)
         _stamp_as_copy(target, source.row, size=size, mtime=mtime, run_id=run_id)
-        session.add_all(_window_copy(target.id, window, texts_ok) for window in source.windows)
+        session.add_all(
+            _window_copy(target.id, window, taken) for window, taken in zip(source.windows, source.taken, strict=True)
+        )
         notes = tuple(source.row.error.splitlines()) if source.row.error else ()
         return CopiedFile(source.row.path, len(source.windows), source.captioned, notes)
 
@@ -122,7 +129,7 @@ def _locked_source(
     ).all()
     if not windows or not all(_vector(window, "audio") is not None for window in windows):
         return None
-    return _Source(row, windows, sum(_captions_taken(window, texts_ok) for window in windows))
+    return _Source(row, windows, [_captions_taken(window, texts_ok) for window in windows])
 
 
 def _stamp_as_copy(target: AudioFileRow, source: AudioFileRow, *, size: int, mtime: float, run_id: int | None) -> None:
@@ -133,27 +140,23 @@ def _stamp_as_copy(target: AudioFileRow, source: AudioFileRow, *, size: int, mti
     target.status, target.run_id, target.indexed_at = "indexed", run_id, datetime.now(timezone.utc)
 
 
-def _window_copy(file_id: int, window: WindowRow, texts_ok: TextsCheck) -> WindowRow:
+def _window_copy(file_id: int, window: WindowRow, with_captions: bool) -> WindowRow:
     """A new window (a new id, so FAISS files and servers take it as new) with the audio vector of `window`, and
-    its texts and caption vector when `texts_ok` accepts them."""
-    kinds = ("audio", "text") if _captions_taken(window, texts_ok) else ("audio",)
+    its texts and caption vector when `with_captions`."""
+    kinds = ("audio", "text") if with_captions else ("audio",)
     return WindowRow(
         file_id=file_id,
         index=window.index,
         start_s=window.start_s,
         end_s=window.end_s,
-        texts=[
-            GeneratedTextRow(prompt=t.prompt, text=t.text, score=t.score, mode=t.mode)
-            for t in (window.texts if "text" in kinds else ())
-        ],
+        texts=[GeneratedTextRow.of(text.to_record()) for text in (window.texts if with_captions else ())],
         vectors=[WindowVectorRow(kind=kind, vector=_vector(window, kind)) for kind in kinds],
     )
 
 
 def _captions_taken(window: WindowRow, texts_ok: TextsCheck) -> bool:
     """Whether the window is captioned (its caption vector: see `captions`) with texts the caller accepts."""
-    texts = [TextRecord(t.prompt, t.text, t.score, t.mode) for t in window.texts]
-    return _vector(window, "text") is not None and texts_ok(texts)
+    return _vector(window, "text") is not None and texts_ok([text.to_record() for text in window.texts])
 
 
 def _vector(window: WindowRow, kind: str) -> bytes | None:

@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from .engine import WRITE_OPTION
 from .errors import ForeignDatabaseError, StoreError, driver_reason
 
-SCHEMA_HEAD = "0004"  # the newest migration; a test keeps it equal to the scripts' head
+SCHEMA_HEAD = "0005"  # the newest migration; a test keeps it equal to the scripts' head
 LIBRARY_TABLE = "audio_files"  # in every revision: a database without it holds no pengi-search library
 _MIGRATION_LOCK = 0x70656E6769  # PostgreSQL advisory lock that serialises concurrent upgrades
 

@@ -121,6 +121,7 @@ class TextRecord:
     text: str
     score: float | None = None
     mode: str | None = None  # how it was generated: "exact" or a --fast mode ("bf16+greedy"); None: not recorded
+    decoding: str | None = None  # the settings it was decoded with (`choices.decoding_settings`); None: not recorded
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
 from ..pathnames import from_stored, to_stored
-from .records import EmbedderInfo, FileRecord, IndexMeta, ModelInfo, RunRecord, VectorIndexInfo
+from .records import EmbedderInfo, FileRecord, IndexMeta, ModelInfo, RunRecord, TextRecord, VectorIndexInfo
 
 R = TypeVar("R")  # a record dataclass of `records`
 
@@ -171,6 +171,18 @@ class GeneratedTextRow(Base):
     text: Mapped[str] = mapped_column(Text)
     score: Mapped[float | None] = mapped_column(Double)
     mode: Mapped[str | None] = mapped_column(String(32))  # revision 0004: "exact" or the --fast mode; NULL: unknown
+    # revision 0005: the --beam, --max-len and --stop it was decoded with, "beam=3 max_len=30 stop=both"; NULL: unknown
+    decoding: Mapped[str | None] = mapped_column(String(64))
+
+    @classmethod
+    def of(cls, text: TextRecord, **values: Any) -> GeneratedTextRow:
+        """The row of `text` (`values`: e.g. the window it belongs to)."""
+        return cls(
+            prompt=text.prompt, text=text.text, score=text.score, mode=text.mode, decoding=text.decoding, **values
+        )
+
+    def to_record(self) -> TextRecord:
+        return _record(TextRecord, self)
 
 
 class WindowVectorRow(Base):

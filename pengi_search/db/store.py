@@ -13,6 +13,7 @@ Names that are not valid UTF-8 are stored without loss through an escape that ke
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -339,8 +340,8 @@ class Store(RunJournal):
         with self.reading() as connection:
             for chunk in chunked(wanted, IDS_PER_QUERY):
                 texts: dict[int, list[TextRecord]] = {}
-                for window_id, prompt, text, score, mode in connection.execute(_TEXTS_OF_WINDOWS, {"ids": chunk}):
-                    texts.setdefault(window_id, []).append(TextRecord(prompt, text, score, mode))
+                for window_id, *text in connection.execute(_TEXTS_OF_WINDOWS, {"ids": chunk}):
+                    texts.setdefault(window_id, []).append(TextRecord(*text))
                 for row in connection.execute(_WINDOWS_WITH_FILES, {"ids": chunk}):
                     window_id, file_id, path, index, start_s, end_s, duration_s, fmt = row
                     said = tuple(texts.get(window_id, ()))
@@ -523,6 +524,7 @@ _TEXTS_OF_WINDOWS = (
         GeneratedTextRow.text,
         GeneratedTextRow.score,
         GeneratedTextRow.mode,
+        GeneratedTextRow.decoding,
     )
     .where(GeneratedTextRow.window_id.in_(bindparam("ids", expanding=True)))
     .order_by(GeneratedTextRow.window_id, GeneratedTextRow.id)  # the order of the window_id index: no sort
@@ -551,7 +553,7 @@ def _window_row(path: str, window: WindowInput, text_dim: int | None) -> WindowR
         index=window.index,
         start_s=float(window.start_s),
         end_s=float(window.end_s),
-        texts=[GeneratedTextRow(prompt=t.prompt, text=t.text, score=t.score, mode=t.mode) for t in window.texts],
+        texts=[GeneratedTextRow.of(text) for text in window.texts],
         vectors=[
             WindowVectorRow(kind=kind, vector=encode_vector(where, kind, vector, text_dim))
             for kind, vector in window.vectors.items()
@@ -578,7 +580,7 @@ def _export_row(row: AudioFileRow) -> dict[str, Any]:
             "index": window.index,
             "start_s": window.start_s,
             "end_s": window.end_s,
-            "texts": [{"prompt": t.prompt, "text": t.text, "score": t.score, "mode": t.mode} for t in window.texts],
+            "texts": [dataclasses.asdict(text.to_record()) for text in window.texts],
         }
         for window in row.windows
     ]
