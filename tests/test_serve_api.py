@@ -114,6 +114,32 @@ def test_hits_are_those_of_the_commands_json_with_the_file_id(client, served, ti
     )
 
 
+@pytest.mark.parametrize("rank", ["caption", "hybrid"])
+def test_a_query_the_text_embedder_cuts_is_said_to_the_client_in_a_header_and_on_the_page(
+    client, served, tiny_model_dir, capsys, rank
+):
+    """As `query` warns on stderr, once (a hybrid ranking embeds the text with the one tower): the API still answers
+    its list of hits, and says the warning in `X-Pengi-Warnings`, a JSON list (`[]` when none; ASCII, as a header
+    must be, whatever the text); a repeated search (its embedding kept) says it again; the page shows it."""
+    text = "rain on a roof, café " * 12
+    said = (
+        f"query of {clip_tokens(tiny_model_dir, text)} tokens cut to its first 77, all that Pengi's text tower "
+        "reads: 'rain on a roof, café rain on a roof, caf...'"
+    )
+    for _ in range(2):
+        response = client.get("/api/search", params={"q": text, "rank": rank})
+        assert response.status_code == 200 and response.json()[0]["path"] == str(served.files["weather/rain.flac"])
+        assert response.headers["X-Pengi-Warnings"].isascii()
+        assert json.loads(response.headers["X-Pengi-Warnings"]) == [said]
+    plain = client.get("/api/search", params={"q": "rain on a roof", "rank": rank})
+    assert json.loads(plain.headers["X-Pengi-Warnings"]) == []
+    page = client.get("/", params={"q": text, "rank": rank})
+    assert page.status_code == 200 and f'<p class="note warning">{escape(said)}</p>' in page.text
+    assert '<p class="note warning">' not in client.get("/", params={"q": "rain on a roof"}).text
+    assert "X-Pengi-Warnings" in client.get("/openapi.json").text
+    assert "cut to its first" not in capsys.readouterr().err
+
+
 def test_search_filters(client, served):
     only_wav = search(client, "a bell rings", ext="wav", by="window", k=20)
     assert {hit["path"].rsplit(".", 1)[1] for hit in only_wav} == {"wav"}
