@@ -174,12 +174,35 @@ def test_similar_to_a_window_leaves_its_file_out(client, served):
     assert client.get("/api/similar", params={"window_id": 999_999}).status_code == 404
 
 
-def test_similar_to_an_uploaded_clip(client, served):
-    clip = served.files["bell.wav"].read_bytes()
-    response = client.post("/api/similar", params={"k": 2}, files={"file": ("clip.wav", clip, "audio/wav")})
+def test_similar_to_an_uploaded_clip(client, served, tmp_path):
+    """A clip that is not in the library: the library's file that sounds the same (here: the same samples, in
+    another container) comes first."""
+    samples, rate = sf.read(served.files["bell.wav"], dtype="float32")
+    sf.write(tmp_path / "bell.flac", samples, rate)
+    clip = (tmp_path / "bell.flac").read_bytes()
+    response = client.post("/api/similar", params={"k": 2}, files={"file": ("clip.flac", clip, "audio/flac")})
     assert response.status_code == 200, response.text
     hits = response.json()
-    assert hits[0]["path"] == str(served.files["bell.wav"]) and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert hits[0]["path"] == str(served.files["bell.wav"]) and hits[0]["score"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_an_uploaded_clip_that_is_a_library_file_leaves_that_file_out_as_the_command_does(
+    client, served, tiny_model_dir
+):
+    """`similar FILE` leaves FILE out of its hits (README): an upload with the bytes (sha256) of a library file is
+    that file, so it is left out too, and the upload finds what the command finds, from the API and the page."""
+    bell = served.files["bell.wav"]
+    options = ("--db", served.db, "--model", tiny_model_dir, "-k", 3, "--device", "cpu", "--json")
+    command = runner.invoke(app, [str(a) for a in ("similar", bell, *options)])
+    assert command.exit_code == 0, command.output
+    expected = [hit["path"] for hit in json.loads(command.stdout)]
+    assert len(expected) == 3 and str(bell) not in expected
+    clip = ("clip.wav", bell.read_bytes())
+    response = client.post("/api/similar", params={"k": 3}, files={"file": clip})
+    assert response.status_code == 200, response.text
+    assert [hit["path"] for hit in response.json()] == expected
+    page = client.post("/upload/similar", files={"file": clip}, data={"k": "3"}).text
+    assert page.count('class="hit"') == 3 and html.escape(str(bell)) not in page
 
 
 # -- files and windows -------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from ..choices import DEFAULT_HYBRID_WEIGHT, By, Rank
 from ..db import FileRecord, Store, WindowDetails, caption_counts, caption_modes
 from ..embedders import TextEmbedderError, warn_of_cuts
 from ..errors import OptionError
+from ..hashing import file_sha256
 from ..library import EmptyLibraryError
 from ..pathnames import path_fields
 from ..ranking import check_hybrid_weight
@@ -254,11 +255,15 @@ class Service:
         )
 
     def similar_to_upload(self, upload: Upload, params: SearchParams) -> list[dict[str, Any]]:
-        """Audio -> audio from a clip sent by the client (embedded with the model that built the index)."""
+        """Audio -> audio from a clip sent by the client (embedded with the model that built the index). A clip that
+        is a library file (the same sha256) leaves that file out, with its copies, as `similar FILE` leaves FILE out:
+        else the file itself would come first, a perfect match that says nothing."""
         from ..similar import embed_audio_file
 
         filters = params.filters()
         self.library.vector_index("audio")  # an empty library fails here, before the model is loaded
+        itself = frozenset(record.path for record in self.library.store.files_with_hash(file_sha256(upload.path)))
+        filters = dataclasses.replace(filters, exclude_paths=filters.exclude_paths | itself)
         engine = self.engine()
         with self._model_lock:
             vectors, spans = embed_audio_file(
