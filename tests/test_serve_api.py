@@ -749,7 +749,7 @@ def test_upload_pages(client, served):
     described = client.post("/upload/describe", files={"file": clip})
     assert described.status_code == 200 and "caption" in described.text
     similar = client.post("/upload/similar", files={"file": clip}, data={"k": "3"})
-    assert similar.status_code == 200 and str(served.files["bell.wav"]) in similar.text
+    assert similar.status_code == 200 and similar.text.count('class="hit"') == 3  # bell.wav itself left out
     classified = client.post("/upload/classify", files={"file": clip}, data={"labels": "a bell rings\nsilence"})
     assert classified.status_code == 200 and "a bell rings" in classified.text
     bad = client.post("/upload/describe", files={"file": ("x.wav", b"not audio at all" * 10)})
