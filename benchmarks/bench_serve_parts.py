@@ -49,7 +49,7 @@ def main() -> None:
     text = "dog barking in the rain"
     query = service.embedder().embed([text])
     index = service.library.vector_index("text")
-    hits = service.search(text, SearchParams(k=K))
+    hits = service.search(text, SearchParams(k=K)).hits
     page = [hit["window_id"] for hit in hits] * 2
     rows = {
         "search, repeated text": p50_ms(lambda: service.search(text, SearchParams(k=K)), args.repeats),

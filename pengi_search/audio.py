@@ -59,6 +59,7 @@ __all__ = [
     "pad_to_length",
     "probe",
     "stream_audio",
+    "stream_frames",
     "windows_of",
 ]
 
@@ -352,19 +353,27 @@ def _mono_chunks(
 
 
 def _report_chunks(path: Path, sample_rate: int, report: DecodeReport, start_s: float) -> Iterator[np.ndarray]:
-    with _open_source(path, report) as source:
-        report.format, report.sample_rate, report.channels = source.format, source.sample_rate, source.channels
-        report.header_frames = source.header_frames
-        resampler = _Resampler(source.sample_rate, sample_rate)
-        produced = 0
-        for block in _decoded_blocks(source, report, round(start_s * source.sample_rate)):
+    resampler: _Resampler | None = None
+    produced = 0
+    with closing(stream_frames(path, report, start_s=start_s)) as blocks:
+        for block in blocks:
+            resampler = resampler or _Resampler(report.sample_rate, sample_rate)
             chunk = resampler.push(_downmix(block))
             produced += len(chunk)
             yield chunk
-        tail = resampler.flush()
-        if produced + len(tail) == 0:
-            raise AudioDecodeError(path, "no audio samples")
-        yield tail
+    tail = resampler.flush() if resampler else np.zeros(0, dtype=np.float32)
+    if produced + len(tail) == 0:
+        raise AudioDecodeError(path, "no audio samples")
+    yield tail
+
+
+def stream_frames(path: str | os.PathLike[str], report: DecodeReport, *, start_s: float = 0.0) -> Iterator[np.ndarray]:
+    """The file from `start_s` on as decoded, every channel at the file's own rate: float32 (frames, channels)
+    blocks; `report` holds the rate and channels once the first block is out (what a player's copy keeps)."""
+    with _open_source(Path(path), report) as source:
+        report.format, report.sample_rate, report.channels = source.format, source.sample_rate, source.channels
+        report.header_frames = source.header_frames
+        yield from _decoded_blocks(source, report, round(start_s * source.sample_rate))
 
 
 def _downmix(block: np.ndarray) -> np.ndarray:

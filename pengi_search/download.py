@@ -12,6 +12,7 @@ checksum; a file that fails that check is moved aside (`<dest>.invalid`), never 
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import http.client
 import io
@@ -45,6 +46,7 @@ from pengi_search.consoles import make_console
 from pengi_search.errors import PengiSearchError, UsageError, first_line, missing_reason, os_reason, read_reason
 from pengi_search.hashing import file_sha256, sha256_hasher
 from pengi_search.hub import cache_only, hub_cache, is_hub_name, offline_setting, quiet_hub, why_not_downloadable
+from pengi_search.waits import within
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -258,7 +260,7 @@ def fetch_release(
         raise DownloadError(name, directory, f"unknown release; known: {', '.join(RELEASES)}")
     dest = directory / release.filename
     url = checkpoint_url or release.url
-    _refuse_missing_file(url)
+    _refuse_unusable_source(url)
     if force:
         discard_download(dest)
     checkpoint = _reusable(dest, url, notify) or _download_release(name, url, dest, progress)
@@ -426,15 +428,22 @@ def _publish(part: _Part, dest: Path) -> DownloadResult:
     return result
 
 
-def _refuse_missing_file(url: str) -> None:
-    """A local path or file URL that names no file is bad usage (a typo), said before an earlier download is reused
-    or discarded, with the URL as typed: `./base.pth: no such file`."""
+def _refuse_unusable_source(url: str) -> None:
+    """A source no download can come from (another scheme than http, https or file; a local file that is not there
+    or cannot be read) is bad usage, said before an earlier download is reused or discarded, with the URL as typed."""
     try:
         path = _local_path(url)
-    except _Failure:
-        return  # `download` refuses it, saying why
-    if path is not None and not path.is_file():
+    except _Failure as exc:
+        raise UsageError(url, exc.reason) from None
+    if path is None:
+        return
+    if not path.is_file():
         raise UsageError(url, missing_reason(path))
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise UsageError(url, read_reason(path, exc)) from None
 
 
 def _resolve(url: str) -> tuple[str, Path | None]:
@@ -457,7 +466,9 @@ def _local_path(url: str) -> Path | None:
         return Path(urllib.request.url2pathname(parsed.path))
     if len(parsed.scheme) <= 1:  # no scheme, or a Windows drive letter
         return Path(url)
-    raise _Failure(f"unsupported URL scheme {parsed.scheme!r}", retry=False)
+    raise _Failure(
+        f"unsupported URL scheme {parsed.scheme!r} (give an http, https or file URL, or a path)", retry=False
+    )
 
 
 def _open(local: Path | None, source: str, timeout: float, offset: int, validator: str | None) -> _Opened:
@@ -485,14 +496,20 @@ def _open_http(url: str, offset: int, validator: str | None, timeout: float) -> 
         headers["Range"] = f"bytes={offset}-"
         if validator:
             headers["If-Range"] = validator  # a changed file comes back whole (200) instead of spliced
+    request = urllib.request.Request(url, headers=headers)
     try:
-        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+        # `timeout` bounds connecting and each read, not the name lookup before them: `within` bounds it all.
+        opening = partial(urllib.request.urlopen, request, timeout=timeout)
+        response = within(timeout, opening, late=lambda late: late.close())
     except urllib.error.HTTPError as exc:
         exc.close()
         if exc.code == 416 and offset:  # the part is as long as the file, or longer: it is not this file
             return _open_http(url, 0, None, timeout)
         reason = f"HTTP {exc.code} {exc.reason}"
         raise _Failure(reason, retry=exc.code in _RETRIED_HTTP_STATUS, unreachable=True) from exc
+    except concurrent.futures.TimeoutError as exc:  # before OSError: in Python 3.11 on, one is the other
+        reason = f"network error: no answer within {timeout:g} s (name lookup, connection or reply)"
+        raise _Failure(reason, retry=True, unreachable=True) from exc
     except (OSError, http.client.HTTPException) as exc:
         raise _Failure(f"network error: {_describe(exc)}", retry=True, unreachable=True) from exc
     if response.status != 206:  # the server ignored the range: everything comes from byte 0

@@ -17,18 +17,16 @@ import contextlib
 import logging
 import os
 import sys
-import threading
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 from urllib.parse import quote, urlsplit
 
 from .errors import first_line
+from .waits import within
 
 # Loggers whose warnings are the hub's retries ("Retrying in 8s [Retry 4/5]") and fallbacks, one per attempt.
 _CHATTY_LOGGERS = ("huggingface_hub", "sentence_transformers")
-_T = TypeVar("_T")
 
 OFFLINE_ENV = "PENGI_SEARCH_OFFLINE"
 # Ours, then the Hugging Face libraries' own: huggingface_hub and transformers take either of theirs as offline, so a
@@ -96,7 +94,7 @@ def unanswered(repo_id: str, timeout: float | None = None) -> str | None:
     seconds = constants.HF_HUB_ETAG_TIMEOUT if timeout is None else timeout
     url = f"{hub_endpoint()}/api/models/{quote(repo_id)}"
     try:
-        what = _within(seconds, lambda: _ask(url, seconds))
+        what = within(seconds, lambda: _ask(url, seconds))
     except concurrent.futures.TimeoutError:  # no answer in time, a name lookup still waiting included
         what = f"did not answer within {seconds:g} s"
     if what is None:
@@ -151,25 +149,6 @@ def _ask(url: str, seconds: float) -> str | None:
     if response.status_code < 500:
         return None
     return f"answered HTTP {response.status_code} {response.reason_phrase}".rstrip()
-
-
-def _within(seconds: float, work: Callable[[], _T]) -> _T:
-    """`work()`, or concurrent.futures.TimeoutError when it has not returned after `seconds`.
-
-    The HTTP timeouts bound connecting and each read, but not the name lookup before them (the C library's, which
-    nothing can interrupt): a resolver that never answers held the command for ever. So the work runs in a daemon
-    thread, which the process leaves behind instead of waiting for it at exit; it ends when the lookup does.
-    """
-    future: concurrent.futures.Future[_T] = concurrent.futures.Future()
-
-    def run() -> None:
-        try:
-            future.set_result(work())
-        except BaseException as err:  # whatever it raises is the caller's to see, not this thread's
-            future.set_exception(err)
-
-    threading.Thread(target=run, name="pengi-hub-check", daemon=True).start()
-    return future.result(timeout=seconds)
 
 
 def _proxy_for(url: str) -> str | None:

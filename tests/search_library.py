@@ -17,6 +17,7 @@ from indexer.pipeline import run_index
 from pengi_search.audio import iter_windows
 from pengi_search.db import EmbedderInfo, ModelInfo, Store, StoredAudio, TextRecord, WindowInput
 from pengi_search.embedders import EmbedderSpec, open_text_embedder
+from pengi_search.hashing import file_sha256
 from pengi_search.inference import Engine
 from pengi_search.library import Library
 from pengi_search.model_dir import ModelDir
@@ -66,7 +67,8 @@ def caption_library(db: str, root: Path, model_dir: Path, captioned: dict | None
             audio = engine.audio_embeddings(np.stack([w.samples for w in windows])).numpy()
             text = embedder.embed(captions)
             entry = scan([path], frozenset()).entries[0]
-            file_id = store.upsert_file(entry.path, size=entry.size, mtime=entry.mtime)
+            digest = file_sha256(path)  # as the indexer records it: copies and uploads are known by it
+            file_id = store.upsert_file(entry.path, size=entry.size, mtime=entry.mtime, content_hash=digest)
             inputs = [
                 WindowInput(
                     w.index,

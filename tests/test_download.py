@@ -9,6 +9,7 @@ import random
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -269,6 +270,31 @@ def test_connection_refused_gives_up_after_retries(tmp_path: Path) -> None:
         port = probe.getsockname()[1]
     with pytest.raises(DownloadError, match="network error.*gave up after 3 failed attempts"):
         download(f"http://127.0.0.1:{port}/ckpt.pth", tmp_path / "base.pth", retries=2, **FAST)
+
+
+def test_a_name_lookup_that_never_answers_is_bounded_as_the_other_waits_are(tmp_path: Path, monkeypatch) -> None:
+    """A socket's timeout bounds connecting and each read, not the name lookup before them (the C library's): a
+    resolver that never answers held `model fetch` for ever. The lookup counts against the same timeout, and its
+    failure is a network error, retried and then said (the hub's check is bounded the same way)."""
+    released = threading.Event()
+
+    def never_answers(*_args: object, **_kwargs: object) -> list:
+        released.wait(3)  # the test's own bound; left to itself, a lookup may wait for minutes
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", never_answers)
+    started = time.monotonic()
+    try:
+        with pytest.raises(DownloadError) as caught:
+            download(RELEASES["base"].url, tmp_path / "base.pth", timeout=0.2, retries=1, **FAST)
+    finally:
+        released.set()
+    assert time.monotonic() - started < 2
+    assert caught.value.reason == (
+        "network error: no answer within 0.2 s (name lookup, connection or reply) "
+        "(gave up after 2 failed attempts; run again to resume)"
+    )
+    assert caught.value.unreachable
 
 
 def test_dest_never_holds_a_partial_file(server: ServerState, tmp_path: Path) -> None:

@@ -275,6 +275,32 @@ def test_fetch_from_a_local_file_that_is_not_there_is_bad_usage(tmp_path, isolat
     assert not (isolated_home / "models").exists()
 
 
+@pytest.mark.usefixtures("no_internet")
+def test_fetch_from_a_url_no_download_can_come_from_is_bad_usage_as_a_missing_file_is(
+    tmp_path, isolated_home, monkeypatch
+):
+    """Another scheme than http, https or file, a file URL of another machine, a local file that cannot be read:
+    each is a `--url` to correct, as a missing file is (exit 2, README "Exit codes"), not a failed download (1)."""
+    locked = tmp_path / "locked.pth"
+    locked.write_bytes(b"weights")
+    opened = Path.open
+
+    def refused(path, *args, **kwargs):  # as chmod 000 is for anyone but root, who runs these tests in CI
+        if path == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return opened(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", refused)
+    for url, reason in [
+        ("ftp://mirror.example/base.pth", "unsupported URL scheme 'ftp' (give an http, https or file URL, or a path)"),
+        ("file://mirror.example/base.pth", "file URL names a remote host 'mirror.example'"),
+        (str(locked), "cannot read (permission denied)"),
+    ]:
+        result = _cli("model", "fetch", "--url", url)
+        assert (result.exit_code, result.stderr.strip()) == (2, f"error: {url}: {reason}"), result.output
+    assert not (isolated_home / "models").exists()
+
+
 def test_a_fetched_file_that_is_no_checkpoint_is_moved_aside(tiny_pair, tiny_model_dir, tmp_path, isolated_home):
     model, path = tiny_pair
     page = tmp_path / "error-page.html"

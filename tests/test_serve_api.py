@@ -114,6 +114,32 @@ def test_hits_are_those_of_the_commands_json_with_the_file_id(client, served, ti
     )
 
 
+@pytest.mark.parametrize("rank", ["caption", "hybrid"])
+def test_a_query_the_text_embedder_cuts_is_said_to_the_client_in_a_header_and_on_the_page(
+    client, served, tiny_model_dir, capsys, rank
+):
+    """As `query` warns on stderr, once (a hybrid ranking embeds the text with the one tower): the API still answers
+    its list of hits, and says the warning in `X-Pengi-Warnings`, a JSON list (`[]` when none; ASCII, as a header
+    must be, whatever the text); a repeated search (its embedding kept) says it again; the page shows it."""
+    text = "rain on a roof, café " * 12
+    said = (
+        f"query of {clip_tokens(tiny_model_dir, text)} tokens cut to its first 77, all that Pengi's text tower "
+        "reads: 'rain on a roof, café rain on a roof, caf...'"
+    )
+    for _ in range(2):
+        response = client.get("/api/search", params={"q": text, "rank": rank})
+        assert response.status_code == 200 and response.json()[0]["path"] == str(served.files["weather/rain.flac"])
+        assert response.headers["X-Pengi-Warnings"].isascii()
+        assert json.loads(response.headers["X-Pengi-Warnings"]) == [said]
+    plain = client.get("/api/search", params={"q": "rain on a roof", "rank": rank})
+    assert json.loads(plain.headers["X-Pengi-Warnings"]) == []
+    page = client.get("/", params={"q": text, "rank": rank})
+    assert page.status_code == 200 and f'<p class="note warning">{escape(said)}</p>' in page.text
+    assert '<p class="note warning">' not in client.get("/", params={"q": "rain on a roof"}).text
+    assert "X-Pengi-Warnings" in client.get("/openapi.json").text
+    assert "cut to its first" not in capsys.readouterr().err
+
+
 def test_search_filters(client, served):
     only_wav = search(client, "a bell rings", ext="wav", by="window", k=20)
     assert {hit["path"].rsplit(".", 1)[1] for hit in only_wav} == {"wav"}
@@ -148,12 +174,35 @@ def test_similar_to_a_window_leaves_its_file_out(client, served):
     assert client.get("/api/similar", params={"window_id": 999_999}).status_code == 404
 
 
-def test_similar_to_an_uploaded_clip(client, served):
-    clip = served.files["bell.wav"].read_bytes()
-    response = client.post("/api/similar", params={"k": 2}, files={"file": ("clip.wav", clip, "audio/wav")})
+def test_similar_to_an_uploaded_clip(client, served, tmp_path):
+    """A clip that is not in the library: the library's file that sounds the same (here: the same samples, in
+    another container) comes first."""
+    samples, rate = sf.read(served.files["bell.wav"], dtype="float32")
+    sf.write(tmp_path / "bell.flac", samples, rate)
+    clip = (tmp_path / "bell.flac").read_bytes()
+    response = client.post("/api/similar", params={"k": 2}, files={"file": ("clip.flac", clip, "audio/flac")})
     assert response.status_code == 200, response.text
     hits = response.json()
-    assert hits[0]["path"] == str(served.files["bell.wav"]) and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert hits[0]["path"] == str(served.files["bell.wav"]) and hits[0]["score"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_an_uploaded_clip_that_is_a_library_file_leaves_that_file_out_as_the_command_does(
+    client, served, tiny_model_dir
+):
+    """`similar FILE` leaves FILE out of its hits (README): an upload with the bytes (sha256) of a library file is
+    that file, so it is left out too, and the upload finds what the command finds, from the API and the page."""
+    bell = served.files["bell.wav"]
+    options = ("--db", served.db, "--model", tiny_model_dir, "-k", 3, "--device", "cpu", "--json")
+    command = runner.invoke(app, [str(a) for a in ("similar", bell, *options)])
+    assert command.exit_code == 0, command.output
+    expected = [hit["path"] for hit in json.loads(command.stdout)]
+    assert len(expected) == 3 and str(bell) not in expected
+    clip = ("clip.wav", bell.read_bytes())
+    response = client.post("/api/similar", params={"k": 3}, files={"file": clip})
+    assert response.status_code == 200, response.text
+    assert [hit["path"] for hit in response.json()] == expected
+    page = client.post("/upload/similar", files={"file": clip}, data={"k": "3"}).text
+    assert page.count('class="hit"') == 3 and html.escape(str(bell)) not in page
 
 
 # -- files and windows -------------------------------------------------------------------------------------------
@@ -700,7 +749,7 @@ def test_upload_pages(client, served):
     described = client.post("/upload/describe", files={"file": clip})
     assert described.status_code == 200 and "caption" in described.text
     similar = client.post("/upload/similar", files={"file": clip}, data={"k": "3"})
-    assert similar.status_code == 200 and str(served.files["bell.wav"]) in similar.text
+    assert similar.status_code == 200 and similar.text.count('class="hit"') == 3  # bell.wav itself left out
     classified = client.post("/upload/classify", files={"file": clip}, data={"labels": "a bell rings\nsilence"})
     assert classified.status_code == 200 and "a bell rings" in classified.text
     bad = client.post("/upload/describe", files={"file": ("x.wav", b"not audio at all" * 10)})

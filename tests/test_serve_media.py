@@ -103,6 +103,43 @@ def test_transcode_cache_makes_each_file_once_and_stays_bounded(tmp_path):
     assert not second.exists()
 
 
+@pytest.mark.parametrize(
+    ("source", "played"),
+    [
+        pytest.param((1, 22_050), (1, 22_050), id="mono at its own rate"),
+        pytest.param((2, 48_000), (2, 48_000), id="stereo at its own rate"),
+        pytest.param((3, 44_100), (1, 44_100), id="more than two channels: their mean, as the model hears them"),
+        pytest.param((2, 192_000), (2, 96_000), id="a rate past what every browser plays: the nearest that is"),
+    ],
+)
+def test_a_transcode_keeps_the_files_channels_and_sample_rate_where_browsers_play_them(tmp_path, source, played):
+    """The player's FLAC is the recording as recorded, not as the model hears it (mono at 44.1 kHz), where it can be."""
+    count, source_rate = source
+    source = write_tone(tmp_path / "tone.aiff", 1.0, sr=source_rate, channels=count, freq=440.0)
+    cache = TranscodeCache(max_bytes=1 << 30)
+    try:
+        samples, out_rate = sf.read(cache.flac("t", source, 60.0), dtype="float32", always_2d=True)
+    finally:
+        cache.close()
+    assert (samples.shape[1], out_rate) == played
+    assert len(samples) == pytest.approx(out_rate, abs=2)  # one second
+    recorded = sf.read(source, dtype="float32", always_2d=True)[0]
+    if out_rate == source_rate:  # the same samples, to 16 bits
+        expected = recorded if samples.shape[1] == count else recorded.mean(axis=1, keepdims=True)
+        np.testing.assert_allclose(samples, expected, atol=1e-4)
+
+
+def test_aac_in_mp4_is_played_as_it_is_and_other_m4a_files_are_transcoded(tmp_path):
+    """Every browser plays AAC in MP4 (`.m4a`): sent as it is, as `audio/mp4`. Not ALAC in MP4, nor a file whose
+    name says MP4 and is something else: those are transcoded."""
+    tone = np.sin(np.linspace(0, 2000, 44_100, dtype=np.float32))[None, :] * 0.3
+    write_with_av(tmp_path / "aac.m4a", tone, 44_100, "aac", "ipod")
+    write_with_av(tmp_path / "alac.m4a", tone, 44_100, "alac", "ipod", "s16p")
+    write_tone(tmp_path / "wav.wav", 1.0).rename(tmp_path / "wav.m4a")
+    assert browser_type(tmp_path / "aac.m4a") == "audio/mp4"
+    assert browser_type(tmp_path / "alac.m4a") is None and browser_type(tmp_path / "wav.m4a") is None
+
+
 def test_saved_upload_keeps_only_a_safe_suffix_and_checks_the_clip(tmp_path):
     clip = write_tone(tmp_path / "clip.flac", 3.0).read_bytes()
     for name, suffix in [("../../etc/x.flac", ".flac"), ("a.FLAC", ".flac"), ("evil.sh", ""), (None, "")]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import tempfile
 from collections import Counter
 from collections.abc import Iterable
@@ -44,6 +45,15 @@ class HitModel(Hit):
 
 # `Hit.to_json` is what a hit holds; the model only documents it, and must not add its absent fields as nulls.
 HITS: dict[str, Any] = {"response_model": list[HitModel], "response_model_exclude_none": True}
+# What `query` says on stderr, for the client: in a header, so that the answer stays the list every client reads.
+WARNINGS_HEADER = "X-Pengi-Warnings"
+WARNINGS_DOC = {
+    WARNINGS_HEADER: {
+        "description": "What `pengi-search query` says on stderr, as a JSON list of strings (`[]` when nothing): "
+        "the query text cut to the part the text embedder reads. ASCII: other characters as JSON `\\u` escapes.",
+        "schema": {"type": "string"},
+    }
+}
 
 
 class TextModel(BaseModel):
@@ -242,8 +252,9 @@ def parse_labels(typed: str | None, uploaded: UploadFile | None) -> tuple[list[s
 # -- routes --------------------------------------------------------------------------------------------------
 
 
-@router.get("/search", **HITS, summary="Text -> audio search")
+@router.get("/search", **HITS, responses={200: {"headers": WARNINGS_DOC}}, summary="Text -> audio search")
 def search(
+    response: Response,
     svc: ServiceDep,
     params: ParamsDep,
     q: Annotated[str, Query(description="What to look for.")],
@@ -259,8 +270,11 @@ def search(
         Query(ge=0, le=1, allow_inf_nan=False, description="rank=hybrid: the caption cosine's weight (audio: 1 - it)."),
     ] = DEFAULT_HYBRID_WEIGHT,
 ) -> Any:
-    """Windows that match the text, best first (`pengi-search query --json`); each hit says how it was ranked."""
-    return svc.search(q, dataclasses.replace(params, rank=rank, hybrid_weight=hybrid_weight))
+    """Windows that match the text, best first (`pengi-search query --json`); each hit says how it was ranked.
+    The `X-Pengi-Warnings` header lists what the command would warn of (a text longer than the embedder reads)."""
+    found = svc.search(q, dataclasses.replace(params, rank=rank, hybrid_weight=hybrid_weight))
+    response.headers[WARNINGS_HEADER] = json.dumps(found.warnings)  # ASCII: a header's bytes are Latin-1
+    return found.hits
 
 
 @router.get("/similar", **HITS, summary="Audio -> audio from an indexed window")

@@ -2,7 +2,8 @@
 
 Everything is decoded by the project's audio I/O (`pengi_search.audio`: mono, resampled). Files in a format every
 browser plays are served as they are (with HTTP Range); the others are transcoded to 16-bit FLAC once, into a
-private cache folder bounded in bytes, and served from there. Windows are cut from the file and sent as WAV.
+private cache folder bounded in bytes, and served from there, in stereo or mono as the file and at its own sample
+rate where browsers play it. Windows are cut from the file and sent as WAV.
 """
 
 from __future__ import annotations
@@ -16,14 +17,17 @@ import threading
 import uuid
 import zlib
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from contextlib import closing
+from itertools import chain
 from pathlib import Path
 
+import av
 import numpy as np
 import soundfile as sf
+import soxr
 
-from ..audio import SAMPLE_RATE, load_audio, stream_audio
+from ..audio import SAMPLE_RATE, AudioDecodeError, DecodeReport, load_audio, stream_frames
 
 # Containers and codecs that Chromium, Firefox and Safari all play, by file extension.
 BROWSER_TYPES = {
@@ -35,8 +39,15 @@ BROWSER_TYPES = {
     ".oga": "audio/ogg",
     ".opus": "audio/ogg",
     ".webm": "audio/webm",
+    ".m4a": "audio/mp4",
+    ".m4b": "audio/mp4",
 }
 _PLAYABLE_WAV = {"PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT"}  # other WAV codecs (ADPCM, u-law) are transcoded
+_PLAYABLE_MP4 = "aac"  # of the codecs MP4 audio holds, the one all three play (ALAC, say, is transcoded)
+# The sample rates a transcode keeps: those the Web Audio API requires every browser to play. A file at another
+# rate is resampled to the nearest of them.
+PLAYABLE_RATES = (8_000, 96_000)
+PLAYABLE_CHANNELS = 2  # stereo or mono is kept; more channels are averaged to mono, as the model hears them
 PEAKS_RATE = 11_025  # peaks need no more detail than this
 SPECTROGRAM_RATE = 22_050
 SPECTROGRAM_FFT = 1024
@@ -62,7 +73,21 @@ def browser_type(path: Path) -> str | None:
             return mime if sf.info(os.fsencode(path)).subtype in _PLAYABLE_WAV else None  # bytes: any file name
         except (sf.SoundFileError, RuntimeError):
             return None
+    if mime == "audio/mp4":
+        return mime if _mp4_codec(path) == _PLAYABLE_MP4 else None
     return mime
+
+
+def _mp4_codec(path: Path) -> str | None:
+    """The codec of the first audio stream of an MP4 file (as FFmpeg names it), or None for another container or
+    a file FFmpeg cannot open."""
+    try:
+        with av.open(str(path), metadata_errors="ignore") as container:
+            if "mp4" not in container.format.name.split(",") or not container.streams.audio:
+                return None
+            return container.streams.audio[0].codec_context.name
+    except (av.FFmpegError, OSError):
+        return None
 
 
 def window_wav(path: Path, start_s: float, end_s: float) -> bytes:
@@ -165,13 +190,29 @@ class TranscodeCache:
 
 
 def _write_flac(source: Path, target: Path, max_s: float) -> None:
-    remaining = round(max_s * SAMPLE_RATE)
-    with (
-        sf.SoundFile(target, "w", SAMPLE_RATE, 1, format="FLAC", subtype="PCM_16") as out,
-        closing(stream_audio(source)) as chunks,
-    ):
-        for chunk in chunks:
-            out.write(np.clip(chunk[:remaining], -1.0, 1.0))
-            remaining -= len(chunk)
-            if remaining <= 0:
-                break
+    """The first `max_s` seconds of `source` as 16-bit FLAC, its channels (`PLAYABLE_CHANNELS`) and its sample rate
+    (`PLAYABLE_RATES`) kept where browsers play them: a stereo recording is heard in stereo, at its own rate."""
+    report = DecodeReport()
+    with closing(stream_frames(source, report)) as blocks:
+        first = next(blocks, None)  # the file is open now: the report has its rate and channels
+        if first is None:
+            raise AudioDecodeError(source, "no audio samples")
+        rate = min(max(report.sample_rate, PLAYABLE_RATES[0]), PLAYABLE_RATES[1])
+        channels = report.channels if report.channels <= PLAYABLE_CHANNELS else 1
+        remaining = round(max_s * rate)
+        with sf.SoundFile(target, "w", rate, channels, format="FLAC", subtype="PCM_16") as out:
+            for chunk in _played(chain([first], blocks), report.sample_rate, rate, channels):
+                out.write(np.clip(chunk[:remaining], -1.0, 1.0))
+                remaining -= len(chunk)
+                if remaining <= 0:
+                    break
+
+
+def _played(blocks: Iterator[np.ndarray], in_rate: int, rate: int, channels: int) -> Iterator[np.ndarray]:
+    """(frames, channels) blocks at `in_rate` as `channels` channels (all, or their mean) at `rate`."""
+    stream = None if rate == in_rate else soxr.ResampleStream(in_rate, rate, channels, dtype="float32")
+    for block in blocks:
+        mixed = block if block.shape[1] == channels else block.mean(axis=1, keepdims=True, dtype=np.float32)
+        yield mixed if stream is None else stream.resample_chunk(mixed)
+    if stream is not None:
+        yield stream.resample_chunk(np.zeros((0, channels), dtype=np.float32), last=True)

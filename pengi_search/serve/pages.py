@@ -27,7 +27,7 @@ from ..units import duration_text, seconds_text, span_ends
 from . import media
 from .api import MAX_LABELS_BYTES, ServiceDep, parse_labels, read_upload
 from .errors import InvalidParameter, RequestError, answer_status, status_headers
-from .service import SearchParams
+from .service import Found, SearchParams
 from .uploads import larger_than, size_text
 
 router = APIRouter(include_in_schema=False)
@@ -181,7 +181,7 @@ def _form(params: SearchParams, q: str = "") -> dict[str, Any]:
 def search_page(
     request: Request, svc: ServiceDep, fields: FieldsDep, q: str = "", rank: str = "", hybrid_weight: str = ""
 ) -> HTMLResponse:
-    def run() -> tuple[SearchParams, list[dict[str, Any]] | None]:
+    def run() -> tuple[SearchParams, Found | None]:
         params = fields.params()
         weight = _number("hybrid_weight", hybrid_weight) if hybrid_weight.strip() else params.hybrid_weight
         params = dataclasses.replace(params, rank=rank or None, hybrid_weight=weight)
@@ -204,9 +204,9 @@ def similar_page(request: Request, svc: ServiceDep, fields: FieldsDep, window_id
         "span": span(window.start_s, window.end_s),
     }
 
-    def run() -> tuple[SearchParams, list[dict[str, Any]]]:
+    def run() -> tuple[SearchParams, Found]:
         params = fields.params()
-        return params, svc.similar_to_window(window_id, params)
+        return params, Found(svc.similar_to_window(window_id, params))
 
     typed = {**dataclasses.asdict(fields), "rank": "", "hybrid_weight": ""}
     return _results_page(request, svc, run, typed, heading=heading)
@@ -220,7 +220,7 @@ def box_at_fault(exc: PengiSearchError) -> str | None:
 def _results_page(
     request: Request,
     svc: ServiceDep,
-    run: Callable[[], tuple[SearchParams, list[dict[str, Any]] | None]],
+    run: Callable[[], tuple[SearchParams, Found | None]],
     typed: dict[str, str],
     q: str = "",
     heading: dict[str, Any] | None = None,
@@ -229,14 +229,16 @@ def _results_page(
     they were refused under the status the JSON API gives the same parameters (a 200 would tell scripts, caches
     and monitoring that all went well); a refused search shows the boxes as typed, to be corrected there, the
     focus in the box at fault."""
-    hits, error, status, fault = None, None, 200, None
+    found, error, status, fault = None, None, 200, None
     try:
-        params, hits = run()
+        params, found = run()
         form = _form(params, q)
     except PengiSearchError as exc:
         error, status, fault = str(exc), answer_status(request, exc), box_at_fault(exc)
         form = {"q": q, **typed}
+    hits = None if found is None else found.hits
     context = {"form": form, "hits": hits, "error": error, "fault": fault, "heading": heading}
+    context["warnings"] = [] if found is None else found.warnings
     context["max_k"] = svc.settings.max_k
     context["unplayable"] = svc.unplayable_hits(hits or [])
     return templates.TemplateResponse(

@@ -23,8 +23,9 @@ import numpy as np
 
 from ..choices import DEFAULT_HYBRID_WEIGHT, By, Rank
 from ..db import FileRecord, Store, WindowDetails, caption_counts, caption_modes
-from ..embedders import TextEmbedderError
+from ..embedders import TextEmbedderError, warn_of_cuts
 from ..errors import OptionError
+from ..hashing import file_sha256
 from ..library import EmptyLibraryError
 from ..pathnames import path_fields
 from ..ranking import check_hybrid_weight
@@ -58,6 +59,23 @@ PEAKS = 120  # waveform points per hit
 QUERY_CACHE = 4096  # query embeddings kept
 FAILED_SHOWN = 200
 MAX_ID = 2**63 - 1  # the largest database row id (SQLite INTEGER, PostgreSQL BIGINT); a larger one names no row
+
+
+@dataclass(frozen=True)
+class Found:
+    """A text search's hits, and `warnings`: what `query` says on stderr meanwhile (the query text cut by a text
+    embedder), for the client who sent the text, where the server's log would tell it to no one."""
+
+    hits: list[dict[str, Any]]
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Embedded:
+    """A query text's embedding (1, d) and the warnings embedding it gave (`warn_of_cuts`), kept together."""
+
+    vector: np.ndarray
+    warnings: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -116,7 +134,7 @@ class Service:
         self._embedder_generation = -1
         self._audio_embedder: TextEmbedder | None = None
         self._audio_generation = -1
-        self._query_cache: OrderedDict[tuple[int, str, str], np.ndarray] = OrderedDict()
+        self._query_cache: OrderedDict[tuple[int, str, str], _Embedded] = OrderedDict()
         self._batcher = EmbedBatcher()
         self._engine: Engine | None = None
         self._model_dir: ModelDir | None = None
@@ -178,16 +196,18 @@ class Service:
 
     # -- search ----------------------------------------------------------------------------------------------
 
-    def search(self, text: str, params: SearchParams) -> list[dict[str, Any]]:
-        """Text -> audio, as `pengi-search query --json` (plus each hit's file id), ranked as `params.rank` says."""
+    def search(self, text: str, params: SearchParams) -> Found:
+        """Text -> audio, as `pengi-search query --json` (plus each hit's file id), ranked as `params.rank` says;
+        with what the command would warn of (each warning once: a hybrid ranking may embed the text twice)."""
         if not text.strip():
             raise InvalidParameter("q", "the query text is empty")
         filters = params.filters()
         requested, weight = params.ranking()
         rank = choose_rank(self.library, requested, self.settings.model)
-        caption = None if rank is Rank.audio else self._query_vector(text, Rank.caption)
+        warnings: list[str] = []
+        caption = None if rank is Rank.audio else self._query_vector(text, Rank.caption, warnings)
         try:
-            audio = None if rank is Rank.caption else self._query_vector(text, Rank.audio)
+            audio = None if rank is Rank.caption else self._query_vector(text, Rank.audio, warnings)
         except TextEmbedderError:  # worded for the command line's --rank
             raise RequestError(
                 "rank",
@@ -196,23 +216,29 @@ class Service:
             ) from None
         index, queries = ranked_index(self.library, rank, caption, audio, weight)
         hits = search_index(self.library, index, queries, SearchScope(self._k(params), params.by, filters))
-        return self._hits_json([dataclasses.replace(hit, ranking=rank) for hit in hits])
+        ranked = [dataclasses.replace(hit, ranking=rank) for hit in hits]
+        return Found(self._hits_json(ranked), list(dict.fromkeys(warnings)))
 
-    def _query_vector(self, text: str, rank: Rank) -> np.ndarray:
-        """The text's embedding (1, d) for matching captions or audio; the latest QUERY_CACHE texts are kept (a
-        refined search reuses its text). Concurrent requests share the tower's passes (`EmbedBatcher`)."""
+    def _query_vector(self, text: str, rank: Rank, warnings: list[str]) -> np.ndarray:
+        """The text's embedding (1, d) for matching captions or audio, what embedding it warns of added to
+        `warnings`; the latest QUERY_CACHE texts are kept with their warnings (a refined search reuses its text).
+        Concurrent requests share the tower's passes (`EmbedBatcher`)."""
         embedder = self.audio_embedder() if rank is Rank.audio else self.embedder()
         key = (self.library.generation, embedder.id, text)  # one tower for captions and audio: embedded once
         with self._embedder_lock:
-            if key in self._query_cache:
+            embedded = self._query_cache.get(key)
+            if embedded is not None:
                 self._query_cache.move_to_end(key)
-                return self._query_cache[key]
-        vector = self._batcher.embed(embedder, text)
-        with self._embedder_lock:
-            self._query_cache[key] = vector
-            while len(self._query_cache) > QUERY_CACHE:
-                self._query_cache.popitem(last=False)
-        return vector
+        if embedded is None:
+            said: list[str] = []
+            warn_of_cuts(embedder, [text], said.append, what="query")
+            embedded = _Embedded(self._batcher.embed(embedder, text), tuple(said))
+            with self._embedder_lock:
+                self._query_cache[key] = embedded
+                while len(self._query_cache) > QUERY_CACHE:
+                    self._query_cache.popitem(last=False)
+        warnings += embedded.warnings
+        return embedded.vector
 
     def similar_to_window(self, window_id: int, params: SearchParams) -> list[dict[str, Any]]:
         """Audio -> audio from an indexed window ("more like this"); its own file is left out."""
@@ -229,11 +255,15 @@ class Service:
         )
 
     def similar_to_upload(self, upload: Upload, params: SearchParams) -> list[dict[str, Any]]:
-        """Audio -> audio from a clip sent by the client (embedded with the model that built the index)."""
+        """Audio -> audio from a clip sent by the client (embedded with the model that built the index). A clip that
+        is a library file (the same sha256) leaves that file out, with its copies, as `similar FILE` leaves FILE out:
+        else the file itself would come first, a perfect match that says nothing."""
         from ..similar import embed_audio_file
 
         filters = params.filters()
         self.library.vector_index("audio")  # an empty library fails here, before the model is loaded
+        itself = frozenset(record.path for record in self.library.store.files_with_hash(file_sha256(upload.path)))
+        filters = dataclasses.replace(filters, exclude_paths=filters.exclude_paths | itself)
         engine = self.engine()
         with self._model_lock:
             vectors, spans = embed_audio_file(
