@@ -583,6 +583,23 @@ def test_a_reader_of_the_output_gone_ends_a_command_quietly_with_141(paths, name
     assert (done.returncode, done.stderr.decode()) == (EXIT_OUTPUT_CLOSED, "")
 
 
+def test_a_reader_gone_mid_write_ends_a_command_with_141_under_pythonunbuffered(tmp_path, tiny_model_dir):
+    """`query ... | head -1` where one write of the output is larger than a pipe holds, and Python's output is
+    unbuffered (PYTHONUNBUFFERED=1, as many containers set it): the reader leaves while that write is under way, and
+    the rest of it is not silently dropped with exit code 0."""
+    long_caption = "a dog barks " * 20_000  # one hit's JSON: far more than a pipe holds (64 KiB)
+    library = caption_library(
+        str(tmp_path / "lib.db"), tmp_path / "sounds", tiny_model_dir, {"dog.wav": (2.0, [long_caption])}
+    )
+    args = ("query", "a dog", "--json", "--db", library.db, "--model", tiny_model_dir)
+    command = [sys.executable, "-m", "pengi_search", *map(str, args)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as reader:
+        assert reader.stdout.readline() == b"[\n"  # the write has begun, and fills the pipe
+        reader.stdout.close()
+        assert (reader.wait(timeout=300), reader.stderr.read().decode()) == (EXIT_OUTPUT_CLOSED, "")
+
+
 @pytest.mark.parametrize(
     ("args", "stream"),
     [

@@ -8,6 +8,7 @@ Python ignores SIGPIPE, so such a write raises BrokenPipeError; `handle_errors` 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import select
 import sys
@@ -29,6 +30,32 @@ def quiet_when_output_closed() -> Iterator[None]:
         if output_closed():
             end_quietly()
         raise
+
+
+@contextlib.contextmanager
+def whole_writes() -> Iterator[None]:
+    """Around a command's run: every write to stdout is written whole, or raises.
+
+    Under `python -u` or PYTHONUNBUFFERED=1 (which many container images set) stdout's text layer writes straight to
+    the file descriptor, and CPython's TextIOWrapper drops what a partial write() left: a pipe whose reader went away
+    while a large table was being written (`query x -k 500 | head -1`) lost the rest without an error, and the
+    command ended with 0, not 141. A buffered layer writes all or raises; line buffering still sends each line out
+    at once, as unbuffered output does.
+    """
+    original = sys.stdout
+    if not isinstance(getattr(original, "buffer", None), io.RawIOBase):
+        yield  # buffered already (the usual case), or a test's in-memory stream
+        return
+    raw = io.FileIO(original.fileno(), "w", closefd=False)  # the descriptor stays the original stream's to close
+    sys.stdout = io.TextIOWrapper(
+        io.BufferedWriter(raw), encoding=original.encoding, errors=original.errors, line_buffering=True
+    )
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError, ValueError):  # a reader gone: the command has already said so (141)
+            sys.stdout.flush()
+        sys.stdout = original
 
 
 def output_closed() -> bool:

@@ -38,7 +38,7 @@ from ..messages import print_skipped, print_warning
 from ..pathnames import json_text, shown
 from ..paths import as_typed, refuse_unexpanded_home
 from ..stop_signals import interrupted_by_stop_signals, interrupted_exit_code
-from .closed_output import output_closed, quiet_when_output_closed
+from .closed_output import output_closed, quiet_when_output_closed, whole_writes
 
 if TYPE_CHECKING:
     from ..download import Release
@@ -151,10 +151,11 @@ def handle_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        _tolerant_output()
-        # A reader gone ends it quietly, found by its output or by saying "interrupted" or an error on stderr.
-        with interrupted_by_stop_signals(), quiet_when_output_closed():
-            return _reported(func, *args, **kwargs)
+        with whole_writes():
+            _tolerant_output()
+            # A reader gone ends it quietly, found by its output or by saying "interrupted" or an error on stderr.
+            with interrupted_by_stop_signals(), quiet_when_output_closed():
+                return _reported(func, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 
