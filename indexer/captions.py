@@ -36,6 +36,7 @@ from pengi_search.embedders import EmbedderSpec, TextEmbedder, open_text_embedde
 from pengi_search.model_dir import ModelDir
 from pengi_search.prompts import TASK_PROMPTS
 
+from .hold_points import CAPTIONS_STORED, hold_at
 from .shard import Shard
 
 if TYPE_CHECKING:
@@ -150,6 +151,7 @@ class CaptionPass:
         synced = time.monotonic()
         for batch in chunked(self.windows(), model.windows_per_batch):
             self._store(model.captions(batch), batch, result)
+            hold_at(CAPTIONS_STORED)
             if advance is not None:
                 advance(len(batch))
             if self.sync is not None and time.monotonic() - synced >= SYNC_EVERY_S:

@@ -54,6 +54,7 @@ from pengi_search.model_dir import ModelDir
 from pengi_search.scan import Entry, ScanResult, has_extension, hidden_path, inside, scan
 
 from .captions import CaptionPass, IndexModel
+from .hold_points import FILE_STORED, hold_at
 from .reuse import Copies, IdenticalFiles, Reuse
 from .run_report import FailedFile, FileNote, IndexOptions, IndexSummary, ProgressReporter
 from .shard import Rank, Shard
@@ -391,6 +392,7 @@ class _Run:
         for seq in [seq for seq, flight in flights.items() if flight.decoded is not None and flight.queued == 0]:
             self._commit(flights.pop(seq))
             self._advance(files=1)
+            hold_at(FILE_STORED)
 
     def _commit(self, flight: _InFlight) -> None:
         entry, decoded = flight.entry, flight.decoded

@@ -44,6 +44,7 @@ from pengi_search.errors import UsageError, empty_file
 from .choices import LoglikScore, LongPrompt, Method, StopRule
 from .embedders import EmbedderSpec, TextEmbedder, embed_given, open_text_embedder
 from .pathnames import path_fields, shown
+from .paths import as_path
 from .prompts import TASK_PROMPTS
 from .text_files import csv_rows, listed_file, read_text
 
@@ -80,7 +81,7 @@ def read_label_map(path: str | os.PathLike[str]) -> tuple[list[str], dict[str, s
     """The labels of a labels file, and label -> the text it is scored as where a CSV's `answer` column gives one
     (the label map `pengi-search train init` writes teaches "alarm clock" for the label alarm_clock; {} for a file
     without that column). Raises LabelsError naming the problem and line."""
-    path = Path(path)
+    path = as_path(path)
     text = read_text(path, LabelsError)
     if path.suffix.lower() == ".csv":
         return _labels_from_csv(path, text)
@@ -154,7 +155,7 @@ def _composed(path: str) -> str:
 
 def read_truth(path: str | os.PathLike[str]) -> Truth:
     """Read a truth CSV (a `label` column and a `file`, `filename` or `path` column)."""
-    path = Path(path)
+    path = as_path(path)
     header, rows = csv_rows(path, read_text(path, LabelsError), LabelsError, "file, label", names=PATH_COLUMNS)
     column = next((name for name in PATH_COLUMNS if name in header), None)
     if column is None or "label" not in header:

@@ -37,7 +37,7 @@ from .gpt2 import GPT2LM, GPT2Settings
 from .hashing import file_sha256
 from .mapper import EmbeddingMapper, Mapper
 from .model_dir import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, ModelDir, is_model_dir
-from .paths import models_dir
+from .paths import as_path, models_dir
 
 if TYPE_CHECKING:
     from transformers import GPT2Config
@@ -123,7 +123,7 @@ class Pengi(nn.Module):
         model directory's weights stay memory-mapped instead of copied (see `checkpoint.load_safetensors_strict`)."""
         if isinstance(source, ModelDir):
             return cls._from_model_dir(source, config, mapped)
-        path = Path(source)
+        path = as_path(source)  # a path given on the command line keeps its text as typed, for messages
         if not path.exists() and is_model_dir(models_dir() / os.fspath(source)):
             path = models_dir() / os.fspath(source)
         if path.is_dir():

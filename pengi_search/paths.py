@@ -53,6 +53,29 @@ def as_typed(path: str | os.PathLike[str]) -> Path:
     return absolute.relative_to(here) if absolute.is_relative_to(here) else absolute
 
 
+class GivenPath(type(Path())):  # type: ignore[misc]  # the platform's concrete class, as Path() makes
+    """A path as the user gave it (a command-line option): `os.fspath` gives the text as typed, so every message
+    made from it (an error's `where`) names `./labels.txt` as typed, where pathlib's `str` drops the `./`. Both
+    texts name the same file. Equality, hashing and `str` are pathlib's; a path made from it (`parent`, `/`) names
+    what pathlib names. Code that re-wraps a path it is given keeps this one with `as_path`."""
+
+    _typed: str | None = None
+
+    @classmethod
+    def typed(cls, text: str | os.PathLike[str]) -> GivenPath:
+        path = cls(text)
+        path._typed = os.fspath(text)
+        return path
+
+    def __fspath__(self) -> str:
+        return self._typed if self._typed is not None else super().__fspath__()
+
+
+def as_path(path: str | os.PathLike[str]) -> Path:
+    """`path` as a Path; one already (a `GivenPath`, whose text as typed messages show) kept as it is."""
+    return path if isinstance(path, Path) else Path(path)
+
+
 def data_dir() -> Path:
     """`PENGI_SEARCH_HOME` (`~` expanded), else the platform's user data directory (~/.local/share/pengi-search)."""
     return home_expanded(os.environ.get("PENGI_SEARCH_HOME") or platformdirs.user_data_dir(APP_NAME))

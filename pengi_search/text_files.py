@@ -126,5 +126,6 @@ def file_name_spellings(written: str) -> list[str]:
 def listed_file(folder: Path, written: str) -> Path:
     """The file a CSV's file value names, relative to `folder` (or absolute): the first of `file_name_spellings`
     that exists, else the trimmed name (which the caller may report missing)."""
-    candidates = [folder / name for name in file_name_spellings(written)]
-    return next((candidate for candidate in candidates if candidate.exists()), candidates[-1])
+    *as_written, trimmed = [folder / name for name in file_name_spellings(written)]
+    # A name without surrounding spaces has one spelling: no look at the disk (a manifest may list a million).
+    return next((candidate for candidate in as_written if candidate.exists()), trimmed)

@@ -16,6 +16,7 @@ import av
 import numpy as np
 import soundfile as sf
 
+from indexer.hold_points import HOLD_ENV
 from indexer.run_report import IndexOptions
 from pengi_search.db import VECTOR_KINDS
 from pengi_search.library import Library
@@ -173,17 +174,31 @@ def indexer_command(root: Path, db: Path, model_dir: Path, *, max_len: int, work
 HANG_S = 300  # what no step of a subprocess here takes, however loaded the machine
 
 
-def signal_when(command: list[str], ready: Callable[[], bool], number: int, *, group: bool = False) -> tuple[int, str]:
-    """Run `command`, send it signal `number` as soon as `ready()` and wait for it to end: its exit status (negative:
-    the signal that ended it) and what it wrote on stderr. With `group` the signal goes to every process it started
-    too, as a terminal's Ctrl-C and systemd's stop do. Five minutes bound each wait, only against a hang: a loaded
-    machine takes half a minute to start a training run."""
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+def signal_when(
+    command: list[str],
+    ready: Callable[[], bool],
+    number: int,
+    *,
+    group: bool = False,
+    env: dict[str, str] | None = None,
+) -> tuple[int, str]:
+    """Run `command` (with `env` added to the environment), send it signal `number` as soon as `ready()` and wait for
+    it to end: its exit status (negative: the signal that ended it) and what it wrote on stderr. With `group` the
+    signal goes to every process it started too, as a terminal's Ctrl-C and systemd's stop do. Five minutes bound
+    each wait, only against a hang: a loaded machine takes half a minute to start a training run."""
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        env=None if env is None else {**os.environ, **env},
+    )
     try:
         deadline = time.monotonic() + HANG_S
         while not ready() and process.poll() is None:
             assert time.monotonic() < deadline, f"not ready within {HANG_S} s: {' '.join(command)}"
             time.sleep(0.005)
+        assert process.poll() is None, f"ended before it was ready to be signalled: {' '.join(command)}"
         (os.killpg if group else os.kill)(process.pid, number)
         _, stderr = process.communicate(timeout=HANG_S)
     finally:
@@ -193,10 +208,22 @@ def signal_when(command: list[str], ready: Callable[[], bool], number: int, *, g
     return process.returncode, stderr.decode()
 
 
-def kill_when(command: list[str], ready: Callable[[], bool]) -> None:
+def kill_when(command: list[str], ready: Callable[[], bool], env: dict[str, str] | None = None) -> None:
     """Run `command` and SIGKILL it as soon as `ready()`; it must die of the signal."""
-    status, stderr = signal_when(command, ready, signal.SIGKILL)
+    status, stderr = signal_when(command, ready, signal.SIGKILL, env=env)
     assert status == -signal.SIGKILL, stderr
+
+
+class HeldRun:
+    """An index run that waits at `point` (`indexer.hold_points`) until a signal ends it: `env` for the run,
+    `reached` for `signal_when`. A signal sent then lands mid-way, however fast or loaded the machine."""
+
+    def __init__(self, point: str, folder: Path) -> None:
+        self.marker = folder / f"held at {point}"
+        self.env = {HOLD_ENV: f"{point}:{self.marker}"}
+
+    def reached(self) -> bool:
+        return self.marker.exists()
 
 
 def send_to_self(number: int) -> None:

@@ -65,6 +65,46 @@ def test_a_missing_input_is_said_one_way_by_every_command(here, name):
     assert (result.exit_code, result.stderr) == (EXIT_USAGE, f"error: {gone}: no such {what}\n")
 
 
+@pytest.mark.parametrize("name", MISSING)
+def test_every_path_given_is_named_as_typed(here, monkeypatch, name):
+    """`./gone` keeps its `./`, whatever option or argument takes it: a path option said it as `gone` (pathlib's
+    text), where audio inputs were already said as typed."""
+    monkeypatch.chdir(here)
+    args, what = MISSING[name]
+    result = run(*(arg.format(gone="./gone", here=here) for arg in args))
+    assert (result.exit_code, result.stderr) == (EXIT_USAGE, f"error: ./gone: no such {what}\n")
+
+
+@pytest.mark.parametrize(
+    ("args", "given"),
+    [
+        (("classify", "{here}/clip.wav", "--labels", "{given}"), "./latin-1.txt"),  # read as labels
+        (("eval", "compare", "{given}", "{given}"), "./latin-1.txt"),  # read as reports
+        (("train", "{given}"), "./latin-1.txt"),  # read as a configuration
+        (("classify", "{here}/clip.wav", "--labels", "{here}/labels.txt", "--output", "{given}"), "./folder"),
+        (("export", "--output", "{given}"), "./folder"),  # a folder where a file is to be written
+    ],
+)
+def test_a_path_given_is_named_as_typed_in_what_is_said_of_the_file(here, monkeypatch, args, given):
+    monkeypatch.chdir(here)
+    (here / "latin-1.txt").write_bytes(LATIN_1)  # no labels, report or configuration
+    (here / "folder").mkdir()
+    result = run(*(arg.format(given=given, here=here) for arg in args))
+    assert result.exit_code == EXIT_USAGE
+    assert result.stderr.startswith(f"error: {given}: ")
+
+
+def test_an_empty_path_is_refused_by_every_option_as_by_audio_inputs(here):
+    """Path("") is the current folder: `--labels "$UNSET"` would read it, `-o "$UNSET"` write the report there."""
+    for args in (
+        ("classify", here / "clip.wav", "--labels", ""),
+        ("eval", "retrieval", here / "captions.csv", "-o", ""),
+    ):
+        result = run(*args)
+        assert result.exit_code == EXIT_USAGE
+        assert "the path is empty (write . for the current folder)" in result.stderr
+
+
 def test_a_folder_where_a_file_is_wanted_says_so(here):
     result = run("classify", here / "clip.wav", "--labels", here)
     assert (result.exit_code, result.stderr) == (EXIT_USAGE, f"error: {here}: a folder, not a file\n")

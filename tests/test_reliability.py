@@ -15,6 +15,7 @@ import soundfile as sf
 
 import indexer.pipeline as pipeline
 import pengi_search.audio_workers as audio_workers
+from indexer.hold_points import FILE_STORED
 from indexer.pipeline import run_index
 from pengi_search.audio_workers import CHANGED_WHILE_READ, Decoded, Failed, Job, Windows, _worker_main, decode_all
 from pengi_search.errors import EXIT_INTERRUPTED, EXIT_TERMINATED
@@ -22,6 +23,7 @@ from pengi_search.library import EmptyLibraryError, Library
 
 from .indexing import (
     INDEXED,
+    HeldRun,
     assert_consistent,
     count_rows,
     indexer_command,
@@ -247,9 +249,10 @@ def test_sigkill_mid_run_then_rerun_loses_and_repeats_nothing(tiny_model_dir, tm
     count = 20
     write_clips(root, count)
     db = tmp_path / "lib.db"
-    kill_when(indexer_command(root, db, tiny_model_dir, max_len=3), lambda: count_rows(db, INDEXED) > 0)
+    held = HeldRun(FILE_STORED, tmp_path)
+    kill_when(indexer_command(root, db, tiny_model_dir, max_len=3), held.reached, held.env)
     committed = count_rows(db, INDEXED)
-    assert 0 < committed < count
+    assert committed == 1  # one file a batch: killed after the first
 
     summary = run_index(quick_options([root], db, tiny_model_dir))
     assert (summary.unchanged, summary.indexed, summary.failed) == (committed, count - committed, [])
@@ -282,10 +285,12 @@ def test_ctrl_c_and_sigterm_stop_a_run_that_records_itself_interrupted_and_a_rer
     write_clips(root, count)
     db = tmp_path / "lib.db"
     command = indexer_command(root, db, tiny_model_dir, max_len=3, workers=1)
-    status, stderr = signal_when(command, lambda: count_rows(db, INDEXED) > 0, number, group=group)
+    held = HeldRun(FILE_STORED, tmp_path)
+    status, stderr = signal_when(command, held.reached, number, group=group, env=held.env)
     assert status == code and stderr.splitlines()[-1:] == ["interrupted"], stderr
     assert "Traceback" not in stderr  # nor from the decoding process, which its run stops
-    committed = count_rows(db, INDEXED)  # the signal may land in either pass
+    committed = count_rows(db, INDEXED)
+    assert committed == 1  # stopped after its first file
     with Library.open(str(db)) as library:
         [stopped] = library.store.runs()
     assert (stopped.status, stopped.finished_at is not None) == ("interrupted", True)  # recorded by the run itself

@@ -353,6 +353,19 @@ def test_convert_captions_and_qa_csv(tmp_path: Path) -> None:
     assert read_manifest(tmp_path / "q.jsonl") == [qa]
 
 
+def test_converters_and_manifests_read_a_file_name_as_written_where_that_file_exists_else_trimmed(
+    tmp_path: Path,
+) -> None:
+    """The rule of every CSV the command line reads (`text_files.listed_file`): a name's spaces are its own when a
+    file is so named (` intro.wav`), else a spreadsheet's padding (`outro.wav `, for `outro.wav`)."""
+    for name in (" intro.wav", "outro.wav"):
+        (tmp_path / name).write_bytes(b"")
+    src = write(tmp_path / "captions.csv", 'filename,caption\n" intro.wav",a bell\n"outro.wav ",a gong\n')
+    examples = convert_captions_csv(src, tmp_path / "captions.jsonl")
+    assert [e.audio for e in examples] == [tmp_path.resolve() / " intro.wav", tmp_path.resolve() / "outro.wav"]
+    assert read_manifest(tmp_path / "captions.jsonl") == examples
+
+
 @pytest.mark.parametrize(
     ("content", "row", "message"),
     [

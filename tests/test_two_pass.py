@@ -11,6 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from indexer.hold_points import CAPTIONS_STORED, FILE_STORED
 from indexer.pipeline import run_index
 from pengi_search.choices import Captions, Rank
 from pengi_search.cli import app
@@ -24,6 +25,7 @@ from pengi_search.similar import similar_to_file
 from .indexing import (
     CAPTIONED,
     INDEXED,
+    HeldRun,
     assert_consistent,
     assert_same_content,
     count_rows,
@@ -246,14 +248,11 @@ def test_sigkill_in_either_pass_then_rerun_loses_and_repeats_nothing(tiny_model_
     write_clips(root, count)
     db = tmp_path / "lib.db"
     command = indexer_command(root, db, tiny_model_dir, max_len=8)
-    if killed_in == "audio embeddings":
-        kill_when(command, lambda: count_rows(db, INDEXED) > 0)
-        embedded, captioned = count_rows(db, INDEXED), count_rows(db, CAPTIONED)
-        assert 0 < embedded < count and captioned == 0
-    else:
-        kill_when(command, lambda: count_rows(db, CAPTIONED) > 0)
-        embedded, captioned = count_rows(db, INDEXED), count_rows(db, CAPTIONED)
-        assert embedded == count and 0 < captioned < count
+    held = HeldRun(FILE_STORED if killed_in == "audio embeddings" else CAPTIONS_STORED, tmp_path)
+    kill_when(command, held.reached, held.env)
+    embedded, captioned = count_rows(db, INDEXED), count_rows(db, CAPTIONED)
+    # One window a batch: killed after the first file embedded, or after the first window captioned.
+    assert (embedded, captioned) == ((1, 0) if killed_in == "audio embeddings" else (count, 1))
 
     summary = run_index(quick_options([root], db, tiny_model_dir, max_len=8))
     assert (summary.unchanged, summary.indexed, summary.failed) == (embedded, count - embedded, [])

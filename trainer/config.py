@@ -18,7 +18,7 @@ import yaml
 
 from pengi_search.choices import Device
 from pengi_search.errors import UsageError, empty_file
-from pengi_search.paths import as_typed, home_expanded
+from pengi_search.paths import as_path, as_typed, home_expanded
 from pengi_search.text_files import read_text
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -281,7 +281,7 @@ def _with_local_sources(config: TrainConfig, base: Path) -> TrainConfig:
 
 def load_config(path: Path | str, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
     """Read a YAML training configuration; `overrides` maps dotted keys ("optimization.lr") to values."""
-    path = Path(path)
+    path = as_path(path)
     text = read_text(path, ConfigError)
     if not text.strip():
         raise ConfigError(path, empty_file("`pengi-search train init` writes a configuration to start from"))

@@ -1,7 +1,8 @@
 """Training data: manifests of (audio, prompt, answer) examples, converters from common layouts, the Dataset.
 
 A manifest is JSONL or CSV (chosen by extension), one example a row: `audio` (relative paths are resolved
-against the manifest's folder, so a manifest moved with its audio still finds it; absolute ones are kept),
+against the manifest's folder, so a manifest moved with its audio still finds it; absolute ones are kept; a name
+as written where that file exists, else trimmed: `text_files.listed_file`),
 optional `start`/`end` in seconds, `task` (see `pengi_search.prompts`) or a free `prompt`, `question` for question
 tasks, and `answer`.
 """
@@ -26,7 +27,7 @@ from pengi_search.config import AudioConfig
 from pengi_search.errors import PengiSearchError, UsageError
 from pengi_search.paths import as_typed
 from pengi_search.stop_signals import ignore_stop_signals, stop_signals_blocked
-from pengi_search.text_files import open_text
+from pengi_search.text_files import listed_file, open_text
 from trainer.augment import augment
 from trainer.config import AugmentationSection
 from trainer.templates import LIST_ANSWER_TASKS, TemplateError, render_answer, render_prompt
@@ -130,8 +131,7 @@ def _example(path: Path, row: int, fields: Mapping[str, Any], base: Path, *, spl
 
 
 def _parse_fields(fields: Mapping[str, Any], row: int, base: Path, *, split_lists: bool) -> Example:
-    audio = _text(fields, "audio")
-    if audio is None:
+    if _text(fields, "audio") is None:
         raise _RowError("missing field 'audio'")
     task, free_prompt, question = _text(fields, "task"), _text(fields, "prompt"), _text(fields, "question")
     if task is not None and free_prompt is not None:
@@ -146,7 +146,9 @@ def _parse_fields(fields: Mapping[str, Any], row: int, base: Path, *, split_list
     if start is not None and end is not None and start >= end:
         raise _RowError(f"start ({start} s) must be before end ({end} s)")
     return Example(
-        audio=Path(os.path.normpath(base / audio)),  # an absolute `audio` replaces `base`
+        # As every CSV's file name is read (as written where that file exists, else trimmed); an absolute one
+        # replaces `base`.
+        audio=Path(os.path.normpath(listed_file(base, fields["audio"]))),
         prompt=prompt,
         answer=answer,
         task=task,

@@ -13,7 +13,7 @@ import typer
 
 from . import classify, describe, doctor, index, model, search, serve, train
 from .closed_output import quiet_when_output_closed
-from .common import fail, given_input
+from .common import fail, given_input, given_path
 from .eval import app as eval_app
 from .help_text import App, Group
 
@@ -32,6 +32,7 @@ class _OneLineUsageErrors(Group):
 
     def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
         _plain_value_names(self)
+        _paths_as_typed(self)
         with quiet_when_output_closed():
             try:  # the root's own options (and no command at all)
                 return super().make_context(info_name, args, parent, **extra)
@@ -79,6 +80,20 @@ def _plain_value_names(command: Any) -> None:
             param.metavar = _VALUE_NAMES.get(element)  # None: Typer's own
     for sub in getattr(command, "commands", {}).values():
         _plain_value_names(sub)
+
+
+def _paths_as_typed(command: Any) -> None:
+    """Give every option and argument that takes a `Path` (one, optional or repeated) the parser `given_path`,
+    whose value keeps the path's text as typed for messages (Typer's plain Path says `./labels.txt` as
+    `labels.txt`); set here, once for all commands, so that no option is missed. Audio inputs are text already
+    (`given_input`)."""
+    for param in command.params:
+        annotation = param.type_descriptor.annotation
+        element = get_args(annotation)[0] if get_origin(annotation) is list else annotation
+        if element is Path and param.type_descriptor.parameter_info.parser is None:
+            param.type_descriptor.parameter_info.parser = given_path
+    for sub in getattr(command, "commands", {}).values():
+        _paths_as_typed(sub)
 
 
 def _argument_name(argument: Any) -> str:

@@ -36,7 +36,7 @@ from ..errors import (
 )
 from ..messages import print_skipped, print_warning
 from ..pathnames import json_text, shown
-from ..paths import as_typed, refuse_unexpanded_home
+from ..paths import GivenPath, as_typed, refuse_unexpanded_home
 from ..stop_signals import interrupted_by_stop_signals, interrupted_exit_code
 from .closed_output import output_closed, quiet_when_output_closed, whole_writes
 
@@ -378,6 +378,13 @@ def given_input(value: str) -> str:
     if not value:
         raise typer.BadParameter("the path is empty (write . for the current folder)")
     return value
+
+
+def given_path(value: str | os.PathLike[str]) -> GivenPath:
+    """The parser of every other option and argument that takes a path (`--labels`, `--output`, a configuration;
+    set on each by `cli.paths_as_typed`): the path, whose messages name it as typed (`GivenPath`: `./labels.txt`
+    keeps its `./`), as every command names the files it is given. Empty, refused as `given_input` refuses it."""
+    return GivenPath.typed(given_input(os.fspath(value)))
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> None:

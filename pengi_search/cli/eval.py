@@ -336,7 +336,8 @@ def _finish(
     report = build_report(kind, result, dataset=dataset, setup=setup)
     replaced = _report_kind(output / REPORT_JSON)
     if replaced is not None and replaced != kind:
-        warn(f"{shown(str(output))} held a {replaced} report, replaced by this {kind} report (another -o keeps both)")
+        held = f"{shown(os.fspath(output))} held a {replaced} report"
+        warn(f"{held}, replaced by this {kind} report (another -o keeps both)")
     if summary is not None:
         report["index_run"] = {
             name: getattr(summary, name) for name in ("indexed", "unchanged", "touched", "windows", "seconds")

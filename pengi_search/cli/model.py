@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -80,7 +81,7 @@ def _config_hint(config: Path | None) -> Iterator[None]:
         yield
     except CheckpointMismatchError as err:
         hint = (
-            f"is {config} this checkpoint's configuration?"
+            f"is {shown(os.fspath(config))} this checkpoint's configuration?"
             if config
             else "for a checkpoint of other sizes than the released ones, pass its configuration with --config FILE"
         )

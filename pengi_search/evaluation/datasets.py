@@ -20,6 +20,7 @@ from typing import Any
 
 from ..audio import AUDIO_EXTENSIONS
 from ..errors import UsageError, not_found
+from ..paths import as_path
 from ..text_files import csv_rows, file_name_spellings, read_text
 
 FILE_COLUMNS = ("file_name", "file", "filename", "fname", "path", "audio")
@@ -89,13 +90,13 @@ def read_caption_set(
     caption_columns: list[str] | None = None,
 ) -> CaptionSet:
     """Read a captions CSV (see the module docstring); raises DatasetError naming the problem and its line."""
-    path = Path(csv_path)
+    path = as_path(csv_path)
     text = read_text(path, DatasetError)
     names = FILE_COLUMNS if file_column is None else (file_column.lower(),)
     header, rows = csv_rows(path, text, DatasetError, "file, caption[, caption_2, ...]", names=names)
     column = _file_column(path, header, file_column)
     captions_in = _caption_columns(path, header, caption_columns)
-    root = Path(audio_root) if audio_root is not None else path.parent
+    root = as_path(audio_root) if audio_root is not None else path.parent
     if not root.is_dir():
         raise not_found(root, "folder", kind=DatasetError)
     found: dict[str, tuple[str, str | None]] = {}  # a file value as written -> (the name it means, its audio file)

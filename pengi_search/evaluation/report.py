@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..pathnames import json_text
+from ..paths import as_path
 from ..text_files import read_text
 from . import plots
 
@@ -61,7 +62,7 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
-    path = Path(path)
+    path = as_path(path)
     text = read_text(path, ReportError)
     try:
         report = json.loads(text)
