@@ -40,8 +40,13 @@ def resolve_device(choice: str, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
+def process_count() -> int:
+    """How many processes the run has: torchrun's WORLD_SIZE, else one (known before the group is started)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def start_processes(device_choice: str) -> Processes:
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = process_count()
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_choice, local_rank)

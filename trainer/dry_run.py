@@ -5,7 +5,6 @@ this machine)."""
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from collections.abc import Collection
@@ -28,6 +27,7 @@ from pengi_search.units import duration_text
 from trainer.checkpoint_files import checkpoint_to_resume
 from trainer.config import TrainConfig
 from trainer.data import MISSING, Example, LoadAudio, check_audio, read_manifest, task_mix
+from trainer.distributed import process_count
 from trainer.features import clip_key
 from trainer.resume_plan import RunRecord, check_resume, finished_by_length, read_run_record, resume_point
 
@@ -95,7 +95,7 @@ def dry_run_report(
     source = source or Path("<config>")
     checkpoint = checkpoint_to_resume(config.output_dir, resume)
     record = None if checkpoint is None else read_run_record(checkpoint)
-    length_change = None if record is None else check_resume(config, record, given, source)
+    length_change = None if record is None else check_resume(config, record, given, source, process_count())
     roles = [("train", config.data.train), ("validation", config.data.validation)]
     manifests = [_check_manifest(role, path, load_audio) for role, path in roles if path is not None]
     plan = _plan(config, manifests[0].usable)
@@ -263,16 +263,14 @@ def _model_problems(config: TrainConfig) -> list[str]:
 
 def _plan(config: TrainConfig, usable: int) -> dict[str, int | None]:
     """Steps per epoch for the usable examples, with the process count torchrun would give (WORLD_SIZE)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    opt, batch = config.optimization, config.data.batch_size
-    per_process = -(-usable // world)
-    steps_per_epoch = per_process // batch // opt.grad_accumulation
+    world = process_count()
+    steps_per_epoch = config.steps_per_epoch(usable, world)
     return {
         "processes": world,
-        "examples_per_step": batch * opt.grad_accumulation * world,
+        "examples_per_step": config.data.batch_size * config.optimization.grad_accumulation * world,
         "steps_per_epoch": steps_per_epoch,
-        "total_steps": opt.max_steps or (opt.epochs or 0) * steps_per_epoch,
-        "warmup_steps": opt.warmup_steps,
+        "total_steps": config.total_steps(steps_per_epoch),
+        "warmup_steps": config.optimization.warmup_steps,
     }
 
 
