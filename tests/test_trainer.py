@@ -41,7 +41,7 @@ from trainer.model_setup import apply_freezing, build_model, set_train_mode
 from trainer.objective import AnswerNll
 from trainer.optimization import warmup_then_linear_decay
 from trainer.reporting import METRICS_FILE, TrainingProgress, read_metrics
-from trainer.resume_plan import RunRecord, check_resume
+from trainer.resume_plan import EpochSize, RunRecord, check_steps
 from trainer.state import Position
 
 from .reference import fixture_dirs, missing_reference
@@ -487,14 +487,13 @@ def test_a_resume_in_another_precision_is_refused_like_the_other_run_settings(
 
 
 def test_a_run_in_epochs_keeps_its_steps_when_an_epoch_has_more_rows_or_trains_on_as_set(
-    tmp_path, sounds, tiny_model_dir, monkeypatch
+    tmp_path, sounds, tiny_model_dir
 ) -> None:
     """A run of optimization.epochs resumed with more training rows (or processes) went on to another number of
     steps, its learning-rate decay planned over them, with only a warning that the data order differs. Its length
-    in steps is the run's: another one is refused before any set-up, as a length changed in the file is, with the
-    --set that keeps the run's steps and the one that trains its epochs at the new size; each does as it says."""
-    import trainer.loop
-
+    in steps is the run's: another one is refused (by the run once its set-up has counted the rows, and by its dry
+    run), writing nothing, as a length changed in the file is, with the --set that keeps the run's steps and the
+    one that trains its epochs at the new size; each does as it says."""
     manifest = tmp_path / "train.jsonl"
     rows = [json.loads(line) for line in (sounds / "train.jsonl").read_text().splitlines()]
     rows = [{**row, "audio": str(sounds / row["audio"])} for row in rows]
@@ -504,19 +503,18 @@ def test_a_run_in_epochs_keeps_its_steps_when_an_epoch_has_more_rows_or_trains_o
     check_trained(config_path)
     with manifest.open("a") as more:  # 6 rows: 3 steps an epoch
         more.write("".join(json.dumps(row) + "\n" for row in rows[:2]))
-    checkpoint = tmp_path / "run" / "checkpoints" / "step-00000004.pt"
+    run, metrics = tmp_path / "run", (tmp_path / "run" / METRICS_FILE).read_bytes()
     refused = (
-        f"error: {config_path}: differs from the run it resumes ({checkpoint}) in its length: optimization.epochs 2 "
-        "make 6 steps now, the run's 4, as the training manifest has 6 rows (the run's: 4); keep the run's 4 steps "
-        "with --set optimization.max_steps=4 --set optimization.epochs=null, or train it on to 6 with --set "
-        "optimization.epochs=2"
+        f"error: {config_path}: differs from the run it resumes ({run / 'checkpoints' / 'step-00000004.pt'}) in its "
+        "length: optimization.epochs 2 make 6 steps now, the run's 4, as the training set has 6 rows (the run's: 4); "
+        "keep the run's 4 steps with --set optimization.max_steps=4 --set optimization.epochs=null, or train it on to "
+        "6 with --set optimization.epochs=2"
     )
-    with monkeypatch.context() as during:
-        during.setattr(trainer.loop, "Trainer", None)  # set-up (minutes of feature encoding) must not start
-        for dry_run in ([], ["--dry-run"]):
-            result = train_command(config_path, "--resume", *dry_run)
-            assert result.exit_code == EXIT_USAGE, result.output
-            assert result.stderr.splitlines() == [refused]
+    for dry_run in ([], ["--dry-run"]):
+        result = train_command(config_path, "--resume", *dry_run)
+        assert result.exit_code == EXIT_USAGE, result.output
+        assert result.stderr.splitlines() == [refused]
+    assert (run / METRICS_FILE).read_bytes() == metrics and len(list((run / "checkpoints").iterdir())) == 1
 
     keep = shlex.split(re.search(r"with (--set .*), or", refused)[1])
     result = train_command(config_path, "--resume", *keep)
@@ -533,7 +531,7 @@ def test_a_run_in_epochs_keeps_its_steps_when_an_epoch_has_more_rows_or_trains_o
         "the run's length changes to optimization.epochs 2, 6 steps (it was optimization.epochs 2, 4 steps), as "
         "--set asks: the learning rate now decays over the new length"
     )
-    assert [step for step, _ in losses(tmp_path / "run")] == [1, 2, 3, 4, 5, 6]
+    assert [step for step, _ in losses(run)] == [1, 2, 3, 4, 5, 6]
 
 
 def test_a_run_in_epochs_on_another_number_of_processes_names_them(tmp_path, sounds, tiny_model_dir) -> None:
@@ -543,9 +541,10 @@ def test_a_run_in_epochs_on_another_number_of_processes_names_them(tmp_path, sou
     checkpoint = tmp_path / "run" / "checkpoints" / "step-00000002.pt"
     payload = {"total_steps": 4, "train_examples": 4, "rng": [{}]}  # as one process wrote it: 2 steps an epoch
     record = RunRecord(checkpoint, config.to_dict(), Position(step=2), payload)
-    assert check_resume(config, record, (), "config.yaml", processes=1) is None
-    with pytest.raises(ConfigError, match=r"make 2 steps now, the run's 4, as 2 processes train it \(the run's: 1\)"):
-        check_resume(config, record, (), "config.yaml", processes=2)
+    assert check_steps(config, record, EpochSize(4, 1, 4), (), "config.yaml") is None
+    halved = r"make 2 steps now, the run's 4, as it trains on 2 processes \(the run's: 1\)"
+    with pytest.raises(ConfigError, match=halved):
+        check_steps(config, record, EpochSize(4, 2, 2), (), "config.yaml")
 
 
 def test_a_resume_reads_its_checkpoint_from_disk_once(tmp_path, sounds, tiny_model_dir, monkeypatch) -> None:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import os
 import socket
 import time
@@ -125,3 +126,11 @@ def gather_objects(processes: Processes, value: Any) -> list[Any]:
     gathered: list[Any] = [None] * processes.world_size
     dist.all_gather_object(gathered, value)
     return gathered
+
+
+def parameter_digest(parameters: list[torch.nn.Parameter]) -> str:
+    """SHA-256 of the trained weights' bytes: equal digests across processes mean bit-identical weights."""
+    digest = hashlib.sha256()
+    for parameter in parameters:
+        digest.update(parameter.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

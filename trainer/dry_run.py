@@ -29,7 +29,15 @@ from trainer.config import TrainConfig
 from trainer.data import MISSING, Example, LoadAudio, check_audio, read_manifest, task_mix
 from trainer.distributed import process_count
 from trainer.features import clip_key
-from trainer.resume_plan import RunRecord, check_resume, finished_by_length, read_run_record, resume_point
+from trainer.resume_plan import (
+    EpochSize,
+    RunRecord,
+    check_resume,
+    check_steps,
+    finished_by_length,
+    read_run_record,
+    resume_point,
+)
 
 PROBLEMS_SHOWN = 20  # per manifest; the counts cover them all
 
@@ -95,7 +103,7 @@ def dry_run_report(
     source = source or Path("<config>")
     checkpoint = checkpoint_to_resume(config.output_dir, resume)
     record = None if checkpoint is None else read_run_record(checkpoint)
-    length_change = None if record is None else check_resume(config, record, given, source, process_count())
+    length_change = None if record is None else check_resume(config, record, given, source)
     roles = [("train", config.data.train), ("validation", config.data.validation)]
     manifests = [_check_manifest(role, path, load_audio) for role, path in roles if path is not None]
     plan = _plan(config, manifests[0].usable)
@@ -103,7 +111,8 @@ def dry_run_report(
     report.warnings += _plan_warnings(report.plan)
     report.run_problems += _run_problems(config, report.plan, manifests[0].usable)
     if record is not None:
-        _plan_resume(config, record, length_change, report)
+        epoch = EpochSize(manifests[0].usable, report.plan["processes"] or 1, report.plan["total_steps"] or 0)
+        _plan_resume(config, record, length_change or check_steps(config, record, epoch, given, source), report)
     if not report.model_problems:
         _check_model(config, report, source)
     return report

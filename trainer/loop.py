@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import itertools
 import logging
 import math
@@ -48,7 +47,7 @@ from trainer.data import Batch, example_loader
 from trainer.distributed import (
     Processes,
     gather_objects,
-    process_count,
+    parameter_digest,
     start_processes,
     stop_processes,
     sum_across,
@@ -76,7 +75,15 @@ from trainer.reporting import (
     TrainingProgress,
     write_plot,
 )
-from trainer.resume_plan import RunRecord, check_resume, finished_by_length, read_run_record, resume_point
+from trainer.resume_plan import (
+    EpochSize,
+    RunRecord,
+    check_resume,
+    check_steps,
+    finished_by_length,
+    read_run_record,
+    resume_point,
+)
 from trainer.run_data import prepare_data, quiet
 from trainer.sampling import ResumableSampler
 from trainer.state import (
@@ -131,12 +138,14 @@ def train(
     # configuration that is not the run's.
     checkpoint = checkpoint_to_resume(config.output_dir, resume)
     record = None if checkpoint is None else read_run_record(checkpoint)  # the one read of the checkpoint
-    length_change = None if record is None else check_resume(config, record, given, source, process_count())
+    length_change = None if record is None else check_resume(config, record, given, source)
     processes = start_processes(config.runtime.device)
     trainer = None
     try:
         trainer = Trainer(config, processes, source, console)
         if record is not None:
+            epoch = EpochSize(len(trainer.data.train_set), processes.world_size, trainer.total_steps)
+            length_change = length_change or check_steps(config, record, epoch, given, source)
             trainer.resume(record, length_change)
             checkpoint, record = record.checkpoint, None  # the trainer holds copies: the mapped file is let go
             if trainer.finished is not None:  # nothing to train: said, and nothing written
@@ -586,11 +595,3 @@ class Trainer:
             self.console.print(f"{best}: {as_typed(folder / BEST_MODEL_DIR)}", soft_wrap=True, markup=False)
         wait_for_all(self.processes)
         return model_dir
-
-
-def parameter_digest(parameters: list[torch.nn.Parameter]) -> str:
-    """SHA-256 of the trained weights' bytes: equal digests across processes mean bit-identical weights."""
-    digest = hashlib.sha256()
-    for parameter in parameters:
-        digest.update(parameter.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()

@@ -10,10 +10,11 @@ change accepted is a new length given on the command line (`--set optimization.m
 how a run is trained on, and it is said. Everything else (logging, evaluation, checkpoints, workers, the time
 budget, patience) may change freely.
 
-A run given in epochs has a length in steps that the data decides: an epoch is the training manifest's rows split
-across the processes. A resume with more or fewer rows, or processes, would plan the learning-rate decay over
-another number of steps while every setting reads the same; so a length in steps other than the run's is refused
-like a changed length, with the `--set` that keeps the run's steps and the one that trains its epochs anew.
+A run given in epochs has a length in steps that the data decides: an epoch is the training set's rows split across
+the processes. A resume with more or fewer rows, or processes, would plan the learning-rate decay over another
+number of steps while every setting reads the same; so a length in steps other than the run's is refused like a
+changed length (`check_steps`, once the set-up has counted the rows: a cached run's are the clips that encoded),
+with the `--set` that keeps the run's steps and the one that trains its epochs anew.
 
 `train` and its dry run both ask here, so that they plan the same resume in the same words.
 """
@@ -31,7 +32,6 @@ import yaml
 
 from pengi_search.paths import as_typed
 from trainer.config import ConfigError, OptimizationSection, TrainConfig
-from trainer.data import read_manifest
 from trainer.state import Position, load_checkpoint
 
 LENGTH = ("optimization.max_steps", "optimization.epochs")
@@ -49,6 +49,15 @@ RUN_SETTINGS = (
     # Mixed precision: its gradient scaler's state (fp16) and the rounding every step took are the run's.
     "runtime.precision",
 )
+
+
+@dataclass(frozen=True)
+class EpochSize:
+    """What makes an epoch's steps, as the set-up found it: the training rows, the processes, and the run's length."""
+
+    rows: int
+    processes: int
+    total_steps: int
 
 
 @dataclass(frozen=True)
@@ -74,32 +83,17 @@ def read_run_record(checkpoint: Path) -> RunRecord:
     return RunRecord(checkpoint, payload["config"], Position(**payload["position"]), payload)
 
 
-def check_resume(
-    config: TrainConfig, record: RunRecord, given: Collection[str], source: Path | str, processes: int
-) -> str | None:
-    """Refuse (`ConfigError`, naming each setting) a `config` that is not `record`'s run in `RUN_SETTINGS`, or in
-    its length in steps on `processes`, unless it differs only in length and the new length is among the keys
-    `given` on the command line; then the line that says so. None: the same run."""
+def check_resume(config: TrainConfig, record: RunRecord, given: Collection[str], source: Path | str) -> str | None:
+    """Refuse (`ConfigError`, naming each setting) a `config` that is not `record`'s run in `RUN_SETTINGS`, unless
+    it differs only in length and the new length is among the keys `given` on the command line; then the line that
+    says so. None: the same run."""
     now = config.to_dict()
     changed = changed_settings(record.config, now)
-    # Epochs count every row of the training manifest (a row whose audio fails keeps its place), as the sampler does.
-    rows = len(read_manifest(config.data.train)) if config.optimization.epochs else 0
-    total, was = config.total_steps(config.steps_per_epoch(rows, processes)), record.total_steps
-    if not changed and was in (None, total):
+    if not changed:
         return None
     new_length = _length_key(now)
     if set(changed) <= set(LENGTH) and new_length in given:
-        decay = (
-            f"still {total} steps, the same decay"
-            if total == was
-            else "the learning rate now decays over the new length"
-        )
-        return (
-            f"the run's length changes to {_length(now, total)} (it was {_length(record.config, was)}), as --set "
-            f"asks: {decay}"
-        )
-    if not changed:
-        raise ConfigError(source, _steps_changed(record, total, rows, processes))
+        return _length_changes(now, record.config, _setting(now, LENGTH[0]), record.total_steps)
     differences = ", ".join(f"{key} {_yaml(value)} (the run's: {_yaml(run)})" for key, (run, value) in changed.items())
     as_it_was = " ".join(_set_option(key, run) for key, (run, _) in changed.items())
     reason = (
@@ -112,21 +106,41 @@ def check_resume(
     raise ConfigError(source, f"{reason}; of these, only the length can change on resume, given with --set")
 
 
-def _steps_changed(record: RunRecord, total: int, rows: int, processes: int) -> str:
-    """Why the run's epochs make another number of steps now (`total`), and the `--set` that gives either length."""
-    run_rows, run_processes = record.payload.get("train_examples"), len(record.payload["rng"])
+def check_steps(
+    config: TrainConfig, record: RunRecord, epoch: EpochSize, given: Collection[str], source: Path | str
+) -> str | None:
+    """For a run in epochs that `check_resume` let through unchanged: refuse (`ConfigError`) epochs that make
+    another number of steps than the run's, unless its length is given on the command line; then the line that
+    says so. Asked once the set-up knows how many rows an epoch has (a cached run's: the clips that encoded)."""
+    was, now = record.total_steps, config.to_dict()
+    if was is None or epoch.total_steps == was:
+        return None
+    if _length_key(now) in given:
+        return _length_changes(now, record.config, epoch.total_steps, was)
     causes = []
-    if rows != run_rows:
-        causes.append(f"the training manifest has {rows} rows (the run's: {run_rows})")
-    if processes != run_processes:
-        causes.append(f"{processes} processes train it (the run's: {run_processes})")
+    if epoch.rows != record.payload["train_examples"]:
+        causes.append(f"the training set has {epoch.rows} rows (the run's: {record.payload['train_examples']})")
+    if epoch.processes != len(record.payload["rng"]):
+        plural = "" if epoch.processes == 1 else "es"
+        causes.append(f"it trains on {epoch.processes} process{plural} (the run's: {len(record.payload['rng'])})")
     because = f", as {' and '.join(causes)}" if causes else ""
-    epochs = _setting(record.config, LENGTH[1])
-    keep = f"{_set_option(LENGTH[0], record.total_steps)} {_set_option(LENGTH[1], None)}"
+    epochs = _setting(now, LENGTH[1])
+    keep = f"{_set_option(LENGTH[0], was)} {_set_option(LENGTH[1], None)}"
+    raise ConfigError(
+        source,
+        f"differs from the run it resumes ({as_typed(record.checkpoint)}) in its length: optimization.epochs {epochs} "
+        f"make {epoch.total_steps} steps now, the run's {was}{because}; keep the run's {was} steps with {keep}, or "
+        f"train it on to {epoch.total_steps} with {_set_option(LENGTH[1], epochs)}",
+    )
+
+
+def _length_changes(now: dict[str, Any], run: dict[str, Any], now_steps: int | None, run_steps: int | None) -> str:
+    """What a resume given a new length with --set says (with the steps of a length in epochs, when known)."""
+    same = now_steps is not None and now_steps == run_steps  # the run's steps, now as max_steps
+    decay = f"still {now_steps} steps, the same decay" if same else "the learning rate now decays over the new length"
     return (
-        f"differs from the run it resumes ({as_typed(record.checkpoint)}) in its length: optimization.epochs "
-        f"{epochs} make {total} steps now, the run's {record.total_steps}{because}; keep the run's "
-        f"{record.total_steps} steps with {keep}, or train it on to {total} with {_set_option(LENGTH[1], epochs)}"
+        f"the run's length changes to {_length(now, now_steps)} (it was {_length(run, run_steps)}), as --set asks: "
+        f"{decay}"
     )
 
 
