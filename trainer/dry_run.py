@@ -29,15 +29,7 @@ from trainer.config import TrainConfig
 from trainer.data import MISSING, Example, LoadAudio, check_audio, read_manifest, task_mix
 from trainer.distributed import process_count
 from trainer.features import clip_key
-from trainer.resume_plan import (
-    EpochSize,
-    RunRecord,
-    check_resume,
-    check_steps,
-    finished_by_length,
-    read_run_record,
-    resume_point,
-)
+from trainer.resume_plan import EpochSize, check_resume, check_steps, planned_resume, read_run_record
 
 PROBLEMS_SHOWN = 20  # per manifest; the counts cover them all
 
@@ -111,8 +103,12 @@ def dry_run_report(
     report.warnings += _plan_warnings(report.plan)
     report.run_problems += _run_problems(config, report.plan, manifests[0].usable)
     if record is not None:
-        epoch = EpochSize(manifests[0].usable, report.plan["processes"] or 1, report.plan["total_steps"] or 0)
-        _plan_resume(config, record, length_change or check_steps(config, record, epoch, given, source), report)
+        total, per_epoch = report.plan["total_steps"] or 0, report.plan["steps_per_epoch"] or 0
+        epoch = EpochSize(manifests[0].usable, report.plan["processes"] or 1, total)
+        length_change = length_change or check_steps(config, record, epoch, given, source)
+        resume, warnings = planned_resume(config, record, length_change, total, per_epoch)
+        report.resume += resume
+        report.warnings += warnings
     if not report.model_problems:
         _check_model(config, report, source)
     return report
@@ -203,19 +199,6 @@ def _run_problems(config: TrainConfig, plan: dict[str, int | None], usable: int)
         too_few = config.too_few_for_a_step(usable, plan.get("processes") or 1)
         problems.append(f"{as_typed(config.data.train)}: {too_few}")
     return problems
-
-
-def _plan_resume(config: TrainConfig, record: RunRecord, length_change: str | None, report: DryRunReport) -> None:
-    """Where resuming from `record` would start and stop, or that it would train nothing, in the run's words (a
-    run stopped early on patience is seen only when resumed)."""
-    report.resume += [length_change] if length_change else []
-    total, step = report.plan.get("total_steps") or 0, record.position.step
-    if (finished := finished_by_length(step, total, config.optimization)) is not None:
-        where, how = finished
-        report.warnings.append(f"the run already finished {where}: resuming trains nothing; to train on, {how}")
-        return
-    where = resume_point(record.position, total, report.plan.get("steps_per_epoch") or 0, config.optimization)
-    report.resume.append(f"resuming from {as_typed(record.checkpoint)} {where}")
 
 
 def _time_steps(

@@ -160,6 +160,19 @@ def resume_point(position: Position, total: int, steps_per_epoch: int, optimizat
     return f"at step {position.step} of {total} (epoch {epoch}{of})"
 
 
+def planned_resume(
+    config: TrainConfig, record: RunRecord, length_change: str | None, total: int, steps_per_epoch: int
+) -> tuple[list[str], list[str]]:
+    """What the dry run says of resuming from `record` (lines, warnings), in the run's words: where it would start
+    and stop, or that it would train nothing (a run stopped early on patience is seen only when resumed)."""
+    lines = [length_change] if length_change else []
+    if (finished := finished_by_length(record.position.step, total, config.optimization)) is not None:
+        where, how = finished
+        return lines, [f"the run already finished {where}: resuming trains nothing; to train on, {how}"]
+    where = resume_point(record.position, total, steps_per_epoch, config.optimization)
+    return [*lines, f"resuming from {as_typed(record.checkpoint)} {where}"], []
+
+
 def finished_by_length(step: int, total: int, optimization: OptimizationSection) -> tuple[str, str] | None:
     """Why a run at `step` of `total` has nothing left to train, and how to train it on; None while it has."""
     if step < total:
