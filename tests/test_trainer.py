@@ -41,6 +41,8 @@ from trainer.model_setup import apply_freezing, build_model, set_train_mode
 from trainer.objective import AnswerNll
 from trainer.optimization import warmup_then_linear_decay
 from trainer.reporting import METRICS_FILE, TrainingProgress, read_metrics
+from trainer.resume_plan import EpochSize, RunRecord, check_steps
+from trainer.state import Position
 
 from .reference import fixture_dirs, missing_reference
 
@@ -460,6 +462,107 @@ def test_a_resume_is_the_run_that_was_started_not_what_the_config_file_says(
     assert result.exit_code == 0, result.output
     assert f"resuming from {run / 'checkpoints' / 'step-00000004.pt'} at step 4 of 6 (epoch 3 of 3)" in result.stderr
     assert [step for step, _ in losses(run)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_resume_in_another_precision_is_refused_like_the_other_run_settings(
+    tmp_path, sounds, tiny_model_dir, monkeypatch
+) -> None:
+    """runtime.precision was not compared: a run resumed in bf16 or fp16 took another rounding, and an fp16 one its
+    gradient scaler's state from a run that had none. Refused before any set-up, as the schedule, batch and seed
+    are, with the --set that resumes the run as it was."""
+    import trainer.loop
+
+    config_path = write_config(tmp_path, tiny_model_dir, sounds / "train.jsonl")
+    check_trained(config_path, "--set", "optimization.max_steps=1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # mixed precision is allowed on CUDA only
+    monkeypatch.setattr(trainer.loop, "Trainer", None)  # set-up must not start
+    on_a_gpu = ("--set", "runtime.device=auto", "--set", "runtime.precision=bf16")
+    for dry_run in ([], ["--dry-run"]):
+        result = train_command(config_path, "--resume", "--set", "optimization.max_steps=2", *on_a_gpu, *dry_run)
+        assert result.exit_code == EXIT_USAGE, result.output
+        (line,) = result.stderr.splitlines()
+        assert "differs from the run it resumes" in line and "runtime.precision bf16 (the run's: fp32)" in line
+        assert "--set runtime.precision=fp32; of these" in line
+        assert line.endswith("of these, only the length can change on resume, given with --set")
+
+
+def test_a_run_in_epochs_keeps_its_steps_when_an_epoch_has_more_rows_or_trains_on_as_set(
+    tmp_path, sounds, tiny_model_dir
+) -> None:
+    """A run of optimization.epochs resumed with more training rows (or processes) went on to another number of
+    steps, its learning-rate decay planned over them, with only a warning that the data order differs. Its length
+    in steps is the run's: another one is refused (by the run once its set-up has counted the rows, and by its dry
+    run), writing nothing, as a length changed in the file is, with the --set that keeps the run's steps and the
+    one that trains its epochs at the new size; each does as it says."""
+    manifest = tmp_path / "train.jsonl"
+    rows = [json.loads(line) for line in (sounds / "train.jsonl").read_text().splitlines()]
+    rows = [{**row, "audio": str(sounds / row["audio"])} for row in rows]
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    epochs = {"max_steps": None, "epochs": 2}  # 4 rows in batches of 2: 2 steps an epoch, 4 in all
+    config_path = write_config(tmp_path, tiny_model_dir, manifest, optimization=epochs)
+    check_trained(config_path)
+    with manifest.open("a") as more:  # 6 rows: 3 steps an epoch
+        more.write("".join(json.dumps(row) + "\n" for row in rows[:2]))
+    run, metrics = tmp_path / "run", (tmp_path / "run" / METRICS_FILE).read_bytes()
+    refused = (
+        f"error: {config_path}: differs from the run it resumes ({run / 'checkpoints' / 'step-00000004.pt'}) in its "
+        "length: optimization.epochs 2 make 6 steps now, the run's 4, as the training set has 6 rows (the run's: 4); "
+        "keep the run's 4 steps with --set optimization.max_steps=4 --set optimization.epochs=null, or train it on to "
+        "6 with --set optimization.epochs=2"
+    )
+    for dry_run in ([], ["--dry-run"]):
+        result = train_command(config_path, "--resume", *dry_run)
+        assert result.exit_code == EXIT_USAGE, result.output
+        assert result.stderr.splitlines() == [refused]
+    assert (run / METRICS_FILE).read_bytes() == metrics and len(list((run / "checkpoints").iterdir())) == 1
+
+    keep = shlex.split(re.search(r"with (--set .*), or", refused)[1])
+    result = train_command(config_path, "--resume", *keep)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines()[0] == (
+        "the run's length changes to optimization.max_steps 4 (it was optimization.epochs 2, 4 steps), as --set "
+        "asks: still 4 steps, the same decay"
+    )
+    assert "the run already finished at step 4 (optimization.max_steps 4)" in result.stderr
+
+    result = train_command(config_path, "--resume", "--set", "optimization.epochs=2")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines()[0] == (
+        "the run's length changes to optimization.epochs 2, 6 steps (it was optimization.epochs 2, 4 steps), as "
+        "--set asks: the learning rate now decays over the new length"
+    )
+    assert [step for step, _ in losses(run)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_run_in_epochs_on_another_number_of_processes_names_them(tmp_path, sounds, tiny_model_dir) -> None:
+    """torchrun with 2 processes where the run had 1: each reads half the rows, so an epoch has half the steps."""
+    in_epochs = parse_overrides(["optimization.max_steps=null", "optimization.epochs=2"])
+    config = load_config(write_config(tmp_path, tiny_model_dir, sounds / "train.jsonl"), in_epochs)
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-00000002.pt"
+    payload = {"total_steps": 4, "train_examples": 4, "rng": [{}]}  # as one process wrote it: 2 steps an epoch
+    record = RunRecord(checkpoint, config.to_dict(), Position(step=2), payload)
+    assert check_steps(config, record, EpochSize(4, 1, 4), (), "config.yaml") is None
+    halved = r"make 2 steps now, the run's 4, as it trains on 2 processes \(the run's: 1\)"
+    with pytest.raises(ConfigError, match=halved):
+        check_steps(config, record, EpochSize(4, 2, 2), (), "config.yaml")
+
+
+def test_a_resume_reads_its_checkpoint_from_disk_once(tmp_path, sounds, tiny_model_dir, monkeypatch) -> None:
+    """The checkpoint was read twice: mapped to check the configuration, then whole to load the states."""
+    config_path = write_config(tmp_path, tiny_model_dir, sounds / "train.jsonl")
+    check_trained(config_path, "--set", "optimization.max_steps=1")
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-00000001.pt"
+    reads: list[Path] = []
+    load = torch.load
+
+    def counted(path: Any, *args: Any, **kwargs: Any) -> Any:
+        reads.append(Path(path))
+        return load(path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counted)
+    check_trained(config_path, "--resume", "--set", "optimization.max_steps=2")
+    assert reads.count(checkpoint) == 1
+    assert [step for step, _ in losses(tmp_path / "run")] == [1, 2]
 
 
 def test_resume_without_a_checkpoint_is_bad_usage_like_a_missing_resume_from_file(

@@ -442,6 +442,30 @@ def test_a_run_on_cached_features_says_each_clip_it_could_not_encode_once(
     assert said == ["skipped clips/broken.wav: not a readable audio file (unknown format or corrupt data)"]
 
 
+def test_a_cached_run_in_epochs_with_a_broken_clip_resumes_as_the_same_run(
+    tmp_path, tiny_no_text_model_dir, monkeypatch
+) -> None:
+    """A cached run's epoch is the rows whose clip encoded, not the manifest's: its resume, and the dry run of it,
+    count the same rows and find the run's steps, not a length changed by the broken clip's rows."""
+    config_path = label_run_config(tmp_path, tiny_no_text_model_dir, optimization__max_steps=None)
+    config = yaml.safe_load(config_path.read_text())
+    config["optimization"]["epochs"] = 2
+    config_path.write_text(yaml.safe_dump(config))
+    (tmp_path / "clips" / "broken.wav").write_text("not audio")
+    with (tmp_path / "train.jsonl").open("a") as out:  # a batch's worth of rows: one step an epoch more if counted
+        out.write(
+            "".join(
+                json.dumps({"audio": "clips/broken.wav", "task": "caption", "answer": f"crackle {n}"}) + "\n"
+                for n in range(4)
+            )
+        )
+    monkeypatch.chdir(tmp_path)
+    assert cli("train", "run.yaml").exit_code == EXIT_PARTIAL
+    for dry_run in ([], ["--dry-run"]):
+        result = cli("train", "run.yaml", "--resume", *dry_run)
+        assert result.exit_code != EXIT_USAGE and "already finished" in " ".join(result.output.split()), result.output
+
+
 def test_what_a_run_says_while_it_encodes_reads_one_line_each_in_a_log(tmp_path, tiny_no_text_model_dir) -> None:
     """Off a terminal, the note on the frozen encoder broke at 80 columns, and the encoding bar left a blank line."""
     config_path = label_run_config(tmp_path / "a long folder name", tiny_no_text_model_dir, logging__quiet=False)

@@ -255,6 +255,16 @@ class TrainConfig:
             return f"output_dir {as_typed(self.output_dir)} is a file, not a folder"
         return None
 
+    def steps_per_epoch(self, examples: int, processes: int) -> int:
+        """Optimizer steps in an epoch of `examples` training rows across `processes`: each process reads its
+        share (the last ones padded, as `DistributedSampler` pads) in whole batches, the last short one dropped."""
+        share = -(-examples // processes)
+        return share // self.data.batch_size // self.optimization.grad_accumulation
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """The run's length in optimizer steps: max_steps, or its epochs of `steps_per_epoch`."""
+        return self.optimization.max_steps or (self.optimization.epochs or 0) * steps_per_epoch
+
     def too_few_for_a_step(self, usable: int, processes: int) -> str:
         """What the run says when `usable` training examples make no whole step (and the dry run, in its words)."""
         return (

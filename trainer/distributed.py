@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import os
 import socket
 import time
@@ -40,8 +41,13 @@ def resolve_device(choice: str, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
+def process_count() -> int:
+    """How many processes the run has: torchrun's WORLD_SIZE, else one (known before the group is started)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def start_processes(device_choice: str) -> Processes:
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = process_count()
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_choice, local_rank)
@@ -120,3 +126,11 @@ def gather_objects(processes: Processes, value: Any) -> list[Any]:
     gathered: list[Any] = [None] * processes.world_size
     dist.all_gather_object(gathered, value)
     return gathered
+
+
+def parameter_digest(parameters: list[torch.nn.Parameter]) -> str:
+    """SHA-256 of the trained weights' bytes: equal digests across processes mean bit-identical weights."""
+    digest = hashlib.sha256()
+    for parameter in parameters:
+        digest.update(parameter.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

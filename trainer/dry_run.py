@@ -5,7 +5,6 @@ this machine)."""
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from collections.abc import Collection
@@ -28,8 +27,9 @@ from pengi_search.units import duration_text
 from trainer.checkpoint_files import checkpoint_to_resume
 from trainer.config import TrainConfig
 from trainer.data import MISSING, Example, LoadAudio, check_audio, read_manifest, task_mix
+from trainer.distributed import process_count
 from trainer.features import clip_key
-from trainer.resume_plan import RunRecord, check_resume, finished_by_length, read_run_record, resume_point
+from trainer.resume_plan import EpochSize, check_resume, check_steps, planned_resume, read_run_record
 
 PROBLEMS_SHOWN = 20  # per manifest; the counts cover them all
 
@@ -103,7 +103,12 @@ def dry_run_report(
     report.warnings += _plan_warnings(report.plan)
     report.run_problems += _run_problems(config, report.plan, manifests[0].usable)
     if record is not None:
-        _plan_resume(config, record, length_change, report)
+        total, per_epoch = report.plan["total_steps"] or 0, report.plan["steps_per_epoch"] or 0
+        epoch = EpochSize(manifests[0].usable, report.plan["processes"] or 1, total)
+        length_change = length_change or check_steps(config, record, epoch, given, source)
+        resume, warnings = planned_resume(config, record, length_change, total, per_epoch)
+        report.resume += resume
+        report.warnings += warnings
     if not report.model_problems:
         _check_model(config, report, source)
     return report
@@ -196,19 +201,6 @@ def _run_problems(config: TrainConfig, plan: dict[str, int | None], usable: int)
     return problems
 
 
-def _plan_resume(config: TrainConfig, record: RunRecord, length_change: str | None, report: DryRunReport) -> None:
-    """Where resuming from `record` would start and stop, or that it would train nothing, in the run's words (a
-    run stopped early on patience is seen only when resumed)."""
-    report.resume += [length_change] if length_change else []
-    total, step = report.plan.get("total_steps") or 0, record.position.step
-    if (finished := finished_by_length(step, total, config.optimization)) is not None:
-        where, how = finished
-        report.warnings.append(f"the run already finished {where}: resuming trains nothing; to train on, {how}")
-        return
-    where = resume_point(record.position, total, report.plan.get("steps_per_epoch") or 0, config.optimization)
-    report.resume.append(f"resuming from {as_typed(record.checkpoint)} {where}")
-
-
 def _time_steps(
     model: Pengi, tokenizers: Tokenizers, config: TrainConfig, prompt: str, cached: bool, plan: dict, clips: int
 ) -> dict[str, float]:
@@ -263,16 +255,14 @@ def _model_problems(config: TrainConfig) -> list[str]:
 
 def _plan(config: TrainConfig, usable: int) -> dict[str, int | None]:
     """Steps per epoch for the usable examples, with the process count torchrun would give (WORLD_SIZE)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    opt, batch = config.optimization, config.data.batch_size
-    per_process = -(-usable // world)
-    steps_per_epoch = per_process // batch // opt.grad_accumulation
+    world = process_count()
+    steps_per_epoch = config.steps_per_epoch(usable, world)
     return {
         "processes": world,
-        "examples_per_step": batch * opt.grad_accumulation * world,
+        "examples_per_step": config.data.batch_size * config.optimization.grad_accumulation * world,
         "steps_per_epoch": steps_per_epoch,
-        "total_steps": opt.max_steps or (opt.epochs or 0) * steps_per_epoch,
-        "warmup_steps": opt.warmup_steps,
+        "total_steps": config.total_steps(steps_per_epoch),
+        "warmup_steps": config.optimization.warmup_steps,
     }
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import itertools
 import logging
 import math
@@ -48,6 +47,7 @@ from trainer.data import Batch, example_loader
 from trainer.distributed import (
     Processes,
     gather_objects,
+    parameter_digest,
     start_processes,
     stop_processes,
     sum_across,
@@ -75,15 +75,23 @@ from trainer.reporting import (
     TrainingProgress,
     write_plot,
 )
-from trainer.resume_plan import check_resume, finished_by_length, read_run_record, resume_point
+from trainer.resume_plan import (
+    EpochSize,
+    RunRecord,
+    check_resume,
+    check_steps,
+    finished_by_length,
+    read_run_record,
+    resume_point,
+)
 from trainer.run_data import prepare_data, quiet
 from trainer.sampling import ResumableSampler
 from trainer.state import (
     Position,
     capture_rng,
-    load_checkpoint,
     load_model_state,
     model_state,
+    resident,
     restore_rng,
     save_checkpoint,
     seed_everything,
@@ -129,13 +137,17 @@ def train(
     # Before the set-up (features take minutes): a missing checkpoint, a new run in an output_dir holding one, or a
     # configuration that is not the run's.
     checkpoint = checkpoint_to_resume(config.output_dir, resume)
-    length_change = None if checkpoint is None else check_resume(config, read_run_record(checkpoint), given, source)
+    record = None if checkpoint is None else read_run_record(checkpoint)  # the one read of the checkpoint
+    length_change = None if record is None else check_resume(config, record, given, source)
     processes = start_processes(config.runtime.device)
     trainer = None
     try:
         trainer = Trainer(config, processes, source, console)
-        if checkpoint is not None:
-            trainer.resume(checkpoint, length_change)
+        if record is not None:
+            epoch = EpochSize(len(trainer.data.train_set), processes.world_size, trainer.total_steps)
+            length_change = length_change or check_steps(config, record, epoch, given, source)
+            trainer.resume(record, length_change)
+            checkpoint, record = record.checkpoint, None  # the trainer holds copies: the mapped file is let go
             if trainer.finished is not None:  # nothing to train: said, and nothing written
                 return trainer.already_finished(checkpoint)
         return trainer.fit()
@@ -219,14 +231,12 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             generator=torch.Generator(),  # its own: creating an iterator must not draw from the global RNG
         )
-        accumulation = self.config.optimization.grad_accumulation
-        self.steps_per_epoch = self.sampler.num_samples // data.batch_size // accumulation
+        self.steps_per_epoch = self.config.steps_per_epoch(len(train_set), processes.world_size)
         if self.steps_per_epoch == 0:
             raise TrainingError(
                 as_typed(data.train), self.config.too_few_for_a_step(len(train_set), processes.world_size)
             )
-        opt = self.config.optimization
-        self.total_steps = opt.max_steps or opt.epochs * self.steps_per_epoch
+        self.total_steps = self.config.total_steps(self.steps_per_epoch)
 
     def _metric(self) -> str | None:
         """What picks the best model: the configured metric; `auto` is accuracy when there are label rows."""
@@ -238,15 +248,16 @@ class Trainer:
         labelled = any(is_label_task(self.data.val_set.examples[row]) for row in self.data.eval_rows)
         return "accuracy" if labelled else "val_loss"
 
-    def resume(self, path: Path, length_change: str | None = None) -> None:
+    def resume(self, record: RunRecord, length_change: str | None = None) -> None:
         """Load a checkpoint of this run (`check_resume` checked the configuration is its run's, or says in
         `length_change` how its length changed); the loop then continues exactly where it was written."""
-        payload = load_checkpoint(path)
-        if not self.config.checkpoints.full_model and payload["frozen_fingerprint"] != self.fingerprint:
+        path = record.checkpoint
+        if not self.config.checkpoints.full_model and record.payload["frozen_fingerprint"] != self.fingerprint:
             raise CheckpointError(path, "the frozen weights differ from those this run started with")
-        load_model_state(self.model, payload["model"], path)
+        load_model_state(self.model, record.payload["model"], path)  # copied into the model's own tensors
+        payload = resident({key: value for key, value in record.payload.items() if key != "model"})
         self.optimization.restore(payload, path)
-        self.position = Position(**payload["position"])
+        self.position = record.position
         self.best.restore(payload.get("best", {}))
         self._say(length_change)
         self.finished = self._finished()
@@ -584,11 +595,3 @@ class Trainer:
             self.console.print(f"{best}: {as_typed(folder / BEST_MODEL_DIR)}", soft_wrap=True, markup=False)
         wait_for_all(self.processes)
         return model_dir
-
-
-def parameter_digest(parameters: list[torch.nn.Parameter]) -> str:
-    """SHA-256 of the trained weights' bytes: equal digests across processes mean bit-identical weights."""
-    digest = hashlib.sha256()
-    for parameter in parameters:
-        digest.update(parameter.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()

@@ -10,6 +10,12 @@ change accepted is a new length given on the command line (`--set optimization.m
 how a run is trained on, and it is said. Everything else (logging, evaluation, checkpoints, workers, the time
 budget, patience) may change freely.
 
+A run given in epochs has a length in steps that the data decides: an epoch is the training set's rows split across
+the processes. A resume with more or fewer rows, or processes, would plan the learning-rate decay over another
+number of steps while every setting reads the same; so a length in steps other than the run's is refused like a
+changed length (`check_steps`, once the set-up has counted the rows: a cached run's are the clips that encoded),
+with the `--set` that keeps the run's steps and the one that trains its epochs anew.
+
 `train` and its dry run both ask here, so that they plan the same resume in the same words.
 """
 
@@ -21,6 +27,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from pengi_search.paths import as_typed
 from trainer.config import ConfigError, OptimizationSection, TrainConfig
@@ -38,7 +46,18 @@ RUN_SETTINGS = (
     "optimization.grad_accumulation",
     "data.batch_size",
     "seed",
+    # Mixed precision: its gradient scaler's state (fp16) and the rounding every step took are the run's.
+    "runtime.precision",
 )
+
+
+@dataclass(frozen=True)
+class EpochSize:
+    """What makes an epoch's steps, as the set-up found it: the training rows, the processes, and the run's length."""
+
+    rows: int
+    processes: int
+    total_steps: int
 
 
 @dataclass(frozen=True)
@@ -48,13 +67,20 @@ class RunRecord:
     checkpoint: Path
     config: dict[str, Any]  # `TrainConfig.to_dict` of the run, its overrides applied
     position: Position
+    # The whole checkpoint, its tensors mapped: the resumed run loads its states from here, without a second read.
+    payload: dict[str, Any]
+
+    @property
+    def total_steps(self) -> int | None:
+        """The run's length in steps (None: a checkpoint from before it was recorded)."""
+        return self.payload.get("total_steps")
 
 
 def read_run_record(checkpoint: Path) -> RunRecord:
-    """The run a checkpoint belongs to, read without its weights (mapped, not loaded: a large model's take
-    seconds, and the set-up that follows needs the memory)."""
+    """The run a checkpoint belongs to, its weights mapped, not loaded: a large model's take seconds to read, and
+    the set-up that follows needs the memory (they are read when the resumed run loads them)."""
     payload = load_checkpoint(checkpoint, mmap=True)
-    return RunRecord(checkpoint, payload["config"], Position(**payload["position"]))
+    return RunRecord(checkpoint, payload["config"], Position(**payload["position"]), payload)
 
 
 def check_resume(config: TrainConfig, record: RunRecord, given: Collection[str], source: Path | str) -> str | None:
@@ -67,10 +93,7 @@ def check_resume(config: TrainConfig, record: RunRecord, given: Collection[str],
         return None
     new_length = _length_key(now)
     if set(changed) <= set(LENGTH) and new_length in given:
-        return (
-            f"the run's length changes to {_length(now)} (it was {_length(record.config)}), as --set "
-            "asks: the learning rate now decays over the new length"
-        )
+        return _length_changes(now, record.config, _setting(now, LENGTH[0]), record.total_steps)
     differences = ", ".join(f"{key} {_yaml(value)} (the run's: {_yaml(run)})" for key, (run, value) in changed.items())
     as_it_was = " ".join(_set_option(key, run) for key, (run, _) in changed.items())
     reason = (
@@ -81,6 +104,44 @@ def check_resume(config: TrainConfig, record: RunRecord, given: Collection[str],
         longer = _set_option(new_length, _setting(now, new_length))
         raise ConfigError(source, f"{reason}, or train it on to this length with {longer}")
     raise ConfigError(source, f"{reason}; of these, only the length can change on resume, given with --set")
+
+
+def check_steps(
+    config: TrainConfig, record: RunRecord, epoch: EpochSize, given: Collection[str], source: Path | str
+) -> str | None:
+    """For a run in epochs that `check_resume` let through unchanged: refuse (`ConfigError`) epochs that make
+    another number of steps than the run's, unless its length is given on the command line; then the line that
+    says so. Asked once the set-up knows how many rows an epoch has (a cached run's: the clips that encoded)."""
+    was, now = record.total_steps, config.to_dict()
+    if was is None or epoch.total_steps == was:
+        return None
+    if _length_key(now) in given:
+        return _length_changes(now, record.config, epoch.total_steps, was)
+    causes = []
+    if epoch.rows != record.payload["train_examples"]:
+        causes.append(f"the training set has {epoch.rows} rows (the run's: {record.payload['train_examples']})")
+    if epoch.processes != len(record.payload["rng"]):
+        plural = "" if epoch.processes == 1 else "es"
+        causes.append(f"it trains on {epoch.processes} process{plural} (the run's: {len(record.payload['rng'])})")
+    because = f", as {' and '.join(causes)}" if causes else ""
+    epochs = _setting(now, LENGTH[1])
+    keep = f"{_set_option(LENGTH[0], was)} {_set_option(LENGTH[1], None)}"
+    raise ConfigError(
+        source,
+        f"differs from the run it resumes ({as_typed(record.checkpoint)}) in its length: optimization.epochs {epochs} "
+        f"make {epoch.total_steps} steps now, the run's {was}{because}; keep the run's {was} steps with {keep}, or "
+        f"train it on to {epoch.total_steps} with {_set_option(LENGTH[1], epochs)}",
+    )
+
+
+def _length_changes(now: dict[str, Any], run: dict[str, Any], now_steps: int | None, run_steps: int | None) -> str:
+    """What a resume given a new length with --set says (with the steps of a length in epochs, when known)."""
+    same = now_steps is not None and now_steps == run_steps  # the run's steps, now as max_steps
+    decay = f"still {now_steps} steps, the same decay" if same else "the learning rate now decays over the new length"
+    return (
+        f"the run's length changes to {_length(now, now_steps)} (it was {_length(run, run_steps)}), as --set asks: "
+        f"{decay}"
+    )
 
 
 def changed_settings(run: dict[str, Any], now: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
@@ -97,6 +158,19 @@ def resume_point(position: Position, total: int, steps_per_epoch: int, optimizat
     epochs = optimization.epochs
     of = f" of {epochs}" if epochs else f", {steps_per_epoch} steps an epoch"
     return f"at step {position.step} of {total} (epoch {epoch}{of})"
+
+
+def planned_resume(
+    config: TrainConfig, record: RunRecord, length_change: str | None, total: int, steps_per_epoch: int
+) -> tuple[list[str], list[str]]:
+    """What the dry run says of resuming from `record` (lines, warnings), in the run's words: where it would start
+    and stop, or that it would train nothing (a run stopped early on patience is seen only when resumed)."""
+    lines = [length_change] if length_change else []
+    if (finished := finished_by_length(record.position.step, total, config.optimization)) is not None:
+        where, how = finished
+        return lines, [f"the run already finished {where}: resuming trains nothing; to train on, {how}"]
+    where = resume_point(record.position, total, steps_per_epoch, config.optimization)
+    return [*lines, f"resuming from {as_typed(record.checkpoint)} {where}"], []
 
 
 def finished_by_length(step: int, total: int, optimization: OptimizationSection) -> tuple[str, str] | None:
@@ -133,13 +207,17 @@ def _length_key(config: dict[str, Any]) -> str:
     return LENGTH[0] if _setting(config, LENGTH[0]) is not None else LENGTH[1]
 
 
-def _length(config: dict[str, Any]) -> str:
+def _length(config: dict[str, Any], steps: int | None) -> str:
+    """`optimization.max_steps 6`, or `optimization.epochs 3, 6 steps` (its steps when known)."""
     key = _length_key(config)
-    return f"{key} {_setting(config, key)}"
+    in_steps = f", {steps} steps" if key == LENGTH[1] and steps is not None else ""
+    return f"{key} {_setting(config, key)}{in_steps}"
 
 
 def _yaml(value: Any) -> str:
-    """A setting as `--set` reads it back (YAML: null, numbers, a {part: rate} mapping)."""
+    """A setting as `--set` reads it back (YAML: null, numbers, a {part: rate} mapping; a word as it is)."""
+    if isinstance(value, str) and yaml.safe_load(value) == value:
+        return value
     return json.dumps(value)
 
 

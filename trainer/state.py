@@ -55,6 +55,19 @@ def load_checkpoint(path: Path, *, mmap: bool = False) -> dict[str, Any]:
     return payload
 
 
+def resident(value: Any) -> Any:
+    """`value` with each tensor copied into memory. A tensor mapped from a checkpoint (`load_checkpoint(mmap=True)`)
+    keeps the file mapped while it lives, and the optimizer keeps its states for the whole run: a file that the
+    run's own rotation (`checkpoints.keep`) deletes would hold its disk space until the run ends."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, dict):
+        return {key: resident(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(resident(item) for item in value)
+    return value
+
+
 # --- Model weights --------------------------------------------------------------------------------------------
 
 

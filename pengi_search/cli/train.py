@@ -55,8 +55,8 @@ def run(
         typer.Option(
             "--resume",
             help="Continue from the run's latest checkpoint, as the run was set: a config or --set that differs in "
-            "its length, learning-rate schedule, batch or seed is refused, but for a new optimization.max_steps or "
-            "epochs given with --set, which trains it on.",
+            "its length, learning-rate schedule, batch, seed or precision is refused, but for a new "
+            "optimization.max_steps or epochs given with --set, which trains it on.",
         ),
     ] = False,
     resume_from: Annotated[
