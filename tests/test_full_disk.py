@@ -1,9 +1,13 @@
-"""A database that cannot grow (a full disk) mid-index: the run stops with one line and exit code 1, no file is
-blamed for it, what was committed stays, and a re-run once there is space carries on where it stopped."""
+"""A full disk. A database that cannot grow mid-index: the run stops with one line and exit code 1, no file is
+blamed for it, what was committed stays, and a re-run once there is space carries on where it stopped. A file that
+cannot be written whole (an export, a model's weights, a training checkpoint): the previous one stays as it was, and
+nothing half-written is left to fill the disk."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +25,9 @@ from pengi_search.cli.common import EXIT_FAILED
 from pengi_search.db import DatabaseFailureError
 from pengi_search.db.errors import store_error
 from pengi_search.library import Library
+from pengi_search.model import Pengi
+from pengi_search.testing import make_tiny_model_dir
+from pengi_search.written_aside import WriteError
 
 from .indexing import assert_consistent, count_rows, quick_options, write_tone
 
@@ -105,3 +112,51 @@ def test_index_on_a_full_disk_says_so_in_one_line_and_exits_1(tiny_model_dir, tm
         result = CliRunner().invoke(app, ["index", str(root), "--db", str(db), "--model", str(tiny_model_dir), *quick])
     assert result.exit_code == EXIT_FAILED, result.output
     assert result.stderr.splitlines() == [f"error: sqlite:///{db}: {DISK_FULL}"]
+
+
+def no_space(path: str | os.PathLike[str]) -> None:
+    """Write some bytes to `path`, then fail as a full disk does."""
+    Path(path).write_bytes(b"\0" * 1000)
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_export_to_a_full_disk_keeps_the_old_file_and_leaves_no_partial_one(tiny_model_dir, tmp_path, monkeypatch):
+    root, db = tmp_path / "sounds", tmp_path / "lib.db"
+    write_tone(root / "first.wav", 2.0)
+    run_index(quick_options([root], db, tiny_model_dir))
+    out = tmp_path / "out" / "library.jsonl"
+    out.parent.mkdir()
+    out.write_text("the last export\n")
+
+    def rows_then_full(_rows: Any, stream: Any) -> None:
+        stream.write("{}\n" * 100)
+        stream.flush()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("pengi_search.cli.index._write_rows", rows_then_full)
+    result = CliRunner().invoke(app, ["export", "--db", str(db), "-o", str(out)])
+    assert result.exit_code == EXIT_FAILED
+    assert result.stderr.splitlines() == [f"error: {out}: cannot write (no space left on device)"]
+    assert [path.name for path in out.parent.iterdir()] == ["library.jsonl"]
+    assert out.read_text() == "the last export\n"
+
+
+def test_a_checkpoint_that_does_not_fit_leaves_the_previous_one_and_no_partial_file(tmp_path, monkeypatch):
+    from trainer.state import save_checkpoint
+
+    folder = tmp_path / "checkpoints"
+    save_checkpoint(folder / "step-1.pt", {"step": 1}, keep=None)
+    monkeypatch.setattr("trainer.state.torch.save", lambda _payload, path: no_space(path))
+    with pytest.raises(WriteError, match="step-2.pt: cannot write \\(no space left on device\\)"):
+        save_checkpoint(folder / "step-2.pt", {"step": 2}, keep=1)
+    assert [path.name for path in folder.iterdir()] == ["step-1.pt"]
+
+
+def test_model_weights_that_do_not_fit_leave_the_installed_ones_and_no_partial_file(tmp_path, monkeypatch):
+    model_dir = make_tiny_model_dir(tmp_path / "model")
+    weights = (model_dir / "model.safetensors").read_bytes()
+    monkeypatch.setattr("safetensors.torch.save_model", lambda _model, path: no_space(path))
+    with pytest.raises(WriteError, match="cannot write"):
+        Pengi.from_pretrained(model_dir).save_pretrained(model_dir)
+    assert (model_dir / "model.safetensors").read_bytes() == weights
+    assert not [path for path in model_dir.iterdir() if "partial" in path.name]

@@ -17,6 +17,7 @@ from typing import Any
 from ..errors import UsageError
 from ..pathnames import json_text
 from ..text_files import read_text
+from ..written_aside import written_aside
 from . import plots
 
 SCHEMA = 1
@@ -55,9 +56,8 @@ def write_report(report: dict[str, Any], folder: Path) -> list[Path]:
 def _write_text(path: Path, text: str) -> None:
     """Written beside and renamed into place: a report is never left half-written. A file name that is not valid
     UTF-8 is written escaped (in JSON it already is, by `json_text`)."""
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8", errors="backslashreplace")
-    os.replace(partial, path)
+    with written_aside(path) as partial:
+        partial.write_text(text, encoding="utf-8", errors="backslashreplace")
 
 
 def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
