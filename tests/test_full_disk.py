@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -160,3 +161,21 @@ def test_model_weights_that_do_not_fit_leave_the_installed_ones_and_no_partial_f
         Pengi.from_pretrained(model_dir).save_pretrained(model_dir)
     assert (model_dir / "model.safetensors").read_bytes() == weights
     assert not [path for path in model_dir.iterdir() if "partial" in path.name]
+
+
+@pytest.mark.parametrize("command", ["describe", "query"])
+def test_a_model_whose_weights_were_cut_short_is_refused_in_one_line(command, tiny_model_dir, tmp_path):
+    """A copy or an install that a full disk stopped: the torch loader (`describe`) and the numpy text tower that
+    `query` reads alike name the file, instead of a traceback or numpy's `cannot reshape array`."""
+    root, db = tmp_path / "sounds", tmp_path / "lib.db"
+    clip = write_tone(root / "first.wav", 2.0)
+    run_index(quick_options([root], db, tiny_model_dir))
+    model_dir = tmp_path / "cut-model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    weights = model_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    given = {"describe": [str(clip)], "query": ["dog", "--db", str(db)]}[command]
+    result = CliRunner().invoke(app, [command, *given, "--model", str(model_dir)])
+    assert result.exit_code == EXIT_FAILED
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: {weights}: not a readable safetensors file ("), line
