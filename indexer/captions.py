@@ -22,6 +22,7 @@ from pengi_search.audio import Window
 from pengi_search.choices import decoding_settings
 from pengi_search.chunking import chunked
 from pengi_search.db import (
+    DatabaseFailureError,
     EmbedderInfo,
     Store,
     StoreError,
@@ -161,14 +162,19 @@ class CaptionPass:
 
     def _store(self, captions: list[WindowCaptions], batch: Sequence[UncaptionedWindow], result: CaptionResult) -> None:
         """One transaction for the batch; if the store refuses it (e.g. a NaN caption embedding), one per window,
-        so that only the bad window waits (it is tried again by the next run)."""
+        so that only the bad window waits (it is tried again by the next run). A failure of the database itself (a
+        full disk) ends the pass: every window would fail alike, and none is to blame."""
         try:
             result.captioned += add_captions(self.store, captions)
             return
+        except DatabaseFailureError:
+            raise
         except StoreError:
             pass
         for caption, window in zip(captions, batch, strict=True):
             try:
                 result.captioned += add_captions(self.store, [caption])
+            except DatabaseFailureError:
+                raise
             except StoreError as exc:
                 result.failed.append((window.path, f"window {window.index}: no captions stored ({exc.reason})"))

@@ -23,7 +23,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pengi_search.choices import EXACT_MODE
-from pengi_search.db import CopiedFile, FileRecord, Store, StoreError, TextRecord, copy_identical_file, sizes_indexed
+from pengi_search.db import (
+    CopiedFile,
+    DatabaseFailureError,
+    FileRecord,
+    Store,
+    StoreError,
+    TextRecord,
+    copy_identical_file,
+    sizes_indexed,
+)
 from pengi_search.hashing import file_sha256
 from pengi_search.scan import Entry
 
@@ -128,6 +137,8 @@ class IdenticalFiles:
                 content_hash=digest,
                 run_id=self.run_id,
             )
+        except DatabaseFailureError:  # decoding the file instead would fail to store it alike
+            raise
         except StoreError as exc:  # the file is decoded instead, and its own error (if any) recorded then
             log.warning("could not index %r from an identical file: %s", entry.path, exc)
             return None

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pengi_search.errors import PengiSearchError
+from pengi_search.errors import PengiSearchError, first_line
 
 if TYPE_CHECKING:  # torch loads only when weights do: reading a config or a model's identity stays cheap
     import torch
@@ -32,6 +32,12 @@ TEXT_ENCODER_PREFIX = "caption_encoder."
 
 class CheckpointError(PengiSearchError):
     """A checkpoint or model directory that cannot be loaded; the message says why."""
+
+
+def unreadable_weights(path: Path, err: BaseException) -> CheckpointError:
+    """How every reader of a `model.safetensors` says it cannot read it: a file cut short (a copy that stopped, a
+    full disk) or damaged, with what the reader found."""
+    return CheckpointError(path, f"not a readable safetensors file ({first_line(err)})")
 
 
 class CheckpointMismatchError(CheckpointError):
@@ -110,12 +116,16 @@ def load_safetensors_strict(model: torch.nn.Module, path: Path, *, mapped: bool 
     in place (`Pengi.save_pretrained`, downloads), so a mapped model keeps the file it loaded. Otherwise the tensors
     are copied into the model's.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     if not path.is_file():
         raise CheckpointError(path.parent, f"no {path.name}")
     own = model.state_dict(keep_vars=True)
-    state = load_file(path)
+    try:
+        state = load_file(path)
+    except (SafetensorError, OSError) as err:
+        raise unreadable_weights(path, err) from err
     if mapped:
         state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False, assign=mapped)
@@ -149,8 +159,11 @@ def _tied_to_loaded(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.T
 
 def read_safetensors_part(path: Path, prefix: str) -> dict[str, torch.Tensor]:
     """The tensors named `prefix...` of a safetensors file (keys without the prefix); the others are not read."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        names = [k for k in f.keys() if k.startswith(prefix)]  # noqa: SIM118 (safe_open is no dict)
-        return {k[len(prefix) :]: f.get_tensor(k) for k in names}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = [k for k in f.keys() if k.startswith(prefix)]  # noqa: SIM118 (safe_open is no dict)
+            return {k[len(prefix) :]: f.get_tensor(k) for k in names}
+    except (SafetensorError, OSError) as err:
+        raise unreadable_weights(path, err) from err

@@ -38,6 +38,7 @@ from .hashing import file_sha256
 from .mapper import EmbeddingMapper, Mapper
 from .model_dir import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, ModelDir, is_model_dir
 from .paths import as_path, models_dir
+from .written_aside import written_aside
 
 if TYPE_CHECKING:
     from transformers import GPT2Config
@@ -169,9 +170,8 @@ class Pengi(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         # Written aside, then renamed over the old file: a process that has the old one mapped (`Engine.load`) keeps
         # reading it, where rewriting the file in place would pull the pages from under it.
-        partial = directory / f".{WEIGHTS_FILE}.partial"
-        save_model(self, str(partial))
-        os.replace(partial, directory / WEIGHTS_FILE)
+        with written_aside(directory / WEIGHTS_FILE) as partial:
+            save_model(self, str(partial))
         meta = {
             "format_version": FORMAT_VERSION,
             "config": self.cfg.to_dict(),

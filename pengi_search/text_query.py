@@ -24,7 +24,7 @@ from threadpoolctl import ThreadpoolController
 from tokenizers import Tokenizer
 
 from .bpe_tokenizer import FileTokenizer
-from .checkpoint import TEXT_ENCODER_PREFIX, CheckpointError
+from .checkpoint import TEXT_ENCODER_PREFIX, CheckpointError, unreadable_weights
 from .chunking import chunked
 from .config import TextEncoderConfig
 from .embedders import PENGI_TOWER_LIMIT, CutText, texts_over
@@ -51,12 +51,14 @@ def mapped_tensors(path: Path, prefix: str) -> dict[str, np.ndarray]:
             header = json.loads(f.read(size))
         data = np.memmap(path, dtype=np.uint8, mode="r", offset=_HEADER_SIZE.size + size)
     except (OSError, ValueError, struct.error) as err:
-        raise CheckpointError(path, f"not a readable safetensors file ({err})") from err
+        raise unreadable_weights(path, err) from err
     tensors = {}
     for name, info in header.items():
         if not name.startswith(prefix):
             continue
         begin, end = info["data_offsets"]
+        if end > data.size:  # a file cut short: its header lists tensors its data no longer holds
+            raise unreadable_weights(path, ValueError(f"tensor {name} lies past the end of the file"))
         raw, shape = data[begin:end], tuple(info["shape"])
         if info["dtype"] == "F32":
             tensor = raw.view("<f4")

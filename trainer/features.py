@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from pengi_search.written_aside import written_aside
 from trainer.data import AudioTextDataset, Example, ExampleItem, example_loader
 
 log = logging.getLogger(__name__)
@@ -60,9 +61,9 @@ def load_or_encode(folder: Path, backbone: nn.Module, dataset: AudioTextDataset,
         )
     cache = encode_clips(backbone, dataset, views, **options)
     folder.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.partial")  # every process of a distributed run writes its own
-    torch.save(dataclasses.asdict(cache), partial)
-    partial.replace(path)
+    # Every process of a distributed run writes its own partial file.
+    with written_aside(path, path.with_suffix(f".{os.getpid()}.partial")) as partial:
+        torch.save(dataclasses.asdict(cache), partial)
     return cache
 
 

@@ -7,7 +7,6 @@ in the data (step, epoch, micro-batches read in the epoch) and every process's r
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from pengi_search.checkpoint import CheckpointError, load_torch_file
+from pengi_search.written_aside import written_aside
 from trainer.checkpoint_files import existing_checkpoint, list_checkpoints
 
 FORMAT = "pengi-search-training-state"
@@ -38,9 +38,8 @@ def save_checkpoint(path: Path, payload: dict[str, Any], keep: int | None) -> Pa
     """Write atomically (a crash mid-write leaves the previous checkpoints intact), then keep the newest `keep`
     step checkpoints (None: leave the others alone)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".pt.partial")
-    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, partial)
-    os.replace(partial, path)
+    with written_aside(path, path.with_suffix(".pt.partial")) as partial:
+        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, partial)
     if keep is not None:
         for old in list_checkpoints(path.parent.parent)[:-keep]:
             old.unlink()

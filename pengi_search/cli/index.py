@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from rich.markup import escape
 
 from ..choices import Captions, Device, IndexType, LongPrompt, StopRule
 from ..units import duration_text
+from ..written_aside import written_aside
 from .common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -372,10 +372,8 @@ def export(
         if output is None:  # `export | head`: a reader that had enough ends it as any command (`handle_errors`)
             _write_rows(library.store.export_rows(prefix), sys.stdout)
             return
-        partial = output.with_name(f".{output.name}.partial")
-        with open(partial, "w", encoding="utf-8") as stream:
+        with written_aside(output) as partial, open(partial, "w", encoding="utf-8") as stream:
             _write_rows(library.store.export_rows(prefix), stream)
-        os.replace(partial, output)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -20,7 +20,14 @@ from .captions import (
     uncaptioned_windows,
 )
 from .copies import CopiedFile, TextsCheck, copy_identical_file, sizes_indexed
-from .errors import DatabaseUnreachableError, IndexBusyError, MissingDatabaseError, StoreError, StoreMismatchError
+from .errors import (
+    DatabaseFailureError,
+    DatabaseUnreachableError,
+    IndexBusyError,
+    MissingDatabaseError,
+    StoreError,
+    StoreMismatchError,
+)
 from .records import (
     FILE_STATUSES,
     RUN_STATUSES,
@@ -59,6 +66,7 @@ __all__ = [
     "VECTOR_KINDS",
     "CaptionCounts",
     "CopiedFile",
+    "DatabaseFailureError",
     "DatabaseUnreachableError",
     "EmbedderInfo",
     "FileRecord",

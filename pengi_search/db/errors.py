@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import shlex
 
+from sqlalchemy.exc import OperationalError
+
 from pengi_search.errors import PengiSearchError, UsageError
 
 
@@ -24,7 +26,14 @@ class IndexBusyError(StoreError):
     """Another indexing run holds the library's lock."""
 
 
-class DatabaseUnreachableError(StoreError):
+class DatabaseFailureError(StoreError):
+    """The database could not do the work for reasons of its own, whatever it was given: its disk is full, its file
+    cannot be written (an I/O error, a read-only file system), another program holds its write lock, or it cannot
+    be reached. An `index` run stops at once (exit 1) rather than record its files as failed, which would keep them
+    out of every later run; the next run with the cause gone carries on where it stopped."""
+
+
+class DatabaseUnreachableError(DatabaseFailureError):
     """The database did not answer: a connection could not be made (a server that is down or out of reach, a file
     that cannot be opened), or the one in use was lost. Trying again later may work: nothing is wrong with the
     request or the library."""
@@ -40,9 +49,13 @@ class ForeignDatabaseError(StoreError):
 
 def store_error(where: str, exc: BaseException) -> StoreError:
     """The StoreError for a failure of the database or its driver: DatabaseUnreachableError when SQLAlchemy found
-    the connection lost or none could be made (`engine` counts a failed connection as lost)."""
+    the connection lost or none could be made (`engine` counts a failed connection as lost); DatabaseFailureError
+    for the DB-API's OperationalError, the database's own trouble (SQLite's full disk, I/O error, read-only file or
+    lock; PostgreSQL's DiskFull), as against what a statement was given (an IntegrityError, a DataError)."""
     if getattr(exc, "connection_invalidated", False):
         return DatabaseUnreachableError(where, f"cannot reach the database: {driver_reason(exc)}")
+    if isinstance(exc, OperationalError):
+        return DatabaseFailureError(where, driver_reason(exc))
     return StoreError(where, driver_reason(exc))
 
 

@@ -18,6 +18,7 @@ from ..errors import UsageError
 from ..pathnames import json_text
 from ..paths import as_path
 from ..text_files import read_text
+from ..written_aside import written_aside
 from . import plots
 
 SCHEMA = 1
@@ -56,9 +57,8 @@ def write_report(report: dict[str, Any], folder: Path) -> list[Path]:
 def _write_text(path: Path, text: str) -> None:
     """Written beside and renamed into place: a report is never left half-written. A file name that is not valid
     UTF-8 is written escaped (in JSON it already is, by `json_text`)."""
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8", errors="backslashreplace")
-    os.replace(partial, path)
+    with written_aside(path) as partial:
+        partial.write_text(text, encoding="utf-8", errors="backslashreplace")
 
 
 def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
