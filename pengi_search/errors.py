@@ -108,6 +108,17 @@ def unreadable(path: str | os.PathLike[str], error: OSError, kind: type[UsageErr
     return kind(path, read_reason(path, error))
 
 
+def refuse_unreadable(path: Path, where: str | os.PathLike[str] | None = None) -> None:
+    """Bad usage (`unreadable`) when the file at `path` cannot be opened for reading, said of `where` (what the user
+    typed, such as a URL; `path` by default). For a file checked before any work: what reads it later would blame
+    something else (a checkpoint loader calls any failure "not a readable checkpoint")."""
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise UsageError(path if where is None else where, read_reason(path, exc)) from None
+
+
 def empty_file(advice: str = "") -> str:
     """How every message says that a file holds nothing (audio, labels, a CSV, a training configuration):
     `empty file`, then `advice`, what it should hold."""
