@@ -147,8 +147,9 @@ class CaptionPass:
                         seen.add(window.window_id)
                         yield window
 
-    def run(self, model: IndexModel, advance: Callable[[int], None] | None = None) -> CaptionResult:
-        result = CaptionResult()
+    def run(self, model: IndexModel, result: CaptionResult, advance: Callable[[int], None] | None = None) -> None:
+        """Caption every waiting window, batch by batch, counting into `result` what each stored batch kept (the
+        caller sees it, also when the pass is interrupted)."""
         synced = time.monotonic()
         for batch in chunked(self.windows(), model.windows_per_batch):
             self._store(model.captions(batch), batch, result)
@@ -158,7 +159,6 @@ class CaptionPass:
             if self.sync is not None and time.monotonic() - synced >= SYNC_EVERY_S:
                 self.sync()
                 synced = time.monotonic()
-        return result
 
     def _store(self, captions: list[WindowCaptions], batch: Sequence[UncaptionedWindow], result: CaptionResult) -> None:
         """One transaction for the batch; if the store refuses it (e.g. a NaN caption embedding), one per window,

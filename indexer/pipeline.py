@@ -54,10 +54,10 @@ from pengi_search.library import Library
 from pengi_search.model_dir import ModelDir
 from pengi_search.scan import Entry, ScanResult, has_extension, hidden_path, inside, scan
 
-from .captions import CaptionPass, IndexModel
+from .captions import CaptionPass, CaptionResult, IndexModel
 from .hold_points import FILE_STORED, hold_at
 from .reuse import Copies, IdenticalFiles, Reuse
-from .run_report import FailedFile, FileNote, IndexOptions, IndexSummary, ProgressReporter
+from .run_report import FailedFile, FileNote, IndexOptions, IndexSummary, ProgressReporter, RunInterrupted
 from .shard import Rank, Shard
 
 REINDEX_HINT = "Run again with --reindex to re-index everything with the new ones."
@@ -249,9 +249,9 @@ class _Run:
             summary.searchable_s = summary.searchable_s or time.monotonic() - self.started
             summary.captions_missing = self._captions_missing(scanned.roots)
             status = "finished"
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
             status = "interrupted"
-            raise
+            raise RunInterrupted(summary) from stop
         finally:
             self.store.finish_run(
                 self.run_id,
@@ -467,9 +467,12 @@ class _Run:
         )
         if self.progress is not None:
             self.progress.start_captions(None if self.shard is not None else self._captions_missing(roots))
-        result = caption_pass.run(self._model(), advance=lambda windows: self._advance(windows=windows))
-        self.summary.captioned += result.captioned
-        self.summary.failed += [FailedFile(path, reason) for path, reason in result.failed]
+        result = CaptionResult()
+        try:
+            caption_pass.run(self._model(), result, advance=lambda windows: self._advance(windows=windows))
+        finally:  # counted also when interrupted: each batch stored is kept
+            self.summary.captioned += result.captioned
+            self.summary.failed += [FailedFile(path, reason) for path, reason in result.failed]
 
     def _fail(self, entry: Entry, reason: str, content_hash: str | None = None, notes: Sequence[str] = ()) -> None:
         """Record the file as failed (the decoders' messages below the reason). A failure to record it is

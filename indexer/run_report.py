@@ -150,3 +150,12 @@ class IndexSummary:
         command line names them as the user reached them."""
         lists = {key: [replace(item, path=name(item.path)) for item in getattr(self, key)] for key in _PATH_LISTS}
         return replace(self, **lists)
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped the run, which recorded itself interrupted. Still a KeyboardInterrupt, which every
+    caller stops on; it brings the run's summary so far: what the run kept, which a re-run does not redo."""
+
+    def __init__(self, summary: IndexSummary) -> None:
+        super().__init__()
+        self.summary = summary

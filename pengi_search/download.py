@@ -43,7 +43,7 @@ from rich.progress import (
 
 from pengi_search import __version__
 from pengi_search.consoles import make_console
-from pengi_search.errors import PengiSearchError, UsageError, first_line, missing_reason, os_reason, read_reason
+from pengi_search.errors import PengiSearchError, UsageError, first_line, os_reason, read_reason, refuse_unusable_file
 from pengi_search.hashing import file_sha256, sha256_hasher
 from pengi_search.hub import cache_only, hub_cache, is_hub_name, offline_setting, quiet_hub, why_not_downloadable
 from pengi_search.waits import within
@@ -437,13 +437,7 @@ def _refuse_unusable_source(url: str) -> None:
         raise UsageError(url, exc.reason) from None
     if path is None:
         return
-    if not path.is_file():
-        raise UsageError(url, missing_reason(path))
-    try:
-        with path.open("rb"):
-            pass
-    except OSError as exc:
-        raise UsageError(url, read_reason(path, exc)) from None
+    refuse_unusable_file(path, url)
 
 
 def _resolve(url: str) -> tuple[str, Path | None]:

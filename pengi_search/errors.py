@@ -108,6 +108,23 @@ def unreadable(path: str | os.PathLike[str], error: OSError, kind: type[UsageErr
     return kind(path, read_reason(path, error))
 
 
+def refuse_unusable_file(
+    path: Path, where: str | os.PathLike[str] | None = None, *, in_folder: str | None = None
+) -> None:
+    """Bad usage when `path` names no regular file (`missing_reason`, with `in_folder`) or one that cannot be opened
+    for reading (`read_reason`), said of `where` (what the user typed, such as a URL; `path` by default). For a file
+    checked before any work: what reads it later would blame something else (a checkpoint loader calls any failure
+    "not a readable checkpoint")."""
+    where = path if where is None else where
+    if not path.is_file():  # before opening it: opening a FIFO would wait for a writer
+        raise UsageError(where, missing_reason(path, in_folder=in_folder))
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise UsageError(where, read_reason(path, exc)) from None
+
+
 def empty_file(advice: str = "") -> str:
     """How every message says that a file holds nothing (audio, labels, a CSV, a training configuration):
     `empty file`, then `advice`, what it should hold."""

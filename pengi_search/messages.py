@@ -32,3 +32,9 @@ def print_skipped(console: Console, path: str, reason: str) -> None:
     """`skipped PATH: reason` on `console`: an input a command went on without (its exit code, 3, says so too). The
     path is shown escaped (`pathnames.shown`), the reason as written, on one line."""
     console.print(f"[red]skipped[/] {escape(shown(path))}: {escape(reason)}", soft_wrap=True, highlight=False)
+
+
+def print_interrupted(console: Console, kept: str = "") -> None:
+    """`interrupted` on `console`: Ctrl-C or SIGTERM stopped the command (its exit code, 130 or 143, says which);
+    then, for work that a stop does not lose, `: kept`, what was kept and how to go on, on one line."""
+    console.print(f"interrupted: {escape(kept)}" if kept else "interrupted", soft_wrap=True, highlight=False)

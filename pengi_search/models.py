@@ -15,7 +15,7 @@ from pathlib import Path
 from .checkpoint import CheckpointError, CheckpointMismatchError
 from .config import PengiConfig
 from .download import TOKENIZERS, DownloadError, Notify, fetch_release, fetch_tokenizer, set_aside
-from .errors import not_found
+from .errors import refuse_unusable_file
 from .hashing import file_sha256
 from .model_dir import ModelDir
 from .paths import models_dir
@@ -77,8 +77,8 @@ def import_checkpoint(
     """
     from .model import Pengi  # torch loads only when a model is
 
-    if not checkpoint.is_file():  # from_pretrained would also take a model directory or an installed name
-        raise not_found(checkpoint, in_folder="import takes a released-format .pth file")
+    # from_pretrained would also take a model directory or an installed name
+    refuse_unusable_file(checkpoint, in_folder="import takes a released-format .pth file")
     root = root or models_dir()
     target = root / name
     staging = root / f".{name}.importing"

@@ -23,7 +23,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -204,8 +204,11 @@ class SearchScope:
 
     def excluding(self, path: str) -> SearchScope:
         """This scope without the file at `path`, however it is reached (a `similar` query leaves itself out)."""
-        itself = {path, os.path.realpath(path)}
-        filters = dataclasses.replace(self.filters, exclude_paths=self.filters.exclude_paths | itself)
+        return self.without([path, os.path.realpath(path)])
+
+    def without(self, paths: Iterable[str]) -> SearchScope:
+        """This scope without the files at `paths`, each as the library holds it (see `Filters.accepts`)."""
+        filters = dataclasses.replace(self.filters, exclude_paths=self.filters.exclude_paths.union(paths))
         return dataclasses.replace(self, filters=filters)
 
 

@@ -36,6 +36,7 @@ class StoredWindows:
 
     windows: list[WindowDetails]
     vectors: np.ndarray | None  # (n, d) audio vectors, when asked for and stored
+    content_hash: str | None = None  # the file's sha256, as recorded when it was indexed
 
 
 def stored_windows(library: Library, path: str | os.PathLike[str], *, audio: bool = False) -> StoredWindows | None:
@@ -52,11 +53,11 @@ def stored_windows(library: Library, path: str | os.PathLike[str], *, audio: boo
     if not windows:
         return None
     if not audio:
-        return StoredWindows(windows, None)
+        return StoredWindows(windows, None, record.content_hash)
     ids, vectors = library.store.vectors("audio", [w.window_id for w in windows])
     if len(ids) != len(windows):
         return None
-    return StoredWindows(windows, vectors)  # both sorted by window id, which follows window order
+    return StoredWindows(windows, vectors, record.content_hash)  # both sorted by window id: window order
 
 
 @dataclass(frozen=True)
@@ -100,10 +101,12 @@ def similar_to_files(
     fast: bool = False,
     progress: Progress | None = None,
 ) -> Iterator[SimilarResult]:
-    """Audio -> audio: for each file in turn, the files that sound like it (itself left out).
+    """Audio -> audio: for each file in turn, the files that sound like it (itself left out, with its copies: see
+    `excluding_query`).
 
     Files that are indexed and unchanged use their stored vectors; the others are decoded and embedded with the
-    model that built the index, their windows batched together across files (`window_batches`).
+    model that built the index, their windows batched together across files (`window_batches`), and hashed as they
+    are decoded.
     """
     from .window_batches import map_windows
 
@@ -111,23 +114,38 @@ def similar_to_files(
     queries = [(os.fspath(path), stored_windows(library, path, audio=True)) for path in paths]
     to_embed = [path for path, stored in queries if stored is None or stored.vectors is None]
     engine = _index_engine(library, model, device, batch_size, fast) if to_embed else None
-    outcomes = map_windows(
-        to_embed, _audio_vectors(engine), batch_size=engine.windows_per_batch(1) if engine else 1, progress=progress
-    )
+    batch = engine.windows_per_batch(1) if engine else 1
+    outcomes = map_windows(to_embed, _audio_vectors(engine), batch_size=batch, hash_files=True, progress=progress)
     for path, stored in queries:
         if stored is not None and stored.vectors is not None:
             vectors, spans, source = stored.vectors, [(w.start_s, w.end_s) for w in stored.windows], "index"
+            content_hash = stored.content_hash
         else:
             outcome = next(outcomes)
             if outcome.error is not None:
                 yield SimilarResult(path, [], "decoded", outcome.error)
                 continue
             vectors, spans, source = np.stack(outcome.results), [(s.start_s, s.end_s) for s in outcome.spans], "decoded"
+            content_hash = outcome.content_hash
         if not np.isfinite(vectors).all():  # the model overflowed on this file: reported as `index` records it
             yield SimilarResult(path, [], source, non_finite_vector("audio"))
             continue
-        hits = search_index(library, index, vectors, scope.excluding(absolute(path)), query_spans=spans)
-        yield SimilarResult(path, hits, source)
+        query_scope = excluding_query(library, scope, content_hash, absolute(path))
+        yield SimilarResult(path, search_index(library, index, vectors, query_scope, query_spans=spans), source)
+
+
+def excluding_query(
+    library: Library, scope: SearchScope, content_hash: str | None, path: str | None = None
+) -> SearchScope:
+    """`scope` without the query's own file, which would come first, a perfect match that says nothing: every
+    library file holding the query's bytes (`content_hash`, its sha256: the file itself, a copy, the file indexed
+    through a link of another name) and the file at `path` however it is reached (`SearchScope.excluding`: a file
+    changed since it was indexed). The one rule of `similar FILE` and of the server's uploads (no `path`)."""
+    if path is not None:
+        scope = scope.excluding(path)
+    if content_hash is None:  # a file indexed before sha256s were recorded
+        return scope
+    return scope.without(record.path for record in library.store.files_with_hash(content_hash))
 
 
 def _index_engine(library: Library, model: str | None, device: str, batch_size: int | None, fast: bool) -> Engine:

@@ -44,6 +44,7 @@ class FileOutcome(Generic[T]):
     results: list[T] = field(default_factory=list)
     error: str | None = None
     truncation: str | None = None  # "truncated: header says ...", for a file that decoded short of its header
+    content_hash: str | None = None  # the file's sha256, when asked for (`Decoding`'s `hash_files`)
 
 
 class Progress(Protocol):
@@ -66,13 +67,19 @@ class Decoding:
     """`paths` decoding from the moment this is made, so that a command decodes while it imports and loads its
     model: in worker processes (`workers`; None: `decode_workers`), whose messages a thread reads ahead, up to
     `READ_AHEAD`; or, without workers (a single file), in this process as they are read. `map_windows` takes it in
-    place of the paths. Closing it (or leaving its `with`) stops the decoding."""
+    place of the paths. Closing it (or leaving its `with`) stops the decoding. `hash_files`: each file's sha256 is
+    taken too, by what decodes it, of the bytes it decodes (a file that changes meanwhile fails)."""
 
     def __init__(
-        self, paths: Sequence[str | os.PathLike[str]], *, hop_s: float = WINDOW_SECONDS, workers: int | None = None
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        *,
+        hop_s: float = WINDOW_SECONDS,
+        workers: int | None = None,
+        hash_files: bool = False,
     ) -> None:
         self.paths = [os.fspath(p) for p in paths]
-        jobs = [Job(seq, path, hop_s=hop_s, content_hash=False) for seq, path in enumerate(self.paths)]
+        jobs = [Job(seq, path, hop_s=hop_s, content_hash=hash_files) for seq, path in enumerate(self.paths)]
         workers = decode_workers(len(jobs)) if workers is None else workers
         self._stop = threading.Event()
         self._messages = decode_all(jobs, workers, stop=self._stop)
@@ -144,12 +151,15 @@ def map_windows(
     batch_size: int,
     hop_s: float = WINDOW_SECONDS,
     workers: int | None = None,
+    hash_files: bool = False,
     progress: Progress | None = None,
 ) -> Iterator[FileOutcome[T]]:
     """`work` on the windows of all `files`, `batch_size` windows at a time across files; one `FileOutcome` per
-    file, in order. `work` returns one result per window. `files`: paths (decoded with `hop_s` and `workers`, as
-    `Decoding` does), or a `Decoding` of them already under way (closed here once read)."""
-    decoding = files if isinstance(files, Decoding) else Decoding(files, hop_s=hop_s, workers=workers)
+    file, in order. `work` returns one result per window. `files`: paths (decoded with `hop_s`, `workers` and
+    `hash_files`, as `Decoding` does), or a `Decoding` of them already under way (closed here once read)."""
+    decoding = (
+        files if isinstance(files, Decoding) else Decoding(files, hop_s=hop_s, workers=workers, hash_files=hash_files)
+    )
     run = _Run(decoding.paths, work, batch_size, progress)
     if progress is not None:
         progress.start(len(decoding.paths))
@@ -190,6 +200,7 @@ class _Run(Generic[T]):
             pending.decoded = True
             pending.outcome.duration_s = message.duration_s
             pending.outcome.truncation = message.truncation
+            pending.outcome.content_hash = message.content_hash
             if self.progress is not None:
                 self.progress.counted(message.count)
         else:  # Failed: what its windows gave is dropped, and those still waiting are not run

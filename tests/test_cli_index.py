@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pengi_search.cli import app
-from pengi_search.cli.common import EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE
+from pengi_search.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PARTIAL, EXIT_USAGE
 from pengi_search.library import Library
 from pengi_search.testing import make_tiny_model_dir
 
@@ -93,6 +93,36 @@ def test_index_then_stats_and_export(tiny_model_dir, sounds, tmp_path):
 
     text = run("stats", "--db", db)
     assert "files: 3 (3 indexed, 0 pending, 0 failed)" in text.stdout
+
+
+@pytest.mark.parametrize("json_output", [False, True], ids=["text", "json"])
+def test_an_interrupted_run_says_what_it_kept_and_that_the_same_command_resumes(
+    tiny_model_dir, sounds, tmp_path, monkeypatch, json_output
+):
+    """Ctrl-C (or SIGTERM) in pass 2, after one batch of captions: every file of pass 1 and that batch are kept, and
+    the line that says `interrupted` says so, with the way on; with --json too, whose stdout stays empty (the run
+    ended with no summary). The same command then writes only the captions still missing."""
+    from indexer.captions import CaptionPass
+
+    store = CaptionPass._store
+
+    def stopped_after_one_batch(self, captions, batch, result):
+        if result.captioned:
+            raise KeyboardInterrupt
+        store(self, captions, batch, result)
+
+    db, command = tmp_path / "lib.db", ("--batch-size", 1, *(("--json",) if json_output else ()))
+    monkeypatch.setattr(CaptionPass, "_store", stopped_after_one_batch)
+    result = index(sounds, db, tiny_model_dir, *command)
+    assert (result.exit_code, result.stdout) == (EXIT_INTERRUPTED, ""), result.output
+    assert result.stderr.strip() == (
+        "interrupted: this run kept 3 file(s) indexed and 1 window(s) captioned; run the same command again to resume"
+    )
+    monkeypatch.undo()
+    again = index(sounds, db, tiny_model_dir, "--json")
+    assert again.exit_code == 0, again.output
+    summary = json.loads(again.stdout)
+    assert (summary["indexed"], summary["unchanged"], summary["captioned"]) == (0, 3, 3)
 
 
 def test_failed_files_give_exit_code_3_and_are_listed(tiny_model_dir, sounds, tmp_path):

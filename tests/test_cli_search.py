@@ -8,12 +8,16 @@ import json
 import shutil
 
 import pytest
+import soundfile as sf
 from typer.testing import CliRunner
 
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE
 from pengi_search.db import Store
 from pengi_search.tokenization import read_tokenizer
+
+from .indexing import write_tone
+from .search_library import index_folder
 
 runner = CliRunner()
 HIT_KEYS = {"path", "start_s", "end_s", "score", "caption", "texts", "window_id"}
@@ -118,7 +122,8 @@ def test_query_with_another_model(common, tmp_path, tiny_no_text_model_dir):
 
 
 def test_similar_json(captions, common, tmp_path):
-    copy = shutil.copy(captions.files["animals/cat.flac"], tmp_path / "cat-copy.flac")
+    copy = tmp_path / "cat-copy.wav"  # the cat's sound in other bytes: a hit (the same bytes would be left out)
+    sf.write(copy, *sf.read(captions.files["animals/cat.flac"]), subtype="PCM_16")
     result = run("similar", copy, *common, "--device", "cpu", "--json")
     assert result.exit_code == 0, result.output
     hits = json.loads(result.stdout)
@@ -144,6 +149,25 @@ def test_similar_leaves_the_file_out_when_reached_through_a_link(captions, commo
     assert result.exit_code == 0, result.output
     paths = [hit["path"] for hit in json.loads(result.stdout)]
     assert str(captions.files["bell.wav"]) not in paths and len(paths) == len(captions.files) - 1
+
+
+def test_similar_leaves_out_every_library_file_with_the_query_files_bytes(tiny_model_dir, tmp_path):
+    """`similar FILE` leaves FILE out however the library holds it: also under a link of another name
+    (`links/link-to-x.wav` -> `x.wav`) and as a byte-identical copy, as the server leaves out an upload's copies. A
+    file that sounds the same in other bytes is a hit. Indexed or not, the query leaves out the same files."""
+    sounds, db = tmp_path / "sounds", tmp_path / "lib.db"
+    x = write_tone(sounds / "x.wav", 3.0, freq=300.0)
+    shutil.copy(x, sounds / "copy-of-x.wav")
+    (sounds / "links").mkdir()
+    (sounds / "links" / "link-to-x.wav").symlink_to(x)
+    same_sound, other = sounds / "x-as-flac.flac", write_tone(sounds / "other.flac", 3.0, freq=700.0)
+    sf.write(same_sound, *sf.read(x), subtype="PCM_16")
+    index_folder(str(db), sounds, tiny_model_dir)
+    outside = shutil.copy(x, tmp_path / "query.wav")  # not in the library
+    result = run("similar", x, outside, "--db", db, "--model", tiny_model_dir, "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.output
+    found = {entry["source"]: [hit["path"] for hit in entry["hits"]] for entry in json.loads(result.stdout)}
+    assert found == {"index": [str(same_sound), str(other)], "decoded": [str(same_sound), str(other)]}
 
 
 def test_similar_missing_file(common, tmp_path):

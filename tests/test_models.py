@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import builtins
 import functools
 import http.server
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -275,6 +278,18 @@ def test_fetch_from_a_local_file_that_is_not_there_is_bad_usage(tmp_path, isolat
     assert not (isolated_home / "models").exists()
 
 
+def refusing_to_open(opener: Callable[..., Any], locked: Path) -> Callable[..., Any]:
+    """`opener` (`Path.open`, `open`), except that opening `locked` is refused, as chmod 000 refuses it to anyone but
+    root, who runs these tests in CI."""
+
+    def refused(path, *args, **kwargs):
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return opener(path, *args, **kwargs)
+
+    return refused
+
+
 @pytest.mark.usefixtures("no_internet")
 def test_fetch_from_a_url_no_download_can_come_from_is_bad_usage_as_a_missing_file_is(
     tmp_path, isolated_home, monkeypatch
@@ -283,14 +298,7 @@ def test_fetch_from_a_url_no_download_can_come_from_is_bad_usage_as_a_missing_fi
     each is a `--url` to correct, as a missing file is (exit 2, README "Exit codes"), not a failed download (1)."""
     locked = tmp_path / "locked.pth"
     locked.write_bytes(b"weights")
-    opened = Path.open
-
-    def refused(path, *args, **kwargs):  # as chmod 000 is for anyone but root, who runs these tests in CI
-        if path == locked:
-            raise PermissionError(13, "Permission denied", str(path))
-        return opened(path, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "open", refused)
+    monkeypatch.setattr(Path, "open", refusing_to_open(Path.open, locked))
     for url, reason in [
         ("ftp://mirror.example/base.pth", "unsupported URL scheme 'ftp' (give an http, https or file URL, or a path)"),
         ("file://mirror.example/base.pth", "file URL names a remote host 'mirror.example'"),
@@ -299,6 +307,19 @@ def test_fetch_from_a_url_no_download_can_come_from_is_bad_usage_as_a_missing_fi
         result = _cli("model", "fetch", "--url", url)
         assert (result.exit_code, result.stderr.strip()) == (2, f"error: {url}: {reason}"), result.output
     assert not (isolated_home / "models").exists()
+
+
+def test_import_of_a_checkpoint_that_cannot_be_read_is_bad_usage_naming_why(
+    tiny_pair, tiny_model_dir, isolated_home, monkeypatch
+):
+    """As `model fetch --url` of such a file: one line with the reason, exit 2; not "not a readable PyTorch
+    checkpoint (PermissionError)" and exit 1, as if the file were damaged. Nothing is installed."""
+    _, path = tiny_pair
+    monkeypatch.setattr(Path, "open", refusing_to_open(Path.open, path))
+    monkeypatch.setattr(builtins, "open", refusing_to_open(builtins.open, path))  # what torch.load opens with
+    result = _cli("model", "import", path, "--config", tiny_model_dir / "config.json", "--no-tokenizers")
+    assert (result.exit_code, result.stderr.strip()) == (2, f"error: {path}: cannot read (permission denied)")
+    assert not (isolated_home / "models" / path.stem).exists()
 
 
 def test_a_fetched_file_that_is_no_checkpoint_is_moved_aside(tiny_pair, tiny_model_dir, tmp_path, isolated_home):

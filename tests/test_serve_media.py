@@ -140,6 +140,18 @@ def test_aac_in_mp4_is_played_as_it_is_and_other_m4a_files_are_transcoded(tmp_pa
     assert browser_type(tmp_path / "alac.m4a") is None and browser_type(tmp_path / "wav.m4a") is None
 
 
+def test_raw_aac_is_played_as_it_is_and_other_aac_files_are_transcoded(tmp_path):
+    """Every browser plays raw AAC in ADTS frames (`.aac`, what radio recorders and stream dumps write): sent as it
+    is, as `audio/aac`. A file named `.aac` that holds something else (MP4, MP3) is transcoded."""
+    tone = np.sin(np.linspace(0, 2000, 44_100, dtype=np.float32))[None, :] * 0.3
+    write_with_av(tmp_path / "adts.aac", tone, 44_100, "aac", "adts")
+    write_with_av(tmp_path / "mp4.aac", tone, 44_100, "aac", "ipod")
+    write_with_av(tmp_path / "mp3.aac", tone, 44_100, "mp3", "mp3")
+    assert (tmp_path / "adts.aac").read_bytes()[:2] == b"\xff\xf1"  # an ADTS frame's sync word
+    assert browser_type(tmp_path / "adts.aac") == "audio/aac"
+    assert browser_type(tmp_path / "mp4.aac") is None and browser_type(tmp_path / "mp3.aac") is None
+
+
 def test_saved_upload_keeps_only_a_safe_suffix_and_checks_the_clip(tmp_path):
     clip = write_tone(tmp_path / "clip.flac", 3.0).read_bytes()
     for name, suffix in [("../../etc/x.flac", ".flac"), ("a.FLAC", ".flac"), ("evil.sh", ""), (None, "")]:

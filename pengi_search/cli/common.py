@@ -34,7 +34,7 @@ from ..errors import (
     first_line,
     not_found,
 )
-from ..messages import print_skipped, print_warning
+from ..messages import print_interrupted, print_skipped, print_warning
 from ..pathnames import json_text, shown
 from ..paths import GivenPath, as_typed, refuse_unexpanded_home
 from ..stop_signals import interrupted_by_stop_signals, interrupted_exit_code
@@ -165,7 +165,7 @@ def _reported(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     try:
         return _flushed(func, *args, **kwargs)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (`stop_signals`): the exit code says which
-        err_console.print("interrupted")
+        print_interrupted(err_console)
         raise typer.Exit(interrupted_exit_code()) from None
     except (typer.Exit, typer.Abort):
         raise

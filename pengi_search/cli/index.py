@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -16,6 +17,8 @@ import typer
 from rich.markup import escape
 
 from ..choices import Captions, Device, IndexType, LongPrompt, StopRule
+from ..messages import print_interrupted
+from ..stop_signals import interrupted_exit_code
 from ..units import duration_text
 from ..written_aside import written_aside
 from .common import (
@@ -53,7 +56,7 @@ from .common import (
 )
 
 if TYPE_CHECKING:
-    from indexer.run_report import IndexSummary
+    from indexer.run_report import IndexOptions, IndexSummary
 
     from ..library import Library
 
@@ -179,15 +182,13 @@ def index(
 
     Example: pengi-search index ~/sounds --workers 4 --batch-size 32
     """
-    from indexer.pipeline import IndexerError, run_index
     from indexer.run_report import IndexOptions
     from indexer.shard import Shard
 
     from ..audio import AUDIO_EXTENSIONS
     from ..audio_workers import default_workers
-    from ..scan import ScanError, parse_extensions
+    from ..scan import parse_extensions
     from .index_watch import check_watch_options, keep_watching
-    from .inputs import name_as_reached
 
     if fast and recaption_fast:
         raise UsageError("--recaption-fast", "writes exact captions: leave out --fast")
@@ -229,12 +230,7 @@ def index(
     )
 
     def run() -> IndexSummary:
-        try:
-            with progress_bar() as bar:
-                summary = run_index(options, IndexProgress(bar, visible=show_progress(quiet, json_output)))
-            return summary.renamed(functools.partial(name_as_reached, targets=paths))
-        except (IndexerError, ScanError) as exc:
-            raise UsageError("", str(exc)) from exc
+        return _run_once(options, show_progress(quiet, json_output))
 
     def report(summary: IndexSummary) -> None:
         _print_summary(summary, verbose=verbose)
@@ -253,6 +249,26 @@ def index(
     else:
         report(summary)
     raise typer.Exit(EXIT_PARTIAL if summary.partial else EXIT_OK)
+
+
+def _run_once(options: IndexOptions, visible: bool) -> IndexSummary:
+    """One run, its paths named as the user reached them; an interrupted run says what it kept (with --json too:
+    stdout gets no summary of a run that did not end)."""
+    from indexer.pipeline import IndexerError, run_index
+    from indexer.run_report import RunInterrupted
+
+    from ..scan import ScanError
+    from .inputs import name_as_reached
+
+    try:
+        with progress_bar() as bar:
+            summary = run_index(options, IndexProgress(bar, visible=visible))
+        return summary.renamed(functools.partial(name_as_reached, targets=list(map(os.fspath, options.roots))))
+    except (IndexerError, ScanError) as exc:
+        raise UsageError("", str(exc)) from exc
+    except RunInterrupted as stop:
+        print_interrupted(err_console, _kept(stop.summary))
+        raise typer.Exit(interrupted_exit_code()) from None
 
 
 @handle_errors
@@ -420,6 +436,15 @@ def _print_summary(summary: IndexSummary, *, verbose: bool = False) -> None:
             f"{summary.skipped_errors} file(s) that failed before were skipped (--retry-errors; `stats` lists them)"
         )
     _print_problems(summary, verbose=verbose)
+
+
+def _kept(summary: IndexSummary) -> str:
+    """What an interrupted run leaves done: each file and each batch of captions is committed as it is finished,
+    and a re-run goes on from there."""
+    return (
+        f"this run kept {summary.indexed} file(s) indexed and {summary.captioned} window(s) captioned; "
+        "run the same command again to resume"
+    )
 
 
 def _reused(summary: IndexSummary, what: str) -> str:

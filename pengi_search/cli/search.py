@@ -256,7 +256,7 @@ def similar(
     json_output: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Find the sounds that sound like each FILE (audio -> audio); the file itself is left out.
+    """Find the sounds that sound like each FILE (audio -> audio); the file itself is left out, with its copies.
 
     An indexed, unchanged file uses its stored audio embeddings; any other file is decoded and embedded with the
     model (several such files together). Each window of the library is scored by its best match among the file's

@@ -41,9 +41,13 @@ BROWSER_TYPES = {
     ".webm": "audio/webm",
     ".m4a": "audio/mp4",
     ".m4b": "audio/mp4",
+    ".aac": "audio/aac",
 }
 _PLAYABLE_WAV = {"PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT"}  # other WAV codecs (ADPCM, u-law) are transcoded
-_PLAYABLE_MP4 = "aac"  # of the codecs MP4 audio holds, the one all three play (ALAC, say, is transcoded)
+# What a file served as these types must hold, as FFmpeg names its container and first audio stream's codec: of
+# the codecs MP4 audio holds, AAC is the one all three play (ALAC, say, is transcoded); `audio/aac` is raw AAC in
+# ADTS frames. A file whose name says one of them and holds something else is transcoded.
+_PLAYABLE_STREAMS = {"audio/mp4": ("mp4", "aac"), "audio/aac": ("aac", "aac")}
 # The sample rates a transcode keeps: those the Web Audio API requires every browser to play. A file at another
 # rate is resampled to the nearest of them.
 PLAYABLE_RATES = (8_000, 96_000)
@@ -73,17 +77,19 @@ def browser_type(path: Path) -> str | None:
             return mime if sf.info(os.fsencode(path)).subtype in _PLAYABLE_WAV else None  # bytes: any file name
         except (sf.SoundFileError, RuntimeError):
             return None
-    if mime == "audio/mp4":
-        return mime if _mp4_codec(path) == _PLAYABLE_MP4 else None
+    if mime in _PLAYABLE_STREAMS:
+        container, codec = _PLAYABLE_STREAMS[mime]
+        return mime if _audio_codec(path, container) == codec else None
     return mime
 
 
-def _mp4_codec(path: Path) -> str | None:
-    """The codec of the first audio stream of an MP4 file (as FFmpeg names it), or None for another container or
-    a file FFmpeg cannot open."""
+def _audio_codec(path: Path, container_name: str) -> str | None:
+    """The codec of the first audio stream of the file (as FFmpeg names it), when FFmpeg reads the file as the
+    container `container_name` (one of the names of its demuxer, say "mp4" of "mov,mp4,m4a,..."); else None, and
+    for a file FFmpeg cannot open."""
     try:
         with av.open(str(path), metadata_errors="ignore") as container:
-            if "mp4" not in container.format.name.split(",") or not container.streams.audio:
+            if container_name not in container.format.name.split(",") or not container.streams.audio:
                 return None
             return container.streams.audio[0].codec_context.name
     except (av.FFmpegError, OSError):

@@ -258,12 +258,11 @@ class Service:
         """Audio -> audio from a clip sent by the client (embedded with the model that built the index). A clip that
         is a library file (the same sha256) leaves that file out, with its copies, as `similar FILE` leaves FILE out:
         else the file itself would come first, a perfect match that says nothing."""
-        from ..similar import embed_audio_file
+        from ..similar import embed_audio_file, excluding_query
 
-        filters = params.filters()
+        scope = SearchScope(self._k(params), params.by, params.filters())
         self.library.vector_index("audio")  # an empty library fails here, before the model is loaded
-        itself = frozenset(record.path for record in self.library.store.files_with_hash(file_sha256(upload.path)))
-        filters = dataclasses.replace(filters, exclude_paths=filters.exclude_paths | itself)
+        scope = excluding_query(self.library, scope, file_sha256(upload.path))
         engine = self.engine()
         with self._model_lock:
             vectors, spans = embed_audio_file(
@@ -274,7 +273,6 @@ class Service:
                 batch_size=self.settings.batch_size,
                 engine=engine,
             )
-        scope = SearchScope(self._k(params), params.by, filters)
         hits = search_index(self.library, self.library.vector_index("audio"), vectors, scope, query_spans=spans)
         return self._hits_json(hits)
 
