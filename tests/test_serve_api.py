@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import shutil
 import struct
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -29,7 +30,7 @@ from pengi_search.serve.pages import FILTER_BOXES, when
 from pengi_search.units import duration_text
 
 from .indexing import write_tone
-from .search_library import CaptionLibrary
+from .search_library import CaptionLibrary, index_folder
 from .serving import BROKEN, BROKEN_REASON, HOSTILE, client_for
 from .test_cli_search import HIT_KEYS, clip_tokens
 
@@ -172,6 +173,25 @@ def test_similar_to_a_window_leaves_its_file_out(client, served):
     assert str(served.files["weather/rain.flac"]) not in {hit["path"] for hit in hits}
     assert {(hit["query_start_s"], hit["query_end_s"]) for hit in hits} == {(3.0, 10.0)}
     assert client.get("/api/similar", params={"window_id": 999_999}).status_code == 404
+
+
+def test_more_like_this_leaves_out_copies_of_its_file_as_similar_file_does(tiny_model_dir, tmp_path):
+    """A window's file is left out of its similar sounds with every library file holding its bytes (a copy, a link
+    of another name), as `similar FILE` and an upload leave them out; a file that sounds the same in other bytes is
+    a hit."""
+    sounds, db = tmp_path / "sounds", tmp_path / "lib.db"
+    x = write_tone(sounds / "x.wav", 3.0, freq=300.0)
+    shutil.copy(x, sounds / "copy-of-x.wav")
+    (sounds / "link-to-x.wav").symlink_to(x)
+    same_sound = sounds / "x-as-flac.flac"
+    sf.write(same_sound, *sf.read(x), subtype="PCM_16")
+    index_folder(str(db), sounds, tiny_model_dir)
+    with Store.open(db) as store:
+        [window] = [w for w in store.window_details(store.vector_ids("audio")).values() if w.path == str(x)]
+    with client_for(CaptionLibrary(str(db), sounds, {}), tiny_model_dir) as client:
+        response = client.get("/api/similar", params={"window_id": window.window_id, "k": 10})
+    assert response.status_code == 200, response.text
+    assert [hit["path"] for hit in response.json()] == [str(same_sound)]
 
 
 def test_similar_to_an_uploaded_clip(client, served, tmp_path):

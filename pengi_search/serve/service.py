@@ -241,18 +241,20 @@ class Service:
         return embedded.vector
 
     def similar_to_window(self, window_id: int, params: SearchParams) -> list[dict[str, Any]]:
-        """Audio -> audio from an indexed window ("more like this"); its own file is left out."""
+        """Audio -> audio from an indexed window ("more like this"); its own file is left out, with its copies, as
+        `similar FILE` leaves FILE out (`excluding_query`)."""
+        from ..similar import excluding_query
+
         window = self.window(window_id)
         ids, vectors = self.library.store.vectors("audio", [window_id])
         if len(ids) == 0:
             raise RequestError(f"window {window_id}", "has no audio embedding", HTTPStatus.NOT_FOUND)
-        filters = dataclasses.replace(params.filters(), exclude_paths=frozenset({window.path}))
-        spans = [(window.start_s, window.end_s)]
-        k = self._k(params)
+        record = self.library.store.get_file(window.path)
+        scope = SearchScope(self._k(params), params.by, params.filters()).without([window.path])
+        scope = excluding_query(self.library, scope, record.content_hash if record is not None else None)
         index = self.library.vector_index("audio")
-        return self._hits_json(
-            search_index(self.library, index, vectors, SearchScope(k, params.by, filters), query_spans=spans)
-        )
+        spans = [(window.start_s, window.end_s)]
+        return self._hits_json(search_index(self.library, index, vectors, scope, query_spans=spans))
 
     def similar_to_upload(self, upload: Upload, params: SearchParams) -> list[dict[str, Any]]:
         """Audio -> audio from a clip sent by the client (embedded with the model that built the index). A clip that
