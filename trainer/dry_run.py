@@ -128,7 +128,7 @@ def epoch_rows(train: ManifestCheck, cached: bool) -> int:
 
 def _caches_features(config: TrainConfig) -> bool:
     """Whether the run would cache its audio features, from its settings, for a model that could not be built: the
-    run asks the model (`audio_backbone_frozen`), whose backbone these settings freeze."""
+    run asks the model (`caches_features`), whose backbone these settings freeze."""
     return config.data.cache_features and (config.freeze.audio_encoder or config.freeze.audio_backbone)
 
 
@@ -168,7 +168,7 @@ class _BuiltModel:
 def _build_model(config: TrainConfig, report: DryRunReport, source: Path) -> _BuiltModel | None:
     """Build the model as training would (a failure is a problem, not an exception) and check its shapes; None when
     it cannot be built or breaks a shape rule."""
-    from trainer.model_setup import apply_freezing, audio_backbone_frozen, build_model
+    from trainer.model_setup import apply_freezing, build_model, caches_features
 
     seed_everything(config.seed)  # the run's initial weights, which its feature cache is keyed on
     try:
@@ -185,7 +185,7 @@ def _build_model(config: TrainConfig, report: DryRunReport, source: Path) -> _Bu
     if report.model_problems:
         return None
     apply_freezing(model, config.freeze)
-    cached = config.data.cache_features and audio_backbone_frozen(model)  # as the run decides (`Trainer`)
+    cached = caches_features(config, model)
     encodings = clips_to_encode(config, model, read_manifest(config.data.train)) if cached else 0
     return _BuiltModel(model, tokenizers, prompts[0], cached, encodings)
 

@@ -57,8 +57,8 @@ from trainer.evaluation import is_label_task, label_metrics, sample_generations,
 from trainer.export import BEST_MODEL_DIR, MODEL_DIR, export_model
 from trainer.model_setup import (
     apply_freezing,
-    audio_backbone_frozen,
     build_model,
+    caches_features,
     frozen_fingerprint,
     set_dropout,
     set_train_mode,
@@ -179,7 +179,7 @@ class Trainer:
             set_dropout(self.model, config.model.dropout)
         self.fingerprint = frozen_fingerprint(self.model)
         self.model.to(self.device)
-        cached = config.data.cache_features and audio_backbone_frozen(self.model)
+        cached = caches_features(config, self.model)
         self.loss_module = AnswerNll(self.model, cached=cached)
         self.parameters = trainable_parameters(self.model)
         if not self.parameters:
