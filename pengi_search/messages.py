@@ -1,8 +1,9 @@
 """How a message for the user that is not a result looks, wherever it is printed from.
 
 The command line (`cli.common.warn`, `cli.common.report_skipped`) and the trainer (which does not import the
-command line) print their warnings through `print_warning` and the inputs they went on without through
-`print_skipped`, so each reads the same from `describe`, `train init`, a dry run or a training run.
+command line) print their errors through `print_error`, their warnings through `print_warning` and the inputs they
+went on without through `print_skipped`, so each reads the same from `describe`, `train init`, a dry run or a
+training run.
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ def shortened(text: str, characters: int = SHOWN_CHARACTERS) -> str:
     """`text`, or its first `characters` and "..." when longer: a user's long text (a prompt, a label, a query) as a
     one-line message names it."""
     return text if len(text) <= characters else text[:characters] + "..."
+
+
+def print_error(console: Console, message: str) -> None:
+    """`error: message` on `console`, as a command that stops says why (escaped and on one line, as a warning)."""
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
 
 
 def print_warning(console: Console, message: str) -> None:

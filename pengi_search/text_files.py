@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .errors import UsageError, empty_file, unreadable
+from .units import count_text
 
 CsvRows = list[tuple[int, dict[str, str]]]  # (line number, row by lower-cased column name)
 
@@ -109,8 +110,7 @@ def _row(
     if any(values[len(header) :]):
         raise error(
             path,
-            f"line {line} has {len(values)} values but the header has {len(header)} column"
-            f"{'s' if len(header) != 1 else ''}: "
+            f"line {line} has {len(values)} values but the header has {count_text(len(header), 'column')}: "
             'quote a value that holds a comma ("a dog, barking")',
         )
     return dict(zip(header, values, strict=False))

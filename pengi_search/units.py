@@ -1,4 +1,5 @@
-"""How amounts are shown to people: a duration in the unit that reads best, and a window's time in a file.
+"""How amounts are shown to people: a duration in the unit that reads best, a window's time in a file, and a
+count with its noun.
 
 The library page, `stats`, `doctor` and the trainer's dry run all say how long something is; one rule keeps them
 alike (a short library is not "0.00 h", a small set's epoch not "0.0 min"). `describe`, `query`, `similar` and the
@@ -15,6 +16,12 @@ def duration_text(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def count_text(count: int, noun: str, plural: str | None = None) -> str:
+    """`1 process`, `2 processes`, `0 columns`: the count with its noun in the number it takes (`plural` where the
+    noun does not take a plain -s), not `2 process(es)` or `1 processes`."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
 
 
 _SPAN_DECIMALS = 6  # a microsecond: finer than one sample at any rate a file is decoded at

@@ -700,6 +700,35 @@ def test_under_torchrun_rank_0_alone_says_each_clip_that_fails_once(tmp_path, so
     assert (tmp_path / "run" / "model").is_dir()
 
 
+def test_under_torchrun_a_resume_refused_once_set_up_is_said_once_and_a_warning_counts_processes_in_words(
+    tmp_path, sounds, tiny_model_dir
+) -> None:
+    """A run in epochs trained by one process, resumed by two: each reads half the rows, so its epochs make half
+    the steps, which every process found and said (`error: ...` once per process). Rank 0 says it, once, and exits
+    with 2 (torchrun reports it), the others end well. Trained on to a length given with --set, the run warned that
+    the checkpoint "was written by 1 processes"."""
+    epochs = {"max_steps": None, "epochs": 2}  # 4 rows in batches of 2: 4 steps
+    config_path = write_config(tmp_path, tiny_model_dir, sounds / "train.jsonl", optimization=epochs)
+    check_trained(config_path)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def resumed(*options: str) -> subprocess.CompletedProcess:
+        resume = [*command, "-m", "trainer", str(config_path), "--resume", *options]
+        return subprocess.run(resume, env=env, capture_output=True, text=True, timeout=600)
+
+    refused = resumed()
+    assert refused.stderr.count("error: ") == 1, refused.stderr[-3000:]
+    assert "make 2 steps now, the run's 4, as it trains on 2 processes (the run's: 1)" in refused.stderr
+    assert "SIGTERM" not in refused.stderr and re.search(r"rank\s*: 0 .*\n\s*exitcode\s*: 2 ", refused.stderr)
+
+    trained_on = resumed("--set", "optimization.max_steps=5", "--set", "optimization.epochs=null")
+    assert trained_on.returncode == 0, trained_on.stderr[-3000:]
+    written_by = "warning: the checkpoint was written by 1 process, not 2: random streams restart"
+    assert trained_on.stderr.count(written_by) == 1, trained_on.stderr[-3000:]
+    assert [step for step, _ in losses(tmp_path / "run")] == [1, 2, 3, 4, 5]
+
+
 # --- Set-up from scratch ---------------------------------------------------------------------------------------
 
 

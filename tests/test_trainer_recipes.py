@@ -466,6 +466,53 @@ def test_a_cached_run_in_epochs_with_a_broken_clip_resumes_as_the_same_run(
         assert result.exit_code != EXIT_USAGE and "already finished" in " ".join(result.output.split()), result.output
 
 
+def test_the_dry_run_of_an_uncached_run_counts_an_epoch_as_the_run_does_broken_clips_included(
+    tmp_path, tiny_no_text_model_dir, monkeypatch
+) -> None:
+    """A run that decodes its clips each epoch reads every row (a broken clip is left out of its batch, which still
+    counts), where a cached run reads the rows that encoded. The dry run counted the usable rows for both: it said
+    2 steps an epoch where the run trained 3."""
+    config_path = label_run_config(
+        tmp_path, tiny_no_text_model_dir, data__cache_features=False, optimization__max_steps=None
+    )
+    config = yaml.safe_load(config_path.read_text())
+    config["optimization"]["epochs"] = 1
+    config_path.write_text(yaml.safe_dump(config))
+    (tmp_path / "clips" / "broken.wav").write_text("not audio")
+    with (tmp_path / "train.jsonl").open("a") as out:  # 8 rows and 4 broken: 3 batches of 4, 2 of them usable
+        out.write(
+            "".join(
+                json.dumps({"audio": "clips/broken.wav", "task": "caption", "answer": f"crackle {n}"}) + "\n"
+                for n in range(4)
+            )
+        )
+    monkeypatch.chdir(tmp_path)
+    result = cli("train", "run.yaml", "--dry-run")
+    assert result.exit_code == EXIT_PARTIAL, result.output
+    assert "12 examples, 8 usable" in result.output and "steps per epoch 3, total steps 3" in result.output
+    assert cli("train", "run.yaml").exit_code == EXIT_PARTIAL
+    (end,) = read_metrics(tmp_path / "run" / METRICS_FILE, "end")
+    assert end["step"] == 3
+
+
+def test_the_dry_run_of_a_resume_counts_no_encoding_for_clips_the_feature_cache_holds(
+    tmp_path, tiny_no_text_model_dir, monkeypatch
+) -> None:
+    """`--resume --dry-run` estimated the encoding of every clip, which the resumed run reads from `features/` in a
+    moment; a new run's dry run, whose output_dir holds no features, still estimates it."""
+    label_run_config(tmp_path, tiny_no_text_model_dir)
+    monkeypatch.chdir(tmp_path)
+    assert cli("train", "run.yaml", "--set", "optimization.max_steps=1").exit_code == EXIT_OK
+    result = cli("train", "run.yaml", "--resume", "--dry-run", "--set", "optimization.max_steps=2")
+    assert result.exit_code == EXIT_OK, result.output
+    said = " ".join(result.output.split())
+    assert "the clips' features are already in features/ (frozen encoder, cached): no encoding" in said
+    assert "encoding the clips first" not in said
+    result = cli("train", "run.yaml", "--dry-run", "--set", "output_dir=elsewhere")
+    assert result.exit_code == EXIT_OK, result.output
+    assert "encoding the clips first (frozen encoder, cached): about" in " ".join(result.output.split())
+
+
 def test_what_a_run_says_while_it_encodes_reads_one_line_each_in_a_log(tmp_path, tiny_no_text_model_dir) -> None:
     """Off a terminal, the note on the frozen encoder broke at 80 columns, and the encoding bar left a blank line."""
     config_path = label_run_config(tmp_path / "a long folder name", tiny_no_text_model_dir, logging__quiet=False)
@@ -696,12 +743,15 @@ def test_an_output_dir_holding_a_run_is_bad_usage_for_a_new_run_and_its_dry_run_
     holds = "error: run: holds checkpoints of a run: continue it with --resume, or choose a new output_dir"
     with monkeypatch.context() as during:
         during.setattr(trainer.loop, "Trainer", None)  # set-up (minutes of feature encoding) must not start
-        for dry_run in (["--dry-run"], []):  # the run refuses it in the same words
-            result = cli("train", str(config_path), *dry_run)
-            assert result.exit_code == EXIT_USAGE, result.output  # was 1
-            assert result.output.strip() == holds
-            with pytest.raises(UsageError, match="holds checkpoints of a run"):  # library callers alike
-                (dry_run_report if dry_run else trainer.loop.train)(load_config(config_path))
+        result = cli("train", str(config_path))
+        assert result.exit_code == EXIT_USAGE, result.output  # was 1
+        assert result.output.strip() == holds
+        with pytest.raises(UsageError, match="holds checkpoints of a run"):  # library callers alike
+            trainer.loop.train(load_config(config_path))
+        # The dry run refuses it in the same words, among the rest of its report (the next test).
+        result = CliRunner().invoke(app, ["train", str(config_path), "--dry-run"])
+        assert result.exit_code == EXIT_USAGE and result.stderr.splitlines() == [holds], result.output
+        assert dry_run_report(load_config(config_path)).config_problems == [holds.removeprefix("error: ")]
     result = cli("train", str(config_path), "--dry-run", "--resume")
     assert result.exit_code == EXIT_OK and "ready to train" in result.output
     assert "resuming from run/checkpoints/step-00000010.pt at step 10 of 40 (epoch 1, " in result.output
@@ -716,6 +766,29 @@ def test_an_output_dir_holding_a_run_is_bad_usage_for_a_new_run_and_its_dry_run_
     assert finished in " ".join(result.output.split())
     result = cli("train", str(config_path), "--dry-run", "--resume-from", str(tmp_path / "nope.pt"))
     assert result.exit_code == EXIT_USAGE and "nope.pt: no such training checkpoint" in result.output
+
+
+def test_a_dry_run_names_every_problem_the_run_would_stop_at_one_by_one(
+    tmp_path, tiny_no_text_model_dir, monkeypatch
+) -> None:
+    """bf16 on the CPU and an output_dir holding a run: the dry run named the output_dir alone, and once it was
+    fixed, the run stopped at the precision. It lists both, each on its own line in the words the run stops with,
+    still reports the audio it checked, and exits 2; the run stops at the first, as before."""
+    config_path = label_run_config(tmp_path, tiny_no_text_model_dir)
+    run_at(config_path, step=10)
+    (tmp_path / "clips" / "gone.wav").unlink(missing_ok=True)
+    with (tmp_path / "train.jsonl").open("a") as out:
+        out.write(json.dumps({"audio": "clips/gone.wav", "task": "caption", "answer": "nothing"}) + "\n")
+    monkeypatch.chdir(tmp_path)
+    bf16 = ("--set", "runtime.precision=bf16")  # device: cpu
+    needs_cuda = "error: run.yaml: runtime.precision bf16 needs a CUDA device; this run is on the CPU"
+    holds = "error: run: holds checkpoints of a run: continue it with --resume, or choose a new output_dir"
+    result = CliRunner().invoke(app, ["train", "run.yaml", "--dry-run", *bf16])
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert result.stderr.splitlines() == [needs_cuda, holds]
+    assert "9 examples, 8 usable, 1 missing" in result.stdout and "cannot train: fix the configuration" in result.stdout
+    result = CliRunner().invoke(app, ["train", "run.yaml", *bf16])
+    assert result.exit_code == EXIT_USAGE and result.stderr.splitlines() == [holds]  # the one it checks first
 
 
 def run_at(config_path: Path, step: int) -> None:
@@ -742,8 +815,9 @@ def test_resume_from_a_missing_checkpoint_fails_before_the_set_up(
 def test_a_missing_checkpoint_is_bad_usage_for_library_callers_as_on_the_command_line(
     tmp_path, tiny_no_text_model_dir, given: str
 ) -> None:
-    """`train`, its dry run and `export_checkpoint` raise the error the command line shows (they raised exit code 1
-    errors in other words): exit code 2, what the path is and what to give instead."""
+    """`train` and `export_checkpoint` raise the error the command line shows (they raised exit code 1 errors in
+    other words), and the dry run reports it among its problems: exit code 2, what the path is and what to give
+    instead."""
     import trainer.loop
     from trainer.export import export_checkpoint
 
@@ -756,13 +830,15 @@ def test_a_missing_checkpoint_is_bad_usage_for_library_callers_as_on_the_command
     }[given]
     calls = {
         "train": lambda: trainer.loop.train(config, resume=checkpoint),
-        "dry run": lambda: dry_run_report(config, resume=checkpoint),
         "export": lambda: export_checkpoint(checkpoint),
     }
     for name, call in calls.items():
         with pytest.raises(UsageError) as raised:
             call()
         assert raised.value.exit_code == EXIT_USAGE and str(raised.value).startswith(expected), name
+    report = dry_run_report(config, resume=checkpoint)
+    (problem,) = report.config_problems
+    assert report.exit_code == EXIT_USAGE and problem.startswith(expected)
     for command in (["--resume-from", str(checkpoint)], ["--dry-run", "--resume-from", str(checkpoint)]):
         result = cli("train", str(config_path), *command)
         assert result.exit_code == EXIT_USAGE and expected in " ".join(result.output.split())

@@ -1,11 +1,12 @@
-"""How times are shown to people: a window's span never reads as empty when it is not."""
+"""How amounts are shown to people: a window's span never reads as empty when it is not; a count takes its
+noun in the number it needs."""
 
 from __future__ import annotations
 
 import pytest
 
 from pengi_search.serve.pages import span, window_label
-from pengi_search.units import seconds_text, span_text
+from pengi_search.units import count_text, seconds_text, span_text
 
 
 @pytest.mark.parametrize(
@@ -29,3 +30,9 @@ def test_a_short_clip_has_a_length_and_the_web_pages_show_its_window_alike():
     assert (seconds_text(9.5), seconds_text(0.01), seconds_text(0.0)) == ("9.5 s", "0.01 s", "0.0 s")
     assert span(0.0, 0.01) == "0.00–0.01 s" and span(3.0, 10.0) == "3.0–10.0 s"
     assert window_label("a.wav", 0.0, 0.01, "") == "Play a.wav, 0.00 to 0.01 s"
+
+
+def test_a_count_reads_with_its_noun_in_the_right_number():
+    # The trainer wrote "written by 1 processes" and "x 2 process(es)".
+    assert [count_text(n, "process", "processes") for n in (0, 1, 2)] == ["0 processes", "1 process", "2 processes"]
+    assert (count_text(1, "column"), count_text(3, "column")) == ("1 column", "3 columns")

@@ -20,6 +20,7 @@ from pengi_search.choices import Device
 from pengi_search.errors import UsageError, empty_file
 from pengi_search.paths import as_path, as_typed, home_expanded
 from pengi_search.text_files import read_text
+from pengi_search.units import count_text
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 MODEL_PARTS = ("audio_encoder", "audio_projection", "mappers", "language_model", "text_encoder")
@@ -267,9 +268,10 @@ class TrainConfig:
 
     def too_few_for_a_step(self, usable: int, processes: int) -> str:
         """What the run says when `usable` training examples make no whole step (and the dry run, in its words)."""
+        across = count_text(processes, "process", "processes")
         return (
             f"{usable} usable examples are too few for one step of batch_size {self.data.batch_size} x "
-            f"grad_accumulation {self.optimization.grad_accumulation} x {processes} process(es): lower data.batch_size"
+            f"grad_accumulation {self.optimization.grad_accumulation} x {across}: lower data.batch_size"
         )
 
 

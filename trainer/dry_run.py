@@ -18,18 +18,19 @@ from rich.table import Table
 
 from pengi_search.choices import LongPrompt
 from pengi_search.config import PengiConfig
-from pengi_search.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, PengiSearchError
-from pengi_search.messages import print_warning
+from pengi_search.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, PengiSearchError, UsageError
+from pengi_search.messages import print_error, print_warning
 from pengi_search.model import Pengi
 from pengi_search.paths import as_typed
 from pengi_search.tokenization import PromptTooLongError, Tokenizers
 from pengi_search.units import duration_text
 from trainer.checkpoint_files import checkpoint_to_resume
-from trainer.config import TrainConfig
+from trainer.config import ConfigError, TrainConfig
 from trainer.data import MISSING, Example, LoadAudio, check_audio, read_manifest, task_mix
 from trainer.distributed import process_count
-from trainer.features import clip_key
-from trainer.resume_plan import EpochSize, check_resume, check_steps, planned_resume, read_run_record
+from trainer.resume_plan import EpochSize, RunRecord, check_resume, check_steps, planned_resume, read_run_record
+from trainer.run_data import FEATURE_DIR, clips_to_encode
+from trainer.state import seed_everything
 
 PROBLEMS_SHOWN = 20  # per manifest; the counts cover them all
 
@@ -58,7 +59,7 @@ class ManifestCheck:
 @dataclass
 class DryRunReport:
     manifests: list[ManifestCheck]
-    config_problems: list[str] = field(default_factory=list)  # what the configuration asks that cannot be given
+    config_problems: list[str] = field(default_factory=list)  # bad usage, each as `train` refuses it (exit 2)
     model_problems: list[str] = field(default_factory=list)
     plan: dict[str, int | None] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -87,55 +88,106 @@ def dry_run_report(
 ) -> DryRunReport:
     """Read the manifests, decode every clip, check the model's files exist and work out the step plan.
 
-    `resume` and `given` as `train` takes them (--resume, --resume-from; the keys given with --set): an output_dir
-    with checkpoints for a new run, no checkpoint for a resumed one, or a configuration that is not the resumed
-    run's raises as in training (`checkpoint_to_resume`, `check_resume`), as does a manifest that cannot be parsed
-    (`ManifestError`).
+    `resume` and `given` as `train` takes them (--resume, --resume-from; the keys given with --set). What `train`
+    refuses before its first step is in the report, all of it, in the words `train` stops with on the first: an
+    output_dir with checkpoints for a new run, no checkpoint for a resumed one, or a configuration that is not the
+    resumed run's (`checkpoint_to_resume`, `check_resume`, `check_steps`) are among its `config_problems`. Only a
+    manifest that cannot be parsed raises (`ManifestError`): nothing can be checked without its rows.
     """
     source = source or Path("<config>")
-    checkpoint = checkpoint_to_resume(config.output_dir, resume)
-    record = None if checkpoint is None else read_run_record(checkpoint)
-    length_change = None if record is None else check_resume(config, record, given, source)
+    problems = [str(ConfigError(source, problem)) for problem in config.problems(cuda=torch.cuda.is_available())]
+    record, length_change = _resumed_run(config, resume, given, source, problems)
     roles = [("train", config.data.train), ("validation", config.data.validation)]
     manifests = [_check_manifest(role, path, load_audio) for role, path in roles if path is not None]
-    plan = _plan(config, manifests[0].usable)
-    report = DryRunReport(manifests, config.problems(cuda=torch.cuda.is_available()), _model_problems(config), plan)
+    report = DryRunReport(manifests, problems, _model_problems(config))
+    built = None if report.model_problems else _build_model(config, report, source)
+    train = manifests[0]
+    rows = epoch_rows(train, built.cached if built is not None else _caches_features(config))
+    report.plan = _plan(config, rows)
     report.warnings += _plan_warnings(report.plan)
-    report.run_problems += _run_problems(config, report.plan, manifests[0].usable)
+    report.run_problems += _run_problems(config, report.plan, rows if train.usable else 0)
     if record is not None:
-        total, per_epoch = report.plan["total_steps"] or 0, report.plan["steps_per_epoch"] or 0
-        epoch = EpochSize(manifests[0].usable, report.plan["processes"] or 1, total)
-        length_change = length_change or check_steps(config, record, epoch, given, source)
-        resume, warnings = planned_resume(config, record, length_change, total, per_epoch)
-        report.resume += resume
-        report.warnings += warnings
-    if not report.model_problems:
-        _check_model(config, report, source)
+        epoch = EpochSize(rows, report.plan["processes"] or 1, report.plan["total_steps"] or 0)
+        try:
+            length_change = length_change or check_steps(config, record, epoch, given, source)
+        except ConfigError as error:  # the run refuses it once its set-up has counted the rows
+            report.config_problems.append(str(error))
+        else:
+            _plan_resume(config, record, length_change, report)
+    if built is not None:
+        report.timing = _time_steps(built, config, report.plan)
     return report
 
 
-def _check_model(config: TrainConfig, report: DryRunReport, source: Path) -> None:
-    """Build the model as training would (a failure is a problem, not an exception), check its shapes and time
-    two steps."""
-    from trainer.model_setup import apply_freezing, audio_backbone_frozen, build_model
+def epoch_rows(train: ManifestCheck, cached: bool) -> int:
+    """The rows an epoch of the run reads, which its steps are counted from (`TrainConfig.steps_per_epoch`): a
+    cached run's are the rows whose clip encoded (its dataset keeps only them), an uncached run's every row of the
+    manifest (a clip that fails is left out of its batch, which still counts)."""
+    return train.usable if cached else train.examples
 
+
+def _caches_features(config: TrainConfig) -> bool:
+    """Whether the run would cache its audio features, from its settings, for a model that could not be built: the
+    run asks the model (`caches_features`), whose backbone these settings freeze."""
+    return config.data.cache_features and (config.freeze.audio_encoder or config.freeze.audio_backbone)
+
+
+def _resumed_run(
+    config: TrainConfig, resume: bool | Path, given: Collection[str], source: Path, problems: list[str]
+) -> tuple[RunRecord | None, str | None]:
+    """The run a resume continues, and how its length changes (None: it does not), as `train` finds them before
+    any set-up. What `train` refuses there goes into `problems` instead, and the dry run goes on to find the rest."""
+    try:
+        checkpoint = checkpoint_to_resume(config.output_dir, resume)
+        record = None if checkpoint is None else read_run_record(checkpoint)
+        return record, None if record is None else check_resume(config, record, given, source)
+    except UsageError as error:
+        problems.append(str(error))
+        return None, None
+
+
+def _plan_resume(config: TrainConfig, record: RunRecord, length_change: str | None, report: DryRunReport) -> None:
+    """What resuming `record` would do, in the run's words: where it starts and stops, or that it already finished."""
+    total, per_epoch = report.plan["total_steps"] or 0, report.plan["steps_per_epoch"] or 0
+    resume, warnings = planned_resume(config, record, length_change, total, per_epoch)
+    report.resume += resume
+    report.warnings += warnings
+
+
+@dataclass
+class _BuiltModel:
+    """The model as training builds it, for the checks and the timing that need it."""
+
+    model: Pengi
+    tokenizers: Tokenizers
+    prompt: str  # one of the manifests' prompts, for the timed steps
+    cached: bool  # the run caches the frozen backbone's outputs (`data.cache_features`)
+    encodings: int  # clips x views the run encodes before its first step (none: `features/` holds them)
+
+
+def _build_model(config: TrainConfig, report: DryRunReport, source: Path) -> _BuiltModel | None:
+    """Build the model as training would (a failure is a problem, not an exception) and check its shapes; None when
+    it cannot be built or breaks a shape rule."""
+    from trainer.model_setup import apply_freezing, build_model, caches_features
+
+    seed_everything(config.seed)  # the run's initial weights, which its feature cache is keyed on
     try:
         model, tokenizers = build_model(config, source, save_tokenizer=False)
     except PengiSearchError as error:
         report.model_problems.append(str(error))
-        return
+        return None
     except (ValueError, RuntimeError) as error:  # a module's own size checks (e.g. heads that do not divide)
         report.model_problems.append(f"the architecture cannot be built: {error}")
-        return
+        return None
     prompts = sorted({example.prompt for path in _manifest_paths(config) for example in read_manifest(path)})
     report.model_problems += shape_problems(model, tokenizers, prompts, config.data.max_answer_tokens)
     report.warnings += shape_warnings(model.cfg)
     if report.model_problems:
-        return
+        return None
     apply_freezing(model, config.freeze)
-    cached = config.data.cache_features and audio_backbone_frozen(model)
-    clips = len({clip_key(example) for example in read_manifest(config.data.train)})
-    report.timing = _time_steps(model, tokenizers, config, prompts[0], cached, report.plan, clips)
+    cached = caches_features(config, model)
+    encodings = clips_to_encode(config, model, read_manifest(config.data.train)) if cached else 0
+    return _BuiltModel(model, tokenizers, prompts[0], cached, encodings)
 
 
 def _manifest_paths(config: TrainConfig) -> list[Path]:
@@ -192,35 +244,33 @@ def _plan_warnings(plan: dict[str, int | None]) -> list[str]:
     return warnings
 
 
-def _run_problems(config: TrainConfig, plan: dict[str, int | None], usable: int) -> list[str]:
-    """What `train` would refuse before its first step: the same checks, the same words."""
+def _run_problems(config: TrainConfig, plan: dict[str, int | None], rows: int) -> list[str]:
+    """What `train` would refuse before its first step: the same checks, the same words. `rows`: an epoch's, or 0
+    where no example is usable (said per manifest)."""
     problems = []
-    if plan.get("steps_per_epoch") == 0 and usable:
-        too_few = config.too_few_for_a_step(usable, plan.get("processes") or 1)
+    if plan.get("steps_per_epoch") == 0 and rows:
+        too_few = config.too_few_for_a_step(rows, plan.get("processes") or 1)
         problems.append(f"{as_typed(config.data.train)}: {too_few}")
     return problems
 
 
-def _time_steps(
-    model: Pengi, tokenizers: Tokenizers, config: TrainConfig, prompt: str, cached: bool, plan: dict, clips: int
-) -> dict[str, float]:
+def _time_steps(built: _BuiltModel, config: TrainConfig, plan: dict) -> dict[str, float]:
     """Seconds per optimizer step (the second of two, on random audio) and per epoch; with cached features, the
-    one-off encoding of the `clips` distinct training clips as well."""
+    one-off encoding of the training clips that `features/` lacks as well."""
     from trainer.objective import AnswerNll, ModelInputs
 
-    batch = config.data.batch_size
-    audio = model.cfg.audio
-    wave = 0.1 * torch.randn(batch, audio.clip_samples)
-    prompts = tokenizers.prompts([prompt] * batch)
+    model, tokenizers, batch = built.model, built.tokenizers, config.data.batch_size
+    wave = 0.1 * torch.randn(batch, model.cfg.audio.clip_samples)
+    prompts = tokenizers.prompts([built.prompt] * batch)
     answer = torch.tensor([tokenizers.answer_ids("a sound")] * batch)
-    loss = AnswerNll(model, cached=cached).train()
+    loss = AnswerNll(model, cached=built.cached).train()
     timing = {}
     with torch.no_grad():
         started = time.perf_counter()
         features = model.audio_encoder.backbone.eval()(wave)
         encode = time.perf_counter() - started
     inputs = ModelInputs(
-        features if cached else wave, prompts.input_ids, prompts.attention_mask, answer, answer * 0 + 1
+        features if built.cached else wave, prompts.input_ids, prompts.attention_mask, answer, answer * 0 + 1
     )
     for _ in range(2):
         started = time.perf_counter()
@@ -228,9 +278,8 @@ def _time_steps(
         step = (time.perf_counter() - started) * config.optimization.grad_accumulation
     timing["step"] = step
     timing["epoch"] = step * (plan.get("steps_per_epoch") or 0)
-    if cached:
-        views = config.augmentation.views if config.augmentation.active else 1
-        timing["encoding"] = encode / batch * clips * views  # each distinct clip, once per view
+    if built.cached:
+        timing["encoding"] = encode / batch * built.encodings
     return timing
 
 
@@ -253,10 +302,11 @@ def _model_problems(config: TrainConfig) -> list[str]:
     return [f"{key}: {as_typed(path)} does not exist" for key, path in missing]
 
 
-def _plan(config: TrainConfig, usable: int) -> dict[str, int | None]:
-    """Steps per epoch for the usable examples, with the process count torchrun would give (WORLD_SIZE)."""
+def _plan(config: TrainConfig, rows: int) -> dict[str, int | None]:
+    """Steps per epoch for an epoch's `rows` (`epoch_rows`), with the process count torchrun would give
+    (WORLD_SIZE)."""
     world = process_count()
-    steps_per_epoch = config.steps_per_epoch(usable, world)
+    steps_per_epoch = config.steps_per_epoch(rows, world)
     return {
         "processes": world,
         "examples_per_step": config.data.batch_size * config.optimization.grad_accumulation * world,
@@ -266,11 +316,12 @@ def _plan(config: TrainConfig, usable: int) -> dict[str, int | None]:
     }
 
 
-def print_dry_run(report: DryRunReport, console: Console) -> None:
+def print_dry_run(report: DryRunReport, console: Console, errors: Console) -> None:
+    """The report on `console`; on `errors`, each problem of the configuration in the words `train` stops with."""
+    for problem in report.config_problems:
+        print_error(errors, problem)
     for check in report.manifests:
         _print_manifest(check, console)
-    for problem in report.config_problems:
-        console.print(f"[bold red]config:[/] {escape(problem)}", soft_wrap=True)
     for problem in report.model_problems:
         console.print(f"[bold red]model:[/] {escape(problem)}", soft_wrap=True)
     for problem in report.run_problems:
@@ -282,8 +333,10 @@ def print_dry_run(report: DryRunReport, console: Console) -> None:
     if report.timing:
         timing = report.timing
         line = f"time: {timing['step']:.2f} s a step, about {duration_text(timing['epoch'])} an epoch on this machine"
-        if "encoding" in timing:
+        if timing.get("encoding"):
             line += f"; encoding the clips first (frozen encoder, cached): about {duration_text(timing['encoding'])}"
+        elif "encoding" in timing:
+            line += f"; the clips' features are already in {FEATURE_DIR}/ (frozen encoder, cached): no encoding"
         console.print(line, soft_wrap=True)
     for warning in report.warnings:
         print_warning(console, warning)

@@ -51,9 +51,14 @@ def cache_key(backbone: nn.Module, dataset: AudioTextDataset, views: int) -> str
     return digest.hexdigest()[:24]
 
 
+def cache_file(folder: Path, backbone: nn.Module, dataset: AudioTextDataset, views: int) -> Path:
+    """Where in `folder` the outputs of `backbone` for `dataset`'s clips are kept (`cache_key`)."""
+    return folder / f"{cache_key(backbone, dataset, views)}.pt"
+
+
 def load_or_encode(folder: Path, backbone: nn.Module, dataset: AudioTextDataset, views: int, **options) -> FeatureCache:
     """The cached outputs from `folder` when they were made from the same inputs, else encoded now and saved."""
-    path = folder / f"{cache_key(backbone, dataset, views)}.pt"
+    path = cache_file(folder, backbone, dataset, views)
     if path.is_file():
         stored = torch.load(path, map_location="cpu", weights_only=True)
         return FeatureCache(

@@ -15,7 +15,6 @@ import contextlib
 import functools
 import itertools
 import logging
-import math
 import shlex
 import time
 from collections.abc import Collection, Iterator
@@ -36,6 +35,7 @@ from pengi_search.model import Pengi
 from pengi_search.model_dir import is_model_dir
 from pengi_search.paths import as_typed
 from pengi_search.tokenization import Tokenizers
+from pengi_search.units import count_text
 from trainer.checkpoint_files import (
     BEST_CHECKPOINT,
     CHECKPOINT_DIR,
@@ -57,8 +57,8 @@ from trainer.evaluation import is_label_task, label_metrics, sample_generations,
 from trainer.export import BEST_MODEL_DIR, MODEL_DIR, export_model
 from trainer.model_setup import (
     apply_freezing,
-    audio_backbone_frozen,
     build_model,
+    caches_features,
     frozen_fingerprint,
     set_dropout,
     set_train_mode,
@@ -69,6 +69,7 @@ from trainer.optimization import Optimization, autocast
 from trainer.reporting import (
     METRICS_FILE,
     PLOT_FILE,
+    Interval,
     MetricsLog,
     RateWindow,
     SkippedClips,
@@ -145,7 +146,13 @@ def train(
         trainer = Trainer(config, processes, source, console)
         if record is not None:
             epoch = EpochSize(len(trainer.data.train_set), processes.world_size, trainer.total_steps)
-            length_change = length_change or check_steps(config, record, epoch, given, source)
+            try:
+                length_change = length_change or check_steps(config, record, epoch, given, source)
+            except ConfigError:  # every process finds it alike: said once, by rank 0, with its exit code
+                if processes.main:
+                    raise
+                # The others end well first: one ending with another code than 0 makes torchrun stop the rest.
+                return TrainingResult(trainer.model, trainer.tokenizers, None, 0, main=False)
             trainer.resume(record, length_change)
             checkpoint, record = record.checkpoint, None  # the trainer holds copies: the mapped file is let go
             if trainer.finished is not None:  # nothing to train: said, and nothing written
@@ -156,15 +163,6 @@ def train(
         # destroy_process_group, gloo's destructor and its worker thread deadlock on the GIL.
         del trainer
         stop_processes(processes)
-
-
-class _Interval:
-    """What the steps since the last log add up to on this process."""
-
-    def __init__(self) -> None:
-        self.nll = self.tokens = self.samples = self.skipped = 0.0
-        self.grad_norm = math.nan
-        self.rates: dict[str, float] = {"lr": math.nan}  # `logged_rates`
 
 
 class Trainer:
@@ -181,7 +179,7 @@ class Trainer:
             set_dropout(self.model, config.model.dropout)
         self.fingerprint = frozen_fingerprint(self.model)
         self.model.to(self.device)
-        cached = config.data.cache_features and audio_backbone_frozen(self.model)
+        cached = caches_features(config, self.model)
         self.loss_module = AnswerNll(self.model, cached=cached)
         self.parameters = trainable_parameters(self.model)
         if not self.parameters:
@@ -202,7 +200,7 @@ class Trainer:
             precision=config.runtime.precision,
         )
         self.position = Position()
-        self.interval = _Interval()
+        self.interval = Interval()
         self.rate = RateWindow()
         self.best = BestTracker(self._metric(), config.evaluation.patience)
         self.evaluated_at: int | None = None  # the step of the last evaluation
@@ -269,7 +267,8 @@ class Trainer:
         if len(rng) == processes:
             self.rng_to_restore = rng[self.processes.rank]
         else:
-            self._warn(f"the checkpoint was written by {len(rng)} processes, not {processes}: random streams restart")
+            written_by = count_text(len(rng), "process", "processes")
+            self._warn(f"the checkpoint was written by {written_by}, not {processes}: random streams restart")
         self.metrics.truncate_after(self.position.step)
         where = resume_point(self.position, self.total_steps, self.steps_per_epoch, self.config.optimization)
         self._say(f"resuming from {as_typed(path)} {where}")
@@ -450,7 +449,7 @@ class Trainer:
             skipped=int(skipped),
         )
         self.progress.advance(self.position.step, self.rate, loss)
-        self.interval = _Interval()
+        self.interval = Interval()
         self._say_skipped()
 
     def _evaluate(self) -> None:

@@ -212,6 +212,12 @@ def audio_backbone_frozen(model: Pengi) -> bool:
     return not any(parameter.requires_grad for parameter in model.audio_encoder.base.parameters())
 
 
+def caches_features(config: TrainConfig, model: Pengi) -> bool:
+    """Whether a run of `model` (frozen as `config` says) encodes each clip once and trains on the cached outputs,
+    rather than decoding its clips every epoch: `Trainer` and the dry run decide here."""
+    return config.data.cache_features and audio_backbone_frozen(model)
+
+
 def set_train_mode(model: Pengi, frozen: list[nn.Module], freeze: FreezeSection) -> None:
     """Train mode for what trains; eval mode for the frozen parts (and BatchNorm, when its statistics are)."""
     model.train()

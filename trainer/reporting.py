@@ -1,5 +1,6 @@
 """What a run reports (rank 0 only): metrics as JSON lines, a PNG of their curves, a Rich progress bar of steps
-with steps/s, samples/s and loss, and the clips it goes on without."""
+with steps/s, samples/s and loss, and the clips it goes on without; and what each process adds up between two
+logs."""
 
 from __future__ import annotations
 
@@ -22,6 +23,15 @@ from pengi_search.progress import CountColumn, per_second
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "metrics.png"
 RATE_WINDOW_STEPS = 50
+
+
+class Interval:
+    """What the steps since the last log add up to on this process."""
+
+    def __init__(self) -> None:
+        self.nll = self.tokens = self.samples = self.skipped = 0.0
+        self.grad_norm = math.nan
+        self.rates: dict[str, float] = {"lr": math.nan}  # `logged_rates`
 
 
 class RateWindow:

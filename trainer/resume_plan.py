@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from pengi_search.paths import as_typed
+from pengi_search.units import count_text
 from trainer.config import ConfigError, OptimizationSection, TrainConfig
 from trainer.state import Position, load_checkpoint
 
@@ -121,8 +122,8 @@ def check_steps(
     if epoch.rows != record.payload["train_examples"]:
         causes.append(f"the training set has {epoch.rows} rows (the run's: {record.payload['train_examples']})")
     if epoch.processes != len(record.payload["rng"]):
-        plural = "" if epoch.processes == 1 else "es"
-        causes.append(f"it trains on {epoch.processes} process{plural} (the run's: {len(record.payload['rng'])})")
+        trains_on = count_text(epoch.processes, "process", "processes")
+        causes.append(f"it trains on {trains_on} (the run's: {len(record.payload['rng'])})")
     because = f", as {' and '.join(causes)}" if causes else ""
     epochs = _setting(now, LENGTH[1])
     keep = f"{_set_option(LENGTH[0], was)} {_set_option(LENGTH[1], None)}"

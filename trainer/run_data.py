@@ -22,7 +22,7 @@ from pengi_search.tokenization import PromptTooLongError, Tokenizers
 from trainer.config import ConfigError, TrainConfig
 from trainer.data import AudioTextDataset, Example, ManifestError, read_manifest
 from trainer.evaluation import label_sets, sample_rows
-from trainer.features import FeatureDataset, clip_key, encode_clips, load_or_encode
+from trainer.features import FeatureDataset, cache_file, clip_key, encode_clips, load_or_encode
 
 Printer = Callable[[str], None]
 FEATURE_DIR = "features"
@@ -145,6 +145,22 @@ def prepare_data(
     )
 
 
+def clips_to_encode(config: TrainConfig, model: Pengi, examples: list[Example]) -> int:
+    """The encodings (distinct training clips x views) a cached run makes before its first step: none when
+    `features/` holds the outputs for these clips (an earlier start of the run, which a resume reads in a moment),
+    else every one. A dry run's estimate of the encoding time counts these."""
+    train_set = audio_dataset(config, model, examples, train=True)
+    views = _views(config, train_set)
+    if cache_file(config.output_dir / FEATURE_DIR, model.audio_encoder.backbone, train_set, views).is_file():
+        return 0
+    return len({clip_key(example) for example in examples}) * views
+
+
+def _views(config: TrainConfig, train_set: AudioTextDataset) -> int:
+    """How many times each training clip is encoded: once per augmented view, once without augmentation."""
+    return config.augmentation.views if train_set.augmentation is not None else 1
+
+
 def _training_features(config: TrainConfig, model: Pengi, train_set: Dataset) -> torch.Tensor:
     """(N, ...) backbone outputs of the training clips: the cache's (every view), else a seeded sample of up
     to `STATISTICS_CLIPS` clips encoded now."""
@@ -169,7 +185,7 @@ def _cache(
     sample_set: AudioTextDataset,
     say: Printer,
 ) -> tuple[FeatureDataset, FeatureDataset | None, FeatureDataset, list[tuple[Path, str]]]:
-    views = config.augmentation.views if train_set.augmentation is not None else 1
+    views = _views(config, train_set)
     backbone = model.audio_encoder.backbone.eval()
     device = next(model.parameters()).device
     clips = len({clip_key(example) for example in train_set.examples})

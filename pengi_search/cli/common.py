@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.markup import escape
 
 from ..choices import Device, LongPrompt, StopRule, device_unavailable
 from ..consoles import Console, make_console
@@ -34,7 +33,7 @@ from ..errors import (
     first_line,
     not_found,
 )
-from ..messages import print_interrupted, print_skipped, print_warning
+from ..messages import print_error, print_interrupted, print_skipped, print_warning
 from ..pathnames import json_text, shown
 from ..paths import GivenPath, as_typed, refuse_unexpanded_home
 from ..stop_signals import interrupted_by_stop_signals, interrupted_exit_code
@@ -389,7 +388,7 @@ def given_path(value: str | os.PathLike[str]) -> GivenPath:
 
 def fail(message: str, code: int = EXIT_FAILED) -> None:
     """Print `message` (plain text: a file name with brackets is no markup) as an error and exit with `code`."""
-    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    print_error(err_console, message)
     raise typer.Exit(code)
 
 

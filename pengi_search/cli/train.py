@@ -83,7 +83,10 @@ def run(
     # checkpoint fails at once (the run checks the checkpoint again, for library callers).
     overrides = parse_overrides(set_ or [])
     settings = load_config(config, overrides)
-    checkpoint_to_resume(settings.output_dir, resume_from or resume)
+    # A checkpoint file named that is not there is a typo, said at once as a typo'd key is; what output_dir holds
+    # (a run, for a new one; no checkpoint, for --resume) a dry run reports among every other problem it finds.
+    if resume_from is not None or not dry_run:
+        checkpoint_to_resume(settings.output_dir, resume_from or resume)
     from trainer.dry_run import dry_run_report, print_dry_run
     from trainer.loop import train as run_training
 
@@ -92,7 +95,7 @@ def run(
     given = set(overrides)  # a resumed run takes a new length from these alone
     if dry_run:
         report = dry_run_report(settings, source=config, resume=resume_from or resume, given=given)
-        print_dry_run(report, out_console)
+        print_dry_run(report, out_console, err_console)
         raise typer.Exit(report.exit_code)
     result = run_training(settings, resume=resume_from or resume, given=given, source=config, console=err_console)
     if result.audio_skipped and result.main:  # as everywhere: the command ran, but some audio could not be used
