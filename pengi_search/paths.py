@@ -97,15 +97,24 @@ def made_folder(folder: Path, *, library: bool = False) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        # The part that could not be made, which may be a folder above: `/proc/nope` of `/proc/nope/pengi-search`.
-        part = f"{exc.filename}: " if exc.filename and os.fspath(exc.filename) != os.fspath(folder) else ""
         raise UnwritableFolderError(
-            folder, f"cannot make {what} ({part}{os_reason(exc)}); {_elsewhere(in_data, library)}"
+            folder, f"cannot make {what} ({_why_not_made(folder, exc)}); {_elsewhere(in_data, library)}"
         ) from exc
     blocked = write_block(folder)
     if blocked is not None:
         raise UnwritableFolderError(folder, f"cannot write in {what} ({blocked}); {_elsewhere(in_data, library)}")
     return folder
+
+
+def _why_not_made(folder: Path, error: OSError) -> str:
+    """Why `error` kept `folder` from being made, naming the part to blame where it is not `folder` itself: a file
+    where a folder above should be, or the folder above that could not be made (`/proc/nope` of
+    `/proc/nope/pengi-search`)."""
+    above = next((parent for parent in folder.parents if parent.exists()), None)
+    if above is not None and not above.is_dir():
+        return f"{above} is a file, not a folder"
+    part = f"{error.filename}: " if error.filename and os.fspath(error.filename) != os.fspath(folder) else ""
+    return f"{part}{os_reason(error)}"
 
 
 def _elsewhere(in_data: bool, library: bool) -> str:

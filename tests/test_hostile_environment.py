@@ -13,8 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pengi_search.cli import app
-
-NARROWEST = 40  # pengi_search.consoles.NARROWEST: the narrowest a table is drawn
+from pengi_search.consoles import NARROWEST
 from pengi_search.db import engine as db_engine
 from pengi_search.errors import EXIT_FAILED, EXIT_OK
 
@@ -101,8 +100,8 @@ def test_installing_a_model_where_the_data_folder_is_a_file_says_so_before_any_w
     result = run("model", *given)
     assert result.exit_code == EXIT_FAILED
     line = one_error_line(result)
-    assert line.startswith(f"error: {taken / 'models'}: cannot make a folder of the data folder ("), line
-    assert line.endswith(HOME_ADVICE), line
+    assert line.startswith(f"error: {taken / 'models'}"), line
+    assert line.endswith(f": cannot make a folder of the data folder ({taken} is a file, not a folder); {HOME_ADVICE}")
 
 
 @pytest.mark.parametrize(
