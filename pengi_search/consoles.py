@@ -3,7 +3,10 @@
 Off a terminal Rich assumes 80 columns (or the width of whichever of stdin, stdout and stderr is one), so `query x >
 hits.txt` or `stats | grep` got every table row folded over several lines and paths broken mid-name. A file or a
 pipe has no width: there a row is one line, never folded nor cut, as `gh` and `ripgrep` write theirs. A width that
-was asked for (COLUMNS, or the console's `width`) still holds wherever the output goes.
+was asked for (COLUMNS, or the console's `width`) still holds wherever the output goes, down to `NARROWEST`: below
+it (`COLUMNS=20`) a table's path and caption came out one character per line and its score as `…`, so a width
+under it is taken as `NARROWEST` (as `ls -C` never breaks a name, however small COLUMNS is, lines stay readable;
+a terminal folds a line wider than itself whole).
 
 Rich also pads every cell of a table column to the column's widest, the last column's too, so rows ended in runs of
 spaces: off a terminal no line does (`grep 'dog$'`, diffs and `cut` see the text and nothing after it).
@@ -19,11 +22,20 @@ from typing import Any, TextIO
 from rich.console import Console, ConsoleDimensions, ConsoleOptions, ConsoleRenderable, RenderHook, RenderResult
 from rich.segment import Segment
 
-__all__ = ["UNBOUNDED_WIDTH", "Console", "is_a_terminal", "make_console"]  # Console: what make_console makes
+__all__ = [
+    "NARROWEST",
+    "UNBOUNDED_WIDTH",
+    "Console",
+    "is_a_terminal",
+    "make_console",
+]  # Console: what make_console makes
 
 # Rich renders a table to its content's width when the console is wider, and never pads a line out to the
 # console's width, so a width nothing reaches is as good as none (and costs nothing).
 UNBOUNDED_WIDTH = sys.maxsize
+# The narrowest width lines are laid out to: a table of hits (rank, path, time, score, caption) still shows each cell
+# in pieces of several characters.
+NARROWEST = 40
 
 
 class _FittingConsole(Console):
@@ -37,7 +49,7 @@ class _FittingConsole(Console):
     def size(self) -> ConsoleDimensions:
         size = Console.size.fget(self)  # type: ignore[attr-defined]
         if self._writes_to_a_terminal() or self._width_asked():
-            return size
+            return ConsoleDimensions(max(size.width, NARROWEST), size.height)
         return ConsoleDimensions(UNBOUNDED_WIDTH, size.height)
 
     @size.setter

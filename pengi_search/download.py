@@ -46,6 +46,7 @@ from pengi_search.consoles import make_console
 from pengi_search.errors import PengiSearchError, UsageError, first_line, os_reason, read_reason, refuse_unusable_file
 from pengi_search.hashing import file_sha256, sha256_hasher
 from pengi_search.hub import cache_only, hub_cache, is_hub_name, offline_setting, quiet_hub, why_not_downloadable
+from pengi_search.paths import made_folder
 from pengi_search.waits import within
 
 if TYPE_CHECKING:
@@ -261,6 +262,7 @@ def fetch_release(
     dest = directory / release.filename
     url = checkpoint_url or release.url
     _refuse_unusable_source(url)
+    made_folder(directory)  # said now, in the data folder's words, not once the download has nowhere to go
     if force:
         discard_download(dest)
     checkpoint = _reusable(dest, url, notify) or _download_release(name, url, dest, progress)

@@ -61,6 +61,10 @@ class UsageError(PengiSearchError):
     exit_code = EXIT_USAGE
 
 
+class UnwritableFolderError(PengiSearchError):
+    """A folder pengi-search keeps its files in (the data folder, a library's) cannot be made or written."""
+
+
 def not_found(
     where: str | os.PathLike[str],
     what: str = "file",
@@ -93,6 +97,19 @@ def os_reason(error: OSError) -> str:
     """What the system says went wrong, as a message goes on: `permission denied` (its strerror, lower-cased)."""
     text = error.strerror or str(error)
     return text[:1].lower() + text[1:]
+
+
+def write_block(path: str | os.PathLike[str]) -> str | None:
+    """Why this process cannot write `path` (a file, or a folder to make files in), as messages say it:
+    `read-only file system` (a read-only mount, which root cannot write either) or `permission denied`; None when
+    it can. What `os.access` finds, so that nothing is written to find out."""
+    if os.access(path, os.W_OK):
+        return None
+    try:
+        read_only = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    return "read-only file system" if read_only else "permission denied"
 
 
 def read_reason(where: str | os.PathLike[str], error: OSError, what: str = "file") -> str:

@@ -18,7 +18,7 @@ from .download import TOKENIZERS, DownloadError, Notify, fetch_release, fetch_to
 from .errors import refuse_unusable_file
 from .hashing import file_sha256
 from .model_dir import ModelDir
-from .paths import models_dir
+from .paths import made_folder, models_dir
 from .tokenization import TOKENIZER_DIR, TokenizerNotFoundError, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def import_checkpoint(
 
     # from_pretrained would also take a model directory or an installed name
     refuse_unusable_file(checkpoint, in_folder="import takes a released-format .pth file")
-    root = root or models_dir()
+    root = made_folder(root or models_dir())  # before the conversion: a folder it cannot write wastes none
     target = root / name
     staging = root / f".{name}.importing"
     shutil.rmtree(staging, ignore_errors=True)

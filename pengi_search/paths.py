@@ -8,9 +8,10 @@ from pathlib import Path
 
 import platformdirs
 
-from .errors import UsageError
+from .errors import UnwritableFolderError, UsageError, os_reason, write_block
 
 APP_NAME = "pengi-search"
+HOME_ENV = "PENGI_SEARCH_HOME"  # the data folder, instead of the platform's
 
 
 def home_expanded(path: str | os.PathLike[str]) -> Path:
@@ -78,8 +79,47 @@ def as_path(path: str | os.PathLike[str]) -> Path:
 
 def data_dir() -> Path:
     """`PENGI_SEARCH_HOME` (`~` expanded), else the platform's user data directory (~/.local/share/pengi-search)."""
-    return home_expanded(os.environ.get("PENGI_SEARCH_HOME") or platformdirs.user_data_dir(APP_NAME))
+    return home_expanded(os.environ.get(HOME_ENV) or platformdirs.user_data_dir(APP_NAME))
 
 
 def models_dir() -> Path:
     return data_dir() / "models"
+
+
+def made_folder(folder: Path, *, library: bool = False) -> Path:
+    """`folder`, made with its parents where missing, and one this process can write in: the data folder (or one in
+    it) or, `library`, the folder of a library's database file. Else UnwritableFolderError, in one line: the folder,
+    why (a read-only mount, a path under /proc, a file where a folder should be) and how to choose another."""
+    absolute, data = Path(os.path.abspath(folder)), Path(os.path.abspath(data_dir()))
+    in_data = absolute.is_relative_to(data)
+    what = "the data folder" if absolute == data else "a folder of the data folder" if in_data else "the folder"
+    what = "the library's folder" if library and not in_data else what
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UnwritableFolderError(
+            folder, f"cannot make {what} ({_why_not_made(folder, exc)}); {_elsewhere(in_data, library)}"
+        ) from exc
+    blocked = write_block(folder)
+    if blocked is not None:
+        raise UnwritableFolderError(folder, f"cannot write in {what} ({blocked}); {_elsewhere(in_data, library)}")
+    return folder
+
+
+def _why_not_made(folder: Path, error: OSError) -> str:
+    """Why `error` kept `folder` from being made, naming the part to blame where it is not `folder` itself: a file
+    where a folder above should be, or the folder above that could not be made (`/proc/nope` of
+    `/proc/nope/pengi-search`)."""
+    above = next((parent for parent in folder.parents if parent.exists()), None)
+    if above is not None and not above.is_dir():
+        return f"{above} is a file, not a folder"
+    part = f"{error.filename}: " if error.filename and os.fspath(error.filename) != os.fspath(folder) else ""
+    return f"{part}{os_reason(error)}"
+
+
+def _elsewhere(in_data: bool, library: bool) -> str:
+    """How to choose another folder: another data folder, or another place for the library's file."""
+    choices = [f"another data folder with {HOME_ENV}=FOLDER"] if in_data else []
+    if library:
+        choices.append("another library file with --db FILE")
+    return "choose " + (", or ".join(choices) or "another folder")

@@ -171,7 +171,8 @@ def _hits_table(hits: list[Hit], show_query_span: bool, width: int) -> Table:
 
 def _caption_width(cells: dict[str, list[str]], width: int) -> int:
     """The widest the caption column may be: a path is what a user copies, so it keeps up to half the width whole,
-    and the caption wraps in what the other columns leave.
+    and the caption wraps in what the other columns leave, never narrower than its name or longest word (up to
+    `_CAPTION_FLOOR`).
 
     A smallest width on the path column would not do: Rich shrinks the widest columns until the table fits, then
     widens the path again and crops the table's right edge, the end of every caption line.
@@ -183,7 +184,8 @@ def _caption_width(cells: dict[str, list[str]], width: int) -> int:
 
     whole = sum(widest(name) for name in cells if name not in ("path", "caption"))
     path = min(widest("path"), width // 2)
-    longest_word = max((cell_len(word) for caption in cells["caption"] for word in caption.split()), default=1)
+    # The column's name counts as a word: folded, `capti` over `on` heads the column.
+    longest_word = max(cell_len(word) for caption in ["caption", *cells["caption"]] for word in caption.split())
     return max(width - whole - _GUTTER * (len(cells) - 1) - path, min(longest_word, _CAPTION_FLOOR))
 
 

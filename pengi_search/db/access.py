@@ -17,9 +17,17 @@ from typing import Any
 from sqlalchemy import Engine, event, inspect
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..paths import refuse_unexpanded_home
+from ..errors import write_block
+from ..paths import made_folder, refuse_unexpanded_home
 from .engine import create_store_engine
-from .errors import DatabaseURLError, ForeignDatabaseError, MissingDatabaseError, StoreError, driver_reason
+from .errors import (
+    DatabaseURLError,
+    ForeignDatabaseError,
+    MissingDatabaseError,
+    ReadOnlyLibraryError,
+    StoreError,
+    driver_reason,
+)
 from .migrate import foreign_tables_reason, migrate
 from .urls import db_option, resolve_db_url, shown_db_url, sqlite_file
 
@@ -37,11 +45,13 @@ def open_engine(db: str | os.PathLike[str] | None, *, create: bool, read_only: b
     db_file = sqlite_file(url)
     if db_file is not None:
         _check_place(db_file)
-        if create:
+        if create and not db_file.exists():
             refuse_unexpanded_home(db_file.parent)
-            db_file.parent.mkdir(parents=True, exist_ok=True)
-        elif not db_file.is_file() or is_empty_file(db_file):
+            made_folder(db_file.parent, library=True)
+        elif not create and (not db_file.is_file() or is_empty_file(db_file)):
             raise _missing(url, db)
+        elif not read_only:
+            _check_writable(db_file)
     engine = reading_engine(url) if read_only else create_store_engine(url)
     try:
         if not _has_schema(engine) and not create:  # asked of `index` too: another application's tables refuse it
@@ -123,6 +133,18 @@ def _check_place(db_file: Path) -> None:
         raise DatabaseURLError(unusable, "point --db or PENGI_SEARCH_DB at a database file (such as index.db)")
 
 
+def _check_writable(db_file: Path) -> None:
+    """Refuse a writer a library it cannot write: its file read-only, or its folder, where SQLite makes the files
+    beside it (`-wal`, `-shm`) and pengi-search its FAISS files and locks. SQLite would only say "unable to open
+    database file" or "attempt to write a readonly database", naming neither."""
+    for what, path in {"the file": db_file, f"its folder {db_file.parent}": db_file.parent}.items():
+        why = write_block(path) if path.exists() else None
+        if why is not None:
+            raise ReadOnlyLibraryError(
+                db_file, f"the library cannot be written ({what}: {why}); query, stats and export can still read it"
+            )
+
+
 def _missing(url: str, db: str | os.PathLike[str] | None) -> MissingDatabaseError:
     """The error for a library that does not exist yet, naming the command that creates it."""
     db_file = sqlite_file(url)
@@ -141,7 +163,7 @@ def _has_schema(engine: Engine) -> bool:
                 return True
             tables = inspector.get_table_names()
     except SQLAlchemyError as exc:
-        raise StoreError(where, f"cannot open the database: {driver_reason(exc)}") from exc
+        raise StoreError(where, f"cannot open the database: {driver_reason(exc, where)}") from exc
     if tables:
         raise ForeignDatabaseError(where, foreign_tables_reason(tables))
     return False

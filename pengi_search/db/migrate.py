@@ -72,7 +72,7 @@ def migrate(engine: Engine, revision: str = "head") -> None:
             config.attributes["connection"] = connection
             command.upgrade(config, revision)
     except SQLAlchemyError as exc:
-        raise StoreError(where, f"cannot open or upgrade the database: {driver_reason(exc)}") from exc
+        raise StoreError(where, f"cannot open or upgrade the database: {driver_reason(exc, where)}") from exc
 
 
 def foreign_tables_reason(tables: list[str]) -> str:

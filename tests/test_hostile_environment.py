@@ -1,0 +1,165 @@
+"""A machine that does not let pengi-search write where it would: a data folder that cannot be made (a path under
+/proc, a file where a folder should be) or is read-only, a library on a read-only mount, a database another program
+keeps locked, a tiny COLUMNS. Each is said in one line that names the file or folder, why, and what to do."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pengi_search.cli import app
+from pengi_search.consoles import NARROWEST
+from pengi_search.db import engine as db_engine
+from pengi_search.errors import EXIT_FAILED, EXIT_OK
+
+from .indexing import write_tone
+from .search_library import caption_library
+
+HOME_ADVICE = "choose another data folder with PENGI_SEARCH_HOME=FOLDER"
+
+
+def run(*args: object, env: dict[str, str] | None = None):
+    return CliRunner().invoke(app, [str(arg) for arg in args], env=env)
+
+
+def one_error_line(result) -> str:
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+@pytest.fixture
+def library(tmp_path, tiny_model_dir) -> Path:
+    """A small library of its own, in a folder of its own: the tests make it read-only."""
+    db = tmp_path / "shelf" / "index.db"
+    caption_library(str(db), tmp_path / "sounds", tiny_model_dir, {"bell.wav": (2.0, ["a bell rings"])})
+    return db
+
+
+@pytest.fixture
+def read_only(monkeypatch) -> Iterator[set[Path]]:
+    """Files and folders that this process may not write, as the system says of them after `chmod a-w` (or of a
+    whole read-only mount): `os.access` answers no, which it does not for root after a chmod."""
+    paths: set[Path] = set()
+    access = os.access
+
+    def refused(path: object, mode: int, **kwargs: object) -> bool:
+        target = Path(os.path.abspath(os.fspath(path)))  # type: ignore[arg-type]
+        if mode & os.W_OK and target in paths:
+            return False
+        return access(path, mode, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "access", refused)
+    yield paths
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where no folder can be made")
+@pytest.mark.parametrize("home_variable", ["PENGI_SEARCH_HOME", "XDG_DATA_HOME"])
+def test_index_into_a_data_folder_that_cannot_be_made_names_it_and_how_to_choose_another(
+    tmp_path, tiny_model_dir, monkeypatch, home_variable
+):
+    """It said `error: [Errno 2] No such file or directory: '/proc/nope'`."""
+    monkeypatch.delenv("PENGI_SEARCH_HOME")
+    monkeypatch.setenv(home_variable, "/proc/nope")
+    write_tone(tmp_path / "sounds" / "a.wav", 1.0)
+    result = run("index", tmp_path / "sounds", "--model", tiny_model_dir)
+    assert result.exit_code == EXIT_FAILED
+    line = one_error_line(result)
+    assert line.startswith("error: /proc/nope") and "cannot make the data folder" in line, line
+    assert "no such file or directory" in line and HOME_ADVICE in line and "--db FILE" in line, line
+
+
+def test_index_into_a_read_only_data_folder_says_it_cannot_write_there(tmp_path, tiny_model_dir, read_only):
+    home = Path(os.environ["PENGI_SEARCH_HOME"])
+    home.mkdir()
+    read_only.add(home)
+    write_tone(tmp_path / "sounds" / "a.wav", 1.0)
+    result = run("index", tmp_path / "sounds", "--model", tiny_model_dir)
+    assert result.exit_code == EXIT_FAILED
+    line = one_error_line(result)
+    assert line == (
+        f"error: {home}: cannot write in the data folder (permission denied); {HOME_ADVICE}, "
+        "or another library file with --db FILE"
+    )
+
+
+@pytest.mark.parametrize("command", ["import", "fetch"])
+def test_installing_a_model_where_the_data_folder_is_a_file_says_so_before_any_work(tmp_path, monkeypatch, command):
+    """Importing converted the whole checkpoint first, then failed with a bare `[Errno 20] Not a directory`."""
+    taken = tmp_path / "taken"
+    taken.write_text("a file where the data folder should be")
+    monkeypatch.setenv("PENGI_SEARCH_HOME", str(taken))
+    checkpoint = tmp_path / "base.pth"
+    checkpoint.write_bytes(b"not looked at")
+    given = ["import", checkpoint, "--no-tokenizers"] if command == "import" else ["fetch", "--url", checkpoint]
+    result = run("model", *given)
+    assert result.exit_code == EXIT_FAILED
+    line = one_error_line(result)
+    assert line.startswith(f"error: {taken / 'models'}"), line
+    assert line.endswith(f": cannot make a folder of the data folder ({taken} is a file, not a folder); {HOME_ADVICE}")
+
+
+@pytest.mark.parametrize(
+    ("command", "blocked"),
+    [
+        (["index", "{sounds}"], "folder"),
+        (["remove", "{sounds}"], "folder"),
+        (["rebuild-index"], "folder"),
+        (["index", "{sounds}"], "file"),
+    ],
+)
+def test_commands_that_write_a_read_only_library_say_it_cannot_be_written(
+    library, tmp_path, tiny_model_dir, read_only, command, blocked
+):
+    """SQLite only said `cannot open the database: unable to open database file`, naming nothing."""
+    read_only.add(library if blocked == "file" else library.parent)
+    args = [part.format(sounds=tmp_path / "sounds") for part in command]
+    model = ["--model", tiny_model_dir] if command[0] == "index" else []
+    result = run(*args, "--db", library, *model)
+    assert result.exit_code == EXIT_FAILED
+    what = "the file" if blocked == "file" else f"its folder {library.parent}"
+    assert one_error_line(result) == (
+        f"error: {library}: the library cannot be written ({what}: permission denied); "
+        "query, stats and export can still read it"
+    )
+
+
+@pytest.mark.parametrize("command", [["query", "a bell"], ["stats"], ["export"]])
+def test_commands_that_only_read_still_read_a_read_only_library(library, tiny_model_dir, read_only, command):
+    read_only.add(library.parent)
+    model = ["--model", tiny_model_dir] if command[0] == "query" else []
+    result = run(*command, "--db", library, *model)
+    assert result.exit_code == EXIT_OK, result.output
+    assert result.stdout.strip()
+
+
+def test_a_database_locked_past_the_wait_names_the_file_and_the_likely_cause(library, monkeypatch):
+    """It said only `database is locked`, after 30 s."""
+    monkeypatch.setattr(db_engine, "SQLITE_BUSY_TIMEOUT_MS", 50)
+    writer = sqlite3.connect(library, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # another program, in the middle of writing
+    try:
+        result = run("remove", library.parent.parent / "sounds", "--db", library)
+    finally:
+        writer.close()
+    assert result.exit_code == EXIT_FAILED
+    line = one_error_line(result)
+    assert line.endswith(
+        f"database is locked: another program is writing to {library} and held it past the wait; "
+        "try again once it has finished"
+    ), line
+
+
+def test_a_tiny_columns_keeps_table_cells_readable_in_a_pipe(library, tiny_model_dir):
+    """`COLUMNS=20 pengi-search query ... | cat` folded the path one character per line and cut the score to `…`."""
+    result = run("query", "a bell", "--db", library, "--model", tiny_model_dir, env={"COLUMNS": "20"})
+    assert result.exit_code == EXIT_OK, result.output
+    header, first, *_ = result.stdout.splitlines()
+    assert header.split() == ["#", "path", "time", "score", "caption"]
+    assert first.split()[0] == "1" and "…" not in first and len(first.split()[3]) == len("0.000"), first
+    assert max(map(len, result.stdout.splitlines())) <= NARROWEST
