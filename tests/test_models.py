@@ -309,6 +309,16 @@ def test_fetch_from_a_url_no_download_can_come_from_is_bad_usage_as_a_missing_fi
     assert not (isolated_home / "models").exists()
 
 
+@pytest.mark.usefixtures("no_internet")
+def test_fetch_with_an_empty_url_is_bad_usage_not_a_download_of_the_release(isolated_home):
+    """`--url "$UNSET"` is a mistake to correct (exit 2): it was taken as no --url, and Zenodo's file fetched."""
+    result = _cli("model", "fetch", "--url", "")
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--url': the URL is empty" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (isolated_home / "models").exists()
+
+
 def test_import_of_a_checkpoint_that_cannot_be_read_is_bad_usage_naming_why(
     tiny_pair, tiny_model_dir, isolated_home, monkeypatch
 ):

@@ -832,10 +832,11 @@ def test_a_config_that_is_not_yaml_or_not_utf8_or_a_bad_set_value_is_one_line_an
     ("args", "says", "code"),
     [
         (["typo.yaml"], "batch_sise", EXIT_USAGE),  # a typo'd key
-        (["good.yaml", "--resume-from", "missing.pt"], "no such training checkpoint", EXIT_USAGE),
-        (["good.yaml", "--dry-run", "--resume-from", "missing.pt"], "no such training checkpoint", EXIT_USAGE),
+        # The checkpoint named as typed (`./missing.pt` keeps its `./`), by the run as by its dry run and export.
+        (["good.yaml", "--resume-from", "./missing.pt"], "./missing.pt: no such training checkpoint", EXIT_USAGE),
+        (["good.yaml", "--dry-run", "--resume-from", "./missing.pt"], "./missing.pt: no such", EXIT_USAGE),
         (["good.yaml", "--resume"], "no checkpoint to resume from", EXIT_USAGE),  # a run with none yet
-        (["export", "missing.pt"], "no such training checkpoint", EXIT_USAGE),
+        (["export", "./missing.pt"], "./missing.pt: no such training checkpoint", EXIT_USAGE),
     ],
     ids=["config key", "resume-from", "dry-run resume-from", "resume", "export"],
 )

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 from pengi_search.errors import UsageError, not_found
-from pengi_search.paths import as_typed
+from pengi_search.paths import as_path, as_typed
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_CHECKPOINT = "best.pt"  # the training state at the best evaluation (not counted among the `keep` newest)
@@ -79,4 +79,4 @@ def checkpoint_to_resume(output_dir: Path, resume: bool | Path) -> Path | None:
         if list_checkpoints(output_dir):
             raise UsageError(as_typed(output_dir), HOLDS_A_RUN)
         return None
-    return latest_checkpoint(output_dir) if resume is True else existing_checkpoint(Path(resume))
+    return latest_checkpoint(output_dir) if resume is True else existing_checkpoint(as_path(resume))

@@ -62,6 +62,14 @@ def _read_config(path: Path | None):
         raise UsageError(path, str(exc)) from None
 
 
+def _given_url(value: str) -> str:
+    """The parser of `--url`: an empty one is refused. `fetch_release` takes no URL as "the release's own", so
+    `--url "$UNSET"` downloaded from Zenodo, the one thing a user giving a mirror or a local file wants to avoid."""
+    if not value:
+        raise typer.BadParameter("the URL is empty; give an http, https or file URL, or a path")
+    return value
+
+
 def _tokenizer_sources(items: list[str] | None) -> dict[str, str]:
     sources = {}
     for item in items or []:
@@ -103,7 +111,10 @@ def fetch(
     name: Annotated[
         ReleaseName, typer.Argument(help="The release: base has a CLIP text encoder, base_no_text_enc none.")
     ] = ReleaseName.base,  # type: ignore[attr-defined]
-    url: Annotated[str | None, typer.Option("--url", help="Download from this mirror or local file instead.")] = None,
+    url: Annotated[
+        str | None,
+        typer.Option("--url", help="Download from this mirror or local file instead.", parser=_given_url),
+    ] = None,
     tokenizer_dir: TokenizerDirOption = None,
     config: ConfigOption = None,
     force: Annotated[
