@@ -3,15 +3,12 @@ option wherever it means the same."""
 
 from __future__ import annotations
 
-import errno
-import os
 import re
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import typer
-from rich.cells import cell_len
 from rich.text import Text
 from typer.testing import CliRunner
 
@@ -59,39 +56,6 @@ def test_help_off_a_terminal_has_no_line_ending_in_spaces(name):
     assert result.exit_code == 0, result.output
     assert "Usage:" in result.stdout
     assert [line for line in result.stdout.splitlines() if line != line.rstrip()] == []
-
-
-def _help_with_no_terminal(monkeypatch, args: list[str], env: dict[str, str]) -> list[str]:
-    """The help lines of `args`, written where no standard stream is a terminal (`--help > help.txt` in a cron job),
-    with the environment `env` (COLUMNS or not)."""
-
-    def no_terminal(descriptor: int = 1) -> os.terminal_size:
-        raise OSError(errno.ENOTTY, os.strerror(errno.ENOTTY))
-
-    monkeypatch.setattr(os, "get_terminal_size", no_terminal)
-    monkeypatch.delenv("COLUMNS", raising=False)
-    result = CliRunner().invoke(app, [*args, "--help"], env=env)
-    assert result.exit_code == 0, result.output
-    return result.stdout.splitlines()
-
-
-@pytest.mark.parametrize("args", [["index"], ["classify"], []])
-def test_help_off_any_terminal_is_never_folded(monkeypatch, args):
-    """Rich took 80 columns: each option's help was folded over several lines. Now each is one line, as many lines
-    as at any width, the help as wide as its widest line (80 at the least), as `gh` and `rg` write theirs."""
-    lines = _help_with_no_terminal(monkeypatch, args, {})
-    unbounded = _help_with_no_terminal(monkeypatch, args, {"COLUMNS": "4000"})
-
-    def text(line: str) -> str:  # without the box's right side
-        return line.rstrip(" │╮╯─")
-
-    assert [text(line) for line in lines] == [text(line) for line in unbounded]
-    assert 80 <= max(map(cell_len, lines)) <= max(cell_len(text(line)) for line in lines) + 2
-
-
-def test_help_off_any_terminal_keeps_the_width_columns_asks_for(monkeypatch):
-    lines = _help_with_no_terminal(monkeypatch, ["index"], {"COLUMNS": "80"})
-    assert max(map(cell_len, lines)) == 80
 
 
 def test_eval_classify_batches_as_classify_does():
