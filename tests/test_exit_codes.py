@@ -301,6 +301,9 @@ CASES = {
     "export -o into a folder that does not exist": Case(
         lambda p: ("export", "--db", p.db, "-o", p.missing), EXIT_USAGE, "cannot write the JSON lines: no folder"
     ),
+    "export -o inside a file, named as the file it is": Case(
+        lambda p: ("export", "--db", p.db, "-o", p.clip / "x.jsonl"), EXIT_USAGE, "is a file, not a folder"
+    ),
     "eval compare -o into a folder that does not exist": Case(
         lambda p: ("eval", "compare", p.truth, p.truth, "-o", p.missing), EXIT_USAGE, "cannot write the Markdown"
     ),

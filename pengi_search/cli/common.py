@@ -352,6 +352,10 @@ def check_output_file(output: Path, kind: str) -> None:
     if output.is_dir():
         raise UsageError(output, f"a folder; --output takes the {kind} file's name")
     if not folder.is_dir():
+        # `folder` itself or a part above it may be a file: name it so, not as a folder that is missing
+        blocking = next((part for part in (folder, *folder.parents) if part.exists()), None)
+        if blocking is not None and not blocking.is_dir():
+            raise UsageError(output, f"cannot write the {kind}: {shown(os.fspath(blocking))} is a file, not a folder")
         raise UsageError(output, f"cannot write the {kind}: no folder {shown(os.fspath(folder))}")
     if not os.access(folder, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
         raise UsageError(output, f"cannot write the {kind}: permission denied")
