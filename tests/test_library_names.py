@@ -10,6 +10,8 @@ from typer.testing import CliRunner
 
 from pengi_search.cli import app
 from pengi_search.db import Store
+from pengi_search.db.errors import IndexBusyError
+from pengi_search.db.run_lock import indexing_lock
 from pengi_search.db.urls import db_option, library_name
 from pengi_search.errors import EXIT_FAILED, EXIT_USAGE
 
@@ -83,3 +85,15 @@ def test_an_empty_library_is_named_as_typed(here, tiny_model_dir):
     result = run("query", "rain", "--db", "lib.db", "--model", tiny_model_dir)
     assert result.exit_code == EXIT_FAILED
     assert result.stderr.splitlines() == ["error: lib.db: the index is empty: run `pengi-search index PATH` first"]
+
+
+def test_a_library_another_run_holds_is_named_as_typed(here):
+    with (
+        Store.open("lib.db") as store,
+        indexing_lock(store),
+        Store.open("lib.db") as other,
+        pytest.raises(IndexBusyError) as busy,
+        indexing_lock(other),
+    ):
+        pass
+    assert busy.value.where == "lib.db"
