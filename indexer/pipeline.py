@@ -149,7 +149,7 @@ def _check_compatible(store: Store, choice: _ModelChoice) -> None:
     meta = store.index_meta()
     if choice.embedder is None and meta is not None:
         raise StoreMismatchError(
-            store.url,
+            store.name,
             f"the index was built with {meta.embedder} but this run uses text embedder {str(choice.embedder_spec)!r}. "
             f"Pass --text-embedder {shlex.quote(str(_recorded_spec(meta)))}, or: {REINDEX_HINT}",
         )

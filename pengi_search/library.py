@@ -55,6 +55,7 @@ class Library:
     def __init__(self, store: Store, *, in_memory: bool = False) -> None:
         self.store = store
         self.db_url = store.url
+        self.name = store.name  # how errors name it, as the user did (`Store.name`)
         self.in_memory = in_memory
         self._indexes: dict[str, VectorIndex] = {}
 
@@ -111,7 +112,7 @@ class Library:
             index = self._in_line(kind, None, rebuild=False)
             if index is None:
                 raise EmptyLibraryError(
-                    self.db_url, f"no {kind} vectors indexed yet; run `pengi-search index PATH...` first"
+                    self.name, f"no {kind} vectors indexed yet; run `pengi-search index PATH...` first"
                 )
             self._indexes[kind] = index
         return self._indexes[kind]

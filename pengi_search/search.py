@@ -320,17 +320,17 @@ def query_embedder(library: Library, model: str | None = None, device: str = "au
     if meta is None:
         from .library import EmptyLibraryError
 
-        raise EmptyLibraryError(library.db_url, "the index is empty: run `pengi-search index PATH` first")
+        raise EmptyLibraryError(library.name, "the index is empty: run `pengi-search index PATH` first")
     spec = EmbedderSpec.of_embedder_id(meta.embedder.name)
     if spec is None:
         raise StoreMismatchError(
-            library.db_url, f"the index was built with an unknown text embedder {meta.embedder.name!r}"
+            library.name, f"the index was built with an unknown text embedder {meta.embedder.name!r}"
         )
     model_dir = _text_tower_model(library, meta.embedder.name, model) if spec.is_pengi else None
     embedder = open_text_embedder(spec, model_dir, device, numpy_tower=True)
     if embedder.dim != meta.embedder.dim:
         raise StoreMismatchError(
-            library.db_url, f"{embedder.id} makes {embedder.dim}-d vectors, the index holds {meta.embedder.dim}-d ones"
+            library.name, f"{embedder.id} makes {embedder.dim}-d vectors, the index holds {meta.embedder.dim}-d ones"
         )
     return embedder
 
@@ -354,12 +354,12 @@ def _text_tower_model(library: Library, embedder_id: str, model: str | None) -> 
         if missing is not None and built_by.partition("@")[0] in RELEASES:
             raise missing  # the released model can be fetched (the first-use download)
         raise StoreMismatchError(
-            library.db_url,
+            library.name,
             f"the index was built with model {built_by}, which is not installed here: pass its directory with --model",
         )
     if model_dir.text_embedder_id != embedder_id:
         raise StoreMismatchError(
-            library.db_url,
+            library.name,
             f"the index was built with the text embedder of model {embedder_id.removeprefix(PENGI_TEXT_PREFIX)}, "
             f"but {model_dir.path} is {model_dir.identity}. Pass that model with --model, or re-index the library "
             "with this one (pengi-search index PATH --model ...)",
@@ -496,7 +496,7 @@ def check_index_model(library: Library, model_dir: ModelDir) -> None:
     if not built_by(library, model_dir):
         meta = library.store.index_meta()
         raise StoreMismatchError(
-            library.db_url,
+            library.name,
             f"the index was built with {meta.model if meta else 'no model'}, not with the model at {model_dir.path}: "
             "pass the index's model with --model (audio embeddings of different models cannot be compared)",
         )

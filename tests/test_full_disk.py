@@ -103,16 +103,22 @@ def test_a_full_disk_in_pass_2_stops_the_run_and_a_rerun_writes_the_waiting_capt
     assert_consistent(db)
 
 
-def test_index_on_a_full_disk_says_so_in_one_line_and_exits_1(tiny_model_dir, tmp_path):
+def test_index_on_a_full_disk_says_so_in_one_line_naming_the_library_as_typed_and_exits_1(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """The line named the library by its SQLAlchemy URL (`sqlite:////tmp/.../lib.db`), which the user never typed."""
     root, db = tmp_path / "sounds", tmp_path / "lib.db"
     write_tone(root / "first.wav", 2.0)
     run_index(quick_options([root], db, tiny_model_dir))
     write_long_clips(root, 8)
+    monkeypatch.chdir(tmp_path)
     quick = ("--workers", "0", "--beam", "2", "--max-len", "3", "--device", "cpu", "--quiet")
     with disk_full(db):
-        result = CliRunner().invoke(app, ["index", str(root), "--db", str(db), "--model", str(tiny_model_dir), *quick])
+        result = CliRunner().invoke(
+            app, ["index", "sounds", "--db", "./lib.db", "--model", str(tiny_model_dir), *quick]
+        )
     assert result.exit_code == EXIT_FAILED, result.output
-    assert result.stderr.splitlines() == [f"error: sqlite:///{db}: {DISK_FULL}"]
+    assert result.stderr.splitlines() == [f"error: ./lib.db: {DISK_FULL}"]
 
 
 def no_space(path: str | os.PathLike[str]) -> None:

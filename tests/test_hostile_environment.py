@@ -138,21 +138,21 @@ def test_commands_that_only_read_still_read_a_read_only_library(library, tiny_mo
     assert result.stdout.strip()
 
 
-def test_a_database_locked_past_the_wait_names_the_file_and_the_likely_cause(library, monkeypatch):
-    """It said only `database is locked`, after 30 s."""
+def test_a_database_locked_past_the_wait_names_the_file_as_typed_and_the_likely_cause(library, monkeypatch):
+    """It said only `database is locked`, after 30 s; then named the library by its SQLAlchemy URL."""
     monkeypatch.setattr(db_engine, "SQLITE_BUSY_TIMEOUT_MS", 50)
+    monkeypatch.chdir(library.parent)
     writer = sqlite3.connect(library, isolation_level=None)
     writer.execute("BEGIN IMMEDIATE")  # another program, in the middle of writing
     try:
-        result = run("remove", library.parent.parent / "sounds", "--db", library)
+        result = run("remove", library.parent.parent / "sounds", "--db", f"./{library.name}")
     finally:
         writer.close()
     assert result.exit_code == EXIT_FAILED
-    line = one_error_line(result)
-    assert line.endswith(
-        f"database is locked: another program is writing to {library} and held it past the wait; "
-        "try again once it has finished"
-    ), line
+    assert one_error_line(result) == (
+        f"error: ./{library.name}: database is locked: another program is writing to the database file and held it "
+        "past the wait; try again once it has finished"
+    )
 
 
 def test_a_tiny_columns_keeps_table_cells_readable_in_a_pipe(library, tiny_model_dir):

@@ -1142,7 +1142,7 @@ def test_a_database_that_does_not_answer_is_a_503_said_once_in_the_log(served, t
         assert '<form class="search"' in answers[3].text and "cannot reach the database" in answers[3].text
         assert "Error 503" in answers[4].text and "does not answer. Try again in a moment" in answers[4].text
         assert [record.getMessage() for record in caplog.records] == [
-            f"sqlite:///{db}: cannot reach the database: unable to open database file; answering 503 until it answers "
+            f"{served.db}: cannot reach the database: unable to open database file; answering 503 until it answers "
             "again"
         ]
         caplog.clear()

@@ -29,7 +29,7 @@ from .errors import (
     driver_reason,
 )
 from .migrate import foreign_tables_reason, migrate
-from .urls import db_option, resolve_db_url, shown_db_url, sqlite_file
+from .urls import db_option, library_name, resolve_db_url, sqlite_file
 
 SQLITE_HEADER = b"SQLite format 3\x00"  # how every SQLite database file begins
 
@@ -41,22 +41,23 @@ def open_engine(db: str | os.PathLike[str] | None, *, create: bool, read_only: b
     MissingDatabaseError. `read_only`: connections that refuse writes (implies not creating).
     """
     url = resolve_db_url(db)
+    name = library_name(db)
     create = create and not read_only
     db_file = sqlite_file(url)
     if db_file is not None:
-        _check_place(db_file)
+        _check_place(db_file, name)
         if create and not db_file.exists():
             refuse_unexpanded_home(db_file.parent)
             made_folder(db_file.parent, library=True)
         elif not create and (not db_file.is_file() or is_empty_file(db_file)):
-            raise _missing(url, db)
+            raise _missing(name, db)
         elif not read_only:
-            _check_writable(db_file)
+            _check_writable(db_file, name)
     engine = reading_engine(url) if read_only else create_store_engine(url)
     try:
-        if not _has_schema(engine) and not create:  # asked of `index` too: another application's tables refuse it
-            raise _missing(url, db)
-        migrate(engine)
+        if not _has_schema(engine, name) and not create:  # asked of `index` too: another application's tables refuse it
+            raise _missing(name, db)
+        migrate(engine, where=name)
         if read_only:
             engine.dispose()  # the pooled connections were writable; new ones get the read-only settings
             return _read_only(engine)
@@ -73,10 +74,10 @@ def library_exists(db: str | os.PathLike[str] | None) -> bool:
     if db_file is not None and (not db_file.is_file() or is_empty_file(db_file)):
         return False
     if db_file is not None:
-        _check_place(db_file)
+        _check_place(db_file, library_name(db))
     engine = untouched_engine(url)
     try:
-        return _has_schema(engine)
+        return _has_schema(engine, library_name(db))
     finally:
         engine.dispose()
 
@@ -87,16 +88,17 @@ def is_empty_file(db_file: Path) -> bool:
     return db_file.stat().st_size == 0
 
 
-def unusable_place(db_file: Path) -> str | None:
+def unusable_place(db_file: Path, name: str | None = None) -> str | None:
     """Why no SQLite database can be at `db_file` (None when one is there or can be made): a folder or something
     else that is not a file there, a file that is not a SQLite database (an audio file given as --db), or a file
-    where one of its folders should be."""
+    where one of its folders should be. `name`: how to name `db_file` (`urls.library_name`), else as it is."""
+    shown = name or str(db_file)
     if db_file.exists():
         if db_file.is_file():
-            return None if _may_be_sqlite(db_file) else f"{db_file} is not a SQLite database"
-        return f"{db_file} is a folder, not a database file" if db_file.is_dir() else f"{db_file} is not a file"
+            return None if _may_be_sqlite(db_file) else f"{shown} is not a SQLite database"
+        return f"{shown} is a folder, not a database file" if db_file.is_dir() else f"{shown} is not a file"
     folder = next(parent for parent in db_file.parents if parent.exists())  # the root, at the latest
-    return None if folder.is_dir() else f"{folder} is a file, not a folder: no database can be made at {db_file}"
+    return None if folder.is_dir() else f"{folder} is a file, not a folder: no database can be made at {shown}"
 
 
 def _may_be_sqlite(db_file: Path) -> bool:
@@ -126,14 +128,14 @@ def untouched_engine(url: str) -> Engine:
     return create_store_engine(url, read_only_file=db_file, untouched=True)
 
 
-def _check_place(db_file: Path) -> None:
+def _check_place(db_file: Path, name: str) -> None:
     """Refuse, as bad usage, a place where no library can be: not one "yet" either (see `unusable_place`)."""
-    unusable = unusable_place(db_file)
+    unusable = unusable_place(db_file, name)
     if unusable is not None:
         raise DatabaseURLError(unusable, "point --db or PENGI_SEARCH_DB at a database file (such as index.db)")
 
 
-def _check_writable(db_file: Path) -> None:
+def _check_writable(db_file: Path, name: str) -> None:
     """Refuse a writer a library it cannot write: its file read-only, or its folder, where SQLite makes the files
     beside it (`-wal`, `-shm`) and pengi-search its FAISS files and locks. SQLite would only say "unable to open
     database file" or "attempt to write a readonly database", naming neither."""
@@ -141,21 +143,19 @@ def _check_writable(db_file: Path) -> None:
         why = write_block(path) if path.exists() else None
         if why is not None:
             raise ReadOnlyLibraryError(
-                db_file, f"the library cannot be written ({what}: {why}); query, stats and export can still read it"
+                name, f"the library cannot be written ({what}: {why}); query, stats and export can still read it"
             )
 
 
-def _missing(url: str, db: str | os.PathLike[str] | None) -> MissingDatabaseError:
-    """The error for a library that does not exist yet, naming the command that creates it."""
-    db_file = sqlite_file(url)
-    where = str(db_file) if db_file is not None else shown_db_url(url)
-    return MissingDatabaseError(where, f"no index here yet; create it with `pengi-search index PATH...{db_option(db)}`")
+def _missing(name: str, db: str | os.PathLike[str] | None) -> MissingDatabaseError:
+    """The error for the library `name`d, which does not exist yet, naming the command that creates it."""
+    return MissingDatabaseError(name, f"no index here yet; create it with `pengi-search index PATH...{db_option(db)}`")
 
 
-def _has_schema(engine: Engine) -> bool:
-    """Whether the database has been set up by pengi-search (Alembic's version table is there); False for an empty
-    one. A database with other tables and no library is another application's: ForeignDatabaseError."""
-    where = engine.url.render_as_string(hide_password=True)
+def _has_schema(engine: Engine, where: str) -> bool:
+    """Whether the database (named `where` in errors) has been set up by pengi-search (Alembic's version table is
+    there); False for an empty one. A database with other tables and no library is another application's:
+    ForeignDatabaseError."""
     try:
         with engine.connect() as connection:
             inspector = inspect(connection)
@@ -163,7 +163,7 @@ def _has_schema(engine: Engine) -> bool:
                 return True
             tables = inspector.get_table_names()
     except SQLAlchemyError as exc:
-        raise StoreError(where, f"cannot open the database: {driver_reason(exc, where)}") from exc
+        raise StoreError(where, f"cannot open the database: {driver_reason(exc)}") from exc
     if tables:
         raise ForeignDatabaseError(where, foreign_tables_reason(tables))
     return False

@@ -5,12 +5,16 @@ from __future__ import annotations
 import re
 import shlex
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import OperationalError
 
 from pengi_search.errors import PengiSearchError, UsageError
 
 SQLITE_LOCKED = "database is locked"  # SQLite's word, once its busy timeout is over
+# Who most likely holds that lock: another program writing to the file (an `index` run holds the library's own lock
+# and is named as such). The error's `where` names the file, as the user named it.
+SQLITE_LOCK_HOLDER = (
+    "another program is writing to the database file and held it past the wait; try again once it has finished"
+)
 
 
 class StoreError(PengiSearchError):
@@ -60,32 +64,21 @@ def store_error(where: str, exc: BaseException) -> StoreError:
     for the DB-API's OperationalError, the database's own trouble (SQLite's full disk, I/O error, read-only file or
     lock; PostgreSQL's DiskFull), as against what a statement was given (an IntegrityError, a DataError)."""
     if getattr(exc, "connection_invalidated", False):
-        return DatabaseUnreachableError(where, f"cannot reach the database: {driver_reason(exc, where)}")
+        return DatabaseUnreachableError(where, f"cannot reach the database: {driver_reason(exc)}")
     if isinstance(exc, OperationalError):
-        return DatabaseFailureError(where, driver_reason(exc, where))
-    return StoreError(where, driver_reason(exc, where))
+        return DatabaseFailureError(where, driver_reason(exc))
+    return StoreError(where, driver_reason(exc))
 
 
-def driver_reason(exc: BaseException, url: str = "") -> str:
+def driver_reason(exc: BaseException) -> str:
     """What the database or its driver said, on one line, without SQLAlchemy's wrapping ("(psycopg.X) ...", the
     statement, the link to its documentation); a server's missing database says who creates it, and SQLite's lock
-    (at `url`) who holds it."""
+    who holds it."""
     reason = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
     if reason == SQLITE_LOCKED:
-        return f"{reason}: {_lock_holder(url)}"
+        return f"{reason}: {SQLITE_LOCK_HOLDER}"
     missing = re.search(r'database "([^"]+)" does not exist', reason)
     if missing:
         createdb = f"createdb {shlex.quote(missing[1])}"
         reason += f" (create it first, e.g. `{createdb}`: pengi-search makes its tables, not the database)"
     return reason
-
-
-def _lock_holder(url: str) -> str:
-    """Who most likely holds SQLite's write lock on the database at `url`, which outlasted the busy timeout: another
-    program writing to the file (an `index` run holds the library's own lock and is named as such)."""
-    try:
-        database = make_url(url).database if url else None
-    except (ArgumentError, ValueError):
-        database = None
-    named = database or "the database file"
-    return f"another program is writing to {named} and held it past the wait; try again once it has finished"

@@ -14,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .engine import WRITE_OPTION
 from .errors import ForeignDatabaseError, StoreError, driver_reason
+from .urls import library_name_of_url
 
 SCHEMA_HEAD = "0005"  # the newest migration; a test keeps it equal to the scripts' head
 LIBRARY_TABLE = "audio_files"  # in every revision: a database without it holds no pengi-search library
@@ -41,9 +42,10 @@ def alembic_config(url: str | None = None) -> Any:
     return config
 
 
-def migrate(engine: Engine, revision: str = "head") -> None:
-    """Upgrade the schema of `engine`'s database to `revision` (no-op when already at head)."""
-    where = engine.url.render_as_string(hide_password=True)
+def migrate(engine: Engine, revision: str = "head", *, where: str | None = None) -> None:
+    """Upgrade the schema of `engine`'s database to `revision` (no-op when already at head). `where`: how errors
+    name the library (`urls.library_name`), else as its URL names it."""
+    where = where or library_name_of_url(engine.url)
     if revision == "head" and _at_head(engine):
         return  # the common case, answered without importing alembic (~0.5 s)
     from alembic import command
@@ -72,7 +74,7 @@ def migrate(engine: Engine, revision: str = "head") -> None:
             config.attributes["connection"] = connection
             command.upgrade(config, revision)
     except SQLAlchemyError as exc:
-        raise StoreError(where, f"cannot open or upgrade the database: {driver_reason(exc, where)}") from exc
+        raise StoreError(where, f"cannot open or upgrade the database: {driver_reason(exc)}") from exc
 
 
 def foreign_tables_reason(tables: list[str]) -> str:

@@ -57,7 +57,7 @@ def indexing_lock(store: Store, shard: str | None = None, *, wait: bool = False)
                 continue
             busy = _busy_message(store, shard)
             if not wait:
-                raise IndexBusyError(store.url, f"{busy}; wait for it to end, or pass --wait to start when it has")
+                raise IndexBusyError(store.name, f"{busy}; wait for it to end, or pass --wait to start when it has")
             log.warning("%s; waiting for it to end", busy)
             locks.take(name, shared=shared, wait=True)
         yield

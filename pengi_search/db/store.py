@@ -67,6 +67,7 @@ from .schema import (
     WindowRow,
     WindowVectorRow,
 )
+from .urls import library_name, library_name_of_url
 
 
 class Store(RunJournal):
@@ -75,8 +76,10 @@ class Store(RunJournal):
     The indexing runs' methods (`start_run`, `finish_run`, `runs`, ...) come from `pengi_search.db.runs`.
     """
 
-    def __init__(self, engine: Engine, *, read_only: bool = False) -> None:
-        """Wrap an engine whose database is already migrated; use `Store.open` instead."""
+    def __init__(self, engine: Engine, *, read_only: bool = False, name: str | None = None) -> None:
+        """Wrap an engine whose database is already migrated; use `Store.open` instead.
+
+        `name`: how errors name the library (`urls.library_name`); by default, as its URL names it."""
         self._engine = engine
         self.read_only = read_only
         # Every read sees one snapshot, as SQLite's WAL readers do (PostgreSQL's default is per statement).
@@ -84,7 +87,8 @@ class Store(RunJournal):
         self._reader = engine.execution_options(**snapshot)
         self._read = sessionmaker(self._reader, expire_on_commit=False)
         self._write = sessionmaker(engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False)
-        self.url = engine.url.render_as_string(hide_password=True)
+        self.url = engine.url.render_as_string(hide_password=True)  # what it is: FAISS file names, `stats`
+        self.name = name or library_name_of_url(engine.url)  # how the user named it: every error's `where`
 
     @classmethod
     def open(cls, db: str | os.PathLike[str] | None = None, *, create: bool = True, read_only: bool = False) -> Store:
@@ -93,7 +97,8 @@ class Store(RunJournal):
         `create`: make it when missing (only `index` does), else MissingDatabaseError names the command that makes
         it. `read_only`: never create, and write nothing (see `pengi_search.db.access`).
         """
-        return cls(open_engine(db, create=create, read_only=read_only), read_only=read_only)
+        engine = open_engine(db, create=create, read_only=read_only)
+        return cls(engine, read_only=read_only, name=library_name(db))
 
     @property
     def engine(self) -> Engine:
@@ -121,7 +126,7 @@ class Store(RunJournal):
             with maker.begin() as session:
                 yield session
         except SQLAlchemyError as exc:
-            raise store_error(self.url, exc) from exc
+            raise store_error(self.name, exc) from exc
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[Connection]:
@@ -131,7 +136,7 @@ class Store(RunJournal):
             with self._reader.begin() as connection:
                 yield connection
         except SQLAlchemyError as exc:
-            raise store_error(self.url, exc) from exc
+            raise store_error(self.name, exc) from exc
 
     # -- files -----------------------------------------------------------------------------------------------
 
@@ -329,7 +334,7 @@ class Store(RunJournal):
                     blobs += chunk_blobs
                 order = np.argsort(np.asarray(id_list, dtype=np.int64), kind="stable")
                 id_list, blobs = [id_list[i] for i in order], [blobs[i] for i in order]
-        return np.asarray(id_list, dtype=np.int64), decode_matrix(self.url, kind, blobs)
+        return np.asarray(id_list, dtype=np.int64), decode_matrix(self.name, kind, blobs)
 
     def window_details(self, window_ids: Iterable[int]) -> dict[int, WindowDetails]:
         """Details of the given windows for showing search results; ids no longer in the database are left out.
@@ -466,7 +471,7 @@ class Store(RunJournal):
         ]
         if wrong:
             raise StoreMismatchError(
-                self.url,
+                self.name,
                 f"the index was built with {meta.model} and {meta.embedder}; {'; '.join(wrong)}. "
                 "Pass the model and embedder it was built with (--model), or re-index the library with the new "
                 "ones (a full re-index replaces every caption and vector).",

@@ -13,7 +13,7 @@ from sqlalchemy.exc import ArgumentError
 
 from pengi_search.errors import UsageError
 from pengi_search.pathnames import is_utf8
-from pengi_search.paths import data_dir, home_expanded
+from pengi_search.paths import as_typed, data_dir, home_expanded
 
 from .errors import DatabaseURLError
 from .records import check_vector_kind
@@ -91,15 +91,34 @@ def shown_db_url(url: str | URL) -> str:
     return with_driver(parsed).render_as_string(hide_password=True)
 
 
+def library_name(db: str | os.PathLike[str] | None = None) -> str:
+    """How every error names the library at `db` (a `--db` value; None or empty: the default one): as the user
+    named it. A file path as typed (`./lib.db`, not the SQLite URL made of it), a URL as `shown_db_url` shows it
+    (password hidden), and a library the user did not name (`$PENGI_SEARCH_DB`, the data folder's) as
+    `library_name_of_url` names it."""
+    named = "" if db is None else os.fspath(db)
+    if "://" in named:
+        return shown_db_url(named)
+    return named or library_name_of_url(default_db_url())
+
+
+def library_name_of_url(url: str | URL) -> str:
+    """How errors name a library known only by its URL: a SQLite file as `paths.as_typed` shows it (relative to the
+    current folder when under it), any other database as `shown_db_url` shows it."""
+    try:
+        db_file = sqlite_file(url)
+    except DatabaseURLError:  # a name is for a message: one that cannot be parsed is still shown
+        db_file = None
+    return str(as_typed(db_file)) if db_file is not None else shown_db_url(url)
+
+
 def db_option(db: str | os.PathLike[str] | None) -> str:
     """` --db VALUE` for a command hint that names the database the user named (empty when none was named).
 
     Quoted for the shell, so that the hint can be pasted as it is: a file path may hold spaces, a server's URL `?`
     and `&`, and its password is shown as `***`."""
     named = "" if db is None else os.fspath(db)
-    if not named:
-        return ""
-    return f" --db {shlex.quote(shown_db_url(named) if '://' in named else named)}"
+    return f" --db {shlex.quote(library_name(named))}" if named else ""
 
 
 def sqlite_file(url: str | URL) -> Path | None:

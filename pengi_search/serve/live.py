@@ -124,9 +124,7 @@ class LiveLibrary(Library):
         self.refresh()
         index = self._live.get(kind)
         if index is None:
-            raise EmptyLibraryError(
-                self.db_url, f"no {kind} vectors indexed yet; run `pengi-search index PATH...` first"
-            )
+            raise EmptyLibraryError(self.name, f"no {kind} vectors indexed yet; run `pengi-search index PATH...` first")
         return index
 
     def caption_counts(self) -> CaptionCounts:
