@@ -729,6 +729,25 @@ def test_under_torchrun_a_resume_refused_once_set_up_is_said_once_and_a_warning_
     assert [step for step, _ in losses(tmp_path / "run")] == [1, 2, 3, 4, 5]
 
 
+def test_under_torchrun_an_error_every_process_meets_in_its_set_up_is_said_once_by_rank_0(
+    tmp_path, sounds, tiny_model_dir
+) -> None:
+    """4 rows in batches of 4 over 2 processes make no whole step. Every process found it and said it (`error: ...`
+    once per process), as every error of the set-up that each process meets alike (nothing to train, too large a
+    data.max_answer_tokens, a prompt too long). Rank 0 says it, once, and exits with its code (torchrun reports
+    it); the others end well."""
+    config_path = write_config(tmp_path, tiny_model_dir, sounds / "train.jsonl", data={"batch_size": 4})
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launched = subprocess.run(
+        [*command, "-m", "trainer", str(config_path)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert launched.stderr.count("error: ") == 1, launched.stderr[-3000:]
+    too_few = "4 usable examples are too few for one step of batch_size 4 x grad_accumulation 1 x 2 processes"
+    assert too_few in launched.stderr
+    assert "SIGTERM" not in launched.stderr and re.search(r"rank\s*: 0 .*\n\s*exitcode\s*: 1 ", launched.stderr)
+
+
 # --- Set-up from scratch ---------------------------------------------------------------------------------------
 
 

@@ -791,6 +791,26 @@ def test_a_dry_run_names_every_problem_the_run_would_stop_at_one_by_one(
     assert result.exit_code == EXIT_USAGE and result.stderr.splitlines() == [holds]  # the one it checks first
 
 
+def test_a_dry_run_lists_a_corrupt_checkpoint_among_its_problems_with_the_runs_exit_code(
+    tmp_path, tiny_no_text_model_dir, monkeypatch
+) -> None:
+    """A checkpoint cut short (a copy that stopped, a full disk): `--resume --dry-run` stopped there with its error
+    alone. It is listed among the problems in the run's words, the rest of the report follows, and the exit code is
+    the run's (1: the run cannot start, as for a model file that cannot be read)."""
+    config_path = label_run_config(tmp_path, tiny_no_text_model_dir)
+    run_at(config_path, step=10)
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-00000010.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])
+    monkeypatch.chdir(tmp_path)
+    unreadable = "run/checkpoints/step-00000010.pt: not a readable training checkpoint (RuntimeError)"
+    result = CliRunner().invoke(app, ["train", "run.yaml", "--resume"])
+    assert result.exit_code == EXIT_FAILED and unreadable in result.stderr, result.output
+    result = CliRunner().invoke(app, ["train", "run.yaml", "--resume", "--dry-run"])
+    assert result.exit_code == EXIT_FAILED, result.output
+    assert unreadable in result.stdout and "8 examples, 8 usable" in result.stdout
+    assert "plan: " in result.stdout and result.stdout.rstrip().endswith("cannot train")
+
+
 def run_at(config_path: Path, step: int) -> None:
     """A checkpoint of the configuration's run at `step`, with what a dry run reads of one (its run and position)."""
     config = load_config(config_path)

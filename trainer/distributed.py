@@ -128,6 +128,25 @@ def gather_objects(processes: Processes, value: Any) -> list[Any]:
     return gathered
 
 
+def ends_here(processes: Processes, failure: Exception | None) -> bool:
+    """Whether the run ends at this point, where every process calls this with what failed on it (None: nothing);
+    raises `failure` where it is to be said (one collective).
+
+    A failure every process met alike (the same configuration and data fail the same way on each) is raised by
+    rank 0 alone, and the others end well (True): under torchrun a process ending with a code other than 0 makes
+    it stop the rest (SIGTERM), rank 0 too before it says why. A failure that some processes met, or met in other
+    words, is raised where it happened, and the processes that met none end well too: the run cannot go on
+    without them."""
+    if not processes.distributed:
+        if failure is not None:
+            raise failure
+        return False
+    said = gather_objects(processes, None if failure is None else (type(failure).__name__, str(failure)))
+    if failure is not None and (processes.main or len(set(said)) > 1):
+        raise failure
+    return any(outcome is not None for outcome in said)
+
+
 def parameter_digest(parameters: list[torch.nn.Parameter]) -> str:
     """SHA-256 of the trained weights' bytes: equal digests across processes mean bit-identical weights."""
     digest = hashlib.sha256()

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from pengi_search.choices import LongPrompt
 from pengi_search.config import PengiConfig
-from pengi_search.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, PengiSearchError, UsageError
+from pengi_search.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, PengiSearchError
 from pengi_search.messages import print_error, print_warning
 from pengi_search.model import Pengi
 from pengi_search.paths import as_typed
@@ -91,15 +91,17 @@ def dry_run_report(
     `resume` and `given` as `train` takes them (--resume, --resume-from; the keys given with --set). What `train`
     refuses before its first step is in the report, all of it, in the words `train` stops with on the first: an
     output_dir with checkpoints for a new run, no checkpoint for a resumed one, or a configuration that is not the
-    resumed run's (`checkpoint_to_resume`, `check_resume`, `check_steps`) are among its `config_problems`. Only a
-    manifest that cannot be parsed raises (`ManifestError`): nothing can be checked without its rows.
+    resumed run's (`checkpoint_to_resume`, `check_resume`, `check_steps`) are among its `config_problems`, a
+    checkpoint that cannot be read among its `run_problems`. Only a manifest that cannot be parsed raises
+    (`ManifestError`): nothing can be checked without its rows.
     """
     source = source or Path("<config>")
     problems = [str(ConfigError(source, problem)) for problem in config.problems(cuda=torch.cuda.is_available())]
-    record, length_change = _resumed_run(config, resume, given, source, problems)
+    unreadable: list[str] = []  # a checkpoint to resume that cannot be read: the run cannot start (exit 1)
+    record, length_change = _resumed_run(config, resume, given, source, problems, unreadable)
     roles = [("train", config.data.train), ("validation", config.data.validation)]
     manifests = [_check_manifest(role, path, load_audio) for role, path in roles if path is not None]
-    report = DryRunReport(manifests, problems, _model_problems(config))
+    report = DryRunReport(manifests, problems, _model_problems(config), run_problems=unreadable)
     built = None if report.model_problems else _build_model(config, report, source)
     train = manifests[0]
     rows = epoch_rows(train, built.cached if built is not None else _caches_features(config))
@@ -133,16 +135,22 @@ def _caches_features(config: TrainConfig) -> bool:
 
 
 def _resumed_run(
-    config: TrainConfig, resume: bool | Path, given: Collection[str], source: Path, problems: list[str]
+    config: TrainConfig,
+    resume: bool | Path,
+    given: Collection[str],
+    source: Path,
+    problems: list[str],
+    unreadable: list[str],
 ) -> tuple[RunRecord | None, str | None]:
     """The run a resume continues, and how its length changes (None: it does not), as `train` finds them before
-    any set-up. What `train` refuses there goes into `problems` instead, and the dry run goes on to find the rest."""
+    any set-up. What `train` refuses there goes into `problems` (bad usage, exit code 2) or `unreadable` (a
+    checkpoint that cannot be read, exit code 1) instead, and the dry run goes on to find the rest."""
     try:
         checkpoint = checkpoint_to_resume(config.output_dir, resume)
         record = None if checkpoint is None else read_run_record(checkpoint)
         return record, None if record is None else check_resume(config, record, given, source)
-    except UsageError as error:
-        problems.append(str(error))
+    except PengiSearchError as error:
+        (problems if error.exit_code == EXIT_USAGE else unreadable).append(str(error))
         return None, None
 
 

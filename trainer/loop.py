@@ -46,6 +46,7 @@ from trainer.config import ConfigError, TrainConfig
 from trainer.data import Batch, example_loader
 from trainer.distributed import (
     Processes,
+    ends_here,
     gather_objects,
     parameter_digest,
     start_processes,
@@ -110,8 +111,8 @@ class TrainingError(PengiSearchError):
 
 @dataclass
 class TrainingResult:
-    model: Pengi
-    tokenizers: Tokenizers
+    model: Pengi | None  # None on a process whose set-up failed as rank 0's did (rank 0 says it)
+    tokenizers: Tokenizers | None
     model_dir: Path | None  # the exported model directory (rank 0)
     steps: int
     audio_skipped: bool = False  # some rows' audio could not be used (each reported): the command exits 3
@@ -131,7 +132,7 @@ def train(
     """Run the training that `config` describes in this process (one of several under `torchrun`).
 
     A resumed run must be the checkpoint's run, but for a new length among the keys `given` on the command line
-    (`--set`): see `trainer.resume_plan`."""
+    (`--set`): see `trainer.resume_plan`. A set-up failure every process meets is raised by rank 0 alone."""
     source = source or Path("<config>")
     if problems := config.problems(cuda=torch.cuda.is_available()):
         raise ConfigError(source, problems[0])
@@ -142,18 +143,20 @@ def train(
     length_change = None if record is None else check_resume(config, record, given, source)
     processes = start_processes(config.runtime.device)
     trainer = None
+    failure: PengiSearchError | None = None  # how this process's set-up failed (`ends_here` decides who says it)
     try:
-        trainer = Trainer(config, processes, source, console)
+        try:
+            trainer = Trainer(config, processes, source, console)
+            if record is not None:
+                epoch = EpochSize(len(trainer.data.train_set), processes.world_size, trainer.total_steps)
+                trainer.resume(record, length_change or check_steps(config, record, epoch, given, source))
+        except PengiSearchError as error:  # too few examples, nothing to train, a run resumed on other processes...
+            failure = error
+        # Every process's set-up read the same configuration and data: a failure they all met is said once.
+        if ends_here(processes, failure):
+            return TrainingResult(None, None, None, 0, main=False)
+        assert trainer is not None  # else `ends_here` raised this process's failure
         if record is not None:
-            epoch = EpochSize(len(trainer.data.train_set), processes.world_size, trainer.total_steps)
-            try:
-                length_change = length_change or check_steps(config, record, epoch, given, source)
-            except ConfigError:  # every process finds it alike: said once, by rank 0, with its exit code
-                if processes.main:
-                    raise
-                # The others end well first: one ending with another code than 0 makes torchrun stop the rest.
-                return TrainingResult(trainer.model, trainer.tokenizers, None, 0, main=False)
-            trainer.resume(record, length_change)
             checkpoint, record = record.checkpoint, None  # the trainer holds copies: the mapped file is let go
             if trainer.finished is not None:  # nothing to train: said, and nothing written
                 return trainer.already_finished(checkpoint)
