@@ -16,6 +16,8 @@ from pengi_search.cli import app
 from pengi_search.consoles import NARROWEST
 from pengi_search.db import engine as db_engine
 from pengi_search.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from pengi_search.library import Library
+from pengi_search.paths import data_dir
 
 from .indexing import write_tone
 from .search_library import caption_library
@@ -200,6 +202,20 @@ def test_paths_in_these_messages_are_spelt_as_typed(tmp_path, sounds, tiny_model
         f"the data folder (taken is a file, not a folder); {HOME_ADVICE}",
     }.items():
         assert one_error_line(run(*args)) == line
+
+
+def test_faiss_files_in_a_data_folder_that_is_a_file_are_not_saved_and_say_why(library, tmp_path, monkeypatch, caplog):
+    """A PostgreSQL library's FAISS files go in the data folder: one that is a file failed with a bare
+    `[Errno 20] Not a directory`, ending the command, where the index in memory was still right."""
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    monkeypatch.setenv("PENGI_SEARCH_HOME", str(taken))
+    monkeypatch.setattr(Library, "index_path", lambda self, kind: data_dir() / f"postgresql-0123456789ab.{kind}.faiss")
+    with Library.open(library, create=False) as opened:
+        assert opened.rebuild() == {"text": 1, "audio": 1}
+    assert caplog.messages[-1] == (
+        f"vector index not saved: {taken}: cannot make the data folder ({taken} is a file, not a folder); {HOME_ADVICE}"
+    )
 
 
 @pytest.mark.parametrize(
