@@ -21,12 +21,12 @@ from .checkpoint import CheckpointError
 from .db import VECTOR_KINDS, Store, StoreError, default_index_path, resolve_db_url, sqlite_file
 from .db.access import is_empty_file, untouched_engine, unusable_place
 from .db.errors import DatabaseURLError, driver_reason
-from .db.urls import db_option, shown_db_url
+from .db.urls import db_option, names_default_db, shown_db_url
 from .download import INVALID_SUFFIX, RELEASES, TOKENIZERS
 from .hashing import file_sha256
 from .hub import offline_setting
 from .model_dir import CONFIG_FILE, MODEL_ENV, WEIGHTS_FILE, ModelDir, ModelNotFoundError, release_to_fetch
-from .paths import models_dir
+from .paths import as_typed, choose_elsewhere, file_in_the_way, models_dir
 
 # FFmpeg decoders for the formats soundfile leaves to PyAV (m4a/aac, alac, wma, opus, ...) and a few it shares.
 DECODERS = ("aac", "alac", "wmav2", "opus", "vorbis", "mp3float", "flac", "ac3", "amrnb", "ape", "wavpack")
@@ -197,6 +197,10 @@ def _no_default_model(root: Path) -> Problem:
     release, named = release_to_fetch(), os.environ.get(MODEL_ENV)
     what = f"{MODEL_ENV}={named} names no model" if named else f"no Pengi model is installed in {root}"
     fix = f"pengi-search model fetch {release}" if release else f"point {MODEL_ENV} at a model directory, or unset it"
+    in_the_way = file_in_the_way(root) if release else None
+    if in_the_way is not None:  # a file where the data folder should be: no fetch could install the model
+        what = f"{as_typed(in_the_way)} is a file, not a folder: no model can be installed in {as_typed(root)}"
+        fix = choose_elsewhere(in_data=True, library=False)
     return Problem("models", what, fix)
 
 
@@ -289,7 +293,7 @@ def check_database(db: str | None = None) -> tuple[dict[str, Any], list[Problem]
         return _unknown({"url": err.where}, Problem("database", err.reason, URL_FIX))
     option = db_option(db)
     if db_file is not None:
-        absent, problems = _absent_file(db_file, option)
+        absent, problems = _absent_file(db_file, option, default=names_default_db(db))
         if absent is not None:
             return {**data, "exists": False, "reason": absent}, problems
         if is_empty_file(db_file):  # connecting would write a database header into it: doctor changes nothing
@@ -317,12 +321,14 @@ def _unknown(data: dict[str, Any], problem: Problem) -> tuple[dict[str, Any], li
     return {**data, "exists": None, "reason": problem.what}, [problem]
 
 
-def _absent_file(db_file: Path, option: str) -> tuple[str | None, list[Problem]]:
+def _absent_file(db_file: Path, option: str, *, default: bool) -> tuple[str | None, list[Problem]]:
     """Why there is no SQLite database at `db_file` (None when its file is there), with a problem when `index`
-    could not make one there either (a folder, or a file that is no database, in its place)."""
+    could not make one there either (a folder, or a file that is no database, in its place). At the `default`
+    place, in the data folder, the fix is another data folder, as every command says."""
     unusable = unusable_place(db_file)
     if unusable is not None:
         fix = f"point --db or PENGI_SEARCH_DB at a database file, not at {db_file}" if db_file.exists() else URL_FIX
+        fix = choose_elsewhere(in_data=True, library=True) if default else fix
         return unusable, [Problem("database", unusable, fix)]
     if db_file.is_file():
         return None, []

@@ -37,6 +37,8 @@ from .db import (
     caption_counts,
     default_index_path,
 )
+from .errors import UnwritableFolderError
+from .paths import made_folder
 from .vector_file import read_index_tag
 from .vectors import INDEX_TYPES, IndexParams, VectorIndex, VectorIndexError, effective_type
 
@@ -308,10 +310,10 @@ def _locked(path: Path) -> Iterator[None]:
         return
     with contextlib.ExitStack() as stack:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            made_folder(path.parent)
             handle = stack.enter_context(open(path.with_name(path.name + ".lock"), "a+b"))
             fcntl.flock(handle, fcntl.LOCK_EX)  # released when the handle closes
-        except OSError:
+        except (OSError, UnwritableFolderError):  # saving says why: a warning, see `_save`
             pass
         yield
 
@@ -319,7 +321,7 @@ def _locked(path: Path) -> Iterator[None]:
 def _load(path: Path) -> tuple[VectorIndex | None, str | None]:
     try:
         return VectorIndex.load(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # none there; a file in a folder's place holds none either
         return None, None
     except VectorIndexError as exc:
         log.warning("ignoring damaged vector index %s (it is rebuilt from the database): %s", path, exc.reason)
@@ -339,5 +341,5 @@ def _requested_type(tag: str | None) -> str:
 def _save(index: VectorIndex, path: Path, tag: str) -> None:
     try:
         index.save(path, tag)
-    except VectorIndexError as exc:  # e.g. a read-only folder: the in-memory index is still right
+    except (VectorIndexError, UnwritableFolderError) as exc:  # e.g. a read-only folder: the index in memory is right
         log.warning("vector index not saved: %s", exc)

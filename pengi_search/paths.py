@@ -90,36 +90,59 @@ def made_folder(folder: Path, *, library: bool = False) -> Path:
     """`folder`, made with its parents where missing, and one this process can write in: the data folder (or one in
     it) or, `library`, the folder of a library's database file. Else UnwritableFolderError, in one line: the folder,
     why (a read-only mount, a path under /proc, a file where a folder should be) and how to choose another."""
-    absolute, data = Path(os.path.abspath(folder)), Path(os.path.abspath(data_dir()))
-    in_data = absolute.is_relative_to(data)
-    what = "the data folder" if absolute == data else "a folder of the data folder" if in_data else "the folder"
-    what = "the library's folder" if library and not in_data else what
+    refuse_blocked_folder(folder, library=library)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UnwritableFolderError(
-            folder, f"cannot make {what} ({_why_not_made(folder, exc)}); {_elsewhere(in_data, library)}"
-        ) from exc
+        raise _folder_error(folder, "cannot make", _why_not_made(folder, exc), library=library) from exc
     blocked = write_block(folder)
     if blocked is not None:
-        raise UnwritableFolderError(folder, f"cannot write in {what} ({blocked}); {_elsewhere(in_data, library)}")
+        raise _folder_error(folder, "cannot write in", blocked, library=library)
     return folder
 
 
-def _why_not_made(folder: Path, error: OSError) -> str:
-    """Why `error` kept `folder` from being made, naming the part to blame where it is not `folder` itself: a file
-    where a folder above should be, or the folder above that could not be made (`/proc/nope` of
-    `/proc/nope/pengi-search`)."""
-    above = next((parent for parent in folder.parents if parent.exists()), None)
-    if above is not None and not above.is_dir():
-        return f"{above} is a file, not a folder"
-    part = f"{error.filename}: " if error.filename and os.fspath(error.filename) != os.fspath(folder) else ""
-    return f"{part}{os_reason(error)}"
+def refuse_blocked_folder(folder: Path, *, library: bool = False) -> None:
+    """UnwritableFolderError, as `made_folder` says it, when a file stands where `folder` or a folder above it
+    should be, so that no folder can be made there. Makes nothing: commands that only read a library in the data
+    folder say the data folder's trouble in the words of those that would make it."""
+    in_the_way = file_in_the_way(folder)
+    if in_the_way is not None:
+        reason = f"{as_typed(in_the_way)} is a file, not a folder"
+        raise _folder_error(folder, "cannot make", reason, library=library)
 
 
-def _elsewhere(in_data: bool, library: bool) -> str:
+def file_in_the_way(folder: str | os.PathLike[str]) -> Path | None:
+    """The nearest of `folder` and the folders above it that exists, when it is not a folder (a file, a device):
+    nothing below it can be made. None when there is none, or when the system will not say (mkdir then will)."""
+    absolute = Path(os.path.abspath(folder))
+    try:
+        there = next(path for path in (absolute, *absolute.parents) if path.exists())  # the root, at the latest
+    except OSError:
+        return None
+    return None if there.is_dir() else there
+
+
+def choose_elsewhere(*, in_data: bool, library: bool) -> str:
     """How to choose another folder: another data folder, or another place for the library's file."""
     choices = [f"another data folder with {HOME_ENV}=FOLDER"] if in_data else []
     if library:
         choices.append("another library file with --db FILE")
     return "choose " + (", or ".join(choices) or "another folder")
+
+
+def _folder_error(folder: Path, verb: str, why: str, *, library: bool) -> UnwritableFolderError:
+    """`made_folder`'s one line: the folder as typed, what it is to pengi-search, why not, and how to choose another."""
+    absolute, data = Path(os.path.abspath(folder)), Path(os.path.abspath(data_dir()))
+    in_data = absolute.is_relative_to(data)
+    what = "the data folder" if absolute == data else "a folder of the data folder" if in_data else "the folder"
+    what = "the library's folder" if library and not in_data else what
+    advice = choose_elsewhere(in_data=in_data, library=library)
+    return UnwritableFolderError(as_typed(folder), f"{verb} {what} ({why}); {advice}")
+
+
+def _why_not_made(folder: Path, error: OSError) -> str:
+    """Why `error` kept `folder` from being made, naming the folder above to blame where it is not `folder` itself
+    (`/proc/nope` of `/proc/nope/pengi-search`). A file in the way is found before (`refuse_blocked_folder`)."""
+    named = os.fspath(error.filename) if error.filename else None
+    part = f"{as_typed(named)}: " if named and os.path.abspath(named) != os.path.abspath(folder) else ""
+    return f"{part}{os_reason(error)}"

@@ -21,6 +21,7 @@ from typing import Any, BinaryIO
 import faiss
 
 from pengi_search.errors import PengiSearchError
+from pengi_search.paths import made_folder
 
 _MAGIC = b"PENGIVEC"
 _FORMAT_VERSION = 1
@@ -34,9 +35,11 @@ class VectorIndexError(PengiSearchError):
 
 
 def write_index_file(path: str | os.PathLike[str], index: faiss.IndexIDMap2, params: dict[str, Any], tag: str) -> None:
-    """Save `index` with its build parameters and `tag` atomically (temp file, fsync, rename, fsync of the folder)."""
+    """Save `index` with its build parameters and `tag` atomically (temp file, fsync, rename, fsync of the folder).
+
+    A folder that cannot be made or written raises `paths.made_folder`'s UnwritableFolderError."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    made_folder(target.parent)  # a PostgreSQL library's files go in the data folder: its trouble said as elsewhere
     temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
     meta = json.dumps({"params": params, "dim": int(index.d), "count": int(index.ntotal), "tag": tag}).encode()
     try:

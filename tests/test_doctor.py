@@ -177,6 +177,26 @@ def test_a_database_path_no_database_can_be_made_at_is_a_problem(tmp_path, isola
         assert what == f"{tmp_path / 'notes.txt'} is a file, not a folder: no database can be made at {db}"
 
 
+def test_a_data_folder_that_is_a_file_is_the_problem_and_another_data_folder_the_fix(tmp_path, monkeypatch):
+    """Doctor told to fetch the model (which could not land) and to check a --db nobody gave: the default library
+    and the models are the data folder's, and its trouble is fixed as every command says."""
+    taken = tmp_path / "taken"
+    taken.write_text("a file where the data folder should be")
+    monkeypatch.setenv("PENGI_SEARCH_HOME", str(taken))
+    result = runner.invoke(app, ["doctor", "--json"])
+    found = problems(json.loads(result.stdout))
+    home = "choose another data folder with PENGI_SEARCH_HOME=FOLDER"
+    assert result.exit_code == 1
+    assert found["models"] == (
+        f"{taken} is a file, not a folder: no model can be installed in {taken / 'models'}",
+        home,
+    )
+    assert found["database"] == (
+        f"{taken} is a file, not a folder: no database can be made at {taken / 'index.db'}",
+        f"{home}, or another library file with --db FILE",
+    )
+
+
 def test_an_unreadable_database_is_reported(tmp_path, isolated_home):
     db = tmp_path / "lib.db"
     db.write_bytes(b"SQLite format 3\x00" + b"this is no database" * 100)  # a SQLite file, damaged

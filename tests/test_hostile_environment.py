@@ -15,7 +15,9 @@ from typer.testing import CliRunner
 from pengi_search.cli import app
 from pengi_search.consoles import NARROWEST
 from pengi_search.db import engine as db_engine
-from pengi_search.errors import EXIT_FAILED, EXIT_OK
+from pengi_search.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from pengi_search.library import Library
+from pengi_search.paths import data_dir
 
 from .indexing import write_tone
 from .search_library import caption_library
@@ -102,6 +104,118 @@ def test_installing_a_model_where_the_data_folder_is_a_file_says_so_before_any_w
     line = one_error_line(result)
     assert line.startswith(f"error: {taken / 'models'}"), line
     assert line.endswith(f": cannot make a folder of the data folder ({taken} is a file, not a folder); {HOME_ADVICE}")
+
+
+LIBRARY_ADVICE = f"{HOME_ADVICE}, or another library file with --db FILE"
+
+
+@pytest.fixture
+def sounds(tmp_path) -> Path:
+    write_tone(tmp_path / "sounds" / "a.wav", 1.0)
+    return tmp_path / "sounds"
+
+
+def default_library_commands(sounds: Path, model: Path) -> dict[str, list[object]]:
+    """Every kind of command on the default library: one that makes it, one that changes it, some that read it."""
+    return {
+        "index": ["index", sounds, "--model", model],
+        "remove": ["remove", sounds],
+        "query": ["query", "a tone", "--model", model],
+        "stats": ["stats"],
+        "serve": ["serve", "--port", "0"],
+    }
+
+
+@pytest.mark.parametrize("command", ["index", "remove", "query", "stats", "serve"])
+@pytest.mark.parametrize("home_in", ["a file", "under a file"])
+def test_a_default_library_in_a_data_folder_that_is_a_file_names_the_data_folder(
+    tmp_path, sounds, tiny_model_dir, monkeypatch, command, home_in
+):
+    """`index` said `.../index.db: point --db or PENGI_SEARCH_DB at a database file` (exit 2), blaming a --db nobody
+    gave, where `model fetch` said to choose another data folder (exit 1): nobody named the library's place, so the
+    data folder is what to change, and every command says so as `model fetch` does."""
+    taken = tmp_path / "taken"
+    taken.write_text("a file where the data folder should be")
+    home = taken if home_in == "a file" else taken / "pengi"
+    monkeypatch.setenv("PENGI_SEARCH_HOME", str(home))
+    result = run(*default_library_commands(sounds, tiny_model_dir)[command])
+    assert result.exit_code == EXIT_FAILED
+    assert one_error_line(result) == (
+        f"error: {home}: cannot make the data folder ({taken} is a file, not a folder); {LIBRARY_ADVICE}"
+    )
+
+
+@pytest.mark.parametrize("named_by", ["--db", "PENGI_SEARCH_DB"])
+def test_a_library_named_inside_a_file_stays_bad_usage_and_names_no_data_folder(
+    tmp_path, sounds, tiny_model_dir, monkeypatch, named_by
+):
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    db = taken / "index.db"
+    monkeypatch.setenv("PENGI_SEARCH_HOME", str(taken))  # the same place as the default, but named
+    option = ["--db", db] if named_by == "--db" else []
+    if named_by == "PENGI_SEARCH_DB":
+        monkeypatch.setenv("PENGI_SEARCH_DB", str(db))
+    result = run("index", sounds, "--model", tiny_model_dir, *option)
+    assert result.exit_code == EXIT_USAGE
+    assert one_error_line(result) == (
+        f"error: {taken} is a file, not a folder: no database can be made at {db}: "
+        "point --db or PENGI_SEARCH_DB at a database file (such as index.db)"
+    )
+
+
+def test_a_folder_where_the_default_library_file_should_be_names_the_data_folder(tmp_path, sounds, isolated_home):
+    (isolated_home / "index.db").mkdir(parents=True)
+    result = run("stats")
+    assert result.exit_code == EXIT_FAILED
+    assert one_error_line(result) == (
+        f"error: {isolated_home / 'index.db'} is a folder, not a database file: {LIBRARY_ADVICE}"
+    )
+
+
+def test_a_model_command_with_no_model_in_a_data_folder_that_is_a_file_names_the_data_folder(
+    tmp_path, sounds, monkeypatch
+):
+    """It said `pass --yes to fetch it now`, and the fetch --yes started could not have put the model anywhere."""
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    monkeypatch.setenv("PENGI_SEARCH_HOME", str(taken))
+    result = run("describe", sounds / "a.wav")
+    assert result.exit_code == EXIT_FAILED
+    assert one_error_line(result) == (
+        f"error: {taken / 'models' / 'base'}: cannot make a folder of the data folder ({taken} is a file, "
+        f"not a folder); {HOME_ADVICE}"
+    )
+
+
+def test_paths_in_these_messages_are_spelt_as_typed(tmp_path, sounds, tiny_model_dir, monkeypatch):
+    """A relative data folder and a relative --db were named by their absolute paths in some messages, as typed in
+    others (`taken/models/...` beside `/tmp/.../taken`)."""
+    monkeypatch.chdir(tmp_path)
+    Path("taken").write_text("a file")
+    monkeypatch.setenv("PENGI_SEARCH_HOME", "taken")
+    for args, line in {
+        ("stats",): f"error: taken: cannot make the data folder (taken is a file, not a folder); {LIBRARY_ADVICE}",
+        ("stats", "--db", "taken/lib.db"): "error: taken is a file, not a folder: no database can be made at "
+        "taken/lib.db: point --db or PENGI_SEARCH_DB at a database file (such as index.db)",
+        ("model", "fetch", "--url", sounds / "a.wav"): "error: taken/models/downloads/base: cannot make a folder of "
+        f"the data folder (taken is a file, not a folder); {HOME_ADVICE}",
+    }.items():
+        assert one_error_line(run(*args)) == line
+
+
+def test_faiss_files_in_a_data_folder_that_is_a_file_are_not_saved_and_say_why(library, tmp_path, monkeypatch, caplog):
+    """A PostgreSQL library's FAISS files go in the data folder: one that is a file failed with a bare
+    `[Errno 20] Not a directory`, ending the command, where the index in memory was still right."""
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    monkeypatch.setenv("PENGI_SEARCH_HOME", str(taken))
+    monkeypatch.setattr(Library, "index_path", lambda self, kind: data_dir() / f"postgresql-0123456789ab.{kind}.faiss")
+    with Library.open(library, create=False) as opened:
+        assert opened.rebuild() == {"text": 1, "audio": 1}
+    assert caplog.messages[-1] == (
+        f"vector index not saved: {taken}: cannot make the data folder ({taken} is a file, not a folder); {HOME_ADVICE}"
+    )
 
 
 @pytest.mark.parametrize(

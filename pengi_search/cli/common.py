@@ -279,11 +279,12 @@ def ensure_model(spec: str | None, *, assume_yes: bool) -> None:
     from ..download import RELEASES
     from ..hub import offline_setting
     from ..model_dir import release_to_fetch
-    from ..paths import models_dir
+    from ..paths import models_dir, refuse_blocked_folder
 
     name = release_to_fetch(spec)
     if name is None:
         return
+    refuse_blocked_folder(models_dir() / name)  # a file where the data folder should be: no download could land
     missing = f"the Pengi model {name} is not installed"
     if setting := offline_setting():
         fail(f"{missing} and {setting} forbids downloading it: `pengi-search model import PATH` installs a copy")

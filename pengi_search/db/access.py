@@ -18,7 +18,14 @@ from sqlalchemy import Engine, event, inspect
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import write_block
-from ..paths import made_folder, refuse_unexpanded_home
+from ..paths import (
+    as_typed,
+    choose_elsewhere,
+    file_in_the_way,
+    made_folder,
+    refuse_blocked_folder,
+    refuse_unexpanded_home,
+)
 from .engine import create_store_engine
 from .errors import (
     DatabaseURLError,
@@ -29,7 +36,7 @@ from .errors import (
     driver_reason,
 )
 from .migrate import foreign_tables_reason, migrate
-from .urls import db_option, library_name, resolve_db_url, sqlite_file
+from .urls import db_option, library_name, names_default_db, resolve_db_url, sqlite_file
 
 SQLITE_HEADER = b"SQLite format 3\x00"  # how every SQLite database file begins
 
@@ -45,7 +52,7 @@ def open_engine(db: str | os.PathLike[str] | None, *, create: bool, read_only: b
     create = create and not read_only
     db_file = sqlite_file(url)
     if db_file is not None:
-        _check_place(db_file, name)
+        _check_place(db_file, db, name)
         if create and not db_file.exists():
             refuse_unexpanded_home(db_file.parent)
             made_folder(db_file.parent, library=True)
@@ -74,7 +81,7 @@ def library_exists(db: str | os.PathLike[str] | None) -> bool:
     if db_file is not None and (not db_file.is_file() or is_empty_file(db_file)):
         return False
     if db_file is not None:
-        _check_place(db_file, library_name(db))
+        _check_place(db_file, db, library_name(db))
     engine = untouched_engine(url)
     try:
         return _has_schema(engine, library_name(db))
@@ -91,14 +98,17 @@ def is_empty_file(db_file: Path) -> bool:
 def unusable_place(db_file: Path, name: str | None = None) -> str | None:
     """Why no SQLite database can be at `db_file` (None when one is there or can be made): a folder or something
     else that is not a file there, a file that is not a SQLite database (an audio file given as --db), or a file
-    where one of its folders should be. `name`: how to name `db_file` (`urls.library_name`), else as it is."""
-    shown = name or str(db_file)
+    where one of its folders should be. `name`: how to name `db_file` (`urls.library_name`), else as the user would
+    type it (`paths.as_typed`)."""
+    shown = name or str(as_typed(db_file))
     if db_file.exists():
         if db_file.is_file():
             return None if _may_be_sqlite(db_file) else f"{shown} is not a SQLite database"
         return f"{shown} is a folder, not a database file" if db_file.is_dir() else f"{shown} is not a file"
-    folder = next(parent for parent in db_file.parents if parent.exists())  # the root, at the latest
-    return None if folder.is_dir() else f"{folder} is a file, not a folder: no database can be made at {shown}"
+    in_the_way = file_in_the_way(db_file.parent)
+    if in_the_way is None:
+        return None
+    return f"{as_typed(in_the_way)} is a file, not a folder: no database can be made at {shown}"
 
 
 def _may_be_sqlite(db_file: Path) -> bool:
@@ -128,11 +138,19 @@ def untouched_engine(url: str) -> Engine:
     return create_store_engine(url, read_only_file=db_file, untouched=True)
 
 
-def _check_place(db_file: Path, name: str) -> None:
-    """Refuse, as bad usage, a place where no library can be: not one "yet" either (see `unusable_place`)."""
+def _check_place(db_file: Path, db: str | os.PathLike[str] | None, name: str) -> None:
+    """Refuse a place where no library can be: not one "yet" either (see `unusable_place`). A `--db` (or
+    `$PENGI_SEARCH_DB`) naming it is bad usage; the default place, in the data folder, is the data folder's trouble
+    (exit 1), said as `paths.made_folder` says it, whichever command meets it."""
+    default = names_default_db(db)
+    if default:
+        refuse_blocked_folder(db_file.parent, library=True)
     unusable = unusable_place(db_file, name)
-    if unusable is not None:
-        raise DatabaseURLError(unusable, "point --db or PENGI_SEARCH_DB at a database file (such as index.db)")
+    if unusable is None:
+        return
+    if default:
+        raise StoreError(unusable, choose_elsewhere(in_data=True, library=True))
+    raise DatabaseURLError(unusable, "point --db or PENGI_SEARCH_DB at a database file (such as index.db)")
 
 
 def _check_writable(db_file: Path, name: str) -> None:

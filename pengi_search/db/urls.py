@@ -39,7 +39,19 @@ def default_db_url() -> str:
 
 def resolve_db_url(db: str | os.PathLike[str] | None = None) -> str:
     """The URL for an explicit `--db` value (URL or file path), else `default_db_url()`."""
-    return default_db_url() if db is None or os.fspath(db) == "" else normalize_db_url(db)
+    named = given_db(db)
+    return normalize_db_url(named) if named else default_db_url()
+
+
+def names_default_db(db: str | os.PathLike[str] | None) -> bool:
+    """Whether `db` leaves the library where nobody named it: no `--db`, no `$PENGI_SEARCH_DB`, so `index.db` in
+    the data folder. A place there that cannot hold a library is the data folder's trouble, not a bad `--db`."""
+    return not given_db(db) and not os.environ.get(DB_ENV_VAR)
+
+
+def given_db(db: str | os.PathLike[str] | None) -> str:
+    """`--db` as given; empty when it was left out, or given empty (as an unset shell variable gives it)."""
+    return "" if db is None else os.fspath(db)
 
 
 def normalize_db_url(db: str | os.PathLike[str]) -> str:
@@ -117,7 +129,7 @@ def db_option(db: str | os.PathLike[str] | None) -> str:
 
     Quoted for the shell, so that the hint can be pasted as it is: a file path may hold spaces, a server's URL `?`
     and `&`, and its password is shown as `***`."""
-    named = "" if db is None else os.fspath(db)
+    named = given_db(db)
     return f" --db {shlex.quote(library_name(named))}" if named else ""
 
 
