@@ -7,30 +7,34 @@ vector), generates the answer to every prompt from the stored audio embedding, e
 commits each batch in one transaction. The stored embedding is the very float32 tensor pass 1 computed, so
 captions written in a later run equal those written in the same run; a window captioned meanwhile by another
 process, or whose file was re-indexed, is skipped, so a killed pass loses at most its batch and repeats nothing.
+Identical files (copies indexed with `--captions later`, or taken from an indexed file without its captions) share
+their audio embeddings: each such window is generated once, and its twins (`uncaptioned_twins`) take its captions
+in its batch's transaction.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pengi_search.audio import Window
 from pengi_search.choices import decoding_settings
-from pengi_search.chunking import chunked
 from pengi_search.db import (
     DatabaseFailureError,
     EmbedderInfo,
     Store,
     StoreError,
     TextRecord,
+    Twin,
     UncaptionedWindow,
     WindowCaptions,
     WindowInput,
     add_captions,
+    uncaptioned_twins,
     uncaptioned_windows,
 )
 from pengi_search.embedders import EmbedderSpec, TextEmbedder, open_text_embedder
@@ -126,55 +130,102 @@ class CaptionResult:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of windows that could not be stored
 
 
+@dataclass(frozen=True)
+class _Captioned:
+    """A window's captions and the same for its twins (`uncaptioned_twins`): stored together, or failed together."""
+
+    index: int  # the window's index in its file, the twins' too
+    paths: list[str]
+    captions: list[WindowCaptions]
+
+
 @dataclass
 class CaptionPass:
-    """Pass 2 over the windows below `roots` (only the files `shard` owns) that have no captions yet."""
+    """Pass 2 over the windows below `roots` (only the files `shard` owns) that have no captions yet. Windows of
+    identical files (twins, see `uncaptioned_twins`) are captioned once: the others take the same captions."""
 
     store: Store
     roots: Sequence[str]
     shard: Shard | None = None
     sync: Callable[[], None] | None = None  # saves the FAISS files; called at most every SYNC_EVERY_S
+    _handled: set[int] = field(default_factory=set, init=False, repr=False)  # ids yielded, or given a twin's captions
 
     def windows(self) -> Iterator[UncaptionedWindow]:
-        """The windows waiting for captions, page by page (roots that overlap yield a window once)."""
-        seen: set[int] = set()
+        """The windows waiting for captions, page by page (roots that overlap yield a window once, and a window that
+        took a twin's captions after its page was read is not yielded)."""
         for root in self.roots:
             after = 0
             while page := uncaptioned_windows(self.store, under=root, after_id=after, limit=PAGE):
                 after = page[-1].window_id
                 for window in page:
-                    if window.window_id not in seen and (self.shard is None or self.shard.owns(window.path)):
-                        seen.add(window.window_id)
+                    if window.window_id not in self._handled and self._owns(window.path):
+                        self._handled.add(window.window_id)
                         yield window
+
+    def batches(self, size: int) -> Iterator[list[UncaptionedWindow]]:
+        """The waiting windows, `size` at a time with no two twins in a batch: a window left out for its twin in the
+        batch takes that one's captions when the batch is stored (`_with_twins` finds it)."""
+        batch: dict[tuple[str, int, bytes] | int, UncaptionedWindow] = {}
+        for window in self.windows():
+            batch.setdefault(window.twin_key, window)
+            if len(batch) == size:
+                yield list(batch.values())
+                batch = {}
+        if batch:
+            yield list(batch.values())
 
     def run(self, model: IndexModel, result: CaptionResult, advance: Callable[[int], None] | None = None) -> None:
         """Caption every waiting window, batch by batch, counting into `result` what each stored batch kept (the
         caller sees it, also when the pass is interrupted)."""
         synced = time.monotonic()
-        for batch in chunked(self.windows(), model.windows_per_batch):
-            self._store(model.captions(batch), batch, result)
+        for batch in self.batches(model.windows_per_batch):
+            captioned = self._with_twins(batch, model.captions(batch))
+            self._store(captioned, result)
             hold_at(CAPTIONS_STORED)
             if advance is not None:
-                advance(len(batch))
+                advance(sum(len(item.paths) for item in captioned))
             if self.sync is not None and time.monotonic() - synced >= SYNC_EVERY_S:
                 self.sync()
                 synced = time.monotonic()
 
-    def _store(self, captions: list[WindowCaptions], batch: Sequence[UncaptionedWindow], result: CaptionResult) -> None:
-        """One transaction for the batch; if the store refuses it (e.g. a NaN caption embedding), one per window,
-        so that only the bad window waits (it is tried again by the next run). A failure of the database itself (a
-        full disk) ends the pass: every window would fail alike, and none is to blame."""
+    def _with_twins(self, batch: Sequence[UncaptionedWindow], captions: Sequence[WindowCaptions]) -> list[_Captioned]:
+        """Each window's captions, given also to its twins that wait below the roots (in this shard's files)."""
+        twins: dict[int, list[Twin]] = {window.window_id: [] for window in batch}
+        given: set[int] = set()  # roots that overlap find a twin twice
+        for root in self.roots:
+            for twin in uncaptioned_twins(self.store, list(twins), under=root):
+                if twin.window_id not in given and self._owns(twin.path):
+                    twins[twin.of].append(twin)
+                    given.add(twin.window_id)
+        self._handled |= given  # a page read before this batch was stored may list them: not to be yielded
+        return [
+            _Captioned(
+                window.index,
+                [window.path] + [twin.path for twin in twins[window.window_id]],
+                [caption] + [replace(caption, window_id=twin.window_id) for twin in twins[window.window_id]],
+            )
+            for window, caption in zip(batch, captions, strict=True)
+        ]
+
+    def _owns(self, path: str) -> bool:
+        return self.shard is None or self.shard.owns(path)
+
+    def _store(self, captioned: Sequence[_Captioned], result: CaptionResult) -> None:
+        """One transaction for the batch; if the store refuses it (e.g. a NaN caption embedding), one per window with
+        its twins, so that only the bad window waits (it is tried again by the next run). A failure of the database
+        itself (a full disk) ends the pass: every window would fail alike, and none is to blame."""
         try:
-            result.captioned += add_captions(self.store, captions)
+            result.captioned += add_captions(self.store, [caption for item in captioned for caption in item.captions])
             return
         except DatabaseFailureError:
             raise
         except StoreError:
             pass
-        for caption, window in zip(captions, batch, strict=True):
+        for item in captioned:
             try:
-                result.captioned += add_captions(self.store, [caption])
+                result.captioned += add_captions(self.store, item.captions)
             except DatabaseFailureError:
                 raise
             except StoreError as exc:
-                result.failed.append((window.path, f"window {window.index}: no captions stored ({exc.reason})"))
+                reason = f"window {item.index}: no captions stored ({exc.reason})"
+                result.failed += [(path, reason) for path in item.paths]

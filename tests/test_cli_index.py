@@ -106,10 +106,10 @@ def test_an_interrupted_run_says_what_it_kept_and_that_the_same_command_resumes(
 
     store = CaptionPass._store
 
-    def stopped_after_one_batch(self, captions, batch, result):
+    def stopped_after_one_batch(self, captioned, result):
         if result.captioned:
             raise KeyboardInterrupt
-        store(self, captions, batch, result)
+        store(self, captioned, result)
 
     db, command = tmp_path / "lib.db", ("--batch-size", 1, *(("--json",) if json_output else ()))
     monkeypatch.setattr(CaptionPass, "_store", stopped_after_one_batch)

@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 import indexer.pipeline as pipeline
+from indexer.captions import IndexModel
 from indexer.pipeline import run_index
 from indexer.reuse import IdenticalFiles
 from indexer.shard import Shard
 from pengi_search.choices import EXACT_MODE, Captions, StopRule
 from pengi_search.cli import app
-from pengi_search.db import Store, TextRecord, copy_identical_file
+from pengi_search.db import Store, TextRecord, caption_counts, copy_identical_file
 from pengi_search.hashing import file_sha256
 from pengi_search.inference import Engine
 from pengi_search.library import Library
@@ -298,6 +302,108 @@ def test_identical_new_files_wait_for_the_first_with_captions_later_too(tiny_mod
     assert model_work == {"loads": 1, "embedded": 2, "captioned": 0}
     rows = {Path(row["path"]).name: row for row in db_content(db)}
     assert rows["b.wav"]["windows"] == rows["a.wav"]["windows"]
+
+
+def write_copies(root: Path) -> Path:
+    """`a.wav` (two windows) with two copies, `b.wav` and `c.wav`, and another sound, `other.wav` (one window)."""
+    write_tone(root / "a.wav", 9.0, freq=880)
+    shutil.copy(root / "a.wav", root / "b.wav")
+    shutil.copy(root / "a.wav", root / "c.wav")
+    write_tone(root / "other.wav", 1.5, freq=330)
+    return root
+
+
+@pytest.mark.parametrize("batch_size", [1, 8], ids=["twins-in-later-batches", "twins-in-one-batch"])
+def test_identical_files_indexed_with_captions_later_are_captioned_once_by_the_next_run(
+    tiny_model_dir, tmp_path, model_work, batch_size
+):
+    """The copies share the first file's windows; the run that captions them captions each window once and gives
+    its twins (the same bytes, window and audio embedding) the same texts and caption vector."""
+    root = write_copies(tmp_path / "sounds")
+    db = indexed(root, tmp_path / "lib.db", tiny_model_dir, model_work, captions=Captions.later)
+
+    summary = run_index(quick_options([root], db, tiny_model_dir, batch_size=batch_size))
+    assert (summary.indexed, summary.captioned, summary.captions_missing) == (0, 7, 0)
+    assert model_work == {"loads": 1, "embedded": 0, "captioned": 3}  # a.wav's two windows and other.wav's one
+    assert_as_a_fresh_index(db, root, tiny_model_dir)
+
+
+def test_copies_of_a_file_captioned_with_other_settings_are_captioned_once(tiny_model_dir, tree, tmp_path, model_work):
+    """Another --beam: the copies take the indexed file's audio, not its captions, and pass 2 captions their
+    window once for both, as a fresh index with that --beam captions it."""
+    db = indexed(tree, tmp_path / "lib.db", tiny_model_dir, model_work)
+    for name in ("copy 1.wav", "copy 2.wav"):
+        shutil.copy(tree / "short.wav", tree / name)
+
+    summary = run_index(quick_options([tree], db, tiny_model_dir, beam=3))
+    assert (summary.indexed, summary.reused, summary.captioned) == (2, 2, 2)
+    assert model_work == {"loads": 1, "embedded": 0, "captioned": 1}
+    fresh = tmp_path / "fresh"
+    shutil.copy(tree / "short.wav", write_tone(fresh / "other.wav", 1.0).with_name("short.wav"))
+    run_index(quick_options([fresh], tmp_path / "fresh.db", tiny_model_dir, beam=3))
+
+    def texts(rows, name: str) -> list[tuple[str, str, str]]:
+        (row,) = (row for row in rows if Path(row["path"]).name == name)
+        return [(t["prompt"], t["text"], t["decoding"]) for window in row["windows"] for t in window["texts"]]
+
+    rows, fresh_rows = db_content(db), db_content(tmp_path / "fresh.db")
+    assert texts(rows, "copy 1.wav") == texts(rows, "copy 2.wav") == texts(fresh_rows, "short.wav")
+    assert_consistent(db)
+
+
+def test_a_twin_whose_audio_embedding_differs_is_captioned_from_its_own(tiny_model_dir, tmp_path, model_work):
+    """Files decoded apart may round their audio embeddings otherwise; captions come from the embedding, so only
+    windows whose stored embedding is the same bit for bit share them."""
+    root = write_copies(tmp_path / "sounds")
+    db = indexed(root, tmp_path / "lib.db", tiny_model_dir, model_work, captions=Captions.later)
+    with sqlite3.connect(db) as connection:
+        rows = connection.execute(
+            "SELECT v.window_id, v.vector FROM window_vectors v JOIN windows w ON w.id = v.window_id "
+            "JOIN audio_files f ON f.id = w.file_id WHERE f.path LIKE '%/c.wav' AND v.kind = 'audio'"
+        ).fetchall()
+        for window_id, blob in rows:
+            moved = np.frombuffer(blob, dtype="<f4") + np.float32(1e-3)
+            connection.execute(
+                "UPDATE window_vectors SET vector = ? WHERE window_id = ? AND kind = 'audio'",
+                (moved.tobytes(), window_id),
+            )
+
+    summary = run_index(quick_options([root], db, tiny_model_dir))
+    assert (summary.captioned, summary.captions_missing) == (7, 0)
+    assert model_work["captioned"] == 5  # c.wav's two windows on their own
+
+
+def test_captions_the_store_refuses_fail_their_window_and_its_twins_alone(
+    tiny_model_dir, tmp_path, model_work, monkeypatch
+):
+    root = write_copies(tmp_path / "sounds")
+    db = indexed(root, tmp_path / "lib.db", tiny_model_dir, model_work, captions=Captions.later)
+    captions = IndexModel.captions
+
+    def a_nan_vector_for_the_first_window(self, windows):
+        made = captions(self, windows)
+        bad = [(Path(window.path).name, window.index) == ("a.wav", 0) for window in windows]
+        return [replace(c, text_vector=c.text_vector * np.nan) if b else c for c, b in zip(made, bad, strict=True)]
+
+    monkeypatch.setattr(IndexModel, "captions", a_nan_vector_for_the_first_window)
+    summary = run_index(quick_options([root], db, tiny_model_dir, batch_size=8))
+    assert (summary.captioned, summary.captions_missing) == (4, 3)
+    assert sorted((Path(failed.path).name, failed.message[:8]) for failed in summary.failed) == [
+        (name, "window 0") for name in ("a.wav", "b.wav", "c.wav")
+    ]
+
+
+def test_twins_outside_the_folders_indexed_keep_waiting(tiny_model_dir, tmp_path, model_work):
+    """Pass 2 captions the windows below the folders it is given; a twin elsewhere waits for a run over its own."""
+    root = tmp_path / "sounds"
+    write_tone(root / "here" / "a.wav", 9.0, freq=880)
+    shutil.copytree(root / "here", root / "there")
+    db = indexed(root, tmp_path / "lib.db", tiny_model_dir, model_work, captions=Captions.later)
+
+    summary = run_index(quick_options([root / "here"], db, tiny_model_dir))
+    assert (summary.captioned, summary.captions_missing) == (2, 0)
+    with Store.open(str(db)) as store:
+        assert caption_counts(store, under=str(root / "there")).missing == 2
 
 
 def test_a_file_whose_twin_cannot_be_decoded_is_decoded_and_fails_on_its_own(tiny_model_dir, tmp_path):

@@ -43,7 +43,15 @@ from pengi_search.db import (
     sizes_indexed,
     sqlite_file,
 )
-from pengi_search.db.captions import UNRECORDED_MODE, caption_modes, drop_fast_captions, uncaptioned_windows
+from pengi_search.db.captions import (
+    UNRECORDED_MODE,
+    WindowCaptions,
+    add_captions,
+    caption_modes,
+    drop_fast_captions,
+    uncaptioned_twins,
+    uncaptioned_windows,
+)
 from pengi_search.db.engine import create_store_engine
 from pengi_search.db.errors import DatabaseURLError, ForeignDatabaseError, MissingDatabaseError
 from pengi_search.db.migrate import SCHEMA_HEAD, alembic_config, migrate
@@ -762,6 +770,32 @@ def test_drop_fast_captions_renews_those_windows_with_their_audio_only(store: St
     details = store.window_details([w.window_id for w in waiting])
     assert sorted((d.start_s, d.end_s, d.texts) for d in details.values()) == [(0.0, 7.0, ()), (7.0, 14.0, ())]
     assert drop_fast_captions(store, "/lib") == 0
+
+
+def test_twins_are_waiting_windows_with_the_same_bytes_index_and_audio_embedding(store: Store) -> None:
+    """Windows whose captions another's serve (pass 2 captions them once): below a folder, if one is given."""
+
+    def indexed(path: str, content_hash: str, seed: int) -> tuple[int, list[int]]:
+        audio_only = [replace(w, texts=[], vectors={"audio": w.vectors["audio"]}) for w in windows(2, seed=seed)]
+        file_id = store.upsert_file(path, size=100, mtime=1.5, content_hash=content_hash)
+        return file_id, store.replace_file_windows(file_id, audio_only, audio=AUDIO).added_window_ids
+
+    source, first = indexed("/lib/a.wav", "h" * 64, seed=0)
+    indexed("/lib/other bytes.wav", "x" * 64, seed=0)  # the same embeddings, other bytes
+    indexed("/lib/decoded apart.wav", "h" * 64, seed=1)  # the same bytes, other embeddings
+    for path in ("/lib/b.wav", "/elsewhere/c.wav"):
+        copy_identical_file(store, path, [source], bool, size=100, mtime=2.0, content_hash="h" * 64)
+
+    def twins(ids: list[int], under: str | None = None) -> list[tuple[int, str]]:
+        return [(ids.index(twin.of), twin.path) for twin in uncaptioned_twins(store, ids, under=under)]
+
+    copies = [(0, "/lib/b.wav"), (1, "/lib/b.wav"), (0, "/elsewhere/c.wav"), (1, "/elsewhere/c.wav")]
+    assert twins(first) == copies
+    assert twins(first, under="/lib") == copies[:2]
+    assert twins(first[:1], under="/lib") == copies[:1]
+    captioned = [WindowCaptions(twin.window_id, [], vec(1, 0, 0, 0)) for twin in uncaptioned_twins(store, first)]
+    assert add_captions(store, captioned[1:]) == 3
+    assert twins(first) == copies[:1]  # only windows that wait are twins
 
 
 def test_a_file_with_an_indexed_files_bytes_is_indexed_as_its_copy(store: Store) -> None:

@@ -11,12 +11,14 @@ Alembic environment and tests.
 from .access import library_exists
 from .captions import (
     CaptionCounts,
+    Twin,
     UncaptionedWindow,
     WindowCaptions,
     add_captions,
     caption_counts,
     caption_modes,
     drop_fast_captions,
+    uncaptioned_twins,
     uncaptioned_windows,
 )
 from .copies import CopiedFile, TextsCheck, copy_identical_file, sizes_indexed
@@ -83,6 +85,7 @@ __all__ = [
     "StoredAudio",
     "TextRecord",
     "TextsCheck",
+    "Twin",
     "VectorIndexInfo",
     "UncaptionedWindow",
     "WindowCaptions",
@@ -102,5 +105,6 @@ __all__ = [
     "resolve_db_url",
     "sizes_indexed",
     "sqlite_file",
+    "uncaptioned_twins",
     "uncaptioned_windows",
 ]

@@ -47,6 +47,23 @@ class UncaptionedWindow:
     path: str
     index: int
     audio: np.ndarray  # (d_proj,) float32, as stored
+    content_hash: str | None = None  # the sha256 of its file's bytes
+
+    @property
+    def twin_key(self) -> tuple[str, int, bytes] | int:
+        """Equal for twins (see `uncaptioned_twins`); a window of a file never hashed has a key of its own."""
+        if self.content_hash is None:
+            return self.window_id
+        return (self.content_hash, self.index, self.audio.tobytes())
+
+
+@dataclass(frozen=True)
+class Twin:
+    """A window waiting for captions that another window's captions serve (`uncaptioned_twins`)."""
+
+    of: int  # the other window's id
+    window_id: int
+    path: str
 
 
 @dataclass(frozen=True)
@@ -98,7 +115,7 @@ def uncaptioned_windows(
     """Up to `limit` windows below `under` with an audio vector and no captions, window ids above `after_id`, in
     id order (page through them by passing the last id seen)."""
     query = (
-        select(WindowRow.id, AudioFileRow.path, WindowRow.index, WindowVectorRow.vector)
+        select(WindowRow.id, AudioFileRow.path, WindowRow.index, WindowVectorRow.vector, AudioFileRow.content_hash)
         .join(AudioFileRow, WindowRow.file_id == AudioFileRow.id)
         .join(WindowVectorRow, _AUDIO_VECTOR)
         .where(paths_under(under), WindowRow.id > after_id, ~_has_text_vector())
@@ -108,9 +125,34 @@ def uncaptioned_windows(
     with store.session() as session:
         rows = session.execute(query).all()
     return [
-        UncaptionedWindow(window_id, path, index, np.frombuffer(blob, dtype="<f4").astype(np.float32))
-        for window_id, path, index, blob in rows
+        UncaptionedWindow(window_id, path, index, np.frombuffer(blob, dtype="<f4").astype(np.float32), content_hash)
+        for window_id, path, index, blob, content_hash in rows
     ]
+
+
+def uncaptioned_twins(store: Store, window_ids: Sequence[int], *, under: str | None = None) -> list[Twin]:
+    """The windows below `under` waiting for captions that are twins of one of `window_ids`: a window of a file with
+    the same bytes (sha256), at the same index and with the same stored audio embedding. Captions are generated from
+    that embedding alone, so a twin's captions are the other's, and identical files need captioning only once; the
+    embedding is compared too, since files decoded apart may differ in its last bits (batches round differently)."""
+    other, other_file = aliased(WindowRow), aliased(AudioFileRow)
+    other_audio = aliased(WindowVectorRow)
+    query = (
+        select(other.id, WindowRow.id, AudioFileRow.path)
+        .select_from(other)
+        .join(other_file, other.file_id == other_file.id)
+        .join(other_audio, (other_audio.window_id == other.id) & (other_audio.kind == "audio"))
+        .join(AudioFileRow, AudioFileRow.content_hash == other_file.content_hash)
+        .join(WindowRow, (WindowRow.file_id == AudioFileRow.id) & (WindowRow.index == other.index))
+        .join(WindowVectorRow, _AUDIO_VECTOR & (WindowVectorRow.vector == other_audio.vector))
+        .where(paths_under(under), WindowRow.id != other.id, ~_has_text_vector())
+        .order_by(WindowRow.id)
+    )
+    twins: list[Twin] = []
+    with store.session() as session:
+        for chunk in chunked(sorted(set(window_ids)), IDS_PER_QUERY):
+            twins += [Twin(*row) for row in session.execute(query.where(other.id.in_(chunk)))]
+    return twins
 
 
 def add_captions(store: Store, captions: Sequence[WindowCaptions]) -> int:

@@ -3,9 +3,10 @@
 Same bytes decode to the same windows, and the same windows give the same audio embeddings and captions, so a
 file whose content hash (sha256) an indexed file has can take that file's windows: their audio vectors always,
 and the texts and caption vector of each window whose texts the caller accepts (written for the prompts and in
-the mode it would write them); the other windows wait for captions as any new window does. Each copy is one
-transaction, like `Store.replace_file_windows`, and the source is read under a share lock, so a run or shard
-writing it meanwhile (captions, a re-index, a prune) is waited for rather than half seen.
+the mode it would write them); the other windows wait for captions as any new window does (pass 2 captions
+them once for all the copies: `uncaptioned_twins`). Each copy is one transaction, like
+`Store.replace_file_windows`, and the source is read under a share lock, so a run or shard writing it meanwhile
+(captions, a re-index, a prune) is waited for rather than half seen.
 """
 
 from __future__ import annotations
