@@ -53,6 +53,7 @@ from pengi_search.hashing import file_sha256
 from pengi_search.library import Library
 from pengi_search.model_dir import ModelDir
 from pengi_search.scan import Entry, ScanResult, has_extension, hidden_path, inside, scan
+from pengi_search.units import count_text, for_count
 
 from .captions import CaptionPass, CaptionResult, IndexModel
 from .hold_points import FILE_STORED, hold_at
@@ -519,7 +520,7 @@ class _Run:
             }
             gone = missing - unseen
             if gone and not any(inside(path, root) for path in present):
-                self.summary.unseen_roots.append(FileNote(root, _EMPTY_ROOT.format(count=len(gone))))
+                self.summary.unseen_roots.append(FileNote(root, _EMPTY_ROOT.format(**_counted(len(gone)))))
                 continue
             pruned += self.store.prune_missing(present | unseen, under=root)
         return pruned
@@ -531,7 +532,7 @@ class _Run:
             return set()
         kept = {path: at for path in missing if (at := hidden_path(path, root)) is not None}
         counts = sorted(Counter(kept.values()).items())
-        self.summary.hidden_kept += [FileNote(at, _HIDDEN_KEPT.format(count=count)) for at, count in counts]
+        self.summary.hidden_kept += [FileNote(at, _HIDDEN_KEPT.format(**_counted(count))) for at, count in counts]
         return set(kept)
 
     def _sync(self) -> None:
@@ -556,10 +557,17 @@ def _same_content(entry: Entry, stamp: FileStamp, retry_errors: bool) -> bool:
 
 
 _HIDDEN_KEPT = (
-    "{count} indexed file(s) at or under this hidden path were kept as they are: runs without --hidden do not look "
-    "at hidden names (`pengi-search remove` forgets them)"
+    "{files} at or under this hidden path {were} kept {as_is}: runs without --hidden do not look at hidden names "
+    "(`pengi-search remove` forgets {them})"
 )
 _EMPTY_ROOT = (
-    "no audio file found here, so its {count} indexed file(s) were kept (an unmounted drive?); "
-    "`pengi-search remove` forgets them"
+    "no audio file found here, so its {files} {were} kept (an unmounted drive?); `pengi-search remove` forgets {them}"
 )
+
+
+def _counted(files: int) -> dict[str, str]:
+    """The words of a note on indexed files kept (`_HIDDEN_KEPT`, `_EMPTY_ROOT`), in the number of `files`."""
+    words = {"were": ("was", "were"), "as_is": ("as it is", "as they are"), "them": ("it", "them")}
+    return {"files": count_text(files, "indexed file")} | {
+        key: for_count(files, *forms) for key, forms in words.items()
+    }

@@ -47,6 +47,7 @@ from pengi_search.errors import PengiSearchError, UsageError, first_line, os_rea
 from pengi_search.hashing import file_sha256, sha256_hasher
 from pengi_search.hub import cache_only, hub_cache, is_hub_name, offline_setting, quiet_hub, why_not_downloadable
 from pengi_search.paths import made_folder
+from pengi_search.units import count_text
 from pengi_search.waits import within
 
 if TYPE_CHECKING:
@@ -412,7 +413,7 @@ def _fetch(
         except _Failure as exc:
             failures = 1 if part.size > before else failures + 1  # progress starts a new streak
             if not exc.retry or failures > retries:
-                gave_up = f" (gave up after {failures} failed attempt{'s' * (failures > 1)}; run again to resume)"
+                gave_up = f" (gave up after {count_text(failures, 'failed attempt')}; run again to resume)"
                 reason = exc.reason + (gave_up if exc.retry else "")
                 raise _Failure(reason, retry=False, unreachable=exc.unreachable) from exc
             time.sleep(backoff * 2 ** max(failures - 1, 0))

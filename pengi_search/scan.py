@@ -103,75 +103,89 @@ def scan(roots: Sequence[str | os.PathLike[str]], extensions: frozenset[str], *,
     """Every audio file under `roots` (folders are walked; a file named as a root is taken whatever its extension);
     hidden names below a root only with `hidden`, AppleDouble files never.
 
-    Folders reached twice (a link loop, or a link to a folder already walked) are walked once. Folders that cannot
-    be listed are reported in `unreadable_dirs`; raises ScanError only when a root itself is missing.
+    Folders reached twice (a link loop, or a link to a folder already walked) are walked once, under the path that
+    follows the fewest symbolic links: a folder under a root is walked where it lies, not through a link to it,
+    whatever the names; a root is walked as given (in the order given). Folders that cannot be listed are reported
+    in `unreadable_dirs`; raises ScanError only when a root itself is missing (before anything is walked).
     """
-    found: dict[str, Entry] = {}
-    unreadable: list[tuple[str, str]] = []
-    seen_dirs: set[tuple[int, int]] = set()
     absolute_roots = [absolute(root) for root in roots]
+    walk = _Walk(extensions, hidden)
+    folders: list[tuple[str, os.stat_result]] = []
     for given, root in zip(roots, absolute_roots, strict=True):
         try:
             info = os.stat(root)
         except OSError as exc:  # named as given, as every command names a missing input
             raise ScanError(given, read_reason(given, exc, "file or folder")) from exc
         if stat.S_ISDIR(info.st_mode):
-            _walk(root, info, extensions, seen_dirs, found, unreadable, hidden=hidden)
+            folders.append((root, info))
         else:
-            found[root] = _entry(root, info)
-    return ScanResult(absolute_roots, [found[path] for path in sorted(found)], unreadable)
+            walk.found[root] = _entry(root, info)
+    walk.run(folders)
+    return ScanResult(absolute_roots, [walk.found[path] for path in sorted(walk.found)], walk.unreadable)
 
 
-def _walk(
-    root: str,
-    root_info: os.stat_result,
-    extensions: frozenset[str],
-    seen_dirs: set[tuple[int, int]],
-    found: dict[str, Entry],
-    unreadable: list[tuple[str, str]],
-    *,
-    hidden: bool,
-) -> None:
-    if (root_info.st_dev, root_info.st_ino) in seen_dirs:
-        return
-    seen_dirs.add((root_info.st_dev, root_info.st_ino))
-    stack = [root]
-    while stack:
-        folder = stack.pop()
-        try:
-            with os.scandir(folder) as listing:
-                children = sorted(listing, key=lambda child: child.name)
-        except OSError as exc:
-            unreadable.append((folder, f"cannot list folder ({os_reason(exc)})"))
-            continue
-        subfolders = []
-        for child in children:
-            if skipped_name(child.name, hidden=hidden):  # by name alone: not even a stat
+def _folder_key(info: os.stat_result) -> tuple[int, int]:
+    return info.st_dev, info.st_ino
+
+
+class _Walk:
+    """One scan's walk, in rounds: the first walks the roots without entering linked folders, each later one the
+    linked folders that the round before it found (sorted by path) and no round has walked yet. So a folder
+    reached both where it lies and through a link (`a-link -> real`, beside `real`) is walked where it lies, and a
+    link loop ends when its folders have all been walked."""
+
+    def __init__(self, extensions: frozenset[str], hidden: bool) -> None:
+        self.extensions, self.hidden = extensions, hidden
+        self.found: dict[str, Entry] = {}
+        self.unreadable: list[tuple[str, str]] = []
+        self.seen: set[tuple[int, int]] = set()
+
+    def run(self, folders: list[tuple[str, os.stat_result]]) -> None:
+        while folders:
+            links: list[tuple[str, os.stat_result]] = []
+            for folder, info in folders:
+                if _folder_key(info) not in self.seen:
+                    self.seen.add(_folder_key(info))
+                    links += sorted(self._tree(folder), key=lambda link: link[0])
+            folders = links
+
+    def _tree(self, top: str) -> list[tuple[str, os.stat_result]]:
+        """Walk `top` and the folders below it that are not links; return the links to folders found there."""
+        links: list[tuple[str, os.stat_result]] = []
+        stack = [top]
+        while stack:
+            folder = stack.pop()
+            try:
+                with os.scandir(folder) as listing:
+                    children = sorted(listing, key=lambda child: child.name)
+            except OSError as exc:
+                self.unreadable.append((folder, f"cannot list folder ({os_reason(exc)})"))
                 continue
-            if (subfolder := _visit(child, extensions, seen_dirs, found)) is not None:
-                subfolders.append(subfolder)
-        stack.extend(subfolders)
+            for child in children:
+                if skipped_name(child.name, hidden=self.hidden):  # by name alone: not even a stat
+                    continue
+                if (info := self._visit(child)) is None:
+                    continue
+                if child.is_symlink():  # walked in a later round, unless reached where it lies by then
+                    links.append((child.path, info))
+                elif _folder_key(info) not in self.seen:  # a folder mounted twice (a bind mount) is walked once
+                    self.seen.add(_folder_key(info))
+                    stack.append(child.path)
+        return links
 
-
-def _visit(
-    child: os.DirEntry[str], extensions: frozenset[str], seen_dirs: set[tuple[int, int]], found: dict[str, Entry]
-) -> str | None:
-    """Stat a listed entry: an audio file goes into `found`; a folder not walked yet is returned, to walk."""
-    try:
-        info = child.stat()  # follows links
-    except OSError as exc:
-        if has_extension(child.path, extensions):
-            found[child.path] = _dangling(child, exc)
-        return None
-    if stat.S_ISDIR(info.st_mode):
-        key = (info.st_dev, info.st_ino)
-        if key in seen_dirs:
+    def _visit(self, child: os.DirEntry[str]) -> os.stat_result | None:
+        """Stat a listed entry: an audio file goes into `found`; a folder's status is returned, to walk."""
+        try:
+            info = child.stat()  # follows links
+        except OSError as exc:
+            if has_extension(child.path, self.extensions):
+                self.found[child.path] = _dangling(child, exc)
             return None
-        seen_dirs.add(key)
-        return child.path
-    if has_extension(child.path, extensions):
-        found[child.path] = _entry(child.path, info)
-    return None
+        if stat.S_ISDIR(info.st_mode):
+            return info
+        if has_extension(child.path, self.extensions):
+            self.found[child.path] = _entry(child.path, info)
+        return None
 
 
 def _entry(path: str, info: os.stat_result) -> Entry:

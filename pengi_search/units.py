@@ -21,7 +21,13 @@ def duration_text(seconds: float) -> str:
 def count_text(count: int, noun: str, plural: str | None = None) -> str:
     """`1 process`, `2 processes`, `0 columns`: the count with its noun in the number it takes (`plural` where the
     noun does not take a plain -s), not `2 process(es)` or `1 processes`."""
-    return f"{count} {noun if count == 1 else plural or noun + 's'}"
+    return f"{count} {for_count(count, noun, plural or noun + 's')}"
+
+
+def for_count(count: int, one: str, other: str) -> str:
+    """The word that agrees with `count` where the count is written apart from it or not at all: a verb (`1 file
+    is`, `2 files are`) or a noun (`the prompt: a`, `the prompts: a, b`)."""
+    return one if count == 1 else other
 
 
 _SPAN_DECIMALS = 6  # a microsecond: finer than one sample at any rate a file is decoded at

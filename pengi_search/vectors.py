@@ -26,6 +26,7 @@ import faiss
 import numpy as np
 
 from .choices import IndexType
+from .units import count_text
 from .vector_file import VectorIndexError, read_index_file, write_index_file
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def l2_normalise(vectors: np.ndarray, dim: int | None = None, where: str = "vect
         raise VectorIndexError(where, "NaN or infinite values")
     norms = np.linalg.norm(array, axis=1, keepdims=True)
     if (norms == 0).any():
-        raise VectorIndexError(where, f"{int((norms == 0).sum())} zero vector(s) cannot be normalised")
+        raise VectorIndexError(where, f"{count_text(int((norms == 0).sum()), 'zero vector')} cannot be normalised")
     array /= norms
     return array
 

@@ -116,7 +116,7 @@ def test_an_interrupted_run_says_what_it_kept_and_that_the_same_command_resumes(
     result = index(sounds, db, tiny_model_dir, *command)
     assert (result.exit_code, result.stdout) == (EXIT_INTERRUPTED, ""), result.output
     assert result.stderr.strip() == (
-        "interrupted: this run kept 3 file(s) indexed and 1 window(s) captioned; run the same command again to resume"
+        "interrupted: this run kept 3 files indexed and 1 window captioned; run the same command again to resume"
     )
     monkeypatch.undo()
     again = index(sounds, db, tiny_model_dir, "--json")
@@ -129,7 +129,7 @@ def test_failed_files_give_exit_code_3_and_are_listed(tiny_model_dir, sounds, tm
     (sounds / "broken [live].mp3").write_text("this is not an mp3")
     result = index(sounds, tmp_path / "lib.db", tiny_model_dir)
     assert result.exit_code == EXIT_PARTIAL
-    assert "indexed 3 file(s)" in result.stdout
+    assert "indexed 3 files" in result.stdout
     assert f"failed {sounds / 'broken [live].mp3'}: not a readable audio file" in result.stderr
 
 
@@ -140,10 +140,10 @@ def test_stats_names_the_files_that_failed_with_their_reason(tiny_model_dir, sou
     db = tmp_path / "lib.db"
     assert index(sounds, db, tiny_model_dir).exit_code == EXIT_PARTIAL
     again = index(sounds, db, tiny_model_dir)
-    assert "2 file(s) that failed before were skipped (--retry-errors; `stats` lists them)" in again.stdout
+    assert "2 files that failed before were skipped (--retry-errors; `stats` lists them)" in again.stdout
 
     text = run("stats", "--db", db).stdout
-    assert "failed: 2 file(s) could not be indexed (`index --retry-errors` tries again)" in text
+    assert "failed: 2 files could not be indexed (`index --retry-errors` tries again)" in text
     assert f"  {sounds / 'empty.wav'}: empty file (0 bytes)\n" in text
     assert f"  {sounds / 'notes.mp3'}: not a readable audio file (unknown format or corrupt data)\n" in text
     failed = json.loads(run("stats", "--db", db, "--json").stdout)["failed"]
@@ -246,7 +246,7 @@ def test_a_run_over_folders_without_audio_goes_on_with_a_warning_once_the_librar
     (tmp_path / "notes" / "readme.txt").write_text("no audio here\n")
     assert index(sounds, tmp_path / "lib.db", tiny_model_dir).exit_code == 0
     empty = index(tmp_path / "notes", tmp_path / "lib.db", tiny_model_dir)
-    assert empty.exit_code == 0 and "indexed 0 file(s)" in empty.stdout
+    assert empty.exit_code == 0 and "indexed 0 files" in empty.stdout
     assert "warning: no audio file found in" in empty.stderr and "notes" in empty.stderr
     other_kind = index(sounds, tmp_path / "lib.db", tiny_model_dir, "--ext", "mp3")
     assert other_kind.exit_code == 0 and "no audio file with the extensions 'mp3' found in" in other_kind.stderr
@@ -263,7 +263,7 @@ def test_an_empty_mount_point_keeps_its_files_and_says_how_to_forget_them(tiny_m
     summary = json.loads(result.stdout)
     assert result.exit_code == 0 and summary["pruned"] == 0
     [note] = summary["unseen_roots"]
-    assert note["path"] == str(sounds) and "3 indexed file(s) were kept" in note["note"]
+    assert note["path"] == str(sounds) and "3 indexed files were kept" in note["note"]
     shown = index(sounds, db, tiny_model_dir)
     assert shown.exit_code == 0 and "were kept" in shown.stderr and "pengi-search remove" in shown.stderr
     assert json.loads(run("stats", "--db", db, "--json").stdout)["files"]["indexed"] == 3

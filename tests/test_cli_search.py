@@ -298,6 +298,7 @@ def test_classify_folder_csv_on_stdout_with_accuracy_on_stderr(captions, common,
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert [row["label"] for row in rows] == ["a cat meows", "a dog barks"]  # sorted by path
     assert "accuracy 1.0000 (1/1 files)" in result.stderr
+    assert "1 classified file is not in the truth file, so not scored" in result.stderr  # cat.flac
 
 
 def test_classify_folder_with_a_broken_file_is_partial(captions, common, labels, tmp_path):

@@ -80,6 +80,7 @@ def test_a_damaged_model_file_is_found_by_its_checksum(installation, isolated_ho
     assert fix.startswith("pengi-search model fetch base")
     text = runner.invoke(app, ["doctor", "--db", str(installation)])
     assert text.exit_code == 1 and "fix: pengi-search model fetch base" in text.stdout
+    assert "\n1 problem\n" in text.stdout  # not "1 problem(s)"
 
 
 def test_an_imported_model_is_fixed_by_importing_it_again(installation, isolated_home):

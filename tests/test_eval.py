@@ -303,7 +303,7 @@ def test_classification_report_by_hand(tmp_path):
     assert result["metrics"]["macro_f1"] == pytest.approx(0.5 / 4)
     assert result["unmatched"] == [str(tmp_path / "extra.wav")]
     assert [f["rank"] for f in result["files"]] == [1, 4, 2, None]
-    assert result["notes"] == ["1 true label(s) are not candidate labels, so 1 file(s) count as wrong: 'bird'"]
+    assert result["notes"] == ["1 true label is not a candidate label, so 1 file counts as wrong: 'bird'"]
 
 
 def test_classification_scores_by_hand_are_exact(tmp_path):
@@ -345,11 +345,13 @@ def test_classification_notes_labels_that_differ_only_in_spelling(tmp_path):
         ]
         return evaluate_classification(predictions, truth, candidates)["notes"]
 
-    compared_exactly = "labels are compared exactly, so its {} file(s) count as wrong"
+    compared_exactly = "labels are compared exactly, so its {}"
     assert notes(["dog", "alarm_clock"]) == [
-        "true label 'Dog' is not a candidate label but 'dog' is: " + compared_exactly.format(2),
-        "true label 'alarm clock' is not a candidate label but 'alarm_clock' is: " + compared_exactly.format(1),
-        "true label 'Alarm-Clock' is not a candidate label but 'alarm_clock' is: " + compared_exactly.format(1),
+        "true label 'Dog' is not a candidate label but 'dog' is: " + compared_exactly.format("2 files count as wrong"),
+        "true label 'alarm clock' is not a candidate label but 'alarm_clock' is: "
+        + compared_exactly.format("1 file counts as wrong"),
+        "true label 'Alarm-Clock' is not a candidate label but 'alarm_clock' is: "
+        + compared_exactly.format("1 file counts as wrong"),
         "true labels 'alarm clock', 'Alarm-Clock' differ only in case or spacing: counted apart",
     ]
     assert notes(["Dog", "alarm clock", "Alarm-Clock"]) == [
@@ -361,7 +363,7 @@ def test_classification_names_a_few_true_labels_left_out_of_the_candidates():
     """Candidates that are a subset of the truth's labels (often deliberate): one note, naming the first five."""
     expected = ["dog", "dog", "cat", "owl", "pig", "cow", "hen", "emu", "yak"]
     assert label_notes(expected, ["dog"]) == [
-        "7 true label(s) are not candidate labels, so 7 file(s) count as wrong: 'cat', 'owl', 'pig', 'cow', 'hen' "
+        "7 true labels are not candidate labels, so 7 files count as wrong: 'cat', 'owl', 'pig', 'cow', 'hen' "
         "and 2 more"
     ]
 
@@ -485,6 +487,7 @@ def test_eval_caption_end_to_end(tones, tiny_model_dir):
     refs = [[tokenize(c) for c in item.captions] for item in caption_set.found]
     assert report["metrics"]["CIDEr-D"] == pytest.approx(np.mean(cider_d([tokenize(g) for g in generated], refs)))
     assert report["metrics"]["METEOR"] is None
+    assert "Captions answer the prompt: generate audio caption." in (out / "report.md").read_text()
 
 
 def test_eval_classify_end_to_end(known, tiny_model_dir, tmp_path):
@@ -605,7 +608,7 @@ def test_eval_classify_refuses_a_truth_that_lists_none_of_the_files(tmp_path):
     result = run("eval", "classify", tmp_path / "audio", "--truth", truth, "--model", tmp_path / "no-model")
     assert result.exit_code == EXIT_USAGE, result.output
     assert result.stderr.splitlines() == [
-        f"error: {truth}: lists none of the 1 audio file(s) of {tmp_path / 'audio'} (its paths are relative to its "
+        f"error: {truth}: lists none of the 1 audio file of {tmp_path / 'audio'} (its paths are relative to its "
         "own folder; a bare file name matches a file of that name)"
     ]
 
@@ -635,9 +638,9 @@ def test_eval_classify_warns_of_what_its_numbers_cannot_count(tiny_model_dir, tm
     result = run(*args, *quick(tiny_model_dir)[:4])
     assert result.exit_code == EXIT_OK, result.output
     said = [
-        "warning: 1 classified file(s) are not in the truth file, so not scored",
+        "warning: 1 classified file is not in the truth file, so not scored",
         "warning: true label 'Tone' is not a candidate label but 'tone' is: labels are compared exactly, so its 1 "
-        "file(s) count as wrong",
+        "file counts as wrong",
     ]
     assert result.stderr.splitlines() == said
     summary = (out / "report.md").read_text()

@@ -92,8 +92,8 @@ def test_index_keeps_hidden_files_an_earlier_run_indexed_says_so_and_forgets_app
     assert (without.files_seen, without.pruned, without.failed) == (2, 0, [])
     kept = {Path(note.path).relative_to(drive).as_posix(): note.message for note in without.hidden_kept}
     assert kept == {
-        ".Trash-1000": "1 indexed file(s) at or under this hidden path were kept as they are: runs without --hidden "
-        "do not look at hidden names (`pengi-search remove` forgets them)",
+        ".Trash-1000": "1 indexed file at or under this hidden path was kept as it is: runs without --hidden do "
+        "not look at hidden names (`pengi-search remove` forgets it)",
         ".git": kept[".git"],
         "birds/.draft.wav": kept["birds/.draft.wav"],
     }
@@ -113,7 +113,7 @@ def test_the_index_command_warns_of_hidden_files_it_kept_until_they_are_removed(
     again = runner.invoke(app, [str(a) for a in ["index", drive / "birds", *quick]])
     assert again.exit_code == 0, again.output
     draft = drive / "birds" / ".draft.wav"
-    assert f"warning: {draft}: 1 indexed file(s) at or under this hidden path were kept as they are" in again.stderr
+    assert f"warning: {draft}: 1 indexed file at or under this hidden path was kept as it is" in again.stderr
     removed = runner.invoke(app, [str(a) for a in ["remove", draft, "--db", tmp_path / "lib.db"]])
     assert removed.exit_code == 0, removed.output
     quiet = runner.invoke(app, [str(a) for a in ["index", drive / "birds", "--json", *quick]])

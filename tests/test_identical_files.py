@@ -118,8 +118,8 @@ def test_the_run_summary_says_how_many_files_were_reused(tiny_model_dir, tree, t
     os.rename(tree / "short.wav", tree / "renamed.wav")
     result = CliRunner().invoke(app, command)
     assert result.exit_code == 0
-    assert result.stdout.startswith("indexed 1 file(s) (1 reused from identical files), 1 window(s) in ")
-    assert ", 0 window(s) captioned; 2 unchanged, 0 touched, 0 failed, 1 pruned\n" in result.stdout
+    assert result.stdout.startswith("indexed 1 file (1 reused from identical files), 1 window in ")
+    assert ", 0 windows captioned; 2 unchanged, 0 touched, 0 failed, 1 pruned\n" in result.stdout
 
 
 def test_a_file_changed_into_a_copy_of_another_takes_that_files_windows(tiny_model_dir, tree, tmp_path, model_work):

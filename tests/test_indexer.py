@@ -322,6 +322,27 @@ def test_scan_follows_links_once_sorts_and_filters(tmp_path):
     assert all(e.problem is None for e in result.entries) and result.unreadable_dirs == []
 
 
+def test_scan_walks_a_folder_where_it_lies_rather_than_through_a_link_to_it(tmp_path):
+    """A folder under the roots that a link also leads to is walked where it lies, even when the link sorts first
+    (`a-link -> real`, `0/to-deep -> real/deep`); a folder only a link leads to is walked through it, and a root as
+    given."""
+    root = tmp_path / "t2"
+    write_tone(root / "real" / "x.wav", 0.5)
+    write_tone(root / "real" / "deep" / "y.wav", 0.5)
+    write_tone(tmp_path / "outside" / "o.wav", 0.5)
+    (root / "a-link").symlink_to(root / "real", target_is_directory=True)
+    (root / "0").mkdir()
+    (root / "0" / "to-deep").symlink_to(root / "real" / "deep", target_is_directory=True)
+    (root / "elsewhere").symlink_to(tmp_path / "outside", target_is_directory=True)
+
+    def found(*roots: Path) -> list[str]:
+        entries = scan(list(roots), normalize_extensions(["wav"])).entries
+        return [Path(e.path).relative_to(root).as_posix() for e in entries]
+
+    assert found(root) == ["elsewhere/o.wav", "real/deep/y.wav", "real/x.wav"]
+    assert found(root / "a-link", root) == ["a-link/deep/y.wav", "a-link/x.wav", "elsewhere/o.wav"]
+
+
 def test_scan_reports_unlistable_folders(tmp_path, monkeypatch):
     root = tmp_path / "root"
     write_tone(root / "ok.wav", 0.5)

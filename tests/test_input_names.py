@@ -237,7 +237,7 @@ def test_remove_names_the_path_as_typed(recordings, tmp_path, tiny_model_dir):
     again = run("remove", typed, "--db", db)
     assert again.stderr.strip() == f"error: {typed}: nothing in the index at or under this path"
     forgotten = run("remove", f"{FOLDER}/{INSIDE[0]}", "--db", db)
-    assert forgotten.stdout.strip() == f"removed 1 file(s) at or under {FOLDER}/{INSIDE[0]}"
+    assert forgotten.stdout.strip() == f"removed 1 file at or under {FOLDER}/{INSIDE[0]}"
 
 
 @pytest.mark.parametrize("command", ["describe", "classify", "similar"])

@@ -92,7 +92,7 @@ def test_index_stores_the_odd_names_and_exits_3_for_the_empty_file(tree, indexed
 def test_a_second_run_finds_nothing_to_do(tree, indexed, tiny_model_dir):
     again = run("index", tree["root"], "--db", indexed["db"], "--model", tiny_model_dir, "--workers", "0", *QUICK)
     assert again.exit_code == EXIT_OK, again.output
-    assert "indexed 0 file(s)" in again.stdout and "4 unchanged" in again.stdout
+    assert "indexed 0 files" in again.stdout and "4 unchanged" in again.stdout
 
 
 def test_query_shows_the_name_escaped_and_gives_it_whole_in_json(tree, indexed, tiny_model_dir, monkeypatch):

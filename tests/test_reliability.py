@@ -287,7 +287,7 @@ def test_ctrl_c_and_sigterm_stop_a_run_that_records_itself_interrupted_and_a_rer
     command = indexer_command(root, db, tiny_model_dir, max_len=3, workers=1)
     held = HeldRun(FILE_STORED, tmp_path)
     status, stderr = signal_when(command, held.reached, number, group=group, env=held.env)
-    kept = "this run kept 1 file(s) indexed and 0 window(s) captioned; run the same command again to resume"
+    kept = "this run kept 1 file indexed and 0 windows captioned; run the same command again to resume"
     assert status == code and stderr.splitlines()[-1:] == [f"interrupted: {kept}"], stderr
     assert "Traceback" not in stderr  # nor from the decoding process, which its run stops
     committed = count_rows(db, INDEXED)

@@ -514,7 +514,8 @@ def test_the_dry_run_of_a_resume_counts_no_encoding_for_clips_the_feature_cache_
 
 
 def test_what_a_run_says_while_it_encodes_reads_one_line_each_in_a_log(tmp_path, tiny_no_text_model_dir) -> None:
-    """Off a terminal, the note on the frozen encoder broke at 80 columns, and the encoding bar left a blank line."""
+    """Off a terminal, the note on the frozen encoder broke at 80 columns, and the encoding bar left a blank line.
+    Its counts read with their nouns in the number they take."""
     config_path = label_run_config(tmp_path / "a long folder name", tiny_no_text_model_dir, logging__quiet=False)
     result = cli("train", str(config_path), "--set", "optimization.max_steps=1")
     assert result.exit_code == EXIT_OK, result.output
@@ -523,6 +524,8 @@ def test_what_a_run_says_while_it_encodes_reads_one_line_each_in_a_log(tmp_path,
     assert frozen.endswith("reused by every epoch") and len(frozen) > 80
     ready = next(index for index, line in enumerate(lines) if line.startswith("audio features ready"))
     assert lines[ready - 1] == frozen
+    assert "its outputs for 8 training clips x 1 view are computed once" in frozen  # not "x 1 view(s)"
+    assert lines[ready].endswith("; 0 rows skipped")
 
 
 def test_early_stopping_ends_the_run_when_the_metric_stops_improving(tmp_path, tiny_no_text_model_dir) -> None:

@@ -263,7 +263,10 @@ def test_index_flags_cut_files_and_stats_and_export_list_them(library, tmp_path,
     assert stats["truncated_files"] == 2
     assert {Path(item["path"]).name: item["note"] for item in stats["truncated"]} == flagged
     text = run("stats", "--db", db).stdout
-    assert "truncated: 2 file(s)" in text and f"cut.wav: {flagged['cut.wav']}" in text
+    assert (
+        "truncated: 2 files decode shorter than their headers say\n" in text
+        and f"cut.wav: {flagged['cut.wav']}" in text
+    )
 
     rows = {Path(row["path"]).name: row for row in map(json.loads, run("export", "--db", db).stdout.splitlines())}
     assert [name for name, row in rows.items() if row["truncated"]] == ["cut.mp3", "cut.wav"]

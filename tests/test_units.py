@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pengi_search.serve.pages import span, window_label
-from pengi_search.units import count_text, seconds_text, span_text
+from pengi_search.units import count_text, for_count, seconds_text, span_text
 
 
 @pytest.mark.parametrize(
@@ -36,3 +36,9 @@ def test_a_count_reads_with_its_noun_in_the_right_number():
     # The trainer wrote "written by 1 processes" and "x 2 process(es)".
     assert [count_text(n, "process", "processes") for n in (0, 1, 2)] == ["0 processes", "1 process", "2 processes"]
     assert (count_text(1, "column"), count_text(3, "column")) == ("1 column", "3 columns")
+
+
+def test_a_word_written_apart_from_its_count_agrees_with_it():
+    # Messages read "1 true label(s) are not candidate labels" and "missing column(s) audio".
+    assert [for_count(n, "is", "are") for n in (0, 1, 2)] == ["are", "is", "are"]
+    assert (for_count(1, "column", "columns"), for_count(3, "column", "columns")) == ("column", "columns")

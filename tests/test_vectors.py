@@ -148,8 +148,10 @@ def test_ivfpq_falls_back_to_flat_when_too_few_vectors_to_train(caplog: pytest.L
 
 def test_bad_vectors_and_queries_are_refused() -> None:
     vectors = clustered(10)
-    with pytest.raises(VectorIndexError, match="zero vector"):
+    with pytest.raises(VectorIndexError, match="2 zero vectors cannot be normalised"):
         VectorIndex.build(sparse_ids(2), np.zeros((2, DIM), np.float32))
+    with pytest.raises(VectorIndexError, match="1 zero vector cannot be normalised"):
+        VectorIndex.build(sparse_ids(2), np.vstack([vectors[:1], np.zeros((1, DIM), np.float32)]))
     broken = vectors.copy()
     broken[3, 0] = np.nan
     with pytest.raises(VectorIndexError, match="NaN"):

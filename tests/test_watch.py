@@ -94,7 +94,7 @@ def watching(tmp_path: Path, model_dir: Path, *, json_lines: bool = True, empty:
         if json_lines:
             assert watch.out.summary()["indexed"] == (0 if empty else 1)
         else:
-            assert watch.out.next().startswith("indexed 1 file(s), 1 window(s) in ")
+            assert watch.out.next().startswith("indexed 1 file, 1 window in ")
         yield watch
     finally:
         process.kill()
@@ -151,7 +151,7 @@ def test_watch_waits_for_another_run_holding_the_library_then_says_what_changed_
             os.replace(write_tone(tmp_path / "second.wav", 1.0, freq=700), watch.root / "second.wav")  # whole
             watch.err.until("another indexing run is writing to this library; waiting for it to end")
         line = watch.out.next()  # once it ended
-        assert re.fullmatch(r"\d\d:\d\d:\d\d indexed 1 file\(s\), removed 0, 0 failed \(\d+\.\d s\)", line), line
+        assert re.fullmatch(r"\d\d:\d\d:\d\d indexed 1 file, removed 0, 0 failed \(\d+\.\d s\)", line), line
 
 
 def test_a_watched_folder_moved_away_ends_the_watch_saying_so_and_the_library_keeps_its_files(tiny_model_dir, tmp_path):
@@ -182,14 +182,14 @@ def test_a_later_run_is_one_line_with_the_time_none_with_quiet_and_failures_alwa
     failure = "failed /sounds/bad.wav: not a readable audio file\n"
     _print_run_line(summary, quiet=False, verbose=False)
     out, err = capsys.readouterr()
-    assert re.fullmatch(r"\d\d:\d\d:\d\d indexed 2 file\(s\), removed 1, 1 failed \(1.3 s\)\n", out)
+    assert re.fullmatch(r"\d\d:\d\d:\d\d indexed 2 files, removed 1, 1 failed \(1.3 s\)\n", out)
     assert err == failure
     _print_run_line(summary, quiet=True, verbose=False)
     assert capsys.readouterr() == ("", failure)
     summary.reused = 1  # a file moved: indexed from its old path's windows
     _print_run_line(summary, quiet=False, verbose=False)
     assert re.fullmatch(
-        r"\d\d:\d\d:\d\d indexed 2 file\(s\) \(1 reused\), removed 1, 1 failed \(1.3 s\)\n", capsys.readouterr().out
+        r"\d\d:\d\d:\d\d indexed 2 files \(1 reused\), removed 1, 1 failed \(1.3 s\)\n", capsys.readouterr().out
     )
 
 

@@ -28,6 +28,7 @@ from pengi_search.errors import PengiSearchError, UsageError
 from pengi_search.paths import as_typed
 from pengi_search.stop_signals import ignore_stop_signals, stop_signals_blocked
 from pengi_search.text_files import listed_file, open_text
+from pengi_search.units import for_count
 from trainer.augment import augment
 from trainer.config import AugmentationSection
 from trainer.templates import LIST_ANSWER_TASKS, TemplateError, render_answer, render_prompt
@@ -116,7 +117,8 @@ def _csv_records(path: Path, handle: TextIO, required: Sequence[str]) -> Iterato
     missing = [column for column in required if column not in header]
     if missing:
         columns = ", ".join(header)
-        raise ManifestError(path, f"missing column(s) {', '.join(missing)}; the header has {columns}")
+        missing_columns = f"missing {for_count(len(missing), 'column', 'columns')} {', '.join(missing)}"
+        raise ManifestError(path, f"{missing_columns}; the header has {columns}")
     for row, record in enumerate(reader, start=1):
         if None in record:  # DictReader files the cells beyond the header under the key None
             raise ManifestError(path, f"more cells than the header's {len(header)} columns", row)

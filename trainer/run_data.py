@@ -19,6 +19,7 @@ from pengi_search.consoles import make_console
 from pengi_search.model import Pengi
 from pengi_search.progress import CountColumn, Rate
 from pengi_search.tokenization import PromptTooLongError, Tokenizers
+from pengi_search.units import count_text
 from trainer.config import ConfigError, TrainConfig
 from trainer.data import AudioTextDataset, Example, ManifestError, read_manifest
 from trainer.evaluation import label_sets, sample_rows
@@ -190,7 +191,8 @@ def _cache(
     device = next(model.parameters()).device
     clips = len({clip_key(example) for example in train_set.examples})
     say(
-        f"the audio encoder is frozen: its outputs for {clips} training clips x {views} view(s) are computed once "
+        f"the audio encoder is frozen: its outputs for {count_text(clips, 'training clip')} x "
+        f"{count_text(views, 'view')} are computed once "
         f"(or read from {FEATURE_DIR}/) and reused by every epoch"
     )
     started = time.perf_counter()
@@ -215,5 +217,5 @@ def _cache(
         else:
             encoded = load_or_encode(folder, backbone, sample_set, 1, **options)
             cached_samples = FeatureDataset(sample_set.examples, encoded)
-    say(f"audio features ready in {time.perf_counter() - started:.0f} s; {len(skipped)} row(s) skipped")
+    say(f"audio features ready in {time.perf_counter() - started:.0f} s; {count_text(len(skipped), 'row')} skipped")
     return cached_train, cached_val, cached_samples, skipped

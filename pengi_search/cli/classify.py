@@ -18,6 +18,7 @@ from rich.markup import escape
 from ..choices import Device, LoglikScore, LongPrompt, Method, StopRule
 from ..pathnames import path_fields, shown
 from ..prompts import TASK_PROMPTS
+from ..units import count_text
 from .common import (
     EXIT_OK,
     EXIT_PARTIAL,
@@ -314,7 +315,7 @@ def _show_ranked(outcome: Outcome, top: int) -> None:
 def _print_ranked(prediction: Prediction, top: int) -> None:
     from rich.table import Table
 
-    windows = f"{prediction.windows} window{'s' * (prediction.windows != 1)}"
+    windows = count_text(prediction.windows, "window")
     out_console.print(f"[bold]{escape(shown(prediction.path))}[/]  ({windows})", soft_wrap=True)
     table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
     table.add_column("#", justify="right")
@@ -328,6 +329,8 @@ def _print_ranked(prediction: Prediction, top: int) -> None:
 def _print_metrics(metrics: dict[str, Any], console: Any) -> None:
     from rich.table import Table
 
+    from ..evaluation.report import unmatched_note
+
     if metrics["accuracy"] is None:
         console.print("no classified file is in the truth file")
         return
@@ -339,4 +342,4 @@ def _print_metrics(metrics: dict[str, Any], console: Any) -> None:
         table.add_row(escape(label), f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
     console.print(table)
     if metrics["unmatched"]:
-        console.print(f"{len(metrics['unmatched'])} classified file(s) are not in the truth file")
+        console.print(unmatched_note(metrics["unmatched"]), markup=False)

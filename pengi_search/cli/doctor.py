@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.markup import escape
 
-from ..units import duration_text
+from ..units import count_text, duration_text
 from .common import EXIT_FAILED, EXIT_OK, DbOption, JsonOption, handle_errors, out_console, print_json
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ def _print_report(report: Report) -> None:
     if report.healthy:
         out_console.print("[green]healthy[/]: no problem found")
         return
-    out_console.print(f"[bold red]{len(report.problems)} problem(s)[/]")
+    out_console.print(f"[bold red]{count_text(len(report.problems), 'problem')}[/]")
     for problem in report.problems:
         out_console.print(f"[red]-[/] {escape(problem.where)}: {escape(problem.what)}", soft_wrap=True)
         out_console.print(f"  fix: {escape(problem.fix)}", soft_wrap=True)

@@ -20,6 +20,7 @@ import typer
 from ..choices import DEFAULT_HYBRID_WEIGHT, Device, Method, Rank
 from ..pathnames import shown
 from ..prompts import TASK_PROMPTS
+from ..units import count_text
 from .classify import ScoringOptions
 from .common import (
     EXIT_OK,
@@ -505,7 +506,7 @@ def _check_truth_lists(known: Truth, truth: Path, target: str, inputs: AudioInpu
     if not any(known.label_of(path) is not None for path in reached):
         raise UsageError(
             truth,
-            f"lists none of the {len(reached)} audio file(s) of {shown(target)} "
+            f"lists none of the {count_text(len(reached), 'audio file')} of {shown(target)} "
             "(its paths are relative to its own folder; a bare file name matches a file of that name)",
         )
 

@@ -19,7 +19,7 @@ from rich.markup import escape
 from ..choices import Captions, Device, IndexType, LongPrompt, StopRule
 from ..messages import print_interrupted
 from ..stop_signals import interrupted_exit_code
-from ..units import duration_text
+from ..units import count_text, duration_text, for_count
 from ..written_aside import written_aside
 from .common import (
     EXIT_FAILED,
@@ -233,7 +233,7 @@ def index(
         return _run_once(options, show_progress(quiet, json_output))
 
     def report(summary: IndexSummary) -> None:
-        _print_summary(summary, verbose=verbose)
+        _print_summary(summary, paths=len(paths), verbose=verbose)
         if not (summary.files_seen or summary.unseen_roots or summary.unreadable_dirs):  # a wrong folder, or --ext
             from ..pathnames import shown
 
@@ -360,7 +360,7 @@ def remove(
     if json_output:
         print_json({**path_fields(path), "removed_files": removed})
     else:
-        out_console.print(f"removed {removed} file(s) at or under {shown(path)}", markup=False)
+        out_console.print(f"removed {count_text(removed, 'file')} at or under {shown(path)}", markup=False)
 
 
 @handle_errors
@@ -405,7 +405,7 @@ def _print_run_line(summary: IndexSummary, *, quiet: bool, verbose: bool) -> Non
     what went wrong, as every run says it."""
     if not quiet:
         out_console.print(
-            f"{time.strftime('%H:%M:%S')} indexed {summary.indexed} file(s){_reused(summary, ' reused')}, "
+            f"{time.strftime('%H:%M:%S')} indexed {count_text(summary.indexed, 'file')}{_reused(summary, ' reused')}, "
             f"removed {summary.pruned}, {len(summary.failed)} failed ({summary.seconds:.1f} s)",
             markup=False,
             soft_wrap=True,
@@ -413,28 +413,29 @@ def _print_run_line(summary: IndexSummary, *, quiet: bool, verbose: bool) -> Non
     _print_problems(summary, verbose=verbose)
 
 
-def _print_summary(summary: IndexSummary, *, verbose: bool = False) -> None:
+def _print_summary(summary: IndexSummary, *, paths: int, verbose: bool = False) -> None:
     shard = f" (shard {summary.shard})" if summary.shard else ""
     out_console.print(
-        f"indexed {summary.indexed} file(s){_reused(summary, ' reused from identical files')}, "
-        f"{summary.windows} window(s) in {summary.seconds:.1f} s{shard} "
-        f"(searchable by sound after {summary.searchable_s:.1f} s), {summary.captioned} window(s) captioned; "
+        f"indexed {count_text(summary.indexed, 'file')}{_reused(summary, ' reused from identical files')}, "
+        f"{count_text(summary.windows, 'window')} in {summary.seconds:.1f} s{shard} (searchable by sound after "
+        f"{summary.searchable_s:.1f} s), {count_text(summary.captioned, 'window')} captioned; "
         f"{summary.unchanged} unchanged, {summary.touched} touched, {len(summary.failed)} failed, "
         f"{summary.pruned} pruned",
         soft_wrap=True,
     )
     if summary.recaptioned:
-        out_console.print(f"{summary.recaptioned} window(s) captioned by --fast went to pass 2 for exact captions")
-    if summary.captions_missing:
+        recaptioned = count_text(summary.recaptioned, "window")
+        out_console.print(f"{recaptioned} captioned by --fast went to pass 2 for exact captions")
+    if missing := summary.captions_missing:  # `paths`: how many the command was given
         out_console.print(
-            f"{summary.captions_missing} window(s) have no captions yet: run `pengi-search index` on the same "
-            "path(s) again to write them (meanwhile `query` ranks by audio embeddings)",
+            f"{count_text(missing, 'window')} {for_count(missing, 'has', 'have')} no captions yet: run `pengi-search "
+            f"index` on the same {for_count(paths, 'path', 'paths')} again to write them (meanwhile `query` ranks by "
+            "audio embeddings)",
             soft_wrap=True,
         )
-    if summary.skipped_errors:
-        out_console.print(
-            f"{summary.skipped_errors} file(s) that failed before were skipped (--retry-errors; `stats` lists them)"
-        )
+    if skipped := summary.skipped_errors:
+        failed_before = f"{count_text(skipped, 'file')} that failed before {for_count(skipped, 'was', 'were')}"
+        out_console.print(f"{failed_before} skipped (--retry-errors; `stats` lists them)")
     _print_problems(summary, verbose=verbose)
 
 
@@ -442,8 +443,8 @@ def _kept(summary: IndexSummary) -> str:
     """What an interrupted run leaves done: each file and each batch of captions is committed as it is finished,
     and a re-run goes on from there."""
     return (
-        f"this run kept {summary.indexed} file(s) indexed and {summary.captioned} window(s) captioned; "
-        "run the same command again to resume"
+        f"this run kept {count_text(summary.indexed, 'file')} indexed and {count_text(summary.captioned, 'window')} "
+        "captioned; run the same command again to resume"
     )
 
 
@@ -527,10 +528,13 @@ def _print_stats(data: dict[str, Any]) -> None:
     if model:
         lines.append(f"model: {model['model']} ({model['model_fingerprint'][:12]}), embedder: {model['embedder']}")
     if data["truncated"]:
-        lines.append(f"truncated: {len(data['truncated'])} file(s) decode shorter than their header says")
+        count = len(data["truncated"])
+        decode = for_count(count, "decodes shorter than its header says", "decode shorter than their headers say")
+        lines.append(f"truncated: {count_text(count, 'file')} {decode}")
         lines += [f"  {shown(item['path'])}: {item['note']}" for item in data["truncated"]]
     if data["failed"]:  # the reason's first line: the lines below it are what the decoders printed
-        lines.append(f"failed: {len(data['failed'])} file(s) could not be indexed (`index --retry-errors` tries again)")
+        failed = count_text(len(data["failed"]), "file")
+        lines.append(f"failed: {failed} could not be indexed (`index --retry-errors` tries again)")
         lines += [f"  {shown(item['path'])}: {item['error'].partition(chr(10))[0]}" for item in data["failed"]]
     for kind, info in data["vector_indexes"].items():
         built = _index_kind(info["index_type"], info["requested_type"])

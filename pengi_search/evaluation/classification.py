@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..classify import Prediction, Truth, evaluate
+from ..units import count_text, for_count
 from .metrics import confusion_matrix, mean, top_k_accuracy
 
 TOP_KS = (3, 5)  # top-1 is the accuracy
@@ -66,7 +67,7 @@ def label_notes(expected: Sequence[str], candidates: Sequence[str]) -> list[str]
         if _loose(label) in near:
             notes.append(
                 f"true label {label!r} is not a candidate label but {near[_loose(label)]!r} is: labels are compared "
-                f"exactly, so its {count} file(s) count as wrong"
+                f"exactly, so its {_wrong(count)}"
             )
         else:
             absent.append(label)
@@ -75,9 +76,8 @@ def label_notes(expected: Sequence[str], candidates: Sequence[str]) -> list[str]
             f" and {len(absent) - _NAMED} more" if len(absent) > _NAMED else ""
         )
         count = sum(files[label] for label in absent)
-        notes.append(
-            f"{len(absent)} true label(s) are not candidate labels, so {count} file(s) count as wrong: {named}"
-        )
+        are_not = for_count(len(absent), "is not a candidate label", "are not candidate labels")
+        notes.append(f"{count_text(len(absent), 'true label')} {are_not}, so {_wrong(count)}: {named}")
     spellings: dict[str, list[str]] = {}
     for label in files:
         spellings.setdefault(_loose(label), []).append(label)
@@ -85,6 +85,11 @@ def label_notes(expected: Sequence[str], candidates: Sequence[str]) -> list[str]
         if len(same) > 1:
             notes.append(f"true labels {', '.join(map(repr, same))} differ only in case or spacing: counted apart")
     return notes
+
+
+def _wrong(files: int) -> str:
+    """What a true label that no candidate matches costs: `1 file counts as wrong`, `2 files count as wrong`."""
+    return f"{count_text(files, 'file')} {for_count(files, 'counts', 'count')} as wrong"
 
 
 def _loose(label: str) -> str:

@@ -18,6 +18,7 @@ from ..errors import UsageError
 from ..pathnames import json_text
 from ..paths import as_path
 from ..text_files import read_text
+from ..units import count_text, for_count
 from ..written_aside import written_aside
 from . import plots
 
@@ -190,7 +191,8 @@ def _caption_md(report: dict[str, Any]) -> list[str]:
     if report.get("unavailable"):
         lines += ["Not computed:", *(f"- {name}: {why}" for name, why in report["unavailable"].items()), ""]
     if report.get("prompts"):
-        lines += [f"Captions answer the prompt(s): {', '.join(report['prompts'])}.", ""]
+        prompts = for_count(len(report["prompts"]), "the prompt", "the prompts")
+        lines += [f"Captions answer {prompts}: {', '.join(report['prompts'])}.", ""]
     worst = sorted(report.get("items", []), key=lambda item: item["cider_d"])[:_LISTED]
     if worst:
         lines += [f"## Lowest CIDEr-D ({len(worst)} of {len(report['items'])})", ""]
@@ -219,7 +221,8 @@ def _classify_md(report: dict[str, Any]) -> list[str]:
 
 
 def unmatched_note(unmatched: list[str]) -> str:
-    return f"{len(unmatched)} classified file(s) are not in the truth file, so not scored"
+    are = for_count(len(unmatched), "is", "are")
+    return f"{count_text(len(unmatched), 'classified file')} {are} not in the truth file, so not scored"
 
 
 def _skipped_md(skipped: list[dict[str, str]]) -> list[str]:
