@@ -188,6 +188,19 @@ def test_a_model_command_with_no_model_in_a_data_folder_that_is_a_file_names_the
     )
 
 
+def test_model_info_in_a_data_folder_that_is_a_file_names_the_data_folder(tmp_path, monkeypatch):
+    """It said `no Pengi model is installed here: run model fetch`, and no fetch could have installed one there."""
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    monkeypatch.setenv("PENGI_SEARCH_HOME", str(taken))
+    result = run("model", "info")
+    assert result.exit_code == EXIT_FAILED
+    assert one_error_line(result) == (
+        f"error: {taken / 'models' / 'base'}: cannot make a folder of the data folder ({taken} is a file, "
+        f"not a folder); {HOME_ADVICE}"
+    )
+
+
 def test_paths_in_these_messages_are_spelt_as_typed(tmp_path, sounds, tiny_model_dir, monkeypatch):
     """A relative data folder and a relative --db were named by their absolute paths in some messages, as typed in
     others (`taken/models/...` beside `/tmp/.../taken`)."""
