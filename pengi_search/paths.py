@@ -145,7 +145,7 @@ def _folder_error(folder: Path, verb: str, why: str, *, library: bool) -> Unwrit
     what = "the data folder" if absolute == data else "a folder of the data folder" if in_data else "the folder"
     what = "the library's folder" if library and not in_data else what
     advice = choose_elsewhere(in_data=in_data, library=library)
-    return UnwritableFolderError(as_typed(folder), f"{verb} {what} ({why}); {advice}")
+    return UnwritableFolderError(as_typed(folder), f"{verb} {what} ({why})", advice)
 
 
 def _why_not_made(folder: Path, error: OSError) -> str:

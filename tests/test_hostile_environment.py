@@ -265,6 +265,23 @@ def test_commands_that_only_read_still_read_a_read_only_library(library, tiny_mo
     assert result.stdout.strip()
 
 
+def test_a_reader_that_cannot_save_the_faiss_files_says_it_brings_them_up_to_date_in_memory(
+    library, tiny_model_dir, read_only, caplog
+):
+    """It said `choose another folder`, which a reader of a library where it is cannot do. The query is answered,
+    and the warning says what happens instead, in one line."""
+    for faiss_file in library.parent.glob("*.faiss"):
+        faiss_file.unlink()  # a copy of the library without them: each reader needs them made
+    read_only.add(library.parent)
+    result = run("query", "a bell", "--db", library, "--model", tiny_model_dir)
+    assert result.exit_code == EXIT_OK and "bell.wav" in result.stdout, result.output
+    assert caplog.messages == [  # the captions' index, which the query searches
+        f"vector index not saved: {library.parent}: cannot write in the folder (permission denied); it is brought up "
+        "to date in memory for this command (one that can write in the folder saves it, such as `pengi-search "
+        "rebuild-index`)"
+    ]
+
+
 def test_a_database_locked_past_the_wait_names_the_file_as_typed_and_the_likely_cause(library, monkeypatch):
     """It said only `database is locked`, after 30 s; then named the library by its SQLAlchemy URL."""
     monkeypatch.setattr(db_engine, "SQLITE_BUSY_TIMEOUT_MS", 50)
