@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pengi_search.errors import PengiSearchError, first_line
+from pengi_search.paths import named
 
 if TYPE_CHECKING:  # torch loads only when weights do: reading a config or a model's identity stays cheap
     import torch
@@ -84,9 +85,9 @@ def load_torch_file(path: Path, what: str = "PyTorch checkpoint", *, mmap: bool 
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
-        raise CheckpointError(path, f"no such {what}") from None
+        raise CheckpointError(named(path), f"no such {what}") from None
     except Exception as err:  # pickle, zip and torch errors all mean "not a readable checkpoint"
-        raise CheckpointError(path, f"not a readable {what} ({err.__class__.__name__})") from err
+        raise CheckpointError(named(path), f"not a readable {what} ({err.__class__.__name__})") from err
 
 
 def read_released_state_dict(path: Path) -> dict[str, torch.Tensor]:

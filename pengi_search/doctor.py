@@ -21,7 +21,7 @@ from .checkpoint import CheckpointError
 from .db import VECTOR_KINDS, Store, StoreError, default_index_path, resolve_db_url, sqlite_file
 from .db.access import is_empty_file, untouched_engine, unusable_place
 from .db.errors import DatabaseURLError, driver_reason
-from .db.urls import db_option, names_default_db, shown_db_url
+from .db.urls import db_option, library_name, names_default_db, shown_db_url
 from .download import INVALID_SUFFIX, RELEASES, TOKENIZERS
 from .hashing import file_sha256
 from .hub import offline_setting
@@ -293,7 +293,7 @@ def check_database(db: str | None = None) -> tuple[dict[str, Any], list[Problem]
         return _unknown({"url": err.where}, Problem("database", err.reason, URL_FIX))
     option = db_option(db)
     if db_file is not None:
-        absent, problems = _absent_file(db_file, option, default=names_default_db(db))
+        absent, problems = _absent_file(db_file, library_name(db), option, default=names_default_db(db))
         if absent is not None:
             return {**data, "exists": False, "reason": absent}, problems
         if is_empty_file(db_file):  # connecting would write a database header into it: doctor changes nothing
@@ -321,13 +321,14 @@ def _unknown(data: dict[str, Any], problem: Problem) -> tuple[dict[str, Any], li
     return {**data, "exists": None, "reason": problem.what}, [problem]
 
 
-def _absent_file(db_file: Path, option: str, *, default: bool) -> tuple[str | None, list[Problem]]:
+def _absent_file(db_file: Path, name: str, option: str, *, default: bool) -> tuple[str | None, list[Problem]]:
     """Why there is no SQLite database at `db_file` (None when its file is there), with a problem when `index`
     could not make one there either (a folder, or a file that is no database, in its place). At the `default`
-    place, in the data folder, the fix is another data folder, as every command says."""
-    unusable = unusable_place(db_file)
+    place, in the data folder, the fix is another data folder, as every command says. The file is `name`d as
+    every other command names the library (`urls.library_name`): as typed."""
+    unusable = unusable_place(db_file, name)
     if unusable is not None:
-        fix = f"point --db or PENGI_SEARCH_DB at a database file, not at {db_file}" if db_file.exists() else URL_FIX
+        fix = f"point --db or PENGI_SEARCH_DB at a database file, not at {name}" if db_file.exists() else URL_FIX
         fix = choose_elsewhere(in_data=True, library=True) if default else fix
         return unusable, [Problem("database", unusable, fix)]
     if db_file.is_file():
@@ -335,8 +336,8 @@ def _absent_file(db_file: Path, option: str, *, default: bool) -> tuple[str | No
     folder = next(parent for parent in db_file.parents if parent.exists())
     creates = f"`pengi-search index PATH...{option}` creates it"
     if folder == db_file.parent:
-        return f"no database file at {db_file} yet ({creates})", []
-    return f"neither {db_file} nor its folder {db_file.parent} exists yet ({creates}, folder included)", []
+        return f"no database file at {name} yet ({creates})", []
+    return f"neither {name} nor its folder exists yet ({creates}, folder included)", []
 
 
 def _empty_database(option: str) -> str:

@@ -38,6 +38,7 @@ from .db import (
     default_index_path,
 )
 from .errors import UnwritableFolderError
+from .pathnames import shown
 from .paths import made_folder
 from .vector_file import read_index_tag
 from .vectors import INDEX_TYPES, IndexParams, VectorIndex, VectorIndexError, effective_type
@@ -45,6 +46,11 @@ from .vectors import INDEX_TYPES, IndexParams, VectorIndex, VectorIndexError, ef
 log = logging.getLogger(__name__)
 
 DEFAULT_INDEX_TYPE = "flat"
+# What a command that only reads does with an index it brought in line but cannot save (`_save`).
+READER_UNSAVED = (
+    "it is brought up to date in memory for this command (one that can write in the folder saves it, such as "
+    "`pengi-search rebuild-index`)"
+)
 
 
 class EmptyLibraryError(StoreError):
@@ -236,7 +242,7 @@ class Library:
 
     def _save(self, index: VectorIndex, path: Path, tag: str) -> None:
         if not self.in_memory:
-            _save(index, path, tag)
+            _save(index, path, tag, reading=self.store.read_only)
 
     def _forget(self, path: Path, loaded: VectorIndex | None, tag: str) -> None:
         """No vectors of this kind: empty the file (keeping its type) or remove a file that no longer fits."""
@@ -245,7 +251,7 @@ class Library:
         if loaded is not None:
             if len(loaded):
                 loaded.remove(loaded.ids())
-                _save(loaded, path, tag)
+                self._save(loaded, path, tag)
         elif path.exists():
             path.unlink()
 
@@ -338,8 +344,14 @@ def _requested_type(tag: str | None) -> str:
     return value if value in INDEX_TYPES else DEFAULT_INDEX_TYPE
 
 
-def _save(index: VectorIndex, path: Path, tag: str) -> None:
+def _save(index: VectorIndex, path: Path, tag: str, *, reading: bool) -> None:
+    """Save `index`, or warn why not: the index in memory is right, and the command goes on with it. A command
+    `reading` the library is told what happens instead of being sent to another folder: the library is where it is,
+    and another folder is advice for the commands that write it."""
     try:
         index.save(path, tag)
-    except (VectorIndexError, UnwritableFolderError) as exc:  # e.g. a read-only folder: the index in memory is right
+    except UnwritableFolderError as exc:  # a read-only folder
+        said = f"{shown(exc.where)}: {exc.trouble}; {READER_UNSAVED}" if reading else str(exc)
+        log.warning("vector index not saved: %s", said)
+    except VectorIndexError as exc:  # a full disk
         log.warning("vector index not saved: %s", exc)

@@ -77,6 +77,14 @@ def as_path(path: str | os.PathLike[str]) -> Path:
     return path if isinstance(path, Path) else Path(path)
 
 
+def named(path: str | os.PathLike[str]) -> Path:
+    """How a message names `path`: as the user typed it when they gave it (a `GivenPath` made by `typed`), else
+    `as_typed` (a path the program worked out, such as the checkpoint `--resume` found in the output_dir: made
+    from a GivenPath, it is one too, with no text as typed)."""
+    given = isinstance(path, GivenPath) and path._typed is not None
+    return path if given else as_typed(path)
+
+
 def data_dir() -> Path:
     """`PENGI_SEARCH_HOME` (`~` expanded), else the platform's user data directory (~/.local/share/pengi-search)."""
     return home_expanded(os.environ.get(HOME_ENV) or platformdirs.user_data_dir(APP_NAME))
@@ -137,7 +145,7 @@ def _folder_error(folder: Path, verb: str, why: str, *, library: bool) -> Unwrit
     what = "the data folder" if absolute == data else "a folder of the data folder" if in_data else "the folder"
     what = "the library's folder" if library and not in_data else what
     advice = choose_elsewhere(in_data=in_data, library=library)
-    return UnwritableFolderError(as_typed(folder), f"{verb} {what} ({why}); {advice}")
+    return UnwritableFolderError(as_typed(folder), f"{verb} {what} ({why})", advice)
 
 
 def _why_not_made(folder: Path, error: OSError) -> str:

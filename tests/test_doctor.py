@@ -154,10 +154,7 @@ def test_nothing_is_created_for_a_missing_database(tmp_path, isolated_home):
     assert code == 1 and report["database"]["exists"] is False and not db.parent.exists()
     assert set(problems(report)) == {"models"}  # no model yet; no database yet is no fault
     creates = f"`pengi-search index PATH... --db '{db}'` creates it"  # quoted: the folder's name has a space
-    assert (
-        report["database"]["reason"]
-        == f"neither {db} nor its folder {db.parent} exists yet ({creates}, folder included)"
-    )
+    assert report["database"]["reason"] == f"neither {db} nor its folder exists yet ({creates}, folder included)"
     db.parent.mkdir()
     assert doctor(db)[1]["database"]["reason"] == f"no database file at {db} yet ({creates})"
     text = runner.invoke(app, ["doctor", "--db", str(db)])
@@ -217,6 +214,19 @@ def test_a_file_that_is_no_database_is_no_library_and_is_left_alone(tmp_path, is
     assert what == f"{clip} is not a SQLite database"
     assert fix == f"point --db or PENGI_SEARCH_DB at a database file, not at {clip}"
     assert clip.read_bytes() == b"ID3" + bytes(500)
+
+
+def test_a_database_doctor_cannot_use_is_named_as_typed_as_every_command_names_it(tmp_path, isolated_home, monkeypatch):
+    """`--db ../shelf/clip.mp3` is `../shelf/clip.mp3` in doctor's problem and its fix, as in `stats`' error."""
+    (tmp_path / "shelf").mkdir()
+    (tmp_path / "shelf" / "clip.mp3").write_bytes(b"ID3" + bytes(500))
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    what, fix = problems(doctor("../shelf/clip.mp3")[1])["database"]
+    assert what == "../shelf/clip.mp3 is not a SQLite database"
+    assert fix == "point --db or PENGI_SEARCH_DB at a database file, not at ../shelf/clip.mp3"
+    stats = runner.invoke(app, ["stats", "--db", "../shelf/clip.mp3"])
+    assert stats.stderr.startswith(f"error: {what}: ")
 
 
 def test_doctor_tells_an_unreachable_server_from_a_damaged_database():

@@ -188,6 +188,19 @@ def test_a_model_command_with_no_model_in_a_data_folder_that_is_a_file_names_the
     )
 
 
+def test_model_info_in_a_data_folder_that_is_a_file_names_the_data_folder(tmp_path, monkeypatch):
+    """It said `no Pengi model is installed here: run model fetch`, and no fetch could have installed one there."""
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    monkeypatch.setenv("PENGI_SEARCH_HOME", str(taken))
+    result = run("model", "info")
+    assert result.exit_code == EXIT_FAILED
+    assert one_error_line(result) == (
+        f"error: {taken / 'models' / 'base'}: cannot make a folder of the data folder ({taken} is a file, "
+        f"not a folder); {HOME_ADVICE}"
+    )
+
+
 def test_paths_in_these_messages_are_spelt_as_typed(tmp_path, sounds, tiny_model_dir, monkeypatch):
     """A relative data folder and a relative --db were named by their absolute paths in some messages, as typed in
     others (`taken/models/...` beside `/tmp/.../taken`)."""
@@ -250,6 +263,23 @@ def test_commands_that_only_read_still_read_a_read_only_library(library, tiny_mo
     result = run(*command, "--db", library, *model)
     assert result.exit_code == EXIT_OK, result.output
     assert result.stdout.strip()
+
+
+def test_a_reader_that_cannot_save_the_faiss_files_says_it_brings_them_up_to_date_in_memory(
+    library, tiny_model_dir, read_only, caplog
+):
+    """It said `choose another folder`, which a reader of a library where it is cannot do. The query is answered,
+    and the warning says what happens instead, in one line."""
+    for faiss_file in library.parent.glob("*.faiss"):
+        faiss_file.unlink()  # a copy of the library without them: each reader needs them made
+    read_only.add(library.parent)
+    result = run("query", "a bell", "--db", library, "--model", tiny_model_dir)
+    assert result.exit_code == EXIT_OK and "bell.wav" in result.stdout, result.output
+    assert caplog.messages == [  # the captions' index, which the query searches
+        f"vector index not saved: {library.parent}: cannot write in the folder (permission denied); it is brought up "
+        "to date in memory for this command (one that can write in the folder saves it, such as `pengi-search "
+        "rebuild-index`)"
+    ]
 
 
 def test_a_database_locked_past_the_wait_names_the_file_as_typed_and_the_likely_cause(library, monkeypatch):

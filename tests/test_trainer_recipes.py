@@ -807,7 +807,10 @@ def test_a_dry_run_lists_a_corrupt_checkpoint_among_its_problems_with_the_runs_e
     monkeypatch.chdir(tmp_path)
     unreadable = "run/checkpoints/step-00000010.pt: not a readable training checkpoint (RuntimeError)"
     result = CliRunner().invoke(app, ["train", "run.yaml", "--resume"])
-    assert result.exit_code == EXIT_FAILED and unreadable in result.stderr, result.output
+    assert result.exit_code == EXIT_FAILED, result.output
+    assert result.stderr.splitlines() == [f"error: {unreadable}"]  # named from here, as the run names its paths
+    result = CliRunner().invoke(app, ["train", "run.yaml", "--resume-from", "./run/checkpoints/step-00000010.pt"])
+    assert result.stderr.splitlines() == [f"error: ./{unreadable}"]  # named as given
     result = CliRunner().invoke(app, ["train", "run.yaml", "--resume", "--dry-run"])
     assert result.exit_code == EXIT_FAILED, result.output
     assert unreadable in result.stdout and "8 examples, 8 usable" in result.stdout

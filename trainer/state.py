@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from pengi_search.checkpoint import CheckpointError, load_torch_file
+from pengi_search.paths import named
 from pengi_search.written_aside import written_aside
 from trainer.checkpoint_files import existing_checkpoint, list_checkpoints
 
@@ -50,7 +51,7 @@ def load_checkpoint(path: Path, *, mmap: bool = False) -> dict[str, Any]:
     """A training checkpoint's payload; `mmap`: its tensors mapped from the file, not read (`load_torch_file`)."""
     payload = load_torch_file(existing_checkpoint(path), "training checkpoint", mmap=mmap)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(path, "not a pengi-search training checkpoint")
+        raise CheckpointError(named(path), "not a pengi-search training checkpoint")
     return payload
 
 

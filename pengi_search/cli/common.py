@@ -278,13 +278,11 @@ def ensure_model(spec: str | None, *, assume_yes: bool) -> None:
     """
     from ..download import RELEASES
     from ..hub import offline_setting
-    from ..model_dir import release_to_fetch
-    from ..paths import models_dir, refuse_blocked_folder
+    from ..paths import models_dir
 
-    name = release_to_fetch(spec)
+    name = refuse_blocked_install(spec)
     if name is None:
         return
-    refuse_blocked_folder(models_dir() / name)  # a file where the data folder should be: no download could land
     missing = f"the Pengi model {name} is not installed"
     if setting := offline_setting():
         fail(f"{missing} and {setting} forbids downloading it: `pengi-search model import PATH` installs a copy")
@@ -303,6 +301,19 @@ def ensure_model(spec: str | None, *, assume_yes: bool) -> None:
 
     target, _ = fetch_model(name, notify=warn)
     err_console.print(f"installed {target}", markup=False, soft_wrap=True)
+
+
+def refuse_blocked_install(spec: str | None) -> str | None:
+    """The release that would install the model `--model spec` (or the default) names but finds missing (None when
+    one is found, or none would), refused as `paths.refuse_blocked_folder` says it when a file stands where the data
+    folder should be: no download could land there, so fetching is no advice."""
+    from ..model_dir import release_to_fetch
+    from ..paths import models_dir, refuse_blocked_folder
+
+    name = release_to_fetch(spec)
+    if name is not None:
+        refuse_blocked_folder(models_dir() / name)
+    return name
 
 
 def release_details(release: Release, target: Path) -> str:

@@ -23,6 +23,7 @@ from .common import (
     handle_errors,
     out_console,
     print_json,
+    refuse_blocked_install,
     warn,
 )
 from .help_text import App
@@ -182,10 +183,15 @@ def import_(
 @handle_errors
 def info(model: ModelOption = None, json_output: JsonOption = False) -> None:
     """Show which model commands will use, where it is, and what it holds."""
-    from ..model_dir import ModelDir
+    from ..model_dir import ModelDir, ModelNotFoundError
     from ..models import model_info
 
-    details = model_info(ModelDir.resolve(model))
+    try:
+        found = ModelDir.resolve(model)
+    except ModelNotFoundError:
+        refuse_blocked_install(model)  # a data folder that is a file: said as such, not "run model fetch"
+        raise
+    details = model_info(found)
     if json_output:
         print_json(details)
         return
