@@ -37,7 +37,7 @@ from .db import (
     caption_counts,
     default_index_path,
 )
-from .errors import UnwritableFolderError
+from .errors import UnwritableFolderError, os_reason
 from .pathnames import shown
 from .paths import made_folder
 from .vector_file import read_index_tag
@@ -253,7 +253,10 @@ class Library:
                 loaded.remove(loaded.ids())
                 self._save(loaded, path, tag)
         elif path.exists():
-            path.unlink()
+            try:
+                path.unlink()
+            except OSError as exc:  # a read-only folder: the file is ignored all the same, its tag does not fit
+                log.warning("vector index not removed: %s: %s", shown(os.fspath(path)), os_reason(exc))
 
     def _tag(self, kind: str, index_type: str) -> str:
         """What the vectors came from (embedder or model) and the index type asked for."""

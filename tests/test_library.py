@@ -164,6 +164,28 @@ def test_a_file_with_a_foreign_tag_is_rebuilt_or_removed(db: str) -> None:
         assert not library.index_path("text").exists()  # nothing to hold, and no type worth keeping
 
 
+def test_a_file_that_no_longer_fits_and_cannot_be_removed_is_left_with_a_warning(
+    db: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader in a folder it cannot write (a read-only share) goes on without the file, as it would without a
+    file it cannot save."""
+    with opened(db) as (library, _):
+        library.vector_index("text").save(library.index_path("text"), tag="vectors of something else")
+        library.store.remove("/lib")
+    refused = library.index_path("text")
+    real_unlink = Path.unlink
+
+    def unlink(path: Path, missing_ok: bool = False) -> None:
+        if path == refused:
+            raise PermissionError(13, "Permission denied", str(path))
+        real_unlink(path, missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with caplog.at_level(logging.WARNING, logger="pengi_search.library"), opened(db) as (library, _):
+        library.sync_vector_indexes()
+    assert refused.exists() and "vector index not removed" in caplog.text and "permission denied" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("damage", "reason"),
     [
