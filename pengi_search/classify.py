@@ -50,9 +50,9 @@ from .text_files import csv_rows, listed_file, read_text
 
 if TYPE_CHECKING:
     from .audio import Window
-    from .download import Notify
     from .inference import Engine
     from .library import Library
+    from .messages import Notify
     from .model_dir import ModelDir
     from .window_batches import Progress
 

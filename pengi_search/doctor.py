@@ -22,11 +22,12 @@ from .db import VECTOR_KINDS, Store, StoreError, default_index_path, resolve_db_
 from .db.access import is_empty_file, untouched_engine, unusable_place
 from .db.errors import DatabaseURLError, driver_reason
 from .db.urls import db_option, library_name, names_default_db, shown_db_url
-from .download import INVALID_SUFFIX, RELEASES, TOKENIZERS
+from .download import INVALID_SUFFIX
 from .hashing import file_sha256
 from .hub import offline_setting
 from .model_dir import CONFIG_FILE, MODEL_ENV, WEIGHTS_FILE, ModelDir, ModelNotFoundError, release_to_fetch
 from .paths import as_typed, choose_elsewhere, file_in_the_way, models_dir
+from .releases import RELEASES, TOKENIZERS
 
 # FFmpeg decoders for the formats soundfile leaves to PyAV (m4a/aac, alac, wma, opus, ...) and a few it shares.
 DECODERS = ("aac", "alac", "wmav2", "opus", "vorbis", "mp3float", "flac", "ac3", "amrnb", "ape", "wavpack")

@@ -1,13 +1,12 @@
-"""Fetching the released Pengi checkpoints and their tokenizers: resumable, verified, atomic downloads.
+"""Resumable, verified, atomic downloads of one file: the engine under `model fetch` (`models.fetch_release`).
 
 `download` moves one file over HTTP(S) with the standard library, or copies it from a `file://` URL or a
 local path. Bytes go to `<dest>.part` (with `<dest>.part.json` naming their source, so that a later call
 resumes only the same file), the sha256 is computed as they arrive, and the finished file is fsynced and
-renamed onto `dest`, so `dest` is either absent or complete. `<dest>.json` then records source, size, sha256.
-
-`fetch_release` keeps a finished download only for the URL it came from and while it still has its recorded
-checksum; a file that fails that check is moved aside (`<dest>.invalid`), never reused. Offline mode
-(`hub.offline_setting`) forbids every network access here: local sources and cached tokenizers still work.
+renamed onto `dest`, so `dest` is either absent or complete. `<dest>.json` then records source, size, sha256,
+which `verify_download` and `other_source` read back to decide whether a finished file may be reused; one that may
+not is moved aside (`set_aside`, to `<dest>.invalid`) or forgotten (`discard_download`). Offline mode
+(`hub.offline_setting`) forbids every network access here: local sources still work.
 """
 
 from __future__ import annotations
@@ -17,19 +16,17 @@ import hashlib
 import http.client
 import io
 import json
-import logging
 import os
-import shutil
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.progress import (
     BarColumn,
@@ -43,66 +40,14 @@ from rich.progress import (
 
 from pengi_search import __version__
 from pengi_search.consoles import make_console
-from pengi_search.errors import PengiSearchError, UsageError, first_line, os_reason, read_reason, refuse_unusable_file
+from pengi_search.errors import PengiSearchError, UsageError, os_reason, read_reason, refuse_unusable_file
 from pengi_search.hashing import file_sha256, sha256_hasher
-from pengi_search.hub import cache_only, hub_cache, is_hub_name, offline_setting, quiet_hub, why_not_downloadable
-from pengi_search.paths import made_folder
+from pengi_search.hub import offline_setting
 from pengi_search.units import count_text
 from pengi_search.waits import within
 
-if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
-
-
-@dataclass(frozen=True)
-class Release:
-    """A released checkpoint: where it lives, which tokenizers (keys of `TOKENIZERS`) its variant uses, and what
-    a person is told before it is downloaded (`summary`, `approx_size`)."""
-
-    name: str
-    url: str
-    filename: str
-    tokenizers: tuple[str, ...]
-    summary: str
-    approx_size: str  # as published; the exact size is what `download` measures and records
-
-
-# Hugging Face hub names of the tokenizers, keyed by the folder name they are saved under.
-TOKENIZERS: dict[str, str] = {"gpt2": "gpt2", "clip": "openai/clip-vit-base-patch16"}
-
-# Zenodo record 8387083. Digests are not pinned: `download` records what it measured in <dest>.json.
-# base_no_text_enc feeds the prompt through GPT-2's own embeddings, so it needs no CLIP tokenizer.
-RELEASE_PAGE = "https://zenodo.org/records/8387083"
-RELEASE_LICENCE = f"the terms of the Zenodo record ({RELEASE_PAGE}); Microsoft's Pengi code is MIT-licensed"
-RELEASES: dict[str, Release] = {
-    release.name: release
-    for release in (
-        Release(
-            "base",
-            "https://zenodo.org/records/8387083/files/base.pth?download=1",
-            "base.pth",
-            ("gpt2", "clip"),
-            "Pengi with its CLIP text encoder (text search uses it)",
-            "about 2.2 GB",
-        ),
-        Release(
-            "base_no_text_enc",
-            "https://zenodo.org/records/8387083/files/base_no_text_enc.pth?download=1",
-            "base_no_text_enc.pth",
-            ("gpt2",),
-            "Pengi without a text encoder",
-            "about 2 GB",
-        ),
-    )
-}
-DEFAULT_RELEASE = "base"  # what commands use, and fetch on first use, when no model is named
-
-TOKENIZER_DIR = "tokenizers"  # tokenizers are saved under <directory>/tokenizers/<key> by `fetch_release`
 INVALID_SUFFIX = ".invalid"  # a download that failed validation is moved aside to <dest>.invalid
 _RETRIED_HTTP_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-
-log = logging.getLogger(__name__)
-Notify = Callable[[str], Any]  # receives one-line notices for the person running the command
 
 
 class DownloadError(PengiSearchError):
@@ -121,12 +66,6 @@ class DownloadResult:
     path: Path
     size: int
     sha256: str
-
-
-@dataclass(frozen=True)
-class FetchedRelease:
-    checkpoint: DownloadResult
-    tokenizers: dict[str, Path] = field(default_factory=dict)  # key of TOKENIZERS -> saved folder
 
 
 class _Failure(Exception):
@@ -196,99 +135,6 @@ def verify_download(dest: Path) -> DownloadResult | None:
     return DownloadResult(dest, record["size"], digest) if digest == record.get("sha256") else None
 
 
-def fetch_tokenizer(name: str, dest: Path) -> Path:
-    """Save the tokenizer `name` (a local folder holding one, or a Hugging Face hub id) as files in `dest`.
-
-    A hub id is read from the Hugging Face cache without a word to the hub; one that is not there is downloaded only
-    once one short request (`hub.unanswered`) finds the hub answering, so that a hub that cannot be reached costs
-    seconds and one line, not a minute and a half of retries (or a wait with no end).
-    """
-    dest = Path(dest)
-    staging = dest.with_name(dest.name + ".part")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        _load_tokenizer(name, dest).save_pretrained(staging)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(staging, dest)
-    except (OSError, ValueError) as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise DownloadError(name, dest, _tokenizer_failure(first_line(exc), dest)) from exc
-    return dest
-
-
-def _load_tokenizer(name: str, dest: Path) -> PreTrainedTokenizerBase:
-    """The tokenizer `name`: from its folder or the Hugging Face cache, else downloaded from a hub that answers."""
-    from transformers import AutoTokenizer  # heavy; imported only when a fetch is asked for
-
-    try:
-        with cache_only():
-            return AutoTokenizer.from_pretrained(name, local_files_only=True)
-    except OSError:
-        if not is_hub_name(name):  # a folder that holds no tokenizer: nothing to download
-            raise
-    if why := why_not_downloadable(name):
-        reason = f"it is not in the Hugging Face cache ({hub_cache()}) and {why}"
-        raise DownloadError(name, dest, _tokenizer_failure(reason, dest), unreachable=True)
-    with quiet_hub():
-        return AutoTokenizer.from_pretrained(name)
-
-
-def _tokenizer_failure(reason: str, dest: Path) -> str:
-    """Why a tokenizer could not be fetched, with the option that gives a local copy instead."""
-    return f"cannot fetch tokenizer: {reason} (--tokenizer-dir {dest.name}=PATH)"
-
-
-def fetch_release(
-    name: str,
-    directory: Path,
-    *,
-    progress: bool = True,
-    force: bool = False,
-    checkpoint_url: str | None = None,
-    tokenizer_sources: Mapping[str, str] | None = None,
-    notify: Notify = log.warning,
-) -> FetchedRelease:
-    """Fetch release `name` into `directory`: `<filename>`, and `tokenizers/<key>/` for each tokenizer it uses.
-
-    A checkpoint already there is kept when it came from the same URL and still has the size and sha256 recorded
-    when it was downloaded; one that fails that check is moved aside (`notify` says so) and fetched again. `force`
-    starts over: the files, their records and any partial download are discarded. `checkpoint_url` replaces the
-    Zenodo URL (a mirror, or a file already downloaded) and `tokenizer_sources` the hub names (say local folders).
-    """
-    release = RELEASES.get(name)
-    directory = Path(directory)
-    if release is None:
-        raise DownloadError(name, directory, f"unknown release; known: {', '.join(RELEASES)}")
-    dest = directory / release.filename
-    url = checkpoint_url or release.url
-    _refuse_unusable_source(url)
-    made_folder(directory)  # said now, in the data folder's words, not once the download has nowhere to go
-    if force:
-        discard_download(dest)
-    checkpoint = _reusable(dest, url, notify) or _download_release(name, url, dest, progress)
-    sources = {**TOKENIZERS, **(tokenizer_sources or {})}
-    tokenizers = {}
-    for key in release.tokenizers:
-        target = directory / TOKENIZER_DIR / key
-        if force or not (target / "tokenizer_config.json").is_file():
-            fetch_tokenizer(sources[key], target)
-        tokenizers[key] = target
-    return FetchedRelease(checkpoint, tokenizers)
-
-
-def _download_release(name: str, url: str, dest: Path, progress: bool) -> DownloadResult:
-    """`download`; where this machine cannot reach `url` (offline mode, no network, a server down), the error says
-    how to install the release from a copy downloaded elsewhere."""
-    try:
-        return download(url, dest, progress=progress)
-    except DownloadError as exc:
-        if not exc.unreachable:  # a full disk, a local file that cannot be read: a copy would not help
-            raise
-        how = f"download it elsewhere, then `pengi-search model fetch {name} --url FILE` installs that file"
-        raise DownloadError(url, dest, f"{exc.reason}; {how}", unreachable=True) from exc
-
-
 def set_aside(dest: Path) -> Path:
     """Move a download that failed validation, with its record, to `<dest>.invalid` (replacing an older one)."""
     aside = dest.with_name(dest.name + INVALID_SUFFIX)
@@ -306,26 +152,11 @@ def discard_download(dest: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _reusable(dest: Path, url: str, notify: Notify) -> DownloadResult | None:
-    """The finished download at `dest` if it came from `url` and is intact.
-
-    A file from another URL stays until the new download replaces it; a file that fails its checksum is moved
-    aside at once, so that it is neither reused nor mistaken for the start of the new download.
-    """
-    if not dest.exists():
-        return None
+def other_source(dest: Path, url: str) -> str | None:
+    """The source `dest` was downloaded from when its record names another than `url` (another `--url`), else None:
+    a finished download is reused only for the source it came from."""
     recorded = _read_json(_sidecar(dest)).get("url")
-    if recorded is not None and recorded != _source_or_none(url):
-        notify(f"{dest} was downloaded from {recorded}; fetching {url} instead")
-        return None
-    result = verify_download(dest)
-    if result is None:
-        aside = set_aside(dest)
-        notify(
-            f"{dest} failed validation (its size or sha256 is not what was recorded when it was downloaded): "
-            f"moved aside to {aside.name}; downloading it again"
-        )
-    return result
+    return recorded if recorded is not None and recorded != _source_or_none(url) else None
 
 
 def _source_or_none(url: str) -> str | None:
@@ -334,6 +165,18 @@ def _source_or_none(url: str) -> str | None:
         return _resolve(url)[0]
     except _Failure:
         return None
+
+
+def refuse_unusable_source(url: str) -> None:
+    """A source no download can come from (another scheme than http, https or file; a local file that is not there
+    or cannot be read) is bad usage, said before an earlier download is reused or discarded, with the URL as typed."""
+    try:
+        path = _local_path(url)
+    except _Failure as exc:
+        raise UsageError(url, exc.reason) from None
+    if path is None:
+        return
+    refuse_unusable_file(path, url)
 
 
 class _Part:
@@ -429,18 +272,6 @@ def _publish(part: _Part, dest: Path) -> DownloadResult:
     record = {"url": part.source, "size": result.size, "sha256": result.sha256, "completed_at": completed_at}
     _write_json(_sidecar(dest), record)
     return result
-
-
-def _refuse_unusable_source(url: str) -> None:
-    """A source no download can come from (another scheme than http, https or file; a local file that is not there
-    or cannot be read) is bad usage, said before an earlier download is reused or discarded, with the URL as typed."""
-    try:
-        path = _local_path(url)
-    except _Failure as exc:
-        raise UsageError(url, exc.reason) from None
-    if path is None:
-        return
-    refuse_unusable_file(path, url)
 
 
 def _resolve(url: str) -> tuple[str, Path | None]:

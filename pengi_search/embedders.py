@@ -40,9 +40,9 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from .bpe_tokenizer import FileTokenizer
-    from .download import Notify
     from .encoders import TextEncoder
     from .inference import Engine
+    from .messages import Notify
 
 PENGI = "pengi"
 SENTENCE_TRANSFORMERS_PREFIX = "sentence-transformers:"

@@ -8,11 +8,15 @@ training run.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from rich.console import Console
 from rich.markup import escape
 
 from .pathnames import shown
 
+Notify = Callable[[str], Any]  # receives one-line notices for the person running the command (`log.warning`, `warn`)
 SHOWN_CHARACTERS = 40  # of a long text a message names: enough to recognise it, and the line stays readable
 
 

@@ -18,8 +18,8 @@ from typing import Any
 
 from .checkpoint import CheckpointError
 from .config import PengiConfig
-from .download import DEFAULT_RELEASE, RELEASES
 from .paths import home_expanded, models_dir
+from .releases import DEFAULT_RELEASE, RELEASES
 from .tokenization import TOKENIZER_DIR, Tokenizers
 
 CONFIG_FILE = "config.json"

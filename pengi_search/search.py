@@ -34,7 +34,6 @@ from .checkpoint import CheckpointError
 from .choices import DEFAULT_HYBRID_WEIGHT, By, Rank
 from .chunking import doubling_chunks
 from .db import StoreMismatchError, WindowDetails, caption_counts
-from .download import RELEASES
 from .embedders import (
     EmbedderSpec,
     TextEmbedder,
@@ -46,11 +45,12 @@ from .errors import OptionError
 from .model_dir import PENGI_TEXT_PREFIX, ModelDir, ModelNotFoundError
 from .pathnames import from_typed, path_fields
 from .ranking import HybridIndex
+from .releases import RELEASES
 from .scan import has_extension, parse_extensions
 
 if TYPE_CHECKING:
-    from .download import Notify
     from .library import Library
+    from .messages import Notify
 
 log = logging.getLogger(__name__)
 _FIRST_FETCH = 4  # candidates fetched per wanted result at first (files have several windows)

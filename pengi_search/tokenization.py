@@ -19,8 +19,8 @@ from pengi_search.errors import PengiSearchError, UsageError
 from .bpe_tokenizer import FileTokenizer, has_tokenizer_file
 from .choices import LongPrompt, StopRule
 from .config import PengiConfig
-from .download import TOKENIZERS
 from .messages import shortened
+from .releases import TOKENIZERS
 
 if TYPE_CHECKING:  # torch and transformers load only when a tokenizer does (`query` never needs them)
     import torch

@@ -19,16 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from pengi_search.download import (
-    RELEASES,
-    TOKENIZERS,
-    DownloadError,
-    download,
-    fetch_release,
-    fetch_tokenizer,
-    verify_download,
-)
+from pengi_search.download import DownloadError, download, verify_download
 from pengi_search.errors import UsageError
+from pengi_search.models import fetch_release, fetch_tokenizer
+from pengi_search.releases import RELEASES, TOKENIZERS
 
 pytestmark = pytest.mark.usefixtures("no_internet")
 

@@ -23,9 +23,9 @@ from typer.testing import CliRunner
 from pengi_search.cli import app, common
 from pengi_search.config import PengiConfig
 from pengi_search.db import Store
-from pengi_search.download import RELEASES, TOKENIZERS
 from pengi_search.model import Pengi
 from pengi_search.model_dir import ModelDir
+from pengi_search.releases import RELEASES, TOKENIZERS
 from pengi_search.tokenization import TOKENIZER_DIR
 
 from .indexing import write_tone

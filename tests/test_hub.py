@@ -19,10 +19,11 @@ import torch
 from huggingface_hub import constants
 from huggingface_hub.utils import close_session
 
-from pengi_search.download import DownloadError, fetch_tokenizer
+from pengi_search.download import DownloadError
 from pengi_search.embedders import HubUnreachableError, SentenceTransformerEmbedder
 from pengi_search.errors import EXIT_FAILED
 from pengi_search.hub import unanswered
+from pengi_search.models import fetch_tokenizer
 from pengi_search.testing import tiny_gpt2_tokenizer
 
 from .fake_hub import COMMIT, FakeHub, refusing_hub, silent_hub
@@ -248,7 +249,7 @@ def test_model_fetch_meets_a_hub_that_never_answers_with_one_line_and_no_wait(tm
 def test_a_tokenizer_is_downloaded_from_a_hub_that_answers_then_read_from_the_cache_without_asking_it(tmp_path):
     """A fetch of a tokenizer in the Hugging Face cache asked the hub whether it had changed."""
     tiny_gpt2_tokenizer().save_pretrained(served := tmp_path / "served")
-    script = "import sys\nfrom pengi_search.download import fetch_tokenizer\n"
+    script = "import sys\nfrom pengi_search.models import fetch_tokenizer\n"
     script += "print(sorted(p.name for p in fetch_tokenizer('someone/tok', sys.argv[1]).iterdir()))\n"
     with FakeHub({"someone/tok": served}) as hub:
         env = hub_env(tmp_path, hub.url)

@@ -40,7 +40,7 @@ from ..stop_signals import interrupted_by_stop_signals, interrupted_exit_code
 from .closed_output import output_closed, quiet_when_output_closed, whole_writes
 
 if TYPE_CHECKING:
-    from ..download import Release
+    from ..releases import Release
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "UsageError", "not_found"]
 
@@ -276,9 +276,9 @@ def ensure_model(spec: str | None, *, assume_yes: bool) -> None:
     In a terminal the person is told what would be downloaded and asked once; elsewhere only `--yes` or
     `PENGI_SEARCH_AUTO_FETCH=1` allow it, and offline mode never does. Refusals are one-line errors (exit 1).
     """
-    from ..download import RELEASES
     from ..hub import offline_setting
     from ..paths import models_dir
+    from ..releases import RELEASES
 
     name = refuse_blocked_install(spec)
     if name is None:
@@ -318,7 +318,7 @@ def refuse_blocked_install(spec: str | None) -> str | None:
 
 def release_details(release: Release, target: Path) -> str:
     """What a download of `release` fetches, from where, under which terms, and where it goes."""
-    from ..download import RELEASE_LICENCE, TOKENIZERS
+    from ..releases import RELEASE_LICENCE, TOKENIZERS
 
     hub_names = ", ".join(TOKENIZERS[key] for key in release.tokenizers)
     rows = {

@@ -12,8 +12,8 @@ import typer
 from rich.markup import escape
 
 from ..choices import Choice
-from ..download import RELEASES
 from ..pathnames import shown
+from ..releases import RELEASES
 from .common import (
     JsonOption,
     ModelOption,
@@ -28,7 +28,7 @@ from .common import (
 )
 from .help_text import App
 
-# The released checkpoints `model fetch` can download, as a choice; `download.RELEASES` is where they are listed.
+# The released checkpoints `model fetch` can download, as a choice; `releases.RELEASES` is where they are listed.
 ReleaseName = Choice("ReleaseName", [(name, name) for name in RELEASES], module=__name__)
 
 app = App(help="Download, import and inspect Pengi models.", no_args_is_help=True)

@@ -1,8 +1,9 @@
 """The database of a library: where it is (`urls`), its tables (`schema`), the records it hands out (`records`),
 engines (`engine`), how it is opened (`access`: created by `index` only, read-only for readers), schema upgrades
-(`migrate`), the `Store` that reads and writes it (`store`, with its journal of indexing runs in `runs` and the SQL
-pieces it shares with `captions` and `copies` in `queries`) and the lock that lets one indexing run at a time write
-to it (`run_lock`).
+(`migrate`), the `Store` that reads and writes it (`store`, with its journal of indexing runs in `runs`, what search,
+`export` and `stats` read in `reads`, the record of what builds the index in `index_meta`, and the SQL pieces it
+shares with `captions` and `copies` in `queries`) and the lock that lets one indexing run at a time write to it
+(`run_lock`).
 
 Callers import from here; the ORM rows, engine and migration helpers stay in their modules for the store, the
 Alembic environment and tests.

@@ -1,6 +1,6 @@
-"""What the store's modules share below the level of `Store`'s methods: the condition "at or below a path", a file's
-row locked for writing, the width of the index's text vectors, vectors as the bytes the database keeps, and how many
-ids one statement lists.
+"""What the store's modules share below the level of `Store`'s methods: the conditions "at or below a path" and
+"truncated", a file's row locked for writing, the width of the index's text vectors, vectors as the bytes the
+database keeps, and how many ids one statement lists.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from ..pathnames import to_stored
 from .errors import StoreError
-from .records import check_vector_kind, non_finite_vector
+from .records import TRUNCATED_NOTE, check_vector_kind, non_finite_vector
 from .schema import AudioFileRow, IndexMetaRow
 
 IDS_PER_QUERY = 500  # ids per IN (...) list: far below SQLite's limit on bound parameters
@@ -28,6 +28,11 @@ def paths_under(prefix: str | None) -> ColumnElement[bool]:
     # substr() sees the stored form, so it is compared with the stored folder (the escape keeps prefixes).
     stored = to_stored(folder)
     return or_(AudioFileRow.path == folder[:-1], func.substr(AudioFileRow.path, 1, len(stored)) == stored)
+
+
+def is_truncated() -> ColumnElement[bool]:
+    """Indexed files that decode shorter than their header says (their notes start "truncated: ...")."""
+    return (AudioFileRow.status == "indexed") & AudioFileRow.error.startswith(TRUNCATED_NOTE, autoescape=True)
 
 
 def file_for_update(session: Session, path: str) -> AudioFileRow | None:

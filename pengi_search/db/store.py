@@ -13,67 +13,33 @@ Names that are not valid UTF-8 are stored without loss through an escape that ke
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
-from typing import Any
 
-import numpy as np
-from sqlalchemy import ColumnElement, Connection, Engine, bindparam, delete, func, select, update
+from sqlalchemy import Connection, Engine, delete, select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from ..chunking import chunked
-from ..pathnames import path_fields
 from .access import open_engine
 from .engine import WRITE_OPTION
-from .errors import StoreError, StoreMismatchError, store_error
-from .migrate import current_revision
-from .queries import (
-    IDS_PER_QUERY,
-    NO_SYNC,
-    decode_matrix,
-    encode_vector,
-    file_for_update,
-    paths_under,
-    text_vector_dim,
-)
-from .records import (
-    FILE_STATUSES,
-    TRUNCATED_NOTE,
-    VECTOR_KINDS,
-    EmbedderInfo,
-    FileRecord,
-    FileStamp,
-    IndexMeta,
-    ModelInfo,
-    ReplaceResult,
-    StoredAudio,
-    TextRecord,
-    VectorIndexInfo,
-    WindowDetails,
-    WindowInput,
-    check_vector_kind,
-)
+from .errors import StoreError, store_error
+from .index_meta import IndexBuild
+from .queries import IDS_PER_QUERY, NO_SYNC, encode_vector, file_for_update, is_truncated, paths_under, text_vector_dim
+from .reads import LibraryReads
+from .records import FileRecord, FileStamp, ReplaceResult, StoredAudio, WindowInput
 from .runs import RunJournal
-from .schema import (
-    AudioFileRow,
-    GeneratedTextRow,
-    IndexMetaRow,
-    RunRow,
-    VectorIndexRow,
-    WindowRow,
-    WindowVectorRow,
-)
+from .schema import AudioFileRow, GeneratedTextRow, WindowRow, WindowVectorRow
 from .urls import library_name, library_name_of_url
 
 
-class Store(RunJournal):
+class Store(RunJournal, LibraryReads, IndexBuild):
     """The pengi-search database. Open with `Store.open(db)`, close with `close()` or a `with` block.
 
-    The indexing runs' methods (`start_run`, `finish_run`, `runs`, ...) come from `pengi_search.db.runs`.
+    The indexing runs' methods (`start_run`, `finish_run`, `runs`, ...) come from `pengi_search.db.runs`, what search,
+    FAISS, `export` and `stats` read (`vectors`, `window_details`, ...) from `reads`, and the record of what builds
+    the index (`index_meta`, `check_compatible`, `vector_indexes`, ...) from `index_meta`.
     """
 
     def __init__(self, engine: Engine, *, read_only: bool = False, name: str | None = None) -> None:
@@ -159,7 +125,7 @@ class Store(RunJournal):
     def truncated_files(self) -> list[FileRecord]:
         """Indexed files that decode shorter than their header says (flagged "truncated: ..."), by path."""
         with self.session() as session:
-            rows = session.scalars(select(AudioFileRow).where(_truncated()).order_by(AudioFileRow.path))
+            rows = session.scalars(select(AudioFileRow).where(is_truncated()).order_by(AudioFileRow.path))
             return [row.to_record() for row in rows]
 
     def failed_files(self, limit: int | None = None) -> list[tuple[str, str]]:
@@ -302,253 +268,6 @@ class Store(RunJournal):
             result = session.execute(statement, execution_options=NO_SYNC)
             return result.rowcount
 
-    # -- windows and vectors ---------------------------------------------------------------------------------
-
-    def vector_ids(self, kind: str) -> np.ndarray:
-        """Sorted window ids (int64) that have a vector of `kind`: what the FAISS index must hold."""
-        check_vector_kind(kind)
-        with self.session() as session:
-            ids = session.scalars(
-                select(WindowVectorRow.window_id)
-                .where(WindowVectorRow.kind == kind)
-                .order_by(WindowVectorRow.window_id)
-            ).all()
-            return np.asarray(ids, dtype=np.int64)
-
-    def vectors(self, kind: str, ids: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(window ids int64 (n,), float32 matrix (n, d)) of `kind`, sorted by id; all, or only `ids`.
-
-        The vectors are as stored (not normalised). An empty result has shape (0, 0).
-        """
-        check_vector_kind(kind)
-        query = select(WindowVectorRow.window_id, WindowVectorRow.vector).where(WindowVectorRow.kind == kind)
-        with self.session() as session:
-            if ids is None:
-                rows = session.execute(query.order_by(WindowVectorRow.window_id).execution_options(yield_per=5000))
-                id_list, blobs = _unzip(rows)
-            else:
-                id_list, blobs = [], []
-                for chunk in chunked(sorted(set(int(i) for i in ids)), IDS_PER_QUERY):
-                    found, chunk_blobs = _unzip(session.execute(query.where(WindowVectorRow.window_id.in_(chunk))))
-                    id_list += found
-                    blobs += chunk_blobs
-                order = np.argsort(np.asarray(id_list, dtype=np.int64), kind="stable")
-                id_list, blobs = [id_list[i] for i in order], [blobs[i] for i in order]
-        return np.asarray(id_list, dtype=np.int64), decode_matrix(self.name, kind, blobs)
-
-    def window_details(self, window_ids: Iterable[int]) -> dict[int, WindowDetails]:
-        """Details of the given windows for showing search results; ids no longer in the database are left out.
-
-        Every search asks this for its candidates: two prepared SELECTs per chunk, no ORM objects."""
-        wanted = sorted({int(i) for i in window_ids if int(i) >= 0})
-        details: dict[int, WindowDetails] = {}
-        with self.reading() as connection:
-            for chunk in chunked(wanted, IDS_PER_QUERY):
-                texts: dict[int, list[TextRecord]] = {}
-                for window_id, *text in connection.execute(_TEXTS_OF_WINDOWS, {"ids": chunk}):
-                    texts.setdefault(window_id, []).append(TextRecord(*text))
-                for row in connection.execute(_WINDOWS_WITH_FILES, {"ids": chunk}):
-                    window_id, file_id, path, index, start_s, end_s, duration_s, fmt = row
-                    said = tuple(texts.get(window_id, ()))
-                    details[window_id] = WindowDetails(
-                        window_id, file_id, path, index, start_s, end_s, duration_s, fmt, said
-                    )
-        return details
-
-    def filter_window_ids(
-        self,
-        *,
-        under: str | None = None,
-        formats: Iterable[str] | None = None,
-        min_duration_s: float | None = None,
-        max_duration_s: float | None = None,
-    ) -> np.ndarray:
-        """Sorted ids (int64) of the windows of files matching all given filters (for a filtered search)."""
-        query = select(WindowRow.id).join(AudioFileRow, WindowRow.file_id == AudioFileRow.id).where(paths_under(under))
-        if formats is not None:
-            query = query.where(func.lower(AudioFileRow.format).in_([f.lower() for f in formats]))
-        if min_duration_s is not None:
-            query = query.where(AudioFileRow.duration_s >= min_duration_s)
-        if max_duration_s is not None:
-            query = query.where(AudioFileRow.duration_s <= max_duration_s)
-        with self.session() as session:
-            return np.asarray(session.scalars(query.order_by(WindowRow.id)).all(), dtype=np.int64)
-
-    def export_rows(self, under: str | None = None, *, page_size: int = 200) -> Iterator[dict[str, Any]]:
-        """One JSON-ready dict per file (ordered by path) with its windows and their texts; vectors left out.
-
-        Reads in pages inside one read transaction, so memory stays flat for large libraries.
-        """
-        with self.session() as session:
-            last_path: str | None = None
-            while True:
-                query = select(AudioFileRow).where(paths_under(under)).order_by(AudioFileRow.path).limit(page_size)
-                if last_path is not None:
-                    query = query.where(AudioFileRow.path > last_path)
-                page = session.scalars(
-                    query.options(selectinload(AudioFileRow.windows).selectinload(WindowRow.texts))
-                ).all()
-                if not page:
-                    return
-                for row in page:
-                    yield _export_row(row)
-                last_path = page[-1].path
-                session.expunge_all()
-
-    # -- model and embedder ----------------------------------------------------------------------------------
-
-    def index_meta(self) -> IndexMeta | None:
-        """The model and text embedder the index was built with; None before anything was indexed."""
-        with self.session() as session:
-            row = session.get(IndexMetaRow, 1)
-            return None if row is None else row.to_record()
-
-    def set_index_meta(self, model: ModelInfo, embedder: EmbedderInfo) -> None:
-        """Record what builds the index; raises StoreMismatchError when it was built with something else."""
-        with self.session(write=True) as session:
-            row = session.get(IndexMetaRow, 1, with_for_update=True)
-            now = datetime.now(timezone.utc)
-            if row is None:
-                session.add(IndexMetaRow.create(model, embedder, now))
-                return
-            self._raise_on_mismatch(row.to_record(), model, embedder)
-            row.updated_at = now
-
-    def check_compatible(self, model: ModelInfo | None, embedder: EmbedderInfo | None) -> None:
-        """Raise StoreMismatchError unless the index was built with this model and embedder.
-
-        None skips a part (a text query needs only the embedder to match); an empty index is compatible.
-        """
-        meta = self.index_meta()
-        if meta is not None:
-            self._raise_on_mismatch(meta, model, embedder)
-
-    def reset_index(self, model: ModelInfo, embedder: EmbedderInfo) -> int:
-        """Forget every window, text and vector, mark all files 'pending' and record the new model/embedder.
-
-        For a full re-index with another model or embedder; returns how many files must be indexed again.
-        """
-        with self.session(write=True) as session:
-            session.execute(delete(WindowRow), execution_options=NO_SYNC)
-            files = session.execute(
-                update(AudioFileRow).values(status="pending", error=None, indexed_at=None), execution_options=NO_SYNC
-            ).rowcount
-            # The row is kept, not made anew: its created_at is the library's identity (`library_id`).
-            now = datetime.now(timezone.utc)
-            row = session.get(IndexMetaRow, 1, with_for_update=True)
-            if row is None:
-                session.add(IndexMetaRow.create(model, embedder, now))
-            else:
-                row.record(model, embedder, now)
-            return files
-
-    # -- vector indexes --------------------------------------------------------------------------------------
-
-    def vector_indexes(self) -> dict[str, VectorIndexInfo]:
-        """What each kind's FAISS index is, as last built or brought in line (kinds never built are left out)."""
-        with self.session() as session:
-            return {row.kind: row.to_record() for row in session.scalars(select(VectorIndexRow))}
-
-    def record_vector_index(
-        self, kind: str, *, requested_type: str, effective_type: str | None, params: dict[str, Any], vectors: int
-    ) -> None:
-        """Record the index of `kind` just built or synced: the type asked for, the type built and its parameters."""
-        check_vector_kind(kind)
-        with self.session(write=True) as session:
-            row = session.get(VectorIndexRow, kind, with_for_update=True)
-            if row is None:
-                row = VectorIndexRow(kind=kind)
-                session.add(row)
-            row.requested_type, row.effective_type = requested_type, effective_type
-            row.params = json.dumps(params, sort_keys=True) if effective_type is not None else None
-            row.vectors, row.updated_at = vectors, datetime.now(timezone.utc)
-
-    def _raise_on_mismatch(self, meta: IndexMeta, model: ModelInfo | None, embedder: EmbedderInfo | None) -> None:
-        wrong = [
-            f"{theirs} but this run uses {ours}"
-            for ours, theirs in ((model, meta.model), (embedder, meta.embedder))
-            if ours is not None and ours != theirs
-        ]
-        if wrong:
-            raise StoreMismatchError(
-                self.name,
-                f"the index was built with {meta.model} and {meta.embedder}; {'; '.join(wrong)}. "
-                "Pass the model and embedder it was built with (--model), or re-index the library with the new "
-                "ones (a full re-index replaces every caption and vector).",
-            )
-
-    # -- statistics ---------------------------------------------------------------------------------
-
-    def stats(self) -> dict[str, Any]:
-        """JSON-ready counts: files by status, truncated files, windows, texts, vectors by kind, audio hours, model,
-        last run."""
-        with self.session() as session:
-            by_status = dict(
-                session.execute(select(AudioFileRow.status, func.count()).group_by(AudioFileRow.status)).all()
-            )
-            by_kind = dict(
-                session.execute(select(WindowVectorRow.kind, func.count()).group_by(WindowVectorRow.kind)).all()
-            )
-            duration = session.scalar(select(func.sum(AudioFileRow.duration_s)).where(AudioFileRow.status == "indexed"))
-            truncated = session.scalar(select(func.count()).select_from(AudioFileRow).where(_truncated()))
-            meta = session.get(IndexMetaRow, 1)
-            last_run = session.scalars(select(RunRow).order_by(RunRow.id.desc()).limit(1)).first()
-            revision = current_revision(session.connection())
-            return {
-                "database": self.url,
-                "schema_revision": revision,
-                "files": {"total": sum(by_status.values()), **{s: by_status.get(s, 0) for s in FILE_STATUSES}},
-                "truncated_files": truncated,
-                "windows": session.scalar(select(func.count()).select_from(WindowRow)),
-                "texts": session.scalar(select(func.count()).select_from(GeneratedTextRow)),
-                "vectors": {kind: by_kind.get(kind, 0) for kind in VECTOR_KINDS},
-                "indexed_audio_s": float(duration or 0.0),
-                "model": None if meta is None else meta.to_record().to_json(),
-                "last_run": None if last_run is None else last_run.to_record().to_json(),
-            }
-
-
-def _truncated() -> ColumnElement[bool]:
-    return (AudioFileRow.status == "indexed") & AudioFileRow.error.startswith(TRUNCATED_NOTE, autoescape=True)
-
-
-def _unzip(rows: Iterable[Any]) -> tuple[list[int], list[bytes]]:
-    ids: list[int] = []
-    blobs: list[bytes] = []
-    for window_id, blob in rows:
-        ids.append(window_id)
-        blobs.append(blob)
-    return ids, blobs
-
-
-# `window_details`' statements, built once: their id lists are bound whole (no per-id work per search).
-_TEXTS_OF_WINDOWS = (
-    select(
-        GeneratedTextRow.window_id,
-        GeneratedTextRow.prompt,
-        GeneratedTextRow.text,
-        GeneratedTextRow.score,
-        GeneratedTextRow.mode,
-        GeneratedTextRow.decoding,
-    )
-    .where(GeneratedTextRow.window_id.in_(bindparam("ids", expanding=True)))
-    .order_by(GeneratedTextRow.window_id, GeneratedTextRow.id)  # the order of the window_id index: no sort
-)
-_WINDOWS_WITH_FILES = (
-    select(
-        WindowRow.id,
-        WindowRow.file_id,
-        AudioFileRow.path,
-        WindowRow.index,
-        WindowRow.start_s,
-        WindowRow.end_s,
-        AudioFileRow.duration_s,
-        AudioFileRow.format,
-    )
-    .join(AudioFileRow, WindowRow.file_id == AudioFileRow.id)
-    .where(WindowRow.id.in_(bindparam("ids", expanding=True)))
-)
-
 
 def _window_row(path: str, window: WindowInput, text_dim: int | None) -> WindowRow:
     where = f"{path} window {window.index}"
@@ -570,23 +289,3 @@ def _check_unique_indexes(path: str, windows: Sequence[WindowInput]) -> None:
     indexes = [window.index for window in windows]
     if len(set(indexes)) != len(indexes):
         raise StoreError(path, f"window indexes repeat: {sorted(indexes)}")
-
-
-def _export_row(row: AudioFileRow) -> dict[str, Any]:
-    record = row.to_record()
-    data = path_fields(record.path) | {
-        name: getattr(record, name) for name in record.__dataclass_fields__ if name not in ("id", "run_id", "path")
-    }
-    data["indexed_at"] = None if record.indexed_at is None else record.indexed_at.isoformat()
-    data["notes"] = record.notes.splitlines() if record.notes else []
-    data["truncated"] = record.truncated is not None
-    data["windows"] = [
-        {
-            "index": window.index,
-            "start_s": window.start_s,
-            "end_s": window.end_s,
-            "texts": [dataclasses.asdict(text.to_record()) for text in window.texts],
-        }
-        for window in row.windows
-    ]
-    return data

@@ -30,9 +30,9 @@ from .datasets import CaptionedFile, CaptionSet, left_out
 from .metrics import average_precision_at_k, mean, recall_at_k
 
 if TYPE_CHECKING:
-    from ..download import Notify
     from ..embedders import TextEmbedder
     from ..library import Library
+    from ..messages import Notify
 
 RECALL_KS = (1, 5, 10)
 AP_K = 10

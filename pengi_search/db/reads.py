@@ -1,0 +1,210 @@
+"""What the library's readers ask of the store: the vectors FAISS indexes are built from, the details and filters
+of search hits, every file for `export`, and the counts of `stats`. Nothing here writes; searches read hit details
+through plain connections (`Store.reading`), the rest through the store's read sessions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Connection, bindparam, func, select
+from sqlalchemy.orm import Session, selectinload
+
+from ..chunking import chunked
+from ..pathnames import path_fields
+from .migrate import current_revision
+from .queries import IDS_PER_QUERY, decode_matrix, is_truncated, paths_under
+from .records import FILE_STATUSES, VECTOR_KINDS, TextRecord, WindowDetails, check_vector_kind
+from .schema import AudioFileRow, GeneratedTextRow, IndexMetaRow, RunRow, WindowRow, WindowVectorRow
+
+
+class LibraryReads:
+    """The reading methods of `Store` for search, FAISS, `export` and `stats` (mixed in; each one read transaction)."""
+
+    name: str
+    url: str
+    session: Callable[..., AbstractContextManager[Session]]
+    reading: Callable[[], AbstractContextManager[Connection]]
+
+    def vector_ids(self, kind: str) -> np.ndarray:
+        """Sorted window ids (int64) that have a vector of `kind`: what the FAISS index must hold."""
+        check_vector_kind(kind)
+        with self.session() as session:
+            ids = session.scalars(
+                select(WindowVectorRow.window_id)
+                .where(WindowVectorRow.kind == kind)
+                .order_by(WindowVectorRow.window_id)
+            ).all()
+            return np.asarray(ids, dtype=np.int64)
+
+    def vectors(self, kind: str, ids: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(window ids int64 (n,), float32 matrix (n, d)) of `kind`, sorted by id; all, or only `ids`.
+
+        The vectors are as stored (not normalised). An empty result has shape (0, 0).
+        """
+        check_vector_kind(kind)
+        query = select(WindowVectorRow.window_id, WindowVectorRow.vector).where(WindowVectorRow.kind == kind)
+        with self.session() as session:
+            if ids is None:
+                rows = session.execute(query.order_by(WindowVectorRow.window_id).execution_options(yield_per=5000))
+                id_list, blobs = _unzip(rows)
+            else:
+                id_list, blobs = [], []
+                for chunk in chunked(sorted(set(int(i) for i in ids)), IDS_PER_QUERY):
+                    found, chunk_blobs = _unzip(session.execute(query.where(WindowVectorRow.window_id.in_(chunk))))
+                    id_list += found
+                    blobs += chunk_blobs
+                order = np.argsort(np.asarray(id_list, dtype=np.int64), kind="stable")
+                id_list, blobs = [id_list[i] for i in order], [blobs[i] for i in order]
+        return np.asarray(id_list, dtype=np.int64), decode_matrix(self.name, kind, blobs)
+
+    def window_details(self, window_ids: Iterable[int]) -> dict[int, WindowDetails]:
+        """Details of the given windows for showing search results; ids no longer in the database are left out.
+
+        Every search asks this for its candidates: two prepared SELECTs per chunk, no ORM objects."""
+        wanted = sorted({int(i) for i in window_ids if int(i) >= 0})
+        details: dict[int, WindowDetails] = {}
+        with self.reading() as connection:
+            for chunk in chunked(wanted, IDS_PER_QUERY):
+                texts: dict[int, list[TextRecord]] = {}
+                for window_id, *text in connection.execute(_TEXTS_OF_WINDOWS, {"ids": chunk}):
+                    texts.setdefault(window_id, []).append(TextRecord(*text))
+                for row in connection.execute(_WINDOWS_WITH_FILES, {"ids": chunk}):
+                    window_id, file_id, path, index, start_s, end_s, duration_s, fmt = row
+                    said = tuple(texts.get(window_id, ()))
+                    details[window_id] = WindowDetails(
+                        window_id, file_id, path, index, start_s, end_s, duration_s, fmt, said
+                    )
+        return details
+
+    def filter_window_ids(
+        self,
+        *,
+        under: str | None = None,
+        formats: Iterable[str] | None = None,
+        min_duration_s: float | None = None,
+        max_duration_s: float | None = None,
+    ) -> np.ndarray:
+        """Sorted ids (int64) of the windows of files matching all given filters (for a filtered search)."""
+        query = select(WindowRow.id).join(AudioFileRow, WindowRow.file_id == AudioFileRow.id).where(paths_under(under))
+        if formats is not None:
+            query = query.where(func.lower(AudioFileRow.format).in_([f.lower() for f in formats]))
+        if min_duration_s is not None:
+            query = query.where(AudioFileRow.duration_s >= min_duration_s)
+        if max_duration_s is not None:
+            query = query.where(AudioFileRow.duration_s <= max_duration_s)
+        with self.session() as session:
+            return np.asarray(session.scalars(query.order_by(WindowRow.id)).all(), dtype=np.int64)
+
+    def export_rows(self, under: str | None = None, *, page_size: int = 200) -> Iterator[dict[str, Any]]:
+        """One JSON-ready dict per file (ordered by path) with its windows and their texts; vectors left out.
+
+        Reads in pages inside one read transaction, so memory stays flat for large libraries.
+        """
+        with self.session() as session:
+            last_path: str | None = None
+            while True:
+                query = select(AudioFileRow).where(paths_under(under)).order_by(AudioFileRow.path).limit(page_size)
+                if last_path is not None:
+                    query = query.where(AudioFileRow.path > last_path)
+                page = session.scalars(
+                    query.options(selectinload(AudioFileRow.windows).selectinload(WindowRow.texts))
+                ).all()
+                if not page:
+                    return
+                for row in page:
+                    yield _export_row(row)
+                last_path = page[-1].path
+                session.expunge_all()
+
+    # -- statistics ---------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """JSON-ready counts: files by status, truncated files, windows, texts, vectors by kind, audio hours, model,
+        last run."""
+        with self.session() as session:
+            by_status = dict(
+                session.execute(select(AudioFileRow.status, func.count()).group_by(AudioFileRow.status)).all()
+            )
+            by_kind = dict(
+                session.execute(select(WindowVectorRow.kind, func.count()).group_by(WindowVectorRow.kind)).all()
+            )
+            duration = session.scalar(select(func.sum(AudioFileRow.duration_s)).where(AudioFileRow.status == "indexed"))
+            truncated = session.scalar(select(func.count()).select_from(AudioFileRow).where(is_truncated()))
+            meta = session.get(IndexMetaRow, 1)
+            last_run = session.scalars(select(RunRow).order_by(RunRow.id.desc()).limit(1)).first()
+            revision = current_revision(session.connection())
+            return {
+                "database": self.url,
+                "schema_revision": revision,
+                "files": {"total": sum(by_status.values()), **{s: by_status.get(s, 0) for s in FILE_STATUSES}},
+                "truncated_files": truncated,
+                "windows": session.scalar(select(func.count()).select_from(WindowRow)),
+                "texts": session.scalar(select(func.count()).select_from(GeneratedTextRow)),
+                "vectors": {kind: by_kind.get(kind, 0) for kind in VECTOR_KINDS},
+                "indexed_audio_s": float(duration or 0.0),
+                "model": None if meta is None else meta.to_record().to_json(),
+                "last_run": None if last_run is None else last_run.to_record().to_json(),
+            }
+
+
+def _unzip(rows: Iterable[Any]) -> tuple[list[int], list[bytes]]:
+    ids: list[int] = []
+    blobs: list[bytes] = []
+    for window_id, blob in rows:
+        ids.append(window_id)
+        blobs.append(blob)
+    return ids, blobs
+
+
+# `window_details`' statements, built once: their id lists are bound whole (no per-id work per search).
+_TEXTS_OF_WINDOWS = (
+    select(
+        GeneratedTextRow.window_id,
+        GeneratedTextRow.prompt,
+        GeneratedTextRow.text,
+        GeneratedTextRow.score,
+        GeneratedTextRow.mode,
+        GeneratedTextRow.decoding,
+    )
+    .where(GeneratedTextRow.window_id.in_(bindparam("ids", expanding=True)))
+    .order_by(GeneratedTextRow.window_id, GeneratedTextRow.id)  # the order of the window_id index: no sort
+)
+_WINDOWS_WITH_FILES = (
+    select(
+        WindowRow.id,
+        WindowRow.file_id,
+        AudioFileRow.path,
+        WindowRow.index,
+        WindowRow.start_s,
+        WindowRow.end_s,
+        AudioFileRow.duration_s,
+        AudioFileRow.format,
+    )
+    .join(AudioFileRow, WindowRow.file_id == AudioFileRow.id)
+    .where(WindowRow.id.in_(bindparam("ids", expanding=True)))
+)
+
+
+def _export_row(row: AudioFileRow) -> dict[str, Any]:
+    record = row.to_record()
+    data = path_fields(record.path) | {
+        name: getattr(record, name) for name in record.__dataclass_fields__ if name not in ("id", "run_id", "path")
+    }
+    data["indexed_at"] = None if record.indexed_at is None else record.indexed_at.isoformat()
+    data["notes"] = record.notes.splitlines() if record.notes else []
+    data["truncated"] = record.truncated is not None
+    data["windows"] = [
+        {
+            "index": window.index,
+            "start_s": window.start_s,
+            "end_s": window.end_s,
+            "texts": [dataclasses.asdict(text.to_record()) for text in window.texts],
+        }
+        for window in row.windows
+    ]
+    return data
