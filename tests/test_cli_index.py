@@ -288,7 +288,7 @@ def test_another_model_is_refused_in_one_line(tiny_model_dir, sounds, tmp_path):
 
 def test_stats_gives_a_sqlite_files_size_and_no_size_for_a_server_database():
     """A server's database has no file of its own: no "(no file)" after its URL."""
-    from pengi_search.cli.index import _database_line
+    from pengi_search.cli.library import _database_line
 
     assert _database_line("sqlite:////lib/index.db", 2048) == "database: sqlite:////lib/index.db (2.0 KB)"
     server = "postgresql+psycopg://me:***@db.example/pengi"

@@ -140,7 +140,7 @@ def test_export_to_a_full_disk_keeps_the_old_file_and_leaves_no_partial_one(tiny
         stream.flush()
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("pengi_search.cli.index._write_rows", rows_then_full)
+    monkeypatch.setattr("pengi_search.cli.library._write_rows", rows_then_full)
     result = CliRunner().invoke(app, ["export", "--db", str(db), "-o", str(out)])
     assert result.exit_code == EXIT_FAILED
     assert result.stderr.splitlines() == [f"error: {out}: cannot write (no space left on device)"]

@@ -1,4 +1,5 @@
-"""Evaluation during training: the validation loss, task metrics and sample generations.
+"""Evaluation during training: the validation loss, task metrics and sample generations, and the metric that
+picks the best model.
 
 Task metrics are for label-style tasks (every task but the free-text ones: caption, qa, metadata, music
 analysis): `accuracy`, the share of generated answers that equal the reference (case and spacing aside), and
@@ -13,7 +14,7 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +27,10 @@ from pengi_search.tokenization import Tokenizers
 from trainer.data import Example, example_loader
 from trainer.distributed import Processes, sum_across
 from trainer.objective import AnswerNll, encode_batch
+
+if TYPE_CHECKING:  # `run_data` builds its rows with this module's `label_sets` and `sample_rows`
+    from trainer.config import TrainConfig
+    from trainer.run_data import RunData
 
 FREE_TEXT_TASKS = frozenset({"caption", "qa", "metadata", "music_analysis"})
 
@@ -228,3 +233,76 @@ def sample_generations(
         {"audio": str(examples[row].audio), "prompt": prompt, "answer": examples[row].answer, "generated": text}
         for row, prompt, text in zip(kept, prompts, generated, strict=True)
     ]
+
+
+# --- One evaluation of a run --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation during a run: what metrics.jsonl records of it, and the generations it shows."""
+
+    record: dict[str, Any]  # val_loss, tokens, skipped (with a validation set); the label metrics (rank 0)
+    samples: list[dict[str, Any]] | None  # rank 0's sample generations; None: none asked for, or another rank
+
+
+def evaluate_run(
+    loss_module: AnswerNll,
+    tokenizers: Tokenizers,
+    data: RunData,
+    config: TrainConfig,
+    processes: Processes,
+    *,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+    failed: Callable[[list[tuple[int, str]]], None],
+) -> Evaluation:
+    """Every process computes its share of the validation loss, then rank 0 alone generates (label metrics,
+    samples). `failed` is given, on every process, its validation rows whose audio failed ((row, reason)) before
+    rank 0 generates, so that the run says them then. The model must be in eval mode."""
+    record: dict[str, Any] = {}
+    if data.val_set is not None:
+        result = validation_loss(
+            loss_module,
+            data.val_set,
+            tokenizers,
+            processes,
+            batch_size=config.data.batch_size,
+            num_workers=0 if data.cached else config.data.num_workers,
+            max_answer_tokens=config.data.max_answer_tokens,
+            audio_shape=data.audio_shape,
+            autocast=autocast,
+        )
+        record.update(val_loss=result.loss, tokens=result.tokens, skipped=result.skipped)
+        failed(result.failed)
+    if not processes.main:
+        return Evaluation(record, None)
+    engine = Engine(loss_module.model, tokenizers, processes.device, batch_size=config.data.batch_size)
+    cached, beam, max_len = data.cached, config.evaluation.beam, config.evaluation.max_len
+    if data.val_set is not None:
+        metrics = label_metrics(
+            engine,
+            data.val_set,
+            data.eval_rows,
+            data.candidates,
+            cached=cached,
+            beam=beam,
+            max_len=max_len,
+            top_k=config.evaluation.top_k,
+        )
+        record.update(metrics.to_dict() if metrics is not None else {})
+    samples = None
+    if config.evaluation.samples:
+        rows = data.sample_rows
+        samples = sample_generations(engine, data.sample_set, rows, cached=cached, beam=beam, max_len=max_len)
+    return Evaluation(record, samples)
+
+
+def best_metric(configured: str, data: RunData) -> str | None:
+    """What picks the best model: the configured metric; `auto` is accuracy when there are label rows. None without
+    a validation set."""
+    if data.val_set is None:
+        return None
+    if configured != "auto":
+        return configured
+    labelled = any(is_label_task(data.val_set.examples[row]) for row in data.eval_rows)
+    return "accuracy" if labelled else "val_loss"

@@ -4,12 +4,15 @@ from any of its checkpoints afterwards (`pengi-search train export CHECKPOINT`).
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pengi_search.checkpoint import CheckpointError
 from pengi_search.model import Pengi
+from pengi_search.model_dir import is_model_dir
+from pengi_search.paths import as_typed
 from pengi_search.tokenization import Tokenizers
 from trainer.checkpoint_files import run_folder
 from trainer.config import config_from_dict
@@ -34,6 +37,18 @@ def export_model(
     `trained` in its config.json (`ModelDir.trained_tasks` reads them: `describe` asks a model what it learnt)."""
     trained = {"steps": step, "tasks": None if tasks is None else list(tasks), "config": config, **(extra or {})}
     return model.save_pretrained(directory, tokenizers=tokenizers, extra={"trained": trained})
+
+
+def finished_run_models(output_dir: Path, checkpoint: Path) -> tuple[Path | None, str]:
+    """A finished run's model directory (None: it has none), and where its models are in words, the paths as the
+    user would type them here: its model and best model, or the `train export` that writes one from `checkpoint`."""
+    model_dir = output_dir / MODEL_DIR
+    if not is_model_dir(model_dir):
+        return None, f"`pengi-search train export {shlex.quote(str(as_typed(checkpoint)))}` writes its model"
+    where = f"its model is in {as_typed(model_dir)}"
+    if (output_dir / BEST_MODEL_DIR).is_dir():
+        where += f" (the best evaluation's in {as_typed(output_dir / BEST_MODEL_DIR)})"
+    return model_dir, where
 
 
 def export_checkpoint(checkpoint: Path, output: Path | None = None) -> Path:

@@ -15,7 +15,6 @@ import contextlib
 import functools
 import itertools
 import logging
-import shlex
 import time
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
@@ -26,20 +25,14 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
-from pengi_search.checkpoint import CheckpointError
 from pengi_search.consoles import Console, make_console
 from pengi_search.errors import PengiSearchError
-from pengi_search.inference import Engine
 from pengi_search.messages import print_warning
 from pengi_search.model import Pengi
-from pengi_search.model_dir import is_model_dir
 from pengi_search.paths import as_typed
 from pengi_search.tokenization import Tokenizers
 from pengi_search.units import count_text
 from trainer.checkpoint_files import (
-    BEST_CHECKPOINT,
-    CHECKPOINT_DIR,
-    checkpoint_path,
     checkpoint_to_resume,
 )
 from trainer.config import ConfigError, TrainConfig
@@ -54,8 +47,8 @@ from trainer.distributed import (
     sum_across,
     wait_for_all,
 )
-from trainer.evaluation import is_label_task, label_metrics, sample_generations, validation_loss
-from trainer.export import BEST_MODEL_DIR, MODEL_DIR, export_model
+from trainer.evaluation import best_metric, evaluate_run
+from trainer.export import BEST_MODEL_DIR, MODEL_DIR, export_model, finished_run_models
 from trainer.model_setup import (
     apply_freezing,
     build_model,
@@ -75,6 +68,7 @@ from trainer.reporting import (
     RateWindow,
     SkippedClips,
     TrainingProgress,
+    report_evaluation,
     write_plot,
 )
 from trainer.resume_plan import (
@@ -82,25 +76,14 @@ from trainer.resume_plan import (
     RunRecord,
     check_resume,
     check_steps,
-    finished_by_length,
+    finished_at,
     read_run_record,
     resume_point,
 )
 from trainer.run_data import prepare_data, quiet
 from trainer.sampling import ResumableSampler
-from trainer.state import (
-    Position,
-    capture_rng,
-    load_model_state,
-    model_state,
-    resident,
-    restore_rng,
-    save_checkpoint,
-    seed_everything,
-)
+from trainer.state import Position, RunCheckpoints, restore_rng, seed_everything
 from trainer.stopping import BestTracker, InterruptRequest
-
-SHOWN = ("val_loss", "accuracy", "loglik_accuracy", "loglik_top_k")  # what an evaluation prints
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +163,7 @@ class Trainer:
         self.frozen = apply_freezing(self.model, config.freeze)
         if config.model.dropout is not None:
             set_dropout(self.model, config.model.dropout)
-        self.fingerprint = frozen_fingerprint(self.model)
+        fingerprint = frozen_fingerprint(self.model)
         self.model.to(self.device)
         cached = caches_features(config, self.model)
         self.loss_module = AnswerNll(self.model, cached=cached)
@@ -205,7 +188,18 @@ class Trainer:
         self.position = Position()
         self.interval = Interval()
         self.rate = RateWindow()
-        self.best = BestTracker(self._metric(), config.evaluation.patience)
+        self.best = BestTracker(best_metric(config.evaluation.metric, self.data), config.evaluation.patience)
+        self.checkpoints = RunCheckpoints(
+            config,
+            processes,
+            self.model,
+            self.optimization,
+            self.best,
+            fingerprint=fingerprint,
+            train_examples=len(self.data.train_set),
+            tasks=self.data.tasks,
+            total_steps=self.total_steps,
+        )
         self.evaluated_at: int | None = None  # the step of the last evaluation
         self.skips = SkippedClips(self.console if processes.main else None)  # said even with --quiet
         self.skips.note(self.data.skipped_at_caching)
@@ -239,29 +233,14 @@ class Trainer:
             )
         self.total_steps = self.config.total_steps(self.steps_per_epoch)
 
-    def _metric(self) -> str | None:
-        """What picks the best model: the configured metric; `auto` is accuracy when there are label rows."""
-        if self.data.val_set is None:
-            return None
-        metric = self.config.evaluation.metric
-        if metric != "auto":
-            return metric
-        labelled = any(is_label_task(self.data.val_set.examples[row]) for row in self.data.eval_rows)
-        return "accuracy" if labelled else "val_loss"
-
     def resume(self, record: RunRecord, length_change: str | None = None) -> None:
         """Load a checkpoint of this run (`check_resume` checked the configuration is its run's, or says in
         `length_change` how its length changed); the loop then continues exactly where it was written."""
         path = record.checkpoint
-        if not self.config.checkpoints.full_model and record.payload["frozen_fingerprint"] != self.fingerprint:
-            raise CheckpointError(path, "the frozen weights differ from those this run started with")
-        load_model_state(self.model, record.payload["model"], path)  # copied into the model's own tensors
-        payload = resident({key: value for key, value in record.payload.items() if key != "model"})
-        self.optimization.restore(payload, path)
+        payload = self.checkpoints.load(record.payload, path)
         self.position = record.position
-        self.best.restore(payload.get("best", {}))
         self._say(length_change)
-        self.finished = self._finished()
+        self.finished = finished_at(self.position.step, self.total_steps, self.config.optimization, self.best)
         if self.finished is not None:
             return  # before the metrics log is touched: a finished run stays as it is
         if payload["train_examples"] != len(self.data.train_set):
@@ -286,35 +265,12 @@ class Trainer:
         if message is not None and self.processes.main:
             self.console.print(message, soft_wrap=True, markup=False, highlight=False)
 
-    def _finished(self) -> tuple[str, str] | None:
-        """Why a run resumed here has nothing left to train (and how to train on), or None.
-
-        Its length is the run's own, or the new one given with --set (`check_resume`); `evaluation.patience` may
-        be raised in the configuration."""
-        step = self.position.step
-        if (by_length := finished_by_length(step, self.total_steps, self.config.optimization)) is not None:
-            return by_length
-        if self.best.exhausted:
-            return (
-                f"at step {step} (early stop: no better {self.best.metric} in {self.best.since_best} evaluations, "
-                f"evaluation.patience {self.best.patience})",
-                "raise evaluation.patience and resume again",
-            )
-        return None
-
     def already_finished(self, checkpoint: Path) -> TrainingResult:
         """Resumed at the run's end (`finished`): say so, where its model is and how to train on; write nothing."""
         where, how = self.finished
-        folder = self.config.output_dir
-        model_dir = folder / MODEL_DIR if is_model_dir(folder / MODEL_DIR) else None
-        if model_dir is not None:
-            model = f"its model is in {as_typed(model_dir)}"
-            if (folder / BEST_MODEL_DIR).is_dir():
-                model += f" (the best evaluation's in {as_typed(folder / BEST_MODEL_DIR)})"
-        else:
-            model = f"`pengi-search train export {shlex.quote(str(as_typed(checkpoint)))}` writes its model"
+        model_dir, models = finished_run_models(self.config.output_dir, checkpoint)
         # Even with --quiet: it is the run's only outcome.
-        self._say(f"the run already finished {where}: nothing was trained or written; {model}. To train on, {how}")
+        self._say(f"the run already finished {where}: nothing was trained or written; {models}. To train on, {how}")
         return TrainingResult(self.model, self.tokenizers, model_dir, self.position.step, main=self.processes.main)
 
     # --- Loop --------------------------------------------------------------------------------------------------
@@ -456,34 +412,20 @@ class Trainer:
         self._say_skipped()
 
     def _evaluate(self) -> None:
-        self.evaluated_at = self.position.step
+        self.evaluated_at = step = self.position.step
         self.model.eval()
-        step, evaluation, data = self.position.step, self.config.evaluation, self.data
-        record: dict[str, Any] = {}
-        if data.val_set is not None:
-            result = validation_loss(
-                self.loss_module,
-                data.val_set,
-                self.tokenizers,
-                self.processes,
-                batch_size=self.config.data.batch_size,
-                num_workers=0 if data.cached else self.config.data.num_workers,
-                max_answer_tokens=self.config.data.max_answer_tokens,
-                audio_shape=data.audio_shape,
-                autocast=self._autocast,
-            )
-            record.update(val_loss=result.loss, tokens=result.tokens, skipped=result.skipped)
-            self._note_skipped(data.val_set, result.failed)
-            self._say_skipped()
-        if self.processes.main:
-            engine = Engine(self.model, self.tokenizers, self.device, batch_size=self.config.data.batch_size)
-            record.update(self._label_metrics(engine))
-            self._samples(engine)
-        if data.val_set is not None:
-            self.metrics.write("eval", step=step, **record)
-            shown = ", ".join(f"{key.replace('_', ' ')} {record[key]:.4f}" for key in SHOWN if key in record)
-            self.progress.print(f"step {step}: {shown}")
-        improved = self.processes.main and self.best.update(step, record.get(self.best.metric))
+        evaluation = evaluate_run(
+            self.loss_module,
+            self.tokenizers,
+            self.data,
+            self.config,
+            self.processes,
+            autocast=self._autocast,
+            failed=self._say_failed_validation,
+        )
+        validated = evaluation.record if self.data.val_set is not None else None
+        report_evaluation(self.metrics, self.progress, step, validated, evaluation.samples)
+        improved = self.processes.main and self.best.update(step, evaluation.record.get(self.best.metric))
         exhausted = self.processes.main and self.best.exhausted
         improved_flag, exhausted_flag = sum_across(self.processes, [float(improved), float(exhausted)])
         if improved_flag and self.config.checkpoints.keep_best:
@@ -491,68 +433,23 @@ class Trainer:
         if exhausted_flag:
             self.stopped_early = True
             self.metrics.write("early_stop", step=step, **self.best.state())
-            self.progress.print(f"early stop: no better {self.best.metric} in {evaluation.patience} evaluations")
+            patience = self.config.evaluation.patience
+            self.progress.print(f"early stop: no better {self.best.metric} in {patience} evaluations")
         set_train_mode(self.model, self.frozen, self.config.freeze)
 
-    def _label_metrics(self, engine: Engine) -> dict[str, float]:
-        if self.data.val_set is None:
-            return {}
-        evaluation = self.config.evaluation
-        metrics = label_metrics(
-            engine,
-            self.data.val_set,
-            self.data.eval_rows,
-            self.data.candidates,
-            cached=self.data.cached,
-            beam=evaluation.beam,
-            max_len=evaluation.max_len,
-            top_k=evaluation.top_k,
-        )
-        return metrics.to_dict() if metrics is not None else {}
-
-    def _samples(self, engine: Engine) -> None:
-        evaluation = self.config.evaluation
-        if not evaluation.samples:
-            return
-        samples = sample_generations(
-            engine,
-            self.data.sample_set,
-            self.data.sample_rows,
-            cached=self.data.cached,
-            beam=evaluation.beam,
-            max_len=evaluation.max_len,
-        )
-        self.metrics.write("samples", step=self.position.step, samples=samples)
-        for sample in samples:
-            shown = f"{sample['prompt']!r} -> {sample['generated']!r}"
-            self.progress.print(f"  {shown} (reference {sample['answer']!r})")
+    def _say_failed_validation(self, failed: list[tuple[int, str]]) -> None:
+        assert self.data.val_set is not None  # only a validation set has rows to fail
+        self._note_skipped(self.data.val_set, failed)
+        self._say_skipped()
 
     def _checkpoint(self, best: bool = False) -> None:
-        rng = gather_objects(self.processes, capture_rng(self.device))
+        path = self.checkpoints.write(self.position, best=best)  # every process joins: its random streams
         if not best:
             self.last_checkpoint = self.position.step  # on every process: they decide together on a final one
-        if not self.processes.main:
-            return
-        folder = self.config.output_dir
-        path = folder / CHECKPOINT_DIR / BEST_CHECKPOINT if best else checkpoint_path(folder, self.position.step)
-        payload = {
-            "position": self.position.to_dict(),
-            "model": model_state(self.model, self.config.checkpoints.full_model),
-            "frozen_fingerprint": self.fingerprint,
-            **self.optimization.state(),
-            "rng": rng,
-            "data": {"seed": self.config.seed, "epoch": self.position.epoch},
-            "train_examples": len(self.data.train_set),
-            "tasks": list(self.data.tasks),
-            "total_steps": self.total_steps,
-            "best": self.best.state(),
-            "config": self.config.to_dict(),
-        }
+        if path is None:
+            return  # another process than rank 0, which alone writes
         if best:
-            save_checkpoint(path, payload, keep=None)
-            self._export(folder / BEST_MODEL_DIR, best=True)
-        else:
-            save_checkpoint(path, payload, keep=self.config.checkpoints.keep)
+            self._export(self.config.output_dir / BEST_MODEL_DIR, best=True)
         self.metrics.write("best" if best else "checkpoint", step=self.position.step, path=str(path))
 
     def _export(self, directory: Path, best: bool = False) -> Path:

@@ -23,6 +23,7 @@ from pengi_search.progress import CountColumn, per_second
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "metrics.png"
 RATE_WINDOW_STEPS = 50
+SHOWN = ("val_loss", "accuracy", "loglik_accuracy", "loglik_top_k")  # what an evaluation prints of its record
 
 
 class Interval:
@@ -86,6 +87,26 @@ class MetricsLog:
             return
         kept = [line for line in self.path.read_text(encoding="utf-8").splitlines() if _step(line) <= step]
         self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def report_evaluation(
+    metrics: MetricsLog,
+    progress: TrainingProgress,
+    step: int,
+    record: dict[str, Any] | None,
+    samples: list[dict[str, Any]] | None,
+) -> None:
+    """What an evaluation logs and prints: its sample generations (None: none made here), then its `record` (None:
+    the run has no validation set, so nothing to record)."""
+    if samples is not None:
+        metrics.write("samples", step=step, samples=samples)
+        for sample in samples:
+            shown = f"{sample['prompt']!r} -> {sample['generated']!r}"
+            progress.print(f"  {shown} (reference {sample['answer']!r})")
+    if record is not None:
+        metrics.write("eval", step=step, **record)
+        shown = ", ".join(f"{key.replace('_', ' ')} {record[key]:.4f}" for key in SHOWN if key in record)
+        progress.print(f"step {step}: {shown}")
 
 
 def write_plot(metrics: Path, out: Path) -> Path | None:

@@ -34,6 +34,7 @@ from pengi_search.paths import as_typed
 from pengi_search.units import count_text
 from trainer.config import ConfigError, OptimizationSection, TrainConfig
 from trainer.state import Position, load_checkpoint
+from trainer.stopping import BestTracker
 
 LENGTH = ("optimization.max_steps", "optimization.epochs")
 # The run's length, its learning-rate schedule (the optimizer keeps the rates and decay it began with), and what
@@ -187,6 +188,21 @@ def finished_by_length(step: int, total: int, optimization: OptimizationSection)
         f"at step {step} (optimization.epochs {optimization.epochs}: {total} steps)",
         "resume with more optimization.epochs (or an optimization.max_steps), given with --set",
     )
+
+
+def finished_at(step: int, total: int, optimization: OptimizationSection, best: BestTracker) -> tuple[str, str] | None:
+    """Why a run resumed at `step` of `total` has nothing left to train, and how to train it on: its length (the
+    run's, or a new one given with --set) is reached, or early stopping's patience is spent (it may be raised in
+    the configuration). None while it has."""
+    if (by_length := finished_by_length(step, total, optimization)) is not None:
+        return by_length
+    if best.exhausted:
+        return (
+            f"at step {step} (early stop: no better {best.metric} in {best.since_best} evaluations, "
+            f"evaluation.patience {best.patience})",
+            "raise evaluation.patience and resume again",
+        )
+    return None
 
 
 def _setting(config: dict[str, Any], dotted: str) -> Any:

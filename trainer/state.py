@@ -3,14 +3,16 @@
 One file per checkpoint, `<output_dir>/checkpoints/step-00001000.pt`, written atomically by rank 0: the model
 weights that training changes (or all of them), the optimizer, scheduler and gradient scaler states, the position
 in the data (step, epoch, micro-batches read in the epoch) and every process's random number generators.
+`RunCheckpoints` writes them and reads them back.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,7 +21,20 @@ from torch import nn
 from pengi_search.checkpoint import CheckpointError, load_torch_file
 from pengi_search.paths import named
 from pengi_search.written_aside import written_aside
-from trainer.checkpoint_files import existing_checkpoint, list_checkpoints
+from trainer.checkpoint_files import (
+    BEST_CHECKPOINT,
+    CHECKPOINT_DIR,
+    checkpoint_path,
+    existing_checkpoint,
+    list_checkpoints,
+)
+from trainer.distributed import gather_objects
+
+if TYPE_CHECKING:
+    from trainer.config import TrainConfig
+    from trainer.distributed import Processes
+    from trainer.optimization import Optimization
+    from trainer.stopping import BestTracker
 
 FORMAT = "pengi-search-training-state"
 FORMAT_VERSION = 1
@@ -66,6 +81,63 @@ def resident(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return type(value)(resident(item) for item in value)
     return value
+
+
+class RunCheckpoints:
+    """A run's checkpoints, written and read back in one place: the state the loop changes (the trained weights,
+    the optimizer's and the best evaluation's states, every process's random streams, the position) with what a
+    resume and `train export` check it against (the configuration, the frozen weights' fingerprint, the training
+    rows, tasks and length)."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        processes: Processes,
+        model: nn.Module,
+        optimization: Optimization,
+        best: BestTracker,
+        *,
+        fingerprint: str,
+        train_examples: int,
+        tasks: Sequence[str],
+        total_steps: int,
+    ) -> None:
+        self.config, self.processes, self.model = config, processes, model
+        self.optimization, self.best, self.fingerprint = optimization, best, fingerprint
+        self.records = {"train_examples": train_examples, "tasks": list(tasks), "total_steps": total_steps}
+
+    def write(self, position: Position, *, best: bool = False) -> Path | None:
+        """Gather every process's random streams (each process calls this), then write on rank 0 the step's
+        checkpoint, keeping the newest `checkpoints.keep`, or the best one. Its path on rank 0, else None."""
+        rng = gather_objects(self.processes, capture_rng(self.processes.device))
+        if not self.processes.main:
+            return None
+        folder = self.config.output_dir
+        path = folder / CHECKPOINT_DIR / BEST_CHECKPOINT if best else checkpoint_path(folder, position.step)
+        payload = {
+            "position": position.to_dict(),
+            "model": model_state(self.model, self.config.checkpoints.full_model),
+            "frozen_fingerprint": self.fingerprint,
+            **self.optimization.state(),
+            "rng": rng,
+            "data": {"seed": self.config.seed, "epoch": position.epoch},
+            **self.records,
+            "best": self.best.state(),
+            "config": self.config.to_dict(),
+        }
+        return save_checkpoint(path, payload, keep=None if best else self.config.checkpoints.keep)
+
+    def load(self, payload: dict[str, Any], path: Path) -> dict[str, Any]:
+        """Continue from the checkpoint `path` of this run, its `payload` read: the weights copied into the model's
+        own tensors, the optimizer's and the best evaluation's states restored. The rest of the payload, in memory
+        (`resident`): the position, random streams and records are the caller's to use."""
+        if not self.config.checkpoints.full_model and payload["frozen_fingerprint"] != self.fingerprint:
+            raise CheckpointError(path, "the frozen weights differ from those this run started with")
+        load_model_state(self.model, payload["model"], path)  # copied into the model's own tensors
+        rest = resident({key: value for key, value in payload.items() if key != "model"})
+        self.optimization.restore(rest, path)
+        self.best.restore(rest.get("best", {}))
+        return rest
 
 
 # --- Model weights --------------------------------------------------------------------------------------------

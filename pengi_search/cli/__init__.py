@@ -11,7 +11,7 @@ from typing import Annotated, Any, NoReturn, get_args, get_origin
 
 import typer
 
-from . import classify, describe, doctor, index, model, search, serve, train
+from . import classify, describe, doctor, index, library, model, search, serve, train
 from .closed_output import quiet_when_output_closed
 from .common import fail, given_input, given_path
 from .eval import app as eval_app
@@ -174,10 +174,10 @@ app.command()(search.query)
 app.command()(search.similar)
 app.command()(classify.classify)
 app.command()(index.index)
-app.command("rebuild-index")(index.rebuild_index)
-app.command()(index.stats)
-app.command()(index.remove)
-app.command()(index.export)
+app.command("rebuild-index")(library.rebuild_index)
+app.command()(library.stats)
+app.command()(library.remove)
+app.command()(library.export)
 app.add_typer(train.app, name="train")
 app.add_typer(eval_app, name="eval")
 app.command()(serve.serve)

@@ -1,17 +1,12 @@
-"""`index`, `rebuild-index`, `stats`, `remove` and `export`: building and looking after a library."""
+"""`index`: building a library, and what a run says when it ends (`rebuild-index`, `stats`, `remove` and `export`,
+which look after it, are in `cli.library`)."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import logging
 import os
-import sys
 import time
-from collections.abc import Iterator
-from datetime import datetime, timezone
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -19,10 +14,8 @@ from rich.markup import escape
 from ..choices import Captions, Device, IndexType, LongPrompt, StopRule
 from ..messages import print_interrupted
 from ..stop_signals import interrupted_exit_code
-from ..units import count_text, duration_text, for_count
-from ..written_aside import written_aside
+from ..units import count_text, for_count
 from .common import (
-    EXIT_FAILED,
     EXIT_OK,
     EXIT_PARTIAL,
     BatchOption,
@@ -41,9 +34,7 @@ from .common import (
     ThreadsOption,
     UsageError,
     apply_threads,
-    check_output_file,
     err_console,
-    fail,
     fetches_model,
     given_input,
     given_prompt,
@@ -58,7 +49,6 @@ from .common import (
 if TYPE_CHECKING:
     from indexer.run_report import IndexOptions, IndexSummary
 
-    from ..library import Library
 
 IndexTypeOption = Annotated[
     IndexType | None,
@@ -271,127 +261,6 @@ def _run_once(options: IndexOptions, visible: bool) -> IndexSummary:
         raise typer.Exit(interrupted_exit_code()) from None
 
 
-@handle_errors
-def rebuild_index(db: DbOption = None, index_type: IndexTypeOption = None, json_output: JsonOption = False) -> None:
-    """Rebuild the FAISS indexes from the database (e.g. to change the index type).
-
-    Example: pengi-search rebuild-index --index-type hnsw
-    """
-    from ..library import Library
-
-    started = time.monotonic()
-    with Library.open(db, create=False) as library, _fallback_told_below():
-        counts = library.rebuild(index_type)
-        indexes = _indexes_json(library)
-    seconds = time.monotonic() - started
-    if json_output:
-        print_json({"vectors": counts, "vector_indexes": indexes, "seconds": round(seconds, 3)})
-        return
-    for kind, count in counts.items():
-        built = _index_kind(indexes[kind]["index_type"], indexes[kind]["requested_type"])
-        out_console.print(f"{kind}: {count} vectors ({built})", markup=False, soft_wrap=True)
-    out_console.print(f"rebuilt in {seconds:.1f} s")
-
-
-@contextlib.contextmanager
-def _fallback_told_below() -> Iterator[None]:
-    """Without the warning an IVF-PQ request on a small library logs (once per index): the summary says what was
-    built and when IVF-PQ will be, and --json has both types."""
-    from ..vectors import fallback_log
-
-    def drop(_record: logging.LogRecord) -> bool:
-        return False
-
-    fallback_log.addFilter(drop)
-    try:
-        yield
-    finally:
-        fallback_log.removeFilter(drop)
-
-
-@handle_errors
-def stats(db: DbOption = None, json_output: JsonOption = False) -> None:
-    """Show what the library holds: files by status (those cut short or failed by name, with the reason), windows
-    (and how many have captions), texts, model, embedder, runs, sizes on disk.
-
-    Example: pengi-search stats --json
-    """
-    from ..db import caption_counts, caption_modes, sqlite_file
-    from ..library import Library
-    from ..pathnames import path_fields
-
-    with Library.open(db, read_only=True) as library:
-        data = library.store.stats()
-        data["captions"] = {**caption_counts(library.store).to_json(), "by_mode": caption_modes(library.store)}
-        data["truncated"] = [
-            {**path_fields(record.path), "note": record.truncated} for record in library.store.truncated_files()
-        ]
-        data["failed"] = [{**path_fields(path), "error": error} for path, error in library.store.failed_files()]
-        data["runs"] = [run.to_json() for run in library.store.runs(limit=5)]
-        db_file = sqlite_file(library.db_url)
-        data["database_bytes"] = None if db_file is None else _sqlite_bytes(db_file)
-        data["vector_indexes"] = _indexes_json(library)
-    if json_output:
-        print_json(data)
-    else:
-        _print_stats(data)
-
-
-@handle_errors
-def remove(
-    path: Annotated[str, typer.Argument(help="A file, or a folder: everything indexed below it.", parser=given_input)],
-    db: DbOption = None,
-    json_output: JsonOption = False,
-) -> None:
-    """Forget a file, or every file under a folder (the files on disk are not touched).
-
-    Example: pengi-search remove ~/sounds/old-recordings
-    """
-    from ..library import Library
-    from ..pathnames import path_fields, shown
-    from ..scan import absolute
-
-    target = absolute(path)
-    with Library.open(db, create=False) as library:
-        removed = library.store.remove(target)
-        library.sync_vector_indexes()
-    if removed == 0:  # named as typed, as every command names a path given; the library holds it absolute
-        fail(f"{shown(path)}: nothing in the index at or under this path", EXIT_FAILED)
-    if json_output:
-        print_json({**path_fields(path), "removed_files": removed})
-    else:
-        out_console.print(f"removed {count_text(removed, 'file')} at or under {shown(path)}", markup=False)
-
-
-@handle_errors
-def export(
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write the JSON lines to this file \\[default: stdout].")
-    ] = None,
-    under: Annotated[Path | None, typer.Option("--under", help="Only files at or under this path.")] = None,
-    db: DbOption = None,
-) -> None:
-    """Export the library as JSON lines: one file per line, with its windows and their texts (no vectors).
-
-    A file name that is not valid UTF-8 is written with \\udcXX escapes (lossless in any JSON parser that keeps
-    them, e.g. Python's) and its bytes in base64 as `path_bytes`; `truncated` and `notes` flag files cut short.
-
-    Example: pengi-search export --output library.jsonl
-    """
-    from ..library import Library
-    from ..scan import absolute
-
-    prefix = None if under is None else absolute(under)
-    if output is not None:
-        check_output_file(output, "JSON lines")
-    with Library.open(db, read_only=True) as library:
-        if output is None:  # `export | head`: a reader that had enough ends it as any command (`handle_errors`)
-            _write_rows(library.store.export_rows(prefix), sys.stdout)
-            return
-        with written_aside(output) as partial, open(partial, "w", encoding="utf-8") as stream:
-            _write_rows(library.store.export_rows(prefix), stream)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Helpers
 
@@ -467,131 +336,3 @@ def _print_problems(summary: IndexSummary, *, verbose: bool) -> None:
         warn(f"{shown(note.path)}: {note.message}")
     for note in summary.decoder_notes if verbose else ():
         err_console.print(f"decoder {escape(shown(note.path))}: {escape(note.message)}", soft_wrap=True)
-
-
-def _write_rows(rows: Any, stream: Any) -> None:
-    from ..pathnames import json_text
-
-    for row in rows:
-        stream.write(json_text(row) + "\n")
-
-
-def _indexes_json(library: Library) -> dict[str, dict[str, Any]]:
-    """Per kind, where its FAISS file is, its size (None: no file of this library's) and what index it is:
-    `index_type` is the type built."""
-    indexes = {}
-    for kind, info in library.index_info().items():
-        path, size = library.index_path(kind), library.index_file_bytes(kind)
-        data: dict[str, Any] = {"path": str(path), "bytes": size, "index_type": None, "requested_type": None}
-        if info is not None:
-            recorded = info.to_json()
-            data |= {"index_type": recorded.pop("effective_type")} | recorded
-        indexes[kind] = data
-    return indexes
-
-
-def _index_kind(effective: str | None, requested: str | None) -> str:
-    """The index type built, and the type asked for when it is another (an IVF-PQ request on a small library)."""
-    if effective is None:
-        return "no index"
-    if requested in (None, effective):
-        return effective
-    from ..vectors import IVFPQ_MIN_VECTORS
-
-    return f"{effective}; {requested} was asked for, built once there are {IVFPQ_MIN_VECTORS:,} vectors"
-
-
-def _size(path: Path) -> int | None:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return None
-
-
-def _sqlite_bytes(db_file: Path) -> int | None:
-    """The database file with its write-ahead log."""
-    sizes = [_size(Path(f"{db_file}{suffix}")) for suffix in ("", "-wal")]
-    return None if sizes[0] is None else sum(size or 0 for size in sizes)
-
-
-def _print_stats(data: dict[str, Any]) -> None:
-    from ..pathnames import shown
-
-    files = data["files"]
-    lines = [
-        _database_line(data["database"], data["database_bytes"]),
-        f"files: {files['total']} ({files['indexed']} indexed, {files['pending']} pending, {files['error']} failed)",
-        f"windows: {data['windows']}, texts: {data['texts']}, audio: {duration_text(data['indexed_audio_s'])}",
-        _captions_line(data["captions"]),
-    ]
-    model = data["model"]
-    if model:
-        lines.append(f"model: {model['model']} ({model['model_fingerprint'][:12]}), embedder: {model['embedder']}")
-    if data["truncated"]:
-        count = len(data["truncated"])
-        decode = for_count(count, "decodes shorter than its header says", "decode shorter than their headers say")
-        lines.append(f"truncated: {count_text(count, 'file')} {decode}")
-        lines += [f"  {shown(item['path'])}: {item['note']}" for item in data["truncated"]]
-    if data["failed"]:  # the reason's first line: the lines below it are what the decoders printed
-        failed = count_text(len(data["failed"]), "file")
-        lines.append(f"failed: {failed} could not be indexed (`index --retry-errors` tries again)")
-        lines += [f"  {shown(item['path'])}: {item['error'].partition(chr(10))[0]}" for item in data["failed"]]
-    for kind, info in data["vector_indexes"].items():
-        built = _index_kind(info["index_type"], info["requested_type"])
-        lines.append(f"{kind} index: {data['vectors'][kind]} vectors, {built} ({_human(info['bytes'])})")
-    lines += [_run_line(run) for run in data["runs"]]
-    for line in lines:
-        out_console.print(line, markup=False, soft_wrap=True)
-
-
-def _database_line(url: str, size: int | None) -> str:
-    """The URL, with the size of a SQLite file (a server's database has no file of its own to measure)."""
-    return f"database: {url} ({_human(size)})" if url.startswith("sqlite") else f"database: {url}"
-
-
-def _run_line(run: dict[str, Any]) -> str:
-    """One run as a person reads it: status, start, end, duration and counts."""
-    started = datetime.fromisoformat(run["started_at"])
-    shard = f" (shard {run['shard']})" if run["shard"] else ""
-    if run["finished_at"] is not None:
-        finished = datetime.fromisoformat(run["finished_at"])
-        end = f"ended {_when(finished)} ({_duration((finished - started).total_seconds())})"
-    elif run["status"] == "running":
-        end = "not ended yet"
-    else:
-        end = "end unknown (its process died)"
-    return (
-        f"run {run['id']}{shard}: {run['status']}; started {_when(started)}, {end}; "
-        f"{run['files_seen']} seen, {run['files_indexed']} indexed, {run['files_failed']} failed, "
-        f"{run['files_pruned']} pruned"
-    )
-
-
-def _when(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes} min" if hours else f"{minutes} min {secs} s" if minutes else f"{seconds:.1f} s"
-
-
-def _captions_line(captions: dict[str, Any]) -> str:
-    line = f"captions: {captions['captioned']} of {captions['windows']} windows"
-    if captions["by_mode"]:  # how they were generated: exact, or a --fast mode (not bit-identical)
-        line += " (" + ", ".join(f"{mode}: {count}" for mode, count in captions["by_mode"].items()) + ")"
-    if captions["missing"]:
-        line += f" ({captions['missing']} waiting: `pengi-search index PATH` writes them)"
-    return line
-
-
-def _human(size: int | None) -> str:
-    if size is None:
-        return "no file"
-    value, unit = float(size), "B"
-    for bigger in ("KB", "MB", "GB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, bigger
-    return f"{value:.1f} {unit}"
