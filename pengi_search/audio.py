@@ -1,10 +1,8 @@
-"""Audio I/O: decode any common format, mix down to mono, resample to 44.1 kHz and cut into 7 s windows.
+"""Audio as the model hears it: any file (or array) mixed down to mono, resampled to 44.1 kHz and cut into 7 s windows.
 
-Decoding tries soundfile (libsndfile: wav, flac, ogg/vorbis, opus, mp3, aiff, ...) first and falls back to PyAV
-(FFmpeg: m4a/aac, wma, webm, mka, ...; also MPEG audio, MP3, MP2 or MP1, that states no frame count, which
-libsndfile would stop at its estimated length: see `pengi_search.mpeg_frames`). Files stream block by block, so a
-two-hour recording never sits in memory whole: each block is averaged to mono, resampled with a streaming soxr
-resampler and cut into windows as they fill.
+Files stream block by block from their decoder (`pengi_search.audio_decoders`), so a two-hour recording never sits in
+memory whole: each block is averaged to mono, resampled with a streaming soxr resampler and cut into windows as they
+fill.
 
 Windowing rule (deterministic, every window holds real audio, all windows are exactly `window_s` long):
   - regular windows start at 0, hop, 2*hop, ... while they fit inside the file;
@@ -13,53 +11,36 @@ Windowing rule (deterministic, every window holds real audio, all windows are ex
   - a file shorter than one window gives a single window, padded the way the original Pengi pads: the whole clip
     repeated end to end, then cut (see `pad_to_length`).
 
-Every failure to read a file (missing, empty, not audio, corrupt, NaN/Inf or absurdly large samples, no samples) raises
-`AudioDecodeError`. It can surface mid-iteration, after some windows were yielded: a caller that stores windows
-should treat the whole file as failed. A file cut short whose decoder stops cleanly at the cut (WAV, AIFF, MPEG) is
-read as far as it goes, like players do; a `DecodeReport` passed to `iter_windows` or `stream_audio` then says how
-much its header promised (`DecodeReport.truncation`), along with what the C decoders printed to stderr meanwhile,
-which is captured rather than shown (`pengi_search.stderr_notes`; without a report it goes to the debug log).
-
-Paths may be any name the OS gives (`str` with surrogate escapes for bytes that are not UTF-8): libsndfile gets
-the name's bytes, PyAV encodes such names itself.
+A file that cannot be read raises `AudioDecodeError`, possibly after some windows were yielded: a caller that stores
+windows should treat the whole file as failed. A `DecodeReport` passed to `iter_windows` or `stream_audio` learns
+what decoding found (a cut file, the decoders' notes); without one, the notes go to the debug log.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
-from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 
-import av
 import numpy as np
-import soundfile as sf
 import soxr
 
-from pengi_search.errors import PengiSearchError, empty_file, read_reason
-from pengi_search.mpeg_frames import stated_frame_count
-from pengi_search.stderr_notes import capture_stderr
+from pengi_search.audio_decoders import AudioDecodeError, DecodeReport, stream_frames, unusable_samples
 
 __all__ = [
     "AUDIO_EXTENSIONS",
     "SAMPLE_RATE",
     "WINDOW_SAMPLES",
     "WINDOW_SECONDS",
-    "AudioDecodeError",
-    "AudioInfo",
-    "DecodeReport",
     "Window",
     "iter_windows",
     "load_audio",
     "pad_to_length",
-    "probe",
     "stream_audio",
-    "stream_frames",
     "windows_of",
 ]
 
@@ -75,71 +56,7 @@ AUDIO_EXTENSIONS = frozenset(
     }
 )  # fmt: skip
 
-_BLOCK_FRAMES = 1 << 16  # frames decoded per step: big enough for speed, small enough to keep memory flat
-_DECODER_ERRORS = (sf.SoundFileError, av.FFmpegError)
-_SOUNDFILE_FORMAT_NAMES = {"wavex": "wav"}
-# MPEG audio of every layer (MP3, MP2, MP1), as libsndfile and FFmpeg name it whatever the file's suffix: the
-# frame-count rule (`_open_source`, `_PyAVSource`) holds for all three.
-_MPEG = "mp3"
 log = logging.getLogger(__name__)
-# A cut file's end, as libsndfile's log reports it for formats that state their data size: "data : 269892 (should
-# be 38518)" (WAV; SSND for AIFF, Data Size for AU). W64 and RF64 state only the whole file's size ("riff : ...").
-_SIZE_CLAIM = re.compile(r"^\s*(data|SSND|Data Size|riff|Riff size)\s*:\s*(\d+) \(should be (\d+)\)", re.MULTILINE)
-_WHOLE_FILE_CLAIMS = {"riff", "Riff size"}
-_STREAMED_SIZE = 0xFFFF_FFF0  # at or above: the placeholder a writer that could not seek back leaves, not a size
-# Float samples beyond this (240 dB above full scale) are not audio, e.g. a float file written wrong: the
-# spectrogram of samples near 1e17 overflows float32 and every answer for the file would be made of NaN.
-MAX_SAMPLE = 1e12
-EMPTY_AUDIO = f"{empty_file()} (0 bytes)"  # why a file (or an upload) of no bytes is no audio
-TRUNCATION_TOLERANCE_S = 0.05  # shorter than the header says by more than this (and by more than 1%): truncated
-
-
-class AudioDecodeError(PengiSearchError):
-    """A file could not be read as audio; `where` is its path."""
-
-
-@dataclass(frozen=True)
-class AudioInfo:
-    """What a file holds, as its decoder reports it (before mixing down or resampling)."""
-
-    path: Path
-    format: str
-    sample_rate: int
-    channels: int
-    duration_s: float
-    frames: int
-
-
-@dataclass
-class DecodeReport:
-    """What decoding a file found, filled in as its samples stream (complete once the stream ends).
-
-    `decoded_frames` is what the decoder delivered, at the file's own rate: the file's real length, which a cut
-    file's header overstates (`header_frames`; None when the header does not say). `notes` are the lines C
-    decoders printed to stderr meanwhile.
-    """
-
-    format: str = ""
-    sample_rate: int = 0
-    channels: int = 0
-    header_frames: int | None = None
-    decoded_frames: int = 0
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def duration_s(self) -> float:
-        """The length of what decoded, in seconds."""
-        return self.decoded_frames / self.sample_rate if self.sample_rate else 0.0
-
-    def truncation(self) -> str | None:
-        """A note such as "truncated: header says 3.06 s, 0.43 s decoded" when the file decodes clearly shorter
-        than its header promises (by more than 50 ms and 1%), else None."""
-        if self.header_frames is None or not self.sample_rate:
-            return None
-        header_s = self.header_frames / self.sample_rate
-        if header_s - self.duration_s <= max(TRUNCATION_TOLERANCE_S, 0.01 * header_s):
-            return None
-        return f"truncated: header says {header_s:.2f} s, {self.duration_s:.2f} s decoded"
 
 
 @dataclass(frozen=True, eq=False)
@@ -164,26 +81,6 @@ def pad_to_length(x: np.ndarray, n: int) -> np.ndarray:
     if n <= 0:
         raise ValueError(f"target length must be positive, got {n}")
     return np.tile(x, -(-n // x.size))[:n]
-
-
-def probe(path: str | os.PathLike[str]) -> AudioInfo:
-    """Format, sample rate, channels and length of a file, from its header where the header says."""
-    path = Path(path)
-    with _open_source(path, DecodeReport()) as source:
-        frames = source.frames
-        if frames is None:
-            frames = sum(len(block) for block in _decoded_blocks(source, DecodeReport()))
-        info = AudioInfo(
-            path=path,
-            format=source.format,
-            sample_rate=source.sample_rate,
-            channels=source.channels,
-            duration_s=frames / source.sample_rate,
-            frames=frames,
-        )
-    if frames == 0:
-        raise AudioDecodeError(path, "no audio samples")
-    return info
 
 
 def load_audio(
@@ -243,8 +140,8 @@ def windows_of(
 ) -> Iterator[Window]:
     """The windows of a signal already in memory, cut as `iter_windows` cuts a file: `samples` is mono (1-D) float
     audio at `SAMPLE_RATE` (44.1 kHz), within ±1. Raises ValueError for another shape, integer samples, NaN or Inf
-    and samples no file may hold (`MAX_SAMPLE`), since such an array would be heard as something it is not; the
-    rate cannot be checked: samples at another rate are heard faster or slower."""
+    and samples no file may hold (`audio_decoders.MAX_SAMPLE`), since such an array would be heard as something it
+    is not; the rate cannot be checked: samples at another rate are heard faster or slower."""
     samples = _checked_signal(samples)
     cutter = _WindowCutter.of(hop_s, window_s, SAMPLE_RATE)
     return chain(cutter.push(samples), cutter.finish())
@@ -259,22 +156,9 @@ def _checked_signal(samples: np.ndarray) -> np.ndarray:
         )
     if not np.issubdtype(samples.dtype, np.floating):
         raise ValueError(f"expected float samples within ±1, got {samples.dtype} (int16 PCM: divide by 32768)")
-    if (reason := _unusable(np.abs(samples), 0, SAMPLE_RATE)) is not None:  # what a file's decoding refuses too
+    if (reason := unusable_samples(np.abs(samples), 0, SAMPLE_RATE)) is not None:  # what a file's decoding refuses too
         raise ValueError(reason)
     return samples.astype(np.float32, copy=False)
-
-
-def _unusable(peaks: np.ndarray, first_frame: int, sample_rate: int) -> str | None:
-    """Why frames whose absolute peaks are `peaks` (the first at `first_frame`) are no audio: NaN or Inf, or past
-    `MAX_SAMPLE`; None when they are audio."""
-    finite = np.isfinite(peaks)  # a NaN in any channel makes its frame's peak NaN
-    if not finite.all():
-        return f"non-finite samples (NaN or Inf) at {(first_frame + int(np.argmin(finite))) / sample_rate:.2f} s"
-    if len(peaks) and peaks.max() > MAX_SAMPLE:
-        bad = int(np.argmax(peaks > MAX_SAMPLE))
-        at = (first_frame + bad) / sample_rate
-        return f"samples out of range ({peaks[bad]:.0e} at {at:.2f} s; audio is within ±1)"
-    return None
 
 
 def _windows(path: Path, cutter: _WindowCutter, report: DecodeReport | None) -> Iterator[Window]:
@@ -367,15 +251,6 @@ def _report_chunks(path: Path, sample_rate: int, report: DecodeReport, start_s: 
     yield tail
 
 
-def stream_frames(path: str | os.PathLike[str], report: DecodeReport, *, start_s: float = 0.0) -> Iterator[np.ndarray]:
-    """The file from `start_s` on as decoded, every channel at the file's own rate: float32 (frames, channels)
-    blocks; `report` holds the rate and channels once the first block is out (what a player's copy keeps)."""
-    with _open_source(Path(path), report) as source:
-        report.format, report.sample_rate, report.channels = source.format, source.sample_rate, source.channels
-        report.header_frames = source.header_frames
-        yield from _decoded_blocks(source, report, round(start_s * source.sample_rate))
-
-
 def _downmix(block: np.ndarray) -> np.ndarray:
     """Average the channels of a (frames, channels) block."""
     channels = block.shape[1]
@@ -383,30 +258,6 @@ def _downmix(block: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(block[:, 0])
     # A matrix-vector product averages some 30x faster than mean(axis=1) over the short channel axis.
     return block @ np.full(channels, 1 / channels, dtype=np.float32)
-
-
-def _decoded_blocks(source: _Source, report: DecodeReport, start_frame: int = 0) -> Iterator[np.ndarray]:
-    """The source's blocks from `start_frame` on, with decoder failures and NaN/Inf samples turned into
-    AudioDecodeError; `report.decoded_frames` follows. Each block is decoded with stderr captured into the report
-    (between blocks the caller may print: a capture never spans a yield)."""
-    decoded = start_frame
-    blocks = source.blocks(start_frame)
-    try:
-        while True:
-            with capture_stderr(report.notes):
-                block = next(blocks, None)
-            if block is None:
-                return
-            if (reason := _unusable(np.abs(block).max(axis=1), decoded, source.sample_rate)) is not None:
-                raise AudioDecodeError(source.path, reason)
-            decoded += len(block)
-            report.decoded_frames = decoded
-            yield block
-    except _DECODER_ERRORS as error:
-        # The failing read loses its whole block, so `decoded` alone would place the failure up to a block early
-        # (65,536 frames, 1.5 s at 44.1 kHz): a FLAC cut at 0.7 s was reported as failing after 0.00 s.
-        at = max(decoded, source.frames_reached()) / source.sample_rate
-        raise AudioDecodeError(source.path, f"corrupt or truncated audio data after {at:.2f} s") from error
 
 
 class _Resampler:
@@ -422,164 +273,3 @@ class _Resampler:
         if self._stream is None:
             return np.zeros(0, dtype=np.float32)
         return self._stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
-
-
-class _Source(ABC):
-    """An open file that yields float32 (frames, channels) blocks at its own sample rate."""
-
-    path: Path
-    format: str
-    sample_rate: int
-    channels: int
-    frames: int | None  # None when the header does not say
-    header_frames: int | None  # what the header promises, where it says and can be trusted to (truncation checks)
-
-    @abstractmethod
-    def blocks(self, start_frame: int = 0) -> Iterator[np.ndarray]:
-        """The frames from `start_frame` (at the file's own rate) to the end, in blocks."""
-
-    @abstractmethod
-    def frames_reached(self) -> int:
-        """How far the decoder got (frames from the file's start), also within a block whose decoding failed."""
-
-    @abstractmethod
-    def close(self) -> None: ...
-
-    def __enter__(self) -> _Source:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-def _open_source(path: Path, report: DecodeReport) -> _Source:
-    try:
-        with open(path, "rb"):
-            pass
-    except OSError as error:
-        raise AudioDecodeError(path, read_reason(path, error)) from error
-    if path.stat().st_size == 0:
-        raise AudioDecodeError(path, EMPTY_AUDIO)
-    with capture_stderr(report.notes):  # libmpg123 comments on odd MP3 headers while the file opens
-        try:
-            source = _SoundFileSource(path)
-        except sf.SoundFileError:
-            return _PyAVSource(path)  # not a format libsndfile reads (or it failed to): FFmpeg gets a try
-        if source.format == _MPEG and stated_frame_count(path) is None:
-            # libsndfile stops an MPEG stream at its estimated length, which may be short: FFmpeg reads every frame.
-            source.close()
-            return _PyAVSource(path, counted=False)
-        return source
-
-
-class _SoundFileSource(_Source):
-    def __init__(self, path: Path) -> None:
-        self._file = sf.SoundFile(os.fsencode(path))  # bytes: soundfile would encode a str strictly as UTF-8
-        self.path = path
-        self.format = _SOUNDFILE_FORMAT_NAMES.get(self._file.format.lower(), self._file.format.lower())
-        self.sample_rate = self._file.samplerate
-        self.channels = self._file.channels
-        self.frames = self._file.frames
-        self.header_frames = _claimed_frames(self._file.extra_info, self.frames)
-
-    def blocks(self, start_frame: int = 0) -> Iterator[np.ndarray]:
-        if start_frame:
-            if start_frame >= self.frames:
-                return
-            self._file.seek(start_frame)
-        # Plain reads rather than SoundFile.blocks(), which trusts the header's length and, on a cut MP3 (whose
-        # header length libsndfile takes from the encoder's tag), yields stale buffer contents for missing frames.
-        while len(block := self._file.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)):
-            yield block
-
-    def frames_reached(self) -> int:
-        try:
-            return self._file.tell()  # libsndfile's position: the frames decoded before a failure, too
-        except _DECODER_ERRORS:
-            return 0
-
-    def close(self) -> None:
-        self._file.close()
-
-
-class _PyAVSource(_Source):
-    def __init__(self, path: Path, *, counted: bool | None = None) -> None:
-        """`counted`: whether an MPEG file states its frame count, when the caller has already read it (None: read
-        it here)."""
-        try:
-            self._container = av.open(str(path), metadata_errors="ignore")
-        except (av.FFmpegError, OSError) as error:
-            raise AudioDecodeError(path, "not a readable audio file (unknown format or corrupt data)") from error
-        if not self._container.streams.audio:
-            self._container.close()
-            raise AudioDecodeError(path, "no audio stream")
-        self._stream = self._container.streams.audio[0]
-        self.path = path
-        self.format = _container_name(self._container.format.name, path)
-        self.sample_rate = self._stream.rate
-        self.channels = self._stream.channels
-        # An MPEG stream without a stated frame count has no length, only FFmpeg's estimate from its bit rate.
-        if self.format == _MPEG and counted is None:
-            counted = stated_frame_count(path) is not None
-        self.frames = self._header_frames() if self.format != _MPEG or counted else None
-        # The stream's own duration, not the container's: FFmpeg estimates that one from the bit rate for some
-        # formats (raw AAC), which would make a whole file look cut.
-        self.header_frames = None if self._stream.duration is None else self.frames
-        self._reached = 0  # frames FFmpeg has decoded, also those still gathered into the next block
-
-    def _header_frames(self) -> int | None:
-        if self._stream.duration is not None:
-            seconds = float(self._stream.duration * self._stream.time_base)
-        elif self._container.duration is not None:
-            seconds = self._container.duration / av.time_base
-        else:
-            return None
-        return round(seconds * self.sample_rate)
-
-    def blocks(self, start_frame: int = 0) -> Iterator[np.ndarray]:
-        skip = start_frame  # FFmpeg's seeks land on packets, not samples: decode from the start and drop
-        for block in self._decoded():
-            if skip >= len(block):
-                skip -= len(block)
-                continue
-            yield block[skip:]
-            skip = 0
-
-    def _decoded(self) -> Iterator[np.ndarray]:
-        # Converting to planar float at a fixed layout and rate also absorbs mid-stream format changes.
-        converter = av.AudioResampler(format="fltp", layout=self._stream.layout, rate=self.sample_rate)
-        pending: list[np.ndarray] = []
-        pending_frames = 0
-        for frame in chain(self._container.decode(self._stream), [None]):
-            for converted in converter.resample(frame):
-                pending.append(converted.to_ndarray())
-                pending_frames += converted.samples
-                self._reached += converted.samples
-            # Gather FFmpeg's small frames into larger blocks so per-block work stays cheap.
-            if pending and (pending_frames >= _BLOCK_FRAMES or frame is None):
-                yield np.concatenate(pending, axis=1).T
-                pending, pending_frames = [], 0
-
-    def frames_reached(self) -> int:
-        return self._reached
-
-    def close(self) -> None:
-        self._container.close()
-
-
-def _claimed_frames(log: str, frames: int) -> int:
-    """The frames a libsndfile file's header promises: more than `frames` (what libsndfile reads) when the log
-    reports the data cut short, scaled by how much of the stated size is there."""
-    claims = {name: (int(said), int(real)) for name, said, real in _SIZE_CLAIM.findall(log)}
-    data = [claim for name, claim in claims.items() if name not in _WHOLE_FILE_CLAIMS]
-    said, real = (data or list(claims.values()) or [(0, 0)])[0]
-    if real <= 0 or said <= real or said >= _STREAMED_SIZE:
-        return frames
-    return round(frames * said / real)
-
-
-def _container_name(names: str, path: Path) -> str:
-    """One lower-case name for a container; FFmpeg lists aliases ("mov,mp4,m4a,..."), the file's suffix picks."""
-    aliases = names.lower().split(",")
-    suffix = path.suffix.lower().lstrip(".")
-    return suffix if suffix in aliases else aliases[0]

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from .audio import WINDOW_SECONDS, AudioDecodeError, DecodeReport, Window, iter_windows
+from .audio import WINDOW_SECONDS, Window, iter_windows
+from .audio_decoders import AudioDecodeError, DecodeReport
 from .chunking import chunked
 from .errors import read_reason
 from .hashing import file_sha256

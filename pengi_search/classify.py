@@ -367,7 +367,7 @@ class Classifier:
 
     def classify(self, path: str | os.PathLike[str]) -> Prediction:
         """One file's prediction; raises AudioDecodeError when it cannot be decoded."""
-        from .audio import AudioDecodeError
+        from .audio_decoders import AudioDecodeError
 
         (outcome,) = self.classify_files([path])
         if isinstance(outcome, Failure):

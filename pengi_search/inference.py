@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .audio import WINDOW_SECONDS, DecodeReport, Window, iter_windows, windows_of
+from .audio import WINDOW_SECONDS, Window, iter_windows, windows_of
+from .audio_decoders import DecodeReport
 from .choices import LongPrompt, device_unavailable
 from .chunking import chunk_slices, chunked
 from .cpu_kernels import onednn_available, use_onednn_linear

@@ -6,9 +6,9 @@ silent frame: LAME's "Xing" (VBR) or "Info" (CBR) header, or Fraunhofer's "VBRI"
 an estimate from the file's size and the first frame's bit rate: too long by the bytes of the tags (an ID3v2 tag at
 the start, which may hold cover art), and off by any factor for a VBR stream whose first frame is not typical. Such an
 estimate is no evidence of a cut, and libsndfile even stops decoding where it ends. `stated_frame_count` tells
-the two kinds of file apart; `pengi_search.audio` then trusts only a stated count. (With a count, the decoders take
-the encoder's delay and padding that LAME's tag records off both the length and the samples, so on a whole file
-the two agree exactly; only a cut leaves the samples short.)
+the two kinds of file apart; `pengi_search.audio_decoders` then trusts only a stated count. (With a count, the
+decoders take the encoder's delay and padding that LAME's tag records off both the length and the samples, so on a
+whole file the two agree exactly; only a cut leaves the samples short.)
 """
 
 from __future__ import annotations

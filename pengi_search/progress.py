@@ -2,7 +2,7 @@
 
 `index` counted files on its bar and gave windows per second beside them (`7/36  2.6 windows/s`), which read as 7
 of 36 windows. Each bar now names what it counts, and its rate is of the same thing: `120/400 windows  2.6
-windows/s`, `7 clips  4.1 clips/s`, `120/1000 steps  1.6 steps/s`. The commands (`cli.common`) and the trainer,
+windows/s`, `7 clips  4.1 clips/s`, `120/1000 steps  1.6 steps/s`. The commands (`cli.progress_bars`) and the trainer,
 which does not import the command line, draw their bars with `CountColumn`.
 """
 

@@ -82,7 +82,7 @@ def similar_to_file(
 ) -> tuple[list[Hit], str]:
     """Audio -> audio for one file (see `similar_to_files`): the hits and their source. Raises AudioDecodeError when
     the file cannot be decoded."""
-    from .audio import AudioDecodeError
+    from .audio_decoders import AudioDecodeError
 
     (result,) = similar_to_files(library, [path], scope, model=model, device=device, batch_size=batch_size)
     if result.error is not None:

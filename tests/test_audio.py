@@ -20,12 +20,11 @@ from pengi_search.audio import (
     SAMPLE_RATE,
     WINDOW_SAMPLES,
     WINDOW_SECONDS,
-    AudioDecodeError,
     iter_windows,
     load_audio,
     pad_to_length,
-    probe,
 )
+from pengi_search.audio_decoders import AudioDecodeError, probe
 
 from .indexing import write_with_av
 

@@ -20,7 +20,7 @@ import pytest
 import typer.completion
 from typer.testing import CliRunner
 
-from pengi_search.cli import app, common
+from pengi_search.cli import app, first_use
 from pengi_search.config import PengiConfig
 from pengi_search.db import Store
 from pengi_search.model import Pengi
@@ -83,7 +83,7 @@ def clip(tmp_path) -> Path:
 @pytest.fixture()
 def terminal(monkeypatch) -> None:
     """A person at a terminal (the runner's stdin is no tty)."""
-    monkeypatch.setattr(common, "can_ask", lambda: True)
+    monkeypatch.setattr(first_use, "can_ask", lambda: True)
 
 
 def _installed(home: Path) -> bool:

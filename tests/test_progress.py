@@ -9,7 +9,7 @@ import pytest
 from rich.console import Console
 
 from pengi_search import progress
-from pengi_search.cli.common import IndexProgress, WindowProgress, progress_bar
+from pengi_search.cli.progress_bars import IndexProgress, WindowProgress, progress_bar
 from pengi_search.progress import count_and_rate
 from trainer import reporting, run_data
 from trainer.reporting import RateWindow, TrainingProgress

@@ -13,7 +13,8 @@ import soundfile as sf
 import torch
 from typer.testing import CliRunner
 
-from pengi_search.audio import AudioDecodeError, load_audio
+from pengi_search.audio import load_audio
+from pengi_search.audio_decoders import AudioDecodeError
 from pengi_search.classify import Classifier
 from pengi_search.cli import app
 from pengi_search.decoding import GenerationConfig

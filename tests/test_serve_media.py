@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pengi_search.audio import AudioDecodeError, load_audio, stream_audio
+from pengi_search.audio import load_audio, stream_audio
+from pengi_search.audio_decoders import AudioDecodeError
 from pengi_search.serve.errors import RequestError
 from pengi_search.serve.media import TranscodeCache, browser_type, peaks, png_rgb, spectrogram_png, window_wav
 from pengi_search.serve.uploads import saved_upload

@@ -13,7 +13,8 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from pengi_search.audio import AudioDecodeError, DecodeReport, iter_windows
+from pengi_search.audio import iter_windows
+from pengi_search.audio_decoders import AudioDecodeError, DecodeReport
 from pengi_search.audio_workers import Decoded, Job, decode_file
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_OK, EXIT_PARTIAL

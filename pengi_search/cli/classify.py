@@ -34,23 +34,21 @@ from .common import (
     QuietOption,
     StopOption,
     UsageError,
-    WindowProgress,
     apply_threads,
     check_output_file,
     err_console,
-    fetches_model,
     given_input,
     given_prompt,
     handle_errors,
     options_from,
     out_console,
     print_json,
-    progress_bar,
     report_skipped,
-    show_progress,
     warn,
 )
+from .first_use import fetches_model
 from .inputs import AudioInputs, audio_inputs, one_file_given
+from .progress_bars import WindowProgress, progress_bar, show_progress
 
 if TYPE_CHECKING:
     from ..classify import Classifier, ClassifySettings, Prediction, Truth

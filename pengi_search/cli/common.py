@@ -1,5 +1,7 @@
 """What every command shares: options, error handling with meaningful exit codes, and output helpers.
 
+Progress bars are in `progress_bars`, the first-use model download in `first_use`.
+
 Nothing here imports torch: `--help` and quick commands stay fast.
 """
 
@@ -16,12 +18,12 @@ import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from ..choices import Device, LongPrompt, StopRule, device_unavailable
-from ..consoles import Console, make_console
+from ..consoles import make_console
 from ..errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -38,9 +40,6 @@ from ..pathnames import json_text, shown
 from ..paths import GivenPath, as_typed, refuse_unexpanded_home
 from ..stop_signals import interrupted_by_stop_signals, interrupted_exit_code
 from .closed_output import output_closed, quiet_when_output_closed, whole_writes
-
-if TYPE_CHECKING:
-    from ..releases import Release
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "UsageError", "not_found"]
 
@@ -108,13 +107,6 @@ HiddenOption = Annotated[  # every command that walks folders (`pengi_search.sca
         "--hidden",
         help="Walk folders into hidden files and folders too (names starting with '.'); AppleDouble '._*' files are "
         "never audio. A path given here is used, hidden or not.",
-    ),
-]
-AUTO_FETCH_ENV = "PENGI_SEARCH_AUTO_FETCH"
-YesOption = Annotated[
-    bool,
-    typer.Option(
-        "--yes", "-y", help="No model installed: download it without asking \\[env: PENGI_SEARCH_AUTO_FETCH=1]."
     ),
 ]
 FastOption = Annotated[
@@ -241,108 +233,6 @@ def options_from(group: type, parameter: str) -> Callable[[F], F]:
     return decorate
 
 
-def fetches_model(command: F) -> F:
-    """Give a command `--yes` and the first-use download: a model it needs but finds missing is offered.
-
-    The offer comes when the command finds the model missing, so that mistakes in its inputs are reported first
-    and commands that need no model for the library at hand (`query` on a sentence-transformers index) never ask.
-    After the download the command runs again from the start: what it did before it needed the model (checking
-    its inputs, scanning folders; `index` records that stopped run as failed, having indexed nothing) is repeated.
-    """
-    signature = inspect.signature(command, eval_str=True)
-    yes = inspect.Parameter("yes", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=YesOption)
-    parameters = [*signature.parameters.values(), yes]
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, yes: bool = False, **kwargs: Any) -> Any:
-        from ..model_dir import ModelNotFoundError, release_to_fetch
-
-        try:
-            return command(*args, **kwargs)
-        except ModelNotFoundError:
-            if release_to_fetch(kwargs.get("model")) is None:
-                raise
-        ensure_model(kwargs.get("model"), assume_yes=yes)
-        return command(*args, **kwargs)
-
-    wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {param.name: param.annotation for param in parameters}
-    return wrapper  # type: ignore[return-value]
-
-
-def ensure_model(spec: str | None, *, assume_yes: bool) -> None:
-    """Install the release that `--model spec` (or the default) names when no model is found, with consent.
-
-    In a terminal the person is told what would be downloaded and asked once; elsewhere only `--yes` or
-    `PENGI_SEARCH_AUTO_FETCH=1` allow it, and offline mode never does. Refusals are one-line errors (exit 1).
-    """
-    from ..hub import offline_setting
-    from ..paths import models_dir
-    from ..releases import RELEASES
-
-    name = refuse_blocked_install(spec)
-    if name is None:
-        return
-    missing = f"the Pengi model {name} is not installed"
-    if setting := offline_setting():
-        fail(f"{missing} and {setting} forbids downloading it: `pengi-search model import PATH` installs a copy")
-    hint = f"`pengi-search model fetch {name}` installs it"
-    if not (assume_yes or os.environ.get(AUTO_FETCH_ENV, "").strip() == "1"):
-        if not can_ask():
-            fail(f"{missing}: {hint}, or pass --yes to fetch it now")
-        err_console.print(f"{missing}. It can be downloaded now:", soft_wrap=True)
-        err_console.print(release_details(RELEASES[name], models_dir() / name), markup=False, soft_wrap=True)
-        if not _confirm("Download it now?"):
-            fail(f"nothing was downloaded; {hint}")
-    else:
-        release = RELEASES[name]
-        err_console.print(f"{missing}: fetching it ({release.approx_size}) from {release.url}", soft_wrap=True)
-    from ..models import fetch_model
-
-    target, _ = fetch_model(name, notify=warn)
-    err_console.print(f"installed {target}", markup=False, soft_wrap=True)
-
-
-def refuse_blocked_install(spec: str | None) -> str | None:
-    """The release that would install the model `--model spec` (or the default) names but finds missing (None when
-    one is found, or none would), refused as `paths.refuse_blocked_folder` says it when a file stands where the data
-    folder should be: no download could land there, so fetching is no advice."""
-    from ..model_dir import release_to_fetch
-    from ..paths import models_dir, refuse_blocked_folder
-
-    name = release_to_fetch(spec)
-    if name is not None:
-        refuse_blocked_folder(models_dir() / name)
-    return name
-
-
-def release_details(release: Release, target: Path) -> str:
-    """What a download of `release` fetches, from where, under which terms, and where it goes."""
-    from ..releases import RELEASE_LICENCE, TOKENIZERS
-
-    hub_names = ", ".join(TOKENIZERS[key] for key in release.tokenizers)
-    rows = {
-        release.name: f"{release.summary}, {release.approx_size}",
-        "from": release.url,
-        "tokenizers": f"{hub_names}, from the Hugging Face hub (a few MB)",
-        "licence": RELEASE_LICENCE,
-        "into": str(target),
-    }
-    return "\n".join(f"  {label:<11} {text}" for label, text in rows.items())
-
-
-def can_ask() -> bool:
-    """Whether a person can answer a question: stdin and stderr are terminals (not a script, a pipe or CI)."""
-    return sys.stdin is not None and sys.stdin.isatty() and err_console.is_terminal
-
-
-def _confirm(question: str) -> bool:
-    try:
-        return typer.confirm(question, default=True, err=True)
-    except typer.Abort:  # end of input or Ctrl-C at the prompt: no consent
-        return False
-
-
 def shown_path(path: str) -> str:
     """Paths below the current folder are shown relative to it (shorter tables), escaped where they are not
     UTF-8 (`pathnames.shown`); JSON keeps them absolute and as they are."""
@@ -450,133 +340,3 @@ def lasting_objects() -> Iterator[None]:
     finally:
         gc.freeze()
         gc.enable()
-
-
-def show_progress(quiet: bool, json_output: bool = False) -> bool:
-    """Progress bars only for a person watching a terminal."""
-    return not quiet and not json_output and err_console.is_terminal
-
-
-def progress_bar(console: Console | None = None):
-    """A transient progress bar on stderr (or `console`), each task counted in its unit (`progress.CountColumn`).
-    Off where stderr is no terminal: it would show nothing there, and Rich ends a bar on such a stream with a blank
-    line, which scripts keeping stderr would read as a message."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from ..progress import CountColumn
-
-    console = console or err_console
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        CountColumn(),
-        TextColumn(" {task.fields[files]}"),  # two spaces from the rate, as the rate from the count
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_interactive,
-    )
-
-
-class WindowProgress:
-    """A run over files on a progress bar, counted in windows: windows done of all and per second, files done, time
-    left (`describe`, `classify`, `similar`, and each pass of `index`).
-
-    A file's number of windows is known once it is decoded; until every file is, the total is the known counts plus
-    the files still to come at the mean so far (so the time left firms up as the run goes). A total known from the
-    start (`windows`) is shown as it is.
-    """
-
-    def __init__(self, bar: Any, description: str, visible: bool, windows: int | None = None) -> None:
-        from ..progress import Rate
-
-        self.bar = bar
-        self.task = bar.add_task(description, total=windows, unit="windows", rate=None, files="", visible=visible)
-        self.windows = windows
-        self.files = self.files_done = self.counted_files = self.counted_windows = self.windows_done = 0
-        self.rate = Rate()
-
-    def start(self, files: int) -> None:
-        self.files = files
-        self.rate.restart()
-        self._show()
-
-    def counted(self, windows: int) -> None:
-        self.counted_files += 1
-        self.counted_windows += windows
-        self._show()
-
-    def advance(self, files: int = 0, windows: int = 0) -> None:
-        self.files_done += files
-        self.windows_done += windows
-        self._show()
-
-    def _total(self) -> int | None:
-        if self.windows is not None:
-            return max(self.windows, self.windows_done)
-        if not self.counted_files:
-            return None
-        mean = self.counted_windows / self.counted_files
-        return max(self.counted_windows + round(mean * (self.files - self.counted_files)), self.windows_done)
-
-    def _show(self) -> None:
-        files = f"{self.files_done}/{self.files} files" if self.files else ""
-        rate = self.rate.of(self.windows_done)
-        self.bar.update(self.task, total=self._total(), completed=self.windows_done, rate=rate, files=files)
-
-
-class FileProgress:
-    """Files done of a known number, and per second, on a progress bar (`index` hashing the files that may be
-    copies of others)."""
-
-    def __init__(self, bar: Any, description: str, visible: bool, files: int) -> None:
-        from ..progress import Rate
-
-        self.bar = bar
-        self.task = bar.add_task(description, total=files, unit="files", rate=None, files="", visible=visible)
-        self.done = 0
-        self.rate = Rate()
-
-    def advance(self, files: int = 0, windows: int = 0) -> None:
-        self.done += files
-        self.bar.update(self.task, completed=self.done, rate=self.rate.of(self.done))
-
-
-class IndexProgress:
-    """An indexing run's progress on a Rich bar (`index`, and `eval` indexing its set): the files hashed to find
-    identical ones ("hashing", in files), then in windows, as `WindowProgress` counts them: pass 1 ("audio
-    embeddings") the windows of the files to index, with files done beside; pass 2 ("captions") the windows waiting
-    for captions."""
-
-    def __init__(self, bar: Any, visible: bool) -> None:
-        self.bar = bar
-        self.visible = visible
-        self.current: WindowProgress | FileProgress | None = None
-
-    def start_hashing(self, files: int) -> None:
-        self._hide()
-        self.current = FileProgress(self.bar, "hashing", self.visible, files)
-
-    def start(self, files: int) -> None:
-        self._begin("audio embeddings").start(files)
-
-    def counted(self, windows: int) -> None:
-        assert isinstance(self.current, WindowProgress)
-        self.current.counted(windows)
-
-    def start_captions(self, windows: int | None) -> None:
-        self._begin("captions", windows)
-
-    def _begin(self, label: str, windows: int | None = None) -> WindowProgress:
-        self._hide()
-        self.current = WindowProgress(self.bar, label, self.visible, windows)
-        return self.current
-
-    def _hide(self) -> None:
-        """The bar of the step before goes: one bar at a time."""
-        if self.current is not None:
-            self.bar.update(self.current.task, visible=False)
-
-    def advance(self, files: int = 0, windows: int = 0) -> None:
-        assert self.current is not None
-        self.current.advance(files, windows)

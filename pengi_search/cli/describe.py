@@ -27,9 +27,7 @@ from .common import (
     StopOption,
     ThreadsOption,
     UsageError,
-    WindowProgress,
     apply_threads,
-    fetches_model,
     given_input,
     given_prompt,
     handle_errors,
@@ -37,12 +35,12 @@ from .common import (
     options_from,
     out_console,
     print_json,
-    progress_bar,
     report_skipped,
-    show_progress,
     warn,
 )
+from .first_use import fetches_model
 from .inputs import audio_inputs, one_file_given
+from .progress_bars import WindowProgress, progress_bar, show_progress
 
 if TYPE_CHECKING:
     from ..inference import Engine

@@ -29,7 +29,6 @@ from .common import (
     BeamOption,
     DeviceOption,
     HiddenOption,
-    IndexProgress,
     JsonOption,
     MaxLenOption,
     ModelOption,
@@ -39,19 +38,18 @@ from .common import (
     apply_threads,
     check_output_file,
     check_output_folder,
-    fetches_model,
     given_input,
     given_prompt,
     handle_errors,
     options_from,
     out_console,
     print_json,
-    progress_bar,
-    show_progress,
     warn,
 )
+from .first_use import fetches_model
 from .help_text import App
 from .inputs import AudioInputs, audio_inputs
+from .progress_bars import IndexProgress, progress_bar, show_progress
 
 if TYPE_CHECKING:
     from indexer.run_report import IndexSummary

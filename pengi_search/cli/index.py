@@ -24,7 +24,6 @@ from .common import (
     DeviceOption,
     FastOption,
     HiddenOption,
-    IndexProgress,
     JsonOption,
     LongPromptsOption,
     MaxLenOption,
@@ -35,16 +34,15 @@ from .common import (
     UsageError,
     apply_threads,
     err_console,
-    fetches_model,
     given_input,
     given_prompt,
     handle_errors,
     out_console,
     print_json,
-    progress_bar,
-    show_progress,
     warn,
 )
+from .first_use import fetches_model
+from .progress_bars import IndexProgress, progress_bar, show_progress
 
 if TYPE_CHECKING:
     from indexer.run_report import IndexOptions, IndexSummary

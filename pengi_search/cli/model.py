@@ -23,9 +23,9 @@ from .common import (
     handle_errors,
     out_console,
     print_json,
-    refuse_blocked_install,
     warn,
 )
+from .first_use import refuse_blocked_install
 from .help_text import App
 
 # The released checkpoints `model fetch` can download, as a choice; `releases.RELEASES` is where they are listed.

@@ -23,22 +23,20 @@ from .common import (
     ModelOption,
     QuietOption,
     UsageError,
-    WindowProgress,
     apply_threads,
     err_console,
-    fetches_model,
     given_input,
     handle_errors,
     options_from,
     out_console,
     print_json,
-    progress_bar,
     report_skipped,
-    show_progress,
     shown_path,
     warn,
 )
+from .first_use import fetches_model
 from .inputs import audio_inputs, one_file_given
+from .progress_bars import WindowProgress, progress_bar, show_progress
 
 if TYPE_CHECKING:
     from rich.table import Table

@@ -13,7 +13,7 @@ from http import HTTPStatus
 
 from starlette.requests import Request
 
-from ..audio import AudioDecodeError
+from ..audio_decoders import AudioDecodeError
 from ..db import DatabaseUnreachableError, StoreMismatchError
 from ..errors import OptionError, PengiSearchError, UsageError
 from ..library import EmptyLibraryError

@@ -27,7 +27,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from ..audio import SAMPLE_RATE, AudioDecodeError, DecodeReport, load_audio, stream_frames
+from ..audio import SAMPLE_RATE, load_audio
+from ..audio_decoders import AudioDecodeError, DecodeReport, stream_frames
 
 # Containers and codecs that Chromium, Firefox and Safari all play, by file extension.
 BROWSER_TYPES = {

@@ -16,7 +16,8 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import BinaryIO
 
-from ..audio import AUDIO_EXTENSIONS, EMPTY_AUDIO, AudioDecodeError, iter_windows
+from ..audio import AUDIO_EXTENSIONS, iter_windows
+from ..audio_decoders import EMPTY_AUDIO, AudioDecodeError
 from .errors import InvalidParameter, RequestError
 from .settings import MIB
 

@@ -1,0 +1,141 @@
+"""The commands' progress bars: on stderr, for a person watching a terminal, counted in windows or files.
+
+How each bar shows its count and rate is `pengi_search.progress`'s, shared with the trainer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..consoles import Console
+from .common import err_console
+
+
+def show_progress(quiet: bool, json_output: bool = False) -> bool:
+    """Progress bars only for a person watching a terminal."""
+    return not quiet and not json_output and err_console.is_terminal
+
+
+def progress_bar(console: Console | None = None):
+    """A transient progress bar on stderr (or `console`), each task counted in its unit (`progress.CountColumn`).
+    Off where stderr is no terminal: it would show nothing there, and Rich ends a bar on such a stream with a blank
+    line, which scripts keeping stderr would read as a message."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ..progress import CountColumn
+
+    console = console or err_console
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        CountColumn(),
+        TextColumn(" {task.fields[files]}"),  # two spaces from the rate, as the rate from the count
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_interactive,
+    )
+
+
+class WindowProgress:
+    """A run over files on a progress bar, counted in windows: windows done of all and per second, files done, time
+    left (`describe`, `classify`, `similar`, and each pass of `index`).
+
+    A file's number of windows is known once it is decoded; until every file is, the total is the known counts plus
+    the files still to come at the mean so far (so the time left firms up as the run goes). A total known from the
+    start (`windows`) is shown as it is.
+    """
+
+    def __init__(self, bar: Any, description: str, visible: bool, windows: int | None = None) -> None:
+        from ..progress import Rate
+
+        self.bar = bar
+        self.task = bar.add_task(description, total=windows, unit="windows", rate=None, files="", visible=visible)
+        self.windows = windows
+        self.files = self.files_done = self.counted_files = self.counted_windows = self.windows_done = 0
+        self.rate = Rate()
+
+    def start(self, files: int) -> None:
+        self.files = files
+        self.rate.restart()
+        self._show()
+
+    def counted(self, windows: int) -> None:
+        self.counted_files += 1
+        self.counted_windows += windows
+        self._show()
+
+    def advance(self, files: int = 0, windows: int = 0) -> None:
+        self.files_done += files
+        self.windows_done += windows
+        self._show()
+
+    def _total(self) -> int | None:
+        if self.windows is not None:
+            return max(self.windows, self.windows_done)
+        if not self.counted_files:
+            return None
+        mean = self.counted_windows / self.counted_files
+        return max(self.counted_windows + round(mean * (self.files - self.counted_files)), self.windows_done)
+
+    def _show(self) -> None:
+        files = f"{self.files_done}/{self.files} files" if self.files else ""
+        rate = self.rate.of(self.windows_done)
+        self.bar.update(self.task, total=self._total(), completed=self.windows_done, rate=rate, files=files)
+
+
+class FileProgress:
+    """Files done of a known number, and per second, on a progress bar (`index` hashing the files that may be
+    copies of others)."""
+
+    def __init__(self, bar: Any, description: str, visible: bool, files: int) -> None:
+        from ..progress import Rate
+
+        self.bar = bar
+        self.task = bar.add_task(description, total=files, unit="files", rate=None, files="", visible=visible)
+        self.done = 0
+        self.rate = Rate()
+
+    def advance(self, files: int = 0, windows: int = 0) -> None:
+        self.done += files
+        self.bar.update(self.task, completed=self.done, rate=self.rate.of(self.done))
+
+
+class IndexProgress:
+    """An indexing run's progress on a Rich bar (`index`, and `eval` indexing its set): the files hashed to find
+    identical ones ("hashing", in files), then in windows, as `WindowProgress` counts them: pass 1 ("audio
+    embeddings") the windows of the files to index, with files done beside; pass 2 ("captions") the windows waiting
+    for captions."""
+
+    def __init__(self, bar: Any, visible: bool) -> None:
+        self.bar = bar
+        self.visible = visible
+        self.current: WindowProgress | FileProgress | None = None
+
+    def start_hashing(self, files: int) -> None:
+        self._hide()
+        self.current = FileProgress(self.bar, "hashing", self.visible, files)
+
+    def start(self, files: int) -> None:
+        self._begin("audio embeddings").start(files)
+
+    def counted(self, windows: int) -> None:
+        assert isinstance(self.current, WindowProgress)
+        self.current.counted(windows)
+
+    def start_captions(self, windows: int | None) -> None:
+        self._begin("captions", windows)
+
+    def _begin(self, label: str, windows: int | None = None) -> WindowProgress:
+        self._hide()
+        self.current = WindowProgress(self.bar, label, self.visible, windows)
+        return self.current
+
+    def _hide(self) -> None:
+        """The bar of the step before goes: one bar at a time."""
+        if self.current is not None:
+            self.bar.update(self.current.task, visible=False)
+
+    def advance(self, files: int = 0, windows: int = 0) -> None:
+        assert self.current is not None
+        self.current.advance(files, windows)
