@@ -24,10 +24,9 @@ import numpy as np
 from pengi_search.audio import Window
 from pengi_search.choices import decoding_settings
 from pengi_search.db import (
-    DatabaseFailureError,
     EmbedderInfo,
+    RefusedInputError,
     Store,
-    StoreError,
     TextRecord,
     Twin,
     UncaptionedWindow,
@@ -217,15 +216,11 @@ class CaptionPass:
         try:
             result.captioned += add_captions(self.store, [caption for item in captioned for caption in item.captions])
             return
-        except DatabaseFailureError:
-            raise
-        except StoreError:
+        except RefusedInputError:
             pass
         for item in captioned:
             try:
                 result.captioned += add_captions(self.store, item.captions)
-            except DatabaseFailureError:
-                raise
-            except StoreError as exc:
+            except RefusedInputError as exc:
                 reason = f"window {item.index}: no captions stored ({exc.reason})"
                 result.failed += [(path, reason) for path in item.paths]

@@ -32,11 +32,11 @@ from pengi_search.audio_workers import Decoded, Failed, Job, Windows, decode_all
 from pengi_search.choices import Captions
 from pengi_search.db import (
     TRUNCATED_NOTE,
-    DatabaseFailureError,
     EmbedderInfo,
     FileStamp,
     IndexMeta,
     ModelInfo,
+    RefusedInputError,
     Store,
     StoredAudio,
     StoreError,
@@ -410,9 +410,7 @@ class _Run:
                 entry.path, size=entry.size, mtime=entry.mtime, content_hash=decoded.content_hash, run_id=self.run_id
             )
             self.store.replace_file_windows(file_id, flight.done, audio=audio, run_id=self.run_id)
-        except DatabaseFailureError:  # a full disk, a lock held elsewhere: no fault of this file's, the run stops
-            raise
-        except StoreError as exc:  # e.g. a non-finite embedding: this file fails, the others go on
+        except RefusedInputError as exc:  # e.g. a non-finite embedding: this file fails, the others go on
             self._fail(entry, exc.reason, decoded.content_hash, decoded.notes)
             return
         self._indexed(entry, len(flight.done), notes)
