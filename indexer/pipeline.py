@@ -330,20 +330,9 @@ class _Run:
 
     def _model(self) -> IndexModel:
         if self._model_loaded is None:
-            from pengi_search.decoding import GenerationConfig
-
             choice, options = self._choose(), self.options
             device = options.device if self.rank is None else self.rank.device(options.device)
-            self._model_loaded = IndexModel.load(
-                choice.model_dir,
-                choice.embedder_spec,
-                device,
-                prompts=options.prompts,
-                batch_size=options.batch_size,
-                gen=GenerationConfig(beam=options.beam, max_len=options.max_len, stop=options.stop),
-                long_prompts=options.long_prompts,
-                fast=options.fast,
-            )
+            self._model_loaded = IndexModel.load(choice.model_dir, choice.embedder_spec, device, options)
         return self._model_loaded
 
     def _index(self, todo: list[Entry]) -> None:

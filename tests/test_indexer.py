@@ -231,7 +231,7 @@ class UnloadedEngine(SimpleNamespace):
 @pytest.mark.parametrize(("device", "prompts", "windows"), [("cpu", 2, 16), ("cpu", 3, 10), ("cuda", 2, 128)])
 def test_a_default_batch_is_the_devices_rows_in_whole_windows(device, prompts, windows):
     engine = UnloadedEngine(batch_size=None, device=torch.device(device))  # 32 rows on CPU, 256 on CUDA
-    model = IndexModel(engine, embedder=None, prompts=("a prompt",) * prompts, gen=None)
+    model = IndexModel(engine, embedder=None, prompts=("a prompt",) * prompts, gen=None, decoding="")
     assert model.windows_per_batch == windows
 
 
