@@ -22,12 +22,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pengi_search.audio import Window
-from pengi_search.choices import decoding_settings
 from pengi_search.db import (
-    DatabaseFailureError,
     EmbedderInfo,
+    RefusedInputError,
     Store,
-    StoreError,
     TextRecord,
     Twin,
     UncaptionedWindow,
@@ -45,9 +43,10 @@ from .hold_points import CAPTIONS_STORED, hold_at
 from .shard import Shard
 
 if TYPE_CHECKING:
-    from pengi_search.choices import LongPrompt
     from pengi_search.decoding import GenerationConfig
     from pengi_search.inference import Engine
+
+    from .run_report import IndexOptions
 
 PAGE = 512  # windows read per query while looking for those without captions
 SYNC_EVERY_S = 300.0  # FAISS files saved at least this often during pass 2, so a running server sees new captions
@@ -57,42 +56,31 @@ DEFAULT_PROMPTS = (TASK_PROMPTS["caption"], TASK_PROMPTS["sound_event"])
 class IndexModel:
     """Pengi for indexing: audio embeddings of windows, and captions (answers to every prompt, embedded)."""
 
-    def __init__(self, engine: Engine, embedder: TextEmbedder, prompts: tuple[str, ...], gen: GenerationConfig):
+    def __init__(
+        self, engine: Engine, embedder: TextEmbedder, prompts: tuple[str, ...], gen: GenerationConfig, decoding: str
+    ):
         self.engine = engine
         self.embedder = embedder
         self.prompts = prompts
         self.gen = gen
+        self.decoding = decoding  # `gen`'s settings as each text records them (`IndexOptions.decoding`)
         # Whole windows per batch, each with every prompt: what --batch-size asked for, or as many as fill the
         # device's default rows, e.g. 16 windows on CPU and 128 on CUDA with two prompts.
         self.windows_per_batch = engine.windows_per_batch(len(prompts))
 
     @classmethod
-    def load(
-        cls,
-        model_dir: ModelDir,
-        embedder_spec: EmbedderSpec,
-        device: str,
-        *,
-        prompts: tuple[str, ...],
-        batch_size: int | None,
-        gen: GenerationConfig,
-        long_prompts: LongPrompt,
-        fast: bool = False,
-    ) -> IndexModel:
-        """`prompts`: empty for the caption and sound-event prompts; the first one's answer is embedded.
-        `batch_size`: windows per batch (None: the device's default)."""
+    def load(cls, model_dir: ModelDir, embedder_spec: EmbedderSpec, device: str, options: IndexOptions) -> IndexModel:
+        """The model as the run's `options` ask: its prompts (none: the caption and sound-event prompts; the first
+        one's answer is embedded), windows per batch, decoding settings, --long-prompts and --fast."""
+        from pengi_search.decoding import GenerationConfig
         from pengi_search.inference import Engine
 
-        prompts = prompts or DEFAULT_PROMPTS
-        engine = Engine.load(model_dir, device, batch_size, long_prompts, fast=fast)
+        prompts = options.prompts or DEFAULT_PROMPTS
+        gen = GenerationConfig(beam=options.beam, max_len=options.max_len, stop=options.stop)
+        engine = Engine.load(model_dir, device, options.batch_size, options.long_prompts, fast=options.fast)
         engine.check_generation(prompts, gen)  # before pass 1 stores anything, not at pass 2's first batch
         embedder = open_text_embedder(embedder_spec, model_dir, engine=engine)
-        return cls(engine, embedder, prompts, gen)
-
-    @property
-    def decoding(self) -> str:
-        """The decoding settings, as each text records them."""
-        return decoding_settings(self.gen.beam, self.gen.max_len, self.gen.stop)
+        return cls(engine, embedder, prompts, gen, options.decoding)
 
     @property
     def embedder_info(self) -> EmbedderInfo:
@@ -217,15 +205,11 @@ class CaptionPass:
         try:
             result.captioned += add_captions(self.store, [caption for item in captioned for caption in item.captions])
             return
-        except DatabaseFailureError:
-            raise
-        except StoreError:
+        except RefusedInputError:
             pass
         for item in captioned:
             try:
                 result.captioned += add_captions(self.store, item.captions)
-            except DatabaseFailureError:
-                raise
-            except StoreError as exc:
+            except RefusedInputError as exc:
                 reason = f"window {item.index}: no captions stored ({exc.reason})"
                 result.failed += [(path, reason) for path in item.paths]

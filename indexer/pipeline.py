@@ -32,11 +32,11 @@ from pengi_search.audio_workers import Decoded, Failed, Job, Windows, decode_all
 from pengi_search.choices import Captions
 from pengi_search.db import (
     TRUNCATED_NOTE,
-    DatabaseFailureError,
     EmbedderInfo,
     FileStamp,
     IndexMeta,
     ModelInfo,
+    RefusedInputError,
     Store,
     StoredAudio,
     StoreError,
@@ -330,20 +330,9 @@ class _Run:
 
     def _model(self) -> IndexModel:
         if self._model_loaded is None:
-            from pengi_search.decoding import GenerationConfig
-
             choice, options = self._choose(), self.options
             device = options.device if self.rank is None else self.rank.device(options.device)
-            self._model_loaded = IndexModel.load(
-                choice.model_dir,
-                choice.embedder_spec,
-                device,
-                prompts=options.prompts,
-                batch_size=options.batch_size,
-                gen=GenerationConfig(beam=options.beam, max_len=options.max_len, stop=options.stop),
-                long_prompts=options.long_prompts,
-                fast=options.fast,
-            )
+            self._model_loaded = IndexModel.load(choice.model_dir, choice.embedder_spec, device, options)
         return self._model_loaded
 
     def _index(self, todo: list[Entry]) -> None:
@@ -410,9 +399,7 @@ class _Run:
                 entry.path, size=entry.size, mtime=entry.mtime, content_hash=decoded.content_hash, run_id=self.run_id
             )
             self.store.replace_file_windows(file_id, flight.done, audio=audio, run_id=self.run_id)
-        except DatabaseFailureError:  # a full disk, a lock held elsewhere: no fault of this file's, the run stops
-            raise
-        except StoreError as exc:  # e.g. a non-finite embedding: this file fails, the others go on
+        except RefusedInputError as exc:  # e.g. a non-finite embedding: this file fails, the others go on
             self._fail(entry, exc.reason, decoded.content_hash, decoded.notes)
             return
         self._indexed(entry, len(flight.done), notes)

@@ -25,10 +25,9 @@ from dataclasses import dataclass, field
 from pengi_search.choices import EXACT_MODE
 from pengi_search.db import (
     CopiedFile,
-    DatabaseFailureError,
     FileRecord,
+    RefusedInputError,
     Store,
-    StoreError,
     TextRecord,
     copy_identical_file,
     sizes_indexed,
@@ -137,9 +136,7 @@ class IdenticalFiles:
                 content_hash=digest,
                 run_id=self.run_id,
             )
-        except DatabaseFailureError:  # decoding the file instead would fail to store it alike
-            raise
-        except StoreError as exc:  # the file is decoded instead, and its own error (if any) recorded then
+        except RefusedInputError as exc:  # the file is decoded instead, and its own error (if any) recorded then
             log.warning("could not index %r from an identical file: %s", entry.path, exc)
             return None
 

@@ -45,6 +45,7 @@ from pengi_search.hashing import file_sha256, sha256_hasher
 from pengi_search.hub import offline_setting
 from pengi_search.units import count_text
 from pengi_search.waits import within
+from pengi_search.written_aside import WriteError, written_aside
 
 INVALID_SUFFIX = ".invalid"  # a download that failed validation is moved aside to <dest>.invalid
 _RETRIED_HTTP_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -120,6 +121,8 @@ def download(
         result = _publish(part, dest)
     except _Failure as exc:
         raise DownloadError(url, dest, exc.reason, unreachable=exc.unreachable) from exc
+    except WriteError as exc:  # a record that did not fit: named, with what the system said
+        raise DownloadError(url, dest, str(exc)) from exc
     except OSError as exc:
         raise DownloadError(url, dest, f"{os_reason(exc)} ({exc.filename or dest})") from exc
     return result
@@ -407,9 +410,9 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    staging = path.with_name(path.name + ".tmp")
-    staging.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(staging, path)
+    """Write a record whole or not at all: a reader never sees half of one, nor a full disk a leftover."""
+    with written_aside(path) as staging:
+        staging.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
+import os
 import random
 import socket
 import sys
@@ -16,6 +18,7 @@ from datetime import datetime
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -322,6 +325,28 @@ def test_write_error_is_reported_and_the_part_kept(server: ServerState, tmp_path
     download(server.url, dest, **FAST)
     _assert_complete(dest, PAYLOAD)
     assert server.requests[-1].get("Range") == "bytes=150000-"
+
+
+def test_a_record_that_does_not_fit_fails_the_download_in_one_line_and_leaves_no_partial_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, dest = tmp_path / "source.pth", tmp_path / "models" / "base.pth"
+    source.write_bytes(PAYLOAD)
+    write_text = Path.write_text
+
+    def full_at_the_record(path: Path, text: str, *args: Any, **kwargs: Any) -> int:
+        if "base.pth.json" not in path.name:  # the record of the part (`base.pth.part.json`) still fits
+            return write_text(path, text, *args, **kwargs)
+        write_text(path, text[:10], *args, **kwargs)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_text", full_at_the_record)
+    with pytest.raises(DownloadError) as failed:
+        download(str(source), dest, **FAST)
+    assert str(failed.value) == (
+        f"cannot fetch {source} to {dest}: {dest}.json: cannot write (no space left on device)"
+    )
+    assert sorted(path.name for path in dest.parent.iterdir()) == ["base.pth"]
 
 
 @pytest.mark.parametrize("as_url", [True, False], ids=["file-url", "local-path"])

@@ -23,7 +23,7 @@ from indexer.pipeline import run_index
 from pengi_search.choices import Captions
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_FAILED
-from pengi_search.db import DatabaseFailureError
+from pengi_search.db import DatabaseFailureError, RefusedInputError
 from pengi_search.db.errors import store_error
 from pengi_search.library import Library
 from pengi_search.model import Pengi
@@ -68,6 +68,7 @@ def test_the_database_s_own_trouble_is_told_apart_from_what_a_statement_was_give
     assert isinstance(store_error("lib.db", full), DatabaseFailureError)
     assert str(store_error("lib.db", full)) == f"lib.db: {DISK_FULL}"
     assert not isinstance(store_error("lib.db", duplicate), DatabaseFailureError)
+    assert isinstance(store_error("lib.db", duplicate), RefusedInputError)
 
 
 def test_a_full_disk_in_pass_1_stops_the_run_blames_no_file_and_a_rerun_with_space_indexes_them(

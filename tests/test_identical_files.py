@@ -14,13 +14,21 @@ import pytest
 from typer.testing import CliRunner
 
 import indexer.pipeline as pipeline
+import indexer.reuse as reuse
 from indexer.captions import IndexModel
 from indexer.pipeline import run_index
 from indexer.reuse import IdenticalFiles
 from indexer.shard import Shard
 from pengi_search.choices import EXACT_MODE, Captions, StopRule
 from pengi_search.cli import app
-from pengi_search.db import Store, TextRecord, caption_counts, copy_identical_file
+from pengi_search.db import (
+    DatabaseFailureError,
+    RefusedInputError,
+    Store,
+    TextRecord,
+    caption_counts,
+    copy_identical_file,
+)
 from pengi_search.hashing import file_sha256
 from pengi_search.inference import Engine
 from pengi_search.library import Library
@@ -109,6 +117,36 @@ def test_a_copy_of_an_indexed_file_takes_its_windows_and_captions(tiny_model_dir
     rows = {Path(row["path"]).name: row for row in db_content(db)}
     assert rows["copy of long.wav"]["windows"] == rows["long.wav"]["windows"]
     assert_as_a_fresh_index(db, tree, tiny_model_dir)
+
+
+def test_a_copy_the_store_refuses_is_decoded_as_its_own_file(tiny_model_dir, tree, tmp_path, model_work, monkeypatch):
+    db = indexed(tree, tmp_path / "lib.db", tiny_model_dir, model_work)
+    shutil.copy(tree / "birds" / "long.wav", tree / "copy of long.wav")
+
+    def refused(*_args, **_kwargs):
+        raise RefusedInputError("lib.db", "UNIQUE constraint failed: windows.id")
+
+    monkeypatch.setattr(reuse, "copy_identical_file", refused)
+    summary = run_index(quick_options([tree], db, tiny_model_dir))
+    assert (summary.indexed, summary.reused, summary.failed) == (1, 0, [])
+    assert model_work["embedded"] == 2  # its two windows, decoded and embedded after all
+    assert_as_a_fresh_index(db, tree, tiny_model_dir)
+
+
+def test_a_database_failure_while_copying_stops_the_run_and_blames_no_file(
+    tiny_model_dir, tree, tmp_path, model_work, monkeypatch
+):
+    db = indexed(tree, tmp_path / "lib.db", tiny_model_dir, model_work)
+    shutil.copy(tree / "birds" / "long.wav", tree / "copy of long.wav")
+
+    def disk_full(*_args, **_kwargs):
+        raise DatabaseFailureError("lib.db", "database or disk is full")
+
+    monkeypatch.setattr(reuse, "copy_identical_file", disk_full)
+    with pytest.raises(DatabaseFailureError, match="disk is full"):
+        run_index(quick_options([tree], db, tiny_model_dir))
+    assert model_work["embedded"] == 0  # not decoded instead: storing it would fail alike
+    assert "copy of long.wav" not in {Path(row["path"]).name for row in db_content(db)}
 
 
 def test_the_run_summary_says_how_many_files_were_reused(tiny_model_dir, tree, tmp_path):

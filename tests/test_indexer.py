@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -230,7 +231,7 @@ class UnloadedEngine(SimpleNamespace):
 @pytest.mark.parametrize(("device", "prompts", "windows"), [("cpu", 2, 16), ("cpu", 3, 10), ("cuda", 2, 128)])
 def test_a_default_batch_is_the_devices_rows_in_whole_windows(device, prompts, windows):
     engine = UnloadedEngine(batch_size=None, device=torch.device(device))  # 32 rows on CPU, 256 on CUDA
-    model = IndexModel(engine, embedder=None, prompts=("a prompt",) * prompts, gen=None)
+    model = IndexModel(engine, embedder=None, prompts=("a prompt",) * prompts, gen=None, decoding="")
     assert model.windows_per_batch == windows
 
 
@@ -282,6 +283,28 @@ def test_known_bad_files_are_not_retried_unless_asked(tiny_model_dir, tree, tmp_
     assert (again.skipped_errors, again.failed, decoded) == (1, [], [])
     retried = run_index(quick_options([tree], db, tiny_model_dir, retry_errors=True))
     assert decoded == ["broken.wav"] and len(retried.failed) == 1
+
+
+def test_a_file_whose_windows_the_store_refuses_fails_alone_and_the_others_are_indexed(
+    tiny_model_dir, tree, tmp_path, monkeypatch
+):
+    """A NaN audio embedding is the fault of its file: it is recorded as failed with the store's reason, not a
+    failure of the database that would stop the run."""
+    audio_windows = IndexModel.audio_windows
+
+    def nan_for_the_short_file(self, windows):
+        made = audio_windows(self, windows)
+        return [replace(w, vectors={"audio": w.vectors["audio"] * np.nan}) if w.end_s == 1.5 else w for w in made]
+
+    monkeypatch.setattr(IndexModel, "audio_windows", nan_for_the_short_file)
+    db = tmp_path / "lib.db"
+    summary = run_index(quick_options([tree], db, tiny_model_dir))
+    assert [(Path(f.path).name, f.message) for f in summary.failed] == [
+        ("short.wav", "audio vector has NaN or infinite values")
+    ]
+    assert summary.indexed == 2
+    statuses = {Path(row["path"]).name: row["status"] for row in db_content(db)}
+    assert statuses == {"short.wav": "error", "long stereo.wav": "indexed", "tone.flac": "indexed"}
 
 
 def test_progress_is_reported_per_file_and_window_in_both_passes(tiny_model_dir, tree, tmp_path):

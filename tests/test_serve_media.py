@@ -8,6 +8,7 @@ import struct
 import zlib
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import soundfile as sf
@@ -151,6 +152,29 @@ def test_raw_aac_is_played_as_it_is_and_other_aac_files_are_transcoded(tmp_path)
     assert (tmp_path / "adts.aac").read_bytes()[:2] == b"\xff\xf1"  # an ADTS frame's sync word
     assert browser_type(tmp_path / "adts.aac") == "audio/aac"
     assert browser_type(tmp_path / "mp4.aac") is None and browser_type(tmp_path / "mp3.aac") is None
+
+
+def test_a_files_codec_is_probed_once_and_again_only_once_the_file_is_rewritten(tmp_path, monkeypatch):
+    """Every play of an `.m4a` or `.aac` asks what it holds: FFmpeg opens the file for the first ask, and again only
+    once the file has another size or modification time."""
+    tone = np.sin(np.linspace(0, 2000, 44_100, dtype=np.float32))[None, :] * 0.3
+    path = tmp_path / "clip.m4a"
+    write_with_av(path, tone, 44_100, "aac", "ipod")
+    opened: list[str] = []
+    real_open = av.open
+
+    def counted_open(file, *args, **kwargs):
+        opened.append(file)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(av, "open", counted_open)
+    assert [browser_type(path), browser_type(path)] == ["audio/mp4", "audio/mp4"]
+    assert opened == [str(path)]
+
+    write_with_av(path, tone, 44_100, "alac", "ipod", "s16p")  # the same name, now ALAC: to be transcoded
+    opened.clear()
+    assert [browser_type(path), browser_type(path)] == [None, None]
+    assert opened == [str(path)]
 
 
 def test_saved_upload_keeps_only_a_safe_suffix_and_checks_the_clip(tmp_path):

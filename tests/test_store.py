@@ -27,6 +27,7 @@ from pengi_search.db import (
     CopiedFile,
     EmbedderInfo,
     ModelInfo,
+    RefusedInputError,
     Store,
     StoredAudio,
     StoreError,
@@ -657,7 +658,7 @@ def test_replace_rejects_bad_windows_and_changes_nothing(store: Store, bad: Wind
     store.set_index_meta(MODEL, EMBEDDER)
     file_id = indexed_file(store, "/lib/a.wav")
     before = store.vectors("text")
-    with pytest.raises(StoreError, match=message):
+    with pytest.raises(RefusedInputError, match=message):
         store.replace_file_windows(file_id, [bad])
     after = store.vectors("text")
     np.testing.assert_array_equal(after[0], before[0])
@@ -665,9 +666,9 @@ def test_replace_rejects_bad_windows_and_changes_nothing(store: Store, bad: Wind
 
 def test_replace_rejects_repeated_window_indexes_and_unknown_files(store: Store) -> None:
     file_id = store.upsert_file("/lib/a.wav", size=1, mtime=1.0)
-    with pytest.raises(StoreError, match="window indexes repeat"):
+    with pytest.raises(RefusedInputError, match="window indexes repeat"):
         store.replace_file_windows(file_id, [*windows(2), *windows(1)])
-    with pytest.raises(StoreError, match="not in the index"):
+    with pytest.raises(RefusedInputError, match="not in the index"):
         store.replace_file_windows(file_id + 1000, windows(1))
 
 

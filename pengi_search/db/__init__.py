@@ -28,6 +28,7 @@ from .errors import (
     DatabaseUnreachableError,
     IndexBusyError,
     MissingDatabaseError,
+    RefusedInputError,
     StoreError,
     StoreMismatchError,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "IndexMeta",
     "MissingDatabaseError",
     "ModelInfo",
+    "RefusedInputError",
     "ReplaceResult",
     "RunRecord",
     "Store",

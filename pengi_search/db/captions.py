@@ -159,7 +159,7 @@ def add_captions(store: Store, captions: Sequence[WindowCaptions]) -> int:
     """Write the texts and caption vector of each window, in one transaction; returns how many were written.
 
     A window that is gone (its file was re-indexed or removed meanwhile) or that got its captions from another
-    process is skipped, so nothing is ever written twice. A bad vector (NaN, wrong size) raises StoreError and
+    process is skipped, so nothing is ever written twice. A bad vector (NaN, wrong size) raises RefusedInputError and
     writes nothing.
     """
     wanted = sorted({item.window_id for item in captions})

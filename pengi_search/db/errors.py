@@ -37,6 +37,13 @@ class IndexBusyError(StoreError):
     """Another indexing run holds the library's lock."""
 
 
+class RefusedInputError(StoreError):
+    """What the store was given was refused: a vector that is NaN, empty or of the wrong width, a window's bad time
+    span or repeated index, a file id that is not indexed, a value a statement's constraint or type refuses. The
+    fault of that input alone: an `index` run fails the file (or window) it came from and goes on with the others,
+    where a DatabaseFailureError stops it."""
+
+
 class DatabaseFailureError(StoreError):
     """The database could not do the work for reasons of its own, whatever it was given: its disk is full, its file
     cannot be written (an I/O error, a read-only file system), another program holds its write lock, or it cannot
@@ -62,12 +69,13 @@ def store_error(where: str, exc: BaseException) -> StoreError:
     """The StoreError for a failure of the database or its driver: DatabaseUnreachableError when SQLAlchemy found
     the connection lost or none could be made (`engine` counts a failed connection as lost); DatabaseFailureError
     for the DB-API's OperationalError, the database's own trouble (SQLite's full disk, I/O error, read-only file or
-    lock; PostgreSQL's DiskFull), as against what a statement was given (an IntegrityError, a DataError)."""
+    lock; PostgreSQL's DiskFull); RefusedInputError for the rest, what a statement was given (an IntegrityError, a
+    DataError)."""
     if getattr(exc, "connection_invalidated", False):
         return DatabaseUnreachableError(where, f"cannot reach the database: {driver_reason(exc)}")
     if isinstance(exc, OperationalError):
         return DatabaseFailureError(where, driver_reason(exc))
-    return StoreError(where, driver_reason(exc))
+    return RefusedInputError(where, driver_reason(exc))
 
 
 def driver_reason(exc: BaseException) -> str:

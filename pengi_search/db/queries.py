@@ -10,7 +10,7 @@ from sqlalchemy import ColumnElement, func, or_, select, true
 from sqlalchemy.orm import Session
 
 from ..pathnames import to_stored
-from .errors import StoreError
+from .errors import RefusedInputError, StoreError
 from .records import TRUNCATED_NOTE, check_vector_kind, non_finite_vector
 from .schema import AudioFileRow, IndexMetaRow
 
@@ -51,11 +51,11 @@ def encode_vector(where: str, kind: str, vector: np.ndarray, text_dim: int | Non
     check_vector_kind(kind)
     array = np.asarray(vector, dtype=np.float32)
     if array.ndim != 1 or array.size == 0:
-        raise StoreError(where, f"{kind} vector must be 1-D and non-empty, got shape {array.shape}")
+        raise RefusedInputError(where, f"{kind} vector must be 1-D and non-empty, got shape {array.shape}")
     if not np.isfinite(array).all():
-        raise StoreError(where, non_finite_vector(kind))
+        raise RefusedInputError(where, non_finite_vector(kind))
     if kind == "text" and text_dim is not None and array.size != text_dim:
-        raise StoreError(where, f"text vector has {array.size} dimensions but the index embedder has {text_dim}")
+        raise RefusedInputError(where, f"text vector has {array.size} dimensions but the index embedder has {text_dim}")
     return array.astype("<f4", copy=False).tobytes()
 
 

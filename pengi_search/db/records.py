@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .errors import StoreError
+from .errors import RefusedInputError
 
 FILE_STATUSES = ("pending", "indexed", "error")
 RUN_STATUSES = ("running", "finished", "failed", "interrupted")
@@ -17,9 +17,9 @@ VECTOR_KINDS = ("text", "audio")
 
 
 def check_vector_kind(kind: str) -> None:
-    """Raise StoreError unless `kind` is one of VECTOR_KINDS."""
+    """Raise RefusedInputError unless `kind` is one of VECTOR_KINDS."""
     if kind not in VECTOR_KINDS:
-        raise StoreError(f"vector kind {kind!r}", f"unknown; use one of {', '.join(VECTOR_KINDS)}")
+        raise RefusedInputError(f"vector kind {kind!r}", f"unknown; use one of {', '.join(VECTOR_KINDS)}")
 
 
 def non_finite_vector(kind: str) -> str:

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ..chunking import chunked
 from .access import open_engine
 from .engine import WRITE_OPTION
-from .errors import StoreError, store_error
+from .errors import RefusedInputError, store_error
 from .index_meta import IndexBuild
 from .queries import IDS_PER_QUERY, NO_SYNC, encode_vector, file_for_update, is_truncated, paths_under, text_vector_dim
 from .reads import LibraryReads
@@ -182,7 +182,7 @@ class Store(RunJournal, LibraryReads, IndexBuild):
         with self.session(write=True) as session:
             row = file_for_update(session, path)
             if row is None:
-                raise StoreError(path, "not in the index")
+                raise RefusedInputError(path, "not in the index")
             row.size, row.mtime = size, mtime
 
     def record_file_error(
@@ -230,7 +230,7 @@ class Store(RunJournal, LibraryReads, IndexBuild):
         with self.session(write=True) as session:
             row = session.get(AudioFileRow, file_id, with_for_update=True)
             if row is None:
-                raise StoreError(f"file id {file_id}", "not in the index")
+                raise RefusedInputError(f"file id {file_id}", "not in the index")
             text_dim = text_vector_dim(session)
             new_windows = [_window_row(row.path, window, text_dim) for window in windows]
             _check_unique_indexes(row.path, windows)
@@ -272,7 +272,7 @@ class Store(RunJournal, LibraryReads, IndexBuild):
 def _window_row(path: str, window: WindowInput, text_dim: int | None) -> WindowRow:
     where = f"{path} window {window.index}"
     if not (0 <= window.start_s <= window.end_s):
-        raise StoreError(where, f"bad time span {window.start_s}..{window.end_s} s")
+        raise RefusedInputError(where, f"bad time span {window.start_s}..{window.end_s} s")
     return WindowRow(
         index=window.index,
         start_s=float(window.start_s),
@@ -288,4 +288,4 @@ def _window_row(path: str, window: WindowInput, text_dim: int | None) -> WindowR
 def _check_unique_indexes(path: str, windows: Sequence[WindowInput]) -> None:
     indexes = [window.index for window in windows]
     if len(set(indexes)) != len(indexes):
-        raise StoreError(path, f"window indexes repeat: {sorted(indexes)}")
+        raise RefusedInputError(path, f"window indexes repeat: {sorted(indexes)}")

@@ -19,6 +19,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Hashable, Iterator
 from contextlib import closing
+from functools import lru_cache
 from itertools import chain
 from pathlib import Path
 
@@ -52,6 +53,7 @@ _PLAYABLE_STREAMS = {"audio/mp4": ("mp4", "aac"), "audio/aac": ("aac", "aac")}
 # The sample rates a transcode keeps: those the Web Audio API requires every browser to play. A file at another
 # rate is resampled to the nearest of them.
 PLAYABLE_RATES = (8_000, 96_000)
+CODECS_KEPT = 1024  # files whose codec `browser_type` remembers; the least recently played go first
 PLAYABLE_CHANNELS = 2  # stereo or mono is kept; more channels are averaged to mono, as the model hears them
 PEAKS_RATE = 11_025  # peaks need no more detail than this
 SPECTROGRAM_RATE = 22_050
@@ -87,7 +89,19 @@ def browser_type(path: Path) -> str | None:
 def _audio_codec(path: Path, container_name: str) -> str | None:
     """The codec of the first audio stream of the file (as FFmpeg names it), when FFmpeg reads the file as the
     container `container_name` (one of the names of its demuxer, say "mp4" of "mov,mp4,m4a,..."); else None, and
-    for a file FFmpeg cannot open."""
+    for a file FFmpeg cannot open. Opening it costs milliseconds on every play: the answer is kept while the file
+    keeps its size and modification time."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return _probed_codec(path, container_name, (stat.st_size, stat.st_mtime_ns))
+
+
+@lru_cache(maxsize=CODECS_KEPT)
+def _probed_codec(path: Path, container_name: str, _stamp: tuple[int, int]) -> str | None:
+    """`_audio_codec` as FFmpeg finds it; `_stamp` (size, mtime_ns) keys the cache, so a rewritten file is probed
+    again."""
     try:
         with av.open(str(path), metadata_errors="ignore") as container:
             if container_name not in container.format.name.split(",") or not container.streams.audio:
