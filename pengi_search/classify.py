@@ -140,6 +140,11 @@ class Truth:
     by_path: dict[str, str]  # absolute path, in Unicode's composed form -> label
     by_name: dict[str, str]  # file name -> label, for names listed once
 
+    @property
+    def labels(self) -> list[str]:
+        """The distinct labels, in the order of the rows that first give them."""
+        return list(dict.fromkeys(self.by_path.values()))
+
     def label_of(self, path: str | os.PathLike[str]) -> str | None:
         absolute = _composed(os.path.abspath(path))
         if absolute in self.by_path:

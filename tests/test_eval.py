@@ -514,6 +514,26 @@ def test_eval_classify_end_to_end(known, tiny_model_dir, tmp_path):
     assert (out / "confusion.png").exists() == HAVE_MATPLOTLIB
 
 
+@pytest.mark.parametrize("name", ["truth.csv", "truth.txt", "truth"])
+def test_eval_classify_candidates_are_the_truth_labels_whatever_the_truth_file_is_named(
+    known, tiny_model_dir, tmp_path, name
+):
+    """Without --labels the candidates are the truth's labels, in the order of its rows: not the lines of a truth
+    file whose name does not end in .csv (which scored every file wrong against labels such as 'bell.wav,bell')."""
+    captions, _ = known
+    files = {"animals/dog.wav": "dog", "weather/rain.flac": "rain", "bell.wav": "bell", "animals/cat.flac": "dog"}
+    truth = write(captions.root / name, "file,label\n" + "".join(f"{f},{lab}\n" for f, lab in files.items()))
+    out = tmp_path / "classify"
+    result = run(
+        "eval", "classify", captions.root, "--truth", truth, "--db", captions.db, "--model", tiny_model_dir,
+        "--device", "cpu", "-o", out, "--json",
+    )  # fmt: skip
+    assert result.exit_code == EXIT_OK, result.output
+    report = json.loads(result.stdout)
+    assert report["dataset"]["labels"] == ["dog", "rain", "bell"]
+    assert report["notes"] == []
+
+
 def test_eval_classify_with_a_label_map_scores_its_answers(known, tiny_model_dir, tmp_path):
     """`--labels` a `train init` label map: each label is scored as its answer, and the report records them."""
     captions, _ = known

@@ -445,7 +445,7 @@ def classify_files(
 
     Example: pengi-search eval classify esc50/audio --truth esc50/truth.csv -o runs/esc50
     """
-    from ..classify import LabelsError, read_label_map, read_labels, read_truth, write_csv
+    from ..classify import LabelsError, read_label_map, read_truth, write_csv
     from ..evaluation.classification import evaluate_classification
     from ..model_dir import ModelDir
     from .classify import classify_targets
@@ -453,8 +453,9 @@ def classify_files(
     apply_threads(threads)
     try:
         known = read_truth(truth)
-        # A labels file may be a label map (what each label is scored as); the truth's labels are scored as they are.
-        label_list, texts = read_label_map(labels) if labels is not None else (read_labels(truth), {})
+        # A labels file may be a label map (what each label is scored as); the truth's labels are scored as they are,
+        # taken from the truth as read: as a labels file, a truth not named .csv would give its lines as labels.
+        label_list, texts = read_label_map(labels) if labels is not None else (known.labels, {})
     except LabelsError as err:
         raise UsageError("", str(err)) from None
     check_output_folder(output)
