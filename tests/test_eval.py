@@ -702,3 +702,26 @@ def test_eval_says_when_the_library_holds_captions_of_another_prompt(tiny_model_
     ]
     redone = run(*args, "--reindex")
     assert redone.stderr == "" and json.loads(redone.stdout)["setup"]["caption_prompts"] == ["generate audio caption"]
+
+
+def test_eval_records_the_decoding_of_the_captions_it_scores(tiny_model_dir, tmp_path):
+    """The report's beam and max_len are what was asked; the captions scored are the library's, decoded when they
+    were indexed. A second run with another beam, without --reindex, scores the first run's captions: the report
+    names their decoding, and the run says so."""
+    write_tone(tmp_path / "audio" / "tone.wav", 1.0)
+    captions = write(tmp_path / "audio" / "captions.csv", "file,caption\ntone.wav,a tone\n")
+    args = ["eval", "caption", captions, "--no-java-metrics", "-o", tmp_path / "out", "--json", *quick(tiny_model_dir)]
+    first = run(*args)  # quick: --beam 2 --max-len 3
+    assert first.exit_code == EXIT_OK and first.stderr == "", first.output
+    assert json.loads(first.stdout)["setup"]["caption_decoding"] == ["beam=2 max_len=3 stop=both (exact)"]
+    again = run(*args, "--beam", 3)
+    assert again.exit_code == EXIT_OK, again.output
+    setup = json.loads(again.stdout)["setup"]
+    assert (setup["beam"], setup["caption_decoding"]) == (3, ["beam=2 max_len=3 stop=both (exact)"])
+    assert again.stderr.splitlines() == [
+        "warning: the library's captions of this set were decoded with 'beam=2 max_len=3 stop=both (exact)', not "
+        "'beam=3 max_len=3 stop=both (exact)': --reindex captions them anew"
+    ]
+    redone = run(*args, "--beam", 3, "--reindex")
+    assert redone.stderr == "", redone.output
+    assert json.loads(redone.stdout)["setup"]["caption_decoding"] == ["beam=3 max_len=3 stop=both (exact)"]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..choices import DEFAULT_HYBRID_WEIGHT, Device, Method, Rank
+from ..choices import DEFAULT_HYBRID_WEIGHT, EXACT_MODE, Device, Method, Rank, StopRule, decoding_settings
 from ..pathnames import shown
 from ..prompts import TASK_PROMPTS
 from ..units import count_text
@@ -233,7 +233,7 @@ def _evaluate_set(
 ) -> None:
     """Read the captioned set, index what the library lacks, `score` the library with its caption embedder (and the
     files that failed to index), and write the `kind` report."""
-    from ..evaluation.captioning import caption_prompts
+    from ..evaluation.captioning import caption_origins
     from ..search import query_embedder
 
     apply_threads(evalset.threads)
@@ -244,18 +244,27 @@ def _evaluate_set(
         embedder = query_embedder(library, evalset.model, evalset.device)
         result = score(library, caption_set, embedder, _failures(summary, library))
         setup = _library_setup(library, evalset)
-        setup["caption_prompts"] = caption_prompts(library, [item.path or "" for item in caption_set.found])
-    _warn_other_prompts(setup["caption_prompts"], evalset)
+        setup |= caption_origins(library, [item.path or "" for item in caption_set.found])
+    _warn_other_captions(setup, evalset)
     _finish(kind, result, caption_set.to_json(), setup, summary, output, json_output)
 
 
-def _warn_other_prompts(held: list[str], evalset: EvalSet) -> None:
-    """The library keeps the captions it was first indexed with: asking for another prompt without --reindex would
-    measure the old captions under the new prompt's name."""
-    wanted = (evalset.prompt or [TASK_PROMPTS["caption"]])[0]
-    if held and held != [wanted]:
-        answered = ", ".join(repr(prompt) for prompt in held)
-        warn(f"the library's captions of this set answer {answered}, not {wanted!r}: --reindex captions them anew")
+def _warn_other_captions(setup: dict[str, Any], evalset: EvalSet) -> None:
+    """The library keeps the captions it was first indexed with: asking for another prompt, beam or length without
+    --reindex would measure the old captions under the new settings' names."""
+    from ..evaluation.captioning import decoding_of
+
+    wanted = {
+        "caption_prompts": (evalset.prompt or [TASK_PROMPTS["caption"]])[0],
+        "caption_decoding": decoding_of(decoding_settings(evalset.beam, evalset.max_len, StopRule.both), EXACT_MODE),
+    }
+    for key, what in (("caption_prompts", "answer"), ("caption_decoding", "were decoded with")):
+        held = setup[key]
+        if held and held != [wanted[key]]:
+            found = ", ".join(repr(value) for value in held)
+            warn(
+                f"the library's captions of this set {what} {found}, not {wanted[key]!r}: --reindex captions them anew"
+            )
 
 
 def _read_set(captions: Path, evalset: EvalSet) -> CaptionSet:
