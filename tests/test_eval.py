@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
+import pengi_search
 from pengi_search.classify import Prediction, read_truth
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
@@ -532,6 +534,25 @@ def test_eval_classify_candidates_are_the_truth_labels_whatever_the_truth_file_i
     report = json.loads(result.stdout)
     assert report["dataset"]["labels"] == ["dog", "rain", "bell"]
     assert report["notes"] == []
+
+
+def test_eval_classify_report_records_what_made_its_numbers(known, tiny_model_dir, tmp_path):
+    """Enough to run it again: the decoding of the captions it makes, the library whose stored captions it reused
+    (and which files came from it), and the versions of the code."""
+    captions, _ = known
+    truth = write(tmp_path / "truth.csv", f"file,label\n{captions.root / 'bell.wav'},bell\n")
+    result = run(
+        "eval", "classify", captions.root, "--truth", truth, "--db", captions.db, "--model", tiny_model_dir,
+        "--device", "cpu", "--beam", 2, "--max-len", 4, "-o", tmp_path / "out", "--json",
+    )  # fmt: skip
+    assert result.exit_code == EXIT_OK, result.output
+    report = json.loads(result.stdout)
+    setup = report["setup"]
+    assert {key: setup[key] for key in ("beam", "max_len", "stop", "db")} == {
+        "beam": 2, "max_len": 4, "stop": "both", "db": str(captions.db)
+    }  # fmt: skip
+    assert setup["pengi_search_version"] == pengi_search.__version__ and setup["torch_version"] == torch.__version__
+    assert [(Path(row["file"]).name, row["source"]) for row in report["files"]] == [("bell.wav", "index")]
 
 
 def test_eval_classify_with_a_label_map_scores_its_answers(known, tiny_model_dir, tmp_path):

@@ -496,10 +496,13 @@ def classify_files(
         "labels": label_list,
     }
     setup = {"model": model_dir.identity, "method": scoring.method.value, "template": scoring.template}
+    if db is not None:  # whose stored captions or audio vectors were reused (each file's row names its source)
+        setup["db"] = db
     if texts:
         setup["label_texts"] = texts
-    if scoring.method == Method.text:
+    if scoring.method == Method.text:  # captions of the files not indexed are decoded with these settings
         setup["text_embedder"] = scoring.text_embedder or "pengi"
+        setup |= {"beam": scoring.beam, "max_len": scoring.max_len, "stop": scoring.stop.value}
     else:
         setup |= {"prompt": scoring.prompt, "loglik_score": scoring.loglik_score.value}
     _finish("classify", result, dataset, setup, None, output, json_output)

@@ -39,7 +39,7 @@ def evaluate_classification(predictions: Sequence[Prediction], truth: Truth, lab
         },
         "unmatched": base["unmatched"],
         "files": [
-            {"file": p.path, "truth": expected, "predicted": p.label, "rank": rank}
+            {"file": p.path, "truth": expected, "predicted": p.label, "rank": rank, "source": p.source}
             for (expected, p), rank in zip(pairs, ranks, strict=True)
         ],
     }
