@@ -484,7 +484,7 @@ def classify_files(
         texts=texts,
         report_skips=False,  # listed under the table, with the report's other files left out
     )
-    result = evaluate_classification(predictions, known, label_list)
+    result = evaluate_classification(predictions, known, label_list, [path for path, _ in failures])
     result["skipped"] = [{"file": path, "reason": reason} for path, reason in failures]
     output.mkdir(parents=True, exist_ok=True)
     with open(output / "predictions.csv", "w", newline="", encoding="utf-8") as out:
