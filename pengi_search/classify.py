@@ -138,13 +138,22 @@ class Truth:
     """Known labels of files, from a truth CSV."""
 
     by_path: dict[str, str]  # absolute path, in Unicode's composed form -> label
-    by_name: dict[str, str]  # file name -> label, for names listed once
+    by_name: dict[str, str]  # file name -> its absolute path in `by_path`, for names listed once
+
+    @property
+    def labels(self) -> list[str]:
+        """The distinct labels, in the order of the rows that first give them."""
+        return list(dict.fromkeys(self.by_path.values()))
 
     def label_of(self, path: str | os.PathLike[str]) -> str | None:
+        entry = self.entry_of(path)
+        return None if entry is None else self.by_path[entry]
+
+    def entry_of(self, path: str | os.PathLike[str]) -> str | None:
+        """The listed file (its key in `by_path`) that `path` is: the same absolute path, else the same name when
+        the truth lists that name once; None when the truth does not list it."""
         absolute = _composed(os.path.abspath(path))
-        if absolute in self.by_path:
-            return self.by_path[absolute]
-        return self.by_name.get(Path(absolute).name)
+        return absolute if absolute in self.by_path else self.by_name.get(Path(absolute).name)
 
 
 def _composed(path: str) -> str:
@@ -173,7 +182,7 @@ def read_truth(path: str | os.PathLike[str]) -> Truth:
             raise LabelsError(path, f"{name!r} on line {number} has another label than on line {lines[absolute]}")
         by_path[absolute], lines[absolute] = label, number
     names = Counter(Path(p).name for p in by_path)
-    by_name = {Path(p).name: label for p, label in by_path.items() if names[Path(p).name] == 1}
+    by_name = {Path(p).name: p for p in by_path if names[Path(p).name] == 1}
     return Truth(by_path, by_name)
 
 

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
+import pengi_search
 from pengi_search.classify import Prediction, read_truth
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
@@ -514,6 +516,45 @@ def test_eval_classify_end_to_end(known, tiny_model_dir, tmp_path):
     assert (out / "confusion.png").exists() == HAVE_MATPLOTLIB
 
 
+@pytest.mark.parametrize("name", ["truth.csv", "truth.txt", "truth"])
+def test_eval_classify_candidates_are_the_truth_labels_whatever_the_truth_file_is_named(
+    known, tiny_model_dir, tmp_path, name
+):
+    """Without --labels the candidates are the truth's labels, in the order of its rows: not the lines of a truth
+    file whose name does not end in .csv (which scored every file wrong against labels such as 'bell.wav,bell')."""
+    captions, _ = known
+    files = {"animals/dog.wav": "dog", "weather/rain.flac": "rain", "bell.wav": "bell", "animals/cat.flac": "dog"}
+    truth = write(captions.root / name, "file,label\n" + "".join(f"{f},{lab}\n" for f, lab in files.items()))
+    out = tmp_path / "classify"
+    result = run(
+        "eval", "classify", captions.root, "--truth", truth, "--db", captions.db, "--model", tiny_model_dir,
+        "--device", "cpu", "-o", out, "--json",
+    )  # fmt: skip
+    assert result.exit_code == EXIT_OK, result.output
+    report = json.loads(result.stdout)
+    assert report["dataset"]["labels"] == ["dog", "rain", "bell"]
+    assert report["notes"] == []
+
+
+def test_eval_classify_report_records_what_made_its_numbers(known, tiny_model_dir, tmp_path):
+    """Enough to run it again: the decoding of the captions it makes, the library whose stored captions it reused
+    (and which files came from it), and the versions of the code."""
+    captions, _ = known
+    truth = write(tmp_path / "truth.csv", f"file,label\n{captions.root / 'bell.wav'},bell\n")
+    result = run(
+        "eval", "classify", captions.root, "--truth", truth, "--db", captions.db, "--model", tiny_model_dir,
+        "--device", "cpu", "--beam", 2, "--max-len", 4, "-o", tmp_path / "out", "--json",
+    )  # fmt: skip
+    assert result.exit_code == EXIT_OK, result.output
+    report = json.loads(result.stdout)
+    setup = report["setup"]
+    assert {key: setup[key] for key in ("beam", "max_len", "stop", "db")} == {
+        "beam": 2, "max_len": 4, "stop": "both", "db": str(captions.db)
+    }  # fmt: skip
+    assert setup["pengi_search_version"] == pengi_search.__version__ and setup["torch_version"] == torch.__version__
+    assert [(Path(row["file"]).name, row["source"]) for row in report["files"]] == [("bell.wav", "index")]
+
+
 def test_eval_classify_with_a_label_map_scores_its_answers(known, tiny_model_dir, tmp_path):
     """`--labels` a `train init` label map: each label is scored as its answer, and the report records them."""
     captions, _ = known
@@ -647,6 +688,25 @@ def test_eval_classify_warns_of_what_its_numbers_cannot_count(tiny_model_dir, tm
     assert all(line.removeprefix("warning: ") in summary for line in said)
 
 
+def test_eval_classify_says_which_files_of_the_truth_it_did_not_classify(tiny_model_dir, tmp_path):
+    """Its numbers are over the files it classified: files the truth lists that are not on the disk, or not under
+    the folder given, are said under the table and listed in the report, not left out unseen."""
+    write_tone(tmp_path / "audio" / "a.wav", 1.0)
+    write_tone(tmp_path / "elsewhere" / "b.wav", 1.0)
+    truth = write(tmp_path / "truth.csv", "file,label\naudio/a.wav,tone\naudio/gone.wav,hum\nelsewhere/b.wav,hum\n")
+    out = tmp_path / "report"
+    result = run("eval", "classify", tmp_path / "audio", "--truth", truth, *quick(tiny_model_dir)[:4], "-o", out)
+    assert result.exit_code == EXIT_OK, result.output
+    note = (
+        f"2 files the truth lists were not classified, so not scored: {str(tmp_path / 'audio' / 'gone.wav')!r}, "
+        f"{str(tmp_path / 'elsewhere' / 'b.wav')!r}"
+    )
+    assert result.stderr.splitlines() == [f"warning: {note}"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["evaluated"]["files"] == 1 and report["notes"] == [note]
+    assert report["not_classified"] == [str(tmp_path / "audio" / "gone.wav"), str(tmp_path / "elsewhere" / "b.wav")]
+
+
 def test_eval_names_why_a_file_failed_on_every_run(tiny_model_dir, tmp_path):
     """A file that failed to index is not tried again by the next run (it is unchanged): its reason comes from the
     library then, not a guess that it changed or failed before."""
@@ -682,3 +742,26 @@ def test_eval_says_when_the_library_holds_captions_of_another_prompt(tiny_model_
     ]
     redone = run(*args, "--reindex")
     assert redone.stderr == "" and json.loads(redone.stdout)["setup"]["caption_prompts"] == ["generate audio caption"]
+
+
+def test_eval_records_the_decoding_of_the_captions_it_scores(tiny_model_dir, tmp_path):
+    """The report's beam and max_len are what was asked; the captions scored are the library's, decoded when they
+    were indexed. A second run with another beam, without --reindex, scores the first run's captions: the report
+    names their decoding, and the run says so."""
+    write_tone(tmp_path / "audio" / "tone.wav", 1.0)
+    captions = write(tmp_path / "audio" / "captions.csv", "file,caption\ntone.wav,a tone\n")
+    args = ["eval", "caption", captions, "--no-java-metrics", "-o", tmp_path / "out", "--json", *quick(tiny_model_dir)]
+    first = run(*args)  # quick: --beam 2 --max-len 3
+    assert first.exit_code == EXIT_OK and first.stderr == "", first.output
+    assert json.loads(first.stdout)["setup"]["caption_decoding"] == ["beam=2 max_len=3 stop=both (exact)"]
+    again = run(*args, "--beam", 3)
+    assert again.exit_code == EXIT_OK, again.output
+    setup = json.loads(again.stdout)["setup"]
+    assert (setup["beam"], setup["caption_decoding"]) == (3, ["beam=2 max_len=3 stop=both (exact)"])
+    assert again.stderr.splitlines() == [
+        "warning: the library's captions of this set were decoded with 'beam=2 max_len=3 stop=both (exact)', not "
+        "'beam=3 max_len=3 stop=both (exact)': --reindex captions them anew"
+    ]
+    redone = run(*args, "--beam", 3, "--reindex")
+    assert redone.stderr == "", redone.output
+    assert json.loads(redone.stdout)["setup"]["caption_decoding"] == ["beam=3 max_len=3 stop=both (exact)"]

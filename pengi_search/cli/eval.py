@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..choices import DEFAULT_HYBRID_WEIGHT, Device, Method, Rank
+from ..choices import DEFAULT_HYBRID_WEIGHT, EXACT_MODE, Device, Method, Rank, StopRule, decoding_settings
 from ..pathnames import shown
 from ..prompts import TASK_PROMPTS
 from ..units import count_text
@@ -233,7 +233,7 @@ def _evaluate_set(
 ) -> None:
     """Read the captioned set, index what the library lacks, `score` the library with its caption embedder (and the
     files that failed to index), and write the `kind` report."""
-    from ..evaluation.captioning import caption_prompts
+    from ..evaluation.captioning import caption_origins
     from ..search import query_embedder
 
     apply_threads(evalset.threads)
@@ -244,18 +244,27 @@ def _evaluate_set(
         embedder = query_embedder(library, evalset.model, evalset.device)
         result = score(library, caption_set, embedder, _failures(summary, library))
         setup = _library_setup(library, evalset)
-        setup["caption_prompts"] = caption_prompts(library, [item.path or "" for item in caption_set.found])
-    _warn_other_prompts(setup["caption_prompts"], evalset)
+        setup |= caption_origins(library, [item.path or "" for item in caption_set.found])
+    _warn_other_captions(setup, evalset)
     _finish(kind, result, caption_set.to_json(), setup, summary, output, json_output)
 
 
-def _warn_other_prompts(held: list[str], evalset: EvalSet) -> None:
-    """The library keeps the captions it was first indexed with: asking for another prompt without --reindex would
-    measure the old captions under the new prompt's name."""
-    wanted = (evalset.prompt or [TASK_PROMPTS["caption"]])[0]
-    if held and held != [wanted]:
-        answered = ", ".join(repr(prompt) for prompt in held)
-        warn(f"the library's captions of this set answer {answered}, not {wanted!r}: --reindex captions them anew")
+def _warn_other_captions(setup: dict[str, Any], evalset: EvalSet) -> None:
+    """The library keeps the captions it was first indexed with: asking for another prompt, beam or length without
+    --reindex would measure the old captions under the new settings' names."""
+    from ..evaluation.captioning import decoding_of
+
+    wanted = {
+        "caption_prompts": (evalset.prompt or [TASK_PROMPTS["caption"]])[0],
+        "caption_decoding": decoding_of(decoding_settings(evalset.beam, evalset.max_len, StopRule.both), EXACT_MODE),
+    }
+    for key, what in (("caption_prompts", "answer"), ("caption_decoding", "were decoded with")):
+        held = setup[key]
+        if held and held != [wanted[key]]:
+            found = ", ".join(repr(value) for value in held)
+            warn(
+                f"the library's captions of this set {what} {found}, not {wanted[key]!r}: --reindex captions them anew"
+            )
 
 
 def _read_set(captions: Path, evalset: EvalSet) -> CaptionSet:
@@ -445,7 +454,7 @@ def classify_files(
 
     Example: pengi-search eval classify esc50/audio --truth esc50/truth.csv -o runs/esc50
     """
-    from ..classify import LabelsError, read_label_map, read_labels, read_truth, write_csv
+    from ..classify import LabelsError, read_label_map, read_truth, write_csv
     from ..evaluation.classification import evaluate_classification
     from ..model_dir import ModelDir
     from .classify import classify_targets
@@ -453,8 +462,9 @@ def classify_files(
     apply_threads(threads)
     try:
         known = read_truth(truth)
-        # A labels file may be a label map (what each label is scored as); the truth's labels are scored as they are.
-        label_list, texts = read_label_map(labels) if labels is not None else (read_labels(truth), {})
+        # A labels file may be a label map (what each label is scored as); the truth's labels are scored as they are,
+        # taken from the truth as read: as a labels file, a truth not named .csv would give its lines as labels.
+        label_list, texts = read_label_map(labels) if labels is not None else (known.labels, {})
     except LabelsError as err:
         raise UsageError("", str(err)) from None
     check_output_folder(output)
@@ -474,7 +484,7 @@ def classify_files(
         texts=texts,
         report_skips=False,  # listed under the table, with the report's other files left out
     )
-    result = evaluate_classification(predictions, known, label_list)
+    result = evaluate_classification(predictions, known, label_list, [path for path, _ in failures])
     result["skipped"] = [{"file": path, "reason": reason} for path, reason in failures]
     output.mkdir(parents=True, exist_ok=True)
     with open(output / "predictions.csv", "w", newline="", encoding="utf-8") as out:
@@ -486,10 +496,13 @@ def classify_files(
         "labels": label_list,
     }
     setup = {"model": model_dir.identity, "method": scoring.method.value, "template": scoring.template}
+    if db is not None:  # whose stored captions or audio vectors were reused (each file's row names its source)
+        setup["db"] = db
     if texts:
         setup["label_texts"] = texts
-    if scoring.method == Method.text:
+    if scoring.method == Method.text:  # captions of the files not indexed are decoded with these settings
         setup["text_embedder"] = scoring.text_embedder or "pengi"
+        setup |= {"beam": scoring.beam, "max_len": scoring.max_len, "stop": scoring.stop.value}
     else:
         setup |= {"prompt": scoring.prompt, "loglik_score": scoring.loglik_score.value}
     _finish("classify", result, dataset, setup, None, output, json_output)

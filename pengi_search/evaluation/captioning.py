@@ -50,15 +50,26 @@ def stored_caption(library: Library, path: str) -> GeneratedCaption | None:
     return GeneratedCaption(text.text, text.prompt, window.start_s, window.end_s, text.score)
 
 
-def caption_prompts(library: Library, paths: Sequence[str]) -> list[str]:
-    """The prompts that the stored captions of these files answer, in order of first appearance: each window's first
-    text, the one embedded for search and scored as its caption. A library indexed before with other prompts keeps
-    its captions until it is indexed again (`--reindex`), so these may differ from the prompts asked for."""
+def caption_origins(library: Library, paths: Sequence[str]) -> dict[str, list[str]]:
+    """What made the stored captions of these files, each in order of first appearance: `caption_prompts`, the
+    prompts they answer (each window's first text, the one embedded for search and scored as its caption), and
+    `caption_decoding`, the settings they were decoded with (`decoding_of`). A library indexed before with other
+    prompts or settings keeps its captions until it is indexed again (`--reindex`), so these may differ from what
+    was asked for."""
     prompts: dict[str, None] = {}
+    decodings: dict[str, None] = {}
     for path in paths:
         stored = stored_windows(library, path)
-        prompts.update((window.texts[0].prompt, None) for window in (stored.windows if stored else ()) if window.texts)
-    return list(prompts)
+        for text in (window.texts[0] for window in (stored.windows if stored else ()) if window.texts):
+            prompts[text.prompt] = None
+            decodings[decoding_of(text.decoding, text.mode)] = None
+    return {"caption_prompts": list(prompts), "caption_decoding": list(decodings)}
+
+
+def decoding_of(settings: str | None, mode: str | None) -> str:
+    """How a text was decoded, as reports name it: `beam=3 max_len=30 stop=both (exact)`; a library written before
+    texts recorded it says so."""
+    return f"{settings or 'settings not recorded'} ({mode or 'mode not recorded'})"
 
 
 def evaluate_captions(

@@ -13,12 +13,16 @@ from ..units import count_text, for_count
 from .metrics import confusion_matrix, mean, top_k_accuracy
 
 TOP_KS = (3, 5)  # top-1 is the accuracy
-_NAMED = 5  # true labels that are no candidate, named in their note
+_NAMED = 5  # true labels that are no candidate, or files not classified, named in their note
 
 
-def evaluate_classification(predictions: Sequence[Prediction], truth: Truth, labels: Sequence[str]) -> dict[str, Any]:
-    """Accuracy, per-class precision/recall/F1, macro F1, top-k accuracy and the confusion matrix."""
+def evaluate_classification(
+    predictions: Sequence[Prediction], truth: Truth, labels: Sequence[str], failed: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Accuracy, per-class precision/recall/F1, macro F1, top-k accuracy and the confusion matrix; `failed`: the
+    files that could not be classified (left out with their reason, so not among the truth's files missed)."""
     base = evaluate(predictions, truth)
+    missed = not_classified(truth, [*(p.path for p in predictions), *failed])
     known = [(truth.label_of(p.path), p) for p in predictions]
     pairs = [(expected, p) for expected, p in known if expected is not None]
     ranks = [_rank_of(expected, p) for expected, p in pairs]
@@ -30,7 +34,7 @@ def evaluate_classification(predictions: Sequence[Prediction], truth: Truth, lab
     metrics["macro_f1"] = mean([c["f1"] for c in base["per_class"].values()])
     return {
         "metrics": metrics,
-        "notes": label_notes([expected for expected, _ in pairs], labels),
+        "notes": label_notes([expected for expected, _ in pairs], labels) + missed_notes(missed),
         "evaluated": {"files": base["files"], "correct": base["correct"]},
         "per_class": base["per_class"],
         "confusion": {
@@ -38,11 +42,27 @@ def evaluate_classification(predictions: Sequence[Prediction], truth: Truth, lab
             "counts": confusion_matrix([(expected, p.label) for expected, p in pairs], classes),
         },
         "unmatched": base["unmatched"],
+        "not_classified": missed,
         "files": [
-            {"file": p.path, "truth": expected, "predicted": p.label, "rank": rank}
+            {"file": p.path, "truth": expected, "predicted": p.label, "rank": rank, "source": p.source}
             for (expected, p), rank in zip(pairs, ranks, strict=True)
         ],
     }
+
+
+def not_classified(truth: Truth, reached: Sequence[str]) -> list[str]:
+    """The files the truth lists (absolute paths) that none of the files `reached` is: scores over the others
+    leave them out, a truth of a whole set measured on part of it, or files missing from the disk."""
+    matched = {truth.entry_of(path) for path in reached}
+    return [path for path in truth.by_path if path not in matched]
+
+
+def missed_notes(missed: Sequence[str]) -> list[str]:
+    """The note for the truth's files that were not classified (none when there are none)."""
+    if not missed:
+        return []
+    were = for_count(len(missed), "was", "were")
+    return [f"{count_text(len(missed), 'file')} the truth lists {were} not classified, so not scored: {_named(missed)}"]
 
 
 def _rank_of(label: str, prediction: Prediction) -> int | None:
@@ -72,12 +92,9 @@ def label_notes(expected: Sequence[str], candidates: Sequence[str]) -> list[str]
         else:
             absent.append(label)
     if absent:
-        named = ", ".join(map(repr, absent[:_NAMED])) + (
-            f" and {len(absent) - _NAMED} more" if len(absent) > _NAMED else ""
-        )
         count = sum(files[label] for label in absent)
         are_not = for_count(len(absent), "is not a candidate label", "are not candidate labels")
-        notes.append(f"{count_text(len(absent), 'true label')} {are_not}, so {_wrong(count)}: {named}")
+        notes.append(f"{count_text(len(absent), 'true label')} {are_not}, so {_wrong(count)}: {_named(absent)}")
     spellings: dict[str, list[str]] = {}
     for label in files:
         spellings.setdefault(_loose(label), []).append(label)
@@ -85,6 +102,12 @@ def label_notes(expected: Sequence[str], candidates: Sequence[str]) -> list[str]
         if len(same) > 1:
             notes.append(f"true labels {', '.join(map(repr, same))} differ only in case or spacing: counted apart")
     return notes
+
+
+def _named(items: Sequence[str]) -> str:
+    """The first few items, quoted, and how many more: `'a', 'b' and 3 more`."""
+    more = f" and {len(items) - _NAMED} more" if len(items) > _NAMED else ""
+    return ", ".join(map(repr, items[:_NAMED])) + more
 
 
 def _wrong(files: int) -> str:

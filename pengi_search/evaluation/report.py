@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .. import __version__
 from ..errors import UsageError
 from ..pathnames import json_text
 from ..paths import as_path
@@ -38,9 +39,18 @@ def build_report(kind: str, result: dict[str, Any], *, dataset: dict[str, Any], 
     if kind not in KINDS:
         raise ValueError(f"unknown report kind {kind!r}")
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    setup = setup | software_versions()
     return {"pengi_search_eval": SCHEMA, "kind": kind, "created_at": created, "dataset": dataset, "setup": setup} | (
         result
     )
+
+
+def software_versions() -> dict[str, str]:
+    """The versions that make the numbers: pengi-search's own code, and PyTorch's kernels (another release may round
+    differently, which reorders near ties). In the setup, so that `compare` names them when they differ."""
+    import torch  # loaded already by every evaluation, which runs the model or reads its library
+
+    return {"pengi_search_version": __version__, "torch_version": torch.__version__}
 
 
 def write_report(report: dict[str, Any], folder: Path) -> list[Path]:
