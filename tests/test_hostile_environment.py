@@ -282,6 +282,40 @@ def test_a_reader_that_cannot_save_the_faiss_files_says_it_brings_them_up_to_dat
     ]
 
 
+def downgraded(library: Path, revision: str) -> None:
+    """`library` as an older pengi-search left it: its schema at `revision`, its rows kept."""
+    from alembic import command
+
+    from pengi_search.db.migrate import alembic_config
+
+    engine = db_engine.create_store_engine(f"sqlite:///{library}")
+    config = alembic_config()
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.downgrade(config, revision)
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("command", [["query", "a bell"], ["stats"], ["export"]])
+def test_a_reader_of_an_older_read_only_library_says_it_must_be_upgraded_by_one_that_may_write_it(
+    library, tiny_model_dir, read_only, command
+):
+    """It said `cannot open or upgrade the database: attempt to write a readonly database`: neither that the library
+    is older than this pengi-search, nor what would open it. A reader cannot read an older schema as it is."""
+    downgraded(library, "0004")
+    read_only.add(library.parent)
+    model = ["--model", tiny_model_dir] if command[0] == "query" else []
+    result = run(*command, "--db", library, *model)
+    assert result.exit_code == EXIT_FAILED
+    assert one_error_line(result) == (
+        f"error: {library}: cannot upgrade the library's schema from revision 0004 to 0005 (attempt to write a "
+        "readonly database); this pengi-search reads it only once upgraded, which any of its commands does where it "
+        "may write the library"
+    )
+
+
 def test_a_database_locked_past_the_wait_names_the_file_as_typed_and_the_likely_cause(library, monkeypatch):
     """It said only `database is locked`, after 30 s; then named the library by its SQLAlchemy URL."""
     monkeypatch.setattr(db_engine, "SQLITE_BUSY_TIMEOUT_MS", 50)

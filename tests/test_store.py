@@ -172,6 +172,29 @@ def test_opening_an_older_database_upgrades_it_and_keeps_its_rows(db_url: str) -
         assert [f.path for f in store.files_with_hash("f" * 64)] == ["/lib/old.wav"]
 
 
+def test_opening_an_older_library_says_once_that_it_upgraded_its_schema(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The upgrade is one way (an earlier pengi-search refuses a newer schema), so it is said, by the one process
+    that made it; a new library and one already upgraded are opened without a word."""
+    with Store.open(db_url) as store:
+        indexed_file(store, "/lib/a.wav")
+    assert caplog.messages == []
+    with migrating(db_url) as (config, _connection):
+        command.downgrade(config, "0003")
+    with Store.open(db_url) as store:
+        assert store.stats()["files"]["total"] == 1
+    (said,) = caplog.messages
+    assert said.endswith(
+        f": upgraded the library's schema from revision 0003 to {SCHEMA_HEAD} (earlier pengi-search versions cannot "
+        "open it any more)"
+    ), said
+    caplog.clear()
+    with Store.open(db_url):
+        pass
+    assert caplog.messages == []
+
+
 def test_a_0002_database_gains_run_owners_and_index_records(db_url: str) -> None:
     engine = create_store_engine(db_url)
     migrate(engine, "0002")

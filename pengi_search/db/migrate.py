@@ -5,6 +5,7 @@ The scripts are the `migrations` package shipped beside `pengi_search`; found as
 
 from __future__ import annotations
 
+import logging
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from .engine import WRITE_OPTION
 from .errors import ForeignDatabaseError, StoreError, driver_reason
 from .urls import library_name_of_url
+
+log = logging.getLogger(__name__)
 
 SCHEMA_HEAD = "0005"  # the newest migration; a test keeps it equal to the scripts' head
 LIBRARY_TABLE = "audio_files"  # in every revision: a database without it holds no pengi-search library
@@ -48,33 +51,74 @@ def migrate(engine: Engine, revision: str = "head", *, where: str | None = None)
     where = where or library_name_of_url(engine.url)
     if revision == "head" and _at_head(engine):
         return  # the common case, answered without importing alembic (~0.5 s)
-    from alembic import command
-    from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
     config = alembic_config()
     script = ScriptDirectory.from_config(config)
     try:
-        with engine.connect() as connection:
-            current = set(MigrationContext.configure(connection).get_current_heads())
-        known = {rev.revision for rev in script.walk_revisions()}
-        if current - known and not _has_library_table(engine):
-            raise ForeignDatabaseError(where, foreign_revision_reason(current - known))
-        if current - known:
-            raise StoreError(
-                where,
-                f"schema revision {', '.join(sorted(current - known))} is newer than this pengi-search knows; "
-                "upgrade pengi-search",
-            )
-        if revision == "head" and current == set(script.get_heads()):
-            return
-        with engine.execution_options(**{WRITE_OPTION: True}).begin() as connection:
-            if connection.dialect.name == "postgresql":
-                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
-            config.attributes["connection"] = connection
-            command.upgrade(config, revision)
+        current = _checked_revisions(engine, script, where)
     except SQLAlchemyError as exc:
-        raise StoreError(where, f"cannot open or upgrade the database: {driver_reason(exc)}") from exc
+        raise StoreError(where, f"cannot open the database: {driver_reason(exc)}") from exc
+    if revision == "head" and current == set(script.get_heads()):
+        return
+    target = script.get_current_head() if revision == "head" else revision
+    try:
+        upgraded_from = _upgrade(engine, config, revision)
+    except SQLAlchemyError as exc:
+        raise StoreError(where, _upgrade_failure(current, target, driver_reason(exc))) from exc
+    if upgraded_from:  # an existing library, upgraded by this process (not by another one it waited for)
+        log.warning(
+            "%s: upgraded the library's schema from revision %s to %s (earlier pengi-search versions cannot open it "
+            "any more)",
+            where,
+            upgraded_from,
+            target,
+        )
+
+
+def _checked_revisions(engine: Engine, script: Any, where: str) -> set[str]:
+    """The database's schema revisions (none for a new database), refusing ones this pengi-search does not know."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as connection:
+        current = set(MigrationContext.configure(connection).get_current_heads())
+    unknown = current - {rev.revision for rev in script.walk_revisions()}
+    if unknown and not _has_library_table(engine):
+        raise ForeignDatabaseError(where, foreign_revision_reason(unknown))
+    if unknown:
+        raise StoreError(
+            where,
+            f"schema revision {', '.join(sorted(unknown))} is newer than this pengi-search knows; upgrade pengi-search",
+        )
+    return current
+
+
+def _upgrade(engine: Engine, config: Any, revision: str) -> str:
+    """Run the migrations up to `revision` in one transaction (all or nothing, `kill -9` included) and give the
+    revision the database was at once this process held the write lock ("" for a new database): a process that
+    waited for another's upgrade finds it done."""
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.execution_options(**{WRITE_OPTION: True}).begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+        before = MigrationContext.configure(connection).get_current_revision() or ""
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+        after = MigrationContext.configure(connection).get_current_revision() or ""
+    return before if after != before else ""
+
+
+def _upgrade_failure(current: set[str], target: str, reason: str) -> str:
+    """Why a database could not be upgraded: a library of an older schema, which this pengi-search cannot read as
+    it is, needs a command that may write it (a reader of a read-only share, or a read-only database role, cannot)."""
+    if not current:
+        return f"cannot create the library's tables: {reason}"
+    return (
+        f"cannot upgrade the library's schema from revision {', '.join(sorted(current))} to {target} ({reason}); "
+        "this pengi-search reads it only once upgraded, which any of its commands does where it may write the library"
+    )
 
 
 def foreign_tables_reason(tables: list[str]) -> str:
