@@ -622,6 +622,14 @@ def test_a_clip_that_fails_to_load_is_skipped_counted_and_said_once_as_every_com
 # --- Distributed ------------------------------------------------------------------------------------------------
 
 
+def torchrun(*arguments: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc-per-node 2 -m trainer ARGUMENTS` on this machine's CPUs."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [*command, "-m", "trainer", *arguments]
+    return subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600, cwd=cwd)
+
+
 def test_two_gloo_processes_equal_one_process_with_the_combined_batch(tmp_path, sounds, tiny_model_dir) -> None:
     # DDP averages gradients; the loop divides each process's summed NLL by the answer tokens of all processes,
     # so the captions' different lengths still give exactly the gradient of one batch. Dropout off and BatchNorm
@@ -640,11 +648,7 @@ def test_two_gloo_processes_equal_one_process_with_the_combined_batch(tmp_path, 
         data={"batch_size": 1},
         **merge(common, {"optimization": {"grad_accumulation": 2}}),
     )
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launched = subprocess.run(
-        [*command, "-m", "trainer", str(two)], env=env, capture_output=True, text=True, timeout=600
-    )
+    launched = torchrun(str(two))
     assert launched.returncode == 0, launched.stderr[-3000:]
     check_trained(one)
     check_trained(accumulated)
@@ -676,16 +680,7 @@ def test_under_torchrun_rank_0_alone_says_each_clip_that_fails_once(tmp_path, so
     manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
     # 8 rows, 2 processes, batches of one: 4 steps an epoch; two epochs.
     config_path = write_config(tmp_path, tiny_model_dir, manifest, data={"batch_size": 1})
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launched = subprocess.run(
-        [*command, "-m", "trainer", str(config_path), "--set", "optimization.max_steps=8"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-    )
+    launched = torchrun(str(config_path), "--set", "optimization.max_steps=8", cwd=tmp_path)
     said = [line for line in launched.stderr.splitlines() if "skipp" in line]
     unreadable = "not a readable audio file (unknown format or corrupt data)"
     assert sorted(said) == [
@@ -710,12 +705,9 @@ def test_under_torchrun_a_resume_refused_once_set_up_is_said_once_and_a_warning_
     epochs = {"max_steps": None, "epochs": 2}  # 4 rows in batches of 2: 4 steps
     config_path = write_config(tmp_path, tiny_model_dir, sounds / "train.jsonl", optimization=epochs)
     check_trained(config_path)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def resumed(*options: str) -> subprocess.CompletedProcess:
-        resume = [*command, "-m", "trainer", str(config_path), "--resume", *options]
-        return subprocess.run(resume, env=env, capture_output=True, text=True, timeout=600)
+        return torchrun(str(config_path), "--resume", *options)
 
     refused = resumed()
     assert refused.stderr.count("error: ") == 1, refused.stderr[-3000:]
@@ -737,15 +729,69 @@ def test_under_torchrun_an_error_every_process_meets_in_its_set_up_is_said_once_
     data.max_answer_tokens, a prompt too long). Rank 0 says it, once, and exits with its code (torchrun reports
     it); the others end well."""
     config_path = write_config(tmp_path, tiny_model_dir, sounds / "train.jsonl", data={"batch_size": 4})
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launched = subprocess.run(
-        [*command, "-m", "trainer", str(config_path)], env=env, capture_output=True, text=True, timeout=600
-    )
+    launched = torchrun(str(config_path))
     assert launched.stderr.count("error: ") == 1, launched.stderr[-3000:]
     too_few = "4 usable examples are too few for one step of batch_size 4 x grad_accumulation 1 x 2 processes"
     assert too_few in launched.stderr
     assert "SIGTERM" not in launched.stderr and re.search(r"rank\s*: 0 .*\n\s*exitcode\s*: 1 ", launched.stderr)
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        (["--set", "optimization.bogus=1"], "unknown key optimization.bogus"),  # read by the command line
+        (["--bogus"], "No such option: --bogus"),  # found by the option parser
+        (["--resume", "--set", "optimization.lr=0.5"], "optimization.lr 0.5 (the run's: 0.001)"),  # by the run
+    ],
+    ids=["bad-config", "bad-option", "resume-refused"],
+)
+def test_under_torchrun_a_failure_found_before_the_processes_connect_is_said_once_per_machine(
+    tmp_path, sounds, tiny_model_dir, options: list[str], said: str
+) -> None:
+    """A bad configuration or option, or a resume refused, is found by every process before they connect, and each
+    said it (`error: ...` once per process). The machine's first process (LOCAL_RANK 0) says it, once, and exits 2
+    (torchrun reports it); the others end well, without a word, so that torchrun does not stop the first before it
+    has said it."""
+    config_path = write_config(tmp_path, tiny_model_dir, sounds / "train.jsonl")
+    if "--resume" in options:
+        check_trained(config_path, "--set", "optimization.max_steps=1")
+    launched = torchrun(str(config_path), *options)
+    assert launched.stderr.count("error: ") == 1 and said in launched.stderr, launched.stderr[-3000:]
+    assert re.search(r"rank\s*: 0 .*\n\s*exitcode\s*: 2 ", launched.stderr), launched.stderr[-3000:]
+    assert not re.search(r"rank\s*: 1 .*\n\s*exitcode\s*: 2 ", launched.stderr), launched.stderr[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        (["--set", "optimization.bogus=1"], "unknown key optimization.bogus"),
+        (["--bogus"], "No such option: --bogus"),
+        (["--resume"], "no checkpoint to resume from"),
+        (["--set", "runtime.precision=fp16"], "fp16"),  # found by the run, before it connects
+    ],
+)
+def test_before_the_processes_connect_the_machines_first_process_alone_says_what_fails(
+    tmp_path, sounds, tiny_model_dir, monkeypatch, options: list[str], said: str
+) -> None:
+    """What torchrun's environment makes of it, whichever process is quicker: the second process of a machine
+    (LOCAL_RANK 1) ends well without a word, the first says the failure with its exit code."""
+    config_path = write_config(tmp_path, tiny_model_dir, sounds / "train.jsonl")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    second = train_command(config_path, *options)
+    assert (second.exit_code, second.output) == (0, ""), second.output
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    first = train_command(config_path, *options)
+    assert first.exit_code == EXIT_USAGE and first.stderr.count("error: ") == 1 and said in first.stderr
+
+
+def test_under_torchrun_the_dry_run_checks_and_reports_once_per_machine(tmp_path, sounds, tiny_model_dir) -> None:
+    """Every process ran the dry run (encoding the clips, timing steps) and printed its whole report."""
+    config_path = write_config(tmp_path, tiny_model_dir, sounds / "train.jsonl")
+    launched = torchrun(str(config_path), "--dry-run")
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert launched.stdout.count("plan: processes 2, examples per step 4") == 1, launched.stdout
+    assert launched.stdout.count("ready to train") == 1, launched.stdout
 
 
 # --- Set-up from scratch ---------------------------------------------------------------------------------------

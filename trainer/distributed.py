@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from trainer.torchrun_env import process_count
+
 
 @dataclass(frozen=True)
 class Processes:
@@ -39,11 +41,6 @@ def resolve_device(choice: str, local_rank: int) -> torch.device:
     if choice == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", local_rank % torch.cuda.device_count())
-
-
-def process_count() -> int:
-    """How many processes the run has: torchrun's WORLD_SIZE, else one (known before the group is started)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def start_processes(device_choice: str) -> Processes:

@@ -84,6 +84,7 @@ from trainer.run_data import prepare_data, quiet
 from trainer.sampling import ResumableSampler
 from trainer.state import Position, RunCheckpoints, restore_rng, seed_everything
 from trainer.stopping import BestTracker, InterruptRequest
+from trainer.torchrun_env import said_once_per_machine
 
 log = logging.getLogger(__name__)
 
@@ -115,15 +116,17 @@ def train(
     """Run the training that `config` describes in this process (one of several under `torchrun`).
 
     A resumed run must be the checkpoint's run, but for a new length among the keys `given` on the command line
-    (`--set`): see `trainer.resume_plan`. A set-up failure every process meets is raised by rank 0 alone."""
+    (`--set`): see `trainer.resume_plan`. A set-up failure every process meets is raised by rank 0 alone; one met
+    before the processes connect, by the first process of each machine (`trainer.torchrun_env`)."""
     source = source or Path("<config>")
-    if problems := config.problems(cuda=torch.cuda.is_available()):
-        raise ConfigError(source, problems[0])
-    # Before the set-up (features take minutes): a missing checkpoint, a new run in an output_dir holding one, or a
-    # configuration that is not the run's.
-    checkpoint = checkpoint_to_resume(config.output_dir, resume)
-    record = None if checkpoint is None else read_run_record(checkpoint)  # the one read of the checkpoint
-    length_change = None if record is None else check_resume(config, record, given, source)
+    with said_once_per_machine():  # the processes are not connected yet: each meets what the others meet
+        if problems := config.problems(cuda=torch.cuda.is_available()):
+            raise ConfigError(source, problems[0])
+        # Before the set-up (features take minutes): a missing checkpoint, a new run in an output_dir holding one,
+        # or a configuration that is not the run's.
+        checkpoint = checkpoint_to_resume(config.output_dir, resume)
+        record = None if checkpoint is None else read_run_record(checkpoint)  # the one read of the checkpoint
+        length_change = None if record is None else check_resume(config, record, given, source)
     processes = start_processes(config.runtime.device)
     trainer = None
     failure: PengiSearchError | None = None  # how this process's set-up failed (`ends_here` decides who says it)

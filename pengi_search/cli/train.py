@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import click
 import typer
@@ -20,6 +20,9 @@ from ..errors import EXIT_PARTIAL
 from ..paths import as_typed
 from .common import err_console, handle_errors, out_console, warn
 from .help_text import App, Group
+
+if TYPE_CHECKING:
+    from trainer.config import TrainConfig
 
 RUN = "run"
 
@@ -31,6 +34,21 @@ class _RunByDefault(Group):
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
             args = [RUN, *args]
         return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> object:
+        """Under torchrun, a mistake the option parser finds in a subcommand's options is said by the first process
+        of each machine alone, as the run's other failures before its processes connect are
+        (`trainer.torchrun_env`): the others end well."""
+        from trainer.torchrun_env import first_on_machine
+
+        from . import ParserUsageError
+
+        try:
+            return super().invoke(ctx)
+        except ParserUsageError:
+            if first_on_machine():
+                raise
+            raise typer.Exit(0) from None
 
 
 app = App(
@@ -78,26 +96,40 @@ def run(
     """
     from trainer.checkpoint_files import checkpoint_to_resume
     from trainer.config import load_config, parse_overrides
+    from trainer.torchrun_env import SaidByTheMachinesFirstProcess, first_on_machine, said_once_per_machine
 
-    # Read before the training code is imported (torch and the models: seconds), so that a mistyped key or
-    # checkpoint fails at once (the run checks the checkpoint again, for library callers).
-    overrides = parse_overrides(set_ or [])
-    settings = load_config(config, overrides)
-    # A checkpoint file named that is not there is a typo, said at once as a typo'd key is; what output_dir holds
-    # (a run, for a new one; no checkpoint, for --resume) a dry run reports among every other problem it finds.
-    if resume_from is not None or not dry_run:
-        checkpoint_to_resume(settings.output_dir, resume_from or resume)
+    if dry_run and not first_on_machine():
+        return  # under torchrun: the first process of each machine checks the run and reports for them all
+    try:
+        # Read before the training code is imported (torch and the models: seconds), so that a mistyped key or
+        # checkpoint fails at once (the run checks the checkpoint again, for library callers).
+        with said_once_per_machine():
+            overrides = parse_overrides(set_ or [])
+            settings = load_config(config, overrides)
+            # A checkpoint file named that is not there is a typo, said at once as a typo'd key is; what output_dir
+            # holds (a run, for a new one; no checkpoint, for --resume) a dry run reports among every other problem.
+            if resume_from is not None or not dry_run:
+                checkpoint_to_resume(settings.output_dir, resume_from or resume)
+        _run(settings, config, dry_run=dry_run, resume=resume_from or resume, given=set(overrides), quiet=quiet)
+    except SaidByTheMachinesFirstProcess:
+        return  # under torchrun, before the processes connected: the first process of this machine says it
+
+
+def _run(
+    settings: TrainConfig, config: Path, *, dry_run: bool, resume: bool | Path, given: set[str], quiet: bool
+) -> None:
+    """The dry run or the run of `settings`, read from `config`; a resumed run takes a new length from the
+    settings `given` (--set) alone."""
     from trainer.dry_run import dry_run_report, print_dry_run
     from trainer.loop import train as run_training
 
     if quiet:  # without --quiet, the configuration's logging.quiet decides
         settings.logging.quiet = True
-    given = set(overrides)  # a resumed run takes a new length from these alone
     if dry_run:
-        report = dry_run_report(settings, source=config, resume=resume_from or resume, given=given)
+        report = dry_run_report(settings, source=config, resume=resume, given=given)
         print_dry_run(report, out_console, err_console)
         raise typer.Exit(report.exit_code)
-    result = run_training(settings, resume=resume_from or resume, given=given, source=config, console=err_console)
+    result = run_training(settings, resume=resume, given=given, source=config, console=err_console)
     if result.audio_skipped and result.main:  # as everywhere: the command ran, but some audio could not be used
         warn("trained without the clips reported above, whose audio could not be used")
         raise typer.Exit(EXIT_PARTIAL)
