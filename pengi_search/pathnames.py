@@ -24,6 +24,7 @@ three forms such a name takes elsewhere:
 from __future__ import annotations
 
 import base64
+import codecs
 import json
 import os
 import re
@@ -98,8 +99,21 @@ def path_fields(path: str | os.PathLike[str], key: str = "path", *, readable: bo
     return fields
 
 
-def json_text(data: Any, *, indent: int | None = None) -> str:
+def json_text(data: Any, *, indent: int | None = None, ascii_only: bool = False) -> str:
     """`json.dumps` that keeps non-ASCII text readable and writes lone surrogates as `\\uXXXX` escapes (valid
-    JSON, encodable as UTF-8), so that file names that are not valid UTF-8 survive a JSON round trip."""
-    text = json.dumps(data, ensure_ascii=False, indent=indent)
+    JSON, encodable as UTF-8), so that file names that are not valid UTF-8 survive a JSON round trip.
+
+    `ascii_only`: every non-ASCII character escaped, for a stream that cannot write UTF-8 (`writes_utf8`).
+    """
+    text = json.dumps(data, ensure_ascii=ascii_only, indent=indent)
     return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def writes_utf8(stream: Any) -> bool:
+    """Whether `stream` encodes text as UTF-8. Elsewhere (a Latin-1 locale, `PYTHONIOENCODING`, a Windows code
+    page) a character it cannot encode comes out as Python's `\\U0001f600`, which is no JSON escape, or as a byte
+    of that encoding where a JSON reader expects UTF-8: JSON for such a stream is written in ASCII."""
+    try:
+        return codecs.lookup(getattr(stream, "encoding", None) or "ascii").name == "utf-8"
+    except LookupError:
+        return False

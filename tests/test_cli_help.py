@@ -140,3 +140,17 @@ def test_serve_help_and_the_readme_say_one_thing_of_its_folders_and_of_its_uploa
     assert default in _option("pengi-search serve", "--root").help and default in readme
     assert "in MiB (2^20 bytes" in _option("pengi-search serve", "--max-upload-mb").help
     assert "(`--max-upload-mb`, 64, in MiB of 2^20 bytes" in readme
+
+
+def test_the_root_help_lists_every_exit_code_of_the_readme_for_scripts():
+    """A script's author reads `pengi-search --help` before the README: each code of its "Exit codes" table is
+    there, with what --json puts on stdout."""
+    from .test_readme import README
+
+    table = README.read_text(encoding="utf-8").split("## Exit codes and environment", 1)[1].split("\n\n", 2)[1]
+    codes = re.findall(r"^\| (\d+) \|", table, flags=re.MULTILINE)
+    assert codes == ["0", "1", "2", "3", "130", "141", "143"]
+    shown = " ".join(CliRunner().invoke(app, ["--help"]).stdout.split())
+    said = re.search(r"Exit codes: (.*)", shown)
+    assert said is not None and re.findall(r"\b(\d+) ", said[1])[: len(codes)] == codes
+    assert "--json writes only JSON on stdout" in said[1]

@@ -133,6 +133,20 @@ def test_failed_files_give_exit_code_3_and_are_listed(tiny_model_dir, sounds, tm
     assert f"failed {sounds / 'broken [live].mp3'}: not a readable audio file" in result.stderr
 
 
+def test_with_json_failed_files_and_warnings_still_go_to_stderr(tiny_model_dir, sounds, tmp_path):
+    """A cron job's `index --json > summary.json 2>> errors.log` finds failures in its log, as `describe --json`
+    and `classify --json` write their `skipped` lines: stdout holds the JSON alone, stderr what went wrong."""
+    (sounds / "broken.mp3").write_text("this is not an mp3")
+    result = index(sounds, tmp_path / "lib.db", tiny_model_dir, "--json")
+    assert result.exit_code == EXIT_PARTIAL
+    assert [item["path"] for item in json.loads(result.stdout)["failed"]] == [str(sounds / "broken.mp3")]
+    assert f"failed {sounds / 'broken.mp3'}: not a readable audio file" in result.stderr
+    (tmp_path / "notes").mkdir()
+    empty = index(tmp_path / "notes", tmp_path / "lib.db", tiny_model_dir, "--json")
+    assert empty.exit_code == 0 and json.loads(empty.stdout)["files_seen"] == 0
+    assert "warning: no audio file found in" in empty.stderr
+
+
 def test_stats_names_the_files_that_failed_with_their_reason(tiny_model_dir, sounds, tmp_path):
     """A later run skips them without naming them, so `stats` is where a user finds which files failed and why."""
     (sounds / "empty.wav").write_bytes(b"")

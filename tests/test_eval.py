@@ -707,6 +707,29 @@ def test_eval_classify_says_which_files_of_the_truth_it_did_not_classify(tiny_mo
     assert report["not_classified"] == [str(tmp_path / "audio" / "gone.wav"), str(tmp_path / "elsewhere" / "b.wav")]
 
 
+def test_with_json_the_warnings_still_go_to_stderr(tiny_model_dir, tmp_path):
+    """`--json` puts the report on stdout instead of the table, and nothing else there; what the numbers leave out
+    is still said on stderr, as every command's --json says it, for a script's log."""
+    write_tone(tmp_path / "audio" / "a.wav", 1.0)
+    broken = write(tmp_path / "audio" / "broken.wav", "RIFF not really audio")
+    truth = write(tmp_path / "truth.csv", "file,label\na.wav,tone\nbroken.wav,hum\n")
+    labels = write(tmp_path / "labels.txt", "tone\nhum\n")
+    args = ["eval", "classify", tmp_path / "audio", "--truth", truth, "--labels", labels, "-o", tmp_path / "report"]
+    result = run(*args, *quick(tiny_model_dir)[:4], "--json")
+    assert result.exit_code == EXIT_PARTIAL, result.output
+    assert json.loads(result.stdout)["skipped"] == [
+        {"file": str(broken), "reason": "not a readable audio file (unknown format or corrupt data)"}
+    ]
+    assert result.stderr.splitlines() == [
+        f"warning: left out {broken}: not a readable audio file (unknown format or corrupt data)"
+    ]
+    for name, sha in (("base", "0" * 64), ("other-set", "1" * 64)):
+        write_report(retrieval_report(0.25, sha=sha), tmp_path / name)
+    compared = run("eval", "compare", tmp_path / "base", tmp_path / "other-set", "--json")
+    assert compared.exit_code == EXIT_OK and json.loads(compared.stdout)["notes"]
+    assert "warning: the two reports measured different sets" in compared.stderr
+
+
 def test_eval_names_why_a_file_failed_on_every_run(tiny_model_dir, tmp_path):
     """A file that failed to index is not tried again by the next run (it is unchanged): its reason comes from the
     library then, not a guess that it changed or failed before."""

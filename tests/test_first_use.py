@@ -9,8 +9,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import http.server
+import io
 import json
 import os
+import pty
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,6 +25,7 @@ from typer.testing import CliRunner
 
 from pengi_search.cli import app, first_use
 from pengi_search.config import PengiConfig
+from pengi_search.consoles import make_console
 from pengi_search.db import Store
 from pengi_search.model import Pengi
 from pengi_search.model_dir import ModelDir
@@ -132,6 +136,25 @@ def test_a_script_gets_the_one_line_error_without_yes(release, clip, isolated_ho
         "or pass --yes to fetch it now"
     )
     assert release.requests == [] and not (isolated_home / "models").exists()
+
+
+def test_a_wrapper_capturing_stderr_from_a_terminal_is_not_asked_even_with_force_color(monkeypatch):
+    """`subprocess.run([...], capture_output=True)` run from a terminal: stdin is the terminal, stderr a pipe. The
+    question would go into the captured stderr, where nobody reads it, and the command would wait for an answer;
+    FORCE_COLOR (colours wanted in a log) puts no person there."""
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    stderr = make_console(stderr=True)
+    monkeypatch.setattr(first_use, "err_console", stderr)
+    controller, terminal = pty.openpty()
+    with open(os.ttyname(terminal)) as keyboard, open(os.ttyname(terminal), "w") as screen:
+        monkeypatch.setattr(sys, "stdin", keyboard)
+        stderr.file = io.StringIO()  # captured
+        assert stderr.is_terminal  # as Rich sees it under FORCE_COLOR
+        assert not first_use.can_ask()
+        stderr.file = screen
+        assert first_use.can_ask()
+    os.close(controller)
+    os.close(terminal)
 
 
 @pytest.mark.parametrize("consent", ["--yes", "-y", "env"])

@@ -5,6 +5,7 @@ command: indexed, stored without loss, shown escaped, written to JSON without lo
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 from pathlib import Path
@@ -17,6 +18,7 @@ from typer.testing import CliRunner
 from indexer.pipeline import run_index
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
+from pengi_search.cli.library import _write_rows
 from pengi_search.db import Store, StoreError
 from pengi_search.errors import PengiSearchError
 from pengi_search.library import Library
@@ -290,3 +292,22 @@ def test_eval_classify_reports_the_odd_files(tree, indexed, tiny_model_dir, tmp_
 def test_a_database_path_that_is_not_utf8_is_refused_with_the_reason(tmp_path):
     result = run("stats", "--db", odd(tmp_path, b"db\xff") + "/lib.db")
     assert result.exit_code == 2 and "db\\xff/lib.db: the database's path is not valid UTF-8" in result.stderr
+
+
+def test_json_stays_json_where_stdout_does_not_write_utf8(tiny_model_dir, tmp_path):
+    """A Latin-1 locale (or PYTHONIOENCODING, a Windows code page) cannot write 😀: Python wrote `\\U0001f600`,
+    which no JSON reader takes, and é as a Latin-1 byte where JSON is UTF-8. There the JSON is ASCII, its `\\u`
+    escapes read back by any JSON reader; on a UTF-8 stream it stays readable text."""
+    clip = str(write_tone(tmp_path / "😀 café.wav", 1.0, freq=500))
+    latin1 = CliRunner(charset="latin-1").invoke(
+        app, ["describe", clip, "--model", str(tiny_model_dir), *QUICK, "--json"]
+    )
+    assert latin1.exit_code == 0, latin1.output
+    assert latin1.stdout_bytes.isascii() and json.loads(latin1.stdout_bytes)[0]["path"] == clip
+
+    for encoding in ("latin-1", "utf-8"):  # export's JSON lines, on such a stdout and on a UTF-8 one
+        stream = io.TextIOWrapper(io.BytesIO(), encoding=encoding, errors="backslashreplace")
+        _write_rows([{"path": clip}], stream)
+        stream.flush()
+        written = stream.buffer.getvalue()
+        assert json.loads(written) == {"path": clip} and written.isascii() == (encoding == "latin-1")

@@ -29,7 +29,7 @@ from pengi_search.audio import AUDIO_EXTENSIONS
 from pengi_search.audio_workers import CHANGED_WHILE_READ
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_INTERRUPTED, EXIT_USAGE
-from pengi_search.cli.index import _print_run_line
+from pengi_search.cli.index import _print_json_summary, _print_run_line
 from pengi_search.db import Store
 from pengi_search.db.run_lock import indexing_lock
 from pengi_search.errors import EXIT_TERMINATED
@@ -191,6 +191,15 @@ def test_a_later_run_is_one_line_with_the_time_none_with_quiet_and_failures_alwa
     assert re.fullmatch(
         r"\d\d:\d\d:\d\d indexed 2 files \(1 reused\), removed 1, 1 failed \(1.3 s\)\n", capsys.readouterr().out
     )
+
+
+def test_a_later_run_with_json_is_one_json_line_and_its_failures_still_go_to_stderr(capsys):
+    summary = IndexSummary("sqlite:///lib.db", indexed=2, pruned=1, seconds=1.26)
+    summary.failed.append(FailedFile("/sounds/bad.wav", "not a readable audio file"))
+    _print_json_summary(summary, line=True, verbose=False)
+    out, err = capsys.readouterr()
+    assert out.count("\n") == 1 and json.loads(out)["failed"] == [summary.failed[0].to_json()]
+    assert err == "failed /sounds/bad.wav: not a readable audio file\n"
 
 
 def test_a_file_changed_while_a_run_reads_it_is_indexed_by_the_next_run(tiny_model_dir, tmp_path, monkeypatch):

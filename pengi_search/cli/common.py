@@ -36,7 +36,7 @@ from ..errors import (
     not_found,
 )
 from ..messages import print_error, print_interrupted, print_skipped, print_warning
-from ..pathnames import json_text, shown
+from ..pathnames import json_text, shown, writes_utf8
 from ..paths import GivenPath, as_typed, file_in_the_way, refuse_unexpanded_home
 from ..stop_signals import interrupted_by_stop_signals, interrupted_exit_code
 from .closed_output import output_closed, quiet_when_output_closed, whole_writes
@@ -314,7 +314,7 @@ def report_skipped(path: str, reason: str) -> None:
 def print_json(data: Any, *, line: bool = False) -> None:
     """`data` as indented JSON, or with `line` as one line of a JSON-lines stream (`index --watch --json`),
     flushed at once: a reader on a pipe gets each line as it is written, not when a buffer fills."""
-    sys.stdout.write(json_text(data, indent=None if line else 2) + "\n")
+    sys.stdout.write(json_text(data, indent=None if line else 2, ascii_only=not writes_utf8(sys.stdout)) + "\n")
     if line:
         sys.stdout.flush()
 

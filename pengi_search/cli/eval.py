@@ -356,6 +356,7 @@ def _finish(
     else:
         _print_report(report)
         out_console.print(f"report: {', '.join(shown(str(path)) for path in files)}", markup=False, soft_wrap=True)
+    _warn_caveats(report)  # with --json too: a script's log of stderr names the files left out
     raise typer.Exit(EXIT_PARTIAL if report.get("skipped") else EXIT_OK)
 
 
@@ -392,15 +393,14 @@ def _print_report(report: dict[str, Any]) -> None:
         for name, value in flat_metrics(report["metrics"]).items():
             table.add_row(name, _cell(value))
     out_console.print(table)
-    _print_caveats(report)
-
-
-def _print_caveats(report: dict[str, Any]) -> None:
-    """What the numbers under the table leave out or cannot count, each on its own line."""
-    from ..evaluation.report import unmatched_note
-
     for name, why in report.get("unavailable", {}).items():
         out_console.print(f"{name} not computed: {why}", markup=False, soft_wrap=True)
+
+
+def _warn_caveats(report: dict[str, Any]) -> None:
+    """What the numbers leave out or cannot count, each a warning on its own line."""
+    from ..evaluation.report import unmatched_note
+
     if report.get("unmatched"):
         warn(unmatched_note(report["unmatched"]))
     for note in report.get("notes", []):
@@ -558,8 +558,10 @@ def compare(
         output.write_text(compare_markdown(comparison), encoding="utf-8")
     if json_output:
         print_json(comparison)
-        return
-    _print_comparison(comparison)
+    else:
+        _print_comparison(comparison)
+    for note in comparison["notes"]:  # with --json too, as every warning
+        warn(note)
 
 
 def _report_names(first: Path, second: Path) -> tuple[str, str]:
@@ -574,8 +576,6 @@ def _print_comparison(comparison: dict[str, Any]) -> None:
     (name_a, _), (name_b, _) = comparison["reports"].items()
     for key, (was, now) in comparison["setup_differences"].items():
         out_console.print(f"{key}: {was} -> {now}", markup=False, soft_wrap=True)
-    for note in comparison["notes"]:
-        warn(note)
     table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
     for column in ("metric", name_a, name_b, "change"):
         table.add_column(column, justify="left" if column == "metric" else "right")

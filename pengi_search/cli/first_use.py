@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from ..consoles import is_a_terminal
 from .common import F, err_console, fail, warn
 
 if TYPE_CHECKING:
@@ -120,8 +121,12 @@ def release_details(release: Release, target: Path) -> str:
 
 
 def can_ask() -> bool:
-    """Whether a person can answer a question: stdin and stderr are terminals (not a script, a pipe or CI)."""
-    return sys.stdin is not None and sys.stdin.isatty() and err_console.is_terminal
+    """Whether a person can answer a question: stdin and stderr are terminals (not a script, a pipe or CI).
+
+    Asked of the streams themselves: Rich's `is_terminal` also holds where FORCE_COLOR asks for colours, so a
+    wrapper that captures stderr from a terminal session would wait on an answer to a question it never shows.
+    """
+    return is_a_terminal(sys.stdin) and is_a_terminal(err_console.file)
 
 
 def _confirm(question: str) -> bool:

@@ -221,21 +221,21 @@ def index(
         return _run_once(options, show_progress(quiet, json_output))
 
     def report(summary: IndexSummary) -> None:
-        _print_summary(summary, paths=len(paths), verbose=verbose)
-        if not (summary.files_seen or summary.unseen_roots or summary.unreadable_dirs):  # a wrong folder, or --ext
-            from ..pathnames import shown
+        if json_output:  # with --watch, JSON lines: one summary a run, the first one's too
+            _print_json_summary(summary, line=watch, verbose=verbose)
+        else:
+            _print_summary(summary, paths=len(paths), verbose=verbose)
+        _warn_if_nothing_found(summary, paths, ext)
 
-            asked = "" if ext is None else f" with the extensions {ext!r}"
-            warn(f"no audio file{asked} found in {', '.join(map(shown, paths))}")
-
-    if watch:  # with --json, JSON lines: one summary a run, the first one's too
-        each = _json_line if json_output else functools.partial(_print_run_line, quiet=quiet, verbose=verbose)
-        keep_watching(options, debounce, run, _json_line if json_output else report, each, quiet=quiet)
+    if watch:
+        each = (
+            functools.partial(_print_json_summary, line=True, verbose=verbose)
+            if json_output
+            else functools.partial(_print_run_line, quiet=quiet, verbose=verbose)
+        )
+        keep_watching(options, debounce, run, report, each, quiet=quiet)
     summary = run()
-    if json_output:
-        print_json(summary.to_json())
-    else:
-        report(summary)
+    report(summary)
     raise typer.Exit(EXIT_PARTIAL if summary.partial else EXIT_OK)
 
 
@@ -263,8 +263,21 @@ def _run_once(options: IndexOptions, visible: bool) -> IndexSummary:
 # Helpers
 
 
-def _json_line(summary: IndexSummary) -> None:
-    print_json(summary.to_json(), line=True)
+def _warn_if_nothing_found(summary: IndexSummary, paths: list[str], ext: str | None) -> None:
+    """A run that found no audio file at all under `paths`: a wrong folder, or a wrong --ext."""
+    if not (summary.files_seen or summary.unseen_roots or summary.unreadable_dirs):
+        from ..pathnames import shown
+
+        asked = "" if ext is None else f" with the extensions {ext!r}"
+        warn(f"no audio file{asked} found in {', '.join(map(shown, paths))}")
+
+
+def _print_json_summary(summary: IndexSummary, *, line: bool, verbose: bool) -> None:
+    """The run's summary on stdout (with `line`, as one line of `--watch`'s stream), and what it found wrong on
+    stderr as without --json: a script that logs stderr reads `failed PATH: reason` there, as it reads the
+    `skipped` lines of `describe --json` and `classify --json`."""
+    print_json(summary.to_json(), line=line)
+    _print_problems(summary, verbose=verbose)
 
 
 def _print_run_line(summary: IndexSummary, *, quiet: bool, verbose: bool) -> None:

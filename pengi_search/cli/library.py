@@ -158,10 +158,11 @@ def export(
 
 
 def _write_rows(rows: Any, stream: Any) -> None:
-    from ..pathnames import json_text
+    from ..pathnames import json_text, writes_utf8
 
+    ascii_only = not writes_utf8(stream)
     for row in rows:
-        stream.write(json_text(row) + "\n")
+        stream.write(json_text(row, ascii_only=ascii_only) + "\n")
 
 
 def _indexes_json(library: Library) -> dict[str, dict[str, Any]]:
