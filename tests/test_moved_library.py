@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 from indexer.pipeline import run_index
 from indexer.run_report import GoneSources
 from pengi_search.cli import app
+from pengi_search.hashing import file_sha256
 from pengi_search.library import Library
 
 from .indexing import quick_options, write_tree
@@ -93,3 +95,32 @@ def test_copies_of_files_still_on_disk_and_moves_within_the_run_name_nothing(sou
     summary = run_index(quick_options([sounds, tmp_path / "Backup"], tmp_path / "lib.db", tiny_model_dir))
     assert (summary.reused, summary.pruned, summary.gone_sources) == (3, 1, [])
     assert summary.to_json()["gone_sources"] == []
+
+
+def content_hashes(db: Path) -> dict[str, str | None]:
+    """Each file's content hash, by its path relative to the library's folder."""
+    with sqlite3.connect(db) as connection:
+        rows = connection.execute("SELECT path, content_hash FROM audio_files").fetchall()
+    return {str(Path(path).relative_to(db.parent)): digest for path, digest in rows}
+
+
+def test_a_library_indexed_before_content_hashes_reuses_a_copy_by_hashing_the_indexed_files_of_its_size(
+    sounds, tmp_path, tiny_model_dir
+):
+    """Schema revision 0002 added content hashes, none for the files indexed before: the indexed files of a new
+    file's size are hashed (once, the hash stored) where they are on disk as they were indexed, and only those."""
+    db = tmp_path / "lib.db"
+    with sqlite3.connect(db) as connection:
+        connection.execute("UPDATE audio_files SET content_hash = NULL")  # as revision 0001 left every file
+    os.utime(sounds / "birds" / "tone.flac", (1.0, 1.0))  # changed since it was indexed, for all the run can tell
+    shutil.copytree(sounds / "birds", tmp_path / "NewDrive" / "birds")  # moved to another drive, by a copy
+    summary = run_index(quick_options([tmp_path / "NewDrive"], db, tiny_model_dir))
+    assert (summary.indexed, summary.reused) == (2, 1)  # long.wav taken; tone.flac decoded again
+    long, tone = file_sha256(sounds / "birds" / "long.wav"), file_sha256(sounds / "birds" / "tone.flac")
+    assert content_hashes(db) == {
+        "Sounds/short.wav": None,  # no new file of its size: not read
+        "Sounds/birds/long.wav": long,
+        "Sounds/birds/tone.flac": None,  # its windows may not be of these bytes: not taken, not hashed
+        "NewDrive/birds/long.wav": long,
+        "NewDrive/birds/tone.flac": tone,
+    }
