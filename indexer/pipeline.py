@@ -57,6 +57,7 @@ from pengi_search.units import count_text, for_count
 
 from .captions import CaptionPass, CaptionResult, IndexModel
 from .hold_points import FILE_STORED, hold_at
+from .left_behind import left_behind
 from .reuse import Copies, IdenticalFiles, Reuse
 from .run_report import FailedFile, FileNote, IndexOptions, IndexSummary, ProgressReporter, RunInterrupted
 from .shard import Rank, Shard
@@ -202,6 +203,7 @@ class _Run:
         self._choice = choice  # found before a new library was created, else on first need (`_choose`)
         self._model_loaded: IndexModel | None = None
         self._identical: IdenticalFiles  # set by `_reuse`, before pass 1
+        self._copied_from: list[str] = []  # the source of each file indexed as a copy (`_reused`)
 
     @property
     def leads(self) -> bool:
@@ -249,6 +251,7 @@ class _Run:
             self._sync()
             summary.searchable_s = summary.searchable_s or time.monotonic() - self.started
             summary.captions_missing = self._captions_missing(scanned.roots)
+            summary.gone_sources = left_behind(self.store, self._copied_from, scanned.roots)
             status = "finished"
         except KeyboardInterrupt as stop:
             status = "interrupted"
@@ -427,6 +430,7 @@ class _Run:
     def _reused(self, copied: Copies) -> None:
         for entry, copy in copied:
             self._indexed(entry, copy.windows, copy.notes)
+            self._copied_from.append(copy.source)
         self.summary.reused += len(copied)
 
     def _indexed(self, entry: Entry, windows: int, notes: Sequence[str]) -> None:

@@ -5,8 +5,10 @@ Captioning is by far the slowest part of indexing, so a file whose content hash 
 file's windows (`pengi_search.db.copy_identical_file`): their audio embeddings, and their captions when written as
 this run writes them, for the same prompts, decoding settings and mode (the model and text embedder are the
 library's, for every file). Only the files of a size some indexed file has are hashed to find out: the others are
-new sounds. The run does this before its first pass, and so before it prunes the paths that are gone: a file moved
-within the library is copied from its old path, which the same run then forgets.
+new sounds. Indexed files of those sizes that have no content hash (a library indexed before schema revision 0002,
+the files unchanged since) are hashed then too, where they are still on disk as they were indexed. The run does this
+before its first pass, and so before it prunes the paths that are gone: a file moved within the library is copied
+from its old path, which the same run then forgets.
 
 New files identical to one another (a folder of copies added at once) are hashed too, since they share a size: the
 first of each is decoded, and the others wait until the run has indexed it (and, captions now, captioned it) to be
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,10 +33,12 @@ from pengi_search.db import (
     Store,
     TextRecord,
     copy_identical_file,
+    record_content_hash,
     sizes_indexed,
+    unhashed_files,
 )
 from pengi_search.hashing import file_sha256
-from pengi_search.scan import Entry
+from pengi_search.scan import Entry, stamp_of
 
 from .captions import DEFAULT_PROMPTS
 from .run_report import IndexOptions, ProgressReporter
@@ -71,7 +76,12 @@ class IdenticalFiles:
     def copy_all(self, entries: Sequence[Entry]) -> Reuse:
         """Index each entry whose bytes an indexed file holds from that file; of the others, the first with each
         content is to decode, and the rest to copy from it once it is indexed (`copy_later`)."""
-        self._hash(self._candidates(entries))
+        unhashed = unhashed_files(self.store, {entry.size for entry in entries}) if entries else {}
+        candidates = self._candidates(entries, {size for size, _ in unhashed.values()})
+        if self.progress is not None and (candidates or unhashed):
+            self.progress.start_hashing(len(candidates) + len(unhashed))
+        self._hash_indexed(unhashed)
+        self._hash(candidates)
         reuse = Reuse()
         decoded: set[str | None] = set()  # the contents of the files in `reuse.decode`
         for entry in entries:
@@ -98,23 +108,35 @@ class IdenticalFiles:
                 copied.append((entry, copy))
         return copied, rest
 
-    def _candidates(self, entries: Sequence[Entry]) -> list[Entry]:
-        """The entries that may hold another file's bytes: those of a size an indexed file or another entry has
-        (the others are new sounds, not worth reading)."""
+    def _candidates(self, entries: Sequence[Entry], unhashed: set[int]) -> list[Entry]:
+        """The entries that may hold another file's bytes: those of a size an indexed file (`unhashed`: the sizes
+        of those still to hash) or another entry has (the others are new sounds, not worth reading)."""
         sizes = Counter(entry.size for entry in entries)
-        indexed = sizes_indexed(self.store, sizes) if entries else set()
+        indexed = (sizes_indexed(self.store, sizes) if entries else set()) | unhashed
         return [entry for entry in entries if entry.size in indexed or sizes[entry.size] > 1]
+
+    def _hash_indexed(self, files: dict[str, tuple[int, float]]) -> None:
+        """Record the content hash of indexed `files` that have none (indexed before schema revision 0002 and
+        unchanged since): a new file with their bytes, such as their copy, is then copied from them. Only a file
+        on disk with the stamp it was indexed with is hashed: one changed since holds other bytes than its windows.
+        """
+        for path, stamp in files.items():
+            digest = _sha256_if_stamped(path, stamp)
+            if digest is not None:
+                record_content_hash(self.store, path, stamp, digest)
+            self._hashed()
 
     def _hash(self, entries: Sequence[Entry]) -> None:
         """Hash `entries` (those that cannot be read are left out), on a bar of files: a library of many files of
         one size reads them all."""
-        if self.progress is not None and entries:
-            self.progress.start_hashing(len(entries))
         for entry in entries:
             with contextlib.suppress(OSError):  # decoding reports why it cannot be read
                 self.digests[entry.path] = file_sha256(entry.path)
-            if self.progress is not None:
-                self.progress.advance(files=1)
+            self._hashed()
+
+    def _hashed(self) -> None:
+        if self.progress is not None:
+            self.progress.advance(files=1)
 
     def copy(self, entry: Entry) -> CopiedFile | None:
         """Index `entry` from an indexed file with the same bytes; None when there is none (or `entry` was not
@@ -152,3 +174,15 @@ class IdenticalFiles:
     def _may_copy(self, record: FileRecord, path: str) -> bool:
         """An indexed file (another one), not a cut one when cut files are to fail (--strict)."""
         return record.status == "indexed" and record.path != path and not (self.strict and record.truncated)
+
+
+def _sha256_if_stamped(path: str, stamp: tuple[int, float]) -> str | None:
+    """The sha256 of the file at `path` while it has `stamp` (size and mtime) before and after it is read; None
+    when it has not, or cannot be read."""
+    try:
+        if stamp_of(os.stat(path)) != stamp:
+            return None
+        digest = file_sha256(path)
+        return digest if stamp_of(os.stat(path)) == stamp else None
+    except OSError:
+        return None

@@ -94,8 +94,29 @@ class FileNote(PathMessage):
     KEY = "note"
 
 
+@dataclass(frozen=True)
+class GoneSources:
+    """A folder (or a file) whose indexed files are all gone from disk, `files` of this run's files having been
+    copied from them (`indexer.left_behind`): still indexed, and found by every query, until `pengi-search remove`
+    forgets them."""
+
+    path: str
+    files: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {**path_fields(self.path), "files": self.files}
+
+
 # The summary's lists of files and folders, each named by its path.
-_PATH_LISTS = ("failed", "unreadable_dirs", "unseen_roots", "hidden_kept", "truncated", "decoder_notes")
+_PATH_LISTS = (
+    "failed",
+    "unreadable_dirs",
+    "unseen_roots",
+    "hidden_kept",
+    "truncated",
+    "decoder_notes",
+    "gone_sources",
+)
 
 
 @dataclass
@@ -106,7 +127,9 @@ class IndexSummary:
     being decoded (`indexer.reuse`): their windows count in `windows`, and in `captioned` only if pass 2 wrote them;
     `windows`: windows stored with their audio embedding (pass 1); `captioned`: windows given captions (pass 2);
     `captions_missing`: windows below the roots still without captions after the run; `searchable_s`: seconds
-    until every window's audio embedding was stored and the FAISS files saved (when `similar` covers the set).
+    until every window's audio embedding was stored and the FAISS files saved (when `similar` covers the set);
+    `gone_sources`: where the indexed files are that `reused` files were copied from and that are gone from disk
+    outside the run's paths (a library's folder moved): the run does not prune them, the user may.
     """
 
     database: str
@@ -132,6 +155,7 @@ class IndexSummary:
     hidden_kept: list[FileNote] = field(default_factory=list)  # hidden paths with indexed files, not walked: kept
     truncated: list[FileNote] = field(default_factory=list)  # indexed as far as they decode
     decoder_notes: list[FileNote] = field(default_factory=list)  # what C decoders printed, per file
+    gone_sources: list[GoneSources] = field(default_factory=list)  # copied from, gone from disk, still indexed
 
     @property
     def partial(self) -> bool:

@@ -1,7 +1,8 @@
 """Alembic environment: migrates the connection that `pengi_search.db.migrate.migrate` hands over.
 
 Without one (developer commands such as `alembic revision --autogenerate` run through `alembic_config(url)`), it
-opens the configured URL with the store's own engine settings.
+opens the configured URL with the store's own engine settings. Either way the connection is `migration_connection`'s:
+on SQLite, with foreign keys off, which batch mode's table rebuilds need.
 """
 
 from __future__ import annotations
@@ -10,12 +11,16 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from pengi_search.db.engine import create_store_engine
+from pengi_search.db.migrate import migration_connection
 from pengi_search.db.schema import Base
 
 config = context.config
 
 
 def _run(connection: Connection) -> None:
+    if connection.dialect.name == "sqlite" and connection.exec_driver_sql("PRAGMA foreign_keys").scalar():
+        # Batch mode's table rebuilds would delete the rows of the rebuilt table's children.
+        raise RuntimeError("SQLite is migrated with foreign keys off: use pengi_search.db.migrate.migration_connection")
     context.configure(
         connection=connection,
         target_metadata=Base.metadata,
@@ -29,7 +34,7 @@ def _run(connection: Connection) -> None:
 def _run_from_url() -> None:
     engine = create_store_engine(config.get_main_option("sqlalchemy.url") or "")
     try:
-        with engine.begin() as connection:
+        with migration_connection(engine) as connection:
             _run(connection)
     finally:
         engine.dispose()

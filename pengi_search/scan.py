@@ -188,9 +188,14 @@ class _Walk:
         return None
 
 
+def stamp_of(info: os.stat_result) -> tuple[int, float]:
+    """A file's size and mtime as the library records them (the mtime in seconds, from its nanoseconds)."""
+    return info.st_size, info.st_mtime_ns / 1e9
+
+
 def _entry(path: str, info: os.stat_result) -> Entry:
     problem = None if stat.S_ISREG(info.st_mode) else f"not a regular file ({_kind(info.st_mode)})"
-    return Entry(path, info.st_size, info.st_mtime_ns / 1e9, problem)
+    return Entry(path, *stamp_of(info), problem)
 
 
 def _dangling(child: os.DirEntry[str], exc: OSError) -> Entry:

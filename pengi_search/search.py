@@ -156,6 +156,9 @@ class Hit:
     query_end_s: float | None = None
     ranking: Rank | None = None  # a text query: how it was ranked
     file_id: int | None = None  # the file's id in the store (not in the CLI's JSON)
+    # The file is gone from disk (moved or deleted since it was indexed; the library holds it until a run over its
+    # folder prunes it or `remove` forgets it): a stat per hit, when it is made.
+    missing: bool = False
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -166,6 +169,7 @@ class Hit:
             "caption": self.caption,
             "texts": self.texts,
             "window_id": self.window_id,
+            "missing": self.missing,
         }
         if self.query_start_s is not None:
             data["query_start_s"] = round(self.query_start_s, 3)
@@ -304,6 +308,7 @@ def _hit(window: WindowDetails, score: float, span: tuple[float | None, float | 
         query_start_s=span[0],
         query_end_s=span[1],
         file_id=window.file_id,
+        missing=not os.path.exists(window.path),
     )
 
 

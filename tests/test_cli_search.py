@@ -20,7 +20,7 @@ from .indexing import write_tone
 from .search_library import index_folder
 
 runner = CliRunner()
-HIT_KEYS = {"path", "start_s", "end_s", "score", "caption", "texts", "window_id"}
+HIT_KEYS = {"path", "start_s", "end_s", "score", "caption", "texts", "window_id", "missing"}
 
 
 def run(*args):
@@ -38,6 +38,7 @@ def check_hit_schema(hit: dict, extra: frozenset[str] = frozenset()) -> None:
     assert isinstance(hit["start_s"], float) and isinstance(hit["end_s"], float)
     assert isinstance(hit["score"], float) and isinstance(hit["window_id"], int)
     assert isinstance(hit["texts"], dict) and all(isinstance(v, str) for v in hit["texts"].values())
+    assert hit["missing"] is False  # the file is on disk
 
 
 def test_query_json(captions, common):
@@ -70,6 +71,29 @@ def test_query_table_keeps_paths_whole_on_a_narrow_terminal(captions, common, mo
     result = run("query", "rain on a roof", *common, "-k", 1)
     assert result.exit_code == 0, result.output
     assert "weather/rain.flac" in result.stdout.splitlines()[1]
+
+
+def test_query_and_similar_mark_the_hits_whose_file_is_gone_from_disk(tiny_model_dir, tmp_path, monkeypatch):
+    """A file deleted or moved since it was indexed is still in the library (until a run over its folder prunes it,
+    or `remove`): its hits say so, in JSON and after the path in the table, as the server's pages do."""
+    sounds, db = tmp_path / "sounds", tmp_path / "lib.db"
+    write_tone(sounds / "kept.wav", 3.0, freq=300.0)
+    write_tone(sounds / "gone.wav", 3.0, freq=320.0)
+    index_folder(str(db), sounds, tiny_model_dir)
+    (sounds / "gone.wav").unlink()
+    common = ("--db", db, "--model", tiny_model_dir, "--device", "cpu")
+    outside = write_tone(tmp_path / "query.wav", 3.0, freq=310.0)
+    for command in (["query", "a tone"], ["similar", outside]):
+        hits = json.loads(run(*command, *common, "--json").stdout)
+        assert {hit["path"]: hit["missing"] for hit in hits} == {
+            str(sounds / "kept.wav"): False,
+            str(sounds / "gone.wav"): True,
+        }, command
+    monkeypatch.chdir(sounds)
+    table = run("query", "a tone", *common)
+    assert table.exit_code == 0, table.output
+    rows = {line.split()[1]: line.split()[2] for line in table.stdout.splitlines()[1:] if line.strip()}
+    assert rows["gone.wav"] == "(gone)" and rows["kept.wav"] != "(gone)"
 
 
 def clip_tokens(model_dir, text: str) -> int:

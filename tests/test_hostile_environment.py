@@ -286,12 +286,12 @@ def downgraded(library: Path, revision: str) -> None:
     """`library` as an older pengi-search left it: its schema at `revision`, its rows kept."""
     from alembic import command
 
-    from pengi_search.db.migrate import alembic_config
+    from pengi_search.db.migrate import alembic_config, migration_connection
 
     engine = db_engine.create_store_engine(f"sqlite:///{library}")
     config = alembic_config()
     try:
-        with engine.begin() as connection:
+        with migration_connection(engine) as connection:
             config.attributes["connection"] = connection
             command.downgrade(config, revision)
     finally:

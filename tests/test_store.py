@@ -55,7 +55,7 @@ from pengi_search.db.captions import (
 )
 from pengi_search.db.engine import create_store_engine
 from pengi_search.db.errors import DatabaseURLError, ForeignDatabaseError, MissingDatabaseError
-from pengi_search.db.migrate import SCHEMA_HEAD, alembic_config, migrate
+from pengi_search.db.migrate import SCHEMA_HEAD, alembic_config, migrate, migration_connection
 from pengi_search.db.schema import Base
 from pengi_search.errors import EXIT_USAGE
 
@@ -124,7 +124,7 @@ def migrating(db_url: str) -> Iterator[tuple[Config, Connection]]:
     engine = create_store_engine(db_url)
     config = alembic_config()
     try:
-        with engine.begin() as connection:
+        with migration_connection(engine) as connection:
             config.attributes["connection"] = connection
             yield config, connection
     finally:

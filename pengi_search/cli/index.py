@@ -347,3 +347,20 @@ def _print_problems(summary: IndexSummary, *, verbose: bool) -> None:
         warn(f"{shown(note.path)}: {note.message}")
     for note in summary.decoder_notes if verbose else ():
         err_console.print(f"decoder {escape(shown(note.path))}: {escape(note.message)}", soft_wrap=True)
+    for gone in summary.gone_sources:
+        err_console.print(f"note: {_gone_note(gone.path, gone.files)}", markup=False, soft_wrap=True)
+
+
+def _gone_note(path: str, files: int) -> str:
+    """How a run says that files it copied came from indexed files gone from disk at or under `path`: they are
+    still indexed (each query finds those sounds twice), and the run leaves them to the user to forget."""
+    import shlex
+
+    from ..pathnames import shown
+
+    copies = for_count(files, "is a copy of an indexed file", "are copies of indexed files")
+    them = for_count(files, "it", "them")
+    return (
+        f"{count_text(files, 'file')} {copies} gone from disk at or under {shown(path)} (queries still find "
+        f"{them} there): pengi-search remove {shlex.quote(shown(path))} forgets {them}"
+    )

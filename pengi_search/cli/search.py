@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     from ..search import Filters, Hit, SearchScope
     from ..similar import SimilarResult
 
+GONE_MARK = " (gone)"  # after the path of a hit whose file is gone from disk (`Hit.missing`)
+
 LimitOption = Annotated[int, typer.Option("--limit", "-k", min=1, help="Number of results.")]
 ByOption = Annotated[
     By, typer.Option("--by", help="file: the best window of each file; window: every matching window.")
@@ -150,7 +152,7 @@ def _hits_table(hits: list[Hit], show_query_span: bool, width: int) -> Table:
 
     cells = {
         "#": [str(rank) for rank in range(1, len(hits) + 1)],
-        "path": [shown_path(hit.path) for hit in hits],
+        "path": [shown_path(hit.path) + (GONE_MARK if hit.missing else "") for hit in hits],
         "time": [span_text(hit.start_s, hit.end_s) for hit in hits],
         "query time": [span_text(hit.query_start_s or 0.0, hit.query_end_s or 0.0) for hit in hits],
         "score": [f"{hit.score:.3f}" for hit in hits],

@@ -22,7 +22,14 @@ from .captions import (
     uncaptioned_twins,
     uncaptioned_windows,
 )
-from .copies import CopiedFile, TextsCheck, copy_identical_file, sizes_indexed
+from .copies import (
+    CopiedFile,
+    TextsCheck,
+    copy_identical_file,
+    record_content_hash,
+    sizes_indexed,
+    unhashed_files,
+)
 from .errors import (
     DatabaseFailureError,
     DatabaseUnreachableError,
@@ -105,8 +112,10 @@ __all__ = [
     "default_index_path",
     "library_exists",
     "normalize_db_url",
+    "record_content_hash",
     "resolve_db_url",
     "sizes_indexed",
+    "unhashed_files",
     "sqlite_file",
     "uncaptioned_twins",
     "uncaptioned_windows",

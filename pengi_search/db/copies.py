@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from ..chunking import chunked
@@ -60,6 +60,38 @@ def sizes_indexed(store: Store, sizes: Iterable[int]) -> set[int]:
         for chunk in chunked(sorted(set(sizes)), IDS_PER_QUERY):
             found.update(session.scalars(query.where(AudioFileRow.size.in_(chunk))))
     return found
+
+
+Stamp = tuple[int, float]  # a file's size and mtime as recorded (`scan.stamp_of`)
+
+
+def unhashed_files(store: Store, sizes: Iterable[int]) -> dict[str, Stamp]:
+    """The indexed files of `sizes` that have no content hash (indexed before schema revision 0002, unchanged since),
+    by path with their recorded stamp: hashed, they may be found identical to a new file (`record_content_hash`)."""
+    found: dict[str, Stamp] = {}
+    query = select(AudioFileRow.path, AudioFileRow.size, AudioFileRow.mtime).where(AudioFileRow.status == "indexed")
+    query = query.where(AudioFileRow.content_hash.is_(None))
+    with store.session() as session:
+        for chunk in chunked(sorted(set(sizes)), IDS_PER_QUERY):
+            found.update(
+                (path, (size, mtime))
+                for path, size, mtime in session.execute(query.where(AudioFileRow.size.in_(chunk)))
+            )
+    return found
+
+
+def record_content_hash(store: Store, path: str, stamp: Stamp, content_hash: str) -> bool:
+    """Record the content hash of the file at `path`, which had none, while it is still recorded with `stamp` (the
+    hash is of those bytes); whether it was."""
+    size, mtime = stamp
+    statement = (
+        update(AudioFileRow)
+        .where(AudioFileRow.path == path, AudioFileRow.size == size, AudioFileRow.mtime == mtime)
+        .where(AudioFileRow.content_hash.is_(None))
+        .values(content_hash=content_hash)
+    )
+    with store.session(write=True) as session:
+        return session.execute(statement, execution_options=NO_SYNC).rowcount == 1
 
 
 def copy_identical_file(

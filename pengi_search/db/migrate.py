@@ -6,6 +6,9 @@ The scripts are the `migrations` package shipped beside `pengi_search`; found as
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -64,6 +67,8 @@ def migrate(engine: Engine, revision: str = "head", *, where: str | None = None)
     target = script.get_current_head() if revision == "head" else revision
     try:
         upgraded_from = _upgrade(engine, config, revision)
+    except BrokenForeignKeysError as exc:  # a migration's fault, not the reader's: no command would do better
+        raise StoreError(where, f"cannot upgrade the library's schema to {target}: {exc}; nothing was changed") from exc
     except SQLAlchemyError as exc:
         raise StoreError(where, _upgrade_failure(current, target, driver_reason(exc))) from exc
     if upgraded_from:  # an existing library, upgraded by this process (not by another one it waited for)
@@ -100,7 +105,7 @@ def _upgrade(engine: Engine, config: Any, revision: str) -> str:
     from alembic import command
     from alembic.runtime.migration import MigrationContext
 
-    with engine.execution_options(**{WRITE_OPTION: True}).begin() as connection:
+    with migration_connection(engine) as connection:
         if connection.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
         before = MigrationContext.configure(connection).get_current_revision() or ""
@@ -108,6 +113,49 @@ def _upgrade(engine: Engine, config: Any, revision: str) -> str:
         command.upgrade(config, revision)
         after = MigrationContext.configure(connection).get_current_revision() or ""
     return before if after != before else ""
+
+
+class BrokenForeignKeysError(SQLAlchemyError):
+    """Rows would refer to rows that are not there after a migration (`PRAGMA foreign_key_check`): rolled back."""
+
+
+@contextmanager
+def migration_connection(engine: Engine) -> Iterator[Connection]:
+    """A connection in one write transaction to run migrations in (Alembic's `config.attributes["connection"]`).
+
+    On SQLite, foreign keys are off while it lasts: Alembic's batch mode rebuilds a table by copy and drop, and the
+    drop of a table with foreign keys on deletes its children's rows (a downgrade of 0002 deleted every window, text
+    and vector). SQLite ignores the pragma inside a transaction, so it is set before the transaction begins, and set
+    back once it ends; before the commit, `PRAGMA foreign_key_check` fails the migration if rows lost their parent.
+    """
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            _set_foreign_keys(connection, on=False)
+        try:
+            with connection.execution_options(**{WRITE_OPTION: True}).begin():
+                yield connection
+                if sqlite:
+                    _check_foreign_keys(connection)
+        finally:
+            if sqlite and not connection.invalidated:
+                _set_foreign_keys(connection, on=True)  # the connection goes back to the pool as it came
+
+
+def _set_foreign_keys(connection: Connection, *, on: bool) -> None:
+    """Through the driver's connection, which is in autocommit mode (`engine`): SQLAlchemy's own would begin a
+    transaction first, in which the pragma does nothing."""
+    connection.connection.driver_connection.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+
+
+def _check_foreign_keys(connection: Connection) -> None:
+    """Refuse the migrated database when a row refers to one that is not there, naming how many, where."""
+    broken = Counter(
+        f"{table} -> {parent}" for table, _row, parent, _key in connection.exec_driver_sql("PRAGMA foreign_key_check")
+    )
+    if broken:
+        refs = ", ".join(f"{count} in {ref}" for ref, count in sorted(broken.items()))
+        raise BrokenForeignKeysError(f"after it, rows would refer to rows that are not there ({refs})")
 
 
 def _upgrade_failure(current: set[str], target: str, reason: str) -> str:

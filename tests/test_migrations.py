@@ -1,0 +1,112 @@
+"""Schema migrations on SQLite keep every row: Alembic's batch mode rebuilds a table by copy and drop, which with
+foreign keys on deletes the rows of its children; so migrations run with them off, checked before the commit, in
+one transaction."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from alembic import command
+from sqlalchemy import text
+
+from pengi_search.db import Store, StoreError
+from pengi_search.db.engine import create_store_engine
+from pengi_search.db.migrate import SCHEMA_HEAD, alembic_config, migrate
+
+from .test_store import indexed_file, migrating
+
+
+@pytest.fixture()
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'index.db'}"
+
+
+def rows(db_url: str) -> dict[str, object]:
+    """What the library holds: files, windows, texts and vectors (opening it upgrades it to the head)."""
+    with Store.open(db_url) as store:
+        stats = store.stats()
+    return {key: stats[key] for key in ("files", "windows", "texts", "vectors")}
+
+
+def revision(db_url: str) -> str:
+    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as connection:
+        return connection.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+
+
+def test_downgrading_0002_then_upgrading_keeps_every_window_text_and_vector(db_url):
+    """0002's downgrade rebuilds `audio_files`: it deleted every window, text and vector."""
+    with Store.open(db_url) as store:
+        indexed_file(store, "/lib/a.wav", count=2)
+        indexed_file(store, "/lib/b.wav", count=1, seed=1)
+    before = rows(db_url)
+    assert before["windows"] == 3 and before["texts"] == 6 and before["vectors"] == {"text": 3, "audio": 3}
+    with migrating(db_url) as (config, connection):
+        command.downgrade(config, "0001")
+        assert connection.scalar(text("SELECT count(*) FROM windows")) == 3
+    assert revision(db_url) == "0001"
+    assert rows(db_url) == before
+    assert revision(db_url) == SCHEMA_HEAD
+
+
+def test_sqlite_is_not_migrated_with_foreign_keys_on(db_url):
+    """A connection of the store's own (foreign keys on) handed to Alembic is refused before any change."""
+    Store.open(db_url).close()
+    engine = create_store_engine(db_url)
+    config = alembic_config()
+    try:
+        with pytest.raises(RuntimeError, match="foreign keys off"), engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0001")
+    finally:
+        engine.dispose()
+    assert revision(db_url) == SCHEMA_HEAD
+
+
+def test_an_upgrade_that_would_leave_rows_without_their_parent_is_refused_and_changes_nothing(db_url):
+    engine = create_store_engine(db_url)
+    migrate(engine, "0004")
+    engine.dispose()
+    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as connection:  # foreign keys off: nothing stops it
+        connection.execute("INSERT INTO windows (id, file_id, window_index, start_s, end_s) VALUES (1, 7, 0, 0, 7)")
+    with pytest.raises(StoreError) as refused:
+        Store.open(db_url)
+    assert refused.value.reason == (
+        "cannot upgrade the library's schema to 0005: after it, rows would refer to rows that are not there (1 in "
+        "windows -> audio_files); nothing was changed"
+    )
+    assert revision(db_url) == "0004"
+
+
+def test_a_kill_9_in_the_middle_of_an_upgrade_leaves_the_library_as_it_was(db_url):
+    """The upgrade is one transaction, foreign keys off or not: killed once every migration ran but before the
+    commit, the library is at its old revision with all its rows, and the next command upgrades it."""
+    with Store.open(db_url) as store:
+        indexed_file(store, "/lib/a.wav", count=2)
+    before = rows(db_url)
+    with migrating(db_url) as (config, _connection):
+        command.downgrade(config, "0001")
+    killed_after_the_migrations = textwrap.dedent(
+        """
+        import os, signal, sys
+        from alembic import command
+        from pengi_search.db import Store
+
+        upgrade = command.upgrade
+
+        def upgrade_then_die(config, revision):
+            upgrade(config, revision)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        command.upgrade = upgrade_then_die
+        Store.open(sys.argv[1])
+        """
+    )
+    ended = subprocess.run([sys.executable, "-c", killed_after_the_migrations, db_url], capture_output=True, text=True)
+    assert ended.returncode == -9, ended.stderr
+    assert revision(db_url) == "0001"
+    assert rows(db_url) == before

@@ -1,0 +1,126 @@
+"""A library that outlives moves: a folder moved or renamed outside the paths of a run is reused, and the run says
+which old paths, gone from disk, are still indexed and how to forget them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from indexer.pipeline import run_index
+from indexer.run_report import GoneSources
+from pengi_search.cli import app
+from pengi_search.hashing import file_sha256
+from pengi_search.library import Library
+
+from .indexing import quick_options, write_tree
+
+runner = CliRunner()
+QUICK = ("--workers", "0", "--beam", "2", "--max-len", "3", "--device", "cpu", "--quiet")
+
+
+@pytest.fixture()
+def sounds(tmp_path, tiny_model_dir) -> Path:
+    """`short.wav`, `birds/long.wav`, `birds/tone.flac`, indexed into `lib.db` beside them."""
+    root = write_tree(tmp_path / "Sounds")
+    run_index(quick_options([root], tmp_path / "lib.db", tiny_model_dir))
+    return root
+
+
+def indexed_paths(db: Path) -> list[str]:
+    with Library.open(str(db)) as library:
+        return [record.path for record in library.store.files_under()]
+
+
+def test_a_renamed_root_is_reused_and_the_run_names_the_gone_folder_to_forget_without_forgetting_it(
+    sounds, tmp_path, tiny_model_dir
+):
+    audio = tmp_path / "Audio"
+    os.rename(sounds, audio)  # mv ~/Sounds ~/Audio
+    summary = run_index(quick_options([audio], tmp_path / "lib.db", tiny_model_dir))
+    assert (summary.indexed, summary.reused) == (3, 3)
+    assert summary.gone_sources == [GoneSources(str(sounds), 3)]
+    assert summary.to_json()["gone_sources"] == [{"path": str(sounds), "files": 3}]
+    assert len(indexed_paths(tmp_path / "lib.db")) == 6  # nothing removed: that is the user's call
+
+
+def test_the_summary_says_how_many_files_and_the_remove_command_that_forgets_the_gone_ones(
+    sounds, tmp_path, tiny_model_dir
+):
+    audio = tmp_path / "Audio"
+    os.rename(sounds, audio)
+    args = ["index", str(audio), "--db", str(tmp_path / "lib.db"), "--model", str(tiny_model_dir), *QUICK]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        f"note: 3 files are copies of indexed files gone from disk at or under {sounds} (queries still find them "
+        f"there): pengi-search remove {sounds} forgets them"
+    ]
+    forget = runner.invoke(app, ["remove", str(sounds), "--db", str(tmp_path / "lib.db")])
+    assert forget.exit_code == 0, forget.output
+    assert indexed_paths(tmp_path / "lib.db") == sorted(str(path) for path in audio.rglob("*.*"))
+
+
+def test_files_moved_out_of_a_folder_that_keeps_indexed_files_are_named_one_by_one(sounds, tmp_path, tiny_model_dir):
+    """`remove Sounds` would forget `birds/tone.flac`, still there: only what is gone is named."""
+    audio = tmp_path / "Audio"
+    audio.mkdir()
+    shutil.move(sounds / "short.wav", audio / "short.wav")
+    shutil.move(sounds / "birds" / "long.wav", audio / "long.wav")
+    summary = run_index(quick_options([audio], tmp_path / "lib.db", tiny_model_dir))
+    assert summary.reused == 2
+    assert summary.gone_sources == [
+        GoneSources(str(sounds / "birds" / "long.wav"), 1),
+        GoneSources(str(sounds / "short.wav"), 1),
+    ]
+
+
+def test_a_folder_whose_indexed_files_are_all_gone_is_named_though_it_is_still_there(sounds, tmp_path, tiny_model_dir):
+    audio = tmp_path / "Audio"
+    audio.mkdir()
+    shutil.move(sounds / "short.wav", audio / "short.wav")
+    shutil.move(sounds / "birds" / "long.wav", audio / "long.wav")
+    (sounds / "birds" / "tone.flac").unlink()  # deleted, not moved: gone all the same, and `remove` forgets it too
+    summary = run_index(quick_options([audio], tmp_path / "lib.db", tiny_model_dir))
+    assert sounds.is_dir() and summary.gone_sources == [GoneSources(str(sounds), 2)]
+
+
+def test_copies_of_files_still_on_disk_and_moves_within_the_run_name_nothing(sounds, tmp_path, tiny_model_dir):
+    shutil.copytree(sounds / "birds", tmp_path / "Backup")  # the originals are still there
+    os.rename(sounds / "short.wav", sounds / "renamed.wav")  # the run prunes the old path itself
+    summary = run_index(quick_options([sounds, tmp_path / "Backup"], tmp_path / "lib.db", tiny_model_dir))
+    assert (summary.reused, summary.pruned, summary.gone_sources) == (3, 1, [])
+    assert summary.to_json()["gone_sources"] == []
+
+
+def content_hashes(db: Path) -> dict[str, str | None]:
+    """Each file's content hash, by its path relative to the library's folder."""
+    with sqlite3.connect(db) as connection:
+        rows = connection.execute("SELECT path, content_hash FROM audio_files").fetchall()
+    return {str(Path(path).relative_to(db.parent)): digest for path, digest in rows}
+
+
+def test_a_library_indexed_before_content_hashes_reuses_a_copy_by_hashing_the_indexed_files_of_its_size(
+    sounds, tmp_path, tiny_model_dir
+):
+    """Schema revision 0002 added content hashes, none for the files indexed before: the indexed files of a new
+    file's size are hashed (once, the hash stored) where they are on disk as they were indexed, and only those."""
+    db = tmp_path / "lib.db"
+    with sqlite3.connect(db) as connection:
+        connection.execute("UPDATE audio_files SET content_hash = NULL")  # as revision 0001 left every file
+    os.utime(sounds / "birds" / "tone.flac", (1.0, 1.0))  # changed since it was indexed, for all the run can tell
+    shutil.copytree(sounds / "birds", tmp_path / "NewDrive" / "birds")  # moved to another drive, by a copy
+    summary = run_index(quick_options([tmp_path / "NewDrive"], db, tiny_model_dir))
+    assert (summary.indexed, summary.reused) == (2, 1)  # long.wav taken; tone.flac decoded again
+    long, tone = file_sha256(sounds / "birds" / "long.wav"), file_sha256(sounds / "birds" / "tone.flac")
+    assert content_hashes(db) == {
+        "Sounds/short.wav": None,  # no new file of its size: not read
+        "Sounds/birds/long.wav": long,
+        "Sounds/birds/tone.flac": None,  # its windows may not be of these bytes: not taken, not hashed
+        "NewDrive/birds/long.wav": long,
+        "NewDrive/birds/tone.flac": tone,
+    }
