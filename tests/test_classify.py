@@ -32,6 +32,7 @@ from pengi_search.model_dir import ModelDir
 from pengi_search.prompts import TASK_PROMPTS
 
 from .indexing import write_tone
+from .search_library import index_folder
 
 SMOKE_LABELS = Path("/work/shared/data/smoke/labels.csv")
 
@@ -293,3 +294,74 @@ def test_another_model_does_not_reuse_the_index(captions, tmp_path):
     other = make_tiny_model_dir(tmp_path / "other", seed=4)
     prediction = classifier(other, db=captions.db, max_len=4).classify(captions.files["bell.wav"])
     assert prediction.source == "decoded"
+
+
+# -- which stored captions a run takes as its own ----------------------------------------------------------------
+
+
+@pytest.fixture()
+def captioned_work(monkeypatch) -> dict[str, int]:
+    """Counts the windows the model captions (`Engine.generate`)."""
+    work = {"captioned": 0}
+    generate = Engine.generate
+
+    def counting_generate(self, embeds, *args, **kwargs):
+        work["captioned"] += len(embeds)
+        return generate(self, embeds, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "generate", counting_generate)
+    return work
+
+
+@pytest.fixture(scope="module")
+def beam_2_library(tmp_path_factory, tiny_model_dir) -> tuple[str, Path]:
+    """A library indexed by the indexer with --beam 2 --max-len 3, exactly, and its one-window file."""
+    root = tmp_path_factory.mktemp("beam-2")
+    path = write_tone(root / "sounds" / "tone.wav", 2.0, freq=520.0)
+    index_folder(str(root / "lib.db"), root / "sounds", tiny_model_dir, beam=2, max_len=3)
+    return str(root / "lib.db"), path
+
+
+@pytest.mark.parametrize(
+    ("asked", "source"),
+    [
+        ({"beam": 2, "max_len": 3}, "index"),
+        ({"beam": 1, "max_len": 3}, "decoded"),
+        ({"beam": 2, "max_len": 4}, "decoded"),
+        ({"beam": 2, "max_len": 3, "stop": "original"}, "decoded"),
+    ],
+)
+def test_stored_captions_serve_only_a_run_that_decodes_as_they_were_decoded(
+    beam_2_library, tiny_model_dir, captioned_work, asked, source
+):
+    """Another --beam, --max-len or --stop writes other captions: classifying with the library's would give the
+    numbers of the settings it was indexed with, under the settings asked for."""
+    db, path = beam_2_library
+    prediction = classifier(tiny_model_dir, db=db, **asked).classify(path)
+    assert prediction.source == source
+    assert captioned_work["captioned"] == (0 if source == "index" else 1)
+
+
+def test_captions_of_a_fast_index_serve_a_fast_run_only(tiny_model_dir, tmp_path, captioned_work):
+    """--fast answers are close to exact ones, not equal: an exact run decodes the file again."""
+    path = write_tone(tmp_path / "sounds" / "tone.wav", 2.0, freq=520.0)
+    db = str(tmp_path / "lib.db")
+    index_folder(db, tmp_path / "sounds", tiny_model_dir, beam=2, max_len=3, fast=True)
+    captioned_work["captioned"] = 0  # the index run's
+    settings = ClassifySettings(beam=2, max_len=3)
+
+    def source(fast: bool) -> str:
+        with Library.open(db) as library:
+            model = ModelDir.read(tiny_model_dir)
+            c = Classifier(LABELS, settings, model_dir=model, library=library, device="cpu", fast=fast)
+            return c.classify(path).source
+
+    assert source(fast=False) == "decoded" and captioned_work["captioned"] == 1
+    assert source(fast=True) == "index" and captioned_work["captioned"] == 1
+
+
+def test_stored_audio_embeddings_serve_loglik_whatever_the_decoding_settings(beam_2_library, tiny_model_dir):
+    """Likelihood scoring decodes nothing: the audio embeddings are the same whatever --beam the library had."""
+    db, path = beam_2_library
+    prediction = classifier(tiny_model_dir, db=db, method="loglik", beam=5, max_len=30).classify(path)
+    assert prediction.source == "index"
