@@ -17,11 +17,11 @@ this run would write, decoded with its `--beam`, `--max-len` and `--stop` and in
 `TextRecord.decoded_as` decides. Other captions would make the numbers depend on how the library was indexed.
 
 Labels files: one label per line (UTF-8, surrounding spaces trimmed, blank lines only at the end, no control
-character or line separator inside a label), or a `.csv` file with a header that has a `label` column (its distinct
-values, in order of first appearance, e.g. a dataset's metadata; an `answer` column, as `train init`'s label map
-has, gives the text each label is scored as, one answer a label). Truth
-files: a CSV with a `label` column and a `file`, `filename` or `path` column; paths are relative to the CSV's folder
-(or absolute), as written when such a file exists, else trimmed (`text_files.listed_file`), and a file is also
+character or line separator inside a label; a line starting with `#` is a comment), or a `.csv` file with a header
+that has a `label` column (its distinct values, in order of first appearance, e.g. a dataset's metadata; an `answer`
+column, as `train init`'s label map has, gives the text each label is scored as, one answer a label). Truth files: a
+CSV with a `label` column and a `file`, `filename` or `path` column; paths are relative to the CSV's folder (or
+absolute), as written when such a file exists, else trimmed (`text_files.listed_file`), and a file is also
 matched by its bare name when that name is unique.
 """
 
@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 DEFAULT_TEMPLATE = "{label}"
 PATH_COLUMNS = ("file", "filename", "path")
 LINE_ENDS = re.compile(r"\r\n|\r|\n")
+COMMENT = "#"  # starts a line of a plain-text labels file that is a note, not a label
 BREAKING = ("Cc", "Zl", "Zp")  # Unicode categories no label may hold: control characters, line and paragraph breaks
 
 log = logging.getLogger(__name__)
@@ -99,11 +100,15 @@ def read_label_map(path: str | os.PathLike[str]) -> tuple[list[str], dict[str, s
     for number, line in enumerate(lines, 1):
         _check_characters(path, line, number)  # before trimming, which takes a form feed at either end for a space
         label = line.strip()
+        if label.startswith(COMMENT):  # a heading or a note, as configuration files have; never scored as a label
+            continue
         if not label:
             raise LabelsError(path, f"line {number} is blank; write one label per line, without blank lines")
         if label in first_line:
             raise LabelsError(path, f"duplicate label {label!r} on line {number} (first on line {first_line[label]})")
         first_line[label] = number
+    if not first_line:
+        raise LabelsError(path, f"no labels, only comments (lines starting with {COMMENT}); write one label per line")
     return list(first_line), {}
 
 

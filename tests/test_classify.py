@@ -56,6 +56,24 @@ def test_labels_lines_end_as_editors_end_them(tmp_path):
     assert read_labels(write(tmp_path, "dog\r\nrain\rcat\nbell")) == ["dog", "rain", "cat", "bell"]
 
 
+def test_lines_starting_with_a_hash_are_comments_in_a_plain_text_labels_file(tmp_path):
+    """Not labels scored against every file: a heading, a note, a label left out for now."""
+    path = write(tmp_path, "# animals\ndog\n  # cat\nbird\n#\nrain\n")
+    assert read_labels(path) == ["dog", "bird", "rain"]
+    with pytest.raises(LabelsError, match=r"duplicate label 'dog' on line 4 \(first on line 2\)"):
+        read_labels(write(tmp_path, "# animals\ndog\n# again\ndog\n"))  # comments count as lines
+
+
+def test_a_csv_labels_file_has_no_comments(tmp_path):
+    """Its values are data (a dataset's metadata), where a `#` means what it says."""
+    assert read_labels(write(tmp_path, "label\n# 1 hit\ndog\n", "labels.csv")) == ["# 1 hit", "dog"]
+
+
+def test_a_labels_file_of_comments_only_has_no_labels(tmp_path):
+    with pytest.raises(LabelsError, match=r"no labels, only comments \(lines starting with #\)"):
+        read_labels(write(tmp_path, "# dog\n# cat\n\n"))
+
+
 def test_a_label_map_may_repeat_a_label_with_its_answer_or_without_one(tmp_path):
     path = write(tmp_path, "label,answer\ndog,a dog barks\ndog,\ndog,a dog barks\ncat,\n", "map.csv")
     assert read_label_map(path) == (["dog", "cat"], {"dog": "a dog barks"})
