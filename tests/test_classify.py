@@ -98,6 +98,8 @@ def test_labels_from_the_smoke_set_csv():
         ("dog\n\ncat\n", "labels.txt", "line 2 is blank"),
         ("dog\ncat\n dog\n", "labels.txt", r"duplicate label 'dog' on line 3 \(first on line 1\)"),
         (b"dog\ncat\nb\xe9ll\n", "labels.txt", "not UTF-8 text: byte 0xe9 at line 3, column 2; save it as UTF-8"),
+        ("dog\ncat\n".encode("utf-16"), "labels.txt", "UTF-16 text, not UTF-8; save it as UTF-8"),
+        ("label\ndog\n".encode("utf-16"), "labels.csv", "UTF-16 text, not UTF-8; save it as UTF-8"),
         ("name,caption\ndog,x\n", "labels.csv", "needs a 'label' column"),
         ("label\ndog\n,\n", "labels.csv", "line 3 has no label"),
         ("label\ndog\nalarm,clock\n", "labels.csv", "line 3 has 2 values but the header has 1 column: quote"),
@@ -150,6 +152,7 @@ def test_truth_paths_are_relative_to_the_csv_or_matched_by_name(tmp_path):
         ("path,label\na.wav,\n", "line 2 lacks a label"),
         ("file,label\na.wav,dog\na.wav,cat\n", "'a.wav' on line 3 has another label than on line 2"),
         (b"file,label\n\xff.wav,dog\n", "not UTF-8"),
+        ("file,label\na.wav,dog\n".encode("utf-16"), "UTF-16 text, not UTF-8; save it as UTF-8"),
         # An unquoted comma in a value: its tail would become a column the header lacks, dropped unseen.
         ("file,label\na.wav,dog\nb.wav,alarm,clock\n", "line 3 has 3 values but the header has 2 columns"),
     ],
