@@ -25,7 +25,6 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from pengi_search.choices import EXACT_MODE
 from pengi_search.db import (
     CopiedFile,
     FileRecord,
@@ -165,11 +164,10 @@ class IdenticalFiles:
     def texts_ok(self, texts: Sequence[TextRecord]) -> bool:
         """Texts this run may take as its own: the answers to its prompts, in order, decoded with its --beam,
         --max-len and --stop, written exactly, or by --fast in a --fast run. Texts written before their decoding
-        settings were recorded (schema revision 0005) are taken as decoded with this run's, as they always were."""
-        exact = all(text.mode == EXACT_MODE for text in texts)
-        fast = self.fast and all(text.mode is not None for text in texts)
-        decoded = all(text.decoding in (None, self.decoding) for text in texts)
-        return tuple(text.prompt for text in texts) == self.prompts and decoded and (exact or fast)
+        settings were recorded (schema revision 0005) are taken as decoded with this run's, as they always were
+        (`TextRecord.decoded_as`)."""
+        decoded = all(text.decoded_as(self.decoding, fast=self.fast) for text in texts)
+        return tuple(text.prompt for text in texts) == self.prompts and decoded
 
     def _may_copy(self, record: FileRecord, path: str) -> bool:
         """An indexed file (another one), not a cut one when cut files are to fail (--strict)."""

@@ -11,15 +11,17 @@ Two methods (the paper's close-ended tasks):
   the template with the label filled in; a template that starts with the prompt ("this is a sound of {label}")
   has the prompt removed, since the model already heard it.
 
-A file that is indexed and unchanged (size and mtime as stored) by the same model reuses what the index holds:
-its stored captions (text method) or its stored audio embeddings (loglik), so no audio is decoded.
+A file that is indexed and unchanged (size and mtime as stored) by the same model reuses what the index holds, so
+no audio is decoded: its stored audio embeddings (loglik), or its stored captions (text method) when they are what
+this run would write, decoded with its `--beam`, `--max-len` and `--stop` and in its mode (exact, or `--fast`), as
+`TextRecord.decoded_as` decides. Other captions would make the numbers depend on how the library was indexed.
 
 Labels files: one label per line (UTF-8, surrounding spaces trimmed, blank lines only at the end, no control
-character or line separator inside a label), or a `.csv` file with a header that has a `label` column (its distinct
-values, in order of first appearance, e.g. a dataset's metadata; an `answer` column, as `train init`'s label map
-has, gives the text each label is scored as, one answer a label). Truth
-files: a CSV with a `label` column and a `file`, `filename` or `path` column; paths are relative to the CSV's folder
-(or absolute), as written when such a file exists, else trimmed (`text_files.listed_file`), and a file is also
+character or line separator inside a label; a line starting with `#` is a comment), or a `.csv` file with a header
+that has a `label` column (its distinct values, in order of first appearance, e.g. a dataset's metadata; an `answer`
+column, as `train init`'s label map has, gives the text each label is scored as, one answer a label). Truth files: a
+CSV with a `label` column and a `file`, `filename` or `path` column; paths are relative to the CSV's folder (or
+absolute), as written when such a file exists, else trimmed (`text_files.listed_file`), and a file is also
 matched by its bare name when that name is unique.
 """
 
@@ -41,7 +43,7 @@ import numpy as np
 
 from pengi_search.errors import UsageError, empty_file
 
-from .choices import LoglikScore, LongPrompt, Method, StopRule
+from .choices import EXACT_MODE, LoglikScore, LongPrompt, Method, StopRule, decoding_settings
 from .embedders import EmbedderSpec, TextEmbedder, embed_given, open_text_embedder
 from .pathnames import path_fields, shown
 from .paths import as_path
@@ -50,6 +52,7 @@ from .text_files import csv_rows, listed_file, read_text
 
 if TYPE_CHECKING:
     from .audio import Window
+    from .db import TextRecord
     from .inference import Engine
     from .library import Library
     from .messages import Notify
@@ -59,6 +62,7 @@ if TYPE_CHECKING:
 DEFAULT_TEMPLATE = "{label}"
 PATH_COLUMNS = ("file", "filename", "path")
 LINE_ENDS = re.compile(r"\r\n|\r|\n")
+COMMENT = "#"  # starts a line of a plain-text labels file that is a note, not a label
 BREAKING = ("Cc", "Zl", "Zp")  # Unicode categories no label may hold: control characters, line and paragraph breaks
 
 log = logging.getLogger(__name__)
@@ -96,11 +100,15 @@ def read_label_map(path: str | os.PathLike[str]) -> tuple[list[str], dict[str, s
     for number, line in enumerate(lines, 1):
         _check_characters(path, line, number)  # before trimming, which takes a form feed at either end for a space
         label = line.strip()
+        if label.startswith(COMMENT):  # a heading or a note, as configuration files have; never scored as a label
+            continue
         if not label:
             raise LabelsError(path, f"line {number} is blank; write one label per line, without blank lines")
         if label in first_line:
             raise LabelsError(path, f"duplicate label {label!r} on line {number} (first on line {first_line[label]})")
         first_line[label] = number
+    if not first_line:
+        raise LabelsError(path, f"no labels, only comments (lines starting with {COMMENT}); write one label per line")
     return list(first_line), {}
 
 
@@ -423,15 +431,23 @@ class Classifier:
 
     def _stored_evidence(self, path: str | os.PathLike[str]) -> Any:
         """What the index holds for the file that this method scores (its captions, or its audio vectors), or None
-        when it holds nothing usable (not indexed, changed since, or a caption missing)."""
+        when it holds nothing usable (not indexed, changed since, or a caption missing or decoded otherwise than this
+        run decodes)."""
         stored = self._stored(path)
         if stored is None:
             return None
         if self.settings.method is Method.loglik:
-            return stored.vectors
-        prompt = TASK_PROMPTS["caption"]
-        captions = [next((t.text for t in w.texts if t.prompt == prompt), None) for w in stored.windows]
+            return stored.vectors  # audio embeddings do not depend on decoding
+        captions = [self._own_caption(window.texts) for window in stored.windows]
         return None if any(c is None for c in captions) else captions
+
+    def _own_caption(self, texts: Sequence[TextRecord]) -> str | None:
+        """The window's stored caption if this run would have written it (`TextRecord.decoded_as`), else None."""
+        settings = self.settings
+        decoding = decoding_settings(settings.beam, settings.max_len, settings.stop)
+        fast = self.fast if self._engine is None else self._engine.mode != EXACT_MODE
+        prompt = TASK_PROMPTS["caption"]
+        return next((t.text for t in texts if t.prompt == prompt and t.decoded_as(decoding, fast=fast)), None)
 
     def _window_scores(self, windows: list[Window]) -> list[np.ndarray]:
         """The label scores of each decoded window: its caption against the labels, or the labels' likelihoods."""

@@ -21,6 +21,16 @@ from .units import count_text
 
 CsvRows = list[tuple[int, dict[str, str]]]  # (line number, row by lower-cased column name)
 
+# The byte-order marks of the other encodings a text editor saves Unicode in (Windows Notepad's "Unicode" is UTF-16
+# little-endian), UTF-32's first: its little-endian mark starts with UTF-16's. Such a file is named for what it is,
+# where its first byte that is not UTF-8 (0xff at line 1, column 1) would tell nothing.
+UNICODE_MARKS = (
+    (codecs.BOM_UTF32_LE, "UTF-32"),
+    (codecs.BOM_UTF32_BE, "UTF-32"),
+    (codecs.BOM_UTF16_LE, "UTF-16"),
+    (codecs.BOM_UTF16_BE, "UTF-16"),
+)
+
 
 def read_text(path: Path, error: type[UsageError]) -> str:
     """The file's text (UTF-8, a byte-order mark dropped); `error` says why it cannot be read or decoded."""
@@ -50,10 +60,14 @@ def open_text(path: Path, error: type[UsageError]) -> Iterator[TextIO]:
 
 def not_utf8(path: Path, error: type[UsageError], data: bytes | None = None) -> UsageError:
     """The error for a text file that is not UTF-8, naming its first byte that is not and where it is, as an editor
-    counts: `not UTF-8 text: byte 0xe9 at line 2, column 10`. `data`: the file's bytes, when read already; a file
-    read as a stream is read again here, since a stream's decoding error counts from its last buffer."""
+    counts: `not UTF-8 text: byte 0xe9 at line 2, column 10`, or its encoding when its byte-order mark names another
+    (`UTF-16 text, not UTF-8`). `data`: the file's bytes, when read already; a file read as a stream is read again
+    here, since a stream's decoding error counts from its last buffer."""
     try:
         data = path.read_bytes() if data is None else data
+        encoding = next((name for mark, name in UNICODE_MARKS if data.startswith(mark)), None)
+        if encoding is not None:
+            return error(path, f"{encoding} text, not UTF-8; save it as UTF-8")
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
         return error(path, f"not UTF-8 text: {_where_invalid(data, exc.start)}; save it as UTF-8")

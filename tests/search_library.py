@@ -15,6 +15,7 @@ import numpy as np
 
 from indexer.pipeline import run_index
 from pengi_search.audio import iter_windows
+from pengi_search.choices import EXACT_MODE, StopRule, decoding_settings
 from pengi_search.db import EmbedderInfo, ModelInfo, Store, StoredAudio, TextRecord, WindowInput
 from pengi_search.embedders import EmbedderSpec, open_text_embedder
 from pengi_search.hashing import file_sha256
@@ -28,6 +29,9 @@ from .indexing import quick_options, write_tone
 
 CAPTION = TASK_PROMPTS["caption"]
 EVENTS = TASK_PROMPTS["sound_event"]
+# How the stored texts say they were decoded: as `index` and `classify` decode by default, so that classify takes
+# the stored captions as its own.
+DECODING = decoding_settings(3, 30, StopRule.both)
 
 # relative path -> (seconds, caption of each window); the 10 s file has two windows (0-7 s and 3-10 s)
 CAPTIONED = {
@@ -74,7 +78,10 @@ def caption_library(db: str, root: Path, model_dir: Path, captioned: dict | None
                     w.index,
                     w.start_s,
                     w.end_s,
-                    texts=[TextRecord(CAPTION, caption), TextRecord(EVENTS, caption.split()[-1])],
+                    texts=[
+                        TextRecord(CAPTION, caption, None, EXACT_MODE, DECODING),
+                        TextRecord(EVENTS, caption.split()[-1], None, EXACT_MODE, DECODING),
+                    ],
                     vectors={"text": text[i], "audio": audio[i] / np.linalg.norm(audio[i])},
                 )
                 for i, (w, caption) in enumerate(zip(windows, captions, strict=True))

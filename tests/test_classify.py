@@ -32,6 +32,7 @@ from pengi_search.model_dir import ModelDir
 from pengi_search.prompts import TASK_PROMPTS
 
 from .indexing import write_tone
+from .search_library import index_folder
 
 SMOKE_LABELS = Path("/work/shared/data/smoke/labels.csv")
 
@@ -53,6 +54,24 @@ def test_labels_one_per_line(tmp_path):
 def test_labels_lines_end_as_editors_end_them(tmp_path):
     """LF, CRLF or a lone CR (old Mac files) end a line; nothing else does."""
     assert read_labels(write(tmp_path, "dog\r\nrain\rcat\nbell")) == ["dog", "rain", "cat", "bell"]
+
+
+def test_lines_starting_with_a_hash_are_comments_in_a_plain_text_labels_file(tmp_path):
+    """Not labels scored against every file: a heading, a note, a label left out for now."""
+    path = write(tmp_path, "# animals\ndog\n  # cat\nbird\n#\nrain\n")
+    assert read_labels(path) == ["dog", "bird", "rain"]
+    with pytest.raises(LabelsError, match=r"duplicate label 'dog' on line 4 \(first on line 2\)"):
+        read_labels(write(tmp_path, "# animals\ndog\n# again\ndog\n"))  # comments count as lines
+
+
+def test_a_csv_labels_file_has_no_comments(tmp_path):
+    """Its values are data (a dataset's metadata), where a `#` means what it says."""
+    assert read_labels(write(tmp_path, "label\n# 1 hit\ndog\n", "labels.csv")) == ["# 1 hit", "dog"]
+
+
+def test_a_labels_file_of_comments_only_has_no_labels(tmp_path):
+    with pytest.raises(LabelsError, match=r"no labels, only comments \(lines starting with #\)"):
+        read_labels(write(tmp_path, "# dog\n# cat\n\n"))
 
 
 def test_a_label_map_may_repeat_a_label_with_its_answer_or_without_one(tmp_path):
@@ -79,6 +98,8 @@ def test_labels_from_the_smoke_set_csv():
         ("dog\n\ncat\n", "labels.txt", "line 2 is blank"),
         ("dog\ncat\n dog\n", "labels.txt", r"duplicate label 'dog' on line 3 \(first on line 1\)"),
         (b"dog\ncat\nb\xe9ll\n", "labels.txt", "not UTF-8 text: byte 0xe9 at line 3, column 2; save it as UTF-8"),
+        ("dog\ncat\n".encode("utf-16"), "labels.txt", "UTF-16 text, not UTF-8; save it as UTF-8"),
+        ("label\ndog\n".encode("utf-16"), "labels.csv", "UTF-16 text, not UTF-8; save it as UTF-8"),
         ("name,caption\ndog,x\n", "labels.csv", "needs a 'label' column"),
         ("label\ndog\n,\n", "labels.csv", "line 3 has no label"),
         ("label\ndog\nalarm,clock\n", "labels.csv", "line 3 has 2 values but the header has 1 column: quote"),
@@ -131,6 +152,7 @@ def test_truth_paths_are_relative_to_the_csv_or_matched_by_name(tmp_path):
         ("path,label\na.wav,\n", "line 2 lacks a label"),
         ("file,label\na.wav,dog\na.wav,cat\n", "'a.wav' on line 3 has another label than on line 2"),
         (b"file,label\n\xff.wav,dog\n", "not UTF-8"),
+        ("file,label\na.wav,dog\n".encode("utf-16"), "UTF-16 text, not UTF-8; save it as UTF-8"),
         # An unquoted comma in a value: its tail would become a column the header lacks, dropped unseen.
         ("file,label\na.wav,dog\nb.wav,alarm,clock\n", "line 3 has 3 values but the header has 2 columns"),
     ],
@@ -293,3 +315,74 @@ def test_another_model_does_not_reuse_the_index(captions, tmp_path):
     other = make_tiny_model_dir(tmp_path / "other", seed=4)
     prediction = classifier(other, db=captions.db, max_len=4).classify(captions.files["bell.wav"])
     assert prediction.source == "decoded"
+
+
+# -- which stored captions a run takes as its own ----------------------------------------------------------------
+
+
+@pytest.fixture()
+def captioned_work(monkeypatch) -> dict[str, int]:
+    """Counts the windows the model captions (`Engine.generate`)."""
+    work = {"captioned": 0}
+    generate = Engine.generate
+
+    def counting_generate(self, embeds, *args, **kwargs):
+        work["captioned"] += len(embeds)
+        return generate(self, embeds, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "generate", counting_generate)
+    return work
+
+
+@pytest.fixture(scope="module")
+def beam_2_library(tmp_path_factory, tiny_model_dir) -> tuple[str, Path]:
+    """A library indexed by the indexer with --beam 2 --max-len 3, exactly, and its one-window file."""
+    root = tmp_path_factory.mktemp("beam-2")
+    path = write_tone(root / "sounds" / "tone.wav", 2.0, freq=520.0)
+    index_folder(str(root / "lib.db"), root / "sounds", tiny_model_dir, beam=2, max_len=3)
+    return str(root / "lib.db"), path
+
+
+@pytest.mark.parametrize(
+    ("asked", "source"),
+    [
+        ({"beam": 2, "max_len": 3}, "index"),
+        ({"beam": 1, "max_len": 3}, "decoded"),
+        ({"beam": 2, "max_len": 4}, "decoded"),
+        ({"beam": 2, "max_len": 3, "stop": "original"}, "decoded"),
+    ],
+)
+def test_stored_captions_serve_only_a_run_that_decodes_as_they_were_decoded(
+    beam_2_library, tiny_model_dir, captioned_work, asked, source
+):
+    """Another --beam, --max-len or --stop writes other captions: classifying with the library's would give the
+    numbers of the settings it was indexed with, under the settings asked for."""
+    db, path = beam_2_library
+    prediction = classifier(tiny_model_dir, db=db, **asked).classify(path)
+    assert prediction.source == source
+    assert captioned_work["captioned"] == (0 if source == "index" else 1)
+
+
+def test_captions_of_a_fast_index_serve_a_fast_run_only(tiny_model_dir, tmp_path, captioned_work):
+    """--fast answers are close to exact ones, not equal: an exact run decodes the file again."""
+    path = write_tone(tmp_path / "sounds" / "tone.wav", 2.0, freq=520.0)
+    db = str(tmp_path / "lib.db")
+    index_folder(db, tmp_path / "sounds", tiny_model_dir, beam=2, max_len=3, fast=True)
+    captioned_work["captioned"] = 0  # the index run's
+    settings = ClassifySettings(beam=2, max_len=3)
+
+    def source(fast: bool) -> str:
+        with Library.open(db) as library:
+            model = ModelDir.read(tiny_model_dir)
+            c = Classifier(LABELS, settings, model_dir=model, library=library, device="cpu", fast=fast)
+            return c.classify(path).source
+
+    assert source(fast=False) == "decoded" and captioned_work["captioned"] == 1
+    assert source(fast=True) == "index" and captioned_work["captioned"] == 1
+
+
+def test_stored_audio_embeddings_serve_loglik_whatever_the_decoding_settings(beam_2_library, tiny_model_dir):
+    """Likelihood scoring decodes nothing: the audio embeddings are the same whatever --beam the library had."""
+    db, path = beam_2_library
+    prediction = classifier(tiny_model_dir, db=db, method="loglik", beam=5, max_len=30).classify(path)
+    assert prediction.source == "index"

@@ -536,23 +536,25 @@ def test_eval_classify_candidates_are_the_truth_labels_whatever_the_truth_file_i
     assert report["notes"] == []
 
 
-def test_eval_classify_report_records_what_made_its_numbers(known, tiny_model_dir, tmp_path):
-    """Enough to run it again: the decoding of the captions it makes, the library whose stored captions it reused
-    (and which files came from it), and the versions of the code."""
+@pytest.mark.parametrize(("beam", "max_len", "source"), [(3, 30, "index"), (2, 4, "decoded")])
+def test_eval_classify_report_records_what_made_its_numbers(known, tiny_model_dir, tmp_path, beam, max_len, source):
+    """Enough to run it again: the decoding of the captions, the library whose stored captions it reused (and which
+    files came from it: those whose captions were decoded as asked, here with the library's --beam 3 --max-len 30),
+    and the versions of the code."""
     captions, _ = known
     truth = write(tmp_path / "truth.csv", f"file,label\n{captions.root / 'bell.wav'},bell\n")
     result = run(
         "eval", "classify", captions.root, "--truth", truth, "--db", captions.db, "--model", tiny_model_dir,
-        "--device", "cpu", "--beam", 2, "--max-len", 4, "-o", tmp_path / "out", "--json",
+        "--device", "cpu", "--beam", beam, "--max-len", max_len, "-o", tmp_path / "out", "--json",
     )  # fmt: skip
     assert result.exit_code == EXIT_OK, result.output
     report = json.loads(result.stdout)
     setup = report["setup"]
     assert {key: setup[key] for key in ("beam", "max_len", "stop", "db")} == {
-        "beam": 2, "max_len": 4, "stop": "both", "db": str(captions.db)
+        "beam": beam, "max_len": max_len, "stop": "both", "db": str(captions.db)
     }  # fmt: skip
     assert setup["pengi_search_version"] == pengi_search.__version__ and setup["torch_version"] == torch.__version__
-    assert [(Path(row["file"]).name, row["source"]) for row in report["files"]] == [("bell.wav", "index")]
+    assert [(Path(row["file"]).name, row["source"]) for row in report["files"]] == [("bell.wav", source)]
 
 
 def test_eval_classify_with_a_label_map_scores_its_answers(known, tiny_model_dir, tmp_path):

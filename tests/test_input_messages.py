@@ -134,6 +134,19 @@ def test_a_text_file_that_is_not_utf8_names_its_first_bad_byte_where_an_editor_s
     assert (result.exit_code, result.stderr) == (EXIT_USAGE, f"error: {bad}: {NOT_UTF8}\n")
 
 
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+@pytest.mark.parametrize("name", NOT_UTF8_READERS)
+def test_a_utf16_text_file_is_named_utf16(here, name, encoding):
+    """As Windows Notepad saves "Unicode": its byte-order mark, not "byte 0xff at line 1", says what it is."""
+    file_name, args = NOT_UTF8_READERS[name]
+    bad = here / encoding / file_name
+    bad.parent.mkdir()
+    bad.write_bytes(("\ufeff" + LATIN_1.decode("latin-1")).encode(encoding))
+    result = run(*(arg.format(file=bad, here=here) for arg in args))
+    said = f"error: {bad}: UTF-16 text, not UTF-8; save it as UTF-8\n"
+    assert (result.exit_code, result.stderr) == (EXIT_USAGE, said)
+
+
 MANIFESTS = {  # suffix: a good start, rows after which a byte that is not UTF-8 comes
     ".csv": "audio,task,answer\n" + "a.wav,caption,a dog barks\n" * 1000,
     ".jsonl": '{"audio": "a.wav", "task": "caption", "answer": "a dog barks"}\n' * 1000,
@@ -150,6 +163,15 @@ def test_a_manifest_read_as_a_stream_names_the_bad_byte_from_the_start_of_the_fi
         read_manifest(manifest)
     line = good.count("\n") + 1
     assert caught.value.reason == f"not UTF-8 text: byte 0xe9 at line {line}, column 1; save it as UTF-8"
+
+
+def test_a_manifest_in_utf32_read_as_a_stream_is_named_utf32(tmp_path):
+    """UTF-32's little-endian mark starts with UTF-16's: it is named for what it is."""
+    manifest = tmp_path / "train.csv"
+    manifest.write_bytes(MANIFESTS[".csv"].encode("utf-32"))  # with its byte-order mark
+    with pytest.raises(ManifestError) as caught:
+        read_manifest(manifest)
+    assert caught.value.reason == "UTF-32 text, not UTF-8; save it as UTF-8"
 
 
 def test_a_byte_order_mark_is_no_column(tmp_path):

@@ -151,7 +151,7 @@ def test_describe_and_ask_the_odd_file(tree, tiny_model_dir):
 def test_classify_the_odd_file_and_its_folder(tree, indexed, tiny_model_dir, tmp_path):
     labels = tmp_path / "labels.txt"
     labels.write_text("dog\nrain\n")
-    common = ("--labels", labels, "--model", tiny_model_dir, "--db", indexed["db"], "--device", "cpu")
+    common = ("--labels", labels, "--model", tiny_model_dir, "--db", indexed["db"], *QUICK)  # decoded as indexed
     one = json.loads(run("classify", tree["odd"], *common, "--json").stdout)
     (result,) = one["results"]
     assert result["file"] == tree["odd"] and result["source"] == "index"
@@ -280,7 +280,7 @@ def test_a_failure_that_cannot_be_recorded_is_reported_and_the_run_goes_on(tree,
 def test_eval_classify_reports_the_odd_files(tree, indexed, tiny_model_dir, tmp_path):
     truth = tmp_path / "truth.csv"
     truth.write_text("file,label\ngood.wav,tone\nrain.flac,rain\n")
-    common = ("--truth", truth, "--db", indexed["db"], "--model", tiny_model_dir, "--device", "cpu", "--quiet")
+    common = ("--truth", truth, "--db", indexed["db"], "--model", tiny_model_dir, *QUICK, "--quiet")
     result = run("eval", "classify", tree["root"], *common, "-o", tmp_path / "report")
     assert result.exit_code == EXIT_PARTIAL  # the empty file is left out, and said so
     report = json.loads((tmp_path / "report" / "report.json").read_text(encoding="utf-8"))

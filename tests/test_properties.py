@@ -318,7 +318,7 @@ def test_classify_with_any_labels_file_answers_or_names_the_problem(searchable, 
     labels = Path(tempfile.mkdtemp(dir=tmp_path)) / "labels.txt"
     labels.write_bytes(content)
     sound = searchable.parent / "sounds" / "rain.wav"
-    result = invoke("classify", sound, "--labels", labels, "--db", searchable, "--model", model, "--json")
+    result = invoke("classify", sound, "--labels", labels, "--db", searchable, "--model", model, *QUICK, "--json")
     event(f"exit code {result.exit_code}")
     if result.exit_code == 0:
         answer = json.loads(result.stdout)

@@ -527,8 +527,8 @@ def test_stats(client, served):
     assert stats["indexes"] == {"text": {"type": "flat", "vectors": 6}, "audio": {"type": "flat", "vectors": 6}}
     assert stats["failed"] == [{"path": BROKEN, "error": BROKEN_REASON}]
     assert stats["model"]["model"] == "tiny-base"
-    # as `stats --json`: captioned windows by how their texts were made (these were written without a mode)
-    assert stats["captions"] == {"windows": 6, "captioned": 6, "missing": 0, "by_mode": {"unrecorded": 6}}
+    # as `stats --json`: captioned windows by how their texts were made
+    assert stats["captions"] == {"windows": 6, "captioned": 6, "missing": 0, "by_mode": {"exact": 6}}
 
 
 def test_pages_render(client, served):

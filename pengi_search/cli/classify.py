@@ -149,8 +149,8 @@ def classify(
 
     One file gives its ranked labels; several files or a folder, a CSV (one row per file). All the files are
     classified together, windows from all of them in each batch; a file reached twice (given, and inside a given
-    folder) is classified once. Files already indexed (and unchanged) by the same model reuse their stored captions
-    or audio embeddings.
+    folder) is classified once. Files already indexed (and unchanged) by the same model reuse their stored audio
+    embeddings, and their stored captions when decoded as this run decodes (--beam, --max-len, --stop, --fast).
 
     Example: pengi-search classify recordings/ extra.wav --labels labels.txt --output predictions.csv --truth truth.csv
     """

@@ -500,7 +500,7 @@ def classify_files(
         setup["db"] = db
     if texts:
         setup["label_texts"] = texts
-    if scoring.method == Method.text:  # captions of the files not indexed are decoded with these settings
+    if scoring.method == Method.text:  # captions not stored with these settings are decoded with them
         setup["text_embedder"] = scoring.text_embedder or "pengi"
         setup |= {"beam": scoring.beam, "max_len": scoring.max_len, "stop": scoring.stop.value}
     else:

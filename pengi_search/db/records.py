@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..choices import EXACT_MODE
 from .errors import RefusedInputError
 
 FILE_STATUSES = ("pending", "indexed", "error")
@@ -122,6 +123,15 @@ class TextRecord:
     score: float | None = None
     mode: str | None = None  # how it was generated: "exact" or a --fast mode ("bf16+greedy"); None: not recorded
     decoding: str | None = None  # the settings it was decoded with (`choices.decoding_settings`); None: not recorded
+
+    def decoded_as(self, decoding: str, *, fast: bool) -> bool:
+        """Whether a run that decodes with `decoding` (`choices.decoding_settings`) may take this text as its own
+        answer: decoded with those settings, exactly, or by a --fast mode when the run is --fast too (fast answers
+        are close to exact ones, not equal). A text written before its settings were recorded (schema revision
+        0005) counts as decoded with the run's, as it always did; one without a recorded mode (before 0004) may be
+        a --fast answer, and counts as neither."""
+        made_alike = self.mode == EXACT_MODE or (fast and self.mode is not None)
+        return made_alike and self.decoding in (None, decoding)
 
 
 @dataclass(frozen=True)
