@@ -26,11 +26,11 @@ FORM_OVERHEAD = 1 << 20  # room for the multipart framing and small fields besid
 REQUEST_PARTS = {"query", "body", "path", "header", "cookie"}  # where FastAPI locates a parameter
 
 
-def create_app(settings: ServeSettings, *, warm_up: bool = True) -> FastAPI:
-    """The server's application over the library in `settings.db` (opened read-only here, now)."""
+def create_app(settings: ServeSettings) -> FastAPI:
+    """The server's application over the library in `settings.db` (opened read-only here, now, with its indexes and
+    query embedder loaded: the first search is as fast as the next)."""
     service = Service(settings)
-    if warm_up:
-        service.warm_up()
+    service.warm_up()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
