@@ -563,7 +563,9 @@ def compare(
 
 def _report_names(first: Path, second: Path) -> tuple[str, str]:
     """Short names for the two columns: the folder of a report.json, else the file name; "a" and "b" if equal."""
-    names = tuple(p.parent.name if p.name == "report.json" and p.parent.name else p.stem for p in (first, second))
+    from ..evaluation.report import REPORT_JSON
+
+    names = tuple(p.parent.name if p.name == REPORT_JSON and p.parent.name else p.stem for p in (first, second))
     return (names[0], names[1]) if names[0] != names[1] else ("a", "b")
 
 
