@@ -108,7 +108,7 @@ def _check_something_to_index(options: IndexOptions, scanned: ScanResult) -> Non
         return
     default = options.extensions == AUDIO_EXTENSIONS
     asked = "" if default else f" with the extensions {', '.join(sorted(options.extensions))}"
-    where = "this folder" if len(options.roots) == 1 else "these folders"
+    where = for_count(len(options.roots), "this folder", "these folders")
     raise IndexerError(", ".join(map(os.fspath, options.roots)), f"no audio file{asked} in {where}")
 
 

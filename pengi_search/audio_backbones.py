@@ -3,7 +3,7 @@
 - `htsat` (default): the released models' HTSAT (`pengi_search.htsat`), key path `audio_encoder.base.htsat.*`.
 - `aisfx`: the sound-effects CNN of Ma & Lerch (ISMIR 2022, the `aisfx` package, CC BY 4.0): a 9-layer CNN over a
   96-band log-mel image at 44.1 kHz, pooled to a 512-dimensional vector. Its pretrained weights come from the
-  package when a run starts (`trainer.pretrained_parts`); a saved model directory holds them, so inference needs
+  package when a run starts (`trainer.audio_parts`); a saved model directory holds them, so inference needs
   no `aisfx` install. With `encoder_config = {"pooling": "attention"}` it yields the time steps of its third
   block instead (256 wide, about 5 a second), and the audio encoder pools them with a trained `FramePooling`: a
   short sound in a long clip (a word in 7 s of background) is lost in the fixed max over time, found by a learnt

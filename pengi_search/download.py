@@ -45,7 +45,7 @@ from pengi_search.hashing import file_sha256, sha256_hasher
 from pengi_search.hub import offline_setting
 from pengi_search.units import count_text
 from pengi_search.waits import within
-from pengi_search.written_aside import WriteError, written_aside
+from pengi_search.written_aside import WriteError, fsync_folder, written_aside
 
 INVALID_SUFFIX = ".invalid"  # a download that failed validation is moved aside to <dest>.invalid
 _RETRIED_HTTP_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -110,7 +110,7 @@ def download(
         if local is None and (setting := offline_setting()):
             raise _Failure(f"{setting} forbids network access", retry=False, unreachable=True)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        part = _Part(dest.with_suffix(dest.suffix + ".part"), source)
+        part = _Part(_part_path(dest), source)
         with _progress_bar(progress) as bar:
             task = bar.add_task(dest.name, total=None)
             _fetch(part, partial(_open, local, source, timeout), chunk_size, retries, backoff, bar, task)
@@ -150,7 +150,7 @@ def set_aside(dest: Path) -> Path:
 
 def discard_download(dest: Path) -> None:
     """Forget `dest`, its record and any partial download of it: the next `download` starts from byte 0."""
-    part = dest.with_name(dest.name + ".part")
+    part = _part_path(dest)
     for path in (dest, _sidecar(dest), part, _sidecar(part)):
         path.unlink(missing_ok=True)
 
@@ -187,7 +187,7 @@ class _Part:
 
     def __init__(self, path: Path, source: str) -> None:
         self.path, self.source = path, source
-        self.meta_path = path.with_name(path.name + ".json")
+        self.meta_path = _sidecar(path)
         self.size, self.hasher = 0, hashlib.sha256()
         meta = _read_json(self.meta_path)
         self.validator: str | None = meta.get("validator")
@@ -269,7 +269,7 @@ def _publish(part: _Part, dest: Path) -> DownloadResult:
     """Rename the finished part onto `dest` and record what it holds in `<dest>.json`."""
     os.replace(part.path, dest)
     part.meta_path.unlink(missing_ok=True)
-    _fsync_dir(dest.parent)
+    fsync_folder(dest.parent)
     result = DownloadResult(dest, part.size, part.hasher.hexdigest())
     completed_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     record = {"url": part.source, "size": result.size, "sha256": result.sha256, "completed_at": completed_at}
@@ -397,7 +397,13 @@ def _progress_bar(enabled: bool) -> Progress:
     )
 
 
+def _part_path(dest: Path) -> Path:
+    """Where the bytes of `dest` gather until it is complete: `<dest>.part`."""
+    return dest.with_name(dest.name + ".part")
+
+
 def _sidecar(dest: Path) -> Path:
+    """The JSON record beside `dest` (a finished file or a `.part`): where its bytes came from."""
     return dest.with_name(dest.name + ".json")
 
 
@@ -413,17 +419,6 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     """Write a record whole or not at all: a reader never sees half of one, nor a full disk a leftover."""
     with written_aside(path) as staging:
         staging.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable; only POSIX can open a directory for fsync."""
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _int_or_none(value: str | None) -> int | None:

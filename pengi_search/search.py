@@ -354,18 +354,18 @@ def _text_tower_model(library: Library, embedder_id: str, model: str | None) -> 
     if model is None and (model_dir is None or model_dir.text_embedder_id != embedder_id):
         found = (candidate for candidate in ModelDir.installed() if candidate.text_embedder_id == embedder_id)
         model_dir = next(found, model_dir)
-    built_by = embedder_id.removeprefix(PENGI_TEXT_PREFIX)
+    builder = embedder_id.removeprefix(PENGI_TEXT_PREFIX)  # the model's identity, `name@fingerprint`
     if model_dir is None:
-        if missing is not None and built_by.partition("@")[0] in RELEASES:
+        if missing is not None and builder.partition("@")[0] in RELEASES:
             raise missing  # the released model can be fetched (the first-use download)
         raise StoreMismatchError(
             library.name,
-            f"the index was built with model {built_by}, which is not installed here: pass its directory with --model",
+            f"the index was built with model {builder}, which is not installed here: pass its directory with --model",
         )
     if model_dir.text_embedder_id != embedder_id:
         raise StoreMismatchError(
             library.name,
-            f"the index was built with the text embedder of model {embedder_id.removeprefix(PENGI_TEXT_PREFIX)}, "
+            f"the index was built with the text embedder of model {builder}, "
             f"but {model_dir.path} is {model_dir.identity}. Pass that model with --model, or re-index the library "
             "with this one (pengi-search index PATH --model ...)",
         )

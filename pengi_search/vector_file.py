@@ -22,6 +22,7 @@ import faiss
 
 from pengi_search.errors import PengiSearchError
 from pengi_search.paths import made_folder
+from pengi_search.written_aside import fsync_folder
 
 _MAGIC = b"PENGIVEC"
 _FORMAT_VERSION = 1
@@ -57,7 +58,7 @@ def write_index_file(path: str | os.PathLike[str], index: faiss.IndexIDMap2, par
         if isinstance(exc, (OSError, RuntimeError)):
             raise VectorIndexError(str(target), f"cannot write the index: {exc}") from exc
         raise
-    _fsync_dir(target.parent)
+    fsync_folder(target.parent)
 
 
 def read_index_file(path: str | os.PathLike[str]) -> tuple[faiss.IndexIDMap2, dict[str, Any], str]:
@@ -146,14 +147,3 @@ def _parse_meta(source: Path, meta_bytes: bytes) -> dict[str, Any]:
     except (ValueError, TypeError) as exc:
         raise VectorIndexError(str(source), f"unreadable header metadata: {exc}") from exc
     return meta
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable (POSIX); not possible on every platform."""
-    if not hasattr(os, "O_DIRECTORY"):
-        return
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

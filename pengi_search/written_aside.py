@@ -30,3 +30,15 @@ def written_aside(path: Path, partial: Path | None = None) -> Iterator[Path]:
         if isinstance(exc, OSError):
             raise WriteError(path, f"cannot write ({os_reason(exc)})") from exc
         raise
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename into `folder` durable: its entry is on disk, not only in the page cache, when this returns.
+    Only POSIX systems can open a folder to fsync it; elsewhere the rename is as durable as the system makes it."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -194,12 +194,9 @@ def classify(
 
 def _read_inputs(labels: Path, truth: Path | None) -> tuple[list[str], dict[str, str], Truth | None]:
     """The labels, what each is scored as (a `train init` label map's `answer` column) and the truth."""
-    from ..classify import LabelsError, read_label_map, read_truth
+    from ..classify import read_label_map, read_truth
 
-    try:
-        return *read_label_map(labels), None if truth is None else read_truth(truth)
-    except LabelsError as err:
-        raise UsageError("", str(err)) from None
+    return *read_label_map(labels), None if truth is None else read_truth(truth)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -286,7 +286,7 @@ def given_input(value: str) -> str:
 
 def given_path(value: str | os.PathLike[str]) -> GivenPath:
     """The parser of every other option and argument that takes a path (`--labels`, `--output`, a configuration;
-    set on each by `cli.paths_as_typed`): the path, whose messages name it as typed (`GivenPath`: `./labels.txt`
+    set on each by `cli._paths_as_typed`): the path, whose messages name it as typed (`GivenPath`: `./labels.txt`
     keeps its `./`), as every command names the files it is given. Empty, refused as `given_input` refuses it."""
     return GivenPath.typed(given_input(os.fspath(value)))
 

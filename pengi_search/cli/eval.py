@@ -454,19 +454,16 @@ def classify_files(
 
     Example: pengi-search eval classify esc50/audio --truth esc50/truth.csv -o runs/esc50
     """
-    from ..classify import LabelsError, read_label_map, read_truth, write_csv
+    from ..classify import read_label_map, read_truth, write_csv
     from ..evaluation.classification import evaluate_classification
     from ..model_dir import ModelDir
     from .classify import classify_targets
 
     apply_threads(threads)
-    try:
-        known = read_truth(truth)
-        # A labels file may be a label map (what each label is scored as); the truth's labels are scored as they are,
-        # taken from the truth as read: as a labels file, a truth not named .csv would give its lines as labels.
-        label_list, texts = read_label_map(labels) if labels is not None else (known.labels, {})
-    except LabelsError as err:
-        raise UsageError("", str(err)) from None
+    known = read_truth(truth)
+    # A labels file may be a label map (what each label is scored as); the truth's labels are scored as they are,
+    # taken from the truth as read: as a labels file, a truth not named .csv would give its lines as labels.
+    label_list, texts = read_label_map(labels) if labels is not None else (known.labels, {})
     check_output_folder(output)
     inputs = audio_inputs([target], hidden=hidden)  # a missing file is said before the model is looked for
     _check_truth_lists(known, truth, target, inputs)
@@ -566,7 +563,9 @@ def compare(
 
 def _report_names(first: Path, second: Path) -> tuple[str, str]:
     """Short names for the two columns: the folder of a report.json, else the file name; "a" and "b" if equal."""
-    names = tuple(p.parent.name if p.name == "report.json" and p.parent.name else p.stem for p in (first, second))
+    from ..evaluation.report import REPORT_JSON
+
+    names = tuple(p.parent.name if p.name == REPORT_JSON and p.parent.name else p.stem for p in (first, second))
     return (names[0], names[1]) if names[0] != names[1] else ("a", "b")
 
 

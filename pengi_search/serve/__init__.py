@@ -5,7 +5,10 @@
 - `service`: what both do (search, similar, files, describe, classify, stats) over a read-only store;
 - `live`: FAISS indexes that follow the database while another process indexes;
 - `media`: waveform peaks, spectrograms, cut windows and transcodes; `uploads`: bounded, checked clips;
-- `security`: the token rule and which files may be served; `catalog`: read-only queries `Store` lacks.
+- `security`: the token rule and which files may be served; `catalog`: read-only queries `Store` lacks;
+- `batching`: concurrent queries embedded in one pass; `http_cache`: ETags and Range answers;
+- `settings`: what a server is started with; `errors`: a request's failures as HTTP statuses;
+- `workers`: several server processes on one socket (`serve --workers`).
 """
 
 from .app import create_app

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import event
 from starlette.exceptions import HTTPException
 
+from .. import __version__
 from ..errors import PengiSearchError
 from . import api, pages
 from .errors import Outage, RequestError, answer_status, status_headers
@@ -26,11 +26,11 @@ FORM_OVERHEAD = 1 << 20  # room for the multipart framing and small fields besid
 REQUEST_PARTS = {"query", "body", "path", "header", "cookie"}  # where FastAPI locates a parameter
 
 
-def create_app(settings: ServeSettings, *, warm_up: bool = True) -> FastAPI:
-    """The server's application over the library in `settings.db` (opened read-only here, now)."""
+def create_app(settings: ServeSettings) -> FastAPI:
+    """The server's application over the library in `settings.db` (opened read-only here, now, with its indexes and
+    query embedder loaded: the first search is as fast as the next)."""
     service = Service(settings)
-    if warm_up:
-        service.warm_up()
+    service.warm_up()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -39,7 +39,7 @@ def create_app(settings: ServeSettings, *, warm_up: bool = True) -> FastAPI:
 
     app = FastAPI(
         title="pengi-search",
-        version=_version(),
+        version=__version__,
         description="Search, listen to and describe an indexed sound library. The JSON shapes are the CLI's `--json`.",
         docs_url=None,  # /docs is a page of ours: FastAPI's loads its script from the internet
         redoc_url=None,
@@ -135,10 +135,3 @@ def _error(request: Request, status: int, detail: str, errors: list[dict[str, st
 
 def _wants_json(request: Request) -> bool:
     return request.url.path.startswith("/api/")
-
-
-def _version() -> str:
-    try:
-        return version("pengi-search")
-    except PackageNotFoundError:
-        return "0"
