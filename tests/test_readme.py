@@ -95,3 +95,15 @@ def test_each_documented_command_line_parses(monkeypatch):
         except (Exception, SystemExit) as err:  # the root command's own mistakes exit (one line on stderr)
             failures.append(f"{where}: {line}: {type(err).__name__}: {err}")
     assert not failures, "\n".join(failures)
+
+
+def test_ci_runs_the_readmes_install_and_test_commands():
+    """A new user's two commands (install, test) are the ones CI proves: `.ci/run` runs the README's install command
+    and its test command, as written."""
+    [install, test] = next(
+        block.splitlines()
+        for block in _code_blocks(README.read_text())
+        if block.startswith("pip install") and "pytest" in block
+    )
+    ci_lines = (ROOT_DIR / ".ci" / "run").read_text().splitlines()
+    assert install in ci_lines and test in ci_lines

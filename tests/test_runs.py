@@ -348,6 +348,14 @@ def test_an_ivfpq_request_on_a_small_library_is_reported_as_the_flat_index_it_is
     )
 
 
+def test_stats_and_rebuild_index_count_one_vector_in_the_singular(tiny_model_dir, sounds, tmp_path):
+    """A library of one window reads `1 vector`, not `1 vectors`."""
+    db = tmp_path / "lib.db"
+    assert run("index", sounds / "a.wav", "--db", db, "--model", tiny_model_dir, *QUICK).exit_code == 0
+    assert "text index: 1 vector, flat" in run("stats", "--db", db).stdout
+    assert "audio: 1 vector (flat)" in run("rebuild-index", "--db", db).stdout
+
+
 def test_index_warns_of_an_ivfpq_fallback_once_for_each_index_naming_it(tiny_model_dir, sounds, tmp_path, caplog):
     """`index` has no summary line per index to say it in: each index warns once, and says which it is (the two
     warnings read the same, word for word, as if one thing were said twice)."""

@@ -50,7 +50,7 @@ def rebuild_index(db: DbOption = None, index_type: IndexTypeOption = None, json_
         return
     for kind, count in counts.items():
         built = _index_kind(indexes[kind]["index_type"], indexes[kind]["requested_type"])
-        out_console.print(f"{kind}: {count} vectors ({built})", markup=False, soft_wrap=True)
+        out_console.print(f"{kind}: {count_text(count, 'vector')} ({built})", markup=False, soft_wrap=True)
     out_console.print(f"rebuilt in {seconds:.1f} s")
 
 
@@ -227,7 +227,7 @@ def _print_stats(data: dict[str, Any]) -> None:
         lines += [f"  {shown(item['path'])}: {item['error'].partition(chr(10))[0]}" for item in data["failed"]]
     for kind, info in data["vector_indexes"].items():
         built = _index_kind(info["index_type"], info["requested_type"])
-        lines.append(f"{kind} index: {data['vectors'][kind]} vectors, {built} ({_human(info['bytes'])})")
+        lines.append(f"{kind} index: {count_text(data['vectors'][kind], 'vector')}, {built} ({_human(info['bytes'])})")
     lines += [_run_line(run) for run in data["runs"]]
     for line in lines:
         out_console.print(line, markup=False, soft_wrap=True)
