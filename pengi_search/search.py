@@ -3,9 +3,9 @@
 Both search a FAISS index of window vectors (cosine similarity) and turn window hits into results:
 - `by="file"` (default): the best window of each file, with its time range; `by="window"`: every window.
 - Filters (score, path glob, extension, file duration) never cost results: the search fetches more candidates,
-  doubling, until `k` results pass the filters or the candidates run out. Duration and a glob's literal folder
-  also restrict the FAISS search itself (an id selector from `Store.filter_window_ids`), so selective filters
-  stay cheap on large libraries.
+  doubling, until `k` results pass the filters or the candidates run out. All but the score also restrict the
+  FAISS search itself (an id selector: the store finds the files of the glob's literal folder and durations, and
+  Python keeps those whose names pass), so selective filters stay cheap on large libraries.
 
 A text query ranks windows by caption, by audio embedding or by both (`ranking`); without a choice, by caption once
 every window has captions, else by audio (a library whose captions are still being written is searched whole).
@@ -112,15 +112,23 @@ class Filters:
         return folder or None
 
     def restricts_store(self) -> bool:
-        return self.folder() is not None or self.min_duration_s is not None or self.max_duration_s is not None
+        return self.names_files() or self.min_duration_s is not None or self.max_duration_s is not None
+
+    def names_files(self) -> bool:
+        """Whether a condition is on the files' names (a path glob, extensions)."""
+        return self.path_glob is not None or self.extensions is not None
 
     def accepts(self, window: WindowDetails) -> bool:
         """The conditions the store-side restriction does not cover (or covers only in part)."""
         if self.exclude_paths and _left_out(window.path, self.exclude_paths):
             return False
-        if self.path_glob is not None and not fnmatch.fnmatch(window.path, self.path_glob):
+        return self.accepts_name(window.path)
+
+    def accepts_name(self, path: str) -> bool:
+        """Whether the path glob and the extensions accept the file at `path`."""
+        if self.path_glob is not None and not fnmatch.fnmatch(path, self.path_glob):
             return False
-        return self.extensions is None or has_extension(window.path, self.extensions)
+        return self.extensions is None or has_extension(path, self.extensions)
 
 
 def _left_out(path: str, excluded: frozenset[str]) -> bool:
@@ -240,11 +248,23 @@ def search_index(
 
 
 def _allowed_ids(library: Library, filters: Filters) -> np.ndarray | None:
+    """The windows a filtered search may find (None: any). The store applies the glob's folder and the durations,
+    and Python the names (the glob's wildcards, the extensions) to the paths of the files left: names that few
+    files have are searched among their windows alone, rather than among ever more of the best windows of the
+    library (an extension no file had read the details of all 200,000 windows of one, 36 s)."""
     if not filters.restricts_store():
         return None
-    return library.store.filter_window_ids(
-        under=filters.folder(), min_duration_s=filters.min_duration_s, max_duration_s=filters.max_duration_s
-    )
+    store = library.store
+    bounds = {"min_duration_s": filters.min_duration_s, "max_duration_s": filters.max_duration_s}
+    under = filters.folder()
+    if filters.names_files():
+        files = store.file_paths(under=under, **bounds)
+        accepted = [file_id for file_id, path in files if filters.accepts_name(path)]
+        if len(accepted) < len(files):
+            return store.window_ids_of_files(accepted)
+    if under is None and bounds == {"min_duration_s": None, "max_duration_s": None}:
+        return None  # every file's name passes, and nothing else restricts
+    return store.filter_window_ids(under=under, **bounds)
 
 
 def _fetch(

@@ -695,6 +695,18 @@ def test_filter_window_ids(store: Store) -> None:
     assert len(store.filter_window_ids(under="/lib/dogs", formats=["mp3"])) == 0
 
 
+def test_file_paths_and_the_windows_of_files(store: Store) -> None:
+    """What a search filtered by names reads: the files within the folder and durations, then their windows."""
+    dogs = indexed_file(store, "/lib/dogs/a.wav", count=2)
+    cat = store.upsert_file("/lib/cats/b.wav", size=1, mtime=1.0)
+    cat_windows = store.replace_file_windows(cat, windows(3), audio=StoredAudio(3.0, 16_000, 1, "mp3"))
+    assert sorted(path for _, path in store.file_paths()) == ["/lib/cats/b.wav", "/lib/dogs/a.wav"]
+    assert store.file_paths(under="/lib/cats") == store.file_paths(max_duration_s=5.0) == [(cat, "/lib/cats/b.wav")]
+    assert store.file_paths(under="/lib/cats", min_duration_s=5.0) == []
+    assert store.window_ids_of_files([cat]).tolist() == cat_windows.added_window_ids
+    assert len(store.window_ids_of_files([dogs, cat, cat])) == 5 and store.window_ids_of_files([]).size == 0
+
+
 # -- pruning, removal, statistics, export -----------------------------------------------------------------------
 
 
