@@ -55,6 +55,7 @@ from pengi_search.db.captions import (
 from pengi_search.db.engine import create_store_engine
 from pengi_search.db.errors import DatabaseURLError, ForeignDatabaseError, MissingDatabaseError
 from pengi_search.db.migrate import SCHEMA_HEAD, alembic_config, migrate
+from pengi_search.db.queries import IDS_PER_QUERY
 from pengi_search.db.schema import Base
 from pengi_search.errors import EXIT_USAGE
 
@@ -896,6 +897,15 @@ def test_export_rows_pages_through_every_file(store: Store) -> None:
     assert second["windows"][1]["texts"][0] == first_text
     assert (rows[-1]["status"], rows[-1]["error"], rows[-1]["windows"]) == ("error", "unreadable", [])
     assert [row["path"] for row in store.export_rows(under="/lib/3.wav")] == ["/lib/3.wav"]
+
+
+def test_export_rows_of_a_long_file_keep_every_window_and_text_in_order(store: Store) -> None:
+    """More windows in a page than one statement lists ids (`IDS_PER_QUERY`): a recording of hours."""
+    count = IDS_PER_QUERY + 20
+    indexed_file(store, "/lib/long.wav", count=count)
+    (row,) = store.export_rows()
+    assert [w["index"] for w in row["windows"]] == list(range(count))
+    assert all([t["text"] for t in w["texts"]] == [f"a dog barks {w['index']}", "dog"] for w in row["windows"])
 
 
 # -- model and embedder -----------------------------------------------------------------------------------------

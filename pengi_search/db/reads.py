@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import ColumnElement, Connection, Select, bindparam, func, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from ..chunking import chunked
 from ..pathnames import path_fields
@@ -125,13 +125,12 @@ class LibraryReads:
                 query = select(AudioFileRow).where(paths_under(under)).order_by(AudioFileRow.path).limit(page_size)
                 if last_path is not None:
                     query = query.where(AudioFileRow.path > last_path)
-                page = session.scalars(
-                    query.options(selectinload(AudioFileRow.windows).selectinload(WindowRow.texts))
-                ).all()
+                page = session.scalars(query).all()
                 if not page:
                     return
+                windows = _export_windows(session.connection(), [row.id for row in page])
                 for row in page:
-                    yield _export_row(row)
+                    yield _export_row(row, windows.get(row.id, []))
                 last_path = page[-1].path
                 session.expunge_all()
 
@@ -204,6 +203,11 @@ _TEXTS_OF_WINDOWS = (
     .order_by(GeneratedTextRow.window_id, GeneratedTextRow.id)  # the order of the window_id index: no sort
 )
 _WINDOWS_OF_FILES = select(WindowRow.id).where(WindowRow.file_id.in_(bindparam("ids", expanding=True)))
+_WINDOWS_OF_FILES_IN_ORDER = (
+    select(WindowRow.id, WindowRow.file_id, WindowRow.index, WindowRow.start_s, WindowRow.end_s)
+    .where(WindowRow.file_id.in_(bindparam("ids", expanding=True)))
+    .order_by(WindowRow.file_id, WindowRow.index)
+)
 _WINDOWS_WITH_FILES = (
     select(
         WindowRow.id,
@@ -220,7 +224,21 @@ _WINDOWS_WITH_FILES = (
 )
 
 
-def _export_row(row: AudioFileRow) -> dict[str, Any]:
+def _export_windows(connection: Connection, file_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """File id -> its windows, in order, with their texts, as `export` writes them. Plain rows: ORM objects of the
+    windows and texts made an export three times slower (27 s of CPU for 200,000 windows, 8 s this way)."""
+    files: dict[int, list[dict[str, Any]]] = {}
+    windows: dict[int, dict[str, Any]] = {}
+    for window_id, file_id, index, start_s, end_s in connection.execute(_WINDOWS_OF_FILES_IN_ORDER, {"ids": file_ids}):
+        windows[window_id] = {"index": index, "start_s": start_s, "end_s": end_s, "texts": []}
+        files.setdefault(file_id, []).append(windows[window_id])
+    for chunk in chunked(list(windows), IDS_PER_QUERY):
+        for window_id, *text in connection.execute(_TEXTS_OF_WINDOWS, {"ids": chunk}):
+            windows[window_id]["texts"].append(dataclasses.asdict(TextRecord(*text)))
+    return files
+
+
+def _export_row(row: AudioFileRow, windows: list[dict[str, Any]]) -> dict[str, Any]:
     record = row.to_record()
     data = path_fields(record.path) | {
         name: getattr(record, name) for name in record.__dataclass_fields__ if name not in ("id", "run_id", "path")
@@ -228,13 +246,5 @@ def _export_row(row: AudioFileRow) -> dict[str, Any]:
     data["indexed_at"] = None if record.indexed_at is None else record.indexed_at.isoformat()
     data["notes"] = record.notes.splitlines() if record.notes else []
     data["truncated"] = record.truncated is not None
-    data["windows"] = [
-        {
-            "index": window.index,
-            "start_s": window.start_s,
-            "end_s": window.end_s,
-            "texts": [dataclasses.asdict(text.to_record()) for text in window.texts],
-        }
-        for window in row.windows
-    ]
+    data["windows"] = windows
     return data
