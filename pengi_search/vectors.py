@@ -212,8 +212,10 @@ class VectorIndex:
 
         Returns (added, removed).
         """
-        expected = np.unique(np.asarray(expected_ids, dtype=np.int64))
-        current = self.ids()
+        expected = sorted_unique(np.asarray(expected_ids, dtype=np.int64).reshape(-1))
+        current = self._sorted()
+        if np.array_equal(current, expected):  # what every command finds when nothing changed since the save
+            return 0, 0
         extra = np.setdiff1d(current, expected, assume_unique=True)
         missing = np.setdiff1d(expected, current, assume_unique=True)
         removed = self.remove(extra)
@@ -346,6 +348,16 @@ class VectorIndex:
                 self._use_gpu = False
                 return self._inner
         return self._gpu_index
+
+
+def sorted_unique(ids: np.ndarray) -> np.ndarray:
+    """The distinct ids, sorted: `np.unique` by sorting. numpy 2.4's `unique` (and `setdiff1d` without
+    `assume_unique`) hashes integers, 20 times slower: half a second for the 200,000 ids of a library that every
+    command checks its FAISS file against."""
+    ordered = np.sort(ids)
+    if ordered.size < 2:
+        return ordered
+    return ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))]
 
 
 def _new_inner(kind: str, dim: int, count: int, params: IndexParams) -> tuple[Any, IndexParams]:

@@ -68,3 +68,23 @@ def no_internet(monkeypatch) -> None:
         connect(sock, address)
 
     monkeypatch.setattr(socket.socket, "connect", loopback_only)
+
+
+@pytest.fixture
+def ids_sorted_not_hashed(monkeypatch) -> None:
+    """Fail on numpy's `unique`, and on `setdiff1d` without `assume_unique` (which calls it): numpy 2.4 hashes
+    integers there, 20 times slower than sorting, half a second for the 200,000 window ids that commands check
+    their FAISS files against."""
+    import numpy as np
+
+    setdiff1d = np.setdiff1d
+
+    def unique(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("np.unique hashes ids: sort them (vectors.sorted_unique)")
+
+    def setdiff1d_of_unique(first: object, second: object, assume_unique: bool = False) -> object:
+        assert assume_unique, "np.setdiff1d without assume_unique hashes both arrays"
+        return setdiff1d(first, second, assume_unique=True)
+
+    monkeypatch.setattr(np, "unique", unique)
+    monkeypatch.setattr(np, "setdiff1d", setdiff1d_of_unique)

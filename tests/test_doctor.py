@@ -99,6 +99,7 @@ def test_an_imported_model_is_fixed_by_importing_it_again(installation, isolated
     assert "no Pengi model is installed" in what and fix == "pengi-search model fetch base"
 
 
+@pytest.mark.usefixtures("ids_sorted_not_hashed")
 @pytest.mark.parametrize("damage", ["garbage", "stale"])
 def test_a_damaged_or_stale_faiss_file_is_found(installation, damage):
     path = installation.with_name("lib.text.faiss")

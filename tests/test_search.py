@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from pengi_search import similar as similar_module
 from pengi_search.bpe_tokenizer import TokenizerFileError
 from pengi_search.checkpoint import CheckpointError
 from pengi_search.choices import By
-from pengi_search.db import EmbedderInfo, StoreMismatchError, TextRecord, WindowInput
+from pengi_search.db import EmbedderInfo, StoredAudio, StoreMismatchError, TextRecord, WindowInput
 from pengi_search.embedders import (
     PENGI_TOWER_LIMIT,
     CutText,
@@ -261,28 +262,72 @@ def test_search_scope_checks_its_values_and_leaves_a_file_out():
     assert scope.k == 5 and scope.filters.extensions == {".wav"} and scope.filters.exclude_paths == {"/a.wav", "/b.wav"}
 
 
-def test_filters_never_cost_results(tmp_path, tiny_model_dir):
-    """Matches ranked far down still fill k: the search fetches more candidates until enough pass the filters."""
-    db = str(tmp_path / "many.db")
-    embedder = NumpyTextEmbedder.from_model_dir(ModelDir.read(tiny_model_dir))
+def rare_ogg_library(db: str, model_dir: Path) -> np.ndarray:
+    """117 .wav files near the query "a dog barks" (returned) and three .ogg files, the least similar of all, in
+    /lib/039.ogg, 079 and 119; one window each, the file /lib/NNN lasting NNN / 10 s."""
+    embedder = NumpyTextEmbedder.from_model_dir(ModelDir.read(model_dir))
     query = embedder.embed(["a dog barks"])[0]
     rng = np.random.default_rng(0)
     with Library.open(db) as lib:
-        lib.store.set_index_meta(model_info(tiny_model_dir), EmbedderInfo(embedder.id, embedder.dim))
+        lib.store.set_index_meta(model_info(model_dir), EmbedderInfo(embedder.id, embedder.dim))
         for i in range(120):
-            rare = i % 40 == 39  # three .ogg files, made the least similar of all
+            rare = i % 40 == 39
             direction = -query if rare else query
             vector = direction + (0.5 + 0.001 * i) * rng.standard_normal(embedder.dim).astype(np.float32)
             file_id = lib.store.upsert_file(f"/lib/{i:03d}.{'ogg' if rare else 'wav'}", size=1, mtime=1.0)
             window = WindowInput(0, 0.0, 1.0, [TextRecord(CAPTION, f"file {i}")], {"text": vector})
-            lib.store.replace_file_windows(file_id, [window])
+            lib.store.replace_file_windows(file_id, [window], audio=StoredAudio(i / 10, 44_100, 1, "wav"))
         lib.sync_vector_indexes()
+    return query
+
+
+RARE_OGG = ["/lib/039.ogg", "/lib/079.ogg", "/lib/119.ogg"]
+
+
+def test_filters_never_cost_results(tmp_path, tiny_model_dir):
+    """Matches ranked far down still fill k: the search fetches more candidates until enough pass the filters."""
+    db = str(tmp_path / "many.db")
+    query = rare_ogg_library(db, tiny_model_dir)
+    with Library.open(db) as lib:
         index = lib.vector_index("text")
         hits = search_index(lib, index, query[None], SearchScope(3, filters=Filters(extensions=frozenset({".ogg"}))))
-        assert sorted(h.path for h in hits) == ["/lib/039.ogg", "/lib/079.ogg", "/lib/119.ogg"]
+        assert sorted(h.path for h in hits) == RARE_OGG
         every = search_index(lib, index, query[None], SearchScope(200, By.window))
     assert len(every) == 120
     assert {h.path for h in every[-3:]} == {h.path for h in hits}  # far below the first fetch of candidates
+
+
+@pytest.mark.parametrize(
+    ("filters", "found"),
+    [
+        (Filters(extensions=frozenset({".ogg"})), RARE_OGG),
+        (Filters(path_glob="*/?39.*"), ["/lib/039.ogg"]),
+        (Filters(path_glob="*/???.ogg", min_duration_s=5.0), ["/lib/079.ogg", "/lib/119.ogg"]),
+        (Filters(path_glob="/lib/1*", extensions=frozenset({".ogg"}), max_duration_s=12.0), ["/lib/119.ogg"]),
+        (Filters(extensions=frozenset({".mp3"})), []),
+    ],
+)
+def test_names_few_files_have_narrow_the_search_to_their_files(tmp_path, tiny_model_dir, filters, found):
+    """A name filter (extension, glob) that the first candidates do not satisfy (16 to 32 per wanted result) goes
+    on among the windows of the files it accepts: it does not read the details of ever more of the best windows of
+    the library, all of them for a name no file has (36 s at 200,000 windows)."""
+    db = str(tmp_path / "many.db")
+    query = rare_ogg_library(db, tiny_model_dir)
+    with Library.open(db) as lib:
+        asked: set[int] = set()
+        details = lib.store.window_details
+
+        def counted(window_ids):
+            window_ids = list(window_ids)
+            asked.update(window_ids)
+            return details(window_ids)
+
+        lib.store.window_details = counted
+        scope = SearchScope(len(found) or 1, By.window, filters)
+        hits = search_index(lib, lib.vector_index("text"), query[None], scope)
+        read = [window.path for window in details(asked).values()]
+    assert sorted(h.path for h in hits) == found
+    assert len([path for path in read if path not in found]) <= 32 * scope.k  # the first candidates alone
 
 
 def test_by_file_reads_on_past_a_file_whose_windows_fill_the_first_candidates(tmp_path, tiny_model_dir):

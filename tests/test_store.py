@@ -56,6 +56,7 @@ from pengi_search.db.captions import (
 from pengi_search.db.engine import create_store_engine
 from pengi_search.db.errors import DatabaseURLError, ForeignDatabaseError, MissingDatabaseError
 from pengi_search.db.migrate import SCHEMA_HEAD, alembic_config, migrate, migration_connection
+from pengi_search.db.queries import IDS_PER_QUERY
 from pengi_search.db.schema import Base
 from pengi_search.errors import EXIT_USAGE
 
@@ -719,6 +720,18 @@ def test_filter_window_ids(store: Store) -> None:
     assert len(store.filter_window_ids(under="/lib/dogs", formats=["mp3"])) == 0
 
 
+def test_file_paths_and_the_windows_of_files(store: Store) -> None:
+    """What a search filtered by names reads: the files within the folder and durations, then their windows."""
+    dogs = indexed_file(store, "/lib/dogs/a.wav", count=2)
+    cat = store.upsert_file("/lib/cats/b.wav", size=1, mtime=1.0)
+    cat_windows = store.replace_file_windows(cat, windows(3), audio=StoredAudio(3.0, 16_000, 1, "mp3"))
+    assert sorted(path for _, path in store.file_paths()) == ["/lib/cats/b.wav", "/lib/dogs/a.wav"]
+    assert store.file_paths(under="/lib/cats") == store.file_paths(max_duration_s=5.0) == [(cat, "/lib/cats/b.wav")]
+    assert store.file_paths(under="/lib/cats", min_duration_s=5.0) == []
+    assert store.window_ids_of_files([cat]).tolist() == cat_windows.added_window_ids
+    assert len(store.window_ids_of_files([dogs, cat, cat])) == 5 and store.window_ids_of_files([]).size == 0
+
+
 # -- pruning, removal, statistics, export -----------------------------------------------------------------------
 
 
@@ -908,6 +921,15 @@ def test_export_rows_pages_through_every_file(store: Store) -> None:
     assert second["windows"][1]["texts"][0] == first_text
     assert (rows[-1]["status"], rows[-1]["error"], rows[-1]["windows"]) == ("error", "unreadable", [])
     assert [row["path"] for row in store.export_rows(under="/lib/3.wav")] == ["/lib/3.wav"]
+
+
+def test_export_rows_of_a_long_file_keep_every_window_and_text_in_order(store: Store) -> None:
+    """More windows in a page than one statement lists ids (`IDS_PER_QUERY`): a recording of hours."""
+    count = IDS_PER_QUERY + 20
+    indexed_file(store, "/lib/long.wav", count=count)
+    (row,) = store.export_rows()
+    assert [w["index"] for w in row["windows"]] == list(range(count))
+    assert all([t["text"] for t in w["texts"]] == [f"a dog barks {w['index']}", "dog"] for w in row["windows"])
 
 
 # -- model and embedder -----------------------------------------------------------------------------------------

@@ -229,6 +229,21 @@ def test_sync_adds_missing_and_drops_extra_ids() -> None:
     assert index.sync(wanted, fetch) == (0, 0) and len(asked) == 1
 
 
+@pytest.mark.usefixtures("ids_sorted_not_hashed")
+def test_sync_sorts_ids_rather_than_hashing_them() -> None:
+    """Every command checks its FAISS file against the database's ids: in any order, with repeats."""
+    vectors, ids = clustered(50), sparse_ids(50)
+    index = VectorIndex.build(ids, vectors)
+
+    def fetch(missing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise AssertionError(f"nothing is missing, yet {missing} was fetched")
+
+    assert index.sync(ids[::-1], fetch) == (0, 0)
+    assert index.sync(np.concatenate([ids[10:], ids[::-1]]), fetch) == (0, 0)
+    assert index.sync(np.concatenate([ids[10:], ids[10:]]), fetch) == (0, 10)
+    assert index.ids().tolist() == ids[10:].tolist()
+
+
 # -- files ------------------------------------------------------------------------------------------------------
 
 

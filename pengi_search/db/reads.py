@@ -11,8 +11,8 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, bindparam, func, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy import ColumnElement, Connection, Select, bindparam, func, select
+from sqlalchemy.orm import Session
 
 from ..chunking import chunked
 from ..pathnames import path_fields
@@ -33,13 +33,8 @@ class LibraryReads:
     def vector_ids(self, kind: str) -> np.ndarray:
         """Sorted window ids (int64) that have a vector of `kind`: what the FAISS index must hold."""
         check_vector_kind(kind)
-        with self.session() as session:
-            ids = session.scalars(
-                select(WindowVectorRow.window_id)
-                .where(WindowVectorRow.kind == kind)
-                .order_by(WindowVectorRow.window_id)
-            ).all()
-            return np.asarray(ids, dtype=np.int64)
+        query = select(WindowVectorRow.window_id).where(WindowVectorRow.kind == kind)
+        return self._id_array(query.order_by(WindowVectorRow.window_id))
 
     def vectors(self, kind: str, ids: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(window ids int64 (n,), float32 matrix (n, d)) of `kind`, sorted by id; all, or only `ids`.
@@ -90,15 +85,34 @@ class LibraryReads:
         max_duration_s: float | None = None,
     ) -> np.ndarray:
         """Sorted ids (int64) of the windows of files matching all given filters (for a filtered search)."""
-        query = select(WindowRow.id).join(AudioFileRow, WindowRow.file_id == AudioFileRow.id).where(paths_under(under))
+        query = select(WindowRow.id).join(AudioFileRow, WindowRow.file_id == AudioFileRow.id)
+        query = query.where(*_file_conditions(under, min_duration_s, max_duration_s))
         if formats is not None:
             query = query.where(func.lower(AudioFileRow.format).in_([f.lower() for f in formats]))
-        if min_duration_s is not None:
-            query = query.where(AudioFileRow.duration_s >= min_duration_s)
-        if max_duration_s is not None:
-            query = query.where(AudioFileRow.duration_s <= max_duration_s)
-        with self.session() as session:
-            return np.asarray(session.scalars(query.order_by(WindowRow.id)).all(), dtype=np.int64)
+        return self._id_array(query.order_by(WindowRow.id))
+
+    def file_paths(
+        self, *, under: str | None = None, min_duration_s: float | None = None, max_duration_s: float | None = None
+    ) -> list[tuple[int, str]]:
+        """(id, path) of the files matching the given filters, for the conditions on names that only Python applies
+        (a glob's wildcards, extensions): a search then keeps to the windows of the files they accept."""
+        query = select(AudioFileRow.id, AudioFileRow.path)
+        with self.reading() as connection:
+            rows = connection.execute(query.where(*_file_conditions(under, min_duration_s, max_duration_s)))
+            return [(file_id, path) for file_id, path in rows]
+
+    def window_ids_of_files(self, file_ids: Iterable[int]) -> np.ndarray:
+        """Sorted ids (int64) of the windows of these files."""
+        chunks = chunked(sorted({int(i) for i in file_ids}), IDS_PER_QUERY)
+        with self.reading() as connection:
+            found = [_ids(connection, _WINDOWS_OF_FILES, {"ids": chunk}) for chunk in chunks]
+        return np.sort(np.concatenate(found)) if found else np.empty(0, dtype=np.int64)
+
+    def _id_array(self, query: Select[tuple[int]]) -> np.ndarray:
+        """The ids a one-column query gives, as int64, read on a plain connection straight into numpy: commands
+        read every window id of the library (FAISS checks, filters), and the ORM's rows took 0.9 s of 200,000."""
+        with self.reading() as connection:
+            return _ids(connection, query)
 
     def export_rows(self, under: str | None = None, *, page_size: int = 200) -> Iterator[dict[str, Any]]:
         """One JSON-ready dict per file (ordered by path) with its windows and their texts; vectors left out.
@@ -111,13 +125,12 @@ class LibraryReads:
                 query = select(AudioFileRow).where(paths_under(under)).order_by(AudioFileRow.path).limit(page_size)
                 if last_path is not None:
                     query = query.where(AudioFileRow.path > last_path)
-                page = session.scalars(
-                    query.options(selectinload(AudioFileRow.windows).selectinload(WindowRow.texts))
-                ).all()
+                page = session.scalars(query).all()
                 if not page:
                     return
+                windows = _export_windows(session.connection(), [row.id for row in page])
                 for row in page:
-                    yield _export_row(row)
+                    yield _export_row(row, windows.get(row.id, []))
                 last_path = page[-1].path
                 session.expunge_all()
 
@@ -152,6 +165,21 @@ class LibraryReads:
             }
 
 
+def _file_conditions(
+    under: str | None, min_duration_s: float | None, max_duration_s: float | None
+) -> list[ColumnElement[bool]]:
+    conditions = [paths_under(under)]
+    if min_duration_s is not None:
+        conditions.append(AudioFileRow.duration_s >= min_duration_s)
+    if max_duration_s is not None:
+        conditions.append(AudioFileRow.duration_s <= max_duration_s)
+    return conditions
+
+
+def _ids(connection: Connection, query: Select[tuple[int]], values: dict[str, Any] | None = None) -> np.ndarray:
+    return np.fromiter(connection.execute(query, values).scalars(), dtype=np.int64)
+
+
 def _unzip(rows: Iterable[Any]) -> tuple[list[int], list[bytes]]:
     ids: list[int] = []
     blobs: list[bytes] = []
@@ -174,6 +202,12 @@ _TEXTS_OF_WINDOWS = (
     .where(GeneratedTextRow.window_id.in_(bindparam("ids", expanding=True)))
     .order_by(GeneratedTextRow.window_id, GeneratedTextRow.id)  # the order of the window_id index: no sort
 )
+_WINDOWS_OF_FILES = select(WindowRow.id).where(WindowRow.file_id.in_(bindparam("ids", expanding=True)))
+_WINDOWS_OF_FILES_IN_ORDER = (
+    select(WindowRow.id, WindowRow.file_id, WindowRow.index, WindowRow.start_s, WindowRow.end_s)
+    .where(WindowRow.file_id.in_(bindparam("ids", expanding=True)))
+    .order_by(WindowRow.file_id, WindowRow.index)
+)
 _WINDOWS_WITH_FILES = (
     select(
         WindowRow.id,
@@ -190,7 +224,21 @@ _WINDOWS_WITH_FILES = (
 )
 
 
-def _export_row(row: AudioFileRow) -> dict[str, Any]:
+def _export_windows(connection: Connection, file_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """File id -> its windows, in order, with their texts, as `export` writes them. Plain rows: ORM objects of the
+    windows and texts made an export three times slower (27 s of CPU for 200,000 windows, 8 s this way)."""
+    files: dict[int, list[dict[str, Any]]] = {}
+    windows: dict[int, dict[str, Any]] = {}
+    for window_id, file_id, index, start_s, end_s in connection.execute(_WINDOWS_OF_FILES_IN_ORDER, {"ids": file_ids}):
+        windows[window_id] = {"index": index, "start_s": start_s, "end_s": end_s, "texts": []}
+        files.setdefault(file_id, []).append(windows[window_id])
+    for chunk in chunked(list(windows), IDS_PER_QUERY):
+        for window_id, *text in connection.execute(_TEXTS_OF_WINDOWS, {"ids": chunk}):
+            windows[window_id]["texts"].append(dataclasses.asdict(TextRecord(*text)))
+    return files
+
+
+def _export_row(row: AudioFileRow, windows: list[dict[str, Any]]) -> dict[str, Any]:
     record = row.to_record()
     data = path_fields(record.path) | {
         name: getattr(record, name) for name in record.__dataclass_fields__ if name not in ("id", "run_id", "path")
@@ -198,13 +246,5 @@ def _export_row(row: AudioFileRow) -> dict[str, Any]:
     data["indexed_at"] = None if record.indexed_at is None else record.indexed_at.isoformat()
     data["notes"] = record.notes.splitlines() if record.notes else []
     data["truncated"] = record.truncated is not None
-    data["windows"] = [
-        {
-            "index": window.index,
-            "start_s": window.start_s,
-            "end_s": window.end_s,
-            "texts": [dataclasses.asdict(text.to_record()) for text in window.texts],
-        }
-        for window in row.windows
-    ]
+    data["windows"] = windows
     return data
