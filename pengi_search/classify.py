@@ -20,9 +20,9 @@ Labels files: one label per line (UTF-8, surrounding spaces trimmed, blank lines
 character or line separator inside a label; a line starting with `#` is a comment), or a `.csv` file with a header
 that has a `label` column (its distinct values, in order of first appearance, e.g. a dataset's metadata; an `answer`
 column, as `train init`'s label map has, gives the text each label is scored as, one answer a label). Truth files: a
-CSV with a `label` column and a `file`, `filename` or `path` column; paths are relative to the CSV's folder (or
-absolute), as written when such a file exists, else trimmed (`text_files.listed_file`), and a file is also
-matched by its bare name when that name is unique.
+CSV with a `label` column (a label, or several separated by `;`: a multi-label truth) and a `file`, `filename` or
+`path` column; paths are relative to the CSV's folder (or absolute), as written when such a file exists, else trimmed
+(`text_files.listed_file`), and a file is also matched by its bare name when that name is unique.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from .embedders import EmbedderSpec, TextEmbedder, embed_given, open_text_embedd
 from .pathnames import path_fields, shown
 from .paths import as_path
 from .prompts import TASK_PROMPTS
-from .text_files import csv_rows, listed_file, read_text
+from .text_files import CSV_LIST_SEPARATOR, csv_rows, listed_file, read_text
 
 if TYPE_CHECKING:
     from .audio import Window
@@ -143,19 +143,34 @@ def _check_characters(path: Path, label: str, number: int) -> None:
 
 @dataclass(frozen=True)
 class Truth:
-    """Known labels of files, from a truth CSV."""
+    """Known labels of files, from a truth CSV: one label a file, or several (a multi-label truth)."""
 
-    by_path: dict[str, str]  # absolute path, in Unicode's composed form -> label
+    by_path: dict[str, tuple[str, ...]]  # absolute path, in Unicode's composed form -> its labels
     by_name: dict[str, str]  # file name -> its absolute path in `by_path`, for names listed once
+    multi_label_line: int | None = None  # the first line that gives a file several labels; None: one label a file
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether any file has several labels: then every file is scored as a set of labels (mAP), not one."""
+        return self.multi_label_line is not None
 
     @property
     def labels(self) -> list[str]:
-        """The distinct labels, in the order of the rows that first give them."""
-        return list(dict.fromkeys(self.by_path.values()))
+        """The distinct labels, in the order of the rows (and cells) that first give them."""
+        return list(dict.fromkeys(label for labels in self.by_path.values() for label in labels))
 
-    def label_of(self, path: str | os.PathLike[str]) -> str | None:
+    def labels_of(self, path: str | os.PathLike[str]) -> tuple[str, ...] | None:
         entry = self.entry_of(path)
         return None if entry is None else self.by_path[entry]
+
+    def label_of(self, path: str | os.PathLike[str]) -> str | None:
+        """The file's one label; ValueError for a file of several, which only a multi-label evaluation scores."""
+        labels = self.labels_of(path)
+        if labels is None:
+            return None
+        if len(labels) > 1:
+            raise ValueError(f"{path} has several labels in the truth: score it with labels_of")
+        return labels[0]
 
     def entry_of(self, path: str | os.PathLike[str]) -> str | None:
         """The listed file (its key in `by_path`) that `path` is: the same absolute path, else the same name when
@@ -171,7 +186,8 @@ def _composed(path: str) -> str:
 
 
 def read_truth(path: str | os.PathLike[str]) -> Truth:
-    """Read a truth CSV (a `label` column and a `file`, `filename` or `path` column)."""
+    """Read a truth CSV (a `label` column and a `file`, `filename` or `path` column); a label cell may hold several
+    labels separated by `CSV_LIST_SEPARATOR`, as a training manifest's list of sound events."""
     path = as_path(path)
     header, rows = csv_rows(path, read_text(path, LabelsError), LabelsError, "file, label", names=PATH_COLUMNS)
     column = next((name for name in PATH_COLUMNS if name in header), None)
@@ -179,19 +195,34 @@ def read_truth(path: str | os.PathLike[str]) -> Truth:
         raise LabelsError(
             path, f"a truth CSV needs a 'label' column and one of {', '.join(PATH_COLUMNS)}; it has {', '.join(header)}"
         )
-    by_path: dict[str, str] = {}
+    by_path: dict[str, tuple[str, ...]] = {}
     lines: dict[str, int] = {}
+    multi_label_line = None
     for number, row in rows:
-        name, label = row.get(column, ""), row.get("label", "")
-        if not name.strip() or not label:
+        name, cell = row.get(column, ""), row.get("label", "")
+        if not name.strip() or not cell:
             raise LabelsError(path, f"line {number} lacks a {column if not name.strip() else 'label'}")
+        labels = _cell_labels(path, cell, number)
         absolute = _composed(os.path.abspath(listed_file(path.parent, name)))
-        if absolute in by_path and by_path[absolute] != label:
+        if absolute in by_path and set(by_path[absolute]) != set(labels):
             raise LabelsError(path, f"{name!r} on line {number} has another label than on line {lines[absolute]}")
-        by_path[absolute], lines[absolute] = label, number
+        by_path[absolute], lines[absolute] = labels, number
+        if len(labels) > 1 and multi_label_line is None:
+            multi_label_line = number
     names = Counter(Path(p).name for p in by_path)
     by_name = {Path(p).name: p for p in by_path if names[Path(p).name] == 1}
-    return Truth(by_path, by_name)
+    return Truth(by_path, by_name, multi_label_line)
+
+
+def _cell_labels(path: Path, cell: str, number: int) -> tuple[str, ...]:
+    """The labels of a truth cell, trimmed, each once: `dog;bark` is two. An empty one (`dog;`, `dog;;bark`) is
+    refused rather than dropped: it is more likely a mistyped label than a deliberate nothing."""
+    labels = [label.strip() for label in cell.split(CSV_LIST_SEPARATOR)]
+    if not all(labels):
+        raise LabelsError(
+            path, f"line {number} has an empty label in {cell!r} (labels are separated by {CSV_LIST_SEPARATOR!r})"
+        )
+    return tuple(dict.fromkeys(labels))
 
 
 def apply_template(template: str, label: str) -> str:

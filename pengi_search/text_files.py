@@ -20,6 +20,8 @@ from .errors import UsageError, empty_file, unreadable
 from .units import count_text
 
 CsvRows = list[tuple[int, dict[str, str]]]  # (line number, row by lower-cased column name)
+# Between the labels of a list in one CSV cell: a manifest's sound events, a multi-label truth file's labels.
+CSV_LIST_SEPARATOR = ";"
 
 # The byte-order marks of the other encodings a text editor saves Unicode in (Windows Notepad's "Unicode" is UTF-16
 # little-endian), UTF-32's first: its little-endian mark starts with UTF-16's. Such a file is named for what it is,

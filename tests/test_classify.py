@@ -175,9 +175,9 @@ def test_truth_files_as_spreadsheets_write_them(tmp_path):
     text = '\ufeffFile,Label,notes\r\n"a, b.wav",dog,x\r\nc.wav,cat ,\r\nd.wav,bell,,\r\n'
     truth = read_truth(write(tmp_path, text.encode(), "truth.csv"))
     assert truth.by_path == {
-        str(tmp_path / "a, b.wav"): "dog",
-        str(tmp_path / "c.wav"): "cat",
-        str(tmp_path / "d.wav"): "bell",
+        str(tmp_path / "a, b.wav"): ("dog",),
+        str(tmp_path / "c.wav"): ("cat",),
+        str(tmp_path / "d.wav"): ("bell",),
     }
 
 
@@ -187,12 +187,12 @@ def test_a_truth_file_name_is_the_file_of_that_name_as_written_else_trimmed(tmp_
     for name in (" intro.wav", "intro.wav", "outro.wav"):
         (tmp_path / name).write_bytes(b"")
     truth = read_truth(write(tmp_path, 'label,file\nspeech," intro.wav"\nmusic, outro.wav\n', "truth.csv"))
-    assert truth.by_path == {str(tmp_path / " intro.wav"): "speech", str(tmp_path / "outro.wav"): "music"}
+    assert truth.by_path == {str(tmp_path / " intro.wav"): ("speech",), str(tmp_path / "outro.wav"): ("music",)}
     assert truth.label_of(tmp_path / "intro.wav") is None
 
 
 def test_evaluate_accuracy_and_per_class_scores():
-    truth = Truth({"/a.wav": "dog", "/b.wav": "dog", "/c.wav": "rain", "/d.wav": "bell"}, {})
+    truth = Truth({"/a.wav": ("dog",), "/b.wav": ("dog",), "/c.wav": ("rain",), "/d.wav": ("bell",)}, {})
     predictions = [
         Prediction("/a.wav", [("dog", 0.9), ("rain", 0.1)], 1, "index"),
         Prediction("/b.wav", [("rain", 0.8), ("dog", 0.2)], 1, "index"),

@@ -27,7 +27,7 @@ from pengi_search.config import AudioConfig
 from pengi_search.errors import PengiSearchError, UsageError
 from pengi_search.paths import as_typed
 from pengi_search.stop_signals import ignore_stop_signals, stop_signals_blocked
-from pengi_search.text_files import listed_file, open_text
+from pengi_search.text_files import CSV_LIST_SEPARATOR, listed_file, open_text
 from pengi_search.units import for_count
 from trainer.augment import augment
 from trainer.config import AugmentationSection
@@ -35,7 +35,6 @@ from trainer.templates import LIST_ANSWER_TASKS, TemplateError, render_answer, r
 
 SAMPLE_RATE = AudioConfig().sample_rate
 CLIP_SAMPLES = AudioConfig().clip_samples  # 7 s at 44.1 kHz, the length Pengi's audio encoder takes
-CSV_LIST_SEPARATOR = ";"  # between the labels of a list answer in a CSV cell
 FREE_PROMPT = "(free prompt)"  # what `task_mix` counts examples with a free prompt under
 MISSING = "file not found"  # why a clip that is not there cannot be used, in the dry run and in training alike
 

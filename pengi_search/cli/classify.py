@@ -193,10 +193,16 @@ def classify(
 
 
 def _read_inputs(labels: Path, truth: Path | None) -> tuple[list[str], dict[str, str], Truth | None]:
-    """The labels, what each is scored as (a `train init` label map's `answer` column) and the truth."""
-    from ..classify import read_label_map, read_truth
+    """The labels, what each is scored as (a `train init` label map's `answer` column) and the truth: one label a
+    file, the accuracy and per-class scores `classify` prints; `eval classify` measures a multi-label truth (mAP)."""
+    from ..classify import LabelsError, read_label_map, read_truth
 
-    return *read_label_map(labels), None if truth is None else read_truth(truth)
+    label_list, texts = read_label_map(labels)
+    known = None if truth is None else read_truth(truth)
+    if known is not None and known.multi_label:
+        where = f"line {known.multi_label_line} gives a file several labels"
+        raise LabelsError(truth, f"{where}: measure a multi-label truth (mAP) with `pengi-search eval classify`")
+    return label_list, texts, known
 
 
 # ---------------------------------------------------------------------------------------------------------------

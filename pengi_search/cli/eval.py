@@ -8,7 +8,6 @@ report.json, report.md and its figures into `--output`.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +19,6 @@ import typer
 from ..choices import DEFAULT_HYBRID_WEIGHT, EXACT_MODE, Device, Method, Rank, StopRule, decoding_settings
 from ..pathnames import shown
 from ..prompts import TASK_PROMPTS
-from ..units import count_text
 from .classify import ScoringOptions
 from .common import (
     EXIT_OK,
@@ -48,13 +46,12 @@ from .common import (
 )
 from .first_use import fetches_model
 from .help_text import App
-from .inputs import AudioInputs, audio_inputs
+from .inputs import audio_inputs
 from .progress_bars import IndexProgress, progress_bar, show_progress
 
 if TYPE_CHECKING:
     from indexer.run_report import IndexSummary
 
-    from ..classify import Truth
     from ..embedders import TextEmbedder
     from ..evaluation.datasets import CaptionSet
     from ..library import Library
@@ -429,7 +426,10 @@ def classify_files(
         str, typer.Argument(help="An audio file, or a folder (searched recursively).", parser=given_input)
     ],
     truth: Annotated[
-        Path, typer.Option("--truth", help="CSV of known labels: a file/filename/path and a label column.")
+        Path,
+        typer.Option(
+            "--truth", help="CSV of known labels: a file/filename/path and a label column ('a;b': multi-label, mAP)."
+        ),
     ],
     labels: Annotated[
         Path | None,
@@ -449,13 +449,16 @@ def classify_files(
 ) -> None:
     """Zero-shot classification against known labels: accuracy, top-k accuracy, per-class scores, confusion matrix.
 
+    A truth that gives a file several labels (a;b) is scored as multi-label: mAP and each class's AP.
+
     Writes predictions.csv beside the report. Files indexed (and unchanged) by the same model reuse what the index
     holds, as `classify` does.
 
     Example: pengi-search eval classify esc50/audio --truth esc50/truth.csv -o runs/esc50
     """
     from ..classify import read_label_map, read_truth, write_csv
-    from ..evaluation.classification import evaluate_classification
+    from ..evaluation.classification import check_truth_lists, evaluate_classification, truth_digest
+    from ..evaluation.multilabel import evaluate_multi_label
     from ..model_dir import ModelDir
     from .classify import classify_targets
 
@@ -466,7 +469,8 @@ def classify_files(
     label_list, texts = read_label_map(labels) if labels is not None else (known.labels, {})
     check_output_folder(output)
     inputs = audio_inputs([target], hidden=hidden)  # a missing file is said before the model is looked for
-    _check_truth_lists(known, truth, target, inputs)
+    files, unreadable = inputs  # unreadable files count as listed: left out with their reason, exit code 3
+    check_truth_lists(known, truth, target, [*files, *(path for path, _ in unreadable)])
     settings = scoring.settings()
     model_dir = ModelDir.resolve(model)
     predictions, failures = classify_targets(
@@ -481,14 +485,15 @@ def classify_files(
         texts=texts,
         report_skips=False,  # listed under the table, with the report's other files left out
     )
-    result = evaluate_classification(predictions, known, label_list, [path for path, _ in failures])
+    evaluate = evaluate_multi_label if known.multi_label else evaluate_classification  # the truth says which
+    result = evaluate(predictions, known, label_list, [path for path, _ in failures])
     result["skipped"] = [{"file": path, "reason": reason} for path, reason in failures]
     output.mkdir(parents=True, exist_ok=True)
     with open(output / "predictions.csv", "w", newline="", encoding="utf-8") as out:
         write_csv(predictions, out, top=5)
     dataset = {
         "csv": os.path.abspath(truth),
-        "sha256": _truth_digest(truth, label_list),
+        "sha256": truth_digest(truth, label_list),
         "target": os.path.abspath(target),
         "labels": label_list,
     }
@@ -503,27 +508,6 @@ def classify_files(
     else:
         setup |= {"prompt": scoring.prompt, "loglik_score": scoring.loglik_score.value}
     _finish("classify", result, dataset, setup, None, output, json_output)
-
-
-def _check_truth_lists(known: Truth, truth: Path, target: str, inputs: AudioInputs) -> None:
-    """A truth file that lists none of the files to classify (`inputs`, as `audio_inputs` found them) would measure
-    nothing (a report of dashes, exit 0): refused before the model runs. Files that cannot be read count as listed:
-    the run leaves them out with their reason (exit code 3)."""
-    files, unreadable = inputs
-    reached = [*files, *(path for path, _ in unreadable)]
-    if not any(known.label_of(path) is not None for path in reached):
-        raise UsageError(
-            truth,
-            f"lists none of the {count_text(len(reached), 'audio file')} of {shown(target)} "
-            "(its paths are relative to its own folder; a bare file name matches a file of that name)",
-        )
-
-
-def _truth_digest(truth: Path, labels: list[str]) -> str:
-    """What was measured: the truth file and the candidate labels (another label set is another task)."""
-    digest = hashlib.sha256(truth.read_bytes())
-    digest.update(b"\0" + "\n".join(labels).encode("utf-8"))
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------------------

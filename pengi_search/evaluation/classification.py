@@ -3,12 +3,16 @@ confusion matrix (rows: true label, columns: predicted label)."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from ..classify import Prediction, Truth, evaluate
+from ..errors import UsageError
+from ..pathnames import shown
 from ..units import count_text, for_count
 from .metrics import confusion_matrix, mean, top_k_accuracy
 
@@ -57,12 +61,31 @@ def not_classified(truth: Truth, reached: Sequence[str]) -> list[str]:
     return [path for path in truth.by_path if path not in matched]
 
 
+def check_truth_lists(truth: Truth, truth_file: Path, target: str, reached: Sequence[str]) -> None:
+    """A truth file that lists none of the files to classify (`reached`: those found under `target`, readable or
+    not) would measure nothing (a report of dashes, exit 0): refused (UsageError) before the model runs. Files
+    that cannot be read count as listed: the run leaves them out with their reason (exit code 3)."""
+    if not any(truth.entry_of(path) is not None for path in reached):
+        raise UsageError(
+            truth_file,
+            f"lists none of the {count_text(len(reached), 'audio file')} of {shown(target)} "
+            "(its paths are relative to its own folder; a bare file name matches a file of that name)",
+        )
+
+
+def truth_digest(truth_file: Path, labels: Sequence[str]) -> str:
+    """What was measured: the truth file and the candidate labels (another label set is another task)."""
+    digest = hashlib.sha256(truth_file.read_bytes())
+    digest.update(b"\0" + "\n".join(labels).encode("utf-8"))
+    return digest.hexdigest()
+
+
 def missed_notes(missed: Sequence[str]) -> list[str]:
     """The note for the truth's files that were not classified (none when there are none)."""
     if not missed:
         return []
     were = for_count(len(missed), "was", "were")
-    return [f"{count_text(len(missed), 'file')} the truth lists {were} not classified, so not scored: {_named(missed)}"]
+    return [f"{count_text(len(missed), 'file')} the truth lists {were} not classified, so not scored: {named(missed)}"]
 
 
 def _rank_of(label: str, prediction: Prediction) -> int | None:
@@ -70,12 +93,16 @@ def _rank_of(label: str, prediction: Prediction) -> int | None:
     return next((rank for rank, (name, _) in enumerate(prediction.ranked, 1) if name == label), None)
 
 
-def label_notes(expected: Sequence[str], candidates: Sequence[str]) -> list[str]:
+def label_notes(
+    expected: Sequence[str], candidates: Sequence[str], cost: Callable[[int], str] | None = None
+) -> list[str]:
     """What makes files count as wrong whatever the model says, from the true labels of the evaluated files (one per
-    file) and the candidate labels. Labels are compared exactly, so a true label that differs from a candidate only
-    in case, spaces, "_" or "-" is most likely a mistake: each is named with its candidate. Other true labels that
-    are not candidates (a deliberate subset, often) share one note, as do true labels that differ from each other
-    only so (two classes where the truth meant one)."""
+    file, or each of a file's several) and the candidate labels. Labels are compared exactly, so a true label that
+    differs from a candidate only in case, spaces, "_" or "-" is most likely a mistake: each is named with its
+    candidate. Other true labels that are not candidates (a deliberate subset, often) share one note, as do true
+    labels that differ from each other only so (two classes where the truth meant one). `cost`: what such a label's
+    `count` files lose (default: they count as wrong, as one label a file does)."""
+    cost = cost or _wrong
     files = Counter(expected)
     near: dict[str, str] = {}
     for candidate in candidates:
@@ -87,14 +114,14 @@ def label_notes(expected: Sequence[str], candidates: Sequence[str]) -> list[str]
         if _loose(label) in near:
             notes.append(
                 f"true label {label!r} is not a candidate label but {near[_loose(label)]!r} is: labels are compared "
-                f"exactly, so its {_wrong(count)}"
+                f"exactly, so its {cost(count)}"
             )
         else:
             absent.append(label)
     if absent:
         count = sum(files[label] for label in absent)
         are_not = for_count(len(absent), "is not a candidate label", "are not candidate labels")
-        notes.append(f"{count_text(len(absent), 'true label')} {are_not}, so {_wrong(count)}: {_named(absent)}")
+        notes.append(f"{count_text(len(absent), 'true label')} {are_not}, so {cost(count)}: {named(absent)}")
     spellings: dict[str, list[str]] = {}
     for label in files:
         spellings.setdefault(_loose(label), []).append(label)
@@ -104,7 +131,7 @@ def label_notes(expected: Sequence[str], candidates: Sequence[str]) -> list[str]
     return notes
 
 
-def _named(items: Sequence[str]) -> str:
+def named(items: Sequence[str]) -> str:
     """The first few items, quoted, and how many more: `'a', 'b' and 3 more`."""
     more = f" and {len(items) - _NAMED} more" if len(items) > _NAMED else ""
     return ", ".join(map(repr, items[:_NAMED])) + more

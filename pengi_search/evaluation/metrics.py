@@ -4,6 +4,9 @@ Retrieval: recall at k (a query counts when any relevant item is in its top k, a
 it) and average precision at k (the sum of precision at each relevant rank up to k, over min(relevant, k); with one
 relevant item, as in text -> audio, that is 1/rank, DCASE's mAP@10).
 
+Multi-label classification: each class's average precision over the files ranked by their score for it
+(`average_precision`), mAP their mean over the classes with a positive file.
+
 Captioning: BLEU-1..4, ROUGE-L and CIDEr-D as the COCO caption evaluation code (coco-caption, which the audio
 captioning benchmarks use) defines them:
 - BLEU: corpus-level; clipped n-gram counts and candidate lengths summed over all captions, each caption's reference
@@ -24,6 +27,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Collection, Hashable, Sequence
+from itertools import groupby
 
 Tokens = Sequence[str]
 NGram = tuple[str, ...]
@@ -69,6 +73,26 @@ def average_precision_at_k(ranked: Sequence[Hashable], relevant: Collection[Hash
             hits += 1
             total += hits / rank
     return total / min(len(relevant), k)
+
+
+def average_precision(scores: Sequence[float], positive: Sequence[bool]) -> float | None:
+    """One class's average precision over files ranked by their score for it, as scikit-learn's
+    `average_precision_score` defines it: AP = sum over n of (R_n - R_(n-1)) P_n, where P_n and R_n are the precision
+    and recall of the files scored at least the n-th highest distinct score. Files of equal score enter the ranking
+    together, so no order among ties is favoured. None when no file is positive: recall is then undefined."""
+    if len(scores) != len(positive):
+        raise ValueError(f"{len(scores)} scores but {len(positive)} positive flags")
+    positives = sum(positive)
+    if not positives:
+        return None
+    ranked = sorted(zip(scores, positive, strict=True), key=lambda pair: -pair[0])
+    total, hits, seen = 0.0, 0, 0
+    for _, tied in groupby(ranked, key=lambda pair: pair[0]):
+        found = [is_positive for _, is_positive in tied]
+        hits += sum(found)
+        seen += len(found)
+        total += sum(found) / positives * hits / seen  # the recall gained, at this threshold's precision
+    return total
 
 
 def mean(values: Sequence[float]) -> float | None:

@@ -219,10 +219,13 @@ def _classify_md(report: dict[str, Any]) -> list[str]:
     per_class = report.get("per_class", {})
     if per_class:
         lines += ["## Per class", ""]
-        lines += _table(
-            ["label", "precision", "recall", "F1", "support"],
-            [[label, m["precision"], m["recall"], m["f1"], m["support"]] for label, m in per_class.items()],
-        )
+        if report.get("multi_label"):  # each class's AP over the files ranked by their score for it
+            lines += _table(["label", "AP", "positives"], [[k, m["ap"], m["positives"]] for k, m in per_class.items()])
+        else:
+            lines += _table(
+                ["label", "precision", "recall", "F1", "support"],
+                [[label, m["precision"], m["recall"], m["f1"], m["support"]] for label, m in per_class.items()],
+            )
     if report.get("unmatched"):
         lines += [f"{unmatched_note(report['unmatched'])}.", ""]
     if report.get("notes"):

@@ -1,0 +1,82 @@
+"""Zero-shot classification scored against a multi-label truth (a file may have several labels, as in FSD50K and
+AudioSet): mAP, as the Pengi paper reports those sets, from every file's score for every candidate label.
+
+- Each candidate label is a class. Its average precision ranks the evaluated files by their score for it, the files
+  that have it being the positives (`metrics.average_precision`, scikit-learn's definition; tied scores enter the
+  ranking together).
+- mAP is the mean over the classes that have at least one positive file: a class without one has no recall to
+  measure, so it is left out of the mean (its AP is None, and a note names it).
+- top-1 precision: the fraction of files whose best-scored label is one of theirs (no threshold to choose).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..classify import Prediction, Truth
+from ..units import count_text, for_count
+from .classification import label_notes, missed_notes, named, not_classified
+from .metrics import average_precision, mean
+
+
+def evaluate_multi_label(
+    predictions: Sequence[Prediction], truth: Truth, labels: Sequence[str], failed: Sequence[str] = ()
+) -> dict[str, Any]:
+    """mAP and per-class AP over the files the truth lists, top-1 precision, and each file's score for every
+    candidate label (so the numbers can be recomputed from the report). `failed`: the files that could not be
+    classified (left out with their reason, so not among the truth's files missed)."""
+    missed = not_classified(truth, [*(p.path for p in predictions), *failed])
+    known = [(truth.labels_of(p.path), p) for p in predictions]
+    listed = [(expected, p) for expected, p in known if expected is not None]
+    scores = [_scores(p, labels) for _, p in listed]
+    per_class = {}
+    for label in labels:
+        positive = [label in expected for expected, _ in listed]
+        ap = average_precision([file_scores[label] for file_scores in scores], positive)
+        per_class[label] = {"ap": ap, "positives": sum(positive)}
+    scored = [label for label in labels if per_class[label]["ap"] is not None]
+    true_labels = [label for expected, _ in listed for label in expected]
+    no_positive = [label for label in labels if label not in scored]
+    return {
+        "multi_label": True,
+        "metrics": {
+            "mAP": mean([per_class[label]["ap"] for label in scored]),
+            "top-1 precision": mean([1.0 if p.label in expected else 0.0 for expected, p in listed]),
+        },
+        "notes": label_notes(true_labels, labels, _left_out) + _unscored_notes(no_positive) + missed_notes(missed),
+        "evaluated": {"files": len(listed), "classes": len(scored)},
+        "per_class": per_class,
+        "unmatched": [p.path for expected, p in known if expected is None],
+        "not_classified": missed,
+        "files": [
+            {"file": p.path, "truth": list(expected), "predicted": p.label, "scores": file_scores, "source": p.source}
+            for (expected, p), file_scores in zip(listed, scores, strict=True)
+        ],
+    }
+
+
+def _scores(prediction: Prediction, labels: Sequence[str]) -> dict[str, float]:
+    """The file's score for each candidate label, in the candidates' order. AP ranks every file for every class,
+    so a prediction cut to its best labels cannot be scored: ValueError."""
+    scores = dict(prediction.ranked)
+    lacking = [label for label in labels if label not in scores]
+    if lacking:
+        raise ValueError(f"the prediction of {prediction.path} has no score for {named(lacking)}")
+    return {label: scores[label] for label in labels}
+
+
+def _left_out(positives: int) -> str:
+    """What a true label that no candidate matches costs here: its positives are in no class's AP."""
+    return f"{count_text(positives, 'positive')} {for_count(positives, 'is', 'are')} left out of mAP"
+
+
+def _unscored_notes(labels: Sequence[str]) -> list[str]:
+    """The note for the candidate labels that no evaluated file has (none when every one has a file)."""
+    if not labels:
+        return []
+    have = for_count(len(labels), "has", "have")
+    return [
+        f"{count_text(len(labels), 'candidate label')} {have} no positive file, so no AP, left out of mAP: "
+        f"{named(labels)}"
+    ]
