@@ -571,3 +571,40 @@ def test_every_tab_stop_shows_a_focus_ring_that_stands_out_from_what_is_behind_i
             faint.append((element, style, round(contrast(ring, behind), 2)))
     assert driver.switch_to.active_element == box
     assert faint == []
+
+
+# Drop a clip (a window's WAV, fetched from the server: arguments[0]) named arguments[1] on the element arguments[2],
+# as a file manager drops one; returns whether the page let the browser do its own thing with it (open it).
+DROP_CLIP = """
+const [source, name, target, done] = arguments;
+fetch(source).then((answer) => answer.blob()).then((wav) => {
+  const files = new DataTransfer();
+  files.items.add(new File([wav], name, { type: "audio/wav" }));
+  const options = { dataTransfer: files, bubbles: true, cancelable: true };
+  target.dispatchEvent(new DragEvent("dragover", options));
+  done(target.dispatchEvent(new DragEvent("drop", options)));
+});
+"""
+
+
+def test_a_clip_dropped_on_an_upload_form_is_its_clip_and_one_dropped_beside_them_is_not_opened(server, driver):
+    """Dropped anywhere on the "Find similar sounds" form, the clip fills its Clip box, and the form finds sounds
+    like it; dropped on the page's heading, it is not opened by the browser in the page's place."""
+    from selenium.webdriver.common.by import By
+
+    address, _library = server
+    window = top_hit(address, "a bell rings")["window_id"]
+    driver.get(f"{address}/upload")
+    driver.execute_script("window.kept = true")  # gone if the page was left
+    heading = driver.find_element(By.TAG_NAME, "h1")
+    assert driver.execute_async_script(DROP_CLIP, f"/api/windows/{window}/audio", "elsewhere.wav", heading) is False
+
+    form = driver.find_element(By.CSS_SELECTOR, "form[action^='/upload/similar']")
+    on_its_heading = form.find_element(By.TAG_NAME, "h2")
+    assert driver.execute_async_script(DROP_CLIP, f"/api/windows/{window}/audio", "bell.wav", on_its_heading) is False
+    assert driver.execute_script("return window.kept === true")
+    clip = form.find_element(By.NAME, "file")
+    assert driver.execute_script("return Array.from(arguments[0].files, (f) => f.name)", clip) == ["bell.wav"]
+    form.find_element(By.CSS_SELECTOR, "button").click()
+    result = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#result h2"), "the similar sounds")[0]
+    assert result.text == "Sounds like bell.wav"

@@ -291,6 +291,30 @@ function setUpUploadLimits() {
   }
 }
 
+// The upload page is named for it: a clip dropped on one of its forms is that form's clip, or goes to the file box it
+// was dropped on (only the small file boxes take a drop otherwise); a file dropped elsewhere on the page is not
+// opened by the browser in the page's place, the forms' boxes lost.
+function setUpDrops() {
+  const forms = document.querySelectorAll("form.upload");
+  if (!forms.length) return;
+  const holdsFiles = (event) => event.dataTransfer && Array.from(event.dataTransfer.types).includes("Files");
+  for (const type of ["dragover", "drop"]) {
+    document.addEventListener(type, (event) => {
+      if (holdsFiles(event)) event.preventDefault();
+    });
+  }
+  for (const form of forms) {
+    form.addEventListener("drop", (event) => {
+      if (!holdsFiles(event) || !event.dataTransfer.files.length) return;
+      const box = event.target.closest("input[type=file]") || form.querySelector("input[type=file][name=file]");
+      const first = new DataTransfer(); // the box takes one file
+      first.items.add(event.dataTransfer.files[0]);
+      box.files = first.files;
+      box.dispatchEvent(new Event("change", { bubbles: true }));
+    });
+  }
+}
+
 // Say why `box` was refused, as a refused form's page does: the reason in place of the results, the box marked
 // invalid, described by it, and focused.
 function refuse(box, reason) {
@@ -329,6 +353,7 @@ document.addEventListener("DOMContentLoaded", () => {
   setUpHits();
   setUpFile();
   setUpShortAddresses();
+  setUpDrops();
   setUpUploadLimits(); // before setUpBusyForms: a form refused here is not sent, so never busy
   setUpBusyForms();
 });
