@@ -490,3 +490,121 @@ def test_a_searchs_address_holds_only_the_boxes_that_were_set(server, driver):
     wait_for(driver, lambda d: "k=3" in d.current_url, "the page before")
     boxes = driver.find_elements(By.CSS_SELECTOR, "form.search [name]")
     assert boxes and not [box.get_attribute("name") for box in boxes if not box.is_enabled()]
+
+
+def test_a_hit_that_cannot_be_played_any_more_says_why_and_plays_once_it_can_again(server, driver):
+    """The page was made while the file was there; gone since (or the server restarting), *Play hit* says why below
+    the player, as a page made then says it, instead of doing nothing. Pressed again once the file is back, it plays
+    from the hit's start (a player that failed is loaded anew), and the note goes."""
+    from selenium.webdriver.common.by import By
+
+    address, library = server
+    rain = library.files["weather/rain.flac"]
+    aside = rain.with_name("rain.flac.aside")
+    driver.get(f"{address}/?q=thunder+rolls+in+the+distance&k=1")
+    hit = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "li.hit"), "search results")[0]
+    audio = hit.find_element(By.CSS_SELECTOR, "audio.player")
+    button = hit.find_element(By.CSS_SELECTOR, "button.play-hit")
+    rain.rename(aside)
+    try:
+        button.click()
+        note = wait_for(driver, lambda d: hit.find_elements(By.CSS_SELECTOR, ".unplayable"), "why it did not play")[0]
+        assert note.text == "The audio cannot be played: no longer readable on disk (no such file or directory)"
+        assert note.get_attribute("role") == "alert"
+    finally:
+        aside.rename(rain)
+    button.click()
+    wait_for(driver, lambda d: audio_state(d, audio)["t"] > 0, "the hit playing again")
+    assert audio_state(driver, audio)["error"] is None and audio_state(driver, audio)["t"] >= 3.0
+    wait_for(driver, lambda d: not hit.find_elements(By.CSS_SELECTOR, ".unplayable"), "the note gone")
+    driver.execute_script("arguments[0].pause()", audio)
+
+
+# The element in focus (its start, whether it is the page itself or a player, which draws its own ring), its outline's
+# style and colour, and the backgrounds behind it, from its parent outwards.
+FOCUS_RING = """
+const e = document.activeElement, style = getComputedStyle(e), behind = [];
+for (let p = e.parentElement; p; p = p.parentElement) behind.push(getComputedStyle(p).backgroundColor);
+const ownRing = ["BODY", "AUDIO"].includes(e.tagName);
+return [e.outerHTML.slice(0, 80), ownRing, style.outlineStyle, style.outlineColor, behind];
+"""
+
+
+def rgba(css: str) -> tuple[float, float, float, float]:
+    """A computed colour, `rgb(r, g, b)` or `rgba(r, g, b, a)`."""
+    parts = [float(part) for part in css[css.index("(") + 1 : -1].split(",")]
+    return (*parts[:3], parts[3] if len(parts) == 4 else 1.0)  # type: ignore[return-value]
+
+
+def contrast(ring: str, behind: list[str]) -> float:
+    """WCAG's contrast ratio of a colour against the backgrounds behind it laid over white, the nearest on top."""
+    shown = (255.0, 255.0, 255.0)
+    for layer in reversed(behind):
+        *colour, alpha = rgba(layer)
+        shown = tuple(c * alpha + s * (1 - alpha) for c, s in zip(colour, shown, strict=True))
+
+    def luminance(rgb) -> float:
+        linear = [c / 255 / 12.92 if c / 255 <= 0.03928 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in rgb]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+    light, dark = sorted((luminance(rgba(ring)[:3]), luminance(shown)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+def test_every_tab_stop_shows_a_focus_ring_that_stands_out_from_what_is_behind_it(server, driver):
+    """WCAG's 3:1 for what shows where the focus is, on the dark header as on the page: each Tab stop of a page of
+    results, round to the search box again."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    address, _library = server
+    driver.get(f"{address}/?q=a+bell+rings&k=2")
+    box = driver.find_element(By.NAME, "q")
+    assert driver.switch_to.active_element == box
+    faint = []
+    for _ in range(60):
+        press(driver, Keys.TAB)
+        if driver.switch_to.active_element == box:
+            break
+        element, own_ring, style, ring, behind = driver.execute_script(FOCUS_RING)
+        if not own_ring and (style == "none" or contrast(ring, behind) < 3):
+            faint.append((element, style, round(contrast(ring, behind), 2)))
+    assert driver.switch_to.active_element == box
+    assert faint == []
+
+
+# Drop a clip (a window's WAV, fetched from the server: arguments[0]) named arguments[1] on the element arguments[2],
+# as a file manager drops one; returns whether the page let the browser do its own thing with it (open it).
+DROP_CLIP = """
+const [source, name, target, done] = arguments;
+fetch(source).then((answer) => answer.blob()).then((wav) => {
+  const files = new DataTransfer();
+  files.items.add(new File([wav], name, { type: "audio/wav" }));
+  const options = { dataTransfer: files, bubbles: true, cancelable: true };
+  target.dispatchEvent(new DragEvent("dragover", options));
+  done(target.dispatchEvent(new DragEvent("drop", options)));
+});
+"""
+
+
+def test_a_clip_dropped_on_an_upload_form_is_its_clip_and_one_dropped_beside_them_is_not_opened(server, driver):
+    """Dropped anywhere on the "Find similar sounds" form, the clip fills its Clip box, and the form finds sounds
+    like it; dropped on the page's heading, it is not opened by the browser in the page's place."""
+    from selenium.webdriver.common.by import By
+
+    address, _library = server
+    window = top_hit(address, "a bell rings")["window_id"]
+    driver.get(f"{address}/upload")
+    driver.execute_script("window.kept = true")  # gone if the page was left
+    heading = driver.find_element(By.TAG_NAME, "h1")
+    assert driver.execute_async_script(DROP_CLIP, f"/api/windows/{window}/audio", "elsewhere.wav", heading) is False
+
+    form = driver.find_element(By.CSS_SELECTOR, "form[action^='/upload/similar']")
+    on_its_heading = form.find_element(By.TAG_NAME, "h2")
+    assert driver.execute_async_script(DROP_CLIP, f"/api/windows/{window}/audio", "bell.wav", on_its_heading) is False
+    assert driver.execute_script("return window.kept === true")
+    clip = form.find_element(By.NAME, "file")
+    assert driver.execute_script("return Array.from(arguments[0].files, (f) => f.name)", clip) == ["bell.wav"]
+    form.find_element(By.CSS_SELECTOR, "button").click()
+    result = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#result h2"), "the similar sounds")[0]
+    assert result.text == "Sounds like bell.wav"

@@ -38,6 +38,7 @@ function pauseOthers(current) {
 
 // Play `audio` from `start` and stop at `end` (seconds on the audio element's own time line).
 function playSpan(audio, start, end) {
+  loadAgainIfFailed(audio);
   pauseOthers(audio);
   audio.dataset.stopAt = String(end);
   audio.currentTime = start;
@@ -46,6 +47,53 @@ function playSpan(audio, start, end) {
   audio.addEventListener("playing", () => {
     if (audio.currentTime + 0.05 < start) audio.currentTime = start;
   }, { once: true });
+}
+
+// A player that failed keeps its error, and plays nothing when pressed again, even once the server is back or the
+// file is restored: loaded anew (before its time is set, which loading resets), it asks the server again.
+function loadAgainIfFailed(audio) {
+  if (audio.error) audio.load();
+}
+
+// A player that fails after the page was made (its file gone or changed on disk since, the server stopped or
+// restarting) would do nothing visible: it says why below itself, as a page made then says it of such a hit, until
+// it plays again.
+const playFailures = new WeakMap(); // audio -> the note that says why it did not play
+
+function sayWhyNotPlayed(audio) {
+  audio.addEventListener("error", async () => {
+    const reason = await whyNotPlayed(audio.currentSrc || audio.src);
+    let note = playFailures.get(audio);
+    if (!note) {
+      note = document.createElement("p");
+      note.className = "error unplayable";
+      note.setAttribute("role", "alert");
+      (audio.closest(".listen") || audio).after(note);
+      playFailures.set(audio, note);
+    }
+    note.textContent = `The audio cannot be played: ${reason}`;
+  });
+  audio.addEventListener("playing", () => {
+    playFailures.get(audio)?.remove();
+    playFailures.delete(audio);
+  });
+}
+
+// Why the server did not give the audio at `src`, as its JSON error says it ("file 12: no longer readable on disk":
+// the page names the file already, so not its id); or that it did not answer, or gave what the browser cannot play.
+async function whyNotPlayed(src) {
+  let response;
+  try {
+    response = await fetch(src.split("#")[0], { headers: { Range: "bytes=0-0" }, credentials: "same-origin" });
+  } catch (error) {
+    return "the server does not answer";
+  }
+  if (response.ok) {
+    response.body?.cancel();
+    return "the browser cannot decode it";
+  }
+  const detail = (await response.json().catch(() => ({}))).detail;
+  return detail ? detail.replace(/^file \d+: /, "") : `the server answered ${response.status}`;
 }
 
 function stopAtEnd(audio) {
@@ -94,6 +142,7 @@ function setUpHits() {
     const canvas = hit.querySelector("canvas.waveform");
     if (!audio || !button) continue;
     stopAtEnd(audio);
+    sayWhyNotPlayed(audio);
     const start = parseFloat(button.dataset.start), end = parseFloat(button.dataset.end);
     button.addEventListener("click", () => playSpan(audio, start, end));
     if (canvas) {
@@ -112,6 +161,7 @@ function setUpFile() {
   const player = document.getElementById("file-player");
   if (!player) return;
   stopAtEnd(player);
+  sayWhyNotPlayed(player);
   const windows = Array.from(document.querySelectorAll("li.window[data-start]"));
   const timeline = document.querySelector(".timeline");
   const box = document.querySelector(".spectrogram-box");
@@ -128,6 +178,7 @@ function setUpFile() {
     keyboardWindows(lanes, (lane) => seekTo(parseFloat(lane.dataset.start)));
   }
   function seekTo(start) {
+    loadAgainIfFailed(player);
     delete player.dataset.stopAt;
     pauseOthers(player);
     player.currentTime = start;
@@ -240,6 +291,30 @@ function setUpUploadLimits() {
   }
 }
 
+// The upload page is named for it: a clip dropped on one of its forms is that form's clip, or goes to the file box it
+// was dropped on (only the small file boxes take a drop otherwise); a file dropped elsewhere on the page is not
+// opened by the browser in the page's place, the forms' boxes lost.
+function setUpDrops() {
+  const forms = document.querySelectorAll("form.upload");
+  if (!forms.length) return;
+  const holdsFiles = (event) => event.dataTransfer && Array.from(event.dataTransfer.types).includes("Files");
+  for (const type of ["dragover", "drop"]) {
+    document.addEventListener(type, (event) => {
+      if (holdsFiles(event)) event.preventDefault();
+    });
+  }
+  for (const form of forms) {
+    form.addEventListener("drop", (event) => {
+      if (!holdsFiles(event) || !event.dataTransfer.files.length) return;
+      const box = event.target.closest("input[type=file]") || form.querySelector("input[type=file][name=file]");
+      const first = new DataTransfer(); // the box takes one file
+      first.items.add(event.dataTransfer.files[0]);
+      box.files = first.files;
+      box.dispatchEvent(new Event("change", { bubbles: true }));
+    });
+  }
+}
+
 // Say why `box` was refused, as a refused form's page does: the reason in place of the results, the box marked
 // invalid, described by it, and focused.
 function refuse(box, reason) {
@@ -278,6 +353,7 @@ document.addEventListener("DOMContentLoaded", () => {
   setUpHits();
   setUpFile();
   setUpShortAddresses();
+  setUpDrops();
   setUpUploadLimits(); // before setUpBusyForms: a form refused here is not sent, so never busy
   setUpBusyForms();
 });
