@@ -1,8 +1,12 @@
 """The file a vector index is saved in: a checked header, JSON metadata, then faiss's own serialisation.
 
     header    magic b"PENGIVEC", format version, payload bytes, crc32 of metadata + payload, metadata bytes
-    metadata  JSON: {"params": build parameters, "dim": d, "count": n, "tag": what the vectors came from}
+    metadata  JSON: {"params": build parameters, "dim": d, "count": n, "tag": what the vectors came from,
+              "removed": the ids of tombstoned vectors (see `vectors`), stored among the n but no longer live}
     payload   faiss.write_index of the id-mapped index
+
+"removed" is optional (files written before it have none); a reader that does not know it sees the tombstoned ids
+as live, and its check against the database drops them again.
 
 Writes are atomic (temp file, fsync, rename, fsync of the folder), so a crash leaves the old file or the new one.
 Reads check magic, version, length and checksum before faiss parses a byte, and the index against the metadata.
@@ -19,6 +23,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import faiss
+import numpy as np
 
 from pengi_search.errors import PengiSearchError
 from pengi_search.paths import made_folder
@@ -35,14 +40,24 @@ class VectorIndexError(PengiSearchError):
     """Bad vectors or ids, or an index file that cannot be read or written."""
 
 
-def write_index_file(path: str | os.PathLike[str], index: faiss.IndexIDMap2, params: dict[str, Any], tag: str) -> None:
-    """Save `index` with its build parameters and `tag` atomically (temp file, fsync, rename, fsync of the folder).
+def write_index_file(
+    path: str | os.PathLike[str],
+    index: faiss.IndexIDMap2,
+    params: dict[str, Any],
+    tag: str,
+    *,
+    removed: np.ndarray | None = None,
+) -> None:
+    """Save `index` with its build parameters, `tag` and `removed` ids atomically (temp file, fsync, rename, fsync
+    of the folder).
 
     A folder that cannot be made or written raises `paths.made_folder`'s UnwritableFolderError."""
     target = Path(path)
     made_folder(target.parent)  # a PostgreSQL library's files go in the data folder: its trouble said as elsewhere
     temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-    meta = json.dumps({"params": params, "dim": int(index.d), "count": int(index.ntotal), "tag": tag}).encode()
+    dead = [] if removed is None else np.asarray(removed, dtype=np.int64).tolist()
+    fields = {"params": params, "dim": int(index.d), "count": int(index.ntotal), "tag": tag, "removed": dead}
+    meta = json.dumps(fields).encode()
     try:
         with open(temp, "wb") as out:
             out.write(_HEADER.pack(_MAGIC, _FORMAT_VERSION, 0, 0, len(meta)))
@@ -61,8 +76,8 @@ def write_index_file(path: str | os.PathLike[str], index: faiss.IndexIDMap2, par
     fsync_folder(target.parent)
 
 
-def read_index_file(path: str | os.PathLike[str]) -> tuple[faiss.IndexIDMap2, dict[str, Any], str]:
-    """(index, build parameters, tag) of a file written by `write_index_file`.
+def read_index_file(path: str | os.PathLike[str]) -> tuple[faiss.IndexIDMap2, dict[str, Any], str, np.ndarray]:
+    """(index, build parameters, tag, removed ids as int64) of a file written by `write_index_file`.
 
     Raises FileNotFoundError when missing and VectorIndexError when damaged.
     """
@@ -75,7 +90,7 @@ def read_index_file(path: str | os.PathLike[str]) -> tuple[faiss.IndexIDMap2, di
             raise VectorIndexError(str(source), f"faiss cannot read the index: {exc}") from exc
     if not isinstance(index, faiss.IndexIDMap2) or index.d != meta["dim"] or index.ntotal != meta["count"]:
         raise VectorIndexError(str(source), "index contents do not match the file header")
-    return index, meta["params"], str(meta["tag"])
+    return index, meta["params"], str(meta["tag"]), _removed_ids(source, meta)
 
 
 def read_index_tag(path: str | os.PathLike[str]) -> str:
@@ -137,6 +152,13 @@ def _read_front(source: Path, stream: BinaryIO) -> tuple[int, int, int]:
     if version != _FORMAT_VERSION:
         raise VectorIndexError(str(source), f"format version {version}, this pengi-search reads {_FORMAT_VERSION}")
     return payload_size, crc, meta_size
+
+
+def _removed_ids(source: Path, meta: dict[str, Any]) -> np.ndarray:
+    try:
+        return np.array(meta.get("removed", []), dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise VectorIndexError(str(source), f"unreadable header metadata: removed ids: {exc}") from exc
 
 
 def _parse_meta(source: Path, meta_bytes: bytes) -> dict[str, Any]:

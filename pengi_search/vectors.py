@@ -10,6 +10,13 @@ Index types:
   that recall stays high; needs IVFPQ_MIN_VECTORS to train and falls back to 'flat' below that.
 
 When faiss has GPU support and a GPU is visible, exact ('flat') searches run on the GPU; everything else is CPU.
+
+Removal: a flat index removes in place. An HNSW graph cannot drop a node, and an IVF-PQ index's codes and exact
+vectors are kept by position, so re-filling either costs as much as building it; instead their removed ids become
+tombstones: the vectors stay stored (an HNSW search still routes through them), searches skip them, and `len`, `ids`
+and `sync` see only the live ids. A saved file keeps them with their ids in its header (`vector_file`), so a loaded
+index is as it was. Once tombstones exceed COMPACT_FRACTION of the stored vectors, the index is re-filled without
+them (`compact`); a rebuild (`pengi-search rebuild-index`) never has any.
 """
 
 from __future__ import annotations
@@ -39,6 +46,9 @@ REFINE_TYPES = ("flat", "sq8")
 IVFPQ_MIN_VECTORS = 10_000  # ~39 training points per IVF cell and 39 x 256 per PQ codebook
 
 _TRAIN_SEED = 1234
+# Tombstones past this share of the stored vectors are compacted away: searches stay as fast as those of a rebuilt
+# index, and one large removal (a folder) costs a single re-fill rather than a file that keeps growing.
+COMPACT_FRACTION = 0.2
 
 FetchFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -118,7 +128,9 @@ class VectorIndex:
         self._use_gpu = gpu_count() > 0 if use_gpu is None else use_gpu
         self._gpu_index: Any = None
         self._positions_to_ids: np.ndarray | None = None
-        self._sorted_ids: np.ndarray | None = None
+        self._sorted_ids: np.ndarray | None = None  # the live ids
+        self._dead = np.empty(0, np.int64)  # tombstones: removed ids whose vectors are still stored, sorted
+        self._live_bitmap: np.ndarray | None = None  # per position, packed: 1 unless tombstoned
 
     # -- construction ----------------------------------------------------------------------------------------
 
@@ -174,14 +186,20 @@ class VectorIndex:
         return self.params.type
 
     def __len__(self) -> int:
-        return int(self._index.ntotal)
+        """The number of live vectors (tombstones excluded)."""
+        return int(self._index.ntotal) - len(self._dead)
+
+    @property
+    def removed(self) -> int:
+        """Tombstones: vectors removed but still stored, until `compact`."""
+        return len(self._dead)
 
     def ids(self) -> np.ndarray:
-        """The ids in the index, sorted (int64)."""
+        """The live ids in the index, sorted (int64)."""
         return self._sorted().copy()
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        """Add vectors (normalised here) under new, unique ids."""
+        """Add vectors (normalised here) under new, unique ids; a tombstoned id may come back."""
         new_ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         unit = l2_normalise(vectors, self.dim) if len(new_ids) else np.empty((0, self.dim), np.float32)
         self._add_unit(new_ids, unit)
@@ -189,23 +207,41 @@ class VectorIndex:
     def remove(self, ids: np.ndarray) -> int:
         """Remove these ids (unknown ones are ignored); returns how many were removed.
 
-        Flat indexes remove in place; HNSW and IVF-PQ indexes are re-filled from their own stored vectors.
+        Flat indexes remove in place; HNSW and IVF-PQ indexes tombstone them, and compact past COMPACT_FRACTION.
         """
         gone = np.asarray(ids, dtype=np.int64).reshape(-1)
         if gone.size == 0 or len(self) == 0:
             return 0
         if self.type == "flat":
             removed = int(self._index.remove_ids(faiss.IDSelectorBatch(gone)))
-        else:
-            id_map = self._id_map()
-            keep = ~np.isin(id_map, gone)
-            removed = int((~keep).sum())
-            if removed:
-                stored = self._inner.reconstruct_n(0, len(self))
-                self._index.reset()
-                self._index.add_with_ids(np.ascontiguousarray(stored[keep]), id_map[keep])
+            self._changed()
+            return removed
+        live = self._sorted()
+        dying = np.intersect1d(live, sorted_unique(gone), assume_unique=True)
+        if dying.size:
+            self._dead = sorted_unique(np.concatenate([self._dead, dying]))
+            self._sorted_ids = np.setdiff1d(live, dying, assume_unique=True)
+            self._live_bitmap = None
+            if len(self._dead) > COMPACT_FRACTION * self._index.ntotal:
+                self.compact()
+        return int(dying.size)
+
+    def compact(self) -> int:
+        """Re-fill the index from its own stored vectors without the tombstoned ones; returns how many it dropped.
+
+        The IVF-PQ training is kept, so searches find what they found before, from less work."""
+        dropped = len(self._dead)
+        if dropped == 0:
+            return 0
+        keep = self._live_mask()
+        id_map = self._id_map()
+        stored = self._inner.reconstruct_n(0, int(self._index.ntotal)) if keep.any() else None
+        self._index.reset()
+        self._dead = np.empty(0, np.int64)
+        if stored is not None:
+            self._index.add_with_ids(np.ascontiguousarray(stored[keep]), id_map[keep])
         self._changed()
-        return removed
+        return dropped
 
     def sync(self, expected_ids: np.ndarray, fetch: FetchFn) -> tuple[int, int]:
         """Make the ids equal `expected_ids`: drop extra ids, add missing ones with `fetch(missing) -> (ids, vecs)`.
@@ -260,7 +296,7 @@ class VectorIndex:
 
     def save(self, path: str | os.PathLike[str], tag: str = "") -> None:
         """Write the index atomically; `tag` names what the vectors came from (e.g. the embedder)."""
-        write_index_file(path, self._index, dataclasses.asdict(self.params), tag)
+        write_index_file(path, self._index, dataclasses.asdict(self.params), tag, removed=self._dead)
 
     @classmethod
     def load(
@@ -271,13 +307,17 @@ class VectorIndex:
         The file's own build parameters are kept; the search knobs of `params` apply when given. Raises
         FileNotFoundError when missing and VectorIndexError when damaged.
         """
-        index, stored_params, tag = read_index_file(path)
+        index, stored_params, tag, removed = read_index_file(path)
         try:
             stored = IndexParams(**stored_params)
         except (TypeError, VectorIndexError) as exc:
             raise VectorIndexError(str(Path(path)), f"bad parameters in the header: {exc}") from exc
-        loaded = stored if params is None else stored.with_search_knobs(params)
-        return cls(index, loaded, use_gpu=use_gpu), tag
+        loaded = cls(index, stored if params is None else stored.with_search_knobs(params), use_gpu=use_gpu)
+        dead = sorted_unique(removed)
+        if len(dead) != len(removed) or not np.isin(dead, loaded._id_map()).all():
+            raise VectorIndexError(str(Path(path)), "the removed ids in the header are not the index's")
+        loaded._dead = dead
+        return loaded, tag
 
     # -- internals -------------------------------------------------------------------------------------------
 
@@ -289,6 +329,8 @@ class VectorIndex:
         order = np.sort(ids)
         if (np.diff(order) == 0).any():
             raise VectorIndexError("add", "ids repeat within the batch")
+        if np.isin(order, self._dead, assume_unique=True).any():
+            self.compact()  # one id on two stored vectors would confuse searches (window ids never come back)
         existing = self._sorted()
         pos = np.searchsorted(existing, order)
         clash = order[np.isin(order, existing, assume_unique=True)] if existing.size else order[:0]
@@ -299,13 +341,19 @@ class VectorIndex:
 
     def _sorted(self) -> np.ndarray:
         if self._sorted_ids is None:
-            self._sorted_ids = np.sort(self._id_map())
+            self._sorted_ids = np.setdiff1d(np.sort(self._id_map()), self._dead, assume_unique=True)
         return self._sorted_ids
 
     def _changed(self, sorted_ids: np.ndarray | None = None) -> None:
+        """Forget what was derived from the stored vectors (positions moved or grew)."""
         self._gpu_index = None
         self._positions_to_ids = None
         self._sorted_ids = sorted_ids
+        self._live_bitmap = None
+
+    def _live_mask(self) -> np.ndarray:
+        """Per position: whether its id is live (not tombstoned)."""
+        return ~np.isin(self._id_map(), self._dead)
 
     def _id_map(self) -> np.ndarray:
         """Index position -> id."""
@@ -314,12 +362,20 @@ class VectorIndex:
         return self._positions_to_ids
 
     def _selector(self, allowed_ids: np.ndarray | None) -> tuple[Any, np.ndarray | None]:
-        """A faiss selector over index positions (and the bitmap it reads, which must outlive the search)."""
-        if allowed_ids is None:
+        """A faiss selector over index positions: the allowed ids that are live (and the bitmap it reads, which
+        must outlive the search). None without a filter or tombstones."""
+        if allowed_ids is None and not self._dead.size:
             return None, None
-        mask = np.isin(self._id_map(), np.asarray(allowed_ids, dtype=np.int64))
-        bitmap = np.packbits(mask, bitorder="little")
-        return faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bitmap)), bitmap
+        if allowed_ids is None:
+            if self._live_bitmap is None:  # kept: every unfiltered search of an index with tombstones reads it
+                self._live_bitmap = np.packbits(self._live_mask(), bitorder="little")
+            bitmap = self._live_bitmap
+        else:
+            mask = np.isin(self._id_map(), np.asarray(allowed_ids, dtype=np.int64))
+            if self._dead.size:
+                mask &= self._live_mask()
+            bitmap = np.packbits(mask, bitorder="little")
+        return faiss.IDSelectorBitmap(int(self._index.ntotal), faiss.swig_ptr(bitmap)), bitmap
 
     def _search_params(self, k: int, selector: Any, exact_top: int) -> Any:
         if self.type == "hnsw":

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from pengi_search.db import EmbedderInfo, ModelInfo, ReplaceResult, Store, WindowInput
+from pengi_search.doctor import check_vector_files
 from pengi_search.library import EmptyLibraryError, Library
 from pengi_search.vectors import VectorIndex, VectorIndexError
 
@@ -225,6 +226,23 @@ def test_another_index_type_rebuilds_and_is_kept(db: str) -> None:
     with opened(db) as (library, fetched):
         assert library.vector_index("audio").type == "hnsw"
         assert fetched == [("audio", added)] and in_line(library, "audio")
+
+
+def test_windows_removed_from_an_hnsw_index_stay_in_its_file_as_tombstones_that_no_count_sees(db: str) -> None:
+    with opened(db) as (library, fetched):
+        add_file(library.store, "/lib/c.wav", 20, seed=3)  # 25 windows: b's 2 are under the fifth that compacts
+        library.sync_vector_indexes("hnsw")
+        fetched.clear()
+        library.store.remove("/lib/b.wav")
+        library.sync_vector_indexes()
+        saved = VectorIndex.load(library.index_path("audio"))[0]
+        assert fetched == [] and saved.removed == 2 and in_line(library, "audio")
+        assert library.index_info()["audio"].vectors == len(library.vector_index("audio")) == 23
+        report, problems = check_vector_files(library.store)
+        assert problems == [] and report["audio"]["state"] == "ok" and report["audio"]["vectors"] == 23
+
+        assert library.rebuild() == {"text": 23, "audio": 23}
+        assert VectorIndex.load(library.index_path("audio"))[0].removed == 0
 
 
 def test_rebuild_reads_every_vector_and_remembers_an_ivfpq_request(db: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import faiss
 import numpy as np
 import pytest
 
+from pengi_search.vector_file import write_index_file
 from pengi_search.vectors import (
     IVFPQ_MIN_VECTORS,
     IndexParams,
@@ -242,6 +244,127 @@ def test_sync_sorts_ids_rather_than_hashing_them() -> None:
     assert index.sync(np.concatenate([ids[10:], ids[::-1]]), fetch) == (0, 0)
     assert index.sync(np.concatenate([ids[10:], ids[10:]]), fetch) == (0, 10)
     assert index.ids().tolist() == ids[10:].tolist()
+
+
+# -- removal from HNSW and IVF-PQ: tombstones ----------------------------------------------------------------
+
+
+def approximate(kind: str, count: int) -> tuple[np.ndarray, np.ndarray, VectorIndex]:
+    """(ids, vectors, index) of an HNSW or IVF-PQ index of its own, to remove from (IVF-PQ needs 10,000 to train)."""
+    count = max(count, IVFPQ_MIN_VECTORS) if kind == "ivfpq" else count
+    vectors, ids = clustered(count, seed=8), sparse_ids(count)
+    return ids, vectors, VectorIndex.build(ids, vectors, IVFPQ if kind == "ivfpq" else IndexParams(type=kind))
+
+
+@pytest.fixture
+def vectors_added(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many vectors each call adds to any id-mapped faiss index from here on."""
+    added: list[int] = []
+    add_with_ids = faiss.IndexIDMap2.add_with_ids
+
+    def counted(index: faiss.IndexIDMap2, vectors: np.ndarray, ids: np.ndarray) -> None:
+        added.append(len(vectors))
+        add_with_ids(index, vectors, ids)
+
+    monkeypatch.setattr(faiss.IndexIDMap2, "add_with_ids", counted)
+    return added
+
+
+@pytest.mark.usefixtures("ids_sorted_not_hashed")
+@pytest.mark.parametrize("kind", ["hnsw", "ivfpq"])
+def test_removing_one_id_re_adds_no_vector(kind: str, vectors_added: list[int]) -> None:
+    """An HNSW graph or IVF-PQ index is not re-filled to drop one file's vectors: they are tombstoned."""
+    ids, vectors, index = approximate(kind, 2000)
+    vectors_added.clear()
+    assert index.remove(ids[[7, 7, 1500]]) == 2 and index.remove(ids[[7]]) == 0
+    assert vectors_added == []
+    assert len(index) == len(ids) - 2 and index.removed == 2
+    assert index.ids().tolist() == np.delete(ids, [7, 1500]).tolist()
+    _, found = index.search(vectors[[7, 1500]], 10)
+    assert not np.isin(found, ids[[7, 1500]]).any() and (found >= 0).all()
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivfpq"])
+def test_removed_ids_are_never_found_and_the_live_ones_are_found_as_before(kind: str) -> None:
+    """Searched with the removed vectors themselves (each would be its own best hit), with and without a filter.
+    IVF-PQ finds exactly what a re-filled index finds; HNSW searched exhaustively finds the exact live top 10."""
+    ids, vectors, index = approximate(kind, 2000)
+    gone = np.arange(0, len(ids), 9)  # 11%: under the share that compacts
+    index.remove(ids[gone])
+    assert index.removed == gone.size
+    live = np.setdiff1d(np.arange(len(ids)), gone)
+    queries, allowed = vectors[gone[:50]], ids[::2]  # the filter allows removed ids too
+    if kind == "ivfpq":
+        refilled = VectorIndex.build(ids, vectors, IVFPQ)  # the same training, as builds are deterministic
+        refilled.remove(ids[gone])
+        assert refilled.compact() == gone.size and refilled.removed == 0 and len(refilled) == len(index)
+        for filtered in (None, allowed):
+            got = index.search(queries, 10, allowed_ids=filtered)
+            want = refilled.search(queries, 10, allowed_ids=filtered)
+            np.testing.assert_array_equal(got[1], want[1])
+            np.testing.assert_allclose(got[0], want[0], rtol=0, atol=1e-6)
+    else:
+        index.tune(ef_search=len(ids))
+        _, truth = brute_force(ids[live], vectors[live], queries, 10)
+        np.testing.assert_array_equal(index.search(queries, 10)[1], truth)
+        kept = live[np.isin(ids[live], allowed)]
+        _, truth = brute_force(ids[kept], vectors[kept], queries, 10)
+        np.testing.assert_array_equal(index.search(queries, 10, allowed_ids=allowed)[1], truth)
+    _, only_removed = index.search(queries, 5, allowed_ids=ids[gone])
+    assert (only_removed == -1).all()
+
+
+def test_hnsw_recall_with_tombstones_stays_that_of_the_live_vectors() -> None:
+    ids, vectors, index = approximate("hnsw", 3000)
+    gone = np.arange(1, len(ids), 6)
+    index.remove(ids[gone])
+    live = np.setdiff1d(np.arange(len(ids)), gone)
+    queries = clustered(100, seed=3)
+    _, truth = brute_force(ids[live], vectors[live], queries, 10)
+    assert recall(index.search(queries, 10)[1], truth) >= 0.95
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivfpq"])
+def test_tombstones_past_a_fifth_of_the_index_are_compacted_away(kind: str, vectors_added: list[int]) -> None:
+    ids, vectors, index = approximate(kind, 1000)
+    fifth = len(ids) // 5
+    index.remove(ids[:fifth])
+    assert index.removed == fifth and vectors_added == [len(ids)]  # the build's
+    index.remove(ids[fifth : fifth + 1])
+    assert index.removed == 0 and len(index) == len(ids) - fifth - 1
+    assert vectors_added == [len(ids), len(index)]  # one re-fill with the live vectors
+    assert index.ids().tolist() == ids[fifth + 1 :].tolist()
+    _, found = index.search(vectors[fifth + 1 : fifth + 11], 1)
+    assert found[:, 0].tolist() == ids[fifth + 1 : fifth + 11].tolist()
+
+
+def test_an_id_removed_then_added_again_holds_only_its_new_vector() -> None:
+    ids, vectors, index = approximate("hnsw", 500)
+    index.remove(ids[:3])
+    replacement = clustered(1, seed=99)
+    index.add(ids[:1], replacement)
+    assert len(index) == len(ids) - 2 and index.removed == 0  # compacted first: one id, one stored vector
+    assert index.ids().tolist() == np.delete(ids, [1, 2]).tolist()
+    assert index.search(replacement, 1)[1][0, 0] == ids[0]
+    assert ids[0] not in index.search(vectors[:1], 1)[1]
+
+
+def test_a_saved_index_keeps_its_tombstones(tmp_path: Path) -> None:
+    ids, vectors, index = approximate("hnsw", 500)
+    index.remove(ids[10:20])
+    index.save(tmp_path / "text.faiss", tag="t")
+    loaded, _ = VectorIndex.load(tmp_path / "text.faiss")
+    assert loaded.removed == 10 and len(loaded) == len(ids) - 10 and loaded.ids().tolist() == index.ids().tolist()
+    for got, want in zip(loaded.search(vectors[5:25], 5), index.search(vectors[5:25], 5), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("removed", [[10**9], [3, 3]], ids=["unknown", "repeated"])
+def test_a_file_whose_removed_ids_are_not_its_own_is_damaged(tmp_path: Path, removed: list) -> None:
+    index = VectorIndex.build(sparse_ids(50), clustered(50), IndexParams(type="hnsw"))
+    write_index_file(tmp_path / "text.faiss", index._index, dataclasses.asdict(index.params), "", removed=removed)
+    with pytest.raises(VectorIndexError, match="removed ids"):
+        VectorIndex.load(tmp_path / "text.faiss")
 
 
 # -- files ------------------------------------------------------------------------------------------------------
