@@ -35,7 +35,7 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -147,6 +147,8 @@ class Truth:
 
     by_path: dict[str, str]  # absolute path, in Unicode's composed form -> label
     by_name: dict[str, str]  # file name -> its absolute path in `by_path`, for names listed once
+    # absolute path in `by_path` -> the file as the CSV spells it (its first row's), for messages
+    spellings: dict[str, str] = field(default_factory=dict)
 
     @property
     def labels(self) -> list[str]:
@@ -156,6 +158,10 @@ class Truth:
     def label_of(self, path: str | os.PathLike[str]) -> str | None:
         entry = self.entry_of(path)
         return None if entry is None else self.by_path[entry]
+
+    def as_listed(self, entry: str) -> str:
+        """The listed file `entry` (a key of `by_path`) as the truth CSV spells it, relative to its folder or not."""
+        return self.spellings.get(entry, entry)
 
     def entry_of(self, path: str | os.PathLike[str]) -> str | None:
         """The listed file (its key in `by_path`) that `path` is: the same absolute path, else the same name when
@@ -181,6 +187,7 @@ def read_truth(path: str | os.PathLike[str]) -> Truth:
         )
     by_path: dict[str, str] = {}
     lines: dict[str, int] = {}
+    spellings: dict[str, str] = {}
     for number, row in rows:
         name, label = row.get(column, ""), row.get("label", "")
         if not name.strip() or not label:
@@ -189,9 +196,10 @@ def read_truth(path: str | os.PathLike[str]) -> Truth:
         if absolute in by_path and by_path[absolute] != label:
             raise LabelsError(path, f"{name!r} on line {number} has another label than on line {lines[absolute]}")
         by_path[absolute], lines[absolute] = label, number
+        spellings.setdefault(absolute, name)
     names = Counter(Path(p).name for p in by_path)
     by_name = {Path(p).name: p for p in by_path if names[Path(p).name] == 1}
-    return Truth(by_path, by_name)
+    return Truth(by_path, by_name, spellings)
 
 
 def apply_template(template: str, label: str) -> str:

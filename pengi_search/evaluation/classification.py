@@ -32,9 +32,11 @@ def evaluate_classification(
     # top-k with k at least the number of labels would count every file (whose label is a candidate) as right.
     metrics.update({f"top-{k}": top_k_accuracy(ranks, k) for k in TOP_KS if k < len(labels)})
     metrics["macro_f1"] = mean([c["f1"] for c in base["per_class"].values()])
+    # The note names them as the truth CSV does, where the user looks them up; `not_classified` keeps their paths.
+    missed_as_listed = [truth.as_listed(path) for path in missed]
     return {
         "metrics": metrics,
-        "notes": label_notes([expected for expected, _ in pairs], labels) + missed_notes(missed),
+        "notes": label_notes([expected for expected, _ in pairs], labels) + missed_notes(missed_as_listed),
         "evaluated": {"files": base["files"], "correct": base["correct"]},
         "per_class": base["per_class"],
         "confusion": {
