@@ -35,7 +35,7 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -148,6 +148,8 @@ class Truth:
     by_path: dict[str, tuple[str, ...]]  # absolute path, in Unicode's composed form -> its labels
     by_name: dict[str, str]  # file name -> its absolute path in `by_path`, for names listed once
     multi_label_line: int | None = None  # the first line that gives a file several labels; None: one label a file
+    # absolute path in `by_path` -> the file as the CSV spells it (its first row's), for messages
+    spellings: dict[str, str] = field(default_factory=dict)
 
     @property
     def multi_label(self) -> bool:
@@ -171,6 +173,10 @@ class Truth:
         if len(labels) > 1:
             raise ValueError(f"{path} has several labels in the truth: score it with labels_of")
         return labels[0]
+
+    def as_listed(self, entry: str) -> str:
+        """The listed file `entry` (a key of `by_path`) as the truth CSV spells it, relative to its folder or not."""
+        return self.spellings.get(entry, entry)
 
     def entry_of(self, path: str | os.PathLike[str]) -> str | None:
         """The listed file (its key in `by_path`) that `path` is: the same absolute path, else the same name when
@@ -198,6 +204,7 @@ def read_truth(path: str | os.PathLike[str]) -> Truth:
     by_path: dict[str, tuple[str, ...]] = {}
     lines: dict[str, int] = {}
     multi_label_line = None
+    spellings: dict[str, str] = {}
     for number, row in rows:
         name, cell = row.get(column, ""), row.get("label", "")
         if not name.strip() or not cell:
@@ -207,11 +214,12 @@ def read_truth(path: str | os.PathLike[str]) -> Truth:
         if absolute in by_path and set(by_path[absolute]) != set(labels):
             raise LabelsError(path, f"{name!r} on line {number} has another label than on line {lines[absolute]}")
         by_path[absolute], lines[absolute] = labels, number
+        spellings.setdefault(absolute, name)
         if len(labels) > 1 and multi_label_line is None:
             multi_label_line = number
     names = Counter(Path(p).name for p in by_path)
     by_name = {Path(p).name: p for p in by_path if names[Path(p).name] == 1}
-    return Truth(by_path, by_name, multi_label_line)
+    return Truth(by_path, by_name, multi_label_line, spellings)
 
 
 def _cell_labels(path: Path, cell: str, number: int) -> tuple[str, ...]:

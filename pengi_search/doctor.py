@@ -25,7 +25,16 @@ from .db.urls import db_option, library_name, names_default_db, shown_db_url
 from .download import INVALID_SUFFIX
 from .hashing import file_sha256
 from .hub import offline_setting
-from .model_dir import CONFIG_FILE, MODEL_ENV, WEIGHTS_FILE, ModelDir, ModelNotFoundError, release_to_fetch
+from .model_dir import (
+    CONFIG_FILE,
+    MODEL_ENV,
+    WEIGHTS_FILE,
+    ModelDir,
+    ModelNotFoundError,
+    model_path,
+    named_places,
+    release_to_fetch,
+)
 from .paths import as_typed, choose_elsewhere, file_in_the_way, models_dir
 from .releases import RELEASES, TOKENIZERS
 
@@ -62,11 +71,12 @@ class Report:
         return {"healthy": self.healthy, **asdict(self)}  # asdict turns the problems into dicts too
 
 
-def diagnose(db: str | None = None) -> Report:
-    """Run every check: `db` is the database to look at (`--db`; None: `$PENGI_SEARCH_DB` or the default)."""
+def diagnose(db: str | None = None, model: str | None = None) -> Report:
+    """Run every check: `db` is the database to look at (`--db`; None: `$PENGI_SEARCH_DB` or the default), `model`
+    the model (`--model`; None: `$PENGI_SEARCH_MODEL` or the installed default)."""
     environment, environment_problems = check_environment()
     devices = check_devices()
-    models, model_problems = check_models()
+    models, model_problems = check_models(model)
     database, database_problems = check_database(db)
     problems = environment_problems + model_problems + database_problems
     return Report(environment, devices, models, database, problems, advice(environment, devices))
@@ -174,30 +184,48 @@ def _version(distribution: str) -> str | None:
 # Models
 
 
-def check_models(root: Path | None = None) -> tuple[dict[str, Any], list[Problem]]:
-    """Every installed model: size, weights against the sha256 recorded at install, tokenizers; and the default."""
+def check_models(model: str | None = None, root: Path | None = None) -> tuple[dict[str, Any], list[Problem]]:
+    """Every installed model (size, weights against the sha256 recorded at install, tokenizers), and the one the
+    other commands would load: `model` (`--model`), else `$PENGI_SEARCH_MODEL`, else the installed default."""
     root = root or models_dir()
     installed, problems = [], []
     for path in sorted(root.iterdir()) if root.is_dir() else []:
-        if path.name.startswith(".") or not ((path / CONFIG_FILE).exists() or (path / WEIGHTS_FILE).exists()):
+        if path.name.startswith(".") or not _holds_a_model(path):
             continue  # staging folders, downloads
-        data, found = _check_model(path, root / DOWNLOADS / path.name)
+        data, found = _check_model(path, root)
         installed.append(data)
         problems += found
-    default = None
+    in_use, in_use_problems = _check_model_in_use(model, root, installed)
+    return {"directory": str(root), "in_use": in_use, "installed": installed}, problems + in_use_problems
+
+
+def _check_model_in_use(
+    spec: str | None, root: Path, installed: list[dict[str, Any]]
+) -> tuple[dict[str, Any] | None, list[Problem]]:
+    """The model the other commands would load, found as they find it (`model_path`), checked as installed ones
+    are; a folder named that is no complete model is checked too, to say what it lacks."""
     try:
-        default = ModelDir.resolve().name
+        path = model_path(spec)
     except ModelNotFoundError:
-        problems.append(_no_default_model(root))
-    except CheckpointError:
-        pass  # an unreadable model: reported above with the installed ones
-    return {"directory": str(root), "default": default, "installed": installed}, problems
+        path = next((place for place in named_places(spec) if _holds_a_model(place)), None)
+        if path is None or path.parent == root:  # no model there, or an installed one: checked with the others
+            return None, [_no_model(root, spec)]
+    for data in installed:
+        if Path(data["path"]).resolve() == path.resolve():
+            return data, []  # its problems are reported with the installed ones
+    return _check_model(path, root)
 
 
-def _no_default_model(root: Path) -> Problem:
-    release, named = release_to_fetch(), os.environ.get(MODEL_ENV)
-    what = f"{MODEL_ENV}={named} names no model" if named else f"no Pengi model is installed in {root}"
-    fix = f"pengi-search model fetch {release}" if release else f"point {MODEL_ENV} at a model directory, or unset it"
+def _holds_a_model(path: Path) -> bool:
+    """Whether `path` holds a model, complete or not (a folder of something else is none)."""
+    return (path / CONFIG_FILE).exists() or (path / WEIGHTS_FILE).exists()
+
+
+def _no_model(root: Path, spec: str | None) -> Problem:
+    release, named = release_to_fetch(spec), spec or os.environ.get(MODEL_ENV)
+    named_by = f"--model {named}" if spec else f"{MODEL_ENV}={named}"
+    what = f"{named_by} names no model" if named else f"no Pengi model is installed in {root}"
+    fix = f"pengi-search model fetch {release}" if release else _point_elsewhere(spec)
     in_the_way = file_in_the_way(root) if release else None
     if in_the_way is not None:  # a file where the data folder should be: no fetch could install the model
         what = f"{as_typed(in_the_way)} is a file, not a folder: no model can be installed in {as_typed(root)}"
@@ -205,18 +233,31 @@ def _no_default_model(root: Path) -> Problem:
     return Problem("models", what, fix)
 
 
-def _check_model(path: Path, downloads: Path) -> tuple[dict[str, Any], list[Problem]]:
+def _point_elsewhere(spec: str | None) -> str:
+    """The fix for a model named that is not there: name another, where it was named (`--model`, else the
+    environment variable, which can also be unset for the installed default)."""
+    return "point --model at a model directory" if spec else f"point {MODEL_ENV} at a model directory, or unset it"
+
+
+def _check_model(path: Path, root: Path) -> tuple[dict[str, Any], list[Problem]]:
+    """A model directory's configuration, weights (readable, and as recorded when it was written) and tokenizers;
+    one under `root` is installed, and fixed by installing it again."""
+    is_installed = path.parent == root
     data: dict[str, Any] = {"name": path.name, "path": str(path), "bytes": _tree_bytes(path)}
+    where = f"model {path.name if is_installed else path}"
     try:
         model = ModelDir.read(path)
     except CheckpointError as err:
-        return data, [Problem(f"model {path.name}", err.reason, _reinstall(path.name, None))]
-    where, fix = f"model {path.name}", _reinstall(path.name, model.meta.get("source"))
+        return data, [Problem(where, err.reason, _repair(path, None, is_installed))]
+    fix = _repair(path, model.meta.get("source"), is_installed)
     data.update(variant=model.variant, source=model.meta.get("source"))
-    data["download"] = _download_record(downloads)
+    data["download"] = _download_record(root / DOWNLOADS / path.name) if is_installed else None
     if not model.weights.is_file():
         return data, [Problem(where, f"{WEIGHTS_FILE} is missing", fix)]
-    digest = file_sha256(model.weights)
+    try:
+        digest = file_sha256(model.weights)
+    except OSError as err:
+        return data, [Problem(where, f"{model.weights} cannot be read ({err.strerror})", fix)]
     data.update(weights_sha256=digest, checksum_ok=digest == model.fingerprint)
     problems = []
     if not data["checksum_ok"]:
@@ -234,6 +275,14 @@ def _check_model(path: Path, downloads: Path) -> tuple[dict[str, Any], list[Prob
         if location is None:
             problems.append(Problem(where, f"the {kind} tokenizer is in neither {model.path} nor the cache", fix))
     return data, problems
+
+
+def _repair(path: Path, source: str | None, is_installed: bool) -> str:
+    """How to fix model directory `path`: an installed one is installed again; one elsewhere (`--model DIR`) is
+    written again by whatever made it, which doctor cannot know."""
+    if is_installed:
+        return _reinstall(path.name, source)
+    return f"write {path} again (`pengi-search model import` or `train export` make model directories)"
 
 
 def _reinstall(name: str, source: str | None) -> str:

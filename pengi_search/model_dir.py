@@ -64,6 +64,28 @@ def release_to_fetch(spec: str | None = None) -> str | None:
     return None if installed else DEFAULT_RELEASE
 
 
+def named_places(spec: str | None = None) -> tuple[Path, ...]:
+    """Where the model that `--model spec` (else `$PENGI_SEARCH_MODEL`) names may be, model directory or not;
+    empty when neither names one, and the installed defaults apply."""
+    named = _named(spec)
+    return _candidates(named) if named else ()
+
+
+def model_path(spec: str | None = None) -> Path:
+    """The directory of the model that `--model spec` (or the environment, or the installed defaults) names: the
+    one place every command finds its model (through `ModelDir.resolve`), and `doctor` the model it checks."""
+    spec = _named(spec)
+    if spec:
+        for candidate in _candidates(spec):
+            if is_model_dir(candidate):
+                return candidate
+        raise ModelNotFoundError("", f"no Pengi model at {spec!r}: {FETCH_HINT}")
+    for name in RELEASES:
+        if is_model_dir(models_dir() / name):
+            return models_dir() / name
+    raise ModelNotFoundError(models_dir(), f"no Pengi model is installed here: {FETCH_HINT}")
+
+
 @dataclass(frozen=True, eq=False)
 class ModelDir:
     """One model directory: where it is, its configuration, its identity, its tokenizers and default embedder."""
@@ -82,22 +104,15 @@ class ModelDir:
             return cls(path, PengiConfig.from_dict(meta["config"]), meta)
         except FileNotFoundError:
             raise CheckpointError(path, f"not a model directory (no {CONFIG_FILE})") from None
+        except OSError as err:  # no permission, a folder in its place: said as a model's fault, not a crash
+            raise CheckpointError(config_file, f"cannot be read ({err.strerror})") from None
         except (ValueError, KeyError, TypeError) as err:
             raise CheckpointError(config_file, f"unreadable model configuration ({err})") from err
 
     @classmethod
     def resolve(cls, spec: str | None = None) -> ModelDir:
-        """The model that `--model spec` (or the environment, or the installed defaults) names."""
-        spec = _named(spec)
-        if spec:
-            for candidate in _candidates(spec):
-                if is_model_dir(candidate):
-                    return cls.read(candidate)
-            raise ModelNotFoundError("", f"no Pengi model at {spec!r}: {FETCH_HINT}")
-        for name in RELEASES:
-            if is_model_dir(models_dir() / name):
-                return cls.read(models_dir() / name)
-        raise ModelNotFoundError(models_dir(), f"no Pengi model is installed here: {FETCH_HINT}")
+        """The model that `--model spec` (or the environment, or the installed defaults) names (`model_path`)."""
+        return cls.read(model_path(spec))
 
     @classmethod
     def installed(cls) -> Iterator[ModelDir]:

@@ -69,6 +69,8 @@ class SimilarResult:
     hits: list[Hit]
     source: str
     error: str | None = None
+    # The query file's windows: with more than one, each hit says which of them it matched (`Hit.query_start_s`).
+    query_windows: int = 0
 
 
 def similar_to_file(
@@ -131,7 +133,8 @@ def similar_to_files(
             yield SimilarResult(path, [], source, non_finite_vector("audio"))
             continue
         query_scope = excluding_query(library, scope, content_hash, absolute(path))
-        yield SimilarResult(path, search_index(library, index, vectors, query_scope, query_spans=spans), source)
+        hits = search_index(library, index, vectors, query_scope, query_spans=spans)
+        yield SimilarResult(path, hits, source, query_windows=len(spans))
 
 
 def excluding_query(

@@ -194,6 +194,19 @@ def test_similar_leaves_out_every_library_file_with_the_query_files_bytes(tiny_m
     assert found == {"index": [str(same_sound), str(other)], "decoded": [str(same_sound), str(other)]}
 
 
+def test_similar_table_says_which_window_of_a_long_query_file_matched(captions, common, monkeypatch):
+    """A query file of several windows (rain.flac: 0-7 s and 3-10 s) has a "query time" column, even when the hits
+    shown all matched one of its windows (here the single hit of -k 1); a one-window file has none."""
+    monkeypatch.chdir(captions.root)
+    result = run("similar", captions.files["weather/rain.flac"], *common, "-k", 1)
+    assert result.exit_code == 0, result.output
+    header, row = [line.split() for line in result.stdout.splitlines() if line.strip()]
+    assert header[:5] == ["#", "path", "time", "query", "time"]
+    assert row[3] in ("0.0-7.0s", "3.0-10.0s")
+    one_window = run("similar", captions.files["animals/cat.flac"], *common, "-k", 1)
+    assert "query time" not in one_window.stdout
+
+
 def test_similar_missing_file(common, tmp_path):
     result = run("similar", tmp_path / "absent.wav", *common)
     assert result.exit_code == EXIT_USAGE and "no such file" in result.output

@@ -50,7 +50,7 @@ def test_a_healthy_installation(installation, isolated_home):
     assert all(env["av"]["decoders"].values())
     assert report["devices"]["torch_threads"] >= 1 and report["devices"]["auto_device"] in ("cpu", "cuda")
     [model] = report["models"]["installed"]
-    assert report["models"]["default"] == "tiny-base"  # the name recorded in the tiny model's config
+    assert report["models"]["in_use"] == model  # the installed default, checked once
     assert (model["name"], model["checksum_ok"], model["variant"]) == ("base", True, "base")
     assert model["tokenizers"] == {"gpt2": "model directory", "clip": "model directory"} and model["bytes"] > 0
     database = report["database"]
@@ -97,6 +97,75 @@ def test_an_imported_model_is_fixed_by_importing_it_again(installation, isolated
     assert "the clip tokenizer is in neither" in model_problems[1]["what"]
     what, fix = problems(report)["models"]
     assert "no Pengi model is installed" in what and fix == "pengi-search model fetch base"
+
+
+def doctor_with(*options: str) -> tuple[int, dict]:
+    result = runner.invoke(app, ["doctor", *options, "--json"])
+    return result.exit_code, json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("named_by", ["PENGI_SEARCH_MODEL", "--model"])
+def test_doctor_checks_the_model_the_other_commands_would_use(tiny_model_dir, tmp_path, monkeypatch, named_by):
+    """A model directory named by the environment or `--model`, as `describe` and `index` would load it, is the
+    one reported in use and checked: its weights against their recorded sha256, its tokenizers."""
+    model = tmp_path / "my-model"
+    shutil.copytree(tiny_model_dir, model)
+    options = ("--model", str(model)) if named_by == "--model" else ()
+    if named_by == "PENGI_SEARCH_MODEL":
+        monkeypatch.setenv("PENGI_SEARCH_MODEL", str(model))
+    code, report = doctor_with(*options)
+    assert code == 0 and report["models"]["installed"] == []
+    in_use = report["models"]["in_use"]
+    assert (in_use["path"], in_use["checksum_ok"], in_use["variant"]) == (str(model), True, "base")
+    assert in_use["tokenizers"] == {"gpt2": "model directory", "clip": "model directory"}
+    text = runner.invoke(app, ["doctor", *options])
+    assert f"in use         {model}" in text.stdout and "\n  my-model       base, " in text.stdout
+
+    weights = model / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    code, report = doctor_with(*options)
+    what, fix = problems(report)[f"model {model}"]
+    assert code == 1 and f"{weights} is damaged or was changed" in what
+    assert fix.startswith(f"write {model} again")
+
+
+def test_doctor_says_what_a_named_model_folder_lacks(tiny_model_dir, tmp_path, monkeypatch):
+    """A folder that `--model` names but no command could load (its weights unreadable or gone, its configuration
+    a folder) is checked, not reported as naming nothing."""
+    model = tmp_path / "half"
+    shutil.copytree(tiny_model_dir, model)
+
+    def unreadable(path: Path) -> str:
+        raise PermissionError(13, "Permission denied")  # chmod 000 cannot show it to root, who runs CI
+
+    monkeypatch.setattr("pengi_search.doctor.file_sha256", unreadable)
+    what = problems(doctor_with("--model", str(model))[1])[f"model {model}"][0]
+    assert what == f"{model / 'model.safetensors'} cannot be read (Permission denied)"
+    (model / "model.safetensors").unlink()
+    code, report = doctor_with("--model", str(model))
+    assert code == 1 and report["models"]["in_use"]["path"] == str(model)
+    assert problems(report)[f"model {model}"][0] == "model.safetensors is missing"
+    (model / "config.json").unlink()
+    (model / "config.json").mkdir()
+    what = problems(doctor_with("--model", str(model))[1])[f"model {model}"][0]
+    assert what == "cannot be read (Is a directory)"
+
+
+def test_doctor_says_a_named_model_that_is_not_there(tmp_path, monkeypatch):
+    code, report = doctor_with("--model", str(tmp_path / "nowhere"))
+    assert code == 1 and report["models"]["in_use"] is None
+    assert problems(report)["models"] == (
+        f"--model {tmp_path / 'nowhere'} names no model",
+        "point --model at a model directory",
+    )
+    monkeypatch.setenv("PENGI_SEARCH_MODEL", str(tmp_path / "nowhere"))
+    what, fix = problems(doctor_with()[1])["models"]
+    assert (what, fix) == (
+        f"PENGI_SEARCH_MODEL={tmp_path / 'nowhere'} names no model",
+        "point PENGI_SEARCH_MODEL at a model directory, or unset it",
+    )
 
 
 @pytest.mark.usefixtures("ids_sorted_not_hashed")

@@ -692,17 +692,15 @@ def test_eval_classify_warns_of_what_its_numbers_cannot_count(tiny_model_dir, tm
 
 def test_eval_classify_says_which_files_of_the_truth_it_did_not_classify(tiny_model_dir, tmp_path):
     """Its numbers are over the files it classified: files the truth lists that are not on the disk, or not under
-    the folder given, are said under the table and listed in the report, not left out unseen."""
+    the folder given, are said under the table, named as the truth CSV spells them (where the user looks them up),
+    and listed in the report by path, not left out unseen."""
     write_tone(tmp_path / "audio" / "a.wav", 1.0)
     write_tone(tmp_path / "elsewhere" / "b.wav", 1.0)
-    truth = write(tmp_path / "truth.csv", "file,label\naudio/a.wav,tone\naudio/gone.wav,hum\nelsewhere/b.wav,hum\n")
+    truth = write(tmp_path / "truth.csv", "file,label\naudio/a.wav,tone\naudio/gone.wav,hum\n./elsewhere/b.wav,hum\n")
     out = tmp_path / "report"
     result = run("eval", "classify", tmp_path / "audio", "--truth", truth, *quick(tiny_model_dir)[:4], "-o", out)
     assert result.exit_code == EXIT_OK, result.output
-    note = (
-        f"2 files the truth lists were not classified, so not scored: {str(tmp_path / 'audio' / 'gone.wav')!r}, "
-        f"{str(tmp_path / 'elsewhere' / 'b.wav')!r}"
-    )
+    note = "2 files the truth lists were not classified, so not scored: 'audio/gone.wav', './elsewhere/b.wav'"
     assert result.stderr.splitlines() == [f"warning: {note}"]
     report = json.loads((out / "report.json").read_text())
     assert report["evaluated"]["files"] == 1 and report["notes"] == [note]

@@ -246,8 +246,8 @@ def test_shell_completion_is_offered_and_completes(monkeypatch):
 
 
 def test_every_command_that_runs_the_model_takes_yes_but_serve():
-    """README, "Get the model": `--yes` on every command that runs the model, but `serve` (and `model info`, which
-    only reads the model's files)."""
+    """README, "Get the model": `--yes` on every command that runs the model, but `serve` (and `model info` and
+    `doctor`, which only read the model's files: doctor changes nothing, and names the fetch as its fix)."""
 
     def commands(command: typer.core.TyperCommand, name: str) -> Iterator[tuple[str, set[str]]]:
         yield name, {flag for param in command.params for flag in param.opts}
@@ -257,5 +257,5 @@ def test_every_command_that_runs_the_model_takes_yes_but_serve():
     with_model = {
         name: "--yes" in flags for name, flags in commands(typer.main.get_command(app), "") if "--model" in flags
     }
-    assert {name for name, yes in with_model.items() if not yes} == {" serve", " model info"}
+    assert {name for name, yes in with_model.items() if not yes} == {" serve", " model info", " doctor"}
     assert len(with_model) > 5

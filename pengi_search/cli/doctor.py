@@ -8,25 +8,26 @@ import typer
 from rich.markup import escape
 
 from ..units import count_text, duration_text
-from .common import EXIT_FAILED, EXIT_OK, DbOption, JsonOption, handle_errors, out_console, print_json
+from .common import EXIT_FAILED, EXIT_OK, DbOption, JsonOption, ModelOption, handle_errors, out_console, print_json
 
 if TYPE_CHECKING:
     from ..doctor import Report
 
 
 @handle_errors
-def doctor(db: DbOption = None, json_output: JsonOption = False) -> None:
+def doctor(db: DbOption = None, model: ModelOption = None, json_output: JsonOption = False) -> None:
     """Check this installation, and say how to fix each problem found.
 
-    Versions and builds (torch, CUDA, faiss, PyAV's codecs), devices, threads, the installed models (sizes,
-    checksums, tokenizers), the database (schema, counts, integrity), its FAISS files and runs left "running".
+    Versions and builds (torch, CUDA, faiss, PyAV's codecs), devices, threads, the installed models and the one
+    the other commands would use (--model; sizes, checksums, tokenizers), the database (schema, counts,
+    integrity), its FAISS files and runs left "running".
     Exit code 0 when healthy, 1 otherwise.
 
     Example: pengi-search doctor --json
     """
     from ..doctor import diagnose
 
-    report = diagnose(db)
+    report = diagnose(db, model)
     if json_output:
         print_json(report.to_json())
     else:
@@ -82,8 +83,10 @@ def _devices(devices: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _models(models: dict[str, Any]) -> list[tuple[str, str]]:
-    rows = [("directory", models["directory"]), ("default", models["default"] or "none")]
-    for model in models["installed"]:
+    in_use = models["in_use"]
+    rows = [("directory", models["directory"]), ("in use", in_use["path"] if in_use else "none")]
+    outside = [in_use] if in_use and in_use not in models["installed"] else []  # `--model DIR`: checked too
+    for model in [*models["installed"], *outside]:
         checksum = {True: "sha256 ok", False: "sha256 MISMATCH", None: "unchecked"}[model.get("checksum_ok")]
         tokenizers = ", ".join(f"{kind} {where or 'MISSING'}" for kind, where in model.get("tokenizers", {}).items())
         size = f"{model['bytes'] / 2**30:.2f} GiB"

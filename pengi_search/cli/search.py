@@ -325,5 +325,5 @@ def _show_similar(results: list[SimilarResult], *, json_output: bool, one_file: 
             continue
         if not one_file:  # which file these hits are for: a folder's files were not named on the command line
             out_console.print(f"[bold]{escape(shown(result.path))}[/]", soft_wrap=True)
-        spans = {(hit.query_start_s, hit.query_end_s) for hit in result.hits}
-        _show_hits(result.hits, json_output=False, show_query_span=len(spans) > 1)
+        # Which window of the query matched, whenever it has several: also when every hit shown matched the same one.
+        _show_hits(result.hits, json_output=False, show_query_span=result.query_windows > 1)

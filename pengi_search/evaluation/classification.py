@@ -38,7 +38,7 @@ def evaluate_classification(
     metrics["macro_f1"] = mean([c["f1"] for c in base["per_class"].values()])
     return {
         "metrics": metrics,
-        "notes": label_notes([expected for expected, _ in pairs], labels) + missed_notes(missed),
+        "notes": label_notes([expected for expected, _ in pairs], labels) + missed_notes(truth, missed),
         "evaluated": {"files": base["files"], "correct": base["correct"]},
         "per_class": base["per_class"],
         "confusion": {
@@ -80,12 +80,14 @@ def truth_digest(truth_file: Path, labels: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
-def missed_notes(missed: Sequence[str]) -> list[str]:
-    """The note for the truth's files that were not classified (none when there are none)."""
+def missed_notes(truth: Truth, missed: Sequence[str]) -> list[str]:
+    """The note for the truth's files that were not classified (none when there are none), named as the truth CSV
+    spells them, where the user looks them up (`not_classified` keeps their paths)."""
     if not missed:
         return []
     were = for_count(len(missed), "was", "were")
-    return [f"{count_text(len(missed), 'file')} the truth lists {were} not classified, so not scored: {named(missed)}"]
+    listed = [truth.as_listed(path) for path in missed]
+    return [f"{count_text(len(missed), 'file')} the truth lists {were} not classified, so not scored: {named(listed)}"]
 
 
 def _rank_of(label: str, prediction: Prediction) -> int | None:

@@ -44,7 +44,11 @@ def evaluate_multi_label(
             "mAP": mean([per_class[label]["ap"] for label in scored]),
             "top-1 precision": mean([1.0 if p.label in expected else 0.0 for expected, p in listed]),
         },
-        "notes": label_notes(true_labels, labels, _left_out) + _unscored_notes(no_positive) + missed_notes(missed),
+        "notes": [
+            *label_notes(true_labels, labels, _left_out),
+            *_unscored_notes(no_positive),
+            *missed_notes(truth, missed),
+        ],
         "evaluated": {"files": len(listed), "classes": len(scored)},
         "per_class": per_class,
         "unmatched": [p.path for expected, p in known if expected is None],
