@@ -22,6 +22,7 @@ from pengi_search.evaluation.captioning import evaluate_captions
 from pengi_search.evaluation.classification import evaluate_classification, label_notes
 from pengi_search.evaluation.datasets import DatasetError, read_caption_set
 from pengi_search.evaluation.metrics import bleu, cider_d, rouge_l, tokenize
+from pengi_search.evaluation.multilabel import evaluate_multi_label
 from pengi_search.evaluation.report import ReportError, build_report, compare_reports, load_report, write_report
 from pengi_search.evaluation.retrieval import available_rankings, evaluate_retrieval
 from pengi_search.library import Library
@@ -373,14 +374,38 @@ def test_classification_names_a_few_true_labels_left_out_of_the_candidates():
 # -- report files and comparison ---------------------------------------------------------------------------------
 
 
-def retrieval_report(r1: float, sha: str = "0" * 64, embedder: str = "pengi-text:x") -> dict:
+def retrieval_report(
+    r1: float, sha: str = "0" * 64, embedder: str = "pengi-text:x", csv: str = "/data/set.csv", beam: int = 3
+) -> dict:
     metrics = {"caption": {"text_to_audio": {"R@1": r1, "mAP@10": 0.5}, "audio_to_text": {"R@1": 0.1, "mAP@10": None}}}
     curves = {"caption": {"text_to_audio": [r1] + [0.9] * 9, "audio_to_text": [0.1] * 10}}
+    captions = {"caption_prompts": ["generate audio caption"], "caption_decoding": [f"beam={beam} max_len=30"]}
     return build_report(
         "retrieval",
         {"metrics": metrics, "curves": curves, "evaluated": {"files": 2}, "skipped": []},
-        dataset={"csv": "/data/set.csv", "sha256": sha, "audio_root": "/data"},
-        setup={"model": "base", "text_embedder": embedder},
+        dataset={"csv": csv, "sha256": sha, "audio_root": "/data"},
+        setup={"model": "base", "text_embedder": embedder} | captions,
+    )
+
+
+def classify_report(tmp_path: Path, right: int, files: int = 4, *, multi_label: bool = False) -> dict:
+    """A classify report of the truth a.wav..d.wav (dog, or dog;bark with `multi_label`) with `right` of its
+    first `files` files predicted right (the others left out: their audio did not decode)."""
+    names = ["a.wav", "b.wav", "c.wav", "d.wav"]
+    cell = "dog;bark" if multi_label else "dog"
+    truth = read_truth(write(tmp_path / "truth.csv", "file,label\n" + "".join(f"{n},{cell}\n" for n in names)))
+    ranked = {True: [("dog", 0.9), ("cat", 0.1)], False: [("cat", 0.9), ("dog", 0.1)]}
+    predictions = [
+        Prediction(str(tmp_path / name), ranked[i < right], 1, "decoded") for i, name in enumerate(names[:files])
+    ]
+    failed = [str(tmp_path / name) for name in names[files:]]
+    labels = ["dog", "cat"]
+    evaluate = evaluate_multi_label if multi_label else evaluate_classification
+    return build_report(
+        "classify",
+        evaluate(predictions, truth, labels, failed),
+        dataset={"csv": str(tmp_path / "truth.csv"), "sha256": "2" * 64, "target": str(tmp_path), "labels": labels},
+        setup={"model": "base", "method": "loglik", "prompt": "this is a sound of"},
     )
 
 
@@ -408,8 +433,83 @@ def test_compare(tmp_path):
     other_set = compare_reports(retrieval_report(0.25), retrieval_report(0.5, sha="1" * 64))
     assert "different sets" in other_set["notes"][0]
     classify = build_report("classify", {"metrics": {"accuracy": 1.0}}, dataset={"csv": "t", "sha256": "2"}, setup={})
-    with pytest.raises(ReportError, match="cannot compare a retrieval report with a classify report"):
+    with pytest.raises(ReportError, match="cannot compare a retrieval report with a single-label classify report"):
         compare_reports(retrieval_report(0.25), classify)
+
+
+def test_compare_notes_another_part_of_the_set_evaluated_never_another_outcome(tmp_path):
+    """Two runs over the same files differ in how many they got right: that is what compare shows, not a caveat.
+    A run that left a file out (its audio did not decode) measured another part of the set: that is one."""
+    one_right, three_right = classify_report(tmp_path, right=1), classify_report(tmp_path, right=3)
+    assert one_right["evaluated"] == {"files": 4}  # which part of the set, as for every kind; no outcome in it
+    same_files = compare_reports(one_right, three_right)
+    assert same_files["notes"] == [] and same_files["rows"][0] == {
+        "metric": "accuracy",
+        "a": 0.25,
+        "b": 0.75,
+        "delta": 0.5,
+    }
+    # Earlier versions put the outcome `correct` there: their reports compare the same way.
+    earlier = one_right | {"evaluated": {"files": 4, "correct": 1}}
+    assert compare_reports(earlier, three_right | {"evaluated": {"files": 4, "correct": 3}})["notes"] == []
+    fewer = compare_reports(one_right, classify_report(tmp_path, right=1, files=3))
+    assert fewer["notes"] == ["the same set, but other parts of it were evaluated: 4 files vs 3 files"]
+    multi = compare_reports(
+        classify_report(tmp_path, 1, multi_label=True), classify_report(tmp_path, 3, multi_label=True)
+    )
+    assert multi["notes"] == [] and multi["rows"][0]["metric"] == "mAP"
+
+
+def test_compare_refuses_a_single_label_and_a_multi_label_classify_report(tmp_path):
+    """Accuracy and mAP: no metric in common, a table of dashes. Refused as reports of two kinds are."""
+    with pytest.raises(ReportError) as refused:
+        compare_reports(classify_report(tmp_path, 2), classify_report(tmp_path, 2, multi_label=True))
+    assert str(refused.value) == "cannot compare a single-label classify report with a multi-label classify report"
+
+
+def test_compare_says_what_an_older_report_does_not_record(tmp_path):
+    """A report of an earlier pengi-search lacks settings recorded since: not a difference ("None -> 0.1.0"),
+    but a note naming them. A setting one method has and the other lacks is a difference, shown as a dash."""
+    older, now = retrieval_report(0.25), retrieval_report(0.5)
+    for key in ("caption_decoding", "pengi_search_version", "torch_version"):
+        del older["setup"][key]
+    comparison = compare_reports(older, now, ("old", "new"))
+    assert comparison["setup_differences"] == {}
+    assert comparison["not_recorded"] == {"old": ["pengi_search_version", "torch_version", "caption_decoding"]}
+    assert comparison["notes"] == [
+        "old was written by an older pengi-search, which did not record pengi_search_version, torch_version, "
+        "caption_decoding: whether the two differ in them cannot be told"
+    ]
+    write_report(older, tmp_path / "old")
+    write_report(now, tmp_path / "new")
+    result = run("eval", "compare", tmp_path / "old", tmp_path / "new", "-o", tmp_path / "compare.md")
+    assert result.exit_code == EXIT_OK, result.output
+    assert result.stderr.splitlines() == [f"warning: {comparison['notes'][0]}"]
+    assert f"- **note**: {comparison['notes'][0]}" in (tmp_path / "compare.md").read_text()
+    loglik = classify_report(tmp_path, 2)
+    text = loglik | {"setup": {"model": "base", "method": "text", "beam": 3, "max_len": 30, "stop": "both"}}
+    differences = compare_reports(text, loglik)["setup_differences"]
+    assert differences["beam"] == [3, None] and differences["prompt"] == [None, "this is a sound of"]
+
+
+def test_compare_shows_settings_as_people_read_them(tmp_path):
+    """A list as its items, a setting one report lacks as a dash: not Python's `['beam=3 max_len=30']` or `None`."""
+    write_report(retrieval_report(0.25, beam=3), tmp_path / "base")
+    write_report(retrieval_report(0.5, beam=5), tmp_path / "wide")
+    result = run("eval", "compare", tmp_path / "base", tmp_path / "wide", "-o", tmp_path / "compare.md")
+    assert result.exit_code == EXIT_OK, result.output
+    assert "caption_decoding: beam=3 max_len=30 -> beam=5 max_len=30\n" in result.stdout
+    assert "- caption_decoding: beam=3 max_len=30 → beam=5 max_len=30\n" in (tmp_path / "compare.md").read_text()
+
+
+def test_compare_writes_its_markdown_for_a_set_whose_name_is_not_utf8(tmp_path):
+    """A name of bytes that are not UTF-8 (`caf\\xe9.csv`) is written escaped, as report.md writes it: not a failure
+    after the comparison was made."""
+    write_report(retrieval_report(0.25, csv="/data/caf\udce9.csv"), tmp_path / "base")
+    write_report(retrieval_report(0.5, csv="/data/caf\udce9.csv"), tmp_path / "tuned")
+    result = run("eval", "compare", tmp_path / "base", tmp_path / "tuned", "-o", tmp_path / "compare.md")
+    assert result.exit_code == EXIT_OK, result.output
+    assert "- base: /data/caf\\udce9.csv" in (tmp_path / "compare.md").read_text()
 
 
 def test_load_report_refuses_other_files(tmp_path):
@@ -449,6 +549,7 @@ def test_eval_retrieval_end_to_end(tones, tiny_model_dir):
     assert report["index_run"]["indexed"] == 4
     assert report["skipped"] == [{"file": "gone.wav", "reason": "not found under the audio root"}]
     assert report["evaluated"] == {"files": 4, "captions": 8}
+    assert compare_reports(report, report)["notes"] == []  # it records every setting compare looks for
     caption_set = read_caption_set(tones / "captions.csv", tones / "audio")
     with Library.open(out / "index.db") as library:
         t2a = hand_ranks_text_to_audio(library, caption_set, tiny_model_dir)
@@ -490,6 +591,7 @@ def test_eval_caption_end_to_end(tones, tiny_model_dir):
     assert report["metrics"]["CIDEr-D"] == pytest.approx(np.mean(cider_d([tokenize(g) for g in generated], refs)))
     assert report["metrics"]["METEOR"] is None
     assert "Captions answer the prompt: generate audio caption." in (out / "report.md").read_text()
+    assert compare_reports(report, report)["notes"] == []  # it records every setting compare looks for
 
 
 def test_eval_classify_end_to_end(known, tiny_model_dir, tmp_path):
@@ -514,6 +616,7 @@ def test_eval_classify_end_to_end(known, tiny_model_dir, tmp_path):
     assert report["dataset"]["labels"] == ["dog", "rain", "bell", "cat"]  # the truth's labels, in order
     assert sum(map(sum, report["confusion"]["counts"])) == 4
     assert (out / "confusion.png").exists() == HAVE_MATPLOTLIB
+    assert compare_reports(report, report)["notes"] == []  # it records every setting compare looks for
 
 
 @pytest.mark.parametrize("name", ["truth.csv", "truth.txt", "truth"])

@@ -16,6 +16,7 @@ from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_OK, EXIT_USAGE
 from pengi_search.evaluation.metrics import average_precision
 from pengi_search.evaluation.multilabel import evaluate_multi_label
+from pengi_search.evaluation.report import compare_reports
 from pengi_search.text_files import CSV_LIST_SEPARATOR
 
 from .indexing import write_tone
@@ -197,6 +198,7 @@ def test_eval_classify_scores_a_multi_label_truth_as_map(tiny_model_dir, tmp_pat
     assert list(report["per_class"]) == ["tone", "hum", "buzz", "bell"]
     assert report["per_class"]["bell"] == {"ap": None, "positives": 0}
     assert report["evaluated"] == {"files": 4, "classes": 3}
+    assert compare_reports(report, report)["notes"] == []  # it records every setting compare looks for
     assert "confusion" not in report and "accuracy" not in report["metrics"]
     # Recomputed from the report's own per-file scores, every file scored for every candidate.
     files = report["files"]

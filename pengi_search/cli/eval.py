@@ -528,7 +528,7 @@ def compare(
 
     Example: pengi-search eval compare runs/base runs/finetuned
     """
-    from ..evaluation.report import REPORT_JSON, compare_markdown, compare_reports, load_report
+    from ..evaluation.report import REPORT_JSON, compare_reports, load_report, write_comparison
 
     # The folders `eval -o` wrote stand for their reports.
     first, second = (path / REPORT_JSON if path.is_dir() else path for path in (first, second))
@@ -536,7 +536,7 @@ def compare(
         check_output_file(output, "Markdown")
     comparison = compare_reports(load_report(first), load_report(second), _report_names(first, second))
     if output is not None:
-        output.write_text(compare_markdown(comparison), encoding="utf-8")
+        write_comparison(comparison, output)
     if json_output:
         print_json(comparison)
     else:
@@ -556,9 +556,11 @@ def _report_names(first: Path, second: Path) -> tuple[str, str]:
 def _print_comparison(comparison: dict[str, Any]) -> None:
     from rich.table import Table
 
+    from ..evaluation.report import setting_text
+
     (name_a, _), (name_b, _) = comparison["reports"].items()
     for key, (was, now) in comparison["setup_differences"].items():
-        out_console.print(f"{key}: {was} -> {now}", markup=False, soft_wrap=True)
+        out_console.print(f"{key}: {setting_text(was)} -> {setting_text(now)}", markup=False, soft_wrap=True)
     table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
     for column in ("metric", name_a, name_b, "change"):
         table.add_column(column, justify="left" if column == "metric" else "right")

@@ -39,7 +39,8 @@ def evaluate_classification(
     return {
         "metrics": metrics,
         "notes": label_notes([expected for expected, _ in pairs], labels) + missed_notes(truth, missed),
-        "evaluated": {"files": base["files"], "correct": base["correct"]},
+        "evaluated": {"files": base["files"]},  # which part of the set: what `compare` holds the two to
+        "correct": base["correct"],
         "per_class": base["per_class"],
         "confusion": {
             "classes": classes,

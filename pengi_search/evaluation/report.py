@@ -100,34 +100,96 @@ def flat_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float |
     return flat
 
 
+# `evaluated` says which part of the set was scored. Single-label classify reports of earlier versions also put an
+# outcome there (`correct`), which two runs of the same files differ in.
+_OUTCOMES = ("correct",)
+
+
+def _evaluated_scope(report: dict[str, Any]) -> dict[str, Any]:
+    """Which part of the set was scored, as counts ({"files": 40, "captions": 200}): `evaluated` without outcomes."""
+    return {key: value for key, value in (report.get("evaluated") or {}).items() if key not in _OUTCOMES}
+
+
+def scope_text(scope: dict[str, Any]) -> str:
+    return ", ".join(f"{value} {key}" for key, value in scope.items())
+
+
+def setting_text(value: Any) -> str:
+    """A setup value as people read it: a list as its items, a setting the report does not have as a dash."""
+    if value is None:
+        return "–"
+    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def compare_reports(a: dict[str, Any], b: dict[str, Any], names: tuple[str, str] = ("a", "b")) -> dict[str, Any]:
-    """Every metric of either report side by side, with b - a; notes what differs in the set and setup."""
-    if a["kind"] != b["kind"]:
-        raise ReportError("", f"cannot compare a {a['kind']} report with a {b['kind']} report")
-    first, second = flat_metrics(a["metrics"]), flat_metrics(b["metrics"])
+    """Every metric of either report side by side, with b - a; notes what differs in the set and setup, and what an
+    older report does not record."""
+    if _kind_name(a) != _kind_name(b):
+        raise ReportError("", f"cannot compare a {_kind_name(a)} report with a {_kind_name(b)} report")
+    unrecorded = {name: keys for name, report in zip(names, (a, b), strict=True) if (keys := _not_recorded(report))}
+    unknown = {key for keys in unrecorded.values() for key in keys}
+    notes = _set_notes(a, b) + [
+        f"{name} was written by an older pengi-search, which did not record {', '.join(keys)}: whether the two "
+        "differ in them cannot be told"
+        for name, keys in unrecorded.items()
+    ]
+    return {
+        "kind": a["kind"],
+        "reports": {names[0]: _identity(a), names[1]: _identity(b)},
+        "setup_differences": _setup_differences(a["setup"], b["setup"], unknown),
+        "not_recorded": unrecorded,
+        "notes": notes,
+        "rows": _metric_rows(flat_metrics(a["metrics"]), flat_metrics(b["metrics"])),
+    }
+
+
+def _metric_rows(first: dict[str, float | None], second: dict[str, float | None]) -> list[dict[str, Any]]:
     rows = []
     for metric in dict.fromkeys([*first, *second]):
         x, y = first.get(metric), second.get(metric)
         rows.append({"metric": metric, "a": x, "b": y, "delta": None if x is None or y is None else y - x})
-    notes = []
-    if a["dataset"].get("sha256") != b["dataset"].get("sha256"):
-        notes.append("the two reports measured different sets (their CSVs differ): the numbers are not comparable")
-    elif a.get("evaluated") != b.get("evaluated"):
-        notes.append(
-            f"the same set, but other parts of it were evaluated: {a.get('evaluated')} vs {b.get('evaluated')}"
-        )
-    differences = {
-        key: [a["setup"].get(key), b["setup"].get(key)]
-        for key in dict.fromkeys([*a["setup"], *b["setup"]])
-        if a["setup"].get(key) != b["setup"].get(key)
-    }
+    return rows
+
+
+def _setup_differences(a: dict[str, Any], b: dict[str, Any], unknown: set[str]) -> dict[str, list[Any]]:
+    """{key: [a's value, b's]} where they differ, None where one has no such setting (another method's); `unknown`:
+    the keys an older report did not record, said in a note instead (its None would read as a setting)."""
     return {
-        "kind": a["kind"],
-        "reports": {names[0]: _identity(a), names[1]: _identity(b)},
-        "setup_differences": differences,
-        "notes": notes,
-        "rows": rows,
+        key: [a.get(key), b.get(key)]
+        for key in dict.fromkeys([*a, *b])
+        if a.get(key) != b.get(key) and key not in unknown
     }
+
+
+def _kind_name(report: dict[str, Any]) -> str:
+    """The kind, as far as comparing goes: single- and multi-label classification share no metric (accuracy, mAP)."""
+    if report["kind"] != "classify":
+        return report["kind"]
+    return "multi-label classify" if report.get("multi_label") else "single-label classify"
+
+
+def _set_notes(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Whether the two measured the same thing: the same set (its sha256) and the same part of it."""
+    if a["dataset"].get("sha256") != b["dataset"].get("sha256"):
+        return ["the two reports measured different sets (their CSVs differ): the numbers are not comparable"]
+    scopes = _evaluated_scope(a), _evaluated_scope(b)
+    if scopes[0] != scopes[1]:
+        return [f"the same set, but other parts of it were evaluated: {' vs '.join(map(scope_text, scopes))}"]
+    return []
+
+
+def _not_recorded(report: dict[str, Any]) -> list[str]:
+    """The setup keys that every such report written now has (see `eval` in the CLI) and this one lacks."""
+    recorded = ["pengi_search_version", "torch_version"]  # `software_versions`
+    if report["kind"] in ("retrieval", "caption"):
+        recorded += ["caption_prompts", "caption_decoding"]  # what made the captions scored
+    elif report["setup"].get("method") == "text":
+        recorded += ["beam", "max_len", "stop"]  # how the files' captions were decoded
+    return [key for key in recorded if key not in report["setup"]]
+
+
+def write_comparison(comparison: dict[str, Any], path: Path) -> None:
+    _write_text(path, compare_markdown(comparison))
 
 
 def _identity(report: dict[str, Any]) -> dict[str, Any]:
@@ -159,12 +221,8 @@ def _setup_lines(report: dict[str, Any]) -> list[tuple[str, Any]]:
     if "labels" in dataset:
         shown.append(("labels", ", ".join(dataset["labels"])))
     if report.get("evaluated"):
-        shown.append(("evaluated", ", ".join(f"{v} {k}" for k, v in report["evaluated"].items())))
-    for key, value in setup.items():
-        if isinstance(value, list):
-            shown.append((key, ", ".join(map(str, value))))
-        elif not isinstance(value, dict):
-            shown.append((key, value))
+        shown.append(("evaluated", scope_text(report["evaluated"])))
+    shown += [(key, setting_text(value)) for key, value in setup.items() if not isinstance(value, dict)]
     shown.append(("created", report.get("created_at")))
     return shown
 
@@ -252,7 +310,8 @@ def compare_markdown(comparison: dict[str, Any]) -> str:
     (name_a, a), (name_b, b) = comparison["reports"].items()
     lines = [f"# {TITLES[comparison['kind']]}: {name_a} vs {name_b}", ""]
     lines += [f"- {name_a}: {a['dataset']} ({a['created_at']})", f"- {name_b}: {b['dataset']} ({b['created_at']})"]
-    lines += [f"- {key}: {values[0]} → {values[1]}" for key, values in comparison["setup_differences"].items()]
+    differences = comparison["setup_differences"].items()
+    lines += [f"- {key}: {setting_text(was)} → {setting_text(now)}" for key, (was, now) in differences]
     lines += [f"- **note**: {note}" for note in comparison["notes"]]
     lines.append("")
     rows = [[row["metric"], row["a"], row["b"], _signed(row["delta"])] for row in comparison["rows"]]
