@@ -511,7 +511,8 @@ class _Run:
             }
             gone = missing - unseen
             if gone and not any(inside(path, root) for path in present):
-                self.summary.unseen_roots.append(FileNote(root, _EMPTY_ROOT.format(**_counted(len(gone)))))
+                words = _counted(len(gone), self.store.db_option)
+                self.summary.unseen_roots.append(FileNote(root, _EMPTY_ROOT.format(**words)))
                 continue
             pruned += self.store.prune_missing(present | unseen, under=root)
         return pruned
@@ -523,7 +524,10 @@ class _Run:
             return set()
         kept = {path: at for path in missing if (at := hidden_path(path, root)) is not None}
         counts = sorted(Counter(kept.values()).items())
-        self.summary.hidden_kept += [FileNote(at, _HIDDEN_KEPT.format(**_counted(count))) for at, count in counts]
+        option = self.store.db_option
+        self.summary.hidden_kept += [
+            FileNote(at, _HIDDEN_KEPT.format(**_counted(count, option))) for at, count in counts
+        ]
         return set(kept)
 
     def _sync(self) -> None:
@@ -549,16 +553,18 @@ def _same_content(entry: Entry, stamp: FileStamp, retry_errors: bool) -> bool:
 
 _HIDDEN_KEPT = (
     "{files} at or under this hidden path {were} kept {as_is}: runs without --hidden do not look at hidden names "
-    "(`pengi-search remove` forgets {them})"
+    "(`pengi-search remove{db_option}` forgets {them})"
 )
 _EMPTY_ROOT = (
-    "no audio file found here, so its {files} {were} kept (an unmounted drive?); `pengi-search remove` forgets {them}"
+    "no audio file found here, so its {files} {were} kept (an unmounted drive?); `pengi-search remove{db_option}` "
+    "forgets {them}"
 )
 
 
-def _counted(files: int) -> dict[str, str]:
-    """The words of a note on indexed files kept (`_HIDDEN_KEPT`, `_EMPTY_ROOT`), in the number of `files`."""
+def _counted(files: int, db_option: str) -> dict[str, str]:
+    """The words of a note on indexed files kept (`_HIDDEN_KEPT`, `_EMPTY_ROOT`), in the number of `files`, and the
+    library's `Store.db_option` for the `remove` it suggests (the note's path goes after it)."""
     words = {"were": ("was", "were"), "as_is": ("as it is", "as they are"), "them": ("it", "them")}
-    return {"files": count_text(files, "indexed file")} | {
+    return {"files": count_text(files, "indexed file"), "db_option": db_option} | {
         key: for_count(files, *forms) for key, forms in words.items()
     }

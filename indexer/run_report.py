@@ -50,8 +50,8 @@ class IndexOptions:
 
     @property
     def decoding(self) -> str:
-        """This run's --beam, --max-len and --stop as each text it writes records them."""
-        return decoding_settings(self.beam, self.max_len, self.stop)
+        """This run's --beam, --max-len and --stop as each text it writes records them (--fast: one beam)."""
+        return decoding_settings(self.beam, self.max_len, self.stop, fast=self.fast)
 
 
 class ProgressReporter(Protocol):

@@ -27,6 +27,8 @@ from typing import Any
 
 from tokenizers import AddedToken, Tokenizer
 
+from .errors import PengiSearchError
+
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_FILE = "special_tokens_map.json"  # older transformers wrote the special tokens here
@@ -49,8 +51,10 @@ CLEAN_UPS = (
 )
 
 
-class TokenizerFileError(ValueError):
-    """A tokenizer folder that `FileTokenizer` cannot read."""
+class TokenizerFileError(PengiSearchError):
+    """A tokenizer folder's file that `FileTokenizer` cannot read: `where` is the file, `reason` what the reader
+    said. A model directory that cannot be used, as `checkpoint.CheckpointError` says of its weights (exit code 1;
+    `serve` answers 500, the server's fault, not the request's)."""
 
 
 def has_tokenizer_file(folder: Path) -> bool:
@@ -104,7 +108,7 @@ class FileTokenizer:
         try:
             backend = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
         except Exception as exc:  # the Rust library raises plain Exception on a malformed file
-            raise TokenizerFileError(f"{folder / TOKENIZER_FILE}: {exc}") from exc
+            raise TokenizerFileError(folder / TOKENIZER_FILE, str(exc)) from exc
         settings = _read_json(folder / SPECIAL_TOKENS_FILE)
         settings.update({key: value for key, value in _read_json(folder / CONFIG_FILE).items() if value is not None})
         return cls(backend, settings, folder)
@@ -191,5 +195,5 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise TokenizerFileError(f"{path}: {exc}") from exc
+        raise TokenizerFileError(path, str(exc)) from exc
     return data if isinstance(data, dict) else {}

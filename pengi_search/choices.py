@@ -98,11 +98,12 @@ DEFAULT_HYBRID_WEIGHT = 0.5  # the caption cosine's weight in a hybrid ranking; 
 EXACT_MODE = "exact"  # how a text was generated without --fast, as `generated_texts.mode` records it
 
 
-def decoding_settings(beam: int, max_len: int, stop: StopRule) -> str:
-    """The decoding settings asked for (`--beam`, `--max-len`, `--stop`) as `generated_texts.decoding` records them
-    beside each text: `beam=3 max_len=30 stop=both`. Texts with equal records were decoded alike (`--fast`, whose
-    mode the text records too, decodes one beam whatever `--beam` asks)."""
-    return f"beam={beam} max_len={max_len} stop={StopRule(stop).value}"
+def decoding_settings(beam: int, max_len: int, stop: StopRule, *, fast: bool = False) -> str:
+    """The decoding settings a run decodes with (`--beam`, `--max-len`, `--stop`) as `generated_texts.decoding`
+    records them beside each text: `beam=3 max_len=30 stop=both`. Texts with equal records were decoded alike.
+    `fast`: `--fast` decodes greedily (`fast_mode`), one beam whatever `--beam` asks, and records that beam: two
+    --fast runs asking other beams write the same answers, and a report names the beam that wrote them."""
+    return f"beam={1 if fast else beam} max_len={max_len} stop={StopRule(stop).value}"
 
 
 class Captions(Choice):

@@ -483,8 +483,8 @@ class Classifier:
     def _own_caption(self, texts: Sequence[TextRecord]) -> str | None:
         """The window's stored caption if this run would have written it (`TextRecord.decoded_as`), else None."""
         settings = self.settings
-        decoding = decoding_settings(settings.beam, settings.max_len, settings.stop)
         fast = self.fast if self._engine is None else self._engine.mode != EXACT_MODE
+        decoding = decoding_settings(settings.beam, settings.max_len, settings.stop, fast=fast)
         prompt = TASK_PROMPTS["caption"]
         return next((t.text for t in texts if t.prompt == prompt and t.decoded_as(decoding, fast=fast)), None)
 

@@ -46,15 +46,15 @@ from .vectors import INDEX_TYPES, IndexParams, VectorIndex, VectorIndexError, ef
 log = logging.getLogger(__name__)
 
 DEFAULT_INDEX_TYPE = "flat"
-# What a command that only reads does with an index it brought in line but cannot save (`_save`).
-READER_UNSAVED = (
-    "it is brought up to date in memory for this command (one that can write in the folder saves it, such as "
-    "`pengi-search rebuild-index`)"
-)
 
 
 class EmptyLibraryError(StoreError):
     """Nothing with vectors of the asked kind has been indexed yet."""
+
+
+def empty_library_hint(kind: str, db_option: str) -> str:
+    """Why a library has no index of `kind` ('text' or 'audio') and the command that makes one."""
+    return f"no {kind} vectors indexed yet; run `pengi-search index PATH...{db_option}` first"
 
 
 class Library:
@@ -119,9 +119,7 @@ class Library:
         if kind not in self._indexes:
             index = self._in_line(kind, None, rebuild=False)
             if index is None:
-                raise EmptyLibraryError(
-                    self.name, f"no {kind} vectors indexed yet; run `pengi-search index PATH...` first"
-                )
+                raise EmptyLibraryError(self.name, empty_library_hint(kind, self.store.db_option))
             self._indexes[kind] = index
         return self._indexes[kind]
 
@@ -242,7 +240,7 @@ class Library:
 
     def _save(self, index: VectorIndex, path: Path, tag: str) -> None:
         if not self.in_memory:
-            _save(index, path, tag, reading=self.store.read_only)
+            _save(index, path, tag, reader_option=self.store.db_option if self.store.read_only else None)
 
     def _forget(self, path: Path, loaded: VectorIndex | None, tag: str) -> None:
         """No vectors of this kind: empty the file (keeping its type) or remove a file that no longer fits."""
@@ -337,6 +335,14 @@ def _load(path: Path) -> tuple[VectorIndex | None, str | None]:
         return None, None
 
 
+def _unsaved(db_option: str) -> str:
+    """What a command that only reads does with an index it brought in line but cannot save."""
+    return (
+        "it is brought up to date in memory for this command (one that can write in the folder saves it, such as "
+        f"`pengi-search rebuild-index{db_option}`)"
+    )
+
+
 def _requested_type(tag: str | None) -> str:
     if not tag:
         return DEFAULT_INDEX_TYPE
@@ -347,14 +353,15 @@ def _requested_type(tag: str | None) -> str:
     return value if value in INDEX_TYPES else DEFAULT_INDEX_TYPE
 
 
-def _save(index: VectorIndex, path: Path, tag: str, *, reading: bool) -> None:
+def _save(index: VectorIndex, path: Path, tag: str, *, reader_option: str | None) -> None:
     """Save `index`, or warn why not: the index in memory is right, and the command goes on with it. A command
-    `reading` the library is told what happens instead of being sent to another folder: the library is where it is,
-    and another folder is advice for the commands that write it."""
+    reading the library (`reader_option`: its `Store.db_option`, None for one that writes) is told what happens
+    instead of being sent to another folder: the library is where it is, and another folder is advice for the
+    commands that write it."""
     try:
         index.save(path, tag)
     except UnwritableFolderError as exc:  # a read-only folder
-        said = f"{shown(exc.where)}: {exc.trouble}; {READER_UNSAVED}" if reading else str(exc)
+        said = str(exc) if reader_option is None else f"{shown(exc.where)}: {exc.trouble}; {_unsaved(reader_option)}"
         log.warning("vector index not saved: %s", said)
     except VectorIndexError as exc:  # a full disk
         log.warning("vector index not saved: %s", exc)

@@ -1,9 +1,10 @@
 """How every progress bar says how far it is and how fast it goes: a count and a rate in one unit, named.
 
-`index` counted files on its bar and gave windows per second beside them (`7/36  2.6 windows/s`), which read as 7
-of 36 windows. Each bar now names what it counts, and its rate is of the same thing: `120/400 windows  2.6
-windows/s`, `7 clips  4.1 clips/s`, `120/1000 steps  1.6 steps/s`. The commands (`cli.progress_bars`) and the trainer,
-which does not import the command line, draw their bars with `CountColumn`.
+A bar names what it counts, and its rate is of the same thing, so that no count reads as another's: `120/400
+windows  2.6 windows/s`, `7 clips  4.1 clips/s` (no total known yet), `120/1000 steps  1.6 steps/s`. `CountColumn`
+draws that column from a task's `unit` and `rate` fields, `Rate` keeps the mean rate over a pass, and
+`count_and_rate` writes the text. The commands (`cli.progress_bars`) and the trainer, which does not import the
+command line, draw their bars with it.
 """
 
 from __future__ import annotations

@@ -354,7 +354,9 @@ def query_embedder(library: Library, model: str | None = None, device: str = "au
     if meta is None:
         from .library import EmptyLibraryError
 
-        raise EmptyLibraryError(library.name, "the index is empty: run `pengi-search index PATH` first")
+        raise EmptyLibraryError(
+            library.name, f"the index is empty: run `pengi-search index PATH{library.store.db_option}` first"
+        )
     spec = EmbedderSpec.of_embedder_id(meta.embedder.name)
     if spec is None:
         raise StoreMismatchError(
@@ -396,7 +398,7 @@ def _text_tower_model(library: Library, embedder_id: str, model: str | None) -> 
             library.name,
             f"the index was built with the text embedder of model {builder}, "
             f"but {model_dir.path} is {model_dir.identity}. Pass that model with --model, or re-index the library "
-            "with this one (pengi-search index PATH --model ...)",
+            f"with this one (pengi-search index PATH --model ...{library.store.db_option})",
         )
     return model_dir
 
@@ -481,7 +483,8 @@ def _caption_index(library: Library) -> Any:
             raise
         raise EmptyLibraryError(
             exc.where,
-            "no window has captions yet: `pengi-search index PATH` writes them; `--rank audio` searches without them",
+            f"no window has captions yet: `pengi-search index PATH{library.store.db_option}` writes them; "
+            "`--rank audio` searches without them",
         ) from None
 
 

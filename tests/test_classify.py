@@ -369,16 +369,17 @@ def test_captions_of_a_fast_index_serve_a_fast_run_only(tiny_model_dir, tmp_path
     db = str(tmp_path / "lib.db")
     index_folder(db, tmp_path / "sounds", tiny_model_dir, beam=2, max_len=3, fast=True)
     captioned_work["captioned"] = 0  # the index run's
-    settings = ClassifySettings(beam=2, max_len=3)
 
-    def source(fast: bool) -> str:
+    def source(fast: bool, beam: int = 2) -> str:
         with Library.open(db) as library:
             model = ModelDir.read(tiny_model_dir)
+            settings = ClassifySettings(beam=beam, max_len=3)
             c = Classifier(LABELS, settings, model_dir=model, library=library, device="cpu", fast=fast)
             return c.classify(path).source
 
     assert source(fast=False) == "decoded" and captioned_work["captioned"] == 1
     assert source(fast=True) == "index" and captioned_work["captioned"] == 1
+    assert source(fast=True, beam=5) == "index"  # --fast decodes one beam, whatever --beam asks
 
 
 def test_stored_audio_embeddings_serve_loglik_whatever_the_decoding_settings(beam_2_library, tiny_model_dir):

@@ -278,7 +278,7 @@ def test_a_reader_that_cannot_save_the_faiss_files_says_it_brings_them_up_to_dat
     assert caplog.messages == [  # the captions' index, which the query searches
         f"vector index not saved: {library.parent}: cannot write in the folder (permission denied); it is brought up "
         "to date in memory for this command (one that can write in the folder saves it, such as `pengi-search "
-        "rebuild-index`)"
+        f"rebuild-index --db {library}`)"  # of that library, not the default one
     ]
 
 

@@ -218,6 +218,22 @@ def test_captions_decoded_with_other_settings_are_not_taken_the_audio_is(
     assert {text["decoding"] for text in rows["copy.wav"]["windows"][0]["texts"]} == {decoding}
 
 
+def test_fast_runs_record_the_one_beam_they_decode_with_and_take_each_others_captions_whatever_beam_they_ask(
+    tiny_model_dir, tree, tmp_path, model_work
+):
+    """--fast decodes greedily whatever --beam asks, and its texts say so: a copy found by a --fast run asking
+    another --beam takes the answers the first --fast run decoded exactly as it would decode them."""
+    db = indexed(tree, tmp_path / "lib.db", tiny_model_dir, model_work, fast=True, beam=2)
+    assert {text["decoding"] for row in db_content(db) for window in row["windows"] for text in window["texts"]} == {
+        "beam=1 max_len=3 stop=both"
+    }
+    shutil.copy(tree / "short.wav", tree / "copy.wav")
+
+    summary = run_index(quick_options([tree], db, tiny_model_dir, fast=True, beam=3))
+    assert (summary.indexed, summary.reused, summary.captioned) == (1, 1, 0)
+    assert model_work == {"loads": 0, "embedded": 0, "captioned": 0}
+
+
 def test_texts_record_their_decoding_settings_and_unrecorded_ones_count_as_this_runs(tmp_path):
     def accepts(decoding: str | None, **asked) -> bool:
         options = quick_options([tmp_path], tmp_path / "lib.db", tmp_path, **asked)

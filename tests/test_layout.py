@@ -8,7 +8,12 @@ on it, so it imports neither the indexer, the trainer nor the command line.
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 from pathlib import Path
+
+import pytest
+
+import pengi_search
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("pengi_search", "indexer", "trainer")
@@ -78,3 +83,17 @@ def test_the_import_reader_sees_relative_and_nested_imports(tmp_path):
     module.parent.mkdir(parents=True)
     module.write_text("def run():\n    from ..cli.common import fail\n    import indexer.scan\n")
     assert {"pengi_search.cli.common", "indexer.scan"} <= imported_modules(module, tmp_path)
+
+
+def test_the_version_is_set_in_one_place_and_the_installed_package_reports_it():
+    """pyproject.toml reads it from `pengi_search.__version__` (which `--version`, `doctor`, `serve` and the eval
+    reports give), so a release bumps one line; the installed metadata says the same."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+; 3.10 builds the same file all the same
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "pengi_search.__version__"}
+    try:
+        installed = importlib.metadata.version("pengi-search")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("pengi-search is not installed, only on the path")
+    assert installed == pengi_search.__version__

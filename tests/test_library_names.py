@@ -84,7 +84,9 @@ def test_an_empty_library_is_named_as_typed(here, tiny_model_dir):
     Store.open("lib.db").close()
     result = run("query", "rain", "--db", "lib.db", "--model", tiny_model_dir)
     assert result.exit_code == EXIT_FAILED
-    assert result.stderr.splitlines() == ["error: lib.db: the index is empty: run `pengi-search index PATH` first"]
+    assert result.stderr.splitlines() == [
+        "error: lib.db: the index is empty: run `pengi-search index PATH --db lib.db` first"  # for that library
+    ]
 
 
 def test_a_library_another_run_holds_is_named_as_typed(here):

@@ -4,6 +4,7 @@ which old paths, gone from disk, are still indexed and how to forget them."""
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import sqlite3
 from pathlib import Path
@@ -49,20 +50,24 @@ def test_a_renamed_root_is_reused_and_the_run_names_the_gone_folder_to_forget_wi
 
 
 def test_the_summary_says_how_many_files_and_the_remove_command_that_forgets_the_gone_ones(
-    sounds, tmp_path, tiny_model_dir
+    sounds, tmp_path, tiny_model_dir, monkeypatch
 ):
+    """The command names the library given with --db, so that, pasted, it acts on that library, not the default."""
+    monkeypatch.chdir(tmp_path)
     audio = tmp_path / "Audio"
     os.rename(sounds, audio)
-    args = ["index", str(audio), "--db", str(tmp_path / "lib.db"), "--model", str(tiny_model_dir), *QUICK]
-    result = runner.invoke(app, args)
+    os.rename("lib.db", "my lib.db")  # a name the shell must have quoted
+    result = runner.invoke(app, ["index", str(audio), "--db", "my lib.db", "--model", str(tiny_model_dir), *QUICK])
     assert result.exit_code == 0, result.output
     assert result.stderr.splitlines() == [
         f"note: 3 files are copies of indexed files gone from disk at or under {sounds} (queries still find them "
-        f"there): pengi-search remove {sounds} forgets them"
+        f"there): pengi-search remove {sounds} --db 'my lib.db' forgets them"
     ]
-    forget = runner.invoke(app, ["remove", str(sounds), "--db", str(tmp_path / "lib.db")])
+    pasted = shlex.split(result.stderr.partition("): ")[2].removesuffix(" forgets them\n"))
+    assert pasted[0] == "pengi-search"
+    forget = runner.invoke(app, pasted[1:])
     assert forget.exit_code == 0, forget.output
-    assert indexed_paths(tmp_path / "lib.db") == sorted(str(path) for path in audio.rglob("*.*"))
+    assert indexed_paths(tmp_path / "my lib.db") == sorted(str(path) for path in audio.rglob("*.*"))
 
 
 def test_files_moved_out_of_a_folder_that_keeps_indexed_files_are_named_one_by_one(sounds, tmp_path, tiny_model_dir):

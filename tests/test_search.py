@@ -24,7 +24,7 @@ from pengi_search.embedders import (
     SentenceTransformerEmbedder,
     TextEmbedderError,
 )
-from pengi_search.errors import OptionError
+from pengi_search.errors import EXIT_FAILED, OptionError, PengiSearchError
 from pengi_search.library import EmptyLibraryError, Library
 from pengi_search.model import Pengi
 from pengi_search.model_dir import ModelDir
@@ -120,10 +120,14 @@ def test_numpy_text_tower_stops_at_the_first_end_token(tiny_model_dir):
 
 
 def test_numpy_text_tower_names_a_broken_tokenizer_file(tiny_model_dir, tmp_path):
+    """One of the errors a user reads (`where`: the file; the CLI's one line and exit code 1)."""
     copy = shutil.copytree(tiny_model_dir, tmp_path / "model")
-    (copy / TOKENIZER_DIR / "clip" / "tokenizer.json").write_text("{ not json")
-    with pytest.raises(TokenizerFileError, match=r"clip.tokenizer\.json"):
+    broken = copy / TOKENIZER_DIR / "clip" / "tokenizer.json"
+    broken.write_text("{ not json")
+    with pytest.raises(TokenizerFileError, match=r"clip.tokenizer\.json") as failure:
         NumpyTextEmbedder.from_model_dir(ModelDir.read(copy))
+    assert isinstance(failure.value, PengiSearchError) and failure.value.exit_code == EXIT_FAILED
+    assert failure.value.where == str(broken) and str(failure.value).startswith(f"{broken}: ")
 
 
 def test_mapped_tensors_reads_every_float_type(tmp_path):

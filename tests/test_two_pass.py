@@ -158,9 +158,9 @@ def test_stats_and_index_say_how_many_windows_have_captions(tiny_model_dir, tree
     result = runner.invoke(app, ["index", str(tree), *common, "--captions", "later", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "0 windows captioned" in result.stdout
-    assert "4 windows have no captions yet: run `pengi-search index` on the same path again" in result.stdout
+    assert f"4 windows have no captions yet: run `pengi-search index --db {db}` on the same path again" in result.stdout
     result = runner.invoke(app, ["stats", "--db", str(db)])
-    assert "captions: 0 of 4 windows (4 waiting" in result.stdout
+    assert f"captions: 0 of 4 windows (4 waiting: `pengi-search index PATH --db {db}` writes them)" in result.stdout
     assert json.loads(runner.invoke(app, ["stats", "--db", str(db), "--json"]).stdout)["captions"] == {
         "windows": 4,
         "captioned": 0,

@@ -180,14 +180,14 @@ def test_a_later_run_is_one_line_with_the_time_none_with_quiet_and_failures_alwa
     summary = IndexSummary("sqlite:///lib.db", indexed=2, pruned=1, seconds=1.26)
     summary.failed.append(FailedFile("/sounds/bad.wav", "not a readable audio file"))
     failure = "failed /sounds/bad.wav: not a readable audio file\n"
-    _print_run_line(summary, quiet=False, verbose=False)
+    _print_run_line(summary, quiet=False, verbose=False, db_option="")
     out, err = capsys.readouterr()
     assert re.fullmatch(r"\d\d:\d\d:\d\d indexed 2 files, removed 1, 1 failed \(1.3 s\)\n", out)
     assert err == failure
-    _print_run_line(summary, quiet=True, verbose=False)
+    _print_run_line(summary, quiet=True, verbose=False, db_option="")
     assert capsys.readouterr() == ("", failure)
     summary.reused = 1  # a file moved: indexed from its old path's windows
-    _print_run_line(summary, quiet=False, verbose=False)
+    _print_run_line(summary, quiet=False, verbose=False, db_option="")
     assert re.fullmatch(
         r"\d\d:\d\d:\d\d indexed 2 files \(1 reused\), removed 1, 1 failed \(1.3 s\)\n", capsys.readouterr().out
     )
@@ -196,7 +196,7 @@ def test_a_later_run_is_one_line_with_the_time_none_with_quiet_and_failures_alwa
 def test_a_later_run_with_json_is_one_json_line_and_its_failures_still_go_to_stderr(capsys):
     summary = IndexSummary("sqlite:///lib.db", indexed=2, pruned=1, seconds=1.26)
     summary.failed.append(FailedFile("/sounds/bad.wav", "not a readable audio file"))
-    _print_json_summary(summary, line=True, verbose=False)
+    _print_json_summary(summary, line=True, verbose=False, db_option="")
     out, err = capsys.readouterr()
     assert out.count("\n") == 1 and json.loads(out)["failed"] == [summary.failed[0].to_json()]
     assert err == "failed /sounds/bad.wav: not a readable audio file\n"

@@ -220,18 +220,22 @@ def index(
     def run() -> IndexSummary:
         return _run_once(options, show_progress(quiet, json_output))
 
+    from ..db.urls import db_option
+
+    option = db_option(db)  # carried by the commands that the summary and notes suggest
+
     def report(summary: IndexSummary) -> None:
         if json_output:  # with --watch, JSON lines: one summary a run, the first one's too
-            _print_json_summary(summary, line=watch, verbose=verbose)
+            _print_json_summary(summary, line=watch, verbose=verbose, db_option=option)
         else:
-            _print_summary(summary, paths=len(paths), verbose=verbose)
+            _print_summary(summary, paths=len(paths), verbose=verbose, db_option=option)
         _warn_if_nothing_found(summary, paths, ext)
 
     if watch:
         each = (
-            functools.partial(_print_json_summary, line=True, verbose=verbose)
+            functools.partial(_print_json_summary, line=True, verbose=verbose, db_option=option)
             if json_output
-            else functools.partial(_print_run_line, quiet=quiet, verbose=verbose)
+            else functools.partial(_print_run_line, quiet=quiet, verbose=verbose, db_option=option)
         )
         keep_watching(options, debounce, run, report, each, quiet=quiet)
     summary = run()
@@ -272,15 +276,15 @@ def _warn_if_nothing_found(summary: IndexSummary, paths: list[str], ext: str | N
         warn(f"no audio file{asked} found in {', '.join(map(shown, paths))}")
 
 
-def _print_json_summary(summary: IndexSummary, *, line: bool, verbose: bool) -> None:
+def _print_json_summary(summary: IndexSummary, *, line: bool, verbose: bool, db_option: str) -> None:
     """The run's summary on stdout (with `line`, as one line of `--watch`'s stream), and what it found wrong on
     stderr as without --json: a script that logs stderr reads `failed PATH: reason` there, as it reads the
     `skipped` lines of `describe --json` and `classify --json`."""
     print_json(summary.to_json(), line=line)
-    _print_problems(summary, verbose=verbose)
+    _print_problems(summary, verbose=verbose, db_option=db_option)
 
 
-def _print_run_line(summary: IndexSummary, *, quiet: bool, verbose: bool) -> None:
+def _print_run_line(summary: IndexSummary, *, quiet: bool, verbose: bool, db_option: str) -> None:
     """A run of `index --watch` after the first: what changed, on one line with the time (none with --quiet), and
     what went wrong, as every run says it."""
     if not quiet:
@@ -290,10 +294,12 @@ def _print_run_line(summary: IndexSummary, *, quiet: bool, verbose: bool) -> Non
             markup=False,
             soft_wrap=True,
         )
-    _print_problems(summary, verbose=verbose)
+    _print_problems(summary, verbose=verbose, db_option=db_option)
 
 
-def _print_summary(summary: IndexSummary, *, paths: int, verbose: bool = False) -> None:
+def _print_summary(summary: IndexSummary, *, paths: int, verbose: bool, db_option: str) -> None:
+    """The run's summary on stdout; `db_option`: what the commands it suggests add to act on this library
+    (`urls.db_option`: ` --db VALUE` when the user named one)."""
     shard = f" (shard {summary.shard})" if summary.shard else ""
     out_console.print(
         f"indexed {count_text(summary.indexed, 'file')}{_reused(summary, ' reused from identical files')}, "
@@ -309,14 +315,15 @@ def _print_summary(summary: IndexSummary, *, paths: int, verbose: bool = False) 
     if missing := summary.captions_missing:  # `paths`: how many the command was given
         out_console.print(
             f"{count_text(missing, 'window')} {for_count(missing, 'has', 'have')} no captions yet: run `pengi-search "
-            f"index` on the same {for_count(paths, 'path', 'paths')} again to write them (meanwhile `query` ranks by "
-            "audio embeddings)",
+            f"index{db_option}` on the same {for_count(paths, 'path', 'paths')} again to write them (meanwhile "
+            "`query` ranks by audio embeddings)",
+            markup=False,  # the --db value is the user's text
             soft_wrap=True,
         )
     if skipped := summary.skipped_errors:
         failed_before = f"{count_text(skipped, 'file')} that failed before {for_count(skipped, 'was', 'were')}"
         out_console.print(f"{failed_before} skipped (--retry-errors; `stats` lists them)")
-    _print_problems(summary, verbose=verbose)
+    _print_problems(summary, verbose=verbose, db_option=db_option)
 
 
 def _kept(summary: IndexSummary) -> str:
@@ -333,7 +340,7 @@ def _reused(summary: IndexSummary, what: str) -> str:
     return f" ({summary.reused}{what})" if summary.reused else ""
 
 
-def _print_problems(summary: IndexSummary, *, verbose: bool) -> None:
+def _print_problems(summary: IndexSummary, *, verbose: bool, db_option: str) -> None:
     """What a run found wrong or odd, on stderr: runs left dead, files that failed, warnings (decoders' messages
     with `verbose`)."""
     from ..pathnames import shown
@@ -348,10 +355,10 @@ def _print_problems(summary: IndexSummary, *, verbose: bool) -> None:
     for note in summary.decoder_notes if verbose else ():
         err_console.print(f"decoder {escape(shown(note.path))}: {escape(note.message)}", soft_wrap=True)
     for gone in summary.gone_sources:
-        err_console.print(f"note: {_gone_note(gone.path, gone.files)}", markup=False, soft_wrap=True)
+        err_console.print(f"note: {_gone_note(gone.path, gone.files, db_option)}", markup=False, soft_wrap=True)
 
 
-def _gone_note(path: str, files: int) -> str:
+def _gone_note(path: str, files: int, db_option: str) -> str:
     """How a run says that files it copied came from indexed files gone from disk at or under `path`: they are
     still indexed (each query finds those sounds twice), and the run leaves them to the user to forget."""
     import shlex
@@ -362,5 +369,5 @@ def _gone_note(path: str, files: int) -> str:
     them = for_count(files, "it", "them")
     return (
         f"{count_text(files, 'file')} {copies} gone from disk at or under {shown(path)} (queries still find "
-        f"{them} there): pengi-search remove {shlex.quote(shown(path))} forgets {them}"
+        f"{them} there): pengi-search remove {shlex.quote(shown(path))}{db_option} forgets {them}"
     )

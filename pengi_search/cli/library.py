@@ -78,6 +78,7 @@ def stats(db: DbOption = None, json_output: JsonOption = False) -> None:
     Example: pengi-search stats --json
     """
     from ..db import caption_counts, caption_modes, sqlite_file
+    from ..db.urls import db_option
     from ..library import Library
     from ..pathnames import path_fields
 
@@ -95,7 +96,7 @@ def stats(db: DbOption = None, json_output: JsonOption = False) -> None:
     if json_output:
         print_json(data)
     else:
-        _print_stats(data)
+        _print_stats(data, db_option(db))
 
 
 @handle_errors
@@ -203,7 +204,8 @@ def _sqlite_bytes(db_file: Path) -> int | None:
     return None if sizes[0] is None else sum(size or 0 for size in sizes)
 
 
-def _print_stats(data: dict[str, Any]) -> None:
+def _print_stats(data: dict[str, Any], db_option: str) -> None:
+    """`stats` as text; `db_option`: what its command suggestions add to act on this library (`urls.db_option`)."""
     from ..pathnames import shown
 
     files = data["files"]
@@ -211,7 +213,7 @@ def _print_stats(data: dict[str, Any]) -> None:
         _database_line(data["database"], data["database_bytes"]),
         f"files: {files['total']} ({files['indexed']} indexed, {files['pending']} pending, {files['error']} failed)",
         f"windows: {data['windows']}, texts: {data['texts']}, audio: {duration_text(data['indexed_audio_s'])}",
-        _captions_line(data["captions"]),
+        _captions_line(data["captions"], db_option),
     ]
     model = data["model"]
     if model:
@@ -266,12 +268,12 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {minutes} min" if hours else f"{minutes} min {secs} s" if minutes else f"{seconds:.1f} s"
 
 
-def _captions_line(captions: dict[str, Any]) -> str:
+def _captions_line(captions: dict[str, Any], db_option: str) -> str:
     line = f"captions: {captions['captioned']} of {captions['windows']} windows"
     if captions["by_mode"]:  # how they were generated: exact, or a --fast mode (not bit-identical)
         line += " (" + ", ".join(f"{mode}: {count}" for mode, count in captions["by_mode"].items()) + ")"
     if captions["missing"]:
-        line += f" ({captions['missing']} waiting: `pengi-search index PATH` writes them)"
+        line += f" ({captions['missing']} waiting: `pengi-search index PATH{db_option}` writes them)"
     return line
 
 

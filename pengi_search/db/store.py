@@ -31,7 +31,7 @@ from .reads import LibraryReads
 from .records import FileRecord, FileStamp, ReplaceResult, StoredAudio, WindowInput
 from .runs import RunJournal
 from .schema import AudioFileRow, GeneratedTextRow, WindowRow, WindowVectorRow
-from .urls import library_name, library_name_of_url
+from .urls import db_option, library_name, library_name_of_url
 
 
 class Store(RunJournal, LibraryReads, IndexBuild):
@@ -42,10 +42,14 @@ class Store(RunJournal, LibraryReads, IndexBuild):
     the index (`index_meta`, `check_compatible`, `vector_indexes`, ...) from `index_meta`.
     """
 
-    def __init__(self, engine: Engine, *, read_only: bool = False, name: str | None = None) -> None:
+    def __init__(
+        self, engine: Engine, *, read_only: bool = False, name: str | None = None, db_option: str = ""
+    ) -> None:
         """Wrap an engine whose database is already migrated; use `Store.open` instead.
 
-        `name`: how errors name the library (`urls.library_name`); by default, as its URL names it."""
+        `name`: how errors name the library (`urls.library_name`); by default, as its URL names it. `db_option`:
+        what the commands that messages suggest add to act on this library (`urls.db_option`: ` --db VALUE` when
+        the user named one), so that a pasted suggestion does not act on the default library."""
         self._engine = engine
         self.read_only = read_only
         # Every read sees one snapshot, as SQLite's WAL readers do (PostgreSQL's default is per statement).
@@ -55,6 +59,7 @@ class Store(RunJournal, LibraryReads, IndexBuild):
         self._write = sessionmaker(engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False)
         self.url = engine.url.render_as_string(hide_password=True)  # what it is: FAISS file names, `stats`
         self.name = name or library_name_of_url(engine.url)  # how the user named it: every error's `where`
+        self.db_option = db_option
 
     @classmethod
     def open(cls, db: str | os.PathLike[str] | None = None, *, create: bool = True, read_only: bool = False) -> Store:
@@ -64,7 +69,7 @@ class Store(RunJournal, LibraryReads, IndexBuild):
         it. `read_only`: never create, and write nothing (see `pengi_search.db.access`).
         """
         engine = open_engine(db, create=create, read_only=read_only)
-        return cls(engine, read_only=read_only, name=library_name(db))
+        return cls(engine, read_only=read_only, name=library_name(db), db_option=db_option(db))
 
     @property
     def engine(self) -> Engine:

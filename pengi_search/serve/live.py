@@ -22,7 +22,7 @@ import faiss
 import numpy as np
 
 from ..db import VECTOR_KINDS, CaptionCounts, Store, caption_counts
-from ..library import EmptyLibraryError, Library
+from ..library import EmptyLibraryError, Library, empty_library_hint
 from ..vectors import FetchFn, VectorIndex
 from . import catalog
 
@@ -124,7 +124,7 @@ class LiveLibrary(Library):
         self.refresh()
         index = self._live.get(kind)
         if index is None:
-            raise EmptyLibraryError(self.name, f"no {kind} vectors indexed yet; run `pengi-search index PATH...` first")
+            raise EmptyLibraryError(self.name, empty_library_hint(kind, self.store.db_option))
         return index
 
     def caption_counts(self) -> CaptionCounts:
