@@ -10,6 +10,7 @@ Index types:
   that recall stays high; needs IVFPQ_MIN_VECTORS to train and falls back to 'flat' below that.
 
 When faiss has GPU support and a GPU is visible, exact ('flat') searches run on the GPU; everything else is CPU.
+A filtered search of an HNSW or IVF-PQ index that allows few of its vectors is exact among them (FEW_ALLOWED_SHARE).
 
 Removal: a flat index removes in place. An HNSW graph cannot drop a node, and an IVF-PQ index's codes and exact
 vectors are kept by position, so re-filling either costs as much as building it; instead their removed ids become
@@ -49,6 +50,12 @@ _TRAIN_SEED = 1234
 # Tombstones past this share of the stored vectors are compacted away: searches stay as fast as those of a rebuilt
 # index, and one large removal (a folder) costs a single re-fill rather than a file that keeps growing.
 COMPACT_FRACTION = 0.2
+# A filtered HNSW or IVF-PQ search allowing at most this share of the live vectors (a folder, a rare name) is exact
+# among them: the graph or the cells probed hold few allowed vectors near the query (of the 10 best allowed among
+# 20,000 clustered vectors, HNSW found 4 at 1%, 1 at 0.2%; 9.6 at 5%). Exact, it costs at most this share of a flat
+# search.
+FEW_ALLOWED_SHARE = 0.1
+_RECONSTRUCTED_ROWS = 1 << 16  # stored vectors copied out at a time by an exact filtered search
 
 FetchFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -282,9 +289,12 @@ class VectorIndex:
         if int(k) < 1:
             raise VectorIndexError("search", f"k must be at least 1, got {k}")
         query = l2_normalise(queries, self.dim, where="query")
-        selector, keep_alive = self._selector(allowed_ids)
-        if len(self) == 0 or (keep_alive is not None and not keep_alive.any()):
+        allowed = self._allowed_positions(allowed_ids)
+        if len(self) == 0 or (allowed is not None and not allowed.any()):
             return _empty_hits(len(query), int(k))
+        if allowed is not None and self.type != "flat" and allowed.sum() <= FEW_ALLOWED_SHARE * len(self):
+            return self._exact_among(query, int(k), np.flatnonzero(allowed))
+        selector, _bitmap = self._selector(allowed)
         index = self._search_index() if selector is None else self._inner
         params = self._search_params(int(k), selector, min(int(exact_top or k), int(k)))
         scores, positions = index.search(query, int(k), params=params)
@@ -361,21 +371,42 @@ class VectorIndex:
             self._positions_to_ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
         return self._positions_to_ids
 
-    def _selector(self, allowed_ids: np.ndarray | None) -> tuple[Any, np.ndarray | None]:
-        """A faiss selector over index positions: the allowed ids that are live (and the bitmap it reads, which
-        must outlive the search). None without a filter or tombstones."""
-        if allowed_ids is None and not self._dead.size:
-            return None, None
+    def _allowed_positions(self, allowed_ids: np.ndarray | None) -> np.ndarray | None:
+        """Per position: whether its id is allowed and live. None without a filter."""
         if allowed_ids is None:
+            return None
+        mask = np.isin(self._id_map(), np.asarray(allowed_ids, dtype=np.int64))
+        if self._dead.size:
+            mask &= self._live_mask()
+        return mask
+
+    def _selector(self, allowed: np.ndarray | None) -> tuple[Any, np.ndarray | None]:
+        """A faiss selector over index positions: those `allowed` (`_allowed_positions`), else the live ones (and
+        the bitmap it reads, which must outlive the search). None without a filter or tombstones."""
+        if allowed is None and not self._dead.size:
+            return None, None
+        if allowed is None:
             if self._live_bitmap is None:  # kept: every unfiltered search of an index with tombstones reads it
                 self._live_bitmap = np.packbits(self._live_mask(), bitorder="little")
             bitmap = self._live_bitmap
         else:
-            mask = np.isin(self._id_map(), np.asarray(allowed_ids, dtype=np.int64))
-            if self._dead.size:
-                mask &= self._live_mask()
-            bitmap = np.packbits(mask, bitorder="little")
+            bitmap = np.packbits(allowed, bitorder="little")
         return faiss.IDSelectorBitmap(int(self._index.ntotal), faiss.swig_ptr(bitmap)), bitmap
+
+    def _exact_among(self, query: np.ndarray, k: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`search`'s results among the stored vectors at `positions`, by exact cosine (the stored vectors are unit
+        length; IVF-PQ's are its refinement's, exact or 8-bit)."""
+        scores = np.empty((len(query), len(positions)), np.float32)
+        for start in range(0, len(positions), _RECONSTRUCTED_ROWS):
+            chunk = positions[start : start + _RECONSTRUCTED_ROWS]
+            scores[:, start : start + len(chunk)] = query @ self._inner.reconstruct_batch(chunk).T
+        take = min(k, len(positions))
+        best = np.argpartition(-scores, take - 1, axis=1)[:, :take]
+        best = np.take_along_axis(best, np.argsort(-np.take_along_axis(scores, best, axis=1), axis=1), axis=1)
+        found_scores, found_ids = _empty_hits(len(query), k)
+        found_scores[:, :take] = np.take_along_axis(scores, best, axis=1)
+        found_ids[:, :take] = self._id_map()[positions[best]]
+        return found_scores, found_ids
 
     def _search_params(self, k: int, selector: Any, exact_top: int) -> Any:
         if self.type == "hnsw":

@@ -114,6 +114,22 @@ def test_filtered_search_returns_only_allowed_ids(kind: str, trained: tuple) -> 
     assert (none_found == -1).all()
 
 
+@pytest.mark.parametrize("kind", ["hnsw", "ivfpq"])
+def test_a_filter_that_allows_few_ids_finds_the_best_of_them_as_an_exact_search_does(kind: str, trained: tuple) -> None:
+    """A folder or a rare name allows few windows: an HNSW graph or the IVF cells probed hold few of them near the
+    query, and the approximate search found 1 to 5 of 10 that were there (0.2% to 1% of a library). The search,
+    whose results the caller takes as complete, is exact among them instead."""
+    ids, vectors, index = trained if kind == "ivfpq" else approximate(kind, IVFPQ_MIN_VECTORS)
+    queries = clustered(20, seed=4)
+    allowed = ids[::400]  # 25 of 10,000
+    scores, found = index.search(queries, 10, allowed_ids=allowed)
+    expected_scores, expected = brute_force(allowed, vectors[::400], queries, 10)
+    np.testing.assert_array_equal(found, expected)
+    np.testing.assert_allclose(scores, expected_scores, rtol=0, atol=1e-5)
+    _, every_one = index.search(queries[:1], 40, allowed_ids=allowed)
+    assert sorted(every_one[0, :25].tolist()) == allowed.tolist() and (every_one[0, 25:] == -1).all()
+
+
 def test_hnsw_recall_on_a_small_set() -> None:
     vectors, ids, queries = clustered(3000), sparse_ids(3000), clustered(100, seed=3)
     index = VectorIndex.build(ids, vectors, IndexParams(type="hnsw", ef_search=64))
