@@ -608,3 +608,43 @@ def test_a_clip_dropped_on_an_upload_form_is_its_clip_and_one_dropped_beside_the
     form.find_element(By.CSS_SELECTOR, "button").click()
     result = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#result h2"), "the similar sounds")[0]
     assert result.text == "Sounds like bell.wav"
+
+
+def test_more_results_adds_the_next_page_which_a_reload_keeps(server, driver):
+    """A sound designer goes down the list: "More results" adds the next page below the hits (ranked on, playable,
+    reached by the arrow keys from the hits before), the focus on its first hit; the address says how many pages
+    the page shows, so that a reload shows them all; once every result is shown, the link goes."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    address, _library = server
+    driver.get_log("browser")  # what earlier tests logged
+    driver.get(f"{address}/?q=a+bell+rings&by=window&k=2")
+    wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "li.hit")) == 2, "the first page")
+    driver.find_element(By.CSS_SELECTOR, "a.more-results").click()
+    wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "li.hit")) == 4, "the next page added")
+    hits = driver.find_elements(By.CSS_SELECTOR, "li.hit")
+    assert [hit.find_element(By.CSS_SELECTOR, ".rank").text for hit in hits] == ["1", "2", "3", "4"]
+    assert driver.execute_script("return location.pathname + location.search + location.hash") == (
+        "/?q=a+bell+rings&by=window&k=2&pages=2"
+    )
+    assert driver.switch_to.active_element == hits[2].find_element(By.CSS_SELECTOR, "a.path")
+
+    waveforms = [hit.find_element(By.CSS_SELECTOR, "canvas.waveform") for hit in hits]
+    assert [w.get_attribute("tabindex") for w in waveforms] == ["0", "-1", "-1", "-1"]  # still one Tab stop
+    driver.execute_script("arguments[0].focus()", waveforms[0])
+    press(driver, Keys.END)
+    assert driver.switch_to.active_element == waveforms[3]
+    press(driver, Keys.ENTER)
+    added = hits[3].find_element(By.CSS_SELECTOR, "audio.player")
+    wait_for(driver, lambda d: not audio_state(d, added)["paused"], "an added hit playing")
+    driver.execute_script("arguments[0].pause()", added)
+
+    driver.refresh()
+    wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "li.hit")) == 4, "the 4 results after a reload")
+    driver.find_element(By.CSS_SELECTOR, "a.more-results").click()
+    wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "li.hit")) == 5, "the last result")
+    assert not driver.find_elements(By.CSS_SELECTOR, "a.more-results")  # 1 of 2: every result is shown
+    assert driver.execute_script("return location.search") == "?q=a+bell+rings&by=window&k=2&pages=3"
+    problems = [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+    assert problems == []
