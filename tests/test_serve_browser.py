@@ -648,3 +648,41 @@ def test_more_results_adds_the_next_page_which_a_reload_keeps(server, driver):
     assert driver.execute_script("return location.search") == "?q=a+bell+rings&by=window&k=2&pages=3"
     problems = [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
     assert problems == []
+
+
+def press_own_play(driver, audio) -> None:
+    """A click on the audio element's own play button (the first of its controls, at its left end)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    width = audio.size["width"]
+    ActionChains(driver).move_to_element_with_offset(audio, -width // 2 + 16, 0).click().perform()
+
+
+@pytest.mark.parametrize("page", ["hit", "file"])
+def test_a_players_own_play_button_plays_again_once_the_audio_is_back(server, driver, page):
+    """The player's own play button, like *Play hit*, asks the server anew after a failure: pressed while the file
+    is gone, the player says why; pressed once it is back, it plays (a hit from its start)."""
+    from selenium.webdriver.common.by import By
+
+    address, library = server
+    rain = library.files["weather/rain.flac"]
+    aside = rain.with_name("rain.flac.aside")
+    hit = top_hit(address, "thunder rolls in the distance")
+    if page == "hit":
+        driver.get(f"{address}/?q=thunder+rolls+in+the+distance&k=1")
+        audio, start = driver.find_element(By.CSS_SELECTOR, "li.hit audio.player"), 3.0
+    else:
+        driver.get(f"{address}/files/{hit['file_id']}")
+        audio, start = driver.find_element(By.ID, "file-player"), 0.0
+    wait_for(driver, lambda d: d.execute_script("return document.readyState") == "complete", "the page")
+    rain.rename(aside)
+    try:
+        press_own_play(driver, audio)
+        wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".unplayable"), "why it did not play")
+    finally:
+        aside.rename(rain)
+    press_own_play(driver, audio)
+    wait_for(driver, lambda d: audio_state(d, audio)["t"] > start + 0.1, "playing again")
+    assert audio_state(driver, audio)["error"] is None
+    wait_for(driver, lambda d: not d.find_elements(By.CSS_SELECTOR, ".unplayable"), "the note gone")
+    driver.execute_script("arguments[0].pause()", audio)

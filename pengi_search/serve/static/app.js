@@ -38,7 +38,6 @@ function pauseOthers(current) {
 
 // Play `audio` from `start` and stop at `end` (seconds on the audio element's own time line).
 function playSpan(audio, start, end) {
-  loadAgainIfFailed(audio);
   pauseOthers(audio);
   audio.dataset.stopAt = String(end);
   audio.currentTime = start;
@@ -49,10 +48,15 @@ function playSpan(audio, start, end) {
   }, { once: true });
 }
 
-// A player that failed keeps its error, and plays nothing when pressed again, even once the server is back or the
-// file is restored: loaded anew (before its time is set, which loading resets), it asks the server again.
-function loadAgainIfFailed(audio) {
-  if (audio.error) audio.load();
+// A player that failed keeps its error, and plays nothing when pressed again (by *Play hit*, or by its own play
+// button, whose presses the page cannot hear), even once the server is back or the file restored. So it is loaded
+// anew at once, to wait as `preload="none"` makes it wait: loading then asks the server nothing (no request that
+// could fail again, in a loop) until it is played, and then asks anew.
+function loadAgainAfterFailure(audio) {
+  audio.addEventListener("error", () => {
+    audio.preload = "none";
+    audio.load();
+  });
 }
 
 // A player that fails after the page was made (its file gone or changed on disk since, the server stopped or
@@ -148,6 +152,7 @@ function setUpHits(hits) {
     if (!audio || !button) continue;
     stopAtEnd(audio);
     sayWhyNotPlayed(audio);
+    loadAgainAfterFailure(audio);
     const start = parseFloat(button.dataset.start), end = parseFloat(button.dataset.end);
     button.addEventListener("click", () => playSpan(audio, start, end));
     if (canvas) {
@@ -241,6 +246,7 @@ function setUpFile() {
   if (!player) return;
   stopAtEnd(player);
   sayWhyNotPlayed(player);
+  loadAgainAfterFailure(player);
   const windows = Array.from(document.querySelectorAll("li.window[data-start]"));
   const timeline = document.querySelector(".timeline");
   const box = document.querySelector(".spectrogram-box");
@@ -257,7 +263,6 @@ function setUpFile() {
     keyboardWindows(lanes, (lane) => seekTo(parseFloat(lane.dataset.start)));
   }
   function seekTo(start) {
-    loadAgainIfFailed(player);
     delete player.dataset.stopAt;
     pauseOthers(player);
     player.currentTime = start;
