@@ -686,3 +686,34 @@ def test_a_players_own_play_button_plays_again_once_the_audio_is_back(server, dr
     assert audio_state(driver, audio)["error"] is None
     wait_for(driver, lambda d: not d.find_elements(By.CSS_SELECTOR, ".unplayable"), "the note gone")
     driver.execute_script("arguments[0].pause()", audio)
+
+
+def test_a_player_started_in_one_tab_pauses_the_players_of_the_others(server, driver):
+    """Two tabs of the same server: a hit played in one pauses what plays in the other, which would otherwise go
+    on over it (here a player looping, so that it does not stop by itself)."""
+    from selenium.webdriver.common.by import By
+
+    address, _library = server
+    first = driver.current_window_handle
+    driver.get(f"{address}/?q=thunder+rolls+in+the+distance&k=1")
+    looping = driver.find_element(By.CSS_SELECTOR, "li.hit audio.player")
+    driver.execute_script("arguments[0].loop = true; arguments[0].play()", looping)
+    wait_for(driver, lambda d: audio_state(d, looping)["t"] > 0.2, "the first tab playing")
+    driver.switch_to.new_window("window")
+    second = driver.current_window_handle
+    try:
+        driver.get(f"{address}/?q=a+bell+rings&k=1")
+        driver.find_element(By.CSS_SELECTOR, "li.hit button.play-hit").click()
+        playing = driver.find_element(By.CSS_SELECTOR, "li.hit audio.player")
+        wait_for(driver, lambda d: not audio_state(d, playing)["paused"], "the second tab playing")
+        driver.switch_to.window(first)
+        wait_for(driver, lambda d: audio_state(d, looping)["paused"], "the first tab's player paused")
+        driver.switch_to.window(second)
+        assert not audio_state(driver, playing)["paused"]  # it does not pause itself
+    finally:
+        for handle in driver.window_handles:
+            if handle != first:
+                driver.switch_to.window(handle)
+                driver.close()
+        driver.switch_to.window(first)
+        driver.execute_script("arguments[0].pause()", looping)

@@ -36,9 +36,31 @@ function pauseOthers(current) {
   }
 }
 
+// One player at a time, in every tab of this server: a player that starts (by *Play hit*, a window, or its own
+// button) pauses the page's others, and tells the pages of the other tabs, which pause theirs. A BroadcastChannel
+// reaches the pages of one origin only (this server's); it is closed while the page is hidden away in the browser's
+// back/forward cache (where nothing plays), which may not keep a page that holds one open.
+const PLAYERS_CHANNEL = "pengi-search-players";
+
+function setUpOnePlayerAtATime() {
+  let channel = null;
+  const open = () => {
+    channel = new BroadcastChannel(PLAYERS_CHANNEL);
+    channel.addEventListener("message", () => pauseOthers(null));
+  };
+  if (window.BroadcastChannel) {
+    open();
+    window.addEventListener("pagehide", () => channel.close());
+    window.addEventListener("pageshow", (event) => event.persisted && open());
+  }
+  document.addEventListener("play", (event) => { // "play" does not bubble: heard on its way down
+    pauseOthers(event.target);
+    channel?.postMessage("playing");
+  }, true);
+}
+
 // Play `audio` from `start` and stop at `end` (seconds on the audio element's own time line).
 function playSpan(audio, start, end) {
-  pauseOthers(audio);
   audio.dataset.stopAt = String(end);
   audio.currentTime = start;
   const played = audio.play();
@@ -264,7 +286,6 @@ function setUpFile() {
   }
   function seekTo(start) {
     delete player.dataset.stopAt;
-    pauseOthers(player);
     player.currentTime = start;
     const played = player.play();
     if (played) played.catch(() => {});
@@ -434,6 +455,7 @@ function focusBoxAtFault() {
 
 window.addEventListener("load", focusBoxAtFault);
 document.addEventListener("DOMContentLoaded", () => {
+  setUpOnePlayerAtATime();
   setUpHits(document.querySelectorAll(".hit"));
   setUpMoreResults();
   setUpFile();
