@@ -141,6 +141,21 @@ def press(driver, key: str) -> None:
     ActionChains(driver).send_keys(key).perform()
 
 
+def play_by_keyboard(driver, hits, key: str, to: int):
+    """From the first hit's waveform, `key` moves the focus to hit `to`'s, and Enter plays it: its player."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    waveforms = [hit.find_element(By.CSS_SELECTOR, "canvas.waveform") for hit in hits]
+    driver.execute_script("arguments[0].focus()", waveforms[0])
+    press(driver, key)
+    assert driver.switch_to.active_element == waveforms[to]
+    press(driver, Keys.ENTER)
+    audio = hits[to].find_element(By.CSS_SELECTOR, "audio.player")
+    wait_for(driver, lambda d: not audio_state(d, audio)["paused"], f"hit {to + 1} playing")
+    return audio
+
+
 def test_search_listen_and_browse_in_a_real_browser(server, driver, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -175,12 +190,7 @@ def test_search_listen_and_browse_in_a_real_browser(server, driver, tmp_path):
     # By keyboard: the first waveform is the Tab stop, the arrow keys move to the next hit's, Enter plays that hit.
     waveforms = [hit.find_element(By.CSS_SELECTOR, "canvas.waveform") for hit in hits]
     assert len(waveforms) > 1 and [w.get_attribute("tabindex") for w in waveforms[:2]] == ["0", "-1"]
-    driver.execute_script("arguments[0].focus()", waveforms[0])
-    press(driver, Keys.ARROW_DOWN)
-    assert driver.switch_to.active_element == waveforms[1]
-    press(driver, Keys.ENTER)
-    second = hits[1].find_element(By.CSS_SELECTOR, "audio.player")
-    wait_for(driver, lambda d: not audio_state(d, second)["paused"], "the second hit playing")
+    second = play_by_keyboard(driver, hits, Keys.ARROW_DOWN, 1)
     assert audio_state(driver, audio)["paused"]  # one player at a time
     driver.execute_script("arguments[0].pause()", second)
 
@@ -632,12 +642,7 @@ def test_more_results_adds_the_next_page_which_a_reload_keeps(server, driver):
 
     waveforms = [hit.find_element(By.CSS_SELECTOR, "canvas.waveform") for hit in hits]
     assert [w.get_attribute("tabindex") for w in waveforms] == ["0", "-1", "-1", "-1"]  # still one Tab stop
-    driver.execute_script("arguments[0].focus()", waveforms[0])
-    press(driver, Keys.END)
-    assert driver.switch_to.active_element == waveforms[3]
-    press(driver, Keys.ENTER)
-    added = hits[3].find_element(By.CSS_SELECTOR, "audio.player")
-    wait_for(driver, lambda d: not audio_state(d, added)["paused"], "an added hit playing")
+    added = play_by_keyboard(driver, hits, Keys.END, 3)
     driver.execute_script("arguments[0].pause()", added)
 
     driver.refresh()
