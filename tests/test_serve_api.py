@@ -152,6 +152,38 @@ def test_search_filters(client, served):
     assert len(by_window) == 6  # every window of the 5 files
 
 
+def hits_of(client, served, endpoint, **params):
+    """The hits of a text search, "more like this" (bell.wav's window) or an uploaded clip's similar sounds."""
+    if endpoint == "similar":
+        params["window_id"] = hit_for(client, served, "bell.wav")["window_id"]
+    if endpoint == "upload":
+        clip = ("clip.wav", served.files["bell.wav"].read_bytes())
+        response = client.post("/api/similar", params=params, files={"file": clip})
+    else:
+        response = client.get(f"/api/{endpoint}", params={"q": "a bell rings", **params})
+    assert response.status_code == 200, response.text
+    return [(hit["path"], hit["window_id"], hit["score"]) for hit in response.json()]
+
+
+@pytest.mark.parametrize("endpoint", ["search", "similar", "upload"])
+@pytest.mark.parametrize("filters", [{"by": "window"}, {"by": "window", "ext": "wav,flac"}, {"min_duration": 2.5}])
+def test_pages_of_results_are_one_longer_search_cut_in_pages(client, served, endpoint, filters):
+    """`offset` skips results: page after page (`offset=0, k`, `offset=k, k`, ...) are the hits of one search of
+    the pages' length, in its order, with the same filters; past the last result a page is empty."""
+    whole = hits_of(client, served, endpoint, k=4, **filters)
+    assert len(whole) >= 3  # so that the second page is not empty
+    first, second = (hits_of(client, served, endpoint, k=2, offset=offset, **filters) for offset in (0, 2))
+    assert first + second == whole
+    assert hits_of(client, served, endpoint, k=2, offset=len(whole) + 5, **filters) == []
+
+
+def test_the_deepest_page_is_served_and_one_deeper_refused(client):
+    assert client.get(SEARCH + "offset=1000&k=200").status_code == 200
+    [problem] = invalid(client.get(SEARCH + "offset=1001"), "offset")["errors"]
+    assert problem["message"] == "the results skipped must be between 0 and 1000"
+    assert "At most 1000" in client.get("/openapi.json").text  # the API's reference says so
+
+
 @pytest.mark.parametrize("path", ["animals/*", "dog.wav", "~/sounds/*"])
 def test_a_relative_path_glob_is_refused_not_taken_from_the_servers_folder(client, served, path):
     response = client.get("/api/search", params={"q": "a dog barks", "path": path})
@@ -764,6 +796,57 @@ def test_the_similar_pages_boxes_refine_it_and_its_text_box_searches(client, ser
     assert typed.status_code == 303 and typed.headers["location"] == "/?q=rain&ext=flac"
 
 
+def ranks_and_more(page: str) -> tuple[list[int], dict[str, str] | None]:
+    """The ranks of a results page's hits, and its "More results" link (href and data-next) if it has one."""
+    ranks = [int(rank) for rank in re.findall(r'<li class="hit" id="hit-(\d+)">', page)]
+    assert ranks == [int(rank) for rank in re.findall(r'<span class="rank">(\d+)</span>', page)]
+    link = re.search(r'<a class="more-results" href="([^"]+)" data-next="([^"]+)"', page)
+    return ranks, link and {"href": html.unescape(link[1]), "next": html.unescape(link[2])}
+
+
+@pytest.mark.parametrize("similar", [False, True])
+def test_more_results_links_the_next_page_and_the_page_that_shows_one_page_more(client, served, similar):
+    """A full page of results links "More results": the page with one more page of results (where a reload of the
+    page after the script added one is), scrolled to its first new hit, and the next page alone (which the script
+    adds), its hits ranked from where the first page ended; both with every box of the search kept."""
+    base = "/?q=a+bell+rings"
+    if similar:
+        base = f"/similar?window_id={hit_for(client, served, 'bell.wav')['window_id']}"
+    ranks, more = ranks_and_more(client.get(f"{base}&by=window&k=2").text)
+    assert ranks == [1, 2]
+    assert more == {"href": f"{base}&by=window&k=2&pages=2#hit-3", "next": f"{base}&by=window&k=2&offset=2"}
+    longer, next_page = client.get(more["href"]).text, client.get(more["next"]).text
+    assert ranks_and_more(longer) == (
+        [1, 2, 3, 4],
+        {"href": f"{base}&by=window&k=2&pages=3#hit-5", "next": f"{base}&by=window&k=2&offset=4"},
+    )
+    assert ranks_and_more(next_page) == (
+        [3, 4],
+        {"href": f"{base}&by=window&k=2&offset=2&pages=2#hit-5", "next": f"{base}&by=window&k=2&offset=4"},
+    )
+    paths = re.findall(r'<a class="path" href="[^"]*">([^<]*)</a>', longer)
+    assert paths[2:] == re.findall(r'<a class="path" href="[^"]*">([^<]*)</a>', next_page)
+
+
+def test_a_page_showing_every_result_has_no_more_results_and_one_past_them_says_so(client, served):
+    every = search(client, "a bell rings", by="window", k=20)
+    ranks, more = ranks_and_more(client.get("/", params={"q": "a bell rings", "by": "window", "k": 4}).text)
+    assert ranks == [1, 2, 3, 4] and more is not None and len(every) == 6
+    ranks, more = ranks_and_more(client.get("/", params={"q": "a bell rings", "by": "window", "k": 4, "pages": 2}).text)
+    assert ranks == [1, 2, 3, 4, 5, 6] and more is None  # fewer than asked for: that is all
+    past = client.get("/", params={"q": "a bell rings", "by": "window", "k": 3, "offset": 6}).text
+    assert ranks_and_more(past) == ([], None) and '<p class="empty">No more results.</p>' in past
+
+
+def test_more_results_stops_at_the_deepest_page_the_server_serves(served, tiny_model_dir):
+    with client_for(served, tiny_model_dir, max_offset=2) as shallow:
+        page = {"q": "a bell rings", "by": "window", "k": 2}
+        assert ranks_and_more(shallow.get("/", params=page).text)[1] is not None  # the next page starts at 2
+        assert ranks_and_more(shallow.get("/", params={**page, "pages": 2}).text) == ([1, 2, 3, 4], None)
+        refused = shallow.get("/", params={**page, "pages": 3})
+        assert refused.status_code == 422 and "the deepest page must start at result 3 or before" in refused.text
+
+
 def test_upload_pages(client, served):
     clip = ("clip.wav", served.files["bell.wav"].read_bytes())
     described = client.post("/upload/describe", files={"file": clip})
@@ -881,7 +964,8 @@ def test_unknown_pages_and_bodies_past_the_limit_get_a_page_and_the_api_json(ser
     with client_for(served, tiny_model_dir, max_upload_bytes=1 << 20) as small:
         missing = small.get("/nowhere")
         assert missing.status_code == 404 and "<html" in missing.text and "/nowhere: no such page" in missing.text
-        assert small.get("/api/nowhere").json() == {"detail": "Not Found"}
+        api_missing = small.get("/api/nowhere")  # the same sentence, in the API's error shape
+        assert (api_missing.status_code, api_missing.json()) == (404, {"detail": "/api/nowhere: no such page"})
         assert small.post("/library").status_code == 405 and "<html" in small.post("/library").text
         huge = bytes(len(clip) + (3 << 20))
         page = small.post("/upload/describe", files={"file": ("huge.wav", huge)})
@@ -1010,6 +1094,10 @@ LABELS = {"labels": "a bell rings\nsilence"}
         ("GET", "/api/similar?window_id=1&k=201", None, "k"),
         ("POST", "/api/similar?k=0", {}, "k"),
         ("POST", "/api/similar?k=201", {}, "k"),
+        ("GET", SEARCH + "offset=-1", None, "offset"),
+        ("GET", SEARCH + "offset=1001", None, "offset"),  # past the server's max_offset (1000)
+        ("GET", "/api/similar?window_id=1&offset=1001", None, "offset"),
+        ("POST", "/api/similar?offset=first", {}, "offset"),
         # every filter, with the API's parameter names (the core's errors name the CLI's --min-score, --ext, ...)
         ("GET", SEARCH + "by=folder", None, "by"),
         ("GET", SEARCH + "min_score=nan", None, "min_score"),

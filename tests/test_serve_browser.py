@@ -141,6 +141,21 @@ def press(driver, key: str) -> None:
     ActionChains(driver).send_keys(key).perform()
 
 
+def play_by_keyboard(driver, hits, key: str, to: int):
+    """From the first hit's waveform, `key` moves the focus to hit `to`'s, and Enter plays it: its player."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    waveforms = [hit.find_element(By.CSS_SELECTOR, "canvas.waveform") for hit in hits]
+    driver.execute_script("arguments[0].focus()", waveforms[0])
+    press(driver, key)
+    assert driver.switch_to.active_element == waveforms[to]
+    press(driver, Keys.ENTER)
+    audio = hits[to].find_element(By.CSS_SELECTOR, "audio.player")
+    wait_for(driver, lambda d: not audio_state(d, audio)["paused"], f"hit {to + 1} playing")
+    return audio
+
+
 def test_search_listen_and_browse_in_a_real_browser(server, driver, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -175,12 +190,7 @@ def test_search_listen_and_browse_in_a_real_browser(server, driver, tmp_path):
     # By keyboard: the first waveform is the Tab stop, the arrow keys move to the next hit's, Enter plays that hit.
     waveforms = [hit.find_element(By.CSS_SELECTOR, "canvas.waveform") for hit in hits]
     assert len(waveforms) > 1 and [w.get_attribute("tabindex") for w in waveforms[:2]] == ["0", "-1"]
-    driver.execute_script("arguments[0].focus()", waveforms[0])
-    press(driver, Keys.ARROW_DOWN)
-    assert driver.switch_to.active_element == waveforms[1]
-    press(driver, Keys.ENTER)
-    second = hits[1].find_element(By.CSS_SELECTOR, "audio.player")
-    wait_for(driver, lambda d: not audio_state(d, second)["paused"], "the second hit playing")
+    second = play_by_keyboard(driver, hits, Keys.ARROW_DOWN, 1)
     assert audio_state(driver, audio)["paused"]  # one player at a time
     driver.execute_script("arguments[0].pause()", second)
 
@@ -608,3 +618,107 @@ def test_a_clip_dropped_on_an_upload_form_is_its_clip_and_one_dropped_beside_the
     form.find_element(By.CSS_SELECTOR, "button").click()
     result = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#result h2"), "the similar sounds")[0]
     assert result.text == "Sounds like bell.wav"
+
+
+def test_more_results_adds_the_next_page_which_a_reload_keeps(server, driver):
+    """A sound designer goes down the list: "More results" adds the next page below the hits (ranked on, playable,
+    reached by the arrow keys from the hits before), the focus on its first hit; the address says how many pages
+    the page shows, so that a reload shows them all; once every result is shown, the link goes."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    address, _library = server
+    driver.get_log("browser")  # what earlier tests logged
+    driver.get(f"{address}/?q=a+bell+rings&by=window&k=2")
+    wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "li.hit")) == 2, "the first page")
+    driver.find_element(By.CSS_SELECTOR, "a.more-results").click()
+    wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "li.hit")) == 4, "the next page added")
+    hits = driver.find_elements(By.CSS_SELECTOR, "li.hit")
+    assert [hit.find_element(By.CSS_SELECTOR, ".rank").text for hit in hits] == ["1", "2", "3", "4"]
+    assert driver.execute_script("return location.pathname + location.search + location.hash") == (
+        "/?q=a+bell+rings&by=window&k=2&pages=2"
+    )
+    assert driver.switch_to.active_element == hits[2].find_element(By.CSS_SELECTOR, "a.path")
+
+    waveforms = [hit.find_element(By.CSS_SELECTOR, "canvas.waveform") for hit in hits]
+    assert [w.get_attribute("tabindex") for w in waveforms] == ["0", "-1", "-1", "-1"]  # still one Tab stop
+    added = play_by_keyboard(driver, hits, Keys.END, 3)
+    driver.execute_script("arguments[0].pause()", added)
+
+    driver.refresh()
+    wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "li.hit")) == 4, "the 4 results after a reload")
+    driver.find_element(By.CSS_SELECTOR, "a.more-results").click()
+    wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "li.hit")) == 5, "the last result")
+    assert not driver.find_elements(By.CSS_SELECTOR, "a.more-results")  # 1 of 2: every result is shown
+    assert driver.execute_script("return location.search") == "?q=a+bell+rings&by=window&k=2&pages=3"
+    problems = [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+    assert problems == []
+
+
+def press_own_play(driver, audio) -> None:
+    """A click on the audio element's own play button (the first of its controls, at its left end)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    width = audio.size["width"]
+    ActionChains(driver).move_to_element_with_offset(audio, -width // 2 + 16, 0).click().perform()
+
+
+@pytest.mark.parametrize("page", ["hit", "file"])
+def test_a_players_own_play_button_plays_again_once_the_audio_is_back(server, driver, page):
+    """The player's own play button, like *Play hit*, asks the server anew after a failure: pressed while the file
+    is gone, the player says why; pressed once it is back, it plays (a hit from its start)."""
+    from selenium.webdriver.common.by import By
+
+    address, library = server
+    rain = library.files["weather/rain.flac"]
+    aside = rain.with_name("rain.flac.aside")
+    hit = top_hit(address, "thunder rolls in the distance")
+    if page == "hit":
+        driver.get(f"{address}/?q=thunder+rolls+in+the+distance&k=1")
+        audio, start = driver.find_element(By.CSS_SELECTOR, "li.hit audio.player"), 3.0
+    else:
+        driver.get(f"{address}/files/{hit['file_id']}")
+        audio, start = driver.find_element(By.ID, "file-player"), 0.0
+    wait_for(driver, lambda d: d.execute_script("return document.readyState") == "complete", "the page")
+    rain.rename(aside)
+    try:
+        press_own_play(driver, audio)
+        wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".unplayable"), "why it did not play")
+    finally:
+        aside.rename(rain)
+    press_own_play(driver, audio)
+    wait_for(driver, lambda d: audio_state(d, audio)["t"] > start + 0.1, "playing again")
+    assert audio_state(driver, audio)["error"] is None
+    wait_for(driver, lambda d: not d.find_elements(By.CSS_SELECTOR, ".unplayable"), "the note gone")
+    driver.execute_script("arguments[0].pause()", audio)
+
+
+def test_a_player_started_in_one_tab_pauses_the_players_of_the_others(server, driver):
+    """Two tabs of the same server: a hit played in one pauses what plays in the other, which would otherwise go
+    on over it (here a player looping, so that it does not stop by itself)."""
+    from selenium.webdriver.common.by import By
+
+    address, _library = server
+    first = driver.current_window_handle
+    driver.get(f"{address}/?q=thunder+rolls+in+the+distance&k=1")
+    looping = driver.find_element(By.CSS_SELECTOR, "li.hit audio.player")
+    driver.execute_script("arguments[0].loop = true; arguments[0].play()", looping)
+    wait_for(driver, lambda d: audio_state(d, looping)["t"] > 0.2, "the first tab playing")
+    driver.switch_to.new_window("window")
+    second = driver.current_window_handle
+    try:
+        driver.get(f"{address}/?q=a+bell+rings&k=1")
+        driver.find_element(By.CSS_SELECTOR, "li.hit button.play-hit").click()
+        playing = driver.find_element(By.CSS_SELECTOR, "li.hit audio.player")
+        wait_for(driver, lambda d: not audio_state(d, playing)["paused"], "the second tab playing")
+        driver.switch_to.window(first)
+        wait_for(driver, lambda d: audio_state(d, looping)["paused"], "the first tab's player paused")
+        driver.switch_to.window(second)
+        assert not audio_state(driver, playing)["paused"]  # it does not pause itself
+    finally:
+        for handle in driver.window_handles:
+            if handle != first:
+                driver.switch_to.window(handle)
+                driver.close()
+        driver.switch_to.window(first)
+        driver.execute_script("arguments[0].pause()", looping)

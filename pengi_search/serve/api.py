@@ -25,6 +25,7 @@ from ..search import Hit
 from .errors import InvalidParameter, RequestError
 from .http_cache import file_response, made_response
 from .service import SearchParams, Service
+from .settings import MAX_OFFSET
 from .uploads import larger_than, saved_upload
 
 router = APIRouter(prefix="/api", tags=["api"])
@@ -155,8 +156,16 @@ def search_params(
     max_duration: Annotated[
         float | None, Query(ge=0, allow_inf_nan=False, description="Files at most this long (s).")
     ] = None,
+    offset: Annotated[
+        int,
+        Query(
+            ge=0,
+            description=f"Results to skip: the next page of a search is `offset=k` (the hits, in order, of one "
+            f"search of `offset + k`). At most {MAX_OFFSET}.",
+        ),
+    ] = 0,
 ) -> SearchParams:
-    return SearchParams(k, by, min_score, path, ext, min_duration, max_duration)
+    return SearchParams(k, by, min_score, path, ext, min_duration, max_duration, offset=offset)
 
 
 ParamsDep = Annotated[SearchParams, Depends(search_params)]

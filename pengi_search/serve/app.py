@@ -109,9 +109,9 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     """Starlette's own errors (no such page, a method not allowed, a body past the limit) in the shape of every
-    other: JSON under /api/, a page elsewhere."""
+    other: JSON under /api/, a page elsewhere. An unknown path reads the same on both (not Starlette's "Not Found")."""
     assert isinstance(exc, HTTPException)
-    detail = exc.detail if exc.status_code != 404 or _wants_json(request) else f"{request.url.path}: no such page"
+    detail = f"{request.url.path}: no such page" if exc.status_code == 404 else exc.detail
     response = _error(request, exc.status_code, detail)
     response.headers.update(exc.headers or {})
     return response

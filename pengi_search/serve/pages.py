@@ -131,6 +131,19 @@ class FilterFields:
 
 
 FieldsDep = Annotated[FilterFields, Depends()]
+
+
+@dataclasses.dataclass
+class Paging:
+    """Which results a search page shows: `pages` pages of `k` from `offset` on. "More results" fetches the next
+    page (its `offset`) and adds it, and the address then says one more page, so that reloading the page, or coming
+    back to it, shows every result that was shown."""
+
+    offset: int = 0
+    pages: int = 1
+
+
+PagingDep = Annotated[Paging, Depends()]
 FILTER_BOXES = tuple(field.name for field in dataclasses.fields(FilterFields))
 FILTER_DEFAULTS = dataclasses.asdict(FilterFields())  # what a box left out of an address means
 
@@ -179,10 +192,16 @@ def _form(params: SearchParams, q: str = "") -> dict[str, Any]:
 
 @router.get("/", response_class=HTMLResponse)
 def search_page(
-    request: Request, svc: ServiceDep, fields: FieldsDep, q: str = "", rank: str = "", hybrid_weight: str = ""
+    request: Request,
+    svc: ServiceDep,
+    fields: FieldsDep,
+    paging: PagingDep,
+    q: str = "",
+    rank: str = "",
+    hybrid_weight: str = "",
 ) -> HTMLResponse:
     def run() -> tuple[SearchParams, Found | None]:
-        params = fields.params()
+        params = dataclasses.replace(fields.params(), **dataclasses.asdict(paging))
         weight = _number("hybrid_weight", hybrid_weight) if hybrid_weight.strip() else params.hybrid_weight
         params = dataclasses.replace(params, rank=rank or None, hybrid_weight=weight)
         return params, svc.search(q, params) if q.strip() else None
@@ -192,7 +211,9 @@ def search_page(
 
 
 @router.get("/similar", response_class=HTMLResponse)
-def similar_page(request: Request, svc: ServiceDep, fields: FieldsDep, window_id: int, q: str = "") -> Response:
+def similar_page(
+    request: Request, svc: ServiceDep, fields: FieldsDep, paging: PagingDep, window_id: int, q: str = ""
+) -> Response:
     if q.strip():  # text typed in the page's search box: a text search, with the same filters
         query = [(name, value) for name, value in request.query_params.multi_items() if name != "window_id"]
         return RedirectResponse(f"/?{urlencode(query)}", status_code=303)
@@ -205,7 +226,7 @@ def similar_page(request: Request, svc: ServiceDep, fields: FieldsDep, window_id
     }
 
     def run() -> tuple[SearchParams, Found]:
-        params = fields.params()
+        params = dataclasses.replace(fields.params(), **dataclasses.asdict(paging))
         return params, Found(svc.similar_to_window(window_id, params))
 
     typed = {**dataclasses.asdict(fields), "rank": "", "hybrid_weight": ""}
@@ -229,21 +250,39 @@ def _results_page(
     they were refused under the status the JSON API gives the same parameters (a 200 would tell scripts, caches
     and monitoring that all went well); a refused search shows the boxes as typed, to be corrected there, the
     focus in the box at fault."""
-    found, error, status, fault = None, None, 200, None
+    found, error, status, fault, more = None, None, 200, None, None
     try:
         params, found = run()
         form = _form(params, q)
+        if found is not None:
+            more = more_results(request, params, len(found.hits), svc.settings.max_offset)
     except PengiSearchError as exc:
         error, status, fault = str(exc), answer_status(request, exc), box_at_fault(exc)
         form = {"q": q, **typed}
     hits = None if found is None else found.hits
-    context = {"form": form, "hits": hits, "error": error, "fault": fault, "heading": heading}
+    context = {"form": form, "hits": hits, "error": error, "fault": fault, "heading": heading, "more": more}
     context["warnings"] = [] if found is None else found.warnings
     context["max_k"] = svc.settings.max_k
     context["unplayable"] = svc.unplayable_hits(hits or [])
     return templates.TemplateResponse(
         request, "search.html", context, status_code=status, headers=status_headers(status)
     )
+
+
+def more_results(request: Request, params: SearchParams, shown: int, deepest: int) -> dict[str, str] | None:
+    """The "More results" link of a page showing `shown` hits: `href`, this page with one more page of results
+    (followed without scripts, and the address static/app.js gives the page once it has added that page), and
+    `next`, the page of those results alone, which the script adds. None when the page shows every result there is
+    (fewer than it asked for) or the next page would start past the deepest the server serves."""
+    end = params.offset + shown
+    if shown < params.k * params.pages or end > deepest:
+        return None
+    kept = [(name, value) for name, value in request.query_params.multi_items() if name not in ("offset", "pages")]
+    start = [("offset", params.offset)] if params.offset else []
+    return {
+        "href": f"{request.url.path}?{urlencode([*kept, *start, ('pages', params.pages + 1)])}#hit-{end + 1}",
+        "next": f"{request.url.path}?{urlencode([*kept, ('offset', end)])}",
+    }
 
 
 @router.get("/files/{file_id}", response_class=HTMLResponse)

@@ -91,6 +91,8 @@ class SearchParams:
     max_duration: float | None = None
     rank: str | None = None  # None: caption once every window has captions, else audio
     hybrid_weight: float = DEFAULT_HYBRID_WEIGHT
+    offset: int = 0  # results skipped: the hits are those from offset + 1 on of one deeper search
+    pages: int = 1  # pages of `k` results from `offset` on (a search page shown after "More results")
 
     def ranking(self) -> tuple[Rank | None, float]:
         """The ranking asked for (None: the default) and the hybrid weight, checked."""
@@ -215,8 +217,8 @@ class Service:
                 "with captions: use rank=caption",
             ) from None
         index, queries = ranked_index(self.library, rank, caption, audio, weight)
-        hits = search_index(self.library, index, queries, SearchScope(self._k(params), params.by, filters))
-        ranked = [dataclasses.replace(hit, ranking=rank) for hit in hits]
+        hits = search_index(self.library, index, queries, SearchScope(self._depth(params), params.by, filters))
+        ranked = [dataclasses.replace(hit, ranking=rank) for hit in hits[params.offset :]]
         return Found(self._hits_json(ranked), list(dict.fromkeys(warnings)))
 
     def _query_vector(self, text: str, rank: Rank, warnings: list[str]) -> np.ndarray:
@@ -250,11 +252,11 @@ class Service:
         if len(ids) == 0:
             raise RequestError(f"window {window_id}", "has no audio embedding", HTTPStatus.NOT_FOUND)
         record = self.library.store.get_file(window.path)
-        scope = SearchScope(self._k(params), params.by, params.filters()).without([window.path])
+        scope = SearchScope(self._depth(params), params.by, params.filters()).without([window.path])
         scope = excluding_query(self.library, scope, record.content_hash if record is not None else None)
         index = self.library.vector_index("audio")
         spans = [(window.start_s, window.end_s)]
-        return self._hits_json(search_index(self.library, index, vectors, scope, query_spans=spans))
+        return self._hits_json(search_index(self.library, index, vectors, scope, query_spans=spans)[params.offset :])
 
     def similar_to_upload(self, upload: Upload, params: SearchParams) -> list[dict[str, Any]]:
         """Audio -> audio from a clip sent by the client (embedded with the model that built the index). A clip that
@@ -262,7 +264,7 @@ class Service:
         else the file itself would come first, a perfect match that says nothing."""
         from ..similar import embed_audio_file, excluding_query
 
-        scope = SearchScope(self._k(params), params.by, params.filters())
+        scope = SearchScope(self._depth(params), params.by, params.filters())
         self.library.vector_index("audio")  # an empty library fails here, before the model is loaded
         scope = excluding_query(self.library, scope, file_sha256(upload.path))
         engine = self.engine()
@@ -276,12 +278,20 @@ class Service:
                 engine=engine,
             )
         hits = search_index(self.library, self.library.vector_index("audio"), vectors, scope, query_spans=spans)
-        return self._hits_json(hits)
+        return self._hits_json(hits[params.offset :])
 
-    def _k(self, params: SearchParams) -> int:
+    def _depth(self, params: SearchParams) -> int:
+        """How many results the search must find for the pages asked: the hits are its last `k * pages`, in the
+        order one search of that depth gives them (so pages fetched one by one are one list). Checked against the
+        server's limits: `k` per page, and `max_offset` for the start of the deepest page."""
+        most = self.settings.max_offset
         if not 1 <= params.k <= self.settings.max_k:
             raise InvalidParameter("k", f"the number of results must be between 1 and {self.settings.max_k}")
-        return params.k
+        if not 0 <= params.offset <= most:
+            raise InvalidParameter("offset", f"the results skipped must be between 0 and {most}")
+        if params.pages < 1 or params.offset + params.k * (params.pages - 1) > most:
+            raise InvalidParameter("pages", f"the deepest page must start at result {most + 1} or before")
+        return params.offset + params.k * params.pages
 
     def _hits_json(self, hits: Sequence[Hit]) -> list[dict[str, Any]]:
         return [{**hit.to_json(), **path_fields(hit.path, readable=True), "file_id": hit.file_id} for hit in hits]

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MIB = 1 << 20
+MAX_OFFSET = 1000  # the deepest page a search serves starts past this many results (each is one deeper search)
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class ServeSettings:
     spectrogram_s: float = 600.0  # the spectrogram covers at most the first this many seconds
     check_s: float = 0.5  # how often a search checks the database for new windows
     max_k: int = 200
+    max_offset: int = MAX_OFFSET
     batch_size: int | None = None  # windows per batch, as --batch-size; None: the device's default, as there
     beam: int = 3
     max_len: int = 30

@@ -36,10 +36,31 @@ function pauseOthers(current) {
   }
 }
 
+// One player at a time, in every tab of this server: a player that starts (by *Play hit*, a window, or its own
+// button) pauses the page's others, and tells the pages of the other tabs, which pause theirs. A BroadcastChannel
+// reaches the pages of one origin only (this server's); it is closed while the page is hidden away in the browser's
+// back/forward cache (where nothing plays), which may not keep a page that holds one open.
+const PLAYERS_CHANNEL = "pengi-search-players";
+
+function setUpOnePlayerAtATime() {
+  let channel = null;
+  const open = () => {
+    channel = new BroadcastChannel(PLAYERS_CHANNEL);
+    channel.addEventListener("message", () => pauseOthers(null));
+  };
+  if (window.BroadcastChannel) {
+    open();
+    window.addEventListener("pagehide", () => channel.close());
+    window.addEventListener("pageshow", (event) => event.persisted && open());
+  }
+  document.addEventListener("play", (event) => { // "play" does not bubble: heard on its way down
+    pauseOthers(event.target);
+    channel?.postMessage("playing");
+  }, true);
+}
+
 // Play `audio` from `start` and stop at `end` (seconds on the audio element's own time line).
 function playSpan(audio, start, end) {
-  loadAgainIfFailed(audio);
-  pauseOthers(audio);
   audio.dataset.stopAt = String(end);
   audio.currentTime = start;
   const played = audio.play();
@@ -49,10 +70,15 @@ function playSpan(audio, start, end) {
   }, { once: true });
 }
 
-// A player that failed keeps its error, and plays nothing when pressed again, even once the server is back or the
-// file is restored: loaded anew (before its time is set, which loading resets), it asks the server again.
-function loadAgainIfFailed(audio) {
-  if (audio.error) audio.load();
+// A player that failed keeps its error, and plays nothing when pressed again (by *Play hit*, or by its own play
+// button, whose presses the page cannot hear), even once the server is back or the file restored. So it is loaded
+// anew at once, to wait as `preload="none"` makes it wait: loading then asks the server nothing (no request that
+// could fail again, in a loop) until it is played, and then asks anew.
+function loadAgainAfterFailure(audio) {
+  audio.addEventListener("error", () => {
+    audio.preload = "none";
+    audio.load();
+  });
 }
 
 // A player that fails after the page was made (its file gone or changed on disk since, the server stopped or
@@ -113,12 +139,13 @@ function stopAtEnd(audio) {
 // Windows side by side (a file's timeline, its list of windows, the hits' waveforms) are one stop of the Tab key:
 // the arrow keys move between them (Home and End: to the first and the last), Enter or Space plays the one in
 // focus. Tab comes back to the one last focused (a roving tabindex: it alone has tabindex 0, see tabStop).
-function keyboardWindows(items, play) {
-  items.forEach((item, i) => {
+// `added`: the items of `items` to set up (those a page of further results added; by default all).
+function keyboardWindows(items, play, added = items) {
+  for (const item of added) {
     item.addEventListener("focus", () => tabStop(items, item));
     item.addEventListener("keydown", (event) => {
       if (event.target !== item) return; // a key on a link inside the item is the link's
-      const last = items.length - 1;
+      const i = items.indexOf(item), last = items.length - 1;
       const moves = { ArrowRight: i + 1, ArrowDown: i + 1, ArrowLeft: i - 1, ArrowUp: i - 1, Home: 0, End: last };
       const to = moves[event.key];
       if (event.key === "Enter" || event.key === " ") play(item);
@@ -126,7 +153,7 @@ function keyboardWindows(items, play) {
       else return;
       event.preventDefault();
     });
-  });
+  }
 }
 
 // Make `chosen` the one of `items` that the Tab key reaches.
@@ -134,15 +161,20 @@ function tabStop(items, chosen) {
   for (const item of items) item.tabIndex = item === chosen ? 0 : -1;
 }
 
-function setUpHits() {
-  const waveforms = new Map(); // canvas -> what pressing it plays
-  for (const hit of document.querySelectorAll(".hit")) {
+const hitWaveforms = []; // the waveforms of the page's hits, in order: one Tab stop (keyboardWindows)
+const playsHit = new WeakMap(); // waveform -> what pressing it plays
+
+// Set up `hits` (the page's, or a page of further results added to it).
+function setUpHits(hits) {
+  const added = [];
+  for (const hit of hits) {
     const audio = hit.querySelector("audio.player");
     const button = hit.querySelector("button.play-hit");
     const canvas = hit.querySelector("canvas.waveform");
     if (!audio || !button) continue;
     stopAtEnd(audio);
     sayWhyNotPlayed(audio);
+    loadAgainAfterFailure(audio);
     const start = parseFloat(button.dataset.start), end = parseFloat(button.dataset.end);
     button.addEventListener("click", () => playSpan(audio, start, end));
     if (canvas) {
@@ -151,10 +183,84 @@ function setUpHits() {
         const fraction = event.offsetX / canvas.clientWidth;
         playSpan(audio, start + fraction * (end - start), end);
       });
-      waveforms.set(canvas, () => playSpan(audio, start, end));
+      playsHit.set(canvas, () => playSpan(audio, start, end));
+      added.push(canvas);
     }
   }
-  keyboardWindows(Array.from(waveforms.keys()), (canvas) => waveforms.get(canvas)());
+  if (hitWaveforms.length) added.forEach((canvas) => (canvas.tabIndex = -1)); // the Tab stop stays where it was
+  hitWaveforms.push(...added);
+  keyboardWindows(hitWaveforms, (canvas) => playsHit.get(canvas)(), added);
+}
+
+// "More results" adds the next page of results to the list, as the server makes it (the page of those results
+// alone: `data-next`); the address then says the page shows one page more (the link's own address, less the scroll
+// to the first added hit), so that reloading it or coming back to it shows them all. The focus goes to the first
+// added hit, where a keyboard user goes on. Without scripts, the link opens that longer page.
+function setUpMoreResults() {
+  const more = document.querySelector("a.more-results");
+  if (!more) return;
+  const label = more.textContent;
+  more.addEventListener("click", async (event) => {
+    event.preventDefault();
+    if (more.getAttribute("aria-disabled") === "true") return; // the page is on its way
+    more.setAttribute("aria-disabled", "true");
+    more.textContent = more.dataset.busy;
+    try {
+      addResults(more, await fetchPage(more.dataset.next));
+    } catch (error) {
+      sayBelow(more.parentElement, "more-error", `The next results did not come: ${error.message}`);
+    } finally {
+      more.removeAttribute("aria-disabled");
+      more.textContent = label;
+    }
+  });
+}
+
+function addResults(more, page) {
+  const hits = Array.from(page.querySelectorAll("ol.hits > li.hit"), (hit) => document.adoptNode(hit));
+  document.querySelector("ol.hits").append(...hits);
+  setUpHits(hits);
+  const longer = new URL(more.href);
+  history.replaceState(history.state, "", longer.pathname + longer.search);
+  document.getElementById("more-error")?.remove();
+  const next = page.querySelector("a.more-results");
+  if (next) {
+    longer.searchParams.set("pages", String(Number(longer.searchParams.get("pages")) + 1));
+    longer.hash = new URL(next.getAttribute("href"), location.href).hash; // the first hit it will add
+    more.href = longer.href;
+    more.dataset.next = next.dataset.next;
+  } else if (hits.length) {
+    more.parentElement.remove(); // every result is shown
+  } else {
+    more.parentElement.replaceWith(document.adoptNode(page.querySelector(".empty"))); // "No more results."
+  }
+  hits[0]?.querySelector("a.path")?.focus();
+}
+
+// The page at `address`, as a document to take parts of (never shown itself); refused, an error with its reason.
+async function fetchPage(address) {
+  let response;
+  try {
+    response = await fetch(address, { credentials: "same-origin" });
+  } catch (error) {
+    throw new Error("the server does not answer");
+  }
+  const page = new DOMParser().parseFromString(await response.text(), "text/html");
+  if (response.ok) return page;
+  throw new Error(page.querySelector(".error")?.textContent.trim() || `the server answered ${response.status}`);
+}
+
+// Say `text` (an alert, of id `id`) below `element`, in place of what was said there before.
+function sayBelow(element, id, text) {
+  let note = document.getElementById(id);
+  if (!note) {
+    note = document.createElement("p");
+    note.className = "error";
+    note.id = id;
+    note.setAttribute("role", "alert");
+    element.after(note);
+  }
+  note.textContent = text;
 }
 
 function setUpFile() {
@@ -162,6 +268,7 @@ function setUpFile() {
   if (!player) return;
   stopAtEnd(player);
   sayWhyNotPlayed(player);
+  loadAgainAfterFailure(player);
   const windows = Array.from(document.querySelectorAll("li.window[data-start]"));
   const timeline = document.querySelector(".timeline");
   const box = document.querySelector(".spectrogram-box");
@@ -178,9 +285,7 @@ function setUpFile() {
     keyboardWindows(lanes, (lane) => seekTo(parseFloat(lane.dataset.start)));
   }
   function seekTo(start) {
-    loadAgainIfFailed(player);
     delete player.dataset.stopAt;
-    pauseOthers(player);
     player.currentTime = start;
     const played = player.play();
     if (played) played.catch(() => {});
@@ -350,7 +455,9 @@ function focusBoxAtFault() {
 
 window.addEventListener("load", focusBoxAtFault);
 document.addEventListener("DOMContentLoaded", () => {
-  setUpHits();
+  setUpOnePlayerAtATime();
+  setUpHits(document.querySelectorAll(".hit"));
+  setUpMoreResults();
   setUpFile();
   setUpShortAddresses();
   setUpDrops();
