@@ -147,8 +147,8 @@ _CAPTION_FLOOR = 16
 
 def _hits_table(hits: list[Hit], show_query_span: bool, width: int) -> Table:
     """The ranked hits as a table `width` columns wide (as wide as they need off a terminal)."""
-    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     cells = {
         "#": [str(rank) for rank in range(1, len(hits) + 1)],
@@ -165,7 +165,7 @@ def _hits_table(hits: list[Hit], show_query_span: bool, width: int) -> Table:
         table.add_column(name, **_COLUMNS[name])
     table.columns[-1].max_width = _caption_width(cells, width)
     for row in zip(*cells.values(), strict=True):
-        table.add_row(*map(escape, row))
+        table.add_row(*map(Text, row))  # as written: no markup, no emoji codes (a name's `:fire:` stays)
     return table
 
 
