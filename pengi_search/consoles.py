@@ -28,6 +28,7 @@ __all__ = [
     "Console",
     "is_a_terminal",
     "make_console",
+    "writes_plain_lines",
 ]  # Console: what make_console makes
 
 # Rich renders a table to its content's width when the console is wider, and never pads a line out to the
@@ -124,6 +125,12 @@ def is_a_terminal(stream: TextIO | None) -> bool:
         return bool(isatty and isatty())
     except ValueError:  # a closed stream
         return False
+
+
+def writes_plain_lines(console: Console) -> bool:
+    """Whether `console` lays nothing out: no width to fit (a file or a pipe, no COLUMNS) and no colours, so that
+    text written as lines reads exactly as Rich's layout of it would."""
+    return console.width >= UNBOUNDED_WIDTH and console.color_system is None
 
 
 def make_console(*, stderr: bool = False, highlight: bool = True) -> Console:

@@ -20,7 +20,7 @@ import numpy as np
 
 from .choices import Rank
 from .db import Store
-from .vectors import l2_normalise
+from .vectors import l2_normalise, sorted_unique
 
 RANK_LABELS = {
     Rank.caption: "caption matching (the query against the windows' generated captions)",
@@ -43,15 +43,16 @@ class HybridIndex:
     The search is exact over windows with both vectors (given exact indexes): it takes the top `fetch` of each
     index, scores their union from the stored vectors, and fetches twice as many until no window outside both
     lists can beat the k-th score (its score is at most w * the caption list's last + (1 - w) * the audio list's
-    last), or one list holds every window it can.
+    last), or one list holds every window it can. An index serves one query: the vectors it reads are kept for its
+    later rounds and searches (`_StoredPairs`).
     """
 
     def __init__(self, text_index: Any, audio_index: Any, store: Store, weight: float, caption_dim: int) -> None:
         self.text = text_index
         self.audio = audio_index
-        self.store = store
         self.weight = check_hybrid_weight(weight)
         self.caption_dim = caption_dim
+        self.stored = _StoredPairs(store)
 
     @staticmethod
     def queries(caption: np.ndarray, audio: np.ndarray) -> np.ndarray:
@@ -79,7 +80,8 @@ class HybridIndex:
         while True:
             text_scores, text_ids = _valid(*self.text.search(caption_query, fetch, allowed_ids=allowed_ids))
             audio_scores, audio_ids = _valid(*self.audio.search(audio_query, fetch, allowed_ids=allowed_ids))
-            ids, scores = self._exact(np.union1d(text_ids, audio_ids), caption_query[0], audio_query[0])
+            candidates = sorted_unique(np.concatenate([text_ids, audio_ids]))
+            ids, scores = self._exact(candidates, caption_query[0], audio_query[0])
             order = np.lexsort((ids, -scores))[:k]  # best first, ties by id
             complete = len(text_ids) < fetch or len(audio_ids) < fetch or fetch >= most
             if complete or (len(order) == k and scores[order[-1]] >= self._bound(text_scores, audio_scores)):
@@ -92,15 +94,48 @@ class HybridIndex:
 
     def _exact(self, candidates: np.ndarray, caption_query: np.ndarray, audio_query: np.ndarray) -> tuple[Any, Any]:
         """(ids, hybrid scores) of the candidates that have both vectors, from the stored vectors."""
-        text_ids, text_vectors = self.store.vectors("text", candidates)
+        ids, text_vectors, audio_vectors = self.stored.of(candidates)
+        if not len(ids):
+            return ids, np.empty(0, np.float32)
+        scores = self.weight * (text_vectors @ caption_query) + (1.0 - self.weight) * (audio_vectors @ audio_query)
+        return ids, scores.astype(np.float32)
+
+
+class _StoredPairs:
+    """The caption and audio vectors of the windows one query has scored, L2-normalised, each window read from the
+    store once: every doubling round asks for the previous round's candidates again, and reading them anew took
+    0.26 s of a hybrid query at 200,000 windows."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.asked = np.empty(0, np.int64)  # sorted: every window read, with both vectors or not
+        self.ids = np.empty(0, np.int64)  # sorted: those with both vectors, the rows of `text` and `audio`
+        self.text: np.ndarray | None = None
+        self.audio: np.ndarray | None = None
+
+    def of(self, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, caption vectors, audio vectors) of the `candidates` (sorted, distinct) that have both vectors."""
+        unread = np.setdiff1d(candidates, self.asked, assume_unique=True)
+        if unread.size:
+            self._read(unread)
+            self.asked = np.sort(np.concatenate([self.asked, unread]))
+        if self.text is None or self.audio is None:
+            return self.ids, np.empty((0, 0), np.float32), np.empty((0, 0), np.float32)
+        keep = np.isin(self.ids, candidates, assume_unique=True)
+        return self.ids[keep], self.text[keep], self.audio[keep]
+
+    def _read(self, unread: np.ndarray) -> None:
+        text_ids, text_vectors = self.store.vectors("text", unread)
         audio_ids, audio_vectors = self.store.vectors("audio", text_ids)
         if not len(audio_ids):
-            return np.empty(0, np.int64), np.empty(0, np.float32)
-        keep = np.isin(text_ids, audio_ids)  # a window removed between the two reads drops out
-        text_part = l2_normalise(text_vectors[keep]) @ caption_query
-        audio_part = l2_normalise(audio_vectors) @ audio_query
-        scores = self.weight * text_part + (1.0 - self.weight) * audio_part
-        return audio_ids, scores.astype(np.float32)
+            return
+        keep = np.isin(text_ids, audio_ids, assume_unique=True)  # a window removed between the reads drops out
+        text, audio = l2_normalise(text_vectors[keep]), l2_normalise(audio_vectors)
+        if self.text is not None and self.audio is not None:
+            audio_ids = np.concatenate([self.ids, audio_ids])
+            text, audio = np.concatenate([self.text, text]), np.concatenate([self.audio, audio])
+        order = np.argsort(audio_ids, kind="stable")
+        self.ids, self.text, self.audio = audio_ids[order], text[order], audio[order]
 
 
 def _valid(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

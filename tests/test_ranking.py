@@ -71,21 +71,26 @@ def test_hybrid_weight_one_and_zero_are_the_caption_and_audio_rankings(library, 
     assert order(Rank.hybrid, 1.0) == order(Rank.caption) and order(Rank.hybrid, 0.0) == order(Rank.audio)
 
 
+def many_windows(store: Store, rng: np.random.Generator, count: int = 300) -> None:
+    """`count` windows of one file, each with random caption (8-d) and audio (6-d) vectors."""
+    store.set_index_meta(ModelInfo("m", "0" * 64), EmbedderInfo("pengi-text:m@000000000000", 8))
+    file_id = store.upsert_file("/x.wav", size=1, mtime=1.0)
+    store.replace_file_windows(
+        file_id,
+        [
+            WindowInput(
+                i, i, i + 1.0, [TextRecord(CAPTION, "x")], {"text": rng.normal(size=8), "audio": rng.normal(size=6)}
+            )
+            for i in range(count)
+        ],
+    )
+
+
 def test_the_hybrid_index_is_exact_where_it_must_fetch_more(tmp_path):
     """Many windows, few results: the threshold search must widen its lists before it may stop."""
     rng = np.random.default_rng(3)
     with Store.open(str(tmp_path / "many.db")) as store:
-        store.set_index_meta(ModelInfo("m", "0" * 64), EmbedderInfo("pengi-text:m@000000000000", 8))
-        file_id = store.upsert_file("/x.wav", size=1, mtime=1.0)
-        store.replace_file_windows(
-            file_id,
-            [
-                WindowInput(
-                    i, i, i + 1.0, [TextRecord(CAPTION, "x")], {"text": rng.normal(size=8), "audio": rng.normal(size=6)}
-                )
-                for i in range(300)
-            ],
-        )
+        many_windows(store, rng)
         library = Library(store)
         text_ids, text_vectors = store.vectors("text")
         _, audio_vectors = store.vectors("audio")
@@ -103,6 +108,36 @@ def test_the_hybrid_index_is_exact_where_it_must_fetch_more(tmp_path):
             inside = np.isin(text_ids, allowed)
             best = text_ids[inside][np.argsort(-truth[inside], kind="stable")[:3]]
             assert ids[0].tolist() == best.tolist()
+
+
+@pytest.mark.usefixtures("ids_sorted_not_hashed")
+def test_a_hybrid_query_reads_each_windows_vectors_once(tmp_path, monkeypatch):
+    """Each doubling round scores the previous round's candidates again, and a search may be asked again for more
+    results (`search_index`): the index reads a window's stored vectors once for all of them."""
+    rng = np.random.default_rng(5)
+    with Store.open(str(tmp_path / "many.db")) as store:
+        many_windows(store, rng)
+        library = Library(store)
+        index = HybridIndex(library.vector_index("text"), library.vector_index("audio"), store, 0.5, 8)
+        reads: dict[str, list[int]] = {"text": [], "audio": []}
+        read = store.vectors
+
+        def counted(kind, ids=None):
+            found = read(kind, ids)
+            reads[kind] += found[0].tolist()
+            return found
+
+        monkeypatch.setattr(store, "vectors", counted)
+        queries = HybridIndex.queries(rng.normal(size=(1, 8)), rng.normal(size=(1, 6)))
+        _, first = index.search(queries, 5)
+        rounds_read = len(reads["text"])
+        _, again = index.search(queries, 5)
+        _, more = index.search(queries, 20)
+
+    assert rounds_read > 2 * 5  # the lists were widened: several rounds read vectors
+    assert again.tolist() == first.tolist() and more[0, :5].tolist() == first[0].tolist()
+    for kind in ("text", "audio"):
+        assert len(reads[kind]) == len(set(reads[kind])), f"a window's {kind} vector was read twice"
 
 
 def test_the_default_ranking_follows_the_captions(tmp_path, tiny_model_dir, captions):

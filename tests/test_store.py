@@ -785,6 +785,47 @@ def test_stats(store: Store) -> None:
     assert stats["last_run"]["shard"] == "0/2" and stats["last_run"]["files_indexed"] == 1
 
 
+def in_modes(path: str, *modes: str | None) -> tuple[str, list[WindowInput]]:
+    """A file of one window whose texts were generated in `modes`, one text each."""
+    texts = [TextRecord(f"prompt {i}", "a dog barks", None, mode) for i, mode in enumerate(modes)]
+    return path, [WindowInput(0, 0.0, 7.0, texts, {"audio": vec(1, 2, 3)})]
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ([], {}),
+        ([in_modes("/a.wav", "exact", "exact"), in_modes("/b.wav", "exact")], {"exact": 2}),
+        ([in_modes("/a.wav", None, None)], {UNRECORDED_MODE: 1}),
+        ([in_modes("/a.wav", "exact"), in_modes("/b.wav", None)], {"exact": 1, UNRECORDED_MODE: 1}),
+        (
+            [in_modes("/a.wav", None, "bf16+greedy"), in_modes("/b.wav", "exact", "exact")],
+            {UNRECORDED_MODE: 1, "bf16+greedy": 1, "exact": 1},
+        ),
+    ],
+)
+def test_caption_modes_counts_each_window_once_in_each_mode_of_its_texts(store: Store, files, expected) -> None:
+    for path, file_windows in files:
+        store.replace_file_windows(store.upsert_file(path, size=1, mtime=1.0), file_windows, audio=AUDIO)
+    assert caption_modes(store) == expected
+
+
+def test_a_library_captioned_in_one_mode_is_counted_without_grouping_its_texts(store: Store) -> None:
+    """Grouping sorts every text of the library; one mode needs only the count of windows with texts."""
+    indexed_file(store, "/lib/a.wav", count=3)  # texts of unrecorded mode
+    statements: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args) -> None:
+        statements.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", record)
+    try:
+        assert caption_modes(store) == {UNRECORDED_MODE: 3}
+    finally:
+        event.remove(store.engine, "before_cursor_execute", record)
+    assert statements and not [s for s in statements if "GROUP BY" in s.upper()]
+
+
 def test_drop_fast_captions_renews_those_windows_with_their_audio_only(store: Store) -> None:
     fast_file = store.upsert_file("/lib/fast.wav", size=100, mtime=1.5)
     fast = [replace(w, texts=[replace(t, mode="bf16+greedy") for t in w.texts]) for w in windows(2)]

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..choices import DEFAULT_HYBRID_WEIGHT, By, Device, Rank
+from ..consoles import writes_plain_lines
 from ..units import span_text
 from .common import (
     EXIT_OK,
@@ -127,7 +128,13 @@ def _show_hits(hits: list[Hit], *, json_output: bool, show_query_span: bool = Fa
         return
     if title:  # above the table, wrapped to the terminal: a table's title is cut where its columns overflow it
         out_console.print(title, markup=False)
-    out_console.print(_hits_table(hits, show_query_span, out_console.width))
+    cells = _hit_cells(hits, show_query_span)
+    if writes_plain_lines(out_console) and all(text.isprintable() for column in cells.values() for text in column):
+        # Nothing to wrap: the rows Rich's table would give, written as lines. Its table lays out and renders every
+        # cell, 7 s for `query -k 10000 > hits.txt`.
+        out_console.print(_plain_rows(cells), markup=False, emoji=False, highlight=False, soft_wrap=True)
+    else:
+        out_console.print(_hits_table(cells, out_console.width))
 
 
 # How each column of the hits' table is laid out: the path and the caption wrap, the others are kept whole.
@@ -145,11 +152,8 @@ _GUTTER = 2
 _CAPTION_FLOOR = 16
 
 
-def _hits_table(hits: list[Hit], show_query_span: bool, width: int) -> Table:
-    """The ranked hits as a table `width` columns wide (as wide as they need off a terminal)."""
-    from rich.markup import escape
-    from rich.table import Table
-
+def _hit_cells(hits: list[Hit], show_query_span: bool) -> dict[str, list[str]]:
+    """The text of each column of the hits' table (`_COLUMNS`), one per hit."""
     cells = {
         "#": [str(rank) for rank in range(1, len(hits) + 1)],
         "path": [shown_path(hit.path) + (GONE_MARK if hit.missing else "") for hit in hits],
@@ -160,13 +164,39 @@ def _hits_table(hits: list[Hit], show_query_span: bool, width: int) -> Table:
     }
     if not show_query_span:
         del cells["query time"]
+    return cells
+
+
+def _hits_table(cells: dict[str, list[str]], width: int) -> Table:
+    """The ranked hits as a table `width` columns wide (as wide as they need off a terminal)."""
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
     for name in cells:
         table.add_column(name, **_COLUMNS[name])
     table.columns[-1].max_width = _caption_width(cells, width)
     for row in zip(*cells.values(), strict=True):
-        table.add_row(*map(escape, row))
+        table.add_row(*map(Text, row))  # as written: no markup, no emoji codes (`:fire:` in a name stays)
     return table
+
+
+def _plain_rows(cells: dict[str, list[str]]) -> str:
+    """The header and one line per hit, each column as wide as its widest cell, as `_hits_table` lays them out
+    where nothing wraps; no line ends in spaces."""
+    from rich.cells import cell_len
+
+    def padded(name: str, column: list[str]) -> list[str]:
+        texts = [name, *column]
+        widths = [cell_len(text) for text in texts]  # a wide character takes two columns
+        widest = max(widths)
+        if _COLUMNS[name].get("justify") == "right":
+            return [" " * (widest - width) + text for text, width in zip(texts, widths, strict=True)]
+        return [text + " " * (widest - width) for text, width in zip(texts, widths, strict=True)]
+
+    columns = [padded(name, column) for name, column in cells.items()]
+    gutter = " " * _GUTTER
+    return "\n".join(gutter.join(row).rstrip(" ") for row in zip(*columns, strict=True))
 
 
 def _caption_width(cells: dict[str, list[str]], width: int) -> int:

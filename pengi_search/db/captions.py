@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import delete, func, select
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import Session, aliased
 
 from ..choices import EXACT_MODE
 from ..chunking import chunked
@@ -102,11 +102,25 @@ UNRECORDED_MODE = "unrecorded"  # texts written before revision 0004, which reco
 
 def caption_modes(store: Store) -> dict[str, int]:
     """Captioned windows by how their texts were generated: "exact", a --fast mode (e.g. "bf16+greedy"), or
-    `UNRECORDED_MODE`."""
-    windows = func.count(func.distinct(GeneratedTextRow.window_id))
-    query = select(GeneratedTextRow.mode, windows).group_by(GeneratedTextRow.mode).order_by(GeneratedTextRow.mode)
+    `UNRECORDED_MODE`; a window whose texts were generated in two modes counts in both."""
     with store.session() as session:
-        return {mode or UNRECORDED_MODE: int(count) for mode, count in session.execute(query).all()}
+        first = session.execute(select(GeneratedTextRow.mode).limit(1)).first()
+        if first is None:
+            return {}
+        if _all_in_mode(session, first.mode):
+            # As a library captioned in one go has them: its windows are counted from the window_id index alone.
+            # Grouping every text by mode sorts them all (0.2 s of `stats` at 400,000 texts).
+            windows = session.scalar(select(func.count(func.distinct(GeneratedTextRow.window_id))))
+            return {first.mode or UNRECORDED_MODE: int(windows or 0)}
+        count = func.count(func.distinct(GeneratedTextRow.window_id))
+        query = select(GeneratedTextRow.mode, count).group_by(GeneratedTextRow.mode).order_by(GeneratedTextRow.mode)
+        return {mode or UNRECORDED_MODE: int(windows) for mode, windows in session.execute(query).all()}
+
+
+def _all_in_mode(session: Session, mode: str | None) -> bool:
+    """Whether every text was generated in `mode`; a mixed library is told from the first other text met."""
+    other = select(GeneratedTextRow.id).where(GeneratedTextRow.mode.is_distinct_from(mode)).exists()
+    return not session.scalar(select(other))
 
 
 def uncaptioned_windows(
