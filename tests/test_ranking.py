@@ -223,9 +223,7 @@ def test_eval_retrieval_reports_every_ranking(library, captions, tiny_model_dir)
 
 def test_the_ranking_title_keeps_every_word_on_a_narrow_terminal(captions, tiny_model_dir, monkeypatch):
     """Long paths widen the table past the terminal; its title lost the ends of its lines ("against the q")."""
-    from pengi_search.cli.common import out_console
-
-    monkeypatch.setattr(out_console, "width", 60)
+    monkeypatch.setenv("COLUMNS", "60")  # read on each use (a console's width, once set, outlives the test)
     common = ["--db", captions.db, "--model", str(tiny_model_dir), "--rank", "hybrid", "--hybrid-weight", "0.25"]
     result = runner.invoke(app, ["query", QUERY, *common])
     assert result.exit_code == 0, result.output
