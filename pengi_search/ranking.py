@@ -65,8 +65,9 @@ class HybridIndex:
     def search(
         self, queries: np.ndarray, k: int, *, allowed_ids: np.ndarray | None = None, exact_top: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The k best windows per query row: (scores float32 (q, k), ids int64 (q, k)); empty slots -inf and -1.
-        Scores are exact from the stored vectors, so `exact_top` (see `VectorIndex.search`) changes nothing here."""
+        """The k best windows per query row: (scores float32 (q, k), ids int64 (q, k)); empty slots -inf and -1,
+        only once every window with both vectors (that the filter allows) is in the row, as `VectorIndex.search`
+        promises. Scores are exact from the stored vectors, so `exact_top` changes nothing here."""
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         ids = np.full((len(queries), k), -1, dtype=np.int64)
         for row, query in enumerate(queries):
@@ -83,6 +84,7 @@ class HybridIndex:
             candidates = sorted_unique(np.concatenate([text_ids, audio_ids]))
             ids, scores = self._exact(candidates, caption_query[0], audio_query[0])
             order = np.lexsort((ids, -scores))[:k]  # best first, ties by id
+            # A short list holds every window it may (`VectorIndex.search`), so the union holds every candidate.
             complete = len(text_ids) < fetch or len(audio_ids) < fetch or fetch >= most
             if complete or (len(order) == k and scores[order[-1]] >= self._bound(text_scores, audio_scores)):
                 return ids[order], scores[order]

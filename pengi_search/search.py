@@ -292,7 +292,9 @@ def _fetch(
     scores, ids = index.search(queries, fetch, allowed_ids=allowed, exact_top=k)
     for row in range(len(ids)):
         valid = ids[row] >= 0
-        if valid.all() and not complete:  # a full page: this row may have more candidates below its last score
+        # A row with an empty slot holds every candidate: an index returns min(fetch, all it may), however
+        # approximate (`VectorIndex.search`). A full one may have more below its last score.
+        if valid.all() and not complete:
             found.exhausted = False
             found.threshold = max(found.threshold, float(scores[row, -1]))
         for wid, score in zip(ids[row][valid].tolist(), scores[row][valid].tolist(), strict=True):

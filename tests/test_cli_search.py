@@ -5,15 +5,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE
-from pengi_search.db import Store
+from pengi_search.db import EmbedderInfo, ModelInfo, Store, WindowInput
+from pengi_search.library import Library
 from pengi_search.tokenization import read_tokenizer
 
 from .indexing import write_tone
@@ -192,6 +196,44 @@ def test_similar_leaves_out_every_library_file_with_the_query_files_bytes(tiny_m
     assert result.exit_code == 0, result.output
     found = {entry["source"]: [hit["path"] for hit in entry["hits"]] for entry in json.loads(result.stdout)}
     assert found == {"index": [str(same_sound), str(other)], "decoded": [str(same_sound), str(other)]}
+
+
+def store_one_window_files(db: str, folder: Path, count: int) -> list[Path]:
+    """`count` files, each indexed as one window whose audio vector (8-d, around ten centres) is written into the
+    store directly: a library whose HNSW graph is made of chosen vectors. The files on disk are stand-ins, stamped
+    as indexed, so that `similar` uses their stored vectors."""
+    rng = np.random.default_rng(0)
+    centres, files = rng.standard_normal((10, 8)), []
+    with Store.open(db) as store:
+        store.set_index_meta(ModelInfo("pengi-test", "f" * 64), EmbedderInfo("embedder-a", 4))
+        for i in range(count):
+            path = folder / f"f{i:03d}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"stand-in")
+            os.utime(path, (1000.0, 1000.0))
+            file_id = store.upsert_file(str(path), size=path.stat().st_size, mtime=1000.0)
+            vector = centres[i % 10] + 0.3 * rng.standard_normal(8)
+            store.replace_file_windows(file_id, [WindowInput(0, 0.0, 7.0, vectors={"audio": vector})])
+            files.append(path)
+    return files
+
+
+def test_similar_past_the_size_of_an_hnsw_library_with_removed_files_lists_every_other_file(tmp_path):
+    """`similar -k N`, N past the library's size: the HNSW walk, through the removed files' windows still in its
+    graph, reached only some of the rest (32 files of 34), and the search took that for all there was."""
+    sounds, db = tmp_path / "sounds", str(tmp_path / "lib.db")
+    files = store_one_window_files(db, sounds, 102)
+    with Library.open(db) as library:
+        library.sync_vector_indexes("hnsw")
+    for gone in files[::6]:  # 17 of 102: tombstones, under the share that compacts them away
+        assert run("remove", gone, "--db", db).exit_code == 0
+        gone.unlink()
+    kept = [str(path) for path in files if path.exists()]
+    result = run("similar", sounds, "--db", db, "-k", 200, "--json")
+    assert result.exit_code == 0, result.output
+    for entry in json.loads(result.stdout):
+        assert entry["source"] == "index" and entry["error"] is None
+        assert sorted(hit["path"] for hit in entry["hits"]) == [path for path in kept if path != entry["file"]]
 
 
 def test_similar_table_says_which_window_of_a_long_query_file_matched(captions, common, monkeypatch):

@@ -130,6 +130,81 @@ def test_a_filter_that_allows_few_ids_finds_the_best_of_them_as_an_exact_search_
     assert sorted(every_one[0, :25].tolist()) == allowed.tolist() and (every_one[0, 25:] == -1).all()
 
 
+@pytest.fixture(scope="module")
+def tombstoned_ivfpq() -> tuple[np.ndarray, np.ndarray, VectorIndex, np.ndarray]:
+    """An IVF-PQ index of its own with a seventh of its ids removed (under the share that compacts): (ids, vectors,
+    index, live), `live` saying which ids are still in it."""
+    ids, vectors, index = approximate("ivfpq", IVFPQ_MIN_VECTORS)
+    live = np.arange(len(ids)) % 7 != 0
+    index.remove(ids[~live])
+    return ids, vectors, index, live
+
+
+def sparse_graph(tombstones: bool) -> tuple[np.ndarray, np.ndarray, VectorIndex, np.ndarray]:
+    """An HNSW graph of 8 links a node over 500 random 8-d vectors, one of which no walk reaches (as in a library
+    of real embeddings where 100 of 102 windows came back): (ids, vectors, index, live), as `tombstoned_ivfpq`."""
+    vectors, ids = np.random.default_rng(5).standard_normal((500, 8)).astype(np.float32), sparse_ids(500)
+    index = VectorIndex.build(ids, vectors, IndexParams(type="hnsw", hnsw_m=8))
+    live = np.arange(len(ids)) % 7 != 0 if tombstones else np.ones(len(ids), bool)
+    index.remove(ids[~live])
+    return ids, vectors, index, live
+
+
+@pytest.mark.parametrize("filtered", [False, True], ids=["unfiltered", "filtered"])
+@pytest.mark.parametrize("tombstones", [False, True], ids=["live", "tombstones"])
+@pytest.mark.parametrize("kind", ["hnsw", "ivfpq"])
+def test_a_search_for_about_every_vector_it_may_return_returns_each_of_them_once(
+    kind: str, tombstones: bool, filtered: bool, trained: tuple, tombstoned_ivfpq: tuple
+) -> None:
+    """k near or past the number of vectors a search may return (the live ones, those the filter allows): the
+    HNSW walk or the IVF cells probed reached fewer, and callers take a short row for every candidate there is.
+    Each row holds the best min(k, that many) of them, each once, as an exact search does, then empty slots."""
+    if kind == "hnsw":
+        ids, vectors, index, live = sparse_graph(tombstones)
+        queries = np.random.default_rng(6).standard_normal((30, 8))
+    else:
+        ids, vectors, _, live = tombstoned_ivfpq
+        index = tombstoned_ivfpq[2] if tombstones else trained[2]
+        live = live if tombstones else np.ones(len(ids), bool)
+        vectors = vectors if tombstones else trained[1]
+        queries = clustered(3, seed=4)
+    allowed = ids[::2] if filtered else None  # a filter that allows removed ids too
+    returnable = live & np.isin(ids, ids if allowed is None else allowed)
+    count = int(returnable.sum())
+    for k in (count - 2, count, count + 5):
+        scores, found = index.search(queries, k, allowed_ids=allowed)
+        _, best = brute_force(ids[returnable], vectors[returnable], queries, min(k, count))
+        for row, want in zip(found, best, strict=True):
+            assert sorted(row[: len(want)].tolist()) == sorted(want.tolist()), k
+        assert (found[:, count:] == -1).all() and np.isneginf(scores[:, count:]).all()
+
+
+def test_an_exact_search_reads_the_stored_vectors_a_chunk_at_a_time_keeping_the_best(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A large k is exact among the whole library: the stored vectors are read in chunks, of which only the best k
+    scores are kept (not a score for every vector and query row), and the results are those of one read."""
+    ids, vectors, index, _ = sparse_graph(tombstones=False)
+    monkeypatch.setattr("pengi_search.vectors._RECONSTRUCTED_ROWS", 64)
+    queries = np.random.default_rng(6).standard_normal((4, 8))
+    for k in (60, 200, 505):
+        scores, found = index.search(queries, k)
+        want_scores, want = brute_force(ids, vectors, queries, min(k, len(ids)))
+        np.testing.assert_array_equal(found[:, : want.shape[1]], want)
+        np.testing.assert_allclose(scores[:, : want.shape[1]], want_scores, rtol=0, atol=1e-5)
+
+
+def test_a_row_the_cells_probed_leave_short_is_filled_from_every_vector(trained: tuple) -> None:
+    """700 of 10,000 (under the share searched exactly): the 16 IVF cells probed held 518 near one query. The
+    search returns 700 all the same, for a caller takes a short row as every candidate there is."""
+    ids, vectors, index = trained
+    queries = clustered(5, seed=3)
+    _, found = index.search(queries, 700, exact_top=10)
+    assert (found >= 0).all() and all(len(set(row.tolist())) == 700 for row in found)
+    _, truth = brute_force(ids, vectors, queries, 10)
+    assert recall(found[:, :10], truth) >= 0.95
+
+
 def test_hnsw_recall_on_a_small_set() -> None:
     vectors, ids, queries = clustered(3000), sparse_ids(3000), clustered(100, seed=3)
     index = VectorIndex.build(ids, vectors, IndexParams(type="hnsw", ef_search=64))
