@@ -5,7 +5,7 @@ query, plays the top hit (the audio element must play from the hit's start) and 
 "more like this", opens the file page and plays a window by mouse and by keyboard, opens a file at a hit's window
 (where the Tab key then starts); at phone width (390 px) no page scrolls sideways, and a sent form says it is busy,
 until its sending is stopped or the page is come back to. The first Tab stop skips the header; a refused upload
-focuses the box at fault.
+focuses the box at fault. A long list asks for the waveforms of the hits in sight only, the others once scrolled to.
 Screenshots are saved in the test's folder (and in `$PENGI_SCREENSHOT_DIR` when set).
 
 Without chromium and chromedriver the test is skipped, unless PENGI_REQUIRE_BROWSER=1 (as in CI), where it fails.
@@ -20,6 +20,8 @@ import shutil
 import subprocess
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -68,13 +70,13 @@ def browser_programs() -> tuple[str, str]:
     return browser, driver  # type: ignore[return-value]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_model_dir, browser_programs):
-    """`pengi-search serve --port 0` in its own process; yields its address."""
-    root = tmp_path_factory.mktemp("browser")
-    library = caption_library(str(root / "index.db"), root / "sounds", tiny_model_dir)
+@contextlib.contextmanager
+def serving(root: Path, model_dir: Path, captioned: dict | None = None):
+    """`pengi-search serve --port 0` in its own process, over a library of `captioned` sounds (by default the
+    search tests' own); yields its address and the library."""
+    library = caption_library(str(root / "index.db"), root / "sounds", model_dir, captioned)
     served = ServeProcess(
-        *("--db", library.db, "--model", str(tiny_model_dir), "--device", "cpu"),
+        *("--db", library.db, "--model", str(model_dir), "--device", "cpu"),
         *("--max-upload-mb", str(UPLOAD_MB)),  # the test sounds are smaller
         home=root / "home",
     )
@@ -85,6 +87,22 @@ def server(tmp_path_factory, tiny_model_dir, browser_programs):
     finally:
         with contextlib.suppress(subprocess.TimeoutExpired):
             served.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_model_dir, browser_programs):
+    with serving(tmp_path_factory.mktemp("browser"), tiny_model_dir) as served:
+        yield served
+
+
+# A library of one-window sounds, more than a screen of hits holds: 45 bells.
+CROWDED = {f"chimes/bell-{i:02d}.wav": (2.0, [f"a bell rings, chime {i}"]) for i in range(45)}
+
+
+@pytest.fixture(scope="module")
+def crowded_server(tmp_path_factory, tiny_model_dir, browser_programs):
+    with serving(tmp_path_factory.mktemp("crowded"), tiny_model_dir, CROWDED) as (address, _library):
+        yield address
 
 
 @pytest.fixture(scope="module")
@@ -722,3 +740,95 @@ def test_a_player_started_in_one_tab_pauses_the_players_of_the_others(server, dr
                 driver.close()
         driver.switch_to.window(first)
         driver.execute_script("arguments[0].pause()", looping)
+
+
+# The waveforms the page has asked the server for (one entry per request, as the Performance API records them), and
+# where each hit's waveform is: its top and bottom, against the viewport's height.
+WAVEFORMS = """
+const asked = performance.getEntriesByType("resource").map((entry) => new URL(entry.name).pathname);
+const where = (canvas) => ({ peaks: canvas.dataset.peaks, ...canvas.getBoundingClientRect().toJSON() });
+return {
+  asked: asked.filter((path) => path.endsWith("/peaks")),
+  waveforms: Array.from(document.querySelectorAll("canvas.waveform"), where),
+  height: innerHeight,
+};
+"""
+# Scroll down by half a screen, as a user's wheel does, and wait for the frame after it (where the page sees what
+# came into view); true when the page moved, false at its end.
+SCROLL_DOWN = """
+const done = arguments[arguments.length - 1], before = scrollY;
+scrollBy(0, innerHeight / 2);
+requestAnimationFrame(() => requestAnimationFrame(() => done(scrollY > before)));
+"""
+
+
+@dataclass
+class Waveforms:
+    """The waveforms the page has asked for so far (each time it asked), and of which hits: all of them, those in
+    view, and those further below than a screen past the viewport."""
+
+    asked: list[str]
+    every: set[str]
+    in_view: set[str]
+    far_below: set[str]
+
+
+def waveforms_near(driver) -> Waveforms:
+    seen = driver.execute_script(WAVEFORMS)
+    height, waveforms = seen["height"], seen["waveforms"]
+    return Waveforms(
+        seen["asked"],
+        {w["peaks"] for w in waveforms},
+        {w["peaks"] for w in waveforms if w["bottom"] > 0 and w["top"] < height},
+        {w["peaks"] for w in waveforms if w["top"] > 2 * height + 1},
+    )
+
+
+def waveforms_once(driver, which: Callable[[Waveforms], set[str]], what: str) -> Waveforms:
+    """The waveforms once those `which` names have all been asked for."""
+
+    def all_asked(d) -> Waveforms | None:
+        seen = waveforms_near(d)
+        return seen if which(seen) <= set(seen.asked) else None
+
+    return wait_for(driver, all_asked, what)
+
+
+def only_those_in_sight_asked(driver) -> list[str]:
+    """Once the hits in view have their waveforms asked for: what was asked, which is none of those far below."""
+    seen = waveforms_once(driver, lambda seen: seen.in_view, "the waveforms in view")
+    assert seen.far_below, "the list reaches further than a screen below the viewport"
+    assert not seen.far_below & set(seen.asked), "no waveform of a hit far below the viewport is asked for"
+    return seen.asked
+
+
+def scroll_to_the_end(driver) -> None:
+    while driver.execute_async_script(SCROLL_DOWN):
+        pass
+
+
+def every_waveform_asked_once(driver) -> None:
+    seen = waveforms_once(driver, lambda seen: seen.every, "every waveform")
+    assert sorted(seen.asked) == sorted(seen.every), "each waveform is asked for once"
+
+
+def test_a_long_list_asks_only_for_the_waveforms_in_sight_and_the_others_once_scrolled_to(crowded_server, driver):
+    """A reloaded list of 30 hits (`pages=2`) asks the server for the waveforms of the hits in view (and of those
+    a screen ahead), not for those further down, which it asks for as they are scrolled to: at the end of the list,
+    each hit's once. The hits "More results" adds are asked for in the same way."""
+    from selenium.webdriver.common.by import By
+
+    driver.get_log("browser")  # what earlier tests logged
+    driver.get(f"{crowded_server}/?q=a+bell+rings&by=window&k=15&pages=2")
+    assert len(driver.find_elements(By.CSS_SELECTOR, "li.hit")) == 30
+    assert len(only_those_in_sight_asked(driver)) < 30
+    scroll_to_the_end(driver)
+    every_waveform_asked_once(driver)
+
+    driver.find_element(By.CSS_SELECTOR, "a.more-results").click()
+    wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "li.hit")) == 45, "the next page added")
+    assert len(only_those_in_sight_asked(driver)) < 45
+    scroll_to_the_end(driver)
+    every_waveform_asked_once(driver)
+    problems = [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+    assert problems == []

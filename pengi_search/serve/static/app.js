@@ -30,6 +30,26 @@ async function loadWaveform(canvas) {
   }
 }
 
+// A hit's waveform is asked for only once it comes within a screen's height of the viewport: a long list (a reload
+// of `pages=N` shows up to a thousand hits) would otherwise send a request for every hit at once. A browser without
+// IntersectionObserver asks for them all, as pages did before.
+const waveformsInSight = window.IntersectionObserver
+  ? new IntersectionObserver(loadInSight, { rootMargin: "100% 0px" })
+  : null;
+
+function loadInSight(entries, observer) {
+  for (const entry of entries) {
+    if (!entry.isIntersecting) continue;
+    observer.unobserve(entry.target); // asked for once: scrolling back does not ask again
+    loadWaveform(entry.target);
+  }
+}
+
+function loadWaveformWhenNear(canvas) {
+  if (waveformsInSight) waveformsInSight.observe(canvas);
+  else loadWaveform(canvas);
+}
+
 function pauseOthers(current) {
   for (const audio of document.querySelectorAll("audio")) {
     if (audio !== current && !audio.paused) audio.pause();
@@ -178,7 +198,7 @@ function setUpHits(hits) {
     const start = parseFloat(button.dataset.start), end = parseFloat(button.dataset.end);
     button.addEventListener("click", () => playSpan(audio, start, end));
     if (canvas) {
-      loadWaveform(canvas);
+      loadWaveformWhenNear(canvas);
       canvas.addEventListener("click", (event) => {
         const fraction = event.offsetX / canvas.clientWidth;
         playSpan(audio, start + fraction * (end - start), end);
