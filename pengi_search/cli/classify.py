@@ -27,7 +27,6 @@ from .common import (
     DbOption,
     DeviceOption,
     HiddenOption,
-    JsonOption,
     LongPromptsOption,
     MaxLenOption,
     ModelOption,
@@ -40,6 +39,7 @@ from .common import (
     given_input,
     given_prompt,
     handle_errors,
+    json_option,
     options_from,
     out_console,
     print_json,
@@ -55,6 +55,12 @@ if TYPE_CHECKING:
     from ..model_dir import ModelDir
 
 Skipped = tuple[str, str]  # (path, reason): a file classify went on without
+
+
+ClassifyJsonOption = json_option(
+    "an object {method, labels, results, errors, metrics}, one result {file, label, score, top, windows, source} "
+    "per file."
+)
 
 
 @dataclass(frozen=True)
@@ -142,7 +148,7 @@ def classify(
     device: DeviceOption = Device.auto,
     compute: ComputeOptions,
     hidden: HiddenOption = False,
-    json_output: JsonOption = False,
+    json_output: ClassifyJsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
     """Zero-shot classification of audio files and folders against your labels.

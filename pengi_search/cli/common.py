@@ -93,7 +93,15 @@ LongPromptsOption = Annotated[
         "--long-prompts", help="A prompt over 40 tokens: cut to its first 40 as the original does (warns), or refuse."
     ),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+
+
+def json_option(prints: str) -> Any:
+    """The `--json` flag of a command, its help saying what the command prints: `prints` starts with the shape
+    ("a list ...", "an object ...") as the README documents it, since the shapes differ from command to command and
+    a script is written against one."""
+    return Annotated[bool, typer.Option("--json", help=f"JSON on stdout: {prints}")]
+
+
 DbOption = Annotated[
     str | None,
     typer.Option(

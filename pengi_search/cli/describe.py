@@ -19,7 +19,6 @@ from .common import (
     DeviceOption,
     FastOption,
     HiddenOption,
-    JsonOption,
     LongPromptsOption,
     MaxLenOption,
     ModelOption,
@@ -31,6 +30,7 @@ from .common import (
     given_input,
     given_prompt,
     handle_errors,
+    json_option,
     lasting_objects,
     options_from,
     out_console,
@@ -60,6 +60,12 @@ HopOption = Annotated[
 AnswerPrefixOption = Annotated[
     str, typer.Option("--answer-prefix", help="Text the answer must start with; the model continues it.")
 ]
+
+
+DescribeJsonOption = json_option("a list of {path, duration_s, windows, error}, one per file (one file too).")
+AskJsonOption = json_option(
+    "an object {path, duration_s, windows, error} for one file; a list of them for several files or a folder."
+)
 
 
 @dataclass(frozen=True)
@@ -217,7 +223,7 @@ def describe(
     *,
     options: DescribeOptions,
     answer_prefix: AnswerPrefixOption = "",
-    json_output: JsonOption = False,
+    json_output: DescribeJsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
     """Describe what each 7 s window of each file sounds like.
@@ -249,12 +255,10 @@ def ask(
     ] = None,
     *,
     options: DescribeOptions,
-    json_output: JsonOption = False,
+    json_output: AskJsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
     """Answer a question about sounds (audio question answering), for each 7 s window of each file.
-
-    With --json, one file gives its object and several files (or a folder) a list of them.
 
     Example: pengi-search ask engine.wav "is the engine healthy?"
     """

@@ -8,14 +8,17 @@ import typer
 from rich.markup import escape
 
 from ..units import count_text, duration_text
-from .common import EXIT_FAILED, EXIT_OK, DbOption, JsonOption, ModelOption, handle_errors, out_console, print_json
+from .common import EXIT_FAILED, EXIT_OK, DbOption, ModelOption, handle_errors, json_option, out_console, print_json
 
 if TYPE_CHECKING:
     from ..doctor import Report
 
 
+DoctorJsonOption = json_option("an object {healthy, environment, devices, models, database, problems, notes}.")
+
+
 @handle_errors
-def doctor(db: DbOption = None, model: ModelOption = None, json_output: JsonOption = False) -> None:
+def doctor(db: DbOption = None, model: ModelOption = None, json_output: DoctorJsonOption = False) -> None:
     """Check this installation, and say how to fix each problem found.
 
     Versions and builds (torch, CUDA, faiss, PyAV's codecs), devices, threads, the installed models and the one

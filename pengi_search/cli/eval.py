@@ -27,7 +27,6 @@ from .common import (
     BeamOption,
     DeviceOption,
     HiddenOption,
-    JsonOption,
     MaxLenOption,
     ModelOption,
     QuietOption,
@@ -39,6 +38,7 @@ from .common import (
     given_input,
     given_prompt,
     handle_errors,
+    json_option,
     options_from,
     out_console,
     print_json,
@@ -105,6 +105,9 @@ ReindexOption = Annotated[
     bool, typer.Option("--reindex", help="Index the set again (after changing beam, prompts or max length).")
 ]
 
+ReportJsonOption = json_option("an object, the report as report.json holds it.")
+CompareJsonOption = json_option("an object {kind, reports, setup_differences, not_recorded, notes, rows}.")
+
 
 Failures = dict[str, str]  # path -> why it could not be indexed
 Report = dict[str, Any]  # what a command measured, as report.json holds it
@@ -161,7 +164,7 @@ def retrieval(
         float, typer.Option("--hybrid-weight", min=0.0, max=1.0, help="The hybrid ranking's caption weight.")
     ] = DEFAULT_HYBRID_WEIGHT,
     quiet: QuietOption = False,
-    json_output: JsonOption = False,
+    json_output: ReportJsonOption = False,
 ) -> None:
     """Text -> audio and audio -> text retrieval: every caption is a query. R@1, R@5, R@10 and mAP@10 per ranking.
 
@@ -201,7 +204,7 @@ def caption(
         typer.Option("--java-metrics/--no-java-metrics", help="METEOR and SPICE, when Java can run them (slow start)."),
     ] = True,
     quiet: QuietOption = False,
-    json_output: JsonOption = False,
+    json_output: ReportJsonOption = False,
 ) -> None:
     """Captioning: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, SPICE, SPIDEr and caption-embedding cosine.
 
@@ -445,7 +448,7 @@ def classify_files(
     threads: ThreadsOption = None,
     hidden: HiddenOption = False,
     quiet: QuietOption = False,
-    json_output: JsonOption = False,
+    json_output: ReportJsonOption = False,
 ) -> None:
     """Zero-shot classification against known labels: accuracy, top-k accuracy, per-class scores, confusion matrix.
 
@@ -522,7 +525,7 @@ def compare(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Also write the comparison as Markdown.")
     ] = None,
-    json_output: JsonOption = False,
+    json_output: CompareJsonOption = False,
 ) -> None:
     """Two reports of the same kind side by side: every metric, the difference, and what differs in the setup.
 

@@ -24,7 +24,6 @@ from .common import (
     DeviceOption,
     FastOption,
     HiddenOption,
-    JsonOption,
     LongPromptsOption,
     MaxLenOption,
     ModelOption,
@@ -37,6 +36,7 @@ from .common import (
     given_input,
     given_prompt,
     handle_errors,
+    json_option,
     out_console,
     print_json,
     warn,
@@ -55,6 +55,9 @@ IndexTypeOption = Annotated[
         help="FAISS index: flat (exact), hnsw or ivfpq (millions of windows). Default: the type in use, else flat.",
     ),
 ]
+
+
+IndexJsonOption = json_option("an object, the run's summary (with --watch, JSON lines: one summary per run).")
 
 
 @handle_errors
@@ -157,7 +160,7 @@ def index(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Also show what the audio decoders printed about each file.")
     ] = False,
-    json_output: JsonOption = False,
+    json_output: IndexJsonOption = False,
 ) -> None:
     """Index every audio file under PATH... into the library (incremental, resumable), in two passes.
 

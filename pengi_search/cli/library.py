@@ -18,11 +18,11 @@ from ..written_aside import written_aside
 from .common import (
     EXIT_FAILED,
     DbOption,
-    JsonOption,
     check_output_file,
     fail,
     given_input,
     handle_errors,
+    json_option,
     out_console,
     print_json,
 )
@@ -32,8 +32,15 @@ if TYPE_CHECKING:
     from ..library import Library
 
 
+RebuildJsonOption = json_option("an object {vectors, vector_indexes, seconds}.")
+StatsJsonOption = json_option("an object: the library's counts, captions, failed files, runs and vector indexes.")
+RemoveJsonOption = json_option("an object {path, removed_files}.")
+
+
 @handle_errors
-def rebuild_index(db: DbOption = None, index_type: IndexTypeOption = None, json_output: JsonOption = False) -> None:
+def rebuild_index(
+    db: DbOption = None, index_type: IndexTypeOption = None, json_output: RebuildJsonOption = False
+) -> None:
     """Rebuild the FAISS indexes from the database (e.g. to change the index type).
 
     Example: pengi-search rebuild-index --index-type hnsw
@@ -71,7 +78,7 @@ def _fallback_told_below() -> Iterator[None]:
 
 
 @handle_errors
-def stats(db: DbOption = None, json_output: JsonOption = False) -> None:
+def stats(db: DbOption = None, json_output: StatsJsonOption = False) -> None:
     """Show what the library holds: files by status (those cut short or failed by name, with the reason), windows
     (and how many have captions), texts, model, embedder, runs, sizes on disk.
 
@@ -103,7 +110,7 @@ def stats(db: DbOption = None, json_output: JsonOption = False) -> None:
 def remove(
     path: Annotated[str, typer.Argument(help="A file, or a folder: everything indexed below it.", parser=given_input)],
     db: DbOption = None,
-    json_output: JsonOption = False,
+    json_output: RemoveJsonOption = False,
 ) -> None:
     """Forget a file, or every file under a folder (the files on disk are not touched).
 

@@ -15,12 +15,12 @@ from ..choices import Choice
 from ..pathnames import shown
 from ..releases import RELEASES
 from .common import (
-    JsonOption,
     ModelOption,
     QuietOption,
     UsageError,
     err_console,
     handle_errors,
+    json_option,
     out_console,
     print_json,
     warn,
@@ -41,6 +41,9 @@ TokenizerDirOption = Annotated[
     list[str] | None,
     typer.Option("--tokenizer-dir", help="KIND=PATH of a local tokenizer (gpt2=..., clip=...), for offline use."),
 ]
+
+
+InfoJsonOption = json_option("an object: the model's name, path, variant, weights, tokenizers and config.")
 
 
 def _read_config(path: Path | None):
@@ -181,7 +184,7 @@ def import_(
 
 @app.command("info")
 @handle_errors
-def info(model: ModelOption = None, json_output: JsonOption = False) -> None:
+def info(model: ModelOption = None, json_output: InfoJsonOption = False) -> None:
     """Show which model commands will use, where it is, and what it holds."""
     from ..model_dir import ModelDir, ModelNotFoundError
     from ..models import model_info

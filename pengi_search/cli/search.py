@@ -20,7 +20,6 @@ from .common import (
     DbOption,
     DeviceOption,
     HiddenOption,
-    JsonOption,
     ModelOption,
     QuietOption,
     UsageError,
@@ -28,6 +27,7 @@ from .common import (
     err_console,
     given_input,
     handle_errors,
+    json_option,
     options_from,
     out_console,
     print_json,
@@ -79,6 +79,15 @@ HybridWeightOption = Annotated[
         "--hybrid-weight", min=0.0, max=1.0, help="--rank hybrid: the caption cosine's weight (audio: 1 - it)."
     ),
 ]
+
+
+QueryJsonOption = json_option(
+    "a list of hits {path, start_s, end_s, score, caption, texts, window_id, missing, ranking}."
+)
+SimilarJsonOption = json_option(
+    "a list of hits for one file (query's fields but ranking, plus query_start_s, query_end_s); for several files "
+    "or a folder, a list of {file, source, hits, error}."
+)
 
 
 @dataclass(frozen=True)
@@ -228,7 +237,7 @@ def query(
     search: SearchOptions,
     rank: RankOption = None,
     hybrid_weight: HybridWeightOption = DEFAULT_HYBRID_WEIGHT,
-    json_output: JsonOption = False,
+    json_output: QueryJsonOption = False,
 ) -> None:
     """Find the sounds that match a text (text -> audio), best first.
 
@@ -285,15 +294,14 @@ def similar(
     search: SearchOptions,
     compute: ComputeOptions,
     hidden: HiddenOption = False,
-    json_output: JsonOption = False,
+    json_output: SimilarJsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
     """Find the sounds that sound like each FILE (audio -> audio); the file itself is left out, with its copies.
 
     An indexed, unchanged file uses its stored audio embeddings; any other file is decoded and embedded with the
     model (several such files together). Each window of the library is scored by its best match among the file's
-    windows. A file given twice is searched once; a file that cannot be decoded is reported (exit code 3). With
-    --json, one file gives its list of hits and several files (or a folder) a list of {file, source, hits, error}.
+    windows. A file given twice is searched once; a file that cannot be decoded is reported (exit code 3).
 
     Example: pengi-search similar door-slam.wav -k 5
     """
