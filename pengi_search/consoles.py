@@ -10,6 +10,9 @@ a terminal folds a line wider than itself whole).
 
 Rich also pads every cell of a table column to the column's widest, the last column's too, so rows ended in runs of
 spaces: off a terminal no line does (`grep 'dog$'`, diffs and `cut` see the text and nothing after it).
+
+Nor does any console read Rich's emoji codes: a file, label or caption with `:fire:` in it is printed so, not as a
+flame (every message here is the user's data or this program's plain words).
 """
 
 from __future__ import annotations
@@ -134,5 +137,6 @@ def writes_plain_lines(console: Console) -> bool:
 
 
 def make_console(*, stderr: bool = False, highlight: bool = True) -> Console:
-    """A console on stdout (or stderr) whose lines fit a terminal, and are never folded in a file or a pipe."""
-    return _FittingConsole(stderr=stderr, highlight=highlight)
+    """A console on stdout (or stderr) whose lines fit a terminal, and are never folded in a file or a pipe; no emoji
+    codes read."""
+    return _FittingConsole(stderr=stderr, highlight=highlight, emoji=False)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from pengi_search.choices import LongPrompt
 from pengi_search.config import PengiConfig
@@ -331,9 +331,9 @@ def print_dry_run(report: DryRunReport, console: Console, errors: Console) -> No
     for check in report.manifests:
         _print_manifest(check, console)
     for problem in report.model_problems:
-        console.print(f"[bold red]model:[/] {escape(problem)}", soft_wrap=True)
+        console.print(Text.assemble(("model:", "bold red"), " ", problem), soft_wrap=True)
     for problem in report.run_problems:
-        console.print(f"[bold red]run:[/] {escape(problem)}", soft_wrap=True)
+        console.print(Text.assemble(("run:", "bold red"), " ", problem), soft_wrap=True)
     plan = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in report.plan.items())
     console.print(f"plan: {plan}", soft_wrap=True)
     for line in report.resume:
@@ -359,8 +359,11 @@ def print_dry_run(report: DryRunReport, console: Console, errors: Console) -> No
 
 def _print_manifest(check: ManifestCheck, console: Console) -> None:
     console.print(
-        f"[bold]{check.role}[/] {escape(str(as_typed(check.path)))}: {check.examples} examples, {check.usable} "
-        f"usable, {check.missing} missing, {check.broken} unreadable",
+        Text.assemble(
+            (check.role, "bold"),
+            f" {as_typed(check.path)}: {check.examples} examples, {check.usable} usable, {check.missing} missing, "
+            f"{check.broken} unreadable",
+        ),
         soft_wrap=True,
     )
     for example, reason in check.problems[:PROBLEMS_SHOWN]:  # the configuration resolved the paths: shown as typed

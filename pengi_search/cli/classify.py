@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.markup import escape
+from rich.text import Text
 
 from ..choices import Device, LoglikScore, LongPrompt, Method, StopRule
 from ..pathnames import path_fields, shown
@@ -323,13 +323,13 @@ def _print_ranked(prediction: Prediction, top: int) -> None:
     from rich.table import Table
 
     windows = count_text(prediction.windows, "window")
-    out_console.print(f"[bold]{escape(shown(prediction.path))}[/]  ({windows})", soft_wrap=True)
+    out_console.print(Text.assemble((shown(prediction.path), "bold"), f"  ({windows})"), soft_wrap=True)
     table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
     table.add_column("#", justify="right")
     table.add_column("label")
     table.add_column("score", justify="right")
     for rank, (label, score) in enumerate(prediction.ranked[:top], 1):
-        table.add_row(str(rank), escape(label), f"{score:.4f}")
+        table.add_row(str(rank), Text(label), f"{score:.4f}")
     out_console.print(table)
 
 
@@ -346,7 +346,7 @@ def _print_metrics(metrics: dict[str, Any], console: Any) -> None:
     for name in ("label", "precision", "recall", "f1", "support"):
         table.add_column(name, justify="left" if name == "label" else "right")
     for label, m in metrics["per_class"].items():
-        table.add_row(escape(label), f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
+        table.add_row(Text(label), f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
     console.print(table)
     if metrics["unmatched"]:
         console.print(unmatched_note(metrics["unmatched"]), markup=False)

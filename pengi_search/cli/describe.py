@@ -180,18 +180,18 @@ def _to_json(results: list[FileResult]) -> list[dict]:
 
 
 def _print_text(results: list[FileResult], show_keys: bool) -> None:
-    from rich.markup import escape
+    from rich.text import Text
 
     for r in results:
         if r.error:
             continue
-        out_console.print(f"[bold]{escape(shown(r.path))}[/]  ({seconds_text(r.duration_s)})", soft_wrap=True)
+        out_console.print(Text.assemble((shown(r.path), "bold"), f"  ({seconds_text(r.duration_s)})"), soft_wrap=True)
         for w in r.windows:
             start, end = span_ends(w["start_s"], w["end_s"])
             span = f"  {start:>6}-{end}s"  # the starts right-aligned: the dashes line up
             for key, text in w["answers"].items():
                 label = f"{key}: " if show_keys else ""
-                out_console.print(f"{span}  {escape(label)}{escape(text)}", soft_wrap=True)
+                out_console.print(Text(f"{span}  {label}{text}"), soft_wrap=True)
                 span = " " * len(span)
 
 

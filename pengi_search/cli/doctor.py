@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.markup import escape
+from rich.text import Text
 
 from ..units import count_text, duration_text
 from .common import EXIT_FAILED, EXIT_OK, DbOption, ModelOption, handle_errors, json_option, out_console, print_json
@@ -47,16 +47,16 @@ def _print_report(report: Report) -> None:
     ):
         out_console.print(f"[bold]{title}[/]")
         for label, text in rows:
-            out_console.print(f"  {label:<14} {escape(text)}", soft_wrap=True)
+            out_console.print(Text(f"  {label:<14} {text}"), soft_wrap=True)
     for note in report.notes:
-        out_console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+        out_console.print(Text.assemble(("note:", "yellow"), " ", note), soft_wrap=True)
     if report.healthy:
         out_console.print("[green]healthy[/]: no problem found")
         return
     out_console.print(f"[bold red]{count_text(len(report.problems), 'problem')}[/]")
     for problem in report.problems:
-        out_console.print(f"[red]-[/] {escape(problem.where)}: {escape(problem.what)}", soft_wrap=True)
-        out_console.print(f"  fix: {escape(problem.fix)}", soft_wrap=True)
+        out_console.print(Text.assemble(("-", "red"), f" {problem.where}: {problem.what}"), soft_wrap=True)
+        out_console.print(Text(f"  fix: {problem.fix}"), soft_wrap=True)
 
 
 def _software(env: dict[str, Any]) -> list[tuple[str, str]]:

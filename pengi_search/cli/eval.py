@@ -558,6 +558,7 @@ def _report_names(first: Path, second: Path) -> tuple[str, str]:
 
 def _print_comparison(comparison: dict[str, Any]) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     from ..evaluation.report import setting_text
 
@@ -565,8 +566,8 @@ def _print_comparison(comparison: dict[str, Any]) -> None:
     for key, (was, now) in comparison["setup_differences"].items():
         out_console.print(f"{key}: {setting_text(was)} -> {setting_text(now)}", markup=False, soft_wrap=True)
     table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
-    for column in ("metric", name_a, name_b, "change"):
-        table.add_column(column, justify="left" if column == "metric" else "right")
+    for column in ("metric", name_a, name_b, "change"):  # the reports' folder names, as written
+        table.add_column(Text(column), justify="left" if column == "metric" else "right")
     for row in comparison["rows"]:
         change = "–" if row["delta"] is None else f"{row['delta']:+.4f}"
         table.add_row(row["metric"], _cell(row["a"]), _cell(row["b"]), change)

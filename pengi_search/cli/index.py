@@ -9,10 +9,9 @@ import time
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.markup import escape
 
 from ..choices import Captions, Device, IndexType, LongPrompt, StopRule
-from ..messages import print_interrupted
+from ..messages import print_interrupted, print_problem
 from ..stop_signals import interrupted_exit_code
 from ..units import count_text, for_count
 from .common import (
@@ -352,11 +351,11 @@ def _print_problems(summary: IndexSummary, *, verbose: bool, db_option: str) -> 
         err_console.print(f"run {run_id} was still marked running, but its process had ended: marked interrupted")
     for label, items in (("failed", summary.failed), ("unreadable folder", summary.unreadable_dirs)):
         for item in items:
-            err_console.print(f"[red]{label}[/] {escape(shown(item.path))}: {escape(item.message)}", soft_wrap=True)
+            print_problem(err_console, label, item.path, item.message)
     for note in [*summary.unseen_roots, *summary.hidden_kept, *summary.truncated]:
         warn(f"{shown(note.path)}: {note.message}")
     for note in summary.decoder_notes if verbose else ():
-        err_console.print(f"decoder {escape(shown(note.path))}: {escape(note.message)}", soft_wrap=True)
+        err_console.print(f"decoder {shown(note.path)}: {note.message}", markup=False, soft_wrap=True)
     for gone in summary.gone_sources:
         err_console.print(f"note: {_gone_note(gone.path, gone.files, db_option)}", markup=False, soft_wrap=True)
 

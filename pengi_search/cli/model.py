@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
+from rich.text import Text
 
 from ..choices import Choice
 from ..pathnames import shown
@@ -101,7 +101,7 @@ def _config_hint(config: Path | None) -> Iterator[None]:
 
 
 def _report(target: Path, missing: list[str]) -> None:
-    err_console.print(f"installed [bold]{escape(shown(str(target)))}[/]", soft_wrap=True)
+    err_console.print(Text.assemble("installed ", (shown(str(target)), "bold")), soft_wrap=True)
     for kind in missing:
         warn(
             f"the {kind} tokenizer was not installed; copy one into {target / 'tokenizer' / kind} "
@@ -199,7 +199,7 @@ def info(model: ModelOption = None, json_output: InfoJsonOption = False) -> None
         print_json(details)
         return
     tokenizers = ", ".join(f"{k} {'yes' if ok else 'MISSING'}" for k, ok in details["tokenizers"].items())
-    out_console.print(f"[bold]{escape(shown(details['name']))}[/] ({details['variant']})", soft_wrap=True)
+    out_console.print(Text.assemble((shown(details["name"]), "bold"), f" ({details['variant']})"), soft_wrap=True)
     for label, value in (
         ("path", shown(details["path"])),
         ("weights", f"{details['weights_bytes'] / 2**20:.1f} MiB"),

@@ -338,7 +338,7 @@ def similar(
 
 def _show_similar(results: list[SimilarResult], *, json_output: bool, one_file: bool) -> None:
     """The hits of each query file; `one_file`: a single file was given, whose --json is its bare list of hits."""
-    from rich.markup import escape
+    from rich.text import Text
 
     from ..pathnames import path_fields, shown
 
@@ -362,6 +362,6 @@ def _show_similar(results: list[SimilarResult], *, json_output: bool, one_file: 
         if result.error is not None:
             continue
         if not one_file:  # which file these hits are for: a folder's files were not named on the command line
-            out_console.print(f"[bold]{escape(shown(result.path))}[/]", soft_wrap=True)
+            out_console.print(Text(shown(result.path), style="bold"), soft_wrap=True)
         # Which window of the query matched, whenever it has several: also when every hit shown matched the same one.
         _show_hits(result.hits, json_output=False, show_query_span=result.query_windows > 1)
