@@ -141,7 +141,7 @@ def _show_hits(hits: list[Hit], *, json_output: bool, show_query_span: bool = Fa
     if writes_plain_lines(out_console) and all(text.isprintable() for column in cells.values() for text in column):
         # Nothing to wrap: the rows Rich's table would give, written as lines. Its table lays out and renders every
         # cell, 7 s for `query -k 10000 > hits.txt`.
-        out_console.print(_plain_rows(cells), markup=False, emoji=False, highlight=False, soft_wrap=True)
+        out_console.print(_plain_rows(cells), markup=False, highlight=False, soft_wrap=True)
     else:
         out_console.print(_hits_table(cells, out_console.width))
 
