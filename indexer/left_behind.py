@@ -6,6 +6,11 @@ stay indexed and every query finds each sound twice, first at a path that is gon
 is removed (a drive may only be unmounted, as `pipeline._EMPTY_ROOT` says); instead the run names what
 `pengi-search remove` should forget: the deepest folder holding all those files, or, where that folder still holds
 indexed files that are on disk (which `remove` would forget too), narrower folders below it, down to single files.
+
+A library indexed before schema revision 0002 has no content hashes, and a file gone from disk cannot be hashed
+any more: the run decodes the moved files again, copying nothing. Their old paths are named all the same where they
+have the size and mtime of a file the run indexed, as a move (`mv`, `rsync -a`, a file manager) keeps them: the size
+alone would name an unmounted drive of unrelated clips of one length, which nothing tells from a moved folder.
 """
 
 from __future__ import annotations
@@ -14,23 +19,42 @@ import os
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 
-from pengi_search.db import Store
-from pengi_search.scan import inside
+from pengi_search.db import Store, unhashed_files
+from pengi_search.scan import Entry, inside
 
 from .run_report import GoneSources
 
 Forgettable = Callable[[str], bool]  # whether `remove PATH` would forget only files gone from disk
 
 
-def left_behind(store: Store, sources: Sequence[str], roots: Sequence[str]) -> list[GoneSources]:
+def left_behind(
+    store: Store, sources: Sequence[str], roots: Sequence[str], indexed: Sequence[Entry] = ()
+) -> list[GoneSources]:
     """Where the `sources` (one per file the run copied, so a source may come twice) that lie outside `roots` and
-    are gone from disk are, each path with how many of the run's files were copied from below it."""
-    gone = Counter(
-        source for source in sources if not any(inside(source, root) for root in roots) and not os.path.lexists(source)
-    )
+    are gone from disk are, each path with how many of the run's files were copied from below it; with, for the
+    files the run `indexed`, the unhashed files they were likely moved from (`_unhashed_sources`)."""
+    gone = Counter(source for source in sources if _gone_outside(source, roots))
+    gone.update(_unhashed_sources(store, indexed, roots))
     if not gone:
         return []
     return [GoneSources(path, files) for path, files in _targets(gone, lambda path: _only_gone(store, path))]
+
+
+def _gone_outside(path: str, roots: Sequence[str]) -> bool:
+    """Whether `path` lies outside the run's `roots` (which the run prunes itself) and is gone from disk."""
+    return not any(inside(path, root) for root in roots) and not os.path.lexists(path)
+
+
+def _unhashed_sources(store: Store, indexed: Sequence[Entry], roots: Sequence[str]) -> list[str]:
+    """For each of the `indexed` files, the first indexed file without a content hash that has its size and mtime
+    and is gone from disk outside `roots`: the path it was likely moved from (one per file, as a copy has one)."""
+    if not indexed:
+        return []
+    gone: defaultdict[tuple[int, float], list[str]] = defaultdict(list)
+    for path, stamp in sorted(unhashed_files(store, {entry.size for entry in indexed}).items()):
+        if _gone_outside(path, roots):
+            gone[stamp].append(path)
+    return [gone[stamp][0] for stamp in ((entry.size, entry.mtime) for entry in indexed) if gone.get(stamp)]
 
 
 def _targets(gone: Counter[str], forgettable: Forgettable) -> list[tuple[str, int]]:

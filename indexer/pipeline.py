@@ -204,6 +204,7 @@ class _Run:
         self._model_loaded: IndexModel | None = None
         self._identical: IdenticalFiles  # set by `_reuse`, before pass 1
         self._copied_from: list[str] = []  # the source of each file indexed as a copy (`_reused`)
+        self._stored: list[Entry] = []  # every file this run indexed, decoded or copied (`_indexed`)
 
     @property
     def leads(self) -> bool:
@@ -251,7 +252,7 @@ class _Run:
             self._sync()
             summary.searchable_s = summary.searchable_s or time.monotonic() - self.started
             summary.captions_missing = self._captions_missing(scanned.roots)
-            summary.gone_sources = left_behind(self.store, self._copied_from, scanned.roots)
+            summary.gone_sources = left_behind(self.store, self._copied_from, scanned.roots, self._stored)
             status = "finished"
         except KeyboardInterrupt as stop:
             status = "interrupted"
@@ -435,6 +436,7 @@ class _Run:
 
     def _indexed(self, entry: Entry, windows: int, notes: Sequence[str]) -> None:
         """Count a file stored with `windows` windows and its `notes` (a truncation, then the decoders' messages)."""
+        self._stored.append(entry)
         self.summary.indexed += 1
         self.summary.windows += windows
         self.summary.truncated += [FileNote(entry.path, note) for note in notes[:1] if note.startswith(TRUNCATED_NOTE)]

@@ -97,8 +97,8 @@ class FileNote(PathMessage):
 @dataclass(frozen=True)
 class GoneSources:
     """A folder (or a file) whose indexed files are all gone from disk, `files` of this run's files having been
-    copied from them (`indexer.left_behind`): still indexed, and found by every query, until `pengi-search remove`
-    forgets them."""
+    copied from them, or moved from them by their size and mtime where they have no content hash
+    (`indexer.left_behind`): still indexed, and found by every query, until `pengi-search remove` forgets them."""
 
     path: str
     files: int
@@ -128,8 +128,9 @@ class IndexSummary:
     `windows`: windows stored with their audio embedding (pass 1); `captioned`: windows given captions (pass 2);
     `captions_missing`: windows below the roots still without captions after the run; `searchable_s`: seconds
     until every window's audio embedding was stored and the FAISS files saved (when `similar` covers the set);
-    `gone_sources`: where the indexed files are that `reused` files were copied from and that are gone from disk
-    outside the run's paths (a library's folder moved): the run does not prune them, the user may.
+    `gone_sources`: where the indexed files are that `reused` files were copied from (or, unhashed, that indexed
+    files have the size and mtime of) and that are gone from disk outside the run's paths (a library's folder
+    moved): the run does not prune them, the user may.
     """
 
     database: str

@@ -9,6 +9,7 @@ from pathlib import Path
 import platformdirs
 
 from .errors import UnwritableFolderError, UsageError, os_reason, write_block
+from .pathnames import shown
 
 APP_NAME = "pengi-search"
 HOME_ENV = "PENGI_SEARCH_HOME"  # the data folder, instead of the platform's
@@ -52,6 +53,13 @@ def as_typed(path: str | os.PathLike[str]) -> Path:
     absolute = Path(os.path.abspath(path))
     here = Path.cwd()
     return absolute.relative_to(here) if absolute.is_relative_to(here) else absolute
+
+
+def shown_path(path: str | os.PathLike[str]) -> str:
+    """`as_typed(path)` for a terminal or a text file: relative to the current folder when under it (shorter
+    tables), escaped (`pathnames.shown`: undecodable bytes, control characters); JSON keeps paths absolute and as
+    they are."""
+    return shown(os.fspath(as_typed(path)))
 
 
 class GivenPath(type(Path())):  # type: ignore[misc]  # the platform's concrete class, as Path() makes

@@ -171,6 +171,22 @@ def test_yes_or_the_environment_fetch_without_asking(release, clip, isolated_hom
 
 
 @pytest.mark.usefixtures("terminal")
+@pytest.mark.parametrize("name", ["new\nline", "red\x1b[31m"], ids=["newline", "escape-sequence"])
+def test_the_model_folder_is_named_escaped_in_the_offer_and_once_installed(release, clip, tmp_path, monkeypatch, name):
+    """A control character in the data folder's name would reach the terminal raw (a line broken in two, text
+    turned red): it is shown escaped, as every path is."""
+    home = tmp_path / name
+    monkeypatch.setenv("PENGI_SEARCH_HOME", str(home))
+    result = runner.invoke(app, ["describe", str(clip), *DESCRIBE], input="\n")
+    assert result.exit_code == 0, result.output
+    escaped = str(tmp_path / name.replace("\n", "\\n").replace("\x1b", "\\x1b") / "models" / "base")
+    assert f"into        {escaped}\n" in result.stderr
+    assert f"installed {escaped}\n" in result.stderr
+    assert name not in result.stderr
+    assert _installed(home)
+
+
+@pytest.mark.usefixtures("terminal")
 @pytest.mark.parametrize("variable", ["PENGI_SEARCH_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"])
 def test_offline_mode_refuses_to_fetch_and_says_why(release, clip, isolated_home, monkeypatch, variable):
     monkeypatch.setenv(variable, "1")

@@ -129,3 +129,50 @@ def test_a_library_indexed_before_content_hashes_reuses_a_copy_by_hashing_the_in
         "NewDrive/birds/long.wav": long,
         "NewDrive/birds/tone.flac": tone,
     }
+
+
+def forget_content_hashes(db: Path) -> None:
+    """The library as schema revision 0001 left it: no file has a content hash."""
+    with sqlite3.connect(db) as connection:
+        connection.execute("UPDATE audio_files SET content_hash = NULL")
+
+
+def test_a_library_indexed_before_content_hashes_names_a_moved_folder_by_the_files_size_and_time(
+    sounds, tmp_path, tiny_model_dir
+):
+    """Gone files cannot be hashed, so the run decodes the moved ones again; a move keeps each file's size and
+    mtime, and the old paths with those of the run's files are named as a hashed library's are."""
+    forget_content_hashes(tmp_path / "lib.db")
+    audio = tmp_path / "Audio"
+    os.rename(sounds, audio)
+    summary = run_index(quick_options([audio], tmp_path / "lib.db", tiny_model_dir))
+    assert (summary.indexed, summary.reused) == (3, 0)
+    assert summary.gone_sources == [GoneSources(str(sounds), 3)]
+    assert len(indexed_paths(tmp_path / "lib.db")) == 6
+
+
+def test_unhashed_files_moved_out_of_a_folder_that_keeps_indexed_files_are_named_one_by_one(
+    sounds, tmp_path, tiny_model_dir
+):
+    forget_content_hashes(tmp_path / "lib.db")
+    audio = tmp_path / "Audio"
+    audio.mkdir()
+    shutil.move(sounds / "short.wav", audio / "short.wav")
+    shutil.move(sounds / "birds" / "long.wav", audio / "long.wav")
+    summary = run_index(quick_options([audio], tmp_path / "lib.db", tiny_model_dir))
+    assert summary.gone_sources == [
+        GoneSources(str(sounds / "birds" / "long.wav"), 1),
+        GoneSources(str(sounds / "short.wav"), 1),
+    ]
+
+
+def test_unhashed_gone_files_of_the_same_size_but_another_time_are_not_named(sounds, tmp_path, tiny_model_dir):
+    """An unmounted drive of clips as long as the new ones: the same sizes, but nothing says they were moved (clips
+    of one length and format often have one size), so its files are not offered to `remove`."""
+    forget_content_hashes(tmp_path / "lib.db")
+    os.rename(sounds, tmp_path / "unmounted")
+    fresh = write_tree(tmp_path / "Fresh")
+    for path in fresh.rglob("*.*"):
+        os.utime(path, (1.0, 1.0))
+    summary = run_index(quick_options([fresh], tmp_path / "lib.db", tiny_model_dir))
+    assert (summary.indexed, summary.gone_sources) == (3, [])

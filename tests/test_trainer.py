@@ -1059,6 +1059,22 @@ def test_dry_run_counts_missing_and_broken_audio_and_prints_the_task_mix(tmp_pat
     assert not (tmp_path / "run").exists()  # nothing trained
 
 
+def test_dry_run_shows_a_clip_path_escaped_as_every_path_is(tmp_path, sounds, tiny_model_dir):
+    """A newline or an escape sequence in a manifest's clip name would reach the terminal raw (a row broken in
+    two, the rest of the report in red): the row names it escaped."""
+    names = ["new\nline.wav", "red\x1b[31m.wav"]
+    rows = [{"audio": str(sounds / "hum.wav"), "task": "caption", "answer": "a low hum"}]
+    rows += [{"audio": name, "task": "caption", "answer": "nothing"} for name in names]
+    manifest = tmp_path / "odd.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    result = train_command(write_config(tmp_path, tiny_model_dir, manifest), "--dry-run")
+    assert result.exit_code == EXIT_PARTIAL
+    assert "row 2: " in result.stdout and "new\\nline.wav: file not found\n" in result.stdout
+    assert "row 3: " in result.stdout and "red\\x1b[31m.wav: file not found\n" in result.stdout
+    assert not any(name in result.stdout for name in names)
+
+
 def test_a_line_above_the_progress_bar_is_printed_as_written_on_one_line() -> None:
     """A sample answer holding brackets lost them to Rich markup, and piped to a log a long line broke at 80."""
     out = io.StringIO()

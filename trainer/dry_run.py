@@ -21,7 +21,7 @@ from pengi_search.config import PengiConfig
 from pengi_search.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, PengiSearchError
 from pengi_search.messages import print_error, print_warning
 from pengi_search.model import Pengi
-from pengi_search.paths import as_typed
+from pengi_search.paths import shown_path
 from pengi_search.tokenization import PromptTooLongError, Tokenizers
 from pengi_search.units import duration_text
 from trainer.checkpoint_files import checkpoint_to_resume
@@ -258,7 +258,7 @@ def _run_problems(config: TrainConfig, plan: dict[str, int | None], rows: int) -
     problems = []
     if plan.get("steps_per_epoch") == 0 and rows:
         too_few = config.too_few_for_a_step(rows, plan.get("processes") or 1)
-        problems.append(f"{as_typed(config.data.train)}: {too_few}")
+        problems.append(f"{shown_path(config.data.train)}: {too_few}")
     return problems
 
 
@@ -307,7 +307,7 @@ def _model_problems(config: TrainConfig) -> list[str]:
         "model.clip_tokenizer": section.clip_tokenizer,
     }
     missing = [(key, path) for key, path in paths.items() if path is not None and not path.exists()]
-    return [f"{key}: {as_typed(path)} does not exist" for key, path in missing]
+    return [f"{key}: {shown_path(path)} does not exist" for key, path in missing]
 
 
 def _plan(config: TrainConfig, rows: int) -> dict[str, int | None]:
@@ -361,13 +361,13 @@ def _print_manifest(check: ManifestCheck, console: Console) -> None:
     console.print(
         Text.assemble(
             (check.role, "bold"),
-            f" {as_typed(check.path)}: {check.examples} examples, {check.usable} usable, {check.missing} missing, "
+            f" {shown_path(check.path)}: {check.examples} examples, {check.usable} usable, {check.missing} missing, "
             f"{check.broken} unreadable",
         ),
         soft_wrap=True,
     )
     for example, reason in check.problems[:PROBLEMS_SHOWN]:  # the configuration resolved the paths: shown as typed
-        console.print(f"  row {example.row}: {as_typed(example.audio)}: {reason}", markup=False, soft_wrap=True)
+        console.print(f"  row {example.row}: {shown_path(example.audio)}: {reason}", markup=False, soft_wrap=True)
     if len(check.problems) > PROBLEMS_SHOWN:
         console.print(f"  ... and {len(check.problems) - PROBLEMS_SHOWN} more")
     table = Table("task", "examples", "share", title=f"{check.role} task mix")

@@ -241,12 +241,6 @@ def options_from(group: type, parameter: str) -> Callable[[F], F]:
     return decorate
 
 
-def shown_path(path: str) -> str:
-    """Paths below the current folder are shown relative to it (shorter tables), escaped where they are not
-    UTF-8 (`pathnames.shown`); JSON keeps them absolute and as they are."""
-    return shown(os.fspath(as_typed(path)))
-
-
 def given_prompt(value: str) -> str:
     """A --prompt's parser: a blank one is refused. It asks the model nothing (a `-p "$UNSET"`), and its answers
     would be named by an empty string."""

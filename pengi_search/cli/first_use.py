@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.text import Text
 
 from ..consoles import is_a_terminal
+from ..pathnames import shown
 from .common import F, err_console, fail, warn
 
 if TYPE_CHECKING:
@@ -88,8 +90,18 @@ def ensure_model(spec: str | None, *, assume_yes: bool) -> None:
         err_console.print(f"{missing}: fetching it ({release.approx_size}) from {release.url}", soft_wrap=True)
     from ..models import fetch_model
 
-    target, _ = fetch_model(name, notify=warn)
-    err_console.print(f"installed {target}", markup=False, soft_wrap=True)
+    report_installed(*fetch_model(name, notify=warn))
+
+
+def report_installed(target: Path, missing: list[str]) -> None:
+    """`installed TARGET` (escaped, as every path is shown), then a warning for each tokenizer it lacks: the
+    words of `model fetch` and `model import`, and of the download a command offers."""
+    err_console.print(Text.assemble("installed ", (shown(str(target)), "bold")), soft_wrap=True)
+    for kind in missing:
+        warn(
+            f"the {kind} tokenizer was not installed; copy one into {shown(str(target / 'tokenizer' / kind))} "
+            "(or import again with --tokenizer-dir) before using this model"
+        )
 
 
 def refuse_blocked_install(spec: str | None) -> str | None:
@@ -115,7 +127,7 @@ def release_details(release: Release, target: Path) -> str:
         "from": release.url,
         "tokenizers": f"{hub_names}, from the Hugging Face hub (a few MB)",
         "licence": RELEASE_LICENCE,
-        "into": str(target),
+        "into": shown(str(target)),
     }
     return "\n".join(f"  {label:<11} {text}" for label, text in rows.items())
 

@@ -84,14 +84,14 @@ def stats(db: DbOption = None, json_output: StatsJsonOption = False) -> None:
 
     Example: pengi-search stats --json
     """
-    from ..db import caption_counts, caption_modes, sqlite_file
+    from ..db import caption_stats, sqlite_file
     from ..db.urls import db_option
     from ..library import Library
     from ..pathnames import path_fields
 
     with Library.open(db, read_only=True) as library:
         data = library.store.stats()
-        data["captions"] = {**caption_counts(library.store).to_json(), "by_mode": caption_modes(library.store)}
+        data["captions"] = caption_stats(library.store)
         data["truncated"] = [
             {**path_fields(record.path), "note": record.truncated} for record in library.store.truncated_files()
         ]

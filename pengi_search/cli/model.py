@@ -18,14 +18,13 @@ from .common import (
     ModelOption,
     QuietOption,
     UsageError,
-    err_console,
     handle_errors,
     json_option,
     out_console,
     print_json,
     warn,
 )
-from .first_use import refuse_blocked_install
+from .first_use import refuse_blocked_install, report_installed
 from .help_text import App
 
 # The released checkpoints `model fetch` can download, as a choice; `releases.RELEASES` is where they are listed.
@@ -100,15 +99,6 @@ def _config_hint(config: Path | None) -> Iterator[None]:
         raise CheckpointError(err.where, f"{err.reason}. {hint}") from err
 
 
-def _report(target: Path, missing: list[str]) -> None:
-    err_console.print(Text.assemble("installed ", (shown(str(target)), "bold")), soft_wrap=True)
-    for kind in missing:
-        warn(
-            f"the {kind} tokenizer was not installed; copy one into {target / 'tokenizer' / kind} "
-            "(or import again with --tokenizer-dir) before using this model"
-        )
-
-
 @app.command("fetch")
 @handle_errors
 def fetch(
@@ -146,7 +136,7 @@ def fetch(
             force=force,
             notify=warn,
         )
-    _report(target, missing)
+    report_installed(target, missing)
 
 
 @app.command("import")
@@ -179,7 +169,7 @@ def import_(
             tokenizer_sources=sources,
             require_tokenizers=not no_tokenizers,
         )
-    _report(target, missing)
+    report_installed(target, missing)
 
 
 @app.command("info")

@@ -12,6 +12,7 @@ import typer
 
 from ..choices import DEFAULT_HYBRID_WEIGHT, By, Device, Rank
 from ..consoles import writes_plain_lines
+from ..paths import shown_path
 from ..units import span_text
 from .common import (
     EXIT_OK,
@@ -32,7 +33,6 @@ from .common import (
     out_console,
     print_json,
     report_skipped,
-    shown_path,
     warn,
 )
 from .first_use import fetches_model

@@ -117,6 +117,12 @@ def caption_modes(store: Store) -> dict[str, int]:
         return {mode or UNRECORDED_MODE: int(windows) for mode, windows in session.execute(query).all()}
 
 
+def caption_stats(store: Store) -> dict[str, Any]:
+    """The `captions` block of `stats --json` and the server's `/api/stats`: the library's windows, how many have
+    captions and how many wait for them, and the captioned ones `by_mode` (`caption_modes`)."""
+    return {**caption_counts(store).to_json(), "by_mode": caption_modes(store)}
+
+
 def _all_in_mode(session: Session, mode: str | None) -> bool:
     """Whether every text was generated in `mode`; a mixed library is told from the first other text met."""
     other = select(GeneratedTextRow.id).where(GeneratedTextRow.mode.is_distinct_from(mode)).exists()

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..choices import DEFAULT_HYBRID_WEIGHT, By, Rank
-from ..db import FileRecord, Store, WindowDetails, caption_counts, caption_modes
+from ..db import FileRecord, Store, WindowDetails, caption_stats
 from ..embedders import TextEmbedderError, warn_of_cuts
 from ..errors import OptionError
 from ..hashing import file_sha256
@@ -448,7 +448,7 @@ class Service:
         store = self.library.store
         self.library.refresh()
         stats = store.stats()
-        stats["captions"] = {**caption_counts(store).to_json(), "by_mode": caption_modes(store)}
+        stats["captions"] = caption_stats(store)
         stats["indexes"] = {
             kind: {"type": index.type, "vectors": len(index)} for kind, index in self.library.live_indexes().items()
         }
