@@ -607,6 +607,36 @@ def test_a_resume_reads_its_checkpoint_from_disk_once(tmp_path, sounds, tiny_mod
     assert [step for step, _ in losses(tmp_path / "run")] == [1, 2]
 
 
+@pytest.mark.parametrize(
+    ("setting", "said"),
+    [
+        ("optimizaton.max_steps=3", "--set: unknown key optimizaton; known keys here: output_dir, seed, model,"),
+        ("optimization.max_step=3", "--set: unknown key optimization.max_step; known keys here: lr,"),
+        ("optimization.max_steps=abc", "--set: optimization.max_steps must be int, got 'abc'"),
+        ("optimization.max_steps=0", "--set: optimization.max_steps must be at least 1"),
+        ("seed.value=3", "--set: cannot set seed.value: seed is not a section"),
+    ],
+)
+def test_a_mistyped_set_is_named_as_the_set_not_as_the_config_file_which_does_not_hold_it(
+    tmp_path, sounds, tiny_model_dir, setting: str, said: str
+) -> None:
+    """`error: config.yaml: unknown key optimizaton` sent the user looking for a typo in a file without one."""
+    config_path = write_config(tmp_path, tiny_model_dir, sounds / "train.jsonl")
+    result = train_command(config_path, "--set", setting)
+    assert result.exit_code == EXIT_USAGE and result.stderr.startswith(f"error: {said}"), result.stderr
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_a_config_files_own_mistake_is_named_after_the_file_whatever_set_gives(tmp_path, sounds, tiny_model_dir):
+    config_path = write_config(tmp_path, tiny_model_dir, sounds / "train.jsonl", optimization={"lr": -1})
+    for options in ([], ["--set", "optimization.max_steps=3"]):
+        result = train_command(config_path, *options)
+        assert result.exit_code == EXIT_USAGE, result.stderr
+        assert result.stderr == f"error: {config_path}: optimization.lr must be positive\n"
+    fixed = train_command(config_path, "--set", "optimization.lr=0.01", "--set", "optimization.max_steps=1")
+    assert fixed.exit_code == 0, fixed.stderr
+
+
 def test_resume_without_a_checkpoint_is_bad_usage_like_a_missing_resume_from_file(
     tmp_path, sounds, tiny_model_dir
 ) -> None:
