@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import PengiSearchError, os_reason
+from .stop_signals import stop_signals_blocked
 
 
 class WriteError(PengiSearchError):
@@ -30,6 +32,29 @@ def written_aside(path: Path, partial: Path | None = None) -> Iterator[Path]:
         if isinstance(exc, OSError):
             raise WriteError(path, f"cannot write ({os_reason(exc)})") from exc
         raise
+
+
+@contextlib.contextmanager
+def folder_written_aside(path: Path) -> Iterator[Path]:
+    """A folder's `written_aside`: the folder to write `path`'s new files in (`.NAME.partial` beside it), put in
+    its place when the block ends, so that a reader finds the old folder or the new one whole, never one of
+    mixed files (new weights beside the old configuration). When the block fails, Ctrl-C included, the partial
+    folder goes and the old one stays as it was. Stop signals wait while the folders swap: the swap is two renames,
+    and a Ctrl-C between them would leave neither in place."""
+    partial = path.with_name(f".{path.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)  # what an earlier write that was killed left
+    try:
+        yield partial
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    old = path.with_name(f".{path.name}.old")
+    with stop_signals_blocked():
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(partial, path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def fsync_folder(folder: Path) -> None:

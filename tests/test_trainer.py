@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from transformers import CLIPConfig, CLIPModel, GPT2LMHeadModel
 from typer.testing import CliRunner, Result
 
+import pengi_search.model
 from pengi_search.cli import app
 from pengi_search.config import PengiConfig
 from pengi_search.encoders import clip_text_config
@@ -426,6 +427,44 @@ def test_resuming_a_finished_run_says_so_and_writes_nothing_and_a_raised_max_ste
     assert shlex.split(export[1]) == ["pengi-search", "train", "export", str(checkpoint)]
 
 
+def test_a_second_ctrl_c_during_the_final_export_keeps_the_model_folder_whole_and_the_resume_names_the_export(
+    tmp_path, sounds, tiny_model_dir, monkeypatch
+) -> None:
+    """A second Ctrl-C interrupts at once, here as the resumed run wrote model/: its new weights went beside the
+    first stop's config.json (whose sha256 they failed), and the next --resume called that folder the run's model.
+    Now model/ stays the whole model of the first stop, and the resume names the `train export` of the run's end."""
+    config_path = write_config(tmp_path, tiny_model_dir, sounds / "train.jsonl")  # max_steps 4
+    run = tmp_path / "run"
+    after_step = Trainer._after_step
+
+    def press_ctrl_c_at_step_2(self: Trainer) -> None:
+        after_step(self)
+        if self.position.step == 2:
+            self.interrupt.requested = True  # what the first SIGINT's handler sets
+
+    monkeypatch.setattr(Trainer, "_after_step", press_ctrl_c_at_step_2)
+    assert train_command(config_path).exit_code == EXIT_INTERRUPTED
+    monkeypatch.setattr(Trainer, "_after_step", after_step)
+    first_stop = {path.name: path.read_bytes() for path in (run / "model").iterdir() if path.is_file()}
+    hashed = pengi_search.model.file_sha256
+
+    def second_ctrl_c_once_the_weights_are_written(path: Path) -> str:
+        if path.parent.name in ("model", ".model.partial"):  # model/'s weights, written in place or aside
+            raise KeyboardInterrupt  # what the second SIGINT's handler raises
+        return hashed(path)
+
+    monkeypatch.setattr(pengi_search.model, "file_sha256", second_ctrl_c_once_the_weights_are_written)
+    assert train_command(config_path, "--resume").exit_code == EXIT_INTERRUPTED
+    monkeypatch.setattr(pengi_search.model, "file_sha256", hashed)
+    assert {path.name: path.read_bytes() for path in (run / "model").iterdir() if path.is_file()} == first_stop
+    assert [path.name for path in run.iterdir() if path.name.startswith(".")] == []  # no partial folder left
+
+    result = train_command(config_path, "--resume")
+    message = " ".join(result.stderr.split())
+    assert result.exit_code == 0 and "the run already finished at step 4" in message, result.stderr
+    assert f"`pengi-search train export {run / 'checkpoints' / 'step-00000004.pt'}` writes its model" in message
+
+
 def test_a_resume_is_the_run_that_was_started_not_what_the_config_file_says(
     tmp_path, sounds, tiny_model_dir, monkeypatch
 ) -> None:
@@ -566,6 +605,36 @@ def test_a_resume_reads_its_checkpoint_from_disk_once(tmp_path, sounds, tiny_mod
     check_trained(config_path, "--resume", "--set", "optimization.max_steps=2")
     assert reads.count(checkpoint) == 1
     assert [step for step, _ in losses(tmp_path / "run")] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("setting", "said"),
+    [
+        ("optimizaton.max_steps=3", "--set: unknown key optimizaton; known keys here: output_dir, seed, model,"),
+        ("optimization.max_step=3", "--set: unknown key optimization.max_step; known keys here: lr,"),
+        ("optimization.max_steps=abc", "--set: optimization.max_steps must be int, got 'abc'"),
+        ("optimization.max_steps=0", "--set: optimization.max_steps must be at least 1"),
+        ("seed.value=3", "--set: cannot set seed.value: seed is not a section"),
+    ],
+)
+def test_a_mistyped_set_is_named_as_the_set_not_as_the_config_file_which_does_not_hold_it(
+    tmp_path, sounds, tiny_model_dir, setting: str, said: str
+) -> None:
+    """`error: config.yaml: unknown key optimizaton` sent the user looking for a typo in a file without one."""
+    config_path = write_config(tmp_path, tiny_model_dir, sounds / "train.jsonl")
+    result = train_command(config_path, "--set", setting)
+    assert result.exit_code == EXIT_USAGE and result.stderr.startswith(f"error: {said}"), result.stderr
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_a_config_files_own_mistake_is_named_after_the_file_whatever_set_gives(tmp_path, sounds, tiny_model_dir):
+    config_path = write_config(tmp_path, tiny_model_dir, sounds / "train.jsonl", optimization={"lr": -1})
+    for options in ([], ["--set", "optimization.max_steps=3"]):
+        result = train_command(config_path, *options)
+        assert result.exit_code == EXIT_USAGE, result.stderr
+        assert result.stderr == f"error: {config_path}: optimization.lr must be positive\n"
+    fixed = train_command(config_path, "--set", "optimization.lr=0.01", "--set", "optimization.max_steps=1")
+    assert fixed.exit_code == 0, fixed.stderr
 
 
 def test_resume_without_a_checkpoint_is_bad_usage_like_a_missing_resume_from_file(

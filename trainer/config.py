@@ -6,6 +6,7 @@ raise `ConfigError` naming the file and the key.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -303,13 +304,24 @@ def load_config(path: Path | str, overrides: Mapping[str, Any] | None = None) ->
         raise ConfigError(path, f"not valid YAML: {yaml_problem(error)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(path, "expected a mapping of sections at the top level")
+    as_written = copy.deepcopy(raw)
     for dotted, value in (overrides or {}).items():
-        _set_dotted(raw, dotted, value, path)
+        _set_dotted(raw, dotted, value)
+    base = path.parent.resolve()
     try:
-        base = path.parent.resolve()
         return _with_local_sources(_build(TrainConfig, raw, "", base), base)
     except _Invalid as error:
-        raise ConfigError(path, str(error)) from None
+        raise ConfigError(_blamed(path, as_written, base, str(error)), str(error)) from None
+
+
+def _blamed(path: Path, as_written: dict[str, Any], base: Path, problem: str) -> Path | str:
+    """What a configuration's `problem` is named after: the file, when the file as written has it too, else the
+    `--set` overrides that brought it (a mistyped key there is not to be looked for in the file)."""
+    try:
+        _build(TrainConfig, as_written, "", base)
+    except _Invalid as error:
+        return path if str(error) == problem else "--set"
+    return "--set"
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -335,13 +347,13 @@ def yaml_problem(error: yaml.YAMLError) -> str:
     return " ".join(str(error).split())
 
 
-def _set_dotted(raw: dict, dotted: str, value: Any, path: Path) -> None:
+def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
     node = raw
     for key in parents:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
-            raise ConfigError(path, f"cannot set {dotted}: {key} is not a section")
+            raise ConfigError("--set", f"cannot set {dotted}: {key} is not a section")
     node[leaf] = value
 
 

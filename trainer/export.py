@@ -11,9 +11,10 @@ from typing import Any
 
 from pengi_search.checkpoint import CheckpointError
 from pengi_search.model import Pengi
-from pengi_search.model_dir import is_model_dir
+from pengi_search.model_dir import ModelDir, is_model_dir
 from pengi_search.paths import as_typed
 from pengi_search.tokenization import Tokenizers
+from pengi_search.written_aside import folder_written_aside
 from trainer.checkpoint_files import run_folder
 from trainer.config import config_from_dict
 from trainer.model_setup import apply_freezing, build_model, frozen_fingerprint
@@ -34,21 +35,37 @@ def export_model(
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """A model directory with the run's settings, step and training tasks (None: not known) recorded under
-    `trained` in its config.json (`ModelDir.trained_tasks` reads them: `describe` asks a model what it learnt)."""
+    `trained` in its config.json (`ModelDir.trained_tasks` reads them: `describe` asks a model what it learnt).
+
+    Written whole or not at all: a second Ctrl-C, which interrupts at once, leaves the directory as it was (an
+    earlier export of the run), never its new weights beside the old configuration."""
     trained = {"steps": step, "tasks": None if tasks is None else list(tasks), "config": config, **(extra or {})}
-    return model.save_pretrained(directory, tokenizers=tokenizers, extra={"trained": trained})
+    with folder_written_aside(directory) as partial:
+        model.save_pretrained(partial, tokenizers=tokenizers, extra={"trained": trained})
+    return directory
 
 
-def finished_run_models(output_dir: Path, checkpoint: Path) -> tuple[Path | None, str]:
+def finished_run_models(output_dir: Path, checkpoint: Path, step: int) -> tuple[Path | None, str]:
     """A finished run's model directory (None: it has none), and where its models are in words, the paths as the
-    user would type them here: its model and best model, or the `train export` that writes one from `checkpoint`."""
+    user would type them here: its model and best model, or the `train export` that writes one from `checkpoint`,
+    the run's last, at `step`."""
     model_dir = output_dir / MODEL_DIR
-    if not is_model_dir(model_dir):
+    if _trained_steps(model_dir) != step:  # none, or an earlier stop's: the run's final export was interrupted
         return None, f"`pengi-search train export {shlex.quote(str(as_typed(checkpoint)))}` writes its model"
     where = f"its model is in {as_typed(model_dir)}"
     if (output_dir / BEST_MODEL_DIR).is_dir():
         where += f" (the best evaluation's in {as_typed(output_dir / BEST_MODEL_DIR)})"
     return model_dir, where
+
+
+def _trained_steps(model_dir: Path) -> int | None:
+    """The step whose model `model_dir` holds, as its export recorded it; None when it holds no model of a run."""
+    if not is_model_dir(model_dir):
+        return None
+    try:
+        return ModelDir.read(model_dir).meta.get("trained", {}).get("steps")
+    except CheckpointError:
+        return None
 
 
 def export_checkpoint(checkpoint: Path, output: Path | None = None) -> Path:

@@ -271,7 +271,7 @@ class Trainer:
     def already_finished(self, checkpoint: Path) -> TrainingResult:
         """Resumed at the run's end (`finished`): say so, where its model is and how to train on; write nothing."""
         where, how = self.finished
-        model_dir, models = finished_run_models(self.config.output_dir, checkpoint)
+        model_dir, models = finished_run_models(self.config.output_dir, checkpoint, self.position.step)
         # Even with --quiet: it is the run's only outcome.
         self._say(f"the run already finished {where}: nothing was trained or written; {models}. To train on, {how}")
         return TrainingResult(self.model, self.tokenizers, model_dir, self.position.step, main=self.processes.main)
