@@ -12,7 +12,7 @@ from typing import Any
 from pengi_search.checkpoint import CheckpointError
 from pengi_search.model import Pengi
 from pengi_search.model_dir import is_model_dir
-from pengi_search.paths import as_typed
+from pengi_search.paths import shown_path
 from pengi_search.tokenization import Tokenizers
 from trainer.checkpoint_files import run_folder
 from trainer.config import config_from_dict
@@ -44,10 +44,10 @@ def finished_run_models(output_dir: Path, checkpoint: Path) -> tuple[Path | None
     user would type them here: its model and best model, or the `train export` that writes one from `checkpoint`."""
     model_dir = output_dir / MODEL_DIR
     if not is_model_dir(model_dir):
-        return None, f"`pengi-search train export {shlex.quote(str(as_typed(checkpoint)))}` writes its model"
-    where = f"its model is in {as_typed(model_dir)}"
+        return None, f"`pengi-search train export {shlex.quote(shown_path(checkpoint))}` writes its model"
+    where = f"its model is in {shown_path(model_dir)}"
     if (output_dir / BEST_MODEL_DIR).is_dir():
-        where += f" (the best evaluation's in {as_typed(output_dir / BEST_MODEL_DIR)})"
+        where += f" (the best evaluation's in {shown_path(output_dir / BEST_MODEL_DIR)})"
     return model_dir, where
 
 
