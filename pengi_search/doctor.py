@@ -35,7 +35,7 @@ from .model_dir import (
     named_places,
     release_to_fetch,
 )
-from .paths import as_typed, choose_elsewhere, file_in_the_way, models_dir
+from .paths import choose_elsewhere, file_in_the_way, models_dir, shown_path
 from .releases import RELEASES, TOKENIZERS
 
 # FFmpeg decoders for the formats soundfile leaves to PyAV (m4a/aac, alac, wma, opus, ...) and a few it shares.
@@ -228,7 +228,7 @@ def _no_model(root: Path, spec: str | None) -> Problem:
     fix = f"pengi-search model fetch {release}" if release else _point_elsewhere(spec)
     in_the_way = file_in_the_way(root) if release else None
     if in_the_way is not None:  # a file where the data folder should be: no fetch could install the model
-        what = f"{as_typed(in_the_way)} is a file, not a folder: no model can be installed in {as_typed(root)}"
+        what = f"{shown_path(in_the_way)} is a file, not a folder: no model can be installed in {shown_path(root)}"
         fix = choose_elsewhere(in_data=True, library=False)
     return Problem("models", what, fix)
 

@@ -123,7 +123,7 @@ def refuse_blocked_folder(folder: Path, *, library: bool = False) -> None:
     folder say the data folder's trouble in the words of those that would make it."""
     in_the_way = file_in_the_way(folder)
     if in_the_way is not None:
-        reason = f"{as_typed(in_the_way)} is a file, not a folder"
+        reason = f"{shown_path(in_the_way)} is a file, not a folder"
         raise _folder_error(folder, "cannot make", reason, library=library)
 
 
@@ -160,5 +160,5 @@ def _why_not_made(folder: Path, error: OSError) -> str:
     """Why `error` kept `folder` from being made, naming the folder above to blame where it is not `folder` itself
     (`/proc/nope` of `/proc/nope/pengi-search`). A file in the way is found before (`refuse_blocked_folder`)."""
     named = os.fspath(error.filename) if error.filename else None
-    part = f"{as_typed(named)}: " if named and os.path.abspath(named) != os.path.abspath(folder) else ""
+    part = f"{shown_path(named)}: " if named and os.path.abspath(named) != os.path.abspath(folder) else ""
     return f"{part}{os_reason(error)}"

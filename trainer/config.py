@@ -19,7 +19,7 @@ import yaml
 
 from pengi_search.choices import Device
 from pengi_search.errors import UsageError, empty_file
-from pengi_search.paths import as_path, as_typed, home_expanded
+from pengi_search.paths import as_path, home_expanded, shown_path
 from pengi_search.text_files import read_text
 from pengi_search.units import count_text
 
@@ -254,7 +254,7 @@ class TrainConfig:
 
     def _output_dir_problem(self) -> str | None:
         if self.output_dir is not None and self.output_dir.exists() and not self.output_dir.is_dir():
-            return f"output_dir {as_typed(self.output_dir)} is a file, not a folder"
+            return f"output_dir {shown_path(self.output_dir)} is a file, not a folder"
         return None
 
     def steps_per_epoch(self, examples: int, processes: int) -> int:

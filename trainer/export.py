@@ -12,7 +12,7 @@ from typing import Any
 from pengi_search.checkpoint import CheckpointError
 from pengi_search.model import Pengi
 from pengi_search.model_dir import ModelDir, is_model_dir
-from pengi_search.paths import as_typed
+from pengi_search.paths import shown_path
 from pengi_search.tokenization import Tokenizers
 from pengi_search.written_aside import folder_written_aside
 from trainer.checkpoint_files import run_folder
@@ -51,10 +51,10 @@ def finished_run_models(output_dir: Path, checkpoint: Path, step: int) -> tuple[
     the run's last, at `step`."""
     model_dir = output_dir / MODEL_DIR
     if _trained_steps(model_dir) != step:  # none, or an earlier stop's: the run's final export was interrupted
-        return None, f"`pengi-search train export {shlex.quote(str(as_typed(checkpoint)))}` writes its model"
-    where = f"its model is in {as_typed(model_dir)}"
+        return None, f"`pengi-search train export {shlex.quote(shown_path(checkpoint))}` writes its model"
+    where = f"its model is in {shown_path(model_dir)}"
     if (output_dir / BEST_MODEL_DIR).is_dir():
-        where += f" (the best evaluation's in {as_typed(output_dir / BEST_MODEL_DIR)})"
+        where += f" (the best evaluation's in {shown_path(output_dir / BEST_MODEL_DIR)})"
     return model_dir, where
 
 

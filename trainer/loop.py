@@ -29,7 +29,7 @@ from pengi_search.consoles import Console, make_console
 from pengi_search.errors import PengiSearchError
 from pengi_search.messages import print_warning
 from pengi_search.model import Pengi
-from pengi_search.paths import as_typed
+from pengi_search.paths import as_typed, shown_path
 from pengi_search.tokenization import Tokenizers
 from pengi_search.units import count_text
 from trainer.checkpoint_files import (
@@ -256,7 +256,7 @@ class Trainer:
             self._warn(f"the checkpoint was written by {written_by}, not {processes}: random streams restart")
         self.metrics.truncate_after(self.position.step)
         where = resume_point(self.position, self.total_steps, self.steps_per_epoch, self.config.optimization)
-        self._say(f"resuming from {as_typed(path)} {where}")
+        self._say(f"resuming from {shown_path(path)} {where}")
 
     def _warn(self, message: str) -> None:
         """Said once (by rank 0), even with --quiet, as the command line says its warnings."""
@@ -500,9 +500,9 @@ class Trainer:
             self._warn(f"matplotlib is not installed: no {PLOT_FILE} (pip install matplotlib)")
         # The run's outcome, said even with --quiet (which quiets the progress): where its models are.
         # Paths as the user would type them here: the configuration resolved output_dir.
-        self.console.print(f"model written to {as_typed(model_dir)}", soft_wrap=True, markup=False)
+        self.console.print(f"model written to {shown_path(model_dir)}", soft_wrap=True, markup=False)
         if self.best.best_step is not None and self.config.checkpoints.keep_best:
             best = f"best {self.best.metric} {self.best.best:.4f} at step {self.best.best_step}"
-            self.console.print(f"{best}: {as_typed(folder / BEST_MODEL_DIR)}", soft_wrap=True, markup=False)
+            self.console.print(f"{best}: {shown_path(folder / BEST_MODEL_DIR)}", soft_wrap=True, markup=False)
         wait_for_all(self.processes)
         return model_dir

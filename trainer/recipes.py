@@ -35,7 +35,7 @@ import numpy as np
 import yaml
 
 from pengi_search.errors import UsageError, not_found
-from pengi_search.paths import as_typed, refuse_unexpanded_home
+from pengi_search.paths import as_typed, refuse_unexpanded_home, shown_path
 from pengi_search.text_files import csv_rows, listed_file, read_text
 from trainer.checkpoint_files import list_checkpoints
 from trainer.data import manifest_path
@@ -251,7 +251,7 @@ def init_run(
     missing = [clip for clip in clips if not clip.audio.is_file()]
     if missing:
         first = missing[0]
-        problem = f"line {first.row}: no audio file {as_typed(first.audio)} ({len(missing)} missing)"
+        problem = f"line {first.row}: no audio file {shown_path(first.audio)} ({len(missing)} missing)"
         raise LabelsCsvError(labels_csv, problem)
     splits = split_clips(clips, validation, seed)
     if not splits["train"]:
@@ -273,7 +273,7 @@ def init_run(
     counts = {split: len(clips) for split, clips in splits.items()}
     warnings = split_warnings(splits)
     if run is not None:
-        run = as_typed(run)
+        run = shown_path(run)
         warnings += (
             f"the run in {run} was trained on the manifests this init replaced: train anew in another output_dir "
             f"(or remove {run}), rather than resume it",

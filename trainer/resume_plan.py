@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from pengi_search.paths import as_typed
+from pengi_search.paths import shown_path
 from pengi_search.units import count_text
 from trainer.config import ConfigError, OptimizationSection, TrainConfig
 from trainer.state import Position, load_checkpoint
@@ -99,7 +99,7 @@ def check_resume(config: TrainConfig, record: RunRecord, given: Collection[str],
     differences = ", ".join(f"{key} {_yaml(value)} (the run's: {_yaml(run)})" for key, (run, value) in changed.items())
     as_it_was = " ".join(_set_option(key, run) for key, (run, _) in changed.items())
     reason = (
-        f"differs from the run it resumes ({as_typed(record.checkpoint)}): {differences}; resume it as it was with "
+        f"differs from the run it resumes ({shown_path(record.checkpoint)}): {differences}; resume it as it was with "
         f"{as_it_was}"
     )
     if set(changed) <= set(LENGTH):
@@ -130,9 +130,9 @@ def check_steps(
     keep = f"{_set_option(LENGTH[0], was)} {_set_option(LENGTH[1], None)}"
     raise ConfigError(
         source,
-        f"differs from the run it resumes ({as_typed(record.checkpoint)}) in its length: optimization.epochs {epochs} "
-        f"make {epoch.total_steps} steps now, the run's {was}{because}; keep the run's {was} steps with {keep}, or "
-        f"train it on to {epoch.total_steps} with {_set_option(LENGTH[1], epochs)}",
+        f"differs from the run it resumes ({shown_path(record.checkpoint)}) in its length: optimization.epochs "
+        f"{epochs} make {epoch.total_steps} steps now, the run's {was}{because}; keep the run's {was} steps with "
+        f"{keep}, or train it on to {epoch.total_steps} with {_set_option(LENGTH[1], epochs)}",
     )
 
 
@@ -172,7 +172,7 @@ def planned_resume(
         where, how = finished
         return lines, [f"the run already finished {where}: resuming trains nothing; to train on, {how}"]
     where = resume_point(record.position, total, steps_per_epoch, config.optimization)
-    return [*lines, f"resuming from {as_typed(record.checkpoint)} {where}"], []
+    return [*lines, f"resuming from {shown_path(record.checkpoint)} {where}"], []
 
 
 def finished_by_length(step: int, total: int, optimization: OptimizationSection) -> tuple[str, str] | None:

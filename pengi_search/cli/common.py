@@ -37,7 +37,7 @@ from ..errors import (
 )
 from ..messages import print_error, print_interrupted, print_skipped, print_warning
 from ..pathnames import json_text, shown, writes_utf8
-from ..paths import GivenPath, as_typed, file_in_the_way, refuse_unexpanded_home
+from ..paths import GivenPath, file_in_the_way, refuse_unexpanded_home, shown_path
 from ..stop_signals import interrupted_by_stop_signals, interrupted_exit_code
 from .closed_output import output_closed, quiet_when_output_closed, whole_writes
 
@@ -258,7 +258,7 @@ def check_output_file(output: Path, kind: str) -> None:
     if not folder.is_dir():
         # `folder` itself or a part above it may be a file: name it so, not as a folder that is missing
         if (in_the_way := file_in_the_way(folder)) is not None:
-            raise UsageError(output, f"cannot write the {kind}: {as_typed(in_the_way)} is a file, not a folder")
+            raise UsageError(output, f"cannot write the {kind}: {shown_path(in_the_way)} is a file, not a folder")
         raise UsageError(output, f"cannot write the {kind}: no folder {shown(os.fspath(folder))}")
     if not os.access(folder, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
         raise UsageError(output, f"cannot write the {kind}: permission denied")

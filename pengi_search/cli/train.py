@@ -17,7 +17,7 @@ import click
 import typer
 
 from ..errors import EXIT_PARTIAL
-from ..paths import as_typed
+from ..paths import shown_path
 from .common import err_console, handle_errors, out_console, warn
 from .help_text import App, Group
 
@@ -198,13 +198,13 @@ def init(
     counts = ", ".join(f"{count} {split}" for split, count in result.counts.items() if count)
     out_console.print(f"clips: {counts}", markup=False, soft_wrap=True)
     for split, path in result.manifests.items():
-        out_console.print(f"{split} manifest: {path}", markup=False, soft_wrap=True)
-    out_console.print(f"label map: {result.label_map}", markup=False, soft_wrap=True)
-    out_console.print(f"config ({recipe}): {result.config}", markup=False, soft_wrap=True)
+        out_console.print(f"{split} manifest: {shown_path(path)}", markup=False, soft_wrap=True)
+    out_console.print(f"label map: {shown_path(result.label_map)}", markup=False, soft_wrap=True)
+    out_console.print(f"config ({recipe}): {shown_path(result.config)}", markup=False, soft_wrap=True)
     for warning in result.warnings:
         warn(warning)
     out_console.print(
-        f"next: pengi-search train {shlex.quote(str(result.config))} --dry-run", markup=False, soft_wrap=True
+        f"next: pengi-search train {shlex.quote(shown_path(result.config))} --dry-run", markup=False, soft_wrap=True
     )
 
 
@@ -228,4 +228,4 @@ def export(
     from trainer.export import export_checkpoint
 
     directory = export_checkpoint(checkpoint, output)  # by default beside the run's checkpoints, resolved
-    out_console.print(f"model written to {as_typed(directory)}", markup=False, soft_wrap=True)
+    out_console.print(f"model written to {shown_path(directory)}", markup=False, soft_wrap=True)

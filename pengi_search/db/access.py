@@ -18,13 +18,14 @@ from sqlalchemy import Engine, event, inspect
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import write_block
+from ..pathnames import shown
 from ..paths import (
-    as_typed,
     choose_elsewhere,
     file_in_the_way,
     made_folder,
     refuse_blocked_folder,
     refuse_unexpanded_home,
+    shown_path,
 )
 from .engine import create_store_engine
 from .errors import (
@@ -99,16 +100,16 @@ def unusable_place(db_file: Path, name: str | None = None) -> str | None:
     """Why no SQLite database can be at `db_file` (None when one is there or can be made): a folder or something
     else that is not a file there, a file that is not a SQLite database (an audio file given as --db), or a file
     where one of its folders should be. `name`: how to name `db_file` (`urls.library_name`), else as the user would
-    type it (`paths.as_typed`)."""
-    shown = name or str(as_typed(db_file))
+    type it (`paths.shown_path`); escaped either way, as every path a message names."""
+    place = shown(name) if name else shown_path(db_file)
     if db_file.exists():
         if db_file.is_file():
-            return None if _may_be_sqlite(db_file) else f"{shown} is not a SQLite database"
-        return f"{shown} is a folder, not a database file" if db_file.is_dir() else f"{shown} is not a file"
+            return None if _may_be_sqlite(db_file) else f"{place} is not a SQLite database"
+        return f"{place} is a folder, not a database file" if db_file.is_dir() else f"{place} is not a file"
     in_the_way = file_in_the_way(db_file.parent)
     if in_the_way is None:
         return None
-    return f"{as_typed(in_the_way)} is a file, not a folder: no database can be made at {shown}"
+    return f"{shown_path(in_the_way)} is a file, not a folder: no database can be made at {place}"
 
 
 def _may_be_sqlite(db_file: Path) -> bool:
