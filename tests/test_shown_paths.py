@@ -56,7 +56,7 @@ def _output_dir_a_file(odd: Path) -> str:
 
 
 def _export_hint(odd: Path) -> str:
-    _, where = finished_run_models(odd / "run", odd / "run" / "checkpoints" / "step-4.pt")
+    _, where = finished_run_models(odd / "run", odd / "run" / "checkpoints" / "step-4.pt", step=4)
     return where
 
 
