@@ -51,10 +51,12 @@ def _unhashed_sources(store: Store, indexed: Sequence[Entry], roots: Sequence[st
     if not indexed:
         return []
     gone: defaultdict[tuple[int, float], list[str]] = defaultdict(list)
-    for path, stamp in sorted(unhashed_files(store, {entry.size for entry in indexed}).items()):
+    for path, stamp in sorted(unhashed_files(store, {entry.size for entry in indexed}).items(), reverse=True):
         if _gone_outside(path, roots):
             gone[stamp].append(path)
-    return [gone[stamp][0] for stamp in ((entry.size, entry.mtime) for entry in indexed) if gone.get(stamp)]
+    # Each gone path stands for one of the run's files (popped, first by name first): files of one size and time
+    # (clips of one length copied with `cp -p`) were moved from as many paths.
+    return [gone[stamp].pop() for stamp in ((entry.size, entry.mtime) for entry in indexed) if gone.get(stamp)]
 
 
 def _targets(gone: Counter[str], forgettable: Forgettable) -> list[tuple[str, int]]:

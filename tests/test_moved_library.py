@@ -18,7 +18,7 @@ from pengi_search.cli import app
 from pengi_search.hashing import file_sha256
 from pengi_search.library import Library
 
-from .indexing import quick_options, write_tree
+from .indexing import quick_options, write_tone, write_tree
 
 runner = CliRunner()
 QUICK = ("--workers", "0", "--beam", "2", "--max-len", "3", "--device", "cpu", "--quiet")
@@ -176,3 +176,20 @@ def test_unhashed_gone_files_of_the_same_size_but_another_time_are_not_named(sou
         os.utime(path, (1.0, 1.0))
     summary = run_index(quick_options([fresh], tmp_path / "lib.db", tiny_model_dir))
     assert (summary.indexed, summary.gone_sources) == (3, [])
+
+
+def test_unhashed_files_moved_with_one_size_and_time_are_each_named(tmp_path, tiny_model_dir):
+    """Two different clips of one length and format, copied with their times (`cp -p`), share size and mtime: each
+    of the run's files stands for one old path, so both old paths are named, none twice."""
+    old, new = tmp_path / "Old", tmp_path / "New"
+    write_tone(old / "keep.wav", 2.0)
+    for path, freq in ((old / "one.wav", 440.0), (old / "sub" / "two.wav", 880.0)):
+        write_tone(path, 1.0, freq=freq)
+        os.utime(path, (1_000_000.0, 1_000_000.0))
+    run_index(quick_options([old], tmp_path / "lib.db", tiny_model_dir))
+    forget_content_hashes(tmp_path / "lib.db")
+    new.mkdir()
+    shutil.move(old / "one.wav", new / "one.wav")
+    shutil.move(old / "sub" / "two.wav", new / "two.wav")
+    summary = run_index(quick_options([new], tmp_path / "lib.db", tiny_model_dir))
+    assert summary.gone_sources == [GoneSources(str(old / "one.wav"), 1), GoneSources(str(old / "sub"), 1)]
