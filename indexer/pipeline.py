@@ -56,6 +56,7 @@ from pengi_search.scan import Entry, ScanResult, has_extension, hidden_path, ins
 from pengi_search.units import count_text, for_count
 
 from .captions import CaptionPass, CaptionResult, IndexModel
+from .emptied_folders import emptied_folders
 from .hold_points import FILE_STORED, hold_at
 from .left_behind import left_behind
 from .reuse import Copies, IdenticalFiles, Reuse
@@ -516,8 +517,21 @@ class _Run:
                 words = _counted(len(gone), self.store.db_option)
                 self.summary.unseen_roots.append(FileNote(root, _EMPTY_ROOT.format(**words)))
                 continue
-            pruned += self.store.prune_missing(present | unseen, under=root)
+            kept = self._emptied_kept(root, gone, present)
+            pruned += self.store.prune_missing(present | unseen | kept, under=root)
         return pruned
+
+    def _emptied_kept(self, root: str, gone: set[str], present: set[str]) -> set[str]:
+        """Of the `gone` files under `root`, those kept for a folder still there without audio (`emptied_folders`),
+        each folder noted once with its count, as a root with no audio is."""
+        kept = emptied_folders(gone, root, present)
+        self.summary.unseen_roots += self._kept_notes(kept, _EMPTY_ROOT)
+        return set(kept)
+
+    def _kept_notes(self, kept: dict[str, str], note: str) -> list[FileNote]:
+        """One note (`_HIDDEN_KEPT`, `_EMPTY_ROOT`) for each place that files were `kept` at, with their count."""
+        counts = sorted(Counter(kept.values()).items())
+        return [FileNote(at, note.format(**_counted(count, self.store.db_option))) for at, count in counts]
 
     def _hidden_kept(self, root: str, missing: set[str]) -> set[str]:
         """Of the files under `root` this scan did not find, those it passed over for a hidden name (without
@@ -525,11 +539,7 @@ class _Run:
         if self.options.hidden:
             return set()
         kept = {path: at for path in missing if (at := hidden_path(path, root)) is not None}
-        counts = sorted(Counter(kept.values()).items())
-        option = self.store.db_option
-        self.summary.hidden_kept += [
-            FileNote(at, _HIDDEN_KEPT.format(**_counted(count, option))) for at, count in counts
-        ]
+        self.summary.hidden_kept += self._kept_notes(kept, _HIDDEN_KEPT)
         return set(kept)
 
     def _sync(self) -> None:

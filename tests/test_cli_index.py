@@ -282,13 +282,39 @@ def test_an_empty_mount_point_keeps_its_files_and_says_how_to_forget_them(tiny_m
     assert shown.exit_code == 0 and "were kept" in shown.stderr and "pengi-search remove" in shown.stderr
     assert json.loads(run("stats", "--db", db, "--json").stdout)["files"]["indexed"] == 3
 
-    write_tone(sounds / "rain.wav", 1.0, freq=900)  # back with one file: the other two are really gone
+    write_tone(sounds / "rain.wav", 1.0, freq=900)  # back with one file, and no dogs folder: the two are gone
+    (sounds / "dogs").rmdir()
     again = index(sounds, db, tiny_model_dir, "--json")
     assert (
         again.exit_code == 0
         and json.loads(again.stdout)["pruned"] == 2
         and not json.loads(again.stdout)["unseen_roots"]
     )
+
+
+def test_an_empty_mount_point_below_the_root_keeps_its_files_while_files_deleted_beside_it_are_pruned(
+    tiny_model_dir, sounds, tmp_path
+):
+    """`~/Sounds/dogs` as a drive's mount point with the drive away: the folder is there, without audio. Its files
+    are kept and the folder named; a file deleted where the scan still finds audio is pruned, as is a folder gone."""
+    db = tmp_path / "lib.db"
+    write_tone(sounds / "birds" / "old" / "robin.wav", 1.0, freq=1200)
+    write_tone(sounds / "birds" / "wren.wav", 1.0, freq=1500)
+    assert index(sounds, db, tiny_model_dir).exit_code == 0
+    for path in (sounds / "dogs").iterdir():
+        path.unlink()
+    (sounds / "dogs" / "notes.txt").write_text("not audio\n")  # a folder without audio, not only an empty one
+    (sounds / "birds" / "old" / "robin.wav").unlink()
+    (sounds / "birds" / "old").rmdir()  # a folder deleted: a deletion, not a drive away
+
+    result = index(sounds, db, tiny_model_dir, "--json")
+    summary = json.loads(result.stdout)
+    assert result.exit_code == 0 and summary["pruned"] == 1
+    [note] = summary["unseen_roots"]
+    assert note["path"] == str(sounds / "dogs") and "2 indexed files were kept" in note["note"]
+    assert "pengi-search remove" in index(sounds, db, tiny_model_dir).stderr
+    listed = {json.loads(line)["path"] for line in run("export", "--db", db).stdout.splitlines()}
+    assert str(sounds / "dogs" / "bark.wav") in listed and str(sounds / "birds" / "old" / "robin.wav") not in listed
 
 
 def test_another_model_is_refused_in_one_line(tiny_model_dir, sounds, tmp_path):
