@@ -45,6 +45,7 @@ from .embedders import EmbedderSpec, TextEmbedder, embed_given, open_text_embedd
 from .pathnames import path_fields, shown
 from .paths import as_path
 from .prompts import TASK_PROMPTS
+from .ranking import tied_groups
 from .text_files import csv_rows, read_text
 from .truth import LabelsError, Truth
 
@@ -212,9 +213,13 @@ class ClassifySettings:
 
 
 def rank(labels: Sequence[str], scores: np.ndarray) -> list[tuple[str, float]]:
-    """Labels with their scores, best first (ties keep the labels' order)."""
+    """Labels with their scores, best first; labels that tie (`ranking.TIE_TOLERANCE`: two that embed alike, as
+    "Dog" and "dog" do through a tokenizer that lower-cases) in the order of their names, not of the labels file or
+    the truth's rows, which would make the top-1 accuracy depend on them."""
     order = sorted(range(len(labels)), key=lambda i: -float(scores[i]))
-    return [(labels[i], float(scores[i])) for i in order]
+    groups = tied_groups(((labels[i], float(scores[i])) for i in order), key=str)
+    score_of = dict(zip(labels, map(float, scores), strict=True))
+    return [(label, score_of[label]) for group in groups for label in group]
 
 
 def _model_dir_of(model_dir: ModelDir | str | os.PathLike[str] | None, engine: Engine | None) -> ModelDir:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from pengi_search.classify import rank
 from pengi_search.evaluation.datasets import read_caption_set
 from pengi_search.evaluation.retrieval import available_rankings, evaluate_retrieval
 from pengi_search.library import Library
@@ -87,3 +89,13 @@ def test_a_ranking_returns_every_result_tied_with_the_last_it_was_asked_for(twin
     assert sorted(Path(path).name for path, _ in to_audio) == ["a.wav", "z.wav"]
     assert to_audio[0][1] == pytest.approx(to_audio[1][1], abs=1e-6)
     assert sorted(caption for caption, _ in to_text) == [0, 1]  # the two "a dog barks", not "a bell rings"
+
+
+def test_labels_that_tie_rank_by_name_whatever_their_order_in_the_labels_file():
+    """ "Dog" and "dog" embed alike through a tokenizer that lower-cases: which is a file's best label must not
+    depend on which the labels file (or the truth's rows) gives first. Scores a rounding apart tie too."""
+    scores = {"dog": 0.8 + 4e-7, "Dog": 0.8, "cat": 0.9, "bell": 0.1}
+    for labels in (["dog", "Dog", "cat", "bell"], ["bell", "cat", "Dog", "dog"]):
+        ranked = rank(labels, np.array([scores[label] for label in labels]))
+        assert [label for label, _ in ranked] == ["cat", "Dog", "dog", "bell"]
+        assert dict(ranked) == pytest.approx(scores)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import glob
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -22,7 +22,7 @@ import numpy as np
 
 from ..choices import DEFAULT_HYBRID_WEIGHT, By, Rank
 from ..embedders import warn_of_cuts
-from ..ranking import RANK_LABELS
+from ..ranking import RANK_LABELS, TIE_TOLERANCE, tied_groups
 from ..search import Filters, SearchScope, ranked_index, search_index
 from ..similar import stored_windows
 from ..units import count_text
@@ -38,9 +38,6 @@ if TYPE_CHECKING:
 
 RECALL_KS = (1, 5, 10)
 AP_K = 10
-# Scores this close are a tie: the same caption embedded in another batch, or scored in another block of a matrix
-# product, moves a cosine by a few 1e-7 (float32), so identical captions rarely score exactly alike.
-TIE_TOLERANCE = 1e-6
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +199,8 @@ class _Queries:
 
 @dataclass(frozen=True)
 class _Outcome:
-    """One direction's queries: their results in tie order (`_tie_order`), the relevant results of each, the rows
-    of the report, and where each query's first relevant result could rank under any order of tied results."""
+    """One direction's queries: their results in tie order (`ranking.tied_groups`), the relevant results of each,
+    the rows of the report, and where each query's first relevant result could rank under any order of ties."""
 
     ranked: list[list[Any]]
     relevant: list[set[Any]]
@@ -260,7 +257,7 @@ def evaluate_retrieval(
 
 
 def _text_to_audio(ranking: Ranking, queries: _Queries, names: dict[str | None, str], audio_root: str) -> _Outcome:
-    groups = [_tie_order(found, str) for found in ranking.text_to_audio(queries.captions, AP_K)]  # ties by path
+    groups = [tied_groups(found, str) for found in ranking.text_to_audio(queries.captions, AP_K)]  # ties by path
     relevant = [{queries.files[owner].path} for owner in queries.owner]
     outcome = _outcome(groups, relevant)
     for row, caption, owner, found in zip(outcome.rows, queries.captions, queries.owner, outcome.ranked, strict=True):
@@ -275,7 +272,7 @@ def _audio_to_text(ranking: Ranking, queries: _Queries) -> _Outcome:
     def by_file(caption: int) -> tuple[str, str]:  # ties: by the caption's file, then its text
         return paths[queries.owner[caption]], queries.captions[caption]
 
-    groups = [_tie_order(found, by_file) for found in ranking.audio_to_text(paths, queries.captions, AP_K)]
+    groups = [tied_groups(found, by_file) for found in ranking.audio_to_text(paths, queries.captions, AP_K)]
     relevant: list[set[Any]] = [set() for _ in queries.files]
     for caption, owner in enumerate(queries.owner):
         relevant[owner].add(caption)
@@ -283,19 +280,6 @@ def _audio_to_text(ranking: Ranking, queries: _Queries) -> _Outcome:
     for row, item, found in zip(outcome.rows, queries.files, outcome.ranked, strict=True):
         row |= {"file": item.name, "top": queries.captions[found[0]] if found else None}
     return outcome
-
-
-def _tie_order(found: Scored, key: Callable[[Any], Any]) -> list[list[Any]]:
-    """The results (best first) in groups that tie (each within `TIE_TOLERANCE` of its group's best), each group
-    ordered by `key`: an order that the order of the CSV's rows or of the library's windows does not change."""
-    groups: list[list[Any]] = []
-    top = np.inf
-    for item, score in found:
-        if not groups or score < top - TIE_TOLERANCE:
-            groups.append([])
-            top = score
-        groups[-1].append(item)
-    return [sorted(group, key=key) for group in groups]
 
 
 def _outcome(groups: Sequence[list[list[Any]]], relevant: list[set[Any]]) -> _Outcome:
