@@ -19,10 +19,8 @@ this run would write, decoded with its `--beam`, `--max-len` and `--stop` and in
 Labels files: one label per line (UTF-8, surrounding spaces trimmed, blank lines only at the end, no control
 character or line separator inside a label; a line starting with `#` is a comment), or a `.csv` file with a header
 that has a `label` column (its distinct values, in order of first appearance, e.g. a dataset's metadata; an `answer`
-column, as `train init`'s label map has, gives the text each label is scored as, one answer a label). Truth files: a
-CSV with a `label` column (a label, or several separated by `;`: a multi-label truth) and a `file`, `filename` or
-`path` column; paths are relative to the CSV's folder (or absolute), as written when such a file exists, else trimmed
-(`text_files.listed_file`), and a file is also matched by its bare name when that name is unique.
+column, as `train init`'s label map has, gives the text each label is scored as, one answer a label). Truth files: see
+`pengi_search.truth`.
 """
 
 from __future__ import annotations
@@ -33,22 +31,23 @@ import logging
 import os
 import re
 import unicodedata
-from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pengi_search.errors import UsageError, empty_file
+from pengi_search.errors import empty_file
 
 from .choices import EXACT_MODE, LoglikScore, LongPrompt, Method, StopRule, decoding_settings
 from .embedders import EmbedderSpec, TextEmbedder, embed_given, open_text_embedder
 from .pathnames import path_fields, shown
 from .paths import as_path
 from .prompts import TASK_PROMPTS
-from .text_files import CSV_LIST_SEPARATOR, csv_rows, listed_file, read_text
+from .ranking import tied_groups
+from .text_files import csv_rows, read_text
+from .truth import LabelsError, Truth
 
 if TYPE_CHECKING:
     from .audio import Window
@@ -60,16 +59,11 @@ if TYPE_CHECKING:
     from .window_batches import Progress
 
 DEFAULT_TEMPLATE = "{label}"
-PATH_COLUMNS = ("file", "filename", "path")
 LINE_ENDS = re.compile(r"\r\n|\r|\n")
 COMMENT = "#"  # starts a line of a plain-text labels file that is a note, not a label
 BREAKING = ("Cc", "Zl", "Zp")  # Unicode categories no label may hold: control characters, line and paragraph breaks
 
 log = logging.getLogger(__name__)
-
-
-class LabelsError(UsageError):
-    """A labels or truth file that cannot be used."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -139,98 +133,6 @@ def _check_characters(path: Path, label: str, number: int) -> None:
     if found is not None:
         kind = "control character" if unicodedata.category(found) == "Cc" else "line break"
         raise LabelsError(path, f"line {number} holds the {kind} {found!r}: is this a text file?")
-
-
-@dataclass(frozen=True)
-class Truth:
-    """Known labels of files, from a truth CSV: one label a file, or several (a multi-label truth)."""
-
-    by_path: dict[str, tuple[str, ...]]  # absolute path, in Unicode's composed form -> its labels
-    by_name: dict[str, str]  # file name -> its absolute path in `by_path`, for names listed once
-    multi_label_line: int | None = None  # the first line that gives a file several labels; None: one label a file
-    # absolute path in `by_path` -> the file as the CSV spells it (its first row's), for messages
-    spellings: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def multi_label(self) -> bool:
-        """Whether any file has several labels: then every file is scored as a set of labels (mAP), not one."""
-        return self.multi_label_line is not None
-
-    @property
-    def labels(self) -> list[str]:
-        """The distinct labels, in the order of the rows (and cells) that first give them."""
-        return list(dict.fromkeys(label for labels in self.by_path.values() for label in labels))
-
-    def labels_of(self, path: str | os.PathLike[str]) -> tuple[str, ...] | None:
-        entry = self.entry_of(path)
-        return None if entry is None else self.by_path[entry]
-
-    def label_of(self, path: str | os.PathLike[str]) -> str | None:
-        """The file's one label; ValueError for a file of several, which only a multi-label evaluation scores."""
-        labels = self.labels_of(path)
-        if labels is None:
-            return None
-        if len(labels) > 1:
-            raise ValueError(f"{path} has several labels in the truth: score it with labels_of")
-        return labels[0]
-
-    def as_listed(self, entry: str) -> str:
-        """The listed file `entry` (a key of `by_path`) as the truth CSV spells it, relative to its folder or not."""
-        return self.spellings.get(entry, entry)
-
-    def entry_of(self, path: str | os.PathLike[str]) -> str | None:
-        """The listed file (its key in `by_path`) that `path` is: the same absolute path, else the same name when
-        the truth lists that name once; None when the truth does not list it."""
-        absolute = _composed(os.path.abspath(path))
-        return absolute if absolute in self.by_path else self.by_name.get(Path(absolute).name)
-
-
-def _composed(path: str) -> str:
-    """A path in Unicode's composed form, as truth files are matched: a CSV written on macOS spells "é" as "e"
-    plus an accent, where a Linux folder keeps the name as the archive had it."""
-    return unicodedata.normalize("NFC", path)
-
-
-def read_truth(path: str | os.PathLike[str]) -> Truth:
-    """Read a truth CSV (a `label` column and a `file`, `filename` or `path` column); a label cell may hold several
-    labels separated by `CSV_LIST_SEPARATOR`, as a training manifest's list of sound events."""
-    path = as_path(path)
-    header, rows = csv_rows(path, read_text(path, LabelsError), LabelsError, "file, label", names=PATH_COLUMNS)
-    column = next((name for name in PATH_COLUMNS if name in header), None)
-    if column is None or "label" not in header:
-        raise LabelsError(
-            path, f"a truth CSV needs a 'label' column and one of {', '.join(PATH_COLUMNS)}; it has {', '.join(header)}"
-        )
-    by_path: dict[str, tuple[str, ...]] = {}
-    lines: dict[str, int] = {}
-    multi_label_line = None
-    spellings: dict[str, str] = {}
-    for number, row in rows:
-        name, cell = row.get(column, ""), row.get("label", "")
-        if not name.strip() or not cell:
-            raise LabelsError(path, f"line {number} lacks a {column if not name.strip() else 'label'}")
-        labels = _cell_labels(path, cell, number)
-        absolute = _composed(os.path.abspath(listed_file(path.parent, name)))
-        if absolute in by_path and set(by_path[absolute]) != set(labels):
-            raise LabelsError(path, f"{name!r} on line {number} has another label than on line {lines[absolute]}")
-        by_path[absolute], lines[absolute] = labels, number
-        spellings.setdefault(absolute, name)
-        if len(labels) > 1 and multi_label_line is None:
-            multi_label_line = number
-    names = Counter(Path(p).name for p in by_path)
-    by_name = {Path(p).name: p for p in by_path if names[Path(p).name] == 1}
-    return Truth(by_path, by_name, multi_label_line, spellings)
-
-
-def _cell_labels(path: Path, cell: str, number: int) -> tuple[str, ...]:
-    """The labels of a truth cell, trimmed, each once: `dog;bark` is two. An empty one (`dog;`, `dog;;bark`) is
-    refused rather than dropped: it is more likely a mistyped label than a deliberate nothing."""
-    labels = [label.strip() for label in cell.split(CSV_LIST_SEPARATOR)]
-    if not all(labels):
-        raise LabelsError(
-            path, f"line {number} has an empty label in {cell!r} (labels are separated by {CSV_LIST_SEPARATOR!r})"
-        )
-    return tuple(dict.fromkeys(labels))
 
 
 def apply_template(template: str, label: str) -> str:
@@ -311,9 +213,13 @@ class ClassifySettings:
 
 
 def rank(labels: Sequence[str], scores: np.ndarray) -> list[tuple[str, float]]:
-    """Labels with their scores, best first (ties keep the labels' order)."""
+    """Labels with their scores, best first; labels that tie (`ranking.TIE_TOLERANCE`: two that embed alike, as
+    "Dog" and "dog" do through a tokenizer that lower-cases) in the order of their names, not of the labels file or
+    the truth's rows, which would make the top-1 accuracy depend on them."""
     order = sorted(range(len(labels)), key=lambda i: -float(scores[i]))
-    return [(labels[i], float(scores[i])) for i in order]
+    groups = tied_groups(((labels[i], float(scores[i])) for i in order), key=str)
+    score_of = dict(zip(labels, map(float, scores), strict=True))
+    return [(label, score_of[label]) for group in groups for label in group]
 
 
 def _model_dir_of(model_dir: ModelDir | str | os.PathLike[str] | None, engine: Engine | None) -> ModelDir:

@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 import pengi_search
-from pengi_search.classify import Prediction, read_truth
+from pengi_search.classify import Prediction
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 from pengi_search.evaluation.captioning import evaluate_captions
@@ -30,6 +30,7 @@ from pengi_search.pathnames import shown
 from pengi_search.search import Filters, SearchScope, audio_query_embedder, query_embedder, query_text
 from pengi_search.similar import stored_windows
 from pengi_search.tokenization import read_tokenizer
+from pengi_search.truth import read_truth
 
 from .indexing import write_tone
 from .search_library import caption_library, tone

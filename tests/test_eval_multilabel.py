@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pengi_search.classify import LabelsError, Prediction, read_truth
+from pengi_search.classify import Prediction
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_OK, EXIT_USAGE
 from pengi_search.evaluation.metrics import average_precision
 from pengi_search.evaluation.multilabel import evaluate_multi_label
 from pengi_search.evaluation.report import compare_reports
 from pengi_search.text_files import CSV_LIST_SEPARATOR
+from pengi_search.truth import LabelsError, read_truth
 
 from .indexing import write_tone
 
@@ -52,7 +53,7 @@ def test_a_truth_cell_holds_several_labels_separated_as_a_manifest_separates_the
     assert CSV_LIST_SEPARATOR == ";"  # what README documents, for truth files and training manifests alike
     text = 'file,label\na.wav,dog;bark\nb.wav, rain \nc.wav,"dog ; rain;dog"\nd.wav,"alarm,clock"\n'
     truth = read_truth(write(tmp_path / "truth.csv", text))
-    assert truth.multi_label and truth.multi_label_line == 2
+    assert truth.multi_label and truth.multi_label_reason == "line 2 gives a file several labels"
     assert truth.labels_of(tmp_path / "a.wav") == ("dog", "bark")
     assert truth.labels_of(tmp_path / "b.wav") == ("rain",)
     assert truth.labels_of(tmp_path / "c.wav") == ("dog", "rain")  # trimmed, each once
@@ -62,7 +63,7 @@ def test_a_truth_cell_holds_several_labels_separated_as_a_manifest_separates_the
 
 def test_a_truth_of_one_label_a_file_is_not_multi_label(tmp_path):
     truth = read_truth(write(tmp_path / "truth.csv", 'file,label\na.wav,"dog,bark"\nb.wav,rain\n'))
-    assert not truth.multi_label and truth.multi_label_line is None
+    assert not truth.multi_label and truth.multi_label_reason is None
     assert truth.label_of(tmp_path / "a.wav") == "dog,bark"
 
 
@@ -71,10 +72,9 @@ def test_a_truth_of_one_label_a_file_is_not_multi_label(tmp_path):
     [
         ("dog;", "line 3 has an empty label in 'dog;'"),
         ("dog;;bark", "line 3 has an empty label in 'dog;;bark'"),
-        ("dog;rain", "'a.wav' on line 3 has another label than on line 2"),
     ],
 )
-def test_a_truth_cell_with_an_empty_label_or_a_file_given_other_labels_is_refused(tmp_path, cell, message):
+def test_a_truth_cell_with_an_empty_label_is_refused(tmp_path, cell, message):
     with pytest.raises(LabelsError, match=message):
         read_truth(write(tmp_path / "truth.csv", f"file,label\na.wav,bark;dog\na.wav,{cell}\n"))
 
@@ -82,6 +82,47 @@ def test_a_truth_cell_with_an_empty_label_or_a_file_given_other_labels_is_refuse
 def test_a_file_listed_twice_with_the_same_labels_in_another_order_is_one_file(tmp_path):
     truth = read_truth(write(tmp_path / "truth.csv", "file,label\na.wav,bark;dog\na.wav,dog;bark\n"))
     assert set(truth.labels_of(tmp_path / "a.wav")) == {"dog", "bark"}
+
+
+def test_a_file_named_on_several_rows_has_every_rows_labels_as_audioset_lists_them(tmp_path):
+    """AudioSet's layout: one row a file and label. The file on rows of other labels is multi-label, as a cell of
+    several labels makes it; the same label again adds nothing."""
+    text = "file,label\na.wav,Dog\nb.wav,Rain\na.wav,Bark\na.wav,Dog\nc.wav,Bark;Owl\nc.wav,Dog\n"
+    truth = read_truth(write(tmp_path / "truth.csv", text))
+    assert truth.multi_label and truth.multi_label_reason == "'a.wav' on line 4 has another label than on line 2"
+    assert truth.labels_of(tmp_path / "a.wav") == ("Dog", "Bark")
+    assert truth.labels_of(tmp_path / "b.wav") == ("Rain",)
+    assert truth.labels_of(tmp_path / "c.wav") == ("Bark", "Owl", "Dog")
+    assert truth.labels == ["Dog", "Bark", "Rain", "Owl"]
+    one_label = read_truth(write(tmp_path / "one.csv", "file,label\na.wav,Dog\na.wav,Dog\nb.wav,Rain\n"))
+    assert not one_label.multi_label
+
+
+def test_fsd50k_ground_truth_reads_with_its_own_columns_and_a_comma_separator(tmp_path):
+    """FSD50K's eval.csv: `fname` without extension, `labels` a quoted list separated by commas, `mids` alike."""
+    text = (
+        "fname,labels,mids,split\n"
+        '37199,"Bark,Dog,Domestic_animals_and_pets,Animal","/m/05tny_,/m/0bt9lr,/m/068hy,/m/0jbk",eval\n'
+        "175151,Rain,/m/06mb1,eval\n"
+    )
+    truth = read_truth(write(tmp_path / "ground_truth" / "eval.csv", text), ",")
+    audio = tmp_path / "eval_audio"
+    assert truth.labels_of(audio / "37199.wav") == ("Bark", "Dog", "Domestic_animals_and_pets", "Animal")
+    assert truth.labels_of(audio / "175151.flac") == ("Rain",)
+    assert truth.labels_of(audio / "1751.wav") is None and truth.labels_of(audio / "175151.txt") is None
+    # With the default separator the list is one label, as a quoted "dog,bark" always was.
+    assert read_truth(tmp_path / "ground_truth" / "eval.csv").labels[0] == "Bark,Dog,Domestic_animals_and_pets,Animal"
+
+
+def test_a_name_with_an_audio_extension_matches_only_that_file(tmp_path):
+    """`a.wav` listed is a.wav, never a.wav.flac; `a` listed matches a.wav and a.flac alike, which a run that
+    reaches both refuses (`check_truth_lists`)."""
+    truth = read_truth(write(tmp_path / "truth.csv", "file,label\na.wav,dog\nsub/b,cat\n"))
+    assert truth.labels_of(tmp_path / "a.wav.flac") is None
+    assert truth.labels_of(tmp_path / "sub" / "b.ogg") == ("cat",)
+    assert truth.ambiguous([str(tmp_path / "sub" / "b.ogg"), str(tmp_path / "a.wav")]) is None
+    both = [str(tmp_path / "sub" / "b.ogg"), str(tmp_path / "elsewhere" / "b.wav")]
+    assert truth.ambiguous(both) == ("sub/b", both)
 
 
 # -- average precision ---------------------------------------------------------------------------------------------
@@ -217,15 +258,113 @@ def test_eval_classify_scores_a_multi_label_truth_as_map(tiny_model_dir, tmp_pat
     assert "| label | AP | positives |" in summary and "| bell | – | 0 |" in summary
 
 
-def test_classify_truth_of_several_labels_a_file_points_to_eval_classify(tmp_path):
+@pytest.mark.parametrize(
+    ("rows", "why"),
+    [
+        ("a.wav,tone\nb.wav,tone;hum\n", "line 3 gives a file several labels"),
+        # AudioSet's layout, or a single-label truth that gives a file two labels by mistake: one label a file
+        # is what accuracy needs, whichever it is.
+        ("a.wav,tone\nb.wav,hum\na.wav,hum\n", "'a.wav' on line 4 has another label than on line 2"),
+    ],
+)
+def test_classify_truth_of_several_labels_a_file_points_to_eval_classify(tmp_path, rows, why):
     """`classify --truth` prints accuracy, which one label a file defines: a multi-label truth is refused before
     any model is looked for, naming the command that measures it."""
     clip = write_tone(tmp_path / "a.wav", 1.0)
-    truth = write(tmp_path / "truth.csv", "file,label\na.wav,tone\nb.wav,tone;hum\n")
+    truth = write(tmp_path / "truth.csv", "file,label\n" + rows)
     labels = write(tmp_path / "labels.txt", "tone\nhum\n")
     result = run("classify", clip, "--labels", labels, "--truth", truth, "--model", tmp_path / "no-model")
     assert result.exit_code == EXIT_USAGE, result.output
     assert result.stderr.splitlines() == [
-        f"error: {truth}: line 3 gives a file several labels: measure a multi-label truth (mAP) with "
-        "`pengi-search eval classify`"
+        f"error: {truth}: {why}: measure a multi-label truth (mAP) with `pengi-search eval classify`"
     ]
+
+
+def test_eval_classify_scores_audiosets_one_row_a_label_as_the_same_truth_in_cells(tiny_model_dir, tmp_path):
+    """A file named on several rows (AudioSet's layout) is the multi-label truth its labels in one cell are: the
+    same report, but for the truth's digest and why it is multi-label."""
+    for seed, name in enumerate(["a.wav", "b.wav", "c.wav"]):
+        write_tone(tmp_path / "audio" / name, 1.0, freq=200.0 + 150 * seed)
+    cells = write(tmp_path / "cells.csv", "file,label\na.wav,hum;tone\nb.wav,tone\nc.wav,buzz;hum\n")
+    rows = write(tmp_path / "rows.csv", "file,label\na.wav,hum\nb.wav,tone\nc.wav,buzz\na.wav,tone\nc.wav,hum\n")
+    reports = []
+    for truth in (cells, rows):
+        out = tmp_path / truth.stem
+        result = run(
+            "eval", "classify", tmp_path / "audio", "--truth", truth, "--method", "loglik",
+            "--model", tiny_model_dir, "--device", "cpu", "-o", out, "--json",
+        )  # fmt: skip
+        assert result.exit_code == EXIT_OK, result.output
+        reports.append(json.loads(result.stdout))
+    by_cells, by_rows = reports
+    assert by_rows["multi_label"] is True and by_rows["metrics"] == by_cells["metrics"]
+    assert by_rows["per_class"] == by_cells["per_class"] and by_rows["files"] == by_cells["files"]
+    assert by_rows["dataset"]["multi_label"] == "'a.wav' on line 5 has another label than on line 2"
+    assert by_cells["dataset"]["multi_label"] == "line 2 gives a file several labels"
+
+
+FSD50K_EVAL = (
+    "fname,labels,mids,split\n"
+    '101,"Bark,Dog,Animal","/m/05tny_,/m/0bt9lr,/m/0jbk",eval\n'
+    '102,"Rain,Water","/m/06mb1,/m/0838f",eval\n'
+    '103,"Dog,Animal","/m/0bt9lr,/m/0jbk",eval\n'
+)
+
+
+@pytest.fixture
+def fsd50k(tmp_path) -> Path:
+    """FSD50K's layout: ground truth and audio in sibling folders, files named by `fname` plus `.wav`."""
+    for seed, name in enumerate(["101", "102", "103"]):
+        write_tone(tmp_path / "FSD50K.eval_audio" / f"{name}.wav", 1.0, freq=220.0 + 170 * seed)
+    write(tmp_path / "FSD50K.ground_truth" / "eval.csv", FSD50K_EVAL)
+    return tmp_path
+
+
+def test_eval_classify_reads_fsd50ks_own_csv_with_a_comma_separator(fsd50k, tiny_model_dir):
+    truth, out = fsd50k / "FSD50K.ground_truth" / "eval.csv", fsd50k / "report"
+    result = run(
+        "eval", "classify", fsd50k / "FSD50K.eval_audio", "--truth", truth, "--label-separator", ",",
+        "--method", "loglik", "--model", tiny_model_dir, "--device", "cpu", "-o", out, "--json",
+    )  # fmt: skip
+    assert result.exit_code == EXIT_OK, result.output
+    assert result.stderr == ""  # every file of the truth found, every label a class
+    report = json.loads(result.stdout)
+    assert report["dataset"]["labels"] == ["Bark", "Dog", "Animal", "Rain", "Water"]
+    assert {Path(f["file"]).name: f["truth"] for f in report["files"]} == {
+        "101.wav": ["Bark", "Dog", "Animal"],
+        "102.wav": ["Rain", "Water"],
+        "103.wav": ["Dog", "Animal"],
+    }
+    assert report["evaluated"] == {"files": 3, "classes": 5}
+
+
+def test_eval_classify_says_when_true_labels_look_like_lists_separated_by_commas(fsd50k, tiny_model_dir):
+    """Without --label-separator a quoted "Bark,Dog" is one label, as it always was: said, since FSD50K's CSV
+    means a list by it."""
+    truth, out = fsd50k / "FSD50K.ground_truth" / "eval.csv", fsd50k / "report"
+    result = run(
+        "eval", "classify", fsd50k / "FSD50K.eval_audio", "--truth", truth, "--method", "loglik",
+        "--model", tiny_model_dir, "--device", "cpu", "-o", out,
+    )  # fmt: skip
+    assert result.exit_code == EXIT_OK, result.output
+    assert result.stderr.splitlines() == [
+        "warning: 3 true labels hold ',' ('Bark,Dog,Animal', 'Rain,Water', 'Dog,Animal'): a cell of labels "
+        "separated by ',' (FSD50K's CSV) is read as several labels with --label-separator ','"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--label-separator", ""], "Invalid value for '--label-separator': the separator is empty"),
+        ([], "'103', without extension, names 2 files: "),
+    ],
+)
+def test_eval_classify_refuses_an_empty_separator_and_a_name_two_files_have(fsd50k, extra, message):
+    write_tone(fsd50k / "FSD50K.eval_audio" / "103.flac", 1.0)
+    truth = fsd50k / "FSD50K.ground_truth" / "eval.csv"
+    result = run(
+        "eval", "classify", fsd50k / "FSD50K.eval_audio", "--truth", truth, *extra, "--model", fsd50k / "no-model"
+    )
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert len(result.stderr.splitlines()) == 1 and message in result.stderr

@@ -26,10 +26,11 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from pengi_search.audio_workers import Decoded, Failed, Job, Windows, decode_file
-from pengi_search.classify import LabelsError, read_labels, read_truth
+from pengi_search.classify import LabelsError, read_labels
 from pengi_search.cli import app
 from pengi_search.db import Store
 from pengi_search.search import Filters
+from pengi_search.truth import read_truth
 
 from .indexing import assert_consistent, write_tone
 from .properties import bounded

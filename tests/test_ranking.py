@@ -215,7 +215,7 @@ def test_eval_retrieval_reports_every_ranking(library, captions, tiny_model_dir)
     for ranking in rankings:
         found = ranking.text_to_audio([QUERY], 5)[0]
         hits = query_text(library, QUERY, SearchScope(5), model=str(tiny_model_dir), rank=Rank(ranking.name))
-        assert found == [h.path for h in hits]
+        assert found == [(h.path, h.score) for h in hits]  # with the scores, and no tie to add
     assert [r.name for r in available_rankings(library, embedder, root, None)] == ["caption"]
     with pytest.raises(ValueError, match="text tower"):
         available_rankings(library, embedder, root, None, ranks=[Rank.audio])

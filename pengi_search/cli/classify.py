@@ -51,8 +51,9 @@ from .inputs import AudioInputs, audio_inputs, one_file_given
 from .progress_bars import WindowProgress, progress_bar, show_progress
 
 if TYPE_CHECKING:
-    from ..classify import Classifier, ClassifySettings, Prediction, Truth
+    from ..classify import Classifier, ClassifySettings, Prediction
     from ..model_dir import ModelDir
+    from ..truth import Truth
 
 Skipped = tuple[str, str]  # (path, reason): a file classify went on without
 
@@ -201,13 +202,14 @@ def classify(
 def _read_inputs(labels: Path, truth: Path | None) -> tuple[list[str], dict[str, str], Truth | None]:
     """The labels, what each is scored as (a `train init` label map's `answer` column) and the truth: one label a
     file, the accuracy and per-class scores `classify` prints; `eval classify` measures a multi-label truth (mAP)."""
-    from ..classify import LabelsError, read_label_map, read_truth
+    from ..classify import read_label_map
+    from ..truth import LabelsError, read_truth
 
     label_list, texts = read_label_map(labels)
     known = None if truth is None else read_truth(truth)
-    if known is not None and known.multi_label:
-        where = f"line {known.multi_label_line} gives a file several labels"
-        raise LabelsError(truth, f"{where}: measure a multi-label truth (mAP) with `pengi-search eval classify`")
+    if known is not None and known.multi_label:  # a cell of several labels, or a file on rows of other labels
+        why = known.multi_label_reason
+        raise LabelsError(truth, f"{why}: measure a multi-label truth (mAP) with `pengi-search eval classify`")
     return label_list, texts, known
 
 

@@ -249,6 +249,13 @@ def given_prompt(value: str) -> str:
     return value
 
 
+def given_separator(value: str) -> str:
+    """A --label-separator's parser: an empty one would split no cell, or every character of it."""
+    if not value:
+        raise typer.BadParameter("the separator is empty; write what separates a cell's labels, e.g. ','")
+    return value
+
+
 def check_output_file(output: Path, kind: str) -> None:
     """Refuse an --output file of `kind` ("CSV") that cannot be written, before the work rather than after it (and
     before a half-written copy is left beside it)."""

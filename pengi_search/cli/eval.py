@@ -37,6 +37,7 @@ from .common import (
     check_output_folder,
     given_input,
     given_prompt,
+    given_separator,
     handle_errors,
     json_option,
     options_from,
@@ -438,6 +439,15 @@ def classify_files(
         Path | None,
         typer.Option("--labels", "-l", help="Candidate labels, one per line or a CSV (default: the truth's labels)."),
     ] = None,
+    label_separator: Annotated[
+        str | None,
+        typer.Option(
+            "--label-separator",
+            help="What separates a truth cell's labels ('Bark,Dog': FSD50K's CSV). \\[default: ;]",
+            show_default=False,
+            parser=given_separator,
+        ),
+    ] = None,
     *,
     scoring: ScoringOptions,
     output: OutputOption = Path("eval-classify"),
@@ -459,14 +469,17 @@ def classify_files(
 
     Example: pengi-search eval classify esc50/audio --truth esc50/truth.csv -o runs/esc50
     """
-    from ..classify import read_label_map, read_truth, write_csv
-    from ..evaluation.classification import check_truth_lists, evaluate_classification, truth_digest
+    from ..classify import read_label_map, write_csv
+    from ..evaluation.classification import check_truth_lists, evaluate_classification, separator_notes, truth_digest
     from ..evaluation.multilabel import evaluate_multi_label
     from ..model_dir import ModelDir
+    from ..text_files import CSV_LIST_SEPARATOR
+    from ..truth import read_truth
     from .classify import classify_targets
 
     apply_threads(threads)
-    known = read_truth(truth)
+    separator = label_separator or CSV_LIST_SEPARATOR
+    known = read_truth(truth, separator)
     # A labels file may be a label map (what each label is scored as); the truth's labels are scored as they are,
     # taken from the truth as read: as a labels file, a truth not named .csv would give its lines as labels.
     label_list, texts = read_label_map(labels) if labels is not None else (known.labels, {})
@@ -490,15 +503,17 @@ def classify_files(
     )
     evaluate = evaluate_multi_label if known.multi_label else evaluate_classification  # the truth says which
     result = evaluate(predictions, known, label_list, [path for path, _ in failures])
+    result["notes"] += [] if label_separator is not None else separator_notes(known)
     result["skipped"] = [{"file": path, "reason": reason} for path, reason in failures]
     output.mkdir(parents=True, exist_ok=True)
     with open(output / "predictions.csv", "w", newline="", encoding="utf-8") as out:
         write_csv(predictions, out, top=5)
     dataset = {
         "csv": os.path.abspath(truth),
-        "sha256": truth_digest(truth, label_list),
+        "sha256": truth_digest(truth, label_list, separator),
         "target": os.path.abspath(target),
         "labels": label_list,
+        "multi_label": known.multi_label_reason,  # why the truth is scored as multi-label (None: it is not)
     }
     setup = {"model": model_dir.identity, "method": scoring.method.value, "template": scoring.template}
     if db is not None:  # whose stored captions or audio vectors were reused (each file's row names its source)

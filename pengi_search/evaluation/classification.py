@@ -10,9 +10,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..classify import Prediction, Truth, evaluate
+from ..classify import Prediction, evaluate
 from ..errors import UsageError
 from ..pathnames import shown
+from ..text_files import CSV_LIST_SEPARATOR
+from ..truth import Truth
 from ..units import count_text, for_count
 from .metrics import confusion_matrix, mean, top_k_accuracy
 
@@ -64,21 +66,44 @@ def not_classified(truth: Truth, reached: Sequence[str]) -> list[str]:
 
 def check_truth_lists(truth: Truth, truth_file: Path, target: str, reached: Sequence[str]) -> None:
     """A truth file that lists none of the files to classify (`reached`: those found under `target`, readable or
-    not) would measure nothing (a report of dashes, exit 0): refused (UsageError) before the model runs. Files
-    that cannot be read count as listed: the run leaves them out with their reason (exit code 3)."""
+    not) would measure nothing (a report of dashes, exit 0): refused (UsageError) before the model runs, as is one
+    that lists a name without extension that several of them have (64760.wav, 64760.flac). Files that cannot be
+    read count as listed: the run leaves them out with their reason (exit code 3)."""
     if not any(truth.entry_of(path) is not None for path in reached):
         raise UsageError(
             truth_file,
             f"lists none of the {count_text(len(reached), 'audio file')} of {shown(target)} "
             "(its paths are relative to its own folder; a bare file name matches a file of that name)",
         )
+    clash = truth.ambiguous(reached)
+    if clash is not None:  # scoring both under one truth would count one listed file twice
+        listed, files = clash
+        raise UsageError(
+            truth_file, f"{listed!r}, without extension, names {len(files)} files: {named([shown(f) for f in files])}"
+        )
 
 
-def truth_digest(truth_file: Path, labels: Sequence[str]) -> str:
-    """What was measured: the truth file and the candidate labels (another label set is another task)."""
+def truth_digest(truth_file: Path, labels: Sequence[str], separator: str = CSV_LIST_SEPARATOR) -> str:
+    """What was measured: the truth file, the candidate labels (another label set is another task) and, where it is
+    not the default, the separator of a cell's labels (which makes other truths of the same file)."""
     digest = hashlib.sha256(truth_file.read_bytes())
     digest.update(b"\0" + "\n".join(labels).encode("utf-8"))
+    if separator != CSV_LIST_SEPARATOR:  # the digests of earlier reports stand
+        digest.update(b"\0" + separator.encode("utf-8"))
     return digest.hexdigest()
+
+
+def separator_notes(truth: Truth) -> list[str]:
+    """The note for true labels that hold a comma, read with the default separator: most likely a list of labels
+    as FSD50K's CSV writes them ("Bark,Dog"), each such list then scored as one class (none when there are none)."""
+    joined = [label for label in truth.labels if "," in label]
+    if not joined:
+        return []
+    hold = for_count(len(joined), "holds", "hold")
+    return [
+        f"{count_text(len(joined), 'true label')} {hold} ',' ({named(joined)}): a cell of labels separated by ',' "
+        "(FSD50K's CSV) is read as several labels with --label-separator ','"
+    ]
 
 
 def missed_notes(truth: Truth, missed: Sequence[str]) -> list[str]:

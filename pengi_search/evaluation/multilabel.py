@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..classify import Prediction, Truth
+from ..classify import Prediction
+from ..truth import Truth
 from ..units import count_text, for_count
 from .classification import label_notes, missed_notes, named, not_classified
 from .metrics import average_precision, mean

@@ -207,6 +207,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [f"- {name}: {value}" for name, value in _setup_lines(report)]
     lines.append("")
     lines += {"retrieval": _retrieval_md, "caption": _caption_md, "classify": _classify_md}[kind](report)
+    if report.get("notes"):  # what the numbers leave out, or how far they hold (retrieval's ties)
+        lines += [*(f"- **note**: {note}" for note in report["notes"]), ""]
     lines += [f"![{name}]({name})" for name in report.get("plots", [])]
     if report.get("plots_unavailable"):
         lines.append(f"_No figures: {report['plots_unavailable']}._")
@@ -286,8 +288,6 @@ def _classify_md(report: dict[str, Any]) -> list[str]:
             )
     if report.get("unmatched"):
         lines += [f"{unmatched_note(report['unmatched'])}.", ""]
-    if report.get("notes"):
-        lines += [*(f"- **note**: {note}" for note in report["notes"]), ""]
     return lines
 
 

@@ -22,12 +22,14 @@ import numpy as np
 
 from ..choices import DEFAULT_HYBRID_WEIGHT, By, Rank
 from ..embedders import warn_of_cuts
-from ..ranking import RANK_LABELS
+from ..ranking import RANK_LABELS, TIE_TOLERANCE, tied_groups
 from ..search import Filters, SearchScope, ranked_index, search_index
 from ..similar import stored_windows
+from ..units import count_text
 from ..vectors import l2_normalise
 from .datasets import CaptionedFile, CaptionSet, left_out
 from .metrics import average_precision_at_k, mean, recall_at_k
+from .plots import DIRECTION_NAMES
 
 if TYPE_CHECKING:
     from ..embedders import TextEmbedder
@@ -40,17 +42,22 @@ AP_K = 10
 log = logging.getLogger(__name__)
 
 
+Scored = list[tuple[Any, float]]  # one query's results (a path, a caption's index), best first, with their scores
+
+
 class Ranking(Protocol):
     name: str
     description: str
     embedders: list[TextEmbedder]  # what embeds its queries
 
-    def text_to_audio(self, captions: Sequence[str], k: int) -> list[list[str]]:
-        """Per caption, the paths of its best `k` files, best first."""
+    def text_to_audio(self, captions: Sequence[str], k: int) -> list[Scored]:
+        """Per caption, the paths of its best `k` files with their scores, best first, and every further file
+        that ties with the k-th (`TIE_TOLERANCE`), so that no order of tied results is left unseen."""
         ...
 
-    def audio_to_text(self, paths: Sequence[str], captions: Sequence[str], k: int) -> list[list[int]]:
-        """Per file, the indices (into `captions`) of its best `k` captions, best first."""
+    def audio_to_text(self, paths: Sequence[str], captions: Sequence[str], k: int) -> list[Scored]:
+        """Per file, the indices (into `captions`) of its best `k` captions with their scores, best first, and
+        every further caption that ties with the k-th."""
         ...
 
 
@@ -99,18 +106,28 @@ class WindowMatching:
     def _query_vectors(self, captions: Sequence[str]) -> dict[str, np.ndarray]:
         return {kind: self._vectors(embedder, captions) for kind, embedder, _ in self.parts}
 
-    def text_to_audio(self, captions: Sequence[str], k: int) -> list[list[str]]:
+    def text_to_audio(self, captions: Sequence[str], k: int) -> list[Scored]:
         vectors = self._query_vectors(captions)
-        scope = SearchScope(k, By.file, self.filters)
         ranked = []
         for row in range(len(captions)):
             caption, audio = (vectors[kind][row : row + 1] if kind in vectors else None for kind in ("text", "audio"))
             index, queries = ranked_index(self.library, self.rank, caption, audio, self.weight)
-            hits = search_index(self.library, index, queries, scope)
-            ranked.append([hit.path for hit in hits])
+            ranked.append(self._search_with_ties(index, queries, k))
         return ranked
 
-    def audio_to_text(self, paths: Sequence[str], captions: Sequence[str], k: int) -> list[list[int]]:
+    def _search_with_ties(self, index: Any, queries: np.ndarray, k: int) -> Scored:
+        """The best `k` files as `query` finds them, and as many more as tie with the k-th: a search for twice
+        as many, until one ends below the tie (rarely needed: the first search's last file most often scores less)."""
+        fetch = k
+        while True:
+            hits = search_index(self.library, index, queries, SearchScope(fetch, By.file, self.filters))
+            found = [(hit.path, hit.score) for hit in hits]
+            last = found[min(k, len(found)) - 1][1] - TIE_TOLERANCE if found else 0.0  # the k-th, less a tie
+            if len(found) < fetch or found[-1][1] < last:
+                return found[:k] + [(path, score) for path, score in found[k:] if score >= last]
+            fetch *= 2
+
+    def audio_to_text(self, paths: Sequence[str], captions: Sequence[str], k: int) -> list[Scored]:
         # Each distinct text is scored once: a matrix product may round two equal columns differently (its blocking),
         # which would break the tie between two files' identical captions by chance instead of by order.
         distinct = list(dict.fromkeys(captions))
@@ -122,9 +139,11 @@ class WindowMatching:
             if scores is None:  # no window with every vector this ranking needs: no caption can be ranked
                 ranked.append([])
                 continue
-            scores = scores[:, column]
             # A caption's score is its best over the file's windows, as text -> audio scores a file.
-            ranked.append(np.argsort(-scores.max(axis=0), kind="stable")[:k].tolist())
+            best = scores[:, column].max(axis=0)
+            order = np.argsort(-best, kind="stable")
+            last = best[order[min(k, len(order)) - 1]] - TIE_TOLERANCE  # the k-th's score, and those tied with it
+            ranked.append([(int(i), float(best[i])) for i in order[best[order] >= last]])
         return ranked
 
     def _window_scores(self, path: str, vectors: dict[str, np.ndarray], captions: int) -> np.ndarray | None:
@@ -178,8 +197,15 @@ class _Queries:
     owner: list[int]
 
 
-# Per direction: the ranked results of every query, the relevant results of every query, and the per-query rows.
-_Outcome = tuple[list[list[Any]], list[set[Any]], list[dict[str, Any]]]
+@dataclass(frozen=True)
+class _Outcome:
+    """One direction's queries: their results in tie order (`ranking.tied_groups`), the relevant results of each,
+    the rows of the report, and where each query's first relevant result could rank under any order of ties."""
+
+    ranked: list[list[Any]]
+    relevant: list[set[Any]]
+    rows: list[dict[str, Any]]
+    spans: list[tuple[int, int] | None]
 
 
 def evaluate_retrieval(
@@ -204,18 +230,25 @@ def evaluate_retrieval(
     metrics: dict[str, Any] = {}
     curves: dict[str, Any] = {}
     details: dict[str, Any] = {}
+    ties: dict[str, Any] = {}
+    notes: list[str] = []
     for ranking in rankings:
         outcomes = {
             "text_to_audio": _text_to_audio(ranking, queries, names, caption_set.audio_root),
             "audio_to_text": _audio_to_text(ranking, queries),
         }
-        metrics[ranking.name], curves[ranking.name], details[ranking.name] = {}, {}, {}
-        for direction, (ranked, relevant, rows) in outcomes.items():
-            metrics[ranking.name][direction], curves[ranking.name][direction] = _scores(ranked, relevant)
-            details[ranking.name][direction] = rows
+        metrics[ranking.name], curves[ranking.name], details[ranking.name], ties[ranking.name] = {}, {}, {}, {}
+        for direction, outcome in outcomes.items():
+            values, curves[ranking.name][direction] = _scores(outcome.ranked, outcome.relevant)
+            metrics[ranking.name][direction] = values
+            details[ranking.name][direction] = outcome.rows
+            ties[ranking.name][direction] = _tie_bounds(outcome.spans)
+            notes += _tie_notes(f"{ranking.name}, {DIRECTION_NAMES[direction]}", values, ties[ranking.name][direction])
     return {
         "metrics": metrics,
         "curves": curves,
+        "ties": ties,
+        "notes": notes,
         "rankings": {r.name: r.description for r in rankings},
         "evaluated": {"files": len(indexed), "captions": len(queries.captions)},
         "skipped": skipped,
@@ -224,31 +257,83 @@ def evaluate_retrieval(
 
 
 def _text_to_audio(ranking: Ranking, queries: _Queries, names: dict[str | None, str], audio_root: str) -> _Outcome:
-    ranked: list[list[Any]] = list(ranking.text_to_audio(queries.captions, AP_K))
+    groups = [tied_groups(found, str) for found in ranking.text_to_audio(queries.captions, AP_K)]  # ties by path
     relevant = [{queries.files[owner].path} for owner in queries.owner]
-    rows = [
-        {
-            "caption": caption,
-            "file": queries.files[owner].name,
-            "rank": _first_rank(found, wanted),
-            "top": _shown(found[0], names, audio_root) if found else None,
-        }
-        for caption, owner, found, wanted in zip(queries.captions, queries.owner, ranked, relevant, strict=True)
-    ]
-    return ranked, relevant, rows
+    outcome = _outcome(groups, relevant)
+    for row, caption, owner, found in zip(outcome.rows, queries.captions, queries.owner, outcome.ranked, strict=True):
+        top = _shown(found[0], names, audio_root) if found else None
+        row |= {"caption": caption, "file": queries.files[owner].name, "top": top}
+    return outcome
 
 
 def _audio_to_text(ranking: Ranking, queries: _Queries) -> _Outcome:
     paths = [item.path or "" for item in queries.files]
-    ranked: list[list[Any]] = list(ranking.audio_to_text(paths, queries.captions, AP_K))
+
+    def by_file(caption: int) -> tuple[str, str]:  # ties: by the caption's file, then its text
+        return paths[queries.owner[caption]], queries.captions[caption]
+
+    groups = [tied_groups(found, by_file) for found in ranking.audio_to_text(paths, queries.captions, AP_K)]
     relevant: list[set[Any]] = [set() for _ in queries.files]
     for caption, owner in enumerate(queries.owner):
         relevant[owner].add(caption)
-    rows = [
-        {"file": item.name, "rank": _first_rank(found, wanted), "top": queries.captions[found[0]] if found else None}
-        for item, found, wanted in zip(queries.files, ranked, relevant, strict=True)
+    outcome = _outcome(groups, relevant)
+    for row, item, found in zip(outcome.rows, queries.files, outcome.ranked, strict=True):
+        row |= {"file": item.name, "top": queries.captions[found[0]] if found else None}
+    return outcome
+
+
+def _outcome(groups: Sequence[list[list[Any]]], relevant: list[set[Any]]) -> _Outcome:
+    """Each query's first `AP_K` results in tie order, its row (rank in that order; `ranks`, the best and worst
+    rank another order of tied results gives, where they differ) and that span."""
+    ranked = [[item for group in query for item in group][:AP_K] for query in groups]
+    spans = [_rank_span(query, wanted) for query, wanted in zip(groups, relevant, strict=True)]
+    rows: list[dict[str, Any]] = []
+    for found, wanted, span in zip(ranked, relevant, spans, strict=True):
+        rows.append({"rank": _first_rank(found, wanted)})
+        if span is not None and span[0] != span[1]:
+            rows[-1]["ranks"] = list(span)
+    return _Outcome(ranked, relevant, rows, spans)
+
+
+def _rank_span(groups: Sequence[list[Any]], relevant: set[Any]) -> tuple[int, int] | None:
+    """The best and the worst rank of the first relevant result over every order of tied results (None: none is
+    among the results): its group first, or after the group's other results."""
+    before = 0
+    for group in groups:
+        hits = sum(item in relevant for item in group)
+        if hits:
+            return before + 1, before + len(group) - hits + 1
+        before += len(group)
+    return None
+
+
+def _tie_bounds(spans: Sequence[tuple[int, int] | None]) -> dict[str, dict[str, Any]]:
+    """Per R@k: how many queries have a tie across the k-th place (their recall depends on the tie's order), and
+    the lowest and highest R@k over every order of tied results (each query's relevant result last, or first, of
+    its tie)."""
+    bounds = {}
+    for k in RECALL_KS:
+        best = [span is not None and span[0] <= k for span in spans]
+        worst = [span is not None and span[1] <= k for span in spans]
+        bounds[f"R@{k}"] = {
+            "queries": sum(b != w for b, w in zip(best, worst, strict=True)),
+            "lowest": mean([float(w) for w in worst]),
+            "highest": mean([float(b) for b in best]),
+        }
+    return bounds
+
+
+def _tie_notes(what: str, metrics: dict[str, Any], bounds: dict[str, dict[str, Any]]) -> list[str]:
+    """The note for the R@k that another order of tied results would change (none when no tie crosses a cut)."""
+    moved = [
+        f"{name} {metrics[name]:.4f} in {count_text(tie['queries'], 'query', 'queries')} "
+        f"(from {tie['lowest']:.4f} to {tie['highest']:.4f})"
+        for name, tie in bounds.items()
+        if tie["queries"]
     ]
-    return ranked, relevant, rows
+    if not moved:
+        return []
+    return [f"{what}: results tied across a cut-off, ordered by path, would move {'; '.join(moved)} in another order"]
 
 
 def _scores(ranked: Sequence[Sequence[Any]], relevant: Sequence[set[Any]]) -> tuple[dict[str, Any], list[Any]]:

@@ -1,0 +1,149 @@
+"""Truth files: the known labels of audio files, a CSV that `classify --truth` and `eval classify` score against.
+
+A truth CSV has a label column (`label`, or FSD50K's `labels`) and a file column (`file`, `filename`, FSD50K's
+`fname`, or `path`). A label cell may hold several labels separated by `;` (`CSV_LIST_SEPARATOR`, as a training
+manifest's list of sound events) or by another separator the caller gives (FSD50K writes `"Bark,Dog"`), and a file
+may be named on several rows, one label a row (AudioSet's layout): either way the file has several labels, and the
+truth is multi-label. Paths are relative to the CSV's folder (or absolute), as written when such a file exists, else
+trimmed (`text_files.listed_file`); a file is also matched by its bare name when the truth lists that name once, and
+a name without an audio extension (FSD50K's `fname` is `64760` for `64760.wav`) by the file's name without its own.
+"""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .audio import AUDIO_EXTENSIONS
+from .errors import UsageError
+from .paths import as_path
+from .text_files import CSV_LIST_SEPARATOR, csv_rows, listed_file, read_text
+
+PATH_COLUMNS = ("file", "filename", "fname", "path")
+LABEL_COLUMNS = ("label", "labels")
+
+
+class LabelsError(UsageError):
+    """A labels or truth file that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Truth:
+    """Known labels of files, from a truth CSV: one label a file, or several (a multi-label truth)."""
+
+    by_path: dict[str, tuple[str, ...]]  # absolute path, in Unicode's composed form -> its labels
+    by_name: dict[str, str]  # file name -> its absolute path in `by_path`, for names listed once
+    # What first gives a file several labels ("line 2 gives a file several labels"); None: one label a file
+    multi_label_reason: str | None = None
+    # absolute path in `by_path` -> the file as the CSV spells it (its first row's), for messages
+    spellings: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether any file has several labels: then every file is scored as a set of labels (mAP), not one."""
+        return self.multi_label_reason is not None
+
+    @property
+    def labels(self) -> list[str]:
+        """The distinct labels, in the order of the rows (and cells) that first give them."""
+        return list(dict.fromkeys(label for labels in self.by_path.values() for label in labels))
+
+    def labels_of(self, path: str | os.PathLike[str]) -> tuple[str, ...] | None:
+        entry = self.entry_of(path)
+        return None if entry is None else self.by_path[entry]
+
+    def label_of(self, path: str | os.PathLike[str]) -> str | None:
+        """The file's one label; ValueError for a file of several, which only a multi-label evaluation scores."""
+        labels = self.labels_of(path)
+        if labels is None:
+            return None
+        if len(labels) > 1:
+            raise ValueError(f"{path} has several labels in the truth: score it with labels_of")
+        return labels[0]
+
+    def as_listed(self, entry: str) -> str:
+        """The listed file `entry` (a key of `by_path`) as the truth CSV spells it, relative to its folder or not."""
+        return self.spellings.get(entry, entry)
+
+    def entry_of(self, path: str | os.PathLike[str]) -> str | None:
+        """The listed file (its key in `by_path`) that `path` is: the same absolute path, else the same name when
+        the truth lists that name once, else either of them without the file's extension where the truth lists
+        it without one; None when the truth does not list it."""
+        absolute = _composed(os.path.abspath(path))
+        exact = absolute if absolute in self.by_path else self.by_name.get(Path(absolute).name)
+        if exact is not None:
+            return exact
+        bare = Path(absolute)
+        if bare.suffix.lower() not in AUDIO_EXTENSIONS:
+            return None
+        entry = str(bare.with_suffix("")) if str(bare.with_suffix("")) in self.by_path else self.by_name.get(bare.stem)
+        return entry if entry is not None and _lacks_extension(entry) else None
+
+    def ambiguous(self, paths: Iterable[str]) -> tuple[str, list[str]] | None:
+        """A listed file without extension that several of `paths` are (`64760` for 64760.wav and 64760.flac), with
+        them; None when each such entry is at most one file. Which one the truth means cannot be told."""
+        found: dict[str, list[str]] = {}
+        for path in paths:
+            entry = self.entry_of(path)
+            if entry is not None and _lacks_extension(entry):
+                found.setdefault(entry, []).append(path)
+        clash = next(((entry, files) for entry, files in found.items() if len(files) > 1), None)
+        return None if clash is None else (self.as_listed(clash[0]), clash[1])
+
+
+def _lacks_extension(entry: str) -> bool:
+    return Path(entry).suffix.lower() not in AUDIO_EXTENSIONS
+
+
+def _composed(path: str) -> str:
+    """A path in Unicode's composed form, as truth files are matched: a CSV written on macOS spells "é" as "e"
+    plus an accent, where a Linux folder keeps the name as the archive had it."""
+    return unicodedata.normalize("NFC", path)
+
+
+def read_truth(path: str | os.PathLike[str], separator: str = CSV_LIST_SEPARATOR) -> Truth:
+    """Read a truth CSV (see the module docstring); `separator` splits a label cell into labels. Raises LabelsError
+    naming the problem and its line."""
+    path = as_path(path)
+    header, rows = csv_rows(path, read_text(path, LabelsError), LabelsError, "file, label", names=PATH_COLUMNS)
+    column = next((name for name in PATH_COLUMNS if name in header), None)
+    label_column = next((name for name in LABEL_COLUMNS if name in header), None)
+    if column is None or label_column is None:
+        raise LabelsError(
+            path, f"a truth CSV needs a 'label' column and one of {', '.join(PATH_COLUMNS)}; it has {', '.join(header)}"
+        )
+    by_path: dict[str, tuple[str, ...]] = {}
+    lines: dict[str, int] = {}  # absolute path -> the first line that names it
+    reason = None
+    spellings: dict[str, str] = {}
+    for number, row in rows:
+        name, cell = row.get(column, ""), row.get(label_column, "")
+        if not name.strip() or not cell:
+            raise LabelsError(path, f"line {number} lacks a {column if not name.strip() else label_column}")
+        labels = _cell_labels(path, cell, number, separator)
+        absolute = _composed(os.path.abspath(listed_file(path.parent, name)))
+        known = by_path.get(absolute, ())
+        # A file named on several rows has every row's labels (AudioSet's layout: one row a file and label).
+        by_path[absolute] = tuple(dict.fromkeys([*known, *labels]))
+        lines.setdefault(absolute, number)
+        spellings.setdefault(absolute, name)
+        if reason is None and len(labels) > 1:
+            reason = f"line {number} gives a file several labels"
+        elif reason is None and len(by_path[absolute]) > 1:
+            reason = f"{name!r} on line {number} has another label than on line {lines[absolute]}"
+    names = Counter(Path(p).name for p in by_path)
+    by_name = {Path(p).name: p for p in by_path if names[Path(p).name] == 1}
+    return Truth(by_path, by_name, reason, spellings)
+
+
+def _cell_labels(path: Path, cell: str, number: int, separator: str) -> tuple[str, ...]:
+    """The labels of a truth cell, trimmed, each once: `dog;bark` is two. An empty one (`dog;`, `dog;;bark`) is
+    refused rather than dropped: it is more likely a mistyped label than a deliberate nothing."""
+    labels = [label.strip() for label in cell.split(separator)]
+    if not all(labels):
+        raise LabelsError(path, f"line {number} has an empty label in {cell!r} (labels are separated by {separator!r})")
+    return tuple(dict.fromkeys(labels))

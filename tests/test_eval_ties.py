@@ -1,0 +1,101 @@
+"""Tied scores in `eval`: results that score alike (identical captions) are ordered by path, not by the order of the
+CSV's rows or of the library's windows, and the report says how far another order of them would move each R@k."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pengi_search.classify import rank
+from pengi_search.evaluation.datasets import read_caption_set
+from pengi_search.evaluation.retrieval import available_rankings, evaluate_retrieval
+from pengi_search.library import Library
+from pengi_search.search import query_embedder
+
+from .search_library import caption_library
+
+# z.wav is stored first, a.wav second, with the one caption: storage order and path order disagree.
+TWINS = {"z.wav": (2.0, ["a dog barks"]), "a.wav": (2.0, ["a dog barks"]), "m.wav": (2.0, ["a bell rings"])}
+SET_ROWS = {"z.wav": "a dog barks", "a.wav": "a dog barks", "m.wav": "a bell rings"}
+TWINS_ORDERS = (["z.wav", "a.wav", "m.wav"], ["m.wav", "a.wav", "z.wav"])  # the set's rows, in two orders
+
+
+@pytest.fixture(scope="module")
+def twins(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("eval-ties")
+    return caption_library(str(root / "index.db"), root / "sounds", tiny_model_dir, captioned=TWINS)
+
+
+def caption_csv(root: Path, order: list[str]) -> Path:
+    """The captioned set, its rows in `order`."""
+    path = root / f"captions-{'-'.join(name[0] for name in order)}.csv"
+    path.write_text("file_name,caption\n" + "".join(f"{name},{SET_ROWS[name]}\n" for name in order))
+    return path
+
+
+def evaluated(library: Library, csv: Path, model_dir: Path) -> dict:
+    caption_set = read_caption_set(csv)
+    embedder = query_embedder(library, str(model_dir), "cpu")
+    return evaluate_retrieval(library, caption_set, available_rankings(library, embedder, caption_set.audio_root))
+
+
+def ranks(result: dict, direction: str) -> dict[str, tuple[int, list[int] | None]]:
+    """Per file of the set, its row's rank and, where a tie makes it uncertain, its best and worst rank."""
+    rows = result["queries"]["caption"][direction]
+    return {row["file"]: (row["rank"], row.get("ranks")) for row in rows}
+
+
+def test_tied_results_rank_by_path_whatever_the_order_of_rows_and_windows(twins, tiny_model_dir):
+    """z.wav and a.wav hold the same caption: each one's caption finds both at one score, and each file scores
+    both captions alike. a.wav ranks first in either tie, although z.wav is stored first and, in one set, listed
+    first: the order of the CSV's rows or of the library's windows does not change a number."""
+    with Library.open(twins.db) as library:
+        results = [evaluated(library, caption_csv(twins.root, order), tiny_model_dir) for order in TWINS_ORDERS]
+    first, second = results
+    expected = {"a.wav": (1, [1, 2]), "z.wav": (2, [1, 2]), "m.wav": (1, None)}
+    for direction in ("text_to_audio", "audio_to_text"):
+        assert ranks(first, direction) == ranks(second, direction) == expected
+    assert first["metrics"] == second["metrics"] and first["ties"] == second["ties"]
+    assert first["metrics"]["caption"]["text_to_audio"]["R@1"] == pytest.approx(2 / 3)
+
+
+def test_the_report_says_how_far_another_order_of_tied_results_moves_r_at_k(twins, tiny_model_dir):
+    """Two of the three queries have a tie across the first place: R@1 is 2/3 with ties by path, between 1/3 (each
+    own file last of its tie) and 1 (first). Three files: no tie crosses the fifth or tenth place."""
+    with Library.open(twins.db) as library:
+        result = evaluated(library, caption_csv(twins.root, list(SET_ROWS)), tiny_model_dir)
+    for direction in ("text_to_audio", "audio_to_text"):
+        ties = result["ties"]["caption"][direction]
+        assert ties["R@1"] == {"queries": 2, "lowest": pytest.approx(1 / 3), "highest": 1.0}
+        assert ties["R@5"] == ties["R@10"] == {"queries": 0, "lowest": 1.0, "highest": 1.0}
+    assert result["notes"] == [
+        f"caption, {arrow}: results tied across a cut-off, ordered by path, would move R@1 0.6667 in 2 queries "
+        "(from 0.3333 to 1.0000) in another order"
+        for arrow in ("text → audio", "audio → text")
+    ]
+
+
+def test_a_ranking_returns_every_result_tied_with_the_last_it_was_asked_for(twins, tiny_model_dir):
+    """Asked for the best one, the search returns both files the caption ties: which of them the cut keeps is
+    what the report must know to say whether R@1 could move."""
+    with Library.open(twins.db) as library:
+        caption_set = read_caption_set(caption_csv(twins.root, list(SET_ROWS)))
+        embedder = query_embedder(library, str(tiny_model_dir), "cpu")
+        (ranking,) = available_rankings(library, embedder, caption_set.audio_root)
+        (to_audio,) = ranking.text_to_audio(["a dog barks"], 1)
+        (to_text,) = ranking.audio_to_text([str(twins.files["z.wav"])], list(SET_ROWS.values()), 1)
+    assert sorted(Path(path).name for path, _ in to_audio) == ["a.wav", "z.wav"]
+    assert to_audio[0][1] == pytest.approx(to_audio[1][1], abs=1e-6)
+    assert sorted(caption for caption, _ in to_text) == [0, 1]  # the two "a dog barks", not "a bell rings"
+
+
+def test_labels_that_tie_rank_by_name_whatever_their_order_in_the_labels_file():
+    """ "Dog" and "dog" embed alike through a tokenizer that lower-cases: which is a file's best label must not
+    depend on which the labels file (or the truth's rows) gives first. Scores a rounding apart tie too."""
+    scores = {"dog": 0.8 + 4e-7, "Dog": 0.8, "cat": 0.9, "bell": 0.1}
+    for labels in (["dog", "Dog", "cat", "bell"], ["bell", "cat", "Dog", "dog"]):
+        ranked = rank(labels, np.array([scores[label] for label in labels]))
+        assert [label for label, _ in ranked] == ["cat", "Dog", "dog", "bell"]
+        assert dict(ranked) == pytest.approx(scores)
