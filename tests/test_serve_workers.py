@@ -64,10 +64,21 @@ def test_workers_answer_on_one_port_and_stop_together(library, tiny_model_dir, t
 def test_sigterm_shuts_a_server_of_one_process_down_and_it_ends_by_the_signal(library, tiny_model_dir, tmp_path):
     """As a service manager expects of a server (systemd counts that a clean stop, exit code 143 a failure), not as
     other commands end on SIGTERM; several workers end by it too, and their parent then exits 0 (above)."""
+    before = kept_folders()
     served = ServeProcess("--db", library.db, "--model", str(tiny_model_dir), "--device", "cpu", home=tmp_path)
-    assert served.address() is not None, served.rest_of_output()
+    address = served.address()
+    assert address is not None, served.rest_of_output()
+    with urllib.request.urlopen(f"{address}/api/stats", timeout=30) as response:  # it answers: uvicorn runs
+        assert response.status == 200
+    assert len(kept_folders() - before) == 1  # its uploads' embeddings: gone with it, as the server stops
     assert served.stop() == -signal.SIGTERM
     assert "interrupted" not in served.rest_of_output()
+    assert kept_folders() - before == set()
+
+
+def kept_folders() -> set[Path]:
+    """The folders servers keep uploads' embeddings in (`serve/kept_clips.py`)."""
+    return set(Path(tempfile.gettempdir()).glob("pengi-serve-clips-*"))
 
 
 def window_paths(address: str) -> set[str]:
