@@ -311,12 +311,13 @@ def similar(
 ) -> Any:
     """Sounds like the given window ("more like this"; the window's own file is left out), or like a clip sent
     before (its `upload` token: the pages of its results, as for a text search)."""
-    if (window_id is None) == (upload is None):
-        both = "send one of window_id and upload, not both" if upload else "missing: send window_id or upload"
-        raise InvalidParameter("window_id" if upload is None else "upload", both)
-    if upload is not None:
+    if upload is None and window_id is not None:
+        return svc.similar_to_window(window_id, params)
+    if upload is not None and window_id is None:
         return svc.similar_to_kept(upload, params)[1]
-    return svc.similar_to_window(window_id, params)  # type: ignore[arg-type]
+    if upload is None:
+        raise InvalidParameter("window_id", "missing: send window_id or upload")
+    raise InvalidParameter("upload", "send one of window_id and upload, not both")
 
 
 @router.post(

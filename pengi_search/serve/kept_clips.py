@@ -59,7 +59,11 @@ class KeptClips:
         meta = json.dumps({"name": clip.name, "sha256": clip.sha256})
         spans = np.asarray(clip.spans, dtype=np.float64).reshape(-1, 2)
         with tempfile.NamedTemporaryFile(dir=self.folder, prefix=_PARTIAL, suffix=_SUFFIX, delete=False) as out:
-            np.savez(out, vectors=clip.vectors, spans=spans, meta=np.array(meta))
+            try:
+                np.savez(out, vectors=clip.vectors, spans=spans, meta=np.array(meta))
+            except BaseException:  # a full disk, say: no half file left for pruning to find
+                os.unlink(out.name)
+                raise
         self._touch(Path(out.name))
         os.replace(out.name, self._path(token))
         self.prune()

@@ -146,8 +146,12 @@ class Service:
         self._embedder_lock = threading.Lock()
         self._model_lock = threading.Lock()  # one model run at a time: uploads are CPU-bound
         # Uploads' embeddings, for their next pages: in the folder the server's processes share, else one of its own
-        self._own_folder = None if settings.kept_dir else tempfile.TemporaryDirectory(prefix="pengi-serve-clips-")
-        self.kept = KeptClips(settings.kept_dir or Path(self._own_folder.name))  # type: ignore[union-attr]
+        self._own_folder: tempfile.TemporaryDirectory[str] | None = None
+        folder = settings.kept_dir
+        if folder is None:
+            self._own_folder = tempfile.TemporaryDirectory(prefix="pengi-serve-clips-")
+            folder = Path(self._own_folder.name)
+        self.kept = KeptClips(folder)
 
     def close(self) -> None:
         self._batcher.close()
