@@ -1179,7 +1179,7 @@ def test_a_failure_of_the_servers_own_is_logged_wherever_it_is_answered(client, 
         raise StoreError("index.db", "disk I/O error")
 
     service = client.app.state.service
-    for name in ("search", "similar_to_window", "similar_to_upload"):
+    for name in ("search", "similar_to_window", "keep_upload"):
         monkeypatch.setattr(service, name, broken)
     clip = ("clip.wav", served.files["bell.wav"].read_bytes())
     caplog.set_level("ERROR", logger="pengi_search.serve")

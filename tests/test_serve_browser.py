@@ -6,6 +6,7 @@ query, plays the top hit (the audio element must play from the hit's start) and 
 (where the Tab key then starts); at phone width (390 px) no page scrolls sideways, and a sent form says it is busy,
 until its sending is stopped or the page is come back to. The first Tab stop skips the header; a refused upload
 focuses the box at fault. A long list asks for the waveforms of the hits in sight only, the others once scrolled to.
+"More results" pages a search's results and an uploaded clip's similar sounds alike.
 Screenshots are saved in the test's folder (and in `$PENGI_SCREENSHOT_DIR` when set).
 
 Without chromium and chromedriver the test is skipped, unless PENGI_REQUIRE_BROWSER=1 (as in CI), where it fails.
@@ -669,6 +670,45 @@ def test_more_results_adds_the_next_page_which_a_reload_keeps(server, driver):
     wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "li.hit")) == 5, "the last result")
     assert not driver.find_elements(By.CSS_SELECTOR, "a.more-results")  # 1 of 2: every result is shown
     assert driver.execute_script("return location.search") == "?q=a+bell+rings&by=window&k=2&pages=3"
+    problems = [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+    assert problems == []
+
+
+def test_more_results_pages_an_uploaded_clips_similar_sounds_which_a_reload_keeps(server, driver):
+    """As a search's: the clip is sent once, and its results have an address of their own; "More results" adds
+    the next page, the address then says so, and a reload shows them all (the server keeps the clip's embedding)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    address, library = server
+    driver.get_log("browser")  # what earlier tests logged
+    driver.get(f"{address}/upload")
+    form = driver.find_element(By.CSS_SELECTOR, "form[action^='/upload/similar']")
+    form.find_element(By.NAME, "file").send_keys(str(library.files["bell.wav"]))
+    form.find_element(By.TAG_NAME, "summary").click()  # the filters
+    results = form.find_element(By.NAME, "k")
+    results.clear()
+    results.send_keys("2")
+    Select(form.find_element(By.NAME, "by")).select_by_value("window")
+    form.find_element(By.CSS_SELECTOR, "button").click()
+    wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "li.hit")) == 2, "the first page")
+    shown = driver.execute_script("return location.pathname + location.search + location.hash")
+    assert shown.startswith("/upload/similar?upload=") and shown.endswith("&k=2&by=window#result")
+
+    driver.find_element(By.CSS_SELECTOR, "a.more-results").click()
+    wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "li.hit")) == 4, "the next page added")
+    hits = driver.find_elements(By.CSS_SELECTOR, "li.hit")
+    assert [hit.find_element(By.CSS_SELECTOR, ".rank").text for hit in hits] == ["1", "2", "3", "4"]
+    longer = driver.execute_script("return location.pathname + location.search")
+    assert longer == shown.removesuffix("#result") + "&pages=2"
+    assert driver.switch_to.active_element == hits[2].find_element(By.CSS_SELECTOR, "a.path")
+
+    driver.refresh()
+    wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "li.hit")) == 4, "the 4 results after a reload")
+    assert driver.find_element(By.CSS_SELECTOR, "#result h2").text == "Sounds like bell.wav"
+    driver.find_element(By.CSS_SELECTOR, "a.more-results").click()  # bell.wav itself is left out: 4 in all
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#result .empty"), "no more results")
+    assert driver.find_element(By.CSS_SELECTOR, "#result .empty").text == "No more results."
     problems = [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
     assert problems == []
 

@@ -8,11 +8,13 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+import requests
 
 from .indexing import write_tone
 from .search_library import caption_library, index_folder
@@ -62,10 +64,21 @@ def test_workers_answer_on_one_port_and_stop_together(library, tiny_model_dir, t
 def test_sigterm_shuts_a_server_of_one_process_down_and_it_ends_by_the_signal(library, tiny_model_dir, tmp_path):
     """As a service manager expects of a server (systemd counts that a clean stop, exit code 143 a failure), not as
     other commands end on SIGTERM; several workers end by it too, and their parent then exits 0 (above)."""
+    before = kept_folders()
     served = ServeProcess("--db", library.db, "--model", str(tiny_model_dir), "--device", "cpu", home=tmp_path)
-    assert served.address() is not None, served.rest_of_output()
+    address = served.address()
+    assert address is not None, served.rest_of_output()
+    with urllib.request.urlopen(f"{address}/api/stats", timeout=30) as response:  # it answers: uvicorn runs
+        assert response.status == 200
+    assert len(kept_folders() - before) == 1  # its uploads' embeddings: gone with it, as the server stops
     assert served.stop() == -signal.SIGTERM
     assert "interrupted" not in served.rest_of_output()
+    assert kept_folders() - before == set()
+
+
+def kept_folders() -> set[Path]:
+    """The folders servers keep uploads' embeddings in (`serve/kept_clips.py`)."""
+    return set(Path(tempfile.gettempdir()).glob("pengi-serve-clips-*"))
 
 
 def window_paths(address: str) -> set[str]:
@@ -89,6 +102,30 @@ def test_every_worker_sees_windows_indexed_while_it_runs(tiny_model_dir, tmp_pat
             assert window_paths(address) == before | new
     finally:
         served.stop()
+
+
+def test_an_uploads_next_pages_are_answered_by_every_worker(library, tiny_model_dir, tmp_path):
+    """The worker that embedded the clip keeps its embedding where the others read it: its next pages are the
+    same, whichever worker a connection lands on; and the folder goes with the server."""
+    served = ServeProcess(
+        "--db", library.db, "--model", str(tiny_model_dir), "--device", "cpu", "--workers", "2", home=tmp_path
+    )
+    try:
+        address = served.address()
+        assert address is not None, served.rest_of_output()
+        clip = {"file": ("bell.wav", (library.root / "bell.wav").read_bytes())}
+        whole = requests.post(f"{address}/api/similar?k=4&by=window", files=clip, timeout=60).json()
+        first = requests.post(f"{address}/api/similar?k=2&by=window", files=clip, timeout=60)
+        token = first.headers["X-Pengi-Upload"]
+        [folder] = [path.parent for path in Path(tempfile.gettempdir()).glob(f"pengi-serve-clips-*/{token}.npz")]
+        next_page = {"upload": token, "k": 2, "by": "window", "offset": 2}
+        for _ in range(12):  # a new connection each time: they land on either worker
+            second = requests.get(f"{address}/api/similar", params=next_page, timeout=60)
+            assert second.status_code == 200, second.text
+            assert first.json() + second.json() == whole
+    finally:
+        served.stop()
+    assert not folder.exists()
 
 
 def test_a_worker_that_cannot_start_ends_the_server_with_its_error(library, tiny_no_text_model_dir, tmp_path):

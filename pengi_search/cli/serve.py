@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import socket
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -113,6 +115,9 @@ def serve(
 
         with Store.open(settings.db, read_only=True):  # a missing library is said once, here, not by every worker
             pass
+        # Uploads' embeddings, for the next pages of their results, wherever they land: one folder for all workers
+        kept = tempfile.TemporaryDirectory(prefix="pengi-serve-clips-")
+        settings = dataclasses.replace(settings, kept_dir=Path(kept.name))
 
         def work(ready: Callable[[], None]) -> None:
             import threadpoolctl
@@ -125,7 +130,8 @@ def serve(
                 ready()
                 _run(app, listener)
 
-        code = run_workers(workers, handle_errors(work), announce)
+        with kept:  # removed once every worker has ended (a worker ends by os._exit: it never removes it)
+            code = run_workers(workers, handle_errors(work), announce)
     if code:
         raise typer.Exit(code)
 

@@ -24,6 +24,7 @@ from ..classify import LabelsError, read_label_map
 from ..search import Hit
 from .errors import InvalidParameter, RequestError
 from .http_cache import file_response, made_response
+from .kept_clips import KEEP_S
 from .service import SearchParams, Service
 from .settings import MAX_OFFSET
 from .uploads import larger_than, saved_upload
@@ -52,6 +53,15 @@ WARNINGS_DOC = {
     WARNINGS_HEADER: {
         "description": "What `pengi-search query` says on stderr, as a JSON list of strings (`[]` when nothing): "
         "the query text cut to the part the text embedder reads. ASCII: other characters as JSON `\\u` escapes.",
+        "schema": {"type": "string"},
+    }
+}
+# The token of an uploaded clip's embedding, kept for the next pages of its results (`kept_clips`)
+UPLOAD_HEADER = "X-Pengi-Upload"
+UPLOAD_DOC = {
+    UPLOAD_HEADER: {
+        "description": f"The clip's token: `GET /api/similar?upload=TOKEN&offset=N` gives the next pages of its "
+        f"results, for {KEEP_S / 60:g} minutes after it was last used.",
         "schema": {"type": "string"},
     }
 }
@@ -286,17 +296,40 @@ def search(
     return found.hits
 
 
-@router.get("/similar", **HITS, summary="Audio -> audio from an indexed window")
-def similar(svc: ServiceDep, params: ParamsDep, window_id: Annotated[int, Query(ge=0)]) -> Any:
-    """Sounds like the given window ("more like this"); the window's own file is left out."""
-    return svc.similar_to_window(window_id, params)
+@router.get("/similar", **HITS, summary="Audio -> audio from an indexed window, or an uploaded clip's next pages")
+def similar(
+    svc: ServiceDep,
+    params: ParamsDep,
+    window_id: Annotated[int | None, Query(ge=0, description="The window to find sounds like.")] = None,
+    upload: Annotated[
+        str | None,
+        Query(
+            description=f"Or: the token `POST /api/similar` answered a clip with (`{UPLOAD_HEADER}`), for further "
+            f"pages of its results (`offset`); kept {KEEP_S / 60:g} minutes after it was last used."
+        ),
+    ] = None,
+) -> Any:
+    """Sounds like the given window ("more like this"; the window's own file is left out), or like a clip sent
+    before (its `upload` token: the pages of its results, as for a text search)."""
+    if upload is None and window_id is not None:
+        return svc.similar_to_window(window_id, params)
+    if upload is not None and window_id is None:
+        return svc.similar_to_kept(upload, params)[1]
+    if upload is None:
+        raise InvalidParameter("window_id", "missing: send window_id or upload")
+    raise InvalidParameter("upload", "send one of window_id and upload, not both")
 
 
-@router.post("/similar", **HITS, summary="Audio -> audio from an uploaded clip")
-def similar_upload(svc: ServiceDep, params: ParamsDep, file: Annotated[UploadFile, File()]) -> Any:
-    """Sounds like the clip sent (`pengi-search similar CLIP --json`)."""
+@router.post(
+    "/similar", **HITS, responses={200: {"headers": UPLOAD_DOC}}, summary="Audio -> audio from an uploaded clip"
+)
+def similar_upload(response: Response, svc: ServiceDep, params: ParamsDep, file: Annotated[UploadFile, File()]) -> Any:
+    """Sounds like the clip sent (`pengi-search similar CLIP --json`). The `X-Pengi-Upload` header holds the token
+    that asks for the next pages of its results: `GET /api/similar?upload=TOKEN&offset=N`."""
     with read_upload(svc, file) as upload:
-        return svc.similar_to_upload(upload, params)
+        token, hits = svc.similar_to_upload(upload, params)
+    response.headers[UPLOAD_HEADER] = token
+    return hits
 
 
 @router.get("/files/{file_id}", response_model=FileModel, summary="A file and its windows")

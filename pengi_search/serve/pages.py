@@ -27,6 +27,7 @@ from ..units import duration_text, seconds_text, span_ends
 from . import media
 from .api import MAX_LABELS_BYTES, ServiceDep, parse_labels, read_upload
 from .errors import InvalidParameter, RequestError, answer_status, status_headers
+from .kept_clips import KEEP_S
 from .service import Found, SearchParams
 from .uploads import larger_than, size_text
 
@@ -148,12 +149,16 @@ FILTER_BOXES = tuple(field.name for field in dataclasses.fields(FilterFields))
 FILTER_DEFAULTS = dataclasses.asdict(FilterFields())  # what a box left out of an address means
 
 
+def boxes_set(form: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The filter boxes of `form` that are set (neither empty nor at their default), as the search form sends them
+    (static/app.js): an address that holds only these says what they are."""
+    return [(name, form[name]) for name in FILTER_BOXES if str(form.get(name, "")) not in ("", FILTER_DEFAULTS[name])]
+
+
 def more_like_this(window_id: int, form: Mapping[str, Any]) -> str:
     """The address of "more like this" for a window, with the filters of the search it was found by (those
-    "more like this" takes: not the ranking), so the user stays in the part of the library they were looking at;
-    only those set, as the search form sends them (static/app.js), so that the address says what they are."""
-    kept = [(name, form[name]) for name in FILTER_BOXES if str(form.get(name, "")) not in ("", FILTER_DEFAULTS[name])]
-    return f"/similar?{urlencode([('window_id', window_id), *kept])}"
+    "more like this" takes: not the ranking), so the user stays in the part of the library they were looking at."""
+    return f"/similar?{urlencode([('window_id', window_id), *boxes_set(form)])}"
 
 
 templates.env.globals.update(
@@ -168,6 +173,7 @@ templates.env.globals.update(
     more_like_this=more_like_this,
     FILTER_DEFAULTS=FILTER_DEFAULTS,
     DEFAULT_HYBRID_WEIGHT=DEFAULT_HYBRID_WEIGHT,
+    kept_minutes=f"{KEEP_S / 60:g}",
 )
 
 
@@ -305,7 +311,7 @@ def upload_page(request: Request, svc: ServiceDep) -> HTMLResponse:
 
 
 @router.post("/upload/describe", response_class=HTMLResponse)
-def upload_describe(request: Request, svc: ServiceDep, file: Annotated[UploadFile, File()]) -> HTMLResponse:
+def upload_describe(request: Request, svc: ServiceDep, file: Annotated[UploadFile, File()]) -> Response:
     def work() -> dict[str, Any]:
         with read_upload(svc, file) as upload:
             return {"described": svc.describe(upload)}
@@ -329,12 +335,31 @@ def upload_similar(
     svc: ServiceDep,
     file: Annotated[UploadFile, File()],
     fields: Annotated[FilterFields, Depends(posted_fields)],
-) -> HTMLResponse:
-    def work() -> dict[str, Any]:
-        params = fields.params()
+) -> Response:
+    """Embed the clip, keep its embedding and send the browser to its results (`upload_similar_page`): an address
+    that a reload or Back shows again, and whose "More results" pages them, without sending the clip again."""
+
+    def work() -> Response:
         with read_upload(svc, file) as upload:
-            hits = svc.similar_to_upload(upload, params)
-        return {"hits": hits, "name": upload.name, "unplayable": svc.unplayable_hits(hits)}
+            token, _clip = svc.keep_upload(upload, fields.params())
+        query = urlencode([("upload", token), *boxes_set(dataclasses.asdict(fields))])
+        return RedirectResponse(f"/upload/similar?{query}#result", status_code=303)
+
+    return _upload_result(request, svc, "similar", work, **dataclasses.asdict(fields))
+
+
+@router.get("/upload/similar", response_class=HTMLResponse)
+def upload_similar_page(
+    request: Request, svc: ServiceDep, fields: FieldsDep, paging: PagingDep, upload: str
+) -> Response:
+    """An uploaded clip's similar sounds, by the token of its kept embedding, page by page as a search's."""
+
+    def work() -> dict[str, Any]:
+        params = dataclasses.replace(fields.params(), **dataclasses.asdict(paging))
+        name, hits = svc.similar_to_kept(upload, params)
+        more = more_results(request, params, len(hits), svc.settings.max_offset)
+        unplayable = svc.unplayable_hits(hits)
+        return {"hits": hits, "name": name, "unplayable": unplayable, "more": more, "skipped": params.offset}
 
     return _upload_result(request, svc, "similar", work, **dataclasses.asdict(fields))
 
@@ -347,7 +372,7 @@ def upload_classify(
     labels: Annotated[str, Form()] = "",
     labels_file: Annotated[UploadFile | None, File()] = None,
     method: Annotated[str, Form()] = "text",
-) -> HTMLResponse:
+) -> Response:
     def work() -> dict[str, Any]:
         label_list, texts = parse_labels(labels, labels_file)
         with read_upload(svc, file) as upload:
@@ -357,16 +382,19 @@ def upload_classify(
 
 
 def _upload_result(
-    request: Request, svc: ServiceDep, form: str, work: Callable[[], dict[str, Any]], **typed: str
-) -> HTMLResponse:
-    """The upload page with what `work` found, or with why it was refused (and the refusal's status): either way
-    with the forms as they were filled in (a file input cannot be filled in again). Refused, the box at fault is
-    the one of `form` (the form sent: each has a "Clip" box named `file`), not its namesakes in the others."""
+    request: Request, svc: ServiceDep, form: str, work: Callable[[], dict[str, Any] | Response], **typed: str
+) -> Response:
+    """The upload page with what `work` found (or `work`'s own answer: a redirect to it), or with why it was refused
+    (and the refusal's status): either way with the forms as they were filled in (a file input cannot be filled in
+    again). Refused, the box at fault is the one of `form` (the form sent: each has a "Clip" box named `file`), not
+    its namesakes in the others."""
     try:
         results = work()
     except PengiSearchError as exc:
         status, faults = answer_status(request, exc), {form: box_at_fault(exc)}
         return _upload_response(request, svc, typed=typed, error=str(exc), status=status, faults=faults)
+    if isinstance(results, Response):
+        return results
     return _upload_response(request, svc, typed=typed, **results)
 
 
@@ -378,6 +406,8 @@ def _upload_response(request: Request, svc: ServiceDep, status: int = 200, **res
     limits["labels"] = {"bytes": MAX_LABELS_BYTES, "reason": larger_than(MAX_LABELS_BYTES)}
     context = {"described": None, "hits": None, "classified": None, "name": "", "error": None, "limits": limits}
     context["unplayable"] = {}  # file id -> why a hit's file cannot be played
+    context["more"] = None  # the "More results" link of similar sounds (`more_results`)
+    context["skipped"] = 0  # the results before the similar sounds shown (a further page of them)
     context["faults"] = {}  # form -> its box at fault
     context["max_k"] = svc.settings.max_k
     context["typed"] = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -34,6 +35,7 @@ from ..search import (
     Hit,
     SearchScope,
     audio_query_embedder,
+    check_index_model,
     choose_rank,
     query_embedder,
     ranked_index,
@@ -43,6 +45,7 @@ from . import catalog, media
 from .batching import EmbedBatcher
 from .errors import InvalidParameter, RequestError
 from .http_cache import Made, entity_tag
+from .kept_clips import KeptClip, KeptClips
 from .live import LiveLibrary
 from .security import servable_path
 from .settings import ServeSettings
@@ -142,11 +145,20 @@ class Service:
         self._model_dir: ModelDir | None = None
         self._embedder_lock = threading.Lock()
         self._model_lock = threading.Lock()  # one model run at a time: uploads are CPU-bound
+        # Uploads' embeddings, for their next pages: in the folder the server's processes share, else one of its own
+        self._own_folder: tempfile.TemporaryDirectory[str] | None = None
+        folder = settings.kept_dir
+        if folder is None:
+            self._own_folder = tempfile.TemporaryDirectory(prefix="pengi-serve-clips-")
+            folder = Path(self._own_folder.name)
+        self.kept = KeptClips(folder)
 
     def close(self) -> None:
         self._batcher.close()
         self.library.close()
         self.transcodes.close()
+        if self._own_folder is not None:
+            self._own_folder.cleanup()
 
     def warm_up(self) -> None:
         """Load the indexes and the query embedder now, so the first search is as fast as the next."""
@@ -252,21 +264,26 @@ class Service:
         if len(ids) == 0:
             raise RequestError(f"window {window_id}", "has no audio embedding", HTTPStatus.NOT_FOUND)
         record = self.library.store.get_file(window.path)
-        scope = SearchScope(self._depth(params), params.by, params.filters()).without([window.path])
+        scope = self._scope(params).without([window.path])
         scope = excluding_query(self.library, scope, record.content_hash if record is not None else None)
         index = self.library.vector_index("audio")
         spans = [(window.start_s, window.end_s)]
         return self._hits_json(search_index(self.library, index, vectors, scope, query_spans=spans)[params.offset :])
 
-    def similar_to_upload(self, upload: Upload, params: SearchParams) -> list[dict[str, Any]]:
-        """Audio -> audio from a clip sent by the client (embedded with the model that built the index). A clip that
-        is a library file (the same sha256) leaves that file out, with its copies, as `similar FILE` leaves FILE out:
-        else the file itself would come first, a perfect match that says nothing."""
-        from ..similar import embed_audio_file, excluding_query
+    def similar_to_upload(self, upload: Upload, params: SearchParams) -> tuple[str, list[dict[str, Any]]]:
+        """Audio -> audio from a clip sent by the client (`keep_upload`): the token its next pages are asked for by
+        (`similar_to_kept`), and its hits."""
+        token, clip = self.keep_upload(upload, params)
+        return token, self._similar_to_clip(clip, params)
 
-        scope = SearchScope(self._depth(params), params.by, params.filters())
+    def keep_upload(self, upload: Upload, params: SearchParams) -> tuple[str, KeptClip]:
+        """Embed a clip sent by the client with the model that built the index, and keep the embedding for the
+        pages of its results (`kept_clips`): its token, and the clip. `params` are checked first: a search refused
+        is refused before the model runs."""
+        from ..similar import embed_audio_file
+
+        self._scope(params)
         self.library.vector_index("audio")  # an empty library fails here, before the model is loaded
-        scope = excluding_query(self.library, scope, file_sha256(upload.path))
         engine = self.engine()
         with self._model_lock:
             vectors, spans = embed_audio_file(
@@ -277,8 +294,30 @@ class Service:
                 batch_size=self.settings.batch_size,
                 engine=engine,
             )
-        hits = search_index(self.library, self.library.vector_index("audio"), vectors, scope, query_spans=spans)
+        clip = KeptClip(upload.name, file_sha256(upload.path), vectors, spans)
+        return self.kept.keep(clip), clip
+
+    def similar_to_kept(self, token: str, params: SearchParams) -> tuple[str, list[dict[str, Any]]]:
+        """The results of a clip sent earlier, by the token `keep_upload` gave it: the clip's name, and its hits.
+        The library must still be one of the server's model (re-indexed by another, its vectors are not comparable
+        with the clip's)."""
+        clip = self.kept.get(token)
+        check_index_model(self.library, self.model_dir())
+        return clip.name, self._similar_to_clip(clip, params)
+
+    def _similar_to_clip(self, clip: KeptClip, params: SearchParams) -> list[dict[str, Any]]:
+        """A clip's hits. A clip that is a library file (the same sha256) leaves that file out, with its copies, as
+        `similar FILE` leaves FILE out: else the file itself would come first, a perfect match that says nothing."""
+        from ..similar import excluding_query
+
+        scope = excluding_query(self.library, self._scope(params), clip.sha256)
+        index = self.library.vector_index("audio")
+        hits = search_index(self.library, index, clip.vectors, scope, query_spans=clip.spans)
         return self._hits_json(hits[params.offset :])
+
+    def _scope(self, params: SearchParams) -> SearchScope:
+        """The search `params` ask for, checked (`_depth`, `SearchParams.filters`)."""
+        return SearchScope(self._depth(params), params.by, params.filters())
 
     def _depth(self, params: SearchParams) -> int:
         """How many results the search must find for the pages asked: the hits are its last `k * pages`, in the

@@ -30,3 +30,6 @@ class ServeSettings:
     batch_size: int | None = None  # windows per batch, as --batch-size; None: the device's default, as there
     beam: int = 3
     max_len: int = 30
+    # Where uploads' embeddings are kept for their next pages (`kept_clips`): a folder every worker of the server
+    # shares, made by the parent process; None: a temporary folder of the one process's own
+    kept_dir: Path | None = None
