@@ -229,7 +229,7 @@ def _text_to_audio(ranking: Ranking, queries: _Queries, names: dict[str | None, 
     rows = [
         {
             "caption": caption,
-            "file": queries.files[owner].name,
+            "path": queries.files[owner].name,
             "rank": _first_rank(found, wanted),
             "top": _shown(found[0], names, audio_root) if found else None,
         }
@@ -245,7 +245,7 @@ def _audio_to_text(ranking: Ranking, queries: _Queries) -> _Outcome:
     for caption, owner in enumerate(queries.owner):
         relevant[owner].add(caption)
     rows = [
-        {"file": item.name, "rank": _first_rank(found, wanted), "top": queries.captions[found[0]] if found else None}
+        {"path": item.name, "rank": _first_rank(found, wanted), "top": queries.captions[found[0]] if found else None}
         for item, found, wanted in zip(queries.files, ranked, relevant, strict=True)
     ]
     return ranked, relevant, rows
