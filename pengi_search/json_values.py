@@ -2,9 +2,10 @@
 and the server's JSON API write them alike (README, "JSON output").
 
 Seconds are written to the millisecond: a window's start, a file's duration, how long a run took. Scores (a
-similarity, a log-probability, a label's score) to six decimals, which keeps the order of any two scores that
-differ by more than rounding noise. A point in time is ISO 8601 in UTC, never epoch seconds. An unknown value is
-null, never a 0 that reads as a measurement.
+similarity, a log-probability, a label's score) to four decimals: float32 noise, which differs with the batch a
+window was computed in, reaches a log-probability's sixth decimal, and a file described among others must read as
+described alone. A point in time is ISO 8601 in UTC, never epoch seconds. An unknown value is null, never a 0
+that reads as a measurement.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 SECONDS_DECIMALS = 3
-SCORE_DECIMALS = 6
+SCORE_DECIMALS = 4
 
 
 def json_seconds(seconds: float | None) -> float | None:

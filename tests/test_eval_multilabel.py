@@ -163,7 +163,7 @@ def test_multi_label_evaluation_by_hand(tmp_path):
         "1 candidate label has no positive file, so no AP, left out of mAP: 'bell'",
     ]
     assert result["files"][0] == {
-        "file": str(tmp_path / "a.wav"),
+        "path": str(tmp_path / "a.wav"),
         "truth": ["dog", "bark"],
         "predicted": "dog",
         "scores": {"dog": 0.9, "bark": 0.2, "rain": 0.1, "bell": 0.5},

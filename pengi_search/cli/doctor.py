@@ -100,7 +100,7 @@ def _models(models: dict[str, Any]) -> list[tuple[str, str]]:
 def _database(db: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [("url", db["url"])]
     if db["exists"] is None:
-        return [*rows, ("state", f"unknown: {db['reason']}")]
+        return [*rows, ("state", f"unknown: {db['error']}")]
     if not db["exists"]:
         return [*rows, ("state", db["error"])]
     if "files" not in db:  # unreadable, or at another schema revision: the problem says which
