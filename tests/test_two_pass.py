@@ -261,7 +261,7 @@ def test_sigkill_in_either_pass_then_rerun_loses_and_repeats_nothing(tiny_model_
     with Library.open(str(db)) as library:
         files = library.store.files_under(str(root))
         assert [run.status for run in library.store.runs(2)] == ["finished", "interrupted"]  # the killed run
-        assert caption_counts(library.store).to_json() == {"windows": count, "captioned": count, "missing": 0}
+        assert caption_counts(library.store).to_json() == {"window_count": count, "captioned": count, "missing": 0}
     assert len(files) == count and {f.status for f in files} == {"indexed"}
     rows = db_content(db)
     assert sorted(len(row["windows"]) for row in rows) == [1] * count  # one window per file, none repeated
