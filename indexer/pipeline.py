@@ -439,7 +439,7 @@ class _Run:
         """Count a file stored with `windows` windows and its `notes` (a truncation, then the decoders' messages)."""
         self._stored.append(entry)
         self.summary.indexed += 1
-        self.summary.windows += windows
+        self.summary.window_count += windows
         self.summary.truncated += [FileNote(entry.path, note) for note in notes[:1] if note.startswith(TRUNCATED_NOTE)]
         decoder = [note.removeprefix(DECODER_NOTE) for note in notes if note.startswith(DECODER_NOTE)]
         self.summary.decoder_notes += [FileNote(entry.path, note) for note in decoder]

@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Protocol
 from pengi_search.audio import AUDIO_EXTENSIONS
 from pengi_search.audio_workers import default_workers
 from pengi_search.choices import Captions, LongPrompt, StopRule, decoding_settings
+from pengi_search.json_values import json_seconds
 from pengi_search.pathnames import path_fields
 
 from .shard import Shard
@@ -85,7 +86,7 @@ class PathMessage:
 class FailedFile(PathMessage):
     """A file that could not be indexed, or a folder that could not be read, and why."""
 
-    KEY = "reason"
+    KEY = "error"
 
 
 class FileNote(PathMessage):
@@ -124,8 +125,9 @@ class IndexSummary:
     """What a run did; `partial` when some file or folder could not be indexed.
 
     `reused`: of the `indexed` files, those that took the windows of an indexed file with the same bytes instead of
-    being decoded (`indexer.reuse`): their windows count in `windows`, and in `captioned` only if pass 2 wrote them;
-    `windows`: windows stored with their audio embedding (pass 1); `captioned`: windows given captions (pass 2);
+    being decoded (`indexer.reuse`): their windows count in `window_count`, and in `captioned` only if pass 2 wrote
+    them; `window_count`: windows stored with their audio embedding (pass 1); `captioned`: windows given captions
+    (pass 2);
     `captions_missing`: windows below the roots still without captions after the run; `searchable_s`: seconds
     until every window's audio embedding was stored and the FAISS files saved (when `similar` covers the set);
     `gone_sources`: where the indexed files are that `reused` files were copied from (or, unhashed, that indexed
@@ -143,7 +145,7 @@ class IndexSummary:
     touched: int = 0
     skipped_errors: int = 0  # known-bad files with the same stamp, not retried (see --retry-errors)
     pruned: int = 0
-    windows: int = 0
+    window_count: int = 0
     captioned: int = 0
     recaptioned: int = 0  # windows whose --fast captions this run dropped to write exact ones (--recaption-fast)
     captions_missing: int = 0
@@ -164,8 +166,8 @@ class IndexSummary:
 
     def to_json(self) -> dict[str, Any]:
         data = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        data["seconds"] = round(self.seconds, 3)
-        data["searchable_s"] = round(self.searchable_s, 3)
+        data["seconds"] = json_seconds(self.seconds)
+        data["searchable_s"] = json_seconds(self.searchable_s)
         for name in _PATH_LISTS:
             data[name] = [item.to_json() for item in getattr(self, name)]
         return data

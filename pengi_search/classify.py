@@ -42,6 +42,7 @@ from pengi_search.errors import empty_file
 
 from .choices import EXACT_MODE, LoglikScore, LongPrompt, Method, StopRule, decoding_settings
 from .embedders import EmbedderSpec, TextEmbedder, embed_given, open_text_embedder
+from .json_values import json_score
 from .pathnames import path_fields, shown
 from .paths import as_path
 from .prompts import TASK_PROMPTS
@@ -161,7 +162,7 @@ class Prediction:
 
     path: str
     ranked: list[tuple[str, float]]
-    windows: int
+    window_count: int
     source: str  # "index" (stored captions or audio vectors reused) or "decoded"
 
     @property
@@ -174,11 +175,11 @@ class Prediction:
 
     def to_json(self, top: int) -> dict[str, Any]:
         return {
-            **path_fields(self.path, "file"),
+            **path_fields(self.path),
             "label": self.label,
-            "score": round(self.score, 6),
-            "top": [{"label": label, "score": round(score, 6)} for label, score in self.ranked[:top]],
-            "windows": self.windows,
+            "score": json_score(self.score),
+            "top": [{"label": label, "score": json_score(score)} for label, score in self.ranked[:top]],
+            "window_count": self.window_count,
             "source": self.source,
         }
 

@@ -332,7 +332,7 @@ def check_database(db: str | None = None) -> tuple[dict[str, Any], list[Problem]
     `exists` says what doctor found out, never what it assumed: true (the library's file is there, or the server
     answered and holds it), false (no file yet, an empty database, a folder or a file that is no SQLite database
     where the file should be) or None when it cannot tell (a URL it cannot use, a server it cannot reach). When not
-    true, `reason` says why."""
+    true, `error` says why."""
     from sqlalchemy.exc import SQLAlchemyError
 
     try:
@@ -345,9 +345,9 @@ def check_database(db: str | None = None) -> tuple[dict[str, Any], list[Problem]
     if db_file is not None:
         absent, problems = _absent_file(db_file, library_name(db), option, default=names_default_db(db))
         if absent is not None:
-            return {**data, "exists": False, "reason": absent}, problems
+            return {**data, "exists": False, "error": absent}, problems
         if is_empty_file(db_file):  # connecting would write a database header into it: doctor changes nothing
-            return {**data, "exists": False, "schema_revision": None, "reason": _empty_database(option)}, []
+            return {**data, "exists": False, "schema_revision": None, "error": _empty_database(option)}, []
     try:
         engine = untouched_engine(url)  # doctor changes nothing, and reads a library it may not write
     except StoreError as err:  # a driver that is mistyped or not installed
@@ -368,7 +368,7 @@ def check_database(db: str | None = None) -> tuple[dict[str, Any], list[Problem]
 
 def _unknown(data: dict[str, Any], problem: Problem) -> tuple[dict[str, Any], list[Problem]]:
     """The report of a database doctor could not reach: whether it exists is unknown, for the problem's reason."""
-    return {**data, "exists": None, "reason": problem.what}, [problem]
+    return {**data, "exists": None, "error": problem.what}, [problem]
 
 
 def _absent_file(db_file: Path, name: str, option: str, *, default: bool) -> tuple[str | None, list[Problem]]:
@@ -408,7 +408,7 @@ def _check_open_database(engine: Any, data: dict[str, Any], option: str) -> tupl
             rows = list(connection.exec_driver_sql("PRAGMA integrity_check").scalars())
             data["integrity"] = "ok" if rows == ["ok"] else rows[:5]
     if data["schema_revision"] is None and not tables:
-        data.update(exists=False, reason=_empty_database(option))
+        data.update(exists=False, error=_empty_database(option))
         return data, []
     if LIBRARY_TABLE not in tables:
         reason = (
@@ -426,7 +426,7 @@ def _check_open_database(engine: Any, data: dict[str, Any], option: str) -> tupl
         )
     store = Store(engine)  # at the schema head: the store's reads apply as they are
     stats = store.stats()
-    data.update({key: stats[key] for key in ("files", "windows", "texts", "vectors", "indexed_audio_s", "model")})
+    data.update({key: stats[key] for key in ("files", "window_count", "texts", "vectors", "indexed_audio_s", "model")})
     running = [run for run in store.runs(limit=RUNS_CHECKED) if run.status == "running"]
     data["running_runs"] = [run.to_json() for run in running]
     for run in running:

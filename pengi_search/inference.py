@@ -30,6 +30,7 @@ from .cpu_kernels import onednn_available, use_onednn_linear
 from .decoding import CandidateScore, GenerationConfig, beam_search, score_candidates
 from .errors import UsageError
 from .fast_mode import FastMode, apply, autocast
+from .json_values import json_score, json_seconds
 from .kv_cache import SharedPrefix
 from .messages import shortened
 from .model import Pengi
@@ -103,10 +104,10 @@ class DescribedWindow:
         """The window as `describe --json` writes it (the server's too): its span, and per prompt name the text
         and the score."""
         return {
-            "start_s": round(self.start_s, 3),
-            "end_s": round(self.end_s, 3),
+            "start_s": json_seconds(self.start_s),
+            "end_s": json_seconds(self.end_s),
             "answers": {name: answer.text for name, answer in self.answers.items()},
-            "scores": {name: round(answer.score, 4) for name, answer in self.answers.items()},
+            "scores": {name: json_score(answer.score) for name, answer in self.answers.items()},
         }
 
 

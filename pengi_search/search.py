@@ -43,6 +43,7 @@ from .embedders import (
     open_text_embedder,
 )
 from .errors import OptionError
+from .json_values import json_score, json_seconds
 from .model_dir import PENGI_TEXT_PREFIX, ModelDir, ModelNotFoundError
 from .pathnames import from_typed, path_fields
 from .ranking import HybridIndex
@@ -175,17 +176,17 @@ class Hit:
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             **path_fields(self.path),
-            "start_s": round(self.start_s, 3),
-            "end_s": round(self.end_s, 3),
-            "score": round(self.score, 6),
+            "start_s": json_seconds(self.start_s),
+            "end_s": json_seconds(self.end_s),
+            "score": json_score(self.score),
             "caption": self.caption,
             "texts": self.texts,
             "window_id": self.window_id,
             "missing": self.missing,
         }
         if self.query_start_s is not None:
-            data["query_start_s"] = round(self.query_start_s, 3)
-            data["query_end_s"] = round(self.query_end_s or 0.0, 3)
+            data["query_start_s"] = json_seconds(self.query_start_s)
+            data["query_end_s"] = json_seconds(self.query_end_s)
         if self.ranking is not None:
             data["ranking"] = self.ranking.value
         return data
@@ -481,7 +482,7 @@ def _caption_index(library: Library) -> Any:
     try:
         return library.vector_index("text")
     except EmptyLibraryError as exc:
-        if caption_counts(library.store).windows == 0:
+        if caption_counts(library.store).window_count == 0:
             raise
         raise EmptyLibraryError(
             exc.where,

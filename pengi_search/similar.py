@@ -63,11 +63,11 @@ def stored_windows(library: Library, path: str | os.PathLike[str], *, audio: boo
 @dataclass(frozen=True)
 class SimilarResult:
     """`similar` for one query file: its hits and where its vectors came from, "index" (stored, the file unchanged)
-    or "decoded" (embedded now with the model); or why it could not be decoded."""
+    or "decoded" (embedded now with the model); or why it could not be decoded (and `source` None: no vectors)."""
 
     path: str
     hits: list[Hit]
-    source: str
+    source: str | None
     error: str | None = None
     # The query file's windows: with more than one, each hit says which of them it matched (`Hit.query_start_s`).
     query_windows: int = 0
@@ -125,7 +125,7 @@ def similar_to_files(
         else:
             outcome = next(outcomes)
             if outcome.error is not None:
-                yield SimilarResult(path, [], "decoded", outcome.error)
+                yield SimilarResult(path, [], None, outcome.error)
                 continue
             vectors, spans, source = np.stack(outcome.results), [(s.start_s, s.end_s) for s in outcome.spans], "decoded"
             content_hash = outcome.content_hash

@@ -235,7 +235,7 @@ def classifier(model_dir, labels=LABELS, db=None, **settings):
 )
 def test_text_method_picks_the_label_equal_to_the_stored_caption(captions, tiny_model_dir, name, label):
     prediction = classifier(tiny_model_dir, db=captions.db).classify(captions.files[name])
-    assert prediction.source == "index" and prediction.windows == 1
+    assert prediction.source == "index" and prediction.window_count == 1
     assert prediction.label == label and prediction.score == pytest.approx(1.0, abs=1e-5)
     assert prediction.ranked[1][1] < 1.0 - 1e-4
     assert sorted(label for label, _ in prediction.ranked) == sorted(LABELS)
@@ -245,7 +245,7 @@ def test_text_method_averages_the_windows(captions, tiny_model_dir):
     """rain.flac: "rain on a roof" then "thunder rolls in the distance"; each label's score is the windows' mean."""
     c = classifier(tiny_model_dir, labels=["rain on a roof", "thunder rolls in the distance"], db=captions.db)
     prediction = c.classify(captions.files["weather/rain.flac"])
-    assert prediction.windows == 2
+    assert prediction.window_count == 2
     vectors = c.embedder().embed(["rain on a roof", "thunder rolls in the distance"])
     cross = float(vectors[0] @ vectors[1])
     for _, score in prediction.ranked:
@@ -290,7 +290,7 @@ def test_loglik_equals_a_direct_engine_score(tiny_model_dir, tmp_path, score):
     direct = engine.score(embeds, "this is a sound of", labels)
     expected = np.mean([[getattr(s, score) for s in row] for row in direct], axis=0)
     prediction = classifier(tiny_model_dir, labels=labels, method="loglik", loglik_score=score).classify(path)
-    assert prediction.source == "decoded" and prediction.windows == 2
+    assert prediction.source == "decoded" and prediction.window_count == 2
     assert prediction.label == labels[int(np.argmax(expected))]
     got = dict(prediction.ranked)
     np.testing.assert_allclose([got[label] for label in labels], expected, atol=1e-5, rtol=0)

@@ -91,14 +91,15 @@ def test_describe_with_own_prompts_and_answer_prefix(tiny_model_dir, clips):
 def test_a_corrupt_file_is_reported_with_its_reason_and_the_others_still_described(
     command, tiny_model_dir, clips, tmp_path
 ):
-    """Its `error` is the reason alone, as in `similar` and `classify`: the path is a field of its own."""
+    """Its `error` is the reason alone, as in `similar` and `classify`: the path is a field of its own; its duration
+    is not known (null, not a 0.0 that reads as an empty file's)."""
     bad = tmp_path / "broken.wav"
     bad.write_bytes(b"RIFF....garbage")
     question = ("is it a dog?",) if command == "ask" else ()
     result = run(command, bad, clips[1], *question, "--model", tiny_model_dir, "--json", "--max-len", 2)
     assert result.exit_code == EXIT_PARTIAL
     data = json.loads(result.stdout)
-    assert data[0] == {"path": str(bad), "duration_s": 0.0, "windows": [], "error": UNREADABLE}
+    assert data[0] == {"path": str(bad), "duration_s": None, "windows": [], "error": UNREADABLE}
     assert data[1]["error"] is None and data[1]["windows"]
 
 

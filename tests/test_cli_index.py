@@ -71,11 +71,11 @@ def test_index_then_stats_and_export(tiny_model_dir, sounds, tmp_path):
     result = index(sounds, db, tiny_model_dir, "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert (summary["indexed"], summary["windows"], summary["failed"]) == (3, 4, [])
+    assert (summary["indexed"], summary["window_count"], summary["failed"]) == (3, 4, [])
 
     stats = json.loads(run("stats", "--db", db, "--json").stdout)
     assert stats["files"] == {"total": 3, "pending": 0, "indexed": 3, "error": 0}
-    assert (stats["windows"], stats["texts"], stats["vectors"]) == (4, 8, {"text": 4, "audio": 4})
+    assert (stats["window_count"], stats["texts"], stats["vectors"]) == (4, 8, {"text": 4, "audio": 4})
     assert stats["model"]["model"] == "tiny-base" and stats["model"]["embedder"].startswith("pengi-text:")
     assert stats["runs"][0]["files_indexed"] == 3 and stats["database_bytes"] > 0
     indexes = stats["vector_indexes"]

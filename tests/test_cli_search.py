@@ -233,7 +233,7 @@ def test_similar_past_the_size_of_an_hnsw_library_with_removed_files_lists_every
     assert result.exit_code == 0, result.output
     for entry in json.loads(result.stdout):
         assert entry["source"] == "index" and entry["error"] is None
-        assert sorted(hit["path"] for hit in entry["hits"]) == [path for path in kept if path != entry["file"]]
+        assert sorted(hit["path"] for hit in entry["hits"]) == [path for path in kept if path != entry["path"]]
 
 
 def test_similar_table_says_which_window_of_a_long_query_file_matched(captions, common, monkeypatch):
@@ -273,7 +273,7 @@ def test_similar_takes_a_folder_and_searches_a_file_given_twice_once(captions, c
     result = run("similar", cat, folder, *common, "--json")
     assert result.exit_code == EXIT_PARTIAL, result.output
     searched = json.loads(result.stdout)
-    assert [item["file"] for item in searched] == [str(cat), str(folder / "broken.wav")]
+    assert [item["path"] for item in searched] == [str(cat), str(folder / "broken.wav")]
     assert searched[0]["hits"] and searched[1]["error"] and searched[1]["hits"] == []
 
 
@@ -287,7 +287,7 @@ def test_similar_json_of_a_folder_is_a_list_per_file_however_many_it_holds(capti
     result = run("similar", folder, *common, "--json")
     assert result.exit_code == 0, result.output
     (searched,) = json.loads(result.stdout)
-    assert searched["file"] == str(cat) and searched["error"] is None and searched["hits"]
+    assert searched["path"] == str(cat) and searched["error"] is None and searched["hits"]
     shown = run("similar", folder, *common)
     assert shown.exit_code == 0 and str(cat) in shown.stdout.splitlines(), shown.output  # headed with its name
 
@@ -334,7 +334,7 @@ def test_classify_json_schema(captions, common, labels):
     assert data["method"] == "text" and data["labels"] == labels.read_text().splitlines()
     assert data["errors"] == [] and data["metrics"] is None
     (entry,) = data["results"]
-    assert set(entry) == {"file", "label", "score", "top", "windows", "source"}
+    assert set(entry) == {"path", "label", "score", "top", "window_count", "source"}
     assert entry["label"] == "a dog barks" and isinstance(entry["score"], float) and entry["source"] == "index"
     assert len(entry["top"]) == 3 and all(set(t) == {"label", "score"} for t in entry["top"])
 
@@ -387,7 +387,7 @@ def test_classify_folder_with_a_broken_file_is_partial(captions, common, labels,
     result = run("classify", folder, "-l", labels, *common, "--json", "--max-len", 4)
     assert result.exit_code == EXIT_PARTIAL, result.output
     data = json.loads(result.stdout)
-    assert [e["file"] for e in data["errors"]] == [str(folder / "broken.wav")]
+    assert [e["path"] for e in data["errors"]] == [str(folder / "broken.wav")]
     assert len(data["results"]) == 2
 
 
@@ -412,7 +412,7 @@ def test_classify_a_file_reached_twice_classifies_it_once(captions, common, labe
     monkeypatch.chdir(captions.root)
     result = run("classify", "animals/dog.wav", "animals", "./animals/dog.wav", "-l", labels, *common, "--json")
     assert result.exit_code == 0, result.output
-    files = [entry["file"] for entry in json.loads(result.stdout)["results"]]
+    files = [entry["path"] for entry in json.loads(result.stdout)["results"]]
     assert files == ["animals/dog.wav", "animals/cat.flac"]
 
 
@@ -422,8 +422,8 @@ def test_classify_several_files_with_an_undecodable_one_is_partial(captions, com
     result = run("classify", captions.files["bell.wav"], broken, "-l", labels, *common, "--json", "--max-len", 4)
     assert result.exit_code == EXIT_PARTIAL, result.output
     data = json.loads(result.stdout)
-    assert [e["file"] for e in data["errors"]] == [str(broken)]
-    assert [r["file"] for r in data["results"]] == [str(captions.files["bell.wav"])]
+    assert [e["path"] for e in data["errors"]] == [str(broken)]
+    assert [r["path"] for r in data["results"]] == [str(captions.files["bell.wav"])]
 
 
 @pytest.mark.parametrize("bad", ["", "absent.wav"])

@@ -224,9 +224,9 @@ def test_nothing_is_created_for_a_missing_database(tmp_path, isolated_home):
     assert code == 1 and report["database"]["exists"] is False and not db.parent.exists()
     assert set(problems(report)) == {"models"}  # no model yet; no database yet is no fault
     creates = f"`pengi-search index PATH... --db '{db}'` creates it"  # quoted: the folder's name has a space
-    assert report["database"]["reason"] == f"neither {db} nor its folder exists yet ({creates}, folder included)"
+    assert report["database"]["error"] == f"neither {db} nor its folder exists yet ({creates}, folder included)"
     db.parent.mkdir()
-    assert doctor(db)[1]["database"]["reason"] == f"no database file at {db} yet ({creates})"
+    assert doctor(db)[1]["database"]["error"] == f"no database file at {db} yet ({creates})"
     text = runner.invoke(app, ["doctor", "--db", str(db)])
     assert f"state          no database file at {db} yet" in text.stdout
 
@@ -238,7 +238,7 @@ def test_a_database_path_no_database_can_be_made_at_is_a_problem(tmp_path, isola
     db = tmp_path if where == "a folder" else tmp_path / "notes.txt" / "lib.db"
     code, report = doctor(db)
     what, fix = problems(report)["database"]
-    assert code == 1 and report["database"]["exists"] is False and report["database"]["reason"] == what
+    assert code == 1 and report["database"]["exists"] is False and report["database"]["error"] == what
     if where == "a folder":
         assert what == f"{tmp_path} is a folder, not a database file" and "at a database file" in fix
     else:
@@ -280,7 +280,7 @@ def test_a_file_that_is_no_database_is_no_library_and_is_left_alone(tmp_path, is
     clip.write_bytes(b"ID3" + bytes(500))
     code, report = doctor(clip)
     what, fix = problems(report)["database"]
-    assert code == 1 and report["database"]["exists"] is False and report["database"]["reason"] == what
+    assert code == 1 and report["database"]["exists"] is False and report["database"]["error"] == what
     assert what == f"{clip} is not a SQLite database"
     assert fix == f"point --db or PENGI_SEARCH_DB at a database file, not at {clip}"
     assert clip.read_bytes() == b"ID3" + bytes(500)
@@ -314,7 +314,7 @@ def test_doctor_tells_an_unreachable_server_from_a_damaged_database():
     assert problem.what.startswith("cannot be read: connection failed") and "(psycopg." not in problem.what
     assert "check the URL" in problem.fix and "backup" not in problem.fix
     assert "Secret-PW" not in json.dumps([data, problem.what, problem.fix])
-    assert (data["exists"], data["reason"]) == (None, problem.what)  # unknown, and why: not "exists" by default
+    assert (data["exists"], data["error"]) == (None, problem.what)  # unknown, and why: not "exists" by default
 
 
 @pytest.mark.parametrize("driver", ["postgres", "postgresql", "postgresql+psycopg"])
@@ -346,8 +346,8 @@ def test_whether_a_library_exists_is_unknown_when_the_server_cannot_be_reached_o
     ):
         code, report = doctor(url)
         database = report["database"]
-        assert code == 1 and database["exists"] is None and database["reason"].startswith(reason), url
-        assert problems(report)["database"][0] == database["reason"]
+        assert code == 1 and database["exists"] is None and database["error"].startswith(reason), url
+        assert problems(report)["database"][0] == database["error"]
         text = runner.invoke(app, ["doctor", "--db", url])
         assert f"state          unknown: {reason}" in text.stdout and "not created yet" not in text.stdout
 
@@ -363,7 +363,7 @@ def test_doctor_on_a_database_that_is_empty_or_another_applications(tmp_path):
         {
             "url": f"sqlite:///{tmp_path / 'empty.db'}",
             "exists": False,
-            "reason": f"an empty database, with no library yet ({creates})",
+            "error": f"an empty database, with no library yet ({creates})",
             "schema_revision": None,
         },
         [],

@@ -193,7 +193,7 @@ def test_retrieval_equals_a_hand_count(known, tiny_model_dir):
     rows = result["queries"]["caption"]["text_to_audio"]
     assert [row["rank"] for row in rows] == t2a
     # A caption the library holds finds its own file first (cosine 1); "a bell rings" is the bell's, not the dog's.
-    by_caption = {(row["file"], row["caption"]): row for row in rows}
+    by_caption = {(row["path"], row["caption"]): row for row in rows}
     assert by_caption[("animals/dog.wav", "a dog barks")]["rank"] == 1
     assert by_caption[("weather/rain.flac", "thunder rolls in the distance")]["rank"] == 1
     assert by_caption[("animals/dog.wav", "a bell rings")]["top"] == "bell.wav"
@@ -251,7 +251,7 @@ def test_caption_evaluation_of_stored_captions(known, tiny_model_dir):
         embedder = query_embedder(library, str(tiny_model_dir), "cpu")
         result = evaluate_captions(library, caption_set, embedder, java=False)
     # The stored captions carry no score, so the first window stands for the rain file.
-    generated = {item["file"]: item["generated"] for item in result["items"]}
+    generated = {item["path"]: item["generated"] for item in result["items"]}
     assert generated == {
         "animals/dog.wav": "a dog barks",
         "weather/rain.flac": "rain on a roof",
@@ -265,10 +265,10 @@ def test_caption_evaluation_of_stored_captions(known, tiny_model_dir):
     assert metrics["CIDEr-D"] == pytest.approx(np.mean(cider_d(cands, refs)))
     assert metrics["ROUGE-L"] == pytest.approx(np.mean(rouge_l(cands, refs)))
     assert metrics["BLEU-1"] > 0.5  # three of the four generated captions are one of their references
-    bell = next(item for item in result["items"] if item["file"] == "bell.wav")
+    bell = next(item for item in result["items"] if item["path"] == "bell.wav")
     assert bell["embedding_cosine"] == pytest.approx(1.0, abs=1e-5) and bell["rouge_l"] == pytest.approx(1.0)
     vectors = embedder.embed(["a cat meows", *SET_CAPTIONS["animals/cat.flac"]])
-    cat = next(item for item in result["items"] if item["file"] == "animals/cat.flac")
+    cat = next(item for item in result["items"] if item["path"] == "animals/cat.flac")
     assert cat["embedding_cosine"] == pytest.approx(float((vectors[1:] @ vectors[0]).mean()), abs=1e-6)
     assert metrics["METEOR"] is None and "--no-java-metrics" in result["unavailable"]["METEOR"]
     assert metrics["SPIDEr"] is None and result["prompts"] == ["generate audio caption"]
@@ -548,7 +548,7 @@ def test_eval_retrieval_end_to_end(tones, tiny_model_dir):
     assert result.exit_code == EXIT_PARTIAL, result.output  # gone.wav is left out
     report = json.loads((out / "report.json").read_text())
     assert report["index_run"]["indexed"] == 4
-    assert report["skipped"] == [{"file": "gone.wav", "reason": "not found under the audio root"}]
+    assert report["skipped"] == [{"path": "gone.wav", "error": "not found under the audio root"}]
     assert report["evaluated"] == {"files": 4, "captions": 8}
     assert compare_reports(report, report)["notes"] == []  # it records every setting compare looks for
     caption_set = read_caption_set(tones / "captions.csv", tones / "audio")
@@ -658,7 +658,7 @@ def test_eval_classify_report_records_what_made_its_numbers(known, tiny_model_di
         "beam": beam, "max_len": max_len, "stop": "both", "db": str(captions.db)
     }  # fmt: skip
     assert setup["pengi_search_version"] == pengi_search.__version__ and setup["torch_version"] == torch.__version__
-    assert [(Path(row["file"]).name, row["source"]) for row in report["files"]] == [("bell.wav", source)]
+    assert [(Path(row["path"]).name, row["source"]) for row in report["files"]] == [("bell.wav", source)]
 
 
 def test_eval_classify_with_a_label_map_scores_its_answers(known, tiny_model_dir, tmp_path):
@@ -713,7 +713,7 @@ def test_eval_classify_names_a_file_left_out_once_under_its_table(tiny_model_dir
     ]
     assert "\\t" in shown(str(broken))
     assert json.loads((out / "report.json").read_text())["skipped"] == [
-        {"file": str(broken), "reason": "not a readable audio file (unknown format or corrupt data)"}
+        {"path": str(broken), "error": "not a readable audio file (unknown format or corrupt data)"}
     ]
 
 
@@ -822,7 +822,7 @@ def test_with_json_the_warnings_still_go_to_stderr(tiny_model_dir, tmp_path):
     result = run(*args, *quick(tiny_model_dir)[:4], "--json")
     assert result.exit_code == EXIT_PARTIAL, result.output
     assert json.loads(result.stdout)["skipped"] == [
-        {"file": str(broken), "reason": "not a readable audio file (unknown format or corrupt data)"}
+        {"path": str(broken), "error": "not a readable audio file (unknown format or corrupt data)"}
     ]
     assert result.stderr.splitlines() == [
         f"warning: left out {broken}: not a readable audio file (unknown format or corrupt data)"
@@ -847,7 +847,7 @@ def test_eval_names_why_a_file_failed_on_every_run(tiny_model_dir, tmp_path):
         assert result.exit_code == EXIT_PARTIAL, result.output
         reasons.append(json.loads(result.stdout)["skipped"])
     broken = [
-        {"file": "broken.wav", "reason": "failed to index: not a readable audio file (unknown format or corrupt data)"}
+        {"path": "broken.wav", "error": "failed to index: not a readable audio file (unknown format or corrupt data)"}
     ]
     assert reasons == [broken, broken]
 
@@ -892,3 +892,24 @@ def test_eval_records_the_decoding_of_the_captions_it_scores(tiny_model_dir, tmp
     redone = run(*args, "--beam", 3, "--reindex")
     assert redone.stderr == "", redone.output
     assert json.loads(redone.stdout)["setup"]["caption_decoding"] == ["beam=3 max_len=3 stop=both (exact)"]
+
+
+def test_compare_reads_a_report_of_0_1_0_whose_files_were_file_and_reasons_reason(tmp_path):
+    """0.1.0 named a report's files `file`, why one was left out `reason` and the index run's windows `windows`
+    (`path`, `error` and `window_count` now, as in every command's JSON): such a report is compared as it was."""
+    older, now = classify_report(tmp_path, right=1, files=3), classify_report(tmp_path, right=3, files=3)
+    older["files"] = [{"file": row.pop("path"), **row} for row in older["files"]]
+    older["skipped"] = [{"file": str(tmp_path / "d.wav"), "reason": "not a readable audio file"}]
+    older["index_run"] = {"indexed": 3, "windows": 3, "failed": [{"path": "d.wav", "reason": "not audio"}]}
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "report.json").write_text(json.dumps(older))
+    write_report(now, tmp_path / "new")
+    result = run("eval", "compare", tmp_path / "old", tmp_path / "new", "--json")
+    assert result.exit_code == EXIT_OK, result.output
+    comparison = json.loads(result.stdout)
+    assert comparison["notes"] == [] and comparison["rows"][0] == {
+        "metric": "accuracy",
+        "a": pytest.approx(1 / 3),
+        "b": 1.0,
+        "delta": pytest.approx(2 / 3),
+    }

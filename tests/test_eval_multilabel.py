@@ -204,7 +204,7 @@ def test_multi_label_evaluation_by_hand(tmp_path):
         "1 candidate label has no positive file, so no AP, left out of mAP: 'bell'",
     ]
     assert result["files"][0] == {
-        "file": str(tmp_path / "a.wav"),
+        "path": str(tmp_path / "a.wav"),
         "truth": ["dog", "bark"],
         "predicted": "dog",
         "scores": {"dog": 0.9, "bark": 0.2, "rain": 0.1, "bell": 0.5},
@@ -330,7 +330,7 @@ def test_eval_classify_reads_fsd50ks_own_csv_with_a_comma_separator(fsd50k, tiny
     assert result.stderr == ""  # every file of the truth found, every label a class
     report = json.loads(result.stdout)
     assert report["dataset"]["labels"] == ["Bark", "Dog", "Animal", "Rain", "Water"]
-    assert {Path(f["file"]).name: f["truth"] for f in report["files"]} == {
+    assert {Path(f["path"]).name: f["truth"] for f in report["files"]} == {
         "101.wav": ["Bark", "Dog", "Animal"],
         "102.wav": ["Rain", "Water"],
         "103.wav": ["Dog", "Animal"],

@@ -44,7 +44,7 @@ def evaluated(library: Library, csv: Path, model_dir: Path) -> dict:
 def ranks(result: dict, direction: str) -> dict[str, tuple[int, list[int] | None]]:
     """Per file of the set, its row's rank and, where a tie makes it uncertain, its best and worst rank."""
     rows = result["queries"]["caption"][direction]
-    return {row["file"]: (row["rank"], row.get("ranks")) for row in rows}
+    return {row["path"]: (row["rank"], row.get("ranks")) for row in rows}
 
 
 def test_tied_results_rank_by_path_whatever_the_order_of_rows_and_windows(twins, tiny_model_dir):

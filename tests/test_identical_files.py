@@ -100,7 +100,7 @@ def test_files_renamed_or_moved_within_a_run_are_neither_decoded_nor_captioned(
     os.rename(tree / "short.wav", tree / "renamed.wav")
 
     summary = run_index(quick_options([tree], db, tiny_model_dir))
-    assert (summary.indexed, summary.reused, summary.pruned, summary.windows, summary.captioned) == (3, 3, 3, 4, 0)
+    assert (summary.indexed, summary.reused, summary.pruned, summary.window_count, summary.captioned) == (3, 3, 3, 4, 0)
     assert model_work == {"loads": 0, "embedded": 0, "captioned": 0}
     assert summary.captions_missing == 0
     assert_as_a_fresh_index(db, tree, tiny_model_dir)
@@ -112,7 +112,13 @@ def test_a_copy_of_an_indexed_file_takes_its_windows_and_captions(tiny_model_dir
     write_tone(tree / "new.wav", 2.0, freq=990)  # a new sound beside it is indexed as ever
 
     summary = run_index(quick_options([tree], db, tiny_model_dir))
-    assert (summary.indexed, summary.reused, summary.unchanged, summary.windows, summary.captioned) == (2, 1, 3, 3, 1)
+    assert (summary.indexed, summary.reused, summary.unchanged, summary.window_count, summary.captioned) == (
+        2,
+        1,
+        3,
+        3,
+        1,
+    )
     assert model_work == {"loads": 1, "embedded": 1, "captioned": 1}  # new.wav's one window only
     rows = {Path(row["path"]).name: row for row in db_content(db)}
     assert rows["copy of long.wav"]["windows"] == rows["long.wav"]["windows"]
@@ -338,7 +344,7 @@ def test_identical_new_files_of_one_run_are_decoded_and_captioned_once(tiny_mode
     write_tone(root / "other.wav", 1.5, freq=330)
 
     summary = run_index(quick_options([root], db, tiny_model_dir, batch_size=8))
-    assert (summary.indexed, summary.reused, summary.windows, summary.captioned) == (4, 2, 7, 3)
+    assert (summary.indexed, summary.reused, summary.window_count, summary.captioned) == (4, 2, 7, 3)
     assert model_work == {"loads": 1, "embedded": 3, "captioned": 3}  # a.wav's two windows and other.wav's one
     rows = {Path(row["path"]).name: row for row in db_content(db)}
     assert rows["b.wav"]["windows"] == rows["c.wav"]["windows"] == rows["a.wav"]["windows"]
@@ -352,7 +358,7 @@ def test_identical_new_files_wait_for_the_first_with_captions_later_too(tiny_mod
     shutil.copy(root / "a.wav", root / "b.wav")
 
     summary = run_index(quick_options([root], db, tiny_model_dir, captions=Captions.later))
-    assert (summary.indexed, summary.reused, summary.windows, summary.captions_missing) == (2, 1, 4, 4)
+    assert (summary.indexed, summary.reused, summary.window_count, summary.captions_missing) == (2, 1, 4, 4)
     assert model_work == {"loads": 1, "embedded": 2, "captioned": 0}
     rows = {Path(row["path"]).name: row for row in db_content(db)}
     assert rows["b.wav"]["windows"] == rows["a.wav"]["windows"]

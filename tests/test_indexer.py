@@ -71,7 +71,7 @@ def model_calls(monkeypatch) -> dict[str, int]:
 def test_index_stores_files_windows_texts_and_vectors(tiny_model_dir, tree, tmp_path):
     db = tmp_path / "lib.db"
     summary = run_index(quick_options([tree], db, tiny_model_dir))
-    assert (summary.indexed, summary.windows, summary.failed, summary.partial) == (3, 4, [], False)
+    assert (summary.indexed, summary.window_count, summary.failed, summary.partial) == (3, 4, [], False)
 
     rows = {Path(row["path"]).name: row for row in db_content(db)}
     assert set(rows) == {"short.wav", "long stereo.wav", "tone.flac"}
@@ -110,7 +110,7 @@ def test_an_unchanged_rerun_does_no_model_work(tiny_model_dir, tree, tmp_path, m
 
     monkeypatch.setattr(Engine, "load", no_loading)
     summary = run_index(quick_options([tree], db, tiny_model_dir))
-    assert (summary.indexed, summary.unchanged, summary.touched, summary.windows) == (0, 3, 0, 0)
+    assert (summary.indexed, summary.unchanged, summary.touched, summary.window_count) == (0, 3, 0, 0)
     assert model_calls == {"windows": 4, "generate": 1}
     assert_consistent(db)
 
@@ -139,7 +139,7 @@ def test_a_changed_file_is_recaptioned_and_a_deleted_one_pruned(tiny_model_dir, 
     (tree / "birds" / "tone.flac").unlink()
 
     summary = run_index(quick_options([tree], db, tiny_model_dir))
-    assert (summary.indexed, summary.unchanged, summary.pruned, summary.windows) == (1, 1, 1, 2)
+    assert (summary.indexed, summary.unchanged, summary.pruned, summary.window_count) == (1, 1, 1, 2)
     assert model_calls["windows"] == 4 + 2
     rows = {Path(row["path"]).name: row for row in db_content(db)}
     assert set(rows) == {"short.wav", "long stereo.wav"}
@@ -250,7 +250,7 @@ def test_both_passes_take_batches_of_the_asked_or_default_size(
 
         monkeypatch.setattr(IndexModel, name, recorded)
     options = quick_options([tmp_path / "sounds"], tmp_path / "lib.db", tiny_model_dir, batch_size=batch_size)
-    assert run_index(options).windows == 20
+    assert run_index(options).window_count == 20
     assert max(sizes["audio_windows"]) == max(sizes["captions"]) == largest
     assert sum(sizes["audio_windows"]) == sum(sizes["captions"]) == 20
 
@@ -259,7 +259,7 @@ def test_worker_processes_give_what_decoding_in_process_gives(tiny_model_dir, tr
     in_process, workers = tmp_path / "in-process.db", tmp_path / "workers.db"
     run_index(quick_options([tree], in_process, tiny_model_dir, workers=0, batch_size=5))
     summary = run_index(quick_options([tree], workers, tiny_model_dir, workers=1, batch_size=1))
-    assert (summary.indexed, summary.windows) == (3, 4)
+    assert (summary.indexed, summary.window_count) == (3, 4)
     assert_same_content(workers, in_process)  # batch composition changes no text
     assert_consistent(workers)
 

@@ -98,8 +98,8 @@ def test_classify_names_a_folders_files_after_the_folder_as_typed(form, recordin
     assert skipped_lines(on_stdout.stderr) == [f"skipped {folder}/{BROKEN}: {UNREADABLE}"]
     written = run("classify", folder, *common, "-o", tmp_path / "out.csv", "--json")
     data = json.loads(written.stdout)
-    assert [entry["file"] for entry in data["results"]] == names(folder)
-    assert [entry["file"] for entry in data["errors"]] == [f"{folder}/{BROKEN}"]
+    assert [entry["path"] for entry in data["results"]] == names(folder)
+    assert [entry["path"] for entry in data["errors"]] == [f"{folder}/{BROKEN}"]
     with open(tmp_path / "out.csv", newline="", encoding="utf-8") as out:
         assert [row["file"] for row in csv.DictReader(out)] == names(folder)
 
@@ -163,9 +163,9 @@ def test_similar_names_a_folders_files_as_typed_and_leaves_each_out_of_its_own_h
     result = run("similar", folder, "--db", captions.db, "--model", tiny_model_dir, "--json")
     assert result.exit_code == EXIT_OK, result.output
     searched = json.loads(result.stdout)
-    assert [item["file"] for item in searched] == [os.path.join(folder, name) for name in sorted(captions.files)]
+    assert [item["path"] for item in searched] == [os.path.join(folder, name) for name in sorted(captions.files)]
     for item in searched:
-        own = str(captions.files[os.path.relpath(item["file"], folder)])
+        own = str(captions.files[os.path.relpath(item["path"], folder)])
         assert item["source"] == "index" and item["hits"], item
         assert own not in [hit["path"] for hit in item["hits"]]
         assert len(item["hits"]) == len(captions.files) - 1
@@ -180,7 +180,7 @@ def test_similar_names_odd_files_of_a_folder_as_typed(form, recordings, captions
     common = ("--db", captions.db, "--model", tiny_model_dir, "--device", "cpu")
     result = run("similar", folder, *common, "--json")
     assert result.exit_code == EXIT_PARTIAL, result.output
-    assert [item["file"] for item in json.loads(result.stdout)] == [f"{folder}/{BROKEN}", *names(folder)]
+    assert [item["path"] for item in json.loads(result.stdout)] == [f"{folder}/{BROKEN}", *names(folder)]
     assert skipped_lines(result.stderr) == [f"skipped {folder}/{BROKEN}: {UNREADABLE}"]
     text = run("similar", folder, *common)
     assert [line for line in text.stdout.splitlines() if line.startswith(folder)] == names(folder)
@@ -193,8 +193,8 @@ def test_eval_classify_names_the_files_as_classify_does(recordings, tmp_path, ti
     result = run("eval", "classify", FOLDER, "--truth", truth, "--model", tiny_model_dir, *QUICK, "-o", out)
     assert result.exit_code == EXIT_PARTIAL, result.output
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
-    assert [item["file"] for item in report["files"]] == names(FOLDER)
-    assert report["skipped"] == [{"file": f"{FOLDER}/{BROKEN}", "reason": UNREADABLE}]
+    assert [item["path"] for item in report["files"]] == names(FOLDER)
+    assert report["skipped"] == [{"path": f"{FOLDER}/{BROKEN}", "error": UNREADABLE}]
     assert report["evaluated"]["files"] == 2  # matched to the truth by name
     with open(out / "predictions.csv", newline="", encoding="utf-8") as rows:
         assert [row["file"] for row in csv.DictReader(rows)] == names(FOLDER)
@@ -212,7 +212,7 @@ def test_index_names_a_folders_files_after_the_folder_as_typed(form, recordings,
     indexed = run("index", folder, *common, "--json")
     assert indexed.exit_code == EXIT_PARTIAL, indexed.output
     failed = json.loads(indexed.stdout)["failed"]
-    assert [(item["path"], item["reason"]) for item in failed] == [(f"{folder}/{BROKEN}", UNREADABLE)]
+    assert [(item["path"], item["error"]) for item in failed] == [(f"{folder}/{BROKEN}", UNREADABLE)]
     again = run("index", folder, *common, "--retry-errors")
     assert failed_lines(again.stderr) == [f"failed {folder}/{BROKEN}: {UNREADABLE}"]
     exported = [json.loads(line)["path"] for line in run("export", "--db", db).stdout.splitlines()]

@@ -44,7 +44,7 @@ def test_downgrading_0002_then_upgrading_keeps_every_window_text_and_vector(db_u
         indexed_file(store, "/lib/a.wav", count=2)
         indexed_file(store, "/lib/b.wav", count=1, seed=1)
     before = rows(db_url)
-    assert before["windows"] == 3 and before["texts"] == 6 and before["vectors"] == {"text": 3, "audio": 3}
+    assert before["window_count"] == 3 and before["texts"] == 6 and before["vectors"] == {"text": 3, "audio": 3}
     with migrating(db_url) as (config, connection):
         command.downgrade(config, "0001")
         assert connection.scalar(text("SELECT count(*) FROM windows")) == 3

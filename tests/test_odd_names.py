@@ -79,7 +79,7 @@ def test_index_stores_the_odd_names_and_exits_3_for_the_empty_file(tree, indexed
     assert indexed["result"].exit_code == EXIT_PARTIAL
     summary = indexed["summary"]
     assert summary["indexed"] == 4
-    assert [(item["path"], item["reason"]) for item in summary["failed"]] == [(tree["empty"], "empty file (0 bytes)")]
+    assert [(item["path"], item["error"]) for item in summary["failed"]] == [(tree["empty"], "empty file (0 bytes)")]
     with Store.open(indexed["db"]) as store:
         for name in ("odd", "inside"):
             record = store.get_file(tree[name])
@@ -134,8 +134,8 @@ def test_similar_to_several_files_names_the_odd_one_with_its_bytes(tree, indexed
     result = run("similar", tree["odd"], good, "--db", indexed["db"], "--model", tiny_model_dir, "--json")
     assert result.exit_code == EXIT_OK, result.output
     odd, plain = json.loads(result.stdout)
-    assert odd["file"] == tree["odd"] and base64.b64decode(odd["file_bytes"]) == os.fsencode(tree["odd"])
-    assert plain["file"] == good and "file_bytes" not in plain
+    assert odd["path"] == tree["odd"] and base64.b64decode(odd["path_bytes"]) == os.fsencode(tree["odd"])
+    assert plain["path"] == good and "path_bytes" not in plain
 
 
 def test_describe_and_ask_the_odd_file(tree, tiny_model_dir):
@@ -154,8 +154,8 @@ def test_classify_the_odd_file_and_its_folder(tree, indexed, tiny_model_dir, tmp
     common = ("--labels", labels, "--model", tiny_model_dir, "--db", indexed["db"], *QUICK)  # decoded as indexed
     one = json.loads(run("classify", tree["odd"], *common, "--json").stdout)
     (result,) = one["results"]
-    assert result["file"] == tree["odd"] and result["source"] == "index"
-    assert base64.b64decode(result["file_bytes"]) == os.fsencode(tree["odd"])
+    assert result["path"] == tree["odd"] and result["source"] == "index"
+    assert base64.b64decode(result["path_bytes"]) == os.fsencode(tree["odd"])
     folder = run("classify", tree["root"], *common)
     assert folder.exit_code == EXIT_PARTIAL  # the empty file
     files = {row.split(",")[0] for row in folder.stdout.splitlines()}
@@ -284,7 +284,7 @@ def test_eval_classify_reports_the_odd_files(tree, indexed, tiny_model_dir, tmp_
     result = run("eval", "classify", tree["root"], *common, "-o", tmp_path / "report")
     assert result.exit_code == EXIT_PARTIAL  # the empty file is left out, and said so
     report = json.loads((tmp_path / "report" / "report.json").read_text(encoding="utf-8"))
-    assert [item["file"] for item in report["skipped"]] == [tree["empty"]]
+    assert [item["path"] for item in report["skipped"]] == [tree["empty"]]
     rows = (tmp_path / "report" / "predictions.csv").read_text(encoding="utf-8")
     assert "odd\\xff\\xfe.wav" in rows
 

@@ -201,7 +201,7 @@ def test_the_server_offers_the_same_rankings(captions, tiny_model_dir):
         assert client.get("/api/search", params={"q": QUERY, "rank": "hybrid", "hybrid_weight": 3}).status_code == 422
         page = client.get("/", params={"q": QUERY, "rank": "audio"}).text
         assert "Ranked by audio embeddings" in page
-        captions = {"windows": 5, "captioned": 5, "missing": 0, "by_mode": {"exact": 5}}
+        captions = {"window_count": 5, "captioned": 5, "missing": 0, "by_mode": {"exact": 5}}
         assert client.get("/api/stats").json()["captions"] == captions
 
 

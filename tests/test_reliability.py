@@ -97,7 +97,7 @@ def test_the_run_finishes_and_reports_every_bad_file(bad_run):
     root, db, summary = bad_run
     assert summary.partial and summary.indexed == len(GOOD_FILES)
     assert sorted(Path(f.path).name for f in summary.failed) == sorted(BAD_FILES)
-    assert summary.windows == sum(GOOD_FILES.values())
+    assert summary.window_count == sum(GOOD_FILES.values())
     with Library.open(str(db)) as library:
         assert library.store.runs(1)[0].status == "finished"
     assert_consistent(db)
@@ -333,5 +333,5 @@ def test_queries_while_the_indexer_writes(tiny_model_dir, tmp_path):
     writer.join()
     assert "error" not in outcome, outcome.get("error")
     assert outcome["summary"].indexed == 8
-    assert sizes and min(sizes) < outcome["summary"].windows  # some queries ran against a library still growing
+    assert sizes and min(sizes) < outcome["summary"].window_count  # some queries ran against a library still growing
     assert_consistent(db)

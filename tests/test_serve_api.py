@@ -428,7 +428,7 @@ def test_classify_an_uploaded_clip_with_typed_or_sent_labels(client, served):
     assert typed.status_code == 200, typed.text
     result = typed.json()
     assert result["labels"] == ["a bell rings", "a dog barks"] and result["method"] == "text"
-    assert result["results"][0]["file"] == "clip.wav" and len(result["results"][0]["top"]) == 2
+    assert result["results"][0]["path"] == "clip.wav" and len(result["results"][0]["top"]) == 2
     labels_csv = ("labels.csv", b"file,label\nx.wav,a bell rings\ny.wav,a dog barks\nz.wav,a bell rings\n")
     sent = client.post("/api/classify", files={"file": clip, "labels_file": labels_csv}, data={"method": "loglik"})
     assert sent.status_code == 200, sent.text
@@ -555,12 +555,12 @@ def test_uploads_are_bounded_in_bytes_and_seconds(served, tiny_model_dir, tmp_pa
 def test_stats(client, served):
     stats = client.get("/api/stats").json()
     assert stats["files"] == {"total": 6, "pending": 0, "indexed": 5, "error": 1}
-    assert stats["windows"] == 6 and stats["vectors"] == {"text": 6, "audio": 6}
+    assert stats["window_count"] == 6 and stats["vectors"] == {"text": 6, "audio": 6}
     assert stats["indexes"] == {"text": {"type": "flat", "vectors": 6}, "audio": {"type": "flat", "vectors": 6}}
     assert stats["failed"] == [{"path": BROKEN, "error": BROKEN_REASON}]
     assert stats["model"]["model"] == "tiny-base"
     # as `stats --json`: captioned windows by how their texts were made
-    assert stats["captions"] == {"windows": 6, "captioned": 6, "missing": 0, "by_mode": {"exact": 6}}
+    assert stats["captions"] == {"window_count": 6, "captioned": 6, "missing": 0, "by_mode": {"exact": 6}}
 
 
 def test_pages_render(client, served):

@@ -743,7 +743,7 @@ def test_prune_missing_deletes_files_windows_and_vectors(store: Store) -> None:
     assert sorted(store.all_file_stamps()) == ["/lib/one/a.wav", "/lib/two/d.wav"]
     assert len(store.vector_ids("text")) == 4 and store.stats()["texts"] == 8
     assert store.prune_missing([]) == 2
-    assert store.stats()["windows"] == 0
+    assert store.stats()["window_count"] == 0
 
 
 def test_prune_missing_handles_many_files(store: Store) -> None:
@@ -778,7 +778,7 @@ def test_stats(store: Store) -> None:
     stats = store.stats()
     json.dumps(stats)
     assert stats["files"] == {"total": 3, "pending": 1, "indexed": 1, "error": 1}
-    assert (stats["windows"], stats["texts"], stats["vectors"]) == (3, 6, {"text": 3, "audio": 3})
+    assert (stats["window_count"], stats["texts"], stats["vectors"]) == (3, 6, {"text": 3, "audio": 3})
     assert stats["indexed_audio_s"] == 14.0
     assert stats["model"]["model"] == "pengi-base" and stats["model"]["embedder_dim"] == 4
     assert stats["last_run"]["id"] == run and stats["last_run"]["status"] == "finished"
@@ -893,7 +893,7 @@ def test_a_file_with_an_indexed_files_bytes_is_indexed_as_its_copy(store: Store)
     record = store.get_file("/lib/b.wav")
     assert (record.status, record.size, record.mtime, record.content_hash) == ("indexed", 100, 3.0, "h" * 64)
     assert (record.duration_s, record.format, record.notes) == (14.0, "flac", "truncated: ...")
-    assert caption_counts(store, "/lib/b.wav").to_json() == {"windows": 2, "captioned": 1, "missing": 1}
+    assert caption_counts(store, "/lib/b.wav").to_json() == {"window_count": 2, "captioned": 1, "missing": 1}
     waiting = uncaptioned_windows(store, under="/lib/b.wav")
     assert [w.index for w in waiting] == [1] and waiting[0].window_id not in source.added_window_ids
     old_ids, old_audio = store.vectors("audio", source.added_window_ids)
@@ -909,7 +909,7 @@ def test_a_file_with_an_indexed_files_bytes_is_indexed_as_its_copy(store: Store)
     assert (
         copy_identical_file(store, "/lib/a.wav", [source_id], bool, size=100, mtime=1.0, content_hash="h" * 64) is None
     )
-    assert store.get_file("/lib/c.wav") is None and store.stats()["windows"] == 4
+    assert store.get_file("/lib/c.wav") is None and store.stats()["window_count"] == 4
 
 
 def test_runs(store: Store) -> None:
@@ -1002,7 +1002,7 @@ def test_reset_index_forgets_windows_for_a_new_model(store: Store) -> None:
     indexed_file(store, "/lib/b.wav")
     other = EmbedderInfo("all-MiniLM-L6-v2", 384)
     assert store.reset_index(MODEL, other) == 2
-    assert store.stats()["windows"] == 0
+    assert store.stats()["window_count"] == 0
     assert {s.status for s in store.all_file_stamps().values()} == {"pending"}
     store.check_compatible(MODEL, other)
 
@@ -1057,7 +1057,7 @@ def test_readers_see_whole_files_while_writers_work(db_url: str) -> None:
     reader.join()
     assert errors == []
     with Store.open(db_url) as check:
-        assert check.stats()["windows"] == 2 * per_file
+        assert check.stats()["window_count"] == 2 * per_file
 
 
 def test_schema_head_constant_is_the_newest_migration() -> None:

@@ -292,7 +292,7 @@ def test_strict_records_cut_files_as_failed(library, tmp_path, tiny_model_dir):
     assert result.exit_code == EXIT_PARTIAL
     summary = json.loads(result.stdout)
     assert summary["indexed"] == 1 and summary["truncated"] == []
-    failed = {Path(item["path"]).name: item["reason"] for item in summary["failed"]}
+    failed = {Path(item["path"]).name: item["error"] for item in summary["failed"]}
     assert set(failed) == {"cut.wav", "cut.mp3"} and all(
         r.startswith("truncated: header says") for r in failed.values()
     )

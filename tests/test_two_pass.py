@@ -50,9 +50,9 @@ def tree(tmp_path) -> Path:
 def test_captions_later_then_a_second_run_writes_them(tiny_model_dir, tree, tmp_path, monkeypatch):
     db = tmp_path / "later.db"
     first = run_index(quick_options([tree], db, tiny_model_dir, captions=Captions.later))
-    assert (first.indexed, first.windows, first.captioned, first.captions_missing) == (3, 4, 0, 4)
+    assert (first.indexed, first.window_count, first.captioned, first.captions_missing) == (3, 4, 0, 4)
     with Library.open(str(db)) as library:
-        assert caption_counts(library.store).to_json() == {"windows": 4, "captioned": 0, "missing": 4}
+        assert caption_counts(library.store).to_json() == {"window_count": 4, "captioned": 0, "missing": 4}
         assert len(library.store.vector_ids("audio")) == 4 and len(library.store.vector_ids("text")) == 0
         # similar already covers the whole library, from the stored embeddings
         hits, source = similar_to_file(library, tree / "short.wav", model=str(tiny_model_dir), device="cpu")
@@ -70,7 +70,7 @@ def test_captions_later_then_a_second_run_writes_them(tiny_model_dir, tree, tmp_
     # The second run has no file to decode: it only writes the captions, from the stored audio embeddings.
     monkeypatch.setattr(Engine, "audio_embeddings", _never)
     second = run_index(quick_options([tree], db, tiny_model_dir))
-    assert (second.indexed, second.unchanged, second.windows, second.captioned, second.captions_missing) == (
+    assert (second.indexed, second.unchanged, second.window_count, second.captioned, second.captions_missing) == (
         0,
         3,
         0,
@@ -123,7 +123,7 @@ def test_the_same_run_captions_after_every_audio_embedding_is_stored(tiny_model_
 
     summary = run_index(quick_options([tree], db, tiny_model_dir), Probe())
     assert seen == {
-        "counts": {"windows": 4, "captioned": 0, "missing": 4},
+        "counts": {"window_count": 4, "captioned": 0, "missing": 4},
         "similar": ["long.wav", "short.wav"],
         "windows": 4,
     }
@@ -138,7 +138,7 @@ def test_a_changed_file_loses_its_old_captions_and_gets_new_ones(tiny_model_dir,
     summary = run_index(quick_options([tree], db, tiny_model_dir))
     assert (summary.indexed, summary.captioned, summary.captions_missing) == (1, 1, 0)
     with Library.open(str(db)) as library:
-        assert caption_counts(library.store).to_json() == {"windows": 4, "captioned": 4, "missing": 0}
+        assert caption_counts(library.store).to_json() == {"window_count": 4, "captioned": 4, "missing": 0}
     assert_consistent(db)
 
 
@@ -162,7 +162,7 @@ def test_stats_and_index_say_how_many_windows_have_captions(tiny_model_dir, tree
     result = runner.invoke(app, ["stats", "--db", str(db)])
     assert f"captions: 0 of 4 windows (4 waiting: `pengi-search index PATH --db {db}` writes them)" in result.stdout
     assert json.loads(runner.invoke(app, ["stats", "--db", str(db), "--json"]).stdout)["captions"] == {
-        "windows": 4,
+        "window_count": 4,
         "captioned": 0,
         "missing": 4,
         "by_mode": {},
@@ -261,7 +261,7 @@ def test_sigkill_in_either_pass_then_rerun_loses_and_repeats_nothing(tiny_model_
     with Library.open(str(db)) as library:
         files = library.store.files_under(str(root))
         assert [run.status for run in library.store.runs(2)] == ["finished", "interrupted"]  # the killed run
-        assert caption_counts(library.store).to_json() == {"windows": count, "captioned": count, "missing": 0}
+        assert caption_counts(library.store).to_json() == {"window_count": count, "captioned": count, "missing": 0}
     assert len(files) == count and {f.status for f in files} == {"indexed"}
     rows = db_content(db)
     assert sorted(len(row["windows"]) for row in rows) == [1] * count  # one window per file, none repeated

@@ -136,7 +136,7 @@ def test_classify_of_many_files_equals_classifying_each_alone(tiny_model_dir, fo
         if isinstance(outcome, Failure):
             continue
         alone = single.classify(path)
-        assert (outcome.path, outcome.windows, outcome.source) == (str(path), alone.windows, "decoded")
+        assert (outcome.path, outcome.window_count, outcome.source) == (str(path), alone.window_count, "decoded")
         assert [label for label, _ in outcome.ranked] == [label for label, _ in alone.ranked]
         assert [s for _, s in outcome.ranked] == pytest.approx([s for _, s in alone.ranked], abs=1e-5)
 
@@ -157,7 +157,7 @@ def test_similar_on_several_files_equals_each_alone(tiny_model_dir, folder, tmp_
     with Library.open(db) as library:
         options = {"model": str(tiny_model_dir), "device": "cpu"}
         results = list(similar_to_files(library, queries, SearchScope(3), batch_size=2, **options))
-        assert [r.source for r in results] == ["decoded", "index", "decoded", "decoded"]
+        assert [r.source for r in results] == ["decoded", "index", None, "decoded"]  # None: no vectors from it
         assert results[2].error is not None and results[2].hits == []
         for query, result in zip(queries, results, strict=True):
             if result.error is None:
@@ -171,7 +171,7 @@ def test_similar_on_several_files_equals_each_alone(tiny_model_dir, folder, tmp_
     result = runner.invoke(app, args)
     assert result.exit_code == EXIT_PARTIAL
     data = json.loads(result.stdout)
-    assert [(d["file"], d["source"], d["error"] is None) for d in data] == [
+    assert [(d["path"], d["source"], d["error"] is None) for d in data] == [
         (str(q), r.source, r.error is None) for q, r in zip(queries, results, strict=True)
     ]
     assert [h["path"] for h in data[0]["hits"]] == [h.path for h in results[0].hits]

@@ -59,7 +59,7 @@ Skipped = tuple[str, str]  # (path, reason): a file classify went on without
 
 
 ClassifyJsonOption = json_option(
-    "an object {method, labels, results, errors, metrics}, one result {file, label, score, top, windows, source} "
+    "an object {method, labels, results, errors, metrics}, one result {path, label, score, top, window_count, source} "
     "per file."
 )
 
@@ -79,7 +79,7 @@ class Outcome:
             "method": self.method,
             "labels": self.labels,
             "results": [p.to_json(top) for p in self.predictions],
-            "errors": [{**path_fields(path, "file"), "error": reason} for path, reason in self.failures],
+            "errors": [{**path_fields(path), "error": reason} for path, reason in self.failures],
             "metrics": self.metrics,
         }
 
@@ -324,7 +324,7 @@ def _show_ranked(outcome: Outcome, top: int) -> None:
 def _print_ranked(prediction: Prediction, top: int) -> None:
     from rich.table import Table
 
-    windows = count_text(prediction.windows, "window")
+    windows = count_text(prediction.window_count, "window")
     out_console.print(Text.assemble((shown(prediction.path), "bold"), f"  ({windows})"), soft_wrap=True)
     table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
     table.add_column("#", justify="right")

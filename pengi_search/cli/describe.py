@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..choices import Device, LongPrompt, StopRule
+from ..json_values import json_seconds
 from ..pathnames import path_fields, shown
 from ..units import seconds_text, span_ends
 from .common import (
@@ -89,7 +90,7 @@ class DescribeOptions:
 @dataclass
 class FileResult:
     path: str  # as reached (`inputs.audio_inputs`)
-    duration_s: float
+    duration_s: float | None  # None: not decoded, so not known
     windows: list[dict]
     error: str | None = None
 
@@ -128,7 +129,7 @@ def _describe_files(
 
 def _skipped(path: str, reason: str) -> FileResult:
     report_skipped(path, reason)
-    return FileResult(path, 0.0, [], reason)  # the path is a field of its own, as in `similar` and `classify`
+    return FileResult(path, None, [], reason)  # the path is a field of its own, as in `similar` and `classify`
 
 
 def _load_engine(model_dir: ModelDir, options: DescribeOptions) -> Engine:
@@ -174,7 +175,7 @@ def _describe_decoding(
 
 def _to_json(results: list[FileResult]) -> list[dict]:
     return [
-        {**path_fields(r.path), "duration_s": round(r.duration_s, 3), "windows": r.windows, "error": r.error}
+        {**path_fields(r.path), "duration_s": json_seconds(r.duration_s), "windows": r.windows, "error": r.error}
         for r in results
     ]
 
@@ -183,7 +184,7 @@ def _print_text(results: list[FileResult], show_keys: bool) -> None:
     from rich.text import Text
 
     for r in results:
-        if r.error:
+        if r.duration_s is None:  # not decoded: said on stderr as it happened
             continue
         out_console.print(Text.assemble((shown(r.path), "bold"), f"  ({seconds_text(r.duration_s)})"), soft_wrap=True)
         for w in r.windows:

@@ -100,9 +100,9 @@ def _models(models: dict[str, Any]) -> list[tuple[str, str]]:
 def _database(db: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [("url", db["url"])]
     if db["exists"] is None:
-        return [*rows, ("state", f"unknown: {db['reason']}")]
+        return [*rows, ("state", f"unknown: {db['error']}")]
     if not db["exists"]:
-        return [*rows, ("state", db["reason"])]
+        return [*rows, ("state", db["error"])]
     if "files" not in db:  # unreadable, or at another schema revision: the problem says which
         return [*rows, ("schema", str(db.get("schema_revision", "unknown")))]
     files = db["files"]
@@ -111,7 +111,7 @@ def _database(db: dict[str, Any]) -> list[tuple[str, str]]:
         ("schema", str(db["schema_revision"])),
         ("integrity", str(db.get("integrity", "not checked (not SQLite)"))),
         ("files", f"{files['total']} ({counts})"),
-        ("windows", f"{db['windows']}, texts {db['texts']}, audio {duration_text(db['indexed_audio_s'])}"),
+        ("windows", f"{db['window_count']}, texts {db['texts']}, audio {duration_text(db['indexed_audio_s'])}"),
         ("running runs", str(len(db["running_runs"]))),
     ]
     for kind, info in db["vector_indexes"].items():

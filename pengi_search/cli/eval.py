@@ -348,9 +348,9 @@ def _finish(
         held = f"{shown(os.fspath(output))} held a {replaced} report"
         warn(f"{held}, replaced by this {kind} report (another -o keeps both)")
     if summary is not None:
-        report["index_run"] = {
-            name: getattr(summary, name) for name in ("indexed", "unchanged", "touched", "windows", "seconds")
-        } | {"failed": [item.to_json() for item in summary.failed]}
+        index_run = summary.to_json()
+        kept = ("indexed", "unchanged", "touched", "window_count", "seconds", "failed")
+        report["index_run"] = {name: index_run[name] for name in kept}
     files = write_report(report, output)
     if json_output:
         print_json(report)
@@ -408,7 +408,7 @@ def _warn_caveats(report: dict[str, Any]) -> None:
         warn(note)
     skipped = report.get("skipped", [])
     for item in skipped[:_SHOWN_SKIPPED]:
-        warn(f"left out {shown(item['file'])}: {item['reason']}")
+        warn(f"left out {shown(item['path'])}: {item['error']}")
     if len(skipped) > _SHOWN_SKIPPED:
         warn(f"... and {len(skipped) - _SHOWN_SKIPPED} more files left out (listed in the report)")
 
@@ -504,7 +504,7 @@ def classify_files(
     evaluate = evaluate_multi_label if known.multi_label else evaluate_classification  # the truth says which
     result = evaluate(predictions, known, label_list, [path for path, _ in failures])
     result["notes"] += [] if label_separator is not None else separator_notes(known)
-    result["skipped"] = [{"file": path, "reason": reason} for path, reason in failures]
+    result["skipped"] = [{"path": path, "error": reason} for path, reason in failures]
     output.mkdir(parents=True, exist_ok=True)
     with open(output / "predictions.csv", "w", newline="", encoding="utf-8") as out:
         write_csv(predictions, out, top=5)

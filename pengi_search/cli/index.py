@@ -305,7 +305,7 @@ def _print_summary(summary: IndexSummary, *, paths: int, verbose: bool, db_optio
     shard = f" (shard {summary.shard})" if summary.shard else ""
     out_console.print(
         f"indexed {count_text(summary.indexed, 'file')}{_reused(summary, ' reused from identical files')}, "
-        f"{count_text(summary.windows, 'window')} in {summary.seconds:.1f} s{shard} (searchable by sound after "
+        f"{count_text(summary.window_count, 'window')} in {summary.seconds:.1f} s{shard} (searchable by sound after "
         f"{summary.searchable_s:.1f} s), {count_text(summary.captioned, 'window')} captioned; "
         f"{summary.unchanged} unchanged, {summary.touched} touched, {len(summary.failed)} failed, "
         f"{summary.pruned} pruned",

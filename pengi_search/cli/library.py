@@ -45,6 +45,7 @@ def rebuild_index(
 
     Example: pengi-search rebuild-index --index-type hnsw
     """
+    from ..json_values import json_seconds
     from ..library import Library
 
     started = time.monotonic()
@@ -53,7 +54,7 @@ def rebuild_index(
         indexes = _indexes_json(library)
     seconds = time.monotonic() - started
     if json_output:
-        print_json({"vectors": counts, "vector_indexes": indexes, "seconds": round(seconds, 3)})
+        print_json({"vectors": counts, "vector_indexes": indexes, "seconds": json_seconds(seconds)})
         return
     for kind, count in counts.items():
         built = _index_kind(indexes[kind]["index_type"], indexes[kind]["requested_type"])
@@ -219,7 +220,7 @@ def _print_stats(data: dict[str, Any], db_option: str) -> None:
     lines = [
         _database_line(data["database"], data["database_bytes"]),
         f"files: {files['total']} ({files['indexed']} indexed, {files['pending']} pending, {files['error']} failed)",
-        f"windows: {data['windows']}, texts: {data['texts']}, audio: {duration_text(data['indexed_audio_s'])}",
+        f"windows: {data['window_count']}, texts: {data['texts']}, audio: {duration_text(data['indexed_audio_s'])}",
         _captions_line(data["captions"], db_option),
     ]
     model = data["model"]
@@ -276,7 +277,7 @@ def _duration(seconds: float) -> str:
 
 
 def _captions_line(captions: dict[str, Any], db_option: str) -> str:
-    line = f"captions: {captions['captioned']} of {captions['windows']} windows"
+    line = f"captions: {captions['captioned']} of {captions['window_count']} windows"
     if captions["by_mode"]:  # how they were generated: exact, or a --fast mode (not bit-identical)
         line += " (" + ", ".join(f"{mode}: {count}" for mode, count in captions["by_mode"].items()) + ")"
     if captions["missing"]:

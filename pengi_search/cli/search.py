@@ -86,7 +86,7 @@ QueryJsonOption = json_option(
 )
 SimilarJsonOption = json_option(
     "a list of hits for one file (query's fields but ranking, plus query_start_s, query_end_s); for several files "
-    "or a folder, a list of {file, source, hits, error}."
+    "or a folder, a list of {path, source, hits, error}."
 )
 
 
@@ -271,10 +271,11 @@ def query(
     title = None
     if chosen is not Rank.caption:
         weight = f", caption weight {hybrid_weight:g}" if chosen is Rank.hybrid else ""
-        title = f"ranked by {RANK_LABELS[chosen]}{weight}; {counts.captioned} of {counts.windows} windows have captions"
+        captioned = f"{counts.captioned} of {counts.window_count} windows have captions"
+        title = f"ranked by {RANK_LABELS[chosen]}{weight}; {captioned}"
     elif counts.missing and not json_output:
         err_console.print(
-            f"note: {counts.missing} of {counts.windows} windows have no captions yet and cannot match by caption "
+            f"note: {counts.missing} of {counts.window_count} windows have no captions yet and cannot match by caption "
             "(--rank audio searches them all)",
             soft_wrap=True,
         )
@@ -326,7 +327,7 @@ def similar(
             progress=progress,
         )
         # A file of a folder that cannot be read is reported as one that cannot be decoded is.
-        unread = [SimilarResult(path, [], "decoded", reason) for path, reason in unreadable]
+        unread = [SimilarResult(path, [], None, reason) for path, reason in unreadable]
         results = []
         for result in chain(unread, found):
             if result.error is not None:  # said as it happens, as describe and classify say it
@@ -349,7 +350,7 @@ def _show_similar(results: list[SimilarResult], *, json_output: bool, one_file: 
         print_json(
             [
                 {
-                    **path_fields(r.path, "file"),
+                    **path_fields(r.path),
                     "source": r.source,
                     "hits": [hit.to_json() for hit in r.hits],
                     "error": r.error,

@@ -28,15 +28,15 @@ from .store import Store
 class CaptionCounts:
     """How many windows there are and how many of them have captions (below a folder, or in the whole library)."""
 
-    windows: int
+    window_count: int
     captioned: int
 
     @property
     def missing(self) -> int:
-        return self.windows - self.captioned
+        return self.window_count - self.captioned
 
     def to_json(self) -> dict[str, Any]:
-        return {"windows": self.windows, "captioned": self.captioned, "missing": self.missing}
+        return {"window_count": self.window_count, "captioned": self.captioned, "missing": self.missing}
 
 
 @dataclass(frozen=True)

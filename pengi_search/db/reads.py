@@ -5,7 +5,6 @@ through plain connections (`Store.reading`), the rest through the store's read s
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
@@ -15,7 +14,7 @@ from sqlalchemy import ColumnElement, Connection, Select, bindparam, func, selec
 from sqlalchemy.orm import Session
 
 from ..chunking import chunked
-from ..pathnames import path_fields
+from ..json_values import json_seconds
 from .migrate import current_revision
 from .queries import IDS_PER_QUERY, decode_matrix, is_truncated, paths_under
 from .records import FILE_STATUSES, VECTOR_KINDS, TextRecord, WindowDetails, check_vector_kind
@@ -137,8 +136,8 @@ class LibraryReads:
     # -- statistics ---------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """JSON-ready counts: files by status, truncated files, windows, texts, vectors by kind, audio hours, model,
-        last run."""
+        """JSON-ready counts: files by status, truncated files, windows (`window_count`), texts, vectors by kind,
+        audio hours, model, last run."""
         with self.session() as session:
             by_status = dict(
                 session.execute(select(AudioFileRow.status, func.count()).group_by(AudioFileRow.status)).all()
@@ -156,10 +155,10 @@ class LibraryReads:
                 "schema_revision": revision,
                 "files": {"total": sum(by_status.values()), **{s: by_status.get(s, 0) for s in FILE_STATUSES}},
                 "truncated_files": truncated,
-                "windows": session.scalar(select(func.count()).select_from(WindowRow)),
+                "window_count": session.scalar(select(func.count()).select_from(WindowRow)),
                 "texts": session.scalar(select(func.count()).select_from(GeneratedTextRow)),
                 "vectors": {kind: by_kind.get(kind, 0) for kind in VECTOR_KINDS},
-                "indexed_audio_s": float(duration or 0.0),
+                "indexed_audio_s": json_seconds(duration or 0.0),
                 "model": None if meta is None else meta.to_record().to_json(),
                 "last_run": None if last_run is None else last_run.to_record().to_json(),
             }
@@ -230,21 +229,18 @@ def _export_windows(connection: Connection, file_ids: list[int]) -> dict[int, li
     files: dict[int, list[dict[str, Any]]] = {}
     windows: dict[int, dict[str, Any]] = {}
     for window_id, file_id, index, start_s, end_s in connection.execute(_WINDOWS_OF_FILES_IN_ORDER, {"ids": file_ids}):
-        windows[window_id] = {"index": index, "start_s": start_s, "end_s": end_s, "texts": []}
+        windows[window_id] = {
+            "index": index,
+            "start_s": json_seconds(start_s),
+            "end_s": json_seconds(end_s),
+            "texts": [],
+        }
         files.setdefault(file_id, []).append(windows[window_id])
     for chunk in chunked(list(windows), IDS_PER_QUERY):
         for window_id, *text in connection.execute(_TEXTS_OF_WINDOWS, {"ids": chunk}):
-            windows[window_id]["texts"].append(dataclasses.asdict(TextRecord(*text)))
+            windows[window_id]["texts"].append(TextRecord(*text).to_json())
     return files
 
 
 def _export_row(row: AudioFileRow, windows: list[dict[str, Any]]) -> dict[str, Any]:
-    record = row.to_record()
-    data = path_fields(record.path) | {
-        name: getattr(record, name) for name in record.__dataclass_fields__ if name not in ("id", "run_id", "path")
-    }
-    data["indexed_at"] = None if record.indexed_at is None else record.indexed_at.isoformat()
-    data["notes"] = record.notes.splitlines() if record.notes else []
-    data["truncated"] = record.truncated is not None
-    data["windows"] = windows
-    return data
+    return row.to_record().to_json() | {"windows": windows}

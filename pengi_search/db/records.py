@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from ..choices import EXACT_MODE
+from ..json_values import json_score, json_seconds, json_time
+from ..pathnames import path_fields
 from .errors import RefusedInputError
 
 FILE_STATUSES = ("pending", "indexed", "error")
@@ -103,6 +105,24 @@ class FileRecord:
         first = (self.notes or "").partition("\n")[0]
         return first if first.startswith(TRUNCATED_NOTE) else None
 
+    def to_json(self, *, readable: bool = False) -> dict[str, Any]:
+        """The file as `export` and the server's `/api/files` write it (without its windows); `readable`: the
+        name escaped where it is not valid UTF-8, for the server's encoder (see `path_fields`)."""
+        return path_fields(self.path, readable=readable) | {
+            "size": self.size,
+            "modified_at": json_time(self.mtime),
+            "content_hash": self.content_hash,
+            "duration_s": json_seconds(self.duration_s),
+            "sample_rate": self.sample_rate,
+            "channels": self.channels,
+            "format": self.format,
+            "status": self.status,
+            "error": self.error,
+            "indexed_at": json_time(self.indexed_at),
+            "notes": self.notes.splitlines() if self.notes else [],
+            "truncated": self.truncated is not None,
+        }
+
 
 @dataclass(frozen=True)
 class StoredAudio:
@@ -132,6 +152,9 @@ class TextRecord:
         a --fast answer, and counts as neither."""
         made_alike = self.mode == EXACT_MODE or (fast and self.mode is not None)
         return made_alike and self.decoding in (None, decoding)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "score": json_score(self.score)}
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..json_values import json_seconds
 from ..similar import stored_windows
 from . import java_metrics
 from .datasets import CaptionedFile, CaptionSet, left_out
@@ -93,9 +94,9 @@ def evaluate_captions(
     )
     items = [
         {
-            "file": item.name,
+            "path": item.name,
             "generated": caption.text,
-            "window": [round(caption.start_s, 3), round(caption.end_s, 3)],
+            "window": [json_seconds(caption.start_s), json_seconds(caption.end_s)],
             "references": list(item.captions),
             **scores,
         }

@@ -51,7 +51,7 @@ def evaluate_classification(
         "unmatched": base["unmatched"],
         "not_classified": missed,
         "files": [
-            {"file": p.path, "truth": expected, "predicted": p.label, "rank": rank, "source": p.source}
+            {"path": p.path, "truth": expected, "predicted": p.label, "rank": rank, "source": p.source}
             for (expected, p), rank in zip(pairs, ranks, strict=True)
         ],
     }

@@ -67,7 +67,7 @@ class CaptionSet:
 def left_out(
     caption_set: CaptionSet, evaluated: Collection[str], index_failures: Mapping[str, str] | None = None
 ) -> list[dict[str, str]]:
-    """A row {file, reason} for each file of the set whose name is not in `evaluated`; `index_failures` gives the
+    """A row {path, error} for each file of the set whose name is not in `evaluated`; `index_failures` gives the
     indexer's reason by absolute path."""
     failures = index_failures or {}
     rows = []
@@ -78,7 +78,7 @@ def left_out(
             reason = "not found under the audio root"
         else:
             reason = failures.get(item.path) or "not in the index (it changed since it was indexed, or failed before)"
-        rows.append({"file": item.name, "reason": reason})
+        rows.append({"path": item.name, "error": reason})
     return rows
 
 

@@ -55,7 +55,7 @@ def evaluate_multi_label(
         "unmatched": [p.path for expected, p in known if expected is None],
         "not_classified": missed,
         "files": [
-            {"file": p.path, "truth": list(expected), "predicted": p.label, "scores": file_scores, "source": p.source}
+            {"path": p.path, "truth": list(expected), "predicted": p.label, "scores": file_scores, "source": p.source}
             for (expected, p), file_scores in zip(listed, scores, strict=True)
         ],
     }

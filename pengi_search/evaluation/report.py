@@ -268,7 +268,7 @@ def _caption_md(report: dict[str, Any]) -> list[str]:
         lines += [f"## Lowest CIDEr-D ({len(worst)} of {len(report['items'])})", ""]
         lines += _table(
             ["file", "generated", "first reference", "CIDEr-D"],
-            [[item["file"], item["generated"], item["references"][0], item["cider_d"]] for item in worst],
+            [[item["path"], item["generated"], item["references"][0], item["cider_d"]] for item in worst],
             text_columns=3,
         )
     return lines
@@ -300,7 +300,7 @@ def _skipped_md(skipped: list[dict[str, str]]) -> list[str]:
     if not skipped:
         return []
     lines = ["", f"## Left out ({len(skipped)})", ""]
-    lines += [f"- {item['file']}: {item['reason']}" for item in skipped[:_LISTED]]
+    lines += [f"- {item['path']}: {item['error']}" for item in skipped[:_LISTED]]
     if len(skipped) > _LISTED:
         lines.append(f"- ... and {len(skipped) - _LISTED} more (see {REPORT_JSON})")
     return lines

@@ -262,7 +262,7 @@ def _text_to_audio(ranking: Ranking, queries: _Queries, names: dict[str | None, 
     outcome = _outcome(groups, relevant)
     for row, caption, owner, found in zip(outcome.rows, queries.captions, queries.owner, outcome.ranked, strict=True):
         top = _shown(found[0], names, audio_root) if found else None
-        row |= {"caption": caption, "file": queries.files[owner].name, "top": top}
+        row |= {"caption": caption, "path": queries.files[owner].name, "top": top}
     return outcome
 
 
@@ -278,7 +278,7 @@ def _audio_to_text(ranking: Ranking, queries: _Queries) -> _Outcome:
         relevant[owner].add(caption)
     outcome = _outcome(groups, relevant)
     for row, item, found in zip(outcome.rows, queries.files, outcome.ranked, strict=True):
-        row |= {"file": item.name, "top": queries.captions[found[0]] if found else None}
+        row |= {"path": item.name, "top": queries.captions[found[0]] if found else None}
     return outcome
 
 

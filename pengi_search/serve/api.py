@@ -71,6 +71,8 @@ class TextModel(BaseModel):
     prompt: str
     text: str
     score: float | None
+    mode: str | None  # how it was generated: "exact" or a --fast mode; None: not recorded
+    decoding: str | None  # the decoding settings; None: not recorded
 
 
 class WindowModel(BaseModel):
@@ -85,6 +87,9 @@ class FileModel(BaseModel):
     id: int
     path: str
     path_bytes: str | None = None
+    size: int | None
+    modified_at: str | None
+    content_hash: str | None
     duration_s: float | None
     format: str | None
     sample_rate: int | None
@@ -111,7 +116,7 @@ class DescribedWindowModel(BaseModel):
 
 class DescribeModel(BaseModel):
     path: str
-    duration_s: float
+    duration_s: float | None
     windows: list[DescribedWindowModel]
     error: str | None
 
@@ -122,11 +127,11 @@ class LabelScoreModel(BaseModel):
 
 
 class PredictionModel(BaseModel):
-    file: str
+    path: str
     label: str
     score: float
     top: list[LabelScoreModel]
-    windows: int
+    window_count: int
     source: str
 
 

@@ -27,6 +27,7 @@ from ..db import FileRecord, Store, WindowDetails, caption_stats
 from ..embedders import TextEmbedderError, warn_of_cuts
 from ..errors import OptionError
 from ..hashing import file_sha256
+from ..json_values import json_seconds
 from ..library import EmptyLibraryError
 from ..pathnames import path_fields
 from ..ranking import check_hybrid_weight
@@ -353,29 +354,7 @@ class Service:
         """A file with its windows and what Pengi wrote for each (the shape of `pengi-search export`, plus ids)."""
         record = self.file_record(file_id)
         windows = catalog.file_windows(self.library.store, record)
-        return {
-            "id": record.id,
-            **path_fields(record.path, readable=True),
-            "duration_s": record.duration_s,
-            "format": record.format,
-            "sample_rate": record.sample_rate,
-            "channels": record.channels,
-            "status": record.status,
-            "error": record.error,
-            "notes": record.notes.splitlines() if record.notes else [],
-            "truncated": record.truncated is not None,
-            "indexed_at": None if record.indexed_at is None else record.indexed_at.isoformat(),
-            "windows": [
-                {
-                    "window_id": w.window_id,
-                    "index": w.index,
-                    "start_s": w.start_s,
-                    "end_s": w.end_s,
-                    "texts": [{"prompt": t.prompt, "text": t.text, "score": t.score} for t in w.texts],
-                }
-                for w in windows
-            ],
-        }
+        return {"id": record.id, **record.to_json(readable=True), "windows": [_window_json(w) for w in windows]}
 
     def file_audio(self, file_id: int) -> tuple[Path, str]:
         """The file to send for a file's player and its MIME type: the file itself, or a FLAC transcode."""
@@ -442,7 +421,7 @@ class Service:
         with self._model_lock:
             described = engine.describe(samples, generation=gen)
         rows = [window.to_json() for window in described]
-        return {"path": upload.name, "duration_s": round(upload.duration_s, 3), "windows": rows, "error": None}
+        return {"path": upload.name, "duration_s": json_seconds(upload.duration_s), "windows": rows, "error": None}
 
     def classify(
         self, upload: Upload, labels: list[str], method: str = "text", top: int = 5, texts: dict[str, str] | None = None
@@ -470,7 +449,7 @@ class Service:
             raise RequestError("classify", str(exc)) from None
         with self._model_lock:
             prediction = classifier.classify(upload.path)
-        result = {**prediction.to_json(top), "file": upload.name}
+        result = {**prediction.to_json(top), "path": upload.name}
         return {
             "method": method,
             "labels": labels,
@@ -504,6 +483,17 @@ def _cached_peaks(
 ) -> tuple[tuple[float, float], ...]:
     """Peaks of a stretch of a file; `_stamp` (size, mtime) keys the cache, so a changed file is read again."""
     return tuple(media.peaks(path, start_s, end_s, PEAKS))
+
+
+def _window_json(window: WindowDetails) -> dict[str, Any]:
+    """A window of `/api/files`: as `export` writes it, with its id."""
+    return {
+        "window_id": window.window_id,
+        "index": window.index,
+        "start_s": json_seconds(window.start_s),
+        "end_s": json_seconds(window.end_s),
+        "texts": [text.to_json() for text in window.texts],
+    }
 
 
 def _run_json(run: Any) -> dict[str, Any]:
