@@ -138,6 +138,12 @@ def test_a_file_cut_short_is_described_as_far_as_it_goes_with_a_warning(engine, 
     assert warned[0].filename == __file__  # asked through `ask` too, not a line of the engine's
 
 
+@pytest.mark.parametrize("device", ["gpu", "tpu:0", ""])
+def test_a_device_torch_does_not_know_is_refused_as_the_command_refuses_it(tiny_model_dir, device):
+    with pytest.raises(UsageError, match=f"--device {device}: not a device; use auto, cpu or cuda"):
+        Engine.load(tiny_model_dir, device=device)
+
+
 def test_an_empty_question_or_no_prompt_is_refused(engine, clip):
     with pytest.raises(UsageError, match="the question is empty"):
         engine.ask(clip, "  ")
