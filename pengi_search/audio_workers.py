@@ -12,7 +12,10 @@ crash) fails only the file it was on, and a new one takes over its other files.
 This module imports no torch, so workers start quickly. multiprocessing runs the caller's main script again in every
 new worker (to find objects pickled from `__main__`): a script that calls the indexer or the engine should import
 torch and the model inside its main function, as `pengi-search`'s own script (which imports only the CLI) does;
-eight workers re-importing torch at the top of a benchmark script once cost 17 s of a 28 s GPU run.
+eight workers re-importing torch at the top of a benchmark script once cost 17 s of a 28 s GPU run. A script that
+does its work outside `if __name__ == "__main__":` makes each worker start that work again, which multiprocessing
+stops before the worker runs: a worker that ends before it says it started raises `WorkersNotStarted`, rather
+than blaming each file for a crash its decoder never had.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any
 from .audio import WINDOW_SECONDS, Window, iter_windows
 from .audio_decoders import AudioDecodeError, DecodeReport
 from .chunking import chunked
-from .errors import read_reason
+from .errors import PengiSearchError, read_reason
 from .hashing import file_sha256
 
 CHUNK_WINDOWS = 8  # windows per message: ~10 MB of float32 samples
@@ -83,6 +86,23 @@ class Failed:
 
 
 Message = Windows | Decoded | Failed
+
+
+@dataclass(frozen=True)
+class _Started:
+    """A worker's first message: it runs the decoding loop (one that ends before sending it never started)."""
+
+
+class WorkersNotStarted(PengiSearchError):
+    """A decoding process ended before it started its work: no file is to blame."""
+
+    def __init__(self, exit_code: int) -> None:
+        super().__init__(
+            "",
+            f"a decoding process ended as it started (exit code {exit_code}; its error is above): each one runs the "
+            "calling script again, so a script that uses pengi-search must do its work under `if __name__ == "
+            '"__main__":`',
+        )
 
 
 CHANGED_WHILE_READ = "the file changed while it was being read (still being written?)"
@@ -163,6 +183,7 @@ def _worker_process(jobs: Connection, results: Connection, chunk: int) -> None:
     # Ctrl-C reaches every process of the terminal's foreground group: the run stops its workers itself (they end on
     # SIGTERM), so that they do not each print a KeyboardInterrupt traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    results.send(_Started())
     _worker_main(jobs, results, chunk)
 
 
@@ -191,6 +212,7 @@ class _Worker:
     jobs: Connection
     results: Connection
     assigned: deque[Job] = field(default_factory=deque)
+    started: bool = False  # it said so (`_Started`)
 
 
 class _Pool:
@@ -235,6 +257,9 @@ class _Pool:
                     if failure is None:
                         continue
                     message = failure
+                if isinstance(message, _Started):
+                    worker.started = True
+                    continue
                 if isinstance(message, (Decoded, Failed)):
                     worker.assigned.popleft()  # a worker finishes its files in the order it got them
                     remaining -= 1
@@ -258,13 +283,15 @@ class _Pool:
         """A worker died: its current file fails, its other files go back to the queue, a new worker starts.
 
         Returns the failure (left as the dead worker's only file, for the caller's bookkeeping), or None when it
-        held no file.
+        held no file. One that failed before it started raises `WorkersNotStarted`: its replacement would too.
         """
         worker.process.join(timeout=5)
         if worker.process.is_alive():  # closed its pipe without exiting: cannot be trusted with more files
             worker.process.kill()
             worker.process.join()
         code = worker.process.exitcode
+        if not worker.started and code is not None and code > 0:  # Python failed before the loop (a signal: a crash)
+            raise WorkersNotStarted(code) from None
         worker.jobs.close()
         worker.results.close()
         self._workers[self._workers.index(worker)] = self._start()

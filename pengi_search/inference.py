@@ -44,12 +44,17 @@ Audio = str | os.PathLike[str] | np.ndarray
 
 def resolve_device(device: str = "auto") -> torch.device:
     """The torch device for `--device`; CUDA asked for where there is none is bad usage (the command line refuses it
-    sooner, as it reads `--device`)."""
+    sooner, as it reads `--device`), and so is a name torch has no device for (a script's `device="gpu"`)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if reason := device_unavailable(device):
         raise UsageError(f"--device {device}", reason)
-    return torch.device(device)
+    try:
+        return torch.device(device)
+    except RuntimeError:  # torch's message lists its two dozen device types
+        raise UsageError(
+            f"--device {device}", "not a device; use auto, cpu or cuda (cuda:N for one GPU of several)"
+        ) from None
 
 
 def prepare_model(

@@ -81,12 +81,14 @@ def similar_to_file(
     model: str | None = None,
     device: str = "auto",
     batch_size: int | None = None,
+    engine: Engine | None = None,
 ) -> tuple[list[Hit], str]:
     """Audio -> audio for one file (see `similar_to_files`): the hits and their source. Raises AudioDecodeError when
     the file cannot be decoded."""
     from .audio_decoders import AudioDecodeError
 
-    (result,) = similar_to_files(library, [path], scope, model=model, device=device, batch_size=batch_size)
+    found = similar_to_files(library, [path], scope, model=model, device=device, batch_size=batch_size, engine=engine)
+    (result,) = found
     if result.error is not None:
         raise AudioDecodeError(result.path, result.error)
     return result.hits, result.source
@@ -102,20 +104,22 @@ def similar_to_files(
     batch_size: int | None = None,
     fast: bool = False,
     progress: Progress | None = None,
+    engine: Engine | None = None,
 ) -> Iterator[SimilarResult]:
     """Audio -> audio: for each file in turn, the files that sound like it (itself left out, with its copies: see
     `excluding_query`).
 
     Files that are indexed and unchanged use their stored vectors; the others are decoded and embedded with the
     model that built the index, their windows batched together across files (`window_batches`), and hashed as they
-    are decoded.
+    are decoded. `engine`: that model already loaded (a script's or a server's, shared by its calls; it runs as it
+    was loaded, whatever `device`, `batch_size` and `fast` say); else it is loaded when a file needs it.
     """
     from .window_batches import map_windows
 
     index = library.vector_index("audio")  # an empty library fails here, before any decoding
     queries = [(os.fspath(path), stored_windows(library, path, audio=True)) for path in paths]
     to_embed = [path for path, stored in queries if stored is None or stored.vectors is None]
-    engine = _index_engine(library, model, device, batch_size, fast) if to_embed else None
+    engine = _index_engine(library, model, device, batch_size, fast, engine) if to_embed else None
     batch = engine.windows_per_batch(1) if engine else 1
     outcomes = map_windows(to_embed, _audio_vectors(engine), batch_size=batch, hash_files=True, progress=progress)
     for path, stored in queries:
@@ -151,10 +155,16 @@ def excluding_query(
     return scope.without(record.path for record in library.store.files_with_hash(content_hash))
 
 
-def _index_engine(library: Library, model: str | None, device: str, batch_size: int | None, fast: bool) -> Engine:
-    """The model that built the library's audio vectors, loaded (StoreMismatchError if `model` is another)."""
+def _index_engine(
+    library: Library, model: str | None, device: str, batch_size: int | None, fast: bool, engine: Engine | None = None
+) -> Engine:
+    """The model that built the library's audio vectors: `engine`, or `model` loaded (StoreMismatchError if the
+    engine's model, else `model`, is another)."""
     from .inference import Engine
 
+    if engine is not None:  # one not made by `Engine.load` knows no directory: `model` is the caller's word for it
+        check_index_model(library, engine.model_dir or ModelDir.resolve(model))
+        return engine
     model_dir = ModelDir.resolve(model)
     check_index_model(library, model_dir)
     return Engine.load(model_dir, device, batch_size, fast=fast)
@@ -181,15 +191,12 @@ def embed_audio_file(
 ) -> tuple[np.ndarray, list[tuple[float, float]]]:
     """Decode `path` and embed its windows with the model that built the index: (vectors (n, d), spans).
 
-    `engine`: that model already loaded (a server shares one; `model` must name the same model directory).
+    `engine`: that model already loaded (a server shares one).
     Raises AudioDecodeError when the file cannot be decoded.
     """
     from .audio import iter_windows
 
-    if engine is None:
-        engine = _index_engine(library, model, device, batch_size, fast=False)
-    else:
-        check_index_model(library, ModelDir.resolve(model))
+    engine = _index_engine(library, model, device, batch_size, False, engine)
     vectors, spans = [], []
     embed = _audio_vectors(engine)
     for chunk in chunked(iter_windows(path), engine.windows_per_batch(1)):

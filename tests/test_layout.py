@@ -97,3 +97,13 @@ def test_the_version_is_set_in_one_place_and_the_installed_package_reports_it():
     except importlib.metadata.PackageNotFoundError:
         pytest.skip("pengi-search is not installed, only on the path")
     assert installed == pengi_search.__version__
+
+
+def test_each_package_tells_type_checkers_it_is_typed():
+    """PEP 561: without `py.typed` in the installed package, mypy and editors take a script's `Engine`, `Library` and
+    `Hit` for `Any`, and check nothing a script does with them."""
+    tomllib = pytest.importorskip("tomllib")
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    for package in PACKAGES:
+        assert (ROOT / package / "py.typed").is_file(), package
+        assert "py.typed" in package_data["package-data"][package], package

@@ -17,14 +17,19 @@ from pengi_search.audio import load_audio
 from pengi_search.audio_decoders import AudioDecodeError
 from pengi_search.classify import Classifier
 from pengi_search.cli import app
+from pengi_search.db import Store
 from pengi_search.decoding import GenerationConfig
 from pengi_search.errors import UsageError
 from pengi_search.inference import Engine
+from pengi_search.library import Library
 from pengi_search.model import Pengi
 from pengi_search.model_dir import ModelDir
+from pengi_search.search import SearchScope, query_text
+from pengi_search.serve.live import LiveLibrary
 from pengi_search.testing import make_tiny_model_dir
 
 from .indexing import write_tone
+from .search_library import index_folder
 
 runner = CliRunner()
 QUICK = GenerationConfig(beam=2, max_len=4)
@@ -138,6 +143,12 @@ def test_a_file_cut_short_is_described_as_far_as_it_goes_with_a_warning(engine, 
     assert warned[0].filename == __file__  # asked through `ask` too, not a line of the engine's
 
 
+@pytest.mark.parametrize("device", ["gpu", "tpu:0", ""])
+def test_a_device_torch_does_not_know_is_refused_as_the_command_refuses_it(tiny_model_dir, device):
+    with pytest.raises(UsageError, match=f"--device {device}: not a device; use auto, cpu or cuda"):
+        Engine.load(tiny_model_dir, device=device)
+
+
 def test_an_empty_question_or_no_prompt_is_refused(engine, clip):
     with pytest.raises(UsageError, match="the question is empty"):
         engine.ask(clip, "  ")
@@ -228,3 +239,20 @@ def test_classify_batch_size_counts_windows_as_describe_does(tiny_model_dir, tmp
     result = runner.invoke(app, [str(a) for a in (*args, "--model", tiny_model_dir, "--device", "cpu")])
     assert result.exit_code == 0, result.output
     assert {kind: batches for kind, batches in decoded_rows.items() if batches} == rows
+
+
+def test_a_library_held_open_keeps_what_it_read_while_a_live_library_follows_the_index(tmp_path, tiny_model_dir):
+    """README, "From Python": an `index` run after a `Library` was first searched adds files that it does not find;
+    a `LiveLibrary`, as `serve` holds, finds them at its next search."""
+    db = str(tmp_path / "index.db")
+    write_tone(tmp_path / "first" / "a.wav", 2.0)
+    index_folder(db, tmp_path / "first", tiny_model_dir)
+    scope = SearchScope(k=10)
+    with Library.open(db, read_only=True) as held, LiveLibrary(Store.open(db, read_only=True), check_s=0) as live:
+        before = [hit.path for hit in query_text(held, "a bell", scope, model=str(tiny_model_dir))]
+        assert [hit.path for hit in query_text(live, "a bell", scope, model=str(tiny_model_dir))] == before
+        added = write_tone(tmp_path / "second" / "b.wav", 3.0, freq=880.0)
+        index_folder(db, tmp_path / "second", tiny_model_dir)
+        assert [hit.path for hit in query_text(held, "a bell", scope, model=str(tiny_model_dir))] == before
+        found = {hit.path for hit in query_text(live, "a bell", scope, model=str(tiny_model_dir))}
+        assert found == {*before, str(added)}

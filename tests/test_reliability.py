@@ -6,6 +6,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -228,6 +230,22 @@ def test_a_decoding_process_that_dies_fails_only_its_file(tmp_path):
             ends[message.seq] = message
     assert isinstance(ends[0], Failed) and "decoding process died" in ends[0].reason
     assert isinstance(ends[1], Decoded) and ends[1].count == 1  # handed to the worker that replaced it
+
+
+def test_a_script_without_a_main_guard_is_told_so_instead_of_every_file_failing(tmp_path):
+    """Each decoding process runs the calling script again; multiprocessing stops one whose script starts workers
+    at its top level before it decodes anything. The caller is told why (no file is blamed for a decoder crash)."""
+    clip = write_tone(tmp_path / "clip.wav", 1.0)
+    script = tmp_path / "app.py"
+    script.write_text(
+        "from pengi_search.audio_workers import Job, decode_all\n"
+        f"print([type(message).__name__ for message in decode_all([Job(0, {str(clip)!r})], workers=1)])\n"
+    )
+    ran = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 1 and "Failed" not in ran.stdout
+    last = ran.stderr.strip().splitlines()[-1]
+    assert last.startswith("pengi_search.audio_workers.WorkersNotStarted: a decoding process ended as it started")
+    assert 'if __name__ == "__main__":' in last
 
 
 def test_a_decoding_process_whose_run_was_killed_ends_quietly(tmp_path):

@@ -25,6 +25,7 @@ from pengi_search.embedders import (
     TextEmbedderError,
 )
 from pengi_search.errors import EXIT_FAILED, OptionError, PengiSearchError
+from pengi_search.inference import Engine
 from pengi_search.library import EmptyLibraryError, Library
 from pengi_search.model import Pengi
 from pengi_search.model_dir import ModelDir
@@ -464,6 +465,22 @@ def test_similar_refuses_to_embed_with_another_model(indexed, tmp_path):
     clip = write_tone(tmp_path / "new.wav", 1.0, freq=960.0)
     with Library.open(db) as lib, pytest.raises(StoreMismatchError, match="--model"):
         similar_to_file(lib, clip, model=str(other), device="cpu")
+
+
+def test_similar_runs_a_given_engine_and_loads_no_model_of_its_own(indexed, tiny_model_dir, tmp_path, monkeypatch):
+    """A script or a web app answers many `similar` calls with one loaded model: a file that is not indexed is
+    embedded by the engine it gives, as by the model `model=` names; an engine of another model is refused."""
+    db, sounds = indexed
+    outside = tmp_path / "b-again.wav"
+    sf.write(outside, *sf.read(sounds / "b.flac"), subtype="PCM_16")
+    engine = Engine.load(tiny_model_dir, device="cpu")
+    other = Engine.load(make_tiny_model_dir(tmp_path / "other", seed=2), device="cpu")
+    with Library.open(db) as lib:
+        loaded = similar_to_file(lib, outside, model=str(tiny_model_dir), device="cpu")
+        monkeypatch.setattr(Engine, "load", None)  # calling it now fails the test
+        assert similar_to_file(lib, outside, engine=engine) == loaded
+        with pytest.raises(StoreMismatchError, match="the index was built with"):
+            similar_to_file(lib, outside, engine=other)
 
 
 def test_end_to_end_query_with_a_generated_caption(indexed, tiny_model_dir):
