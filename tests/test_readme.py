@@ -107,3 +107,17 @@ def test_ci_runs_the_readmes_install_and_test_commands():
     )
     ci_lines = (ROOT_DIR / ".ci" / "run").read_text().splitlines()
     assert install in ci_lines and test in ci_lines
+
+
+def _heading_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped (hyphens kept), spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_to_a_readme_section_leads_to_one():
+    """The contents line and the cross-references (`see [Fidelity](#fidelity)`) survive a section's renaming."""
+    text = README.read_text()
+    prose = re.sub(r"^```.*?^```", "", text, flags=re.MULTILINE | re.DOTALL)
+    anchors = {_heading_anchor(heading) for heading in re.findall(r"^#+ (.+)$", prose, re.MULTILINE)}
+    links = set(re.findall(r"\]\(#([^)]+)\)", prose))
+    assert links and links <= anchors, sorted(links - anchors)
