@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from pengi_search.cli import app
 from pengi_search.consoles import NARROWEST
 from pengi_search.db import engine as db_engine
+from pengi_search.db.migrate import SCHEMA_HEAD
 from pengi_search.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from pengi_search.library import Library
 from pengi_search.paths import data_dir
@@ -310,9 +311,9 @@ def test_a_reader_of_an_older_read_only_library_says_it_must_be_upgraded_by_one_
     result = run(*command, "--db", library, *model)
     assert result.exit_code == EXIT_FAILED
     assert one_error_line(result) == (
-        f"error: {library}: cannot upgrade the library's schema from revision 0004 to 0005 (attempt to write a "
-        "readonly database); this pengi-search reads it only once upgraded, which any of its commands does where it "
-        "may write the library"
+        f"error: {library}: cannot upgrade the library's schema from revision 0004 to {SCHEMA_HEAD} (attempt to "
+        "write a readonly database); this pengi-search reads it only once upgraded, which any of its commands does "
+        "where it may write the library"
     )
 
 

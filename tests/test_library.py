@@ -47,15 +47,19 @@ def add_file(store: Store, path: str, count: int, seed: int, text_dim: int = EMB
     return store.replace_file_windows(file_id, windows(count, seed, text_dim))
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> str:
+def two_files(folder: Path) -> str:
     """A library of two files (3 + 2 windows, text and audio vectors) and no FAISS file yet."""
-    path = str(tmp_path / "lib.db")
+    path = str(folder / "lib.db")
     with Store.open(path) as store:
         store.set_index_meta(MODEL, EMBEDDER)
         add_file(store, "/lib/a.wav", 3, seed=1)
         add_file(store, "/lib/b.wav", 2, seed=2)
     return path
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return two_files(tmp_path)
 
 
 @contextlib.contextmanager
