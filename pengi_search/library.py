@@ -9,11 +9,14 @@ the model), the type asked for (what a database older than that record has to go
 (`library_id`): a file left beside the database by a library deleted before this one was made at the same place
 holds another library's vectors under the same window ids, and is taken as no file at all.
 
-Opening an index checks its ids against the database; a file that differs is brought in line incrementally (only
-the windows added or removed since) when its tag and type still fit, and rebuilt from the stored vectors otherwise
-(also when it is missing or damaged). This class is the one place that keeps FAISS in line with the database.
-A library on a read-only store records nothing in the database; an in-memory one (`in_memory=True`, the
-server's) also never writes a FAISS file.
+Opening an index checks it against the database. A file records the version of the vectors it holds (a number that
+every write of vectors of its kind renews, `Store.vector_state`): at the version the database is at, it is used
+without reading their ids (0.1 s a kind at 200,000 windows). Otherwise its ids are compared with the database's,
+read in the same snapshot as the version; a file that differs is brought in line incrementally (only the windows
+added or removed since) when its tag and type still fit, and rebuilt from the stored vectors otherwise (also when it
+is missing or damaged), and saved with the version once it holds exactly that version's ids. This class is the one
+place that keeps FAISS in line with the database. A library on a read-only store records nothing in the database;
+an in-memory one (`in_memory=True`, the server's) also never writes a FAISS file.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from pengi_search.db.migrate import SCHEMA_HEAD
 from pengi_search.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from pengi_search.library import Library
 from pengi_search.paths import data_dir
+from pengi_search.vectors import VectorIndex
 
 from .indexing import write_tone
 from .search_library import caption_library
@@ -281,6 +282,21 @@ def test_a_reader_that_cannot_save_the_faiss_files_says_it_brings_them_up_to_dat
         "to date in memory for this command (one that can write in the folder saves it, such as `pengi-search "
         f"rebuild-index --db {library}`)"  # of that library, not the default one
     ]
+
+
+def test_a_reader_that_cannot_record_the_version_in_faiss_files_from_before_versions_says_nothing(
+    library, tiny_model_dir, read_only, caplog
+):
+    """Files saved before schema revision 0006 record no version of their vectors: a command that can write them
+    records it once they are found in line with the database; one that cannot has nothing to bring up to date."""
+    for faiss_file in library.parent.glob("*.faiss"):
+        index, tag = VectorIndex.load(faiss_file)
+        index.vectors_version = None
+        index.save(faiss_file, tag)
+    read_only.add(library.parent)
+    result = run("query", "a bell", "--db", library, "--model", tiny_model_dir)
+    assert result.exit_code == EXIT_OK and "bell.wav" in result.stdout, result.output
+    assert caplog.messages == []
 
 
 def downgraded(library: Path, revision: str) -> None:
