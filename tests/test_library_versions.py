@@ -1,14 +1,14 @@
 """A FAISS file saved at the version of its kind's vectors that the database is at is trusted without reading
 their ids; every write of vectors gives them a new version, so the next open checks the ids as before.
 
-The ids are what a command on a large library used to read on every open (0.2 s a kind at 200,000 windows).
+The ids are what a command on a large library used to read on every open (0.1 s a kind at 200,000 windows). On
+SQLite and, when the tests have a server, PostgreSQL.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,6 +29,7 @@ from pengi_search.library import Library
 from pengi_search.vectors import VectorIndex
 
 from .test_library import AUDIO_DIM, EMBEDDER, MODEL, add_file, in_line, two_files
+from .test_store import db_url  # noqa: F401 (the fixture: SQLite, and PostgreSQL when a server is given)
 
 IdReads = list[str]  # the kinds whose vector ids were read, in order
 
@@ -36,8 +37,9 @@ HASH = "0" * 64
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> str:
-    return two_files(tmp_path)
+def db(db_url: str) -> str:  # noqa: F811 (a fixture)
+    """`test_library`'s library, on SQLite and, when the tests have a server, on PostgreSQL."""
+    return two_files(db_url)
 
 
 @contextlib.contextmanager
