@@ -104,7 +104,8 @@ def caption_modes(store: Store) -> dict[str, int]:
     """Captioned windows by how their texts were generated: "exact", a --fast mode (e.g. "bf16+greedy"), or
     `UNRECORDED_MODE`; a window whose texts were generated in two modes counts in both."""
     # The (mode, window_id) index (revision 0006) holds the texts in this order: SQLite counts from it alone, with
-    # no sort (one mode or many: 30 ms at 400,000 texts; grouping the table itself sorted them all, 0.2 s).
+    # no sort (32 ms of CPU at 400,000 texts, one mode or two; grouping the table itself sorted them all, 127 ms
+    # for two modes: benchmarks/bench_open.py).
     windows = func.count(func.distinct(GeneratedTextRow.window_id))
     query = select(GeneratedTextRow.mode, windows).group_by(GeneratedTextRow.mode).order_by(GeneratedTextRow.mode)
     with store.session() as session:
