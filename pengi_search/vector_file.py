@@ -2,11 +2,13 @@
 
     header    magic b"PENGIVEC", format version, payload bytes, crc32 of metadata + payload, metadata bytes
     metadata  JSON: {"params": build parameters, "dim": d, "count": n, "tag": what the vectors came from,
-              "removed": the ids of tombstoned vectors (see `vectors`), stored among the n but no longer live}
+              "removed": the ids of tombstoned vectors (see `vectors`), stored among the n but no longer live,
+              "version": the database's version of the vectors held (`Store.vector_state`), or null}
     payload   faiss.write_index of the id-mapped index
 
-"removed" is optional (files written before it have none); a reader that does not know it sees the tombstoned ids
-as live, and its check against the database drops them again.
+"removed" and "version" are optional (files written before them have none); a reader that does not know "removed"
+sees the tombstoned ids as live, and its check against the database drops them again; a file without "version" is
+checked against the database's ids.
 
 Writes are atomic (temp file, fsync, rename, fsync of the folder), so a crash leaves the old file or the new one.
 Reads check magic, version, length and checksum before faiss parses a byte, and the index against the metadata.
@@ -20,7 +22,7 @@ import struct
 import uuid
 import zlib
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import faiss
 import numpy as np
@@ -40,6 +42,16 @@ class VectorIndexError(PengiSearchError):
     """Bad vectors or ids, or an index file that cannot be read or written."""
 
 
+class IndexFile(NamedTuple):
+    """What `read_index_file` read."""
+
+    index: faiss.IndexIDMap2
+    params: dict[str, Any]  # the build parameters
+    tag: str
+    removed: np.ndarray  # the tombstoned ids, int64
+    version: int | None
+
+
 def write_index_file(
     path: str | os.PathLike[str],
     index: faiss.IndexIDMap2,
@@ -47,9 +59,10 @@ def write_index_file(
     tag: str,
     *,
     removed: np.ndarray | None = None,
+    version: int | None = None,
 ) -> None:
-    """Save `index` with its build parameters, `tag` and `removed` ids atomically (temp file, fsync, rename, fsync
-    of the folder).
+    """Save `index` with its build parameters, `tag`, `removed` ids and `version` atomically (temp file, fsync,
+    rename, fsync of the folder).
 
     A folder that cannot be made or written raises `paths.made_folder`'s UnwritableFolderError."""
     target = Path(path)
@@ -57,6 +70,7 @@ def write_index_file(
     temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
     dead = [] if removed is None else np.asarray(removed, dtype=np.int64).tolist()
     fields = {"params": params, "dim": int(index.d), "count": int(index.ntotal), "tag": tag, "removed": dead}
+    fields["version"] = version
     meta = json.dumps(fields).encode()
     try:
         with open(temp, "wb") as out:
@@ -76,8 +90,8 @@ def write_index_file(
     fsync_folder(target.parent)
 
 
-def read_index_file(path: str | os.PathLike[str]) -> tuple[faiss.IndexIDMap2, dict[str, Any], str, np.ndarray]:
-    """(index, build parameters, tag, removed ids as int64) of a file written by `write_index_file`.
+def read_index_file(path: str | os.PathLike[str]) -> IndexFile:
+    """What a file written by `write_index_file` holds.
 
     Raises FileNotFoundError when missing and VectorIndexError when damaged.
     """
@@ -90,7 +104,7 @@ def read_index_file(path: str | os.PathLike[str]) -> tuple[faiss.IndexIDMap2, di
             raise VectorIndexError(str(source), f"faiss cannot read the index: {exc}") from exc
     if not isinstance(index, faiss.IndexIDMap2) or index.d != meta["dim"] or index.ntotal != meta["count"]:
         raise VectorIndexError(str(source), "index contents do not match the file header")
-    return index, meta["params"], str(meta["tag"]), _removed_ids(source, meta)
+    return IndexFile(index, meta["params"], str(meta["tag"]), _removed_ids(source, meta), _version(source, meta))
 
 
 def read_index_tag(path: str | os.PathLike[str]) -> str:
@@ -159,6 +173,13 @@ def _removed_ids(source: Path, meta: dict[str, Any]) -> np.ndarray:
         return np.array(meta.get("removed", []), dtype=np.int64).reshape(-1)
     except (TypeError, ValueError, OverflowError) as exc:
         raise VectorIndexError(str(source), f"unreadable header metadata: removed ids: {exc}") from exc
+
+
+def _version(source: Path, meta: dict[str, Any]) -> int | None:
+    version = meta.get("version")
+    if version is not None and type(version) is not int:  # JSON's true is an int to isinstance
+        raise VectorIndexError(str(source), f"unreadable header metadata: version {version!r}")
+    return version
 
 
 def _parse_meta(source: Path, meta_bytes: bytes) -> dict[str, Any]:

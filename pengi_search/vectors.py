@@ -144,6 +144,9 @@ class VectorIndex:
         self._sorted_ids: np.ndarray | None = None  # the live ids
         self._dead = np.empty(0, np.int64)  # tombstones: removed ids whose vectors are still stored, sorted
         self._live_bitmap: np.ndarray | None = None  # per position, packed: 1 unless tombstoned
+        # The database's version of the vectors held (`Store.vector_state`), saved with them; None when unknown.
+        # Adding or removing vectors forgets it: only the caller knows which version the result is.
+        self.vectors_version: int | None = None
 
     # -- construction ----------------------------------------------------------------------------------------
 
@@ -225,6 +228,7 @@ class VectorIndex:
         gone = np.asarray(ids, dtype=np.int64).reshape(-1)
         if gone.size == 0 or len(self) == 0:
             return 0
+        self.vectors_version = None
         if self.type == "flat":
             removed = int(self._index.remove_ids(faiss.IDSelectorBatch(gone)))
             self._changed()
@@ -315,7 +319,8 @@ class VectorIndex:
 
     def save(self, path: str | os.PathLike[str], tag: str = "") -> None:
         """Write the index atomically; `tag` names what the vectors came from (e.g. the embedder)."""
-        write_index_file(path, self._index, dataclasses.asdict(self.params), tag, removed=self._dead)
+        params = dataclasses.asdict(self.params)
+        write_index_file(path, self._index, params, tag, removed=self._dead, version=self.vectors_version)
 
     @classmethod
     def load(
@@ -326,16 +331,18 @@ class VectorIndex:
         The file's own build parameters are kept; the search knobs of `params` apply when given. Raises
         FileNotFoundError when missing and VectorIndexError when damaged.
         """
-        index, stored_params, tag, removed = read_index_file(path)
+        index, stored_params, tag, removed, version = read_index_file(path)
         try:
             stored = IndexParams(**stored_params)
         except (TypeError, VectorIndexError) as exc:
             raise VectorIndexError(str(Path(path)), f"bad parameters in the header: {exc}") from exc
         loaded = cls(index, stored if params is None else stored.with_search_knobs(params), use_gpu=use_gpu)
         dead = sorted_unique(removed)
-        if len(dead) != len(removed) or not np.isin(dead, loaded._id_map()).all():
+        # Checked only when there are tombstones: np.isin sorts the whole id map, even to find nothing.
+        if len(dead) != len(removed) or (dead.size and not np.isin(dead, loaded._id_map()).all()):
             raise VectorIndexError(str(Path(path)), "the removed ids in the header are not the index's")
         loaded._dead = dead
+        loaded.vectors_version = version
         return loaded, tag
 
     # -- internals -------------------------------------------------------------------------------------------
@@ -345,6 +352,7 @@ class VectorIndex:
             raise VectorIndexError("add", f"{len(ids)} ids for {len(unit)} vectors")
         if len(ids) == 0:
             return
+        self.vectors_version = None
         order = np.sort(ids)
         if (np.diff(order) == 0).any():
             raise VectorIndexError("add", "ids repeat within the batch")

@@ -15,9 +15,11 @@ from typer.testing import CliRunner
 from pengi_search.cli import app
 from pengi_search.consoles import NARROWEST
 from pengi_search.db import engine as db_engine
+from pengi_search.db.migrate import SCHEMA_HEAD
 from pengi_search.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from pengi_search.library import Library
 from pengi_search.paths import data_dir
+from pengi_search.vectors import VectorIndex
 
 from .indexing import write_tone
 from .search_library import caption_library
@@ -282,6 +284,21 @@ def test_a_reader_that_cannot_save_the_faiss_files_says_it_brings_them_up_to_dat
     ]
 
 
+def test_a_reader_that_cannot_record_the_version_in_faiss_files_from_before_versions_says_nothing(
+    library, tiny_model_dir, read_only, caplog
+):
+    """Files saved before schema revision 0006 record no version of their vectors: a command that can write them
+    records it once they are found in line with the database; one that cannot has nothing to bring up to date."""
+    for faiss_file in library.parent.glob("*.faiss"):
+        index, tag = VectorIndex.load(faiss_file)
+        index.vectors_version = None
+        index.save(faiss_file, tag)
+    read_only.add(library.parent)
+    result = run("query", "a bell", "--db", library, "--model", tiny_model_dir)
+    assert result.exit_code == EXIT_OK and "bell.wav" in result.stdout, result.output
+    assert caplog.messages == []
+
+
 def downgraded(library: Path, revision: str) -> None:
     """`library` as an older pengi-search left it: its schema at `revision`, its rows kept."""
     from alembic import command
@@ -310,9 +327,9 @@ def test_a_reader_of_an_older_read_only_library_says_it_must_be_upgraded_by_one_
     result = run(*command, "--db", library, *model)
     assert result.exit_code == EXIT_FAILED
     assert one_error_line(result) == (
-        f"error: {library}: cannot upgrade the library's schema from revision 0004 to 0005 (attempt to write a "
-        "readonly database); this pengi-search reads it only once upgraded, which any of its commands does where it "
-        "may write the library"
+        f"error: {library}: cannot upgrade the library's schema from revision 0004 to {SCHEMA_HEAD} (attempt to "
+        "write a readonly database); this pengi-search reads it only once upgraded, which any of its commands does "
+        "where it may write the library"
     )
 
 

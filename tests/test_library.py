@@ -47,15 +47,18 @@ def add_file(store: Store, path: str, count: int, seed: int, text_dim: int = EMB
     return store.replace_file_windows(file_id, windows(count, seed, text_dim))
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> str:
-    """A library of two files (3 + 2 windows, text and audio vectors) and no FAISS file yet."""
-    path = str(tmp_path / "lib.db")
-    with Store.open(path) as store:
+def two_files(db: str) -> str:
+    """`db` (a path or URL) made a library of two files (3 + 2 windows, text and audio vectors), no FAISS file yet."""
+    with Store.open(db) as store:
         store.set_index_meta(MODEL, EMBEDDER)
         add_file(store, "/lib/a.wav", 3, seed=1)
         add_file(store, "/lib/b.wav", 2, seed=2)
-    return path
+    return db
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return two_files(str(tmp_path / "lib.db"))
 
 
 @contextlib.contextmanager

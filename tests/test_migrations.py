@@ -76,8 +76,8 @@ def test_an_upgrade_that_would_leave_rows_without_their_parent_is_refused_and_ch
     with pytest.raises(StoreError) as refused:
         Store.open(db_url)
     assert refused.value.reason == (
-        "cannot upgrade the library's schema to 0005: after it, rows would refer to rows that are not there (1 in "
-        "windows -> audio_files); nothing was changed"
+        f"cannot upgrade the library's schema to {SCHEMA_HEAD}: after it, rows would refer to rows that are not there "
+        "(1 in windows -> audio_files); nothing was changed"
     )
     assert revision(db_url) == "0004"
 

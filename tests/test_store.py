@@ -266,7 +266,7 @@ def test_a_0004_database_keeps_its_texts_with_their_decoding_settings_unrecorded
     engine.dispose()
 
     with Store.open(db_url) as store:
-        assert store.stats()["schema_revision"] == SCHEMA_HEAD == "0005"
+        assert store.stats()["schema_revision"] == SCHEMA_HEAD
         old = TextRecord("p", "old caption", -0.5, "exact")
         decoded = TextRecord("p", "new caption", -0.5, "exact", "beam=3 max_len=30 stop=both")
         for path, texts in (("/lib/old.wav", [old]), ("/lib/new.wav", [decoded])):
@@ -281,6 +281,74 @@ def test_a_0004_database_keeps_its_texts_with_their_decoding_settings_unrecorded
     with migrating(db_url) as (config, connection):
         command.downgrade(config, "0004")
         assert "decoding" not in {column["name"] for column in inspect(connection).get_columns("generated_texts")}
+
+
+def test_a_0005_database_gains_versions_of_its_vectors_and_an_index_of_texts_by_mode(db_url: str) -> None:
+    """0006 records a version per kind of vectors, which every write of them renews (a FAISS file saved at the
+    version the database is at is trusted without reading the ids), and indexes the texts by (mode, window_id)."""
+    engine = create_store_engine(db_url)
+    migrate(engine, "0005")
+    with engine.begin() as connection:
+        assert not inspect(connection).has_table("vector_versions")
+    engine.dispose()
+
+    def texts_indexes(connection: Connection) -> set[str]:
+        return {index["name"] for index in inspect(connection).get_indexes("generated_texts")}
+
+    with Store.open(db_url) as store:
+        assert store.stats()["schema_revision"] == SCHEMA_HEAD
+        before = [store.vector_state(kind) for kind in ("text", "audio")]
+        assert [(state.version is not None, state.ids.tolist()) for state in before] == [(True, []), (True, [])]
+        indexed_file(store, "/lib/a.wav")
+        assert [store.vector_state(kind).version for kind in ("text", "audio")] != [s.version for s in before]
+        with store.session() as session:
+            assert "ix_generated_texts_mode_window_id" in texts_indexes(session.connection())
+    with migrating(db_url) as (config, connection):
+        command.downgrade(config, "0005")
+        assert not inspect(connection).has_table("vector_versions")
+        assert "ix_generated_texts_mode_window_id" not in texts_indexes(connection)
+    with Store.open(db_url) as store:  # upgraded again
+        assert store.stats()["vectors"] == {"text": 2, "audio": 2} and store.vector_state("text").version is not None
+
+
+def test_the_version_of_vectors_and_their_ids_are_read_in_one_snapshot(store: Store, db_url: str) -> None:
+    """A writer that commits between the two reads changes neither: ids newer than the version would be saved
+    under it, and trusted by every later command."""
+    indexed_file(store, "/lib/a.wav")
+    before = store.vector_state("audio")
+
+    def write_after_the_version_is_read(_conn, _cursor, statement, *_args) -> None:
+        if "FROM vector_versions" in statement:
+            with Store.open(db_url) as writer:
+                indexed_file(writer, "/lib/b.wav", seed=1)
+
+    event.listen(store.engine, "after_cursor_execute", write_after_the_version_is_read)
+    try:
+        during = store.vector_state("audio")
+    finally:
+        event.remove(store.engine, "after_cursor_execute", write_after_the_version_is_read)
+    assert (during.version, during.ids.tolist()) == (before.version, before.ids.tolist())
+    after = store.vector_state("audio")
+    assert after.version != before.version and len(after.ids) == 4
+
+
+def test_a_write_that_fails_before_its_commit_leaves_the_version_of_the_vectors(store: Store) -> None:
+    indexed_file(store, "/lib/a.wav")
+    before = [store.vector_state(kind).version for kind in ("text", "audio")]
+
+    def fail_after_the_new_version(_conn, _cursor, statement, *_args) -> None:
+        if statement.lstrip().upper().startswith("UPDATE VECTOR_VERSIONS"):
+            raise RuntimeError("simulated crash before the commit")
+
+    event.listen(store.engine, "after_cursor_execute", fail_after_the_new_version)
+    try:
+        for write in (lambda: indexed_file(store, "/lib/b.wav", seed=1), lambda: store.remove("/lib/a.wav")):
+            with pytest.raises(RuntimeError, match="simulated crash"):
+                write()
+    finally:
+        event.remove(store.engine, "after_cursor_execute", fail_after_the_new_version)
+    assert [store.vector_state(kind).version for kind in ("text", "audio")] == before
+    assert store.stats()["vectors"] == {"text": 2, "audio": 2}
 
 
 def test_migrations_go_down_to_base_and_up_again(db_url: str) -> None:
@@ -810,20 +878,25 @@ def test_caption_modes_counts_each_window_once_in_each_mode_of_its_texts(store: 
     assert caption_modes(store) == expected
 
 
-def test_a_library_captioned_in_one_mode_is_counted_without_grouping_its_texts(store: Store) -> None:
-    """Grouping sorts every text of the library; one mode needs only the count of windows with texts."""
-    indexed_file(store, "/lib/a.wav", count=3)  # texts of unrecorded mode
-    statements: list[str] = []
+def test_windows_by_caption_mode_are_counted_from_an_index_without_sorting_the_texts(tmp_path: Path) -> None:
+    """Grouping the texts table by mode sorted every text of the library (127 ms of CPU at 400,000 texts in two
+    modes); the (mode, window_id) index of revision 0006 holds them in the order the count needs, whatever the
+    modes: SQLite's plan reads it alone, with no temporary b-tree."""
+    with Store.open(tmp_path / "index.db") as store:
+        statements: list[str] = []
 
-    def record(_conn, _cursor, statement, *_args) -> None:
-        statements.append(statement)
+        def record(_conn, _cursor, statement, *_args) -> None:
+            statements.append(statement)
 
-    event.listen(store.engine, "before_cursor_execute", record)
-    try:
-        assert caption_modes(store) == {UNRECORDED_MODE: 3}
-    finally:
-        event.remove(store.engine, "before_cursor_execute", record)
-    assert statements and not [s for s in statements if "GROUP BY" in s.upper()]
+        event.listen(store.engine, "before_cursor_execute", record)
+        try:
+            caption_modes(store)
+        finally:
+            event.remove(store.engine, "before_cursor_execute", record)
+        (query,) = [s for s in statements if "generated_texts" in s]
+        with store.session() as session:
+            plan = [row[-1] for row in session.connection().exec_driver_sql(f"EXPLAIN QUERY PLAN {query}")]
+    assert plan == ["SCAN generated_texts USING COVERING INDEX ix_generated_texts_mode_window_id"]
 
 
 def test_drop_fast_captions_renews_those_windows_with_their_audio_only(store: Store) -> None:

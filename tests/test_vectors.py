@@ -458,6 +458,28 @@ def test_a_file_whose_removed_ids_are_not_its_own_is_damaged(tmp_path: Path, rem
         VectorIndex.load(tmp_path / "text.faiss")
 
 
+def test_a_saved_index_keeps_the_version_of_its_vectors_until_they_change(tmp_path: Path) -> None:
+    """The version (the database's, `Library` sets it) says which vectors the index holds: adding or removing any
+    makes it unknown, until the caller knows which version the result is."""
+    index = VectorIndex.build(sparse_ids(50), clustered(50))
+    index.vectors_version = 2**62
+    index.save(tmp_path / "text.faiss")
+    loaded, _ = VectorIndex.load(tmp_path / "text.faiss")
+    assert loaded.vectors_version == 2**62
+    loaded.remove(sparse_ids(1))
+    assert loaded.vectors_version is None
+    index.add(np.array([10**6]), clustered(1, seed=3))
+    assert index.vectors_version is None
+
+
+@pytest.mark.parametrize("version", [True, 1.5, "7"])
+def test_a_file_whose_version_is_no_integer_is_damaged(tmp_path: Path, version: object) -> None:
+    index = VectorIndex.build(sparse_ids(5), clustered(5))
+    write_index_file(tmp_path / "text.faiss", index._index, {}, "", version=version)  # type: ignore[arg-type]
+    with pytest.raises(VectorIndexError, match="unreadable header metadata: version"):
+        VectorIndex.load(tmp_path / "text.faiss")
+
+
 # -- files ------------------------------------------------------------------------------------------------------
 
 

@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import aliased
 
 from ..choices import EXACT_MODE
 from ..chunking import chunked
-from .queries import IDS_PER_QUERY, encode_vector, paths_under, text_vector_dim
-from .records import TextRecord
+from .queries import IDS_PER_QUERY, encode_vector, paths_under, text_vector_dim, vectors_changed
+from .records import VECTOR_KINDS, TextRecord
 from .schema import AudioFileRow, GeneratedTextRow, WindowRow, WindowVectorRow
 from .store import Store
 
@@ -103,30 +103,19 @@ UNRECORDED_MODE = "unrecorded"  # texts written before revision 0004, which reco
 def caption_modes(store: Store) -> dict[str, int]:
     """Captioned windows by how their texts were generated: "exact", a --fast mode (e.g. "bf16+greedy"), or
     `UNRECORDED_MODE`; a window whose texts were generated in two modes counts in both."""
+    # The (mode, window_id) index (revision 0006) holds the texts in this order: SQLite counts from it alone, with
+    # no sort (32 ms of CPU at 400,000 texts, one mode or two; grouping the table itself sorted them all, 127 ms
+    # for two modes: benchmarks/bench_open.py).
+    windows = func.count(func.distinct(GeneratedTextRow.window_id))
+    query = select(GeneratedTextRow.mode, windows).group_by(GeneratedTextRow.mode).order_by(GeneratedTextRow.mode)
     with store.session() as session:
-        first = session.execute(select(GeneratedTextRow.mode).limit(1)).first()
-        if first is None:
-            return {}
-        if _all_in_mode(session, first.mode):
-            # As a library captioned in one go has them: its windows are counted from the window_id index alone.
-            # Grouping every text by mode sorts them all (0.2 s of `stats` at 400,000 texts).
-            windows = session.scalar(select(func.count(func.distinct(GeneratedTextRow.window_id))))
-            return {first.mode or UNRECORDED_MODE: int(windows or 0)}
-        count = func.count(func.distinct(GeneratedTextRow.window_id))
-        query = select(GeneratedTextRow.mode, count).group_by(GeneratedTextRow.mode).order_by(GeneratedTextRow.mode)
-        return {mode or UNRECORDED_MODE: int(windows) for mode, windows in session.execute(query).all()}
+        return {mode or UNRECORDED_MODE: int(count) for mode, count in session.execute(query).all()}
 
 
 def caption_stats(store: Store) -> dict[str, Any]:
     """The `captions` block of `stats --json` and the server's `/api/stats`: the library's windows, how many have
     captions and how many wait for them, and the captioned ones `by_mode` (`caption_modes`)."""
     return {**caption_counts(store).to_json(), "by_mode": caption_modes(store)}
-
-
-def _all_in_mode(session: Session, mode: str | None) -> bool:
-    """Whether every text was generated in `mode`; a mixed library is told from the first other text met."""
-    other = select(GeneratedTextRow.id).where(GeneratedTextRow.mode.is_distinct_from(mode)).exists()
-    return not session.scalar(select(other))
 
 
 def uncaptioned_windows(
@@ -205,6 +194,7 @@ def add_captions(store: Store, captions: Sequence[WindowCaptions]) -> int:
             session.add(WindowVectorRow(window_id=item.window_id, kind="text", vector=vector))
             done.add(item.window_id)
             written += 1
+        vectors_changed(session, ["text"] if written else [])
         return written
 
 
@@ -240,4 +230,5 @@ def drop_fast_captions(store: Store, under: str | None = None, owns: Callable[[s
                 WindowRow(file_id=f, index=i, start_s=s, end_s=e, vectors=[WindowVectorRow(kind="audio", vector=v)])
                 for f, i, s, e, v in rows
             )
+        vectors_changed(session, VECTOR_KINDS if ids else [])
     return len(ids)

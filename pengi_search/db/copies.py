@@ -19,7 +19,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from ..chunking import chunked
-from .queries import IDS_PER_QUERY, NO_SYNC, file_for_update
+from .queries import IDS_PER_QUERY, NO_SYNC, file_for_update, vectors_changed
 from .records import TextRecord
 from .schema import AudioFileRow, GeneratedTextRow, WindowRow, WindowVectorRow
 from .store import Store
@@ -117,11 +117,13 @@ def copy_identical_file(
             target = AudioFileRow(path=path)
             session.add(target)
             session.flush()
-        session.execute(delete(WindowRow).where(WindowRow.file_id == target.id), execution_options=NO_SYNC)
+        replaced = session.execute(delete(WindowRow).where(WindowRow.file_id == target.id), execution_options=NO_SYNC)
         _stamp_as_copy(target, source.row, size=size, mtime=mtime, run_id=run_id)
         session.add_all(
             _window_copy(target.id, window, taken) for window, taken in zip(source.windows, source.taken, strict=True)
         )
+        # Every copied window has its audio vector; caption vectors come with some, and may go with those replaced.
+        vectors_changed(session, ["audio"] + (["text"] if source.captioned or replaced.rowcount else []))
         notes = tuple(source.row.error.splitlines()) if source.row.error else ()
         return CopiedFile(source.row.path, len(source.windows), source.captioned, notes)
 

@@ -15,8 +15,8 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from .errors import StoreMismatchError
-from .queries import NO_SYNC
-from .records import EmbedderInfo, IndexMeta, ModelInfo, VectorIndexInfo, check_vector_kind
+from .queries import NO_SYNC, vectors_changed
+from .records import VECTOR_KINDS, EmbedderInfo, IndexMeta, ModelInfo, VectorIndexInfo, check_vector_kind
 from .schema import AudioFileRow, IndexMetaRow, VectorIndexRow, WindowRow
 
 
@@ -60,7 +60,7 @@ class IndexBuild:
         For a full re-index with another model or embedder; returns how many files must be indexed again.
         """
         with self.session(write=True) as session:
-            session.execute(delete(WindowRow), execution_options=NO_SYNC)
+            forgotten = session.execute(delete(WindowRow), execution_options=NO_SYNC).rowcount
             files = session.execute(
                 update(AudioFileRow).values(status="pending", error=None, indexed_at=None), execution_options=NO_SYNC
             ).rowcount
@@ -71,6 +71,7 @@ class IndexBuild:
                 session.add(IndexMetaRow.create(model, embedder, now))
             else:
                 row.record(model, embedder, now)
+            vectors_changed(session, VECTOR_KINDS if forgotten else ())
             return files
 
     # -- vector indexes --------------------------------------------------------------------------------------

@@ -1,18 +1,21 @@
 """What the store's modules share below the level of `Store`'s methods: the conditions "at or below a path" and
 "truncated", a file's row locked for writing, the width of the index's text vectors, vectors as the bytes the
-database keeps, and how many ids one statement lists.
+database keeps, the new version of vectors changed, and how many ids one statement lists.
 """
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Iterable
+
 import numpy as np
-from sqlalchemy import ColumnElement, func, or_, select, true
+from sqlalchemy import ColumnElement, func, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from ..pathnames import to_stored
 from .errors import RefusedInputError, StoreError
 from .records import TRUNCATED_NOTE, check_vector_kind, non_finite_vector
-from .schema import AudioFileRow, IndexMetaRow
+from .schema import AudioFileRow, IndexMetaRow, VectorVersionRow
 
 IDS_PER_QUERY = 500  # ids per IN (...) list: far below SQLite's limit on bound parameters
 NO_SYNC = {"synchronize_session": False}  # bulk statements: the session holds no rows they could make stale
@@ -38,6 +41,17 @@ def is_truncated() -> ColumnElement[bool]:
 def file_for_update(session: Session, path: str) -> AudioFileRow | None:
     """The file recorded at `path`, locked until the transaction ends; None when there is none."""
     return session.scalars(select(AudioFileRow).where(AudioFileRow.path == path).with_for_update()).one_or_none()
+
+
+def vectors_changed(session: Session, kinds: Iterable[str]) -> None:
+    """Give the vectors of `kinds` a new version (`schema.VectorVersionRow`), in the transaction that changed them:
+    it is seen with the change or not at all, and one that rolls back leaves the version as it was. Call it last
+    in the transaction: on PostgreSQL the row stays locked until the commit, so concurrent writers wait on it
+    only for that long, and each locks the kinds in the same order (no deadlock)."""
+    for kind in sorted(set(kinds)):
+        check_vector_kind(kind)
+        new = update(VectorVersionRow).where(VectorVersionRow.kind == kind).values(version=secrets.randbits(63))
+        session.execute(new, execution_options=NO_SYNC)
 
 
 def text_vector_dim(session: Session) -> int | None:

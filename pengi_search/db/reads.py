@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,15 @@ from ..json_values import json_seconds
 from .migrate import current_revision
 from .queries import IDS_PER_QUERY, decode_matrix, is_truncated, paths_under
 from .records import FILE_STATUSES, VECTOR_KINDS, TextRecord, WindowDetails, check_vector_kind
-from .schema import AudioFileRow, GeneratedTextRow, IndexMetaRow, RunRow, WindowRow, WindowVectorRow
+from .schema import (
+    AudioFileRow,
+    GeneratedTextRow,
+    IndexMetaRow,
+    RunRow,
+    VectorVersionRow,
+    WindowRow,
+    WindowVectorRow,
+)
 
 
 class LibraryReads:
@@ -32,8 +41,17 @@ class LibraryReads:
     def vector_ids(self, kind: str) -> np.ndarray:
         """Sorted window ids (int64) that have a vector of `kind`: what the FAISS index must hold."""
         check_vector_kind(kind)
-        query = select(WindowVectorRow.window_id).where(WindowVectorRow.kind == kind)
-        return self._id_array(query.order_by(WindowVectorRow.window_id))
+        return self._id_array(_vector_ids(kind))
+
+    def vector_state(self, kind: str, *, unless: int | None = None) -> VectorState:
+        """The version of the vectors of `kind` and, unless it is `unless`, their ids (`vector_ids`), read in one
+        snapshot: a writer that commits meanwhile changes both or neither."""
+        check_vector_kind(kind)
+        with self.reading() as connection:
+            version = connection.scalar(select(VectorVersionRow.version).where(VectorVersionRow.kind == kind))
+            if version is not None and version == unless:
+                return VectorState(version, None)
+            return VectorState(version, _ids(connection, _vector_ids(kind)))
 
     def vectors(self, kind: str, ids: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(window ids int64 (n,), float32 matrix (n, d)) of `kind`, sorted by id; all, or only `ids`.
@@ -162,6 +180,19 @@ class LibraryReads:
                 "model": None if meta is None else meta.to_record().to_json(),
                 "last_run": None if last_run is None else last_run.to_record().to_json(),
             }
+
+
+@dataclass(frozen=True)
+class VectorState:
+    """What `LibraryReads.vector_state` read: the version of a kind's vectors (None in a database that has none
+    recorded) and their sorted ids, None when the version was the one the caller already had."""
+
+    version: int | None
+    ids: np.ndarray | None
+
+
+def _vector_ids(kind: str) -> Select[tuple[int]]:
+    return select(WindowVectorRow.window_id).where(WindowVectorRow.kind == kind).order_by(WindowVectorRow.window_id)
 
 
 def _file_conditions(

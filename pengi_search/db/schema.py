@@ -164,6 +164,8 @@ class GeneratedTextRow(Base):
     """What Pengi wrote for a window in answer to one prompt."""
 
     __tablename__ = "generated_texts"
+    # revision 0006: `caption_modes` counts the windows of each mode from this index alone, in its order (no sort)
+    __table_args__ = (Index("ix_generated_texts_mode_window_id", "mode", "window_id"),)
 
     id: Mapped[int] = mapped_column(RowId, primary_key=True)
     window_id: Mapped[int] = mapped_column(RowId, ForeignKey("windows.id", ondelete="CASCADE"), index=True)
@@ -197,6 +199,19 @@ class WindowVectorRow(Base):
     window_id: Mapped[int] = mapped_column(RowId, ForeignKey("windows.id", ondelete="CASCADE"), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16), primary_key=True)
     vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class VectorVersionRow(Base):
+    """Per vector kind, the version of its vectors (revision 0006): a new random number in every transaction that
+    changes them (`queries.vectors_changed`). A FAISS file saved with the version the database is at holds exactly
+    its vectors; random rather than counted, so that a database restored from a backup, which then changes
+    otherwise, cannot come back to a version a FAISS file was saved with."""
+
+    __tablename__ = "vector_versions"
+    __table_args__ = (CheckConstraint("kind IN ('text', 'audio')", name="kind"),)
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
 
 
 class IndexMetaRow(Base):

@@ -26,9 +26,18 @@ from .access import open_engine
 from .engine import WRITE_OPTION
 from .errors import RefusedInputError, store_error
 from .index_meta import IndexBuild
-from .queries import IDS_PER_QUERY, NO_SYNC, encode_vector, file_for_update, is_truncated, paths_under, text_vector_dim
+from .queries import (
+    IDS_PER_QUERY,
+    NO_SYNC,
+    encode_vector,
+    file_for_update,
+    is_truncated,
+    paths_under,
+    text_vector_dim,
+    vectors_changed,
+)
 from .reads import LibraryReads
-from .records import FileRecord, FileStamp, ReplaceResult, StoredAudio, WindowInput
+from .records import VECTOR_KINDS, FileRecord, FileStamp, ReplaceResult, StoredAudio, WindowInput
 from .runs import RunJournal
 from .schema import AudioFileRow, GeneratedTextRow, WindowRow, WindowVectorRow
 from .urls import db_option, library_name, library_name_of_url
@@ -254,6 +263,9 @@ class Store(RunJournal, LibraryReads, IndexBuild):
             row.status, row.run_id = "indexed", run_id
             row.indexed_at = datetime.now(timezone.utc)
             session.flush()
+            added = [kind for window in windows for kind in window.vectors]
+            # The removed windows' kinds are not read: taking both costs at most one full check of a FAISS file.
+            vectors_changed(session, added + list(VECTOR_KINDS if removed else ()))
             return ReplaceResult(removed, [window.id for window in new_windows])
 
     def prune_missing(self, present: Iterable[str], *, under: str | None = None) -> int:
@@ -264,14 +276,16 @@ class Store(RunJournal, LibraryReads, IndexBuild):
             gone = [file_id for file_id, path in rows if path not in keep]
             for chunk in chunked(gone, IDS_PER_QUERY):
                 session.execute(delete(AudioFileRow).where(AudioFileRow.id.in_(chunk)), execution_options=NO_SYNC)
+            vectors_changed(session, VECTOR_KINDS if gone else ())  # their windows' vectors go with them
             return len(gone)
 
     def remove(self, path_or_prefix: str) -> int:
         """Delete one file, or every file below a folder, with all their windows; returns how many files."""
         with self.session(write=True) as session:
             statement = delete(AudioFileRow).where(paths_under(path_or_prefix))
-            result = session.execute(statement, execution_options=NO_SYNC)
-            return result.rowcount
+            removed = session.execute(statement, execution_options=NO_SYNC).rowcount
+            vectors_changed(session, VECTOR_KINDS if removed else ())
+            return removed
 
 
 def _window_row(path: str, window: WindowInput, text_dim: int | None) -> WindowRow:
