@@ -30,7 +30,7 @@ def rows(db_url: str) -> dict[str, object]:
     """What the library holds: files, windows, texts and vectors (opening it upgrades it to the head)."""
     with Store.open(db_url) as store:
         stats = store.stats()
-    return {key: stats[key] for key in ("files", "windows", "texts", "vectors")}
+    return {key: stats[key] for key in ("files", "window_count", "texts", "vectors")}
 
 
 def revision(db_url: str) -> str:
