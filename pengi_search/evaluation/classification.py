@@ -14,12 +14,11 @@ from ..classify import Prediction, evaluate
 from ..errors import UsageError
 from ..pathnames import shown
 from ..text_files import CSV_LIST_SEPARATOR
-from ..truth import Truth
-from ..units import count_text, for_count
+from ..truth import Truth, several_files
+from ..units import count_text, for_count, named
 from .metrics import confusion_matrix, mean, top_k_accuracy
 
 TOP_KS = (3, 5)  # top-1 is the accuracy
-_NAMED = 5  # true labels that are no candidate, or files not classified, named in their note
 
 
 def evaluate_classification(
@@ -77,10 +76,7 @@ def check_truth_lists(truth: Truth, truth_file: Path, target: str, reached: Sequ
         )
     clash = truth.ambiguous(reached)
     if clash is not None:  # scoring both under one truth would count one listed file twice
-        listed, files = clash
-        raise UsageError(
-            truth_file, f"{listed!r}, without extension, names {len(files)} files: {named([shown(f) for f in files])}"
-        )
+        raise UsageError(truth_file, several_files(*clash))
 
 
 def truth_digest(truth_file: Path, labels: Sequence[str], separator: str = CSV_LIST_SEPARATOR) -> str:
@@ -157,12 +153,6 @@ def label_notes(
         if len(same) > 1:
             notes.append(f"true labels {', '.join(map(repr, same))} differ only in case or spacing: counted apart")
     return notes
-
-
-def named(items: Sequence[str]) -> str:
-    """The first few items, quoted, and how many more: `'a', 'b' and 3 more`."""
-    more = f" and {len(items) - _NAMED} more" if len(items) > _NAMED else ""
-    return ", ".join(map(repr, items[:_NAMED])) + more
 
 
 def _wrong(files: int) -> str:

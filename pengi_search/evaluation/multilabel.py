@@ -16,8 +16,8 @@ from typing import Any
 
 from ..classify import Prediction
 from ..truth import Truth
-from ..units import count_text, for_count
-from .classification import label_notes, missed_notes, named, not_classified
+from ..units import count_text, for_count, named
+from .classification import label_notes, missed_notes, not_classified
 from .metrics import average_precision, mean
 
 
