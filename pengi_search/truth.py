@@ -14,14 +14,16 @@ from __future__ import annotations
 import os
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .audio import AUDIO_EXTENSIONS
 from .errors import UsageError
+from .pathnames import shown
 from .paths import as_path
 from .text_files import CSV_LIST_SEPARATOR, csv_rows, listed_file, read_text
+from .units import named
 
 PATH_COLUMNS = ("file", "filename", "fname", "path")
 LABEL_COLUMNS = ("label", "labels")
@@ -81,7 +83,7 @@ class Truth:
         if bare.suffix.lower() not in AUDIO_EXTENSIONS:
             return None
         entry = str(bare.with_suffix("")) if str(bare.with_suffix("")) in self.by_path else self.by_name.get(bare.stem)
-        return entry if entry is not None and _lacks_extension(entry) else None
+        return entry if entry is not None and lacks_audio_extension(entry) else None
 
     def ambiguous(self, paths: Iterable[str]) -> tuple[str, list[str]] | None:
         """A listed file without extension that several of `paths` are (`64760` for 64760.wav and 64760.flac), with
@@ -89,14 +91,22 @@ class Truth:
         found: dict[str, list[str]] = {}
         for path in paths:
             entry = self.entry_of(path)
-            if entry is not None and _lacks_extension(entry):
+            if entry is not None and lacks_audio_extension(entry):
                 found.setdefault(entry, []).append(path)
         clash = next(((entry, files) for entry, files in found.items() if len(files) > 1), None)
         return None if clash is None else (self.as_listed(clash[0]), clash[1])
 
 
-def _lacks_extension(entry: str) -> bool:
-    return Path(entry).suffix.lower() not in AUDIO_EXTENSIONS
+def lacks_audio_extension(name: str) -> bool:
+    """Whether a listed file name has no audio extension, so that it names the audio file of that name with any
+    (FSD50K's `64760`, AudioCaps' YouTube ids): the rule of truth files and caption sets alike."""
+    return Path(name).suffix.lower() not in AUDIO_EXTENSIONS
+
+
+def several_files(listed: str, files: Sequence[str]) -> str:
+    """Why a listed name without extension that several audio files have (`64760` for 64760.wav and 64760.flac) is
+    refused, naming them: which one the list means cannot be told, and taking one (or both) would be a guess."""
+    return f"{listed!r}, without extension, names {len(files)} files: {named([shown(f) for f in files])}"
 
 
 def _composed(path: str) -> str:

@@ -1,5 +1,5 @@
-"""How amounts are shown to people: a duration in the unit that reads best, a window's time in a file, and a
-count with its noun.
+"""How amounts are shown to people: a duration in the unit that reads best, a window's time in a file, a count
+with its noun, and a few items named with how many more.
 
 The library page, `stats`, `doctor` and the trainer's dry run all say how long something is; one rule keeps them
 alike (a short library is not "0.00 h", a small set's epoch not "0.0 min"). `describe`, `query`, `similar` and the
@@ -7,6 +7,8 @@ web pages all say where a window is in its file; one rule keeps a very short cli
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 
 def duration_text(seconds: float) -> str:
@@ -28,6 +30,15 @@ def for_count(count: int, one: str, other: str) -> str:
     """The word that agrees with `count` where the count is written apart from it or not at all: a verb (`1 file
     is`, `2 files are`) or a noun (`the prompt: a`, `the prompts: a, b`)."""
     return one if count == 1 else other
+
+
+_NAMED = 5  # items a message names before it says how many more
+
+
+def named(items: Sequence[str]) -> str:
+    """The first few items, quoted, and how many more: `'a', 'b' and 3 more`."""
+    more = f" and {len(items) - _NAMED} more" if len(items) > _NAMED else ""
+    return ", ".join(map(repr, items[:_NAMED])) + more
 
 
 _SPAN_DECIMALS = 6  # a microsecond: finer than one sample at any rate a file is decoded at

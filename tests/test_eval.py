@@ -81,6 +81,33 @@ def test_audiocaps_layout(tmp_path):
     ]
 
 
+def test_a_name_without_extension_that_several_files_have_is_refused(tmp_path):
+    """`103` for 103.wav and 103.flac: which clip the captions describe cannot be told, so the set is refused (as
+    a truth file's such name is), not read as the first file alphabetically. A name with its extension still
+    means its one file, and a name whose dot starts no audio extension (`take.2`) still finds `take.2.wav`."""
+    for name in ("103.wav", "103.flac", "take.2.wav"):
+        write_tone(tmp_path / name, 1.0)
+    ok = read_caption_set(write(tmp_path / "ok.csv", "file,caption\n103.wav,a tone\ntake.2,a second take\n"))
+    assert [item.path for item in ok.items] == [str(tmp_path / "103.wav"), str(tmp_path / "take.2.wav")]
+    ambiguous = write(tmp_path / "ambiguous.csv", "file,caption\n103.wav,a tone\n103,the same tone?\n")
+    with pytest.raises(DatasetError) as refused:
+        read_caption_set(ambiguous)
+    flac, wav = (str(tmp_path / name) for name in ("103.flac", "103.wav"))
+    assert str(refused.value) == f"{ambiguous}: line 3: '103', without extension, names 2 files: {flac!r}, {wav!r}"
+
+
+def test_eval_refuses_a_caption_set_whose_name_several_files_have_in_one_line(tmp_path):
+    for name in ("103.wav", "103.flac"):
+        write_tone(tmp_path / name, 1.0)
+    captions = write(tmp_path / "captions.csv", "file_name,caption\n103,a tone\n")
+    result = run("eval", "retrieval", captions, "--model", tmp_path / "no-model", "-o", tmp_path / "out")
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert result.stderr.splitlines() == [
+        f"error: {captions}: line 2: '103', without extension, names 2 files: "
+        f"{str(tmp_path / '103.flac')!r}, {str(tmp_path / '103.wav')!r}"
+    ]
+
+
 def test_names_match_whatever_unicode_form_the_csv_writes(tmp_path):
     """ "café" is one name whether written composed (é) or decomposed (e and an accent, as macOS writes it)."""
     composed, decomposed = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")

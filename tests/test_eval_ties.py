@@ -1,5 +1,7 @@
 """Tied scores in `eval`: results that score alike (identical captions) are ordered by path, not by the order of the
-CSV's rows or of the library's windows, and the report says how far another order of them would move each R@k."""
+CSV's rows or of the library's windows, and the report says how far another order of them would move each R@k.
+Labels that tie are ordered by name, and the classification report says likewise how far another order of them
+would move accuracy, top-k accuracy and top-1 precision."""
 
 from __future__ import annotations
 
@@ -8,11 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pengi_search.classify import rank
+from pengi_search.classify import Prediction, rank
+from pengi_search.evaluation.classification import evaluate_classification
 from pengi_search.evaluation.datasets import read_caption_set
+from pengi_search.evaluation.metrics import average_precision
+from pengi_search.evaluation.multilabel import evaluate_multi_label
 from pengi_search.evaluation.retrieval import available_rankings, evaluate_retrieval
 from pengi_search.library import Library
 from pengi_search.search import query_embedder
+from pengi_search.truth import read_truth
 
 from .search_library import caption_library
 
@@ -99,3 +105,66 @@ def test_labels_that_tie_rank_by_name_whatever_their_order_in_the_labels_file():
         ranked = rank(labels, np.array([scores[label] for label in labels]))
         assert [label for label, _ in ranked] == ["cat", "Dog", "dog", "bell"]
         assert dict(ranked) == pytest.approx(scores)
+
+
+LABELS = ["dog", "Dog", "cat", "bell", "rain"]
+
+
+def predicted(root: Path, name: str, scores: dict[str, float]) -> Prediction:
+    """The file's prediction over every candidate label, ranked as `classify` ranks them (ties by name)."""
+    return Prediction(str(root / name), rank(LABELS, np.array([scores.get(label, 0.0) for label in LABELS])), 1, "")
+
+
+def test_the_classification_report_says_how_far_another_order_of_tied_labels_moves_accuracy_and_top_k(tmp_path):
+    """a.wav's "Dog" and "dog" tie for first: ordered by name, "Dog" is predicted and a.wav counts as wrong, right
+    in the other order. b.wav's true "rain" ties with "Dog" and "dog" across the third place: out of the top 3 by
+    name, in it in another order. c.wav's label leads alone. Each uncertain rank is in its file's row."""
+    truth = read_truth(write_csv(tmp_path / "truth.csv", "file,label\na.wav,dog\nb.wav,rain\nc.wav,cat\n"))
+    predictions = [
+        predicted(tmp_path, "a.wav", {"dog": 0.8, "Dog": 0.8 + 4e-7, "cat": 0.1}),
+        predicted(tmp_path, "b.wav", {"cat": 0.9, "bell": 0.5, "Dog": 0.4, "dog": 0.4, "rain": 0.4 - 3e-7}),
+        predicted(tmp_path, "c.wav", {"cat": 0.9, "dog": 0.2}),
+    ]
+    result = evaluate_classification(predictions, truth, LABELS)
+    assert result["metrics"]["accuracy"] == pytest.approx(1 / 3) and result["metrics"]["top-3"] == pytest.approx(2 / 3)
+    assert result["ties"] == {
+        "accuracy": {"files": 1, "lowest": pytest.approx(1 / 3), "highest": pytest.approx(2 / 3)},
+        "top-3": {"files": 1, "lowest": pytest.approx(2 / 3), "highest": 1.0},
+    }
+    assert result["notes"] == [
+        "labels tied across a cut-off, ordered by name, would move accuracy 0.3333 in 1 file (from 0.3333 to "
+        "0.6667); top-3 0.6667 in 1 file (from 0.6667 to 1.0000) in another order"
+    ]
+    rows = {Path(row["path"]).name: (row["rank"], row.get("ranks")) for row in result["files"]}
+    assert rows == {"a.wav": (2, [1, 2]), "b.wav": (5, [3, 5]), "c.wav": (1, None)}
+
+
+def test_the_multi_label_report_bounds_top_1_precision_and_ties_cannot_move_map(tmp_path):
+    """a.wav is a dog with a bell: its best labels tie, "Dog" (not one of its labels) first by name, "dog" in the
+    other order, so top-1 precision is 1/2 between 1/2 and 1. mAP ranks the files by their score for each label,
+    where tied files enter together, so no order of tied labels (or files) moves it: it has no bounds."""
+    truth = read_truth(write_csv(tmp_path / "truth.csv", "file,label\na.wav,dog;bell\nb.wav,cat\n"))
+    predictions = [
+        predicted(tmp_path, "a.wav", {"dog": 0.8, "Dog": 0.8, "bell": 0.3}),
+        predicted(tmp_path, "b.wav", {"cat": 0.9, "bell": 0.3 - 4e-7}),
+    ]
+    result = evaluate_multi_label(predictions, truth, LABELS)
+    assert result["metrics"]["top-1 precision"] == 0.5
+    assert result["ties"] == {"top-1 precision": {"files": 1, "lowest": 0.5, "highest": 1.0}}
+    assert (
+        "labels tied across a cut-off, ordered by name, would move top-1 precision 0.5000 in 1 file (from "
+        "0.5000 to 1.0000) in another order" in result["notes"]
+    )
+    assert result["per_class"]["bell"]["ap"] == 0.5  # a.wav and b.wav tie for "bell": together, whichever is first
+
+
+def test_files_whose_scores_a_rounding_apart_tie_enter_average_precision_together():
+    """Two identical captions score a label a few 1e-7 apart: which file float32 rounding puts first must not
+    change AP, as it does not for exactly equal scores."""
+    assert average_precision([0.5 + 4e-7, 0.5], [False, True]) == average_precision([0.5, 0.5 + 4e-7], [False, True])
+    assert average_precision([0.5 + 4e-7, 0.5], [False, True]) == 0.5
+
+
+def write_csv(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -13,13 +13,14 @@ from typing import Any
 from ..classify import Prediction, evaluate
 from ..errors import UsageError
 from ..pathnames import shown
+from ..ranking import tied_groups
 from ..text_files import CSV_LIST_SEPARATOR
-from ..truth import Truth
-from ..units import count_text, for_count
+from ..truth import Truth, several_files
+from ..units import count_text, for_count, named
 from .metrics import confusion_matrix, mean, top_k_accuracy
+from .ties import Span, rank_span, ranks_field, tie_bounds, tie_notes
 
 TOP_KS = (3, 5)  # top-1 is the accuracy
-_NAMED = 5  # true labels that are no candidate, or files not classified, named in their note
 
 
 def evaluate_classification(
@@ -32,15 +33,23 @@ def evaluate_classification(
     known = [(truth.label_of(p.path), p) for p in predictions]
     pairs = [(expected, p) for expected, p in known if expected is not None]
     ranks = [_rank_of(expected, p) for expected, p in pairs]
+    spans = [label_span(p, {expected}) for expected, p in pairs]
     # Labels the truth has but the candidates lack can never be predicted; they still get a row.
     classes = list(labels) + sorted({expected for expected, _ in pairs} - set(labels))
     metrics: dict[str, Any] = {"accuracy": base["accuracy"]}
     # top-k with k at least the number of labels would count every file (whose label is a candidate) as right.
-    metrics.update({f"top-{k}": top_k_accuracy(ranks, k) for k in TOP_KS if k < len(labels)})
+    top_ks = {f"top-{k}": k for k in TOP_KS if k < len(labels)}
+    metrics.update({name: top_k_accuracy(ranks, k) for name, k in top_ks.items()})
     metrics["macro_f1"] = mean([c["f1"] for c in base["per_class"].values()])
+    ties = tie_bounds(spans, {"accuracy": 1, **top_ks}, "files")
     return {
         "metrics": metrics,
-        "notes": label_notes([expected for expected, _ in pairs], labels) + missed_notes(truth, missed),
+        "ties": ties,
+        "notes": [
+            *label_notes([expected for expected, _ in pairs], labels),
+            *label_tie_notes(metrics, ties),
+            *missed_notes(truth, missed),
+        ],
         "evaluated": {"files": base["files"]},  # which part of the set: what `compare` holds the two to
         "correct": base["correct"],
         "per_class": base["per_class"],
@@ -51,10 +60,29 @@ def evaluate_classification(
         "unmatched": base["unmatched"],
         "not_classified": missed,
         "files": [
-            {"path": p.path, "truth": expected, "predicted": p.label, "rank": rank, "source": p.source}
-            for (expected, p), rank in zip(pairs, ranks, strict=True)
+            {
+                "path": p.path,
+                "truth": expected,
+                "predicted": p.label,
+                "rank": rank,
+                **ranks_field(span),
+                "source": p.source,
+            }
+            for (expected, p), rank, span in zip(pairs, ranks, spans, strict=True)
         ],
     }
+
+
+def label_span(prediction: Prediction, relevant: set[str]) -> Span | None:
+    """The best and the worst rank that the first of the `relevant` labels could have in the prediction under any
+    order of the labels that tie with it (`classify.rank` orders them by name); None when none is a candidate."""
+    by_score = sorted(prediction.ranked, key=lambda pair: -pair[1])  # the groups as `classify.rank` formed them
+    return rank_span(tied_groups(by_score, str), relevant)
+
+
+def label_tie_notes(metrics: dict[str, Any], ties: dict[str, dict[str, Any]]) -> list[str]:
+    """The note for the metrics (accuracy, top-k; top-1 precision) that another order of tied labels would change."""
+    return tie_notes("labels tied across a cut-off, ordered by name", metrics, ties, ("file", "files"))
 
 
 def not_classified(truth: Truth, reached: Sequence[str]) -> list[str]:
@@ -77,10 +105,7 @@ def check_truth_lists(truth: Truth, truth_file: Path, target: str, reached: Sequ
         )
     clash = truth.ambiguous(reached)
     if clash is not None:  # scoring both under one truth would count one listed file twice
-        listed, files = clash
-        raise UsageError(
-            truth_file, f"{listed!r}, without extension, names {len(files)} files: {named([shown(f) for f in files])}"
-        )
+        raise UsageError(truth_file, several_files(*clash))
 
 
 def truth_digest(truth_file: Path, labels: Sequence[str], separator: str = CSV_LIST_SEPARATOR) -> str:
@@ -157,12 +182,6 @@ def label_notes(
         if len(same) > 1:
             notes.append(f"true labels {', '.join(map(repr, same))} differ only in case or spacing: counted apart")
     return notes
-
-
-def named(items: Sequence[str]) -> str:
-    """The first few items, quoted, and how many more: `'a', 'b' and 3 more`."""
-    more = f" and {len(items) - _NAMED} more" if len(items) > _NAMED else ""
-    return ", ".join(map(repr, items[:_NAMED])) + more
 
 
 def _wrong(files: int) -> str:

@@ -3,8 +3,9 @@
 Clotho: `file_name,caption_1,...,caption_5`, one row per file. AudioCaps: one row per caption (`caption` column),
 so rows naming the same file are merged. Paths are relative to the audio root (the CSV's folder unless given), a
 name as written when such a file exists, else trimmed (`text_files.file_name_spellings`); a name without an
-extension (e.g. a YouTube id) matches a file of that name with any audio extension. Files not
-found are kept, with `path` None, so that reports can say which ones were left out.
+audio extension (e.g. a YouTube id) matches a file of that name with one, and is refused when several files are
+(`103.wav`, `103.flac`), as in truth files. Files not found are kept, with `path` None, so that reports can say
+which ones were left out.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ..audio import AUDIO_EXTENSIONS
 from ..errors import UsageError, not_found
 from ..paths import as_path
 from ..text_files import csv_rows, file_name_spellings, read_text
+from ..truth import lacks_audio_extension, several_files
 
 FILE_COLUMNS = ("file_name", "file", "filename", "fname", "path", "audio")
 _CAPTION_COLUMN = re.compile(r"^caption(_?\d+)?$")
@@ -106,7 +108,10 @@ def read_caption_set(
         if not written.strip():
             raise DatasetError(path, f"line {number} has no {column}")
         if written not in found:
-            found[written] = _find_audio(root, written)
+            name, files = _find_audio(root, written)
+            if len(files) > 1:
+                raise DatasetError(path, f"line {number}: {several_files(name, files)}")
+            found[written] = name, next(iter(files), None)
         merged.setdefault(found[written][0], []).extend(row[c] for c in captions_in if row.get(c))
     uncaptioned = [name for name, captions in merged.items() if not captions]
     if uncaptioned:
@@ -145,27 +150,29 @@ def _caption_columns(path: Path, header: list[str], wanted: list[str] | None) ->
     return found
 
 
-def _find_audio(root: Path, written: str) -> tuple[str, str | None]:
+def _find_audio(root: Path, written: str) -> tuple[str, list[str]]:
     """The name a file value means (`file_name_spellings`: as written when such a file is found, else trimmed) and
-    the absolute path of its audio file under `root`, None when there is none."""
+    the absolute paths of the audio files under `root` it names: none, one, or several for a name without
+    extension that several files have (`103.wav`, `103.flac`), which the caller refuses."""
     names = file_name_spellings(written)
     for name in names:
-        if (audio := _audio_named(root, name)) is not None:
-            return name, audio
-    return names[-1], None
+        if files := _audio_named(root, name):
+            return name, files
+    return names[-1], []
 
 
-def _audio_named(root: Path, name: str) -> str | None:
+def _audio_named(root: Path, name: str) -> list[str]:
+    """The file `name` is (in any Unicode form), or, for a name without an audio extension, every file of that
+    name with one (`truth.lacks_audio_extension`, the rule truth files follow)."""
     for spelling in _spellings(name):
         candidate = root / spelling
         if candidate.is_file():
-            return os.path.abspath(candidate)
-        if not candidate.suffix:
-            for extension in sorted(AUDIO_EXTENSIONS):
-                with_extension = candidate.with_name(candidate.name + extension)
-                if with_extension.is_file():
-                    return os.path.abspath(with_extension)
-    return None
+            return [os.path.abspath(candidate)]
+        if lacks_audio_extension(spelling):
+            extended = [candidate.with_name(candidate.name + extension) for extension in sorted(AUDIO_EXTENSIONS)]
+            if files := [os.path.abspath(path) for path in extended if path.is_file()]:
+                return files
+    return []
 
 
 def _spellings(name: str) -> list[str]:

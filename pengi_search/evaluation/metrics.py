@@ -27,7 +27,8 @@ import math
 import re
 from collections import Counter
 from collections.abc import Collection, Hashable, Sequence
-from itertools import groupby
+
+from ..ranking import tied_groups
 
 Tokens = Sequence[str]
 NGram = tuple[str, ...]
@@ -79,16 +80,17 @@ def average_precision(scores: Sequence[float], positive: Sequence[bool]) -> floa
     """One class's average precision over files ranked by their score for it, as scikit-learn's
     `average_precision_score` defines it: AP = sum over n of (R_n - R_(n-1)) P_n, where P_n and R_n are the precision
     and recall of the files scored at least the n-th highest distinct score. Files of equal score enter the ranking
-    together, so no order among ties is favoured. None when no file is positive: recall is then undefined."""
+    together, so no order among ties is favoured; scores within `ranking.TIE_TOLERANCE` are equal (float32 rounding
+    moves two identical captions' cosines apart by a few 1e-7, which would otherwise order them by chance). None
+    when no file is positive: recall is then undefined."""
     if len(scores) != len(positive):
         raise ValueError(f"{len(scores)} scores but {len(positive)} positive flags")
     positives = sum(positive)
     if not positives:
         return None
-    ranked = sorted(zip(scores, positive, strict=True), key=lambda pair: -pair[0])
+    ranked = sorted(zip(positive, scores, strict=True), key=lambda pair: -pair[1])
     total, hits, seen = 0.0, 0, 0
-    for _, tied in groupby(ranked, key=lambda pair: pair[0]):
-        found = [is_positive for _, is_positive in tied]
+    for found in tied_groups(ranked, key=int):
         hits += sum(found)
         seen += len(found)
         total += sum(found) / positives * hits / seen  # the recall gained, at this threshold's precision

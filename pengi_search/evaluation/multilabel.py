@@ -16,9 +16,10 @@ from typing import Any
 
 from ..classify import Prediction
 from ..truth import Truth
-from ..units import count_text, for_count
-from .classification import label_notes, missed_notes, named, not_classified
+from ..units import count_text, for_count, named
+from .classification import label_notes, label_span, label_tie_notes, missed_notes, not_classified
 from .metrics import average_precision, mean
+from .ties import tie_bounds
 
 
 def evaluate_multi_label(
@@ -39,15 +40,20 @@ def evaluate_multi_label(
     scored = [label for label in labels if per_class[label]["ap"] is not None]
     true_labels = [label for expected, _ in listed for label in expected]
     no_positive = [label for label in labels if label not in scored]
+    metrics = {
+        "mAP": mean([per_class[label]["ap"] for label in scored]),
+        "top-1 precision": mean([1.0 if p.label in expected else 0.0 for expected, p in listed]),
+    }
+    # mAP ranks files by their score for a label, tied files together: the order of tied labels cannot move it.
+    ties = tie_bounds([label_span(p, set(expected)) for expected, p in listed], {"top-1 precision": 1}, "files")
     return {
         "multi_label": True,
-        "metrics": {
-            "mAP": mean([per_class[label]["ap"] for label in scored]),
-            "top-1 precision": mean([1.0 if p.label in expected else 0.0 for expected, p in listed]),
-        },
+        "metrics": metrics,
+        "ties": ties,
         "notes": [
             *label_notes(true_labels, labels, _left_out),
             *_unscored_notes(no_positive),
+            *label_tie_notes(metrics, ties),
             *missed_notes(truth, missed),
         ],
         "evaluated": {"files": len(listed), "classes": len(scored)},

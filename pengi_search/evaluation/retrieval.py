@@ -25,11 +25,11 @@ from ..embedders import warn_of_cuts
 from ..ranking import RANK_LABELS, TIE_TOLERANCE, tied_groups
 from ..search import Filters, SearchScope, ranked_index, search_index
 from ..similar import stored_windows
-from ..units import count_text
 from ..vectors import l2_normalise
 from .datasets import CaptionedFile, CaptionSet, left_out
 from .metrics import average_precision_at_k, mean, recall_at_k
 from .plots import DIRECTION_NAMES
+from .ties import Span, rank_span, ranks_field, tie_bounds, tie_notes
 
 if TYPE_CHECKING:
     from ..embedders import TextEmbedder
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 RECALL_KS = (1, 5, 10)
 AP_K = 10
+_RECALL_CUTS = {f"R@{k}": k for k in RECALL_KS}  # the metrics a tie across the k-th place can move
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ class _Outcome:
     ranked: list[list[Any]]
     relevant: list[set[Any]]
     rows: list[dict[str, Any]]
-    spans: list[tuple[int, int] | None]
+    spans: list[Span | None]
 
 
 def evaluate_retrieval(
@@ -242,8 +243,9 @@ def evaluate_retrieval(
             values, curves[ranking.name][direction] = _scores(outcome.ranked, outcome.relevant)
             metrics[ranking.name][direction] = values
             details[ranking.name][direction] = outcome.rows
-            ties[ranking.name][direction] = _tie_bounds(outcome.spans)
-            notes += _tie_notes(f"{ranking.name}, {DIRECTION_NAMES[direction]}", values, ties[ranking.name][direction])
+            ties[ranking.name][direction] = tie_bounds(outcome.spans, _RECALL_CUTS, "queries")
+            what = f"{ranking.name}, {DIRECTION_NAMES[direction]}: results tied across a cut-off, ordered by path"
+            notes += tie_notes(what, values, ties[ranking.name][direction], ("query", "queries"))
     return {
         "metrics": metrics,
         "curves": curves,
@@ -286,54 +288,11 @@ def _outcome(groups: Sequence[list[list[Any]]], relevant: list[set[Any]]) -> _Ou
     """Each query's first `AP_K` results in tie order, its row (rank in that order; `ranks`, the best and worst
     rank another order of tied results gives, where they differ) and that span."""
     ranked = [[item for group in query for item in group][:AP_K] for query in groups]
-    spans = [_rank_span(query, wanted) for query, wanted in zip(groups, relevant, strict=True)]
+    spans = [rank_span(query, wanted) for query, wanted in zip(groups, relevant, strict=True)]
     rows: list[dict[str, Any]] = []
     for found, wanted, span in zip(ranked, relevant, spans, strict=True):
-        rows.append({"rank": _first_rank(found, wanted)})
-        if span is not None and span[0] != span[1]:
-            rows[-1]["ranks"] = list(span)
+        rows.append({"rank": _first_rank(found, wanted), **ranks_field(span)})
     return _Outcome(ranked, relevant, rows, spans)
-
-
-def _rank_span(groups: Sequence[list[Any]], relevant: set[Any]) -> tuple[int, int] | None:
-    """The best and the worst rank of the first relevant result over every order of tied results (None: none is
-    among the results): its group first, or after the group's other results."""
-    before = 0
-    for group in groups:
-        hits = sum(item in relevant for item in group)
-        if hits:
-            return before + 1, before + len(group) - hits + 1
-        before += len(group)
-    return None
-
-
-def _tie_bounds(spans: Sequence[tuple[int, int] | None]) -> dict[str, dict[str, Any]]:
-    """Per R@k: how many queries have a tie across the k-th place (their recall depends on the tie's order), and
-    the lowest and highest R@k over every order of tied results (each query's relevant result last, or first, of
-    its tie)."""
-    bounds = {}
-    for k in RECALL_KS:
-        best = [span is not None and span[0] <= k for span in spans]
-        worst = [span is not None and span[1] <= k for span in spans]
-        bounds[f"R@{k}"] = {
-            "queries": sum(b != w for b, w in zip(best, worst, strict=True)),
-            "lowest": mean([float(w) for w in worst]),
-            "highest": mean([float(b) for b in best]),
-        }
-    return bounds
-
-
-def _tie_notes(what: str, metrics: dict[str, Any], bounds: dict[str, dict[str, Any]]) -> list[str]:
-    """The note for the R@k that another order of tied results would change (none when no tie crosses a cut)."""
-    moved = [
-        f"{name} {metrics[name]:.4f} in {count_text(tie['queries'], 'query', 'queries')} "
-        f"(from {tie['lowest']:.4f} to {tie['highest']:.4f})"
-        for name, tie in bounds.items()
-        if tie["queries"]
-    ]
-    if not moved:
-        return []
-    return [f"{what}: results tied across a cut-off, ordered by path, would move {'; '.join(moved)} in another order"]
 
 
 def _scores(ranked: Sequence[Sequence[Any]], relevant: Sequence[set[Any]]) -> tuple[dict[str, Any], list[Any]]:

@@ -1,0 +1,72 @@
+"""How far ties move an evaluation's numbers. Results that score within `ranking.TIE_TOLERANCE` of each other (files
+or captions in retrieval, labels in classification) are ordered by a fixed key, their path or name
+(`ranking.tied_groups`), so that a number is that of one real order, whatever the order of the CSV's rows, the
+library's windows or the labels file. A metric that cuts the ranking at a place (R@k; accuracy and top-k, the true
+label among the first k) could change where a tie crosses that place: the report gives, per such metric, how many
+queries (or files) a tie makes uncertain and the metric's lowest and highest value over every order of the tied
+results. Bounds rather than the average over tie orders: they show how far another order moves the figure, which
+an average would hide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..units import count_text
+from .metrics import mean
+
+Span = tuple[int, int]  # the best and the worst rank of a query's first relevant result over every order of ties
+
+
+def rank_span(groups: Sequence[Sequence[Any]], relevant: set[Any]) -> Span | None:
+    """The best and the worst rank (from 1) of the first relevant result over every order of tied results, from the
+    results in groups that tie, best first (None: none is among the results): its group first, or after the
+    group's other results."""
+    before = 0
+    for group in groups:
+        hits = sum(item in relevant for item in group)
+        if hits:
+            return before + 1, before + len(group) - hits + 1
+        before += len(group)
+    return None
+
+
+def ranks_field(span: Span | None) -> dict[str, list[int]]:
+    """What a query's (or file's) row of the report adds for its span: `ranks`, its best and worst rank, where a tie
+    makes its rank uncertain; nothing otherwise."""
+    return {"ranks": list(span)} if span is not None and span[0] != span[1] else {}
+
+
+def tie_bounds(spans: Sequence[Span | None], cuts: Mapping[str, int], counted: str) -> dict[str, dict[str, Any]]:
+    """Per metric of `cuts` (its name -> the place it cuts at: R@5 -> 5), how many queries have a tie across that
+    place (`counted` names them: "queries", "files"), and the metric's lowest and highest value over every order
+    of tied results (each query's relevant result last, or first, of its tie)."""
+    bounds = {}
+    for name, k in cuts.items():
+        best = [span is not None and span[0] <= k for span in spans]
+        worst = [span is not None and span[1] <= k for span in spans]
+        bounds[name] = {
+            counted: sum(b != w for b, w in zip(best, worst, strict=True)),
+            "lowest": mean([float(w) for w in worst]),
+            "highest": mean([float(b) for b in best]),
+        }
+    return bounds
+
+
+def tie_notes(
+    ties: str, metrics: Mapping[str, Any], bounds: Mapping[str, dict[str, Any]], counted: tuple[str, str]
+) -> list[str]:
+    """The note for the metrics that another order of tied results would change (none when no tie crosses a cut):
+    `ties` says what tied and how it was ordered ("results tied across a cut-off, ordered by path"); `counted` is
+    what a metric counts, singular and plural, as in `tie_bounds`."""
+    one, many = counted
+    moved = [
+        f"{name} {metrics[name]:.4f} in {count_text(tie[many], one, many)} "
+        f"(from {tie['lowest']:.4f} to {tie['highest']:.4f})"
+        for name, tie in bounds.items()
+        if tie[many]
+    ]
+    if not moved:
+        return []
+    return [f"{ties}, would move {'; '.join(moved)} in another order"]
