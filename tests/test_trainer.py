@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +30,7 @@ import pengi_search.model
 from pengi_search.cli import app
 from pengi_search.config import PengiConfig
 from pengi_search.encoders import clip_text_config
-from pengi_search.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, EXIT_USAGE
+from pengi_search.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, EXIT_TERMINATED, EXIT_USAGE
 from pengi_search.messages import print_warning
 from pengi_search.model import Pengi, gpt2_config
 from pengi_search.model_dir import WEIGHTS_FILE, ModelDir
@@ -45,6 +47,7 @@ from trainer.reporting import METRICS_FILE, TrainingProgress, read_metrics
 from trainer.resume_plan import EpochSize, RunRecord, check_steps
 from trainer.state import Position
 
+from .indexing import signal_when
 from .reference import fixture_dirs, missing_reference
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "trainer" / "example.yaml"
@@ -691,11 +694,17 @@ def test_a_clip_that_fails_to_load_is_skipped_counted_and_said_once_as_every_com
 # --- Distributed ------------------------------------------------------------------------------------------------
 
 
-def torchrun(*arguments: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """`torchrun --standalone --nproc-per-node 2 -m trainer ARGUMENTS` on this machine's CPUs."""
+TORCHRUN_ENV = {"OMP_NUM_THREADS": "1"}
+
+
+def torchrun_command(*arguments: str, entry: tuple[str, ...] = ("-m", "trainer")) -> list[str]:
+    """`torchrun --standalone --nproc-per-node 2 -m trainer ARGUMENTS` on this machine's CPUs (or another `entry`)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launch = [*command, "-m", "trainer", *arguments]
+    return [*command, *entry, *arguments]
+
+
+def torchrun(*arguments: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    launch, env = torchrun_command(*arguments), {**os.environ, **TORCHRUN_ENV}
     return subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600, cwd=cwd)
 
 
@@ -803,6 +812,72 @@ def test_under_torchrun_an_error_every_process_meets_in_its_set_up_is_said_once_
     too_few = "4 usable examples are too few for one step of batch_size 4 x grad_accumulation 1 x 2 processes"
     assert too_few in launched.stderr
     assert "SIGTERM" not in launched.stderr and re.search(r"rank\s*: 0 .*\n\s*exitcode\s*: 1 ", launched.stderr)
+
+
+def torchrun_worker(torchrun_pid: int, rank: int) -> int:
+    """The process id of the worker of `rank` that torchrun (`torchrun_pid`) started."""
+    children = Path(f"/proc/{torchrun_pid}/task/{torchrun_pid}/children").read_text().split()
+    for child in children:
+        if f"RANK={rank}".encode() in Path(f"/proc/{child}/environ").read_bytes().split(b"\0"):
+            return int(child)
+    raise AssertionError(f"torchrun {torchrun_pid} has no worker of rank {rank} among {children}")
+
+
+# `python -m trainer` that writes its exit code to the file named by its rank in $EXIT_CODES: torchrun, stopped by a
+# signal, reports none of its workers' codes. A worker that a signal ended writes none.
+EXIT_CODE_RECORDER = """
+import os, pathlib
+from trainer.__main__ import main
+try:
+    main()
+except SystemExit as end:
+    pathlib.Path(os.environ["EXIT_CODES"], os.environ["RANK"]).write_text(str(end.code or 0))
+    raise
+"""
+
+
+@pytest.mark.parametrize(
+    ("whom", "number", "code"),
+    [
+        ("rank 1", signal.SIGTERM, EXIT_TERMINATED),  # `kill -TERM` of one worker
+        ("torchrun", signal.SIGTERM, EXIT_TERMINATED),  # which sends it on to every worker
+        ("group", signal.SIGINT, EXIT_INTERRUPTED),  # a terminal's Ctrl-C: torchrun and every worker (twice)
+    ],
+)
+def test_under_torchrun_a_stopped_run_is_said_once_by_rank_0_with_the_signals_exit_code(
+    tmp_path, sounds, tiny_model_dir, whom: str, number: int, code: int
+) -> None:
+    """Every process said "interrupted" and exited with 130 or 143; a worker signalled alone exited first, so
+    torchrun stopped rank 0 (SIGTERM) and reported that. Now every process stops after the same step, they write the
+    checkpoint and the model together, and rank 0 alone says it, with the signal's exit code (the one signalled or
+    not); the others end well, after it, and torchrun reports rank 0's code."""
+    config_path = write_config(
+        tmp_path, tiny_model_dir, sounds / "train.jsonl", data={"batch_size": 1}, optimization={"max_steps": 100_000}
+    )
+    metrics, recorder, codes = tmp_path / "run" / METRICS_FILE, tmp_path / "recorder.py", tmp_path / "codes"
+    recorder.write_text(EXIT_CODE_RECORDER)
+    codes.mkdir()
+
+    def trained() -> bool:  # a step logged: both processes are in the loop
+        return metrics.is_file() and bool(read_metrics(metrics, "train"))
+
+    _, stderr = signal_when(
+        torchrun_command(str(config_path), entry=(str(recorder),)),
+        trained,
+        number,
+        group=whom == "group",
+        env={**TORCHRUN_ENV, "EXIT_CODES": str(codes)},
+        target=functools.partial(torchrun_worker, rank=1) if whom == "rank 1" else None,
+    )
+    assert stderr.splitlines().count("interrupted") == 1, stderr[-3000:]
+    assert {path.name: int(path.read_text()) for path in codes.iterdir()} == {"0": code, "1": 0}, stderr[-3000:]
+    if whom == "rank 1":  # torchrun, not signalled itself, reports its workers' codes
+        assert "SIGTERM" not in stderr and re.search(rf"rank\s*: 0 .*\n\s*exitcode\s*: {code} ", stderr), stderr
+    [end] = read_metrics(metrics, "end")
+    assert (tmp_path / "run" / "checkpoints" / f"step-{end['step']:08d}.pt").is_file()
+    assert json.loads((tmp_path / "run" / "model" / "config.json").read_text())["trained"]["steps"] == end["step"]
+    check_trained(config_path, "--resume", "--set", f"optimization.max_steps={end['step'] + 1}")
+    assert losses(tmp_path / "run")[-1][0] == end["step"] + 1
 
 
 @pytest.mark.parametrize(

@@ -682,6 +682,20 @@ def test_either_stop_signal_asks_the_run_to_stop_and_a_second_one_interrupts_at_
         assert getsignal(number) == before  # each put back the handler it found
 
 
+def test_under_torchrun_a_repeated_stop_signal_is_the_same_request() -> None:
+    """A terminal's Ctrl-C reaches each process of a torchrun run twice, from the terminal and forwarded by torchrun:
+    interrupted at once by the second, a process would leave the others waiting in a collective, the checkpoint
+    unwritten. torchrun itself ends the processes that outstay its shutdown timeout."""
+    for number, code in ((SIGINT, EXIT_INTERRUPTED), (SIGTERM, EXIT_TERMINATED)):
+        with interrupted_by_stop_signals(), InterruptRequest(once=True) as interrupt:
+            try:
+                send_to_self(number)
+                send_to_self(number)
+            except KeyboardInterrupt:
+                pytest.fail("the run was interrupted mid-step")
+            assert interrupt.requested and interrupted_exit_code() == code
+
+
 def test_per_part_learning_rates_make_their_own_groups(tiny_no_text_model_dir) -> None:
     model = Pengi.from_pretrained(tiny_no_text_model_dir)
     groups = parameter_groups(model, 1e-4, {"mappers": 1e-3, "audio_encoder": 1e-6})

@@ -289,22 +289,31 @@ class Trainer:
         if self.rng_to_restore is not None:
             restore_rng(self.rng_to_restore, self.device)
         self._say_skipped()  # what encoding the clips found; a resumed run that trains nothing says none of it
-        with self.progress, InterruptRequest() as interrupt:
+        # Until the model is written: a stop signal lets the processes finish the collective work they share.
+        with InterruptRequest(once=processes.distributed) as interrupt:
             self.interrupt = interrupt
-            self.progress.advance(self.position.step)
-            self.rate.restart_clock()
-            while self.position.step < self.total_steps and not self._stopping():
-                self._run_epoch()
+            with self.progress:
+                self.progress.advance(self.position.step)
+                self.rate.restart_clock()
+                while self.position.step < self.total_steps and not self._stopping():
+                    self._run_epoch()
+            model_dir = self._wrap_up()
+            interrupted = self._interrupted()
+        step, skipped, main = self.position.step, self.skips.any, self.processes.main
+        if interrupted and main:
+            raise KeyboardInterrupt  # after the checkpoint and the model: the command line exits with 130 or 143
+        # Under torchrun the others end well, saying nothing: a process ending with another code than 0 makes
+        # torchrun stop the rest (SIGTERM), rank 0 too, before it has said the run was interrupted.
+        return TrainingResult(self.model, self.tokenizers, model_dir, step, audio_skipped=skipped, main=main)
+
+    def _wrap_up(self) -> Path | None:
+        """The loop has ended: the last evaluation and checkpoint a run stopped early lacks, then the model."""
         if self.stopped_early and self.evaluated_at != self.position.step:
             self._evaluate()  # the budget ended the run between evaluations: the last steps may hold the best model
         if self.position.step < self.total_steps and self.last_checkpoint != self.position.step:
             self._checkpoint()  # stopped early (Ctrl-C, patience, time budget): the run can be resumed or exported
         self._say_skipped()  # the steps since the last log (a run stopped early), before the run's outcome
-        model_dir = self._finish()
-        if self._interrupted():
-            raise KeyboardInterrupt  # after the checkpoint and the model: the command line exits with 130
-        step, skipped, main = self.position.step, self.skips.any, self.processes.main
-        return TrainingResult(self.model, self.tokenizers, model_dir, step, audio_skipped=skipped, main=main)
+        return self._finish()
 
     def _note_skipped(self, dataset: Dataset, skipped: list[tuple[int, str]]) -> None:
         """Rows of `dataset` whose audio failed here, with why: said at the next `_say_skipped`."""
@@ -315,8 +324,8 @@ class Trainer:
         self.skips.say(gather_objects(self.processes, self.skips.take()))
 
     def _interrupted(self) -> bool:
-        (requested,) = sum_across(self.processes, [float(self.interrupt.requested)])
-        return requested > 0
+        """Whether any process was asked to stop (one collective): they all stop after the same step."""
+        return self.interrupt.agree(sum_across(self.processes, self.interrupt.votes()))
 
     def _out_of_time(self) -> bool:
         budget = self.config.optimization.max_minutes
