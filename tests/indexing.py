@@ -183,13 +183,14 @@ def signal_when(
     group: bool = False,
     env: dict[str, str] | None = None,
     target: Callable[[int], int] | None = None,
+    ends_within: float = HANG_S,
 ) -> tuple[int, str]:
     """Run `command` (with `env` added to the environment), send it signal `number` as soon as `ready()` and wait for
     it to end: its exit status (negative: the signal that ended it) and what it wrote on stderr. With `group` the
     signal goes to every process it started too, as a terminal's Ctrl-C and systemd's stop do; with `target`, to
     the process `target(pid)` names, one that the command started (a torchrun worker). Five minutes bound each
-    wait, only against a hang: a loaded machine takes half a minute to start a training run. Whatever the command
-    started and left running is killed at the end."""
+    wait, only against a hang: a loaded machine takes half a minute to start a training run; `ends_within` bounds
+    the wait after the signal. Whatever the command started and left running is killed at the end."""
     process = subprocess.Popen(
         command,
         stdout=subprocess.DEVNULL,
@@ -207,7 +208,7 @@ def signal_when(
             os.killpg(process.pid, number)
         else:
             os.kill(process.pid if target is None else target(process.pid), number)
-        _, stderr = process.communicate(timeout=HANG_S)
+        _, stderr = process.communicate(timeout=ends_within)
     finally:
         _kill_session(process)
     return process.returncode, stderr.decode()

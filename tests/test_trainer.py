@@ -695,6 +695,11 @@ def test_a_clip_that_fails_to_load_is_skipped_counted_and_said_once_as_every_com
 
 
 TORCHRUN_ENV = {"OMP_NUM_THREADS": "1"}
+# Bounds of a torchrun run, against a hang: a test fails then instead of holding CI (gloo waits 30 minutes for a
+# collective a process never enters). A run of a few steps takes half a minute, two on a loaded machine; after a stop
+# signal a run ends within a step, a checkpoint and the model (torchrun kills what outstays 30 s of its own stop).
+TORCHRUN_S = 240
+TORCHRUN_STOP_S = 120
 
 
 def torchrun_command(*arguments: str, entry: tuple[str, ...] = ("-m", "trainer")) -> list[str]:
@@ -705,7 +710,7 @@ def torchrun_command(*arguments: str, entry: tuple[str, ...] = ("-m", "trainer")
 
 def torchrun(*arguments: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     launch, env = torchrun_command(*arguments), {**os.environ, **TORCHRUN_ENV}
-    return subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600, cwd=cwd)
+    return subprocess.run(launch, env=env, capture_output=True, text=True, timeout=TORCHRUN_S, cwd=cwd)
 
 
 def test_two_gloo_processes_equal_one_process_with_the_combined_batch(tmp_path, sounds, tiny_model_dir) -> None:
@@ -824,50 +829,82 @@ def torchrun_worker(torchrun_pid: int, rank: int) -> int:
 
 
 # `python -m trainer` that writes its exit code to the file named by its rank in $EXIT_CODES: torchrun, stopped by a
-# signal, reports none of its workers' codes. A worker that a signal ended writes none.
+# signal, reports none of its workers' codes. A worker that a signal ended writes none. With $SLOW_RANK_0
+# (`MODULE:NAME`, `MODULE:CLASS.NAME`), rank 0 touches $SLOWED and sleeps 3 s after each call of that function: rank 1
+# meanwhile waits for rank 0 in its next collective, where a signal sent it then lands.
 EXIT_CODE_RECORDER = """
-import os, pathlib
+import functools, importlib, os, pathlib, time
 from trainer.__main__ import main
+
+def slowed(function):
+    @functools.wraps(function)
+    def slow(*args, **kwargs):
+        result = function(*args, **kwargs)
+        pathlib.Path(os.environ["SLOWED"]).touch()
+        time.sleep(3)
+        return result
+    return slow
+
+if os.environ.get("SLOW_RANK_0") and os.environ["RANK"] == "0":
+    module, _, name = os.environ["SLOW_RANK_0"].partition(":")
+    *path, attribute = name.split(".")
+    owner = functools.reduce(getattr, path, importlib.import_module(module))
+    setattr(owner, attribute, slowed(getattr(owner, attribute)))
 try:
     main()
 except SystemExit as end:
     pathlib.Path(os.environ["EXIT_CODES"], os.environ["RANK"]).write_text(str(end.code or 0))
     raise
 """
+RUN_END = "trainer.loop:export_model"  # the model written as the run reaches its last step
 
 
 @pytest.mark.parametrize(
-    ("whom", "number", "code"),
+    ("whom", "slow", "number", "code"),
     [
-        ("rank 1", signal.SIGTERM, EXIT_TERMINATED),  # `kill -TERM` of one worker
-        ("torchrun", signal.SIGTERM, EXIT_TERMINATED),  # which sends it on to every worker
-        ("group", signal.SIGINT, EXIT_INTERRUPTED),  # a terminal's Ctrl-C: torchrun and every worker (twice)
+        # `kill -TERM` of one worker as it waits for rank 0: in the step's vote, as rank 0 ends its step or writes a
+        # checkpoint (the signal's handler runs as the vote returns), and at the run's end, as rank 0 writes the model
+        ("rank 1", "trainer.loop:Trainer._after_step", signal.SIGTERM, EXIT_TERMINATED),
+        ("rank 1", "trainer.state:RunCheckpoints.write", signal.SIGTERM, EXIT_TERMINATED),
+        ("rank 1", RUN_END, signal.SIGTERM, EXIT_TERMINATED),
+        ("torchrun", None, signal.SIGTERM, EXIT_TERMINATED),  # which sends it on to every worker
+        ("group", None, signal.SIGINT, EXIT_INTERRUPTED),  # a terminal's Ctrl-C: torchrun and every worker (twice)
     ],
+    ids=["rank-1-in-a-step", "rank-1-in-a-checkpoint", "rank-1-in-the-export", "torchrun", "ctrl-c"],
 )
 def test_under_torchrun_a_stopped_run_is_said_once_by_rank_0_with_the_signals_exit_code(
-    tmp_path, sounds, tiny_model_dir, whom: str, number: int, code: int
+    tmp_path, sounds, tiny_model_dir, whom: str, slow: str | None, number: int, code: int
 ) -> None:
     """Every process said "interrupted" and exited with 130 or 143; a worker signalled alone exited first, so
     torchrun stopped rank 0 (SIGTERM) and reported that. Now every process stops after the same step, they write the
     checkpoint and the model together, and rank 0 alone says it, with the signal's exit code (the one signalled or
-    not); the others end well, after it, and torchrun reports rank 0's code."""
+    not); the others end well, after it, and torchrun reports rank 0's code. Whenever the signal comes: a worker
+    that stopped on a signal that came as it waited in the step's vote went on alone, and the run hung."""
+    steps = 3 if slow == RUN_END else 100_000
     config_path = write_config(
-        tmp_path, tiny_model_dir, sounds / "train.jsonl", data={"batch_size": 1}, optimization={"max_steps": 100_000}
+        tmp_path,
+        tiny_model_dir,
+        sounds / "train.jsonl",
+        data={"batch_size": 1},
+        optimization={"max_steps": steps},
+        checkpoints={"every": 2},
     )
     metrics, recorder, codes = tmp_path / "run" / METRICS_FILE, tmp_path / "recorder.py", tmp_path / "codes"
     recorder.write_text(EXIT_CODE_RECORDER)
     codes.mkdir()
+    slowed = tmp_path / "slowed"
 
-    def trained() -> bool:  # a step logged: both processes are in the loop
-        return metrics.is_file() and bool(read_metrics(metrics, "train"))
+    def ready() -> bool:  # a step logged: both processes are in the loop; or rank 0 is where it was slowed
+        return slowed.exists() if slow else metrics.is_file() and bool(read_metrics(metrics, "train"))
 
     _, stderr = signal_when(
         torchrun_command(str(config_path), entry=(str(recorder),)),
-        trained,
+        ready,
         number,
         group=whom == "group",
-        env={**TORCHRUN_ENV, "EXIT_CODES": str(codes)},
+        env={**TORCHRUN_ENV, "EXIT_CODES": str(codes), "SLOWED": str(slowed), "SLOW_RANK_0": slow or ""},
         target=functools.partial(torchrun_worker, rank=1) if whom == "rank 1" else None,
+        ends_within=TORCHRUN_STOP_S,
     )
     assert stderr.splitlines().count("interrupted") == 1, stderr[-3000:]
     assert {path.name: int(path.read_text()) for path in codes.iterdir()} == {"0": code, "1": 0}, stderr[-3000:]

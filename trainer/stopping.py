@@ -17,20 +17,22 @@ LOWER_IS_BETTER = frozenset({"val_loss"})
 class InterruptRequest:
     """Within `with`: the first stop signal (Ctrl-C's SIGINT, or the SIGTERM of `kill`, a scheduler's preemption or
     torchrun) sets `requested`, so the loop stops after the step it is in; a second one interrupts at once, unless
-    `once` (a process of several under torchrun, see `__init__`). The signal is noted
-    (`pengi_search.stop_signals`): the command's exit code says which it was. Outside the main thread (where signals
-    cannot be caught) it does nothing.
+    `once` (a process of several under torchrun, see `__init__`). Until `hold` when not `held`, a stop signal
+    interrupts at once (a run's set-up, which no loop watches). The signal is noted (`pengi_search.stop_signals`):
+    the command's exit code says which it was. Outside the main thread (where signals cannot be caught) it does
+    nothing.
 
     Under torchrun the processes stop together: `votes` and `agree` share, through one collective, whether any was
-    asked to stop and by which signal."""
+    asked to stop and by which signal, and every process decides from what they shared alone."""
 
-    def __init__(self, *, once: bool = False) -> None:
+    def __init__(self, *, once: bool = False, held: bool = True) -> None:
         # `once`: a repeated signal is the same request. A terminal's Ctrl-C reaches each process of a torchrun run
         # twice, from the terminal and forwarded by torchrun, and a process interrupted at once would leave the others
         # waiting in a collective, the checkpoint unwritten; torchrun itself ends processes that outstay its shutdown
         # timeout (SIGKILL).
         self.requested = False
         self.signal: int | None = None  # the first stop signal, sent to this process or to another of the run
+        self.held = held
         self._once = once
         self._handlers = contextlib.ExitStack()
 
@@ -41,8 +43,12 @@ class InterruptRequest:
     def __exit__(self, *exc: object) -> None:
         self._handlers.close()
 
+    def hold(self) -> None:
+        """From now on a stop signal is a request (the loop's), no longer an interrupt."""
+        self.held = True
+
     def _handle(self, number: int) -> None:
-        if self.requested and not self._once:
+        if not self.held or (self.requested and not self._once):
             raise KeyboardInterrupt
         self.requested = True
         if self.signal is None:
@@ -55,14 +61,18 @@ class InterruptRequest:
     def agree(self, summed: list[float]) -> bool:
         """Whether the run stops, from every process's `votes` summed: when any was asked to. A process that no
         signal reached takes the one another got (SIGINT first, when they got both), so that the process that says
-        the run was interrupted exits with that signal's code."""
+        the run was interrupted exits with that signal's code.
+
+        From the sum alone, the same on every process: a signal that came after this process voted (as it waited
+        in the collective for the others, where its handler runs only once the collective returns) is not in the
+        others' sum, and stopping on it here alone would send this process to the wrap-up's collectives while the
+        others go on to the next step's. It is in this process's next vote."""
         requested, *by_signal = summed
         sent = [number for number, count in zip(STOP_SIGNALS, by_signal, strict=True) if count]
         if sent and self.signal is None:
             self.signal = sent[0]
             note_stop_signal(sent[0])
-        self.requested = self.requested or requested > 0
-        return self.requested
+        return requested > 0
 
 
 @dataclass
