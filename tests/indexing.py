@@ -210,15 +210,30 @@ def signal_when(
             os.kill(process.pid if target is None else target(process.pid), number)
         _, stderr = process.communicate(timeout=ends_within)
     finally:
-        _kill_session(process)
+        kill_session(process)
     return process.returncode, stderr.decode()
 
 
-def _kill_session(process: subprocess.Popen) -> None:
-    """Kill `process` and what it started (its session, its group): nothing of a test outlives it."""
+def kill_session(process: subprocess.Popen) -> None:
+    """Kill `process` and what it started (its session, its group, and each process below it, in a session of its
+    own too: torchrun starts each worker in one): nothing of a test outlives it."""
+    below = _descendants(process.pid)  # found while they are still its: once it is gone, they are init's
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
+    for pid in below:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     process.wait()
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below `pid` (Linux's /proc; none where it cannot be read)."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in map(int, (task / "children").read_text().split()):
+                found += [child, *_descendants(child)]
+    return found
 
 
 def kill_when(command: list[str], ready: Callable[[], bool], env: dict[str, str] | None = None) -> None:

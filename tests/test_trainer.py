@@ -47,7 +47,7 @@ from trainer.reporting import METRICS_FILE, TrainingProgress, read_metrics
 from trainer.resume_plan import EpochSize, RunRecord, check_steps
 from trainer.state import Position
 
-from .indexing import signal_when
+from .indexing import kill_session, signal_when
 from .reference import fixture_dirs, missing_reference
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "trainer" / "example.yaml"
@@ -709,8 +709,15 @@ def torchrun_command(*arguments: str, entry: tuple[str, ...] = ("-m", "trainer")
 
 
 def torchrun(*arguments: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run `torchrun_command(ARGUMENTS)` to its end, within `TORCHRUN_S`; its workers too are killed after it."""
     launch, env = torchrun_command(*arguments), {**os.environ, **TORCHRUN_ENV}
-    return subprocess.run(launch, env=env, capture_output=True, text=True, timeout=TORCHRUN_S, cwd=cwd)
+    pipe = subprocess.PIPE
+    process = subprocess.Popen(launch, env=env, stdout=pipe, stderr=pipe, text=True, cwd=cwd, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=TORCHRUN_S)
+    finally:
+        kill_session(process)  # torchrun starts each worker in a session of its own: killing it leaves them
+    return subprocess.CompletedProcess(launch, process.returncode, stdout, stderr)
 
 
 def test_two_gloo_processes_equal_one_process_with_the_combined_batch(tmp_path, sounds, tiny_model_dir) -> None:
