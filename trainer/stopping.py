@@ -17,9 +17,9 @@ LOWER_IS_BETTER = frozenset({"val_loss"})
 class InterruptRequest:
     """Within `with`: the first stop signal (Ctrl-C's SIGINT, or the SIGTERM of `kill`, a scheduler's preemption or
     torchrun) sets `requested`, so the loop stops after the step it is in; a second one interrupts at once, unless
-    `once` (a process of several under torchrun, see `__init__`). Until `hold` when not `held`, a stop signal
-    interrupts at once (a run's set-up, which no loop watches). The signal is noted (`pengi_search.stop_signals`):
-    the command's exit code says which it was. Outside the main thread (where signals cannot be caught) it does
+    `once` (a process of several under torchrun, see `__init__`). Made with `held=False`, it interrupts at once
+    until `hold` (a run's set-up, which no loop watches). The signal is noted (`pengi_search.stop_signals`): the
+    command's exit code says which it was. Outside the main thread (where signals cannot be caught) it does
     nothing.
 
     Under torchrun the processes stop together: `votes` and `agree` share, through one collective, whether any was
