@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -181,11 +182,15 @@ def signal_when(
     *,
     group: bool = False,
     env: dict[str, str] | None = None,
+    target: Callable[[int], int] | None = None,
+    ends_within: float = HANG_S,
 ) -> tuple[int, str]:
     """Run `command` (with `env` added to the environment), send it signal `number` as soon as `ready()` and wait for
     it to end: its exit status (negative: the signal that ended it) and what it wrote on stderr. With `group` the
-    signal goes to every process it started too, as a terminal's Ctrl-C and systemd's stop do. Five minutes bound
-    each wait, only against a hang: a loaded machine takes half a minute to start a training run."""
+    signal goes to every process it started too, as a terminal's Ctrl-C and systemd's stop do; with `target`, to
+    the process `target(pid)` names, one that the command started (a torchrun worker). Five minutes bound each
+    wait, only against a hang: a loaded machine takes half a minute to start a training run; `ends_within` bounds
+    the wait after the signal. Whatever the command started and left running is killed at the end."""
     process = subprocess.Popen(
         command,
         stdout=subprocess.DEVNULL,
@@ -199,13 +204,36 @@ def signal_when(
             assert time.monotonic() < deadline, f"not ready within {HANG_S} s: {' '.join(command)}"
             time.sleep(0.005)
         assert process.poll() is None, f"ended before it was ready to be signalled: {' '.join(command)}"
-        (os.killpg if group else os.kill)(process.pid, number)
-        _, stderr = process.communicate(timeout=HANG_S)
+        if group:
+            os.killpg(process.pid, number)
+        else:
+            os.kill(process.pid if target is None else target(process.pid), number)
+        _, stderr = process.communicate(timeout=ends_within)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        kill_session(process)
     return process.returncode, stderr.decode()
+
+
+def kill_session(process: subprocess.Popen) -> None:
+    """Kill `process` and what it started (its session, its group, and each process below it, in a session of its
+    own too: torchrun starts each worker in one): nothing of a test outlives it."""
+    below = _descendants(process.pid)  # found while they are still its: once it is gone, they are init's
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    for pid in below:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    process.wait()
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below `pid` (Linux's /proc; none where it cannot be read)."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in map(int, (task / "children").read_text().split()):
+                found += [child, *_descendants(child)]
+    return found
 
 
 def kill_when(command: list[str], ready: Callable[[], bool], env: dict[str, str] | None = None) -> None:

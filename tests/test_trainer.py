@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +30,7 @@ import pengi_search.model
 from pengi_search.cli import app
 from pengi_search.config import PengiConfig
 from pengi_search.encoders import clip_text_config
-from pengi_search.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, EXIT_USAGE
+from pengi_search.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, EXIT_TERMINATED, EXIT_USAGE
 from pengi_search.messages import print_warning
 from pengi_search.model import Pengi, gpt2_config
 from pengi_search.model_dir import WEIGHTS_FILE, ModelDir
@@ -45,6 +47,7 @@ from trainer.reporting import METRICS_FILE, TrainingProgress, read_metrics
 from trainer.resume_plan import EpochSize, RunRecord, check_steps
 from trainer.state import Position
 
+from .indexing import kill_session, signal_when
 from .reference import fixture_dirs, missing_reference
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "trainer" / "example.yaml"
@@ -691,12 +694,30 @@ def test_a_clip_that_fails_to_load_is_skipped_counted_and_said_once_as_every_com
 # --- Distributed ------------------------------------------------------------------------------------------------
 
 
-def torchrun(*arguments: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """`torchrun --standalone --nproc-per-node 2 -m trainer ARGUMENTS` on this machine's CPUs."""
+TORCHRUN_ENV = {"OMP_NUM_THREADS": "1"}
+# Bounds of a torchrun run, against a hang: a test fails then instead of holding CI (gloo waits 30 minutes for a
+# collective a process never enters). A run of a few steps takes half a minute, two on a loaded machine; after a stop
+# signal a run ends within a step, a checkpoint and the model (torchrun kills what outstays 30 s of its own stop).
+TORCHRUN_S = 240
+TORCHRUN_STOP_S = 120
+
+
+def torchrun_command(*arguments: str, entry: tuple[str, ...] = ("-m", "trainer")) -> list[str]:
+    """`torchrun --standalone --nproc-per-node 2 -m trainer ARGUMENTS` on this machine's CPUs (or another `entry`)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launch = [*command, "-m", "trainer", *arguments]
-    return subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600, cwd=cwd)
+    return [*command, *entry, *arguments]
+
+
+def torchrun(*arguments: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run `torchrun_command(ARGUMENTS)` to its end, within `TORCHRUN_S`; its workers too are killed after it."""
+    launch, env = torchrun_command(*arguments), {**os.environ, **TORCHRUN_ENV}
+    pipe = subprocess.PIPE
+    process = subprocess.Popen(launch, env=env, stdout=pipe, stderr=pipe, text=True, cwd=cwd, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=TORCHRUN_S)
+    finally:
+        kill_session(process)  # torchrun starts each worker in a session of its own: killing it leaves them
+    return subprocess.CompletedProcess(launch, process.returncode, stdout, stderr)
 
 
 def test_two_gloo_processes_equal_one_process_with_the_combined_batch(tmp_path, sounds, tiny_model_dir) -> None:
@@ -803,6 +824,104 @@ def test_under_torchrun_an_error_every_process_meets_in_its_set_up_is_said_once_
     too_few = "4 usable examples are too few for one step of batch_size 4 x grad_accumulation 1 x 2 processes"
     assert too_few in launched.stderr
     assert "SIGTERM" not in launched.stderr and re.search(r"rank\s*: 0 .*\n\s*exitcode\s*: 1 ", launched.stderr)
+
+
+def torchrun_worker(torchrun_pid: int, rank: int) -> int:
+    """The process id of the worker of `rank` that torchrun (`torchrun_pid`) started."""
+    children = Path(f"/proc/{torchrun_pid}/task/{torchrun_pid}/children").read_text().split()
+    for child in children:
+        if f"RANK={rank}".encode() in Path(f"/proc/{child}/environ").read_bytes().split(b"\0"):
+            return int(child)
+    raise AssertionError(f"torchrun {torchrun_pid} has no worker of rank {rank} among {children}")
+
+
+# `python -m trainer` that writes its exit code to the file named by its rank in $EXIT_CODES: torchrun, stopped by a
+# signal, reports none of its workers' codes. A worker that a signal ended writes none. With $SLOW_RANK_0
+# (`MODULE:NAME`, `MODULE:CLASS.NAME`), rank 0 touches $SLOWED and sleeps 3 s after each call of that function: rank 1
+# meanwhile waits for rank 0 in its next collective, where a signal sent it then lands.
+EXIT_CODE_RECORDER = """
+import functools, importlib, os, pathlib, time
+from trainer.__main__ import main
+
+def slowed(function):
+    @functools.wraps(function)
+    def slow(*args, **kwargs):
+        result = function(*args, **kwargs)
+        pathlib.Path(os.environ["SLOWED"]).touch()
+        time.sleep(3)
+        return result
+    return slow
+
+if os.environ.get("SLOW_RANK_0") and os.environ["RANK"] == "0":
+    module, _, name = os.environ["SLOW_RANK_0"].partition(":")
+    *path, attribute = name.split(".")
+    owner = functools.reduce(getattr, path, importlib.import_module(module))
+    setattr(owner, attribute, slowed(getattr(owner, attribute)))
+try:
+    main()
+except SystemExit as end:
+    pathlib.Path(os.environ["EXIT_CODES"], os.environ["RANK"]).write_text(str(end.code or 0))
+    raise
+"""
+RUN_END = "trainer.loop:export_model"  # the model written as the run reaches its last step
+
+
+@pytest.mark.parametrize(
+    ("whom", "slow", "number", "code"),
+    [
+        # `kill -TERM` of one worker as it waits for rank 0: in the step's vote, as rank 0 ends its step or writes a
+        # checkpoint (the signal's handler runs as the vote returns), and at the run's end, as rank 0 writes the model
+        ("rank 1", "trainer.loop:Trainer._after_step", signal.SIGTERM, EXIT_TERMINATED),
+        ("rank 1", "trainer.state:RunCheckpoints.write", signal.SIGTERM, EXIT_TERMINATED),
+        ("rank 1", RUN_END, signal.SIGTERM, EXIT_TERMINATED),
+        ("torchrun", None, signal.SIGTERM, EXIT_TERMINATED),  # which sends it on to every worker
+        ("group", None, signal.SIGINT, EXIT_INTERRUPTED),  # a terminal's Ctrl-C: torchrun and every worker (twice)
+    ],
+    ids=["rank-1-in-a-step", "rank-1-in-a-checkpoint", "rank-1-in-the-export", "torchrun", "ctrl-c"],
+)
+def test_under_torchrun_a_stopped_run_is_said_once_by_rank_0_with_the_signals_exit_code(
+    tmp_path, sounds, tiny_model_dir, whom: str, slow: str | None, number: int, code: int
+) -> None:
+    """Every process said "interrupted" and exited with 130 or 143; a worker signalled alone exited first, so
+    torchrun stopped rank 0 (SIGTERM) and reported that. Now every process stops after the same step, they write the
+    checkpoint and the model together, and rank 0 alone says it, with the signal's exit code (the one signalled or
+    not); the others end well, after it, and torchrun reports rank 0's code. Whenever the signal comes: a worker
+    that stopped on a signal that came as it waited in the step's vote went on alone, and the run hung."""
+    steps = 3 if slow == RUN_END else 100_000
+    config_path = write_config(
+        tmp_path,
+        tiny_model_dir,
+        sounds / "train.jsonl",
+        data={"batch_size": 1},
+        optimization={"max_steps": steps},
+        checkpoints={"every": 2},
+    )
+    metrics, recorder, codes = tmp_path / "run" / METRICS_FILE, tmp_path / "recorder.py", tmp_path / "codes"
+    recorder.write_text(EXIT_CODE_RECORDER)
+    codes.mkdir()
+    slowed = tmp_path / "slowed"
+
+    def ready() -> bool:  # a step logged: both processes are in the loop; or rank 0 is where it was slowed
+        return slowed.exists() if slow else metrics.is_file() and bool(read_metrics(metrics, "train"))
+
+    _, stderr = signal_when(
+        torchrun_command(str(config_path), entry=(str(recorder),)),
+        ready,
+        number,
+        group=whom == "group",
+        env={**TORCHRUN_ENV, "EXIT_CODES": str(codes), "SLOWED": str(slowed), "SLOW_RANK_0": slow or ""},
+        target=functools.partial(torchrun_worker, rank=1) if whom == "rank 1" else None,
+        ends_within=TORCHRUN_STOP_S,
+    )
+    assert stderr.splitlines().count("interrupted") == 1, stderr[-3000:]
+    assert {path.name: int(path.read_text()) for path in codes.iterdir()} == {"0": code, "1": 0}, stderr[-3000:]
+    if whom == "rank 1":  # torchrun, not signalled itself, reports its workers' codes
+        assert "SIGTERM" not in stderr and re.search(rf"rank\s*: 0 .*\n\s*exitcode\s*: {code} ", stderr), stderr
+    [end] = read_metrics(metrics, "end")
+    assert (tmp_path / "run" / "checkpoints" / f"step-{end['step']:08d}.pt").is_file()
+    assert json.loads((tmp_path / "run" / "model" / "config.json").read_text())["trained"]["steps"] == end["step"]
+    check_trained(config_path, "--resume", "--set", f"optimization.max_steps={end['step'] + 1}")
+    assert losses(tmp_path / "run")[-1][0] == end["step"] + 1
 
 
 @pytest.mark.parametrize(

@@ -682,6 +682,42 @@ def test_either_stop_signal_asks_the_run_to_stop_and_a_second_one_interrupts_at_
         assert getsignal(number) == before  # each put back the handler it found
 
 
+def test_under_torchrun_a_repeated_stop_signal_is_the_same_request() -> None:
+    """A terminal's Ctrl-C reaches each process of a torchrun run twice, from the terminal and forwarded by torchrun:
+    interrupted at once by the second, a process would leave the others waiting in a collective, the checkpoint
+    unwritten. torchrun itself ends the processes that outstay its shutdown timeout."""
+    for number, code in ((SIGINT, EXIT_INTERRUPTED), (SIGTERM, EXIT_TERMINATED)):
+        with interrupted_by_stop_signals(), InterruptRequest(once=True) as interrupt:
+            try:
+                send_to_self(number)
+                send_to_self(number)
+            except KeyboardInterrupt:
+                pytest.fail("the run was interrupted mid-step")
+            assert interrupt.requested and interrupted_exit_code() == code
+
+
+def test_a_stop_signal_that_comes_after_the_vote_stops_the_run_at_the_next_one_on_every_process() -> None:
+    """A process waiting in the vote's collective for the others runs the signal's handler once it returns: it
+    stopped there alone (on what it was sent, not on what the processes shared), it went to the wrap-up's
+    collectives while the others went on to the next step's, and the run hung."""
+    with interrupted_by_stop_signals(), InterruptRequest(once=True) as interrupt:
+        nobody = interrupt.votes()  # what the others summed: this process, not yet asked
+        send_to_self(SIGTERM)  # as the collective returns
+        assert not interrupt.agree(nobody)  # as every other process decides
+        assert interrupt.agree(interrupt.votes())  # the next step's vote carries it, to every process
+        assert interrupted_exit_code() == EXIT_TERMINATED
+
+
+def test_before_the_processes_share_a_decision_a_stop_signal_interrupts_the_set_up_at_once() -> None:
+    """The set-up (features take minutes) watches no request: it stops where the signal finds it, until `hold`."""
+    with interrupted_by_stop_signals(), InterruptRequest(once=True, held=False) as interrupt:
+        with pytest.raises(KeyboardInterrupt):
+            send_to_self(SIGINT)
+        interrupt.hold()
+        send_to_self(SIGINT)
+        assert interrupt.requested and interrupted_exit_code() == EXIT_INTERRUPTED
+
+
 def test_per_part_learning_rates_make_their_own_groups(tiny_no_text_model_dir) -> None:
     model = Pengi.from_pretrained(tiny_no_text_model_dir)
     groups = parameter_groups(model, 1e-4, {"mappers": 1e-3, "audio_encoder": 1e-6})

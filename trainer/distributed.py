@@ -55,20 +55,33 @@ def start_processes(device_choice: str) -> Processes:
     return Processes(rank, world_size, local_rank, device)
 
 
-def stop_processes(processes: Processes) -> None:
-    if processes.distributed and dist.is_initialized():
-        gc.collect()  # free whatever still holds the group (a DDP reducer) before the group goes
-        siblings = _other_local_pids(processes)
-        dist.barrier()  # and let every process finish its pending collectives
-        dist.destroy_process_group()
-        if processes.main:
-            _wait_until_ended(siblings, SIBLINGS_WAIT_S)
+def part_processes(processes: Processes) -> list[int]:
+    """The processes' last collectives, where every process ends alike (at an end they agreed on): each finishes
+    its pending collectives, then the group closes. Returns, on rank 0, the process ids of the run's other processes
+    on this machine, which `end_last` waits for (none elsewhere).
+
+    Not for a process that stops alone (a failure of its own, a stop signal during the set-up): the others are at
+    another collective then, and would wait on this one's for ever (gloo's timeout is 30 minutes). Such a process
+    leaves the group as it is: as it exits its connections close, which ends the others' waits with an error within
+    a second or so, and torchrun stops them (SIGTERM, then SIGKILL after its shutdown timeout)."""
+    if not (processes.distributed and dist.is_initialized()):
+        return []
+    gc.collect()  # free whatever still holds the group (a DDP reducer) before the group goes
+    siblings = _other_local_pids(processes)
+    dist.barrier()  # and let every process finish its pending collectives
+    dist.destroy_process_group()
+    return siblings if processes.main else []
 
 
-# Rank 0 ends last on its machine: torchrun stops the processes still running (SIGTERM) as soon as one ends with a
-# code other than 0, and rank 0 does so when some clips could not be used (exit code 3), the others with 0. Had it
-# ended first, a process that had finished its work would be reported as stopped. Bounded: a process kept busy
-# after the run (or one whose end cannot be seen) does not hold rank 0 for longer.
+def end_last(pids: list[int]) -> None:
+    """Rank 0 ends last on its machine: torchrun stops the processes still running (SIGTERM) as soon as one ends
+    with a code other than 0, and rank 0 does so when some clips could not be used (exit code 3) or the run was
+    interrupted (130, 143), the others with 0. Had it ended first, a process that had finished its work would be
+    reported as stopped. Bounded: a process kept busy after the run (or one whose end cannot be seen) does not hold
+    rank 0 for longer than `SIBLINGS_WAIT_S`."""
+    _wait_until_ended(pids, SIBLINGS_WAIT_S)
+
+
 SIBLINGS_WAIT_S = 30.0
 
 

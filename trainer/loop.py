@@ -39,11 +39,12 @@ from trainer.config import ConfigError, TrainConfig
 from trainer.data import Batch, example_loader
 from trainer.distributed import (
     Processes,
+    end_last,
     ends_here,
     gather_objects,
     parameter_digest,
+    part_processes,
     start_processes,
-    stop_processes,
     sum_across,
     wait_for_all,
 )
@@ -103,6 +104,8 @@ class TrainingResult:
     # Rank 0, which reports for the run: only its command says the outcome and exits 3 for skipped audio. Under
     # torchrun a process ending with a code other than 0 makes it stop the others (SIGTERM), even rank 0 as it ends.
     main: bool = True
+    # The processes agreed to stop early on a stop signal (every process's): rank 0 says so, once they have parted.
+    interrupted: bool = False
 
 
 def train(
@@ -128,30 +131,65 @@ def train(
         record = None if checkpoint is None else read_run_record(checkpoint)  # the one read of the checkpoint
         length_change = None if record is None else check_resume(config, record, given, source)
     processes = start_processes(config.runtime.device)
-    trainer = None
-    failure: PengiSearchError | None = None  # how this process's set-up failed (`ends_here` decides who says it)
-    try:
-        try:
-            trainer = Trainer(config, processes, source, console)
-            if record is not None:
-                epoch = EpochSize(len(trainer.data.train_set), processes.world_size, trainer.total_steps)
-                trainer.resume(record, length_change or check_steps(config, record, epoch, given, source))
-        except PengiSearchError as error:  # too few examples, nothing to train, a run resumed on other processes...
-            failure = error
-        # Every process's set-up read the same configuration and data: a failure they all met is said once.
-        if ends_here(processes, failure):
-            return TrainingResult(None, None, None, 0, main=False)
-        assert trainer is not None  # else `ends_here` raised this process's failure
-        if record is not None:
-            checkpoint, record = record.checkpoint, None  # the trainer holds copies: the mapped file is let go
-            if trainer.finished is not None:  # nothing to train: said, and nothing written
-                return trainer.already_finished(checkpoint)
-        return trainer.fit()
-    finally:
+    # Where one process alone stops (a failure of its own, a stop signal during its set-up), it leaves the others
+    # as it is; every other end is one that every process reaches alike, where they part (`part_processes`).
+    with InterruptRequest(once=processes.distributed, held=False) as interrupt:
+        trainer, said = _set_up(config, processes, interrupt, record, length_change, given, source, console)
+        checkpoint = None if record is None else record.checkpoint
+        record = None  # the trainer holds copies: the mapped file is let go
+        if trainer is None:
+            result = None
+        elif trainer.finished is not None:  # resumed at the run's end: said, and nothing written
+            assert checkpoint is not None  # only a resumed run is finished before it starts
+            result = trainer.already_finished(checkpoint)
+        else:
+            result = trainer.fit(interrupt)
         # DistributedDataParallel's reducer must be freed while its process group still exists: freed after
         # destroy_process_group, gloo's destructor and its worker thread deadlock on the GIL.
         del trainer
-        stop_processes(processes)
+        siblings = part_processes(processes)
+    end_last(siblings)
+    if said is not None:
+        raise said
+    if result is None:
+        return TrainingResult(None, None, None, 0, main=False)
+    if result.interrupted and result.main:
+        raise KeyboardInterrupt  # after the checkpoint, the model and the others: the command exits with 130 or 143
+    # Under torchrun the others end well, saying nothing: a process ending with another code than 0 makes torchrun
+    # stop the rest (SIGTERM), rank 0 too, before it has said the run was interrupted.
+    return result
+
+
+def _set_up(
+    config: TrainConfig,
+    processes: Processes,
+    interrupt: InterruptRequest,
+    record: RunRecord | None,
+    length_change: str | None,
+    given: Collection[str],
+    source: Path,
+    console: Console | None,
+) -> tuple[Trainer | None, PengiSearchError | None]:
+    """This process's trainer, resumed from `record`; or None where the run ends at its set-up, with the failure
+    this process is to raise once the processes have parted (None: another process says it)."""
+    trainer = None
+    failure: PengiSearchError | None = None  # how this process's set-up failed (`ends_here` decides who says it)
+    try:
+        trainer = Trainer(config, processes, source, console)
+        if record is not None:
+            epoch = EpochSize(len(trainer.data.train_set), processes.world_size, trainer.total_steps)
+            trainer.resume(record, length_change or check_steps(config, record, epoch, given, source))
+    except PengiSearchError as error:  # too few examples, nothing to train, a run resumed on other processes...
+        failure = error
+    # From the processes' first collective on, a stop signal is a request they agree on (`Trainer._interrupted`):
+    # one that interrupted a process there would leave the others waiting in it.
+    interrupt.hold()
+    try:
+        # Every process's set-up read the same configuration and data: a failure they all met is said once.
+        ended = ends_here(processes, failure)
+    except PengiSearchError as said:
+        return None, said
+    return (None, None) if ended else (trainer, None)
 
 
 class Trainer:
@@ -278,7 +316,10 @@ class Trainer:
 
     # --- Loop --------------------------------------------------------------------------------------------------
 
-    def fit(self) -> TrainingResult:
+    def fit(self, interrupt: InterruptRequest) -> TrainingResult:
+        """Train until the run's end, or until the processes agree to stop early (`interrupt`, held by the caller
+        until the processes have parted: a stop signal stays a request through the wrap-up's collectives)."""
+        self.interrupt = interrupt
         processes = self.processes
         ddp = processes.distributed
         device_ids = [self.device.index] if self.device.type == "cuda" else None
@@ -289,22 +330,26 @@ class Trainer:
         if self.rng_to_restore is not None:
             restore_rng(self.rng_to_restore, self.device)
         self._say_skipped()  # what encoding the clips found; a resumed run that trains nothing says none of it
-        with self.progress, InterruptRequest() as interrupt:
-            self.interrupt = interrupt
+        with self.progress:
             self.progress.advance(self.position.step)
             self.rate.restart_clock()
             while self.position.step < self.total_steps and not self._stopping():
                 self._run_epoch()
+        model_dir = self._wrap_up()
+        interrupted = self._interrupted()  # as every process decides it: asked to stop during the wrap-up too
+        step, skipped, main = self.position.step, self.skips.any, self.processes.main
+        return TrainingResult(
+            self.model, self.tokenizers, model_dir, step, audio_skipped=skipped, main=main, interrupted=interrupted
+        )
+
+    def _wrap_up(self) -> Path | None:
+        """The loop has ended: the last evaluation and checkpoint a run stopped early lacks, then the model."""
         if self.stopped_early and self.evaluated_at != self.position.step:
             self._evaluate()  # the budget ended the run between evaluations: the last steps may hold the best model
         if self.position.step < self.total_steps and self.last_checkpoint != self.position.step:
             self._checkpoint()  # stopped early (Ctrl-C, patience, time budget): the run can be resumed or exported
         self._say_skipped()  # the steps since the last log (a run stopped early), before the run's outcome
-        model_dir = self._finish()
-        if self._interrupted():
-            raise KeyboardInterrupt  # after the checkpoint and the model: the command line exits with 130
-        step, skipped, main = self.position.step, self.skips.any, self.processes.main
-        return TrainingResult(self.model, self.tokenizers, model_dir, step, audio_skipped=skipped, main=main)
+        return self._finish()
 
     def _note_skipped(self, dataset: Dataset, skipped: list[tuple[int, str]]) -> None:
         """Rows of `dataset` whose audio failed here, with why: said at the next `_say_skipped`."""
@@ -315,8 +360,8 @@ class Trainer:
         self.skips.say(gather_objects(self.processes, self.skips.take()))
 
     def _interrupted(self) -> bool:
-        (requested,) = sum_across(self.processes, [float(self.interrupt.requested)])
-        return requested > 0
+        """Whether any process was asked to stop (one collective): they all stop after the same step."""
+        return self.interrupt.agree(sum_across(self.processes, self.interrupt.votes()))
 
     def _out_of_time(self) -> bool:
         budget = self.config.optimization.max_minutes
