@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -184,14 +185,14 @@ class Library:
             return None
         if fits:
             assert loaded is not None
-            added, removed = loaded.sync(expected, lambda missing: self.store.vectors(kind, missing))
+            added, removed = loaded.sync(expected, functools.partial(self.store.vector_batches, kind))
             if added or removed:
                 log.info("vector index %s: %d added, %d removed", path, added, removed)
                 self._save(loaded, path, tag)
             self._record(recorded, kind, requested, loaded)
             return loaded
-        ids, vectors = self.store.vectors(kind)
-        index = VectorIndex.build(ids, vectors, IndexParams(type=requested), name=f"{kind} index")
+        read = functools.partial(self.store.vector_batches, kind)
+        index = VectorIndex.build_streamed(expected, read, IndexParams(type=requested), name=f"{kind} index")
         log.info("vector index %s rebuilt: %d %s vectors (%s)", path, len(index), kind, index.type)
         self._save(index, path, tag)
         self._record(recorded, kind, requested, index)

@@ -63,13 +63,13 @@ def opened(db: str) -> Iterator[tuple[Library, Fetched]]:
     """The library, and the vectors it reads from the database (a full read means a rebuild)."""
     fetched: Fetched = []
     with Library.open(db) as library:
-        read = library.store.vectors
+        read = library.store.vector_batches
 
-        def vectors(kind: str, ids=None) -> tuple[np.ndarray, np.ndarray]:
+        def vector_batches(kind: str, ids=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
             fetched.append((kind, None if ids is None else sorted(int(i) for i in ids)))
             return read(kind, ids)
 
-        library.store.vectors = vectors  # type: ignore[method-assign]
+        library.store.vector_batches = vector_batches  # type: ignore[method-assign]
         yield library, fetched
 
 
