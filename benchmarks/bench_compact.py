@@ -25,8 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_serve import WINDOWS_PER_FILE, file_row, window_rows  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-WINDOWS_PER_FILE = 100
 FOLDERS = 4
 BULK_WINDOWS = 20_000  # windows per INSERT chunk
 
@@ -47,12 +49,9 @@ def build_library(db: Path, windows: int, dim: int) -> None:
             ids = np.arange(first, min(first + BULK_WINDOWS, windows))
             vectors = rng.standard_normal((len(ids), dim), dtype=np.float32)
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-            files = [_file_row(f, indexed_at) for f in sorted(set((ids // WINDOWS_PER_FILE).tolist()))]
-            rows = [
-                {"id": w + 1, "file_id": w // WINDOWS_PER_FILE + 1, "index": w % WINDOWS_PER_FILE}
-                | {"start_s": 7.0 * (w % WINDOWS_PER_FILE), "end_s": 7.0 * (w % WINDOWS_PER_FILE + 1)}
-                for w in ids.tolist()
-            ]
+            file_ids = sorted(set((ids // WINDOWS_PER_FILE).tolist()))
+            files = [file_row(f, f"/library/part-{f % FOLDERS}/sound-{f:06d}.wav", indexed_at) for f in file_ids]
+            rows = window_rows(ids)
             blobs = [
                 {"window_id": w + 1, "kind": "audio", "vector": vector.astype("<f4").tobytes()}
                 for w, vector in zip(ids.tolist(), vectors, strict=True)
@@ -63,21 +62,6 @@ def build_library(db: Path, windows: int, dim: int) -> None:
                 session.execute(insert(WindowVectorRow), blobs)
     finally:
         store.close()
-
-
-def _file_row(file_number: int, indexed_at: datetime) -> dict[str, object]:
-    return {
-        "id": file_number + 1,
-        "path": f"/library/part-{file_number % FOLDERS}/sound-{file_number:06d}.wav",
-        "size": 1,
-        "mtime": 1.0,
-        "duration_s": 7.0 * WINDOWS_PER_FILE,
-        "sample_rate": 44_100,
-        "channels": 1,
-        "format": "wav",
-        "status": "indexed",
-        "indexed_at": indexed_at,
-    }
 
 
 def measured(args: list[str]) -> tuple[float, int]:

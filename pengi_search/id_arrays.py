@@ -23,3 +23,10 @@ def sorted_unique(ids: np.ndarray) -> np.ndarray:
     if ordered.size < 2:
         return ordered
     return ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))]
+
+
+def among(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Per id: whether it is among `wanted` (sorted), found by binary search (no hashing)."""
+    if not len(wanted):
+        return np.zeros(len(ids), bool)
+    return wanted[np.minimum(np.searchsorted(wanted, ids), len(wanted) - 1)] == ids

@@ -41,12 +41,21 @@ from .db import (
 from .errors import UnwritableFolderError, os_reason
 from .pathnames import shown
 from .paths import made_folder
-from .vector_file import read_index_tag
+from .vector_file import read_index_header
 from .vectors import INDEX_TYPES, IndexParams, VectorIndex, VectorIndexError, effective_type
 
 log = logging.getLogger(__name__)
 
 DEFAULT_INDEX_TYPE = "flat"
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexFile:
+    """A FAISS file as its header says: its size, and the removed vectors it still stores (`vectors`: tombstones;
+    None when the header is damaged)."""
+
+    bytes: int
+    removed: int | None
 
 
 class EmptyLibraryError(StoreError):
@@ -91,22 +100,22 @@ class Library:
         """The FAISS file of vectors of `kind` ('text' or 'audio')."""
         return default_index_path(self.db_url, kind)
 
-    def index_file_bytes(self, kind: str) -> int | None:
-        """The size of the library's FAISS file of `kind`; None when there is none (another library's is none).
+    def index_file(self, kind: str) -> IndexFile | None:
+        """The library's FAISS file of `kind` as its header says; None when there is none (another library's is none).
 
         Only the file's header is read: a damaged file still counts (it is rebuilt when next opened).
         """
         path = self.index_path(kind)
         try:
-            tag: str | None = read_index_tag(path)
+            tag, removed = read_index_header(path)
             size = path.stat().st_size
         except VectorIndexError:
-            tag, size = None, path.stat().st_size
+            return IndexFile(path.stat().st_size, None)
         except OSError:
             return None
-        if tag is not None and owned_tag(self.store.index_meta(), path, tag) is None:
+        if owned_tag(self.store.index_meta(), path, tag) is None:
             return None
-        return size
+        return IndexFile(size, removed)
 
     def caption_counts(self) -> CaptionCounts:
         """How many windows there are and how many have captions (for the default ranking of a text query)."""

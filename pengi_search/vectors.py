@@ -38,7 +38,8 @@ import numpy as np
 
 from .choices import IndexType
 from .chunking import chunk_slices
-from .id_arrays import sorted_unique
+from .id_arrays import among, sorted_unique
+from .ivf_sizes import auto_nlist, auto_nprobe, auto_pq_m, training_rows
 from .units import count_text
 from .vector_file import VectorIndexError, read_index_file, write_index_file
 
@@ -51,7 +52,6 @@ INDEX_TYPES = tuple(t.value for t in IndexType)  # what a caller or a saved file
 REFINE_TYPES = ("flat", "sq8")
 IVFPQ_MIN_VECTORS = 10_000  # ~39 training points per IVF cell and 39 x 256 per PQ codebook
 
-_TRAIN_SEED = 1234
 # Tombstones past this share of the stored vectors are compacted away: searches stay as fast as those of a rebuilt
 # index, and one large removal (a folder) costs a single re-fill rather than a file that keeps growing.
 COMPACT_FRACTION = 0.2
@@ -229,7 +229,7 @@ class VectorIndex:
             )
         inner, params = _new_inner(kind, dim, count, dataclasses.replace(params, type=kind))
         if kind == "ivfpq":
-            inner.train(sample(_training_rows(count, params.nlist or 1)))
+            inner.train(sample(training_rows(count, params.nlist or 1)))
         return cls(faiss.IndexIDMap2(inner), params, use_gpu=use_gpu)
 
     # -- contents --------------------------------------------------------------------------------------------
@@ -255,6 +255,12 @@ class VectorIndex:
     def removed(self) -> int:
         """Tombstones: vectors removed but still stored, until `compact`."""
         return len(self._dead)
+
+    @property
+    def compaction_overdue(self) -> bool:
+        """Whether the tombstones are past COMPACT_FRACTION: `remove` compacts then, so only a file written
+        otherwise (by hand, or by a version that compacted later) is loaded in that state, until the next removal."""
+        return len(self._dead) > COMPACT_FRACTION * self._index.ntotal
 
     def ids(self) -> np.ndarray:
         """The live ids in the index, sorted (int64)."""
@@ -293,7 +299,7 @@ class VectorIndex:
             self._dead = sorted_unique(np.concatenate([self._dead, dying]))
             self._sorted_ids = np.setdiff1d(live, dying, assume_unique=True)
             self._live_bitmap = None
-            if len(self._dead) > COMPACT_FRACTION * self._index.ntotal:
+            if self.compaction_overdue:
                 self.compact(read)
         return int(dying.size)
 
@@ -513,7 +519,7 @@ class VectorIndex:
             return faiss.SearchParametersHNSW(efSearch=max(self.params.ef_search, k), sel=selector)
         if self.type == "ivfpq":
             ivf = faiss.extract_index_ivf(self._inner)
-            nprobe = self.params.nprobe or _auto_nprobe(ivf.nlist)
+            nprobe = self.params.nprobe or auto_nprobe(ivf.nlist)
             base = faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)
             k_factor = max(1.0, self.params.k_factor * exact_top / k)  # faiss re-ranks k x k_factor candidates
             return faiss.IndexRefineSearchParameters(k_factor=k_factor, base_index_params=base)
@@ -544,8 +550,8 @@ def _new_inner(kind: str, dim: int, count: int, params: IndexParams) -> tuple[An
         hnsw.hnsw.efConstruction = params.ef_construction
         return hnsw, params
     if kind == "ivfpq":
-        nlist = params.nlist or _auto_nlist(count)
-        pq_m = params.pq_m or _auto_pq_m(dim)
+        nlist = params.nlist or auto_nlist(count)
+        pq_m = params.pq_m or auto_pq_m(dim)
         if dim % pq_m:
             raise VectorIndexError("pq_m", f"{pq_m} sub-quantizers do not divide the dimension {dim}")
         ivf = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, pq_m, 8, faiss.METRIC_INNER_PRODUCT)
@@ -557,39 +563,10 @@ def _new_inner(kind: str, dim: int, count: int, params: IndexParams) -> tuple[An
     return faiss.IndexFlatIP(dim), params
 
 
-def _auto_nlist(count: int) -> int:
-    """About 2 sqrt(n) IVF cells (a power of two), with at least 39 training points each."""
-    nlist = 1 << max(4, round(np.log2(2 * np.sqrt(max(count, 1)))))
-    while nlist > 16 and nlist * 39 > count:
-        nlist //= 2
-    return nlist
-
-
-def _auto_pq_m(dim: int) -> int:
-    """The largest divisor of dim up to dim / 16 (16 dimensions per byte of code), but up to 8 for small dims."""
-    target = max(dim // 16, min(dim, 8))
-    return max(m for m in range(1, target + 1) if dim % m == 0)
-
-
-def _auto_nprobe(nlist: int) -> int:
-    """nlist / 64 cells, at least 16: recall is bound by the PQ shortlist long before (benchmarks/bench_vectors.py)."""
-    return int(min(nlist, max(16, nlist // 64)))
-
-
-def _training_rows(count: int, nlist: int) -> np.ndarray:
-    """The positions of a fixed random subset of `count` vectors (50 points per cell, at least 256 x 39 for the PQ
-    codebooks), sorted: deterministic builds, whether the vectors are in memory (`build`) or read (`build_streamed`)."""
-    size = min(count, max(50 * nlist, 256 * 39))
-    if size == count:
-        return np.arange(count)
-    return np.sort(np.random.default_rng(_TRAIN_SEED).choice(count, size, replace=False))
-
-
 def _among(batches: VectorBatches, wanted: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The rows of each batch whose ids are among `wanted` (sorted), found by binary search (no hashing)."""
+    """The rows of each batch whose ids are among `wanted` (sorted)."""
     for ids, vectors in batches:
-        at = np.minimum(np.searchsorted(wanted, ids), max(len(wanted) - 1, 0))
-        keep = wanted[at] == ids if len(wanted) else np.zeros(len(ids), bool)
+        keep = among(ids, wanted)
         yield ids[keep], vectors[keep]
 
 
