@@ -101,26 +101,8 @@ def build_library(db: Path, model_dir: Path, windows: int, index_type: str) -> N
             noise = rng.standard_normal((len(ids), embedder.dim), dtype=np.float32)
             vectors = l2_normalise(caption_vectors[picks] + 0.05 * noise).astype("<f4")
             file_ids = sorted(set((ids // WINDOWS_PER_FILE).tolist()))
-            files = [
-                {
-                    "id": f + 1,
-                    "path": f"/library/sound-{f:06d}.wav",
-                    "size": 1,
-                    "mtime": 1.0,
-                    "duration_s": 7.0 * WINDOWS_PER_FILE,
-                    "sample_rate": 44_100,
-                    "channels": 1,
-                    "format": "wav",
-                    "status": "indexed",
-                    "indexed_at": indexed_at,
-                }
-                for f in file_ids
-            ]
-            rows = [
-                {"id": w + 1, "file_id": w // WINDOWS_PER_FILE + 1, "index": w % WINDOWS_PER_FILE}
-                | {"start_s": 7.0 * (w % WINDOWS_PER_FILE), "end_s": 7.0 * (w % WINDOWS_PER_FILE + 1)}
-                for w in ids.tolist()
-            ]
+            files = [file_row(f, f"/library/sound-{f:06d}.wav", indexed_at) for f in file_ids]
+            rows = window_rows(ids)
             texts = [
                 {"window_id": w + 1, "prompt": prompt, "text": text, "score": None}
                 for w, p in zip(ids.tolist(), picks.tolist(), strict=True)
@@ -140,6 +122,31 @@ def build_library(db: Path, model_dir: Path, windows: int, index_type: str) -> N
         f"  built {windows} windows in {time.perf_counter() - start:.0f} s (rows {inserted:.0f} s, {index_type})",
         flush=True,
     )
+
+
+def window_rows(ids: Any) -> list[dict[str, object]]:
+    """The rows of windows numbered `ids` (from 0), WINDOWS_PER_FILE to a file, as a bulk INSERT takes them."""
+    return [
+        {"id": w + 1, "file_id": w // WINDOWS_PER_FILE + 1, "index": w % WINDOWS_PER_FILE}
+        | {"start_s": 7.0 * (w % WINDOWS_PER_FILE), "end_s": 7.0 * (w % WINDOWS_PER_FILE + 1)}
+        for w in ids.tolist()
+    ]
+
+
+def file_row(number: int, path: str, indexed_at: datetime) -> dict[str, object]:
+    """The row of an indexed file of WINDOWS_PER_FILE windows, as a bulk INSERT takes it (`number` from 0)."""
+    return {
+        "id": number + 1,
+        "path": path,
+        "size": 1,
+        "mtime": 1.0,
+        "duration_s": 7.0 * WINDOWS_PER_FILE,
+        "sample_rate": 44_100,
+        "channels": 1,
+        "format": "wav",
+        "status": "indexed",
+        "indexed_at": indexed_at,
+    }
 
 
 class Server:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -45,12 +46,21 @@ from .db import (
 from .errors import UnwritableFolderError, os_reason
 from .pathnames import shown
 from .paths import made_folder
-from .vector_file import read_index_tag
+from .vector_file import read_index_header
 from .vectors import INDEX_TYPES, IndexParams, VectorIndex, VectorIndexError, effective_type
 
 log = logging.getLogger(__name__)
 
 DEFAULT_INDEX_TYPE = "flat"
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexFile:
+    """A FAISS file as its header says: its size, and the removed vectors it still stores (`vectors`: tombstones;
+    None when the header is damaged)."""
+
+    bytes: int
+    removed: int | None
 
 
 class EmptyLibraryError(StoreError):
@@ -95,22 +105,22 @@ class Library:
         """The FAISS file of vectors of `kind` ('text' or 'audio')."""
         return default_index_path(self.db_url, kind)
 
-    def index_file_bytes(self, kind: str) -> int | None:
-        """The size of the library's FAISS file of `kind`; None when there is none (another library's is none).
+    def index_file(self, kind: str) -> IndexFile | None:
+        """The library's FAISS file of `kind` as its header says; None when there is none (another library's is none).
 
         Only the file's header is read: a damaged file still counts (it is rebuilt when next opened).
         """
         path = self.index_path(kind)
         try:
-            tag: str | None = read_index_tag(path)
+            tag, removed = read_index_header(path)
             size = path.stat().st_size
         except VectorIndexError:
-            tag, size = None, path.stat().st_size
+            return IndexFile(path.stat().st_size, None)
         except OSError:
             return None
-        if tag is not None and owned_tag(self.store.index_meta(), path, tag) is None:
+        if owned_tag(self.store.index_meta(), path, tag) is None:
             return None
-        return size
+        return IndexFile(size, removed)
 
     def caption_counts(self) -> CaptionCounts:
         """How many windows there are and how many have captions (for the default ranking of a text query)."""
@@ -197,8 +207,8 @@ class Library:
             return usable
         if state.ids is None:  # a file of the current version, but another type is due: its ids to check with
             state = self.store.vector_state(kind)
-        ids, vectors = self.store.vectors(kind)
-        index = VectorIndex.build(ids, vectors, IndexParams(type=requested), name=f"{kind} index")
+        read = functools.partial(self.store.vector_batches, kind)
+        index = VectorIndex.build_streamed(state.ids, read, IndexParams(type=requested), name=f"{kind} index")
         index.vectors_version = _version_if_equal(index, state.ids, state.version)
         log.info("vector index %s rebuilt: %d %s vectors (%s)", path, len(index), kind, index.type)
         self._save(index, path, tag)
@@ -210,7 +220,7 @@ class Library:
     ) -> None:
         """Make `index` hold the `expected` ids, those of `version` (fetching the vectors it lacks), and save it
         when it changed, or to record `version` (a file saved before versions, or at another one)."""
-        added, removed = index.sync(expected, lambda missing: self.store.vectors(kind, missing))
+        added, removed = index.sync(expected, functools.partial(self.store.vector_batches, kind))
         if added or removed:
             log.info("vector index %s: %d added, %d removed", path, added, removed)
         version = _version_if_equal(index, expected, version)

@@ -21,7 +21,8 @@ import numpy as np
 
 from .choices import Rank
 from .db import Store
-from .vectors import l2_normalise, sorted_unique
+from .id_arrays import sorted_unique
+from .vectors import l2_normalise
 
 T = TypeVar("T")
 

@@ -112,13 +112,20 @@ def read_index_tag(path: str | os.PathLike[str]) -> str:
 
     Raises FileNotFoundError when missing and VectorIndexError when the header is damaged.
     """
+    return read_index_header(path)[0]
+
+
+def read_index_header(path: str | os.PathLike[str]) -> tuple[str, int]:
+    """(tag, how many tombstoned ids it holds) of a file written by `write_index_file`, from its header alone (as
+    `read_index_tag`)."""
     source = Path(path)
     with open(source, "rb") as stream:
         meta_size = _read_front(source, stream)[2]
         meta_bytes = stream.read(meta_size)
     if len(meta_bytes) != meta_size:
         raise VectorIndexError(str(source), "truncated header")
-    return str(_parse_meta(source, meta_bytes)["tag"])
+    meta = _parse_meta(source, meta_bytes)
+    return str(meta["tag"]), len(_removed_ids(source, meta))
 
 
 def _write_payload(index: Any, out: BinaryIO, crc: int) -> tuple[int, int]:

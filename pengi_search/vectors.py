@@ -25,9 +25,10 @@ them (`compact`); a rebuild (`pengi-search rebuild-index`) never has any.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,9 @@ import faiss
 import numpy as np
 
 from .choices import IndexType
+from .chunking import chunk_slices
+from .id_arrays import among, sorted_unique
+from .ivf_sizes import auto_nlist, auto_nprobe, auto_pq_m, training_rows
 from .units import count_text
 from .vector_file import VectorIndexError, read_index_file, write_index_file
 
@@ -48,7 +52,6 @@ INDEX_TYPES = tuple(t.value for t in IndexType)  # what a caller or a saved file
 REFINE_TYPES = ("flat", "sq8")
 IVFPQ_MIN_VECTORS = 10_000  # ~39 training points per IVF cell and 39 x 256 per PQ codebook
 
-_TRAIN_SEED = 1234
 # Tombstones past this share of the stored vectors are compacted away: searches stay as fast as those of a rebuilt
 # index, and one large removal (a folder) costs a single re-fill rather than a file that keeps growing.
 COMPACT_FRACTION = 0.2
@@ -63,7 +66,11 @@ FEW_ALLOWED_SHARE = 0.1
 LARGE_K_SHARE = 0.1
 _RECONSTRUCTED_ROWS = 1 << 16  # stored vectors copied out at a time by an exact search (`_exact_among`)
 
-FetchFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+VectorBatches = Iterable[tuple[np.ndarray, np.ndarray]]  # (ids int64 (n,), vectors (n, d)) a batch at a time
+# `read(ids)`: the vectors of those ids as stored (the library's database; None: all of them), in batches sorted by
+# id; an id that has none is left out. Builds and compactions add what it gives a batch at a time, never holding
+# every vector.
+ReadFn = Callable[[np.ndarray | None], VectorBatches]
 
 
 @dataclass(frozen=True)
@@ -163,13 +170,58 @@ class VectorIndex:
     ) -> VectorIndex:
         """An index of `vectors` (n, d) under `ids`; `dim` is needed only when there are no vectors. `name` says
         which index a warning is about (a library has two, built one after the other)."""
-        params = params or IndexParams()
         matrix = np.asarray(vectors)
         count = len(np.asarray(ids))
         if dim is None:
             if matrix.ndim != 2 or matrix.shape[1] == 0:
                 raise VectorIndexError("build", "no vectors and no dimension given")
             dim = int(matrix.shape[1])
+        unit = l2_normalise(matrix.reshape(-1, dim) if count == 0 else matrix, dim)
+        index = cls._trained(params or IndexParams(), dim, count, lambda rows: unit[rows], use_gpu=use_gpu, name=name)
+        index._add_unit(np.asarray(ids, dtype=np.int64).reshape(-1), unit)
+        return index
+
+    @classmethod
+    def build_streamed(
+        cls,
+        ids: np.ndarray,
+        read: ReadFn,
+        params: IndexParams | None = None,
+        *,
+        use_gpu: bool | None = None,
+        name: str = "vector index",
+    ) -> VectorIndex:
+        """An index of all the vectors `read(None)` gives, added a batch at a time: memory holds the index, one batch
+        and IVF-PQ's training sample, never every vector at once. `ids` are theirs, sorted (as last read): how many
+        there are and which `read(ids)` gives the training sample (`build`'s choice of rows). For the same vectors
+        it is the index `build` makes (but for an HNSW graph, which inserts each batch's nodes in its own order)."""
+        wanted = np.asarray(ids, dtype=np.int64).reshape(-1)
+        batches = iter(read(None))
+        first = next(batches, None)
+        if first is None:
+            raise VectorIndexError("build", "no vectors and no dimension given")
+        dim = int(first[1].shape[1])
+
+        def sample(rows: np.ndarray) -> np.ndarray:
+            return _stacked_unit(read(wanted[rows]), dim)
+
+        index = cls._trained(params or IndexParams(), dim, len(wanted), sample, use_gpu=use_gpu, name=name)
+        index.add_batches(itertools.chain([first], batches))
+        return index
+
+    @classmethod
+    def _trained(
+        cls,
+        params: IndexParams,
+        dim: int,
+        count: int,
+        sample: Callable[[np.ndarray], np.ndarray],
+        *,
+        use_gpu: bool | None,
+        name: str,
+    ) -> VectorIndex:
+        """An empty index for `count` vectors of `dim`; IVF-PQ is trained on `sample(rows)`, the unit vectors at
+        those positions of the `count`."""
         kind = effective_type(params.type, count)
         if kind != params.type:
             fallback_log.warning(
@@ -178,13 +230,10 @@ class VectorIndex:
                 IVFPQ_MIN_VECTORS,
                 count,
             )
-        unit = l2_normalise(matrix.reshape(-1, dim) if count == 0 else matrix, dim)
-        inner, params = _new_inner(kind, dim, len(unit), dataclasses.replace(params, type=kind))
+        inner, params = _new_inner(kind, dim, count, dataclasses.replace(params, type=kind))
         if kind == "ivfpq":
-            inner.train(_training_sample(unit, params.nlist or 1))
-        index = cls(faiss.IndexIDMap2(inner), params, use_gpu=use_gpu)
-        index._add_unit(np.asarray(ids, dtype=np.int64).reshape(-1), unit)
-        return index
+            inner.train(sample(training_rows(count, params.nlist or 1)))
+        return cls(faiss.IndexIDMap2(inner), params, use_gpu=use_gpu)
 
     # -- contents --------------------------------------------------------------------------------------------
 
@@ -210,6 +259,12 @@ class VectorIndex:
         """Tombstones: vectors removed but still stored, until `compact`."""
         return len(self._dead)
 
+    @property
+    def compaction_overdue(self) -> bool:
+        """Whether the tombstones are past COMPACT_FRACTION: `remove` compacts then, so only a file written
+        otherwise (by hand, or by a version that compacted later) is loaded in that state, until the next removal."""
+        return len(self._dead) > COMPACT_FRACTION * self._index.ntotal
+
     def ids(self) -> np.ndarray:
         """The live ids in the index, sorted (int64)."""
         return self._sorted().copy()
@@ -220,10 +275,19 @@ class VectorIndex:
         unit = l2_normalise(vectors, self.dim) if len(new_ids) else np.empty((0, self.dim), np.float32)
         self._add_unit(new_ids, unit)
 
-    def remove(self, ids: np.ndarray) -> int:
+    def add_batches(self, batches: VectorBatches) -> int:
+        """`add` each (ids, vectors) batch in turn; returns how many vectors were added."""
+        added = 0
+        for ids, vectors in batches:
+            self.add(ids, vectors)
+            added += len(ids)
+        return added
+
+    def remove(self, ids: np.ndarray, read: ReadFn | None = None) -> int:
         """Remove these ids (unknown ones are ignored); returns how many were removed.
 
-        Flat indexes remove in place; HNSW and IVF-PQ indexes tombstone them, and compact past COMPACT_FRACTION.
+        Flat indexes remove in place; HNSW and IVF-PQ indexes tombstone them, and compact past COMPACT_FRACTION
+        (with `read`, see `compact`).
         """
         gone = np.asarray(ids, dtype=np.int64).reshape(-1)
         if gone.size == 0 or len(self) == 0:
@@ -239,31 +303,35 @@ class VectorIndex:
             self._dead = sorted_unique(np.concatenate([self._dead, dying]))
             self._sorted_ids = np.setdiff1d(live, dying, assume_unique=True)
             self._live_bitmap = None
-            if len(self._dead) > COMPACT_FRACTION * self._index.ntotal:
-                self.compact()
+            if self.compaction_overdue:
+                self.compact(read)
         return int(dying.size)
 
-    def compact(self) -> int:
-        """Re-fill the index from its own stored vectors without the tombstoned ones; returns how many it dropped.
+    def compact(self, read: ReadFn | None = None) -> int:
+        """Re-fill the index without its tombstoned ids; returns how many it dropped.
 
-        The IVF-PQ training is kept, so searches find what they found before, from less work."""
+        With `read` (the library's database) the index is emptied, then re-filled with the live ids among what
+        `read(None)` gives (every stored vector, in pages by id: no list of ids to look up), a batch at a time:
+        memory holds the index and one batch (a live id `read` no longer has is left out).
+        Without it the live vectors are copied out of the index first, as much memory again. The IVF-PQ training
+        is kept, so searches find what they found before, from less work."""
         dropped = len(self._dead)
         if dropped == 0:
             return 0
-        keep = self._live_mask()
-        id_map = self._id_map()
-        stored = self._inner.reconstruct_n(0, int(self._index.ntotal)) if keep.any() else None
+        copied = self._live_vectors() if read is None else []
+        live_ids = self.ids()
         self._index.reset()
         self._dead = np.empty(0, np.int64)
-        if stored is not None:
-            self._index.add_with_ids(np.ascontiguousarray(stored[keep]), id_map[keep])
         self._changed()
+        for ids, unit in copied:
+            self._add_unit(ids, unit)
+        if read is not None:
+            self.add_batches(_among(read(None), live_ids))
         return dropped
 
-    def sync(self, expected_ids: np.ndarray, fetch: FetchFn) -> tuple[int, int]:
-        """Make the ids equal `expected_ids`: drop extra ids, add missing ones with `fetch(missing) -> (ids, vecs)`.
-
-        Returns (added, removed).
+    def sync(self, expected_ids: np.ndarray, read: ReadFn) -> tuple[int, int]:
+        """Make the ids equal `expected_ids`: drop extra ids, add the missing ones that `read(missing)` gives (and
+        re-fill from it when the removal compacts). Returns (added, removed).
         """
         expected = sorted_unique(np.asarray(expected_ids, dtype=np.int64).reshape(-1))
         current = self._sorted()
@@ -271,12 +339,8 @@ class VectorIndex:
             return 0, 0
         extra = np.setdiff1d(current, expected, assume_unique=True)
         missing = np.setdiff1d(expected, current, assume_unique=True)
-        removed = self.remove(extra)
-        added = 0
-        if missing.size:
-            new_ids, new_vectors = fetch(missing)
-            self.add(new_ids, new_vectors)
-            added = len(new_ids)
+        removed = self.remove(extra, read)
+        added = self.add_batches(read(missing)) if missing.size else 0
         return added, removed
 
     # -- search ----------------------------------------------------------------------------------------------
@@ -378,6 +442,13 @@ class VectorIndex:
         self._sorted_ids = sorted_ids
         self._live_bitmap = None
 
+    def _live_vectors(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(ids, stored unit vectors) of the live positions, in order, copied out a chunk at a time."""
+        positions = np.flatnonzero(self._live_mask())
+        id_map = self._id_map()
+        chunks = (positions[rows] for rows in chunk_slices(len(positions), _RECONSTRUCTED_ROWS))
+        return [(id_map[chunk], self._inner.reconstruct_batch(chunk)) for chunk in chunks]
+
     def _live_mask(self) -> np.ndarray:
         """Per position: whether its id is live (not tombstoned)."""
         return ~np.isin(self._id_map(), self._dead)
@@ -456,7 +527,7 @@ class VectorIndex:
             return faiss.SearchParametersHNSW(efSearch=max(self.params.ef_search, k), sel=selector)
         if self.type == "ivfpq":
             ivf = faiss.extract_index_ivf(self._inner)
-            nprobe = self.params.nprobe or _auto_nprobe(ivf.nlist)
+            nprobe = self.params.nprobe or auto_nprobe(ivf.nlist)
             base = faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)
             k_factor = max(1.0, self.params.k_factor * exact_top / k)  # faiss re-ranks k x k_factor candidates
             return faiss.IndexRefineSearchParameters(k_factor=k_factor, base_index_params=base)
@@ -480,16 +551,6 @@ class VectorIndex:
         return self._gpu_index
 
 
-def sorted_unique(ids: np.ndarray) -> np.ndarray:
-    """The distinct ids, sorted: `np.unique` by sorting. numpy 2.4's `unique` (and `setdiff1d` without
-    `assume_unique`) hashes integers, 20 times slower: half a second for the 200,000 ids of a library that every
-    command checks its FAISS file against."""
-    ordered = np.sort(ids)
-    if ordered.size < 2:
-        return ordered
-    return ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))]
-
-
 def _new_inner(kind: str, dim: int, count: int, params: IndexParams) -> tuple[Any, IndexParams]:
     """An empty faiss index of `kind` and the parameters with automatic choices filled in."""
     if kind == "hnsw":
@@ -497,8 +558,8 @@ def _new_inner(kind: str, dim: int, count: int, params: IndexParams) -> tuple[An
         hnsw.hnsw.efConstruction = params.ef_construction
         return hnsw, params
     if kind == "ivfpq":
-        nlist = params.nlist or _auto_nlist(count)
-        pq_m = params.pq_m or _auto_pq_m(dim)
+        nlist = params.nlist or auto_nlist(count)
+        pq_m = params.pq_m or auto_pq_m(dim)
         if dim % pq_m:
             raise VectorIndexError("pq_m", f"{pq_m} sub-quantizers do not divide the dimension {dim}")
         ivf = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, pq_m, 8, faiss.METRIC_INNER_PRODUCT)
@@ -510,32 +571,16 @@ def _new_inner(kind: str, dim: int, count: int, params: IndexParams) -> tuple[An
     return faiss.IndexFlatIP(dim), params
 
 
-def _auto_nlist(count: int) -> int:
-    """About 2 sqrt(n) IVF cells (a power of two), with at least 39 training points each."""
-    nlist = 1 << max(4, round(np.log2(2 * np.sqrt(max(count, 1)))))
-    while nlist > 16 and nlist * 39 > count:
-        nlist //= 2
-    return nlist
+def _among(batches: VectorBatches, wanted: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The rows of each batch whose ids are among `wanted` (sorted)."""
+    for ids, vectors in batches:
+        keep = among(ids, wanted)
+        yield ids[keep], vectors[keep]
 
 
-def _auto_pq_m(dim: int) -> int:
-    """The largest divisor of dim up to dim / 16 (16 dimensions per byte of code), but up to 8 for small dims."""
-    target = max(dim // 16, min(dim, 8))
-    return max(m for m in range(1, target + 1) if dim % m == 0)
-
-
-def _auto_nprobe(nlist: int) -> int:
-    """nlist / 64 cells, at least 16: recall is bound by the PQ shortlist long before (benchmarks/bench_vectors.py)."""
-    return int(min(nlist, max(16, nlist // 64)))
-
-
-def _training_sample(unit: np.ndarray, nlist: int) -> np.ndarray:
-    """A fixed random subset (50 points per cell, at least 256 x 39 for the PQ codebooks): deterministic builds."""
-    size = min(len(unit), max(50 * nlist, 256 * 39))
-    if size == len(unit):
-        return unit
-    rows = np.sort(np.random.default_rng(_TRAIN_SEED).choice(len(unit), size, replace=False))
-    return unit[rows]
+def _stacked_unit(batches: VectorBatches, dim: int) -> np.ndarray:
+    """The vectors of all `batches`, normalised, in one (n, dim) matrix."""
+    return np.concatenate([np.empty((0, dim), np.float32), *(l2_normalise(rows, dim) for _, rows in batches)])
 
 
 def _best_columns(scores: np.ndarray, k: int) -> np.ndarray:

@@ -80,7 +80,7 @@ def ids_sorted_not_hashed(monkeypatch) -> None:
     setdiff1d = np.setdiff1d
 
     def unique(*_args: object, **_kwargs: object) -> None:
-        raise AssertionError("np.unique hashes ids: sort them (vectors.sorted_unique)")
+        raise AssertionError("np.unique hashes ids: sort them (id_arrays.sorted_unique)")
 
     def setdiff1d_of_unique(first: object, second: object, assume_unique: bool = False) -> object:
         assert assume_unique, "np.setdiff1d without assume_unique hashes both arrays"

@@ -7,19 +7,24 @@ the vectors it lacks; a missing, damaged or foreign file, or one of another type
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import faiss
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from pengi_search.cli import app
 from pengi_search.db import EmbedderInfo, ModelInfo, ReplaceResult, Store, WindowInput
 from pengi_search.doctor import check_vector_files
 from pengi_search.library import EmptyLibraryError, Library
+from pengi_search.vector_file import write_index_file
 from pengi_search.vectors import VectorIndex, VectorIndexError
 
 MODEL = ModelInfo("pengi-test", "f" * 64)
@@ -66,13 +71,13 @@ def opened(db: str) -> Iterator[tuple[Library, Fetched]]:
     """The library, and the vectors it reads from the database (a full read means a rebuild)."""
     fetched: Fetched = []
     with Library.open(db) as library:
-        read = library.store.vectors
+        read = library.store.vector_batches
 
-        def vectors(kind: str, ids=None) -> tuple[np.ndarray, np.ndarray]:
+        def vector_batches(kind: str, ids=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
             fetched.append((kind, None if ids is None else sorted(int(i) for i in ids)))
             return read(kind, ids)
 
-        library.store.vectors = vectors  # type: ignore[method-assign]
+        library.store.vector_batches = vector_batches  # type: ignore[method-assign]
         yield library, fetched
 
 
@@ -312,7 +317,7 @@ def test_a_new_library_without_vectors_shows_and_keeps_no_faiss_file_of_the_dele
 
     with Library.open(db, read_only=True) as library:  # as `stats` reads it
         assert library.index_info() == {"text": None, "audio": None}
-        assert library.index_file_bytes("text") is None and library.index_file_bytes("audio") is None
+        assert library.index_file("text") is None and library.index_file("audio") is None
     with opened(db) as (library, _):
         library.sync_vector_indexes()
         assert not library.index_path("text").exists() and not library.index_path("audio").exists()
@@ -334,3 +339,49 @@ def test_a_file_written_before_files_named_their_library_is_kept_when_newer_than
     with opened(db) as (library, fetched):
         library.vector_index("text")
         assert fetched == [("text", None)] and in_line(library, "text")
+
+
+def test_stats_and_doctor_count_the_removed_vectors_each_file_still_stores(db: str) -> None:
+    with Library.open(db) as library:
+        add_file(library.store, "/lib/c.wav", 20, seed=3)  # 25 windows: b's 2 are under the fifth that compacts
+        library.sync_vector_indexes("hnsw")
+        library.store.remove("/lib/b.wav")
+        library.sync_vector_indexes()
+    stats = json.loads(CliRunner().invoke(app, ["stats", "--db", db, "--json"]).stdout)["vector_indexes"]
+    assert {kind: info["removed"] for kind, info in stats.items()} == {"text": 2, "audio": 2}
+    text = CliRunner().invoke(app, ["stats", "--db", db]).stdout
+    assert "audio index: 23 vectors, hnsw (" in text
+    assert "; 2 removed vectors kept in it until they pass a fifth)" in text
+
+    doctor = CliRunner().invoke(app, ["doctor", "--db", db, "--json"])
+    database = json.loads(doctor.stdout)["database"]
+    assert {kind: info["removed"] for kind, info in database["vector_indexes"].items()} == {"text": 2, "audio": 2}
+    assert not [problem for problem in json.loads(doctor.stdout)["problems"] if "index" in problem["where"]]
+    doctor_text = CliRunner().invoke(app, ["doctor", "--db", db]).stdout
+    assert re.search(r"audio index +ok, 23 of 23 vectors, 2 removed ones still stored\n", doctor_text)
+
+
+def test_doctor_says_when_a_file_stores_more_removed_vectors_than_a_compaction_leaves(db: str) -> None:
+    """A removal past the fifth compacts at once, so only a file written otherwise (by hand, by another version)
+    holds more: searches pass over them until the next removal compacts it, or a rebuild."""
+    with Library.open(db) as library:
+        add_file(library.store, "/lib/c.wav", 15, seed=3)  # 20 windows: a's and b's 5 are over the fifth
+        library.sync_vector_indexes("hnsw")
+        gone = library.store.vector_ids("audio")[:5]
+        library.store.remove("/lib/a.wav")
+        library.store.remove("/lib/b.wav")
+        path = library.index_path("audio")
+        saved, tag = VectorIndex.load(path)
+        write_index_file(path, saved._index, dataclasses.asdict(saved.params), tag, removed=gone)
+        report, problems = check_vector_files(library.store)
+    assert report["audio"] | {"path": ""} == {
+        "path": "",
+        "database_vectors": 15,
+        "type": "hnsw",
+        "vectors": 15,
+        "removed": 5,
+        "state": "ok",
+    }
+    [overdue] = [problem for problem in problems if problem.where == "audio index"]
+    assert overdue.what.endswith("still stores 5 removed vectors of its 20, over the fifth that is compacted away")
+    assert overdue.fix == "pengi-search rebuild-index"

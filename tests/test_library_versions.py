@@ -167,14 +167,14 @@ def test_a_window_deleted_while_its_vector_is_fetched_leaves_the_file_without_a_
     with Store.open(db) as store:
         assert add_file(store, "/lib/c.wav", 2, seed=3).added_window_ids == [6, 7]
     with opened(db) as (library, reads):
-        fetch = library.store.vectors
+        fetch = library.store.vector_batches
 
-        def removed_meanwhile(kind: str, ids=None) -> tuple[np.ndarray, np.ndarray]:
+        def removed_meanwhile(kind: str, ids=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
             with Store.open(db) as writer:
                 writer.remove("/lib/c.wav")
             return fetch(kind, ids)
 
-        library.store.vectors = removed_meanwhile  # type: ignore[method-assign]
+        library.store.vector_batches = removed_meanwhile  # type: ignore[method-assign]
         assert library.vector_index("text").ids().tolist() == [1, 2, 3, 4, 5]  # c's windows were gone
         assert reads == ["text"] and saved_version(library, "text") is None
     with opened(db) as (library, reads):

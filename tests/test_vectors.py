@@ -313,13 +313,13 @@ def test_sync_adds_missing_and_drops_extra_ids() -> None:
     by_id = dict(zip(ids.tolist(), vectors, strict=True))
     asked: list[list[int]] = []
 
-    def fetch(missing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def read(missing: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         asked.append(missing.tolist())
-        return missing, np.stack([by_id[i] for i in missing.tolist()])
+        return [(missing, np.stack([by_id[i] for i in missing.tolist()]))]
 
-    assert index.sync(wanted, fetch) == (20, 10)
+    assert index.sync(wanted, read) == (20, 10)
     assert asked == [ids[30:50].tolist()] and index.ids().tolist() == wanted.tolist()
-    assert index.sync(wanted, fetch) == (0, 0) and len(asked) == 1
+    assert index.sync(wanted, read) == (0, 0) and len(asked) == 1
 
 
 @pytest.mark.usefixtures("ids_sorted_not_hashed")
@@ -328,12 +328,12 @@ def test_sync_sorts_ids_rather_than_hashing_them() -> None:
     vectors, ids = clustered(50), sparse_ids(50)
     index = VectorIndex.build(ids, vectors)
 
-    def fetch(missing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        raise AssertionError(f"nothing is missing, yet {missing} was fetched")
+    def read(missing: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        raise AssertionError(f"nothing is missing, yet {missing} was read")
 
-    assert index.sync(ids[::-1], fetch) == (0, 0)
-    assert index.sync(np.concatenate([ids[10:], ids[::-1]]), fetch) == (0, 0)
-    assert index.sync(np.concatenate([ids[10:], ids[10:]]), fetch) == (0, 10)
+    assert index.sync(ids[::-1], read) == (0, 0)
+    assert index.sync(np.concatenate([ids[10:], ids[::-1]]), read) == (0, 0)
+    assert index.sync(np.concatenate([ids[10:], ids[10:]]), read) == (0, 10)
     assert index.ids().tolist() == ids[10:].tolist()
 
 

@@ -116,6 +116,10 @@ def _database(db: dict[str, Any]) -> list[tuple[str, str]]:
     ]
     for kind, info in db["vector_indexes"].items():
         rows.append(
-            (f"{kind} index", f"{info['state']}, {info.get('vectors', 0)} of {info['database_vectors']} vectors")
+            (
+                f"{kind} index",
+                f"{info['state']}, {info.get('vectors', 0)} of {info['database_vectors']} vectors"
+                + (f", {info['removed']} removed ones still stored" if info.get("removed") else ""),
+            )
         )
     return rows

@@ -175,12 +175,18 @@ def _write_rows(rows: Any, stream: Any) -> None:
 
 
 def _indexes_json(library: Library) -> dict[str, dict[str, Any]]:
-    """Per kind, where its FAISS file is, its size (None: no file of this library's) and what index it is:
-    `index_type` is the type built."""
+    """Per kind, where its FAISS file is, its size and the removed vectors it still stores (None: no file of this
+    library's; `removed` None too when its header is damaged) and what index it is: `index_type` is the type built."""
     indexes = {}
     for kind, info in library.index_info().items():
-        path, size = library.index_path(kind), library.index_file_bytes(kind)
-        data: dict[str, Any] = {"path": str(path), "bytes": size, "index_type": None, "requested_type": None}
+        path, file = library.index_path(kind), library.index_file(kind)
+        data: dict[str, Any] = {
+            "path": str(path),
+            "bytes": None if file is None else file.bytes,
+            "removed": None if file is None else file.removed,
+            "index_type": None,
+            "requested_type": None,
+        }
         if info is not None:
             recorded = info.to_json()
             data |= {"index_type": recorded.pop("effective_type")} | recorded
@@ -237,7 +243,10 @@ def _print_stats(data: dict[str, Any], db_option: str) -> None:
         lines += [f"  {shown(item['path'])}: {item['error'].partition(chr(10))[0]}" for item in data["failed"]]
     for kind, info in data["vector_indexes"].items():
         built = _index_kind(info["index_type"], info["requested_type"])
-        lines.append(f"{kind} index: {count_text(data['vectors'][kind], 'vector')}, {built} ({_human(info['bytes'])})")
+        size = _human(info["bytes"])
+        if info["removed"]:
+            size += f"; {count_text(info['removed'], 'removed vector')} kept in it until they pass a fifth"
+        lines.append(f"{kind} index: {count_text(data['vectors'][kind], 'vector')}, {built} ({size})")
     lines += [_run_line(run) for run in data["runs"]]
     for line in lines:
         out_console.print(line, markup=False, soft_wrap=True)

@@ -79,7 +79,12 @@ def decode_matrix(where: str, kind: str, blobs: list[bytes]) -> np.ndarray:
         return np.empty((0, 0), dtype=np.float32)
     sizes = {len(blob) for blob in blobs}
     if len(sizes) != 1:
-        dims = sorted(size // 4 for size in sizes)
-        raise StoreError(where, f"{kind} vectors have mixed dimensions {dims}; re-index the library")
+        raise mixed_dimensions(where, kind, {size // 4 for size in sizes})
     dim = sizes.pop() // 4
-    return np.frombuffer(b"".join(blobs), dtype="<f4").astype(np.float32).reshape(len(blobs), dim)
+    # Joined into a bytearray, whose buffer numpy may write: no second copy to make the matrix writable.
+    return np.frombuffer(bytearray().join(blobs), dtype="<f4").astype(np.float32, copy=False).reshape(len(blobs), dim)
+
+
+def mixed_dimensions(where: str, kind: str, dims: set[int]) -> StoreError:
+    """Stored vectors of one kind that are not all as wide: a library written by two embedders."""
+    return StoreError(where, f"{kind} vectors have mixed dimensions {sorted(dims)}; re-index the library")

@@ -14,10 +14,11 @@ import numpy as np
 from sqlalchemy import ColumnElement, Connection, Select, bindparam, func, select
 from sqlalchemy.orm import Session
 
-from ..chunking import chunked
+from ..chunking import chunk_slices, chunked
+from ..id_arrays import id_array, sorted_unique
 from ..json_values import json_seconds
 from .migrate import current_revision
-from .queries import IDS_PER_QUERY, decode_matrix, is_truncated, paths_under
+from .queries import IDS_PER_QUERY, decode_matrix, is_truncated, mixed_dimensions, paths_under
 from .records import FILE_STATUSES, VECTOR_KINDS, TextRecord, WindowDetails, check_vector_kind
 from .schema import (
     AudioFileRow,
@@ -28,6 +29,10 @@ from .schema import (
     WindowRow,
     WindowVectorRow,
 )
+
+# Stored vectors read at a time when a FAISS index is built or re-filled from them: 200 MB of 1,024-d float32 (as
+# stored; their decoding and normalising copy each batch once or twice), where reading all of a million took 4 GB.
+VECTOR_BATCH_ROWS = 50_000
 
 
 class LibraryReads:
@@ -56,23 +61,69 @@ class LibraryReads:
     def vectors(self, kind: str, ids: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(window ids int64 (n,), float32 matrix (n, d)) of `kind`, sorted by id; all, or only `ids`.
 
-        The vectors are as stored (not normalised). An empty result has shape (0, 0).
+        The vectors are as stored (not normalised). An empty result has shape (0, 0). A FAISS index built from all
+        of them reads `vector_batches` instead, never holding them all.
         """
+        batches = list(self.vector_batches(kind, ids))
+        if not batches:
+            return np.empty(0, dtype=np.int64), np.empty((0, 0), dtype=np.float32)
+        if len(batches) == 1:
+            return batches[0]
+        return np.concatenate([found for found, _ in batches]), np.concatenate([rows for _, rows in batches])
+
+    def vector_batches(self, kind: str, ids: Iterable[int] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """`vectors` in batches of at most VECTOR_BATCH_ROWS, in id order, each read on its own (no transaction is
+        held open between batches while FAISS adds the last one to an index, nor their rows once decoded)."""
         check_vector_kind(kind)
+        batch_rows = VECTOR_BATCH_ROWS  # read once: every batch of one read has the same bound
+        dims: set[int] = set()  # one width across batches, as `decode_matrix` checks within one
+
+        def decoded(found: list[int], blobs: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+            matrix = decode_matrix(self.name, kind, blobs)
+            dims.update(matrix.shape[1:] if blobs else ())
+            if len(dims) > 1:
+                raise mixed_dimensions(self.name, kind, dims)
+            return np.asarray(found, dtype=np.int64), matrix
+
         query = select(WindowVectorRow.window_id, WindowVectorRow.vector).where(WindowVectorRow.kind == kind)
+        if ids is None:
+            yield from self._all_vector_pages(query, batch_rows, decoded)
+            return
+        wanted = sorted_unique(id_array(ids))
+        for rows in chunk_slices(len(wanted), batch_rows):
+            batch = self._vector_page(query, wanted[rows].tolist(), decoded)
+            if batch[0].size:  # ids none of which has a vector of `kind` (any more) are no batch
+                yield batch
+
+    def _all_vector_pages(
+        self, query: Select[tuple[int, bytes]], batch_rows: int, decoded: Callable[..., tuple[np.ndarray, np.ndarray]]
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every vector `query` selects, `batch_rows` at a time, each page after the last id of the page before
+        (the (kind, window_id) index finds its start)."""
+        after = None
+        while True:
+            page = query if after is None else query.where(WindowVectorRow.window_id > after)
+            with self.session() as session:
+                batch = decoded(*_unzip(session.execute(page.order_by(WindowVectorRow.window_id).limit(batch_rows))))
+            if batch[0].size:
+                yield batch
+            if batch[0].size < batch_rows:
+                return
+            after = int(batch[0][-1])
+
+    def _vector_page(
+        self, query: Select[tuple[int, bytes]], wanted: list[int], decoded: Callable[..., tuple[np.ndarray, np.ndarray]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The vectors `query` selects among the `wanted` ids, sorted by id."""
+        found: list[int] = []
+        blobs: list[bytes] = []
         with self.session() as session:
-            if ids is None:
-                rows = session.execute(query.order_by(WindowVectorRow.window_id).execution_options(yield_per=5000))
-                id_list, blobs = _unzip(rows)
-            else:
-                id_list, blobs = [], []
-                for chunk in chunked(sorted(set(int(i) for i in ids)), IDS_PER_QUERY):
-                    found, chunk_blobs = _unzip(session.execute(query.where(WindowVectorRow.window_id.in_(chunk))))
-                    id_list += found
-                    blobs += chunk_blobs
-                order = np.argsort(np.asarray(id_list, dtype=np.int64), kind="stable")
-                id_list, blobs = [id_list[i] for i in order], [blobs[i] for i in order]
-        return np.asarray(id_list, dtype=np.int64), decode_matrix(self.name, kind, blobs)
+            for chunk in chunked(wanted, IDS_PER_QUERY):
+                chunk_ids, chunk_blobs = _unzip(session.execute(query.where(WindowVectorRow.window_id.in_(chunk))))
+                found += chunk_ids
+                blobs += chunk_blobs
+        order = np.argsort(np.asarray(found, dtype=np.int64), kind="stable")
+        return decoded([found[i] for i in order], [blobs[i] for i in order])
 
     def window_details(self, window_ids: Iterable[int]) -> dict[int, WindowDetails]:
         """Details of the given windows for showing search results; ids no longer in the database are left out.

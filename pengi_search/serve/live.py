@@ -11,6 +11,7 @@ is gone from the database.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -23,7 +24,7 @@ import numpy as np
 
 from ..db import VECTOR_KINDS, CaptionCounts, Store, caption_counts
 from ..library import EmptyLibraryError, Library, empty_library_hint
-from ..vectors import FetchFn, VectorIndex
+from ..vectors import ReadFn, VectorIndex
 from . import catalog
 
 FileStamp = tuple[int, int, int] | None  # (inode, size, mtime ns) of a FAISS file; None when there is none
@@ -89,15 +90,13 @@ class GuardedIndex:
         with lock, _one_faiss_thread():
             return self._index.search(queries, k, allowed_ids=allowed_ids, exact_top=exact_top)
 
-    def add_missing(self, ids: np.ndarray, fetch: FetchFn) -> int:
-        """Add the windows of `ids` the index lacks, their vectors from `fetch(ids)`; returns how many."""
+    def add_missing(self, ids: np.ndarray, read: ReadFn) -> int:
+        """Add the windows of `ids` the index lacks, their vectors from `read(ids)`; returns how many."""
         with self._lock.exclusive():
             missing = np.setdiff1d(ids, self._index.ids(), assume_unique=True)
             if missing.size == 0:
                 return 0
-            found, vectors = fetch(missing)
-            self._index.add(found, vectors)
-            return len(found)
+            return self._index.add_batches(read(missing))
 
 
 class LiveLibrary(Library):
@@ -167,7 +166,7 @@ class LiveLibrary(Library):
                 self._reload(kind)
             elif newest > self._newest:
                 ids = catalog.vector_ids_after(self.store, kind, self._newest)
-                current.add_missing(ids, lambda missing, kind=kind: self.store.vectors(kind, missing))
+                current.add_missing(ids, functools.partial(self.store.vector_batches, kind))
         self._captions = caption_counts(self.store)
         self._newest, self._file_stamps, self._built_by = newest, stamps, built_by
 
