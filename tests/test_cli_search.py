@@ -420,6 +420,20 @@ def test_classify_with_a_truth_of_other_files_is_refused_before_any_file_is_clas
     )
 
 
+def test_classify_with_a_truth_name_without_extension_that_two_files_have_is_refused(captions, labels, tmp_path):
+    """FSD50K's `64760` names the file of that name with an extension; two such files would both be scored against
+    the one row, counting it twice: refused, as `eval classify` refuses it."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    shutil.copy(captions.files["bell.wav"], folder / "64760.wav")
+    shutil.copy(captions.files["weather/rain.flac"], folder / "64760.flac")
+    truth = tmp_path / "truth.csv"
+    truth.write_text("fname,label\n64760,a bell rings\n")
+    result = run("classify", folder, "-l", labels, "--truth", truth, "--model", tmp_path / "no-model")
+    assert result.exit_code == EXIT_USAGE and result.stdout == "", result.output
+    assert "'64760', without extension, names 2 files" in result.stderr
+
+
 def test_classify_a_file_reached_twice_classifies_it_once(captions, common, labels, monkeypatch):
     """Given by itself, inside a given folder and under another spelling: one result, named as first given; the
     folder's other files named after it as typed."""
