@@ -52,6 +52,7 @@ from pengi_search.errors import PengiSearchError
 from pengi_search.hashing import file_sha256
 from pengi_search.library import Library
 from pengi_search.model_dir import ModelDir
+from pengi_search.pathnames import shown
 from pengi_search.scan import Entry, ScanResult, has_extension, hidden_path, inside, scan
 from pengi_search.units import count_text, for_count
 
@@ -514,7 +515,7 @@ class _Run:
             }
             gone = missing - unseen
             if gone and not any(inside(path, root) for path in present):
-                words = _counted(len(gone), self.store.db_option)
+                words = _counted(len(gone), root, self.store.db_option)
                 self.summary.unseen_roots.append(FileNote(root, _EMPTY_ROOT.format(**words)))
                 continue
             kept = self._emptied_kept(root, gone, present)
@@ -531,7 +532,7 @@ class _Run:
     def _kept_notes(self, kept: dict[str, str], note: str) -> list[FileNote]:
         """One note (`_HIDDEN_KEPT`, `_EMPTY_ROOT`) for each place that files were `kept` at, with their count."""
         counts = sorted(Counter(kept.values()).items())
-        return [FileNote(at, note.format(**_counted(count, self.store.db_option))) for at, count in counts]
+        return [FileNote(at, note.format(**_counted(count, at, self.store.db_option))) for at, count in counts]
 
     def _hidden_kept(self, root: str, missing: set[str]) -> set[str]:
         """Of the files under `root` this scan did not find, those it passed over for a hidden name (without
@@ -565,18 +566,17 @@ def _same_content(entry: Entry, stamp: FileStamp, retry_errors: bool) -> bool:
 
 _HIDDEN_KEPT = (
     "{files} at or under this hidden path {were} kept {as_is}: runs without --hidden do not look at hidden names "
-    "(`pengi-search remove{db_option}` forgets {them})"
+    "(`{remove}` forgets {them})"
 )
-_EMPTY_ROOT = (
-    "no audio file found here, so its {files} {were} kept (an unmounted drive?); `pengi-search remove{db_option}` "
-    "forgets {them}"
-)
+_EMPTY_ROOT = "no audio file found here, so its {files} {were} kept (an unmounted drive?); `{remove}` forgets {them}"
 
 
-def _counted(files: int, db_option: str) -> dict[str, str]:
-    """The words of a note on indexed files kept (`_HIDDEN_KEPT`, `_EMPTY_ROOT`), in the number of `files`, and the
-    library's `Store.db_option` for the `remove` it suggests (the note's path goes after it)."""
+def _counted(files: int, at: str, db_option: str) -> dict[str, str]:
+    """The words of a note on indexed files kept at the path `at` (`_HIDDEN_KEPT`, `_EMPTY_ROOT`), in the number of
+    `files`, and the `remove` that forgets them: the path shell-quoted and the library's `Store.db_option`, so that,
+    pasted, it acts on that path of that library."""
     words = {"were": ("was", "were"), "as_is": ("as it is", "as they are"), "them": ("it", "them")}
-    return {"files": count_text(files, "indexed file"), "db_option": db_option} | {
+    remove = f"pengi-search remove {shlex.quote(shown(at))}{db_option}"
+    return {"files": count_text(files, "indexed file"), "remove": remove} | {
         key: for_count(files, *forms) for key, forms in words.items()
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -315,6 +316,25 @@ def test_an_empty_mount_point_below_the_root_keeps_its_files_while_files_deleted
     assert "pengi-search remove" in index(sounds, db, tiny_model_dir).stderr
     listed = {json.loads(line)["path"] for line in run("export", "--db", db).stdout.splitlines()}
     assert str(sounds / "dogs" / "bark.wav") in listed and str(sounds / "birds" / "old" / "robin.wav") not in listed
+
+
+def test_the_remove_an_empty_mount_point_suggests_names_its_folder_and_pasted_forgets_only_its_files(
+    tiny_model_dir, sounds, tmp_path, monkeypatch
+):
+    """The warning's command is whole: `remove` needs the path, so it names the emptied folder (and the library given
+    with --db, both shell-quoted), and pasted as it is it forgets that folder's files and nothing else."""
+    monkeypatch.chdir(tmp_path)
+    (sounds / "dogs").rename(sounds / "my dogs")  # a name the shell must have quoted
+    assert index(sounds, "my lib.db", tiny_model_dir).exit_code == 0
+    for path in (sounds / "my dogs").iterdir():
+        path.unlink()
+
+    result = index(sounds, "my lib.db", tiny_model_dir)
+    command = f"pengi-search remove '{sounds / 'my dogs'}' --db 'my lib.db'"
+    assert result.exit_code == 0 and f"`{command}` forgets them" in result.stderr
+    assert run(*shlex.split(command)[1:]).exit_code == 0
+    listed = [json.loads(line)["path"] for line in run("export", "--db", "my lib.db").stdout.splitlines()]
+    assert listed == [str(sounds / "rain.wav")]
 
 
 def test_another_model_is_refused_in_one_line(tiny_model_dir, sounds, tmp_path):

@@ -406,6 +406,34 @@ def test_classify_several_files_and_folders_gives_one_csv_in_the_order_given(cap
     assert "accuracy 0.6667 (2/3 files)" in result.stderr  # the truth covers files from every target
 
 
+def test_classify_with_a_truth_of_other_files_is_refused_before_any_file_is_classified(captions, labels, tmp_path):
+    """A truth of another set (or of a typo'd folder) would score nothing after every file was heard: refused in one
+    line (exit 2) before the model is even looked for, as `eval classify` refuses it."""
+    truth = tmp_path / "other.csv"
+    truth.write_text("file,label\nelsewhere/tuba.wav,a dog barks\n")
+    targets = (captions.files["bell.wav"], captions.root / "animals")
+    result = run("classify", *targets, "-l", labels, "--truth", truth, "--model", tmp_path / "no-model")
+    assert result.exit_code == EXIT_USAGE and result.stdout == "", result.output
+    assert result.stderr == (
+        f"error: {truth}: lists none of the 3 audio files given (its paths are relative to its own folder; a bare "
+        "file name matches a file of that name)\n"
+    )
+
+
+def test_classify_with_a_truth_name_without_extension_that_two_files_have_is_refused(captions, labels, tmp_path):
+    """FSD50K's `64760` names the file of that name with an extension; two such files would both be scored against
+    the one row, counting it twice: refused, as `eval classify` refuses it."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    shutil.copy(captions.files["bell.wav"], folder / "64760.wav")
+    shutil.copy(captions.files["weather/rain.flac"], folder / "64760.flac")
+    truth = tmp_path / "truth.csv"
+    truth.write_text("fname,label\n64760,a bell rings\n")
+    result = run("classify", folder, "-l", labels, "--truth", truth, "--model", tmp_path / "no-model")
+    assert result.exit_code == EXIT_USAGE and result.stdout == "", result.output
+    assert "'64760', without extension, names 2 files" in result.stderr
+
+
 def test_classify_a_file_reached_twice_classifies_it_once(captions, common, labels, monkeypatch):
     """Given by itself, inside a given folder and under another spelling: one result, named as first given; the
     folder's other files named after it as typed."""

@@ -210,6 +210,11 @@ CASES = {
     "ask, no file": Case(
         lambda p: ("ask", "is there speech?", "--model", p.model), EXIT_USAGE, "no audio file before the question"
     ),
+    "ask, the question first": Case(
+        lambda p: ("ask", "is there speech?", p.clip, "--model", p.model),
+        EXIT_USAGE,
+        "'is there speech?' is no file or folder, and",
+    ),
     "ask, nothing": Case(lambda p: ("ask", "--model", p.model), EXIT_USAGE, "give the audio files, then the question"),
     "ask, empty question": Case(
         lambda p: ("ask", p.clip, "  ", "--model", p.model, *QUICK), EXIT_USAGE, "the question is empty"

@@ -93,7 +93,7 @@ def test_index_keeps_hidden_files_an_earlier_run_indexed_says_so_and_forgets_app
     kept = {Path(note.path).relative_to(drive).as_posix(): note.message for note in without.hidden_kept}
     assert kept == {
         ".Trash-1000": "1 indexed file at or under this hidden path was kept as it is: runs without --hidden do "
-        f"not look at hidden names (`pengi-search remove --db {db}` forgets it)",
+        f"not look at hidden names (`pengi-search remove {drive / '.Trash-1000'} --db {db}` forgets it)",
         ".git": kept[".git"],
         "birds/.draft.wav": kept["birds/.draft.wav"],
     }

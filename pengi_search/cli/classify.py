@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -170,6 +171,8 @@ def classify(
         check_output_file(output, "CSV")
     settings = scoring.settings()
     inputs = audio_inputs(targets, hidden=hidden)  # a missing file is said before the model is looked for
+    if known is not None and truth is not None:
+        check_truth_covers(known, truth, targets, inputs)
     predictions, failures = classify_targets(
         inputs,
         label_list,
@@ -211,6 +214,16 @@ def _read_inputs(labels: Path, truth: Path | None) -> tuple[list[str], dict[str,
         why = known.multi_label_reason
         raise LabelsError(truth, f"{why}: measure a multi-label truth (mAP) with `pengi-search eval classify`")
     return label_list, texts, known
+
+
+def check_truth_covers(known: Truth, truth: Path, targets: Sequence[str], inputs: AudioInputs) -> None:
+    """A truth that lists none of the files the `targets` stand for (a truth of another set, a typo'd folder) would
+    score nothing after classifying them all: refused before the model runs, as `eval classify` refuses it. Files
+    found but unreadable count as listed: the run leaves them out with their reason (exit code 3)."""
+    from ..evaluation.classification import check_truth_lists
+
+    files, unreadable = inputs
+    check_truth_lists(known, truth, targets, [*files, *(path for path, _ in unreadable)])
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -243,6 +243,24 @@ def describe(
     _show(results, json_output=json_output, asked=False, one_file=one_file_given(files))
 
 
+def _check_question_last(files: list[str] | None, question: str | None) -> None:
+    """The files, then the question: a missing one is named, and so is the order of a question given first
+    (`ask "is it rain?" rain.wav`), which would otherwise read as a file named after the question."""
+    example = 'pengi-search ask engine.wav "is the engine healthy?"'
+    if not files or question is None:  # Click gives a lone argument to the question: files or question missing
+        if question is None:
+            said = ""
+        elif Path(question).exists():
+            said = f"no question after {question!r}: "
+        else:  # a lone question: the files are what is missing
+            said = f"no audio file before the question {question!r}: "
+        raise UsageError("", f"{said}give the audio files, then the question, e.g. {example}")
+    first = str(files[0])
+    if not Path(first).exists() and Path(question).exists():
+        said = f"{first!r} is no file or folder, and {question!r} is one"
+        raise UsageError("", f"{said}: give the audio files, then the question, e.g. {example}")
+
+
 @handle_errors
 @fetches_model
 @options_from(DescribeOptions, "options")
@@ -265,15 +283,7 @@ def ask(
     """
     from ..prompts import ask_prompts
 
-    if not files or question is None:  # Click gives a lone argument to the question: files or question missing
-        if question is None:
-            said = ""
-        elif Path(question).exists():
-            said = f"no question after {question!r}: "
-        else:  # a lone question: the files are what is missing
-            said = f"no audio file before the question {question!r}: "
-        example = 'pengi-search ask engine.wav "is the engine healthy?"'
-        raise UsageError("", f"{said}give the audio files, then the question, e.g. {example}")
+    _check_question_last(files, question)
     prompts = ask_prompts(question)
     progress = show_progress(quiet, json_output)
     results = _describe_files(files, prompts, options, answer_prefix="", progress=progress)

@@ -79,12 +79,12 @@ def classify_files(
     Example: pengi-search eval classify esc50/audio --truth esc50/truth.csv -o runs/esc50
     """
     from ..classify import read_label_map, write_csv
-    from ..evaluation.classification import check_truth_lists, evaluate_classification, separator_notes, truth_digest
+    from ..evaluation.classification import evaluate_classification, separator_notes, truth_digest
     from ..evaluation.multilabel import evaluate_multi_label
     from ..model_dir import ModelDir
     from ..text_files import CSV_LIST_SEPARATOR
     from ..truth import read_truth
-    from .classify import classify_targets
+    from .classify import check_truth_covers, classify_targets
 
     apply_threads(threads)
     separator = label_separator or CSV_LIST_SEPARATOR
@@ -94,8 +94,7 @@ def classify_files(
     label_list, texts = read_label_map(labels) if labels is not None else (known.labels, {})
     check_output_folder(output)
     inputs = audio_inputs([target], hidden=hidden)  # a missing file is said before the model is looked for
-    files, unreadable = inputs  # unreadable files count as listed: left out with their reason, exit code 3
-    check_truth_lists(known, truth, target, [*files, *(path for path, _ in unreadable)])
+    check_truth_covers(known, truth, [target], inputs)
     settings = scoring.settings()
     model_dir = ModelDir.resolve(model)
     predictions, failures = classify_targets(

@@ -92,15 +92,16 @@ def not_classified(truth: Truth, reached: Sequence[str]) -> list[str]:
     return [path for path in truth.by_path if path not in matched]
 
 
-def check_truth_lists(truth: Truth, truth_file: Path, target: str, reached: Sequence[str]) -> None:
-    """A truth file that lists none of the files to classify (`reached`: those found under `target`, readable or
-    not) would measure nothing (a report of dashes, exit 0): refused (UsageError) before the model runs, as is one
-    that lists a name without extension that several of them have (64760.wav, 64760.flac). Files that cannot be
-    read count as listed: the run leaves them out with their reason (exit code 3)."""
+def check_truth_lists(truth: Truth, truth_file: Path, targets: Sequence[str], reached: Sequence[str]) -> None:
+    """A truth file that lists none of the files to classify (`reached`: those the paths `targets` stand for,
+    readable or not) would measure nothing (a report of dashes, exit 0): refused (UsageError) before the model runs,
+    as is one that lists a name without extension that several of them have (64760.wav, 64760.flac). Files that
+    cannot be read count as listed: the run leaves them out with their reason (exit code 3)."""
     if not any(truth.entry_of(path) is not None for path in reached):
+        given = f"of {shown(targets[0])}" if len(targets) == 1 else "given"
         raise UsageError(
             truth_file,
-            f"lists none of the {count_text(len(reached), 'audio file')} of {shown(target)} "
+            f"lists none of the {count_text(len(reached), 'audio file')} {given} "
             "(its paths are relative to its own folder; a bare file name matches a file of that name)",
         )
     clash = truth.ambiguous(reached)
