@@ -78,10 +78,6 @@ class Store(RunJournal, LibraryReads, IndexBuild):
         self.check_open()
         return self._engine
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     def close(self) -> None:
         """Release the database connections. Closing again does nothing; any other use raises ClosedLibraryError:
         the engine would otherwise open new connections on the quiet, which nothing would ever close."""
