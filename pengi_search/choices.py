@@ -28,16 +28,27 @@ class Device(Choice):
 def device_unavailable(device: str) -> str | None:
     """Why `device` ("auto", "cpu", "cuda", "cuda:1") cannot be used on this machine, or None when it can.
 
-    Only CUDA can be missing. torch is imported only when CUDA is asked for, so that checking `--device` as the
+    Only CUDA can be missing, or one GPU of it (`cuda:5` on a machine with two, which CUDA itself would refuse only
+    once the model moves there). torch is imported only when CUDA is asked for, so that checking `--device` as the
     command line is read costs `auto` and `cpu` nothing (`query` and an `index` run with nothing to do never load
     torch otherwise)."""
     if not device.startswith(Device.cuda.value):
         return None
     import torch
 
-    if torch.cuda.is_available():
+    if not torch.cuda.is_available():
+        return "PyTorch sees no CUDA GPU on this machine; use cpu or auto"
+    number, count = _gpu_number(device), torch.cuda.device_count()
+    if number is None or number < count:
         return None
-    return "PyTorch sees no CUDA GPU on this machine; use cpu or auto"
+    seen = "cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
+    return f"PyTorch sees {count} CUDA GPU{'s' if count > 1 else ''} on this machine ({seen})"
+
+
+def _gpu_number(device: str) -> int | None:
+    """The GPU that `cuda:N` names; None for `cuda` (the current one) and for what names no number (torch says)."""
+    _, colon, number = device.partition(":")
+    return int(number) if colon and number.isdigit() else None
 
 
 class By(Choice):

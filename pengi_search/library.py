@@ -129,8 +129,9 @@ class Library:
     def vector_index(self, kind: str) -> VectorIndex:
         """The FAISS index of `kind`, holding exactly the database's vectors of that kind (cached once loaded).
 
-        Raises EmptyLibraryError when the database has no such vectors yet.
+        Raises EmptyLibraryError when the database has no such vectors yet, ClosedLibraryError after `close`.
         """
+        self.store.check_open()
         if kind not in self._indexes:
             index = self._in_line(kind, None, rebuild=False)
             if index is None:

@@ -8,6 +8,7 @@ tokenizers, the identity the index records) asks the object instead of the disk.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from collections.abc import Iterator, Mapping
@@ -18,6 +19,7 @@ from typing import Any
 
 from .checkpoint import CheckpointError
 from .config import PengiConfig
+from .errors import UsageError
 from .paths import home_expanded, models_dir
 from .releases import DEFAULT_RELEASE, RELEASES
 from .tokenization import TOKENIZER_DIR, Tokenizers
@@ -33,6 +35,11 @@ PENGI_TEXT_PREFIX = "pengi-text:"
 
 class ModelNotFoundError(CheckpointError):
     """No model where one was named, or none installed."""
+
+
+class MissingModelFolderError(ModelNotFoundError, UsageError):
+    """`--model` names a folder by its path, and there is no such folder: bad usage, as any path that is not there
+    (exit 2), where a name that is not installed is a model to install (exit 1)."""
 
 
 def is_model_dir(path: Path) -> bool:
@@ -79,11 +86,74 @@ def model_path(spec: str | None = None) -> Path:
         for candidate in _candidates(spec):
             if is_model_dir(candidate):
                 return candidate
-        raise ModelNotFoundError("", f"no Pengi model at {spec!r}: {FETCH_HINT}")
+        raise _not_found(spec)
     for name in RELEASES:
         if is_model_dir(models_dir() / name):
             return models_dir() / name
     raise ModelNotFoundError(models_dir(), f"no Pengi model is installed here: {FETCH_HINT}")
+
+
+def installed_names() -> list[str]:
+    """The names of the installed models, sorted."""
+    try:
+        return sorted(path.name for path in models_dir().iterdir() if is_model_dir(path))
+    except OSError:  # no data folder yet (or one that cannot be listed): nothing is installed there
+        return []
+
+
+def _not_found(spec: str) -> ModelNotFoundError:
+    """Why `spec` names no model, with what it may have meant. A path (it has a separator, or begins with `.` or
+    `~`) is a folder, said as every missing path is; a bare name is an installed model's, unless a folder of that
+    name is here."""
+    place = Path(spec)
+    if place.exists() and (_looks_like_path(spec) or spec not in RELEASES):
+        return ModelNotFoundError(spec, _lacks(place))
+    if _looks_like_path(spec):
+        return MissingModelFolderError(spec, "no such folder" + _did_you_mean(spec, place))
+    return ModelNotFoundError("", _not_installed(spec))
+
+
+def _looks_like_path(spec: str) -> bool:
+    separators = {os.sep, os.altsep} - {None}
+    return spec.startswith((".", "~")) or any(separator in spec for separator in separators)
+
+
+def _lacks(place: Path) -> str:
+    """Why the folder (or file) at `place`, which is there, is no model directory."""
+    if not place.is_dir():
+        return "a file, not a model folder (`pengi-search model import PATH` installs a checkpoint file)"
+    missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if not (place / name).is_file()]
+    return f"not a model folder: it has no {' and no '.join(missing)}"
+
+
+def _did_you_mean(spec: str, place: Path) -> str:
+    """`; did you mean X?` for a missing folder whose name is close to a folder beside it (spelt as `spec` spells
+    its parent) or to an installed model's; empty when nothing is close."""
+    typed = spec.rstrip("/" + os.sep) or spec
+    name = Path(typed).name
+    try:
+        beside = [entry.name for entry in place.parent.iterdir() if entry.is_dir()]
+    except OSError:  # the parent is missing too, or cannot be listed
+        beside = []
+    if near := difflib.get_close_matches(name, beside, n=1):
+        return f"; did you mean {typed[: len(typed) - len(name)] + near[0]}?"
+    if near := difflib.get_close_matches(name, installed_names(), n=1):
+        return f"; did you mean the installed model {near[0]}?"
+    return ""
+
+
+def _not_installed(name: str) -> str:
+    """Why no model is installed as `name`, with how to install it or the installed name it may be a typo of."""
+    missing = f"no Pengi model {name!r} is installed"
+    if name in RELEASES:
+        return f"{missing}: run `pengi-search model fetch {name}`"
+    installed = installed_names()
+    if near := difflib.get_close_matches(name, [*installed, *RELEASES], n=1):
+        fetch = "" if near[0] in installed else f" (`pengi-search model fetch {near[0]}` installs it)"
+        return f"{missing}; did you mean {near[0]}?{fetch}"
+    if installed:
+        return f"{missing} (installed: {', '.join(installed)})"
+    return f"{missing}: {FETCH_HINT}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -117,9 +187,7 @@ class ModelDir:
     @classmethod
     def installed(cls) -> Iterator[ModelDir]:
         """Every installed model, by name; each is read only when the iteration reaches it."""
-        root = models_dir()
-        if root.is_dir():
-            yield from (cls.read(path) for path in sorted(root.iterdir()) if is_model_dir(path))
+        yield from (cls.read(models_dir() / name) for name in installed_names())
 
     @property
     def name(self) -> str:

@@ -196,6 +196,9 @@ CASES = {
         lambda p: ("describe", p.linked / "gone.wav", "--model", p.model), EXIT_USAGE, "gone.wav: broken symbolic link"
     ),
     "describe, no such file": Case(lambda p: ("describe", p.missing, "--model", p.model), EXIT_USAGE, "no such file"),
+    "describe, no such --model folder": Case(
+        lambda p: ("describe", p.clip, "--model", p.missing.parent), EXIT_USAGE, "missing: no such folder"
+    ),
     "describe, a folder without audio": Case(
         lambda p: ("describe", p.no_audio, "--model", p.model), EXIT_USAGE, "no audio file in this folder"
     ),
@@ -462,11 +465,13 @@ CASES = {
         EXIT_FAILED,
         "no index here yet",
     ),
-    "describe, no model": Case(lambda p: ("describe", p.clip, "--model", p.missing), EXIT_FAILED, "model"),
+    "describe, no model": Case(
+        lambda p: ("describe", p.clip, "--model", "mine"), EXIT_FAILED, "no Pengi model 'mine' is installed"
+    ),
     "index, no model": Case(
-        lambda p: ("index", p.sounds, "--db", p.missing.with_suffix(".db"), "--model", p.missing),
+        lambda p: ("index", p.sounds, "--db", p.missing.with_suffix(".db"), "--model", "mine"),
         EXIT_FAILED,
-        "model",
+        "no Pengi model 'mine' is installed",
     ),
     "index, another run writing": Case(
         lambda p: ("index", p.sounds, *lib(p)), EXIT_FAILED, "another indexing run", another_index_run

@@ -18,12 +18,14 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
+from sqlalchemy import event
 from typer.testing import CliRunner
 
 from pengi_search.cli import app
-from pengi_search.db import EmbedderInfo, ModelInfo, ReplaceResult, Store, WindowInput
+from pengi_search.db import ClosedLibraryError, EmbedderInfo, ModelInfo, ReplaceResult, Store, WindowInput
 from pengi_search.doctor import check_vector_files
 from pengi_search.library import EmptyLibraryError, Library
+from pengi_search.serve.live import LiveLibrary
 from pengi_search.vector_file import write_index_file
 from pengi_search.vectors import VectorIndex, VectorIndexError
 
@@ -385,3 +387,27 @@ def test_doctor_says_when_a_file_stores_more_removed_vectors_than_a_compaction_l
     [overdue] = [problem for problem in problems if problem.where == "audio index"]
     assert overdue.what.endswith("still stores 5 removed vectors of its 20, over the fifth that is compacted away")
     assert overdue.fix == "pengi-search rebuild-index"
+
+
+@pytest.mark.parametrize("kind", [Library, LiveLibrary])
+def test_a_closed_library_refuses_use_and_opens_no_connection_again(db: str, kind: type[Library]) -> None:
+    """Use after `close` said so, where it used to reconnect on the quiet and leave connections nobody closed; a
+    second `close` does nothing, and the database opens again as before."""
+    library = kind(Store.open(db, read_only=True))
+    library.vector_index("text")
+    connections: list[object] = []
+    event.listen(library.store.engine, "connect", lambda connection, _record: connections.append(connection))
+    library.close()
+    for use in (
+        lambda: library.vector_index("text"),  # a LiveLibrary within its refresh interval too
+        library.caption_counts,
+        library.index_info,
+        library.store.stats,
+        lambda: library.store.engine,
+    ):
+        with pytest.raises(ClosedLibraryError, match=r"lib\.db: this library was closed"):
+            use()
+    assert connections == []
+    library.close()
+    with Library.open(db, read_only=True) as again:
+        assert len(again.vector_index("text")) == 5

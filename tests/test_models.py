@@ -6,6 +6,7 @@ import builtins
 import functools
 import http.server
 import json
+import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 
 from pengi_search.checkpoint import CheckpointError
 from pengi_search.encoders import TextEncoder
+from pengi_search.errors import EXIT_FAILED, EXIT_USAGE
 from pengi_search.model import Pengi
 from pengi_search.model_dir import ModelDir, ModelNotFoundError
 from pengi_search.models import fetch_model, import_checkpoint
@@ -128,8 +130,53 @@ def test_fetch_downloads_from_a_local_server_and_installs(tiny_pair, tiny_model_
 def test_a_missing_model_says_which_command_fixes_it(isolated_home):
     with pytest.raises(ModelNotFoundError, match="pengi-search model fetch base"):
         ModelDir.resolve()
-    with pytest.raises(ModelNotFoundError, match="no Pengi model at 'nowhere'"):
+    with pytest.raises(
+        ModelNotFoundError, match="no Pengi model 'nowhere' is installed: run `pengi-search model fetch"
+    ):
         ModelDir.resolve("nowhere")
+    with pytest.raises(
+        ModelNotFoundError, match="'base_no_text_enc' is installed: run `pengi-search model fetch base_no"
+    ):
+        ModelDir.resolve("base_no_text_enc")
+
+
+def resolve_error(spec: str) -> ModelNotFoundError:
+    with pytest.raises(ModelNotFoundError) as caught:
+        ModelDir.resolve(spec)
+    return caught.value
+
+
+def test_a_mistyped_model_folder_is_a_folder_not_there_and_a_mistyped_name_names_the_installed_ones(
+    isolated_home, tiny_model_dir, tmp_path, monkeypatch
+):
+    """A path (a separator, or a leading `.` or `~`) is a folder: missing, it is bad usage (exit 2) said as every
+    missing path is, with the folder beside it or the installed model it may have meant; never "fetch base"."""
+    shutil.copytree(tiny_model_dir, tmp_path / "my-model")
+    shutil.copytree(tiny_model_dir, isolated_home / "models" / "mine")
+    (tmp_path / "sounds").mkdir()
+    (tmp_path / "clip.pth").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    said = {spec: (str(resolve_error(spec)), resolve_error(spec).exit_code) for spec in SPECS}
+    assert said == SPECS
+
+
+SPECS = {
+    "./my-modle": ("./my-modle: no such folder; did you mean ./my-model?", EXIT_USAGE),
+    "./my-modle/": ("./my-modle/: no such folder; did you mean ./my-model?", EXIT_USAGE),
+    "sub/mien": ("sub/mien: no such folder; did you mean the installed model mine?", EXIT_USAGE),
+    "./elsewhere": ("./elsewhere: no such folder", EXIT_USAGE),
+    "mien": ("no Pengi model 'mien' is installed; did you mean mine?", EXIT_FAILED),
+    "bsae": (
+        "no Pengi model 'bsae' is installed; did you mean base? (`pengi-search model fetch base` installs it)",
+        EXIT_FAILED,
+    ),
+    "nothing-like-it": ("no Pengi model 'nothing-like-it' is installed (installed: mine)", EXIT_FAILED),
+    "sounds": ("sounds: not a model folder: it has no config.json and no model.safetensors", EXIT_FAILED),
+    "./clip.pth": (
+        "./clip.pth: a file, not a model folder (`pengi-search model import PATH` installs a checkpoint file)",
+        EXIT_FAILED,
+    ),
+}
 
 
 def test_the_environment_variable_chooses_the_model(tiny_model_dir, monkeypatch):

@@ -4,6 +4,7 @@ what `pengi-search describe`, `ask` and `classify` give for the same file, from 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -147,6 +148,28 @@ def test_a_file_cut_short_is_described_as_far_as_it_goes_with_a_warning(engine, 
 def test_a_device_torch_does_not_know_is_refused_as_the_command_refuses_it(tiny_model_dir, device):
     with pytest.raises(UsageError, match=f"--device {device}: not a device; use auto, cpu or cuda"):
         Engine.load(tiny_model_dir, device=device)
+
+
+@pytest.mark.parametrize(
+    ("gpus", "says"),
+    [
+        (2, "PyTorch sees 2 CUDA GPUs on this machine (cuda:0 to cuda:1)"),
+        (1, "PyTorch sees 1 CUDA GPU on this machine (cuda:0)"),
+    ],
+)
+def test_a_gpu_past_those_the_machine_has_is_refused_before_the_model_loads(tiny_model_dir, monkeypatch, gpus, says):
+    """`cuda:5` with fewer GPUs said in one line, not CUDA's "invalid device ordinal" once the model moves there;
+    the GPUs there are still taken."""
+    from pengi_search.inference import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    with pytest.raises(UsageError, match=rf"--device cuda:5: {re.escape(says)}"):
+        Engine.load(tiny_model_dir, device="cuda:5")
+    with pytest.raises(UsageError, match=f"--device cuda:{gpus}: "):
+        resolve_device(f"cuda:{gpus}")
+    assert resolve_device(f"cuda:{gpus - 1}") == torch.device("cuda", gpus - 1)
+    assert resolve_device("cuda") == torch.device("cuda")
 
 
 def test_an_empty_question_or_no_prompt_is_refused(engine, clip):

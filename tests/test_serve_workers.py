@@ -61,24 +61,52 @@ def test_workers_answer_on_one_port_and_stop_together(library, tiny_model_dir, t
     assert not any(alive(pid) for pid in workers)  # the parent ends only once it has seen every worker end
 
 
-def test_sigterm_shuts_a_server_of_one_process_down_and_it_ends_by_the_signal(library, tiny_model_dir, tmp_path):
+@pytest.fixture
+def server_tmp(tmp_path, monkeypatch) -> Path:
+    """The temporary folder of the servers this test starts: its own, which other tests' servers (other pytest
+    processes on this machine too) leave alone."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setenv("TMPDIR", str(folder))
+    return folder
+
+
+def test_sigterm_shuts_a_server_of_one_process_down_and_it_ends_by_the_signal(
+    library, tiny_model_dir, tmp_path, server_tmp
+):
     """As a service manager expects of a server (systemd counts that a clean stop, exit code 143 a failure), not as
     other commands end on SIGTERM; several workers end by it too, and their parent then exits 0 (above)."""
-    before = kept_folders()
     served = ServeProcess("--db", library.db, "--model", str(tiny_model_dir), "--device", "cpu", home=tmp_path)
     address = served.address()
     assert address is not None, served.rest_of_output()
     with urllib.request.urlopen(f"{address}/api/stats", timeout=30) as response:  # it answers: uvicorn runs
         assert response.status == 200
-    assert len(kept_folders() - before) == 1  # its uploads' embeddings: gone with it, as the server stops
+    assert len(kept_folders(server_tmp)) == 1  # its uploads' embeddings: gone with it, as the server stops
     assert served.stop() == -signal.SIGTERM
     assert "interrupted" not in served.rest_of_output()
-    assert kept_folders() - before == set()
+    assert kept_folders(server_tmp) == set()
 
 
-def kept_folders() -> set[Path]:
-    """The folders servers keep uploads' embeddings in (`serve/kept_clips.py`)."""
-    return set(Path(tempfile.gettempdir()).glob("pengi-serve-clips-*"))
+def test_the_printed_address_answers_at_once_and_a_sigterm_at_once_shuts_the_server_down(
+    library, tiny_model_dir, tmp_path, server_tmp
+):
+    """The address is printed once the server serves and uvicorn has SIGTERM: a client that asks at once gets an
+    answer, and a supervisor that stops it as soon as it reads the address its shutdown (its folder removed), not a
+    kill."""
+    for ask_first in (True, False):
+        served = ServeProcess("--db", library.db, "--model", str(tiny_model_dir), "--device", "cpu", home=tmp_path)
+        address = served.address()
+        assert address is not None, served.rest_of_output()
+        if ask_first:
+            with urllib.request.urlopen(f"{address}/api/stats", timeout=5) as response:
+                assert response.status == 200
+        assert served.stop() == -signal.SIGTERM
+        assert kept_folders(server_tmp) == set(), served.rest_of_output()
+
+
+def kept_folders(folder: Path) -> set[Path]:
+    """The folders servers keep uploads' embeddings in (`serve/kept_clips.py`), in the temporary `folder`."""
+    return set(folder.glob("pengi-serve-clips-*"))
 
 
 def window_paths(address: str) -> set[str]:

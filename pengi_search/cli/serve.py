@@ -7,6 +7,7 @@ import functools
 import os
 import socket
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -106,9 +107,7 @@ def serve(
         address = _address(host, listener.getsockname()[1])
         announce = functools.partial(_announce, address, required, token, open_browser)
         if workers == 1:
-            app = create_app(settings)
-            announce()
-            _run(app, listener)
+            _run(create_app(settings), listener, started=announce)
             return
         from ..db import Store
         from ..serve.workers import run_workers
@@ -126,9 +125,7 @@ def serve(
             # (8 clients of new texts: 41 requests/s with two workers of 2 threads each, 84 with 1 each).
             threadpoolctl.threadpool_limits(limits=max(1, (os.cpu_count() or 1) // workers))
             with sigterm_ends_the_process():  # as in the parent: `handle_errors` took SIGTERM over again
-                app = create_app(settings)  # in the worker: see serve/workers.py
-                ready()
-                _run(app, listener)
+                _run(create_app(settings), listener, started=ready)  # in the worker: see serve/workers.py
 
         with kept:  # removed once every worker has ended (a worker ends by os._exit: it never removes it)
             code = run_workers(workers, handle_errors(work), announce)
@@ -146,13 +143,25 @@ def _announce(address: str, required: str | None, given: str | None, open_browse
     if open_browser:
         import webbrowser
 
-        webbrowser.open(f"{address}/{suffix}")
+        # Said from the server's event loop: a browser that runs in the terminal (lynx) must not hold it up.
+        threading.Thread(target=webbrowser.open, args=(f"{address}/{suffix}",), daemon=True).start()
 
 
-def _run(app: Any, listener: socket.socket) -> None:
+def _run(app: Any, listener: socket.socket, *, started: Callable[[], None]) -> None:
+    """Serve `app` on `listener` until a stop signal, calling `started()` once it serves.
+
+    Not before: uvicorn takes SIGTERM and SIGINT over only as it starts, and a server stopped before that (by
+    whoever read its address and stops it at once) was killed outright, without its shutdown, leaving its
+    temporary folder behind (`serve/kept_clips.py`)."""
     import uvicorn
 
-    uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[listener])
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:  # else it failed to start, and ends
+                started()
+
+    Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[listener])
 
 
 def _folder(path: Path) -> Path:

@@ -32,6 +32,7 @@ from .copies import (
     unhashed_files,
 )
 from .errors import (
+    ClosedLibraryError,
     DatabaseFailureError,
     DatabaseUnreachableError,
     IndexBusyError,
@@ -77,6 +78,7 @@ __all__ = [
     "TRUNCATED_NOTE",
     "VECTOR_KINDS",
     "CaptionCounts",
+    "ClosedLibraryError",
     "CopiedFile",
     "DatabaseFailureError",
     "DatabaseUnreachableError",

@@ -61,6 +61,14 @@ class DatabaseURLError(StoreError, UsageError):
     """`--db` / `$PENGI_SEARCH_DB` is not a URL pengi-search can use (a typo'd scheme, driver or port): bad usage."""
 
 
+class ClosedLibraryError(StoreError):
+    """A library or store used after `close()`: its connections are gone, and reopening them silently would leave
+    connections that nothing closes. Open the library again instead."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__(where, "this library was closed; open it again to use it")
+
+
 class ForeignDatabaseError(StoreError):
     """The database holds another application's tables, not a pengi-search library: nothing is read or written."""
 

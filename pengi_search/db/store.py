@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ..chunking import chunked
 from .access import open_engine
 from .engine import WRITE_OPTION
-from .errors import RefusedInputError, store_error
+from .errors import ClosedLibraryError, RefusedInputError, store_error
 from .index_meta import IndexBuild
 from .queries import (
     IDS_PER_QUERY,
@@ -60,6 +60,7 @@ class Store(RunJournal, LibraryReads, IndexBuild):
         what the commands that messages suggest add to act on this library (`urls.db_option`: ` --db VALUE` when
         the user named one), so that a pasted suggestion does not act on the default library."""
         self._engine = engine
+        self._closed = False
         self.read_only = read_only
         # Every read sees one snapshot, as SQLite's WAL readers do (PostgreSQL's default is per statement).
         snapshot = {"isolation_level": "REPEATABLE READ"} if engine.dialect.name == "postgresql" else {}
@@ -83,10 +84,19 @@ class Store(RunJournal, LibraryReads, IndexBuild):
     @property
     def engine(self) -> Engine:
         """The SQLAlchemy engine underneath (for tools and tests; the methods are the API)."""
+        self.check_open()
         return self._engine
 
     def close(self) -> None:
+        """Release the database connections. Closing again does nothing; any other use raises ClosedLibraryError:
+        the engine would otherwise open new connections on the quiet, which nothing would ever close."""
+        self._closed = True
         self._engine.dispose()
+
+    def check_open(self) -> None:
+        """Raise ClosedLibraryError once `close` has been called."""
+        if self._closed:
+            raise ClosedLibraryError(self.name)
 
     def __enter__(self) -> Store:
         return self
@@ -101,6 +111,7 @@ class Store(RunJournal, LibraryReads, IndexBuild):
         Database failures surface as StoreError (DatabaseUnreachableError when it did not answer); exceptions raised
         by the caller's code pass through unchanged.
         """
+        self.check_open()
         maker = self._write if write else self._read
         try:
             with maker.begin() as session:
@@ -112,6 +123,7 @@ class Store(RunJournal, LibraryReads, IndexBuild):
     def reading(self) -> Iterator[Connection]:
         """A read transaction on a plain connection, for Core statements on a hot path (every search reads hit
         details): the ORM session's bookkeeping was a third of a search's Python time. Failures as `session`."""
+        self.check_open()
         try:
             with self._reader.begin() as connection:
                 yield connection

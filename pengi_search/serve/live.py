@@ -140,6 +140,7 @@ class LiveLibrary(Library):
 
     def refresh(self, *, force: bool = False) -> None:
         """Bring the indexes up to date with the database and the FAISS files, if due (or `force`)."""
+        self.store.check_open()  # a refresh not yet due would not find out, and searches would find no index
         if not force and time.monotonic() - self._checked_at < self.check_s:
             return
         # The first load is waited for; later, a search does not wait for another thread's refresh.
