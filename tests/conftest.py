@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,6 +13,12 @@ import pytest
 # on each other while another job holds a core: a training test took 55 s instead of 7 s, the learning test 300 s
 # instead of 54 s.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# A suite started in the background by a script (`python -m pytest &`, which a non-interactive shell starts with
+# Ctrl-C ignored) would hand that on to every command it starts, and commands keep a stop signal they were started
+# ignoring (as `nohup` wants): the Ctrl-C tests would find no handler. The tests are about Ctrl-C's default.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from pengi_search.testing import make_tiny_model_dir  # noqa: E402 (imports torch: after the setting above)
 
