@@ -244,7 +244,7 @@ def evaluate_retrieval(
             metrics[ranking.name][direction] = values
             details[ranking.name][direction] = outcome.rows
             ties[ranking.name][direction] = tie_bounds(outcome.spans, _RECALL_CUTS, "queries")
-            what = f"{ranking.name}, {DIRECTION_NAMES[direction]}: results tied across a cut-off, ordered by path"
+            what = f"{ranking.name}, {DIRECTION_NAMES[direction]}: ties ordered by path"
             notes += tie_notes(what, values, ties[ranking.name][direction], ("query", "queries"))
     return {
         "metrics": metrics,
