@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..units import count_text, duration_text, for_count
+from ..units import count_text, duration_text, for_count, size_text
 from ..written_aside import written_aside
 from .common import (
     EXIT_FAILED,
@@ -271,11 +271,4 @@ def _captions_line(captions: dict[str, Any], db_option: str) -> str:
 
 
 def _human(size: int | None) -> str:
-    if size is None:
-        return "no file"
-    value, unit = float(size), "B"
-    for bigger in ("KB", "MB", "GB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, bigger
-    return f"{value:.1f} {unit}"
+    return "no file" if size is None else size_text(size)
