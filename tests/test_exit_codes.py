@@ -466,12 +466,12 @@ CASES = {
         "no index here yet",
     ),
     "describe, no model": Case(
-        lambda p: ("describe", p.clip, "--model", "mine"), EXIT_FAILED, "no Pengi model 'mine' is installed"
+        lambda p: ("describe", p.clip, "--model", "mine"), EXIT_FAILED, "no Pengi model mine is installed"
     ),
     "index, no model": Case(
         lambda p: ("index", p.sounds, "--db", p.missing.with_suffix(".db"), "--model", "mine"),
         EXIT_FAILED,
-        "no Pengi model 'mine' is installed",
+        "no Pengi model mine is installed",
     ),
     "index, another run writing": Case(
         lambda p: ("index", p.sounds, *lib(p)), EXIT_FAILED, "another indexing run", another_index_run
