@@ -529,6 +529,17 @@ def test_each_failure_mode_has_its_documented_exit_code(paths, name):
     assert SECRET not in result.output and "(psycopg." not in result.output, name
 
 
+def test_serve_on_a_port_already_in_use_is_bad_usage(paths):
+    """Another program listens on the port: `serve` says so in one line and exits 2, before it loads anything."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        result = runner.invoke(app, ["serve", "--db", str(paths.db), "--port", str(port)])
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert f"error: 127.0.0.1:{port}: cannot listen there (" in result.output
+
+
 def _commands_taking(option: str, group: Any, prefix: str = "") -> set[str]:
     """The command lines ("eval classify") of every command under the Click `group` that has `option` (Typer runs
     its own copy of Click: groups are told by their commands)."""
