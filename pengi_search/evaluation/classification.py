@@ -13,8 +13,8 @@ from typing import Any
 from ..classify import Prediction, evaluate
 from ..errors import UsageError
 from ..pathnames import shown
-from ..ranking import tied_groups
 from ..text_files import CSV_LIST_SEPARATOR
+from ..ties import tied_groups
 from ..truth import Truth, several_files
 from ..units import count_text, for_count, named
 from .metrics import confusion_matrix, mean, top_k_accuracy

@@ -1,11 +1,11 @@
-"""How far ties move an evaluation's numbers. Results that score within `ranking.TIE_TOLERANCE` of each other (files
-or captions in retrieval, labels in classification) are ordered by a fixed key, their path or name
-(`ranking.tied_groups`), so that a number is that of one real order, whatever the order of the CSV's rows, the
-library's windows or the labels file. A metric that cuts the ranking at a place (R@k; accuracy and top-k, the true
-label among the first k) could change where a tie crosses that place: the report gives, per such metric, how many
-queries (or files) a tie makes uncertain and the metric's lowest and highest value over every order of the tied
-results. Bounds rather than the average over tie orders: they show how far another order moves the figure, which
-an average would hide.
+"""How far ties move an evaluation's numbers. Results that score within `pengi_search.ties.TIE_TOLERANCE` of each
+other (files or captions in retrieval, labels in classification) are ordered by a fixed key, their path or name
+(`pengi_search.ties.tied_groups`), so that a number is that of one real order, whatever the order of the CSV's
+rows, the library's windows or the labels file. A metric that cuts the ranking at a place (R@k; accuracy and top-k,
+the true label among the first k) could change where a tie crosses that place: the report gives, per such metric,
+how many queries (or files) a tie makes uncertain and the metric's lowest and highest value over every order of the
+tied results. Bounds rather than the average over tie orders: they show how far another order moves the figure,
+which an average would hide.
 """
 
 from __future__ import annotations
