@@ -46,8 +46,8 @@ from .json_values import json_score
 from .pathnames import path_fields, shown
 from .paths import as_path
 from .prompts import TASK_PROMPTS
-from .ranking import tied_groups
 from .text_files import csv_rows, read_text
+from .ties import tied_groups
 from .truth import LabelsError, Truth
 
 if TYPE_CHECKING:
@@ -214,7 +214,7 @@ class ClassifySettings:
 
 
 def rank(labels: Sequence[str], scores: np.ndarray) -> list[tuple[str, float]]:
-    """Labels with their scores, best first; labels that tie (`ranking.TIE_TOLERANCE`: two that embed alike, as
+    """Labels with their scores, best first; labels that tie (`ties.TIE_TOLERANCE`: two that embed alike, as
     "Dog" and "dog" do through a tokenizer that lower-cases) in the order of their names, not of the labels file or
     the truth's rows, which would make the top-1 accuracy depend on them."""
     order = sorted(range(len(labels)), key=lambda i: -float(scores[i]))

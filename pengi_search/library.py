@@ -30,6 +30,7 @@ import os
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -162,6 +163,26 @@ class Library:
         """
         recorded = self.store.vector_indexes()
         return {kind: recorded.get(kind) or self._described_by_file(kind) for kind in VECTOR_KINDS}
+
+    def indexes_json(self) -> dict[str, dict[str, Any]]:
+        """`vector_indexes` of `stats --json` and of the server's `/api/stats`: per kind, where its FAISS file is, its
+        size and the removed vectors it still stores (None: no file of this library's; `removed` None too when its
+        header is damaged) and what index it is: `index_type` is the type built."""
+        indexes = {}
+        for kind, info in self.index_info().items():
+            file = self.index_file(kind)
+            data: dict[str, Any] = {
+                "path": str(self.index_path(kind)),
+                "bytes": None if file is None else file.bytes,
+                "removed": None if file is None else file.removed,
+                "index_type": None,
+                "requested_type": None,
+            }
+            if info is not None:
+                recorded = info.to_json()
+                data |= {"index_type": recorded.pop("effective_type")} | recorded
+            indexes[kind] = data
+        return indexes
 
     # -- internals -------------------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from typing import Any
 from .checkpoint import CheckpointError
 from .config import PengiConfig
 from .errors import UsageError
+from .pathnames import shown
 from .paths import home_expanded, models_dir
 from .releases import DEFAULT_RELEASE, RELEASES
 from .tokenization import TOKENIZER_DIR, Tokenizers
@@ -144,7 +145,7 @@ def _did_you_mean(spec: str, place: Path) -> str:
 
 def _not_installed(name: str) -> str:
     """Why no model is installed as `name`, with how to install it or the installed name it may be a typo of."""
-    missing = f"no Pengi model {name!r} is installed"
+    missing = f"no Pengi model {shown(name)} is installed"  # bare, as every name and path: escaped, not quoted
     if name in RELEASES:
         return f"{missing}: run `pengi-search model fetch {name}`"
     installed = installed_names()

@@ -14,8 +14,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -24,31 +23,12 @@ from .db import Store
 from .id_arrays import sorted_unique
 from .vectors import l2_normalise
 
-T = TypeVar("T")
-
-# Scores this close are a tie: the same text embedded in another batch, or scored in another block of a matrix
-# product, moves a cosine by a few 1e-7 (float32), so identical captions or labels rarely score exactly alike.
-TIE_TOLERANCE = 1e-6
-
 RANK_LABELS = {
     Rank.caption: "caption matching (the query against the windows' generated captions)",
     Rank.audio: "audio embeddings (Pengi's audio embedding of each window against the query's text embedding; "
     "no captions compared)",
     Rank.hybrid: "hybrid (weighted sum of the caption and audio-embedding cosines)",
 }
-
-
-def tied_groups(found: Iterable[tuple[T, float]], key: Callable[[T], Any]) -> list[list[T]]:
-    """The results (best first) in groups that tie (each within `TIE_TOLERANCE` of its group's best), each group
-    ordered by `key`: an order that the order of the CSV's rows or of the library's windows does not change."""
-    groups: list[list[T]] = []
-    top = np.inf
-    for item, score in found:
-        if not groups or score < top - TIE_TOLERANCE:
-            groups.append([])
-            top = score
-        groups[-1].append(item)
-    return [sorted(group, key=key) for group in groups]
 
 
 def check_hybrid_weight(weight: float) -> float:

@@ -1,5 +1,5 @@
-"""How amounts are shown to people: a duration in the unit that reads best, a window's time in a file, a count
-with its noun, and a few items named with how many more.
+"""How amounts are shown to people: a duration or a size in the unit that reads best, a window's time in a file, a
+count with its noun, and a few items named with how many more.
 
 The library page, `stats`, `doctor` and the trainer's dry run all say how long something is; one rule keeps them
 alike (a short library is not "0.00 h", a small set's epoch not "0.0 min"). `describe`, `query`, `similar` and the
@@ -18,6 +18,16 @@ def duration_text(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def size_text(size: int) -> str:
+    """512.0 B, 2.0 KB, 9.8 MB, 2.2 GB: the unit that reads best (of 1024), so a small file is not "0.00 GiB"."""
+    value, unit = float(size), "B"
+    for bigger in ("KB", "MB", "GB", "TB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{value:.1f} {unit}"
 
 
 def count_text(count: int, noun: str, plural: str | None = None) -> str:

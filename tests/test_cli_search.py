@@ -454,6 +454,19 @@ def test_classify_several_files_with_an_undecodable_one_is_partial(captions, com
     assert [r["path"] for r in data["results"]] == [str(captions.files["bell.wav"])]
 
 
+def test_classify_truth_of_only_files_that_failed_says_so_as_a_warning(captions, common, labels, tmp_path):
+    """The truth lists only the file that cannot be decoded: nothing is scored, which is a warning on stderr, as
+    every other warning reads, and the CSV on stdout stays clean."""
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF not really audio")
+    truth = tmp_path / "truth.csv"
+    truth.write_text("file,label\nbroken.wav,a dog barks\n")
+    result = run("classify", captions.files["bell.wav"], broken, "-l", labels, *common, "--truth", truth, "-q")
+    assert result.exit_code == EXIT_PARTIAL, result.output
+    assert "warning: no classified file is in the truth file, so nothing is scored\n" in result.stderr
+    assert "no classified file" not in result.stdout
+
+
 @pytest.mark.parametrize("bad", ["", "absent.wav"])
 def test_classify_refuses_a_bad_target_among_good_ones_before_any_work(captions, common, labels, tmp_path, bad):
     result = run("classify", captions.files["bell.wav"], bad and tmp_path / bad, "-l", labels, *common)

@@ -6,9 +6,12 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import json
 import math
 import random
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -254,3 +257,11 @@ def test_top_k_accuracy_and_confusion_by_hand():
     assert top_k_accuracy([1, 2, 4, None], 3) == 0.5
     pairs = [("dog", "dog"), ("dog", "cat"), ("cat", "cat"), ("bird", "cat")]
     assert confusion_matrix(pairs, ["dog", "cat", "bird"]) == [[1, 1, 0], [0, 1, 0], [0, 1, 0]]
+
+
+def test_the_metrics_import_no_database_numpy_or_faiss():
+    """The metrics are plain Python over lists: scoring a report (`eval compare`, a script) must not pay for the
+    database layer, numpy or FAISS, as it did while they took their tie rule from `ranking`."""
+    script = "import json, sys, pengi_search.evaluation.metrics; print(json.dumps(sorted(sys.modules)))"
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert not {"sqlalchemy", "numpy", "faiss", "torch"} & {name.split(".")[0] for name in json.loads(loaded)}

@@ -77,8 +77,8 @@ def test_the_report_says_how_far_another_order_of_tied_results_moves_r_at_k(twin
         assert ties["R@1"] == {"queries": 2, "lowest": pytest.approx(1 / 3), "highest": 1.0}
         assert ties["R@5"] == ties["R@10"] == {"queries": 0, "lowest": 1.0, "highest": 1.0}
     assert result["notes"] == [
-        f"caption, {arrow}: results tied across a cut-off, ordered by path, would move R@1 0.6667 in 2 queries "
-        "(from 0.3333 to 1.0000) in another order"
+        f"caption, {arrow}: ties ordered by path: R@1 is 0.6667 in this order; 2 queries tie across its cut-off: "
+        "another order gives 0.3333 to 1.0000"
         for arrow in ("text → audio", "audio → text")
     ]
 
@@ -132,8 +132,10 @@ def test_the_classification_report_says_how_far_another_order_of_tied_labels_mov
         "top-3": {"files": 1, "lowest": pytest.approx(2 / 3), "highest": 1.0},
     }
     assert result["notes"] == [
-        "labels tied across a cut-off, ordered by name, would move accuracy 0.3333 in 1 file (from 0.3333 to "
-        "0.6667); top-3 0.6667 in 1 file (from 0.6667 to 1.0000) in another order"
+        "tied labels ordered by name: accuracy is 0.3333 in this order; 1 file ties across its cut-off: another "
+        "order gives 0.3333 to 0.6667",
+        "tied labels ordered by name: top-3 is 0.6667 in this order; 1 file ties across its cut-off: another order "
+        "gives 0.6667 to 1.0000",
     ]
     rows = {Path(row["path"]).name: (row["rank"], row.get("ranks")) for row in result["files"]}
     assert rows == {"a.wav": (2, [1, 2]), "b.wav": (5, [3, 5]), "c.wav": (1, None)}
@@ -152,8 +154,8 @@ def test_the_multi_label_report_bounds_top_1_precision_and_ties_cannot_move_map(
     assert result["metrics"]["top-1 precision"] == 0.5
     assert result["ties"] == {"top-1 precision": {"files": 1, "lowest": 0.5, "highest": 1.0}}
     assert (
-        "labels tied across a cut-off, ordered by name, would move top-1 precision 0.5000 in 1 file (from "
-        "0.5000 to 1.0000) in another order" in result["notes"]
+        "tied labels ordered by name: top-1 precision is 0.5000 in this order; 1 file ties across its cut-off: "
+        "another order gives 0.5000 to 1.0000" in result["notes"]
     )
     assert result["per_class"]["bell"]["ap"] == 0.5  # a.wav and b.wav tie for "bell": together, whichever is first
 

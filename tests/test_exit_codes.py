@@ -466,12 +466,12 @@ CASES = {
         "no index here yet",
     ),
     "describe, no model": Case(
-        lambda p: ("describe", p.clip, "--model", "mine"), EXIT_FAILED, "no Pengi model 'mine' is installed"
+        lambda p: ("describe", p.clip, "--model", "mine"), EXIT_FAILED, "no Pengi model mine is installed"
     ),
     "index, no model": Case(
         lambda p: ("index", p.sounds, "--db", p.missing.with_suffix(".db"), "--model", "mine"),
         EXIT_FAILED,
-        "no Pengi model 'mine' is installed",
+        "no Pengi model mine is installed",
     ),
     "index, another run writing": Case(
         lambda p: ("index", p.sounds, *lib(p)), EXIT_FAILED, "another indexing run", another_index_run
@@ -527,6 +527,17 @@ def test_each_failure_mode_has_its_documented_exit_code(paths, name):
     assert " ".join(case.says.split()) in output, f"{name}: {result.output}"
     assert result.exception is None or isinstance(result.exception, SystemExit), name  # no traceback
     assert SECRET not in result.output and "(psycopg." not in result.output, name
+
+
+def test_serve_on_a_port_already_in_use_is_bad_usage(paths):
+    """Another program listens on the port: `serve` says so in one line and exits 2, before it loads anything."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        result = runner.invoke(app, ["serve", "--db", str(paths.db), "--port", str(port)])
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert f"error: 127.0.0.1:{port}: cannot listen there (" in result.output
 
 
 def _commands_taking(option: str, group: Any, prefix: str = "") -> set[str]:

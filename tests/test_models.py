@@ -130,12 +130,10 @@ def test_fetch_downloads_from_a_local_server_and_installs(tiny_pair, tiny_model_
 def test_a_missing_model_says_which_command_fixes_it(isolated_home):
     with pytest.raises(ModelNotFoundError, match="pengi-search model fetch base"):
         ModelDir.resolve()
-    with pytest.raises(
-        ModelNotFoundError, match="no Pengi model 'nowhere' is installed: run `pengi-search model fetch"
-    ):
+    with pytest.raises(ModelNotFoundError, match="no Pengi model nowhere is installed: run `pengi-search model fetch"):
         ModelDir.resolve("nowhere")
     with pytest.raises(
-        ModelNotFoundError, match="'base_no_text_enc' is installed: run `pengi-search model fetch base_no"
+        ModelNotFoundError, match="model base_no_text_enc is installed: run `pengi-search model fetch base_no"
     ):
         ModelDir.resolve("base_no_text_enc")
 
@@ -150,7 +148,8 @@ def test_a_mistyped_model_folder_is_a_folder_not_there_and_a_mistyped_name_names
     isolated_home, tiny_model_dir, tmp_path, monkeypatch
 ):
     """A path (a separator, or a leading `.` or `~`) is a folder: missing, it is bad usage (exit 2) said as every
-    missing path is, with the folder beside it or the installed model it may have meant; never "fetch base"."""
+    missing path is, with the folder beside it or the installed model it may have meant; never "fetch base". A name
+    is said bare, as paths are, its control characters escaped."""
     shutil.copytree(tiny_model_dir, tmp_path / "my-model")
     shutil.copytree(tiny_model_dir, isolated_home / "models" / "mine")
     (tmp_path / "sounds").mkdir()
@@ -165,12 +164,13 @@ SPECS = {
     "./my-modle/": ("./my-modle/: no such folder; did you mean ./my-model?", EXIT_USAGE),
     "sub/mien": ("sub/mien: no such folder; did you mean the installed model mine?", EXIT_USAGE),
     "./elsewhere": ("./elsewhere: no such folder", EXIT_USAGE),
-    "mien": ("no Pengi model 'mien' is installed; did you mean mine?", EXIT_FAILED),
+    "mien": ("no Pengi model mien is installed; did you mean mine?", EXIT_FAILED),
     "bsae": (
-        "no Pengi model 'bsae' is installed; did you mean base? (`pengi-search model fetch base` installs it)",
+        "no Pengi model bsae is installed; did you mean base? (`pengi-search model fetch base` installs it)",
         EXIT_FAILED,
     ),
-    "nothing-like-it": ("no Pengi model 'nothing-like-it' is installed (installed: mine)", EXIT_FAILED),
+    "nothing-like-it": ("no Pengi model nothing-like-it is installed (installed: mine)", EXIT_FAILED),
+    "tab\there": ("no Pengi model tab\\there is installed (installed: mine)", EXIT_FAILED),  # escaped, as paths are
     "sounds": ("sounds: not a model folder: it has no config.json and no model.safetensors", EXIT_FAILED),
     "./clip.pth": (
         "./clip.pth: a file, not a model folder (`pengi-search model import PATH` installs a checkpoint file)",

@@ -270,6 +270,18 @@ def test_file_lists_its_windows_with_texts(client, served):
     assert client.get("/api/files/999999").status_code == 404
 
 
+def test_a_file_is_the_row_export_writes_with_its_ids(client, served):
+    """The same fields as `export`, plus the file's `id` and each window's `window_id`: a UTF-8 name has no
+    `path_bytes`, left out as `export` leaves it out, never null."""
+    rain = hit_for(client, served, "weather/rain.flac")
+    info = client.get(f"/api/files/{rain['file_id']}").json()
+    command = runner.invoke(app, ["export", "--db", served.db, "--under", str(served.files["weather/rain.flac"])])
+    assert command.exit_code == 0, command.output
+    (row,) = [json.loads(line) for line in command.stdout.splitlines()]
+    assert "path_bytes" not in info and set(info) - {"id"} == set(row)
+    assert [set(window) - {"window_id"} for window in info["windows"]] == [set(window) for window in row["windows"]]
+
+
 def test_file_audio_is_the_file_with_range_support(client, served):
     bell = hit_for(client, served, "bell.wav")
     data = served.files["bell.wav"].read_bytes()
@@ -556,7 +568,12 @@ def test_stats(client, served):
     stats = client.get("/api/stats").json()
     assert stats["files"] == {"total": 6, "pending": 0, "indexed": 5, "error": 1}
     assert stats["window_count"] == 6 and stats["vectors"] == {"text": 6, "audio": 6}
-    assert stats["indexes"] == {"text": {"type": "flat", "vectors": 6}, "audio": {"type": "flat", "vectors": 6}}
+    # as `stats --json`'s `vector_indexes`, with the vectors this server holds in memory
+    command = runner.invoke(app, ["stats", "--db", served.db, "--json"])
+    assert command.exit_code == 0, command.output
+    expected = json.loads(command.stdout)["vector_indexes"]
+    assert stats["vector_indexes"] == {kind: {**index, "vectors_in_memory": 6} for kind, index in expected.items()}
+    assert {index["index_type"] for index in stats["vector_indexes"].values()} == {"flat"}
     assert stats["failed"] == [{"path": BROKEN, "error": BROKEN_REASON}]
     assert stats["model"]["model"] == "tiny-base"
     # as `stats --json`: captioned windows by how their texts were made
@@ -575,6 +592,7 @@ def test_pages_render(client, served):
     assert f"/api/files/{rain['file_id']}/spectrogram.png" in file_page
     library_page = client.get("/library").text
     assert BROKEN in library_page and BROKEN_REASON in library_page
+    assert "<th>text index</th><td>flat, 6 vectors</td>" in library_page
     assert "Drop a clip" in client.get("/upload").text
 
 

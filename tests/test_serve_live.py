@@ -56,7 +56,7 @@ def test_new_windows_appear_without_a_restart(tmp_path, tiny_model_dir):
         stats = client.get("/api/stats").json()
         with Library.open(library.db) as opened:
             expected = len(opened.store.vector_ids("text"))
-        assert stats["indexes"]["text"]["vectors"] == stats["vectors"]["text"] == expected
+        assert stats["vector_indexes"]["text"]["vectors_in_memory"] == stats["vectors"]["text"] == expected
 
 
 def store_window_without_faiss(db: str, model_dir, path: str, caption: str) -> None:
@@ -92,7 +92,7 @@ def test_windows_committed_before_the_faiss_files_are_saved_are_found(tmp_path, 
         assert [path.stat().st_mtime_ns for path in faiss_files] != stamps
         hits = client.get("/api/search", params={"q": "an owl hoots", "k": 1}).json()
         assert (hits[0]["caption"], hits[0]["path"]) == ("an owl hoots", "/late/owl.wav")
-        assert client.get("/api/stats").json()["indexes"]["text"]["vectors"] == 6
+        assert client.get("/api/stats").json()["vector_indexes"]["text"]["vectors_in_memory"] == 6
 
 
 def test_the_server_reads_every_backend_read_only(db_url, tmp_path, tiny_model_dir):  # noqa: F811 (a fixture)

@@ -30,13 +30,14 @@ import pengi_search.model
 from pengi_search.cli import app
 from pengi_search.config import PengiConfig
 from pengi_search.encoders import clip_text_config
-from pengi_search.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, EXIT_TERMINATED, EXIT_USAGE
+from pengi_search.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, EXIT_TERMINATED, EXIT_USAGE, UsageError
 from pengi_search.messages import print_warning
 from pengi_search.model import Pengi, gpt2_config
 from pengi_search.model_dir import WEIGHTS_FILE, ModelDir
 from pengi_search.testing import tiny_clip_tokenizer, tiny_config, tiny_gpt2_tokenizer
 from pengi_search.tokenization import Tokenizers
 from trainer.config import ConfigError, TrainConfig, load_config, parse_overrides
+from trainer.distributed import resolve_device
 from trainer.dry_run import dry_run_report
 from trainer.evaluation import generate_answers
 from trainer.loop import Trainer, train
@@ -692,6 +693,22 @@ def test_a_clip_that_fails_to_load_is_skipped_counted_and_said_once_as_every_com
 
 
 # --- Distributed ------------------------------------------------------------------------------------------------
+
+
+def test_a_process_past_the_machines_gpus_is_refused_before_the_set_up(monkeypatch):
+    """Four processes on two GPUs: the third and fourth would share a GPU with the first two, which NCCL refuses
+    only at the first collective, after minutes of set-up. Each process has its own GPU, or is refused at once."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto", 1) == resolve_device("cuda", 1) == torch.device("cuda", 1)
+    assert resolve_device("cpu", 3) == torch.device("cpu")
+    with pytest.raises(UsageError) as refused:
+        resolve_device("auto", 2)
+    assert str(refused.value) == (
+        "process 2 of this machine (torchrun's LOCAL_RANK): PyTorch sees 2 CUDA GPUs on this machine (cuda:0 to "
+        "cuda:1): start one process per GPU (--nproc-per-node), or set runtime.device to cpu"
+    )
+    assert refused.value.exit_code == EXIT_USAGE
 
 
 TORCHRUN_ENV = {"OMP_NUM_THREADS": "1"}

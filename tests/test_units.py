@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pengi_search.serve.pages import span, window_label
-from pengi_search.units import count_text, for_count, seconds_text, span_text
+from pengi_search.units import count_text, for_count, seconds_text, size_text, span_text
 
 
 @pytest.mark.parametrize(
@@ -42,3 +42,7 @@ def test_a_word_written_apart_from_its_count_agrees_with_it():
     # Messages read "1 true label(s) are not candidate labels" and "missing column(s) audio".
     assert [for_count(n, "is", "are") for n in (0, 1, 2)] == ["are", "is", "are"]
     assert (for_count(1, "column", "columns"), for_count(3, "column", "columns")) == ("column", "columns")
+
+
+def test_a_size_reads_in_the_unit_that_suits_it_so_a_small_model_is_not_zero():
+    assert [size_text(n) for n in (512, 2048, 5_246_130, 2_300_000_000)] == ["512.0 B", "2.0 KB", "5.0 MB", "2.1 GB"]

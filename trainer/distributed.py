@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from pengi_search.choices import device_unavailable
+from pengi_search.errors import UsageError
 from trainer.torchrun_env import process_count
 
 
@@ -37,10 +39,17 @@ class Processes:
 
 
 def resolve_device(choice: str, local_rank: int) -> torch.device:
-    """This process's GPU ("auto" or "cuda", when PyTorch sees one), else the CPU."""
+    """This process's GPU ("auto" or "cuda", when PyTorch sees one), else the CPU. A process past the machine's GPUs
+    (`--nproc-per-node` above their number) is refused now: sharing a GPU, NCCL would fail only at its first
+    collective, after the set-up."""
     if choice == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
-    return torch.device("cuda", local_rank % torch.cuda.device_count())
+    if reason := device_unavailable(f"cuda:{local_rank}"):
+        raise UsageError(
+            f"process {local_rank} of this machine (torchrun's LOCAL_RANK)",
+            f"{reason}: start one process per GPU (--nproc-per-node), or set runtime.device to cpu",
+        )
+    return torch.device("cuda", local_rank)
 
 
 def start_processes(device_choice: str) -> Processes:

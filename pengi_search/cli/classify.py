@@ -353,8 +353,8 @@ def _print_metrics(metrics: dict[str, Any], console: Any) -> None:
 
     from ..evaluation.report import unmatched_note
 
-    if metrics["accuracy"] is None:
-        console.print("no classified file is in the truth file")
+    if metrics["accuracy"] is None:  # nothing scored: a warning, whichever console the scores would go to
+        warn("no classified file is in the truth file, so nothing is scored")
         return
     console.print(f"accuracy {metrics['accuracy']:.4f} ({metrics['correct']}/{metrics['files']} files)")
     table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")

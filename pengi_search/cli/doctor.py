@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.text import Text
 
-from ..units import count_text, duration_text
+from ..units import count_text, duration_text, size_text
 from .common import EXIT_FAILED, EXIT_OK, DbOption, ModelOption, handle_errors, json_option, out_console, print_json
 
 if TYPE_CHECKING:
@@ -92,8 +92,9 @@ def _models(models: dict[str, Any]) -> list[tuple[str, str]]:
     for model in [*models["installed"], *outside]:
         checksum = {True: "sha256 ok", False: "sha256 MISMATCH", None: "unchecked"}[model.get("checksum_ok")]
         tokenizers = ", ".join(f"{kind} {where or 'MISSING'}" for kind, where in model.get("tokenizers", {}).items())
-        size = f"{model['bytes'] / 2**30:.2f} GiB"
-        rows.append((model["name"], f"{model.get('variant', '?')}, {size}, {checksum}; tokenizers: {tokenizers}"))
+        # "variant" named: a bare "base" beside a model's name read as its name
+        variant = f"variant {model.get('variant', 'unknown')}, {size_text(model['bytes'])}"
+        rows.append((model["name"], f"{variant}, {checksum}; tokenizers: {tokenizers}"))
     return rows
 
 

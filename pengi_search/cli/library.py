@@ -9,11 +9,11 @@ import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
-from ..units import count_text, duration_text, for_count
+from ..units import count_text, duration_text, for_count, size_text
 from ..written_aside import written_aside
 from .common import (
     EXIT_FAILED,
@@ -27,10 +27,6 @@ from .common import (
     print_json,
 )
 from .index import IndexTypeOption
-
-if TYPE_CHECKING:
-    from ..library import Library
-
 
 RebuildJsonOption = json_option("an object {vectors, vector_indexes, seconds}.")
 StatsJsonOption = json_option("an object: the library's counts, captions, failed files, runs and vector indexes.")
@@ -51,7 +47,7 @@ def rebuild_index(
     started = time.monotonic()
     with Library.open(db, create=False) as library, _fallback_told_below():
         counts = library.rebuild(index_type)
-        indexes = _indexes_json(library)
+        indexes = library.indexes_json()
     seconds = time.monotonic() - started
     if json_output:
         print_json({"vectors": counts, "vector_indexes": indexes, "seconds": json_seconds(seconds)})
@@ -100,7 +96,7 @@ def stats(db: DbOption = None, json_output: StatsJsonOption = False) -> None:
         data["runs"] = [run.to_json() for run in library.store.runs(limit=5)]
         db_file = sqlite_file(library.db_url)
         data["database_bytes"] = None if db_file is None else _sqlite_bytes(db_file)
-        data["vector_indexes"] = _indexes_json(library)
+        data["vector_indexes"] = library.indexes_json()
     if json_output:
         print_json(data)
     else:
@@ -172,26 +168,6 @@ def _write_rows(rows: Any, stream: Any) -> None:
     ascii_only = not writes_utf8(stream)
     for row in rows:
         stream.write(json_text(row, ascii_only=ascii_only) + "\n")
-
-
-def _indexes_json(library: Library) -> dict[str, dict[str, Any]]:
-    """Per kind, where its FAISS file is, its size and the removed vectors it still stores (None: no file of this
-    library's; `removed` None too when its header is damaged) and what index it is: `index_type` is the type built."""
-    indexes = {}
-    for kind, info in library.index_info().items():
-        path, file = library.index_path(kind), library.index_file(kind)
-        data: dict[str, Any] = {
-            "path": str(path),
-            "bytes": None if file is None else file.bytes,
-            "removed": None if file is None else file.removed,
-            "index_type": None,
-            "requested_type": None,
-        }
-        if info is not None:
-            recorded = info.to_json()
-            data |= {"index_type": recorded.pop("effective_type")} | recorded
-        indexes[kind] = data
-    return indexes
 
 
 def _index_kind(effective: str | None, requested: str | None) -> str:
@@ -295,11 +271,4 @@ def _captions_line(captions: dict[str, Any], db_option: str) -> str:
 
 
 def _human(size: int | None) -> str:
-    if size is None:
-        return "no file"
-    value, unit = float(size), "B"
-    for bigger in ("KB", "MB", "GB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, bigger
-    return f"{value:.1f} {unit}"
+    return "no file" if size is None else size_text(size)

@@ -13,8 +13,8 @@ from typing import Any
 from ..classify import Prediction, evaluate
 from ..errors import UsageError
 from ..pathnames import shown
-from ..ranking import tied_groups
 from ..text_files import CSV_LIST_SEPARATOR
+from ..ties import tied_groups
 from ..truth import Truth, several_files
 from ..units import count_text, for_count, named
 from .metrics import confusion_matrix, mean, top_k_accuracy
@@ -81,8 +81,8 @@ def label_span(prediction: Prediction, relevant: set[str]) -> Span | None:
 
 
 def label_tie_notes(metrics: dict[str, Any], ties: dict[str, dict[str, Any]]) -> list[str]:
-    """The note for the metrics (accuracy, top-k; top-1 precision) that another order of tied labels would change."""
-    return tie_notes("labels tied across a cut-off, ordered by name", metrics, ties, ("file", "files"))
+    """The notes for the metrics (accuracy, top-k; top-1 precision) that another order of tied labels would change."""
+    return tie_notes("tied labels ordered by name", metrics, ties, ("file", "files"))
 
 
 def not_classified(truth: Truth, reached: Sequence[str]) -> list[str]:

@@ -28,7 +28,7 @@ import re
 from collections import Counter
 from collections.abc import Collection, Hashable, Sequence
 
-from ..ranking import tied_groups
+from ..ties import tied_groups
 
 Tokens = Sequence[str]
 NGram = tuple[str, ...]
@@ -80,7 +80,7 @@ def average_precision(scores: Sequence[float], positive: Sequence[bool]) -> floa
     """One class's average precision over files ranked by their score for it, as scikit-learn's
     `average_precision_score` defines it: AP = sum over n of (R_n - R_(n-1)) P_n, where P_n and R_n are the precision
     and recall of the files scored at least the n-th highest distinct score. Files of equal score enter the ranking
-    together, so no order among ties is favoured; scores within `ranking.TIE_TOLERANCE` are equal (float32 rounding
+    together, so no order among ties is favoured; scores within `ties.TIE_TOLERANCE` are equal (float32 rounding
     moves two identical captions' cosines apart by a few 1e-7, which would otherwise order them by chance). None
     when no file is positive: recall is then undefined."""
     if len(scores) != len(positive):

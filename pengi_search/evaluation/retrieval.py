@@ -22,9 +22,10 @@ import numpy as np
 
 from ..choices import DEFAULT_HYBRID_WEIGHT, By, Rank
 from ..embedders import warn_of_cuts
-from ..ranking import RANK_LABELS, TIE_TOLERANCE, tied_groups
+from ..ranking import RANK_LABELS
 from ..search import Filters, SearchScope, ranked_index, search_index
 from ..similar import stored_windows
+from ..ties import TIE_TOLERANCE, tied_groups
 from ..vectors import l2_normalise
 from .datasets import CaptionedFile, CaptionSet, left_out
 from .metrics import average_precision_at_k, mean, recall_at_k
@@ -200,8 +201,9 @@ class _Queries:
 
 @dataclass(frozen=True)
 class _Outcome:
-    """One direction's queries: their results in tie order (`ranking.tied_groups`), the relevant results of each,
-    the rows of the report, and where each query's first relevant result could rank under any order of ties."""
+    """One direction's queries: their results in tie order (`pengi_search.ties.tied_groups`), the relevant results
+    of each, the rows of the report, and where each query's first relevant result could rank under any order of
+    ties."""
 
     ranked: list[list[Any]]
     relevant: list[set[Any]]
@@ -244,7 +246,7 @@ def evaluate_retrieval(
             metrics[ranking.name][direction] = values
             details[ranking.name][direction] = outcome.rows
             ties[ranking.name][direction] = tie_bounds(outcome.spans, _RECALL_CUTS, "queries")
-            what = f"{ranking.name}, {DIRECTION_NAMES[direction]}: results tied across a cut-off, ordered by path"
+            what = f"{ranking.name}, {DIRECTION_NAMES[direction]}: ties ordered by path"
             notes += tie_notes(what, values, ties[ranking.name][direction], ("query", "queries"))
     return {
         "metrics": metrics,

@@ -1,11 +1,11 @@
-"""How far ties move an evaluation's numbers. Results that score within `ranking.TIE_TOLERANCE` of each other (files
-or captions in retrieval, labels in classification) are ordered by a fixed key, their path or name
-(`ranking.tied_groups`), so that a number is that of one real order, whatever the order of the CSV's rows, the
-library's windows or the labels file. A metric that cuts the ranking at a place (R@k; accuracy and top-k, the true
-label among the first k) could change where a tie crosses that place: the report gives, per such metric, how many
-queries (or files) a tie makes uncertain and the metric's lowest and highest value over every order of the tied
-results. Bounds rather than the average over tie orders: they show how far another order moves the figure, which
-an average would hide.
+"""How far ties move an evaluation's numbers. Results that score within `pengi_search.ties.TIE_TOLERANCE` of each
+other (files or captions in retrieval, labels in classification) are ordered by a fixed key, their path or name
+(`pengi_search.ties.tied_groups`), so that a number is that of one real order, whatever the order of the CSV's
+rows, the library's windows or the labels file. A metric that cuts the ranking at a place (R@k; accuracy and top-k,
+the true label among the first k) could change where a tie crosses that place: the report gives, per such metric,
+how many queries (or files) a tie makes uncertain and the metric's lowest and highest value over every order of the
+tied results. Bounds rather than the average over tie orders: they show how far another order moves the figure,
+which an average would hide.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..units import count_text
+from ..units import count_text, for_count
 from .metrics import mean
 
 Span = tuple[int, int]  # the best and the worst rank of a query's first relevant result over every order of ties
@@ -55,18 +55,17 @@ def tie_bounds(spans: Sequence[Span | None], cuts: Mapping[str, int], counted: s
 
 
 def tie_notes(
-    ties: str, metrics: Mapping[str, Any], bounds: Mapping[str, dict[str, Any]], counted: tuple[str, str]
+    order: str, metrics: Mapping[str, Any], bounds: Mapping[str, dict[str, Any]], counted: tuple[str, str]
 ) -> list[str]:
-    """The note for the metrics that another order of tied results would change (none when no tie crosses a cut):
-    `ties` says what tied and how it was ordered ("results tied across a cut-off, ordered by path"); `counted` is
-    what a metric counts, singular and plural, as in `tie_bounds`."""
+    """One note per metric that another order of tied results would change (none when no tie crosses a cut):
+    `order` says how ties were ordered and what for ("caption, text → audio: ties ordered by path"); `counted` is
+    what a metric counts, singular and plural, as in `tie_bounds`. The value comes first, then the tie that could
+    move it, so that no figure reads as the amount moved."""
     one, many = counted
-    moved = [
-        f"{name} {metrics[name]:.4f} in {count_text(tie[many], one, many)} "
-        f"(from {tie['lowest']:.4f} to {tie['highest']:.4f})"
+    return [
+        f"{order}: {name} is {metrics[name]:.4f} in this order; {count_text(tie[many], one, many)} "
+        f"{for_count(tie[many], 'ties', 'tie')} across its cut-off: another order gives "
+        f"{tie['lowest']:.4f} to {tie['highest']:.4f}"
         for name, tie in bounds.items()
         if tie[many]
     ]
-    if not moved:
-        return []
-    return [f"{ties}, would move {'; '.join(moved)} in another order"]

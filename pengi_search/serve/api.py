@@ -337,7 +337,10 @@ def similar_upload(response: Response, svc: ServiceDep, params: ParamsDep, file:
     return hits
 
 
-@router.get("/files/{file_id}", response_model=FileModel, summary="A file and its windows")
+# A field the file does not have (`path_bytes` of a UTF-8 name) is left out, as `export` leaves it out; null stays null.
+@router.get(
+    "/files/{file_id}", response_model=FileModel, response_model_exclude_unset=True, summary="A file and its windows"
+)
 def file_info(svc: ServiceDep, file_id: int) -> Any:
     """An indexed file with every window and what Pengi wrote for it."""
     return svc.file(file_id)

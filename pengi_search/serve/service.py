@@ -462,14 +462,15 @@ class Service:
     # -- the library -----------------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """`pengi-search stats --json`, plus the indexes in memory, the latest runs and the files that failed."""
+        """`pengi-search stats --json`, with each index's vectors in memory, the latest runs and failed files."""
         store = self.library.store
         self.library.refresh()
         stats = store.stats()
         stats["captions"] = caption_stats(store)
-        stats["indexes"] = {
-            kind: {"type": index.type, "vectors": len(index)} for kind, index in self.library.live_indexes().items()
-        }
+        stats["vector_indexes"] = self.library.indexes_json()
+        live = self.library.live_indexes()
+        for kind, index in stats["vector_indexes"].items():  # what this server searches now (null: not loaded)
+            index["vectors_in_memory"] = len(live[kind]) if kind in live else None
         stats["runs"] = [_run_json(run) for run in store.runs(10)]
         stats["failed"] = [
             {**path_fields(path, readable=True), "error": error} for path, error in store.failed_files(FAILED_SHOWN)
