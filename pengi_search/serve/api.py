@@ -175,8 +175,8 @@ def search_params(
         int,
         Query(
             ge=0,
-            description=f"Results to skip: the next page of a search is `offset=k` (the hits, in order, of one "
-            f"search of `offset + k`). At most {MAX_OFFSET}.",
+            description=f"Results to skip: the next page of a search is `offset=k` (pages of one `k` are one list, "
+            f"no hit twice or skipped). At most {MAX_OFFSET}.",
         ),
     ] = 0,
 ) -> SearchParams:

@@ -84,11 +84,17 @@ class GuardedIndex:
         return self._index.type
 
     def search(
-        self, queries: np.ndarray, k: int, *, allowed_ids: np.ndarray | None = None, exact_top: int | None = None
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        allowed_ids: np.ndarray | None = None,
+        exact_top: int | None = None,
+        exact: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         lock = self._lock.exclusive() if self._index.searches_on_gpu else self._lock.shared()
         with lock, _one_faiss_thread():
-            return self._index.search(queries, k, allowed_ids=allowed_ids, exact_top=exact_top)
+            return self._index.search(queries, k, allowed_ids=allowed_ids, exact_top=exact_top, exact=exact)
 
     def add_missing(self, ids: np.ndarray, read: ReadFn) -> int:
         """Add the windows of `ids` the index lacks, their vectors from `read(ids)`; returns how many."""
