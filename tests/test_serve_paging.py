@@ -3,16 +3,22 @@ index's do: no hit comes twice or never, whether the pages are asked for one at 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
+import typer
+from typer.testing import CliRunner
 
 from pengi_search.choices import By
+from pengi_search.cli import app
+from pengi_search.cli.common import EXIT_USAGE
 from pengi_search.db import EmbedderInfo, TextRecord, WindowInput
 from pengi_search.library import Library
 from pengi_search.model_dir import ModelDir
 from pengi_search.search import SearchScope, search_pages
+from pengi_search.serve import ServeSettings
 from pengi_search.serve.kept_clips import KeptClip
 from pengi_search.serve.service import SearchParams
 from pengi_search.text_query import NumpyTextEmbedder
@@ -23,6 +29,7 @@ from .serving import client_for
 
 FILES, WINDOWS = 400, 5  # 2,000 windows: a page of 5 is searched approximately, not exactly (LARGE_K_SHARE)
 PAGE, PAGES = 5, 4
+runner = CliRunner()
 
 
 @dataclass
@@ -132,3 +139,57 @@ def test_later_pages_hold_every_hit_an_exact_search_ranks_above_them(approximate
             assert set(exact[: PAGE * (PAGES - 1)]) <= set(joined)
             missed += set(joined[:PAGE]) != set(exact[:PAGE])
     assert missed  # the first pages of some queries missed hits of the exact first page
+
+
+# -- the limits: `serve --max-results` and `--max-offset` -----------------------------------------------------------
+
+
+def test_serve_takes_its_paging_limits_from_the_command_line(served, tiny_model_dir, monkeypatch):
+    """`--max-results` and `--max-offset` are the server's `max_k` and `max_offset` (shown in `--help`, with the
+    server's own defaults)."""
+    started = []
+
+    def run(app, _listener, *, started: Callable[[], None]) -> None:
+        started()  # says where it serves, as once it answers, and stops at once
+
+    monkeypatch.setattr("pengi_search.serve.create_app", started.append)
+    monkeypatch.setattr("pengi_search.cli.serve._run", run)
+    args = ["serve", "--db", served.db, "--port", "0", "--max-results", "3", "--max-offset", "4"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    [settings] = started
+    assert (settings.max_k, settings.max_offset) == (3, 4)
+    shown = runner.invoke(app, ["serve", "--help"]).output
+    assert "--max-results" in shown and "--max-offset" in shown
+    options = {param.opts[0]: param for param in typer.main.get_command(app).commands["serve"].params}
+    defaults = ServeSettings()
+    assert (options["--max-results"].default, options["--max-offset"].default) == (defaults.max_k, defaults.max_offset)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("--max-results", "0", "Input should be greater than or equal to 1"),
+        ("--max-results", "ten", "Input should be a valid integer"),
+        ("--max-offset", "-1", "Input should be greater than or equal to 0"),
+    ],
+)
+def test_serve_refuses_paging_limits_that_are_no_count(served, option, value, says):
+    """One line, before anything is loaded (exit 2)."""
+    result = runner.invoke(app, ["serve", "--db", served.db, "--port", "0", option, value])
+    assert result.exit_code == EXIT_USAGE
+    assert result.output.startswith(f"error: Invalid value for '{option}': {says}")
+    assert len(result.output.splitlines()) == 1
+
+
+def test_the_api_and_the_pages_keep_the_servers_limits(served, tiny_model_dir):
+    with client_for(served, tiny_model_dir, max_k=3, max_offset=4) as client:
+        search = {"q": "a bell rings", "by": "window"}
+        assert client.get("/api/search", params={**search, "k": 3, "offset": 4}).status_code == 200
+        too_many = client.get("/api/search", params={**search, "k": 4}).json()
+        assert too_many["errors"] == [{"field": "k", "message": "the number of results must be between 1 and 3"}]
+        too_deep = client.get("/api/similar", params={"window_id": 1, "k": 2, "offset": 5}).json()
+        assert too_deep["errors"] == [{"field": "offset", "message": "the results skipped must be between 0 and 4"}]
+        page = client.get("/", params={**search, "k": 4})
+        assert page.status_code == 422 and "the number of results must be between 1 and 3" in page.text
+        assert 'name="k" min="1" max="3"' in client.get("/").text
