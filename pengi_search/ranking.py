@@ -64,24 +64,28 @@ class HybridIndex:
         return len(self.text)  # only captioned windows can be ranked
 
     def search(
-        self, queries: np.ndarray, k: int, *, allowed_ids: np.ndarray | None = None, exact_top: int | None = None
+        self, queries: np.ndarray, k: int, *, allowed_ids: np.ndarray | None = None, exact: bool = False, **_: Any
     ) -> tuple[np.ndarray, np.ndarray]:
         """The k best windows per query row: (scores float32 (q, k), ids int64 (q, k)); empty slots -inf and -1,
         only once every window with both vectors (that the filter allows) is in the row, as `VectorIndex.search`
-        promises. Scores are exact from the stored vectors, so `exact_top` changes nothing here."""
+        promises. Scores are exact from the stored vectors, so its other keywords (`exact_top`) change nothing here;
+        `exact` searches the two indexes exactly (otherwise the candidates are only as good as theirs)."""
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         ids = np.full((len(queries), k), -1, dtype=np.int64)
         for row, query in enumerate(queries):
-            found_ids, found_scores = self._search_row(query, k, allowed_ids)
+            found_ids, found_scores = self._search_row(query, k, allowed_ids, exact)
             scores[row, : len(found_ids)], ids[row, : len(found_ids)] = found_scores, found_ids
         return scores, ids
 
-    def _search_row(self, query: np.ndarray, k: int, allowed_ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def _search_row(
+        self, query: np.ndarray, k: int, allowed_ids: np.ndarray | None, exact: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
         caption_query, audio_query = query[None, : self.caption_dim], query[None, self.caption_dim :]
         fetch, most = k, max(len(self.text), len(self.audio), 1)
+        how = {"allowed_ids": allowed_ids, "exact": exact}
         while True:
-            text_scores, text_ids = _valid(*self.text.search(caption_query, fetch, allowed_ids=allowed_ids))
-            audio_scores, audio_ids = _valid(*self.audio.search(audio_query, fetch, allowed_ids=allowed_ids))
+            text_scores, text_ids = _valid(*self.text.search(caption_query, fetch, **how))
+            audio_scores, audio_ids = _valid(*self.audio.search(audio_query, fetch, **how))
             candidates = sorted_unique(np.concatenate([text_ids, audio_ids]))
             ids, scores = self._exact(candidates, caption_query[0], audio_query[0])
             order = np.lexsort((ids, -scores))[:k]  # best first, ties by id

@@ -213,6 +213,7 @@ class SearchScope:
     k: int = 10
     by: By = By.file
     filters: Filters = Filters()
+    exact: bool = False  # searched exactly whatever the index type (HNSW, IVF-PQ): see `search_pages`
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "by", By(self.by))  # a library caller's plain string: ValueError unless known
@@ -249,7 +250,7 @@ def search_index(
     available = len(index) if allowed is None else int(allowed.size)
     fetch = min(max(k * _FIRST_FETCH, 16), available)
     while True:
-        found = _fetch(index, queries, fetch, allowed, complete=fetch >= available, k=k)
+        found = _fetch(index, queries, fetch, allowed, complete=fetch >= available, k=k, exact=scope.exact)
         hits = _results(library, found, scope, query_spans)
         below_min = filters.min_score is not None and found.threshold < filters.min_score
         if len(hits) >= k or found.exhausted or below_min or fetch >= available:
@@ -258,6 +259,38 @@ def search_index(
             allowed, names_left = _windows_of_named_files(library, filters), False
             available = int(allowed.size)
         fetch = min(fetch * 2, available)
+
+
+def search_pages(
+    library: Library,
+    index: Any,
+    queries: np.ndarray,
+    scope: SearchScope,
+    *,
+    offset: int = 0,
+    pages: int = 1,
+    query_spans: Sequence[tuple[float, float]] | None = None,
+) -> list[Hit]:
+    """`pages` pages of `scope.k` results from result `offset + 1` on, of one list that pages asked for one at a
+    time (offset 0, k, 2k, ...) join without a hit repeated or skipped (`search_index`'s arguments otherwise).
+
+    The first page is `search_index`'s. On an approximate index (HNSW, IVF-PQ) a deeper search does not continue
+    it: its wider walk or re-ranking finds hits the first page's missed, which push others down, so that a hit near
+    the cut would come twice or never. The later pages are therefore an exact search's results less the first
+    page's (its files, or windows): the same list however deep the pages asked, at about a flat search's cost."""
+    first = search_index(library, index, queries, scope, query_spans=query_spans)
+    stop = offset + scope.k * pages
+    if stop <= scope.k or len(first) < scope.k:  # a short first page holds every result
+        return first[offset:stop]
+    exact = dataclasses.replace(scope, k=stop, exact=True)
+    shown = {_identity(hit, scope.by) for hit in first}
+    rest = search_index(library, index, queries, exact, query_spans=query_spans)
+    return [*first, *(hit for hit in rest if _identity(hit, scope.by) not in shown)][offset:stop]
+
+
+def _identity(hit: Hit, by: By) -> str | int:
+    """What a result is one of: its file (`by="file"`: a file's best window may differ between searches) or window."""
+    return hit.path if by is By.file else hit.window_id
 
 
 def _allowed_ids(library: Library, filters: Filters) -> np.ndarray | None:
@@ -282,7 +315,7 @@ def _windows_of_named_files(library: Library, filters: Filters) -> np.ndarray:
 
 
 def _fetch(
-    index: Any, queries: np.ndarray, fetch: int, allowed: np.ndarray | None, *, complete: bool, k: int
+    index: Any, queries: np.ndarray, fetch: int, allowed: np.ndarray | None, *, complete: bool, k: int, exact: bool
 ) -> _Candidates:
     """The top `fetch` windows of every query row, the first `k` of them as accurate as a search for `k` (the rest
     stand in for windows that results of the same file or the filters drop); `complete` when that is every
@@ -290,7 +323,7 @@ def _fetch(
     found = _Candidates(exhausted=True)
     if fetch < 1:
         return found
-    scores, ids = index.search(queries, fetch, allowed_ids=allowed, exact_top=k)
+    scores, ids = index.search(queries, fetch, allowed_ids=allowed, exact_top=k, exact=exact)
     for row in range(len(ids)):
         valid = ids[row] >= 0
         # A row with an empty slot holds every candidate: an index returns min(fetch, all it may), however

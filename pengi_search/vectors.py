@@ -351,13 +351,19 @@ class VectorIndex:
         self.params = dataclasses.replace(self.params, **{name: v for name, v in knobs.items() if v is not None})
 
     def search(
-        self, queries: np.ndarray, k: int, *, allowed_ids: np.ndarray | None = None, exact_top: int | None = None
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        allowed_ids: np.ndarray | None = None,
+        exact_top: int | None = None,
+        exact: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The k best ids for each query row by cosine similarity: (scores float32 (q, k), ids int64 (q, k)).
 
         Queries are normalised here. `allowed_ids` restricts the search to those ids (a filtered search).
         `exact_top`: only the first that many results need the accuracy of a search for that many, the rest are
-        spares (IVF-PQ then re-ranks k_factor x exact_top candidates instead of k_factor x k).
+        spares (IVF-PQ then re-ranks k_factor x exact_top candidates instead of k_factor x k). `exact`: exact, as flat.
 
         Every row holds min(k, m) distinct ids, m the vectors the search may return (live, and allowed when
         filtered), whatever the index type: empty slots (id -1, score -inf) come only after all m, so a caller may
@@ -371,7 +377,7 @@ class VectorIndex:
         returnable = len(self) if allowed is None else int(allowed.sum())
         if returnable == 0:
             return _empty_hits(len(query), k)
-        if self.type != "flat" and self._exact_pays(k, returnable):
+        if self.type != "flat" and (exact or self._exact_pays(k, returnable)):
             return self._exact_among(query, k, self._returnable_positions(allowed))
         scores, ids = self._approximate(query, k, allowed, min(int(exact_top or k), k))
         short = (ids >= 0).sum(axis=1) < min(k, returnable)

@@ -110,6 +110,33 @@ def test_the_hybrid_index_is_exact_where_it_must_fetch_more(tmp_path):
             assert ids[0].tolist() == best.tolist()
 
 
+class Asked:
+    """An index that records whether each search asked for an exact one."""
+
+    def __init__(self, index) -> None:
+        self.index, self.exact = index, []
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def search(self, queries, k, **how):
+        self.exact.append(how.get("exact", False))
+        return self.index.search(queries, k, **how)
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_an_exact_hybrid_search_searches_both_indexes_exactly(tmp_path, exact):
+    """`exact` (a server's pages past the first, `search_pages`): the caption and audio lists the hybrid ranking
+    merges are exact searches too, else the ranking is only as exact as an HNSW or IVF-PQ index's lists."""
+    with Store.open(str(tmp_path / "many.db")) as store:
+        many_windows(store, np.random.default_rng(3))
+        library = Library(store)
+        text, audio = Asked(library.vector_index("text")), Asked(library.vector_index("audio"))
+        queries = HybridIndex.queries(np.ones((1, 8)), np.ones((1, 6)))
+        HybridIndex(text, audio, store, 0.5, 8).search(queries, 5, exact=exact)
+    assert text.exact and set(text.exact) == set(audio.exact) == {exact}
+
+
 @pytest.mark.usefixtures("ids_sorted_not_hashed")
 def test_a_hybrid_query_reads_each_windows_vectors_once(tmp_path, monkeypatch):
     """Each doubling round scores the previous round's candidates again, and a search may be asked again for more

@@ -232,6 +232,23 @@ def test_ivfpq_spares_beyond_exact_top_leave_the_first_results_as_a_search_for_t
     assert (with_spares[:, 10:] >= 0).all()
 
 
+@pytest.mark.parametrize("kind", ["hnsw", "ivfpq"])
+def test_an_exact_search_of_an_approximate_index_finds_what_brute_force_finds(
+    kind: str, trained: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`exact=True`: the best of every vector the search may return, whatever the graph walk or the cells probed
+    would reach (here an HNSW walk of efSearch 1 and one IVF cell probed, which miss many)."""
+    ids, vectors, _ = trained
+    index = build(kind, ids, vectors, trained)
+    monkeypatch.setattr(index, "params", dataclasses.replace(index.params, ef_search=1, nprobe=1))  # shared: restored
+    queries = clustered(20, seed=5)
+    truth_scores, truth = brute_force(ids, vectors, queries, 10)
+    assert recall(index.search(queries, 10)[1], truth) < 1.0  # approximate, it misses some
+    scores, found = index.search(queries, 10, exact=True)
+    np.testing.assert_array_equal(found, truth)
+    np.testing.assert_allclose(scores, truth_scores, rtol=0, atol=1e-5)
+
+
 def test_ivfpq_falls_back_to_flat_when_too_few_vectors_to_train(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="pengi_search.vectors"):
         index = VectorIndex.build(sparse_ids(300), clustered(300), IndexParams(type="ivfpq"))

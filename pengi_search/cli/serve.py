@@ -67,6 +67,18 @@ def serve(
         ),
     ] = 64.0,
     max_upload_s: Annotated[float, typer.Option("--max-upload-s", min=0.1, help="Longest clip accepted (s).")] = 600.0,
+    max_results: Annotated[
+        int, typer.Option("--max-results", min=1, help="Most results a search answers at once (the API's k).")
+    ] = 200,
+    max_offset: Annotated[
+        int,
+        typer.Option(
+            "--max-offset",
+            min=0,
+            help="Most results a search skips (the API's offset): the deepest page starts past them (0: the first "
+            "page only).",
+        ),
+    ] = 1000,
     threads: ThreadsOption = None,
     workers: Annotated[
         int,
@@ -101,6 +113,8 @@ def serve(
         roots=roots,
         max_upload_bytes=int(max_upload_mb * MIB),
         max_upload_s=max_upload_s,
+        max_k=max_results,
+        max_offset=max_offset,
     )
     listener = _listen(host, port)
     with listener, sigterm_ends_the_process():  # a server's SIGTERM is uvicorn's (see there), as before

@@ -26,7 +26,7 @@ from .errors import InvalidParameter, RequestError
 from .http_cache import file_response, made_response
 from .kept_clips import KEEP_S
 from .service import SearchParams, Service
-from .settings import MAX_OFFSET
+from .settings import MAX_OFFSET, MAX_RESULTS
 from .uploads import larger_than, saved_upload
 
 router = APIRouter(prefix="/api", tags=["api"])
@@ -155,7 +155,10 @@ ServiceDep = Annotated[Service, Depends(service)]
 
 
 def search_params(
-    k: Annotated[int, Query(ge=1, description="Number of results.")] = 10,
+    k: Annotated[
+        int,
+        Query(ge=1, description=f"Number of results: at most the server's `--max-results` ({MAX_RESULTS} unless set)."),
+    ] = 10,
     by: Annotated[Literal["file", "window"], Query(description="file: best window per file; window: all.")] = "file",
     min_score: Annotated[
         float | None, Query(allow_inf_nan=False, description="Only results at least this similar.")
@@ -175,8 +178,8 @@ def search_params(
         int,
         Query(
             ge=0,
-            description=f"Results to skip: the next page of a search is `offset=k` (the hits, in order, of one "
-            f"search of `offset + k`). At most {MAX_OFFSET}.",
+            description=f"Results to skip: the next page of a search is `offset=k` (pages of one `k` are one list, "
+            f"no hit twice or skipped). At most the server's `--max-offset` ({MAX_OFFSET} unless set).",
         ),
     ] = 0,
 ) -> SearchParams:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -83,12 +84,11 @@ class GuardedIndex:
     def type(self) -> str:
         return self._index.type
 
-    def search(
-        self, queries: np.ndarray, k: int, *, allowed_ids: np.ndarray | None = None, exact_top: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, **how: Any) -> tuple[np.ndarray, np.ndarray]:
+        """`VectorIndex.search`, `how` its keywords (allowed_ids, exact_top, exact)."""
         lock = self._lock.exclusive() if self._index.searches_on_gpu else self._lock.shared()
         with lock, _one_faiss_thread():
-            return self._index.search(queries, k, allowed_ids=allowed_ids, exact_top=exact_top)
+            return self._index.search(queries, k, **how)
 
     def add_missing(self, ids: np.ndarray, read: ReadFn) -> int:
         """Add the windows of `ids` the index lacks, their vectors from `read(ids)`; returns how many."""

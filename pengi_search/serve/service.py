@@ -40,7 +40,7 @@ from ..search import (
     choose_rank,
     query_embedder,
     ranked_index,
-    search_index,
+    search_pages,
 )
 from . import catalog, media
 from .batching import EmbedBatcher
@@ -95,7 +95,7 @@ class SearchParams:
     max_duration: float | None = None
     rank: str | None = None  # None: caption once every window has captions, else audio
     hybrid_weight: float = DEFAULT_HYBRID_WEIGHT
-    offset: int = 0  # results skipped: the hits are those from offset + 1 on of one deeper search
+    offset: int = 0  # results skipped: the hits are those from offset + 1 on of the pages of `k` (`search_pages`)
     pages: int = 1  # pages of `k` results from `offset` on (a search page shown after "More results")
 
     def ranking(self) -> tuple[Rank | None, float]:
@@ -216,7 +216,7 @@ class Service:
         with what the command would warn of (each warning once: a hybrid ranking may embed the text twice)."""
         if not text.strip():
             raise InvalidParameter("q", "the query text is empty")
-        filters = params.filters()
+        scope = self._scope(params)
         requested, weight = params.ranking()
         rank = choose_rank(self.library, requested, self.settings.model)
         warnings: list[str] = []
@@ -230,8 +230,8 @@ class Service:
                 "with captions: use rank=caption",
             ) from None
         index, queries = ranked_index(self.library, rank, caption, audio, weight)
-        hits = search_index(self.library, index, queries, SearchScope(self._depth(params), params.by, filters))
-        ranked = [dataclasses.replace(hit, ranking=rank) for hit in hits[params.offset :]]
+        hits = self._pages(index, queries, scope, params)
+        ranked = [dataclasses.replace(hit, ranking=rank) for hit in hits]
         return Found(self._hits_json(ranked), list(dict.fromkeys(warnings)))
 
     def _query_vector(self, text: str, rank: Rank, warnings: list[str]) -> np.ndarray:
@@ -268,8 +268,7 @@ class Service:
         scope = self._scope(params).without([window.path])
         scope = excluding_query(self.library, scope, record.content_hash if record is not None else None)
         index = self.library.vector_index("audio")
-        spans = [(window.start_s, window.end_s)]
-        return self._hits_json(search_index(self.library, index, vectors, scope, query_spans=spans)[params.offset :])
+        return self._hits_json(self._pages(index, vectors, scope, params, [(window.start_s, window.end_s)]))
 
     def similar_to_upload(self, upload: Upload, params: SearchParams) -> tuple[str, list[dict[str, Any]]]:
         """Audio -> audio from a clip sent by the client (`keep_upload`): the token its next pages are asked for by
@@ -313,17 +312,25 @@ class Service:
 
         scope = excluding_query(self.library, self._scope(params), clip.sha256)
         index = self.library.vector_index("audio")
-        hits = search_index(self.library, index, clip.vectors, scope, query_spans=clip.spans)
-        return self._hits_json(hits[params.offset :])
+        return self._hits_json(self._pages(index, clip.vectors, scope, params, clip.spans))
+
+    def _pages(
+        self,
+        index: Any,
+        queries: np.ndarray,
+        scope: SearchScope,
+        params: SearchParams,
+        spans: Sequence[tuple[float, float]] | None = None,
+    ) -> list[Hit]:
+        """The pages `params` ask for (`search_pages`): pages fetched one by one are one list."""
+        return search_pages(
+            self.library, index, queries, scope, offset=params.offset, pages=params.pages, query_spans=spans
+        )
 
     def _scope(self, params: SearchParams) -> SearchScope:
-        """The search `params` ask for, checked (`_depth`, `SearchParams.filters`)."""
-        return SearchScope(self._depth(params), params.by, params.filters())
-
-    def _depth(self, params: SearchParams) -> int:
-        """How many results the search must find for the pages asked: the hits are its last `k * pages`, in the
-        order one search of that depth gives them (so pages fetched one by one are one list). Checked against the
-        server's limits: `k` per page, and `max_offset` for the start of the deepest page."""
+        """The search `params` ask for, pages of `k` results: its filters (`SearchParams.filters`), checked, and
+        the server's limits: `k` per page (`max_k`), and `max_offset` for the start of the deepest page."""
+        filters = params.filters()
         most = self.settings.max_offset
         if not 1 <= params.k <= self.settings.max_k:
             raise InvalidParameter("k", f"the number of results must be between 1 and {self.settings.max_k}")
@@ -331,7 +338,7 @@ class Service:
             raise InvalidParameter("offset", f"the results skipped must be between 0 and {most}")
         if params.pages < 1 or params.offset + params.k * (params.pages - 1) > most:
             raise InvalidParameter("pages", f"the deepest page must start at result {most + 1} or before")
-        return params.offset + params.k * params.pages
+        return SearchScope(params.k, params.by, filters)
 
     def _hits_json(self, hits: Sequence[Hit]) -> list[dict[str, Any]]:
         return [{**hit.to_json(), **path_fields(hit.path, readable=True), "file_id": hit.file_id} for hit in hits]

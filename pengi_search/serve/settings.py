@@ -6,7 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MIB = 1 << 20
-MAX_OFFSET = 1000  # the deepest page a search serves starts past this many results (each is one deeper search)
+# The defaults of `serve --max-results` and `--max-offset`: a search answers at most this many results at once, and
+# its deepest page starts past this many (a later page costs an exact search of its depth: `search.search_pages`)
+MAX_RESULTS = 200
+MAX_OFFSET = 1000
 
 
 @dataclass(frozen=True)
@@ -25,8 +28,8 @@ class ServeSettings:
     transcode_cache_bytes: int = 512 * MIB
     spectrogram_s: float = 600.0  # the spectrogram covers at most the first this many seconds
     check_s: float = 0.5  # how often a search checks the database for new windows
-    max_k: int = 200
-    max_offset: int = MAX_OFFSET
+    max_k: int = MAX_RESULTS  # `--max-results`: the largest `k`
+    max_offset: int = MAX_OFFSET  # `--max-offset`: the largest `offset`
     batch_size: int | None = None  # windows per batch, as --batch-size; None: the device's default, as there
     beam: int = 3
     max_len: int = 30
