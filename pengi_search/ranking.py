@@ -64,12 +64,19 @@ class HybridIndex:
         return len(self.text)  # only captioned windows can be ranked
 
     def search(
-        self, queries: np.ndarray, k: int, *, allowed_ids: np.ndarray | None = None, exact: bool = False, **_: Any
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        allowed_ids: np.ndarray | None = None,
+        exact_top: int | None = None,
+        exact: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The k best windows per query row: (scores float32 (q, k), ids int64 (q, k)); empty slots -inf and -1,
         only once every window with both vectors (that the filter allows) is in the row, as `VectorIndex.search`
-        promises. Scores are exact from the stored vectors, so its other keywords (`exact_top`) change nothing here;
-        `exact` searches the two indexes exactly (otherwise the candidates are only as good as theirs)."""
+        promises. Scores are exact from the stored vectors, so `exact_top` changes nothing here; `exact` searches
+        the two indexes exactly (otherwise the candidates are only as good as theirs)."""
+        del exact_top
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         ids = np.full((len(queries), k), -1, dtype=np.int64)
         for row, query in enumerate(queries):

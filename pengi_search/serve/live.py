@@ -85,7 +85,7 @@ class GuardedIndex:
         return self._index.type
 
     def search(self, queries: np.ndarray, k: int, **how: Any) -> tuple[np.ndarray, np.ndarray]:
-        """`VectorIndex.search`, `how` its keywords (allowed_ids, exact_top, exact)."""
+        """`VectorIndex.search`, guarded; `how`, its keywords, passed on as they are (a mistyped one fails there)."""
         lock = self._lock.exclusive() if self._index.searches_on_gpu else self._lock.shared()
         with lock, _one_faiss_thread():
             return self._index.search(queries, k, **how)
