@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from indexer.pipeline import run_index
 from indexer.shard import Shard
 from pengi_search.cli import app
-from pengi_search.cli.common import EXIT_FAILED
+from pengi_search.cli.common import EXIT_FAILED, EXIT_USAGE
 from pengi_search.db import IndexBusyError, MissingDatabaseError, Store, StoreError
 from pengi_search.db.run_lock import indexing_lock
 from pengi_search.library import Library
@@ -190,7 +190,7 @@ def test_the_command_named_for_a_missing_library_can_be_pasted_as_it_is(tmp_path
 
 def test_a_missing_model_fails_index_before_it_creates_the_library(sounds, tmp_path):
     result = run("index", sounds, "--db", tmp_path / "new" / "lib.db", "--model", tmp_path / "no-model", *QUICK)
-    assert result.exit_code == EXIT_FAILED and "no-model" in result.output
+    assert result.exit_code == EXIT_USAGE and "no-model: no such folder" in result.output  # a path, mistyped
     assert not (tmp_path / "new").exists()
     assert run("stats").exit_code == EXIT_FAILED  # the default library was not made either
 
