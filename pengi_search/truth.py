@@ -5,8 +5,10 @@ A truth CSV has a label column (`label`, or FSD50K's `labels`) and a file column
 manifest's list of sound events) or by another separator the caller gives (FSD50K writes `"Bark,Dog"`), and a file
 may be named on several rows, one label a row (AudioSet's layout): either way the file has several labels, and the
 truth is multi-label. Paths are relative to the CSV's folder (or absolute), as written when such a file exists, else
-trimmed (`text_files.listed_file`); a file is also matched by its bare name when the truth lists that name once, and
-a name without an audio extension (FSD50K's `fname` is `64760` for `64760.wav`) by the file's name without its own.
+trimmed (`text_files.listed_file`). A file is also matched by its name when the truth lists that name once: by any
+file of that name for a bare name (`dog.wav`), only by one whose path ends with the row's for a row that names folders
+(`fold1/dog.wav`: a file in a folder `fold1`, never `fold2/dog.wav`, which is another recording). A name without an
+audio extension (FSD50K's `fname` is `64760` for `64760.wav`) matches the file's name without its own, so too.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ class Truth:
     multi_label_reason: str | None = None
     # absolute path in `by_path` -> the file as the CSV spells it (its first row's), for messages
     spellings: dict[str, str] = field(default_factory=dict)
+    # absolute path in `by_path` -> how many of its last components its rows name (`_named_parts`); absent: 1, a
+    # bare name, which a file of that name in any folder is
+    named_parts: dict[str, int] = field(default_factory=dict)
 
     @property
     def multi_label(self) -> bool:
@@ -73,17 +78,28 @@ class Truth:
 
     def entry_of(self, path: str | os.PathLike[str]) -> str | None:
         """The listed file (its key in `by_path`) that `path` is: the same absolute path, else the same name when
-        the truth lists that name once, else either of them without the file's extension where the truth lists
-        it without one; None when the truth does not list it."""
+        the truth lists that name once (and the row's folders end `path`'s), else either of them without the file's
+        extension where the truth lists it without one; None when the truth does not list it."""
         absolute = _composed(os.path.abspath(path))
-        exact = absolute if absolute in self.by_path else self.by_name.get(Path(absolute).name)
+        exact = absolute if absolute in self.by_path else self._same_name(absolute)
         if exact is not None:
             return exact
         bare = Path(absolute)
         if bare.suffix.lower() not in AUDIO_EXTENSIONS:
             return None
-        entry = str(bare.with_suffix("")) if str(bare.with_suffix("")) in self.by_path else self.by_name.get(bare.stem)
+        stem = str(bare.with_suffix(""))
+        entry = stem if stem in self.by_path else self._same_name(stem)
         return entry if entry is not None and lacks_audio_extension(entry) else None
+
+    def _same_name(self, path: str) -> str | None:
+        """The listed file of `path`'s name, listed once, when `path` ends with the folders its row names: a row
+        `fold1/dog.wav` is `/copy/fold1/dog.wav`, never `fold2/dog.wav`, another fold's recording, which would be
+        scored against this one's labels."""
+        entry = self.by_name.get(Path(path).name)
+        if entry is None:
+            return None
+        named = self.named_parts.get(entry, 1)
+        return entry if Path(path).parts[-named:] == Path(entry).parts[-named:] else None
 
     def ambiguous(self, paths: Iterable[str]) -> tuple[str, list[str]] | None:
         """A listed file without extension that several of `paths` are (`64760` for 64760.wav and 64760.flac), with
@@ -109,6 +125,13 @@ def several_files(listed: str, files: Sequence[str]) -> str:
     return f"{listed!r}, without extension, names {len(files)} files: {named([shown(f) for f in files])}"
 
 
+def _named_parts(written: str) -> int:
+    """How many of a listed file's last path components its row names: 1 for a bare name (`dog.wav`, `./dog.wav`),
+    2 for `fold1/dog.wav` and `../fold1/dog.wav` (`..` names no folder, only leaves one), all for an absolute path,
+    which then matches no other file. Counted as `os.path.abspath` resolves the row: `a/../dog.wav` is bare."""
+    return sum(part != ".." for part in Path(os.path.normpath(written.strip())).parts)
+
+
 def _composed(path: str) -> str:
     """A path in Unicode's composed form, as truth files are matched: a CSV written on macOS spells "é" as "e"
     plus an accent, where a Linux folder keeps the name as the archive had it."""
@@ -130,6 +153,7 @@ def read_truth(path: str | os.PathLike[str], separator: str = CSV_LIST_SEPARATOR
     lines: dict[str, int] = {}  # absolute path -> the first line that names it
     reason = None
     spellings: dict[str, str] = {}
+    named_parts: dict[str, int] = {}
     for number, row in rows:
         name, cell = row.get(column, ""), row.get(label_column, "")
         if not name.strip() or not cell:
@@ -141,13 +165,16 @@ def read_truth(path: str | os.PathLike[str], separator: str = CSV_LIST_SEPARATOR
         by_path[absolute] = tuple(dict.fromkeys([*known, *labels]))
         lines.setdefault(absolute, number)
         spellings.setdefault(absolute, name)
+        # A file some row names bare is matched by name as any bare name is: that row asks no folder of it.
+        parts = _named_parts(name)
+        named_parts[absolute] = min(named_parts.get(absolute, parts), parts)
         if reason is None and len(labels) > 1:
             reason = f"line {number} gives a file several labels"
         elif reason is None and len(by_path[absolute]) > 1:
             reason = f"{name!r} on line {number} has another label than on line {lines[absolute]}"
     names = Counter(Path(p).name for p in by_path)
     by_name = {Path(p).name: p for p in by_path if names[Path(p).name] == 1}
-    return Truth(by_path, by_name, reason, spellings)
+    return Truth(by_path, by_name, reason, spellings, named_parts)
 
 
 def _cell_labels(path: Path, cell: str, number: int, separator: str) -> tuple[str, ...]:

@@ -139,25 +139,43 @@ def test_truth_paths_are_relative_to_the_csv_or_matched_by_name(tmp_path):
     truth = read_truth(path)
     assert truth.label_of(tmp_path / "sub" / "a.wav") == "dog"
     assert truth.label_of("/elsewhere/b.wav") == "cat"
-    assert truth.label_of("/other/place/a.wav") == "dog"  # a unique name
+    assert truth.label_of("/other/place/sub/a.wav") == "dog"  # a unique name, in the folder its row names
     assert truth.label_of("/other/place/c.wav") is None  # listed twice: ambiguous by name
     assert truth.label_of(tmp_path / "x" / "c.wav") == "bell"
 
 
-@pytest.mark.parametrize(
-    ("content", "message"),
-    [
-        ("name,label\na.wav,dog\n", "needs a 'label' column and one of file, filename, fname, path"),
-        ("path,label\na.wav,\n", "line 2 lacks a label"),
-        (b"file,label\n\xff.wav,dog\n", "not UTF-8"),
-        ("file,label\na.wav,dog\n".encode("utf-16"), "UTF-16 text, not UTF-8; save it as UTF-8"),
-        # An unquoted comma in a value: its tail would become a column the header lacks, dropped unseen.
-        ("file,label\na.wav,dog\nb.wav,alarm,clock\n", "line 3 has 3 values but the header has 2 columns"),
-    ],
-)
-def test_bad_truth_files(tmp_path, content, message):
-    with pytest.raises(LabelsError, match=message):
-        read_truth(write(tmp_path, content, "truth.csv"))
+def test_a_truth_row_that_names_a_folder_matches_no_file_of_its_name_in_another_folder(tmp_path):
+    """`fold2/dog.wav` is another recording than the row `fold1/dog.wav` (datasets reuse names across folds): it
+    would be scored against the wrong labels. A bare name asks no folder; `..` and `.` name none."""
+    rows = "fold1/dog.wav,dog\n./cat.wav,cat\n../up/../bell.wav,bell\n../audio/rain.wav,rain\n/abs/set/owl.wav,owl\n"
+    truth = read_truth(write(tmp_path, "file,label\n" + rows, "t.csv"))
+    assert truth.label_of("/copy/fold1/dog.wav") == "dog"
+    assert truth.label_of("/copy/fold2/dog.wav") is None
+    assert truth.label_of("/copy/dog.wav") is None
+    assert truth.label_of("/copy/any/cat.wav") == "cat"
+    assert truth.label_of("/copy/any/bell.wav") == "bell"
+    assert truth.label_of("/copy/audio/rain.wav") == "rain"
+    assert truth.label_of("/copy/clips/rain.wav") is None
+    assert truth.label_of("/abs/set/owl.wav") == "owl"
+    assert truth.label_of("/copy/set/owl.wav") is None  # an absolute path names every folder
+
+
+def test_a_truth_row_without_extension_that_names_a_folder_matches_only_in_that_folder(tmp_path):
+    """FSD50K's names without extension follow the same rule: `dev/64760` is 64760.wav in a folder `dev`."""
+    truth = read_truth(write(tmp_path, "fname,labels\ndev/64760,Bark\n1234,Meow\n", "t.csv"))
+    assert truth.label_of("/data/dev/64760.wav") == "Bark"
+    assert truth.label_of("/data/eval/64760.wav") is None
+    assert truth.label_of("/data/eval/1234.flac") == "Meow"
+
+
+def test_a_file_some_truth_row_names_bare_is_matched_by_its_name_in_any_folder(tmp_path):
+    """Rows of one file, by its absolute path and bare: the bare row asks no folder of it, so the file matches by
+    its name as any bare name does. Paths count the folders they name once normalised: `./sub/../sub/b.wav` one."""
+    truth = read_truth(
+        write(tmp_path, f"file,label\n{tmp_path}/a.wav,dog\na.wav,dog\n./sub/../sub/b.wav,cat\n", "t.csv")
+    )
+    assert truth.label_of("/copy/a.wav") == "dog"
+    assert truth.label_of("/copy/sub/b.wav") == "cat" and truth.label_of("/copy/b.wav") is None
 
 
 def test_truth_names_match_whatever_unicode_form_the_csv_writes(tmp_path):
@@ -165,7 +183,7 @@ def test_truth_names_match_whatever_unicode_form_the_csv_writes(tmp_path):
     truth = read_truth(write(tmp_path, f"file,label\nsub/{decomposed}.wav,dog\n{composed}2.wav,cat\n", "t.csv"))
     assert truth.label_of(tmp_path / "sub" / f"{composed}.wav") == "dog"
     assert truth.label_of(tmp_path / f"{decomposed}2.wav") == "cat"
-    assert truth.label_of(f"/elsewhere/{composed}.wav") == "dog"  # by its unique name
+    assert truth.label_of(f"/elsewhere/sub/{composed}.wav") == "dog"  # by its unique name, in its row's folder
 
 
 def test_truth_files_as_spreadsheets_write_them(tmp_path):

@@ -377,7 +377,21 @@ def test_classify_folder_csv_on_stdout_with_accuracy_on_stderr(captions, common,
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert [row["label"] for row in rows] == ["a cat meows", "a dog barks"]  # sorted by path
     assert "accuracy 1.0000 (1/1 files)" in result.stderr
-    assert "1 classified file is not in the truth file, so not scored" in result.stderr  # cat.flac
+    assert "warning: 1 classified file is not in the truth file, so not scored" in result.stderr  # cat.flac
+
+
+def test_classify_warns_of_files_the_truth_does_not_list_on_stderr_when_the_scores_go_to_stdout(
+    captions, common, labels, tmp_path
+):
+    """With the CSV in -o FILE the scores are the command's output (stdout); files left unscored are a warning, on
+    stderr as every warning, not a line of the scores."""
+    truth = write_truth(captions, tmp_path)
+    result = run(
+        "classify", captions.root / "animals", "-l", labels, *common, "--truth", truth, "-o", tmp_path / "p.csv"
+    )
+    assert result.exit_code == 0, result.output
+    assert "accuracy 1.0000 (1/1 files)" in result.stdout and "not scored" not in result.stdout
+    assert "warning: 1 classified file is not in the truth file, so not scored\n" in result.stderr
 
 
 def test_classify_folder_with_a_broken_file_is_partial(captions, common, labels, tmp_path):
@@ -416,7 +430,7 @@ def test_classify_with_a_truth_of_other_files_is_refused_before_any_file_is_clas
     assert result.exit_code == EXIT_USAGE and result.stdout == "", result.output
     assert result.stderr == (
         f"error: {truth}: lists none of the 3 audio files given (its paths are relative to its own folder; a bare "
-        "file name matches a file of that name)\n"
+        "file name matches a file of that name, a path with folders one whose path ends with it)\n"
     )
 
 

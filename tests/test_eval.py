@@ -783,7 +783,7 @@ def test_eval_classify_refuses_a_truth_that_lists_none_of_the_files(tmp_path):
     assert result.exit_code == EXIT_USAGE, result.output
     assert result.stderr.splitlines() == [
         f"error: {truth}: lists none of the 1 audio file of {tmp_path / 'audio'} (its paths are relative to its "
-        "own folder; a bare file name matches a file of that name)"
+        "own folder; a bare file name matches a file of that name, a path with folders one whose path ends with it)"
     ]
 
 

@@ -121,7 +121,7 @@ def test_a_name_with_an_audio_extension_matches_only_that_file(tmp_path):
     assert truth.labels_of(tmp_path / "a.wav.flac") is None
     assert truth.labels_of(tmp_path / "sub" / "b.ogg") == ("cat",)
     assert truth.ambiguous([str(tmp_path / "sub" / "b.ogg"), str(tmp_path / "a.wav")]) is None
-    both = [str(tmp_path / "sub" / "b.ogg"), str(tmp_path / "elsewhere" / "b.wav")]
+    both = [str(tmp_path / "sub" / "b.ogg"), str(tmp_path / "elsewhere" / "sub" / "b.wav")]
     assert truth.ambiguous(both) == ("sub/b", both)
 
 

@@ -363,5 +363,5 @@ def _print_metrics(metrics: dict[str, Any], console: Any) -> None:
     for label, m in metrics["per_class"].items():
         table.add_row(Text(label), f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
     console.print(table)
-    if metrics["unmatched"]:
-        console.print(unmatched_note(metrics["unmatched"]), markup=False)
+    if metrics["unmatched"]:  # a warning, as `eval classify` gives it: on stderr, whichever console scores go to
+        warn(unmatched_note(metrics["unmatched"]))

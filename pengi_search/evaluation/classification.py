@@ -102,7 +102,8 @@ def check_truth_lists(truth: Truth, truth_file: Path, targets: Sequence[str], re
         raise UsageError(
             truth_file,
             f"lists none of the {count_text(len(reached), 'audio file')} {given} "
-            "(its paths are relative to its own folder; a bare file name matches a file of that name)",
+            "(its paths are relative to its own folder; a bare file name matches a file of that name, "
+            "a path with folders one whose path ends with it)",
         )
     clash = truth.ambiguous(reached)
     if clash is not None:  # scoring both under one truth would count one listed file twice
