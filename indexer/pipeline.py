@@ -25,7 +25,7 @@ import shlex
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pengi_search.audio import AUDIO_EXTENSIONS, Window
 from pengi_search.audio_workers import Decoded, Failed, Job, Windows, decode_all
@@ -78,6 +78,8 @@ def run_index(options: IndexOptions, progress: ProgressReporter | None = None) -
     """Index `options.roots` into the library at `options.db`; see the module docstring."""
     started = time.monotonic()
     rank = Rank.from_env()
+    if rank is not None:  # each rank's GPU, before any work (said once per machine where there are too few)
+        options = replace(options, device=rank.device(options.device))
     shard = options.shard or (rank.shard if rank is not None and rank.world_size > 1 else None)
     if options.reindex and shard is not None and rank is None:
         raise IndexerError(
@@ -337,8 +339,7 @@ class _Run:
     def _model(self) -> IndexModel:
         if self._model_loaded is None:
             choice, options = self._choose(), self.options
-            device = options.device if self.rank is None else self.rank.device(options.device)
-            self._model_loaded = IndexModel.load(choice.model_dir, choice.embedder_spec, device, options)
+            self._model_loaded = IndexModel.load(choice.model_dir, choice.embedder_spec, options.device, options)
         return self._model_loaded
 
     def _index(self, todo: list[Entry]) -> None:

@@ -2,7 +2,8 @@
 
 A file belongs to shard i of n when a stable hash of its path is i modulo n, so every process agrees on the split
 without talking to the others. Under `torchrun` the shard comes from RANK / WORLD_SIZE and each rank uses the GPU
-LOCAL_RANK; the ranks meet once at the end so that rank 0 brings the FAISS files in line with everything written.
+LOCAL_RANK (a machine with fewer GPUs than ranks is refused at the start); the ranks meet once at the end so that
+rank 0 brings the FAISS files in line with everything written.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+
+from pengi_search.choices import Device
+from pengi_search.torchrun_env import gpu_of_process
 
 BARRIER_TIMEOUT = timedelta(days=7)  # ranks wait at the end for the slowest one, however long its share takes
 
@@ -48,19 +52,24 @@ class Rank:
     rank: int
     world_size: int
     local_rank: int
+    on_machine: int | None = None  # the ranks torchrun started on this machine (LOCAL_WORLD_SIZE), when it says
     _group: bool = field(default=False, init=False, repr=False, compare=False)  # we started the process group
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Rank | None:
-        """The rank that torchrun set in the environment (RANK, WORLD_SIZE, LOCAL_RANK); None outside torchrun."""
+        """The rank that torchrun set in the environment (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE); None
+        outside torchrun."""
         if "RANK" not in env or "WORLD_SIZE" not in env:
             return None
         try:
             rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
             local = int(env.get("LOCAL_RANK", rank))
+            on_machine = int(env["LOCAL_WORLD_SIZE"]) if "LOCAL_WORLD_SIZE" in env else None
         except ValueError as exc:
-            raise ValueError(f"bad torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK): {exc}") from exc
-        return cls(rank, world, local)
+            raise ValueError(
+                f"bad torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE): {exc}"
+            ) from exc
+        return cls(rank, world, local, on_machine)
 
     @property
     def shard(self) -> Shard:
@@ -71,12 +80,15 @@ class Rank:
         return self.rank == 0
 
     def device(self, requested: str) -> str:
-        """Each rank on its own GPU when the device is left to choose."""
-        if requested != "auto":
+        """Each rank on its own GPU when the device is left to choose and PyTorch sees one; refused (UsageError,
+        said once per machine) where the machine has fewer GPUs than ranks (`gpu_of_process`)."""
+        if requested != Device.auto:
             return requested
         import torch
 
-        return f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu"
+        if not torch.cuda.is_available():
+            return Device.cpu.value
+        return gpu_of_process(self.local_rank, self.on_machine, "give --device cpu")
 
     def barrier(self) -> None:
         """Wait until every rank got here (a CPU 'gloo' group, so it works with or without GPUs)."""

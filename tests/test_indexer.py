@@ -11,14 +11,17 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
 import indexer.pipeline as pipeline
 from indexer.captions import IndexModel
 from indexer.pipeline import run_index
 from indexer.shard import Rank, Shard
 from pengi_search.audio import iter_windows
+from pengi_search.cli import app
 from pengi_search.db import StoreMismatchError
 from pengi_search.embedders import PengiTextEmbedder, TextEmbedderError
+from pengi_search.errors import EXIT_USAGE, UsageError
 from pengi_search.inference import Engine
 from pengi_search.library import Library
 from pengi_search.model_dir import ModelDir
@@ -394,3 +397,63 @@ def test_shard_parsing_and_torchrun_environment():
     rank = Rank.from_env({"RANK": "2", "WORLD_SIZE": "4", "LOCAL_RANK": "0"})
     assert (rank.shard, rank.local_rank, rank.leads) == (Shard(2, 4), 0, False)
     assert Rank.from_env({}) is None
+
+
+@pytest.fixture()
+def two_gpus(monkeypatch) -> None:
+    """A machine where PyTorch sees two CUDA GPUs (none is touched: the check is made before any work)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+
+
+def torchrun_rank(monkeypatch, local_rank: int, on_machine: int | None) -> None:
+    """The environment torchrun gives a process of a one-machine run (`on_machine` None: a launcher that does not
+    say how many processes it started there)."""
+    world = on_machine or local_rank + 1
+    for name, value in {"RANK": local_rank, "WORLD_SIZE": world, "LOCAL_RANK": local_rank}.items():
+        monkeypatch.setenv(name, str(value))
+    if on_machine is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(on_machine))
+
+
+def test_under_torchrun_each_rank_indexes_on_its_own_gpu(two_gpus, monkeypatch):
+    torchrun_rank(monkeypatch, 1, 2)
+    rank = Rank.from_env()
+    assert (rank.device("auto"), rank.device("cpu"), rank.device("cuda:0")) == ("cuda:1", "cpu", "cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert rank.device("auto") == "cpu"
+
+
+def test_under_torchrun_more_ranks_than_gpus_are_refused_before_any_work_said_once_per_machine(
+    two_gpus, monkeypatch, tmp_path
+):
+    """Four ranks on two GPUs: the third and fourth would share the first two's, which the engine found only as the
+    model moved there, after the scan, each rank saying it in terms of `--device cuda:N` that nobody gave. Every rank
+    of the machine knows it is one of four, so the run is refused at once and the machine's first rank alone says so
+    (exit 2, which torchrun reports); the others end well without a word."""
+    (tmp_path / "sounds").mkdir()
+    db = tmp_path / "lib.db"
+    said = []
+    for local_rank in range(4):
+        torchrun_rank(monkeypatch, local_rank, 4)
+        said.append(CliRunner().invoke(app, ["index", str(tmp_path / "sounds"), "--db", str(db)]))
+    assert said[0].exit_code == EXIT_USAGE, said[0].output
+    assert said[0].stderr == (
+        "error: 4 processes on this machine (torchrun's LOCAL_WORLD_SIZE): PyTorch sees 2 CUDA GPUs on this machine "
+        "(cuda:0 to cuda:1): start at most 2 per machine, one per GPU (--nproc-per-node 2), or give --device cpu\n"
+    )
+    assert [(result.exit_code, result.output) for result in said[1:]] == [(0, "")] * 3
+    assert not db.exists()  # nothing was done
+
+
+def test_a_launcher_that_does_not_say_how_many_ranks_share_the_machine_leaves_each_rank_past_the_gpus_to_say_it(
+    two_gpus, monkeypatch
+):
+    torchrun_rank(monkeypatch, 1, None)
+    assert Rank.from_env().device("auto") == "cuda:1"
+    torchrun_rank(monkeypatch, 2, None)
+    with pytest.raises(UsageError) as refused:
+        Rank.from_env().device("auto")
+    assert str(refused.value).startswith("process 2 of this machine (torchrun's LOCAL_RANK): PyTorch sees 2 CUDA GPUs")

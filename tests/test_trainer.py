@@ -695,20 +695,46 @@ def test_a_clip_that_fails_to_load_is_skipped_counted_and_said_once_as_every_com
 # --- Distributed ------------------------------------------------------------------------------------------------
 
 
-def test_a_process_past_the_machines_gpus_is_refused_before_the_set_up(monkeypatch):
+def test_a_machine_with_more_processes_than_gpus_is_refused_before_the_set_up(monkeypatch):
     """Four processes on two GPUs: the third and fourth would share a GPU with the first two, which NCCL refuses
-    only at the first collective, after minutes of set-up. Each process has its own GPU, or is refused at once."""
+    only at the first collective, after minutes of set-up. Each process has its own GPU, or the run is refused at
+    once: by every process of the machine, as each knows how many torchrun started there (LOCAL_WORLD_SIZE)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert resolve_device("auto", 1) == resolve_device("cuda", 1) == torch.device("cuda", 1)
-    assert resolve_device("cpu", 3) == torch.device("cpu")
+    assert resolve_device("auto", 1, 2) == resolve_device("cuda", 1, 2) == torch.device("cuda", 1)
+    assert resolve_device("cpu", 3, 4) == torch.device("cpu")
+    monkeypatch.setenv("LOCAL_RANK", "0")
     with pytest.raises(UsageError) as refused:
-        resolve_device("auto", 2)
+        resolve_device("auto", 0, 4)
     assert str(refused.value) == (
-        "process 2 of this machine (torchrun's LOCAL_RANK): PyTorch sees 2 CUDA GPUs on this machine (cuda:0 to "
-        "cuda:1): start one process per GPU (--nproc-per-node), or set runtime.device to cpu"
+        "4 processes on this machine (torchrun's LOCAL_WORLD_SIZE): PyTorch sees 2 CUDA GPUs on this machine (cuda:0 "
+        "to cuda:1): start at most 2 per machine, one per GPU (--nproc-per-node 2), or set runtime.device to cpu"
     )
     assert refused.value.exit_code == EXIT_USAGE
+    with pytest.raises(UsageError, match=r"^process 2 of this machine \(torchrun's LOCAL_RANK\): PyTorch sees 2"):
+        resolve_device("auto", 2)  # a launcher that does not say how many: the process past the GPUs says it
+
+
+def test_more_processes_than_gpus_are_said_once_per_machine_by_its_first_process(
+    tmp_path, sounds, tiny_model_dir, monkeypatch
+):
+    """Every process of the machine, those with a GPU too, meets the refusal: the first says it and exits 2 (which
+    torchrun reports), the others end well without a word, so that torchrun does not stop the first before it has
+    said it. Said by each process past the GPUs instead, it came three times from a run of four on one GPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    config_path = write_config(tmp_path, tiny_model_dir, sounds / "train.jsonl", runtime={"device": "auto"})
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    said = []
+    for local_rank in range(4):
+        monkeypatch.setenv("RANK", str(local_rank))
+        monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+        said.append(train_command(config_path))
+    assert said[0].exit_code == EXIT_USAGE and said[0].stderr.count("error: ") == 1, said[0].output
+    assert "start at most 1 per machine, one per GPU (--nproc-per-node 1)" in said[0].stderr
+    assert [(result.exit_code, result.output) for result in said[1:]] == [(0, "")] * 3
+    assert not (tmp_path / "run").exists()
 
 
 TORCHRUN_ENV = {"OMP_NUM_THREADS": "1"}

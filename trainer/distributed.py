@@ -16,9 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from pengi_search.choices import device_unavailable
-from pengi_search.errors import UsageError
-from trainer.torchrun_env import process_count
+from pengi_search.torchrun_env import gpu_of_process, local_process_count, process_count
 
 
 @dataclass(frozen=True)
@@ -38,25 +36,19 @@ class Processes:
         return self.rank == 0
 
 
-def resolve_device(choice: str, local_rank: int) -> torch.device:
-    """This process's GPU ("auto" or "cuda", when PyTorch sees one), else the CPU. A process past the machine's GPUs
-    (`--nproc-per-node` above their number) is refused now: sharing a GPU, NCCL would fail only at its first
-    collective, after the set-up."""
+def resolve_device(choice: str, local_rank: int, on_machine: int | None = None) -> torch.device:
+    """This process's GPU ("auto" or "cuda", when PyTorch sees one), else the CPU. A machine with more processes
+    (`on_machine`, torchrun's LOCAL_WORLD_SIZE) than GPUs is refused now, said once (`gpu_of_process`)."""
     if choice == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
-    if reason := device_unavailable(f"cuda:{local_rank}"):
-        raise UsageError(
-            f"process {local_rank} of this machine (torchrun's LOCAL_RANK)",
-            f"{reason}: start one process per GPU (--nproc-per-node), or set runtime.device to cpu",
-        )
-    return torch.device("cuda", local_rank)
+    return torch.device(gpu_of_process(local_rank, on_machine, "set runtime.device to cpu"))
 
 
 def start_processes(device_choice: str) -> Processes:
     world_size = process_count()
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_choice, local_rank)
+    device = resolve_device(device_choice, local_rank, local_process_count())
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():

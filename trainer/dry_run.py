@@ -23,6 +23,7 @@ from pengi_search.messages import print_error, print_warning
 from pengi_search.model import Pengi
 from pengi_search.paths import shown_path
 from pengi_search.tokenization import PromptTooLongError, Tokenizers
+from pengi_search.torchrun_env import process_count
 from pengi_search.units import duration_text
 from trainer.checkpoint_files import checkpoint_to_resume
 from trainer.config import ConfigError, TrainConfig
@@ -30,7 +31,6 @@ from trainer.data import MISSING, Example, LoadAudio, check_audio, read_manifest
 from trainer.resume_plan import EpochSize, RunRecord, check_resume, check_steps, planned_resume, read_run_record
 from trainer.run_data import FEATURE_DIR, clips_to_encode
 from trainer.state import seed_everything
-from trainer.torchrun_env import process_count
 
 PROBLEMS_SHOWN = 20  # per manifest; the counts cover them all
 

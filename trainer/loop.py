@@ -31,6 +31,7 @@ from pengi_search.messages import print_warning
 from pengi_search.model import Pengi
 from pengi_search.paths import as_typed, shown_path
 from pengi_search.tokenization import Tokenizers
+from pengi_search.torchrun_env import said_once_per_machine
 from pengi_search.units import count_text
 from trainer.checkpoint_files import (
     checkpoint_to_resume,
@@ -85,7 +86,6 @@ from trainer.run_data import prepare_data, quiet
 from trainer.sampling import ResumableSampler
 from trainer.state import Position, RunCheckpoints, restore_rng, seed_everything
 from trainer.stopping import BestTracker, InterruptRequest
-from trainer.torchrun_env import said_once_per_machine
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def train(
 
     A resumed run must be the checkpoint's run, but for a new length among the keys `given` on the command line
     (`--set`): see `trainer.resume_plan`. A set-up failure every process meets is raised by rank 0 alone; one met
-    before the processes connect, by the first process of each machine (`trainer.torchrun_env`)."""
+    before the processes connect, by the first process of each machine (`pengi_search.torchrun_env`)."""
     source = source or Path("<config>")
     with said_once_per_machine():  # the processes are not connected yet: each meets what the others meet
         if problems := config.problems(cuda=torch.cuda.is_available()):

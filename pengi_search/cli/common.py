@@ -39,6 +39,7 @@ from ..messages import print_error, print_interrupted, print_skipped, print_warn
 from ..pathnames import json_text, shown, writes_utf8
 from ..paths import GivenPath, file_in_the_way, refuse_unexpanded_home, shown_path
 from ..stop_signals import interrupted_by_stop_signals, interrupted_exit_code
+from ..torchrun_env import SaidByTheMachinesFirstProcess
 from .closed_output import output_closed, quiet_when_output_closed, whole_writes
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "UsageError", "not_found"]
@@ -168,6 +169,8 @@ def _reported(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         raise typer.Exit(interrupted_exit_code()) from None
     except (typer.Exit, typer.Abort):
         raise
+    except SaidByTheMachinesFirstProcess:  # under torchrun, before the processes connect: the first process says it
+        return None
     except Exception as err:
         if isinstance(err, BrokenPipeError) and output_closed():
             raise  # no failure of the command's: `handle_errors` ends it quietly

@@ -38,9 +38,8 @@ class _RunByDefault(Group):
     def invoke(self, ctx: click.Context) -> object:
         """Under torchrun, a mistake the option parser finds in a subcommand's options is said by the first process
         of each machine alone, as the run's other failures before its processes connect are
-        (`trainer.torchrun_env`): the others end well."""
-        from trainer.torchrun_env import first_on_machine
-
+        (`pengi_search.torchrun_env`): the others end well."""
+        from ..torchrun_env import first_on_machine
         from . import ParserUsageError
 
         try:
@@ -96,23 +95,22 @@ def run(
     """
     from trainer.checkpoint_files import checkpoint_to_resume
     from trainer.config import load_config, parse_overrides
-    from trainer.torchrun_env import SaidByTheMachinesFirstProcess, first_on_machine, said_once_per_machine
+
+    from ..torchrun_env import first_on_machine, said_once_per_machine
 
     if dry_run and not first_on_machine():
         return  # under torchrun: the first process of each machine checks the run and reports for them all
-    try:
-        # Read before the training code is imported (torch and the models: seconds), so that a mistyped key or
-        # checkpoint fails at once (the run checks the checkpoint again, for library callers).
-        with said_once_per_machine():
-            overrides = parse_overrides(set_ or [])
-            settings = load_config(config, overrides)
-            # A checkpoint file named that is not there is a typo, said at once as a typo'd key is; what output_dir
-            # holds (a run, for a new one; no checkpoint, for --resume) a dry run reports among every other problem.
-            if resume_from is not None or not dry_run:
-                checkpoint_to_resume(settings.output_dir, resume_from or resume)
-        _run(settings, config, dry_run=dry_run, resume=resume_from or resume, given=set(overrides), quiet=quiet)
-    except SaidByTheMachinesFirstProcess:
-        return  # under torchrun, before the processes connected: the first process of this machine says it
+    # Read before the training code is imported (torch and the models: seconds), so that a mistyped key or
+    # checkpoint fails at once (the run checks the checkpoint again, for library callers). What the first process of
+    # the machine says, the others leave to it (`handle_errors`).
+    with said_once_per_machine():
+        overrides = parse_overrides(set_ or [])
+        settings = load_config(config, overrides)
+        # A checkpoint file named that is not there is a typo, said at once as a typo'd key is; what output_dir
+        # holds (a run, for a new one; no checkpoint, for --resume) a dry run reports among every other problem.
+        if resume_from is not None or not dry_run:
+            checkpoint_to_resume(settings.output_dir, resume_from or resume)
+    _run(settings, config, dry_run=dry_run, resume=resume_from or resume, given=set(overrides), quiet=quiet)
 
 
 def _run(
