@@ -45,10 +45,11 @@ from .db import (
     default_index_path,
 )
 from .errors import UnwritableFolderError, os_reason
+from .index_types import INDEX_TYPES, IndexParams, effective_type
 from .pathnames import shown
 from .paths import made_folder
 from .vector_file import read_index_header
-from .vectors import INDEX_TYPES, IndexParams, VectorIndex, VectorIndexError, effective_type
+from .vectors import VectorIndex, VectorIndexError
 
 log = logging.getLogger(__name__)
 

@@ -62,7 +62,7 @@ def rebuild_index(
 def _fallback_told_below() -> Iterator[None]:
     """Without the warning an IVF-PQ request on a small library logs (once per index): the summary says what was
     built and when IVF-PQ will be, and --json has both types."""
-    from ..vectors import fallback_log
+    from ..index_types import fallback_log
 
     def drop(_record: logging.LogRecord) -> bool:
         return False
@@ -176,7 +176,7 @@ def _index_kind(effective: str | None, requested: str | None) -> str:
         return "no index"
     if requested in (None, effective):
         return effective
-    from ..vectors import IVFPQ_MIN_VECTORS
+    from ..index_types import IVFPQ_MIN_VECTORS
 
     return f"{effective}; {requested} was asked for, built once there are {IVFPQ_MIN_VECTORS:,} vectors"
 
