@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ import faiss
 import numpy as np
 
 from .choices import IndexType
+from .errors import OptionError
 from .ivf_sizes import auto_nlist, auto_nprobe, auto_pq_m, training_rows
 from .vector_file import VectorIndexError
 
@@ -31,6 +32,10 @@ IVFPQ_MIN_VECTORS = 10_000  # ~39 training points per IVF cell and 39 x 256 per 
 # The IVF-PQ fallback's own logger: a command that reports the index it built in its own words (`rebuild-index`)
 # silences it, so that the user is not told twice.
 fallback_log = logging.getLogger(f"{__name__}.fallback")
+
+# The search knobs a user may set, and the index type each tunes: HNSW's efSearch (the candidates its graph walk
+# keeps), IVF-PQ's nprobe (the cells it searches). Higher finds more of the exact results, and takes longer.
+SEARCH_KNOBS = {"ef_search": "hnsw", "nprobe": "ivfpq"}
 
 Sample = Callable[[np.ndarray], np.ndarray]  # `sample(rows)`: the unit vectors at those positions of the ones indexed
 
@@ -68,6 +73,34 @@ class IndexParams:
         return dataclasses.replace(
             self, ef_search=other.ef_search, nprobe=other.nprobe or self.nprobe, k_factor=other.k_factor
         )
+
+
+def checked_knobs(knobs: Mapping[str, int | None], types: Iterable[str], *, asked: bool) -> dict[str, int]:
+    """The search knobs given (those not None), each for the index type it tunes (SEARCH_KNOBS): `types` are the
+    library's indexes' types, `asked`: as the caller asks for them (else as they are). OptionError otherwise; a value
+    under 1 is `IndexParams`'s to refuse."""
+    given = {name: int(value) for name, value in knobs.items() if value is not None}
+    for name in given:
+        tuned = SEARCH_KNOBS[name]
+        others = sorted(set(types) - {tuned})
+        if others:
+            whose = "the type asked for" if asked else "the library's type; {index_type} " + tuned + " changes it"
+            raise OptionError(name, f"tunes {tuned} indexes, not {' and '.join(others)} ({whose})")
+    return given
+
+
+def searched_with(index_type: str | None, params: Mapping[str, Any]) -> dict[str, int | None]:
+    """Each search knob (SEARCH_KNOBS) as a search of an index of `index_type` built with `params` uses it; None
+    where that type has no such knob."""
+    return {
+        "ef_search": params["ef_search"] if index_type == "hnsw" else None,
+        "nprobe": cells_probed(params["nprobe"], params["nlist"]) if index_type == "ivfpq" else None,
+    }
+
+
+def cells_probed(nprobe: int | None, nlist: int) -> int:
+    """The IVF cells a search probes: `nprobe` (None: chosen from the cells), at most every cell (as faiss does)."""
+    return min(nlist, nprobe or auto_nprobe(nlist))
 
 
 def effective_type(requested: str, count: int) -> str:
@@ -123,7 +156,7 @@ def search_parameters(params: IndexParams, inner: Any, k: int, selector: Any, ex
         return faiss.SearchParametersHNSW(efSearch=max(params.ef_search, k), sel=selector)
     if params.type == "ivfpq":
         ivf = faiss.extract_index_ivf(inner)
-        base = faiss.SearchParametersIVF(nprobe=params.nprobe or auto_nprobe(ivf.nlist), sel=selector)
+        base = faiss.SearchParametersIVF(nprobe=cells_probed(params.nprobe, ivf.nlist), sel=selector)
         k_factor = max(1.0, params.k_factor * exact_top / k)  # faiss re-ranks k x k_factor candidates
         return faiss.IndexRefineSearchParameters(k_factor=k_factor, base_index_params=base)
     return None if selector is None else faiss.SearchParameters(sel=selector)
