@@ -27,7 +27,7 @@ import functools
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -45,10 +45,11 @@ from .db import (
     default_index_path,
 )
 from .errors import UnwritableFolderError, os_reason
+from .index_types import INDEX_TYPES, SEARCH_KNOBS, IndexParams, checked_knobs, effective_type, searched_with
 from .pathnames import shown
 from .paths import made_folder
 from .vector_file import read_index_header
-from .vectors import INDEX_TYPES, IndexParams, VectorIndex, VectorIndexError, effective_type
+from .vectors import VectorIndex, VectorIndexError
 
 log = logging.getLogger(__name__)
 
@@ -148,11 +149,20 @@ class Library:
         for kind in VECTOR_KINDS:
             self._refresh(kind, index_type, rebuild=False)
 
-    def rebuild(self, index_type: str | None = None) -> dict[str, int]:
-        """Rebuild both FAISS files from the database's vectors; returns the number of vectors per kind."""
+    def rebuild(
+        self, index_type: str | None = None, *, ef_search: int | None = None, nprobe: int | None = None
+    ) -> dict[str, int]:
+        """Rebuild both FAISS files from the database's vectors; returns the number of vectors per kind.
+
+        `ef_search` (HNSW) and `nprobe` (IVF-PQ) set how searches trade speed for recall, kept in the files and the
+        database for every later search and rebuild; a knob of another type than the indexes' is an OptionError.
+        """
+        knobs = checked_knobs(
+            {"ef_search": ef_search, "nprobe": nprobe}, self._requested(index_type), asked=bool(index_type)
+        )
         counts = {}
         for kind in VECTOR_KINDS:
-            index = self._refresh(kind, index_type, rebuild=True)
+            index = self._refresh(kind, index_type, rebuild=True, knobs=knobs)
             counts[kind] = 0 if index is None else len(index)
         return counts
 
@@ -177,36 +187,53 @@ class Library:
                 "removed": None if file is None else file.removed,
                 "index_type": None,
                 "requested_type": None,
+                "ef_search": None,
+                "nprobe": None,
             }
             if info is not None:
                 recorded = info.to_json()
                 data |= {"index_type": recorded.pop("effective_type")} | recorded
+                data |= searched_with(info.effective_type, info.params)
             indexes[kind] = data
         return indexes
 
     # -- internals -------------------------------------------------------------------------------------------
 
-    def _refresh(self, kind: str, index_type: str | None, *, rebuild: bool) -> VectorIndex | None:
+    def _requested(self, index_type: str | None) -> set[str]:
+        """The types the indexes are asked to be: `index_type`, else each kind's (flat for one never built)."""
+        if index_type is not None:
+            return {index_type}
+        return {DEFAULT_INDEX_TYPE if info is None else info.requested_type for info in self.index_info().values()}
+
+    def _refresh(
+        self, kind: str, index_type: str | None, *, rebuild: bool, knobs: Mapping[str, int] | None = None
+    ) -> VectorIndex | None:
         self._indexes.pop(kind, None)
-        index = self._in_line(kind, index_type, rebuild=rebuild)
+        index = self._in_line(kind, index_type, rebuild=rebuild, knobs=knobs)
         if index is not None:
             self._indexes[kind] = index
         return index
 
-    def _in_line(self, kind: str, index_type: str | None, *, rebuild: bool) -> VectorIndex | None:
-        """The saved index of `kind` made equal to the database (and saved if it changed); None when empty."""
+    def _in_line(
+        self, kind: str, index_type: str | None, *, rebuild: bool, knobs: Mapping[str, int] | None = None
+    ) -> VectorIndex | None:
+        """The saved index of `kind` made equal to the database (and saved if it changed); None when empty. `knobs`:
+        search knobs (SEARCH_KNOBS) for the index built, over those of the one it replaces."""
         if index_type is not None and index_type not in INDEX_TYPES:
             raise VectorIndexError("index type", f"unknown {index_type!r}; use one of {', '.join(INDEX_TYPES)}")
         path = self.index_path(kind)
         if self.in_memory:  # files are replaced atomically: reading one needs no lock
-            return self._in_line_locked(kind, path, index_type, rebuild=rebuild)
+            return self._in_line_locked(kind, path, index_type, rebuild=rebuild, knobs=knobs or {})
         with _locked(path):
-            return self._in_line_locked(kind, path, index_type, rebuild=rebuild)
+            return self._in_line_locked(kind, path, index_type, rebuild=rebuild, knobs=knobs or {})
 
-    def _in_line_locked(self, kind: str, path: Path, index_type: str | None, *, rebuild: bool) -> VectorIndex | None:
+    def _in_line_locked(
+        self, kind: str, path: Path, index_type: str | None, *, rebuild: bool, knobs: Mapping[str, int]
+    ) -> VectorIndex | None:
         loaded, stored_tag = self._load_own(path)
         recorded = self.store.vector_indexes().get(kind)
         requested = index_type or (recorded.requested_type if recorded else None) or _requested_type(stored_tag)
+        search_knobs = _kept_knobs(recorded, loaded) | dict(knobs)
         tag = self._tag(kind, requested)
         usable = loaded if loaded is not None and not rebuild and stored_tag == tag else None
         # `state.ids` is None when the file was saved at the version the database is at: it holds those ids.
@@ -219,22 +246,24 @@ class Library:
         fits = usable is not None and usable.type == effective_type(requested, count)
         if count == 0:
             self._forget(path, usable if fits else None, tag, state.version)
-            self._record(recorded, kind, requested, None)
+            self._record(recorded, kind, requested, None, knobs=search_knobs)
             return None
         if fits:
             assert usable is not None
             if state.ids is not None:
                 self._sync(usable, state.ids, state.version, kind, path, tag)
-            self._record(recorded, kind, requested, usable)
+            self._record(recorded, kind, requested, usable, knobs=search_knobs)
             return usable
         if state.ids is None:  # a file of the current version, but another type is due: its ids to check with
             state = self.store.vector_state(kind)
         read = functools.partial(self.store.vector_batches, kind)
-        index = VectorIndex.build_streamed(state.ids, read, IndexParams(type=requested), name=f"{kind} index")
+        index = VectorIndex.build_streamed(
+            state.ids, read, IndexParams(type=requested, **search_knobs), name=f"{kind} index"
+        )
         index.vectors_version = _version_if_equal(index, state.ids, state.version)
         log.info("vector index %s rebuilt: %d %s vectors (%s)", path, len(index), kind, index.type)
         self._save(index, path, tag)
-        self._record(recorded, kind, requested, index)
+        self._record(recorded, kind, requested, index, knobs=search_knobs)
         return index
 
     def _sync(
@@ -252,10 +281,19 @@ class Library:
             index.vectors_version = version
             self._save(index, path, tag)
 
-    def _record(self, recorded: VectorIndexInfo | None, kind: str, requested: str, index: VectorIndex | None) -> None:
-        """Record in the database what the index of `kind` now is, when that changed (a read-only store: never)."""
+    def _record(
+        self,
+        recorded: VectorIndexInfo | None,
+        kind: str,
+        requested: str,
+        index: VectorIndex | None,
+        *,
+        knobs: Mapping[str, int],
+    ) -> None:
+        """Record in the database what the index of `kind` now is, when that changed (a read-only store: never). A
+        kind without vectors has none: its search `knobs` are recorded, for the index it will have."""
         effective = None if index is None else index.type
-        params = {} if index is None else dataclasses.asdict(index.params)
+        params = dict(knobs) if index is None else dataclasses.asdict(index.params)
         vectors = 0 if index is None else len(index)
         now = (requested, effective, params, vectors)
         if self.store.read_only or (
@@ -390,6 +428,15 @@ def _load(path: Path) -> tuple[VectorIndex | None, str | None]:
     except VectorIndexError as exc:
         log.warning("ignoring damaged vector index %s (it is rebuilt from the database): %s", path, exc.reason)
         return None, None
+
+
+def _kept_knobs(recorded: VectorIndexInfo | None, replaced: VectorIndex | None) -> dict[str, int]:
+    """The search knobs (SEARCH_KNOBS) of the index a new one replaces, as the database records it, else as its file
+    says: a rebuild (another type, a damaged file, IVF-PQ once there are enough vectors) keeps what the user set."""
+    before = dict(recorded.params) if recorded is not None else {}
+    if not before and replaced is not None:
+        before = dataclasses.asdict(replaced.params)
+    return {name: before[name] for name in SEARCH_KNOBS if before.get(name) is not None}
 
 
 def _version_if_equal(index: VectorIndex, expected: np.ndarray | None, version: int | None) -> int | None:

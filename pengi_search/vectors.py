@@ -3,16 +3,10 @@
 Ids are the database's window ids, so a hit leads straight to `Store.window_details`. The database is the source
 of truth: `pengi_search.library.Library` keeps the saved indexes (`pengi_search.vector_file`) in line with it.
 
-Index types:
-- 'flat': exact search; the default, right for libraries up to a few hundred thousand windows.
-- 'hnsw': HNSW graph (IndexHNSWFlat); fast and accurate, memory of flat plus the graph, slow to build.
-- 'ivfpq': IVF with product-quantised codes, trained on the vectors, re-ranked with exact (or 8-bit) vectors so
-  that recall stays high; needs IVFPQ_MIN_VECTORS to train and falls back to 'flat' below that.
-
-When faiss has GPU support and a GPU is visible, exact ('flat') searches run on the GPU; everything else is CPU.
-An HNSW or IVF-PQ search is exact among the vectors it may return when a filter allows few of them
-(FEW_ALLOWED_SHARE) or it asks for a large share of them (LARGE_K_SHARE), and a row the graph walk or the cells probed
-leave short is scored exactly too: a search for k returns min(k, those vectors), never fewer.
+The index types, their parameters and faiss's search parameters are `index_types`'; the search's positions and exact
+search, `vector_search`'s. When faiss has GPU support and a GPU is visible, exact ('flat') searches run on the GPU;
+everything else is CPU. A search for k returns min(k, the vectors it may return), never fewer: a row the graph walk or
+the cells probed leave short is scored exactly.
 
 Removal: a flat index removes in place. An HNSW graph cannot drop a node, and an IVF-PQ index's codes and exact
 vectors are kept by position, so re-filling either costs as much as building it; instead their removed ids become
@@ -29,88 +23,40 @@ import itertools
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
 
-from .choices import IndexType
 from .chunking import chunk_slices
 from .id_arrays import among, sorted_unique
-from .ivf_sizes import auto_nlist, auto_nprobe, auto_pq_m, training_rows
+from .index_types import IVFPQ_MIN_VECTORS as IVFPQ_MIN_VECTORS  # named with the indexes by their callers
+from .index_types import IndexParams, Sample, search_parameters, trained_faiss_index
 from .units import count_text
 from .vector_file import VectorIndexError, read_index_file, write_index_file
+from .vector_search import (
+    allowed_positions,
+    empty_hits,
+    exact_among,
+    exact_pays,
+    found_hits,
+    live_mask,
+    returnable_positions,
+)
 
 log = logging.getLogger(__name__)
-# The IVF-PQ fallback's own logger: a command that reports the index it built in its own words (`rebuild-index`)
-# silences it, so that the user is not told twice.
-fallback_log = logging.getLogger(f"{__name__}.fallback")
-
-INDEX_TYPES = tuple(t.value for t in IndexType)  # what a caller or a saved file may name
-REFINE_TYPES = ("flat", "sq8")
-IVFPQ_MIN_VECTORS = 10_000  # ~39 training points per IVF cell and 39 x 256 per PQ codebook
 
 # Tombstones past this share of the stored vectors are compacted away: searches stay as fast as those of a rebuilt
 # index, and one large removal (a folder) costs a single re-fill rather than a file that keeps growing.
 COMPACT_FRACTION = 0.2
-# A filtered HNSW or IVF-PQ search allowing at most this share of the live vectors (a folder, a rare name) is exact
-# among them: the graph or the cells probed hold few allowed vectors near the query (of the 10 best allowed among
-# 20,000 clustered vectors, HNSW found 4 at 1%, 1 at 0.2%; 9.6 at 5%). Exact, it costs at most this share of a flat
-# search.
-FEW_ALLOWED_SHARE = 0.1
-# An HNSW or IVF-PQ search for at least this share of the vectors it may return is exact among them: an HNSW walk
-# with efSearch k, or the IVF cells probed, reach fewer than k of them (100 of 102 windows; 715 of 2,000 asked of
-# 20,000), and exact costs less: at a tenth of 20,000 64-d vectors, 0.7 ms a query against HNSW's 2.6 ms.
-LARGE_K_SHARE = 0.1
-_RECONSTRUCTED_ROWS = 1 << 16  # stored vectors copied out at a time by an exact search (`_exact_among`)
+_RECONSTRUCTED_ROWS = 1 << 16  # stored vectors copied out at a time (a compaction's copy, an exact search)
 
 VectorBatches = Iterable[tuple[np.ndarray, np.ndarray]]  # (ids int64 (n,), vectors (n, d)) a batch at a time
 # `read(ids)`: the vectors of those ids as stored (the library's database; None: all of them), in batches sorted by
 # id; an id that has none is left out. Builds and compactions add what it gives a batch at a time, never holding
 # every vector.
 ReadFn = Callable[[np.ndarray | None], VectorBatches]
-
-
-@dataclass(frozen=True)
-class IndexParams:
-    """How an index is built and searched; ef_search, nprobe and k_factor may change on a loaded index.
-
-    None for nlist, pq_m or nprobe means: chosen from the number of vectors and their dimension.
-    """
-
-    type: str = "flat"
-    hnsw_m: int = 32
-    ef_construction: int = 80
-    ef_search: int = 64
-    nlist: int | None = None
-    pq_m: int | None = None
-    nprobe: int | None = None
-    refine: str = "flat"
-    k_factor: int = 32  # IVF-PQ re-ranks k * k_factor candidates exactly (recall@10 0.957 at 16, 0.999 at 32 for 1M)
-
-    def __post_init__(self) -> None:
-        if self.type not in INDEX_TYPES:
-            raise VectorIndexError("index type", f"unknown {self.type!r}; use one of {', '.join(INDEX_TYPES)}")
-        if self.refine not in REFINE_TYPES:
-            raise VectorIndexError("refine", f"unknown {self.refine!r}; use one of {', '.join(REFINE_TYPES)}")
-        sizes = {name: getattr(self, name) for name in ("hnsw_m", "ef_construction", "ef_search", "k_factor")}
-        sizes.update({name: getattr(self, name) for name in ("nlist", "pq_m", "nprobe") if getattr(self, name)})
-        for name, value in sizes.items():
-            if int(value) < 1:
-                raise VectorIndexError(name, f"must be at least 1, got {value}")
-
-    def with_search_knobs(self, other: IndexParams) -> IndexParams:
-        """These build parameters with the search-time knobs of `other`."""
-        return dataclasses.replace(
-            self, ef_search=other.ef_search, nprobe=other.nprobe or self.nprobe, k_factor=other.k_factor
-        )
-
-
-def effective_type(requested: str, count: int) -> str:
-    """The index type actually built for `count` vectors: IVF-PQ needs enough vectors to train."""
-    return "flat" if requested == "ivfpq" and count < IVFPQ_MIN_VECTORS else requested
 
 
 def l2_normalise(vectors: np.ndarray, dim: int | None = None, where: str = "vectors") -> np.ndarray:
@@ -211,28 +157,10 @@ class VectorIndex:
 
     @classmethod
     def _trained(
-        cls,
-        params: IndexParams,
-        dim: int,
-        count: int,
-        sample: Callable[[np.ndarray], np.ndarray],
-        *,
-        use_gpu: bool | None,
-        name: str,
+        cls, params: IndexParams, dim: int, count: int, sample: Sample, *, use_gpu: bool | None, name: str
     ) -> VectorIndex:
-        """An empty index for `count` vectors of `dim`; IVF-PQ is trained on `sample(rows)`, the unit vectors at
-        those positions of the `count`."""
-        kind = effective_type(params.type, count)
-        if kind != params.type:
-            fallback_log.warning(
-                "%s: IVF-PQ needs at least %d vectors to train (have %d); using the exact flat index",
-                name,
-                IVFPQ_MIN_VECTORS,
-                count,
-            )
-        inner, params = _new_inner(kind, dim, count, dataclasses.replace(params, type=kind))
-        if kind == "ivfpq":
-            inner.train(sample(training_rows(count, params.nlist or 1)))
+        """An empty index for `count` vectors of `dim`, trained as `trained_faiss_index` says."""
+        inner, params = trained_faiss_index(params, dim, count, sample, name=name)
         return cls(faiss.IndexIDMap2(inner), params, use_gpu=use_gpu)
 
     # -- contents --------------------------------------------------------------------------------------------
@@ -373,16 +301,18 @@ class VectorIndex:
         if k < 1:
             raise VectorIndexError("search", f"k must be at least 1, got {k}")
         query = l2_normalise(queries, self.dim, where="query")
-        allowed = self._allowed_positions(allowed_ids)
+        allowed = allowed_positions(self._id_map(), allowed_ids, self._dead)
         returnable = len(self) if allowed is None else int(allowed.sum())
         if returnable == 0:
-            return _empty_hits(len(query), k)
-        if self.type != "flat" and (exact or self._exact_pays(k, returnable)):
-            return self._exact_among(query, k, self._returnable_positions(allowed))
+            return empty_hits(len(query), k)
+        if self.type != "flat" and (exact or exact_pays(k, returnable, len(self))):
+            return self._exact_among(query, k, returnable_positions(allowed, self._id_map(), self._dead))
         scores, ids = self._approximate(query, k, allowed, min(int(exact_top or k), k))
         short = (ids >= 0).sum(axis=1) < min(k, returnable)
         if short.any():  # the graph walk or the cells probed missed some: those rows alone are scored exactly
-            scores[short], ids[short] = self._exact_among(query[short], k, self._returnable_positions(allowed))
+            scores[short], ids[short] = self._exact_among(
+                query[short], k, returnable_positions(allowed, self._id_map(), self._dead)
+            )
         return scores, ids
 
     # -- files -----------------------------------------------------------------------------------------------
@@ -450,14 +380,10 @@ class VectorIndex:
 
     def _live_vectors(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """(ids, stored unit vectors) of the live positions, in order, copied out a chunk at a time."""
-        positions = np.flatnonzero(self._live_mask())
         id_map = self._id_map()
+        positions = np.flatnonzero(live_mask(id_map, self._dead))
         chunks = (positions[rows] for rows in chunk_slices(len(positions), _RECONSTRUCTED_ROWS))
         return [(id_map[chunk], self._inner.reconstruct_batch(chunk)) for chunk in chunks]
-
-    def _live_mask(self) -> np.ndarray:
-        """Per position: whether its id is live (not tombstoned)."""
-        return ~np.isin(self._id_map(), self._dead)
 
     def _id_map(self) -> np.ndarray:
         """Index position -> id."""
@@ -465,40 +391,18 @@ class VectorIndex:
             self._positions_to_ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
         return self._positions_to_ids
 
-    def _allowed_positions(self, allowed_ids: np.ndarray | None) -> np.ndarray | None:
-        """Per position: whether its id is allowed and live. None without a filter."""
-        if allowed_ids is None:
-            return None
-        mask = np.isin(self._id_map(), np.asarray(allowed_ids, dtype=np.int64))
-        if self._dead.size:
-            mask &= self._live_mask()
-        return mask
-
     def _selector(self, allowed: np.ndarray | None) -> tuple[Any, np.ndarray | None]:
-        """A faiss selector over index positions: those `allowed` (`_allowed_positions`), else the live ones (and
+        """A faiss selector over index positions: those `allowed` (`allowed_positions`), else the live ones (and
         the bitmap it reads, which must outlive the search). None without a filter or tombstones."""
         if allowed is None and not self._dead.size:
             return None, None
         if allowed is None:
             if self._live_bitmap is None:  # kept: every unfiltered search of an index with tombstones reads it
-                self._live_bitmap = np.packbits(self._live_mask(), bitorder="little")
+                self._live_bitmap = np.packbits(live_mask(self._id_map(), self._dead), bitorder="little")
             bitmap = self._live_bitmap
         else:
             bitmap = np.packbits(allowed, bitorder="little")
         return faiss.IDSelectorBitmap(int(self._index.ntotal), faiss.swig_ptr(bitmap)), bitmap
-
-    def _exact_pays(self, k: int, returnable: int) -> bool:
-        """Whether an HNSW or IVF-PQ search is better exact among the `returnable` vectors: a filter allows few of
-        the live ones (FEW_ALLOWED_SHARE), or k is a large share of them (LARGE_K_SHARE)."""
-        return returnable <= FEW_ALLOWED_SHARE * len(self) or k >= LARGE_K_SHARE * returnable
-
-    def _returnable_positions(self, allowed: np.ndarray | None) -> np.ndarray:
-        """The positions a search may return: those `allowed` (`_allowed_positions`), else the live ones."""
-        if allowed is not None:
-            return np.flatnonzero(allowed)
-        if not self._dead.size:
-            return np.arange(int(self._index.ntotal))
-        return np.flatnonzero(self._live_mask())
 
     def _approximate(
         self, query: np.ndarray, k: int, allowed: np.ndarray | None, exact_top: int
@@ -506,38 +410,14 @@ class VectorIndex:
         """The faiss search itself (exact for a flat index), as `search` returns it; rows may come back short."""
         selector, _bitmap = self._selector(allowed)
         index = self._search_index() if selector is None else self._inner
-        scores, positions = index.search(query, k, params=self._search_params(k, selector, exact_top))
-        found = positions >= 0
-        ids = np.where(found, self._id_map()[np.where(found, positions, 0)], -1)
-        return np.where(found, scores, -np.inf).astype(np.float32), ids.astype(np.int64)
+        scores, positions = index.search(
+            query, k, params=search_parameters(self.params, self._inner, k, selector, exact_top)
+        )
+        return found_hits(scores, positions, self._id_map())
 
     def _exact_among(self, query: np.ndarray, k: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """`search`'s results among the stored vectors at `positions`, by exact cosine (the stored vectors are unit
-        length; IVF-PQ's are its refinement's, exact or 8-bit). They are read a chunk at a time, keeping the best k
-        so far: memory grows with k, not with the positions (the whole library, for a large k)."""
-        kept_scores, kept = np.empty((len(query), 0), np.float32), np.empty((len(query), 0), np.int64)
-        for start in range(0, len(positions), _RECONSTRUCTED_ROWS):
-            chunk = positions[start : start + _RECONSTRUCTED_ROWS]
-            scores = np.concatenate([kept_scores, query @ self._inner.reconstruct_batch(chunk).T], axis=1)
-            candidates = np.concatenate([kept, np.broadcast_to(chunk, (len(query), len(chunk)))], axis=1)
-            best = _best_columns(scores, k)
-            kept_scores, kept = np.take_along_axis(scores, best, axis=1), np.take_along_axis(candidates, best, axis=1)
-        order = np.argsort(-kept_scores, axis=1)
-        found_scores, found_ids = _empty_hits(len(query), k)
-        found_scores[:, : order.shape[1]] = np.take_along_axis(kept_scores, order, axis=1)
-        found_ids[:, : order.shape[1]] = self._id_map()[np.take_along_axis(kept, order, axis=1)]
-        return found_scores, found_ids
-
-    def _search_params(self, k: int, selector: Any, exact_top: int) -> Any:
-        if self.type == "hnsw":
-            return faiss.SearchParametersHNSW(efSearch=max(self.params.ef_search, k), sel=selector)
-        if self.type == "ivfpq":
-            ivf = faiss.extract_index_ivf(self._inner)
-            nprobe = self.params.nprobe or auto_nprobe(ivf.nlist)
-            base = faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)
-            k_factor = max(1.0, self.params.k_factor * exact_top / k)  # faiss re-ranks k x k_factor candidates
-            return faiss.IndexRefineSearchParameters(k_factor=k_factor, base_index_params=base)
-        return None if selector is None else faiss.SearchParameters(sel=selector)
+        """`search`'s results among the stored vectors at `positions`, by exact cosine (`vector_search.exact_among`)."""
+        return exact_among(self._inner, self._id_map(), query, k, positions, _RECONSTRUCTED_ROWS)
 
     def _search_index(self) -> Any:
         """The inner index to search: a GPU copy of an exact index when a GPU is usable."""
@@ -557,26 +437,6 @@ class VectorIndex:
         return self._gpu_index
 
 
-def _new_inner(kind: str, dim: int, count: int, params: IndexParams) -> tuple[Any, IndexParams]:
-    """An empty faiss index of `kind` and the parameters with automatic choices filled in."""
-    if kind == "hnsw":
-        hnsw = faiss.IndexHNSWFlat(dim, params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        hnsw.hnsw.efConstruction = params.ef_construction
-        return hnsw, params
-    if kind == "ivfpq":
-        nlist = params.nlist or auto_nlist(count)
-        pq_m = params.pq_m or auto_pq_m(dim)
-        if dim % pq_m:
-            raise VectorIndexError("pq_m", f"{pq_m} sub-quantizers do not divide the dimension {dim}")
-        ivf = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, pq_m, 8, faiss.METRIC_INNER_PRODUCT)
-        if params.refine == "flat":
-            refine = faiss.IndexFlatIP(dim)
-        else:
-            refine = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
-        return faiss.IndexRefine(ivf, refine), dataclasses.replace(params, nlist=nlist, pq_m=pq_m)
-    return faiss.IndexFlatIP(dim), params
-
-
 def _among(batches: VectorBatches, wanted: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The rows of each batch whose ids are among `wanted` (sorted)."""
     for ids, vectors in batches:
@@ -587,13 +447,3 @@ def _among(batches: VectorBatches, wanted: np.ndarray) -> Iterator[tuple[np.ndar
 def _stacked_unit(batches: VectorBatches, dim: int) -> np.ndarray:
     """The vectors of all `batches`, normalised, in one (n, dim) matrix."""
     return np.concatenate([np.empty((0, dim), np.float32), *(l2_normalise(rows, dim) for _, rows in batches)])
-
-
-def _best_columns(scores: np.ndarray, k: int) -> np.ndarray:
-    """Per row, the columns of its k best scores (all of them when fewer), in no order."""
-    take = min(k, scores.shape[1])
-    return np.argpartition(-scores, take - 1, axis=1)[:, :take]
-
-
-def _empty_hits(queries: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.full((queries, k), -np.inf, np.float32), np.full((queries, k), -1, np.int64)

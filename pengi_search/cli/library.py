@@ -18,6 +18,7 @@ from ..written_aside import written_aside
 from .common import (
     EXIT_FAILED,
     DbOption,
+    UsageError,
     check_output_file,
     fail,
     given_input,
@@ -29,31 +30,58 @@ from .common import (
 from .index import IndexTypeOption
 
 RebuildJsonOption = json_option("an object {vectors, vector_indexes, seconds}.")
+EfSearchOption = Annotated[
+    int | None,
+    typer.Option(
+        "--ef-search",
+        min=1,
+        help="HNSW: candidates each search keeps; more finds more of the exact results, slower. Kept for every "
+        "later search \\[default: the value kept, else 64].",
+    ),
+]
+NprobeOption = Annotated[
+    int | None,
+    typer.Option(
+        "--nprobe",
+        min=1,
+        help="IVF-PQ: cells each search looks in; more finds more of the exact results, slower. Kept for every "
+        "later search \\[default: the value kept, else chosen from the cells].",
+    ),
+]
 StatsJsonOption = json_option("an object: the library's counts, captions, failed files, runs and vector indexes.")
 RemoveJsonOption = json_option("an object {path, removed_files}.")
 
 
 @handle_errors
 def rebuild_index(
-    db: DbOption = None, index_type: IndexTypeOption = None, json_output: RebuildJsonOption = False
+    db: DbOption = None,
+    index_type: IndexTypeOption = None,
+    ef_search: EfSearchOption = None,
+    nprobe: NprobeOption = None,
+    json_output: RebuildJsonOption = False,
 ) -> None:
-    """Rebuild the FAISS indexes from the database (e.g. to change the index type).
+    """Rebuild the FAISS indexes from the database (e.g. to change the index type, or how searches trade speed for
+    recall).
 
-    Example: pengi-search rebuild-index --index-type hnsw
+    Example: pengi-search rebuild-index --index-type hnsw --ef-search 128
     """
+    from ..errors import OptionError
     from ..json_values import json_seconds
     from ..library import Library
 
     started = time.monotonic()
     with Library.open(db, create=False) as library, _fallback_told_below():
-        counts = library.rebuild(index_type)
+        try:
+            counts = library.rebuild(index_type, ef_search=ef_search, nprobe=nprobe)
+        except OptionError as err:  # a knob for another index type: nothing was rebuilt
+            raise UsageError("", str(err)) from None
         indexes = library.indexes_json()
     seconds = time.monotonic() - started
     if json_output:
         print_json({"vectors": counts, "vector_indexes": indexes, "seconds": json_seconds(seconds)})
         return
     for kind, count in counts.items():
-        built = _index_kind(indexes[kind]["index_type"], indexes[kind]["requested_type"])
+        built = _index_kind(indexes[kind])
         out_console.print(f"{kind}: {count_text(count, 'vector')} ({built})", markup=False, soft_wrap=True)
     out_console.print(f"rebuilt in {seconds:.1f} s")
 
@@ -62,7 +90,7 @@ def rebuild_index(
 def _fallback_told_below() -> Iterator[None]:
     """Without the warning an IVF-PQ request on a small library logs (once per index): the summary says what was
     built and when IVF-PQ will be, and --json has both types."""
-    from ..vectors import fallback_log
+    from ..index_types import fallback_log
 
     def drop(_record: logging.LogRecord) -> bool:
         return False
@@ -170,15 +198,22 @@ def _write_rows(rows: Any, stream: Any) -> None:
         stream.write(json_text(row, ascii_only=ascii_only) + "\n")
 
 
-def _index_kind(effective: str | None, requested: str | None) -> str:
-    """The index type built, and the type asked for when it is another (an IVF-PQ request on a small library)."""
+def _index_kind(info: dict[str, Any]) -> str:
+    """An index of `vector_indexes`: the type built with the search knob it is searched with, and the type asked
+    for when it is another (an IVF-PQ request on a small library)."""
+    effective, requested = info["index_type"], info["requested_type"]
     if effective is None:
         return "no index"
+    knobs = [f"{label} {info[name]}" for name, label in _KNOB_LABELS.items() if info[name] is not None]
+    built = ", ".join([effective, *knobs])
     if requested in (None, effective):
-        return effective
-    from ..vectors import IVFPQ_MIN_VECTORS
+        return built
+    from ..index_types import IVFPQ_MIN_VECTORS
 
-    return f"{effective}; {requested} was asked for, built once there are {IVFPQ_MIN_VECTORS:,} vectors"
+    return f"{built}; {requested} was asked for, built once there are {IVFPQ_MIN_VECTORS:,} vectors"
+
+
+_KNOB_LABELS = {"ef_search": "efSearch", "nprobe": "nprobe"}  # as FAISS names them
 
 
 def _size(path: Path) -> int | None:
@@ -218,7 +253,7 @@ def _print_stats(data: dict[str, Any], db_option: str) -> None:
         lines.append(f"failed: {failed} could not be indexed (`index --retry-errors` tries again)")
         lines += [f"  {shown(item['path'])}: {item['error'].partition(chr(10))[0]}" for item in data["failed"]]
     for kind, info in data["vector_indexes"].items():
-        built = _index_kind(info["index_type"], info["requested_type"])
+        built = _index_kind(info)
         size = _human(info["bytes"])
         if info["removed"]:
             size += f"; {count_text(info['removed'], 'removed vector')} kept in it until they pass a fifth"

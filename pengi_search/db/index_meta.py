@@ -92,7 +92,7 @@ class IndexBuild:
                 row = VectorIndexRow(kind=kind)
                 session.add(row)
             row.requested_type, row.effective_type = requested_type, effective_type
-            row.params = json.dumps(params, sort_keys=True) if effective_type is not None else None
+            row.params = json.dumps(params, sort_keys=True) if params else None
             row.vectors, row.updated_at = vectors, datetime.now(timezone.utc)
 
     def _raise_on_mismatch(self, meta: IndexMeta, model: ModelInfo | None, embedder: EmbedderInfo | None) -> None:

@@ -218,7 +218,8 @@ class VectorIndexInfo:
 
     `requested_type` is what was asked for (`--index-type`, else the type in use, else flat); `effective_type` what
     was built from `vectors` vectors (IVF-PQ needs enough vectors to train and is built as flat until then), None
-    when there were none; `params` the built index's parameters (HNSW M, IVF lists, PQ codes, ...).
+    when there were none; `params` the built index's parameters (HNSW M, IVF lists, PQ codes, ...), or with none
+    built, the search knobs the user set for it (`index_types.SEARCH_KNOBS`).
     """
 
     kind: str
