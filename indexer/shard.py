@@ -80,14 +80,15 @@ class Rank:
         return self.rank == 0
 
     def device(self, requested: str) -> str:
-        """Each rank on its own GPU when the device is left to choose and PyTorch sees one; refused (UsageError,
-        said once per machine) where the machine has fewer GPUs than ranks (`gpu_of_process`)."""
-        if requested != Device.auto:
+        """Each rank on its own GPU when the device is `auto` or `cuda` (as the trainer places its processes: a
+        bare `cuda` is GPU 0, where every rank would meet) and PyTorch sees one; refused (UsageError, said once per
+        machine) where the machine has fewer GPUs than ranks (`gpu_of_process`). A GPU named (`cuda:1`) is taken."""
+        if requested not in (Device.auto, Device.cuda):
             return requested
         import torch
 
-        if not torch.cuda.is_available():
-            return Device.cpu.value
+        if not torch.cuda.is_available():  # `cuda` without a GPU: refused as it is elsewhere (`device_unavailable`)
+            return Device.cpu.value if requested == Device.auto else requested
         return gpu_of_process(self.local_rank, self.on_machine, "give --device cpu")
 
     def barrier(self) -> None:

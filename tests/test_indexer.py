@@ -422,8 +422,9 @@ def test_under_torchrun_each_rank_indexes_on_its_own_gpu(two_gpus, monkeypatch):
     torchrun_rank(monkeypatch, 1, 2)
     rank = Rank.from_env()
     assert (rank.device("auto"), rank.device("cpu"), rank.device("cuda:0")) == ("cuda:1", "cpu", "cuda:0")
+    assert rank.device("cuda") == "cuda:1"  # as the trainer places it: a bare `cuda` would put every rank on GPU 0
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert rank.device("auto") == "cpu"
+    assert (rank.device("auto"), rank.device("cuda")) == ("cpu", "cuda")  # `cuda` without a GPU: refused later
 
 
 def test_under_torchrun_more_ranks_than_gpus_are_refused_before_any_work_said_once_per_machine(
