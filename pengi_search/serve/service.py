@@ -478,7 +478,7 @@ class Service:
         live = self.library.live_indexes()
         for kind, index in stats["vector_indexes"].items():  # what this server searches now (null: not loaded)
             index["vectors_in_memory"] = len(live[kind]) if kind in live else None
-        stats["runs"] = [_run_json(run) for run in store.runs(10)]
+        stats["runs"] = [run.to_json() for run in store.runs(10)]
         stats["failed"] = [
             {**path_fields(path, readable=True), "error": error} for path, error in store.failed_files(FAILED_SHOWN)
         ]
@@ -502,10 +502,3 @@ def _window_json(window: WindowDetails) -> dict[str, Any]:
         "end_s": json_seconds(window.end_s),
         "texts": [text.to_json() for text in window.texts],
     }
-
-
-def _run_json(run: Any) -> dict[str, Any]:
-    data = dataclasses.asdict(run)
-    data["started_at"] = run.started_at.isoformat()
-    data["finished_at"] = None if run.finished_at is None else run.finished_at.isoformat()
-    return data
