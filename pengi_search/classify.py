@@ -31,8 +31,9 @@ import logging
 import os
 import re
 import unicodedata
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -173,6 +174,12 @@ class Prediction:
     def score(self) -> float:
         return self.ranked[0][1]
 
+    @property
+    def tie_groups(self) -> list[list[str]]:
+        """The ranked labels in the groups that tie, as `rank` ordered them: a group of several at the top is a best
+        label that another order of tied labels would change."""
+        return [[label for label, _ in group] for group in tied_labels(self.ranked)]
+
     def to_json(self, top: int) -> dict[str, Any]:
         return {
             **path_fields(self.path),
@@ -217,10 +224,15 @@ def rank(labels: Sequence[str], scores: np.ndarray) -> list[tuple[str, float]]:
     """Labels with their scores, best first; labels that tie (`ties.TIE_TOLERANCE`: two that embed alike, as
     "Dog" and "dog" do through a tokenizer that lower-cases) in the order of their names, not of the labels file or
     the truth's rows, which would make the top-1 accuracy depend on them."""
-    order = sorted(range(len(labels)), key=lambda i: -float(scores[i]))
-    groups = tied_groups(((labels[i], float(scores[i])) for i in order), key=str)
-    score_of = dict(zip(labels, map(float, scores), strict=True))
-    return [(label, score_of[label]) for group in groups for label in group]
+    scored = zip(labels, map(float, scores), strict=True)
+    return [pair for group in tied_labels(scored) for pair in group]
+
+
+def tied_labels(scored: Iterable[tuple[str, float]]) -> list[list[tuple[str, float]]]:
+    """Labels with their scores in the groups that tie, best group first, each group ordered by name: the one
+    grouping that `rank` orders a prediction by and that evaluation bounds another order of ties with."""
+    by_score = sorted(scored, key=lambda pair: -pair[1])
+    return tied_groups(((pair, pair[1]) for pair in by_score), key=itemgetter(0))
 
 
 def _model_dir_of(model_dir: ModelDir | str | os.PathLike[str] | None, engine: Engine | None) -> ModelDir:

@@ -107,6 +107,14 @@ def test_labels_that_tie_rank_by_name_whatever_their_order_in_the_labels_file():
         assert dict(ranked) == pytest.approx(scores)
 
 
+def test_a_prediction_groups_its_tied_labels_as_rank_ordered_them():
+    """The groups that evaluation bounds another order of ties with are the ones `rank` ordered by name: one
+    grouping, whichever of a tie's labels the rounding scored highest."""
+    labels = ["bell", "dog", "Dog", "cat"]
+    ranked = rank(labels, np.array([0.1, 0.8 + 4e-7, 0.8, 0.9]))
+    assert Prediction("a.wav", ranked, 1, "decoded").tie_groups == [["cat"], ["Dog", "dog"], ["bell"]]
+
+
 LABELS = ["dog", "Dog", "cat", "bell", "rain"]
 
 

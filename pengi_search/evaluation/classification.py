@@ -14,7 +14,6 @@ from ..classify import Prediction, evaluate
 from ..errors import UsageError
 from ..pathnames import shown
 from ..text_files import CSV_LIST_SEPARATOR
-from ..ties import tied_groups
 from ..truth import Truth, several_files
 from ..units import count_text, for_count, named
 from .metrics import confusion_matrix, mean, top_k_accuracy
@@ -76,8 +75,7 @@ def evaluate_classification(
 def label_span(prediction: Prediction, relevant: set[str]) -> Span | None:
     """The best and the worst rank that the first of the `relevant` labels could have in the prediction under any
     order of the labels that tie with it (`classify.rank` orders them by name); None when none is a candidate."""
-    by_score = sorted(prediction.ranked, key=lambda pair: -pair[1])  # the groups as `classify.rank` formed them
-    return rank_span(tied_groups(by_score, str), relevant)
+    return rank_span(prediction.tie_groups, relevant)
 
 
 def label_tie_notes(metrics: dict[str, Any], ties: dict[str, dict[str, Any]]) -> list[str]:
