@@ -43,7 +43,7 @@ from pengi_search.errors import empty_file
 
 from .choices import EXACT_MODE, LoglikScore, LongPrompt, Method, StopRule, decoding_settings
 from .embedders import EmbedderSpec, TextEmbedder, embed_given, open_text_embedder
-from .json_values import json_score
+from .json_values import json_score, score_text
 from .pathnames import path_fields, shown
 from .paths import as_path
 from .prompts import TASK_PROMPTS
@@ -466,12 +466,13 @@ def evaluate(predictions: Sequence[Prediction], truth: Truth) -> dict[str, Any]:
 
 def top_string(prediction: Prediction, top: int) -> str:
     """The CSV form of the best labels: "label:score;label:score"."""
-    return ";".join(f"{label}:{score:.4f}" for label, score in prediction.ranked[:top])
+    return ";".join(f"{label}:{score_text(score)}" for label, score in prediction.ranked[:top])
 
 
 def write_csv(predictions: Sequence[Prediction], out: io.TextIOBase | Any, top: int) -> None:
-    """One row per file; a file name that is not valid UTF-8 is written escaped (`pathnames.shown`)."""
+    """One row per file, scores to the decimals JSON gives them; a file name that is not valid UTF-8 is written
+    escaped (`pathnames.shown`)."""
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["file", "label", "score", "top"])
     for p in predictions:
-        writer.writerow([shown(p.path), p.label, f"{p.score:.6f}", top_string(p, top)])
+        writer.writerow([shown(p.path), p.label, score_text(p.score), top_string(p, top)])

@@ -370,6 +370,19 @@ def test_classify_folder_writes_a_csv_and_scores_it(captions, common, labels, tm
     assert metrics["unmatched"] == [str(captions.files["animals/cat.flac"])]
 
 
+def test_classify_csv_gives_each_score_to_the_decimals_json_gives_it(captions, common, labels, tmp_path):
+    """Not six, which would show the float32 noise of the batch a window was scored in: the CSV and --json of one run
+    read alike, label for label."""
+    out = tmp_path / "predictions.csv"
+    result = run("classify", captions.root, "-l", labels, *common, "--output", out, "--json")
+    assert result.exit_code == 0, result.output
+    rows = {row["file"]: row for row in csv.DictReader(out.open())}
+    for entry in json.loads(result.stdout)["results"]:
+        row = rows[entry["path"]]
+        assert row["score"] == f"{entry['score']:.4f}"
+        assert row["top"] == ";".join(f"{top['label']}:{top['score']:.4f}" for top in entry["top"][:5])
+
+
 def test_classify_folder_csv_on_stdout_with_accuracy_on_stderr(captions, common, labels, tmp_path):
     truth = write_truth(captions, tmp_path)
     result = run("classify", captions.root / "animals", "-l", labels, *common, "--truth", truth, "-q")

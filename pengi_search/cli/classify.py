@@ -17,6 +17,7 @@ import typer
 from rich.text import Text
 
 from ..choices import Device, LoglikScore, LongPrompt, Method, StopRule
+from ..json_values import score_text
 from ..pathnames import path_fields, shown
 from ..prompts import TASK_PROMPTS
 from ..units import count_text
@@ -344,7 +345,7 @@ def _print_ranked(prediction: Prediction, top: int) -> None:
     table.add_column("label")
     table.add_column("score", justify="right")
     for rank, (label, score) in enumerate(prediction.ranked[:top], 1):
-        table.add_row(str(rank), Text(label), f"{score:.4f}")
+        table.add_row(str(rank), Text(label), score_text(score))
     out_console.print(table)
 
 
