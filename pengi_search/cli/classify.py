@@ -196,6 +196,8 @@ def classify(
         _show_ranked(outcome, top)
     else:
         _show_csv(outcome, top, csv_written=output is not None)
+    if metrics is not None:  # on stderr with --json too, as every warning: scripts read it there
+        _warn_unscored(metrics)
     raise typer.Exit(EXIT_PARTIAL if outcome.failures else EXIT_OK)
 
 
@@ -352,10 +354,7 @@ def _print_ranked(prediction: Prediction, top: int) -> None:
 def _print_metrics(metrics: dict[str, Any], console: Any) -> None:
     from rich.table import Table
 
-    from ..evaluation.report import unmatched_note
-
-    if metrics["accuracy"] is None:  # nothing scored: a warning, whichever console the scores would go to
-        warn("no classified file is in the truth file, so nothing is scored")
+    if metrics["accuracy"] is None:  # nothing scored, which `_warn_unscored` says
         return
     console.print(f"accuracy {metrics['accuracy']:.4f} ({metrics['correct']}/{metrics['files']} files)")
     table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
@@ -364,5 +363,14 @@ def _print_metrics(metrics: dict[str, Any], console: Any) -> None:
     for label, m in metrics["per_class"].items():
         table.add_row(Text(label), f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
     console.print(table)
-    if metrics["unmatched"]:  # a warning, as `eval classify` gives it: on stderr, whichever console scores go to
+
+
+def _warn_unscored(metrics: dict[str, Any]) -> None:
+    """The classified files the truth does not list, as `eval classify` warns of them: on stderr, whichever
+    console the scores go to (or none, under --json, whose `metrics.unmatched` lists them)."""
+    from ..evaluation.report import unmatched_note
+
+    if metrics["accuracy"] is None:
+        warn("no classified file is in the truth file, so nothing is scored")
+    elif metrics["unmatched"]:
         warn(unmatched_note(metrics["unmatched"]))
