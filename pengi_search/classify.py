@@ -31,8 +31,9 @@ import logging
 import os
 import re
 import unicodedata
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +43,7 @@ from pengi_search.errors import empty_file
 
 from .choices import EXACT_MODE, LoglikScore, LongPrompt, Method, StopRule, decoding_settings
 from .embedders import EmbedderSpec, TextEmbedder, embed_given, open_text_embedder
-from .json_values import json_score
+from .json_values import json_score, score_text
 from .pathnames import path_fields, shown
 from .paths import as_path
 from .prompts import TASK_PROMPTS
@@ -173,6 +174,12 @@ class Prediction:
     def score(self) -> float:
         return self.ranked[0][1]
 
+    @property
+    def tie_groups(self) -> list[list[str]]:
+        """The ranked labels in the groups that tie, as `rank` ordered them: a group of several at the top is a best
+        label that another order of tied labels would change."""
+        return [[label for label, _ in group] for group in tied_labels(self.ranked)]
+
     def to_json(self, top: int) -> dict[str, Any]:
         return {
             **path_fields(self.path),
@@ -217,10 +224,15 @@ def rank(labels: Sequence[str], scores: np.ndarray) -> list[tuple[str, float]]:
     """Labels with their scores, best first; labels that tie (`ties.TIE_TOLERANCE`: two that embed alike, as
     "Dog" and "dog" do through a tokenizer that lower-cases) in the order of their names, not of the labels file or
     the truth's rows, which would make the top-1 accuracy depend on them."""
-    order = sorted(range(len(labels)), key=lambda i: -float(scores[i]))
-    groups = tied_groups(((labels[i], float(scores[i])) for i in order), key=str)
-    score_of = dict(zip(labels, map(float, scores), strict=True))
-    return [(label, score_of[label]) for group in groups for label in group]
+    scored = zip(labels, map(float, scores), strict=True)
+    return [pair for group in tied_labels(scored) for pair in group]
+
+
+def tied_labels(scored: Iterable[tuple[str, float]]) -> list[list[tuple[str, float]]]:
+    """Labels with their scores in the groups that tie, best group first, each group ordered by name: the one
+    grouping that `rank` orders a prediction by and that evaluation bounds another order of ties with."""
+    by_score = sorted(scored, key=lambda pair: -pair[1])
+    return tied_groups(((pair, pair[1]) for pair in by_score), key=itemgetter(0))
 
 
 def _model_dir_of(model_dir: ModelDir | str | os.PathLike[str] | None, engine: Engine | None) -> ModelDir:
@@ -454,12 +466,13 @@ def evaluate(predictions: Sequence[Prediction], truth: Truth) -> dict[str, Any]:
 
 def top_string(prediction: Prediction, top: int) -> str:
     """The CSV form of the best labels: "label:score;label:score"."""
-    return ";".join(f"{label}:{score:.4f}" for label, score in prediction.ranked[:top])
+    return ";".join(f"{label}:{score_text(score)}" for label, score in prediction.ranked[:top])
 
 
 def write_csv(predictions: Sequence[Prediction], out: io.TextIOBase | Any, top: int) -> None:
-    """One row per file; a file name that is not valid UTF-8 is written escaped (`pathnames.shown`)."""
+    """One row per file, scores to the decimals JSON gives them; a file name that is not valid UTF-8 is written
+    escaped (`pathnames.shown`)."""
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["file", "label", "score", "top"])
     for p in predictions:
-        writer.writerow([shown(p.path), p.label, f"{p.score:.6f}", top_string(p, top)])
+        writer.writerow([shown(p.path), p.label, score_text(p.score), top_string(p, top)])

@@ -4,8 +4,8 @@ and the server's JSON API write them alike (README, "JSON output").
 Seconds are written to the millisecond: a window's start, a file's duration, how long a run took. Scores (a
 similarity, a log-probability, a label's score) to four decimals: float32 noise, which differs with the batch a
 window was computed in, reaches a log-probability's sixth decimal, and a file described among others must read as
-described alone. A point in time is ISO 8601 in UTC, never epoch seconds. An unknown value is null, never a 0
-that reads as a measurement.
+described alone (the CSV that `classify` writes gives its scores by the same rule, `score_text`). A point in time is
+ISO 8601 in UTC, never epoch seconds. An unknown value is null, never a 0 that reads as a measurement.
 """
 
 from __future__ import annotations
@@ -22,6 +22,11 @@ def json_seconds(seconds: float | None) -> float | None:
 
 def json_score(score: float | None) -> float | None:
     return None if score is None else round(float(score), SCORE_DECIMALS)
+
+
+def score_text(score: float) -> str:
+    """A score as text (a CSV cell, a table), to the decimals JSON keeps, always all of them: 0.9000, not 0.9."""
+    return f"{score:.{SCORE_DECIMALS}f}"
 
 
 def json_time(moment: datetime | float | None) -> str | None:

@@ -370,6 +370,19 @@ def test_classify_folder_writes_a_csv_and_scores_it(captions, common, labels, tm
     assert metrics["unmatched"] == [str(captions.files["animals/cat.flac"])]
 
 
+def test_classify_csv_gives_each_score_to_the_decimals_json_gives_it(captions, common, labels, tmp_path):
+    """Not six, which would show the float32 noise of the batch a window was scored in: the CSV and --json of one run
+    read alike, label for label."""
+    out = tmp_path / "predictions.csv"
+    result = run("classify", captions.root, "-l", labels, *common, "--output", out, "--json")
+    assert result.exit_code == 0, result.output
+    rows = {row["file"]: row for row in csv.DictReader(out.open())}
+    for entry in json.loads(result.stdout)["results"]:
+        row = rows[entry["path"]]
+        assert row["score"] == f"{entry['score']:.4f}"
+        assert row["top"] == ";".join(f"{top['label']}:{top['score']:.4f}" for top in entry["top"][:5])
+
+
 def test_classify_folder_csv_on_stdout_with_accuracy_on_stderr(captions, common, labels, tmp_path):
     truth = write_truth(captions, tmp_path)
     result = run("classify", captions.root / "animals", "-l", labels, *common, "--truth", truth, "-q")
@@ -392,6 +405,18 @@ def test_classify_warns_of_files_the_truth_does_not_list_on_stderr_when_the_scor
     assert result.exit_code == 0, result.output
     assert "accuracy 1.0000 (1/1 files)" in result.stdout and "not scored" not in result.stdout
     assert "warning: 1 classified file is not in the truth file, so not scored\n" in result.stderr
+
+
+def test_classify_json_warns_of_files_the_truth_does_not_list_on_stderr_and_keeps_stdout_json(
+    captions, common, labels, tmp_path
+):
+    """Scripts read stderr too: --json says there what the text output says (as `index --json` and `describe
+    --json` warn), while stdout stays one JSON object, whose `metrics.unmatched` names the files."""
+    truth = write_truth(captions, tmp_path)
+    result = run("classify", captions.root / "animals", "-l", labels, *common, "--truth", truth, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["metrics"]["unmatched"] == [str(captions.files["animals/cat.flac"])]
+    assert result.stderr == "warning: 1 classified file is not in the truth file, so not scored\n"
 
 
 def test_classify_folder_with_a_broken_file_is_partial(captions, common, labels, tmp_path):
@@ -468,14 +493,15 @@ def test_classify_several_files_with_an_undecodable_one_is_partial(captions, com
     assert [r["path"] for r in data["results"]] == [str(captions.files["bell.wav"])]
 
 
-def test_classify_truth_of_only_files_that_failed_says_so_as_a_warning(captions, common, labels, tmp_path):
+@pytest.mark.parametrize("output", ["-q", "--json"])
+def test_classify_truth_of_only_files_that_failed_says_so_as_a_warning(captions, common, labels, tmp_path, output):
     """The truth lists only the file that cannot be decoded: nothing is scored, which is a warning on stderr, as
-    every other warning reads, and the CSV on stdout stays clean."""
+    every other warning reads (--json too), and the CSV or JSON on stdout stays clean."""
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF not really audio")
     truth = tmp_path / "truth.csv"
     truth.write_text("file,label\nbroken.wav,a dog barks\n")
-    result = run("classify", captions.files["bell.wav"], broken, "-l", labels, *common, "--truth", truth, "-q")
+    result = run("classify", captions.files["bell.wav"], broken, "-l", labels, *common, "--truth", truth, output)
     assert result.exit_code == EXIT_PARTIAL, result.output
     assert "warning: no classified file is in the truth file, so nothing is scored\n" in result.stderr
     assert "no classified file" not in result.stdout

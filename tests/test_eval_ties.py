@@ -107,6 +107,14 @@ def test_labels_that_tie_rank_by_name_whatever_their_order_in_the_labels_file():
         assert dict(ranked) == pytest.approx(scores)
 
 
+def test_a_prediction_groups_its_tied_labels_as_rank_ordered_them():
+    """The groups that evaluation bounds another order of ties with are the ones `rank` ordered by name: one
+    grouping, whichever of a tie's labels the rounding scored highest."""
+    labels = ["bell", "dog", "Dog", "cat"]
+    ranked = rank(labels, np.array([0.1, 0.8 + 4e-7, 0.8, 0.9]))
+    assert Prediction("a.wav", ranked, 1, "decoded").tie_groups == [["cat"], ["Dog", "dog"], ["bell"]]
+
+
 LABELS = ["dog", "Dog", "cat", "bell", "rain"]
 
 
@@ -136,9 +144,42 @@ def test_the_classification_report_says_how_far_another_order_of_tied_labels_mov
         "order gives 0.3333 to 0.6667",
         "tied labels ordered by name: top-3 is 0.6667 in this order; 1 file ties across its cut-off: another order "
         "gives 0.6667 to 1.0000",
+        "tied labels ordered by name: 1 file has tied best labels, so per-class scores, macro F1 and the confusion "
+        "matrix are those of this order; another order gives recall 0.0000 to 1.0000 for 'dog'",
     ]
     rows = {Path(row["path"]).name: (row["rank"], row.get("ranks")) for row in result["files"]}
     assert rows == {"a.wav": (2, [1, 2]), "b.wav": (5, [3, 5]), "c.wav": (1, None)}
+
+
+def test_the_classification_report_says_how_many_best_labels_tie_and_how_far_each_recall_could_move(tmp_path):
+    """Per-class scores and the confusion matrix take each file's best label in the order by name. a.wav (a dog)
+    and b.wav (a cat) both have "Dog" and "dog" tied first, so "Dog" is predicted for both: two files whose row
+    could read otherwise. Only a.wav's true label is in its tie, so only "dog"'s recall could move: 1/2 by name
+    (c.wav alone is right), 1 in the other order. "cat"'s recall is 0 in any order."""
+    truth = read_truth(write_csv(tmp_path / "truth.csv", "file,label\na.wav,dog\nb.wav,cat\nc.wav,dog\n"))
+    predictions = [
+        predicted(tmp_path, "a.wav", {"dog": 0.8, "Dog": 0.8 + 4e-7, "cat": 0.1}),
+        predicted(tmp_path, "b.wav", {"dog": 0.7, "Dog": 0.7, "cat": 0.2}),
+        predicted(tmp_path, "c.wav", {"dog": 0.9, "Dog": 0.5}),
+    ]
+    result = evaluate_classification(predictions, truth, LABELS)
+    assert result["per_class"]["dog"]["recall"] == 0.5 and result["per_class"]["cat"]["recall"] == 0.0
+    assert result["top_ties"] == {"files": 2, "recall": {"dog": {"files": 1, "lowest": 0.5, "highest": 1.0}}}
+    assert (
+        "tied labels ordered by name: 2 files have tied best labels, so per-class scores, macro F1 and the confusion "
+        "matrix are those of this order; another order gives recall 0.5000 to 1.0000 for 'dog'" in result["notes"]
+    )
+    rows = {Path(row["path"]).name: row.get("tied_best") for row in result["files"]}
+    assert rows == {"a.wav": ["Dog", "dog"], "b.wav": ["Dog", "dog"], "c.wav": None}
+
+
+def test_a_classification_report_without_tied_best_labels_has_no_note_of_them(tmp_path):
+    truth = read_truth(write_csv(tmp_path / "truth.csv", "file,label\na.wav,dog\nb.wav,cat\n"))
+    predictions = [predicted(tmp_path, "a.wav", {"dog": 0.8, "Dog": 0.7}), predicted(tmp_path, "b.wav", {"dog": 0.9})]
+    result = evaluate_classification(predictions, truth, LABELS)
+    assert result["top_ties"] == {"files": 0, "recall": {}}
+    assert not any("tied best labels" in note for note in result["notes"])
+    assert all("tied_best" not in row for row in result["files"])
 
 
 def test_the_multi_label_report_bounds_top_1_precision_and_ties_cannot_move_map(tmp_path):

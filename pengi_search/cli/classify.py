@@ -17,6 +17,7 @@ import typer
 from rich.text import Text
 
 from ..choices import Device, LoglikScore, LongPrompt, Method, StopRule
+from ..json_values import score_text
 from ..pathnames import path_fields, shown
 from ..prompts import TASK_PROMPTS
 from ..units import count_text
@@ -195,6 +196,8 @@ def classify(
         _show_ranked(outcome, top)
     else:
         _show_csv(outcome, top, csv_written=output is not None)
+    if metrics is not None:  # on stderr with --json too, as every warning: scripts read it there
+        _warn_unscored(metrics)
     raise typer.Exit(EXIT_PARTIAL if outcome.failures else EXIT_OK)
 
 
@@ -344,17 +347,14 @@ def _print_ranked(prediction: Prediction, top: int) -> None:
     table.add_column("label")
     table.add_column("score", justify="right")
     for rank, (label, score) in enumerate(prediction.ranked[:top], 1):
-        table.add_row(str(rank), Text(label), f"{score:.4f}")
+        table.add_row(str(rank), Text(label), score_text(score))
     out_console.print(table)
 
 
 def _print_metrics(metrics: dict[str, Any], console: Any) -> None:
     from rich.table import Table
 
-    from ..evaluation.report import unmatched_note
-
-    if metrics["accuracy"] is None:  # nothing scored: a warning, whichever console the scores would go to
-        warn("no classified file is in the truth file, so nothing is scored")
+    if metrics["accuracy"] is None:  # nothing scored, which `_warn_unscored` says
         return
     console.print(f"accuracy {metrics['accuracy']:.4f} ({metrics['correct']}/{metrics['files']} files)")
     table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
@@ -363,5 +363,14 @@ def _print_metrics(metrics: dict[str, Any], console: Any) -> None:
     for label, m in metrics["per_class"].items():
         table.add_row(Text(label), f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
     console.print(table)
-    if metrics["unmatched"]:  # a warning, as `eval classify` gives it: on stderr, whichever console scores go to
+
+
+def _warn_unscored(metrics: dict[str, Any]) -> None:
+    """The classified files the truth does not list, as `eval classify` warns of them: on stderr, whichever
+    console the scores go to (or none, under --json, whose `metrics.unmatched` lists them)."""
+    from ..evaluation.report import unmatched_note
+
+    if metrics["accuracy"] is None:
+        warn("no classified file is in the truth file, so nothing is scored")
+    elif metrics["unmatched"]:
         warn(unmatched_note(metrics["unmatched"]))

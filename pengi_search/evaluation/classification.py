@@ -14,7 +14,6 @@ from ..classify import Prediction, evaluate
 from ..errors import UsageError
 from ..pathnames import shown
 from ..text_files import CSV_LIST_SEPARATOR
-from ..ties import tied_groups
 from ..truth import Truth, several_files
 from ..units import count_text, for_count, named
 from .metrics import confusion_matrix, mean, top_k_accuracy
@@ -42,17 +41,20 @@ def evaluate_classification(
     metrics.update({name: top_k_accuracy(ranks, k) for name, k in top_ks.items()})
     metrics["macro_f1"] = mean([c["f1"] for c in base["per_class"].values()])
     ties = tie_bounds(spans, {"accuracy": 1, **top_ks}, "files")
+    top_ties = best_label_ties(pairs, spans, classes)
     return {
         "metrics": metrics,
         "ties": ties,
         "notes": [
             *label_notes([expected for expected, _ in pairs], labels),
             *label_tie_notes(metrics, ties),
+            *best_label_tie_notes(top_ties),
             *missed_notes(truth, missed),
         ],
         "evaluated": {"files": base["files"]},  # which part of the set: what `compare` holds the two to
         "correct": base["correct"],
         "per_class": base["per_class"],
+        "top_ties": top_ties,
         "confusion": {
             "classes": classes,
             "counts": confusion_matrix([(expected, p.label) for expected, p in pairs], classes),
@@ -66,6 +68,7 @@ def evaluate_classification(
                 "predicted": p.label,
                 "rank": rank,
                 **ranks_field(span),
+                **tied_best_field(p),
                 "source": p.source,
             }
             for (expected, p), rank, span in zip(pairs, ranks, spans, strict=True)
@@ -76,8 +79,45 @@ def evaluate_classification(
 def label_span(prediction: Prediction, relevant: set[str]) -> Span | None:
     """The best and the worst rank that the first of the `relevant` labels could have in the prediction under any
     order of the labels that tie with it (`classify.rank` orders them by name); None when none is a candidate."""
-    by_score = sorted(prediction.ranked, key=lambda pair: -pair[1])  # the groups as `classify.rank` formed them
-    return rank_span(tied_groups(by_score, str), relevant)
+    return rank_span(prediction.tie_groups, relevant)
+
+
+def best_label_ties(
+    pairs: Sequence[tuple[str, Prediction]], spans: Sequence[Span | None], classes: Sequence[str]
+) -> dict[str, Any]:
+    """What tied best labels leave uncertain in the per-class scores and the confusion matrix, which take each
+    file's best label in the order by name: how many files' best label ties with another (`files`), and each true
+    label whose recall another order moves, with the files that move it and its lowest and highest value (`recall`;
+    a class's recall is the accuracy over its files, so bounded as the accuracy is). Precision has no such bounds:
+    a tie moves a file from one predicted class to another, so the classes' bounds are not independent."""
+    recall = {}
+    for label in classes:
+        own = [span for (expected, _), span in zip(pairs, spans, strict=True) if expected == label]
+        bounds = tie_bounds(own, {"recall": 1}, "files")["recall"]
+        if bounds["files"]:
+            recall[label] = bounds
+    return {"files": sum(len(p.tie_groups[0]) > 1 for _, p in pairs), "recall": recall}
+
+
+def tied_best_field(prediction: Prediction) -> dict[str, list[str]]:
+    """What a file's row of the report adds where its best label ties: `tied_best`, the labels any order of the tie
+    could predict (by name, the first is predicted); nothing otherwise."""
+    best = prediction.tie_groups[0]
+    return {"tied_best": best} if len(best) > 1 else {}
+
+
+def best_label_tie_notes(top_ties: dict[str, Any]) -> list[str]:
+    """The note for files whose best labels tie (none when none does): the per-class numbers are those of one order,
+    and how far another moves each recall that it can."""
+    files = top_ties["files"]
+    if not files:
+        return []
+    note = (
+        f"tied labels ordered by name: {count_text(files, 'file')} {for_count(files, 'has', 'have')} tied best labels, "
+        "so per-class scores, macro F1 and the confusion matrix are those of this order"
+    )
+    moved = [f"{b['lowest']:.4f} to {b['highest']:.4f} for {label!r}" for label, b in top_ties["recall"].items()]
+    return [note + (f"; another order gives recall {', '.join(moved)}" if moved else "")]
 
 
 def label_tie_notes(metrics: dict[str, Any], ties: dict[str, dict[str, Any]]) -> list[str]:
