@@ -124,7 +124,9 @@ class Engine:
     `cpu_kernels`: the model's CPU linear layers on oneDNN (see `prepare_model`; `load` does it for the model it
     loads); off by default, since the conversion is in place and a model that is also being trained (the trainer's
     evaluations) keeps PyTorch's layers. `model_dir`: where the model came from (`load` gives it), for what it was
-    trained to answer (`default_prompts`)."""
+    trained to answer (`default_prompts`).
+    Not promised to be thread-safe: threads share an engine behind a lock (as `serve` does) or each load their own.
+    """
 
     def __init__(
         self,

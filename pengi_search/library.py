@@ -27,6 +27,7 @@ import functools
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -75,14 +76,20 @@ def empty_library_hint(kind: str, db_option: str) -> str:
 
 
 class Library:
-    """The store plus its FAISS indexes. Open with `Library.open(db)`; close with `close()` or a `with` block."""
+    """The store plus its FAISS indexes. Open with `Library.open(db)`; close with `close()` or a `with` block.
+
+    Thread-safe to search: several threads may search one library at once (its store is, and each index is loaded
+    once, by the first search that needs it, while the others wait for it). `sync_vector_indexes` and `rebuild`
+    may run beside searches, which keep the index they started with; `close` must wait for them to end.
+    """
 
     def __init__(self, store: Store, *, in_memory: bool = False) -> None:
         self.store = store
         self.db_url = store.url
         self.name = store.name  # how errors name it, as the user did (`Store.name`)
         self.in_memory = in_memory
-        self._indexes: dict[str, VectorIndex] = {}
+        self._indexes: dict[str, VectorIndex] = {}  # an entry is only ever set whole: read without the lock
+        self._loading = threading.Lock()  # held to load or replace an index: each is loaded once
 
     @classmethod
     def open(cls, db: str | os.PathLike[str] | None = None, *, create: bool = True, read_only: bool = False) -> Library:
@@ -134,12 +141,16 @@ class Library:
         Raises EmptyLibraryError when the database has no such vectors yet, ClosedLibraryError after `close`.
         """
         self.store.check_open()
-        if kind not in self._indexes:
-            index = self._in_line(kind, None, rebuild=False)
-            if index is None:
-                raise EmptyLibraryError(self.name, empty_library_hint(kind, self.store.db_option))
-            self._indexes[kind] = index
-        return self._indexes[kind]
+        index = self._indexes.get(kind)
+        if index is None:
+            with self._loading:
+                index = self._indexes.get(kind)  # loaded by another thread meanwhile
+                if index is None:
+                    index = self._in_line(kind, None, rebuild=False)
+                    if index is None:
+                        raise EmptyLibraryError(self.name, empty_library_hint(kind, self.store.db_option))
+                    self._indexes[kind] = index
+        return index
 
     def sync_vector_indexes(self, index_type: str | None = None) -> None:
         """Bring both FAISS files in line with the database and save them (incrementally where possible).
@@ -208,11 +219,12 @@ class Library:
     def _refresh(
         self, kind: str, index_type: str | None, *, rebuild: bool, knobs: Mapping[str, int] | None = None
     ) -> VectorIndex | None:
-        self._indexes.pop(kind, None)
-        index = self._in_line(kind, index_type, rebuild=rebuild, knobs=knobs)
-        if index is not None:
-            self._indexes[kind] = index
-        return index
+        with self._loading:  # a search meanwhile waits for the new index
+            self._indexes.pop(kind, None)
+            index = self._in_line(kind, index_type, rebuild=rebuild, knobs=knobs)
+            if index is not None:
+                self._indexes[kind] = index
+            return index
 
     def _in_line(
         self, kind: str, index_type: str | None, *, rebuild: bool, knobs: Mapping[str, int] | None = None

@@ -121,18 +121,28 @@ def interrupted_by_stop_signals() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def sigterm_ends_the_process() -> Iterator[None]:
-    """Within: SIGTERM has its default action, ending the process at once. For a server (`serve`): uvicorn shuts
-    down gracefully on SIGTERM and then sends it to itself again, so that the process ends by the signal, which a
-    service manager counts as a clean stop (systemd counts exit code 143 as a failure)."""
-    if not _in_main_thread():
-        yield
-        return
-    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+def ended_by_sigterm() -> Iterator[None]:
+    """Within: a stop by SIGTERM (the KeyboardInterrupt of `interrupted_by_stop_signals`) ends the process by
+    SIGTERM itself, once it has left the block (whose `with` and `finally` clauses have removed what it made). For a
+    server (`serve`): a service manager counts a process that SIGTERM ended as stopped cleanly, and exit code 143 as
+    a failure. A stop by Ctrl-C goes on as KeyboardInterrupt. uvicorn, which takes both signals over while it runs,
+    sends the one it got again once it has shut down: it arrives here the same way."""
     try:
         yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)
+    except KeyboardInterrupt:
+        if interrupted_exit_code() == EXIT_TERMINATED:
+            _end_by(signal.SIGTERM)
+        raise
+
+
+def _end_by(number: int) -> None:
+    """End this process by signal `number`, with its default action (what was written first flushed)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a reader gone: nothing left to tell it
+            stream.flush()
+    signal.signal(number, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {number})
+    signal.raise_signal(number)
 
 
 def _in_main_thread() -> bool:

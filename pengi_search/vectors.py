@@ -22,6 +22,7 @@ import dataclasses
 import itertools
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,8 @@ def gpu_count() -> int:
 class VectorIndex:
     """A FAISS index keyed by int64 ids. Build with `build` or `load`.
 
-    Searches may run from several threads at once; add, remove, sync and tune need exclusive access.
+    Searches may run from several threads at once (on a GPU they take turns: faiss's GPU indexes are not
+    thread-safe); add, remove, sync and tune need exclusive access.
     """
 
     def __init__(self, index: faiss.IndexIDMap2, params: IndexParams, *, use_gpu: bool | None = None) -> None:
@@ -93,6 +95,7 @@ class VectorIndex:
         self.params = params
         self._use_gpu = gpu_count() > 0 if use_gpu is None else use_gpu
         self._gpu_index: Any = None
+        self._gpu_lock = threading.Lock()  # held to copy the index to the GPU (once) and to search it there
         self._positions_to_ids: np.ndarray | None = None
         self._sorted_ids: np.ndarray | None = None  # the live ids
         self._dead = np.empty(0, np.int64)  # tombstones: removed ids whose vectors are still stored, sorted
@@ -409,10 +412,12 @@ class VectorIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """The faiss search itself (exact for a flat index), as `search` returns it; rows may come back short."""
         selector, _bitmap = self._selector(allowed)
-        index = self._search_index() if selector is None else self._inner
-        scores, positions = index.search(
-            query, k, params=search_parameters(self.params, self._inner, k, selector, exact_top)
-        )
+        params = search_parameters(self.params, self._inner, k, selector, exact_top)
+        if selector is None and self.searches_on_gpu:
+            with self._gpu_lock:
+                scores, positions = self._search_index().search(query, k, params=params)
+        else:
+            scores, positions = self._inner.search(query, k, params=params)
         return found_hits(scores, positions, self._id_map())
 
     def _exact_among(self, query: np.ndarray, k: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -420,9 +425,8 @@ class VectorIndex:
         return exact_among(self._inner, self._id_map(), query, k, positions, _RECONSTRUCTED_ROWS)
 
     def _search_index(self) -> Any:
-        """The inner index to search: a GPU copy of an exact index when a GPU is usable."""
-        if not self._use_gpu or self.type != "flat":
-            return self._inner
+        """The index an exact search runs on (`searches_on_gpu`, with `_gpu_lock` held): its GPU copy, made on first
+        use; the inner index itself when no GPU is usable after all."""
         if self._gpu_index is None:
             if gpu_count() == 0:
                 log.warning("searching on the CPU: faiss sees no GPU")

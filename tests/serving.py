@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -50,10 +52,15 @@ def client_for(library: CaptionLibrary, model_dir: Path, **overrides: Any) -> Te
     return TestClient(create_app(settings_for(library, model_dir, **overrides)), base_url=LOCAL)
 
 
-class ServeProcess:
-    """`pengi-search serve --port 0 ARGS` in its own process, as a user starts it; `address` once it listens."""
+CLI = "from pengi_search.cli import app; app()"
 
-    def __init__(self, *args: str, home: Path) -> None:
+
+class ServeProcess:
+    """`pengi-search serve --port 0 ARGS` in its own process, as a user starts it; `address` once it listens. In a
+    process group of its own, with its workers: the test's Ctrl-C (`interrupt`) reaches them alone. `script`: the
+    Python code run as `python -c` (the command line by default; a test's may change something first)."""
+
+    def __init__(self, *args: str, home: Path, script: str = CLI) -> None:
         root = Path(__file__).resolve().parents[1]
         env = {
             **os.environ,
@@ -61,8 +68,10 @@ class ServeProcess:
             "PYTHONUNBUFFERED": "1",
             "PENGI_SEARCH_HOME": str(home),
         }
-        command = [sys.executable, "-c", "from pengi_search.cli import app; app()", "serve", "--port", "0", *args]
-        self.process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        command = [sys.executable, "-c", script, "serve", "--port", "0", *args]
+        self.process = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
         self.output: list[str] = []
         self._lines: queue.Queue[str | None] = queue.Queue()  # None: the output has ended
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -88,9 +97,25 @@ class ServeProcess:
             if line.startswith("pengi-search serves "):
                 return line.split()[2].rstrip("/")
 
+    def wait_until(self, condition: Callable[[], bool], timeout_s: float = 120) -> None:
+        """Return once `condition()` holds (checked every 10 ms) while the server runs."""
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            assert self.process.poll() is None, f"the server ended first: {self.rest_of_output()}"
+            assert time.monotonic() < deadline, f"not so within {timeout_s} s: {''.join(self.output)}"
+            time.sleep(0.01)
+
     def stop(self, timeout_s: float = 60) -> int:
         """SIGTERM, as a service manager stops it; returns its exit code."""
         self.process.terminate()
+        return self._ended(timeout_s)
+
+    def interrupt(self, timeout_s: float = 60) -> int:
+        """Ctrl-C, as a terminal sends it: to the server and its workers; returns its exit code."""
+        os.killpg(self.process.pid, signal.SIGINT)
+        return self._ended(timeout_s)
+
+    def _ended(self, timeout_s: float) -> int:
         try:
             return self.process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:

@@ -12,7 +12,10 @@ import json
 import logging
 import os
 import re
+import threading
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import faiss
@@ -25,6 +28,7 @@ from pengi_search.cli import app
 from pengi_search.db import ClosedLibraryError, EmbedderInfo, ModelInfo, ReplaceResult, Store, WindowInput
 from pengi_search.doctor import check_vector_files
 from pengi_search.library import EmptyLibraryError, Library
+from pengi_search.search import SearchScope, search_index
 from pengi_search.serve.live import LiveLibrary
 from pengi_search.vector_file import write_index_file
 from pengi_search.vectors import VectorIndex, VectorIndexError
@@ -32,6 +36,7 @@ from pengi_search.vectors import VectorIndex, VectorIndexError
 MODEL = ModelInfo("pengi-test", "f" * 64)
 EMBEDDER = EmbedderInfo("embedder-a", 16)
 AUDIO_DIM = 8
+DIMS = {"text": EMBEDDER.dim, "audio": AUDIO_DIM}
 
 Fetched = list[tuple[str, list[int] | None]]  # (kind, ids asked for; None: every vector of the kind)
 
@@ -411,3 +416,34 @@ def test_a_closed_library_refuses_use_and_opens_no_connection_again(db: str, kin
     library.close()
     with Library.open(db, read_only=True) as again:
         assert len(again.vector_index("text")) == 5
+
+
+def test_threads_searching_one_library_at_once_load_each_index_once_and_find_what_a_search_alone_finds(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `Library` is thread-safe to search (README, "From Python"): threads that search it at once before its
+    indexes are loaded wait for the one that loads each, and each finds what the same search finds alone."""
+    rng = np.random.default_rng(7)
+    searches = [(kind, rng.standard_normal((1, DIMS[kind]))) for kind in ("text", "audio") for _ in range(8)]
+    scope = SearchScope(k=3, by="window")
+    with Library.open(db) as alone:
+        expected = [search_index(alone, alone.vector_index(kind), query, scope) for kind, query in searches]
+    loads: list[str] = []
+    load = Library._in_line
+
+    def slow_load(library: Library, kind: str, *args, **kwargs) -> VectorIndex | None:
+        loads.append(kind)
+        time.sleep(0.05)  # a large index: long enough for every thread to ask for it meanwhile
+        return load(library, kind, *args, **kwargs)
+
+    monkeypatch.setattr(Library, "_in_line", slow_load)
+    together = threading.Barrier(len(searches))
+
+    def search(kind: str, query: np.ndarray) -> list:
+        together.wait()
+        return search_index(library, library.vector_index(kind), query, scope)
+
+    with Library.open(db) as library, ThreadPoolExecutor(len(searches)) as pool:
+        found = list(pool.map(search, *zip(*searches, strict=True)))
+    assert found == expected
+    assert sorted(loads) == ["audio", "text"]

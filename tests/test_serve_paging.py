@@ -149,11 +149,11 @@ def test_serve_takes_its_paging_limits_from_the_command_line(served, tiny_model_
     server's own defaults)."""
     started = []
 
-    def run(app, _listener, *, started: Callable[[], None]) -> None:
-        started()  # says where it serves, as once it answers, and stops at once
+    def serve_app(settings: ServeSettings, _listener, announce: Callable[[], None]) -> None:
+        started.append(settings)
+        announce()  # says where it serves, as once it answers, and stops at once
 
-    monkeypatch.setattr("pengi_search.serve.create_app", started.append)
-    monkeypatch.setattr("pengi_search.cli.serve._run", run)
+    monkeypatch.setattr("pengi_search.cli.serve._serve_app", serve_app)
     args = ["serve", "--db", served.db, "--port", "0", "--max-results", "3", "--max-offset", "4"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output

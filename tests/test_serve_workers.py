@@ -1,5 +1,5 @@
 """`pengi-search serve --workers N`: several processes answer on one port, stop together, and fail together; and
-how SIGTERM stops a server of one process."""
+how SIGTERM and Ctrl-C stop a server, of one process or several, while it serves and while it starts."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import requests
+
+from pengi_search.errors import EXIT_INTERRUPTED
 
 from .indexing import write_tone
 from .search_library import caption_library, index_folder
@@ -57,7 +59,7 @@ def test_workers_answer_on_one_port_and_stop_together(library, tiny_model_dir, t
                 assert response.status == 200 and len(json.loads(response.read())) == 3
     finally:
         code = served.stop()
-    assert code == 0
+    assert code == -signal.SIGTERM  # as a server of one process ends (below)
     assert not any(alive(pid) for pid in workers)  # the parent ends only once it has seen every worker end
 
 
@@ -75,7 +77,7 @@ def test_sigterm_shuts_a_server_of_one_process_down_and_it_ends_by_the_signal(
     library, tiny_model_dir, tmp_path, server_tmp
 ):
     """As a service manager expects of a server (systemd counts that a clean stop, exit code 143 a failure), not as
-    other commands end on SIGTERM; several workers end by it too, and their parent then exits 0 (above)."""
+    other commands end on SIGTERM; the parent of several workers ends by it too (above)."""
     served = ServeProcess("--db", library.db, "--model", str(tiny_model_dir), "--device", "cpu", home=tmp_path)
     address = served.address()
     assert address is not None, served.rest_of_output()
@@ -102,6 +104,50 @@ def test_the_printed_address_answers_at_once_and_a_sigterm_at_once_shuts_the_ser
                 assert response.status == 200
         assert served.stop() == -signal.SIGTERM
         assert kept_folders(server_tmp) == set(), served.rest_of_output()
+
+
+# `serve` with its start-up held where each process loads the library's indexes and text tower: it says so with a
+# file named by its process id in the folder $LOADING names, and loads until the test stops it.
+LOADING_SLOWLY = """
+import os, time
+from pathlib import Path
+from pengi_search.cli import app
+from pengi_search.serve.service import Service
+
+def warm_up(self):
+    (Path(os.environ["LOADING"]) / str(os.getpid())).touch()
+    time.sleep(600)
+
+Service.warm_up = warm_up
+app()
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize(
+    ("stop", "code", "said"),
+    [("stop", -signal.SIGTERM, ""), ("interrupt", EXIT_INTERRUPTED, "interrupted\n")],
+    ids=["sigterm", "ctrl-c"],
+)
+def test_a_server_stopped_while_it_starts_stops_cleanly(
+    library, tiny_model_dir, tmp_path, server_tmp, monkeypatch, workers, stop, code, said
+):
+    """SIGTERM, or Ctrl-C to it and its workers as a terminal sends it, at any moment of its start-up (here while
+    the indexes load) stops it as when it serves: every worker ended, its temporary folders removed, no traceback;
+    then it ends by SIGTERM, as a service manager expects, or says `interrupted` (exit code 130)."""
+    loading = tmp_path / "loading"
+    loading.mkdir()
+    monkeypatch.setenv("LOADING", str(loading))
+    served = ServeProcess(
+        "--db", library.db, "--model", str(tiny_model_dir), "--device", "cpu", "--workers", str(workers),
+        home=tmp_path, script=LOADING_SLOWLY,
+    )  # fmt: skip
+    served.wait_until(lambda: len(list(loading.iterdir())) == workers)
+    assert kept_folders(server_tmp)  # made before the library loads: removed as it stops
+    assert getattr(served, stop)() == code
+    assert served.rest_of_output() == said
+    assert set(server_tmp.glob("pengi-serve-*")) == set()  # uploads' embeddings and transcodes alike
+    assert not any(alive(int(worker.name)) for worker in loading.iterdir())
 
 
 def kept_folders(folder: Path) -> set[Path]:

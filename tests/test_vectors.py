@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import faiss
@@ -561,3 +564,49 @@ def test_gpu_request_without_a_gpu_falls_back_to_the_cpu(caplog: pytest.LogCaptu
         _, found = index.search(vectors[:3], 1)
     assert found[:, 0].tolist() == sparse_ids(100)[:3].tolist()
     assert "searching on the CPU: faiss sees no GPU" in caplog.text
+
+
+class GpuCopy:
+    """Stands in for faiss's GPU copy of an index (`index_cpu_to_all_gpus`), which is not thread-safe even to
+    search: it searches the index it copies, and notes each search that began while another was running."""
+
+    made: list[GpuCopy] = []
+
+    def __init__(self, index: faiss.Index) -> None:
+        self.index = index
+        self.running = threading.Lock()
+        self.overlapping = 0
+        GpuCopy.made.append(self)
+
+    def search(self, query: np.ndarray, k: int, params: faiss.SearchParameters | None = None) -> tuple:
+        alone = self.running.acquire(blocking=False)
+        self.overlapping += not alone
+        try:
+            time.sleep(0.01)  # a GPU search's time: long enough for another thread to begin one meanwhile
+            return self.index.search(query, k, params=params)
+        finally:
+            if alone:
+                self.running.release()
+
+
+def test_threads_searching_on_a_gpu_take_turns_on_one_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exact index is copied to the GPU once, by the first search, and searches from several threads run there
+    one at a time, each finding what it finds alone."""
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", GpuCopy, raising=False)  # faiss-cpu has no such function
+    monkeypatch.setattr("pengi_search.vectors.gpu_count", lambda: 1)
+    monkeypatch.setattr(GpuCopy, "made", [])
+    vectors, ids = clustered(200), sparse_ids(200)
+    on_gpu, on_cpu = VectorIndex.build(ids, vectors, use_gpu=True), VectorIndex.build(ids, vectors, use_gpu=False)
+    together = threading.Barrier(8)
+
+    def search(row: int) -> tuple[np.ndarray, np.ndarray]:
+        together.wait()
+        return on_gpu.search(vectors[row : row + 1], 5)
+
+    with ThreadPoolExecutor(8) as pool:
+        found = list(pool.map(search, range(8)))
+    [copy] = GpuCopy.made
+    assert copy.overlapping == 0
+    for row, (scores, hit_ids) in enumerate(found):
+        alone_scores, alone_ids = on_cpu.search(vectors[row : row + 1], 5)
+        assert hit_ids.tolist() == alone_ids.tolist() and np.allclose(scores, alone_scores)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -10,12 +11,12 @@ import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ..errors import not_found, os_reason
-from ..stop_signals import sigterm_ends_the_process
+from ..stop_signals import ended_by_sigterm, stop_signals_blocked
 from .common import (
     DbOption,
     DeviceOption,
@@ -27,6 +28,9 @@ from .common import (
     handle_errors,
     out_console,
 )
+
+if TYPE_CHECKING:
+    from ..serve.settings import ServeSettings
 
 
 @handle_errors
@@ -96,55 +100,76 @@ def serve(
 
     Example: pengi-search serve --open
     """
-    from ..serve import LOOPBACK_NAMES, ServeSettings, create_app, is_loopback, required_token
-    from ..serve.settings import MIB
+    with ended_by_sigterm():  # at any moment, while it loads too: what it made removed, as a service manager expects
+        from ..serve import LOOPBACK_NAMES, ServeSettings, is_loopback, required_token
+        from ..serve.settings import MIB
 
-    if workers > 1 and not hasattr(os, "fork"):
-        raise UsageError("--workers", "needs a system with fork(); use one worker here")
-    apply_threads(threads)
-    required = required_token(host, token)
-    roots = tuple(_folder(path) for path in root or [])
-    settings = ServeSettings(
-        db=db,
-        model=model,
-        device=device,
-        token=required,
-        allowed_hosts=(*LOOPBACK_NAMES, host.strip("[]").lower()) if is_loopback(host) else None,
-        roots=roots,
-        max_upload_bytes=int(max_upload_mb * MIB),
-        max_upload_s=max_upload_s,
-        max_k=max_results,
-        max_offset=max_offset,
-    )
-    listener = _listen(host, port)
-    with listener, sigterm_ends_the_process():  # a server's SIGTERM is uvicorn's (see there), as before
-        address = _address(host, listener.getsockname()[1])
-        announce = functools.partial(_announce, address, required, token, open_browser)
-        if workers == 1:
-            _run(create_app(settings), listener, started=announce)
-            return
-        from ..db import Store
-        from ..serve.workers import run_workers
-
-        with Store.open(settings.db, read_only=True):  # a missing library is said once, here, not by every worker
-            pass
-        # Uploads' embeddings, for the next pages of their results, wherever they land: one folder for all workers
-        kept = tempfile.TemporaryDirectory(prefix="pengi-serve-clips-")
-        settings = dataclasses.replace(settings, kept_dir=Path(kept.name))
-
-        def work(ready: Callable[[], None]) -> None:
-            import threadpoolctl
-
-            # Each worker gets its share of the cores: BLAS threads of several processes spin against each other
-            # (8 clients of new texts: 41 requests/s with two workers of 2 threads each, 84 with 1 each).
-            threadpoolctl.threadpool_limits(limits=max(1, (os.cpu_count() or 1) // workers))
-            with sigterm_ends_the_process():  # as in the parent: `handle_errors` took SIGTERM over again
-                _run(create_app(settings), listener, started=ready)  # in the worker: see serve/workers.py
-
-        with kept:  # removed once every worker has ended (a worker ends by os._exit: it never removes it)
-            code = run_workers(workers, handle_errors(work), announce)
+        if workers > 1 and not hasattr(os, "fork"):
+            raise UsageError("--workers", "needs a system with fork(); use one worker here")
+        apply_threads(threads)
+        required = required_token(host, token)
+        roots = tuple(_folder(path) for path in root or [])
+        settings = ServeSettings(
+            db=db,
+            model=model,
+            device=device,
+            token=required,
+            allowed_hosts=(*LOOPBACK_NAMES, host.strip("[]").lower()) if is_loopback(host) else None,
+            roots=roots,
+            max_upload_bytes=int(max_upload_mb * MIB),
+            max_upload_s=max_upload_s,
+            max_k=max_results,
+            max_offset=max_offset,
+        )
+        with _listen(host, port) as listener, contextlib.ExitStack() as made:
+            settings = dataclasses.replace(settings, kept_dir=_kept_folder(made))
+            address = _address(host, listener.getsockname()[1])
+            announce = functools.partial(_announce, address, required, token, open_browser)
+            if workers == 1:
+                _serve_app(settings, listener, announce)
+                return
+            code = _serve_workers(workers, settings, listener, announce)
     if code:
         raise typer.Exit(code)
+
+
+def _kept_folder(made: contextlib.ExitStack) -> Path:
+    """A private temporary folder for uploads' embeddings, for the next pages of their results wherever they land
+    (`serve/kept_clips.py`): one for all workers, removed as `made` closes."""
+    with stop_signals_blocked():  # made and handed to `made` at once: a stop in between would leave it behind
+        return Path(made.enter_context(tempfile.TemporaryDirectory(prefix="pengi-serve-clips-")))
+
+
+def _serve_app(settings: ServeSettings, listener: socket.socket, started: Callable[[], None]) -> None:
+    """Load the library and serve it on `listener` until a stop signal, calling `started()` once it serves; what it
+    holds is released however it ends (stopped while it loads too)."""
+    from ..serve import close_app, create_app
+
+    app = create_app(settings)
+    try:
+        _run(app, listener, started=started)
+    finally:
+        close_app(app)  # its shutdown did, once uvicorn started it
+
+
+def _serve_workers(count: int, settings: ServeSettings, listener: socket.socket, announce: Callable[[], None]) -> int:
+    """`_serve_app` in `count` worker processes (see serve/workers.py); the exit code."""
+    from ..db import Store
+    from ..serve.workers import run_workers
+
+    with Store.open(settings.db, read_only=True):  # a missing library is said once, here, not by every worker
+        pass
+
+    def work(ready: Callable[[], None]) -> None:
+        import threadpoolctl
+
+        # Each worker gets its share of the cores: BLAS threads of several processes spin against each other
+        # (8 clients of new texts: 41 requests/s with two workers of 2 threads each, 84 with 1 each).
+        threadpoolctl.threadpool_limits(limits=max(1, (os.cpu_count() or 1) // count))
+        with ended_by_sigterm():  # as in the parent: each worker's `handle_errors` takes the signals over
+            _serve_app(settings, listener, ready)
+
+    return run_workers(count, handle_errors(work), announce)
 
 
 def _announce(address: str, required: str | None, given: str | None, open_browser: bool) -> None:
@@ -162,11 +187,8 @@ def _announce(address: str, required: str | None, given: str | None, open_browse
 
 
 def _run(app: Any, listener: socket.socket, *, started: Callable[[], None]) -> None:
-    """Serve `app` on `listener` until a stop signal, calling `started()` once it serves.
-
-    Not before: uvicorn takes SIGTERM and SIGINT over only as it starts, and a server stopped before that (by
-    whoever read its address and stops it at once) was killed outright, without its shutdown, leaving its
-    temporary folder behind (`serve/kept_clips.py`)."""
+    """Serve `app` on `listener` until a stop signal, calling `started()` once it serves (a client that reads the
+    address and asks at once is answered)."""
     import uvicorn
 
     class Server(uvicorn.Server):

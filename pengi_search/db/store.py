@@ -49,6 +49,8 @@ class Store(RunJournal, LibraryReads, IndexBuild):
     The indexing runs' methods (`start_run`, `finish_run`, `runs`, ...) come from `pengi_search.db.runs`, what search,
     FAISS, `export` and `stats` read (`vectors`, `window_details`, ...) from `reads`, and the record of what builds
     the index (`index_meta`, `check_compatible`, `vector_indexes`, ...) from `index_meta`.
+
+    Thread-safe: each call runs in a transaction of its own, on a connection of the engine's pool.
     """
 
     def __init__(

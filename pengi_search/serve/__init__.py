@@ -1,6 +1,6 @@
 """`pengi-search serve`: a web page and a JSON API over an indexed library.
 
-- `app`: the FastAPI application (`create_app`), its error answers and security layer;
+- `app`: the FastAPI application (`create_app`, `close_app`), its error answers and security layer;
 - `api` and `pages`: the JSON routes under /api/ and the server-rendered pages (templates/, static/);
 - `service`: what both do (search, similar, files, describe, classify, stats) over a read-only store;
 - `live`: FAISS indexes that follow the database while another process indexes;
@@ -12,8 +12,8 @@
 - `workers`: several server processes on one socket (`serve --workers`).
 """
 
-from .app import create_app
+from .app import close_app, create_app
 from .security import LOOPBACK_NAMES, is_loopback, required_token
 from .settings import ServeSettings
 
-__all__ = ["LOOPBACK_NAMES", "ServeSettings", "create_app", "is_loopback", "required_token"]
+__all__ = ["LOOPBACK_NAMES", "ServeSettings", "close_app", "create_app", "is_loopback", "required_token"]

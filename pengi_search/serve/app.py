@@ -28,9 +28,25 @@ REQUEST_PARTS = {"query", "body", "path", "header", "cookie"}  # where FastAPI l
 
 def create_app(settings: ServeSettings) -> FastAPI:
     """The server's application over the library in `settings.db` (opened read-only here, now, with its indexes and
-    query embedder loaded: the first search is as fast as the next)."""
+    query embedder loaded: the first search is as fast as the next). Its shutdown releases what it holds, as does
+    `close_app` for one never started; a start that fails or is stopped (Ctrl-C, SIGTERM) leaves nothing open."""
     service = Service(settings)
-    service.warm_up()
+    try:
+        service.warm_up()
+        return _app(service, settings)
+    except BaseException:
+        service.close()
+        raise
+
+
+def close_app(app: FastAPI) -> None:
+    """Release what `app` holds (its database connections, temporary files), if its shutdown has not: one that
+    uvicorn was stopped before starting. Closing again does nothing."""
+    app.state.service.close()
+
+
+def _app(service: Service, settings: ServeSettings) -> FastAPI:
+    """The application answering with `service`."""
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -71,7 +71,7 @@ class SharedLock:
 
 class GuardedIndex:
     """A FAISS index that many requests search at once and that grows alone (faiss must not be searched while it
-    grows; a GPU index must not be searched by two threads at once)."""
+    grows; on a GPU, `VectorIndex` has its searches take turns)."""
 
     def __init__(self, index: VectorIndex) -> None:
         self._index = index
@@ -86,8 +86,7 @@ class GuardedIndex:
 
     def search(self, queries: np.ndarray, k: int, **how: Any) -> tuple[np.ndarray, np.ndarray]:
         """`VectorIndex.search`, guarded; `how`, its keywords, passed on as they are (a mistyped one fails there)."""
-        lock = self._lock.exclusive() if self._index.searches_on_gpu else self._lock.shared()
-        with lock, _one_faiss_thread():
+        with self._lock.shared(), _one_faiss_thread():
             return self._index.search(queries, k, **how)
 
     def add_missing(self, ids: np.ndarray, read: ReadFn) -> int:
@@ -100,7 +99,8 @@ class GuardedIndex:
 
 
 class LiveLibrary(Library):
-    """The server's library: read-only, its vector indexes refreshed from the database as it grows."""
+    """The server's library: read-only, its vector indexes refreshed from the database as it grows; thread-safe as
+    `Library` is, refreshes included (a search keeps the index it started with)."""
 
     def __init__(self, store: Store, *, check_s: float = 0.5) -> None:
         super().__init__(store, in_memory=True)

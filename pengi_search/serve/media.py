@@ -179,7 +179,7 @@ class TranscodeCache:
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._folder = Path(tempfile.mkdtemp(prefix="pengi-serve-"))
+        self._folder: Path | None = None  # made by the first transcode: a server stopped before has none to remove
         self._entries: OrderedDict[Hashable, Path] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -189,6 +189,8 @@ class TranscodeCache:
             if key in self._entries:
                 self._entries.move_to_end(key)
                 return self._entries[key]
+            if self._folder is None:
+                self._folder = Path(tempfile.mkdtemp(prefix="pengi-serve-"))
             target = self._folder / f"{uuid.uuid4().hex}.flac"
             try:
                 _write_flac(source, target, max_s)
@@ -200,7 +202,12 @@ class TranscodeCache:
             return target
 
     def close(self) -> None:
-        shutil.rmtree(self._folder, ignore_errors=True)
+        """Remove the transcodes (once a transcode in progress is done); closing again does nothing."""
+        with self._lock:
+            folder, self._folder = self._folder, None
+            self._entries.clear()
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def _evict(self) -> None:
         sizes = {key: path.stat().st_size for key, path in self._entries.items()}

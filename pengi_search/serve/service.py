@@ -155,6 +155,7 @@ class Service:
         self.kept = KeptClips(folder)
 
     def close(self) -> None:
+        """Release the database connections and temporary files; closing again does nothing."""
         self._batcher.close()
         self.library.close()
         self.transcodes.close()

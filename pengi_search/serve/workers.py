@@ -6,8 +6,10 @@ connections from the same socket, so searches use every core. Each worker opens 
 and the text tower itself (memory grows with the number of workers): a process forked after FAISS has run OpenMP
 hangs in its own first parallel region, so nothing is loaded before the fork.
 
-The parent only supervises: it reports the address once every worker is ready, forwards SIGTERM, and exits with the
-first failing worker's code (a worker that fails to start ends the others).
+The parent only supervises: it reports the address once every worker is ready and exits with the first failing
+worker's code (a worker that fails to start ends the others). A stop signal to the parent (SIGTERM; Ctrl-C, which a
+terminal sends to the workers too, and which they leave to it) stops every worker with SIGTERM, at any moment, also
+while they load: no worker outlives it.
 """
 
 from __future__ import annotations
@@ -20,39 +22,57 @@ import sys
 import traceback
 from collections.abc import Callable
 
-from ..stop_signals import interrupted_exit_code
+from ..stop_signals import STOP_SIGNALS, interrupted_exit_code, stop_signals_blocked
 
 WorkerFn = Callable[[Callable[[], None]], None]  # builds the app, calls `ready()`, serves until told to stop
 
 
 def run_workers(count: int, work: WorkerFn, on_ready: Callable[[], None]) -> int:
     """Fork `count` processes that each run `work(ready)`; call `on_ready` once all have called `ready`, then wait
-    for them all. Returns the exit code: 0, or the first non-zero one of a worker."""
+    for them all. Returns the exit code: 0, or the first non-zero one of a worker. A stop signal's KeyboardInterrupt
+    (or a failing `on_ready`) is raised again once every worker has ended."""
     read_end, write_end = os.pipe()
-    children = [_fork(work, read_end, write_end) for _ in range(count)]
-    os.close(write_end)
-    forward = signal.signal(signal.SIGTERM, lambda *_: _signal_all(children, signal.SIGTERM))
+    children: list[int] = []
     try:
+        _fork_all(count, work, read_end, write_end, children)
         code = _wait_until_ready(children, read_end, count)
         if code is None:
             on_ready()
         return _wait_for_all(children, code)
-    except BaseException:  # Ctrl-C while the workers load, or a failing `on_ready`: no worker outlives the parent
+    except BaseException:
         _signal_all(children, signal.SIGTERM)
-        _wait_for_all(children, None)
+        while children:
+            try:
+                _wait_for_all(children, None)
+            except KeyboardInterrupt:  # stopped again (Ctrl-C pressed twice): the workers are told again
+                _signal_all(children, signal.SIGTERM)
         raise
     finally:
         os.close(read_end)
-        signal.signal(signal.SIGTERM, forward)
+
+
+def _fork_all(count: int, work: WorkerFn, read_end: int, write_end: int, children: list[int]) -> None:
+    """Fork the workers, each in `children` before a stop signal can interrupt the parent (the list of those to
+    stop); the parent's end of the pipe they write to is closed after (a read then sees when all have gone)."""
+    try:
+        for _ in range(count):
+            with stop_signals_blocked():
+                children.append(_fork(work, read_end, write_end))
+    finally:
+        os.close(write_end)
 
 
 def _fork(work: WorkerFn, read_end: int, write_end: int) -> int:
     pid = os.fork()
     if pid:
         return pid
-    os.close(read_end)
     code = 0
-    try:
+    try:  # from here on, whatever happens ends this process: a worker must never return into the parent's code
+        os.close(read_end)
+        # Born with the stop signals blocked (`_fork_all`). Ctrl-C is the parent's to act on (a terminal sends it to
+        # every process of the group): it stops the workers as it does on SIGTERM, which stops a worker cleanly.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         work(lambda: os.write(write_end, b"."))
     except SystemExit as done:
         code = done.code if isinstance(done.code, int) else 1
@@ -60,7 +80,7 @@ def _fork(work: WorkerFn, read_end: int, write_end: int) -> int:
         # A stop signal that came while the CLI's handler was reporting this worker's own failure: the parent stops
         # every worker once one fails, and they fail alike, so this is routine and its traceback would be noise.
         code = interrupted_exit_code()
-    except BaseException as exc:  # a worker must never return into the parent's code
+    except BaseException as exc:
         code = getattr(exc, "exit_code", None)  # the CLI's error handler has reported it (typer.Exit)
         if code is None:
             code = 1
@@ -88,14 +108,12 @@ def _wait_until_ready(children: list[int], read_end: int, count: int) -> int | N
 
 
 def _wait_for_all(children: list[int], code: int | None) -> int:
-    """Wait for every worker (Ctrl-C reaches them too; the parent then keeps waiting for them to finish)."""
+    """Wait for every worker (each removed from `children` as it ends); the first failure stops the others."""
     while children:
         try:
             pid, status = os.wait()
-        except KeyboardInterrupt:
-            _signal_all(children, signal.SIGTERM)
-            continue
-        except ChildProcessError:
+        except ChildProcessError:  # none left (reaped elsewhere)
+            children.clear()
             break
         if pid in children:
             children.remove(pid)
