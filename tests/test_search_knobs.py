@@ -160,19 +160,22 @@ def file_contents(library: Library, kind: str) -> tuple[bytes, dict, list[int], 
     return faiss.serialize_index(index).tobytes(), params, removed.tolist(), version
 
 
-def ivfpq_library(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`db` with enough vectors for an IVF-PQ index of 16 cells, built fast (IVFPQ_MIN_VECTORS lowered)."""
-    monkeypatch.setattr("pengi_search.index_types.IVFPQ_MIN_VECTORS", 1000)
-    with Store.open(db) as store:
-        add_file(store, "/lib/many.wav", 1000, seed=5)
-
-
-@pytest.mark.parametrize(("index_type", "knob"), [("hnsw", "ef_search"), ("ivfpq", "nprobe")])
-def test_tune_changes_a_knob_in_the_files_and_the_database_without_adding_a_vector_again(
-    db: str, index_type: str, knob: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture(params=[("hnsw", "ef_search"), ("ivfpq", "nprobe")], ids=["hnsw", "ivfpq"])
+def approximate(request: pytest.FixtureRequest, db: str, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    """(index type, the knob that tunes it) of each approximate type, `db` made large enough for it: IVF-PQ gets
+    enough vectors for an index of 16 cells, built fast (IVFPQ_MIN_VECTORS lowered)."""
+    index_type, knob = request.param
     if index_type == "ivfpq":
-        ivfpq_library(db, monkeypatch)
+        monkeypatch.setattr("pengi_search.index_types.IVFPQ_MIN_VECTORS", 1000)
+        with Store.open(db) as store:
+            add_file(store, "/lib/many.wav", 1000, seed=5)
+    return index_type, knob
+
+
+def test_tune_changes_a_knob_in_the_files_and_the_database_without_adding_a_vector_again(
+    db: str, approximate: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index_type, knob = approximate
     with Library.open(db) as library:
         library.rebuild(index_type)
         before = {kind: file_contents(library, kind) for kind in ("text", "audio")}
@@ -225,12 +228,10 @@ def test_tune_takes_the_lock_every_writer_of_the_files_takes(db: str, monkeypatc
         assert locked == [library.index_path("text").name, library.index_path("audio").name]
 
 
-@pytest.mark.parametrize(("index_type", "knob"), [("hnsw", "ef_search"), ("ivfpq", "nprobe")])
 def test_auto_goes_back_to_the_automatic_choice_and_later_rebuilds_keep_it(
-    db: str, index_type: str, knob: str, monkeypatch: pytest.MonkeyPatch
+    db: str, approximate: tuple[str, str]
 ) -> None:
-    if index_type == "ivfpq":
-        ivfpq_library(db, monkeypatch)
+    index_type, knob = approximate
     with Library.open(db) as library:
         library.rebuild(index_type, **{knob: 3})
         library.tune(**{knob: "auto"})

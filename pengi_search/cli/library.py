@@ -109,9 +109,10 @@ def tune(
     nprobe: NprobeOption = None,
     json_output: TuneJsonOption = False,
 ) -> None:
-    """Set how searches trade speed for recall, without rebuilding the FAISS indexes (no vector is added again):
-    every later command and search, a running serve's too, uses it, and later rebuilds keep it. Without options,
-    shows each index's settings.
+    """Set how searches trade speed for recall (--ef-search, --nprobe), without rebuilding the FAISS indexes.
+
+    No vector is added again: the indexes' files and the database record the new value, which every later command
+    and a running serve search with, and later rebuilds keep. Without options, shows each index's settings.
 
     Example: pengi-search tune --ef-search 128   (HNSW; --nprobe N for IVF-PQ; auto goes back to the default)
     """
