@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import re
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 
 from pengi_search import library as library_module
 from pengi_search.cli import app
-from pengi_search.cli.common import EXIT_USAGE
+from pengi_search.cli.common import EXIT_FAILED, EXIT_USAGE
 from pengi_search.db import Store, WindowInput
 from pengi_search.errors import OptionError
 from pengi_search.index_types import cells_probed, searched_with
@@ -303,3 +304,26 @@ def test_a_damaged_file_is_left_to_be_rebuilt_with_the_knob_tuned(db: str, caplo
         assert path.read_bytes() == bytes(data)  # never given a checksum that would make it look whole
     with Library.open(db) as library:
         assert library.vector_index("text").params.ef_search == 5
+
+
+def test_tune_on_a_full_disk_says_so_in_one_line_and_leaves_the_file_and_the_database_as_they_were(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert run("rebuild-index", "--db", db, "--index-type", "hnsw").exit_code == 0
+    with Library.open(db) as library:
+        before = {kind: file_contents(library, kind) for kind in ("text", "audio")}
+        folder = library.index_path("text").parent
+    files = sorted(folder.iterdir())
+
+    def no_room(_fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("pengi_search.vector_file.os.fsync", no_room)
+    result = run("tune", "--db", db, "--ef-search", "5")
+    assert result.exit_code == EXIT_FAILED and len(result.stderr.splitlines()) == 1
+    assert "cannot write the index: [Errno 28] No space left on device" in result.stderr
+    monkeypatch.undo()
+    assert sorted(folder.iterdir()) == files  # no partial file left
+    with Library.open(db) as library:
+        assert {kind: file_contents(library, kind) for kind in ("text", "audio")} == before
+        assert library.index_info()["text"].params["ef_search"] is None
