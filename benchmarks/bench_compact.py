@@ -1,14 +1,17 @@
-"""Peak memory (max RSS) of rebuilding a FAISS index from the database and of compacting its tombstones away.
+"""Time and peak memory (max RSS) of rebuilding a FAISS index from the database, of tuning its search knob, and of
+compacting its tombstones away.
 
     python benchmarks/bench_compact.py                                    # 200,000 x 256-d, flat, HNSW and IVF-PQ
     python benchmarks/bench_compact.py --windows 1000000 --dim 1024 --types ivfpq --workdir /tmp/bc
 
 A synthetic library of `--windows` audio vectors (random unit vectors, in files of 100 windows, in four folders) is
 written in bulk, without a model. Each command then runs in its own process under `/usr/bin/time -v`:
-`rebuild-index --index-type TYPE` (every vector read from the database into a new index), then `remove` of one of the
-four folders (a quarter of the windows: past the fifth that compacts an HNSW or IVF-PQ index, so the index is
-re-filled without them). It prints, per command, the wall time, max RSS, and the size of the vectors and of the
-FAISS file it leaves; the difference between max RSS and the FAISS file is what the command held besides the index.
+`rebuild-index --index-type TYPE` (every vector read from the database into a new index); for HNSW and IVF-PQ,
+`tune` of its search knob (the FAISS files' parameters rewritten, their vectors copied as bytes; before `tune`,
+`rebuild-index --ef-search N` rebuilt); then `remove` of one of the four folders (a quarter of the windows: past the
+fifth that compacts an HNSW or IVF-PQ index, so the index is re-filled without them). It prints, per command, the
+wall time, max RSS, and the size of the vectors and of the FAISS file it leaves; the difference between max RSS and
+the FAISS file is what the command held besides the index.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from bench_serve import WINDOWS_PER_FILE, file_row, window_rows  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = 4
+TUNED = {"hnsw": ["--ef-search", "128"], "ivfpq": ["--nprobe", "24"]}  # `tune`'s options, per index type
 BULK_WINDOWS = 20_000  # windows per INSERT chunk
 
 
@@ -95,10 +99,10 @@ def main() -> None:
         for stale in workdir.glob(f"{db.name}*"):
             stale.unlink()
         build_library(db, args.windows, args.dim)
-        commands = {
-            "rebuild-index": ["rebuild-index", "--db", str(db), "--index-type", index_type],
-            "remove 1/4": ["remove", "/library/part-0", "--db", str(db)],
-        }
+        commands = {"rebuild-index": ["rebuild-index", "--db", str(db), "--index-type", index_type]}
+        if index_type in TUNED:
+            commands["tune"] = ["tune", "--db", str(db), *TUNED[index_type]]
+        commands["remove 1/4"] = ["remove", "/library/part-0", "--db", str(db)]
         for name, command in commands.items():
             wall, rss = measured(command)
             size = default_index_path(resolve_db_url(str(db)), "audio").stat().st_size / 2**20

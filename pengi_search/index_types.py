@@ -15,7 +15,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import faiss
 import numpy as np
@@ -36,6 +36,11 @@ fallback_log = logging.getLogger(f"{__name__}.fallback")
 # The search knobs a user may set, and the index type each tunes: HNSW's efSearch (the candidates its graph walk
 # keeps), IVF-PQ's nprobe (the cells it searches). Higher finds more of the exact results, and takes longer.
 SEARCH_KNOBS = {"ef_search": "hnsw", "nprobe": "ivfpq"}
+# A knob's setting: a value the user chose, or AUTO, the automatic choice (recorded as None: DEFAULT_EF_SEARCH for
+# efSearch, a share of the cells for nprobe, `ivf_sizes.auto_nprobe`).
+AUTO = "auto"
+KnobSetting = int | Literal["auto"]
+DEFAULT_EF_SEARCH = 64
 
 Sample = Callable[[np.ndarray], np.ndarray]  # `sample(rows)`: the unit vectors at those positions of the ones indexed
 
@@ -44,13 +49,14 @@ Sample = Callable[[np.ndarray], np.ndarray]  # `sample(rows)`: the unit vectors 
 class IndexParams:
     """How an index is built and searched; ef_search, nprobe and k_factor may change on a loaded index.
 
-    None for nlist, pq_m or nprobe means: chosen from the number of vectors and their dimension.
+    None for nlist, pq_m or nprobe means: chosen from the number of vectors and their dimension; for ef_search,
+    DEFAULT_EF_SEARCH. A search knob left None is thus told from one the user chose, whatever its value.
     """
 
     type: str = "flat"
     hnsw_m: int = 32
     ef_construction: int = 80
-    ef_search: int = 64
+    ef_search: int | None = None
     nlist: int | None = None
     pq_m: int | None = None
     nprobe: int | None = None
@@ -62,24 +68,30 @@ class IndexParams:
             raise VectorIndexError("index type", f"unknown {self.type!r}; use one of {', '.join(INDEX_TYPES)}")
         if self.refine not in REFINE_TYPES:
             raise VectorIndexError("refine", f"unknown {self.refine!r}; use one of {', '.join(REFINE_TYPES)}")
-        sizes = {name: getattr(self, name) for name in ("hnsw_m", "ef_construction", "ef_search", "k_factor")}
-        sizes.update({name: getattr(self, name) for name in ("nlist", "pq_m", "nprobe") if getattr(self, name)})
+        sizes = {name: getattr(self, name) for name in ("hnsw_m", "ef_construction", "k_factor")}
+        optional = ("ef_search", "nlist", "pq_m", "nprobe")
+        sizes.update({name: getattr(self, name) for name in optional if getattr(self, name) is not None})
         for name, value in sizes.items():
             if int(value) < 1:
                 raise VectorIndexError(name, f"must be at least 1, got {value}")
 
     def with_search_knobs(self, other: IndexParams) -> IndexParams:
-        """These build parameters with the search-time knobs of `other`."""
+        """These build parameters with the search-time knobs `other` sets (its None: these parameters' own)."""
         return dataclasses.replace(
-            self, ef_search=other.ef_search, nprobe=other.nprobe or self.nprobe, k_factor=other.k_factor
+            self,
+            ef_search=other.ef_search or self.ef_search,
+            nprobe=other.nprobe or self.nprobe,
+            k_factor=other.k_factor,
         )
 
 
-def checked_knobs(knobs: Mapping[str, int | None], types: Iterable[str], *, asked: bool) -> dict[str, int]:
-    """The search knobs given (those not None), each for the index type it tunes (SEARCH_KNOBS): `types` are the
-    library's indexes' types, `asked`: as the caller asks for them (else as they are). OptionError otherwise; a value
-    under 1 is `IndexParams`'s to refuse."""
-    given = {name: int(value) for name, value in knobs.items() if value is not None}
+def checked_knobs(
+    knobs: Mapping[str, KnobSetting | None], types: Iterable[str], *, asked: bool
+) -> dict[str, int | None]:
+    """The search knobs given (those not None), each for the index type it tunes (SEARCH_KNOBS), as IndexParams
+    holds them (AUTO: None): `types` are the library's indexes' types, `asked`: as the caller asks for them (else as
+    they are). OptionError otherwise (AUTO too: it sets the knob); a value under 1 is `IndexParams`'s to refuse."""
+    given = {name: None if value == AUTO else int(value) for name, value in knobs.items() if value is not None}
     for name in given:
         tuned = SEARCH_KNOBS[name]
         others = sorted(set(types) - {tuned})
@@ -89,11 +101,24 @@ def checked_knobs(knobs: Mapping[str, int | None], types: Iterable[str], *, aske
     return given
 
 
+def knob_setting(text: str) -> KnobSetting:
+    """A search knob as a user writes it: a whole number of at least 1, or `auto` (ValueError otherwise)."""
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is neither a whole number nor {AUTO}") from None
+    if value < 1:
+        raise ValueError(f"{value} is under 1; give at least 1, or {AUTO}")
+    return value
+
+
 def searched_with(index_type: str | None, params: Mapping[str, Any]) -> dict[str, int | None]:
     """Each search knob (SEARCH_KNOBS) as a search of an index of `index_type` built with `params` uses it; None
     where that type has no such knob."""
     return {
-        "ef_search": params["ef_search"] if index_type == "hnsw" else None,
+        "ef_search": (params.get("ef_search") or DEFAULT_EF_SEARCH) if index_type == "hnsw" else None,
         "nprobe": cells_probed(params["nprobe"], params["nlist"]) if index_type == "ivfpq" else None,
     }
 
@@ -153,7 +178,7 @@ def search_parameters(params: IndexParams, inner: Any, k: int, selector: Any, ex
     """faiss's parameters for a search of `inner` (an index of `params.type`) for k results, of which the first
     `exact_top` need a search for that many (`VectorIndex.search`); `selector` picks the positions it may return."""
     if params.type == "hnsw":
-        return faiss.SearchParametersHNSW(efSearch=max(params.ef_search, k), sel=selector)
+        return faiss.SearchParametersHNSW(efSearch=max(params.ef_search or DEFAULT_EF_SEARCH, k), sel=selector)
     if params.type == "ivfpq":
         ivf = faiss.extract_index_ivf(inner)
         base = faiss.SearchParametersIVF(nprobe=cells_probed(params.nprobe, ivf.nlist), sel=selector)

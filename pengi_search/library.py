@@ -46,10 +46,18 @@ from .db import (
     default_index_path,
 )
 from .errors import UnwritableFolderError, os_reason
-from .index_types import INDEX_TYPES, SEARCH_KNOBS, IndexParams, checked_knobs, effective_type, searched_with
+from .index_types import (
+    INDEX_TYPES,
+    SEARCH_KNOBS,
+    IndexParams,
+    KnobSetting,
+    checked_knobs,
+    effective_type,
+    searched_with,
+)
 from .pathnames import shown
 from .paths import made_folder
-from .vector_file import read_index_header
+from .vector_file import DamagedIndexFileError, read_index_header, update_index_params
 from .vectors import VectorIndex, VectorIndexError
 
 log = logging.getLogger(__name__)
@@ -161,12 +169,15 @@ class Library:
             self._refresh(kind, index_type, rebuild=False)
 
     def rebuild(
-        self, index_type: str | None = None, *, ef_search: int | None = None, nprobe: int | None = None
+        self,
+        index_type: str | None = None,
+        *,
+        ef_search: KnobSetting | None = None,
+        nprobe: KnobSetting | None = None,
     ) -> dict[str, int]:
         """Rebuild both FAISS files from the database's vectors; returns the number of vectors per kind.
 
-        `ef_search` (HNSW) and `nprobe` (IVF-PQ) set how searches trade speed for recall, kept in the files and the
-        database for every later search and rebuild; a knob of another type than the indexes' is an OptionError.
+        `ef_search` (HNSW) and `nprobe` (IVF-PQ) set how searches trade speed for recall, as `tune` does.
         """
         knobs = checked_knobs(
             {"ef_search": ef_search, "nprobe": nprobe}, self._requested(index_type), asked=bool(index_type)
@@ -176,6 +187,26 @@ class Library:
             index = self._refresh(kind, index_type, rebuild=True, knobs=knobs)
             counts[kind] = 0 if index is None else len(index)
         return counts
+
+    def tune(self, *, ef_search: KnobSetting | None = None, nprobe: KnobSetting | None = None) -> None:
+        """Set how searches trade speed for recall, without rebuilding: `ef_search` (HNSW: candidates kept), `nprobe`
+        (IVF-PQ: cells probed), a number or AUTO (the automatic choice); None leaves a knob as it is.
+
+        The FAISS files' parameters are rewritten (their vectors copied as bytes, under the lock every writer of
+        them takes), then the database's, so that every command, a server's next check of the files, and later
+        rebuilds search with them. A knob of another type than the indexes' is an OptionError, before anything
+        changes; a file that cannot be rewritten (a full disk) is a VectorIndexError, leaving it as it was.
+        """
+        knobs = checked_knobs({"ef_search": ef_search, "nprobe": nprobe}, self._requested(None), asked=False)
+        if not knobs:
+            return
+        for kind in VECTOR_KINDS:
+            path = self.index_path(kind)
+            with contextlib.nullcontext() if self.in_memory else _locked(path):
+                self._tune_file(path, knobs)
+                self._record_knobs(kind, knobs)  # read under the lock: what another writer recorded last
+            if kind in self._indexes:
+                self._indexes[kind].tune(**knobs)
 
     def index_info(self) -> dict[str, VectorIndexInfo | None]:
         """Per kind, what its index is: the type asked for, the type built and its parameters (None: never built).
@@ -316,6 +347,37 @@ class Library:
         self.store.record_vector_index(
             kind, requested_type=requested, effective_type=effective, params=params, vectors=vectors
         )
+
+    def _tune_file(self, path: Path, knobs: Mapping[str, int | None]) -> None:
+        """Give this library's FAISS file at `path` the search `knobs`. One that is missing, damaged or another
+        library's is left alone: the next command rebuilds it, with the knobs the database then holds."""
+        if self.in_memory:
+            return
+        try:
+            tag, _removed = read_index_header(path)
+        except (OSError, VectorIndexError):
+            return
+        if owned_tag(self.store.index_meta(), path, tag) is None:  # checked first: the rewrite makes it newer
+            return
+        try:
+            update_index_params(path, knobs)
+        except FileNotFoundError:
+            return
+        except DamagedIndexFileError as exc:
+            log.warning("ignoring damaged vector index %s (it is rebuilt from the database): %s", path, exc.reason)
+
+    def _record_knobs(self, kind: str, knobs: Mapping[str, int | None]) -> None:
+        """Record the index of `kind` as it is, with the search `knobs` in its parameters."""
+        info = self.store.vector_indexes().get(kind) or self._described_by_file(kind)
+        assert info is not None  # a kind never built is flat: `checked_knobs` refused every knob for it
+        if not self.store.read_only:
+            self.store.record_vector_index(
+                kind,
+                requested_type=info.requested_type,
+                effective_type=info.effective_type,
+                params={**info.params, **knobs},
+                vectors=info.vectors,
+            )
 
     def _described_by_file(self, kind: str) -> VectorIndexInfo | None:
         """What a FAISS file written before the database kept this record says about itself."""

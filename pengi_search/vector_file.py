@@ -10,7 +10,8 @@
 sees the tombstoned ids as live, and its check against the database drops them again; a file without "version" is
 checked against the database's ids.
 
-Writes are atomic (temp file, fsync, rename, fsync of the folder), so a crash leaves the old file or the new one.
+Writes are atomic (temp file, fsync, rename, fsync of the folder), so a crash leaves the old file or the new one;
+changing the parameters alone (`update_index_params`: a search knob) copies the payload's bytes as they are.
 Reads check magic, version, length and checksum before faiss parses a byte, and the index against the metadata.
 """
 
@@ -21,6 +22,7 @@ import os
 import struct
 import uuid
 import zlib
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
@@ -40,6 +42,10 @@ _IO_BLOCK = 1 << 22
 
 class VectorIndexError(PengiSearchError):
     """Bad vectors or ids, or an index file that cannot be read or written."""
+
+
+class DamagedIndexFileError(VectorIndexError):
+    """An index file whose bytes are not those written (`update_index_params` finds out as it copies them)."""
 
 
 class IndexFile(NamedTuple):
@@ -65,18 +71,53 @@ def write_index_file(
     rename, fsync of the folder).
 
     A folder that cannot be made or written raises `paths.made_folder`'s UnwritableFolderError."""
-    target = Path(path)
-    made_folder(target.parent)  # a PostgreSQL library's files go in the data folder: its trouble said as elsewhere
-    temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
     dead = [] if removed is None else np.asarray(removed, dtype=np.int64).tolist()
     fields = {"params": params, "dim": int(index.d), "count": int(index.ntotal), "tag": tag, "removed": dead}
     fields["version"] = version
+
+    def payload(out: BinaryIO, crc: int) -> tuple[int, int]:
+        return _write_payload(index, out, crc)
+
+    _write_atomically(Path(path), fields, payload)
+
+
+def update_index_params(path: str | os.PathLike[str], changes: Mapping[str, Any]) -> None:
+    """Rewrite the file at `path` with `changes` made to its parameters (search knobs: see `index_types`), the rest
+    as it was: faiss's serialisation is copied as bytes, never parsed, so a large index takes a file copy's time and
+    no memory. Atomic as `write_index_file`; the old file's checksum is checked along the copy, so a damaged file is
+    never given a valid one (DamagedIndexFileError; FileNotFoundError when missing)."""
+    source = Path(path)
+    with open(source, "rb") as stream:
+        payload_size, crc, meta_size = _read_front(source, stream)
+        meta_bytes = stream.read(meta_size)
+        meta = _parse_meta(source, meta_bytes)
+        meta["params"] = {**meta["params"], **changes}
+
+        def payload(out: BinaryIO, new_crc: int) -> tuple[int, int]:
+            old_crc, left = zlib.crc32(meta_bytes), payload_size
+            while left and (chunk := stream.read(min(_IO_BLOCK, left))):
+                out.write(chunk)
+                old_crc, new_crc, left = zlib.crc32(chunk, old_crc), zlib.crc32(chunk, new_crc), left - len(chunk)
+            if left or stream.read(1) or old_crc != crc:
+                raise DamagedIndexFileError(str(source), "checksum mismatch (the file is damaged)")
+            return payload_size, new_crc
+
+        _write_atomically(source, meta, payload)
+
+
+def _write_atomically(
+    target: Path, fields: dict[str, Any], payload: Callable[[BinaryIO, int], tuple[int, int]]
+) -> None:
+    """Write the header, `fields` as the metadata and what `payload(out, crc of the metadata)` writes (returning its
+    size and the crc continued over it) to a temp file beside `target`, then rename it into place."""
+    made_folder(target.parent)  # a PostgreSQL library's files go in the data folder: its trouble said as elsewhere
+    temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
     meta = json.dumps(fields).encode()
     try:
         with open(temp, "wb") as out:
             out.write(_HEADER.pack(_MAGIC, _FORMAT_VERSION, 0, 0, len(meta)))
             out.write(meta)
-            size, crc = _write_payload(index, out, zlib.crc32(meta))
+            size, crc = payload(out, zlib.crc32(meta))
             out.seek(0)
             out.write(_HEADER.pack(_MAGIC, _FORMAT_VERSION, size, crc, len(meta)))
             out.flush()

@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 # index, and one large removal (a folder) costs a single re-fill rather than a file that keeps growing.
 COMPACT_FRACTION = 0.2
 _RECONSTRUCTED_ROWS = 1 << 16  # stored vectors copied out at a time (a compaction's copy, an exact search)
+_SEARCH_TIME_PARAMS = {"ef_search", "nprobe", "k_factor"}  # what `tune` changes: no vector is added again for them
 
 VectorBatches = Iterable[tuple[np.ndarray, np.ndarray]]  # (ids int64 (n,), vectors (n, d)) a batch at a time
 # `read(ids)`: the vectors of those ids as stored (the library's database; None: all of them), in batches sorted by
@@ -276,10 +277,13 @@ class VectorIndex:
 
     # -- search ----------------------------------------------------------------------------------------------
 
-    def tune(self, *, ef_search: int | None = None, nprobe: int | None = None, k_factor: int | None = None) -> None:
-        """Change search-time knobs: HNSW efSearch, IVF cells probed, IVF-PQ re-ranking factor."""
-        knobs = {"ef_search": ef_search, "nprobe": nprobe, "k_factor": k_factor}
-        self.params = dataclasses.replace(self.params, **{name: v for name, v in knobs.items() if v is not None})
+    def tune(self, **knobs: int | None) -> None:
+        """Change the search-time knobs named: `ef_search` (HNSW), `nprobe` (IVF cells probed), `k_factor` (IVF-PQ
+        re-ranking); None for ef_search or nprobe is the automatic choice (`IndexParams`)."""
+        unknown = set(knobs) - _SEARCH_TIME_PARAMS
+        if unknown:
+            raise TypeError(f"not search-time knobs: {', '.join(sorted(unknown))}")
+        self.params = dataclasses.replace(self.params, **knobs)
 
     def search(
         self,

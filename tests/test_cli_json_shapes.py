@@ -66,6 +66,7 @@ CASES: dict[str, Callable[[Inputs], list[object]]] = {
     "pengi-search similar": lambda i: [i.tone, "--db", i.db, "--model", i.model],
     "pengi-search index": lambda i: [i.folder, "--db", i.out / "index.db", "--model", i.model, "--captions", "later"],
     "pengi-search rebuild-index": lambda i: ["--db", i.db],
+    "pengi-search tune": lambda i: ["--db", i.db],
     "pengi-search stats": lambda i: ["--db", i.db],
     "pengi-search remove": lambda i: [i.folder, "--db", i.removable_db],
     "pengi-search model info": lambda i: ["--model", i.model],

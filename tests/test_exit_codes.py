@@ -392,6 +392,7 @@ CASES = {
             "export": lambda p: (),
             "remove": lambda p: (p.clip,),
             "rebuild-index": lambda p: (),
+            "tune": lambda p: (),
             "serve": lambda p: ("--port", "0"),
             "eval retrieval": lambda p: (p.captions, "--model", p.model, "-o", p.missing.parent),
             "eval caption": lambda p: (p.captions, "--model", p.model, "-o", p.missing.parent),
@@ -456,6 +457,7 @@ CASES = {
     "export, no library": Case(lambda p: ("export", "--db", p.missing), EXIT_FAILED, "no index here yet"),
     "remove, no library": Case(lambda p: ("remove", p.clip, "--db", p.missing), EXIT_FAILED, "no index here yet"),
     "rebuild-index, no library": Case(lambda p: ("rebuild-index", "--db", p.missing), EXIT_FAILED, "no index here"),
+    "tune, no library": Case(lambda p: ("tune", "--ef-search", "5", "--db", p.missing), EXIT_FAILED, "no index here"),
     "serve, no library": Case(lambda p: ("serve", "--db", p.missing, "--port", "0"), EXIT_FAILED, "no index here"),
     "serve --workers, no library": Case(
         lambda p: ("serve", "--db", p.missing, "--port", "0", "--workers", "2"), EXIT_FAILED, "no index here"

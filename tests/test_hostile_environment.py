@@ -239,6 +239,7 @@ def test_faiss_files_in_a_data_folder_that_is_a_file_are_not_saved_and_say_why(l
         (["index", "{sounds}"], "folder"),
         (["remove", "{sounds}"], "folder"),
         (["rebuild-index"], "folder"),
+        (["tune", "--ef-search", "auto"], "folder"),
         (["index", "{sounds}"], "file"),
     ],
 )

@@ -357,7 +357,7 @@ def test_stats_and_doctor_count_the_removed_vectors_each_file_still_stores(db: s
     stats = json.loads(CliRunner().invoke(app, ["stats", "--db", db, "--json"]).stdout)["vector_indexes"]
     assert {kind: info["removed"] for kind, info in stats.items()} == {"text": 2, "audio": 2}
     text = CliRunner().invoke(app, ["stats", "--db", db]).stdout
-    assert "audio index: 23 vectors, hnsw, efSearch 64 (" in text
+    assert "audio index: 23 vectors, hnsw, default efSearch 64 (" in text
     assert "; 2 removed vectors kept in it until they pass a fifth)" in text
 
     doctor = CliRunner().invoke(app, ["doctor", "--db", db, "--json"])

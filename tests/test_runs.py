@@ -169,6 +169,7 @@ def test_commands_that_read_create_nothing_and_name_the_command_that_does(tiny_m
         ("classify", clip, "--labels", labels, *model),
         ("remove", clip),
         ("rebuild-index",),
+        ("tune",),
         ("serve", "--port", "0"),
     ):
         result = run(*args, "--db", typo)

@@ -3,19 +3,28 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from pengi_search import library as library_module
 from pengi_search.cli import app
-from pengi_search.cli.common import EXIT_USAGE
+from pengi_search.cli.common import EXIT_FAILED, EXIT_USAGE
 from pengi_search.db import Store, WindowInput
 from pengi_search.errors import OptionError
-from pengi_search.index_types import searched_with
+from pengi_search.index_types import cells_probed, searched_with
 from pengi_search.library import Library
+from pengi_search.serve.live import LiveLibrary
+from pengi_search.vector_file import read_index_file
+from pengi_search.vectors import VectorIndex
 
 from .test_library import AUDIO_DIM, EMBEDDER, MODEL, add_file, opened, two_files
 
@@ -140,3 +149,181 @@ def test_nprobe_left_unset_shows_as_the_cells_a_search_probes() -> None:
     params = {"ef_search": 64, "nprobe": None, "nlist": 2048}
     assert searched_with("ivfpq", params) == {"ef_search": None, "nprobe": 32}
     assert searched_with("hnsw", params) == {"ef_search": 64, "nprobe": None}
+
+
+# -- tune: the knobs changed without a rebuild ---------------------------------------------------------------------
+
+
+def file_contents(library: Library, kind: str) -> tuple[bytes, dict, list[int], int | None]:
+    """What the FAISS file of `kind` holds: faiss's serialisation of its vectors, its parameters, its tombstoned ids
+    and the database's version it was saved at."""
+    index, params, _tag, removed, version = read_index_file(library.index_path(kind))
+    return faiss.serialize_index(index).tobytes(), params, removed.tolist(), version
+
+
+@pytest.fixture(params=[("hnsw", "ef_search"), ("ivfpq", "nprobe")], ids=["hnsw", "ivfpq"])
+def approximate(request: pytest.FixtureRequest, db: str, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    """(index type, the knob that tunes it) of each approximate type, `db` made large enough for it: IVF-PQ gets
+    enough vectors for an index of 16 cells, built fast (IVFPQ_MIN_VECTORS lowered)."""
+    index_type, knob = request.param
+    if index_type == "ivfpq":
+        monkeypatch.setattr("pengi_search.index_types.IVFPQ_MIN_VECTORS", 1000)
+        with Store.open(db) as store:
+            add_file(store, "/lib/many.wav", 1000, seed=5)
+    return index_type, knob
+
+
+def test_tune_changes_a_knob_in_the_files_and_the_database_without_adding_a_vector_again(
+    db: str, approximate: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index_type, knob = approximate
+    with Library.open(db) as library:
+        library.rebuild(index_type)
+        before = {kind: file_contents(library, kind) for kind in ("text", "audio")}
+    builds: list[object] = []
+    monkeypatch.setattr(VectorIndex, "build_streamed", lambda *args, **kw: builds.append(args))
+
+    with opened(db) as (library, fetched):
+        library.tune(**{knob: 3})
+        assert fetched == [] and builds == []  # no vector read from the database, no index built
+        for kind in ("text", "audio"):
+            payload, params, removed, version = file_contents(library, kind)
+            old_payload, old_params, old_removed, old_version = before[kind]
+            assert (payload, removed, version) == (old_payload, old_removed, old_version)  # the same vectors
+            assert params == {**old_params, knob: 3}
+            assert library.index_info()[kind].params[knob] == 3
+    with opened(db) as (library, fetched):  # another command: the file as it is, the knob in effect
+        assert {getattr(library.vector_index(kind).params, knob) for kind in ("text", "audio")} == {3}
+        assert fetched == [] and builds == []
+
+
+def test_a_library_tuned_searches_with_the_knob_at_once_and_a_running_server_from_its_next_check(db: str) -> None:
+    with Library.open(db) as library:
+        library.rebuild("hnsw")
+    with (
+        Library.open(db) as tuner,
+        LiveLibrary(Store.open(db, read_only=True), check_s=0) as server,
+    ):
+        served = server.vector_index("text")
+        assert served._index.params.ef_search is None  # the default: 64
+        tuner.vector_index("text")
+        tuner.tune(ef_search=5)
+        assert tuner.vector_index("text").params.ef_search == 5  # its own index in memory too
+        assert server.vector_index("text")._index.params.ef_search == 5  # the file changed: loaded again
+
+
+def test_tune_takes_the_lock_every_writer_of_the_files_takes(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with Library.open(db) as library:
+        library.rebuild("hnsw")
+        locked: list[str] = []
+        real = library_module._locked
+
+        @contextlib.contextmanager
+        def recorded(path: Path) -> Iterator[None]:
+            with real(path):
+                locked.append(path.name)
+                yield
+
+        monkeypatch.setattr(library_module, "_locked", recorded)
+        library.tune(ef_search=5)
+        assert locked == [library.index_path("text").name, library.index_path("audio").name]
+
+
+def test_auto_goes_back_to_the_automatic_choice_and_later_rebuilds_keep_it(
+    db: str, approximate: tuple[str, str]
+) -> None:
+    index_type, knob = approximate
+    with Library.open(db) as library:
+        library.rebuild(index_type, **{knob: 3})
+        library.tune(**{knob: "auto"})
+        assert library.index_info()["audio"].params[knob] is None
+    with Library.open(db) as library:
+        index = library.vector_index("audio")
+        assert getattr(index.params, knob) is None
+        assert library.indexes_json()["audio"][knob] == (64 if knob == "ef_search" else cells_probed(None, 16))
+        library.rebuild()
+        assert getattr(library.vector_index("audio").params, knob) is None
+        library.rebuild(**{knob: 4})
+        library.rebuild(**{knob: "auto"})  # rebuild-index takes auto too
+        assert library.indexes_json()["audio"]["params"][knob] is None
+
+
+def test_stats_tells_the_default_knob_from_one_the_user_chose(db: str) -> None:
+    assert run("rebuild-index", "--db", db, "--index-type", "hnsw").exit_code == 0
+    assert "text index: 5 vectors, hnsw, default efSearch 64 (" in run("stats", "--db", db).stdout
+    shown = json.loads(run("stats", "--db", db, "--json").stdout)["vector_indexes"]["text"]
+    assert (shown["ef_search"], shown["params"]["ef_search"]) == (64, None)  # in effect; null: automatic
+
+    tuned = run("tune", "--db", db, "--ef-search", "64")  # the same value, chosen
+    assert tuned.exit_code == 0, tuned.output
+    assert tuned.stdout.splitlines() == [
+        "text: 5 vectors (hnsw, efSearch 64)",
+        "audio: 5 vectors (hnsw, efSearch 64)",
+        tuned.stdout.splitlines()[2],
+    ]
+    assert re.fullmatch(r"tuned in \d+\.\d s, nothing rebuilt", tuned.stdout.splitlines()[2])
+    shown = json.loads(run("stats", "--db", db, "--json").stdout)["vector_indexes"]["text"]
+    assert (shown["ef_search"], shown["params"]["ef_search"]) == (64, 64)
+
+    back = json.loads(run("tune", "--db", db, "--ef-search", "auto", "--json").stdout)["vector_indexes"]["audio"]
+    assert (back["ef_search"], back["params"]["ef_search"]) == (64, None)
+    assert run("tune", "--db", db).stdout.splitlines() == [  # without options: what is in use, nothing changed
+        "text: 5 vectors (hnsw, default efSearch 64)",
+        "audio: 5 vectors (hnsw, default efSearch 64)",
+    ]
+
+
+def test_tune_refuses_a_knob_of_another_type_in_one_line_with_exit_2_changing_nothing(db: str) -> None:
+    assert run("rebuild-index", "--db", db, "--index-type", "hnsw", "--ef-search", "9").exit_code == 0
+    with Library.open(db) as library:
+        before = {kind: file_contents(library, kind) for kind in ("text", "audio")}
+    for knob in ("3", "auto"):
+        refused = run("tune", "--db", db, "--nprobe", knob, "--ef-search", "5")
+        assert refused.exit_code == EXIT_USAGE and refused.stdout == ""
+        assert refused.stderr.splitlines() == [
+            "error: --nprobe tunes ivfpq indexes, not hnsw (the library's type; pengi-search rebuild-index "
+            "--index-type ivfpq changes it)"
+        ]
+    for bad in ("0", "-3", "many", ""):
+        refused = run("tune", "--db", db, "--ef-search", bad)
+        assert refused.exit_code == EXIT_USAGE and "--ef-search" in refused.stderr, bad
+    with Library.open(db) as library:
+        assert {kind: file_contents(library, kind) for kind in ("text", "audio")} == before
+        assert library.index_info()["text"].params["ef_search"] == 9
+
+
+def test_a_damaged_file_is_left_to_be_rebuilt_with_the_knob_tuned(db: str, caplog: pytest.LogCaptureFixture) -> None:
+    with Library.open(db) as library:
+        library.rebuild("hnsw")
+        path = library.index_path("text")
+        data = bytearray(path.read_bytes())
+        data[-1] ^= 0xFF
+        path.write_bytes(bytes(data))
+        library.tune(ef_search=5)
+        assert "ignoring damaged vector index" in caplog.text
+        assert path.read_bytes() == bytes(data)  # never given a checksum that would make it look whole
+    with Library.open(db) as library:
+        assert library.vector_index("text").params.ef_search == 5
+
+
+def test_tune_on_a_full_disk_says_so_in_one_line_and_leaves_the_file_and_the_database_as_they_were(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert run("rebuild-index", "--db", db, "--index-type", "hnsw").exit_code == 0
+    with Library.open(db) as library:
+        before = {kind: file_contents(library, kind) for kind in ("text", "audio")}
+        folder = library.index_path("text").parent
+    files = sorted(folder.iterdir())
+
+    def no_room(_fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("pengi_search.vector_file.os.fsync", no_room)
+    result = run("tune", "--db", db, "--ef-search", "5")
+    assert result.exit_code == EXIT_FAILED and len(result.stderr.splitlines()) == 1
+    assert "cannot write the index: [Errno 28] No space left on device" in result.stderr
+    monkeypatch.undo()
+    assert sorted(folder.iterdir()) == files  # no partial file left
+    with Library.open(db) as library:
+        assert {kind: file_contents(library, kind) for kind in ("text", "audio")} == before
+        assert library.index_info()["text"].params["ef_search"] is None

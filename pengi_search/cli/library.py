@@ -1,4 +1,4 @@
-"""`rebuild-index`, `stats`, `remove` and `export`: looking after a library that `index` built."""
+"""`rebuild-index`, `tune`, `stats`, `remove` and `export`: looking after a library that `index` built."""
 
 from __future__ import annotations
 
@@ -30,22 +30,38 @@ from .common import (
 from .index import IndexTypeOption
 
 RebuildJsonOption = json_option("an object {vectors, vector_indexes, seconds}.")
+TuneJsonOption = json_option("an object {vector_indexes, seconds}.")
+
+
+def _given_knob(text: str) -> Any:
+    """A search knob's parser: a whole number of at least 1, or `auto` (the automatic choice), an
+    `index_types.KnobSetting` (Typer reads no union of types: the options are declared as text)."""
+    from ..index_types import knob_setting
+
+    try:
+        return knob_setting(text)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+
+
 EfSearchOption = Annotated[
-    int | None,
+    str | None,
     typer.Option(
         "--ef-search",
-        min=1,
-        help="HNSW: candidates each search keeps; more finds more of the exact results, slower. Kept for every "
-        "later search \\[default: the value kept, else 64].",
+        parser=_given_knob,
+        metavar="<int|auto>",
+        help="HNSW: candidates each search keeps; more finds more of the exact results, slower; auto: the default, "
+        "64. Kept for every later search \\[default: the value kept, else auto].",
     ),
 ]
 NprobeOption = Annotated[
-    int | None,
+    str | None,
     typer.Option(
         "--nprobe",
-        min=1,
-        help="IVF-PQ: cells each search looks in; more finds more of the exact results, slower. Kept for every "
-        "later search \\[default: the value kept, else chosen from the cells].",
+        parser=_given_knob,
+        metavar="<int|auto>",
+        help="IVF-PQ: cells each search looks in; more finds more of the exact results, slower; auto: chosen from "
+        "the cells. Kept for every later search \\[default: the value kept, else auto].",
     ),
 ]
 StatsJsonOption = json_option("an object: the library's counts, captions, failed files, runs and vector indexes.")
@@ -60,8 +76,10 @@ def rebuild_index(
     nprobe: NprobeOption = None,
     json_output: RebuildJsonOption = False,
 ) -> None:
-    """Rebuild the FAISS indexes from the database (e.g. to change the index type, or how searches trade speed for
-    recall).
+    """Rebuild the FAISS indexes from the database, every vector added again (e.g. to change the index type).
+
+    --ef-search and --nprobe set the rebuilt indexes' search knobs; `pengi-search tune` sets them without a
+    rebuild.
 
     Example: pengi-search rebuild-index --index-type hnsw --ef-search 128
     """
@@ -80,10 +98,51 @@ def rebuild_index(
     if json_output:
         print_json({"vectors": counts, "vector_indexes": indexes, "seconds": json_seconds(seconds)})
         return
+    _print_indexes(indexes, counts)
+    out_console.print(f"rebuilt in {seconds:.1f} s")
+
+
+@handle_errors
+def tune(
+    db: DbOption = None,
+    ef_search: EfSearchOption = None,
+    nprobe: NprobeOption = None,
+    json_output: TuneJsonOption = False,
+) -> None:
+    """Set how searches trade speed for recall (--ef-search, --nprobe), without rebuilding the FAISS indexes.
+
+    No vector is added again: the indexes' files and the database record the new value, which every later command
+    and a running serve search with, and later rebuilds keep. Without options, shows each index's settings.
+
+    Example: pengi-search tune --ef-search 128   (HNSW; --nprobe N for IVF-PQ; auto goes back to the default)
+    """
+    from ..errors import OptionError, cli_option
+    from ..json_values import json_seconds
+    from ..library import Library
+
+    started = time.monotonic()
+    with Library.open(db, create=False) as library:
+        try:
+            library.tune(ef_search=ef_search, nprobe=nprobe)
+        except OptionError as err:  # a knob for another index type: nothing was changed
+            # The type is changed by a rebuild: this command has no --index-type.
+            reason = err.reason(lambda name: f"pengi-search rebuild-index {cli_option(name)}")
+            raise UsageError("", f"{cli_option(err.option)} {reason}") from None
+        indexes = library.indexes_json()
+    seconds = time.monotonic() - started
+    if json_output:
+        print_json({"vector_indexes": indexes, "seconds": json_seconds(seconds)})
+        return
+    _print_indexes(indexes, {kind: info.get("vectors") or 0 for kind, info in indexes.items()})
+    if ef_search is not None or nprobe is not None:
+        out_console.print(f"tuned in {seconds:.1f} s, nothing rebuilt")
+
+
+def _print_indexes(indexes: dict[str, Any], counts: dict[str, int]) -> None:
+    """Each kind's index: its vectors, type and search knob."""
     for kind, count in counts.items():
         built = _index_kind(indexes[kind])
         out_console.print(f"{kind}: {count_text(count, 'vector')} ({built})", markup=False, soft_wrap=True)
-    out_console.print(f"rebuilt in {seconds:.1f} s")
 
 
 @contextlib.contextmanager
@@ -204,7 +263,7 @@ def _index_kind(info: dict[str, Any]) -> str:
     effective, requested = info["index_type"], info["requested_type"]
     if effective is None:
         return "no index"
-    knobs = [f"{label} {info[name]}" for name, label in _KNOB_LABELS.items() if info[name] is not None]
+    knobs = [_knob_text(info, name) for name in _KNOB_LABELS if info[name] is not None]
     built = ", ".join([effective, *knobs])
     if requested in (None, effective):
         return built
@@ -214,6 +273,13 @@ def _index_kind(info: dict[str, Any]) -> str:
 
 
 _KNOB_LABELS = {"ef_search": "efSearch", "nprobe": "nprobe"}  # as FAISS names them
+
+
+def _knob_text(info: dict[str, Any], name: str) -> str:
+    """A search knob as it is in effect: `efSearch 128` as chosen, `default efSearch 64` when nobody chose it (its
+    parameter None: the automatic choice)."""
+    text = f"{_KNOB_LABELS[name]} {info[name]}"
+    return f"default {text}" if info["params"].get(name) is None else text
 
 
 def _size(path: Path) -> int | None:
