@@ -1,6 +1,7 @@
 """Processes of a run: one, or several started by `torchrun` (NCCL on GPUs, gloo on CPUs).
 
-`torchrun` sets RANK, WORLD_SIZE and LOCAL_RANK; with WORLD_SIZE > 1 the process group is initialised from them.
+`torchrun` sets RANK, WORLD_SIZE and LOCAL_RANK (read by `pengi_search.torchrun_env.place`); with WORLD_SIZE > 1 the
+process group is initialised from them.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from pengi_search.torchrun_env import gpu_of_process, local_process_count, process_count
+from pengi_search.torchrun_env import gpu_of_process, place
 
 
 @dataclass(frozen=True)
@@ -45,15 +46,15 @@ def resolve_device(choice: str, local_rank: int, on_machine: int | None = None) 
 
 
 def start_processes(device_choice: str) -> Processes:
-    world_size = process_count()
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_choice, local_rank, local_process_count())
+    here = place()
+    device = resolve_device(device_choice, here.local_rank, here.local_world_size)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://")
-    return Processes(rank, world_size, local_rank, device)
+    if here.world_size > 1 and not dist.is_initialized():
+        # The rank as `place` reads it: a hand-set LOCAL_RANK stands for a RANK left out (one machine).
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, init_method="env://", rank=here.rank, world_size=here.world_size)
+    return Processes(here.rank, here.world_size, here.local_rank, device)
 
 
 def part_processes(processes: Processes) -> list[int]:
