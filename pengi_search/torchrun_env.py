@@ -18,10 +18,14 @@ meets the same problems: its first process (LOCAL_RANK 0) alone says them (`said
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import os
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from .choices import device_unavailable
 from .errors import UsageError
@@ -108,16 +112,64 @@ def said_once_per_machine() -> Iterator[None]:
 
     Not with the failure's exit code on every process: torchrun stops the processes still running (SIGTERM) as
     soon as one ends with a code other than 0, so the first process, stopped before it had said anything, would
-    say "interrupted" (exit code 143) or nothing at all. The others ending well, it ends last and its code is the
-    one torchrun reports, as for a failure found once connected. An environment that cannot be torchrun's is said
-    at once, by every process (`place`)."""
+    say "interrupted" (exit code 143) or nothing at all. The others end well, it ends after them
+    (`ends_after_the_machines_others`), and its code is the one torchrun reports, as for a failure found once
+    connected. An environment that cannot be torchrun's is said at once, by every process (`place`)."""
     first = first_on_machine()
     try:
         yield
     except Exception as failure:
         if first:
+            ends_after_the_machines_others()
             raise
         raise SaidByTheMachinesFirstProcess(str(failure)) from failure
+
+
+SIBLINGS_WAIT_S = 30.0  # how long the first process of a machine waits at most for the others to end
+
+
+@functools.cache  # once: the process ends once
+def ends_after_the_machines_others() -> None:
+    """This process, the first of its machine, says a failure that the machine's other processes meet too and leave
+    to it (they end well): it ends after them, at exit. Ended first, it made torchrun stop them (SIGTERM) as they
+    were still setting up, and report each as a failure of its own (`exitcode: -15`). Bounded by
+    `SIBLINGS_WAIT_S`: one that does not end (it met no failure) is stopped by torchrun then."""
+    if others := _machines_other_processes():
+        atexit.register(wait_until_ended, others, SIBLINGS_WAIT_S)
+
+
+def _machines_other_processes() -> list[int]:
+    """The process ids of this run's other processes on this machine, before they connect: torchrun's other
+    workers, its children as this process is (none without torchrun, whose TORCHELASTIC_RUN_ID its workers have,
+    or without Linux's /proc)."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return []
+    children: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{os.getppid()}/task").iterdir():
+            children += map(int, (task / "children").read_text().split())
+    return [pid for pid in children if pid != os.getpid()]
+
+
+def wait_until_ended(pids: list[int], timeout_s: float) -> None:
+    """Return once every process of `pids` has ended (exited, or exited and not yet reaped), or after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while any(map(_running, pids)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process now: ours has ended
+        return False
+    try:  # a process that exited but that its parent (torchrun) has not reaped yet is a zombie: ended
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rpartition(b")")[2].split()[0] != b"Z"
+    except OSError:
+        return True  # no /proc (not Linux): running until its parent reaps it
 
 
 def gpu_of_process(local_rank: int, on_machine: int | None, instead: str) -> str:

@@ -497,5 +497,8 @@ def test_under_torchrun_a_failure_every_rank_meets_before_they_connect_is_said_o
     assert launched.returncode != 0 and launched.stderr.count("error: ") == 1, launched.stderr[-3000:]
     assert said in launched.stderr, launched.stderr[-3000:]
     assert re.search(rf"rank\s*: 0 .*\n\s*exitcode\s*: {code} ", launched.stderr), launched.stderr[-3000:]
-    assert not re.search(rf"rank\s*: 1 .*\n\s*exitcode\s*: {code} ", launched.stderr), launched.stderr[-3000:]
+    # The first rank ends after the other: torchrun, which stops the ranks still running once one fails, stopped
+    # it as it set up, and reported it as a failure of its own (`exitcode: -15`).
+    assert "SIGTERM" not in launched.stderr and "interrupted" not in launched.stderr, launched.stderr[-3000:]
+    assert not re.search(r"rank\s*: 1 .*\n\s*exitcode", launched.stderr), launched.stderr[-3000:]
     assert not (tmp_path / "index.db").exists() and not list((tmp_path / "lib").iterdir())  # nothing was done

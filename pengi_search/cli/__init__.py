@@ -131,12 +131,15 @@ def _says_usage_errors() -> bool:
     process of each machine says it, the others end well, saying nothing (`torchrun_env.said_once_per_machine`). An
     environment that cannot be torchrun's does not keep any process quiet: each says the mistake."""
     from ..errors import UsageError
-    from ..torchrun_env import first_on_machine
+    from ..torchrun_env import ends_after_the_machines_others, first_on_machine
 
     try:
-        return first_on_machine()
+        first = first_on_machine()
     except UsageError:
         return True
+    if first:
+        ends_after_the_machines_others()
+    return first
 
 
 app = App(
