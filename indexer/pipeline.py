@@ -54,6 +54,7 @@ from pengi_search.library import Library
 from pengi_search.model_dir import ModelDir
 from pengi_search.pathnames import shown
 from pengi_search.scan import Entry, ScanResult, has_extension, hidden_path, inside, scan
+from pengi_search.torchrun_env import said_once_per_machine
 from pengi_search.units import count_text, for_count
 
 from .captions import CaptionPass, CaptionResult, IndexModel
@@ -78,22 +79,20 @@ def run_index(options: IndexOptions, progress: ProgressReporter | None = None) -
     """Index `options.roots` into the library at `options.db`; see the module docstring."""
     started = time.monotonic()
     rank = Rank.from_env()
-    if rank is not None:  # each rank's GPU, before any work (said once per machine where there are too few)
-        options = replace(options, device=rank.device(options.device))
-    shard = options.shard or (rank.shard if rank is not None and rank.world_size > 1 else None)
-    if options.reindex and shard is not None and rank is None:
-        raise IndexerError(
-            "--reindex", "cannot be combined with --shard (shards run apart); re-index without --shard, or use torchrun"
-        )
-    scanned = scan(options.roots, options.extensions, hidden=options.hidden)
-    shard_name = None if shard is None else str(shard)
-    try:
+    # Every rank of a torchrun run checks the same options, paths, model and database before the ranks connect (at
+    # the end), and meets the same mistakes there: the first rank of each machine alone says them.
+    with said_once_per_machine():
+        options, shard = _placed(options, rank)
+        scanned = scan(options.roots, options.extensions, hidden=options.hidden)
         # A new library is created only once the run can work: a missing model fails first, leaving nothing behind.
         choice = None
         if not library_exists(options.db):
             _check_something_to_index(options, scanned)
             choice = _choose_model(options, None)
-        with Library.open(options.db) as library, indexing_lock(library.store, shard_name, wait=options.wait):
+        library = Library.open(options.db)
+    shard_name = None if shard is None else str(shard)
+    try:
+        with library, indexing_lock(library.store, shard_name, wait=options.wait):
             stale = library.store.interrupt_stale_runs(shard_name)
             summary = _Run(library, options, shard, rank, progress, started, choice).execute(scanned)
             summary.stale_runs = stale
@@ -102,6 +101,19 @@ def run_index(options: IndexOptions, progress: ProgressReporter | None = None) -
             rank.close()
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _placed(options: IndexOptions, rank: Rank | None) -> tuple[IndexOptions, Shard | None]:
+    """The options with this rank's device (said once per machine where it has too few GPUs), and the shard this
+    process indexes: `--shard`, else its torchrun rank's."""
+    if rank is not None:
+        options = replace(options, device=rank.device(options.device))
+    shard = options.shard or (rank.shard if rank is not None and rank.world_size > 1 else None)
+    if options.reindex and shard is not None and rank is None:
+        raise IndexerError(
+            "--reindex", "cannot be combined with --shard (shards run apart); re-index without --shard, or use torchrun"
+        )
+    return options, shard
 
 
 def _check_something_to_index(options: IndexOptions, scanned: ScanResult) -> None:
@@ -221,7 +233,8 @@ class _Run:
         summary = self.summary
         summary.unreadable_dirs = [FailedFile(path, reason) for path, reason in scanned.unreadable_dirs]
         if self.options.reindex or self.options.model is not None or self.options.text_embedder is not None:
-            self._choose()  # asked for explicitly: checked even when nothing needs indexing
+            with said_once_per_machine():  # asked for explicitly, so by every rank alike
+                self._choose()  # checked even when nothing needs indexing
         self.run_id = summary.run_id = self.store.start_run(summary.shard)
         status = "failed"
         try:

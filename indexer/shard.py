@@ -2,8 +2,8 @@
 
 A file belongs to shard i of n when a stable hash of its path is i modulo n, so every process agrees on the split
 without talking to the others. Under `torchrun` the shard comes from RANK / WORLD_SIZE and each rank uses the GPU
-LOCAL_RANK (a machine with fewer GPUs than ranks is refused at the start); the ranks meet once at the end so that
-rank 0 brings the FAISS files in line with everything written.
+LOCAL_RANK, as `pengi_search.torchrun_env` reads them (a machine with fewer GPUs than ranks is refused at the start);
+the ranks meet once at the end so that rank 0 brings the FAISS files in line with everything written.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from pengi_search import torchrun_env
 from pengi_search.choices import Device
-from pengi_search.torchrun_env import gpu_of_process
+from pengi_search.torchrun_env import Place, gpu_of_process
 
 BARRIER_TIMEOUT = timedelta(days=7)  # ranks wait at the end for the slowest one, however long its share takes
 
@@ -49,35 +50,30 @@ class Shard:
 class Rank:
     """This process's place in a `torchrun` job."""
 
-    rank: int
-    world_size: int
-    local_rank: int
-    on_machine: int | None = None  # the ranks torchrun started on this machine (LOCAL_WORLD_SIZE), when it says
+    place: Place
     _group: bool = field(default=False, init=False, repr=False, compare=False)  # we started the process group
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Rank | None:
-        """The rank that torchrun set in the environment (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE); None
-        outside torchrun."""
-        if "RANK" not in env or "WORLD_SIZE" not in env:
-            return None
-        try:
-            rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
-            local = int(env.get("LOCAL_RANK", rank))
-            on_machine = int(env["LOCAL_WORLD_SIZE"]) if "LOCAL_WORLD_SIZE" in env else None
-        except ValueError as exc:
-            raise ValueError(
-                f"bad torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE): {exc}"
-            ) from exc
-        return cls(rank, world, local, on_machine)
+        """The rank that torchrun set in the environment (`torchrun_env.place`); None outside torchrun."""
+        here = torchrun_env.place(env)
+        return cls(here) if here.launched else None
+
+    @property
+    def world_size(self) -> int:
+        return self.place.world_size
+
+    @property
+    def local_rank(self) -> int:
+        return self.place.local_rank
 
     @property
     def shard(self) -> Shard:
-        return Shard(self.rank, self.world_size)
+        return Shard(self.place.rank, self.world_size)
 
     @property
     def leads(self) -> bool:
-        return self.rank == 0
+        return self.place.rank == 0
 
     def device(self, requested: str) -> str:
         """Each rank on its own GPU when the device is `auto` or `cuda` (as the trainer places its processes: a
@@ -89,7 +85,7 @@ class Rank:
 
         if not torch.cuda.is_available():  # `cuda` without a GPU: refused as it is elsewhere (`device_unavailable`)
             return Device.cpu.value if requested == Device.auto else requested
-        return gpu_of_process(self.local_rank, self.on_machine, "give --device cpu")
+        return gpu_of_process(self.local_rank, self.place.local_world_size, "give --device cpu")
 
     def barrier(self) -> None:
         """Wait until every rank got here (a CPU 'gloo' group, so it works with or without GPUs)."""
@@ -98,7 +94,7 @@ class Rank:
         import torch.distributed as dist
 
         if not dist.is_initialized():
-            dist.init_process_group("gloo", rank=self.rank, world_size=self.world_size, timeout=BARRIER_TIMEOUT)
+            dist.init_process_group("gloo", rank=self.place.rank, world_size=self.world_size, timeout=BARRIER_TIMEOUT)
             self._group = True
         dist.barrier()
 

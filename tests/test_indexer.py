@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,7 +22,7 @@ from pengi_search.audio import iter_windows
 from pengi_search.cli import app
 from pengi_search.db import StoreMismatchError
 from pengi_search.embedders import PengiTextEmbedder, TextEmbedderError
-from pengi_search.errors import EXIT_USAGE, UsageError
+from pengi_search.errors import EXIT_FAILED, EXIT_USAGE, UsageError
 from pengi_search.inference import Engine
 from pengi_search.library import Library
 from pengi_search.model_dir import ModelDir
@@ -38,6 +39,7 @@ from .indexing import (
     window_vectors,
     write_tone,
 )
+from .torchrun_runs import torchrun
 
 PROMPTS = [TASK_PROMPTS["caption"], TASK_PROMPTS["sound_event"]]
 
@@ -458,3 +460,45 @@ def test_a_launcher_that_does_not_say_how_many_ranks_share_the_machine_leaves_ea
     with pytest.raises(UsageError) as refused:
         Rank.from_env().device("auto")
     assert str(refused.value).startswith("process 2 of this machine (torchrun's LOCAL_RANK): PyTorch sees 2 CUDA GPUs")
+
+
+@pytest.mark.parametrize(
+    ("case", "said", "code"),
+    [
+        ("no-audio", "empty: no audio file in this folder", EXIT_USAGE),
+        ("watch", "--watch: one process watches the whole library: leave out --shard and torchrun", EXIT_USAGE),
+        ("bad-option", "No such option: --bogus", EXIT_USAGE),
+        ("db-folder", "lib is a folder, not a database file", EXIT_USAGE),
+        # Not offered for download: every rank would fetch it at once (said: run `pengi-search model fetch base`)
+        ("no-model", "models: no Pengi model is installed here: run `pengi-search model fetch base`", EXIT_FAILED),
+    ],
+)
+def test_under_torchrun_a_failure_every_rank_meets_before_they_connect_is_said_once_per_machine(
+    tiny_model_dir, tmp_path, monkeypatch, case: str, said: str, code: int
+):
+    """Each rank checks the same options, folders, model and database before the ranks connect, and each said
+    what it found wrong (`error: ...` once per rank). The machine's first rank (LOCAL_RANK 0) says it, once, with
+    its exit code (which torchrun reports, exiting 1); the others end well, without a word, so that torchrun does
+    not stop the first (SIGTERM) before it has said it."""
+    write_tone(tmp_path / "sounds" / "tone.wav", 1.0)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "lib").mkdir()
+    monkeypatch.setenv("PENGI_SEARCH_HOME", str(tmp_path / "home"))  # no model installed
+    options = {
+        "no-audio": ["empty"],
+        "watch": ["sounds", "--watch"],
+        "bad-option": ["sounds", "--bogus"],
+        "db-folder": ["sounds", "--db", "lib"],
+        "no-model": ["sounds"],
+    }[case]
+    model = [] if case == "no-model" else ["--model", str(tiny_model_dir)]
+    common = ["--device", "cpu", "--workers", "0", *model]
+    launched = torchrun(*options, *common, cwd=tmp_path, entry=("-m", "indexer"))
+    assert launched.returncode != 0 and launched.stderr.count("error: ") == 1, launched.stderr[-3000:]
+    assert said in launched.stderr, launched.stderr[-3000:]
+    assert re.search(rf"rank\s*: 0 .*\n\s*exitcode\s*: {code} ", launched.stderr), launched.stderr[-3000:]
+    # The first rank ends after the other: torchrun, which stops the ranks still running once one fails, stopped
+    # it as it set up, and reported it as a failure of its own (`exitcode: -15`).
+    assert "SIGTERM" not in launched.stderr and "interrupted" not in launched.stderr, launched.stderr[-3000:]
+    assert not re.search(r"rank\s*: 1 .*\n\s*exitcode", launched.stderr), launched.stderr[-3000:]
+    assert not (tmp_path / "index.db").exists() and not list((tmp_path / "lib").iterdir())  # nothing was done

@@ -6,7 +6,6 @@ import dataclasses
 import functools
 import io
 import json
-import os
 import re
 import shlex
 import shutil
@@ -48,8 +47,9 @@ from trainer.reporting import METRICS_FILE, TrainingProgress, read_metrics
 from trainer.resume_plan import EpochSize, RunRecord, check_steps
 from trainer.state import Position
 
-from .indexing import kill_session, signal_when
+from .indexing import signal_when
 from .reference import fixture_dirs, missing_reference
+from .torchrun_runs import TORCHRUN_ENV, torchrun, torchrun_command
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "trainer" / "example.yaml"
 SAMPLE_RATE = 44_100
@@ -737,30 +737,9 @@ def test_more_processes_than_gpus_are_said_once_per_machine_by_its_first_process
     assert not (tmp_path / "run").exists()
 
 
-TORCHRUN_ENV = {"OMP_NUM_THREADS": "1"}
-# Bounds of a torchrun run, against a hang: a test fails then instead of holding CI (gloo waits 30 minutes for a
-# collective a process never enters). A run of a few steps takes half a minute, two on a loaded machine; after a stop
-# signal a run ends within a step, a checkpoint and the model (torchrun kills what outstays 30 s of its own stop).
-TORCHRUN_S = 240
+# How long a run may take to end after a stop signal (within a step, a checkpoint and the model; torchrun kills what
+# outstays 30 s of its own stop), against a hang as `torchrun_runs.TORCHRUN_S`.
 TORCHRUN_STOP_S = 120
-
-
-def torchrun_command(*arguments: str, entry: tuple[str, ...] = ("-m", "trainer")) -> list[str]:
-    """`torchrun --standalone --nproc-per-node 2 -m trainer ARGUMENTS` on this machine's CPUs (or another `entry`)."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    return [*command, *entry, *arguments]
-
-
-def torchrun(*arguments: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run `torchrun_command(ARGUMENTS)` to its end, within `TORCHRUN_S`; its workers too are killed after it."""
-    launch, env = torchrun_command(*arguments), {**os.environ, **TORCHRUN_ENV}
-    pipe = subprocess.PIPE
-    process = subprocess.Popen(launch, env=env, stdout=pipe, stderr=pipe, text=True, cwd=cwd, start_new_session=True)
-    try:
-        stdout, stderr = process.communicate(timeout=TORCHRUN_S)
-    finally:
-        kill_session(process)  # torchrun starts each worker in a session of its own: killing it leaves them
-    return subprocess.CompletedProcess(launch, process.returncode, stdout, stderr)
 
 
 def test_two_gloo_processes_equal_one_process_with_the_combined_batch(tmp_path, sounds, tiny_model_dir) -> None:

@@ -1,6 +1,7 @@
 """Processes of a run: one, or several started by `torchrun` (NCCL on GPUs, gloo on CPUs).
 
-`torchrun` sets RANK, WORLD_SIZE and LOCAL_RANK; with WORLD_SIZE > 1 the process group is initialised from them.
+`torchrun` sets RANK, WORLD_SIZE and LOCAL_RANK (read by `pengi_search.torchrun_env.place`); with WORLD_SIZE > 1 the
+process group is initialised from them.
 """
 
 from __future__ import annotations
@@ -9,14 +10,13 @@ import gc
 import hashlib
 import os
 import socket
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from pengi_search.torchrun_env import gpu_of_process, local_process_count, process_count
+from pengi_search.torchrun_env import SIBLINGS_WAIT_S, gpu_of_process, place, wait_until_ended
 
 
 @dataclass(frozen=True)
@@ -45,15 +45,15 @@ def resolve_device(choice: str, local_rank: int, on_machine: int | None = None) 
 
 
 def start_processes(device_choice: str) -> Processes:
-    world_size = process_count()
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_choice, local_rank, local_process_count())
+    here = place()
+    device = resolve_device(device_choice, here.local_rank, here.local_world_size)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://")
-    return Processes(rank, world_size, local_rank, device)
+    if here.world_size > 1 and not dist.is_initialized():
+        # The rank as `place` reads it: a hand-set LOCAL_RANK stands for a RANK left out (one machine).
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, init_method="env://", rank=here.rank, world_size=here.world_size)
+    return Processes(here.rank, here.world_size, here.local_rank, device)
 
 
 def part_processes(processes: Processes) -> list[int]:
@@ -80,10 +80,7 @@ def end_last(pids: list[int]) -> None:
     interrupted (130, 143), the others with 0. Had it ended first, a process that had finished its work would be
     reported as stopped. Bounded: a process kept busy after the run (or one whose end cannot be seen) does not hold
     rank 0 for longer than `SIBLINGS_WAIT_S`."""
-    _wait_until_ended(pids, SIBLINGS_WAIT_S)
-
-
-SIBLINGS_WAIT_S = 30.0
+    wait_until_ended(pids, SIBLINGS_WAIT_S)
 
 
 def _other_local_pids(processes: Processes) -> list[int]:
@@ -92,27 +89,6 @@ def _other_local_pids(processes: Processes) -> list[int]:
     everyone: list[Any] = [None] * processes.world_size
     dist.all_gather_object(everyone, here)
     return [pid for host, pid in everyone if host == here[0] and pid != here[1]]
-
-
-def _wait_until_ended(pids: list[int], timeout_s: float) -> None:
-    """Return once every process of `pids` has ended (exited, or exited and not yet reaped), or after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while any(map(_running, pids)) and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process now: ours has ended
-        return False
-    try:  # a process that exited but that its parent (torchrun) has not reaped yet is a zombie: ended
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rpartition(b")")[2].split()[0] != b"Z"
-    except OSError:
-        return True  # no /proc (not Linux): running until its parent reaps it
 
 
 def wait_for_all(processes: Processes) -> None:

@@ -111,6 +111,8 @@ def _argument_name(argument: Any) -> str:
 
 
 def _usage_error(err: Any) -> NoReturn:
+    if not _says_usage_errors():
+        raise typer.Exit(0)
     # Typer tells this one by its name too: its "message" is the help, which Typer has drawn on a terminal, and which
     # comes as text elsewhere (`help_text`) for us to write.
     if type(err).__name__ == "NoArgsIsHelpError":
@@ -122,6 +124,22 @@ def _usage_error(err: Any) -> NoReturn:
         message = " ".join(err.format_message().replace("Value error, ", "").split())
         fail(message + hint, err.exit_code)
     raise typer.Exit(err.exit_code)
+
+
+def _says_usage_errors() -> bool:
+    """Under torchrun every process meets the option parser's mistake, before the processes connect: the first
+    process of each machine says it, the others end well, saying nothing (`torchrun_env.said_once_per_machine`). An
+    environment that cannot be torchrun's does not keep any process quiet: each says the mistake."""
+    from ..errors import UsageError
+    from ..torchrun_env import ends_after_the_machines_others, first_on_machine
+
+    try:
+        first = first_on_machine()
+    except UsageError:
+        return True
+    if first:
+        ends_after_the_machines_others()
+    return first
 
 
 app = App(

@@ -47,11 +47,14 @@ def fetches_model(command: F) -> F:
     @functools.wraps(command)
     def wrapper(*args: Any, yes: bool = False, **kwargs: Any) -> Any:
         from ..model_dir import ModelNotFoundError, release_to_fetch
+        from ..torchrun_env import process_count
 
         try:
             return command(*args, **kwargs)
         except ModelNotFoundError:
-            if release_to_fetch(kwargs.get("model")) is None:
+            # Never under torchrun, where every process would download it at once (or the machine's first alone,
+            # the others having ended as they leave failures to it, `torchrun_env`): said, with the fetch command.
+            if release_to_fetch(kwargs.get("model")) is None or process_count() > 1:
                 raise
         ensure_model(kwargs.get("model"), assume_yes=yes)
         return command(*args, **kwargs)

@@ -178,20 +178,22 @@ def index(
     from ..audio import AUDIO_EXTENSIONS
     from ..audio_workers import default_workers
     from ..scan import parse_extensions
+    from ..torchrun_env import said_once_per_machine
     from .index_watch import check_watch_options, keep_watching
 
-    if fast and recaption_fast:
-        raise UsageError("--recaption-fast", "writes exact captions: leave out --fast")
-    check_watch_options(watch, debounce, shard=shard, reindex=reindex, retry_errors=retry_errors)
+    with said_once_per_machine():  # under torchrun, every rank meets a mistake here: the machine's first says it
+        if fast and recaption_fast:
+            raise UsageError("--recaption-fast", "writes exact captions: leave out --fast")
+        check_watch_options(watch, debounce, shard=shard, reindex=reindex, retry_errors=retry_errors)
+        try:
+            extensions = AUDIO_EXTENSIONS if ext is None else parse_extensions(ext)
+        except ValueError as exc:
+            raise UsageError("", str(exc)) from exc
+        try:
+            shard_part = None if shard is None else Shard.parse(shard)
+        except ValueError as exc:
+            raise UsageError("", f"--shard: {exc}") from exc
     apply_threads(threads)
-    try:
-        extensions = AUDIO_EXTENSIONS if ext is None else parse_extensions(ext)
-    except ValueError as exc:
-        raise UsageError("", str(exc)) from exc
-    try:
-        shard_part = None if shard is None else Shard.parse(shard)
-    except ValueError as exc:
-        raise UsageError("", f"--shard: {exc}") from exc
     options = IndexOptions(
         roots=paths,
         db=db,

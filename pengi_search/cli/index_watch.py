@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
 from ..errors import UsageError
+from ..torchrun_env import process_count
 from .common import err_console
 
 if TYPE_CHECKING:
@@ -24,8 +25,6 @@ def check_watch_options(
     watch: bool, debounce: float | None, *, shard: str | None, reindex: bool, retry_errors: bool
 ) -> None:
     """Refuse, before any work, what makes no sense when the same run is made again at every change."""
-    from indexer.shard import Rank
-
     if not watch:
         if debounce is not None:
             raise UsageError("--debounce", "says when --watch starts a run: add --watch, or leave it out")
@@ -34,8 +33,7 @@ def check_watch_options(
         raise _once_first("--reindex", "index the whole library again")
     if retry_errors:
         raise _once_first("--retry-errors", "retry every file that failed")
-    rank = Rank.from_env()
-    if shard is not None or (rank is not None and rank.world_size > 1):
+    if shard is not None or process_count() > 1:
         raise UsageError("--watch", "one process watches the whole library: leave out --shard and torchrun")
 
 

@@ -35,20 +35,6 @@ class _RunByDefault(Group):
             args = [RUN, *args]
         return super().parse_args(ctx, args)
 
-    def invoke(self, ctx: click.Context) -> object:
-        """Under torchrun, a mistake the option parser finds in a subcommand's options is said by the first process
-        of each machine alone, as the run's other failures before its processes connect are
-        (`pengi_search.torchrun_env`): the others end well."""
-        from ..torchrun_env import first_on_machine
-        from . import ParserUsageError
-
-        try:
-            return super().invoke(ctx)
-        except ParserUsageError:
-            if first_on_machine():
-                raise
-            raise typer.Exit(0) from None
-
 
 app = App(
     cls=_RunByDefault,

@@ -1,0 +1,36 @@
+"""Runs under torchrun for the tests: two processes on this machine's CPUs (gloo), bounded against a hang."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .indexing import kill_session
+
+TORCHRUN_ENV = {"OMP_NUM_THREADS": "1"}
+# Bounds of a torchrun run, against a hang: a test fails then instead of holding CI (gloo waits 30 minutes for a
+# collective a process never enters). A run of a few steps takes half a minute, two on a loaded machine.
+TORCHRUN_S = 240
+TRAINER = ("-m", "trainer")
+
+
+def torchrun_command(*arguments: str, entry: tuple[str, ...] = TRAINER) -> list[str]:
+    """`torchrun --standalone --nproc-per-node 2 -m trainer ARGUMENTS` on this machine's CPUs (or another `entry`:
+    `("-m", "indexer")`, a script)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    return [*command, *entry, *arguments]
+
+
+def torchrun(*arguments: str, cwd: Path | None = None, entry: tuple[str, ...] = TRAINER) -> subprocess.CompletedProcess:
+    """Run `torchrun_command(ARGUMENTS, entry=entry)` to its end, within `TORCHRUN_S`; its workers too are killed
+    after it."""
+    launch, env = torchrun_command(*arguments, entry=entry), {**os.environ, **TORCHRUN_ENV}
+    pipe = subprocess.PIPE
+    process = subprocess.Popen(launch, env=env, stdout=pipe, stderr=pipe, text=True, cwd=cwd, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=TORCHRUN_S)
+    finally:
+        kill_session(process)  # torchrun starts each worker in a session of its own: killing it leaves them
+    return subprocess.CompletedProcess(launch, process.returncode, stdout, stderr)
