@@ -284,6 +284,12 @@ class Classifier:
         self.fast = fast
         self.notify = notify
         self._engine = engine
+        # What a stored caption must record to be this run's own (`TextRecord.decoded_as`): the engine given, or
+        # the one `engine()` will load, decodes in --fast mode or not, and the settings do not change.
+        self._fast_captions = fast if engine is None else engine.mode != EXACT_MODE
+        self._caption_decoding = decoding_settings(
+            settings.beam, settings.max_len, settings.stop, fast=self._fast_captions
+        )
         self._embedder: TextEmbedder | None = None
         self._label_vectors: np.ndarray | None = None
         self._answers = (
@@ -389,10 +395,7 @@ class Classifier:
 
     def _own_caption(self, texts: Sequence[TextRecord]) -> str | None:
         """The window's stored caption if this run would have written it (`TextRecord.decoded_as`), else None."""
-        settings = self.settings
-        fast = self.fast if self._engine is None else self._engine.mode != EXACT_MODE
-        decoding = decoding_settings(settings.beam, settings.max_len, settings.stop, fast=fast)
-        prompt = TASK_PROMPTS["caption"]
+        prompt, decoding, fast = TASK_PROMPTS["caption"], self._caption_decoding, self._fast_captions
         return next((t.text for t in texts if t.prompt == prompt and t.decoded_as(decoding, fast=fast)), None)
 
     def _window_scores(self, windows: list[Window]) -> list[np.ndarray]:
