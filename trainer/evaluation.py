@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from pengi_search.chunking import chunked
 from pengi_search.decoding import GenerationConfig
 from pengi_search.inference import Engine
 from pengi_search.model import Pengi
@@ -87,8 +88,8 @@ def row_embeddings(
     good = [item for item in items if "error" not in item]
     encoder = model.audio_encoder
     out = []
-    for start in range(0, len(good), batch_size):
-        audio = torch.stack([item["audio"] for item in good[start : start + batch_size]]).to(device)
+    for batch in chunked(good, batch_size):
+        audio = torch.stack([item["audio"] for item in batch]).to(device)
         out.append((encoder.project(audio) if cached else encoder(audio)).float())
     embeds = torch.cat(out) if out else torch.empty(0, model.cfg.d_proj, device=device)
     return embeds, [item["index"] for item in good]
