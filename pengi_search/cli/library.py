@@ -7,13 +7,13 @@ import logging
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from ..units import count_text, duration_text, for_count, size_text
+from ..units import count_text, duration_text, for_count, moment_text, size_text
 from ..written_aside import written_aside
 from .common import (
     EXIT_FAILED,
@@ -274,20 +274,16 @@ def _run_line(run: dict[str, Any]) -> str:
     shard = f" (shard {run['shard']})" if run["shard"] else ""
     if run["finished_at"] is not None:
         finished = datetime.fromisoformat(run["finished_at"])
-        end = f"ended {_when(finished)} ({_duration((finished - started).total_seconds())})"
+        end = f"ended {moment_text(finished)} ({_duration((finished - started).total_seconds())})"
     elif run["status"] == "running":
         end = "not ended yet"
     else:
         end = "end unknown (its process died)"
     return (
-        f"run {run['id']}{shard}: {run['status']}; started {_when(started)}, {end}; "
+        f"run {run['id']}{shard}: {run['status']}; started {moment_text(started)}, {end}; "
         f"{run['files_seen']} seen, {run['files_indexed']} indexed, {run['files_failed']} failed, "
         f"{run['files_pruned']} pruned"
     )
-
-
-def _when(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _duration(seconds: float) -> str:

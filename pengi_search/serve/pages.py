@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -23,7 +23,7 @@ from markupsafe import Markup
 from ..choices import DEFAULT_HYBRID_WEIGHT
 from ..errors import PengiSearchError
 from ..pathnames import shown
-from ..units import duration_text, seconds_text, span_ends
+from ..units import duration_text, moment_text, seconds_text, span_ends
 from . import media
 from .api import MAX_LABELS_BYTES, ServiceDep, parse_labels, read_upload
 from .errors import InvalidParameter, RequestError, answer_status, status_headers
@@ -87,8 +87,7 @@ def when(stamp: str | None) -> str:
         moment = datetime.fromisoformat(stamp)
     except ValueError:
         return stamp
-    zone = "UTC" if moment.utcoffset() == timedelta(0) else moment.strftime("%z")
-    return f"{moment:%Y-%m-%d %H:%M:%S} {zone}".rstrip()
+    return moment_text(moment)
 
 
 def error_page(status: int, detail: str) -> str:
