@@ -29,7 +29,7 @@ from .api import MAX_LABELS_BYTES, ServiceDep, parse_labels, read_upload
 from .errors import InvalidParameter, RequestError, answer_status, status_headers
 from .kept_clips import KEEP_S
 from .service import Found, SearchParams
-from .uploads import larger_than, size_text
+from .uploads import larger_than, limit_text
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(
@@ -399,7 +399,7 @@ def _upload_result(
 
 def _upload_response(request: Request, svc: ServiceDep, status: int = 200, **results: Any) -> HTMLResponse:
     most = svc.settings.max_upload_bytes
-    limits = {"size": size_text(most), "seconds": svc.settings.max_upload_s}
+    limits = {"size": limit_text(most), "seconds": svc.settings.max_upload_s}
     # Each file box's limit in bytes and what is said past it, which the page says before sending (static/app.js)
     limits["clip"] = {"bytes": most, "reason": larger_than(most)}
     limits["labels"] = {"bytes": MAX_LABELS_BYTES, "reason": larger_than(MAX_LABELS_BYTES)}
