@@ -47,7 +47,7 @@ from .pathnames import path_fields, shown
 from .paths import as_path
 from .prompts import TASK_PROMPTS
 from .text_files import csv_rows, read_text
-from .ties import tied_groups
+from .ties import rank
 from .truth import LabelsError, Truth
 
 if TYPE_CHECKING:
@@ -211,16 +211,6 @@ class ClassifySettings:
         object.__setattr__(self, "stop", StopRule(self.stop))
         object.__setattr__(self, "long_prompts", LongPrompt(self.long_prompts))
         apply_template(self.template, "")
-
-
-def rank(labels: Sequence[str], scores: np.ndarray) -> list[tuple[str, float]]:
-    """Labels with their scores, best first; labels that tie (`ties.TIE_TOLERANCE`: two that embed alike, as
-    "Dog" and "dog" do through a tokenizer that lower-cases) in the order of their names, not of the labels file or
-    the truth's rows, which would make the top-1 accuracy depend on them."""
-    order = sorted(range(len(labels)), key=lambda i: -float(scores[i]))
-    groups = tied_groups(((labels[i], float(scores[i])) for i in order), key=str)
-    score_of = dict(zip(labels, map(float, scores), strict=True))
-    return [(label, score_of[label]) for group in groups for label in group]
 
 
 def _model_dir_of(model_dir: ModelDir | str | os.PathLike[str] | None, engine: Engine | None) -> ModelDir:

@@ -1,11 +1,11 @@
-"""Which scores tie, and the order tied results go in: one rule for `classify` (labels) and `eval` (files,
-captions, labels, average precision). Kept free of numpy and the database, so that `evaluation.metrics` stays
-light to import."""
+"""Which scores tie, and the order tied results go in: one rule for `classify` (labels), `eval` (files,
+captions, labels, average precision) and the trainer's label accuracy. Kept free of numpy and the database, so
+that `evaluation.metrics` stays light to import."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -26,3 +26,13 @@ def tied_groups(found: Iterable[tuple[T, float]], key: Callable[[T], Any]) -> li
             top = score
         groups[-1].append(item)
     return [sorted(group, key=key) for group in groups]
+
+
+def rank(labels: Sequence[str], scores: Sequence[float]) -> list[tuple[str, float]]:
+    """Labels with their scores, best first; labels that tie (`TIE_TOLERANCE`: two that embed alike, as "Dog" and
+    "dog" do through a tokenizer that lower-cases) in the order of their names, not of the labels file or the
+    truth's rows, which would make the top-1 accuracy depend on them."""
+    order = sorted(range(len(labels)), key=lambda i: -float(scores[i]))
+    groups = tied_groups(((labels[i], float(scores[i])) for i in order), key=str)
+    score_of = dict(zip(labels, map(float, scores), strict=True))
+    return [(label, score_of[label]) for group in groups for label in group]

@@ -24,6 +24,7 @@ from pengi_search.chunking import chunked
 from pengi_search.decoding import GenerationConfig
 from pengi_search.inference import Engine
 from pengi_search.model import Pengi
+from pengi_search.ties import rank
 from pengi_search.tokenization import Tokenizers
 from trainer.data import Example, example_loader
 from trainer.distributed import Processes, sum_across
@@ -194,8 +195,8 @@ def label_metrics(
         labels = candidates[prompt]
         scores = engine.score(embeds[at], prompt, labels)
         for i, row_scores in zip(at, scores, strict=True):
-            order = np.argsort([-score.mean for score in row_scores])
-            ranked = [labels[j] for j in order]
+            # As `classify --method loglik` ranks them: labels that tie go in name order, not the scores' noise.
+            ranked = [label for label, _ in rank(labels, [score.mean for score in row_scores])]
             top1.append(ranked[0] == truths[i])
             topk.append(truths[i] in ranked[:top_k])
     n = max(len(kept), 1)
