@@ -1,5 +1,5 @@
-"""What torchrun tells each process of a run in its environment (WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE), read
-without torch: the command line reads it before the training or indexing code loads (seconds), to check the run and
+"""What torchrun tells each process of a run in its environment (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE),
+read without torch: the command line reads it before the training or indexing code loads (seconds), to check the run and
 say what is wrong with it.
 
 Before the processes connect, every process of a machine checks the same configuration, options and files, and
@@ -27,6 +27,16 @@ def process_count() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def process_rank() -> int:
+    """This process's place in the run: torchrun's RANK, else 0 (the run's only process)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def local_rank() -> int:
+    """This process's place among its machine's: torchrun's LOCAL_RANK, else 0 (the machine's only process)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def local_process_count() -> int | None:
     """How many processes torchrun started on this machine (LOCAL_WORLD_SIZE); None when no launcher said."""
     count = os.environ.get("LOCAL_WORLD_SIZE")
@@ -35,7 +45,7 @@ def local_process_count() -> int | None:
 
 def first_on_machine() -> bool:
     """Whether this process is the first of its machine (torchrun's LOCAL_RANK 0), or the run's only one."""
-    return int(os.environ.get("LOCAL_RANK", "0")) == 0
+    return local_rank() == 0
 
 
 @contextlib.contextmanager

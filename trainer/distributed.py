@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from pengi_search.torchrun_env import gpu_of_process, local_process_count, process_count
+from pengi_search.torchrun_env import gpu_of_process, local_process_count, local_rank, process_count, process_rank
 
 
 @dataclass(frozen=True)
@@ -46,14 +46,13 @@ def resolve_device(choice: str, local_rank: int, on_machine: int | None = None) 
 
 def start_processes(device_choice: str) -> Processes:
     world_size = process_count()
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_choice, local_rank, local_process_count())
+    rank, local = process_rank(), local_rank()
+    device = resolve_device(device_choice, local, local_process_count())
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://")
-    return Processes(rank, world_size, local_rank, device)
+    return Processes(rank, world_size, local, device)
 
 
 def part_processes(processes: Processes) -> list[int]:
