@@ -29,6 +29,8 @@ from .common import (
 )
 from .index import IndexTypeOption
 
+STATS_RUNS = 5  # the latest runs `stats` shows
+
 RebuildJsonOption = json_option("an object {vectors, vector_indexes, seconds}.")
 EfSearchOption = Annotated[
     int | None,
@@ -109,22 +111,11 @@ def stats(db: DbOption = None, json_output: StatsJsonOption = False) -> None:
 
     Example: pengi-search stats --json
     """
-    from ..db import caption_stats, sqlite_file
     from ..db.urls import db_option
     from ..library import Library
-    from ..pathnames import path_fields
 
     with Library.open(db, read_only=True) as library:
-        data = library.store.stats()
-        data["captions"] = caption_stats(library.store)
-        data["truncated"] = [
-            {**path_fields(record.path), "note": record.truncated} for record in library.store.truncated_files()
-        ]
-        data["failed"] = [{**path_fields(path), "error": error} for path, error in library.store.failed_files()]
-        data["runs"] = [run.to_json() for run in library.store.runs(limit=5)]
-        db_file = sqlite_file(library.db_url)
-        data["database_bytes"] = None if db_file is None else _sqlite_bytes(db_file)
-        data["vector_indexes"] = library.indexes_json()
+        data = library.stats_json(runs=STATS_RUNS)
     if json_output:
         print_json(data)
     else:
@@ -214,19 +205,6 @@ def _index_kind(info: dict[str, Any]) -> str:
 
 
 _KNOB_LABELS = {"ef_search": "efSearch", "nprobe": "nprobe"}  # as FAISS names them
-
-
-def _size(path: Path) -> int | None:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return None
-
-
-def _sqlite_bytes(db_file: Path) -> int | None:
-    """The database file with its write-ahead log."""
-    sizes = [_size(Path(f"{db_file}{suffix}")) for suffix in ("", "-wal")]
-    return None if sizes[0] is None else sum(size or 0 for size in sizes)
 
 
 def _print_stats(data: dict[str, Any], db_option: str) -> None:
