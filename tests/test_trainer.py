@@ -50,6 +50,7 @@ from trainer.state import Position
 
 from .indexing import kill_session, signal_when
 from .reference import fixture_dirs, missing_reference
+from .test_progress import Screen
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "trainer" / "example.yaml"
 SAMPLE_RATE = 44_100
@@ -1247,10 +1248,11 @@ def test_the_encoding_bar_is_drawn_from_the_first_clip_encoded(monkeypatch) -> N
     consoles: list[Console] = []
 
     def console(**_: object) -> Console:
-        consoles.append(Console(file=io.StringIO(), force_terminal=True, width=80))
+        consoles.append(Console(file=Screen(), width=80))
         return consoles[-1]
 
     monkeypatch.setattr(run_data, "make_console", console)
+    monkeypatch.setenv("TERM", "xterm")  # a terminal that redraws a line (a bar is off where TERM=dumb)
     with run_data.progress_bar(True) as advance:
         pass  # every clip came from the cache
     assert consoles[0].file.getvalue() == ""
