@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from pengi_search.choices import Device
-from pengi_search.torchrun_env import gpu_of_process
+from pengi_search.torchrun_env import gpu_of_process, local_rank, process_rank
 
 BARRIER_TIMEOUT = timedelta(days=7)  # ranks wait at the end for the slowest one, however long its share takes
 
@@ -62,8 +62,7 @@ class Rank:
         if "RANK" not in env or "WORLD_SIZE" not in env:
             return None
         try:
-            rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
-            local = int(env.get("LOCAL_RANK", rank))
+            rank, world, local = process_rank(env), int(env["WORLD_SIZE"]), local_rank(env)
             on_machine = int(env["LOCAL_WORLD_SIZE"]) if "LOCAL_WORLD_SIZE" in env else None
         except ValueError as exc:
             raise ValueError(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from .choices import device_unavailable
 from .errors import UsageError
@@ -27,14 +27,15 @@ def process_count() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def process_rank() -> int:
+def process_rank(env: Mapping[str, str] = os.environ) -> int:
     """This process's place in the run: torchrun's RANK, else 0 (the run's only process)."""
-    return int(os.environ.get("RANK", "0"))
+    return int(env.get("RANK", "0"))
 
 
-def local_rank() -> int:
-    """This process's place among its machine's: torchrun's LOCAL_RANK, else 0 (the machine's only process)."""
-    return int(os.environ.get("LOCAL_RANK", "0"))
+def local_rank(env: Mapping[str, str] = os.environ) -> int:
+    """This process's place among its machine's: torchrun's LOCAL_RANK. A launcher that sets RANK alone runs one
+    machine, where it is the RANK; else 0 (the machine's only process)."""
+    return int(env.get("LOCAL_RANK", process_rank(env)))
 
 
 def local_process_count() -> int | None:
