@@ -15,6 +15,7 @@ from pengi_search.audio_workers import default_workers
 from pengi_search.choices import Captions, LongPrompt, StopRule, decoding_settings
 from pengi_search.json_values import json_seconds
 from pengi_search.pathnames import path_fields
+from pengi_search.window_batches import Progress
 
 from .shard import Shard
 
@@ -55,20 +56,14 @@ class IndexOptions:
         return decoding_settings(self.beam, self.max_len, self.stop, fast=self.fast)
 
 
-class ProgressReporter(Protocol):
-    """Files hashed to find identical ones are reported after `start_hashing`; pass 1 reports files and windows
-    after `start`, and each file's count of windows once it is decoded (0 for a file that failed); pass 2 reports
-    windows after `start_captions`."""
+class ProgressReporter(Progress, Protocol):
+    """`window_batches.Progress`, told of the indexer's other steps too: files hashed to find identical ones are
+    reported after `start_hashing`; pass 1 reports files and windows after `start`, and each file's count of windows
+    once it is decoded (0 for a file that failed); pass 2 reports windows after `start_captions`."""
 
     def start_hashing(self, files: int) -> None: ...
 
-    def start(self, files: int) -> None: ...
-
-    def counted(self, windows: int) -> None: ...
-
     def start_captions(self, windows: int | None) -> None: ...  # None: not known (a shard's share)
-
-    def advance(self, files: int = 0, windows: int = 0) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,8 @@ import logging
 import os
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +47,7 @@ from .pathnames import path_fields, shown
 from .paths import as_path
 from .prompts import TASK_PROMPTS
 from .text_files import csv_rows, read_text
-from .ties import tied_groups
+from .ties import rank, tied_labels
 from .truth import LabelsError, Truth
 
 if TYPE_CHECKING:
@@ -220,21 +219,6 @@ class ClassifySettings:
         apply_template(self.template, "")
 
 
-def rank(labels: Sequence[str], scores: np.ndarray) -> list[tuple[str, float]]:
-    """Labels with their scores, best first; labels that tie (`ties.TIE_TOLERANCE`: two that embed alike, as
-    "Dog" and "dog" do through a tokenizer that lower-cases) in the order of their names, not of the labels file or
-    the truth's rows, which would make the top-1 accuracy depend on them."""
-    scored = zip(labels, map(float, scores), strict=True)
-    return [pair for group in tied_labels(scored) for pair in group]
-
-
-def tied_labels(scored: Iterable[tuple[str, float]]) -> list[list[tuple[str, float]]]:
-    """Labels with their scores in the groups that tie, best group first, each group ordered by name: the one
-    grouping that `rank` orders a prediction by and that evaluation bounds another order of ties with."""
-    by_score = sorted(scored, key=lambda pair: -pair[1])
-    return tied_groups(((pair, pair[1]) for pair in by_score), key=itemgetter(0))
-
-
 def _model_dir_of(model_dir: ModelDir | str | os.PathLike[str] | None, engine: Engine | None) -> ModelDir:
     """The model directory a classifier names: as given, else the engine's, else the default one. Given both, they
     must name one model: the labels are embedded by the directory's text tower and the captions written by the
@@ -296,6 +280,12 @@ class Classifier:
         self.fast = fast
         self.notify = notify
         self._engine = engine
+        # What a stored caption must record to be this run's own (`TextRecord.decoded_as`): the engine given, or
+        # the one `engine()` will load, decodes in --fast mode or not, and the settings do not change.
+        self._fast_captions = fast if engine is None else engine.mode != EXACT_MODE
+        self._caption_decoding = decoding_settings(
+            settings.beam, settings.max_len, settings.stop, fast=self._fast_captions
+        )
         self._embedder: TextEmbedder | None = None
         self._label_vectors: np.ndarray | None = None
         self._answers = (
@@ -401,10 +391,7 @@ class Classifier:
 
     def _own_caption(self, texts: Sequence[TextRecord]) -> str | None:
         """The window's stored caption if this run would have written it (`TextRecord.decoded_as`), else None."""
-        settings = self.settings
-        fast = self.fast if self._engine is None else self._engine.mode != EXACT_MODE
-        decoding = decoding_settings(settings.beam, settings.max_len, settings.stop, fast=fast)
-        prompt = TASK_PROMPTS["caption"]
+        prompt, decoding, fast = TASK_PROMPTS["caption"], self._caption_decoding, self._fast_captions
         return next((t.text for t in texts if t.prompt == prompt and t.decoded_as(decoding, fast=fast)), None)
 
     def _window_scores(self, windows: list[Window]) -> list[np.ndarray]:

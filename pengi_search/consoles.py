@@ -30,6 +30,7 @@ __all__ = [
     "UNBOUNDED_WIDTH",
     "Console",
     "is_a_terminal",
+    "is_watched",
     "make_console",
     "writes_plain_lines",
 ]  # Console: what make_console makes
@@ -128,6 +129,13 @@ def is_a_terminal(stream: TextIO | None) -> bool:
         return bool(isatty and isatty())
     except ValueError:  # a closed stream
         return False
+
+
+def is_watched(console: Console) -> bool:
+    """Whether a person watches what `console` writes, as a progress bar needs: its own stream is a terminal that
+    redraws a line in place (not TERM=dumb). Not Rich's `is_terminal`, which also holds where FORCE_COLOR asks for
+    colours in a log: a bar drawn there leaves its frames and a blank line in the log."""
+    return is_a_terminal(console.file) and not console.is_dumb_terminal
 
 
 def writes_plain_lines(console: Console) -> bool:

@@ -39,7 +39,7 @@ from rich.progress import (
 )
 
 from pengi_search import __version__
-from pengi_search.consoles import make_console
+from pengi_search.consoles import is_watched, make_console
 from pengi_search.errors import PengiSearchError, UsageError, os_reason, read_reason, refuse_unusable_file
 from pengi_search.hashing import file_sha256, sha256_hasher
 from pengi_search.hub import offline_setting
@@ -393,7 +393,7 @@ def _progress_bar(enabled: bool) -> Progress:
         TransferSpeedColumn(),
         TimeRemainingColumn(),
         console=console,
-        disable=not (enabled and console.is_terminal),
+        disable=not (enabled and is_watched(console)),
     )
 
 

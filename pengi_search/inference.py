@@ -280,7 +280,7 @@ class Engine:
             with self._autocast():
                 best = [hyps[0] for hyps in beam_search(self.model.gpt, prefix, gen)]
             texts = [Answer(self.tok.decode(start + hyp.tokens), hyp.score) for hyp in best]
-            answers.extend(texts[i : i + P] for i in range(0, len(texts), P))
+            answers.extend(chunked(texts, P))
         return answers
 
     def score(self, audio_embeds: torch.Tensor, prompt: str, candidates: Sequence[str]) -> list[list[CandidateScore]]:

@@ -43,7 +43,9 @@ from .db import (
     StoreError,
     VectorIndexInfo,
     caption_counts,
+    caption_stats,
     default_index_path,
+    sqlite_file,
 )
 from .errors import UnwritableFolderError, os_reason
 from .index_types import (
@@ -55,7 +57,7 @@ from .index_types import (
     effective_type,
     searched_with,
 )
-from .pathnames import shown
+from .pathnames import path_fields, shown
 from .paths import made_folder
 from .vector_file import DamagedIndexFileError, read_index_header, update_index_params
 from .vectors import VectorIndex, VectorIndexError
@@ -238,6 +240,27 @@ class Library:
                 data |= searched_with(info.effective_type, info.params)
             indexes[kind] = data
         return indexes
+
+    def stats_json(self, *, runs: int, failed: int | None = None, readable: bool = False) -> dict[str, Any]:
+        """What the library holds, as `stats --json` and the server's `/api/stats` give it: the store's counts, the
+        captions, the files cut short and the `failed` first failed files (all when None), the latest `runs`, the
+        SQLite file's size with its write-ahead log (None for a server's database) and `indexes_json`. `readable`:
+        names escaped where not UTF-8, for the server's encoder (`path_fields`)."""
+        store = self.store
+        data = store.stats()
+        data["captions"] = caption_stats(store)
+        data["truncated"] = [
+            {**path_fields(record.path, readable=readable), "note": record.truncated}
+            for record in store.truncated_files()
+        ]
+        data["failed"] = [
+            {**path_fields(path, readable=readable), "error": error} for path, error in store.failed_files(failed)
+        ]
+        data["runs"] = [run.to_json() for run in store.runs(limit=runs)]
+        db_file = sqlite_file(self.db_url)
+        data["database_bytes"] = None if db_file is None else _sqlite_bytes(db_file)
+        data["vector_indexes"] = self.indexes_json()
+        return data
 
     # -- internals -------------------------------------------------------------------------------------------
 
@@ -550,3 +573,16 @@ def _save(index: VectorIndex, path: Path, tag: str, *, reader_option: str | None
         log.warning("vector index not saved: %s", said)
     except VectorIndexError as exc:  # a full disk
         log.warning("vector index not saved: %s", exc)
+
+
+def _sqlite_bytes(db_file: Path) -> int | None:
+    """The database file with its write-ahead log; None when the file cannot be measured."""
+    sizes = [_size(Path(f"{db_file}{suffix}")) for suffix in ("", "-wal")]
+    return None if sizes[0] is None else sum(size or 0 for size in sizes)
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None

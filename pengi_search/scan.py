@@ -201,8 +201,7 @@ def _entry(path: str, info: os.stat_result) -> Entry:
 def _dangling(child: os.DirEntry[str], exc: OSError) -> Entry:
     """An entry whose target cannot be reached: a broken or looping link (stamped with the link itself)."""
     try:
-        own = child.stat(follow_symlinks=False)
-        size, mtime = own.st_size, own.st_mtime_ns / 1e9
+        size, mtime = stamp_of(child.stat(follow_symlinks=False))
     except OSError:
         size, mtime = 0, 0.0
     reason = missing_reason(child.path) if child.is_symlink() else read_reason(child.path, exc)

@@ -1,11 +1,12 @@
-"""Which scores tie, and the order tied results go in: one rule for `classify` (labels) and `eval` (files,
-captions, labels, average precision). Kept free of numpy and the database, so that `evaluation.metrics` stays
-light to import."""
+"""Which scores tie, and the order tied results go in: one rule for `classify` (labels), `eval` (files,
+captions, labels, average precision) and the trainer's label accuracy. Kept free of numpy and the database, so
+that `evaluation.metrics` stays light to import."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from operator import itemgetter
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -26,3 +27,18 @@ def tied_groups(found: Iterable[tuple[T, float]], key: Callable[[T], Any]) -> li
             top = score
         groups[-1].append(item)
     return [sorted(group, key=key) for group in groups]
+
+
+def rank(labels: Sequence[str], scores: Sequence[float]) -> list[tuple[str, float]]:
+    """Labels with their scores, best first; labels that tie (`TIE_TOLERANCE`: two that embed alike, as "Dog" and
+    "dog" do through a tokenizer that lower-cases) in the order of their names, not of the labels file or the
+    truth's rows, which would make the top-1 accuracy depend on them."""
+    scored = zip(labels, map(float, scores), strict=True)
+    return [pair for group in tied_labels(scored) for pair in group]
+
+
+def tied_labels(scored: Iterable[tuple[str, float]]) -> list[list[tuple[str, float]]]:
+    """Labels with their scores in the groups that tie, best group first, each group ordered by name: the one
+    grouping that `rank` orders a prediction by and that evaluation bounds another order of ties with."""
+    by_score = sorted(scored, key=lambda pair: -pair[1])
+    return tied_groups(((pair, pair[1]) for pair in by_score), key=itemgetter(0))

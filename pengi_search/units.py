@@ -1,5 +1,5 @@
 """How amounts are shown to people: a duration or a size in the unit that reads best, a window's time in a file, a
-count with its noun, and a few items named with how many more.
+point in time, a count with its noun, and a few items named with how many more.
 
 The library page, `stats`, `doctor` and the trainer's dry run all say how long something is; one rule keeps them
 alike (a short library is not "0.00 h", a small set's epoch not "0.0 min"). `describe`, `query`, `similar` and the
@@ -9,6 +9,7 @@ web pages all say where a window is in its file; one rule keeps a very short cli
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 
 
 def duration_text(seconds: float) -> str:
@@ -67,6 +68,13 @@ def span_text(start: float, end: float) -> str:
     """A window as a terminal shows it: `2.5-9.5s`, `0.00-0.01s` (`span_ends`' decimals)."""
     first, last = span_ends(start, end)
     return f"{first}-{last}s"
+
+
+def moment_text(moment: datetime) -> str:
+    """A point in time to the second, with its zone: `2026-01-31 14:05:09 UTC` (the database's times), or
+    `2026-01-31 14:05:09 +0200` for another offset, as `stats` and the library page show a run's start and end."""
+    zone = "UTC" if moment.utcoffset() == timedelta(0) else moment.strftime("%z")
+    return f"{moment:%Y-%m-%d %H:%M:%S} {zone}".rstrip()
 
 
 def seconds_text(seconds: float) -> str:

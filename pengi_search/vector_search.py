@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from .chunking import chunk_slices
+
 # A filtered HNSW or IVF-PQ search allowing at most this share of the live vectors (a folder, a rare name) is exact
 # among them: the graph or the cells probed hold few allowed vectors near the query (of the 10 best allowed among
 # 20,000 clustered vectors, HNSW found 4 at 1%, 1 at 0.2%; 9.6 at 5%). Exact, it costs at most this share of a flat
@@ -70,8 +72,8 @@ def exact_among(
     (IVF-PQ's are its refinement's, exact or 8-bit); they are read `chunk_rows` at a time, keeping the best k so far:
     memory grows with k, not with the positions (the whole library, for a large k)."""
     kept_scores, kept = np.empty((len(query), 0), np.float32), np.empty((len(query), 0), np.int64)
-    for start in range(0, len(positions), chunk_rows):
-        chunk = positions[start : start + chunk_rows]
+    for rows in chunk_slices(len(positions), chunk_rows):
+        chunk = positions[rows]
         scores = np.concatenate([kept_scores, query @ stored.reconstruct_batch(chunk).T], axis=1)
         candidates = np.concatenate([kept, np.broadcast_to(chunk, (len(query), len(chunk)))], axis=1)
         best = _best_columns(scores, k)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pengi_search.classify import Prediction, rank
+from pengi_search.classify import Prediction
 from pengi_search.evaluation.classification import evaluate_classification
 from pengi_search.evaluation.datasets import read_caption_set
 from pengi_search.evaluation.metrics import average_precision
@@ -18,6 +18,7 @@ from pengi_search.evaluation.multilabel import evaluate_multi_label
 from pengi_search.evaluation.retrieval import available_rankings, evaluate_retrieval
 from pengi_search.library import Library
 from pengi_search.search import query_embedder
+from pengi_search.ties import rank
 from pengi_search.truth import read_truth
 
 from .search_library import caption_library

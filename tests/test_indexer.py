@@ -401,6 +401,18 @@ def test_shard_parsing_and_torchrun_environment():
     assert Rank.from_env({}) is None
 
 
+def test_a_launcher_that_sets_rank_alone_puts_the_trainer_and_indexer_on_one_machine_alike(monkeypatch):
+    """Without LOCAL_RANK (a launcher other than torchrun) a process's place on its machine is its RANK for the
+    indexer's GPU, the trainer's, and who speaks for the machine before the processes connect."""
+    from pengi_search.torchrun_env import first_on_machine, place
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    rank = Rank.from_env(os.environ)
+    assert rank is not None and rank.local_rank == place().local_rank == 1 and not first_on_machine()
+
+
 @pytest.fixture()
 def two_gpus(monkeypatch) -> None:
     """A machine where PyTorch sees two CUDA GPUs (none is touched: the check is made before any work)."""

@@ -9,7 +9,9 @@ import pytest
 from rich.console import Console
 
 from pengi_search import progress
-from pengi_search.cli.progress_bars import IndexProgress, WindowProgress, progress_bar
+from pengi_search.cli import progress_bars
+from pengi_search.cli.progress_bars import IndexProgress, WindowProgress, progress_bar, show_progress
+from pengi_search.consoles import make_console
 from pengi_search.progress import count_and_rate
 from trainer import reporting, run_data
 from trainer.reporting import RateWindow, TrainingProgress
@@ -27,12 +29,25 @@ class Clock:
     perf_counter = monotonic
 
 
+@pytest.fixture(autouse=True)
+def redrawing_terminal(monkeypatch) -> None:
+    """A terminal that redraws a line in place, whatever TERM the tests run under (a bar is off where TERM=dumb)."""
+    monkeypatch.setenv("TERM", "xterm")
+
+
 @pytest.fixture
 def clock(monkeypatch) -> Clock:
     clock = Clock()
     monkeypatch.setattr(progress, "time", clock)
     monkeypatch.setattr(reporting, "time", clock)
     return clock
+
+
+class Screen(io.StringIO):
+    """A terminal's stream, written into memory: what a person watching would see."""
+
+    def isatty(self) -> bool:
+        return True
 
 
 def drawn(bar) -> list[str]:
@@ -44,7 +59,7 @@ def drawn(bar) -> list[str]:
 
 def a_bar():
     """The commands' bar, as on a terminal (where it draws) but into nowhere: what it draws is read by `drawn`."""
-    return progress_bar(Console(file=io.StringIO(), force_terminal=True, force_interactive=True))
+    return progress_bar(Console(file=Screen()))
 
 
 def test_a_count_and_its_rate_are_in_one_unit_named_for_both():
@@ -136,9 +151,30 @@ def test_the_training_bar_counts_steps_with_steps_per_second_then_samples_per_se
 
 
 def test_the_encoding_bar_counts_clips_with_clips_per_second(monkeypatch, clock):
-    console = Console(file=io.StringIO(), force_terminal=True, width=200, record=True)
+    console = Console(file=Screen(), width=200, record=True)
     monkeypatch.setattr(run_data, "make_console", lambda **_: console)
     with run_data.progress_bar(True) as advance:
         clock.now += 2
         advance(5)
     assert "5 clips  2.5 clips/s" in console.export_text()
+
+
+def test_no_bar_is_drawn_into_a_log_that_force_color_colours(monkeypatch):
+    """FORCE_COLOR asks for colours in a log, where Rich takes stderr for a terminal: the commands', the download's
+    and the trainer's bars all stay off there, as the first-use question does (`consoles.is_watched`)."""
+    from pengi_search import download
+
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    log = make_console(stderr=True)
+    log.file = io.StringIO()
+    assert log.is_terminal  # as Rich sees it
+    monkeypatch.setattr(progress_bars, "err_console", log)
+    monkeypatch.setattr(download, "make_console", lambda **_: log)
+    monkeypatch.setattr(run_data, "make_console", lambda **_: log)
+    assert not show_progress(quiet=False)
+    assert progress_bar(log).disable and download._progress_bar(True).disable
+    with run_data.progress_bar(True) as advance:
+        advance(5)
+    assert log.file.getvalue() == ""
+    log.file = Screen()  # stderr on the terminal itself: the bars are drawn
+    assert show_progress(quiet=False) and not progress_bar(log).disable and not download._progress_bar(True).disable

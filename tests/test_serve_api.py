@@ -571,8 +571,13 @@ def test_stats(client, served):
     # as `stats --json`'s `vector_indexes`, with the vectors this server holds in memory
     command = runner.invoke(app, ["stats", "--db", served.db, "--json"])
     assert command.exit_code == 0, command.output
-    expected = json.loads(command.stdout)["vector_indexes"]
+    said = json.loads(command.stdout)
+    expected = said["vector_indexes"]
     assert stats["vector_indexes"] == {kind: {**index, "vectors_in_memory": 6} for kind, index in expected.items()}
+    # every other key of `stats --json`, with its value (the server shows as many runs and failed files as these)
+    assert {key: stats.get(key) for key in said if key != "vector_indexes"} == {
+        key: value for key, value in said.items() if key != "vector_indexes"
+    }
     assert {index["index_type"] for index in stats["vector_indexes"].values()} == {"flat"}
     assert stats["failed"] == [{"path": BROKEN, "error": BROKEN_REASON}]
     assert stats["model"]["model"] == "tiny-base"

@@ -49,6 +49,7 @@ from trainer.state import Position
 
 from .indexing import signal_when
 from .reference import fixture_dirs, missing_reference
+from .test_progress import Screen
 from .torchrun_runs import TORCHRUN_ENV, torchrun, torchrun_command
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "trainer" / "example.yaml"
@@ -1226,13 +1227,43 @@ def test_the_encoding_bar_is_drawn_from_the_first_clip_encoded(monkeypatch) -> N
     consoles: list[Console] = []
 
     def console(**_: object) -> Console:
-        consoles.append(Console(file=io.StringIO(), force_terminal=True, width=80))
+        consoles.append(Console(file=Screen(), width=80))
         return consoles[-1]
 
     monkeypatch.setattr(run_data, "make_console", console)
+    monkeypatch.setenv("TERM", "xterm")  # a terminal that redraws a line (a bar is off where TERM=dumb)
     with run_data.progress_bar(True) as advance:
         pass  # every clip came from the cache
     assert consoles[0].file.getvalue() == ""
     with run_data.progress_bar(True) as advance:
         advance(3)
     assert "encoding audio" in consoles[1].file.getvalue() and "3 clips" in consoles[1].file.getvalue()
+
+
+def test_loglik_accuracy_breaks_ties_as_classify_does(monkeypatch) -> None:
+    """Labels within `ties.TIE_TOLERANCE` of each other rank in name order, for `classify --method loglik` and the
+    trainer's loglik_accuracy alike: float32 noise between two near-equal likelihoods decides neither."""
+    from types import SimpleNamespace
+
+    from pengi_search.decoding import CandidateScore
+    from pengi_search.ties import rank
+    from trainer import evaluation
+    from trainer.data import Example
+
+    prompt, labels = "this is a sound of", ["cat", "dog"]
+    means = {"cat": -1.0000004, "dog": -1.0}  # a tie: "dog" leads by noise alone
+    monkeypatch.setattr(evaluation, "row_embeddings", lambda _m, _d, rows, **_: (torch.zeros(len(rows), 4), rows))
+    monkeypatch.setattr(evaluation, "generate_for_embeddings", lambda _e, _x, prompts, **_: ["" for _ in prompts])
+    engine = SimpleNamespace(
+        model=None,
+        windows_per_batch=lambda _prompts: 8,
+        score=lambda embeds, _prompt, candidates: [
+            [CandidateScore(total=means[c], mean=means[c]) for c in candidates] for _ in range(len(embeds))
+        ],
+    )
+    dataset = SimpleNamespace(examples=[Example(Path("a.wav"), prompt, "dog", "sound_event", None, None, 1)])
+
+    metrics = evaluation.label_metrics(engine, dataset, [0], {prompt: labels}, cached=False, beam=1, max_len=5, top_k=1)
+
+    assert [label for label, _ in rank(labels, [means[label] for label in labels])] == ["cat", "dog"]
+    assert metrics is not None and (metrics.loglik_accuracy, metrics.loglik_top_k) == (0.0, 0.0)

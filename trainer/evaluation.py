@@ -20,9 +20,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from pengi_search.chunking import chunked
 from pengi_search.decoding import GenerationConfig
 from pengi_search.inference import Engine
 from pengi_search.model import Pengi
+from pengi_search.ties import rank
 from pengi_search.tokenization import Tokenizers
 from trainer.data import Example, example_loader
 from trainer.distributed import Processes, sum_across
@@ -87,8 +89,8 @@ def row_embeddings(
     good = [item for item in items if "error" not in item]
     encoder = model.audio_encoder
     out = []
-    for start in range(0, len(good), batch_size):
-        audio = torch.stack([item["audio"] for item in good[start : start + batch_size]]).to(device)
+    for batch in chunked(good, batch_size):
+        audio = torch.stack([item["audio"] for item in batch]).to(device)
         out.append((encoder.project(audio) if cached else encoder(audio)).float())
     embeds = torch.cat(out) if out else torch.empty(0, model.cfg.d_proj, device=device)
     return embeds, [item["index"] for item in good]
@@ -193,8 +195,8 @@ def label_metrics(
         labels = candidates[prompt]
         scores = engine.score(embeds[at], prompt, labels)
         for i, row_scores in zip(at, scores, strict=True):
-            order = np.argsort([-score.mean for score in row_scores])
-            ranked = [labels[j] for j in order]
+            # As `classify --method loglik` ranks them: labels that tie go in name order, not the scores' noise.
+            ranked = [label for label, _ in rank(labels, [score.mean for score in row_scores])]
             top1.append(ranked[0] == truths[i])
             topk.append(truths[i] in ranked[:top_k])
     n = max(len(kept), 1)

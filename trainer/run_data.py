@@ -15,7 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.utils.data import Dataset
 
 from pengi_search.choices import LongPrompt
-from pengi_search.consoles import make_console
+from pengi_search.consoles import is_watched, make_console
 from pengi_search.model import Pengi
 from pengi_search.progress import CountColumn, Rate
 from pengi_search.tokenization import PromptTooLongError, Tokenizers
@@ -46,7 +46,7 @@ def progress_bar(shown: bool) -> Iterator[Callable[[int], None]]:
         CountColumn(),
         TimeElapsedColumn(),
         console=console,
-        disable=not shown or not console.is_terminal,
+        disable=not shown or not is_watched(console),
         transient=True,
     )
     task = bar.add_task("encoding", total=None, unit="clips", rate=None)

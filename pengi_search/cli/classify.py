@@ -44,6 +44,7 @@ from .common import (
     json_option,
     options_from,
     out_console,
+    plain_table,
     print_json,
     report_skipped,
     warn,
@@ -338,11 +339,9 @@ def _show_ranked(outcome: Outcome, top: int) -> None:
 
 
 def _print_ranked(prediction: Prediction, top: int) -> None:
-    from rich.table import Table
-
     windows = count_text(prediction.window_count, "window")
     out_console.print(Text.assemble((shown(prediction.path), "bold"), f"  ({windows})"), soft_wrap=True)
-    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+    table = plain_table()
     table.add_column("#", justify="right")
     table.add_column("label")
     table.add_column("score", justify="right")
@@ -352,12 +351,10 @@ def _print_ranked(prediction: Prediction, top: int) -> None:
 
 
 def _print_metrics(metrics: dict[str, Any], console: Any) -> None:
-    from rich.table import Table
-
     if metrics["accuracy"] is None:  # nothing scored, which `_warn_unscored` says
         return
     console.print(f"accuracy {metrics['accuracy']:.4f} ({metrics['correct']}/{metrics['files']} files)")
-    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+    table = plain_table()
     for name in ("label", "precision", "recall", "f1", "support"):
         table.add_column(name, justify="left" if name == "label" else "right")
     for label, m in metrics["per_class"].items():

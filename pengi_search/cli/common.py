@@ -18,7 +18,7 @@ import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -41,6 +41,9 @@ from ..paths import GivenPath, file_in_the_way, refuse_unexpanded_home, shown_pa
 from ..stop_signals import interrupted_by_stop_signals, interrupted_exit_code
 from ..torchrun_env import SaidByTheMachinesFirstProcess
 from .closed_output import output_closed, quiet_when_output_closed, whole_writes
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "UsageError", "not_found"]
 
@@ -329,6 +332,14 @@ def print_json(data: Any, *, line: bool = False) -> None:
     sys.stdout.write(json_text(data, indent=None if line else 2, ascii_only=not writes_utf8(sys.stdout)) + "\n")
     if line:
         sys.stdout.flush()
+
+
+def plain_table() -> Table:
+    """The table every command prints its rows in: no borders, no padding at its edges, bold column names; rows
+    read as columns of text, which `cut` and `awk` split."""
+    from rich.table import Table
+
+    return Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
 
 
 def apply_threads(threads: int | None) -> None:

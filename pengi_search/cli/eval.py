@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import check_output_file, handle_errors, json_option, out_console, print_json, warn
+from .common import check_output_file, handle_errors, json_option, out_console, plain_table, print_json, warn
 from .eval_classify import classify_files
 from .eval_report import cell
 from .eval_sets import caption, retrieval
@@ -70,7 +70,6 @@ def _report_names(first: Path, second: Path) -> tuple[str, str]:
 
 
 def _print_comparison(comparison: dict[str, Any]) -> None:
-    from rich.table import Table
     from rich.text import Text
 
     from ..evaluation.report import setting_text
@@ -78,7 +77,7 @@ def _print_comparison(comparison: dict[str, Any]) -> None:
     (name_a, _), (name_b, _) = comparison["reports"].items()
     for key, (was, now) in comparison["setup_differences"].items():
         out_console.print(f"{key}: {setting_text(was)} -> {setting_text(now)}", markup=False, soft_wrap=True)
-    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+    table = plain_table()
     for column in ("metric", name_a, name_b, "change"):  # the reports' folder names, as written
         table.add_column(Text(column), justify="left" if column == "metric" else "right")
     for row in comparison["rows"]:

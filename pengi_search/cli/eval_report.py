@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..pathnames import shown
-from .common import EXIT_OK, EXIT_PARTIAL, json_option, out_console, print_json, warn
+from .common import EXIT_OK, EXIT_PARTIAL, json_option, out_console, plain_table, print_json, warn
 
 if TYPE_CHECKING:
     from indexer.run_report import IndexSummary
@@ -70,12 +70,10 @@ def _report_kind(path: Path) -> str | None:
 
 
 def _print_report(report: dict[str, Any]) -> None:
-    from rich.table import Table
-
     from ..evaluation.plots import DIRECTION_NAMES
     from ..evaluation.report import flat_metrics
 
-    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+    table = plain_table()
     if report["kind"] == "retrieval":
         names = list(next(iter(next(iter(report["metrics"].values()), {}).values()), {}))
         for column in ("ranking", "direction", *names):

@@ -7,13 +7,13 @@ import logging
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from ..units import count_text, duration_text, for_count, size_text
+from ..units import count_text, duration_text, for_count, moment_text, size_text
 from ..written_aside import written_aside
 from .common import (
     EXIT_FAILED,
@@ -28,6 +28,8 @@ from .common import (
     print_json,
 )
 from .index import IndexTypeOption
+
+STATS_RUNS = 5  # the latest runs `stats` shows
 
 RebuildJsonOption = json_option("an object {vectors, vector_indexes, seconds}.")
 TuneJsonOption = json_option("an object {vector_indexes, seconds}.")
@@ -168,22 +170,11 @@ def stats(db: DbOption = None, json_output: StatsJsonOption = False) -> None:
 
     Example: pengi-search stats --json
     """
-    from ..db import caption_stats, sqlite_file
     from ..db.urls import db_option
     from ..library import Library
-    from ..pathnames import path_fields
 
     with Library.open(db, read_only=True) as library:
-        data = library.store.stats()
-        data["captions"] = caption_stats(library.store)
-        data["truncated"] = [
-            {**path_fields(record.path), "note": record.truncated} for record in library.store.truncated_files()
-        ]
-        data["failed"] = [{**path_fields(path), "error": error} for path, error in library.store.failed_files()]
-        data["runs"] = [run.to_json() for run in library.store.runs(limit=5)]
-        db_file = sqlite_file(library.db_url)
-        data["database_bytes"] = None if db_file is None else _sqlite_bytes(db_file)
-        data["vector_indexes"] = library.indexes_json()
+        data = library.stats_json(runs=STATS_RUNS)
     if json_output:
         print_json(data)
     else:
@@ -282,19 +273,6 @@ def _knob_text(info: dict[str, Any], name: str) -> str:
     return f"default {text}" if info["params"].get(name) is None else text
 
 
-def _size(path: Path) -> int | None:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return None
-
-
-def _sqlite_bytes(db_file: Path) -> int | None:
-    """The database file with its write-ahead log."""
-    sizes = [_size(Path(f"{db_file}{suffix}")) for suffix in ("", "-wal")]
-    return None if sizes[0] is None else sum(size or 0 for size in sizes)
-
-
 def _print_stats(data: dict[str, Any], db_option: str) -> None:
     """`stats` as text; `db_option`: what its command suggestions add to act on this library (`urls.db_option`)."""
     from ..pathnames import shown
@@ -340,20 +318,16 @@ def _run_line(run: dict[str, Any]) -> str:
     shard = f" (shard {run['shard']})" if run["shard"] else ""
     if run["finished_at"] is not None:
         finished = datetime.fromisoformat(run["finished_at"])
-        end = f"ended {_when(finished)} ({_duration((finished - started).total_seconds())})"
+        end = f"ended {moment_text(finished)} ({_duration((finished - started).total_seconds())})"
     elif run["status"] == "running":
         end = "not ended yet"
     else:
         end = "end unknown (its process died)"
     return (
-        f"run {run['id']}{shard}: {run['status']}; started {_when(started)}, {end}; "
+        f"run {run['id']}{shard}: {run['status']}; started {moment_text(started)}, {end}; "
         f"{run['files_seen']} seen, {run['files_indexed']} indexed, {run['files_failed']} failed, "
         f"{run['files_pruned']} pruned"
     )
-
-
-def _when(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _duration(seconds: float) -> str:

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..consoles import Console
+from ..consoles import Console, is_watched
 from .common import err_console
 
 
 def show_progress(quiet: bool, json_output: bool = False) -> bool:
     """Progress bars only for a person watching a terminal."""
-    return not quiet and not json_output and err_console.is_terminal
+    return not quiet and not json_output and is_watched(err_console)
 
 
 def progress_bar(console: Console | None = None):
@@ -33,7 +33,7 @@ def progress_bar(console: Console | None = None):
         TimeRemainingColumn(),
         console=console,
         transient=True,
-        disable=not console.is_interactive,
+        disable=not is_watched(console),
     )
 
 

@@ -31,6 +31,7 @@ from .common import (
     json_option,
     options_from,
     out_console,
+    plain_table,
     print_json,
     report_skipped,
     warn,
@@ -178,10 +179,9 @@ def _hit_cells(hits: list[Hit], show_query_span: bool) -> dict[str, list[str]]:
 
 def _hits_table(cells: dict[str, list[str]], width: int) -> Table:
     """The ranked hits as a table `width` columns wide (as wide as they need off a terminal)."""
-    from rich.table import Table
     from rich.text import Text
 
-    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+    table = plain_table()
     for name in cells:
         table.add_column(name, **_COLUMNS[name])
     table.columns[-1].max_width = _caption_width(cells, width)

@@ -65,8 +65,8 @@ class IndexMeta:
             "model_fingerprint": self.model.fingerprint,
             "embedder": self.embedder.name,
             "embedder_dim": self.embedder.dim,
-            "created_at": self.created_at.isoformat(),
-            "updated_at": self.updated_at.isoformat(),
+            "created_at": json_time(self.created_at),
+            "updated_at": json_time(self.updated_at),
         }
 
 
@@ -207,8 +207,8 @@ class RunRecord:
 
     def to_json(self) -> dict[str, Any]:
         data = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        data["started_at"] = self.started_at.isoformat()
-        data["finished_at"] = None if self.finished_at is None else self.finished_at.isoformat()
+        data["started_at"] = json_time(self.started_at)
+        data["finished_at"] = json_time(self.finished_at)
         return data
 
 
@@ -240,5 +240,5 @@ class VectorIndexInfo:
             "effective_type": self.effective_type,
             "params": dict(self.params),
             "vectors": self.vectors,
-            "updated_at": self.updated_at.isoformat(),
+            "updated_at": json_time(self.updated_at),
         }

@@ -3,7 +3,6 @@ confusion matrix (rows: true label, columns: predicted label)."""
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -12,6 +11,7 @@ from typing import Any
 
 from ..classify import Prediction, evaluate
 from ..errors import UsageError
+from ..hashing import sha256_hasher
 from ..pathnames import shown
 from ..text_files import CSV_LIST_SEPARATOR
 from ..truth import Truth, several_files
@@ -153,7 +153,7 @@ def check_truth_lists(truth: Truth, truth_file: Path, targets: Sequence[str], re
 def truth_digest(truth_file: Path, labels: Sequence[str], separator: str = CSV_LIST_SEPARATOR) -> str:
     """What was measured: the truth file, the candidate labels (another label set is another task) and, where it is
     not the default, the separator of a cell's labels (which makes other truths of the same file)."""
-    digest = hashlib.sha256(truth_file.read_bytes())
+    digest = sha256_hasher(truth_file)
     digest.update(b"\0" + "\n".join(labels).encode("utf-8"))
     if separator != CSV_LIST_SEPARATOR:  # the digests of earlier reports stand
         digest.update(b"\0" + separator.encode("utf-8"))

@@ -20,7 +20,7 @@ from .errors import Outage, RequestError, answer_status, status_headers
 from .security import SecurityMiddleware
 from .service import Service
 from .settings import ServeSettings
-from .uploads import size_text
+from .uploads import limit_text
 
 FORM_OVERHEAD = 1 << 20  # room for the multipart framing and small fields beside an upload
 REQUEST_PARTS = {"query", "body", "path", "header", "cookie"}  # where FastAPI locates a parameter
@@ -78,7 +78,7 @@ def _app(service: Service, settings: ServeSettings) -> FastAPI:
         token=settings.token,
         allowed_hosts=settings.allowed_hosts,
         max_body=settings.max_upload_bytes + FORM_OVERHEAD,
-        too_large=f"the request body is larger than the upload limit of {size_text(settings.max_upload_bytes)}",
+        too_large=f"the request body is larger than the upload limit of {limit_text(settings.max_upload_bytes)}",
         error_page=lambda status, detail: pages.error_page(status, detail).encode(),
     )
     return app

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -23,13 +23,13 @@ from markupsafe import Markup
 from ..choices import DEFAULT_HYBRID_WEIGHT
 from ..errors import PengiSearchError
 from ..pathnames import shown
-from ..units import duration_text, seconds_text, span_ends
+from ..units import duration_text, moment_text, seconds_text, span_ends
 from . import media
 from .api import MAX_LABELS_BYTES, ServiceDep, parse_labels, read_upload
 from .errors import InvalidParameter, RequestError, answer_status, status_headers
 from .kept_clips import KEEP_S
 from .service import Found, SearchParams
-from .uploads import larger_than, size_text
+from .uploads import larger_than, limit_text
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(
@@ -87,8 +87,7 @@ def when(stamp: str | None) -> str:
         moment = datetime.fromisoformat(stamp)
     except ValueError:
         return stamp
-    zone = "UTC" if moment.utcoffset() == timedelta(0) else moment.strftime("%z")
-    return f"{moment:%Y-%m-%d %H:%M:%S} {zone}".rstrip()
+    return moment_text(moment)
 
 
 def error_page(status: int, detail: str) -> str:
@@ -400,7 +399,7 @@ def _upload_result(
 
 def _upload_response(request: Request, svc: ServiceDep, status: int = 200, **results: Any) -> HTMLResponse:
     most = svc.settings.max_upload_bytes
-    limits = {"size": size_text(most), "seconds": svc.settings.max_upload_s}
+    limits = {"size": limit_text(most), "seconds": svc.settings.max_upload_s}
     # Each file box's limit in bytes and what is said past it, which the page says before sending (static/app.js)
     limits["clip"] = {"bytes": most, "reason": larger_than(most)}
     limits["labels"] = {"bytes": MAX_LABELS_BYTES, "reason": larger_than(MAX_LABELS_BYTES)}

@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException
 
 from ..db import FileRecord
 from ..errors import os_reason
+from ..scan import stamp_of
 from .errors import RequestError
 
 TOKEN_HEADER = "x-pengi-token"
@@ -229,7 +230,7 @@ def servable_path(record: FileRecord, roots: tuple[Path, ...]) -> Path:
         )
     if not stat.S_ISREG(info.st_mode):
         raise RequestError(where, "not a regular file", HTTPStatus.FORBIDDEN)
-    if (info.st_size, info.st_mtime_ns / 1e9) != (record.size, record.mtime):
+    if stamp_of(info) != (record.size, record.mtime):
         raise RequestError(where, "the file changed on disk since it was indexed; index it again", HTTPStatus.CONFLICT)
     return real
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..choices import DEFAULT_HYBRID_WEIGHT, By, Rank
-from ..db import FileRecord, Store, WindowDetails, caption_stats
+from ..db import FileRecord, Store, WindowDetails
 from ..embedders import TextEmbedderError, warn_of_cuts
 from ..errors import OptionError
 from ..hashing import file_sha256
@@ -61,7 +61,8 @@ log = logging.getLogger(__name__)
 
 PEAKS = 120  # waveform points per hit
 QUERY_CACHE = 4096  # query embeddings kept
-FAILED_SHOWN = 200
+RUNS_SHOWN = 10  # the latest runs /api/stats gives
+FAILED_SHOWN = 200  # the first failed files /api/stats gives
 MAX_ID = 2**63 - 1  # the largest database row id (SQLite INTEGER, PostgreSQL BIGINT); a larger one names no row
 
 
@@ -471,18 +472,11 @@ class Service:
 
     def stats(self) -> dict[str, Any]:
         """`pengi-search stats --json`, with each index's vectors in memory, the latest runs and failed files."""
-        store = self.library.store
         self.library.refresh()
-        stats = store.stats()
-        stats["captions"] = caption_stats(store)
-        stats["vector_indexes"] = self.library.indexes_json()
+        stats = self.library.stats_json(runs=RUNS_SHOWN, failed=FAILED_SHOWN, readable=True)
         live = self.library.live_indexes()
         for kind, index in stats["vector_indexes"].items():  # what this server searches now (null: not loaded)
             index["vectors_in_memory"] = len(live[kind]) if kind in live else None
-        stats["runs"] = [run.to_json() for run in store.runs(10)]
-        stats["failed"] = [
-            {**path_fields(path, readable=True), "error": error} for path, error in store.failed_files(FAILED_SHOWN)
-        ]
         return stats
 
 

@@ -46,14 +46,15 @@ def saved_upload(stream: BinaryIO, filename: str | None, *, max_bytes: int, max_
         yield Upload(path, name, _checked_duration(path, name, max_seconds))
 
 
-def size_text(size: int) -> str:
-    """A size limit in the units the server is given it in (`--max-upload-mb`), bytes below a MiB."""
+def limit_text(size: int) -> str:
+    """A size limit in the units the server is given it in (`--max-upload-mb`), bytes below a MiB: exact, where
+    `units.size_text` rounds a file's size to a tenth."""
     return f"{size / MIB:g} MiB" if size >= MIB else f"{size} bytes"
 
 
 def larger_than(limit: int) -> str:
     """Why a file of more than `limit` bytes is refused: said by the server (413), and by the page before sending."""
-    return f"larger than the server's limit of {size_text(limit)}"
+    return f"larger than the server's limit of {limit_text(limit)}"
 
 
 def _copy_bounded(stream: BinaryIO, path: Path, name: str, max_bytes: int) -> None:
