@@ -162,3 +162,18 @@ def test_doctor_and_model_info_show_names_and_paths_as_written(tiny_model_dir, t
     shown = doctor.stdout.splitlines()
     assert f"- models: --model {tmp_path}/absent/{NAME} names no model" in shown, doctor.stdout
     assert any(line.startswith(f"  state          neither {tmp_path}/db/{NAME}.db ") for line in shown), doctor.stdout
+
+
+@pytest.mark.parametrize("asked", [False, True])
+def test_describe_starts_every_answer_of_a_file_in_one_column_however_long_its_window_times(console, asked):
+    starts = [0.0, 7.0, 98.0, 112.9]
+    windows = [{"start_s": s, "end_s": s + 7.0, "answers": {"caption": "rain"}} for s in starts]
+    result = cli_describe.FileResult(path="/lib/long.ogg", duration_s=119.9, windows=windows)
+    cli_describe._print_text([result], show_keys=not asked)
+    answer = "rain" if asked else "caption: rain"
+    assert lines(console)[1:] == [
+        f"     0.0-7.0s    {answer}",
+        f"     7.0-14.0s   {answer}",
+        f"    98.0-105.0s  {answer}",
+        f"   112.9-119.9s  {answer}",
+    ]

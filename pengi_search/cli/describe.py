@@ -187,13 +187,20 @@ def _print_text(results: list[FileResult], show_keys: bool) -> None:
         if r.duration_s is None:  # not decoded: said on stderr as it happened
             continue
         out_console.print(Text.assemble((shown(r.path), "bold"), f"  ({seconds_text(r.duration_s)})"), soft_wrap=True)
-        for w in r.windows:
-            start, end = span_ends(w["start_s"], w["end_s"])
-            span = f"  {start:>6}-{end}s"  # the starts right-aligned: the dashes line up
+        for w, span in zip(r.windows, _spans(r.windows), strict=True):
             for key, text in w["answers"].items():
                 label = f"{key}: " if show_keys else ""
                 out_console.print(Text(f"{span}  {label}{text}"), soft_wrap=True)
                 span = " " * len(span)
+
+
+def _spans(windows: list[dict]) -> list[str]:
+    """Each window's time, padded alike within a file: the starts right-aligned, so that the dashes line up, and the
+    ends left-aligned, so that the answers start in one column (`7.0-14.0s` after `0.0-7.0s`)."""
+    ends = [span_ends(w["start_s"], w["end_s"]) for w in windows]
+    start_width = max([6, *(len(start) for start, _ in ends)])
+    end_width = max([len(end) for _, end in ends], default=0) + 1  # and its "s"
+    return [f"  {start:>{start_width}}-{end + 's':<{end_width}}" for start, end in ends]
 
 
 def _show(results: list[FileResult], *, json_output: bool, asked: bool, one_file: bool) -> None:
