@@ -214,6 +214,30 @@ def test_remove_forgets_a_folder_and_updates_the_vector_indexes(tiny_model_dir, 
     assert again.exit_code == EXIT_FAILED and "nothing in the index" in again.stderr
 
 
+def test_remove_forgets_every_path_given_as_rm_does_and_says_each_one_with_nothing_indexed(
+    tiny_model_dir, sounds, tmp_path
+):
+    """`remove sounds/dogs/*.wav old/`: each path on its own; one with nothing indexed fails the command (exit 1) but
+    not the others."""
+    db = tmp_path / "lib.db"
+    assert index(sounds, db, tiny_model_dir).exit_code == 0
+    bark, rain, nothing = sounds / "dogs" / "bark.wav", sounds / "rain.wav", sounds / "cats"
+    result = run("remove", bark, nothing, rain, "--db", db)
+    assert result.exit_code == EXIT_FAILED
+    assert result.stdout.splitlines() == [f"removed 1 file at or under {bark}", f"removed 1 file at or under {rain}"]
+    assert result.stderr.splitlines() == [f"error: {nothing}: nothing in the index at or under this path"]
+    assert_consistent(db)
+    with Library.open(str(db)) as library:
+        assert [f.path for f in library.store.files_under(str(sounds))] == [str(sounds / "dogs" / "growl.flac")]
+
+    listed = run("remove", sounds / "dogs", nothing, "--db", db, "--json")
+    assert json.loads(listed.stdout) == [  # several paths: a list of what `remove PATH --json` gives
+        {"path": str(sounds / "dogs"), "removed_files": 1},
+        {"path": str(nothing), "removed_files": 0},
+    ]
+    assert listed.exit_code == EXIT_FAILED
+
+
 def test_remove_with_an_empty_path_forgets_nothing(tiny_model_dir, sounds, tmp_path, monkeypatch):
     """`pengi-search remove "$UNSET"` is bad usage: an empty path is not the current folder."""
     db = tmp_path / "lib.db"
