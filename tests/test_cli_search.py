@@ -249,6 +249,28 @@ def test_similar_table_says_which_window_of_a_long_query_file_matched(captions, 
     assert "query time" not in one_window.stdout
 
 
+def test_similar_start_and_end_search_with_that_part_of_a_long_query_file_only(captions, common):
+    """`similar field.wav --start 35 --end 42`: a moment of a long recording. rain.flac's windows are 0-7 s and 3-10 s;
+    each part given keeps the windows that overlap it."""
+    rain = captions.files["weather/rain.flac"]
+
+    def query_windows(*part: object) -> set[tuple[float, float]]:
+        result = run("similar", rain, *common, "--json", *part)
+        assert result.exit_code == 0, result.output
+        return {(hit["query_start_s"], hit["query_end_s"]) for hit in json.loads(result.stdout)}
+
+    assert query_windows("--start", 8) == {(3.0, 10.0)}
+    assert query_windows("--end", 2) == {(0.0, 7.0)}
+    assert query_windows("--start", 4, "--end", 6) <= {(0.0, 7.0), (3.0, 10.0)}
+
+    past_the_end = run("similar", rain, *common, "--start", 11)
+    assert past_the_end.exit_code == EXIT_PARTIAL
+    assert past_the_end.stderr == f"skipped {rain}: no window from 11 s to its end: the file is 10.0 s long\n"
+    empty = run("similar", rain, *common, "--start", 5, "--end", 5)
+    assert empty.exit_code == EXIT_USAGE
+    assert empty.stderr == "error: --end 5 is not after --start 5: no window lies between them\n"
+
+
 def test_similar_missing_file(common, tmp_path):
     result = run("similar", tmp_path / "absent.wav", *common)
     assert result.exit_code == EXIT_USAGE and "no such file" in result.output
