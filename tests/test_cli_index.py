@@ -96,6 +96,18 @@ def test_index_then_stats_and_export(tiny_model_dir, sounds, tmp_path):
     assert "files: 3 (3 indexed, 0 pending, 0 failed)" in text.stdout
 
 
+def test_export_under_a_path_with_nothing_indexed_says_so_rather_than_reading_as_an_empty_library(
+    tiny_model_dir, sounds, tmp_path, monkeypatch
+):
+    db = tmp_path / "lib.db"
+    assert index(sounds, db, tiny_model_dir).exit_code == 0
+    monkeypatch.chdir(sounds)
+    result = run("export", "--db", db, "--under", "./dgos")
+    assert (result.exit_code, result.stdout) == (0, "")  # no file there: nothing to export is no failure
+    assert result.stderr == "warning: ./dgos: nothing in the index at or under this path\n"
+    assert run("export", "--db", db, "--under", "./dogs").stderr == ""
+
+
 @pytest.mark.parametrize("json_output", [False, True], ids=["text", "json"])
 def test_an_interrupted_run_says_what_it_kept_and_that_the_same_command_resumes(
     tiny_model_dir, sounds, tmp_path, monkeypatch, json_output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from .common import (
     json_option,
     out_console,
     print_json,
+    warn,
 )
 from .index import IndexTypeOption
 
@@ -193,22 +195,30 @@ def export(
         check_output_file(output, "JSON lines")
     with Library.open(db, read_only=True) as library:
         if output is None:  # `export | head`: a reader that had enough ends it as any command (`handle_errors`)
-            _write_rows(library.store.export_rows(prefix), sys.stdout)
-            return
-        with written_aside(output) as partial, open(partial, "w", encoding="utf-8") as stream:
-            _write_rows(library.store.export_rows(prefix), stream)
+            written = _write_rows(library.store.export_rows(prefix), sys.stdout)
+        else:
+            with written_aside(output) as partial, open(partial, "w", encoding="utf-8") as stream:
+                written = _write_rows(library.store.export_rows(prefix), stream)
+    if under is not None and written == 0:  # a mistyped --under reads as an empty library otherwise
+        from ..pathnames import shown
+
+        warn(f"{shown(os.fspath(under))}: nothing in the index at or under this path")
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Helpers
 
 
-def _write_rows(rows: Any, stream: Any) -> None:
+def _write_rows(rows: Any, stream: Any) -> int:
+    """Write `rows` as JSON lines; how many there were."""
     from ..pathnames import json_text, writes_utf8
 
     ascii_only = not writes_utf8(stream)
+    count = 0
     for row in rows:
         stream.write(json_text(row, ascii_only=ascii_only) + "\n")
+        count += 1
+    return count
 
 
 def _index_kind(info: dict[str, Any]) -> str:
