@@ -218,6 +218,11 @@ CASES = {
         EXIT_USAGE,
         "'is there speech?' is no file or folder, and",
     ),
+    "ask, the question between files": Case(
+        lambda p: ("ask", p.clip, "is there speech?", p.clip, "--model", p.model),
+        EXIT_USAGE,
+        "'is there speech?' is no file or folder, and",
+    ),
     "ask, nothing": Case(lambda p: ("ask", "--model", p.model), EXIT_USAGE, "give the audio files, then the question"),
     "ask, empty question": Case(
         lambda p: ("ask", p.clip, "  ", "--model", p.model, *QUICK), EXIT_USAGE, "the question is empty"

@@ -251,8 +251,9 @@ def describe(
 
 
 def _check_question_last(files: list[str] | None, question: str | None) -> None:
-    """The files, then the question: a missing one is named, and so is the order of a question given first
-    (`ask "is it rain?" rain.wav`), which would otherwise read as a file named after the question."""
+    """The files, then the question: a missing one is named, and so is the order of a question given before a file
+    (`ask "is it rain?" rain.wav`, `ask a.wav "is it rain?" b.wav`), which would otherwise read as a file named after
+    the question."""
     example = 'pengi-search ask engine.wav "is the engine healthy?"'
     if not files or question is None:  # Click gives a lone argument to the question: files or question missing
         if question is None:
@@ -262,9 +263,9 @@ def _check_question_last(files: list[str] | None, question: str | None) -> None:
         else:  # a lone question: the files are what is missing
             said = f"no audio file before the question {question!r}: "
         raise UsageError("", f"{said}give the audio files, then the question, e.g. {example}")
-    first = str(files[0])
-    if not Path(first).exists() and Path(question).exists():
-        said = f"{first!r} is no file or folder, and {question!r} is one"
+    missing = [str(path) for path in files if not Path(path).exists()]  # the question among them, given before one
+    if missing and Path(question).exists():
+        said = f"{missing[0]!r} is no file or folder, and {question!r} is one"
         raise UsageError("", f"{said}: give the audio files, then the question, e.g. {example}")
 
 
