@@ -95,6 +95,13 @@ def test_similar_heads_each_query_files_hits_with_its_name_as_written(console, n
     assert lines(console)[0] == f"/q/{name}"
 
 
+def test_similar_of_several_files_leaves_a_blank_line_before_each_next_files_name(console):
+    results = [SimilarResult(f"/q/{name}.wav", [], "index") for name in ("a", "b", "c")]
+    results.insert(1, SimilarResult("/q/broken.wav", [], None, "not audio"))  # said on stderr as it happened
+    cli_search._show_similar(results, json_output=False, one_file=False)
+    assert lines(console) == ["/q/a.wav", "", "/q/b.wav", "", "/q/c.wav"]
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_classify_shows_the_file_and_the_labels_as_written(console, name):
     cli_classify._print_ranked(Prediction(f"/lib/{name}", [(name, 0.75)], 1, "decoded"), top=5)

@@ -395,10 +395,11 @@ def _show_similar(results: list[SimilarResult], *, json_output: bool, one_file: 
             ]
         )
         return
-    for result in results:
-        if result.error is not None:
-            continue
+    shown_results = [result for result in results if result.error is None]
+    for number, result in enumerate(shown_results):
         if not one_file:  # which file these hits are for: a folder's files were not named on the command line
+            if number:  # a blank line between one file's hits and the next file's name, as ripgrep's headings
+                out_console.print()
             out_console.print(Text(shown(result.path), style="bold"), soft_wrap=True)
         # Which window of the query matched, whenever it has several: also when every hit shown matched the same one.
         _show_hits(result.hits, json_output=False, show_query_span=result.query_windows > 1)
