@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -94,6 +95,16 @@ def test_index_then_stats_and_export(tiny_model_dir, sounds, tmp_path):
 
     text = run("stats", "--db", db)
     assert "files: 3 (3 indexed, 0 pending, 0 failed)" in text.stdout
+
+
+def test_the_summary_says_when_the_library_became_searchable_only_for_a_run_that_stored_windows(
+    tiny_model_dir, sounds, tmp_path
+):
+    db = tmp_path / "lib.db"
+    first = index(sounds, db, tiny_model_dir).stdout.splitlines()[0]
+    assert re.fullmatch(r"indexed 3 files, 4 windows in [0-9.]+ s \(searchable by sound after [0-9.]+ s\), .*", first)
+    again = index(sounds, db, tiny_model_dir).stdout.splitlines()[0]
+    assert re.fullmatch(r"indexed 0 files, 0 windows in [0-9.]+ s, 0 windows captioned; 3 unchanged, .*", again)
 
 
 def test_export_under_a_path_with_nothing_indexed_says_so_rather_than_reading_as_an_empty_library(

@@ -303,10 +303,12 @@ def _print_summary(summary: IndexSummary, *, paths: int, verbose: bool, db_optio
     """The run's summary on stdout; `db_option`: what the commands it suggests add to act on this library
     (`urls.db_option`: ` --db VALUE` when the user named one)."""
     shard = f" (shard {summary.shard})" if summary.shard else ""
+    # When pass 1 stored windows: a run with nothing new was searchable all along.
+    searchable = f" (searchable by sound after {summary.searchable_s:.1f} s)" if summary.window_count else ""
     out_console.print(
         f"indexed {count_text(summary.indexed, 'file')}{_reused(summary, ' reused from identical files')}, "
-        f"{count_text(summary.window_count, 'window')} in {summary.seconds:.1f} s{shard} (searchable by sound after "
-        f"{summary.searchable_s:.1f} s), {count_text(summary.captioned, 'window')} captioned; "
+        f"{count_text(summary.window_count, 'window')} in {summary.seconds:.1f} s{shard}{searchable}, "
+        f"{count_text(summary.captioned, 'window')} captioned; "
         f"{summary.unchanged} unchanged, {summary.touched} touched, {len(summary.failed)} failed, "
         f"{summary.pruned} pruned",
         soft_wrap=True,
