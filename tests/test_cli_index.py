@@ -107,6 +107,16 @@ def test_the_summary_says_when_the_library_became_searchable_only_for_a_run_that
     assert re.fullmatch(r"indexed 0 files, 0 windows in [0-9.]+ s, 0 windows captioned; 3 unchanged, .*", again)
 
 
+def test_captions_left_for_later_name_the_command_that_writes_them_ready_to_paste(
+    tiny_model_dir, sounds, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    sounds.rename(tmp_path / "my sounds")
+    result = index("my sounds", "lib.db", tiny_model_dir, "--captions", "later")
+    assert result.exit_code == 0, result.output
+    assert "4 windows have no captions yet: `pengi-search index 'my sounds' --db lib.db` writes them" in result.stdout
+
+
 def test_export_under_a_path_with_nothing_indexed_says_so_rather_than_reading_as_an_empty_library(
     tiny_model_dir, sounds, tmp_path, monkeypatch
 ):
