@@ -416,6 +416,32 @@ def test_classify_warns_of_files_the_truth_does_not_list_on_stderr_when_the_scor
     assert "warning: 1 classified file is not in the truth file, so not scored\n" in result.stderr
 
 
+def test_classify_warns_of_truth_labels_that_the_labels_file_lacks_as_their_files_can_never_be_right(
+    captions, common, tmp_path
+):
+    """A truth of another spelling (`Rain on a roof`) or of another set: the accuracy alone would not say why."""
+    truth = tmp_path / "truth.csv"
+    truth.write_text(
+        f"file,label\n{captions.root}/weather/rain.flac,Rain on a roof\n{captions.root}/bell.wav,a bell rings\n"
+    )
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a dog barks\nrain on a roof\na bell rings\n")
+    result = run(
+        "classify",
+        captions.files["weather/rain.flac"],
+        captions.files["bell.wav"],
+        "-l",
+        labels,
+        *common,
+        "--truth",
+        truth,
+    )
+    assert result.exit_code == 0, result.output
+    note = "1 of the scored files' labels is not in the labels file, so those files count as wrong: 'Rain on a roof'"
+    assert result.stderr.splitlines()[-1] == f"warning: {truth}: {note}"  # after the scores (CSV: stderr's)
+    assert result.stderr.count("warning") == 1
+
+
 def test_classify_folder_with_a_broken_file_is_partial(captions, common, labels, tmp_path):
     folder = tmp_path / "mixed"
     shutil.copytree(captions.root / "animals", folder)
