@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .window_batches import Progress
 
 from .search import Hit, SearchScope, check_index_model, search_index
+from .units import seconds_text
 
 # ---------------------------------------------------------------------------------------------------------------
 # audio -> audio
@@ -105,9 +106,11 @@ def similar_to_files(
     fast: bool = False,
     progress: Progress | None = None,
     engine: Engine | None = None,
+    within: tuple[float, float] | None = None,
 ) -> Iterator[SimilarResult]:
     """Audio -> audio: for each file in turn, the files that sound like it (itself left out, with its copies: see
-    `excluding_query`).
+    `excluding_query`). `within`: (start, end) in seconds, the query is only the file's windows that overlap it (a
+    moment of a long recording); a file with none there is reported as an error.
 
     Files that are indexed and unchanged use their stored vectors; the others are decoded and embedded with the
     model that built the index, their windows batched together across files (`window_batches`), and hashed as they
@@ -133,12 +136,24 @@ def similar_to_files(
                 continue
             vectors, spans, source = np.stack(outcome.results), [(s.start_s, s.end_s) for s in outcome.spans], "decoded"
             content_hash = outcome.content_hash
+        if within is not None:
+            kept = [i for i, (start, end) in enumerate(spans) if start < within[1] and end > within[0]]
+            if not kept:
+                yield SimilarResult(path, [], source, _no_window_within(within, spans[-1][1]))
+                continue
+            vectors, spans = vectors[kept], [spans[i] for i in kept]
         if not np.isfinite(vectors).all():  # the model overflowed on this file: reported as `index` records it
             yield SimilarResult(path, [], source, non_finite_vector("audio"))
             continue
         query_scope = excluding_query(library, scope, content_hash, absolute(path))
         hits = search_index(library, index, vectors, query_scope, query_spans=spans)
         yield SimilarResult(path, hits, source, query_windows=len(spans))
+
+
+def _no_window_within(within: tuple[float, float], length_s: float) -> str:
+    start, end = within
+    until = "its end" if end == float("inf") else f"{end:g} s"
+    return f"no window from {start:g} s to {until}: the file is {seconds_text(length_s)} long"
 
 
 def excluding_query(

@@ -13,6 +13,7 @@ interrupts its wait, and the training loop raises one after writing its checkpoi
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import signal
@@ -28,6 +29,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 EXIT_CODES = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED}
 
 _received: list[int] = []  # the stop signals this process has been sent, first first
+_stopping: list[bool] = [False]  # whether the command has been interrupted and is stopping (a list: set in place)
 _AGAIN_S = 0.05  # how long after a finalizer dropped an interrupt it comes again
 
 
@@ -81,6 +83,7 @@ def _interrupt_again(previous_hook: Callable[[Any], None], unraisable: Any) -> N
     if not (_received and issubclass(unraisable.exc_type, KeyboardInterrupt)):
         previous_hook(unraisable)
         return
+    _stopping[0] = False  # the interrupt was dropped: the one sent again is the stop
     again = threading.Timer(_AGAIN_S, signal.pthread_kill, (threading.main_thread().ident, _received[-1]))
     again.daemon = True
     again.start()
@@ -108,16 +111,36 @@ def ignore_stop_signals() -> None:
 
 
 def _raise_interrupt(_number: int) -> None:
+    """The first stop signal interrupts the command; those after it (Ctrl-C pressed twice, a service manager's
+    SIGTERM after a terminal's SIGINT) are only noted. The command is stopping already, and a second interrupt would
+    land in what it does to stop (a run recording what it kept, a database connection closing) and end it there,
+    with a traceback and without saying what was kept."""
+    if _stopping[0]:
+        return
+    _stopping[0] = True
     raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
 def interrupted_by_stop_signals() -> Iterator[None]:
-    """Around a whole command: either stop signal raises KeyboardInterrupt where the command is. Signals noted
-    before (by an earlier command in this process, as in tests) are forgotten."""
+    """Around a whole command: the first stop signal raises KeyboardInterrupt where the command is. Signals noted
+    before (by an earlier command in this process, as in tests) are forgotten. A command that was interrupted ends
+    its process ignoring further stop signals, which would otherwise interrupt the interpreter's own clean-up (the
+    finalizers of PyTorch and SQLAlchemy) with a traceback."""
     _received.clear()
-    with on_stop_signals(_raise_interrupt):
-        yield
+    _stopping[0] = False
+    try:
+        with on_stop_signals(_raise_interrupt):
+            yield
+    finally:
+        if _stopping[0]:
+            atexit.unregister(_ignore_stop_signals)  # once, however many commands this process ran
+            atexit.register(_ignore_stop_signals)  # after the others registered so far: run before them
+
+
+def _ignore_stop_signals() -> None:
+    for number in STOP_SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
 
 
 @contextlib.contextmanager

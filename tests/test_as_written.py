@@ -95,6 +95,13 @@ def test_similar_heads_each_query_files_hits_with_its_name_as_written(console, n
     assert lines(console)[0] == f"/q/{name}"
 
 
+def test_similar_of_several_files_leaves_a_blank_line_before_each_next_files_name(console):
+    results = [SimilarResult(f"/q/{name}.wav", [], "index") for name in ("a", "b", "c")]
+    results.insert(1, SimilarResult("/q/broken.wav", [], None, "not audio"))  # said on stderr as it happened
+    cli_search._show_similar(results, json_output=False, one_file=False)
+    assert lines(console) == ["/q/a.wav", "", "/q/b.wav", "", "/q/c.wav"]
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_classify_shows_the_file_and_the_labels_as_written(console, name):
     cli_classify._print_ranked(Prediction(f"/lib/{name}", [(name, 0.75)], 1, "decoded"), top=5)
@@ -162,3 +169,18 @@ def test_doctor_and_model_info_show_names_and_paths_as_written(tiny_model_dir, t
     shown = doctor.stdout.splitlines()
     assert f"- models: --model {tmp_path}/absent/{NAME} names no model" in shown, doctor.stdout
     assert any(line.startswith(f"  state          neither {tmp_path}/db/{NAME}.db ") for line in shown), doctor.stdout
+
+
+@pytest.mark.parametrize("asked", [False, True])
+def test_describe_starts_every_answer_of_a_file_in_one_column_however_long_its_window_times(console, asked):
+    starts = [0.0, 7.0, 98.0, 112.9]
+    windows = [{"start_s": s, "end_s": s + 7.0, "answers": {"caption": "rain"}} for s in starts]
+    result = cli_describe.FileResult(path="/lib/long.ogg", duration_s=119.9, windows=windows)
+    cli_describe._print_text([result], show_keys=not asked)
+    answer = "rain" if asked else "caption: rain"
+    assert lines(console)[1:] == [
+        f"     0.0-7.0s    {answer}",
+        f"     7.0-14.0s   {answer}",
+        f"    98.0-105.0s  {answer}",
+        f"   112.9-119.9s  {answer}",
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -94,6 +95,38 @@ def test_index_then_stats_and_export(tiny_model_dir, sounds, tmp_path):
 
     text = run("stats", "--db", db)
     assert "files: 3 (3 indexed, 0 pending, 0 failed)" in text.stdout
+
+
+def test_the_summary_says_when_the_library_became_searchable_only_for_a_run_that_stored_windows(
+    tiny_model_dir, sounds, tmp_path
+):
+    db = tmp_path / "lib.db"
+    first = index(sounds, db, tiny_model_dir).stdout.splitlines()[0]
+    assert re.fullmatch(r"indexed 3 files, 4 windows in [0-9.]+ s \(searchable by sound after [0-9.]+ s\), .*", first)
+    again = index(sounds, db, tiny_model_dir).stdout.splitlines()[0]
+    assert re.fullmatch(r"indexed 0 files, 0 windows in [0-9.]+ s, 0 windows captioned; 3 unchanged, .*", again)
+
+
+def test_captions_left_for_later_name_the_command_that_writes_them_ready_to_paste(
+    tiny_model_dir, sounds, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    sounds.rename(tmp_path / "my sounds")
+    result = index("my sounds", "lib.db", tiny_model_dir, "--captions", "later")
+    assert result.exit_code == 0, result.output
+    assert "4 windows have no captions yet: `pengi-search index 'my sounds' --db lib.db` writes them" in result.stdout
+
+
+def test_export_under_a_path_with_nothing_indexed_says_so_rather_than_reading_as_an_empty_library(
+    tiny_model_dir, sounds, tmp_path, monkeypatch
+):
+    db = tmp_path / "lib.db"
+    assert index(sounds, db, tiny_model_dir).exit_code == 0
+    monkeypatch.chdir(sounds)
+    result = run("export", "--db", db, "--under", "./dgos")
+    assert (result.exit_code, result.stdout) == (0, "")  # no file there: nothing to export is no failure
+    assert result.stderr == "warning: ./dgos: nothing in the index at or under this path\n"
+    assert run("export", "--db", db, "--under", "./dogs").stderr == ""
 
 
 @pytest.mark.parametrize("json_output", [False, True], ids=["text", "json"])
@@ -212,6 +245,30 @@ def test_remove_forgets_a_folder_and_updates_the_vector_indexes(tiny_model_dir, 
 
     again = run("remove", sounds / "dogs", "--db", db)
     assert again.exit_code == EXIT_FAILED and "nothing in the index" in again.stderr
+
+
+def test_remove_forgets_every_path_given_as_rm_does_and_says_each_one_with_nothing_indexed(
+    tiny_model_dir, sounds, tmp_path
+):
+    """`remove sounds/dogs/*.wav old/`: each path on its own; one with nothing indexed fails the command (exit 1) but
+    not the others."""
+    db = tmp_path / "lib.db"
+    assert index(sounds, db, tiny_model_dir).exit_code == 0
+    bark, rain, nothing = sounds / "dogs" / "bark.wav", sounds / "rain.wav", sounds / "cats"
+    result = run("remove", bark, nothing, rain, "--db", db)
+    assert result.exit_code == EXIT_FAILED
+    assert result.stdout.splitlines() == [f"removed 1 file at or under {bark}", f"removed 1 file at or under {rain}"]
+    assert result.stderr.splitlines() == [f"error: {nothing}: nothing in the index at or under this path"]
+    assert_consistent(db)
+    with Library.open(str(db)) as library:
+        assert [f.path for f in library.store.files_under(str(sounds))] == [str(sounds / "dogs" / "growl.flac")]
+
+    listed = run("remove", sounds / "dogs", nothing, "--db", db, "--json")
+    assert json.loads(listed.stdout) == [  # several paths: a list of what `remove PATH --json` gives
+        {"path": str(sounds / "dogs"), "removed_files": 1},
+        {"path": str(nothing), "removed_files": 0},
+    ]
+    assert listed.exit_code == EXIT_FAILED
 
 
 def test_remove_with_an_empty_path_forgets_nothing(tiny_model_dir, sounds, tmp_path, monkeypatch):

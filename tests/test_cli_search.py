@@ -249,6 +249,28 @@ def test_similar_table_says_which_window_of_a_long_query_file_matched(captions, 
     assert "query time" not in one_window.stdout
 
 
+def test_similar_start_and_end_search_with_that_part_of_a_long_query_file_only(captions, common):
+    """`similar field.wav --start 35 --end 42`: a moment of a long recording. rain.flac's windows are 0-7 s and 3-10 s;
+    each part given keeps the windows that overlap it."""
+    rain = captions.files["weather/rain.flac"]
+
+    def query_windows(*part: object) -> set[tuple[float, float]]:
+        result = run("similar", rain, *common, "--json", *part)
+        assert result.exit_code == 0, result.output
+        return {(hit["query_start_s"], hit["query_end_s"]) for hit in json.loads(result.stdout)}
+
+    assert query_windows("--start", 8) == {(3.0, 10.0)}
+    assert query_windows("--end", 2) == {(0.0, 7.0)}
+    assert query_windows("--start", 4, "--end", 6) <= {(0.0, 7.0), (3.0, 10.0)}
+
+    past_the_end = run("similar", rain, *common, "--start", 11)
+    assert past_the_end.exit_code == EXIT_PARTIAL
+    assert past_the_end.stderr == f"skipped {rain}: no window from 11 s to its end: the file is 10.0 s long\n"
+    empty = run("similar", rain, *common, "--start", 5, "--end", 5)
+    assert empty.exit_code == EXIT_USAGE
+    assert empty.stderr == "error: --end 5 is not after --start 5: no window lies between them\n"
+
+
 def test_similar_missing_file(common, tmp_path):
     result = run("similar", tmp_path / "absent.wav", *common)
     assert result.exit_code == EXIT_USAGE and "no such file" in result.output
@@ -417,6 +439,32 @@ def test_classify_json_warns_of_files_the_truth_does_not_list_on_stderr_and_keep
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["metrics"]["unmatched"] == [str(captions.files["animals/cat.flac"])]
     assert result.stderr == "warning: 1 classified file is not in the truth file, so not scored\n"
+
+
+def test_classify_warns_of_truth_labels_that_the_labels_file_lacks_as_their_files_can_never_be_right(
+    captions, common, tmp_path
+):
+    """A truth of another spelling (`Rain on a roof`) or of another set: the accuracy alone would not say why."""
+    truth = tmp_path / "truth.csv"
+    truth.write_text(
+        f"file,label\n{captions.root}/weather/rain.flac,Rain on a roof\n{captions.root}/bell.wav,a bell rings\n"
+    )
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a dog barks\nrain on a roof\na bell rings\n")
+    result = run(
+        "classify",
+        captions.files["weather/rain.flac"],
+        captions.files["bell.wav"],
+        "-l",
+        labels,
+        *common,
+        "--truth",
+        truth,
+    )
+    assert result.exit_code == 0, result.output
+    note = "1 of the scored files' labels is not in the labels file, so those files count as wrong: 'Rain on a roof'"
+    assert result.stderr.splitlines()[-1] == f"warning: {truth}: {note}"  # after the scores (CSV: stderr's)
+    assert result.stderr.count("warning") == 1
 
 
 def test_classify_folder_with_a_broken_file_is_partial(captions, common, labels, tmp_path):

@@ -218,6 +218,11 @@ CASES = {
         EXIT_USAGE,
         "'is there speech?' is no file or folder, and",
     ),
+    "ask, the question between files": Case(
+        lambda p: ("ask", p.clip, "is there speech?", p.clip, "--model", p.model),
+        EXIT_USAGE,
+        "'is there speech?' is no file or folder, and",
+    ),
     "ask, nothing": Case(lambda p: ("ask", "--model", p.model), EXIT_USAGE, "give the audio files, then the question"),
     "ask, empty question": Case(
         lambda p: ("ask", p.clip, "  ", "--model", p.model, *QUICK), EXIT_USAGE, "the question is empty"
@@ -679,6 +684,19 @@ def test_a_mistake_the_option_parser_catches_is_one_line(args):
     assert result.stdout == ""
     [line] = result.stderr.splitlines()
     assert line.startswith("error: ") and line.endswith("--help')") and "Value error" not in line, line
+
+
+@pytest.mark.parametrize("command", [("describe",), ("similar", "-k", "2"), ("remove",), ("index",)])
+def test_a_file_named_like_an_option_is_said_with_how_to_give_it(command, tmp_path, monkeypatch):
+    """`describe -take1.wav` reads as the options -t, -a, ...: the error names the file, and the two ways to give it."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "-take1.wav").touch()
+    result = runner.invoke(app, [*command, "-take1.wav"])
+    assert result.exit_code == EXIT_USAGE
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: No such option: -t; -take1.wav is a file here: give it as ./-take1.wav, or after --")
+    (tmp_path / "-take1.wav").unlink()  # an unknown option that names no file: said as before
+    assert "is a file here" not in runner.invoke(app, [*command, "-take1.wav"]).stderr
 
 
 def test_no_command_at_all_shows_the_help():

@@ -7,6 +7,9 @@ test_trainer_recipes (train) and test_serve_workers (serve, which ends by SIGTER
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
+import textwrap
 import time
 
 import pytest
@@ -49,3 +52,49 @@ def test_a_signal_the_process_was_started_ignoring_stays_ignored():
             assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_a_second_signal_while_the_command_stops_does_not_interrupt_its_stopping():
+    """Ctrl-C pressed twice, or a service manager's SIGTERM after it: the command stops on the first, and what it does
+    to stop (an index run recording what it kept, a database connection closing) is not cut short by the second."""
+    with interrupted_by_stop_signals():
+        with pytest.raises(KeyboardInterrupt):
+            send_to_self(signal.SIGTERM)
+        try:
+            send_to_self(signal.SIGINT)
+            send_to_self(signal.SIGTERM)
+        except KeyboardInterrupt:
+            pytest.fail("a signal while the command stops interrupted its stopping")
+    assert interrupted_exit_code() == EXIT_TERMINATED  # the first says how it ended
+
+
+def test_a_command_stops_on_a_signal_again_after_an_earlier_one_in_the_same_process_stopped():
+    with interrupted_by_stop_signals(), pytest.raises(KeyboardInterrupt):
+        send_to_self(signal.SIGINT)
+    with interrupted_by_stop_signals(), pytest.raises(KeyboardInterrupt):
+        send_to_self(signal.SIGTERM)
+    assert interrupted_exit_code() == EXIT_TERMINATED
+
+
+def test_a_signal_while_an_interrupted_command_exits_prints_no_traceback():
+    """After the command said it was interrupted, the interpreter's clean-up (PyTorch's finalizers run at exit) is
+    not interrupted by another Ctrl-C with an "Exception ignored" traceback."""
+    script = textwrap.dedent(
+        """
+        import signal, sys, weakref
+        from pengi_search.stop_signals import interrupted_by_stop_signals
+
+        class Library: ...
+
+        kept = Library()
+        weakref.finalize(kept, signal.raise_signal, signal.SIGINT)  # run at exit, as PyTorch's finalizers are
+        try:
+            with interrupted_by_stop_signals():
+                signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (130, "interrupted\n")

@@ -37,16 +37,17 @@ class _OneLineUsageErrors(Group):
             try:  # the root's own options (and no command at all)
                 return super().make_context(info_name, args, parent, **extra)
             except ParserUsageError as err:
-                _usage_error(err)
+                _usage_error(err, args)
 
     def invoke(self, ctx: Any) -> Any:
+        tokens = [*ctx.args]  # the command and its arguments: Click empties the list as it hands them on
         with quiet_when_output_closed():
             try:  # every subcommand's arguments are parsed in here
                 return super().invoke(ctx)
             except ParserUsageError as err:
                 if err.ctx is None and ctx.invoked_subcommand:  # the option parser's own errors carry no context
                     err.ctx = _bare_context(ctx, ctx.invoked_subcommand)  # for the hint: which --help to read
-                _usage_error(err)
+                _usage_error(err, tokens)
 
 
 def _bare_context(parent: Any, name: str) -> Any:
@@ -110,7 +111,8 @@ def _argument_name(argument: Any) -> str:
     return argument.name.upper()
 
 
-def _usage_error(err: Any) -> NoReturn:
+def _usage_error(err: Any, tokens: list[str]) -> NoReturn:
+    """Say the parser's mistake in one line; `tokens`: the command line it parsed (for a file named like an option)."""
     if not _says_usage_errors():
         raise typer.Exit(0)
     # Typer tells this one by its name too: its "message" is the help, which Typer has drawn on a terminal, and which
@@ -122,7 +124,7 @@ def _usage_error(err: Any) -> NoReturn:
         hint = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
         # Typer checks values with pydantic, whose messages start "Value error, " (a Python class name, not words).
         message = " ".join(err.format_message().replace("Value error, ", "").split())
-        fail(message + hint, err.exit_code)
+        fail(message + _dashed_file_hint(err, tokens) + hint, err.exit_code)
     raise typer.Exit(err.exit_code)
 
 
@@ -140,6 +142,18 @@ def _says_usage_errors() -> bool:
     if first:
         ends_after_the_machines_others()
     return first
+
+
+def _dashed_file_hint(err: Any, tokens: list[str]) -> str:
+    """For a file whose name starts with `-`, taken for options (`describe -take1.wav`: "No such option: -t"), how to
+    give it as a file, as `rm` and `ls` are given one; else nothing."""
+    if type(err).__name__ != "NoSuchOption":
+        return ""
+    given = tokens[: tokens.index("--")] if "--" in tokens else tokens
+    for token in given:
+        if len(token) > 1 and token.startswith("-") and os.path.lexists(token):
+            return f"; {token} is a file here: give it as ./{token}, or after --"
+    return ""
 
 
 app = App(

@@ -7,6 +7,7 @@ The command reads its inputs, classifies every file, scores the result and shows
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from ..choices import Device, LoglikScore, LongPrompt, Method, StopRule
 from ..json_values import score_text
 from ..pathnames import path_fields, shown
 from ..prompts import TASK_PROMPTS
-from ..units import count_text
+from ..units import count_text, for_count, named
 from .common import (
     EXIT_OK,
     EXIT_PARTIAL,
@@ -199,6 +200,8 @@ def classify(
         _show_csv(outcome, top, csv_written=output is not None)
     if metrics is not None:  # on stderr with --json too, as every warning: scripts read it there
         _warn_unscored(metrics)
+    if known is not None and truth is not None:  # after the scores, with the truth's other warning
+        _warn_of_truth_labels_not_given(known, truth, predictions, label_list)
     raise typer.Exit(EXIT_PARTIAL if outcome.failures else EXIT_OK)
 
 
@@ -218,6 +221,20 @@ def _read_inputs(labels: Path, truth: Path | None) -> tuple[list[str], dict[str,
         why = known.multi_label_reason
         raise LabelsError(truth, f"{why}: measure a multi-label truth (mAP) with `pengi-search eval classify`")
     return label_list, texts, known
+
+
+def _warn_of_truth_labels_not_given(
+    known: Truth, truth: Path, predictions: Sequence[Prediction], label_list: list[str]
+) -> None:
+    """The truth's labels of the files scored that the labels file lacks (another spelling, `Dog` for `dog`, or
+    another set's labels): their files can never be classified right, which the accuracy alone would not say."""
+    given = set(label_list)
+    expected = (known.label_of(prediction.path) for prediction in predictions)
+    missing = [label for label in dict.fromkeys(expected) if label is not None and label not in given]
+    if missing:
+        are = for_count(len(missing), "is", "are")
+        said = f"{len(missing)} of the scored files' labels {are} not in the labels file, so those files count as wrong"
+        warn(f"{shown(os.fspath(truth))}: {said}: {named(missing)}")
 
 
 def check_truth_covers(known: Truth, truth: Path, targets: Sequence[str], inputs: AudioInputs) -> None:

@@ -187,13 +187,20 @@ def _print_text(results: list[FileResult], show_keys: bool) -> None:
         if r.duration_s is None:  # not decoded: said on stderr as it happened
             continue
         out_console.print(Text.assemble((shown(r.path), "bold"), f"  ({seconds_text(r.duration_s)})"), soft_wrap=True)
-        for w in r.windows:
-            start, end = span_ends(w["start_s"], w["end_s"])
-            span = f"  {start:>6}-{end}s"  # the starts right-aligned: the dashes line up
+        for w, span in zip(r.windows, _spans(r.windows), strict=True):
             for key, text in w["answers"].items():
                 label = f"{key}: " if show_keys else ""
                 out_console.print(Text(f"{span}  {label}{text}"), soft_wrap=True)
                 span = " " * len(span)
+
+
+def _spans(windows: list[dict]) -> list[str]:
+    """Each window's time, padded alike within a file: the starts right-aligned, so that the dashes line up, and the
+    ends left-aligned, so that the answers start in one column (`7.0-14.0s` after `0.0-7.0s`)."""
+    ends = [span_ends(w["start_s"], w["end_s"]) for w in windows]
+    start_width = max([6, *(len(start) for start, _ in ends)])
+    end_width = max([len(end) for _, end in ends], default=0) + 1  # and its "s"
+    return [f"  {start:>{start_width}}-{end + 's':<{end_width}}" for start, end in ends]
 
 
 def _show(results: list[FileResult], *, json_output: bool, asked: bool, one_file: bool) -> None:
@@ -244,8 +251,9 @@ def describe(
 
 
 def _check_question_last(files: list[str] | None, question: str | None) -> None:
-    """The files, then the question: a missing one is named, and so is the order of a question given first
-    (`ask "is it rain?" rain.wav`), which would otherwise read as a file named after the question."""
+    """The files, then the question: a missing one is named, and so is the order of a question given before a file
+    (`ask "is it rain?" rain.wav`, `ask a.wav "is it rain?" b.wav`), which would otherwise read as a file named after
+    the question."""
     example = 'pengi-search ask engine.wav "is the engine healthy?"'
     if not files or question is None:  # Click gives a lone argument to the question: files or question missing
         if question is None:
@@ -255,9 +263,9 @@ def _check_question_last(files: list[str] | None, question: str | None) -> None:
         else:  # a lone question: the files are what is missing
             said = f"no audio file before the question {question!r}: "
         raise UsageError("", f"{said}give the audio files, then the question, e.g. {example}")
-    first = str(files[0])
-    if not Path(first).exists() and Path(question).exists():
-        said = f"{first!r} is no file or folder, and {question!r} is one"
+    missing = [str(path) for path in files if not Path(path).exists()]  # the question among them, given before one
+    if missing and Path(question).exists():
+        said = f"{missing[0]!r} is no file or folder, and {question!r} is one"
         raise UsageError("", f"{said}: give the audio files, then the question, e.g. {example}")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shlex
 import time
 from typing import TYPE_CHECKING, Annotated
 
@@ -232,7 +233,7 @@ def index(
         if json_output:  # with --watch, JSON lines: one summary a run, the first one's too
             _print_json_summary(summary, line=watch, verbose=verbose, db_option=option)
         else:
-            _print_summary(summary, paths=len(paths), verbose=verbose, db_option=option)
+            _print_summary(summary, paths=paths, verbose=verbose, db_option=option)
         _warn_if_nothing_found(summary, paths, ext)
 
     if watch:
@@ -301,14 +302,16 @@ def _print_run_line(summary: IndexSummary, *, quiet: bool, verbose: bool, db_opt
     _print_problems(summary, verbose=verbose, db_option=db_option)
 
 
-def _print_summary(summary: IndexSummary, *, paths: int, verbose: bool, db_option: str) -> None:
+def _print_summary(summary: IndexSummary, *, paths: list[str], verbose: bool, db_option: str) -> None:
     """The run's summary on stdout; `db_option`: what the commands it suggests add to act on this library
     (`urls.db_option`: ` --db VALUE` when the user named one)."""
     shard = f" (shard {summary.shard})" if summary.shard else ""
+    # When pass 1 stored windows: a run with nothing new was searchable all along.
+    searchable = f" (searchable by sound after {summary.searchable_s:.1f} s)" if summary.window_count else ""
     out_console.print(
         f"indexed {count_text(summary.indexed, 'file')}{_reused(summary, ' reused from identical files')}, "
-        f"{count_text(summary.window_count, 'window')} in {summary.seconds:.1f} s{shard} (searchable by sound after "
-        f"{summary.searchable_s:.1f} s), {count_text(summary.captioned, 'window')} captioned; "
+        f"{count_text(summary.window_count, 'window')} in {summary.seconds:.1f} s{shard}{searchable}, "
+        f"{count_text(summary.captioned, 'window')} captioned; "
         f"{summary.unchanged} unchanged, {summary.touched} touched, {len(summary.failed)} failed, "
         f"{summary.pruned} pruned",
         soft_wrap=True,
@@ -316,11 +319,11 @@ def _print_summary(summary: IndexSummary, *, paths: int, verbose: bool, db_optio
     if summary.recaptioned:
         recaptioned = count_text(summary.recaptioned, "window")
         out_console.print(f"{recaptioned} captioned by --fast went to pass 2 for exact captions")
-    if missing := summary.captions_missing:  # `paths`: how many the command was given
+    if missing := summary.captions_missing:  # `paths`: the command's, as typed, for a command to paste
+        again = " ".join(shlex.quote(path) for path in paths)
         out_console.print(
-            f"{count_text(missing, 'window')} {for_count(missing, 'has', 'have')} no captions yet: run `pengi-search "
-            f"index{db_option}` on the same {for_count(paths, 'path', 'paths')} again to write them (meanwhile "
-            "`query` ranks by audio embeddings)",
+            f"{count_text(missing, 'window')} {for_count(missing, 'has', 'have')} no captions yet: `pengi-search "
+            f"index {again}{db_option}` writes them (meanwhile `query` ranks by audio embeddings)",
             markup=False,  # the --db value is the user's text
             soft_wrap=True,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ..messages import print_error
 from ..units import count_text, duration_text, for_count, moment_text, size_text
 from ..written_aside import written_aside
 from .common import (
@@ -20,12 +22,13 @@ from .common import (
     DbOption,
     UsageError,
     check_output_file,
-    fail,
+    err_console,
     given_input,
     handle_errors,
     json_option,
     out_console,
     print_json,
+    warn,
 )
 from .index import IndexTypeOption
 
@@ -67,7 +70,7 @@ NprobeOption = Annotated[
     ),
 ]
 StatsJsonOption = json_option("an object: the library's counts, captions, failed files, runs and vector indexes.")
-RemoveJsonOption = json_option("an object {path, removed_files}.")
+RemoveJsonOption = json_option("an object {path, removed_files}; a list of them for several paths.")
 
 
 @handle_errors
@@ -183,28 +186,40 @@ def stats(db: DbOption = None, json_output: StatsJsonOption = False) -> None:
 
 @handle_errors
 def remove(
-    path: Annotated[str, typer.Argument(help="A file, or a folder: everything indexed below it.", parser=given_input)],
+    paths: Annotated[
+        list[str],
+        typer.Argument(
+            help="Files, or folders: everything indexed below them.", parser=given_input, show_default=False
+        ),
+    ],
     db: DbOption = None,
     json_output: RemoveJsonOption = False,
 ) -> None:
-    """Forget a file, or every file under a folder (the files on disk are not touched).
+    """Forget files, or every file under folders (the files on disk are not touched).
 
-    Example: pengi-search remove ~/sounds/old-recordings
+    As `rm` does, each path is forgotten on its own: one with nothing indexed is said and the others are still
+    forgotten (exit code 1).
+
+    Example: pengi-search remove ~/sounds/old-recordings ~/sounds/draft.wav
     """
     from ..library import Library
     from ..pathnames import path_fields, shown
     from ..scan import absolute
 
-    target = absolute(path)
     with Library.open(db, create=False) as library:
-        removed = library.store.remove(target)
+        removed = [library.store.remove(absolute(path)) for path in paths]
         library.sync_vector_indexes()
-    if removed == 0:  # named as typed, as every command names a path given; the library holds it absolute
-        fail(f"{shown(path)}: nothing in the index at or under this path", EXIT_FAILED)
     if json_output:
-        print_json({**path_fields(path), "removed_files": removed})
-    else:
-        out_console.print(f"removed {count_text(removed, 'file')} at or under {shown(path)}", markup=False)
+        rows = [{**path_fields(path), "removed_files": count} for path, count in zip(paths, removed, strict=True)]
+        if len(paths) > 1 or removed[0]:  # one path: its object, and only when it removed something
+            print_json(rows if len(paths) > 1 else rows[0])
+    for path, count in zip(paths, removed, strict=True):
+        if count == 0:  # named as typed, as every command names a path given; the library holds it absolute
+            print_error(err_console, f"{shown(path)}: nothing in the index at or under this path")
+        elif not json_output:
+            out_console.print(f"removed {count_text(count, 'file')} at or under {shown(path)}", markup=False)
+    if not all(removed):
+        raise typer.Exit(EXIT_FAILED)
 
 
 @handle_errors
@@ -230,22 +245,30 @@ def export(
         check_output_file(output, "JSON lines")
     with Library.open(db, read_only=True) as library:
         if output is None:  # `export | head`: a reader that had enough ends it as any command (`handle_errors`)
-            _write_rows(library.store.export_rows(prefix), sys.stdout)
-            return
-        with written_aside(output) as partial, open(partial, "w", encoding="utf-8") as stream:
-            _write_rows(library.store.export_rows(prefix), stream)
+            written = _write_rows(library.store.export_rows(prefix), sys.stdout)
+        else:
+            with written_aside(output) as partial, open(partial, "w", encoding="utf-8") as stream:
+                written = _write_rows(library.store.export_rows(prefix), stream)
+    if under is not None and written == 0:  # a mistyped --under reads as an empty library otherwise
+        from ..pathnames import shown
+
+        warn(f"{shown(os.fspath(under))}: nothing in the index at or under this path")
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Helpers
 
 
-def _write_rows(rows: Any, stream: Any) -> None:
+def _write_rows(rows: Any, stream: Any) -> int:
+    """Write `rows` as JSON lines; how many there were."""
     from ..pathnames import json_text, writes_utf8
 
     ascii_only = not writes_utf8(stream)
+    count = 0
     for row in rows:
         stream.write(json_text(row, ascii_only=ascii_only) + "\n")
+        count += 1
+    return count
 
 
 def _index_kind(info: dict[str, Any]) -> str:

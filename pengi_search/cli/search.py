@@ -82,6 +82,27 @@ HybridWeightOption = Annotated[
 ]
 
 
+QueryStartOption = Annotated[
+    float | None,
+    typer.Option(
+        "--start",
+        min=0,
+        help="Only the query file's windows from this time on (s): a moment of a long recording \\[default: its "
+        "start].",
+        show_default=False,
+    ),
+]
+QueryEndOption = Annotated[
+    float | None,
+    typer.Option(
+        "--end",
+        min=0,
+        help="Only the query file's windows before this time (s) \\[default: its end].",
+        show_default=False,
+    ),
+]
+
+
 QueryJsonOption = json_option(
     "a list of hits {path, start_s, end_s, score, caption, texts, window_id, missing, ranking}."
 )
@@ -295,6 +316,8 @@ def similar(
     search: SearchOptions,
     compute: ComputeOptions,
     hidden: HiddenOption = False,
+    start: QueryStartOption = None,
+    end: QueryEndOption = None,
     json_output: SimilarJsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -302,15 +325,17 @@ def similar(
 
     An indexed, unchanged file uses its stored audio embeddings; any other file is decoded and embedded with the
     model (several such files together). Each window of the library is scored by its best match among the file's
-    windows. A file given twice is searched once; a file that cannot be decoded is reported (exit code 3).
+    windows (--start and --end: those that overlap that part of it). A file given twice is searched once; a file
+    that cannot be decoded, or has no window there, is reported (exit code 3).
 
-    Example: pengi-search similar door-slam.wav -k 5
+    Example: pengi-search similar door-slam.wav -k 5; pengi-search similar field.wav --start 35 --end 42
     """
     from itertools import chain
 
     from ..library import Library
     from ..similar import SimilarResult, similar_to_files
 
+    within = _query_part(start, end)
     paths, unreadable = audio_inputs(files, hidden=hidden)
     apply_threads(compute.threads)
     scope = search.scope()
@@ -325,6 +350,7 @@ def similar(
             batch_size=compute.batch_size,
             fast=compute.fast,
             progress=progress,
+            within=within,
         )
         # A file of a folder that cannot be read is reported as one that cannot be decoded is.
         unread = [SimilarResult(path, [], None, reason) for path, reason in unreadable]
@@ -335,6 +361,16 @@ def similar(
             results.append(result)
     _show_similar(results, json_output=json_output, one_file=one_file_given(files))
     raise typer.Exit(EXIT_PARTIAL if any(r.error for r in results) else EXIT_OK)
+
+
+def _query_part(start: float | None, end: float | None) -> tuple[float, float] | None:
+    """The part of each query file that `similar` searches with, from --start and --end; None: all of it."""
+    if start is None and end is None:
+        return None
+    part = (start or 0.0, float("inf") if end is None else end)
+    if part[1] <= part[0]:
+        raise UsageError("", f"--end {part[1]:g} is not after --start {part[0]:g}: no window lies between them")
+    return part
 
 
 def _show_similar(results: list[SimilarResult], *, json_output: bool, one_file: bool) -> None:
@@ -359,10 +395,11 @@ def _show_similar(results: list[SimilarResult], *, json_output: bool, one_file: 
             ]
         )
         return
-    for result in results:
-        if result.error is not None:
-            continue
+    shown_results = [result for result in results if result.error is None]
+    for number, result in enumerate(shown_results):
         if not one_file:  # which file these hits are for: a folder's files were not named on the command line
+            if number:  # a blank line between one file's hits and the next file's name, as ripgrep's headings
+                out_console.print()
             out_console.print(Text(shown(result.path), style="bold"), soft_wrap=True)
         # Which window of the query matched, whenever it has several: also when every hit shown matched the same one.
         _show_hits(result.hits, json_output=False, show_query_span=result.query_windows > 1)
