@@ -11,7 +11,7 @@ import re
 import shutil
 import struct
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import numpy as np
 import pytest
@@ -25,6 +25,7 @@ from pengi_search.cli.common import EXIT_FAILED, EXIT_USAGE
 from pengi_search.db import Store, StoreError
 from pengi_search.embedders import TextEmbedderError
 from pengi_search.serve import media
+from pengi_search.serve.http_cache import content_disposition
 from pengi_search.serve.media import browser_type
 from pengi_search.serve.pages import FILTER_BOXES, when
 from pengi_search.units import duration_text
@@ -367,6 +368,37 @@ def test_window_audio_is_the_window_cut_as_wav(client, served):
     assert rate == 44_100 and len(samples) == 7 * 44_100
     np.testing.assert_allclose(samples, original[3 * 44_100 :], atol=1e-4)
     assert client.get("/api/windows/999999/audio").status_code == 404
+
+
+def test_audio_is_saved_under_the_name_of_its_file(client, served):
+    """A player's "Download" saves the audio under the name of the file it comes from, not under the address's
+    last part (`audio`, for every file alike): the file's own name, with `.flac` where it is transcoded; a window's
+    with its time."""
+    names = {
+        f"/api/files/{hit_for(client, served, 'bell.wav')['file_id']}/audio": "bell.wav",
+        f"/api/files/{hit_for(client, served, 'loops/hum.aiff')['file_id']}/audio": "hum.flac",
+        f"/api/windows/{hit_for(client, served, 'weather/rain.flac')['window_id']}/audio": "rain_3.0-10.0s.wav",
+        f"/api/files/{hit_for(client, served, 'odd/<i>cat</i>.wav')['file_id']}/audio": "i>.wav",  # in `<i>cat<`
+    }
+    for path, name in names.items():
+        for method in ("GET", "HEAD"):
+            sent = client.request(method, path).headers["content-disposition"]
+            assert sent == f"inline; filename=\"{name}\"; filename*=UTF-8''{quote(name, safe='')}", (path, method)
+
+
+@pytest.mark.parametrize(
+    ("name", "plain", "encoded"),
+    [
+        ("café.wav", "caf_.wav", "caf%C3%A9.wav"),
+        ('say "hi" \\ bye.wav', "say _hi_ _ bye.wav", "say%20%22hi%22%20%5C%20bye.wav"),
+        (os.fsdecode(b"\xff.wav"), "_xff.wav", "%5Cxff.wav"),  # not UTF-8: as pages show it (\xff)
+        ("line\nbreak.wav", "line_nbreak.wav", "line%5Cnbreak.wav"),  # escaped (\n): never a header's line break
+    ],
+)
+def test_a_name_that_is_not_plain_ascii_is_saved_as_utf_8_with_an_ascii_one_beside_it(name, plain, encoded):
+    """RFC 6266 and 8187: `filename*` is the name itself, as UTF-8; `filename`, for clients that read only that,
+    the name with what a quoted ASCII string cannot hold replaced."""
+    assert content_disposition(name) == f"inline; filename=\"{plain}\"; filename*=UTF-8''{encoded}"
 
 
 def test_window_peaks_follow_the_waveform(client, served):

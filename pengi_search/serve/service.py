@@ -42,6 +42,7 @@ from ..search import (
     ranked_index,
     search_pages,
 )
+from ..units import span_text
 from . import catalog, media
 from .batching import EmbedBatcher
 from .errors import InvalidParameter, RequestError
@@ -363,15 +364,18 @@ class Service:
         windows = catalog.file_windows(self.library.store, record)
         return {"id": record.id, **record.to_json(readable=True), "windows": [_window_json(w) for w in windows]}
 
-    def file_audio(self, file_id: int) -> tuple[Path, str]:
-        """The file to send for a file's player and its MIME type: the file itself, or a FLAC transcode."""
+    def file_audio(self, file_id: int) -> tuple[Path, str, str]:
+        """The file to send for a file's player, its MIME type and the name it is saved under: the file itself, or a
+        FLAC transcode (named as the file, with the extension of what it is)."""
         record = self.file_record(file_id)
         real = servable_path(record, self.settings.roots)
+        name = Path(record.path).name  # as indexed: a link's own name, not its target's
         mime = media.browser_type(real)
         if mime is not None:
-            return real, mime
+            return real, mime, name
         key = (record.id, record.size, record.mtime)
-        return self.transcodes.flac(key, real, self.settings.max_transcode_s), "audio/flac"
+        flac = self.transcodes.flac(key, real, self.settings.max_transcode_s)
+        return flac, "audio/flac", f"{Path(name).stem}.flac"
 
     def unplayable(self, file_id: int) -> str | None:
         """Why the file's audio cannot be served (gone or changed on disk, outside the served folders), or None: the
@@ -399,7 +403,8 @@ class Service:
         record = self.file_record(window.file_id)
         real = servable_path(record, self.settings.roots)
         tag = entity_tag("window", window_id, record.size, record.mtime)
-        return Made(tag, lambda: media.window_wav(real, window.start_s, window.end_s))
+        name = f"{Path(record.path).stem}_{span_text(window.start_s, window.end_s)}.wav"  # bell_2.5-9.5s.wav
+        return Made(tag, lambda: media.window_wav(real, window.start_s, window.end_s), name)
 
     def window_peaks(self, window_id: int) -> list[tuple[float, float]]:
         """(min, max) pairs over a window, for its waveform."""
