@@ -996,6 +996,44 @@ def test_a_refused_upload_puts_the_focus_in_the_box_at_fault_of_the_form_sent(cl
     assert "aria-invalid" not in client.get("/upload").text
 
 
+LIMITS = {"max_upload_bytes": 40_000, "max_upload_s": 2.0}  # a clip's
+
+
+@pytest.mark.parametrize(
+    ("form", "files", "fault", "said"),
+    [
+        ("describe", {"file": ("long.wav", "3 s")}, "file", "long.wav: longer than the server's limit of 2 s"),
+        ("similar", {"file": ("big.wav", "50 KB")}, "file", "big.wav: larger than the server's limit of 40000 bytes"),
+        ("classify", {"labels_file": ("labels.txt", "2 MiB")}, "labels_file", "labels_file: larger than the"),
+    ],
+)
+def test_an_upload_past_the_limits_is_a_413_that_names_the_box_at_fault(
+    served, tiny_model_dir, tmp_path, form, files, fault, said
+):
+    """A clip too long or too large is the clip's fault, as one that cannot be read is: the JSON names its field,
+    and the upload page marks and focuses that box of the form sent, as the page does with a clip it refuses
+    before sending it (past the size limit); so with a labels file past its limit."""
+    sent = {
+        "1 s": ("clip.wav", write_tone(tmp_path / "short.wav", 1.0, sr=8_000).read_bytes()),  # 16 KB
+        "3 s": write_tone(tmp_path / "long.wav", 3.0, sr=4_000).read_bytes(),  # 24 KB
+        "50 KB": write_tone(tmp_path / "big.wav", 1.5, sr=16_000).read_bytes(),
+        "2 MiB": b"dog\n" * (1 << 19),
+    }
+    files = {"file": sent["1 s"]} | {name: (file_name, sent[size]) for name, (file_name, size) in files.items()}
+    data = {"labels": ""} if form == "classify" else {}
+    limits = LIMITS if fault == "file" else {}  # the labels file's limit is its own (1 MiB)
+    with client_for(served, tiny_model_dir, **limits) as small:
+        page = small.post(f"/upload/{form}", files=files, data=data)
+        assert page.status_code == 413 and html.unescape(page.text).count(said) == 1
+        boxes = upload_boxes(page.text)
+        assert [(sent, name) for sent, tags in boxes.items() for name, tag in tags.items() if FAULT in tag] == [
+            (form, fault)
+        ]
+        api = small.post("/api/classify" if form == "classify" else f"/api/{form}", files=files, data=data)
+        assert api.status_code == 413 and api.json()["detail"].startswith(said)
+        assert [problem["field"] for problem in api.json()["errors"]] == [fault]
+
+
 def test_the_upload_page_holds_its_limits_and_says_them_as_the_server_does(served, tiny_model_dir):
     """Each file box carries its limit in bytes and the server's own words past it, which the page says before
     sending a file too large (static/app.js; the browser test sends one)."""
@@ -1006,7 +1044,7 @@ def test_the_upload_page_holds_its_limits_and_says_them_as_the_server_does(serve
         labels = 'data-max-bytes="1048576" data-too-large="larger than the server&#39;s limit of 1 MiB"'
         assert labels in boxes["classify"]["labels_file"]
         refused = small.post("/api/describe", files={"file": ("big.wav", bytes((3 << 19) + 1))})
-        assert (refused.status_code, refused.json()) == (413, {"detail": f"big.wav: {html.unescape(said)}"})
+        assert (refused.status_code, refused.json()["detail"]) == (413, f"big.wav: {html.unescape(said)}")
 
 
 def test_unknown_pages_and_bodies_past_the_limit_get_a_page_and_the_api_json(served, tiny_model_dir):

@@ -266,7 +266,7 @@ def parse_labels(typed: str | None, uploaded: UploadFile | None) -> tuple[list[s
     else:
         raise InvalidParameter("labels", "no labels: type one per line, or send a labels file")
     if len(data) > MAX_LABELS_BYTES:
-        raise RequestError(field, larger_than(MAX_LABELS_BYTES), HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+        raise RequestError(field, larger_than(MAX_LABELS_BYTES), HTTPStatus.REQUEST_ENTITY_TOO_LARGE, field=field)
     with tempfile.TemporaryDirectory(prefix="pengi-labels-") as folder:
         path = Path(folder) / f"labels{suffix}"
         path.write_bytes(data)
