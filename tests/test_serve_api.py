@@ -346,6 +346,16 @@ def test_audio_and_spectrograms_the_browser_holds_are_not_sent_again(client, ser
     assert changed.status_code == 409
 
 
+@pytest.mark.parametrize("asset", ["app.js", "style.css", "favicon.svg"])
+def test_the_pages_script_and_style_are_checked_each_time_so_an_upgrade_reaches_the_browser(client, asset):
+    """`Cache-Control: no-cache`: the browser asks whether its copy is current (304 while it is) rather than keeping
+    an old script for days after an upgrade, beside pages it does not fit."""
+    first = client.get(f"/static/{asset}")
+    assert first.status_code == 200 and first.headers["cache-control"] == "no-cache"
+    again = client.get(f"/static/{asset}", headers={"If-None-Match": first.headers["etag"]})
+    assert (again.status_code, again.content, again.headers["cache-control"]) == (304, b"", "no-cache")
+
+
 def test_formats_browsers_cannot_play_are_transcoded_to_flac(client, served):
     hum = hit_for(client, served, "loops/hum.aiff")
     assert browser_type(served.files["loops/hum.aiff"]) is None

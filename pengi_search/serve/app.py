@@ -9,7 +9,6 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
-from fastapi.staticfiles import StaticFiles
 from sqlalchemy import event
 from starlette.exceptions import HTTPException
 
@@ -17,6 +16,7 @@ from .. import __version__
 from ..errors import PengiSearchError
 from . import api, pages
 from .errors import Outage, RequestError, answer_status, status_headers
+from .http_cache import StaticAssets
 from .security import SecurityMiddleware
 from .service import Service
 from .settings import ServeSettings
@@ -52,7 +52,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.include_router(api.router)
     app.include_router(pages.router)
     app.include_router(_head_routes(api.router, pages.router))
-    app.mount("/static", StaticFiles(packages=[("pengi_search.serve", "static")]), name="static")
+    app.mount("/static", StaticAssets(packages=[("pengi_search.serve", "static")]), name="static")
     app.add_exception_handler(PengiSearchError, _pengi_error)
     app.add_exception_handler(ValueError, _value_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

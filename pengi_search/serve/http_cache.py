@@ -5,7 +5,7 @@ The media routes' answers carry an ETag (the file's audio as sent, its window cu
 refused, 409), and a request whose `If-None-Match` names the current tag gets 304 without a body, before anything
 is decoded or drawn. Audio is named (`Content-Disposition`) as the file it comes from, so that a player's "Download"
 saves it under that name. A `Range` header of a unit other than bytes is ignored, as RFC 9110 (14.2) requires: the whole
-body, 200, where Starlette answers 400.
+body, 200, where Starlette answers 400. The pages' script and style are asked about each time too (`StaticAssets`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from fastapi.responses import FileResponse, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
@@ -101,3 +103,14 @@ def _byte_ranges_only(scope: Scope) -> Scope:
         if name.lower() != b"range" or value.partition(b"=")[0].strip().lower() == b"bytes"
     ]
     return scope if len(kept) == len(headers) else {**scope, "headers": kept}
+
+
+class StaticAssets(StaticFiles):
+    """The pages' script, style and icon, with `Cache-Control: no-cache`: the browser asks each time whether its copy
+    is current (304 while it is). Without it, a browser may keep using an old app.js for days after pengi-search
+    is upgraded (heuristic freshness, a tenth of the file's age when fetched), beside new pages it does not fit."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = CACHE_CONTROL
+        return response
