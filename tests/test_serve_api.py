@@ -19,7 +19,7 @@ import soundfile as sf
 from markupsafe import escape
 from typer.testing import CliRunner
 
-from pengi_search.choices import DEFAULT_HYBRID_WEIGHT
+from pengi_search.choices import DEFAULT_HYBRID_WEIGHT, Captions
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_FAILED, EXIT_USAGE
 from pengi_search.db import Store, StoreError
@@ -1082,6 +1082,17 @@ def test_the_library_and_a_failed_file_read_as_words(client, served):
     page = client.get(f"/files/{broken['id']}").text
     assert f"This file could not be indexed: {BROKEN_REASON}" in page
     assert '<p class="file-meta">0 windows' in page  # no dangling separator before it
+
+
+def test_a_library_waiting_for_its_captions_says_which_command_writes_them(tiny_model_dir, tmp_path):
+    """The command is set as code, not between the backticks of a terminal's text."""
+    sounds, db = tmp_path / "sounds", tmp_path / "lib.db"
+    write_tone(sounds / "x.wav", 3.0)
+    index_folder(str(db), sounds, tiny_model_dir, captions=Captions.later)
+    with client_for(CaptionLibrary(str(db), sounds, {}), tiny_model_dir) as client:
+        page = client.get("/library").text
+    assert "(1 waiting for <code>pengi-search index</code>; text search ranks by audio embeddings" in page
+    assert "`" not in page
 
 
 def test_model_output_and_paths_are_escaped_everywhere(client, served):
