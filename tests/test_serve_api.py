@@ -227,6 +227,35 @@ def test_more_like_this_leaves_out_copies_of_its_file_as_similar_file_does(tiny_
     assert [hit["path"] for hit in response.json()] == [str(same_sound)]
 
 
+def test_a_window_or_file_gone_since_the_page_was_made_says_so_and_what_to_do(tiny_model_dir, tmp_path):
+    """A page's hits name windows and files by id; indexed again (a changed file's windows are new ones) or removed
+    while the page is open, they are gone: said so, not "no such window", which the page would contradict. An id
+    that never named one is still no such window."""
+    sounds, db = tmp_path / "sounds", tmp_path / "lib.db"
+    for i, name in enumerate(["a.wav", "b.wav", "c.wav"]):
+        write_tone(sounds / name, 2.0, freq=300.0 + 100 * i)
+    index_folder(str(db), sounds, tiny_model_dir)
+    with client_for(CaptionLibrary(str(db), sounds, {}), tiny_model_dir) as client:
+        hits = client.get("/api/search", params={"q": "a tone", "k": 3, "rank": "audio"}).json()
+        first = min(hits, key=lambda hit: hit["file_id"])  # not the newest file: a new one never takes its id
+        with Store.open(db) as store:
+            assert store.remove(first["path"]) == 1
+        gone = "no longer in the index (its file was indexed again, moved or removed since): search again"
+        for path, what in [
+            (f"/api/windows/{first['window_id']}/audio", f"window {first['window_id']}"),
+            (f"/api/windows/{first['window_id']}/peaks", f"window {first['window_id']}"),
+            (f"/api/similar?window_id={first['window_id']}", f"window {first['window_id']}"),
+            (f"/api/files/{first['file_id']}/audio", f"file {first['file_id']}"),
+        ]:
+            response = client.get(path)
+            assert (response.status_code, response.json()) == (404, {"detail": f"{what}: {gone}"}), path
+        page = client.get(f"/similar?window_id={first['window_id']}")
+        assert page.status_code == 404 and html.escape(gone, quote=True) in page.text
+        never = client.get("/api/windows/999999/audio")
+        assert never.json() == {"detail": "window 999999: no such window in the index"}
+        assert client.get("/api/files/999999").json() == {"detail": "file 999999: no such file in the index"}
+
+
 def test_similar_to_an_uploaded_clip(client, served, tmp_path):
     """A clip that is not in the library: the library's file that sounds the same (here: the same samples, in
     another container) comes first."""

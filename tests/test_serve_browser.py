@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from pengi_search.db import Store
+
 from .search_library import caption_library
 from .serving import ServeProcess
 
@@ -872,3 +874,25 @@ def test_a_long_list_asks_only_for_the_waveforms_in_sight_and_the_others_once_sc
     every_waveform_asked_once(driver)
     problems = [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
     assert problems == []
+
+
+def test_a_hit_gone_from_the_index_since_the_page_was_made_says_so_when_played(
+    tmp_path_factory, tiny_model_dir, driver
+):
+    """The library is indexed again while the page is open, and a hit's file is gone from it (removed, moved, or
+    indexed again: its windows are new ones): *Play hit* says so and what to do, without the ids the page never
+    shows, where it said "no such file in the index" of a file the page lists."""
+    from selenium.webdriver.common.by import By
+
+    two = {"bell.wav": (2.0, ["a bell rings"]), "hum.wav": (2.0, ["a low hum"])}  # bell.wav: the lower file id
+    with serving(tmp_path_factory.mktemp("reindexed"), tiny_model_dir, two) as (address, library):
+        driver.get(f"{address}/?q=a+bell+rings&k=1")
+        hit = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "li.hit"), "search results")[0]
+        with Store.open(library.db) as store:
+            assert store.remove(str(library.files["bell.wav"])) == 1
+        hit.find_element(By.CSS_SELECTOR, "button.play-hit").click()
+        note = wait_for(driver, lambda d: hit.find_elements(By.CSS_SELECTOR, ".unplayable"), "why it did not play")[0]
+        assert note.text == (
+            "The audio cannot be played: no longer in the index (its file was indexed again, moved or removed "
+            "since): search again"
+        )

@@ -13,7 +13,7 @@ import logging
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from http import HTTPStatus
@@ -64,6 +64,7 @@ PEAKS = 120  # waveform points per hit
 QUERY_CACHE = 4096  # query embeddings kept
 FAILED_SHOWN = 200
 MAX_ID = 2**63 - 1  # the largest database row id (SQLite INTEGER, PostgreSQL BIGINT); a larger one names no row
+GONE = "no longer in the index (its file was indexed again, moved or removed since): search again"
 
 
 @dataclass(frozen=True)
@@ -349,14 +350,23 @@ class Service:
     def window(self, window_id: int) -> WindowDetails:
         window = self.library.store.window_details([window_id]).get(window_id) if abs(window_id) <= MAX_ID else None
         if window is None:
-            raise RequestError(f"window {window_id}", "no such window in the index", HTTPStatus.NOT_FOUND)
+            raise self._not_found("window", window_id, catalog.newest_window_id)
         return window
 
     def file_record(self, file_id: int) -> FileRecord:
         record = catalog.file_by_id(self.library.store, file_id) if abs(file_id) <= MAX_ID else None
         if record is None:
-            raise RequestError(f"file {file_id}", "no such file in the index", HTTPStatus.NOT_FOUND)
+            raise self._not_found("file", file_id, catalog.newest_file_id)
         return record
+
+    def _not_found(self, what: str, item_id: int, newest: Callable[[Store], int]) -> RequestError:
+        """The 404 of a window or file id that names none. Ids are not reused: one up to the newest was there once,
+        and went since the page that names it was made (its file indexed again, moved or removed); said so, with
+        what to do, to the user who pressed it there, where "no such window" would contradict the page."""
+        was_there = 0 < item_id <= newest(self.library.store)
+        return RequestError(
+            f"{what} {item_id}", GONE if was_there else f"no such {what} in the index", HTTPStatus.NOT_FOUND
+        )
 
     def file(self, file_id: int) -> dict[str, Any]:
         """A file with its windows and what Pengi wrote for each (the shape of `pengi-search export`, plus ids)."""

@@ -125,8 +125,9 @@ function sayWhyNotPlayed(audio) {
   });
 }
 
-// Why the server did not give the audio at `src`, as its JSON error says it ("file 12: no longer readable on disk":
-// the page names the file already, so not its id); or that it did not answer, or gave what the browser cannot play.
+// Why the server did not give the audio at `src`, as its JSON error says it ("file 12: no longer readable on disk",
+// "window 7: no longer in the index: ...": the page names the file and its window already, so not their ids); or
+// that it did not answer, or gave what the browser cannot play.
 async function whyNotPlayed(src) {
   let response;
   try {
@@ -139,7 +140,7 @@ async function whyNotPlayed(src) {
     return "the browser cannot decode it";
   }
   const detail = (await response.json().catch(() => ({}))).detail;
-  return detail ? detail.replace(/^file \d+: /, "") : `the server answered ${response.status}`;
+  return detail ? detail.replace(/^(file|window) \d+: /, "") : `the server answered ${response.status}`;
 }
 
 function stopAtEnd(audio) {
