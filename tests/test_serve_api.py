@@ -1102,6 +1102,24 @@ def test_unknown_pages_and_bodies_past_the_limit_get_a_page_and_the_api_json(ser
         assert api.json() == {"detail": "the request body is larger than the upload limit of 1 MiB"}
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("POST", "/api/search?q=rain", "GET, HEAD"),
+        ("DELETE", "/api/files/1", "GET, HEAD"),
+        ("GET", "/api/describe", "POST"),
+        ("PUT", "/upload/similar", "POST, GET, HEAD"),  # two routes: both named
+        ("POST", "/static/app.js", "GET, HEAD"),
+    ],
+)
+def test_a_method_not_allowed_says_which_are(client, method, path, allowed):
+    """405 in the API's words, naming the methods the path answers (HEAD too, wherever GET is), as `Allow` does."""
+    response = client.request(method, path)
+    assert (response.status_code, response.headers["allow"]) == (405, allowed)
+    said = f"{method} {path.partition('?')[0]}: method not allowed (send {allowed.replace(', ', ' or ')})"
+    assert response.json() == {"detail": said} if path.startswith("/api/") else html.escape(said) in response.text
+
+
 def test_the_library_and_a_failed_file_read_as_words(client, served):
     assert when("2026-01-31T14:05:09.123456+00:00") == "2026-01-31 14:05:09 UTC"  # runs' times, to the second
     assert when("2026-01-31T14:05:09+02:00") == "2026-01-31 14:05:09 +0200" and when(None) == ""
