@@ -19,6 +19,7 @@ import soundfile as sf
 from markupsafe import escape
 from typer.testing import CliRunner
 
+from pengi_search.audio import AUDIO_EXTENSIONS
 from pengi_search.choices import DEFAULT_HYBRID_WEIGHT, Captions
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_FAILED, EXIT_USAGE
@@ -946,6 +947,15 @@ def test_upload_pages(client, served):
     assert classified.status_code == 200 and "a bell rings" in classified.text
     bad = client.post("/upload/describe", files={"file": ("x.wav", b"not audio at all" * 10)})
     assert bad.status_code == 422 and "not a readable audio file" in bad.text and "<html" in bad.text
+
+
+def test_a_clip_box_shows_every_file_the_server_reads_in_the_file_chooser(client):
+    """By type (`audio/*`) and by each extension the server decodes: a system whose type table does not call `.opus`,
+    `.wv` or `.caf` audio would hide them in the chooser, to be found only under "All files"."""
+    boxes = upload_boxes(client.get("/upload").text)
+    for form in ("describe", "similar", "classify"):
+        accepted = re.search(r'accept="([^"]*)"', boxes[form]["file"])[1].split(",")
+        assert accepted[0] == "audio/*" and set(accepted[1:]) == AUDIO_EXTENSIONS, form
 
 
 def test_a_very_short_uploaded_clips_length_does_not_read_as_empty(client):
