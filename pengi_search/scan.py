@@ -14,6 +14,7 @@ found otherwise (the watch's change notifications, the library's records).
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,9 @@ class ScanResult:
     unreadable_dirs: list[tuple[str, str]] = field(default_factory=list)  # (folder, reason)
 
 
+_NOT_IN_EXTENSIONS = re.compile(r"[\s*?\[\]/\\]")  # wildcards, path separators, blanks within a name
+
+
 def normalize_extensions(extensions: Iterable[str]) -> frozenset[str]:
     """Lower-case extensions with one leading dot, blanks dropped: ["WAV", ".flac", " "] -> {".wav", ".flac"}."""
     names = (ext.strip().lower().lstrip(".") for ext in extensions)
@@ -51,8 +55,13 @@ def normalize_extensions(extensions: Iterable[str]) -> frozenset[str]:
 
 
 def parse_extensions(value: str) -> frozenset[str]:
-    """Comma-separated extensions: "wav,.FLAC" -> {".wav", ".flac"}; OptionError (a ValueError) if it names none."""
-    extensions = normalize_extensions(value.split(","))
+    """Comma-separated extensions: "wav,.FLAC" -> {".wav", ".flac"}; OptionError (a ValueError) if it names none,
+    or a part is no extension: a glob (`*.mp3`) or a list not split by commas (`mp3 flac`) would match no file, and
+    say nothing (a search with no results, an index of nothing)."""
+    parts = value.split(",")
+    if odd := next((part.strip() for part in parts if _NOT_IN_EXTENSIONS.search(part.strip())), None):
+        raise OptionError("ext", "{odd!r} is no extension (write names alone, split by commas: e.g. wav,flac)", odd=odd)
+    extensions = normalize_extensions(parts)
     if not extensions:
         raise OptionError("ext", "{value!r} names no extension (write e.g. wav,flac)", value=value)
     return extensions

@@ -239,6 +239,8 @@ def test_bad_extension_filter():
     ("options", "option", "cli", "api"),
     [
         ({"ext": ","}, "ext", "--ext ',' names no extension", "',' names no extension"),
+        ({"ext": "*.mp3"}, "ext", "--ext '*.mp3' is no extension (write names", "'*.mp3' is no extension (write"),
+        ({"ext": "wav,mp3 flac"}, "ext", "--ext 'mp3 flac' is no extension", "'mp3 flac' is no extension"),
         ({"min_score": float("nan")}, "min_score", "--min-score nan is not a finite number", "nan is not a finite"),
         ({"max_duration": float("inf")}, "max_duration", "--max-duration inf is not", "inf is not a finite number"),
         (

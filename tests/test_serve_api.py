@@ -11,7 +11,7 @@ import re
 import shutil
 import struct
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import numpy as np
 import pytest
@@ -19,12 +19,14 @@ import soundfile as sf
 from markupsafe import escape
 from typer.testing import CliRunner
 
-from pengi_search.choices import DEFAULT_HYBRID_WEIGHT
+from pengi_search.audio import AUDIO_EXTENSIONS
+from pengi_search.choices import DEFAULT_HYBRID_WEIGHT, Captions
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_FAILED, EXIT_USAGE
 from pengi_search.db import Store, StoreError
 from pengi_search.embedders import TextEmbedderError
 from pengi_search.serve import media
+from pengi_search.serve.http_cache import content_disposition
 from pengi_search.serve.media import browser_type
 from pengi_search.serve.pages import FILTER_BOXES, when
 from pengi_search.units import duration_text
@@ -226,6 +228,35 @@ def test_more_like_this_leaves_out_copies_of_its_file_as_similar_file_does(tiny_
     assert [hit["path"] for hit in response.json()] == [str(same_sound)]
 
 
+def test_a_window_or_file_gone_since_the_page_was_made_says_so_and_what_to_do(tiny_model_dir, tmp_path):
+    """A page's hits name windows and files by id; indexed again (a changed file's windows are new ones) or removed
+    while the page is open, they are gone: said so, not "no such window", which the page would contradict. An id
+    that never named one is still no such window."""
+    sounds, db = tmp_path / "sounds", tmp_path / "lib.db"
+    for i, name in enumerate(["a.wav", "b.wav", "c.wav"]):
+        write_tone(sounds / name, 2.0, freq=300.0 + 100 * i)
+    index_folder(str(db), sounds, tiny_model_dir)
+    with client_for(CaptionLibrary(str(db), sounds, {}), tiny_model_dir) as client:
+        hits = client.get("/api/search", params={"q": "a tone", "k": 3, "rank": "audio"}).json()
+        first = min(hits, key=lambda hit: hit["file_id"])  # not the newest file: a new one never takes its id
+        with Store.open(db) as store:
+            assert store.remove(first["path"]) == 1
+        gone = "no longer in the index (its file was indexed again, moved or removed since): search again"
+        for path, what in [
+            (f"/api/windows/{first['window_id']}/audio", f"window {first['window_id']}"),
+            (f"/api/windows/{first['window_id']}/peaks", f"window {first['window_id']}"),
+            (f"/api/similar?window_id={first['window_id']}", f"window {first['window_id']}"),
+            (f"/api/files/{first['file_id']}/audio", f"file {first['file_id']}"),
+        ]:
+            response = client.get(path)
+            assert (response.status_code, response.json()) == (404, {"detail": f"{what}: {gone}"}), path
+        page = client.get(f"/similar?window_id={first['window_id']}")
+        assert page.status_code == 404 and html.escape(gone, quote=True) in page.text
+        never = client.get("/api/windows/999999/audio")
+        assert never.json() == {"detail": "window 999999: no such window in the index"}
+        assert client.get("/api/files/999999").json() == {"detail": "file 999999: no such file in the index"}
+
+
 def test_similar_to_an_uploaded_clip(client, served, tmp_path):
     """A clip that is not in the library: the library's file that sounds the same (here: the same samples, in
     another container) comes first."""
@@ -345,6 +376,16 @@ def test_audio_and_spectrograms_the_browser_holds_are_not_sent_again(client, ser
     assert changed.status_code == 409
 
 
+@pytest.mark.parametrize("asset", ["app.js", "style.css", "favicon.svg"])
+def test_the_pages_script_and_style_are_checked_each_time_so_an_upgrade_reaches_the_browser(client, asset):
+    """`Cache-Control: no-cache`: the browser asks whether its copy is current (304 while it is) rather than keeping
+    an old script for days after an upgrade, beside pages it does not fit."""
+    first = client.get(f"/static/{asset}")
+    assert first.status_code == 200 and first.headers["cache-control"] == "no-cache"
+    again = client.get(f"/static/{asset}", headers={"If-None-Match": first.headers["etag"]})
+    assert (again.status_code, again.content, again.headers["cache-control"]) == (304, b"", "no-cache")
+
+
 def test_formats_browsers_cannot_play_are_transcoded_to_flac(client, served):
     hum = hit_for(client, served, "loops/hum.aiff")
     assert browser_type(served.files["loops/hum.aiff"]) is None
@@ -367,6 +408,37 @@ def test_window_audio_is_the_window_cut_as_wav(client, served):
     assert rate == 44_100 and len(samples) == 7 * 44_100
     np.testing.assert_allclose(samples, original[3 * 44_100 :], atol=1e-4)
     assert client.get("/api/windows/999999/audio").status_code == 404
+
+
+def test_audio_is_saved_under_the_name_of_its_file(client, served):
+    """A player's "Download" saves the audio under the name of the file it comes from, not under the address's
+    last part (`audio`, for every file alike): the file's own name, with `.flac` where it is transcoded; a window's
+    with its time."""
+    names = {
+        f"/api/files/{hit_for(client, served, 'bell.wav')['file_id']}/audio": "bell.wav",
+        f"/api/files/{hit_for(client, served, 'loops/hum.aiff')['file_id']}/audio": "hum.flac",
+        f"/api/windows/{hit_for(client, served, 'weather/rain.flac')['window_id']}/audio": "rain_3.0-10.0s.wav",
+        f"/api/files/{hit_for(client, served, 'odd/<i>cat</i>.wav')['file_id']}/audio": "i>.wav",  # in `<i>cat<`
+    }
+    for path, name in names.items():
+        for method in ("GET", "HEAD"):
+            sent = client.request(method, path).headers["content-disposition"]
+            assert sent == f"inline; filename=\"{name}\"; filename*=UTF-8''{quote(name, safe='')}", (path, method)
+
+
+@pytest.mark.parametrize(
+    ("name", "plain", "encoded"),
+    [
+        ("café.wav", "caf_.wav", "caf%C3%A9.wav"),
+        ('say "hi" \\ bye.wav', "say _hi_ _ bye.wav", "say%20%22hi%22%20%5C%20bye.wav"),
+        (os.fsdecode(b"\xff.wav"), "_xff.wav", "%5Cxff.wav"),  # not UTF-8: as pages show it (\xff)
+        ("line\nbreak.wav", "line_nbreak.wav", "line%5Cnbreak.wav"),  # escaped (\n): never a header's line break
+    ],
+)
+def test_a_name_that_is_not_plain_ascii_is_saved_as_utf_8_with_an_ascii_one_beside_it(name, plain, encoded):
+    """RFC 6266 and 8187: `filename*` is the name itself, as UTF-8; `filename`, for clients that read only that,
+    the name with what a quoted ASCII string cannot hold replaced."""
+    assert content_disposition(name) == f"inline; filename=\"{plain}\"; filename*=UTF-8''{encoded}"
 
 
 def test_window_peaks_follow_the_waveform(client, served):
@@ -882,6 +954,15 @@ def test_upload_pages(client, served):
     assert bad.status_code == 422 and "not a readable audio file" in bad.text and "<html" in bad.text
 
 
+def test_a_clip_box_shows_every_file_the_server_reads_in_the_file_chooser(client):
+    """By type (`audio/*`) and by each extension the server decodes: a system whose type table does not call `.opus`,
+    `.wv` or `.caf` audio would hide them in the chooser, to be found only under "All files"."""
+    boxes = upload_boxes(client.get("/upload").text)
+    for form in ("describe", "similar", "classify"):
+        accepted = re.search(r'accept="([^"]*)"', boxes[form]["file"])[1].split(",")
+        assert accepted[0] == "audio/*" and set(accepted[1:]) == AUDIO_EXTENSIONS, form
+
+
 def test_a_very_short_uploaded_clips_length_does_not_read_as_empty(client):
     """As its window's time and the terminal's `describe` show it: 0.01 s, not 0.0 s."""
     clip = io.BytesIO()
@@ -969,6 +1050,44 @@ def test_a_refused_upload_puts_the_focus_in_the_box_at_fault_of_the_form_sent(cl
     assert "aria-invalid" not in client.get("/upload").text
 
 
+LIMITS = {"max_upload_bytes": 40_000, "max_upload_s": 2.0}  # a clip's
+
+
+@pytest.mark.parametrize(
+    ("form", "files", "fault", "said"),
+    [
+        ("describe", {"file": ("long.wav", "3 s")}, "file", "long.wav: longer than the server's limit of 2 s"),
+        ("similar", {"file": ("big.wav", "50 KB")}, "file", "big.wav: larger than the server's limit of 40000 bytes"),
+        ("classify", {"labels_file": ("labels.txt", "2 MiB")}, "labels_file", "labels_file: larger than the"),
+    ],
+)
+def test_an_upload_past_the_limits_is_a_413_that_names_the_box_at_fault(
+    served, tiny_model_dir, tmp_path, form, files, fault, said
+):
+    """A clip too long or too large is the clip's fault, as one that cannot be read is: the JSON names its field,
+    and the upload page marks and focuses that box of the form sent, as the page does with a clip it refuses
+    before sending it (past the size limit); so with a labels file past its limit."""
+    sent = {
+        "1 s": ("clip.wav", write_tone(tmp_path / "short.wav", 1.0, sr=8_000).read_bytes()),  # 16 KB
+        "3 s": write_tone(tmp_path / "long.wav", 3.0, sr=4_000).read_bytes(),  # 24 KB
+        "50 KB": write_tone(tmp_path / "big.wav", 1.5, sr=16_000).read_bytes(),
+        "2 MiB": b"dog\n" * (1 << 19),
+    }
+    files = {"file": sent["1 s"]} | {name: (file_name, sent[size]) for name, (file_name, size) in files.items()}
+    data = {"labels": ""} if form == "classify" else {}
+    limits = LIMITS if fault == "file" else {}  # the labels file's limit is its own (1 MiB)
+    with client_for(served, tiny_model_dir, **limits) as small:
+        page = small.post(f"/upload/{form}", files=files, data=data)
+        assert page.status_code == 413 and html.unescape(page.text).count(said) == 1
+        boxes = upload_boxes(page.text)
+        assert [(sent, name) for sent, tags in boxes.items() for name, tag in tags.items() if FAULT in tag] == [
+            (form, fault)
+        ]
+        api = small.post("/api/classify" if form == "classify" else f"/api/{form}", files=files, data=data)
+        assert api.status_code == 413 and api.json()["detail"].startswith(said)
+        assert [problem["field"] for problem in api.json()["errors"]] == [fault]
+
+
 def test_the_upload_page_holds_its_limits_and_says_them_as_the_server_does(served, tiny_model_dir):
     """Each file box carries its limit in bytes and the server's own words past it, which the page says before
     sending a file too large (static/app.js; the browser test sends one)."""
@@ -979,7 +1098,7 @@ def test_the_upload_page_holds_its_limits_and_says_them_as_the_server_does(serve
         labels = 'data-max-bytes="1048576" data-too-large="larger than the server&#39;s limit of 1 MiB"'
         assert labels in boxes["classify"]["labels_file"]
         refused = small.post("/api/describe", files={"file": ("big.wav", bytes((3 << 19) + 1))})
-        assert (refused.status_code, refused.json()) == (413, {"detail": f"big.wav: {html.unescape(said)}"})
+        assert (refused.status_code, refused.json()["detail"]) == (413, f"big.wav: {html.unescape(said)}")
 
 
 def test_unknown_pages_and_bodies_past_the_limit_get_a_page_and_the_api_json(served, tiny_model_dir):
@@ -998,6 +1117,24 @@ def test_unknown_pages_and_bodies_past_the_limit_get_a_page_and_the_api_json(ser
         assert api.json() == {"detail": "the request body is larger than the upload limit of 1 MiB"}
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("POST", "/api/search?q=rain", "GET, HEAD"),
+        ("DELETE", "/api/files/1", "GET, HEAD"),
+        ("GET", "/api/describe", "POST"),
+        ("PUT", "/upload/similar", "POST, GET, HEAD"),  # two routes: both named
+        ("POST", "/static/app.js", "GET, HEAD"),
+    ],
+)
+def test_a_method_not_allowed_says_which_are(client, method, path, allowed):
+    """405 in the API's words, naming the methods the path answers (HEAD too, wherever GET is), as `Allow` does."""
+    response = client.request(method, path)
+    assert (response.status_code, response.headers["allow"]) == (405, allowed)
+    said = f"{method} {path.partition('?')[0]}: method not allowed (send {allowed.replace(', ', ' or ')})"
+    assert response.json() == {"detail": said} if path.startswith("/api/") else html.escape(said) in response.text
+
+
 def test_the_library_and_a_failed_file_read_as_words(client, served):
     assert when("2026-01-31T14:05:09.123456+00:00") == "2026-01-31 14:05:09 UTC"  # runs' times, to the second
     assert when("2026-01-31T14:05:09+02:00") == "2026-01-31 14:05:09 +0200" and when(None) == ""
@@ -1007,6 +1144,17 @@ def test_the_library_and_a_failed_file_read_as_words(client, served):
     page = client.get(f"/files/{broken['id']}").text
     assert f"This file could not be indexed: {BROKEN_REASON}" in page
     assert '<p class="file-meta">0 windows' in page  # no dangling separator before it
+
+
+def test_a_library_waiting_for_its_captions_says_which_command_writes_them(tiny_model_dir, tmp_path):
+    """The command is set as code, not between the backticks of a terminal's text."""
+    sounds, db = tmp_path / "sounds", tmp_path / "lib.db"
+    write_tone(sounds / "x.wav", 3.0)
+    index_folder(str(db), sounds, tiny_model_dir, captions=Captions.later)
+    with client_for(CaptionLibrary(str(db), sounds, {}), tiny_model_dir) as client:
+        page = client.get("/library").text
+    assert "(1 waiting for <code>pengi-search index</code>; text search ranks by audio embeddings" in page
+    assert "`" not in page
 
 
 def test_model_output_and_paths_are_escaped_everywhere(client, served):

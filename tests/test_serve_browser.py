@@ -1,12 +1,12 @@
 """A real browser on `pengi-search serve`: Debian's chromium driven through Selenium and chromedriver.
 
-The command runs as a user starts it, on a free loopback port over a small index built here. The browser types a
-query, plays the top hit (the audio element must play from the hit's start) and another one by keyboard, follows
-"more like this", opens the file page and plays a window by mouse and by keyboard, opens a file at a hit's window
-(where the Tab key then starts); at phone width (390 px) no page scrolls sideways, and a sent form says it is busy,
-until its sending is stopped or the page is come back to. The first Tab stop skips the header; a refused upload
-focuses the box at fault. A long list asks for the waveforms of the hits in sight only, the others once scrolled to.
-"More results" pages a search's results and an uploaded clip's similar sounds alike.
+The command runs as a user starts it, on a free loopback port over a small index built here. The browser types a query,
+plays the top hit (the audio element must play from the hit's start) and another one by keyboard, follows "more like
+this", opens the file page and plays a window by mouse and by keyboard, opens a file at a hit's window (where the Tab
+key then starts); at phone width (390 px) no page scrolls sideways, and a sent form says it is busy, until its sending
+is stopped or the page is come back to (a slow search can be changed meanwhile). The first Tab stop skips the header; a
+refused upload focuses the box at fault. A long list asks for the waveforms of the hits in sight only, the others once
+scrolled to. "More results" pages a search's results and an uploaded clip's similar sounds alike.
 Screenshots are saved in the test's folder (and in `$PENGI_SCREENSHOT_DIR` when set).
 
 Without chromium and chromedriver the test is skipped, unless PENGI_REQUIRE_BROWSER=1 (as in CI), where it fails.
@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from pengi_search.db import Store
 
 from .search_library import caption_library
 from .serving import ServeProcess
@@ -440,7 +442,7 @@ def test_a_form_whose_sending_was_stopped_or_that_is_come_back_to_is_ready_again
         busy, after = driver.execute_async_script(STOPPED_SEARCH, "never answered")
     finally:
         driver.execute_cdp_cmd("Fetch.disable", {})
-    assert busy == ["Searching…", True, "true"]
+    assert busy == ["Searching…", False, "true"]  # a search's button stays enabled (see the test below)
     assert after == ["Search", False, None]
 
     driver.execute_script("window.kept = true")  # gone if Back loaded the page anew instead of restoring it
@@ -453,6 +455,46 @@ def test_a_form_whose_sending_was_stopped_or_that_is_come_back_to_is_ready_again
     form = driver.find_element(By.CSS_SELECTOR, "form.search")
     button = form.find_element(By.TAG_NAME, "button")
     assert [button.text, button.is_enabled(), form.get_attribute("aria-busy")] == ["Search", True, None]
+
+
+# Send the search form with arguments[0] (a search the browser holds), then, while it is on its way, the same again,
+# and then arguments[1]. Returns the form's state while busy, and whether each sending was stopped by the page.
+CHANGED_SEARCH = """
+const [slow, changed, done] = arguments, form = document.querySelector("form.search");
+const button = form.querySelector("button"), stopped = [];
+form.addEventListener("submit", (event) => setTimeout(() => stopped.push(event.defaultPrevented)));
+form.q.value = slow;
+form.requestSubmit();
+setTimeout(() => {
+  const busy = [button.textContent, button.disabled, form.getAttribute("aria-busy")];
+  form.requestSubmit();
+  setTimeout(() => {
+    done([busy, [...stopped]]);
+    form.q.value = changed;
+    form.requestSubmit();
+  });
+}, 50);
+"""
+
+
+def test_a_slow_search_can_be_changed_while_it_is_on_its_way_but_not_sent_twice(server, driver):
+    """A user who thinks better of a slow search types another and presses Enter: it is sent (the browser drops the
+    first), where a disabled button made Enter do nothing until the first was stopped (HTML's implicit submission
+    needs the form's default button enabled). The same search again is not sent twice."""
+    from selenium.webdriver.common.by import By
+
+    address, _library = server
+    driver.get(f"{address}/")
+    driver.execute_cdp_cmd("Fetch.enable", {"patterns": [{"urlPattern": "*q=never+answered*"}]})
+    try:
+        busy, stopped = driver.execute_async_script(CHANGED_SEARCH, "never answered", "a bell rings")
+        hits = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "li.hit .caption"), "the changed search")
+    finally:
+        driver.execute_cdp_cmd("Fetch.disable", {})
+    assert busy == ["Searching…", False, "true"]  # says so, and Enter in the box still sends it
+    assert stopped == [False, True]  # sent; the same again, not
+    assert driver.execute_script("return location.search") == "?q=a+bell+rings"
+    assert hits[0].text == "a bell rings"
 
 
 def test_a_clip_past_the_upload_limit_is_refused_in_its_form_before_it_is_sent(server, driver, tmp_path):
@@ -872,3 +914,25 @@ def test_a_long_list_asks_only_for_the_waveforms_in_sight_and_the_others_once_sc
     every_waveform_asked_once(driver)
     problems = [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
     assert problems == []
+
+
+def test_a_hit_gone_from_the_index_since_the_page_was_made_says_so_when_played(
+    tmp_path_factory, tiny_model_dir, driver
+):
+    """The library is indexed again while the page is open, and a hit's file is gone from it (removed, moved, or
+    indexed again: its windows are new ones): *Play hit* says so and what to do, without the ids the page never
+    shows, where it said "no such file in the index" of a file the page lists."""
+    from selenium.webdriver.common.by import By
+
+    two = {"bell.wav": (2.0, ["a bell rings"]), "hum.wav": (2.0, ["a low hum"])}  # bell.wav: the lower file id
+    with serving(tmp_path_factory.mktemp("reindexed"), tiny_model_dir, two) as (address, library):
+        driver.get(f"{address}/?q=a+bell+rings&k=1")
+        hit = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "li.hit"), "search results")[0]
+        with Store.open(library.db) as store:
+            assert store.remove(str(library.files["bell.wav"])) == 1
+        hit.find_element(By.CSS_SELECTOR, "button.play-hit").click()
+        note = wait_for(driver, lambda d: hit.find_elements(By.CSS_SELECTOR, ".unplayable"), "why it did not play")[0]
+        assert note.text == (
+            "The audio cannot be played: no longer in the index (its file was indexed again, moved or removed "
+            "since): search again"
+        )

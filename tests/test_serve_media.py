@@ -91,7 +91,7 @@ def test_spectrogram_shows_a_tone_as_one_bright_band(tmp_path):
 
 def test_transcode_cache_makes_each_file_once_and_stays_bounded(tmp_path):
     sources = [write_tone(tmp_path / f"t{i}.aiff", 2.0, freq=300.0 + 50 * i) for i in range(3)]
-    assert browser_type(sources[0]) is None and browser_type(tmp_path / "x.flac") == "audio/flac"
+    assert browser_type(sources[0]) is None and browser_type(write_tone(tmp_path / "x.flac", 0.5)) == "audio/flac"
     cache = TranscodeCache(max_bytes=1)  # keeps only the newest file
     try:
         first = cache.flac("a", sources[0], 60.0)
@@ -152,6 +152,32 @@ def test_raw_aac_is_played_as_it_is_and_other_aac_files_are_transcoded(tmp_path)
     assert (tmp_path / "adts.aac").read_bytes()[:2] == b"\xff\xf1"  # an ADTS frame's sync word
     assert browser_type(tmp_path / "adts.aac") == "audio/aac"
     assert browser_type(tmp_path / "mp4.aac") is None and browser_type(tmp_path / "mp3.aac") is None
+
+
+@pytest.mark.parametrize(
+    ("name", "codec", "container", "served"),
+    [
+        ("tone.mp3", "mp3", "mp3", "audio/mpeg"),
+        ("tone.flac", "flac", "flac", "audio/flac"),
+        ("tone.ogg", "vorbis", "ogg", "audio/ogg"),
+        ("tone.opus", "opus", "ogg", "audio/ogg"),
+        ("tone.webm", "libopus", "webm", "audio/webm"),
+        ("mp3.ogg", "mp3", "mp3", None),
+        ("mp3.flac", "mp3", "mp3", None),
+        ("wav.mp3", "pcm_s16le", "wav", None),
+        ("flac.wav", "flac", "flac", None),
+        ("opus.mp3", "opus", "ogg", None),
+    ],
+)
+def test_a_file_is_sent_as_it_is_only_when_it_holds_what_its_name_says(tmp_path, name, codec, container, served):
+    """A file is sent as the type its name says (Firefox and Safari decode it as that type, whatever its bytes are)
+    only when it holds that: an MP3 named `.ogg`, a WAV named `.mp3` are transcoded, as ALAC named `.m4a` is."""
+    tone = np.sin(np.linspace(0, 2000, 48_000, dtype=np.float32))[None, :] * 0.3
+    if container == "ogg":  # libsndfile's encoders (FFmpeg's Vorbis one is experimental)
+        sf.write(tmp_path / name, tone[0], 48_000, format="OGG", subtype=codec.upper())
+    else:
+        write_with_av(tmp_path / name, tone, 48_000, codec, container, "s16" if codec.startswith("pcm") else "fltp")
+    assert browser_type(tmp_path / name) == served
 
 
 def test_a_files_codec_is_probed_once_and_again_only_once_the_file_is_rewritten(tmp_path, monkeypatch):

@@ -266,7 +266,7 @@ def parse_labels(typed: str | None, uploaded: UploadFile | None) -> tuple[list[s
     else:
         raise InvalidParameter("labels", "no labels: type one per line, or send a labels file")
     if len(data) > MAX_LABELS_BYTES:
-        raise RequestError(field, larger_than(MAX_LABELS_BYTES), HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+        raise RequestError(field, larger_than(MAX_LABELS_BYTES), HTTPStatus.REQUEST_ENTITY_TOO_LARGE, field=field)
     with tempfile.TemporaryDirectory(prefix="pengi-labels-") as folder:
         path = Path(folder) / f"labels{suffix}"
         path.write_bytes(data)
@@ -351,9 +351,10 @@ def file_info(svc: ServiceDep, file_id: int) -> Any:
 
 @router.get("/files/{file_id}/audio", response_class=FileResponse, responses=AUDIO, summary="A file's audio")
 def file_audio(request: Request, svc: ServiceDep, file_id: int) -> Response:
-    """The whole file, as it is when browsers play its format, else transcoded to FLAC."""
-    path, mime = svc.file_audio(file_id)
-    return file_response(request.headers, path, mime)
+    """The whole file, as it is when browsers play its format, else transcoded to FLAC; named as the file
+    (`Content-Disposition`), as a browser saves it."""
+    path, mime, name = svc.file_audio(file_id)
+    return file_response(request.headers, path, mime, name)
 
 
 @router.get(

@@ -9,14 +9,15 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
-from fastapi.staticfiles import StaticFiles
 from sqlalchemy import event
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from .. import __version__
 from ..errors import PengiSearchError
 from . import api, pages
 from .errors import Outage, RequestError, answer_status, status_headers
+from .http_cache import StaticAssets
 from .security import SecurityMiddleware
 from .service import Service
 from .settings import ServeSettings
@@ -24,6 +25,7 @@ from .uploads import limit_text
 
 FORM_OVERHEAD = 1 << 20  # room for the multipart framing and small fields beside an upload
 REQUEST_PARTS = {"query", "body", "path", "header", "cookie"}  # where FastAPI locates a parameter
+METHOD_ORDER = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 def create_app(settings: ServeSettings) -> FastAPI:
@@ -65,10 +67,10 @@ def _app(service: Service, settings: ServeSettings) -> FastAPI:
     app.state.service = service
     app.state.outage = Outage()
     event.listen(service.library.store.engine, "connect", app.state.outage.over)  # the database answers again
-    app.include_router(api.router)
-    app.include_router(pages.router)
-    app.include_router(_head_routes(api.router, pages.router))
-    app.mount("/static", StaticFiles(packages=[("pengi_search.serve", "static")]), name="static")
+    app.state.routers = (api.router, pages.router, _head_routes(api.router, pages.router))
+    for router in app.state.routers:
+        app.include_router(router)
+    app.mount("/static", StaticAssets(packages=[("pengi_search.serve", "static")]), name="static")
     app.add_exception_handler(PengiSearchError, _pengi_error)
     app.add_exception_handler(ValueError, _value_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -125,12 +127,31 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     """Starlette's own errors (no such page, a method not allowed, a body past the limit) in the shape of every
-    other: JSON under /api/, a page elsewhere. An unknown path reads the same on both (not Starlette's "Not Found")."""
+    other: JSON under /api/, a page elsewhere. An unknown path reads the same on both (not Starlette's "Not Found");
+    a method not allowed says which are (not "Method Not Allowed")."""
     assert isinstance(exc, HTTPException)
-    detail = f"{request.url.path}: no such page" if exc.status_code == 404 else exc.detail
+    headers = dict(exc.headers or {})
+    detail = exc.detail
+    if exc.status_code == 404:
+        detail = f"{request.url.path}: no such page"
+    elif exc.status_code == 405:
+        given = [method.strip() for method in headers.get("Allow", "").split(",") if method.strip()]
+        allowed = _allowed_methods(request) or given  # a static file's: GET and HEAD, from StaticFiles itself
+        detail = f"{request.method} {request.url.path}: method not allowed (send {' or '.join(allowed)})"
+        headers["Allow"] = ", ".join(allowed)
     response = _error(request, exc.status_code, detail)
-    response.headers.update(exc.headers or {})
+    response.headers.update(headers)
     return response
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods the request's path answers, of every route of it: Starlette's `Allow` names those of the first
+    only (POST of `/upload/similar`, not its GET), and not the HEAD that `_head_routes` answers beside each GET."""
+    methods: list[str] = []
+    for route in (route for router in request.app.state.routers for route in router.routes):
+        if isinstance(route, APIRoute) and route.matches(request.scope)[0] is not Match.NONE:
+            methods += sorted(route.methods, key=METHOD_ORDER.index)
+    return list(dict.fromkeys(methods))
 
 
 def _field(loc: Sequence[str | int]) -> str:

@@ -38,6 +38,13 @@ def newest_window_id(store: Store) -> int:
         return int(session.scalar(select(func.max(WindowRow.id))) or 0)
 
 
+def newest_file_id(store: Store) -> int:
+    """The highest file id (0 when there is none): a file's id is kept while it is indexed again, and a new file
+    takes one past the highest, so an id below it that names no file named one that is gone."""
+    with store.session() as session:
+        return int(session.scalar(select(func.max(AudioFileRow.id))) or 0)
+
+
 def vector_ids_after(store: Store, kind: str, after: int) -> np.ndarray:
     """Sorted ids (int64) above `after` of the windows that have a vector of `kind`: what was added since."""
     query = (

@@ -23,13 +23,21 @@ RETRY_AFTER_S = 5  # when to ask again while the database does not answer (503)
 
 
 class RequestError(PengiSearchError):
-    """A request the server refuses: `status` is the HTTP status of the answer (400, Bad Request, unless said)."""
+    """A request the server refuses: `status` is the HTTP status of the answer (400, Bad Request, unless said);
+    `field`, the parameter at fault when one is (an upload past the limits: its `file`), which the JSON names and a
+    page marks and focuses."""
 
-    field: str | None = None  # the parameter at fault, when one is
-
-    def __init__(self, where: str | os.PathLike[str], reason: str, status: HTTPStatus = HTTPStatus.BAD_REQUEST) -> None:
+    def __init__(
+        self,
+        where: str | os.PathLike[str],
+        reason: str,
+        status: HTTPStatus = HTTPStatus.BAD_REQUEST,
+        *,
+        field: str | None = None,
+    ) -> None:
         super().__init__(where, reason)
         self.status = int(status)
+        self.field = field
 
 
 class InvalidParameter(RequestError):
@@ -37,8 +45,7 @@ class InvalidParameter(RequestError):
     starts with: the parameter, unless said (an uploaded clip's file name)."""
 
     def __init__(self, field: str, reason: str, *, where: str | os.PathLike[str] | None = None) -> None:
-        super().__init__(field if where is None else where, reason, HTTPStatus.UNPROCESSABLE_ENTITY)
-        self.field = field
+        super().__init__(field if where is None else where, reason, HTTPStatus.UNPROCESSABLE_ENTITY, field=field)
 
     @classmethod
     def of(cls, exc: OptionError) -> InvalidParameter:

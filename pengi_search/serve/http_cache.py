@@ -3,23 +3,31 @@
 The media routes' answers carry an ETag (the file's audio as sent, its window cut as WAV, its spectrogram) and
 `Cache-Control: no-cache`: browsers keep them but ask each time, since the file may change on disk (it is then
 refused, 409), and a request whose `If-None-Match` names the current tag gets 304 without a body, before anything
-is decoded or drawn. A `Range` header of a unit other than bytes is ignored, as RFC 9110 (14.2) requires: the whole
-body, 200, where Starlette answers 400.
+is decoded or drawn. Audio is named (`Content-Disposition`) as the file it comes from, so that a player's "Download"
+saves it under that name. A `Range` header of a unit other than bytes is ignored, as RFC 9110 (14.2) requires: the whole
+body, 200, where Starlette answers 400. The pages' script and style are asked about each time too (`StaticAssets`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 from fastapi.responses import FileResponse, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
+from ..pathnames import shown
+
 CACHE_CONTROL = "no-cache"  # keep it, but ask whether it is still current before using it
+_NOT_QUOTABLE = re.compile(r'[^\x20-\x7e]|["\\]')  # what a quoted-string's plain ASCII name cannot hold
 
 
 @dataclass(frozen=True)
@@ -28,6 +36,7 @@ class Made:
 
     tag: str
     make: Callable[[], bytes]
+    name: str | None = None  # the name a browser saves it under (`content_disposition`)
 
 
 def entity_tag(*parts: object) -> str:
@@ -44,6 +53,19 @@ def names_tag(headers: Headers, tag: str) -> bool:
     return "*" in candidates or tag.removeprefix("W/") in candidates
 
 
+def content_disposition(name: str) -> str:
+    """`inline` (played in the page), under `name` when saved: a player's "Download" otherwise names every file
+    after the address's last part, `audio`. RFC 6266: a plain ASCII name for old clients, and the name itself as
+    UTF-8 (RFC 8187), as `pathnames.shown` writes it (a byte that is not UTF-8 as `\\xNN`, no control character)."""
+    readable = shown(name)
+    plain = _NOT_QUOTABLE.sub("_", readable)
+    return f"inline; filename=\"{plain}\"; filename*=UTF-8''{quote(readable, safe='')}"
+
+
+def _named(headers: dict[str, str], name: str | None) -> dict[str, str]:
+    return headers if name is None else {**headers, "Content-Disposition": content_disposition(name)}
+
+
 def not_modified(tag: str) -> Response:
     return Response(status_code=304, headers={"ETag": tag, "Cache-Control": CACHE_CONTROL})
 
@@ -52,12 +74,13 @@ def made_response(headers: Headers, made: Made, media_type: str) -> Response:
     """304 when the client holds `made` already, else `made` made now."""
     if names_tag(headers, made.tag):
         return not_modified(made.tag)
-    return Response(made.make(), media_type=media_type, headers={"ETag": made.tag, "Cache-Control": CACHE_CONTROL})
+    sent = _named({"ETag": made.tag, "Cache-Control": CACHE_CONTROL}, made.name)
+    return Response(made.make(), media_type=media_type, headers=sent)
 
 
-def file_response(headers: Headers, path: Path, media_type: str) -> Response:
-    """The file at `path`, or 304 when the client holds it already."""
-    cache = {"Cache-Control": CACHE_CONTROL}
+def file_response(headers: Headers, path: Path, media_type: str, name: str | None = None) -> Response:
+    """The file at `path` (saved as `name`), or 304 when the client holds it already."""
+    cache = _named({"Cache-Control": CACHE_CONTROL}, name)
     response = AudioFileResponse(path, media_type=media_type, stat_result=os.stat(path), headers=cache)
     tag = response.headers["etag"]  # Starlette's, of the file's size and modification time
     return not_modified(tag) if names_tag(headers, tag) else response
@@ -80,3 +103,14 @@ def _byte_ranges_only(scope: Scope) -> Scope:
         if name.lower() != b"range" or value.partition(b"=")[0].strip().lower() == b"bytes"
     ]
     return scope if len(kept) == len(headers) else {**scope, "headers": kept}
+
+
+class StaticAssets(StaticFiles):
+    """The pages' script, style and icon, with `Cache-Control: no-cache`: the browser asks each time whether its copy
+    is current (304 while it is). Without it, a browser may keep using an old app.js for days after pengi-search
+    is upgraded (heuristic freshness, a tenth of the file's age when fetched), beside new pages it does not fit."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = CACHE_CONTROL
+        return response

@@ -46,10 +46,20 @@ BROWSER_TYPES = {
     ".aac": "audio/aac",
 }
 _PLAYABLE_WAV = {"PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT"}  # other WAV codecs (ADPCM, u-law) are transcoded
-# What a file served as these types must hold, as FFmpeg names its container and first audio stream's codec: of
-# the codecs MP4 audio holds, AAC is the one all three play (ALAC, say, is transcoded); `audio/aac` is raw AAC in
-# ADTS frames. A file whose name says one of them and holds something else is transcoded.
-_PLAYABLE_STREAMS = {"audio/mp4": ("mp4", "aac"), "audio/aac": ("aac", "aac")}
+_WAV_CONTAINERS = {"WAV", "WAVEX"}
+# What a file served as each other type must hold, as FFmpeg names its container (one of its demuxer's names) and
+# its first audio stream's decoder: of the codecs MP4 audio holds, AAC is the one all three play (ALAC, say, is
+# transcoded); `audio/aac` is raw AAC in ADTS frames. A file whose name says one of them and holds something else
+# (an MP3 named `.ogg`, a WAV named `.mp3`: renamed by hand, or by a tool) is transcoded: Firefox and Safari decode
+# what they are sent as the type it is sent as, not as what its bytes are.
+_PLAYABLE_STREAMS = {
+    "audio/flac": ("flac", {"flac"}),
+    "audio/mpeg": ("mp3", {"mp3", "mp3float"}),
+    "audio/ogg": ("ogg", {"vorbis", "libvorbis", "opus", "libopus"}),
+    "audio/webm": ("webm", {"vorbis", "libvorbis", "opus", "libopus"}),
+    "audio/mp4": ("mp4", {"aac"}),
+    "audio/aac": ("aac", {"aac"}),
+}
 # The sample rates a transcode keeps: those the Web Audio API requires every browser to play. A file at another
 # rate is resampled to the nearest of them.
 PLAYABLE_RATES = (8_000, 96_000)
@@ -75,15 +85,16 @@ _RAMP = np.array(
 def browser_type(path: Path) -> str | None:
     """The MIME type to serve `path` as it is, or None when a browser may not play it (then it is transcoded)."""
     mime = BROWSER_TYPES.get(path.suffix.lower())
+    if mime is None:
+        return None
     if mime == "audio/wav":
         try:
-            return mime if sf.info(os.fsencode(path)).subtype in _PLAYABLE_WAV else None  # bytes: any file name
+            info = sf.info(os.fsencode(path))  # bytes: any file name
         except (sf.SoundFileError, RuntimeError):
             return None
-    if mime in _PLAYABLE_STREAMS:
-        container, codec = _PLAYABLE_STREAMS[mime]
-        return mime if _audio_codec(path, container) == codec else None
-    return mime
+        return mime if info.format in _WAV_CONTAINERS and info.subtype in _PLAYABLE_WAV else None
+    container, codecs = _PLAYABLE_STREAMS[mime]
+    return mime if _audio_codec(path, container) in codecs else None
 
 
 def _audio_codec(path: Path, container_name: str) -> str | None:

@@ -20,6 +20,7 @@ from fastapi.templating import Jinja2Templates
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
+from ..audio import AUDIO_EXTENSIONS
 from ..choices import DEFAULT_HYBRID_WEIGHT
 from ..errors import PengiSearchError
 from ..pathnames import shown
@@ -41,6 +42,9 @@ templates = Jinja2Templates(
 )
 OPENAPI_METHODS = ("get", "post", "put", "patch", "delete")
 NAV = (("/", "Search"), ("/upload", "Drop a clip"), ("/library", "Library"), ("/docs", "API"))
+# What a "Clip" box's file chooser shows: audio by type, and by name every extension the server reads, which a
+# system's type table may not map to audio (a chooser would hide `.opus` or `.wv` files, to be found under "All files")
+CLIP_ACCEPT = ",".join(["audio/*", *sorted(AUDIO_EXTENSIONS)])
 # Pages the navigation has no link of their own for, by their path's first part, and the link they come under.
 NAV_PARENTS = {"similar": "/"}  # "more like this" is a search
 # OpenAPI descriptions are Markdown (every viewer renders them so; the docstrings they come from write `code`);
@@ -173,6 +177,7 @@ templates.env.globals.update(
     FILTER_DEFAULTS=FILTER_DEFAULTS,
     DEFAULT_HYBRID_WEIGHT=DEFAULT_HYBRID_WEIGHT,
     kept_minutes=f"{KEEP_S / 60:g}",
+    CLIP_ACCEPT=CLIP_ACCEPT,
 )
 
 

@@ -13,7 +13,7 @@ import logging
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from http import HTTPStatus
@@ -42,6 +42,7 @@ from ..search import (
     ranked_index,
     search_pages,
 )
+from ..units import span_text
 from . import catalog, media
 from .batching import EmbedBatcher
 from .errors import InvalidParameter, RequestError
@@ -64,6 +65,7 @@ QUERY_CACHE = 4096  # query embeddings kept
 RUNS_SHOWN = 10  # the latest runs /api/stats gives
 FAILED_SHOWN = 200  # the first failed files /api/stats gives
 MAX_ID = 2**63 - 1  # the largest database row id (SQLite INTEGER, PostgreSQL BIGINT); a larger one names no row
+GONE = "no longer in the index (its file was indexed again, moved or removed since): search again"
 
 
 @dataclass(frozen=True)
@@ -350,14 +352,23 @@ class Service:
     def window(self, window_id: int) -> WindowDetails:
         window = self.library.store.window_details([window_id]).get(window_id) if abs(window_id) <= MAX_ID else None
         if window is None:
-            raise RequestError(f"window {window_id}", "no such window in the index", HTTPStatus.NOT_FOUND)
+            raise self._not_found("window", window_id, catalog.newest_window_id)
         return window
 
     def file_record(self, file_id: int) -> FileRecord:
         record = catalog.file_by_id(self.library.store, file_id) if abs(file_id) <= MAX_ID else None
         if record is None:
-            raise RequestError(f"file {file_id}", "no such file in the index", HTTPStatus.NOT_FOUND)
+            raise self._not_found("file", file_id, catalog.newest_file_id)
         return record
+
+    def _not_found(self, what: str, item_id: int, newest: Callable[[Store], int]) -> RequestError:
+        """The 404 of a window or file id that names none. Ids are not reused: one up to the newest was there once,
+        and went since the page that names it was made (its file indexed again, moved or removed); said so, with
+        what to do, to the user who pressed it there, where "no such window" would contradict the page."""
+        was_there = 0 < item_id <= newest(self.library.store)
+        return RequestError(
+            f"{what} {item_id}", GONE if was_there else f"no such {what} in the index", HTTPStatus.NOT_FOUND
+        )
 
     def file(self, file_id: int) -> dict[str, Any]:
         """A file with its windows and what Pengi wrote for each (the shape of `pengi-search export`, plus ids)."""
@@ -365,15 +376,18 @@ class Service:
         windows = catalog.file_windows(self.library.store, record)
         return {"id": record.id, **record.to_json(readable=True), "windows": [_window_json(w) for w in windows]}
 
-    def file_audio(self, file_id: int) -> tuple[Path, str]:
-        """The file to send for a file's player and its MIME type: the file itself, or a FLAC transcode."""
+    def file_audio(self, file_id: int) -> tuple[Path, str, str]:
+        """The file to send for a file's player, its MIME type and the name it is saved under: the file itself, or a
+        FLAC transcode (named as the file, with the extension of what it is)."""
         record = self.file_record(file_id)
         real = servable_path(record, self.settings.roots)
+        name = Path(record.path).name  # as indexed: a link's own name, not its target's
         mime = media.browser_type(real)
         if mime is not None:
-            return real, mime
+            return real, mime, name
         key = (record.id, record.size, record.mtime)
-        return self.transcodes.flac(key, real, self.settings.max_transcode_s), "audio/flac"
+        flac = self.transcodes.flac(key, real, self.settings.max_transcode_s)
+        return flac, "audio/flac", f"{Path(name).stem}.flac"
 
     def unplayable(self, file_id: int) -> str | None:
         """Why the file's audio cannot be served (gone or changed on disk, outside the served folders), or None: the
@@ -401,7 +415,8 @@ class Service:
         record = self.file_record(window.file_id)
         real = servable_path(record, self.settings.roots)
         tag = entity_tag("window", window_id, record.size, record.mtime)
-        return Made(tag, lambda: media.window_wav(real, window.start_s, window.end_s))
+        name = f"{Path(record.path).stem}_{span_text(window.start_s, window.end_s)}.wav"  # bell_2.5-9.5s.wav
+        return Made(tag, lambda: media.window_wav(real, window.start_s, window.end_s), name)
 
     def window_peaks(self, window_id: int) -> list[tuple[float, float]]:
         """(min, max) pairs over a window, for its waveform."""

@@ -63,7 +63,7 @@ def _copy_bounded(stream: BinaryIO, path: Path, name: str, max_bytes: int) -> No
         while chunk := stream.read(_CHUNK):
             written += len(chunk)
             if written > max_bytes:
-                raise RequestError(name, larger_than(max_bytes), HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+                raise RequestError(name, larger_than(max_bytes), HTTPStatus.REQUEST_ENTITY_TOO_LARGE, field="file")
             out.write(chunk)
     if written == 0:
         raise InvalidParameter("file", EMPTY_AUDIO, where=name)
@@ -81,6 +81,7 @@ def _checked_duration(path: Path, name: str, max_seconds: float) -> float:
                         name,
                         f"longer than the server's limit of {max_seconds:g} s",
                         HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                        field="file",
                     )
     except AudioDecodeError as exc:
         raise InvalidParameter("file", exc.reason, where=name) from None

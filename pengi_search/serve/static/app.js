@@ -125,8 +125,9 @@ function sayWhyNotPlayed(audio) {
   });
 }
 
-// Why the server did not give the audio at `src`, as its JSON error says it ("file 12: no longer readable on disk":
-// the page names the file already, so not its id); or that it did not answer, or gave what the browser cannot play.
+// Why the server did not give the audio at `src`, as its JSON error says it ("file 12: no longer readable on disk",
+// "window 7: no longer in the index: ...": the page names the file and its window already, so not their ids); or
+// that it did not answer, or gave what the browser cannot play.
 async function whyNotPlayed(src) {
   let response;
   try {
@@ -139,7 +140,7 @@ async function whyNotPlayed(src) {
     return "the browser cannot decode it";
   }
   const detail = (await response.json().catch(() => ({}))).detail;
-  return detail ? detail.replace(/^file \d+: /, "") : `the server answered ${response.status}`;
+  return detail ? detail.replace(/^(file|window) \d+: /, "") : `the server answered ${response.status}`;
 }
 
 function stopAtEnd(audio) {
@@ -345,6 +346,10 @@ function setUpFile() {
 }
 
 // A form that takes a while (a search, a clip described by the model): say so, and keep it from being sent twice.
+// A search (a form sent by GET) may be sent again changed while it is on its way, as a user who thinks better of a
+// slow search types another and presses Enter: the browser drops the first for it. So its button is not disabled,
+// which would make Enter in its boxes do nothing (HTML's implicit submission needs an enabled default button); only
+// the same search again is not sent. An upload's is, as nothing but the same clip would be sent twice.
 // It is ready again whenever the page stays without the answer: the sending was stopped (the browser's stop button
 // or Esc; a connection that failed), which the Navigation API reports as a failed navigation, or the page is shown
 // again as it was left, from the browser's back/forward cache (pageshow).
@@ -354,22 +359,34 @@ function setUpBusyForms() {
     const button = form.querySelector("button[data-busy]");
     if (!button) continue;
     const label = button.textContent;
-    let sending = false;
+    const changeable = form.method === "get";
+    let sending = null; // what is on its way (a search's address; true for an upload), else null
+    let starting = false; // a sending begun in this task: the navigation it aborts fails, and is no stop of it
     const show = (busy) => {
-      button.disabled = busy;
+      button.disabled = busy && !changeable;
       button.textContent = busy ? button.dataset.busy : label;
       if (busy) form.setAttribute("aria-busy", "true");
       else form.removeAttribute("aria-busy");
     };
     form.addEventListener("submit", (event) => {
       if (event.defaultPrevented) return; // refused before sending (setUpUploadLimits)
-      sending = true;
+      const sent = changeable ? new URLSearchParams(new FormData(form)).toString() : true;
+      if (sending !== null && (!changeable || sent === sending)) {
+        event.preventDefault(); // the same, on its way already
+        return;
+      }
+      sending = sent;
+      starting = true;
       // After this event, so that the submission itself is not stopped by the disabled button; and only if the
       // sending was not stopped meanwhile.
-      setTimeout(() => show(sending));
+      setTimeout(() => {
+        starting = false;
+        show(sending !== null);
+      });
     });
     readyAgain.push(() => {
-      sending = false;
+      if (starting) return;
+      sending = null;
       show(false);
     });
   }
