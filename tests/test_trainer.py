@@ -1028,29 +1028,31 @@ def test_under_torchrun_the_dry_run_checks_and_reports_once_per_machine(tmp_path
 # --- Set-up from scratch ---------------------------------------------------------------------------------------
 
 
-def test_from_scratch_takes_the_language_model_and_clip_text_tower_from_local_directories(tmp_path) -> None:
-    gpt2_tok, clip_tok = tiny_gpt2_tokenizer(), tiny_clip_tokenizer()
-    architecture = tiny_config("base", gpt2_tok, clip_tok)
+def local_parts(folder: Path, architecture: PengiConfig) -> tuple[GPT2LMHeadModel, CLIPModel]:
+    """A GPT-2 and a CLIP model of `architecture`'s sizes, with the tiny tokenizers, in `folder`/gpt2 and /clip."""
     torch.manual_seed(1)
     language_model = GPT2LMHeadModel(gpt2_config(architecture.decoder))
-    language_model.save_pretrained(tmp_path / "gpt2")
-    gpt2_tok.save_pretrained(tmp_path / "gpt2")
+    language_model.save_pretrained(folder / "gpt2")
+    tiny_gpt2_tokenizer().save_pretrained(folder / "gpt2")
     text = clip_text_config(architecture.text_encoder)
     vision = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=32)
     clip = CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision, projection_dim=text.projection_dim))
-    clip.save_pretrained(tmp_path / "clip")
-    clip_tok.save_pretrained(tmp_path / "clip")
-    config_path = write_config(
-        tmp_path,
-        tmp_path,
-        tmp_path / "unused.jsonl",
-        model={
-            "init": None,
-            "architecture": json.loads(json.dumps(architecture.to_dict())),  # tuples as YAML lists
-            "language_model": "gpt2",
-            "text_encoder": "clip",
-        },
-    )
+    clip.save_pretrained(folder / "clip")
+    tiny_clip_tokenizer().save_pretrained(folder / "clip")
+    return language_model, clip
+
+
+def from_scratch_config(folder: Path, architecture: dict[str, Any]) -> Path:
+    """A run from scratch of `architecture` (a mapping, as YAML gives it) with the parts of `local_parts`."""
+    model = {"init": None, "architecture": architecture, "language_model": "gpt2", "text_encoder": "clip"}
+    return write_config(folder, folder, folder / "unused.jsonl", model=model)
+
+
+def test_from_scratch_takes_the_language_model_and_clip_text_tower_from_local_directories(tmp_path) -> None:
+    gpt2_tok, clip_tok = tiny_gpt2_tokenizer(), tiny_clip_tokenizer()
+    architecture = tiny_config("base", gpt2_tok, clip_tok)
+    language_model, clip = local_parts(tmp_path, architecture)
+    config_path = from_scratch_config(tmp_path, json.loads(json.dumps(architecture.to_dict())))  # tuples as lists
 
     model, tokenizers = build_model(load_config(config_path), config_path)
 
@@ -1065,6 +1067,23 @@ def test_from_scratch_takes_the_language_model_and_clip_text_tower_from_local_di
         tokenizers.prompts([CAPTION_PROMPT]).input_ids.tolist()
         == Tokenizers(architecture, gpt2_tok, clip_tok).prompts([CAPTION_PROMPT]).input_ids.tolist()
     )
+
+
+def test_a_clip_text_tower_whose_tokenizer_ends_texts_with_another_token_than_the_architecture_is_refused(
+    tmp_path,
+) -> None:
+    """The text tower pools each text at its end-of-text token and prompts are padded with it: an architecture
+    that keeps CLIP's own id (49407) for a CLIP directory with a smaller vocabulary would fail mid-step with an index
+    error (or read every text at the wrong token). The set-up (and so the dry run) says which setting to give."""
+    architecture = tiny_config("base")
+    local_parts(tmp_path, architecture)
+    written = json.loads(json.dumps(architecture.to_dict()))
+    del written["text_encoder"]["eos_token_id"], written["text_encoder"]["bos_token_id"]  # the defaults: CLIP's
+    config_path = from_scratch_config(tmp_path, written)
+
+    end = tiny_clip_tokenizer().eos_token_id
+    with pytest.raises(ConfigError, match=f"ends a text with token {end}, the text encoder with token 49407: set "):
+        build_model(load_config(config_path), config_path)
 
 
 # --- Configuration, dry run --------------------------------------------------------------------------------------

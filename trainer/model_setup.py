@@ -48,13 +48,38 @@ def build_model(config: TrainConfig, source: Path, *, save_tokenizer: bool = Tru
         tokenizers = load_tokenizers(section, model.cfg)
     else:
         model, tokenizers = _build_from_scratch(config, source, save_tokenizer)
-    if len(tokenizers.gpt2) > model.gpt.get_input_embeddings().num_embeddings:
+    _check_tokenizers_fit(model, tokenizers, source)
+    return model, tokenizers
+
+
+def _check_tokenizers_fit(model: Pengi, tokenizers: Tokenizers, source: Path) -> None:
+    """Every id a tokenizer writes must be a row of its model's embeddings, and the text tower must end texts where
+    the CLIP tokenizer does: it pools its vector at that token and prompts are padded with it. A CLIP directory's
+    tokenizer of another vocabulary than the architecture's defaults (CLIP's own) otherwise fails mid-step with an
+    index error, or, with a smaller id, reads every text vector at the wrong token without a word."""
+    vocabulary = model.gpt.get_input_embeddings().num_embeddings
+    if len(tokenizers.gpt2) > vocabulary:
         raise ConfigError(
             source,
             f"the tokenizer has {len(tokenizers.gpt2)} tokens, more than the language model's vocabulary "
-            f"({model.gpt.get_input_embeddings().num_embeddings})",
+            f"({vocabulary})",
         )
-    return model, tokenizers
+    text = model.cfg.text_encoder
+    if tokenizers.clip is None or text is None:
+        return
+    if len(tokenizers.clip) > text.vocab_size:
+        raise ConfigError(
+            source,
+            f"the CLIP tokenizer has {len(tokenizers.clip)} tokens, more than the text encoder's vocabulary "
+            f"(text_encoder.vocab_size {text.vocab_size})",
+        )
+    end = tokenizers.clip.eos_token_id
+    if end != text.eos_token_id:
+        raise ConfigError(
+            source,
+            f"the CLIP tokenizer ends a text with token {end}, the text encoder with token {text.eos_token_id}: "
+            f"set the architecture's text_encoder.eos_token_id to {end} (and bos_token_id to the tokenizer's)",
+        )
 
 
 def _build_from_scratch(config: TrainConfig, source: Path, save_tokenizer: bool) -> tuple[Pengi, Tokenizers]:
