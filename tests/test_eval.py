@@ -6,12 +6,14 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import platform
 import unicodedata
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import transformers
 from typer.testing import CliRunner
 
 import pengi_search
@@ -684,7 +686,13 @@ def test_eval_classify_report_records_what_made_its_numbers(known, tiny_model_di
     assert {key: setup[key] for key in ("beam", "max_len", "stop", "db")} == {
         "beam": beam, "max_len": max_len, "stop": "both", "db": str(captions.db)
     }  # fmt: skip
-    assert setup["pengi_search_version"] == pengi_search.__version__ and setup["torch_version"] == torch.__version__
+    assert {key: setup[key] for key in setup if key.endswith("_version")} == {
+        "pengi_search_version": pengi_search.__version__,
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,  # the tokenizers and text models
+        "numpy_version": np.__version__,  # the metrics' arithmetic
+        "python_version": platform.python_version(),
+    }
     assert [(Path(row["path"]).name, row["source"]) for row in report["files"]] == [("bell.wav", source)]
 
 

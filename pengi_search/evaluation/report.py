@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -46,11 +47,21 @@ def build_report(kind: str, result: dict[str, Any], *, dataset: dict[str, Any], 
 
 
 def software_versions() -> dict[str, str]:
-    """The versions that make the numbers: pengi-search's own code, and PyTorch's kernels (another release may round
-    differently, which reorders near ties). In the setup, so that `compare` names them when they differ."""
+    """The versions that make the numbers: pengi-search's own code, PyTorch's kernels (another release may round
+    differently, which reorders near ties), transformers' tokenizers and text models (what a caption or label is cut
+    into), NumPy's (the metrics' arithmetic) and Python's. In the setup, so that `compare` names them when they
+    differ."""
+    import numpy
     import torch  # loaded already by every evaluation, which runs the model or reads its library
+    import transformers
 
-    return {"pengi_search_version": __version__, "torch_version": torch.__version__}
+    return {
+        "pengi_search_version": __version__,
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "numpy_version": numpy.__version__,
+        "python_version": platform.python_version(),
+    }
 
 
 def write_report(report: dict[str, Any], folder: Path) -> list[Path]:
@@ -180,7 +191,7 @@ def _set_notes(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 
 def _not_recorded(report: dict[str, Any]) -> list[str]:
     """The setup keys that every such report written now has (see `eval` in the CLI) and this one lacks."""
-    recorded = ["pengi_search_version", "torch_version"]  # `software_versions`
+    recorded = list(software_versions())
     if report["kind"] in ("retrieval", "caption"):
         recorded += ["caption_prompts", "caption_decoding"]  # what made the captions scored
     elif report["setup"].get("method") == "text":
