@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import io
 import json
 import os
@@ -36,10 +37,12 @@ from pengi_search.model import Pengi, gpt2_config
 from pengi_search.model_dir import WEIGHTS_FILE, ModelDir
 from pengi_search.testing import tiny_clip_tokenizer, tiny_config, tiny_gpt2_tokenizer
 from pengi_search.tokenization import Tokenizers
+from pengi_search.versions import software_versions
 from trainer.config import ConfigError, TrainConfig, load_config, parse_overrides
 from trainer.distributed import resolve_device
 from trainer.dry_run import dry_run_report
 from trainer.evaluation import generate_answers
+from trainer.export import export_checkpoint
 from trainer.loop import Trainer, train
 from trainer.model_setup import apply_freezing, build_model, set_train_mode
 from trainer.objective import AnswerNll
@@ -234,6 +237,22 @@ def uninterrupted(tmp_path_factory, sounds, tiny_model_dir) -> Path:
     )
     check_trained(config_path)
     return folder
+
+
+def test_every_model_a_run_writes_records_its_manifests_sha256_and_the_software_versions(
+    uninterrupted, sounds, tmp_path
+) -> None:
+    """The configuration names the manifests by path alone: a manifest regenerated in place (more clips, other
+    captions) would leave two models that claim the same data. The run's model, and a model exported from any of
+    its checkpoints later, carry what identifies it and the code that trained it."""
+    manifest = sounds / "train.jsonl"
+    expected = {
+        "manifests": {"train": {"path": str(manifest), "sha256": hashlib.sha256(manifest.read_bytes()).hexdigest()}},
+        "versions": software_versions(),
+    }
+    exported = export_checkpoint(uninterrupted / "run" / "checkpoints" / "step-00000003.pt", tmp_path / "model-3")
+    for model_dir in (uninterrupted / "run" / "model", exported):
+        assert ModelDir.read(model_dir).meta["trained"]["provenance"] == expected
 
 
 def test_frozen_weights_stay_bit_identical_and_trained_ones_change(uninterrupted, tiny_model_dir) -> None:

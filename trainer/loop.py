@@ -50,7 +50,7 @@ from trainer.distributed import (
     wait_for_all,
 )
 from trainer.evaluation import best_metric, evaluate_run
-from trainer.export import BEST_MODEL_DIR, MODEL_DIR, export_model, finished_run_models
+from trainer.export import BEST_MODEL_DIR, MODEL_DIR, export_model, finished_run_models, run_provenance
 from trainer.model_setup import (
     apply_freezing,
     build_model,
@@ -217,6 +217,7 @@ class Trainer:
         # As the progress prints (`TrainingProgress.print`): as written, and on one line in a log.
         say = functools.partial(self.console.print, markup=False, highlight=False, soft_wrap=True) if shown else quiet
         self.data = prepare_data(config, self.model, self.tokenizers, source, cached=cached, say=say)
+        self.provenance = run_provenance(config)  # the manifests as read now, by a resumed run too
         self._setup_loader()
         self.optimization = Optimization(
             self.model,
@@ -240,6 +241,7 @@ class Trainer:
             train_examples=len(self.data.train_set),
             tasks=self.data.tasks,
             total_steps=self.total_steps,
+            provenance=self.provenance,
         )
         self.evaluated_at: int | None = None  # the step of the last evaluation
         self.skips = SkippedClips(self.console if processes.main else None)  # said even with --quiet
@@ -501,7 +503,9 @@ class Trainer:
         self.metrics.write("best" if best else "checkpoint", step=self.position.step, path=str(path))
 
     def _export(self, directory: Path, best: bool = False) -> Path:
-        extra = {"metric": self.best.metric, "value": self.best.best} if best else None
+        extra: dict[str, Any] = {"provenance": self.provenance}
+        if best:
+            extra |= {"metric": self.best.metric, "value": self.best.best}
         return export_model(
             self.model,
             self.tokenizers,

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
 from ..errors import UsageError
 from ..pathnames import json_text
 from ..paths import as_path
 from ..text_files import read_text
 from ..units import count_text, for_count
+from ..versions import software_versions
 from ..written_aside import written_aside
 from . import plots
 
@@ -40,28 +39,10 @@ def build_report(kind: str, result: dict[str, Any], *, dataset: dict[str, Any], 
     if kind not in KINDS:
         raise ValueError(f"unknown report kind {kind!r}")
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    setup = setup | software_versions()
+    setup = setup | software_versions()  # in the setup, so that `compare` names them when they differ
     return {"pengi_search_eval": SCHEMA, "kind": kind, "created_at": created, "dataset": dataset, "setup": setup} | (
         result
     )
-
-
-def software_versions() -> dict[str, str]:
-    """The versions that make the numbers: pengi-search's own code, PyTorch's kernels (another release may round
-    differently, which reorders near ties), transformers' tokenizers and text models (what a caption or label is cut
-    into), NumPy's (the metrics' arithmetic) and Python's. In the setup, so that `compare` names them when they
-    differ."""
-    import numpy
-    import torch  # loaded already by every evaluation, which runs the model or reads its library
-    import transformers
-
-    return {
-        "pengi_search_version": __version__,
-        "torch_version": torch.__version__,
-        "transformers_version": transformers.__version__,
-        "numpy_version": numpy.__version__,
-        "python_version": platform.python_version(),
-    }
 
 
 def write_report(report: dict[str, Any], folder: Path) -> list[Path]:
