@@ -22,7 +22,7 @@ from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 from pengi_search.evaluation.captioning import evaluate_captions
 from pengi_search.evaluation.classification import evaluate_classification, label_notes
-from pengi_search.evaluation.datasets import DatasetError, read_caption_set
+from pengi_search.evaluation.datasets import DatasetError, audio_digest, read_caption_set
 from pengi_search.evaluation.metrics import bleu, cider_d, rouge_l, tokenize
 from pengi_search.evaluation.multilabel import evaluate_multi_label
 from pengi_search.evaluation.report import ReportError, build_report, compare_reports, load_report, write_report
@@ -68,6 +68,30 @@ def test_clotho_layout(tmp_path):
     assert caption_set.found[0].path == str(tmp_path / "audio" / "a b.wav")
     assert [i.name for i in caption_set.missing] == ["c.wav"]
     assert caption_set.to_json()["captions"] == 4 and len(caption_set.sha256) == 64
+
+
+def test_a_set_digests_the_audio_its_csv_names_so_another_copy_of_the_set_reads_as_another_set(tmp_path):
+    """The CSV's sha256 says which files were listed, not what they held: a re-encoded or trimmed copy of a set
+    under the same names is another set. The same bytes under another audio root are the same set."""
+    csv_text = "file_name,caption\na.wav,a tone\nb.wav,another tone\n"
+    for root in ("here", "there"):
+        write_tone(tmp_path / root / "a.wav", 1.0)
+        write_tone(tmp_path / root / "b.wav", 1.0, freq=880.0)
+        write(tmp_path / root / "captions.csv", csv_text)
+    here, there = (read_caption_set(tmp_path / root / "captions.csv").to_json() for root in ("here", "there"))
+    assert here["audio_sha256"] == there["audio_sha256"] and len(here["audio_sha256"]) == 64
+
+    write_tone(tmp_path / "there" / "b.wav", 0.5, freq=880.0)  # trimmed, under the same name
+    trimmed = read_caption_set(tmp_path / "there" / "captions.csv").to_json()
+    assert trimmed["sha256"] == here["sha256"] and trimmed["audio_sha256"] != here["audio_sha256"]
+    before, after = retrieval_report(0.25), retrieval_report(0.5)
+    before["dataset"]["audio_sha256"], after["dataset"]["audio_sha256"] = here["audio_sha256"], trimmed["audio_sha256"]
+    assert compare_reports(before, after)["notes"] == [
+        "the two reports measured other audio files under the same CSV (their sha256 differ): the numbers are not "
+        "comparable"
+    ]
+    del before["dataset"]["audio_sha256"]  # a report of an older pengi-search
+    assert compare_reports(before, after)["notes"] == []
 
 
 def test_audiocaps_layout(tmp_path):
@@ -694,6 +718,10 @@ def test_eval_classify_report_records_what_made_its_numbers(known, tiny_model_di
         "python_version": platform.python_version(),
     }
     assert [(Path(row["path"]).name, row["source"]) for row in report["files"]] == [("bell.wav", source)]
+    # The audio classified, named by its path inside the folder given (wherever the command ran from).
+    files = sorted(path for path in captions.root.rglob("*") if path.suffix in (".wav", ".flac"))
+    named = [(path.relative_to(captions.root).as_posix(), path) for path in files]
+    assert report["dataset"]["audio_sha256"] == audio_digest(named)
 
 
 def test_eval_classify_with_a_label_map_scores_its_answers(known, tiny_model_dir, tmp_path):

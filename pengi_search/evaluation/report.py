@@ -164,6 +164,12 @@ def _set_notes(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """Whether the two measured the same thing: the same set (its sha256) and the same part of it."""
     if a["dataset"].get("sha256") != b["dataset"].get("sha256"):
         return ["the two reports measured different sets (their CSVs differ): the numbers are not comparable"]
+    audio = a["dataset"].get("audio_sha256"), b["dataset"].get("audio_sha256")
+    if None not in audio and audio[0] != audio[1]:  # a report of an older pengi-search has no digest of its audio
+        return [
+            "the two reports measured other audio files under the same CSV (their sha256 differ): the numbers "
+            "are not comparable"
+        ]
     scopes = _evaluated_scope(a), _evaluated_scope(b)
     if scopes[0] != scopes[1]:
         return [f"the same set, but other parts of it were evaluated: {' vs '.join(map(scope_text, scopes))}"]
