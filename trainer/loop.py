@@ -33,9 +33,7 @@ from pengi_search.paths import as_typed, shown_path
 from pengi_search.tokenization import Tokenizers
 from pengi_search.torchrun_env import said_once_per_machine
 from pengi_search.units import count_text
-from trainer.checkpoint_files import (
-    checkpoint_to_resume,
-)
+from trainer.checkpoint_files import checkpoint_path, checkpoint_to_resume
 from trainer.config import ConfigError, TrainConfig
 from trainer.data import Batch, example_loader
 from trainer.distributed import (
@@ -85,7 +83,7 @@ from trainer.resume_plan import (
 from trainer.run_data import prepare_data, quiet
 from trainer.sampling import ResumableSampler
 from trainer.state import Position, RunCheckpoints, restore_rng, seed_everything
-from trainer.stopping import BestTracker, InterruptRequest
+from trainer.stopping import BestTracker, InterruptRequest, RunInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -153,11 +151,22 @@ def train(
         raise said
     if result is None:
         return TrainingResult(None, None, None, 0, main=False)
-    if result.interrupted and result.main:
-        raise KeyboardInterrupt  # after the checkpoint, the model and the others: the command exits with 130 or 143
+    if result.interrupted and result.main:  # after the checkpoint, the model and the others: exit code 130 or 143
+        raise RunInterrupted(_kept(config.output_dir, result))
     # Under torchrun the others end well, saying nothing: a process ending with another code than 0 makes torchrun
     # stop the rest (SIGTERM), rank 0 too, before it has said the run was interrupted.
     return result
+
+
+def _kept(output_dir: Path, result: TrainingResult) -> str:
+    """What a run stopped by a signal leaves (its checkpoint and model, as the user would type them here), and how
+    to go on."""
+    written = (checkpoint_path(output_dir, result.steps), result.model_dir)
+    kept = " and ".join(shown_path(path) for path in written if path is not None and path.exists())
+    return (
+        f"the run stopped after step {result.steps}{f', kept in {kept}' if kept else ''}; "
+        "run the same command with --resume to go on"
+    )
 
 
 def _set_up(
