@@ -25,6 +25,7 @@ import yaml
 from rich.console import Console
 from safetensors.torch import load_file
 from transformers import CLIPConfig, CLIPModel, GPT2LMHeadModel
+from transformers.utils import logging as transformers_logging
 from typer.testing import CliRunner, Result
 
 import pengi_search.model
@@ -1067,13 +1068,17 @@ def from_scratch_config(folder: Path, architecture: dict[str, Any]) -> Path:
     return write_config(folder, folder, folder / "unused.jsonl", model=model)
 
 
-def test_from_scratch_takes_the_language_model_and_clip_text_tower_from_local_directories(tmp_path) -> None:
+def test_from_scratch_takes_the_language_model_and_clip_text_tower_from_local_directories(tmp_path, capfd) -> None:
     gpt2_tok, clip_tok = tiny_gpt2_tokenizer(), tiny_clip_tokenizer()
     architecture = tiny_config("base", gpt2_tok, clip_tok)
     language_model, clip = local_parts(tmp_path, architecture)
     config_path = from_scratch_config(tmp_path, json.loads(json.dumps(architecture.to_dict())))  # tuples as lists
+    transformers_logging.enable_progress_bar()  # as in a fresh process (a query's embedder, here, turns it off)
+    capfd.readouterr()
 
     model, tokenizers = build_model(load_config(config_path), config_path)
+
+    assert "Loading weights" not in capfd.readouterr().err  # transformers' bar, between the run's lines in a log
 
     lm_state = language_model.state_dict()
     assert all(torch.equal(tensor, lm_state[key]) for key, tensor in model.gpt.state_dict().items())

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import AutoTokenizer, CLIPModel, PreTrainedTokenizerBase
+from transformers.utils import logging as transformers_logging
 
 from pengi_search.checkpoint import CheckpointError, load_state_dict_strict
 from pengi_search.config import PengiConfig
@@ -43,6 +44,9 @@ def build_model(config: TrainConfig, source: Path, *, save_tokenizer: bool = Tru
     """The model and its tokenizers as `config.model` describes them; `source` (the config file) names errors.
     `save_tokenizer` False (a dry run): a tokenizer trained for the run is not written to its output_dir."""
     section = config.model
+    # transformers' "Loading weights" bar for each pretrained part (CLIP, a language model, an audio model) is noise
+    # between the run's own lines, a line of carriage returns in a log.
+    transformers_logging.disable_progress_bar()
     if section.init is not None:
         model = Pengi.from_pretrained(section.init, _fine_tune_architecture(section, source))
         tokenizers = load_tokenizers(section, model.cfg)
