@@ -4,6 +4,7 @@ report files and their comparison; end to end on generated audio with a tiny mod
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib.util
 import json
 import platform
@@ -491,6 +492,28 @@ def test_compare(tmp_path):
         compare_reports(retrieval_report(0.25), classify)
 
 
+def test_compare_tells_the_same_truth_scored_against_its_labels_in_another_order_from_another_set(tmp_path):
+    """A classify report's digest covers its candidate labels in their order: the same truth scored with its label
+    map (sorted) and with its own labels (in the truth's order) read as "different sets (their CSVs differ)",
+    which they were not, and no number moves with the order (ties rank by name). The truth's own sha256 tells."""
+    by_truth, by_map = classify_report(tmp_path, right=1), classify_report(tmp_path, right=3)
+    for report in (by_truth, by_map):
+        report["dataset"] |= {"truth_sha256": "t" * 64, "label_separator": ";"}
+    by_map["dataset"] |= {"sha256": "3" * 64, "labels": ["cat", "dog"]}
+    assert compare_reports(by_truth, by_map)["notes"] == []
+
+    by_map["dataset"]["labels"] = ["cat", "dog", "bird"]
+    assert compare_reports(by_truth, by_map)["notes"] == [
+        "the two reports scored the same truth file against other candidate labels (2 and 3, 2 in common): the "
+        "numbers are not comparable"
+    ]
+    by_map["dataset"] |= {"labels": ["cat", "dog"], "label_separator": ","}  # the truth's cells read otherwise
+    assert "different sets (their CSVs differ)" in compare_reports(by_truth, by_map)["notes"][0]
+    del by_truth["dataset"]["truth_sha256"]  # a report of an older pengi-search: which CSV it read cannot be told
+    by_map["dataset"]["label_separator"] = ";"
+    assert "different sets (their CSVs differ)" in compare_reports(by_truth, by_map)["notes"][0]
+
+
 def test_compare_notes_another_part_of_the_set_evaluated_never_another_outcome(tmp_path):
     """Two runs over the same files differ in how many they got right: that is what compare shows, not a caveat.
     A run that left a file out (its audio did not decode) measured another part of the set: that is one."""
@@ -722,6 +745,8 @@ def test_eval_classify_report_records_what_made_its_numbers(known, tiny_model_di
     files = sorted(path for path in captions.root.rglob("*") if path.suffix in (".wav", ".flac"))
     named = [(path.relative_to(captions.root).as_posix(), path) for path in files]
     assert report["dataset"]["audio_sha256"] == audio_digest(named)
+    assert report["dataset"]["truth_sha256"] == hashlib.sha256(truth.read_bytes()).hexdigest()
+    assert report["dataset"]["label_separator"] == ";"
 
 
 def test_eval_classify_with_a_label_map_scores_its_answers(known, tiny_model_dir, tmp_path):

@@ -82,6 +82,7 @@ def classify_files(
     from ..evaluation.classification import evaluate_classification, separator_notes, truth_digest
     from ..evaluation.datasets import audio_digest
     from ..evaluation.multilabel import evaluate_multi_label
+    from ..hashing import file_sha256
     from ..model_dir import ModelDir
     from ..text_files import CSV_LIST_SEPARATOR
     from ..truth import read_truth
@@ -119,7 +120,9 @@ def classify_files(
         write_csv(predictions, out, top=5)
     dataset = {
         "csv": os.path.abspath(truth),
-        "sha256": truth_digest(truth, label_list, separator),
+        "sha256": truth_digest(truth, label_list, separator),  # of the truth and the candidate labels: the task
+        "truth_sha256": file_sha256(truth),  # of the CSV alone, as the other kinds' sha256
+        "label_separator": separator,  # how its cells were read
         "audio_sha256": audio_digest((_name_under(path, target), path) for path in inputs[0]),
         "target": os.path.abspath(target),
         "labels": label_list,

@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import UsageError
 from ..pathnames import json_text
 from ..paths import as_path
-from ..text_files import read_text
+from ..text_files import CSV_LIST_SEPARATOR, read_text
 from ..units import count_text, for_count
 from ..versions import software_versions
 from ..written_aside import written_aside
@@ -162,8 +162,8 @@ def _kind_name(report: dict[str, Any]) -> str:
 
 def _set_notes(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """Whether the two measured the same thing: the same set (its sha256) and the same part of it."""
-    if a["dataset"].get("sha256") != b["dataset"].get("sha256"):
-        return ["the two reports measured different sets (their CSVs differ): the numbers are not comparable"]
+    if a["dataset"].get("sha256") != b["dataset"].get("sha256") and (other := _other_set(a, b)):
+        return [other]
     audio = a["dataset"].get("audio_sha256"), b["dataset"].get("audio_sha256")
     if None not in audio and audio[0] != audio[1]:  # a report of an older pengi-search has no digest of its audio
         return [
@@ -174,6 +174,24 @@ def _set_notes(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     if scopes[0] != scopes[1]:
         return [f"the same set, but other parts of it were evaluated: {' vs '.join(map(scope_text, scopes))}"]
     return []
+
+
+def _other_set(a: dict[str, Any], b: dict[str, Any]) -> str | None:
+    """Why two reports' digests of their set differ; None where they measured the same set all the same. A classify
+    report's digest covers its candidate labels in their order (a labels file's, else the truth's), which moves no
+    number (labels that tie rank by name): its truth file's own sha256 and its labels tell what differs."""
+    truth = a["dataset"].get("truth_sha256"), b["dataset"].get("truth_sha256")
+    read = (report["dataset"].get("label_separator", CSV_LIST_SEPARATOR) for report in (a, b))
+    # Another CSV, another reading of its cells, or a report of an older pengi-search, which cannot tell.
+    if None in truth or truth[0] != truth[1] or len(set(read)) > 1:
+        return "the two reports measured different sets (their CSVs differ): the numbers are not comparable"
+    labels = set(a["dataset"].get("labels") or ()), set(b["dataset"].get("labels") or ())
+    if labels[0] == labels[1]:
+        return None
+    return (
+        f"the two reports scored the same truth file against other candidate labels ({len(labels[0])} and "
+        f"{len(labels[1])}, {len(labels[0] & labels[1])} in common): the numbers are not comparable"
+    )
 
 
 def _not_recorded(report: dict[str, Any]) -> list[str]:
