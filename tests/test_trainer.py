@@ -256,6 +256,28 @@ def test_every_model_a_run_writes_records_its_manifests_sha256_and_the_software_
         assert ModelDir.read(model_dir).meta["trained"]["provenance"] == expected
 
 
+def test_a_resume_says_a_manifest_whose_contents_changed_since_the_checkpoint(tmp_path, sounds, tiny_model_dir) -> None:
+    """Captions edited in place keep the rows' number, which was all a resume checked: the run went on with other
+    data, and its model recorded only the new manifest. It goes on all the same (a typo fixed), and says so."""
+    captions = {name: caption for name, (_, caption) in synthetic_sounds().items()}
+    rows = [
+        {"audio": str(sounds / f"{name}.wav"), "task": "caption", "answer": text} for name, text in captions.items()
+    ]
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config_path = write_config(
+        tmp_path, tiny_model_dir, manifest, optimization={"max_steps": 4}, checkpoints={"every": 2}
+    )
+    check_trained(config_path)
+    manifest.write_text("".join(json.dumps(row | {"answer": row["answer"].upper()}) + "\n" for row in rows))
+
+    resumed = train_command(config_path, "--resume-from", str(tmp_path / "run" / "checkpoints" / "step-00000002.pt"))
+
+    assert resumed.exit_code == 0, resumed.output
+    said = f"warning: the train manifest {manifest} changed since the checkpoint (another sha256): the run goes on "
+    assert said + "with it as it is now" in resumed.stderr.splitlines()
+
+
 def test_frozen_weights_stay_bit_identical_and_trained_ones_change(uninterrupted, tiny_model_dir) -> None:
     before, after = weights(tiny_model_dir), weights(uninterrupted / "run" / "model")
     htsat_fixed = ("tscam_conv.", "head.", "spectrogram_extractor.", "logmel_extractor.")  # unused, or DFT kernels

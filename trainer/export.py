@@ -56,6 +56,17 @@ def run_provenance(config: TrainConfig) -> dict[str, Any]:
     return {"manifests": data, "versions": software_versions()}
 
 
+def changed_manifests(recorded: dict[str, Any] | None, now: dict[str, Any]) -> dict[str, str]:
+    """{split: path} of the manifests whose sha256 differs from the one `recorded` (a checkpoint's provenance;
+    None, or a split it lacks: written before it was recorded, so not known to have changed)."""
+    before = (recorded or {}).get("manifests", {})
+    return {
+        split: manifest["path"]
+        for split, manifest in now["manifests"].items()
+        if split in before and before[split]["sha256"] != manifest["sha256"]
+    }
+
+
 def finished_run_models(output_dir: Path, checkpoint: Path, step: int) -> tuple[Path | None, str]:
     """A finished run's model directory (None: it has none), and where its models are in words, the paths as the
     user would type them here: its model and best model, or the `train export` that writes one from `checkpoint`,

@@ -48,7 +48,14 @@ from trainer.distributed import (
     wait_for_all,
 )
 from trainer.evaluation import best_metric, evaluate_run
-from trainer.export import BEST_MODEL_DIR, MODEL_DIR, export_model, finished_run_models, run_provenance
+from trainer.export import (
+    BEST_MODEL_DIR,
+    MODEL_DIR,
+    changed_manifests,
+    export_model,
+    finished_run_models,
+    run_provenance,
+)
 from trainer.model_setup import (
     apply_freezing,
     build_model,
@@ -295,8 +302,15 @@ class Trainer:
         self.finished = finished_at(self.position.step, self.total_steps, self.config.optimization, self.best)
         if self.finished is not None:
             return  # before the metrics log is touched: a finished run stays as it is
+        changed = changed_manifests(payload.get("provenance"), self.provenance)
         if payload["train_examples"] != len(self.data.train_set):
             self._warn("the training manifest changed since the checkpoint: the data order will differ")
+            changed.pop("train", None)
+        for split, manifest in changed.items():  # as many rows, other contents: the model would not say it
+            self._warn(
+                f"the {split} manifest {shown_path(Path(manifest))} changed since the checkpoint (another sha256): "
+                "the run goes on with it as it is now"
+            )
         rng, processes = payload["rng"], self.processes.world_size
         if len(rng) == processes:
             self.rng_to_restore = rng[self.processes.rank]
