@@ -21,6 +21,7 @@ import pengi_search
 from pengi_search.classify import Prediction
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
+from pengi_search.errors import UsageError
 from pengi_search.evaluation.captioning import evaluate_captions
 from pengi_search.evaluation.classification import evaluate_classification, label_notes
 from pengi_search.evaluation.datasets import DatasetError, audio_digest, read_caption_set
@@ -827,6 +828,23 @@ def test_eval_compare_command(tmp_path):
     assert json.loads(folders.stdout) == as_json
     empty = run("eval", "compare", tmp_path / "base", tmp_path)
     assert empty.exit_code == EXIT_USAGE and f"{tmp_path / 'report.json'}: no such file" in empty.output
+
+
+@pytest.mark.parametrize("kind", ["captions", "truth"])
+def test_a_quote_that_is_not_closed_is_refused_at_its_line_instead_of_taking_in_the_rows_after_it(tmp_path, kind):
+    """`"a cow moos` opens a quoted value that nothing closes: the CSV reader took the rest of the file into that one
+    caption (or label), and the files of those rows were left out of the evaluation without a word."""
+    for name in ("cat", "cow", "dog", "pig"):
+        write_tone(tmp_path / f"{name}.wav", 0.5)
+    header = "file_name,caption\n" if kind == "captions" else "file,label\n"
+    path = write(tmp_path / f"{kind}.csv", header + 'cat.wav,a cat\ncow.wav,"a cow moos\ndog.wav,dogs\npig.wav,a pig\n')
+    message = (
+        "line 3: a quoted value is not closed, and runs on to line 5, taking in the rows between: close its quote "
+        '("a dog, barking"), or quote none of it'
+    )
+    with pytest.raises(UsageError) as refused:
+        read_caption_set(path) if kind == "captions" else read_truth(path)
+    assert str(refused.value) == f"{path}: {message}"
 
 
 def test_eval_retrieval_bad_csv(tmp_path):
