@@ -12,9 +12,9 @@ import codecs
 import contextlib
 import csv
 import io
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from .errors import UsageError, empty_file, unreadable
 from .units import count_text
@@ -106,7 +106,11 @@ def csv_rows(
     try:
         header = [name.strip().lower() for name in next(reader)]
         kept = [name in names for name in header]
-        rows = [(reader.line_num, _row(path, header, kept, row, reader.line_num, error)) for row in reader if row]
+        rows = []
+        for first_line, row in _rows_from(reader):
+            if runs_over_lines(row):
+                raise error(path, unclosed_quote(first_line, reader.line_num))
+            rows.append((reader.line_num, _row(path, header, kept, row, reader.line_num, error)))
     except StopIteration:
         raise error(path, empty_file(f"a CSV file starts with its header: {columns}")) from None
     except csv.Error as exc:
@@ -114,6 +118,29 @@ def csv_rows(
     if not rows:
         raise error(path, "no rows (the CSV file has a header only)")
     return header, rows
+
+
+def _rows_from(reader: Any) -> Iterator[tuple[int, list[str]]]:
+    """The CSV reader's rows that hold a value, each with the line it starts on."""
+    first_line = reader.line_num + 1
+    for row in reader:
+        if row:
+            yield first_line, row
+        first_line = reader.line_num + 1
+
+
+def runs_over_lines(values: Iterable[str | None]) -> bool:
+    """Whether a row holds a value that runs over several lines: in the CSVs given here (file names, labels,
+    captions), a quote that opened a value and was never closed, which takes the rows after it into that value: they
+    were dropped without a word (a captions file's files left out of an evaluation, a training set's rows)."""
+    return any(value is not None and ("\n" in value or "\r" in value) for value in values)
+
+
+def unclosed_quote(first_line: int, last_line: int) -> str:
+    return (
+        f"line {first_line}: a quoted value is not closed, and runs on to line {last_line}, taking in the rows "
+        'between: close its quote ("a dog, barking"), or quote none of it'
+    )
 
 
 def _row(

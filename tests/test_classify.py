@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import unicodedata
 from pathlib import Path
@@ -290,6 +291,34 @@ def test_a_model_without_text_tower_names_loglik_as_the_way_to_classify_it(tiny_
     assert result.exit_code == EXIT_USAGE
     (line,) = result.stderr.splitlines()
     assert line.startswith("error: ") and "--method loglik" in line and "--text-embedder" in line
+
+
+def test_a_trained_model_scored_on_labels_with_underscores_names_the_label_map_that_spells_them_as_taught(
+    tiny_no_text_model_dir, tmp_path
+):
+    """`train init` teaches alarm_clock as "alarm clock": scored as written, a label is a text the model never learnt,
+    which cost the smoke set's model more than half its accuracy without a word. A model `train` wrote says so; its
+    label map, or a released model (whose labels are the user's own texts), says nothing."""
+    trained = shutil.copytree(tiny_no_text_model_dir, tmp_path / "trained")
+    config = json.loads((trained / "config.json").read_text())
+    (trained / "config.json").write_text(json.dumps(config | {"trained": {"steps": 10, "tasks": ["sound_event"]}}))
+    clip = write_tone(tmp_path / "a.wav", 1.0, freq=440.0)
+    as_written = write(tmp_path, "alarm_clock\ndog\n")
+    label_map = write(tmp_path, "label,answer\nalarm_clock,alarm clock\ndog,dog\n", "labels.csv")
+
+    def warnings(model: Path, labels: Path) -> list[str]:
+        options = ["--method", "loglik", "--device", "cpu", "--max-len", "2"]
+        result = CliRunner().invoke(app, ["classify", str(clip), "--model", str(model), "-l", str(labels), *options])
+        assert result.exit_code == 0, result.output
+        return [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+
+    assert warnings(trained, as_written) == [
+        "warning: 1 label is scored as written (alarm_clock), but this model was trained on labels as words "
+        "('alarm clock'): give --labels the label map that `train init` wrote (its labels.csv, whose answer column "
+        "says how each label was taught)"
+    ]
+    assert warnings(trained, label_map) == []
+    assert warnings(tiny_no_text_model_dir, as_written) == []
 
 
 def test_template_applies_to_the_labels(captions, tiny_model_dir):

@@ -4,23 +4,27 @@ report files and their comparison; end to end on generated audio with a tiny mod
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib.util
 import json
+import platform
 import unicodedata
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import transformers
 from typer.testing import CliRunner
 
 import pengi_search
 from pengi_search.classify import Prediction
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
+from pengi_search.errors import UsageError
 from pengi_search.evaluation.captioning import evaluate_captions
 from pengi_search.evaluation.classification import evaluate_classification, label_notes
-from pengi_search.evaluation.datasets import DatasetError, read_caption_set
+from pengi_search.evaluation.datasets import DatasetError, audio_digest, read_caption_set
 from pengi_search.evaluation.metrics import bleu, cider_d, rouge_l, tokenize
 from pengi_search.evaluation.multilabel import evaluate_multi_label
 from pengi_search.evaluation.report import ReportError, build_report, compare_reports, load_report, write_report
@@ -66,6 +70,30 @@ def test_clotho_layout(tmp_path):
     assert caption_set.found[0].path == str(tmp_path / "audio" / "a b.wav")
     assert [i.name for i in caption_set.missing] == ["c.wav"]
     assert caption_set.to_json()["captions"] == 4 and len(caption_set.sha256) == 64
+
+
+def test_a_set_digests_the_audio_its_csv_names_so_another_copy_of_the_set_reads_as_another_set(tmp_path):
+    """The CSV's sha256 says which files were listed, not what they held: a re-encoded or trimmed copy of a set
+    under the same names is another set. The same bytes under another audio root are the same set."""
+    csv_text = "file_name,caption\na.wav,a tone\nb.wav,another tone\n"
+    for root in ("here", "there"):
+        write_tone(tmp_path / root / "a.wav", 1.0)
+        write_tone(tmp_path / root / "b.wav", 1.0, freq=880.0)
+        write(tmp_path / root / "captions.csv", csv_text)
+    here, there = (read_caption_set(tmp_path / root / "captions.csv").to_json() for root in ("here", "there"))
+    assert here["audio_sha256"] == there["audio_sha256"] and len(here["audio_sha256"]) == 64
+
+    write_tone(tmp_path / "there" / "b.wav", 0.5, freq=880.0)  # trimmed, under the same name
+    trimmed = read_caption_set(tmp_path / "there" / "captions.csv").to_json()
+    assert trimmed["sha256"] == here["sha256"] and trimmed["audio_sha256"] != here["audio_sha256"]
+    before, after = retrieval_report(0.25), retrieval_report(0.5)
+    before["dataset"]["audio_sha256"], after["dataset"]["audio_sha256"] = here["audio_sha256"], trimmed["audio_sha256"]
+    assert compare_reports(before, after)["notes"] == [
+        "the two reports measured other audio files under the same CSV (their sha256 differ): the numbers are not "
+        "comparable"
+    ]
+    del before["dataset"]["audio_sha256"]  # a report of an older pengi-search
+    assert compare_reports(before, after)["notes"] == []
 
 
 def test_audiocaps_layout(tmp_path):
@@ -465,6 +493,28 @@ def test_compare(tmp_path):
         compare_reports(retrieval_report(0.25), classify)
 
 
+def test_compare_tells_the_same_truth_scored_against_its_labels_in_another_order_from_another_set(tmp_path):
+    """A classify report's digest covers its candidate labels in their order: the same truth scored with its label
+    map (sorted) and with its own labels (in the truth's order) read as "different sets (their CSVs differ)",
+    which they were not, and no number moves with the order (ties rank by name). The truth's own sha256 tells."""
+    by_truth, by_map = classify_report(tmp_path, right=1), classify_report(tmp_path, right=3)
+    for report in (by_truth, by_map):
+        report["dataset"] |= {"truth_sha256": "t" * 64, "label_separator": ";"}
+    by_map["dataset"] |= {"sha256": "3" * 64, "labels": ["cat", "dog"]}
+    assert compare_reports(by_truth, by_map)["notes"] == []
+
+    by_map["dataset"]["labels"] = ["cat", "dog", "bird"]
+    assert compare_reports(by_truth, by_map)["notes"] == [
+        "the two reports scored the same truth file against other candidate labels (2 and 3, 2 in common): the "
+        "numbers are not comparable"
+    ]
+    by_map["dataset"] |= {"labels": ["cat", "dog"], "label_separator": ","}  # the truth's cells read otherwise
+    assert "different sets (their CSVs differ)" in compare_reports(by_truth, by_map)["notes"][0]
+    del by_truth["dataset"]["truth_sha256"]  # a report of an older pengi-search: which CSV it read cannot be told
+    by_map["dataset"]["label_separator"] = ";"
+    assert "different sets (their CSVs differ)" in compare_reports(by_truth, by_map)["notes"][0]
+
+
 def test_compare_notes_another_part_of_the_set_evaluated_never_another_outcome(tmp_path):
     """Two runs over the same files differ in how many they got right: that is what compare shows, not a caveat.
     A run that left a file out (its audio did not decode) measured another part of the set: that is one."""
@@ -684,8 +734,20 @@ def test_eval_classify_report_records_what_made_its_numbers(known, tiny_model_di
     assert {key: setup[key] for key in ("beam", "max_len", "stop", "db")} == {
         "beam": beam, "max_len": max_len, "stop": "both", "db": str(captions.db)
     }  # fmt: skip
-    assert setup["pengi_search_version"] == pengi_search.__version__ and setup["torch_version"] == torch.__version__
+    assert {key: setup[key] for key in setup if key.endswith("_version")} == {
+        "pengi_search_version": pengi_search.__version__,
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,  # the tokenizers and text models
+        "numpy_version": np.__version__,  # the metrics' arithmetic
+        "python_version": platform.python_version(),
+    }
     assert [(Path(row["path"]).name, row["source"]) for row in report["files"]] == [("bell.wav", source)]
+    # The audio classified, named by its path inside the folder given (wherever the command ran from).
+    files = sorted(path for path in captions.root.rglob("*") if path.suffix in (".wav", ".flac"))
+    named = [(path.relative_to(captions.root).as_posix(), path) for path in files]
+    assert report["dataset"]["audio_sha256"] == audio_digest(named)
+    assert report["dataset"]["truth_sha256"] == hashlib.sha256(truth.read_bytes()).hexdigest()
+    assert report["dataset"]["label_separator"] == ";"
 
 
 def test_eval_classify_with_a_label_map_scores_its_answers(known, tiny_model_dir, tmp_path):
@@ -766,6 +828,23 @@ def test_eval_compare_command(tmp_path):
     assert json.loads(folders.stdout) == as_json
     empty = run("eval", "compare", tmp_path / "base", tmp_path)
     assert empty.exit_code == EXIT_USAGE and f"{tmp_path / 'report.json'}: no such file" in empty.output
+
+
+@pytest.mark.parametrize("kind", ["captions", "truth"])
+def test_a_quote_that_is_not_closed_is_refused_at_its_line_instead_of_taking_in_the_rows_after_it(tmp_path, kind):
+    """`"a cow moos` opens a quoted value that nothing closes: the CSV reader took the rest of the file into that one
+    caption (or label), and the files of those rows were left out of the evaluation without a word."""
+    for name in ("cat", "cow", "dog", "pig"):
+        write_tone(tmp_path / f"{name}.wav", 0.5)
+    header = "file_name,caption\n" if kind == "captions" else "file,label\n"
+    path = write(tmp_path / f"{kind}.csv", header + 'cat.wav,a cat\ncow.wav,"a cow moos\ndog.wav,dogs\npig.wav,a pig\n')
+    message = (
+        "line 3: a quoted value is not closed, and runs on to line 5, taking in the rows between: close its quote "
+        '("a dog, barking"), or quote none of it'
+    )
+    with pytest.raises(UsageError) as refused:
+        read_caption_set(path) if kind == "captions" else read_truth(path)
+    assert str(refused.value) == f"{path}: {message}"
 
 
 def test_eval_retrieval_bad_csv(tmp_path):

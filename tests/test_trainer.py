@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import io
 import json
 import re
@@ -23,6 +24,7 @@ import yaml
 from rich.console import Console
 from safetensors.torch import load_file
 from transformers import CLIPConfig, CLIPModel, GPT2LMHeadModel
+from transformers.utils import logging as transformers_logging
 from typer.testing import CliRunner, Result
 
 import pengi_search.model
@@ -35,10 +37,12 @@ from pengi_search.model import Pengi, gpt2_config
 from pengi_search.model_dir import WEIGHTS_FILE, ModelDir
 from pengi_search.testing import tiny_clip_tokenizer, tiny_config, tiny_gpt2_tokenizer
 from pengi_search.tokenization import Tokenizers
+from pengi_search.versions import software_versions
 from trainer.config import ConfigError, TrainConfig, load_config, parse_overrides
 from trainer.distributed import resolve_device
 from trainer.dry_run import dry_run_report
 from trainer.evaluation import generate_answers
+from trainer.export import export_checkpoint
 from trainer.loop import Trainer, train
 from trainer.model_setup import apply_freezing, build_model, set_train_mode
 from trainer.objective import AnswerNll
@@ -235,6 +239,44 @@ def uninterrupted(tmp_path_factory, sounds, tiny_model_dir) -> Path:
     )
     check_trained(config_path)
     return folder
+
+
+def test_every_model_a_run_writes_records_its_manifests_sha256_and_the_software_versions(
+    uninterrupted, sounds, tmp_path
+) -> None:
+    """The configuration names the manifests by path alone: a manifest regenerated in place (more clips, other
+    captions) would leave two models that claim the same data. The run's model, and a model exported from any of
+    its checkpoints later, carry what identifies it and the code that trained it."""
+    manifest = sounds / "train.jsonl"
+    expected = {
+        "manifests": {"train": {"path": str(manifest), "sha256": hashlib.sha256(manifest.read_bytes()).hexdigest()}},
+        "versions": software_versions(),
+    }
+    exported = export_checkpoint(uninterrupted / "run" / "checkpoints" / "step-00000003.pt", tmp_path / "model-3")
+    for model_dir in (uninterrupted / "run" / "model", exported):
+        assert ModelDir.read(model_dir).meta["trained"]["provenance"] == expected
+
+
+def test_a_resume_says_a_manifest_whose_contents_changed_since_the_checkpoint(tmp_path, sounds, tiny_model_dir) -> None:
+    """Captions edited in place keep the rows' number, which was all a resume checked: the run went on with other
+    data, and its model recorded only the new manifest. It goes on all the same (a typo fixed), and says so."""
+    captions = {name: caption for name, (_, caption) in synthetic_sounds().items()}
+    rows = [
+        {"audio": str(sounds / f"{name}.wav"), "task": "caption", "answer": text} for name, text in captions.items()
+    ]
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config_path = write_config(
+        tmp_path, tiny_model_dir, manifest, optimization={"max_steps": 4}, checkpoints={"every": 2}
+    )
+    check_trained(config_path)
+    manifest.write_text("".join(json.dumps(row | {"answer": row["answer"].upper()}) + "\n" for row in rows))
+
+    resumed = train_command(config_path, "--resume-from", str(tmp_path / "run" / "checkpoints" / "step-00000002.pt"))
+
+    assert resumed.exit_code == 0, resumed.output
+    said = f"warning: the train manifest {manifest} changed since the checkpoint (another sha256): the run goes on "
+    assert said + "with it as it is now" in resumed.stderr.splitlines()
 
 
 def test_frozen_weights_stay_bit_identical_and_trained_ones_change(uninterrupted, tiny_model_dir) -> None:
@@ -936,7 +978,7 @@ def test_under_torchrun_a_stopped_run_is_said_once_by_rank_0_with_the_signals_ex
         target=functools.partial(torchrun_worker, rank=1) if whom == "rank 1" else None,
         ends_within=TORCHRUN_STOP_S,
     )
-    assert stderr.splitlines().count("interrupted") == 1, stderr[-3000:]
+    assert sum(line.startswith("interrupted: ") for line in stderr.splitlines()) == 1, stderr[-3000:]
     assert {path.name: int(path.read_text()) for path in codes.iterdir()} == {"0": code, "1": 0}, stderr[-3000:]
     if whom == "rank 1":  # torchrun, not signalled itself, reports its workers' codes
         assert "SIGTERM" not in stderr and re.search(rf"rank\s*: 0 .*\n\s*exitcode\s*: {code} ", stderr), stderr
@@ -1008,31 +1050,37 @@ def test_under_torchrun_the_dry_run_checks_and_reports_once_per_machine(tmp_path
 # --- Set-up from scratch ---------------------------------------------------------------------------------------
 
 
-def test_from_scratch_takes_the_language_model_and_clip_text_tower_from_local_directories(tmp_path) -> None:
-    gpt2_tok, clip_tok = tiny_gpt2_tokenizer(), tiny_clip_tokenizer()
-    architecture = tiny_config("base", gpt2_tok, clip_tok)
+def local_parts(folder: Path, architecture: PengiConfig) -> tuple[GPT2LMHeadModel, CLIPModel]:
+    """A GPT-2 and a CLIP model of `architecture`'s sizes, with the tiny tokenizers, in `folder`/gpt2 and /clip."""
     torch.manual_seed(1)
     language_model = GPT2LMHeadModel(gpt2_config(architecture.decoder))
-    language_model.save_pretrained(tmp_path / "gpt2")
-    gpt2_tok.save_pretrained(tmp_path / "gpt2")
+    language_model.save_pretrained(folder / "gpt2")
+    tiny_gpt2_tokenizer().save_pretrained(folder / "gpt2")
     text = clip_text_config(architecture.text_encoder)
     vision = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=32)
     clip = CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision, projection_dim=text.projection_dim))
-    clip.save_pretrained(tmp_path / "clip")
-    clip_tok.save_pretrained(tmp_path / "clip")
-    config_path = write_config(
-        tmp_path,
-        tmp_path,
-        tmp_path / "unused.jsonl",
-        model={
-            "init": None,
-            "architecture": json.loads(json.dumps(architecture.to_dict())),  # tuples as YAML lists
-            "language_model": "gpt2",
-            "text_encoder": "clip",
-        },
-    )
+    clip.save_pretrained(folder / "clip")
+    tiny_clip_tokenizer().save_pretrained(folder / "clip")
+    return language_model, clip
+
+
+def from_scratch_config(folder: Path, architecture: dict[str, Any]) -> Path:
+    """A run from scratch of `architecture` (a mapping, as YAML gives it) with the parts of `local_parts`."""
+    model = {"init": None, "architecture": architecture, "language_model": "gpt2", "text_encoder": "clip"}
+    return write_config(folder, folder, folder / "unused.jsonl", model=model)
+
+
+def test_from_scratch_takes_the_language_model_and_clip_text_tower_from_local_directories(tmp_path, capfd) -> None:
+    gpt2_tok, clip_tok = tiny_gpt2_tokenizer(), tiny_clip_tokenizer()
+    architecture = tiny_config("base", gpt2_tok, clip_tok)
+    language_model, clip = local_parts(tmp_path, architecture)
+    config_path = from_scratch_config(tmp_path, json.loads(json.dumps(architecture.to_dict())))  # tuples as lists
+    transformers_logging.enable_progress_bar()  # as in a fresh process (a query's embedder, here, turns it off)
+    capfd.readouterr()
 
     model, tokenizers = build_model(load_config(config_path), config_path)
+
+    assert "Loading weights" not in capfd.readouterr().err  # transformers' bar, between the run's lines in a log
 
     lm_state = language_model.state_dict()
     assert all(torch.equal(tensor, lm_state[key]) for key, tensor in model.gpt.state_dict().items())
@@ -1045,6 +1093,23 @@ def test_from_scratch_takes_the_language_model_and_clip_text_tower_from_local_di
         tokenizers.prompts([CAPTION_PROMPT]).input_ids.tolist()
         == Tokenizers(architecture, gpt2_tok, clip_tok).prompts([CAPTION_PROMPT]).input_ids.tolist()
     )
+
+
+def test_a_clip_text_tower_whose_tokenizer_ends_texts_with_another_token_than_the_architecture_is_refused(
+    tmp_path,
+) -> None:
+    """The text tower pools each text at its end-of-text token and prompts are padded with it: an architecture
+    that keeps CLIP's own id (49407) for a CLIP directory with a smaller vocabulary would fail mid-step with an index
+    error (or read every text at the wrong token). The set-up (and so the dry run) says which setting to give."""
+    architecture = tiny_config("base")
+    local_parts(tmp_path, architecture)
+    written = json.loads(json.dumps(architecture.to_dict()))
+    del written["text_encoder"]["eos_token_id"], written["text_encoder"]["bos_token_id"]  # the defaults: CLIP's
+    config_path = from_scratch_config(tmp_path, written)
+
+    end = tiny_clip_tokenizer().eos_token_id
+    with pytest.raises(ConfigError, match=f"ends a text with token {end}, the text encoder with token 49407: set "):
+        build_model(load_config(config_path), config_path)
 
 
 # --- Configuration, dry run --------------------------------------------------------------------------------------

@@ -337,6 +337,21 @@ def test_convert_labels_csv_other_tasks_and_options(tmp_path: Path) -> None:
         convert_labels_csv(src, dest, task="qa")
 
 
+def test_a_csv_whose_quote_is_not_closed_is_refused_at_its_line_instead_of_taking_in_the_rows_after_it(
+    tmp_path: Path,
+) -> None:
+    """Read as it was, the answer `"a cow moos` took the next rows into it: a manifest (or a converted CSV) trained
+    on fewer clips, one of them with an answer of several lines, without a word."""
+    text = 'filename,caption\ncat.wav,a cat\ncow.wav,"a cow moos\ndog.wav,dogs\npig.wav,a pig\n'
+    message = "line 3: a quoted value is not closed, and runs on to line 5, taking in the rows between"
+    with pytest.raises(ManifestError, match=message):
+        convert_captions_csv(write(tmp_path / "captions.csv", text), tmp_path / "m.jsonl")
+    rows = ["task,audio,answer", "caption,cat.wav,a cat", 'caption,cow.wav,"a cow moos', "caption,dog.wav,dogs"]
+    manifest = write(tmp_path / "m.csv", "\n".join([*rows, "caption,pig.wav,a pig\n"]))
+    with pytest.raises(ManifestError, match=message):
+        read_manifest(manifest)
+
+
 def test_convert_captions_and_qa_csv(tmp_path: Path) -> None:
     src = write(
         tmp_path / "qa.csv",

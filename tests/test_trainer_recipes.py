@@ -576,6 +576,11 @@ def test_ctrl_c_writes_a_checkpoint_and_the_model_and_any_checkpoint_exports(
     assert result.exit_code == 130
     run = tmp_path / "run"
     assert (run / "checkpoints" / "step-00000007.pt").is_file()
+    # Said as an interrupted `index` run says it: what the run kept, and how to go on.
+    assert result.stderr.splitlines()[-1] == (
+        f"interrupted: the run stopped after step 7, kept in {run / 'checkpoints' / 'step-00000007.pt'} and "
+        f"{run / 'model'}; run the same command with --resume to go on"
+    )
     assert json.loads((run / "model" / "config.json").read_text())["trained"]["steps"] == 7
 
     exported = cli("train", "export", str(run / "checkpoints" / "step-00000007.pt"), "-o", str(tmp_path / "at-7"))
@@ -603,7 +608,9 @@ def test_sigterm_stops_a_run_after_its_step_with_a_checkpoint_the_model_and_its_
     metrics = tmp_path / "run" / METRICS_FILE
     command = [sys.executable, "-m", "pengi_search", "train", str(config_path)]
     status, stderr = signal_when(command, lambda: metrics.is_file() and bool(read_metrics(metrics, "train")), SIGTERM)
-    assert status == EXIT_TERMINATED and stderr.splitlines()[-1:] == ["interrupted"], stderr
+    assert status == EXIT_TERMINATED and stderr.splitlines()[-1].startswith(
+        "interrupted: the run stopped after step "
+    ), stderr
     [end] = read_metrics(metrics, "end")
     run = tmp_path / "run"
     assert (run / "checkpoints" / f"step-{end['step']:08d}.pt").is_file()
@@ -633,7 +640,7 @@ def test_a_stop_signal_to_the_whole_process_group_stops_a_run_with_loader_worker
         return metrics.is_file() and bool(read_metrics(metrics, "train"))
 
     status, stderr = signal_when(command, trained, number, group=True)
-    assert status == code and stderr.splitlines()[-1:] == ["interrupted"], stderr
+    assert status == code and stderr.splitlines()[-1].startswith("interrupted: the run stopped after step "), stderr
     assert "Traceback" not in stderr and "DataLoader" not in stderr, stderr
     [end] = read_metrics(metrics, "end")
     run = tmp_path / "run"

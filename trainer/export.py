@@ -10,13 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from pengi_search.checkpoint import CheckpointError
+from pengi_search.hashing import file_sha256
 from pengi_search.model import Pengi
 from pengi_search.model_dir import ModelDir, is_model_dir
 from pengi_search.paths import shown_path
 from pengi_search.tokenization import Tokenizers
+from pengi_search.versions import software_versions
 from pengi_search.written_aside import folder_written_aside
 from trainer.checkpoint_files import run_folder
-from trainer.config import config_from_dict
+from trainer.config import TrainConfig, config_from_dict
 from trainer.model_setup import apply_freezing, build_model, frozen_fingerprint
 from trainer.state import load_checkpoint, load_model_state, seed_everything
 
@@ -43,6 +45,26 @@ def export_model(
     with folder_written_aside(directory) as partial:
         model.save_pretrained(partial, tokenizers=tokenizers, extra={"trained": trained})
     return directory
+
+
+def run_provenance(config: TrainConfig) -> dict[str, Any]:
+    """What a trained model depends on beyond its configuration, which names the manifests by path only: each
+    manifest's sha256 (one edited or regenerated in place keeps its path) and the software's versions. Recorded in
+    every checkpoint and under `trained.provenance` in every model directory the run exports."""
+    manifests = {"train": config.data.train, "validation": config.data.validation}
+    data = {split: {"path": str(path), "sha256": file_sha256(path)} for split, path in manifests.items() if path}
+    return {"manifests": data, "versions": software_versions()}
+
+
+def changed_manifests(recorded: dict[str, Any] | None, now: dict[str, Any]) -> dict[str, str]:
+    """{split: path} of the manifests whose sha256 differs from the one `recorded` (a checkpoint's provenance;
+    None, or a split it lacks: written before it was recorded, so not known to have changed)."""
+    before = (recorded or {}).get("manifests", {})
+    return {
+        split: manifest["path"]
+        for split, manifest in now["manifests"].items()
+        if split in before and before[split]["sha256"] != manifest["sha256"]
+    }
 
 
 def finished_run_models(output_dir: Path, checkpoint: Path, step: int) -> tuple[Path | None, str]:
@@ -88,6 +110,7 @@ def export_checkpoint(checkpoint: Path, output: Path | None = None) -> Path:
     step = int(payload["position"]["step"])
     directory = output or config.output_dir / f"model-step-{step:08d}"
     tasks = payload.get("tasks")  # absent from checkpoints written before tasks were recorded
-    return export_model(
-        model, tokenizers, directory, step=step, config=payload["config"], tasks=tasks, extra={"from": str(checkpoint)}
-    )
+    extra = {"from": str(checkpoint)}
+    if "provenance" in payload:  # absent from checkpoints written before it was recorded
+        extra["provenance"] = payload["provenance"]
+    return export_model(model, tokenizers, directory, step=step, config=payload["config"], tasks=tasks, extra=extra)

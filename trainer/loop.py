@@ -33,9 +33,7 @@ from pengi_search.paths import as_typed, shown_path
 from pengi_search.tokenization import Tokenizers
 from pengi_search.torchrun_env import said_once_per_machine
 from pengi_search.units import count_text
-from trainer.checkpoint_files import (
-    checkpoint_to_resume,
-)
+from trainer.checkpoint_files import checkpoint_path, checkpoint_to_resume
 from trainer.config import ConfigError, TrainConfig
 from trainer.data import Batch, example_loader
 from trainer.distributed import (
@@ -50,7 +48,14 @@ from trainer.distributed import (
     wait_for_all,
 )
 from trainer.evaluation import best_metric, evaluate_run
-from trainer.export import BEST_MODEL_DIR, MODEL_DIR, export_model, finished_run_models
+from trainer.export import (
+    BEST_MODEL_DIR,
+    MODEL_DIR,
+    changed_manifests,
+    export_model,
+    finished_run_models,
+    run_provenance,
+)
 from trainer.model_setup import (
     apply_freezing,
     build_model,
@@ -85,7 +90,7 @@ from trainer.resume_plan import (
 from trainer.run_data import prepare_data, quiet
 from trainer.sampling import ResumableSampler
 from trainer.state import Position, RunCheckpoints, restore_rng, seed_everything
-from trainer.stopping import BestTracker, InterruptRequest
+from trainer.stopping import BestTracker, InterruptRequest, RunInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -153,11 +158,22 @@ def train(
         raise said
     if result is None:
         return TrainingResult(None, None, None, 0, main=False)
-    if result.interrupted and result.main:
-        raise KeyboardInterrupt  # after the checkpoint, the model and the others: the command exits with 130 or 143
+    if result.interrupted and result.main:  # after the checkpoint, the model and the others: exit code 130 or 143
+        raise RunInterrupted(_kept(config.output_dir, result))
     # Under torchrun the others end well, saying nothing: a process ending with another code than 0 makes torchrun
     # stop the rest (SIGTERM), rank 0 too, before it has said the run was interrupted.
     return result
+
+
+def _kept(output_dir: Path, result: TrainingResult) -> str:
+    """What a run stopped by a signal leaves (its checkpoint and model, as the user would type them here), and how
+    to go on."""
+    written = (checkpoint_path(output_dir, result.steps), result.model_dir)
+    kept = " and ".join(shown_path(path) for path in written if path is not None and path.exists())
+    return (
+        f"the run stopped after step {result.steps}{f', kept in {kept}' if kept else ''}; "
+        "run the same command with --resume to go on"
+    )
 
 
 def _set_up(
@@ -217,6 +233,7 @@ class Trainer:
         # As the progress prints (`TrainingProgress.print`): as written, and on one line in a log.
         say = functools.partial(self.console.print, markup=False, highlight=False, soft_wrap=True) if shown else quiet
         self.data = prepare_data(config, self.model, self.tokenizers, source, cached=cached, say=say)
+        self.provenance = run_provenance(config)  # the manifests as read now, by a resumed run too
         self._setup_loader()
         self.optimization = Optimization(
             self.model,
@@ -240,6 +257,7 @@ class Trainer:
             train_examples=len(self.data.train_set),
             tasks=self.data.tasks,
             total_steps=self.total_steps,
+            provenance=self.provenance,
         )
         self.evaluated_at: int | None = None  # the step of the last evaluation
         self.skips = SkippedClips(self.console if processes.main else None)  # said even with --quiet
@@ -284,8 +302,15 @@ class Trainer:
         self.finished = finished_at(self.position.step, self.total_steps, self.config.optimization, self.best)
         if self.finished is not None:
             return  # before the metrics log is touched: a finished run stays as it is
+        changed = changed_manifests(payload.get("provenance"), self.provenance)
         if payload["train_examples"] != len(self.data.train_set):
             self._warn("the training manifest changed since the checkpoint: the data order will differ")
+            changed.pop("train", None)
+        for split, manifest in changed.items():  # as many rows, other contents: the model would not say it
+            self._warn(
+                f"the {split} manifest {shown_path(Path(manifest))} changed since the checkpoint (another sha256): "
+                "the run goes on with it as it is now"
+            )
         rng, processes = payload["rng"], self.processes.world_size
         if len(rng) == processes:
             self.rng_to_restore = rng[self.processes.rank]
@@ -501,7 +526,9 @@ class Trainer:
         self.metrics.write("best" if best else "checkpoint", step=self.position.step, path=str(path))
 
     def _export(self, directory: Path, best: bool = False) -> Path:
-        extra = {"metric": self.best.metric, "value": self.best.best} if best else None
+        extra: dict[str, Any] = {"provenance": self.provenance}
+        if best:
+            extra |= {"metric": self.best.metric, "value": self.best.best}
         return export_model(
             self.model,
             self.tokenizers,

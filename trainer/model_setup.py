@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import AutoTokenizer, CLIPModel, PreTrainedTokenizerBase
+from transformers.utils import logging as transformers_logging
 
 from pengi_search.checkpoint import CheckpointError, load_state_dict_strict
 from pengi_search.config import PengiConfig
@@ -43,18 +44,46 @@ def build_model(config: TrainConfig, source: Path, *, save_tokenizer: bool = Tru
     """The model and its tokenizers as `config.model` describes them; `source` (the config file) names errors.
     `save_tokenizer` False (a dry run): a tokenizer trained for the run is not written to its output_dir."""
     section = config.model
+    # transformers' "Loading weights" bar for each pretrained part (CLIP, a language model, an audio model) is noise
+    # between the run's own lines, a line of carriage returns in a log.
+    transformers_logging.disable_progress_bar()
     if section.init is not None:
         model = Pengi.from_pretrained(section.init, _fine_tune_architecture(section, source))
         tokenizers = load_tokenizers(section, model.cfg)
     else:
         model, tokenizers = _build_from_scratch(config, source, save_tokenizer)
-    if len(tokenizers.gpt2) > model.gpt.get_input_embeddings().num_embeddings:
+    _check_tokenizers_fit(model, tokenizers, source)
+    return model, tokenizers
+
+
+def _check_tokenizers_fit(model: Pengi, tokenizers: Tokenizers, source: Path) -> None:
+    """Every id a tokenizer writes must be a row of its model's embeddings, and the text tower must end texts where
+    the CLIP tokenizer does: it pools its vector at that token and prompts are padded with it. A CLIP directory's
+    tokenizer of another vocabulary than the architecture's defaults (CLIP's own) otherwise fails mid-step with an
+    index error, or, with a smaller id, reads every text vector at the wrong token without a word."""
+    vocabulary = model.gpt.get_input_embeddings().num_embeddings
+    if len(tokenizers.gpt2) > vocabulary:
         raise ConfigError(
             source,
             f"the tokenizer has {len(tokenizers.gpt2)} tokens, more than the language model's vocabulary "
-            f"({model.gpt.get_input_embeddings().num_embeddings})",
+            f"({vocabulary})",
         )
-    return model, tokenizers
+    text = model.cfg.text_encoder
+    if tokenizers.clip is None or text is None:
+        return
+    if len(tokenizers.clip) > text.vocab_size:
+        raise ConfigError(
+            source,
+            f"the CLIP tokenizer has {len(tokenizers.clip)} tokens, more than the text encoder's vocabulary "
+            f"(text_encoder.vocab_size {text.vocab_size})",
+        )
+    end = tokenizers.clip.eos_token_id
+    if end != text.eos_token_id:
+        raise ConfigError(
+            source,
+            f"the CLIP tokenizer ends a text with token {end}, the text encoder with token {text.eos_token_id}: "
+            f"set the architecture's text_encoder.eos_token_id to {end} (and bos_token_id to the tokenizer's)",
+        )
 
 
 def _build_from_scratch(config: TrainConfig, source: Path, save_tokenizer: bool) -> tuple[Pengi, Tokenizers]:

@@ -101,10 +101,16 @@ class RunCheckpoints:
         train_examples: int,
         tasks: Sequence[str],
         total_steps: int,
+        provenance: dict[str, Any],
     ) -> None:
         self.config, self.processes, self.model = config, processes, model
         self.optimization, self.best, self.fingerprint = optimization, best, fingerprint
-        self.records = {"train_examples": train_examples, "tasks": list(tasks), "total_steps": total_steps}
+        self.records = {
+            "train_examples": train_examples,
+            "tasks": list(tasks),
+            "total_steps": total_steps,
+            "provenance": provenance,  # `train export` records it in the model it writes
+        }
 
     def write(self, position: Position, *, best: bool = False) -> Path | None:
         """Gather every process's random streams (each process calls this), then write on rank 0 the step's

@@ -14,6 +14,15 @@ from pengi_search.stop_signals import STOP_SIGNALS, note_stop_signal, on_stop_si
 LOWER_IS_BETTER = frozenset({"val_loss"})
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """The processes stopped the run after a step on a stop signal, its checkpoint and model written: `kept` says
+    what the run keeps and how to go on, as an interrupted `index` run does (the command exits with 130 or 143)."""
+
+    def __init__(self, kept: str) -> None:
+        super().__init__(kept)
+        self.kept = kept
+
+
 class InterruptRequest:
     """Within `with`: the first stop signal (Ctrl-C's SIGINT, or the SIGTERM of `kill`, a scheduler's preemption or
     torchrun) sets `requested`, so the loop stops after the step it is in; a second one interrupts at once, unless

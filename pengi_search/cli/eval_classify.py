@@ -80,7 +80,9 @@ def classify_files(
     """
     from ..classify import read_label_map, write_csv
     from ..evaluation.classification import evaluate_classification, separator_notes, truth_digest
+    from ..evaluation.datasets import audio_digest
     from ..evaluation.multilabel import evaluate_multi_label
+    from ..hashing import file_sha256
     from ..model_dir import ModelDir
     from ..text_files import CSV_LIST_SEPARATOR
     from ..truth import read_truth
@@ -118,7 +120,10 @@ def classify_files(
         write_csv(predictions, out, top=5)
     dataset = {
         "csv": os.path.abspath(truth),
-        "sha256": truth_digest(truth, label_list, separator),
+        "sha256": truth_digest(truth, label_list, separator),  # of the truth and the candidate labels: the task
+        "truth_sha256": file_sha256(truth),  # of the CSV alone, as the other kinds' sha256
+        "label_separator": separator,  # how its cells were read
+        "audio_sha256": audio_digest((_name_under(path, target), path) for path in inputs[0]),
         "target": os.path.abspath(target),
         "labels": label_list,
         "multi_label": known.multi_label_reason,  # why the truth is scored as multi-label (None: it is not)
@@ -134,3 +139,11 @@ def classify_files(
     else:
         setup |= {"prompt": scoring.prompt, "loglik_score": scoring.loglik_score.value}
     finish("classify", result, dataset, setup, None, output, json_output)
+
+
+def _name_under(path: str, target: str) -> str:
+    """A file's name in the set: its path inside the folder given (the file's own name for a file given), the same
+    wherever the command was run from."""
+    if not os.path.isdir(target):
+        return os.path.basename(path)
+    return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(target))).as_posix()

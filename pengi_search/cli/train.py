@@ -106,6 +106,10 @@ def _run(
     settings `given` (--set) alone."""
     from trainer.dry_run import dry_run_report, print_dry_run
     from trainer.loop import train as run_training
+    from trainer.stopping import RunInterrupted
+
+    from ..messages import print_interrupted
+    from ..stop_signals import interrupted_exit_code
 
     if quiet:  # without --quiet, the configuration's logging.quiet decides
         settings.logging.quiet = True
@@ -113,7 +117,11 @@ def _run(
         report = dry_run_report(settings, source=config, resume=resume, given=given)
         print_dry_run(report, out_console, err_console)
         raise typer.Exit(report.exit_code)
-    result = run_training(settings, resume=resume, given=given, source=config, console=err_console)
+    try:
+        result = run_training(settings, resume=resume, given=given, source=config, console=err_console)
+    except RunInterrupted as stop:  # after a step, its checkpoint and model written: say where, and how to go on
+        print_interrupted(err_console, stop.kept)
+        raise typer.Exit(interrupted_exit_code()) from None
     if result.audio_skipped and result.main:  # as everywhere: the command ran, but some audio could not be used
         warn("trained without the clips reported above, whose audio could not be used")
         raise typer.Exit(EXIT_PARTIAL)

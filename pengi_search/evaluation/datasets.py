@@ -11,16 +11,18 @@ which ones were left out.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import unicodedata
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..audio import AUDIO_EXTENSIONS
 from ..errors import UsageError, not_found
+from ..hashing import file_sha256
 from ..paths import as_path
 from ..text_files import csv_rows, file_name_spellings, read_text
 from ..truth import lacks_audio_extension, several_files
@@ -59,11 +61,22 @@ class CaptionSet:
         return {
             "csv": self.csv,
             "sha256": self.sha256,
+            "audio_sha256": audio_digest((item.name, item.path) for item in self.items if item.path is not None),
             "audio_root": self.audio_root,
             "files": len(self.items),
             "captions": sum(len(item.captions) for item in self.items),
             "missing_files": [item.name for item in self.missing],
         }
+
+
+def audio_digest(files: Iterable[tuple[str, str | os.PathLike[str]]]) -> str:
+    """The audio a report measured, which its CSV only names: the sha256 of each file's bytes under its name in the
+    set, in the order of the names. A set's other copy (re-encoded, trimmed, another release's clips under the same
+    names) gives another digest beside the same CSV's."""
+    digest = hashlib.sha256()
+    for name, path in sorted(files):
+        digest.update((json.dumps([name, file_sha256(path)], ensure_ascii=False) + "\n").encode("utf-8"))
+    return digest.hexdigest()
 
 
 def left_out(

@@ -14,12 +14,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
 from ..errors import UsageError
 from ..pathnames import json_text
 from ..paths import as_path
-from ..text_files import read_text
+from ..text_files import CSV_LIST_SEPARATOR, read_text
 from ..units import count_text, for_count
+from ..versions import software_versions
 from ..written_aside import written_aside
 from . import plots
 
@@ -39,18 +39,10 @@ def build_report(kind: str, result: dict[str, Any], *, dataset: dict[str, Any], 
     if kind not in KINDS:
         raise ValueError(f"unknown report kind {kind!r}")
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    setup = setup | software_versions()
+    setup = setup | software_versions()  # in the setup, so that `compare` names them when they differ
     return {"pengi_search_eval": SCHEMA, "kind": kind, "created_at": created, "dataset": dataset, "setup": setup} | (
         result
     )
-
-
-def software_versions() -> dict[str, str]:
-    """The versions that make the numbers: pengi-search's own code, and PyTorch's kernels (another release may round
-    differently, which reorders near ties). In the setup, so that `compare` names them when they differ."""
-    import torch  # loaded already by every evaluation, which runs the model or reads its library
-
-    return {"pengi_search_version": __version__, "torch_version": torch.__version__}
 
 
 def write_report(report: dict[str, Any], folder: Path) -> list[Path]:
@@ -170,17 +162,41 @@ def _kind_name(report: dict[str, Any]) -> str:
 
 def _set_notes(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """Whether the two measured the same thing: the same set (its sha256) and the same part of it."""
-    if a["dataset"].get("sha256") != b["dataset"].get("sha256"):
-        return ["the two reports measured different sets (their CSVs differ): the numbers are not comparable"]
+    if a["dataset"].get("sha256") != b["dataset"].get("sha256") and (other := _other_set(a, b)):
+        return [other]
+    audio = a["dataset"].get("audio_sha256"), b["dataset"].get("audio_sha256")
+    if None not in audio and audio[0] != audio[1]:  # a report of an older pengi-search has no digest of its audio
+        return [
+            "the two reports measured other audio files under the same CSV (their sha256 differ): the numbers "
+            "are not comparable"
+        ]
     scopes = _evaluated_scope(a), _evaluated_scope(b)
     if scopes[0] != scopes[1]:
         return [f"the same set, but other parts of it were evaluated: {' vs '.join(map(scope_text, scopes))}"]
     return []
 
 
+def _other_set(a: dict[str, Any], b: dict[str, Any]) -> str | None:
+    """Why two reports' digests of their set differ; None where they measured the same set all the same. A classify
+    report's digest covers its candidate labels in their order (a labels file's, else the truth's), which moves no
+    number (labels that tie rank by name): its truth file's own sha256 and its labels tell what differs."""
+    truth = a["dataset"].get("truth_sha256"), b["dataset"].get("truth_sha256")
+    read = (report["dataset"].get("label_separator", CSV_LIST_SEPARATOR) for report in (a, b))
+    # Another CSV, another reading of its cells, or a report of an older pengi-search, which cannot tell.
+    if None in truth or truth[0] != truth[1] or len(set(read)) > 1:
+        return "the two reports measured different sets (their CSVs differ): the numbers are not comparable"
+    labels = set(a["dataset"].get("labels") or ()), set(b["dataset"].get("labels") or ())
+    if labels[0] == labels[1]:
+        return None
+    return (
+        f"the two reports scored the same truth file against other candidate labels ({len(labels[0])} and "
+        f"{len(labels[1])}, {len(labels[0] & labels[1])} in common): the numbers are not comparable"
+    )
+
+
 def _not_recorded(report: dict[str, Any]) -> list[str]:
     """The setup keys that every such report written now has (see `eval` in the CLI) and this one lacks."""
-    recorded = ["pengi_search_version", "torch_version"]  # `software_versions`
+    recorded = list(software_versions())
     if report["kind"] in ("retrieval", "caption"):
         recorded += ["caption_prompts", "caption_decoding"]  # what made the captions scored
     elif report["setup"].get("method") == "text":
