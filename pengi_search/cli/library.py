@@ -181,7 +181,7 @@ def stats(db: DbOption = None, json_output: StatsJsonOption = False) -> None:
     if json_output:
         print_json(data)
     else:
-        _print_stats(data, db_option(db))
+        _print_stats(data, library.name, db_option(db))
 
 
 @handle_errors
@@ -296,13 +296,14 @@ def _knob_text(info: dict[str, Any], name: str) -> str:
     return f"default {text}" if info["params"].get(name) is None else text
 
 
-def _print_stats(data: dict[str, Any], db_option: str) -> None:
-    """`stats` as text; `db_option`: what its command suggestions add to act on this library (`urls.db_option`)."""
+def _print_stats(data: dict[str, Any], name: str, db_option: str) -> None:
+    """`stats` as text: the library `name`d as the user named it (`Store.name`); `db_option`: what its command
+    suggestions add to act on this library (`urls.db_option`)."""
     from ..pathnames import shown
 
     files = data["files"]
     lines = [
-        _database_line(data["database"], data["database_bytes"]),
+        _database_line(name, data["database"], data["database_bytes"]),
         f"files: {files['total']} ({files['indexed']} indexed, {files['pending']} pending, {files['error']} failed)",
         f"windows: {data['window_count']}, texts: {data['texts']}, audio: {duration_text(data['indexed_audio_s'])}",
         _captions_line(data["captions"], db_option),
@@ -330,9 +331,10 @@ def _print_stats(data: dict[str, Any], db_option: str) -> None:
         out_console.print(line, markup=False, soft_wrap=True)
 
 
-def _database_line(url: str, size: int | None) -> str:
-    """The URL, with the size of a SQLite file (a server's database has no file of its own to measure)."""
-    return f"database: {url} ({_human(size)})" if url.startswith("sqlite") else f"database: {url}"
+def _database_line(name: str, url: str, size: int | None) -> str:
+    """The library as the user named it (a file as typed, not the SQLite URL made of it), with the size of a SQLite
+    file (a server's database, at `url`, has no file of its own to measure)."""
+    return f"database: {name} ({_human(size)})" if url.startswith("sqlite") else f"database: {name}"
 
 
 def _run_line(run: dict[str, Any]) -> str:
