@@ -32,6 +32,7 @@ from pengi_search.audio_workers import Decoded, Failed, Job, Windows, decode_all
 from pengi_search.choices import Captions
 from pengi_search.db import (
     TRUNCATED_NOTE,
+    BuiltWithOtherError,
     EmbedderInfo,
     FileStamp,
     IndexMeta,
@@ -40,7 +41,6 @@ from pengi_search.db import (
     Store,
     StoredAudio,
     StoreError,
-    StoreMismatchError,
     WindowInput,
     caption_counts,
     drop_fast_captions,
@@ -65,7 +65,6 @@ from .reuse import Copies, IdenticalFiles, Reuse
 from .run_report import FailedFile, FileNote, IndexOptions, IndexSummary, ProgressReporter, RunInterrupted
 from .shard import Rank, Shard
 
-REINDEX_HINT = "Run again with --reindex to re-index everything with the new ones."
 DECODER_NOTE = "decoder: "  # how a line a C decoder printed begins among a file's notes
 
 log = logging.getLogger(__name__)
@@ -159,18 +158,15 @@ def _recorded_spec(meta: IndexMeta | None) -> EmbedderSpec:
 
 
 def _check_compatible(store: Store, choice: _ModelChoice) -> None:
-    """Refuse a run whose model or embedder differs from the index's (before any work)."""
-    try:
-        store.check_compatible(choice.model, choice.embedder)
-    except StoreMismatchError as exc:
-        raise StoreMismatchError(exc.where, f"{exc.reason} {REINDEX_HINT}") from exc
+    """Refuse a run whose model or embedder differs from the index's (before any work), saying each once."""
     meta = store.index_meta()
-    if choice.embedder is None and meta is not None:
-        raise StoreMismatchError(
-            store.name,
-            f"the index was built with {meta.embedder} but this run uses text embedder {str(choice.embedder_spec)!r}. "
-            f"Pass --text-embedder {shlex.quote(str(_recorded_spec(meta)))}, or: {REINDEX_HINT}",
-        )
+    if meta is None:
+        return
+    if choice.embedder is None:  # a sentence-transformers model the library does not have: its size is not known
+        raise BuiltWithOtherError(store.name, str(meta.embedder), f"text embedder {str(choice.embedder_spec)!r}")
+    # Pengi's text tower is its model's: another model brings another tower, which naming the model says.
+    towers = choice.embedder_spec.is_pengi and EmbedderSpec.of_embedder_id(meta.embedder.name) == EmbedderSpec()
+    store.check_compatible(choice.model, None if towers else choice.embedder)
 
 
 # ---------------------------------------------------------------------------------------------------------------
