@@ -31,6 +31,7 @@ from .common import (
     warn,
 )
 from .index import IndexTypeOption
+from .progress_bars import index_fills, show_progress
 
 STATS_RUNS = 5  # the latest runs `stats` shows
 
@@ -93,7 +94,11 @@ def rebuild_index(
     from ..library import Library
 
     started = time.monotonic()
-    with Library.open(db, create=False) as library, _fallback_told_below():
+    with (
+        index_fills(show_progress(False, json_output)) as fills,
+        Library.open(db, create=False, progress=fills) as library,
+        _fallback_told_below(),
+    ):
         try:
             counts = library.rebuild(index_type, ef_search=ef_search, nprobe=nprobe)
         except OptionError as err:  # a knob for another index type: nothing was rebuilt
@@ -206,7 +211,11 @@ def remove(
     from ..pathnames import path_fields, shown
     from ..scan import absolute
 
-    with Library.open(db, create=False) as library:
+    # Removing a folder's worth of windows from an HNSW or IVF-PQ index re-fills it: minutes on millions of vectors.
+    with (
+        index_fills(show_progress(False, json_output)) as fills,
+        Library.open(db, create=False, progress=fills) as library,
+    ):
         removed = [library.store.remove(absolute(path)) for path in paths]
         library.sync_vector_indexes()
     if json_output:
