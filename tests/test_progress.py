@@ -212,3 +212,17 @@ def test_the_first_command_to_find_a_faiss_file_missing_draws_its_rebuild(monkey
     result = CliRunner().invoke(app, ["query", "rain", "--db", captions.db, "--model", tiny_model_dir])
     assert result.exit_code == 0, result.output
     assert re.search(r"text index .* (\d+)/\1 vectors", screen.export_text())
+
+
+def test_an_index_run_draws_an_index_it_fills_from_the_database_below_its_pass(clock):
+    bar = a_bar()
+    index = IndexProgress(bar, visible=True)
+    index.start(2)
+    fill = index.filling("audio index")
+    assert drawn(bar)[1:] == []  # no line until it fills
+    fill.start(10)
+    clock.now += 2
+    fill.advance(4)
+    first, second = drawn(bar)
+    assert first.startswith("audio embeddings ") and second.startswith("audio index ")
+    assert "4/10 vectors  2.0 vectors/s" in second

@@ -161,6 +161,7 @@ class IndexProgress:
         self.bar = bar
         self.visible = visible
         self.current: WindowProgress | FileProgress | None = None
+        self.filling = IndexFills(bar, visible)  # a FAISS index the run fills, on a line below the step's
 
     def start_hashing(self, files: int) -> None:
         self._hide()
