@@ -336,7 +336,7 @@ def test_a_range_of_a_unit_other_than_bytes_is_ignored_and_a_malformed_one_refus
     assert client.get(f"/api/files/{bell['file_id']}/audio", headers={"Range": "Bytes=0-1"}).status_code == 206
 
 
-def test_audio_and_spectrograms_the_browser_holds_are_not_sent_again(client, served, monkeypatch):
+def test_audio_spectrograms_and_waveforms_the_browser_holds_are_not_sent_again(client, served, monkeypatch):
     """Each carries an ETag; asked again with it (If-None-Match, as browsers re-request media), the answer is 304
     without a body, and nothing is cut or drawn for it. `Cache-Control: no-cache`: a file changed on disk since is
     refused (409) rather than answered from the browser's copy."""
@@ -347,6 +347,7 @@ def test_audio_and_spectrograms_the_browser_holds_are_not_sent_again(client, ser
         f"/api/files/{hum['file_id']}/audio",  # transcoded
         f"/api/windows/{rain['window_id']}/audio",
         f"/api/files/{rain['file_id']}/spectrogram.png",
+        f"/api/windows/{rain['window_id']}/peaks",  # a waveform: each page load asked for it again
     ]
     tags = {}
     for path in paths:
@@ -361,6 +362,7 @@ def test_audio_and_spectrograms_the_browser_holds_are_not_sent_again(client, ser
 
     monkeypatch.setattr(media, "window_wav", never)
     monkeypatch.setattr(media, "spectrogram_png", never)
+    monkeypatch.setattr(media, "peaks", never)
     for path, tag in tags.items():
         for sent in (tag, f"W/{tag}", f'"other", {tag}', "*"):
             for method in ("GET", "HEAD"):
