@@ -567,13 +567,11 @@ TIE_NOTES = [
 def tied_truth_run(captions, common, tmp_path, output):
     """dog.wav (a dog) and rain.flac classified with "dog" and "Dog" scored as one text, so they tie for dog.wav:
     "Dog" is predicted by name, wrong, where the other order would be right."""
+    dog, rain = captions.files["animals/dog.wav"], captions.files["weather/rain.flac"]
     labels = tmp_path / "labels.csv"
     labels.write_text(TIED_LABELS)
     truth = tmp_path / "truth.csv"
-    truth.write_text(
-        f"file,label\n{captions.files['animals/dog.wav']},dog\n{captions.files['weather/rain.flac']},rain on a roof\n"
-    )
-    dog, rain = captions.files["animals/dog.wav"], captions.files["weather/rain.flac"]
+    truth.write_text(f"file,label\n{dog},dog\n{rain},rain on a roof\n")
     return run("classify", dog, rain, "-l", labels, *common, "--truth", truth, output)
 
 

@@ -20,7 +20,7 @@ from .metrics import confusion_matrix, mean, top_k_accuracy
 from .ties import Span, rank_span, ranks_field, tie_bounds, tie_notes
 
 TOP_KS = (3, 5)  # top-1 is the accuracy
-# The numbers each report gives in the order of tied labels by name, which a tie of best labels could change (plural).
+# What each report gives in the order of tied labels by name, which a tie of best labels could change (a plural).
 EVAL_SCORES = "per-class scores, macro F1 and the confusion matrix"
 CLASSIFY_SCORES = "per-class scores"
 
