@@ -164,7 +164,8 @@ def retrieval(
             raise UsageError("", str(exc)) from None
         return evaluate_retrieval(library, caption_set, rankings, failures, notify=warn)
 
-    _evaluate_set("retrieval", captions, evalset, output, score, quiet=quiet, json_output=json_output)
+    caption_set = _prepared_set(captions, evalset, output)
+    _evaluate_set("retrieval", caption_set, evalset, output, score, quiet=quiet, json_output=json_output)
 
 
 @handle_errors
@@ -198,11 +199,14 @@ def caption(
             caption_set, captions, _caption_embedder(open_embedder), java=java_metrics, failures=failures
         )
 
+    caption_set = _prepared_set(captions, evalset, output)  # its mistakes are said before the model is looked for
     model_dir = ModelDir.resolve(evalset.model)
     if model_dir.has_text_encoder or evalset.text_embedder is not None or evalset.db is not None:
-        _evaluate_set("caption", captions, evalset, output, score, quiet=quiet, json_output=json_output)
+        _evaluate_set("caption", caption_set, evalset, output, score, quiet=quiet, json_output=json_output)
         return
-    _caption_without_library(captions, evalset, model_dir, output, java_metrics, quiet=quiet, json_output=json_output)
+    _caption_without_library(
+        caption_set, evalset, model_dir, output, java_metrics, quiet=quiet, json_output=json_output
+    )
 
 
 def _caption_embedder(open_embedder: OpenEmbedder) -> TextEmbedder | str:
@@ -217,7 +221,7 @@ def _caption_embedder(open_embedder: OpenEmbedder) -> TextEmbedder | str:
 
 
 def _caption_without_library(
-    captions: Path,
+    caption_set: CaptionSet,
     evalset: EvalSet,
     model_dir: ModelDir,
     output: Path,
@@ -234,9 +238,6 @@ def _caption_without_library(
     from ..evaluation.captioning import decoded_captions, decoding_of, evaluate_captions
     from ..inference import Engine
 
-    apply_threads(evalset.threads)
-    check_output_folder(output)
-    caption_set = _read_set(captions, evalset)
     prompt = (evalset.prompt or [TASK_PROMPTS["caption"]])[0]
     engine = Engine.load(model_dir, evalset.device, evalset.batch_size, LongPrompt.cut)
     generation = GenerationConfig(beam=evalset.beam, max_len=evalset.max_len, stop=StopRule.both)
@@ -261,7 +262,7 @@ def _caption_without_library(
 
 def _evaluate_set(
     kind: str,
-    captions: Path,
+    caption_set: CaptionSet,
     evalset: EvalSet,
     output: Path,
     score: Callable[[Library, CaptionSet, OpenEmbedder, Failures], Report],
@@ -269,14 +270,11 @@ def _evaluate_set(
     quiet: bool,
     json_output: bool,
 ) -> None:
-    """Read the captioned set, index what the library lacks, `score` the library with its caption embedder (opened
-    when `score` asks for it) and the files that failed to index, and write the `kind` report."""
+    """Index what the library lacks of the set, `score` the library with its caption embedder (opened when `score`
+    asks for it) and the files that failed to index, and write the `kind` report."""
     from ..evaluation.captioning import caption_origins
     from ..search import query_embedder
 
-    apply_threads(evalset.threads)
-    check_output_folder(output)
-    caption_set = _read_set(captions, evalset)
     library, summary = _indexed_library(caption_set, evalset, output, quiet=quiet, json_output=json_output)
     with library:
         open_embedder = partial(query_embedder, library, evalset.model, evalset.device)
@@ -303,6 +301,14 @@ def _warn_other_captions(setup: dict[str, Any], evalset: EvalSet) -> None:
             warn(
                 f"the library's captions of this set {what} {found}, not {wanted[key]!r}: --reindex captions them anew"
             )
+
+
+def _prepared_set(captions: Path, evalset: EvalSet, output: Path) -> CaptionSet:
+    """The captioned set, read once the threads are set and the output folder is known to be usable (both before
+    the model is looked for, and before anything runs)."""
+    apply_threads(evalset.threads)
+    check_output_folder(output)
+    return _read_set(captions, evalset)
 
 
 def _read_set(captions: Path, evalset: EvalSet) -> CaptionSet:
