@@ -186,7 +186,8 @@ def caption(
     """Captioning: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, SPICE, SPIDEr and caption-embedding cosine.
 
     METEOR and SPICE need Java and the pycocoevalcap package (the `eval` extra; SPICE also Stanford CoreNLP);
-    without them the report says why they are missing.
+    without them the report says why they are missing. The embedding cosine needs a text embedder: a model without
+    text tower given no --text-embedder (nor --db) is scored on the other metrics, its files captioned unindexed.
 
     Example: pengi-search eval caption clotho_captions_evaluation.csv --audio-root clotho/evaluation -o runs/caption
     """
