@@ -138,6 +138,16 @@ def test_open_migrates_to_head_and_models_match_the_migrations(store: Store) -> 
         assert compare_metadata(MigrationContext.configure(session.connection()), Base.metadata) == []
 
 
+def test_the_sqlite_tables_whose_ids_are_never_reused_are_those_the_models_say(tmp_path: Path) -> None:
+    """`compare_metadata` does not see SQLite's AUTOINCREMENT: the migrated tables that have it are the models' own
+    (windows: FAISS files are matched by id; files: pages and scripts name them by id)."""
+    with Store.open(tmp_path / "index.db") as store, store.session() as session:
+        tables = session.connection().exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type = 'table'")
+        migrated = {name for name, sql in tables if "AUTOINCREMENT" in sql}
+    modelled = {table.name for table in Base.metadata.sorted_tables if table.dialect_options["sqlite"]["autoincrement"]}
+    assert migrated == modelled == {"audio_files", "windows"}
+
+
 def test_sqlite_connections_use_wal_and_foreign_keys(tmp_path: Path) -> None:
     with Store.open(tmp_path / "index.db") as store, store.session() as session:
         pragma = session.connection().exec_driver_sql
@@ -834,6 +844,15 @@ def test_remove_a_file_or_a_folder(store: Store) -> None:
     assert store.remove("/lib/nothing") == 0
     assert list(store.all_file_stamps()) == ["/lib/xy/c.wav"]
     assert len(store.vector_ids("audio")) == 2
+
+
+def test_a_removed_files_id_is_never_given_to_another_file(store: Store) -> None:
+    """A page or script holding a file's id (`/api/files/ID`, `export`'s ids) must not find another file under it:
+    the newest file removed, the next file indexed takes a new id (SQLite's rowid would take the removed one)."""
+    indexed_file(store, "/lib/a.wav")
+    newest = indexed_file(store, "/lib/b.wav", seed=1)
+    assert store.remove("/lib/b.wav") == 1
+    assert indexed_file(store, "/lib/c.wav", seed=2) > newest
 
 
 def test_stats(store: Store) -> None:
