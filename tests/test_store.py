@@ -59,6 +59,7 @@ from pengi_search.db.migrate import SCHEMA_HEAD, alembic_config, migrate, migrat
 from pengi_search.db.queries import IDS_PER_QUERY
 from pengi_search.db.schema import Base
 from pengi_search.errors import EXIT_USAGE
+from pengi_search.serve import catalog
 
 MODEL = ModelInfo("pengi-base", "a" * 64)
 EMBEDDER = EmbedderInfo("pengi-clip-text", 4)
@@ -853,6 +854,17 @@ def test_a_removed_files_id_is_never_given_to_another_file(store: Store) -> None
     newest = indexed_file(store, "/lib/b.wav", seed=1)
     assert store.remove("/lib/b.wav") == 1
     assert indexed_file(store, "/lib/c.wav", seed=2) > newest
+
+
+def test_the_highest_ids_ever_given_count_the_removed_newest_file_and_its_windows(store: Store) -> None:
+    """What `serve` tells "gone since the page was made" from "never there" by: an id up to the highest ever given
+    was there once, the newest file's removed since too."""
+    assert (catalog.highest_file_id(store), catalog.highest_window_id(store)) == (0, 0)
+    indexed_file(store, "/lib/a.wav")
+    newest = indexed_file(store, "/lib/b.wav", count=3, seed=1)
+    windows_given = max(store.vector_ids("audio"))
+    assert store.remove("/lib/b.wav") == 1
+    assert (catalog.highest_file_id(store), catalog.highest_window_id(store)) == (newest, windows_given)
 
 
 def test_stats(store: Store) -> None:
