@@ -848,7 +848,7 @@ def test_remove_a_file_or_a_folder(store: Store) -> None:
 
 
 def test_a_removed_files_id_is_never_given_to_another_file(store: Store) -> None:
-    """A page or script holding a file's id (`/api/files/ID`, `export`'s ids) must not find another file under it:
+    """A page or script holding a file's id (`/api/files/ID`, a hit's `file_id`) must not find another file under it:
     the newest file removed, the next file indexed takes a new id (SQLite's rowid would take the removed one)."""
     indexed_file(store, "/lib/a.wav")
     newest = indexed_file(store, "/lib/b.wav", seed=1)

@@ -1,8 +1,8 @@
 """Never hand a removed file's id to another file: `audio_files.id` becomes AUTOINCREMENT on SQLite.
 
 A plain INTEGER PRIMARY KEY is SQLite's rowid, and a new row takes one past the highest id there *now*: once the
-newest file was removed, the next file indexed took its id, and a page or script holding `/api/files/ID` (or
-`export`'s ids) named another file without a word. AUTOINCREMENT takes one past the highest id ever given, kept in
+newest file was removed, the next file indexed took its id, and a page or script holding `/api/files/ID` (or a hit's
+`file_id`) named another file without a word. AUTOINCREMENT takes one past the highest id ever given, kept in
 `sqlite_sequence`, as `windows` does since 0001.
 
 SQLite adds AUTOINCREMENT only by rebuilding the table (batch mode: copy, drop, rename), which keeps its rows, ids,

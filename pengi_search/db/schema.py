@@ -114,7 +114,7 @@ class AudioFileRow(Base):
 
     __tablename__ = "audio_files"
     # AUTOINCREMENT (revision 0007): SQLite must never hand a removed file's id to a new one, or a page or script
-    # holding `/api/files/ID` (or `export`'s ids) would name another file.
+    # holding `/api/files/ID` (or a hit's `file_id`) would name another file.
     __table_args__ = (
         CheckConstraint("status IN ('pending', 'indexed', 'error')", name="status"),
         {"sqlite_autoincrement": True},
