@@ -230,15 +230,17 @@ def test_more_like_this_leaves_out_copies_of_its_file_as_similar_file_does(tiny_
 
 def test_a_window_or_file_gone_since_the_page_was_made_says_so_and_what_to_do(tiny_model_dir, tmp_path):
     """A page's hits name windows and files by id; indexed again (a changed file's windows are new ones) or removed
-    while the page is open, they are gone: said so, not "no such window", which the page would contradict. An id
-    that never named one is still no such window."""
+    while the page is open, they are gone: said so, not "no such window", which the page would contradict. The
+    newest file's too: ids are never given again, so one up to the highest ever given was there. An id that never
+    named one is still no such window."""
     sounds, db = tmp_path / "sounds", tmp_path / "lib.db"
     for i, name in enumerate(["a.wav", "b.wav", "c.wav"]):
         write_tone(sounds / name, 2.0, freq=300.0 + 100 * i)
     index_folder(str(db), sounds, tiny_model_dir)
     with client_for(CaptionLibrary(str(db), sounds, {}), tiny_model_dir) as client:
         hits = client.get("/api/search", params={"q": "a tone", "k": 3, "rank": "audio"}).json()
-        first = min(hits, key=lambda hit: hit["file_id"])  # not the newest file: a new one never takes its id
+        first = max(hits, key=lambda hit: hit["window_id"])  # the newest window, of the newest file
+        assert first["file_id"] == max(hit["file_id"] for hit in hits)
         with Store.open(db) as store:
             assert store.remove(first["path"]) == 1
         gone = "no longer in the index (its file was indexed again, moved or removed since): search again"

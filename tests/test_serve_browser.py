@@ -974,7 +974,7 @@ def test_a_hit_gone_from_the_index_since_the_page_was_made_says_so_when_played(
     shows, where it said "no such file in the index" of a file the page lists."""
     from selenium.webdriver.common.by import By
 
-    two = {"bell.wav": (2.0, ["a bell rings"]), "hum.wav": (2.0, ["a low hum"])}  # bell.wav: the lower file id
+    two = {"bell.wav": (2.0, ["a bell rings"]), "hum.wav": (2.0, ["a low hum"])}
     with serving(tmp_path_factory.mktemp("reindexed"), tiny_model_dir, two) as (address, library):
         driver.get(f"{address}/?q=a+bell+rings&k=1")
         hit = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "li.hit"), "search results")[0]

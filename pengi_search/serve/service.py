@@ -358,20 +358,21 @@ class Service:
     def window(self, window_id: int) -> WindowDetails:
         window = self.library.store.window_details([window_id]).get(window_id) if abs(window_id) <= MAX_ID else None
         if window is None:
-            raise self._not_found("window", window_id, catalog.newest_window_id)
+            raise self._not_found("window", window_id, catalog.highest_window_id)
         return window
 
     def file_record(self, file_id: int) -> FileRecord:
         record = catalog.file_by_id(self.library.store, file_id) if abs(file_id) <= MAX_ID else None
         if record is None:
-            raise self._not_found("file", file_id, catalog.newest_file_id)
+            raise self._not_found("file", file_id, catalog.highest_file_id)
         return record
 
-    def _not_found(self, what: str, item_id: int, newest: Callable[[Store], int]) -> RequestError:
-        """The 404 of a window or file id that names none. Ids are not reused: one up to the newest was there once,
-        and went since the page that names it was made (its file indexed again, moved or removed); said so, with
-        what to do, to the user who pressed it there, where "no such window" would contradict the page."""
-        was_there = 0 < item_id <= newest(self.library.store)
+    def _not_found(self, what: str, item_id: int, highest: Callable[[Store], int]) -> RequestError:
+        """The 404 of a window or file id that names none. Ids are never given twice: one up to the highest given
+        was there once, and went since the page that names it was made (its file indexed again, moved or removed);
+        said so, with what to do, to the user who pressed it there, where "no such window" would contradict the
+        page."""
+        was_there = 0 < item_id <= highest(self.library.store)
         return RequestError(
             f"{what} {item_id}", GONE if was_there else f"no such {what} in the index", HTTPStatus.NOT_FOUND
         )
