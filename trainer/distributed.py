@@ -16,27 +16,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from pengi_search.torchrun_env import SIBLINGS_WAIT_S, Place, gpu_of_process, place, wait_until_ended
+from pengi_search.torchrun_env import SIBLINGS_WAIT_S, Place, PlacedProcess, gpu_of_process, place, wait_until_ended
 
 
 @dataclass(frozen=True)
-class Processes:
+class Processes(PlacedProcess):
     """This process's place in the run (as `place` read it: the one source of its rank) and its device."""
 
     place: Place
     device: torch.device
-
-    @property
-    def rank(self) -> int:
-        return self.place.rank
-
-    @property
-    def world_size(self) -> int:
-        return self.place.world_size
-
-    @property
-    def local_rank(self) -> int:
-        return self.place.local_rank
 
     @property
     def distributed(self) -> bool:
