@@ -129,9 +129,8 @@ def bench_two_hours(work: Path, model: str | None, batch_size: int, workers: int
             t = np.arange(60 * sr) / sr
             block = np.where((t % 20) < 10, 0.2 * np.sin(2 * np.pi * (200 + 10 * minute) * t), 0.0)
             out.write(block.astype(np.float32))
-    print(
-        f"wrote a 2-hour 8 kHz mono FLAC ({path.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - started:.1f} s"
-    )
+    flac_mib = path.stat().st_size / 2**20
+    print(f"wrote a 2-hour 8 kHz mono FLAC ({flac_mib:.1f} MiB) in {time.perf_counter() - started:.1f} s")
     started = time.perf_counter()
     windows = sum(len(m.windows) for m in decode_file(Job(0, str(path))) if isinstance(m, Windows))
     print(f"decoding alone (hash, resample to 44.1 kHz, {windows} windows): {time.perf_counter() - started:.1f} s")
@@ -145,10 +144,10 @@ def bench_two_hours(work: Path, model: str | None, batch_size: int, workers: int
     started = time.perf_counter()
     summary = run_index(options)
     elapsed = time.perf_counter() - started
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print(
         f"indexed the 2-hour file: {summary.windows} windows in {elapsed:.1f} s ({summary.windows / elapsed:.1f} "
-        f"windows/s, batch {batch_size}, {workers} decoding worker(s)); peak RSS of this process {peak_mb:.0f} MB"
+        f"windows/s, batch {batch_size}, {workers} decoding worker(s)); peak RSS of this process {peak_mib:.0f} MiB"
     )
 
 

@@ -161,6 +161,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
+    import indexer.audio_pass as audio_pass
     import indexer.captions as captions_module
     import indexer.pipeline as pipeline
     from indexer.pipeline import run_index
@@ -182,7 +183,7 @@ def main() -> None:
 
     cuda = args.device.startswith("cuda")
     timers = Timers(torch.cuda.synchronize if cuda else lambda: None)
-    timers.wrap_stream(pipeline, "decode_all", "decoding")
+    timers.wrap_stream(audio_pass, "decode_all", "decoding")
     timers.wrap(Engine, "audio_embeddings", "audio embedding")
     timers.wrap(Engine, "generate", "generation")
     timers.wrap(PengiTextEmbedder, "embed", "caption embedding")

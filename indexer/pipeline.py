@@ -1,9 +1,11 @@
-"""The indexing run, in two passes: scan -> compare with the database -> files whose bytes are indexed already (moved,
-renamed, copied) copied from them (`indexer.reuse`) -> decode the others (worker processes) -> audio embeddings ->
-store, file by file -> prune -> FAISS files saved (pass 1: `similar` works on the whole library);
-then batched Pengi generation for the windows without captions -> caption embeddings -> store, batch by batch
-(pass 2, `indexer.captions`; with `--captions later`, a later run does it) -> new files identical to one the run
-decoded copied from it -> FAISS files in line with the database.
+"""The indexing run, in two passes: scan -> compare with the database (`indexer.plan`) -> files whose bytes are
+indexed already (moved, renamed, copied) copied from them (`indexer.reuse`) -> decode the others (worker processes)
+-> audio embeddings -> store, file by file (pass 1, `indexer.audio_pass`) -> prune (`indexer.pruning`) -> FAISS
+files saved (`similar` works on the whole library); then batched Pengi generation for the windows without captions
+-> caption embeddings -> store, batch by batch (pass 2, `indexer.captions`; with `--captions later`, a later run
+does it) -> new files identical to one the run decoded copied from it -> FAISS files in line with the database.
+What became of each file is kept by `indexer.file_outcomes`; the model and embedder are chosen and checked by
+`indexer.model_choice`.
 
 Incremental: a file whose size and mtime match the database is skipped without being opened; one whose mtime moved
 but whose size and sha256 match is only re-stamped. Resumable: each file is committed in one transaction as soon as
@@ -19,55 +21,30 @@ queries.
 
 from __future__ import annotations
 
-import logging
 import os
-import shlex
 import time
-from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
-from pengi_search.audio import AUDIO_EXTENSIONS, Window
-from pengi_search.audio_workers import Decoded, Failed, Job, Windows, decode_all
+from pengi_search.audio import AUDIO_EXTENSIONS
 from pengi_search.choices import Captions
-from pengi_search.db import (
-    TRUNCATED_NOTE,
-    BuiltWithOtherError,
-    EmbedderInfo,
-    FileStamp,
-    IndexMeta,
-    ModelInfo,
-    RefusedInputError,
-    Store,
-    StoredAudio,
-    StoreError,
-    WindowInput,
-    caption_counts,
-    drop_fast_captions,
-    library_exists,
-)
+from pengi_search.db import caption_counts, drop_fast_captions, library_exists
 from pengi_search.db.run_lock import indexing_lock
-from pengi_search.embedders import EmbedderSpec
 from pengi_search.errors import PengiSearchError
-from pengi_search.hashing import file_sha256
 from pengi_search.library import Library
-from pengi_search.model_dir import ModelDir
-from pengi_search.pathnames import shown
-from pengi_search.scan import Entry, ScanResult, has_extension, hidden_path, inside, scan
+from pengi_search.scan import Entry, ScanResult, scan
 from pengi_search.torchrun_env import said_once_per_machine
-from pengi_search.units import count_text, for_count
+from pengi_search.units import for_count
 
+from .audio_pass import AudioPass
 from .captions import CaptionPass, CaptionResult, IndexModel
-from .emptied_folders import emptied_folders
-from .hold_points import FILE_STORED, hold_at
+from .file_outcomes import FileOutcomes
 from .left_behind import left_behind
-from .reuse import Copies, IdenticalFiles, Reuse
-from .run_report import FailedFile, FileNote, IndexOptions, IndexSummary, ProgressReporter, RunInterrupted
+from .model_choice import ModelChoice, check_compatible, choose_model
+from .plan import Plan, file_stamps, plan_files
+from .pruning import prune
+from .reuse import IdenticalFiles, Reuse
+from .run_report import FailedFile, IndexOptions, IndexSummary, ProgressReporter, RunInterrupted
 from .shard import Rank, Shard
-
-DECODER_NOTE = "decoder: "  # how a line a C decoder printed begins among a file's notes
-
-log = logging.getLogger(__name__)
 
 
 class IndexerError(PengiSearchError):
@@ -87,7 +64,7 @@ def run_index(options: IndexOptions, progress: ProgressReporter | None = None) -
         choice = None
         if not library_exists(options.db):
             _check_something_to_index(options, scanned)
-            choice = _choose_model(options, None)
+            choice = choose_model(options, None)
         library = Library.open(options.db, progress=None if progress is None else progress.filling)
     shard_name = None if shard is None else str(shard)
     try:
@@ -128,71 +105,12 @@ def _check_something_to_index(options: IndexOptions, scanned: ScanResult) -> Non
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Model and embedder
-
-
-@dataclass(frozen=True)
-class _ModelChoice:
-    model_dir: ModelDir
-    model: ModelInfo
-    embedder_spec: EmbedderSpec
-    embedder: EmbedderInfo | None  # None: known only once loaded (a sentence-transformers model not yet recorded)
-
-
-def _choose_model(options: IndexOptions, meta: IndexMeta | None) -> _ModelChoice:
-    """The model asked for and the text embedder: --text-embedder, else the one the index was built with, else
-    Pengi's own text tower."""
-    model_dir = ModelDir.resolve(options.model)
-    model = ModelInfo(model_dir.name, model_dir.fingerprint or "unknown")
-    spec = EmbedderSpec.parse(options.text_embedder) if options.text_embedder else _recorded_spec(meta)
-    embedder_id = spec.embedder_id(model_dir)  # refuses Pengi's tower for a model without one
-    if spec.is_pengi:
-        return _ModelChoice(model_dir, model, spec, EmbedderInfo(embedder_id, model_dir.config.d_proj))
-    recorded = meta.embedder if meta is not None and meta.embedder.name == embedder_id else None
-    return _ModelChoice(model_dir, model, spec, recorded)
-
-
-def _recorded_spec(meta: IndexMeta | None) -> EmbedderSpec:
-    """The embedder the index was built with (Pengi's tower for a new index, or an id this version does not know)."""
-    return (EmbedderSpec.of_embedder_id(meta.embedder.name) if meta else None) or EmbedderSpec()
-
-
-def _check_compatible(store: Store, choice: _ModelChoice) -> None:
-    """Refuse a run whose model or embedder differs from the index's (before any work), saying each once."""
-    meta = store.index_meta()
-    if meta is None:
-        return
-    if choice.embedder is None:  # a sentence-transformers model the library does not have: its size is not known
-        raise BuiltWithOtherError(store.name, str(meta.embedder), f"text embedder {str(choice.embedder_spec)!r}")
-    # Pengi's text tower is its model's: another model brings another tower, which naming the model says.
-    towers = choice.embedder_spec.is_pengi and EmbedderSpec.of_embedder_id(meta.embedder.name) == EmbedderSpec()
-    store.check_compatible(choice.model, None if towers else choice.embedder)
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # The run
 
 
-@dataclass
-class _Plan:
-    todo: list[Entry] = field(default_factory=list)  # to decode and describe
-    broken: list[Entry] = field(default_factory=list)  # unreadable without opening (broken link, FIFO)
-    touched: list[Entry] = field(default_factory=list)  # new mtime, same size and content
-    unchanged: int = 0
-    skipped_errors: int = 0
-
-
-@dataclass
-class _InFlight:
-    """A file whose windows are being described."""
-
-    entry: Entry
-    done: list[WindowInput] = field(default_factory=list)
-    queued: int = 0  # windows waiting in the batch buffer
-    decoded: Decoded | None = None
-
-
 class _Run:
+    """One run of `run_index`, once the library is open and locked: its steps, in order (`execute`)."""
+
     def __init__(
         self,
         library: Library,
@@ -201,7 +119,7 @@ class _Run:
         rank: Rank | None,
         progress: ProgressReporter | None,
         started: float,
-        choice: _ModelChoice | None = None,
+        choice: ModelChoice | None = None,
     ) -> None:
         self.library = library
         self.store = library.store
@@ -215,8 +133,7 @@ class _Run:
         self._choice = choice  # found before a new library was created, else on first need (`_choose`)
         self._model_loaded: IndexModel | None = None
         self._identical: IdenticalFiles  # set by `_reuse`, before pass 1
-        self._copied_from: list[str] = []  # the source of each file indexed as a copy (`_reused`)
-        self._stored: list[Entry] = []  # every file this run indexed, decoded or copied (`_indexed`)
+        self._outcomes: FileOutcomes  # set once the run is recorded (its id known), by `execute`
 
     @property
     def leads(self) -> bool:
@@ -232,6 +149,7 @@ class _Run:
             with said_once_per_machine():  # asked for explicitly, so by every rank alike
                 self._choose()  # checked even when nothing needs indexing
         self.run_id = summary.run_id = self.store.start_run(summary.shard)
+        self._outcomes = FileOutcomes(self.store, self.run_id, summary)
         status = "failed"
         try:
             if self.options.reindex:
@@ -239,7 +157,7 @@ class _Run:
             mine = [e for e in scanned.entries if self.shard is None or self.shard.owns(e.path)]
             summary.files_seen = len(mine)
             self.store.note_files_seen(self.run_id, summary.files_seen)
-            plan = self._plan(mine, self._stamps(scanned.roots))
+            plan = plan_files(mine, file_stamps(self.store, scanned.roots), self.options.retry_errors)
             summary.recaptioned = self._drop_fast_captions(scanned.roots)
             if plan.todo:
                 self._choose()  # a library built with another model or embedder is refused before any work
@@ -254,7 +172,7 @@ class _Run:
             if plan.todo:
                 self._index(plan.todo)
             if self.leads:
-                summary.pruned = self._prune(scanned)
+                self._prune(scanned)
             if captions_now and (plan.todo or waiting):
                 # Any process may save the FAISS files (they are locked while saved); the final sync, after all
                 # ranks, is the leader's. From here on `similar` and `query --rank audio` see every window.
@@ -265,7 +183,8 @@ class _Run:
             self._sync()
             summary.searchable_s = summary.searchable_s or time.monotonic() - self.started
             summary.captions_missing = self._captions_missing(scanned.roots)
-            summary.gone_sources = left_behind(self.store, self._copied_from, scanned.roots, self._stored)
+            outcomes = self._outcomes
+            summary.gone_sources = left_behind(self.store, outcomes.copied_from, scanned.roots, outcomes.stored)
             status = "finished"
         except KeyboardInterrupt as stop:
             status = "interrupted"
@@ -281,35 +200,7 @@ class _Run:
             )
         return summary
 
-    # -- planning --------------------------------------------------------------------------------------------
-
-    def _stamps(self, roots: list[str]) -> dict[str, FileStamp]:
-        stamps: dict[str, FileStamp] = {}
-        for root in roots:
-            stamps.update(self.store.all_file_stamps(under=root))
-        return stamps
-
-    def _plan(self, entries: list[Entry], stamps: dict[str, FileStamp]) -> _Plan:
-        plan = _Plan()
-        retry = self.options.retry_errors
-        for entry in entries:
-            stamp = stamps.get(entry.path)
-            same_stamp = stamp is not None and (stamp.size, stamp.mtime) == (entry.size, entry.mtime)
-            if stamp is not None and same_stamp and stamp.status == "indexed":
-                plan.unchanged += 1
-            elif stamp is not None and same_stamp and stamp.status == "error" and not retry:
-                plan.skipped_errors += 1
-            elif entry.problem is not None:
-                plan.broken.append(entry)
-            elif stamp is not None and _same_content(entry, stamp, retry):
-                plan.touched.append(entry)
-                if stamp.status == "error":
-                    plan.skipped_errors += 1
-            else:
-                plan.todo.append(entry)
-        return plan
-
-    def _settle(self, plan: _Plan) -> None:
+    def _settle(self, plan: Plan) -> None:
         """What the plan settles without decoding: unchanged and known-bad files counted, files with a new mtime
         and the same content re-stamped, files unreadable without opening them recorded as failed."""
         self.summary.unchanged, self.summary.skipped_errors = plan.unchanged, plan.skipped_errors
@@ -317,7 +208,7 @@ class _Run:
             self.store.touch_file(entry.path, size=entry.size, mtime=entry.mtime)
         self.summary.touched = len(plan.touched)
         for entry in plan.broken:
-            self._fail(entry, entry.problem or "unreadable")
+            self._outcomes.failed(entry, entry.problem or "unreadable")
 
     def _captions_missing(self, roots: list[str]) -> int:
         """Windows below `roots` without captions (all shards' windows: one count query per root)."""
@@ -333,15 +224,15 @@ class _Run:
 
     # -- indexing --------------------------------------------------------------------------------------------
 
-    def _choose(self) -> _ModelChoice:
+    def _choose(self) -> ModelChoice:
         """Find the model and embedder and refuse them if the index was built with others (unless --reindex).
 
         Deferred until needed: finding a model imports torch, which an unchanged library never has to pay for.
         """
         if self._choice is None:
-            choice = _choose_model(self.options, self.store.index_meta())
+            choice = choose_model(self.options, self.store.index_meta())
             if not self.options.reindex:
-                _check_compatible(self.store, choice)
+                check_compatible(self.store, choice)
             self._choice = choice
         return self._choice
 
@@ -352,80 +243,17 @@ class _Run:
         return self._model_loaded
 
     def _index(self, todo: list[Entry]) -> None:
-        """Pass 1: decode every file and store its windows with their audio embeddings, file by file."""
+        """Pass 1 (`indexer.audio_pass`): decode every file and store its windows with their audio embeddings."""
         model = self._model()
         self.store.set_index_meta(self._choose().model, model.embedder_info)  # before the first window
-        batch_size = model.windows_per_batch
-        flights: dict[int, _InFlight] = {}
-        buffer: list[tuple[int, Window]] = []
-        if self.progress is not None:
-            self.progress.start(len(todo))
-        messages = decode_all([Job(seq, entry.path) for seq, entry in enumerate(todo)], self.options.workers)
-        try:
-            for message in messages:
-                flight = flights.setdefault(message.seq, _InFlight(todo[message.seq]))
-                if isinstance(message, Windows):
-                    buffer.extend((message.seq, window) for window in message.windows)
-                    flight.queued += len(message.windows)
-                    while len(buffer) >= batch_size:
-                        self._embed(model, buffer[:batch_size], flights)
-                        del buffer[:batch_size]
-                elif isinstance(message, Decoded):
-                    flight.decoded = message
-                    self._counted(message.count)
-                    self._commit_ready(flights)
-                elif isinstance(message, Failed):
-                    buffer = [(seq, window) for seq, window in buffer if seq != message.seq]
-                    del flights[message.seq]
-                    self._fail(flight.entry, message.reason, message.content_hash, message.notes)
-                    self._counted(0)
-                    self._advance(files=1)
-            while buffer:
-                self._embed(model, buffer[:batch_size], flights)
-                del buffer[:batch_size]
-        finally:
-            messages.close()
-
-    def _embed(self, model: IndexModel, batch: list[tuple[int, Window]], flights: dict[int, _InFlight]) -> None:
-        embedded = model.audio_windows([window for _, window in batch])
-        for (seq, _), window in zip(batch, embedded, strict=True):
-            flights[seq].done.append(window)
-            flights[seq].queued -= 1
-        self._advance(windows=len(batch))
-        self._commit_ready(flights)
-
-    def _commit_ready(self, flights: dict[int, _InFlight]) -> None:
-        """Store every file whose windows are all embedded (one transaction per file)."""
-        for seq in [seq for seq, flight in flights.items() if flight.decoded is not None and flight.queued == 0]:
-            self._commit(flights.pop(seq))
-            self._advance(files=1)
-            hold_at(FILE_STORED)
-
-    def _commit(self, flight: _InFlight) -> None:
-        entry, decoded = flight.entry, flight.decoded
-        assert decoded is not None
-        if decoded.truncation is not None and self.options.strict:
-            self._fail(entry, decoded.truncation, decoded.content_hash, decoded.notes)
-            return
-        truncation = () if decoded.truncation is None else (decoded.truncation,)
-        notes = truncation + tuple(DECODER_NOTE + note for note in decoded.notes)
-        audio = StoredAudio(decoded.duration_s, decoded.sample_rate, decoded.channels, decoded.format, notes)
-        try:
-            file_id = self.store.upsert_file(
-                entry.path, size=entry.size, mtime=entry.mtime, content_hash=decoded.content_hash, run_id=self.run_id
-            )
-            self.store.replace_file_windows(file_id, flight.done, audio=audio, run_id=self.run_id)
-        except RefusedInputError as exc:  # e.g. a non-finite embedding: this file fails, the others go on
-            self._fail(entry, exc.reason, decoded.content_hash, decoded.notes)
-            return
-        self._indexed(entry, len(flight.done), notes)
+        AudioPass(self.store, self.options, self.run_id, self._outcomes, self.progress).run(model, todo)
 
     def _reuse(self, todo: list[Entry]) -> Reuse:
         """Index each file that holds the bytes of an indexed file from that file (`indexer.reuse`); returns the
         others: to decode, or to copy from one of those once it is indexed (`_copy_later`)."""
         self._identical = IdenticalFiles(self.store, self.options, self.run_id, self.progress)
         reuse = self._identical.copy_all(todo)
-        self._reused(reuse.copied)
+        self._outcomes.copied(reuse.copied)
         return reuse
 
     def _copy_later(self, later: list[Entry], roots: list[str]) -> None:
@@ -434,26 +262,11 @@ class _Run:
         if not later:
             return
         copied, rest = self._identical.copy_later(later)
-        self._reused(copied)
+        self._outcomes.copied(copied)
         if rest:
             self._index(rest)
             if self.options.captions is Captions.now:
                 self._caption(roots)
-
-    def _reused(self, copied: Copies) -> None:
-        for entry, copy in copied:
-            self._indexed(entry, copy.windows, copy.notes)
-            self._copied_from.append(copy.source)
-        self.summary.reused += len(copied)
-
-    def _indexed(self, entry: Entry, windows: int, notes: Sequence[str]) -> None:
-        """Count a file stored with `windows` windows and its `notes` (a truncation, then the decoders' messages)."""
-        self._stored.append(entry)
-        self.summary.indexed += 1
-        self.summary.window_count += windows
-        self.summary.truncated += [FileNote(entry.path, note) for note in notes[:1] if note.startswith(TRUNCATED_NOTE)]
-        decoder = [note.removeprefix(DECODER_NOTE) for note in notes if note.startswith(DECODER_NOTE)]
-        self.summary.decoder_notes += [FileNote(entry.path, note) for note in decoder]
 
     def _drop_fast_captions(self, roots: list[str]) -> int:
         """--recaption-fast: the windows below `roots` (this shard's files) that a --fast run captioned wait for
@@ -471,87 +284,25 @@ class _Run:
             self.shard,
             sync=lambda: self.library.sync_vector_indexes(self.options.index_type),
         )
-        if self.progress is not None:
-            self.progress.start_captions(None if self.shard is not None else self._captions_missing(roots))
+        progress = self.progress
+        if progress is not None:
+            progress.start_captions(None if self.shard is not None else self._captions_missing(roots))
         result = CaptionResult()
         try:
-            caption_pass.run(self._model(), result, advance=lambda windows: self._advance(windows=windows))
+            advance = None if progress is None else lambda windows: progress.advance(windows=windows)
+            caption_pass.run(self._model(), result, advance=advance)
         finally:  # counted also when interrupted: each batch stored is kept
             self.summary.captioned += result.captioned
             self.summary.failed += [FailedFile(path, reason) for path, reason in result.failed]
 
-    def _fail(self, entry: Entry, reason: str, content_hash: str | None = None, notes: Sequence[str] = ()) -> None:
-        """Record the file as failed (the decoders' messages below the reason). A failure to record it is
-        reported with it and ends nothing: the next run tries the file again."""
-        try:
-            self.store.record_file_error(
-                entry.path,
-                "\n".join([reason, *(DECODER_NOTE + note for note in notes)]),
-                size=entry.size,
-                mtime=entry.mtime,
-                content_hash=content_hash,
-                run_id=self.run_id,
-            )
-        except StoreError as exc:
-            log.warning("could not record the failure of %r: %s", entry.path, exc)
-            reason = f"{reason} (not recorded in the database: {exc.reason})"
-        self.summary.failed.append(FailedFile(entry.path, reason))
-        self.summary.decoder_notes += [FileNote(entry.path, note) for note in notes]
-
-    def _advance(self, files: int = 0, windows: int = 0) -> None:
-        if self.progress is not None:
-            self.progress.advance(files=files, windows=windows)
-
-    def _counted(self, windows: int) -> None:
-        """A file of pass 1 has all its windows sent (none more: it failed), for the progress's estimate."""
-        if self.progress is not None:
-            self.progress.counted(windows)
-
     # -- finishing -------------------------------------------------------------------------------------------
 
-    def _prune(self, scanned: ScanResult) -> int:
-        """Forget files under the scanned roots that are gone, keeping what this scan did not see: files under
-        unreadable folders or hidden names (not AppleDouble files: earlier versions recorded those as failed), files
-        of extensions not asked for, and every file of a root where the scan found nothing (an unmounted drive)."""
-        present = {entry.path for entry in scanned.entries}
-        unlisted = [folder for folder, _ in scanned.unreadable_dirs]
-        pruned = 0
-        for root in scanned.roots:
-            missing = self.store.all_file_stamps(under=root).keys() - present
-            unseen = self._hidden_kept(root, missing) | {
-                path
-                for path in missing
-                if not has_extension(path, self.options.extensions) or any(inside(path, d) for d in unlisted)
-            }
-            gone = missing - unseen
-            if gone and not any(inside(path, root) for path in present):
-                words = _counted(len(gone), root, self.store.db_option)
-                self.summary.unseen_roots.append(FileNote(root, _EMPTY_ROOT.format(**words)))
-                continue
-            kept = self._emptied_kept(root, gone, present)
-            pruned += self.store.prune_missing(present | unseen | kept, under=root)
-        return pruned
-
-    def _emptied_kept(self, root: str, gone: set[str], present: set[str]) -> set[str]:
-        """Of the `gone` files under `root`, those kept for a folder still there without audio (`emptied_folders`),
-        each folder noted once with its count, as a root with no audio is."""
-        kept = emptied_folders(gone, root, present)
-        self.summary.unseen_roots += self._kept_notes(kept, _EMPTY_ROOT)
-        return set(kept)
-
-    def _kept_notes(self, kept: dict[str, str], note: str) -> list[FileNote]:
-        """One note (`_HIDDEN_KEPT`, `_EMPTY_ROOT`) for each place that files were `kept` at, with their count."""
-        counts = sorted(Counter(kept.values()).items())
-        return [FileNote(at, note.format(**_counted(count, at, self.store.db_option))) for at, count in counts]
-
-    def _hidden_kept(self, root: str, missing: set[str]) -> set[str]:
-        """Of the files under `root` this scan did not find, those it passed over for a hidden name (without
-        --hidden): kept, each hidden path noted once with its count."""
-        if self.options.hidden:
-            return set()
-        kept = {path: at for path in missing if (at := hidden_path(path, root)) is not None}
-        self.summary.hidden_kept += self._kept_notes(kept, _HIDDEN_KEPT)
-        return set(kept)
+    def _prune(self, scanned: ScanResult) -> None:
+        """Forget the files under the scanned roots that are gone (`indexer.pruning`), noting what was kept."""
+        pruned = prune(self.store, scanned, self.options)
+        self.summary.pruned = pruned.count
+        self.summary.unseen_roots += pruned.unseen_roots
+        self.summary.hidden_kept += pruned.hidden_kept
 
     def _sync(self) -> None:
         """The FAISS files follow the database: after all ranks finished, by the leading one."""
@@ -560,33 +311,3 @@ class _Run:
             if not self.rank.leads:
                 return
         self.library.sync_vector_indexes(self.options.index_type)
-
-
-def _same_content(entry: Entry, stamp: FileStamp, retry_errors: bool) -> bool:
-    """Whether a file with a new mtime still holds what was indexed (same size and sha256)."""
-    if stamp.size != entry.size or stamp.content_hash is None:
-        return False
-    if stamp.status == "pending" or (stamp.status == "error" and retry_errors):
-        return False
-    try:
-        return file_sha256(entry.path) == stamp.content_hash
-    except OSError:
-        return False  # decoding will report why it cannot be read
-
-
-_HIDDEN_KEPT = (
-    "{files} at or under this hidden path {were} kept {as_is}: runs without --hidden do not look at hidden names "
-    "(`{remove}` forgets {them})"
-)
-_EMPTY_ROOT = "no audio file found here, so its {files} {were} kept (an unmounted drive?); `{remove}` forgets {them}"
-
-
-def _counted(files: int, at: str, db_option: str) -> dict[str, str]:
-    """The words of a note on indexed files kept at the path `at` (`_HIDDEN_KEPT`, `_EMPTY_ROOT`), in the number of
-    `files`, and the `remove` that forgets them: the path shell-quoted and the library's `Store.db_option`, so that,
-    pasted, it acts on that path of that library."""
-    words = {"were": ("was", "were"), "as_is": ("as it is", "as they are"), "them": ("it", "them")}
-    remove = f"pengi-search remove {shlex.quote(shown(at))}{db_option}"
-    return {"files": count_text(files, "indexed file"), "remove": remove} | {
-        key: for_count(files, *forms) for key, forms in words.items()
-    }

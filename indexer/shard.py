@@ -16,7 +16,7 @@ from datetime import timedelta
 
 from pengi_search import torchrun_env
 from pengi_search.choices import Device
-from pengi_search.torchrun_env import Place, gpu_of_process
+from pengi_search.torchrun_env import Place, PlacedProcess, gpu_of_process
 
 BARRIER_TIMEOUT = timedelta(days=7)  # ranks wait at the end for the slowest one, however long its share takes
 
@@ -47,7 +47,7 @@ class Shard:
 
 
 @dataclass
-class Rank:
+class Rank(PlacedProcess):
     """This process's place in a `torchrun` job."""
 
     place: Place
@@ -60,20 +60,12 @@ class Rank:
         return cls(here) if here.launched else None
 
     @property
-    def world_size(self) -> int:
-        return self.place.world_size
-
-    @property
-    def local_rank(self) -> int:
-        return self.place.local_rank
-
-    @property
     def shard(self) -> Shard:
-        return Shard(self.place.rank, self.world_size)
+        return Shard(self.rank, self.world_size)
 
     @property
     def leads(self) -> bool:
-        return self.place.rank == 0
+        return self.rank == 0
 
     def device(self, requested: str) -> str:
         """Each rank on its own GPU when the device is `auto` or `cuda` (as the trainer places its processes: a

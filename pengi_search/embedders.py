@@ -12,7 +12,10 @@ Nothing here imports torch until an embedder that needs it is opened: a text que
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -184,6 +187,88 @@ def open_text_embedder(
             return NumpyTextEmbedder.from_model_dir(model_dir)
         # No tokenizer.json beside the model (the tokenizer comes from the Hugging Face cache): the torch path finds it.
     return PengiTextEmbedder.from_model_dir(model_dir, _torch_device(device))
+
+
+# Text embedders `kept_text_embedder` holds open: a model, a sentence-transformers model or two, on a device or two.
+# Each holds a text tower (mapped, or some hundred MB in memory), so not every one a long-lived process met.
+KEPT_EMBEDDERS = 4
+
+
+class _OneAtATime:
+    """An embedder that threads share, used by one at a time: a transformers tokenizer set to cut texts (the torch
+    tower's, sentence-transformers') fails when two threads use it at once, and the numpy tower's BLAS thread limit
+    is process-wide. Embedding a query takes milliseconds; opening the embedder again took seconds."""
+
+    def __init__(self, embedder: TextEmbedder) -> None:
+        self._embedder = embedder
+        self._lock = threading.Lock()
+        self.id = embedder.id
+        self.dim = embedder.dim
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        with self._lock:
+            return self._embedder.embed(texts)
+
+    def cut_texts(self, texts: Sequence[str]) -> list[CutText]:
+        with self._lock:
+            return self._embedder.cut_texts(texts)
+
+
+_EmbedderKey = tuple[object, ...]
+
+
+class _KeptEmbedders:
+    """The embedders last opened, by what they were opened from, the least recently used let go past `kept`."""
+
+    def __init__(self, kept: int) -> None:
+        self._kept = kept
+        self._opened: OrderedDict[_EmbedderKey, TextEmbedder] = OrderedDict()
+        # Held while one opens, so that threads asking at once for the same embedder open it once.
+        self._lock = threading.Lock()
+
+    def get(self, key: _EmbedderKey, open_embedder: Callable[[], TextEmbedder]) -> TextEmbedder:
+        with self._lock:
+            if key in self._opened:
+                self._opened.move_to_end(key)
+                return self._opened[key]
+            embedder = self._opened[key] = _OneAtATime(open_embedder())
+            if len(self._opened) > self._kept:
+                self._opened.popitem(last=False)
+            return embedder
+
+    def clear(self) -> None:
+        with self._lock:
+            self._opened.clear()
+
+
+_KEPT = _KeptEmbedders(KEPT_EMBEDDERS)
+
+
+def kept_text_embedder(spec: EmbedderSpec, model_dir: ModelDir | None, device: str = "auto") -> TextEmbedder:
+    """`open_text_embedder(spec, model_dir, device, numpy_tower=True)` (the query path), opened once and kept for
+    the process's later calls (the last `KEPT_EMBEDDERS`), so that a script's thousand queries load the text tower
+    once, not a thousand times. Thread-safe: threads share the embedder, one embedding at a time."""
+    return _KEPT.get(
+        _embedder_key(spec, model_dir, device), lambda: open_text_embedder(spec, model_dir, device, numpy_tower=True)
+    )
+
+
+def forget_text_embedders() -> None:
+    """Let go of every embedder `kept_text_embedder` holds (its memory is freed once no caller holds it)."""
+    _KEPT.clear()
+
+
+def _embedder_key(spec: EmbedderSpec, model_dir: ModelDir | None, device: str) -> _EmbedderKey:
+    """What an embedder is opened from: Pengi's tower by its directory, its recorded weights and the weights file
+    as it is now (a model replaced in place is opened again), a sentence-transformers model by its name."""
+    if model_dir is None or not spec.is_pengi:
+        return (str(spec), device)
+    try:
+        weights = os.stat(model_dir.weights)
+        file: tuple[int, int, int] | None = (weights.st_ino, weights.st_size, weights.st_mtime_ns)
+    except OSError:  # opening it says what is wrong
+        file = None
+    return (str(spec), str(model_dir.path.resolve()), model_dir.fingerprint, file, device)
 
 
 def _torch_device(device: str, engine: Engine | None = None) -> torch.device:

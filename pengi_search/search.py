@@ -13,7 +13,8 @@ every window has captions, else by audio (a library whose captions are still bei
 The caption query must be embedded by the embedder that built the index: `query_embedder` reads it from the store;
 the audio query by Pengi's text tower of the model that made the audio vectors (`audio_query_embedder`). For
 Pengi's own text tower they open the numpy implementation in `text_query`, which needs neither torch nor
-transformers (importing those alone takes longer than a whole query should). `similar` lives in `similar.py`.
+transformers (importing those alone takes longer than a whole query should), and keep it for the process's next
+queries (`embedders.kept_text_embedder`). `similar` lives in `similar.py`.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from .embedders import (
     TextEmbedder,
     TextEmbedderError,
     embed_given,
-    open_text_embedder,
+    kept_text_embedder,
 )
 from .errors import OptionError
 from .json_values import json_score, json_seconds
@@ -382,7 +383,8 @@ def _hit(window: WindowDetails, score: float, span: tuple[float | None, float | 
 
 
 def query_embedder(library: Library, model: str | None = None, device: str = "auto") -> TextEmbedder:
-    """The text embedder that built the library's 'text' index, loaded the cheapest way (see `open_text_embedder`).
+    """The text embedder that built the library's 'text' index, loaded the cheapest way (see `open_text_embedder`)
+    once per process (`kept_text_embedder`).
 
     Raises StoreMismatchError when `--model` (or the default model) is not the one the index was built with.
     """
@@ -399,7 +401,7 @@ def query_embedder(library: Library, model: str | None = None, device: str = "au
             library.name, f"the index was built with an unknown text embedder {meta.embedder.name!r}"
         )
     model_dir = _text_tower_model(library, meta.embedder.name, model) if spec.is_pengi else None
-    embedder = open_text_embedder(spec, model_dir, device, numpy_tower=True)
+    embedder = kept_text_embedder(spec, model_dir, device)
     if embedder.dim != meta.embedder.dim:
         raise StoreMismatchError(
             library.name, f"{embedder.id} makes {embedder.dim}-d vectors, the index holds {meta.embedder.dim}-d ones"
@@ -459,7 +461,7 @@ def audio_query_embedder(
             f"the index's model {model_dir.identity} has no text tower (base_no_text_enc), so a text query can only "
             "be matched with captions: use --rank caption",
         )
-    return open_text_embedder(EmbedderSpec(), model_dir, device, numpy_tower=True)
+    return kept_text_embedder(EmbedderSpec(), model_dir, device)
 
 
 def _audio_model(library: Library, model: str | None) -> ModelDir:
@@ -538,7 +540,8 @@ def query_text(
 ) -> list[Hit]:
     """Text -> audio, ranked as `rank` says (None: `choose_rank`); every hit records the ranking.
 
-    `embedder`: the library's caption embedder, if already open. `notify`: told when an embedder cuts the text.
+    `embedder`: the library's caption embedder, if already open; else the one `query_embedder` opened for an earlier
+    call is used again (`embedders.kept_text_embedder`). `notify`: told when an embedder cuts the text.
     """
     if not text.strip():
         raise ValueError("the query text is empty")

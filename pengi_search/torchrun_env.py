@@ -49,6 +49,25 @@ class Place:
     launched: bool = False  # a launcher said how many processes the run has (WORLD_SIZE)
 
 
+class PlacedProcess:
+    """A process that holds its `place` (a dataclass field of the subclass): its rank, world size and local rank are
+    read from it, never copied beside it."""
+
+    place: Place
+
+    @property
+    def rank(self) -> int:
+        return self.place.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.place.world_size
+
+    @property
+    def local_rank(self) -> int:
+        return self.place.local_rank
+
+
 def place(env: Mapping[str, str] = os.environ) -> Place:
     """Where this process is, as torchrun (or a hand-set environment) says; see the module docstring."""
     if "WORLD_SIZE" not in env:

@@ -22,9 +22,10 @@ def duration_text(seconds: float) -> str:
 
 
 def size_text(size: int) -> str:
-    """512.0 B, 2.0 KB, 9.8 MB, 2.2 GB: the unit that reads best (of 1024), so a small file is not "0.00 GiB"."""
+    """512.0 B, 2.0 KiB, 9.8 MiB, 2.2 GiB: the unit that reads best, so a small file is not "0.00 GiB". Binary
+    units named as such, as the server's upload limit (`--max-upload-mb`, in MiB) and `model info` say theirs."""
     value, unit = float(size), "B"
-    for bigger in ("KB", "MB", "GB", "TB"):
+    for bigger in ("KiB", "MiB", "GiB", "TiB"):
         if value < 1024:
             break
         value, unit = value / 1024, bigger

@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
+from pengi_search.embedders import forget_text_embedders  # noqa: E402
 from pengi_search.testing import make_tiny_model_dir  # noqa: E402 (imports torch: after the setting above)
 
 if TYPE_CHECKING:
@@ -62,6 +64,14 @@ def isolated_home(tmp_path, monkeypatch) -> Path:
     monkeypatch.delenv("PENGI_SEARCH_MODEL", raising=False)
     monkeypatch.delenv("PENGI_SEARCH_DB", raising=False)
     return home
+
+
+@pytest.fixture(autouse=True)
+def no_kept_embedders() -> Iterator[None]:
+    """Each test opens its own text embedders: one kept from another test's model would hide what this test set up
+    (`embedders.kept_text_embedder` keeps them for the process)."""
+    yield
+    forget_text_embedders()
 
 
 @pytest.fixture

@@ -418,6 +418,6 @@ def test_stats_gives_a_sqlite_files_size_and_no_size_for_a_server_database():
     """A server's database has no file of its own: no "(no file)" after its URL."""
     from pengi_search.cli.library import _database_line
 
-    assert _database_line("lib/index.db", "sqlite:////lib/index.db", 2048) == "database: lib/index.db (2.0 KB)"
+    assert _database_line("lib/index.db", "sqlite:////lib/index.db", 2048) == "database: lib/index.db (2.0 KiB)"
     server = "postgresql+psycopg://me:***@db.example/pengi"
     assert _database_line(server, server, None) == f"database: {server}"

@@ -555,6 +555,53 @@ def test_classify_truth_of_only_files_that_failed_says_so_as_a_warning(captions,
     assert "no classified file" not in result.stdout
 
 
+TIED_LABELS = "label,answer\ndog,a dog barks\nDog,a dog barks\nrain on a roof,\na bell rings,\n"
+TIE_NOTES = [
+    "tied labels ordered by name: accuracy is 0.5000 in this order; 1 file ties across its cut-off: another order "
+    "gives 0.5000 to 1.0000",
+    "tied labels ordered by name: 1 file has tied best labels, so per-class scores are those of this order; another "
+    "order gives recall 0.0000 to 1.0000 for 'dog'",
+]
+
+
+def tied_truth_run(captions, common, tmp_path, output):
+    """dog.wav (a dog) and rain.flac classified with "dog" and "Dog" scored as one text, so they tie for dog.wav:
+    "Dog" is predicted by name, wrong, where the other order would be right."""
+    dog, rain = captions.files["animals/dog.wav"], captions.files["weather/rain.flac"]
+    labels = tmp_path / "labels.csv"
+    labels.write_text(TIED_LABELS)
+    truth = tmp_path / "truth.csv"
+    truth.write_text(f"file,label\n{dog},dog\n{rain},rain on a roof\n")
+    return run("classify", dog, rain, "-l", labels, *common, "--truth", truth, output)
+
+
+def test_classify_truth_says_how_far_another_order_of_tied_labels_moves_its_scores(captions, common, tmp_path):
+    """As `eval classify` says it (the same notes, on stderr under the scores): the accuracy is 1/2 with ties by
+    name, between 1/2 and 1 over every order, and the per-class scores are those of the order by name."""
+    result = tied_truth_run(captions, common, tmp_path, "-q")
+    assert result.exit_code == 0, result.output
+    assert "accuracy 0.5000 (1/2 files)" in result.stderr
+    assert result.stderr.splitlines()[-2:] == [f"warning: {note}" for note in TIE_NOTES]
+
+
+def test_classify_truth_json_gives_the_tie_bounds_and_notes_in_its_metrics(captions, common, tmp_path):
+    result = tied_truth_run(captions, common, tmp_path, "--json")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)["metrics"]
+    assert metrics["ties"] == {"accuracy": {"files": 1, "lowest": 0.5, "highest": 1.0}}
+    assert metrics["top_ties"] == {"files": 1, "recall": {"dog": {"files": 1, "lowest": 0.0, "highest": 1.0}}}
+    assert metrics["notes"] == TIE_NOTES
+    assert result.stderr == "".join(f"warning: {note}\n" for note in TIE_NOTES)
+
+
+def test_classify_truth_without_tied_labels_has_no_tie_note(captions, common, labels, tmp_path):
+    truth = write_truth(captions, tmp_path)
+    result = run("classify", captions.root / "animals", "-l", labels, *common, "--truth", truth, "--json")
+    metrics = json.loads(result.stdout)["metrics"]
+    assert metrics["ties"] == {"accuracy": {"files": 0, "lowest": 1.0, "highest": 1.0}}
+    assert (metrics["top_ties"], metrics["notes"]) == ({"files": 0, "recall": {}}, [])
+
+
 @pytest.mark.parametrize("bad", ["", "absent.wav"])
 def test_classify_refuses_a_bad_target_among_good_ones_before_any_work(captions, common, labels, tmp_path, bad):
     result = run("classify", captions.files["bell.wav"], bad and tmp_path / bad, "-l", labels, *common)

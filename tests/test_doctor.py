@@ -120,9 +120,9 @@ def test_doctor_checks_the_model_the_other_commands_would_use(tiny_model_dir, tm
     assert in_use["tokenizers"] == {"gpt2": "model directory", "clip": "model directory"}
     text = runner.invoke(app, ["doctor", *options])
     assert f"in use         {model}" in text.stdout
-    # its name, then its variant named as such and its size in the unit that reads best (a tiny model: MB, not GiB)
+    # its name, then its variant named as such and its size in the unit that reads best (a tiny model: MiB, not GiB)
     size = sum(item.stat().st_size for item in model.rglob("*") if item.is_file()) / 2**20
-    assert f"\n  my-model       variant base, {size:.1f} MB, sha256 ok; " in text.stdout
+    assert f"\n  my-model       variant base, {size:.1f} MiB, sha256 ok; " in text.stdout
 
     weights = model / "model.safetensors"
     data = bytearray(weights.read_bytes())

@@ -21,14 +21,17 @@ import pengi_search
 from pengi_search.classify import Prediction
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
+from pengi_search.decoding import GenerationConfig
+from pengi_search.embedders import HubUnreachableError
 from pengi_search.errors import UsageError
-from pengi_search.evaluation.captioning import evaluate_captions
+from pengi_search.evaluation.captioning import evaluate_captions, library_captions
 from pengi_search.evaluation.classification import evaluate_classification, label_notes
 from pengi_search.evaluation.datasets import DatasetError, audio_digest, read_caption_set
 from pengi_search.evaluation.metrics import bleu, cider_d, rouge_l, tokenize
 from pengi_search.evaluation.multilabel import evaluate_multi_label
 from pengi_search.evaluation.report import ReportError, build_report, compare_reports, load_report, write_report
 from pengi_search.evaluation.retrieval import available_rankings, evaluate_retrieval
+from pengi_search.inference import Engine
 from pengi_search.library import Library
 from pengi_search.pathnames import shown
 from pengi_search.search import Filters, SearchScope, audio_query_embedder, query_embedder, query_text
@@ -304,7 +307,7 @@ def test_caption_evaluation_of_stored_captions(known, tiny_model_dir):
     captions, caption_set = known
     with Library.open(captions.db) as library:
         embedder = query_embedder(library, str(tiny_model_dir), "cpu")
-        result = evaluate_captions(library, caption_set, embedder, java=False)
+        result = evaluate_captions(caption_set, library_captions(library, caption_set), embedder, java=False)
     # The stored captions carry no score, so the first window stands for the rain file.
     generated = {item["path"]: item["generated"] for item in result["items"]}
     assert generated == {
@@ -670,6 +673,85 @@ def test_eval_caption_end_to_end(tones, tiny_model_dir):
     assert report["metrics"]["METEOR"] is None
     assert "Captions answer the prompt: generate audio caption." in (out / "report.md").read_text()
     assert compare_reports(report, report)["notes"] == []  # it records every setting compare looks for
+
+
+@pytest.fixture
+def no_text_embedder(monkeypatch, no_internet):
+    """No text embedder can be had: any attempt to open one, or to reach the network, fails the test."""
+
+    def refused(*_args, **_kwargs):
+        raise AssertionError("a text embedder was opened")
+
+    monkeypatch.setattr("pengi_search.embedders.SentenceTransformerEmbedder.__init__", refused)
+    monkeypatch.setattr("pengi_search.embedders.open_text_embedder", refused)
+
+
+def test_eval_caption_of_a_model_without_text_tower_scores_every_metric_that_needs_no_embedder(
+    tones, tiny_no_text_model_dir, no_text_embedder
+):
+    out = tones / "runs" / "no-text"
+    result = run(
+        "eval", "caption", tones / "captions.csv", "--audio-root", tones / "audio", "-o", out,
+        "--no-java-metrics", *quick(tiny_no_text_model_dir),
+    )  # fmt: skip
+    assert result.exit_code == EXIT_PARTIAL, result.output  # gone.wav is left out, nothing else
+    report = json.loads((out / "report.json").read_text())
+    assert report["skipped"] == [{"path": "gone.wav", "error": "not found under the audio root"}]
+    # Each file's caption is its best window's answer to the caption prompt, as describe decodes it.
+    engine = Engine.load(tiny_no_text_model_dir, "cpu", 4)
+    caption_set = read_caption_set(tones / "captions.csv", tones / "audio")
+    generated = []
+    for item in caption_set.found:
+        windows = engine.describe(item.path, ["generate audio caption"], GenerationConfig(beam=2, max_len=3))
+        generated.append(max(windows, key=lambda w: w.answers["generate audio caption"].score))
+    assert [item["generated"] for item in report["items"]] == [
+        w.answers["generate audio caption"].text for w in generated
+    ]
+    assert [item["window"] for item in report["items"]] == [[w.start_s, w.end_s] for w in generated]
+    cands = [tokenize(item["generated"]) for item in report["items"]]
+    refs = [[tokenize(c) for c in item.captions] for item in caption_set.found]
+    metrics = report["metrics"]
+    assert [metrics[f"BLEU-{n}"] for n in range(1, 5)] == pytest.approx(bleu(cands, refs))
+    assert metrics["ROUGE-L"] == pytest.approx(np.mean(rouge_l(cands, refs)))
+    assert metrics["CIDEr-D"] == pytest.approx(np.mean(cider_d(cands, refs)))
+    # Only the embedding cosine is left out, said on one line with what gives it.
+    assert metrics["embedding_cosine"] is None
+    assert all(item["embedding_cosine"] is None for item in report["items"])
+    why = report["unavailable"]["embedding_cosine"]
+    assert "no text tower" in why and "--text-embedder sentence-transformers:NAME" in why
+    assert f"embedding_cosine not computed: {why}\n" in result.stdout
+    assert report["setup"]["text_embedder"] is None and report["setup"]["database"] is None
+    assert not (out / "index.db").exists()  # no library: its captions would need a text embedder
+    assert compare_reports(report, report)["notes"] == []  # it records every setting compare looks for
+
+
+def test_eval_caption_of_a_library_whose_embedder_cannot_be_opened_scores_the_other_metrics(
+    tones, tiny_model_dir, monkeypatch
+):
+    unreachable = HubUnreachableError("sentence-transformers:me/mini", "not in the Hugging Face cache")
+
+    def offline(*_args, **_kwargs):
+        raise unreachable
+
+    monkeypatch.setattr("pengi_search.search.query_embedder", offline)
+    out = tones / "runs" / "embedder-offline"
+    args = ["eval", "caption", tones / "captions.csv", "--audio-root", tones / "audio", "-o", out]
+    result = run(*args, "--no-java-metrics", *quick(tiny_model_dir))
+    assert result.exit_code == EXIT_PARTIAL, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["unavailable"]["embedding_cosine"] == str(unreachable)
+    assert report["metrics"]["embedding_cosine"] is None and report["metrics"]["CIDEr-D"] is not None
+
+
+def test_eval_classify_by_likelihood_needs_no_text_embedder(tones, tiny_no_text_model_dir, no_text_embedder):
+    truth = write(tones / "truth.csv", "file,label\nlow.wav,low\nmid.wav,mid\nhigh.flac,high\nlong.wav,long\n")
+    out = tones / "runs" / "no-text-classify"
+    result = run(
+        "eval", "classify", tones / "audio", "--truth", truth, "--method", "loglik", "--model", tiny_no_text_model_dir,
+        "--device", "cpu", "-o", out,
+    )  # fmt: skip
+    assert result.exit_code == EXIT_OK, result.output
+    assert json.loads((out / "report.json").read_text())["evaluated"]["files"] == 4
 
 
 def test_eval_classify_end_to_end(known, tiny_model_dir, tmp_path):

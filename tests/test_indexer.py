@@ -14,7 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import indexer.pipeline as pipeline
+import indexer.audio_pass as audio_pass
 from indexer.captions import IndexModel
 from indexer.pipeline import run_index
 from indexer.shard import Rank, Shard
@@ -280,14 +280,14 @@ def test_known_bad_files_are_not_retried_unless_asked(tiny_model_dir, tree, tmp_
     assert [Path(f.path).name for f in first.failed] == ["broken.wav"] and first.partial
 
     decoded: list[str] = []
-    real = pipeline.decode_all
+    real = audio_pass.decode_all
 
     def recording(jobs, workers, *args):
         jobs = list(jobs)
         decoded.extend(Path(job.path).name for job in jobs)
         return real(jobs, workers, *args)
 
-    monkeypatch.setattr(pipeline, "decode_all", recording)
+    monkeypatch.setattr(audio_pass, "decode_all", recording)
     again = run_index(quick_options([tree], db, tiny_model_dir))
     assert (again.skipped_errors, again.failed, decoded) == (1, [], [])
     retried = run_index(quick_options([tree], db, tiny_model_dir, retry_errors=True))

@@ -110,3 +110,43 @@ def test_a_kill_9_in_the_middle_of_an_upgrade_leaves_the_library_as_it_was(db_ur
     assert ended.returncode == -9, ended.stderr
     assert revision(db_url) == "0001"
     assert rows(db_url) == before
+
+
+def schema_of_audio_files(db_url: str) -> dict[str, object]:
+    """What the rebuild of `audio_files` must keep: its indexes, the foreign keys to and from it, and its checks."""
+    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as connection:
+        pragma = connection.execute
+        sql = pragma("SELECT sql FROM sqlite_master WHERE name = 'audio_files'").fetchone()[0]
+        return {
+            "indexes": sorted(index[1:] for index in pragma("PRAGMA index_list(audio_files)")),  # but their order
+            "references": pragma("PRAGMA foreign_key_list(audio_files)").fetchall(),
+            "referred_by": pragma("PRAGMA foreign_key_list(windows)").fetchall(),
+            "checks": sorted(line.strip(" \t,") for line in sql.splitlines() if "CHECK" in line or "UNIQUE" in line),
+            "autoincrement": "AUTOINCREMENT" in sql,
+        }
+
+
+def test_upgrading_a_0006_library_keeps_every_row_and_key_and_then_never_reuses_a_file_id(db_url):
+    """0007 rebuilds `audio_files` with AUTOINCREMENT (the downgrade without), foreign keys off so that dropping the
+    old table deletes no window: every file, window, text and vector stays, with their ids and keys, and the newest
+    file removed after the upgrade, the next file takes a new id."""
+    with Store.open(db_url) as store:
+        for seed, path in enumerate(["/lib/a.wav", "/lib/b.wav", "/lib/c.wav"]):
+            indexed_file(store, path, count=2, seed=seed)
+        newest = store.get_file("/lib/c.wav").id
+    upgraded = schema_of_audio_files(db_url)
+    before = rows(db_url)
+    with migrating(db_url) as (config, _connection):
+        command.downgrade(config, "0006")
+    assert revision(db_url) == "0006" and not schema_of_audio_files(db_url)["autoincrement"]
+    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as connection:
+        assert connection.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audio_files'").fetchone() is None
+
+    assert rows(db_url) == before  # opened, so upgraded to the head again
+    assert revision(db_url) == SCHEMA_HEAD
+    assert schema_of_audio_files(db_url) == upgraded and upgraded["autoincrement"]
+    with Store.open(db_url) as store:
+        assert store.get_file("/lib/c.wav").id == newest
+        assert store.remove("/lib/c.wav") == 1
+        assert store.stats()["window_count"] == 4  # the windows' foreign key still deletes a removed file's windows
+        assert indexed_file(store, "/lib/d.wav", seed=3) == newest + 1

@@ -146,7 +146,7 @@ def test_the_training_bar_counts_steps_with_steps_per_second_then_samples_per_se
     for _ in range(4):
         clock.now += 0.5
         rate.step(16)  # 16 samples a step, 2 steps a second
-    console = Console(file=io.StringIO(), force_terminal=True, width=200, record=True)
+    console = Console(file=Screen(), width=200, record=True)
     with TrainingProgress(total=1000, done=0, enabled=True, console=console) as bar:
         bar.advance(4, rate, loss=2.5)
     last = console.export_text().splitlines()[-1]
@@ -178,9 +178,15 @@ def test_no_bar_is_drawn_into_a_log_that_force_color_colours(monkeypatch):
     assert progress_bar(log).disable and download._progress_bar(True).disable
     with run_data.progress_bar(True) as advance:
         advance(5)
-    assert log.file.getvalue() == ""
+    with TrainingProgress(total=4, done=0, enabled=True, console=log) as training:
+        training.advance(1, loss=2.5)
+        training.print("step 1: a sample answer")  # the lines above the bar still reach the log, alone
+    assert log.file.getvalue() == "step 1: a sample answer\n"
     log.file = Screen()  # stderr on the terminal itself: the bars are drawn
     assert show_progress(quiet=False) and not progress_bar(log).disable and not download._progress_bar(True).disable
+    with TrainingProgress(total=4, done=0, enabled=True, console=log) as training:
+        training.advance(1, loss=2.5)
+    assert "1/4 steps" in log.file.getvalue()
 
 
 def watched_stderr(monkeypatch) -> Console:

@@ -230,15 +230,17 @@ def test_more_like_this_leaves_out_copies_of_its_file_as_similar_file_does(tiny_
 
 def test_a_window_or_file_gone_since_the_page_was_made_says_so_and_what_to_do(tiny_model_dir, tmp_path):
     """A page's hits name windows and files by id; indexed again (a changed file's windows are new ones) or removed
-    while the page is open, they are gone: said so, not "no such window", which the page would contradict. An id
-    that never named one is still no such window."""
+    while the page is open, they are gone: said so, not "no such window", which the page would contradict. The
+    newest file's too: ids are never given again, so one up to the highest ever given was there. An id that never
+    named one is still no such window."""
     sounds, db = tmp_path / "sounds", tmp_path / "lib.db"
     for i, name in enumerate(["a.wav", "b.wav", "c.wav"]):
         write_tone(sounds / name, 2.0, freq=300.0 + 100 * i)
     index_folder(str(db), sounds, tiny_model_dir)
     with client_for(CaptionLibrary(str(db), sounds, {}), tiny_model_dir) as client:
         hits = client.get("/api/search", params={"q": "a tone", "k": 3, "rank": "audio"}).json()
-        first = min(hits, key=lambda hit: hit["file_id"])  # not the newest file: a new one never takes its id
+        first = max(hits, key=lambda hit: hit["window_id"])  # the newest window, of the newest file
+        assert first["file_id"] == max(hit["file_id"] for hit in hits)
         with Store.open(db) as store:
             assert store.remove(first["path"]) == 1
         gone = "no longer in the index (its file was indexed again, moved or removed since): search again"
@@ -336,7 +338,7 @@ def test_a_range_of_a_unit_other_than_bytes_is_ignored_and_a_malformed_one_refus
     assert client.get(f"/api/files/{bell['file_id']}/audio", headers={"Range": "Bytes=0-1"}).status_code == 206
 
 
-def test_audio_and_spectrograms_the_browser_holds_are_not_sent_again(client, served, monkeypatch):
+def test_audio_spectrograms_and_waveforms_the_browser_holds_are_not_sent_again(client, served, monkeypatch):
     """Each carries an ETag; asked again with it (If-None-Match, as browsers re-request media), the answer is 304
     without a body, and nothing is cut or drawn for it. `Cache-Control: no-cache`: a file changed on disk since is
     refused (409) rather than answered from the browser's copy."""
@@ -347,6 +349,7 @@ def test_audio_and_spectrograms_the_browser_holds_are_not_sent_again(client, ser
         f"/api/files/{hum['file_id']}/audio",  # transcoded
         f"/api/windows/{rain['window_id']}/audio",
         f"/api/files/{rain['file_id']}/spectrogram.png",
+        f"/api/windows/{rain['window_id']}/peaks",  # a waveform: each page load asked for it again
     ]
     tags = {}
     for path in paths:
@@ -361,6 +364,7 @@ def test_audio_and_spectrograms_the_browser_holds_are_not_sent_again(client, ser
 
     monkeypatch.setattr(media, "window_wav", never)
     monkeypatch.setattr(media, "spectrogram_png", never)
+    monkeypatch.setattr(media, "peaks", never)
     for path, tag in tags.items():
         for sent in (tag, f"W/{tag}", f'"other", {tag}', "*"):
             for method in ("GET", "HEAD"):

@@ -355,6 +355,56 @@ def test_at_phone_width_nothing_scrolls_sideways_and_a_sent_form_says_it_is_busy
     assert sent == ["Describing…", True, "true"]
 
 
+def test_play_hit_pauses_a_playing_hit_and_resumes_it_as_a_media_players_button_does(server, driver):
+    """Pressed while its hit plays, *Play hit* pauses it and says it plays again; pressed again (Space on it, as on
+    the hit's waveform), the hit goes on from where it was paused, not from its start."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    address, _library = server
+    driver.get(f"{address}/?q=thunder+rolls+in+the+distance&k=1")
+    hit = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "li.hit"), "search results")[0]
+    audio = hit.find_element(By.CSS_SELECTOR, "audio.player")
+    button = hit.find_element(By.CSS_SELECTOR, "button.play-hit")
+    button.click()
+    wait_for(driver, lambda d: audio_state(d, audio)["t"] > 4.0, "the hit playing past its first second")  # from 3 s
+    assert button.accessible_name == "Pause hit"
+    button.click()
+    wait_for(driver, lambda d: audio_state(d, audio)["paused"], "the hit paused")
+    paused_at = audio_state(driver, audio)["t"]
+    assert button.accessible_name == "Play hit" and 4.0 < paused_at < 10.0
+
+    driver.execute_script("arguments[0].focus()", button)
+    press(driver, Keys.SPACE)
+    wait_for(driver, lambda d: not audio_state(d, audio)["paused"], "the hit playing again")
+    assert audio_state(driver, audio)["t"] >= paused_at - 0.05  # from there: back at the start it would be near 3 s
+    assert button.accessible_name == "Pause hit"
+
+    driver.execute_script("arguments[0].focus()", hit.find_element(By.CSS_SELECTOR, "canvas.waveform"))
+    press(driver, Keys.SPACE)
+    wait_for(driver, lambda d: audio_state(d, audio)["paused"], "the hit paused from its waveform")
+    assert button.accessible_name == "Play hit"
+
+
+def test_the_timelines_windows_are_a_fingers_height_on_a_phone_and_as_they_were_with_a_mouse(server, driver):
+    """The lanes of a file's timeline: 10 px tall on a desktop screen, too small a target for a finger on a phone,
+    where they are 44 px (WCAG 2.5.5)."""
+
+    address, _library = server
+    page = f"{address}/files/{top_hit(address, 'thunder rolls in the distance')['file_id']}"
+    heights = "return Array.from(document.querySelectorAll('.timeline .lane'), (lane) => lane.offsetHeight)"
+    driver.get(page)
+    assert set(driver.execute_script(heights)) == {10}
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride", {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True}
+    )
+    try:
+        driver.get(page)
+        assert set(driver.execute_script(heights)) == {44}
+    finally:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
 def test_the_first_tab_stop_is_a_link_past_the_header_shown_only_while_focused(server, driver):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -924,7 +974,7 @@ def test_a_hit_gone_from_the_index_since_the_page_was_made_says_so_when_played(
     shows, where it said "no such file in the index" of a file the page lists."""
     from selenium.webdriver.common.by import By
 
-    two = {"bell.wav": (2.0, ["a bell rings"]), "hum.wav": (2.0, ["a low hum"])}  # bell.wav: the lower file id
+    two = {"bell.wav": (2.0, ["a bell rings"]), "hum.wav": (2.0, ["a low hum"])}
     with serving(tmp_path_factory.mktemp("reindexed"), tiny_model_dir, two) as (address, library):
         driver.get(f"{address}/?q=a+bell+rings&k=1")
         hit = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "li.hit"), "search results")[0]

@@ -59,6 +59,7 @@ from pengi_search.db.migrate import SCHEMA_HEAD, alembic_config, migrate, migrat
 from pengi_search.db.queries import IDS_PER_QUERY
 from pengi_search.db.schema import Base
 from pengi_search.errors import EXIT_USAGE
+from pengi_search.serve import catalog
 
 MODEL = ModelInfo("pengi-base", "a" * 64)
 EMBEDDER = EmbedderInfo("pengi-clip-text", 4)
@@ -136,6 +137,16 @@ def test_open_migrates_to_head_and_models_match_the_migrations(store: Store) -> 
     assert store.stats()["schema_revision"] == SCHEMA_HEAD
     with store.session() as session:
         assert compare_metadata(MigrationContext.configure(session.connection()), Base.metadata) == []
+
+
+def test_the_sqlite_tables_whose_ids_are_never_reused_are_those_the_models_say(tmp_path: Path) -> None:
+    """`compare_metadata` does not see SQLite's AUTOINCREMENT: the migrated tables that have it are the models' own
+    (windows: FAISS files are matched by id; files: pages and scripts name them by id)."""
+    with Store.open(tmp_path / "index.db") as store, store.session() as session:
+        tables = session.connection().exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type = 'table'")
+        migrated = {name for name, sql in tables if "AUTOINCREMENT" in sql}
+    modelled = {table.name for table in Base.metadata.sorted_tables if table.dialect_options["sqlite"]["autoincrement"]}
+    assert migrated == modelled == {"audio_files", "windows"}
 
 
 def test_sqlite_connections_use_wal_and_foreign_keys(tmp_path: Path) -> None:
@@ -834,6 +845,26 @@ def test_remove_a_file_or_a_folder(store: Store) -> None:
     assert store.remove("/lib/nothing") == 0
     assert list(store.all_file_stamps()) == ["/lib/xy/c.wav"]
     assert len(store.vector_ids("audio")) == 2
+
+
+def test_a_removed_files_id_is_never_given_to_another_file(store: Store) -> None:
+    """A page or script holding a file's id (`/api/files/ID`, a hit's `file_id`) must not find another file under it:
+    the newest file removed, the next file indexed takes a new id (SQLite's rowid would take the removed one)."""
+    indexed_file(store, "/lib/a.wav")
+    newest = indexed_file(store, "/lib/b.wav", seed=1)
+    assert store.remove("/lib/b.wav") == 1
+    assert indexed_file(store, "/lib/c.wav", seed=2) > newest
+
+
+def test_the_highest_ids_ever_given_count_the_removed_newest_file_and_its_windows(store: Store) -> None:
+    """What `serve` tells "gone since the page was made" from "never there" by: an id up to the highest ever given
+    was there once, the newest file's removed since too."""
+    assert (catalog.highest_file_id(store), catalog.highest_window_id(store)) == (0, 0)
+    indexed_file(store, "/lib/a.wav")
+    newest = indexed_file(store, "/lib/b.wav", count=3, seed=1)
+    windows_given = max(store.vector_ids("audio"))
+    assert store.remove("/lib/b.wav") == 1
+    assert (catalog.highest_file_id(store), catalog.highest_window_id(store)) == (newest, windows_given)
 
 
 def test_stats(store: Store) -> None:

@@ -37,9 +37,10 @@ from pengi_search.model import Pengi, gpt2_config
 from pengi_search.model_dir import WEIGHTS_FILE, ModelDir
 from pengi_search.testing import tiny_clip_tokenizer, tiny_config, tiny_gpt2_tokenizer
 from pengi_search.tokenization import Tokenizers
+from pengi_search.torchrun_env import Place
 from pengi_search.versions import software_versions
 from trainer.config import ConfigError, TrainConfig, load_config, parse_overrides
-from trainer.distributed import resolve_device
+from trainer.distributed import resolve_device, start_processes
 from trainer.dry_run import dry_run_report
 from trainer.evaluation import generate_answers
 from trainer.export import export_checkpoint
@@ -736,6 +737,20 @@ def test_a_clip_that_fails_to_load_is_skipped_counted_and_said_once_as_every_com
 
 
 # --- Distributed ------------------------------------------------------------------------------------------------
+
+
+def test_a_process_holds_its_place_as_torchrun_env_reads_it_and_knows_its_rank_from_it(monkeypatch):
+    """One source for rank, world size and local rank (`torchrun_env.place`): a hand-set LOCAL_RANK without RANK,
+    one machine, is rank 1 of 2 (the process group is not started here: it is already "initialised")."""
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    processes = start_processes("cpu")
+    assert processes.place == Place(rank=1, world_size=2, local_rank=1, launched=True)
+    assert (processes.rank, processes.world_size, processes.local_rank) == (1, 2, 1)
+    assert processes.distributed and not processes.main and processes.device == torch.device("cpu")
 
 
 def test_a_machine_with_more_processes_than_gpus_is_refused_before_the_set_up(monkeypatch):

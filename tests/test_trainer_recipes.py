@@ -362,13 +362,37 @@ def test_a_labelled_run_reports_accuracy_keeps_the_best_model_and_plots(tmp_path
     assert evals[-1]["loglik_top_k"] == 1.0  # four labels, top 5
     assert evals[-1]["val_loss"] < evals[0]["val_loss"]
     (end,) = read_metrics(run / METRICS_FILE, "end")
-    best = max(evals, key=lambda e: e["accuracy"])  # the first of the best ones
+    # The best accuracy; on a tie the lower validation loss, then the earlier step.
+    best = min(evals, key=lambda e: (-e["accuracy"], e["val_loss"], e["step"]))
     assert end["best"]["best_step"] == best["step"] and end["best"]["best"] == best["accuracy"]
+    tied = sorted(e["step"] for e in evals if e["accuracy"] == best["accuracy"] and e is not best)
+    rule = end["best"]["rule"]  # the log says which rule chose it, and so does the run's last line when not the metric
+    assert rule == "accuracy" if not tied else rule.startswith("lower val_loss (accuracy tied with step")
+    assert read_metrics(run / METRICS_FILE, "best")[-1]["step"] == best["step"]
+    assert any(line.startswith("best accuracy") and (rule == "accuracy" or rule in line) for line in said)
     assert json.loads((run / "best-model" / "config.json").read_text())["trained"]["steps"] == best["step"]
     assert (run / "checkpoints" / "best.pt").is_file() and (run / PLOT_FILE).stat().st_size > 10_000
     samples = read_metrics(run / METRICS_FILE, "samples")[-1]["samples"]
     assert len({sample["answer"] for sample in samples}) == 4  # one of each class
     assert all(record["samples_per_s"] > 0 for record in read_metrics(run / METRICS_FILE, "train"))
+
+
+def test_a_run_whose_evaluations_all_tie_keeps_the_first_and_says_which_rule_chose_it(tmp_path, tiny_no_text_model_dir):
+    # A learning rate too small to move any weight: every evaluation scores the same accuracy and validation loss.
+    overrides = {"optimization__lr": 1e-30, "optimization__max_steps": 15, "evaluation__samples": 0}
+    config_path = label_run_config(tmp_path, tiny_no_text_model_dir, **overrides)
+    result = cli("train", str(config_path))
+    assert result.exit_code == EXIT_OK, result.output
+    run = tmp_path / "run"
+    losses = {e["val_loss"] for e in read_metrics(run / METRICS_FILE, "eval")}
+    assert max(losses) - min(losses) < 1e-6
+    rule = "earlier step (accuracy and val_loss tied with steps 10, 15)"
+    (end,) = read_metrics(run / METRICS_FILE, "end")
+    assert end["best"]["best_step"] == 5 and end["best"]["rule"] == rule
+    assert [record["rule"] for record in read_metrics(run / METRICS_FILE, "best")] == ["accuracy"]  # when written
+    assert json.loads((run / "best-model" / "config.json").read_text())["trained"]["rule"] == "accuracy"
+    best_line = next(line for line in result.output.splitlines() if line.startswith("best accuracy"))
+    assert f"at step 5, chosen by {rule}: " in best_line
 
 
 def test_a_run_its_dry_run_and_export_name_the_paths_the_config_resolved_as_typed_here(

@@ -45,4 +45,15 @@ def test_a_word_written_apart_from_its_count_agrees_with_it():
 
 
 def test_a_size_reads_in_the_unit_that_suits_it_so_a_small_model_is_not_zero():
-    assert [size_text(n) for n in (512, 2048, 5_246_130, 2_300_000_000)] == ["512.0 B", "2.0 KB", "5.0 MB", "2.1 GB"]
+    assert [size_text(n) for n in (512, 2048, 5_246_130, 2_300_000_000)] == ["512.0 B", "2.0 KiB", "5.0 MiB", "2.1 GiB"]
+
+
+def test_a_size_names_its_units_as_the_powers_of_1024_they_are():
+    """Divided by 1024 and called KB, MB, GB, a size read 2.1 GB for 2.3 GB (and a MB was not the server's MiB)."""
+    assert [size_text(n) for n in (1023, 1024, 2**20, 3 * 2**30, 2**40)] == [
+        "1023.0 B",
+        "1.0 KiB",
+        "1.0 MiB",
+        "3.0 GiB",
+        "1.0 TiB",
+    ]

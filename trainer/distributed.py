@@ -16,14 +16,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from pengi_search.torchrun_env import SIBLINGS_WAIT_S, gpu_of_process, place, wait_until_ended
+from pengi_search.torchrun_env import SIBLINGS_WAIT_S, Place, PlacedProcess, gpu_of_process, place, wait_until_ended
 
 
 @dataclass(frozen=True)
-class Processes:
-    rank: int
-    world_size: int
-    local_rank: int
+class Processes(PlacedProcess):
+    """This process's place in the run (as `place` read it: the one source of its rank) and its device."""
+
+    place: Place
     device: torch.device
 
     @property
@@ -53,7 +53,7 @@ def start_processes(device_choice: str) -> Processes:
         # The rank as `place` reads it: a hand-set LOCAL_RANK stands for a RANK left out (one machine).
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, init_method="env://", rank=here.rank, world_size=here.world_size)
-    return Processes(here.rank, here.world_size, here.local_rank, device)
+    return Processes(here, device)
 
 
 def part_processes(processes: Processes) -> list[int]:

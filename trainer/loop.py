@@ -498,7 +498,8 @@ class Trainer:
         )
         validated = evaluation.record if self.data.val_set is not None else None
         report_evaluation(self.metrics, self.progress, step, validated, evaluation.samples)
-        improved = self.processes.main and self.best.update(step, evaluation.record.get(self.best.metric))
+        record = evaluation.record
+        improved = self.processes.main and self.best.update(step, record.get(self.best.metric), record.get("val_loss"))
         exhausted = self.processes.main and self.best.exhausted
         improved_flag, exhausted_flag = sum_across(self.processes, [float(improved), float(exhausted)])
         if improved_flag and self.config.checkpoints.keep_best:
@@ -523,12 +524,13 @@ class Trainer:
             return  # another process than rank 0, which alone writes
         if best:
             self._export(self.config.output_dir / BEST_MODEL_DIR, best=True)
-        self.metrics.write("best" if best else "checkpoint", step=self.position.step, path=str(path))
+        chosen = {"rule": self.best.rule} if best else {}  # what made it the best (`BestTracker.rule`)
+        self.metrics.write("best" if best else "checkpoint", step=self.position.step, path=str(path), **chosen)
 
     def _export(self, directory: Path, best: bool = False) -> Path:
         extra: dict[str, Any] = {"provenance": self.provenance}
         if best:
-            extra |= {"metric": self.best.metric, "value": self.best.best}
+            extra |= {"metric": self.best.metric, "value": self.best.best, "rule": self.best.rule}
         return export_model(
             self.model,
             self.tokenizers,
@@ -566,6 +568,8 @@ class Trainer:
         self.console.print(f"model written to {shown_path(model_dir)}", soft_wrap=True, markup=False)
         if self.best.best_step is not None and self.config.checkpoints.keep_best:
             best = f"best {self.best.metric} {self.best.best:.4f} at step {self.best.best_step}"
+            if self.best.rule != self.best.metric:  # a tie in the metric, broken by the loss or the step
+                best += f", chosen by {self.best.rule}"
             self.console.print(f"{best}: {shown_path(folder / BEST_MODEL_DIR)}", soft_wrap=True, markup=False)
         wait_for_all(self.processes)
         return model_dir

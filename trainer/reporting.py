@@ -15,7 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from pengi_search.consoles import make_console
+from pengi_search.consoles import is_watched, make_console
 from pengi_search.messages import print_skipped
 from pengi_search.paths import as_typed
 from pengi_search.progress import CountColumn, per_second
@@ -156,10 +156,12 @@ def _step(line: str) -> float:
 
 class TrainingProgress:
     """A progress bar over optimizer steps (`120/1000 steps  1.6 steps/s`, then samples/s and the loss); a no-op when
-    quiet or not on rank 0."""
+    quiet or not on rank 0. The bar is drawn only where a person watches (`consoles.is_watched`): a log that
+    FORCE_COLOR colours would get its frames. The lines printed above it (`print`) go out wherever stderr goes."""
 
     def __init__(self, total: int, done: int, enabled: bool, console: Console | None = None) -> None:
         self.enabled = enabled
+        console = console or make_console(stderr=True)
         self._progress = Progress(
             TextColumn("training"),
             BarColumn(),
@@ -167,8 +169,8 @@ class TrainingProgress:
             TextColumn(" {task.fields[samples]}  loss {task.fields[loss]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
-            console=console or make_console(stderr=True),
-            disable=not enabled,
+            console=console,
+            disable=not (enabled and is_watched(console)),
         )
         fields = {"unit": "steps", "rate": None, "samples": "- samples/s", "loss": "-"}
         self._task = self._progress.add_task("training", total=total, completed=done, **fields)

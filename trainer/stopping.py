@@ -1,6 +1,6 @@
 """When a run stops early: Ctrl-C or SIGTERM (after the current step, with a checkpoint and a model) and early
-stopping on the validation metric (the best evaluation so far is kept, `evaluation.patience` bounds the wait for a
-better one).
+stopping on the validation metric (the best evaluation so far is kept, ties broken by the validation loss;
+`evaluation.patience` bounds the wait for a better one).
 """
 
 from __future__ import annotations
@@ -8,8 +8,11 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from pengi_search.stop_signals import STOP_SIGNALS, note_stop_signal, on_stop_signals
+from pengi_search.ties import TIE_TOLERANCE
+from pengi_search.units import for_count
 
 LOWER_IS_BETTER = frozenset({"val_loss"})
 
@@ -86,40 +89,93 @@ class InterruptRequest:
 
 @dataclass
 class BestTracker:
-    """The best value of one metric over the evaluations, and how many evaluations have passed since."""
+    """The best evaluation so far and how many evaluations have passed since. Best is the better `metric`; on a
+    tie (within `TIE_TOLERANCE`: a flat accuracy, 0.0 at every evaluation of a run that has not yet learnt its
+    labels) the lower validation loss, which still tells a model that learns from one that does not; on a tie in
+    both, the earlier evaluation, so that an evaluation that is no better in any way does not reset the patience.
+    `rule` says which of these chose the best one."""
 
     metric: str
     patience: int | None = None
     best: float | None = None
     best_step: int | None = None
+    best_loss: float | None = None  # the best evaluation's validation loss
+    tied: list[tuple[int, float | None]] = field(default_factory=list)  # (step, val loss) of evaluations whose
+    # metric ties the best one's, which the loss or the step ranked below it
     since_best: int = 0
-    history: list[tuple[int, float]] = field(default_factory=list)
 
-    def better(self, value: float) -> bool:
-        if self.best is None:
-            return True
-        return value < self.best if self.metric in LOWER_IS_BETTER else value > self.best
-
-    def update(self, step: int, value: float | None) -> bool:
-        """Record an evaluation; True when it is the new best."""
+    def update(self, step: int, value: float | None, loss: float | None = None) -> bool:
+        """Record an evaluation of `metric` `value` and validation `loss` at `step`; True when it is the new best."""
         if value is None or math.isnan(value):
             return False
-        self.history.append((step, value))
-        if self.better(value):
-            self.best, self.best_step, self.since_best = value, step, 0
+        if self.best is None or self._better(value):
+            self.best, self.best_step, self.best_loss, self.tied, self.since_best = value, step, loss, [], 0
             return True
+        if not _tied(value, self.best):
+            self.since_best += 1
+            return False
+        if _lower(loss, self.best_loss):  # the metric ties: the model that fits the validation set better wins
+            assert self.best_step is not None  # set with `best`
+            self.tied = [*self.tied, (self.best_step, self.best_loss)]
+            self.best, self.best_step, self.best_loss, self.since_best = value, step, loss, 0
+            return True
+        self.tied = [*self.tied, (step, loss)]
         self.since_best += 1
         return False
+
+    def _better(self, value: float) -> bool:
+        assert self.best is not None
+        if self.metric in LOWER_IS_BETTER:  # the validation loss itself: no tie to break
+            return value < self.best
+        return value > self.best and not _tied(value, self.best)
+
+    @property
+    def rule(self) -> str | None:
+        """What chose the best evaluation, as the run's log says it: the metric, else (its value tied with other
+        evaluations') the lower validation loss, else (that tied too) the earlier step. None before any."""
+        if self.best_step is None:
+            return None
+        if not self.tied:
+            return self.metric
+        steps = for_count(len(self.tied), "step ", "steps ") + ", ".join(str(step) for step, _ in self._tied_in_order)
+        if all(_lower(self.best_loss, loss) for _, loss in self.tied):
+            return f"lower val_loss ({self.metric} tied with {steps})"
+        return f"earlier step ({self.metric} and val_loss tied with {steps})"
+
+    @property
+    def _tied_in_order(self) -> list[tuple[int, float | None]]:
+        return sorted(self.tied, key=lambda pair: pair[0])
 
     @property
     def exhausted(self) -> bool:
         return self.patience is not None and self.since_best >= self.patience
 
-    def state(self) -> dict[str, float | int | None]:
-        return {"best": self.best, "best_step": self.best_step, "since_best": self.since_best}
+    def state(self) -> dict[str, Any]:
+        return {
+            "best": self.best,
+            "best_step": self.best_step,
+            "best_val_loss": self.best_loss,
+            "tied": [list(pair) for pair in self._tied_in_order],
+            "rule": self.rule,
+            "since_best": self.since_best,
+        }
 
-    def restore(self, state: dict[str, float | int | None]) -> None:
+    def restore(self, state: dict[str, Any]) -> None:
+        """The state a checkpoint kept (`state`); one written before ties were broken by the loss has no loss and
+        no ties, and breaks later ties as if its best evaluation's loss were unknown (it then keeps its best)."""
         self.best = state.get("best")
         best_step = state.get("best_step")
         self.best_step = int(best_step) if best_step is not None else None
+        self.best_loss = state.get("best_val_loss")
+        self.tied = [(int(step), loss) for step, loss in state.get("tied") or ()]
         self.since_best = int(state.get("since_best") or 0)
+
+
+def _tied(a: float, b: float) -> bool:
+    return abs(a - b) <= TIE_TOLERANCE
+
+
+def _lower(loss: float | None, than: float | None) -> bool:
+    """Whether `loss` is lower than `than` beyond a tie; an unknown loss is lower than none and none is lower than
+    it (the metric's tie then stands, and the earlier evaluation is kept)."""
+    return loss is not None and than is not None and loss < than - TIE_TOLERANCE

@@ -165,7 +165,6 @@ def classify(
 
     Example: pengi-search classify recordings/ extra.wav --labels labels.txt --output predictions.csv --truth truth.csv
     """
-    from ..classify import evaluate
     from ..model_dir import ModelDir
 
     apply_threads(compute.threads)
@@ -188,7 +187,7 @@ def classify(
         visible=show_progress(quiet, json_output),
         texts=texts,
     )
-    metrics = None if known is None else evaluate(predictions, known)
+    metrics = None if known is None else _scored(predictions, known)
     outcome = Outcome(scoring.method, label_list, predictions, failures, metrics)
     if output is not None:
         _write_csv(outcome, output, top)
@@ -199,7 +198,7 @@ def classify(
     else:
         _show_csv(outcome, top, csv_written=output is not None)
     if metrics is not None:  # on stderr with --json too, as every warning: scripts read it there
-        _warn_unscored(metrics)
+        _warn_about_scores(metrics)
     if known is not None and truth is not None:  # after the scores, with the truth's other warning
         _warn_of_truth_labels_not_given(known, truth, predictions, label_list)
     raise typer.Exit(EXIT_PARTIAL if outcome.failures else EXIT_OK)
@@ -346,6 +345,16 @@ def _run_classifier(
     return predictions, failures
 
 
+def _scored(predictions: Sequence[Prediction], known: Truth) -> dict[str, Any]:
+    """The scores against the truth, with how far another order of tied labels moves them, as `eval classify`
+    says it (`ties`, `top_ties`, `notes`)."""
+    from ..classify import evaluate
+    from ..evaluation.classification import classify_truth_ties
+
+    metrics = evaluate(predictions, known)
+    return metrics | classify_truth_ties(predictions, known, metrics["accuracy"])
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Output
 
@@ -387,7 +396,7 @@ def _print_ranked(prediction: Prediction, top: int) -> None:
 
 
 def _print_metrics(metrics: dict[str, Any], console: Any) -> None:
-    if metrics["accuracy"] is None:  # nothing scored, which `_warn_unscored` says
+    if metrics["accuracy"] is None:  # nothing scored, which `_warn_about_scores` says
         return
     console.print(f"accuracy {metrics['accuracy']:.4f} ({metrics['correct']}/{metrics['files']} files)")
     table = plain_table()
@@ -398,12 +407,15 @@ def _print_metrics(metrics: dict[str, Any], console: Any) -> None:
     console.print(table)
 
 
-def _warn_unscored(metrics: dict[str, Any]) -> None:
-    """The classified files the truth does not list, as `eval classify` warns of them: on stderr, whichever
-    console the scores go to (or none, under --json, whose `metrics.unmatched` lists them)."""
+def _warn_about_scores(metrics: dict[str, Any]) -> None:
+    """The classified files the truth does not list, and how far tied labels could move the scores, as `eval
+    classify` warns of them: on stderr, whichever console the scores go to (--json too, whose `metrics.unmatched`
+    and `metrics.notes` hold them)."""
     from ..evaluation.report import unmatched_note
 
     if metrics["accuracy"] is None:
         warn("no classified file is in the truth file, so nothing is scored")
     elif metrics["unmatched"]:
         warn(unmatched_note(metrics["unmatched"]))
+    for note in metrics["notes"]:
+        warn(note)

@@ -2,13 +2,16 @@
 
 Both index the set's audio first (into the output folder's own library unless `--db` names one; files already
 indexed and unchanged are reused), then score what the library holds: the indexing step is the indexer's, here at
-the command line, and the scoring is `pengi_search.evaluation`'s.
+the command line, and the scoring is `pengi_search.evaluation`'s. A library needs a text embedder for its captions,
+which a model without text tower has not unless `--text-embedder` names one: `caption` then captions the files
+itself, with no library, and scores every metric but the embedding cosine.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -34,7 +37,7 @@ from .common import (
 )
 from .eval_report import OutputOption, Report, ReportJsonOption, finish
 from .first_use import fetches_model
-from .progress_bars import IndexProgress, progress_bar, show_progress
+from .progress_bars import IndexProgress, WindowProgress, progress_bar, show_progress
 
 if TYPE_CHECKING:
     from indexer.run_report import IndexSummary
@@ -42,6 +45,7 @@ if TYPE_CHECKING:
     from ..embedders import TextEmbedder
     from ..evaluation.datasets import CaptionSet
     from ..library import Library
+    from ..model_dir import ModelDir
 
 CaptionsArgument = Annotated[
     Path, typer.Argument(help="CSV with a file column and caption columns (Clotho or AudioCaps layout).")
@@ -86,6 +90,10 @@ ReindexOption = Annotated[
 
 
 Failures = dict[str, str]  # path -> why it could not be indexed
+OpenEmbedder = Callable[[], "TextEmbedder"]  # the library's caption embedder, opened when called
+NO_TOWER_COSINE = (
+    "needs a text embedder, and the model has no text tower: --text-embedder sentence-transformers:NAME gives one"
+)
 
 
 @dataclass(frozen=True)
@@ -142,7 +150,8 @@ def retrieval(
     from ..evaluation.retrieval import available_rankings, evaluate_retrieval
     from ..search import audio_query_embedder
 
-    def score(library: Library, caption_set: CaptionSet, embedder: TextEmbedder, failures: Failures) -> Report:
+    def score(library: Library, caption_set: CaptionSet, open_embedder: OpenEmbedder, failures: Failures) -> Report:
+        embedder = open_embedder()
         try:
             audio_embedder = audio_query_embedder(library, evalset.model, evalset.device, caption_embedder=embedder)
         except TextEmbedderError:  # a model without text tower: caption matching only
@@ -155,7 +164,8 @@ def retrieval(
             raise UsageError("", str(exc)) from None
         return evaluate_retrieval(library, caption_set, rankings, failures, notify=warn)
 
-    _evaluate_set("retrieval", captions, evalset, output, score, quiet=quiet, json_output=json_output)
+    caption_set = _prepared_set(captions, evalset, output)
+    _evaluate_set("retrieval", caption_set, evalset, output, score, quiet=quiet, json_output=json_output)
 
 
 @handle_errors
@@ -176,40 +186,100 @@ def caption(
     """Captioning: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, SPICE, SPIDEr and caption-embedding cosine.
 
     METEOR and SPICE need Java and the pycocoevalcap package (the `eval` extra; SPICE also Stanford CoreNLP);
-    without them the report says why they are missing.
+    without them the report says why they are missing. The embedding cosine needs a text embedder: a model without
+    text tower given no --text-embedder (nor --db) is scored on the other metrics, its files captioned unindexed.
 
     Example: pengi-search eval caption clotho_captions_evaluation.csv --audio-root clotho/evaluation -o runs/caption
     """
-    from ..evaluation.captioning import evaluate_captions
+    from ..evaluation.captioning import evaluate_captions, library_captions
+    from ..model_dir import ModelDir
 
-    def score(library: Library, caption_set: CaptionSet, embedder: TextEmbedder, failures: Failures) -> Report:
-        return evaluate_captions(library, caption_set, embedder, java=java_metrics, index_failures=failures)
+    def score(library: Library, caption_set: CaptionSet, open_embedder: OpenEmbedder, failures: Failures) -> Report:
+        captions = library_captions(library, caption_set)
+        return evaluate_captions(
+            caption_set, captions, _caption_embedder(open_embedder), java=java_metrics, failures=failures
+        )
 
-    _evaluate_set("caption", captions, evalset, output, score, quiet=quiet, json_output=json_output)
+    caption_set = _prepared_set(captions, evalset, output)  # its mistakes are said before the model is looked for
+    model_dir = ModelDir.resolve(evalset.model)
+    if model_dir.has_text_encoder or evalset.text_embedder is not None or evalset.db is not None:
+        _evaluate_set("caption", caption_set, evalset, output, score, quiet=quiet, json_output=json_output)
+        return
+    _caption_without_library(
+        caption_set, evalset, model_dir, output, java_metrics, quiet=quiet, json_output=json_output
+    )
 
 
-def _evaluate_set(
-    kind: str,
-    captions: Path,
+def _caption_embedder(open_embedder: OpenEmbedder) -> TextEmbedder | str:
+    """The library's caption embedder, or why it cannot be had (a sentence-transformers model not cached, offline):
+    only the embedding cosine needs it, so the other metrics are not held back for it."""
+    from ..embedders import HubUnreachableError, TextEmbedderError
+
+    try:
+        return open_embedder()
+    except (HubUnreachableError, TextEmbedderError) as exc:
+        return str(exc)
+
+
+def _caption_without_library(
+    caption_set: CaptionSet,
     evalset: EvalSet,
+    model_dir: ModelDir,
     output: Path,
-    score: Callable[[Library, CaptionSet, TextEmbedder, Failures], Report],
+    java: bool,
     *,
     quiet: bool,
     json_output: bool,
 ) -> None:
-    """Read the captioned set, index what the library lacks, `score` the library with its caption embedder (and the
-    files that failed to index), and write the `kind` report."""
+    """`eval caption` of a model without text tower and no text embedder (a `labels-*` model, offline): the files
+    are captioned now, with no library to keep them (a library's captions need a text embedder), and scored on
+    every metric but the embedding cosine."""
+    from ..choices import LongPrompt
+    from ..decoding import GenerationConfig
+    from ..evaluation.captioning import decoded_captions, decoding_of, evaluate_captions
+    from ..inference import Engine
+
+    prompt = (evalset.prompt or [TASK_PROMPTS["caption"]])[0]
+    engine = Engine.load(model_dir, evalset.device, evalset.batch_size, LongPrompt.cut)
+    generation = GenerationConfig(beam=evalset.beam, max_len=evalset.max_len, stop=StopRule.both)
+    engine.check_generation([prompt], generation)
+    with progress_bar() as bar:
+        progress = WindowProgress(bar, "captioning", visible=show_progress(quiet, json_output))
+        found, failures = decoded_captions(
+            engine, caption_set, prompt, generation, workers=evalset.workers, progress=progress
+        )
+    result = evaluate_captions(caption_set, found, NO_TOWER_COSINE, java=java, failures=failures)
+    setup = {
+        "model": model_dir.name,
+        "model_fingerprint": model_dir.fingerprint,
+        "text_embedder": None,
+        "database": None,  # nothing indexed: the captions were decoded for this report alone
+        **evalset.to_json(),
+        "caption_prompts": [prompt],
+        "caption_decoding": [decoding_of(decoding_settings(evalset.beam, evalset.max_len, StopRule.both), engine.mode)],
+    }
+    finish("caption", result, caption_set.to_json(), setup, None, output, json_output)
+
+
+def _evaluate_set(
+    kind: str,
+    caption_set: CaptionSet,
+    evalset: EvalSet,
+    output: Path,
+    score: Callable[[Library, CaptionSet, OpenEmbedder, Failures], Report],
+    *,
+    quiet: bool,
+    json_output: bool,
+) -> None:
+    """Index what the library lacks of the set, `score` the library with its caption embedder (opened when `score`
+    asks for it) and the files that failed to index, and write the `kind` report."""
     from ..evaluation.captioning import caption_origins
     from ..search import query_embedder
 
-    apply_threads(evalset.threads)
-    check_output_folder(output)
-    caption_set = _read_set(captions, evalset)
     library, summary = _indexed_library(caption_set, evalset, output, quiet=quiet, json_output=json_output)
     with library:
-        embedder = query_embedder(library, evalset.model, evalset.device)
-        result = score(library, caption_set, embedder, _failures(summary, library))
+        open_embedder = partial(query_embedder, library, evalset.model, evalset.device)
+        result = score(library, caption_set, open_embedder, _failures(summary, library))
         setup = _library_setup(library, evalset)
         setup |= caption_origins(library, [item.path or "" for item in caption_set.found])
     _warn_other_captions(setup, evalset)
@@ -232,6 +302,14 @@ def _warn_other_captions(setup: dict[str, Any], evalset: EvalSet) -> None:
             warn(
                 f"the library's captions of this set {what} {found}, not {wanted[key]!r}: --reindex captions them anew"
             )
+
+
+def _prepared_set(captions: Path, evalset: EvalSet, output: Path) -> CaptionSet:
+    """The captioned set, read once the threads are set and the output folder is known to be usable (both before
+    the model is looked for, and before anything runs)."""
+    apply_threads(evalset.threads)
+    check_output_folder(output)
+    return _read_set(captions, evalset)
 
 
 def _read_set(captions: Path, evalset: EvalSet) -> CaptionSet:

@@ -113,7 +113,12 @@ class AudioFileRow(Base):
     """One audio file: its stamp (size, mtime, content hash), decoded properties and indexing status."""
 
     __tablename__ = "audio_files"
-    __table_args__ = (CheckConstraint("status IN ('pending', 'indexed', 'error')", name="status"),)
+    # AUTOINCREMENT (revision 0007): SQLite must never hand a removed file's id to a new one, or a page or script
+    # holding `/api/files/ID` (or a hit's `file_id`) would name another file.
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'indexed', 'error')", name="status"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(RowId, primary_key=True)
     path: Mapped[str] = mapped_column(OsText, unique=True)

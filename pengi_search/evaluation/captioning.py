@@ -5,28 +5,35 @@ window with the best score (the model's mean log-probability per token): files l
 windows, and the one the model is surest of stands for the file. Scores: BLEU-1..4, ROUGE-L, CIDEr-D (`metrics`),
 METEOR and SPICE where Java can run them (`java_metrics`), SPIDEr = (CIDEr-D + SPICE) / 2, and the mean cosine
 between each generated caption and its references in the library's text embedding (how close in meaning, where
-n-gram metrics only count shared words).
+n-gram metrics only count shared words). Only that cosine needs a text embedder: without one (a model trained on
+labels has no text tower, and a sentence-transformers model may not be at hand offline) the captions are decoded
+here (`decoded_captions`) and every other metric is computed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..json_values import json_seconds
 from ..similar import stored_windows
+from ..window_batches import Progress, map_windows
 from . import java_metrics
-from .datasets import CaptionedFile, CaptionSet, left_out
+from .datasets import CaptionSet, left_out
 from .metrics import bleu, cider_d, mean, rouge_l, tokenize
 
 if TYPE_CHECKING:
+    from ..decoding import GenerationConfig
     from ..embedders import TextEmbedder
+    from ..inference import Engine
     from ..library import Library
 
 JAVA_SKIPPED = "not run (--no-java-metrics)"
+EMBEDDING_COSINE = "embedding_cosine"
 
 
 @dataclass(frozen=True)
@@ -43,12 +50,54 @@ def stored_caption(library: Library, path: str) -> GeneratedCaption | None:
     stored = stored_windows(library, path)
     if stored is None:
         return None
-    described = [(w, w.texts[0]) for w in stored.windows if w.texts]
-    if not described:
-        return None
-    # max keeps the first of equal scores: the earliest window wins a tie.
-    window, text = max(described, key=lambda pair: -np.inf if pair[1].score is None else pair[1].score)
-    return GeneratedCaption(text.text, text.prompt, window.start_s, window.end_s, text.score)
+    return best_caption(
+        GeneratedCaption(w.texts[0].text, w.texts[0].prompt, w.start_s, w.end_s, w.texts[0].score)
+        for w in stored.windows
+        if w.texts
+    )
+
+
+def best_caption(windows: Iterable[GeneratedCaption]) -> GeneratedCaption | None:
+    """The window's caption the model is surest of (None: no window); max keeps the first of equal scores, so the
+    earliest window wins a tie, and a caption without a score loses to any with one."""
+    return max(windows, key=lambda caption: -np.inf if caption.score is None else caption.score, default=None)
+
+
+def library_captions(library: Library, caption_set: CaptionSet) -> dict[str, GeneratedCaption]:
+    """The caption of each of the set's files that the library holds, by the file's name in the set."""
+    found = ((item.name, stored_caption(library, item.path or "")) for item in caption_set.found)
+    return {name: caption for name, caption in found if caption is not None}
+
+
+def decoded_captions(
+    engine: Engine,
+    caption_set: CaptionSet,
+    prompt: str,
+    generation: GenerationConfig,
+    *,
+    workers: int | None = None,
+    progress: Progress | None = None,
+) -> tuple[dict[str, GeneratedCaption], dict[str, str]]:
+    """The set's files captioned now, without a library: the answer to `prompt` in every window, the best one
+    standing for the file as in a library (`best_caption`). Only the caption prompt is asked (the library's other
+    prompts would not be scored). Returns (captions by name in the set, why each file that failed did, by path)."""
+    names = {item.path: item.name for item in caption_set.found if item.path}
+    answer = partial(engine.describe_windows, prompts={"caption": prompt}, generation=generation)
+    batches = map_windows(
+        list(names), answer, batch_size=engine.windows_per_batch(1), workers=workers, progress=progress
+    )
+    captions, failures = {}, {}
+    for outcome in batches:
+        if outcome.error is not None:
+            failures[outcome.path] = f"could not be decoded: {outcome.error}"
+            continue
+        windows = (
+            GeneratedCaption(w.answers["caption"].text, prompt, w.start_s, w.end_s, w.answers["caption"].score)
+            for w in outcome.results
+        )
+        if (best := best_caption(windows)) is not None:
+            captions[names[outcome.path]] = best
+    return captions, failures
 
 
 def caption_origins(library: Library, paths: Sequence[str]) -> dict[str, list[str]]:
@@ -74,21 +123,19 @@ def decoding_of(settings: str | None, mode: str | None) -> str:
 
 
 def evaluate_captions(
-    library: Library,
     caption_set: CaptionSet,
-    embedder: TextEmbedder,
+    captions: Mapping[str, GeneratedCaption],
+    embedder: TextEmbedder | str,
     *,
     java: bool = True,
-    index_failures: Mapping[str, str] | None = None,
+    failures: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Caption metrics over the set's indexed files, each file's caption and scores, and the files left out
-    (`index_failures`: the indexer's reasons, by path)."""
-    generated: list[tuple[CaptionedFile, GeneratedCaption]] = []
-    for item in caption_set.found:
-        caption = stored_caption(library, item.path or "")
-        if caption is not None:
-            generated.append((item, caption))
-    skipped = left_out(caption_set, {item.name for item, _ in generated}, index_failures)
+    """Caption metrics over the set's files that have a caption (`captions`, by name in the set: `library_captions`
+    or `decoded_captions`), each file's caption and scores, and the files left out (`failures`: why, by path).
+    `embedder`: the text embedder of the embedding cosine, or why there is none (the cosine is then not computed,
+    and said so)."""
+    generated = [(item, captions[item.name]) for item in caption_set.found if item.name in captions]
+    skipped = left_out(caption_set, {item.name for item, _ in generated}, failures)
     metrics, unavailable, per_item = score_captions(
         [caption.text for _, caption in generated], [item.captions for item, _ in generated], embedder, java=java
     )
@@ -113,9 +160,14 @@ def evaluate_captions(
 
 
 def score_captions(
-    candidates: Sequence[str], references: Sequence[Sequence[str]], embedder: TextEmbedder, *, java: bool = True
-) -> tuple[dict[str, float | None], dict[str, str], list[dict[str, float]]]:
-    """(corpus metrics, unavailable metric -> why, per-caption ROUGE-L, CIDEr-D and embedding cosine)."""
+    candidates: Sequence[str],
+    references: Sequence[Sequence[str]],
+    embedder: TextEmbedder | str,
+    *,
+    java: bool = True,
+) -> tuple[dict[str, float | None], dict[str, str], list[dict[str, float | None]]]:
+    """(corpus metrics, unavailable metric -> why, per-caption ROUGE-L, CIDEr-D and embedding cosine).
+    `embedder`: as `evaluate_captions` takes it."""
     if not candidates:
         return {}, {"all": "no file of the set is in the index"}, []
     cand_tokens = [tokenize(c) for c in candidates]
@@ -132,7 +184,9 @@ def score_captions(
         found = {name: java_metrics.JavaMetric(None, JAVA_SKIPPED) for name in ("METEOR", "SPICE")}
     unavailable = {name: m.unavailable for name, m in found.items() if m.unavailable}
     cider_mean, spice = sum(cider) / len(cider), found["SPICE"].value
-    cosines = embedding_cosines(embedder, candidates, references)
+    cosines = None if isinstance(embedder, str) else embedding_cosines(embedder, candidates, references)
+    if isinstance(embedder, str):
+        unavailable[EMBEDDING_COSINE] = embedder
     metrics.update(
         {
             "METEOR": found["METEOR"].value,
@@ -140,13 +194,14 @@ def score_captions(
             "CIDEr-D": cider_mean,
             "SPICE": spice,
             "SPIDEr": None if spice is None else (cider_mean + spice) / 2,
-            "embedding_cosine": mean(cosines),
+            EMBEDDING_COSINE: None if cosines is None else mean(cosines),
         }
     )
     if spice is None:
         unavailable["SPIDEr"] = "needs SPICE"
     per_item = [
-        {"rouge_l": r, "cider_d": c, "embedding_cosine": e} for r, c, e in zip(rouge, cider, cosines, strict=True)
+        {"rouge_l": r, "cider_d": c, EMBEDDING_COSINE: None if cosines is None else cosines[i]}
+        for i, (r, c) in enumerate(zip(rouge, cider, strict=True))
     ]
     return metrics, unavailable, per_item
 

@@ -20,6 +20,9 @@ from .metrics import confusion_matrix, mean, top_k_accuracy
 from .ties import Span, rank_span, ranks_field, tie_bounds, tie_notes
 
 TOP_KS = (3, 5)  # top-1 is the accuracy
+# What each report gives in the order of tied labels by name, which a tie of best labels could change (a plural).
+EVAL_SCORES = "per-class scores, macro F1 and the confusion matrix"
+CLASSIFY_SCORES = "per-class scores"
 
 
 def evaluate_classification(
@@ -29,8 +32,7 @@ def evaluate_classification(
     files that could not be classified (left out with their reason, so not among the truth's files missed)."""
     base = evaluate(predictions, truth)
     missed = not_classified(truth, [*(p.path for p in predictions), *failed])
-    known = [(truth.label_of(p.path), p) for p in predictions]
-    pairs = [(expected, p) for expected, p in known if expected is not None]
+    pairs = truth_pairs(predictions, truth)
     ranks = [_rank_of(expected, p) for expected, p in pairs]
     spans = [label_span(p, {expected}) for expected, p in pairs]
     # Labels the truth has but the candidates lack can never be predicted; they still get a row.
@@ -40,21 +42,19 @@ def evaluate_classification(
     top_ks = {f"top-{k}": k for k in TOP_KS if k < len(labels)}
     metrics.update({name: top_k_accuracy(ranks, k) for name, k in top_ks.items()})
     metrics["macro_f1"] = mean([c["f1"] for c in base["per_class"].values()])
-    ties = tie_bounds(spans, {"accuracy": 1, **top_ks}, "files")
-    top_ties = best_label_ties(pairs, spans, classes)
+    ties = label_ties(pairs, spans, classes, metrics, {"accuracy": 1, **top_ks}, EVAL_SCORES)
     return {
         "metrics": metrics,
-        "ties": ties,
+        "ties": ties["ties"],
         "notes": [
             *label_notes([expected for expected, _ in pairs], labels),
-            *label_tie_notes(metrics, ties),
-            *best_label_tie_notes(top_ties),
+            *ties["notes"],
             *missed_notes(truth, missed),
         ],
         "evaluated": {"files": base["files"]},  # which part of the set: what `compare` holds the two to
         "correct": base["correct"],
         "per_class": base["per_class"],
-        "top_ties": top_ties,
+        "top_ties": ties["top_ties"],
         "confusion": {
             "classes": classes,
             "counts": confusion_matrix([(expected, p.label) for expected, p in pairs], classes),
@@ -74,6 +74,39 @@ def evaluate_classification(
             for (expected, p), rank, span in zip(pairs, ranks, spans, strict=True)
         ],
     }
+
+
+def truth_pairs(predictions: Sequence[Prediction], truth: Truth) -> list[tuple[str, Prediction]]:
+    """Each prediction of a file the truth lists, with the file's true label (the others are not scored)."""
+    known = [(truth.label_of(p.path), p) for p in predictions]
+    return [(expected, p) for expected, p in known if expected is not None]
+
+
+def label_ties(
+    pairs: Sequence[tuple[str, Prediction]],
+    spans: Sequence[Span | None],
+    classes: Sequence[str],
+    metrics: dict[str, Any],
+    cuts: dict[str, int],
+    scores: str,
+) -> dict[str, Any]:
+    """How far another order of tied labels moves a report's numbers: `ties`, the bounds of each metric of `cuts`
+    (`metrics` holds its value in the order by name); `top_ties`, the files whose best labels tie and the recalls
+    they move (`best_label_ties`); and the `notes` that say it, `scores` naming what the report gives in the order
+    by name (`EVAL_SCORES`, `CLASSIFY_SCORES`). One account for `eval classify` and `classify --truth`."""
+    ties = tie_bounds(spans, cuts, "files")
+    top_ties = best_label_ties(pairs, spans, classes)
+    notes = [*label_tie_notes(metrics, ties), *best_label_tie_notes(top_ties, scores)]
+    return {"ties": ties, "top_ties": top_ties, "notes": notes}
+
+
+def classify_truth_ties(predictions: Sequence[Prediction], truth: Truth, accuracy: float | None) -> dict[str, Any]:
+    """`classify --truth`'s tie fields, as `eval classify` gives them (`label_ties`) for the numbers it prints: the
+    accuracy (it gives no top-k) and the per-class scores."""
+    pairs = truth_pairs(predictions, truth)
+    spans = [label_span(p, {expected}) for expected, p in pairs]
+    classes = sorted({expected for expected, _ in pairs})
+    return label_ties(pairs, spans, classes, {"accuracy": accuracy}, {"accuracy": 1}, CLASSIFY_SCORES)
 
 
 def label_span(prediction: Prediction, relevant: set[str]) -> Span | None:
@@ -106,15 +139,15 @@ def tied_best_field(prediction: Prediction) -> dict[str, list[str]]:
     return {"tied_best": best} if len(best) > 1 else {}
 
 
-def best_label_tie_notes(top_ties: dict[str, Any]) -> list[str]:
-    """The note for files whose best labels tie (none when none does): the per-class numbers are those of one order,
-    and how far another moves each recall that it can."""
+def best_label_tie_notes(top_ties: dict[str, Any], scores: str) -> list[str]:
+    """The note for files whose best labels tie (none when none does): the per-class numbers (`scores` names those
+    the report gives) are those of one order, and how far another moves each recall that it can."""
     files = top_ties["files"]
     if not files:
         return []
     note = (
         f"tied labels ordered by name: {count_text(files, 'file')} {for_count(files, 'has', 'have')} tied best labels, "
-        "so per-class scores, macro F1 and the confusion matrix are those of this order"
+        f"so {scores} are those of this order"
     )
     moved = [f"{b['lowest']:.4f} to {b['highest']:.4f} for {label!r}" for label, b in top_ties["recall"].items()]
     return [note + (f"; another order gives recall {', '.join(moved)}" if moved else "")]

@@ -75,7 +75,9 @@ def audio_digest(files: Iterable[tuple[str, str | os.PathLike[str]]]) -> str:
     names) gives another digest beside the same CSV's."""
     digest = hashlib.sha256()
     for name, path in sorted(files):
-        digest.update((json.dumps([name, file_sha256(path)], ensure_ascii=False) + "\n").encode("utf-8"))
+        # A name that is not UTF-8 (`surrogateescape`'s `\udcff`) is hashed as the bytes it stands for.
+        line = json.dumps([name, file_sha256(path)], ensure_ascii=False) + "\n"
+        digest.update(line.encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 

@@ -371,10 +371,10 @@ def window_audio(request: Request, svc: ServiceDep, window_id: int) -> Response:
     return made_response(request.headers, svc.window_audio(window_id), "audio/wav")
 
 
-@router.get("/windows/{window_id}/peaks", response_model=PeaksModel, summary="A window's waveform")
-def window_peaks(svc: ServiceDep, window_id: int) -> Any:
+@router.get("/windows/{window_id}/peaks", response_model=PeaksModel, responses=CACHED, summary="A window's waveform")
+def window_peaks(request: Request, svc: ServiceDep, window_id: int) -> Response:
     """(min, max) sample pairs across the window, for drawing its waveform."""
-    return {"window_id": window_id, "peaks": svc.window_peaks(window_id)}
+    return made_response(request.headers, svc.window_peaks(window_id), "application/json")
 
 
 @router.post("/describe", response_model=DescribeModel, summary="Audio -> text for an uploaded clip")

@@ -1,11 +1,12 @@
 """Answers a browser need not download again, and Range headers HTTP lets a server ignore.
 
-The media routes' answers carry an ETag (the file's audio as sent, its window cut as WAV, its spectrogram) and
-`Cache-Control: no-cache`: browsers keep them but ask each time, since the file may change on disk (it is then
-refused, 409), and a request whose `If-None-Match` names the current tag gets 304 without a body, before anything
-is decoded or drawn. Audio is named (`Content-Disposition`) as the file it comes from, so that a player's "Download"
-saves it under that name. A `Range` header of a unit other than bytes is ignored, as RFC 9110 (14.2) requires: the whole
-body, 200, where Starlette answers 400. The pages' script and style are asked about each time too (`StaticAssets`).
+The media routes' answers carry an ETag (the file's audio as sent, its window cut as WAV, its spectrogram, a window's
+waveform peaks) and `Cache-Control: no-cache`: browsers keep them but ask each time, since the file may change on disk
+(it is then refused, 409), and a request whose `If-None-Match` names the current tag gets 304 without a body, before
+anything is decoded or drawn. Audio is named (`Content-Disposition`) as the file it comes from, so that a player's
+"Download" saves it under that name. A `Range` header of a unit other than bytes is ignored, as RFC 9110 (14.2)
+requires: the whole body, 200, where Starlette answers 400. The pages' script and style are asked about each time too
+(`StaticAssets`).
 """
 
 from __future__ import annotations

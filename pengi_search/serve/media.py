@@ -3,7 +3,8 @@
 Everything is decoded by the project's audio I/O (`pengi_search.audio`: mono, resampled). Files in a format every
 browser plays are served as they are (with HTTP Range); the others are transcoded to 16-bit FLAC once, into a
 private cache folder bounded in bytes, and served from there, in stereo or mono as the file and at its own sample
-rate where browsers play it. Windows are cut from the file and sent as WAV.
+rate where browsers play it. Windows are cut from the file and sent as WAV. The server runs this work for different
+files side by side, a few at a time (`conversions`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import soxr
 
 from ..audio import SAMPLE_RATE, load_audio
 from ..audio_decoders import AudioDecodeError, DecodeReport, stream_frames
+from .conversions import Conversions
 
 # Containers and codecs that Chromium, Firefox and Safari all play, by file extension.
 BROWSER_TYPES = {
@@ -185,40 +187,71 @@ def png_rgb(pixels: np.ndarray) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
 
 
-class TranscodeCache:
-    """Files a browser may not play, transcoded to FLAC in a private folder; least recently used go first."""
+_CLOSED = "the server is stopping: its transcodes are removed"
 
-    def __init__(self, max_bytes: int) -> None:
+
+class TranscodeCache:
+    """Files a browser may not play, transcoded to FLAC in a private folder; least recently used go first.
+
+    Different files are transcoded side by side, as many at once as `conversions` runs (a long file's transcode
+    holds up no other file's player); a file asked for while it is being transcoded waits for that transcode."""
+
+    def __init__(self, max_bytes: int, conversions: Conversions | None = None) -> None:
         self.max_bytes = max_bytes
+        self._conversions = conversions if conversions is not None else Conversions()
         self._folder: Path | None = None  # made by the first transcode: a server stopped before has none to remove
         self._entries: OrderedDict[Hashable, Path] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the folder and the entries; never held while a file is transcoded
+        self._closed = False
 
     def flac(self, key: Hashable, source: Path, max_s: float) -> Path:
         """The FLAC file of `source`'s first `max_s` seconds, made once per `key` (e.g. the file's id and stamp)."""
-        with self._lock:  # one transcode at a time: they are CPU-bound, and two for one key would waste the work
-            if key in self._entries:
-                self._entries.move_to_end(key)
-                return self._entries[key]
-            if self._folder is None:
-                self._folder = Path(tempfile.mkdtemp(prefix="pengi-serve-"))
-            target = self._folder / f"{uuid.uuid4().hex}.flac"
-            try:
-                _write_flac(source, target, max_s)
-            except BaseException:
-                target.unlink(missing_ok=True)
-                raise
-            self._entries[key] = target
-            self._evict()
-            return target
+        kept = self._kept(key)
+        if kept is not None:
+            return kept
+        return self._conversions.run(("flac", key), lambda: self._transcode(key, source, max_s))
 
     def close(self) -> None:
-        """Remove the transcodes (once a transcode in progress is done); closing again does nothing."""
+        """Remove the transcodes (one in progress is removed as it ends); closing again does nothing."""
         with self._lock:
             folder, self._folder = self._folder, None
             self._entries.clear()
+            self._closed = True
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
+
+    def _kept(self, key: Hashable) -> Path | None:
+        with self._lock:
+            path = self._entries.get(key)
+            if path is not None:
+                self._entries.move_to_end(key)
+            return path
+
+    def _transcode(self, key: Hashable, source: Path, max_s: float) -> Path:
+        kept = self._kept(key)  # made by a run that ended between `flac`'s look and this run
+        if kept is not None:
+            return kept
+        target = self._new_target()
+        try:
+            _write_flac(source, target, max_s)
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
+        with self._lock:
+            if self._closed:  # closed meanwhile: the folder is gone, and nothing may be left behind
+                target.unlink(missing_ok=True)
+                raise RuntimeError(_CLOSED)
+            self._entries[key] = target
+            self._evict()  # only finished transcodes are entries: one being written is never evicted
+        return target
+
+    def _new_target(self) -> Path:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(_CLOSED)
+            if self._folder is None:
+                self._folder = Path(tempfile.mkdtemp(prefix="pengi-serve-"))
+            return self._folder / f"{uuid.uuid4().hex}.flac"
 
     def _evict(self) -> None:
         sizes = {key: path.stat().st_size for key, path in self._entries.items()}

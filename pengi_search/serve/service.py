@@ -9,6 +9,7 @@ needs it. Results have the shapes of the CLI's `--json` output, plus the ids the
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import tempfile
 import threading
@@ -45,6 +46,7 @@ from ..search import (
 from ..units import span_text
 from . import catalog, media
 from .batching import EmbedBatcher
+from .conversions import Conversions
 from .errors import InvalidParameter, RequestError
 from .http_cache import Made, entity_tag
 from .kept_clips import KeptClip, KeptClips
@@ -61,6 +63,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PEAKS = 120  # waveform points per hit
+PEAKS_KEPT = 4096  # windows whose peaks are kept
 QUERY_CACHE = 4096  # query embeddings kept
 RUNS_SHOWN = 10  # the latest runs /api/stats gives
 FAILED_SHOWN = 200  # the first failed files /api/stats gives
@@ -138,7 +141,10 @@ class Service:
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
         self.library = LiveLibrary(Store.open(settings.db, read_only=True), check_s=settings.check_s)
-        self.transcodes = media.TranscodeCache(settings.transcode_cache_bytes)
+        # Transcodes, spectrograms, peaks and cut windows: different files' side by side, a few at a time
+        self.conversions = Conversions()
+        self.transcodes = media.TranscodeCache(settings.transcode_cache_bytes, self.conversions)
+        self._peaks = lru_cache(maxsize=PEAKS_KEPT)(self._read_peaks)
         self._embedder: TextEmbedder | None = None
         self._embedder_generation = -1
         self._audio_embedder: TextEmbedder | None = None
@@ -352,20 +358,21 @@ class Service:
     def window(self, window_id: int) -> WindowDetails:
         window = self.library.store.window_details([window_id]).get(window_id) if abs(window_id) <= MAX_ID else None
         if window is None:
-            raise self._not_found("window", window_id, catalog.newest_window_id)
+            raise self._not_found("window", window_id, catalog.highest_window_id)
         return window
 
     def file_record(self, file_id: int) -> FileRecord:
         record = catalog.file_by_id(self.library.store, file_id) if abs(file_id) <= MAX_ID else None
         if record is None:
-            raise self._not_found("file", file_id, catalog.newest_file_id)
+            raise self._not_found("file", file_id, catalog.highest_file_id)
         return record
 
-    def _not_found(self, what: str, item_id: int, newest: Callable[[Store], int]) -> RequestError:
-        """The 404 of a window or file id that names none. Ids are not reused: one up to the newest was there once,
-        and went since the page that names it was made (its file indexed again, moved or removed); said so, with
-        what to do, to the user who pressed it there, where "no such window" would contradict the page."""
-        was_there = 0 < item_id <= newest(self.library.store)
+    def _not_found(self, what: str, item_id: int, highest: Callable[[Store], int]) -> RequestError:
+        """The 404 of a window or file id that names none. Ids are never given twice: one up to the highest given
+        was there once, and went since the page that names it was made (its file indexed again, moved or removed);
+        said so, with what to do, to the user who pressed it there, where "no such window" would contradict the
+        page."""
+        was_there = 0 < item_id <= highest(self.library.store)
         return RequestError(
             f"{what} {item_id}", GONE if was_there else f"no such {what} in the index", HTTPStatus.NOT_FOUND
         )
@@ -416,21 +423,41 @@ class Service:
         real = servable_path(record, self.settings.roots)
         tag = entity_tag("window", window_id, record.size, record.mtime)
         name = f"{Path(record.path).stem}_{span_text(window.start_s, window.end_s)}.wav"  # bell_2.5-9.5s.wav
-        return Made(tag, lambda: media.window_wav(real, window.start_s, window.end_s), name)
+        return self._made(tag, lambda: media.window_wav(real, window.start_s, window.end_s), name)
 
-    def window_peaks(self, window_id: int) -> list[tuple[float, float]]:
-        """(min, max) pairs over a window, for its waveform."""
+    def window_peaks(self, window_id: int) -> Made:
+        """A window's waveform, (min, max) pairs over it, as the JSON of `/api/windows/ID/peaks` (made only when
+        the client does not hold it)."""
         window = self.window(window_id)
         record = self.file_record(window.file_id)
         real = servable_path(record, self.settings.roots)
-        return list(_cached_peaks(real, (record.size, record.mtime), window.start_s, window.end_s))
+        stamp = (record.size, record.mtime)
+        tag = entity_tag("peaks", window_id, *stamp, PEAKS)
+
+        def make() -> bytes:
+            pairs = self._peaks(real, stamp, window.start_s, window.end_s)
+            return json.dumps({"window_id": window_id, "peaks": pairs}, separators=(",", ":")).encode()
+
+        return Made(tag, make)
+
+    def _read_peaks(
+        self, path: Path, stamp: tuple[int | None, float | None], start_s: float, end_s: float
+    ) -> tuple[tuple[float, float], ...]:
+        """Peaks of a stretch of a file (`_peaks` keeps them; `stamp`, (size, mtime), keys them, so that a changed
+        file is read again)."""
+        key = ("peaks", path, stamp, start_s, end_s)
+        return tuple(self.conversions.run(key, lambda: media.peaks(path, start_s, end_s, PEAKS)))
 
     def spectrogram(self, file_id: int) -> Made:
         """The file's spectrogram as PNG (made only when the client does not hold it: see `http_cache`)."""
         record = self.file_record(file_id)
         real = servable_path(record, self.settings.roots)
         tag = entity_tag("spectrogram", file_id, record.size, record.mtime, self.settings.spectrogram_s)
-        return Made(tag, lambda: media.spectrogram_png(real, self.settings.spectrogram_s))
+        return self._made(tag, lambda: media.spectrogram_png(real, self.settings.spectrogram_s))
+
+    def _made(self, tag: str, make: Callable[[], bytes], name: str | None = None) -> Made:
+        """`make` as `Made` by `tag`, run among the server's conversions: once for clients that ask at once."""
+        return Made(tag, lambda: self.conversions.run(tag, make), name)
 
     # -- uploaded clips --------------------------------------------------------------------------------------
 
@@ -493,14 +520,6 @@ class Service:
         for kind, index in stats["vector_indexes"].items():  # what this server searches now (null: not loaded)
             index["vectors_in_memory"] = len(live[kind]) if kind in live else None
         return stats
-
-
-@lru_cache(maxsize=4096)
-def _cached_peaks(
-    path: Path, _stamp: tuple[int | None, float | None], start_s: float, end_s: float
-) -> tuple[tuple[float, float], ...]:
-    """Peaks of a stretch of a file; `_stamp` (size, mtime) keys the cache, so a changed file is read again."""
-    return tuple(media.peaks(path, start_s, end_s, PEAKS))
 
 
 def _window_json(window: WindowDetails) -> dict[str, Any]:

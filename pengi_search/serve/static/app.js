@@ -90,6 +90,30 @@ function playSpan(audio, start, end) {
   }, { once: true });
 }
 
+// *Play hit* (and Enter or Space on the hit's waveform) plays and pauses the hit, as a media player's button does:
+// while the hit plays it pauses it, and pressed again it goes on from there; once the hit has played to its end, or
+// the player was moved away from it (by its own controls), it plays the hit from its start.
+function toggleSpan(audio, start, end) {
+  if (!audio.paused) {
+    audio.pause();
+    return;
+  }
+  const at = audio.currentTime;
+  playSpan(audio, at >= start && at < end ? at : start, end);
+}
+
+// The button says what pressing it does (play or pause), whatever started or stopped the player: the button, the
+// waveform, the player's own controls, another player starting, the hit's end, a failure.
+const TOGGLE_LABELS = { play: ["\u25b6 ", "Play hit"], pause: ["\u275a\u275a ", "Pause hit"] };
+
+function labelWithPlayer(button, audio) {
+  const [icon, label] = button.querySelectorAll("span");
+  const show = () => {
+    [icon.textContent, label.textContent] = TOGGLE_LABELS[audio.paused ? "play" : "pause"];
+  };
+  for (const type of ["play", "pause", "emptied", "error"]) audio.addEventListener(type, show);
+}
+
 // A player that failed keeps its error, and plays nothing when pressed again (by *Play hit*, or by its own play
 // button, whose presses the page cannot hear), even once the server is back or the file restored. So it is loaded
 // anew at once, to wait as `preload="none"` makes it wait: loading then asks the server nothing (no request that
@@ -197,14 +221,15 @@ function setUpHits(hits) {
     sayWhyNotPlayed(audio);
     loadAgainAfterFailure(audio);
     const start = parseFloat(button.dataset.start), end = parseFloat(button.dataset.end);
-    button.addEventListener("click", () => playSpan(audio, start, end));
+    button.addEventListener("click", () => toggleSpan(audio, start, end));
+    labelWithPlayer(button, audio);
     if (canvas) {
       loadWaveformWhenNear(canvas);
       canvas.addEventListener("click", (event) => {
         const fraction = event.offsetX / canvas.clientWidth;
         playSpan(audio, start + fraction * (end - start), end);
       });
-      playsHit.set(canvas, () => playSpan(audio, start, end));
+      playsHit.set(canvas, () => toggleSpan(audio, start, end));
       added.push(canvas);
     }
   }
