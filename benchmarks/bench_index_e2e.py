@@ -115,6 +115,8 @@ def write_files(folder: Path, files: int, seconds: float) -> None:
 class Probe:
     """At the start of pass 2: the time, and `similar` run on the library as it is then."""
 
+    filling = None  # no bar for an index filled from the database
+
     def __init__(self, db: Path, folder: Path, model: str, device: str) -> None:
         self.db, self.folder, self.model, self.device = db, folder, model, device
         self.started = time.perf_counter()

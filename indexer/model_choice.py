@@ -1,19 +1,16 @@
 """The model and text embedder a run indexes with: the model asked for, with --text-embedder, else the embedder
 the library was built with, else Pengi's own text tower; and the refusal, before any work, of a run whose model or
-embedder differs from the library's (`--reindex` starts it over with the new ones instead)."""
+embedder differs from the library's, in one line (`--reindex` starts it over with the new ones instead)."""
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 
-from pengi_search.db import EmbedderInfo, IndexMeta, ModelInfo, Store, StoreMismatchError
+from pengi_search.db import BuiltWithOtherError, EmbedderInfo, IndexMeta, ModelInfo, Store
 from pengi_search.embedders import EmbedderSpec
 from pengi_search.model_dir import ModelDir
 
 from .run_report import IndexOptions
-
-REINDEX_HINT = "Run again with --reindex to re-index everything with the new ones."
 
 
 @dataclass(frozen=True)
@@ -43,15 +40,12 @@ def _recorded_spec(meta: IndexMeta | None) -> EmbedderSpec:
 
 
 def check_compatible(store: Store, choice: ModelChoice) -> None:
-    """Refuse a run whose model or embedder differs from the index's (before any work)."""
-    try:
-        store.check_compatible(choice.model, choice.embedder)
-    except StoreMismatchError as exc:
-        raise StoreMismatchError(exc.where, f"{exc.reason} {REINDEX_HINT}") from exc
+    """Refuse a run whose model or embedder differs from the index's (before any work), saying each once."""
     meta = store.index_meta()
-    if choice.embedder is None and meta is not None:
-        raise StoreMismatchError(
-            store.name,
-            f"the index was built with {meta.embedder} but this run uses text embedder {str(choice.embedder_spec)!r}. "
-            f"Pass --text-embedder {shlex.quote(str(_recorded_spec(meta)))}, or: {REINDEX_HINT}",
-        )
+    if meta is None:
+        return
+    if choice.embedder is None:  # a sentence-transformers model the library does not have: its size is not known
+        raise BuiltWithOtherError(store.name, str(meta.embedder), f"text embedder {str(choice.embedder_spec)!r}")
+    # Pengi's text tower is its model's: another model brings another tower, which naming the model says.
+    towers = choice.embedder_spec.is_pengi and EmbedderSpec.of_embedder_id(meta.embedder.name) == EmbedderSpec()
+    store.check_compatible(choice.model, None if towers else choice.embedder)

@@ -65,7 +65,7 @@ def run_index(options: IndexOptions, progress: ProgressReporter | None = None) -
         if not library_exists(options.db):
             _check_something_to_index(options, scanned)
             choice = choose_model(options, None)
-        library = Library.open(options.db)
+        library = Library.open(options.db, progress=None if progress is None else progress.filling)
     shard_name = None if shard is None else str(shard)
     try:
         with library, indexing_lock(library.store, shard_name, wait=options.wait):

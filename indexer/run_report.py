@@ -15,6 +15,7 @@ from pengi_search.audio_workers import default_workers
 from pengi_search.choices import Captions, LongPrompt, StopRule, decoding_settings
 from pengi_search.json_values import json_seconds
 from pengi_search.pathnames import path_fields
+from pengi_search.vectors import FillProgress
 from pengi_search.window_batches import Progress
 
 from .shard import Shard
@@ -59,11 +60,15 @@ class IndexOptions:
 class ProgressReporter(Progress, Protocol):
     """`window_batches.Progress`, told of the indexer's other steps too: files hashed to find identical ones are
     reported after `start_hashing`; pass 1 reports files and windows after `start`, and each file's count of windows
-    once it is decoded (0 for a file that failed); pass 2 reports windows after `start_captions`."""
+    once it is decoded (0 for a file that failed); pass 2 reports windows after `start_captions`. A FAISS index that
+    the run fills from the database (a compaction after files left it, another --index-type) reports to what
+    `filling(name)` gives."""
 
     def start_hashing(self, files: int) -> None: ...
 
     def start_captions(self, windows: int | None) -> None: ...  # None: not known (a shard's share)
+
+    def filling(self, name: str) -> FillProgress: ...  # the run's library's `progress`
 
 
 @dataclass(frozen=True)

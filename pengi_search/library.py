@@ -60,7 +60,7 @@ from .index_types import (
 from .pathnames import path_fields, shown
 from .paths import made_folder
 from .vector_file import DamagedIndexFileError, read_index_header, update_index_params
-from .vectors import VectorIndex, VectorIndexError
+from .vectors import FillProgress, FillProgresses, VectorIndex, VectorIndexError
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,9 @@ class Library:
     may run beside searches, which keep the index they started with; `close` must wait for them to end.
     """
 
-    def __init__(self, store: Store, *, in_memory: bool = False) -> None:
+    def __init__(self, store: Store, *, in_memory: bool = False, progress: FillProgresses | None = None) -> None:
         self.store = store
+        self.progress = progress  # told of each index filled from the database (a build, a re-fill): minutes
         self.db_url = store.url
         self.name = store.name  # how errors name it, as the user did (`Store.name`)
         self.in_memory = in_memory
@@ -102,13 +103,20 @@ class Library:
         self._loading = threading.Lock()  # held to load or replace an index: each is loaded once
 
     @classmethod
-    def open(cls, db: str | os.PathLike[str] | None = None, *, create: bool = True, read_only: bool = False) -> Library:
+    def open(
+        cls,
+        db: str | os.PathLike[str] | None = None,
+        *,
+        create: bool = True,
+        read_only: bool = False,
+        progress: FillProgresses | None = None,
+    ) -> Library:
         """Open the library at `db` (a URL or file path; None: `$PENGI_SEARCH_DB`, else the default database).
 
         `create`: make the database when missing (else MissingDatabaseError); `read_only`: the database is only
-        read. Either way the FAISS files are kept in line with it: they are a cache of what it holds.
-        """
-        return cls(Store.open(db, create=create, read_only=read_only))
+        read. Either way the FAISS files are kept in line with it: they are a cache of what it holds. `progress`:
+        what is told how each index fills, when one is rebuilt or re-filled from the database."""
+        return cls(Store.open(db, create=create, read_only=read_only), progress=progress)
 
     def close(self) -> None:
         self._indexes.clear()
@@ -323,9 +331,8 @@ class Library:
         if state.ids is None:  # a file of the current version, but another type is due: its ids to check with
             state = self.store.vector_state(kind)
         read = functools.partial(self.store.vector_batches, kind)
-        index = VectorIndex.build_streamed(
-            state.ids, read, IndexParams(type=requested, **search_knobs), name=f"{kind} index"
-        )
+        params = IndexParams(type=requested, **search_knobs)
+        index = VectorIndex.build_streamed(state.ids, read, params, name=f"{kind} index", progress=self._told(kind))
         index.vectors_version = _version_if_equal(index, state.ids, state.version)
         log.info("vector index %s rebuilt: %d %s vectors (%s)", path, len(index), kind, index.type)
         self._save(index, path, tag)
@@ -337,7 +344,7 @@ class Library:
     ) -> None:
         """Make `index` hold the `expected` ids, those of `version` (fetching the vectors it lacks), and save it
         when it changed, or to record `version` (a file saved before versions, or at another one)."""
-        added, removed = index.sync(expected, functools.partial(self.store.vector_batches, kind))
+        added, removed = index.sync(expected, functools.partial(self.store.vector_batches, kind), self._told(kind))
         if added or removed:
             log.info("vector index %s: %d added, %d removed", path, added, removed)
         version = _version_if_equal(index, expected, version)
@@ -370,6 +377,9 @@ class Library:
         self.store.record_vector_index(
             kind, requested_type=requested, effective_type=effective, params=params, vectors=vectors
         )
+
+    def _told(self, kind: str) -> FillProgress | None:
+        return None if self.progress is None else self.progress(f"{kind} index")
 
     def _tune_file(self, path: Path, knobs: Mapping[str, int | None]) -> None:
         """Give this library's FAISS file at `path` the search `knobs`. One that is missing, damaged or another

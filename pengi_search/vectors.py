@@ -25,7 +25,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import faiss
 import numpy as np
@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 # index, and one large removal (a folder) costs a single re-fill rather than a file that keeps growing.
 COMPACT_FRACTION = 0.2
 _RECONSTRUCTED_ROWS = 1 << 16  # stored vectors copied out at a time (a compaction's copy, an exact search)
+# Vectors added to an HNSW graph at a time: its inserts run at about a thousand a second on one thread, so a batch read
+# at once (50,000) would hold a progress bar still for a minute. The other types add a batch in a moment.
+_HNSW_ADDED_ROWS = 1 << 12
 _SEARCH_TIME_PARAMS = {"ef_search", "nprobe", "k_factor"}  # what `tune` changes: no vector is added again for them
 
 VectorBatches = Iterable[tuple[np.ndarray, np.ndarray]]  # (ids int64 (n,), vectors (n, d)) a batch at a time
@@ -59,6 +62,20 @@ VectorBatches = Iterable[tuple[np.ndarray, np.ndarray]]  # (ids int64 (n,), vect
 # id; an id that has none is left out. Builds and compactions add what it gives a batch at a time, never holding
 # every vector.
 ReadFn = Callable[[np.ndarray | None], VectorBatches]
+
+
+class FillProgress(Protocol):
+    """Told how an index fills from stored vectors, for a progress display (this module draws none): `start` with
+    how many are to be added, before the first batch (after an IVF-PQ training), `advance` after each batch. A build
+    of millions of vectors, or a compaction's re-fill, takes minutes."""
+
+    def start(self, vectors: int) -> None: ...
+
+    def advance(self, vectors: int) -> None: ...
+
+
+# One FillProgress for each index filled, given its name ("text index"): how a library is told of its two indexes.
+FillProgresses = Callable[[str], FillProgress]
 
 
 def l2_normalise(vectors: np.ndarray, dim: int | None = None, where: str = "vectors") -> np.ndarray:
@@ -140,11 +157,13 @@ class VectorIndex:
         *,
         use_gpu: bool | None = None,
         name: str = "vector index",
+        progress: FillProgress | None = None,
     ) -> VectorIndex:
         """An index of all the vectors `read(None)` gives, added a batch at a time: memory holds the index, one batch
         and IVF-PQ's training sample, never every vector at once. `ids` are theirs, sorted (as last read): how many
         there are and which `read(ids)` gives the training sample (`build`'s choice of rows). For the same vectors
-        it is the index `build` makes (but for an HNSW graph, which inserts each batch's nodes in its own order)."""
+        it is the index `build` makes (but for an HNSW graph, which inserts each batch's nodes in its own order).
+        `progress` is told of the vectors added."""
         wanted = np.asarray(ids, dtype=np.int64).reshape(-1)
         batches = iter(read(None))
         first = next(batches, None)
@@ -156,7 +175,9 @@ class VectorIndex:
             return _stacked_unit(read(wanted[rows]), dim)
 
         index = cls._trained(params or IndexParams(), dim, len(wanted), sample, use_gpu=use_gpu, name=name)
-        index.add_batches(itertools.chain([first], batches))
+        if progress is not None:
+            progress.start(len(wanted))
+        index.add_batches(itertools.chain([first], batches), progress)
         return index
 
     @classmethod
@@ -207,19 +228,24 @@ class VectorIndex:
         unit = l2_normalise(vectors, self.dim) if len(new_ids) else np.empty((0, self.dim), np.float32)
         self._add_unit(new_ids, unit)
 
-    def add_batches(self, batches: VectorBatches) -> int:
-        """`add` each (ids, vectors) batch in turn; returns how many vectors were added."""
+    def add_batches(self, batches: VectorBatches, progress: FillProgress | None = None) -> int:
+        """`add` each (ids, vectors) batch in turn, telling `progress` as they go; returns how many were added."""
         added = 0
         for ids, vectors in batches:
-            self.add(ids, vectors)
-            added += len(ids)
+            step = _HNSW_ADDED_ROWS if self.type == "hnsw" else max(len(ids), 1)
+            for rows in chunk_slices(len(ids), step):
+                chunk = ids[rows]
+                self.add(chunk, vectors[rows])
+                added += len(chunk)
+                if progress is not None:
+                    progress.advance(len(chunk))
         return added
 
-    def remove(self, ids: np.ndarray, read: ReadFn | None = None) -> int:
+    def remove(self, ids: np.ndarray, read: ReadFn | None = None, progress: FillProgress | None = None) -> int:
         """Remove these ids (unknown ones are ignored); returns how many were removed.
 
         Flat indexes remove in place; HNSW and IVF-PQ indexes tombstone them, and compact past COMPACT_FRACTION
-        (with `read`, see `compact`).
+        (with `read` and `progress`, see `compact`).
         """
         gone = np.asarray(ids, dtype=np.int64).reshape(-1)
         if gone.size == 0 or len(self) == 0:
@@ -236,17 +262,17 @@ class VectorIndex:
             self._sorted_ids = np.setdiff1d(live, dying, assume_unique=True)
             self._live_bitmap = None
             if self.compaction_overdue:
-                self.compact(read)
+                self.compact(read, progress)
         return int(dying.size)
 
-    def compact(self, read: ReadFn | None = None) -> int:
+    def compact(self, read: ReadFn | None = None, progress: FillProgress | None = None) -> int:
         """Re-fill the index without its tombstoned ids; returns how many it dropped.
 
         With `read` (the library's database) the index is emptied, then re-filled with the live ids among what
         `read(None)` gives (every stored vector, in pages by id: no list of ids to look up), a batch at a time:
         memory holds the index and one batch (a live id `read` no longer has is left out).
         Without it the live vectors are copied out of the index first, as much memory again. The IVF-PQ training
-        is kept, so searches find what they found before, from less work."""
+        is kept, so searches find what they found before, from less work. `progress` is told of the re-fill."""
         dropped = len(self._dead)
         if dropped == 0:
             return 0
@@ -255,15 +281,19 @@ class VectorIndex:
         self._index.reset()
         self._dead = np.empty(0, np.int64)
         self._changed()
+        if progress is not None:
+            progress.start(len(live_ids))
         for ids, unit in copied:
             self._add_unit(ids, unit)
+            if progress is not None:
+                progress.advance(len(ids))
         if read is not None:
-            self.add_batches(_among(read(None), live_ids))
+            self.add_batches(_among(read(None), live_ids), progress)
         return dropped
 
-    def sync(self, expected_ids: np.ndarray, read: ReadFn) -> tuple[int, int]:
+    def sync(self, expected_ids: np.ndarray, read: ReadFn, progress: FillProgress | None = None) -> tuple[int, int]:
         """Make the ids equal `expected_ids`: drop extra ids, add the missing ones that `read(missing)` gives (and
-        re-fill from it when the removal compacts). Returns (added, removed).
+        re-fill from it when the removal compacts, telling `progress`). Returns (added, removed).
         """
         expected = sorted_unique(np.asarray(expected_ids, dtype=np.int64).reshape(-1))
         current = self._sorted()
@@ -271,7 +301,7 @@ class VectorIndex:
             return 0, 0
         extra = np.setdiff1d(current, expected, assume_unique=True)
         missing = np.setdiff1d(expected, current, assume_unique=True)
-        removed = self.remove(extra, read)
+        removed = self.remove(extra, read, progress)
         added = self.add_batches(read(missing)) if missing.size else 0
         return added, removed
 

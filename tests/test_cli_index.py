@@ -394,19 +394,30 @@ def test_the_remove_an_empty_mount_point_suggests_names_its_folder_and_pasted_fo
     assert listed == [str(sounds / "rain.wav")]
 
 
-def test_another_model_is_refused_in_one_line(tiny_model_dir, sounds, tmp_path):
-    db = tmp_path / "lib.db"
-    assert index(sounds, db, tiny_model_dir).exit_code == 0
+def test_another_model_is_refused_in_one_line_with_what_built_the_library_and_the_command_that_reindexes_it(
+    tiny_model_dir, sounds, tmp_path, monkeypatch
+):
+    """It said the model twice (and the text embedder, which is the model's own), then two re-index hints."""
+    monkeypatch.chdir(tmp_path)
+    sounds.rename("my sounds")
+    assert index("my sounds", "lib.db", tiny_model_dir).exit_code == 0
     other = make_tiny_model_dir(tmp_path / "other", seed=3)
-    result = index(sounds, db, other)
+    result = index("my sounds", "lib.db", "other")
     assert result.exit_code == EXIT_FAILED
-    assert "--reindex" in result.stderr and "Traceback" not in result.output
+    built, uses = (
+        json.loads((model / "config.json").read_text())["weights_sha256"] for model in (tiny_model_dir, other)
+    )
+    assert result.stderr.splitlines() == [
+        f"error: lib.db: the library was built with model 'tiny-base' (fingerprint {built[:16]}), but this run uses "
+        f"model 'tiny-base' (fingerprint {uses[:16]}): `pengi-search index 'my sounds' --model other --reindex --db "
+        "lib.db` indexes it anew (every caption and vector made again)"
+    ]
 
 
 def test_stats_gives_a_sqlite_files_size_and_no_size_for_a_server_database():
     """A server's database has no file of its own: no "(no file)" after its URL."""
     from pengi_search.cli.library import _database_line
 
-    assert _database_line("sqlite:////lib/index.db", 2048) == "database: sqlite:////lib/index.db (2.0 KiB)"
+    assert _database_line("lib/index.db", "sqlite:////lib/index.db", 2048) == "database: lib/index.db (2.0 KiB)"
     server = "postgresql+psycopg://me:***@db.example/pengi"
-    assert _database_line(server, None) == f"database: {server}"
+    assert _database_line(server, server, None) == f"database: {server}"

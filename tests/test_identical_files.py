@@ -488,6 +488,8 @@ def test_hashing_files_that_may_be_copies_is_reported_in_files(tiny_model_dir, t
     events: list[tuple[str, int]] = []
 
     class Recorder:
+        filling = None  # no index is filled from the database here
+
         def start_hashing(self, files):
             events.append(("hashing", files))
 

@@ -19,6 +19,7 @@ from indexer.captions import IndexModel
 from indexer.pipeline import run_index
 from indexer.shard import Rank, Shard
 from pengi_search.audio import iter_windows
+from pengi_search.choices import Captions
 from pengi_search.cli import app
 from pengi_search.db import StoreMismatchError
 from pengi_search.embedders import PengiTextEmbedder, TextEmbedderError
@@ -204,7 +205,10 @@ def test_a_sentence_transformer_embeds_the_captions_of_a_model_without_text_enco
     other = f"sentence-transformers:{make_tiny_sentence_transformer(tmp_path / 'st2', seed=1)}"
     with pytest.raises(StoreMismatchError, match="--reindex") as refused:
         run_index(quick_options([tree], db, tiny_no_text_model_dir, text_embedder=other))
-    assert f"Pass --text-embedder '{spec}', or" in str(refused.value)  # the recorded one, as the shell takes it
+    assert refused.value.reason == (  # the model, the same, goes unsaid
+        f"the library was built with text embedder '{spec}' (dim 16), but this run uses text embedder '{other}': run "
+        "again with --reindex to index it anew (every caption and vector made again)"
+    )
 
 
 def test_shards_together_equal_a_single_run(tiny_model_dir, tmp_path):
@@ -317,6 +321,8 @@ def test_progress_is_reported_per_file_and_window_in_both_passes(tiny_model_dir,
     counted: list[int] = []  # each file's windows, once decoded: the bar's total of pass 1 is estimated from them
 
     class Recorder:
+        filling = None  # no index is filled from the database here
+
         def start(self, files):
             events.append(("start", files, 0))
 
@@ -514,3 +520,31 @@ def test_under_torchrun_a_failure_every_rank_meets_before_they_connect_is_said_o
     assert "SIGTERM" not in launched.stderr and "interrupted" not in launched.stderr, launched.stderr[-3000:]
     assert not re.search(r"rank\s*: 1 .*\n\s*exitcode", launched.stderr), launched.stderr[-3000:]
     assert not (tmp_path / "index.db").exists() and not list((tmp_path / "lib").iterdir())  # nothing was done
+
+
+def test_a_run_that_refills_an_index_from_the_database_tells_its_progress(tiny_model_dir, tree, tmp_path):
+    """A run that prunes a fifth of an HNSW index's windows re-fills it: minutes on millions of vectors, in silence."""
+    db = tmp_path / "lib.db"
+    run_index(quick_options([tree], db, tiny_model_dir, index_type="hnsw", captions=Captions.later))
+    (tree / "short.wav").unlink()  # 1 of the 4 windows: past the fifth that compacts
+    said: list[tuple[str, str, int]] = []
+
+    class Recorder:
+        def start(self, files): ...
+
+        def counted(self, windows): ...
+
+        def advance(self, files=0, windows=0): ...
+
+        def filling(self, name):
+            class Fill:
+                def start(self, vectors):
+                    said.append((name, "start", vectors))
+
+                def advance(self, vectors):
+                    said.append((name, "advance", vectors))
+
+            return Fill()
+
+    assert run_index(quick_options([tree], db, tiny_model_dir, captions=Captions.later), Recorder()).pruned == 1
+    assert said == [("audio index", "start", 3), ("audio index", "advance", 3)]  # no captions: no text index

@@ -447,3 +447,40 @@ def test_threads_searching_one_library_at_once_load_each_index_once_and_find_wha
         found = list(pool.map(search, *zip(*searches, strict=True)))
     assert found == expected
     assert sorted(loads) == ["audio", "text"]
+
+
+class Told:
+    """A library's `progress`: what each index it fills says, as (name, "start" or "advance", vectors)."""
+
+    def __init__(self) -> None:
+        self.said: list[tuple[str, str, int]] = []
+
+    def __call__(self, name: str) -> Told.Fill:
+        return Told.Fill(self, name)
+
+    class Fill:
+        def __init__(self, told: Told, name: str) -> None:
+            self.told, self.name = told, name
+
+        def start(self, vectors: int) -> None:
+            self.told.said.append((self.name, "start", vectors))
+
+        def advance(self, vectors: int) -> None:
+            self.told.said.append((self.name, "advance", vectors))
+
+
+def test_an_index_filled_from_the_database_says_how_far_it_is_and_one_in_line_says_nothing(db: str) -> None:
+    """A rebuild, a compaction's re-fill and the first open that rebuilds a missing file went minutes in silence on
+    millions of vectors: each says how many vectors it adds, then each batch added."""
+    told = Told()
+    with Library.open(db, progress=told) as library:
+        library.vector_index("audio")  # the first open builds the file
+        assert told.said == [("audio index", "start", 5), ("audio index", "advance", 5)]
+        told.said.clear()
+        library.rebuild("hnsw")
+        assert told.said == [(f"{kind} index", step, 5) for kind in ("text", "audio") for step in ("start", "advance")]
+        told.said.clear()
+        library.sync_vector_indexes()  # in line: nothing to fill
+        library.store.remove("/lib/b.wav")  # 2 of 5 vectors: past the fifth that an HNSW index re-fills without
+        library.sync_vector_indexes()
+        assert told.said == [(f"{kind} index", step, 3) for kind in ("text", "audio") for step in ("start", "advance")]

@@ -5,6 +5,8 @@ password hidden."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
@@ -99,3 +101,22 @@ def test_a_library_another_run_holds_is_named_as_typed(here):
     ):
         pass
     assert busy.value.where == "lib.db"
+
+
+@pytest.mark.parametrize(
+    ("db", "shown"), [("./lib.db", "./lib.db"), (None, "pengi-home/index.db"), ("sqlite:///lib.db", "sqlite:///lib.db")]
+)
+def test_stats_and_doctor_show_the_library_as_named_and_their_json_its_url(here, db, shown):
+    """They showed `sqlite:////home/me/lib.db`, a URL the user never typed, for `--db ./lib.db`."""
+    given = [] if db is None else ["--db", db]
+    Store.open(db).close()
+    stats = run("stats", *given)
+    assert stats.stdout.splitlines()[0].startswith(f"database: {shown} (")  # and the file's size
+    doctor = run("doctor", *given)
+    label = "url" if "://" in shown else "file"
+    assert f"\ndatabase\n  {label:<14} {shown}\n" in doctor.stdout
+    url = {None: f"sqlite:///{here / 'pengi-home' / 'index.db'}", "./lib.db": f"sqlite:///{here / 'lib.db'}"}.get(
+        db, db
+    )
+    assert json.loads(run("stats", *given, "--json").stdout)["database"] == url
+    assert json.loads(run("doctor", *given, "--json").stdout)["database"]["url"] == url

@@ -4,12 +4,15 @@ files counted beside windows per second, which read as 7 of 36 windows."""
 from __future__ import annotations
 
 import io
+import re
+from pathlib import Path
 
 import pytest
 from rich.console import Console
+from typer.testing import CliRunner
 
 from pengi_search import progress
-from pengi_search.cli import progress_bars
+from pengi_search.cli import app, progress_bars
 from pengi_search.cli.progress_bars import IndexProgress, WindowProgress, progress_bar, show_progress
 from pengi_search.consoles import make_console
 from pengi_search.progress import count_and_rate
@@ -184,3 +187,48 @@ def test_no_bar_is_drawn_into_a_log_that_force_color_colours(monkeypatch):
     with TrainingProgress(total=4, done=0, enabled=True, console=log) as training:
         training.advance(1, loss=2.5)
     assert "1/4 steps" in log.file.getvalue()
+
+
+def watched_stderr(monkeypatch) -> Console:
+    """The commands' stderr as a terminal a person watches, recorded: what `export_text` gives is what was drawn."""
+    screen = Console(file=Screen(), width=200, record=True)
+    monkeypatch.setattr(progress_bars, "err_console", screen)
+    return screen
+
+
+def test_rebuild_index_draws_each_index_filling_for_a_person_watching_and_nothing_elsewhere(monkeypatch, tmp_path):
+    """It said nothing for the minutes that millions of vectors take."""
+    from .test_library import two_files
+
+    db = two_files(str(tmp_path / "lib.db"))
+    unwatched = CliRunner().invoke(app, ["rebuild-index", "--db", db])
+    assert unwatched.exit_code == 0 and unwatched.stderr == ""  # no bar where stderr is no terminal
+    screen = watched_stderr(monkeypatch)
+    watched = CliRunner().invoke(app, ["rebuild-index", "--db", db])
+    timeless = [re.sub(r"in [0-9.]+ s", "in T s", result.stdout) for result in (unwatched, watched)]
+    assert timeless[0] == timeless[1]  # stdout the same: the bar is on stderr
+    drawn = screen.export_text()
+    assert re.search(r"text index .* 5/5 vectors", drawn) and re.search(r"audio index .* 5/5 vectors", drawn)
+
+
+def test_the_first_command_to_find_a_faiss_file_missing_draws_its_rebuild(monkeypatch, captions, tiny_model_dir):
+    for kind in ("text", "audio"):
+        Path(captions.db).with_suffix(f".{kind}.faiss").unlink()
+    screen = watched_stderr(monkeypatch)
+    result = CliRunner().invoke(app, ["query", "rain", "--db", captions.db, "--model", tiny_model_dir])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"text index .* (\d+)/\1 vectors", screen.export_text())
+
+
+def test_an_index_run_draws_an_index_it_fills_from_the_database_below_its_pass(clock):
+    bar = a_bar()
+    index = IndexProgress(bar, visible=True)
+    index.start(2)
+    fill = index.filling("audio index")
+    assert drawn(bar)[1:] == []  # no line until it fills
+    fill.start(10)
+    clock.now += 2
+    fill.advance(4)
+    first, second = drawn(bar)
+    assert first.startswith("audio embeddings ") and second.startswith("audio index ")
+    assert "4/10 vectors  2.0 vectors/s" in second

@@ -103,6 +103,8 @@ def test_the_same_run_captions_after_every_audio_embedding_is_stored(tiny_model_
     seen: dict[str, object] = {}
 
     class Probe:
+        filling = None  # no index is filled from the database here
+
         def start(self, files):
             pass
 

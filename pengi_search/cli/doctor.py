@@ -34,16 +34,17 @@ def doctor(db: DbOption = None, model: ModelOption = None, json_output: DoctorJs
     if json_output:
         print_json(report.to_json())
     else:
-        _print_report(report)
+        _print_report(report, db)
     raise typer.Exit(EXIT_OK if report.healthy else EXIT_FAILED)
 
 
-def _print_report(report: Report) -> None:
+def _print_report(report: Report, db: str | None) -> None:
+    """The report as text; `db`: `--db` as given, which names the database as the user named it."""
     for title, rows in (
         ("software", _software(report.environment)),
         ("devices", _devices(report.devices)),
         ("models", _models(report.models)),
-        ("database", _database(report.database)),
+        ("database", _database(report.database, db)),
     ):
         out_console.print(f"[bold]{title}[/]")
         for label, text in rows:
@@ -57,6 +58,15 @@ def _print_report(report: Report) -> None:
     for problem in report.problems:
         out_console.print(Text.assemble(("-", "red"), f" {problem.where}: {problem.what}"), soft_wrap=True)
         out_console.print(Text(f"  fix: {problem.fix}"), soft_wrap=True)
+
+
+def _database_named(url: str, given: str | None) -> tuple[str, str]:
+    """The database as the user named it (`urls.library_name`): a SQLite file as typed, or the default's file, not
+    as the URL made of it; a URL given, and a server's database, by its URL (the JSON keeps the URL for all)."""
+    from ..db.urls import library_name
+
+    name = library_name(given) if url.startswith("sqlite") else url
+    return ("url" if "://" in name else "file", name)
 
 
 def _software(env: dict[str, Any]) -> list[tuple[str, str]]:
@@ -98,8 +108,8 @@ def _models(models: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def _database(db: dict[str, Any]) -> list[tuple[str, str]]:
-    rows = [("url", db["url"])]
+def _database(db: dict[str, Any], given: str | None) -> list[tuple[str, str]]:
+    rows = [_database_named(db["url"], given)]
     if db["exists"] is None:
         return [*rows, ("state", f"unknown: {db['error']}")]
     if not db["exists"]:

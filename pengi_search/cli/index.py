@@ -7,6 +7,7 @@ import functools
 import os
 import shlex
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -254,6 +255,7 @@ def _run_once(options: IndexOptions, visible: bool) -> IndexSummary:
     from indexer.pipeline import IndexerError, run_index
     from indexer.run_report import RunInterrupted
 
+    from ..db import BuiltWithOtherError
     from ..scan import ScanError
     from .inputs import name_as_reached
 
@@ -263,6 +265,9 @@ def _run_once(options: IndexOptions, visible: bool) -> IndexSummary:
         return summary.renamed(functools.partial(name_as_reached, targets=list(map(os.fspath, options.roots))))
     except (IndexerError, ScanError) as exc:
         raise UsageError("", str(exc)) from exc
+    except BuiltWithOtherError as exc:  # the run's own command, to paste
+        fix = f"`{_reindex_command(options)}` indexes it anew (every caption and vector made again)"
+        raise exc.fixed_by(fix) from exc
     except RunInterrupted as stop:
         print_interrupted(err_console, _kept(stop.summary))
         raise typer.Exit(interrupted_exit_code()) from None
@@ -270,6 +275,22 @@ def _run_once(options: IndexOptions, visible: bool) -> IndexSummary:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Helpers
+
+
+def _index_command(paths: Sequence[str | os.PathLike[str]], *options: str, db_option: str) -> str:
+    """`pengi-search index PATH...` with `options`, ready to paste: the paths as typed, each quoted for the shell,
+    and the library as the user named it (`db_option`, `urls.db_option`)."""
+    words = [*map(os.fspath, paths), *options]
+    return f"pengi-search index {' '.join(map(shlex.quote, words))}{db_option}"
+
+
+def _reindex_command(options: IndexOptions) -> str:
+    """The run's command with --reindex: its paths, the --model and --text-embedder it was given, its library."""
+    from ..db.urls import db_option
+
+    chosen = {"--model": options.model, "--text-embedder": options.text_embedder}
+    given = [word for option, value in chosen.items() if value for word in (option, value)]
+    return _index_command(options.roots, *given, "--reindex", db_option=db_option(options.db))
 
 
 def _warn_if_nothing_found(summary: IndexSummary, paths: list[str], ext: str | None) -> None:
@@ -320,10 +341,9 @@ def _print_summary(summary: IndexSummary, *, paths: list[str], verbose: bool, db
         recaptioned = count_text(summary.recaptioned, "window")
         out_console.print(f"{recaptioned} captioned by --fast went to pass 2 for exact captions")
     if missing := summary.captions_missing:  # `paths`: the command's, as typed, for a command to paste
-        again = " ".join(shlex.quote(path) for path in paths)
         out_console.print(
-            f"{count_text(missing, 'window')} {for_count(missing, 'has', 'have')} no captions yet: `pengi-search "
-            f"index {again}{db_option}` writes them (meanwhile `query` ranks by audio embeddings)",
+            f"{count_text(missing, 'window')} {for_count(missing, 'has', 'have')} no captions yet: "
+            f"`{_index_command(paths, db_option=db_option)}` writes them (meanwhile `query` ranks by audio embeddings)",
             markup=False,  # the --db value is the user's text
             soft_wrap=True,
         )

@@ -31,6 +31,7 @@ from .common import (
     warn,
 )
 from .index import IndexTypeOption
+from .progress_bars import index_fills, show_progress
 
 STATS_RUNS = 5  # the latest runs `stats` shows
 
@@ -93,7 +94,11 @@ def rebuild_index(
     from ..library import Library
 
     started = time.monotonic()
-    with Library.open(db, create=False) as library, _fallback_told_below():
+    with (
+        index_fills(show_progress(False, json_output)) as fills,
+        Library.open(db, create=False, progress=fills) as library,
+        _fallback_told_below(),
+    ):
         try:
             counts = library.rebuild(index_type, ef_search=ef_search, nprobe=nprobe)
         except OptionError as err:  # a knob for another index type: nothing was rebuilt
@@ -181,7 +186,7 @@ def stats(db: DbOption = None, json_output: StatsJsonOption = False) -> None:
     if json_output:
         print_json(data)
     else:
-        _print_stats(data, db_option(db))
+        _print_stats(data, library.name, db_option(db))
 
 
 @handle_errors
@@ -206,7 +211,11 @@ def remove(
     from ..pathnames import path_fields, shown
     from ..scan import absolute
 
-    with Library.open(db, create=False) as library:
+    # Removing a folder's worth of windows from an HNSW or IVF-PQ index re-fills it: minutes on millions of vectors.
+    with (
+        index_fills(show_progress(False, json_output)) as fills,
+        Library.open(db, create=False, progress=fills) as library,
+    ):
         removed = [library.store.remove(absolute(path)) for path in paths]
         library.sync_vector_indexes()
     if json_output:
@@ -296,13 +305,14 @@ def _knob_text(info: dict[str, Any], name: str) -> str:
     return f"default {text}" if info["params"].get(name) is None else text
 
 
-def _print_stats(data: dict[str, Any], db_option: str) -> None:
-    """`stats` as text; `db_option`: what its command suggestions add to act on this library (`urls.db_option`)."""
+def _print_stats(data: dict[str, Any], name: str, db_option: str) -> None:
+    """`stats` as text: the library `name`d as the user named it (`Store.name`); `db_option`: what its command
+    suggestions add to act on this library (`urls.db_option`)."""
     from ..pathnames import shown
 
     files = data["files"]
     lines = [
-        _database_line(data["database"], data["database_bytes"]),
+        _database_line(name, data["database"], data["database_bytes"]),
         f"files: {files['total']} ({files['indexed']} indexed, {files['pending']} pending, {files['error']} failed)",
         f"windows: {data['window_count']}, texts: {data['texts']}, audio: {duration_text(data['indexed_audio_s'])}",
         _captions_line(data["captions"], db_option),
@@ -330,9 +340,10 @@ def _print_stats(data: dict[str, Any], db_option: str) -> None:
         out_console.print(line, markup=False, soft_wrap=True)
 
 
-def _database_line(url: str, size: int | None) -> str:
-    """The URL, with the size of a SQLite file (a server's database has no file of its own to measure)."""
-    return f"database: {url} ({_human(size)})" if url.startswith("sqlite") else f"database: {url}"
+def _database_line(name: str, url: str, size: int | None) -> str:
+    """The library as the user named it (a file as typed, not the SQLite URL made of it), with the size of a SQLite
+    file (a server's database, at `url`, has no file of its own to measure)."""
+    return f"database: {name} ({_human(size)})" if url.startswith("sqlite") else f"database: {name}"
 
 
 def _run_line(run: dict[str, Any]) -> str:

@@ -5,6 +5,8 @@ How each bar shows its count and rate is `pengi_search.progress`'s, shared with 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from ..consoles import Console, is_watched
@@ -84,21 +86,69 @@ class WindowProgress:
         self.bar.update(self.task, total=self._total(), completed=self.windows_done, rate=rate, files=files)
 
 
-class FileProgress:
+class CountProgress:
+    """A count of a known total, in one unit, and per second, on a progress bar."""
+
+    def __init__(self, bar: Any, description: str, visible: bool, total: int, unit: str) -> None:
+        from ..progress import Rate
+
+        self.bar = bar
+        self.task = bar.add_task(description, total=total, unit=unit, rate=None, files="", visible=visible)
+        self.done = 0
+        self.rate = Rate()
+
+    def add(self, count: int) -> None:
+        self.done += count
+        self.bar.update(self.task, completed=self.done, rate=self.rate.of(self.done))
+
+
+class FileProgress(CountProgress):
     """Files done of a known number, and per second, on a progress bar (`index` hashing the files that may be
     copies of others)."""
 
     def __init__(self, bar: Any, description: str, visible: bool, files: int) -> None:
-        from ..progress import Rate
-
-        self.bar = bar
-        self.task = bar.add_task(description, total=files, unit="files", rate=None, files="", visible=visible)
-        self.done = 0
-        self.rate = Rate()
+        super().__init__(bar, description, visible, files, "files")
 
     def advance(self, files: int = 0, windows: int = 0) -> None:
-        self.done += files
-        self.bar.update(self.task, completed=self.done, rate=self.rate.of(self.done))
+        self.add(files)
+
+
+class IndexFills:
+    """FAISS indexes filled from the database, each on a bar of its own once it starts (an index in line with the
+    database has none): vectors added of all, and per second (`text index ━━ 50000/200000 vectors  9400.0
+    vectors/s`). A rebuild, a compaction's re-fill or a file the first command to open it rebuilds takes minutes on
+    millions of vectors. It is a library's `progress` (`vectors.FillProgresses`): called with an index's name, it
+    gives what that index tells."""
+
+    def __init__(self, bar: Any, visible: bool) -> None:
+        self.bar = bar
+        self.visible = visible
+
+    def __call__(self, name: str) -> _IndexFill:
+        return _IndexFill(self, name)
+
+
+@contextlib.contextmanager
+def index_fills(visible: bool) -> Iterator[IndexFills]:
+    """A library's `progress` for a command that shows no other bar, drawn while in the block (when `visible`)."""
+    with progress_bar() as bar:
+        yield IndexFills(bar, visible)
+
+
+class _IndexFill:
+    """One index's fill (`vectors.FillProgress`): its bar is made when the fill starts."""
+
+    def __init__(self, fills: IndexFills, name: str) -> None:
+        self.fills = fills
+        self.name = name
+        self.count: CountProgress | None = None
+
+    def start(self, vectors: int) -> None:
+        self.count = CountProgress(self.fills.bar, self.name, self.fills.visible, vectors, "vectors")
+
+    def advance(self, vectors: int) -> None:
+        assert self.count is not None
+        self.count.add(vectors)
 
 
 class IndexProgress:
@@ -111,6 +161,7 @@ class IndexProgress:
         self.bar = bar
         self.visible = visible
         self.current: WindowProgress | FileProgress | None = None
+        self.filling = IndexFills(bar, visible)  # a FAISS index the run fills, on a line below the step's
 
     def start_hashing(self, files: int) -> None:
         self._hide()

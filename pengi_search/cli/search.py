@@ -38,7 +38,7 @@ from .common import (
 )
 from .first_use import fetches_model
 from .inputs import audio_inputs, one_file_given
-from .progress_bars import WindowProgress, progress_bar, show_progress
+from .progress_bars import IndexFills, WindowProgress, index_fills, progress_bar, show_progress
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -276,7 +276,10 @@ def query(
     if not text.strip():
         raise UsageError("", 'the query text is empty; say what to look for, e.g. "dog barking in the rain"')
     scope = search.scope()
-    with Library.open(search.db, read_only=True) as library:
+    with (
+        index_fills(show_progress(False, json_output)) as fills,  # a FAISS file to rebuild first: minutes, not silence
+        Library.open(search.db, read_only=True, progress=fills) as library,
+    ):
         chosen = choose_rank(library, rank, search.model)
         counts = caption_counts(library.store)
         hits = query_text(
@@ -339,8 +342,9 @@ def similar(
     paths, unreadable = audio_inputs(files, hidden=hidden)
     apply_threads(compute.threads)
     scope = search.scope()
-    with Library.open(search.db, read_only=True) as library, progress_bar() as bar:
-        progress = WindowProgress(bar, "embedding", visible=show_progress(quiet, json_output))
+    visible = show_progress(quiet, json_output)
+    with progress_bar() as bar, Library.open(search.db, read_only=True, progress=IndexFills(bar, visible)) as library:
+        progress = WindowProgress(bar, "embedding", visible=visible)
         found = similar_to_files(
             library,
             paths,

@@ -32,6 +32,7 @@ from .copies import (
     unhashed_files,
 )
 from .errors import (
+    BuiltWithOtherError,
     ClosedLibraryError,
     DatabaseFailureError,
     DatabaseUnreachableError,
@@ -77,6 +78,7 @@ __all__ = [
     "RUN_STATUSES",
     "TRUNCATED_NOTE",
     "VECTOR_KINDS",
+    "BuiltWithOtherError",
     "CaptionCounts",
     "ClosedLibraryError",
     "CopiedFile",

@@ -25,6 +25,23 @@ class StoreMismatchError(StoreError):
     """The index was built with another model or text embedder than the one asked for."""
 
 
+REINDEX_FIX = "run again with --reindex to index it anew (every caption and vector made again)"
+
+
+class BuiltWithOtherError(StoreMismatchError):
+    """A run that would write with another model or text embedder than the library was `built` with: `uses` is what
+    it has (each as a person reads it, only what differs), `fix` the one thing that makes the run go, which a
+    command that knows its own arguments gives as a command to paste (`fixed_by`)."""
+
+    def __init__(self, where: str, built: str, uses: str, fix: str = REINDEX_FIX) -> None:
+        super().__init__(where, f"the library was built with {built}, but this run uses {uses}: {fix}")
+        self.built = built
+        self.uses = uses
+
+    def fixed_by(self, fix: str) -> BuiltWithOtherError:
+        return BuiltWithOtherError(self.where, self.built, self.uses, fix)
+
+
 class MissingDatabaseError(StoreError):
     """A command that only reads (or changes) a library was pointed at one that does not exist yet."""
 

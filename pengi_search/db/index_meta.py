@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from .errors import StoreMismatchError
+from .errors import BuiltWithOtherError
 from .queries import NO_SYNC, vectors_changed
 from .records import VECTOR_KINDS, EmbedderInfo, IndexMeta, ModelInfo, VectorIndexInfo, check_vector_kind
 from .schema import AudioFileRow, IndexMetaRow, VectorIndexRow, WindowRow
@@ -35,7 +35,8 @@ class IndexBuild:
             return None if row is None else row.to_record()
 
     def set_index_meta(self, model: ModelInfo, embedder: EmbedderInfo) -> None:
-        """Record what builds the index; raises StoreMismatchError when it was built with something else."""
+        """Record what builds the index; raises BuiltWithOtherError (a StoreMismatchError) when it was built with
+        something else."""
         with self.session(write=True) as session:
             row = session.get(IndexMetaRow, 1, with_for_update=True)
             now = datetime.now(timezone.utc)
@@ -46,7 +47,7 @@ class IndexBuild:
             row.updated_at = now
 
     def check_compatible(self, model: ModelInfo | None, embedder: EmbedderInfo | None) -> None:
-        """Raise StoreMismatchError unless the index was built with this model and embedder.
+        """Raise BuiltWithOtherError (a StoreMismatchError) unless the index was built with this model and embedder.
 
         None skips a part (a text query needs only the embedder to match); an empty index is compatible.
         """
@@ -96,15 +97,9 @@ class IndexBuild:
             row.vectors, row.updated_at = vectors, datetime.now(timezone.utc)
 
     def _raise_on_mismatch(self, meta: IndexMeta, model: ModelInfo | None, embedder: EmbedderInfo | None) -> None:
-        wrong = [
-            f"{theirs} but this run uses {ours}"
-            for ours, theirs in ((model, meta.model), (embedder, meta.embedder))
-            if ours is not None and ours != theirs
-        ]
-        if wrong:
-            raise StoreMismatchError(
-                self.name,
-                f"the index was built with {meta.model} and {meta.embedder}; {'; '.join(wrong)}. "
-                "Pass the model and embedder it was built with (--model), or re-index the library with the new "
-                "ones (a full re-index replaces every caption and vector).",
-            )
+        """Raise BuiltWithOtherError naming what differs (None: a part not compared), once each."""
+        pairs = ((meta.model, model), (meta.embedder, embedder))
+        differ = [(str(theirs), str(ours)) for theirs, ours in pairs if ours not in (None, theirs)]
+        if differ:
+            built, uses = (" and ".join(side) for side in zip(*differ, strict=True))
+            raise BuiltWithOtherError(self.name, built, uses)
