@@ -38,7 +38,10 @@ DISK_FULL = "database or disk is full"
 @contextlib.contextmanager
 def disk_full(db: Path) -> Iterator[None]:
     """Every SQLite connection opened meanwhile finds `db` unable to grow by a page, as on a full disk: SQLite's
-    own SQLITE_FULL, raised where the writes need room, through the whole stack as a real full disk is."""
+    own SQLITE_FULL, raised where the writes need room, through the whole stack as a real full disk is. The file's
+    free pages are given back first (VACUUM): SQLite writes into them without growing (a new library has some, left
+    by revision 0007's rebuild of a table), which a full disk would not stop."""
+    sqlite3.connect(db).execute("VACUUM").connection.close()
     pages = count_rows(db, "PRAGMA page_count")
 
     def no_room(dbapi_connection: Any, _record: Any) -> None:
