@@ -26,6 +26,7 @@ column, as `train init`'s label map has, gives the text each label is scored as,
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import logging
 import os
@@ -173,7 +174,7 @@ class Prediction:
     def score(self) -> float:
         return self.ranked[0][1]
 
-    @property
+    @functools.cached_property  # asked for by every part of a report that bounds a tie
     def tie_groups(self) -> list[list[str]]:
         """The ranked labels in the groups that tie, as `rank` ordered them: a group of several at the top is a best
         label that another order of tied labels would change."""

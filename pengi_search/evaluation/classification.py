@@ -123,9 +123,11 @@ def best_label_ties(
     label whose recall another order moves, with the files that move it and its lowest and highest value (`recall`;
     a class's recall is the accuracy over its files, so bounded as the accuracy is). Precision has no such bounds:
     a tie moves a file from one predicted class to another, so the classes' bounds are not independent."""
+    by_class: dict[str, list[Span | None]] = {label: [] for label in classes}
+    for (expected, _), span in zip(pairs, spans, strict=True):  # one pass: a set may have hundreds of classes
+        by_class[expected].append(span)
     recall = {}
-    for label in classes:
-        own = [span for (expected, _), span in zip(pairs, spans, strict=True) if expected == label]
+    for label, own in by_class.items():
         bounds = tie_bounds(own, {"recall": 1}, "files")["recall"]
         if bounds["files"]:
             recall[label] = bounds
