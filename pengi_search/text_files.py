@@ -107,7 +107,7 @@ def csv_rows(
         header = [name.strip().lower() for name in next(reader)]
         kept = [name in names for name in header]
         rows = []
-        for first_line, row in _rows_from(reader):
+        for first_line, row in rows_with_first_line(reader):
             if runs_over_lines(row):
                 raise error(path, unclosed_quote(first_line, reader.line_num))
             rows.append((reader.line_num, _row(path, header, kept, row, reader.line_num, error)))
@@ -120,8 +120,9 @@ def csv_rows(
     return header, rows
 
 
-def _rows_from(reader: Any) -> Iterator[tuple[int, list[str]]]:
-    """The CSV reader's rows that hold a value, each with the line it starts on."""
+def rows_with_first_line(reader: Any) -> Iterator[tuple[int, Any]]:
+    """A CSV reader's rows (`csv.reader`'s lists, `csv.DictReader`'s dicts) that hold a value, each with the line it
+    starts on: `reader.line_num` is where a row ends, which is another line for a value that runs over lines."""
     first_line = reader.line_num + 1
     for row in reader:
         if row:

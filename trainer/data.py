@@ -27,7 +27,14 @@ from pengi_search.config import AudioConfig
 from pengi_search.errors import PengiSearchError, UsageError
 from pengi_search.paths import as_typed
 from pengi_search.stop_signals import ignore_stop_signals, stop_signals_blocked
-from pengi_search.text_files import CSV_LIST_SEPARATOR, listed_file, open_text, runs_over_lines, unclosed_quote
+from pengi_search.text_files import (
+    CSV_LIST_SEPARATOR,
+    listed_file,
+    open_text,
+    rows_with_first_line,
+    runs_over_lines,
+    unclosed_quote,
+)
 from pengi_search.units import for_count
 from trainer.augment import augment
 from trainer.config import AugmentationSection
@@ -118,13 +125,11 @@ def _csv_records(path: Path, handle: TextIO, required: Sequence[str]) -> Iterato
         columns = ", ".join(header)
         missing_columns = f"missing {for_count(len(missing), 'column', 'columns')} {', '.join(missing)}"
         raise ManifestError(path, f"{missing_columns}; the header has {columns}")
-    first_line = reader.line_num + 1
-    for row, record in enumerate(reader, start=1):
+    for row, (first_line, record) in enumerate(rows_with_first_line(reader), start=1):
         if None in record:  # DictReader files the cells beyond the header under the key None
             raise ManifestError(path, f"more cells than the header's {len(header)} columns", row)
         if runs_over_lines(record.values()):
             raise ManifestError(path, unclosed_quote(first_line, reader.line_num))
-        first_line = reader.line_num + 1
         yield row, record
 
 
