@@ -32,18 +32,10 @@ from ..json_values import json_seconds
 from ..library import EmptyLibraryError
 from ..library_stats import stats_json
 from ..pathnames import path_fields
+from ..query_embedders import audio_query_embedder, check_index_model, query_embedder
 from ..ranking import check_hybrid_weight
-from ..search import (
-    Filters,
-    Hit,
-    SearchScope,
-    audio_query_embedder,
-    check_index_model,
-    choose_rank,
-    query_embedder,
-    ranked_index,
-    search_pages,
-)
+from ..search import Hit, SearchScope, choose_rank, ranked_index, search_pages
+from ..search_filters import Filters
 from ..units import span_text
 from . import catalog, media
 from .batching import EmbedBatcher
