@@ -170,7 +170,7 @@ class Library:
         for kind in VECTOR_KINDS:
             path = self.index_path(kind)
             with contextlib.nullcontext() if self.in_memory else locked(path):
-                if not self.in_memory:
+                if not self.in_memory:  # an in-memory library (the server's) never writes a FAISS file
                     tune_file(self.store, path, knobs)
                 self._record_knobs(kind, knobs)  # read under the lock: what another writer recorded last
             if kind in self._indexes:
