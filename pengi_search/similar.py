@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from .library import Library
     from .window_batches import Progress
 
-from .search import Hit, SearchScope, check_index_model, search_index
+from .query_embedders import check_index_model
+from .search import Hit, SearchScope, search_index
 from .units import seconds_text
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PARTIAL, EXIT_USAGE
 from pengi_search.library import Library
+from pengi_search.library_stats import index_info
 from pengi_search.testing import make_tiny_model_dir
 
 from .indexing import assert_consistent, write_tone
@@ -225,7 +226,7 @@ def test_rebuild_index_changes_the_type_and_indexing_keeps_it(tiny_model_dir, so
     write_tone(sounds / "new.wav", 1.0, freq=250)
     assert index(sounds, db, tiny_model_dir).exit_code == 0
     with Library.open(str(db)) as library:
-        assert {kind: info.effective_type for kind, info in library.index_info().items()} == {
+        assert {kind: info.effective_type for kind, info in index_info(library.store).items()} == {
             "text": "hnsw",
             "audio": "hnsw",
         }

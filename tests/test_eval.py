@@ -34,7 +34,9 @@ from pengi_search.evaluation.retrieval import available_rankings, evaluate_retri
 from pengi_search.inference import Engine
 from pengi_search.library import Library
 from pengi_search.pathnames import shown
-from pengi_search.search import Filters, SearchScope, audio_query_embedder, query_embedder, query_text
+from pengi_search.query_embedders import audio_query_embedder, query_embedder
+from pengi_search.search import SearchScope, query_text
+from pengi_search.search_filters import Filters
 from pengi_search.similar import stored_windows
 from pengi_search.tokenization import read_tokenizer
 from pengi_search.truth import read_truth
@@ -733,7 +735,7 @@ def test_eval_caption_of_a_library_whose_embedder_cannot_be_opened_scores_the_ot
     def offline(*_args, **_kwargs):
         raise unreachable
 
-    monkeypatch.setattr("pengi_search.search.query_embedder", offline)
+    monkeypatch.setattr("pengi_search.query_embedders.query_embedder", offline)
     out = tones / "runs" / "embedder-offline"
     args = ["eval", "caption", tones / "captions.csv", "--audio-root", tones / "audio", "-o", out]
     result = run(*args, "--no-java-metrics", *quick(tiny_model_dir))

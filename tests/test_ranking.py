@@ -19,8 +19,9 @@ from pengi_search.embedders import EmbedderSpec, TextEmbedderError, open_text_em
 from pengi_search.evaluation.retrieval import available_rankings
 from pengi_search.library import Library
 from pengi_search.model_dir import ModelDir
+from pengi_search.query_embedders import audio_query_embedder, query_embedder
 from pengi_search.ranking import HybridIndex
-from pengi_search.search import SearchScope, audio_query_embedder, choose_rank, query_embedder, query_text
+from pengi_search.search import SearchScope, choose_rank, query_text
 from pengi_search.vectors import l2_normalise
 
 from .indexing import make_tiny_sentence_transformer, quick_options, write_tone

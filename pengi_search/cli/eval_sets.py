@@ -148,7 +148,7 @@ def retrieval(
     """
     from ..embedders import TextEmbedderError
     from ..evaluation.retrieval import available_rankings, evaluate_retrieval
-    from ..search import audio_query_embedder
+    from ..query_embedders import audio_query_embedder
 
     def score(library: Library, caption_set: CaptionSet, open_embedder: OpenEmbedder, failures: Failures) -> Report:
         embedder = open_embedder()
@@ -274,7 +274,7 @@ def _evaluate_set(
     """Index what the library lacks of the set, `score` the library with its caption embedder (opened when `score`
     asks for it) and the files that failed to index, and write the `kind` report."""
     from ..evaluation.captioning import caption_origins
-    from ..search import query_embedder
+    from ..query_embedders import query_embedder
 
     library, summary = _indexed_library(caption_set, evalset, output, quiet=quiet, json_output=json_output)
     with library:

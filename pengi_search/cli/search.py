@@ -43,7 +43,8 @@ from .progress_bars import IndexFills, WindowProgress, index_fills, progress_bar
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from ..search import Filters, Hit, SearchScope
+    from ..search import Hit, SearchScope
+    from ..search_filters import Filters
     from ..similar import SimilarResult
 
 GONE_MARK = " (gone)"  # after the path of a hit whose file is gone from disk (`Hit.missing`)
@@ -130,7 +131,7 @@ class SearchOptions:
 
     def filters(self) -> Filters:
         """The conditions on results; a value they cannot use (e.g. `--ext ,`) is bad usage."""
-        from ..search import Filters
+        from ..search_filters import Filters
 
         try:
             return Filters.from_options(
