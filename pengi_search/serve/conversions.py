@@ -35,7 +35,7 @@ DEFAULT_MAX_HELD = 20
 # The longest a request waits for a slot or for the same key's run: long enough for the short work (waveforms,
 # windows) queued behind a few transcodes, short enough that a player is told, and retries, within seconds.
 DEFAULT_WAIT_S = 10.0
-BUSY = "the server is busy converting audio for other requests: try again in a few seconds"
+BUSY = "the server is busy converting audio for other requests"  # the answer says when to ask again
 
 
 class ConversionsBusy(RequestError):

@@ -188,7 +188,7 @@ def png_rgb(pixels: np.ndarray) -> bytes:
 
 
 _CLOSED = "the server is stopping: its transcodes are removed"
-_FULL = "the server is busy converting other files (its transcode cache is full): try again in a few seconds"
+_FULL = "the server is busy converting other files (its transcode cache is full)"
 FLAC_MARGIN_BYTES = 64 << 10  # a FLAC file's headers beyond its frames, at most
 
 

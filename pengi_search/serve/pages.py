@@ -76,10 +76,15 @@ def span(start: float, end: float) -> str:
 
 
 def window_label(path: str, start: float, end: float, caption: str) -> str:
-    """What a screen reader says of a window that plays when pressed: its file, its time and what Pengi wrote
-    ("to": a dash is read out as "dash" or not at all)."""
+    """What a screen reader says of a window that plays when pressed: what pressing it does, and `window_said`."""
+    return f"Play {window_said(path, start, end, caption)}"
+
+
+def window_said(path: str, start: float, end: float, caption: str) -> str:
+    """A window as a screen reader says it: its file, its time and what Pengi wrote ("to": a dash is read out as
+    "dash" or not at all). A hit's waveform says it after what pressing it does, play or pause (set by the script)."""
     first, last = span_ends(start, end)
-    said = f"Play {path}, {first} to {last} s"
+    said = f"{path}, {first} to {last} s"
     return f"{said}: {caption}" if caption else said
 
 
@@ -170,6 +175,7 @@ templates.env.globals.update(
     hit_player=hit_player,
     span=span,
     window_label=window_label,
+    window_said=window_said,
     when=when,
     duration_text=duration_text,
     seconds_text=seconds_text,

@@ -16,9 +16,23 @@ function drawPeaks(canvas, peaks) {
   });
 }
 
-async function loadWaveform(canvas) {
+// A server busy with other audio work answers 503 with when to ask again (Retry-After, in seconds): a waveform and a
+// player ask again then by themselves, BUSY_RETRIES times at most in a row.
+const BUSY_RETRIES = 3;
+
+function retryAfter(response) {
+  const seconds = response.status === 503 ? parseFloat(response.headers.get("Retry-After")) : NaN;
+  return Number.isFinite(seconds) ? seconds : null;
+}
+
+async function loadWaveform(canvas, retries = 0) {
   try {
     const response = await fetch(canvas.dataset.peaks, { credentials: "same-origin" });
+    const wait = retryAfter(response);
+    if (wait !== null && retries < BUSY_RETRIES) {
+      setTimeout(() => loadWaveform(canvas, retries + 1), wait * 1000);
+      return;
+    }
     if (!response.ok) {
       canvas.classList.add("unavailable");
       canvas.title = (await response.json()).detail || "no waveform";
@@ -106,10 +120,14 @@ function toggleSpan(audio, start, end) {
 // waveform, the player's own controls, another player starting, the hit's end, a failure.
 const TOGGLE_LABELS = { play: ["\u25b6 ", "Play hit"], pause: ["\u275a\u275a ", "Pause hit"] };
 
-function labelWithPlayer(button, audio) {
+// So does the hit's waveform, to a screen reader (its aria-label: "Pause dog.wav, 0 to 3 s: a dog barks"), pressed
+// as it is by Enter, Space or a click of assistive technology (a click with no pointer: see setUpHits).
+function labelWithPlayer(button, audio, canvas) {
   const [icon, label] = button.querySelectorAll("span");
   const show = () => {
-    [icon.textContent, label.textContent] = TOGGLE_LABELS[audio.paused ? "play" : "pause"];
+    const state = audio.paused ? "play" : "pause";
+    [icon.textContent, label.textContent] = TOGGLE_LABELS[state];
+    canvas?.setAttribute("aria-label", `${state === "play" ? "Play" : "Pause"} ${canvas.dataset.said}`);
   };
   for (const type of ["play", "pause", "emptied", "error"]) audio.addEventListener(type, show);
 }
@@ -127,44 +145,72 @@ function loadAgainAfterFailure(audio) {
 
 // A player that fails after the page was made (its file gone or changed on disk since, the server stopped or
 // restarting) would do nothing visible: it says why below itself, as a page made then says it of such a hit, until
-// it plays again.
+// it plays again. One refused because the server was busy (503) asks again by itself when the server says to (its
+// Retry-After), and plays from where it was asked to play, if it was (a file page's player only loads its length).
 const playFailures = new WeakMap(); // audio -> the note that says why it did not play
 
 function sayWhyNotPlayed(audio) {
+  const preload = audio.preload; // loadAgainAfterFailure sets it to "none"; a retry loads as the page did
+  let asked = null; // where the player was asked to play from since it last played or failed, else null
+  let retries = 0;
+  let failures = 0; // since it last played: the reason of a failure is said only if it is still the latest
+  audio.addEventListener("play", () => (asked = audio.currentTime));
   audio.addEventListener("error", async () => {
-    const reason = await whyNotPlayed(audio.currentSrc || audio.src);
-    let note = playFailures.get(audio);
-    if (!note) {
-      note = document.createElement("p");
-      note.className = "error unplayable";
-      note.setAttribute("role", "alert");
-      (audio.closest(".listen") || audio).after(note);
-      playFailures.set(audio, note);
-    }
-    note.textContent = `The audio cannot be played: ${reason}`;
+    const from = asked, stopAt = parseFloat(audio.dataset.stopAt), failure = ++failures;
+    asked = null;
+    const why = await whyNotPlayed(audio.currentSrc || audio.src);
+    if (failure !== failures) return; // it played, or failed again, meanwhile
+    // Given now, the audio may have been refused as busy a moment before: asked again once, before it is said
+    // that the browser cannot decode it.
+    const wait = retries < BUSY_RETRIES ? (why.given && retries === 0 ? 0 : why.retryAfter) : null;
+    if (wait === null) sayNotPlayed(audio, why.reason);
+    else if (wait > 0) sayNotPlayed(audio, `${why.reason}; trying again in ${wait} s`);
+    if (wait === null) return;
+    const attempt = ++retries;
+    setTimeout(() => {
+      if (retries !== attempt) return; // it played meanwhile
+      audio.preload = preload;
+      if (from === null) audio.load();
+      else playSpan(audio, from, Number.isNaN(stopAt) ? Infinity : stopAt);
+    }, wait * 1000);
   });
   audio.addEventListener("playing", () => {
+    retries = failures = 0;
     playFailures.get(audio)?.remove();
     playFailures.delete(audio);
   });
 }
 
-// Why the server did not give the audio at `src`, as its JSON error says it ("file 12: no longer readable on disk",
-// "window 7: no longer in the index: ...": the page names the file and its window already, so not their ids); or
-// that it did not answer, or gave what the browser cannot play.
+function sayNotPlayed(audio, reason) {
+  let note = playFailures.get(audio);
+  if (!note) {
+    note = document.createElement("p");
+    note.className = "error unplayable";
+    note.setAttribute("role", "alert");
+    (audio.closest(".listen") || audio).after(note);
+    playFailures.set(audio, note);
+  }
+  note.textContent = `The audio cannot be played: ${reason}`;
+}
+
+// Why the server did not give the audio at `src` ({reason, retryAfter}), as its JSON error says it ("file 12: no
+// longer readable on disk", "window 7: no longer in the index: ...": the page names the file and its window already,
+// so not their ids), with when to ask again (seconds) if it was busy, else null; or that it did not answer, or gave
+// what the browser cannot play.
 async function whyNotPlayed(src) {
   let response;
   try {
     response = await fetch(src.split("#")[0], { headers: { Range: "bytes=0-0" }, credentials: "same-origin" });
   } catch (error) {
-    return "the server does not answer";
+    return { reason: "the server does not answer", retryAfter: null };
   }
   if (response.ok) {
     response.body?.cancel();
-    return "the browser cannot decode it";
+    return { reason: "the browser cannot decode it", retryAfter: null, given: true };
   }
   const detail = (await response.json().catch(() => ({}))).detail;
-  return detail ? detail.replace(/^(file|window) \d+: /, "") : `the server answered ${response.status}`;
+  const reason = detail ? detail.replace(/^((file|window) \d+|audio): /, "") : `the server answered ${response.status}`;
+  return { reason, retryAfter: retryAfter(response) };
 }
 
 function stopAtEnd(audio) {
@@ -222,10 +268,14 @@ function setUpHits(hits) {
     loadAgainAfterFailure(audio);
     const start = parseFloat(button.dataset.start), end = parseFloat(button.dataset.end);
     button.addEventListener("click", () => toggleSpan(audio, start, end));
-    labelWithPlayer(button, audio);
+    labelWithPlayer(button, audio, canvas);
     if (canvas) {
       loadWaveformWhenNear(canvas);
       canvas.addEventListener("click", (event) => {
+        if (event.detail === 0) { // no pointer (a screen reader's click): no place was chosen, it plays or pauses
+          toggleSpan(audio, start, end);
+          return;
+        }
         const fraction = event.offsetX / canvas.clientWidth;
         playSpan(audio, start + fraction * (end - start), end);
       });
