@@ -1058,3 +1058,26 @@ def test_a_player_refused_while_the_server_is_busy_says_so_and_plays_by_itself_w
         assert audio_state(driver, audio)["error"] is None
         wait_for(driver, lambda d: not hit.find_elements(By.CSS_SELECTOR, ".unplayable"), "the note gone")
         driver.execute_script("arguments[0].pause()", audio)
+
+
+def test_a_player_that_failed_asks_the_server_nothing_more_until_it_is_pressed_again(server, driver):
+    """Chromium asks a failed source again as soon as the player is loaded anew, whatever its preload: a player that
+    failed asked for its audio hundreds of times a second, for as long as the page stayed open. It asks once (and
+    the page once, for why), then nothing until pressed again."""
+    from selenium.webdriver.common.by import By
+
+    address, library = server
+    bell = library.files["bell.wav"]
+    aside = bell.with_name("bell.wav.aside")
+    driver.get(f"{address}/?q=a+bell+rings&k=1")
+    hit = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "li.hit"), "search results")[0]
+    driver.get_log("browser")  # what the page logged before
+    bell.rename(aside)
+    try:
+        hit.find_element(By.CSS_SELECTOR, "button.play-hit").click()
+        wait_for(driver, lambda d: hit.find_elements(By.CSS_SELECTOR, ".unplayable"), "why it did not play")
+        driver.execute_async_script("setTimeout(arguments[0], 1000)")  # a second in which a loop would ask again
+        failed = [entry["message"] for entry in driver.get_log("browser") if "/audio" in entry["message"]]
+    finally:
+        aside.rename(bell)
+    assert len(failed) == 2, failed  # the player's request, and the page's look at why

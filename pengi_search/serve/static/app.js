@@ -95,6 +95,7 @@ function setUpOnePlayerAtATime() {
 
 // Play `audio` from `start` and stop at `end` (seconds on the audio element's own time line).
 function playSpan(audio, start, end) {
+  giveSourceBack(audio);
   audio.dataset.stopAt = String(end);
   audio.currentTime = start;
   const played = audio.play();
@@ -133,14 +134,32 @@ function labelWithPlayer(button, audio, canvas) {
 }
 
 // A player that failed keeps its error, and plays nothing when pressed again (by *Play hit*, or by its own play
-// button, whose presses the page cannot hear), even once the server is back or the file restored. So it is loaded
-// anew at once, to wait as `preload="none"` makes it wait: loading then asks the server nothing (no request that
-// could fail again, in a loop) until it is played, and then asks anew.
+// button, whose presses the page cannot hear), even once the server is back or the file restored. Loaded anew, Chromium
+// asks the server again at once whatever its `preload` says: failing again, in a loop (hundreds of requests a second,
+// for as long as the page is open); without a source, its own play button does nothing. So it is given a stand-in
+// source that asks the server nothing (a silent instant, in the page), and its own source back when it is pressed (its
+// "play"), or played by the page (`giveSourceBack`, before it is told where to play from).
+const STAND_IN = "data:audio/wav;base64,UklGRiYAAABXQVZFZm10IBAAAAABAAEAQB8AAIA+AAACABAAZGF0YQIAAAAAAA==";
+
 function loadAgainAfterFailure(audio) {
   audio.addEventListener("error", () => {
-    audio.preload = "none";
-    audio.load();
+    if (audio.dataset.src) return; // the stand-in failed: never so, but it must not loop either
+    audio.dataset.src = audio.getAttribute("src");
+    audio.src = STAND_IN;
   });
+  audio.addEventListener("play", () => {
+    if (!giveSourceBack(audio)) return;
+    const played = audio.play();
+    if (played) played.catch(() => {});
+  });
+}
+
+// Give a failed player its own source back (`loadAgainAfterFailure`); true if it had the stand-in.
+function giveSourceBack(audio) {
+  if (!audio.dataset.src) return false;
+  audio.src = audio.dataset.src;
+  delete audio.dataset.src;
+  return true;
 }
 
 // A player that fails after the page was made (its file gone or changed on disk since, the server stopped or
@@ -150,7 +169,6 @@ function loadAgainAfterFailure(audio) {
 const playFailures = new WeakMap(); // audio -> the note that says why it did not play
 
 function sayWhyNotPlayed(audio) {
-  const preload = audio.preload; // loadAgainAfterFailure sets it to "none"; a retry loads as the page did
   let asked = null; // where the player was asked to play from since it last played or failed, else null
   let retries = 0;
   let failures = 0; // since it last played: the reason of a failure is said only if it is still the latest
@@ -158,7 +176,7 @@ function sayWhyNotPlayed(audio) {
   audio.addEventListener("error", async () => {
     const from = asked, stopAt = parseFloat(audio.dataset.stopAt), failure = ++failures;
     asked = null;
-    const why = await whyNotPlayed(audio.currentSrc || audio.src);
+    const why = await whyNotPlayed(audio.getAttribute("src"));
     if (failure !== failures) return; // it played, or failed again, meanwhile
     // Given now, the audio may have been refused as busy a moment before: asked again once, before it is said
     // that the browser cannot decode it.
@@ -169,8 +187,7 @@ function sayWhyNotPlayed(audio) {
     const attempt = ++retries;
     setTimeout(() => {
       if (retries !== attempt) return; // it played meanwhile
-      audio.preload = preload;
-      if (from === null) audio.load();
+      if (from === null) giveSourceBack(audio); // loaded as the page loads it
       else playSpan(audio, from, Number.isNaN(stopAt) ? Infinity : stopAt);
     }, wait * 1000);
   });
@@ -200,7 +217,7 @@ function sayNotPlayed(audio, reason) {
 async function whyNotPlayed(src) {
   let response;
   try {
-    response = await fetch(src.split("#")[0], { headers: { Range: "bytes=0-0" }, credentials: "same-origin" });
+    response = await fetch(new URL(src, location.href).pathname, { headers: { Range: "bytes=0-0" }, credentials: "same-origin" });
   } catch (error) {
     return { reason: "the server does not answer", retryAfter: null };
   }
@@ -381,6 +398,7 @@ function setUpFile() {
     keyboardWindows(lanes, (lane) => seekTo(parseFloat(lane.dataset.start)));
   }
   function seekTo(start) {
+    giveSourceBack(player);
     delete player.dataset.stopAt;
     player.currentTime = start;
     const played = player.play();
