@@ -1011,26 +1011,28 @@ def test_a_hits_waveform_says_what_pressing_it_does_play_or_pause(server, driver
     assert canvas.get_attribute("aria-label") == f"Play {said}"
 
 
-# A server that refuses the first two requests for a file's audio as busy (the player's, and its look at why), and
-# says to ask again in a second rather than five.
+# A server that refuses the first two requests for a file's audio as busy (the player's, and its look at why) and
+# the first of a spectrogram, and says to ask again in a second rather than five.
 BUSY_AT_FIRST = """
 from pengi_search.serve import errors
 from pengi_search.serve.conversions import ConversionsBusy
 from pengi_search.serve.service import Service
 
 errors.RETRY_AFTER_S = 1
-refusals = [2]
-given = Service.file_audio
 
 
-def busy_at_first(self, file_id):
-    if refusals[0] > 0:
-        refusals[0] -= 1
-        raise ConversionsBusy()
-    return given(self, file_id)
+def busy_at_first(given, refusals):
+    def refused_at_first(self, file_id):
+        if refusals[0] > 0:
+            refusals[0] -= 1
+            raise ConversionsBusy()
+        return given(self, file_id)
+
+    return refused_at_first
 
 
-Service.file_audio = busy_at_first
+Service.file_audio = busy_at_first(Service.file_audio, [2])
+Service.spectrogram = busy_at_first(Service.spectrogram, [1])
 from pengi_search.cli import app
 
 app()
@@ -1041,7 +1043,8 @@ def test_a_player_refused_while_the_server_is_busy_says_so_and_plays_by_itself_w
     tmp_path_factory, tiny_model_dir, driver
 ):
     """A hit asked for while the server's audio work is full (503, Retry-After) says why and that it will try
-    again, and plays from the hit's start once the server gives the audio, the note gone, with no second press."""
+    again, and plays from the hit's start once the server gives the audio, the note gone, with no second press; a
+    spectrogram refused so is asked for again too."""
     from selenium.webdriver.common.by import By
 
     one = {"hum.wav": (2.0, ["a low hum"])}
@@ -1058,6 +1061,11 @@ def test_a_player_refused_while_the_server_is_busy_says_so_and_plays_by_itself_w
         assert audio_state(driver, audio)["error"] is None
         wait_for(driver, lambda d: not hit.find_elements(By.CSS_SELECTOR, ".unplayable"), "the note gone")
         driver.execute_script("arguments[0].pause()", audio)
+
+        # The file's page: its spectrogram, refused first, comes once asked again.
+        hit.find_element(By.CSS_SELECTOR, "a.path").click()
+        image = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "img.spectrogram"), "the file's page")[0]
+        wait_for(driver, lambda d: d.execute_script("return arguments[0].naturalWidth", image) > 0, "the spectrogram")
 
 
 def test_a_player_that_failed_asks_the_server_nothing_more_until_it_is_pressed_again(server, driver):

@@ -376,9 +376,21 @@ function sayBelow(element, id, text) {
   note.textContent = text;
 }
 
+// A spectrogram refused while the server is busy (503) is asked for again, as a waveform is, when the server says to
+// (an image does not tell why it failed, nor what Retry-After said: the page carries it), BUSY_RETRIES times at most.
+function retryImage(image) {
+  let retries = 0;
+  image.addEventListener("error", () => {
+    if (retries++ >= BUSY_RETRIES) return;
+    setTimeout(() => (image.src = image.getAttribute("src")), parseFloat(image.dataset.retryS) * 1000);
+  });
+}
+
 function setUpFile() {
   const player = document.getElementById("file-player");
   if (!player) return;
+  const spectrogram = document.querySelector("img.spectrogram[data-retry-s]");
+  if (spectrogram) retryImage(spectrogram);
   stopAtEnd(player);
   sayWhyNotPlayed(player);
   loadAgainAfterFailure(player);
