@@ -250,12 +250,12 @@ class TranscodeCache:
         try:
             _write_flac(source, target, max_s, lambda most: self._reserve(target, most))
         except BaseException:
-            target.unlink(missing_ok=True)
-            raise
-        finally:
             with self._lock:
                 self._reserved.pop(target, None)
-        with self._lock:
+            target.unlink(missing_ok=True)
+            raise
+        with self._lock:  # its reservation turns into its size at once: on disk, it is always counted
+            self._reserved.pop(target, None)
             if self._closed:  # closed meanwhile: the folder is gone, and nothing may be left behind
                 target.unlink(missing_ok=True)
                 raise RuntimeError(_CLOSED)
