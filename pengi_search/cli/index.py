@@ -289,14 +289,10 @@ def _index_command(paths: Sequence[str | os.PathLike[str]], *options: str, db_op
     return f"pengi-search index {' '.join(map(shlex.quote, words))}{db_option}"
 
 
-# What `index --reindex` cannot take: a watch or a shard would re-index the library at every change or in parts.
-_NOT_WITH_REINDEX = (
-    "--reindex",
-    "--watch",
-    "--debounce",
-    "--shard",
-    "--db",
-)  # --db: added by `_index_command`, password hidden
+# What the suggested `index --reindex` leaves out: --reindex, which it adds; a watch or a shard, which would index
+# the library anew at every change or in parts (both refused with it); --db, which `_index_command` adds, its
+# password hidden.
+_NOT_WITH_REINDEX = ("--reindex", "--watch", "--debounce", "--shard", "--db")
 
 
 def _reindex_command(context: typer.Context, paths: Sequence[str], db: str | None) -> str:
