@@ -694,3 +694,19 @@ def test_classify_loglik_from_the_command_line(captions, common, labels):
     entry = json.loads(result.stdout)["results"][0]
     assert entry["source"] == "index" and entry["score"] < 0  # a mean log-probability
     assert entry["label"] in labels.read_text().splitlines()
+
+
+def test_classify_says_once_that_a_library_given_by_another_model_is_not_reused(captions, common, labels, tmp_path):
+    """--db names a library to reuse, but one built by another model holds nothing this run can take: every file
+    was decoded without a word; only each result's `source` said so."""
+    other = make_tiny_model_dir(tmp_path / "other", seed=3)
+    args = ("classify", captions.files["bell.wav"], "-l", labels, "--method", "loglik", "--device", "cpu", "--json")
+    result = run(*args, "--db", captions.db, "--model", other)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["results"][0]["source"] == "decoded"
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"warning: {captions.db}: built with model 'tiny-base'")
+    assert line.endswith(
+        "nothing it holds is reused, every file is decoded (classify with the library's model to reuse it)"
+    )
+    assert run(*args, *common).stderr == ""  # its own model: reused, nothing to say

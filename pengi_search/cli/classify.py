@@ -297,6 +297,8 @@ def classify_targets(
         if report_skips:
             report_skipped(path, reason)
     library = _open_library(db)
+    if library is not None and db is not None:
+        _warn_if_built_by_another(library, model_dir)
     try:
         classifier = Classifier(
             labels,
@@ -331,6 +333,19 @@ def _warn_of_label_spellings(model_dir: ModelDir, labels: Sequence[str], texts: 
             f"{count_text(len(spelled), 'label')} {for_count(len(spelled), 'is', 'are')} scored as written ({some}), "
             f"but this model was trained on labels as words ({answer_text(spelled[0])!r}): give --labels the label "
             "map that `train init` wrote (its labels.csv, whose answer column says how each label was taught)"
+        )
+
+
+def _warn_if_built_by_another(library: Any, model_dir: ModelDir) -> None:
+    """The library given with --db, built by another model than this run's: nothing it holds is reused (its
+    captions and audio embeddings are another model's), which the run's sources say file by file only."""
+    from ..search import built_by
+
+    meta = library.store.index_meta()
+    if meta is not None and not built_by(library, model_dir):
+        warn(
+            f"{library.name}: built with {meta.model}, not with {model_dir.identity}: nothing it holds is reused, "
+            "every file is decoded (classify with the library's model to reuse it)"
         )
 
 
