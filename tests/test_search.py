@@ -588,3 +588,8 @@ def test_query_uses_the_sentence_transformers_embedder_the_index_was_built_with(
         caption = next(lib.store.export_rows())["windows"][0]["texts"][0]["text"]
         hits = query_text(lib, caption, model=str(tiny_model_dir))
     assert hits[0].path == str(sounds / "a.wav") and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    # Its captions are the library's model's: another model named is refused, as with Pengi's own tower (it was
+    # never looked at: the query matched the library's captions under the other model's name).
+    other = make_tiny_model_dir(tmp_path / "other", seed=3)
+    with Library.open(db) as lib, pytest.raises(StoreMismatchError, match="the index was built with model 'tiny-base'"):
+        query_text(lib, caption, model=str(other))
