@@ -26,7 +26,8 @@ def query_embedder(library: Library, model: str | None = None, device: str = "au
     """The text embedder that built the library's 'text' index, loaded the cheapest way (see `open_text_embedder`)
     once per process (`kept_text_embedder`).
 
-    Raises StoreMismatchError when `--model` (or the default model) is not the one the index was built with.
+    Raises StoreMismatchError when `--model` (or the default model, for Pengi's tower) is not the one the index was
+    built with.
     """
     meta = library.store.index_meta()
     if meta is None:
@@ -40,7 +41,12 @@ def query_embedder(library: Library, model: str | None = None, device: str = "au
         raise StoreMismatchError(
             library.name, f"the index was built with an unknown text embedder {meta.embedder.name!r}"
         )
-    model_dir = _text_tower_model(library, meta.embedder.name, model) if spec.is_pengi else None
+    if spec.is_pengi:
+        model_dir: ModelDir | None = _text_tower_model(library, meta.embedder.name, model)
+    else:  # the query is embedded without the model, but a model named must be the one whose captions it matches
+        model_dir = None
+        if model is not None:
+            check_index_model(library, ModelDir.resolve(model))
     embedder = kept_text_embedder(spec, model_dir, device)
     if embedder.dim != meta.embedder.dim:
         raise StoreMismatchError(

@@ -41,7 +41,7 @@ from pengi_search.similar import stored_windows
 from pengi_search.tokenization import read_tokenizer
 from pengi_search.truth import read_truth
 
-from .indexing import write_tone
+from .indexing import make_tiny_sentence_transformer, write_tone
 from .search_library import caption_library, tone
 
 runner = CliRunner()
@@ -651,6 +651,21 @@ def test_eval_retrieval_end_to_end(tones, tiny_model_dir):
     second = json.loads(again.stdout)
     assert second["index_run"]["indexed"] == 0 and second["index_run"]["unchanged"] == 4
     assert second["metrics"] == report["metrics"]
+
+
+def test_eval_retrieval_with_a_model_without_text_tower_refuses_a_hybrid_weight(tones, tiny_no_text_model_dir):
+    """Such a model is measured by caption matching alone: a weight for the hybrid ranking was read by nothing."""
+    embedder = make_tiny_sentence_transformer(tones / "st-for-hybrid")
+    result = run(
+        "eval", "retrieval", tones / "captions.csv", "--audio-root", tones / "audio", "-o", tones / "runs" / "weight",
+        "--text-embedder", f"sentence-transformers:{embedder}", "--hybrid-weight", "0.25",
+        *quick(tiny_no_text_model_dir),
+    )  # fmt: skip
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert result.stderr.splitlines()[-1] == (
+        "error: --hybrid-weight: weighs --rank hybrid, which needs the text tower that the index's model lacks: "
+        "leave it out"
+    )
 
 
 def test_eval_caption_end_to_end(tones, tiny_model_dir):

@@ -253,9 +253,25 @@ def test_init_refuses_a_folder_holding_an_earlier_init_unless_forced_and_then_le
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_writes_a_loadable_config(tmp_path, recipe) -> None:
     labels = write_clips(tmp_path / "clips")
-    result = init_run(labels, tmp_path / "clips", tmp_path / recipe, recipe=recipe, init=str(tmp_path / "model"))
+    init = str(tmp_path / "model") if recipe == "finetune-released" else None
+    result = init_run(labels, tmp_path / "clips", tmp_path / recipe, recipe=recipe, init=init)
     config = load_config(result.config)
     assert config.data.train == result.manifests["train"].resolve()
+
+
+@pytest.mark.parametrize("recipe", ["labels-cpu", "labels-gpu"])
+def test_init_refuses_a_model_to_start_from_for_a_recipe_that_trains_from_scratch(tmp_path, recipe) -> None:
+    """Only finetune-released's config starts from a Pengi model: `--init` with another recipe was written nowhere,
+    and the training that followed went on without it, without a word. Refused in one line, nothing written."""
+    labels = write_clips(tmp_path / "clips")
+    out = tmp_path / "out"
+    args = ["train", "init", str(labels), "--audio-root", str(tmp_path / "clips"), "--out", str(out)]
+    result = cli(*args, "--recipe", recipe, "--init", "base")
+    assert result.exit_code == EXIT_USAGE and result.stderr.splitlines() == [
+        f"error: --init: is the Pengi model the finetune-released recipe starts from; {recipe} starts from none: "
+        "leave it out, or use --recipe finetune-released"
+    ]
+    assert not out.exists()
 
 
 def test_init_names_the_row_of_a_bad_csv(tmp_path) -> None:
