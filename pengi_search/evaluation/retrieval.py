@@ -133,8 +133,10 @@ class WindowMatching:
     def audio_to_text(self, paths: Sequence[str], captions: Sequence[str], k: int) -> list[Scored]:
         # Each distinct text is scored once: a matrix product may round two equal columns differently (its blocking),
         # which would break the tie between two files' identical captions by chance instead of by order.
-        distinct = list(dict.fromkeys(captions))
-        column = [distinct.index(caption) for caption in captions]
+        # Found by hash: `list.index` would compare each caption with all before it (100,000 captions: 5e9).
+        position = {caption: i for i, caption in enumerate(dict.fromkeys(captions))}
+        column = [position[caption] for caption in captions]
+        distinct = list(position)
         vectors = self._query_vectors(distinct)
         ranked = []
         for path in paths:

@@ -1,0 +1,55 @@
+"""`eval` on a large set (AudioSet's 20,000 files and 527 classes, Clotho's 5,000 captions a split): no step of
+its scoring may grow with the square of the set in Python."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from pengi_search.choices import Rank
+from pengi_search.embedders import CutText
+from pengi_search.evaluation.retrieval import WindowMatching
+from pengi_search.library import Library
+from pengi_search.search import Filters
+
+
+class CountedCaption(str):
+    """A caption that counts the times it is compared with another caption (not itself) for equality."""
+
+    comparisons = 0
+
+    def __eq__(self, other: object) -> bool:
+        CountedCaption.comparisons += 1
+        return str.__eq__(self, other)
+
+    __hash__ = str.__hash__
+
+
+class RandomEmbedder:
+    """A text embedder of the library's dimension whose vectors are random: only the work around it is measured."""
+
+    id = "random"
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.rng = np.random.default_rng(0)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return self.rng.standard_normal((len(texts), self.dim)).astype(np.float32)
+
+    def cut_texts(self, texts: Sequence[str]) -> list[CutText]:
+        return []
+
+
+def test_audio_to_text_finds_each_caption_among_the_distinct_ones_by_its_hash(captions):
+    """Not by comparing it with each distinct caption before it, which 100,000 captions make 5e9 comparisons."""
+    texts = [CountedCaption(f"caption number {i}") for i in range(2_000)]
+    with Library.open(captions.db, read_only=True) as library:
+        meta = library.store.index_meta()
+        assert meta is not None
+        ranking = WindowMatching(Rank.caption, library, Filters(), RandomEmbedder(meta.embedder.dim), None)
+        CountedCaption.comparisons = 0
+        (ranked,) = ranking.audio_to_text([str(captions.files["bell.wav"])], texts, 10)
+    assert len(ranked) == 10
+    assert CountedCaption.comparisons <= len(texts)
