@@ -6,21 +6,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import pytest
 
 from pengi_search.choices import Rank
+from pengi_search.classify import Prediction, evaluate
 from pengi_search.embedders import CutText
 from pengi_search.evaluation.retrieval import WindowMatching
 from pengi_search.library import Library
 from pengi_search.search import Filters
+from pengi_search.truth import Truth
 
 
-class CountedCaption(str):
-    """A caption that counts the times it is compared with another caption (not itself) for equality."""
+class CountedText(str):
+    """A caption or label that counts the times it is compared for equality with another text (not itself)."""
 
     comparisons = 0
 
     def __eq__(self, other: object) -> bool:
-        CountedCaption.comparisons += 1
+        CountedText.comparisons += 1
         return str.__eq__(self, other)
 
     __hash__ = str.__hash__
@@ -44,12 +47,29 @@ class RandomEmbedder:
 
 def test_audio_to_text_finds_each_caption_among_the_distinct_ones_by_its_hash(captions):
     """Not by comparing it with each distinct caption before it, which 100,000 captions make 5e9 comparisons."""
-    texts = [CountedCaption(f"caption number {i}") for i in range(2_000)]
+    texts = [CountedText(f"caption number {i}") for i in range(2_000)]
     with Library.open(captions.db, read_only=True) as library:
         meta = library.store.index_meta()
         assert meta is not None
         ranking = WindowMatching(Rank.caption, library, Filters(), RandomEmbedder(meta.embedder.dim), None)
-        CountedCaption.comparisons = 0
+        CountedText.comparisons = 0
         (ranked,) = ranking.audio_to_text([str(captions.files["bell.wav"])], texts, 10)
     assert len(ranked) == 10
-    assert CountedCaption.comparisons <= len(texts)
+    assert CountedText.comparisons <= len(texts)
+
+
+def test_per_class_scores_take_one_pass_over_the_files_not_one_a_class():
+    """527 classes over 20,000 files were 30 million comparisons of labels in Python."""
+    labels = [CountedText(f"label {i}") for i in range(200)]
+    files = [f"/set/{i}.wav" for i in range(1_000)]
+    truth = Truth({path: (labels[i % 200],) for i, path in enumerate(files)}, {})
+    # Every third file right, the others taken for the next class.
+    predictions = [
+        Prediction(path, [(labels[(i + (i % 3 > 0)) % 200], 0.9)], 1, "decoded") for i, path in enumerate(files)
+    ]
+    CountedText.comparisons = 0
+    scores = evaluate(predictions, truth)
+    assert CountedText.comparisons <= 2 * len(files)
+    assert scores["correct"] == 334 and scores["per_class"]["label 0"] == pytest.approx(
+        {"precision": 2 / 5, "recall": 2 / 5, "f1": 2 / 5, "support": 5}
+    )
