@@ -15,7 +15,7 @@ from pengi_search.classify import Prediction, evaluate
 from pengi_search.embedders import CutText
 from pengi_search.evaluation.retrieval import WindowMatching
 from pengi_search.library import Library
-from pengi_search.search import Filters
+from pengi_search.search_filters import Filters
 from pengi_search.similar import stored_windows
 from pengi_search.truth import Truth
 
@@ -98,3 +98,23 @@ def test_an_indexed_files_stored_windows_are_found_without_reading_a_table_whole
             for step in connection.execute("EXPLAIN QUERY PLAN " + statement, parameters)
         ]
     assert plans and not [step for step in plans if step.startswith("SCAN")]
+
+
+def test_text_to_audio_reads_the_windows_under_the_audio_root_once_not_once_a_caption(captions, monkeypatch):
+    """Each read is every window id under the root: 40,000 of them, 0.1 s, for each of 100,000 captions."""
+    reads: list[str | None] = []
+    with Library.open(captions.db, read_only=True) as library:
+        meta = library.store.index_meta()
+        assert meta is not None
+        real = library.store.filter_window_ids
+
+        def counted(**conditions):
+            reads.append(conditions.get("under"))
+            return real(**conditions)
+
+        monkeypatch.setattr(library.store, "filter_window_ids", counted)
+        under_root = Filters(path_glob=str(captions.root) + "/*")
+        ranking = WindowMatching(Rank.caption, library, under_root, RandomEmbedder(meta.embedder.dim), None)
+        ranked = ranking.text_to_audio([f"caption number {i}" for i in range(20)], 3)
+    assert [len(found) for found in ranked] == [3] * 20
+    assert reads == [str(captions.root)]

@@ -23,7 +23,7 @@ import numpy as np
 from ..choices import DEFAULT_HYBRID_WEIGHT, By, Rank
 from ..embedders import warn_of_cuts
 from ..ranking import RANK_LABELS
-from ..search import SearchScope, ranked_index, search_index
+from ..search import SearchScope, allowed_ids, ranked_index, search_index
 from ..search_filters import Filters
 from ..similar import stored_windows
 from ..ties import TIE_TOLERANCE, tied_groups
@@ -97,6 +97,7 @@ class WindowMatching:
             self.parts.append((kind, embedder, part_weight))
         self.embedders = list(dict.fromkeys(embedder for _, embedder, _ in self.parts))
         self._embedded: dict[tuple[str, str], np.ndarray] = {}
+        self._allowed: np.ndarray | None = None  # the windows under the audio root, read at the first search
 
     def _vectors(self, embedder: TextEmbedder, captions: Sequence[str]) -> np.ndarray:
         """(n, d) normalised caption embeddings, each text embedded once for both directions, and alone, exactly as
@@ -122,8 +123,11 @@ class WindowMatching:
         """The best `k` files as `query` finds them, and as many more as tie with the k-th: a search for twice
         as many, until one ends below the tie (rarely needed: the first search's last file most often scores less)."""
         fetch = k
+        if self._allowed is None:  # once, not once a caption: the library does not change while it is evaluated
+            self._allowed = allowed_ids(self.library, self.filters)
         while True:
-            hits = search_index(self.library, index, queries, SearchScope(fetch, By.file, self.filters))
+            scope = SearchScope(fetch, By.file, self.filters)
+            hits = search_index(self.library, index, queries, scope, allowed=self._allowed)
             found = [(hit.path, hit.score) for hit in hits]
             last = found[min(k, len(found)) - 1][1] - TIE_TOLERANCE if found else 0.0  # the k-th, less a tie
             if len(found) < fetch or found[-1][1] < last:
