@@ -145,3 +145,24 @@ def test_a_class_average_precision_ranks_its_files_in_arrays_not_a_python_call_a
     scores = np.round(rng.random(10_000), 3).tolist()  # many ties: ranked together
     positive = (rng.random(10_000) < 0.1).tolist()
     assert python_calls(lambda: average_precision(scores, positive)) < 100
+
+
+def test_audio_to_text_sorts_only_a_files_best_captions_not_every_caption(captions, monkeypatch):
+    """The k best (and those tied with the k-th) are found by partition: sorting all 100,000 captions of a set for
+    each of its 20,000 files cost more than scoring them."""
+    sorted_sizes: list[int] = []
+    real = np.argsort
+
+    def counted(values, *args, **kwargs):
+        sorted_sizes.append(len(values))
+        return real(values, *args, **kwargs)
+
+    texts = [f"caption number {i}" for i in range(500)]
+    with Library.open(captions.db, read_only=True) as library:
+        meta = library.store.index_meta()
+        assert meta is not None
+        ranking = WindowMatching(Rank.caption, library, Filters(), RandomEmbedder(meta.embedder.dim), None)
+        monkeypatch.setattr(np, "argsort", counted)
+        (ranked,) = ranking.audio_to_text([str(captions.files["bell.wav"])], texts, 10)
+    assert len(ranked) == 10 and [score for _, score in ranked] == sorted((s for _, s in ranked), reverse=True)
+    assert sorted_sizes and max(sorted_sizes) < len(texts)
