@@ -340,7 +340,7 @@ def _warn_of_label_spellings(model_dir: ModelDir, labels: Sequence[str], texts: 
 def _warn_if_built_by_another(library: Any, model_dir: ModelDir) -> None:
     """The library given with --db, built by another model than this run's: nothing it holds is reused (its
     captions and audio embeddings are another model's), which the run's sources say file by file only."""
-    from ..search import built_by
+    from ..query_embedders import built_by
 
     meta = library.store.index_meta()
     if meta is not None and not built_by(library, model_dir):
