@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from .audio import WINDOW_SECONDS, Window, iter_windows
+from .audio import WINDOW_SECONDS, Window, iter_windows, windows_promised
 from .audio_decoders import AudioDecodeError, DecodeReport
 from .chunking import chunked
 from .errors import PengiSearchError, read_reason
@@ -57,8 +57,12 @@ class Job:
 
 @dataclass(frozen=True)
 class Windows:
+    """Some of a file's windows, in order. `promised`: how many windows the file has in all as its header says (None
+    where it does not), for a progress bar's total: a two-hour recording's count is known long before `Decoded`."""
+
     seq: int
     windows: list[Window]
+    promised: int | None = None
 
 
 @dataclass(frozen=True)
@@ -143,7 +147,7 @@ def _decode_regular_file(job: Job, chunk: int) -> Iterator[Message]:
         count = 0
         for batch in chunked(iter_windows(job.path, hop_s=job.hop_s, report=report), chunk):
             count += len(batch)
-            yield Windows(job.seq, batch)
+            yield Windows(job.seq, batch, windows_promised(report, hop_s=job.hop_s))
         yield Decoded(
             job.seq,
             count,
