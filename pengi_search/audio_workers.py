@@ -219,6 +219,16 @@ class _Worker:
     started: bool = False  # it said so (`_Started`)
 
 
+def _send(worker: _Worker, job: Job | None) -> bool:
+    """Hands `worker` a job (None: no more), False where its process is gone (a decoder that crashed as it opened
+    its file): the pipe to a dead process is broken, and that is the worker's failure to report, not the run's."""
+    try:
+        worker.jobs.send(job)
+    except OSError:  # BrokenPipeError, or a reset
+        return False
+    return True
+
+
 class _Pool:
     def __init__(self, size: int, chunk: int) -> None:
         self._context = _context()
@@ -269,13 +279,15 @@ class _Pool:
                     remaining -= 1
                 yield message
         for worker in self._workers:
-            worker.jobs.send(None)
+            _send(worker, None)
 
     def _hand_out(self, waiting: deque[Job]) -> None:
         for worker in self._workers:
             while waiting and len(worker.assigned) < PREFETCH_PER_WORKER:
                 job = waiting.popleft()
-                worker.jobs.send(job)
+                if not _send(worker, job):  # it died since its last message: `_ready` finds it so, `_replace` it
+                    waiting.appendleft(job)
+                    break
                 worker.assigned.append(job)
 
     def _ready(self) -> list[_Worker]:
