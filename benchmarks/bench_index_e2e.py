@@ -126,7 +126,10 @@ class Probe:
     def start(self, files: int) -> None:
         pass
 
-    def counted(self, windows: int) -> None:
+    def promised(self, windows: int) -> None:
+        pass
+
+    def counted(self, windows: int, promised: int | None = None) -> None:
         pass
 
     def start_captions(self, windows: int | None) -> None:

@@ -11,6 +11,7 @@ from pengi_search.audio import Window
 from pengi_search.audio_workers import Decoded, Failed, Job, Windows, decode_all
 from pengi_search.db import RefusedInputError, Store, StoredAudio, WindowInput
 from pengi_search.scan import Entry
+from pengi_search.window_batches import Promises
 
 from .captions import IndexModel
 from .file_outcomes import DECODER_NOTE, FileOutcomes
@@ -47,12 +48,14 @@ class AudioPass:
         self.outcomes = outcomes
         self.progress = progress
         self._flights: dict[int, _InFlight] = {}
+        self._promises = Promises(progress)
 
     def run(self, model: IndexModel, todo: list[Entry]) -> None:
         """Decode every file of `todo` and store its windows with their audio embeddings, file by file."""
         batch_size = model.windows_per_batch
         buffer: Batch = []
         self._flights = {}
+        self._promises = Promises(self.progress)
         if self.progress is not None:
             self.progress.start(len(todo))
         messages = decode_all([Job(seq, entry.path) for seq, entry in enumerate(todo)], self.options.workers)
@@ -62,18 +65,19 @@ class AudioPass:
                 if isinstance(message, Windows):
                     buffer.extend((message.seq, window) for window in message.windows)
                     flight.queued += len(message.windows)
+                    self._promises.windows(message)
                     while len(buffer) >= batch_size:
                         self._embed(model, buffer[:batch_size])
                         del buffer[:batch_size]
                 elif isinstance(message, Decoded):
                     flight.decoded = message
-                    self._counted(message.count)
+                    self._promises.counted(message.seq, message.count)
                     self._commit_ready()
                 elif isinstance(message, Failed):
                     buffer = [(seq, window) for seq, window in buffer if seq != message.seq]
                     del self._flights[message.seq]
                     self.outcomes.failed(flight.entry, message.reason, message.content_hash, message.notes)
-                    self._counted(0)
+                    self._promises.counted(message.seq, 0)
                     self._advance(files=1)
             while buffer:
                 self._embed(model, buffer[:batch_size])
@@ -119,8 +123,3 @@ class AudioPass:
     def _advance(self, files: int = 0, windows: int = 0) -> None:
         if self.progress is not None:
             self.progress.advance(files=files, windows=windows)
-
-    def _counted(self, windows: int) -> None:
-        """A file has all its windows sent (none more: it failed), for the progress's estimate."""
-        if self.progress is not None:
-            self.progress.counted(windows)

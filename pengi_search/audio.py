@@ -42,6 +42,7 @@ __all__ = [
     "pad_to_length",
     "stream_audio",
     "windows_of",
+    "windows_promised",
 ]
 
 SAMPLE_RATE = 44_100
@@ -161,6 +162,18 @@ def _checked_signal(samples: np.ndarray) -> np.ndarray:
     return samples.astype(np.float32, copy=False)
 
 
+def windows_promised(
+    report: DecodeReport, *, hop_s: float = WINDOW_SECONDS, window_s: float = WINDOW_SECONDS
+) -> int | None:
+    """How many windows `iter_windows` cuts from a file as long as the header `report` read says (None before the
+    file is opened, or where its header gives no length): known from a file's first block, so that a progress bar
+    can count a long recording's windows before they are all decoded."""
+    if report.header_frames is None or not report.sample_rate:
+        return None
+    samples = round(report.header_frames * SAMPLE_RATE / report.sample_rate)
+    return _WindowCutter.of(hop_s, window_s, SAMPLE_RATE).count_for(samples)
+
+
 def _windows(path: Path, cutter: _WindowCutter, report: DecodeReport | None) -> Iterator[Window]:
     for chunk in _mono_chunks(path, cutter.sample_rate, report):
         yield from cutter.push(chunk)
@@ -192,6 +205,14 @@ class _WindowCutter:
                 f"need 0 < hop_s <= window_s (at least one sample), got hop_s={hop_s}, window_s={window_s}"
             )
         return cls(size, hop, sample_rate)
+
+    def count_for(self, samples: int) -> int:
+        """The windows `push` and `finish` cut from `samples` samples in all."""
+        if samples <= self.size:
+            return 1
+        regular = (samples - self.size) // self.hop + 1
+        last_end = (regular - 1) * self.hop + self.size
+        return regular + (last_end < samples)  # the end-aligned tail window
 
     def push(self, chunk: np.ndarray) -> Iterator[Window]:
         self._buffer = np.concatenate([self._buffer, chunk])

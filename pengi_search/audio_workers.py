@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from .audio import WINDOW_SECONDS, Window, iter_windows
+from .audio import WINDOW_SECONDS, Window, iter_windows, windows_promised
 from .audio_decoders import AudioDecodeError, DecodeReport
 from .chunking import chunked
 from .errors import PengiSearchError, read_reason
@@ -57,8 +57,12 @@ class Job:
 
 @dataclass(frozen=True)
 class Windows:
+    """Some of a file's windows, in order. `promised`: how many windows the file has in all as its header says (None
+    where it does not), for a progress bar's total: a two-hour recording's count is known long before `Decoded`."""
+
     seq: int
     windows: list[Window]
+    promised: int | None = None
 
 
 @dataclass(frozen=True)
@@ -143,7 +147,7 @@ def _decode_regular_file(job: Job, chunk: int) -> Iterator[Message]:
         count = 0
         for batch in chunked(iter_windows(job.path, hop_s=job.hop_s, report=report), chunk):
             count += len(batch)
-            yield Windows(job.seq, batch)
+            yield Windows(job.seq, batch, windows_promised(report, hop_s=job.hop_s))
         yield Decoded(
             job.seq,
             count,
@@ -215,6 +219,16 @@ class _Worker:
     started: bool = False  # it said so (`_Started`)
 
 
+def _send(worker: _Worker, job: Job | None) -> bool:
+    """Hands `worker` a job (None: no more), False where its process is gone (a decoder that crashed as it opened
+    its file): the pipe to a dead process is broken, and that is the worker's failure to report, not the run's."""
+    try:
+        worker.jobs.send(job)
+    except OSError:  # BrokenPipeError, or a reset
+        return False
+    return True
+
+
 class _Pool:
     def __init__(self, size: int, chunk: int) -> None:
         self._context = _context()
@@ -265,13 +279,15 @@ class _Pool:
                     remaining -= 1
                 yield message
         for worker in self._workers:
-            worker.jobs.send(None)
+            _send(worker, None)
 
     def _hand_out(self, waiting: deque[Job]) -> None:
         for worker in self._workers:
             while waiting and len(worker.assigned) < PREFETCH_PER_WORKER:
                 job = waiting.popleft()
-                worker.jobs.send(job)
+                if not _send(worker, job):  # it died since its last message: `_ready` finds it so, `_replace` it
+                    waiting.appendleft(job)
+                    break
                 worker.assigned.append(job)
 
     def _ready(self) -> list[_Worker]:

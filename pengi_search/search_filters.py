@@ -12,6 +12,7 @@ import fnmatch
 import math
 import os
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +76,9 @@ class Filters:
             return None
         literal = _WILDCARD.split(self.path_glob, maxsplit=1)[0]
         folder = literal if literal == self.path_glob else literal.rpartition("/")[0]
+        if not _one_spelling(folder):  # the store compares names as stored: end the folder before the first é
+            spelled_once = next(end for end in range(len(folder), -1, -1) if _one_spelling(folder[:end]))
+            folder = folder[:spelled_once].rpartition("/")[0]
         return folder or None
 
     def restricts_store(self) -> bool:
@@ -92,9 +96,20 @@ class Filters:
 
     def accepts_name(self, path: str) -> bool:
         """Whether the path glob and the extensions accept the file at `path`."""
-        if self.path_glob is not None and not fnmatch.fnmatch(path, self.path_glob):
+        if self.path_glob is not None and not fnmatch.fnmatch(_composed(path), _composed(self.path_glob)):
             return False
         return self.extensions is None or has_extension(path, self.extensions)
+
+
+def _composed(name: str) -> str:
+    """A name with each accented letter as one character (NFC): macOS writes `é` in names as `e` and a combining
+    accent (NFD), while a keyboard types the one character, so a glob typed `*/Café/*` must match both spellings."""
+    return unicodedata.normalize("NFC", name)
+
+
+def _one_spelling(name: str) -> bool:
+    """Whether `name` is spelled alike composed and decomposed (no letter it holds has two spellings)."""
+    return unicodedata.is_normalized("NFC", name) and unicodedata.is_normalized("NFD", name)
 
 
 def _left_out(path: str, excluded: frozenset[str]) -> bool:

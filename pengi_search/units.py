@@ -21,6 +21,14 @@ def duration_text(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def elapsed_text(seconds: float) -> str:
+    """How long something took, as a clock would say it: 7.5 s, 20 min 5 s, 3 h 12 min (an index run of hours is
+    not "14523.7 s")."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min {secs} s" if minutes else f"{seconds:.1f} s"
+
+
 def size_text(size: int) -> str:
     """512.0 B, 2.0 KiB, 9.8 MiB, 2.2 GiB: the unit that reads best, so a small file is not "0.00 GiB". Binary
     units named as such, as the server's upload limit (`--max-upload-mb`, in MiB) and `model info` say theirs."""

@@ -52,10 +52,34 @@ class Progress(Protocol):
 
     def start(self, files: int) -> None: ...
 
-    def counted(self, windows: int) -> None:
-        """A file was decoded to its end: it has `windows` windows (0: it failed, and no more of its come)."""
+    def promised(self, windows: int) -> None:
+        """A file being decoded has `windows` windows as its header says (told at most once a file, before
+        `counted`), so that a long file counts before its windows are all decoded."""
+
+    def counted(self, windows: int, promised: int | None = None) -> None:
+        """A file was decoded to its end: it has `windows` windows (0: it failed, and no more of its come);
+        `promised`: what `promised` told of it, which this count replaces (None: nothing)."""
 
     def advance(self, files: int = 0, windows: int = 0) -> None: ...
+
+
+class Promises:
+    """Each file's count of windows as its header promises, told to `progress` with the file's first windows, and
+    replaced by the count decoded once the file ends (or fails)."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.told: dict[int, int] = {}  # by the file's place in the run
+
+    def windows(self, message: Windows) -> None:
+        if self.progress is None or message.promised is None or message.seq in self.told:
+            return
+        self.told[message.seq] = message.promised
+        self.progress.promised(message.promised)
+
+    def counted(self, seq: int, windows: int) -> None:
+        if self.progress is not None:
+            self.progress.counted(windows, self.told.pop(seq, None))
 
 
 def decode_workers(files: int) -> int:
@@ -184,6 +208,7 @@ class _Run(Generic[T]):
         self.work = work
         self.batch_size = max(1, batch_size)
         self.progress = progress
+        self.promises = Promises(progress)
         self.pending = {seq: _Pending(FileOutcome[T](path)) for seq, path in enumerate(paths)}
         self.buffer: list[tuple[int, Window]] = []
         self.next_out = 0
@@ -194,6 +219,7 @@ class _Run(Generic[T]):
         if isinstance(message, Windows):
             self.buffer.extend((message.seq, window) for window in message.windows)
             pending.queued += len(message.windows)
+            self.promises.windows(message)
             while len(self.buffer) >= self.batch_size:
                 self._run_batch()
         elif isinstance(message, Decoded):
@@ -201,15 +227,13 @@ class _Run(Generic[T]):
             pending.outcome.duration_s = message.duration_s
             pending.outcome.truncation = message.truncation
             pending.outcome.content_hash = message.content_hash
-            if self.progress is not None:
-                self.progress.counted(message.count)
+            self.promises.counted(message.seq, message.count)
         else:  # Failed: what its windows gave is dropped, and those still waiting are not run
             pending.outcome.error = message.reason
             pending.outcome.spans.clear()
             pending.outcome.results.clear()
             self.buffer = [(seq, window) for seq, window in self.buffer if seq != message.seq]
-            if self.progress is not None:
-                self.progress.counted(0)
+            self.promises.counted(message.seq, 0)
 
     def flush(self) -> None:
         while self.buffer:

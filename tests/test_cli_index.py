@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shlex
@@ -10,8 +11,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from indexer.run_report import IndexSummary
 from pengi_search.cli import app
+from pengi_search.cli import index as cli_index
 from pengi_search.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PARTIAL, EXIT_USAGE
+from pengi_search.consoles import make_console
 from pengi_search.library import Library
 from pengi_search.library_stats import index_info
 from pengi_search.testing import make_tiny_model_dir
@@ -106,6 +110,17 @@ def test_the_summary_says_when_the_library_became_searchable_only_for_a_run_that
     assert re.fullmatch(r"indexed 3 files, 4 windows in [0-9.]+ s \(searchable by sound after [0-9.]+ s\), .*", first)
     again = index(sounds, db, tiny_model_dir).stdout.splitlines()[0]
     assert re.fullmatch(r"indexed 0 files, 0 windows in [0-9.]+ s, 0 windows captioned; 3 unchanged, .*", again)
+
+
+def test_a_run_of_minutes_or_hours_says_how_long_it_took_as_stats_does(monkeypatch):
+    """A large library's run said `2417 windows in 14523.7 s (searchable by sound after 1205.2 s)`, where `stats`
+    said of the same run `(4 h 2 min)`."""
+    console = make_console(highlight=False)
+    console.file = io.StringIO()
+    monkeypatch.setattr(cli_index, "out_console", console)
+    summary = IndexSummary("lib.db", indexed=1322, window_count=2417, searchable_s=1205.2, seconds=14523.7)
+    cli_index._print_summary(summary, paths=["lib"], verbose=False, db_option="")
+    assert "2417 windows in 4 h 2 min (searchable by sound after 20 min 5 s), " in console.file.getvalue()
 
 
 def test_captions_left_for_later_name_the_command_that_writes_them_ready_to_paste(

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import shutil
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -249,6 +250,23 @@ def test_similar_past_the_size_of_an_hnsw_library_with_removed_files_lists_every
     for entry in json.loads(result.stdout):
         assert entry["source"] == "index" and entry["error"] is None
         assert sorted(hit["path"] for hit in entry["hits"]) == [path for path in kept if path != entry["path"]]
+
+
+@pytest.mark.parametrize("typed", ["composed", "decomposed"])
+def test_a_path_glob_with_an_accent_matches_the_name_in_either_spelling(tmp_path, typed):
+    """macOS writes `é` in names as `e` and a combining accent (NFD), a keyboard types it as one character (NFC):
+    `--path '*/Café/*'` found nothing in a folder named so on a Mac's drive, and a glob pasted from its Finder
+    nothing in one named elsewhere."""
+    spelled = {form: unicodedata.normalize(form, "Café") for form in ("NFC", "NFD")}
+    on_disk = spelled["NFD" if typed == "composed" else "NFC"]
+    glob = spelled["NFC" if typed == "composed" else "NFD"]
+    db = str(tmp_path / "lib.db")
+    [query] = store_one_window_files(db, tmp_path / "sounds", 1)
+    [inside] = store_one_window_files(db, tmp_path / "sounds" / on_disk, 1)
+    for pattern in (f"*/{glob}/*", f"{tmp_path}/sounds/{glob}/*"):  # the second one: a folder the store looks in
+        result = run("similar", query, "--db", db, "--path", pattern, "--json")
+        assert result.exit_code == 0, result.output
+        assert [hit["path"] for hit in json.loads(result.stdout)] == [str(inside)]
 
 
 def test_similar_table_says_which_window_of_a_long_query_file_matched(captions, common, monkeypatch):

@@ -496,7 +496,10 @@ def test_hashing_files_that_may_be_copies_is_reported_in_files(tiny_model_dir, t
         def start(self, files):
             events.append(("start", files))
 
-        def counted(self, windows):
+        def promised(self, windows):
+            pass
+
+        def counted(self, windows, promised=None):
             pass
 
         def start_captions(self, windows):

@@ -326,7 +326,10 @@ def test_progress_is_reported_per_file_and_window_in_both_passes(tiny_model_dir,
         def start(self, files):
             events.append(("start", files, 0))
 
-        def counted(self, windows):
+        def promised(self, windows):
+            pass
+
+        def counted(self, windows, promised=None):
             counted.append(windows)
 
         def start_captions(self, windows):
@@ -532,7 +535,9 @@ def test_a_run_that_refills_an_index_from_the_database_tells_its_progress(tiny_m
     class Recorder:
         def start(self, files): ...
 
-        def counted(self, windows): ...
+        def promised(self, windows): ...
+
+        def counted(self, windows, promised=None): ...
 
         def advance(self, files=0, windows=0): ...
 

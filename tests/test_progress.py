@@ -130,6 +130,25 @@ def test_a_file_that_fails_counts_no_more_windows_to_come(clock):
     assert "3/3 windows" in drawn(bar)[0] and "2/2 files" in drawn(bar)[0]
 
 
+def test_a_long_recording_in_flight_counts_as_its_header_says(clock):
+    """A two-hour file after short clips: the bar stood full (`1392/1392 windows`, no time left) for the minutes its
+    1,029 windows took, as a file's count was known only once it had all decoded."""
+    bar = a_bar()
+    index = IndexProgress(bar, visible=True)
+    index.start(4)
+    for _ in range(2):
+        index.counted(1)
+        index.advance(files=1, windows=1)
+    index.promised(1029)
+    index.advance(windows=500)
+    assert "502/1032 windows" in drawn(bar)[0]  # the clip still to come counts as the clips did
+    index.counted(1029, promised=1029)
+    index.advance(files=1, windows=529)
+    index.counted(1)
+    index.advance(files=1, windows=1)
+    assert "1032/1032 windows" in drawn(bar)[0]
+
+
 def test_describe_counts_windows_with_their_rate_and_files_done_beside(clock):
     bar = a_bar()
     describe = WindowProgress(bar, "describing", visible=True)

@@ -232,6 +232,23 @@ def test_a_decoding_process_that_dies_fails_only_its_file(tmp_path):
     assert isinstance(ends[1], Decoded) and ends[1].count == 1  # handed to the worker that replaced it
 
 
+def test_a_decoding_process_that_dies_between_files_fails_only_the_file_it_held(tmp_path):
+    """A decoder that crashes as it opens a file (its process gone before the run hands it the next job): sending
+    that job raised BrokenPipeError, and the whole index run ended with `error: [Errno 32] Broken pipe`."""
+    files = [write_tone(tmp_path / f"{n}.wav", 1.0, freq=300 + 100 * n) for n in range(4)]
+    ends: dict[int, Decoded | Failed] = {}
+    for message in decode_all([Job(n, str(path)) for n, path in enumerate(files)], workers=1):
+        if isinstance(message, Decoded) and message.seq == 0:  # the worker holds file 1 now, and nothing after it
+            for child in multiprocessing.active_children():
+                if child.name == "pengi-decode":
+                    os.kill(child.pid, signal.SIGKILL)
+                    child.join()
+        if isinstance(message, (Decoded, Failed)):
+            ends[message.seq] = message
+    assert isinstance(ends[1], Failed) and "decoding process died" in ends[1].reason
+    assert [type(ends[n]) for n in (0, 2, 3)] == [Decoded] * 3
+
+
 def test_a_script_without_a_main_guard_is_told_so_instead_of_every_file_failing(tmp_path):
     """Each decoding process runs the calling script again; multiprocessing stops one whose script starts workers
     at its top level before it decodes anything. The caller is told why (no file is blamed for a decoder crash)."""

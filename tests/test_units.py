@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pengi_search.serve.pages import span, window_label
-from pengi_search.units import count_text, for_count, seconds_text, size_text, span_text
+from pengi_search.units import count_text, elapsed_text, for_count, seconds_text, size_text, span_text
 
 
 @pytest.mark.parametrize(
@@ -57,3 +57,9 @@ def test_a_size_names_its_units_as_the_powers_of_1024_they_are():
         "3.0 GiB",
         "1.0 TiB",
     ]
+
+
+def test_a_time_taken_reads_as_a_clock_would_past_a_minute():
+    assert [elapsed_text(s) for s in (7.46, 59.4, 60.0, 1205.3, 3600.0, 14523.7)] == [
+        "7.5 s", "59.4 s", "1 min 0 s", "20 min 5 s", "1 h 0 min", "4 h 2 min"
+    ]  # fmt: skip

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from pengi_search.audio_workers import Decoded, Job, Windows, decode_all
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_PARTIAL
 from pengi_search.window_batches import Decoding, map_windows
@@ -80,7 +81,10 @@ def test_progress_counts_windows_and_files(folder):
         def start(self, files):
             seen["total"] = files
 
-        def counted(self, windows):
+        def promised(self, windows):
+            pass
+
+        def counted(self, windows, promised=None):
             seen["counted"] += windows
 
         def advance(self, files=0, windows=0):
@@ -89,6 +93,39 @@ def test_progress_counts_windows_and_files(folder):
 
     list(map_windows(folder, fingerprint, batch_size=3, workers=0, progress=Progress()))
     assert seen == {"total": 7, "files": 7, "windows": 8, "counted": 8}
+
+
+@pytest.mark.parametrize(("seconds", "hop_s"), [(0.05, 7.0), (7.0, 7.0), (20.0, 7.0), (60.0, 7.0), (20.0, 3.0)])
+def test_a_files_first_windows_promise_as_many_windows_as_it_has(tmp_path, seconds, hop_s):
+    """A long recording's count of windows comes from its header with its first windows, not only once it has all
+    decoded: the progress bar's total counts it while it is read."""
+    path = write_tone(tmp_path / "a.wav", seconds, sr=22_050)
+    *chunks, decoded = decode_all([Job(0, str(path), hop_s=hop_s)], workers=0, chunk=1)
+    assert isinstance(decoded, Decoded) and all(isinstance(chunk, Windows) for chunk in chunks)
+    assert [chunk.promised for chunk in chunks] == [decoded.count] * decoded.count
+
+
+def test_progress_hears_each_files_promise_before_its_count(folder):
+    told = []
+
+    class Progress:
+        def start(self, files):
+            pass
+
+        def promised(self, windows):
+            told.append(("promised", windows))
+
+        def counted(self, windows, promised=None):
+            told.append(("counted", windows, promised))
+
+        def advance(self, files=0, windows=0):
+            pass
+
+    list(map_windows(folder, fingerprint, batch_size=3, workers=0, progress=Progress()))
+    short = [("promised", 1), ("counted", 1, 1)]
+    broken = [("counted", 0, None)]  # no header read: nothing promised
+    long = [("promised", 3), ("counted", 3, 3)]
+    assert told == short + short + broken + short + long + short + short
 
 
 def describe_json(*args):

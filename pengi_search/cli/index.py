@@ -15,7 +15,7 @@ import typer
 from ..choices import Captions, Device, IndexType, LongPrompt, StopRule
 from ..messages import print_interrupted, print_problem
 from ..stop_signals import interrupted_exit_code
-from ..units import count_text, for_count
+from ..units import count_text, elapsed_text, for_count
 from .common import (
     EXIT_OK,
     EXIT_PARTIAL,
@@ -328,7 +328,7 @@ def _print_run_line(summary: IndexSummary, *, quiet: bool, verbose: bool, db_opt
     if not quiet:
         out_console.print(
             f"{time.strftime('%H:%M:%S')} indexed {count_text(summary.indexed, 'file')}{_reused(summary, ' reused')}, "
-            f"removed {summary.pruned}, {len(summary.failed)} failed ({summary.seconds:.1f} s)",
+            f"removed {summary.pruned}, {len(summary.failed)} failed ({elapsed_text(summary.seconds)})",
             markup=False,
             soft_wrap=True,
         )
@@ -340,10 +340,10 @@ def _print_summary(summary: IndexSummary, *, paths: list[str], verbose: bool, db
     (`urls.db_option`: ` --db VALUE` when the user named one)."""
     shard = f" (shard {summary.shard})" if summary.shard else ""
     # When pass 1 stored windows: a run with nothing new was searchable all along.
-    searchable = f" (searchable by sound after {summary.searchable_s:.1f} s)" if summary.window_count else ""
+    searchable = f" (searchable by sound after {elapsed_text(summary.searchable_s)})" if summary.window_count else ""
     out_console.print(
         f"indexed {count_text(summary.indexed, 'file')}{_reused(summary, ' reused from identical files')}, "
-        f"{count_text(summary.window_count, 'window')} in {summary.seconds:.1f} s{shard}{searchable}, "
+        f"{count_text(summary.window_count, 'window')} in {elapsed_text(summary.seconds)}{shard}{searchable}, "
         f"{count_text(summary.captioned, 'window')} captioned; "
         f"{summary.unchanged} unchanged, {summary.touched} touched, {len(summary.failed)} failed, "
         f"{summary.pruned} pruned",

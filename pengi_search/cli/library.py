@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from ..messages import print_error
-from ..units import count_text, duration_text, for_count, moment_text, size_text
+from ..units import count_text, duration_text, elapsed_text, for_count, moment_text, size_text
 from ..written_aside import written_aside
 from .common import (
     EXIT_FAILED,
@@ -355,7 +355,7 @@ def _run_line(run: dict[str, Any]) -> str:
     shard = f" (shard {run['shard']})" if run["shard"] else ""
     if run["finished_at"] is not None:
         finished = datetime.fromisoformat(run["finished_at"])
-        end = f"ended {moment_text(finished)} ({_duration((finished - started).total_seconds())})"
+        end = f"ended {moment_text(finished)} ({elapsed_text((finished - started).total_seconds())})"
     elif run["status"] == "running":
         end = "not ended yet"
     else:
@@ -365,12 +365,6 @@ def _run_line(run: dict[str, Any]) -> str:
         f"{run['files_seen']} seen, {run['files_indexed']} indexed, {run['files_failed']} failed, "
         f"{run['files_pruned']} pruned"
     )
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes} min" if hours else f"{minutes} min {secs} s" if minutes else f"{seconds:.1f} s"
 
 
 def _captions_line(captions: dict[str, Any], db_option: str) -> str:

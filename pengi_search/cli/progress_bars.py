@@ -43,9 +43,10 @@ class WindowProgress:
     """A run over files on a progress bar, counted in windows: windows done of all and per second, files done, time
     left (`describe`, `classify`, `similar`, and each pass of `index`).
 
-    A file's number of windows is known once it is decoded; until every file is, the total is the known counts plus
-    the files still to come at the mean so far (so the time left firms up as the run goes). A total known from the
-    start (`windows`) is shown as it is.
+    A file's number of windows is known once it is decoded, or from its header as it starts (`promised`); until
+    every file is, the total is the known counts plus the files still to come at the mean of those decoded (so the
+    time left firms up as the run goes; a long recording in flight counts as its header says, not as a mean, or the
+    bar would stand full for the hour it takes). A total known from the start (`windows`) is shown as it is.
     """
 
     def __init__(self, bar: Any, description: str, visible: bool, windows: int | None = None) -> None:
@@ -55,6 +56,7 @@ class WindowProgress:
         self.task = bar.add_task(description, total=windows, unit="windows", rate=None, files="", visible=visible)
         self.windows = windows
         self.files = self.files_done = self.counted_files = self.counted_windows = self.windows_done = 0
+        self.promised_files = self.promised_windows = 0  # files in flight whose header says their count
         self.rate = Rate()
 
     def start(self, files: int) -> None:
@@ -62,7 +64,15 @@ class WindowProgress:
         self.rate.restart()
         self._show()
 
-    def counted(self, windows: int) -> None:
+    def promised(self, windows: int) -> None:
+        self.promised_files += 1
+        self.promised_windows += windows
+        self._show()
+
+    def counted(self, windows: int, promised: int | None = None) -> None:
+        if promised is not None:
+            self.promised_files -= 1
+            self.promised_windows -= promised
         self.counted_files += 1
         self.counted_windows += windows
         self._show()
@@ -75,10 +85,15 @@ class WindowProgress:
     def _total(self) -> int | None:
         if self.windows is not None:
             return max(self.windows, self.windows_done)
-        if not self.counted_files:
+        known_files = self.counted_files + self.promised_files
+        if not known_files:
             return None
-        mean = self.counted_windows / self.counted_files
-        return max(self.counted_windows + round(mean * (self.files - self.counted_files)), self.windows_done)
+        known = self.counted_windows + self.promised_windows
+        if self.counted_files:  # a file to come is as the decoded ones are: one long recording would skew it
+            mean = self.counted_windows / self.counted_files
+        else:
+            mean = self.promised_windows / self.promised_files
+        return max(known + round(mean * (self.files - known_files)), self.windows_done)
 
     def _show(self) -> None:
         files = f"{self.files_done}/{self.files} files" if self.files else ""
@@ -170,9 +185,13 @@ class IndexProgress:
     def start(self, files: int) -> None:
         self._begin("audio embeddings").start(files)
 
-    def counted(self, windows: int) -> None:
+    def promised(self, windows: int) -> None:
         assert isinstance(self.current, WindowProgress)
-        self.current.counted(windows)
+        self.current.promised(windows)
+
+    def counted(self, windows: int, promised: int | None = None) -> None:
+        assert isinstance(self.current, WindowProgress)
+        self.current.counted(windows, promised)
 
     def start_captions(self, windows: int | None) -> None:
         self._begin("captions", windows)
