@@ -264,10 +264,17 @@ def given_separator(value: str) -> str:
 
 def check_output_file(output: Path, kind: str) -> None:
     """Refuse an --output file of `kind` ("CSV") that cannot be written, before the work rather than after it (and
-    before a half-written copy is left beside it)."""
-    folder = output.parent
+    before a half-written copy is left beside it). A device or pipe (`/dev/stdout`) is written in place: only it
+    must be writable; a symbolic link's target is replaced: its folder must be."""
+    from ..written_aside import written_in_place
+
     if output.is_dir():
         raise UsageError(output, f"a folder; --output takes the {kind} file's name")
+    if written_in_place(output):
+        if not os.access(output, os.W_OK):
+            raise UsageError(output, f"cannot write the {kind}: permission denied")
+        return
+    folder = Path(os.path.realpath(output)).parent if output.is_symlink() else output.parent
     if not folder.is_dir():
         # `folder` itself or a part above it may be a file: name it so, not as a folder that is missing
         if (in_the_way := file_in_the_way(folder)) is not None:
