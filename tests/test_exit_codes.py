@@ -651,6 +651,31 @@ def test_help_and_usage_errors_into_a_pipe_nobody_reads_end_quietly_with_141(arg
     assert (done.returncode, kept.decode()) == (EXIT_OUTPUT_CLOSED, "")
 
 
+FULL_OUTPUT = {
+    **PIPED,
+    "a command's help": lambda p: ("query", "--help"),
+    "no command at all": lambda p: (),
+}
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full here")
+@pytest.mark.parametrize("unbuffered", ["", "1"], ids=["buffered", "PYTHONUNBUFFERED"])
+@pytest.mark.parametrize("name", FULL_OUTPUT)
+def test_an_output_that_cannot_be_written_is_one_line_and_exit_code_1(paths, name, unbuffered):
+    """`pengi-search ... > /dev/full` (a full disk): as `cat` says `write error: No space left on device`, no
+    traceback, no "Exception ignored" as the interpreter exits (its exit code 120), no `[Errno 28]`."""
+    command = [sys.executable, "-m", "pengi_search", *map(str, FULL_OUTPUT[name](paths))]
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            command, stdout=full, stderr=subprocess.PIPE, env={**env, "PYTHONUNBUFFERED": unbuffered}, timeout=300
+        )
+    assert (done.returncode, done.stderr.decode()) == (
+        EXIT_FAILED,
+        "error: cannot write the output: no space left on device\n",
+    )
+
+
 def test_an_index_run_whose_output_reader_is_gone_is_recorded_as_the_work_it_did(paths, tmp_path):
     """Its summary comes last: the run has indexed everything and recorded itself finished when it finds that
     nobody reads it."""

@@ -40,7 +40,7 @@ from ..pathnames import json_text, shown, writes_utf8
 from ..paths import GivenPath, file_in_the_way, refuse_unexpanded_home, shown_path
 from ..stop_signals import interrupted_by_stop_signals, interrupted_exit_code
 from ..torchrun_env import SaidByTheMachinesFirstProcess
-from .closed_output import output_closed, quiet_when_output_closed, whole_writes
+from .closed_output import output_closed, output_failure, quiet_when_output_closed, whole_writes
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -179,7 +179,9 @@ def _reported(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
             raise  # no failure of the command's: `handle_errors` ends it quietly
         if os.environ.get(DEBUG_ENV) or not isinstance(err, PengiSearchError | OSError | ValueError):
             raise
-        fail(first_line(err), err.exit_code if isinstance(err, PengiSearchError) else EXIT_FAILED)
+        fail(
+            output_failure(err) or first_line(err), err.exit_code if isinstance(err, PengiSearchError) else EXIT_FAILED
+        )
 
 
 def _flushed(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -311,6 +313,18 @@ def given_path(value: str | os.PathLike[str]) -> GivenPath:
     set on each by `cli._paths_as_typed`): the path, whose messages name it as typed (`GivenPath`: `./labels.txt`
     keeps its `./`), as every command names the files it is given. Empty, refused as `given_input` refuses it."""
     return GivenPath.typed(given_input(os.fspath(value)))
+
+
+@contextlib.contextmanager
+def output_failures_said() -> Iterator[None]:
+    """Around what writes to stdout outside a command's run (`--help`): stdout that cannot take it (`> /dev/full`)
+    is one line and exit code 1, not a traceback."""
+    try:
+        yield
+    except OSError as err:
+        if (message := output_failure(err)) is None:
+            raise
+        fail(message)
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> None:
