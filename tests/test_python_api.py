@@ -25,7 +25,7 @@ from pengi_search.inference import Engine
 from pengi_search.library import Library
 from pengi_search.model import Pengi
 from pengi_search.model_dir import ModelDir
-from pengi_search.search import SearchScope, query_text
+from pengi_search.search import Filters, SearchScope, query_text
 from pengi_search.serve.live import LiveLibrary
 from pengi_search.testing import make_tiny_model_dir
 
@@ -279,3 +279,15 @@ def test_a_library_held_open_keeps_what_it_read_while_a_live_library_follows_the
         assert [hit.path for hit in query_text(held, "a bell", scope, model=str(tiny_model_dir))] == before
         found = {hit.path for hit in query_text(live, "a bell", scope, model=str(tiny_model_dir))}
         assert found == {*before, str(added)}
+
+
+@pytest.mark.parametrize("given", [{"wav"}, {"WAV"}, (".wav",), "wav", "wav,flac"])
+def test_a_script_s_extensions_filter_as_ext_does_with_or_without_the_dot(captions, tiny_model_dir, given):
+    """`Filters(extensions={"wav"})`, as a script writes it, finds the .wav files `--ext wav` finds; kept as given,
+    it was compared with names' ".wav" and found nothing, saying nothing."""
+    wanted = {".wav", ".flac"} if "flac" in given else {".wav"}
+    assert Filters(extensions=given).extensions == wanted
+    with Library.open(captions.db, read_only=True) as library:
+        scope = SearchScope(k=10, filters=Filters(extensions=given))
+        found = {hit.path for hit in query_text(library, "a dog barks", scope, model=str(tiny_model_dir))}
+    assert found == {str(path) for path in captions.files.values() if path.suffix in wanted}
