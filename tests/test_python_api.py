@@ -24,7 +24,7 @@ from pengi_search.errors import UsageError
 from pengi_search.inference import Engine
 from pengi_search.library import Library
 from pengi_search.model import Pengi
-from pengi_search.model_dir import ModelDir
+from pengi_search.model_dir import ModelDir, ModelNotFoundError
 from pengi_search.search import Filters, SearchScope, query_text
 from pengi_search.serve.live import LiveLibrary
 from pengi_search.testing import make_tiny_model_dir
@@ -291,3 +291,11 @@ def test_a_script_s_extensions_filter_as_ext_does_with_or_without_the_dot(captio
         scope = SearchScope(k=10, filters=Filters(extensions=given))
         found = {hit.path for hit in query_text(library, "a dog barks", scope, model=str(tiny_model_dir))}
     assert found == {str(path) for path in captions.files.values() if path.suffix in wanted}
+
+
+def test_pengi_from_pretrained_of_a_model_not_installed_says_how_to_install_it():
+    """`Pengi.from_pretrained("base")` before any fetch is said as `--model base` is, not as a checkpoint file."""
+    with pytest.raises(
+        ModelNotFoundError, match=r"no Pengi model base is installed: run `pengi-search model fetch base`"
+    ):
+        Pengi.from_pretrained("base")
