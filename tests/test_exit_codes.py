@@ -366,6 +366,11 @@ CASES = {
     },
     "remove, an empty path": Case(lambda p: ("remove", "", "--db", p.db), EXIT_USAGE, "the path is empty"),
     "classify, an empty path": Case(lambda p: ("classify", "", "--labels", p.labels), EXIT_USAGE, "the path is empty"),
+    # An empty --db is not the default library, which the script did not name: searched, indexed or emptied.
+    **{
+        f"{args[0]}, an empty --db": Case(lambda p, args=args: (*args, "--db", ""), EXIT_USAGE, "the library is empty")
+        for args in (("query", "x"), ("index", "."), ("remove", "x.wav"), ("stats",), ("eval", "classify", "."))
+    },
     "train export, no such checkpoint": Case(
         lambda p: ("train", "export", p.missing), EXIT_USAGE, "no such training checkpoint"
     ),

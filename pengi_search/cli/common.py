@@ -106,10 +106,20 @@ def json_option(prints: str) -> Any:
     return Annotated[bool, typer.Option("--json", help=f"JSON on stdout: {prints}")]
 
 
+def given_db(value: str) -> str:
+    """A --db's parser: an empty one is refused. Taken as no --db, `--db "$UNSET"` would search, index or remove
+    in the default library (PENGI_SEARCH_DB's, else the data folder's), not the one the script meant."""
+    if not value:
+        raise typer.BadParameter("the library is empty; give a database file or URL, or leave --db out")
+    return value
+
+
 DbOption = Annotated[
     str | None,
     typer.Option(
-        "--db", help="Database URL or SQLite file \\[env: PENGI_SEARCH_DB; default: index.db in the data dir]"
+        "--db",
+        help="Database URL or SQLite file \\[env: PENGI_SEARCH_DB; default: index.db in the data dir]",
+        parser=given_db,
     ),
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
