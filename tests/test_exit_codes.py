@@ -366,6 +366,14 @@ CASES = {
     },
     "remove, an empty path": Case(lambda p: ("remove", "", "--db", p.db), EXIT_USAGE, "the path is empty"),
     "classify, an empty path": Case(lambda p: ("classify", "", "--labels", p.labels), EXIT_USAGE, "the path is empty"),
+    # `-` is no file here (nothing reads standard input): said so, not as a missing file named `-`.
+    "describe, -": Case(
+        lambda p: ("describe", "-", "--model", p.model), EXIT_USAGE, "- is no file here (standard input"
+    ),
+    "classify --labels -": Case(
+        lambda p: ("classify", p.clip, "--labels", "-"), EXIT_USAGE, "give a file's path (/dev/stdin or /dev/stdout"
+    ),
+    "export -o -": Case(lambda p: ("export", "--db", p.db, "-o", "-"), EXIT_USAGE, "- is no file here: give a file"),
     # An empty --db is not the default library, which the script did not name: searched, indexed or emptied.
     **{
         f"{args[0]}, an empty --db": Case(lambda p, args=args: (*args, "--db", ""), EXIT_USAGE, "the library is empty")

@@ -315,6 +315,8 @@ def given_input(value: str) -> str:
     `index "$UNSET"` or `classify "$UNSET"` work through it."""
     if not value:
         raise typer.BadParameter("the path is empty (write . for the current folder)")
+    if value == "-" and not os.path.lexists(value):  # a script's habit: here `-` would be said as a missing file
+        raise typer.BadParameter("- is no file here (standard input is not read); give the path of a file or folder")
     return value
 
 
@@ -322,6 +324,8 @@ def given_path(value: str | os.PathLike[str]) -> GivenPath:
     """The parser of every other option and argument that takes a path (`--labels`, `--output`, a configuration;
     set on each by `cli._paths_as_typed`): the path, whose messages name it as typed (`GivenPath`: `./labels.txt`
     keeps its `./`), as every command names the files it is given. Empty, refused as `given_input` refuses it."""
+    if os.fspath(value) == "-" and not os.path.lexists("-"):
+        raise typer.BadParameter("- is no file here: give a file's path (/dev/stdin or /dev/stdout for a pipe)")
     return GivenPath.typed(given_input(os.fspath(value)))
 
 
