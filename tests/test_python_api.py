@@ -112,8 +112,9 @@ def test_a_clip_shorter_than_a_window_is_padded_as_a_file_is(engine, tmp_path):
 @pytest.mark.parametrize(
     ("samples", "says"),
     [
-        (np.zeros((44_100, 2), dtype=np.float32), "expected mono audio"),
-        (np.zeros(0, dtype=np.float32), "expected mono audio"),
+        (np.zeros((44_100, 2), dtype=np.float32), r"expected mono audio.*: samples\.mean\(axis=1\)\)$"),
+        (np.zeros((2, 44_100), dtype=np.float32), r"expected mono audio.*: samples\.mean\(axis=0\)\)$"),  # librosa's
+        (np.zeros(0, dtype=np.float32), r"expected mono audio.*got shape \(0,\)$"),  # no channels to average
         (np.zeros(44_100, dtype=np.int16), "expected float samples"),
         (np.array([0.0, np.nan], dtype=np.float32), "non-finite samples"),
         (np.array([0.0, 0.5, 1e13], dtype=np.float32), r"samples out of range \(1e\+13 at 0\.00 s"),
