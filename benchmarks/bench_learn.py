@@ -47,8 +47,8 @@ from pengi_search.model_dir import ModelDir
 from pengi_search.testing import logistic_regression_accuracy, logmel_statistics, write_smoke_kinds, write_spoken_words
 from trainer.config import load_config
 from trainer.export import BEST_MODEL_DIR
-from trainer.loop import train
 from trainer.recipes import answer_text, init_run
+from trainer.run import train
 
 RATE = 44_100
 WINDOW = 7 * RATE

@@ -297,7 +297,7 @@ class Classifier:
 
     def _index_is_usable(self, library: Library) -> bool:
         """Stored captions and audio vectors serve only when the index was built with this very model."""
-        from .search import built_by
+        from .query_embedders import built_by
 
         return built_by(library, self.model_dir)
 

@@ -447,7 +447,7 @@ def check_vector_files(store: Store, option: str = "") -> tuple[dict[str, Any], 
     (not left by one deleted before it was made), holding exactly their ids."""
     import numpy as np
 
-    from .library import owned_tag
+    from .index_files import owned_tag
     from .vector_file import VectorIndexError
     from .vectors import VectorIndex
 

@@ -167,7 +167,8 @@ def open_text_embedder(
 
     A sentence-transformers model needs no `model_dir`. Pengi's text tower is, in order: the tower of `engine`
     (the loaded model of `model_dir`, never loaded twice); with `numpy_tower`, the numpy tower when the model
-    directory holds CLIP's `tokenizer.json` (no torch at all: the query path); else the torch tower read alone.
+    directory holds CLIP's `tokenizer.json` (no torch at all: the query path), unless `device` names CUDA; else the
+    torch tower read alone.
     With an `engine`, the embedder runs on its device.
     """
     if spec.sentence_transformer is not None:
@@ -179,7 +180,7 @@ def open_text_embedder(
         encoder, clip = engine.model.caption_encoder, engine.tok.clip
         assert encoder is not None and clip is not None  # spec.check: the model has a text encoder
         return PengiTextEmbedder(encoder, clip, model_dir.identity, engine.device)
-    if numpy_tower:
+    if numpy_tower and not str(device).startswith("cuda"):  # CUDA asked for by name: the numpy tower is CPU only
         from .bpe_tokenizer import has_tokenizer_file
         from .text_query import NumpyTextEmbedder
 

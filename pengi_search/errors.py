@@ -64,7 +64,7 @@ class UsageError(PengiSearchError):
 class UnwritableFolderError(PengiSearchError):
     """A folder pengi-search keeps its files in (the data folder, a library's) cannot be made or written: `trouble`
     says what and why, `advice` how to choose another. A command that only reads needs no other folder: it says the
-    trouble alone, with what it does instead (`library._save`)."""
+    trouble alone, with what it does instead (`index_files.save_index`)."""
 
     def __init__(self, where: str | os.PathLike[str], trouble: str, advice: str) -> None:
         super().__init__(where, f"{trouble}; {advice}")

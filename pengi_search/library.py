@@ -4,10 +4,8 @@ There is one FAISS file per vector kind ('text': caption embeddings, 'audio': Pe
 SQLite database (see `pengi_search.db.default_index_path`). The database records, per kind, the index type asked
 for, the type built and its parameters (`Store.vector_indexes`), so a damaged or deleted file is rebuilt as the
 type it was, and an 'ivfpq' request that fell back to 'flat' on a small library is reported as such and becomes
-IVF-PQ once the library is large enough. Each file's tag records what its vectors came from (the text embedder or
-the model), the type asked for (what a database older than that record has to go by) and which library wrote it
-(`library_id`): a file left beside the database by a library deleted before this one was made at the same place
-holds another library's vectors under the same window ids, and is taken as no file at all.
+IVF-PQ once the library is large enough. Each file's tag says what its vectors came from and which library wrote
+it: another library's file is taken as no file at all (`index_files`, which reads, writes and locks the files).
 
 Opening an index checks it against the database. A file records the version of the vectors it holds (a number that
 every write of vectors of its kind renews, `Store.vector_state`): at the version the database is at, it is used
@@ -16,7 +14,8 @@ read in the same snapshot as the version; a file that differs is brought in line
 added or removed since) when its tag and type still fit, and rebuilt from the stored vectors otherwise (also when it
 is missing or damaged), and saved with the version once it holds exactly that version's ids. This class is the one
 place that keeps FAISS in line with the database. A library on a read-only store records nothing in the database;
-an in-memory one (`in_memory=True`, the server's) also never writes a FAISS file.
+an in-memory one (`in_memory=True`, the server's) also never writes a FAISS file. What a library holds and what
+its indexes are, as `stats` gives them, is `library_stats`.
 """
 
 from __future__ import annotations
@@ -24,56 +23,31 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
 import logging
 import os
 import threading
-from collections.abc import Iterator, Mapping
-from datetime import datetime, timezone
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from .db import (
-    VECTOR_KINDS,
-    CaptionCounts,
-    IndexMeta,
-    Store,
-    StoreError,
-    VectorIndexInfo,
-    caption_counts,
-    caption_stats,
-    default_index_path,
-    sqlite_file,
+from .db import VECTOR_KINDS, CaptionCounts, Store, StoreError, VectorIndexInfo, caption_counts, default_index_path
+from .index_files import (
+    DEFAULT_INDEX_TYPE,
+    described_by_file,
+    index_tag,
+    load_own,
+    locked,
+    removed_file,
+    requested_type,
+    save_index,
+    tune_file,
 )
-from .errors import UnwritableFolderError, os_reason
-from .index_types import (
-    INDEX_TYPES,
-    SEARCH_KNOBS,
-    IndexParams,
-    KnobSetting,
-    checked_knobs,
-    effective_type,
-    searched_with,
-)
-from .pathnames import path_fields, shown
-from .paths import made_folder
-from .vector_file import DamagedIndexFileError, read_index_header, update_index_params
+from .index_types import INDEX_TYPES, SEARCH_KNOBS, IndexParams, KnobSetting, checked_knobs, effective_type
+from .library_stats import index_info
 from .vectors import FillProgress, FillProgresses, VectorIndex, VectorIndexError
 
 log = logging.getLogger(__name__)
-
-DEFAULT_INDEX_TYPE = "flat"
-
-
-@dataclasses.dataclass(frozen=True)
-class IndexFile:
-    """A FAISS file as its header says: its size, and the removed vectors it still stores (`vectors`: tombstones;
-    None when the header is damaged)."""
-
-    bytes: int
-    removed: int | None
 
 
 class EmptyLibraryError(StoreError):
@@ -131,23 +105,6 @@ class Library:
     def index_path(self, kind: str) -> Path:
         """The FAISS file of vectors of `kind` ('text' or 'audio')."""
         return default_index_path(self.db_url, kind)
-
-    def index_file(self, kind: str) -> IndexFile | None:
-        """The library's FAISS file of `kind` as its header says; None when there is none (another library's is none).
-
-        Only the file's header is read: a damaged file still counts (it is rebuilt when next opened).
-        """
-        path = self.index_path(kind)
-        try:
-            tag, removed = read_index_header(path)
-            size = path.stat().st_size
-        except VectorIndexError:
-            return IndexFile(path.stat().st_size, None)
-        except OSError:
-            return None
-        if owned_tag(self.store.index_meta(), path, tag) is None:
-            return None
-        return IndexFile(size, removed)
 
     def caption_counts(self) -> CaptionCounts:
         """How many windows there are and how many have captions (for the default ranking of a text query)."""
@@ -212,63 +169,12 @@ class Library:
             return
         for kind in VECTOR_KINDS:
             path = self.index_path(kind)
-            with contextlib.nullcontext() if self.in_memory else _locked(path):
-                self._tune_file(path, knobs)
+            with contextlib.nullcontext() if self.in_memory else locked(path):
+                if not self.in_memory:  # an in-memory library (the server's) never writes a FAISS file
+                    tune_file(self.store, path, knobs)
                 self._record_knobs(kind, knobs)  # read under the lock: what another writer recorded last
             if kind in self._indexes:
                 self._indexes[kind].tune(**knobs)
-
-    def index_info(self) -> dict[str, VectorIndexInfo | None]:
-        """Per kind, what its index is: the type asked for, the type built and its parameters (None: never built).
-
-        From the database; a library indexed before it kept this record is described from its FAISS file.
-        """
-        recorded = self.store.vector_indexes()
-        return {kind: recorded.get(kind) or self._described_by_file(kind) for kind in VECTOR_KINDS}
-
-    def indexes_json(self) -> dict[str, dict[str, Any]]:
-        """`vector_indexes` of `stats --json` and of the server's `/api/stats`: per kind, where its FAISS file is, its
-        size and the removed vectors it still stores (None: no file of this library's; `removed` None too when its
-        header is damaged) and what index it is: `index_type` is the type built."""
-        indexes = {}
-        for kind, info in self.index_info().items():
-            file = self.index_file(kind)
-            data: dict[str, Any] = {
-                "path": str(self.index_path(kind)),
-                "bytes": None if file is None else file.bytes,
-                "removed": None if file is None else file.removed,
-                "index_type": None,
-                "requested_type": None,
-                "ef_search": None,
-                "nprobe": None,
-            }
-            if info is not None:
-                recorded = info.to_json()
-                data |= {"index_type": recorded.pop("effective_type")} | recorded
-                data |= searched_with(info.effective_type, info.params)
-            indexes[kind] = data
-        return indexes
-
-    def stats_json(self, *, runs: int, failed: int | None = None, readable: bool = False) -> dict[str, Any]:
-        """What the library holds, as `stats --json` and the server's `/api/stats` give it: the store's counts, the
-        captions, the files cut short and the `failed` first failed files (all when None), the latest `runs`, the
-        SQLite file's size with its write-ahead log (None for a server's database) and `indexes_json`. `readable`:
-        names escaped where not UTF-8, for the server's encoder (`path_fields`)."""
-        store = self.store
-        data = store.stats()
-        data["captions"] = caption_stats(store)
-        data["truncated"] = [
-            {**path_fields(record.path, readable=readable), "note": record.truncated}
-            for record in store.truncated_files()
-        ]
-        data["failed"] = [
-            {**path_fields(path, readable=readable), "error": error} for path, error in store.failed_files(failed)
-        ]
-        data["runs"] = [run.to_json() for run in store.runs(limit=runs)]
-        db_file = sqlite_file(self.db_url)
-        data["database_bytes"] = None if db_file is None else _sqlite_bytes(db_file)
-        data["vector_indexes"] = self.indexes_json()
-        return data
 
     # -- internals -------------------------------------------------------------------------------------------
 
@@ -276,7 +182,7 @@ class Library:
         """The types the indexes are asked to be: `index_type`, else each kind's (flat for one never built)."""
         if index_type is not None:
             return {index_type}
-        return {DEFAULT_INDEX_TYPE if info is None else info.requested_type for info in self.index_info().values()}
+        return {DEFAULT_INDEX_TYPE if info is None else info.requested_type for info in index_info(self.store).values()}
 
     def _refresh(
         self, kind: str, index_type: str | None, *, rebuild: bool, knobs: Mapping[str, int] | None = None
@@ -298,17 +204,17 @@ class Library:
         path = self.index_path(kind)
         if self.in_memory:  # files are replaced atomically: reading one needs no lock
             return self._in_line_locked(kind, path, index_type, rebuild=rebuild, knobs=knobs or {})
-        with _locked(path):
+        with locked(path):
             return self._in_line_locked(kind, path, index_type, rebuild=rebuild, knobs=knobs or {})
 
     def _in_line_locked(
         self, kind: str, path: Path, index_type: str | None, *, rebuild: bool, knobs: Mapping[str, int]
     ) -> VectorIndex | None:
-        loaded, stored_tag = self._load_own(path)
+        loaded, stored_tag = load_own(self.store, path)
         recorded = self.store.vector_indexes().get(kind)
-        requested = index_type or (recorded.requested_type if recorded else None) or _requested_type(stored_tag)
+        requested = index_type or (recorded.requested_type if recorded else None) or requested_type(stored_tag)
         search_knobs = _kept_knobs(recorded, loaded) | dict(knobs)
-        tag = self._tag(kind, requested)
+        tag = index_tag(self.store.index_meta(), kind, requested)
         usable = loaded if loaded is not None and not rebuild and stored_tag == tag else None
         # `state.ids` is None when the file was saved at the version the database is at: it holds those ids.
         state = self.store.vector_state(kind, unless=None if usable is None else usable.vectors_version)
@@ -381,27 +287,9 @@ class Library:
     def _told(self, kind: str) -> FillProgress | None:
         return None if self.progress is None else self.progress(f"{kind} index")
 
-    def _tune_file(self, path: Path, knobs: Mapping[str, int | None]) -> None:
-        """Give this library's FAISS file at `path` the search `knobs`. One that is missing, damaged or another
-        library's is left alone: the next command rebuilds it, with the knobs the database then holds."""
-        if self.in_memory:
-            return
-        try:
-            tag, _removed = read_index_header(path)
-        except (OSError, VectorIndexError):
-            return
-        if owned_tag(self.store.index_meta(), path, tag) is None:  # checked first: the rewrite makes it newer
-            return
-        try:
-            update_index_params(path, knobs)
-        except FileNotFoundError:
-            return
-        except DamagedIndexFileError as exc:
-            log.warning("ignoring damaged vector index %s (it is rebuilt from the database): %s", path, exc.reason)
-
     def _record_knobs(self, kind: str, knobs: Mapping[str, int | None]) -> None:
         """Record the index of `kind` as it is, with the search `knobs` in its parameters."""
-        info = self.store.vector_indexes().get(kind) or self._described_by_file(kind)
+        info = self.store.vector_indexes().get(kind) or described_by_file(self.store, kind)
         assert info is not None  # a kind never built is flat: `checked_knobs` refused every knob for it
         if not self.store.read_only:
             self.store.record_vector_index(
@@ -412,35 +300,9 @@ class Library:
                 vectors=info.vectors,
             )
 
-    def _described_by_file(self, kind: str) -> VectorIndexInfo | None:
-        """What a FAISS file written before the database kept this record says about itself."""
-        index, tag = self._load_own(self.index_path(kind))
-        if index is None or tag is None:
-            return None
-        return VectorIndexInfo(
-            kind=kind,
-            requested_type=_requested_type(tag),
-            effective_type=index.type,
-            params=dataclasses.asdict(index.params),
-            vectors=len(index),
-            updated_at=datetime.fromtimestamp(self.index_path(kind).stat().st_mtime, timezone.utc),
-        )
-
-    def _load_own(self, path: Path) -> tuple[VectorIndex | None, str | None]:
-        """The index saved at `path` and its tag (see `owned_tag`); (None, None) when missing, damaged or another
-        library's. Another library's is replaced as a missing one is: an ordinary leftover, told only in the log."""
-        loaded, tag = _load(path)
-        if tag is None:
-            return loaded, tag
-        own = owned_tag(self.store.index_meta(), path, tag)
-        if own is None:
-            log.info("vector index %s was written for another library: it is not used", path)
-            return None, None
-        return loaded, own
-
     def _save(self, index: VectorIndex, path: Path, tag: str) -> None:
         if not self.in_memory:
-            _save(index, path, tag, reader_option=self.store.db_option if self.store.read_only else None)
+            save_index(index, path, tag, reader_option=self.store.db_option if self.store.read_only else None)
 
     def _forget(self, path: Path, loaded: VectorIndex | None, tag: str, version: int | None) -> None:
         """No vectors of this kind (at `version`): empty the file (keeping its type) or remove a file that no
@@ -452,89 +314,8 @@ class Library:
                 loaded.remove(loaded.ids())
                 loaded.vectors_version = version
                 self._save(loaded, path, tag)
-        elif path.exists():
-            try:
-                path.unlink()
-            except OSError as exc:  # a read-only folder: the file is ignored all the same, its tag does not fit
-                log.warning("vector index not removed: %s: %s", shown(os.fspath(path)), os_reason(exc))
-
-    def _tag(self, kind: str, index_type: str) -> str:
-        """What the vectors came from (embedder or model) and the index type asked for."""
-        meta = self.store.index_meta()
-        if meta is None:
-            source = ""
-        elif kind == "text":
-            source = f"{meta.embedder.name}/{meta.embedder.dim}"
         else:
-            source = f"{meta.model.name}@{meta.model.fingerprint}"
-        fields = {"kind": kind, "source": source, "index_type": index_type}
-        if meta is not None:
-            fields["library"] = library_id(meta)
-        return json.dumps(fields, sort_keys=True)
-
-
-def library_id(meta: IndexMeta) -> str:
-    """What tells one library from another made later at the same place: when its first vectors were recorded
-    (a re-index keeps it). Only a library with vectors has FAISS files worth telling apart."""
-    return meta.created_at.isoformat()
-
-
-def owned_tag(meta: IndexMeta | None, path: Path, tag: str) -> str | None:
-    """The tag of the FAISS file at `path` as this library (`meta`: None before its first vectors) writes it, or
-    None when the file was written for another library.
-
-    A tag that names no library was written before tags did; it is this library's when the file is newer than the
-    library (a leftover of a library deleted before this one was made is older), and is then read as if it named
-    it, so that an upgrade does not rebuild every index. A tag that is not this module's JSON is left as it is
-    (it never fits: the index is rebuilt).
-    """
-    try:
-        fields = json.loads(tag)
-    except ValueError:
-        return tag
-    if not isinstance(fields, dict):
-        return tag
-    ours = None if meta is None else library_id(meta)
-    if meta is None or "library" in fields:
-        return tag if fields.get("library") == ours else None
-    try:
-        written = path.stat().st_mtime
-    except OSError:
-        return None
-    return None if written < meta.created_at.timestamp() else json.dumps({**fields, "library": ours}, sort_keys=True)
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock beside the FAISS file while checking and saving it.
-
-    Processes take it in turn, each reading the database after the previous one saved, so the file on disk never
-    goes back to an older state of the database. Where no lock can be taken (no fcntl, read-only folder) the
-    database check on every open still keeps results right.
-    """
-    try:
-        import fcntl
-    except ImportError:  # not POSIX
-        yield
-        return
-    with contextlib.ExitStack() as stack:
-        try:
-            made_folder(path.parent)
-            handle = stack.enter_context(open(path.with_name(path.name + ".lock"), "a+b"))
-            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the handle closes
-        except (OSError, UnwritableFolderError):  # saving says why: a warning, see `_save`
-            pass
-        yield
-
-
-def _load(path: Path) -> tuple[VectorIndex | None, str | None]:
-    try:
-        return VectorIndex.load(path)
-    except (FileNotFoundError, NotADirectoryError):  # none there; a file in a folder's place holds none either
-        return None, None
-    except VectorIndexError as exc:
-        log.warning("ignoring damaged vector index %s (it is rebuilt from the database): %s", path, exc.reason)
-        return None, None
+            removed_file(path)
 
 
 def _kept_knobs(recorded: VectorIndexInfo | None, replaced: VectorIndex | None) -> dict[str, int]:
@@ -551,48 +332,3 @@ def _version_if_equal(index: VectorIndex, expected: np.ndarray | None, version: 
     read after the version was (those missing from the file, or all of them for a rebuild) lack the windows deleted
     meanwhile, and a file without a version is checked against the ids the next time."""
     return version if np.array_equal(index.ids(), expected) else None
-
-
-def _unsaved(db_option: str) -> str:
-    """What a command that only reads does with an index it brought in line but cannot save."""
-    return (
-        "it is brought up to date in memory for this command (one that can write in the folder saves it, such as "
-        f"`pengi-search rebuild-index{db_option}`)"
-    )
-
-
-def _requested_type(tag: str | None) -> str:
-    if not tag:
-        return DEFAULT_INDEX_TYPE
-    try:
-        value = json.loads(tag).get("index_type")
-    except (ValueError, AttributeError):
-        return DEFAULT_INDEX_TYPE
-    return value if value in INDEX_TYPES else DEFAULT_INDEX_TYPE
-
-
-def _save(index: VectorIndex, path: Path, tag: str, *, reader_option: str | None) -> None:
-    """Save `index`, or warn why not: the index in memory is right, and the command goes on with it. A command
-    reading the library (`reader_option`: its `Store.db_option`, None for one that writes) is told what happens
-    instead of being sent to another folder: the library is where it is, and another folder is advice for the
-    commands that write it."""
-    try:
-        index.save(path, tag)
-    except UnwritableFolderError as exc:  # a read-only folder
-        said = str(exc) if reader_option is None else f"{shown(exc.where)}: {exc.trouble}; {_unsaved(reader_option)}"
-        log.warning("vector index not saved: %s", said)
-    except VectorIndexError as exc:  # a full disk
-        log.warning("vector index not saved: %s", exc)
-
-
-def _sqlite_bytes(db_file: Path) -> int | None:
-    """The database file with its write-ahead log; None when the file cannot be measured."""
-    sizes = [_size(Path(f"{db_file}{suffix}")) for suffix in ("", "-wal")]
-    return None if sizes[0] is None else sum(size or 0 for size in sizes)
-
-
-def _size(path: Path) -> int | None:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return None

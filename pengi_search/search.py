@@ -2,54 +2,37 @@
 
 Both search a FAISS index of window vectors (cosine similarity) and turn window hits into results:
 - `by="file"` (default): the best window of each file, with its time range; `by="window"`: every window.
-- Filters (score, path glob, extension, file duration) never cost results: the search fetches more candidates,
-  doubling, until `k` results pass the filters or the candidates run out. Duration and a glob's literal folder
-  also restrict the FAISS search itself (an id selector from `Store.filter_window_ids`), and so do names (the
-  glob's wildcards, extensions) that few files have, once the first candidates show it, so selective filters
-  stay cheap on large libraries.
+- Filters (`search_filters`: score, path glob, extension, file duration) never cost results: the search fetches
+  more candidates, doubling, until `k` results pass the filters or the candidates run out. Duration and a glob's
+  literal folder also restrict the FAISS search itself (an id selector from `Store.filter_window_ids`), and so do
+  names (the glob's wildcards, extensions) that few files have, once the first candidates show it, so selective
+  filters stay cheap on large libraries.
 
 A text query ranks windows by caption, by audio embedding or by both (`ranking`); without a choice, by caption once
 every window has captions, else by audio (a library whose captions are still being written is searched whole).
-The caption query must be embedded by the embedder that built the index: `query_embedder` reads it from the store;
-the audio query by Pengi's text tower of the model that made the audio vectors (`audio_query_embedder`). For
-Pengi's own text tower they open the numpy implementation in `text_query`, which needs neither torch nor
-transformers (importing those alone takes longer than a whole query should), and keep it for the process's next
-queries (`embedders.kept_text_embedder`). `similar` lives in `similar.py`.
+Which embedders embed the query is `query_embedders`. `similar` lives in `similar.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import logging
-import math
 import os
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .checkpoint import CheckpointError
 from .choices import DEFAULT_HYBRID_WEIGHT, By, Rank
 from .chunking import doubling_chunks
-from .db import StoreMismatchError, WindowDetails, caption_counts
-from .embedders import (
-    EmbedderSpec,
-    TextEmbedder,
-    TextEmbedderError,
-    embed_given,
-    kept_text_embedder,
-)
-from .errors import OptionError
+from .db import WindowDetails, caption_counts
+from .embedders import TextEmbedder, embed_given
 from .json_values import json_score, json_seconds
-from .model_dir import PENGI_TEXT_PREFIX, ModelDir, ModelNotFoundError
-from .pathnames import from_typed, path_fields
+from .pathnames import path_fields
+from .query_embedders import audio_query_embedder, audio_tower_known, query_embedder
 from .ranking import HybridIndex
-from .releases import RELEASES
-from .scan import has_extension, normalize_extensions, parse_extensions
+from .search_filters import Filters
 
 if TYPE_CHECKING:
     from .library import Library
@@ -60,103 +43,6 @@ _FIRST_FETCH = 4  # candidates fetched per wanted result at first (files have se
 # Candidates per wanted result past which a search narrows itself to the files whose names pass (a name fewer than
 # about one window in 16 has): `_windows_of_named_files`.
 _NAMES_AFTER = 16
-_WILDCARD = re.compile(r"[*?\[]")
-
-
-@dataclass(frozen=True)
-class Filters:
-    """Conditions a hit's file must meet; None means no condition."""
-
-    min_score: float | None = None
-    path_glob: str | None = None  # fnmatch pattern over the full path
-    extensions: frozenset[str] | None = None  # as given ("WAV", ".flac", "wav,flac"), kept lower-case with the dot
-    min_duration_s: float | None = None
-    max_duration_s: float | None = None
-    exclude_paths: frozenset[str] = frozenset()  # left out however they are reached (see `_left_out`)
-
-    def __post_init__(self) -> None:
-        # A script's {"mp3"} would match no file, silently, if kept as given: the names are compared with the dot.
-        if (given := self.extensions) is not None:
-            names = parse_extensions(given) if isinstance(given, str) else normalize_extensions(given)
-            object.__setattr__(self, "extensions", names)
-        low, high = self.min_duration_s, self.max_duration_s
-        if low is not None and high is not None and low > high:
-            # No file can match: say so rather than answer "no results" as if the library lacked them.
-            raise OptionError(
-                "min_duration", "{low:g} is more than {max_duration} {high:g}: no file can match", low=low, high=high
-            )
-
-    @classmethod
-    def from_options(
-        cls,
-        *,
-        min_score: float | None = None,
-        path: str | None = None,
-        ext: str | None = None,
-        min_duration: float | None = None,
-        max_duration: float | None = None,
-    ) -> Filters:
-        """Command-line values: a relative `path` glob is taken from the current folder (`\\xff` in it is the byte
-        0xff of a name that is not UTF-8, see `pathnames.from_typed`), `ext` is "wav,.flac". A number that is not
-        finite (`nan` parses as a float) is refused: no score or duration compares true with it."""
-        if path == "":  # `--path "$UNSET"`: as a glob from the current folder it would match nothing, silently
-            raise OptionError("path", "is empty; give a glob such as '*/dogs/*', or leave the option out")
-        bounds = {"min_score": min_score, "min_duration": min_duration, "max_duration": max_duration}
-        for option, value in bounds.items():
-            if value is not None and not math.isfinite(value):
-                raise OptionError(option, "{value} is not a finite number", value=value)
-        return cls(
-            min_score=min_score,
-            path_glob=None if path is None else absolute_glob(from_typed(path)),
-            extensions=None if ext is None else parse_extensions(ext),
-            min_duration_s=min_duration,
-            max_duration_s=max_duration,
-        )
-
-    def folder(self) -> str | None:
-        """The literal folder the glob starts with (a store-side restriction), if any."""
-        if self.path_glob is None:
-            return None
-        literal = _WILDCARD.split(self.path_glob, maxsplit=1)[0]
-        folder = literal if literal == self.path_glob else literal.rpartition("/")[0]
-        return folder or None
-
-    def restricts_store(self) -> bool:
-        return self.folder() is not None or self.min_duration_s is not None or self.max_duration_s is not None
-
-    def names_files(self) -> bool:
-        """Whether a condition is on the files' names (a path glob, extensions)."""
-        return self.path_glob is not None or self.extensions is not None
-
-    def accepts(self, window: WindowDetails) -> bool:
-        """The conditions the store-side restriction does not cover (or covers only in part)."""
-        if self.exclude_paths and _left_out(window.path, self.exclude_paths):
-            return False
-        return self.accepts_name(window.path)
-
-    def accepts_name(self, path: str) -> bool:
-        """Whether the path glob and the extensions accept the file at `path`."""
-        if self.path_glob is not None and not fnmatch.fnmatch(path, self.path_glob):
-            return False
-        return self.extensions is None or has_extension(path, self.extensions)
-
-
-def _left_out(path: str, excluded: frozenset[str]) -> bool:
-    """Whether the file at `path` is one of `excluded`: by its path, or by the real path behind its links (a linked
-    folder, a library indexed through a link). Only a path whose name is one of theirs is resolved: resolving every
-    candidate would stat files on a mount that may not answer."""
-    if path in excluded:
-        return True
-    name = os.path.basename(path)
-    return any(os.path.basename(other) == name for other in excluded) and os.path.realpath(path) in excluded
-
-
-def absolute_glob(pattern: str) -> str:
-    """`pattern` as a glob over absolute paths: a relative one (not starting with a wildcard) is joined to the cwd."""
-    pattern = os.path.expanduser(pattern)
-    if pattern.startswith(("/", "*", "?", "[")):
-        return pattern
-    return Path.cwd().as_posix().rstrip("/") + "/" + pattern
 
 
 @dataclass(frozen=True)
@@ -386,116 +272,14 @@ def _hit(window: WindowDetails, score: float, span: tuple[float | None, float | 
 # text -> audio
 
 
-def query_embedder(library: Library, model: str | None = None, device: str = "auto") -> TextEmbedder:
-    """The text embedder that built the library's 'text' index, loaded the cheapest way (see `open_text_embedder`)
-    once per process (`kept_text_embedder`).
-
-    Raises StoreMismatchError when `--model` (or the default model) is not the one the index was built with.
-    """
-    meta = library.store.index_meta()
-    if meta is None:
-        from .library import EmptyLibraryError
-
-        raise EmptyLibraryError(
-            library.name, f"the index is empty: run `pengi-search index PATH{library.store.db_option}` first"
-        )
-    spec = EmbedderSpec.of_embedder_id(meta.embedder.name)
-    if spec is None:
-        raise StoreMismatchError(
-            library.name, f"the index was built with an unknown text embedder {meta.embedder.name!r}"
-        )
-    model_dir = _text_tower_model(library, meta.embedder.name, model) if spec.is_pengi else None
-    embedder = kept_text_embedder(spec, model_dir, device)
-    if embedder.dim != meta.embedder.dim:
-        raise StoreMismatchError(
-            library.name, f"{embedder.id} makes {embedder.dim}-d vectors, the index holds {meta.embedder.dim}-d ones"
-        )
-    return embedder
-
-
-def _text_tower_model(library: Library, embedder_id: str, model: str | None) -> ModelDir:
-    """The model whose text tower made `embedder_id`: `--model` (or the default), else, without `--model`, an
-    installed model with the index's identity. Without either, a library built by a released model asks for it
-    (ModelNotFoundError: the first-use download); one built by another model names that model."""
-    missing: ModelNotFoundError | None = None
-    try:
-        model_dir: ModelDir | None = ModelDir.resolve(model)
-    except ModelNotFoundError as err:
-        if model is not None:
-            raise
-        model_dir, missing = None, err
-    if model is None and (model_dir is None or model_dir.text_embedder_id != embedder_id):
-        found = (candidate for candidate in ModelDir.installed() if candidate.text_embedder_id == embedder_id)
-        model_dir = next(found, model_dir)
-    builder = embedder_id.removeprefix(PENGI_TEXT_PREFIX)  # the model's identity, `name@fingerprint`
-    if model_dir is None:
-        if missing is not None and builder.partition("@")[0] in RELEASES:
-            raise missing  # the released model can be fetched (the first-use download)
-        raise StoreMismatchError(
-            library.name,
-            f"the index was built with model {builder}, which is not installed here: pass its directory with --model",
-        )
-    if model_dir.text_embedder_id != embedder_id:
-        raise StoreMismatchError(
-            library.name,
-            f"the index was built with the text embedder of model {builder}, "
-            f"but {model_dir.path} is {model_dir.identity}. Pass that model with --model, or re-index the library "
-            f"with this one (pengi-search index PATH --model ...{library.store.db_option})",
-        )
-    return model_dir
-
-
-def audio_query_embedder(
-    library: Library, model: str | None = None, device: str = "auto", *, caption_embedder: TextEmbedder | None = None
-) -> TextEmbedder:
-    """Pengi's text tower of the model that made the library's audio vectors (for `Rank.audio` and `Rank.hybrid`).
-
-    When that tower also embedded the captions, `caption_embedder` (the library's, if already open) is it.
-    Raises TextEmbedderError when the model has no text tower (base_no_text_enc).
-    """
-    meta = library.store.index_meta()
-    if meta is not None and meta.embedder.name.startswith(PENGI_TEXT_PREFIX):
-        if caption_embedder is not None and caption_embedder.id == meta.embedder.name:
-            return caption_embedder
-        return query_embedder(library, model, device)
-    model_dir = _audio_model(library, model)
-    if not model_dir.has_text_encoder:
-        raise TextEmbedderError(
-            "--rank",
-            f"the index's model {model_dir.identity} has no text tower (base_no_text_enc), so a text query can only "
-            "be matched with captions: use --rank caption",
-        )
-    return kept_text_embedder(EmbedderSpec(), model_dir, device)
-
-
-def _audio_model(library: Library, model: str | None) -> ModelDir:
-    """The model that made the audio vectors: `--model` (or the default), else an installed one with its weights."""
-    model_dir = ModelDir.resolve(model)
-    if not built_by(library, model_dir) and model is None:
-        model_dir = next((found for found in ModelDir.installed() if built_by(library, found)), model_dir)
-    check_index_model(library, model_dir)
-    return model_dir
-
-
 def choose_rank(library: Library, requested: Rank | None = None, model: str | None = None) -> Rank:
     """`requested`, else caption when every window has captions (or no text tower can embed an audio query), else
     audio."""
     if requested is not None:
         return Rank(requested)
-    if library.caption_counts().missing == 0 or not _audio_tower_known(library, model):
+    if library.caption_counts().missing == 0 or not audio_tower_known(library, model):
         return Rank.caption
     return Rank.audio
-
-
-def _audio_tower_known(library: Library, model: str | None) -> bool:
-    """Whether the model that made the audio vectors has a text tower (nothing is loaded to find out)."""
-    meta = library.store.index_meta()
-    if meta is not None and meta.embedder.name.startswith(PENGI_TEXT_PREFIX):
-        return True
-    try:
-        return _audio_model(library, model).has_text_encoder
-    except (StoreMismatchError, CheckpointError):  # not installed here, or another model
-        return False
 
 
 def ranked_index(
@@ -563,20 +347,3 @@ def query_text(
     index, queries = ranked_index(library, rank, caption_query, audio_query, hybrid_weight)
     hits = search_index(library, index, queries, scope)
     return [dataclasses.replace(hit, ranking=rank) for hit in hits]
-
-
-def built_by(library: Library, model_dir: ModelDir) -> bool:
-    """Whether the library's texts and audio vectors were made by the model in `model_dir` (same weights)."""
-    meta = library.store.index_meta()
-    return meta is not None and meta.model.fingerprint == model_dir.fingerprint
-
-
-def check_index_model(library: Library, model_dir: ModelDir) -> None:
-    """Raise StoreMismatchError unless the model in `model_dir` built the library's audio vectors."""
-    if not built_by(library, model_dir):
-        meta = library.store.index_meta()
-        raise StoreMismatchError(
-            library.name,
-            f"the index was built with {meta.model if meta else 'no model'}, not with the model at {model_dir.path}: "
-            "pass the index's model with --model (audio embeddings of different models cannot be compared)",
-        )

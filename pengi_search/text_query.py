@@ -14,10 +14,12 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
@@ -83,9 +85,57 @@ def _blas_controller() -> ThreadpoolController:
     return ThreadpoolController()
 
 
-def blas_threads(limit: int | None) -> AbstractContextManager[object]:
-    """BLAS limited to `limit` threads inside the block (None: as configured)."""
-    return _blas_controller().limit(limits=limit, user_api="blas")
+class _SharedBlasLimit:
+    """A BLAS thread limit for blocks that may overlap in threads (a server's queries, embedders used at once).
+
+    OpenBLAS keeps one thread count for the whole process, so a block cannot restore on its way out the count it
+    found on its way in: one left after another entered lifted the limit while the other still ran, and the other
+    then restored the first's limit, for good. Here the lowest limit of the blocks inside holds, the first block in
+    records the count to come back to, and the last one out restores it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inside: list[int] = []  # the limit of each block inside, in the order they entered
+        self._original: Any = None  # threadpoolctl's limiter of the first block in, which restores the count it found
+
+    @contextmanager
+    def limit(self, limit: int | None) -> Iterator[None]:
+        """BLAS limited to at most `limit` threads inside the block (None: no limit of its own, though while a
+        limited block runs in another thread the process's one count holds this one to it too)."""
+        if limit is None:
+            yield
+            return
+        self._enter(limit)
+        try:
+            yield
+        finally:
+            self._leave(limit)
+
+    def _enter(self, limit: int) -> None:
+        with self._lock:
+            if not self._inside:
+                self._original = _blas_controller().limit(limits=limit, user_api="blas")
+            elif limit < min(self._inside):
+                _blas_controller().limit(limits=limit, user_api="blas")
+            self._inside.append(limit)
+
+    def _leave(self, limit: int) -> None:
+        with self._lock:
+            self._inside.remove(limit)
+            if not self._inside:
+                self._original.restore_original_limits()
+                self._original = None
+            elif limit < (lowest := min(self._inside)):  # the lowest limit left: the others may use more threads
+                _blas_controller().limit(limits=lowest, user_api="blas")
+
+
+_blas_limit = _SharedBlasLimit()
+
+
+def blas_threads(limit: int | None) -> AbstractContextManager[None]:
+    """BLAS limited to `limit` threads inside the block (None: as configured); safe in several threads at once."""
+    return _blas_limit.limit(limit)
 
 
 @lru_cache(maxsize=128)

@@ -307,7 +307,7 @@ def test_a_trained_model_scored_on_labels_with_underscores_names_the_label_map_t
     label_map = write(tmp_path, "label,answer\nalarm_clock,alarm clock\ndog,dog\n", "labels.csv")
 
     def warnings(model: Path, labels: Path) -> list[str]:
-        options = ["--method", "loglik", "--device", "cpu", "--max-len", "2"]
+        options = ["--method", "loglik", "--device", "cpu"]
         result = CliRunner().invoke(app, ["classify", str(clip), "--model", str(model), "-l", str(labels), *options])
         assert result.exit_code == 0, result.output
         return [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
@@ -319,6 +319,32 @@ def test_a_trained_model_scored_on_labels_with_underscores_names_the_label_map_t
     ]
     assert warnings(trained, label_map) == []
     assert warnings(tiny_no_text_model_dir, as_written) == []
+
+
+@pytest.mark.parametrize(
+    ("given", "refused"),
+    [
+        (("--method", "loglik", "--beam", "5"), "error: --beam: is read by --method text only"),
+        (("--method", "loglik", "--text-embedder", "sentence-transformers:x"), "error: --text-embedder: is read by"),
+        (("--prompt", "this is"), "error: --prompt: is read by --method loglik only"),
+        (("--method", "text", "--loglik-score", "total"), "error: --loglik-score: is read by --method loglik only"),
+    ],
+)
+@pytest.mark.parametrize("command", [("classify",), ("eval", "classify")])
+def test_an_option_of_the_other_method_is_refused_in_one_line_before_any_work(tmp_path, command, given, refused):
+    """Each method reads its own options: `--beam 5` with --method loglik, which writes no caption, or a --prompt
+    without it (the text method asks for captions) changed nothing, and the scores came back without a word."""
+    clip = write_tone(tmp_path / "a.wav", 1.0, freq=440.0)
+    labels = write(tmp_path, "low\nhigh\n")
+    truth = write(tmp_path, "file,label\na.wav,low\n", "truth.csv")
+    where = ["--truth", str(truth), "-o", str(tmp_path / "out")] if command == ("eval", "classify") else []
+    args = [*command, str(clip), "-l", str(labels), *where, "--model", str(tmp_path / "no-model"), *given]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == EXIT_USAGE, result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(refused)
+    method = "text" if "--method loglik" not in line else "loglik"
+    assert line.endswith(f"leave it out, or use --method {method}")
 
 
 def test_template_applies_to_the_labels(captions, tiny_model_dir):

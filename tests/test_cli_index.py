@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PARTIAL, EXIT_USAGE
 from pengi_search.library import Library
+from pengi_search.library_stats import index_info
 from pengi_search.testing import make_tiny_model_dir
 
 from .indexing import assert_consistent, write_tone
@@ -225,7 +226,7 @@ def test_rebuild_index_changes_the_type_and_indexing_keeps_it(tiny_model_dir, so
     write_tone(sounds / "new.wav", 1.0, freq=250)
     assert index(sounds, db, tiny_model_dir).exit_code == 0
     with Library.open(str(db)) as library:
-        assert {kind: info.effective_type for kind, info in library.index_info().items()} == {
+        assert {kind: info.effective_type for kind, info in index_info(library.store).items()} == {
             "text": "hnsw",
             "audio": "hnsw",
         }
@@ -409,9 +410,37 @@ def test_another_model_is_refused_in_one_line_with_what_built_the_library_and_th
     )
     assert result.stderr.splitlines() == [
         f"error: lib.db: the library was built with model 'tiny-base' (fingerprint {built[:16]}), but this run uses "
-        f"model 'tiny-base' (fingerprint {uses[:16]}): `pengi-search index 'my sounds' --model other --reindex --db "
-        "lib.db` indexes it anew (every caption and vector made again)"
+        f"model 'tiny-base' (fingerprint {uses[:16]}): `pengi-search index 'my sounds' --model other --device cpu "
+        "--workers 0 --beam 2 --max-len 3 --quiet --reindex --db lib.db` indexes it anew (every caption and vector "
+        "made again)"
     ]
+
+
+def test_the_reindex_command_for_another_model_keeps_every_option_given_and_pasted_stores_what_was_asked(
+    tiny_model_dir, sounds, tmp_path, monkeypatch
+):
+    """The command kept the paths, --model, --text-embedder and --db only: pasted, it indexed with the default
+    prompts and every file of every extension. It is the run's own command with --reindex (in the long names), so
+    the library it writes has the prompts, extensions and decoding asked for; only what --reindex cannot take
+    (--watch, --shard) is left out."""
+    monkeypatch.chdir(tmp_path)
+    assert index(sounds, "lib.db", tiny_model_dir).exit_code == 0
+    make_tiny_model_dir(tmp_path / "other", seed=3)
+    asked = ("-p", "what animal is this", "-p", "is it raining", "--ext", ".wav", "--stop", "original", "--strict")
+    result = index(sounds, "lib.db", "other", *asked)
+    assert result.exit_code == EXIT_FAILED
+    command = re.search(r"`(pengi-search index [^`]*)` indexes it anew", result.stderr)[1]
+    assert "--prompt 'what animal is this' --prompt 'is it raining'" in command
+    assert all(word in shlex.split(command) for word in ("--ext", ".wav", "--stop", "original", "--strict"))
+
+    assert run(*shlex.split(command)[1:]).exit_code == 0
+    rows = [json.loads(line) for line in run("export", "--db", "lib.db").stdout.splitlines()]
+    indexed = sorted(Path(row["path"]).name for row in rows if row["windows"])
+    assert indexed == ["bark.wav", "rain.wav"]  # --ext .wav: growl.flac is left waiting (pending)
+    texts = [text for row in rows for window in row["windows"] for text in window["texts"]]
+    assert {text["decoding"] for text in texts} == {"beam=2 max_len=3 stop=original"}
+    prompts = {text["prompt"] for text in texts}
+    assert prompts == {"what animal is this", "is it raining"}
 
 
 def test_stats_gives_a_sqlite_files_size_and_no_size_for_a_server_database():

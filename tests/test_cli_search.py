@@ -18,6 +18,7 @@ from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE
 from pengi_search.db import EmbedderInfo, ModelInfo, Store, WindowInput
 from pengi_search.library import Library
+from pengi_search.testing import make_tiny_model_dir
 from pengi_search.tokenization import read_tokenizer
 
 from .indexing import write_tone
@@ -147,6 +148,20 @@ def test_query_empty_library(tmp_path, tiny_model_dir):
 def test_query_with_another_model(common, tmp_path, tiny_no_text_model_dir):
     result = run("query", "rain", *common[:2], "--model", tiny_no_text_model_dir)
     assert result.exit_code == EXIT_FAILED and "--model" in result.output
+
+
+def test_similar_with_another_model_is_refused_for_an_indexed_file_too_naming_the_librarys_model(
+    captions, common, tmp_path
+):
+    """An indexed file's stored vectors were used without a word, whatever --model said: a user comparing models
+    got the library's model's hits under the other's name. They are the library's model's vectors, and another
+    model's cannot be compared with the library's: refused as a file to decode is, naming the library's model."""
+    other = make_tiny_model_dir(tmp_path / "other", seed=3)
+    result = run("similar", captions.files["bell.wav"], "--db", captions.db, "--model", other, "--json")
+    assert result.exit_code == EXIT_FAILED and result.stdout == ""
+    assert result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
+    assert "the index was built with model 'tiny-base'" in result.stderr and "cannot be compared" in result.stderr
+    assert run("similar", captions.files["bell.wav"], *common, "--json").exit_code == 0  # its own model: stored
 
 
 def test_similar_json(captions, common, tmp_path):
@@ -679,3 +694,19 @@ def test_classify_loglik_from_the_command_line(captions, common, labels):
     entry = json.loads(result.stdout)["results"][0]
     assert entry["source"] == "index" and entry["score"] < 0  # a mean log-probability
     assert entry["label"] in labels.read_text().splitlines()
+
+
+def test_classify_says_once_that_a_library_given_by_another_model_is_not_reused(captions, common, labels, tmp_path):
+    """--db names a library to reuse, but one built by another model holds nothing this run can take: every file
+    was decoded without a word; only each result's `source` said so."""
+    other = make_tiny_model_dir(tmp_path / "other", seed=3)
+    args = ("classify", captions.files["bell.wav"], "-l", labels, "--method", "loglik", "--device", "cpu", "--json")
+    result = run(*args, "--db", captions.db, "--model", other)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["results"][0]["source"] == "decoded"
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"warning: {captions.db}: built with model 'tiny-base'")
+    assert line.endswith(
+        "nothing it holds is reused, every file is decoded (classify with the library's model to reuse it)"
+    )
+    assert run(*args, *common).stderr == ""  # its own model: reused, nothing to say

@@ -34,12 +34,14 @@ from pengi_search.evaluation.retrieval import available_rankings, evaluate_retri
 from pengi_search.inference import Engine
 from pengi_search.library import Library
 from pengi_search.pathnames import shown
-from pengi_search.search import Filters, SearchScope, audio_query_embedder, query_embedder, query_text
+from pengi_search.query_embedders import audio_query_embedder, query_embedder
+from pengi_search.search import SearchScope, query_text
+from pengi_search.search_filters import Filters
 from pengi_search.similar import stored_windows
 from pengi_search.tokenization import read_tokenizer
 from pengi_search.truth import read_truth
 
-from .indexing import write_tone
+from .indexing import make_tiny_sentence_transformer, write_tone
 from .search_library import caption_library, tone
 
 runner = CliRunner()
@@ -651,6 +653,21 @@ def test_eval_retrieval_end_to_end(tones, tiny_model_dir):
     assert second["metrics"] == report["metrics"]
 
 
+def test_eval_retrieval_with_a_model_without_text_tower_refuses_a_hybrid_weight(tones, tiny_no_text_model_dir):
+    """Such a model is measured by caption matching alone: a weight for the hybrid ranking was read by nothing."""
+    embedder = make_tiny_sentence_transformer(tones / "st-for-hybrid")
+    result = run(
+        "eval", "retrieval", tones / "captions.csv", "--audio-root", tones / "audio", "-o", tones / "runs" / "weight",
+        "--text-embedder", f"sentence-transformers:{embedder}", "--hybrid-weight", "0.25",
+        *quick(tiny_no_text_model_dir),
+    )  # fmt: skip
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert result.stderr.splitlines()[-1] == (
+        "error: --hybrid-weight: weighs --rank hybrid, which needs the text tower that the index's model lacks: "
+        "leave it out"
+    )
+
+
 def test_eval_caption_end_to_end(tones, tiny_model_dir):
     out = tones / "runs" / "caption"
     result = run(
@@ -733,7 +750,7 @@ def test_eval_caption_of_a_library_whose_embedder_cannot_be_opened_scores_the_ot
     def offline(*_args, **_kwargs):
         raise unreachable
 
-    monkeypatch.setattr("pengi_search.search.query_embedder", offline)
+    monkeypatch.setattr("pengi_search.query_embedders.query_embedder", offline)
     out = tones / "runs" / "embedder-offline"
     args = ["eval", "caption", tones / "captions.csv", "--audio-root", tones / "audio", "-o", out]
     result = run(*args, "--no-java-metrics", *quick(tiny_model_dir))

@@ -17,7 +17,7 @@ from pengi_search.evaluation.metrics import average_precision
 from pengi_search.evaluation.multilabel import evaluate_multi_label
 from pengi_search.evaluation.retrieval import available_rankings, evaluate_retrieval
 from pengi_search.library import Library
-from pengi_search.search import query_embedder
+from pengi_search.query_embedders import query_embedder
 from pengi_search.ties import rank
 from pengi_search.truth import read_truth
 

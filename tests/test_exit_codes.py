@@ -248,7 +248,7 @@ CASES = {
         "--answer-prefix",
     ),
     "classify --method loglik, a label longer than the model": Case(
-        lambda p: ("classify", p.clip, "--labels", p.long_label, "--method", "loglik", "--model", p.model, *QUICK),
+        lambda p: ("classify", p.clip, "--labels", p.long_label, "--method", "loglik", "--model", p.model),
         EXIT_USAGE,
         "tokens as an answer",
     ),

@@ -138,3 +138,25 @@ def test_a_kept_embedder_embeds_and_counts_cut_texts_as_the_one_it_opened(tiny_m
     assert (kept.id, kept.dim) == (fresh.id, fresh.dim)
     np.testing.assert_array_equal(kept.embed(["a dog", long]), fresh.embed(["a dog", long]))
     assert kept.cut_texts(["a dog", long]) == fresh.cut_texts(["a dog", long])
+
+
+def test_a_query_asked_to_run_on_cuda_runs_the_torch_tower_there_not_the_numpy_one(tiny_model_dir, monkeypatch):
+    """The query path's numpy tower runs on the CPU: `query --device cuda` ran there all the same, without a word.
+    Asked for by name, CUDA gets the torch tower (here on the CPU, the machine's GPU faked), as `auto` and `cpu`
+    keep the numpy one."""
+    import torch
+
+    from pengi_search.text_query import NumpyTextEmbedder
+
+    placed: list[str] = []
+
+    def fake_device(device: str, engine: object = None) -> torch.device:
+        placed.append(str(device))
+        return torch.device("cpu")
+
+    monkeypatch.setattr(embedders, "_torch_device", fake_device)
+    model = ModelDir.read(tiny_model_dir)
+    on_gpu = open_text_embedder(EmbedderSpec(), model, "cuda", numpy_tower=True)
+    assert isinstance(on_gpu, embedders.PengiTextEmbedder) and placed == ["cuda"]
+    for device in ("auto", "cpu"):
+        assert isinstance(open_text_embedder(EmbedderSpec(), model, device, numpy_tower=True), NumpyTextEmbedder)

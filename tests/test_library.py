@@ -27,7 +27,9 @@ from typer.testing import CliRunner
 from pengi_search.cli import app
 from pengi_search.db import ClosedLibraryError, EmbedderInfo, ModelInfo, ReplaceResult, Store, WindowInput
 from pengi_search.doctor import check_vector_files
+from pengi_search.index_files import index_file
 from pengi_search.library import EmptyLibraryError, Library
+from pengi_search.library_stats import index_info
 from pengi_search.search import SearchScope, search_index
 from pengi_search.serve.live import LiveLibrary
 from pengi_search.vector_file import write_index_file
@@ -96,7 +98,7 @@ def built_types(library: Library) -> dict[str, tuple[str, str | None] | None]:
     """Per kind, (type asked for, type built) as the database records them."""
     return {
         kind: None if info is None else (info.requested_type, info.effective_type)
-        for kind, info in library.index_info().items()
+        for kind, info in index_info(library.store).items()
     }
 
 
@@ -197,7 +199,7 @@ def test_a_file_that_no_longer_fits_and_cannot_be_removed_is_left_with_a_warning
         real_unlink(path, missing_ok)
 
     monkeypatch.setattr(Path, "unlink", unlink)
-    with caplog.at_level(logging.WARNING, logger="pengi_search.library"), opened(db) as (library, _):
+    with caplog.at_level(logging.WARNING, logger="pengi_search.index_files"), opened(db) as (library, _):
         library.sync_vector_indexes()
     assert refused.exists() and "vector index not removed" in caplog.text and "permission denied" in caplog.text
 
@@ -219,7 +221,7 @@ def test_a_damaged_file_is_rebuilt(
         library.vector_index("text")
     path.write_bytes(damage(path.read_bytes()))
 
-    with caplog.at_level(logging.WARNING, logger="pengi_search.library"), opened(db) as (library, fetched):
+    with caplog.at_level(logging.WARNING, logger="pengi_search.index_files"), opened(db) as (library, fetched):
         assert len(library.vector_index("text")) == 5
         assert fetched == [("text", None)] and in_line(library, "text")
     assert "ignoring damaged vector index" in caplog.text and reason in caplog.text
@@ -252,7 +254,7 @@ def test_windows_removed_from_an_hnsw_index_stay_in_its_file_as_tombstones_that_
         library.sync_vector_indexes()
         saved = VectorIndex.load(library.index_path("audio"))[0]
         assert fetched == [] and saved.removed == 2 and in_line(library, "audio")
-        assert library.index_info()["audio"].vectors == len(library.vector_index("audio")) == 23
+        assert index_info(library.store)["audio"].vectors == len(library.vector_index("audio")) == 23
         report, problems = check_vector_files(library.store)
         assert problems == [] and report["audio"]["state"] == "ok" and report["audio"]["vectors"] == 23
 
@@ -282,7 +284,7 @@ def test_an_index_that_cannot_be_saved_still_serves(
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(faiss, "write_index", disk_full)
-    with caplog.at_level(logging.WARNING, logger="pengi_search.library"), opened(db) as (library, _):
+    with caplog.at_level(logging.WARNING, logger="pengi_search.index_files"), opened(db) as (library, _):
         index = library.vector_index("text")
         assert index.ids().tolist() == library.store.vector_ids("text").tolist()
         assert not library.index_path("text").exists()
@@ -323,8 +325,8 @@ def test_a_new_library_without_vectors_shows_and_keeps_no_faiss_file_of_the_dele
     delete_and_make_anew(db, files=0)
 
     with Library.open(db, read_only=True) as library:  # as `stats` reads it
-        assert library.index_info() == {"text": None, "audio": None}
-        assert library.index_file("text") is None and library.index_file("audio") is None
+        assert index_info(library.store) == {"text": None, "audio": None}
+        assert index_file(library.store, "text") is None and index_file(library.store, "audio") is None
     with opened(db) as (library, _):
         library.sync_vector_indexes()
         assert not library.index_path("text").exists() and not library.index_path("audio").exists()
@@ -406,7 +408,7 @@ def test_a_closed_library_refuses_use_and_opens_no_connection_again(db: str, kin
     for use in (
         lambda: library.vector_index("text"),  # a LiveLibrary within its refresh interval too
         library.caption_counts,
-        library.index_info,
+        lambda: index_info(library.store),
         library.store.stats,
         lambda: library.store.engine,
     ):

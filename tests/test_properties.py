@@ -29,7 +29,7 @@ from pengi_search.audio_workers import Decoded, Failed, Job, Windows, decode_fil
 from pengi_search.classify import LabelsError, read_labels
 from pengi_search.cli import app
 from pengi_search.db import Store
-from pengi_search.search import Filters
+from pengi_search.search_filters import Filters
 from pengi_search.truth import read_truth
 
 from .indexing import assert_consistent, write_tone

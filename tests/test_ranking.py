@@ -19,8 +19,9 @@ from pengi_search.embedders import EmbedderSpec, TextEmbedderError, open_text_em
 from pengi_search.evaluation.retrieval import available_rankings
 from pengi_search.library import Library
 from pengi_search.model_dir import ModelDir
+from pengi_search.query_embedders import audio_query_embedder, query_embedder
 from pengi_search.ranking import HybridIndex
-from pengi_search.search import SearchScope, audio_query_embedder, choose_rank, query_embedder, query_text
+from pengi_search.search import SearchScope, choose_rank, query_text
 from pengi_search.vectors import l2_normalise
 
 from .indexing import make_tiny_sentence_transformer, quick_options, write_tone
@@ -211,6 +212,40 @@ def test_the_command_line_labels_what_ranked_the_results(captions, tiny_model_di
     ):
         result = runner.invoke(app, ["query", QUERY, *common, *bad])
         assert result.exit_code == EXIT_USAGE and message in result.output
+
+
+@pytest.mark.parametrize("rank", [(), ("--rank", "audio"), ("--rank", "caption")])
+def test_a_hybrid_weight_without_the_hybrid_ranking_is_refused_in_one_line(captions, tiny_model_dir, rank):
+    """The weight weighs the hybrid ranking's two scores: given with another ranking (or none, which is never
+    hybrid), it was read by nothing and the results came back as if it had not been given."""
+    common = ["--db", captions.db, "--model", str(tiny_model_dir)]
+    result = runner.invoke(app, ["query", QUERY, *common, *rank, "--hybrid-weight", "0.25"])
+    assert result.exit_code == EXIT_USAGE and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "error: --hybrid-weight: weighs the two scores of --rank hybrid: add --rank hybrid, or leave it out"
+    ]
+
+
+def test_eval_retrieval_refuses_a_hybrid_weight_when_the_rankings_asked_for_leave_hybrid_out(tmp_path):
+    """Refused before the set is read or a library made: no ranking it measures would read the weight."""
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "retrieval",
+            str(tmp_path / "captions.csv"),
+            "--rank",
+            "caption",
+            "--rank",
+            "audio",
+            "--hybrid-weight",
+            "0.25",
+            "-o",
+            str(tmp_path / "out"),
+        ],
+    )
+    assert result.exit_code == EXIT_USAGE and "error: --hybrid-weight: weighs the two scores" in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_server_offers_the_same_rankings(captions, tiny_model_dir):

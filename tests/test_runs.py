@@ -25,6 +25,7 @@ from pengi_search.cli.common import EXIT_FAILED, EXIT_USAGE
 from pengi_search.db import IndexBusyError, MissingDatabaseError, Store, StoreError
 from pengi_search.db.run_lock import indexing_lock
 from pengi_search.library import Library
+from pengi_search.library_stats import index_info
 from pengi_search.vectors import VectorIndex
 
 from .indexing import assert_consistent, quick_options, write_tone
@@ -393,7 +394,7 @@ def test_a_damaged_hnsw_file_is_rebuilt_as_hnsw(tiny_model_dir, sounds, tmp_path
     assert run("rebuild-index", "--db", db, "--index-type", "hnsw").exit_code == 0
     with Library.open(db) as library:
         path = library.index_path("text")
-        params = library.index_info()["text"].params
+        params = index_info(library.store)["text"].params
     if damage == "corrupt":
         path.write_bytes(path.read_bytes()[:100])
     else:
@@ -403,7 +404,7 @@ def test_a_damaged_hnsw_file_is_rebuilt_as_hnsw(tiny_model_dir, sounds, tmp_path
     rebuilt, _ = VectorIndex.load(path)
     assert rebuilt.type == "hnsw" and len(rebuilt) == 2
     with Library.open(db, read_only=True) as library:
-        info = library.index_info()["text"]
+        info = index_info(library.store)["text"]
         assert (info.requested_type, info.effective_type, info.params) == ("hnsw", "hnsw", params)
         assert np.array_equal(library.vector_index("text").ids(), library.store.vector_ids("text"))
     assert_consistent(db)
@@ -415,12 +416,12 @@ def test_the_record_follows_the_index_as_it_grows_and_empties(tiny_model_dir, so
     write_tone(sounds / "c.wav", 1.0, freq=900)
     run_index(quick_options([sounds], db, tiny_model_dir))
     with Library.open(db) as library:
-        info = library.index_info()["audio"]
+        info = index_info(library.store)["audio"]
         assert (info.requested_type, info.effective_type, info.vectors) == ("hnsw", "hnsw", 3)
         updated = info.updated_at
     time.sleep(0.01)
     assert run("remove", sounds, "--db", db).exit_code == 0
     with Library.open(db) as library:
-        info = library.index_info()["audio"]
+        info = index_info(library.store)["audio"]
         assert (info.requested_type, info.effective_type, info.vectors) == ("hnsw", None, 0)
         assert info.updated_at > updated

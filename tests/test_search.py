@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ import soundfile as sf
 import torch
 
 from pengi_search import similar as similar_module
+from pengi_search import text_query
 from pengi_search.bpe_tokenizer import TokenizerFileError
 from pengi_search.checkpoint import CheckpointError
 from pengi_search.choices import By
@@ -29,10 +32,12 @@ from pengi_search.inference import Engine
 from pengi_search.library import EmptyLibraryError, Library
 from pengi_search.model import Pengi
 from pengi_search.model_dir import ModelDir
-from pengi_search.search import Filters, SearchScope, query_embedder, query_text, search_index
+from pengi_search.query_embedders import query_embedder
+from pengi_search.search import SearchScope, query_text, search_index
+from pengi_search.search_filters import Filters
 from pengi_search.similar import similar_to_file, similar_to_files, stored_windows
 from pengi_search.testing import clip_like_tokenizer, make_tiny_model_dir, tiny_config, tiny_gpt2_tokenizer
-from pengi_search.text_query import NumpyTextEmbedder, mapped_tensors
+from pengi_search.text_query import NumpyTextEmbedder, blas_threads, mapped_tensors
 from pengi_search.tokenization import TOKENIZER_DIR
 
 from .indexing import make_tiny_sentence_transformer, write_tone
@@ -118,6 +123,80 @@ def test_numpy_text_tower_stops_at_the_first_end_token(tiny_model_dir):
     vectors = fast.embed(texts)
     np.testing.assert_allclose(vectors, reference, atol=1e-5, rtol=0)
     np.testing.assert_allclose(vectors[0], vectors[1], atol=1e-6, rtol=0)
+
+
+class _OneCountBlas:
+    """A BLAS whose thread count is one for the whole process (OpenBLAS's pthreads build), behind threadpoolctl's
+    `limit`: a limiter records the count it finds and sets its own, and restores what it found."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+
+    def limit(self, *, limits: int | None, user_api: str) -> _OneCountLimiter:
+        assert user_api == "blas"
+        return _OneCountLimiter(self, limits)
+
+
+class _OneCountLimiter:
+    def __init__(self, blas: _OneCountBlas, limit: int | None) -> None:
+        self.blas, self.found = blas, blas.threads
+        if limit is not None:
+            blas.threads = limit
+
+    def __enter__(self) -> _OneCountLimiter:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.restore_original_limits()
+
+    def restore_original_limits(self) -> None:
+        self.blas.threads = self.found
+
+
+def test_blas_limits_overlapping_in_two_threads_hold_until_both_end_then_the_count_found_comes_back(monkeypatch):
+    """Two text embeddings at once (`serve`'s threads) each limited BLAS, whose thread count is one for the whole
+    process, and restored the count it had found: the first out lifted the limit while the second still ran, and
+    the second then restored the first's limit of one thread, for every later product of the process."""
+    blas = _OneCountBlas(threads=4)
+    monkeypatch.setattr(text_query, "_blas_controller", lambda: blas)
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    inside: list[int] = []
+
+    def first() -> None:
+        with blas_threads(1):
+            first_in.set()
+            assert second_in.wait(30)
+        first_out.set()
+
+    def second() -> None:
+        assert first_in.wait(30)
+        with blas_threads(1):
+            second_in.set()
+            assert first_out.wait(30)
+            inside.append(blas.threads)  # the first has left: this block's limit still holds
+
+    workers = [threading.Thread(target=first), threading.Thread(target=second)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert inside == [1] and blas.threads == 4
+
+
+def test_blas_limits_left_out_of_order_restore_a_real_blas_to_the_count_found():
+    """The same with the BLAS numpy runs on, the blocks entered and left in one thread in the order above."""
+    from threadpoolctl import ThreadpoolController
+
+    blas = ThreadpoolController().select(user_api="blas")
+    if not blas.lib_controllers:
+        pytest.skip("no BLAS library that threadpoolctl controls")
+    with blas.limit(limits=3), contextlib.ExitStack() as first, contextlib.ExitStack() as second:
+        first.enter_context(blas_threads(1))
+        second.enter_context(blas_threads(1))
+        first.close()
+        assert min(library["num_threads"] for library in blas.info()) == 1
+        second.close()
+        assert min(library["num_threads"] for library in blas.info()) == 3
 
 
 def test_numpy_text_tower_names_a_broken_tokenizer_file(tiny_model_dir, tmp_path):
@@ -511,3 +590,8 @@ def test_query_uses_the_sentence_transformers_embedder_the_index_was_built_with(
         caption = next(lib.store.export_rows())["windows"][0]["texts"][0]["text"]
         hits = query_text(lib, caption, model=str(tiny_model_dir))
     assert hits[0].path == str(sounds / "a.wav") and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    # Its captions are the library's model's: another model named is refused, as with Pengi's own tower (it was
+    # never looked at: the query matched the library's captions under the other model's name).
+    other = make_tiny_model_dir(tmp_path / "other", seed=3)
+    with Library.open(db) as lib, pytest.raises(StoreMismatchError, match="the index was built with model 'tiny-base'"):
+        query_text(lib, caption, model=str(other))

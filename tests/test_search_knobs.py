@@ -22,6 +22,7 @@ from pengi_search.db import Store, WindowInput
 from pengi_search.errors import OptionError
 from pengi_search.index_types import cells_probed, searched_with
 from pengi_search.library import Library
+from pengi_search.library_stats import index_info, indexes_json
 from pengi_search.serve.live import LiveLibrary
 from pengi_search.vector_file import read_index_file
 from pengi_search.vectors import VectorIndex
@@ -51,7 +52,7 @@ def test_ef_search_set_at_a_rebuild_is_what_every_later_command_searches_with(db
         assert ef_searches(library) == {"text": 7, "audio": 7}
     with Library.open(db, read_only=True) as library:  # another command: from the file
         assert ef_searches(library) == {"text": 7, "audio": 7}
-        assert library.index_info()["text"].params["ef_search"] == 7
+        assert index_info(library.store)["text"].params["ef_search"] == 7
 
 
 def test_a_rebuild_of_its_own_keeps_the_knobs_the_user_set(db: str) -> None:
@@ -107,7 +108,7 @@ def test_rebuild_index_refuses_a_knob_of_another_type_in_one_line_with_exit_2(db
         refused = run("rebuild-index", "--db", db, "--index-type", "hnsw", "--ef-search", bad)
         assert refused.exit_code == EXIT_USAGE and "--ef-search" in refused.stderr, bad
     with Library.open(db, read_only=True) as library:
-        assert {info.requested_type for info in library.index_info().values() if info} <= {"flat"}
+        assert {info.requested_type for info in index_info(library.store).values() if info} <= {"flat"}
 
 
 def test_stats_and_rebuild_index_show_the_knob_each_index_is_searched_with(db: str) -> None:
@@ -140,9 +141,9 @@ def test_nprobe_asked_for_before_ivfpq_can_be_built_is_what_it_searches_with_onc
     with Library.open(db) as library:
         index = library.vector_index("audio")
         assert (index.type, index.params.nprobe) == ("ivfpq", 3)
-        assert library.indexes_json()["audio"]["nprobe"] == 3
+        assert indexes_json(library.store)["audio"]["nprobe"] == 3
         library.rebuild(nprobe=10_000)
-        assert library.indexes_json()["audio"]["nprobe"] == library.vector_index("audio").params.nlist == 16
+        assert indexes_json(library.store)["audio"]["nprobe"] == library.vector_index("audio").params.nlist == 16
 
 
 def test_nprobe_left_unset_shows_as_the_cells_a_search_probes() -> None:
@@ -191,7 +192,7 @@ def test_tune_changes_a_knob_in_the_files_and_the_database_without_adding_a_vect
             old_payload, old_params, old_removed, old_version = before[kind]
             assert (payload, removed, version) == (old_payload, old_removed, old_version)  # the same vectors
             assert params == {**old_params, knob: 3}
-            assert library.index_info()[kind].params[knob] == 3
+            assert index_info(library.store)[kind].params[knob] == 3
     with opened(db) as (library, fetched):  # another command: the file as it is, the knob in effect
         assert {getattr(library.vector_index(kind).params, knob) for kind in ("text", "audio")} == {3}
         assert fetched == [] and builds == []
@@ -216,7 +217,7 @@ def test_tune_takes_the_lock_every_writer_of_the_files_takes(db: str, monkeypatc
     with Library.open(db) as library:
         library.rebuild("hnsw")
         locked: list[str] = []
-        real = library_module._locked
+        real = library_module.locked
 
         @contextlib.contextmanager
         def recorded(path: Path) -> Iterator[None]:
@@ -224,7 +225,7 @@ def test_tune_takes_the_lock_every_writer_of_the_files_takes(db: str, monkeypatc
                 locked.append(path.name)
                 yield
 
-        monkeypatch.setattr(library_module, "_locked", recorded)
+        monkeypatch.setattr(library_module, "locked", recorded)
         library.tune(ef_search=5)
         assert locked == [library.index_path("text").name, library.index_path("audio").name]
 
@@ -236,16 +237,16 @@ def test_auto_goes_back_to_the_automatic_choice_and_later_rebuilds_keep_it(
     with Library.open(db) as library:
         library.rebuild(index_type, **{knob: 3})
         library.tune(**{knob: "auto"})
-        assert library.index_info()["audio"].params[knob] is None
+        assert index_info(library.store)["audio"].params[knob] is None
     with Library.open(db) as library:
         index = library.vector_index("audio")
         assert getattr(index.params, knob) is None
-        assert library.indexes_json()["audio"][knob] == (64 if knob == "ef_search" else cells_probed(None, 16))
+        assert indexes_json(library.store)["audio"][knob] == (64 if knob == "ef_search" else cells_probed(None, 16))
         library.rebuild()
         assert getattr(library.vector_index("audio").params, knob) is None
         library.rebuild(**{knob: 4})
         library.rebuild(**{knob: "auto"})  # rebuild-index takes auto too
-        assert library.indexes_json()["audio"]["params"][knob] is None
+        assert indexes_json(library.store)["audio"]["params"][knob] is None
 
 
 def test_stats_tells_the_default_knob_from_one_the_user_chose(db: str) -> None:
@@ -289,7 +290,7 @@ def test_tune_refuses_a_knob_of_another_type_in_one_line_with_exit_2_changing_no
         assert refused.exit_code == EXIT_USAGE and "--ef-search" in refused.stderr, bad
     with Library.open(db) as library:
         assert {kind: file_contents(library, kind) for kind in ("text", "audio")} == before
-        assert library.index_info()["text"].params["ef_search"] == 9
+        assert index_info(library.store)["text"].params["ef_search"] == 9
 
 
 def test_a_damaged_file_is_left_to_be_rebuilt_with_the_knob_tuned(db: str, caplog: pytest.LogCaptureFixture) -> None:
@@ -326,4 +327,4 @@ def test_tune_on_a_full_disk_says_so_in_one_line_and_leaves_the_file_and_the_dat
     assert sorted(folder.iterdir()) == files  # no partial file left
     with Library.open(db) as library:
         assert {kind: file_contents(library, kind) for kind in ("text", "audio")} == before
-        assert library.index_info()["text"].params["ef_search"] is None
+        assert index_info(library.store)["text"].params["ef_search"] is None

@@ -10,6 +10,8 @@ import os
 import re
 import shutil
 import struct
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -26,6 +28,7 @@ from pengi_search.cli.common import EXIT_FAILED, EXIT_USAGE
 from pengi_search.db import Store, StoreError
 from pengi_search.embedders import TextEmbedderError
 from pengi_search.serve import media
+from pengi_search.serve.conversions import Conversions
 from pengi_search.serve.http_cache import content_disposition
 from pengi_search.serve.media import browser_type
 from pengi_search.serve.pages import FILTER_BOXES, when
@@ -401,6 +404,33 @@ def test_formats_browsers_cannot_play_are_transcoded_to_flac(client, served):
     np.testing.assert_allclose(samples, original, atol=2e-4)  # 16-bit FLAC of the same audio
     again = client.get(f"/api/files/{hum['file_id']}/audio", headers={"Range": "bytes=0-9"})
     assert again.status_code == 206 and again.content == response.content[:10]
+
+
+def test_audio_work_past_what_the_server_holds_at_once_is_a_503_to_ask_again_for(served, tiny_model_dir, caplog):
+    """Transcodes, waveforms and cut windows hold a bounded share of the server's threads: past it, a request is
+    answered 503 with when to ask again at once (the pages' players retry), rather than waiting for a thread that
+    searches need. Not a failure of the server's, nor a database that does not answer: nothing is logged."""
+    caplog.set_level("WARNING", logger="pengi_search.serve")
+    with client_for(served, tiny_model_dir) as client:
+        svc = client.app.state.service
+        svc.conversions = svc.transcodes._conversions = Conversions(slots=1, max_held=1)
+        hum = hit_for(client, served, "loops/hum.aiff")
+        started, finish = threading.Event(), threading.Event()
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(svc.conversions.run, "a long transcode", lambda: started.set() or finish.wait(60))
+            assert started.wait(60)
+            try:
+                answers = [
+                    client.get(f"/api/files/{hum['file_id']}/audio"),
+                    client.get(f"/api/windows/{hum['window_id']}/peaks"),
+                    client.get(f"/api/windows/{hum['window_id']}/audio"),
+                ]
+            finally:
+                finish.set()
+        assert [(answer.status_code, answer.headers.get("retry-after")) for answer in answers] == [(503, "5")] * 3
+        assert "busy converting audio" in answers[0].json()["detail"]
+        assert client.get(f"/api/files/{hum['file_id']}/audio").status_code == 200  # once it is free again
+    assert not caplog.records
 
 
 def test_window_audio_is_the_window_cut_as_wav(client, served):

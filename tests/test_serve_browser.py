@@ -30,7 +30,7 @@ import pytest
 from pengi_search.db import Store
 
 from .search_library import caption_library
-from .serving import ServeProcess
+from .serving import CLI, ServeProcess
 
 REQUIRE_ENV = "PENGI_REQUIRE_BROWSER"
 SCREENSHOT_ENV = "PENGI_SCREENSHOT_DIR"
@@ -74,14 +74,15 @@ def browser_programs() -> tuple[str, str]:
 
 
 @contextlib.contextmanager
-def serving(root: Path, model_dir: Path, captioned: dict | None = None):
+def serving(root: Path, model_dir: Path, captioned: dict | None = None, script: str = CLI):
     """`pengi-search serve --port 0` in its own process, over a library of `captioned` sounds (by default the
-    search tests' own); yields its address and the library."""
+    search tests' own); yields its address and the library. `script`: as `ServeProcess` takes it."""
     library = caption_library(str(root / "index.db"), root / "sounds", model_dir, captioned)
     served = ServeProcess(
         *("--db", library.db, "--model", str(model_dir), "--device", "cpu"),
         *("--max-upload-mb", str(UPLOAD_MB)),  # the test sounds are smaller
         home=root / "home",
+        script=script,
     )
     try:
         address = served.address()
@@ -986,3 +987,105 @@ def test_a_hit_gone_from_the_index_since_the_page_was_made_says_so_when_played(
             "The audio cannot be played: no longer in the index (its file was indexed again, moved or removed "
             "since): search again"
         )
+
+
+def test_a_hits_waveform_says_what_pressing_it_does_play_or_pause(server, driver):
+    """Its spoken label follows the player, as *Play hit* does: "Pause ..." while the hit plays, where it said
+    "Play"; pressed with no pointer (a screen reader's click), it pauses the hit, as Enter does, and says "Play"."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    address, library = server
+    bell = str(library.files["bell.wav"])
+    driver.get(f"{address}/?q=a+bell+rings&k=1")
+    canvas = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "li.hit canvas.waveform"), "a hit")[0]
+    audio = driver.find_element(By.CSS_SELECTOR, "li.hit audio.player")
+    said = f"{bell}, 0.0 to 2.0 s: a bell rings"
+    assert canvas.get_attribute("aria-label") == f"Play {said}"
+    driver.execute_script("arguments[0].focus()", canvas)
+    press(driver, Keys.ENTER)
+    wait_for(driver, lambda d: canvas.get_attribute("aria-label") == f"Pause {said}", "the label saying pause")
+    assert not audio_state(driver, audio)["paused"]
+    driver.execute_script("arguments[0].click()", canvas)  # as assistive technology clicks: no pointer, detail 0
+    wait_for(driver, lambda d: audio_state(d, audio)["paused"], "the hit paused")
+    assert canvas.get_attribute("aria-label") == f"Play {said}"
+
+
+# A server that refuses the first two requests for a file's audio as busy (the player's, and its look at why) and
+# the first of a spectrogram, and says to ask again in a second rather than five.
+BUSY_AT_FIRST = """
+from pengi_search.serve import errors
+from pengi_search.serve.conversions import ConversionsBusy
+from pengi_search.serve.service import Service
+
+errors.RETRY_AFTER_S = 1
+
+
+def busy_at_first(given, refusals):
+    def refused_at_first(self, file_id):
+        if refusals[0] > 0:
+            refusals[0] -= 1
+            raise ConversionsBusy()
+        return given(self, file_id)
+
+    return refused_at_first
+
+
+Service.file_audio = busy_at_first(Service.file_audio, [2])
+Service.spectrogram = busy_at_first(Service.spectrogram, [1])
+from pengi_search.cli import app
+
+app()
+"""
+
+
+def test_a_player_refused_while_the_server_is_busy_says_so_and_plays_by_itself_when_it_may(
+    tmp_path_factory, tiny_model_dir, driver
+):
+    """A hit asked for while the server's audio work is full (503, Retry-After) says why and that it will try
+    again, and plays from the hit's start once the server gives the audio, the note gone, with no second press; a
+    spectrogram refused so is asked for again too."""
+    from selenium.webdriver.common.by import By
+
+    one = {"hum.wav": (2.0, ["a low hum"])}
+    with serving(tmp_path_factory.mktemp("busy"), tiny_model_dir, one, BUSY_AT_FIRST) as (address, _library):
+        driver.get(f"{address}/?q=a+low+hum&k=1")
+        hit = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "li.hit"), "search results")[0]
+        audio = hit.find_element(By.CSS_SELECTOR, "audio.player")
+        hit.find_element(By.CSS_SELECTOR, "button.play-hit").click()
+        note = wait_for(driver, lambda d: hit.find_elements(By.CSS_SELECTOR, ".unplayable"), "why it did not play")[0]
+        assert note.text == (
+            "The audio cannot be played: the server is busy converting audio for other requests; trying again in 1 s"
+        )
+        wait_for(driver, lambda d: audio_state(d, audio)["t"] > 0.1, "the hit playing by itself")
+        assert audio_state(driver, audio)["error"] is None
+        wait_for(driver, lambda d: not hit.find_elements(By.CSS_SELECTOR, ".unplayable"), "the note gone")
+        driver.execute_script("arguments[0].pause()", audio)
+
+        # The file's page: its spectrogram, refused first, comes once asked again.
+        hit.find_element(By.CSS_SELECTOR, "a.path").click()
+        image = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "img.spectrogram"), "the file's page")[0]
+        wait_for(driver, lambda d: d.execute_script("return arguments[0].naturalWidth", image) > 0, "the spectrogram")
+
+
+def test_a_player_that_failed_asks_the_server_nothing_more_until_it_is_pressed_again(server, driver):
+    """Chromium asks a failed source again as soon as the player is loaded anew, whatever its preload: a player that
+    failed asked for its audio hundreds of times a second, for as long as the page stayed open. It asks once (and
+    the page once, for why), then nothing until pressed again."""
+    from selenium.webdriver.common.by import By
+
+    address, library = server
+    bell = library.files["bell.wav"]
+    aside = bell.with_name("bell.wav.aside")
+    driver.get(f"{address}/?q=a+bell+rings&k=1")
+    hit = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "li.hit"), "search results")[0]
+    driver.get_log("browser")  # what the page logged before
+    bell.rename(aside)
+    try:
+        hit.find_element(By.CSS_SELECTOR, "button.play-hit").click()
+        wait_for(driver, lambda d: hit.find_elements(By.CSS_SELECTOR, ".unplayable"), "why it did not play")
+        driver.execute_async_script("setTimeout(arguments[0], 1000)")  # a second in which a loop would ask again
+        failed = [entry["message"] for entry in driver.get_log("browser") if "/audio" in entry["message"]]
+    finally:
+        aside.rename(bell)
+    assert len(failed) == 2, failed  # the player's request, and the page's look at why

@@ -1,5 +1,6 @@
 """The server's decoding work (transcodes, spectrograms, peaks, cut windows) runs side by side for different files, a
-few at a time, and once for one file asked for twice at once.
+few at a time, and once for one file asked for twice at once; it holds a bounded number of the server's threads, each
+for a bounded time, and its transcodes keep the cache's byte limit while they are written.
 
 The work here is fake and waits on events (never on a clock): a converter that could not run beside another would
 leave it waiting until WAIT_S, and the test fails there.
@@ -15,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from pengi_search.serve import media
-from pengi_search.serve.conversions import Conversions
-from pengi_search.serve.media import TranscodeCache
+from pengi_search.serve.conversions import Conversions, ConversionsBusy
+from pengi_search.serve.media import TranscodeCache, flac_bound
 
 WAIT_S = 10.0  # only a failing test waits this long
 
@@ -33,16 +34,19 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
 
 class FakeTranscoder:
     """`media._write_flac` that writes a few bytes, records which files it made, and makes each file only once both
-    `together` of them have started (a barrier), or once `release` is set."""
+    `together` of them have started (a barrier), or once `release` is set. It reserves `reserves` bytes first, as
+    the real one reserves the most its FLAC can take."""
 
-    def __init__(self, together: int = 1) -> None:
+    def __init__(self, together: int = 1, reserves: int = 0) -> None:
+        self.reserves = reserves
         self.made: list[str] = []
         self.targets: list[Path] = []
         self.started = threading.Event()
         self.release = threading.Event()
         self.barrier = threading.Barrier(together, timeout=WAIT_S)
 
-    def __call__(self, source: Path, target: Path, _max_s: float) -> None:
+    def __call__(self, source: Path, target: Path, _max_s: float, reserve: Callable[[int], None]) -> None:
+        reserve(self.reserves)
         with target.open("wb") as out:  # opened first, as the FLAC encoder opens it
             self.made.append(source.name)
             self.targets.append(target)
@@ -154,3 +158,98 @@ def test_those_waiting_for_a_run_that_fails_get_its_error_and_the_next_ask_runs_
                 outcome.result(WAIT_S)
     assert calls == [1] and conversions.waiting("k") == 0
     assert conversions.run("k", lambda: "made") == "made"
+
+
+def blocked(conversions: Conversions, key: str, pool: ThreadPoolExecutor) -> tuple[threading.Event, threading.Event]:
+    """Start work of `key` in `pool` that holds its slot until the second event returned is set; returns once it
+    runs (the first event)."""
+    started, finish = threading.Event(), threading.Event()
+
+    def make() -> str:
+        started.set()
+        assert finish.wait(WAIT_S)
+        return key
+
+    pool.submit(conversions.run, key, make)
+    assert started.wait(WAIT_S)
+    return started, finish
+
+
+def test_a_request_waiting_for_a_slot_is_refused_as_busy_once_its_wait_runs_out():
+    """A burst of slow transcodes does not hold the server's threads for as long as they take: past `wait_s` in
+    line, the request is answered 503, with when to ask again."""
+    conversions = Conversions(slots=1, wait_s=0.05)
+    with ThreadPoolExecutor(1) as pool:
+        _, finish = blocked(conversions, "long", pool)
+        try:
+            with pytest.raises(ConversionsBusy, match="busy") as refused:
+                conversions.run("short", lambda: "made")
+        finally:
+            finish.set()
+    assert refused.value.status == 503
+    assert conversions.run("short", lambda: "made") == "made"  # the slot is free again
+
+
+def test_a_request_waiting_for_the_same_files_run_is_refused_as_busy_once_its_wait_runs_out():
+    conversions = Conversions(slots=2, wait_s=0.05)
+    with ThreadPoolExecutor(1) as pool:
+        _, finish = blocked(conversions, "long", pool)
+        try:
+            with pytest.raises(ConversionsBusy):
+                conversions.run("long", lambda: "again")
+            assert conversions.waiting("long") == 0  # it no longer waits
+        finally:
+            finish.set()
+
+
+def test_no_more_than_max_held_requests_are_held_at_once_the_next_is_refused_without_waiting():
+    """Requests past `max_held` (working or waiting) are refused at once: the server's other threads answer
+    searches whatever the players ask."""
+    conversions = Conversions(slots=1, max_held=2, wait_s=WAIT_S)
+    with ThreadPoolExecutor(2) as pool:
+        _, finish = blocked(conversions, "long", pool)
+        waiting = pool.submit(conversions.run, "next", lambda: "next")
+        wait_until(lambda: conversions.waiting("next") == 0 and conversions.held() == 2, "the second waiting")
+        try:
+            with pytest.raises(ConversionsBusy):  # at once: WAIT_S would fail the test's own wait below
+                conversions.run("third", lambda: "third")
+        finally:
+            finish.set()
+        assert waiting.result(WAIT_S) == "next"
+
+
+def test_transcodes_written_side_by_side_keep_the_caches_byte_limit(tmp_path, monkeypatch):
+    """Each transcode reserves the most its FLAC can take before it writes: finished ones are evicted to make room,
+    and one that does not fit beside those being written is refused for now (busy), not written past the limit."""
+    conversions = Conversions(slots=3)
+    cache = TranscodeCache(max_bytes=1000, conversions=conversions)
+    transcoder = FakeTranscoder(reserves=495)  # two fit beside each other, not beside a third
+    transcoder.release.set()
+    monkeypatch.setattr(media, "_write_flac", transcoder)
+    try:
+        old = cache.flac("old", tmp_path / "old.wma", 60.0)
+        transcoder.release.clear()
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(cache.flac, "a", tmp_path / "a.wma", 60.0)
+            wait_until(lambda: len(transcoder.made) == 2, "the first being written")
+            second = pool.submit(cache.flac, "b", tmp_path / "b.wma", 60.0)
+            wait_until(lambda: len(transcoder.made) == 3, "the second being written")
+            assert not old.exists()  # evicted to make room for the two in progress
+            assert cache.held_bytes() <= 1000
+            with pytest.raises(ConversionsBusy, match="transcode cache is full"):
+                cache.flac("c", tmp_path / "c.wma", 60.0)
+            transcoder.release.set()
+            assert first.result(WAIT_S).exists() and second.result(WAIT_S).exists()
+        assert cache.flac("c", tmp_path / "c.wma", 60.0).exists()  # room again, once they are written
+    finally:
+        cache.close()
+
+
+def test_a_flac_takes_at_most_its_samples_stored_verbatim_with_its_headers(tmp_path):
+    """The bound a transcode reserves holds for audio FLAC cannot compress (noise, at full scale)."""
+    import numpy as np
+    import soundfile as sf
+
+    noise = np.random.default_rng(0).uniform(-1, 1, (48_000 * 3, 2))
+    sf.write(tmp_path / "noise.flac", noise, 48_000, subtype="PCM_16")
+    assert (tmp_path / "noise.flac").stat().st_size <= flac_bound(3.0, 48_000, 2)

@@ -222,3 +222,9 @@ def test_saved_upload_keeps_only_a_safe_suffix_and_checks_the_clip(tmp_path):
     ):
         pass
     assert empty.value.status == 422
+
+
+def test_a_wav_of_six_channels_is_sent_as_it_is(tmp_path):
+    """A 5.1 WAV plays in Chromium as it is (checked with the browser: the audio element plays it, and the Web Audio
+    API decodes its six channels); browsers mix surround down to the listener's speakers themselves."""
+    assert browser_type(write_tone(tmp_path / "surround.wav", 0.5, channels=6)) == "audio/wav"

@@ -44,12 +44,13 @@ from trainer.distributed import resolve_device, start_processes
 from trainer.dry_run import dry_run_report
 from trainer.evaluation import generate_answers
 from trainer.export import export_checkpoint
-from trainer.loop import Trainer, train
+from trainer.loop import Trainer
 from trainer.model_setup import apply_freezing, build_model, set_train_mode
 from trainer.objective import AnswerNll
 from trainer.optimization import warmup_then_linear_decay
 from trainer.reporting import METRICS_FILE, TrainingProgress, read_metrics
 from trainer.resume_plan import EpochSize, RunRecord, check_steps
+from trainer.run import train
 from trainer.state import Position
 
 from .indexing import signal_when
@@ -518,7 +519,7 @@ def test_a_resume_is_the_run_that_was_started_not_what_the_config_file_says(
     planned over another length. Refused now, and by the dry run, before any set-up, on one line naming each
     setting and the --set that resumes the run as it was; that resumes it (it had finished), and a new length given
     with --set trains it on."""
-    import trainer.loop
+    import trainer.run
 
     recipe_like = {"max_steps": None, "epochs": 1000}
     config_path = write_config(tmp_path, tiny_model_dir, sounds / "train.jsonl", optimization=recipe_like)
@@ -532,7 +533,7 @@ def test_a_resume_is_the_run_that_was_started_not_what_the_config_file_says(
         "--set optimization.epochs=1000"
     )
     with monkeypatch.context() as during:
-        during.setattr(trainer.loop, "Trainer", None)  # set-up (minutes of feature encoding) must not start
+        during.setattr(trainer.run, "Trainer", None)  # set-up (minutes of feature encoding) must not start
         for dry_run in ([], ["--dry-run"]):
             result = train_command(config_path, "--resume", *dry_run)
             assert result.exit_code == EXIT_USAGE, result.output
@@ -557,12 +558,12 @@ def test_a_resume_in_another_precision_is_refused_like_the_other_run_settings(
     """runtime.precision was not compared: a run resumed in bf16 or fp16 took another rounding, and an fp16 one its
     gradient scaler's state from a run that had none. Refused before any set-up, as the schedule, batch and seed
     are, with the --set that resumes the run as it was."""
-    import trainer.loop
+    import trainer.run
 
     config_path = write_config(tmp_path, tiny_model_dir, sounds / "train.jsonl")
     check_trained(config_path, "--set", "optimization.max_steps=1")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # mixed precision is allowed on CUDA only
-    monkeypatch.setattr(trainer.loop, "Trainer", None)  # set-up must not start
+    monkeypatch.setattr(trainer.run, "Trainer", None)  # set-up must not start
     on_a_gpu = ("--set", "runtime.device=auto", "--set", "runtime.precision=bf16")
     for dry_run in ([], ["--dry-run"]):
         result = train_command(config_path, "--resume", "--set", "optimization.max_steps=2", *on_a_gpu, *dry_run)

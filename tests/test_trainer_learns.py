@@ -36,8 +36,8 @@ from pengi_search.testing import (
     smoke_kind_windows,
 )
 from trainer.config import load_config
-from trainer.loop import train
 from trainer.recipes import write_config
+from trainer.run import train
 
 SMOKE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "smoke"
 SECONDS = 3.0

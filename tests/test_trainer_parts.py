@@ -37,8 +37,8 @@ from trainer.audio_parts import aisfx_checkpoint, clap_audio_tower, init_htsat_f
 from trainer.config import load_config
 from trainer.export import export_checkpoint
 from trainer.language_parts import TokenizerMissingError
-from trainer.loop import train
 from trainer.model_setup import build_model
+from trainer.run import train
 
 RATE = 44_100
 TINY_AUDIO = {"embed_dim": 8, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], "num_classes": 4, "out_emb": 64}

@@ -42,10 +42,11 @@ from trainer.data import AudioTextDataset, read_manifest
 from trainer.dry_run import dry_run_report
 from trainer.evaluation import sample_rows
 from trainer.features import FeatureDataset, encode_clips
-from trainer.loop import Trainer, train
+from trainer.loop import Trainer
 from trainer.model_setup import build_model, parameter_groups
 from trainer.recipes import RECIPES, init_run, read_labels_csv
 from trainer.reporting import METRICS_FILE, PLOT_FILE, RateWindow, read_metrics
+from trainer.run import train
 from trainer.state import Position, save_checkpoint
 from trainer.stopping import InterruptRequest
 
@@ -252,9 +253,25 @@ def test_init_refuses_a_folder_holding_an_earlier_init_unless_forced_and_then_le
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_writes_a_loadable_config(tmp_path, recipe) -> None:
     labels = write_clips(tmp_path / "clips")
-    result = init_run(labels, tmp_path / "clips", tmp_path / recipe, recipe=recipe, init=str(tmp_path / "model"))
+    init = str(tmp_path / "model") if recipe == "finetune-released" else None
+    result = init_run(labels, tmp_path / "clips", tmp_path / recipe, recipe=recipe, init=init)
     config = load_config(result.config)
     assert config.data.train == result.manifests["train"].resolve()
+
+
+@pytest.mark.parametrize("recipe", ["labels-cpu", "labels-gpu"])
+def test_init_refuses_a_model_to_start_from_for_a_recipe_that_trains_from_scratch(tmp_path, recipe) -> None:
+    """Only finetune-released's config starts from a Pengi model: `--init` with another recipe was written nowhere,
+    and the training that followed went on without it, without a word. Refused in one line, nothing written."""
+    labels = write_clips(tmp_path / "clips")
+    out = tmp_path / "out"
+    args = ["train", "init", str(labels), "--audio-root", str(tmp_path / "clips"), "--out", str(out)]
+    result = cli(*args, "--recipe", recipe, "--init", "base")
+    assert result.exit_code == EXIT_USAGE and result.stderr.splitlines() == [
+        f"error: --init: is the Pengi model the finetune-released recipe starts from; {recipe} starts from none: "
+        "leave it out, or use --recipe finetune-released"
+    ]
+    assert not out.exists()
 
 
 def test_init_names_the_row_of_a_bad_csv(tmp_path) -> None:
@@ -805,19 +822,19 @@ def test_an_output_dir_holding_a_run_is_bad_usage_for_a_new_run_and_its_dry_run_
     """Nothing was done and the fix is in the command (--resume) or the config (output_dir): exit code 2, as `train
     init` refusing a taken folder and --resume without a checkpoint (it was 1), on one line naming the folder as
     typed here, before any set-up."""
-    import trainer.loop
+    import trainer.run
 
     config_path = label_run_config(tmp_path, tiny_no_text_model_dir)
     run_at(config_path, step=10)
     monkeypatch.chdir(tmp_path)
     holds = "error: run: holds checkpoints of a run: continue it with --resume, or choose a new output_dir"
     with monkeypatch.context() as during:
-        during.setattr(trainer.loop, "Trainer", None)  # set-up (minutes of feature encoding) must not start
+        during.setattr(trainer.run, "Trainer", None)  # set-up (minutes of feature encoding) must not start
         result = cli("train", str(config_path))
         assert result.exit_code == EXIT_USAGE, result.output  # was 1
         assert result.output.strip() == holds
         with pytest.raises(UsageError, match="holds checkpoints of a run"):  # library callers alike
-            trainer.loop.train(load_config(config_path))
+            trainer.run.train(load_config(config_path))
         # The dry run refuses it in the same words, among the rest of its report (the next test).
         result = CliRunner().invoke(app, ["train", str(config_path), "--dry-run"])
         assert result.exit_code == EXIT_USAGE and result.stderr.splitlines() == [holds], result.output
@@ -894,10 +911,10 @@ def run_at(config_path: Path, step: int) -> None:
 def test_resume_from_a_missing_checkpoint_fails_before_the_set_up(
     tmp_path, tiny_no_text_model_dir, monkeypatch
 ) -> None:
-    import trainer.loop
+    import trainer.run
 
     config_path = label_run_config(tmp_path, tiny_no_text_model_dir)
-    monkeypatch.setattr(trainer.loop, "Trainer", None)  # set-up (minutes of feature encoding) must not start
+    monkeypatch.setattr(trainer.run, "Trainer", None)  # set-up (minutes of feature encoding) must not start
     result = cli("train", str(config_path), "--resume-from", str(tmp_path / "nope.pt"))
     assert result.exit_code == EXIT_USAGE and "nope.pt: no such training checkpoint" in result.output
     result = cli("train", str(config_path), "--resume")
@@ -911,7 +928,7 @@ def test_a_missing_checkpoint_is_bad_usage_for_library_callers_as_on_the_command
     """`train` and `export_checkpoint` raise the error the command line shows (they raised exit code 1 errors in
     other words), and the dry run reports it among its problems: exit code 2, what the path is and what to give
     instead."""
-    import trainer.loop
+    import trainer.run
     from trainer.export import export_checkpoint
 
     config_path = label_run_config(tmp_path, tiny_no_text_model_dir)
@@ -922,7 +939,7 @@ def test_a_missing_checkpoint_is_bad_usage_for_library_callers_as_on_the_command
         "folder": f"{checkpoint}: a folder, not a training checkpoint; name one of its checkpoint files",
     }[given]
     calls = {
-        "train": lambda: trainer.loop.train(config, resume=checkpoint),
+        "train": lambda: trainer.run.train(config, resume=checkpoint),
         "export": lambda: export_checkpoint(checkpoint),
     }
     for name, call in calls.items():

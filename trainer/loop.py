@@ -1,12 +1,10 @@
 """The training loop: micro-batches accumulated into optimizer steps (`trainer.optimization`), evaluation,
 checkpoints and DDP.
 
-`train` runs what a configuration describes and returns the trained model (`pengi-search train` and
-`python -m trainer` call it); a run that cannot start or go on raises a `PengiSearchError`, which the command line
-turns into its exit code. One optimizer step reads `grad_accumulation` micro-batches on every process; its loss is
-the summed answer-token NLL divided by the answer tokens of all of them, so any split of a batch across
-micro-batches and processes gives the same gradient. Rank 0 logs, evaluates samples, writes checkpoints and exports
-the final model directory (`<output_dir>/model`).
+A `Trainer` is one process's part of a run, which `trainer.run` starts, resumes and ends. One optimizer step reads
+`grad_accumulation` micro-batches on every process; its loss is the summed answer-token NLL divided by the answer
+tokens of all of them, so any split of a batch across micro-batches and processes gives the same gradient. Rank 0
+logs, evaluates samples, writes checkpoints and exports the final model directory (`<output_dir>/model`).
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ import functools
 import itertools
 import logging
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,31 +29,11 @@ from pengi_search.messages import print_warning
 from pengi_search.model import Pengi
 from pengi_search.paths import as_typed, shown_path
 from pengi_search.tokenization import Tokenizers
-from pengi_search.torchrun_env import said_once_per_machine
-from pengi_search.units import count_text
-from trainer.checkpoint_files import checkpoint_path, checkpoint_to_resume
-from trainer.config import ConfigError, TrainConfig
+from trainer.config import TrainConfig
 from trainer.data import Batch, example_loader
-from trainer.distributed import (
-    Processes,
-    end_last,
-    ends_here,
-    gather_objects,
-    parameter_digest,
-    part_processes,
-    start_processes,
-    sum_across,
-    wait_for_all,
-)
+from trainer.distributed import Processes, gather_objects, parameter_digest, sum_across, wait_for_all
 from trainer.evaluation import best_metric, evaluate_run
-from trainer.export import (
-    BEST_MODEL_DIR,
-    MODEL_DIR,
-    changed_manifests,
-    export_model,
-    finished_run_models,
-    run_provenance,
-)
+from trainer.export import BEST_MODEL_DIR, MODEL_DIR, export_model, run_provenance
 from trainer.model_setup import (
     apply_freezing,
     build_model,
@@ -78,19 +56,10 @@ from trainer.reporting import (
     report_evaluation,
     write_plot,
 )
-from trainer.resume_plan import (
-    EpochSize,
-    RunRecord,
-    check_resume,
-    check_steps,
-    finished_at,
-    read_run_record,
-    resume_point,
-)
 from trainer.run_data import prepare_data, quiet
 from trainer.sampling import ResumableSampler
 from trainer.state import Position, RunCheckpoints, restore_rng, seed_everything
-from trainer.stopping import BestTracker, InterruptRequest, RunInterrupted
+from trainer.stopping import BestTracker, InterruptRequest
 
 log = logging.getLogger(__name__)
 
@@ -113,102 +82,10 @@ class TrainingResult:
     interrupted: bool = False
 
 
-def train(
-    config: TrainConfig,
-    *,
-    resume: bool | Path = False,
-    given: Collection[str] = (),
-    source: Path | None = None,
-    console: Console | None = None,
-) -> TrainingResult:
-    """Run the training that `config` describes in this process (one of several under `torchrun`).
-
-    A resumed run must be the checkpoint's run, but for a new length among the keys `given` on the command line
-    (`--set`): see `trainer.resume_plan`. A set-up failure every process meets is raised by rank 0 alone; one met
-    before the processes connect, by the first process of each machine (`pengi_search.torchrun_env`)."""
-    source = source or Path("<config>")
-    with said_once_per_machine():  # the processes are not connected yet: each meets what the others meet
-        if problems := config.problems(cuda=torch.cuda.is_available()):
-            raise ConfigError(source, problems[0])
-        # Before the set-up (features take minutes): a missing checkpoint, a new run in an output_dir holding one,
-        # or a configuration that is not the run's.
-        checkpoint = checkpoint_to_resume(config.output_dir, resume)
-        record = None if checkpoint is None else read_run_record(checkpoint)  # the one read of the checkpoint
-        length_change = None if record is None else check_resume(config, record, given, source)
-    processes = start_processes(config.runtime.device)
-    # Where one process alone stops (a failure of its own, a stop signal during its set-up), it leaves the others
-    # as it is; every other end is one that every process reaches alike, where they part (`part_processes`).
-    with InterruptRequest(once=processes.distributed, held=False) as interrupt:
-        trainer, said = _set_up(config, processes, interrupt, record, length_change, given, source, console)
-        checkpoint = None if record is None else record.checkpoint
-        record = None  # the trainer holds copies: the mapped file is let go
-        if trainer is None:
-            result = None
-        elif trainer.finished is not None:  # resumed at the run's end: said, and nothing written
-            assert checkpoint is not None  # only a resumed run is finished before it starts
-            result = trainer.already_finished(checkpoint)
-        else:
-            result = trainer.fit(interrupt)
-        # DistributedDataParallel's reducer must be freed while its process group still exists: freed after
-        # destroy_process_group, gloo's destructor and its worker thread deadlock on the GIL.
-        del trainer
-        siblings = part_processes(processes)
-    end_last(siblings)
-    if said is not None:
-        raise said
-    if result is None:
-        return TrainingResult(None, None, None, 0, main=False)
-    if result.interrupted and result.main:  # after the checkpoint, the model and the others: exit code 130 or 143
-        raise RunInterrupted(_kept(config.output_dir, result))
-    # Under torchrun the others end well, saying nothing: a process ending with another code than 0 makes torchrun
-    # stop the rest (SIGTERM), rank 0 too, before it has said the run was interrupted.
-    return result
-
-
-def _kept(output_dir: Path, result: TrainingResult) -> str:
-    """What a run stopped by a signal leaves (its checkpoint and model, as the user would type them here), and how
-    to go on."""
-    written = (checkpoint_path(output_dir, result.steps), result.model_dir)
-    kept = " and ".join(shown_path(path) for path in written if path is not None and path.exists())
-    return (
-        f"the run stopped after step {result.steps}{f', kept in {kept}' if kept else ''}; "
-        "run the same command with --resume to go on"
-    )
-
-
-def _set_up(
-    config: TrainConfig,
-    processes: Processes,
-    interrupt: InterruptRequest,
-    record: RunRecord | None,
-    length_change: str | None,
-    given: Collection[str],
-    source: Path,
-    console: Console | None,
-) -> tuple[Trainer | None, PengiSearchError | None]:
-    """This process's trainer, resumed from `record`; or None where the run ends at its set-up, with the failure
-    this process is to raise once the processes have parted (None: another process says it)."""
-    trainer = None
-    failure: PengiSearchError | None = None  # how this process's set-up failed (`ends_here` decides who says it)
-    try:
-        trainer = Trainer(config, processes, source, console)
-        if record is not None:
-            epoch = EpochSize(len(trainer.data.train_set), processes.world_size, trainer.total_steps)
-            trainer.resume(record, length_change or check_steps(config, record, epoch, given, source))
-    except PengiSearchError as error:  # too few examples, nothing to train, a run resumed on other processes...
-        failure = error
-    # From the processes' first collective on, a stop signal is a request they agree on (`Trainer._interrupted`):
-    # one that interrupted a process there would leave the others waiting in it.
-    interrupt.hold()
-    try:
-        # Every process's set-up read the same configuration and data: a failure they all met is said once.
-        ended = ends_here(processes, failure)
-    except PengiSearchError as said:
-        return None, said
-    return (None, None) if ended else (trainer, None)
-
-
 class Trainer:
+    """This process's part of a run: the model, data and optimizer set up from the configuration, then trained by
+    `fit` (a resumed run's checkpoint restored into it first, by `trainer.run`)."""
+
     def __init__(self, config: TrainConfig, processes: Processes, source: Path, console: Console | None) -> None:
         self.config = config
         self.source = source
@@ -292,52 +169,15 @@ class Trainer:
             )
         self.total_steps = self.config.total_steps(self.steps_per_epoch)
 
-    def resume(self, record: RunRecord, length_change: str | None = None) -> None:
-        """Load a checkpoint of this run (`check_resume` checked the configuration is its run's, or says in
-        `length_change` how its length changed); the loop then continues exactly where it was written."""
-        path = record.checkpoint
-        payload = self.checkpoints.load(record.payload, path)
-        self.position = record.position
-        self._say(length_change)
-        self.finished = finished_at(self.position.step, self.total_steps, self.config.optimization, self.best)
-        if self.finished is not None:
-            return  # before the metrics log is touched: a finished run stays as it is
-        changed = changed_manifests(payload.get("provenance"), self.provenance)
-        if payload["train_examples"] != len(self.data.train_set):
-            self._warn("the training manifest changed since the checkpoint: the data order will differ")
-            changed.pop("train", None)
-        for split, manifest in changed.items():  # as many rows, other contents: the model would not say it
-            self._warn(
-                f"the {split} manifest {shown_path(Path(manifest))} changed since the checkpoint (another sha256): "
-                "the run goes on with it as it is now"
-            )
-        rng, processes = payload["rng"], self.processes.world_size
-        if len(rng) == processes:
-            self.rng_to_restore = rng[self.processes.rank]
-        else:
-            written_by = count_text(len(rng), "process", "processes")
-            self._warn(f"the checkpoint was written by {written_by}, not {processes}: random streams restart")
-        self.metrics.truncate_after(self.position.step)
-        where = resume_point(self.position, self.total_steps, self.steps_per_epoch, self.config.optimization)
-        self._say(f"resuming from {shown_path(path)} {where}")
-
-    def _warn(self, message: str) -> None:
+    def warn(self, message: str) -> None:
         """Said once (by rank 0), even with --quiet, as the command line says its warnings."""
         if self.processes.main:
             print_warning(self.console, message)
 
-    def _say(self, message: str | None) -> None:
+    def say(self, message: str | None) -> None:
         """What the run will do, said once (by rank 0), even with --quiet (which quiets the progress)."""
         if message is not None and self.processes.main:
             self.console.print(message, soft_wrap=True, markup=False, highlight=False)
-
-    def already_finished(self, checkpoint: Path) -> TrainingResult:
-        """Resumed at the run's end (`finished`): say so, where its model is and how to train on; write nothing."""
-        where, how = self.finished
-        model_dir, models = finished_run_models(self.config.output_dir, checkpoint, self.position.step)
-        # Even with --quiet: it is the run's only outcome.
-        self._say(f"the run already finished {where}: nothing was trained or written; {models}. To train on, {how}")
-        return TrainingResult(self.model, self.tokenizers, model_dir, self.position.step, main=self.processes.main)
 
     # --- Loop --------------------------------------------------------------------------------------------------
 
@@ -562,7 +402,7 @@ class Trainer:
             stopped_early=self.stopped_early,
         )
         if self.config.logging.plot and write_plot(folder / METRICS_FILE, folder / PLOT_FILE) is None:
-            self._warn(f"matplotlib is not installed: no {PLOT_FILE} (pip install matplotlib)")
+            self.warn(f"matplotlib is not installed: no {PLOT_FILE} (pip install matplotlib)")
         # The run's outcome, said even with --quiet (which quiets the progress): where its models are.
         # Paths as the user would type them here: the configuration resolved output_dir.
         self.console.print(f"model written to {shown_path(model_dir)}", soft_wrap=True, markup=False)

@@ -42,7 +42,8 @@ from trainer.data import manifest_path
 from trainer.templates import render_prompt
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
-RECIPES = ("labels-cpu", "labels-gpu", "finetune-released")
+FINETUNE_RECIPE = "finetune-released"  # the one recipe that starts from a model (`--init`)
+RECIPES = ("labels-cpu", "labels-gpu", FINETUNE_RECIPE)
 FILE_COLUMNS = ("file", "filename")
 LABELS_CSV_COLUMNS = "file, label[, split][, caption][, group]"
 SPLIT_NAMES = {"train": "train", "validation": "validation", "val": "validation", "valid": "validation", "test": "test"}
@@ -221,10 +222,26 @@ def write_config(recipe: str, path: Path, manifests: dict[str, Path], seed: int,
         "train": manifests["train"].name,
         "validation": manifests["validation"].name if "validation" in manifests else "null",
         "language_model": smollm2_gguf() if recipe == "labels-gpu" else "",
-        "init": init or (released_model() if recipe == "finetune-released" else ""),
+        "init": init or (released_model() if recipe == FINETUNE_RECIPE else ""),
     }
     path.write_text(template.substitute(values), encoding="utf-8")
     return path
+
+
+def _check_options(recipe: str, validation: float, init: str | None) -> None:
+    """Refuse, before anything is read, an unknown recipe, a validation share out of range, and a model to start
+    from (`--init`) for a recipe whose config has none: it would be written nowhere, and the training go on
+    without it, without a word."""
+    if recipe not in RECIPES:
+        raise LabelsCsvError("--recipe", f"unknown recipe {recipe!r}; recipes: {', '.join(RECIPES)}")
+    if not 0.0 <= validation < 1.0:
+        raise LabelsCsvError("--validation", "must be in [0, 1)")
+    if init is not None and recipe != FINETUNE_RECIPE:
+        raise LabelsCsvError(
+            "--init",
+            f"is the Pengi model the {FINETUNE_RECIPE} recipe starts from; {recipe} starts from none: leave it out, "
+            f"or use --recipe {FINETUNE_RECIPE}",
+        )
 
 
 def init_run(
@@ -243,10 +260,7 @@ def init_run(
     """Write `train.jsonl`, `validation.jsonl` (and `test.jsonl`), `labels.csv` and `config.yaml` into `folder`;
     a folder that holds any of them is refused unless `force` (see the module's docstring)."""
     render_prompt(task)  # an unknown task, or one that needs a question, fails here with the known tasks
-    if recipe not in RECIPES:
-        raise LabelsCsvError("--recipe", f"unknown recipe {recipe!r}; recipes: {', '.join(RECIPES)}")
-    if not 0.0 <= validation < 1.0:
-        raise LabelsCsvError("--validation", "must be in [0, 1)")
+    _check_options(recipe, validation, init)
     clips = read_labels_csv(labels_csv, audio_root)
     missing = [clip for clip in clips if not clip.audio.is_file()]
     if missing:

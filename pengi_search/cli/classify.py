@@ -114,15 +114,36 @@ class ScoringOptions:
     long_prompts: LongPromptsOption = LongPrompt.cut
 
     def settings(self) -> ClassifySettings:
-        """The classification settings; a template without its {label} placeholder is bad usage."""
+        """The classification settings; a template without its {label} placeholder is bad usage, as is an option
+        that only the other method reads (`_refuse_the_other_methods_options`)."""
         from ..classify import ClassifySettings
         from ..embedders import EmbedderSpec
 
+        self._refuse_the_other_methods_options()
         fields = dataclasses.asdict(self) | {"text_embedder": EmbedderSpec.parse(self.text_embedder)}
         try:
             return ClassifySettings(**fields)
         except ValueError as err:
             raise UsageError("", str(err)) from None
+
+    def _refuse_the_other_methods_options(self) -> None:
+        """An option that only the other method reads, given a value of its own, would change nothing without a
+        word (`--beam 5 --method loglik`, `--prompt ...` without it): refused (exit 2), before any work."""
+        defaults = {field.name: field.default for field in dataclasses.fields(self)}
+        for method, (options, role) in _METHOD_OPTIONS.items():
+            given = [name for name in options if method is not self.method and getattr(self, name) != defaults[name]]
+            if given:
+                option, other = "--" + given[0].replace("_", "-"), method.value
+                raise UsageError(
+                    option, f"is read by --method {other} only ({role}): leave it out, or use --method {other}"
+                )
+
+
+# The options only one method reads, and what they are to it.
+_METHOD_OPTIONS = {
+    Method.loglik: (("prompt", "loglik_score"), "how the labels' likelihood is scored"),
+    Method.text: (("text_embedder", "beam", "max_len", "stop"), "how the captions it compares are made and embedded"),
+}
 
 
 @handle_errors
@@ -276,6 +297,8 @@ def classify_targets(
         if report_skips:
             report_skipped(path, reason)
     library = _open_library(db)
+    if library is not None and db is not None:
+        _warn_if_built_by_another(library, model_dir)
     try:
         classifier = Classifier(
             labels,
@@ -310,6 +333,19 @@ def _warn_of_label_spellings(model_dir: ModelDir, labels: Sequence[str], texts: 
             f"{count_text(len(spelled), 'label')} {for_count(len(spelled), 'is', 'are')} scored as written ({some}), "
             f"but this model was trained on labels as words ({answer_text(spelled[0])!r}): give --labels the label "
             "map that `train init` wrote (its labels.csv, whose answer column says how each label was taught)"
+        )
+
+
+def _warn_if_built_by_another(library: Any, model_dir: ModelDir) -> None:
+    """The library given with --db, built by another model than this run's: nothing it holds is reused (its
+    captions and audio embeddings are another model's), which the run's sources say file by file only."""
+    from ..search import built_by
+
+    meta = library.store.index_meta()
+    if meta is not None and not built_by(library, model_dir):
+        warn(
+            f"{library.name}: built with {meta.model}, not with {model_dir.identity}: nothing it holds is reused, "
+            "every file is decoded (classify with the library's model to reuse it)"
         )
 
 

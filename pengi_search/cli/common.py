@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import functools
 import gc
 import inspect
 import os
 import sys
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -339,6 +340,34 @@ def output_failures_said() -> Iterator[None]:
         if (message := output_failure(err)) is None:
             raise
         fail(message)
+
+
+def given_options(context: typer.Context, *, leaving_out: Collection[str] = ()) -> list[str]:
+    """The options the user gave the running command (`context`) on its command line, as the words of a command
+    to paste: each under its long name, with its value as given (a repeated one repeated), a flag alone; in the
+    order the command declares them. A command that a message suggests instead of this one (`index --reindex` for
+    `index`) starts from them, so that every option that shapes what it does carries over, the ones added later
+    too; `leaving_out`: the long names it cannot take."""
+    words: list[str] = []
+    for param in context.command.params:
+        if param.param_type_name != "option" or param.name is None:
+            continue
+        name = max(param.opts, key=len)  # `--prompt`, not `-p`: a pasted command reads better long
+        # Typer's own copy of Click's ParameterSource: compared by name, not imported from Typer's private module.
+        source = context.get_parameter_source(param.name)
+        if name in leaving_out or source is None or source.name != "COMMANDLINE":
+            continue
+        words += _option_words(param, name, context.params[param.name])
+    return words
+
+
+def _option_words(param: Any, name: str, value: Any) -> list[str]:
+    """An option given with `value`, as command-line words: a flag by the name that sets it, a repeated option
+    once per value, a choice by its text."""
+    if param.is_flag:
+        return [name] if value else param.secondary_opts[:1]
+    values = value if param.multiple else [value]
+    return [word for one in values for word in (name, str(one.value if isinstance(one, enum.Enum) else one))]
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..choices import DEFAULT_HYBRID_WEIGHT, EXACT_MODE, Device, Rank, StopRule, decoding_settings
+from ..choices import EXACT_MODE, Device, Rank, StopRule, decoding_settings
 from ..prompts import TASK_PROMPTS
 from .common import (
     BatchOption,
@@ -39,6 +39,7 @@ from .common import (
 from .eval_report import OutputOption, Report, ReportJsonOption, finish
 from .first_use import fetches_model
 from .progress_bars import IndexProgress, WindowProgress, progress_bar, show_progress
+from .search import HybridWeightOption, hybrid_weight_for
 
 if TYPE_CHECKING:
     from indexer.run_report import IndexSummary
@@ -138,9 +139,7 @@ def retrieval(
             show_default=False,
         ),
     ] = None,
-    hybrid_weight: Annotated[
-        float, typer.Option("--hybrid-weight", min=0.0, max=1.0, help="The hybrid ranking's caption weight.")
-    ] = DEFAULT_HYBRID_WEIGHT,
+    hybrid_weight: HybridWeightOption = None,
     quiet: QuietOption = False,
     json_output: ReportJsonOption = False,
 ) -> None:
@@ -150,7 +149,9 @@ def retrieval(
     """
     from ..embedders import TextEmbedderError
     from ..evaluation.retrieval import available_rankings, evaluate_retrieval
-    from ..search import audio_query_embedder
+    from ..query_embedders import audio_query_embedder
+
+    weight = hybrid_weight_for(hybrid_weight, rank or list(Rank))  # unasked, every ranking the model supports
 
     def score(library: Library, caption_set: CaptionSet, open_embedder: OpenEmbedder, failures: Failures) -> Report:
         embedder = open_embedder()
@@ -158,9 +159,14 @@ def retrieval(
             audio_embedder = audio_query_embedder(library, evalset.model, evalset.device, caption_embedder=embedder)
         except TextEmbedderError:  # a model without text tower: caption matching only
             audio_embedder = None
+            if hybrid_weight is not None:  # no hybrid ranking to weigh: `--rank hybrid` is refused below
+                raise UsageError(
+                    "--hybrid-weight",
+                    "weighs --rank hybrid, which needs the text tower that the index's model lacks: leave it out",
+                ) from None
         try:
             rankings = available_rankings(
-                library, embedder, caption_set.audio_root, audio_embedder, ranks=rank or (), hybrid_weight=hybrid_weight
+                library, embedder, caption_set.audio_root, audio_embedder, ranks=rank or (), hybrid_weight=weight
             )
         except ValueError as exc:
             raise UsageError("", str(exc)) from None
@@ -276,7 +282,7 @@ def _evaluate_set(
     """Index what the library lacks of the set, `score` the library with its caption embedder (opened when `score`
     asks for it) and the files that failed to index, and write the `kind` report."""
     from ..evaluation.captioning import caption_origins
-    from ..search import query_embedder
+    from ..query_embedders import query_embedder
 
     library, summary = _indexed_library(caption_set, evalset, output, quiet=quiet, json_output=json_output)
     with library:

@@ -35,6 +35,7 @@ from .common import (
     apply_threads,
     err_console,
     given_input,
+    given_options,
     given_prompt,
     handle_errors,
     json_option,
@@ -64,6 +65,7 @@ IndexJsonOption = json_option("an object, the run's summary (with --watch, JSON 
 @handle_errors
 @fetches_model
 def index(
+    context: typer.Context,
     paths: Annotated[
         list[str], typer.Argument(help="Folders (walked, following links) or files to index.", parser=given_input)
     ],
@@ -223,8 +225,10 @@ def index(
         create_empty=watch,  # a watch waits for the files to come
     )
 
+    anew = _reindex_command(context, paths, db)
+
     def run() -> IndexSummary:
-        return _run_once(options, show_progress(quiet, json_output))
+        return _run_once(options, show_progress(quiet, json_output), anew)
 
     from ..db.urls import db_option
 
@@ -249,9 +253,10 @@ def index(
     raise typer.Exit(EXIT_PARTIAL if summary.partial else EXIT_OK)
 
 
-def _run_once(options: IndexOptions, visible: bool) -> IndexSummary:
+def _run_once(options: IndexOptions, visible: bool, anew: str) -> IndexSummary:
     """One run, its paths named as the user reached them; an interrupted run says what it kept (with --json too:
-    stdout gets no summary of a run that did not end)."""
+    stdout gets no summary of a run that did not end). `anew`: the command that indexes the library anew with the
+    run's model and embedder, for a library built with others."""
     from indexer.pipeline import IndexerError, run_index
     from indexer.run_report import RunInterrupted
 
@@ -266,7 +271,7 @@ def _run_once(options: IndexOptions, visible: bool) -> IndexSummary:
     except (IndexerError, ScanError) as exc:
         raise UsageError("", str(exc)) from exc
     except BuiltWithOtherError as exc:  # the run's own command, to paste
-        fix = f"`{_reindex_command(options)}` indexes it anew (every caption and vector made again)"
+        fix = f"`{anew}` indexes it anew (every caption and vector made again)"
         raise exc.fixed_by(fix) from exc
     except RunInterrupted as stop:
         print_interrupted(err_console, _kept(stop.summary))
@@ -284,13 +289,20 @@ def _index_command(paths: Sequence[str | os.PathLike[str]], *options: str, db_op
     return f"pengi-search index {' '.join(map(shlex.quote, words))}{db_option}"
 
 
-def _reindex_command(options: IndexOptions) -> str:
-    """The run's command with --reindex: its paths, the --model and --text-embedder it was given, its library."""
+# What the suggested `index --reindex` leaves out: --reindex, which it adds; a watch or a shard, which would index
+# the library anew at every change or in parts (both refused with it); --db, which `_index_command` adds, its
+# password hidden.
+_NOT_WITH_REINDEX = ("--reindex", "--watch", "--debounce", "--shard", "--db")
+
+
+def _reindex_command(context: typer.Context, paths: Sequence[str], db: str | None) -> str:
+    """This command with --reindex: its paths and every option given (its prompts, decoding, device, extensions:
+    all that shapes what is stored), so that pasted it indexes the library anew as this run would have; its
+    library as the user named it."""
     from ..db.urls import db_option
 
-    chosen = {"--model": options.model, "--text-embedder": options.text_embedder}
-    given = [word for option, value in chosen.items() if value for word in (option, value)]
-    return _index_command(options.roots, *given, "--reindex", db_option=db_option(options.db))
+    given = given_options(context, leaving_out=_NOT_WITH_REINDEX)
+    return _index_command(paths, *given, "--reindex", db_option=db_option(db))
 
 
 def _warn_if_nothing_found(summary: IndexSummary, paths: list[str], ext: str | None) -> None:

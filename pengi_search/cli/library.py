@@ -92,6 +92,7 @@ def rebuild_index(
     from ..errors import OptionError
     from ..json_values import json_seconds
     from ..library import Library
+    from ..library_stats import indexes_json
 
     started = time.monotonic()
     with (
@@ -103,7 +104,7 @@ def rebuild_index(
             counts = library.rebuild(index_type, ef_search=ef_search, nprobe=nprobe)
         except OptionError as err:  # a knob for another index type: nothing was rebuilt
             raise UsageError("", str(err)) from None
-        indexes = library.indexes_json()
+        indexes = indexes_json(library.store)
     seconds = time.monotonic() - started
     if json_output:
         print_json({"vectors": counts, "vector_indexes": indexes, "seconds": json_seconds(seconds)})
@@ -129,6 +130,7 @@ def tune(
     from ..errors import OptionError, cli_option
     from ..json_values import json_seconds
     from ..library import Library
+    from ..library_stats import indexes_json
 
     started = time.monotonic()
     with Library.open(db, create=False) as library:
@@ -138,7 +140,7 @@ def tune(
             # The type is changed by a rebuild: this command has no --index-type.
             reason = err.reason(lambda name: f"pengi-search rebuild-index {cli_option(name)}")
             raise UsageError("", f"{cli_option(err.option)} {reason}") from None
-        indexes = library.indexes_json()
+        indexes = indexes_json(library.store)
     seconds = time.monotonic() - started
     if json_output:
         print_json({"vector_indexes": indexes, "seconds": json_seconds(seconds)})
@@ -180,9 +182,10 @@ def stats(db: DbOption = None, json_output: StatsJsonOption = False) -> None:
     """
     from ..db.urls import db_option
     from ..library import Library
+    from ..library_stats import stats_json
 
     with Library.open(db, read_only=True) as library:
-        data = library.stats_json(runs=STATS_RUNS)
+        data = stats_json(library.store, runs=STATS_RUNS)
     if json_output:
         print_json(data)
     else:

@@ -5,6 +5,7 @@ Imports stay inside the commands: `query` must not pay for torch (see `pengi_sea
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -43,7 +44,8 @@ from .progress_bars import IndexFills, WindowProgress, index_fills, progress_bar
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from ..search import Filters, Hit, SearchScope
+    from ..search import Hit, SearchScope
+    from ..search_filters import Filters
     from ..similar import SimilarResult
 
 GONE_MARK = " (gone)"  # after the path of a hit whose file is gone from disk (`Hit.missing`)
@@ -75,11 +77,25 @@ RankOption = Annotated[
     ),
 ]
 HybridWeightOption = Annotated[
-    float,
+    float | None,
     typer.Option(
-        "--hybrid-weight", min=0.0, max=1.0, help="--rank hybrid: the caption cosine's weight (audio: 1 - it)."
+        "--hybrid-weight",
+        min=0.0,
+        max=1.0,
+        help=f"--rank hybrid: the caption cosine's weight (audio: 1 - it) \\[default: {DEFAULT_HYBRID_WEIGHT}]",
+        show_default=False,
     ),
 ]
+
+
+def hybrid_weight_for(weight: float | None, ranks: Collection[Rank]) -> float:
+    """--hybrid-weight for a command that ranks by `ranks`: the hybrid ranking alone reads it, so given without it
+    (where it would change nothing, without a word) it is refused, before any work."""
+    if weight is not None and Rank.hybrid not in ranks:
+        raise UsageError(
+            "--hybrid-weight", "weighs the two scores of --rank hybrid: add --rank hybrid, or leave it out"
+        )
+    return DEFAULT_HYBRID_WEIGHT if weight is None else weight
 
 
 QueryStartOption = Annotated[
@@ -130,7 +146,7 @@ class SearchOptions:
 
     def filters(self) -> Filters:
         """The conditions on results; a value they cannot use (e.g. `--ext ,`) is bad usage."""
-        from ..search import Filters
+        from ..search_filters import Filters
 
         try:
             return Filters.from_options(
@@ -257,7 +273,7 @@ def query(
     *,
     search: SearchOptions,
     rank: RankOption = None,
-    hybrid_weight: HybridWeightOption = DEFAULT_HYBRID_WEIGHT,
+    hybrid_weight: HybridWeightOption = None,
     json_output: QueryJsonOption = False,
 ) -> None:
     """Find the sounds that match a text (text -> audio), best first.
@@ -275,6 +291,7 @@ def query(
 
     if not text.strip():
         raise UsageError("", 'the query text is empty; say what to look for, e.g. "dog barking in the rain"')
+    weight = hybrid_weight_for(hybrid_weight, [] if rank is None else [rank])  # unasked, a query never ranks hybrid
     scope = search.scope()
     with (
         index_fills(show_progress(False, json_output)) as fills,  # a FAISS file to rebuild first: minutes, not silence
@@ -289,14 +306,14 @@ def query(
             model=search.model,
             device=search.device,
             rank=chosen,
-            hybrid_weight=hybrid_weight,
+            hybrid_weight=weight,
             notify=warn,
         )
     title = None
     if chosen is not Rank.caption:
-        weight = f", caption weight {hybrid_weight:g}" if chosen is Rank.hybrid else ""
+        weighed = f", caption weight {weight:g}" if chosen is Rank.hybrid else ""
         captioned = f"{counts.captioned} of {counts.window_count} windows have captions"
-        title = f"ranked by {RANK_LABELS[chosen]}{weight}; {captioned}"
+        title = f"ranked by {RANK_LABELS[chosen]}{weighed}; {captioned}"
     elif counts.missing and not json_output:
         err_console.print(
             f"note: {counts.missing} of {counts.window_count} windows have no captions yet and cannot match by caption "

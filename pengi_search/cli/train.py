@@ -105,7 +105,7 @@ def _run(
     """The dry run or the run of `settings`, read from `config`; a resumed run takes a new length from the
     settings `given` (--set) alone."""
     from trainer.dry_run import dry_run_report, print_dry_run
-    from trainer.loop import train as run_training
+    from trainer.run import train as run_training
     from trainer.stopping import RunInterrupted
 
     from ..messages import print_interrupted

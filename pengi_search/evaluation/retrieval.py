@@ -23,7 +23,8 @@ import numpy as np
 from ..choices import DEFAULT_HYBRID_WEIGHT, By, Rank
 from ..embedders import warn_of_cuts
 from ..ranking import RANK_LABELS
-from ..search import Filters, SearchScope, ranked_index, search_index
+from ..search import SearchScope, ranked_index, search_index
+from ..search_filters import Filters
 from ..similar import stored_windows
 from ..ties import TIE_TOLERANCE, tied_groups
 from ..vectors import l2_normalise

@@ -4,7 +4,8 @@
 - `api` and `pages`: the JSON routes under /api/ and the server-rendered pages (templates/, static/);
 - `service`: what both do (search, similar, files, describe, classify, stats) over a read-only store;
 - `live`: FAISS indexes that follow the database while another process indexes;
-- `media`: waveform peaks, spectrograms, cut windows and transcodes, made side by side (`conversions`);
+- `media`: waveform peaks, spectrograms, cut windows and transcodes, made side by side, a bounded share of the
+  server's threads held at once, each for a bounded time (`conversions`: past it, 503 to ask again);
 - `uploads`: bounded, checked clips;
 - `kept_clips`: uploads' embeddings, kept in a folder the workers share for the next pages of their results;
 - `security`: the token rule and which files may be served; `catalog`: read-only queries `Store` lacks;

@@ -72,11 +72,12 @@ def answer_status(request: Request, exc: PengiSearchError) -> int:
     """The status that answers `request`, which failed with `exc`. A failure of the server's own (500: not the
     request's fault) is logged for whoever runs the server, wherever the error is answered: by the app's handler
     or by a page that shows it (a search page, the upload page), which the log would otherwise never hear of. A
-    database that does not answer (503) is logged once, by the app's `Outage`, not once for every request."""
+    database that does not answer (503) is logged once, by the app's `Outage`, not once for every request; a server
+    busy converting audio (503 too) is no failure of its own, and not logged."""
     status = _status_of(exc)
-    if status == 503:
+    if isinstance(exc, DatabaseUnreachableError):
         request.app.state.outage.began(exc)
-    elif status >= 500:
+    elif status >= 500 and status != 503:  # another 503 is busy for now: the client is told when to ask again
         log.error("%s %s failed: %s", request.method, request.url.path, exc)
     return status
 

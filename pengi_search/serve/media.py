@@ -18,7 +18,7 @@ import threading
 import uuid
 import zlib
 from collections import OrderedDict
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import closing
 from functools import lru_cache
 from itertools import chain
@@ -31,7 +31,7 @@ import soxr
 
 from ..audio import SAMPLE_RATE, load_audio
 from ..audio_decoders import AudioDecodeError, DecodeReport, stream_frames
-from .conversions import Conversions
+from .conversions import Conversions, ConversionsBusy
 
 # Containers and codecs that Chromium, Firefox and Safari all play, by file extension.
 BROWSER_TYPES = {
@@ -188,19 +188,27 @@ def png_rgb(pixels: np.ndarray) -> bytes:
 
 
 _CLOSED = "the server is stopping: its transcodes are removed"
+_FULL = "the server is busy converting other files (its transcode cache is full)"
+FLAC_MARGIN_BYTES = 64 << 10  # a FLAC file's headers beyond its frames, at most
 
 
 class TranscodeCache:
-    """Files a browser may not play, transcoded to FLAC in a private folder; least recently used go first.
+    """Files a browser may not play, transcoded to FLAC in a private folder, `max_bytes` at most; least recently used
+    go first.
 
     Different files are transcoded side by side, as many at once as `conversions` runs (a long file's transcode
-    holds up no other file's player); a file asked for while it is being transcoded waits for that transcode."""
+    holds up no other file's player); a file asked for while it is being transcoded waits for that transcode. The
+    limit is kept while transcodes are being written too (it is what protects the user's disk): each reserves the
+    most its FLAC can take before it writes (`flac_bound`), finished ones are evicted to make room, and one that
+    still does not fit beside those in progress is refused for now (`ConversionsBusy`: 503, asked again later).
+    Only a file larger than the limit by itself, transcoded alone, passes it, as the one file kept."""
 
     def __init__(self, max_bytes: int, conversions: Conversions | None = None) -> None:
         self.max_bytes = max_bytes
         self._conversions = conversions if conversions is not None else Conversions()
         self._folder: Path | None = None  # made by the first transcode: a server stopped before has none to remove
-        self._entries: OrderedDict[Hashable, Path] = OrderedDict()
+        self._entries: OrderedDict[Hashable, tuple[Path, int]] = OrderedDict()  # key -> (file, its size)
+        self._reserved: dict[Path, int] = {}  # transcodes being written -> the most bytes each may take
         self._lock = threading.Lock()  # guards the folder and the entries; never held while a file is transcoded
         self._closed = False
 
@@ -210,6 +218,12 @@ class TranscodeCache:
         if kept is not None:
             return kept
         return self._conversions.run(("flac", key), lambda: self._transcode(key, source, max_s))
+
+    def held_bytes(self) -> int:
+        """The bytes the cache holds and has reserved for transcodes in progress (at most `max_bytes`, but for one
+        file larger than that by itself)."""
+        with self._lock:
+            return self._held_bytes()
 
     def close(self) -> None:
         """Remove the transcodes (one in progress is removed as it ends); closing again does nothing."""
@@ -222,10 +236,11 @@ class TranscodeCache:
 
     def _kept(self, key: Hashable) -> Path | None:
         with self._lock:
-            path = self._entries.get(key)
-            if path is not None:
-                self._entries.move_to_end(key)
-            return path
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            self._entries.move_to_end(key)
+            return entry[0]
 
     def _transcode(self, key: Hashable, source: Path, max_s: float) -> Path:
         kept = self._kept(key)  # made by a run that ended between `flac`'s look and this run
@@ -233,16 +248,19 @@ class TranscodeCache:
             return kept
         target = self._new_target()
         try:
-            _write_flac(source, target, max_s)
+            _write_flac(source, target, max_s, lambda most: self._reserve(target, most))
         except BaseException:
+            with self._lock:
+                self._reserved.pop(target, None)
             target.unlink(missing_ok=True)
             raise
-        with self._lock:
+        with self._lock:  # its reservation turns into its size at once: on disk, it is always counted
+            self._reserved.pop(target, None)
             if self._closed:  # closed meanwhile: the folder is gone, and nothing may be left behind
                 target.unlink(missing_ok=True)
                 raise RuntimeError(_CLOSED)
-            self._entries[key] = target
-            self._evict()  # only finished transcodes are entries: one being written is never evicted
+            self._entries[key] = (target, target.stat().st_size)
+            self._evict(keep=1)  # the newest stays, to be sent, larger than the limit as it may be
         return target
 
     def _new_target(self) -> Path:
@@ -253,17 +271,36 @@ class TranscodeCache:
                 self._folder = Path(tempfile.mkdtemp(prefix="pengi-serve-"))
             return self._folder / f"{uuid.uuid4().hex}.flac"
 
-    def _evict(self) -> None:
-        sizes = {key: path.stat().st_size for key, path in self._entries.items()}
-        while len(self._entries) > 1 and sum(sizes.values()) > self.max_bytes:
-            key, path = self._entries.popitem(last=False)
-            sizes.pop(key)
+    def _reserve(self, target: Path, most: int) -> None:
+        """Room for `most` bytes of `target`, made by evicting finished transcodes; refused (`ConversionsBusy`) when
+        those in progress leave too little, unless none is in progress."""
+        with self._lock:
+            if self._reserved and sum(self._reserved.values()) + most > self.max_bytes:
+                raise ConversionsBusy(_FULL)
+            self._reserved[target] = most
+            self._evict(keep=0)
+
+    def _held_bytes(self) -> int:
+        return sum(size for _, size in self._entries.values()) + sum(self._reserved.values())
+
+    def _evict(self, keep: int) -> None:
+        """Remove the least recently used transcodes, all but the newest `keep`, until the limit is kept."""
+        while len(self._entries) > keep and self._held_bytes() > self.max_bytes:
+            _, (path, _size) = self._entries.popitem(last=False)
             path.unlink(missing_ok=True)
 
 
-def _write_flac(source: Path, target: Path, max_s: float) -> None:
+def flac_bound(seconds: float, rate: int, channels: int) -> int:
+    """The most bytes a 16-bit FLAC of `seconds` at `rate` in `channels` takes: its samples stored verbatim (FLAC's
+    fallback for audio it cannot compress), with the frames' headers (under 1%) and the file's."""
+    return round(seconds * rate * channels * 2 * 1.01) + FLAC_MARGIN_BYTES
+
+
+def _write_flac(source: Path, target: Path, max_s: float, reserve: Callable[[int], None]) -> None:
     """The first `max_s` seconds of `source` as 16-bit FLAC, its channels (`PLAYABLE_CHANNELS`) and its sample rate
-    (`PLAYABLE_RATES`) kept where browsers play them: a stereo recording is heard in stereo, at its own rate."""
+    (`PLAYABLE_RATES`) kept where browsers play them: a stereo recording is heard in stereo, at its own rate.
+    `reserve` is told the most bytes it can take (`flac_bound`: of its length as its header says, else `max_s`)
+    before anything is written, and may refuse by raising."""
     report = DecodeReport()
     with closing(stream_frames(source, report)) as blocks:
         first = next(blocks, None)  # the file is open now: the report has its rate and channels
@@ -271,6 +308,8 @@ def _write_flac(source: Path, target: Path, max_s: float) -> None:
             raise AudioDecodeError(source, "no audio samples")
         rate = min(max(report.sample_rate, PLAYABLE_RATES[0]), PLAYABLE_RATES[1])
         channels = report.channels if report.channels <= PLAYABLE_CHANNELS else 1
+        seconds = max_s if report.header_frames is None else min(max_s, report.header_frames / report.sample_rate)
+        reserve(flac_bound(seconds, rate, channels))
         remaining = round(max_s * rate)
         with sf.SoundFile(target, "w", rate, channels, format="FLAC", subtype="PCM_16") as out:
             for chunk in _played(chain([first], blocks), report.sample_rate, rate, channels):

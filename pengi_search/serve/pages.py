@@ -25,7 +25,7 @@ from ..choices import DEFAULT_HYBRID_WEIGHT
 from ..errors import PengiSearchError
 from ..pathnames import shown
 from ..units import duration_text, moment_text, seconds_text, span_ends
-from . import media
+from . import errors, media
 from .api import MAX_LABELS_BYTES, ServiceDep, parse_labels, read_upload
 from .errors import InvalidParameter, RequestError, answer_status, status_headers
 from .kept_clips import KEEP_S
@@ -76,10 +76,15 @@ def span(start: float, end: float) -> str:
 
 
 def window_label(path: str, start: float, end: float, caption: str) -> str:
-    """What a screen reader says of a window that plays when pressed: its file, its time and what Pengi wrote
-    ("to": a dash is read out as "dash" or not at all)."""
+    """What a screen reader says of a window that plays when pressed: what pressing it does, and `window_said`."""
+    return f"Play {window_said(path, start, end, caption)}"
+
+
+def window_said(path: str, start: float, end: float, caption: str) -> str:
+    """A window as a screen reader says it: its file, its time and what Pengi wrote ("to": a dash is read out as
+    "dash" or not at all). A hit's waveform says it after what pressing it does, play or pause (set by the script)."""
     first, last = span_ends(start, end)
-    said = f"Play {path}, {first} to {last} s"
+    said = f"{path}, {first} to {last} s"
     return f"{said}: {caption}" if caption else said
 
 
@@ -170,6 +175,7 @@ templates.env.globals.update(
     hit_player=hit_player,
     span=span,
     window_label=window_label,
+    window_said=window_said,
     when=when,
     duration_text=duration_text,
     seconds_text=seconds_text,
@@ -305,6 +311,7 @@ def file_page(request: Request, svc: ServiceDep, file_id: int) -> HTMLResponse:
         "duration": duration,
         "truncated": duration > svc.settings.spectrogram_s,
         "spectrogram_s": svc.settings.spectrogram_s,
+        "retry_after_s": errors.RETRY_AFTER_S,  # an image refused as busy does not say when to ask again: the page does
     }
     return templates.TemplateResponse(request, "file.html", context)
 

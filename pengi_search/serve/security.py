@@ -39,11 +39,12 @@ TOKEN_QUERY = "token"
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 UNAUTHORIZED = "a token is required: send 'Authorization: Bearer TOKEN', or open the address printed at start"
 
-# Everything the pages need comes from this server; nothing inline, nothing from elsewhere.
+# Everything the pages need comes from this server; nothing inline, nothing from elsewhere (but for data: images, and
+# the silent stand-in source of a player that failed, which asks the server nothing: see app.js).
 SECURITY_HEADERS = [
     (
         b"content-security-policy",
-        b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self'; "
+        b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self' data:; "
         b"connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
     ),
     (b"x-content-type-options", b"nosniff"),

@@ -30,19 +30,12 @@ from ..errors import OptionError
 from ..hashing import file_sha256
 from ..json_values import json_seconds
 from ..library import EmptyLibraryError
+from ..library_stats import stats_json
 from ..pathnames import path_fields
+from ..query_embedders import audio_query_embedder, check_index_model, query_embedder
 from ..ranking import check_hybrid_weight
-from ..search import (
-    Filters,
-    Hit,
-    SearchScope,
-    audio_query_embedder,
-    check_index_model,
-    choose_rank,
-    query_embedder,
-    ranked_index,
-    search_pages,
-)
+from ..search import Hit, SearchScope, choose_rank, ranked_index, search_pages
+from ..search_filters import Filters
 from ..units import span_text
 from . import catalog, media
 from .batching import EmbedBatcher
@@ -515,7 +508,7 @@ class Service:
     def stats(self) -> dict[str, Any]:
         """`pengi-search stats --json`, with each index's vectors in memory, the latest runs and failed files."""
         self.library.refresh()
-        stats = self.library.stats_json(runs=RUNS_SHOWN, failed=FAILED_SHOWN, readable=True)
+        stats = stats_json(self.library.store, runs=RUNS_SHOWN, failed=FAILED_SHOWN, readable=True)
         live = self.library.live_indexes()
         for kind, index in stats["vector_indexes"].items():  # what this server searches now (null: not loaded)
             index["vectors_in_memory"] = len(live[kind]) if kind in live else None

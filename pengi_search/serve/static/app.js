@@ -16,9 +16,23 @@ function drawPeaks(canvas, peaks) {
   });
 }
 
-async function loadWaveform(canvas) {
+// A server busy with other audio work answers 503 with when to ask again (Retry-After, in seconds): a waveform and a
+// player ask again then by themselves, BUSY_RETRIES times at most in a row.
+const BUSY_RETRIES = 3;
+
+function retryAfter(response) {
+  const seconds = response.status === 503 ? parseFloat(response.headers.get("Retry-After")) : NaN;
+  return Number.isFinite(seconds) ? seconds : null;
+}
+
+async function loadWaveform(canvas, retries = 0) {
   try {
     const response = await fetch(canvas.dataset.peaks, { credentials: "same-origin" });
+    const wait = retryAfter(response);
+    if (wait !== null && retries < BUSY_RETRIES) {
+      setTimeout(() => loadWaveform(canvas, retries + 1), wait * 1000);
+      return;
+    }
     if (!response.ok) {
       canvas.classList.add("unavailable");
       canvas.title = (await response.json()).detail || "no waveform";
@@ -81,6 +95,7 @@ function setUpOnePlayerAtATime() {
 
 // Play `audio` from `start` and stop at `end` (seconds on the audio element's own time line).
 function playSpan(audio, start, end) {
+  giveSourceBack(audio);
   audio.dataset.stopAt = String(end);
   audio.currentTime = start;
   const played = audio.play();
@@ -106,65 +121,113 @@ function toggleSpan(audio, start, end) {
 // waveform, the player's own controls, another player starting, the hit's end, a failure.
 const TOGGLE_LABELS = { play: ["\u25b6 ", "Play hit"], pause: ["\u275a\u275a ", "Pause hit"] };
 
-function labelWithPlayer(button, audio) {
+// So does the hit's waveform, to a screen reader (its aria-label: "Pause dog.wav, 0 to 3 s: a dog barks"), pressed
+// as it is by Enter, Space or a click of assistive technology (a click with no pointer: see setUpHits).
+function labelWithPlayer(button, audio, canvas) {
   const [icon, label] = button.querySelectorAll("span");
   const show = () => {
-    [icon.textContent, label.textContent] = TOGGLE_LABELS[audio.paused ? "play" : "pause"];
+    const state = audio.paused ? "play" : "pause";
+    [icon.textContent, label.textContent] = TOGGLE_LABELS[state];
+    canvas?.setAttribute("aria-label", `${state === "play" ? "Play" : "Pause"} ${canvas.dataset.said}`);
   };
   for (const type of ["play", "pause", "emptied", "error"]) audio.addEventListener(type, show);
 }
 
 // A player that failed keeps its error, and plays nothing when pressed again (by *Play hit*, or by its own play
-// button, whose presses the page cannot hear), even once the server is back or the file restored. So it is loaded
-// anew at once, to wait as `preload="none"` makes it wait: loading then asks the server nothing (no request that
-// could fail again, in a loop) until it is played, and then asks anew.
+// button, whose presses the page cannot hear), even once the server is back or the file restored. Loaded anew, Chromium
+// asks the server again at once whatever its `preload` says: failing again, in a loop (hundreds of requests a second,
+// for as long as the page is open); without a source, its own play button does nothing. So it is given a stand-in
+// source that asks the server nothing (a silent instant, in the page), and its own source back when it is pressed (its
+// "play"), or played by the page (`giveSourceBack`, before it is told where to play from).
+const STAND_IN = "data:audio/wav;base64,UklGRiYAAABXQVZFZm10IBAAAAABAAEAQB8AAIA+AAACABAAZGF0YQIAAAAAAA==";
+
 function loadAgainAfterFailure(audio) {
   audio.addEventListener("error", () => {
-    audio.preload = "none";
-    audio.load();
+    if (audio.dataset.src) return; // the stand-in failed: never so, but it must not loop either
+    audio.dataset.src = audio.getAttribute("src");
+    audio.src = STAND_IN;
   });
+  audio.addEventListener("play", () => {
+    if (!giveSourceBack(audio)) return;
+    const played = audio.play();
+    if (played) played.catch(() => {});
+  });
+}
+
+// Give a failed player its own source back (`loadAgainAfterFailure`); true if it had the stand-in.
+function giveSourceBack(audio) {
+  if (!audio.dataset.src) return false;
+  audio.src = audio.dataset.src;
+  delete audio.dataset.src;
+  return true;
 }
 
 // A player that fails after the page was made (its file gone or changed on disk since, the server stopped or
 // restarting) would do nothing visible: it says why below itself, as a page made then says it of such a hit, until
-// it plays again.
+// it plays again. One refused because the server was busy (503) asks again by itself when the server says to (its
+// Retry-After), and plays from where it was asked to play, if it was (a file page's player only loads its length).
 const playFailures = new WeakMap(); // audio -> the note that says why it did not play
 
 function sayWhyNotPlayed(audio) {
+  let asked = null; // where the player was asked to play from since it last played or failed, else null
+  let retries = 0;
+  let failures = 0; // since it last played: the reason of a failure is said only if it is still the latest
+  audio.addEventListener("play", () => (asked = audio.currentTime));
   audio.addEventListener("error", async () => {
-    const reason = await whyNotPlayed(audio.currentSrc || audio.src);
-    let note = playFailures.get(audio);
-    if (!note) {
-      note = document.createElement("p");
-      note.className = "error unplayable";
-      note.setAttribute("role", "alert");
-      (audio.closest(".listen") || audio).after(note);
-      playFailures.set(audio, note);
-    }
-    note.textContent = `The audio cannot be played: ${reason}`;
+    const from = asked, stopAt = parseFloat(audio.dataset.stopAt), failure = ++failures;
+    asked = null;
+    const why = await whyNotPlayed(audio.getAttribute("src"));
+    if (failure !== failures) return; // it played, or failed again, meanwhile
+    // Given now, the audio may have been refused as busy a moment before: asked again once, before it is said
+    // that the browser cannot decode it.
+    const wait = retries < BUSY_RETRIES ? (why.given && retries === 0 ? 0 : why.retryAfter) : null;
+    if (wait === null) sayNotPlayed(audio, why.reason);
+    else if (wait > 0) sayNotPlayed(audio, `${why.reason}; trying again in ${wait} s`);
+    if (wait === null) return;
+    const attempt = ++retries;
+    setTimeout(() => {
+      if (retries !== attempt) return; // it played meanwhile
+      if (from === null) giveSourceBack(audio); // loaded as the page loads it
+      else playSpan(audio, from, Number.isNaN(stopAt) ? Infinity : stopAt);
+    }, wait * 1000);
   });
   audio.addEventListener("playing", () => {
+    retries = failures = 0;
     playFailures.get(audio)?.remove();
     playFailures.delete(audio);
   });
 }
 
-// Why the server did not give the audio at `src`, as its JSON error says it ("file 12: no longer readable on disk",
-// "window 7: no longer in the index: ...": the page names the file and its window already, so not their ids); or
-// that it did not answer, or gave what the browser cannot play.
+function sayNotPlayed(audio, reason) {
+  let note = playFailures.get(audio);
+  if (!note) {
+    note = document.createElement("p");
+    note.className = "error unplayable";
+    note.setAttribute("role", "alert");
+    (audio.closest(".listen") || audio).after(note);
+    playFailures.set(audio, note);
+  }
+  note.textContent = `The audio cannot be played: ${reason}`;
+}
+
+// Why the server did not give the audio at `src` ({reason, retryAfter}), as its JSON error says it ("file 12: no
+// longer readable on disk", "window 7: no longer in the index: ...": the page names the file and its window already,
+// so not their ids), with when to ask again (seconds) if it was busy, else null; or that it did not answer, or gave
+// what the browser cannot play.
 async function whyNotPlayed(src) {
   let response;
   try {
-    response = await fetch(src.split("#")[0], { headers: { Range: "bytes=0-0" }, credentials: "same-origin" });
+    response = await fetch(new URL(src, location.href).pathname, { headers: { Range: "bytes=0-0" }, credentials: "same-origin" });
   } catch (error) {
-    return "the server does not answer";
+    return { reason: "the server does not answer", retryAfter: null };
   }
   if (response.ok) {
     response.body?.cancel();
-    return "the browser cannot decode it";
+    return { reason: "the browser cannot decode it", retryAfter: null, given: true };
   }
   const detail = (await response.json().catch(() => ({}))).detail;
-  return detail ? detail.replace(/^(file|window) \d+: /, "") : `the server answered ${response.status}`;
+  const reason = detail ? detail.replace(/^((file|window) \d+|audio): /, "") : `the server answered ${response.status}`;
+  return { reason, retryAfter: retryAfter(response) };
 }
 
 function stopAtEnd(audio) {
@@ -222,10 +285,14 @@ function setUpHits(hits) {
     loadAgainAfterFailure(audio);
     const start = parseFloat(button.dataset.start), end = parseFloat(button.dataset.end);
     button.addEventListener("click", () => toggleSpan(audio, start, end));
-    labelWithPlayer(button, audio);
+    labelWithPlayer(button, audio, canvas);
     if (canvas) {
       loadWaveformWhenNear(canvas);
       canvas.addEventListener("click", (event) => {
+        if (event.detail === 0) { // no pointer (a screen reader's click): no place was chosen, it plays or pauses
+          toggleSpan(audio, start, end);
+          return;
+        }
         const fraction = event.offsetX / canvas.clientWidth;
         playSpan(audio, start + fraction * (end - start), end);
       });
@@ -309,9 +376,21 @@ function sayBelow(element, id, text) {
   note.textContent = text;
 }
 
+// A spectrogram refused while the server is busy (503) is asked for again, as a waveform is, when the server says to
+// (an image does not tell why it failed, nor what Retry-After said: the page carries it), BUSY_RETRIES times at most.
+function retryImage(image) {
+  let retries = 0;
+  image.addEventListener("error", () => {
+    if (retries++ >= BUSY_RETRIES) return;
+    setTimeout(() => (image.src = image.getAttribute("src")), parseFloat(image.dataset.retryS) * 1000);
+  });
+}
+
 function setUpFile() {
   const player = document.getElementById("file-player");
   if (!player) return;
+  const spectrogram = document.querySelector("img.spectrogram[data-retry-s]");
+  if (spectrogram) retryImage(spectrogram);
   stopAtEnd(player);
   sayWhyNotPlayed(player);
   loadAgainAfterFailure(player);
@@ -331,6 +410,7 @@ function setUpFile() {
     keyboardWindows(lanes, (lane) => seekTo(parseFloat(lane.dataset.start)));
   }
   function seekTo(start) {
+    giveSourceBack(player);
     delete player.dataset.stopAt;
     player.currentTime = start;
     const played = player.play();
