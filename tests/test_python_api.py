@@ -300,3 +300,18 @@ def test_pengi_from_pretrained_of_a_model_not_installed_says_how_to_install_it()
         ModelNotFoundError, match=r"no Pengi model base is installed: run `pengi-search model fetch base`"
     ):
         Pengi.from_pretrained("base")
+
+
+@pytest.mark.parametrize(
+    ("labels", "says"),
+    [
+        ("labels.txt", r"a list of labels, not one string \('labels.txt'"),  # letter by letter, it was 5 labels
+        (["dog", "rain", "dog"], "label 'dog' is given twice"),
+        (["dog", " "], "label 2 is blank"),
+        ([], "no labels"),
+    ],
+)
+def test_labels_a_labels_file_would_refuse_are_refused_by_the_classifier(tiny_model_dir, labels, says):
+    """As `classify --labels` refuses such a file (a label twice would split a file's votes between its copies)."""
+    with pytest.raises(ValueError, match=says):
+        Classifier(labels, model_dir=tiny_model_dir, device="cpu")
