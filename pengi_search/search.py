@@ -128,15 +128,18 @@ def search_index(
     scope: SearchScope = SearchScope(),
     *,
     query_spans: Sequence[tuple[float, float]] | None = None,
+    allowed: np.ndarray | None = None,
 ) -> list[Hit]:
     """The results in `scope` for the query rows (q, d), best first, from an index with
     `search(queries, k, allowed_ids=)` and `len`: the library's `vector_index(kind)` or a `HybridIndex`.
 
     With several query rows a window's score is its best cosine similarity to any of them. `query_spans` gives
-    each row's time range (for `similar`'s results).
+    each row's time range (for `similar`'s results). `allowed`: `allowed_ids(library, scope.filters)`, from a
+    caller that searches an unchanging library many times with these filters (a folder's 40,000 window ids are
+    read in 0.1 s, some 20 times the search itself); None: read here.
     """
     k, filters = scope.k, scope.filters
-    allowed = _allowed_ids(library, filters)
+    allowed = allowed_ids(library, filters) if allowed is None else allowed
     names_left = filters.names_files()  # applied to hits; to the search itself once that pays (below)
     available = len(index) if allowed is None else int(allowed.size)
     fetch = min(max(k * _FIRST_FETCH, 16), available)
@@ -184,7 +187,8 @@ def _identity(hit: Hit, by: By) -> str | int:
     return hit.path if by is By.file else hit.window_id
 
 
-def _allowed_ids(library: Library, filters: Filters) -> np.ndarray | None:
+def allowed_ids(library: Library, filters: Filters) -> np.ndarray | None:
+    """The windows the filters' conditions on the store (folder, durations) leave; None: every window."""
     if not filters.restricts_store():
         return None
     return library.store.filter_window_ids(

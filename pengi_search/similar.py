@@ -50,8 +50,7 @@ def stored_windows(library: Library, path: str | os.PathLike[str], *, audio: boo
     record = library.store.get_file(entry.path)
     if record is None or record.status != "indexed" or (record.size, record.mtime) != (entry.size, entry.mtime):
         return None
-    details = library.store.window_details(library.store.filter_window_ids(under=record.path))
-    windows = sorted((d for d in details.values() if d.path == record.path), key=lambda d: d.index)
+    windows = library.store.file_windows(record.id)
     if not windows:
         return None
     if not audio:

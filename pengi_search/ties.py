@@ -17,16 +17,25 @@ TIE_TOLERANCE = 1e-6
 
 
 def tied_groups(found: Iterable[tuple[T, float]], key: Callable[[T], Any]) -> list[list[T]]:
-    """The results (best first) in groups that tie (each within `TIE_TOLERANCE` of its group's best), each group
-    ordered by `key`: an order that the order of the CSV's rows or of the library's windows does not change."""
-    groups: list[list[T]] = []
+    """The results (best first) in groups that tie (`tie_starts`), each group ordered by `key`: an order that the
+    order of the CSV's rows or of the library's windows does not change."""
+    pairs = list(found)
+    items = [item for item, _ in pairs]
+    starts = tie_starts([score for _, score in pairs])
+    ends = [*starts[1:], len(items)] if starts else []
+    return [sorted(items[start:end], key=key) for start, end in zip(starts, ends, strict=True)]
+
+
+def tie_starts(scores: Sequence[float]) -> list[int]:
+    """Where each group of scores that tie begins, in scores sorted best first: each score within `TIE_TOLERANCE` of
+    its group's best is in the group, the first below that begins the next."""
+    starts: list[int] = []
     top = math.inf
-    for item, score in found:
-        if not groups or score < top - TIE_TOLERANCE:
-            groups.append([])
+    for position, score in enumerate(scores):
+        if not starts or score < top - TIE_TOLERANCE:
+            starts.append(position)
             top = score
-        groups[-1].append(item)
-    return [sorted(group, key=key) for group in groups]
+    return starts
 
 
 def rank(labels: Sequence[str], scores: Sequence[float]) -> list[tuple[str, float]]:

@@ -56,6 +56,7 @@ from .progress_bars import WindowProgress, progress_bar, show_progress
 
 if TYPE_CHECKING:
     from ..classify import Classifier, ClassifySettings, Prediction
+    from ..library import Library
     from ..model_dir import ModelDir
     from ..truth import Truth
 
@@ -296,7 +297,7 @@ def classify_targets(
     for path, reason in failures:  # found but unreadable (a broken link, a folder that cannot be listed)
         if report_skips:
             report_skipped(path, reason)
-    library = _open_library(db)
+    library = open_library(db)
     if library is not None and db is not None:
         _warn_if_built_by_another(library, model_dir)
     try:
@@ -339,7 +340,7 @@ def _warn_of_label_spellings(model_dir: ModelDir, labels: Sequence[str], texts: 
 def _warn_if_built_by_another(library: Any, model_dir: ModelDir) -> None:
     """The library given with --db, built by another model than this run's: nothing it holds is reused (its
     captions and audio embeddings are another model's), which the run's sources say file by file only."""
-    from ..search import built_by
+    from ..query_embedders import built_by
 
     meta = library.store.index_meta()
     if meta is not None and not built_by(library, model_dir):
@@ -349,7 +350,7 @@ def _warn_if_built_by_another(library: Any, model_dir: ModelDir) -> None:
         )
 
 
-def _open_library(db: str | None) -> Any:
+def open_library(db: str | None) -> Library | None:
     """The library to reuse, read-only: the one `--db` names (which must exist), else the default one if any.
 
     Classify never creates a library; without one, every file is decoded and described.

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from ..choices import Device, Method
-from .classify import ScoringOptions
+from .classify import ScoringOptions, open_library
 from .common import (
     BatchOption,
     DeviceOption,
@@ -83,7 +83,6 @@ def classify_files(
     """
     from ..classify import read_label_map, write_csv
     from ..evaluation.classification import evaluate_classification, separator_notes, truth_digest
-    from ..evaluation.datasets import audio_digest
     from ..evaluation.multilabel import evaluate_multi_label
     from ..hashing import file_sha256
     from ..model_dir import ModelDir
@@ -126,7 +125,7 @@ def classify_files(
         "sha256": truth_digest(truth, label_list, separator),  # of the truth and the candidate labels: the task
         "truth_sha256": file_sha256(truth),  # of the CSV alone, as the other kinds' sha256
         "label_separator": separator,  # how its cells were read
-        "audio_sha256": audio_digest((_name_under(path, target), path) for path in inputs[0]),
+        "audio_sha256": _audio_sha256(inputs[0], target, db),
         "target": os.path.abspath(target),
         "labels": label_list,
         "multi_label": known.multi_label_reason,  # why the truth is scored as multi-label (None: it is not)
@@ -142,6 +141,20 @@ def classify_files(
     else:
         setup |= {"prompt": scoring.prompt, "loglik_score": scoring.loglik_score.value}
     finish("classify", result, dataset, setup, None, output, json_output)
+
+
+def _audio_sha256(files: list[str], target: str, db: str | None) -> str:
+    """The digest of the files classified (`datasets.audio_digest`), each under its name in the set; the library the
+    run reused (`--db`, else the default one) gives the sha256 of each file it indexed that is unchanged since, so
+    that a large set is not read again for it."""
+    from ..evaluation.datasets import audio_digest, indexed_sha256
+
+    named = [(_name_under(path, target), path) for path in files]
+    library = open_library(db)
+    if library is None:
+        return audio_digest(named)
+    with library:
+        return audio_digest(named, indexed_sha256(library.store, target))
 
 
 def _name_under(path: str, target: str) -> str:

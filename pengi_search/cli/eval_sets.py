@@ -282,6 +282,7 @@ def _evaluate_set(
     """Index what the library lacks of the set, `score` the library with its caption embedder (opened when `score`
     asks for it) and the files that failed to index, and write the `kind` report."""
     from ..evaluation.captioning import caption_origins
+    from ..evaluation.datasets import indexed_sha256
     from ..query_embedders import query_embedder
 
     library, summary = _indexed_library(caption_set, evalset, output, quiet=quiet, json_output=json_output)
@@ -290,8 +291,10 @@ def _evaluate_set(
         result = score(library, caption_set, open_embedder, _failures(summary, library))
         setup = _library_setup(library, evalset)
         setup |= caption_origins(library, [item.path or "" for item in caption_set.found])
+        # The files the library has just hashed (indexing them, or an earlier run) are not read again.
+        dataset = caption_set.to_json(indexed_sha256(library.store, caption_set.audio_root))
     _warn_other_captions(setup, evalset)
-    finish(kind, result, caption_set.to_json(), setup, summary, output, json_output)
+    finish(kind, result, dataset, setup, summary, output, json_output)
 
 
 def _warn_other_captions(setup: dict[str, Any], evalset: EvalSet) -> None:

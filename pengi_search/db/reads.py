@@ -144,6 +144,12 @@ class LibraryReads:
                     )
         return details
 
+    def file_windows(self, file_id: int) -> list[WindowDetails]:
+        """The windows of one file, in time order, with what Pengi wrote for each: found by the file's id, which is
+        indexed, not by its path (a scan of every file, for each file of a set evaluated)."""
+        details = self.window_details(self.window_ids_of_files([file_id]))
+        return sorted(details.values(), key=lambda d: d.index)
+
     def filter_window_ids(
         self,
         *,

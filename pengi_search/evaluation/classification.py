@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,9 @@ def evaluate_classification(
     files that could not be classified (left out with their reason, so not among the truth's files missed)."""
     base = evaluate(predictions, truth)
     missed = not_classified(truth, [*(p.path for p in predictions), *failed])
-    pairs = truth_pairs(predictions, truth)
+    scored = truth_pairs(predictions, truth)
+    pairs = scored.pairs
     ranks = [_rank_of(expected, p) for expected, p in pairs]
-    spans = [label_span(p, {expected}) for expected, p in pairs]
     # Labels the truth has but the candidates lack can never be predicted; they still get a row.
     classes = list(labels) + sorted({expected for expected, _ in pairs} - set(labels))
     metrics: dict[str, Any] = {"accuracy": base["accuracy"]}
@@ -42,7 +43,7 @@ def evaluate_classification(
     top_ks = {f"top-{k}": k for k in TOP_KS if k < len(labels)}
     metrics.update({name: top_k_accuracy(ranks, k) for name, k in top_ks.items()})
     metrics["macro_f1"] = mean([c["f1"] for c in base["per_class"].values()])
-    ties = label_ties(pairs, spans, classes, metrics, {"accuracy": 1, **top_ks}, EVAL_SCORES)
+    ties = label_ties(scored, classes, metrics, {"accuracy": 1, **top_ks}, EVAL_SCORES)
     return {
         "metrics": metrics,
         "ties": ties["ties"],
@@ -71,20 +72,29 @@ def evaluate_classification(
                 **tied_best_field(p),
                 "source": p.source,
             }
-            for (expected, p), rank, span in zip(pairs, ranks, spans, strict=True)
+            for (expected, p), rank, span in zip(pairs, ranks, scored.spans, strict=True)
         ],
     }
 
 
-def truth_pairs(predictions: Sequence[Prediction], truth: Truth) -> list[tuple[str, Prediction]]:
-    """Each prediction of a file the truth lists, with the file's true label (the others are not scored)."""
+@dataclass(frozen=True)
+class TruthPairs:
+    """The predictions of the files a single-label truth lists (the others are not scored), each with the file's true
+    label, and where that label could rank under any order of the labels tied with it (`label_span`)."""
+
+    pairs: list[tuple[str, Prediction]]
+    spans: list[Span | None]
+
+
+def truth_pairs(predictions: Sequence[Prediction], truth: Truth) -> TruthPairs:
+    """The scored files of `predictions` (`TruthPairs`): one pairing for `eval classify` and `classify --truth`."""
     known = [(truth.label_of(p.path), p) for p in predictions]
-    return [(expected, p) for expected, p in known if expected is not None]
+    pairs = [(expected, p) for expected, p in known if expected is not None]
+    return TruthPairs(pairs, [label_span(p, {expected}) for expected, p in pairs])
 
 
 def label_ties(
-    pairs: Sequence[tuple[str, Prediction]],
-    spans: Sequence[Span | None],
+    scored: TruthPairs,
     classes: Sequence[str],
     metrics: dict[str, Any],
     cuts: dict[str, int],
@@ -94,8 +104,8 @@ def label_ties(
     (`metrics` holds its value in the order by name); `top_ties`, the files whose best labels tie and the recalls
     they move (`best_label_ties`); and the `notes` that say it, `scores` naming what the report gives in the order
     by name (`EVAL_SCORES`, `CLASSIFY_SCORES`). One account for `eval classify` and `classify --truth`."""
-    ties = tie_bounds(spans, cuts, "files")
-    top_ties = best_label_ties(pairs, spans, classes)
+    ties = tie_bounds(scored.spans, cuts, "files")
+    top_ties = best_label_ties(scored, classes)
     notes = [*label_tie_notes(metrics, ties), *best_label_tie_notes(top_ties, scores)]
     return {"ties": ties, "top_ties": top_ties, "notes": notes}
 
@@ -103,10 +113,9 @@ def label_ties(
 def classify_truth_ties(predictions: Sequence[Prediction], truth: Truth, accuracy: float | None) -> dict[str, Any]:
     """`classify --truth`'s tie fields, as `eval classify` gives them (`label_ties`) for the numbers it prints: the
     accuracy (it gives no top-k) and the per-class scores."""
-    pairs = truth_pairs(predictions, truth)
-    spans = [label_span(p, {expected}) for expected, p in pairs]
-    classes = sorted({expected for expected, _ in pairs})
-    return label_ties(pairs, spans, classes, {"accuracy": accuracy}, {"accuracy": 1}, CLASSIFY_SCORES)
+    scored = truth_pairs(predictions, truth)
+    classes = sorted({expected for expected, _ in scored.pairs})
+    return label_ties(scored, classes, {"accuracy": accuracy}, {"accuracy": 1}, CLASSIFY_SCORES)
 
 
 def label_span(prediction: Prediction, relevant: set[str]) -> Span | None:
@@ -115,23 +124,21 @@ def label_span(prediction: Prediction, relevant: set[str]) -> Span | None:
     return rank_span(prediction.tie_groups, relevant)
 
 
-def best_label_ties(
-    pairs: Sequence[tuple[str, Prediction]], spans: Sequence[Span | None], classes: Sequence[str]
-) -> dict[str, Any]:
+def best_label_ties(scored: TruthPairs, classes: Sequence[str]) -> dict[str, Any]:
     """What tied best labels leave uncertain in the per-class scores and the confusion matrix, which take each
     file's best label in the order by name: how many files' best label ties with another (`files`), and each true
     label whose recall another order moves, with the files that move it and its lowest and highest value (`recall`;
     a class's recall is the accuracy over its files, so bounded as the accuracy is). Precision has no such bounds:
     a tie moves a file from one predicted class to another, so the classes' bounds are not independent."""
     by_class: dict[str, list[Span | None]] = {label: [] for label in classes}
-    for (expected, _), span in zip(pairs, spans, strict=True):  # one pass: a set may have hundreds of classes
+    for (expected, _), span in zip(scored.pairs, scored.spans, strict=True):  # one pass: hundreds of classes
         by_class[expected].append(span)
     recall = {}
     for label, own in by_class.items():
         bounds = tie_bounds(own, {"recall": 1}, "files")["recall"]
         if bounds["files"]:
             recall[label] = bounds
-    return {"files": sum(len(p.tie_groups[0]) > 1 for _, p in pairs), "recall": recall}
+    return {"files": sum(len(p.tie_groups[0]) > 1 for _, p in scored.pairs), "recall": recall}
 
 
 def tied_best_field(prediction: Prediction) -> dict[str, list[str]]:

@@ -15,20 +15,27 @@ import json
 import os
 import re
 import unicodedata
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..audio import AUDIO_EXTENSIONS
 from ..errors import UsageError, not_found
 from ..hashing import file_sha256
 from ..paths import as_path
+from ..scan import absolute, stamp_of
 from ..text_files import csv_rows, file_name_spellings, read_text
 from ..truth import lacks_audio_extension, several_files
 
+if TYPE_CHECKING:
+    from ..db import Store
+
 FILE_COLUMNS = ("file_name", "file", "filename", "fname", "path", "audio")
 _CAPTION_COLUMN = re.compile(r"^caption(_?\d+)?$")
+
+
+Sha256 = Callable[[str | os.PathLike[str]], str]  # the hex sha256 of the bytes of the file at a path
 
 
 class DatasetError(UsageError):
@@ -57,11 +64,15 @@ class CaptionSet:
     def missing(self) -> list[CaptionedFile]:
         return [item for item in self.items if item.path is None]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, sha256: Sha256 = file_sha256) -> dict[str, Any]:
+        """The set as a report's `dataset` gives it; `sha256` hashes its audio files (`indexed_sha256`: a library's
+        hashes where they still hold)."""
         return {
             "csv": self.csv,
             "sha256": self.sha256,
-            "audio_sha256": audio_digest((item.name, item.path) for item in self.items if item.path is not None),
+            "audio_sha256": audio_digest(
+                ((item.name, item.path) for item in self.items if item.path is not None), sha256
+            ),
             "audio_root": self.audio_root,
             "files": len(self.items),
             "captions": sum(len(item.captions) for item in self.items),
@@ -69,16 +80,38 @@ class CaptionSet:
         }
 
 
-def audio_digest(files: Iterable[tuple[str, str | os.PathLike[str]]]) -> str:
-    """The audio a report measured, which its CSV only names: the sha256 of each file's bytes under its name in the
-    set, in the order of the names. A set's other copy (re-encoded, trimmed, another release's clips under the same
-    names) gives another digest beside the same CSV's."""
+def audio_digest(files: Iterable[tuple[str, str | os.PathLike[str]]], sha256: Sha256 = file_sha256) -> str:
+    """The audio a report measured, which its CSV only names: the sha256 of each file's bytes (`sha256` of its
+    path) under its name in the set, in the order of the names. A set's other copy (re-encoded, trimmed, another
+    release's clips under the same names) gives another digest beside the same CSV's."""
     digest = hashlib.sha256()
     for name, path in sorted(files):
         # A name that is not UTF-8 (`surrogateescape`'s `\udcff`) is hashed as the bytes it stands for.
-        line = json.dumps([name, file_sha256(path)], ensure_ascii=False) + "\n"
+        line = json.dumps([name, sha256(path)], ensure_ascii=False) + "\n"
         digest.update(line.encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
+
+
+def indexed_sha256(store: Store, under: str) -> Sha256:
+    """A file's sha256 as the library recorded it when it indexed the file (its `content_hash`, of the bytes it
+    decoded), while the file keeps the size and mtime it had then, as the indexer trusts it; else read and hashed.
+    A set of 20,000 files just indexed is not read a second time. Only an indexed file's hash is taken: a failed
+    one may keep the hash of the bytes it had before, beside its new stamp. `under`: the folder (or file) whose
+    files the library is asked for, in one query."""
+    stamps = store.all_file_stamps(under=absolute(under))
+
+    def sha256(path: str | os.PathLike[str]) -> str:
+        stamp = stamps.get(absolute(path))
+        if stamp is not None and stamp.status == "indexed" and stamp.content_hash is not None:
+            try:
+                unchanged = stamp_of(os.stat(path)) == (stamp.size, stamp.mtime)
+            except OSError:
+                unchanged = False  # reading it says why
+            if unchanged:
+                return stamp.content_hash
+        return file_sha256(path)
+
+    return sha256
 
 
 def left_out(

@@ -28,7 +28,7 @@ import re
 from collections import Counter
 from collections.abc import Collection, Hashable, Sequence
 
-from ..ties import tied_groups
+from ..ties import tie_starts
 
 Tokens = Sequence[str]
 NGram = tuple[str, ...]
@@ -83,18 +83,22 @@ def average_precision(scores: Sequence[float], positive: Sequence[bool]) -> floa
     together, so no order among ties is favoured; scores within `ties.TIE_TOLERANCE` are equal (float32 rounding
     moves two identical captions' cosines apart by a few 1e-7, which would otherwise order them by chance). None
     when no file is positive: recall is then undefined."""
+    import numpy as np  # here: the other metrics are plain Python, light to import
+
     if len(scores) != len(positive):
         raise ValueError(f"{len(scores)} scores but {len(positive)} positive flags")
-    positives = sum(positive)
+    flags = np.asarray(positive, dtype=bool)
+    positives = int(flags.sum())
     if not positives:
         return None
-    ranked = sorted(zip(positive, scores, strict=True), key=lambda pair: -pair[1])
-    total, hits, seen = 0.0, 0, 0
-    for found in tied_groups(ranked, key=int):
-        hits += sum(found)
-        seen += len(found)
-        total += sum(found) / positives * hits / seen  # the recall gained, at this threshold's precision
-    return total
+    # Array arithmetic: a multi-label set scores every file for every class (20,000 files, 527 classes).
+    values = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-values, kind="stable")
+    starts = np.asarray(tie_starts(values[order].tolist()))
+    found = np.add.reduceat(flags[order].astype(np.int64), starts)  # the positives of each threshold's group
+    hits, seen = np.cumsum(found), np.append(starts[1:], len(values))
+    # The recall gained, at this threshold's precision, summed in order (as a loop adds it).
+    return float(np.cumsum(found / positives * hits / seen)[-1])
 
 
 def mean(values: Sequence[float]) -> float | None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from ..classify import Prediction
 from ..truth import Truth
 from ..units import count_text, for_count, named
@@ -32,11 +34,13 @@ def evaluate_multi_label(
     known = [(truth.labels_of(p.path), p) for p in predictions]
     listed = [(expected, p) for expected, p in known if expected is not None]
     scores = [_scores(p, labels) for _, p in listed]
+    # (files, labels) arrays read once, each class a column: not a pass over the files' lists for each class.
+    matrix = np.array([list(file_scores.values()) for file_scores in scores], dtype=np.float64)
+    positive = _positives([expected for expected, _ in listed], labels)
     per_class = {}
-    for label in labels:
-        positive = [label in expected for expected, _ in listed]
-        ap = average_precision([file_scores[label] for file_scores in scores], positive)
-        per_class[label] = {"ap": ap, "positives": sum(positive)}
+    for column, label in enumerate(labels):
+        ap = average_precision(matrix[:, column], positive[:, column]) if listed else None
+        per_class[label] = {"ap": ap, "positives": int(positive[:, column].sum())}
     scored = [label for label in labels if per_class[label]["ap"] is not None]
     true_labels = [label for expected, _ in listed for label in expected]
     no_positive = [label for label in labels if label not in scored]
@@ -75,6 +79,15 @@ def _scores(prediction: Prediction, labels: Sequence[str]) -> dict[str, float]:
     if lacking:
         raise ValueError(f"the prediction of {prediction.path} has no score for {named(lacking)}")
     return {label: scores[label] for label in labels}
+
+
+def _positives(expected: Sequence[tuple[str, ...]], labels: Sequence[str]) -> np.ndarray:
+    """(files, labels) booleans: whether each file has each candidate label."""
+    column = {label: j for j, label in enumerate(labels)}
+    found = np.zeros((len(expected), len(labels)), dtype=bool)
+    for row, own in enumerate(expected):
+        found[row, [column[label] for label in own if label in column]] = True
+    return found
 
 
 def _left_out(positives: int) -> str:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 from sqlalchemy import func, select, text
 
-from ..db import FileRecord, Store, WindowDetails
+from ..db import FileRecord, Store
 from ..db.schema import AudioFileRow, WindowRow, WindowVectorRow
 
 
@@ -24,12 +24,6 @@ def files_by_id(store: Store, file_ids: Sequence[int]) -> dict[int, FileRecord]:
     with store.session() as session:
         rows = session.scalars(select(AudioFileRow).where(AudioFileRow.id.in_(file_ids)))
         return {row.id: row.to_record() for row in rows}
-
-
-def file_windows(store: Store, record: FileRecord) -> list[WindowDetails]:
-    """The windows of a file, in time order, with what Pengi wrote for each."""
-    details = store.window_details(store.filter_window_ids(under=record.path))
-    return sorted((d for d in details.values() if d.file_id == record.id), key=lambda d: d.index)
 
 
 def newest_window_id(store: Store) -> int:

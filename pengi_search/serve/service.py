@@ -373,7 +373,7 @@ class Service:
     def file(self, file_id: int) -> dict[str, Any]:
         """A file with its windows and what Pengi wrote for each (the shape of `pengi-search export`, plus ids)."""
         record = self.file_record(file_id)
-        windows = catalog.file_windows(self.library.store, record)
+        windows = self.library.store.file_windows(record.id)
         return {"id": record.id, **record.to_json(readable=True), "windows": [_window_json(w) for w in windows]}
 
     def file_audio(self, file_id: int) -> tuple[Path, str, str]:
