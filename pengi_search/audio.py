@@ -152,8 +152,8 @@ def _checked_signal(samples: np.ndarray) -> np.ndarray:
     samples = np.asarray(samples)
     if samples.ndim != 1 or samples.size == 0:
         raise ValueError(
-            f"expected mono audio, a non-empty 1-D array of samples at {SAMPLE_RATE} Hz; got shape {samples.shape} "
-            "(average the channels first, e.g. samples.mean(axis=1))"
+            f"expected mono audio, a non-empty 1-D array of samples at {SAMPLE_RATE} Hz; got shape {samples.shape}"
+            + _mono_hint(samples)
         )
     if not np.issubdtype(samples.dtype, np.floating):
         raise ValueError(f"expected float samples within ±1, got {samples.dtype} (int16 PCM: divide by 32768)")
@@ -172,6 +172,14 @@ def windows_promised(
         return None
     samples = round(report.header_frames * SAMPLE_RATE / report.sample_rate)
     return _WindowCutter.of(hop_s, window_s, SAMPLE_RATE).count_for(samples)
+
+
+def _mono_hint(samples: np.ndarray) -> str:
+    """How to make a channels array mono: average its shorter axis, the channels, whichever it is (soundfile reads
+    (frames, channels), librosa (channels, frames)). Nothing for an empty array or another shape: no channels."""
+    if samples.ndim != 2 or samples.size == 0:
+        return ""
+    return f" (average the channels first: samples.mean(axis={int(np.argmin(samples.shape))}))"
 
 
 def _windows(path: Path, cutter: _WindowCutter, report: DecodeReport | None) -> Iterator[Window]:

@@ -243,6 +243,21 @@ def _model_dir_of(model_dir: ModelDir | str | os.PathLike[str] | None, engine: E
     return model_dir
 
 
+def _checked_labels(labels: Sequence[str]) -> list[str]:
+    """A script's labels, refused (ValueError) where a labels file's would be: none, a blank one, one given twice
+    (scored alike, it would split a file's votes), and one string, whose letters would be the labels (a labels
+    file's name, meant for `read_labels`)."""
+    if isinstance(labels, str):
+        raise ValueError(f"labels: a list of labels, not one string ({labels!r}; a labels file: read_labels(path))")
+    if not labels:
+        raise ValueError("no labels to classify with")
+    if blank := [index for index, label in enumerate(labels) if not label.strip()]:
+        raise ValueError(f"label {blank[0] + 1} is blank")
+    if twice := [label for label, count in Counter(labels).items() if count > 1]:
+        raise ValueError(f"label {twice[0]!r} is given twice")
+    return list(labels)
+
+
 class Classifier:
     """Classifies files against fixed labels; loads the model only when a file needs it, and only once."""
 
@@ -267,9 +282,7 @@ class Classifier:
         None: the device's default, in `--fast` mode if `fast`). `texts`: what a label is scored as, where it is
         not the label itself (`read_label_map`). `notify`: told of each label the text embedder cuts.
         """
-        if not labels:
-            raise ValueError("no labels to classify with")
-        self.labels = list(labels)
+        self.labels = _checked_labels(labels)
         self.texts = [(texts or {}).get(label, label) for label in self.labels]
         self.settings = settings = settings or ClassifySettings()
         self.model_dir = _model_dir_of(model_dir, engine)

@@ -36,7 +36,7 @@ from .encoders import AudioEncoder, TextEncoder
 from .gpt2 import GPT2LM, GPT2Settings
 from .hashing import file_sha256
 from .mapper import EmbeddingMapper, Mapper
-from .model_dir import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, ModelDir, is_model_dir
+from .model_dir import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, ModelDir, is_model_dir, model_path
 from .paths import as_path, models_dir
 from .written_aside import written_aside
 
@@ -127,6 +127,8 @@ class Pengi(nn.Module):
         path = as_path(source)  # a path given on the command line keeps its text as typed, for messages
         if not path.exists() and is_model_dir(models_dir() / os.fspath(source)):
             path = models_dir() / os.fspath(source)
+        elif not path.exists() and not path.suffix:  # no checkpoint file's name: a model's, missing as `--model` says
+            path = model_path(os.fspath(source))  # raises: `no Pengi model base is installed: run ... fetch base`
         if path.is_dir():
             return cls._from_model_dir(ModelDir.read(path), config, mapped)
         state = read_released_state_dict(path)

@@ -19,7 +19,7 @@ from pathlib import Path
 from .db import WindowDetails
 from .errors import OptionError
 from .pathnames import from_typed
-from .scan import has_extension, parse_extensions
+from .scan import has_extension, normalize_extensions, parse_extensions
 
 _WILDCARD = re.compile(r"[*?\[]")
 
@@ -30,12 +30,16 @@ class Filters:
 
     min_score: float | None = None
     path_glob: str | None = None  # fnmatch pattern over the full path
-    extensions: frozenset[str] | None = None  # lower-case, with the dot (see `scan.normalize_extensions`)
+    extensions: frozenset[str] | None = None  # as given ("WAV", ".flac", "wav,flac"), kept lower-case with the dot
     min_duration_s: float | None = None
     max_duration_s: float | None = None
     exclude_paths: frozenset[str] = frozenset()  # left out however they are reached (see `_left_out`)
 
     def __post_init__(self) -> None:
+        # A script's {"mp3"} would match no file, silently, if kept as given: the names are compared with the dot.
+        if (given := self.extensions) is not None:
+            names = parse_extensions(given) if isinstance(given, str) else normalize_extensions(given)
+            object.__setattr__(self, "extensions", names)
         low, high = self.min_duration_s, self.max_duration_s
         if low is not None and high is not None and low > high:
             # No file can match: say so rather than answer "no results" as if the library lacked them.

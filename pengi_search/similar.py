@@ -115,16 +115,18 @@ def similar_to_files(
     Files that are indexed and unchanged use their stored vectors; the others are decoded and embedded with the
     model that built the index, their windows batched together across files (`window_batches`), and hashed as they
     are decoded. A `model` that did not build the library is refused (StoreMismatchError) before any file is read,
-    whether or not a file needs it. `engine`: that model already loaded (a script's or a server's, shared by its
-    calls; it runs as it was loaded, whatever `device`, `batch_size` and `fast` say); else it is loaded when a file
-    needs it.
+    whether or not a file needs it, as is an `engine` of another. `engine`: that model already loaded (a script's or
+    a server's, shared by its calls; it runs as it was loaded, whatever `device`, `batch_size` and `fast` say); else
+    it is loaded when a file needs it.
     """
     from .window_batches import map_windows
 
     index = library.vector_index("audio")  # an empty library fails here, before any decoding
-    if model is not None and engine is None:
-        # A model named is one the query is meant to be embedded with: an indexed file's stored vectors stand for it
-        # only when it is the library's model, and another's vectors cannot be compared with the library's.
+    # A model named (or given loaded) is one the query is meant to be embedded with: an indexed file's stored
+    # vectors stand for it only when it is the library's model, and another's vectors cannot be compared with them.
+    if engine is not None and engine.model_dir is not None:
+        check_index_model(library, engine.model_dir)
+    elif model is not None and engine is None:
         check_index_model(library, ModelDir.resolve(model))
     queries = [(os.fspath(path), stored_windows(library, path, audio=True)) for path in paths]
     to_embed = [path for path, stored in queries if stored is None or stored.vectors is None]

@@ -12,6 +12,7 @@ the block runs as it would have.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import sys
@@ -70,9 +71,20 @@ def add_notes(notes: list[str], text: str) -> None:
 def _own_sink() -> IO[bytes]:
     global _sink, _sink_pid
     if _sink is None or _sink_pid != os.getpid():
+        if _sink is None:
+            atexit.register(_close_sink)
+        else:  # a forked child's copy of its parent's: this process's descriptor, closed here
+            _sink.close()
         _sink = tempfile.TemporaryFile(prefix="pengi-stderr-")  # noqa: SIM115 (kept open for the process)
         _sink_pid = os.getpid()
     return _sink
+
+
+def _close_sink() -> None:
+    """Close the sink as the process ends: left to the interpreter, it is an unclosed file, which `python -W
+    error::ResourceWarning` (or -X dev) reports for any script that decoded audio."""
+    if _sink is not None:
+        _sink.close()
 
 
 def _flush_python_stderr() -> None:

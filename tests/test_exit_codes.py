@@ -366,6 +366,19 @@ CASES = {
     },
     "remove, an empty path": Case(lambda p: ("remove", "", "--db", p.db), EXIT_USAGE, "the path is empty"),
     "classify, an empty path": Case(lambda p: ("classify", "", "--labels", p.labels), EXIT_USAGE, "the path is empty"),
+    # `-` is no file here (nothing reads standard input): said so, not as a missing file named `-`.
+    "describe, -": Case(
+        lambda p: ("describe", "-", "--model", p.model), EXIT_USAGE, "- is no file here (standard input"
+    ),
+    "classify --labels -": Case(
+        lambda p: ("classify", p.clip, "--labels", "-"), EXIT_USAGE, "give a file's path (/dev/stdin or /dev/stdout"
+    ),
+    "export -o -": Case(lambda p: ("export", "--db", p.db, "-o", "-"), EXIT_USAGE, "- is no file here: give a file"),
+    # An empty --db is not the default library, which the script did not name: searched, indexed or emptied.
+    **{
+        f"{args[0]}, an empty --db": Case(lambda p, args=args: (*args, "--db", ""), EXIT_USAGE, "the library is empty")
+        for args in (("query", "x"), ("index", "."), ("remove", "x.wav"), ("stats",), ("eval", "classify", "."))
+    },
     "train export, no such checkpoint": Case(
         lambda p: ("train", "export", p.missing), EXIT_USAGE, "no such training checkpoint"
     ),
@@ -649,6 +662,31 @@ def test_help_and_usage_errors_into_a_pipe_nobody_reads_end_quietly_with_141(arg
     done = with_output_closed(*args, stream=stream)
     kept = done.stderr if stream == "stdout" else done.stdout
     assert (done.returncode, kept.decode()) == (EXIT_OUTPUT_CLOSED, "")
+
+
+FULL_OUTPUT = {
+    **PIPED,
+    "a command's help": lambda p: ("query", "--help"),
+    "no command at all": lambda p: (),
+}
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full here")
+@pytest.mark.parametrize("unbuffered", ["", "1"], ids=["buffered", "PYTHONUNBUFFERED"])
+@pytest.mark.parametrize("name", FULL_OUTPUT)
+def test_an_output_that_cannot_be_written_is_one_line_and_exit_code_1(paths, name, unbuffered):
+    """`pengi-search ... > /dev/full` (a full disk): as `cat` says `write error: No space left on device`, no
+    traceback, no "Exception ignored" as the interpreter exits (its exit code 120), no `[Errno 28]`."""
+    command = [sys.executable, "-m", "pengi_search", *map(str, FULL_OUTPUT[name](paths))]
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            command, stdout=full, stderr=subprocess.PIPE, env={**env, "PYTHONUNBUFFERED": unbuffered}, timeout=300
+        )
+    assert (done.returncode, done.stderr.decode()) == (
+        EXIT_FAILED,
+        "error: cannot write the output: no space left on device\n",
+    )
 
 
 def test_an_index_run_whose_output_reader_is_gone_is_recorded_as_the_work_it_did(paths, tmp_path):

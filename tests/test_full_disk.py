@@ -152,6 +152,31 @@ def test_export_to_a_full_disk_keeps_the_old_file_and_leaves_no_partial_one(tiny
     assert out.read_text() == "the last export\n"
 
 
+def test_a_classify_csv_that_does_not_fit_keeps_the_old_one_and_leaves_no_partial_one(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    clips, labels = tmp_path / "clips", tmp_path / "labels.txt"
+    write_tone(clips / "first.wav", 2.0)
+    labels.write_text("dog\nrain\n")
+    out = tmp_path / "out" / "predictions.csv"
+    out.parent.mkdir()
+    out.write_text("the last predictions\n")
+
+    def rows_then_full(_predictions: Any, stream: Any, _top: int) -> None:
+        stream.write("file,label,score,top\n" * 100)
+        stream.flush()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("pengi_search.classify.write_csv", rows_then_full)
+    quick = ["--beam", "2", "--max-len", "3", "--device", "cpu"]
+    args = ["classify", str(clips), "-l", str(labels), "-m", str(tiny_model_dir), *quick, "-o", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == EXIT_FAILED
+    assert result.stderr.splitlines() == [f"error: {out}: cannot write (no space left on device)"]
+    assert [path.name for path in out.parent.iterdir()] == ["predictions.csv"]
+    assert out.read_text() == "the last predictions\n"
+
+
 def test_a_checkpoint_that_does_not_fit_leaves_the_previous_one_and_no_partial_file(tmp_path, monkeypatch):
     from trainer.state import save_checkpoint
 

@@ -24,8 +24,8 @@ from pengi_search.errors import UsageError
 from pengi_search.inference import Engine
 from pengi_search.library import Library
 from pengi_search.model import Pengi
-from pengi_search.model_dir import ModelDir
-from pengi_search.search import SearchScope, query_text
+from pengi_search.model_dir import ModelDir, ModelNotFoundError
+from pengi_search.search import Filters, SearchScope, query_text
 from pengi_search.serve.live import LiveLibrary
 from pengi_search.testing import make_tiny_model_dir
 
@@ -112,8 +112,9 @@ def test_a_clip_shorter_than_a_window_is_padded_as_a_file_is(engine, tmp_path):
 @pytest.mark.parametrize(
     ("samples", "says"),
     [
-        (np.zeros((44_100, 2), dtype=np.float32), "expected mono audio"),
-        (np.zeros(0, dtype=np.float32), "expected mono audio"),
+        (np.zeros((44_100, 2), dtype=np.float32), r"expected mono audio.*: samples\.mean\(axis=1\)\)$"),
+        (np.zeros((2, 44_100), dtype=np.float32), r"expected mono audio.*: samples\.mean\(axis=0\)\)$"),  # librosa's
+        (np.zeros(0, dtype=np.float32), r"expected mono audio.*got shape \(0,\)$"),  # no channels to average
         (np.zeros(44_100, dtype=np.int16), "expected float samples"),
         (np.array([0.0, np.nan], dtype=np.float32), "non-finite samples"),
         (np.array([0.0, 0.5, 1e13], dtype=np.float32), r"samples out of range \(1e\+13 at 0\.00 s"),
@@ -279,3 +280,38 @@ def test_a_library_held_open_keeps_what_it_read_while_a_live_library_follows_the
         assert [hit.path for hit in query_text(held, "a bell", scope, model=str(tiny_model_dir))] == before
         found = {hit.path for hit in query_text(live, "a bell", scope, model=str(tiny_model_dir))}
         assert found == {*before, str(added)}
+
+
+@pytest.mark.parametrize("given", [{"wav"}, {"WAV"}, (".wav",), "wav", "wav,flac"])
+def test_a_script_s_extensions_filter_as_ext_does_with_or_without_the_dot(captions, tiny_model_dir, given):
+    """`Filters(extensions={"wav"})`, as a script writes it, finds the .wav files `--ext wav` finds; kept as given,
+    it was compared with names' ".wav" and found nothing, saying nothing."""
+    wanted = {".wav", ".flac"} if "flac" in given else {".wav"}
+    assert Filters(extensions=given).extensions == wanted
+    with Library.open(captions.db, read_only=True) as library:
+        scope = SearchScope(k=10, filters=Filters(extensions=given))
+        found = {hit.path for hit in query_text(library, "a dog barks", scope, model=str(tiny_model_dir))}
+    assert found == {str(path) for path in captions.files.values() if path.suffix in wanted}
+
+
+def test_pengi_from_pretrained_of_a_model_not_installed_says_how_to_install_it():
+    """`Pengi.from_pretrained("base")` before any fetch is said as `--model base` is, not as a checkpoint file."""
+    with pytest.raises(
+        ModelNotFoundError, match=r"no Pengi model base is installed: run `pengi-search model fetch base`"
+    ):
+        Pengi.from_pretrained("base")
+
+
+@pytest.mark.parametrize(
+    ("labels", "says"),
+    [
+        ("labels.txt", r"a list of labels, not one string \('labels.txt'"),  # letter by letter, it was 5 labels
+        (["dog", "rain", "dog"], "label 'dog' is given twice"),
+        (["dog", " "], "label 2 is blank"),
+        ([], "no labels"),
+    ],
+)
+def test_labels_a_labels_file_would_refuse_are_refused_by_the_classifier(tiny_model_dir, labels, says):
+    """As `classify --labels` refuses such a file (a label twice would split a file's votes between its copies)."""
+    with pytest.raises(ValueError, match=says):
+        Classifier(labels, model_dir=tiny_model_dir, device="cpu")

@@ -3,8 +3,11 @@ tiny model, and every `pengi-search` command line in a code block parses with th
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import typer
@@ -23,10 +26,8 @@ def _code_blocks(text: str, language: str | None = None) -> list[str]:
 def test_the_python_example_runs(captions, tiny_model_dir, monkeypatch, capsys):
     """README, "From Python": the tiny model stands for `base`, a file of the test library for `clip.wav`, and the
     test library is the default one (`PENGI_SEARCH_DB`), as a user's would be."""
-    [example] = [block for block in _code_blocks(README.read_text(), "python") if "pengi_search" in block]
     clip = captions.files["animals/dog.wav"]
-    assert example.count('"base"') == 1 and '"clip.wav"' in example
-    code = example.replace('"base"', repr(str(tiny_model_dir))).replace('"clip.wav"', repr(str(clip)))
+    code = _python_example(tiny_model_dir, clip)
     monkeypatch.setenv("PENGI_SEARCH_DB", captions.db)
     monkeypatch.setenv("PENGI_SEARCH_MODEL", str(tiny_model_dir))
     scope: dict = {}
@@ -38,6 +39,24 @@ def test_the_python_example_runs(captions, tiny_model_dir, monkeypatch, capsys):
     assert len(printed) == 3 + len(captions.files)  # one hit per file of the library
     assert str(clip) in "\n".join(printed[3:])
     assert scope["source"] == "index" and all(hit.path != str(clip) for hit in scope["hits"])
+
+
+def _python_example(model_dir: Path, clip: Path) -> str:
+    """README's "From Python" example, with the tiny model for `base` and `clip` for `clip.wav`."""
+    [example] = [block for block in _code_blocks(README.read_text(), "python") if "pengi_search" in block]
+    assert example.count('"base"') == 1 and '"clip.wav"' in example
+    return example.replace('"base"', repr(str(model_dir))).replace('"clip.wav"', repr(str(clip)))
+
+
+def test_the_python_example_leaves_nothing_unclosed(captions, tiny_model_dir):
+    """Run as a script in development mode with ResourceWarning an error (`python -X dev -W error::ResourceWarning`):
+    no file, socket or database connection is left for the interpreter to close, at exit neither."""
+    code = _python_example(tiny_model_dir, captions.files["animals/dog.wav"])
+    env = {**os.environ, "PENGI_SEARCH_DB": captions.db, "PENGI_SEARCH_MODEL": str(tiny_model_dir)}
+    command = [sys.executable, "-X", "dev", "-W", "error::ResourceWarning", "-c", code]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "ResourceWarning" not in done.stderr and "unclosed" not in done.stderr, done.stderr
 
 
 def _documented_command_lines() -> list[tuple[str, str]]:

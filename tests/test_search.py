@@ -562,6 +562,8 @@ def test_similar_runs_a_given_engine_and_loads_no_model_of_its_own(indexed, tiny
         assert similar_to_file(lib, outside, engine=engine) == loaded
         with pytest.raises(StoreMismatchError, match="the index was built with"):
             similar_to_file(lib, outside, engine=other)
+        with pytest.raises(StoreMismatchError, match="the index was built with"):  # as `model=` is: whether or not
+            similar_to_file(lib, sounds / "b.flac", engine=other)  # a file needs it (this one's vectors are stored)
 
 
 def test_end_to_end_query_with_a_generated_caption(indexed, tiny_model_dir):

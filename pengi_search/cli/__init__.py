@@ -12,8 +12,8 @@ from typing import Annotated, Any, NoReturn, get_args, get_origin
 import typer
 
 from . import classify, describe, doctor, index, library, model, search, serve, train
-from .closed_output import quiet_when_output_closed
-from .common import fail, given_input, given_path
+from .closed_output import quiet_when_output_closed, whole_writes
+from .common import fail, given_input, given_path, output_failures_said
 from .eval import app as eval_app
 from .help_text import App, Group
 
@@ -28,12 +28,13 @@ class _OneLineUsageErrors(Group):
     Typer would draw a box under the usage. Exit code 2, as before.
 
     The option parser writes that line, and `--help`, before any command runs: into a pipe nobody reads they end
-    the process quietly with 141, as a command's output does (`closed_output`); Typer exited with 1."""
+    the process quietly with 141, as a command's output does (`closed_output`); Typer exited with 1. Into an output
+    that cannot take them (`> /dev/full`) they are one line on stderr and exit code 1, not a traceback."""
 
     def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
         _plain_value_names(self)
         _paths_as_typed(self)
-        with quiet_when_output_closed():
+        with whole_writes(), quiet_when_output_closed(), output_failures_said():
             try:  # the root's own options (and no command at all)
                 return super().make_context(info_name, args, parent, **extra)
             except ParserUsageError as err:
@@ -41,7 +42,7 @@ class _OneLineUsageErrors(Group):
 
     def invoke(self, ctx: Any) -> Any:
         tokens = [*ctx.args]  # the command and its arguments: Click empties the list as it hands them on
-        with quiet_when_output_closed():
+        with whole_writes(), quiet_when_output_closed(), output_failures_said():
             try:  # every subcommand's arguments are parsed in here
                 return super().invoke(ctx)
             except ParserUsageError as err:

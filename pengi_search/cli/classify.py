@@ -398,8 +398,10 @@ def _scored(predictions: Sequence[Prediction], known: Truth) -> dict[str, Any]:
 
 def _write_csv(outcome: Outcome, output: Path, top: int) -> None:
     from ..classify import write_csv
+    from ..written_aside import written_aside
 
-    with open(output, "w", newline="", encoding="utf-8") as out:
+    # Written aside, as every file a command writes: a full disk leaves the previous CSV, not half of a new one.
+    with written_aside(output) as partial, open(partial, "w", newline="", encoding="utf-8") as out:
         write_csv(outcome.predictions, out, top)
 
 

@@ -3,6 +3,9 @@
 Python ignores SIGPIPE, so such a write raises BrokenPipeError; `handle_errors` ends the command on it the way `cat`,
 `grep` and `git` end (the signal would have killed them): quietly, with exit code 141 (128 + SIGPIPE), which a
 `set -o pipefail` script sees.
+
+An output that is read but cannot take what is written (`> /dev/full`, a full disk, an I/O error) is a failure
+instead: said in one line, by `output_failure`, as `cat: write error: No space left on device` is.
 """
 
 from __future__ import annotations
@@ -13,11 +16,11 @@ import os
 import select
 import sys
 from collections.abc import Iterator
-from typing import NoReturn, TextIO
+from typing import Any, NoReturn, TextIO
 
 import typer
 
-from ..errors import EXIT_OUTPUT_CLOSED
+from ..errors import EXIT_OUTPUT_CLOSED, os_reason
 
 
 @contextlib.contextmanager
@@ -32,28 +35,57 @@ def quiet_when_output_closed() -> Iterator[None]:
         raise
 
 
+class OutputError(OSError):
+    """stdout cannot take what the command writes (`> /dev/full`, a full disk, an I/O error): unlike every other
+    file a command writes (`WriteError`), it has no name to say, and is told apart by its class."""
+
+
+class _OutputDescriptor(io.FileIO):
+    """stdout's file descriptor, whose write failures are the output's (`OutputError`); a reader gone stays the
+    BrokenPipeError that `quiet_when_output_closed` ends quietly."""
+
+    def write(self, data: Any) -> int | None:
+        try:
+            return super().write(data)
+        except BrokenPipeError:
+            raise
+        except OSError as err:
+            raise OutputError(err.errno, err.strerror) from None
+
+
 @contextlib.contextmanager
 def whole_writes() -> Iterator[None]:
-    """Around a command's run: every write to stdout is written whole, or raises.
+    """Around a command's run (and the help the option parser writes): every write to stdout is written whole, or
+    raises, and a failure to write it is an `OutputError`.
 
     Under `python -u` or PYTHONUNBUFFERED=1 (which many container images set) stdout's text layer writes straight to
     the file descriptor, and CPython's TextIOWrapper drops what a partial write() left: a pipe whose reader went away
     while a large table was being written (`query x -k 500 | head -1`) lost the rest without an error, and the
     command ended with 0, not 141. A buffered layer writes all or raises; line buffering still sends each line out
-    at once, as unbuffered output does.
+    at once, as unbuffered output does. Buffered output keeps its buffering, and a terminal its line buffering.
     """
     original = sys.stdout
-    if not isinstance(getattr(original, "buffer", None), io.RawIOBase):
-        yield  # buffered already (the usual case), or a test's in-memory stream
+    try:
+        descriptor = original.fileno()
+    except (AttributeError, OSError, ValueError):  # a test's in-memory stream
+        yield
         return
-    raw = io.FileIO(original.fileno(), "w", closefd=False)  # the descriptor stays the original stream's to close
+    if isinstance(getattr(getattr(original, "buffer", None), "raw", None), _OutputDescriptor):
+        yield  # the root command's, around this command's
+        return
+    unbuffered = isinstance(getattr(original, "buffer", None), io.RawIOBase)
+    original.flush()
+    raw = _OutputDescriptor(descriptor, "w", closefd=False)  # the descriptor stays the original stream's to close
     sys.stdout = io.TextIOWrapper(
-        io.BufferedWriter(raw), encoding=original.encoding, errors=original.errors, line_buffering=True
+        io.BufferedWriter(raw),
+        encoding=original.encoding,
+        errors=original.errors,
+        line_buffering=unbuffered or original.line_buffering,
     )
     try:
         yield
     finally:
-        with contextlib.suppress(OSError, ValueError):  # a reader gone: the command has already said so (141)
+        with contextlib.suppress(OSError, ValueError):  # said already: a reader gone (141), an OutputError (1)
             sys.stdout.flush()
         sys.stdout = original
 
@@ -68,12 +100,28 @@ def end_quietly() -> NoReturn:
     """End with exit code 141, saying nothing. The streams whose reader is gone write to /dev/null from here on,
     so that what is still buffered for them does not fail again as the interpreter exits (exit code 120, and an
     "Exception ignored" message)."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    for stream in (sys.stdout, sys.stderr):
-        if _reader_gone(stream):
-            os.dup2(devnull, stream.fileno())
-    os.close(devnull)
+    _discard_writes(*(stream for stream in (sys.stdout, sys.stderr) if _reader_gone(stream)))
     raise typer.Exit(EXIT_OUTPUT_CLOSED)
+
+
+def output_failure(err: BaseException) -> str | None:
+    """The message for `err` when it is stdout failing to take the command's output (an `OutputError`), else None.
+    stdout writes to /dev/null from then on, so that what it still holds does not fail again as the interpreter
+    exits (exit code 120, and an "Exception ignored" message)."""
+    if not isinstance(err, OutputError):
+        return None
+    _discard_writes(sys.stdout)
+    return f"cannot write the output: {os_reason(err)}"
+
+
+def _discard_writes(*streams: TextIO) -> None:
+    """From here on, what `streams` are given (and what they hold still) goes to /dev/null."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for stream in streams:
+            os.dup2(devnull, stream.fileno())
+    finally:
+        os.close(devnull)
 
 
 def _reader_gone(stream: TextIO) -> bool:

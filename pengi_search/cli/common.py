@@ -41,7 +41,7 @@ from ..pathnames import json_text, shown, writes_utf8
 from ..paths import GivenPath, file_in_the_way, refuse_unexpanded_home, shown_path
 from ..stop_signals import interrupted_by_stop_signals, interrupted_exit_code
 from ..torchrun_env import SaidByTheMachinesFirstProcess
-from .closed_output import output_closed, quiet_when_output_closed, whole_writes
+from .closed_output import output_closed, output_failure, quiet_when_output_closed, whole_writes
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -107,10 +107,20 @@ def json_option(prints: str) -> Any:
     return Annotated[bool, typer.Option("--json", help=f"JSON on stdout: {prints}")]
 
 
+def given_db(value: str) -> str:
+    """A --db's parser: an empty one is refused. Taken as no --db, `--db "$UNSET"` would search, index or remove
+    in the default library (PENGI_SEARCH_DB's, else the data folder's), not the one the script meant."""
+    if not value:
+        raise typer.BadParameter("the library is empty; give a database file or URL, or leave --db out")
+    return value
+
+
 DbOption = Annotated[
     str | None,
     typer.Option(
-        "--db", help="Database URL or SQLite file \\[env: PENGI_SEARCH_DB; default: index.db in the data dir]"
+        "--db",
+        help="Database URL or SQLite file \\[env: PENGI_SEARCH_DB; default: index.db in the data dir]",
+        parser=given_db,
     ),
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
@@ -180,7 +190,9 @@ def _reported(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
             raise  # no failure of the command's: `handle_errors` ends it quietly
         if os.environ.get(DEBUG_ENV) or not isinstance(err, PengiSearchError | OSError | ValueError):
             raise
-        fail(first_line(err), err.exit_code if isinstance(err, PengiSearchError) else EXIT_FAILED)
+        fail(
+            output_failure(err) or first_line(err), err.exit_code if isinstance(err, PengiSearchError) else EXIT_FAILED
+        )
 
 
 def _flushed(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -265,10 +277,17 @@ def given_separator(value: str) -> str:
 
 def check_output_file(output: Path, kind: str) -> None:
     """Refuse an --output file of `kind` ("CSV") that cannot be written, before the work rather than after it (and
-    before a half-written copy is left beside it)."""
-    folder = output.parent
+    before a half-written copy is left beside it). A device or pipe (`/dev/stdout`) is written in place: only it
+    must be writable; a symbolic link's target is replaced: its folder must be."""
+    from ..written_aside import written_in_place
+
     if output.is_dir():
         raise UsageError(output, f"a folder; --output takes the {kind} file's name")
+    if written_in_place(output):
+        if not os.access(output, os.W_OK):
+            raise UsageError(output, f"cannot write the {kind}: permission denied")
+        return
+    folder = Path(os.path.realpath(output)).parent if output.is_symlink() else output.parent
     if not folder.is_dir():
         # `folder` itself or a part above it may be a file: name it so, not as a folder that is missing
         if (in_the_way := file_in_the_way(folder)) is not None:
@@ -297,6 +316,8 @@ def given_input(value: str) -> str:
     `index "$UNSET"` or `classify "$UNSET"` work through it."""
     if not value:
         raise typer.BadParameter("the path is empty (write . for the current folder)")
+    if value == "-" and not os.path.lexists(value):  # a script's habit: here `-` would be said as a missing file
+        raise typer.BadParameter("- is no file here (standard input is not read); give the path of a file or folder")
     return value
 
 
@@ -304,7 +325,21 @@ def given_path(value: str | os.PathLike[str]) -> GivenPath:
     """The parser of every other option and argument that takes a path (`--labels`, `--output`, a configuration;
     set on each by `cli._paths_as_typed`): the path, whose messages name it as typed (`GivenPath`: `./labels.txt`
     keeps its `./`), as every command names the files it is given. Empty, refused as `given_input` refuses it."""
+    if os.fspath(value) == "-" and not os.path.lexists("-"):
+        raise typer.BadParameter("- is no file here: give a file's path (/dev/stdin or /dev/stdout for a pipe)")
     return GivenPath.typed(given_input(os.fspath(value)))
+
+
+@contextlib.contextmanager
+def output_failures_said() -> Iterator[None]:
+    """Around what writes to stdout outside a command's run (`--help`): stdout that cannot take it (`> /dev/full`)
+    is one line and exit code 1, not a traceback."""
+    try:
+        yield
+    except OSError as err:
+        if (message := output_failure(err)) is None:
+            raise
+        fail(message)
 
 
 def given_options(context: typer.Context, *, leaving_out: Collection[str] = ()) -> list[str]:

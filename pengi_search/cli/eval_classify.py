@@ -20,6 +20,7 @@ from .common import (
     ThreadsOption,
     apply_threads,
     check_output_folder,
+    given_db,
     given_input,
     given_separator,
     handle_errors,
@@ -60,7 +61,9 @@ def classify_files(
     *,
     scoring: ScoringOptions,
     output: OutputOption = Path("eval-classify"),
-    db: Annotated[str | None, typer.Option("--db", help="A library whose stored captions are reused.")] = None,
+    db: Annotated[
+        str | None, typer.Option("--db", help="A library whose stored captions are reused.", parser=given_db)
+    ] = None,
     model: ModelOption = None,
     device: DeviceOption = Device.auto,
     batch_size: BatchOption = None,

@@ -30,6 +30,7 @@ from .common import (
     UsageError,
     apply_threads,
     check_output_folder,
+    given_db,
     given_prompt,
     handle_errors,
     options_from,
@@ -67,6 +68,7 @@ EvalDbOption = Annotated[
     typer.Option(
         "--db",
         help="Library to evaluate; audio not yet in it is indexed first (default: index.db in the output folder).",
+        parser=given_db,
     ),
 ]
 WorkersOption = Annotated[
