@@ -28,9 +28,19 @@ from pengi_search.units import duration_text
 from trainer.checkpoint_files import checkpoint_to_resume
 from trainer.config import ConfigError, TrainConfig
 from trainer.data import MISSING, Example, LoadAudio, check_audio, read_manifest, task_mix
-from trainer.resume_plan import EpochSize, RunRecord, check_resume, check_steps, planned_resume, read_run_record
+from trainer.resume_plan import (
+    EpochSize,
+    RunRecord,
+    changed_warning,
+    check_resume,
+    check_steps,
+    mismatch_explained,
+    planned_resume,
+    read_run_record,
+    said_changes,
+)
 from trainer.run_data import FEATURE_DIR, clips_to_encode
-from trainer.state import seed_everything
+from trainer.state import checkpoint_mismatch, seed_everything
 
 PROBLEMS_SHOWN = 20  # per manifest; the counts cover them all
 
@@ -116,6 +126,8 @@ def dry_run_report(
             report.config_problems.append(str(error))
         else:
             _plan_resume(config, record, length_change, report)
+        if built is not None:
+            _check_resumed_model(config, record, built.model, report)
     if built is not None:
         report.timing = _time_steps(built, config, report.plan)
     return report
@@ -160,6 +172,16 @@ def _plan_resume(config: TrainConfig, record: RunRecord, length_change: str | No
     resume, warnings = planned_resume(config, record, length_change, total, per_epoch)
     report.resume += resume
     report.warnings += warnings
+
+
+def _check_resumed_model(config: TrainConfig, record: RunRecord, model: Pengi, report: DryRunReport) -> None:
+    """What the resume does with the model, as the run does it: the checkpoint's weights must fit it (else the run
+    cannot start), and the settings the run goes on with otherwise than it was started are warned of."""
+    changed = said_changes(config, record)
+    if (mismatch := checkpoint_mismatch(model, record.payload["model"], record.checkpoint)) is not None:
+        report.run_problems.append(str(mismatch_explained(mismatch, changed)))
+    if (warning := changed_warning(changed)) is not None:
+        report.warnings.append(warning)
 
 
 @dataclass

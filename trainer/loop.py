@@ -25,6 +25,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
+from pengi_search.checkpoint import CheckpointMismatchError
 from pengi_search.consoles import Console, make_console
 from pengi_search.errors import PengiSearchError
 from pengi_search.messages import print_warning
@@ -81,11 +82,14 @@ from trainer.reporting import (
 from trainer.resume_plan import (
     EpochSize,
     RunRecord,
+    changed_warning,
     check_resume,
     check_steps,
     finished_at,
+    mismatch_explained,
     read_run_record,
     resume_point,
+    said_changes,
 )
 from trainer.run_data import prepare_data, quiet
 from trainer.sampling import ResumableSampler
@@ -296,12 +300,18 @@ class Trainer:
         """Load a checkpoint of this run (`check_resume` checked the configuration is its run's, or says in
         `length_change` how its length changed); the loop then continues exactly where it was written."""
         path = record.checkpoint
-        payload = self.checkpoints.load(record.payload, path)
+        changed = said_changes(self.config, record)
+        try:
+            payload = self.checkpoints.load(record.payload, path)
+        except CheckpointMismatchError as error:  # a model of other sizes: the settings that made it are named
+            raise mismatch_explained(error, changed) from None
         self.position = record.position
         self._say(length_change)
         self.finished = finished_at(self.position.step, self.total_steps, self.config.optimization, self.best)
         if self.finished is not None:
             return  # before the metrics log is touched: a finished run stays as it is
+        if (warning := changed_warning(changed)) is not None:
+            self._warn(warning)
         changed = changed_manifests(payload.get("provenance"), self.provenance)
         if payload["train_examples"] != len(self.data.train_set):
             self._warn("the training manifest changed since the checkpoint: the data order will differ")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pengi_search.checkpoint import CheckpointError, load_torch_file
+from pengi_search.checkpoint import CheckpointError, CheckpointMismatchError, load_torch_file, state_problems
 from pengi_search.paths import named
 from pengi_search.written_aside import written_aside
 from trainer.checkpoint_files import (
@@ -156,15 +156,22 @@ def model_state(model: nn.Module, full: bool) -> dict[str, torch.Tensor]:
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    """Copy a checkpoint's weights into `model`, or raise `checkpoint_mismatch`'s error."""
+    if (mismatch := checkpoint_mismatch(model, state, source)) is not None:
+        raise mismatch
+    model.load_state_dict(state, strict=False)
+
+
+def checkpoint_mismatch(
+    model: nn.Module, state: dict[str, torch.Tensor], source: Path
+) -> CheckpointMismatchError | None:
+    """The one error that names the tensors of the checkpoint `source` (its weights `state`) that do not fit `model`
+    (a model built with other sizes than the run's); None when they load. The frozen weights may be absent
+    (`model_state`)."""
     frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
-    not_frozen = sorted(set(missing) - frozen)
-    if not_frozen or unexpected:
-        raise CheckpointError(
-            source,
-            f"the checkpoint does not match the model (missing trained weights: "
-            f"{', '.join(not_frozen[:5]) or 'none'}; unexpected: {', '.join(unexpected[:5]) or 'none'})",
-        )
+    if problems := state_problems(model.state_dict(), state, may_lack=frozen):
+        return CheckpointMismatchError(source, f"the checkpoint does not match the model ({problems})")
+    return None
 
 
 # --- Random number generators ---------------------------------------------------------------------------------
