@@ -8,7 +8,10 @@ from pathlib import Path
 
 from pengi_search.testing import tiny_clip_tokenizer, tiny_config, tiny_gpt2_tokenizer
 
-from .test_trainer import check_trained, local_parts, sounds, train_command, write_config  # noqa: F401 (fixture)
+from . import test_trainer
+from .test_trainer import check_trained, local_parts, train_command, write_config
+
+sounds = test_trainer.sounds  # the fixture: four sounds and their caption manifest
 
 CHECKPOINT = Path("run") / "checkpoints" / "step-00000004.pt"
 

@@ -490,7 +490,7 @@ class Trainer:
             tokens=int(tokens),
             skipped=int(skipped),
         )
-        self.progress.advance(self.position.step, self.rate, loss)
+        self.progress.logged(self.position.step, self.rate, loss)
         self.interval = Interval()
         self._say_skipped()
 
@@ -573,6 +573,7 @@ class Trainer:
         )
         if self.config.logging.plot and write_plot(folder / METRICS_FILE, folder / PLOT_FILE) is None:
             self._warn(f"matplotlib is not installed: no {PLOT_FILE} (pip install matplotlib)")
+        self.progress.summary()  # how the loss went (not with --quiet)
         # The run's outcome, said even with --quiet (which quiets the progress): where its models are.
         # Paths as the user would type them here: the configuration resolved output_dir.
         self.console.print(f"model written to {shown_path(model_dir)}", soft_wrap=True, markup=False)
