@@ -178,7 +178,8 @@ def _check_resumed_model(config: TrainConfig, record: RunRecord, model: Pengi, r
     """What the resume does with the model, as the run does it: the checkpoint's weights must fit it (else the run
     cannot start), and the settings the run goes on with otherwise than it was started are warned of."""
     changed = said_changes(config, record)
-    if (mismatch := checkpoint_mismatch(model, record.payload["model"], record.checkpoint)) is not None:
+    weights = record.payload.get("model")  # every checkpoint a run writes holds them; a hand-made one may not
+    if weights is not None and (mismatch := checkpoint_mismatch(model, weights, record.checkpoint)) is not None:
         report.run_problems.append(str(mismatch_explained(mismatch, changed)))
     if (warning := changed_warning(changed)) is not None:
         report.warnings.append(warning)
