@@ -7,7 +7,7 @@ import re
 
 from rich.console import Console
 
-from trainer.reporting import RateWindow, TrainingProgress
+from trainer.reporting import METRICS_FILE, RateWindow, TrainingProgress, read_metrics
 
 from . import test_trainer
 from .test_progress import Screen
@@ -45,3 +45,16 @@ def test_on_a_terminal_the_loss_is_on_the_bar_not_on_lines_of_its_own() -> None:
     assert "step 2/4: loss 1.5000" not in screen.getvalue()
     assert "loss 1.5000" in screen.getvalue()  # on the bar
     assert log.getvalue().splitlines() == ["step 2/4: loss 1.5000"]  # no rate yet: none said
+
+
+def test_the_metrics_count_epochs_from_1_as_the_configuration_and_a_resume_do(tmp_path, sounds, tiny_model_dir) -> None:
+    """A run of `optimization.epochs: 2` logged its last steps as epoch 1 (the position's index), while its resume
+    says `epoch 2 of 2` for them: the metrics read as one epoch short of the run asked."""
+    length = {"max_steps": None, "epochs": 2}  # 4 rows in batches of 2: 2 steps an epoch
+    config_path = write_config(tmp_path, tiny_model_dir, sounds / "train.jsonl", optimization=length)
+
+    result = train_command(config_path)
+
+    assert result.exit_code == 0, result.output
+    records = read_metrics(tmp_path / "run" / METRICS_FILE, "train")
+    assert [(record["step"], record["epoch"]) for record in records] == [(1, 1), (2, 1), (3, 2), (4, 2)]

@@ -481,7 +481,7 @@ class Trainer:
         self.metrics.write(
             "train",
             step=self.position.step,
-            epoch=self.position.epoch,
+            epoch=self.position.epoch + 1,  # counted from 1, as `optimization.epochs` and a resume count them
             loss=loss,
             **interval.rates,
             grad_norm=interval.grad_norm,
