@@ -28,6 +28,7 @@ from pengi_search.units import duration_text
 from trainer.checkpoint_files import checkpoint_to_resume
 from trainer.config import ConfigError, TrainConfig
 from trainer.data import MISSING, Example, LoadAudio, check_audio, read_manifest, task_mix
+from trainer.distributed import use_threads
 from trainer.resume_plan import (
     EpochSize,
     RunRecord,
@@ -290,6 +291,7 @@ def _time_steps(built: _BuiltModel, config: TrainConfig, plan: dict) -> dict[str
     one-off encoding of the training clips that `features/` lacks as well."""
     from trainer.objective import AnswerNll, ModelInputs
 
+    use_threads(config.runtime.threads)  # timed as the run computes
     model, tokenizers, batch = built.model, built.tokenizers, config.data.batch_size
     wave = 0.1 * torch.randn(batch, model.cfg.audio.clip_samples)
     prompts = tokenizers.prompts([built.prompt] * batch)

@@ -139,7 +139,7 @@ def train(
         checkpoint = checkpoint_to_resume(config.output_dir, resume)
         record = None if checkpoint is None else read_run_record(checkpoint)  # the one read of the checkpoint
         length_change = None if record is None else check_resume(config, record, given, source)
-    processes = start_processes(config.runtime.device)
+    processes = start_processes(config.runtime.device, config.runtime.threads)
     # Where one process alone stops (a failure of its own, a stop signal during its set-up), it leaves the others
     # as it is; every other end is one that every process reaches alike, where they part (`part_processes`).
     with InterruptRequest(once=processes.distributed, held=False) as interrupt:

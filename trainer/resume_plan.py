@@ -69,6 +69,7 @@ FREE_SETTINGS = (
     "optimization.max_minutes",
     "optimization.grad_clip",
     "runtime.device",
+    "runtime.threads",
 )
 
 
