@@ -67,3 +67,24 @@ def test_a_resume_says_each_setting_it_goes_on_with_otherwise_than_its_run_and_n
 
         assert result.exit_code == 0, result.output
         assert said in result.output.splitlines()
+
+
+def test_a_resume_that_freezes_other_parts_says_so_with_the_setting_not_that_the_weights_differ(
+    tmp_path, sounds, tiny_model_dir
+) -> None:
+    """`--set freeze.text_encoder=false` on resume was refused as "the frozen weights differ from those this run
+    started with", by the run only (the dry run said ready): the weights were the same, the frozen parts were not.
+    Both say that now, with the setting."""
+    config_path = write_config(tmp_path, tiny_model_dir, sounds / "train.jsonl")
+    check_trained(config_path)
+    unfrozen = ("--resume", "--set", "optimization.max_steps=6", "--set", "freeze.text_encoder=false")
+    said = (
+        f"{tmp_path / CHECKPOINT}: its run froze other weights than this configuration freezes; the model's settings "
+        "differ from the run's: freeze.text_encoder false (the run's: true)"
+    )
+
+    for dry_run in ([], ["--dry-run"]):
+        result = train_command(config_path, *unfrozen, *dry_run)
+
+        assert result.exit_code == 1, result.output
+        assert any(line.endswith(said) for line in result.output.splitlines()), result.output

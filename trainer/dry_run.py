@@ -41,7 +41,7 @@ from trainer.resume_plan import (
     said_changes,
 )
 from trainer.run_data import FEATURE_DIR, clips_to_encode
-from trainer.state import checkpoint_mismatch, seed_everything
+from trainer.state import resume_mismatch, seed_everything
 
 PROBLEMS_SHOWN = 20  # per manifest; the counts cover them all
 
@@ -178,10 +178,14 @@ def _plan_resume(config: TrainConfig, record: RunRecord, length_change: str | No
 def _check_resumed_model(config: TrainConfig, record: RunRecord, model: Pengi, report: DryRunReport) -> None:
     """What the resume does with the model, as the run does it: the checkpoint's weights must fit it (else the run
     cannot start), and the settings the run goes on with otherwise than it was started are warned of."""
+    from trainer.model_setup import frozen_fingerprint
+
     changed = said_changes(config, record)
-    weights = record.payload.get("model")  # every checkpoint a run writes holds them; a hand-made one may not
-    if weights is not None and (mismatch := checkpoint_mismatch(model, weights, record.checkpoint)) is not None:
-        report.run_problems.append(str(mismatch_explained(mismatch, changed)))
+    payload, full_model = record.payload, config.checkpoints.full_model
+    if "model" in payload and "frozen_fingerprint" in payload:  # a run's checkpoint holds both; a hand-made one may not
+        mismatch = resume_mismatch(model, payload, record.checkpoint, frozen_fingerprint(model), full_model)
+        if mismatch is not None:
+            report.run_problems.append(str(mismatch_explained(mismatch, changed)))
     if (warning := changed_warning(changed)) is not None:
         report.warnings.append(warning)
 

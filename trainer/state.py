@@ -137,9 +137,10 @@ class RunCheckpoints:
         """Continue from the checkpoint `path` of this run, its `payload` read: the weights copied into the model's
         own tensors, the optimizer's and the best evaluation's states restored. The rest of the payload, in memory
         (`resident`): the position, random streams and records are the caller's to use."""
-        if not self.config.checkpoints.full_model and payload["frozen_fingerprint"] != self.fingerprint:
-            raise CheckpointError(path, "the frozen weights differ from those this run started with")
-        load_model_state(self.model, payload["model"], path)  # copied into the model's own tensors
+        full_model = self.config.checkpoints.full_model
+        if (mismatch := resume_mismatch(self.model, payload, path, self.fingerprint, full_model)) is not None:
+            raise mismatch
+        self.model.load_state_dict(payload["model"], strict=False)  # copied into the model's own tensors
         rest = resident({key: value for key, value in payload.items() if key != "model"})
         self.optimization.restore(rest, path)
         self.best.restore(rest.get("best", {}))
@@ -153,6 +154,27 @@ def model_state(model: nn.Module, full: bool) -> dict[str, torch.Tensor]:
     """The whole state, or all but the frozen parameters (which the run's set-up rebuilds)."""
     frozen = set() if full else {name for name, p in model.named_parameters() if not p.requires_grad}
     return {name: tensor.detach().cpu() for name, tensor in model.state_dict().items() if name not in frozen}
+
+
+def resume_mismatch(
+    model: nn.Module, payload: dict[str, Any], source: Path, fingerprint: dict[str, float], full_model: bool
+) -> CheckpointMismatchError | None:
+    """Why the checkpoint `source` (its `payload`) does not fit `model`, whose frozen weights have `fingerprint`
+    (`model_setup.frozen_fingerprint`): its frozen weights (when `full_model` left them out), then its tensors;
+    None when it loads."""
+    if not full_model and (mismatch := fingerprint_mismatch(payload["frozen_fingerprint"], fingerprint, source)):
+        return mismatch
+    return checkpoint_mismatch(model, payload["model"], source)
+
+
+def fingerprint_mismatch(run: dict[str, float], now: dict[str, float], source: Path) -> CheckpointMismatchError | None:
+    """Why the frozen weights built now (`model_setup.frozen_fingerprint`) are not those of the run that wrote the
+    checkpoint `source`, which holds only the others: other parts frozen, or other weights; None when they are."""
+    if run == now:
+        return None
+    if run.keys() != now.keys():
+        return CheckpointMismatchError(source, "its run froze other weights than this configuration freezes")
+    return CheckpointMismatchError(source, "the frozen weights differ from those this run started with")
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
