@@ -12,7 +12,7 @@ Two sources:
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,8 +52,17 @@ def _summarise(keys: list[str], limit: int = 3) -> str:
 
 def load_state_dict_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
     """Load every tensor or raise one CheckpointError naming the missing, unexpected and mis-shaped keys."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
+    if problems := state_problems(model.state_dict(), state):
+        raise CheckpointMismatchError(source, "does not match the model: " + problems)
+    model.load_state_dict(state, strict=True)
+
+
+def state_problems(
+    expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], may_lack: Collection[str] = ()
+) -> str | None:
+    """How the tensors of `state` differ from the model's (`expected`): its missing keys (but those in `may_lack`),
+    unexpected keys and wrong shapes (the checkpoint's != the model's), a few of each; None when they fit."""
+    missing = sorted(set(expected) - set(state) - set(may_lack))
     unexpected = sorted(set(state) - set(expected))
     misshaped = sorted(
         f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
@@ -65,9 +74,7 @@ def load_state_dict_strict(model: torch.nn.Module, state: Mapping[str, torch.Ten
         for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", misshaped))
         if keys
     ]
-    if problems:
-        raise CheckpointMismatchError(source, "does not match the model: " + "; ".join(problems))
-    model.load_state_dict(state, strict=True)
+    return "; ".join(problems) or None
 
 
 def clean_released_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -165,9 +165,11 @@ class OptimizationSection:
 class RuntimeSection:
     device: str = "auto"
     precision: str = "fp32"
+    threads: int | None = None  # PyTorch's CPU threads in each process; None: its default, one per core
 
     def __post_init__(self) -> None:
         _require(self.device in DEVICES, f"runtime.device must be one of {', '.join(DEVICES)}")
+        _require(self.threads is None or self.threads >= 1, "runtime.threads must be at least 1")
         _require(self.precision in PRECISIONS, f"runtime.precision must be one of {', '.join(PRECISIONS)}")
 
     def problem(self, cuda: bool) -> str | None:

@@ -44,7 +44,10 @@ def resolve_device(choice: str, local_rank: int, on_machine: int | None = None) 
     return torch.device(gpu_of_process(local_rank, on_machine, "set runtime.device to cpu"))
 
 
-def start_processes(device_choice: str) -> Processes:
+def start_processes(device_choice: str, threads: int | None = None) -> Processes:
+    """This process's place in the run, on its device (and in the process group of a run under torchrun), computing
+    with `threads` CPU threads (None: PyTorch's default)."""
+    use_threads(threads)
     here = place()
     device = resolve_device(device_choice, here.local_rank, here.local_world_size)
     if device.type == "cuda":
@@ -54,6 +57,12 @@ def start_processes(device_choice: str) -> Processes:
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, init_method="env://", rank=here.rank, world_size=here.world_size)
     return Processes(here, device)
+
+
+def use_threads(threads: int | None) -> None:
+    """`runtime.threads`: the CPU threads PyTorch computes with in this process; None keeps its default."""
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 def part_processes(processes: Processes) -> list[int]:

@@ -28,9 +28,20 @@ from pengi_search.units import duration_text
 from trainer.checkpoint_files import checkpoint_to_resume
 from trainer.config import ConfigError, TrainConfig
 from trainer.data import MISSING, Example, LoadAudio, check_audio, read_manifest, task_mix
-from trainer.resume_plan import EpochSize, RunRecord, check_resume, check_steps, planned_resume, read_run_record
+from trainer.distributed import use_threads
+from trainer.resume_plan import (
+    EpochSize,
+    RunRecord,
+    changed_warning,
+    check_resume,
+    check_steps,
+    mismatch_explained,
+    planned_resume,
+    read_run_record,
+    said_changes,
+)
 from trainer.run_data import FEATURE_DIR, clips_to_encode
-from trainer.state import seed_everything
+from trainer.state import resume_mismatch, seed_everything
 
 PROBLEMS_SHOWN = 20  # per manifest; the counts cover them all
 
@@ -116,6 +127,8 @@ def dry_run_report(
             report.config_problems.append(str(error))
         else:
             _plan_resume(config, record, length_change, report)
+        if built is not None:
+            _check_resumed_model(config, record, built.model, report)
     if built is not None:
         report.timing = _time_steps(built, config, report.plan)
     return report
@@ -160,6 +173,21 @@ def _plan_resume(config: TrainConfig, record: RunRecord, length_change: str | No
     resume, warnings = planned_resume(config, record, length_change, total, per_epoch)
     report.resume += resume
     report.warnings += warnings
+
+
+def _check_resumed_model(config: TrainConfig, record: RunRecord, model: Pengi, report: DryRunReport) -> None:
+    """What the resume does with the model, as the run does it: the checkpoint's weights must fit it (else the run
+    cannot start), and the settings the run goes on with otherwise than it was started are warned of."""
+    from trainer.model_setup import frozen_fingerprint
+
+    changed = said_changes(config, record)
+    payload, full_model = record.payload, config.checkpoints.full_model
+    if "model" in payload and "frozen_fingerprint" in payload:  # a run's checkpoint holds both; a hand-made one may not
+        mismatch = resume_mismatch(model, payload, record.checkpoint, frozen_fingerprint(model), full_model)
+        if mismatch is not None:
+            report.run_problems.append(str(mismatch_explained(mismatch, changed)))
+    if (warning := changed_warning(changed)) is not None:
+        report.warnings.append(warning)
 
 
 @dataclass
@@ -267,6 +295,7 @@ def _time_steps(built: _BuiltModel, config: TrainConfig, plan: dict) -> dict[str
     one-off encoding of the training clips that `features/` lacks as well."""
     from trainer.objective import AnswerNll, ModelInputs
 
+    use_threads(config.runtime.threads)  # timed as the run computes
     model, tokenizers, batch = built.model, built.tokenizers, config.data.batch_size
     wave = 0.1 * torch.randn(batch, model.cfg.audio.clip_samples)
     prompts = tokenizers.prompts([built.prompt] * batch)

@@ -311,7 +311,7 @@ class Trainer:
         self.metrics.write(
             "train",
             step=self.position.step,
-            epoch=self.position.epoch,
+            epoch=self.position.epoch + 1,  # counted from 1, as `optimization.epochs` and a resume count them
             loss=loss,
             **interval.rates,
             grad_norm=interval.grad_norm,
@@ -320,7 +320,7 @@ class Trainer:
             tokens=int(tokens),
             skipped=int(skipped),
         )
-        self.progress.advance(self.position.step, self.rate, loss)
+        self.progress.logged(self.position.step, self.rate, loss)
         self.interval = Interval()
         self._say_skipped()
 
@@ -403,6 +403,7 @@ class Trainer:
         )
         if self.config.logging.plot and write_plot(folder / METRICS_FILE, folder / PLOT_FILE) is None:
             self.warn(f"matplotlib is not installed: no {PLOT_FILE} (pip install matplotlib)")
+        self.progress.summary()  # how the loss went (not with --quiet)
         # The run's outcome, said even with --quiet (which quiets the progress): where its models are.
         # Paths as the user would type them here: the configuration resolved output_dir.
         self.console.print(f"model written to {shown_path(model_dir)}", soft_wrap=True, markup=False)

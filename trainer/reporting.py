@@ -174,6 +174,8 @@ class TrainingProgress:
         )
         fields = {"unit": "steps", "rate": None, "samples": "- samples/s", "loss": "-"}
         self._task = self._progress.add_task("training", total=total, completed=done, **fields)
+        self._total = total
+        self._losses: list[tuple[int, float]] = []  # (step, loss) of each log: the first and last are summed up
 
     def __enter__(self) -> TrainingProgress:
         self._progress.start()
@@ -190,6 +192,28 @@ class TrainingProgress:
         if loss is not None:
             fields["loss"] = f"{loss:.4f}"
         self._progress.update(self._task, completed=step, **fields)
+
+    def logged(self, step: int, rate: RateWindow, loss: float | None) -> None:
+        """A step that logs its `loss` (None: every clip of its interval failed to load): shown on the bar, or in a
+        log (no bar drawn) on a line of its own; kept for the `summary`."""
+        self.advance(step, rate, loss)
+        if loss is not None:
+            self._losses.append((step, loss))
+        if self._progress.disable:
+            self._log_line(step, rate, loss)
+
+    def _log_line(self, step: int, rate: RateWindow, loss: float | None) -> None:
+        """What the bar shows, as a line of a log: `step 20/60: loss 4.3394, 5.2 samples/s`."""
+        shown = [f"loss {loss:.4f}"] if loss is not None else []  # None: every clip of the steps failed to load
+        if rate.rate is not None:
+            shown.append(f"{per_second(rate.rate)} samples/s")
+        self.print(f"step {step}/{self._total}: {', '.join(shown)}")
+
+    def summary(self) -> None:
+        """At the run's end: how its training loss went, from the first log to the last (of this session)."""
+        if self._losses:
+            (first, start), (last, end) = self._losses[0], self._losses[-1]
+            self.print(f"training loss {start:.4f} at step {first}, {end:.4f} at step {last}")
 
     def print(self, message: str) -> None:
         """A line above the bar, as written: a generated answer may hold brackets (no markup), and a log read

@@ -7,8 +7,11 @@ the `--set optimization.max_steps=6` the run was started with trains on for hour
 over another length. So the settings that define a run (`RUN_SETTINGS`) are the run's: a resume given others is
 refused (exit code 2, before any set-up), naming them and the `--set` that resumes the run as it was. The one
 change accepted is a new length given on the command line (`--set optimization.max_steps=N`, or `epochs`): that is
-how a run is trained on, and it is said. Everything else (logging, evaluation, checkpoints, workers, the time
-budget, patience) may change freely.
+how a run is trained on, and it is said. Logging, evaluation, checkpoints, workers, the time budget, clipping, the
+device and where the manifests are (their contents are checked by sha256) may change freely (`FREE_SETTINGS`). The
+rest (the model, freezing, augmentation, answer length...) may change too, but is said in a warning (`said_changes`):
+the run then goes on otherwise than it was started, and a model of other sizes does not fit its checkpoint, which
+the error then explains by the settings that differ.
 
 A run given in epochs has a length in steps that the data decides: an epoch is the training set's rows split across
 the processes. A resume with more or fewer rows, or processes, would plan the learning-rate decay over another
@@ -30,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from pengi_search.checkpoint import CheckpointError, CheckpointMismatchError
 from pengi_search.paths import shown_path
 from pengi_search.units import count_text
 from trainer.config import ConfigError, OptimizationSection, TrainConfig
@@ -50,6 +54,22 @@ RUN_SETTINGS = (
     "seed",
     # Mixed precision: its gradient scaler's state (fp16) and the rounding every step took are the run's.
     "runtime.precision",
+)
+
+# What a resume may change without a word: how the run is watched and kept, and where it runs. The manifests' paths
+# are free because their contents are compared (a changed manifest is warned of by its sha256).
+FREE_SETTINGS = (
+    "output_dir",
+    "logging.",
+    "evaluation.",
+    "checkpoints.",
+    "data.num_workers",
+    "data.train",
+    "data.validation",
+    "optimization.max_minutes",
+    "optimization.grad_clip",
+    "runtime.device",
+    "runtime.threads",
 )
 
 
@@ -96,7 +116,7 @@ def check_resume(config: TrainConfig, record: RunRecord, given: Collection[str],
     new_length = _length_key(now)
     if set(changed) <= set(LENGTH) and new_length in given:
         return _length_changes(now, record.config, _setting(now, LENGTH[0]), record.total_steps)
-    differences = ", ".join(f"{key} {_yaml(value)} (the run's: {_yaml(run)})" for key, (run, value) in changed.items())
+    differences = _differences(changed)
     as_it_was = " ".join(_set_option(key, run) for key, (run, _) in changed.items())
     reason = (
         f"differs from the run it resumes ({shown_path(record.checkpoint)}): {differences}; resume it as it was with "
@@ -150,6 +170,50 @@ def changed_settings(run: dict[str, Any], now: dict[str, Any]) -> dict[str, tupl
     """The `RUN_SETTINGS` that the configuration `now` sets otherwise than the `run`: key -> (the run's, now)."""
     pairs = {key: (_setting(run, key), _setting(now, key)) for key in RUN_SETTINGS}
     return {key: (was, value) for key, (was, value) in pairs.items() if _comparable(was) != _comparable(value)}
+
+
+def said_changes(config: TrainConfig, record: RunRecord) -> dict[str, tuple[Any, Any]]:
+    """The settings outside `RUN_SETTINGS` and `FREE_SETTINGS` that `config` sets otherwise than `record`'s run:
+    key -> (the run's, now). A resume goes on with them, saying so (`changed_warning`)."""
+    run, now = _leaves(record.config), _leaves(config.to_dict())
+    run_settings = (*RUN_SETTINGS, *(f"{key}." for key in RUN_SETTINGS))  # `part_lr` is a mapping: its keys too
+    watched = (key for key in sorted(run.keys() | now.keys()) if not key.startswith(run_settings))
+    return {
+        key: (run.get(key), now.get(key))
+        for key in watched
+        if not key.startswith(FREE_SETTINGS) and _comparable(run.get(key)) != _comparable(now.get(key))
+    }
+
+
+def changed_warning(changed: dict[str, tuple[Any, Any]]) -> str | None:
+    """What a resume that goes on with `said_changes` warns; None when there are none."""
+    if not changed:
+        return None
+    return f"the resumed run goes on with settings other than its own: {_differences(changed)}"
+
+
+def mismatch_explained(error: CheckpointError, changed: dict[str, tuple[Any, Any]]) -> CheckpointError:
+    """A checkpoint whose weights do not fit the model built now, with the model settings that differ from the
+    run's (`said_changes`), its likely cause; the checkpoint named as the user would type it here."""
+    model = {key: values for key, values in changed.items() if key.startswith(("model.", "freeze."))}
+    why = f"; the model's settings differ from the run's: {_differences(model)}" if model else ""
+    return CheckpointMismatchError(shown_path(Path(error.where)), error.reason + why)
+
+
+def _differences(changed: dict[str, tuple[Any, Any]]) -> str:
+    """`key value (the run's: value)`, each as --set writes it."""
+    return ", ".join(f"{key} {_yaml(value)} (the run's: {_yaml(run)})" for key, (run, value) in changed.items())
+
+
+def _leaves(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A configuration's settings by their dotted keys (`model.architecture.d_proj`), each leaf of its mappings."""
+    leaves: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            leaves |= _leaves(value, f"{prefix}{key}.")
+        else:
+            leaves[f"{prefix}{key}"] = value
+    return leaves
 
 
 def resume_point(position: Position, total: int, steps_per_epoch: int, optimization: OptimizationSection) -> str:

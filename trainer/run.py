@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from pengi_search.checkpoint import CheckpointMismatchError
 from pengi_search.consoles import Console
 from pengi_search.errors import PengiSearchError
 from pengi_search.paths import shown_path
@@ -28,11 +29,14 @@ from trainer.loop import Trainer, TrainingResult
 from trainer.resume_plan import (
     EpochSize,
     RunRecord,
+    changed_warning,
     check_resume,
     check_steps,
     finished_at,
+    mismatch_explained,
     read_run_record,
     resume_point,
+    said_changes,
 )
 from trainer.stopping import InterruptRequest, RunInterrupted
 
@@ -59,7 +63,7 @@ def train(
         checkpoint = checkpoint_to_resume(config.output_dir, resume)
         record = None if checkpoint is None else read_run_record(checkpoint)  # the one read of the checkpoint
         length_change = None if record is None else check_resume(config, record, given, source)
-    processes = start_processes(config.runtime.device)
+    processes = start_processes(config.runtime.device, config.runtime.threads)
     # Where one process alone stops (a failure of its own, a stop signal during its set-up), it leaves the others
     # as it is; every other end is one that every process reaches alike, where they part (`part_processes`).
     with InterruptRequest(once=processes.distributed, held=False) as interrupt:
@@ -136,7 +140,11 @@ def _resume(trainer: Trainer, record: RunRecord, length_change: str | None = Non
     """Load a checkpoint of this run (`check_resume` checked the configuration is its run's, or says in
     `length_change` how its length changed); the loop then continues exactly where it was written."""
     path = record.checkpoint
-    payload = trainer.checkpoints.load(record.payload, path)
+    changed = said_changes(trainer.config, record)
+    try:
+        payload = trainer.checkpoints.load(record.payload, path)
+    except CheckpointMismatchError as error:  # a model of other sizes: the settings that made it are named
+        raise mismatch_explained(error, changed) from None
     trainer.position = record.position
     trainer.say(length_change)
     trainer.finished = finished_at(
@@ -144,6 +152,8 @@ def _resume(trainer: Trainer, record: RunRecord, length_change: str | None = Non
     )
     if trainer.finished is not None:
         return  # before the metrics log is touched: a finished run stays as it is
+    if (warning := changed_warning(changed)) is not None:
+        trainer.warn(warning)
     changed = changed_manifests(payload.get("provenance"), trainer.provenance)
     if payload["train_examples"] != len(trainer.data.train_set):
         trainer.warn("the training manifest changed since the checkpoint: the data order will differ")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pengi_search.checkpoint import CheckpointError, load_torch_file
+from pengi_search.checkpoint import CheckpointError, CheckpointMismatchError, load_torch_file, state_problems
 from pengi_search.paths import named
 from pengi_search.written_aside import written_aside
 from trainer.checkpoint_files import (
@@ -137,9 +137,10 @@ class RunCheckpoints:
         """Continue from the checkpoint `path` of this run, its `payload` read: the weights copied into the model's
         own tensors, the optimizer's and the best evaluation's states restored. The rest of the payload, in memory
         (`resident`): the position, random streams and records are the caller's to use."""
-        if not self.config.checkpoints.full_model and payload["frozen_fingerprint"] != self.fingerprint:
-            raise CheckpointError(path, "the frozen weights differ from those this run started with")
-        load_model_state(self.model, payload["model"], path)  # copied into the model's own tensors
+        full_model = self.config.checkpoints.full_model
+        if (mismatch := resume_mismatch(self.model, payload, path, self.fingerprint, full_model)) is not None:
+            raise mismatch
+        self.model.load_state_dict(payload["model"], strict=False)  # copied into the model's own tensors
         rest = resident({key: value for key, value in payload.items() if key != "model"})
         self.optimization.restore(rest, path)
         self.best.restore(rest.get("best", {}))
@@ -155,16 +156,44 @@ def model_state(model: nn.Module, full: bool) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().cpu() for name, tensor in model.state_dict().items() if name not in frozen}
 
 
+def resume_mismatch(
+    model: nn.Module, payload: dict[str, Any], source: Path, fingerprint: dict[str, float], full_model: bool
+) -> CheckpointMismatchError | None:
+    """Why the checkpoint `source` (its `payload`) does not fit `model`, whose frozen weights have `fingerprint`
+    (`model_setup.frozen_fingerprint`): its frozen weights (when `full_model` left them out), then its tensors;
+    None when it loads."""
+    if not full_model and (mismatch := fingerprint_mismatch(payload["frozen_fingerprint"], fingerprint, source)):
+        return mismatch
+    return checkpoint_mismatch(model, payload["model"], source)
+
+
+def fingerprint_mismatch(run: dict[str, float], now: dict[str, float], source: Path) -> CheckpointMismatchError | None:
+    """Why the frozen weights built now (`model_setup.frozen_fingerprint`) are not those of the run that wrote the
+    checkpoint `source`, which holds only the others: other parts frozen, or other weights; None when they are."""
+    if run == now:
+        return None
+    if run.keys() != now.keys():
+        return CheckpointMismatchError(source, "its run froze other weights than this configuration freezes")
+    return CheckpointMismatchError(source, "the frozen weights differ from those this run started with")
+
+
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    """Copy a checkpoint's weights into `model`, or raise `checkpoint_mismatch`'s error."""
+    if (mismatch := checkpoint_mismatch(model, state, source)) is not None:
+        raise mismatch
+    model.load_state_dict(state, strict=False)
+
+
+def checkpoint_mismatch(
+    model: nn.Module, state: dict[str, torch.Tensor], source: Path
+) -> CheckpointMismatchError | None:
+    """The one error that names the tensors of the checkpoint `source` (its weights `state`) that do not fit `model`
+    (a model built with other sizes than the run's); None when they load. The frozen weights may be absent
+    (`model_state`)."""
     frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
-    not_frozen = sorted(set(missing) - frozen)
-    if not_frozen or unexpected:
-        raise CheckpointError(
-            source,
-            f"the checkpoint does not match the model (missing trained weights: "
-            f"{', '.join(not_frozen[:5]) or 'none'}; unexpected: {', '.join(unexpected[:5]) or 'none'})",
-        )
+    if problems := state_problems(model.state_dict(), state, may_lack=frozen):
+        return CheckpointMismatchError(source, f"the checkpoint does not match the model ({problems})")
+    return None
 
 
 # --- Random number generators ---------------------------------------------------------------------------------
