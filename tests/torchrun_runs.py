@@ -23,10 +23,12 @@ def torchrun_command(*arguments: str, entry: tuple[str, ...] = TRAINER) -> list[
     return [*command, *entry, *arguments]
 
 
-def torchrun(*arguments: str, cwd: Path | None = None, entry: tuple[str, ...] = TRAINER) -> subprocess.CompletedProcess:
-    """Run `torchrun_command(ARGUMENTS, entry=entry)` to its end, within `TORCHRUN_S`; its workers too are killed
-    after it."""
-    launch, env = torchrun_command(*arguments, entry=entry), {**os.environ, **TORCHRUN_ENV}
+def torchrun(
+    *arguments: str, cwd: Path | None = None, entry: tuple[str, ...] = TRAINER, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run `torchrun_command(ARGUMENTS, entry=entry)` to its end, within `TORCHRUN_S`, with `env` added to the
+    environment; its workers too are killed after it."""
+    launch, env = torchrun_command(*arguments, entry=entry), {**os.environ, **TORCHRUN_ENV, **(env or {})}
     pipe = subprocess.PIPE
     process = subprocess.Popen(launch, env=env, stdout=pipe, stderr=pipe, text=True, cwd=cwd, start_new_session=True)
     try:
