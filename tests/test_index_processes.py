@@ -3,17 +3,22 @@ it, and the library stays whole for the run that resumes it."""
 
 from __future__ import annotations
 
+import functools
 import re
+import signal
 import sqlite3
 from pathlib import Path
 
 import pytest
 
+from indexer.hold_points import FILE_STORED
 from indexer.pipeline import run_index
 from indexer.shard import Shard
 
-from .indexing import quick_options, write_tone
-from .torchrun_runs import torchrun
+from .indexing import HeldRun, quick_options, signal_when, write_tone
+from .torchrun_runs import TORCHRUN_ENV, TORCHRUN_S, torchrun, torchrun_command, torchrun_worker
+
+STOPPED_BY_TORCHRUN = "stopped by torchrun, as another process of the run had ended (torchrun's report names it)"
 
 # `python -m indexer` where rank 0 touches $AT_BARRIER as it reaches the ranks' meeting at the end of its run, and
 # rank 1, once rank 0 is there, fails before its pass 1 with one line (as an out-of-memory error or a broken database
@@ -68,3 +73,36 @@ def test_a_rank_waiting_for_one_that_failed_stops_at_once_when_torchrun_stops_it
     resumed = run_index(quick_options([sounds], db, tiny_model_dir))
     rank_1_files = [path for path in sounds.iterdir() if Shard(1, 2).owns(str(path))]
     assert (resumed.indexed, resumed.unchanged) == (len(rank_1_files), 6 - len(rank_1_files))
+
+
+@pytest.mark.parametrize(
+    ("whom", "number", "said"),
+    [
+        # rank 1 alone: it says it was interrupted; torchrun then stops rank 0, which says so
+        ("rank 1", signal.SIGTERM, {"0/2": STOPPED_BY_TORCHRUN, "1/2": "interrupted"}),
+        ("group", signal.SIGINT, {"0/2": "interrupted", "1/2": "interrupted"}),  # a terminal's Ctrl-C: each was
+    ],
+    ids=["rank-1", "ctrl-c"],
+)
+def test_under_torchrun_each_rank_says_what_stopped_it_and_what_its_shard_kept(
+    sounds, tmp_path, tiny_model_dir, whom: str, number: int, said: dict[str, str]
+):
+    """Every rank said "interrupted", the one a signal reached and the one torchrun stopped after it ended alike,
+    in lines that did not say which rank's shard kept what. Now a rank that torchrun stopped as another had ended
+    says so, and each line names its shard; each shard's run is recorded interrupted."""
+    held = HeldRun(FILE_STORED, tmp_path)
+    db = tmp_path / "lib.db"
+    options = ["--db", str(db), "--model", str(tiny_model_dir), "--device", "cpu", "--workers", "0", "--max-len", "3"]
+    _, stderr = signal_when(
+        torchrun_command(str(sounds), *options, entry=("-m", "indexer")),
+        held.reached,
+        number,
+        group=whom == "group",
+        env={**TORCHRUN_ENV, **held.env},
+        target=functools.partial(torchrun_worker, rank=1) if whom == "rank 1" else None,
+        ends_within=TORCHRUN_S,
+    )
+    lines = [line for line in stderr.splitlines() if "this run (shard" in line]
+    by_shard = {re.search(r"\(shard (\d/2)\)", line)[1]: line.partition(": this run")[0] for line in lines}
+    assert by_shard == said and len(lines) == 2, stderr[-3000:]
+    assert _run_statuses(db) == {"0/2": "interrupted", "1/2": "interrupted"}

@@ -55,7 +55,7 @@ from trainer.state import Position
 from .indexing import signal_when
 from .reference import fixture_dirs, missing_reference
 from .test_progress import Screen
-from .torchrun_runs import TORCHRUN_ENV, torchrun, torchrun_command
+from .torchrun_runs import TORCHRUN_ENV, torchrun, torchrun_command, torchrun_worker
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "trainer" / "example.yaml"
 SAMPLE_RATE = 44_100
@@ -904,15 +904,6 @@ def test_under_torchrun_an_error_every_process_meets_in_its_set_up_is_said_once_
     too_few = "4 usable examples are too few for one step of batch_size 4 x grad_accumulation 1 x 2 processes"
     assert too_few in launched.stderr
     assert "SIGTERM" not in launched.stderr and re.search(r"rank\s*: 0 .*\n\s*exitcode\s*: 1 ", launched.stderr)
-
-
-def torchrun_worker(torchrun_pid: int, rank: int) -> int:
-    """The process id of the worker of `rank` that torchrun (`torchrun_pid`) started."""
-    children = Path(f"/proc/{torchrun_pid}/task/{torchrun_pid}/children").read_text().split()
-    for child in children:
-        if f"RANK={rank}".encode() in Path(f"/proc/{child}/environ").read_bytes().split(b"\0"):
-            return int(child)
-    raise AssertionError(f"torchrun {torchrun_pid} has no worker of rank {rank} among {children}")
 
 
 # `python -m trainer` that writes its exit code to the file named by its rank in $EXIT_CODES: torchrun, stopped by a

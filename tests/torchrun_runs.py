@@ -36,3 +36,12 @@ def torchrun(
     finally:
         kill_session(process)  # torchrun starts each worker in a session of its own: killing it leaves them
     return subprocess.CompletedProcess(launch, process.returncode, stdout, stderr)
+
+
+def torchrun_worker(torchrun_pid: int, rank: int) -> int:
+    """The process id of the worker of `rank` that torchrun (`torchrun_pid`) started."""
+    children = Path(f"/proc/{torchrun_pid}/task/{torchrun_pid}/children").read_text().split()
+    for child in children:
+        if f"RANK={rank}".encode() in Path(f"/proc/{child}/environ").read_bytes().split(b"\0"):
+            return int(child)
+    raise AssertionError(f"torchrun {torchrun_pid} has no worker of rank {rank} among {children}")
