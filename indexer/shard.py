@@ -18,17 +18,19 @@ from datetime import timedelta
 from pengi_search import torchrun_env
 from pengi_search.choices import Device
 from pengi_search.errors import PengiSearchError, first_line
-from pengi_search.torchrun_env import Place, PlacedProcess, gpu_of_process
+from pengi_search.torchrun_env import MachineSiblings, Place, PlacedProcess, gpu_of_process
 
 BARRIER_TIMEOUT = timedelta(days=7)  # ranks wait at the end for the slowest one, however long its share takes
 _SIGNAL_CHECK_S = 0.2  # how often a rank waiting for the others looks at its stop signals and its helper thread
+_GRACE_S = 5.0  # how long the ranks' meeting may still take once another rank has ended (it met them and left)
 
 
 class RanksNotMet(PengiSearchError):
     """The ranks' meeting failed: another rank ended (it failed or was stopped) while this one waited for it."""
 
-    def __init__(self, shard: Shard, cause: Exception) -> None:
-        super().__init__(f"shard {shard}", f"another rank of the run ended before the ranks met ({first_line(cause)})")
+    def __init__(self, shard: Shard, detail: str = "") -> None:
+        said = f" ({detail})" if detail else ""
+        super().__init__(f"shard {shard}", f"another rank of the run ended before the ranks met{said}")
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ class Rank(PlacedProcess):
 
     place: Place
     _group: bool = field(default=False, init=False, repr=False, compare=False)  # we started the process group
+    # The run's other processes on this machine, as it starts: in a run, none ends before the ranks meet at its end
+    _siblings: MachineSiblings = field(default_factory=MachineSiblings.now, repr=False, compare=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Rank | None:
@@ -104,8 +108,13 @@ class Rank(PlacedProcess):
         waiting.start()
         while waiting.is_alive():  # the signal's KeyboardInterrupt is raised here, between waits
             waiting.join(_SIGNAL_CHECK_S)
+            if self._siblings.one_ended() and (waiting.join(_GRACE_S) or waiting.is_alive()):
+                # One ended without meeting the others (one that left a failure to the machine's first rank, which
+                # found none: the library's lock freed meanwhile) and will never come; ended on meeting them, it
+                # had let this one's wait end too.
+                raise RanksNotMet(self.shard)
         if failed:
-            raise RanksNotMet(self.shard, failed[0]) from failed[0]
+            raise RanksNotMet(self.shard, first_line(failed[0])) from failed[0]
 
     def _meet(self, failed: list[Exception]) -> None:
         """In `barrier`'s helper thread: connect the ranks the first time, then wait for them all. A rank stopped

@@ -14,6 +14,8 @@ import pytest
 from indexer.hold_points import FILE_STORED
 from indexer.pipeline import run_index
 from indexer.shard import Shard
+from pengi_search.db import Store
+from pengi_search.db.run_lock import indexing_lock
 
 from .indexing import HeldRun, quick_options, signal_when, write_tone
 from .torchrun_runs import TORCHRUN_ENV, TORCHRUN_S, torchrun, torchrun_command, torchrun_worker
@@ -22,7 +24,8 @@ STOPPED_BY_TORCHRUN = "stopped by torchrun, as another process of the run had en
 
 # `python -m indexer` where rank 0 touches $AT_BARRIER as it reaches the ranks' meeting at the end of its run, and
 # rank 1, once rank 0 is there, fails before its pass 1 with one line (as an out-of-memory error or a broken database
-# would end it). torchrun then stops rank 0 (SIGTERM) as it waits for rank 1.
+# would end it): torchrun then stops rank 0 (SIGTERM) as it waits for rank 1. With $LEAVE, rank 1 instead ends well at
+# once, saying nothing, as a rank does that leaves a failure to the machine's first rank to say.
 FAILING_RANK_1 = """
 import os, pathlib, time
 import indexer.pipeline, indexer.shard
@@ -36,6 +39,8 @@ if os.environ["RANK"] == "0":
         marker.touch()
         meet(self)
     indexer.shard.Rank.barrier = barrier
+elif os.environ.get("LEAVE"):
+    raise SystemExit(0)
 else:
     def fail(self, plan):
         while not marker.exists():
@@ -106,3 +111,32 @@ def test_under_torchrun_each_rank_says_what_stopped_it_and_what_its_shard_kept(
     by_shard = {re.search(r"\(shard (\d/2)\)", line)[1]: line.partition(": this run")[0] for line in lines}
     assert by_shard == said and len(lines) == 2, stderr[-3000:]
     assert _run_statuses(db) == {"0/2": "interrupted", "1/2": "interrupted"}
+
+
+def test_a_rank_that_ended_without_meeting_the_others_does_not_leave_them_waiting(sounds, tmp_path, tiny_model_dir):
+    """Rank 1 ends well at once, as a rank that leaves a failure every rank meets to the machine's first (a busy
+    library, when the run that held it ends just as rank 0 tries). Rank 0 waited for it at the end for days; now
+    it sees that it ended and says so in one line (exit 1)."""
+    script, db = tmp_path / "leaving_rank_1.py", tmp_path / "lib.db"
+    script.write_text(FAILING_RANK_1)
+    options = ["--db", str(db), "--model", str(tiny_model_dir), "--device", "cpu", "--workers", "0", "--max-len", "3"]
+    env = {"AT_BARRIER": str(tmp_path / "at-barrier"), "LEAVE": "1"}
+    launched = torchrun(str(sounds), *options, entry=(str(script),), env=env)
+    said = "error: shard 0/2: another rank of the run ended before the ranks met"
+    assert [line for line in launched.stderr.splitlines() if line.startswith("error:")] == [said], launched.stderr
+    assert re.search(r"rank\s*: 0 .*\n\s*exitcode\s*: 1 ", launched.stderr), launched.stderr[-3000:]
+    assert _run_statuses(db) == {"0/2": "failed"}
+
+
+def test_under_torchrun_a_library_another_run_holds_is_said_once_per_machine(sounds, tmp_path, tiny_model_dir):
+    """An unsharded run holds the library: every rank found it busy and each said so, in as many lines as ranks.
+    The machine's first rank says it once, with exit code 1 (which torchrun reports); the others end well."""
+    db = tmp_path / "lib.db"
+    run_index(quick_options([sounds / "tone0.wav"], db, tiny_model_dir))
+    options = ["--db", str(db), "--model", str(tiny_model_dir), "--device", "cpu", "--workers", "0"]
+    with Store.open(db) as store, indexing_lock(store):
+        launched = torchrun(str(sounds), *options, entry=("-m", "indexer"))
+    errors = [line for line in launched.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "another indexing run is writing to this library" in errors[0], launched.stderr
+    assert re.search(r"rank\s*: 0 .*\n\s*exitcode\s*: 1 ", launched.stderr), launched.stderr[-3000:]
+    assert not re.search(r"rank\s*: 1 .*\n\s*exitcode", launched.stderr), launched.stderr[-3000:]
