@@ -17,7 +17,7 @@ from datetime import timedelta
 
 from pengi_search import torchrun_env
 from pengi_search.choices import Device
-from pengi_search.errors import PengiSearchError, first_line
+from pengi_search.errors import PengiSearchError
 from pengi_search.torchrun_env import MachineSiblings, Place, PlacedProcess, gpu_of_process
 
 BARRIER_TIMEOUT = timedelta(days=7)  # ranks wait at the end for the slowest one, however long its share takes
@@ -28,9 +28,8 @@ _GRACE_S = 5.0  # how long the ranks' meeting may still take once another rank h
 class RanksNotMet(PengiSearchError):
     """The ranks' meeting failed: another rank ended (it failed or was stopped) while this one waited for it."""
 
-    def __init__(self, shard: Shard, detail: str = "") -> None:
-        said = f" ({detail})" if detail else ""
-        super().__init__(f"shard {shard}", f"another rank of the run ended before the ranks met{said}")
+    def __init__(self, shard: Shard) -> None:
+        super().__init__(f"shard {shard}", "another rank of the run ended before the ranks met")
 
 
 @dataclass(frozen=True)
@@ -114,7 +113,7 @@ class Rank(PlacedProcess):
                 # had let this one's wait end too.
                 raise RanksNotMet(self.shard)
         if failed:
-            raise RanksNotMet(self.shard, first_line(failed[0])) from failed[0]
+            raise RanksNotMet(self.shard) from failed[0]  # gloo's message: a line of advice on crashed workers
 
     def _meet(self, failed: list[Exception]) -> None:
         """In `barrier`'s helper thread: connect the ranks the first time, then wait for them all. A rank stopped

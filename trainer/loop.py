@@ -43,6 +43,7 @@ from trainer.distributed import (
     gather_objects,
     parameter_digest,
     part_processes,
+    process_lost_said,
     start_processes,
     sum_across,
     wait_for_all,
@@ -138,7 +139,7 @@ def train(
     processes = start_processes(config.runtime.device)
     # Where one process alone stops (a failure of its own, a stop signal during its set-up), it leaves the others
     # as it is; every other end is one that every process reaches alike, where they part (`part_processes`).
-    with InterruptRequest(once=processes.distributed, held=False) as interrupt:
+    with process_lost_said(processes), InterruptRequest(once=processes.distributed, held=False) as interrupt:
         trainer, said = _set_up(config, processes, interrupt, record, length_change, given, source, console)
         checkpoint = None if record is None else record.checkpoint
         record = None  # the trainer holds copies: the mapped file is let go
