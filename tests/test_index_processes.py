@@ -3,10 +3,14 @@ it, and the library stays whole for the run that resumes it."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import re
 import signal
 import sqlite3
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +21,7 @@ from indexer.shard import Shard
 from pengi_search.db import Store
 from pengi_search.db.run_lock import indexing_lock
 
-from .indexing import HeldRun, quick_options, signal_when, write_tone
+from .indexing import HeldRun, kill_session, quick_options, signal_when, write_tone
 from .torchrun_runs import TORCHRUN_ENV, TORCHRUN_S, torchrun, torchrun_command, torchrun_worker
 
 STOPPED_BY_TORCHRUN = "stopped by torchrun, as another process of the run had ended (torchrun's report names it)"
@@ -140,3 +144,27 @@ def test_under_torchrun_a_library_another_run_holds_is_said_once_per_machine(sou
     assert len(errors) == 1 and "another indexing run is writing to this library" in errors[0], launched.stderr
     assert re.search(r"rank\s*: 0 .*\n\s*exitcode\s*: 1 ", launched.stderr), launched.stderr[-3000:]
     assert not re.search(r"rank\s*: 1 .*\n\s*exitcode", launched.stderr), launched.stderr[-3000:]
+
+
+def test_under_torchrun_ranks_waiting_for_a_library_another_run_holds_say_it_once(sounds, tmp_path, tiny_model_dir):
+    """With --wait, every rank waiting for the unsharded run that holds the library said so, once per rank; the
+    machine's first says it, and once the library is free every rank indexes its shard."""
+    db, said = tmp_path / "lib.db", tmp_path / "stderr.txt"
+    run_index(quick_options([sounds / "tone0.wav"], db, tiny_model_dir))
+    options = ["--db", str(db), "--model", str(tiny_model_dir), "--device", "cpu", "--workers", "0", "--wait"]
+    waiting = "another indexing run is writing to this library; waiting for it to end"
+    launch = torchrun_command(str(sounds), *options, "--max-len", "3", entry=("-m", "indexer"))
+    with said.open("w") as stderr, contextlib.ExitStack() as held:
+        held.enter_context(indexing_lock(held.enter_context(Store.open(db))))
+        process = subprocess.Popen(launch, env={**os.environ, **TORCHRUN_ENV}, stderr=stderr, start_new_session=True)
+        try:
+            deadline = time.monotonic() + TORCHRUN_S
+            while waiting not in said.read_text() and process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(3)  # the other rank, had it said so too, would have by now
+            held.close()  # the library free: the ranks go on
+            assert process.wait(timeout=TORCHRUN_S) == 0, said.read_text()[-3000:]
+        finally:
+            kill_session(process)
+    assert said.read_text().count(waiting) == 1, said.read_text()[-3000:]
+    assert _run_statuses(db) == {None: "finished", "0/2": "finished", "1/2": "finished"}

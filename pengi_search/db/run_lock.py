@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import text
 
+from ..torchrun_env import first_on_machine
 from .errors import IndexBusyError, LibraryBusyError
 from .urls import sqlite_file
 
@@ -60,7 +61,8 @@ def indexing_lock(store: Store, shard: str | None = None, *, wait: bool = False)
             if not wait:
                 busy_error = LibraryBusyError if shared else IndexBusyError
                 raise busy_error(store.name, f"{busy}; wait for it to end, or pass --wait to start when it has")
-            log.warning("%s; waiting for it to end", busy)
+            if not shared or first_on_machine():  # the library held: every rank of a torchrun job waits alike
+                log.warning("%s; waiting for it to end", busy)
             locks.take(name, shared=shared, wait=True)
         yield
     finally:
