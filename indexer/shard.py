@@ -10,15 +10,26 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from pengi_search import torchrun_env
 from pengi_search.choices import Device
-from pengi_search.torchrun_env import Place, PlacedProcess, gpu_of_process
+from pengi_search.errors import PengiSearchError
+from pengi_search.torchrun_env import MachineSiblings, Place, PlacedProcess, gpu_of_process
 
 BARRIER_TIMEOUT = timedelta(days=7)  # ranks wait at the end for the slowest one, however long its share takes
+_SIGNAL_CHECK_S = 0.2  # how often a rank waiting for the others looks at its stop signals and its helper thread
+_GRACE_S = 5.0  # how long the ranks' meeting may still take once another rank has ended (it met them and left)
+
+
+class RanksNotMet(PengiSearchError):
+    """The ranks' meeting failed: another rank ended (it failed or was stopped) while this one waited for it."""
+
+    def __init__(self, shard: Shard) -> None:
+        super().__init__(f"shard {shard}", "another rank of the run ended before the ranks met")
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,8 @@ class Rank(PlacedProcess):
 
     place: Place
     _group: bool = field(default=False, init=False, repr=False, compare=False)  # we started the process group
+    # The run's other processes on this machine, as it starts: in a run, none ends before the ranks meet at its end
+    _siblings: MachineSiblings = field(default_factory=MachineSiblings.now, repr=False, compare=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Rank | None:
@@ -80,15 +93,43 @@ class Rank(PlacedProcess):
         return gpu_of_process(self.local_rank, self.place.local_world_size, "give --device cpu")
 
     def barrier(self) -> None:
-        """Wait until every rank got here (a CPU 'gloo' group, so it works with or without GPUs)."""
+        """Wait until every rank got here (a CPU 'gloo' group, so it works with or without GPUs).
+
+        gloo waits in C++, where Python runs no signal handler, and a rank that ended early (a failure of its own,
+        a stop) leaves the others waiting for it for days (`BARRIER_TIMEOUT`): torchrun's SIGTERM to them went
+        unanswered until its SIGKILL 30 s later, their runs left marked `running`, and nothing said. So the wait
+        runs in a helper thread while this one waits on it, and a stop signal stops the run here as anywhere."""
         if self.world_size < 2:
             return
+        self._group = False  # while the barrier is in flight, the group cannot be closed (`close` would wait on it)
+        failed: list[Exception] = []
+        waiting = threading.Thread(target=self._meet, args=(failed,), name="pengi-ranks-meet", daemon=True)
+        waiting.start()
+        while waiting.is_alive():  # the signal's KeyboardInterrupt is raised here, between waits
+            waiting.join(_SIGNAL_CHECK_S)
+            if self._siblings.one_ended() and (waiting.join(_GRACE_S) or waiting.is_alive()):
+                # One ended without meeting the others (one that left a failure to the machine's first rank, which
+                # found none: the library's lock freed meanwhile) and will never come; ended on meeting them, it
+                # had let this one's wait end too.
+                raise RanksNotMet(self.shard)
+        if failed:
+            raise RanksNotMet(self.shard) from failed[0]  # gloo's message: a line of advice on crashed workers
+
+    def _meet(self, failed: list[Exception]) -> None:
+        """In `barrier`'s helper thread: connect the ranks the first time, then wait for them all. A rank stopped
+        meanwhile leaves this thread blocked behind it (a daemon: it does not hold the exit)."""
         import torch.distributed as dist
 
-        if not dist.is_initialized():
-            dist.init_process_group("gloo", rank=self.place.rank, world_size=self.world_size, timeout=BARRIER_TIMEOUT)
+        try:
+            if not dist.is_initialized():
+                dist.init_process_group(
+                    "gloo", rank=self.place.rank, world_size=self.world_size, timeout=BARRIER_TIMEOUT
+                )
+            dist.barrier()
+        except Exception as exc:  # gloo lost a rank (it ended meanwhile): said by the run, not as a thread's traceback
+            failed.append(exc)
+        else:
             self._group = True
-        dist.barrier()
 
     def close(self) -> None:
         if self._group:

@@ -20,6 +20,7 @@ than blaming each file for a crash its decoder never had.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -316,4 +317,13 @@ class _Pool:
         current, *others = worker.assigned
         waiting.extendleft(reversed(others))
         worker.assigned = deque([current])
-        return Failed(current.seq, f"the decoding process died on this file (exit code {code})")
+        return Failed(current.seq, f"the decoding process died on this file ({_how_ended(code)})")
+
+
+def _how_ended(code: int | None) -> str:
+    """A dead worker's end as a person reads it: the signal that killed it by name (a crash, SIGSEGV; the
+    kernel's out-of-memory killer or `kill -9`, SIGKILL), rather than multiprocessing's negative exit code."""
+    if code is not None and code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"

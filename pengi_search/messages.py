@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.text import Text
 
 from .pathnames import shown
+from .stop_signals import interruption
 
 Notify = Callable[[str], Any]  # receives one-line notices for the person running the command (`log.warning`, `warn`)
 SHOWN_CHARACTERS = 40  # of a long text a message names: enough to recognise it, and the line stays readable
@@ -55,6 +56,9 @@ def print_problem(console: Console, label: str, path: str, reason: str) -> None:
 
 
 def print_interrupted(console: Console, kept: str = "") -> None:
-    """`interrupted` on `console`: Ctrl-C or SIGTERM stopped the command (its exit code, 130 or 143, says which);
-    then, for work that a stop does not lose, `: kept`, what was kept and how to go on, on one line."""
-    console.print(Text(f"interrupted: {kept}" if kept else "interrupted"), soft_wrap=True)
+    """`interrupted` on `console`: Ctrl-C or SIGTERM stopped the command (its exit code, 130 or 143, says which;
+    under torchrun, said as torchrun's stop when another process of the run had ended first:
+    `stop_signals.interruption`); then, for work that a stop does not lose, `: kept`, what was kept and how to go
+    on, on one line."""
+    what = interruption()
+    console.print(Text(f"{what}: {kept}" if kept else what), soft_wrap=True)

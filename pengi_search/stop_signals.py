@@ -24,18 +24,34 @@ from types import FrameType
 from typing import Any
 
 from .errors import EXIT_INTERRUPTED, EXIT_TERMINATED
+from .torchrun_env import MachineSiblings
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 EXIT_CODES = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED}
 
 _received: list[int] = []  # the stop signals this process has been sent, first first
+_siblings: list[MachineSiblings] = [MachineSiblings([])]  # under torchrun: the command's fellow workers (in place)
+_after_sibling: list[bool] = [False]  # whether the first stop came from torchrun, as a fellow worker had ended
 _stopping: list[bool] = [False]  # whether the command has been interrupted and is stopping (a list: set in place)
 _AGAIN_S = 0.05  # how long after a finalizer dropped an interrupt it comes again
 
 
 def note_stop_signal(number: int) -> None:
-    """Remember that signal `number` asked this process to stop: `interrupted_exit_code` reports the first."""
+    """Remember that signal `number` asked this process to stop: `interrupted_exit_code` reports the first, and
+    `interruption` says why it came."""
+    if not _received:
+        _after_sibling[0] = number == signal.SIGTERM and _siblings[0].one_ended()
     _received.append(number)
+
+
+def interruption() -> str:
+    """What stopped the command, as its last message says it: "interrupted" (Ctrl-C, SIGTERM), or, under
+    torchrun, that torchrun stopped it as another process of the run had ended (failed, or stopped by a signal
+    that this one did not get: torchrun then stops the others with SIGTERM). Each process of the run then says what
+    happened to it, rather than every one saying "interrupted" for the one that was."""
+    if _after_sibling[0]:
+        return "stopped by torchrun, as another process of the run had ended (torchrun's report names it)"
+    return "interrupted"
 
 
 def interrupted_exit_code() -> int:
@@ -129,6 +145,8 @@ def interrupted_by_stop_signals() -> Iterator[None]:
     finalizers of PyTorch and SQLAlchemy) with a traceback."""
     _received.clear()
     _stopping[0] = False
+    _after_sibling[0] = False
+    _siblings[0] = MachineSiblings.now()
     try:
         with on_stop_signals(_raise_interrupt):
             yield

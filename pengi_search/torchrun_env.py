@@ -170,6 +170,22 @@ def _machines_other_processes() -> list[int]:
     return [pid for pid in children if pid != os.getpid()]
 
 
+@dataclass(frozen=True)
+class MachineSiblings:
+    """The run's other processes on this machine as a command starts (`_machines_other_processes`: none outside
+    torchrun), to tell later whether one of them has ended: torchrun, which reaps a process as it ends, no longer
+    lists it then."""
+
+    pids: list[int]
+
+    @classmethod
+    def now(cls) -> MachineSiblings:
+        return cls(_machines_other_processes())
+
+    def one_ended(self) -> bool:
+        return not all(map(_running, self.pids))
+
+
 def wait_until_ended(pids: list[int], timeout_s: float) -> None:
     """Return once every process of `pids` has ended (exited, or exited and not yet reaped), or after `timeout_s`."""
     deadline = time.monotonic() + timeout_s

@@ -131,6 +131,22 @@ def sigterm(_p: Paths) -> contextlib.AbstractContextManager[None]:
     return query_fails(lambda: send_to_self(signal.SIGTERM))
 
 
+def out_of_memory(_p: Paths) -> contextlib.AbstractContextManager[None]:
+    def exhausted() -> None:
+        raise MemoryError
+
+    return query_fails(exhausted)
+
+
+def gpu_out_of_memory(_p: Paths) -> contextlib.AbstractContextManager[None]:
+    def exhausted() -> None:
+        import torch
+
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nlong advice follows")
+
+    return query_fails(exhausted)
+
+
 def broken_pipe(_p: Paths) -> contextlib.AbstractContextManager[None]:
     """A pipe of the command's own breaks (to a decoding process that died, say), not its output's."""
 
@@ -531,6 +547,16 @@ CASES = {
         "empty file",
     ),
     "query, a pipe of its own broken": Case(lambda p: ("query", "x", *lib(p)), EXIT_FAILED, "Broken pipe", broken_pipe),
+    # Memory running out is no bug of the command's: one line, with what to do, not a traceback
+    "query, memory runs out": Case(
+        lambda p: ("query", "x", *lib(p)), EXIT_FAILED, "error: out of memory: a smaller batch", out_of_memory
+    ),
+    "query, the GPU's memory runs out": Case(
+        lambda p: ("query", "x", *lib(p)),
+        EXIT_FAILED,
+        "error: out of memory (CUDA out of memory. Tried to allocate 2.00 GiB): a smaller batch needs less",
+        gpu_out_of_memory,
+    ),
     # 130: Ctrl-C; 143: SIGTERM, which stops a command the same way
     "query, interrupted": Case(lambda p: ("query", "x", *lib(p)), EXIT_INTERRUPTED, "interrupted", ctrl_c),
     "query, terminated": Case(lambda p: ("query", "x", *lib(p)), EXIT_TERMINATED, "interrupted", sigterm),

@@ -228,7 +228,9 @@ def test_a_decoding_process_that_dies_fails_only_its_file(tmp_path):
             killed = True
         if isinstance(message, (Decoded, Failed)):
             ends[message.seq] = message
-    assert isinstance(ends[0], Failed) and "decoding process died" in ends[0].reason
+    assert (
+        isinstance(ends[0], Failed) and ends[0].reason == "the decoding process died on this file (killed by SIGKILL)"
+    )
     assert isinstance(ends[1], Decoded) and ends[1].count == 1  # handed to the worker that replaced it
 
 

@@ -15,7 +15,8 @@ import time
 import pytest
 
 from pengi_search.errors import EXIT_INTERRUPTED, EXIT_TERMINATED
-from pengi_search.stop_signals import interrupted_by_stop_signals, interrupted_exit_code
+from pengi_search.stop_signals import interrupted_by_stop_signals, interrupted_exit_code, interruption
+from pengi_search.torchrun_env import MachineSiblings
 
 from .indexing import send_to_self
 
@@ -27,6 +28,28 @@ def test_either_signal_interrupts_and_the_exit_code_says_which(number, code):
         send_to_self(number)
     assert interrupted_exit_code() == code
     assert signal.getsignal(number) == before  # put back
+
+
+@pytest.mark.parametrize(
+    ("number", "sibling_ended", "said"),
+    [
+        (signal.SIGTERM, True, "stopped by torchrun, as another process of the run had ended"),
+        (signal.SIGTERM, False, "interrupted"),  # torchrun's own stop, passed on to every worker; or `kill`
+        (signal.SIGINT, True, "interrupted"),  # Ctrl-C, which torchrun never sends a worker on its own
+    ],
+)
+def test_under_torchrun_a_sigterm_after_a_fellow_worker_ended_is_said_as_torchruns_stop(
+    monkeypatch, number: int, sibling_ended: bool, said: str
+):
+    """torchrun stops the other workers (SIGTERM) once one has ended with a code other than 0: each said
+    "interrupted" as the one that was. A worker's fellow workers on its machine are noted as its command starts."""
+    ended = subprocess.Popen([sys.executable, "-c", ""])
+    ended.wait()
+    fellows = [ended.pid] if sibling_ended else []
+    monkeypatch.setattr(MachineSiblings, "now", classmethod(lambda cls: cls(fellows)))
+    with interrupted_by_stop_signals(), pytest.raises(KeyboardInterrupt):
+        send_to_self(number)
+    assert interruption().startswith(said)
 
 
 def test_a_signal_that_lands_in_a_finalizer_still_interrupts():

@@ -56,7 +56,7 @@ from trainer.state import Position
 from .indexing import signal_when
 from .reference import fixture_dirs, missing_reference
 from .test_progress import Screen
-from .torchrun_runs import TORCHRUN_ENV, torchrun, torchrun_command
+from .torchrun_runs import TORCHRUN_ENV, torchrun, torchrun_command, torchrun_worker
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "trainer" / "example.yaml"
 SAMPLE_RATE = 44_100
@@ -892,6 +892,47 @@ def test_under_torchrun_a_resume_refused_once_set_up_is_said_once_and_a_warning_
     assert [step for step, _ in losses(tmp_path / "run")] == [1, 2, 3, 4, 5]
 
 
+# `python -m trainer` whose rank 1 runs out of memory as it ends its second step, while rank 0 goes on to the next
+# collective, where it waits for rank 1.
+FAILING_RANK_1 = """
+import os, torch
+import trainer.loop
+from trainer.__main__ import main
+
+if os.environ["RANK"] == "1":
+    after_step, steps = trainer.loop.Trainer._after_step, []
+    def failing(self, *args, **kwargs):
+        steps.append(1)
+        if len(steps) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return after_step(self, *args, **kwargs)
+    trainer.loop.Trainer._after_step = failing
+main()
+"""
+
+
+def test_under_torchrun_a_process_that_fails_mid_run_is_said_by_it_and_the_others_say_they_lost_it(
+    tmp_path, sounds, tiny_model_dir
+) -> None:
+    """Rank 1 fails in its step (out of memory). Rank 0, waiting for it in a collective, ended with gloo's
+    traceback ("Connection closed by peer"); now each says its own line, rank 1 why it failed, rank 0 that it lost
+    a process of the run, and neither a traceback."""
+    config_path = write_config(
+        tmp_path, tiny_model_dir, sounds / "train.jsonl", data={"batch_size": 1}, optimization={"max_steps": 1000}
+    )
+    script = tmp_path / "failing.py"
+    script.write_text(FAILING_RANK_1)
+    launched = torchrun(str(config_path), entry=(str(script),))
+    errors = sorted(line for line in launched.stderr.splitlines() if line.startswith("error: "))
+    assert errors == [
+        "error: out of memory (CUDA out of memory. Tried to allocate 2.00 GiB): a smaller batch needs less "
+        "(--batch-size; `train`: data.batch_size), or free the memory",
+        "error: rank 0: another process of the run ended while this one waited for it (its message or torchrun's "
+        "says why)",
+    ], launched.stderr[-3000:]
+    assert "[rank0]: Traceback" not in launched.stderr and "[rank1]: Traceback" not in launched.stderr
+
+
 def test_under_torchrun_an_error_every_process_meets_in_its_set_up_is_said_once_by_rank_0(
     tmp_path, sounds, tiny_model_dir
 ) -> None:
@@ -905,15 +946,6 @@ def test_under_torchrun_an_error_every_process_meets_in_its_set_up_is_said_once_
     too_few = "4 usable examples are too few for one step of batch_size 4 x grad_accumulation 1 x 2 processes"
     assert too_few in launched.stderr
     assert "SIGTERM" not in launched.stderr and re.search(r"rank\s*: 0 .*\n\s*exitcode\s*: 1 ", launched.stderr)
-
-
-def torchrun_worker(torchrun_pid: int, rank: int) -> int:
-    """The process id of the worker of `rank` that torchrun (`torchrun_pid`) started."""
-    children = Path(f"/proc/{torchrun_pid}/task/{torchrun_pid}/children").read_text().split()
-    for child in children:
-        if f"RANK={rank}".encode() in Path(f"/proc/{child}/environ").read_bytes().split(b"\0"):
-            return int(child)
-    raise AssertionError(f"torchrun {torchrun_pid} has no worker of rank {rank} among {children}")
 
 
 # `python -m trainer` that writes its exit code to the file named by its rank in $EXIT_CODES: torchrun, stopped by a

@@ -23,10 +23,12 @@ def torchrun_command(*arguments: str, entry: tuple[str, ...] = TRAINER) -> list[
     return [*command, *entry, *arguments]
 
 
-def torchrun(*arguments: str, cwd: Path | None = None, entry: tuple[str, ...] = TRAINER) -> subprocess.CompletedProcess:
-    """Run `torchrun_command(ARGUMENTS, entry=entry)` to its end, within `TORCHRUN_S`; its workers too are killed
-    after it."""
-    launch, env = torchrun_command(*arguments, entry=entry), {**os.environ, **TORCHRUN_ENV}
+def torchrun(
+    *arguments: str, cwd: Path | None = None, entry: tuple[str, ...] = TRAINER, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run `torchrun_command(ARGUMENTS, entry=entry)` to its end, within `TORCHRUN_S`, with `env` added to the
+    environment; its workers too are killed after it."""
+    launch, env = torchrun_command(*arguments, entry=entry), {**os.environ, **TORCHRUN_ENV, **(env or {})}
     pipe = subprocess.PIPE
     process = subprocess.Popen(launch, env=env, stdout=pipe, stderr=pipe, text=True, cwd=cwd, start_new_session=True)
     try:
@@ -34,3 +36,12 @@ def torchrun(*arguments: str, cwd: Path | None = None, entry: tuple[str, ...] = 
     finally:
         kill_session(process)  # torchrun starts each worker in a session of its own: killing it leaves them
     return subprocess.CompletedProcess(launch, process.returncode, stdout, stderr)
+
+
+def torchrun_worker(torchrun_pid: int, rank: int) -> int:
+    """The process id of the worker of `rank` that torchrun (`torchrun_pid`) started."""
+    children = Path(f"/proc/{torchrun_pid}/task/{torchrun_pid}/children").read_text().split()
+    for child in children:
+        if f"RANK={rank}".encode() in Path(f"/proc/{child}/environ").read_bytes().split(b"\0"):
+            return int(child)
+    raise AssertionError(f"torchrun {torchrun_pid} has no worker of rank {rank} among {children}")

@@ -6,17 +6,25 @@ process group is initialised from them.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import os
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from pengi_search.errors import PengiSearchError
 from pengi_search.torchrun_env import SIBLINGS_WAIT_S, Place, PlacedProcess, gpu_of_process, place, wait_until_ended
+
+
+class ProcessLost(PengiSearchError):
+    """Another process of the run ended (a failure of its own, which it says; a stop) while this one waited for it
+    in a collective."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,26 @@ def use_threads(threads: int | None) -> None:
     """`runtime.threads`: the CPU threads PyTorch computes with in this process; None keeps its default."""
     if threads is not None:
         torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def process_lost_said(processes: Processes) -> Iterator[None]:
+    """Within: a collective that fails because another process of the run ended is said in one line (ProcessLost),
+    not as gloo's or NCCL's traceback: torchrun's report, and that process's own line, say why it ended."""
+    try:
+        yield
+    except Exception as failure:
+        if not (processes.distributed and _lost_a_process(failure)):
+            raise
+        reason = "another process of the run ended while this one waited for it (its message or torchrun's says why)"
+        raise ProcessLost(f"rank {processes.rank}", reason) from failure
+
+
+def _lost_a_process(failure: Exception) -> bool:
+    """Whether `failure` is a collective's that lost a process: PyTorch's distributed errors (NCCL's), or gloo's
+    RuntimeError, which names its transport's source file ("gloo/transport/tcp/pair.cc: Connection closed by
+    peer")."""
+    return isinstance(failure, dist.DistError) or "gloo/" in str(failure)
 
 
 def part_processes(processes: Processes) -> list[int]:

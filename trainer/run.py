@@ -23,7 +23,7 @@ from pengi_search.torchrun_env import said_once_per_machine
 from pengi_search.units import count_text
 from trainer.checkpoint_files import checkpoint_path, checkpoint_to_resume
 from trainer.config import ConfigError, TrainConfig
-from trainer.distributed import Processes, end_last, ends_here, part_processes, start_processes
+from trainer.distributed import Processes, end_last, ends_here, part_processes, process_lost_said, start_processes
 from trainer.export import changed_manifests, finished_run_models
 from trainer.loop import Trainer, TrainingResult
 from trainer.resume_plan import (
@@ -66,7 +66,7 @@ def train(
     processes = start_processes(config.runtime.device, config.runtime.threads)
     # Where one process alone stops (a failure of its own, a stop signal during its set-up), it leaves the others
     # as it is; every other end is one that every process reaches alike, where they part (`part_processes`).
-    with InterruptRequest(once=processes.distributed, held=False) as interrupt:
+    with process_lost_said(processes), InterruptRequest(once=processes.distributed, held=False) as interrupt:
         trainer, said = _set_up(config, processes, interrupt, record, length_change, given, source, console)
         checkpoint = None if record is None else record.checkpoint
         record = None  # the trainer holds copies: the mapped file is let go

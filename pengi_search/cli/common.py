@@ -188,11 +188,27 @@ def _reported(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     except Exception as err:
         if isinstance(err, BrokenPipeError) and output_closed():
             raise  # no failure of the command's: `handle_errors` ends it quietly
+        if (shortage := _out_of_memory(err)) and not os.environ.get(DEBUG_ENV):
+            fail(shortage)
         if os.environ.get(DEBUG_ENV) or not isinstance(err, PengiSearchError | OSError | ValueError):
             raise
         fail(
             output_failure(err) or first_line(err), err.exit_code if isinstance(err, PengiSearchError) else EXIT_FAILED
         )
+
+
+def _out_of_memory(err: Exception) -> str | None:
+    """How a command says that memory ran out (Python's MemoryError, PyTorch's CUDA or MPS out-of-memory error),
+    with what to do; None for another error. Not a bug of the command's, whose traceback would help: the batch did
+    not fit this machine, or another program held the memory. PyTorch's error is checked only where torch is loaded
+    (the only place it can come from)."""
+    torch = sys.modules.get("torch")
+    torch_error = getattr(torch, "OutOfMemoryError", None)
+    if not isinstance(err, MemoryError) and not (torch_error is not None and isinstance(err, torch_error)):
+        return None
+    said = str(err).strip()
+    what = f"out of memory ({said.splitlines()[0]})" if said else "out of memory"
+    return f"{what}: a smaller batch needs less (--batch-size; `train`: data.batch_size), or free the memory"
 
 
 def _flushed(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -367,9 +367,10 @@ def _print_summary(summary: IndexSummary, *, paths: list[str], verbose: bool, db
 
 def _kept(summary: IndexSummary) -> str:
     """What an interrupted run leaves done: each file and each batch of captions is committed as it is finished,
-    and a re-run goes on from there."""
+    and a re-run goes on from there. A shard's run names its shard: under torchrun each rank says what it kept."""
+    run = "this run" if summary.shard is None else f"this run (shard {summary.shard})"
     return (
-        f"this run kept {count_text(summary.indexed, 'file')} indexed and {count_text(summary.captioned, 'window')} "
+        f"{run} kept {count_text(summary.indexed, 'file')} indexed and {count_text(summary.captioned, 'window')} "
         "captioned; run the same command again to resume"
     )
 

@@ -54,6 +54,11 @@ class IndexBusyError(StoreError):
     """Another indexing run holds the library's lock."""
 
 
+class LibraryBusyError(IndexBusyError):
+    """A shard's run found the whole library held, by an unsharded run: every shard of its job meets it alike (under
+    torchrun, the machine's first rank says it once), where a shard held by another job's shard is that shard's."""
+
+
 class RefusedInputError(StoreError):
     """What the store was given was refused: a vector that is NaN, empty or of the wrong width, a window's bad time
     span or repeated index, a file id that is not indexed, a value a statement's constraint or type refuses. The

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import text
 
-from .errors import IndexBusyError
+from ..torchrun_env import first_on_machine
+from .errors import IndexBusyError, LibraryBusyError
 from .urls import sqlite_file
 
 if TYPE_CHECKING:
@@ -44,7 +45,8 @@ class _Locks(Protocol):
 def indexing_lock(store: Store, shard: str | None = None, *, wait: bool = False) -> Iterator[None]:
     """Hold the library's indexing lock (for shard 'i/n' of a sharded job, when given) inside the block.
 
-    Raises IndexBusyError when another run holds it, or waits for it with `wait`.
+    Raises IndexBusyError when another run holds it (LibraryBusyError: a shard's run finding an unsharded run), or
+    waits for it with `wait`.
     """
     locks = _locks_for(store)
     if locks is None:
@@ -57,8 +59,10 @@ def indexing_lock(store: Store, shard: str | None = None, *, wait: bool = False)
                 continue
             busy = _busy_message(store, shard)
             if not wait:
-                raise IndexBusyError(store.name, f"{busy}; wait for it to end, or pass --wait to start when it has")
-            log.warning("%s; waiting for it to end", busy)
+                busy_error = LibraryBusyError if shared else IndexBusyError
+                raise busy_error(store.name, f"{busy}; wait for it to end, or pass --wait to start when it has")
+            if not shared or first_on_machine():  # the library held: every rank of a torchrun job waits alike
+                log.warning("%s; waiting for it to end", busy)
             locks.take(name, shared=shared, wait=True)
         yield
     finally:
