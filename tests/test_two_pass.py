@@ -166,7 +166,7 @@ def test_stats_and_index_say_how_many_windows_have_captions(tiny_model_dir, tree
     # A command to paste: the paths as given (quoted for the shell), the library named as given.
     assert f"4 windows have no captions yet: `pengi-search index {tree} --db {db}` writes them" in result.stdout
     result = runner.invoke(app, ["stats", "--db", str(db)])
-    assert f"captions: 0 of 4 windows (4 waiting: `pengi-search index PATH --db {db}` writes them)" in result.stdout
+    assert f"captions: 0 of 4 windows (4 waiting: `pengi-search index {tree} --db {db}` writes them)" in result.stdout
     assert json.loads(runner.invoke(app, ["stats", "--db", str(db), "--json"]).stdout)["captions"] == {
         "window_count": 4,
         "captioned": 0,
