@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import shlex
 
+import pytest
+
 from pengi_search.db import Store
 from pengi_search.index_hints import MOST_FOLDERS, index_command, library_folders, library_index_command
+from pengi_search.library import EmptyLibraryError, Library
 
 
 def _store_with(db: str, paths: list[str]) -> Store:
@@ -62,3 +65,14 @@ def test_the_command_pastes_as_the_words_it_means(tmp_path):
         str(tmp_path / "my lib.db"),
     ]
     assert index_command(None, "--model", "base", db_option="") == "pengi-search index PATH... --model base"
+
+
+def test_a_library_whose_files_all_failed_says_the_index_of_their_folder(tmp_path):
+    """No vectors yet, but files known (each failed): the command that indexes them names their folder."""
+    (tmp_path / "sounds").mkdir()
+    db = str(tmp_path / "lib.db")
+    with Store.open(db) as store:
+        store.record_file_error(str(tmp_path / "sounds/broken.wav"), "empty file (0 bytes)", size=0, mtime=1.0)
+    with Library.open(db, read_only=True) as library, pytest.raises(EmptyLibraryError) as empty:
+        library.vector_index("audio")
+    assert f"run `pengi-search index {tmp_path / 'sounds'} --db {db}` first" in str(empty.value)
