@@ -25,6 +25,7 @@ from .db.urls import db_option, library_name, names_default_db, shown_db_url
 from .download import INVALID_SUFFIX
 from .hashing import file_sha256
 from .hub import offline_setting
+from .index_hints import index_command, library_folders
 from .model_dir import (
     CONFIG_FILE,
     MODEL_ENV,
@@ -429,13 +430,14 @@ def _check_open_database(engine: Any, data: dict[str, Any], option: str) -> tupl
     data.update({key: stats[key] for key in ("files", "window_count", "texts", "vectors", "indexed_audio_s", "model")})
     running = [run for run in store.runs(limit=RUNS_CHECKED) if run.status == "running"]
     data["running_runs"] = [run.to_json() for run in running]
+    resume = index_command(library_folders(store), db_option=option) if running else ""
     for run in running:
         problems.append(
             Problem(
                 "indexing runs",
                 f"run {run.id} (started {run.started_at:%Y-%m-%d %H:%M} UTC) is still marked running: unless an "
                 "index is running now, it was stopped before it could finish",
-                f"pengi-search index PATH...{option}  (the same folders: it indexes what the stopped run left)",
+                f"{resume}  (the library's folders: it indexes what the stopped run left)",
             )
         )
     data["vector_indexes"], index_problems = check_vector_files(store, option)

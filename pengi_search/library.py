@@ -43,6 +43,7 @@ from .index_files import (
     save_index,
     tune_file,
 )
+from .index_hints import library_index_command
 from .index_types import INDEX_TYPES, SEARCH_KNOBS, IndexParams, KnobSetting, checked_knobs, effective_type
 from .library_stats import index_info
 from .vectors import FillProgress, FillProgresses, VectorIndex, VectorIndexError
@@ -54,9 +55,10 @@ class EmptyLibraryError(StoreError):
     """Nothing with vectors of the asked kind has been indexed yet."""
 
 
-def empty_library_hint(kind: str, db_option: str) -> str:
-    """Why a library has no index of `kind` ('text' or 'audio') and the command that makes one."""
-    return f"no {kind} vectors indexed yet; run `pengi-search index PATH...{db_option}` first"
+def empty_library_hint(kind: str, store: Store) -> str:
+    """Why a library has no index of `kind` ('text' or 'audio') and the command that makes one: over the folders
+    of the files it knows (pending or failed ones), else over the folders the user names."""
+    return f"no {kind} vectors indexed yet; run `{library_index_command(store)}` first"
 
 
 class Library:
@@ -123,7 +125,7 @@ class Library:
                 if index is None:
                     index = self._in_line(kind, None, rebuild=False)
                     if index is None:
-                        raise EmptyLibraryError(self.name, empty_library_hint(kind, self.store.db_option))
+                        raise EmptyLibraryError(self.name, empty_library_hint(kind, self.store))
                     self._indexes[kind] = index
         return index
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import shlex
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -108,7 +109,7 @@ def _not_found(spec: str) -> ModelNotFoundError:
     name is here."""
     place = Path(spec)
     if place.exists() and (_looks_like_path(spec) or spec not in RELEASES):
-        return ModelNotFoundError(spec, _lacks(place))
+        return ModelNotFoundError(spec, _lacks(spec, place))
     if _looks_like_path(spec):
         return MissingModelFolderError(spec, "no such folder" + _did_you_mean(spec, place))
     return ModelNotFoundError("", _not_installed(spec))
@@ -119,10 +120,13 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "~")) or any(separator in spec for separator in separators)
 
 
-def _lacks(place: Path) -> str:
-    """Why the folder (or file) at `place`, which is there, is no model directory."""
+def _lacks(spec: str, place: Path) -> str:
+    """Why the folder (or file) at `place`, which is there, is no model directory; a file, with the command that
+    installs it if it is a checkpoint (the file as `spec` gave it)."""
     if not place.is_dir():
-        return "a file, not a model folder (`pengi-search model import PATH` installs a checkpoint file)"
+        return (
+            f"a file, not a model folder (`pengi-search model import {shlex.quote(spec)}` installs a checkpoint file)"
+        )
     missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if not (place / name).is_file()]
     return f"not a model folder: it has no {' and no '.join(missing)}"
 

@@ -5,7 +5,7 @@ store; the audio query by Pengi's text tower of the model that made the audio ve
 Pengi's own text tower they open the numpy implementation in `text_query`, which needs neither torch nor
 transformers (importing those alone takes longer than a whole query should), and keep it for the process's next
 queries (`embedders.kept_text_embedder`). A model given (`--model`) that did not build the library is refused
-(`check_index_model`): embeddings of different models cannot be compared.
+(`check_index_model`, OtherModelError): embeddings of different models cannot be compared.
 """
 
 from __future__ import annotations
@@ -13,13 +13,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .checkpoint import CheckpointError
-from .db import StoreMismatchError
+from .db import OtherModelError, StoreMismatchError
 from .embedders import EmbedderSpec, TextEmbedder, TextEmbedderError, kept_text_embedder
+from .index_hints import library_index_command
 from .model_dir import PENGI_TEXT_PREFIX, ModelDir, ModelNotFoundError
 from .releases import RELEASES
 
 if TYPE_CHECKING:
     from .library import Library
+
+# What a Python caller does about a library of another model (OtherModelError), in its words; a command says its
+# option instead (`fixed_by`).
+MODEL_FIX = "pass the library's model (its name or directory) as model=, or index the library anew with this one"
 
 
 def query_embedder(library: Library, model: str | None = None, device: str = "auto") -> TextEmbedder:
@@ -33,8 +38,9 @@ def query_embedder(library: Library, model: str | None = None, device: str = "au
     if meta is None:
         from .library import EmptyLibraryError
 
+        model_option = () if model is None else ("--model", model)  # the library built by the model asked for
         raise EmptyLibraryError(
-            library.name, f"the index is empty: run `pengi-search index PATH{library.store.db_option}` first"
+            library.name, f"the index is empty: run `{library_index_command(library.store, *model_option)}` first"
         )
     spec = EmbedderSpec.of_embedder_id(meta.embedder.name)
     if spec is None:
@@ -73,16 +79,15 @@ def _text_tower_model(library: Library, embedder_id: str, model: str | None) -> 
     if model_dir is None:
         if missing is not None and builder.partition("@")[0] in RELEASES:
             raise missing  # the released model can be fetched (the first-use download)
-        raise StoreMismatchError(
-            library.name,
-            f"the index was built with model {builder}, which is not installed here: pass its directory with --model",
+        raise OtherModelError(
+            library.name, f"the index was built with model {builder}, which is not installed here", MODEL_FIX
         )
     if model_dir.text_embedder_id != embedder_id:
-        raise StoreMismatchError(
+        raise OtherModelError(
             library.name,
-            f"the index was built with the text embedder of model {builder}, "
-            f"but {model_dir.path} is {model_dir.identity}. Pass that model with --model, or re-index the library "
-            f"with this one (pengi-search index PATH --model ...{library.store.db_option})",
+            f"the index was built with the text embedder of model {builder}, but {model_dir.path} is "
+            f"{model_dir.identity}",
+            MODEL_FIX,
         )
     return model_dir
 
@@ -140,8 +145,9 @@ def check_index_model(library: Library, model_dir: ModelDir) -> None:
     """Raise StoreMismatchError unless the model in `model_dir` built the library's audio vectors."""
     if not built_by(library, model_dir):
         meta = library.store.index_meta()
-        raise StoreMismatchError(
+        raise OtherModelError(
             library.name,
-            f"the index was built with {meta.model if meta else 'no model'}, not with the model at {model_dir.path}: "
-            "pass the index's model with --model (audio embeddings of different models cannot be compared)",
+            f"the index was built with {meta.model if meta else 'no model'}, not with the model at {model_dir.path} "
+            "(audio embeddings of different models cannot be compared)",
+            MODEL_FIX,
         )

@@ -28,6 +28,7 @@ from .choices import DEFAULT_HYBRID_WEIGHT, By, Rank
 from .chunking import doubling_chunks
 from .db import WindowDetails, caption_counts
 from .embedders import TextEmbedder, embed_given
+from .index_hints import library_index_command
 from .json_values import json_score, json_seconds
 from .pathnames import path_fields
 from .query_embedders import audio_query_embedder, audio_tower_known, query_embedder
@@ -313,7 +314,7 @@ def _caption_index(library: Library) -> Any:
             raise
         raise EmptyLibraryError(
             exc.where,
-            f"no window has captions yet: `pengi-search index PATH{library.store.db_option}` writes them; "
+            f"no window has captions yet: `{library_index_command(library.store)}` writes them; "
             "`--rank audio` searches without them",
         ) from None
 

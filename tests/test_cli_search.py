@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import shlex
 import shutil
 import unicodedata
 from pathlib import Path
@@ -139,16 +140,32 @@ def test_query_bad_options(common, args, message):
     assert result.exit_code == EXIT_USAGE and message in result.output
 
 
-def test_query_empty_library(tmp_path, tiny_model_dir):
+def test_query_empty_library_says_the_index_command_with_the_model_asked_for(tmp_path, tiny_model_dir):
+    """The library is to be built by the model the query asked for: the suggested `index` takes it, and the
+    library as named; the folders, which an empty library cannot know, are the user's to write."""
     Store.open(tmp_path / "empty.db").close()
     result = run("query", "rain", "--db", tmp_path / "empty.db", "--model", tiny_model_dir)
     assert result.exit_code == EXIT_FAILED
-    assert "index is empty" in result.output and "pengi-search index PATH" in result.output
+    index = f"pengi-search index PATH... --model {tiny_model_dir} --db {tmp_path / 'empty.db'}"
+    assert f"the index is empty: run `{index}` first" in result.stderr
 
 
-def test_query_with_another_model(common, tmp_path, tiny_no_text_model_dir):
+def _pasted(stderr: str) -> list[str]:
+    """The words of the command an error line suggests between backquotes, as a shell reads them."""
+    return shlex.split(stderr.split("`")[1])
+
+
+def test_query_with_another_model_says_the_command_that_indexes_the_library_anew(
+    captions, common, tmp_path, tiny_no_text_model_dir
+):
+    """The command line's words (--model), not a Python caller's (model=); and an `index --reindex` that pastes
+    as it is: the library's folder, the model given, the library as named."""
     result = run("query", "rain", *common[:2], "--model", tiny_no_text_model_dir)
-    assert result.exit_code == EXIT_FAILED and "--model" in result.output
+    assert result.exit_code == EXIT_FAILED and len(result.stderr.splitlines()) == 1
+    assert "give the library's model with --model, or index the library anew with this one: `" in result.stderr
+    assert "model=" not in result.stderr
+    reindex = ["--reindex", "--model", str(tiny_no_text_model_dir), "--db", captions.db]
+    assert _pasted(result.stderr) == ["pengi-search", "index", str(captions.root), *reindex]
 
 
 def test_similar_with_another_model_is_refused_for_an_indexed_file_too_naming_the_librarys_model(
@@ -162,6 +179,8 @@ def test_similar_with_another_model_is_refused_for_an_indexed_file_too_naming_th
     assert result.exit_code == EXIT_FAILED and result.stdout == ""
     assert result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
     assert "the index was built with model 'tiny-base'" in result.stderr and "cannot be compared" in result.stderr
+    reindex = ["--reindex", "--model", str(other), "--db", captions.db]
+    assert _pasted(result.stderr) == ["pengi-search", "index", str(captions.root), *reindex]
     assert run("similar", captions.files["bell.wav"], *common, "--json").exit_code == 0  # its own model: stored
 
 

@@ -218,7 +218,9 @@ def test_a_run_left_running_is_reported(installation):
     assert code == 1 and [r["id"] for r in report["database"]["running_runs"]] == [run]
     what, fix = problems(report)["indexing runs"]
     assert what.startswith(f"run {run} (started ") and "is still marked running" in what
-    assert fix.startswith(f"pengi-search index PATH... --db {installation}")
+    # to paste: the folder that holds the library's files, the library as named
+    sounds = installation.parent / "sounds"
+    assert fix.startswith(f"pengi-search index {sounds} --db {installation}  (the library's folders: ")
 
 
 def test_nothing_is_created_for_a_missing_database(tmp_path, isolated_home):

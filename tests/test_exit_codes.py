@@ -513,7 +513,9 @@ CASES = {
         lambda p: ("index", p.sounds, *lib(p)), EXIT_FAILED, "another indexing run", another_index_run
     ),
     "query, library of another model": Case(
-        lambda p: ("query", "x", "--db", p.db, "--model", p.other_model), EXIT_FAILED, "Pass that model with --model"
+        lambda p: ("query", "x", "--db", p.db, "--model", p.other_model),
+        EXIT_FAILED,
+        "give the library's model with --model",
     ),
     "stats, a database server that does not answer": Case(
         lambda p: ("stats", "--db", f"postgresql+psycopg://me:{SECRET}@127.0.0.1:{closed_port()}/lib"),

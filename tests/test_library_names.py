@@ -87,7 +87,9 @@ def test_an_empty_library_is_named_as_typed(here, tiny_model_dir):
     result = run("query", "rain", "--db", "lib.db", "--model", tiny_model_dir)
     assert result.exit_code == EXIT_FAILED
     assert result.stderr.splitlines() == [
-        "error: lib.db: the index is empty: run `pengi-search index PATH --db lib.db` first"  # for that library
+        # for that library, with the model asked for
+        f"error: lib.db: the index is empty: run `pengi-search index PATH... --model {tiny_model_dir} --db lib.db` "
+        "first"
     ]
 
 

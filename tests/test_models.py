@@ -154,6 +154,7 @@ def test_a_mistyped_model_folder_is_a_folder_not_there_and_a_mistyped_name_names
     shutil.copytree(tiny_model_dir, isolated_home / "models" / "mine")
     (tmp_path / "sounds").mkdir()
     (tmp_path / "clip.pth").write_bytes(b"")
+    (tmp_path / "my clip.pth").write_bytes(b"")
     monkeypatch.chdir(tmp_path)
     said = {spec: (str(resolve_error(spec)), resolve_error(spec).exit_code) for spec in SPECS}
     assert said == SPECS
@@ -173,7 +174,12 @@ SPECS = {
     "tab\there": ("no Pengi model tab\\there is installed (installed: mine)", EXIT_FAILED),  # escaped, as paths are
     "sounds": ("sounds: not a model folder: it has no config.json and no model.safetensors", EXIT_FAILED),
     "./clip.pth": (
-        "./clip.pth: a file, not a model folder (`pengi-search model import PATH` installs a checkpoint file)",
+        "./clip.pth: a file, not a model folder (`pengi-search model import ./clip.pth` installs a checkpoint file)",
+        EXIT_FAILED,
+    ),
+    "./my clip.pth": (  # the command to paste: the file as given, quoted for the shell
+        "./my clip.pth: a file, not a model folder (`pengi-search model import './my clip.pth'` installs a "
+        "checkpoint file)",
         EXIT_FAILED,
     ),
 }

@@ -209,7 +209,7 @@ def test_a_worker_that_cannot_start_ends_the_server_with_its_error(library, tiny
     assert served.address() is None
     output = served.rest_of_output()
     assert served.process.returncode == 1
-    assert "Pass that model with --model" in output and "Traceback" not in output
+    assert "start the server with the library's model (--model)" in output and "Traceback" not in output
 
 
 # Two workers that fail alike: the first fails at once; the other is still saying why (its message takes a while)

@@ -63,8 +63,10 @@ def test_captions_later_then_a_second_run_writes_them(tiny_model_dir, tree, tmp_
         # a text query ranks by audio embeddings while captions are missing
         found = query_text(library, "birds singing", SearchScope(5), model=str(tiny_model_dir))
         assert len(found) == 3 and {h.ranking for h in found} == {Rank.audio}
-        with pytest.raises(EmptyLibraryError, match="no window has captions yet"):
+        with pytest.raises(EmptyLibraryError, match="no window has captions yet") as no_captions:
             query_text(library, "birds singing", model=str(tiny_model_dir), rank=Rank.caption)
+        # the command that writes them, to paste: the library's folder, the library as named
+        assert f"`pengi-search index {tree} --db {db}` writes them" in str(no_captions.value)
     assert_consistent_audio_only(db)
 
     # The second run has no file to decode: it only writes the captions, from the stored audio embeddings.
@@ -166,7 +168,7 @@ def test_stats_and_index_say_how_many_windows_have_captions(tiny_model_dir, tree
     # A command to paste: the paths as given (quoted for the shell), the library named as given.
     assert f"4 windows have no captions yet: `pengi-search index {tree} --db {db}` writes them" in result.stdout
     result = runner.invoke(app, ["stats", "--db", str(db)])
-    assert f"captions: 0 of 4 windows (4 waiting: `pengi-search index PATH --db {db}` writes them)" in result.stdout
+    assert f"captions: 0 of 4 windows (4 waiting: `pengi-search index {tree} --db {db}` writes them)" in result.stdout
     assert json.loads(runner.invoke(app, ["stats", "--db", str(db), "--json"]).stdout)["captions"] == {
         "window_count": 4,
         "captioned": 0,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..choices import Captions, Device, IndexType, LongPrompt, StopRule
+from ..index_hints import index_command
 from ..messages import print_interrupted, print_problem
 from ..stop_signals import interrupted_exit_code
 from ..units import count_text, elapsed_text, for_count
@@ -282,15 +283,8 @@ def _run_once(options: IndexOptions, visible: bool, anew: str) -> IndexSummary:
 # Helpers
 
 
-def _index_command(paths: Sequence[str | os.PathLike[str]], *options: str, db_option: str) -> str:
-    """`pengi-search index PATH...` with `options`, ready to paste: the paths as typed, each quoted for the shell,
-    and the library as the user named it (`db_option`, `urls.db_option`)."""
-    words = [*map(os.fspath, paths), *options]
-    return f"pengi-search index {' '.join(map(shlex.quote, words))}{db_option}"
-
-
 # What the suggested `index --reindex` leaves out: --reindex, which it adds; a watch or a shard, which would index
-# the library anew at every change or in parts (both refused with it); --db, which `_index_command` adds, its
+# the library anew at every change or in parts (both refused with it); --db, which `index_command` adds, its
 # password hidden.
 _NOT_WITH_REINDEX = ("--reindex", "--watch", "--debounce", "--shard", "--db")
 
@@ -302,7 +296,7 @@ def _reindex_command(context: typer.Context, paths: Sequence[str], db: str | Non
     from ..db.urls import db_option
 
     given = given_options(context, leaving_out=_NOT_WITH_REINDEX)
-    return _index_command(paths, *given, "--reindex", db_option=db_option(db))
+    return index_command(paths, *given, "--reindex", db_option=db_option(db))
 
 
 def _warn_if_nothing_found(summary: IndexSummary, paths: list[str], ext: str | None) -> None:
@@ -355,7 +349,7 @@ def _print_summary(summary: IndexSummary, *, paths: list[str], verbose: bool, db
     if missing := summary.captions_missing:  # `paths`: the command's, as typed, for a command to paste
         out_console.print(
             f"{count_text(missing, 'window')} {for_count(missing, 'has', 'have')} no captions yet: "
-            f"`{_index_command(paths, db_option=db_option)}` writes them (meanwhile `query` ranks by audio embeddings)",
+            f"`{index_command(paths, db_option=db_option)}` writes them (meanwhile `query` ranks by audio embeddings)",
             markup=False,  # the --db value is the user's text
             soft_wrap=True,
         )
@@ -401,7 +395,6 @@ def _print_problems(summary: IndexSummary, *, verbose: bool, db_option: str) -> 
 def _gone_note(path: str, files: int, db_option: str) -> str:
     """How a run says that files it copied came from indexed files gone from disk at or under `path`: they are
     still indexed (each query finds those sounds twice), and the run leaves them to the user to forget."""
-    import shlex
 
     from ..pathnames import shown
 

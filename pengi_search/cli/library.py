@@ -180,16 +180,18 @@ def stats(db: DbOption = None, json_output: StatsJsonOption = False) -> None:
 
     Example: pengi-search stats --json
     """
-    from ..db.urls import db_option
+    from ..index_hints import library_index_command
     from ..library import Library
     from ..library_stats import stats_json
 
     with Library.open(db, read_only=True) as library:
         data = stats_json(library.store, runs=STATS_RUNS)
+        # What writes the missing captions: an `index` of the library's folders (read only when said).
+        captioner = library_index_command(library.store) if data["captions"]["missing"] and not json_output else ""
     if json_output:
         print_json(data)
     else:
-        _print_stats(data, library.name, db_option(db))
+        _print_stats(data, library.name, captioner)
 
 
 @handle_errors
@@ -308,9 +310,9 @@ def _knob_text(info: dict[str, Any], name: str) -> str:
     return f"default {text}" if info["params"].get(name) is None else text
 
 
-def _print_stats(data: dict[str, Any], name: str, db_option: str) -> None:
-    """`stats` as text: the library `name`d as the user named it (`Store.name`); `db_option`: what its command
-    suggestions add to act on this library (`urls.db_option`)."""
+def _print_stats(data: dict[str, Any], name: str, captioner: str) -> None:
+    """`stats` as text: the library `name`d as the user named it (`Store.name`); `captioner`: the command that
+    writes its missing captions."""
     from ..pathnames import shown
 
     files = data["files"]
@@ -318,7 +320,7 @@ def _print_stats(data: dict[str, Any], name: str, db_option: str) -> None:
         _database_line(name, data["database"], data["database_bytes"]),
         f"files: {files['total']} ({files['indexed']} indexed, {files['pending']} pending, {files['error']} failed)",
         f"windows: {data['window_count']}, texts: {data['texts']}, audio: {duration_text(data['indexed_audio_s'])}",
-        _captions_line(data["captions"], db_option),
+        _captions_line(data["captions"], captioner),
     ]
     model = data["model"]
     if model:
@@ -367,12 +369,12 @@ def _run_line(run: dict[str, Any]) -> str:
     )
 
 
-def _captions_line(captions: dict[str, Any], db_option: str) -> str:
+def _captions_line(captions: dict[str, Any], captioner: str) -> str:
     line = f"captions: {captions['captioned']} of {captions['window_count']} windows"
     if captions["by_mode"]:  # how they were generated: exact, or a --fast mode (not bit-identical)
         line += " (" + ", ".join(f"{mode}: {count}" for mode, count in captions["by_mode"].items()) + ")"
     if captions["missing"]:
-        line += f" ({captions['missing']} waiting: `pengi-search index PATH{db_option}` writes them)"
+        line += f" ({captions['missing']} waiting: `{captioner}` writes them)"
     return line
 
 

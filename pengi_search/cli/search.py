@@ -5,7 +5,8 @@ Imports stay inside the commands: `query` must not pay for torch (see `pengi_sea
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import contextlib
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -13,6 +14,7 @@ import typer
 
 from ..choices import DEFAULT_HYBRID_WEIGHT, By, Device, Rank
 from ..consoles import writes_plain_lines
+from ..index_hints import other_model_fix
 from ..paths import shown_path
 from ..units import span_text
 from .common import (
@@ -44,6 +46,7 @@ from .progress_bars import IndexFills, WindowProgress, index_fills, progress_bar
 if TYPE_CHECKING:
     from rich.table import Table
 
+    from ..db import Store
     from ..search import Hit, SearchScope
     from ..search_filters import Filters
     from ..similar import SimilarResult
@@ -296,6 +299,7 @@ def query(
     with (
         index_fills(show_progress(False, json_output)) as fills,  # a FAISS file to rebuild first: minutes, not silence
         Library.open(search.db, read_only=True, progress=fills) as library,
+        model_said_as_options(library.store, search.model),
     ):
         chosen = choose_rank(library, rank, search.model)
         counts = caption_counts(library.store)
@@ -360,7 +364,11 @@ def similar(
     apply_threads(compute.threads)
     scope = search.scope()
     visible = show_progress(quiet, json_output)
-    with progress_bar() as bar, Library.open(search.db, read_only=True, progress=IndexFills(bar, visible)) as library:
+    with (
+        progress_bar() as bar,
+        Library.open(search.db, read_only=True, progress=IndexFills(bar, visible)) as library,
+        model_said_as_options(library.store, search.model),
+    ):
         progress = WindowProgress(bar, "embedding", visible=visible)
         found = similar_to_files(
             library,
@@ -382,6 +390,18 @@ def similar(
             results.append(result)
     _show_similar(results, json_output=json_output, one_file=one_file_given(files))
     raise typer.Exit(EXIT_PARTIAL if any(r.error for r in results) else EXIT_OK)
+
+
+@contextlib.contextmanager
+def model_said_as_options(store: Store, model: str | None) -> Iterator[None]:
+    """A library of another model (OtherModelError, whose fix names the argument `model=`) said with the command's
+    options: `--model`, and the `index --reindex` to paste that builds the library anew with the model asked for."""
+    from ..db import OtherModelError
+
+    try:
+        yield
+    except OtherModelError as exc:
+        raise exc.fixed_by(other_model_fix(store, model, "give the library's model with --model")) from None
 
 
 def _query_part(start: float | None, end: float | None) -> tuple[float, float] | None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import re
 import shlex
+from typing import Self
 
 from sqlalchemy.exc import OperationalError
 
@@ -22,7 +24,28 @@ class StoreError(PengiSearchError):
 
 
 class StoreMismatchError(StoreError):
-    """The index was built with another model or text embedder than the one asked for."""
+    """The index was built with another model or text embedder than the one asked for: `problem` says what
+    differs, `fix` (empty when nothing the caller can do helps) what makes it go, in the caller's words: a Python
+    caller's by default (the argument `model=`); a command puts its options and a command to paste instead
+    (`fixed_by`)."""
+
+    def __init__(self, where: str, problem: str, fix: str = "") -> None:
+        super().__init__(where, f"{problem}: {fix}" if fix else problem)
+        self.problem = problem
+        self.fix = fix
+
+    def fixed_by(self, fix: str) -> Self:
+        """This error, its fix said as `fix` (what a command says in its own words)."""
+        fixed = copy.copy(self)
+        fixed.fix, fixed.reason = fix, f"{self.problem}: {fix}"
+        fixed.args = (self.where, fixed.reason)
+        return fixed
+
+
+class OtherModelError(StoreMismatchError):
+    """A search whose model is not the library's (or the library's model is not installed here): embeddings of
+    different models cannot be compared. Its fix names the argument `model=`; the commands name `--model` and the
+    `index --reindex` that builds the library anew (`cli.search.model_fix`)."""
 
 
 REINDEX_FIX = "run again with --reindex to index it anew (every caption and vector made again)"
@@ -34,12 +57,9 @@ class BuiltWithOtherError(StoreMismatchError):
     command that knows its own arguments gives as a command to paste (`fixed_by`)."""
 
     def __init__(self, where: str, built: str, uses: str, fix: str = REINDEX_FIX) -> None:
-        super().__init__(where, f"the library was built with {built}, but this run uses {uses}: {fix}")
+        super().__init__(where, f"the library was built with {built}, but this run uses {uses}", fix)
         self.built = built
         self.uses = uses
-
-    def fixed_by(self, fix: str) -> BuiltWithOtherError:
-        return BuiltWithOtherError(self.where, self.built, self.uses, fix)
 
 
 class MissingDatabaseError(StoreError):

@@ -123,7 +123,7 @@ class LiveLibrary(Library):
         self.refresh()
         index = self._live.get(kind)
         if index is None:
-            raise EmptyLibraryError(self.name, empty_library_hint(kind, self.store.db_option))
+            raise EmptyLibraryError(self.name, empty_library_hint(kind, self.store))
         return index
 
     def caption_counts(self) -> CaptionCounts:

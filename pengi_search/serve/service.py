@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..choices import DEFAULT_HYBRID_WEIGHT, By, Rank
-from ..db import FileRecord, Store, WindowDetails
+from ..db import FileRecord, OtherModelError, Store, WindowDetails
 from ..embedders import TextEmbedderError, warn_of_cuts
 from ..errors import OptionError
 from ..hashing import file_sha256
+from ..index_hints import other_model_fix
 from ..json_values import json_seconds
 from ..library import EmptyLibraryError
 from ..library_stats import stats_json
@@ -146,6 +147,7 @@ class Service:
         self._batcher = EmbedBatcher()
         self._engine: Engine | None = None
         self._model_dir: ModelDir | None = None
+        self._model_checked = -1  # the library's generation found built by the server's --model (-1: none yet)
         self._embedder_lock = threading.Lock()
         self._model_lock = threading.Lock()  # one model run at a time: uploads are CPU-bound
         # Uploads' embeddings, for their next pages: in the folder the server's processes share, else one of its own
@@ -165,7 +167,9 @@ class Service:
             self._own_folder.cleanup()
 
     def warm_up(self) -> None:
-        """Load the indexes and the query embedder now, so the first search is as fast as the next."""
+        """Load the indexes and the query embedder now, so the first search is as fast as the next; a server whose
+        --model did not build the library does not start (`check_model`)."""
+        self.check_model()
         try:
             self.embedder()
         except EmptyLibraryError as exc:
@@ -205,6 +209,25 @@ class Service:
                 self._engine = Engine.load(self.model_dir(), self.settings.device, self.settings.batch_size)
             return self._engine
 
+    def check_model(self) -> None:
+        """Refuse (OtherModelError, 409) what compares with the library's vectors while the server's --model is not
+        the model that built them, as `similar --model other` is refused, for an indexed file too: the server says
+        it runs with that model, whose embeddings cannot be compared with another's. Without --model the server
+        runs with the library's own, as the commands do; an empty library has none to differ. Checked again once
+        the library is indexed anew (its generation)."""
+        if self.settings.model is None:
+            return
+        self.library.refresh()
+        generation = self.library.generation
+        if generation == self._model_checked or self.library.store.index_meta() is None:
+            return
+        try:
+            check_index_model(self.library, self.model_dir())
+        except OtherModelError as exc:
+            use_its_model = "start the server with the library's model (--model)"
+            raise exc.fixed_by(other_model_fix(self.library.store, self.settings.model, use_its_model)) from None
+        self._model_checked = generation
+
     def model_dir(self) -> ModelDir:
         from ..model_dir import ModelDir
 
@@ -220,6 +243,7 @@ class Service:
         if not text.strip():
             raise InvalidParameter("q", "the query text is empty")
         scope = self._scope(params)
+        self.check_model()
         requested, weight = params.ranking()
         rank = choose_rank(self.library, requested, self.settings.model)
         warnings: list[str] = []
@@ -264,6 +288,7 @@ class Service:
         from ..similar import excluding_query
 
         window = self.window(window_id)
+        self.check_model()
         ids, vectors = self.library.store.vectors("audio", [window_id])
         if len(ids) == 0:
             raise RequestError(f"window {window_id}", "has no audio embedding", HTTPStatus.NOT_FOUND)
@@ -287,6 +312,7 @@ class Service:
 
         self._scope(params)
         self.library.vector_index("audio")  # an empty library fails here, before the model is loaded
+        self.check_model()
         engine = self.engine()
         with self._model_lock:
             vectors, spans = embed_audio_file(
@@ -305,7 +331,8 @@ class Service:
         The library must still be one of the server's model (re-indexed by another, its vectors are not comparable
         with the clip's)."""
         clip = self.kept.get(token)
-        check_index_model(self.library, self.model_dir())
+        self.check_model()
+        check_index_model(self.library, self.model_dir())  # without --model: the model that embedded the clip
         return clip.name, self._similar_to_clip(clip, params)
 
     def _similar_to_clip(self, clip: KeptClip, params: SearchParams) -> list[dict[str, Any]]:
