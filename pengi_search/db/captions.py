@@ -97,6 +97,19 @@ def caption_counts(store: Store, under: str | None = None) -> CaptionCounts:
         return CaptionCounts(int(session.scalar(windows) or 0), int(session.scalar(captioned) or 0))
 
 
+def missing_captions(store: Store, under: str | None = None) -> dict[str, int]:
+    """Per file below `under` (all when None) that has windows without captions, how many: a caller that wants the
+    files of many folders (an indexing run's roots) sums its own from one query."""
+    query = (
+        select(AudioFileRow.path, func.count(WindowRow.id))
+        .join(AudioFileRow, WindowRow.file_id == AudioFileRow.id)
+        .where(paths_under(under), ~_has_text_vector())
+        .group_by(AudioFileRow.path)
+    )
+    with store.session() as session:
+        return {path: int(count) for path, count in session.execute(query)}
+
+
 UNRECORDED_MODE = "unrecorded"  # texts written before revision 0004, which records how each text was generated
 
 

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
-from sqlalchemy import ColumnElement, func, or_, select, true, update
+from sqlalchemy import Boolean, ColumnElement, func, or_, select, true, update
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from ..pathnames import to_stored
 from .errors import RefusedInputError, StoreError
@@ -23,14 +26,46 @@ NO_SYNC = {"synchronize_session": False}  # bulk statements: the session holds n
 
 def paths_under(prefix: str | None) -> ColumnElement[bool]:
     """Paths equal to `prefix` or inside the folder `prefix` (case-sensitive on every backend, unlike LIKE)."""
-    if prefix is None:
-        return true()
-    folder = prefix.rstrip("/") + "/"
+    return true() if prefix is None else _PathsUnder(prefix.rstrip("/") + "/")
+
+
+class _PathsUnder(ColumnElement[bool]):
+    """`paths_under` a folder (its name ends in '/'), written for each backend (below)."""
+
+    type = Boolean()
+    inherit_cache = False  # its SQL holds the folder: each one is compiled anew (a few microseconds)
+    _is_implicitly_boolean = True  # a condition in itself: no "= 1" after it on SQLite
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+
+@compiles(_PathsUnder, "sqlite")
+def _path_range(element: _PathsUnder, compiler: SQLCompiler, **kw: Any) -> str:
+    """SQLite compares text as bytes (BINARY), so the paths inside `folder/` are the range [`folder/`, `folder0`)
+    ('0' is the byte after '/'): a search of the path's unique index, not a scan of the table (`eval` asks this of
+    every file of its set). The escape keeps prefixes and order of valid names alike, so the stored forms that
+    `OsText` binds bound the same range."""
+    folder, path = element.folder, AudioFileRow.path
+    inside = (path >= folder) & (path < folder[:-1] + "0")
+    return _grouped(compiler, inside if folder == "/" else or_(path == folder[:-1], inside), **kw)
+
+
+@compiles(_PathsUnder)
+def _path_prefix(element: _PathsUnder, compiler: SQLCompiler, **kw: Any) -> str:
+    """Elsewhere (PostgreSQL) text compares by the database's collation, where '/' need not sort before '0': a
+    prefix test. substr() sees the stored form, so it is compared with the stored folder (the escape keeps
+    prefixes)."""
+    folder, path = element.folder, AudioFileRow.path
     if folder == "/":
-        return AudioFileRow.path.startswith("/")
-    # substr() sees the stored form, so it is compared with the stored folder (the escape keeps prefixes).
+        return _grouped(compiler, path.startswith("/"), **kw)
     stored = to_stored(folder)
-    return or_(AudioFileRow.path == folder[:-1], func.substr(AudioFileRow.path, 1, len(stored)) == stored)
+    return _grouped(compiler, or_(path == folder[:-1], func.substr(path, 1, len(stored)) == stored), **kw)
+
+
+def _grouped(compiler: SQLCompiler, condition: ColumnElement[bool], **kw: Any) -> str:
+    """`condition` in parentheses: the statement may join it to others by AND, which binds tighter than its OR."""
+    return f"({compiler.process(condition, **kw)})"
 
 
 def is_truncated() -> ColumnElement[bool]:
