@@ -14,6 +14,7 @@ from sqlalchemy import Boolean, ColumnElement, func, or_, select, true, update
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from ..pathnames import to_stored
 from .errors import RefusedInputError, StoreError
@@ -30,37 +31,38 @@ def paths_under(prefix: str | None) -> ColumnElement[bool]:
 
 
 class _PathsUnder(ColumnElement[bool]):
-    """`paths_under` a folder (its name ends in '/'), written for each backend (below)."""
+    """`paths_under` a folder (its name ends in '/'): both backends' forms are built, with the folder in bound
+    parameters, so that statements are cached whatever the folder; each backend compiles its own (below)."""
 
     type = Boolean()
-    inherit_cache = False  # its SQL holds the folder: each one is compiled anew (a few microseconds)
+    inherit_cache = True
     _is_implicitly_boolean = True  # a condition in itself: no "= 1" after it on SQLite
+    _traverse_internals = [("by_range", InternalTraversal.dp_clauseelement)]
+    _traverse_internals += [("by_prefix", InternalTraversal.dp_clauseelement)]
 
     def __init__(self, folder: str) -> None:
-        self.folder = folder
+        path = AudioFileRow.path
+        # SQLite compares text as bytes (BINARY): the paths inside `folder/` are the range [`folder/`, `folder0`)
+        # ('0' is the byte after '/'), a search of the path's unique index, not a scan of the table (`eval` asks
+        # this for every file of its set). The escape keeps prefixes and order of valid names alike, so the stored
+        # forms that `OsText` binds bound the same range.
+        inside = (path >= folder) & (path < folder[:-1] + "0")
+        self.by_range = inside if folder == "/" else or_(path == folder[:-1], inside)
+        # Elsewhere (PostgreSQL) text compares by the database's collation, where '/' need not sort before '0': a
+        # prefix test. substr() sees the stored form, so it is compared with the stored folder.
+        stored = to_stored(folder)
+        prefix = path.startswith("/") if folder == "/" else func.substr(path, 1, len(stored)) == stored
+        self.by_prefix = prefix if folder == "/" else or_(path == folder[:-1], prefix)
 
 
 @compiles(_PathsUnder, "sqlite")
 def _path_range(element: _PathsUnder, compiler: SQLCompiler, **kw: Any) -> str:
-    """SQLite compares text as bytes (BINARY), so the paths inside `folder/` are the range [`folder/`, `folder0`)
-    ('0' is the byte after '/'): a search of the path's unique index, not a scan of the table (`eval` asks this of
-    every file of its set). The escape keeps prefixes and order of valid names alike, so the stored forms that
-    `OsText` binds bound the same range."""
-    folder, path = element.folder, AudioFileRow.path
-    inside = (path >= folder) & (path < folder[:-1] + "0")
-    return _grouped(compiler, inside if folder == "/" else or_(path == folder[:-1], inside), **kw)
+    return _grouped(compiler, element.by_range, **kw)
 
 
 @compiles(_PathsUnder)
 def _path_prefix(element: _PathsUnder, compiler: SQLCompiler, **kw: Any) -> str:
-    """Elsewhere (PostgreSQL) text compares by the database's collation, where '/' need not sort before '0': a
-    prefix test. substr() sees the stored form, so it is compared with the stored folder (the escape keeps
-    prefixes)."""
-    folder, path = element.folder, AudioFileRow.path
-    if folder == "/":
-        return _grouped(compiler, path.startswith("/"), **kw)
-    stored = to_stored(folder)
-    return _grouped(compiler, or_(path == folder[:-1], func.substr(path, 1, len(stored)) == stored), **kw)
+    return _grouped(compiler, element.by_prefix, **kw)
 
 
 def _grouped(compiler: SQLCompiler, condition: ColumnElement[bool], **kw: Any) -> str:
