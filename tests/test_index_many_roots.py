@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from pengi_search.db import EmbedderInfo, ModelInfo, Store, TextRecord, WindowIn
 from pengi_search.library import Library
 
 from .indexing import write_tone
+from .query_plans import plan_steps, recorded
 
 DIM = 4
 
@@ -91,22 +91,10 @@ def test_what_lies_below_a_folder_is_found_by_a_search_of_the_path_index_not_a_s
     whole table."""
     db = tmp_path / "index.db"
     stored_library(db, tones(tmp_path / "set", ["a.wav"]))
-    statements: list[tuple[str, object]] = []
-    with Store.open(str(db), read_only=True) as store:
-
-        def seen(_connection, _cursor, statement, parameters, _context, _many) -> None:
-            statements.append((statement, parameters))
-
-        event.listen(store.engine, "before_cursor_execute", seen)
+    with Store.open(str(db), read_only=True) as store, recorded(store.engine) as statements:
         assert len(store.all_file_stamps(under=str(tmp_path / "set"))) == 1
         assert missing_captions(store, under=str(tmp_path / "set")) == {}
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
-        plan = [
-            step[-1]
-            for statement, parameters in statements
-            if statement.lstrip().upper().startswith("SELECT")
-            for step in connection.execute("EXPLAIN QUERY PLAN " + statement, parameters)
-        ]
+    plan = plan_steps(str(db), statements)
     assert plan and not [step for step in plan if step.startswith("SCAN")], plan
 
 
