@@ -32,6 +32,7 @@ from pengi_search.db import (
     WindowCaptions,
     WindowInput,
     add_captions,
+    missing_captions,
     uncaptioned_twins,
     uncaptioned_windows,
 )
@@ -40,6 +41,7 @@ from pengi_search.model_dir import ModelDir
 from pengi_search.prompts import TASK_PROMPTS
 
 from .hold_points import CAPTIONS_STORED, hold_at
+from .roots import Roots
 from .shard import Shard
 
 if TYPE_CHECKING:
@@ -118,6 +120,13 @@ class CaptionResult:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of windows that could not be stored
 
 
+def captions_missing(store: Store, roots: Roots) -> int:
+    """Windows below `roots` without captions (every shard's), from one query below their common folder."""
+    if roots.common is None:
+        return 0
+    return sum(count for path, count in missing_captions(store, under=roots.common).items() if roots.covers(path))
+
+
 @dataclass(frozen=True)
 class _Captioned:
     """A window's captions and the same for its twins (`uncaptioned_twins`): stored together, or failed together."""
@@ -133,22 +142,23 @@ class CaptionPass:
     identical files (twins, see `uncaptioned_twins`) are captioned once: the others take the same captions."""
 
     store: Store
-    roots: Sequence[str]
+    roots: Roots
     shard: Shard | None = None
     sync: Callable[[], None] | None = None  # saves the FAISS files; called at most every SYNC_EVERY_S
     _handled: set[int] = field(default_factory=set, init=False, repr=False)  # ids yielded, or given a twin's captions
 
     def windows(self) -> Iterator[UncaptionedWindow]:
-        """The windows waiting for captions, page by page (roots that overlap yield a window once, and a window that
-        took a twin's captions after its page was read is not yielded)."""
-        for root in self.roots:
-            after = 0
-            while page := uncaptioned_windows(self.store, under=root, after_id=after, limit=PAGE):
-                after = page[-1].window_id
-                for window in page:
-                    if window.window_id not in self._handled and self._owns(window.path):
-                        self._handled.add(window.window_id)
-                        yield window
+        """The windows waiting for captions, page by page below the roots' common folder (a window that took a twin's
+        captions after its page was read is not yielded)."""
+        if self.roots.common is None:
+            return
+        after = 0
+        while page := uncaptioned_windows(self.store, under=self.roots.common, after_id=after, limit=PAGE):
+            after = page[-1].window_id
+            for window in page:
+                if window.window_id not in self._handled and self._owns(window.path):
+                    self._handled.add(window.window_id)
+                    yield window
 
     def batches(self, size: int) -> Iterator[list[UncaptionedWindow]]:
         """The waiting windows, `size` at a time with no two twins in a batch: a window left out for its twin in the
@@ -179,12 +189,11 @@ class CaptionPass:
     def _with_twins(self, batch: Sequence[UncaptionedWindow], captions: Sequence[WindowCaptions]) -> list[_Captioned]:
         """Each window's captions, given also to its twins that wait below the roots (in this shard's files)."""
         twins: dict[int, list[Twin]] = {window.window_id: [] for window in batch}
-        given: set[int] = set()  # roots that overlap find a twin twice
-        for root in self.roots:
-            for twin in uncaptioned_twins(self.store, list(twins), under=root):
-                if twin.window_id not in given and self._owns(twin.path):
-                    twins[twin.of].append(twin)
-                    given.add(twin.window_id)
+        given: set[int] = set()
+        for twin in uncaptioned_twins(self.store, list(twins), under=self.roots.common):
+            if twin.window_id not in given and self._owns(twin.path):
+                twins[twin.of].append(twin)
+                given.add(twin.window_id)
         self._handled |= given  # a page read before this batch was stored may list them: not to be yielded
         return [
             _Captioned(
@@ -196,7 +205,8 @@ class CaptionPass:
         ]
 
     def _owns(self, path: str) -> bool:
-        return self.shard is None or self.shard.owns(path)
+        """Whether the file at `path` is this pass's: below a root, and this shard's."""
+        return self.roots.covers(path) and (self.shard is None or self.shard.owns(path))
 
     def _store(self, captioned: Sequence[_Captioned], result: CaptionResult) -> None:
         """One transaction for the batch; if the store refuses it (e.g. a NaN caption embedding), one per window with

@@ -29,7 +29,7 @@ from dataclasses import replace
 
 from pengi_search.audio import AUDIO_EXTENSIONS
 from pengi_search.choices import Captions
-from pengi_search.db import LibraryBusyError, Store, caption_counts, drop_fast_captions, library_exists
+from pengi_search.db import LibraryBusyError, Store, drop_fast_captions, library_exists
 from pengi_search.db.run_lock import indexing_lock
 from pengi_search.errors import PengiSearchError
 from pengi_search.library import Library
@@ -38,13 +38,14 @@ from pengi_search.torchrun_env import said_once_per_machine
 from pengi_search.units import for_count
 
 from .audio_pass import AudioPass
-from .captions import CaptionPass, CaptionResult, IndexModel
+from .captions import CaptionPass, CaptionResult, IndexModel, captions_missing
 from .file_outcomes import FileOutcomes
 from .left_behind import left_behind
 from .model_choice import ModelChoice, check_compatible, choose_model
 from .plan import Plan, file_stamps, plan_files
 from .pruning import prune
 from .reuse import IdenticalFiles, Reuse
+from .roots import Roots
 from .run_report import FailedFile, IndexOptions, IndexSummary, ProgressReporter, RunInterrupted
 from .shard import Rank, Shard
 
@@ -172,8 +173,9 @@ class _Run:
             mine = [e for e in scanned.entries if self.shard is None or self.shard.owns(e.path)]
             summary.files_seen = len(mine)
             self.store.note_files_seen(self.run_id, summary.files_seen)
-            plan = plan_files(mine, file_stamps(self.store, scanned.roots), self.options.retry_errors)
-            summary.recaptioned = self._drop_fast_captions(scanned.roots)
+            roots = Roots(scanned.roots)  # asked about as one: `eval` gives every file of its set as a root
+            plan = plan_files(mine, file_stamps(self.store, roots), self.options.retry_errors)
+            summary.recaptioned = self._drop_fast_captions(roots)
             if plan.todo:
                 self._choose()  # a library built with another model or embedder is refused before any work
             self._settle(plan)
@@ -181,7 +183,7 @@ class _Run:
             reuse = self._reuse(plan.todo)
             plan.todo = reuse.decode
             captions_now = self.options.captions is Captions.now
-            waiting = captions_now and self._captions_missing(scanned.roots) > 0  # from an earlier run, or copied
+            waiting = captions_now and captions_missing(self.store, roots) > 0  # from an earlier run, or copied
             if waiting:
                 self._choose()
             if plan.todo:
@@ -193,11 +195,11 @@ class _Run:
                 # ranks, is the leader's. From here on `similar` and `query --rank audio` see every window.
                 self.library.sync_vector_indexes(self.options.index_type)
                 summary.searchable_s = time.monotonic() - self.started
-                self._caption(scanned.roots)
-            self._copy_later(reuse.later, scanned.roots)
+                self._caption(roots)
+            self._copy_later(reuse.later, roots)
             self._sync()
             summary.searchable_s = summary.searchable_s or time.monotonic() - self.started
-            summary.captions_missing = self._captions_missing(scanned.roots)
+            summary.captions_missing = captions_missing(self.store, roots)
             outcomes = self._outcomes
             summary.gone_sources = left_behind(self.store, outcomes.copied_from, scanned.roots, outcomes.stored)
             status = "finished"
@@ -224,10 +226,6 @@ class _Run:
         self.summary.touched = len(plan.touched)
         for entry in plan.broken:
             self._outcomes.failed(entry, entry.problem or "unreadable")
-
-    def _captions_missing(self, roots: list[str]) -> int:
-        """Windows below `roots` without captions (all shards' windows: one count query per root)."""
-        return sum(caption_counts(self.store, under=root).missing for root in roots)
 
     def _reset(self) -> None:
         """--reindex: forget every caption and vector and record the new model and embedder (rank 0 only)."""
@@ -271,7 +269,7 @@ class _Run:
         self._outcomes.copied(reuse.copied)
         return reuse
 
-    def _copy_later(self, later: list[Entry], roots: list[str]) -> None:
+    def _copy_later(self, later: list[Entry], roots: Roots) -> None:
         """Index each file identical to one this run decoded from that one, now stored (and captioned, captions
         now); a file whose twin could not be indexed is decoded and captioned as its own."""
         if not later:
@@ -283,15 +281,17 @@ class _Run:
             if self.options.captions is Captions.now:
                 self._caption(roots)
 
-    def _drop_fast_captions(self, roots: list[str]) -> int:
+    def _drop_fast_captions(self, roots: Roots) -> int:
         """--recaption-fast: the windows below `roots` (this shard's files) that a --fast run captioned wait for
         captions again."""
-        if not self.options.recaption_fast:
+        if not self.options.recaption_fast or roots.common is None:
             return 0
-        owns = None if self.shard is None else self.shard.owns
-        return sum(drop_fast_captions(self.store, root, owns) for root in roots)
+        shard = self.shard
+        return drop_fast_captions(
+            self.store, roots.common, lambda path: roots.covers(path) and (shard is None or shard.owns(path))
+        )
 
-    def _caption(self, roots: list[str]) -> None:
+    def _caption(self, roots: Roots) -> None:
         """Pass 2: captions for the windows below `roots` that have none (this run's and any earlier run's)."""
         caption_pass = CaptionPass(
             self.store,
@@ -301,7 +301,7 @@ class _Run:
         )
         progress = self.progress
         if progress is not None:
-            progress.start_captions(None if self.shard is not None else self._captions_missing(roots))
+            progress.start_captions(None if self.shard is not None else captions_missing(self.store, roots))
         result = CaptionResult()
         try:
             advance = None if progress is None else lambda windows: progress.advance(windows=windows)

@@ -12,6 +12,8 @@ from pengi_search.db import FileStamp, Store
 from pengi_search.hashing import file_sha256
 from pengi_search.scan import Entry
 
+from .roots import Roots
+
 
 @dataclass
 class Plan:
@@ -22,12 +24,11 @@ class Plan:
     skipped_errors: int = 0
 
 
-def file_stamps(store: Store, roots: Sequence[str]) -> dict[str, FileStamp]:
-    """What the database knows of every file below `roots`, by path."""
-    stamps: dict[str, FileStamp] = {}
-    for root in roots:
-        stamps.update(store.all_file_stamps(under=root))
-    return stamps
+def file_stamps(store: Store, roots: Roots) -> dict[str, FileStamp]:
+    """What the database knows of every file below `roots`, by path: one query, below their common folder."""
+    if roots.common is None:
+        return {}
+    return {path: stamp for path, stamp in store.all_file_stamps(under=roots.common).items() if roots.covers(path)}
 
 
 def plan_files(entries: Sequence[Entry], stamps: dict[str, FileStamp], retry_errors: bool) -> Plan:

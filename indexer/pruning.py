@@ -8,6 +8,7 @@ forgets them."""
 from __future__ import annotations
 
 import shlex
+from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -17,6 +18,8 @@ from pengi_search.scan import ScanResult, has_extension, hidden_path, inside
 from pengi_search.units import count_text, for_count
 
 from .emptied_folders import emptied_folders
+from .plan import file_stamps
+from .roots import Roots
 from .run_report import FileNote, IndexOptions
 
 _HIDDEN_KEPT = (
@@ -41,8 +44,12 @@ def prune(store: Store, scanned: ScanResult, options: IndexOptions) -> Pruned:
     present = {entry.path for entry in scanned.entries}
     unlisted = [folder for folder, _ in scanned.unreadable_dirs]
     pruned = Pruned()
+    # Read for all roots at once (`indexer.roots`): a root none of whose files is gone costs no query of its own.
+    missing_anywhere = sorted(file_stamps(store, Roots(scanned.roots)).keys() - present)
     for root in scanned.roots:
-        missing = store.all_file_stamps(under=root).keys() - present
+        missing = _below(missing_anywhere, root)
+        if not missing:
+            continue
         unseen = _hidden_kept(store, root, missing, options, pruned) | {
             path
             for path in missing
@@ -57,6 +64,15 @@ def prune(store: Store, scanned: ScanResult, options: IndexOptions) -> Pruned:
         pruned.unseen_roots += _kept_notes(store, kept, _EMPTY_ROOT)
         pruned.count += store.prune_missing(present | unseen | set(kept), under=root)
     return pruned
+
+
+def _below(paths: list[str], root: str) -> set[str]:
+    """The sorted `paths` that are `root` or lie below it: `root` itself, and the run of paths from `root/` up to
+    `root0` ('0' is the character after '/')."""
+    folder = root.rstrip("/") + "/"
+    below = paths[bisect_left(paths, folder) : bisect_left(paths, folder[:-1] + "0")]
+    at = bisect_left(paths, root)
+    return set(below) | ({root} if paths[at : at + 1] == [root] else set())
 
 
 def _hidden_kept(store: Store, root: str, missing: set[str], options: IndexOptions, pruned: Pruned) -> set[str]:

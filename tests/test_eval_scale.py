@@ -3,13 +3,11 @@ its scoring may grow with the square of the set in Python."""
 
 from __future__ import annotations
 
-import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
-from sqlalchemy import event
 
 from pengi_search.choices import Rank
 from pengi_search.classify import Prediction, evaluate
@@ -20,6 +18,8 @@ from pengi_search.library import Library
 from pengi_search.search_filters import Filters
 from pengi_search.similar import stored_windows
 from pengi_search.truth import Truth
+
+from .query_plans import plan_steps, recorded
 
 
 class CountedText(str):
@@ -83,22 +83,10 @@ def test_per_class_scores_take_one_pass_over_the_files_not_one_a_class():
 def test_an_indexed_files_stored_windows_are_found_without_reading_a_table_whole(captions):
     """Evaluation asks for each file's windows, several times: a scan of every window (or every file's path) for
     each file of a 20,000 files' set took 28 ms a file."""
-    statements: list[tuple[str, Sequence]] = []
-    with Library.open(captions.db, read_only=True) as library:
-
-        def seen(_connection, _cursor, statement, parameters, _context, _many) -> None:
-            statements.append((statement, parameters))
-
-        event.listen(library.store.engine, "before_cursor_execute", seen)
+    with Library.open(captions.db, read_only=True) as library, recorded(library.store.engine) as statements:
         stored = stored_windows(library, captions.files["weather/rain.flac"], audio=True)
     assert stored is not None and [window.index for window in stored.windows] == [0, 1]
-    with sqlite3.connect(f"file:{captions.db}?mode=ro", uri=True) as connection:
-        plans = [
-            step[-1]
-            for statement, parameters in statements
-            if statement.lstrip().upper().startswith("SELECT")
-            for step in connection.execute("EXPLAIN QUERY PLAN " + statement, parameters)
-        ]
+    plans = plan_steps(captions.db, statements)
     assert plans and not [step for step in plans if step.startswith("SCAN")]
 
 

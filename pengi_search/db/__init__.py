@@ -20,6 +20,7 @@ from .captions import (
     caption_modes,
     caption_stats,
     drop_fast_captions,
+    missing_captions,
     uncaptioned_twins,
     uncaptioned_windows,
 )
@@ -121,6 +122,7 @@ __all__ = [
     "default_index_dir",
     "default_index_path",
     "library_exists",
+    "missing_captions",
     "normalize_db_url",
     "record_content_hash",
     "resolve_db_url",

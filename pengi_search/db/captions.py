@@ -8,6 +8,7 @@ captions when it has none. Each function is one short transaction, like `Store`'
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -95,6 +96,20 @@ def caption_counts(store: Store, under: str | None = None) -> CaptionCounts:
         captioned = windows.where(_has_text_vector())
     with store.session() as session:
         return CaptionCounts(int(session.scalar(windows) or 0), int(session.scalar(captioned) or 0))
+
+
+def missing_captions(store: Store, under: str | None = None) -> dict[str, int]:
+    """Per file below `under` (all when None) that has windows without captions, how many: a caller that wants the
+    files of many folders (an indexing run's roots) sums its own from one query."""
+    # A path per window, counted here: grouped by path in SQL, SQLite reads every window instead of the paths' index.
+    query = (
+        select(AudioFileRow.path)
+        .select_from(WindowRow)
+        .join(AudioFileRow, WindowRow.file_id == AudioFileRow.id)
+        .where(paths_under(under), ~_has_text_vector())
+    )
+    with store.session() as session:
+        return dict(Counter(session.scalars(query)))
 
 
 UNRECORDED_MODE = "unrecorded"  # texts written before revision 0004, which records how each text was generated

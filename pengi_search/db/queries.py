@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
-from sqlalchemy import ColumnElement, func, or_, select, true, update
+from sqlalchemy import Boolean, ColumnElement, func, or_, select, true, update
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from ..pathnames import to_stored
 from .errors import RefusedInputError, StoreError
@@ -23,14 +27,47 @@ NO_SYNC = {"synchronize_session": False}  # bulk statements: the session holds n
 
 def paths_under(prefix: str | None) -> ColumnElement[bool]:
     """Paths equal to `prefix` or inside the folder `prefix` (case-sensitive on every backend, unlike LIKE)."""
-    if prefix is None:
-        return true()
-    folder = prefix.rstrip("/") + "/"
-    if folder == "/":
-        return AudioFileRow.path.startswith("/")
-    # substr() sees the stored form, so it is compared with the stored folder (the escape keeps prefixes).
-    stored = to_stored(folder)
-    return or_(AudioFileRow.path == folder[:-1], func.substr(AudioFileRow.path, 1, len(stored)) == stored)
+    return true() if prefix is None else _PathsUnder(prefix.rstrip("/") + "/")
+
+
+class _PathsUnder(ColumnElement[bool]):
+    """`paths_under` a folder (its name ends in '/'): both backends' forms are built, with the folder in bound
+    parameters, so that statements are cached whatever the folder; each backend compiles its own (below)."""
+
+    type = Boolean()
+    inherit_cache = True
+    _is_implicitly_boolean = True  # a condition in itself: no "= 1" after it on SQLite
+    _traverse_internals = [("by_range", InternalTraversal.dp_clauseelement)]
+    _traverse_internals += [("by_prefix", InternalTraversal.dp_clauseelement)]
+
+    def __init__(self, folder: str) -> None:
+        path = AudioFileRow.path
+        # SQLite compares text as bytes (BINARY): the paths inside `folder/` are the range [`folder/`, `folder0`)
+        # ('0' is the byte after '/'), a search of the path's unique index, not a scan of the table (`eval` asks
+        # this for every file of its set). The escape keeps prefixes and order of valid names alike, so the stored
+        # forms that `OsText` binds bound the same range.
+        inside = (path >= folder) & (path < folder[:-1] + "0")
+        self.by_range = inside if folder == "/" else or_(path == folder[:-1], inside)
+        # Elsewhere (PostgreSQL) text compares by the database's collation, where '/' need not sort before '0': a
+        # prefix test. substr() sees the stored form, so it is compared with the stored folder.
+        stored = to_stored(folder)
+        prefix = path.startswith("/") if folder == "/" else func.substr(path, 1, len(stored)) == stored
+        self.by_prefix = prefix if folder == "/" else or_(path == folder[:-1], prefix)
+
+
+@compiles(_PathsUnder, "sqlite")
+def _path_range(element: _PathsUnder, compiler: SQLCompiler, **kw: Any) -> str:
+    return _grouped(compiler, element.by_range, **kw)
+
+
+@compiles(_PathsUnder)
+def _path_prefix(element: _PathsUnder, compiler: SQLCompiler, **kw: Any) -> str:
+    return _grouped(compiler, element.by_prefix, **kw)
+
+
+def _grouped(compiler: SQLCompiler, condition: ColumnElement[bool], **kw: Any) -> str:
+    """`condition` in parentheses: the statement may join it to others by AND, which binds tighter than its OR."""
+    return f"({compiler.process(condition, **kw)})"
 
 
 def is_truncated() -> ColumnElement[bool]:
