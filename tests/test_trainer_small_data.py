@@ -1,0 +1,73 @@
+"""Training on real audio, as a researcher meets it: a run stopped while it encodes its clips, and sets too small
+for the batch (a dry run's plan, the rows an epoch leaves out)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from signal import SIGINT
+
+import numpy as np
+import soundfile as sf
+
+from pengi_search.errors import EXIT_INTERRUPTED, EXIT_OK
+from trainer.config import load_config
+from trainer.data import AudioTextDataset, project_load_audio, read_manifest
+from trainer.features import cache_key
+from trainer.model_setup import build_model
+
+from .indexing import send_to_self
+from .test_trainer_recipes import RATE, cli, label_run_config
+
+
+class ReadsThenStops:
+    """Stands in for the clips' decoder: reads each clip as the run would, noting its path, and sends this process
+    SIGINT (Ctrl-C) as it starts the `stop_at`-th read."""
+
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.reads: list[Path] = []
+        self.stop_at = stop_at
+
+    def __call__(self, path: Path, *, sample_rate: int) -> np.ndarray:
+        self.reads.append(path)
+        if len(self.reads) == self.stop_at:
+            send_to_self(SIGINT)
+        return project_load_audio(path, sample_rate=sample_rate)
+
+
+def test_a_run_stopped_while_it_encodes_keeps_what_it_encoded_and_its_next_start_encodes_only_the_rest(
+    tmp_path, tiny_no_text_model_dir, monkeypatch
+) -> None:
+    """Ctrl-C while the frozen encoder's outputs were computed said only "interrupted" and lost every clip encoded:
+    minutes of a CPU's work on real audio. The encodings are written as they are made; the stop says what it kept,
+    and the same command then encodes only the clips it lacks."""
+    label_run_config(tmp_path, tiny_no_text_model_dir, optimization__max_steps=1)  # 8 training clips, batches of 4
+    monkeypatch.chdir(tmp_path)
+    stopping = ReadsThenStops(stop_at=6)  # in the second batch: the first one's 4 clips are encoded
+    monkeypatch.setattr("trainer.data.project_load_audio", stopping)
+    result = cli("train", "run.yaml")
+    assert result.exit_code == EXIT_INTERRUPTED, result.output
+    assert result.output.splitlines()[-1] == (
+        "interrupted: the run stopped while encoding the training clips: 4 of 8 encodings made, kept in "
+        "run/features; run the same command to encode only the rest"
+    )
+    training_clips = {example.audio for example in read_manifest(tmp_path / "train.jsonl")}
+    reading = ReadsThenStops()
+    monkeypatch.setattr("trainer.data.project_load_audio", reading)
+    result = cli("train", "run.yaml")
+    assert result.exit_code == EXIT_OK, result.output
+    read_again = [path for path in reading.reads if path in training_clips]
+    assert len(read_again) == 4 and not set(read_again) & set(stopping.reads[:4])
+
+
+def test_an_edited_clip_is_encoded_again(tmp_path, tiny_no_text_model_dir) -> None:
+    """The cache is keyed on the clips' files as they are now: a clip rewritten under its name is not read from the
+    encodings of its old contents."""
+    config_path = label_run_config(tmp_path, tiny_no_text_model_dir)
+    config = load_config(config_path)
+    model, _ = build_model(config, config_path)
+    examples = read_manifest(tmp_path / "train.jsonl")
+    dataset = AudioTextDataset(examples, train=True, seed=0)
+    before = cache_key(model.audio_encoder.backbone, dataset, 1)
+    assert cache_key(model.audio_encoder.backbone, dataset, 1) == before
+    sf.write(examples[0].audio, np.zeros(RATE, dtype=np.float32), RATE)  # as long as it was: only its time tells
+    assert cache_key(model.audio_encoder.backbone, dataset, 1) != before
