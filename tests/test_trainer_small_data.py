@@ -9,7 +9,7 @@ from signal import SIGINT
 import numpy as np
 import soundfile as sf
 
-from pengi_search.errors import EXIT_INTERRUPTED, EXIT_OK
+from pengi_search.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from trainer.config import load_config
 from trainer.data import AudioTextDataset, project_load_audio, read_manifest
 from trainer.features import cache_key
@@ -71,3 +71,34 @@ def test_an_edited_clip_is_encoded_again(tmp_path, tiny_no_text_model_dir) -> No
     assert cache_key(model.audio_encoder.backbone, dataset, 1) == before
     sf.write(examples[0].audio, np.zeros(RATE, dtype=np.float32), RATE)  # as long as it was: only its time tells
     assert cache_key(model.audio_encoder.backbone, dataset, 1) != before
+
+
+def test_a_dry_run_with_too_few_examples_for_a_step_says_so_without_a_plan_of_no_steps(
+    tmp_path, tiny_no_text_model_dir
+) -> None:
+    """It printed the error, then `steps per epoch 0, total steps 0`, `about 0.0 s an epoch` and a warning that
+    warm-up is not shorter than a run of 0 steps: a plan of a run that cannot start."""
+    overrides = {"data__batch_size": 64, "optimization__max_steps": None, "optimization__epochs": 2}
+    config_path = label_run_config(tmp_path, tiny_no_text_model_dir, **overrides)
+    result = cli("train", str(config_path), "--dry-run")
+    assert result.exit_code == EXIT_FAILED, result.output
+    said = " ".join(result.output.split())
+    assert "8 usable examples are too few for one step of batch_size 64" in said
+    assert "plan:" not in said and "time:" not in said and "warm-up" not in said
+    assert result.output.rstrip().endswith("cannot train")
+
+
+def test_the_dry_run_says_how_many_rows_each_epoch_leaves_out_for_want_of_a_whole_step(
+    tmp_path, tiny_no_text_model_dir
+) -> None:
+    """The loader keeps whole steps (batch_size x grad_accumulation): the rows past the last one are left out of
+    the epoch, which the dry run did not say (8 of 56 rows of the smoke set, each epoch)."""
+    config_path = label_run_config(tmp_path, tiny_no_text_model_dir, data__batch_size=2)
+    result = cli("train", str(config_path), "--dry-run", "--set", "optimization.grad_accumulation=3")
+    assert result.exit_code == EXIT_OK, result.output
+    assert (
+        "each epoch trains 6 of its 8 rows: the 2 left over fill no whole step of 6 (data.batch_size 2 x "
+        "optimization.grad_accumulation 3); the shuffle leaves out other rows each epoch"
+    ) in " ".join(result.output.split())
+    result = cli("train", str(config_path), "--dry-run")  # 4 steps of 2 rows: none left out
+    assert result.exit_code == EXIT_OK and "left over" not in result.output, result.output
