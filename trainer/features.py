@@ -187,7 +187,10 @@ def _encode_view(
     on_batch: Callable[[int], None] | None,
 ) -> None:
     dataset.set_epoch(view)
-    for batch in example_loader(dataset, batch_size, rows, num_workers):
+    # Its own generator: a loader's iterator otherwise draws its seed from the global stream, and a run would train
+    # (its dropout) otherwise when it read some of its encodings from an earlier start than when it made them all.
+    loader = example_loader(dataset, batch_size, rows, num_workers, generator=torch.Generator())
+    for batch in loader:
         parts.failed.update(batch["skipped"])
         if batch["index"]:
             parts.add(view, batch["index"], backbone(batch["audio"].to(device)).float().cpu())
