@@ -114,3 +114,18 @@ def test_encoding_the_clips_draws_nothing_from_the_global_random_stream(tmp_path
     before = torch.get_rng_state()
     encode_clips(lambda audio: audio[:, :3], dataset, 2, device=torch.device("cpu"), batch_size=4, num_workers=0)
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_under_torchrun_the_first_process_of_each_machine_keeps_the_encodings(
+    tmp_path, tiny_no_text_model_dir, monkeypatch
+) -> None:
+    """Every process encodes every clip; were each to keep its parts, eight GPUs would fill the disk eight times."""
+    label_run_config(tmp_path, tiny_no_text_model_dir)
+    dataset = AudioTextDataset(read_manifest(tmp_path / "train.jsonl"), train=True, seed=0)
+    options = {"device": torch.device("cpu"), "batch_size": 4, "num_workers": 0}
+    for rank, kept in ((1, False), (0, True)):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        cache = encode_clips(lambda audio: audio[:, :3], dataset, 1, folder=tmp_path / "features", **options)
+        assert len(cache.rows) == len(dataset) and (tmp_path / "features").is_dir() == kept

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from pengi_search.torchrun_env import first_on_machine
 from pengi_search.written_aside import written_aside
 from trainer.data import AudioTextDataset, Example, ExampleItem, example_loader
 
@@ -101,11 +102,12 @@ def clip_key(example: Example) -> tuple[str, float | None, float | None]:
 class EncodedParts:
     """The encodings of one cache key, (view, row) -> output, kept in `folder` (None: not kept) in parts: each part
     holds what was encoded since the one before, written aside and renamed whole, so that a run interrupted or
-    killed while it encodes keeps what it had encoded. The processes of a distributed run each encode every clip
-    and write their own parts; parts that overlap hold the same outputs."""
+    killed while it encodes keeps what it had encoded. Every process of a distributed run encodes every clip and
+    reads the parts; the first of each machine writes them (`keep`), so that they are on each machine's disk once."""
 
-    def __init__(self, folder: Path | None) -> None:
+    def __init__(self, folder: Path | None, *, keep: bool = True) -> None:
         self.folder = folder
+        self.keep = keep and folder is not None
         self.outputs: dict[tuple[int, int], torch.Tensor] = {}
         self.failed: dict[int, str] = {}  # this start's only: a clip that failed may load next time
         self._pending: list[tuple[int, int]] = []
@@ -129,8 +131,9 @@ class EncodedParts:
 
     def save(self, every: float = 0.0) -> None:
         """Write what was encoded since the last part, once `every` seconds have passed since it."""
-        if self.folder is None or not self._pending or time.monotonic() - self._saved_at < every:
+        if not self.keep or not self._pending or time.monotonic() - self._saved_at < every:
             return
+        assert self.folder is not None  # kept in one
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"part-{time.time_ns()}-{os.getpid()}.pt"
         keys = list(self._pending)
@@ -160,7 +163,7 @@ def encode_clips(
     for row, example in enumerate(dataset.examples):
         first_row.setdefault(clip_key(example), row)
     clips = list(first_row.values())  # a representative row per clip
-    parts = EncodedParts(folder)
+    parts = EncodedParts(folder, keep=first_on_machine())
     try:
         for view in range(views):
             rest = [row for row in clips if (view, row) not in parts.outputs and row not in parts.failed]
@@ -168,7 +171,7 @@ def encode_clips(
                 _encode_view(backbone, dataset, view, rest, parts, device, batch_size, num_workers, on_batch)
         parts.save()
     except KeyboardInterrupt:
-        if folder is None or not parts.outputs:
+        if not parts.keep or not parts.outputs:
             raise
         parts.save()
         raise EncodingStopped(folder, len(parts.outputs), len(clips) * views) from None
