@@ -77,6 +77,7 @@ class DryRunReport:
     run_problems: list[str] = field(default_factory=list)  # what the run itself would refuse (too few examples...)
     resume: list[str] = field(default_factory=list)  # what resuming would do, as the run says it
     timing: dict[str, float] = field(default_factory=dict)  # seconds: per step, per epoch, encoding the clips
+    left_out: str | None = None  # the rows each epoch leaves out, as no whole step takes them (`left_out`)
 
     @property
     def exit_code(self) -> int:
@@ -117,8 +118,11 @@ def dry_run_report(
     train = manifests[0]
     rows = epoch_rows(train, built.cached if built is not None else _caches_features(config))
     report.plan = _plan(config, rows)
-    report.warnings += _plan_warnings(report.plan)
     report.run_problems += _run_problems(config, report.plan, rows if train.usable else 0)
+    steps = bool(report.plan["steps_per_epoch"])  # none: the run cannot start, and its error says why
+    if steps:
+        report.warnings += _plan_warnings(report.plan)
+        report.left_out = left_out(config, rows, report.plan)
     if record is not None:
         epoch = EpochSize(rows, report.plan["processes"] or 1, report.plan["total_steps"] or 0)
         try:
@@ -129,7 +133,7 @@ def dry_run_report(
             _plan_resume(config, record, length_change, report)
         if built is not None:
             _check_resumed_model(config, record, built.model, report)
-    if built is not None:
+    if built is not None and steps:
         report.timing = _time_steps(built, config, report.plan)
     return report
 
@@ -339,6 +343,23 @@ def _model_problems(config: TrainConfig) -> list[str]:
     return [f"{key}: {shown_path(path)} does not exist" for key, path in missing]
 
 
+def left_out(config: TrainConfig, rows: int, plan: dict[str, int | None]) -> str | None:
+    """What an epoch of `rows` leaves out: the rows past its last whole step (`batch_size x grad_accumulation`,
+    on every process), as the run's loader drops them; None when they fill whole steps. The shuffle draws other
+    rows each epoch, so none is left out of the whole run."""
+    per_step, steps = plan["examples_per_step"] or 0, plan["steps_per_epoch"] or 0
+    left = rows - per_step * steps
+    if left <= 0:  # under torchrun the processes' shares are padded: an epoch may read a row twice, never less
+        return None
+    data, accumulation = config.data, config.optimization.grad_accumulation
+    return (
+        f"each epoch trains {per_step * steps} of its {rows} rows: the {left} left over fill no whole step of "
+        f"{per_step} (data.batch_size {data.batch_size} x optimization.grad_accumulation {accumulation}"
+        f"{'' if per_step == data.batch_size * accumulation else ' x processes'}); the shuffle leaves out other "
+        "rows each epoch"
+    )
+
+
 def _plan(config: TrainConfig, rows: int) -> dict[str, int | None]:
     """Steps per epoch for an epoch's `rows` (`epoch_rows`), with the process count torchrun would give
     (WORLD_SIZE)."""
@@ -363,8 +384,25 @@ def print_dry_run(report: DryRunReport, console: Console, errors: Console) -> No
         console.print(Text.assemble(("model:", "bold red"), " ", problem), soft_wrap=True)
     for problem in report.run_problems:
         console.print(Text.assemble(("run:", "bold red"), " ", problem), soft_wrap=True)
-    plan = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in report.plan.items())
-    console.print(f"plan: {plan}", soft_wrap=True)
+    _print_plan(report, console)
+    for warning in report.warnings:
+        print_warning(console, warning)
+    verdict = {
+        EXIT_OK: "ready to train" + (" (see the warnings)" if report.warnings else ""),
+        EXIT_USAGE: "cannot train: fix the configuration",
+        EXIT_FAILED: "cannot train",
+        EXIT_PARTIAL: "ready; unusable clips will be skipped",
+    }
+    console.print(f"[bold]{verdict[report.exit_code]}[/]")
+
+
+def _print_plan(report: DryRunReport, console: Console) -> None:
+    """The steps the run would train, the rows an epoch leaves out, the resume, and the time it would take."""
+    if report.plan.get("steps_per_epoch"):  # no step: the run's error says why, and there is no plan to show
+        plan = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in report.plan.items())
+        console.print(f"plan: {plan}", soft_wrap=True)
+    if report.left_out is not None:
+        console.print(report.left_out, soft_wrap=True, markup=False, highlight=False)
     for line in report.resume:
         console.print(line, soft_wrap=True, markup=False, highlight=False)
     if report.timing:
@@ -375,15 +413,6 @@ def print_dry_run(report: DryRunReport, console: Console, errors: Console) -> No
         elif "encoding" in timing:
             line += f"; the clips' features are already in {FEATURE_DIR}/ (frozen encoder, cached): no encoding"
         console.print(line, soft_wrap=True)
-    for warning in report.warnings:
-        print_warning(console, warning)
-    verdict = {
-        EXIT_OK: "ready to train" + (" (see the warnings)" if report.warnings else ""),
-        EXIT_USAGE: "cannot train: fix the configuration",
-        EXIT_FAILED: "cannot train",
-        EXIT_PARTIAL: "ready; unusable clips will be skipped",
-    }
-    console.print(f"[bold]{verdict[report.exit_code]}[/]")
 
 
 def _print_manifest(check: ManifestCheck, console: Console) -> None:

@@ -211,8 +211,12 @@ class TrainingProgress:
 
     def summary(self) -> None:
         """At the run's end: how its training loss went, from the first log to the last (of this session)."""
-        if self._losses:
-            (first, start), (last, end) = self._losses[0], self._losses[-1]
+        if not self._losses:
+            return
+        (first, start), (last, end) = self._losses[0], self._losses[-1]
+        if first == last:  # one log (a short run, a resume's last steps): its loss once, not as a pair of itself
+            self.print(f"training loss {end:.4f} at step {last}")
+        else:
             self.print(f"training loss {start:.4f} at step {first}, {end:.4f} at step {last}")
 
     def print(self, message: str) -> None:

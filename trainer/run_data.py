@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,13 +18,23 @@ from torch.utils.data import Dataset
 from pengi_search.choices import LongPrompt
 from pengi_search.consoles import is_watched, make_console
 from pengi_search.model import Pengi
+from pengi_search.paths import shown_path
 from pengi_search.progress import CountColumn, Rate
 from pengi_search.tokenization import PromptTooLongError, Tokenizers
 from pengi_search.units import count_text
 from trainer.config import ConfigError, TrainConfig
 from trainer.data import AudioTextDataset, Example, ManifestError, read_manifest
 from trainer.evaluation import label_sets, sample_rows
-from trainer.features import FeatureDataset, cache_file, clip_key, encode_clips, load_or_encode
+from trainer.features import (
+    EncodingStopped,
+    FeatureCache,
+    FeatureDataset,
+    clip_key,
+    encode_clips,
+    encodings_kept,
+    load_or_encode,
+)
+from trainer.stopping import RunInterrupted
 
 Printer = Callable[[str], None]
 FEATURE_DIR = "features"
@@ -147,14 +158,13 @@ def prepare_data(
 
 
 def clips_to_encode(config: TrainConfig, model: Pengi, examples: list[Example]) -> int:
-    """The encodings (distinct training clips x views) a cached run makes before its first step: none when
-    `features/` holds the outputs for these clips (an earlier start of the run, which a resume reads in a moment),
-    else every one. A dry run's estimate of the encoding time counts these."""
+    """The encodings (distinct training clips x views) a cached run makes before its first step: those that
+    `features/` lacks (an earlier start of the run, even one stopped while it encoded, kept the others, which the
+    run reads in a moment). A dry run's estimate of the encoding time counts these."""
     train_set = audio_dataset(config, model, examples, train=True)
     views = _views(config, train_set)
-    if cache_file(config.output_dir / FEATURE_DIR, model.audio_encoder.backbone, train_set, views).is_file():
-        return 0
-    return len({clip_key(example) for example in examples}) * views
+    kept = encodings_kept(config.output_dir / FEATURE_DIR, model.audio_encoder.backbone, train_set, views)
+    return len({clip_key(example) for example in examples}) * views - kept
 
 
 def _views(config: TrainConfig, train_set: AudioTextDataset) -> int:
@@ -204,18 +214,34 @@ def _cache(
             "num_workers": config.data.num_workers,
             "on_batch": bar,
         }
-        train_cache = load_or_encode(folder, backbone, train_set, views, **options)
+        train_cache = _encoded("training", folder, backbone, train_set, views, **options)
         cached_train = FeatureDataset(train_set.examples, train_cache)
         cached_val = None
         skipped = [(train_set.examples[row].audio, reason) for row, reason in train_cache.skipped]
         if val_set is not None:
-            val_cache = load_or_encode(folder, backbone, val_set, 1, **options)
+            val_cache = _encoded("validation", folder, backbone, val_set, 1, **options)
             cached_val = FeatureDataset(val_set.examples, val_cache)
             skipped += [(val_set.examples[row].audio, reason) for row, reason in val_cache.skipped]
         if sample_set is val_set:
             cached_samples = cached_val
         else:
-            encoded = load_or_encode(folder, backbone, sample_set, 1, **options)
+            encoded = _encoded("sample", folder, backbone, sample_set, 1, **options)
             cached_samples = FeatureDataset(sample_set.examples, encoded)
-    say(f"audio features ready in {time.perf_counter() - started:.0f} s; {count_text(len(skipped), 'row')} skipped")
+    took = time.perf_counter() - started
+    # A run started again after a stop says that it went on from what the earlier start kept.
+    read = f" ({train_cache.read} of {clips * views} read from {FEATURE_DIR}/)" if train_cache.read else ""
+    say(f"audio features ready in {took:.0f} s{read}; {count_text(len(skipped), 'row')} skipped")
     return cached_train, cached_val, cached_samples, skipped
+
+
+def _encoded(
+    role: str, folder: Path, backbone: torch.nn.Module, dataset: AudioTextDataset, views: int, **options: Any
+) -> FeatureCache:
+    """`load_or_encode`; stopped by a signal, what it kept said as the run's interruption (`RunInterrupted`)."""
+    try:
+        return load_or_encode(folder, backbone, dataset, views, **options)
+    except EncodingStopped as stopped:
+        raise RunInterrupted(
+            f"the run stopped while encoding the {role} clips: {stopped.kept} of {stopped.total} encodings made, kept "
+            f"in {shown_path(folder)}; run the same command to encode only the rest"
+        ) from None

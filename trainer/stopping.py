@@ -18,8 +18,10 @@ LOWER_IS_BETTER = frozenset({"val_loss"})
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """The processes stopped the run after a step on a stop signal, its checkpoint and model written: `kept` says
-    what the run keeps and how to go on, as an interrupted `index` run does (the command exits with 130 or 143)."""
+    """A stop signal stopped the run where it keeps its work: after a step (the processes agree on it), its
+    checkpoint and model written, or while it encoded its clips, the encodings made written (`trainer.features`).
+    `kept` says what the run keeps and how to go on, as an interrupted `index` run does (the command exits with
+    130 or 143)."""
 
     def __init__(self, kept: str) -> None:
         super().__init__(kept)
