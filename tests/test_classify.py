@@ -35,7 +35,7 @@ from pengi_search.similar import stored_windows
 from pengi_search.tokenization import Tokenizers
 from pengi_search.truth import Truth, read_truth
 
-from .indexing import write_tone
+from .indexing import CountingProgress, write_tone
 from .search_library import index_folder
 
 SMOKE_LABELS = Path("/work/shared/data/smoke/labels.csv")
@@ -452,27 +452,12 @@ def test_progress_counts_the_stored_files_with_the_decoded_ones(captions, tiny_m
     """4 files the library holds (5 windows) and a new one (1 window): the bar counts 5 files from the start, the
     stored files' windows known at once, and advances through all 6 windows; it counted the new file only, and
     stood still while the stored ones were scored."""
-    seen = {"files": 0, "windows": 0, "counted": 0}
-
-    class Progress:
-        def start(self, files):
-            seen["total"] = files
-
-        def promised(self, windows):
-            pass
-
-        def counted(self, windows, promised=None):
-            seen["counted"] += windows
-
-        def advance(self, files=0, windows=0):
-            seen["files"] += files
-            seen["windows"] += windows
-
+    progress = CountingProgress()
     new = write_tone(tmp_path / "new.wav", 2.0, freq=610.0)
     c = classifier(tiny_model_dir, db=captions.db, method=method)
-    outcomes = list(c.classify_files([*captions.files.values(), new], progress=Progress()))
+    outcomes = list(c.classify_files([*captions.files.values(), new], progress=progress))
     assert [p.source for p in outcomes] == ["index"] * 4 + ["decoded"]
-    assert seen == {"total": 5, "counted": 6, "files": 5, "windows": 6}
+    assert progress.seen == {"total": 5, "counted": 6, "files": 5, "windows": 6}
 
 
 def test_another_model_does_not_reuse_the_index(captions, tmp_path):

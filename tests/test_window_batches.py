@@ -15,7 +15,7 @@ from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_PARTIAL
 from pengi_search.window_batches import Decoding, batched_rows, map_windows
 
-from .indexing import write_tone
+from .indexing import CountingProgress, write_tone
 
 runner = CliRunner()
 
@@ -75,24 +75,9 @@ def test_closing_a_decoding_stops_its_workers_even_unread(folder):
 
 
 def test_progress_counts_windows_and_files(folder):
-    seen = {"files": 0, "windows": 0, "counted": 0}
-
-    class Progress:
-        def start(self, files):
-            seen["total"] = files
-
-        def promised(self, windows):
-            pass
-
-        def counted(self, windows, promised=None):
-            seen["counted"] += windows
-
-        def advance(self, files=0, windows=0):
-            seen["files"] += files
-            seen["windows"] += windows
-
-    list(map_windows(folder, fingerprint, batch_size=3, workers=0, progress=Progress()))
-    assert seen == {"total": 7, "files": 7, "windows": 8, "counted": 8}
+    progress = CountingProgress()
+    list(map_windows(folder, fingerprint, batch_size=3, workers=0, progress=progress))
+    assert progress.seen == {"total": 7, "files": 7, "windows": 8, "counted": 8}
 
 
 def test_rows_held_in_memory_are_batched_across_files_and_handed_back_per_file():
