@@ -308,6 +308,7 @@ class Classifier:
             if settings.method is Method.loglik
             else []
         )
+        self._answer_ids: list[list[int]] | None = None  # the answers' token ids, once the engine is loaded
 
     def _index_is_usable(self, library: Library) -> bool:
         """Stored captions and audio vectors serve only when the index was built with this very model."""
@@ -358,18 +359,24 @@ class Classifier:
         self, paths: Sequence[str | os.PathLike[str]], progress: Progress | None = None
     ) -> Iterator[Prediction | Failure]:
         """Each file's prediction (or why it failed), in order. Files the index holds are scored from what it
-        stored; the others are decoded and run through the model together, windows from all of them in each
-        batch (`window_batches`)."""
+        stored, loglik's audio vectors of many files in each batch; the others are decoded and run through the model
+        together, windows from all of them in each batch (`window_batches`). `progress` counts the windows of both."""
         from .window_batches import map_windows
 
         stored = [(os.fspath(p), self._stored_evidence(p)) for p in paths]
         to_decode = [path for path, found in stored if found is None]
+        held = [found for _, found in stored if found is not None]
         self._open_models(decoding=bool(to_decode))
+        if progress is not None:  # the stored files' windows are known: the bar's total starts with them
+            progress.start(len(stored))
+            for found in held:
+                progress.counted(len(found))
         batch_size = self.engine().windows_per_batch(1) if to_decode else 1  # each window is asked one prompt
-        outcomes = map_windows(to_decode, self._window_scores, batch_size=batch_size, progress=progress)
+        outcomes = map_windows(to_decode, self._window_scores, batch_size=batch_size, progress=progress, started=True)
+        from_index = self._stored_scores(held, progress)
         for path, found in stored:
             if found is not None:
-                scores = self._loglik(found) if self.settings.method is Method.loglik else self._text_scores(found)
+                scores = next(from_index)
                 yield Prediction(path, rank(self.labels, scores.mean(axis=0)), len(scores), "index")
                 continue
             outcome = next(outcomes)
@@ -378,6 +385,24 @@ class Classifier:
             else:
                 scores = np.stack(outcome.results)  # (windows, labels)
                 yield Prediction(path, rank(self.labels, scores.mean(axis=0)), len(scores), "decoded")
+
+    def _stored_scores(self, held: list[Any], progress: Progress | None) -> Iterator[np.ndarray]:
+        """Each stored file's (windows, labels) scores, in order. Loglik scores the audio vectors of many files
+        together, in the batches decoded windows take (the engine runs each batch's prefixes once, all labels
+        reading their cache): file by file, a short clip's one window made a batch of its own. Stored captions are
+        embedded a file at a time, as the text embedder always has."""
+        from .window_batches import batched_rows
+
+        if self.settings.method is Method.loglik:
+            size = self.engine().windows_per_batch(1)
+            for rows in batched_rows(held, self._loglik, batch_size=size, progress=progress):
+                yield np.stack(rows)
+            return
+        for captions in held:
+            scores = self._text_scores(captions)
+            if progress is not None:
+                progress.advance(files=1, windows=len(captions))
+            yield scores
 
     def _open_models(self, *, decoding: bool) -> None:
         """What the files need, opened before the first is decoded: a text embedder that cannot be used (a folder
@@ -426,12 +451,18 @@ class Classifier:
         return self.embedder().embed(captions) @ self.label_vectors().T
 
     def _loglik(self, vectors: Any) -> np.ndarray:
-        """(windows, labels) scores of the labels as answers to the prompt, for audio embeddings (n, d)."""
+        """(windows, labels) scores of the labels as answers to the prompt, for audio embeddings: an (n, d) array
+        or tensor, or a list of n (d,) rows (`batched_rows` hands stored vectors over one row a window)."""
         import torch
 
+        if isinstance(vectors, list):
+            vectors = np.stack(vectors)
         if isinstance(vectors, np.ndarray):
             vectors = torch.from_numpy(vectors)
-        scores = self.engine().score(vectors, self.settings.prompt, self._answers)
+        engine = self.engine()
+        if self._answer_ids is None:  # encoded (and checked against the model's positions) once a run
+            self._answer_ids = engine.candidate_ids(self.settings.prompt, self._answers)
+        scores = engine.score_ids(vectors, self.settings.prompt, self._answer_ids)
         field = self.settings.loglik_score.value  # a CandidateScore attribute
         return np.array([[getattr(s, field) for s in row] for row in scores], dtype=np.float64)
 

@@ -286,6 +286,11 @@ class Engine:
     def score(self, audio_embeds: torch.Tensor, prompt: str, candidates: Sequence[str]) -> list[list[CandidateScore]]:
         """Log-likelihood of each candidate answer (as `text + " <|endoftext|>"`) for each window; a candidate
         too long for the language model's positions after the prefix is refused (`UsageError`)."""
+        return self.score_ids(audio_embeds, prompt, self.candidate_ids(prompt, candidates))
+
+    def candidate_ids(self, prompt: str, candidates: Sequence[str]) -> list[list[int]]:
+        """Each candidate answer's token ids as `score_ids` takes them, encoded once for any number of windows;
+        one too long for the language model's positions after `prompt`'s prefix is refused (`UsageError`)."""
         ids = [self.tok.answer_ids(c) for c in candidates]
         room = self._room([prompt])
         if room is not None and ids:
@@ -297,6 +302,11 @@ class Engine:
                     f"{shortened(candidates[longest])!r}: {len(ids[longest])} tokens as an answer, more than the "
                     f"{positions - prefix} positions this model has after its {prefix}-token prefix",
                 )
+        return ids
+
+    def score_ids(self, audio_embeds: torch.Tensor, prompt: str, ids: list[list[int]]) -> list[list[CandidateScore]]:
+        """`score` of candidates already encoded (`candidate_ids`): the windows in batches of the device's size,
+        each batch's prefixes run once and read by every candidate (`decoding.score_candidates`)."""
         out: list[list[CandidateScore]] = []
         pairs = SCORE_PAIRS_PER_ROW * default_batch_rows(self.device)
         for part in chunk_slices(len(audio_embeds), self.windows_per_batch(SCORE_ROWS_PER_WINDOW)):

@@ -13,14 +13,17 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Generic, Protocol, TypeVar
 
 from .audio import WINDOW_SECONDS, Window
 from .audio_workers import Decoded, Failed, Job, Message, Windows, decode_all, default_workers
 
 T = TypeVar("T")
+R = TypeVar("R")
 READ_AHEAD = 16  # decoded messages held ahead of the model: 8 short files, or 128 windows (~160 MB) of long ones
 _POLL_S = 0.5
 
@@ -177,15 +180,17 @@ def map_windows(
     workers: int | None = None,
     hash_files: bool = False,
     progress: Progress | None = None,
+    started: bool = False,
 ) -> Iterator[FileOutcome[T]]:
     """`work` on the windows of all `files`, `batch_size` windows at a time across files; one `FileOutcome` per
     file, in order. `work` returns one result per window. `files`: paths (decoded with `hop_s`, `workers` and
-    `hash_files`, as `Decoding` does), or a `Decoding` of them already under way (closed here once read)."""
+    `hash_files`, as `Decoding` does), or a `Decoding` of them already under way (closed here once read).
+    `started`: the caller started `progress` for a run of which these files are a part (`batched_rows`' too)."""
     decoding = (
         files if isinstance(files, Decoding) else Decoding(files, hop_s=hop_s, workers=workers, hash_files=hash_files)
     )
     run = _Run(decoding.paths, work, batch_size, progress)
-    if progress is not None:
+    if progress is not None and not started:
         progress.start(len(decoding.paths))
     try:
         for message in decoding:
@@ -253,7 +258,39 @@ class _Run(Generic[T]):
     def finished(self) -> Iterator[FileOutcome[T]]:
         """The files done so far whose predecessors are all done, in order."""
         while self.next_out < self.count and self.pending[self.next_out].done:
-            yield self.pending.pop(self.next_out).outcome
+            outcome = self.pending.pop(self.next_out).outcome
             self.next_out += 1
-            if self.progress is not None:
+            if self.progress is not None:  # before it is handed over: a caller may take no more
                 self.progress.advance(files=1)
+            yield outcome
+
+
+def batched_rows(
+    files: Iterable[Sequence[R]],
+    work: Callable[[list[R]], Sequence[T]],
+    *,
+    batch_size: int,
+    progress: Progress | None = None,
+) -> Iterator[list[T]]:
+    """`work` on the rows of all `files` held in memory (a library's stored vectors of each file's windows),
+    `batch_size` rows at a time across files, as `map_windows` batches decoded windows: many short files fill one
+    batch. Each file's results, in order, as soon as its last row is done; `progress` is told each batch's rows
+    and each file done (its files and windows, counted beforehand by the caller, who started it)."""
+    sizes: deque[int] = deque()  # rows of each file not yet handed back, in order
+    waiting: list[R] = []  # rows not yet run
+    done: list[T] = []  # results of the rows run, of files not yet handed back
+    for rows in chain(files, (None,)):  # None: the end, where the last rows run in a smaller batch
+        if rows is not None:
+            sizes.append(len(rows))
+            waiting.extend(rows)
+        while len(waiting) >= batch_size or (rows is None and waiting):
+            batch, waiting = waiting[:batch_size], waiting[batch_size:]
+            done.extend(work(batch))
+            if progress is not None:
+                progress.advance(windows=len(batch))
+        while sizes and len(done) >= sizes[0]:
+            count = sizes.popleft()
+            results, done = done[:count], done[count:]
+            if progress is not None:  # before the file is handed over, as `map_windows` counts it
+                progress.advance(files=1)
+            yield results

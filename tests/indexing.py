@@ -35,6 +35,27 @@ def write_tone(path: Path, seconds: float, *, sr: int = 44_100, channels: int = 
     return path
 
 
+class CountingProgress:
+    """A `window_batches.Progress` that adds up what it is told: `seen` holds the files `start` announced ("total"),
+    the windows `counted`, and the files and windows `advance`d."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, int] = {"files": 0, "windows": 0, "counted": 0}
+
+    def start(self, files: int) -> None:
+        self.seen["total"] = files
+
+    def promised(self, windows: int) -> None:
+        pass
+
+    def counted(self, windows: int, promised: int | None = None) -> None:
+        self.seen["counted"] += windows
+
+    def advance(self, files: int = 0, windows: int = 0) -> None:
+        self.seen["files"] += files
+        self.seen["windows"] += windows
+
+
 def write_tree(root: Path) -> Path:
     """Three files of four windows: `short.wav` (1.5 s), `birds/long.wav` (9 s: two windows), `birds/tone.flac`."""
     write_tone(root / "short.wav", 1.5, freq=330)

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
+from pengi_search import inference
 from pengi_search.audio import iter_windows
 from pengi_search.classify import (
     Classifier,
@@ -29,9 +31,11 @@ from pengi_search.inference import Engine
 from pengi_search.library import Library
 from pengi_search.model_dir import ModelDir
 from pengi_search.prompts import TASK_PROMPTS
+from pengi_search.similar import stored_windows
+from pengi_search.tokenization import Tokenizers
 from pengi_search.truth import Truth, read_truth
 
-from .indexing import write_tone
+from .indexing import CountingProgress, write_tone
 from .search_library import index_folder
 
 SMOKE_LABELS = Path("/work/shared/data/smoke/labels.csv")
@@ -378,6 +382,82 @@ def test_loglik_reuses_stored_audio_embeddings(captions, tiny_model_dir, tmp_pat
     assert (from_index.source, decoded.source) == ("index", "decoded")
     assert from_index.label == decoded.label
     np.testing.assert_allclose([s for _, s in from_index.ranked], [s for _, s in decoded.ranked], atol=1e-4, rtol=0)
+
+
+@pytest.fixture()
+def scored_batches(monkeypatch) -> list[int]:
+    """The windows of each batch whose prefixes the engine scores the labels after (`score_candidates`' rows)."""
+    batches: list[int] = []
+    score = inference.score_candidates
+
+    def recording(gpt, prefix, candidates, max_rows=256):
+        batches.append(prefix.rows)
+        return score(gpt, prefix, candidates, max_rows)
+
+    monkeypatch.setattr(inference, "score_candidates", recording)
+    return batches
+
+
+def stored_loglik(captions, engine: Engine, labels=LABELS, **settings) -> Classifier:
+    """A loglik classifier that reuses the `captions` library's stored audio embeddings, on `engine`."""
+    library = Library.open(captions.db, read_only=True)
+    settings = ClassifySettings(method="loglik", **settings)
+    return Classifier(labels, settings, library=library, engine=engine)
+
+
+def test_loglik_scores_the_stored_windows_of_many_files_in_shared_batches(captions, tiny_model_dir, scored_batches):
+    """The library's 4 files hold 5 windows (dog, rain's two, bell, cat): with --batch-size 2 they are scored in
+    batches of 2, 2 and 1 windows, across files; a file at a time, each one-window clip made a batch of its own."""
+    engine = Engine.load(ModelDir.read(tiny_model_dir), "cpu", batch_size=2)
+    predictions = list(stored_loglik(captions, engine).classify_files(list(captions.files.values())))
+    assert [(p.source, p.window_count) for p in predictions] == [("index", 1), ("index", 2), ("index", 1), ("index", 1)]
+    assert scored_batches == [2, 2, 1]
+
+
+@pytest.mark.parametrize("score", ["mean", "total"])
+def test_batched_loglik_equals_each_window_and_label_scored_alone(captions, tiny_model_dir, score):
+    """Windows of several files share each batch's prefixes, and labels of 1 to 7 tokens share its forward pass,
+    right-padded to the longest: each label's score is still what it gets alone after one window, with nothing
+    padded and no neighbour. Within float32 rounding: products of other shapes add up in another order (about
+    1e-6 on these scores of about -6); a padded token counted, or seen by a label's own tokens, moves them by
+    tenths."""
+    labels = ["dog", "rain on a roof", "a bell rings twice in the distance", "silence"]
+    engine = Engine.load(ModelDir.read(tiny_model_dir), "cpu", batch_size=2)
+    classifier = stored_loglik(captions, engine, labels, loglik_score=score)
+    assert len({len(engine.tok.answer_ids(label)) for label in labels}) == 4  # padded in every batch
+    files = list(captions.files.values())
+    with Library.open(captions.db, read_only=True) as library:
+        for path, prediction in zip(files, classifier.classify_files(files), strict=True):
+            vectors = torch.from_numpy(stored_windows(library, path, audio=True).vectors)
+            alone = [
+                [getattr(engine.score(vector[None], "this is a sound of", [label])[0][0], score) for label in labels]
+                for vector in vectors
+            ]
+            got = dict(prediction.ranked)
+            np.testing.assert_allclose([got[label] for label in labels], np.mean(alone, axis=0), atol=1e-5, rtol=0)
+
+
+def test_loglik_encodes_the_labels_once_a_run(captions, tiny_model_dir, monkeypatch):
+    """Not once per batch of windows (5 batches of one window here), nor once per file."""
+    encoded: list[str] = []
+    answer_ids = Tokenizers.answer_ids
+    monkeypatch.setattr(Tokenizers, "answer_ids", lambda self, text: encoded.append(text) or answer_ids(self, text))
+    engine = Engine.load(ModelDir.read(tiny_model_dir), "cpu", batch_size=1)
+    list(stored_loglik(captions, engine).classify_files(list(captions.files.values())))
+    assert sorted(encoded) == sorted(LABELS)
+
+
+@pytest.mark.parametrize("method", ["text", "loglik"])
+def test_progress_counts_the_stored_files_with_the_decoded_ones(captions, tiny_model_dir, tmp_path, method):
+    """4 files the library holds (5 windows) and a new one (1 window): the bar counts 5 files from the start, the
+    stored files' windows known at once, and advances through all 6 windows; it counted the new file only, and
+    stood still while the stored ones were scored."""
+    progress = CountingProgress()
+    new = write_tone(tmp_path / "new.wav", 2.0, freq=610.0)
+    c = classifier(tiny_model_dir, db=captions.db, method=method)
+    outcomes = list(c.classify_files([*captions.files.values(), new], progress=progress))
+    assert [p.source for p in outcomes] == ["index"] * 4 + ["decoded"]
+    assert progress.seen == {"total": 5, "counted": 6, "files": 5, "windows": 6}
 
 
 def test_another_model_does_not_reuse_the_index(captions, tmp_path):

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 from pengi_search.audio_workers import Decoded, Job, Windows, decode_all
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_PARTIAL
-from pengi_search.window_batches import Decoding, map_windows
+from pengi_search.window_batches import Decoding, batched_rows, map_windows
 
-from .indexing import write_tone
+from .indexing import CountingProgress, write_tone
 
 runner = CliRunner()
 
@@ -75,24 +75,31 @@ def test_closing_a_decoding_stops_its_workers_even_unread(folder):
 
 
 def test_progress_counts_windows_and_files(folder):
-    seen = {"files": 0, "windows": 0, "counted": 0}
+    progress = CountingProgress()
+    list(map_windows(folder, fingerprint, batch_size=3, workers=0, progress=progress))
+    assert progress.seen == {"total": 7, "files": 7, "windows": 8, "counted": 8}
+
+
+def test_rows_held_in_memory_are_batched_across_files_and_handed_back_per_file():
+    """`batched_rows` (a library's stored vectors): full batches whatever the files' sizes, a smaller one at the
+    end, each file's results together and in order, a file without rows included; the progress hears each batch's
+    rows and each file before it is handed over."""
+    batches, heard = [], []
 
     class Progress:
-        def start(self, files):
-            seen["total"] = files
-
-        def promised(self, windows):
-            pass
-
-        def counted(self, windows, promised=None):
-            seen["counted"] += windows
-
         def advance(self, files=0, windows=0):
-            seen["files"] += files
-            seen["windows"] += windows
+            heard.append((files, windows))
 
-    list(map_windows(folder, fingerprint, batch_size=3, workers=0, progress=Progress()))
-    assert seen == {"total": 7, "files": 7, "windows": 8, "counted": 8}
+    def work(rows):
+        batches.append(rows)
+        return [10 * row for row in rows]
+
+    files = [[1], [2, 3, 4], [], [5], [6, 7]]
+    results = batched_rows(files, work, batch_size=3, progress=Progress())
+    assert next(results) == [10] and heard == [(0, 3), (1, 0)]
+    assert list(results) == [[20, 30, 40], [], [50], [60, 70]]
+    assert batches == [[1, 2, 3], [4, 5, 6], [7]]
+    assert heard[2:] == [(0, 3), (1, 0), (1, 0), (1, 0), (0, 1), (1, 0)]
 
 
 @pytest.mark.parametrize(("seconds", "hop_s"), [(0.05, 7.0), (7.0, 7.0), (20.0, 7.0), (60.0, 7.0), (20.0, 3.0)])
