@@ -12,24 +12,26 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import text
 from typer.testing import CliRunner
 
 from indexer.pipeline import run_index
 from indexer.shard import Shard
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_FAILED, EXIT_USAGE
-from pengi_search.db import IndexBusyError, MissingDatabaseError, Store, StoreError
+from pengi_search.db import DatabaseUnreachableError, IndexBusyError, MissingDatabaseError, Store, StoreError, run_lock
 from pengi_search.db.run_lock import indexing_lock
 from pengi_search.library import Library
 from pengi_search.library_stats import index_info
 from pengi_search.vectors import VectorIndex
 
 from .indexing import assert_consistent, quick_options, write_tone
-from .test_store import db_url  # noqa: F401 (the fixture: SQLite, and PostgreSQL when a server is given)
+from .test_store import db_url, pg_url  # noqa: F401 (fixtures: SQLite, and PostgreSQL when a server is given)
 
 runner = CliRunner()
 QUICK = ("--workers", "0", "--beam", "2", "--max-len", "3", "--device", "cpu", "--quiet")
@@ -88,6 +90,30 @@ class SetWhenLogged(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if self.text in record.getMessage():
             self.event.set()
+
+
+def cut_lock_connection(store: Store) -> None:
+    """End, from the server's side, the session that holds this library's indexing lock (as a server restart or a
+    network cut would), and wait until it is gone."""
+    with store.engine.connect() as connection:
+        schema = connection.scalar(text("SELECT current_database() || '.' || current_schema()"))
+        key = zlib.crc32(f"{schema}\0{run_lock.LIBRARY}".encode())
+        holders = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = :cls AND objid = :key"
+        params = {"cls": run_lock._PG_CLASS, "key": key}
+        [pid] = connection.scalars(text(holders), params).all()
+        connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        while connection.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}):
+            time.sleep(0.05)
+
+
+def test_a_run_that_lost_its_server_ends_with_its_own_error_and_leaves_the_library_free(pg_url):  # noqa: F811
+    """The lock's session died with the connection, and the server dropped the lock: releasing it must not fail in
+    turn, which hid the run's one-line error behind a traceback."""
+    with Store.open(pg_url) as store:
+        with pytest.raises(DatabaseUnreachableError, match="the server went away"), indexing_lock(store):
+            cut_lock_connection(store)
+            raise DatabaseUnreachableError(store.name, "the server went away")
+        assert refused(store) is None
 
 
 def test_index_refuses_or_waits_for_the_run_holding_the_library(tiny_model_dir, sounds, tmp_path, caplog):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..torchrun_env import first_on_machine
 from .errors import IndexBusyError, LibraryBusyError
@@ -144,5 +145,10 @@ class _AdvisoryLocks:
     def release(self) -> None:
         try:
             self.connection.execute(text("SELECT pg_advisory_unlock_all()"))
+        except SQLAlchemyError:
+            # The connection was lost (a server restarted, a network cut): its session ended, and its locks with it.
+            # Failing here would hide the error that ended the run behind a traceback; the connection is dropped,
+            # never put back in the pool.
+            self.connection.invalidate()
         finally:
             self.connection.close()
