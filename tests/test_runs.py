@@ -116,6 +116,18 @@ def test_a_run_that_lost_its_server_ends_with_its_own_error_and_leaves_the_libra
         assert refused(store) is None
 
 
+def test_a_run_that_lost_its_lock_with_the_server_writes_nothing_more(pg_url):  # noqa: F811
+    """A server restarted between two writes ends the lock's session, and with it the lock, while the run's other
+    connections reconnect unawares: the run must stop at its next write rather than write beside the next run."""
+    with Store.open(pg_url) as store:
+        resume = "run the same command again to resume"
+        with pytest.raises(DatabaseUnreachableError, match=resume), indexing_lock(store):
+            cut_lock_connection(store)
+            store.start_run()
+        assert store.runs() == []  # the write was rolled back
+        assert refused(store) is None
+
+
 def test_index_refuses_or_waits_for_the_run_holding_the_library(tiny_model_dir, sounds, tmp_path, caplog):
     db = tmp_path / "lib.db"
     release = threading.Event()
