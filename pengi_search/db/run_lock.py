@@ -34,9 +34,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LIBRARY = "library"
+RESUME_HINT = "what was committed is kept: run the same command again to resume"
 LOCK_LOST = (
     "lost the connection that holds this run's indexing lock (the database server restarted, or the network"
-    " dropped it); what was committed is kept: run the same command again to resume"
+    f" dropped it); {RESUME_HINT}"
 )
 _PG_CLASS = 0x70656E67  # "peng": the first key of pengi-search's two-key advisory locks
 
