@@ -12,12 +12,13 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from typer.testing import CliRunner
 
 from indexer.pipeline import run_index
@@ -25,6 +26,7 @@ from indexer.shard import Shard
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_FAILED, EXIT_USAGE
 from pengi_search.db import DatabaseUnreachableError, IndexBusyError, MissingDatabaseError, Store, StoreError, run_lock
+from pengi_search.db.errors import ReadOnlyLibraryError
 from pengi_search.db.run_lock import indexing_lock
 from pengi_search.library import Library
 from pengi_search.library_stats import index_info
@@ -126,6 +128,31 @@ def test_a_run_that_lost_its_lock_with_the_server_writes_nothing_more(pg_url):  
             store.start_run()
         assert store.runs() == []  # the write was rolled back
         assert refused(store) is None
+
+
+def test_a_role_that_may_only_read_is_told_so_by_commands_that_write(pg_url, tmp_path):  # noqa: F811
+    """PostgreSQL's "permission denied" is the role's rights, not what a statement was given: said as such, and an
+    `index` run stops rather than fail its files one by one."""
+    role, options = f"pengi_reader_{uuid.uuid4().hex[:8]}", make_url(pg_url).query["options"]
+    schema = options.removeprefix("-csearch_path=")
+    with Store.open(pg_url) as owner, owner.engine.begin() as connection:
+        connection.execute(text(f'CREATE ROLE "{role}"'))
+        connection.execute(text(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"'))
+        connection.execute(text(f'GRANT SELECT ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"'))
+    # Connected as the server's user, acting as the role (as `SET ROLE` does): no password to set up.
+    as_reader = make_url(pg_url).update_query_dict({"options": f"{options} -crole={role}"})
+    try:
+        with Store.open(as_reader.render_as_string(hide_password=False)) as reader:
+            assert reader.stats()["files"]["total"] == 0  # reading works
+            with pytest.raises(ReadOnlyLibraryError, match="this database role may only read the library"):
+                reader.start_run()
+        result = run("rebuild-index", "--index-type", "flat", "--db", as_reader.render_as_string(hide_password=False))
+        assert result.exit_code == EXIT_FAILED and "this database role may only read" in result.stderr
+        assert len(result.stderr.splitlines()) == 1
+    finally:
+        with Store.open(pg_url) as owner, owner.engine.begin() as connection:
+            connection.execute(text(f'DROP OWNED BY "{role}"'))
+            connection.execute(text(f'DROP ROLE "{role}"'))
 
 
 def test_index_refuses_or_waits_for_the_run_holding_the_library(tiny_model_dir, sounds, tmp_path, caplog):
