@@ -16,6 +16,7 @@ from pengi_search.cli import app
 from pengi_search.cli import index as cli_index
 from pengi_search.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PARTIAL, EXIT_USAGE
 from pengi_search.consoles import make_console
+from pengi_search.db import DatabaseUnreachableError
 from pengi_search.library import Library
 from pengi_search.library_stats import index_info
 from pengi_search.testing import make_tiny_model_dir
@@ -152,27 +153,54 @@ def test_an_interrupted_run_says_what_it_kept_and_that_the_same_command_resumes(
     """Ctrl-C (or SIGTERM) in pass 2, after one batch of captions: every file of pass 1 and that batch are kept, and
     the line that says `interrupted` says so, with the way on; with --json too, whose stdout stays empty (the run
     ended with no summary). The same command then writes only the captions still missing."""
-    from indexer.captions import CaptionPass
-
-    store = CaptionPass._store
-
-    def stopped_after_one_batch(self, captioned, result):
-        if result.captioned:
-            raise KeyboardInterrupt
-        store(self, captioned, result)
-
     db, command = tmp_path / "lib.db", ("--batch-size", 1, *(("--json",) if json_output else ()))
-    monkeypatch.setattr(CaptionPass, "_store", stopped_after_one_batch)
+    stop_after_one_caption_batch(monkeypatch, KeyboardInterrupt())
     result = index(sounds, db, tiny_model_dir, *command)
     assert (result.exit_code, result.stdout) == (EXIT_INTERRUPTED, ""), result.output
     assert result.stderr.strip() == (
         "interrupted: this run kept 3 files indexed and 1 window captioned; run the same command again to resume"
     )
     monkeypatch.undo()
-    again = index(sounds, db, tiny_model_dir, "--json")
+    assert_resumed(sounds, db, tiny_model_dir)
+
+
+def stop_after_one_caption_batch(monkeypatch, stop: BaseException) -> None:
+    """Pass 2 raises `stop` (Ctrl-C, a database gone) once its first batch of captions is stored."""
+    from indexer.captions import CaptionPass
+
+    store = CaptionPass._store
+
+    def stopped(self, captioned, result):
+        if result.captioned:
+            raise stop
+        store(self, captioned, result)
+
+    monkeypatch.setattr(CaptionPass, "_store", stopped)
+
+
+def assert_resumed(sounds: Path, db: Path, model: Path) -> None:
+    """The same command again decodes no file anew and leaves every window of `sounds` captioned."""
+    again = index(sounds, db, model, "--json")
     assert again.exit_code == 0, again.output
     summary = json.loads(again.stdout)
     assert (summary["indexed"], summary["unchanged"], summary["captioned"]) == (0, 3, 3)
+
+
+def test_a_run_whose_database_stops_answering_says_so_in_one_line_and_the_same_command_resumes(
+    tiny_model_dir, sounds, tmp_path, monkeypatch
+):
+    """A database server that goes down (or restarts) in pass 2 ends the run with its one line, which says that what
+    was committed is kept and how to go on; the same command, once it answers, writes only what is missing."""
+    db, server = tmp_path / "lib.db", "postgresql+psycopg://me:***@db.lan/pengi"
+    stop_after_one_caption_batch(monkeypatch, DatabaseUnreachableError(server, "cannot reach the database"))
+    result = index(sounds, db, tiny_model_dir, "--batch-size", 1)
+    assert result.exit_code == EXIT_FAILED
+    assert result.stderr == (
+        "error: postgresql+psycopg://me:***@db.lan/pengi: cannot reach the database; what was committed is kept: run"
+        " the same command again to resume once the database answers\n"
+    )
+    monkeypatch.undo()
+    assert_resumed(sounds, db, tiny_model_dir)
 
 
 def test_failed_files_give_exit_code_3_and_are_listed(tiny_model_dir, sounds, tmp_path):

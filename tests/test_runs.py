@@ -12,24 +12,28 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import make_url, text
 from typer.testing import CliRunner
 
 from indexer.pipeline import run_index
 from indexer.shard import Shard
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_FAILED, EXIT_USAGE
-from pengi_search.db import IndexBusyError, MissingDatabaseError, Store, StoreError
+from pengi_search.db import DatabaseUnreachableError, IndexBusyError, MissingDatabaseError, Store, StoreError, run_lock
+from pengi_search.db.errors import ReadOnlyLibraryError
 from pengi_search.db.run_lock import indexing_lock
 from pengi_search.library import Library
 from pengi_search.library_stats import index_info
 from pengi_search.vectors import VectorIndex
 
 from .indexing import assert_consistent, quick_options, write_tone
-from .test_store import db_url  # noqa: F401 (the fixture: SQLite, and PostgreSQL when a server is given)
+from .test_store import db_url, pg_url  # noqa: F401 (fixtures: SQLite, and PostgreSQL when a server is given)
 
 runner = CliRunner()
 QUICK = ("--workers", "0", "--beam", "2", "--max-len", "3", "--device", "cpu", "--quiet")
@@ -88,6 +92,67 @@ class SetWhenLogged(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if self.text in record.getMessage():
             self.event.set()
+
+
+def cut_lock_connection(store: Store) -> None:
+    """End, from the server's side, the session that holds this library's indexing lock (as a server restart or a
+    network cut would), and wait until it is gone."""
+    with store.engine.connect() as connection:
+        schema = connection.scalar(text("SELECT current_database() || '.' || current_schema()"))
+        key = zlib.crc32(f"{schema}\0{run_lock.LIBRARY}".encode())
+        holders = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = :cls AND objid = :key"
+        params = {"cls": run_lock._PG_CLASS, "key": key}
+        [pid] = connection.scalars(text(holders), params).all()
+        connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        while connection.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}):
+            time.sleep(0.05)
+
+
+def test_a_run_that_lost_its_server_ends_with_its_own_error_and_leaves_the_library_free(pg_url):  # noqa: F811
+    """The lock's session died with the connection, and the server dropped the lock: releasing it must not fail in
+    turn, which hid the run's one-line error behind a traceback."""
+    with Store.open(pg_url) as store:
+        with pytest.raises(DatabaseUnreachableError, match="the server went away"), indexing_lock(store):
+            cut_lock_connection(store)
+            raise DatabaseUnreachableError(store.name, "the server went away")
+        assert refused(store) is None
+
+
+def test_a_run_that_lost_its_lock_with_the_server_writes_nothing_more(pg_url):  # noqa: F811
+    """A server restarted between two writes ends the lock's session, and with it the lock, while the run's other
+    connections reconnect unawares: the run must stop at its next write rather than write beside the next run."""
+    with Store.open(pg_url) as store:
+        resume = "run the same command again to resume"
+        with pytest.raises(DatabaseUnreachableError, match=resume), indexing_lock(store):
+            cut_lock_connection(store)
+            store.start_run()
+        assert store.runs() == []  # the write was rolled back
+        assert refused(store) is None
+
+
+def test_a_role_that_may_only_read_is_told_so_by_commands_that_write(pg_url, tmp_path):  # noqa: F811
+    """PostgreSQL's "permission denied" is the role's rights, not what a statement was given: said as such, and an
+    `index` run stops rather than fail its files one by one."""
+    role, options = f"pengi_reader_{uuid.uuid4().hex[:8]}", make_url(pg_url).query["options"]
+    schema = options.removeprefix("-csearch_path=")
+    with Store.open(pg_url) as owner, owner.engine.begin() as connection:
+        connection.execute(text(f'CREATE ROLE "{role}"'))
+        connection.execute(text(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"'))
+        connection.execute(text(f'GRANT SELECT ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"'))
+    # Connected as the server's user, acting as the role (as `SET ROLE` does): no password to set up.
+    as_reader = make_url(pg_url).update_query_dict({"options": f"{options} -crole={role}"})
+    try:
+        with Store.open(as_reader.render_as_string(hide_password=False)) as reader:
+            assert reader.stats()["files"]["total"] == 0  # reading works
+            with pytest.raises(ReadOnlyLibraryError, match="this database role may only read the library"):
+                reader.start_run()
+        result = run("rebuild-index", "--index-type", "flat", "--db", as_reader.render_as_string(hide_password=False))
+        assert result.exit_code == EXIT_FAILED and "this database role may only read" in result.stderr
+        assert len(result.stderr.splitlines()) == 1
+    finally:
+        with Store.open(pg_url) as owner, owner.engine.begin() as connection:
+            connection.execute(text(f'DROP OWNED BY "{role}"'))
+            connection.execute(text(f'DROP ROLE "{role}"'))
 
 
 def test_index_refuses_or_waits_for_the_run_holding_the_library(tiny_model_dir, sounds, tmp_path, caplog):

@@ -71,6 +71,17 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'index.db'}"
         return
+    yield from postgres_schema_url()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """For what only PostgreSQL does (a server that drops connections, roles): a fresh schema, as `db_url`'s."""
+    yield from postgres_schema_url()
+
+
+def postgres_schema_url() -> Iterator[str]:
+    """The URL of a fresh schema on PENGI_TEST_POSTGRES_URL's server (the CI sets it), dropped afterwards."""
     base = os.environ.get("PENGI_TEST_POSTGRES_URL")
     if not base:
         pytest.skip("PENGI_TEST_POSTGRES_URL is not set")

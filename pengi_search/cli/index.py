@@ -261,7 +261,8 @@ def _run_once(options: IndexOptions, visible: bool, anew: str) -> IndexSummary:
     from indexer.pipeline import IndexerError, run_index
     from indexer.run_report import RunInterrupted
 
-    from ..db import BuiltWithOtherError
+    from ..db import BuiltWithOtherError, DatabaseUnreachableError
+    from ..db.run_lock import RESUME_HINT
     from ..scan import ScanError
     from .inputs import name_as_reached
 
@@ -271,6 +272,10 @@ def _run_once(options: IndexOptions, visible: bool, anew: str) -> IndexSummary:
         return summary.renamed(functools.partial(name_as_reached, targets=list(map(os.fspath, options.roots))))
     except (IndexerError, ScanError) as exc:
         raise UsageError("", str(exc)) from exc
+    except DatabaseUnreachableError as exc:  # a server down or restarted: the run resumes once it answers
+        if RESUME_HINT in exc.reason:
+            raise
+        raise DatabaseUnreachableError(exc.where, f"{exc.reason}; {RESUME_HINT} once the database answers") from exc
     except BuiltWithOtherError as exc:  # the run's own command, to paste
         fix = f"`{anew}` indexes it anew (every caption and vector made again)"
         raise exc.fixed_by(fix) from exc

@@ -19,6 +19,13 @@ SQLITE_LOCK_HOLDER = (
 )
 
 
+INSUFFICIENT_PRIVILEGE = "42501"  # PostgreSQL's SQLSTATE for a statement the role may not run
+READ_ONLY_ROLE = (
+    "this database role may only read the library (query, similar, stats and export work);"
+    " this command needs a role that may write it"
+)
+
+
 class StoreError(PengiSearchError):
     """A database could not be opened, read or written, or was given bad input."""
 
@@ -123,6 +130,9 @@ def store_error(where: str, exc: BaseException) -> StoreError:
     DataError)."""
     if getattr(exc, "connection_invalidated", False):
         return DatabaseUnreachableError(where, f"cannot reach the database: {driver_reason(exc)}")
+    if getattr(getattr(exc, "orig", None), "sqlstate", None) == INSUFFICIENT_PRIVILEGE:
+        # The role's rights, not the statement's input: an `index` run must stop, not fail file after file.
+        return ReadOnlyLibraryError(where, f"{driver_reason(exc)}; {READ_ONLY_ROLE}")
     if isinstance(exc, OperationalError):
         return DatabaseFailureError(where, driver_reason(exc))
     return RefusedInputError(where, driver_reason(exc))

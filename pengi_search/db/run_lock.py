@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..torchrun_env import first_on_machine
-from .errors import IndexBusyError, LibraryBusyError
+from .errors import DatabaseUnreachableError, IndexBusyError, LibraryBusyError
 from .urls import sqlite_file
 
 if TYPE_CHECKING:
@@ -32,11 +34,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LIBRARY = "library"
+RESUME_HINT = "what was committed is kept: run the same command again to resume"
+LOCK_LOST = (
+    "lost the connection that holds this run's indexing lock (the database server restarted, or the network"
+    f" dropped it); {RESUME_HINT}"
+)
 _PG_CLASS = 0x70656E67  # "peng": the first key of pengi-search's two-key advisory locks
 
 
 class _Locks(Protocol):
     def take(self, name: str, *, shared: bool, wait: bool) -> bool: ...
+
+    def check(self) -> None: ...
 
     def release(self) -> None: ...
 
@@ -64,8 +73,10 @@ def indexing_lock(store: Store, shard: str | None = None, *, wait: bool = False)
             if not shared or first_on_machine():  # the library held: every rank of a torchrun job waits alike
                 log.warning("%s; waiting for it to end", busy)
             locks.take(name, shared=shared, wait=True)
+        store.write_guard = locks.check
         yield
     finally:
+        store.write_guard = None
         locks.release()
 
 
@@ -121,6 +132,9 @@ class _FileLocks:
         self.handles.append(handle)
         return True
 
+    def check(self) -> None:
+        """Nothing to check: the kernel keeps a flock for as long as its file is open."""
+
     def release(self) -> None:
         for handle in self.handles:
             handle.close()  # closing the file releases its lock
@@ -131,8 +145,10 @@ class _AdvisoryLocks:
     """PostgreSQL session advisory locks on a dedicated connection; the server drops them when it closes."""
 
     def __init__(self, store: Store) -> None:
+        self.where = store.name
         self.connection = store.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         self.schema = self.connection.scalar(text("SELECT current_database() || '.' || current_schema()"))
+        self.guard = threading.Lock()  # the run's threads commit side by side; a connection serves one at a time
 
     def take(self, name: str, *, shared: bool, wait: bool) -> bool:
         function = f"pg{'' if wait else '_try'}_advisory_lock{'_shared' if shared else ''}"
@@ -141,8 +157,22 @@ class _AdvisoryLocks:
         taken = self.connection.scalar(text(f"SELECT {function}(:cls, :key)"), {"cls": _PG_CLASS, "key": key})
         return wait or bool(taken)
 
+    def check(self) -> None:
+        """Raise DatabaseUnreachableError once the locks' session has ended (a server restart, a network cut): the
+        server dropped the locks with it, while the run's other connections reconnect unawares."""
+        with self.guard:
+            try:
+                self.connection.execute(text("SELECT 1"))
+            except SQLAlchemyError as exc:
+                raise DatabaseUnreachableError(self.where, LOCK_LOST) from exc
+
     def release(self) -> None:
         try:
             self.connection.execute(text("SELECT pg_advisory_unlock_all()"))
+        except SQLAlchemyError:
+            # The connection was lost (a server restarted, a network cut): its session ended, and its locks with it.
+            # Failing here would hide the error that ended the run behind a traceback; the connection is dropped,
+            # never put back in the pool.
+            self.connection.invalidate()
         finally:
             self.connection.close()

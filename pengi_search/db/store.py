@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 
 from sqlalchemy import Connection, Engine, delete, select
@@ -72,6 +72,9 @@ class Store(RunJournal, LibraryReads, IndexBuild):
         self.url = engine.url.render_as_string(hide_password=True)  # what it is: FAISS file names, `stats`
         self.name = name or library_name_of_url(engine.url)  # how the user named it: every error's `where`
         self.db_option = db_option
+        # Set by `run_lock.indexing_lock` while a run holds the library: called before each write commits, it raises
+        # when the lock was lost (PostgreSQL's, with its session), so that a run never writes beside the next one.
+        self.write_guard: Callable[[], None] | None = None
 
     @classmethod
     def open(cls, db: str | os.PathLike[str] | None = None, *, create: bool = True, read_only: bool = False) -> Store:
@@ -118,6 +121,8 @@ class Store(RunJournal, LibraryReads, IndexBuild):
         try:
             with maker.begin() as session:
                 yield session
+                if write and self.write_guard is not None:
+                    self.write_guard()
         except SQLAlchemyError as exc:
             raise store_error(self.name, exc) from exc
 
