@@ -37,6 +37,7 @@ from .audio_decoders import AudioDecodeError, DecodeReport
 from .chunking import chunked
 from .errors import PengiSearchError, read_reason
 from .hashing import file_sha256
+from .stop_signals import TERMINAL_SIGNALS
 
 CHUNK_WINDOWS = 8  # windows per message: ~10 MB of float32 samples
 PREFETCH_PER_WORKER = 2  # files handed to a worker ahead of time
@@ -185,9 +186,11 @@ def decode_all(
 
 
 def _worker_process(jobs: Connection, results: Connection, chunk: int) -> None:
-    # Ctrl-C reaches every process of the terminal's foreground group: the run stops its workers itself (they end on
-    # SIGTERM), so that they do not each print a KeyboardInterrupt traceback.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C and a hang-up reach every process of the terminal's foreground group: the run stops its workers itself
+    # (they end on SIGTERM), so that they do not each print a KeyboardInterrupt traceback or die holding a file,
+    # which would be recorded as failed.
+    for number in TERMINAL_SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
     results.send(_Started())
     _worker_main(jobs, results, chunk)
 

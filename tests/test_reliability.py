@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pty
+import select
 import signal
 import subprocess
 import sys
@@ -20,15 +22,17 @@ import pengi_search.audio_workers as audio_workers
 from indexer.hold_points import FILE_STORED
 from indexer.pipeline import run_index
 from pengi_search.audio_workers import CHANGED_WHILE_READ, Decoded, Failed, Job, Windows, _worker_main, decode_all
-from pengi_search.errors import EXIT_INTERRUPTED, EXIT_TERMINATED
+from pengi_search.errors import EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_TERMINATED
 from pengi_search.library import EmptyLibraryError, Library
 
 from .indexing import (
+    HANG_S,
     INDEXED,
     HeldRun,
     assert_consistent,
     count_rows,
     indexer_command,
+    kill_session,
     kill_when,
     quick_options,
     signal_when,
@@ -311,8 +315,9 @@ def test_sigkill_mid_run_then_rerun_loses_and_repeats_nothing(tiny_model_dir, tm
         (signal.SIGINT, True, EXIT_INTERRUPTED),  # Ctrl-C: the terminal sends it to the run and its decoders
         (signal.SIGTERM, False, EXIT_TERMINATED),  # `kill PID`
         (signal.SIGTERM, True, EXIT_TERMINATED),  # systemd, SLURM: the run and its decoders
+        (signal.SIGHUP, True, EXIT_HANGUP),  # the terminal closed: the shell passes it on to the run and its decoders
     ],
-    ids=["ctrl-c", "kill", "sigterm-to-all"],
+    ids=["ctrl-c", "kill", "sigterm-to-all", "hang-up"],
 )
 def test_ctrl_c_and_sigterm_stop_a_run_that_records_itself_interrupted_and_a_rerun_resumes(
     tiny_model_dir, tmp_path, number, group, code
@@ -336,6 +341,38 @@ def test_ctrl_c_and_sigterm_stop_a_run_that_records_itself_interrupted_and_a_rer
     summary = run_index(quick_options([root], db, tiny_model_dir))
     assert (summary.unchanged, summary.indexed, summary.failed) == (committed, count - committed, [])
     assert (summary.stale_runs, summary.captions_missing) == ([], 0)
+
+
+def test_a_run_whose_terminal_closed_records_itself_interrupted_with_nowhere_to_say_so(tiny_model_dir, tmp_path):
+    """An ssh session dropped: the terminal the run draws its bar on is gone (every write there fails), then the
+    shell sends SIGHUP. The run stops as on SIGTERM, its "kept" line going nowhere, and a re-run resumes."""
+    root = tmp_path / "lib"
+    count = 8
+    write_clips(root, count)
+    db = tmp_path / "lib.db"
+    command = indexer_command(root, db, tiny_model_dir, max_len=3, workers=1)
+    command.remove("--quiet")  # a bar on the terminal, as a person watching has
+    held = HeldRun(FILE_STORED, tmp_path)
+    terminal, side = pty.openpty()
+    run = subprocess.Popen(
+        command, stdout=side, stderr=side, start_new_session=True, env={**os.environ, **held.env}
+    )  # fmt: skip
+    os.close(side)
+    try:
+        while not held.reached():
+            assert run.poll() is None, "the run ended before it stored a file"
+            os.read(terminal, 65536) if select.select([terminal], [], [], 0.05)[0] else None
+        os.close(terminal)  # the terminal window closed
+        os.killpg(run.pid, signal.SIGHUP)
+        assert run.wait(timeout=HANG_S) == EXIT_HANGUP
+    finally:
+        kill_session(run)
+    assert count_rows(db, INDEXED) == 1
+    with Library.open(str(db)) as library:
+        [stopped] = library.store.runs()
+    assert stopped.status == "interrupted"
+    summary = run_index(quick_options([root], db, tiny_model_dir))
+    assert (summary.unchanged, summary.indexed, summary.failed, summary.stale_runs) == (1, count - 1, [], [])
 
 
 def test_queries_while_the_indexer_writes(tiny_model_dir, tmp_path):
