@@ -3,6 +3,7 @@ FAISS files holding exactly the database's vectors."""
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
 import pty
@@ -19,6 +20,7 @@ import soundfile as sf
 
 import indexer.pipeline as pipeline
 import pengi_search.audio_workers as audio_workers
+import pengi_search.hashing as hashing
 from indexer.hold_points import FILE_STORED
 from indexer.pipeline import run_index
 from pengi_search.audio_workers import CHANGED_WHILE_READ, Decoded, Failed, Job, Windows, _worker_main, decode_all
@@ -217,6 +219,30 @@ def test_an_index_run_records_a_changed_file_and_the_next_run_indexes_it(tiny_mo
     with Library.open(str(db)) as library:
         assert library.store.get_file(str(take)).duration_s == 3.0
     assert_consistent(db)
+
+
+def test_a_files_windows_come_while_it_is_hashed_and_the_hash_is_of_its_bytes(tmp_path, monkeypatch):
+    """A long recording on a slow disk or a network share takes minutes to read: hashed whole before it was decoded,
+    it stood at zero windows all that time. Its windows come while it is hashed, and its hash is still the sha256
+    of its bytes (the library's `content_hash`, which eval reports reuse)."""
+    path = write_tone(tmp_path / "long.wav", 20.0)
+    first_windows = threading.Event()
+    read_after_windows: list[bool] = []
+    read = hashing.sha256_hasher
+
+    def slow_disk(path, stop=None):  # the hash's read ends only once windows were sent (or after 10 s)
+        read_after_windows.append(first_windows.wait(timeout=10))
+        return read(path, stop)
+
+    monkeypatch.setattr(hashing, "sha256_hasher", slow_disk)
+    messages = []
+    for message in decode_all([Job(0, str(path))], workers=0):
+        first_windows.set()
+        messages.append(message)
+    assert read_after_windows == [True]
+    *windows, decoded = messages
+    assert isinstance(decoded, Decoded) and decoded.count == sum(len(m.windows) for m in windows) == 3
+    assert decoded.content_hash == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_a_decoding_process_that_dies_fails_only_its_file(tmp_path):
