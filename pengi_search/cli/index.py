@@ -109,7 +109,12 @@ def index(
         bool, typer.Option("--retry-errors", help="Try again files that failed before and did not change.")
     ] = False,
     reindex: Annotated[
-        bool, typer.Option("--reindex", help="Re-index everything (needed to switch model or text embedder).")
+        bool,
+        typer.Option(
+            "--reindex",
+            help="Index the selected files anew (paths, --ext); with another model or text embedder, the whole "
+            "library starts over.",
+        ),
     ] = False,
     strict: Annotated[
         bool,
