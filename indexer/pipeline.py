@@ -29,7 +29,7 @@ from dataclasses import replace
 
 from pengi_search.audio import AUDIO_EXTENSIONS
 from pengi_search.choices import Captions
-from pengi_search.db import LibraryBusyError, Store, drop_fast_captions, library_exists
+from pengi_search.db import BuiltWithOtherError, LibraryBusyError, Store, drop_fast_captions, library_exists
 from pengi_search.db.run_lock import indexing_lock
 from pengi_search.errors import PengiSearchError
 from pengi_search.library import Library
@@ -169,7 +169,7 @@ class _Run:
         status = "failed"
         try:
             if self.options.reindex:
-                self._reset()
+                self._reset([entry.path for entry in scanned.entries])
             mine = [e for e in scanned.entries if self.shard is None or self.shard.owns(e.path)]
             summary.files_seen = len(mine)
             self.store.note_files_seen(self.run_id, summary.files_seen)
@@ -227,11 +227,17 @@ class _Run:
         for entry in plan.broken:
             self._outcomes.failed(entry, entry.problem or "unreadable")
 
-    def _reset(self) -> None:
-        """--reindex: forget every caption and vector and record the new model and embedder (rank 0 only)."""
+    def _reset(self, selected: list[str]) -> None:
+        """--reindex (rank 0 only): with the library's model and embedder, forget the windows of the files this run
+        selected (under its paths, of its extensions), which it indexes anew, and leave the library's other files as
+        they are. With another model or embedder, whose vectors cannot share the indexes with the old ones, forget
+        every caption and vector and record the new model and embedder."""
         if self.rank is None or self.rank.leads:
-            model = self._model()
-            self.store.reset_index(self._choose().model, model.embedder_info)
+            try:
+                check_compatible(self.store, self._choose())
+                self.store.forget_windows(selected)
+            except BuiltWithOtherError:
+                self.store.reset_index(self._choose().model, self._model().embedder_info)
         if self.rank is not None:
             self.rank.barrier()
 

@@ -36,7 +36,8 @@ from .audio import WINDOW_SECONDS, Window, iter_windows, windows_promised
 from .audio_decoders import AudioDecodeError, DecodeReport
 from .chunking import chunked
 from .errors import PengiSearchError, read_reason
-from .hashing import file_sha256
+from .hashing import BackgroundSha256
+from .stop_signals import TERMINAL_SIGNALS
 
 CHUNK_WINDOWS = 8  # windows per message: ~10 MB of float32 samples
 PREFETCH_PER_WORKER = 2  # files handed to a worker ahead of time
@@ -141,10 +142,19 @@ def _changed_since(path: str, before: os.stat_result) -> bool:
 
 
 def _decode_regular_file(job: Job, chunk: int) -> Iterator[Message]:
-    content_hash = None
+    # Hashed while it decodes: a file that takes minutes to read (a long recording, a network share) sends its first
+    # windows at once, not after a whole read of its bytes.
+    hashing = BackgroundSha256(job.path) if job.content_hash else None
+    try:
+        yield from _decoded_messages(job, chunk, hashing)
+    finally:
+        if hashing is not None:
+            hashing.cancel()  # the file left half-way (the run stopped): its reading stops too
+
+
+def _decoded_messages(job: Job, chunk: int, hashing: BackgroundSha256 | None) -> Iterator[Message]:
     report = DecodeReport()
     try:
-        content_hash = file_sha256(job.path) if job.content_hash else None
         count = 0
         for batch in chunked(iter_windows(job.path, hop_s=job.hop_s, report=report), chunk):
             count += len(batch)
@@ -152,7 +162,7 @@ def _decode_regular_file(job: Job, chunk: int) -> Iterator[Message]:
         yield Decoded(
             job.seq,
             count,
-            content_hash,
+            hashing.result() if hashing else None,
             report.format,
             report.sample_rate,
             report.channels,
@@ -161,11 +171,19 @@ def _decode_regular_file(job: Job, chunk: int) -> Iterator[Message]:
             tuple(report.notes),
         )
     except AudioDecodeError as exc:
-        yield Failed(job.seq, exc.reason, content_hash, tuple(report.notes))
+        yield Failed(job.seq, exc.reason, _hash_if_read(hashing), tuple(report.notes))
     except OSError as exc:
-        yield Failed(job.seq, read_reason(job.path, exc), content_hash, tuple(report.notes))
+        yield Failed(job.seq, read_reason(job.path, exc), _hash_if_read(hashing), tuple(report.notes))
     except Exception as exc:  # a decoder bug on one odd file must not stop a library-wide run
-        yield Failed(job.seq, f"{type(exc).__name__}: {exc}", content_hash, tuple(report.notes))
+        yield Failed(job.seq, f"{type(exc).__name__}: {exc}", _hash_if_read(hashing), tuple(report.notes))
+
+
+def _hash_if_read(hashing: BackgroundSha256 | None) -> str | None:
+    """The file's hash where its bytes could be read (an unchanged broken file is then not retried), else None."""
+    try:
+        return hashing.result() if hashing else None
+    except OSError:
+        return None
 
 
 def decode_all(
@@ -185,9 +203,11 @@ def decode_all(
 
 
 def _worker_process(jobs: Connection, results: Connection, chunk: int) -> None:
-    # Ctrl-C reaches every process of the terminal's foreground group: the run stops its workers itself (they end on
-    # SIGTERM), so that they do not each print a KeyboardInterrupt traceback.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C and a hang-up reach every process of the terminal's foreground group: the run stops its workers itself
+    # (they end on SIGTERM), so that they do not each print a KeyboardInterrupt traceback or die holding a file,
+    # which would be recorded as failed.
+    for number in TERMINAL_SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
     results.send(_Started())
     _worker_main(jobs, results, chunk)
 

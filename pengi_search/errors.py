@@ -16,6 +16,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # the command could not do its work (missing model or database, another index run, ...)
 EXIT_USAGE = 2  # bad arguments or a bad input file (labels, manifest, config); nothing was done
 EXIT_PARTIAL = 3  # the command ran, but some audio inputs failed (each one reported), even if the only one
+EXIT_HANGUP = 129  # SIGHUP: the terminal closed, an ssh session dropped (128 + SIGHUP)
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as shells report it)
 EXIT_OUTPUT_CLOSED = 141  # the reader of the output went away, `| head` (128 + SIGPIPE, as `cat` and `grep` end)
 EXIT_TERMINATED = 143  # SIGTERM: kill, docker stop, systemd, SLURM, torchrun (128 + SIGTERM)

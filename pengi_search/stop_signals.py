@@ -1,10 +1,12 @@
-"""The signals that ask a process to stop, taken one way: SIGINT (Ctrl-C) and SIGTERM (`kill`, `docker stop`,
-systemd, SLURM preemption, torchrun).
+"""The signals that ask a process to stop, taken one way: SIGINT (Ctrl-C), SIGTERM (`kill`, `docker stop`,
+systemd, SLURM preemption, torchrun) and SIGHUP (the terminal closed, an ssh session dropped).
 
-Both come out as KeyboardInterrupt, the path every command already stops on cleanly: an index run records itself
+All come out as KeyboardInterrupt, the path every command already stops on cleanly: an index run records itself
 interrupted and the next one resumes where it stopped; a training run (`trainer.stopping.InterruptRequest`, which
 takes both) stops after its step with a checkpoint and its model. Only the exit code tells them apart: 128 plus the
-signal's number, as shells report a process a signal ended (130 for Ctrl-C, 143 for SIGTERM).
+signal's number, as shells report a process a signal ended (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP). A
+hang-up also takes the terminal away: what the command still says there (what it kept) goes nowhere, not into an
+error.
 
 Which signal came is remembered by the process rather than carried by the exception, because the KeyboardInterrupt
 that reaches the command line is not always the one the handler raised: watchfiles raises its own when a signal
@@ -16,18 +18,25 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import os
+import select
 import signal
+import stat
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
-from .errors import EXIT_INTERRUPTED, EXIT_TERMINATED
+from .errors import EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_TERMINATED
 from .torchrun_env import MachineSiblings
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-EXIT_CODES = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED}
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+EXIT_CODES = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED, signal.SIGHUP: EXIT_HANGUP}
+# What a terminal sends every process of its foreground group (Ctrl-C; its closing, which the shell passes on to
+# each job): a helper process leaves these to the command, which stops it itself.
+TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGHUP)
+ENDING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # a server ends by these, as service managers and shells expect
 
 _received: list[int] = []  # the stop signals this process has been sent, first first
 _siblings: list[MachineSiblings] = [MachineSiblings([])]  # under torchrun: the command's fellow workers (in place)
@@ -62,7 +71,7 @@ def interrupted_exit_code() -> int:
 
 @contextlib.contextmanager
 def on_stop_signals(handler: Callable[[int], None]) -> Iterator[None]:
-    """Within: SIGINT and SIGTERM are noted, then call `handler(number)`; the handlers before are back after.
+    """Within: the stop signals are noted, then call `handler(number)`; the handlers before are back after.
 
     A signal the process was started ignoring stays ignored (a job a script ran in the background ignores Ctrl-C,
     `nohup`-like launchers may ignore SIGTERM). Outside the main thread, where Python cannot set handlers, nothing
@@ -74,6 +83,8 @@ def on_stop_signals(handler: Callable[[int], None]) -> Iterator[None]:
 
     def noted(number: int, _frame: FrameType | None) -> None:
         note_stop_signal(number)
+        if number == signal.SIGHUP:
+            _leave_hung_up_terminal()
         handler(number)
 
     previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
@@ -91,6 +102,26 @@ def on_stop_signals(handler: Callable[[int], None]) -> Iterator[None]:
             signal.signal(number, signal.SIG_DFL if before is None else before)
 
 
+def _leave_hung_up_terminal() -> None:
+    """Point stdout and stderr at /dev/null where they are a terminal that hung up: every write there fails (EIO),
+    and the bars and messages of a command stopping would turn its clean stop into a failure."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, OSError, ValueError):  # an in-memory stream (a test's), closed
+            descriptor = stream.fileno()
+            # A device, not a file or pipe; not `isatty`, which a terminal whose other side has closed fails.
+            if stat.S_ISCHR(os.fstat(descriptor).st_mode) and _hung_up(descriptor):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, descriptor)
+                os.close(devnull)
+
+
+def _hung_up(descriptor: int) -> bool:
+    """Whether the terminal on `descriptor` hung up (its other side closed): poll says so, as no live one does."""
+    poller = select.poll()
+    poller.register(descriptor, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
 def _interrupt_again(previous_hook: Callable[[Any], None], unraisable: Any) -> None:
     """Python drops an exception raised in a finalizer (a `__del__`, a weakref callback: SQLAlchemy runs many as a
     session closes), so the KeyboardInterrupt of a signal that arrived there would be lost, and the stop with it.
@@ -106,8 +137,22 @@ def _interrupt_again(previous_hook: Callable[[Any], None], unraisable: Any) -> N
 
 
 @contextlib.contextmanager
+def hangup_handled_by(handler: Callable[[int, FrameType | None], Any]) -> Iterator[None]:
+    """Within: SIGHUP calls `handler` (a server's own graceful shutdown, as it takes SIGINT and SIGTERM), unless the
+    process ignores it (a helper that leaves it to the command); the handler before is back after."""
+    if not _in_main_thread() or signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
+        yield
+        return
+    before = signal.signal(signal.SIGHUP, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL if before is None else before)
+
+
+@contextlib.contextmanager
 def stop_signals_blocked() -> Iterator[None]:
-    """Within: SIGINT and SIGTERM wait (blocked for this thread) and come after. Helper processes started within
+    """Within: the stop signals wait (blocked for this thread) and come after. Helper processes started within
     are born with them blocked, until `ignore_stop_signals`: one that arrives before is then dropped."""
     before = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
@@ -117,10 +162,10 @@ def stop_signals_blocked() -> Iterator[None]:
 
 
 def ignore_stop_signals() -> None:
-    """In a helper process of a command (a DataLoader worker): ignore SIGINT and SIGTERM from now on. A terminal's
-    Ctrl-C and a service manager's or scheduler's stop (systemd, SLURM, `kill -- -PGID`) signal the whole process
-    group; the command stops on them and ends its helpers itself, while a helper that died of the signal first would
-    fail the command's work where it stands, before it could stop cleanly."""
+    """In a helper process of a command (a DataLoader worker): ignore the stop signals from now on. A terminal's
+    Ctrl-C or hang-up and a service manager's or scheduler's stop (systemd, SLURM, `kill -- -PGID`) signal the whole
+    process group; the command stops on them and ends its helpers itself, while a helper that died of the signal
+    first would fail the command's work where it stands, before it could stop cleanly."""
     for number in STOP_SIGNALS:
         signal.signal(number, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # born blocked (`stop_signals_blocked`): now ignored
@@ -162,17 +207,19 @@ def _ignore_stop_signals() -> None:
 
 
 @contextlib.contextmanager
-def ended_by_sigterm() -> Iterator[None]:
-    """Within: a stop by SIGTERM (the KeyboardInterrupt of `interrupted_by_stop_signals`) ends the process by
-    SIGTERM itself, once it has left the block (whose `with` and `finally` clauses have removed what it made). For a
-    server (`serve`): a service manager counts a process that SIGTERM ended as stopped cleanly, and exit code 143 as
-    a failure. A stop by Ctrl-C goes on as KeyboardInterrupt. uvicorn, which takes both signals over while it runs,
-    sends the one it got again once it has shut down: it arrives here the same way."""
+def ended_by_signal() -> Iterator[None]:
+    """Within: a stop by SIGTERM or SIGHUP (the KeyboardInterrupt of `interrupted_by_stop_signals`) ends the
+    process by that signal itself, once it has left the block (whose `with` and `finally` clauses have removed what
+    it made). For a server (`serve`): a service manager counts a process that SIGTERM (or SIGHUP) ended as stopped
+    cleanly, and exit code 143 as a failure. A stop by Ctrl-C goes on as KeyboardInterrupt. uvicorn, which takes
+    the signals over while it runs, sends the one it got again once it has shut down: it arrives here the same
+    way."""
     try:
         yield
     except KeyboardInterrupt:
-        if interrupted_exit_code() == EXIT_TERMINATED:
-            _end_by(signal.SIGTERM)
+        ending = {EXIT_CODES[number]: number for number in ENDING_SIGNALS}
+        if (number := ending.get(interrupted_exit_code())) is not None:
+            _end_by(number)
         raise
 
 

@@ -115,6 +115,11 @@ class ServeProcess:
         os.killpg(self.process.pid, signal.SIGINT)
         return self._ended(timeout_s)
 
+    def hang_up(self, timeout_s: float = 60) -> int:
+        """SIGHUP, as the shell passes on a terminal's closing: to the server and its workers; its exit code."""
+        os.killpg(self.process.pid, signal.SIGHUP)
+        return self._ended(timeout_s)
+
     def _ended(self, timeout_s: float) -> int:
         try:
             return self.process.wait(timeout=timeout_s)

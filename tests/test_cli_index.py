@@ -369,6 +369,20 @@ def test_a_run_over_folders_without_audio_goes_on_with_a_warning_once_the_librar
     assert "warning" not in index(sounds, tmp_path / "lib.db", tiny_model_dir).stderr
 
 
+def test_a_file_given_by_name_is_indexed_whatever_ext_says_with_a_warning(tiny_model_dir, sounds, tmp_path):
+    """As ripgrep searches a file it is given whatever --type says (and as a hidden file named is used): --ext
+    chooses among the files of a folder given; a file named is indexed all the same, said in one line."""
+    growl = sounds / "dogs" / "growl.flac"
+    result = run("index", growl, sounds / "rain.wav", "--db", tmp_path / "lib.db", "--model", tiny_model_dir,
+                 *QUICK, "--ext", "wav,mp3")  # fmt: skip
+    assert result.exit_code == 0 and "indexed 2 files" in result.stdout, result.output
+    assert result.stderr.splitlines() == [
+        f"warning: {growl}: indexed as it is given by name, though --ext asks for .mp3, .wav"
+    ]
+    folder = index(sounds / "dogs", tmp_path / "lib.db", tiny_model_dir, "--ext", "wav")
+    assert folder.exit_code == 0 and "warning" not in folder.stderr  # inside a folder given, --ext chooses
+
+
 def test_an_empty_mount_point_keeps_its_files_and_says_how_to_forget_them(tiny_model_dir, sounds, tmp_path):
     db = tmp_path / "lib.db"
     assert index(sounds, db, tiny_model_dir).exit_code == 0

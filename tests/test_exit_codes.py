@@ -3,8 +3,8 @@
 0 ok; 1 the command could not do its work (missing model or library, another index run, a library built by another
 model, nothing to remove); 2 bad usage or a bad input file, nothing done (also a path that does not exist, a
 contradictory filter, an empty query); 3 the command ran but some audio input could not be decoded, each one
-reported, even when it was the only input; 130 interrupted (Ctrl-C), 143 the same on SIGTERM; 141 the reader of
-the output went away (`| head`).
+reported, even when it was the only input; 130 interrupted (Ctrl-C), 143 the same on SIGTERM, 129 on SIGHUP; 141
+the reader of the output went away (`| head`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pengi_search.db import Store
 from pengi_search.db.run_lock import indexing_lock
 from pengi_search.errors import (
     EXIT_FAILED,
+    EXIT_HANGUP,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_OUTPUT_CLOSED,
@@ -129,6 +130,11 @@ def query_fails(failure: Callable[[], None]) -> Iterator[None]:
 def sigterm(_p: Paths) -> contextlib.AbstractContextManager[None]:
     """`kill PID` while the command works."""
     return query_fails(lambda: send_to_self(signal.SIGTERM))
+
+
+def hang_up(_p: Paths) -> contextlib.AbstractContextManager[None]:
+    """The terminal closed (an ssh session dropped) while the command works."""
+    return query_fails(lambda: send_to_self(signal.SIGHUP))
 
 
 def out_of_memory(_p: Paths) -> contextlib.AbstractContextManager[None]:
@@ -559,9 +565,10 @@ CASES = {
         "error: out of memory (CUDA out of memory. Tried to allocate 2.00 GiB): a smaller batch needs less",
         gpu_out_of_memory,
     ),
-    # 130: Ctrl-C; 143: SIGTERM, which stops a command the same way
+    # 130: Ctrl-C; 143: SIGTERM and 129: SIGHUP, which stop a command the same way
     "query, interrupted": Case(lambda p: ("query", "x", *lib(p)), EXIT_INTERRUPTED, "interrupted", ctrl_c),
     "query, terminated": Case(lambda p: ("query", "x", *lib(p)), EXIT_TERMINATED, "interrupted", sigterm),
+    "query, hung up": Case(lambda p: ("query", "x", *lib(p)), EXIT_HANGUP, "interrupted", hang_up),
 }
 
 

@@ -182,6 +182,41 @@ def test_another_model_is_refused_unless_reindex(tiny_model_dir, tree, tmp_path)
     assert_consistent(db)
 
 
+def test_reindex_redoes_only_the_files_it_selects_and_the_others_keep_their_windows(tiny_model_dir, tree, tmp_path):
+    """`--reindex --ext .wav` (or a folder of the library) with the library's own model redoes those files; the
+    library's others, of other extensions or elsewhere, keep their windows, captions and status."""
+    db = tmp_path / "lib.db"
+    run_index(quick_options([tree], db, tiny_model_dir))
+    before = {row["path"]: row for row in db_content(db)}
+
+    wav = normalize_extensions(["wav"])
+    summary = run_index(quick_options([tree], db, tiny_model_dir, extensions=wav, reindex=True, beam=1))
+    assert (summary.files_seen, summary.indexed, summary.captions_missing) == (2, 2, 0)
+    after = {row["path"]: row for row in db_content(db)}
+    flac = str(tree / "birds" / "tone.flac")
+    assert after[flac] == before[flac]  # not pending, its windows kept
+    assert {row["status"] for row in after.values()} == {"indexed"}
+    beams = {
+        path: {t["decoding"].split()[0] for w in row["windows"] for t in w["texts"]} for path, row in after.items()
+    }
+    assert beams == {path: {"beam=2"} if path == flac else {"beam=1"} for path in after}  # the .wav files anew
+    assert_consistent(db)
+
+
+def test_reindex_with_another_model_starts_the_whole_library_over(tiny_model_dir, tree, tmp_path):
+    """The new model's vectors cannot share the indexes with the old one's: every file waits to be indexed again,
+    those the run did not select too, and a run over them indexes them."""
+    db = tmp_path / "lib.db"
+    run_index(quick_options([tree], db, tiny_model_dir))
+    other_model = make_tiny_model_dir(tmp_path / "tiny-other", seed=1)
+    wav = normalize_extensions(["wav"])
+    assert run_index(quick_options([tree], db, other_model, extensions=wav, reindex=True)).indexed == 2
+    flac = str(tree / "birds" / "tone.flac")
+    assert {row["path"]: (row["status"], row["windows"]) for row in db_content(db)}[flac] == ("pending", [])
+    assert run_index(quick_options([tree], db, other_model)).indexed == 1
+    assert_consistent(db)
+
+
 def test_a_model_without_text_encoder_needs_a_text_embedder(tiny_no_text_model_dir, tree, tmp_path):
     with pytest.raises(TextEmbedderError, match="--text-embedder sentence-transformers:NAME"):
         run_index(quick_options([tree], tmp_path / "lib.db", tiny_no_text_model_dir))

@@ -3,8 +3,11 @@ FAISS files holding exactly the database's vectors."""
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
+import pty
+import select
 import signal
 import subprocess
 import sys
@@ -17,18 +20,21 @@ import soundfile as sf
 
 import indexer.pipeline as pipeline
 import pengi_search.audio_workers as audio_workers
+import pengi_search.hashing as hashing
 from indexer.hold_points import FILE_STORED
 from indexer.pipeline import run_index
 from pengi_search.audio_workers import CHANGED_WHILE_READ, Decoded, Failed, Job, Windows, _worker_main, decode_all
-from pengi_search.errors import EXIT_INTERRUPTED, EXIT_TERMINATED
+from pengi_search.errors import EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_TERMINATED
 from pengi_search.library import EmptyLibraryError, Library
 
 from .indexing import (
+    HANG_S,
     INDEXED,
     HeldRun,
     assert_consistent,
     count_rows,
     indexer_command,
+    kill_session,
     kill_when,
     quick_options,
     signal_when,
@@ -215,6 +221,30 @@ def test_an_index_run_records_a_changed_file_and_the_next_run_indexes_it(tiny_mo
     assert_consistent(db)
 
 
+def test_a_files_windows_come_while_it_is_hashed_and_the_hash_is_of_its_bytes(tmp_path, monkeypatch):
+    """A long recording on a slow disk or a network share takes minutes to read: hashed whole before it was decoded,
+    it stood at zero windows all that time. Its windows come while it is hashed, and its hash is still the sha256
+    of its bytes (the library's `content_hash`, which eval reports reuse)."""
+    path = write_tone(tmp_path / "long.wav", 20.0)
+    first_windows = threading.Event()
+    read_after_windows: list[bool] = []
+    read = hashing.sha256_hasher
+
+    def slow_disk(path, stop=None):  # the hash's read ends only once windows were sent (or after 10 s)
+        read_after_windows.append(first_windows.wait(timeout=10))
+        return read(path, stop)
+
+    monkeypatch.setattr(hashing, "sha256_hasher", slow_disk)
+    messages = []
+    for message in decode_all([Job(0, str(path))], workers=0):
+        first_windows.set()
+        messages.append(message)
+    assert read_after_windows == [True]
+    *windows, decoded = messages
+    assert isinstance(decoded, Decoded) and decoded.count == sum(len(m.windows) for m in windows) == 3
+    assert decoded.content_hash == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def test_a_decoding_process_that_dies_fails_only_its_file(tmp_path):
     long = write_tone(tmp_path / "long.wav", 120.0)
     short = write_tone(tmp_path / "short.wav", 1.0, freq=660)
@@ -311,8 +341,9 @@ def test_sigkill_mid_run_then_rerun_loses_and_repeats_nothing(tiny_model_dir, tm
         (signal.SIGINT, True, EXIT_INTERRUPTED),  # Ctrl-C: the terminal sends it to the run and its decoders
         (signal.SIGTERM, False, EXIT_TERMINATED),  # `kill PID`
         (signal.SIGTERM, True, EXIT_TERMINATED),  # systemd, SLURM: the run and its decoders
+        (signal.SIGHUP, True, EXIT_HANGUP),  # the terminal closed: the shell passes it on to the run and its decoders
     ],
-    ids=["ctrl-c", "kill", "sigterm-to-all"],
+    ids=["ctrl-c", "kill", "sigterm-to-all", "hang-up"],
 )
 def test_ctrl_c_and_sigterm_stop_a_run_that_records_itself_interrupted_and_a_rerun_resumes(
     tiny_model_dir, tmp_path, number, group, code
@@ -336,6 +367,38 @@ def test_ctrl_c_and_sigterm_stop_a_run_that_records_itself_interrupted_and_a_rer
     summary = run_index(quick_options([root], db, tiny_model_dir))
     assert (summary.unchanged, summary.indexed, summary.failed) == (committed, count - committed, [])
     assert (summary.stale_runs, summary.captions_missing) == ([], 0)
+
+
+def test_a_run_whose_terminal_closed_records_itself_interrupted_with_nowhere_to_say_so(tiny_model_dir, tmp_path):
+    """An ssh session dropped: the terminal the run draws its bar on is gone (every write there fails), then the
+    shell sends SIGHUP. The run stops as on SIGTERM, its "kept" line going nowhere, and a re-run resumes."""
+    root = tmp_path / "lib"
+    count = 8
+    write_clips(root, count)
+    db = tmp_path / "lib.db"
+    command = indexer_command(root, db, tiny_model_dir, max_len=3, workers=1)
+    command.remove("--quiet")  # a bar on the terminal, as a person watching has
+    held = HeldRun(FILE_STORED, tmp_path)
+    terminal, side = pty.openpty()
+    run = subprocess.Popen(
+        command, stdout=side, stderr=side, start_new_session=True, env={**os.environ, **held.env}
+    )  # fmt: skip
+    os.close(side)
+    try:
+        while not held.reached():
+            assert run.poll() is None, "the run ended before it stored a file"
+            os.read(terminal, 65536) if select.select([terminal], [], [], 0.05)[0] else None
+        os.close(terminal)  # the terminal window closed
+        os.killpg(run.pid, signal.SIGHUP)
+        assert run.wait(timeout=HANG_S) == EXIT_HANGUP
+    finally:
+        kill_session(run)
+    assert count_rows(db, INDEXED) == 1
+    with Library.open(str(db)) as library:
+        [stopped] = library.store.runs()
+    assert stopped.status == "interrupted"
+    summary = run_index(quick_options([root], db, tiny_model_dir))
+    assert (summary.unchanged, summary.indexed, summary.failed, summary.stale_runs) == (1, count - 1, [], [])
 
 
 def test_queries_while_the_indexer_writes(tiny_model_dir, tmp_path):

@@ -1,5 +1,5 @@
 """`pengi-search serve --workers N`: several processes answer on one port, stop together, and fail together; and
-how SIGTERM and Ctrl-C stop a server, of one process or several, while it serves and while it starts."""
+how SIGTERM, Ctrl-C and a hang-up stop a server, of one process or several, while it serves and while it starts."""
 
 from __future__ import annotations
 
@@ -89,6 +89,28 @@ def test_sigterm_shuts_a_server_of_one_process_down_and_it_ends_by_the_signal(
     assert kept_folders(server_tmp) == set()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_hang_up_shuts_a_serving_server_down_as_sigterm_does_and_it_ends_by_the_signal(
+    library, tiny_model_dir, tmp_path, server_tmp, workers
+):
+    """The terminal it was started from closed (an ssh session dropped): the shell sends SIGHUP to the server and
+    its workers. uvicorn shuts down gracefully on it too (its temporary folder removed), and every worker ends."""
+    served = ServeProcess(
+        "--db", library.db, "--model", str(tiny_model_dir), "--device", "cpu", "--workers", str(workers),
+        home=tmp_path,
+    )  # fmt: skip
+    address = served.address()
+    assert address is not None, served.rest_of_output()
+    with urllib.request.urlopen(f"{address}/api/stats", timeout=30) as response:
+        assert response.status == 200
+    workers_running = children(served.process.pid) if workers > 1 else set()
+    assert served.hang_up() == -signal.SIGHUP
+    said = served.rest_of_output()
+    assert "interrupted" not in said and "Traceback" not in said, said
+    assert kept_folders(server_tmp) == set()
+    assert not any(alive(pid) for pid in workers_running)
+
+
 def test_the_printed_address_answers_at_once_and_a_sigterm_at_once_shuts_the_server_down(
     library, tiny_model_dir, tmp_path, server_tmp
 ):
@@ -126,15 +148,16 @@ app()
 @pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize(
     ("stop", "code", "said"),
-    [("stop", -signal.SIGTERM, ""), ("interrupt", EXIT_INTERRUPTED, "interrupted\n")],
-    ids=["sigterm", "ctrl-c"],
+    [("stop", -signal.SIGTERM, ""), ("interrupt", EXIT_INTERRUPTED, "interrupted\n"), ("hang_up", -signal.SIGHUP, "")],
+    ids=["sigterm", "ctrl-c", "hang-up"],
 )
 def test_a_server_stopped_while_it_starts_stops_cleanly(
     library, tiny_model_dir, tmp_path, server_tmp, monkeypatch, workers, stop, code, said
 ):
-    """SIGTERM, or Ctrl-C to it and its workers as a terminal sends it, at any moment of its start-up (here while
-    the indexes load) stops it as when it serves: every worker ended, its temporary folders removed, no traceback;
-    then it ends by SIGTERM, as a service manager expects, or says `interrupted` (exit code 130)."""
+    """SIGTERM, or Ctrl-C or a hang-up to it and its workers as a terminal sends them, at any moment of its start-up
+    (here while the indexes load) stops it as when it serves: every worker ended, its temporary folders removed, no
+    traceback; then it ends by SIGTERM (SIGHUP), as a service manager expects, or says `interrupted` (exit code
+    130)."""
     loading = tmp_path / "loading"
     loading.mkdir()
     monkeypatch.setenv("LOADING", str(loading))

@@ -1,4 +1,5 @@
-"""SIGINT and SIGTERM, taken one way (`pengi_search.stop_signals`): what the command line and a training run build on.
+"""SIGINT, SIGTERM and SIGHUP, taken one way (`pengi_search.stop_signals`): what the command line and a training
+run build on.
 
 The commands themselves are stopped by real signals in test_reliability (index), test_watch (index --watch),
 test_trainer_recipes (train) and test_serve_workers (serve, which ends by SIGTERM as servers do).
@@ -14,15 +15,18 @@ import time
 
 import pytest
 
-from pengi_search.errors import EXIT_INTERRUPTED, EXIT_TERMINATED
+from pengi_search.errors import EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_TERMINATED
 from pengi_search.stop_signals import interrupted_by_stop_signals, interrupted_exit_code, interruption
 from pengi_search.torchrun_env import MachineSiblings
 
 from .indexing import send_to_self
 
 
-@pytest.mark.parametrize(("number", "code"), [(signal.SIGINT, EXIT_INTERRUPTED), (signal.SIGTERM, EXIT_TERMINATED)])
-def test_either_signal_interrupts_and_the_exit_code_says_which(number, code):
+@pytest.mark.parametrize(
+    ("number", "code"),
+    [(signal.SIGINT, EXIT_INTERRUPTED), (signal.SIGTERM, EXIT_TERMINATED), (signal.SIGHUP, EXIT_HANGUP)],
+)
+def test_each_signal_interrupts_and_the_exit_code_says_which(number, code):
     before = signal.getsignal(number)
     with interrupted_by_stop_signals(), pytest.raises(KeyboardInterrupt):
         send_to_self(number)

@@ -10,7 +10,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from signal import SIGINT, SIGTERM, getsignal, raise_signal
+from signal import SIGHUP, SIGINT, SIGTERM, getsignal, raise_signal
 
 import numpy as np
 import pytest
@@ -24,6 +24,7 @@ from pengi_search.audio import load_audio
 from pengi_search.cli import app
 from pengi_search.errors import (
     EXIT_FAILED,
+    EXIT_HANGUP,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_PARTIAL,
@@ -658,13 +659,16 @@ def test_sigterm_stops_a_run_after_its_step_with_a_checkpoint_the_model_and_its_
     assert json.loads((run / "model" / "config.json").read_text())["trained"]["steps"] == end["step"]
 
 
-@pytest.mark.parametrize(("number", "code"), [(SIGTERM, EXIT_TERMINATED), (SIGINT, EXIT_INTERRUPTED)])
+@pytest.mark.parametrize(
+    ("number", "code"), [(SIGTERM, EXIT_TERMINATED), (SIGINT, EXIT_INTERRUPTED), (SIGHUP, EXIT_HANGUP)]
+)
 def test_a_stop_signal_to_the_whole_process_group_stops_a_run_with_loader_workers_as_it_stops_one_process(
     tmp_path, tiny_no_text_model_dir, number, code
 ) -> None:
-    """systemd's stop, SLURM's preemption, `kill -- -PGID` and a terminal's Ctrl-C signal the DataLoader workers
-    too: one the signal ended made PyTorch raise "DataLoader worker (pid N) is killed by signal" in the run, mid-step,
-    before its checkpoint. The workers leave the signal to the run, which stops after its step as it always does."""
+    """systemd's stop, SLURM's preemption, `kill -- -PGID`, a terminal's Ctrl-C and its closing signal the DataLoader
+    workers too: one the signal ended made PyTorch raise "DataLoader worker (pid N) is killed by signal" in the run,
+    mid-step, before its checkpoint. The workers leave the signal to the run, which stops after its step as it always
+    does."""
     config_path = label_run_config(
         tmp_path,
         tiny_no_text_model_dir,

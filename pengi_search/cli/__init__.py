@@ -163,9 +163,9 @@ app = App(
     help="Search, describe and classify sound libraries with Pengi, the audio language model.",
     # What a script branches on, where it looks first (the README's "Exit codes" table says more).
     epilog="Exit codes: 0 done (a search with no results too); 1 the command could not do its work; 2 bad usage or "
-    "input, nothing done; 3 done, but some audio could not be decoded; 130 Ctrl-C; 141 the output's reader went "
-    "away; 143 SIGTERM. --json writes only JSON on stdout (index --watch --json: a line per run); messages go to "
-    "stderr.",
+    "input, nothing done; 3 done, but some audio could not be decoded; 129 the terminal closed (SIGHUP); 130 "
+    "Ctrl-C; 141 the output's reader went away; 143 SIGTERM. --json writes only JSON on stdout (index --watch "
+    "--json: a line per run); messages go to stderr.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )

@@ -110,7 +110,12 @@ def index(
         bool, typer.Option("--retry-errors", help="Try again files that failed before and did not change.")
     ] = False,
     reindex: Annotated[
-        bool, typer.Option("--reindex", help="Re-index everything (needed to switch model or text embedder).")
+        bool,
+        typer.Option(
+            "--reindex",
+            help="Index the selected files anew (paths, --ext); with another model or text embedder, the whole "
+            "library starts over.",
+        ),
     ] = False,
     strict: Annotated[
         bool,
@@ -226,6 +231,8 @@ def index(
         create_empty=watch,  # a watch waits for the files to come
     )
 
+    if ext is not None:
+        _warn_of_files_named_outside(paths, extensions)
     anew = _reindex_command(context, paths, db)
 
     def run() -> IndexSummary:
@@ -302,6 +309,18 @@ def _reindex_command(context: typer.Context, paths: Sequence[str], db: str | Non
 
     given = given_options(context, leaving_out=_NOT_WITH_REINDEX)
     return index_command(paths, *given, "--reindex", db_option=db_option(db))
+
+
+def _warn_of_files_named_outside(paths: Sequence[str], extensions: frozenset[str]) -> None:
+    """A file given by name is indexed whatever --ext says, as ripgrep searches a file it is given whatever its
+    --type or --glob (and as a hidden file named is used): said, so that a slip in --ext or a path goes seen."""
+    from ..pathnames import shown
+    from ..scan import has_extension
+
+    asked = ", ".join(sorted(extensions))
+    for path in paths:
+        if os.path.isfile(path) and not has_extension(path, extensions):
+            warn(f"{shown(path)}: indexed as it is given by name, though --ext asks for {asked}")
 
 
 def _warn_if_nothing_found(summary: IndexSummary, paths: list[str], ext: str | None) -> None:

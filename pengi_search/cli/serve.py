@@ -9,14 +9,14 @@ import os
 import socket
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ..errors import not_found, os_reason
-from ..stop_signals import ended_by_sigterm, stop_signals_blocked
+from ..stop_signals import ended_by_signal, hangup_handled_by, stop_signals_blocked
 from .common import (
     DbOption,
     DeviceOption,
@@ -100,7 +100,7 @@ def serve(
 
     Example: pengi-search serve --open
     """
-    with ended_by_sigterm():  # at any moment, while it loads too: what it made removed, as a service manager expects
+    with ended_by_signal():  # at any moment, while it loads too: what it made removed, as a service manager expects
         from ..serve import LOOPBACK_NAMES, ServeSettings, is_loopback, required_token
         from ..serve.settings import MIB
 
@@ -166,7 +166,7 @@ def _serve_workers(count: int, settings: ServeSettings, listener: socket.socket,
         # Each worker gets its share of the cores: BLAS threads of several processes spin against each other
         # (8 clients of new texts: 41 requests/s with two workers of 2 threads each, 84 with 1 each).
         threadpoolctl.threadpool_limits(limits=max(1, (os.cpu_count() or 1) // count))
-        with ended_by_sigterm():  # as in the parent: each worker's `handle_errors` takes the signals over
+        with ended_by_signal():  # as in the parent: each worker's `handle_errors` takes the signals over
             _serve_app(settings, listener, ready)
 
     return run_workers(count, handle_errors(work), announce)
@@ -192,6 +192,12 @@ def _run(app: Any, listener: socket.socket, *, started: Callable[[], None]) -> N
     import uvicorn
 
     class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # uvicorn shuts down gracefully on SIGINT and SIGTERM only; a hang-up (the terminal closed) too.
+            with super().capture_signals(), hangup_handled_by(self.handle_exit):
+                yield
+
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets=sockets)
             if self.started:  # else it failed to start, and ends

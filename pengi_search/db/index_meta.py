@@ -6,7 +6,7 @@ asked for and the one built, with its parameters (`--index-type`, kept for later
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 from typing import Any
@@ -14,8 +14,9 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from ..chunking import chunked
 from .errors import BuiltWithOtherError
-from .queries import NO_SYNC, vectors_changed
+from .queries import IDS_PER_QUERY, NO_SYNC, vectors_changed
 from .records import VECTOR_KINDS, EmbedderInfo, IndexMeta, ModelInfo, VectorIndexInfo, check_vector_kind
 from .schema import AudioFileRow, IndexMetaRow, VectorIndexRow, WindowRow
 
@@ -72,6 +73,22 @@ class IndexBuild:
                 session.add(IndexMetaRow.create(model, embedder, now))
             else:
                 row.record(model, embedder, now)
+            vectors_changed(session, VECTOR_KINDS if forgotten else ())
+            return files
+
+    def forget_windows(self, paths: Sequence[str]) -> int:
+        """Forget the windows, texts and vectors of the files at `paths` and mark them 'pending', in one transaction:
+        a --reindex with the library's own model redoes these and leaves its other files as they are. Returns how
+        many files there were."""
+        with self.session(write=True) as session:
+            files = forgotten = 0
+            for chunk in chunked(paths, IDS_PER_QUERY):
+                ids = select(AudioFileRow.id).where(AudioFileRow.path.in_(chunk))
+                statement = delete(WindowRow).where(WindowRow.file_id.in_(ids))
+                forgotten += session.execute(statement, execution_options=NO_SYNC).rowcount
+                pending = update(AudioFileRow).where(AudioFileRow.path.in_(chunk))
+                pending = pending.values(status="pending", error=None, indexed_at=None)
+                files += session.execute(pending, execution_options=NO_SYNC).rowcount
             vectors_changed(session, VECTOR_KINDS if forgotten else ())
             return files
 

@@ -7,9 +7,9 @@ and the text tower itself (memory grows with the number of workers): a process f
 hangs in its own first parallel region, so nothing is loaded before the fork.
 
 The parent only supervises: it reports the address once every worker is ready and exits with the first failing
-worker's code (a worker that fails to start ends the others). A stop signal to the parent (SIGTERM; Ctrl-C, which a
-terminal sends to the workers too, and which they leave to it) stops every worker with SIGTERM, at any moment, also
-while they load: no worker outlives it.
+worker's code (a worker that fails to start ends the others). A stop signal to the parent (SIGTERM; Ctrl-C or a
+hang-up, which a terminal sends to the workers too, and which they leave to it) stops every worker with SIGTERM, at
+any moment, also while they load: no worker outlives it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import sys
 import traceback
 from collections.abc import Callable
 
-from ..stop_signals import STOP_SIGNALS, interrupted_exit_code, stop_signals_blocked
+from ..stop_signals import STOP_SIGNALS, TERMINAL_SIGNALS, interrupted_exit_code, stop_signals_blocked
 
 WorkerFn = Callable[[Callable[[], None]], None]  # builds the app, calls `ready()`, serves until told to stop
 
@@ -69,9 +69,11 @@ def _fork(work: WorkerFn, read_end: int, write_end: int) -> int:
     code = 0
     try:  # from here on, whatever happens ends this process: a worker must never return into the parent's code
         os.close(read_end)
-        # Born with the stop signals blocked (`_fork_all`). Ctrl-C is the parent's to act on (a terminal sends it to
-        # every process of the group): it stops the workers as it does on SIGTERM, which stops a worker cleanly.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # Born with the stop signals blocked (`_fork_all`). Ctrl-C and a hang-up are the parent's to act on (a
+        # terminal sends them to every process of the group): it stops the workers as it does on SIGTERM, which
+        # stops a worker cleanly.
+        for number in TERMINAL_SIGNALS:
+            signal.signal(number, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         work(lambda: os.write(write_end, b"."))
     except SystemExit as done:
