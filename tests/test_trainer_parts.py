@@ -235,8 +235,8 @@ def test_aisfx_attention_pooling_trains_on_cached_time_steps_and_the_model_direc
 
     pool_before = {key: value.clone() for key, value in model.audio_encoder.pool.state_dict().items()}
     result = train(load_config(config_path))  # the time steps are cached; the pooling and projection train
-    features = list((tmp_path / "run" / "features").glob("*.pt"))
-    assert features and torch.load(features[0], weights_only=True)["features"].dim() == 4  # (views, clips, T, 256)
+    parts = list((tmp_path / "run" / "features").glob("*/part-*.pt"))
+    assert parts and torch.load(parts[0], weights_only=True)["features"].dim() == 3  # (encodings, T, 256): steps kept
     pool_after = result.model.audio_encoder.pool.state_dict()
     assert not torch.equal(pool_after["value.weight"].cpu(), pool_before["value.weight"])
     assert ModelDir.read(result.model_dir).config.audio.encoder_config == {"pooling": "attention"}
