@@ -179,10 +179,11 @@ def _decoded_messages(job: Job, chunk: int, hashing: BackgroundSha256 | None) ->
 
 
 def _hash_if_read(hashing: BackgroundSha256 | None) -> str | None:
-    """The file's hash where its bytes could be read (an unchanged broken file is then not retried), else None."""
+    """The file's hash where its bytes could be read (an unchanged broken file is then not retried), else None: the
+    file has failed already, and a failure of its hashing adds nothing to say."""
     try:
         return hashing.result() if hashing else None
-    except OSError:
+    except Exception:
         return None
 
 

@@ -36,19 +36,19 @@ class BackgroundSha256:
     decoding process its audio): the caller's work starts at once instead of after a whole read of a file that may
     take minutes to read, and the two reads share the page cache. Reading and hashing release the interpreter lock.
 
-    `result()` waits for the hash (raising the OSError its reading met); `cancel()` stops the reading."""
+    `result()` waits for the hash (raising what its reading met, an OSError as a rule); `cancel()` stops the reading."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._stop = threading.Event()
         self._digest: str | None = None
-        self._error: OSError | None = None
+        self._error: Exception | None = None
         self._thread = threading.Thread(target=self._read, args=(path,), name="sha256", daemon=True)
         self._thread.start()
 
     def _read(self, path: str | os.PathLike[str]) -> None:
         try:
             self._digest = sha256_hasher(path, self._stop).hexdigest()
-        except OSError as error:
+        except Exception as error:  # raised by `result()`, in the caller's thread, as a read there would raise it
             self._error = error
 
     def result(self) -> str:

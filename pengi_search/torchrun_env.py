@@ -157,16 +157,18 @@ def ends_after_the_machines_others() -> None:
         atexit.register(wait_until_ended, others, SIBLINGS_WAIT_S)
 
 
-def _machines_other_processes() -> list[int]:
+def _machines_other_processes() -> list[int] | None:
     """The process ids of this run's other processes on this machine, before they connect: torchrun's other
-    workers, its children as this process is (none without torchrun, whose TORCHELASTIC_RUN_ID its workers have,
-    or without Linux's /proc)."""
+    workers, its children as this process is; None without torchrun (whose TORCHELASTIC_RUN_ID its workers have)
+    or without Linux's /proc, where they cannot be known."""
     if "TORCHELASTIC_RUN_ID" not in os.environ:
-        return []
+        return None
     children: list[int] = []
-    with contextlib.suppress(OSError):
+    try:
         for task in Path(f"/proc/{os.getppid()}/task").iterdir():
             children += map(int, (task / "children").read_text().split())
+    except OSError:
+        return None
     return [pid for pid in children if pid != os.getpid()]
 
 
@@ -177,13 +179,17 @@ class MachineSiblings:
     lists it then."""
 
     pids: list[int]
+    expected: int = 0  # how many there are to be: one that ended (and was reaped) before the listing is missing
 
     @classmethod
     def now(cls) -> MachineSiblings:
-        return cls(_machines_other_processes())
+        pids = _machines_other_processes()
+        if pids is None:
+            return cls([])
+        return cls(pids, (place().local_world_size or 1) - 1)
 
     def one_ended(self) -> bool:
-        return not all(map(_running, self.pids))
+        return len(self.pids) < self.expected or not all(map(_running, self.pids))
 
 
 def wait_until_ended(pids: list[int], timeout_s: float) -> None:

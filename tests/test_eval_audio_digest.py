@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +38,10 @@ def reads(monkeypatch) -> list[str]:
     read: list[str] = []
     real = hashing.sha256_hasher
 
-    def counted(path: str | os.PathLike[str]) -> Any:
+    def counted(path: str | os.PathLike[str], stop: threading.Event | None = None) -> Any:
         if Path(path).suffix in (".wav", ".flac"):  # not the CSVs
             read.append(Path(path).name)
-        return real(path)
+        return real(path, stop)
 
     monkeypatch.setattr(hashing, "sha256_hasher", counted)
     return read

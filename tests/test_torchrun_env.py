@@ -3,10 +3,13 @@ indexer and the trainer alike."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from typer.testing import CliRunner
 
 from indexer.shard import Rank, Shard
+from pengi_search import torchrun_env
 from pengi_search.cli import app
 from pengi_search.errors import EXIT_USAGE, UsageError
 from pengi_search.torchrun_env import Place, place
@@ -75,3 +78,17 @@ def test_a_local_rank_left_in_the_environment_without_a_run_does_not_silence_a_f
         monkeypatch.delenv(name, raising=False)
     result = CliRunner().invoke(app, ["train", str(tmp_path / "missing.yaml")])
     assert result.exit_code == EXIT_USAGE and result.stderr.startswith("error: "), result.output
+
+
+def test_a_fellow_process_that_ended_before_it_was_listed_counts_as_ended(monkeypatch) -> None:
+    """torchrun reaps a worker as it ends: one that ended before this one listed the machine's workers is not among
+    them, and is missed by the count LOCAL_WORLD_SIZE gives (a rank waiting for it would wait for days)."""
+    for name, value in {"WORLD_SIZE": "3", "RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "3"}.items():
+        monkeypatch.setenv(name, value)
+    running = os.getpid()  # a process that runs (a listed fellow is looked up by its id)
+    monkeypatch.setattr(torchrun_env, "_machines_other_processes", lambda: [running, running])
+    assert not torchrun_env.MachineSiblings.now().one_ended()
+    monkeypatch.setattr(torchrun_env, "_machines_other_processes", lambda: [running])
+    assert torchrun_env.MachineSiblings.now().one_ended()
+    monkeypatch.setattr(torchrun_env, "_machines_other_processes", lambda: None)  # not known: nothing is said ended
+    assert not torchrun_env.MachineSiblings.now().one_ended()
