@@ -380,10 +380,13 @@ function sayBelow(element, id, text) {
 // (an image does not tell why it failed, nor what Retry-After said: the page carries it), BUSY_RETRIES times at most.
 function retryImage(image) {
   let retries = 0;
-  image.addEventListener("error", () => {
+  const askAgain = () => {
     if (retries++ >= BUSY_RETRIES) return;
     setTimeout(() => (image.src = image.getAttribute("src")), parseFloat(image.dataset.retryS) * 1000);
-  });
+  };
+  image.addEventListener("error", askAgain);
+  // Refused before this script ran, its error event already gone by: asked for again all the same.
+  if (image.complete && image.naturalWidth === 0) askAgain();
 }
 
 function setUpFile() {
