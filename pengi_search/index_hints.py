@@ -9,6 +9,8 @@ import shlex
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from .scan import inside
+
 if TYPE_CHECKING:
     from .db import Store
 
@@ -41,14 +43,10 @@ def library_folders(store: Store, most: int = MOST_FOLDERS) -> list[str] | None:
     # `a/b` and `a/b/x`).
     tops: list[str] = []
     for folder in sorted(parents, key=lambda folder: folder.split(os.sep)):
-        if not tops or not _inside(folder, tops[-1]):
+        if not tops or not inside(folder, tops[-1]):
             tops.append(folder)
     there = [folder for folder in tops if os.path.isdir(folder)]
     return there if 0 < len(there) <= most else None
-
-
-def _inside(folder: str, top: str) -> bool:
-    return folder == top or folder.startswith(top.rstrip(os.sep) + os.sep)
 
 
 def other_model_fix(store: Store, model: str | None, use_its_model: str) -> str:
