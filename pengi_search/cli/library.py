@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -26,12 +28,16 @@ from .common import (
     given_input,
     handle_errors,
     json_option,
+    options_from,
     out_console,
     print_json,
     warn,
 )
 from .index import IndexTypeOption
 from .progress_bars import index_fills, show_progress
+
+if TYPE_CHECKING:
+    from ..index_types import KnobSetting
 
 STATS_RUNS = 5  # the latest runs `stats` shows
 
@@ -70,16 +76,32 @@ NprobeOption = Annotated[
         "the cells. Kept for every later search \\[default: the value kept, else auto].",
     ),
 ]
+
+
+@dataclass(frozen=True)
+class SearchKnobs:
+    """How searches trade speed for recall, as `rebuild-index` and `tune` set it: each index type's knob, named as
+    `Library.rebuild` and `Library.tune` name it; None leaves it as it is."""
+
+    ef_search: EfSearchOption = None
+    nprobe: NprobeOption = None
+
+    def given(self) -> dict[str, KnobSetting]:
+        """The knobs the command line gives a value (`auto` included), by name."""
+        return {name: value for name, value in dataclasses.asdict(self).items() if value is not None}
+
+
 StatsJsonOption = json_option("an object: the library's counts, captions, failed files, runs and vector indexes.")
 RemoveJsonOption = json_option("an object {path, removed_files}; a list of them for several paths.")
 
 
 @handle_errors
+@options_from(SearchKnobs, "knobs")
 def rebuild_index(
     db: DbOption = None,
     index_type: IndexTypeOption = None,
-    ef_search: EfSearchOption = None,
-    nprobe: NprobeOption = None,
+    *,
+    knobs: SearchKnobs,
     json_output: RebuildJsonOption = False,
 ) -> None:
     """Rebuild the FAISS indexes from the database, every vector added again (e.g. to change the index type).
@@ -101,7 +123,7 @@ def rebuild_index(
         _fallback_told_below(),
     ):
         try:
-            counts = library.rebuild(index_type, ef_search=ef_search, nprobe=nprobe)
+            counts = library.rebuild(index_type, **knobs.given())
         except OptionError as err:  # a knob for another index type: nothing was rebuilt
             raise UsageError("", str(err)) from None
         indexes = indexes_json(library.store)
@@ -114,10 +136,11 @@ def rebuild_index(
 
 
 @handle_errors
+@options_from(SearchKnobs, "knobs")
 def tune(
     db: DbOption = None,
-    ef_search: EfSearchOption = None,
-    nprobe: NprobeOption = None,
+    *,
+    knobs: SearchKnobs,
     json_output: TuneJsonOption = False,
 ) -> None:
     """Set how searches trade speed for recall (--ef-search, --nprobe), without rebuilding the FAISS indexes.
@@ -135,7 +158,7 @@ def tune(
     started = time.monotonic()
     with Library.open(db, create=False) as library:
         try:
-            library.tune(ef_search=ef_search, nprobe=nprobe)
+            library.tune(**knobs.given())
         except OptionError as err:  # a knob for another index type: nothing was changed
             # The type is changed by a rebuild: this command has no --index-type.
             reason = err.reason(lambda name: f"pengi-search rebuild-index {cli_option(name)}")
@@ -146,7 +169,7 @@ def tune(
         print_json({"vector_indexes": indexes, "seconds": json_seconds(seconds)})
         return
     _print_indexes(indexes, {kind: info.get("vectors") or 0 for kind, info in indexes.items()})
-    if ef_search is not None or nprobe is not None:
+    if knobs.given():
         out_console.print(f"tuned in {seconds:.1f} s, nothing rebuilt")
 
 
