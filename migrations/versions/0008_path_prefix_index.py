@@ -7,9 +7,9 @@ files need not lie together), so the unique index serves neither a prefix nor a 
 read the whole table, on a library of millions of files.
 
 `ix_audio_files_path_pattern` holds the paths in `text_pattern_ops`, the operator class whose order is the bytes'
-(`~<~`, `~>=~`), which `paths_under` compares with on PostgreSQL. A plain CREATE INDEX: it takes the table's write
-lock while it is built (seconds for a million files), as the upgrade's other steps do; CONCURRENTLY cannot run in
-the upgrade's transaction. Nothing to do on SQLite.
+(`~<~`, `~>=~`), which `paths_under` compares with on PostgreSQL. A plain CREATE INDEX: it holds the table's write
+lock while it is built (a time that grows with the number of files), as the upgrade's other steps do; CONCURRENTLY
+cannot run in the upgrade's transaction. Nothing to do on SQLite.
 """
 
 from __future__ import annotations
