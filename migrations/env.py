@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 
 from pengi_search.db.engine import create_store_engine
 from pengi_search.db.migrate import migration_connection
-from pengi_search.db.schema import Base
+from pengi_search.db.schema import Base, in_schema_of
 
 config = context.config
 
@@ -26,6 +26,7 @@ def _run(connection: Connection) -> None:
         target_metadata=Base.metadata,
         render_as_batch=connection.dialect.name == "sqlite",  # SQLite alters most things by copying the table
         compare_type=True,
+        include_object=in_schema_of(connection.dialect.name),  # PostgreSQL's own indexes
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -22,7 +22,7 @@ from .urls import library_name_of_url
 
 log = logging.getLogger(__name__)
 
-SCHEMA_HEAD = "0007"  # the newest migration; a test keeps it equal to the scripts' head
+SCHEMA_HEAD = "0008"  # the newest migration; a test keeps it equal to the scripts' head
 LIBRARY_TABLE = "audio_files"  # in every revision: a database without it holds no pengi-search library
 _MIGRATION_LOCK = 0x70656E6769  # PostgreSQL advisory lock that serialises concurrent upgrades
 

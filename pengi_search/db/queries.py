@@ -6,17 +6,16 @@ database keeps, the new version of vectors changed, and how many ids one stateme
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Boolean, ColumnElement, func, or_, select, true, update
+from sqlalchemy import Boolean, ColumnElement, or_, select, true, update
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.visitors import InternalTraversal
 
-from ..pathnames import to_stored
 from .errors import RefusedInputError, StoreError
 from .records import TRUNCATED_NOTE, check_vector_kind, non_finite_vector
 from .schema import AudioFileRow, IndexMetaRow, VectorVersionRow
@@ -37,32 +36,40 @@ class _PathsUnder(ColumnElement[bool]):
     type = Boolean()
     inherit_cache = True
     _is_implicitly_boolean = True  # a condition in itself: no "= 1" after it on SQLite
-    _traverse_internals = [("by_range", InternalTraversal.dp_clauseelement)]
-    _traverse_internals += [("by_prefix", InternalTraversal.dp_clauseelement)]
+    _traverse_internals = [("sqlite_range", InternalTraversal.dp_clauseelement)]
+    _traverse_internals += [("postgresql_range", InternalTraversal.dp_clauseelement)]
 
     def __init__(self, folder: str) -> None:
         path = AudioFileRow.path
-        # SQLite compares text as bytes (BINARY): the paths inside `folder/` are the range [`folder/`, `folder0`)
-        # ('0' is the byte after '/'), a search of the path's unique index, not a scan of the table (`eval` asks
-        # this for every file of its set). The escape keeps prefixes and order of valid names alike, so the stored
-        # forms that `OsText` binds bound the same range.
-        inside = (path >= folder) & (path < folder[:-1] + "0")
-        self.by_range = inside if folder == "/" else or_(path == folder[:-1], inside)
-        # Elsewhere (PostgreSQL) text compares by the database's collation, where '/' need not sort before '0': a
-        # prefix test. substr() sees the stored form, so it is compared with the stored folder.
-        stored = to_stored(folder)
-        prefix = path.startswith("/") if folder == "/" else func.substr(path, 1, len(stored)) == stored
-        self.by_prefix = prefix if folder == "/" else or_(path == folder[:-1], prefix)
+        # The paths inside `folder/` are the byte-wise range [`folder/`, `folder0`) ('0' is the byte after '/'): a
+        # search of an index, not a scan of the table (`eval` asks this for every file of its set). The escape keeps
+        # prefixes and order of valid names alike, so the stored forms that `OsText` binds bound the same range.
+        # SQLite compares text as bytes (BINARY): its own operators, on the unique path index.
+        self.sqlite_range = _at_or_inside(folder, path.__ge__, path.__lt__)
+        # PostgreSQL compares text by the database's collation, where '/' need not sort before '0': the pattern
+        # operators compare bytes, on the index of revision 0008. A range rather than LIKE, which has no wildcard
+        # to escape and stays a search in the generic plan of a prepared statement (psycopg prepares a statement
+        # run often), where LIKE's pattern is unknown and the index of no use.
+        at_least, below = (path.op(operator, is_comparison=True) for operator in ("~>=~", "~<~"))
+        self.postgresql_range = _at_or_inside(folder, at_least, below)
+
+
+def _at_or_inside(
+    folder: str, at_least: Callable[[str], ColumnElement[bool]], below: Callable[[str], ColumnElement[bool]]
+) -> ColumnElement[bool]:
+    """The path `folder` (but '/') or a path inside it, where `at_least` and `below` compare paths byte-wise."""
+    inside = at_least(folder) & below(folder[:-1] + "0")
+    return inside if folder == "/" else or_(AudioFileRow.path == folder[:-1], inside)
 
 
 @compiles(_PathsUnder, "sqlite")
 def _path_range(element: _PathsUnder, compiler: SQLCompiler, **kw: Any) -> str:
-    return _grouped(compiler, element.by_range, **kw)
+    return _grouped(compiler, element.sqlite_range, **kw)
 
 
 @compiles(_PathsUnder)
-def _path_prefix(element: _PathsUnder, compiler: SQLCompiler, **kw: Any) -> str:
-    return _grouped(compiler, element.by_prefix, **kw)
+def _path_pattern_range(element: _PathsUnder, compiler: SQLCompiler, **kw: Any) -> str:
+    return _grouped(compiler, element.postgresql_range, **kw)
 
 
 def _grouped(compiler: SQLCompiler, condition: ColumnElement[bool], **kw: Any) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
@@ -43,6 +44,19 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+PATH_PATTERN_INDEX = "ix_audio_files_path_pattern"
+POSTGRESQL_ONLY_INDEXES = frozenset({PATH_PATTERN_INDEX})  # made by the migrations on PostgreSQL alone (`ddl_if`)
+
+
+def in_schema_of(dialect: str) -> Callable[[Any, str | None, str, bool, Any], bool]:
+    """Alembic's `include_object` for a database of `dialect`: the models' indexes that only PostgreSQL has are
+    left out of the comparison with another database, where no migration made them."""
+
+    def included(_object: Any, name: str | None, type_: str, _reflected: bool, _compare_to: Any) -> bool:
+        return dialect == "postgresql" or not (type_ == "index" and name in POSTGRESQL_ONLY_INDEXES)
+
+    return included
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -117,6 +131,9 @@ class AudioFileRow(Base):
     # holding `/api/files/ID` (or a hit's `file_id`) would name another file.
     __table_args__ = (
         CheckConstraint("status IN ('pending', 'indexed', 'error')", name="status"),
+        # revision 0008: "the files below a folder" as a byte-wise range on PostgreSQL (`queries.paths_under`),
+        # where the unique index orders by the database's collation; SQLite's unique index is byte-wise already.
+        Index(PATH_PATTERN_INDEX, "path", postgresql_ops={"path": "text_pattern_ops"}).ddl_if(dialect="postgresql"),
         {"sqlite_autoincrement": True},
     )
 
