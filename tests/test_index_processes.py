@@ -142,7 +142,7 @@ def test_under_torchrun_a_library_another_run_holds_is_said_once_per_machine(sou
     with Store.open(db) as store, indexing_lock(store):
         launched = torchrun(str(sounds), *options, entry=("-m", "indexer"))
     errors = [line for line in launched.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "another indexing run is writing to this library" in errors[0], launched.stderr
+    assert len(errors) == 1 and "another command is writing to this library" in errors[0], launched.stderr
     assert re.search(r"rank\s*: 0 .*\n\s*exitcode\s*: 1 ", launched.stderr), launched.stderr[-3000:]
     assert not re.search(r"rank\s*: 1 .*\n\s*exitcode", launched.stderr), launched.stderr[-3000:]
 
@@ -153,7 +153,7 @@ def test_under_torchrun_ranks_waiting_for_a_library_another_run_holds_say_it_onc
     db, said = tmp_path / "lib.db", tmp_path / "stderr.txt"
     run_index(quick_options([sounds / "tone0.wav"], db, tiny_model_dir))
     options = ["--db", str(db), "--model", str(tiny_model_dir), "--device", "cpu", "--workers", "0", "--wait"]
-    waiting = "another indexing run is writing to this library; waiting for it to end"
+    waiting = "another command is writing to this library (an index run, or a remove); waiting for it to end"
     launch = torchrun_command(str(sounds), *options, "--max-len", "3", entry=("-m", "indexer"))
     with said.open("w") as stderr, contextlib.ExitStack() as held:
         held.enter_context(indexing_lock(held.enter_context(Store.open(db))))

@@ -113,8 +113,8 @@ def alone_in_library(store: Store, job_shards: Collection[str], *, doing: str, w
 
 def _busy_message(store: Store, shard: str | None) -> str:
     runs = [run for run in store.running_runs() if shard is None or run.shard in (None, shard)]
-    if not runs:
-        return "another indexing run is writing to this library"
+    if not runs:  # no run recorded yet, or a `remove` holds the library (`cli.library`)
+        return "another command is writing to this library (an index run, or a remove)"
     return "another indexing run is writing to this library: " + "; ".join(_describe(run) for run in runs)
 
 
