@@ -30,7 +30,7 @@ from dataclasses import replace
 from pengi_search.audio import AUDIO_EXTENSIONS
 from pengi_search.choices import Captions
 from pengi_search.db import BuiltWithOtherError, LibraryBusyError, Store, drop_fast_captions, library_exists
-from pengi_search.db.run_lock import indexing_lock
+from pengi_search.db.run_lock import alone_in_library, indexing_lock
 from pengi_search.errors import PengiSearchError
 from pengi_search.library import Library
 from pengi_search.scan import Entry, ScanResult, scan
@@ -237,9 +237,19 @@ class _Run:
                 check_compatible(self.store, self._choose())
                 self.store.forget_windows(selected)
             except BuiltWithOtherError:
-                self.store.reset_index(self._choose().model, self._model().embedder_info)
+                with self._alone("re-index this library with another model"):
+                    self.store.reset_index(self._choose().model, self._model().embedder_info)
         if self.rank is not None:
             self.rank.barrier()
+
+    def _alone(self, doing: str) -> contextlib.AbstractContextManager[None]:
+        """Within: no other job's run writes to the library, for `doing` what would restart it under that run. An
+        unsharded run holds the library alone already; a torchrun job's ranks hold it shared, as another job's
+        shards (other machines' `--shard`) do (`run_lock.alone_in_library`)."""
+        if self.rank is None or self.rank.world_size < 2:
+            return contextlib.nullcontext()
+        job = {str(Shard(index, self.rank.world_size)) for index in range(self.rank.world_size)}
+        return alone_in_library(self.store, job, doing=doing, wait=self.options.wait)
 
     # -- indexing --------------------------------------------------------------------------------------------
 

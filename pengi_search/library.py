@@ -232,6 +232,7 @@ class Library:
             return None
         if fits:
             assert usable is not None
+            _follow_recorded_knobs(usable, recorded)
             if state.ids is not None:
                 self._sync(usable, state.ids, state.version, kind, path, tag)
             self._record(recorded, kind, requested, usable, knobs=search_knobs)
@@ -327,6 +328,18 @@ def _kept_knobs(recorded: VectorIndexInfo | None, replaced: VectorIndex | None) 
     if not before and replaced is not None:
         before = dataclasses.asdict(replaced.params)
     return {name: before[name] for name in SEARCH_KNOBS if before.get(name) is not None}
+
+
+def _follow_recorded_knobs(index: VectorIndex, recorded: VectorIndexInfo | None) -> None:
+    """Search `index` with the knobs the database records, where its file says others: `tune` on another machine of
+    a PostgreSQL library rewrote that machine's files only, and this one's older knobs were searched with and then
+    recorded back over the database's by this machine's next write (an `index` run's sync, a `remove`). A record
+    without knobs (written before they were kept) leaves the file's."""
+    if recorded is None or not recorded.params:
+        return
+    wanted = {name: recorded.params.get(name) for name in SEARCH_KNOBS}
+    if wanted != {name: getattr(index.params, name) for name in SEARCH_KNOBS}:
+        index.tune(**wanted)
 
 
 def _version_if_equal(index: VectorIndex, expected: np.ndarray | None, version: int | None) -> int | None:

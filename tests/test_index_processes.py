@@ -20,6 +20,7 @@ from indexer.pipeline import run_index
 from indexer.shard import Shard
 from pengi_search.db import Store
 from pengi_search.db.run_lock import indexing_lock
+from pengi_search.testing import make_tiny_model_dir
 
 from .indexing import HeldRun, kill_session, quick_options, signal_when, write_tone
 from .torchrun_runs import TORCHRUN_ENV, TORCHRUN_S, torchrun, torchrun_command, torchrun_worker
@@ -141,7 +142,7 @@ def test_under_torchrun_a_library_another_run_holds_is_said_once_per_machine(sou
     with Store.open(db) as store, indexing_lock(store):
         launched = torchrun(str(sounds), *options, entry=("-m", "indexer"))
     errors = [line for line in launched.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "another indexing run is writing to this library" in errors[0], launched.stderr
+    assert len(errors) == 1 and "another command is writing to this library" in errors[0], launched.stderr
     assert re.search(r"rank\s*: 0 .*\n\s*exitcode\s*: 1 ", launched.stderr), launched.stderr[-3000:]
     assert not re.search(r"rank\s*: 1 .*\n\s*exitcode", launched.stderr), launched.stderr[-3000:]
 
@@ -152,7 +153,7 @@ def test_under_torchrun_ranks_waiting_for_a_library_another_run_holds_say_it_onc
     db, said = tmp_path / "lib.db", tmp_path / "stderr.txt"
     run_index(quick_options([sounds / "tone0.wav"], db, tiny_model_dir))
     options = ["--db", str(db), "--model", str(tiny_model_dir), "--device", "cpu", "--workers", "0", "--wait"]
-    waiting = "another indexing run is writing to this library; waiting for it to end"
+    waiting = "another command is writing to this library (an index run, or a remove); waiting for it to end"
     launch = torchrun_command(str(sounds), *options, "--max-len", "3", entry=("-m", "indexer"))
     with said.open("w") as stderr, contextlib.ExitStack() as held:
         held.enter_context(indexing_lock(held.enter_context(Store.open(db))))
@@ -168,3 +169,25 @@ def test_under_torchrun_ranks_waiting_for_a_library_another_run_holds_say_it_onc
             kill_session(process)
     assert said.read_text().count(waiting) == 1, said.read_text()[-3000:]
     assert _run_statuses(db) == {None: "finished", "0/2": "finished", "1/2": "finished"}
+
+
+def test_under_torchrun_a_reindex_with_another_model_is_refused_while_another_jobs_shard_writes(
+    sounds, tmp_path, tiny_model_dir
+):
+    """The job's ranks hold the library shared, as another job's `--shard 0/4` run (another machine's) does: rank 0
+    started the whole library over under that run, whose vectors of the old model then joined the new library. Now
+    rank 0 refuses, naming that run, and the library is as it was."""
+    db = tmp_path / "lib.db"
+    run_index(quick_options([sounds], db, tiny_model_dir))
+    with Store.open(db) as store:
+        before = (store.stats()["window_count"], store.index_meta())
+    other_model = make_tiny_model_dir(tmp_path / "tiny-other", seed=1)
+    options = ["--db", str(db), "--model", str(other_model), "--device", "cpu", "--workers", "0", "--reindex"]
+    with Store.open(db) as store, indexing_lock(store, "0/4"):
+        writing = store.start_run("0/4")
+        launched = torchrun(str(sounds), *options, "--max-len", "3", entry=("-m", "indexer"))
+    errors = [line for line in launched.stderr.splitlines() if line.startswith("error:")]
+    refused = f"cannot re-index this library with another model while run {writing} (shard 0/4), started "
+    assert launched.returncode != 0 and errors and refused in errors[0], launched.stderr[-3000:]
+    with Store.open(db) as store:
+        assert (store.stats()["window_count"], store.index_meta()) == before

@@ -23,11 +23,13 @@ from pengi_search.errors import OptionError
 from pengi_search.index_types import cells_probed, searched_with
 from pengi_search.library import Library
 from pengi_search.library_stats import index_info, indexes_json
+from pengi_search.paths import HOME_ENV
 from pengi_search.serve.live import LiveLibrary
-from pengi_search.vector_file import read_index_file
+from pengi_search.vector_file import read_index_file, update_index_params
 from pengi_search.vectors import VectorIndex
 
 from .test_library import AUDIO_DIM, EMBEDDER, MODEL, add_file, opened, two_files
+from .test_store import pg_url  # noqa: F401 (fixture: a PostgreSQL schema, when a server is given)
 
 runner = CliRunner()
 
@@ -328,3 +330,43 @@ def test_tune_on_a_full_disk_says_so_in_one_line_and_leaves_the_file_and_the_dat
     with Library.open(db) as library:
         assert {kind: file_contents(library, kind) for kind in ("text", "audio")} == before
         assert index_info(library.store)["text"].params["ef_search"] is None
+
+
+def test_a_knob_tuned_on_another_machine_is_searched_with_here_and_not_written_back(db: str) -> None:
+    """A PostgreSQL library's FAISS files are each machine's own: `tune` on one rewrote its files and the database,
+    while another machine, its files older, searched with their knob and wrote it back over the database's at its
+    next write (an `index` run's sync beside the tune, a `remove`). That older file is made here as it is there:
+    the knob it had before the tune, in the file only."""
+    with Library.open(db) as library:
+        library.rebuild("hnsw")
+        library.tune(ef_search=5)
+        for kind in ("text", "audio"):
+            update_index_params(library.index_path(kind), {"ef_search": None})
+    with Library.open(db) as library:
+        assert ef_searches(library) == {"text": 5, "audio": 5}
+        library.sync_vector_indexes()  # what `remove` and an `index` run do
+        assert {kind: info.params["ef_search"] for kind, info in index_info(library.store).items()} == {
+            "text": 5,
+            "audio": 5,
+        }
+
+
+def test_two_machines_of_a_postgresql_library_search_with_the_knob_either_tuned(
+    pg_url: str,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same on a server's database, each machine's data folder holding its own FAISS files."""
+    two_files(pg_url)
+    machines = {name: tmp_path / name for name in ("one", "two")}
+    monkeypatch.setenv(HOME_ENV, str(machines["one"]))
+    with Library.open(pg_url) as library:
+        library.rebuild("hnsw")
+    monkeypatch.setenv(HOME_ENV, str(machines["two"]))
+    with Library.open(pg_url) as library:
+        library.tune(ef_search=5)  # its files made first, from the database
+    monkeypatch.setenv(HOME_ENV, str(machines["one"]))
+    with Library.open(pg_url) as library:
+        library.sync_vector_indexes()
+        assert ef_searches(library) == {"text": 5, "audio": 5}
+        assert index_info(library.store)["audio"].params["ef_search"] == 5

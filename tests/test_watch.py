@@ -149,7 +149,9 @@ def test_watch_waits_for_another_run_holding_the_library_then_says_what_changed_
     with watching(tmp_path, tiny_model_dir, json_lines=False) as watch:
         with Store.open(watch.db) as store, indexing_lock(store):  # another run writes to the library
             os.replace(write_tone(tmp_path / "second.wav", 1.0, freq=700), watch.root / "second.wav")  # whole
-            watch.err.until("another indexing run is writing to this library; waiting for it to end")
+            watch.err.until(
+                "another command is writing to this library (an index run, or a remove); waiting for it to end"
+            )
         line = watch.out.next()  # once it ended
         assert re.fullmatch(r"\d\d:\d\d:\d\d indexed 1 file, removed 0, 0 failed \(\d+\.\d s\)", line), line
 

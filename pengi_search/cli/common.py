@@ -124,6 +124,10 @@ DbOption = Annotated[
     ),
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+# Every command that writes a library beside which no `index` run may write (`db.run_lock.indexing_lock`).
+WaitOption = Annotated[
+    bool, typer.Option("--wait", help="When an index run is writing to the library, wait for it to end.")
+]
 HiddenOption = Annotated[  # every command that walks folders (`pengi_search.scan`)
     bool,
     typer.Option(

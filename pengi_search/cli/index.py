@@ -33,6 +33,7 @@ from .common import (
     StopOption,
     ThreadsOption,
     UsageError,
+    WaitOption,
     apply_threads,
     err_console,
     given_input,
@@ -127,9 +128,7 @@ def index(
     max_len: MaxLenOption = 30,
     stop: StopOption = StopRule.both,
     long_prompts: LongPromptsOption = LongPrompt.cut,
-    wait: Annotated[
-        bool, typer.Option("--wait", help="When another index run is writing to the library, wait for it to end.")
-    ] = False,
+    wait: WaitOption = False,
     watch: Annotated[
         bool,
         typer.Option(

@@ -23,6 +23,7 @@ from .common import (
     EXIT_FAILED,
     DbOption,
     UsageError,
+    WaitOption,
     check_output_file,
     err_console,
     given_input,
@@ -226,23 +227,29 @@ def remove(
         ),
     ],
     db: DbOption = None,
+    wait: WaitOption = False,
     json_output: RemoveJsonOption = False,
 ) -> None:
     """Forget files, or every file under folders (the files on disk are not touched).
 
     As `rm` does, each path is forgotten on its own: one with nothing indexed is said and the others are still
-    forgotten (exit code 1).
+    forgotten (exit code 1). While an index run writes to the library it is refused (exit code 1), or waits for the
+    run to end with --wait.
 
     Example: pengi-search remove ~/sounds/old-recordings ~/sounds/draft.wav
     """
+    from ..db.run_lock import indexing_lock
     from ..library import Library
     from ..pathnames import path_fields, shown
     from ..scan import absolute
 
     # Removing a folder's worth of windows from an HNSW or IVF-PQ index re-fills it: minutes on millions of vectors.
+    # Under the indexing lock: a run writing beside it stores the files it decoded after they were removed (they come
+    # back, and those it had stored before are gone although its summary counts them indexed).
     with (
         index_fills(show_progress(False, json_output)) as fills,
         Library.open(db, create=False, progress=fills) as library,
+        indexing_lock(library.store, wait=wait),
     ):
         removed = [library.store.remove(absolute(path)) for path in paths]
         library.sync_vector_indexes()

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -80,10 +80,41 @@ def indexing_lock(store: Store, shard: str | None = None, *, wait: bool = False)
         locks.release()
 
 
+@contextlib.contextmanager
+def alone_in_library(store: Store, job_shards: Collection[str], *, doing: str, wait: bool = False) -> Iterator[None]:
+    """Within: no run outside this job (whose shards are `job_shards`) indexes the library, for `doing` what every
+    run writing to it would have to see (a re-index with another model restarts the whole library under them).
+
+    The shards of a job hold the library's lock shared, as the shards of another job beside it do, so that lock
+    cannot tell them apart: each run recorded 'running' under a shard that is not the job's is asked after by its
+    shard's lock, which a live run holds (a run whose process died left only its record), and that lock is kept for
+    the block. Raises IndexBusyError naming a live one, or waits for it to end with `wait`.
+    """
+    locks = _locks_for(store)
+    if locks is None:
+        yield
+        return
+    try:
+        for run in store.running_runs():
+            if run.shard is None or run.shard in job_shards:
+                continue  # an unsharded run holds the library alone: this job could not have started beside it
+            name = f"shard {run.shard}"
+            if locks.take(name, shared=False, wait=False):
+                continue
+            busy = f"{_describe(run)}, is indexing this library"
+            if not wait:
+                raise IndexBusyError(store.name, f"cannot {doing} while {busy}; try again when it ends, or pass --wait")
+            log.warning("%s; waiting for it to end", busy)
+            locks.take(name, shared=False, wait=True)
+        yield
+    finally:
+        locks.release()
+
+
 def _busy_message(store: Store, shard: str | None) -> str:
     runs = [run for run in store.running_runs() if shard is None or run.shard in (None, shard)]
-    if not runs:
-        return "another indexing run is writing to this library"
+    if not runs:  # no run recorded yet, or a `remove` holds the library (`cli.library`)
+        return "another command is writing to this library (an index run, or a remove)"
     return "another indexing run is writing to this library: " + "; ".join(_describe(run) for run in runs)
 
 

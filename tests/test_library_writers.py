@@ -1,0 +1,124 @@
+"""Commands that change a library while an `index` run writes to it. `remove` beside a run was undone in part (the
+run stored the files it decoded afterwards) and took files the run had stored, which its summary still counted
+indexed: it now waits for the run (`--wait`) or is refused naming it. A torchrun job re-indexing with another model
+restarted the library under another job's shards writing to it, whose vectors of the old model then joined the new
+library: it is refused while one of them runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import pytest
+from typer.testing import CliRunner
+
+from indexer.hold_points import FILE_STORED
+from indexer.pipeline import _Run, run_index
+from pengi_search.cli import app
+from pengi_search.cli.common import EXIT_FAILED
+from pengi_search.db import IndexBusyError, Store
+from pengi_search.db.run_lock import indexing_lock
+from pengi_search.library import Library
+from pengi_search.testing import make_tiny_model_dir
+
+from .indexing import HANG_S, HeldRun, assert_consistent, indexer_command, kill_session, quick_options, write_clips
+from .test_store import db_url  # noqa: F401 (fixture: SQLite, and PostgreSQL when a server is given)
+
+runner = CliRunner()
+WAITING = "another indexing run is writing to this library: run 1, started"
+
+
+@pytest.fixture()
+def library(db_url, tmp_path, tiny_model_dir) -> str:  # noqa: F811
+    """A library of two clips under tmp_path/sounds, indexed with the tiny model."""
+    write_clips(tmp_path / "sounds", 2)
+    run_index(quick_options([tmp_path / "sounds"], db_url, tiny_model_dir))
+    return db_url
+
+
+def indexed_paths(db: str) -> list[str]:
+    with Store.open(db) as store:
+        return [record.path for record in store.files_under()]
+
+
+def test_remove_is_refused_while_an_index_run_holds_the_library(library, tmp_path):
+    sounds = str(tmp_path / "sounds")
+    with Store.open(library) as store, indexing_lock(store):
+        holder = store.start_run()
+        refused = runner.invoke(app, ["remove", sounds, "--db", library])
+        assert refused.exit_code == EXIT_FAILED, refused.output
+        [said] = refused.output.splitlines()
+        assert said.startswith("error: ") and f"run {holder}, started " in said and "pass --wait" in said
+        assert len(indexed_paths(library)) == 2  # nothing removed
+    removed = runner.invoke(app, ["remove", sounds, "--db", library])
+    assert removed.exit_code == 0, removed.output
+    assert indexed_paths(library) == []
+
+
+def test_remove_with_wait_waits_for_the_index_run_writing_to_the_library(tiny_model_dir, tmp_path):
+    """Two processes: an `index` run that stored its first file and holds there, and `remove --wait` of its folder,
+    which says that it waits and removes nothing until the run has ended; then it removes what the run stored."""
+    sounds, db, said = tmp_path / "sounds", tmp_path / "lib.db", tmp_path / "remove.err"
+    write_clips(sounds, 3)
+    held = HeldRun(FILE_STORED, tmp_path)
+    env = {**os.environ, **held.env}
+    command = indexer_command(sounds, db, tiny_model_dir, max_len=3)
+    index = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL, start_new_session=True)
+    remove = None
+    try:
+        deadline = time.monotonic() + HANG_S
+        while not held.reached() and index.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert held.reached(), "the index run did not store a file"
+        removing = [sys.executable, "-m", "pengi_search", "remove", str(sounds), "--db", str(db), "--wait"]
+        with said.open("w") as stderr:
+            remove = subprocess.Popen(removing, stdout=subprocess.PIPE, stderr=stderr, start_new_session=True)
+        while "waiting for it to end" not in said.read_text() and remove.poll() is None:
+            assert time.monotonic() < deadline, said.read_text()
+            time.sleep(0.05)
+        assert remove.poll() is None, said.read_text()  # waiting, not done beside the run
+        assert WAITING in said.read_text() and len(indexed_paths(str(db))) == 1
+        os.killpg(index.pid, signal.SIGTERM)  # the run ends (interrupted), and the library is free
+        assert index.wait(timeout=HANG_S) == 128 + signal.SIGTERM
+        output, _ = remove.communicate(timeout=HANG_S)
+        assert remove.returncode == 0, said.read_text()
+    finally:
+        kill_session(index)
+        if remove is not None:
+            kill_session(remove)
+    assert " ".join(output.decode().split()) == f"removed 1 file at or under {sounds}"  # as wrapped to 80 columns
+    assert indexed_paths(str(db)) == []
+    assert_consistent(db)
+
+
+def test_a_torchrun_job_reindexing_with_another_model_is_refused_beside_another_jobs_shard(
+    library,
+    tmp_path,
+    tiny_model_dir,
+):
+    """A torchrun job's ranks hold the library shared, as another job's shards do (`--shard 0/4` from another
+    machine): its reset waits for no one. It is refused naming the other job's run; a run recorded as running
+    whose process died does not hold it back."""
+    other_model = make_tiny_model_dir(tmp_path / "tiny-other", seed=1)
+    options = quick_options([tmp_path / "sounds"], library, other_model, reindex=True)
+    job = SimpleNamespace(world_size=2, leads=True, barrier=lambda: None)  # rank 0 of 2, on its own
+    with Library.open(library) as opened:
+        reindex = _Run(opened, options, None, job, None, 0.0)  # type: ignore[arg-type]
+        built_with = opened.store.index_meta().model
+        with Store.open(library) as other_job, indexing_lock(other_job, "0/4"):
+            writing = other_job.start_run("0/4")
+            with pytest.raises(IndexBusyError) as refused:
+                reindex._reset(indexed_paths(library))
+            assert f"cannot re-index this library with another model while run {writing} (shard 0/4)" in str(
+                refused.value
+            )
+            assert "try again when it ends, or pass --wait" in str(refused.value)
+            assert opened.store.stats()["window_count"] == 2  # nothing was reset
+        # Its process gone (the lock released with it), the run's record alone holds nothing back.
+        reindex._reset(indexed_paths(library))
+        assert opened.store.stats()["window_count"] == 0
+        assert opened.store.index_meta().model != built_with
