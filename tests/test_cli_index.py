@@ -16,7 +16,8 @@ from pengi_search.cli import app
 from pengi_search.cli import index as cli_index
 from pengi_search.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PARTIAL, EXIT_USAGE
 from pengi_search.consoles import make_console
-from pengi_search.db import DatabaseUnreachableError
+from pengi_search.db import DatabaseUnreachableError, Store
+from pengi_search.db.run_lock import indexing_lock
 from pengi_search.library import Library
 from pengi_search.library_stats import index_info
 from pengi_search.testing import make_tiny_model_dir
@@ -381,6 +382,24 @@ def test_a_file_given_by_name_is_indexed_whatever_ext_says_with_a_warning(tiny_m
     ]
     folder = index(sounds / "dogs", tmp_path / "lib.db", tiny_model_dir, "--ext", "wav")
     assert folder.exit_code == 0 and "warning" not in folder.stderr  # inside a folder given, --ext chooses
+
+
+def test_under_torchrun_a_file_named_against_ext_is_said_once_per_machine(
+    tiny_model_dir, sounds, tmp_path, monkeypatch
+):
+    """Every rank of a torchrun job is given the same paths, and each said the file named against --ext: the
+    machine's first rank says it. (An unsharded run holds the library: both ranks stop there, the first saying so.)"""
+    db = tmp_path / "lib.db"
+    assert index(sounds / "rain.wav", db, tiny_model_dir).exit_code == 0
+    growl = sounds / "dogs" / "growl.flac"
+    said = []
+    with Store.open(db) as store, indexing_lock(store):
+        for rank in (0, 1):
+            for name, value in {"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": 2, "LOCAL_WORLD_SIZE": 2}.items():
+                monkeypatch.setenv(name, str(value))
+            said.append(index(growl, db, tiny_model_dir, "--ext", "wav"))
+    assert said[0].exit_code == EXIT_FAILED and said[0].stderr.count("though --ext asks for .wav") == 1, said[0].output
+    assert (said[1].exit_code, said[1].output) == (0, "")
 
 
 def test_an_empty_mount_point_keeps_its_files_and_says_how_to_forget_them(tiny_model_dir, sounds, tmp_path):

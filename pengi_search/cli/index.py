@@ -188,7 +188,7 @@ def index(
     from ..audio import AUDIO_EXTENSIONS
     from ..audio_workers import default_workers
     from ..scan import parse_extensions
-    from ..torchrun_env import said_once_per_machine
+    from ..torchrun_env import first_on_machine, said_once_per_machine
     from .index_watch import check_watch_options, keep_watching
 
     with said_once_per_machine():  # under torchrun, every rank meets a mistake here: the machine's first says it
@@ -231,7 +231,7 @@ def index(
         create_empty=watch,  # a watch waits for the files to come
     )
 
-    if ext is not None:
+    if ext is not None and first_on_machine():  # under torchrun every rank is given the same paths
         _warn_of_files_named_outside(paths, extensions)
     anew = _reindex_command(context, paths, db)
 
