@@ -156,7 +156,7 @@ class _Run:
             if self.options.reindex:
                 self._reset([entry.path for entry in scanned.entries])
             mine = [e for e in scanned.entries if self.shard is None or self.shard.owns(e.path)]
-            summary.files_seen = len(mine)
+            summary.files_seen, summary.files_found = len(mine), len(scanned.entries)
             self.store.note_files_seen(self.run_id, summary.files_seen)
             roots = Roots(scanned.roots)  # asked about as one: `eval` gives every file of its set as a root
             plan = plan_files(mine, file_stamps(self.store, roots), self.options.retry_errors)

@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from indexer.run_report import IndexSummary
+from indexer.shard import Shard
 from pengi_search.cli import app
 from pengi_search.cli import index as cli_index
 from pengi_search.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PARTIAL, EXIT_USAGE
@@ -400,6 +401,25 @@ def test_under_torchrun_a_file_named_against_ext_is_said_once_per_machine(
             said.append(index(growl, db, tiny_model_dir, "--ext", "wav"))
     assert said[0].exit_code == EXIT_FAILED and said[0].stderr.count("though --ext asks for .wav") == 1, said[0].output
     assert (said[1].exit_code, said[1].output) == (0, "")
+
+
+def test_a_shard_without_files_of_its_own_is_no_run_over_folders_without_audio(tiny_model_dir, sounds, tmp_path):
+    """A shard that owns none of the files said "no audio file found in sounds", of a folder that holds three."""
+    files = [str(path.resolve()) for path in sounds.rglob("*") if path.is_file()]
+    empty = next(i for i in range(16) if not any(Shard(i, 16).owns(path) for path in files))
+    result = index(sounds, tmp_path / "lib.db", tiny_model_dir, "--shard", f"{empty}/16")
+    assert result.exit_code == 0 and "indexed 0 files" in result.stdout, result.output
+    assert "warning" not in result.stderr, result.stderr
+
+
+def test_under_torchrun_paths_without_audio_are_said_once_per_machine(monkeypatch, capsys):
+    """Every rank is given the same paths: the machine's first says that they hold no audio."""
+    summary = IndexSummary(database="lib.db", shard="1/2")
+    for rank, said in ((1, ""), (0, "warning: no audio file found in notes\n")):
+        for name, value in {"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": 2, "LOCAL_WORLD_SIZE": 2}.items():
+            monkeypatch.setenv(name, str(value))
+        cli_index._warn_if_nothing_found(summary, ["notes"], None)
+        assert capsys.readouterr().err == said
 
 
 def test_an_empty_mount_point_keeps_its_files_and_says_how_to_forget_them(tiny_model_dir, sounds, tmp_path):

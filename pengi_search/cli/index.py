@@ -324,8 +324,11 @@ def _warn_of_files_named_outside(paths: Sequence[str], extensions: frozenset[str
 
 
 def _warn_if_nothing_found(summary: IndexSummary, paths: list[str], ext: str | None) -> None:
-    """A run that found no audio file at all under `paths`: a wrong folder, or a wrong --ext."""
-    if not (summary.files_seen or summary.unseen_roots or summary.unreadable_dirs):
+    """A run that found no audio file at all under `paths`: a wrong folder, or a wrong --ext. A shard without files
+    of its own is no such run; under torchrun, the ranks given the same paths, the machine's first says it."""
+    from ..torchrun_env import first_on_machine
+
+    if first_on_machine() and not (summary.files_found or summary.unseen_roots or summary.unreadable_dirs):
         from ..pathnames import shown
 
         asked = "" if ext is None else f" with the extensions {ext!r}"
