@@ -345,8 +345,10 @@ def _warn_if_built_by_another(library: Any, model_dir: ModelDir) -> None:
     meta = library.store.index_meta()
     if meta is not None and not built_by(library, model_dir):
         warn(
-            f"{library.name}: built with {meta.model}, not with {model_dir.identity}: nothing it holds is reused, "
-            "every file is decoded (classify with the library's model to reuse it)"
+            # The run's model named as `similar` and `query` name it (`check_index_model`): by its folder, as given,
+            # not by a fingerprint cut shorter than the library's beside it
+            f"{library.name}: built with {meta.model}, not with the model at {model_dir.path}: nothing it holds is "
+            "reused, every file is decoded (classify with the library's model to reuse it)"
         )
 
 
