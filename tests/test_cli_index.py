@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from indexer.run_report import IndexSummary
+from indexer.run_report import FailedFile, IndexSummary
 from indexer.shard import Shard
 from pengi_search.cli import app
 from pengi_search.cli import index as cli_index
@@ -420,6 +420,23 @@ def test_under_torchrun_paths_without_audio_are_said_once_per_machine(monkeypatc
             monkeypatch.setenv(name, str(value))
         cli_index._warn_if_nothing_found(summary, ["notes"], None)
         assert capsys.readouterr().err == said
+
+
+def test_under_torchrun_an_unreadable_folder_is_said_once_per_machine(monkeypatch, capsys):
+    """Every rank scans the same paths and met the same unreadable folder, and each said it: the machine's first
+    says it; a file that failed is its rank's own, and said by it."""
+    summary = IndexSummary(
+        database="lib.db",
+        shard="1/2",
+        failed=[FailedFile("/sounds/bad.wav", "no audio samples")],
+        unreadable_dirs=[FailedFile("/sounds/locked", "permission denied")],
+    )
+    for rank, folder_said in ((1, 0), (0, 1)):
+        for name, value in {"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": 2, "LOCAL_WORLD_SIZE": 2}.items():
+            monkeypatch.setenv(name, str(value))
+        cli_index._print_problems(summary, verbose=False, db_option="")
+        said = capsys.readouterr().err
+        assert said.count("/sounds/locked") == folder_said and said.count("/sounds/bad.wav") == 1, said
 
 
 def test_an_empty_mount_point_keeps_its_files_and_says_how_to_forget_them(tiny_model_dir, sounds, tmp_path):

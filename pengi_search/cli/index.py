@@ -405,10 +405,14 @@ def _print_problems(summary: IndexSummary, *, verbose: bool, db_option: str) -> 
     """What a run found wrong or odd, on stderr: runs left dead, files that failed, warnings (decoders' messages
     with `verbose`)."""
     from ..pathnames import shown
+    from ..torchrun_env import first_on_machine
 
     for run_id in summary.stale_runs:
         err_console.print(f"run {run_id} was still marked running, but its process had ended: marked interrupted")
-    for label, items in (("failed", summary.failed), ("unreadable folder", summary.unreadable_dirs)):
+    # Every rank of a torchrun job scans the same paths, and meets the same unreadable folders: the machine's first
+    # says them (the files that failed are each rank's own).
+    unreadable = summary.unreadable_dirs if first_on_machine() else []
+    for label, items in (("failed", summary.failed), ("unreadable folder", unreadable)):
         for item in items:
             print_problem(err_console, label, item.path, item.message)
     for note in [*summary.unseen_roots, *summary.hidden_kept, *summary.truncated]:
