@@ -68,7 +68,8 @@ def indexing_lock(store: Store, shard: str | None = None, *, wait: bool = False)
             if locks.take(name, shared=shared, wait=False):
                 continue
             busy = _busy_message(store, shard)
-            shared_by_the_machine = shared or _firsts_shard_held_too(store, shard)
+            # a shard's run only: an unsharded one is no torchrun job's (every rank has its shard)
+            shared_by_the_machine = shard is not None and (shared or _firsts_shard_held_too(store, shard))
             if not wait:
                 busy_error = LibraryBusyError if shared else IndexBusyError
                 speaker = said_once_per_machine() if shared_by_the_machine else contextlib.nullcontext()
@@ -84,14 +85,14 @@ def indexing_lock(store: Store, shard: str | None = None, *, wait: bool = False)
         locks.release()
 
 
-def _firsts_shard_held_too(store: Store, shard: str | None) -> bool:
+def _firsts_shard_held_too(store: Store, shard: str) -> bool:
     """Whether this shard's lock, held by another run, is one that the first process of this machine (torchrun's
     LOCAL_RANK 0) finds held too, so that it says it for both: another torchrun job of as many ranks holds every
     shard of this one, each rank finding its own held. A shard held alone (`--shard i/n` run by hand) is said by
     the rank that meets it, the first one being free to go on. Read from the runs recorded running, less those of
     this job's processes on this machine (the first may have recorded its own run by now)."""
     here = place()
-    if shard is None or here.world_size < 2 or here.local_rank == 0:
+    if here.world_size < 2 or here.local_rank == 0:
         return True  # the first process, or a run's only one: it speaks
     # torchrun numbers a machine's processes in a row, so its first has this rank less the local rank; a --shard
     # given to every rank is the same shard for all of them
