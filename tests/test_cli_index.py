@@ -24,6 +24,7 @@ from pengi_search.library_stats import index_info
 from pengi_search.testing import make_tiny_model_dir
 
 from .indexing import assert_consistent, write_tone
+from .torchrun_runs import torchrun_rank
 
 runner = CliRunner()
 QUICK = ("--workers", "0", "--beam", "2", "--max-len", "3", "--device", "cpu", "--quiet")
@@ -396,8 +397,7 @@ def test_under_torchrun_a_file_named_against_ext_is_said_once_per_machine(
     said = []
     with Store.open(db) as store, indexing_lock(store):
         for rank in (0, 1):
-            for name, value in {"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": 2, "LOCAL_WORLD_SIZE": 2}.items():
-                monkeypatch.setenv(name, str(value))
+            torchrun_rank(monkeypatch, rank, 2)
             said.append(index(growl, db, tiny_model_dir, "--ext", "wav"))
     assert said[0].exit_code == EXIT_FAILED and said[0].stderr.count("though --ext asks for .wav") == 1, said[0].output
     assert (said[1].exit_code, said[1].output) == (0, "")
@@ -416,8 +416,7 @@ def test_under_torchrun_paths_without_audio_are_said_once_per_machine(monkeypatc
     """Every rank is given the same paths: the machine's first says that they hold no audio."""
     summary = IndexSummary(database="lib.db", shard="1/2")
     for rank, said in ((1, ""), (0, "warning: no audio file found in notes\n")):
-        for name, value in {"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": 2, "LOCAL_WORLD_SIZE": 2}.items():
-            monkeypatch.setenv(name, str(value))
+        torchrun_rank(monkeypatch, rank, 2)
         cli_index._warn_if_nothing_found(summary, ["notes"], None)
         assert capsys.readouterr().err == said
 
@@ -432,8 +431,7 @@ def test_under_torchrun_an_unreadable_folder_is_said_once_per_machine(monkeypatc
         unreadable_dirs=[FailedFile("/sounds/locked", "permission denied")],
     )
     for rank, folder_said in ((1, 0), (0, 1)):
-        for name, value in {"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": 2, "LOCAL_WORLD_SIZE": 2}.items():
-            monkeypatch.setenv(name, str(value))
+        torchrun_rank(monkeypatch, rank, 2)
         cli_index._print_problems(summary, verbose=False, db_option="")
         said = capsys.readouterr().err
         assert said.count("/sounds/locked") == folder_said and said.count("/sounds/bad.wav") == 1, said

@@ -36,6 +36,7 @@ from pengi_search.vectors import VectorIndex
 
 from .indexing import assert_consistent, quick_options, write_tone
 from .test_store import db_url, pg_url  # noqa: F401 (fixtures: SQLite, and PostgreSQL when a server is given)
+from .torchrun_runs import torchrun_rank
 
 runner = CliRunner()
 QUICK = ("--workers", "0", "--beam", "2", "--max-len", "3", "--device", "cpu", "--quiet")
@@ -88,8 +89,7 @@ def test_shards_of_one_job_run_together_but_not_beside_a_whole_run(db_url):  # n
 def as_rank(monkeypatch, rank: int, *, job_pids: tuple[int, ...] = ()) -> None:
     """This process as rank `rank` of a two-rank torchrun job on one machine, whose other processes here are
     `job_pids` (none of the runs recorded running is this job's, by default)."""
-    for name, value in {"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": 2, "LOCAL_WORLD_SIZE": 2}.items():
-        monkeypatch.setenv(name, str(value))
+    torchrun_rank(monkeypatch, rank, 2)
     monkeypatch.setattr(run_lock.MachineSiblings, "now", classmethod(lambda cls: cls(list(job_pids), 1)))
 
 
