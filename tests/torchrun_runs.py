@@ -1,4 +1,5 @@
-"""Runs under torchrun for the tests: two processes on this machine's CPUs (gloo), bounded against a hang."""
+"""Runs under torchrun for the tests: two processes on this machine's CPUs (gloo), bounded against a hang; and
+the environment torchrun gives a process, for a test in this one (`torchrun_rank`)."""
 
 from __future__ import annotations
 
