@@ -168,3 +168,21 @@ def test_under_torchrun_ranks_waiting_for_a_library_another_run_holds_say_it_onc
             kill_session(process)
     assert said.read_text().count(waiting) == 1, said.read_text()[-3000:]
     assert _run_statuses(db) == {None: "finished", "0/2": "finished", "1/2": "finished"}
+
+
+def test_under_torchrun_shards_another_job_holds_are_said_once_per_machine(sounds, tmp_path, tiny_model_dir):
+    """Another job of two ranks holds both shards: each rank found its own held and said so, one line a rank. The
+    machine's first says it (exit code 1, which torchrun reports); the other ends well."""
+    db = tmp_path / "lib.db"
+    run_index(quick_options([sounds / "tone0.wav"], db, tiny_model_dir))
+    options = ["--db", str(db), "--model", str(tiny_model_dir), "--device", "cpu", "--workers", "0"]
+    with contextlib.ExitStack() as held:
+        for shard in ("0/2", "1/2"):
+            holder = held.enter_context(Store.open(db))
+            held.enter_context(indexing_lock(holder, shard))
+            holder.start_run(shard)
+        launched = torchrun(str(sounds), *options, entry=("-m", "indexer"))
+    errors = [line for line in launched.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "(shard 0/2)" in errors[0], launched.stderr[-3000:]
+    assert re.search(r"rank\s*: 0 .*\n\s*exitcode\s*: 1 ", launched.stderr), launched.stderr[-3000:]
+    assert not re.search(r"rank\s*: 1 .*\n\s*exitcode", launched.stderr), launched.stderr[-3000:]
