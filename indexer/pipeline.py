@@ -24,12 +24,11 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 
 from pengi_search.audio import AUDIO_EXTENSIONS
 from pengi_search.choices import Captions
-from pengi_search.db import BuiltWithOtherError, LibraryBusyError, Store, drop_fast_captions, library_exists
+from pengi_search.db import BuiltWithOtherError, drop_fast_captions, library_exists
 from pengi_search.db.run_lock import alone_in_library, indexing_lock
 from pengi_search.errors import PengiSearchError
 from pengi_search.library import Library
@@ -71,7 +70,7 @@ def run_index(options: IndexOptions, progress: ProgressReporter | None = None) -
         library = Library.open(options.db, progress=None if progress is None else progress.filling)
     shard_name = None if shard is None else str(shard)
     try:
-        with library, _locked(library.store, shard_name, wait=options.wait):
+        with library, indexing_lock(library.store, shard_name, wait=options.wait):
             stale = library.store.interrupt_stale_runs(shard_name)
             summary = _Run(library, options, shard, rank, progress, started, choice).execute(scanned)
             summary.stale_runs = stale
@@ -80,19 +79,6 @@ def run_index(options: IndexOptions, progress: ProgressReporter | None = None) -
             rank.close()
     summary.seconds = time.monotonic() - started
     return summary
-
-
-@contextlib.contextmanager
-def _locked(store: Store, shard_name: str | None, *, wait: bool) -> Iterator[None]:
-    """Within: the library's indexing lock, for this shard (`run_lock.indexing_lock`). An unsharded run that holds
-    the whole library is found by every rank of a torchrun job alike: the machine's first rank says it, once."""
-    with contextlib.ExitStack() as held:
-        try:
-            held.enter_context(indexing_lock(store, shard_name, wait=wait))
-        except LibraryBusyError:
-            with said_once_per_machine():
-                raise
-        yield
 
 
 def _placed(options: IndexOptions, rank: Rank | None) -> tuple[IndexOptions, Shard | None]:
@@ -171,7 +157,7 @@ class _Run:
             if self.options.reindex:
                 self._reset([entry.path for entry in scanned.entries])
             mine = [e for e in scanned.entries if self.shard is None or self.shard.owns(e.path)]
-            summary.files_seen = len(mine)
+            summary.files_seen, summary.files_found = len(mine), len(scanned.entries)
             self.store.note_files_seen(self.run_id, summary.files_seen)
             roots = Roots(scanned.roots)  # asked about as one: `eval` gives every file of its set as a root
             plan = plan_files(mine, file_stamps(self.store, roots), self.options.retry_errors)

@@ -138,7 +138,8 @@ class IndexSummary:
     database: str
     run_id: int | None = None
     shard: str | None = None
-    files_seen: int = 0
+    files_seen: int = 0  # the run's files: its shard's
+    files_found: int = 0  # the files under the run's paths, of every shard
     indexed: int = 0
     reused: int = 0
     unchanged: int = 0

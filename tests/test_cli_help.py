@@ -66,6 +66,17 @@ def test_eval_classify_batches_as_classify_does():
     )
 
 
+@pytest.mark.parametrize("command", ["pengi-search classify", "pengi-search eval classify"])
+def test_each_option_only_one_method_reads_says_which(command):
+    """--method loglik refuses the caption decoding options (--beam, --max-len, --stop), whose help named no method
+    where --prompt's said loglik; describe's, which always decodes captions, name none."""
+    for flag in ("--text-embedder", "--beam", "--max-len", "--stop"):
+        assert _option(command, flag).help.startswith("text: "), flag
+    for flag in ("--prompt", "--loglik-score"):
+        assert _option(command, flag).help.startswith("loglik: "), flag
+    assert _option("pengi-search describe", "--beam").help.startswith("Beam width")
+
+
 @pytest.mark.parametrize("name", COMMANDS)
 def test_an_option_read_from_the_environment_says_so_in_one_style(name):
     """`[env: NAME]` in the help text, as --db and --model write it, not Typer's own `[env var: NAME]` beside it."""

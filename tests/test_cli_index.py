@@ -11,17 +11,20 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from indexer.run_report import IndexSummary
+from indexer.run_report import FailedFile, IndexSummary
+from indexer.shard import Shard
 from pengi_search.cli import app
 from pengi_search.cli import index as cli_index
 from pengi_search.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PARTIAL, EXIT_USAGE
 from pengi_search.consoles import make_console
-from pengi_search.db import DatabaseUnreachableError
+from pengi_search.db import DatabaseUnreachableError, Store
+from pengi_search.db.run_lock import indexing_lock
 from pengi_search.library import Library
 from pengi_search.library_stats import index_info
 from pengi_search.testing import make_tiny_model_dir
 
 from .indexing import assert_consistent, write_tone
+from .torchrun_runs import torchrun_rank
 
 runner = CliRunner()
 QUICK = ("--workers", "0", "--beam", "2", "--max-len", "3", "--device", "cpu", "--quiet")
@@ -381,6 +384,57 @@ def test_a_file_given_by_name_is_indexed_whatever_ext_says_with_a_warning(tiny_m
     ]
     folder = index(sounds / "dogs", tmp_path / "lib.db", tiny_model_dir, "--ext", "wav")
     assert folder.exit_code == 0 and "warning" not in folder.stderr  # inside a folder given, --ext chooses
+
+
+def test_under_torchrun_a_file_named_against_ext_is_said_once_per_machine(
+    tiny_model_dir, sounds, tmp_path, monkeypatch
+):
+    """Every rank of a torchrun job is given the same paths, and each said the file named against --ext: the
+    machine's first rank says it. (An unsharded run holds the library: both ranks stop there, the first saying so.)"""
+    db = tmp_path / "lib.db"
+    assert index(sounds / "rain.wav", db, tiny_model_dir).exit_code == 0
+    growl = sounds / "dogs" / "growl.flac"
+    said = []
+    with Store.open(db) as store, indexing_lock(store):
+        for rank in (0, 1):
+            torchrun_rank(monkeypatch, rank, 2)
+            said.append(index(growl, db, tiny_model_dir, "--ext", "wav"))
+    assert said[0].exit_code == EXIT_FAILED and said[0].stderr.count("though --ext asks for .wav") == 1, said[0].output
+    assert (said[1].exit_code, said[1].output) == (0, "")
+
+
+def test_a_shard_without_files_of_its_own_is_no_run_over_folders_without_audio(tiny_model_dir, sounds, tmp_path):
+    """A shard that owns none of the files said "no audio file found in sounds", of a folder that holds three."""
+    files = [str(path.resolve()) for path in sounds.rglob("*") if path.is_file()]
+    empty = next(i for i in range(16) if not any(Shard(i, 16).owns(path) for path in files))
+    result = index(sounds, tmp_path / "lib.db", tiny_model_dir, "--shard", f"{empty}/16")
+    assert result.exit_code == 0 and "indexed 0 files" in result.stdout, result.output
+    assert "warning" not in result.stderr, result.stderr
+
+
+def test_under_torchrun_paths_without_audio_are_said_once_per_machine(monkeypatch, capsys):
+    """Every rank is given the same paths: the machine's first says that they hold no audio."""
+    summary = IndexSummary(database="lib.db", shard="1/2")
+    for rank, said in ((1, ""), (0, "warning: no audio file found in notes\n")):
+        torchrun_rank(monkeypatch, rank, 2)
+        cli_index._warn_if_nothing_found(summary, ["notes"], None)
+        assert capsys.readouterr().err == said
+
+
+def test_under_torchrun_an_unreadable_folder_is_said_once_per_machine(monkeypatch, capsys):
+    """Every rank scans the same paths and met the same unreadable folder, and each said it: the machine's first
+    says it; a file that failed is its rank's own, and said by it."""
+    summary = IndexSummary(
+        database="lib.db",
+        shard="1/2",
+        failed=[FailedFile("/sounds/bad.wav", "no audio samples")],
+        unreadable_dirs=[FailedFile("/sounds/locked", "permission denied")],
+    )
+    for rank, folder_said in ((1, 0), (0, 1)):
+        torchrun_rank(monkeypatch, rank, 2)
+        cli_index._print_problems(summary, verbose=False, db_option="")
+        said = capsys.readouterr().err
+        assert said.count("/sounds/locked") == folder_said and said.count("/sounds/bad.wav") == 1, said
 
 
 def test_an_empty_mount_point_keeps_its_files_and_says_how_to_forget_them(tiny_model_dir, sounds, tmp_path):

@@ -743,6 +743,7 @@ def test_classify_says_once_that_a_library_given_by_another_model_is_not_reused(
     assert json.loads(result.stdout)["results"][0]["source"] == "decoded"
     (line,) = result.stderr.splitlines()
     assert line.startswith(f"warning: {captions.db}: built with model 'tiny-base'")
+    assert f", not with the model at {other}: " in line  # as similar and query name it, not as tiny-base@1a2b...
     assert line.endswith(
         "nothing it holds is reused, every file is decoded (classify with the library's model to reuse it)"
     )

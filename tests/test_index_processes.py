@@ -191,3 +191,21 @@ def test_under_torchrun_a_reindex_with_another_model_is_refused_while_another_jo
     assert launched.returncode != 0 and errors and refused in errors[0], launched.stderr[-3000:]
     with Store.open(db) as store:
         assert (store.stats()["window_count"], store.index_meta()) == before
+
+
+def test_under_torchrun_shards_another_job_holds_are_said_once_per_machine(sounds, tmp_path, tiny_model_dir):
+    """Another job of two ranks holds both shards: each rank found its own held and said so, one line a rank. The
+    machine's first says it (exit code 1, which torchrun reports); the other ends well."""
+    db = tmp_path / "lib.db"
+    run_index(quick_options([sounds / "tone0.wav"], db, tiny_model_dir))
+    options = ["--db", str(db), "--model", str(tiny_model_dir), "--device", "cpu", "--workers", "0"]
+    with contextlib.ExitStack() as held:
+        for shard in ("0/2", "1/2"):
+            holder = held.enter_context(Store.open(db))
+            held.enter_context(indexing_lock(holder, shard))
+            holder.start_run(shard)
+        launched = torchrun(str(sounds), *options, entry=("-m", "indexer"))
+    errors = [line for line in launched.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "(shard 0/2)" in errors[0], launched.stderr[-3000:]
+    assert re.search(r"rank\s*: 0 .*\n\s*exitcode\s*: 1 ", launched.stderr), launched.stderr[-3000:]
+    assert not re.search(r"rank\s*: 1 .*\n\s*exitcode", launched.stderr), launched.stderr[-3000:]

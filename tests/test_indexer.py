@@ -40,7 +40,7 @@ from .indexing import (
     window_vectors,
     write_tone,
 )
-from .torchrun_runs import torchrun
+from .torchrun_runs import torchrun, torchrun_rank
 
 PROMPTS = [TASK_PROMPTS["caption"], TASK_PROMPTS["sound_event"]]
 
@@ -462,18 +462,6 @@ def two_gpus(monkeypatch) -> None:
     """A machine where PyTorch sees two CUDA GPUs (none is touched: the check is made before any work)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-
-
-def torchrun_rank(monkeypatch, local_rank: int, on_machine: int | None) -> None:
-    """The environment torchrun gives a process of a one-machine run (`on_machine` None: a launcher that does not
-    say how many processes it started there)."""
-    world = on_machine or local_rank + 1
-    for name, value in {"RANK": local_rank, "WORLD_SIZE": world, "LOCAL_RANK": local_rank}.items():
-        monkeypatch.setenv(name, str(value))
-    if on_machine is None:
-        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    else:
-        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(on_machine))
 
 
 def test_under_torchrun_each_rank_indexes_on_its_own_gpu(two_gpus, monkeypatch):

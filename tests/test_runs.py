@@ -3,6 +3,7 @@ plainly, read-only commands that create nothing, and the index type (asked for a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -30,10 +31,12 @@ from pengi_search.db.errors import ReadOnlyLibraryError
 from pengi_search.db.run_lock import indexing_lock
 from pengi_search.library import Library
 from pengi_search.library_stats import index_info
+from pengi_search.torchrun_env import SaidByTheMachinesFirstProcess
 from pengi_search.vectors import VectorIndex
 
 from .indexing import assert_consistent, quick_options, write_tone
 from .test_store import db_url, pg_url  # noqa: F401 (fixtures: SQLite, and PostgreSQL when a server is given)
+from .torchrun_runs import torchrun_rank
 
 runner = CliRunner()
 QUICK = ("--workers", "0", "--beam", "2", "--max-len", "3", "--device", "cpu", "--quiet")
@@ -54,10 +57,11 @@ def sounds(tmp_path) -> Path:
 # -- one run at a time ------------------------------------------------------------------------------------------
 
 
-def refused(store: Store, shard: str | None = None) -> IndexBusyError | None:
-    """The error when the indexing lock (of `shard`) cannot be taken now; None when it could."""
+def refused(store: Store, shard: str | None = None, *, wait: bool = False) -> IndexBusyError | None:
+    """The error when the indexing lock (of `shard`) cannot be taken now; None when it could (`wait`: once it
+    could)."""
     try:
-        with indexing_lock(store, shard):
+        with indexing_lock(store, shard, wait=wait):
             return None
     except IndexBusyError as busy:
         return busy
@@ -80,6 +84,73 @@ def test_shards_of_one_job_run_together_but_not_beside_a_whole_run(db_url):  # n
         with indexing_lock(one):
             assert refused(two, "0/2")
         assert refused(three) is None
+
+
+def as_rank(monkeypatch, rank: int, *, job_pids: tuple[int, ...] = ()) -> None:
+    """This process as rank `rank` of a two-rank torchrun job on one machine, whose other processes here are
+    `job_pids` (none of the runs recorded running is this job's, by default)."""
+    torchrun_rank(monkeypatch, rank, 2)
+    monkeypatch.setattr(run_lock.MachineSiblings, "now", classmethod(lambda cls: cls(list(job_pids), 1)))
+
+
+def test_under_torchrun_shards_another_job_holds_are_said_by_the_machines_first_rank(db_url, monkeypatch):  # noqa: F811
+    """Another job of two ranks holds both shards: each rank found its own held and said so, one line a rank. The
+    machine's first says it; the other ends well, saying nothing (`SaidByTheMachinesFirstProcess`)."""
+    with contextlib.ExitStack() as holders, Store.open(db_url) as ours:
+        for shard in ("0/2", "1/2"):
+            holder = holders.enter_context(Store.open(db_url))
+            holders.enter_context(indexing_lock(holder, shard))
+            holder.start_run(shard)
+        as_rank(monkeypatch, 1)
+        with pytest.raises(SaidByTheMachinesFirstProcess):
+            refused(ours, "1/2")
+        as_rank(monkeypatch, 0)
+        assert "(shard 0/2)" in str(refused(ours, "0/2"))
+
+
+@pytest.mark.parametrize("first_holds", ["nothing", "its own run"])
+def test_under_torchrun_a_shard_held_alone_is_said_by_its_rank(db_url, monkeypatch, first_holds: str):  # noqa: F811
+    """Shard 1/2 held by a run of `--shard 1/2` by hand: the first rank, free, goes on, so rank 1 says it, whether
+    or not the first has recorded its own run by then."""
+    with Store.open(db_url) as one, Store.open(db_url) as ours, indexing_lock(one, "1/2"):
+        one.start_run("1/2")
+        if first_holds == "its own run":
+            ours.start_run("0/2")
+        as_rank(monkeypatch, 1, job_pids=(os.getpid(),) if first_holds == "its own run" else ())
+        busy = refused(ours, "1/2")
+        assert isinstance(busy, IndexBusyError) and "(shard 1/2)" in str(busy)
+
+
+@pytest.mark.parametrize(("held", "waiting_lines"), [(("0/2", "1/2"), 0), (("1/2",), 1)], ids=["both", "alone"])
+def test_under_torchrun_a_rank_waiting_for_its_shard_says_it_unless_the_first_waits_too(
+    tmp_path, monkeypatch, caplog, held: tuple[str, ...], waiting_lines: int
+):
+    """With --wait, rank 1 says that it waits for its shard only where the machine's first rank does not wait too
+    (SQLite's file locks: the test sees the moment rank 1 starts to wait)."""
+    library = str(tmp_path / "lib.db")
+    as_rank(monkeypatch, 1)
+    blocked = threading.Event()
+    take = run_lock._FileLocks.take
+
+    def noted_take(self, name: str, *, shared: bool, wait: bool) -> bool:
+        if wait:
+            blocked.set()  # past the warning, about to wait
+        return take(self, name, shared=shared, wait=wait)
+
+    monkeypatch.setattr(run_lock._FileLocks, "take", noted_take)
+    with contextlib.ExitStack() as holders:
+        for shard in held:
+            holder = holders.enter_context(Store.open(library))
+            holders.enter_context(indexing_lock(holder, shard))
+            holder.start_run(shard)
+        with Store.open(library) as ours:
+            waiter = threading.Thread(target=lambda: refused(ours, "1/2", wait=True))
+            waiter.start()
+            assert blocked.wait(30)
+            holders.close()
+            waiter.join(30)
+    said = [record for record in caplog.records if "waiting for it to end" in record.getMessage()]
+    assert len(said) == waiting_lines, said
 
 
 class SetWhenLogged(logging.Handler):

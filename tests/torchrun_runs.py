@@ -1,4 +1,5 @@
-"""Runs under torchrun for the tests: two processes on this machine's CPUs (gloo), bounded against a hang."""
+"""Runs under torchrun for the tests: two processes on this machine's CPUs (gloo), bounded against a hang; and
+the environment torchrun gives a process, for a test in this one (`torchrun_rank`)."""
 
 from __future__ import annotations
 
@@ -45,3 +46,15 @@ def torchrun_worker(torchrun_pid: int, rank: int) -> int:
         if f"RANK={rank}".encode() in Path(f"/proc/{child}/environ").read_bytes().split(b"\0"):
             return int(child)
     raise AssertionError(f"torchrun {torchrun_pid} has no worker of rank {rank} among {children}")
+
+
+def torchrun_rank(monkeypatch, local_rank: int, on_machine: int | None) -> None:
+    """The environment torchrun gives a process of a one-machine run (`on_machine` None: a launcher that does not
+    say how many processes it started there)."""
+    world = on_machine or local_rank + 1
+    for name, value in {"RANK": local_rank, "WORLD_SIZE": world, "LOCAL_RANK": local_rank}.items():
+        monkeypatch.setenv(name, str(value))
+    if on_machine is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(on_machine))

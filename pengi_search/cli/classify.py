@@ -6,6 +6,7 @@ The command reads its inputs, classifies every file, scores the result and shows
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import sys
@@ -89,6 +90,19 @@ class Outcome:
         }
 
 
+def _read_by_text_only(option: Any) -> Any:
+    """A decoding option (`Annotated[type, typer.Option]`) whose help says that only --method text reads it, as
+    --prompt's says loglik: --method loglik refuses it (`_refuse_the_other_methods_options`)."""
+    info = copy.copy(option.__metadata__[0])
+    info.help = f"text: {info.help[0].lower()}{info.help[1:]}"
+    return Annotated[option.__origin__, info]
+
+
+TextBeamOption = _read_by_text_only(BeamOption)
+TextMaxLenOption = _read_by_text_only(MaxLenOption)
+TextStopOption = _read_by_text_only(StopOption)
+
+
 @dataclass(frozen=True)
 class ScoringOptions:
     """How labels are scored: the options that make `classify.ClassifySettings` (same field names)."""
@@ -109,9 +123,9 @@ class ScoringOptions:
         str | None,
         typer.Option("--text-embedder", help="text: 'pengi' (default) or 'sentence-transformers:NAME'."),
     ] = None
-    beam: BeamOption = 3
-    max_len: MaxLenOption = 30
-    stop: StopOption = StopRule.both
+    beam: TextBeamOption = 3
+    max_len: TextMaxLenOption = 30
+    stop: TextStopOption = StopRule.both
     long_prompts: LongPromptsOption = LongPrompt.cut
 
     def settings(self) -> ClassifySettings:
@@ -345,8 +359,10 @@ def _warn_if_built_by_another(library: Any, model_dir: ModelDir) -> None:
     meta = library.store.index_meta()
     if meta is not None and not built_by(library, model_dir):
         warn(
-            f"{library.name}: built with {meta.model}, not with {model_dir.identity}: nothing it holds is reused, "
-            "every file is decoded (classify with the library's model to reuse it)"
+            # The run's model named as `similar` and `query` name it (`check_index_model`): by its folder, as given,
+            # not by a fingerprint cut shorter than the library's beside it
+            f"{library.name}: built with {meta.model}, not with the model at {model_dir.path}: nothing it holds is "
+            "reused, every file is decoded (classify with the library's model to reuse it)"
         )
 
 

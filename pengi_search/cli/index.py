@@ -187,7 +187,7 @@ def index(
     from ..audio import AUDIO_EXTENSIONS
     from ..audio_workers import default_workers
     from ..scan import parse_extensions
-    from ..torchrun_env import said_once_per_machine
+    from ..torchrun_env import first_on_machine, said_once_per_machine
     from .index_watch import check_watch_options, keep_watching
 
     with said_once_per_machine():  # under torchrun, every rank meets a mistake here: the machine's first says it
@@ -230,7 +230,7 @@ def index(
         create_empty=watch,  # a watch waits for the files to come
     )
 
-    if ext is not None:
+    if ext is not None and first_on_machine():  # under torchrun every rank is given the same paths
         _warn_of_files_named_outside(paths, extensions)
     anew = _reindex_command(context, paths, db)
 
@@ -323,8 +323,11 @@ def _warn_of_files_named_outside(paths: Sequence[str], extensions: frozenset[str
 
 
 def _warn_if_nothing_found(summary: IndexSummary, paths: list[str], ext: str | None) -> None:
-    """A run that found no audio file at all under `paths`: a wrong folder, or a wrong --ext."""
-    if not (summary.files_seen or summary.unseen_roots or summary.unreadable_dirs):
+    """A run that found no audio file at all under `paths`: a wrong folder, or a wrong --ext. A shard without files
+    of its own is no such run; under torchrun, the ranks given the same paths, the machine's first says it."""
+    from ..torchrun_env import first_on_machine
+
+    if first_on_machine() and not (summary.files_found or summary.unseen_roots or summary.unreadable_dirs):
         from ..pathnames import shown
 
         asked = "" if ext is None else f" with the extensions {ext!r}"
@@ -401,10 +404,14 @@ def _print_problems(summary: IndexSummary, *, verbose: bool, db_option: str) -> 
     """What a run found wrong or odd, on stderr: runs left dead, files that failed, warnings (decoders' messages
     with `verbose`)."""
     from ..pathnames import shown
+    from ..torchrun_env import first_on_machine
 
     for run_id in summary.stale_runs:
         err_console.print(f"run {run_id} was still marked running, but its process had ended: marked interrupted")
-    for label, items in (("failed", summary.failed), ("unreadable folder", summary.unreadable_dirs)):
+    # Every rank of a torchrun job scans the same paths, and meets the same unreadable folders: the machine's first
+    # says them (the files that failed are each rank's own).
+    unreadable = summary.unreadable_dirs if first_on_machine() else []
+    for label, items in (("failed", summary.failed), ("unreadable folder", unreadable)):
         for item in items:
             print_problem(err_console, label, item.path, item.message)
     for note in [*summary.unseen_roots, *summary.hidden_kept, *summary.truncated]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import threading
 import zlib
 from collections.abc import Collection, Iterator
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..torchrun_env import first_on_machine
+from ..torchrun_env import MachineSiblings, first_on_machine, place, said_once_per_machine
 from .errors import DatabaseUnreachableError, IndexBusyError, LibraryBusyError
 from .urls import sqlite_file
 
@@ -67,10 +68,14 @@ def indexing_lock(store: Store, shard: str | None = None, *, wait: bool = False)
             if locks.take(name, shared=shared, wait=False):
                 continue
             busy = _busy_message(store, shard)
+            # a shard's run only: an unsharded one is no torchrun job's (every rank has its shard)
+            shared_by_the_machine = shard is not None and (shared or _firsts_shard_held_too(store, shard))
             if not wait:
                 busy_error = LibraryBusyError if shared else IndexBusyError
-                raise busy_error(store.name, f"{busy}; wait for it to end, or pass --wait to start when it has")
-            if not shared or first_on_machine():  # the library held: every rank of a torchrun job waits alike
+                speaker = said_once_per_machine() if shared_by_the_machine else contextlib.nullcontext()
+                with speaker:
+                    raise busy_error(store.name, f"{busy}; wait for it to end, or pass --wait to start when it has")
+            if not shared_by_the_machine or first_on_machine():
                 log.warning("%s; waiting for it to end", busy)
             locks.take(name, shared=shared, wait=True)
         store.write_guard = locks.check
@@ -109,6 +114,23 @@ def alone_in_library(store: Store, job_shards: Collection[str], *, doing: str, w
         yield
     finally:
         locks.release()
+
+
+def _firsts_shard_held_too(store: Store, shard: str) -> bool:
+    """Whether this shard's lock, held by another run, is one that the first process of this machine (torchrun's
+    LOCAL_RANK 0) finds held too, so that it says it for both: another torchrun job of as many ranks holds every
+    shard of this one, each rank finding its own held. A shard held alone (`--shard i/n` run by hand) is said by
+    the rank that meets it, the first one being free to go on. Read from the runs recorded running, less those of
+    this job's processes on this machine (the first may have recorded its own run by now)."""
+    here = place()
+    if here.world_size < 2 or here.local_rank == 0:
+        return True  # the first process, or a run's only one: it speaks
+    # torchrun numbers a machine's processes in a row, so its first has this rank less the local rank; a --shard
+    # given to every rank is the same shard for all of them
+    by_rank = shard == f"{here.rank}/{here.world_size}"
+    firsts = f"{here.rank - here.local_rank}/{here.world_size}" if by_rank else shard
+    this_job, host = set(MachineSiblings.now().pids), socket.gethostname()[:255]
+    return any(not (run.host == host and run.pid in this_job) for run in store.running_runs(firsts))
 
 
 def _busy_message(store: Store, shard: str | None) -> str:
