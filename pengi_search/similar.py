@@ -1,7 +1,8 @@
 """Audio -> audio: `similar`. A file that is indexed and unchanged reuses its stored audio vectors; any other file is
 decoded and embedded with the full model (several such files together). A query file with several windows scores
 each candidate window by its best match among the query's windows (so a short sound inside a long file is found),
-rather than by the blurred mean of its windows.
+rather than by the blurred mean of its windows. Many indexed files are read from the store together and searched
+together (`search_many`), each with the results it has alone.
 """
 
 from __future__ import annotations
@@ -140,13 +141,14 @@ def similar_to_files(
     engine: Engine | None = None,
     within: tuple[float, float] | None = None,
 ) -> Iterator[SimilarResult]:
-    """Audio -> audio: for each file in turn, the files that sound like it (itself left out, with its copies: see
-    `excluding_query`). `within`: (start, end) in seconds, the query is only the file's windows that overlap it (a
+    """Audio -> audio: for each file, in the order given, the files that sound like it (itself left out, with its
+    copies: see `excluding_query`). `within`: (start, end) in seconds, the query is only the file's windows that overlap it (a
     moment of a long recording); a file with none there is reported as an error.
 
-    Files that are indexed and unchanged use their stored vectors; the others are decoded and embedded with the
-    model that built the index, their windows batched together across files (`window_batches`), and hashed as they
-    are decoded. A `model` that did not build the library is refused (StoreMismatchError) before any file is read,
+    Files that are indexed and unchanged use their stored vectors, read for all of them at once and searched
+    `FILES_PER_SEARCH` at a time (a run of such files: one FAISS call); the others are decoded and embedded with the
+    model that built the index, their windows batched together across files (`window_batches`), hashed as they
+    are decoded, and each searched once embedded. A `model` that did not build the library is refused (StoreMismatchError) before any file is read,
     whether or not a file needs it, as is an `engine` of another. `engine`: that model already loaded (a script's or
     a server's, shared by its calls; it runs as it was loaded, whatever `device`, `batch_size` and `fast` say); else
     it is loaded when a file needs it.
