@@ -142,16 +142,16 @@ def similar_to_files(
     within: tuple[float, float] | None = None,
 ) -> Iterator[SimilarResult]:
     """Audio -> audio: for each file, in the order given, the files that sound like it (itself left out, with its
-    copies: see `excluding_query`). `within`: (start, end) in seconds, the query is only the file's windows that overlap it (a
-    moment of a long recording); a file with none there is reported as an error.
+    copies: see `excluding_query`). `within`: (start, end) in seconds, the query is only the file's windows that
+    overlap it (a moment of a long recording); a file with none there is reported as an error.
 
     Files that are indexed and unchanged use their stored vectors, read for all of them at once and searched
-    `FILES_PER_SEARCH` at a time (a run of such files: one FAISS call); the others are decoded and embedded with the
-    model that built the index, their windows batched together across files (`window_batches`), hashed as they
-    are decoded, and each searched once embedded. A `model` that did not build the library is refused (StoreMismatchError) before any file is read,
-    whether or not a file needs it, as is an `engine` of another. `engine`: that model already loaded (a script's or
-    a server's, shared by its calls; it runs as it was loaded, whatever `device`, `batch_size` and `fast` say); else
-    it is loaded when a file needs it.
+    `FILES_PER_SEARCH` at a time (a run of such files: one FAISS call); the others are decoded and embedded with
+    the model that built the index, their windows batched together across files (`window_batches`), hashed as
+    they are decoded, and each searched once embedded. A `model` that did not build the library is refused
+    (StoreMismatchError) before any file is read, whether or not a file needs it, as is an `engine` of another.
+    `engine`: that model already loaded (a script's or a server's, shared by its calls; it runs as it was loaded,
+    whatever `device`, `batch_size` and `fast` say); else it is loaded when a file needs it.
     """
     from .window_batches import map_windows
 
