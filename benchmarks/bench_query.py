@@ -23,7 +23,8 @@ The parity line compares both towers' embeddings at full size.
 
 `--similar N` measures `similar` instead: audio -> audio over N indexed, unchanged files, whose stored audio
 vectors are searched (nothing is decoded, no model runs). The library is `bench_classify.py`'s: `--windows` small
-files (their bytes are never read), 1 to 3 random audio embeddings each, recorded by the test suite's tiny model.
+files (their bytes are never read), 1 to 3 random audio embeddings each, recorded by the test suite's tiny model
+(kept in `--workdir` and reused by the next run there, an older checkout's too).
 In one process, after a warm-up, it times `similar_to_files` over the first N files two ways and checks that both
 give the same hits (paths, windows, scores, order):
 
@@ -180,8 +181,10 @@ def similar_runs(workdir: Path, files: int, queries: int) -> None:
     model_dir = workdir / "tiny-model"
     if not (model_dir / "config.json").exists():
         make_tiny_model_dir(model_dir)
-    paths = build_library(workdir / "similar.db", workdir / "clips", model_dir, files)[:queries]
-    with Library.open(str(workdir / "similar.db"), read_only=True) as library:
+    db, folder = workdir / "similar.db", workdir / "clips"
+    kept = sorted(str(path) for path in folder.glob("clip-*.wav")) if db.exists() else []
+    paths = (kept if len(kept) == files else build_library(db, folder, model_dir, files))[:queries]
+    with Library.open(str(db), read_only=True) as library:
 
         def hits(found: list) -> list:
             assert all(r.source == "index" for r in found), "a file was decoded: the library is not reused"
