@@ -173,8 +173,8 @@ def search_many(
     while pending := [one for one in rounds if one.hits is None]:
         found = _fetch_together(index, pending)
         ranked = [_ranked(candidates, one.search.scope) for one, candidates in zip(pending, found, strict=True)]
-        first_pages = (wid for one, items in zip(pending, ranked, strict=True) for wid, _, _ in items[: _first(one)])
-        _read_details(library, first_pages, details)
+        pages = (items[: _first_page(one.search.scope)] for one, items in zip(pending, ranked, strict=True))
+        _read_details(library, (wid for page in pages for wid, _, _ in page), details)
         for one, candidates, items in zip(pending, found, ranked, strict=True):
             one.next(library, candidates, _results(library, items, one.search, details))
     return [one.hits or [] for one in rounds]
@@ -275,7 +275,10 @@ def _fetch_together(index: Any, rounds: Sequence[_Rounds]) -> list[_Candidates]:
     """Each round's candidates, from one FAISS search of the rows of all the rounds that fetch as many of the same
     windows for the same `k`: each row's top `fetch` windows, the first `k` of them as accurate as a search for `k`
     (the rest stand in for windows that results of the same file or the filters drop). FAISS searches each row on
-    its own: together, they find what each would alone."""
+    its own: together, they find what each would alone (the same scores, measured on flat, HNSW and IVF-PQ
+    indexes; only the exact search an HNSW or IVF-PQ index falls back on among few allowed windows,
+    `vector_search.exact_among`, is a numpy product whose float32 rounding of a row may differ in the last bit
+    with the rows beside it)."""
     groups: dict[tuple[int, int, int, bool], list[int]] = {}  # the rounds (their places) searched together
     for place, one in enumerate(rounds):
         scope = one.search.scope
@@ -318,10 +321,9 @@ def _ranked(found: _Candidates, scope: SearchScope) -> list[tuple[int, float, in
     return ranked
 
 
-def _first(rounds: _Rounds) -> int:
-    """How many of its best candidates a search's hits are looked for among first (`_results`'s first page: most
-    searches need no more)."""
-    return 2 * rounds.search.scope.k
+def _first_page(scope: SearchScope) -> int:
+    """How many of its best candidates a search's hits are looked for among first (most searches need no more)."""
+    return 2 * scope.k
 
 
 def _read_details(library: Library, window_ids: Iterable[int], details: dict[int, WindowDetails | None]) -> None:
@@ -343,7 +345,7 @@ def _results(
     scope, filters = search.scope, search.scope.filters
     hits: list[Hit] = []
     seen_files: set[int] = set()
-    for page in doubling_chunks(ranked, first=2 * scope.k):  # the first page is `_first`'s
+    for page in doubling_chunks(ranked, first=_first_page(scope)):
         _read_details(library, (wid for wid, _, _ in page), details)
         for wid, score, row in page:
             window = details.get(wid)
