@@ -2,6 +2,7 @@
 
     python benchmarks/bench_query.py                      # builds a full-size model dir in a temp folder
     python benchmarks/bench_query.py --workdir /tmp/bq    # keeps (and reuses) the model and the index there
+    python benchmarks/bench_query.py --similar 200        # `similar` over 200 indexed files instead (tiny model)
 
 Vector search alone (p50/p99 latency and recall@10 of flat, HNSW and IVF-PQ at 10k-1M vectors) is measured by
 `benchmarks/bench_vectors.py`; this script measures what a user waits for: interpreter start, imports, opening the
@@ -19,6 +20,18 @@ Rows:
 - `query (numpy text tower)`: the shipped path (pengi_search.text_query).
 - `query (torch text tower)`: the same query through embedders.PengiTextEmbedder, the path before text_query.
 The parity line compares both towers' embeddings at full size.
+
+`--similar N` measures `similar` instead: audio -> audio over N indexed, unchanged files, whose stored audio
+vectors are searched (nothing is decoded, no model runs). The library is `bench_classify.py`'s: `--windows` small
+files (their bytes are never read), 1 to 3 random audio embeddings each, recorded by the test suite's tiny model
+(kept in `--workdir` and reused by the next run there, an older checkout's too).
+In one process, after a warm-up, it times `similar_to_files` over the first N files two ways and checks that both
+give the same hits (paths, windows, scores, order):
+
+  file by file   one call per file: each file's stored vectors read and searched alone, as every `similar` of
+                 several files did before they were batched (run this script against an older checkout to see its
+                 `batched` row equal this one).
+  batched        one call for all N files, as `pengi-search similar a.wav b.wav folder/` makes it.
 """
 
 from __future__ import annotations
@@ -156,14 +169,59 @@ def parity(model_dir: Path) -> float:
     return float(np.abs(fast - slow).max())
 
 
+def similar_runs(workdir: Path, files: int, queries: int) -> None:
+    """`similar` over `queries` indexed files, file by file and batched (see the module's docstring)."""
+    from bench_classify import build_library  # the sibling benchmark's library of stored audio embeddings
+
+    from pengi_search.library import Library
+    from pengi_search.search import SearchScope
+    from pengi_search.similar import similar_to_files
+    from pengi_search.testing import make_tiny_model_dir
+
+    model_dir = workdir / "tiny-model"
+    if not (model_dir / "config.json").exists():
+        make_tiny_model_dir(model_dir)
+    db, folder = workdir / "similar.db", workdir / "clips"
+    kept = sorted(str(path) for path in folder.glob("clip-*.wav")) if db.exists() else []
+    paths = (kept if len(kept) == files else build_library(db, folder, model_dir, files))[:queries]
+    with Library.open(str(db), read_only=True) as library:
+
+        def hits(found: list) -> list:
+            assert all(r.source == "index" for r in found), "a file was decoded: the library is not reused"
+            return [[(h.path, h.window_id, h.score, h.query_start_s) for h in r.hits] for r in found]
+
+        def run(batched: bool) -> tuple[list, float]:
+            start = time.perf_counter()
+            if batched:
+                found = list(similar_to_files(library, paths, SearchScope(10)))
+            else:
+                found = [r for path in paths for r in similar_to_files(library, [path], SearchScope(10))]
+            return hits(found), time.perf_counter() - start
+
+        run(True)  # warm-up: the FAISS file is read by the first search
+        one_by_one, single = run(False)
+        together, batched = run(True)
+    print(f"similar over {len(paths)} indexed files; library: {files} files; {os.cpu_count()} CPUs")
+    print(f"{'file by file':<14} {len(paths) / single:8.1f} files/s  {single:7.3f} s")
+    print(f"{'batched':<14} {len(paths) / batched:8.1f} files/s  {batched:7.3f} s  ({single / batched:.2f}x)")
+    if one_by_one != together:
+        raise SystemExit("batched hits differ from file-by-file ones")
+    print("same hits both ways: True")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, help="where the model and index are kept (default: a temp folder)")
     parser.add_argument("--windows", type=int, default=1000, help="captioned windows in the index")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--similar", type=int, metavar="N", help="time `similar` over N indexed files instead")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-query-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    if args.similar:
+        os.environ.setdefault("PENGI_SEARCH_HOME", str(workdir / "home"))
+        similar_runs(workdir, max(args.windows, args.similar), args.similar)
+        return
     model_dir = build_model(workdir / "model")
     db = workdir / "index.db"
     build_index(db, model_dir, args.windows)

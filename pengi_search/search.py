@@ -122,6 +122,15 @@ class SearchScope:
         return dataclasses.replace(self, filters=filters)
 
 
+@dataclass(frozen=True)
+class SearchQuery:
+    """One search of `search_many`: its query rows (q, d), what it returns, and each row's time range (`similar`)."""
+
+    rows: np.ndarray
+    scope: SearchScope = SearchScope()
+    spans: Sequence[tuple[float, float]] | None = None
+
+
 def search_index(
     library: Library,
     index: Any,
@@ -139,21 +148,73 @@ def search_index(
     caller that searches an unchanging library many times with these filters (a folder's 40,000 window ids are
     read in 0.1 s, some 20 times the search itself); None: read here.
     """
-    k, filters = scope.k, scope.filters
-    allowed = allowed_ids(library, filters) if allowed is None else allowed
-    names_left = filters.names_files()  # applied to hits; to the search itself once that pays (below)
-    available = len(index) if allowed is None else int(allowed.size)
-    fetch = min(max(k * _FIRST_FETCH, 16), available)
-    while True:
-        found = _fetch(index, queries, fetch, allowed, complete=fetch >= available, k=k, exact=scope.exact)
-        hits = _results(library, found, scope, query_spans)
+    (hits,) = search_many(library, index, [SearchQuery(queries, scope, query_spans)], allowed=allowed)
+    return hits
+
+
+def search_many(
+    library: Library, index: Any, searches: Sequence[SearchQuery], *, allowed: np.ndarray | None = None
+) -> list[list[Hit]]:
+    """`search_index` of each search, with the hits each would have alone, the searches run together: each round
+    asks FAISS once for the rows of every search that wants the same candidates (the first round, all of them),
+    and reads the details of their hits in one go (`similar` of a folder's files searched and read them file by
+    file). `allowed`: as `search_index`'s, for every search (their filters on the store alike); None: read here,
+    once for each set of such filters."""
+    allowed_by_store: dict[tuple[Any, ...], np.ndarray | None] = {}
+
+    def store_allowed(filters: Filters) -> np.ndarray | None:
+        key = (filters.folder(), filters.min_duration_s, filters.max_duration_s)
+        if key not in allowed_by_store:
+            allowed_by_store[key] = allowed_ids(library, filters) if allowed is None else allowed
+        return allowed_by_store[key]
+
+    rounds = [_Rounds.first(index, search, store_allowed(search.scope.filters)) for search in searches]
+    details: dict[int, WindowDetails | None] = {}  # of the windows met so far (None: gone): each is read once
+    while pending := [one for one in rounds if one.hits is None]:
+        found = _fetch_together(index, pending)
+        ranked = [_ranked(candidates, one.search.scope) for one, candidates in zip(pending, found, strict=True)]
+        pages = (items[: _first_page(one.search.scope)] for one, items in zip(pending, ranked, strict=True))
+        _read_details(library, (wid for page in pages for wid, _, _ in page), details)
+        for one, candidates, items in zip(pending, found, ranked, strict=True):
+            one.next(library, candidates, _results(library, items, one.search, details))
+    return [one.hits or [] for one in rounds]
+
+
+@dataclass
+class _Rounds:
+    """Where one search of `search_many` stands: what its next round fetches (the top `fetch` windows of each row,
+    among those `allowed`), until its `hits` are known. Filters never cost results: a round that found fewer than
+    `k` that pass them is followed by one fetching twice as many candidates."""
+
+    search: SearchQuery
+    allowed: np.ndarray | None
+    names_left: bool  # the filters on names are applied to hits; to the search itself once that pays (below)
+    available: int
+    fetch: int
+    hits: list[Hit] | None = None
+
+    @classmethod
+    def first(cls, index: Any, search: SearchQuery, allowed: np.ndarray | None) -> _Rounds:
+        available = len(index) if allowed is None else int(allowed.size)
+        fetch = min(max(search.scope.k * _FIRST_FETCH, 16), available)
+        return cls(search, allowed, search.scope.filters.names_files(), available, fetch)
+
+    @property
+    def complete(self) -> bool:
+        """Whether this round fetches every candidate there is."""
+        return self.fetch >= self.available
+
+    def next(self, library: Library, found: _Candidates, hits: list[Hit]) -> None:
+        """Take a round's candidates and the hits they gave: the search's hits, or the next round's fetch."""
+        k, filters = self.search.scope.k, self.search.scope.filters
         below_min = filters.min_score is not None and found.threshold < filters.min_score
-        if len(hits) >= k or found.exhausted or below_min or fetch >= available:
-            return hits
-        if names_left and fetch >= _NAMES_AFTER * k:
-            allowed, names_left = _windows_of_named_files(library, filters), False
-            available = int(allowed.size)
-        fetch = min(fetch * 2, available)
+        if len(hits) >= k or found.exhausted or below_min or self.complete:
+            self.hits = hits
+            return
+        if self.names_left and self.fetch >= _NAMES_AFTER * k:
+            self.allowed, self.names_left = _windows_of_named_files(library, filters), False
+            self.available = int(self.allowed.size)
+        self.fetch = min(self.fetch * 2, self.available)
 
 
 def search_pages(
@@ -210,16 +271,35 @@ def _windows_of_named_files(library: Library, filters: Filters) -> np.ndarray:
     return library.store.window_ids_of_files(file_id for file_id, path in files if filters.accepts_name(path))
 
 
-def _fetch(
-    index: Any, queries: np.ndarray, fetch: int, allowed: np.ndarray | None, *, complete: bool, k: int, exact: bool
-) -> _Candidates:
-    """The top `fetch` windows of every query row, the first `k` of them as accurate as a search for `k` (the rest
-    stand in for windows that results of the same file or the filters drop); `complete` when that is every
-    candidate."""
+def _fetch_together(index: Any, rounds: Sequence[_Rounds]) -> list[_Candidates]:
+    """Each round's candidates, from one FAISS search of the rows of all the rounds that fetch as many of the same
+    windows for the same `k`: each row's top `fetch` windows, the first `k` of them as accurate as a search for `k`
+    (the rest stand in for windows that results of the same file or the filters drop). FAISS searches each row on
+    its own: together, they find what each would alone (the same scores, measured on flat, HNSW and IVF-PQ
+    indexes; only the exact search an HNSW or IVF-PQ index falls back on among few allowed windows,
+    `vector_search.exact_among`, is a numpy product whose float32 rounding of a row may differ in the last bit
+    with the rows beside it)."""
+    groups: dict[tuple[int, int, int, bool], list[int]] = {}  # the rounds (their places) searched together
+    for place, one in enumerate(rounds):
+        scope = one.search.scope
+        groups.setdefault((one.fetch, id(one.allowed), scope.k, scope.exact), []).append(place)
+    found = [_Candidates(exhausted=True) for _ in rounds]  # as they stay when nothing is fetched: none is allowed
+    for (fetch, _, k, exact), places in groups.items():
+        if fetch < 1:
+            continue
+        rows = [rounds[place].search.rows for place in places]
+        allowed = rounds[places[0]].allowed
+        scores, ids = index.search(np.concatenate(rows), fetch, allowed_ids=allowed, exact_top=k, exact=exact)
+        ends = np.cumsum([len(part) for part in rows])
+        for place, part, end in zip(places, rows, ends, strict=True):
+            start = end - len(part)
+            found[place] = _candidates(scores[start:end], ids[start:end], complete=rounds[place].complete)
+    return found
+
+
+def _candidates(scores: np.ndarray, ids: np.ndarray, *, complete: bool) -> _Candidates:
+    """The merged candidates of one search's rows; `complete` when its fetch was every candidate."""
     found = _Candidates(exhausted=True)
-    if fetch < 1:
-        return found
-    scores, ids = index.search(queries, fetch, allowed_ids=allowed, exact_top=k, exact=exact)
     for row in range(len(ids)):
         valid = ids[row] >= 0
         # A row with an empty slot holds every candidate: an index returns min(fetch, all it may), however
@@ -233,23 +313,46 @@ def _fetch(
     return found
 
 
-def _results(
-    library: Library, found: _Candidates, scope: SearchScope, query_spans: Sequence[tuple[float, float]] | None
-) -> list[Hit]:
-    filters = scope.filters
+def _ranked(found: _Candidates, scope: SearchScope) -> list[tuple[int, float, int]]:
+    """The candidates whose scores are final, best first: (window id, score, query row), above the least score."""
     ranked = found.ranked()
-    if filters.min_score is not None:
-        ranked = [item for item in ranked if item[1] >= filters.min_score]
+    if scope.filters.min_score is not None:
+        ranked = [item for item in ranked if item[1] >= scope.filters.min_score]
+    return ranked
+
+
+def _first_page(scope: SearchScope) -> int:
+    """How many of its best candidates a search's hits are looked for among first (most searches need no more)."""
+    return 2 * scope.k
+
+
+def _read_details(library: Library, window_ids: Iterable[int], details: dict[int, WindowDetails | None]) -> None:
+    """Add to `details` those of `window_ids` it lacks, read from the store in one go (None: no longer there)."""
+    wanted = {wid for wid in window_ids if wid not in details}
+    if wanted:
+        read = library.store.window_details(wanted)
+        details.update((wid, read.get(wid)) for wid in wanted)
+
+
+def _results(
+    library: Library,
+    ranked: list[tuple[int, float, int]],
+    search: SearchQuery,
+    details: dict[int, WindowDetails | None],
+) -> list[Hit]:
+    """The hits of a search's `ranked` candidates in its scope: the windows its filters accept (with `by="file"`,
+    the best of each file), up to `k`. Their `details` are read as needed, a page at a time."""
+    scope, filters = search.scope, search.scope.filters
     hits: list[Hit] = []
     seen_files: set[int] = set()
-    for page in doubling_chunks(ranked, first=2 * scope.k):
-        details = library.store.window_details(wid for wid, _, _ in page)  # most searches need one page
+    for page in doubling_chunks(ranked, first=_first_page(scope)):
+        _read_details(library, (wid for wid, _, _ in page), details)
         for wid, score, row in page:
             window = details.get(wid)
             if window is None or not filters.accepts(window) or (scope.by == By.file and window.file_id in seen_files):
                 continue
             seen_files.add(window.file_id)
-            span = query_spans[row] if query_spans is not None else (None, None)
+            span = search.spans[row] if search.spans is not None else (None, None)
             hits.append(_hit(window, score, span))
             if len(hits) == scope.k:
                 return hits

@@ -1,7 +1,8 @@
 """Audio -> audio: `similar`. A file that is indexed and unchanged reuses its stored audio vectors; any other file is
 decoded and embedded with the full model (several such files together). A query file with several windows scores
 each candidate window by its best match among the query's windows (so a short sound inside a long file is found),
-rather than by the blurred mean of its windows.
+rather than by the blurred mean of its windows. Many indexed files are read from the store together and searched
+together (`search_many`), each with the results it has alone.
 """
 
 from __future__ import annotations
@@ -9,23 +10,24 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from itertools import groupby
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .chunking import chunked
-from .db import WindowDetails, non_finite_vector
+from .db import FileRecord, WindowDetails, non_finite_vector
 from .model_dir import ModelDir
-from .scan import ScanError, absolute, scan
+from .scan import Entry, ScanError, absolute, scan
 
 if TYPE_CHECKING:
     from .audio import Window
     from .inference import Engine
     from .library import Library
-    from .window_batches import Progress
+    from .window_batches import FileOutcome, Progress
 
 from .query_embedders import check_index_model
-from .search import Hit, SearchScope, search_index
+from .search import Hit, SearchQuery, SearchScope, search_many
 from .units import seconds_text
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -43,22 +45,53 @@ class StoredWindows:
 
 def stored_windows(library: Library, path: str | os.PathLike[str], *, audio: bool = False) -> StoredWindows | None:
     """What the store holds for `path` if it is indexed and unchanged on disk (same size and mtime), else None."""
+    return stored_windows_of(library, [path], audio=audio)[0]
+
+
+def stored_windows_of(
+    library: Library, paths: Sequence[str | os.PathLike[str]], *, audio: bool = False
+) -> list[StoredWindows | None]:
+    """`stored_windows` of each of `paths`, read together: a few queries for all the files (`similar` of a folder
+    asked five of the store for each file)."""
+    entries = [_scanned(path) for path in paths]
+    records = library.store.get_files(entry.path for entry in entries if entry is not None)
+    indexed = [_unchanged(entry, records.get(entry.path)) if entry is not None else None for entry in entries]
+    windows = library.store.files_windows(record.id for record in indexed if record is not None)
+    vectors = _audio_rows(library, windows) if audio else {}
+    found: list[StoredWindows | None] = []
+    for record in indexed:
+        if record is None or record.id not in windows or (audio and record.id not in vectors):
+            found.append(None)  # not indexed, changed since, no windows, or a window without its audio vector
+        else:
+            found.append(StoredWindows(windows[record.id], vectors.get(record.id), record.content_hash))
+    return found
+
+
+def _scanned(path: str | os.PathLike[str]) -> Entry | None:
+    """The file at `path` as a scan finds it (its stamp), or None when there is none."""
     try:
-        entry = scan([path], frozenset()).entries[0]
+        return scan([path], frozenset()).entries[0]
     except ScanError:
         return None
-    record = library.store.get_file(entry.path)
+
+
+def _unchanged(entry: Entry, record: FileRecord | None) -> FileRecord | None:
+    """The library's record of the file, if it is indexed with the stamp the file has now."""
     if record is None or record.status != "indexed" or (record.size, record.mtime) != (entry.size, entry.mtime):
         return None
-    windows = library.store.file_windows(record.id)
-    if not windows:
-        return None
-    if not audio:
-        return StoredWindows(windows, None, record.content_hash)
-    ids, vectors = library.store.vectors("audio", [w.window_id for w in windows])
-    if len(ids) != len(windows):
-        return None
-    return StoredWindows(windows, vectors, record.content_hash)  # both sorted by window id: window order
+    return record
+
+
+def _audio_rows(library: Library, windows: dict[int, list[WindowDetails]]) -> dict[int, np.ndarray]:
+    """file id -> the (n, d) audio vectors of its windows, in window order, for the files whose every window has
+    one; all read in one go."""
+    ids, vectors = library.store.vectors("audio", [w.window_id for found in windows.values() for w in found])
+    row_of = {window_id: row for row, window_id in enumerate(ids.tolist())}
+    rows: dict[int, np.ndarray] = {}
+    for file_id, found in windows.items():
+        if all(w.window_id in row_of for w in found):
+            rows[file_id] = vectors[[row_of[w.window_id] for w in found]]
+    return rows
 
 
 @dataclass(frozen=True)
@@ -108,16 +141,17 @@ def similar_to_files(
     engine: Engine | None = None,
     within: tuple[float, float] | None = None,
 ) -> Iterator[SimilarResult]:
-    """Audio -> audio: for each file in turn, the files that sound like it (itself left out, with its copies: see
-    `excluding_query`). `within`: (start, end) in seconds, the query is only the file's windows that overlap it (a
-    moment of a long recording); a file with none there is reported as an error.
+    """Audio -> audio: for each file, in the order given, the files that sound like it (itself left out, with its
+    copies: see `excluding_query`). `within`: (start, end) in seconds, the query is only the file's windows that
+    overlap it (a moment of a long recording); a file with none there is reported as an error.
 
-    Files that are indexed and unchanged use their stored vectors; the others are decoded and embedded with the
-    model that built the index, their windows batched together across files (`window_batches`), and hashed as they
-    are decoded. A `model` that did not build the library is refused (StoreMismatchError) before any file is read,
-    whether or not a file needs it, as is an `engine` of another. `engine`: that model already loaded (a script's or
-    a server's, shared by its calls; it runs as it was loaded, whatever `device`, `batch_size` and `fast` say); else
-    it is loaded when a file needs it.
+    Files that are indexed and unchanged use their stored vectors, read for all of them at once and searched
+    `FILES_PER_SEARCH` at a time (a run of such files: one FAISS call); the others are decoded and embedded with
+    the model that built the index, their windows batched together across files (`window_batches`), hashed as
+    they are decoded, and each searched once embedded. A `model` that did not build the library is refused
+    (StoreMismatchError) before any file is read, whether or not a file needs it, as is an `engine` of another.
+    `engine`: that model already loaded (a script's or a server's, shared by its calls; it runs as it was loaded,
+    whatever `device`, `batch_size` and `fast` say); else it is loaded when a file needs it.
     """
     from .window_batches import map_windows
 
@@ -128,34 +162,80 @@ def similar_to_files(
         check_index_model(library, engine.model_dir)
     elif model is not None and engine is None:
         check_index_model(library, ModelDir.resolve(model))
-    queries = [(os.fspath(path), stored_windows(library, path, audio=True)) for path in paths]
+    queries = list(zip([os.fspath(path) for path in paths], stored_windows_of(library, paths, audio=True), strict=True))
     to_embed = [path for path, stored in queries if stored is None or stored.vectors is None]
     engine = _index_engine(library, model, device, batch_size, fast, engine) if to_embed else None
     batch = engine.windows_per_batch(1) if engine else 1
     outcomes = map_windows(to_embed, _audio_vectors(engine), batch_size=batch, hash_files=True, progress=progress)
-    for path, stored in queries:
-        if stored is not None and stored.vectors is not None:
-            vectors, spans, source = stored.vectors, [(w.start_s, w.end_s) for w in stored.windows], "index"
-            content_hash = stored.content_hash
+    prepared = (_query(path, stored, outcomes, within) for path, stored in queries)
+    # Indexed files are searched together, a run of them at a time; a decoded one as soon as it is embedded (a
+    # file that fails is said as it happens, not once the files after it are done).
+    for from_index, run in groupby(prepared, key=lambda item: item.source == "index"):
+        for group in chunked(run, FILES_PER_SEARCH if from_index else 1):
+            yield from _searched(library, index, scope, group)
+
+
+# Indexed query files searched at once (`search_many`): enough that the store's reads and FAISS's calls are shared
+# by many files, few enough that the rows of long files and their candidates stay small.
+FILES_PER_SEARCH = 64
+
+
+@dataclass(frozen=True)
+class _Query:
+    """A query file's vectors, ready to search with: its windows' (n, d) vectors and time ranges, where they came
+    from (`SimilarResult.source`) and the file's sha256 (its copies are left out)."""
+
+    path: str
+    vectors: np.ndarray
+    spans: list[tuple[float, float]]
+    source: str
+    content_hash: str | None
+
+
+def _query(
+    path: str,
+    stored: StoredWindows | None,
+    outcomes: Iterator[FileOutcome[np.ndarray]],
+    within: tuple[float, float] | None,
+) -> _Query | SimilarResult:
+    """A file's query (its stored vectors, or else the next of `outcomes`, the files decoded in order), or why there
+    is none: it could not be decoded, has no window `within`, or its vectors are not finite."""
+    if stored is not None and stored.vectors is not None:
+        vectors, spans, source = stored.vectors, [(w.start_s, w.end_s) for w in stored.windows], "index"
+        content_hash = stored.content_hash
+    else:
+        outcome = next(outcomes)
+        if outcome.error is not None:
+            return SimilarResult(path, [], None, outcome.error)
+        vectors, spans, source = np.stack(outcome.results), [(s.start_s, s.end_s) for s in outcome.spans], "decoded"
+        content_hash = outcome.content_hash
+    if within is not None:
+        kept = [i for i, (start, end) in enumerate(spans) if start < within[1] and end > within[0]]
+        if not kept:
+            return SimilarResult(path, [], source, _no_window_within(within, spans[-1][1]))
+        vectors, spans = vectors[kept], [spans[i] for i in kept]
+    if not np.isfinite(vectors).all():  # the model overflowed on this file: reported as `index` records it
+        return SimilarResult(path, [], source, non_finite_vector("audio"))
+    return _Query(path, vectors, spans, source, content_hash)
+
+
+def _searched(
+    library: Library, index: Any, scope: SearchScope, group: list[_Query | SimilarResult]
+) -> Iterator[SimilarResult]:
+    """The results of a group of query files, in order: each query searched (all in one `search_many`, their
+    copies read in one go), each file with no query reported as it was."""
+    queries = [item for item in group if isinstance(item, _Query)]
+    copies = library.store.files_with_hashes(query.content_hash for query in queries if query.content_hash)
+    searches = [
+        SearchQuery(query.vectors, _excluding(scope, absolute(query.path), query.content_hash, copies), query.spans)
+        for query in queries
+    ]
+    found = iter(search_many(library, index, searches))
+    for item in group:
+        if isinstance(item, SimilarResult):
+            yield item
         else:
-            outcome = next(outcomes)
-            if outcome.error is not None:
-                yield SimilarResult(path, [], None, outcome.error)
-                continue
-            vectors, spans, source = np.stack(outcome.results), [(s.start_s, s.end_s) for s in outcome.spans], "decoded"
-            content_hash = outcome.content_hash
-        if within is not None:
-            kept = [i for i, (start, end) in enumerate(spans) if start < within[1] and end > within[0]]
-            if not kept:
-                yield SimilarResult(path, [], source, _no_window_within(within, spans[-1][1]))
-                continue
-            vectors, spans = vectors[kept], [spans[i] for i in kept]
-        if not np.isfinite(vectors).all():  # the model overflowed on this file: reported as `index` records it
-            yield SimilarResult(path, [], source, non_finite_vector("audio"))
-            continue
-        query_scope = excluding_query(library, scope, content_hash, absolute(path))
-        hits = search_index(library, index, vectors, query_scope, query_spans=spans)
-        yield SimilarResult(path, hits, source, query_windows=len(spans))
+            yield SimilarResult(item.path, next(found), item.source, query_windows=len(item.spans))
 
 
 def _no_window_within(within: tuple[float, float], length_s: float) -> str:
@@ -171,11 +251,19 @@ def excluding_query(
     library file holding the query's bytes (`content_hash`, its sha256: the file itself, a copy, the file indexed
     through a link of another name) and the file at `path` however it is reached (`SearchScope.excluding`: a file
     changed since it was indexed). The one rule of `similar FILE` and of the server's uploads (no `path`)."""
+    copies = {} if content_hash is None else {content_hash: library.store.files_with_hash(content_hash)}
+    return _excluding(scope, path, content_hash, copies)
+
+
+def _excluding(
+    scope: SearchScope, path: str | None, content_hash: str | None, copies: dict[str, list[FileRecord]]
+) -> SearchScope:
+    """`excluding_query`, the files of each sha256 (`copies`) read beforehand."""
     if path is not None:
         scope = scope.excluding(path)
     if content_hash is None:  # a file indexed before sha256s were recorded
         return scope
-    return scope.without(record.path for record in library.store.files_with_hash(content_hash))
+    return scope.without(record.path for record in copies.get(content_hash, []))
 
 
 def _index_engine(

@@ -147,8 +147,15 @@ class LibraryReads:
     def file_windows(self, file_id: int) -> list[WindowDetails]:
         """The windows of one file, in time order, with what Pengi wrote for each: found by the file's id, which is
         indexed, not by its path (a scan of every file, for each file of a set evaluated)."""
-        details = self.window_details(self.window_ids_of_files([file_id]))
-        return sorted(details.values(), key=lambda d: d.index)
+        return self.files_windows([file_id]).get(file_id, [])
+
+    def files_windows(self, file_ids: Iterable[int]) -> dict[int, list[WindowDetails]]:
+        """`file_windows` of many files in a few queries: file id -> its windows, in time order (a file without
+        windows is left out)."""
+        by_file: dict[int, list[WindowDetails]] = {}
+        for details in self.window_details(self.window_ids_of_files(file_ids)).values():
+            by_file.setdefault(details.file_id, []).append(details)
+        return {file_id: sorted(windows, key=lambda d: d.index) for file_id, windows in by_file.items()}
 
     def filter_window_ids(
         self,

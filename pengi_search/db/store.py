@@ -140,9 +140,17 @@ class Store(RunJournal, LibraryReads, IndexBuild):
     # -- files -----------------------------------------------------------------------------------------------
 
     def get_file(self, path: str) -> FileRecord | None:
+        return self.get_files([path]).get(path)
+
+    def get_files(self, paths: Iterable[str]) -> dict[str, FileRecord]:
+        """path -> record of those of `paths` the library holds, in one transaction (`similar` of a folder's
+        files asked one query each)."""
+        found: dict[str, FileRecord] = {}
         with self.session() as session:
-            row = session.scalars(select(AudioFileRow).where(AudioFileRow.path == path)).one_or_none()
-            return None if row is None else row.to_record()
+            for chunk in chunked(sorted(set(paths)), IDS_PER_QUERY):
+                for row in session.scalars(select(AudioFileRow).where(AudioFileRow.path.in_(chunk))):
+                    found[row.path] = row.to_record()
+        return found
 
     def files_under(self, prefix: str | None = None) -> list[FileRecord]:
         """All files below `prefix` (every file when None), ordered by path."""
@@ -170,9 +178,16 @@ class Store(RunJournal, LibraryReads, IndexBuild):
 
     def files_with_hash(self, content_hash: str) -> list[FileRecord]:
         """Files whose content has this sha256 (copies, or a file that moved)."""
+        return self.files_with_hashes([content_hash]).get(content_hash, [])
+
+    def files_with_hashes(self, content_hashes: Iterable[str]) -> dict[str, list[FileRecord]]:
+        """sha256 -> the files whose content has it, for those of `content_hashes` some file has; one transaction."""
+        found: dict[str, list[FileRecord]] = {}
         with self.session() as session:
-            rows = session.scalars(select(AudioFileRow).where(AudioFileRow.content_hash == content_hash))
-            return [row.to_record() for row in rows]
+            for chunk in chunked(sorted(set(content_hashes)), IDS_PER_QUERY):
+                for row in session.scalars(select(AudioFileRow).where(AudioFileRow.content_hash.in_(chunk))):
+                    found.setdefault(row.content_hash, []).append(row.to_record())
+        return found
 
     def all_file_stamps(self, under: str | None = None) -> dict[str, FileStamp]:
         """path -> (size, mtime, status, content_hash) for every file below `under`, in one query."""
