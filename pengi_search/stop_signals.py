@@ -19,7 +19,6 @@ import atexit
 import contextlib
 import functools
 import os
-import select
 import signal
 import stat
 import sys
@@ -29,6 +28,7 @@ from types import FrameType
 from typing import Any
 
 from .errors import EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_TERMINATED
+from .stream_ends import discard_writes, other_end_gone
 from .torchrun_env import MachineSiblings
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -109,17 +109,8 @@ def _leave_hung_up_terminal() -> None:
         with contextlib.suppress(AttributeError, OSError, ValueError):  # an in-memory stream (a test's), closed
             descriptor = stream.fileno()
             # A device, not a file or pipe; not `isatty`, which a terminal whose other side has closed fails.
-            if stat.S_ISCHR(os.fstat(descriptor).st_mode) and _hung_up(descriptor):
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, descriptor)
-                os.close(devnull)
-
-
-def _hung_up(descriptor: int) -> bool:
-    """Whether the terminal on `descriptor` hung up (its other side closed): poll says so, as no live one does."""
-    poller = select.poll()
-    poller.register(descriptor, select.POLLOUT)
-    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+            if stat.S_ISCHR(os.fstat(descriptor).st_mode) and other_end_gone(descriptor):
+                discard_writes(descriptor)
 
 
 def _interrupt_again(previous_hook: Callable[[Any], None], unraisable: Any) -> None:
