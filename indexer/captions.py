@@ -32,6 +32,7 @@ from pengi_search.db import (
     WindowCaptions,
     WindowInput,
     add_captions,
+    caption_counts,
     missing_captions,
     uncaptioned_twins,
     uncaptioned_windows,
@@ -121,9 +122,12 @@ class CaptionResult:
 
 
 def captions_missing(store: Store, roots: Roots) -> int:
-    """Windows below `roots` without captions (every shard's), from one query below their common folder."""
+    """Windows below `roots` without captions (every shard's): counted by the database below one root; below many,
+    from one query below their common folder that names each such window's file, kept where a root covers it."""
     if roots.common is None:
         return 0
+    if roots.one_folder:  # a path per window waiting would be a million rows read after a `--captions later` run
+        return caption_counts(store, under=roots.common).missing
     return sum(count for path, count in missing_captions(store, under=roots.common).items() if roots.covers(path))
 
 

@@ -20,6 +20,12 @@ class Roots:
         self._paths = frozenset(path.rstrip("/") or "/" for path in paths)
         self.common: str | None = os.path.commonpath(self._paths) if self._paths else None
 
+    @property
+    def one_folder(self) -> bool:
+        """Whether the roots are `common` alone (a run over one folder, the usual one): every path below it is theirs,
+        so a question about them can be answered by the database below `common` (a count) with nothing to keep."""
+        return len(self._paths) == 1
+
     def covers(self, path: str) -> bool:
         """Whether `path` is one of the roots or lies below one: a walk up its folders, a set lookup each."""
         while True:

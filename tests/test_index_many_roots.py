@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -123,6 +124,22 @@ def test_a_root_window_without_captions_is_counted_and_no_other(tmp_path):
     stored_library(db, files, uncaptioned=(files[0], files[2]))
     options = IndexOptions(roots=[str(files[0]), str(files[1])], db=str(db), workers=0, captions=Captions.later)
     assert run_index(options).captions_missing == 1
+
+
+def test_windows_waiting_below_one_folder_are_counted_by_the_database(tmp_path):
+    """A run over one folder (the usual run) counts what waits for captions in the database, not by a path read
+    per waiting window (a million rows after a library was indexed `--captions later`)."""
+    from indexer.captions import captions_missing
+
+    files = tones(tmp_path / "set", [f"clip-{n:02d}.wav" for n in range(12)])
+    db = tmp_path / "index.db"
+    stored_library(db, files, uncaptioned=tuple(files))
+    with Store.open(str(db), read_only=True) as store, recorded(store.engine) as statements:
+        assert captions_missing(store, Roots([str(tmp_path / "set")])) == len(files)
+    selects = [(statement, parameters) for statement, parameters in statements if statement.startswith("SELECT")]
+    with sqlite3.connect(db) as connection:
+        rows = [len(connection.execute(statement, parameters).fetchall()) for statement, parameters in selects]
+    assert sum(rows) <= 2, selects
 
 
 @pytest.mark.parametrize(
