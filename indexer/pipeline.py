@@ -201,7 +201,7 @@ class _Run:
             summary.searchable_s = summary.searchable_s or time.monotonic() - self.started
             summary.captions_missing = captions_missing(self.store, roots)
             outcomes = self._outcomes
-            summary.gone_sources = left_behind(self.store, outcomes.copied_from, scanned.roots, outcomes.stored)
+            summary.gone_sources = left_behind(self.store, outcomes.copied_from, roots, outcomes.stored)
             status = "finished"
         except KeyboardInterrupt as stop:
             status = "interrupted"
