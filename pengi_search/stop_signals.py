@@ -3,7 +3,7 @@ systemd, SLURM preemption, torchrun) and SIGHUP (the terminal closed, an ssh ses
 
 All come out as KeyboardInterrupt, the path every command already stops on cleanly: an index run records itself
 interrupted and the next one resumes where it stopped; a training run (`trainer.stopping.InterruptRequest`, which
-takes both) stops after its step with a checkpoint and its model. Only the exit code tells them apart: 128 plus the
+takes them all) stops after its step with a checkpoint and its model. Only the exit code tells them apart: 128 plus the
 signal's number, as shells report a process a signal ended (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP). A
 hang-up also takes the terminal away: what the command still says there (what it kept) goes nowhere, not into an
 error.
@@ -54,7 +54,7 @@ def note_stop_signal(number: int) -> None:
 
 
 def interruption() -> str:
-    """What stopped the command, as its last message says it: "interrupted" (Ctrl-C, SIGTERM), or, under
+    """What stopped the command, as its last message says it: "interrupted" (Ctrl-C, SIGTERM, SIGHUP), or, under
     torchrun, that torchrun stopped it as another process of the run had ended (failed, or stopped by a signal
     that this one did not get: torchrun then stops the others with SIGTERM). Each process of the run then says what
     happened to it, rather than every one saying "interrupted" for the one that was."""
