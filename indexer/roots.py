@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterable
 
 # The most roots asked about one by one; past it, below their common folder at once. Below a common folder that
-# holds much else (two albums of a million-file library), one query read 3 s of rows where two read 3 ms.
+# holds much else (two albums of a million-file library), one query reads all of it, where one a root reads theirs.
 PER_ROOT_MOST = 8
 
 
