@@ -32,6 +32,7 @@ from pengi_search.db import (
     WindowCaptions,
     WindowInput,
     add_captions,
+    caption_counts,
     missing_captions,
     uncaptioned_twins,
     uncaptioned_windows,
@@ -121,9 +122,11 @@ class CaptionResult:
 
 
 def captions_missing(store: Store, roots: Roots) -> int:
-    """Windows below `roots` without captions (every shard's), from one query below their common folder."""
-    if roots.common is None:
-        return 0
+    """Windows below `roots` without captions (every shard's): counted by the database below each root; below many,
+    from one query below their common folder that names each such window's file, kept where a root covers it (a
+    path per waiting window read below one folder would be a million rows after a `--captions later` run)."""
+    if roots.each_asked:
+        return sum(caption_counts(store, under=folder).missing for folder in roots.folders)
     return sum(count for path, count in missing_captions(store, under=roots.common).items() if roots.covers(path))
 
 
@@ -150,15 +153,14 @@ class CaptionPass:
     def windows(self) -> Iterator[UncaptionedWindow]:
         """The windows waiting for captions, page by page below the roots' common folder (a window that took a twin's
         captions after its page was read is not yielded)."""
-        if self.roots.common is None:
-            return
-        after = 0
-        while page := uncaptioned_windows(self.store, under=self.roots.common, after_id=after, limit=PAGE):
-            after = page[-1].window_id
-            for window in page:
-                if window.window_id not in self._handled and self._owns(window.path):
-                    self._handled.add(window.window_id)
-                    yield window
+        for folder in self.roots.folders:
+            after = 0
+            while page := uncaptioned_windows(self.store, under=folder, after_id=after, limit=PAGE):
+                after = page[-1].window_id
+                for window in page:
+                    if window.window_id not in self._handled and self._owns(window.path):
+                        self._handled.add(window.window_id)
+                        yield window
 
     def batches(self, size: int) -> Iterator[list[UncaptionedWindow]]:
         """The waiting windows, `size` at a time with no two twins in a batch: a window left out for its twin in the
@@ -190,10 +192,11 @@ class CaptionPass:
         """Each window's captions, given also to its twins that wait below the roots (in this shard's files)."""
         twins: dict[int, list[Twin]] = {window.window_id: [] for window in batch}
         given: set[int] = set()
-        for twin in uncaptioned_twins(self.store, list(twins), under=self.roots.common):
-            if twin.window_id not in given and self._owns(twin.path):
-                twins[twin.of].append(twin)
-                given.add(twin.window_id)
+        for folder in self.roots.folders:
+            for twin in uncaptioned_twins(self.store, list(twins), under=folder):
+                if twin.window_id not in given and self._owns(twin.path):
+                    twins[twin.of].append(twin)
+                    given.add(twin.window_id)
         self._handled |= given  # a page read before this batch was stored may list them: not to be yielded
         return [
             _Captioned(

@@ -159,7 +159,7 @@ class _Run:
             mine = [e for e in scanned.entries if self.shard is None or self.shard.owns(e.path)]
             summary.files_seen, summary.files_found = len(mine), len(scanned.entries)
             self.store.note_files_seen(self.run_id, summary.files_seen)
-            roots = Roots(scanned.roots)  # asked about as one: `eval` gives every file of its set as a root
+            roots = Roots(scanned.roots)  # `eval` gives every file of its set as a root: asked about below their folder
             plan = plan_files(mine, file_stamps(self.store, roots), self.options.retry_errors)
             summary.recaptioned = self._drop_fast_captions(roots)
             if plan.todo:
@@ -187,7 +187,7 @@ class _Run:
             summary.searchable_s = summary.searchable_s or time.monotonic() - self.started
             summary.captions_missing = captions_missing(self.store, roots)
             outcomes = self._outcomes
-            summary.gone_sources = left_behind(self.store, outcomes.copied_from, scanned.roots, outcomes.stored)
+            summary.gone_sources = left_behind(self.store, outcomes.copied_from, roots, outcomes.stored)
             status = "finished"
         except KeyboardInterrupt as stop:
             status = "interrupted"
@@ -286,12 +286,14 @@ class _Run:
     def _drop_fast_captions(self, roots: Roots) -> int:
         """--recaption-fast: the windows below `roots` (this shard's files) that a --fast run captioned wait for
         captions again."""
-        if not self.options.recaption_fast or roots.common is None:
+        if not self.options.recaption_fast:
             return 0
         shard = self.shard
-        return drop_fast_captions(
-            self.store, roots.common, lambda path: roots.covers(path) and (shard is None or shard.owns(path))
-        )
+
+        def owns(path: str) -> bool:
+            return roots.covers(path) and (shard is None or shard.owns(path))
+
+        return sum(drop_fast_captions(self.store, folder, owns) for folder in roots.folders)
 
     def _caption(self, roots: Roots) -> None:
         """Pass 2: captions for the windows below `roots` that have none (this run's and any earlier run's)."""

@@ -25,10 +25,11 @@ class Plan:
 
 
 def file_stamps(store: Store, roots: Roots) -> dict[str, FileStamp]:
-    """What the database knows of every file below `roots`, by path: one query, below their common folder."""
-    if roots.common is None:
-        return {}
-    return {path: stamp for path, stamp in store.all_file_stamps(under=roots.common).items() if roots.covers(path)}
+    """What the database knows of every file below `roots`, by path: a query below each of `roots.folders`."""
+    stamps: dict[str, FileStamp] = {}
+    for folder in roots.folders:
+        stamps.update(store.all_file_stamps(under=folder))
+    return stamps if roots.each_asked else {path: stamp for path, stamp in stamps.items() if roots.covers(path)}
 
 
 def plan_files(entries: Sequence[Entry], stamps: dict[str, FileStamp], retry_errors: bool) -> Plan:

@@ -9,7 +9,7 @@ import shlex
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .scan import inside
+from .db.folders import PathSpan, folder_contents, path_span
 
 if TYPE_CHECKING:
     from .db import Store
@@ -36,17 +36,43 @@ def library_index_command(store: Store, *options: str) -> str:
 
 def library_folders(store: Store, most: int = MOST_FOLDERS) -> list[str] | None:
     """The fewest folders that hold every file the library knows (none inside another) and are still there,
-    sorted; None when there is none or they are more than `most`. What an `index --reindex` must walk to index each
-    of its files anew (a folder gone would only be refused)."""
-    parents = {os.path.dirname(path) for _, path in store.file_paths()}
-    # Sorted by their parts, a folder comes right before the folders inside it (by text, `a/b c` sorts between
-    # `a/b` and `a/b/x`).
-    tops: list[str] = []
-    for folder in sorted(parents, key=lambda folder: folder.split(os.sep)):
-        if not tops or not inside(folder, tops[-1]):
-            tops.append(folder)
-    there = [folder for folder in tops if os.path.isdir(folder)]
-    return there if 0 < len(there) <= most else None
+    sorted by their parts; None when there is none or they are more than `most`. What an `index --reindex` must
+    walk to index each of its files anew (a folder gone would only be refused).
+
+    The database answers a folder at a time (`db.folders`): a walk down from the folder all files lie in, which
+    stops at a folder that holds a file itself (nothing inside it is another), skips a folder gone from disk
+    (nothing inside it is there either) and ends once more than `most` are found, rather than a read of every
+    path each time a hint is shown."""
+    span = path_span(store)
+    if span is None:
+        return None
+    found: list[str] = []
+    _walk(store, _common_folder(span), found, most)
+    return found if 0 < len(found) <= most else None
+
+
+def _walk(store: Store, folder: str, found: list[str], most: int) -> None:
+    """Add to `found` the folders below `folder` (itself included) that hold a file themselves and are there, in
+    order, where no folder above `folder` holds a file itself and every file below it lies below `folder`."""
+    if not os.path.isdir(folder):
+        return
+    contents = folder_contents(store, folder)
+    if contents.holds_files:
+        found.append(folder)
+        return
+    for name in sorted(contents.subfolders):  # by name: the order of the folders' parts, which `found` keeps
+        if len(found) > most:
+            return
+        subfolder = os.path.join(folder, name)
+        span = path_span(store, under=subfolder) if os.path.isdir(subfolder) else None  # gone: none below is there
+        if span is not None:
+            # Below the subfolder, the folders down to the one its files have in common hold none of their own.
+            _walk(store, _common_folder(span), found, most)
+
+
+def _common_folder(span: PathSpan) -> str:
+    """The deepest folder that holds both paths of `span`, and so (in byte order) every path between them."""
+    return os.path.commonpath([os.path.dirname(path) for path in span])
 
 
 def other_model_fix(store: Store, model: str | None, use_its_model: str) -> str:

@@ -56,8 +56,8 @@ def print_problem(console: Console, label: str, path: str, reason: str) -> None:
 
 
 def print_interrupted(console: Console, kept: str = "") -> None:
-    """`interrupted` on `console`: Ctrl-C or SIGTERM stopped the command (its exit code, 130 or 143, says which;
-    under torchrun, said as torchrun's stop when another process of the run had ended first:
+    """`interrupted` on `console`: Ctrl-C, SIGTERM or SIGHUP stopped the command (its exit code, 130, 143 or 129,
+    says which; under torchrun, said as torchrun's stop when another process of the run had ended first:
     `stop_signals.interruption`); then, for work that a stop does not lose, `: kept`, what was kept and how to go
     on, on one line."""
     what = interruption()

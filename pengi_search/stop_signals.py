@@ -3,7 +3,7 @@ systemd, SLURM preemption, torchrun) and SIGHUP (the terminal closed, an ssh ses
 
 All come out as KeyboardInterrupt, the path every command already stops on cleanly: an index run records itself
 interrupted and the next one resumes where it stopped; a training run (`trainer.stopping.InterruptRequest`, which
-takes both) stops after its step with a checkpoint and its model. Only the exit code tells them apart: 128 plus the
+takes them all) stops after its step with a checkpoint and its model. Only the exit code tells them apart: 128 plus the
 signal's number, as shells report a process a signal ended (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP). A
 hang-up also takes the terminal away: what the command still says there (what it kept) goes nowhere, not into an
 error.
@@ -19,7 +19,6 @@ import atexit
 import contextlib
 import functools
 import os
-import select
 import signal
 import stat
 import sys
@@ -29,6 +28,7 @@ from types import FrameType
 from typing import Any
 
 from .errors import EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_TERMINATED
+from .stream_ends import discard_writes, other_end_gone
 from .torchrun_env import MachineSiblings
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -54,7 +54,7 @@ def note_stop_signal(number: int) -> None:
 
 
 def interruption() -> str:
-    """What stopped the command, as its last message says it: "interrupted" (Ctrl-C, SIGTERM), or, under
+    """What stopped the command, as its last message says it: "interrupted" (Ctrl-C, SIGTERM, SIGHUP), or, under
     torchrun, that torchrun stopped it as another process of the run had ended (failed, or stopped by a signal
     that this one did not get: torchrun then stops the others with SIGTERM). Each process of the run then says what
     happened to it, rather than every one saying "interrupted" for the one that was."""
@@ -109,17 +109,8 @@ def _leave_hung_up_terminal() -> None:
         with contextlib.suppress(AttributeError, OSError, ValueError):  # an in-memory stream (a test's), closed
             descriptor = stream.fileno()
             # A device, not a file or pipe; not `isatty`, which a terminal whose other side has closed fails.
-            if stat.S_ISCHR(os.fstat(descriptor).st_mode) and _hung_up(descriptor):
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, descriptor)
-                os.close(devnull)
-
-
-def _hung_up(descriptor: int) -> bool:
-    """Whether the terminal on `descriptor` hung up (its other side closed): poll says so, as no live one does."""
-    poller = select.poll()
-    poller.register(descriptor, select.POLLOUT)
-    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+            if stat.S_ISCHR(os.fstat(descriptor).st_mode) and other_end_gone(descriptor):
+                discard_writes(descriptor)
 
 
 def _interrupt_again(previous_hook: Callable[[Any], None], unraisable: Any) -> None:

@@ -3,13 +3,22 @@ each quoted, the options given, and the library as the user named it."""
 
 from __future__ import annotations
 
+import os
+import random
 import shlex
+import sqlite3
 
 import pytest
+from sqlalchemy import delete
 
 from pengi_search.db import Store
+from pengi_search.db.schema import AudioFileRow
 from pengi_search.index_hints import MOST_FOLDERS, index_command, library_folders, library_index_command
 from pengi_search.library import EmptyLibraryError, Library
+from pengi_search.scan import inside
+
+from .query_plans import recorded
+from .test_store import postgres_schema_url
 
 
 def _store_with(db: str, paths: list[str]) -> Store:
@@ -76,3 +85,70 @@ def test_a_library_whose_files_all_failed_says_the_index_of_their_folder(tmp_pat
     with Library.open(db, read_only=True) as library, pytest.raises(EmptyLibraryError) as empty:
         library.vector_index("audio")
     assert f"run `pengi-search index {tmp_path / 'sounds'} --db {db}` first" in str(empty.value)
+
+
+def _folders_by_definition(paths: list[str], most: int) -> list[str] | None:
+    """What `library_folders` answers, as its docstring defines it, from every path at once."""
+    parents = {os.path.dirname(path) for path in paths}
+    tops = [folder for folder in parents if not any(other != folder and inside(folder, other) for other in parents)]
+    there = sorted((folder for folder in tops if os.path.isdir(folder)), key=lambda folder: folder.split(os.sep))
+    return there if 0 < len(there) <= most else None
+
+
+# Names whose order by text differs from their order as folders ('a b' and 'a0' sort around 'a/'), an accent, and
+# a byte that is not UTF-8 (stored escaped).
+_NAMES = ["a", "a b", "a0", "b", "caf\u00e9", "x\udcff"]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_db(request: pytest.FixtureRequest, tmp_path):
+    """Each backend: SQLite searches the paths' index, PostgreSQL reads a folder's paths in the server."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "lib.db")
+        return
+    yield from postgres_schema_url()
+
+
+def test_the_folders_are_those_of_the_definition_for_libraries_of_every_shape(tmp_path, any_db):
+    """Random trees: files at several depths, some folders gone from disk, more folders than the most or fewer."""
+    chance = random.Random(166)
+    with Store.open(any_db) as store:
+        for case in range(40):
+            base = tmp_path / f"case{case}"
+            paths = set()
+            for _ in range(chance.randint(1, 12)):
+                folder = os.path.join(base, *chance.choices(_NAMES, k=chance.randint(0, 3)))
+                paths.add(os.path.join(folder, f"{chance.choice(_NAMES)}.wav"))
+            for path in paths:
+                if chance.random() < 0.8:  # the others' folders are gone from disk (unless another made them)
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+            with store.session(write=True) as session:
+                session.execute(delete(AudioFileRow))
+            for path in paths:
+                store.upsert_file(path, size=1, mtime=1.0)
+            for most in (2, MOST_FOLDERS):
+                assert library_folders(store, most) == _folders_by_definition(sorted(paths), most), (case, paths)
+
+
+def test_the_database_hands_back_a_row_per_folder_not_per_file(tmp_path):
+    """A hint is shown on a large library too: its folders come from the database, not from every path read."""
+    paths = [
+        str(tmp_path / folder / f"{n:03d}.wav") for folder in ("dogs", "cats/small", "cats/big") for n in range(40)
+    ]
+    for path in paths:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    db = str(tmp_path / "lib.db")
+    with _store_with(db, paths) as store, recorded(store.engine) as statements:
+        assert library_folders(store) == [
+            str(tmp_path / "cats/big"),
+            str(tmp_path / "cats/small"),
+            str(tmp_path / "dogs"),
+        ]
+    with sqlite3.connect(db) as connection:
+        selects = [
+            (statement, parameters)
+            for statement, parameters in statements
+            if statement.lstrip().startswith(("SELECT", "WITH"))
+        ]
+        rows = sum(len(connection.execute(statement, parameters).fetchall()) for statement, parameters in selects)
+    assert rows <= 12, statements

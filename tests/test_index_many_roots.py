@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from sqlalchemy import Engine, event
 from typer.testing import CliRunner
 
 from indexer.pipeline import run_index
-from indexer.roots import Roots
+from indexer.plan import file_stamps
+from indexer.roots import PER_ROOT_MOST, Roots
 from indexer.run_report import IndexOptions
 from pengi_search.choices import Captions
 from pengi_search.cli import app
@@ -78,7 +80,7 @@ def test_a_run_over_many_files_as_roots_queries_the_database_as_often_as_a_run_o
     db = tmp_path / "index.db"
     stored_library(db, files)
     queries = []
-    for roots in (files[:2], files):
+    for roots in (files[: PER_ROOT_MOST + 1], files):  # both past the roots asked about one by one
         selects.clear()
         summary = run_index(IndexOptions(roots=[str(path) for path in roots], db=str(db), workers=0))
         assert (summary.unchanged, summary.indexed, summary.pruned) == (len(roots), 0, 0)
@@ -123,6 +125,43 @@ def test_a_root_window_without_captions_is_counted_and_no_other(tmp_path):
     stored_library(db, files, uncaptioned=(files[0], files[2]))
     options = IndexOptions(roots=[str(files[0]), str(files[1])], db=str(db), workers=0, captions=Captions.later)
     assert run_index(options).captions_missing == 1
+
+
+def test_windows_waiting_below_one_folder_are_counted_by_the_database(tmp_path):
+    """A run over one folder (the usual run) counts what waits for captions in the database, not by a path read
+    per waiting window (a million rows after a library was indexed `--captions later`)."""
+    from indexer.captions import captions_missing
+
+    files = tones(tmp_path / "set", [f"clip-{n:02d}.wav" for n in range(12)])
+    db = tmp_path / "index.db"
+    stored_library(db, files, uncaptioned=tuple(files))
+    with Store.open(str(db), read_only=True) as store, recorded(store.engine) as statements:
+        assert captions_missing(store, Roots([str(tmp_path / "set")])) == len(files)
+    selects = [(statement, parameters) for statement, parameters in statements if statement.startswith("SELECT")]
+    with sqlite3.connect(db) as connection:
+        rows = [len(connection.execute(statement, parameters).fetchall()) for statement, parameters in selects]
+    assert sum(rows) <= 2, selects
+
+
+def test_a_run_over_a_few_folders_reads_their_files_not_the_rest_of_the_library(tmp_path):
+    """Two folders of a large library are asked about one by one, each a search of the paths' index: not below the
+    folder they share, which holds the rest of the library too."""
+    with Store.open(str(tmp_path / "lib.db")) as store:
+        for folder, files in (("music/new", 2), ("music/old", 40), ("music/other", 2)):
+            for n in range(files):
+                store.upsert_file(str(tmp_path / folder / f"{n:02d}.wav"), size=1, mtime=1.0)
+        roots = Roots([str(tmp_path / "music/new"), str(tmp_path / "music/other")])
+        with recorded(store.engine) as statements:
+            assert len(file_stamps(store, roots)) == 4
+    selects = [(statement, parameters) for statement, parameters in statements if statement.startswith("SELECT")]
+    with sqlite3.connect(tmp_path / "lib.db") as connection:
+        rows = [len(connection.execute(statement, parameters).fetchall()) for statement, parameters in selects]
+    assert sum(rows) == 4, selects
+
+
+def test_roots_below_another_root_are_asked_about_with_it():
+    assert Roots(["/set/b/c.wav", "/set/b", "/other"]).folders == ["/other", "/set/b"]
+    assert Roots([f"/set/{n}.wav" for n in range(PER_ROOT_MOST + 1)]).folders == ["/set"]
 
 
 @pytest.mark.parametrize(

@@ -193,3 +193,16 @@ def test_unhashed_files_moved_with_one_size_and_time_are_each_named(tmp_path, ti
     shutil.move(old / "sub" / "two.wav", new / "two.wav")
     summary = run_index(quick_options([new], tmp_path / "lib.db", tiny_model_dir))
     assert summary.gone_sources == [GoneSources(str(old / "one.wav"), 1), GoneSources(str(old / "sub"), 1)]
+
+
+def test_each_file_of_a_set_as_a_root_keeps_its_own_source_and_names_the_gone_ones(tmp_path):
+    """`eval` gives each file of its set as a root: a source below one is the run's to prune, one outside all of
+    them and gone from disk is named (each source asked about by its folders, not against each of the roots)."""
+    from indexer.left_behind import left_behind
+    from indexer.roots import Roots
+    from pengi_search.db import Store
+
+    roots = Roots([str(tmp_path / f"set/clip-{n:04d}.wav") for n in range(2000)])
+    sources = [str(tmp_path / "set/clip-0007.wav"), str(tmp_path / "old/clip-0007.wav")]
+    with Store.open(str(tmp_path / "lib.db")) as store:
+        assert left_behind(store, sources, roots) == [GoneSources(str(tmp_path / "old"), 1)]

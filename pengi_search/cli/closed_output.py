@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import select
 import sys
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from typing import Any, NoReturn, TextIO
 import typer
 
 from ..errors import EXIT_OUTPUT_CLOSED, os_reason
+from ..stream_ends import discard_writes, other_end_gone
 
 
 @contextlib.contextmanager
@@ -100,7 +100,7 @@ def end_quietly() -> NoReturn:
     """End with exit code 141, saying nothing. The streams whose reader is gone write to /dev/null from here on,
     so that what is still buffered for them does not fail again as the interpreter exits (exit code 120, and an
     "Exception ignored" message)."""
-    _discard_writes(*(stream for stream in (sys.stdout, sys.stderr) if _reader_gone(stream)))
+    discard_writes(*(stream.fileno() for stream in (sys.stdout, sys.stderr) if _reader_gone(stream)))
     raise typer.Exit(EXIT_OUTPUT_CLOSED)
 
 
@@ -110,18 +110,8 @@ def output_failure(err: BaseException) -> str | None:
     exits (exit code 120, and an "Exception ignored" message)."""
     if not isinstance(err, OutputError):
         return None
-    _discard_writes(sys.stdout)
+    discard_writes(sys.stdout.fileno())
     return f"cannot write the output: {os_reason(err)}"
-
-
-def _discard_writes(*streams: TextIO) -> None:
-    """From here on, what `streams` are given (and what they hold still) goes to /dev/null."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        for stream in streams:
-            os.dup2(devnull, stream.fileno())
-    finally:
-        os.close(devnull)
 
 
 def _reader_gone(stream: TextIO) -> bool:
@@ -133,6 +123,4 @@ def _reader_gone(stream: TextIO) -> bool:
         return False
     if not hasattr(select, "poll"):  # Windows: nothing tells; a broken pipe there is most likely the output's
         return True
-    poller = select.poll()
-    poller.register(descriptor, select.POLLOUT)
-    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    return other_end_gone(descriptor)
