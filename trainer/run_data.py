@@ -23,7 +23,7 @@ from pengi_search.progress import CountColumn, Rate
 from pengi_search.tokenization import PromptTooLongError, Tokenizers
 from pengi_search.units import count_text
 from trainer.config import ConfigError, TrainConfig
-from trainer.data import AudioTextDataset, Example, ManifestError, read_manifest
+from trainer.data import AudioTextDataset, Example, LoadAudio, ManifestError, read_manifest
 from trainer.evaluation import label_sets, sample_rows
 from trainer.features import (
     EncodingStopped,
@@ -102,12 +102,16 @@ def check_prompts(examples: list[Example], tokenizers: Tokenizers, manifest: Pat
             raise ManifestError(manifest, str(error), row) from None
 
 
-def audio_dataset(config: TrainConfig, model: Pengi, examples: list[Example], *, train: bool) -> AudioTextDataset:
+def audio_dataset(
+    config: TrainConfig, model: Pengi, examples: list[Example], *, train: bool, load_audio: LoadAudio | None = None
+) -> AudioTextDataset:
+    """The clips of `examples` as the run reads them (`load_audio`: how a clip is decoded; None: the project's)."""
     audio = model.cfg.audio
     return AudioTextDataset(
         examples,
         train=train,
         seed=config.seed,
+        load_audio=load_audio,
         sample_rate=audio.sample_rate,
         clip_samples=audio.clip_samples,
         augmentation=config.augmentation,
