@@ -29,7 +29,9 @@ from trainer.features import (
     EncodingStopped,
     FeatureCache,
     FeatureDataset,
+    cache_folder,
     clip_key,
+    earlier_layout,
     encode_clips,
     encodings_kept,
     load_or_encode,
@@ -211,6 +213,8 @@ def _cache(
     )
     started = time.perf_counter()
     folder = config.output_dir / FEATURE_DIR
+    if (earlier := earlier_layout(folder)) and not cache_folder(folder, backbone, train_set, views).is_dir():
+        say(earlier_layout_said(folder, earlier))
     with progress_bar(say is not quiet) as bar:
         options = {
             "device": device,
@@ -236,6 +240,15 @@ def _cache(
     read = f" ({train_cache.read} of {clips * views} read from {FEATURE_DIR}/)" if train_cache.read else ""
     say(f"audio features ready in {took:.0f} s{read}; {count_text(len(skipped), 'row')} skipped")
     return cached_train, cached_val, cached_samples, skipped
+
+
+def earlier_layout_said(folder: Path, earlier: list[Path]) -> str:
+    """Why the clips are encoded again where `folder` holds an earlier version's encodings (`earlier_layout`)."""
+    return (
+        f"{shown_path(folder)} holds {count_text(len(earlier), 'file')} of encodings an earlier pengi-search wrote "
+        f"({FEATURE_DIR}/KEY.pt), which this one does not read (its keys hold each clip's file size and time too): "
+        f"the clips are encoded again, into {FEATURE_DIR}/KEY/; the earlier files may be deleted"
+    )
 
 
 def _encoded(
