@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 import trainer.data
+from pengi_search.errors import EXIT_FAILED
 from trainer.config import load_config
 from trainer.data import read_manifest
 from trainer.model_setup import apply_freezing, build_model
@@ -105,3 +106,24 @@ def test_timing_the_steps_leaves_the_models_weights_and_the_random_streams_as_th
     assert all(torch.equal(weights[name], tensor) for name, tensor in model.state_dict().items())
     assert all(parameter.grad is None for parameter in model.parameters())
     assert not any(module.training for module in model.modules())  # as it was given, in eval mode
+
+
+def test_a_step_that_runs_out_of_memory_is_a_problem_the_dry_run_names_not_a_traceback(
+    tmp_path, sounds, tiny_model_dir, monkeypatch
+) -> None:
+    """The steps are timed on the run's device now, where a batch too large for the GPU fails as the run would."""
+
+    def out_of_memory(self: Optimization) -> tuple[float, dict[str, float]]:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Optimization, "step", out_of_memory)
+    config_path = write_config(tmp_path, tiny_model_dir, sounds / "train.jsonl", **FAST)
+
+    result = train_command(config_path, "--dry-run")
+
+    assert result.exit_code == EXIT_FAILED, result.output
+    said = " ".join(result.output.split())
+    assert (
+        "run: a step runs out of memory on cpu: lower data.batch_size (and raise optimization.grad_accumulation)"
+    ) in said
+    assert "time:" not in said and said.endswith("cannot train")

@@ -310,6 +310,9 @@ def _time_steps(built: _BuiltModel, config: TrainConfig, report: DryRunReport, l
         return
     plan = report.plan
     examples = read_manifest(config.data.train)
+    if built.cached:  # the run's cached rows are those whose clip encoded: the steps read no other
+        unusable = {example.row for example, _ in report.manifests[0].problems}
+        examples = [example for example in examples if example.row not in unusable]
     try:
         timing = time_steps(
             built.model,
@@ -321,7 +324,7 @@ def _time_steps(built: _BuiltModel, config: TrainConfig, report: DryRunReport, l
             total_steps=plan.get("total_steps") or 0,
             load_audio=load_audio,
         )
-    except torch.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError:  # the name torch 2.3 has
         report.run_problems.append(
             f"a step runs out of memory on {device}: lower data.batch_size (and raise optimization.grad_accumulation)"
         )
