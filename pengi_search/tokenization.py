@@ -10,6 +10,7 @@ transformers. Training and `model import` pass transformers' tokenizers, which `
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +28,8 @@ if TYPE_CHECKING:  # torch and transformers load only when a tokenizer does (`qu
     from transformers import PreTrainedTokenizerBase
 
 TOKENIZER_DIR = "tokenizer"
+REPLACEMENT_CHARACTER = "\ufffd"  # what a decoder writes for bytes that make no whole UTF-8 character
+CUT_TOKENS = 3  # a character cut short keeps at most 3 of its bytes (UTF-8 spends 4 at most): as many tokens at most
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +170,23 @@ class Tokenizers:
         return clip_texts(self.clip, texts, cfg.max_position_embeddings, cfg.eos_token_id)
 
     def decode(self, tokens: list[int]) -> str:
-        """Generated ids -> text, without the end markers."""
+        """Generated ids -> text, without the end markers, decoded whole (a byte-level BPE spells a character
+        outside ASCII with several tokens) and cut at a character's start where the ids end within it
+        (`whole_characters`)."""
         kept = [t for t in tokens if t not in self.stop_ids]
-        return self.gpt2.decode(kept, skip_special_tokens=True).strip()
+        return whole_characters(kept, lambda ids: self.gpt2.decode(ids, skip_special_tokens=True)).strip()
+
+
+def whole_characters(ids: list[int], decode: Callable[[list[int]], str]) -> str:
+    """`decode(ids)` without the last character where the ids end within it: an answer stopped at its length limit
+    (`--max-len`, a trained run's `evaluation.max_len`) in the middle of a character's bytes (日 is 3 tokens of a
+    byte-level BPE) decodes it as U+FFFD, which is not text; the ids before it are decoded instead. An ending that
+    no shorter one mends (stray bytes however cut) is kept as decoded."""
+    text = decode(ids)
+    if not text.endswith(REPLACEMENT_CHARACTER):
+        return text
+    for cut in range(1, min(CUT_TOKENS, len(ids)) + 1):
+        shorter = decode(ids[:-cut])
+        if not shorter.endswith(REPLACEMENT_CHARACTER):
+            return shorter
+    return text

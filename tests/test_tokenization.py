@@ -86,3 +86,22 @@ def test_the_original_stop_rule_is_the_lone_space_only(tok):
 def test_free_texts_pad_to_the_longest(tok):
     batch = tok.texts(["a dog", "water runs from a tap"])
     assert batch.input_ids.shape[1] == max(int(m.sum()) for m in batch.attention_mask)
+
+
+def test_answers_cut_within_a_character_end_before_it_not_in_a_replacement_character(tok):
+    """The tiny byte-level BPE spells é, 日 and 本 in 2 or 3 byte tokens each: an answer that stops at its length
+    limit within one decoded its bytes as U+FFFD ("a caf\ufffd"), in the samples a run prints and logs too."""
+    text = "a café日本 dog"  # no lone space, which is a stop token
+    ids = tok.encode(text)
+    answers = [tok.decode(ids[:end]) for end in range(len(ids) + 1)]
+    assert not any("\ufffd" in answer for answer in answers)
+    assert all(text.startswith(answer) for answer in answers)
+    assert {"a caf", "a café", "a café日", "a café日本"} <= set(answers)  # each cut within é, 日 or 本 among them
+    assert answers[-1] == text
+
+
+def test_stray_bytes_that_no_cut_mends_are_decoded_as_they_are(tok):
+    """Only a character cut short is left out: bytes that are no character wherever the ids end stay as decoded."""
+    ids = tok.encode("a café")
+    continuation = ids[-1]  # é's second byte, alone: no character starts with it
+    assert tok.decode([continuation] * 4) == "\ufffd" * 4

@@ -7,6 +7,10 @@ import re
 
 from rich.console import Console
 
+import pengi_search.inference
+from pengi_search.decoding import GenerationConfig, Hypothesis
+from pengi_search.kv_cache import SharedPrefix
+from pengi_search.model_dir import ModelDir
 from trainer.reporting import METRICS_FILE, RateWindow, TrainingProgress, read_metrics
 
 from . import test_trainer
@@ -68,3 +72,33 @@ def test_the_metrics_count_epochs_from_1_as_the_configuration_and_a_resume_do(tm
     assert result.exit_code == 0, result.output
     records = read_metrics(tmp_path / "run" / METRICS_FILE, "train")
     assert [(record["step"], record["epoch"]) for record in records] == [(1, 1), (2, 1), (3, 2), (4, 2)]
+
+
+def test_the_samples_a_run_prints_and_logs_end_before_a_character_their_length_limit_cut(
+    tmp_path, sounds, tiny_model_dir, monkeypatch
+) -> None:
+    """The model writes "a café日本" (in 12 tokens of the tiny byte-level BPE: 本 is 3 of them) and
+    `evaluation.max_len` stops it at 11: the sample showed and logged "a café日\ufffd"."""
+    tokenizers = ModelDir.read(tiny_model_dir).tokenizers
+    written = tokenizers.encode("a café日本")
+
+    def writes_it(gpt: object, prefix: SharedPrefix, gen: GenerationConfig) -> list[list[Hypothesis]]:
+        return [[Hypothesis(written[: gen.max_len], 0.0)] for _ in range(len(prefix.own))]
+
+    monkeypatch.setattr(pengi_search.inference, "beam_search", writes_it)
+    evaluation = {"every": 1, "samples": 1, "max_len": len(written) - 1}
+    config_path = write_config(
+        tmp_path,
+        tiny_model_dir,
+        sounds / "train.jsonl",
+        logging={"quiet": False},
+        evaluation=evaluation,
+        optimization={"max_steps": 1},
+    )
+
+    result = train_command(config_path)
+
+    assert result.exit_code == 0, result.output
+    (record,) = read_metrics(tmp_path / "run" / METRICS_FILE, "samples")
+    assert [sample["generated"] for sample in record["samples"]] == ["a café日"]
+    assert "'generate audio caption' -> 'a café日' (reference " in result.stderr

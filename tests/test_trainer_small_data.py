@@ -129,3 +129,24 @@ def test_under_torchrun_the_first_process_of_each_machine_keeps_the_encodings(
         monkeypatch.setenv("LOCAL_RANK", str(rank))
         cache = encode_clips(lambda audio: audio[:, :3], dataset, 1, folder=tmp_path / "features", **options)
         assert len(cache.rows) == len(dataset) and (tmp_path / "features").is_dir() == kept
+
+
+def test_a_run_says_why_it_encodes_again_what_an_earlier_version_kept_in_features(
+    tmp_path, tiny_no_text_model_dir, monkeypatch
+) -> None:
+    """Encodings kept before the cache's parts layout (`features/KEY.pt`) are not read: the run encoded the clips
+    again, minutes on a CPU, without a word of why."""
+    label_run_config(tmp_path, tiny_no_text_model_dir, optimization__max_steps=1, logging__quiet=False)
+    monkeypatch.chdir(tmp_path)
+    earlier = tmp_path / "run" / "features" / "0123456789abcdef01234567.pt"
+    earlier.parent.mkdir(parents=True)
+    torch.save({"features": torch.zeros(1, 8, 3)}, earlier)
+
+    result = cli("train", "run.yaml")
+
+    assert result.exit_code == EXIT_OK, result.output
+    assert (
+        "run/features holds 1 file of encodings an earlier pengi-search wrote (features/KEY.pt), which this one "
+        "does not read (its keys hold each clip's file size and time too): the clips are encoded again, into "
+        "features/KEY/; the earlier files may be deleted"
+    ) in result.output.splitlines()

@@ -1,11 +1,10 @@
 """`--dry-run`: check a run's data, model sources and architecture without training, and show what it would do:
 the task mix, the step plan, the shape rules of the architecture (see `trainer/example.yaml`), the vocabulary
-against the tokenizer, warm-up against the run's length, and the time an epoch should take (two steps timed on
-this machine)."""
+against the tokenizer, warm-up against the run's length, and the time an epoch should take (the run's own step timed
+on this machine, on a copy of the model: `trainer.step_timing`)."""
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -23,12 +22,12 @@ from pengi_search.messages import print_error, print_warning
 from pengi_search.model import Pengi
 from pengi_search.paths import shown_path
 from pengi_search.tokenization import PromptTooLongError, Tokenizers
-from pengi_search.torchrun_env import process_count
+from pengi_search.torchrun_env import place, process_count
 from pengi_search.units import duration_text
 from trainer.checkpoint_files import checkpoint_to_resume
 from trainer.config import ConfigError, TrainConfig
 from trainer.data import MISSING, Example, LoadAudio, check_audio, read_manifest, task_mix
-from trainer.distributed import use_threads
+from trainer.distributed import resolve_device
 from trainer.resume_plan import (
     EpochSize,
     RunRecord,
@@ -76,7 +75,9 @@ class DryRunReport:
     warnings: list[str] = field(default_factory=list)
     run_problems: list[str] = field(default_factory=list)  # what the run itself would refuse (too few examples...)
     resume: list[str] = field(default_factory=list)  # what resuming would do, as the run says it
-    timing: dict[str, float] = field(default_factory=dict)  # seconds: per step, per epoch, encoding the clips
+    # Seconds: per step (of it loading, the optimizer's step), per epoch, encoding the clips (`_time_steps`).
+    timing: dict[str, float] = field(default_factory=dict)
+    timed: str | None = None  # what was timed, in words
     left_out: str | None = None  # the rows each epoch leaves out, as no whole step takes them (`left_out`)
 
     @property
@@ -134,7 +135,7 @@ def dry_run_report(
         if built is not None:
             _check_resumed_model(config, record, built.model, report)
     if built is not None and steps:
-        report.timing = _time_steps(built, config, report.plan)
+        _time_steps(built, config, report, load_audio)
     return report
 
 
@@ -200,7 +201,6 @@ class _BuiltModel:
 
     model: Pengi
     tokenizers: Tokenizers
-    prompt: str  # one of the manifests' prompts, for the timed steps
     cached: bool  # the run caches the frozen backbone's outputs (`data.cache_features`)
     encodings: int  # clips x views the run encodes before its first step (none: `features/` holds them)
 
@@ -227,7 +227,7 @@ def _build_model(config: TrainConfig, report: DryRunReport, source: Path) -> _Bu
     apply_freezing(model, config.freeze)
     cached = caches_features(config, model)
     encodings = clips_to_encode(config, model, read_manifest(config.data.train)) if cached else 0
-    return _BuiltModel(model, tokenizers, prompts[0], cached, encodings)
+    return _BuiltModel(model, tokenizers, cached, encodings)
 
 
 def _manifest_paths(config: TrainConfig) -> list[Path]:
@@ -294,34 +294,52 @@ def _run_problems(config: TrainConfig, plan: dict[str, int | None], rows: int) -
     return problems
 
 
-def _time_steps(built: _BuiltModel, config: TrainConfig, plan: dict) -> dict[str, float]:
-    """Seconds per optimizer step (the second of two, on random audio) and per epoch; with cached features, the
-    one-off encoding of the training clips that `features/` lacks as well."""
-    from trainer.objective import AnswerNll, ModelInputs
+def _time_steps(built: _BuiltModel, config: TrainConfig, report: DryRunReport, load_audio: LoadAudio | None) -> None:
+    """The run's step timed on this machine (`trainer.step_timing`), and from it an epoch; with cached features,
+    the one-off encoding of the training clips that `features/` lacks as well. Not where the run could not start
+    on its device (said among the configuration's problems)."""
+    from trainer.step_timing import time_steps
 
-    use_threads(config.runtime.threads)  # timed as the run computes
-    model, tokenizers, batch = built.model, built.tokenizers, config.data.batch_size
-    wave = 0.1 * torch.randn(batch, model.cfg.audio.clip_samples)
-    prompts = tokenizers.prompts([built.prompt] * batch)
-    answer = torch.tensor([tokenizers.answer_ids("a sound")] * batch)
-    loss = AnswerNll(model, cached=built.cached).train()
-    timing = {}
-    with torch.no_grad():
-        started = time.perf_counter()
-        features = model.audio_encoder.backbone.eval()(wave)
-        encode = time.perf_counter() - started
-    inputs = ModelInputs(
-        features if built.cached else wave, prompts.input_ids, prompts.attention_mask, answer, answer * 0 + 1
-    )
-    for _ in range(2):
-        started = time.perf_counter()
-        loss(**vars(inputs)).backward()
-        step = (time.perf_counter() - started) * config.optimization.grad_accumulation
-    timing["step"] = step
-    timing["epoch"] = step * (plan.get("steps_per_epoch") or 0)
-    if built.cached:
-        timing["encoding"] = encode / batch * built.encodings
-    return timing
+    if config.runtime.problem(cuda=torch.cuda.is_available()) is not None:
+        return
+    here = place()
+    try:
+        device = resolve_device(config.runtime.device, here.local_rank)
+    except PengiSearchError as error:  # this process's GPU is not there: the run refuses it before its set-up
+        (report.config_problems if error.exit_code == EXIT_USAGE else report.run_problems).append(str(error))
+        return
+    plan = report.plan
+    examples = read_manifest(config.data.train)
+    if built.cached:  # the run's cached rows are those whose clip encoded: the steps read no other
+        unusable = {example.row for example, _ in report.manifests[0].problems}
+        examples = [example for example in examples if example.row not in unusable]
+    try:
+        timing = time_steps(
+            built.model,
+            built.tokenizers,
+            config,
+            examples,
+            cached=built.cached,
+            device=device,
+            total_steps=plan.get("total_steps") or 0,
+            load_audio=load_audio,
+        )
+    except torch.cuda.OutOfMemoryError:  # the name torch 2.3 has
+        report.run_problems.append(
+            f"a step runs out of memory on {device}: lower data.batch_size (and raise optimization.grad_accumulation)"
+        )
+        return
+    if timing is None:  # no clip encodes: the run cannot start, as its manifest's report says
+        return
+    report.timing = {
+        "step": timing.step,
+        "loading": timing.loading,
+        "optimizer": timing.optimizer,
+        "epoch": timing.step * (plan.get("steps_per_epoch") or 0),
+    }
+    if timing.encoding is not None:
+        report.timing["encoding"] = timing.encoding * built.encodings
+    report.timed = timing.described(plan.get("processes") or 1)
 
 
 def _check_manifest(role: str, path: Path, load_audio: LoadAudio | None) -> ManifestCheck:
@@ -413,6 +431,8 @@ def _print_plan(report: DryRunReport, console: Console) -> None:
         elif "encoding" in timing:
             line += f"; the clips' features are already in {FEATURE_DIR}/ (frozen encoder, cached): no encoding"
         console.print(line, soft_wrap=True)
+        if report.timed is not None:
+            console.print(report.timed, soft_wrap=True, markup=False, highlight=False)
 
 
 def _print_manifest(check: ManifestCheck, console: Console) -> None:

@@ -90,6 +90,13 @@ def load_or_encode(folder: Path, backbone: nn.Module, dataset: AudioTextDataset,
     return encode_clips(backbone, dataset, views, folder=cache_folder(folder, backbone, dataset, views), **options)
 
 
+def earlier_layout(folder: Path) -> list[Path]:
+    """The encodings an earlier pengi-search kept in `folder` itself, each cache whole in a `<key>.pt` file (before
+    the parts of `EncodedParts`): not read, as no key of this version names them (its keys hold each clip's file
+    size and time too)."""
+    return sorted(path for path in folder.glob("*.pt") if path.is_file())
+
+
 def encodings_kept(folder: Path, backbone: nn.Module, dataset: AudioTextDataset, views: int) -> int:
     """How many of the encodings (clips x views) of `dataset` `folder` already keeps."""
     return len(EncodedParts(cache_folder(folder, backbone, dataset, views)).outputs)

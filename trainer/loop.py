@@ -59,6 +59,7 @@ from trainer.reporting import (
 from trainer.run_data import prepare_data, quiet
 from trainer.sampling import ResumableSampler
 from trainer.state import Position, RunCheckpoints, restore_rng, seed_everything
+from trainer.steps import accumulate_gradients
 from trainer.stopping import BestTracker, InterruptRequest
 
 log = logging.getLogger(__name__)
@@ -269,15 +270,10 @@ class Trainer:
         (all_tokens,) = sum_across(processes, [float(local_tokens)])
         # DDP averages gradients over processes; scaling by world_size makes that a sum over all answer tokens.
         scale = processes.world_size / max(all_tokens, 1.0)
-        nll_sum = 0.0
-        for index, item in enumerate(inputs):
-            last = index == len(inputs) - 1
-            sync = contextlib.nullcontext() if last or not processes.distributed else self.wrapped.no_sync()
-            with sync:
-                with self._autocast():
-                    nll = self.wrapped(**vars(item.to(self.device)))
-                self.optimization.backward(nll * scale)
-            nll_sum += float(nll.detach())
+        precision = self.config.runtime.precision
+        nll_sum = accumulate_gradients(
+            self.wrapped, self.optimization, inputs, scale=scale, device=self.device, precision=precision
+        )
         interval = self.interval
         interval.grad_norm, interval.rates = self.optimization.step()
         samples = sum(len(batch["answer"]) for batch in micro)

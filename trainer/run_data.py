@@ -23,13 +23,15 @@ from pengi_search.progress import CountColumn, Rate
 from pengi_search.tokenization import PromptTooLongError, Tokenizers
 from pengi_search.units import count_text
 from trainer.config import ConfigError, TrainConfig
-from trainer.data import AudioTextDataset, Example, ManifestError, read_manifest
+from trainer.data import AudioTextDataset, Example, LoadAudio, ManifestError, read_manifest
 from trainer.evaluation import label_sets, sample_rows
 from trainer.features import (
     EncodingStopped,
     FeatureCache,
     FeatureDataset,
+    cache_folder,
     clip_key,
+    earlier_layout,
     encode_clips,
     encodings_kept,
     load_or_encode,
@@ -102,12 +104,16 @@ def check_prompts(examples: list[Example], tokenizers: Tokenizers, manifest: Pat
             raise ManifestError(manifest, str(error), row) from None
 
 
-def audio_dataset(config: TrainConfig, model: Pengi, examples: list[Example], *, train: bool) -> AudioTextDataset:
+def audio_dataset(
+    config: TrainConfig, model: Pengi, examples: list[Example], *, train: bool, load_audio: LoadAudio | None = None
+) -> AudioTextDataset:
+    """The clips of `examples` as the run reads them (`load_audio`: how a clip is decoded; None: the project's)."""
     audio = model.cfg.audio
     return AudioTextDataset(
         examples,
         train=train,
         seed=config.seed,
+        load_audio=load_audio,
         sample_rate=audio.sample_rate,
         clip_samples=audio.clip_samples,
         augmentation=config.augmentation,
@@ -207,6 +213,8 @@ def _cache(
     )
     started = time.perf_counter()
     folder = config.output_dir / FEATURE_DIR
+    if (earlier := earlier_layout(folder)) and not cache_folder(folder, backbone, train_set, views).is_dir():
+        say(earlier_layout_said(folder, earlier))
     with progress_bar(say is not quiet) as bar:
         options = {
             "device": device,
@@ -232,6 +240,15 @@ def _cache(
     read = f" ({train_cache.read} of {clips * views} read from {FEATURE_DIR}/)" if train_cache.read else ""
     say(f"audio features ready in {took:.0f} s{read}; {count_text(len(skipped), 'row')} skipped")
     return cached_train, cached_val, cached_samples, skipped
+
+
+def earlier_layout_said(folder: Path, earlier: list[Path]) -> str:
+    """Why the clips are encoded again where `folder` holds an earlier version's encodings (`earlier_layout`)."""
+    return (
+        f"{shown_path(folder)} holds {count_text(len(earlier), 'file')} of encodings an earlier pengi-search wrote "
+        f"({FEATURE_DIR}/KEY.pt), which this one does not read (its keys hold each clip's file size and time too): "
+        f"the clips are encoded again, into {FEATURE_DIR}/KEY/; the earlier files may be deleted"
+    )
 
 
 def _encoded(

@@ -8,8 +8,9 @@ in the data (step, epoch, micro-batches read in the epoch) and every process's r
 
 from __future__ import annotations
 
+import contextlib
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -219,6 +220,17 @@ def restore_rng(state: dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+@contextlib.contextmanager
+def rng_kept(device: torch.device) -> Iterator[None]:
+    """Within, the random streams may be drawn from; after, they are as they were before (`capture_rng`): what
+    happens within is not seen by what draws from them next (a run after the dry run's timed steps)."""
+    state = capture_rng(device)
+    try:
+        yield
+    finally:
+        restore_rng(state, device)
 
 
 def seed_everything(seed: int) -> None:
