@@ -6,15 +6,11 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from alembic import command
-from sqlalchemy import Connection, create_engine, inspect, select, text
+from sqlalchemy import Connection, inspect, select, text
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.engine import make_url
 
 from pengi_search.db import Store
 from pengi_search.db.engine import create_store_engine
@@ -102,26 +98,6 @@ def test_removing_a_folder_removes_its_files_and_no_other(store: Store) -> None:
         assert store.remove(folder) == len(below(folder)), folder
         left -= below(folder)
         assert {record.path for record in store.files_under("/")} == left
-
-
-@pytest.fixture
-def language_sorted_url() -> Iterator[str]:
-    """A fresh database on PENGI_TEST_POSTGRES_URL's server whose text sorts as en-US does (ICU): case, accents and
-    punctuation count only after the letters, as under the en_US.UTF-8 of many servers. Dropped afterwards."""
-    base = os.environ.get("PENGI_TEST_POSTGRES_URL")
-    if not base:
-        pytest.skip("PENGI_TEST_POSTGRES_URL is not set")
-    name = f"pengi_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")  # CREATE DATABASE runs outside a transaction
-    try:
-        with admin.connect() as connection:
-            locale = "LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
-            connection.execute(text(f"CREATE DATABASE {name} TEMPLATE template0 {locale}"))
-        yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
 
 
 def test_where_the_database_sorts_text_by_language_the_answers_are_sqlites(
