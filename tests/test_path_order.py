@@ -19,7 +19,7 @@ from pengi_search.pathnames import to_stored
 
 from . import test_store
 from .query_plans import recorded
-from .test_path_prefixes import plan
+from .test_path_prefixes import plan, spread_files
 
 # Names that a language's collation puts in another order than their bytes: '_' and '-' are ignored at first, case
 # and accents count only after the letters, and 'Ä' (two bytes, 0xC3 0x84) goes beside 'A' rather than after 'z'.
@@ -91,14 +91,7 @@ def test_a_paged_export_reads_its_pages_from_the_byte_wise_index(language_sorted
     """20,000 files: each page of an export is read from revision 0008's index, the next page searched from the last
     path; the table is never scanned, and the library's pages come in the index's order, the table never sorted."""
     with Store.open(language_sorted_url) as store:
-        with store.engine.begin() as connection:
-            connection.execute(
-                text(
-                    "INSERT INTO audio_files (path, status) SELECT '/lib/' || (n % 200) || '/' || n || '.wav', "
-                    "'pending' FROM generate_series(1, 20000) AS n"
-                )
-            )
-            connection.execute(text("ANALYZE audio_files"))
+        spread_files(store)
         for under in (None, "/lib/7"):
             with recorded(store.engine) as statements:
                 rows = store.export_rows(under, page_size=40)

@@ -122,18 +122,24 @@ def plan(connection: Connection, statement: str, parameters: object) -> str:
     return json.dumps(connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {statement}", parameters).scalar())
 
 
+def spread_files(store: Store) -> None:
+    """20,000 files in 200 folders of 100 (`/lib/7/...`), each folder's spread over the table; then the planner's
+    statistics, which a new table lacks."""
+    with store.engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO audio_files (path, status) SELECT '/lib/' || (n % 200) || '/' || n || '.wav', "
+                "'pending' FROM generate_series(1, 20000) AS n"
+            )
+        )
+        connection.execute(text("ANALYZE audio_files"))
+
+
 def test_postgresql_reads_the_files_below_a_folder_from_the_byte_wise_index(language_sorted_url: str) -> None:
     """20,000 files, 100 in the folder asked: each command's statement searches the index, in the plan made for
     its folder and in the generic plan of a prepared statement (which knows no folder); no scan of the table."""
     with Store.open(language_sorted_url) as store:
-        with store.engine.begin() as connection:
-            connection.execute(
-                text(
-                    "INSERT INTO audio_files (path, status) SELECT '/lib/' || (n % 200) || '/' || n || '.wav', "
-                    "'pending' FROM generate_series(1, 20000) AS n"
-                )
-            )
-            connection.execute(text("ANALYZE audio_files"))
+        spread_files(store)
         with recorded(store.engine) as statements:
             assert len(store.files_under("/lib/7")) == 100 and store.holds("/lib/7")
             assert len(store.all_file_stamps("/lib/7")) == 100 and store.remove("/lib/7") == 100
