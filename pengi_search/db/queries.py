@@ -50,7 +50,7 @@ def paths_after(path: str) -> ColumnElement[bool]:
 
 def by_path() -> ColumnElement[str]:
     """An ORDER BY term: paths in byte order (SQLite's) on every backend, whatever the collation of a PostgreSQL
-    database (en-US puts `a_b` after `ab` and `Dogs` beside `dogs`)."""
+    database (en-US puts `Ä` beside `A`, and `Dogs` beside `dogs`)."""
     return _PathOrder()
 
 
