@@ -3,11 +3,14 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 # One OpenMP thread (PyTorch, FAISS, BLAS) in the tests and the commands they start, unless set otherwise; set before
 # torch is first imported. The tiny models gain nothing from more, and on a loaded 2-core machine two threads wait
@@ -105,3 +108,23 @@ def ids_sorted_not_hashed(monkeypatch) -> None:
 
     monkeypatch.setattr(np, "unique", unique)
     monkeypatch.setattr(np, "setdiff1d", setdiff1d_of_unique)
+
+
+@pytest.fixture
+def language_sorted_url() -> Iterator[str]:
+    """A fresh database on PENGI_TEST_POSTGRES_URL's server whose text sorts as en-US does (ICU): case, accents and
+    punctuation count only after the letters, as under the en_US.UTF-8 of many servers. Dropped afterwards."""
+    base = os.environ.get("PENGI_TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip("PENGI_TEST_POSTGRES_URL is not set")
+    name = f"pengi_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")  # CREATE DATABASE runs outside a transaction
+    try:
+        with admin.connect() as connection:
+            locale = "LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+            connection.execute(text(f"CREATE DATABASE {name} TEMPLATE template0 {locale}"))
+        yield make_url(base).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()

@@ -6,15 +6,11 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from alembic import command
-from sqlalchemy import Connection, create_engine, inspect, select, text
+from sqlalchemy import Connection, inspect, select, text
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.engine import make_url
 
 from pengi_search.db import Store
 from pengi_search.db.engine import create_store_engine
@@ -104,26 +100,6 @@ def test_removing_a_folder_removes_its_files_and_no_other(store: Store) -> None:
         assert {record.path for record in store.files_under("/")} == left
 
 
-@pytest.fixture
-def language_sorted_url() -> Iterator[str]:
-    """A fresh database on PENGI_TEST_POSTGRES_URL's server whose text sorts as en-US does (ICU): case, accents and
-    punctuation count only after the letters, as under the en_US.UTF-8 of many servers. Dropped afterwards."""
-    base = os.environ.get("PENGI_TEST_POSTGRES_URL")
-    if not base:
-        pytest.skip("PENGI_TEST_POSTGRES_URL is not set")
-    name = f"pengi_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")  # CREATE DATABASE runs outside a transaction
-    try:
-        with admin.connect() as connection:
-            locale = "LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
-            connection.execute(text(f"CREATE DATABASE {name} TEMPLATE template0 {locale}"))
-        yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
-
-
 def test_where_the_database_sorts_text_by_language_the_answers_are_sqlites(
     language_sorted_url: str, tmp_path: Path
 ) -> None:
@@ -146,18 +122,24 @@ def plan(connection: Connection, statement: str, parameters: object) -> str:
     return json.dumps(connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {statement}", parameters).scalar())
 
 
+def spread_files(store: Store) -> None:
+    """20,000 files in 200 folders of 100 (`/lib/7/...`), each folder's spread over the table; then the planner's
+    statistics, which a new table lacks."""
+    with store.engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO audio_files (path, status) SELECT '/lib/' || (n % 200) || '/' || n || '.wav', "
+                "'pending' FROM generate_series(1, 20000) AS n"
+            )
+        )
+        connection.execute(text("ANALYZE audio_files"))
+
+
 def test_postgresql_reads_the_files_below_a_folder_from_the_byte_wise_index(language_sorted_url: str) -> None:
     """20,000 files, 100 in the folder asked: each command's statement searches the index, in the plan made for
     its folder and in the generic plan of a prepared statement (which knows no folder); no scan of the table."""
     with Store.open(language_sorted_url) as store:
-        with store.engine.begin() as connection:
-            connection.execute(
-                text(
-                    "INSERT INTO audio_files (path, status) SELECT '/lib/' || (n % 200) || '/' || n || '.wav', "
-                    "'pending' FROM generate_series(1, 20000) AS n"
-                )
-            )
-            connection.execute(text("ANALYZE audio_files"))
+        spread_files(store)
         with recorded(store.engine) as statements:
             assert len(store.files_under("/lib/7")) == 100 and store.holds("/lib/7")
             assert len(store.all_file_stamps("/lib/7")) == 100 and store.remove("/lib/7") == 100

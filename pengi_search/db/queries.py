@@ -1,12 +1,15 @@
-"""What the store's modules share below the level of `Store`'s methods: the conditions "at or below a path" and
-"truncated", a file's row locked for writing, the width of the index's text vectors, vectors as the bytes the
-database keeps, the new version of vectors changed, and how many ids one statement lists.
+"""What the store's modules share below the level of `Store`'s methods: the conditions "at or below a path", "after a
+path" and "truncated", the order by path (byte-wise on every backend), a file's row locked for writing, the width of
+the index's text vectors, vectors as the bytes the database keeps, the new version of vectors changed, and how many
+ids one statement lists.
 """
 
 from __future__ import annotations
 
+import operator
 import secrets
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -14,6 +17,7 @@ from sqlalchemy import Boolean, ColumnElement, or_, select, true, update
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import Grouping
 from sqlalchemy.sql.visitors import InternalTraversal
 
 from .errors import RefusedInputError, StoreError
@@ -26,32 +30,58 @@ NO_SYNC = {"synchronize_session": False}  # bulk statements: the session holds n
 
 def paths_under(prefix: str | None) -> ColumnElement[bool]:
     """Paths equal to `prefix` or inside the folder `prefix` (case-sensitive on every backend, unlike LIKE)."""
-    return true() if prefix is None else _PathsUnder(prefix.rstrip("/") + "/")
+    if prefix is None:
+        return true()
+    folder = prefix.rstrip("/") + "/"
+    # The paths inside `folder/` are the byte-wise range [`folder/`, `folder0`) ('0' is the byte after '/'): a
+    # search of an index, not a scan of the table (`eval` asks this for every file of its set). The escape keeps
+    # prefixes and order of valid names alike, so the stored forms that `OsText` binds bound the same range. A range
+    # rather than LIKE, which has no wildcard to escape and, on PostgreSQL, stays a search in the generic plan of a
+    # prepared statement (psycopg prepares a statement run often), where LIKE's pattern is unknown and the index of
+    # no use. In parentheses: the statement may join it to others by AND, which binds tighter than its OR.
+    forms = (_at_or_inside(folder, _byte_wise(backend, ">="), _byte_wise(backend, "<")) for backend in _BACKENDS)
+    return _PerBackend(*(Grouping(form) for form in forms))
 
 
-class _PathsUnder(ColumnElement[bool]):
-    """`paths_under` a folder (its name ends in '/'): both backends' forms are built, with the folder in bound
-    parameters, so that statements are cached whatever the folder; each backend compiles its own (below)."""
+def paths_after(path: str) -> ColumnElement[bool]:
+    """Paths after `path` in `by_path`'s order: the next page of a listing whose last page ended at `path`."""
+    return _PerBackend(*(_byte_wise(backend, ">")(path) for backend in _BACKENDS))
+
+
+def by_path() -> ColumnElement[str]:
+    """An ORDER BY term: paths in byte order (SQLite's) on every backend, whatever the collation of a PostgreSQL
+    database (en-US puts `Ä` beside `A`, and `Dogs` beside `dogs`)."""
+    return _PathOrder()
+
+
+_BACKENDS = ("sqlite", "postgresql")  # the order of `_PerBackend`'s forms
+
+
+def _byte_wise(backend: str, comparison: str) -> Callable[[str], ColumnElement[bool]]:
+    """`path <comparison> value` comparing bytes, as `backend` writes it. SQLite compares text as bytes (BINARY):
+    its own operators, on the unique path index. PostgreSQL compares text by the database's collation, where '/'
+    need not sort before '0': its pattern operators (`~<~`, `~>=~`, ...) compare bytes, on revision 0008's index."""
+    if backend == "sqlite":
+        return partial(_SQL_COMPARISONS[comparison], AudioFileRow.path)
+    return AudioFileRow.path.op(f"~{comparison}~", is_comparison=True)
+
+
+_SQL_COMPARISONS = {"<": operator.lt, ">=": operator.ge, ">": operator.gt}
+
+
+class _PerBackend(ColumnElement[bool]):
+    """A condition on paths written one way for SQLite and another for PostgreSQL, values in bound parameters, so
+    that statements are cached whatever the values; each backend compiles its own (below)."""
 
     type = Boolean()
     inherit_cache = True
     _is_implicitly_boolean = True  # a condition in itself: no "= 1" after it on SQLite
-    _traverse_internals = [("sqlite_range", InternalTraversal.dp_clauseelement)]
-    _traverse_internals += [("postgresql_range", InternalTraversal.dp_clauseelement)]
+    _traverse_internals = [("sqlite_form", InternalTraversal.dp_clauseelement)]
+    _traverse_internals += [("postgresql_form", InternalTraversal.dp_clauseelement)]
 
-    def __init__(self, folder: str) -> None:
-        path = AudioFileRow.path
-        # The paths inside `folder/` are the byte-wise range [`folder/`, `folder0`) ('0' is the byte after '/'): a
-        # search of an index, not a scan of the table (`eval` asks this for every file of its set). The escape keeps
-        # prefixes and order of valid names alike, so the stored forms that `OsText` binds bound the same range.
-        # SQLite compares text as bytes (BINARY): its own operators, on the unique path index.
-        self.sqlite_range = _at_or_inside(folder, path.__ge__, path.__lt__)
-        # PostgreSQL compares text by the database's collation, where '/' need not sort before '0': the pattern
-        # operators compare bytes, on the index of revision 0008. A range rather than LIKE, which has no wildcard
-        # to escape and stays a search in the generic plan of a prepared statement (psycopg prepares a statement
-        # run often), where LIKE's pattern is unknown and the index of no use.
-        at_least, below = (path.op(operator, is_comparison=True) for operator in ("~>=~", "~<~"))
-        self.postgresql_range = _at_or_inside(folder, at_least, below)
+    def __init__(self, sqlite_form: ColumnElement[bool], postgresql_form: ColumnElement[bool]) -> None:
+        self.sqlite_form = sqlite_form
+        self.postgresql_form = postgresql_form
 
 
 def _at_or_inside(
@@ -62,19 +92,34 @@ def _at_or_inside(
     return inside if folder == "/" else or_(AudioFileRow.path == folder[:-1], inside)
 
 
-@compiles(_PathsUnder, "sqlite")
-def _path_range(element: _PathsUnder, compiler: SQLCompiler, **kw: Any) -> str:
-    return _grouped(compiler, element.sqlite_range, **kw)
+@compiles(_PerBackend, "sqlite")
+def _sqlite_form(element: _PerBackend, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(element.sqlite_form, **kw)
 
 
-@compiles(_PathsUnder)
-def _path_pattern_range(element: _PathsUnder, compiler: SQLCompiler, **kw: Any) -> str:
-    return _grouped(compiler, element.postgresql_range, **kw)
+@compiles(_PerBackend)
+def _postgresql_form(element: _PerBackend, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(element.postgresql_form, **kw)
 
 
-def _grouped(compiler: SQLCompiler, condition: ColumnElement[bool], **kw: Any) -> str:
-    """`condition` in parentheses: the statement may join it to others by AND, which binds tighter than its OR."""
-    return f"({compiler.process(condition, **kw)})"
+class _PathOrder(ColumnElement[str]):
+    """`by_path`: the path column, ordered on PostgreSQL by its pattern operator (below)."""
+
+    type = AudioFileRow.path.type
+    inherit_cache = True
+    _traverse_internals: list[tuple[str, Any]] = []  # nothing varies: one cache entry
+
+
+@compiles(_PathOrder, "sqlite")
+def _sqlite_order(element: _PathOrder, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(AudioFileRow.path, **kw)
+
+
+@compiles(_PathOrder)
+def _postgresql_order(element: _PathOrder, compiler: SQLCompiler, **kw: Any) -> str:
+    # The order of the pattern operators, by which revision 0008's index holds the paths: a page of a listing is
+    # read from the index, where `COLLATE "C"` (the same order) would sort the whole table, no index serving it.
+    return f"{compiler.process(AudioFileRow.path, **kw)} USING ~<~"
 
 
 def is_truncated() -> ColumnElement[bool]:

@@ -18,7 +18,7 @@ from ..chunking import chunk_slices, chunked
 from ..id_arrays import id_array, sorted_unique
 from ..json_values import json_seconds
 from .migrate import current_revision
-from .queries import IDS_PER_QUERY, decode_matrix, is_truncated, mixed_dimensions, paths_under
+from .queries import IDS_PER_QUERY, by_path, decode_matrix, is_truncated, mixed_dimensions, paths_after, paths_under
 from .records import FILE_STATUSES, VECTOR_KINDS, TextRecord, WindowDetails, check_vector_kind
 from .schema import (
     AudioFileRow,
@@ -203,9 +203,9 @@ class LibraryReads:
         with self.session() as session:
             last_path: str | None = None
             while True:
-                query = select(AudioFileRow).where(paths_under(under)).order_by(AudioFileRow.path).limit(page_size)
+                query = select(AudioFileRow).where(paths_under(under)).order_by(by_path()).limit(page_size)
                 if last_path is not None:
-                    query = query.where(AudioFileRow.path > last_path)
+                    query = query.where(paths_after(last_path))
                 page = session.scalars(query).all()
                 if not page:
                     return

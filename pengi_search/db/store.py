@@ -29,6 +29,7 @@ from .index_meta import IndexBuild
 from .queries import (
     IDS_PER_QUERY,
     NO_SYNC,
+    by_path,
     encode_vector,
     file_for_update,
     is_truncated,
@@ -155,7 +156,7 @@ class Store(RunJournal, LibraryReads, IndexBuild):
     def files_under(self, prefix: str | None = None) -> list[FileRecord]:
         """All files below `prefix` (every file when None), ordered by path."""
         with self.session() as session:
-            rows = session.scalars(select(AudioFileRow).where(paths_under(prefix)).order_by(AudioFileRow.path))
+            rows = session.scalars(select(AudioFileRow).where(paths_under(prefix)).order_by(by_path()))
             return [row.to_record() for row in rows]
 
     def holds(self, prefix: str) -> bool:
@@ -166,14 +167,14 @@ class Store(RunJournal, LibraryReads, IndexBuild):
     def truncated_files(self) -> list[FileRecord]:
         """Indexed files that decode shorter than their header says (flagged "truncated: ..."), by path."""
         with self.session() as session:
-            rows = session.scalars(select(AudioFileRow).where(is_truncated()).order_by(AudioFileRow.path))
+            rows = session.scalars(select(AudioFileRow).where(is_truncated()).order_by(by_path()))
             return [row.to_record() for row in rows]
 
     def failed_files(self, limit: int | None = None) -> list[tuple[str, str]]:
         """(path, reason) of the files that could not be indexed, by path: the first `limit` (all when None)."""
         query = select(AudioFileRow.path, AudioFileRow.error).where(AudioFileRow.status == "error")
         with self.session() as session:
-            rows = session.execute(query.order_by(AudioFileRow.path).limit(limit))
+            rows = session.execute(query.order_by(by_path()).limit(limit))
             return [(path, error or "") for path, error in rows]
 
     def files_with_hash(self, content_hash: str) -> list[FileRecord]:
