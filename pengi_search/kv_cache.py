@@ -117,9 +117,9 @@ def _read_positions(states: torch.Tensor, read: torch.Tensor | None) -> torch.Te
 
 
 # transformers causal LMs whose logits are `get_output_embeddings()` applied to `get_decoder()`'s last hidden state,
-# nothing after (read in transformers 5.24's modeling code; tests/test_kv_cache.py checks each), so the projection
-# can run on the positions read alone. Others keep their own forward and its whole logits: Gemma 2 caps its logits,
-# Cohere and Granite scale them, and a model type not checked may do anything.
+# nothing after (read in transformers 5.24's modeling code; tests/test_read_positions.py checks each), so the
+# projection can run on the positions read alone. Others keep their own forward and its whole logits: Gemma 2 caps
+# its logits, Cohere and Granite scale them, and a model type not checked may do anything.
 PLAIN_LM_HEADS = frozenset(
     {"gpt2", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gpt_neox", "opt", "olmo2", "smollm3"}
 )
@@ -128,7 +128,8 @@ PLAIN_LM_HEADS = frozenset(
 def decoder_and_head(gpt: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     """A transformers causal LM as (decoder, vocabulary projection) where its logits are the one applied to the
     other's last hidden state (`PLAIN_LM_HEADS`); None where they are not, or are not known to be."""
-    if getattr(gpt.config, "model_type", None) not in PLAIN_LM_HEADS:
+    # GPT-2 here (`gpt2.GPT2LM`) may carry transformers' GPT2Config, but has no `get_decoder`
+    if getattr(gpt.config, "model_type", None) not in PLAIN_LM_HEADS or not hasattr(gpt, "get_decoder"):
         return None
     decoder, head = gpt.get_decoder(), gpt.get_output_embeddings()
     if decoder is gpt or head is None:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config
 
 from pengi_search.decoding import score_candidates
+from pengi_search.gpt2 import GPT2LM
 from pengi_search.kv_cache import PLAIN_LM_HEADS, SharedPrefix, decoder_and_head
 from pengi_search.model import Pengi
 
@@ -113,6 +114,13 @@ def test_the_listed_model_types_compute_their_logits_as_projected_hidden_states(
 )
 def test_models_that_change_their_logits_after_the_projection_are_not_split(model_type, settings):
     assert decoder_and_head(tiny_causal_lm(model_type, **settings)) is None
+
+
+def test_gpt2_here_with_transformers_configuration_is_not_split():
+    """`GPT2LM` names its model type "gpt2" when built from transformers' `GPT2Config`, but has no `get_decoder`:
+    it keeps its own forward on the transformers cache's path (the one it takes for settings `GPT2Cache` lacks)."""
+    config = GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=100, scale_attn_by_inverse_layer_idx=True)
+    assert decoder_and_head(GPT2LM(config)) is None
 
 
 @pytest.mark.parametrize("model", ["gpt2", "llama"])
