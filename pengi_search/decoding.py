@@ -164,6 +164,7 @@ def score_candidates(
 
     B prefix rows x N candidates -> B lists of N scores. Each row's prefix runs once; the candidates read its cache
     (shared, not copied, for GPT-2) and are fed right-padded, in chunks of at most `max_rows` (row, candidate) pairs.
+    Only the positions that predict a candidate's own tokens go through the vocabulary projection.
     """
     if any(len(c) == 0 for c in candidates):
         raise ValueError("candidates must have at least one token")
@@ -182,10 +183,14 @@ def score_candidates(
         for i, c in enumerate(chunk):
             ids[i, : len(c)] = torch.tensor(c, device=device)
             mask[i, : len(c)] = True
-        rows_ids = ids.repeat(B, 1)  # (B*n, T), row-major: prefix b, candidate i
-        out = prefix_cache.repeated(n).extend(wte(rows_ids), all_positions=True)  # (B*n, T, V)
-        logp = torch.cat([first.repeat_interleave(n, dim=0)[:, None], out[:, :-1].log_softmax(-1)], dim=1)
-        token_logp = logp.gather(-1, rows_ids[..., None]).squeeze(-1) * mask.repeat(B, 1)  # (B*n, T)
+        rows_ids, rows_mask = ids.repeat(B, 1), mask.repeat(B, 1)  # (B*n, T), row-major: prefix b, candidate i
+        later = rows_mask[:, 1:]  # each candidate's tokens after its first
+        token_logp = torch.zeros(B * n, T, device=device)  # 0 on padding
+        token_logp[:, 0] = first[:, ids[:, 0]].reshape(-1)
+        # Position t predicts token t + 1: a candidate's positions but its last are read, padding never.
+        predicting = torch.cat([later, torch.zeros_like(rows_mask[:, :1])], dim=1)
+        out = prefix_cache.repeated(n).extend(wte(rows_ids), read=predicting)  # (predicting positions, V)
+        token_logp[:, 1:][later] = out.log_softmax(-1).gather(-1, rows_ids[:, 1:][later][:, None]).squeeze(-1)
         totals = token_logp.sum(-1).view(B, n).tolist()
         lens = mask.sum(-1).tolist()
         for b in range(B):

@@ -14,6 +14,9 @@ For GPT-2 (the released models) `GPT2Cache` attends from every row to the keys o
 they are stored once, so neither the prefix's computation nor its keys are repeated per prompt or per beam; the
 generated tokens' keys live in a preallocated buffer that a beam reorder gathers once. Any other transformers causal
 LM gets `HFCache`, which materialises each row's full prefix and uses transformers' own cache.
+
+The vocabulary projection (GPT-2's is 50,257 wide, the largest product of a step) runs only on the positions whose
+logits are read: each row's last one, or those a caller marks (`extend(read=...)`, as scoring candidates does).
 """
 
 from __future__ import annotations
@@ -82,9 +85,10 @@ class LMCache(Protocol):
 
     rows: int
 
-    def extend(self, embeds: torch.Tensor, *, all_positions: bool = False) -> torch.Tensor:
-        """Feed (rows, T, E) embeddings after each row's past; logits (rows, V) of the last position, float32 (or
-        (rows, T, V) with `all_positions`). The new tokens become part of each row's past."""
+    def extend(self, embeds: torch.Tensor, *, read: torch.Tensor | None = None) -> torch.Tensor:
+        """Feed (rows, T, E) embeddings after each row's past; float32 logits of each row's last position (rows, V),
+        or with `read` ((rows, T) bool) of the positions it marks, (marked, V) in row-major order. The new tokens
+        become part of each row's past."""
         ...
 
     def repeated(self, n: int) -> LMCache:
@@ -106,8 +110,31 @@ def start_cache(gpt: nn.Module, prefix: SharedPrefix, capacity: int = 0) -> tupl
     return HFCache.start(gpt, prefix)
 
 
-def _last_logits(logits: torch.Tensor, all_positions: bool) -> torch.Tensor:
-    return (logits if all_positions else logits[:, -1]).float()
+def _read_positions(states: torch.Tensor, read: torch.Tensor | None) -> torch.Tensor:
+    """Of (rows, T, X) per-position states, those whose logits are read (see `LMCache.extend`): each row's last
+    (rows, X), or those `read` marks (marked, X)."""
+    return states[:, -1] if read is None else states[read]
+
+
+# transformers causal LMs whose logits are `get_output_embeddings()` applied to `get_decoder()`'s last hidden state,
+# nothing after (read in transformers 5.24's modeling code; tests/test_read_positions.py checks each), so the
+# projection can run on the positions read alone. Others keep their own forward and its whole logits: Gemma 2 caps
+# its logits, Cohere and Granite scale them, and a model type not checked may do anything.
+PLAIN_LM_HEADS = frozenset(
+    {"gpt2", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gpt_neox", "opt", "olmo2", "smollm3"}
+)
+
+
+def decoder_and_head(gpt: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    """A transformers causal LM as (decoder, vocabulary projection) where its logits are the one applied to the
+    other's last hidden state (`PLAIN_LM_HEADS`); None where they are not, or are not known to be."""
+    # GPT-2 here (`gpt2.GPT2LM`) may carry transformers' GPT2Config, but has no `get_decoder`
+    if getattr(gpt.config, "model_type", None) not in PLAIN_LM_HEADS or not hasattr(gpt, "get_decoder"):
+        return None
+    decoder, head = gpt.get_decoder(), gpt.get_output_embeddings()
+    if decoder is gpt or head is None:
+        return None
+    return decoder, head
 
 
 class HFCache:
@@ -117,6 +144,7 @@ class HFCache:
         self.gpt = gpt
         self.cache = cache
         self.rows = rows
+        self.split = decoder_and_head(gpt)  # None: the model's own forward, and its logits of every position
 
     @classmethod
     def start(cls, gpt: nn.Module, prefix: SharedPrefix) -> tuple[HFCache, torch.Tensor]:
@@ -125,11 +153,15 @@ class HFCache:
         state = cls(gpt, DynamicCache(), prefix.rows)
         return state, state.extend(prefix.full())
 
-    def extend(self, embeds: torch.Tensor, *, all_positions: bool = False) -> torch.Tensor:
-        keep = 0 if all_positions else 1  # lm_head on the last position only, unless every position is wanted
+    def extend(self, embeds: torch.Tensor, *, read: torch.Tensor | None = None) -> torch.Tensor:
         embeds = embeds.to(self.gpt.get_input_embeddings().weight.dtype)  # bf16 in fast mode
-        out = self.gpt(inputs_embeds=embeds, cache=self.cache, use_cache=True, logits_to_keep=keep)
-        return _last_logits(out.logits, all_positions)
+        if self.split is None:
+            keep = 1 if read is None else 0  # the last position's logits, or every position's to read some of
+            out = self.gpt(inputs_embeds=embeds, cache=self.cache, use_cache=True, logits_to_keep=keep)
+            return _read_positions(out.logits, read).float()
+        decoder, head = self.split
+        hidden = decoder(inputs_embeds=embeds, cache=self.cache, use_cache=True).last_hidden_state
+        return head(_read_positions(hidden, read)).float()
 
     def repeated(self, n: int) -> HFCache:
         cache = copy.deepcopy(self.cache)
@@ -223,7 +255,7 @@ class GPT2Cache:
         attention products per step."""
         keys: list[torch.Tensor] = []
         values: list[torch.Tensor] = []
-        logits = self._forward(embeds, keys, values, all_positions=False)
+        logits = self._forward(embeds, keys, values, read=None)
         segment = _Segment(tuple(keys), tuple(values))
         if self.segments and self.segments[-1].groups == segment.groups:
             last, self.segments = self.segments[-1], self.segments[:-1]
@@ -234,8 +266,8 @@ class GPT2Cache:
         self.segments = (*self.segments, segment)
         return logits
 
-    def extend(self, embeds: torch.Tensor, *, all_positions: bool = False) -> torch.Tensor:
-        return self._forward(embeds, None, None, all_positions=all_positions)
+    def extend(self, embeds: torch.Tensor, *, read: torch.Tensor | None = None) -> torch.Tensor:
+        return self._forward(embeds, None, None, read=read)
 
     def repeated(self, n: int) -> GPT2Cache:
         if self._filled:
@@ -271,10 +303,10 @@ class GPT2Cache:
         frozen_keys: list[torch.Tensor] | None,
         frozen_values: list[torch.Tensor] | None,
         *,
-        all_positions: bool,
+        read: torch.Tensor | None,
     ) -> torch.Tensor:
-        """(rows, T, E) -> logits. New keys go to `frozen_*` (a new segment) or, when those are None, to the
-        preallocated buffer of fed tokens."""
+        """(rows, T, E) -> the logits `read` asks for (see `LMCache.extend`). New keys go to `frozen_*` (a new
+        segment) or, when those are None, to the preallocated buffer of fed tokens."""
         transformer = self.gpt.transformer
         R, T, E = embeds.shape
         H = self.gpt.config.n_head
@@ -301,8 +333,8 @@ class GPT2Cache:
             x = linear_add(block.mlp.c_proj, linear_gelu(block.mlp.c_fc, block.ln_2(x), "tanh"), x)
         if frozen_keys is None:
             self._filled += T
-        x = transformer.ln_f(x if all_positions else x[:, -1:])
-        return _last_logits(self.gpt.lm_head(x), all_positions)
+        x = transformer.ln_f(_read_positions(x, read))  # positions are independent from here on
+        return self.gpt.lm_head(x).float()
 
     def _attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Softmax attention of q (R, H, T, D) over the shared segments and this row's own keys k, v (R, H, L, D),

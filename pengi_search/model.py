@@ -234,10 +234,13 @@ class Pengi(nn.Module):
         return torch.cat([self.audio_prefix(audio_embed), self.text_prefix(input_ids, attention_mask)], 1)
 
     def logits(self, prefix: torch.Tensor, answer_ids: torch.Tensor) -> torch.Tensor:
-        """Teacher forcing: (B, P, E) prefix + (B, T) answer ids -> (B, T, vocab) logits predicting each answer."""
+        """Teacher forcing: (B, P, E) prefix + (B, T) answer ids -> (B, T, vocab) logits predicting each answer.
+        The vocabulary projection runs on those T positions and one more (the last answer token's, unread), not on
+        the prefix's P - 1 before them."""
+        T = answer_ids.shape[1]
         embeds = torch.cat([prefix, self.token_embeddings(answer_ids)], dim=1)
-        out = self.gpt(inputs_embeds=embeds).logits  # (B, P + T, vocab)
-        return out[:, prefix.shape[1] - 1 : -1]
+        out = self.gpt(inputs_embeds=embeds, logits_to_keep=T + 1).logits  # (B, T + 1, vocab)
+        return out[:, -(T + 1) : -1]  # counted from the end: right whether or not the model kept only T + 1
 
     def answer_nll(self, prefix: torch.Tensor, answer_ids: torch.Tensor) -> torch.Tensor:
         """(B, T) negative log-likelihood of each answer token given the prefix and the tokens before it."""

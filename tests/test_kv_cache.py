@@ -45,10 +45,10 @@ def test_fed_tokens_see_their_whole_past(gpt, shared):
     cache, _ = start_cache(gpt, shared, capacity=2)  # the third token overflows the reserved room
     wte = gpt.get_input_embeddings()
     ids = torch.randint(0, gpt.config.vocab_size, (shared.rows, 3))
-    two = cache.extend(wte(ids[:, :2]), all_positions=True)
+    two = cache.extend(wte(ids[:, :2]), read=torch.ones(shared.rows, 2, dtype=torch.bool))
     three = cache.extend(wte(ids[:, 2:]))
     whole = gpt(inputs_embeds=torch.cat([shared.full(), wte(ids)], dim=1)).logits
-    torch.testing.assert_close(two, whole[:, -3:-1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(two, whole[:, -3:-1].flatten(0, 1), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(three, whole[:, -1], atol=1e-5, rtol=1e-5)
 
 
@@ -87,8 +87,9 @@ def test_the_transformers_cache_computes_the_same(gpt, shared):
     slow, _ = HFCache.start(gpt, shared)
     wte = gpt.get_input_embeddings()
     ids = torch.randint(0, gpt.config.vocab_size, (shared.rows * 2, 2))
-    a = fast.repeated(2).extend(wte(ids), all_positions=True)
-    b = slow.repeated(2).extend(wte(ids), all_positions=True)
+    every = torch.ones(ids.shape, dtype=torch.bool)
+    a = fast.repeated(2).extend(wte(ids), read=every)
+    b = slow.repeated(2).extend(wte(ids), read=every)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
