@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import make_url, text
+from sqlalchemy import Connection, make_url, text
 from typer.testing import CliRunner
 
 from indexer.pipeline import run_index
@@ -175,8 +175,18 @@ def cut_lock_connection(store: Store) -> None:
         params = {"cls": run_lock._PG_CLASS, "key": key}
         [pid] = connection.scalars(text(holders), params).all()
         connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-        while connection.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}):
+        deadline = time.monotonic() + 60
+        while backend_alive(connection, pid):
+            assert time.monotonic() < deadline, f"backend {pid} still there a minute after pg_terminate_backend"
             time.sleep(0.05)
+
+
+def backend_alive(connection: Connection, pid: int) -> bool:
+    """Whether the server still lists backend `pid`. The statistics views are a snapshot kept for the whole
+    transaction: cleared before each look, or a backend still exiting at the first look (a loaded machine) would be
+    seen alive for ever."""
+    connection.execute(text("SELECT pg_stat_clear_snapshot()"))
+    return bool(connection.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}))
 
 
 def test_a_run_that_lost_its_server_ends_with_its_own_error_and_leaves_the_library_free(pg_url):  # noqa: F811
