@@ -27,7 +27,6 @@ from .classification import label_notes, label_span, label_tie_notes, missed_not
 from .metrics import average_precision, mean
 from .ties import tie_bounds
 
-
 TOP = 5  # labels a file's entry in the report lists, best first, as predictions.csv does
 SCORES_NPZ = "scores.npz"  # every file's score for every candidate label, beside report.json
 
