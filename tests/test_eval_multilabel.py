@@ -318,6 +318,21 @@ def test_eval_classify_scores_a_multi_label_truth_as_map(tiny_model_dir, tmp_pat
     assert "| label | AP | positives |" in summary and "| bell | – | 0 |" in summary
 
 
+def test_a_single_label_report_leaves_no_multi_label_runs_scores_beside_it(tiny_model_dir, tmp_path):
+    for seed, name in enumerate(["a.wav", "b.wav"]):
+        write_tone(tmp_path / "audio" / name, 1.0, freq=200.0 + 150 * seed)
+    out = tmp_path / "report"
+    for cells in ("tone;hum\nb.wav,hum", "tone\nb.wav,hum"):  # multi-label, then one label a file
+        truth = write(tmp_path / "truth.csv", f"file,label\na.wav,{cells}\n")
+        result = run(
+            "eval", "classify", tmp_path / "audio", "--truth", truth, "--method", "loglik",
+            "--model", tiny_model_dir, "--device", "cpu", "-o", out,
+        )  # fmt: skip
+        assert result.exit_code == EXIT_OK, result.output
+        assert (out / "scores.npz").exists() == (cells == "tone;hum\nb.wav,hum")
+    assert json.loads((out / "report.json").read_text()).get("multi_label") is None
+
+
 @pytest.mark.parametrize(
     ("rows", "why"),
     [

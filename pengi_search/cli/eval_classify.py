@@ -84,7 +84,7 @@ def classify_files(
     """
     from ..classify import read_label_map, write_csv
     from ..evaluation.classification import evaluate_classification, separator_notes, truth_digest
-    from ..evaluation.multilabel import evaluate_multi_label, score_matrix, write_scores
+    from ..evaluation.multilabel import SCORES_NPZ, evaluate_multi_label, score_matrix, write_scores
     from ..hashing import file_sha256
     from ..model_dir import ModelDir
     from ..text_files import CSV_LIST_SEPARATOR
@@ -128,6 +128,8 @@ def classify_files(
         write_csv(predictions, out, top=5)
     if matrix is not None:
         write_scores(matrix, output)
+    else:  # a multi-label run's scores left in the folder would read as this report's
+        (output / SCORES_NPZ).unlink(missing_ok=True)
     dataset = {
         "csv": os.path.abspath(truth),
         "sha256": truth_digest(truth, label_list, separator),  # of the truth and the candidate labels: the task
