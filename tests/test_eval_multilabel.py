@@ -8,6 +8,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -15,10 +16,10 @@ from pengi_search.classify import Prediction
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_OK, EXIT_USAGE
 from pengi_search.evaluation.metrics import average_precision
-from pengi_search.evaluation.multilabel import evaluate_multi_label
+from pengi_search.evaluation.multilabel import evaluate_multi_label, score_matrix, write_scores
 from pengi_search.evaluation.report import compare_reports
 from pengi_search.text_files import CSV_LIST_SEPARATOR
-from pengi_search.truth import LabelsError, read_truth
+from pengi_search.truth import LabelsError, Truth, read_truth
 
 from .indexing import write_tone
 
@@ -207,9 +208,62 @@ def test_multi_label_evaluation_by_hand(tmp_path):
         "path": str(tmp_path / "a.wav"),
         "truth": ["dog", "bark"],
         "predicted": "dog",
-        "scores": {"dog": 0.9, "bark": 0.2, "rain": 0.1, "bell": 0.5},
+        "top": [
+            {"label": "dog", "score": 0.9},
+            {"label": "bell", "score": 0.5},
+            {"label": "bark", "score": 0.2},
+            {"label": "rain", "score": 0.1},
+        ],
         "source": "decoded",
     }
+
+
+def random_predictions(tmp_path: Path, files: int, labels: list[str], seed: int) -> tuple[list[Prediction], Truth]:
+    """`files` predictions with a random score for every label, and a truth giving each file 1 to 3 of them."""
+    rng = random.Random(seed)
+    names = [f"{i:03d}.wav" for i in range(files)]
+    rows = "".join(f"{name},{';'.join(rng.sample(labels, rng.randint(1, 3)))}\n" for name in names)
+    truth = read_truth(write(tmp_path / "truth.csv", "file,label\n" + rows))
+    predictions = []
+    for name in names:
+        ranked = sorted(((label, rng.random()) for label in labels), key=lambda item: -item[1])
+        predictions.append(Prediction(str(tmp_path / name), ranked, 1, "decoded"))
+    return predictions, truth
+
+
+def test_the_report_lists_each_files_best_labels_and_the_matrix_holds_every_score(tmp_path):
+    """A file's entry holds its 5 best labels, not a score for each of (AudioSet's) 527; every score is in the
+    matrix, whose APs are the report's to the bit, as the report's were when it held every score itself."""
+    labels = [f"class {j}" for j in range(12)]
+    predictions, truth = random_predictions(tmp_path, 40, labels, seed=3)
+    matrix = score_matrix(predictions, truth, labels)
+    result = evaluate_multi_label(predictions, truth, labels, matrix=matrix)
+    assert result == evaluate_multi_label(predictions, truth, labels)  # the matrix given or built: the same
+    for entry, prediction in zip(result["files"], predictions, strict=True):
+        assert "scores" not in entry
+        assert entry["top"] == [{"label": label, "score": score} for label, score in prediction.ranked[:5]]
+    # The old report's construction: each file's scores in the candidates' order, one float64 row a file.
+    rows = np.array([[dict(p.ranked)[label] for label in labels] for p in predictions], dtype=np.float64)
+    assert np.array_equal(matrix.scores, rows) and matrix.paths == [p.path for p in predictions]
+    for column, label in enumerate(labels):
+        positive = [label in truth.labels_of(p.path) for p in predictions]
+        assert matrix.positive[:, column].tolist() == positive
+        assert result["per_class"][label]["ap"] == average_precision(rows[:, column], np.array(positive))
+    aps = [result["per_class"][label]["ap"] for label in labels]
+    assert result["metrics"]["mAP"] == sum(aps) / len(aps)
+
+
+def test_scores_npz_holds_every_score_exactly(tmp_path):
+    labels = ["dog", "bark", "r\u00e9n"]
+    predictions, truth = random_predictions(tmp_path, 7, labels, seed=5)
+    matrix = score_matrix(predictions, truth, labels)
+    path = write_scores(matrix, tmp_path)
+    assert path == tmp_path / "scores.npz"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.npz", "truth.csv"]  # no partial file left
+    with np.load(path) as stored:
+        assert stored["paths"].tolist() == matrix.paths and stored["labels"].tolist() == labels
+        assert stored["scores"].dtype == np.float64 and np.array_equal(stored["scores"], matrix.scores)
+        assert np.array_equal(stored["positive"], matrix.positive)
 
 
 def test_a_prediction_without_a_score_for_every_candidate_cannot_be_scored(tmp_path):
@@ -241,13 +295,19 @@ def test_eval_classify_scores_a_multi_label_truth_as_map(tiny_model_dir, tmp_pat
     assert report["evaluated"] == {"files": 4, "classes": 3}
     assert compare_reports(report, report)["notes"] == []  # it records every setting compare looks for
     assert "confusion" not in report and "accuracy" not in report["metrics"]
-    # Recomputed from the report's own per-file scores, every file scored for every candidate.
+    # Recomputed from scores.npz beside the report, every file scored for every candidate; the report lists each
+    # file's best labels, with the same scores.
     files = report["files"]
-    assert all(list(f["scores"]) == ["tone", "hum", "buzz", "bell"] for f in files)
+    with np.load(out / "scores.npz") as stored:
+        assert stored["paths"].tolist() == [f["path"] for f in files]
+        assert stored["labels"].tolist() == ["tone", "hum", "buzz", "bell"]
+        scores = {label: stored["scores"][:, j].tolist() for j, label in enumerate(stored["labels"].tolist())}
+    for row, f in enumerate(files):
+        assert sorted(top["label"] for top in f["top"]) == sorted(scores)  # 4 labels: the best 5 are all
+        assert all(top["score"] == scores[top["label"]][row] for top in f["top"])
     aps = []
     for label in ("tone", "hum", "buzz"):
-        scores, positive = [f["scores"][label] for f in files], [label in f["truth"] for f in files]
-        aps.append(ap_by_hand(scores, positive))
+        aps.append(ap_by_hand(scores[label], [label in f["truth"] for f in files]))
         assert report["per_class"][label]["ap"] == pytest.approx(aps[-1], abs=1e-12)
     assert 0.0 <= report["metrics"]["mAP"] <= 1.0
     assert report["metrics"]["mAP"] == pytest.approx(sum(aps) / 3, abs=1e-12)
@@ -256,6 +316,21 @@ def test_eval_classify_scores_a_multi_label_truth_as_map(tiny_model_dir, tmp_pat
     ]
     summary = (out / "report.md").read_text()
     assert "| label | AP | positives |" in summary and "| bell | – | 0 |" in summary
+
+
+def test_a_single_label_report_leaves_no_multi_label_runs_scores_beside_it(tiny_model_dir, tmp_path):
+    for seed, name in enumerate(["a.wav", "b.wav"]):
+        write_tone(tmp_path / "audio" / name, 1.0, freq=200.0 + 150 * seed)
+    out = tmp_path / "report"
+    for cells in ("tone;hum\nb.wav,hum", "tone\nb.wav,hum"):  # multi-label, then one label a file
+        truth = write(tmp_path / "truth.csv", f"file,label\na.wav,{cells}\n")
+        result = run(
+            "eval", "classify", tmp_path / "audio", "--truth", truth, "--method", "loglik",
+            "--model", tiny_model_dir, "--device", "cpu", "-o", out,
+        )  # fmt: skip
+        assert result.exit_code == EXIT_OK, result.output
+        assert (out / "scores.npz").exists() == (cells == "tone;hum\nb.wav,hum")
+    assert json.loads((out / "report.json").read_text()).get("multi_label") is None
 
 
 @pytest.mark.parametrize(

@@ -76,14 +76,15 @@ def classify_files(
 
     A truth that gives a file several labels (a;b) is scored as multi-label: mAP and each class's AP.
 
-    Writes predictions.csv beside the report. Files indexed (and unchanged) by the same model reuse what the index
+    Writes predictions.csv beside the report (and scores.npz, every file's score for every label, for a
+    multi-label truth). Files indexed (and unchanged) by the same model reuse what the index
     holds, as `classify` does.
 
     Example: pengi-search eval classify esc50/audio --truth esc50/truth.csv -o runs/esc50
     """
     from ..classify import read_label_map, write_csv
     from ..evaluation.classification import evaluate_classification, separator_notes, truth_digest
-    from ..evaluation.multilabel import evaluate_multi_label
+    from ..evaluation.multilabel import SCORES_NPZ, evaluate_multi_label, score_matrix, write_scores
     from ..hashing import file_sha256
     from ..model_dir import ModelDir
     from ..text_files import CSV_LIST_SEPARATOR
@@ -113,13 +114,22 @@ def classify_files(
         texts=texts,
         report_skips=False,  # listed under the table, with the report's other files left out
     )
-    evaluate = evaluate_multi_label if known.multi_label else evaluate_classification  # the truth says which
-    result = evaluate(predictions, known, label_list, [path for path, _ in failures])
+    failed = [path for path, _ in failures]
+    # The truth says which; a multi-label one keeps every file's score for every label beside the report.
+    matrix = score_matrix(predictions, known, label_list) if known.multi_label else None
+    if matrix is not None:
+        result = evaluate_multi_label(predictions, known, label_list, failed, matrix=matrix)
+    else:
+        result = evaluate_classification(predictions, known, label_list, failed)
     result["notes"] += [] if label_separator is not None else separator_notes(known)
     result["skipped"] = [{"path": path, "error": reason} for path, reason in failures]
     output.mkdir(parents=True, exist_ok=True)
     with open(output / "predictions.csv", "w", newline="", encoding="utf-8") as out:
         write_csv(predictions, out, top=5)
+    if matrix is not None:
+        write_scores(matrix, output)
+    else:  # a multi-label run's scores left in the folder would read as this report's
+        (output / SCORES_NPZ).unlink(missing_ok=True)
     dataset = {
         "csv": os.path.abspath(truth),
         "sha256": truth_digest(truth, label_list, separator),  # of the truth and the candidate labels: the task

@@ -1,5 +1,6 @@
 """Zero-shot classification scored against a multi-label truth (a file may have several labels, as in FSD50K and
 AudioSet): mAP, as the Pengi paper reports those sets, from every file's score for every candidate label.
+The report lists each file's best labels; every score goes to a compact side file, `scores.npz` (`write_scores`).
 
 - Each candidate label is a class. Its average precision ranks the evaluated files by their score for it, the files
   that have it being the positives (`metrics.average_precision`, scikit-learn's definition; tied scores enter the
@@ -12,6 +13,8 @@ AudioSet): mAP, as the Pengi paper reports those sets, from every file's score f
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,28 +22,72 @@ import numpy as np
 from ..classify import Prediction
 from ..truth import Truth
 from ..units import count_text, for_count, named
+from ..written_aside import written_aside
 from .classification import label_notes, label_span, label_tie_notes, missed_notes, not_classified
 from .metrics import average_precision, mean
 from .ties import tie_bounds
 
+TOP = 5  # labels a file's entry in the report lists, best first, as predictions.csv does
+SCORES_NPZ = "scores.npz"  # every file's score for every candidate label, beside report.json
+
+
+@dataclass(frozen=True)
+class ScoreMatrix:
+    """Every evaluated file's score for every candidate label, and which of them are its own: what AP ranks."""
+
+    paths: list[str]  # the files the truth lists, in the predictions' order: the rows
+    labels: list[str]  # the candidate labels: the columns
+    scores: np.ndarray  # (files, labels) float64, as the model scored them
+    positive: np.ndarray  # (files, labels) bool: whether the truth gives the file the label
+
+
+def score_matrix(predictions: Sequence[Prediction], truth: Truth, labels: Sequence[str]) -> ScoreMatrix:
+    """The scores of the files the truth lists (the others are not evaluated), one row a file. A prediction cut to
+    its best labels cannot be ranked for every class: ValueError."""
+    listed = _listed(predictions, truth)
+    # One (files, labels) array, each class a column: not a pass over the files' lists for each class.
+    scores = np.zeros((len(listed), len(labels)), dtype=np.float64)
+    for row, (_, prediction) in enumerate(listed):
+        scores[row] = _scores(prediction, labels)
+    positive = _positives([expected for expected, _ in listed], labels)
+    return ScoreMatrix([p.path for _, p in listed], list(labels), scores, positive)
+
+
+def write_scores(matrix: ScoreMatrix, folder: Path) -> Path:
+    """Write `scores.npz` into `folder` (NumPy's compressed archive: `paths`, `labels`, `scores` and `positive`, as
+    `ScoreMatrix` holds them), from which every AP can be recomputed; returns its path. The report keeps each file's
+    best labels only: 20,000 files x 527 classes (AudioSet) would be hundreds of MB of JSON."""
+    path = folder / SCORES_NPZ
+    with written_aside(path, folder / f".{SCORES_NPZ}.partial.npz") as partial:  # savez adds .npz to a bare name
+        np.savez_compressed(
+            partial,
+            paths=np.array(matrix.paths, dtype=str),
+            labels=np.array(matrix.labels, dtype=str),
+            scores=matrix.scores,
+            positive=matrix.positive,
+        )
+    return path
+
 
 def evaluate_multi_label(
-    predictions: Sequence[Prediction], truth: Truth, labels: Sequence[str], failed: Sequence[str] = ()
+    predictions: Sequence[Prediction],
+    truth: Truth,
+    labels: Sequence[str],
+    failed: Sequence[str] = (),
+    *,
+    matrix: ScoreMatrix | None = None,
 ) -> dict[str, Any]:
-    """mAP and per-class AP over the files the truth lists, top-1 precision, and each file's score for every
-    candidate label (so the numbers can be recomputed from the report). `failed`: the files that could not be
-    classified (left out with their reason, so not among the truth's files missed)."""
+    """mAP and per-class AP over the files the truth lists, top-1 precision, and each file's truth and best labels
+    (every score is in `matrix`, `score_matrix`'s, built here when not given, for `write_scores`). `failed`: the
+    files that could not be classified (left out with their reason, so not among the truth's files missed)."""
     missed = not_classified(truth, [*(p.path for p in predictions), *failed])
     known = [(truth.labels_of(p.path), p) for p in predictions]
     listed = [(expected, p) for expected, p in known if expected is not None]
-    scores = [_scores(p, labels) for _, p in listed]
-    # (files, labels) arrays read once, each class a column: not a pass over the files' lists for each class.
-    matrix = np.array([list(file_scores.values()) for file_scores in scores], dtype=np.float64)
-    positive = _positives([expected for expected, _ in listed], labels)
+    matrix = matrix if matrix is not None else score_matrix(predictions, truth, labels)
     per_class = {}
     for column, label in enumerate(labels):
-        ap = average_precision(matrix[:, column], positive[:, column]) if listed else None
-        per_class[label] = {"ap": ap, "positives": int(positive[:, column].sum())}
+        ap = average_precision(matrix.scores[:, column], matrix.positive[:, column]) if listed else None
+        per_class[label] = {"ap": ap, "positives": int(matrix.positive[:, column].sum())}
     scored = [label for label in labels if per_class[label]["ap"] is not None]
     true_labels = [label for expected, _ in listed for label in expected]
     no_positive = [label for label in labels if label not in scored]
@@ -64,21 +111,36 @@ def evaluate_multi_label(
         "per_class": per_class,
         "unmatched": [p.path for expected, p in known if expected is None],
         "not_classified": missed,
-        "files": [
-            {"path": p.path, "truth": list(expected), "predicted": p.label, "scores": file_scores, "source": p.source}
-            for (expected, p), file_scores in zip(listed, scores, strict=True)
-        ],
+        "files": [_file_entry(expected, p) for expected, p in listed],
     }
 
 
-def _scores(prediction: Prediction, labels: Sequence[str]) -> dict[str, float]:
+def _listed(predictions: Sequence[Prediction], truth: Truth) -> list[tuple[tuple[str, ...], Prediction]]:
+    """The predictions of the files the truth lists, each with its true labels."""
+    known = [(truth.labels_of(p.path), p) for p in predictions]
+    return [(expected, p) for expected, p in known if expected is not None]
+
+
+def _file_entry(expected: tuple[str, ...], prediction: Prediction) -> dict[str, Any]:
+    """A file in the report: its truth and its best labels with their exact scores (all of them: scores.npz)."""
+    top = [{"label": label, "score": score} for label, score in prediction.ranked[:TOP]]
+    return {
+        "path": prediction.path,
+        "truth": list(expected),
+        "predicted": prediction.label,
+        "top": top,
+        "source": prediction.source,
+    }
+
+
+def _scores(prediction: Prediction, labels: Sequence[str]) -> list[float]:
     """The file's score for each candidate label, in the candidates' order. AP ranks every file for every class,
     so a prediction cut to its best labels cannot be scored: ValueError."""
     scores = dict(prediction.ranked)
     lacking = [label for label in labels if label not in scores]
     if lacking:
         raise ValueError(f"the prediction of {prediction.path} has no score for {named(lacking)}")
-    return {label: scores[label] for label in labels}
+    return [scores[label] for label in labels]
 
 
 def _positives(expected: Sequence[tuple[str, ...]], labels: Sequence[str]) -> np.ndarray:
