@@ -33,7 +33,7 @@ from ..json_values import json_seconds
 from ..library import EmptyLibraryError
 from ..library_stats import stats_json
 from ..pathnames import path_fields
-from ..query_embedders import audio_query_embedder, check_index_model, query_embedder
+from ..query_embedders import audio_query_embedder, check_index_model, installed_builder, query_embedder
 from ..ranking import check_hybrid_weight
 from ..search import Hit, SearchScope, choose_rank, ranked_index, search_pages
 from ..search_filters import Filters
@@ -59,9 +59,11 @@ log = logging.getLogger(__name__)
 PEAKS = 120  # waveform points per hit
 PEAKS_KEPT = 4096  # windows whose peaks are kept
 QUERY_CACHE = 4096  # query embeddings kept
+ENGINES_KEPT = 2  # full models kept loaded: the server's (describe, classify) and the library's (uploads' similar)
 RUNS_SHOWN = 10  # the latest runs /api/stats gives
 FAILED_SHOWN = 200  # the first failed files /api/stats gives
 MAX_ID = 2**63 - 1  # the largest database row id (SQLite INTEGER, PostgreSQL BIGINT); a larger one names no row
+USE_ITS_MODEL = "start the server with the library's model (--model)"  # the fix of a library of another model
 GONE = "no longer in the index (its file was indexed again, moved or removed since): search again"
 
 
@@ -145,8 +147,9 @@ class Service:
         self._audio_generation = -1
         self._query_cache: OrderedDict[tuple[int, str, str], _Embedded] = OrderedDict()
         self._batcher = EmbedBatcher()
-        self._engine: Engine | None = None
+        self._engines: OrderedDict[Path, Engine] = OrderedDict()  # by model directory, the latest used last
         self._model_dir: ModelDir | None = None
+        self._library_model: tuple[int, ModelDir] | None = None  # the library's generation, its installed model
         self._model_checked = -1  # the library's generation found built by the server's --model (-1: none yet)
         self._embedder_lock = threading.Lock()
         self._model_lock = threading.Lock()  # one model run at a time: uploads are CPU-bound
@@ -200,14 +203,21 @@ class Service:
                 self._audio_generation = generation
             return self._audio_embedder
 
-    def engine(self) -> Engine:
-        """The full model (for uploaded clips), loaded on first use."""
+    def engine(self, model_dir: ModelDir | None = None) -> Engine:
+        """The full model in `model_dir` (by default the server's), loaded on first use for uploaded clips; the
+        ENGINES_KEPT used last stay loaded (without --model, the library's model may be another than the default)."""
+        model_dir = model_dir or self.model_dir()
         with self._model_lock:
-            if self._engine is None:
+            engine = self._engines.get(model_dir.path)
+            if engine is None:
                 from ..inference import Engine
 
-                self._engine = Engine.load(self.model_dir(), self.settings.device, self.settings.batch_size)
-            return self._engine
+                engine = Engine.load(model_dir, self.settings.device, self.settings.batch_size)
+                self._engines[model_dir.path] = engine
+                while len(self._engines) > ENGINES_KEPT:
+                    self._engines.popitem(last=False)
+            self._engines.move_to_end(model_dir.path)
+            return engine
 
     def check_model(self) -> None:
         """Refuse (OtherModelError, 409) what compares with the library's vectors while the server's --model is not
@@ -224,9 +234,32 @@ class Service:
         try:
             check_index_model(self.library, self.model_dir())
         except OtherModelError as exc:
-            use_its_model = "start the server with the library's model (--model)"
-            raise exc.fixed_by(other_model_fix(self.library.store, self.settings.model, use_its_model)) from None
+            raise exc.fixed_by(other_model_fix(self.library.store, self.settings.model, USE_ITS_MODEL)) from None
         self._model_checked = generation
+
+    def library_model(self) -> ModelDir:
+        """The model an uploaded clip is embedded with to be compared with the library's audio vectors: the server's
+        --model (`check_model`), else the model that built the library as installed here, found by its weights as
+        `query` finds it (`installed_builder`), which need not be the default model. None installed: refused
+        (OtherModelError, 409) rather than compared with another model's vectors."""
+        if self.settings.model is not None:
+            self.check_model()
+            return self.model_dir()
+        self.library.refresh()
+        generation = self.library.generation
+        if self._library_model is not None and self._library_model[0] == generation:
+            return self._library_model[1]
+        found = installed_builder(self.library)
+        if found is None:
+            meta = self.library.store.index_meta()
+            raise OtherModelError(
+                self.library.name,
+                f"the index was built with {meta.model if meta else 'no model'}, which is not installed here "
+                "(audio embeddings of different models cannot be compared)",
+                other_model_fix(self.library.store, None, USE_ITS_MODEL),
+            )
+        self._library_model = (generation, found)
+        return found
 
     def model_dir(self) -> ModelDir:
         from ..model_dir import ModelDir
@@ -312,18 +345,18 @@ class Service:
 
         self._scope(params)
         self.library.vector_index("audio")  # an empty library fails here, before the model is loaded
-        self.check_model()
-        engine = self.engine()
+        model_dir = self.library_model()
+        engine = self.engine(model_dir)
         with self._model_lock:
             vectors, spans = embed_audio_file(
                 self.library,
                 upload.path,
-                model=self.settings.model,
+                model=str(model_dir.path),
                 device=self.settings.device,
                 batch_size=self.settings.batch_size,
                 engine=engine,
             )
-        clip = KeptClip(upload.name, file_sha256(upload.path), vectors, spans)
+        clip = KeptClip(upload.name, file_sha256(upload.path), vectors, spans, model_dir.fingerprint)
         return self.kept.keep(clip), clip
 
     def similar_to_kept(self, token: str, params: SearchParams) -> tuple[str, list[dict[str, Any]]]:
@@ -331,8 +364,14 @@ class Service:
         The library must still be one of the server's model (re-indexed by another, its vectors are not comparable
         with the clip's)."""
         clip = self.kept.get(token)
-        self.check_model()
-        check_index_model(self.library, self.model_dir())  # without --model: the model that embedded the clip
+        model_dir = self.library_model()
+        if clip.model is not None and clip.model != model_dir.fingerprint:  # indexed anew since by another model
+            raise OtherModelError(
+                self.library.name,
+                "this clip was embedded by another model than the library's vectors now are (indexed anew since): "
+                "audio embeddings of different models cannot be compared",
+                "send the clip again",
+            )
         return clip.name, self._similar_to_clip(clip, params)
 
     def _similar_to_clip(self, clip: KeptClip, params: SearchParams) -> list[dict[str, Any]]:
