@@ -14,7 +14,7 @@ import logging
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from http import HTTPStatus
@@ -23,10 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..choices import DEFAULT_HYBRID_WEIGHT, By, Rank
+from ..choices import Rank
 from ..db import FileRecord, OtherModelError, Store, WindowDetails
 from ..embedders import TextEmbedderError, warn_of_cuts
-from ..errors import OptionError
 from ..hashing import file_sha256
 from ..index_hints import other_model_fix
 from ..json_values import json_seconds
@@ -34,9 +33,7 @@ from ..library import EmptyLibraryError
 from ..library_stats import stats_json
 from ..pathnames import path_fields
 from ..query_embedders import audio_query_embedder, check_index_model, installed_builder, query_embedder
-from ..ranking import check_hybrid_weight
 from ..search import Hit, SearchScope, choose_rank, ranked_index, search_pages
-from ..search_filters import Filters
 from ..units import span_text
 from . import catalog, media
 from .batching import EmbedBatcher
@@ -45,6 +42,8 @@ from .errors import InvalidParameter, RequestError
 from .http_cache import Made, entity_tag
 from .kept_clips import KeptClip, KeptClips
 from .live import LiveLibrary
+from .ranked_pages import RankedPages
+from .search_params import SearchParams
 from .security import servable_path
 from .settings import ServeSettings
 
@@ -84,53 +83,6 @@ class _Embedded:
     warnings: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class SearchParams:
-    """The CLI's search options (`query` and `similar`; `rank` and `hybrid_weight` are `query`'s)."""
-
-    k: int = 10
-    by: str = "file"
-    min_score: float | None = None
-    path: str | None = None
-    ext: str | None = None
-    min_duration: float | None = None
-    max_duration: float | None = None
-    rank: str | None = None  # None: caption once every window has captions, else audio
-    hybrid_weight: float = DEFAULT_HYBRID_WEIGHT
-    offset: int = 0  # results skipped: the hits are those from offset + 1 on of the pages of `k` (`search_pages`)
-    pages: int = 1  # pages of `k` results from `offset` on (a search page shown after "More results")
-
-    def ranking(self) -> tuple[Rank | None, float]:
-        """The ranking asked for (None: the default) and the hybrid weight, checked."""
-        if self.rank and self.rank not in {r.value for r in Rank}:
-            raise InvalidParameter("rank", f"{self.rank!r}: use one of {', '.join(r.value for r in Rank)}")
-        try:
-            weight = check_hybrid_weight(self.hybrid_weight)
-        except ValueError as exc:
-            raise InvalidParameter("hybrid_weight", str(exc)) from None
-        return (Rank(self.rank) if self.rank else None), weight
-
-    def filters(self) -> Filters:
-        if self.by not in {b.value for b in By}:
-            raise InvalidParameter("by", f"{self.by!r}: use one of {', '.join(b.value for b in By)}")
-        if self.path and not self.path.startswith(("/", "*", "?", "[")):
-            # The CLI takes a relative glob from the current folder (and ~ as the home): the server's own, which
-            # means nothing to its client and would match nothing, silently.
-            raise InvalidParameter(
-                "path", f"{self.path!r}: a glob over full paths starts with / or a wildcard, e.g. */{self.path}"
-            )
-        try:
-            return Filters.from_options(
-                min_score=self.min_score,
-                path=self.path or None,
-                ext=self.ext or None,
-                min_duration=self.min_duration,
-                max_duration=self.max_duration,
-            )
-        except OptionError as exc:
-            raise InvalidParameter.of(exc) from None
-
-
 class Service:
     """The server's state and operations (thread-safe: requests run in a thread pool)."""
 
@@ -147,6 +99,7 @@ class Service:
         self._audio_generation = -1
         self._query_cache: OrderedDict[tuple[int, str, str], _Embedded] = OrderedDict()
         self._batcher = EmbedBatcher()
+        self._ranked = RankedPages(lambda: self.library.version)
         self._engines: OrderedDict[Path, Engine] = OrderedDict()  # by model directory, the latest used last
         self._model_dir: ModelDir | None = None
         self._library_model: tuple[int, ModelDir] | None = None  # the library's generation, its installed model
@@ -276,6 +229,7 @@ class Service:
         if not text.strip():
             raise InvalidParameter("q", "the query text is empty")
         scope = self._scope(params)
+        seen = self._library_version()
         self.check_model()
         requested, weight = params.ranking()
         rank = choose_rank(self.library, requested, self.settings.model)
@@ -290,7 +244,7 @@ class Service:
                 "with captions: use rank=caption",
             ) from None
         index, queries = ranked_index(self.library, rank, caption, audio, weight)
-        hits = self._pages(index, queries, scope, params)
+        hits = self._pages(("text", text, rank, weight), seen, index, queries, scope, params)
         ranked = [dataclasses.replace(hit, ranking=rank) for hit in hits]
         return Found(self._hits_json(ranked), list(dict.fromkeys(warnings)))
 
@@ -321,6 +275,7 @@ class Service:
         from ..similar import excluding_query
 
         window = self.window(window_id)
+        seen = self._library_version()
         self.check_model()
         ids, vectors = self.library.store.vectors("audio", [window_id])
         if len(ids) == 0:
@@ -329,13 +284,14 @@ class Service:
         scope = self._scope(params).without([window.path])
         scope = excluding_query(self.library, scope, record.content_hash if record is not None else None)
         index = self.library.vector_index("audio")
-        return self._hits_json(self._pages(index, vectors, scope, params, [(window.start_s, window.end_s)]))
+        spans = [(window.start_s, window.end_s)]
+        return self._hits_json(self._pages(("window", window_id), seen, index, vectors, scope, params, spans))
 
     def similar_to_upload(self, upload: Upload, params: SearchParams) -> tuple[str, list[dict[str, Any]]]:
         """Audio -> audio from a clip sent by the client (`keep_upload`): the token its next pages are asked for by
         (`similar_to_kept`), and its hits."""
         token, clip = self.keep_upload(upload, params)
-        return token, self._similar_to_clip(clip, params)
+        return token, self._similar_to_clip(token, clip, params)
 
     def keep_upload(self, upload: Upload, params: SearchParams) -> tuple[str, KeptClip]:
         """Embed a clip sent by the client with the model that built the index, and keep the embedding for the
@@ -372,29 +328,46 @@ class Service:
                 "audio embeddings of different models cannot be compared",
                 "send the clip again",
             )
-        return clip.name, self._similar_to_clip(clip, params)
+        return clip.name, self._similar_to_clip(token, clip, params)
 
-    def _similar_to_clip(self, clip: KeptClip, params: SearchParams) -> list[dict[str, Any]]:
+    def _similar_to_clip(self, token: str, clip: KeptClip, params: SearchParams) -> list[dict[str, Any]]:
         """A clip's hits. A clip that is a library file (the same sha256) leaves that file out, with its copies, as
         `similar FILE` leaves FILE out: else the file itself would come first, a perfect match that says nothing."""
         from ..similar import excluding_query
 
+        seen = self._library_version()
         scope = excluding_query(self.library, self._scope(params), clip.sha256)
         index = self.library.vector_index("audio")
-        return self._hits_json(self._pages(index, clip.vectors, scope, params, clip.spans))
+        return self._hits_json(self._pages(("clip", token), seen, index, clip.vectors, scope, params, clip.spans))
+
+    def _library_version(self) -> int:
+        """The library's version, refreshed first: read before a search takes its indexes (`RankedPages.page`)."""
+        self.library.refresh()
+        return self.library.version
 
     def _pages(
         self,
+        query: Hashable,
+        seen: int,
         index: Any,
         queries: np.ndarray,
         scope: SearchScope,
         params: SearchParams,
         spans: Sequence[tuple[float, float]] | None = None,
     ) -> list[Hit]:
-        """The pages `params` ask for (`search_pages`): pages fetched one by one are one list."""
-        return search_pages(
-            self.library, index, queries, scope, offset=params.offset, pages=params.pages, query_spans=spans
-        )
+        """The pages `params` ask for (`search_pages`): pages fetched one by one are one list. A first page is
+        searched; pages past it are cut from the hits of that search made deeper (`RankedPages`), kept by `query`
+        (what was searched for), the search's options and the library's version `seen`."""
+        stop = params.offset + params.k * params.pages
+        if stop <= params.k:
+            return search_pages(self.library, index, queries, scope, offset=params.offset, query_spans=spans)
+
+        def first_pages(pages: int) -> list[Hit]:
+            return search_pages(self.library, index, queries, scope, pages=pages, query_spans=spans)
+
+        key = (query, dataclasses.replace(params, offset=0, pages=1))
+        most_pages = -(-(self.settings.max_offset + params.k) // params.k)  # the deepest page the server gives
+        return self._ranked.page(key, seen, params.k, params.offset, stop, most_pages, first_pages)
 
     def _scope(self, params: SearchParams) -> SearchScope:
         """The search `params` ask for, pages of `k` results: its filters (`SearchParams.filters`), checked, and
