@@ -6,6 +6,9 @@ Uses a library that `bench_serve.py --workdir DIR` built (the same model and lib
 - a whole search of a repeated text (`Service.search`: FAISS, hit details, JSON-ready hits; the embedding cached);
 - the FAISS search alone, as the search asks it (4 x k candidates, the first k as exact as a search for k);
 - reading the details of 2 x k windows (the first page a search reads);
+- a search's page 2 ("More results": offset k), then its page 3 (offset 2k), each text's first page asked before
+  (its embedding kept): a page past the first searched the whole index exactly up to its last hit, each time;
+  now page 2 searches LOOK_AHEAD pages deeper and page 3 is cut from that (`serve/ranked_pages.py`);
 - the text tower embedding 1 and 8 new texts on one BLAS thread (the server's setting for so few tokens) and on
   every core.
 """
@@ -31,12 +34,23 @@ def p50_ms(work: Callable[[], object], repeats: int) -> float:
     return 1000 * statistics.median(times)
 
 
+def p50_each_ms(work: Callable[[str], object], texts: list[str]) -> float:
+    """The p50 of `work(text)` over `texts`, once each (a page of a search not asked for before)."""
+    times = []
+    for text in texts:
+        began = time.perf_counter()
+        work(text)
+        times.append(time.perf_counter() - began)
+    return 1000 * statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, required=True, help="bench_serve.py's work folder")
     parser.add_argument("--windows", type=int, default=1_000_000, help="which of its libraries")
     parser.add_argument("--index-type", default="ivfpq", choices=["flat", "hnsw", "ivfpq"])
     parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--pages-texts", type=int, default=50, help="searches paged on (pages 2 and 3)")
     args = parser.parse_args()
 
     from pengi_search import text_query
@@ -56,6 +70,14 @@ def main() -> None:
         "FAISS search (4k candidates, k exact)": p50_ms(lambda: index.search(query, 4 * K, exact_top=K), args.repeats),
         "hit details of 2k windows": p50_ms(lambda: service.library.store.window_details(page), args.repeats),
     }
+    texts = [f"{text} {i}" for i in range(args.pages_texts)]  # each a search of its own (the server keys by text)
+    for each in texts:
+        service.search(each, SearchParams(k=K))  # the first page: its embedding kept, as when a user pages on
+    for number in (2, 3):
+        params = SearchParams(k=K, offset=(number - 1) * K)
+        rows[f"page {number} of a search, after page {number - 1}"] = p50_each_ms(
+            lambda t, p=params: service.search(t, p), texts
+        )
     embedder = service.embedder()
     server_setting = text_query.SINGLE_THREAD_TOKENS
     for single_below, threads in ((server_setting, "one BLAS thread"), (0, "all cores")):
