@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -195,6 +196,17 @@ def test_a_library_changed_since_a_page_was_kept_is_searched_anew(tmp_path, tiny
         assert client.get("/api/search", params={**search, "offset": 1}).json() == first
         assert client.get("/api/search", params={**search, "offset": 2}).json() == second
         assert len(asked) == 3 and third != second
+
+
+def test_a_later_page_says_a_file_gone_from_disk_since_its_hits_were_kept_is_missing(tmp_path, tiny_model_dir):
+    """A page cut from kept hits says whether each file is on disk now, as a search does, not as it was kept."""
+    library = caption_library(str(tmp_path / "index.db"), tmp_path / "sounds", tiny_model_dir)
+    search = {"q": "a dog barks", "by": "window", "k": 1}
+    with client_for(library, tiny_model_dir) as client:
+        _, third = (client.get("/api/search", params={**search, "offset": n}).json()[0] for n in (1, 2))  # 3 is kept
+        assert not third["missing"]
+        Path(third["path"]).unlink()
+        assert client.get("/api/search", params={**search, "offset": 2}).json() == [{**third, "missing": True}]
 
 
 # -- the limits: `serve --max-results` and `--max-offset` -----------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import tempfile
 import threading
 from collections import OrderedDict
@@ -367,7 +368,9 @@ class Service:
 
         key = (query, dataclasses.replace(params, offset=0, pages=1))
         most_pages = -(-(self.settings.max_offset + params.k) // params.k)  # the deepest page the server gives
-        return self._ranked.page(key, seen, params.k, params.offset, stop, most_pages, first_pages)
+        page = self._ranked.page(key, seen, params.k, params.offset, stop, most_pages, first_pages)
+        # Whether a hit's file is on disk is said as of now (a search says it as it reads the hit), not as kept
+        return [dataclasses.replace(hit, missing=not os.path.exists(hit.path)) for hit in page]
 
     def _scope(self, params: SearchParams) -> SearchScope:
         """The search `params` ask for, pages of `k` results: its filters (`SearchParams.filters`), checked, and
