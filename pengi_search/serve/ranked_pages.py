@@ -4,8 +4,8 @@ A page past the first asks `search_pages` for every result up to its last: an ex
 the details of every hit before the page, about a flat search's cost however few hits it shows. So such a search is
 made a few pages deeper than asked (`LOOK_AHEAD`), and its hits are kept, for the `KEPT` searches used last, by what
 ranks them (the query, its filters, `k`) and the library's version (`LiveLibrary.version`: a library found changed
-is searched anew). A next page within them, or past the last result, is cut from them. A first page is searched as
-before, every time: it is the index's own fast search, and kept it would hide nothing but that.
+is searched anew). A next page within them, or past the last result, is cut from them. A first page is searched
+every time, as before: it is the index's own fast search, which keeping would save little.
 """
 
 from __future__ import annotations
