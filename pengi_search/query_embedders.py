@@ -117,11 +117,23 @@ def audio_query_embedder(
 
 def _audio_model(library: Library, model: str | None) -> ModelDir:
     """The model that made the audio vectors: `--model` (or the default), else an installed one with its weights."""
+    if model is None and (installed := installed_builder(library)) is not None:
+        return installed
     model_dir = ModelDir.resolve(model)
-    if not built_by(library, model_dir) and model is None:
-        model_dir = next((found for found in ModelDir.installed() if built_by(library, found)), model_dir)
     check_index_model(library, model_dir)
     return model_dir
+
+
+def installed_builder(library: Library) -> ModelDir | None:
+    """The installed model whose weights made the library's audio vectors: the default model when it did (no other
+    is read then), else the first installed one that did (a copy under another name); None when none did."""
+    try:
+        default: ModelDir | None = ModelDir.resolve()
+    except ModelNotFoundError:  # no default installed: another installed model may still be the library's
+        default = None
+    if default is not None and built_by(library, default):
+        return default
+    return next((found for found in ModelDir.installed() if built_by(library, found)), None)
 
 
 def audio_tower_known(library: Library, model: str | None) -> bool:

@@ -736,7 +736,9 @@ def test_every_page_has_one_heading_a_skip_link_and_its_place_in_the_navigation(
 
 def test_windows_that_play_when_pressed_are_labelled_and_reached_by_the_tab_key_once(client, served):
     """A file's timeline and the hits' waveforms play a window when pressed: each is a button whose label says the
-    file, the window's start and end, and its caption; the first alone is a Tab stop (the arrow keys move on)."""
+    file, the window's start and end, and its caption. The timeline's first alone is a Tab stop (the arrow keys move
+    on); a hit's waveform is none (the page's script makes each hit one Tab stop, its controls reached by the arrow
+    keys, as the list's hidden note says once the script has made it so)."""
     rain = hit_for(client, served, "weather/rain.flac")
     path = served.files["weather/rain.flac"]
     page = client.get(f"/files/{rain['file_id']}").text
@@ -749,13 +751,16 @@ def test_windows_that_play_when_pressed_are_labelled_and_reached_by_the_tab_key_
     results = client.get("/", params={"q": "thunder rolls in the distance", "k": 3}).text
     waveforms = re.findall(r'<canvas class="waveform" [^>]*>', results)
     assert len(waveforms) == 3 and all('role="button"' in canvas for canvas in waveforms)
-    assert [re.search(r'tabindex="(-?\d)"', canvas)[1] for canvas in waveforms] == ["0", "-1", "-1"]
+    assert [re.search(r'tabindex="(-?\d)"', canvas)[1] for canvas in waveforms] == ["-1", "-1", "-1"]
+    assert re.search(
+        r'<p id="hits-keys" class="visually-hidden" hidden>Each result is one stop of the Tab key', results
+    )
     assert f'aria-label="Play {path}, 3.0 to 10.0 s: thunder rolls in the distance"' in waveforms[0]
 
 
 def test_a_hit_whose_file_is_gone_or_changed_says_why_it_cannot_be_played(client, served):
     """As a file's page does: where *Play hit* would do nothing visible, the hit says why instead, on the results of
-    a search, of "more like this" and of an uploaded clip; the Tab key reaches the first waveform left."""
+    a search, of "more like this" and of an uploaded clip."""
     bell, dog = served.files["bell.wav"], served.files["animals/dog.wav"]
     rain = hit_for(client, served, "weather/rain.flac")
     clip = ("clip.flac", served.files["weather/rain.flac"].read_bytes())
@@ -782,7 +787,6 @@ def test_a_hit_whose_file_is_gone_or_changed_says_why_it_cannot_be_played(client
         assert "The audio cannot be played: no longer readable on disk" in gone
         assert not any("play-hit" in item or "<audio" in item for item in (changed, gone))
         assert all("play-hit" in item and "cannot be played" not in item for item in hits.values())
-        assert [re.search(r'tabindex="(-?\d)"', c)[1] for c in re.findall(r"<canvas [^>]*>", page)].count("0") == 1
     assert "cannot be played" not in client.get("/", params={"q": "a bell rings", "k": 10}).text  # all back
 
 

@@ -209,9 +209,10 @@ def test_search_listen_and_browse_in_a_real_browser(server, driver, tmp_path):
     assert 3.0 <= audio_state(driver, audio)["t"] <= 10.0 + 0.5
     save_screenshot(driver, tmp_path, "search.png")
 
-    # By keyboard: the first waveform is the Tab stop, the arrow keys move to the next hit's, Enter plays that hit.
+    # By keyboard: a waveform is reached from its hit by the arrow keys (each hit is one Tab stop, its link), Down
+    # moves to the next hit's, Enter plays that hit.
     waveforms = [hit.find_element(By.CSS_SELECTOR, "canvas.waveform") for hit in hits]
-    assert len(waveforms) > 1 and [w.get_attribute("tabindex") for w in waveforms[:2]] == ["0", "-1"]
+    assert len(waveforms) > 1 and {w.get_attribute("tabindex") for w in waveforms} == {"-1"}
     second = play_by_keyboard(driver, hits, Keys.ARROW_DOWN, 1)
     assert audio_state(driver, audio)["paused"]  # one player at a time
     driver.execute_script("arguments[0].pause()", second)
@@ -424,6 +425,49 @@ def test_the_first_tab_stop_is_a_link_past_the_header_shown_only_while_focused(s
     assert not driver.execute_script(below_the_top, skip)
     press(driver, Keys.TAB)  # on into the page's content (its first link), not through the header's links
     assert driver.switch_to.active_element.get_attribute("href") == f"{address}/openapi.json"
+
+
+def test_each_hit_is_one_tab_stop_and_the_arrow_keys_reach_its_other_controls(server, driver):
+    """A keyboard user goes down the results one Tab a hit (its link to the file), not through every control of
+    each (about six); the arrow keys reach the others: Left and Right within the hit, Down the same control of the
+    next hit. Tab comes back to the control of a hit last focused; each control keeps its name."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    address, _library = server
+    driver.get(f"{address}/?q=a+bell+rings&k=3")
+    hits = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "li.hit"), "search results")
+    assert len(hits) == 3
+    rows = [
+        hit.find_elements(By.CSS_SELECTOR, "a.path, button.play-hit, canvas.waveform, audio.player, a.more")
+        for hit in hits
+    ]
+    assert all(len(row) == 5 and all(control.accessible_name for control in row) for row in rows)
+    in_list = "return !!arguments[0].closest('ol.hits')"
+    stops = []
+    for _ in range(60):  # from the search box, on past the list
+        press(driver, Keys.TAB)
+        active = driver.switch_to.active_element
+        if driver.execute_script(in_list, active):
+            stops.append(active)
+        elif stops:
+            break
+    assert stops == [row[0] for row in rows]  # one stop a hit: its link
+
+    driver.execute_script("arguments[0].focus()", rows[0][0])
+    for control in rows[0][1:]:
+        press(driver, Keys.ARROW_RIGHT)
+        assert driver.switch_to.active_element == control, control.get_attribute("class")
+    press(driver, Keys.ARROW_DOWN)  # More like this, of the next hit
+    assert driver.switch_to.active_element == rows[1][4]
+    ActionChains(driver).key_down(Keys.SHIFT).send_keys(Keys.TAB).key_up(Keys.SHIFT).perform()
+    assert driver.switch_to.active_element == rows[0][4]  # back to the first hit, where it was left
+    press(driver, Keys.TAB)
+    assert driver.switch_to.active_element == rows[1][4]
+    note = driver.find_element(By.ID, "hits-keys")
+    assert note.get_attribute("hidden") is None and "one stop of the Tab key" in note.get_attribute("textContent")
+    assert driver.find_element(By.CSS_SELECTOR, "ol.hits").get_attribute("aria-describedby") == "hits-keys"
 
 
 def test_a_refused_upload_puts_the_focus_in_the_box_at_fault_of_the_form_sent(server, driver):
@@ -752,8 +796,8 @@ def test_more_results_adds_the_next_page_which_a_reload_keeps(server, driver):
     )
     assert driver.switch_to.active_element == hits[2].find_element(By.CSS_SELECTOR, "a.path")
 
-    waveforms = [hit.find_element(By.CSS_SELECTOR, "canvas.waveform") for hit in hits]
-    assert [w.get_attribute("tabindex") for w in waveforms] == ["0", "-1", "-1", "-1"]  # still one Tab stop
+    links = [hit.find_element(By.CSS_SELECTOR, "a.path").get_attribute("tabindex") for hit in hits]
+    assert links == ["0", "0", "0", "0"]  # each added hit one Tab stop too, its link
     added = play_by_keyboard(driver, hits, Keys.END, 3)
     driver.execute_script("arguments[0].pause()", added)
 

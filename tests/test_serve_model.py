@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import html
 import shlex
+import shutil
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -56,3 +59,49 @@ def test_a_library_indexed_by_another_model_while_served_is_refused_in_similar_b
             assert answer.status_code == 409, (path, said)
             assert "built with model 'tiny-base'" in said and START_WITH_ITS_MODEL in said
         assert client.get("/api/search", params={"q": "a bell rings"}).status_code == 409
+
+
+def _upload_similar(client: TestClient, clip: Path) -> Any:
+    return client.post("/api/similar", params={"k": 3}, files={"file": ("clip.wav", clip.read_bytes())})
+
+
+def test_an_upload_without_model_is_embedded_by_the_installed_copy_of_the_librarys_model(
+    captions, tiny_model_dir, isolated_home
+):
+    """Without --model the server runs with the library's own model, as `query` finds it: the default model is
+    another, so an installed copy with the library's weights embeds the upload, and it finds what the server of
+    that model finds, rather than being refused."""
+    models = isolated_home / "models"
+    make_tiny_model_dir(models / "base", seed=1)  # the default, but not what built the library
+    shutil.copytree(tiny_model_dir, models / "zz-tiny")
+    clip = captions.files["bell.wav"]
+    with TestClient(create_app(settings_for(captions, tiny_model_dir)), base_url=LOCAL) as client:
+        expected = _upload_similar(client, clip)
+    with TestClient(create_app(replace(settings_for(captions, tiny_model_dir), model=None)), base_url=LOCAL) as client:
+        answer = _upload_similar(client, clip)
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == expected.json()
+        described = client.post("/api/describe", files={"file": ("clip.wav", clip.read_bytes())})
+        assert described.status_code == 200, described.text  # the default model describes, as `describe` does
+
+
+def test_an_upload_without_model_is_refused_when_the_librarys_model_is_not_installed(
+    tmp_path, tiny_model_dir, isolated_home
+):
+    """Started on an empty library, the server then finds it built by a model not installed here (the default is
+    another): an upload is refused (409) with what to do, on the API and the page, not embedded by the default
+    model to be compared with another model's vectors."""
+    make_tiny_model_dir(isolated_home / "models" / "base", seed=1)
+    library = CaptionLibrary(str(tmp_path / "index.db"), tmp_path / "sounds", {})
+    Store.open(library.db).close()
+    settings = replace(settings_for(library, tiny_model_dir), model=None)
+    with TestClient(create_app(settings), base_url=LOCAL) as client:
+        built = caption_library(library.db, library.root, tiny_model_dir)
+        clip = built.files["bell.wav"].read_bytes()
+        answer = client.post("/api/similar", params={"k": 3}, files={"file": ("clip.wav", clip)})
+        assert answer.status_code == 409, answer.text
+        said = answer.json()["detail"]
+        assert "built with model 'tiny-base'" in said and "which is not installed here" in said, said
+        assert START_WITH_ITS_MODEL in said
+        page = client.post("/upload/similar", files={"file": ("clip.wav", clip)}, data={"k": "3"})
+        assert page.status_code == 409 and START_WITH_ITS_MODEL in html.unescape(page.text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,12 +21,14 @@ from pengi_search.model_dir import ModelDir
 from pengi_search.search import SearchScope, search_pages
 from pengi_search.serve import ServeSettings
 from pengi_search.serve.kept_clips import KeptClip
+from pengi_search.serve.ranked_pages import LOOK_AHEAD
 from pengi_search.serve.service import SearchParams
 from pengi_search.text_query import NumpyTextEmbedder
 from pengi_search.vectors import VectorIndex
 
-from .search_library import CAPTION, CaptionLibrary, model_info
+from .search_library import CAPTION, CaptionLibrary, caption_library, model_info
 from .serving import client_for
+from .test_serve_live import store_window_without_faiss
 
 FILES, WINDOWS = 400, 5  # 2,000 windows: a page of 5 is searched approximately, not exactly (LARGE_K_SHARE)
 PAGE, PAGES = 5, 4
@@ -139,6 +142,71 @@ def test_later_pages_hold_every_hit_an_exact_search_ranks_above_them(approximate
             assert set(exact[: PAGE * (PAGES - 1)]) <= set(joined)
             missed += set(joined[:PAGE]) != set(exact[:PAGE])
     assert missed  # the first pages of some queries missed hits of the exact first page
+
+
+# -- the pages after the first: cut from one deeper search, kept until the library changes --------------------------
+
+
+def count_searches(monkeypatch) -> list[int]:
+    """The pages each search of the server's asks `search_pages` for, one entry per search."""
+    asked: list[int] = []
+
+    def counted(*args, pages: int = 1, **kwargs):
+        asked.append(pages)
+        return search_pages(*args, pages=pages, **kwargs)
+
+    monkeypatch.setattr("pengi_search.serve.service.search_pages", counted)
+    return asked
+
+
+@pytest.mark.parametrize("by", ["window", "file"])
+def test_later_pages_are_cut_from_one_deeper_search_and_are_the_pages_searched_alone(
+    approximate, tiny_model_dir, monkeypatch, by
+):
+    """ "More results" does not search again for each page: the second page's search goes LOOK_AHEAD pages deeper,
+    and the next pages are cut from its hits. Each page is still the one a search for it alone gives
+    (`search_pages` at its offset, as every page was before), on an approximate index too."""
+    asked = count_searches(monkeypatch)
+    embedder = NumpyTextEmbedder.from_model_dir(ModelDir.read(tiny_model_dir))
+    with client_for(approximate.served, tiny_model_dir) as client, Library.open(approximate.served.db) as library:
+        index = library.vector_index("text")
+        for text in TEXTS:
+            asked.clear()
+            joined = one_by_one(client, "search", by, q=text)
+            assert asked == [1, 2 + LOOK_AHEAD], text  # the first page, then the second and LOOK_AHEAD more
+            query = embedder.embed([text])
+            alone = [
+                search_pages(library, index, query, SearchScope(PAGE, By(by)), offset=offset)
+                for offset in range(0, PAGE * PAGES, PAGE)
+            ]
+            assert joined == [hit.path if by == "file" else hit.window_id for page in alone for hit in page], text
+
+
+def test_a_library_changed_since_a_page_was_kept_is_searched_anew(tmp_path, tiny_model_dir, monkeypatch):
+    """The hits kept for the next pages are of the library as it was: once the server finds it changed (here a
+    window that ranks first is added), the next page is searched again, and holds the hit pushed down to it."""
+    library = caption_library(str(tmp_path / "index.db"), tmp_path / "sounds", tiny_model_dir)
+    asked = count_searches(monkeypatch)
+    search = {"q": "an owl hoots", "by": "window", "k": 1}
+    with client_for(library, tiny_model_dir) as client:
+        first, second = (client.get("/api/search", params={**search, "offset": n}).json() for n in (0, 1))
+        third = client.get("/api/search", params={**search, "offset": 2}).json()
+        assert len(asked) == 2  # the third page was cut from the second's search
+        store_window_without_faiss(library.db, tiny_model_dir, "/late/owl.wav", "an owl hoots")
+        assert client.get("/api/search", params={**search, "offset": 1}).json() == first
+        assert client.get("/api/search", params={**search, "offset": 2}).json() == second
+        assert len(asked) == 3 and third != second
+
+
+def test_a_later_page_says_a_file_gone_from_disk_since_its_hits_were_kept_is_missing(tmp_path, tiny_model_dir):
+    """A page cut from kept hits says whether each file is on disk now, as a search does, not as it was kept."""
+    library = caption_library(str(tmp_path / "index.db"), tmp_path / "sounds", tiny_model_dir)
+    search = {"q": "a dog barks", "by": "window", "k": 1}
+    with client_for(library, tiny_model_dir) as client:
+        _, third = (client.get("/api/search", params={**search, "offset": n}).json()[0] for n in (1, 2))  # 3 is kept
+        assert not third["missing"]
+        Path(third["path"]).unlink()
+        assert client.get("/api/search", params={**search, "offset": 2}).json() == [{**third, "missing": True}]
 
 
 # -- the limits: `serve --max-results` and `--max-offset` -----------------------------------------------------------

@@ -37,12 +37,14 @@ _PARTIAL = ".partial-"  # a file being written (a leftover of a worker that died
 @dataclass(frozen=True)
 class KeptClip:
     """What an uploaded clip's results are searched with: its windows' embeddings (n, d) and times, its sha256 (its
-    file and copies are left out of its results) and the name the client gave it."""
+    file and copies are left out of its results), the name the client gave it and the fingerprint of the model that
+    embedded it (None: not known), whose library vectors alone it can be compared with."""
 
     name: str
     sha256: str
     vectors: np.ndarray
     spans: list[tuple[float, float]]
+    model: str | None = None
 
 
 class KeptClips:
@@ -56,7 +58,7 @@ class KeptClips:
     def keep(self, clip: KeptClip) -> str:
         """Keep `clip`; returns its token."""
         token = secrets.token_urlsafe(_TOKEN_BYTES)
-        meta = json.dumps({"name": clip.name, "sha256": clip.sha256})
+        meta = json.dumps({"name": clip.name, "sha256": clip.sha256, "model": clip.model})
         spans = np.asarray(clip.spans, dtype=np.float64).reshape(-1, 2)
         with tempfile.NamedTemporaryFile(dir=self.folder, prefix=_PARTIAL, suffix=_SUFFIX, delete=False) as out:
             try:
@@ -90,7 +92,8 @@ class KeptClips:
             ) from None
         with contextlib.suppress(FileNotFoundError):  # pruned meanwhile by another worker: this page is still read
             self._touch(path)
-        return KeptClip(meta["name"], meta["sha256"], vectors, [(float(a), float(b)) for a, b in spans])
+        spans_read = [(float(a), float(b)) for a, b in spans]
+        return KeptClip(meta["name"], meta["sha256"], vectors, spans_read, meta.get("model"))
 
     def prune(self) -> None:
         """Delete the clips past their time and the least recently used past `MOST_KEPT` (with any file a worker

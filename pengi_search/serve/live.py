@@ -113,6 +113,7 @@ class LiveLibrary(Library):
         self._refresh_lock = threading.Lock()
         self._captions: CaptionCounts | None = None
         self.generation = 0  # grows whenever the model or text embedder that built the index changes
+        self.version = 0  # grows whenever a refresh finds the library changed: results made before are not kept
 
     def close(self) -> None:
         self._live.clear()
@@ -170,6 +171,7 @@ class LiveLibrary(Library):
                 current.add_missing(ids, functools.partial(self.store.vector_batches, kind))
         self._captions = caption_counts(self.store)
         self._newest, self._file_stamps, self._built_by = newest, stamps, built_by
+        self.version += 1  # once the indexes are in line: a search that read the new version searches them
 
     def _reload(self, kind: str) -> None:
         index = self._in_line(kind, None, rebuild=False)  # read-only: in memory, no file written

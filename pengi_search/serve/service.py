@@ -11,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from http import HTTPStatus
@@ -23,20 +24,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..choices import DEFAULT_HYBRID_WEIGHT, By, Rank
+from ..choices import Rank
 from ..db import FileRecord, OtherModelError, Store, WindowDetails
 from ..embedders import TextEmbedderError, warn_of_cuts
-from ..errors import OptionError
 from ..hashing import file_sha256
 from ..index_hints import other_model_fix
 from ..json_values import json_seconds
 from ..library import EmptyLibraryError
 from ..library_stats import stats_json
 from ..pathnames import path_fields
-from ..query_embedders import audio_query_embedder, check_index_model, query_embedder
-from ..ranking import check_hybrid_weight
+from ..query_embedders import audio_query_embedder, check_index_model, installed_builder, query_embedder
 from ..search import Hit, SearchScope, choose_rank, ranked_index, search_pages
-from ..search_filters import Filters
 from ..units import span_text
 from . import catalog, media
 from .batching import EmbedBatcher
@@ -45,6 +43,8 @@ from .errors import InvalidParameter, RequestError
 from .http_cache import Made, entity_tag
 from .kept_clips import KeptClip, KeptClips
 from .live import LiveLibrary
+from .ranked_pages import RankedPages
+from .search_params import SearchParams
 from .security import servable_path
 from .settings import ServeSettings
 
@@ -59,9 +59,11 @@ log = logging.getLogger(__name__)
 PEAKS = 120  # waveform points per hit
 PEAKS_KEPT = 4096  # windows whose peaks are kept
 QUERY_CACHE = 4096  # query embeddings kept
+ENGINES_KEPT = 2  # full models kept loaded: the server's (describe, classify) and the library's (uploads' similar)
 RUNS_SHOWN = 10  # the latest runs /api/stats gives
 FAILED_SHOWN = 200  # the first failed files /api/stats gives
 MAX_ID = 2**63 - 1  # the largest database row id (SQLite INTEGER, PostgreSQL BIGINT); a larger one names no row
+USE_ITS_MODEL = "start the server with the library's model (--model)"  # the fix of a library of another model
 GONE = "no longer in the index (its file was indexed again, moved or removed since): search again"
 
 
@@ -82,53 +84,6 @@ class _Embedded:
     warnings: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class SearchParams:
-    """The CLI's search options (`query` and `similar`; `rank` and `hybrid_weight` are `query`'s)."""
-
-    k: int = 10
-    by: str = "file"
-    min_score: float | None = None
-    path: str | None = None
-    ext: str | None = None
-    min_duration: float | None = None
-    max_duration: float | None = None
-    rank: str | None = None  # None: caption once every window has captions, else audio
-    hybrid_weight: float = DEFAULT_HYBRID_WEIGHT
-    offset: int = 0  # results skipped: the hits are those from offset + 1 on of the pages of `k` (`search_pages`)
-    pages: int = 1  # pages of `k` results from `offset` on (a search page shown after "More results")
-
-    def ranking(self) -> tuple[Rank | None, float]:
-        """The ranking asked for (None: the default) and the hybrid weight, checked."""
-        if self.rank and self.rank not in {r.value for r in Rank}:
-            raise InvalidParameter("rank", f"{self.rank!r}: use one of {', '.join(r.value for r in Rank)}")
-        try:
-            weight = check_hybrid_weight(self.hybrid_weight)
-        except ValueError as exc:
-            raise InvalidParameter("hybrid_weight", str(exc)) from None
-        return (Rank(self.rank) if self.rank else None), weight
-
-    def filters(self) -> Filters:
-        if self.by not in {b.value for b in By}:
-            raise InvalidParameter("by", f"{self.by!r}: use one of {', '.join(b.value for b in By)}")
-        if self.path and not self.path.startswith(("/", "*", "?", "[")):
-            # The CLI takes a relative glob from the current folder (and ~ as the home): the server's own, which
-            # means nothing to its client and would match nothing, silently.
-            raise InvalidParameter(
-                "path", f"{self.path!r}: a glob over full paths starts with / or a wildcard, e.g. */{self.path}"
-            )
-        try:
-            return Filters.from_options(
-                min_score=self.min_score,
-                path=self.path or None,
-                ext=self.ext or None,
-                min_duration=self.min_duration,
-                max_duration=self.max_duration,
-            )
-        except OptionError as exc:
-            raise InvalidParameter.of(exc) from None
-
-
 class Service:
     """The server's state and operations (thread-safe: requests run in a thread pool)."""
 
@@ -145,8 +100,10 @@ class Service:
         self._audio_generation = -1
         self._query_cache: OrderedDict[tuple[int, str, str], _Embedded] = OrderedDict()
         self._batcher = EmbedBatcher()
-        self._engine: Engine | None = None
+        self._ranked = RankedPages(lambda: self.library.version)
+        self._engines: OrderedDict[Path, Engine] = OrderedDict()  # by model directory, the latest used last
         self._model_dir: ModelDir | None = None
+        self._library_model: tuple[int, ModelDir] | None = None  # the library's generation, its installed model
         self._model_checked = -1  # the library's generation found built by the server's --model (-1: none yet)
         self._embedder_lock = threading.Lock()
         self._model_lock = threading.Lock()  # one model run at a time: uploads are CPU-bound
@@ -200,14 +157,21 @@ class Service:
                 self._audio_generation = generation
             return self._audio_embedder
 
-    def engine(self) -> Engine:
-        """The full model (for uploaded clips), loaded on first use."""
+    def engine(self, model_dir: ModelDir | None = None) -> Engine:
+        """The full model in `model_dir` (by default the server's), loaded on first use for uploaded clips; the
+        ENGINES_KEPT used last stay loaded (without --model, the library's model may be another than the default)."""
+        model_dir = model_dir or self.model_dir()
         with self._model_lock:
-            if self._engine is None:
+            engine = self._engines.get(model_dir.path)
+            if engine is None:
                 from ..inference import Engine
 
-                self._engine = Engine.load(self.model_dir(), self.settings.device, self.settings.batch_size)
-            return self._engine
+                engine = Engine.load(model_dir, self.settings.device, self.settings.batch_size)
+                self._engines[model_dir.path] = engine
+                while len(self._engines) > ENGINES_KEPT:
+                    self._engines.popitem(last=False)
+            self._engines.move_to_end(model_dir.path)
+            return engine
 
     def check_model(self) -> None:
         """Refuse (OtherModelError, 409) what compares with the library's vectors while the server's --model is not
@@ -224,9 +188,32 @@ class Service:
         try:
             check_index_model(self.library, self.model_dir())
         except OtherModelError as exc:
-            use_its_model = "start the server with the library's model (--model)"
-            raise exc.fixed_by(other_model_fix(self.library.store, self.settings.model, use_its_model)) from None
+            raise exc.fixed_by(other_model_fix(self.library.store, self.settings.model, USE_ITS_MODEL)) from None
         self._model_checked = generation
+
+    def library_model(self) -> ModelDir:
+        """The model an uploaded clip is embedded with to be compared with the library's audio vectors: the server's
+        --model (`check_model`), else the model that built the library as installed here, found by its weights as
+        `query` finds it (`installed_builder`), which need not be the default model. None installed: refused
+        (OtherModelError, 409) rather than compared with another model's vectors."""
+        if self.settings.model is not None:
+            self.check_model()
+            return self.model_dir()
+        self.library.refresh()
+        generation = self.library.generation
+        if self._library_model is not None and self._library_model[0] == generation:
+            return self._library_model[1]
+        found = installed_builder(self.library)
+        if found is None:
+            meta = self.library.store.index_meta()
+            raise OtherModelError(
+                self.library.name,
+                f"the index was built with {meta.model if meta else 'no model'}, which is not installed here "
+                "(audio embeddings of different models cannot be compared)",
+                other_model_fix(self.library.store, None, USE_ITS_MODEL),
+            )
+        self._library_model = (generation, found)
+        return found
 
     def model_dir(self) -> ModelDir:
         from ..model_dir import ModelDir
@@ -243,6 +230,7 @@ class Service:
         if not text.strip():
             raise InvalidParameter("q", "the query text is empty")
         scope = self._scope(params)
+        seen = self._library_version()
         self.check_model()
         requested, weight = params.ranking()
         rank = choose_rank(self.library, requested, self.settings.model)
@@ -257,7 +245,7 @@ class Service:
                 "with captions: use rank=caption",
             ) from None
         index, queries = ranked_index(self.library, rank, caption, audio, weight)
-        hits = self._pages(index, queries, scope, params)
+        hits = self._pages(("text", text, rank, weight), seen, index, queries, scope, params)
         ranked = [dataclasses.replace(hit, ranking=rank) for hit in hits]
         return Found(self._hits_json(ranked), list(dict.fromkeys(warnings)))
 
@@ -288,6 +276,7 @@ class Service:
         from ..similar import excluding_query
 
         window = self.window(window_id)
+        seen = self._library_version()
         self.check_model()
         ids, vectors = self.library.store.vectors("audio", [window_id])
         if len(ids) == 0:
@@ -296,13 +285,14 @@ class Service:
         scope = self._scope(params).without([window.path])
         scope = excluding_query(self.library, scope, record.content_hash if record is not None else None)
         index = self.library.vector_index("audio")
-        return self._hits_json(self._pages(index, vectors, scope, params, [(window.start_s, window.end_s)]))
+        spans = [(window.start_s, window.end_s)]
+        return self._hits_json(self._pages(("window", window_id), seen, index, vectors, scope, params, spans))
 
     def similar_to_upload(self, upload: Upload, params: SearchParams) -> tuple[str, list[dict[str, Any]]]:
         """Audio -> audio from a clip sent by the client (`keep_upload`): the token its next pages are asked for by
         (`similar_to_kept`), and its hits."""
         token, clip = self.keep_upload(upload, params)
-        return token, self._similar_to_clip(clip, params)
+        return token, self._similar_to_clip(token, clip, params)
 
     def keep_upload(self, upload: Upload, params: SearchParams) -> tuple[str, KeptClip]:
         """Embed a clip sent by the client with the model that built the index, and keep the embedding for the
@@ -312,18 +302,18 @@ class Service:
 
         self._scope(params)
         self.library.vector_index("audio")  # an empty library fails here, before the model is loaded
-        self.check_model()
-        engine = self.engine()
+        model_dir = self.library_model()
+        engine = self.engine(model_dir)
         with self._model_lock:
             vectors, spans = embed_audio_file(
                 self.library,
                 upload.path,
-                model=self.settings.model,
+                model=str(model_dir.path),
                 device=self.settings.device,
                 batch_size=self.settings.batch_size,
                 engine=engine,
             )
-        clip = KeptClip(upload.name, file_sha256(upload.path), vectors, spans)
+        clip = KeptClip(upload.name, file_sha256(upload.path), vectors, spans, model_dir.fingerprint)
         return self.kept.keep(clip), clip
 
     def similar_to_kept(self, token: str, params: SearchParams) -> tuple[str, list[dict[str, Any]]]:
@@ -331,31 +321,56 @@ class Service:
         The library must still be one of the server's model (re-indexed by another, its vectors are not comparable
         with the clip's)."""
         clip = self.kept.get(token)
-        self.check_model()
-        check_index_model(self.library, self.model_dir())  # without --model: the model that embedded the clip
-        return clip.name, self._similar_to_clip(clip, params)
+        model_dir = self.library_model()
+        if clip.model is not None and clip.model != model_dir.fingerprint:  # indexed anew since by another model
+            raise OtherModelError(
+                self.library.name,
+                "this clip was embedded by another model than the library's vectors now are (indexed anew since): "
+                "audio embeddings of different models cannot be compared",
+                "send the clip again",
+            )
+        return clip.name, self._similar_to_clip(token, clip, params)
 
-    def _similar_to_clip(self, clip: KeptClip, params: SearchParams) -> list[dict[str, Any]]:
+    def _similar_to_clip(self, token: str, clip: KeptClip, params: SearchParams) -> list[dict[str, Any]]:
         """A clip's hits. A clip that is a library file (the same sha256) leaves that file out, with its copies, as
         `similar FILE` leaves FILE out: else the file itself would come first, a perfect match that says nothing."""
         from ..similar import excluding_query
 
+        seen = self._library_version()
         scope = excluding_query(self.library, self._scope(params), clip.sha256)
         index = self.library.vector_index("audio")
-        return self._hits_json(self._pages(index, clip.vectors, scope, params, clip.spans))
+        return self._hits_json(self._pages(("clip", token), seen, index, clip.vectors, scope, params, clip.spans))
+
+    def _library_version(self) -> int:
+        """The library's version, refreshed first: read before a search takes its indexes (`RankedPages.page`)."""
+        self.library.refresh()
+        return self.library.version
 
     def _pages(
         self,
+        query: Hashable,
+        seen: int,
         index: Any,
         queries: np.ndarray,
         scope: SearchScope,
         params: SearchParams,
         spans: Sequence[tuple[float, float]] | None = None,
     ) -> list[Hit]:
-        """The pages `params` ask for (`search_pages`): pages fetched one by one are one list."""
-        return search_pages(
-            self.library, index, queries, scope, offset=params.offset, pages=params.pages, query_spans=spans
-        )
+        """The pages `params` ask for (`search_pages`): pages fetched one by one are one list. A first page is
+        searched; pages past it are cut from the hits of that search made deeper (`RankedPages`), kept by `query`
+        (what was searched for), the search's options and the library's version `seen`."""
+        stop = params.offset + params.k * params.pages
+        if stop <= params.k:
+            return search_pages(self.library, index, queries, scope, offset=params.offset, query_spans=spans)
+
+        def first_pages(pages: int) -> list[Hit]:
+            return search_pages(self.library, index, queries, scope, pages=pages, query_spans=spans)
+
+        key = (query, dataclasses.replace(params, offset=0, pages=1))
+        most_pages = -(-(self.settings.max_offset + params.k) // params.k)  # the deepest page the server gives
+        page = self._ranked.page(key, seen, params.k, params.offset, stop, most_pages, first_pages)
+        # Whether a hit's file is on disk is said as of now (a search says it as it reads the hit), not as kept
+        return [dataclasses.replace(hit, missing=not os.path.exists(hit.path)) for hit in page]
 
     def _scope(self, params: SearchParams) -> SearchScope:
         """The search `params` ask for, pages of `k` results: its filters (`SearchParams.filters`), checked, and

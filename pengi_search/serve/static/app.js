@@ -269,12 +269,55 @@ function tabStop(items, chosen) {
   for (const item of items) item.tabIndex = item === chosen ? 0 : -1;
 }
 
-const hitWaveforms = []; // the waveforms of the page's hits, in order: one Tab stop (keyboardWindows)
 const playsHit = new WeakMap(); // waveform -> what pressing it plays
+
+// A hit is one stop of the Tab key, at first its link to the file: the Tab key goes from hit to hit, not through
+// every control of each. The arrow keys move among them: Left and Right to the hit's other controls (Play hit, the
+// waveform, the player, More like this), Up and Down to the same control of the hit above or below (Home and End:
+// of the first and the last hit); Enter or Space on a waveform plays its hit. Tab comes back to the control of a
+// hit last focused (a roving tabindex per hit, see tabStop).
+const HIT_CONTROLS = ["a.path", "button.play-hit", "canvas.waveform", "audio.player", "a.more"];
+const hitRows = []; // the controls of each of the page's hits, in the list's order
+
+// Set up the keyboard of `hits` (the page's, or a page of further results added below them).
+function keyboardHits(hits) {
+  for (const hit of hits) {
+    const row = Array.from(hit.querySelectorAll(HIT_CONTROLS.join(", ")));
+    if (!row.length) continue;
+    tabStop(row, row[0]);
+    hitRows.push(row);
+    for (const control of row) {
+      control.addEventListener("focus", () => tabStop(row, control));
+      control.addEventListener("keydown", (event) => moveAmongHits(event, row, control));
+    }
+  }
+  const keys = document.getElementById("hits-keys"); // how, said to screen readers once the keys do it
+  if (keys && hitRows.length) {
+    keys.hidden = false;
+    document.querySelector("ol.hits").setAttribute("aria-describedby", keys.id);
+  }
+}
+
+function moveAmongHits(event, row, control) {
+  // A key the player used (its seek bar, its volume), or one with a modifier, is left to it and to the browser.
+  if (event.defaultPrevented || event.altKey || event.ctrlKey || event.metaKey || event.shiftKey) return;
+  const at = hitRows.indexOf(row), last = hitRows.length - 1, column = row.indexOf(control);
+  const rows = { ArrowUp: at - 1, ArrowDown: at + 1, Home: 0, End: last };
+  let to;
+  if (event.key === "ArrowLeft") to = row[Math.max(0, column - 1)];
+  else if (event.key === "ArrowRight") to = row[Math.min(row.length - 1, column + 1)];
+  else if (event.key in rows) {
+    const other = hitRows[Math.max(0, Math.min(last, rows[event.key]))];
+    const kind = HIT_CONTROLS.find((selector) => control.matches(selector));
+    to = other.find((item) => item.matches(kind)) ?? other[0]; // a hit that cannot be played has no waveform
+  } else if ((event.key === "Enter" || event.key === " ") && playsHit.has(control)) playsHit.get(control)();
+  else return;
+  event.preventDefault();
+  to?.focus();
+}
 
 // Set up `hits` (the page's, or a page of further results added to it).
 function setUpHits(hits) {
-  const added = [];
   for (const hit of hits) {
     const audio = hit.querySelector("audio.player");
     const button = hit.querySelector("button.play-hit");
@@ -297,12 +340,9 @@ function setUpHits(hits) {
         playSpan(audio, start + fraction * (end - start), end);
       });
       playsHit.set(canvas, () => toggleSpan(audio, start, end));
-      added.push(canvas);
     }
   }
-  if (hitWaveforms.length) added.forEach((canvas) => (canvas.tabIndex = -1)); // the Tab stop stays where it was
-  hitWaveforms.push(...added);
-  keyboardWindows(hitWaveforms, (canvas) => playsHit.get(canvas)(), added);
+  keyboardHits(hits);
 }
 
 // "More results" adds the next page of results to the list, as the server makes it (the page of those results
