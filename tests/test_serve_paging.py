@@ -24,7 +24,6 @@ from pengi_search.serve.kept_clips import KeptClip
 from pengi_search.serve.ranked_pages import LOOK_AHEAD
 from pengi_search.serve.service import SearchParams
 from pengi_search.text_query import NumpyTextEmbedder
-from pengi_search.vectors import VectorIndex
 
 from .search_library import CAPTION, CaptionLibrary, caption_library, model_info
 from .serving import client_for
@@ -71,11 +70,8 @@ def approximate(tmp_path_factory, tiny_model_dir) -> RandomLibrary:
             ]
             library.store.replace_file_windows(file_id, windows)
         library.sync_vector_indexes("hnsw")
+        library.tune(ef_search=1)  # recorded in the database too, whose knobs every machine's files follow
         ids = np.sort(library.vector_index("text").ids())
-        for kind in vectors:
-            index, tag = VectorIndex.load(library.index_path(kind))
-            index.tune(ef_search=1)
-            index.save(library.index_path(kind), tag)
     return RandomLibrary(CaptionLibrary(db, root, {}), vectors, ids)
 
 
