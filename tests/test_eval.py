@@ -38,6 +38,7 @@ from pengi_search.query_embedders import audio_query_embedder, query_embedder
 from pengi_search.search import SearchScope, query_text
 from pengi_search.search_filters import Filters
 from pengi_search.similar import stored_windows
+from pengi_search.ties import tied_groups
 from pengi_search.tokenization import read_tokenizer
 from pengi_search.truth import read_truth
 
@@ -216,13 +217,14 @@ def known(tmp_path_factory, tiny_model_dir):
 
 def hand_ranks_text_to_audio(library, caption_set, model_dir) -> list[int | None]:
     """Each caption searched as `query` searches (among the files under the audio root); the rank of its own file
-    in the top 10, counted here."""
+    in the top 10, counted here, files that tie taken in path order (`query` keeps the library's order, which float
+    rounding may change: this tiny model's captions are all alike)."""
     under_root = Filters(path_glob=caption_set.audio_root + "/*")
     ranks = []
     for item in caption_set.found:
         for caption in item.captions:
             hits = query_text(library, caption, SearchScope(10, filters=under_root), model=str(model_dir), device="cpu")
-            paths = [hit.path for hit in hits]
+            paths = [path for tied in tied_groups(((hit.path, hit.score) for hit in hits), str) for path in tied]
             ranks.append(paths.index(item.path) + 1 if item.path in paths else None)
     return ranks
 
