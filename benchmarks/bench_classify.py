@@ -25,7 +25,7 @@ seconds (what to compare on a machine other jobs share, with `--threads 1`) and 
 `--method text` classifies the same files from their stored captions (one a window, "a sound of" and a label,
 recorded as decoded with classify's default settings, so they are reused): each file's captions are embedded by
 the model's text tower and compared with the labels', a file at a time either way, so what batching changes there
-is the store's reads (`similar.stored_windows_of`: a few queries for all the files, not a few for each).
+is the store's reads (`stored.stored_windows_of`: a few queries for all the files, not a few for each).
 
 The model is the full-size `base` architecture with random weights, built as `bench_query.py` builds it (its
 vocabulary projection is the real 50,257 wide; the labels are encoded by the test suite's small GPT-2 tokenizer,

@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from .library import Library
     from .messages import Notify
     from .model_dir import ModelDir
-    from .similar import StoredWindows
+    from .stored import StoredWindows
     from .window_batches import Progress
 
 DEFAULT_TEMPLATE = "{label}"
@@ -418,7 +418,7 @@ class Classifier:
         file, a folder of stored files asked the store a few queries each."""
         if self.library is None:
             return [None] * len(paths)
-        from .similar import stored_windows_of
+        from .stored import stored_windows_of
 
         loglik = self.settings.method is Method.loglik
         return [self._evidence(found) for found in stored_windows_of(self.library, paths, audio=loglik)]

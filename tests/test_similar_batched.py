@@ -18,7 +18,8 @@ from pengi_search.db import Store, StoreMismatchError
 from pengi_search.library import Library
 from pengi_search.search import SearchScope
 from pengi_search.search_filters import Filters
-from pengi_search.similar import similar_to_files, stored_windows
+from pengi_search.similar import similar_to_files
+from pengi_search.stored import stored_windows
 from pengi_search.testing import make_tiny_model_dir
 
 from .indexing import write_tone

@@ -27,7 +27,7 @@ from ..embedders import warn_of_cuts
 from ..ranking import RANK_LABELS
 from ..search import SearchScope, allowed_ids, ranked_index, search_index
 from ..search_filters import Filters
-from ..similar import stored_windows_of
+from ..stored import stored_windows_of
 from ..ties import TIE_TOLERANCE, tied_groups
 from ..vectors import l2_normalise
 from .datasets import CaptionedFile, CaptionSet, left_out
