@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from pengi_search.classify import Classifier, ClassifySettings
-from pengi_search.db import Store
 from pengi_search.evaluation import retrieval
 from pengi_search.evaluation.datasets import read_caption_set
 from pengi_search.evaluation.retrieval import available_rankings, evaluate_retrieval
@@ -46,21 +45,6 @@ def shelf(tmp_path_factory, tiny_model_dir) -> CaptionLibrary:
         "file_name,caption_1\n" + "".join(f"{name},{SHELF[name][1][0]}\n" for name in ORDER)
     )
     return found
-
-
-@pytest.fixture()
-def store_reads(monkeypatch) -> dict[str, int]:
-    """How many times the store opens a session or a read (each is one or a few queries), counted from 0."""
-    reads = {"count": 0}
-    for method in ("session", "reading"):
-        real = getattr(Store, method)
-
-        def counted(self, *args, _real=real, **kwargs):
-            reads["count"] += 1
-            return _real(self, *args, **kwargs)
-
-        monkeypatch.setattr(Store, method, counted)
-    return reads
 
 
 def paths_of(shelf: CaptionLibrary, names: list[str]) -> list[str]:
