@@ -37,7 +37,7 @@ def stored_windows_of(
     library: Library, paths: Sequence[str | os.PathLike[str]], *, audio: bool = False
 ) -> list[StoredWindows | None]:
     """`stored_windows` of each of `paths`, read together: a few queries for all the files (`similar`, `classify`
-    and `eval retrieval` of a folder asked four or five of the store for each file)."""
+    and `eval retrieval` of a folder asked three to five of the store for each file)."""
     entries = [_scanned(path) for path in paths]
     records = library.store.get_files(entry.path for entry in entries if entry is not None)
     indexed = [_unchanged(entry, records.get(entry.path)) if entry is not None else None for entry in entries]

@@ -83,7 +83,7 @@ def test_a_library_of_another_model_is_not_reused_for_many_files(shelf, tmp_path
 
 @pytest.mark.parametrize("method", ["text", "loglik"])
 def test_classify_reads_the_store_as_often_for_four_stored_files_as_for_one(shelf, tiny_model_dir, store_reads, method):
-    """File by file, each stored file cost about four reads (its record, its windows' ids, their details, and for
+    """File by file, each stored file cost three or four reads (its record, its windows' ids, their details, and for
     loglik its audio vectors)."""
     with Library.open(shelf.db, read_only=True) as library:
         c = classifier(library, tiny_model_dir, method)
