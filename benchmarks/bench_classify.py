@@ -1,8 +1,10 @@
-"""`classify --method loglik` from a library's stored audio embeddings: files per second, file by file or batched.
+"""`classify` from a library's stored audio embeddings (loglik) or captions (text): files per second, file by file
+or batched.
 
     python benchmarks/bench_classify.py --threads 1                 # 64 files, full-size random weights, CPU
     python benchmarks/bench_classify.py --files 128 --workdir /tmp/bcl   # keeps (and reuses) the model there
     python benchmarks/bench_classify.py --size tiny --files 16      # seconds: do both ways agree?
+    python benchmarks/bench_classify.py --size tiny --files 500 --method text   # stored captions: mostly store reads
 
 A file indexed and unchanged is classified by loglik from its stored audio embeddings: no audio is decoded, and
 what remains is the language model scoring every label as the answer to the prompt after each window's prefix.
@@ -19,6 +21,11 @@ audio embeddings for each (one window for most, as short clips have) recorded by
 Both give every label's score for every file; the script checks that they agree within 1e-4 (float32 products
 of other shapes round differently, see tests/test_classify.py) and prints files/s, seconds, the process's CPU
 seconds (what to compare on a machine other jobs share, with `--threads 1`) and the ratio.
+
+`--method text` classifies the same files from their stored captions (one a window, "a sound of" and a label,
+recorded as decoded with classify's default settings, so they are reused): each file's captions are embedded by
+the model's text tower and compared with the labels', a file at a time either way, so what batching changes there
+is the store's reads (`stored.stored_windows_of`: a few queries for all the files, not a few for each).
 
 The model is the full-size `base` architecture with random weights, built as `bench_query.py` builds it (its
 vocabulary projection is the real 50,257 wide; the labels are encoded by the test suite's small GPT-2 tokenizer,
@@ -49,9 +56,12 @@ LABELS = [
 
 def build_library(db: Path, folder: Path, model_dir: Path, files: int) -> list[str]:
     """`files` small files, each indexed in `db` with 1 to 3 windows of random audio embeddings (mostly one)."""
+    from pengi_search.choices import EXACT_MODE, decoding_settings
+    from pengi_search.classify import ClassifySettings
     from pengi_search.db import EmbedderInfo, ModelInfo, TextRecord, WindowInput
     from pengi_search.library import Library
     from pengi_search.model_dir import ModelDir
+    from pengi_search.prompts import TASK_PROMPTS
     from pengi_search.scan import scan
 
     model = ModelDir.read(model_dir)
@@ -63,14 +73,25 @@ def build_library(db: Path, folder: Path, model_dir: Path, files: int) -> list[s
         db.unlink()
     rng = np.random.default_rng(0)
     dim = model.config.d_proj
+    defaults = ClassifySettings()  # the captions say they were decoded as classify decodes: the text method takes them
+    decoding = decoding_settings(defaults.beam, defaults.max_len, defaults.stop)
     with Library.open(str(db)) as library:
         store = library.store
         store.set_index_meta(ModelInfo(model.name, str(model.fingerprint)), EmbedderInfo("bench", dim))
         for i, entry in enumerate(scan([str(p) for p in paths], frozenset()).entries):
             file_id = store.upsert_file(entry.path, size=entry.size, mtime=entry.mtime)
             windows = [
-                WindowInput(w, 3.0 * w, 3.0 * w + 7.0, [TextRecord("generate audio caption", "a sound")], vectors)
+                WindowInput(w, 3.0 * w, 3.0 * w + 7.0, [caption], vectors)
                 for w in range(1 + (i % 8 == 0) + (i % 16 == 0))  # one window, two for an eighth, three for a 16th
+                for caption in [
+                    TextRecord(
+                        TASK_PROMPTS["caption"],
+                        f"a sound of {LABELS[(i + w) % len(LABELS)]}",
+                        None,
+                        EXACT_MODE,
+                        decoding,
+                    )
+                ]
                 for vectors in [{kind: rng.standard_normal(dim).astype(np.float32) for kind in ("text", "audio")}]
             ]
             store.replace_file_windows(file_id, windows)
@@ -87,7 +108,7 @@ def timed_runs(args: argparse.Namespace, model_dir: Path, db: Path, paths: list[
 
     model = ModelDir.read(model_dir)
     engine = Engine.load(model, "cpu", args.batch_size)
-    settings = ClassifySettings(method="loglik")
+    settings = ClassifySettings(method=args.method)
     with Library.open(str(db), read_only=True) as library:
         classifier = Classifier(LABELS, settings, model_dir=model, library=library, engine=engine)
 
@@ -103,7 +124,8 @@ def timed_runs(args: argparse.Namespace, model_dir: Path, db: Path, paths: list[
         batched = scores(list(classifier.classify_files(paths)))
         together, together_cpu = time.perf_counter() - start, time.process_time() - cpu_start
     gap = float(np.abs(one_by_one - batched).max())
-    setup = f"model {args.size}, threads {args.threads or torch.get_num_threads()}, --batch-size {args.batch_size}"
+    threads = args.threads or torch.get_num_threads()
+    setup = f"--method {args.method}, model {args.size}, threads {threads}, --batch-size {args.batch_size}"
     print(f"{len(paths)} files, {len(LABELS)} labels, {setup}")
     # CPU seconds too: on a machine shared with other jobs the wall time says more about them than about this run.
     print(f"{'file by file':<14} {len(paths) / single:8.2f} files/s  {single:7.2f} s  CPU {single_cpu:7.2f} s")
@@ -120,6 +142,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=64)
     parser.add_argument("--size", choices=("base", "tiny"), default="base")
+    parser.add_argument("--method", choices=("loglik", "text"), default="loglik")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--batch-size", type=int, default=None, help="windows per batch (default: the device's)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the model and the library here")

@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from .library import Library
     from .messages import Notify
     from .model_dir import ModelDir
+    from .stored import StoredWindows
     from .window_batches import Progress
 
 DEFAULT_TEMPLATE = "{label}"
@@ -339,13 +340,6 @@ class Classifier:
             self._label_vectors = embed_given(self.embedder(), texts, self.notify, what="label", names=self.labels)
         return self._label_vectors
 
-    def _stored(self, path: str | os.PathLike[str]) -> Any:
-        if self.library is None:
-            return None
-        from .similar import stored_windows
-
-        return stored_windows(self.library, path, audio=self.settings.method is Method.loglik)
-
     def classify(self, path: str | os.PathLike[str]) -> Prediction:
         """One file's prediction; raises AudioDecodeError when it cannot be decoded."""
         from .audio_decoders import AudioDecodeError
@@ -363,7 +357,7 @@ class Classifier:
         together, windows from all of them in each batch (`window_batches`). `progress` counts the windows of both."""
         from .window_batches import map_windows
 
-        stored = [(os.fspath(p), self._stored_evidence(p)) for p in paths]
+        stored = list(zip([os.fspath(p) for p in paths], self._stored_evidence(paths), strict=True))
         to_decode = [path for path, found in stored if found is None]
         held = [found for _, found in stored if found is not None]
         self._open_models(decoding=bool(to_decode))
@@ -417,11 +411,20 @@ class Classifier:
         if text_method:
             self.label_vectors()
 
-    def _stored_evidence(self, path: str | os.PathLike[str]) -> Any:
-        """What the index holds for the file that this method scores (its captions, or its audio vectors), or None
-        when it holds nothing usable (not indexed, changed since, or a caption missing or decoded otherwise than this
-        run decodes)."""
-        stored = self._stored(path)
+    def _stored_evidence(self, paths: Sequence[str | os.PathLike[str]]) -> list[Any]:
+        """For each file, what the index holds that this method scores (its captions, or its audio vectors), or None
+        when it holds nothing usable (no library of this model, not indexed, changed since, or a caption missing or
+        decoded otherwise than this run decodes). Read for all the files together (`stored_windows_of`): file by
+        file, a folder of stored files asked the store a few queries each."""
+        if self.library is None:
+            return [None] * len(paths)
+        from .stored import stored_windows_of
+
+        loglik = self.settings.method is Method.loglik
+        return [self._evidence(found) for found in stored_windows_of(self.library, paths, audio=loglik)]
+
+    def _evidence(self, stored: StoredWindows | None) -> Any:
+        """What this method scores of one file's stored windows (see `_stored_evidence`)."""
         if stored is None:
             return None
         if self.settings.method is Method.loglik:

@@ -59,6 +59,24 @@ def served(tmp_path_factory, tiny_model_dir):
     return served_library(tmp_path_factory.mktemp("served"), tiny_model_dir)
 
 
+@pytest.fixture()
+def store_reads(monkeypatch) -> dict[str, int]:
+    """How many times the store opens a session or a read (each one or a few queries): a test sets "count" to 0,
+    does what it measures, and reads it. File-by-file reads show as a count that grows with the files."""
+    from pengi_search.db import Store
+
+    reads = {"count": 0}
+    for method in ("session", "reading"):
+        real = getattr(Store, method)
+
+        def counted(self, *args, _real=real, **kwargs):
+            reads["count"] += 1
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(Store, method, counted)
+    return reads
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch) -> Path:
     """Commands never touch the user's real data directory or model settings."""

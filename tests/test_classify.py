@@ -31,7 +31,7 @@ from pengi_search.inference import Engine
 from pengi_search.library import Library
 from pengi_search.model_dir import ModelDir
 from pengi_search.prompts import TASK_PROMPTS
-from pengi_search.similar import stored_windows
+from pengi_search.stored import stored_windows
 from pengi_search.tokenization import Tokenizers
 from pengi_search.truth import Truth, read_truth
 

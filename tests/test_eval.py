@@ -37,7 +37,7 @@ from pengi_search.pathnames import shown
 from pengi_search.query_embedders import audio_query_embedder, query_embedder
 from pengi_search.search import SearchScope, query_text
 from pengi_search.search_filters import Filters
-from pengi_search.similar import stored_windows
+from pengi_search.stored import stored_windows
 from pengi_search.ties import tied_groups
 from pengi_search.tokenization import read_tokenizer
 from pengi_search.truth import read_truth

@@ -35,7 +35,8 @@ from pengi_search.model_dir import ModelDir
 from pengi_search.query_embedders import query_embedder
 from pengi_search.search import SearchScope, query_text, search_index
 from pengi_search.search_filters import Filters
-from pengi_search.similar import similar_to_file, similar_to_files, stored_windows
+from pengi_search.similar import similar_to_file, similar_to_files
+from pengi_search.stored import stored_windows
 from pengi_search.testing import clip_like_tokenizer, make_tiny_model_dir, tiny_config, tiny_gpt2_tokenizer
 from pengi_search.text_query import NumpyTextEmbedder, blas_threads, mapped_tensors
 from pengi_search.tokenization import TOKENIZER_DIR

@@ -14,11 +14,12 @@ from typer.testing import CliRunner
 from pengi_search import similar as similar_module
 from pengi_search.choices import By
 from pengi_search.cli import app
-from pengi_search.db import Store, StoreMismatchError
+from pengi_search.db import StoreMismatchError
 from pengi_search.library import Library
 from pengi_search.search import SearchScope
 from pengi_search.search_filters import Filters
-from pengi_search.similar import similar_to_files, stored_windows
+from pengi_search.similar import similar_to_files
+from pengi_search.stored import stored_windows
 from pengi_search.testing import make_tiny_model_dir
 
 from .indexing import write_tone
@@ -78,19 +79,11 @@ def test_many_files_get_what_each_gets_alone(shelf, tiny_model_dir, monkeypatch,
     assert not {h.path for h in first.hits} & {str(sounds / "t0.wav"), str(sounds / "copy-of-t0.wav")}
 
 
-def test_indexed_files_are_searched_in_one_faiss_call_and_read_together(shelf, monkeypatch):
+def test_indexed_files_are_searched_in_one_faiss_call_and_read_together(shelf, monkeypatch, store_reads):
     """Five indexed files: one FAISS search, and as many reads of the store as for two files (a file alone made
     about seven, and its own FAISS search)."""
     db, sounds, _ = shelf
-    reads = {"count": 0}
-    for method in ("session", "reading"):
-        real = getattr(Store, method)
-
-        def counted(self, *args, _real=real, **kwargs):
-            reads["count"] += 1
-            return _real(self, *args, **kwargs)
-
-        monkeypatch.setattr(Store, method, counted)
+    reads = store_reads
     paths = [str(sounds / name) for name, _ in SOUNDS]
     with Library.open(db, read_only=True) as library:
         index = library.vector_index("audio")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..json_values import json_seconds
-from ..similar import stored_windows
+from ..stored import stored_windows
 from ..window_batches import Progress, map_windows
 from . import java_metrics
 from .datasets import CaptionSet, left_out

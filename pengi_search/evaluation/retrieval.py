@@ -12,6 +12,7 @@ of each window with the query's embedding by Pengi's text tower; "hybrid" weighs
 
 from __future__ import annotations
 
+import functools
 import glob
 import logging
 from collections.abc import Mapping, Sequence
@@ -21,11 +22,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from ..choices import DEFAULT_HYBRID_WEIGHT, By, Rank
+from ..chunking import chunked
 from ..embedders import warn_of_cuts
 from ..ranking import RANK_LABELS
 from ..search import SearchScope, allowed_ids, ranked_index, search_index
 from ..search_filters import Filters
-from ..similar import stored_windows
+from ..stored import stored_windows_of
 from ..ties import TIE_TOLERANCE, tied_groups
 from ..vectors import l2_normalise
 from .datasets import CaptionedFile, CaptionSet, left_out
@@ -41,6 +43,9 @@ if TYPE_CHECKING:
 RECALL_KS = (1, 5, 10)
 AP_K = 10
 _RECALL_CUTS = {f"R@{k}": k for k in RECALL_KS}  # the metrics a tie across the k-th place can move
+# Files whose stored windows and vectors are read from the store together: its queries shared by many files, their
+# vectors few enough to hold (all of AudioSet's eval set at once: hundreds of MB, with hybrid's two kinds).
+FILES_PER_READ = 256
 
 log = logging.getLogger(__name__)
 
@@ -142,30 +147,43 @@ class WindowMatching:
         column = [position[caption] for caption in captions]
         distinct = list(position)
         vectors = self._query_vectors(distinct)
-        ranked = []
-        for path in paths:
-            scores = self._window_scores(path, vectors, len(distinct))
-            if scores is None:  # no window with every vector this ranking needs: no caption can be ranked
-                ranked.append([])
-                continue
-            # A caption's score is its best over the file's windows, as text -> audio scores a file.
-            ranked.append(_best_with_ties(scores[:, column].max(axis=0), k))
+        ranked: list[Scored] = []
+        for chunk in chunked(paths, FILES_PER_READ):
+            for scores in self._window_scores(chunk, vectors, len(distinct)):
+                if scores is None:  # no window with every vector this ranking needs: no caption can be ranked
+                    ranked.append([])
+                    continue
+                # A caption's score is its best over the file's windows, as text -> audio scores a file.
+                ranked.append(_best_with_ties(scores[:, column].max(axis=0), k))
         return ranked
 
-    def _window_scores(self, path: str, vectors: dict[str, np.ndarray], captions: int) -> np.ndarray | None:
-        """(windows, captions) scores of the file's windows that have every vector kind needed."""
-        stored = stored_windows(self.library, path)
-        window_ids = [w.window_id for w in stored.windows] if stored else []
-        found = {kind: self.library.store.vectors(kind, window_ids) for kind, _, _ in self.parts}
-        common = np.asarray(window_ids, dtype=np.int64)
-        for ids, _ in found.values():
-            common = np.intersect1d(common, ids)
+    def _window_scores(
+        self, paths: Sequence[str], vectors: dict[str, np.ndarray], captions: int
+    ) -> list[np.ndarray | None]:
+        """Per file, the (windows, captions) scores of its windows that have every vector kind needed (None: it has
+        none). The files' windows and vectors are read together: a few queries for all of them, not for each."""
+        stored = stored_windows_of(self.library, paths)
+        window_ids = [np.array([w.window_id for w in found.windows] if found else [], np.int64) for found in stored]
+        every = np.concatenate(window_ids) if window_ids else np.empty(0, np.int64)
+        found = {kind: self.library.store.vectors(kind, every.tolist()) for kind, _, _ in self.parts}
+        usable = functools.reduce(np.intersect1d, [ids for ids, _ in found.values()])  # windows with every kind
+        return [self._file_scores(np.intersect1d(ids, usable), found, vectors, captions) for ids in window_ids]
+
+    def _file_scores(
+        self,
+        common: np.ndarray,
+        found: dict[str, tuple[np.ndarray, np.ndarray]],
+        vectors: dict[str, np.ndarray],
+        captions: int,
+    ) -> np.ndarray | None:
+        """(windows, captions) scores of one file's windows `common` (sorted ids), from `found`'s rows of each kind
+        (sorted by id, as `Store.vectors` gives them), or None when it has no such window."""
         if not common.size:
             return None
         total = np.zeros((common.size, captions), np.float32)
         for kind, _, weight in self.parts:
             ids, windows = found[kind]
-            total += weight * (l2_normalise(windows[np.isin(ids, common)]) @ vectors[kind].T)
+            total += weight * (l2_normalise(windows[np.searchsorted(ids, common)]) @ vectors[kind].T)
         return total
 
 
@@ -236,7 +254,7 @@ def evaluate_retrieval(
 ) -> dict[str, Any]:
     """Metrics of each ranking in both directions, recall-at-k curves, per-query ranks, and the files left out
     (`index_failures`: the indexer's reasons, by path). `notify`: told of each caption an embedder cuts."""
-    indexed = [item for item in caption_set.found if stored_windows(library, item.path or "") is not None]
+    indexed = _indexed(library, caption_set.found)
     skipped = left_out(caption_set, {item.name for item in indexed}, index_failures)
     queries = _Queries(
         indexed,
@@ -274,6 +292,15 @@ def evaluate_retrieval(
         "skipped": skipped,
         "queries": details,
     }
+
+
+def _indexed(library: Library, items: Sequence[CaptionedFile]) -> list[CaptionedFile]:
+    """The items whose file the library holds indexed and unchanged, read `FILES_PER_READ` files at a time."""
+    found = []
+    for chunk in chunked(items, FILES_PER_READ):
+        stored = stored_windows_of(library, [item.path or "" for item in chunk])
+        found += [item for item, windows in zip(chunk, stored, strict=True) if windows is not None]
+    return found
 
 
 def _text_to_audio(ranking: Ranking, queries: _Queries, names: dict[str | None, str], audio_root: str) -> _Outcome:
