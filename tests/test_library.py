@@ -370,6 +370,24 @@ def test_stats_and_doctor_count_the_removed_vectors_each_file_still_stores(db: s
     assert re.search(r"audio index +ok, 23 of 23 vectors, 2 removed ones still stored\n", doctor_text)
 
 
+def test_stats_counts_no_file_for_a_damaged_one_removed_while_it_was_read(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file's size is taken after its header: a rebuild may remove a damaged file in between."""
+    with opened(db) as (library, _):
+        library.sync_vector_indexes()
+        path = library.index_path("text")
+
+    def read_then_removed(read: Path) -> tuple[str, int]:
+        read.unlink()
+        raise VectorIndexError(str(read), "truncated header")
+
+    monkeypatch.setattr("pengi_search.index_files.read_index_header", read_then_removed)
+    with Library.open(db, read_only=True) as library:
+        assert index_file(library.store, "text") is None
+    assert not path.exists()
+
+
 def test_doctor_says_when_a_file_stores_more_removed_vectors_than_a_compaction_leaves(db: str) -> None:
     """A removal past the fifth compacts at once, so only a file written otherwise (by hand, by another version)
     holds more: searches pass over them until the next removal compacts it, or a rebuild."""
