@@ -114,12 +114,14 @@ class Rank(PlacedProcess):
 
     def _sibling_left(self, waiting: threading.Thread) -> bool:
         """Whether another rank of this machine ended without meeting the others (one that left a failure to the
-        machine's first rank, which found none: the library's lock freed meanwhile): it will never come. One that
-        ended on meeting them let `waiting` end too, within `_GRACE_S`."""
+        machine's first rank, which found none: the library's lock freed meanwhile): it will never come.
+
+        One that ended on meeting them let `waiting` end too, within `_GRACE_S`. The processes are listed again
+        after it: one that torchrun had not started yet at the first look is running by then."""
         if not self._siblings.one_ended():
             return False
         waiting.join(_GRACE_S)
-        return waiting.is_alive()
+        return waiting.is_alive() and self._siblings.one_ended()
 
     def _meet(self, failed: list[Exception]) -> None:
         """In `barrier`'s helper thread: connect the ranks the first time, then wait for them all. A rank stopped
