@@ -70,13 +70,17 @@ def described_by_file(store: Store, kind: str) -> VectorIndexInfo | None:
     index, tag = load_own(store, path)
     if index is None or tag is None:
         return None
+    try:
+        written = path.stat().st_mtime
+    except OSError:  # removed since it was read: as good as none
+        return None
     return VectorIndexInfo(
         kind=kind,
         requested_type=requested_type(tag),
         effective_type=index.type,
         params=dataclasses.asdict(index.params),
         vectors=len(index),
-        updated_at=datetime.fromtimestamp(path.stat().st_mtime, timezone.utc),
+        updated_at=datetime.fromtimestamp(written, timezone.utc),
     )
 
 
