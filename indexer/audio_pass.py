@@ -48,7 +48,6 @@ class AudioPass:
         self.outcomes = outcomes
         self.progress = progress
         self._flights: dict[int, _InFlight] = {}
-        self._promises = Promises(progress)
 
     def run(self, model: IndexModel, todo: list[Entry]) -> None:
         """Decode every file of `todo` and store its windows with their audio embeddings, file by file."""

@@ -136,6 +136,8 @@ class _Run:
         self._model_loaded: IndexModel | None = None
         self._identical: IdenticalFiles  # set by `_reuse`, before pass 1
         self._outcomes: FileOutcomes  # set once the run is recorded (its id known), by `execute`
+        self._restarting = False  # --reindex starts the whole library over here (`_restarts_library`)
+        self._held_for_restart = contextlib.ExitStack()  # no other job's run writes until then (`_alone`)
 
     @property
     def leads(self) -> bool:
@@ -150,6 +152,15 @@ class _Run:
         if self.options.reindex or self.options.model is not None or self.options.text_embedder is not None:
             with said_once_per_machine():  # asked for explicitly, so by every rank alike
                 self._choose()  # checked even when nothing needs indexing
+        with self._held_for_restart:  # released by `_reset` once done, or by a failure before
+            self._restarting = self._restarts_library()
+            if self._restarting:  # refused before the run is recorded: a refusal leaves no failed run behind
+                self._held_for_restart.enter_context(self._alone("re-index this library with another model"))
+            return self._recorded(scanned)
+
+    def _recorded(self, scanned: ScanResult) -> IndexSummary:
+        """The run's steps, recorded in the library's runs as it goes and as it ends."""
+        summary = self.summary
         self.run_id = summary.run_id = self.store.start_run(summary.shard)
         self._outcomes = FileOutcomes(self.store, self.run_id, summary)
         status = "failed"
@@ -217,16 +228,26 @@ class _Run:
         """--reindex (rank 0 only): with the library's model and embedder, forget the windows of the files this run
         selected (under its paths, of its extensions), which it indexes anew, and leave the library's other files as
         they are. With another model or embedder, whose vectors cannot share the indexes with the old ones, forget
-        every caption and vector and record the new model and embedder."""
-        if self.rank is None or self.rank.leads:
-            try:
-                check_compatible(self.store, self._choose())
-                self.store.forget_windows(selected)
-            except BuiltWithOtherError:
-                with self._alone("re-index this library with another model"):
-                    self.store.reset_index(self._choose().model, self._model().embedder_info)
+        every caption and vector and record the new model and embedder (`_restarting`: other jobs' runs were
+        checked, and held off, before this run was recorded)."""
+        if self._restarting:
+            self.store.reset_index(self._choose().model, self._model().embedder_info)
+        elif self.rank is None or self.rank.leads:
+            self.store.forget_windows(selected)
+        self._held_for_restart.close()  # other jobs' shards may write again: to the library started over
         if self.rank is not None:
             self.rank.barrier()
+
+    def _restarts_library(self) -> bool:
+        """Whether this process's --reindex starts the whole library over: rank 0's (or the only process's), with
+        another model or embedder than the library's."""
+        if not self.options.reindex or not (self.rank is None or self.rank.leads):
+            return False
+        try:
+            check_compatible(self.store, self._choose())
+        except BuiltWithOtherError:
+            return True
+        return False
 
     def _alone(self, doing: str) -> contextlib.AbstractContextManager[None]:
         """Within: no other job's run writes to the library, for `doing` what would restart it under that run. An

@@ -107,13 +107,21 @@ class Rank(PlacedProcess):
         waiting.start()
         while waiting.is_alive():  # the signal's KeyboardInterrupt is raised here, between waits
             waiting.join(_SIGNAL_CHECK_S)
-            if self._siblings.one_ended() and (waiting.join(_GRACE_S) or waiting.is_alive()):
-                # One ended without meeting the others (one that left a failure to the machine's first rank, which
-                # found none: the library's lock freed meanwhile) and will never come; ended on meeting them, it
-                # had let this one's wait end too.
+            if waiting.is_alive() and self._sibling_left(waiting):
                 raise RanksNotMet(self.shard)
         if failed:
             raise RanksNotMet(self.shard) from failed[0]  # gloo's message: a line of advice on crashed workers
+
+    def _sibling_left(self, waiting: threading.Thread) -> bool:
+        """Whether another rank of this machine ended without meeting the others (one that left a failure to the
+        machine's first rank, which found none: the library's lock freed meanwhile): it will never come.
+
+        One that ended on meeting them let `waiting` end too, within `_GRACE_S`. The processes are listed again
+        after it: one that torchrun had not started yet at the first look is running by then."""
+        if not self._siblings.one_ended():
+            return False
+        waiting.join(_GRACE_S)
+        return waiting.is_alive() and self._siblings.one_ended()
 
     def _meet(self, failed: list[Exception]) -> None:
         """In `barrier`'s helper thread: connect the ranks the first time, then wait for them all. A rank stopped

@@ -50,12 +50,15 @@ def index_file(store: Store, kind: str) -> IndexFile | None:
     path = default_index_path(store.url, kind)
     try:
         tag, removed = read_index_header(path)
-        size = path.stat().st_size
     except VectorIndexError:
-        return IndexFile(path.stat().st_size, None)
+        tag, removed = None, None
     except OSError:
         return None
-    if owned_tag(store.index_meta(), path, tag) is None:
+    try:
+        size = path.stat().st_size
+    except OSError:  # removed (or replaced by a rebuild's rename) since its header was read: as good as none
+        return None
+    if tag is not None and owned_tag(store.index_meta(), path, tag) is None:
         return None
     return IndexFile(size, removed)
 
@@ -67,13 +70,17 @@ def described_by_file(store: Store, kind: str) -> VectorIndexInfo | None:
     index, tag = load_own(store, path)
     if index is None or tag is None:
         return None
+    try:
+        written = path.stat().st_mtime
+    except OSError:  # removed since it was read: as good as none
+        return None
     return VectorIndexInfo(
         kind=kind,
         requested_type=requested_type(tag),
         effective_type=index.type,
         params=dataclasses.asdict(index.params),
         vectors=len(index),
-        updated_at=datetime.fromtimestamp(path.stat().st_mtime, timezone.utc),
+        updated_at=datetime.fromtimestamp(written, timezone.utc),
     )
 
 

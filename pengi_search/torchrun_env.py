@@ -172,14 +172,18 @@ def _machines_other_processes() -> list[int] | None:
     return [pid for pid in children if pid != os.getpid()]
 
 
-@dataclass(frozen=True)
+@dataclass
 class MachineSiblings:
-    """The run's other processes on this machine as a command starts (`_machines_other_processes`: none outside
-    torchrun), to tell later whether one of them has ended: torchrun, which reaps a process as it ends, no longer
-    lists it then."""
+    """The run's other processes on this machine (`_machines_other_processes`: none outside torchrun), listed as a
+    command starts and again at each look, to tell whether one of them has ended: torchrun, which reaps a process
+    as it ends, no longer lists it then.
 
-    pids: list[int]
-    expected: int = 0  # how many there are to be: one that ended (and was reaped) before the listing is missing
+    torchrun starts a machine's processes one after another, so the first ones may list the others before the last
+    have been started: each look lists them again, and one never listed counts as ended only when it is missing
+    from a listing made then (`one_ended`)."""
+
+    pids: list[int]  # every one listed so far, ended ones included
+    expected: int = 0  # how many there are to be: one that ended (and was reaped) before any listing is missing
 
     @classmethod
     def now(cls) -> MachineSiblings:
@@ -189,6 +193,8 @@ class MachineSiblings:
         return cls(pids, (place().local_world_size or 1) - 1)
 
     def one_ended(self) -> bool:
+        """Whether one of them has ended: one listed before that no longer runs, or one still missing now."""
+        self.pids += [pid for pid in _machines_other_processes() or [] if pid not in self.pids]
         return len(self.pids) < self.expected or not all(map(_running, self.pids))
 
 

@@ -516,7 +516,10 @@ CASES = {
         "no Pengi model mine is installed",
     ),
     "index, another run writing": Case(
-        lambda p: ("index", p.sounds, *lib(p)), EXIT_FAILED, "another indexing run", another_index_run
+        lambda p: ("index", p.sounds, *lib(p)),
+        EXIT_FAILED,
+        "another command is writing to this library",  # its lock held, no run recorded (as a `remove` holds it)
+        another_index_run,
     ),
     "query, library of another model": Case(
         lambda p: ("query", "x", "--db", p.db, "--model", p.other_model),

@@ -191,6 +191,7 @@ def test_under_torchrun_a_reindex_with_another_model_is_refused_while_another_jo
     assert launched.returncode != 0 and errors and refused in errors[0], launched.stderr[-3000:]
     with Store.open(db) as store:
         assert (store.stats()["window_count"], store.index_meta()) == before
+    assert "0/2" not in _run_statuses(db)  # refused before its run was recorded: no failed index run is left
 
 
 def test_under_torchrun_shards_another_job_holds_are_said_once_per_machine(sounds, tmp_path, tiny_model_dir):

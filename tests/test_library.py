@@ -24,6 +24,7 @@ import pytest
 from sqlalchemy import event
 from typer.testing import CliRunner
 
+from pengi_search import index_files
 from pengi_search.cli import app
 from pengi_search.db import ClosedLibraryError, EmbedderInfo, ModelInfo, ReplaceResult, Store, WindowInput
 from pengi_search.doctor import check_vector_files
@@ -368,6 +369,41 @@ def test_stats_and_doctor_count_the_removed_vectors_each_file_still_stores(db: s
     assert not [problem for problem in json.loads(doctor.stdout)["problems"] if "index" in problem["where"]]
     doctor_text = CliRunner().invoke(app, ["doctor", "--db", db]).stdout
     assert re.search(r"audio index +ok, 23 of 23 vectors, 2 removed ones still stored\n", doctor_text)
+
+
+def test_stats_counts_no_file_for_a_damaged_one_removed_while_it_was_read(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file's size is taken after its header: a rebuild may remove a damaged file in between."""
+    with opened(db) as (library, _):
+        library.sync_vector_indexes()
+        path = library.index_path("text")
+
+    def read_then_removed(read: Path) -> tuple[str, int]:
+        read.unlink()
+        raise VectorIndexError(str(read), "truncated header")
+
+    monkeypatch.setattr("pengi_search.index_files.read_index_header", read_then_removed)
+    with Library.open(db, read_only=True) as library:
+        assert index_file(library.store, "text") is None
+    assert not path.exists()
+
+
+def test_a_file_removed_once_read_describes_no_index(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A library indexed before the database kept its indexes' record is described from its file, whose time of
+    writing is taken after it was read: a rebuild may remove it in between."""
+    with opened(db) as (library, _):
+        library.sync_vector_indexes()
+    load_own = index_files.load_own
+
+    def loaded_then_removed(store: Store, read: Path) -> tuple[VectorIndex | None, str | None]:
+        index, tag = load_own(store, read)
+        read.unlink()
+        return index, tag
+
+    monkeypatch.setattr(index_files, "load_own", loaded_then_removed)
+    with Library.open(db, read_only=True) as library:
+        assert index_files.described_by_file(library.store, "text") is None
 
 
 def test_doctor_says_when_a_file_stores_more_removed_vectors_than_a_compaction_leaves(db: str) -> None:

@@ -4,10 +4,13 @@ indexer and the trainer alike."""
 from __future__ import annotations
 
 import os
+import subprocess
+import threading
 
 import pytest
 from typer.testing import CliRunner
 
+import indexer.shard
 from indexer.shard import Rank, Shard
 from pengi_search import torchrun_env
 from pengi_search.cli import app
@@ -80,15 +83,63 @@ def test_a_local_rank_left_in_the_environment_without_a_run_does_not_silence_a_f
     assert result.exit_code == EXIT_USAGE and result.stderr.startswith("error: "), result.output
 
 
+def _torchrun_place(monkeypatch, on_machine: int) -> None:
+    """This process as the first of `on_machine` that torchrun started on this machine."""
+    for name, value in {"WORLD_SIZE": str(on_machine), "RANK": "0", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(on_machine))
+
+
+def _listed(monkeypatch, *pids: int) -> None:
+    """The machine's other processes of the run, as torchrun's list of its children gives them from now on."""
+    monkeypatch.setattr(torchrun_env, "_machines_other_processes", lambda: list(pids))
+
+
 def test_a_fellow_process_that_ended_before_it_was_listed_counts_as_ended(monkeypatch) -> None:
     """torchrun reaps a worker as it ends: one that ended before this one listed the machine's workers is not among
     them, and is missed by the count LOCAL_WORLD_SIZE gives (a rank waiting for it would wait for days)."""
-    for name, value in {"WORLD_SIZE": "3", "RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "3"}.items():
-        monkeypatch.setenv(name, value)
-    running = os.getpid()  # a process that runs (a listed fellow is looked up by its id)
-    monkeypatch.setattr(torchrun_env, "_machines_other_processes", lambda: [running, running])
+    _torchrun_place(monkeypatch, 3)
+    running = [os.getpid(), os.getppid()]  # processes that run (a listed fellow is looked up by its id)
+    _listed(monkeypatch, *running)
     assert not torchrun_env.MachineSiblings.now().one_ended()
-    monkeypatch.setattr(torchrun_env, "_machines_other_processes", lambda: [running])
+    _listed(monkeypatch, running[0])
     assert torchrun_env.MachineSiblings.now().one_ended()
     monkeypatch.setattr(torchrun_env, "_machines_other_processes", lambda: None)  # not known: nothing is said ended
     assert not torchrun_env.MachineSiblings.now().one_ended()
+
+
+def test_a_fellow_process_torchrun_starts_after_the_listing_is_running_not_ended(monkeypatch) -> None:
+    """torchrun starts a machine's workers one after another: the first may list them before the last is started.
+    It counted as ended, and the first rank gave up the ranks' meeting at the end (`RanksNotMet`)."""
+    _torchrun_place(monkeypatch, 3)
+    _listed(monkeypatch, os.getppid())
+    siblings = torchrun_env.MachineSiblings.now()
+    late = subprocess.Popen(["sleep", "60"])
+    try:
+        _listed(monkeypatch, os.getppid(), late.pid)
+        assert not siblings.one_ended()
+    finally:
+        late.kill()
+        late.wait()
+    _listed(monkeypatch, os.getppid())  # torchrun reaped it: seen running once, it counts as ended
+    assert siblings.one_ended()
+
+
+def test_the_ranks_meeting_waits_for_a_fellow_process_torchrun_started_after_the_first_look(monkeypatch) -> None:
+    """Missing at the first look at the end, a process of the machine is looked for again after the grace: one
+    that torchrun started meanwhile runs, and the meeting goes on until every rank is there."""
+    _torchrun_place(monkeypatch, 2)
+    looks: list[int] = []
+
+    def listed() -> list[int]:  # started between the first look and the second
+        looks.append(len(looks))
+        return [] if len(looks) <= 2 else [os.getppid()]  # the first listing is the rank's own, as it starts
+
+    monkeypatch.setattr(torchrun_env, "_machines_other_processes", listed)
+    monkeypatch.setattr(indexer.shard, "_GRACE_S", 0.1)
+    rank = Rank.from_env()
+    met = threading.Event()
+    monkeypatch.setattr(Rank, "_meet", lambda self, failed: met.wait(10))
+    threading.Timer(1.0, met.set).start()  # every rank is there a while after the grace
+    rank.barrier()
+    assert len(looks) > 3

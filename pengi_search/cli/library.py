@@ -249,7 +249,7 @@ def remove(
     with (
         index_fills(show_progress(False, json_output)) as fills,
         Library.open(db, create=False, progress=fills) as library,
-        indexing_lock(library.store, wait=wait),
+        indexing_lock(library.store, wait=wait, index_run=False),
     ):
         removed = [library.store.remove(absolute(path)) for path in paths]
         library.sync_vector_indexes()

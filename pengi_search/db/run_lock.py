@@ -52,8 +52,11 @@ class _Locks(Protocol):
 
 
 @contextlib.contextmanager
-def indexing_lock(store: Store, shard: str | None = None, *, wait: bool = False) -> Iterator[None]:
-    """Hold the library's indexing lock (for shard 'i/n' of a sharded job, when given) inside the block.
+def indexing_lock(
+    store: Store, shard: str | None = None, *, wait: bool = False, index_run: bool = True
+) -> Iterator[None]:
+    """Hold the library's indexing lock (for shard 'i/n' of a sharded job, when given) inside the block: for an
+    index run, or (`index_run` False) for a command beside which none may write (`remove`).
 
     Raises IndexBusyError when another run holds it (LibraryBusyError: a shard's run finding an unsharded run), or
     waits for it with `wait`.
@@ -67,7 +70,7 @@ def indexing_lock(store: Store, shard: str | None = None, *, wait: bool = False)
         for name, shared in wanted:
             if locks.take(name, shared=shared, wait=False):
                 continue
-            busy = _busy_message(store, shard)
+            busy = _busy_message(store, shard, index_run)
             # a shard's run only: an unsharded one is no torchrun job's (every rank has its shard)
             shared_by_the_machine = shard is not None and (shared or _firsts_shard_held_too(store, shard))
             if not wait:
@@ -133,11 +136,12 @@ def _firsts_shard_held_too(store: Store, shard: str) -> bool:
     return any(not (run.host == host and run.pid in this_job) for run in store.running_runs(firsts))
 
 
-def _busy_message(store: Store, shard: str | None) -> str:
+def _busy_message(store: Store, shard: str | None, index_run: bool) -> str:
     runs = [run for run in store.running_runs() if shard is None or run.shard in (None, shard)]
     if not runs:  # no run recorded yet, or a `remove` holds the library (`cli.library`)
         return "another command is writing to this library (an index run, or a remove)"
-    return "another indexing run is writing to this library: " + "; ".join(_describe(run) for run in runs)
+    holder = "another indexing run" if index_run else "an indexing run"  # `remove` is none
+    return f"{holder} is writing to this library: " + "; ".join(_describe(run) for run in runs)
 
 
 def _describe(run: RunRecord) -> str:
