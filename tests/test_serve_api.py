@@ -1355,6 +1355,26 @@ def test_a_labels_file_that_cannot_be_used_names_labels_file(client, served):
     assert "needs a 'label' column" in invalid(response, "labels_file")["detail"]
 
 
+@pytest.mark.parametrize("rank", [None, "caption", "audio"])
+def test_a_hybrid_weight_without_rank_hybrid_is_a_400_that_names_it(client, rank):
+    """Only rank=hybrid reads the weight: given with another ranking it would change nothing, without a word (the
+    CLI refuses `--hybrid-weight` without `--rank hybrid`, exit 2)."""
+    ranked = {} if rank is None else {"rank": rank}
+    response = client.get("/api/search", params={"q": "a bell rings", "hybrid_weight": 0.7, **ranked})
+    assert response.status_code == 400
+    assert response.json() == {
+        "detail": "hybrid_weight: weighs the two scores of rank=hybrid: add rank=hybrid, or leave it out",
+        "errors": [
+            {
+                "field": "hybrid_weight",
+                "message": "weighs the two scores of rank=hybrid: add rank=hybrid, or leave it out",
+            }
+        ],
+    }
+    weighed = client.get("/api/search", params={"q": "a bell rings", "hybrid_weight": 0.7, "rank": "hybrid"})
+    assert weighed.status_code == 200 and weighed.json()[0]["ranking"] == "hybrid"
+
+
 def test_a_ranking_the_librarys_model_cannot_do_is_a_400_in_the_apis_words(served, tiny_model_dir, monkeypatch):
     with client_for(served, tiny_model_dir) as client:
 
