@@ -373,8 +373,7 @@ def file_info(svc: ServiceDep, file_id: int) -> Any:
 def file_audio(request: Request, svc: ServiceDep, file_id: int) -> Response:
     """The whole file, as it is when browsers play its format, else transcoded to FLAC; named as the file
     (`Content-Disposition`), as a browser saves it."""
-    path, mime, name = svc.file_audio(file_id)
-    return file_response(request.headers, path, mime, name)
+    return file_response(request.headers, svc.file_audio(file_id))
 
 
 @router.get(
