@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Hashable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
@@ -57,6 +57,27 @@ class FakeTranscoder:
             self.barrier.wait()  # broken (an error) when the others could not start meanwhile
             assert self.release.wait(WAIT_S), "never released"
             out.write(b"fLaC" + source.name.encode())
+
+
+def made_and_sent(cache: TranscodeCache, tmp_path: Path, name: str) -> Transcode:
+    """The transcode of `name`.wma, made and released (sent): the cache may remove it."""
+    made = cache.flac(name, tmp_path / f"{name}.wma", 60.0)
+    made.release()
+    return made
+
+
+def being_written(
+    cache: TranscodeCache, transcoder: FakeTranscoder, pool: ThreadPoolExecutor, tmp_path: Path, names: list[str]
+) -> list[Future[Transcode]]:
+    """The transcodes of `names` (as `name`.wma) started in `pool`, each once the one before is being written; all
+    are held there until `transcoder.release` is set."""
+    transcoder.release.clear()
+    started = []
+    for name in names:
+        made = len(transcoder.made) + 1
+        started.append(pool.submit(cache.flac, name, tmp_path / f"{name}.wma", 60.0))
+        wait_until(lambda made=made: len(transcoder.made) == made, f"{name} being written")
+    return started
 
 
 @pytest.fixture
@@ -230,14 +251,9 @@ def test_transcodes_written_side_by_side_keep_the_caches_byte_limit(tmp_path, mo
     transcoder.release.set()
     monkeypatch.setattr(media, "_write_flac", transcoder)
     try:
-        old = cache.flac("old", tmp_path / "old.wma", 60.0)
-        old.release()  # sent: the cache may remove it
-        transcoder.release.clear()
+        old = made_and_sent(cache, tmp_path, "old")
         with ThreadPoolExecutor(2) as pool:
-            first = pool.submit(cache.flac, "a", tmp_path / "a.wma", 60.0)
-            wait_until(lambda: len(transcoder.made) == 2, "the first being written")
-            second = pool.submit(cache.flac, "b", tmp_path / "b.wma", 60.0)
-            wait_until(lambda: len(transcoder.made) == 3, "the second being written")
+            first, second = being_written(cache, transcoder, pool, tmp_path, ["a", "b"])
             assert not old.path.exists()  # evicted to make room for the two in progress
             assert cache.held_bytes() <= 1000
             with pytest.raises(ConversionsBusy, match="transcode cache is full"):
@@ -313,7 +329,7 @@ def test_a_transcode_just_made_is_not_evicted_before_its_request_is_handed_it(tm
     transcoder.release.set()
     monkeypatch.setattr(media, "_write_flac", transcoder)
     try:
-        cache.flac("old", tmp_path / "old.wma", 60.0).release()
+        made_and_sent(cache, tmp_path, "old")
         handed: Transcode = cache.flac("a", tmp_path / "a.wma", 60.0)
         assert handed.path.read_bytes() == b"fLaCa.wma"
         assert len(refused) == 1 and "cache is full" in str(refused[0])
@@ -331,14 +347,9 @@ def test_a_file_larger_than_the_cache_is_kept_beside_it_one_at_a_time(tmp_path, 
     transcoder.release.set()
     monkeypatch.setattr(media, "_write_flac", transcoder)
     try:
-        kept = cache.flac("kept", tmp_path / "kept.wma", 60.0)
-        kept.release()
-        transcoder.release.clear()
+        kept = made_and_sent(cache, tmp_path, "kept")
         with ThreadPoolExecutor(2) as pool:
-            long = pool.submit(cache.flac, "long", tmp_path / "long.wma", 60.0)
-            wait_until(lambda: len(transcoder.made) == 2, "the long file being written")
-            short = pool.submit(cache.flac, "short", tmp_path / "short.wma", 60.0)
-            wait_until(lambda: len(transcoder.made) == 3, "a short file being written beside it")
+            long, short = being_written(cache, transcoder, pool, tmp_path, ["long", "short"])  # side by side
             with pytest.raises(ConversionsBusy, match="too long for its transcode cache"):
                 cache.flac("longer", tmp_path / "longer.wma", 60.0)
             transcoder.release.set()
