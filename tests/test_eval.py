@@ -656,10 +656,12 @@ def test_eval_retrieval_end_to_end(tones, tiny_model_dir):
 
 
 def test_eval_retrieval_with_a_model_without_text_tower_refuses_a_hybrid_weight(tones, tiny_no_text_model_dir):
-    """Such a model is measured by caption matching alone: a weight for the hybrid ranking was read by nothing."""
+    """Such a model is measured by caption matching alone: a weight for the hybrid ranking was read by nothing. It is
+    refused before the set is indexed (minutes, for a real set), not once it has been."""
     embedder = make_tiny_sentence_transformer(tones / "st-for-hybrid")
+    out = tones / "runs" / "weight"
     result = run(
-        "eval", "retrieval", tones / "captions.csv", "--audio-root", tones / "audio", "-o", tones / "runs" / "weight",
+        "eval", "retrieval", tones / "captions.csv", "--audio-root", tones / "audio", "-o", out,
         "--text-embedder", f"sentence-transformers:{embedder}", "--hybrid-weight", "0.25",
         *quick(tiny_no_text_model_dir),
     )  # fmt: skip
@@ -668,6 +670,7 @@ def test_eval_retrieval_with_a_model_without_text_tower_refuses_a_hybrid_weight(
         "error: --hybrid-weight: weighs --rank hybrid, which needs the text tower that the index's model lacks: "
         "leave it out"
     )
+    assert not (out / "index.db").exists()  # nothing indexed
 
 
 def test_eval_caption_end_to_end(tones, tiny_model_dir):

@@ -27,7 +27,7 @@ from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_FAILED, EXIT_USAGE
 from pengi_search.db import Store, StoreError
 from pengi_search.embedders import TextEmbedderError
-from pengi_search.serve import media
+from pengi_search.serve import api, media
 from pengi_search.serve.conversions import Conversions
 from pengi_search.serve.http_cache import content_disposition
 from pengi_search.serve.media import browser_type
@@ -404,6 +404,29 @@ def test_formats_browsers_cannot_play_are_transcoded_to_flac(client, served):
     np.testing.assert_allclose(samples, original, atol=2e-4)  # 16-bit FLAC of the same audio
     again = client.get(f"/api/files/{hum['file_id']}/audio", headers={"Range": "bytes=0-9"})
     assert again.status_code == 206 and again.content == response.content[:10]
+
+
+def test_a_transcode_evicted_by_another_before_its_answer_opens_it_is_still_sent(client, served, monkeypatch):
+    """The file's answer opens the transcode after the cache handed it out: another file's transcode that needs its
+    room meanwhile (forced here, between the two) drops it from the cache but leaves it on disk until it is sent
+    (was: 500, the file gone)."""
+    svc = client.app.state.service
+    source = served.files["loops/hum.aiff"]
+    info = sf.info(source)
+    room = media.flac_bound(info.duration, info.samplerate, info.channels)
+    monkeypatch.setattr(svc.transcodes, "max_bytes", room + room // 2)  # one such file at a time
+    answer = api.file_response
+
+    def another_transcode_first(*args: object) -> object:
+        svc.transcodes.flac(("another file", 1), source, 60.0).release()  # evicts the one about to be sent
+        return answer(*args)
+
+    monkeypatch.setattr(api, "file_response", another_transcode_first)
+    hum = hit_for(client, served, "loops/hum.aiff")
+    response = client.get(f"/api/files/{hum['file_id']}/audio")
+    assert response.status_code == 200 and response.headers["content-type"] == "audio/flac"
+    assert len(sf.read(io.BytesIO(response.content))[0]) == info.frames
+    assert svc.transcodes.held_bytes() <= svc.transcodes.max_bytes
 
 
 def test_audio_work_past_what_the_server_holds_at_once_is_a_503_to_ask_again_for(served, tiny_model_dir, caplog):
@@ -1357,6 +1380,26 @@ def test_a_labels_file_that_cannot_be_used_names_labels_file(client, served):
     labels_file = ("labels.csv", b"name,kind\nx.wav,dog\n")
     response = client.post("/api/classify", files={"file": clip, "labels_file": labels_file})
     assert "needs a 'label' column" in invalid(response, "labels_file")["detail"]
+
+
+@pytest.mark.parametrize("rank", [None, "caption", "audio"])
+def test_a_hybrid_weight_without_rank_hybrid_is_a_400_that_names_it(client, rank):
+    """Only rank=hybrid reads the weight: given with another ranking it would change nothing, without a word (the
+    CLI refuses `--hybrid-weight` without `--rank hybrid`, exit 2)."""
+    ranked = {} if rank is None else {"rank": rank}
+    response = client.get("/api/search", params={"q": "a bell rings", "hybrid_weight": 0.7, **ranked})
+    assert response.status_code == 400
+    assert response.json() == {
+        "detail": "hybrid_weight: weighs the two scores of rank=hybrid: add rank=hybrid, or leave it out",
+        "errors": [
+            {
+                "field": "hybrid_weight",
+                "message": "weighs the two scores of rank=hybrid: add rank=hybrid, or leave it out",
+            }
+        ],
+    }
+    weighed = client.get("/api/search", params={"q": "a bell rings", "hybrid_weight": 0.7, "rank": "hybrid"})
+    assert weighed.status_code == 200 and weighed.json()[0]["ranking"] == "hybrid"
 
 
 def test_a_ranking_the_librarys_model_cannot_do_is_a_400_in_the_apis_words(served, tiny_model_dir, monkeypatch):

@@ -9,17 +9,19 @@ leave it waiting until WAIT_S, and the test fails there.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from pengi_search.serve import media
 from pengi_search.serve.conversions import Conversions, ConversionsBusy
-from pengi_search.serve.media import TranscodeCache, flac_bound
+from pengi_search.serve.media import Transcode, TranscodeCache, flac_bound
 
 WAIT_S = 10.0  # only a failing test waits this long
+T = TypeVar("T")
 
 
 def wait_until(condition: Callable[[], bool], what: str) -> None:
@@ -35,10 +37,11 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
 class FakeTranscoder:
     """`media._write_flac` that writes a few bytes, records which files it made, and makes each file only once both
     `together` of them have started (a barrier), or once `release` is set. It reserves `reserves` bytes first, as
-    the real one reserves the most its FLAC can take."""
+    the real one reserves the most its FLAC can take (`reserves_of` a source, by its name, else `reserves`)."""
 
     def __init__(self, together: int = 1, reserves: int = 0) -> None:
         self.reserves = reserves
+        self.reserves_of: dict[str, int] = {}  # a source's own, by its name, where it is not `reserves`
         self.made: list[str] = []
         self.targets: list[Path] = []
         self.started = threading.Event()
@@ -46,7 +49,7 @@ class FakeTranscoder:
         self.barrier = threading.Barrier(together, timeout=WAIT_S)
 
     def __call__(self, source: Path, target: Path, _max_s: float, reserve: Callable[[int], None]) -> None:
-        reserve(self.reserves)
+        reserve(self.reserves_of.get(source.name, self.reserves))
         with target.open("wb") as out:  # opened first, as the FLAC encoder opens it
             self.made.append(source.name)
             self.targets.append(target)
@@ -54,6 +57,27 @@ class FakeTranscoder:
             self.barrier.wait()  # broken (an error) when the others could not start meanwhile
             assert self.release.wait(WAIT_S), "never released"
             out.write(b"fLaC" + source.name.encode())
+
+
+def made_and_sent(cache: TranscodeCache, tmp_path: Path, name: str) -> Transcode:
+    """The transcode of `name`.wma, made and released (sent): the cache may remove it."""
+    made = cache.flac(name, tmp_path / f"{name}.wma", 60.0)
+    made.release()
+    return made
+
+
+def being_written(
+    cache: TranscodeCache, transcoder: FakeTranscoder, pool: ThreadPoolExecutor, tmp_path: Path, names: list[str]
+) -> list[Future[Transcode]]:
+    """The transcodes of `names` (as `name`.wma) started in `pool`, each once the one before is being written; all
+    are held there until `transcoder.release` is set."""
+    transcoder.release.clear()
+    started = []
+    for name in names:
+        made = len(transcoder.made) + 1
+        started.append(pool.submit(cache.flac, name, tmp_path / f"{name}.wma", 60.0))
+        wait_until(lambda made=made: len(transcoder.made) == made, f"{name} being written")
+    return started
 
 
 @pytest.fixture
@@ -76,8 +100,8 @@ def test_different_files_are_transcoded_side_by_side(cache, tmp_path, monkeypatc
     monkeypatch.setattr(media, "_write_flac", transcoder)
     with ThreadPoolExecutor(2) as pool:
         long, short = (pool.submit(cache.flac, name, tmp_path / name, 60.0) for name in ("long.wma", "short.wma"))
-        assert long.result(WAIT_S).read_bytes() == b"fLaClong.wma"
-        assert short.result(WAIT_S).read_bytes() == b"fLaCshort.wma"
+        assert long.result(WAIT_S).path.read_bytes() == b"fLaClong.wma"
+        assert short.result(WAIT_S).path.read_bytes() == b"fLaCshort.wma"
     assert sorted(transcoder.made) == ["long.wma", "short.wma"]
 
 
@@ -91,7 +115,7 @@ def test_one_file_asked_for_twice_at_once_is_transcoded_once(cache, conversions,
         second = pool.submit(cache.flac, "key", tmp_path / "talk.wma", 60.0)
         wait_until(lambda: conversions.waiting(("flac", "key")) == 1, "the second waiting for the first")
         transcoder.release.set()
-        assert first.result(WAIT_S) == second.result(WAIT_S)
+        assert first.result(WAIT_S).path == second.result(WAIT_S).path
     assert transcoder.made == ["talk.wma"]
 
 
@@ -227,20 +251,16 @@ def test_transcodes_written_side_by_side_keep_the_caches_byte_limit(tmp_path, mo
     transcoder.release.set()
     monkeypatch.setattr(media, "_write_flac", transcoder)
     try:
-        old = cache.flac("old", tmp_path / "old.wma", 60.0)
-        transcoder.release.clear()
+        old = made_and_sent(cache, tmp_path, "old")
         with ThreadPoolExecutor(2) as pool:
-            first = pool.submit(cache.flac, "a", tmp_path / "a.wma", 60.0)
-            wait_until(lambda: len(transcoder.made) == 2, "the first being written")
-            second = pool.submit(cache.flac, "b", tmp_path / "b.wma", 60.0)
-            wait_until(lambda: len(transcoder.made) == 3, "the second being written")
-            assert not old.exists()  # evicted to make room for the two in progress
+            first, second = being_written(cache, transcoder, pool, tmp_path, ["a", "b"])
+            assert not old.path.exists()  # evicted to make room for the two in progress
             assert cache.held_bytes() <= 1000
             with pytest.raises(ConversionsBusy, match="transcode cache is full"):
                 cache.flac("c", tmp_path / "c.wma", 60.0)
             transcoder.release.set()
-            assert first.result(WAIT_S).exists() and second.result(WAIT_S).exists()
-        assert cache.flac("c", tmp_path / "c.wma", 60.0).exists()  # room again, once they are written
+            assert first.result(WAIT_S).path.exists() and second.result(WAIT_S).path.exists()
+        assert cache.flac("c", tmp_path / "c.wma", 60.0).path.exists()  # room again, once they are written
     finally:
         cache.close()
 
@@ -253,3 +273,93 @@ def test_a_flac_takes_at_most_its_samples_stored_verbatim_with_its_headers(tmp_p
     noise = np.random.default_rng(0).uniform(-1, 1, (48_000 * 3, 2))
     sf.write(tmp_path / "noise.flac", noise, 48_000, subtype="PCM_16")
     assert (tmp_path / "noise.flac").stat().st_size <= flac_bound(3.0, 48_000, 2)
+
+
+def test_a_transcode_handed_out_stays_on_disk_until_it_is_sent_though_another_evicts_it_meanwhile(
+    tmp_path, monkeypatch
+):
+    """Its answer opens the file after it is handed out: one evicted in between would fail (was: a 500). It leaves
+    the cache's limit at once, and its file is removed once it is sent."""
+    cache = TranscodeCache(max_bytes=20, conversions=Conversions(slots=2))
+    transcoder = FakeTranscoder(reserves=15)  # a 9-byte file kept beside it passes the limit
+    transcoder.release.set()
+    monkeypatch.setattr(media, "_write_flac", transcoder)
+    try:
+        being_sent = cache.flac("a", tmp_path / "a.wma", 60.0)
+        other = cache.flac("b", tmp_path / "b.wma", 60.0)  # evicts the first: its room is needed
+        assert cache.held_bytes() <= 20
+        assert being_sent.path.read_bytes() == b"fLaCa.wma"
+        being_sent.release()
+        assert not being_sent.path.exists()
+        other.release()
+        assert other.path.exists()  # sent, and still kept: nothing needed its room
+        assert cache.flac("a", tmp_path / "a.wma", 60.0).path.read_bytes() == b"fLaCa.wma"  # made again
+    finally:
+        cache.close()
+
+
+class HookedConversions(Conversions):
+    """Conversions that call `after[key]()` (once) when the run of `key` has ended, before its caller goes on."""
+
+    def __init__(self, after: dict[Hashable, Callable[[], None]]) -> None:
+        super().__init__(slots=2)
+        self.after = after
+
+    def run(self, key: Hashable, make: Callable[[], T]) -> T:
+        value = super().run(key, make)
+        hook = self.after.pop(key, None)
+        if hook is not None:
+            hook()
+        return value
+
+
+def test_a_transcode_just_made_is_not_evicted_before_its_request_is_handed_it(tmp_path, monkeypatch):
+    """Another transcode that reserves its room between the end of a file's transcode and the file being handed to
+    its request cannot evict it: that one is refused for now (503, asked again), and the file is handed out."""
+    refused: list[ConversionsBusy] = []
+
+    def another_transcode() -> None:
+        try:
+            cache.flac("b", tmp_path / "b.wma", 60.0)
+        except ConversionsBusy as exc:
+            refused.append(exc)
+
+    cache = TranscodeCache(max_bytes=20, conversions=HookedConversions({("flac", "a"): another_transcode}))
+    transcoder = FakeTranscoder(reserves=15)
+    transcoder.release.set()
+    monkeypatch.setattr(media, "_write_flac", transcoder)
+    try:
+        made_and_sent(cache, tmp_path, "old")
+        handed: Transcode = cache.flac("a", tmp_path / "a.wma", 60.0)
+        assert handed.path.read_bytes() == b"fLaCa.wma"
+        assert len(refused) == 1 and "cache is full" in str(refused[0])
+        assert cache.flac("b", tmp_path / "b.wma", 60.0).path.exists()  # once it is handed out, it may go
+    finally:
+        cache.close()
+
+
+def test_a_file_larger_than_the_cache_is_kept_beside_it_one_at_a_time(tmp_path, monkeypatch):
+    """An hour of stereo reserves more than the whole cache: it evicts none of the files kept, other files are
+    transcoded beside it, and such files replace each other (one being written refuses the next for now)."""
+    cache = TranscodeCache(max_bytes=1000, conversions=Conversions(slots=3))
+    transcoder = FakeTranscoder(reserves=400)
+    transcoder.reserves_of = {"long.wma": 1500, "longer.wma": 1500}
+    transcoder.release.set()
+    monkeypatch.setattr(media, "_write_flac", transcoder)
+    try:
+        kept = made_and_sent(cache, tmp_path, "kept")
+        with ThreadPoolExecutor(2) as pool:
+            long, short = being_written(cache, transcoder, pool, tmp_path, ["long", "short"])  # side by side
+            with pytest.raises(ConversionsBusy, match="too long for its transcode cache"):
+                cache.flac("longer", tmp_path / "longer.wma", 60.0)
+            transcoder.release.set()
+            long_file, short_file = long.result(WAIT_S), short.result(WAIT_S)
+        short_file.release()
+        assert kept.path.exists() and short_file.path.exists() and cache.held_bytes() <= 1000
+        longer = cache.flac("longer", tmp_path / "longer.wma", 60.0)  # replaces it, sent as it is being
+        assert long_file.path.read_bytes() == b"fLaClong.wma"
+        long_file.release()
+        assert not long_file.path.exists() and longer.path.exists() and kept.path.exists()
+        assert cache.flac("longer", tmp_path / "longer.wma", 60.0).path == longer.path  # kept: made once
+    finally:
+        cache.close()

@@ -95,11 +95,14 @@ def test_transcode_cache_makes_each_file_once_and_stays_bounded(tmp_path):
     cache = TranscodeCache(max_bytes=1)  # keeps only the newest file
     try:
         first = cache.flac("a", sources[0], 60.0)
-        assert cache.flac("a", sources[0], 60.0) == first
-        samples, rate = sf.read(first)
+        again = cache.flac("a", sources[0], 60.0)
+        assert again.path == first.path
+        samples, rate = sf.read(first.path)
         assert rate == 44_100 and len(samples) == 2 * 44_100
-        second = cache.flac("b", sources[1], 1.0)
-        assert len(sf.read(second)[0]) == 44_100 and not first.exists()  # the limit: 1 s; the first was evicted
+        first.release()
+        again.release()
+        second = cache.flac("b", sources[1], 1.0).path
+        assert len(sf.read(second)[0]) == 44_100 and not first.path.exists()  # the limit: 1 s; the first was evicted
     finally:
         cache.close()
     assert not second.exists()
@@ -120,7 +123,7 @@ def test_a_transcode_keeps_the_files_channels_and_sample_rate_where_browsers_pla
     source = write_tone(tmp_path / "tone.aiff", 1.0, sr=source_rate, channels=count, freq=440.0)
     cache = TranscodeCache(max_bytes=1 << 30)
     try:
-        samples, out_rate = sf.read(cache.flac("t", source, 60.0), dtype="float32", always_2d=True)
+        samples, out_rate = sf.read(cache.flac("t", source, 60.0).path, dtype="float32", always_2d=True)
     finally:
         cache.close()
     assert (samples.shape[1], out_rate) == played

@@ -149,6 +149,7 @@ def retrieval(
     """
     from ..embedders import TextEmbedderError
     from ..evaluation.retrieval import available_rankings, evaluate_retrieval
+    from ..model_dir import ModelDir
     from ..query_embedders import audio_query_embedder
 
     weight = hybrid_weight_for(hybrid_weight, rank or list(Rank))  # unasked, every ranking the model supports
@@ -159,11 +160,8 @@ def retrieval(
             audio_embedder = audio_query_embedder(library, evalset.model, evalset.device, caption_embedder=embedder)
         except TextEmbedderError:  # a model without text tower: caption matching only
             audio_embedder = None
-            if hybrid_weight is not None:  # no hybrid ranking to weigh: `--rank hybrid` is refused below
-                raise UsageError(
-                    "--hybrid-weight",
-                    "weighs --rank hybrid, which needs the text tower that the index's model lacks: leave it out",
-                ) from None
+            if hybrid_weight is not None:  # a library another model indexed: `--rank hybrid` is refused below
+                raise _weight_without_text_tower() from None
         try:
             rankings = available_rankings(
                 library, embedder, caption_set.audio_root, audio_embedder, ranks=rank or (), hybrid_weight=weight
@@ -173,7 +171,17 @@ def retrieval(
         return evaluate_retrieval(library, caption_set, rankings, failures, notify=warn)
 
     caption_set = _prepared_set(captions, evalset, output)
+    # The model that indexes the set is known before it indexes (minutes, for a real set): without its text tower,
+    # there is no hybrid ranking for the weight to weigh.
+    if hybrid_weight is not None and not ModelDir.resolve(evalset.model).has_text_encoder:
+        raise _weight_without_text_tower()
     _evaluate_set("retrieval", caption_set, evalset, output, score, quiet=quiet, json_output=json_output)
+
+
+def _weight_without_text_tower() -> UsageError:
+    return UsageError(
+        "--hybrid-weight", "weighs --rank hybrid, which needs the text tower that the index's model lacks: leave it out"
+    )
 
 
 @handle_errors

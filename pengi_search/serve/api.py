@@ -276,6 +276,19 @@ def parse_labels(typed: str | None, uploaded: UploadFile | None) -> tuple[list[s
             raise InvalidParameter(field, exc.reason) from None
 
 
+def _hybrid_weight_for(rank: str | None, weight: float | None) -> float:
+    """The hybrid weight of a search ranked by `rank`: only `rank=hybrid` reads it, so one given with another ranking
+    (which it would change nothing of, without a word) is refused, as `query --hybrid-weight` is without
+    `--rank hybrid`."""
+    if weight is not None and rank != "hybrid":
+        raise RequestError(
+            "hybrid_weight",
+            "weighs the two scores of rank=hybrid: add rank=hybrid, or leave it out",
+            field="hybrid_weight",
+        )
+    return DEFAULT_HYBRID_WEIGHT if weight is None else weight
+
+
 # -- routes --------------------------------------------------------------------------------------------------
 
 
@@ -293,13 +306,20 @@ def search(
         ),
     ] = None,
     hybrid_weight: Annotated[
-        float,
-        Query(ge=0, le=1, allow_inf_nan=False, description="rank=hybrid: the caption cosine's weight (audio: 1 - it)."),
-    ] = DEFAULT_HYBRID_WEIGHT,
+        float | None,
+        Query(
+            ge=0,
+            le=1,
+            allow_inf_nan=False,
+            description=f"rank=hybrid: the caption cosine's weight (audio: 1 - it). Default: {DEFAULT_HYBRID_WEIGHT}; "
+            "refused (400) without rank=hybrid.",
+        ),
+    ] = None,
 ) -> Any:
     """Windows that match the text, best first (`pengi-search query --json`); each hit says how it was ranked.
     The `X-Pengi-Warnings` header lists what the command would warn of (a text longer than the embedder reads)."""
-    found = svc.search(q, dataclasses.replace(params, rank=rank, hybrid_weight=hybrid_weight))
+    weight = _hybrid_weight_for(rank, hybrid_weight)
+    found = svc.search(q, dataclasses.replace(params, rank=rank, hybrid_weight=weight))
     response.headers[WARNINGS_HEADER] = json.dumps(found.warnings)  # ASCII: a header's bytes are Latin-1
     return found.hits
 
@@ -353,8 +373,7 @@ def file_info(svc: ServiceDep, file_id: int) -> Any:
 def file_audio(request: Request, svc: ServiceDep, file_id: int) -> Response:
     """The whole file, as it is when browsers play its format, else transcoded to FLAC; named as the file
     (`Content-Disposition`), as a browser saves it."""
-    path, mime, name = svc.file_audio(file_id)
-    return file_response(request.headers, path, mime, name)
+    return file_response(request.headers, svc.file_audio(file_id))
 
 
 @router.get(

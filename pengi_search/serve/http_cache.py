@@ -79,20 +79,49 @@ def made_response(headers: Headers, made: Made, media_type: str) -> Response:
     return Response(made.make(), media_type=media_type, headers=sent)
 
 
-def file_response(headers: Headers, path: Path, media_type: str, name: str | None = None) -> Response:
-    """The file at `path` (saved as `name`), or 304 when the client holds it already."""
-    cache = _named({"Cache-Control": CACHE_CONTROL}, name)
-    response = AudioFileResponse(path, media_type=media_type, stat_result=os.stat(path), headers=cache)
-    tag = response.headers["etag"]  # Starlette's, of the file's size and modification time
-    return not_modified(tag) if names_tag(headers, tag) else response
+@dataclass(frozen=True)
+class AudioFile:
+    """A file to send as it is: where it is, its MIME type, the name a browser saves it under, and what to call once
+    it is sent or will not be (a transcode, which its cache keeps on disk until then)."""
+
+    path: Path
+    media_type: str
+    name: str | None = None
+    sent: Callable[[], None] = lambda: None  # a file of the user's: nothing to let go of
+
+
+def file_response(headers: Headers, audio: AudioFile) -> Response:
+    """The file (saved as its name), or 304 when the client holds it already; `audio.sent` is called once the
+    answer is sent, or at once when it is not to be."""
+    try:
+        cache = _named({"Cache-Control": CACHE_CONTROL}, audio.name)
+        stat = os.stat(audio.path)
+        response = AudioFileResponse(
+            audio.path, media_type=audio.media_type, stat_result=stat, headers=cache, sent=audio.sent
+        )
+        tag = response.headers["etag"]  # Starlette's, of the file's size and modification time
+    except BaseException:
+        audio.sent()
+        raise
+    if names_tag(headers, tag):
+        audio.sent()
+        return not_modified(tag)
+    return response
 
 
 class AudioFileResponse(FileResponse):
     """A file sent as Starlette sends one (its ETag from the file's size and time, Range requests of bytes), but a
-    `Range` of another unit is ignored rather than refused."""
+    `Range` of another unit is ignored rather than refused; `sent` is called once it is sent (or the client left)."""
+
+    def __init__(self, *args: Any, sent: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sent = sent
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await super().__call__(_byte_ranges_only(scope), receive, send)
+        try:
+            await super().__call__(_byte_ranges_only(scope), receive, send)
+        finally:
+            self.sent()
 
 
 def _byte_ranges_only(scope: Scope) -> Scope:

@@ -17,7 +17,7 @@ import tempfile
 import threading
 import uuid
 import zlib
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import closing
 from functools import lru_cache
@@ -189,7 +189,25 @@ def png_rgb(pixels: np.ndarray) -> bytes:
 
 _CLOSED = "the server is stopping: its transcodes are removed"
 _FULL = "the server is busy converting other files (its transcode cache is full)"
+_LONG_BUSY = (
+    "the server is converting another file too long for its transcode cache (such files are converted one at a time)"
+)
 FLAC_MARGIN_BYTES = 64 << 10  # a FLAC file's headers beyond its frames, at most
+
+
+class Transcode:
+    """A transcode handed out to be sent: its file stays on disk until `release` (once its answer is sent, or will
+    not be), even when the cache drops it meanwhile to make room for others."""
+
+    def __init__(self, path: Path, release: Callable[[Path], None]) -> None:
+        self.path = path
+        self._release: Callable[[Path], None] | None = release
+
+    def release(self) -> None:
+        """Let the cache remove the file, if it has dropped it; releasing again does nothing."""
+        release, self._release = self._release, None
+        if release is not None:
+            release(self.path)
 
 
 class TranscodeCache:
@@ -201,7 +219,14 @@ class TranscodeCache:
     limit is kept while transcodes are being written too (it is what protects the user's disk): each reserves the
     most its FLAC can take before it writes (`flac_bound`), finished ones are evicted to make room, and one that
     still does not fit beside those in progress is refused for now (`ConversionsBusy`: 503, asked again later).
-    Only a file larger than the limit by itself, transcoded alone, passes it, as the one file kept."""
+
+    A file handed out (`Transcode`) is sent from disk after it is handed out: one evicted meanwhile leaves the limit
+    at once, but its file is removed only once it is released (sent), so that its answer never finds it gone. One
+    requested and not handed out yet is not evicted at all.
+
+    A file larger than the limit by itself (an hour of stereo at 48 kHz takes up to 700 MB) is kept beside it, one
+    at a time: it evicts none of the others, and it replaces the previous such file; a second one asked for while
+    the first is being written is refused for now."""
 
     def __init__(self, max_bytes: int, conversions: Conversions | None = None) -> None:
         self.max_bytes = max_bytes
@@ -209,19 +234,32 @@ class TranscodeCache:
         self._folder: Path | None = None  # made by the first transcode: a server stopped before has none to remove
         self._entries: OrderedDict[Hashable, tuple[Path, int]] = OrderedDict()  # key -> (file, its size)
         self._reserved: dict[Path, int] = {}  # transcodes being written -> the most bytes each may take
-        self._lock = threading.Lock()  # guards the folder and the entries; never held while a file is transcoded
+        self._long: tuple[Hashable, Path] | None = None  # the file larger than the limit kept beside it
+        self._long_target: Path | None = None  # such a file being written
+        self._wanted: Counter[Hashable] = Counter()  # keys asked for and not handed out yet: their files stay
+        self._sending: Counter[Path] = Counter()  # files handed out and not released yet
+        self._dropped: set[Path] = set()  # files evicted while handed out: removed once released
+        self._lock = threading.Lock()  # guards all of the above; never held while a file is transcoded
         self._closed = False
 
-    def flac(self, key: Hashable, source: Path, max_s: float) -> Path:
-        """The FLAC file of `source`'s first `max_s` seconds, made once per `key` (e.g. the file's id and stamp)."""
-        kept = self._kept(key)
-        if kept is not None:
-            return kept
-        return self._conversions.run(("flac", key), lambda: self._transcode(key, source, max_s))
+    def flac(self, key: Hashable, source: Path, max_s: float) -> Transcode:
+        """The FLAC file of `source`'s first `max_s` seconds, made once per `key` (e.g. the file's id and stamp),
+        kept on disk until it is released."""
+        with self._lock:
+            self._wanted[key] += 1
+        try:
+            if self._find(key) is None:
+                self._conversions.run(("flac", key), lambda: self._transcode(key, source, max_s))
+            return self._hand_out(key)
+        finally:
+            with self._lock:
+                self._wanted[key] -= 1
+                if not self._wanted[key]:
+                    del self._wanted[key]
 
     def held_bytes(self) -> int:
-        """The bytes the cache holds and has reserved for transcodes in progress (at most `max_bytes`, but for one
-        file larger than that by itself)."""
+        """The bytes the cache holds and has reserved for transcodes in progress, at most `max_bytes` (a file larger
+        than that by itself is kept beside them, and files evicted while being sent until they are sent)."""
         with self._lock:
             return self._held_bytes()
 
@@ -230,20 +268,42 @@ class TranscodeCache:
         with self._lock:
             folder, self._folder = self._folder, None
             self._entries.clear()
+            self._long = None
             self._closed = True
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
 
-    def _kept(self, key: Hashable) -> Path | None:
+    def _find(self, key: Hashable) -> Path | None:
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                return None
+            return self._found(key)
+
+    def _found(self, key: Hashable) -> Path | None:
+        """The file of `key`, if kept (the lock held); it becomes the most recently used."""
+        if key in self._entries:
             self._entries.move_to_end(key)
-            return entry[0]
+            return self._entries[key][0]
+        return self._long[1] if self._long is not None and self._long[0] == key else None
+
+    def _hand_out(self, key: Hashable) -> Transcode:
+        with self._lock:
+            path = self._found(key)  # there: a key wanted is not evicted
+            if path is None:
+                raise RuntimeError(_CLOSED)
+            self._sending[path] += 1
+        return Transcode(path, self._release)
+
+    def _release(self, path: Path) -> None:
+        with self._lock:
+            self._sending[path] -= 1
+            if self._sending[path]:
+                return
+            del self._sending[path]
+            if path in self._dropped:
+                self._dropped.discard(path)
+                path.unlink(missing_ok=True)
 
     def _transcode(self, key: Hashable, source: Path, max_s: float) -> Path:
-        kept = self._kept(key)  # made by a run that ended between `flac`'s look and this run
+        kept = self._find(key)  # made by a run that ended between `flac`'s look and this run
         if kept is not None:
             return kept
         target = self._new_target()
@@ -252,15 +312,23 @@ class TranscodeCache:
         except BaseException:
             with self._lock:
                 self._reserved.pop(target, None)
+                if self._long_target == target:
+                    self._long_target = None
             target.unlink(missing_ok=True)
             raise
         with self._lock:  # its reservation turns into its size at once: on disk, it is always counted
             self._reserved.pop(target, None)
+            long = self._long_target == target
+            if long:
+                self._long_target = None
             if self._closed:  # closed meanwhile: the folder is gone, and nothing may be left behind
                 target.unlink(missing_ok=True)
                 raise RuntimeError(_CLOSED)
-            self._entries[key] = (target, target.stat().st_size)
-            self._evict(keep=1)  # the newest stays, to be sent, larger than the limit as it may be
+            if long:
+                self._long = (key, target)
+            else:
+                self._entries[key] = (target, target.stat().st_size)
+                self._evict(0)  # no more than it reserved, but for a bound that proved wrong
         return target
 
     def _new_target(self) -> Path:
@@ -273,20 +341,47 @@ class TranscodeCache:
 
     def _reserve(self, target: Path, most: int) -> None:
         """Room for `most` bytes of `target`, made by evicting finished transcodes; refused (`ConversionsBusy`) when
-        those in progress leave too little, unless none is in progress."""
+        those in progress, and those about to be handed out, leave too little."""
         with self._lock:
-            if self._reserved and sum(self._reserved.values()) + most > self.max_bytes:
+            if most > self.max_bytes:
+                self._reserve_long(target)
+                return
+            if self._kept_bytes() + most > self.max_bytes:
                 raise ConversionsBusy(_FULL)
             self._reserved[target] = most
-            self._evict(keep=0)
+            self._evict(0)
+
+    def _reserve_long(self, target: Path) -> None:
+        """`target`, larger than the limit by itself, is to replace the one such file kept (the lock held)."""
+        if self._long_target is not None or (self._long is not None and self._wanted[self._long[0]]):
+            raise ConversionsBusy(_LONG_BUSY)
+        if self._long is not None:
+            self._drop(self._long[1])
+            self._long = None
+        self._long_target = target
 
     def _held_bytes(self) -> int:
         return sum(size for _, size in self._entries.values()) + sum(self._reserved.values())
 
-    def _evict(self, keep: int) -> None:
-        """Remove the least recently used transcodes, all but the newest `keep`, until the limit is kept."""
-        while len(self._entries) > keep and self._held_bytes() > self.max_bytes:
-            _, (path, _size) = self._entries.popitem(last=False)
+    def _kept_bytes(self) -> int:
+        """The bytes no eviction frees: transcodes in progress, and finished ones about to be handed out."""
+        wanted = sum(size for key, (_, size) in self._entries.items() if self._wanted[key])
+        return wanted + sum(self._reserved.values())
+
+    def _evict(self, room: int) -> None:
+        """Evict the least recently used transcodes that are not about to be handed out until `room` more bytes
+        keep the limit."""
+        for key in [key for key in self._entries if not self._wanted[key]]:
+            if self._held_bytes() + room <= self.max_bytes:
+                return
+            path, _size = self._entries.pop(key)
+            self._drop(path)
+
+    def _drop(self, path: Path) -> None:
+        """Remove an evicted file now, or once it is sent when it is being sent."""
+        if self._sending[path]:
+            self._dropped.add(path)
+        else:
             path.unlink(missing_ok=True)
 
 

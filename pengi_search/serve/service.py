@@ -40,7 +40,7 @@ from . import catalog, media
 from .batching import EmbedBatcher
 from .conversions import Conversions
 from .errors import InvalidParameter, RequestError
-from .http_cache import Made, entity_tag
+from .http_cache import AudioFile, Made, entity_tag
 from .kept_clips import KeptClip, KeptClips
 from .live import LiveLibrary
 from .ranked_pages import RankedPages
@@ -418,18 +418,18 @@ class Service:
         windows = self.library.store.file_windows(record.id)
         return {"id": record.id, **record.to_json(readable=True), "windows": [_window_json(w) for w in windows]}
 
-    def file_audio(self, file_id: int) -> tuple[Path, str, str]:
-        """The file to send for a file's player, its MIME type and the name it is saved under: the file itself, or a
-        FLAC transcode (named as the file, with the extension of what it is)."""
+    def file_audio(self, file_id: int) -> AudioFile:
+        """The file to send for a file's player: the file itself, or a FLAC transcode (named as the file, with the
+        extension of what it is), kept on disk until it is sent."""
         record = self.file_record(file_id)
         real = servable_path(record, self.settings.roots)
         name = Path(record.path).name  # as indexed: a link's own name, not its target's
         mime = media.browser_type(real)
         if mime is not None:
-            return real, mime, name
+            return AudioFile(real, mime, name)
         key = (record.id, record.size, record.mtime)
         flac = self.transcodes.flac(key, real, self.settings.max_transcode_s)
-        return flac, "audio/flac", f"{Path(name).stem}.flac"
+        return AudioFile(flac.path, "audio/flac", f"{Path(name).stem}.flac", flac.release)
 
     def unplayable(self, file_id: int) -> str | None:
         """Why the file's audio cannot be served (gone or changed on disk, outside the served folders), or None: the
