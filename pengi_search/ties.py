@@ -5,7 +5,7 @@ that `evaluation.metrics` stays light to import."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any, TypeVar
 
@@ -19,11 +19,17 @@ TIE_TOLERANCE = 1e-6
 def tied_groups(found: Iterable[tuple[T, float]], key: Callable[[T], Any]) -> list[list[T]]:
     """The results (best first) in groups that tie (`tie_starts`), each group ordered by `key`: an order that the
     order of the CSV's rows or of the library's windows does not change."""
+    return list(each_tied_group(found, key))
+
+
+def each_tied_group(found: Iterable[tuple[T, float]], key: Callable[[T], Any]) -> Iterator[list[T]]:
+    """`tied_groups`, each group built only when it is read: a reader that stops at a place in the ranking (the
+    first relevant result) leaves the groups below it unbuilt, where a file's 527 labels each make a group."""
     pairs = list(found)
-    items = [item for item, _ in pairs]
     starts = tie_starts([score for _, score in pairs])
-    ends = [*starts[1:], len(items)] if starts else []
-    return [sorted(items[start:end], key=key) for start, end in zip(starts, ends, strict=True)]
+    ends = [*starts[1:], len(pairs)] if starts else []
+    for start, end in zip(starts, ends, strict=True):
+        yield sorted((item for item, _ in pairs[start:end]), key=key)
 
 
 def tie_starts(scores: Sequence[float]) -> list[int]:
@@ -46,8 +52,9 @@ def rank(labels: Sequence[str], scores: Sequence[float]) -> list[tuple[str, floa
     return [pair for group in tied_labels(scored) for pair in group]
 
 
-def tied_labels(scored: Iterable[tuple[str, float]]) -> list[list[tuple[str, float]]]:
+def tied_labels(scored: Iterable[tuple[str, float]]) -> Iterator[list[tuple[str, float]]]:
     """Labels with their scores in the groups that tie, best group first, each group ordered by name: the one
-    grouping that `rank` orders a prediction by and that evaluation bounds another order of ties with."""
+    grouping that `rank` orders a prediction by and that evaluation bounds another order of ties with. Each group is
+    built as it is read (`each_tied_group`)."""
     by_score = sorted(scored, key=lambda pair: -pair[1])
-    return tied_groups(((pair, pair[1]) for pair in by_score), key=itemgetter(0))
+    return each_tied_group(((pair, pair[1]) for pair in by_score), key=itemgetter(0))

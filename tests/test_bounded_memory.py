@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import functools
 import shutil
-import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import faiss
@@ -22,6 +21,8 @@ import pytest
 from pengi_search.db import EmbedderInfo, ModelInfo, Store, WindowInput, reads
 from pengi_search.library import Library
 from pengi_search.vectors import COMPACT_FRACTION, IndexParams, VectorIndex
+
+from .traced_memory import python_peak
 
 FILES, WINDOWS_PER_FILE, DIM = 14, 1000, 32  # enough to train IVF-PQ, with 3 files removed too
 ROWS = 250  # vectors read at a time here: 1/56 of them
@@ -74,18 +75,6 @@ def refuse_full_reads(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("every vector read at once")
 
     monkeypatch.setattr(Store, "vectors", vectors)
-
-
-def python_peak(work: Callable[[], object]) -> int:
-    """The most memory Python and numpy held at once, beyond what they held before, while `work` ran."""
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        before = tracemalloc.get_traced_memory()[0]
-        work()
-        return tracemalloc.get_traced_memory()[1] - before
-    finally:
-        tracemalloc.stop()
 
 
 def contents(index: VectorIndex) -> Iterator[np.ndarray]:

@@ -113,7 +113,7 @@ def test_a_prediction_groups_its_tied_labels_as_rank_ordered_them():
     grouping, whichever of a tie's labels the rounding scored highest."""
     labels = ["bell", "dog", "Dog", "cat"]
     ranked = rank(labels, np.array([0.1, 0.8 + 4e-7, 0.8, 0.9]))
-    assert Prediction("a.wav", ranked, 1, "decoded").tie_groups == [["cat"], ["Dog", "dog"], ["bell"]]
+    assert list(Prediction("a.wav", ranked, 1, "decoded").tie_groups()) == [["cat"], ["Dog", "dog"], ["bell"]]
 
 
 LABELS = ["dog", "Dog", "cat", "bell", "rain"]

@@ -121,7 +121,7 @@ def classify_truth_ties(predictions: Sequence[Prediction], truth: Truth, accurac
 def label_span(prediction: Prediction, relevant: set[str]) -> Span | None:
     """The best and the worst rank that the first of the `relevant` labels could have in the prediction under any
     order of the labels that tie with it (`classify.rank` orders them by name); None when none is a candidate."""
-    return rank_span(prediction.tie_groups, relevant)
+    return rank_span(prediction.tie_groups(), relevant)
 
 
 def best_label_ties(scored: TruthPairs, classes: Sequence[str]) -> dict[str, Any]:
@@ -138,13 +138,13 @@ def best_label_ties(scored: TruthPairs, classes: Sequence[str]) -> dict[str, Any
         bounds = tie_bounds(own, {"recall": 1}, "files")["recall"]
         if bounds["files"]:
             recall[label] = bounds
-    return {"files": sum(len(p.tie_groups[0]) > 1 for _, p in scored.pairs), "recall": recall}
+    return {"files": sum(len(p.tied_best) > 1 for _, p in scored.pairs), "recall": recall}
 
 
 def tied_best_field(prediction: Prediction) -> dict[str, list[str]]:
     """What a file's row of the report adds where its best label ties: `tied_best`, the labels any order of the tie
     could predict (by name, the first is predicted); nothing otherwise."""
-    best = prediction.tie_groups[0]
+    best = prediction.tied_best
     return {"tied_best": best} if len(best) > 1 else {}
 
 

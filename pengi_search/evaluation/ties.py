@@ -10,7 +10,7 @@ which an average would hide.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..units import count_text, for_count
@@ -19,10 +19,10 @@ from .metrics import mean
 Span = tuple[int, int]  # the best and the worst rank of a query's first relevant result over every order of ties
 
 
-def rank_span(groups: Sequence[Sequence[Any]], relevant: set[Any]) -> Span | None:
+def rank_span(groups: Iterable[Sequence[Any]], relevant: set[Any]) -> Span | None:
     """The best and the worst rank (from 1) of the first relevant result over every order of tied results, from the
     results in groups that tie, best first (None: none is among the results): its group first, or after the
-    group's other results."""
+    group's other results. Reads the groups only down to that result's: a lazy `groups` builds no more."""
     before = 0
     for group in groups:
         hits = sum(item in relevant for item in group)
