@@ -134,8 +134,8 @@ def dry_run_report(
             _plan_resume(config, record, length_change, report)
         if built is not None:
             _check_resumed_model(config, record, built.model, report)
-    if built is not None and steps:
-        _time_steps(built, config, report, load_audio)
+    if built is not None and steps and not (report.config_problems or report.run_problems):
+        _time_steps(built, config, report, load_audio)  # not a run that would be refused: fixed first, timed then
     return report
 
 
