@@ -18,6 +18,11 @@ from .scan import Entry, ScanError, scan
 if TYPE_CHECKING:
     from .library import Library
 
+# Files whose stored windows (and vectors, when asked) a caller of many reads together: the store's queries shared
+# by many files, what they return few enough to hold (AudioSet's eval set at once with eval retrieval's hybrid
+# ranking, both vector kinds: hundreds of MB).
+FILES_PER_READ = 256
+
 
 @dataclass(frozen=True)
 class StoredWindows:

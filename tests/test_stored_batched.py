@@ -1,8 +1,8 @@
-"""`classify` and `eval retrieval` read the stored windows and vectors of many indexed files together
+"""`classify`, `eval retrieval` and `eval caption` read the stored windows and vectors of many indexed files together
 (`stored_windows_of`), as `similar` does: a few store queries for all the files, where file by file made a few each.
 Every file gets what it gets read alone: an indexed, unchanged file its stored captions or vectors; a file changed
-since, or whose windows are gone, decoded (classify) or without results (audio -> text); a library built by
-another model is not reused."""
+since, or whose windows are gone, decoded (classify), without results (audio -> text) or left out (eval); a library
+built by another model is not reused."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from pengi_search.classify import Classifier, ClassifySettings
-from pengi_search.evaluation import retrieval
-from pengi_search.evaluation.datasets import read_caption_set
+from pengi_search.evaluation import captioning, retrieval
+from pengi_search.evaluation.captioning import caption_origins, evaluate_captions, library_captions
+from pengi_search.evaluation.datasets import CaptionSet, read_caption_set
 from pengi_search.evaluation.retrieval import available_rankings, evaluate_retrieval
 from pengi_search.inference import Engine
 from pengi_search.library import Library
@@ -167,5 +168,40 @@ def test_eval_retrieval_finds_which_files_are_indexed_in_a_few_reads(shelf, stor
         for caption_set in (read_caption_set(written), read_caption_set(shelf.root / "captions.csv")):
             store_reads["count"] = 0
             evaluate_retrieval(library, caption_set, [_NoResults()])
+            counts.append(store_reads["count"])
+    assert counts[0] == counts[1]
+
+
+def caption_report(library: Library, caption_set: CaptionSet) -> dict:
+    """What `eval caption` reports of the library's captions of the set (no embedder nor Java: the captions it
+    reads are what is compared), with where they came from."""
+    report = evaluate_captions(caption_set, library_captions(library, caption_set), "no embedder", java=False)
+    return report | caption_origins(library, [item.path or "" for item in caption_set.found])
+
+
+def test_eval_caption_reports_the_files_it_did_reading_each_alone(shelf, monkeypatch):
+    caption_set = read_caption_set(shelf.root / "captions.csv")
+    with Library.open(shelf.db, read_only=True) as library:
+        reports = []
+        for files in (1, 2, len(ORDER)):  # each file alone, rounds that end among the files, all at once
+            monkeypatch.setattr(captioning, "FILES_PER_READ", files)
+            reports.append(caption_report(library, caption_set))
+    assert reports[0] == reports[1] == reports[2]
+    assert [item["path"] for item in reports[0]["items"]] == UNCHANGED
+    assert [item["generated"] for item in reports[0]["items"]] == [SHELF[name][1][0] for name in UNCHANGED]
+    assert {row["path"] for row in reports[0]["skipped"]} == {CHANGED, WINDOWLESS}
+
+
+def test_eval_caption_reads_the_store_as_often_for_four_files_as_for_one(shelf, store_reads):
+    """File by file, each file cost a few reads (its record, its windows' ids, their details), twice: once for its
+    caption and once for what made the captions."""
+    counts = []
+    with Library.open(shelf.db, read_only=True) as library:
+        for names in (UNCHANGED[:1], UNCHANGED):
+            written = shelf.root / f"caption-{len(names)}.csv"
+            written.write_text("file_name,caption_1\n" + "".join(f"{name},x\n" for name in names))
+            caption_set = read_caption_set(written)
+            store_reads["count"] = 0
+            assert caption_report(library, caption_set)["evaluated"]["files"] == len(names)
             counts.append(store_reads["count"])
     assert counts[0] == counts[1]

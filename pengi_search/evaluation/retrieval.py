@@ -27,7 +27,7 @@ from ..embedders import warn_of_cuts
 from ..ranking import RANK_LABELS
 from ..search import SearchScope, allowed_ids, ranked_index, search_index
 from ..search_filters import Filters
-from ..stored import stored_windows_of
+from ..stored import FILES_PER_READ, stored_windows_of
 from ..ties import TIE_TOLERANCE, tied_groups
 from ..vectors import l2_normalise
 from .datasets import CaptionedFile, CaptionSet, left_out
@@ -43,9 +43,6 @@ if TYPE_CHECKING:
 RECALL_KS = (1, 5, 10)
 AP_K = 10
 _RECALL_CUTS = {f"R@{k}": k for k in RECALL_KS}  # the metrics a tie across the k-th place can move
-# Files whose stored windows and vectors are read from the store together: its queries shared by many files, their
-# vectors few enough to hold (all of AudioSet's eval set at once: hundreds of MB, with hybrid's two kinds).
-FILES_PER_READ = 256
 
 log = logging.getLogger(__name__)
 
