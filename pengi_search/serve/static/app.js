@@ -437,13 +437,20 @@ function sayBelow(element, id, text) {
 // `fetch`, whose answer does.
 function retryImage(image) {
   let retries = 0;
+  let asking = false; // a look at why it failed, or the wait after it, is under way
   const askAgain = async () => {
-    if (retries++ >= BUSY_RETRIES) return;
+    if (asking || retries >= BUSY_RETRIES) return; // its error event heard as well as seen below: one failure
+    asking = true;
+    retries++;
     const wait = await whenToAskAgain(image.getAttribute("src"));
-    if (wait !== null) setTimeout(() => (image.src = image.getAttribute("src")), wait * 1000);
+    if (wait === null) return; // refused for good: nothing more to ask
+    setTimeout(() => {
+      asking = false;
+      image.src = image.getAttribute("src");
+    }, wait * 1000);
   };
   image.addEventListener("error", askAgain);
-  // Refused before this script ran, its error event already gone by: asked for again all the same.
+  // Refused before this script ran, its error event already gone by (or still to come): asked for again all the same.
   if (image.complete && image.naturalWidth === 0) askAgain();
 }
 
