@@ -1133,3 +1133,117 @@ def test_a_player_that_failed_asks_the_server_nothing_more_until_it_is_pressed_a
     finally:
         aside.rename(bell)
     assert len(failed) == 2, failed  # the player's request, and the page's look at why
+
+
+# A server told by files in its home: it refuses a file's audio as busy while `busy` is there, refuses the next
+# `spectrogram-refusals` (a number, 0 without it) spectrograms as busy, and answers that the file is gone from disk
+# (404) to those asked for while `spectrogram-gone` is there; each spectrogram asked for is a line of
+# `spectrograms-asked`. It says to ask again in a second rather than five.
+BUSY_WHILE_TOLD = """
+import os
+from http import HTTPStatus
+from pathlib import Path
+
+from pengi_search.serve import errors
+from pengi_search.serve.conversions import ConversionsBusy
+from pengi_search.serve.errors import RequestError
+from pengi_search.serve.service import Service
+
+errors.RETRY_AFTER_S = 1
+home = Path(os.environ["PENGI_SEARCH_HOME"])
+given_audio, given_spectrogram = Service.file_audio, Service.spectrogram
+
+
+def file_audio(self, file_id):
+    if (home / "busy").exists():
+        raise ConversionsBusy()
+    return given_audio(self, file_id)
+
+
+def spectrogram(self, file_id):
+    with (home / "spectrograms-asked").open("a") as asked:
+        asked.write(f"{file_id}\\n")
+    refusals = home / "spectrogram-refusals"
+    left = int(refusals.read_text()) if refusals.exists() else 0
+    if left > 0:
+        refusals.write_text(str(left - 1))
+        raise ConversionsBusy()
+    if (home / "spectrogram-gone").exists():
+        raise RequestError(f"file {file_id}", "no longer readable on disk", HTTPStatus.NOT_FOUND)
+    return given_spectrogram(self, file_id)
+
+
+Service.file_audio, Service.spectrogram = file_audio, spectrogram
+from pengi_search.cli import app
+
+app()
+"""
+
+
+@pytest.fixture(scope="module")
+def busy_when_told(tmp_path_factory, tiny_model_dir, browser_programs):
+    """The address of a `BUSY_WHILE_TOLD` server over one sound, the sound's path and the server's home."""
+    root = tmp_path_factory.mktemp("busy-when-told")
+    (root / "home").mkdir()  # where the test tells the server, before it makes its own there
+    one = {"hum.wav": (2.0, ["a low hum"])}
+    with serving(root, tiny_model_dir, one, BUSY_WHILE_TOLD) as (address, library):
+        yield address, library.files["hum.wav"], root / "home"
+
+
+def test_a_player_pressed_again_after_its_retries_ran_out_asks_again_while_the_server_is_busy(busy_when_told, driver):
+    """A player refused as busy asks again BUSY_RETRIES (3) times, then says why without trying again. Pressed again
+    later, while the server is still busy, it asks again by itself as at the first press (it did not: the count
+    ran on until something played), and plays once the server gives the audio."""
+    from selenium.webdriver.common.by import By
+
+    address, _hum, home = busy_when_told
+    busy = home / "busy"
+    busy.touch()
+    try:
+        driver.get(f"{address}/?q=a+low+hum&k=1")
+        hit = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "li.hit"), "search results")[0]
+        audio = hit.find_element(By.CSS_SELECTOR, "audio.player")
+        play = hit.find_element(By.CSS_SELECTOR, "button.play-hit")
+        refused = "The audio cannot be played: the server is busy converting audio for other requests"
+        notes = lambda d: [note.text for note in hit.find_elements(By.CSS_SELECTOR, ".unplayable")]  # noqa: E731
+        play.click()
+        wait_for(driver, lambda d: notes(d) == [refused], "the retries run out")
+        play.click()
+        wait_for(driver, lambda d: notes(d) == [f"{refused}; trying again in 1 s"], "asking again")
+    finally:
+        busy.unlink()
+    wait_for(driver, lambda d: audio_state(d, audio)["t"] > 0.1, "the hit playing by itself")
+    assert audio_state(driver, audio)["error"] is None
+    driver.execute_script("arguments[0].pause()", audio)
+
+
+def spectrograms_asked(home: Path) -> int:
+    asked = home / "spectrograms-asked"
+    return len(asked.read_text().splitlines()) if asked.exists() else 0
+
+
+def test_a_spectrogram_refused_as_busy_is_asked_for_again_and_one_refused_for_good_is_not(busy_when_told, driver):
+    """Refused twice as busy (the image, and the page's look at why), the spectrogram is asked for once more, when
+    the server says to, and shows; its file gone from disk (404), it is asked for once, and looked at once, not
+    three times more (a retry cannot mend it)."""
+    from selenium.webdriver.common.by import By
+
+    address, _hum, home = busy_when_told
+    file_id = top_hit(address, "a low hum")["file_id"]
+    (home / "spectrogram-refusals").write_text("2")
+    before = spectrograms_asked(home)
+    driver.get(f"{address}/files/{file_id}")
+    image = driver.find_element(By.CSS_SELECTOR, "img.spectrogram")
+    wait_for(driver, lambda d: d.execute_script("return arguments[0].naturalWidth", image) > 0, "the spectrogram")
+    assert spectrograms_asked(home) - before == 3
+
+    gone = home / "spectrogram-gone"
+    gone.touch()
+    try:
+        before = spectrograms_asked(home)
+        driver.get(f"{address}/files/{file_id}")
+        wait_for(driver, lambda d: spectrograms_asked(home) - before == 2, "the spectrogram and the look at why")
+        driver.execute_async_script("setTimeout(arguments[0], 1500)")  # past the second a retry would wait
+        assert spectrograms_asked(home) - before == 2
+    finally:
+        gone.unlink()

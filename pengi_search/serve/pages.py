@@ -25,7 +25,7 @@ from ..choices import DEFAULT_HYBRID_WEIGHT
 from ..errors import PengiSearchError
 from ..pathnames import shown
 from ..units import duration_text, moment_text, seconds_text, span_ends
-from . import errors, media
+from . import media
 from .api import MAX_LABELS_BYTES, ServiceDep, parse_labels, read_upload
 from .errors import InvalidParameter, RequestError, answer_status, status_headers
 from .kept_clips import KEEP_S
@@ -311,7 +311,6 @@ def file_page(request: Request, svc: ServiceDep, file_id: int) -> HTMLResponse:
         "duration": duration,
         "truncated": duration > svc.settings.spectrogram_s,
         "spectrogram_s": svc.settings.spectrogram_s,
-        "retry_after_s": errors.RETRY_AFTER_S,  # an image refused as busy does not say when to ask again: the page does
     }
     return templates.TemplateResponse(request, "file.html", context)
 

@@ -165,14 +165,25 @@ function giveSourceBack(audio) {
 // A player that fails after the page was made (its file gone or changed on disk since, the server stopped or
 // restarting) would do nothing visible: it says why below itself, as a page made then says it of such a hit, until
 // it plays again. One refused because the server was busy (503) asks again by itself when the server says to (its
-// Retry-After), and plays from where it was asked to play, if it was (a file page's player only loads its length).
+// Retry-After), and plays from where it was asked to play, if it was (a file page's player only loads its length):
+// BUSY_RETRIES times at most after each press of Play, so that a press once the server is less busy is served.
 const playFailures = new WeakMap(); // audio -> the note that says why it did not play
 
 function sayWhyNotPlayed(audio) {
   let asked = null; // where the player was asked to play from since it last played or failed, else null
-  let retries = 0;
+  let retries = 0; // busy refusals asked again since the player was last pressed or played
+  let retry = 0; // the timer of the asking again to come, else 0
+  let retrying = false; // the player plays by itself (asking again): its "play" is no press
   let failures = 0; // since it last played: the reason of a failure is said only if it is still the latest
-  audio.addEventListener("play", () => (asked = audio.currentTime));
+  audio.addEventListener("play", () => {
+    asked = audio.currentTime;
+    if (retrying) {
+      retrying = false;
+      return;
+    }
+    clearTimeout(retry); // pressed: asked for now, and asked again as often as at the first press
+    retries = 0;
+  });
   audio.addEventListener("error", async () => {
     const from = asked, stopAt = parseFloat(audio.dataset.stopAt), failure = ++failures;
     asked = null;
@@ -184,14 +195,18 @@ function sayWhyNotPlayed(audio) {
     if (wait === null) sayNotPlayed(audio, why.reason);
     else if (wait > 0) sayNotPlayed(audio, `${why.reason}; trying again in ${wait} s`);
     if (wait === null) return;
-    const attempt = ++retries;
-    setTimeout(() => {
-      if (retries !== attempt) return; // it played meanwhile
-      if (from === null) giveSourceBack(audio); // loaded as the page loads it
-      else playSpan(audio, from, Number.isNaN(stopAt) ? Infinity : stopAt);
+    retries++;
+    retry = setTimeout(() => {
+      if (from === null) {
+        giveSourceBack(audio); // loaded as the page loads it: no "play"
+      } else {
+        retrying = true;
+        playSpan(audio, from, Number.isNaN(stopAt) ? Infinity : stopAt);
+      }
     }, wait * 1000);
   });
   audio.addEventListener("playing", () => {
+    clearTimeout(retry);
     retries = failures = 0;
     playFailures.get(audio)?.remove();
     playFailures.delete(audio);
@@ -416,23 +431,45 @@ function sayBelow(element, id, text) {
   note.textContent = text;
 }
 
-// A spectrogram refused while the server is busy (503) is asked for again, as a waveform is, when the server says to
-// (an image does not tell why it failed, nor what Retry-After said: the page carries it), BUSY_RETRIES times at most.
+// A spectrogram refused while the server is busy (503) is asked for again when the server says to (its
+// Retry-After), BUSY_RETRIES times at most; one refused otherwise (its file gone from disk, the server failing) is
+// not, as asking again would not mend it. An image does not say why it failed: the server is asked once more, by
+// `fetch`, whose answer does.
 function retryImage(image) {
   let retries = 0;
-  const askAgain = () => {
-    if (retries++ >= BUSY_RETRIES) return;
-    setTimeout(() => (image.src = image.getAttribute("src")), parseFloat(image.dataset.retryS) * 1000);
+  let asking = false; // a look at why it failed, or the wait after it, is under way
+  const askAgain = async () => {
+    if (asking || retries >= BUSY_RETRIES) return; // its error event heard as well as seen below: one failure
+    asking = true;
+    retries++;
+    const wait = await whenToAskAgain(image.getAttribute("src"));
+    if (wait === null) return; // refused for good: nothing more to ask
+    setTimeout(() => {
+      asking = false;
+      image.src = image.getAttribute("src");
+    }, wait * 1000);
   };
   image.addEventListener("error", askAgain);
-  // Refused before this script ran, its error event already gone by: asked for again all the same.
+  // Refused before this script ran, its error event already gone by (or still to come): asked for again all the same.
   if (image.complete && image.naturalWidth === 0) askAgain();
+}
+
+// In how many seconds to ask for `src` again: 0 if the server gives it now, when it says to if it is busy, else
+// null (refused for good, or no answer).
+async function whenToAskAgain(src) {
+  try {
+    const response = await fetch(src, { credentials: "same-origin" });
+    response.body?.cancel();
+    return response.ok ? 0 : retryAfter(response);
+  } catch (error) {
+    return null;
+  }
 }
 
 function setUpFile() {
   const player = document.getElementById("file-player");
   if (!player) return;
-  const spectrogram = document.querySelector("img.spectrogram[data-retry-s]");
+  const spectrogram = document.querySelector("img.spectrogram");
   if (spectrogram) retryImage(spectrogram);
   stopAtEnd(player);
   sayWhyNotPlayed(player);
