@@ -296,12 +296,10 @@ def _run_problems(config: TrainConfig, plan: dict[str, int | None], rows: int) -
 
 def _time_steps(built: _BuiltModel, config: TrainConfig, report: DryRunReport, load_audio: LoadAudio | None) -> None:
     """The run's step timed on this machine (`trainer.step_timing`), and from it an epoch; with cached features,
-    the one-off encoding of the training clips that `features/` lacks as well. Not where the run could not start
-    on its device (said among the configuration's problems)."""
+    the one-off encoding of the training clips that `features/` lacks as well. Called only for a run that would
+    start (no problem found before it, the device's among them)."""
     from trainer.step_timing import time_steps
 
-    if config.runtime.problem(cuda=torch.cuda.is_available()) is not None:
-        return
     here = place()
     try:
         device = resolve_device(config.runtime.device, here.local_rank)
