@@ -59,11 +59,11 @@ class By(Choice):
 
 
 class IndexType(Choice):
-    """The FAISS index: exact search, HNSW graph, or IVF-PQ (compressed, for millions of windows)."""
+    """The FAISS index a library's vectors go in (`index_types` builds and searches each)."""
 
-    flat = "flat"
-    hnsw = "hnsw"
-    ivfpq = "ivfpq"
+    flat = "flat"  # exact search; a new library's default
+    hnsw = "hnsw"  # HNSW graph: fast and accurate, slow to build, the memory of flat plus the graph
+    ivfpq = "ivfpq"  # IVF-PQ: compressed, for millions of windows; built flat below IVFPQ_MIN_VECTORS
 
 
 class Method(Choice):

@@ -21,12 +21,12 @@ class AudioConfig:
     sample_rate: int = 44_100  # what Pengi feeds the encoder
     clip_seconds: float = 7.0
     mel_sample_rate: int = 32_000  # the filterbank was built for 32 kHz; kept, since the weights were trained so
-    window_size: int = 1024
-    hop_size: int = 320
+    window_size: int = 1024  # the STFT's n_fft, in samples of the input (sample_rate, not mel_sample_rate)
+    hop_size: int = 320  # input samples between STFT frames: a 7 s clip at 44.1 kHz gives 965 frames
     mel_bins: int = 64
     fmin: float = 50.0
     fmax: float = 14_000.0
-    spec_size: int = 256
+    spec_size: int = 256  # side of the square image the log-mel is folded into, as spec_size // mel_bins time chunks
     patch_size: int = 4
     patch_stride: int = 4
     embed_dim: int = 96
@@ -34,7 +34,7 @@ class AudioConfig:
     num_heads: tuple[int, ...] = (4, 8, 16, 32)
     window: int = 8
     mlp_ratio: float = 4.0
-    num_classes: int = 527
+    num_classes: int = 527  # AudioSet's classes: the checkpoint's class head, unused by Pengi
     out_emb: int = 768  # width of the encoder's vector (the projection's input), whichever encoder it is
     # The encoder: "htsat" (the fields above), "aisfx" or "transformers" (see `pengi_search.audio_backbones`),
     # with what a non-HTSAT encoder needs to be rebuilt (for "transformers": its model and extractor configs).
@@ -54,9 +54,9 @@ class TextEncoderConfig:
     num_hidden_layers: int = 12
     num_attention_heads: int = 8
     intermediate_size: int = 2048
-    max_position_embeddings: int = 77
+    max_position_embeddings: int = 77  # CLIP's context: captions, labels and queries are cut to it
     vocab_size: int = 49_408
-    projection_dim: int = 512
+    projection_dim: int = 512  # width of `clip_text_projection`, which the projection to d_proj reads
     hidden_act: str = "quick_gelu"
     bos_token_id: int = 49_406
     eos_token_id: int = 49_407  # pooling reads the first end-of-text token; prompts are padded with it too
@@ -66,12 +66,12 @@ class TextEncoderConfig:
 class GPT2Sizes:
     """GPT-2's sizes and end token (`GPT2Config` fields of the same names); GPT-2 base by default."""
 
-    n_embd: int = 768
+    n_embd: int = 768  # token embedding width, so also of each prefix token the mappers emit
     n_layer: int = 12
     n_head: int = 12
     vocab_size: int = 50_257
-    n_positions: int = 1024
-    eos_token_id: int = 50_256
+    n_positions: int = 1024  # the prefix, an answer's given start and the answer must fit in these
+    eos_token_id: int = 50_256  # <|endoftext|>, which GPT-2 also takes as its start token (`gpt2_fields`)
 
 
 @dataclass
