@@ -7,5 +7,6 @@ changing the tables in `pengi_search/db/schema.py`:
     from pengi_search.db.migrate import alembic_config
     command.revision(alembic_config("sqlite:////tmp/scratch.db"), message="what changed", autogenerate=True)
 
-then review the generated file in `versions/` (keep the `NNNN_` numbering of revision ids).
+then review the generated file in `versions/` (keep the `NNNN_` numbering of revision ids; columns are dropped with
+`migrations.columns.drop_columns`).
 """

@@ -65,9 +65,9 @@ def upgrade() -> None:
         "generated_texts",
         sa.Column("id", ROW_ID, nullable=False),
         sa.Column("window_id", ROW_ID, nullable=False),
-        sa.Column("prompt", sa.Text(), nullable=False),
+        sa.Column("prompt", sa.Text(), nullable=False),  # the prompt's own words, e.g. "generate audio caption"
         sa.Column("text", sa.Text(), nullable=False),
-        sa.Column("score", sa.Double(), nullable=True),
+        sa.Column("score", sa.Double(), nullable=True),  # the answer's mean log-probability per token
         sa.ForeignKeyConstraint(
             ["window_id"], ["windows.id"], name=op.f("fk_generated_texts_window_id_windows"), ondelete="CASCADE"
         ),

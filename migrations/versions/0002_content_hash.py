@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from migrations.columns import drop_columns
+
 revision = "0002"
 down_revision = "0001"
 
@@ -16,5 +18,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index(op.f("ix_audio_files_content_hash"), table_name="audio_files")
-    with op.batch_alter_table("audio_files") as batch:
-        batch.drop_column("content_hash")
+    drop_columns("audio_files", "content_hash")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from migrations.columns import drop_columns
+
 revision = "0003"
 down_revision = "0002"
 
@@ -32,6 +34,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("vector_indexes")
-    with op.batch_alter_table("runs") as batch:
-        batch.drop_column("pid")
-        batch.drop_column("host")
+    drop_columns("runs", "pid", "host")

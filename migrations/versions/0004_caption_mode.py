@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from migrations.columns import drop_columns
+
 revision = "0004"
 down_revision = "0003"
 
@@ -19,5 +21,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("generated_texts") as batch:
-        batch.drop_column("mode")
+    drop_columns("generated_texts", "mode")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from migrations.columns import drop_columns
+
 revision = "0005"
 down_revision = "0004"
 
@@ -20,5 +22,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("generated_texts") as batch:
-        batch.drop_column("decoding")
+    drop_columns("generated_texts", "decoding")

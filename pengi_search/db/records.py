@@ -32,10 +32,10 @@ def non_finite_vector(kind: str) -> str:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """The Pengi checkpoint that wrote the texts: a name and the sha256 (or other fingerprint) of its weights."""
+    """The Pengi checkpoint that wrote the texts."""
 
-    name: str
-    fingerprint: str
+    name: str  # the name its model directory records, else the directory's own (`ModelDir.name`)
+    fingerprint: str  # the sha256 (hex) of its weights; "unknown" for a model directory that recorded none
 
     def __str__(self) -> str:
         return f"model {self.name!r} (fingerprint {self.fingerprint[:16]})"
@@ -45,8 +45,8 @@ class ModelInfo:
 class EmbedderInfo:
     """The text embedder whose vectors fill the 'text' index."""
 
-    name: str
-    dim: int
+    name: str  # its id in the store: "pengi-text:<model>@<sha256 prefix>" or "sentence-transformers:<model>"
+    dim: int  # its vectors' length: the model's d_proj for Pengi's own text tower, else the sentence transformer's
 
     def __str__(self) -> str:
         return f"text embedder {self.name!r} (dim {self.dim})"

@@ -11,7 +11,7 @@ import dataclasses
 import json
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar, get_args, get_origin
 
 from sqlalchemy import (
     BigInteger,
@@ -101,7 +101,32 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-class RunRow(Base):
+class RecordRow(Generic[R]):
+    """A row that the store hands out as the record dataclass `R` (`to_record`): a table's class names its record
+    as the type argument, `class RunRow(Base, RecordRow[RunRecord])`."""
+
+    _record_type: type[R]  # R itself, for `to_record` to build (a type parameter is gone at run time)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # The record type is written once, as the type argument, which Python keeps in `__orig_bases__`.
+        for base in cls.__dict__.get("__orig_bases__", ()):
+            if get_origin(base) is RecordRow:
+                (cls._record_type,) = get_args(base)
+
+    def to_record(self) -> R:
+        """The row as its record: each field from the row's attribute of the same name, unless `_stored_otherwise`
+        gives it."""
+        values = self._stored_otherwise()
+        names = [field.name for field in dataclasses.fields(self._record_type) if field.name not in values]
+        return self._record_type(**{name: getattr(self, name) for name in names}, **values)
+
+    def _stored_otherwise(self) -> dict[str, Any]:
+        """The record's fields that the row holds otherwise than in an attribute of the same name: none here."""
+        return {}
+
+
+class RunRow(Base, RecordRow[RunRecord]):
     """One run of the indexer (or one shard of a run)."""
 
     __tablename__ = "runs"
@@ -119,11 +144,8 @@ class RunRow(Base):
     host: Mapped[str | None] = mapped_column(String(255))  # revision 0003: who runs it, for "waiting for run N"
     pid: Mapped[int | None] = mapped_column(Integer)
 
-    def to_record(self) -> RunRecord:
-        return _record(RunRecord, self)
 
-
-class AudioFileRow(Base):
+class AudioFileRow(Base, RecordRow[FileRecord]):
     """One audio file: its stamp (size, mtime, content hash), decoded properties and indexing status."""
 
     __tablename__ = "audio_files"
@@ -155,10 +177,10 @@ class AudioFileRow(Base):
         back_populates="file", cascade="all, delete-orphan", passive_deletes=True, order_by="WindowRow.index"
     )
 
-    def to_record(self) -> FileRecord:
+    def _stored_otherwise(self) -> dict[str, Any]:
         # One column holds both, the status tells which: the reason a file failed, or an indexed file's notes.
         failed = self.status == "error"
-        return _record(FileRecord, self, error=self.error if failed else None, notes=None if failed else self.error)
+        return {"error": self.error if failed else None, "notes": None if failed else self.error}
 
 
 class WindowRow(Base):
@@ -182,7 +204,7 @@ class WindowRow(Base):
     vectors: Mapped[list[WindowVectorRow]] = relationship(cascade="all, delete-orphan", passive_deletes=True)
 
 
-class GeneratedTextRow(Base):
+class GeneratedTextRow(Base, RecordRow[TextRecord]):
     """What Pengi wrote for a window in answer to one prompt."""
 
     __tablename__ = "generated_texts"
@@ -204,9 +226,6 @@ class GeneratedTextRow(Base):
         return cls(
             prompt=text.prompt, text=text.text, score=text.score, mode=text.mode, decoding=text.decoding, **values
         )
-
-    def to_record(self) -> TextRecord:
-        return _record(TextRecord, self)
 
 
 class WindowVectorRow(Base):
@@ -236,7 +255,7 @@ class VectorVersionRow(Base):
     version: Mapped[int] = mapped_column(BigInteger)
 
 
-class IndexMetaRow(Base):
+class IndexMetaRow(Base, RecordRow[IndexMeta]):
     """The single row naming the model and text embedder that built the index."""
 
     __tablename__ = "index_meta"
@@ -264,16 +283,14 @@ class IndexMetaRow(Base):
         self.embedder_name, self.embedder_dim = embedder.name, embedder.dim
         self.updated_at = now
 
-    def to_record(self) -> IndexMeta:
-        return IndexMeta(
-            model=ModelInfo(self.model_name, self.model_fingerprint),
-            embedder=EmbedderInfo(self.embedder_name, self.embedder_dim),
-            created_at=self.created_at,
-            updated_at=self.updated_at,
-        )
+    def _stored_otherwise(self) -> dict[str, Any]:
+        return {
+            "model": ModelInfo(self.model_name, self.model_fingerprint),
+            "embedder": EmbedderInfo(self.embedder_name, self.embedder_dim),
+        }
 
 
-class VectorIndexRow(Base):
+class VectorIndexRow(Base, RecordRow[VectorIndexInfo]):
     """What the FAISS index of one vector kind is: the type asked for, the type built and its parameters (0003)."""
 
     __tablename__ = "vector_indexes"
@@ -286,11 +303,5 @@ class VectorIndexRow(Base):
     vectors: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
-    def to_record(self) -> VectorIndexInfo:
-        return _record(VectorIndexInfo, self, params=json.loads(self.params) if self.params else {})
-
-
-def _record(record: type[R], row: Base, **values: Any) -> R:
-    """The `record` dataclass of `row`: each field from the row's attribute of the same name, unless in `values`."""
-    names = [field.name for field in dataclasses.fields(record) if field.name not in values]
-    return record(**{name: getattr(row, name) for name in names}, **values)
+    def _stored_otherwise(self) -> dict[str, Any]:
+        return {"params": json.loads(self.params) if self.params else {}}
