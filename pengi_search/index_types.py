@@ -176,7 +176,7 @@ def new_faiss_index(dim: int, count: int, params: IndexParams) -> tuple[Any, Ind
 
 def search_parameters(params: IndexParams, inner: Any, k: int, selector: Any, exact_top: int) -> Any:
     """faiss's parameters for a search of `inner` (an index of `params.type`) for k results, of which the first
-    `exact_top` need a search for that many (`VectorIndex.search`); `selector` picks the positions it may return."""
+    `exact_top` need a search for that many (`WindowIndex.search`); `selector` picks the positions it may return."""
     if params.type == "hnsw":
         return faiss.SearchParametersHNSW(efSearch=max(params.ef_search or DEFAULT_EF_SEARCH, k), sel=selector)
     if params.type == "ivfpq":

@@ -22,6 +22,7 @@ from .choices import Rank
 from .db import Store
 from .id_arrays import sorted_unique
 from .vectors import l2_normalise
+from .window_index import Wanted, WindowIndex
 
 RANK_LABELS = {
     Rank.caption: "caption matching (the query against the windows' generated captions)",
@@ -37,7 +38,7 @@ def check_hybrid_weight(weight: float) -> float:
     return float(weight)
 
 
-class HybridIndex:
+class HybridIndex(WindowIndex):
     """The caption ('text') and 'audio' indexes searched as one, scoring w * caption cosine + (1 - w) * audio cosine.
 
     A query row is the caption query and the audio query side by side, (caption_dim + d_proj) wide (`queries`).
@@ -63,40 +64,29 @@ class HybridIndex:
     def __len__(self) -> int:
         return len(self.text)  # only captioned windows can be ranked
 
-    def search(
-        self,
-        queries: np.ndarray,
-        k: int,
-        *,
-        allowed_ids: np.ndarray | None = None,
-        exact_top: int | None = None,
-        exact: bool = False,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """The k best windows per query row: (scores float32 (q, k), ids int64 (q, k)); empty slots -inf and -1,
-        only once every window with both vectors (that the filter allows) is in the row, as `VectorIndex.search`
-        promises. Scores are exact from the stored vectors, so `exact_top` changes nothing here; `exact` searches
-        the two indexes exactly (otherwise the candidates are only as good as theirs)."""
-        del exact_top
+    def _search(self, queries: np.ndarray, k: int, wanted: Wanted) -> tuple[np.ndarray, np.ndarray]:
+        """`WindowIndex.search` of the windows with both vectors. Scores are exact from the stored vectors, so
+        `exact_top` changes nothing here; `exact` searches the two indexes exactly (otherwise the candidates are
+        only as good as theirs)."""
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         ids = np.full((len(queries), k), -1, dtype=np.int64)
         for row, query in enumerate(queries):
-            found_ids, found_scores = self._search_row(query, k, allowed_ids, exact)
+            found_ids, found_scores = self._search_row(query, k, wanted)
             scores[row, : len(found_ids)], ids[row, : len(found_ids)] = found_scores, found_ids
         return scores, ids
 
-    def _search_row(
-        self, query: np.ndarray, k: int, allowed_ids: np.ndarray | None, exact: bool
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _search_row(self, query: np.ndarray, k: int, wanted: Wanted) -> tuple[np.ndarray, np.ndarray]:
         caption_query, audio_query = query[None, : self.caption_dim], query[None, self.caption_dim :]
         fetch, most = k, max(len(self.text), len(self.audio), 1)
-        how = {"allowed_ids": allowed_ids, "exact": exact}
+        # Not `exact_top`: the bound below reads each list's last score, which must be as accurate as its first.
+        how = {"allowed_ids": wanted.allowed_ids, "exact": wanted.exact}
         while True:
             text_scores, text_ids = _valid(*self.text.search(caption_query, fetch, **how))
             audio_scores, audio_ids = _valid(*self.audio.search(audio_query, fetch, **how))
             candidates = sorted_unique(np.concatenate([text_ids, audio_ids]))
             ids, scores = self._exact(candidates, caption_query[0], audio_query[0])
             order = np.lexsort((ids, -scores))[:k]  # best first, ties by id
-            # A short list holds every window it may (`VectorIndex.search`), so the union holds every candidate.
+            # A short list holds every window it may (`WindowIndex.search`), so the union holds every candidate.
             complete = len(text_ids) < fetch or len(audio_ids) < fetch or fetch >= most
             if complete or (len(order) == k and scores[order[-1]] >= self._bound(text_scores, audio_scores)):
                 return ids[order], scores[order]

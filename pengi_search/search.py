@@ -303,7 +303,7 @@ def _candidates(scores: np.ndarray, ids: np.ndarray, *, complete: bool) -> _Cand
     for row in range(len(ids)):
         valid = ids[row] >= 0
         # A row with an empty slot holds every candidate: an index returns min(fetch, all it may), however
-        # approximate (`VectorIndex.search`). A full one may have more below its last score.
+        # approximate (`WindowIndex.search`). A full one may have more below its last score.
         if valid.all() and not complete:
             found.exhausted = False
             found.threshold = max(found.threshold, float(scores[row, -1]))

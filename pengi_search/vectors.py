@@ -45,6 +45,7 @@ from .vector_search import (
     live_mask,
     returnable_positions,
 )
+from .window_index import Wanted, WindowIndex
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def gpu_count() -> int:
     return int(getattr(faiss, "get_num_gpus", lambda: 0)())
 
 
-class VectorIndex:
+class VectorIndex(WindowIndex):
     """A FAISS index keyed by int64 ids. Build with `build` or `load`.
 
     Searches may run from several threads at once (on a GPU they take turns: faiss's GPU indexes are not
@@ -315,36 +316,17 @@ class VectorIndex:
             raise TypeError(f"not search-time knobs: {', '.join(sorted(unknown))}")
         self.params = dataclasses.replace(self.params, **knobs)
 
-    def search(
-        self,
-        queries: np.ndarray,
-        k: int,
-        *,
-        allowed_ids: np.ndarray | None = None,
-        exact_top: int | None = None,
-        exact: bool = False,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """The k best ids for each query row by cosine similarity: (scores float32 (q, k), ids int64 (q, k)).
-
-        Queries are normalised here. `allowed_ids` restricts the search to those ids (a filtered search).
-        `exact_top`: only the first that many results need the accuracy of a search for that many, the rest are
-        spares (IVF-PQ then re-ranks k_factor x exact_top candidates instead of k_factor x k). `exact`: exact, as flat.
-
-        Every row holds min(k, m) distinct ids, m the vectors the search may return (live, and allowed when
-        filtered), whatever the index type: empty slots (id -1, score -inf) come only after all m, so a caller may
-        take a row with an empty slot as every candidate there is.
-        """
-        k = int(k)
-        if k < 1:
-            raise VectorIndexError("search", f"k must be at least 1, got {k}")
+    def _search(self, queries: np.ndarray, k: int, wanted: Wanted) -> tuple[np.ndarray, np.ndarray]:
+        """`WindowIndex.search` of the live vectors, whatever the index type. Queries are normalised here; an IVF-PQ
+        index re-ranks k_factor x `exact_top` candidates instead of k_factor x k."""
         query = l2_normalise(queries, self.dim, where="query")
-        allowed = allowed_positions(self._id_map(), allowed_ids, self._dead)
+        allowed = allowed_positions(self._id_map(), wanted.allowed_ids, self._dead)
         returnable = len(self) if allowed is None else int(allowed.sum())
         if returnable == 0:
             return empty_hits(len(query), k)
-        if self.type != "flat" and (exact or exact_pays(k, returnable, len(self))):
+        if self.type != "flat" and (wanted.exact or exact_pays(k, returnable, len(self))):
             return self._exact_among(query, k, returnable_positions(allowed, self._id_map(), self._dead))
-        scores, ids = self._approximate(query, k, allowed, min(int(exact_top or k), k))
+        scores, ids = self._approximate(query, k, allowed, min(int(wanted.exact_top or k), k))
         short = (ids >= 0).sum(axis=1) < min(k, returnable)
         if short.any():  # the graph walk or the cells probed missed some: those rows alone are scored exactly
             scores[short], ids[short] = self._exact_among(

@@ -206,13 +206,16 @@ def _seconds(fields: Mapping[str, Any], key: str) -> float | None:
 
 # --- Converters from common layouts ------------------------------------------------------------------------
 
+# The column the converters read each clip's file from by default; a relative path starts at the CSV's folder.
+CSV_AUDIO_COLUMN = "filename"
+
 
 def convert_labels_csv(
     src: PathLike,
     dest: PathLike,
     *,
     task: str = "sound_event",
-    audio_column: str = "filename",
+    audio_column: str = CSV_AUDIO_COLUMN,
     label_column: str = "label",
     label_separator: str = CSV_LIST_SEPARATOR,
     underscores_to_spaces: bool = True,
@@ -234,7 +237,7 @@ def convert_labels_csv(
 
 
 def convert_captions_csv(
-    src: PathLike, dest: PathLike, *, audio_column: str = "filename", caption_column: str = "caption"
+    src: PathLike, dest: PathLike, *, audio_column: str = CSV_AUDIO_COLUMN, caption_column: str = "caption"
 ) -> list[Example]:
     """Caption CSV -> JSONL manifest for the caption task."""
     return _convert_csv(src, dest, "caption", audio_column, {"answer": caption_column})
@@ -244,7 +247,7 @@ def convert_qa_csv(
     src: PathLike,
     dest: PathLike,
     *,
-    audio_column: str = "filename",
+    audio_column: str = CSV_AUDIO_COLUMN,
     question_column: str = "question",
     answer_column: str = "answer",
 ) -> list[Example]:
