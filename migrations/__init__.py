@@ -8,5 +8,5 @@ changing the tables in `pengi_search/db/schema.py`:
     command.revision(alembic_config("sqlite:////tmp/scratch.db"), message="what changed", autogenerate=True)
 
 then review the generated file in `versions/` (keep the `NNNN_` numbering of revision ids; columns are dropped with
-`migrations.columns.drop_columns`).
+`migrations.columns.drop_columns`; a revision that only adds a nullable column is `nullable_column_added`).
 """

@@ -3,7 +3,26 @@ as a lone file, outside the package)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import sqlalchemy as sa
 from alembic import op
+
+Step = Callable[[], None]
+
+
+def nullable_column_added(table: str, column: str, kind: sa.types.TypeEngine) -> tuple[Step, Step]:
+    """The upgrade and downgrade of a revision that only adds one nullable column to `table` (rows written before it
+    hold NULL there): `upgrade, downgrade = nullable_column_added(...)`."""
+
+    def upgrade() -> None:
+        # a Column joins the table it is added to, so each upgrade makes its own (tests upgrade more than once)
+        op.add_column(table, sa.Column(column, kind, nullable=True))
+
+    def downgrade() -> None:
+        drop_columns(table, column)
+
+    return upgrade, downgrade
 
 
 def drop_columns(table: str, *columns: str) -> None:

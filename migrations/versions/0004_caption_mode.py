@@ -8,17 +8,10 @@ no mode (NULL: not recorded).
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import op
 
-from migrations.columns import drop_columns
+from migrations.columns import nullable_column_added
 
 revision = "0004"
 down_revision = "0003"
 
-
-def upgrade() -> None:
-    op.add_column("generated_texts", sa.Column("mode", sa.String(32), nullable=True))
-
-
-def downgrade() -> None:
-    drop_columns("generated_texts", "mode")
+upgrade, downgrade = nullable_column_added("generated_texts", "mode", sa.String(32))

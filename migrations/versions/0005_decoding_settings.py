@@ -9,17 +9,10 @@ no record (NULL: not recorded), and are taken as decoded with the run's settings
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import op
 
-from migrations.columns import drop_columns
+from migrations.columns import nullable_column_added
 
 revision = "0005"
 down_revision = "0004"
 
-
-def upgrade() -> None:
-    op.add_column("generated_texts", sa.Column("decoding", sa.String(64), nullable=True))
-
-
-def downgrade() -> None:
-    drop_columns("generated_texts", "decoding")
+upgrade, downgrade = nullable_column_added("generated_texts", "decoding", sa.String(64))
