@@ -177,3 +177,17 @@ def test_serve_without_model_starts_on_a_library_whose_model_is_not_installed_an
     finally:
         served.stop()
     assert "Traceback" not in served.rest_of_output()
+
+
+def test_a_library_of_a_released_model_not_installed_is_served_and_says_to_fetch_it(tmp_path, tiny_model_dir):
+    """The library's model is a release (`base`), and no model is installed here: the server starts, and a text
+    search says to fetch it."""
+    released = shutil.copytree(tiny_model_dir, tmp_path / "elsewhere" / "base")
+    config = json.loads((released / "config.json").read_text())
+    (released / "config.json").write_text(json.dumps({**config, "name": "base"}))
+    library = caption_library(str(tmp_path / "index.db"), tmp_path / "sounds", released)
+    with TestClient(create_app(replace(settings_for(library, released), model=None)), base_url=LOCAL) as client:
+        refused = client.get("/api/search", params={"q": "a bell rings"})
+        assert refused.status_code == 409, refused.text
+        detail = refused.json()["detail"]
+        assert "built with model 'base'" in detail and "install it (`pengi-search model fetch base`)" in detail

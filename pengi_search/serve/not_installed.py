@@ -39,8 +39,8 @@ def not_installed(library: Library, why: str = "") -> LibraryModelNotInstalled:
 @contextmanager
 def refused_unless_installed(library: Library, model: str | None) -> Iterator[None]:
     """Without --model (`model` None), the library's model found missing (no installed model built it:
-    OtherModelError; it is a release, and none is installed: ModelNotFoundError) is said as `not_installed`, in the
-    server's words (the core's name the argument `model=`, or the default model only)."""
+    OtherModelError; it is a release, and no model is installed: ModelNotFoundError) is said as `not_installed`, in
+    the server's words: the core's errors name the argument `model=`, or speak of the default model only."""
     try:
         yield
     except (OtherModelError, ModelNotFoundError) as exc:
