@@ -161,6 +161,14 @@ def _not_installed(name: str) -> str:
     return f"{missing}: {FETCH_HINT}"
 
 
+def install_command(name: str) -> str:
+    """The command that installs the model named `name`: a release is fetched; another is imported from its
+    checkpoint, under that name (part of the identity its text vectors are recorded under: `ModelDir.identity`)."""
+    if name in RELEASES:
+        return f"pengi-search model fetch {name}"
+    return f"pengi-search model import CHECKPOINT --name {shlex.quote(shown(name))}"
+
+
 @dataclass(frozen=True, eq=False)
 class ModelDir:
     """One model directory: where it is, its configuration, its identity, its tokenizers and default embedder."""

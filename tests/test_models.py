@@ -19,7 +19,7 @@ from pengi_search.checkpoint import CheckpointError
 from pengi_search.encoders import TextEncoder
 from pengi_search.errors import EXIT_FAILED, EXIT_USAGE
 from pengi_search.model import Pengi
-from pengi_search.model_dir import ModelDir, ModelNotFoundError
+from pengi_search.model_dir import ModelDir, ModelNotFoundError, install_command
 from pengi_search.models import fetch_model, import_checkpoint
 from pengi_search.testing import make_tiny_model_dir
 from pengi_search.tokenization import TOKENIZER_DIR, TokenizerNotFoundError, load_tokenizer
@@ -136,6 +136,13 @@ def test_a_missing_model_says_which_command_fixes_it(isolated_home):
         ModelNotFoundError, match="model base_no_text_enc is installed: run `pengi-search model fetch base_no"
     ):
         ModelDir.resolve("base_no_text_enc")
+
+
+def test_the_command_that_installs_a_model_fetches_a_release_and_imports_another_under_its_own_name():
+    """Its own name: part of the identity its text vectors are recorded under (`ModelDir.identity`)."""
+    assert install_command("base") == "pengi-search model fetch base"
+    assert install_command("tiny-base") == "pengi-search model import CHECKPOINT --name tiny-base"
+    assert install_command("my model") == "pengi-search model import CHECKPOINT --name 'my model'"  # to paste
 
 
 def resolve_error(spec: str) -> ModelNotFoundError:

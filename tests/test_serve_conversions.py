@@ -1,6 +1,7 @@
 """The server's decoding work (transcodes, spectrograms, peaks, cut windows) runs side by side for different files, a
 few at a time, and once for one file asked for twice at once; it holds a bounded number of the server's threads, each
-for a bounded time, and its transcodes keep the cache's byte limit while they are written.
+for a bounded time, and its transcodes keep the cache's byte limit while they are written; a transcode handed out is
+let go however its answer ends (sent, cancelled, never run).
 
 The work here is fake and waits on events (never on a clock): a converter that could not run beside another would
 leave it waiting until WAIT_S, and the test fails there.
@@ -9,16 +10,24 @@ leave it waiting until WAIT_S, and the test fails there.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+import anyio
+import anyio.lowlevel
 import pytest
+import soundfile as sf
+from fastapi import FastAPI, Request
+from starlette.types import ASGIApp
 
-from pengi_search.serve import media
+from pengi_search.serve import api, close_app, create_app, media
 from pengi_search.serve.conversions import Conversions, ConversionsBusy
 from pengi_search.serve.media import Transcode, TranscodeCache, flac_bound
+
+from .search_library import CaptionLibrary
+from .serving import settings_for
 
 WAIT_S = 10.0  # only a failing test waits this long
 T = TypeVar("T")
@@ -363,3 +372,114 @@ def test_a_file_larger_than_the_cache_is_kept_beside_it_one_at_a_time(tmp_path, 
         assert cache.flac("longer", tmp_path / "longer.wma", 60.0).path == longer.path  # kept: made once
     finally:
         cache.close()
+
+
+def test_a_transcode_handed_out_and_lost_without_being_released_is_released_as_it_is_collected(tmp_path, monkeypatch):
+    """A handle whose answer is never run (its request cancelled in between) lets the cache remove its file once it
+    is evicted (was: counted as being sent for ever, and left on disk until the server stopped)."""
+    cache = TranscodeCache(max_bytes=20, conversions=Conversions(slots=2))
+    transcoder = FakeTranscoder(reserves=15)
+    transcoder.release.set()
+    monkeypatch.setattr(media, "_write_flac", transcoder)
+    try:
+        lost = cache.flac("a", tmp_path / "a.wma", 60.0)
+        path = lost.path
+        del lost  # its last reference
+        made_and_sent(cache, tmp_path, "b")  # needs its room: evicts it
+        assert not path.exists() and cache.held_bytes() <= 20
+    finally:
+        cache.close()
+
+
+@pytest.fixture
+def hum_app(served, tiny_model_dir, monkeypatch) -> Iterator[FastAPI]:
+    """The server's app over `served`, whose transcode cache holds one transcode of its `hum.aiff` at a time."""
+    app = create_app(settings_for(served, tiny_model_dir))
+    info = sf.info(served.files["loops/hum.aiff"])
+    room = media.flac_bound(info.duration, info.samplerate, info.channels)
+    monkeypatch.setattr(app.state.service.transcodes, "max_bytes", room + room // 2)
+    yield app
+    close_app(app)
+
+
+def hum_id(app: FastAPI, served: CaptionLibrary) -> int:
+    return app.state.service.library.store.get_file(str(served.files["loops/hum.aiff"])).id
+
+
+def evict_hum(app: FastAPI, served: CaptionLibrary) -> None:
+    """Make another transcode, which needs the room of `hum.aiff`'s."""
+    app.state.service.transcodes.flac(("another file", 1), served.files["loops/hum.aiff"], 60.0).release()
+
+
+def test_a_transcodes_answer_built_and_never_run_lets_it_go(hum_app, served):
+    """The file's answer holds the transcode until it is sent: one never run (its request cancelled before it ran)
+    lets go of it as it goes, and the cache removes the file once it evicts it."""
+    file_id = hum_id(hum_app, served)
+    request = Request({"type": "http", "method": "GET", "headers": [], "path": f"/api/files/{file_id}/audio"})
+    answer = api.file_audio(request, hum_app.state.service, file_id)
+    path = Path(answer.path)
+    assert answer.media_type == "audio/flac" and path.exists()
+    del answer  # never run
+    evict_hum(hum_app, served)
+    assert not path.exists()
+
+
+def test_a_transcode_whose_request_is_cancelled_before_its_answer_is_sent_is_let_go(hum_app, served, monkeypatch):
+    """A request cancelled (its client gone) as the cache hands out its transcode: nothing is sent, and the
+    transcode is let go, so that the cache removes the file once it evicts it. (The endpoint's thread is waited for,
+    and the answer meets the cancellation as it runs, in its own `finally`; one never run is the test above's.)"""
+    svc = hum_app.state.service
+    handed_out, cancelled = threading.Event(), threading.Event()
+    handed: list[Path] = []
+    file_audio = svc.file_audio
+
+    def handed_out_as_the_client_leaves(file_id: int) -> object:
+        audio = file_audio(file_id)
+        handed.append(audio.path)
+        handed_out.set()
+        assert cancelled.wait(WAIT_S), "never cancelled"
+        return audio
+
+    monkeypatch.setattr(svc, "file_audio", handed_out_as_the_client_leaves)
+    sent = anyio.run(cancelled_once, hum_app, f"/api/files/{hum_id(hum_app, served)}/audio", handed_out, cancelled)
+    assert handed and handed[0].exists() and b"".join(sent) == b""  # kept (nothing needed its room), not sent
+    evict_hum(hum_app, served)
+    assert not handed[0].exists()
+
+
+async def cancelled_once(app: ASGIApp, path: str, started: threading.Event, cancelled: threading.Event) -> list[bytes]:
+    """A GET of `path` by `app`, cancelled (as a server cancels the request of a client gone) once `started` is
+    set; `cancelled` is set then. The body's parts sent, none after it was cancelled."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"127.0.0.1")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 80),
+    }
+    gone = anyio.Event()
+    body: list[bytes] = []
+
+    async def receive() -> dict[str, object]:
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        if message["type"] == "http.response.body":
+            body.append(message.get("body", b""))  # type: ignore[arg-type]
+        await anyio.lowlevel.checkpoint()  # where a server's send waits for the client to read
+
+    async with anyio.create_task_group() as requests:
+        requests.start_soon(app, scope, receive, send)
+        await anyio.to_thread.run_sync(started.wait, WAIT_S)
+        requests.cancel_scope.cancel()
+        gone.set()
+        cancelled.set()
+    return body

@@ -17,6 +17,7 @@ from ..audio_decoders import AudioDecodeError
 from ..db import DatabaseUnreachableError, StoreMismatchError
 from ..errors import OptionError, PengiSearchError, UsageError
 from ..library import EmptyLibraryError
+from ..model_dir import ModelNotFoundError
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_S = 5  # when to ask again while the database does not answer (503)
@@ -61,7 +62,9 @@ def _status_of(exc: PengiSearchError) -> int:
         return 422
     if isinstance(exc, DatabaseUnreachableError):  # not the server's fault either: try again later
         return 503
-    if isinstance(exc, EmptyLibraryError | StoreMismatchError):
+    # The library or the models installed are not what the request needs (a model to install): the server's state,
+    # which whoever runs it fixes, and no failure of its own (nothing logged)
+    if isinstance(exc, EmptyLibraryError | StoreMismatchError | ModelNotFoundError):
         return 409
     if isinstance(exc, UsageError):  # a labels file, a ranking the library's model cannot do, ...
         return 400

@@ -82,7 +82,8 @@ def made_response(headers: Headers, made: Made, media_type: str) -> Response:
 @dataclass(frozen=True)
 class AudioFile:
     """A file to send as it is: where it is, its MIME type, the name a browser saves it under, and what to call once
-    it is sent or will not be (a transcode, which its cache keeps on disk until then)."""
+    it is sent or will not be (a transcode, which its cache keeps on disk until then; an answer never run lets go
+    of it as it is collected: `media.Transcode`)."""
 
     path: Path
     media_type: str

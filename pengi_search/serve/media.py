@@ -16,6 +16,7 @@ import struct
 import tempfile
 import threading
 import uuid
+import weakref
 import zlib
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable, Iterator
@@ -197,17 +198,20 @@ FLAC_MARGIN_BYTES = 64 << 10  # a FLAC file's headers beyond its frames, at most
 
 class Transcode:
     """A transcode handed out to be sent: its file stays on disk until `release` (once its answer is sent, or will
-    not be), even when the cache drops it meanwhile to make room for others."""
+    not be), even when the cache drops it meanwhile to make room for others.
+
+    A handle lost without being released (its answer built and never run: a request cancelled in between) is
+    released as it is collected, at once as its last reference goes (or at the next garbage collection, if it was
+    caught in a reference cycle): else the cache would count its file as being sent for ever, and never remove it."""
 
     def __init__(self, path: Path, release: Callable[[Path], None]) -> None:
         self.path = path
-        self._release: Callable[[Path], None] | None = release
+        # Holds `release` and `path`, not the handle: calling it runs `release` once, whoever calls first
+        self._release = weakref.finalize(self, release, path)
 
     def release(self) -> None:
         """Let the cache remove the file, if it has dropped it; releasing again does nothing."""
-        release, self._release = self._release, None
-        if release is not None:
-            release(self.path)
+        self._release()
 
 
 class TranscodeCache:

@@ -43,6 +43,7 @@ from .errors import InvalidParameter, RequestError
 from .http_cache import AudioFile, Made, entity_tag
 from .kept_clips import KeptClip, KeptClips
 from .live import LiveLibrary
+from .not_installed import USE_ITS_MODEL, LibraryModelNotInstalled, not_installed, refused_unless_installed
 from .ranked_pages import RankedPages
 from .search_params import SearchParams
 from .security import servable_path
@@ -63,7 +64,6 @@ ENGINES_KEPT = 2  # full models kept loaded: the server's (describe, classify) a
 RUNS_SHOWN = 10  # the latest runs /api/stats gives
 FAILED_SHOWN = 200  # the first failed files /api/stats gives
 MAX_ID = 2**63 - 1  # the largest database row id (SQLite INTEGER, PostgreSQL BIGINT); a larger one names no row
-USE_ITS_MODEL = "start the server with the library's model (--model)"  # the fix of a library of another model
 GONE = "no longer in the index (its file was indexed again, moved or removed since): search again"
 
 
@@ -125,19 +125,22 @@ class Service:
 
     def warm_up(self) -> None:
         """Load the indexes and the query embedder now, so the first search is as fast as the next; a server whose
-        --model did not build the library does not start (`check_model`)."""
+        --model did not build the library does not start (`check_model`). One without --model whose library's model
+        is not installed here starts, and says what it refuses until then (`not_installed`)."""
         self.check_model()
         try:
             self.embedder()
         except EmptyLibraryError as exc:
             log.warning("%s", exc)
+        except LibraryModelNotInstalled as exc:
+            log.warning("text search needs the library's model: %s", exc)
 
     # -- models ----------------------------------------------------------------------------------------------
 
     def embedder(self) -> TextEmbedder:
         """The text embedder that built the index (reloaded when the library was re-indexed with another)."""
         self.library.refresh()
-        with self._embedder_lock:
+        with self._embedder_lock, refused_unless_installed(self.library, self.settings.model):
             if self._embedder is None or self._embedder_generation != self.library.generation:
                 generation = self.library.generation
                 self._embedder = query_embedder(self.library, self.settings.model, self.settings.device)
@@ -147,7 +150,7 @@ class Service:
     def audio_embedder(self) -> TextEmbedder:
         """Pengi's text tower of the model that made the audio vectors (the caption embedder when it is that)."""
         self.library.refresh()
-        with self._embedder_lock:
+        with self._embedder_lock, refused_unless_installed(self.library, self.settings.model):
             if self._audio_embedder is None or self._audio_generation != self.library.generation:
                 generation = self.library.generation
                 caption = self._embedder if self._embedder_generation == generation else None
@@ -205,13 +208,7 @@ class Service:
             return self._library_model[1]
         found = installed_builder(self.library)
         if found is None:
-            meta = self.library.store.index_meta()
-            raise OtherModelError(
-                self.library.name,
-                f"the index was built with {meta.model if meta else 'no model'}, which is not installed here "
-                "(audio embeddings of different models cannot be compared)",
-                other_model_fix(self.library.store, None, USE_ITS_MODEL),
-            )
+            raise not_installed(self.library, "audio embeddings of different models cannot be compared")
         self._library_model = (generation, found)
         return found
 
