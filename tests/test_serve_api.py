@@ -6,6 +6,7 @@ import hashlib
 import html
 import io
 import json
+import mimetypes
 import os
 import re
 import shutil
@@ -391,6 +392,46 @@ def test_the_pages_script_and_style_are_checked_each_time_so_an_upgrade_reaches_
     assert first.status_code == 200 and first.headers["cache-control"] == "no-cache"
     again = client.get(f"/static/{asset}", headers={"If-None-Match": first.headers["etag"]})
     assert (again.status_code, again.content, again.headers["cache-control"]) == (304, b"", "no-cache")
+
+
+STATIC = Path(api.__file__).parent / "static"
+PAGE_SCRIPT = re.compile(r'<script type="module" src="/static/([\w-]+\.js)"></script>')
+MODULE_IMPORT = re.compile(r'^import .* from "\./([\w-]+\.js)";$', re.MULTILINE)
+
+
+def page_scripts(client) -> set[str]:
+    """The script modules a page loads: the one it names, and those that one imports, in turn."""
+    loaded: set[str] = set()
+    to_load = PAGE_SCRIPT.findall(client.get("/").text)
+    while to_load:
+        name = to_load.pop()
+        if name not in loaded:
+            loaded.add(name)
+            to_load += MODULE_IMPORT.findall(client.get(f"/static/{name}").text)
+    return loaded
+
+
+def test_every_script_module_the_pages_load_is_served_as_javascript_and_checked_each_time(client):
+    """A module script runs only if it comes with a JavaScript type; each module is asked about each time, as
+    app.js alone was, so that an upgrade reaches the browser with modules that fit each other. Every module beside
+    app.js is one it loads (none left behind by a change)."""
+    scripts = page_scripts(client)
+    assert "app.js" in scripts and scripts == {path.name for path in STATIC.glob("*.js")}
+    for name in scripts:
+        response = client.get(f"/static/{name}")
+        assert response.status_code == 200, name
+        assert response.headers["content-type"] == "text/javascript; charset=utf-8", name
+        assert response.headers["cache-control"] == "no-cache", name
+
+
+def test_a_script_is_sent_as_javascript_whatever_the_systems_type_table_says(client, monkeypatch):
+    """Python's type table comes from the system's: on Windows from the registry, which may map .js to text/plain,
+    a type browsers refuse to run as a module (every page's script would stop)."""
+    mimetypes.guess_type("app.js")  # the table read, before it is changed
+    monkeypatch.setitem(mimetypes.types_map, ".js", "text/plain")
+    assert mimetypes.guess_type("app.js")[0] == "text/plain"
+    assert client.get("/static/player.js").headers["content-type"] == "text/javascript; charset=utf-8"
+    assert client.get("/static/style.css").headers["content-type"] == "text/css; charset=utf-8"
 
 
 def test_formats_browsers_cannot_play_are_transcoded_to_flac(client, served):

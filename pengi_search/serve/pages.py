@@ -1,7 +1,8 @@
 """The server-rendered pages: search, "more like this", a file's timeline, uploads, the library and the API docs.
 
 Templates are Jinja2 with autoescaping on for everything: what Pengi wrote is untrusted text and is only ever
-rendered as text. The little JavaScript (static/app.js) reads data attributes and never writes HTML.
+rendered as text. The little JavaScript (static/app.js and the ES modules it imports beside it) reads data
+attributes and never writes HTML.
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ FILTER_DEFAULTS = dataclasses.asdict(FilterFields())  # what a box left out of a
 
 def boxes_set(form: Mapping[str, Any]) -> list[tuple[str, Any]]:
     """The filter boxes of `form` that are set (neither empty nor at their default), as the search form sends them
-    (static/app.js): an address that holds only these says what they are."""
+    (static/search-form.js): an address that holds only these says what they are."""
     return [(name, form[name]) for name in FILTER_BOXES if str(form.get(name, "")) not in ("", FILTER_DEFAULTS[name])]
 
 
@@ -287,9 +288,9 @@ def _results_page(
 
 def more_results(request: Request, params: SearchParams, shown: int, deepest: int) -> dict[str, str] | None:
     """The "More results" link of a page showing `shown` hits: `href`, this page with one more page of results
-    (followed without scripts, and the address static/app.js gives the page once it has added that page), and
-    `next`, the page of those results alone, which the script adds. None when the page shows every result there is
-    (fewer than it asked for) or the next page would start past the deepest the server serves."""
+    (followed without scripts, and the address static/more-results.js gives the page once it has added that
+    page), and `next`, the page of those results alone, which the script adds. None when the page shows every
+    result there is (fewer than it asked for) or the next page would start past the deepest the server serves."""
     end = params.offset + shown
     if shown < params.k * params.pages or end > deepest:
         return None
@@ -411,7 +412,7 @@ def _upload_result(
 def _upload_response(request: Request, svc: ServiceDep, status: int = 200, **results: Any) -> HTMLResponse:
     most = svc.settings.max_upload_bytes
     limits = {"size": limit_text(most), "seconds": svc.settings.max_upload_s}
-    # Each file box's limit in bytes and what is said past it, which the page says before sending (static/app.js)
+    # Each file box's limit in bytes and what is said past it, which the page says before sending (static/uploads.js)
     limits["clip"] = {"bytes": most, "reason": larger_than(most)}
     limits["labels"] = {"bytes": MAX_LABELS_BYTES, "reason": larger_than(MAX_LABELS_BYTES)}
     context = {"described": None, "hits": None, "classified": None, "name": "", "error": None, "limits": limits}
