@@ -1217,6 +1217,49 @@ def test_a_player_pressed_again_after_its_retries_ran_out_asks_again_while_the_s
     driver.execute_script("arguments[0].pause()", audio)
 
 
+# The player's play() refuses its `refused`-th call before anything starts, as a browser that plays only on a press
+# refuses a play the page asks for by itself (Firefox or Safari blocking autoplay; this Chromium is told to allow it).
+REFUSE_A_PLAY = """
+const [audio, refused] = arguments, play = HTMLMediaElement.prototype.play;
+let calls = 0;
+audio.play = function () {
+  calls += 1;
+  if (calls !== refused) return play.call(this);
+  return Promise.reject(new DOMException("play() can only be initiated by a user gesture.", "NotAllowedError"));
+};
+"""
+
+
+def test_a_player_whose_play_by_itself_is_refused_says_so_and_a_press_asks_again_as_the_first(busy_when_told, driver):
+    """Refused as busy, a player asks again by itself; if the browser refuses that play before it starts (no "play"
+    event), the note no longer says it is trying again but to press Play, and a press then counts as one: asked again
+    as often as at the first. The flag that told its own play from a press stayed set: the note said it was trying
+    again, and the press after the last retry was refused without asking again."""
+    from selenium.webdriver.common.by import By
+
+    address, _hum, home = busy_when_told
+    busy = home / "busy"
+    busy.touch()
+    try:
+        driver.get(f"{address}/?q=a+low+hum&k=1")
+        hit = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "li.hit"), "search results")[0]
+        audio = hit.find_element(By.CSS_SELECTOR, "audio.player")
+        driver.execute_script(REFUSE_A_PLAY, audio, 4)  # the press's play, then the retries': the last refused
+        play = hit.find_element(By.CSS_SELECTOR, "button.play-hit")
+        refused = "The audio cannot be played: the server is busy converting audio for other requests"
+        notes = lambda d: [note.text for note in hit.find_elements(By.CSS_SELECTOR, ".unplayable")]  # noqa: E731
+        play.click()
+        not_started = "The audio cannot be played: the browser did not let it start by itself; press Play to try again"
+        wait_for(driver, lambda d: notes(d) == [not_started], "the refused play said")
+        play.click()
+        wait_for(driver, lambda d: notes(d) == [f"{refused}; trying again in 1 s"], "asking again")
+    finally:
+        busy.unlink()
+    wait_for(driver, lambda d: audio_state(d, audio)["t"] > 0.1, "the hit playing by itself")
+    assert audio_state(driver, audio)["error"] is None
+    driver.execute_script("arguments[0].pause()", audio)
+
+
 def spectrograms_asked(home: Path) -> int:
     asked = home / "spectrograms-asked"
     return len(asked.read_text().splitlines()) if asked.exists() else 0

@@ -7,12 +7,14 @@ import { BUSY_RETRIES, retryAfter } from "./busy.js";
 import { giveSourceBack, playSpan } from "./player.js";
 
 const playFailures = new WeakMap(); // audio -> the note that says why it did not play
+// Said when the browser refuses a play the page asks for by itself (its autoplay rules may want a press for each).
+const NOT_STARTED = "the browser did not let it start by itself; press Play to try again";
 
 export function sayWhyNotPlayed(audio) {
   let asked = null; // where the player was asked to play from since it last played or failed, else null
   let retries = 0; // busy refusals asked again since the player was last pressed or played
   let retry = 0; // the timer of the asking again to come, else 0
-  let retrying = false; // the player plays by itself (asking again): its "play" is no press
+  let retrying = false; // the player plays by itself (asking again), its "play" still to come: that one is no press
   let failures = 0; // since it last played: the reason of a failure is said only if it is still the latest
   audio.addEventListener("play", () => {
     asked = audio.currentTime;
@@ -23,6 +25,16 @@ export function sayWhyNotPlayed(audio) {
     clearTimeout(retry); // pressed: asked for now, and asked again as often as at the first press
     retries = 0;
   });
+  const playAgain = (from, stopAt) => {
+    retrying = true;
+    playSpan(audio, from, Number.isNaN(stopAt) ? Infinity : stopAt)?.catch(() => {
+      // Refused before its "play" (a browser that plays only on a press): no "play" is to come to clear the flag,
+      // and the next press must count as one, asked again as often as at the first.
+      if (!retrying) return; // it started, and failed since: its error event says why
+      retrying = false;
+      sayNotPlayed(audio, NOT_STARTED);
+    });
+  };
   audio.addEventListener("error", async () => {
     const from = asked, stopAt = parseFloat(audio.dataset.stopAt), failure = ++failures;
     asked = null;
@@ -36,12 +48,8 @@ export function sayWhyNotPlayed(audio) {
     if (wait === null) return;
     retries++;
     retry = setTimeout(() => {
-      if (from === null) {
-        giveSourceBack(audio); // loaded as the page loads it: no "play"
-      } else {
-        retrying = true;
-        playSpan(audio, from, Number.isNaN(stopAt) ? Infinity : stopAt);
-      }
+      if (from === null) giveSourceBack(audio); // loaded as the page loads it: no "play"
+      else playAgain(from, stopAt);
     }, wait * 1000);
   });
   audio.addEventListener("playing", () => {
