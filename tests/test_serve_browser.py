@@ -658,6 +658,36 @@ def test_a_searchs_address_holds_only_the_boxes_that_were_set(server, driver):
     assert boxes and not [box.get_attribute("name") for box in boxes if not box.is_enabled()]
 
 
+def test_the_hybrid_weights_box_is_shown_with_the_hybrid_ranking_only_and_sent_with_it_only(server, driver):
+    """Only the hybrid ranking reads the weight: its box shows while that ranking is chosen, and a weight typed
+    there is not sent with another ranking (which the server refuses, as the API does). A page that refused one
+    shows its box, in focus, to be corrected, until the ranking is changed. The box was shown with every ranking."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    address, _library = server
+    driver.get(f"{address}/?q=a+bell+rings")
+    form = driver.find_element(By.CSS_SELECTOR, "form.search")
+    form.find_element(By.TAG_NAME, "summary").click()  # the filters
+    weight, ranking = form.find_element(By.NAME, "hybrid_weight"), Select(form.find_element(By.NAME, "rank"))
+    assert form.find_element(By.NAME, "k").is_displayed() and not weight.is_displayed()
+    ranking.select_by_value("hybrid")
+    assert weight.is_displayed()
+    weight.send_keys("0.25")
+    ranking.select_by_value("caption")
+    assert not weight.is_displayed()
+    form.find_element(By.TAG_NAME, "button").click()
+    wait_for(driver, lambda d: "rank=caption" in d.current_url, "the search ranked by captions")
+    assert driver.execute_script("return location.search") == "?q=a+bell+rings&rank=caption"
+    assert driver.find_elements(By.CSS_SELECTOR, "li.hit") and not driver.find_elements(By.ID, "form-error")
+
+    driver.get(f"{address}/?q=a+bell+rings&rank=caption&hybrid_weight=0.7")  # refused: the weight at fault
+    weight = driver.find_element(By.NAME, "hybrid_weight")
+    assert weight.is_displayed() and driver.switch_to.active_element == weight
+    Select(driver.find_element(By.NAME, "rank")).select_by_value("audio")
+    assert not weight.is_displayed()
+
+
 def test_a_hit_that_cannot_be_played_any_more_says_why_and_plays_once_it_can_again(server, driver):
     """The page was made while the file was there; gone since (or the server restarting), *Play hit* says why below
     the player, as a page made then says it, instead of doing nothing. Pressed again once the file is back, it plays

@@ -27,7 +27,7 @@ from ..errors import PengiSearchError
 from ..pathnames import shown
 from ..units import duration_text, moment_text, seconds_text, span_ends
 from . import media
-from .api import MAX_LABELS_BYTES, ServiceDep, parse_labels, read_upload
+from .api import MAX_LABELS_BYTES, ServiceDep, hybrid_weight_for, parse_labels, read_upload
 from .errors import InvalidParameter, RequestError, answer_status, status_headers
 from .kept_clips import KEEP_S
 from .service import Found, SearchParams
@@ -218,9 +218,11 @@ def search_page(
     hybrid_weight: str = "",
 ) -> HTMLResponse:
     def run() -> tuple[SearchParams, Found | None]:
-        params = dataclasses.replace(fields.params(), **dataclasses.asdict(paging))
-        weight = _number("hybrid_weight", hybrid_weight) if hybrid_weight.strip() else params.hybrid_weight
-        params = dataclasses.replace(params, rank=rank or None, hybrid_weight=weight)
+        weight = _number("hybrid_weight", hybrid_weight)  # None: left empty
+        params = dataclasses.replace(fields.params(), **dataclasses.asdict(paging), rank=rank or None)
+        params = dataclasses.replace(params, hybrid_weight=params.hybrid_weight if weight is None else weight)
+        params.ranking()  # an unknown ranking or a weight out of range first (422), as the API checks them first
+        hybrid_weight_for(params.rank, weight)  # then a weight the ranking does not read: refused as the API does
         return params, svc.search(q, params) if q.strip() else None
 
     typed = {**dataclasses.asdict(fields), "rank": rank, "hybrid_weight": hybrid_weight}
@@ -270,7 +272,9 @@ def _results_page(
     found, error, status, fault, more = None, None, 200, None, None
     try:
         params, found = run()
-        form = _form(params, q)
+        # The weight as typed: one left empty (the default, its placeholder) is not filled in, so that a page sent
+        # again with another ranking, without scripts, does not send a weight that ranking refuses.
+        form = {**_form(params, q), "hybrid_weight": typed["hybrid_weight"]}
         if found is not None:
             more = more_results(request, params, len(found.hits), svc.settings.max_offset)
     except PengiSearchError as exc:

@@ -6,7 +6,7 @@ import { focusBoxAtFault, setUpBusyForms } from "./forms.js";
 import { setUpHits } from "./hits.js";
 import { setUpMoreResults } from "./more-results.js";
 import { setUpOnePlayerAtATime } from "./player.js";
-import { setUpShortAddresses } from "./search-form.js";
+import { setUpHybridWeight, setUpShortAddresses } from "./search-form.js";
 import { setUpDrops, setUpUploadLimits } from "./uploads.js";
 
 window.addEventListener("load", focusBoxAtFault);
@@ -15,6 +15,7 @@ document.addEventListener("DOMContentLoaded", () => {
   setUpHits(document.querySelectorAll(".hit"));
   setUpMoreResults();
   setUpFile();
+  setUpHybridWeight();
   setUpShortAddresses();
   setUpDrops();
   setUpUploadLimits(); // before setUpBusyForms: a form refused here is not sent, so never busy
