@@ -1220,31 +1220,62 @@ def busy_when_told(tmp_path_factory, tiny_model_dir, browser_programs):
         yield address, library.files["hum.wav"], root / "home"
 
 
+BUSY_NOTE = "The audio cannot be played: the server is busy converting audio for other requests"
+
+
+@contextlib.contextmanager
+def busy_server(home: Path):
+    """A `BUSY_WHILE_TOLD` server (by its home) refusing audio as busy, until the block ends."""
+    busy = home / "busy"
+    busy.touch()
+    try:
+        yield
+    finally:
+        busy.unlink()
+
+
+@dataclass
+class BusyHit:
+    """The hit of a search for the busy server's one sound: its player, its *Play hit* and the notes below it."""
+
+    hit: object
+    audio: object
+    play: object
+
+    @classmethod
+    def opened(cls, driver, address: str) -> BusyHit:
+        from selenium.webdriver.common.by import By
+
+        driver.get(f"{address}/?q=a+low+hum&k=1")
+        hit = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "li.hit"), "search results")[0]
+        audio = hit.find_element(By.CSS_SELECTOR, "audio.player")
+        return cls(hit, audio, hit.find_element(By.CSS_SELECTOR, "button.play-hit"))
+
+    def notes(self) -> list[str]:
+        from selenium.webdriver.common.by import By
+
+        return [note.text for note in self.hit.find_elements(By.CSS_SELECTOR, ".unplayable")]
+
+    def plays_by_itself(self, driver) -> None:
+        """It plays, with no press, once the server gives the audio; paused then."""
+        wait_for(driver, lambda d: audio_state(d, self.audio)["t"] > 0.1, "the hit playing by itself")
+        assert audio_state(driver, self.audio)["error"] is None
+        driver.execute_script("arguments[0].pause()", self.audio)
+
+
 def test_a_player_pressed_again_after_its_retries_ran_out_asks_again_while_the_server_is_busy(busy_when_told, driver):
     """A player refused as busy asks again BUSY_RETRIES (3) times, then says why without trying again. Pressed again
     later, while the server is still busy, it asks again by itself as at the first press (it did not: the count
     ran on until something played), and plays once the server gives the audio."""
-    from selenium.webdriver.common.by import By
 
     address, _hum, home = busy_when_told
-    busy = home / "busy"
-    busy.touch()
-    try:
-        driver.get(f"{address}/?q=a+low+hum&k=1")
-        hit = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "li.hit"), "search results")[0]
-        audio = hit.find_element(By.CSS_SELECTOR, "audio.player")
-        play = hit.find_element(By.CSS_SELECTOR, "button.play-hit")
-        refused = "The audio cannot be played: the server is busy converting audio for other requests"
-        notes = lambda d: [note.text for note in hit.find_elements(By.CSS_SELECTOR, ".unplayable")]  # noqa: E731
-        play.click()
-        wait_for(driver, lambda d: notes(d) == [refused], "the retries run out")
-        play.click()
-        wait_for(driver, lambda d: notes(d) == [f"{refused}; trying again in 1 s"], "asking again")
-    finally:
-        busy.unlink()
-    wait_for(driver, lambda d: audio_state(d, audio)["t"] > 0.1, "the hit playing by itself")
-    assert audio_state(driver, audio)["error"] is None
-    driver.execute_script("arguments[0].pause()", audio)
+    with busy_server(home):
+        hit = BusyHit.opened(driver, address)
+        hit.play.click()
+        wait_for(driver, lambda d: hit.notes() == [BUSY_NOTE], "the retries run out")
+        hit.play.click()
+        wait_for(driver, lambda d: hit.notes() == [f"{BUSY_NOTE}; trying again in 1 s"], "asking again")
+    hit.plays_by_itself(driver)
 
 
 # The player's play() refuses its `refused`-th call before anything starts, as a browser that plays only on a press
@@ -1265,29 +1296,17 @@ def test_a_player_whose_play_by_itself_is_refused_says_so_and_a_press_asks_again
     event), the note no longer says it is trying again but to press Play, and a press then counts as one: asked again
     as often as at the first. The flag that told its own play from a press stayed set: the note said it was trying
     again, and the press after the last retry was refused without asking again."""
-    from selenium.webdriver.common.by import By
 
     address, _hum, home = busy_when_told
-    busy = home / "busy"
-    busy.touch()
-    try:
-        driver.get(f"{address}/?q=a+low+hum&k=1")
-        hit = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "li.hit"), "search results")[0]
-        audio = hit.find_element(By.CSS_SELECTOR, "audio.player")
-        driver.execute_script(REFUSE_A_PLAY, audio, 4)  # the press's play, then the retries': the last refused
-        play = hit.find_element(By.CSS_SELECTOR, "button.play-hit")
-        refused = "The audio cannot be played: the server is busy converting audio for other requests"
-        notes = lambda d: [note.text for note in hit.find_elements(By.CSS_SELECTOR, ".unplayable")]  # noqa: E731
-        play.click()
-        not_started = "The audio cannot be played: the browser did not let it start by itself; press Play to try again"
-        wait_for(driver, lambda d: notes(d) == [not_started], "the refused play said")
-        play.click()
-        wait_for(driver, lambda d: notes(d) == [f"{refused}; trying again in 1 s"], "asking again")
-    finally:
-        busy.unlink()
-    wait_for(driver, lambda d: audio_state(d, audio)["t"] > 0.1, "the hit playing by itself")
-    assert audio_state(driver, audio)["error"] is None
-    driver.execute_script("arguments[0].pause()", audio)
+    not_started = "The audio cannot be played: the browser did not let it start by itself; press Play to try again"
+    with busy_server(home):
+        hit = BusyHit.opened(driver, address)
+        driver.execute_script(REFUSE_A_PLAY, hit.audio, 4)  # the press's play, then the retries': the last refused
+        hit.play.click()
+        wait_for(driver, lambda d: hit.notes() == [not_started], "the refused play said")
+        hit.play.click()
+        wait_for(driver, lambda d: hit.notes() == [f"{BUSY_NOTE}; trying again in 1 s"], "asking again")
+    hit.plays_by_itself(driver)
 
 
 def spectrograms_asked(home: Path) -> int:
