@@ -7,6 +7,8 @@ key then starts); at phone width (390 px) no page scrolls sideways, and a sent f
 is stopped or the page is come back to (a slow search can be changed meanwhile). The first Tab stop skips the header; a
 refused upload focuses the box at fault. A long list asks for the waveforms of the hits in sight only, the others once
 scrolled to. "More results" pages a search's results and an uploaded clip's similar sounds alike.
+Every page loads all of its script modules (ES modules, app.js the one it names), as its Content-Security-Policy
+allows.
 Screenshots are saved in the test's folder (and in `$PENGI_SCREENSHOT_DIR` when set).
 
 Without chromium and chromedriver the test is skipped, unless PENGI_REQUIRE_BROWSER=1 (as in CI), where it fails.
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+import pengi_search.serve
 from pengi_search.db import Store
 
 from .search_library import caption_library
@@ -259,6 +262,27 @@ def test_search_listen_and_browse_in_a_real_browser(server, driver, tmp_path):
     # Nothing was blocked by the content security policy, and no script failed.
     problems = [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
     assert problems == []
+
+
+# The pages' script modules, as the page fetched them (a module imported by several is fetched once).
+SCRIPTS_FETCHED = """
+return performance.getEntriesByType("resource").map((entry) => new URL(entry.name).pathname)
+  .filter((path) => path.endsWith(".js"));
+"""
+
+
+def test_every_page_loads_all_its_script_modules_as_its_content_security_policy_allows(server, driver):
+    """The script is ES modules (app.js imports the others): each page loads them all from this server (the
+    policy's `script-src 'self'`), with nothing refused or failing in the console."""
+    address, _library = server
+    file_id = top_hit(address, "a bell rings")["file_id"]
+    modules = {f"/static/{path.name}" for path in (Path(pengi_search.serve.__file__).parent / "static").glob("*.js")}
+    driver.get_log("browser")  # what earlier tests logged
+    for path in ("/?q=a+bell+rings", "/upload", "/library", "/docs", f"/files/{file_id}"):
+        driver.get(f"{address}{path}")
+        wait_for(driver, lambda d: d.execute_script("return document.readyState") == "complete", f"{path} loaded")
+        assert sorted(driver.execute_script(SCRIPTS_FETCHED)) == sorted(modules), path
+    assert [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"] == []
 
 
 def test_a_file_opened_at_a_window_is_marked_there_and_the_tab_key_reaches_that_window(server, driver):
