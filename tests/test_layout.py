@@ -67,6 +67,26 @@ def test_no_module_is_longer_than_a_sitting_s_read():
     assert {path: lines for path, lines in lengths.items() if lines > MAX_LINES} == {}
 
 
+def test_no_page_script_module_is_longer_than_a_sitting_s_read():
+    """The server's pages' script, as modules (static/*.js), by the same measure as the Python modules."""
+    scripts = sorted((ROOT / "pengi_search" / "serve" / "static").glob("*.js"))
+    lengths = {path.name: len(path.read_text(encoding="utf-8").splitlines()) for path in scripts}
+    assert len(lengths) > 1 and {name: lines for name, lines in lengths.items() if lines > MAX_LINES} == {}
+
+
+def test_the_wheel_ships_every_file_the_server_reads_beside_its_modules():
+    """The pages' templates and their script modules, style and icon are package data: one left out of the globs
+    (a module in a new folder) would be missing from an installed server, which would answer 404 for it and leave
+    every page without its script."""
+    tomllib = pytest.importorskip("tomllib")
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    serve = ROOT / "pengi_search" / "serve"
+    shipped = {path for pattern in package_data["package-data"]["pengi_search.serve"] for path in serve.glob(pattern)}
+    read = {path for folder in ("static", "templates") for path in (serve / folder).rglob("*") if path.is_file()}
+    assert {str(path.relative_to(serve)) for path in read - shipped} == set()
+    assert any(path.name == "player.js" for path in shipped)
+
+
 def test_the_core_imports_no_application():
     offenders = {
         str(path.relative_to(ROOT)): sorted(

@@ -6,6 +6,7 @@ import hashlib
 import html
 import io
 import json
+import mimetypes
 import os
 import re
 import shutil
@@ -391,6 +392,46 @@ def test_the_pages_script_and_style_are_checked_each_time_so_an_upgrade_reaches_
     assert first.status_code == 200 and first.headers["cache-control"] == "no-cache"
     again = client.get(f"/static/{asset}", headers={"If-None-Match": first.headers["etag"]})
     assert (again.status_code, again.content, again.headers["cache-control"]) == (304, b"", "no-cache")
+
+
+STATIC = Path(api.__file__).parent / "static"
+PAGE_SCRIPT = re.compile(r'<script type="module" src="/static/([\w-]+\.js)"></script>')
+MODULE_IMPORT = re.compile(r'^import .* from "\./([\w-]+\.js)";$', re.MULTILINE)
+
+
+def page_scripts(client) -> set[str]:
+    """The script modules a page loads: the one it names, and those that one imports, in turn."""
+    loaded: set[str] = set()
+    to_load = PAGE_SCRIPT.findall(client.get("/").text)
+    while to_load:
+        name = to_load.pop()
+        if name not in loaded:
+            loaded.add(name)
+            to_load += MODULE_IMPORT.findall(client.get(f"/static/{name}").text)
+    return loaded
+
+
+def test_every_script_module_the_pages_load_is_served_as_javascript_and_checked_each_time(client):
+    """A module script runs only if it comes with a JavaScript type; each module is asked about each time, as
+    app.js alone was, so that an upgrade reaches the browser with modules that fit each other. Every module beside
+    app.js is one it loads (none left behind by a change)."""
+    scripts = page_scripts(client)
+    assert "app.js" in scripts and scripts == {path.name for path in STATIC.glob("*.js")}
+    for name in scripts:
+        response = client.get(f"/static/{name}")
+        assert response.status_code == 200, name
+        assert response.headers["content-type"] == "text/javascript; charset=utf-8", name
+        assert response.headers["cache-control"] == "no-cache", name
+
+
+def test_a_script_is_sent_as_javascript_whatever_the_systems_type_table_says(client, monkeypatch):
+    """Python's type table comes from the system's: on Windows from the registry, which may map .js to text/plain,
+    a type browsers refuse to run as a module (every page's script would stop)."""
+    mimetypes.guess_type("app.js")  # the table read, before it is changed
+    monkeypatch.setitem(mimetypes.types_map, ".js", "text/plain")
+    assert mimetypes.guess_type("app.js")[0] == "text/plain"
+    assert client.get("/static/player.js").headers["content-type"] == "text/javascript; charset=utf-8"
+    assert client.get("/static/style.css").headers["content-type"] == "text/css; charset=utf-8"
 
 
 def test_formats_browsers_cannot_play_are_transcoded_to_flac(client, served):
@@ -887,6 +928,8 @@ def test_a_search_refused_for_no_box_in_particular_keeps_the_focus_in_the_text_b
         {"min_duration": "5", "max_duration": "1"},
         {"rank": "loudness"},
         {"hybrid_weight": "2"},
+        {"rank": "loudness", "hybrid_weight": "0.7"},
+        {"rank": "caption", "hybrid_weight": "2"},
     ],
 )
 def test_a_refused_search_page_has_the_apis_status_and_keeps_the_page(client, served, boxes):
@@ -1400,6 +1443,31 @@ def test_a_hybrid_weight_without_rank_hybrid_is_a_400_that_names_it(client, rank
     }
     weighed = client.get("/api/search", params={"q": "a bell rings", "hybrid_weight": 0.7, "rank": "hybrid"})
     assert weighed.status_code == 200 and weighed.json()[0]["ranking"] == "hybrid"
+
+
+@pytest.mark.parametrize("rank", [None, "caption", "audio"])
+def test_the_search_page_refuses_a_hybrid_weight_without_rank_hybrid_as_the_api_does(client, rank):
+    """Without scripts the weight's box is shown whatever the ranking: a weight typed there with another ranking is
+    refused as the API refuses it (400, in its words), kept in its box, which is marked and focused. It was read by
+    nothing, without a word. A box left empty is no weight."""
+    query = {"q": "a bell rings", "hybrid_weight": "0.7", **({} if rank is None else {"rank": rank})}
+    page, api_answer = client.get("/", params=query), client.get("/api/search", params=query)
+    assert page.status_code == api_answer.status_code == 400
+    assert f'<p class="error" id="form-error" role="alert">{escape(api_answer.json()["detail"])}</p>' in page.text
+    assert 'value="0.7"' in box(page.text, "hybrid_weight") and box(page.text, "hybrid_weight").endswith(f"{FAULT}>")
+    assert client.get("/", params={**query, "hybrid_weight": ""}).status_code == 200
+
+
+def test_the_hybrid_weights_box_holds_the_weight_as_typed_with_the_default_as_its_placeholder(client):
+    """A hybrid search without a weight typed leaves the box empty, the default shown as its placeholder (and in the
+    ranking's note): sent again with another ranking, without scripts, the form sends no weight for the server to
+    refuse. It held the default, which the page then refused."""
+    hybrid = client.get("/", params={"q": "a bell rings", "rank": "hybrid"}).text
+    weight = box(hybrid, "hybrid_weight")
+    assert 'value=""' in weight and f'placeholder="{DEFAULT_HYBRID_WEIGHT}"' in weight
+    assert f"(caption weight {DEFAULT_HYBRID_WEIGHT})" in hybrid
+    weighed = client.get("/", params={"q": "a bell rings", "rank": "hybrid", "hybrid_weight": "0.25"}).text
+    assert 'value="0.25"' in box(weighed, "hybrid_weight") and "(caption weight 0.25)" in weighed
 
 
 def test_a_ranking_the_librarys_model_cannot_do_is_a_400_in_the_apis_words(served, tiny_model_dir, monkeypatch):

@@ -7,6 +7,8 @@ key then starts); at phone width (390 px) no page scrolls sideways, and a sent f
 is stopped or the page is come back to (a slow search can be changed meanwhile). The first Tab stop skips the header; a
 refused upload focuses the box at fault. A long list asks for the waveforms of the hits in sight only, the others once
 scrolled to. "More results" pages a search's results and an uploaded clip's similar sounds alike.
+Every page loads all of its script modules (ES modules, app.js the one it names), as its Content-Security-Policy
+allows.
 Screenshots are saved in the test's folder (and in `$PENGI_SCREENSHOT_DIR` when set).
 
 Without chromium and chromedriver the test is skipped, unless PENGI_REQUIRE_BROWSER=1 (as in CI), where it fails.
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+import pengi_search.serve
 from pengi_search.db import Store
 
 from .search_library import caption_library
@@ -259,6 +262,27 @@ def test_search_listen_and_browse_in_a_real_browser(server, driver, tmp_path):
     # Nothing was blocked by the content security policy, and no script failed.
     problems = [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
     assert problems == []
+
+
+# The pages' script modules, as the page fetched them (a module imported by several is fetched once).
+SCRIPTS_FETCHED = """
+return performance.getEntriesByType("resource").map((entry) => new URL(entry.name).pathname)
+  .filter((path) => path.endsWith(".js"));
+"""
+
+
+def test_every_page_loads_all_its_script_modules_as_its_content_security_policy_allows(server, driver):
+    """The script is ES modules (app.js imports the others): each page loads them all from this server (the
+    policy's `script-src 'self'`), with nothing refused or failing in the console."""
+    address, _library = server
+    file_id = top_hit(address, "a bell rings")["file_id"]
+    modules = {f"/static/{path.name}" for path in (Path(pengi_search.serve.__file__).parent / "static").glob("*.js")}
+    driver.get_log("browser")  # what earlier tests logged
+    for path in ("/?q=a+bell+rings", "/upload", "/library", "/docs", f"/files/{file_id}"):
+        driver.get(f"{address}{path}")
+        wait_for(driver, lambda d: d.execute_script("return document.readyState") == "complete", f"{path} loaded")
+        assert sorted(driver.execute_script(SCRIPTS_FETCHED)) == sorted(modules), path
+    assert [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"] == []
 
 
 def test_a_file_opened_at_a_window_is_marked_there_and_the_tab_key_reaches_that_window(server, driver):
@@ -656,6 +680,36 @@ def test_a_searchs_address_holds_only_the_boxes_that_were_set(server, driver):
     wait_for(driver, lambda d: "k=3" in d.current_url, "the page before")
     boxes = driver.find_elements(By.CSS_SELECTOR, "form.search [name]")
     assert boxes and not [box.get_attribute("name") for box in boxes if not box.is_enabled()]
+
+
+def test_the_hybrid_weights_box_is_shown_with_the_hybrid_ranking_only_and_sent_with_it_only(server, driver):
+    """Only the hybrid ranking reads the weight: its box shows while that ranking is chosen, and a weight typed
+    there is not sent with another ranking (which the server refuses, as the API does). A page that refused one
+    shows its box, in focus, to be corrected, until the ranking is changed. The box was shown with every ranking."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    address, _library = server
+    driver.get(f"{address}/?q=a+bell+rings")
+    form = driver.find_element(By.CSS_SELECTOR, "form.search")
+    form.find_element(By.TAG_NAME, "summary").click()  # the filters
+    weight, ranking = form.find_element(By.NAME, "hybrid_weight"), Select(form.find_element(By.NAME, "rank"))
+    assert form.find_element(By.NAME, "k").is_displayed() and not weight.is_displayed()
+    ranking.select_by_value("hybrid")
+    assert weight.is_displayed()
+    weight.send_keys("0.25")
+    ranking.select_by_value("caption")
+    assert not weight.is_displayed()
+    form.find_element(By.TAG_NAME, "button").click()
+    wait_for(driver, lambda d: "rank=caption" in d.current_url, "the search ranked by captions")
+    assert driver.execute_script("return location.search") == "?q=a+bell+rings&rank=caption"
+    assert driver.find_elements(By.CSS_SELECTOR, "li.hit") and not driver.find_elements(By.ID, "form-error")
+
+    driver.get(f"{address}/?q=a+bell+rings&rank=caption&hybrid_weight=0.7")  # refused: the weight at fault
+    weight = driver.find_element(By.NAME, "hybrid_weight")
+    assert weight.is_displayed() and driver.switch_to.active_element == weight
+    Select(driver.find_element(By.NAME, "rank")).select_by_value("audio")
+    assert not weight.is_displayed()
 
 
 def test_a_hit_that_cannot_be_played_any_more_says_why_and_plays_once_it_can_again(server, driver):
@@ -1190,31 +1244,93 @@ def busy_when_told(tmp_path_factory, tiny_model_dir, browser_programs):
         yield address, library.files["hum.wav"], root / "home"
 
 
+BUSY_NOTE = "The audio cannot be played: the server is busy converting audio for other requests"
+
+
+@contextlib.contextmanager
+def busy_server(home: Path):
+    """A `BUSY_WHILE_TOLD` server (by its home) refusing audio as busy, until the block ends."""
+    busy = home / "busy"
+    busy.touch()
+    try:
+        yield
+    finally:
+        busy.unlink()
+
+
+@dataclass
+class BusyHit:
+    """The hit of a search for the busy server's one sound: its player, its *Play hit* and the notes below it."""
+
+    hit: object
+    audio: object
+    play: object
+
+    @classmethod
+    def opened(cls, driver, address: str) -> BusyHit:
+        from selenium.webdriver.common.by import By
+
+        driver.get(f"{address}/?q=a+low+hum&k=1")
+        hit = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "li.hit"), "search results")[0]
+        audio = hit.find_element(By.CSS_SELECTOR, "audio.player")
+        return cls(hit, audio, hit.find_element(By.CSS_SELECTOR, "button.play-hit"))
+
+    def notes(self) -> list[str]:
+        from selenium.webdriver.common.by import By
+
+        return [note.text for note in self.hit.find_elements(By.CSS_SELECTOR, ".unplayable")]
+
+    def plays_by_itself(self, driver) -> None:
+        """It plays, with no press, once the server gives the audio; paused then."""
+        wait_for(driver, lambda d: audio_state(d, self.audio)["t"] > 0.1, "the hit playing by itself")
+        assert audio_state(driver, self.audio)["error"] is None
+        driver.execute_script("arguments[0].pause()", self.audio)
+
+
 def test_a_player_pressed_again_after_its_retries_ran_out_asks_again_while_the_server_is_busy(busy_when_told, driver):
     """A player refused as busy asks again BUSY_RETRIES (3) times, then says why without trying again. Pressed again
     later, while the server is still busy, it asks again by itself as at the first press (it did not: the count
     ran on until something played), and plays once the server gives the audio."""
-    from selenium.webdriver.common.by import By
 
     address, _hum, home = busy_when_told
-    busy = home / "busy"
-    busy.touch()
-    try:
-        driver.get(f"{address}/?q=a+low+hum&k=1")
-        hit = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "li.hit"), "search results")[0]
-        audio = hit.find_element(By.CSS_SELECTOR, "audio.player")
-        play = hit.find_element(By.CSS_SELECTOR, "button.play-hit")
-        refused = "The audio cannot be played: the server is busy converting audio for other requests"
-        notes = lambda d: [note.text for note in hit.find_elements(By.CSS_SELECTOR, ".unplayable")]  # noqa: E731
-        play.click()
-        wait_for(driver, lambda d: notes(d) == [refused], "the retries run out")
-        play.click()
-        wait_for(driver, lambda d: notes(d) == [f"{refused}; trying again in 1 s"], "asking again")
-    finally:
-        busy.unlink()
-    wait_for(driver, lambda d: audio_state(d, audio)["t"] > 0.1, "the hit playing by itself")
-    assert audio_state(driver, audio)["error"] is None
-    driver.execute_script("arguments[0].pause()", audio)
+    with busy_server(home):
+        hit = BusyHit.opened(driver, address)
+        hit.play.click()
+        wait_for(driver, lambda d: hit.notes() == [BUSY_NOTE], "the retries run out")
+        hit.play.click()
+        wait_for(driver, lambda d: hit.notes() == [f"{BUSY_NOTE}; trying again in 1 s"], "asking again")
+    hit.plays_by_itself(driver)
+
+
+# The player's play() refuses its `refused`-th call before anything starts, as a browser that plays only on a press
+# refuses a play the page asks for by itself (Firefox or Safari blocking autoplay; this Chromium is told to allow it).
+REFUSE_A_PLAY = """
+const [audio, refused] = arguments, play = HTMLMediaElement.prototype.play;
+let calls = 0;
+audio.play = function () {
+  calls += 1;
+  if (calls !== refused) return play.call(this);
+  return Promise.reject(new DOMException("play() can only be initiated by a user gesture.", "NotAllowedError"));
+};
+"""
+
+
+def test_a_player_whose_play_by_itself_is_refused_says_so_and_a_press_asks_again_as_the_first(busy_when_told, driver):
+    """Refused as busy, a player asks again by itself; if the browser refuses that play before it starts (no "play"
+    event), the note no longer says it is trying again but to press Play, and a press then counts as one: asked again
+    as often as at the first. The flag that told its own play from a press stayed set: the note said it was trying
+    again, and the press after the last retry was refused without asking again."""
+
+    address, _hum, home = busy_when_told
+    not_started = "The audio cannot be played: the browser did not let it start by itself; press Play to try again"
+    with busy_server(home):
+        hit = BusyHit.opened(driver, address)
+        driver.execute_script(REFUSE_A_PLAY, hit.audio, 4)  # the press's play, then the retries': the last refused
+        hit.play.click()
+        wait_for(driver, lambda d: hit.notes() == [not_started], "the refused play said")
+        hit.play.click()
+        wait_for(driver, lambda d: hit.notes() == [f"{BUSY_NOTE}; trying again in 1 s"], "asking again")
+    hit.plays_by_itself(driver)
 
 
 def spectrograms_asked(home: Path) -> int:

@@ -276,10 +276,10 @@ def parse_labels(typed: str | None, uploaded: UploadFile | None) -> tuple[list[s
             raise InvalidParameter(field, exc.reason) from None
 
 
-def _hybrid_weight_for(rank: str | None, weight: float | None) -> float:
+def hybrid_weight_for(rank: str | None, weight: float | None) -> float:
     """The hybrid weight of a search ranked by `rank`: only `rank=hybrid` reads it, so one given with another ranking
     (which it would change nothing of, without a word) is refused, as `query --hybrid-weight` is without
-    `--rank hybrid`."""
+    `--rank hybrid`; so does the search page."""
     if weight is not None and rank != "hybrid":
         raise RequestError(
             "hybrid_weight",
@@ -318,7 +318,7 @@ def search(
 ) -> Any:
     """Windows that match the text, best first (`pengi-search query --json`); each hit says how it was ranked.
     The `X-Pengi-Warnings` header lists what the command would warn of (a text longer than the embedder reads)."""
-    weight = _hybrid_weight_for(rank, hybrid_weight)
+    weight = hybrid_weight_for(rank, hybrid_weight)
     found = svc.search(q, dataclasses.replace(params, rank=rank, hybrid_weight=weight))
     response.headers[WARNINGS_HEADER] = json.dumps(found.warnings)  # ASCII: a header's bytes are Latin-1
     return found.hits

@@ -5,7 +5,7 @@ waveform peaks) and `Cache-Control: no-cache`: browsers keep them but ask each t
 (it is then refused, 409), and a request whose `If-None-Match` names the current tag gets 304 without a body, before
 anything is decoded or drawn. Audio is named (`Content-Disposition`) as the file it comes from, so that a player's
 "Download" saves it under that name. A `Range` header of a unit other than bytes is ignored, as RFC 9110 (14.2)
-requires: the whole body, 200, where Starlette answers 400. The pages' script and style are asked about each time too
+requires: the whole body, 200, where Starlette answers 400. The pages' scripts and style are asked about each time too
 (`StaticAssets`).
 """
 
@@ -28,6 +28,9 @@ from starlette.types import Receive, Scope, Send
 from ..pathnames import shown
 
 CACHE_CONTROL = "no-cache"  # keep it, but ask whether it is still current before using it
+# A module script runs only if it is sent with a JavaScript type (HTML's rule); Python's type table comes from the
+# system's (on Windows, the registry's, which may say text/plain for .js), so the pages' scripts say it themselves.
+SCRIPT_TYPE = "text/javascript; charset=utf-8"
 _NOT_QUOTABLE = re.compile(r'[^\x20-\x7e]|["\\]')  # what a quoted-string's plain ASCII name cannot hold
 
 
@@ -137,11 +140,15 @@ def _byte_ranges_only(scope: Scope) -> Scope:
 
 
 class StaticAssets(StaticFiles):
-    """The pages' script, style and icon, with `Cache-Control: no-cache`: the browser asks each time whether its copy
-    is current (304 while it is). Without it, a browser may keep using an old app.js for days after pengi-search
-    is upgraded (heuristic freshness, a tenth of the file's age when fetched), beside new pages it does not fit."""
+    """The pages' script modules, style and icon, with `Cache-Control: no-cache`: the browser asks each time whether
+    its copy is current (304 while it is). Without it, a browser may keep using an old module for days after
+    pengi-search is upgraded (heuristic freshness, a tenth of the file's age when fetched), beside new pages and
+    modules it does not fit. A script is sent as JavaScript whatever the platform's type table says
+    (`SCRIPT_TYPE`)."""
 
-    def file_response(self, *args: Any, **kwargs: Any) -> Response:
-        response = super().file_response(*args, **kwargs)
+    def file_response(self, full_path: str | os.PathLike[str], *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(full_path, *args, **kwargs)
         response.headers["Cache-Control"] = CACHE_CONTROL
+        if response.status_code != 304 and Path(full_path).suffix == ".js":
+            response.headers["Content-Type"] = SCRIPT_TYPE
         return response

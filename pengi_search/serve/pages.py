@@ -1,7 +1,8 @@
 """The server-rendered pages: search, "more like this", a file's timeline, uploads, the library and the API docs.
 
 Templates are Jinja2 with autoescaping on for everything: what Pengi wrote is untrusted text and is only ever
-rendered as text. The little JavaScript (static/app.js) reads data attributes and never writes HTML.
+rendered as text. The little JavaScript (static/app.js and the ES modules it imports beside it) reads data
+attributes and never writes HTML.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from ..errors import PengiSearchError
 from ..pathnames import shown
 from ..units import duration_text, moment_text, seconds_text, span_ends
 from . import media
-from .api import MAX_LABELS_BYTES, ServiceDep, parse_labels, read_upload
+from .api import MAX_LABELS_BYTES, ServiceDep, hybrid_weight_for, parse_labels, read_upload
 from .errors import InvalidParameter, RequestError, answer_status, status_headers
 from .kept_clips import KEEP_S
 from .service import Found, SearchParams
@@ -159,7 +160,7 @@ FILTER_DEFAULTS = dataclasses.asdict(FilterFields())  # what a box left out of a
 
 def boxes_set(form: Mapping[str, Any]) -> list[tuple[str, Any]]:
     """The filter boxes of `form` that are set (neither empty nor at their default), as the search form sends them
-    (static/app.js): an address that holds only these says what they are."""
+    (static/search-form.js): an address that holds only these says what they are."""
     return [(name, form[name]) for name in FILTER_BOXES if str(form.get(name, "")) not in ("", FILTER_DEFAULTS[name])]
 
 
@@ -217,9 +218,11 @@ def search_page(
     hybrid_weight: str = "",
 ) -> HTMLResponse:
     def run() -> tuple[SearchParams, Found | None]:
-        params = dataclasses.replace(fields.params(), **dataclasses.asdict(paging))
-        weight = _number("hybrid_weight", hybrid_weight) if hybrid_weight.strip() else params.hybrid_weight
-        params = dataclasses.replace(params, rank=rank or None, hybrid_weight=weight)
+        weight = _number("hybrid_weight", hybrid_weight)  # None: left empty
+        params = dataclasses.replace(fields.params(), **dataclasses.asdict(paging), rank=rank or None)
+        params = dataclasses.replace(params, hybrid_weight=params.hybrid_weight if weight is None else weight)
+        params.ranking()  # an unknown ranking or a weight out of range first (422), as the API checks them first
+        hybrid_weight_for(params.rank, weight)  # then a weight the ranking does not read: refused as the API does
         return params, svc.search(q, params) if q.strip() else None
 
     typed = {**dataclasses.asdict(fields), "rank": rank, "hybrid_weight": hybrid_weight}
@@ -269,7 +272,9 @@ def _results_page(
     found, error, status, fault, more = None, None, 200, None, None
     try:
         params, found = run()
-        form = _form(params, q)
+        # The weight as typed: one left empty (the default, its placeholder) is not filled in, so that a page sent
+        # again with another ranking, without scripts, does not send a weight that ranking refuses.
+        form = {**_form(params, q), "hybrid_weight": typed["hybrid_weight"]}
         if found is not None:
             more = more_results(request, params, len(found.hits), svc.settings.max_offset)
     except PengiSearchError as exc:
@@ -287,9 +292,9 @@ def _results_page(
 
 def more_results(request: Request, params: SearchParams, shown: int, deepest: int) -> dict[str, str] | None:
     """The "More results" link of a page showing `shown` hits: `href`, this page with one more page of results
-    (followed without scripts, and the address static/app.js gives the page once it has added that page), and
-    `next`, the page of those results alone, which the script adds. None when the page shows every result there is
-    (fewer than it asked for) or the next page would start past the deepest the server serves."""
+    (followed without scripts, and the address static/more-results.js gives the page once it has added that
+    page), and `next`, the page of those results alone, which the script adds. None when the page shows every
+    result there is (fewer than it asked for) or the next page would start past the deepest the server serves."""
     end = params.offset + shown
     if shown < params.k * params.pages or end > deepest:
         return None
@@ -411,7 +416,7 @@ def _upload_result(
 def _upload_response(request: Request, svc: ServiceDep, status: int = 200, **results: Any) -> HTMLResponse:
     most = svc.settings.max_upload_bytes
     limits = {"size": limit_text(most), "seconds": svc.settings.max_upload_s}
-    # Each file box's limit in bytes and what is said past it, which the page says before sending (static/app.js)
+    # Each file box's limit in bytes and what is said past it, which the page says before sending (static/uploads.js)
     limits["clip"] = {"bytes": most, "reason": larger_than(most)}
     limits["labels"] = {"bytes": MAX_LABELS_BYTES, "reason": larger_than(MAX_LABELS_BYTES)}
     context = {"described": None, "hits": None, "classified": None, "name": "", "error": None, "limits": limits}

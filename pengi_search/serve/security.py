@@ -40,7 +40,7 @@ LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 UNAUTHORIZED = "a token is required: send 'Authorization: Bearer TOKEN', or open the address printed at start"
 
 # Everything the pages need comes from this server; nothing inline, nothing from elsewhere (but for data: images, and
-# the silent stand-in source of a player that failed, which asks the server nothing: see app.js).
+# the silent stand-in source of a player that failed, which asks the server nothing: see player.js).
 SECURITY_HEADERS = [
     (
         b"content-security-policy",
