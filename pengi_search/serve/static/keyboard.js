@@ -2,9 +2,9 @@
 
 // Windows side by side (a file's timeline, its list of windows) are one stop of the Tab key: the arrow keys move
 // between them (Home and End: to the first and the last), Enter or Space plays the one in focus (`play`). Tab comes
-// back to the one last focused. `added`: the items of `items` to set up (by default all).
-export function keyboardWindows(items, play, added = items) {
-  for (const item of added) {
+// back to the one last focused.
+export function keyboardWindows(items, play) {
+  for (const item of items) {
     item.addEventListener("focus", () => tabStop(items, item));
     item.addEventListener("keydown", (event) => {
       if (event.target !== item) return; // a key on a link inside the item is the link's
