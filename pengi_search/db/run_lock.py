@@ -13,11 +13,13 @@ In-memory SQLite and other backends take no lock.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import socket
 import threading
 import zlib
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -68,19 +70,8 @@ def indexing_lock(
     wanted = [(LIBRARY, shard is not None)] + ([] if shard is None else [(f"shard {shard}", False)])
     try:
         for name, shared in wanted:
-            if locks.take(name, shared=shared, wait=False):
-                continue
-            busy = _busy_message(store, shard, index_run)
-            # a shard's run only: an unsharded one is no torchrun job's (every rank has its shard)
-            shared_by_the_machine = shard is not None and (shared or _firsts_shard_held_too(store, shard))
-            if not wait:
-                busy_error = LibraryBusyError if shared else IndexBusyError
-                speaker = said_once_per_machine() if shared_by_the_machine else contextlib.nullcontext()
-                with speaker:
-                    raise busy_error(store.name, f"{busy}; wait for it to end, or pass --wait to start when it has")
-            if not shared_by_the_machine or first_on_machine():
-                log.warning("%s; waiting for it to end", busy)
-            locks.take(name, shared=shared, wait=True)
+            holder = functools.partial(_run_holding, store, shard, index_run, shared=shared)
+            _take_or_wait(locks, name, shared=shared, wait=wait, holder=holder)
         store.write_guard = locks.check
         yield
     finally:
@@ -106,17 +97,54 @@ def alone_in_library(store: Store, job_shards: Collection[str], *, doing: str, w
         for run in store.running_runs():
             if run.shard is None or run.shard in job_shards:
                 continue  # an unsharded run holds the library alone: this job could not have started beside it
-            name = f"shard {run.shard}"
-            if locks.take(name, shared=False, wait=False):
-                continue
-            busy = f"{_describe(run)}, is indexing this library"
-            if not wait:
-                raise IndexBusyError(store.name, f"cannot {doing} while {busy}; try again when it ends, or pass --wait")
-            log.warning("%s; waiting for it to end", busy)
-            locks.take(name, shared=False, wait=True)
+            holder = functools.partial(_run_writing, store, run, doing)
+            _take_or_wait(locks, f"shard {run.shard}", shared=False, wait=wait, holder=holder)
         yield
     finally:
         locks.release()
+
+
+@dataclass(frozen=True)
+class _Holder:
+    """Another process's hold on a lock that this one wants, as this one says it."""
+
+    busy: str  # who holds it, said on waiting for it: "another indexing run is writing to this library: run 3, ..."
+    refusal: IndexBusyError  # raised when this process does not wait for it
+    # under torchrun, every process of this machine meets it (another job holds their locks): the first says it
+    said_once_per_machine: bool = False
+
+
+def _take_or_wait(locks: _Locks, name: str, *, shared: bool, wait: bool, holder: Callable[[], _Holder]) -> None:
+    """Take lock `name`; when another process holds it, raise `holder()`'s refusal, or with `wait` say who holds it
+    and wait for it. `holder` is asked only then: it reads the runs recorded, which a free lock need not."""
+    if locks.take(name, shared=shared, wait=False):
+        return
+    held = holder()
+    if not wait:
+        with said_once_per_machine() if held.said_once_per_machine else contextlib.nullcontext():
+            raise held.refusal
+    if not held.said_once_per_machine or first_on_machine():
+        log.warning("%s; waiting for it to end", held.busy)
+    locks.take(name, shared=shared, wait=True)
+
+
+def _run_holding(store: Store, shard: str | None, index_run: bool, *, shared: bool) -> _Holder:
+    """Who holds the library's lock (`shared`: as this shard's run wants it) or this shard's, for `indexing_lock`."""
+    busy = _busy_message(store, shard, index_run)
+    refusal = (LibraryBusyError if shared else IndexBusyError)(
+        store.name, f"{busy}; wait for it to end, or pass --wait to start when it has"
+    )
+    # a shard's run only: an unsharded one is no torchrun job's (every rank has its shard)
+    by_the_machine = shard is not None and (shared or _firsts_shard_held_too(store, shard))
+    return _Holder(busy, refusal, said_once_per_machine=by_the_machine)
+
+
+def _run_writing(store: Store, run: RunRecord, doing: str) -> _Holder:
+    """Another job's `run`, live, holds its shard's lock: for `alone_in_library`, `doing` is refused beside it."""
+    busy = f"{_describe(run)}, is indexing this library"
+    return _Holder(
+        busy, IndexBusyError(store.name, f"cannot {doing} while {busy}; try again when it ends, or pass --wait")
+    )
 
 
 def _firsts_shard_held_too(store: Store, shard: str) -> bool:
