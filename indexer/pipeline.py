@@ -156,6 +156,7 @@ class _Run:
             self._restarting = self._restarts_library()
             if self._restarting:  # refused before the run is recorded: a refusal leaves no failed run behind
                 self._held_for_restart.enter_context(self._alone("re-index this library with another model"))
+            self._meet_before_recording()
             return self._recorded(scanned)
 
     def _recorded(self, scanned: ScanResult) -> IndexSummary:
@@ -248,6 +249,14 @@ class _Run:
         except BuiltWithOtherError:
             return True
         return False
+
+    def _meet_before_recording(self) -> None:
+        """A torchrun job's --reindex: its ranks meet before any records its run, rank 0 once it knows that the
+        re-index may go ahead (`_restarts_library`, `_alone`). Refused, rank 0 never comes, and torchrun stops the
+        others still waiting: no rank leaves a run recorded that never ran (they recorded theirs first, and were
+        left `interrupted`)."""
+        if self.options.reindex and self.rank is not None:
+            self.rank.barrier()
 
     def _alone(self, doing: str) -> contextlib.AbstractContextManager[None]:
         """Within: no other job's run writes to the library, for `doing` what would restart it under that run. An
