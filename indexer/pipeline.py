@@ -29,7 +29,7 @@ from dataclasses import replace
 from pengi_search.audio import AUDIO_EXTENSIONS
 from pengi_search.choices import Captions
 from pengi_search.db import BuiltWithOtherError, drop_fast_captions, library_exists
-from pengi_search.db.run_lock import alone_in_library, indexing_lock
+from pengi_search.db.run_lock import alone_in_library, indexing_lock, no_restart_under_way
 from pengi_search.errors import PengiSearchError
 from pengi_search.library import Library
 from pengi_search.scan import Entry, ScanResult, scan
@@ -168,6 +168,7 @@ class _Run:
         try:
             if self.options.reindex:
                 self._reset([entry.path for entry in scanned.entries])
+            self._past_restarts()
             mine = [e for e in scanned.entries if self.shard is None or self.shard.owns(e.path)]
             summary.files_seen, summary.files_found = len(mine), len(scanned.entries)
             self.store.note_files_seen(self.run_id, summary.files_seen)
@@ -249,6 +250,21 @@ class _Run:
         except BuiltWithOtherError:
             return True
         return False
+
+    def _past_restarts(self) -> None:
+        """A shard's run, recorded, before it writes: refused while another job restarts the library with another
+        model, which may have looked for runs before this one was recorded (`run_lock.no_restart_under_way`); and
+        its model and embedder, if chosen before, checked again against the library's, which that job may have
+        changed since. An unsharded run holds the library alone: no job restarts it meanwhile."""
+        if self.shard is None:
+            return
+        no_restart_under_way(self.store)
+        if self._choice is None:
+            return
+        if self.options.reindex:  # a new embedder may be known only once loaded (`ModelChoice`): the model says it
+            self.store.check_compatible(self._choice.model, None)
+        else:
+            check_compatible(self.store, self._choice)
 
     def _meet_before_recording(self) -> None:
         """A torchrun job's --reindex: its ranks meet before any records its run, rank 0 once it knows that the

@@ -37,6 +37,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LIBRARY = "library"
+RESTART = "restart"  # held by a job that restarts the library with another model (`alone_in_library`)
+RESTART_UNDER_WAY = (
+    "another torchrun job is re-indexing this library with another model, which started it over after this run"
+    " began; try again when it ends"
+)
 RESUME_HINT = "what was committed is kept: run the same command again to resume"
 LOCK_LOST = (
     "lost the connection that holds this run's indexing lock (the database server restarted, or the network"
@@ -88,20 +93,69 @@ def alone_in_library(store: Store, job_shards: Collection[str], *, doing: str, w
     cannot tell them apart: each run recorded 'running' under a shard that is not the job's is asked after by its
     shard's lock, which a live run holds (a run whose process died left only its record), and that lock is kept for
     the block. Raises IndexBusyError naming a live one, or waits for it to end with `wait`.
+
+    A run holds its shard's lock before it records itself, so one may be live and not recorded yet: the block also
+    holds the RESTART lock, which a shard's run, once recorded, finds free or is refused (`no_restart_under_way`).
+    The runs are read again once that lock is held, and one recorded meanwhile is asked after as the others were.
     """
     locks = _locks_for(store)
     if locks is None:
         yield
         return
-    try:
-        for run in store.running_runs():
-            if run.shard is None or run.shard in job_shards:
-                continue  # an unsharded run holds the library alone: this job could not have started beside it
-            holder = functools.partial(_run_writing, store, run, doing)
-            _take_or_wait(locks, f"shard {run.shard}", shared=False, wait=wait, holder=holder)
+    held: set[str] = set()  # the shards of other jobs' runs whose locks the block holds
+    with contextlib.ExitStack() as holding:
+        holding.callback(locks.release)
+        while True:
+            for run in _outside_job(store, job_shards, held):
+                holder = functools.partial(_run_writing, store, run, doing)
+                _take_or_wait(locks, f"shard {run.shard}", shared=False, wait=wait, holder=holder)
+                held.add(run.shard)
+            restart = _held_restart(store)  # never while waiting for a run above: that run may be passing it
+            try:
+                recorded_meanwhile = _outside_job(store, job_shards, held)
+            except BaseException:
+                restart.release()
+                raise
+            if not recorded_meanwhile:
+                break
+            restart.release()  # such a run is asked after as the others were, this lock let go meanwhile
+        holding.callback(restart.release)
         yield
+
+
+def no_restart_under_way(store: Store) -> None:
+    """For a shard's run once recorded, before it writes: raise IndexBusyError while another job restarts the
+    library (`alone_in_library`), which may have looked before this run was recorded. Never waits, even with --wait:
+    that job may be waiting for this run's shard."""
+    locks = _locks_for(store)
+    if locks is None:
+        return
+    try:
+        free = locks.take(RESTART, shared=True, wait=False)
     finally:
         locks.release()
+    if not free:
+        raise IndexBusyError(store.name, RESTART_UNDER_WAY)
+
+
+def _outside_job(store: Store, job_shards: Collection[str], held: Collection[str]) -> list[RunRecord]:
+    """The runs recorded running under a shard neither of this job nor held already, one a shard. An unsharded run
+    holds the library alone: a job's shards could not have started beside it."""
+    runs: dict[str, RunRecord] = {}
+    for run in store.running_runs():
+        if run.shard is not None and run.shard not in job_shards and run.shard not in held:
+            runs.setdefault(run.shard, run)
+    return list(runs.values())
+
+
+def _held_restart(store: Store) -> _Locks:
+    """The RESTART lock, held alone, on locks of its own so that it can be let go apart from the shards'. Waited
+    for: a run holds it for a moment as it passes (`no_restart_under_way`), another job for as long as it restarts
+    the library."""
+    restart = _locks_for(store)
+    assert restart is not None  # as for the shards' locks, of the same store
+    restart.take(RESTART, shared=False, wait=True)
+    return restart
 
 
 @dataclass(frozen=True)
