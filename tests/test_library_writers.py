@@ -18,12 +18,15 @@ import pytest
 from typer.testing import CliRunner
 
 from indexer import audio_pass
+from indexer.captions import captions_missing
 from indexer.hold_points import FILE_STORED
 from indexer.pipeline import _Run, run_index
+from indexer.roots import Roots
 from indexer.shard import Shard
+from pengi_search.choices import Captions
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_FAILED
-from pengi_search.db import IndexBusyError, ModelInfo, Store, run_lock
+from pengi_search.db import BuiltWithOtherError, IndexBusyError, ModelInfo, Store, run_lock
 from pengi_search.db.run_lock import RESTART_UNDER_WAY, alone_in_library, indexing_lock
 from pengi_search.library import Library
 from pengi_search.scan import scan
@@ -189,3 +192,33 @@ def test_a_run_recorded_while_a_restart_takes_the_library_is_asked_after_as_the_
             pass
         assert f"cannot re-index it while run {recorded[0]} (shard 0/4)" in str(refused.value)
         run_lock.no_restart_under_way(other)  # the restart's hold let go with the refusal
+
+
+def test_a_shards_run_whose_model_was_chosen_before_a_restart_is_refused_before_it_captions(
+    db_url,  # noqa: F811
+    tmp_path,
+    tiny_model_dir,
+    monkeypatch,
+):
+    """A shard's run checks its model against the library's as it starts, before it records itself; a torchrun job
+    that restarted the library with another model meanwhile left windows waiting for captions, which the run then
+    captioned with the old model. Now the run, recorded, checks its model again and is refused."""
+    write_clips(tmp_path / "sounds", 2)
+    run_index(quick_options([tmp_path / "sounds"], db_url, tiny_model_dir))
+    other_model = make_tiny_model_dir(tmp_path / "tiny-other", seed=1)
+    later = quick_options([tmp_path / "sounds"], db_url, other_model, reindex=True, captions=Captions.later)
+    job = SimpleNamespace(world_size=2, leads=True, barrier=lambda: None)  # rank 0 of 2, on its own
+    recording = Store.start_run
+
+    def restarted_first(store: Store, shard: str | None = None) -> int:  # the run has chosen its model by now
+        if shard == "0/1":
+            with Library.open(db_url) as restarting:
+                _Run(restarting, later, None, job, None, 0.0).execute(scan(later.roots, later.extensions))  # type: ignore[arg-type]
+        return recording(store, shard)
+
+    monkeypatch.setattr(Store, "start_run", restarted_first)
+    with pytest.raises(BuiltWithOtherError):
+        run_index(quick_options([tmp_path / "sounds"], db_url, tiny_model_dir, shard=Shard(0, 1)))
+    with Store.open(db_url) as store:
+        assert captions_missing(store, Roots([str(tmp_path / "sounds")])) == 2  # left for the new model's Pengi
+        assert [run.status for run in store.runs() if run.shard == "0/1"] == ["failed"]
