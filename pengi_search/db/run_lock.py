@@ -156,7 +156,11 @@ def _held_restart(store: Store) -> _Locks:
     the library."""
     restart = _locks_for(store)
     assert restart is not None  # as for the shards' locks, of the same store
-    restart.take(RESTART, shared=False, wait=True)
+    try:
+        restart.take(RESTART, shared=False, wait=True)
+    except BaseException:  # a stop while waiting: its connection (PostgreSQL) closed, not left to the pool
+        restart.release()
+        raise
     return restart
 
 
