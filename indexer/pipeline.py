@@ -29,7 +29,7 @@ from dataclasses import replace
 from pengi_search.audio import AUDIO_EXTENSIONS
 from pengi_search.choices import Captions
 from pengi_search.db import BuiltWithOtherError, drop_fast_captions, library_exists
-from pengi_search.db.run_lock import alone_in_library, indexing_lock
+from pengi_search.db.run_lock import alone_in_library, indexing_lock, no_restart_under_way
 from pengi_search.errors import PengiSearchError
 from pengi_search.library import Library
 from pengi_search.scan import Entry, ScanResult, scan
@@ -156,6 +156,7 @@ class _Run:
             self._restarting = self._restarts_library()
             if self._restarting:  # refused before the run is recorded: a refusal leaves no failed run behind
                 self._held_for_restart.enter_context(self._alone("re-index this library with another model"))
+            self._meet_before_recording()
             return self._recorded(scanned)
 
     def _recorded(self, scanned: ScanResult) -> IndexSummary:
@@ -167,6 +168,7 @@ class _Run:
         try:
             if self.options.reindex:
                 self._reset([entry.path for entry in scanned.entries])
+            self._past_restarts()
             mine = [e for e in scanned.entries if self.shard is None or self.shard.owns(e.path)]
             summary.files_seen, summary.files_found = len(mine), len(scanned.entries)
             self.store.note_files_seen(self.run_id, summary.files_seen)
@@ -248,6 +250,29 @@ class _Run:
         except BuiltWithOtherError:
             return True
         return False
+
+    def _past_restarts(self) -> None:
+        """A shard's run, recorded, before it writes: refused while another job restarts the library with another
+        model, which may have looked for runs before this one was recorded (`run_lock.no_restart_under_way`); and
+        its model and embedder, if chosen before, checked again against the library's, which that job may have
+        changed since. An unsharded run holds the library alone: no job restarts it meanwhile."""
+        if self.shard is None:
+            return
+        no_restart_under_way(self.store)
+        if self._choice is None:
+            return
+        if self.options.reindex:  # a new embedder may be known only once loaded (`ModelChoice`): the model says it
+            self.store.check_compatible(self._choice.model, None)
+        else:
+            check_compatible(self.store, self._choice)
+
+    def _meet_before_recording(self) -> None:
+        """A torchrun job's --reindex: its ranks meet before any records its run, rank 0 once it knows that the
+        re-index may go ahead (`_restarts_library`, `_alone`). Refused, rank 0 never comes, and torchrun stops the
+        others still waiting: no rank leaves a run recorded that never ran (they recorded theirs first, and were
+        left `interrupted`)."""
+        if self.options.reindex and self.rank is not None:
+            self.rank.barrier()
 
     def _alone(self, doing: str) -> contextlib.AbstractContextManager[None]:
         """Within: no other job's run writes to the library, for `doing` what would restart it under that run. An

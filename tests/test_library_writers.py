@@ -6,6 +6,7 @@ library: it is refused while one of them runs."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -16,17 +17,31 @@ from types import SimpleNamespace
 import pytest
 from typer.testing import CliRunner
 
+from indexer import audio_pass
+from indexer.captions import captions_missing
 from indexer.hold_points import FILE_STORED
 from indexer.pipeline import _Run, run_index
+from indexer.roots import Roots
+from indexer.shard import Shard
+from pengi_search.choices import Captions
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_FAILED
-from pengi_search.db import IndexBusyError, Store
-from pengi_search.db.run_lock import indexing_lock
+from pengi_search.db import BuiltWithOtherError, IndexBusyError, ModelInfo, Store, run_lock
+from pengi_search.db.run_lock import RESTART_UNDER_WAY, alone_in_library, indexing_lock
 from pengi_search.library import Library
 from pengi_search.scan import scan
 from pengi_search.testing import make_tiny_model_dir
 
-from .indexing import HANG_S, HeldRun, assert_consistent, indexer_command, kill_session, quick_options, write_clips
+from .indexing import (
+    HANG_S,
+    HeldRun,
+    assert_consistent,
+    indexer_command,
+    kill_session,
+    quick_options,
+    write_clips,
+    write_tone,
+)
 from .test_store import db_url  # noqa: F401 (fixture: SQLite, and PostgreSQL when a server is given)
 
 runner = CliRunner()
@@ -127,3 +142,83 @@ def test_a_torchrun_job_reindexing_with_another_model_is_refused_beside_another_
         assert opened.store.runs()[0].id == summary.run_id and opened.store.runs()[0].status == "finished"
         assert opened.store.stats()["window_count"] == 2 and summary.indexed == 2  # indexed anew
         assert opened.store.index_meta().model != built_with
+
+
+def test_a_shards_run_that_records_itself_after_a_restart_looked_is_refused_before_it_writes(
+    library, tmp_path, tiny_model_dir, monkeypatch
+):
+    """A job restarting the library with another model asks after the runs recorded running; a shard's run holds
+    its lock before it records itself, so one starting meanwhile went unseen, and its files went on being stored
+    with the old model's vectors into the library started over. Now such a run is refused once recorded, before
+    it writes, while that job holds the library."""
+    new_sounds = tmp_path / "new"
+    for number in range(3):  # pitches of their own: not copied from the library's files, but decoded
+        write_tone(new_sounds / f"new-{number}.wav", 2.0, freq=523 + 41 * number)
+    restarted_with = ModelInfo("another-model", "another-fingerprint")
+    with Store.open(library) as job, alone_in_library(job, {"0/2", "1/2"}, doing="re-index"):  # it looked: none
+        embedder = job.index_meta().embedder
+
+        def restart_after_the_first_file(point: str) -> None:  # as the job's reset lands mid-way through pass 1
+            if point == FILE_STORED and job.index_meta().model != restarted_with:
+                job.reset_index(restarted_with, embedder)
+
+        monkeypatch.setattr(audio_pass, "hold_at", restart_after_the_first_file)
+        options = quick_options([new_sounds], library, tiny_model_dir, shard=Shard(0, 1))
+        with pytest.raises(IndexBusyError) as refused:
+            run_index(options)
+        assert RESTART_UNDER_WAY in str(refused.value)
+    with Store.open(library) as store:
+        assert store.index_meta().model != restarted_with  # the job did not restart under it: nothing stored
+        assert [run.status for run in store.runs() if run.shard == "0/1"] == ["failed"]
+        assert len(store.files_under(str(new_sounds))) == 0
+
+
+def test_a_run_recorded_while_a_restart_takes_the_library_is_asked_after_as_the_others(db_url, monkeypatch):  # noqa: F811
+    """A run that records itself between the restarting job's look and its hold on the library is seen by a second
+    look, then refused as the runs seen at first are (it holds its shard's lock)."""
+    taking = run_lock._held_restart
+    with contextlib.ExitStack() as other_job, Store.open(db_url) as job:
+        other = other_job.enter_context(Store.open(db_url))
+        other_job.enter_context(indexing_lock(other, "0/4"))
+        recorded: list[int] = []
+
+        def recorded_meanwhile(store: Store):
+            if not recorded:
+                recorded.append(other.start_run("0/4"))
+            return taking(store)
+
+        monkeypatch.setattr(run_lock, "_held_restart", recorded_meanwhile)
+        with pytest.raises(IndexBusyError) as refused, alone_in_library(job, {"0/2", "1/2"}, doing="re-index it"):
+            pass
+        assert f"cannot re-index it while run {recorded[0]} (shard 0/4)" in str(refused.value)
+        run_lock.no_restart_under_way(other)  # the restart's hold let go with the refusal
+
+
+def test_a_shards_run_whose_model_was_chosen_before_a_restart_is_refused_before_it_captions(
+    db_url,  # noqa: F811
+    tmp_path,
+    tiny_model_dir,
+    monkeypatch,
+):
+    """A shard's run checks its model against the library's as it starts, before it records itself; a torchrun job
+    that restarted the library with another model meanwhile left windows waiting for captions, which the run then
+    captioned with the old model. Now the run, recorded, checks its model again and is refused."""
+    write_clips(tmp_path / "sounds", 2)
+    run_index(quick_options([tmp_path / "sounds"], db_url, tiny_model_dir))
+    other_model = make_tiny_model_dir(tmp_path / "tiny-other", seed=1)
+    later = quick_options([tmp_path / "sounds"], db_url, other_model, reindex=True, captions=Captions.later)
+    job = SimpleNamespace(world_size=2, leads=True, barrier=lambda: None)  # rank 0 of 2, on its own
+    recording = Store.start_run
+
+    def restarted_first(store: Store, shard: str | None = None) -> int:  # the run has chosen its model by now
+        if shard == "0/1":
+            with Library.open(db_url) as restarting:
+                _Run(restarting, later, None, job, None, 0.0).execute(scan(later.roots, later.extensions))  # type: ignore[arg-type]
+        return recording(store, shard)
+
+    monkeypatch.setattr(Store, "start_run", restarted_first)
+    with pytest.raises(BuiltWithOtherError):
+        run_index(quick_options([tmp_path / "sounds"], db_url, tiny_model_dir, shard=Shard(0, 1)))
+    with Store.open(db_url) as store:
+        assert captions_missing(store, Roots([str(tmp_path / "sounds")])) == 2  # left for the new model's Pengi
+        assert [run.status for run in store.runs() if run.shard == "0/1"] == ["failed"]

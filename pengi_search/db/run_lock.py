@@ -6,18 +6,22 @@ database server when the process ends in any way, kill -9 included, so a dead ru
 - PostgreSQL: session advisory locks on a connection of the run's own, keyed by the database schema.
 
 Shards of one job index together: each holds the library's lock shared and its shard's lock exclusively, so shards
-run side by side while an unsharded run (which holds the library's lock exclusively) waits for all of them.
+run side by side while an unsharded run (which holds the library's lock exclusively) waits for all of them. A torchrun
+job that restarts the library with another model holds the RESTART lock as well (`alone_in_library`), which every
+shard's run, once recorded, must find free (`no_restart_under_way`).
 In-memory SQLite and other backends take no lock.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import socket
 import threading
 import zlib
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -35,6 +39,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LIBRARY = "library"
+RESTART = "restart"  # held by a job that restarts the library with another model (`alone_in_library`)
+RESTART_UNDER_WAY = (
+    "another torchrun job is re-indexing this library with another model, which started it over after this run"
+    " began; try again when it ends"
+)
 RESUME_HINT = "what was committed is kept: run the same command again to resume"
 LOCK_LOST = (
     "lost the connection that holds this run's indexing lock (the database server restarted, or the network"
@@ -68,19 +77,8 @@ def indexing_lock(
     wanted = [(LIBRARY, shard is not None)] + ([] if shard is None else [(f"shard {shard}", False)])
     try:
         for name, shared in wanted:
-            if locks.take(name, shared=shared, wait=False):
-                continue
-            busy = _busy_message(store, shard, index_run)
-            # a shard's run only: an unsharded one is no torchrun job's (every rank has its shard)
-            shared_by_the_machine = shard is not None and (shared or _firsts_shard_held_too(store, shard))
-            if not wait:
-                busy_error = LibraryBusyError if shared else IndexBusyError
-                speaker = said_once_per_machine() if shared_by_the_machine else contextlib.nullcontext()
-                with speaker:
-                    raise busy_error(store.name, f"{busy}; wait for it to end, or pass --wait to start when it has")
-            if not shared_by_the_machine or first_on_machine():
-                log.warning("%s; waiting for it to end", busy)
-            locks.take(name, shared=shared, wait=True)
+            holder = functools.partial(_run_holding, store, shard, index_run, shared=shared)
+            _take_or_wait(locks, name, shared=shared, wait=wait, holder=holder)
         store.write_guard = locks.check
         yield
     finally:
@@ -97,26 +95,116 @@ def alone_in_library(store: Store, job_shards: Collection[str], *, doing: str, w
     cannot tell them apart: each run recorded 'running' under a shard that is not the job's is asked after by its
     shard's lock, which a live run holds (a run whose process died left only its record), and that lock is kept for
     the block. Raises IndexBusyError naming a live one, or waits for it to end with `wait`.
+
+    A run holds its shard's lock before it records itself, so one may be live and not recorded yet: the block also
+    holds the RESTART lock, which a shard's run, once recorded, finds free or is refused (`no_restart_under_way`).
+    The runs are read again once that lock is held, and one recorded meanwhile is asked after as the others were.
     """
     locks = _locks_for(store)
     if locks is None:
         yield
         return
-    try:
-        for run in store.running_runs():
-            if run.shard is None or run.shard in job_shards:
-                continue  # an unsharded run holds the library alone: this job could not have started beside it
-            name = f"shard {run.shard}"
-            if locks.take(name, shared=False, wait=False):
-                continue
-            busy = f"{_describe(run)}, is indexing this library"
-            if not wait:
-                raise IndexBusyError(store.name, f"cannot {doing} while {busy}; try again when it ends, or pass --wait")
-            log.warning("%s; waiting for it to end", busy)
-            locks.take(name, shared=False, wait=True)
+    held: set[str] = set()  # the shards of other jobs' runs whose locks the block holds
+    with contextlib.ExitStack() as holding:
+        holding.callback(locks.release)
+        while True:
+            for run in _outside_job(store, job_shards, held):
+                holder = functools.partial(_run_writing, store, run, doing)
+                _take_or_wait(locks, f"shard {run.shard}", shared=False, wait=wait, holder=holder)
+                held.add(run.shard)
+            restart = _held_restart(store)  # never while waiting for a run above: that run may be passing it
+            try:
+                recorded_meanwhile = _outside_job(store, job_shards, held)
+            except BaseException:
+                restart.release()
+                raise
+            if not recorded_meanwhile:
+                break
+            restart.release()  # such a run is asked after as the others were, this lock let go meanwhile
+        holding.callback(restart.release)
         yield
+
+
+def no_restart_under_way(store: Store) -> None:
+    """For a shard's run once recorded, before it writes: raise IndexBusyError while another job restarts the
+    library (`alone_in_library`), which may have looked before this run was recorded. Never waits, even with --wait:
+    that job may be waiting for this run's shard."""
+    locks = _locks_for(store)
+    if locks is None:
+        return
+    try:
+        free = locks.take(RESTART, shared=True, wait=False)
     finally:
         locks.release()
+    if not free:
+        raise IndexBusyError(store.name, RESTART_UNDER_WAY)
+
+
+def _outside_job(store: Store, job_shards: Collection[str], held: Collection[str]) -> list[RunRecord]:
+    """The runs recorded running under a shard neither of this job nor held already, one a shard. An unsharded run
+    holds the library alone: a job's shards could not have started beside it."""
+    runs: dict[str, RunRecord] = {}
+    for run in store.running_runs():
+        if run.shard is not None and run.shard not in job_shards and run.shard not in held:
+            runs.setdefault(run.shard, run)
+    return list(runs.values())
+
+
+def _held_restart(store: Store) -> _Locks:
+    """The RESTART lock, held alone, on locks of its own so that it can be let go apart from the shards'. Waited
+    for: a run holds it for a moment as it passes (`no_restart_under_way`), another job for as long as it restarts
+    the library."""
+    restart = _locks_for(store)
+    assert restart is not None  # as for the shards' locks, of the same store
+    try:
+        restart.take(RESTART, shared=False, wait=True)
+    except BaseException:  # a stop while waiting: its connection (PostgreSQL) closed, not left to the pool
+        restart.release()
+        raise
+    return restart
+
+
+@dataclass(frozen=True)
+class _Holder:
+    """Another process's hold on a lock that this one wants, as this one says it."""
+
+    busy: str  # who holds it, said on waiting for it: "another indexing run is writing to this library: run 3, ..."
+    refusal: IndexBusyError  # raised when this process does not wait for it
+    # under torchrun, every process of this machine meets it (another job holds their locks): the first says it
+    said_once_per_machine: bool = False
+
+
+def _take_or_wait(locks: _Locks, name: str, *, shared: bool, wait: bool, holder: Callable[[], _Holder]) -> None:
+    """Take lock `name`; when another process holds it, raise `holder()`'s refusal, or with `wait` say who holds it
+    and wait for it. `holder` is asked only then: it reads the runs recorded, which a free lock need not."""
+    if locks.take(name, shared=shared, wait=False):
+        return
+    held = holder()
+    if not wait:
+        with said_once_per_machine() if held.said_once_per_machine else contextlib.nullcontext():
+            raise held.refusal
+    if not held.said_once_per_machine or first_on_machine():
+        log.warning("%s; waiting for it to end", held.busy)
+    locks.take(name, shared=shared, wait=True)
+
+
+def _run_holding(store: Store, shard: str | None, index_run: bool, *, shared: bool) -> _Holder:
+    """Who holds the library's lock (`shared`: as this shard's run wants it) or this shard's, for `indexing_lock`."""
+    busy = _busy_message(store, shard, index_run)
+    refusal = (LibraryBusyError if shared else IndexBusyError)(
+        store.name, f"{busy}; wait for it to end, or pass --wait to start when it has"
+    )
+    # a shard's run only: an unsharded one is no torchrun job's (every rank has its shard)
+    by_the_machine = shard is not None and (shared or _firsts_shard_held_too(store, shard))
+    return _Holder(busy, refusal, said_once_per_machine=by_the_machine)
+
+
+def _run_writing(store: Store, run: RunRecord, doing: str) -> _Holder:
+    """Another job's `run`, live, holds its shard's lock: for `alone_in_library`, `doing` is refused beside it."""
+    busy = f"{_describe(run)}, is indexing this library"
+    return _Holder(
+        busy, IndexBusyError(store.name, f"cannot {doing} while {busy}; try again when it ends, or pass --wait")
+    )
 
 
 def _firsts_shard_held_too(store: Store, shard: str) -> bool:
