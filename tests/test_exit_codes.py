@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -680,6 +681,43 @@ def test_a_reader_gone_mid_write_ends_a_command_with_141_under_pythonunbuffered(
         assert reader.stdout.readline() == b"[\n"  # the write has begun, and fills the pipe
         reader.stdout.close()
         assert (reader.wait(timeout=300), reader.stderr.read().decode()) == (EXIT_OUTPUT_CLOSED, "")
+
+
+# A command's output blocked mid-flush in a full pipe, stopped once part of its buffer went out.
+_STOPPED_MID_FLUSH = """
+import fcntl, os, signal, sys
+from pengi_search.cli.closed_output import whole_writes
+
+def stop(*_):
+    raise KeyboardInterrupt
+
+signal.signal(signal.SIGTERM, stop)
+with whole_writes():
+    os.write(1, b"f" * fcntl.fcntl(1, fcntl.F_GETPIPE_SZ))  # the pipe is full: the next write waits for the reader
+    sys.stdout.write("y" * 6000)  # held by the buffer (8 KiB) until the flush
+    print("ready", file=sys.stderr, flush=True)
+    try:
+        sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
+"""
+
+
+def test_output_stopped_mid_write_is_not_written_twice():
+    """A stop signal (SIGTERM, Ctrl-C) raised just after the output's descriptor took part of the buffer: those
+    bytes count as written, and the buffer's last flush sends only the rest (`index --watch --json` stopped as its
+    run's line went out printed that line twice)."""
+    command = [sys.executable, "-c", _STOPPED_MID_FLUSH]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as child:
+        assert child.stderr.readline() == b"ready\n"
+        time.sleep(0.5)  # the flush's write waits for room in the pipe
+        taken = os.read(child.stdout.fileno(), 4096)  # room for part of it: more than a pipe writes in one piece
+        time.sleep(0.5)  # that part is written, the rest waits
+        child.send_signal(signal.SIGTERM)
+        rest = child.stdout.read()
+        assert child.wait(timeout=60) == 0
+    output = taken + rest
+    assert output.count(b"y") == 6000 and output.rstrip(b"y") == output[: output.index(b"y")]
 
 
 @pytest.mark.parametrize(

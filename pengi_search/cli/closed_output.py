@@ -15,7 +15,7 @@ import io
 import select
 import sys
 from collections.abc import Iterator
-from typing import Any, NoReturn, TextIO
+from typing import NoReturn, TextIO
 
 import typer
 
@@ -40,17 +40,32 @@ class OutputError(OSError):
     file a command writes (`WriteError`), it has no name to say, and is told apart by its class."""
 
 
-class _OutputDescriptor(io.FileIO):
-    """stdout's file descriptor, whose write failures are the output's (`OutputError`); a reader gone stays the
-    BrokenPipeError that `quiet_when_output_closed` ends quietly."""
+class _Output(io.TextIOWrapper):
+    """stdout's text layer, whose write failures are the output's (`OutputError`); a reader gone stays the
+    BrokenPipeError that `quiet_when_output_closed` ends quietly.
 
-    def write(self, data: Any) -> int | None:
-        try:
-            return super().write(data)
-        except BrokenPipeError:
-            raise
-        except OSError as err:
-            raise OutputError(err.errno, err.strerror) from None
+    The failures are told apart here, above the buffer, and not in the raw layer below it: Python code there runs
+    between the descriptor's write and the buffer counting it written, and a stop signal (SIGTERM, Ctrl-C) whose
+    KeyboardInterrupt is raised in between left the written bytes in the buffer, written a second time as the
+    command ended (`index --watch --json` printed its last run's line twice)."""
+
+    def write(self, text: str) -> int:
+        with _as_output_error():
+            return super().write(text)
+
+    def flush(self) -> None:
+        with _as_output_error():
+            super().flush()
+
+
+@contextlib.contextmanager
+def _as_output_error() -> Iterator[None]:
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as err:
+        raise OutputError(err.errno, err.strerror) from None
 
 
 @contextlib.contextmanager
@@ -70,13 +85,13 @@ def whole_writes() -> Iterator[None]:
     except (AttributeError, OSError, ValueError):  # a test's in-memory stream
         yield
         return
-    if isinstance(getattr(getattr(original, "buffer", None), "raw", None), _OutputDescriptor):
+    if isinstance(original, _Output):
         yield  # the root command's, around this command's
         return
     unbuffered = isinstance(getattr(original, "buffer", None), io.RawIOBase)
     original.flush()
-    raw = _OutputDescriptor(descriptor, "w", closefd=False)  # the descriptor stays the original stream's to close
-    sys.stdout = io.TextIOWrapper(
+    raw = io.FileIO(descriptor, "w", closefd=False)  # the descriptor stays the original stream's to close
+    sys.stdout = _Output(
         io.BufferedWriter(raw),
         encoding=original.encoding,
         errors=original.errors,
