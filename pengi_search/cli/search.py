@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..choices import DEFAULT_HYBRID_WEIGHT, By, Device, Rank
+from ..choices import DEFAULT_HYBRID_WEIGHT, By, Rank
 from ..consoles import writes_plain_lines
 from ..index_hints import other_model_fix
 from ..paths import shown_path
@@ -21,12 +21,10 @@ from .common import (
     EXIT_OK,
     EXIT_PARTIAL,
     ComputeOptions,
-    DbOption,
-    DeviceOption,
     HiddenOption,
-    ModelOption,
     QuietOption,
     UsageError,
+    UsingOptions,
     apply_threads,
     err_console,
     given_input,
@@ -133,8 +131,8 @@ SimilarJsonOption = json_option(
 
 @dataclass(frozen=True)
 class SearchOptions:
-    """The options `query` and `similar` share: how many results, what each one is, which files qualify, and the
-    library and model to search with."""
+    """The options `query` and `similar` share: how many results, what each one is, and which files qualify (the
+    library and model to search with are `UsingOptions`)."""
 
     limit: LimitOption = 10
     by: ByOption = By.file
@@ -143,9 +141,6 @@ class SearchOptions:
     ext: ExtOption = None
     min_duration: MinDurationOption = None
     max_duration: MaxDurationOption = None
-    db: DbOption = None
-    model: ModelOption = None
-    device: DeviceOption = Device.auto
 
     def filters(self) -> Filters:
         """The conditions on results; a value they cannot use (e.g. `--ext ,`) is bad usage."""
@@ -271,10 +266,12 @@ def _caption_width(cells: dict[str, list[str]], width: int) -> int:
 @handle_errors
 @fetches_model
 @options_from(SearchOptions, "search")
+@options_from(UsingOptions, "using")
 def query(
     text: Annotated[str, typer.Argument(help='What to look for, e.g. "dog barking in the rain".')],
     *,
     search: SearchOptions,
+    using: UsingOptions,
     rank: RankOption = None,
     hybrid_weight: HybridWeightOption = None,
     json_output: QueryJsonOption = False,
@@ -298,17 +295,17 @@ def query(
     scope = search.scope()
     with (
         index_fills(show_progress(False, json_output)) as fills,  # a FAISS file to rebuild first: minutes, not silence
-        Library.open(search.db, read_only=True, progress=fills) as library,
-        model_said_as_options(library.store, search.model),
+        Library.open(using.db, read_only=True, progress=fills) as library,
+        model_said_as_options(library.store, using.model),
     ):
-        chosen = choose_rank(library, rank, search.model)
+        chosen = choose_rank(library, rank, using.model)
         counts = caption_counts(library.store)
         hits = query_text(
             library,
             text,
             scope,
-            model=search.model,
-            device=search.device,
+            model=using.model,
+            device=using.device,
             rank=chosen,
             hybrid_weight=weight,
             notify=warn,
@@ -330,6 +327,7 @@ def query(
 @handle_errors
 @fetches_model
 @options_from(SearchOptions, "search")
+@options_from(UsingOptions, "using")
 @options_from(ComputeOptions, "compute")
 def similar(
     files: Annotated[
@@ -338,6 +336,7 @@ def similar(
     ],
     *,
     search: SearchOptions,
+    using: UsingOptions,
     compute: ComputeOptions,
     hidden: HiddenOption = False,
     start: QueryStartOption = None,
@@ -366,16 +365,16 @@ def similar(
     visible = show_progress(quiet, json_output)
     with (
         progress_bar() as bar,
-        Library.open(search.db, read_only=True, progress=IndexFills(bar, visible)) as library,
-        model_said_as_options(library.store, search.model),
+        Library.open(using.db, read_only=True, progress=IndexFills(bar, visible)) as library,
+        model_said_as_options(library.store, using.model),
     ):
         progress = WindowProgress(bar, "embedding", visible=visible)
         found = similar_to_files(
             library,
             paths,
             scope,
-            model=search.model,
-            device=search.device,
+            model=using.model,
+            device=using.device,
             batch_size=compute.batch_size,
             fast=compute.fast,
             progress=progress,
