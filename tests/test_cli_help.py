@@ -14,7 +14,8 @@ from rich.text import Text
 from typer.testing import CliRunner
 
 from pengi_search.cli import app
-from pengi_search.cli.common import ComputeOptions, ExactComputeOptions, given_input, options_from
+from pengi_search.cli.common import ComputeOptions, ExactComputeOptions, UsingOptions, given_input, options_from
+from pengi_search.cli.search import ResultOptions
 
 ROOT = typer.main.get_command(app)
 
@@ -84,6 +85,15 @@ def test_an_option_group_that_extends_another_shows_the_others_options_first():
     result = CliRunner().invoke(one, ["--threads", "2", "--fast"])
     assert result.exit_code == 0, result.output
     assert received == [ComputeOptions(batch_size=None, threads=2, fast=True)]
+
+
+@pytest.mark.parametrize("command", ["pengi-search query", "pengi-search similar"])
+def test_a_search_lists_the_options_of_its_results_before_the_library_and_model(command):
+    """`SearchOptions` takes the fields of two groups: `ResultOptions`' come first (--limit ... --max-duration), then
+    `UsingOptions`' (--db, --model, --device), as the search commands listed them before the groups were shared."""
+    grouped = [field.name for group in (ResultOptions, UsingOptions) for field in dataclasses.fields(group)]
+    options = [param.name for param in COMMANDS[command].params if param.param_type_name == "option"]
+    assert options[: len(grouped)] == grouped
 
 
 @pytest.mark.parametrize("command", ["pengi-search classify", "pengi-search eval classify"])

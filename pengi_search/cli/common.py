@@ -151,7 +151,8 @@ ThreadsOption = Annotated[
 
 @dataclass(frozen=True)
 class UsingOptions:
-    """The library a command reads and the model it runs, on which device: `--db`, `--model`, `--device`."""
+    """The library a command works on and the model it runs, on which device (`query`, `similar`, `classify`,
+    `index`); the eval commands declare their own `--db`, whose help says what their library is for."""
 
     db: DbOption = None
     model: ModelOption = None

@@ -130,9 +130,8 @@ SimilarJsonOption = json_option(
 
 
 @dataclass(frozen=True)
-class SearchOptions:
-    """The options `query` and `similar` share: how many results, what each one is, and which files qualify (the
-    library and model to search with are `UsingOptions`)."""
+class ResultOptions:
+    """Which results a search gives: how many, what each one is, and which files qualify."""
 
     limit: LimitOption = 10
     by: ByOption = By.file
@@ -162,6 +161,12 @@ class SearchOptions:
         from ..search import SearchScope
 
         return SearchScope(self.limit, self.by, self.filters())
+
+
+@dataclass(frozen=True)
+class SearchOptions(UsingOptions, ResultOptions):
+    """The options `query` and `similar` share: the results, then the library and model to search with. A dataclass
+    takes its bases' fields from the last base to the first, so `--help` lists `ResultOptions`' options first."""
 
 
 def _show_hits(hits: list[Hit], *, json_output: bool, show_query_span: bool = False, title: str | None = None) -> None:
@@ -266,12 +271,10 @@ def _caption_width(cells: dict[str, list[str]], width: int) -> int:
 @handle_errors
 @fetches_model
 @options_from(SearchOptions, "search")
-@options_from(UsingOptions, "using")
 def query(
     text: Annotated[str, typer.Argument(help='What to look for, e.g. "dog barking in the rain".')],
     *,
     search: SearchOptions,
-    using: UsingOptions,
     rank: RankOption = None,
     hybrid_weight: HybridWeightOption = None,
     json_output: QueryJsonOption = False,
@@ -295,17 +298,17 @@ def query(
     scope = search.scope()
     with (
         index_fills(show_progress(False, json_output)) as fills,  # a FAISS file to rebuild first: minutes, not silence
-        Library.open(using.db, read_only=True, progress=fills) as library,
-        model_said_as_options(library.store, using.model),
+        Library.open(search.db, read_only=True, progress=fills) as library,
+        model_said_as_options(library.store, search.model),
     ):
-        chosen = choose_rank(library, rank, using.model)
+        chosen = choose_rank(library, rank, search.model)
         counts = caption_counts(library.store)
         hits = query_text(
             library,
             text,
             scope,
-            model=using.model,
-            device=using.device,
+            model=search.model,
+            device=search.device,
             rank=chosen,
             hybrid_weight=weight,
             notify=warn,
@@ -327,7 +330,6 @@ def query(
 @handle_errors
 @fetches_model
 @options_from(SearchOptions, "search")
-@options_from(UsingOptions, "using")
 @options_from(ComputeOptions, "compute")
 def similar(
     files: Annotated[
@@ -336,7 +338,6 @@ def similar(
     ],
     *,
     search: SearchOptions,
-    using: UsingOptions,
     compute: ComputeOptions,
     hidden: HiddenOption = False,
     start: QueryStartOption = None,
@@ -365,16 +366,16 @@ def similar(
     visible = show_progress(quiet, json_output)
     with (
         progress_bar() as bar,
-        Library.open(using.db, read_only=True, progress=IndexFills(bar, visible)) as library,
-        model_said_as_options(library.store, using.model),
+        Library.open(search.db, read_only=True, progress=IndexFills(bar, visible)) as library,
+        model_said_as_options(library.store, search.model),
     ):
         progress = WindowProgress(bar, "embedding", visible=visible)
         found = similar_to_files(
             library,
             paths,
             scope,
-            model=using.model,
-            device=using.device,
+            model=search.model,
+            device=search.device,
             batch_size=compute.batch_size,
             fast=compute.fast,
             progress=progress,
