@@ -3,6 +3,7 @@ option wherever it means the same."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -13,7 +14,8 @@ from rich.text import Text
 from typer.testing import CliRunner
 
 from pengi_search.cli import app
-from pengi_search.cli.common import given_input
+from pengi_search.cli.common import ComputeOptions, ExactComputeOptions, UsingOptions, given_input, options_from
+from pengi_search.cli.search import ResultOptions
 
 ROOT = typer.main.get_command(app)
 
@@ -64,6 +66,34 @@ def test_eval_classify_batches_as_classify_does():
         _option("pengi-search eval classify", "--batch-size").help
         == _option("pengi-search classify", "--batch-size").help
     )
+
+
+def test_an_option_group_that_extends_another_shows_the_others_options_first():
+    """`ComputeOptions` is `ExactComputeOptions` with --fast: a command taking it lists the inherited options first,
+    as written there (so `classify` and `eval classify` show --batch-size and --threads alike), and gets one
+    `ComputeOptions` holding what was typed."""
+    received: list[ComputeOptions] = []
+
+    @options_from(ComputeOptions, "compute")
+    def command(*, compute: ComputeOptions) -> None:
+        received.append(compute)
+
+    one = typer.Typer(add_completion=False)
+    one.command()(command)
+    shown = [param.name for param in typer.main.get_command(one).params]
+    assert shown == [field.name for field in dataclasses.fields(ExactComputeOptions)] + ["fast"]
+    result = CliRunner().invoke(one, ["--threads", "2", "--fast"])
+    assert result.exit_code == 0, result.output
+    assert received == [ComputeOptions(batch_size=None, threads=2, fast=True)]
+
+
+@pytest.mark.parametrize("command", ["pengi-search query", "pengi-search similar"])
+def test_a_search_lists_the_options_of_its_results_before_the_library_and_model(command):
+    """`SearchOptions` takes the fields of two groups: `ResultOptions`' come first (--limit ... --max-duration), then
+    `UsingOptions`' (--db, --model, --device), as the search commands listed them before the groups were shared."""
+    grouped = [field.name for group in (ResultOptions, UsingOptions) for field in dataclasses.fields(group)]
+    options = [param.name for param in COMMANDS[command].params if param.param_type_name == "option"]
+    assert options[: len(grouped)] == grouped
 
 
 @pytest.mark.parametrize("command", ["pengi-search classify", "pengi-search eval classify"])

@@ -28,15 +28,13 @@ from .common import (
     EXIT_PARTIAL,
     BeamOption,
     ComputeOptions,
-    DbOption,
-    DeviceOption,
     HiddenOption,
     LongPromptsOption,
     MaxLenOption,
-    ModelOption,
     QuietOption,
     StopOption,
     UsageError,
+    UsingOptions,
     apply_threads,
     check_output_file,
     err_console,
@@ -164,6 +162,7 @@ _METHOD_OPTIONS = {
 @handle_errors
 @fetches_model
 @options_from(ScoringOptions, "scoring")
+@options_from(UsingOptions, "using")
 @options_from(ComputeOptions, "compute")
 def classify(
     targets: Annotated[
@@ -184,9 +183,7 @@ def classify(
     truth: Annotated[
         Path | None, typer.Option("--truth", help="CSV of known labels (file/filename/path, label): prints scores.")
     ] = None,
-    db: DbOption = None,
-    model: ModelOption = None,
-    device: DeviceOption = Device.auto,
+    using: UsingOptions,
     compute: ComputeOptions,
     hidden: HiddenOption = False,
     json_output: ClassifyJsonOption = False,
@@ -215,9 +212,9 @@ def classify(
         inputs,
         label_list,
         settings,
-        db=db,
-        model_dir=ModelDir.resolve(model),
-        device=device,
+        db=using.db,
+        model_dir=ModelDir.resolve(using.model),
+        device=using.device,
         batch_size=compute.batch_size,
         fast=compute.fast,
         visible=show_progress(quiet, json_output),

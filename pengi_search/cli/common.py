@@ -150,11 +150,29 @@ ThreadsOption = Annotated[
 
 
 @dataclass(frozen=True)
-class ComputeOptions:
-    """How a command that runs the model on audio computes: windows per batch, CPU threads, and `--fast`."""
+class UsingOptions:
+    """The library a command works on and the model it runs, on which device (`query`, `similar`, `classify`,
+    `index`); the eval commands declare their own `--db`, whose help says what their library is for."""
+
+    db: DbOption = None
+    model: ModelOption = None
+    device: DeviceOption = Device.auto
+
+
+@dataclass(frozen=True)
+class ExactComputeOptions:
+    """How a command that runs the model on audio computes, its results unchanged: windows per batch, CPU threads.
+    `eval classify` takes these alone: it has no `--fast`."""
 
     batch_size: BatchOption = None
     threads: ThreadsOption = None
+
+
+@dataclass(frozen=True)
+class ComputeOptions(ExactComputeOptions):
+    """The compute options of a command that also offers `--fast` (results not bit-identical): the dataclass puts
+    the inherited fields first, so the options keep their order in `--help`."""
+
     fast: FastOption = False
 
 

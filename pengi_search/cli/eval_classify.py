@@ -12,12 +12,11 @@ import typer
 from ..choices import Device, Method
 from .classify import ScoringOptions, open_library
 from .common import (
-    BatchOption,
     DeviceOption,
+    ExactComputeOptions,
     HiddenOption,
     ModelOption,
     QuietOption,
-    ThreadsOption,
     apply_threads,
     check_output_folder,
     given_db,
@@ -35,6 +34,7 @@ from .progress_bars import show_progress
 @handle_errors
 @fetches_model
 @options_from(ScoringOptions, "scoring")
+@options_from(ExactComputeOptions, "compute")
 def classify_files(
     target: Annotated[
         str, typer.Argument(help="An audio file, or a folder (searched recursively).", parser=given_input)
@@ -66,8 +66,7 @@ def classify_files(
     ] = None,
     model: ModelOption = None,
     device: DeviceOption = Device.auto,
-    batch_size: BatchOption = None,
-    threads: ThreadsOption = None,
+    compute: ExactComputeOptions,
     hidden: HiddenOption = False,
     quiet: QuietOption = False,
     json_output: ReportJsonOption = False,
@@ -91,7 +90,7 @@ def classify_files(
     from ..truth import read_truth
     from .classify import check_truth_covers, classify_targets
 
-    apply_threads(threads)
+    apply_threads(compute.threads)
     separator = label_separator or CSV_LIST_SEPARATOR
     known = read_truth(truth, separator)
     # A labels file may be a label map (what each label is scored as); the truth's labels are scored as they are,
@@ -109,7 +108,7 @@ def classify_files(
         db=db,
         model_dir=model_dir,
         device=device,
-        batch_size=batch_size,
+        batch_size=compute.batch_size,
         visible=show_progress(quiet, json_output),
         texts=texts,
         report_skips=False,  # listed under the table, with the report's other files left out

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..choices import Captions, Device, IndexType, LongPrompt, StopRule
+from ..choices import Captions, IndexType, LongPrompt, StopRule
 from ..index_hints import index_command
 from ..messages import print_interrupted, print_problem
 from ..stop_signals import interrupted_exit_code
@@ -22,17 +22,15 @@ from .common import (
     EXIT_PARTIAL,
     BatchOption,
     BeamOption,
-    DbOption,
-    DeviceOption,
     FastOption,
     HiddenOption,
     LongPromptsOption,
     MaxLenOption,
-    ModelOption,
     QuietOption,
     StopOption,
     ThreadsOption,
     UsageError,
+    UsingOptions,
     WaitOption,
     apply_threads,
     err_console,
@@ -41,6 +39,7 @@ from .common import (
     given_prompt,
     handle_errors,
     json_option,
+    options_from,
     out_console,
     print_json,
     warn,
@@ -66,14 +65,14 @@ IndexJsonOption = json_option("an object, the run's summary (with --watch, JSON 
 
 @handle_errors
 @fetches_model
+@options_from(UsingOptions, "using")
 def index(
     context: typer.Context,
     paths: Annotated[
         list[str], typer.Argument(help="Folders (walked, following links) or files to index.", parser=given_input)
     ],
-    db: DbOption = None,
-    model: ModelOption = None,
-    device: DeviceOption = Device.auto,
+    *,
+    using: UsingOptions,
     workers: Annotated[
         int | None,
         typer.Option(
@@ -205,9 +204,9 @@ def index(
     apply_threads(threads)
     options = IndexOptions(
         roots=paths,
-        db=db,
-        model=model,
-        device=device,
+        db=using.db,
+        model=using.model,
+        device=using.device,
         workers=default_workers() if workers is None else workers,
         batch_size=batch_size,
         prompts=tuple(prompt or ()),
@@ -232,14 +231,14 @@ def index(
 
     if ext is not None and first_on_machine():  # under torchrun every rank is given the same paths
         _warn_of_files_named_outside(paths, extensions)
-    anew = _reindex_command(context, paths, db)
+    anew = _reindex_command(context, paths, using.db)
 
     def run() -> IndexSummary:
         return _run_once(options, show_progress(quiet, json_output), anew)
 
     from ..db.urls import db_option
 
-    option = db_option(db)  # carried by the commands that the summary and notes suggest
+    option = db_option(using.db)  # carried by the commands that the summary and notes suggest
 
     def report(summary: IndexSummary) -> None:
         if json_output:  # with --watch, JSON lines: one summary a run, the first one's too

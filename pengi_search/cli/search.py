@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..choices import DEFAULT_HYBRID_WEIGHT, By, Device, Rank
+from ..choices import DEFAULT_HYBRID_WEIGHT, By, Rank
 from ..consoles import writes_plain_lines
 from ..index_hints import other_model_fix
 from ..paths import shown_path
@@ -21,12 +21,10 @@ from .common import (
     EXIT_OK,
     EXIT_PARTIAL,
     ComputeOptions,
-    DbOption,
-    DeviceOption,
     HiddenOption,
-    ModelOption,
     QuietOption,
     UsageError,
+    UsingOptions,
     apply_threads,
     err_console,
     given_input,
@@ -132,9 +130,8 @@ SimilarJsonOption = json_option(
 
 
 @dataclass(frozen=True)
-class SearchOptions:
-    """The options `query` and `similar` share: how many results, what each one is, which files qualify, and the
-    library and model to search with."""
+class ResultOptions:
+    """Which results a search gives: how many, what each one is, and which files qualify."""
 
     limit: LimitOption = 10
     by: ByOption = By.file
@@ -143,9 +140,6 @@ class SearchOptions:
     ext: ExtOption = None
     min_duration: MinDurationOption = None
     max_duration: MaxDurationOption = None
-    db: DbOption = None
-    model: ModelOption = None
-    device: DeviceOption = Device.auto
 
     def filters(self) -> Filters:
         """The conditions on results; a value they cannot use (e.g. `--ext ,`) is bad usage."""
@@ -167,6 +161,12 @@ class SearchOptions:
         from ..search import SearchScope
 
         return SearchScope(self.limit, self.by, self.filters())
+
+
+@dataclass(frozen=True)
+class SearchOptions(UsingOptions, ResultOptions):
+    """The options `query` and `similar` share: the results, then the library and model to search with. A dataclass
+    takes its bases' fields from the last base to the first, so `--help` lists `ResultOptions`' options first."""
 
 
 def _show_hits(hits: list[Hit], *, json_output: bool, show_query_span: bool = False, title: str | None = None) -> None:
