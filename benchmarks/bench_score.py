@@ -1,5 +1,5 @@
-"""Scoring candidates (`decoding.score_candidates`: `classify --method loglik`, `ask`) by the (window, candidate)
-pairs one forward pass takes: seconds and peak memory, to size `inference.SCORE_PAIRS_PER_ROW`.
+"""Scoring candidates (`decoding.score_candidates`: `classify --method loglik`, the trainer's label ranking) by the
+(window, candidate) pairs a forward pass takes: seconds and peak memory, to size `inference.SCORE_PAIRS_PER_ROW`.
 
     python benchmarks/bench_score.py --threads 1                 # 8 windows x 128 labels; 8, 16, 32, 64 pairs a row
     python benchmarks/bench_score.py --pairs-per-row 16,32 --candidates 527
@@ -12,7 +12,8 @@ pairs (`Engine.score_ids`), so `--candidates` must exceed what one pass takes fo
 
 Each setting runs in its own process: one untimed pass, then `--repeats` timed ones. Reported: seconds and CPU
 seconds per batch (the best of the repeats), and the peak resident memory of the timed passes above the process's
-memory before them (the kernel's high-water mark, reset first; Linux only).
+memory before them (the kernel's high-water mark, reset first; Linux only; run with `MALLOC_MMAP_THRESHOLD_=65536`,
+see `peak_memory.py`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
     python benchmarks/bench_train.py                                   # CPU, batch 2, 3 timed steps
     python benchmarks/bench_train.py --device cuda --dtype bf16        # largest batch that fits (doubling search)
     python benchmarks/bench_train.py --device cuda --dtype bf16 --batch 32 --steps 20
-    python benchmarks/bench_train.py --cached --batch 8 --real-tokens 12   # the language side, padded answers
+    MALLOC_MMAP_THRESHOLD_=65536 python benchmarks/bench_train.py --cached --batch 16 --real-tokens 12 --threads 1
 
 The `base` architecture (or `--preset base_no_text_enc`) with seeded random weights: nothing is downloaded. The
 paper's freezing (`trainer.model_setup`: GPT-2 and the CLIP text tower frozen and in eval mode; HTSAT, projections
@@ -15,9 +15,9 @@ clips, as the trainer runs on cached features: what is timed is then the project
 
 One untimed warm-up step, then `--steps` timed ones. Reported: samples/s, seconds per step, the CPU seconds of
 the timed steps, peak resident memory of the process (RSS) and that of the timed steps above the RSS before them
-(what the steps' activations take: the model and Adam's state are there before) and, on CUDA, peak allocated GPU
-memory. Without `--batch` on CUDA, the batch doubles from 1 until a step runs out of GPU memory; the largest that
-fitted is timed.
+(what the steps' activations take: the model and Adam's state are there before; with `MALLOC_MMAP_THRESHOLD_=65536`,
+see `peak_memory.py`) and, on CUDA, peak allocated GPU memory. Without `--batch` on CUDA, the batch doubles from 1
+until a step runs out of GPU memory; the largest that fitted is timed.
 On a busy machine, `--threads 1` gives steadier CPU figures.
 """
 

@@ -2,6 +2,11 @@
 
 The process-wide maximum (`ru_maxrss`) also counts what came before, such as building a model, which can hide what
 the measured part takes; the kernel's high-water mark (`VmHWM`) can be reset to the present RSS instead.
+
+glibc keeps freed memory of a size below its (self-raising) mmap threshold for reuse, so the RSS before a stretch may
+hold memory the stretch then reuses without growing it: run with `MALLOC_MMAP_THRESHOLD_=65536` in the environment
+for tensors to be mapped and unmapped, and the peak to be what the stretch holds at once (in `bench_train.py`,
+two runs of the same steps 8-13% apart without it, equal to the MiB with it).
 """
 
 from __future__ import annotations
