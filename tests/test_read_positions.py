@@ -1,5 +1,6 @@
 """The vocabulary projection runs only on the positions whose logits are read (`kv_cache.LMCache.extend(read=...)`,
-`Pengi.logits`), and what is read is what the language model's whole forward pass gives at those positions."""
+`Pengi.logits`, the training loss's `Pengi.real_answer_nll`), and what is read is what the language model's whole
+forward pass gives at those positions (the loss's gradients too)."""
 
 from __future__ import annotations
 
