@@ -86,7 +86,8 @@ def default_audio_batch_size(device: torch.device) -> int:
 
 # `Engine.score`: a window counts as this many rows of a decoding batch (its prefix runs once, its candidates read
 # the cache), and the candidates' forward passes take at most this many (window, candidate) pairs per default row
-# of the device: bounded by what the device computes well, whatever the number of windows.
+# of the device: bounded by what the device computes well, whatever the number of windows (larger passes are no
+# faster on a CPU and take memory in proportion: benchmarks/README.md, "Scoring candidates").
 SCORE_ROWS_PER_WINDOW = 4
 SCORE_PAIRS_PER_ROW = 16
 

@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,7 @@ from .config import DecoderConfig, PengiConfig
 from .encoders import AudioEncoder, TextEncoder
 from .gpt2 import GPT2LM, GPT2Settings
 from .hashing import file_sha256
+from .kv_cache import decoder_and_head
 from .mapper import EmbeddingMapper, Mapper
 from .model_dir import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, ModelDir, is_model_dir, model_path
 from .paths import as_path, models_dir
@@ -247,8 +248,38 @@ class Pengi(nn.Module):
         logp = self.logits(prefix, answer_ids).float().log_softmax(dim=-1)
         return -logp.gather(-1, answer_ids[..., None]).squeeze(-1)
 
+    def real_answer_nll(
+        self, prefix: torch.Tensor, answer_ids: torch.Tensor, answer_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """(N,) float32 negative log-likelihood of each real (mask == 1) answer token, row by row: `answer_nll`
+        less the padding. The vocabulary projection and the cross-entropy run on those N positions alone (each
+        the hidden state before its token), not on the padding nor the prefix: in training the projection is most
+        of the language model's activation memory (B x T x 50,257 floats, its log-softmax as many again)."""
+        real = answer_mask.bool()
+        targets = answer_ids[real]
+        split = _body_and_head(self.gpt)
+        if split is None:  # a model whose logits are not a projection of its last hidden state: all of them
+            logits = self.logits(prefix, answer_ids)[real]
+        else:
+            body, head = split
+            T = answer_ids.shape[1]
+            hidden = body(torch.cat([prefix, self.token_embeddings(answer_ids)], dim=1))
+            logits = head(hidden[:, -(T + 1) : -1][real])  # position t predicts token t + 1
+        return F.cross_entropy(logits.float(), targets, reduction="none")
+
     def answer_loss(self, prefix: torch.Tensor, answer_ids: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:
         """Mean NLL over the real (mask == 1) answer tokens: the paper's training loss (its equation 3)."""
-        nll = self.answer_nll(prefix, answer_ids)
-        mask = answer_mask.to(nll.dtype)
-        return (nll * mask).sum() / mask.sum()
+        return self.real_answer_nll(prefix, answer_ids, answer_mask).mean()
+
+
+def _body_and_head(gpt: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module] | None:
+    """The language model as (embeddings (B, T, E) -> last hidden states, vocabulary projection) where its logits
+    are the one applied to the other (GPT-2 here, `kv_cache.PLAIN_LM_HEADS`); None where they are not."""
+    if isinstance(gpt, GPT2LM):
+        return gpt.transformer, gpt.lm_head
+    split = decoder_and_head(gpt)
+    if split is None:
+        return None
+    decoder, head = split
+    # no key/value cache: teacher forcing runs each sequence once
+    return lambda embeds: decoder(inputs_embeds=embeds, use_cache=False).last_hidden_state, head

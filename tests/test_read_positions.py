@@ -1,7 +1,10 @@
 """The vocabulary projection runs only on the positions whose logits are read (`kv_cache.LMCache.extend(read=...)`,
-`Pengi.logits`), and what is read is what the language model's whole forward pass gives at those positions."""
+`Pengi.logits`, the training loss's `Pengi.real_answer_nll`), and what is read is what the language model's whole
+forward pass gives at those positions (the loss's gradients too)."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
@@ -12,6 +15,7 @@ from pengi_search.decoding import score_candidates
 from pengi_search.gpt2 import GPT2LM
 from pengi_search.kv_cache import PLAIN_LM_HEADS, SharedPrefix, decoder_and_head
 from pengi_search.model import Pengi
+from pengi_search.testing import tiny_config
 
 from .test_language_models import llama_pengi  # noqa: F401 (a fixture)
 
@@ -138,3 +142,88 @@ def test_teacher_forcing_projects_the_answer_positions_only(tiny_model_dir, llam
     assert rows == [2 * (3 + 1)]  # each answer's positions and the last token's, not the prefix's 6 before
     embeds = torch.cat([prefix, pengi.token_embeddings(answers)], dim=1)
     torch.testing.assert_close(logits, pengi.gpt(inputs_embeds=embeds).logits[:, 6:-1])
+
+
+@pytest.fixture(scope="module")
+def capped_pengi() -> Pengi:
+    """A Pengi whose language model is Gemma 2 with its logits capped hard enough to tell: not split, so its
+    training loss projects every position (its own forward) and reads the real answer tokens' logits."""
+    cfg = tiny_config("base")
+    gemma = {"model_type": "gemma2", "vocab_size": cfg.decoder.vocab_size, "final_logit_softcapping": 1.0}
+    gemma |= {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "head_dim": 16}
+    gemma |= {"num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 128}
+    cfg = dataclasses.replace(cfg, decoder=dataclasses.replace(cfg.decoder, hf_config=gemma))
+    torch.manual_seed(0)
+    return Pengi(cfg).eval()
+
+
+def pengi_of(model: str, tiny_model_dir, llama_pengi, capped_pengi) -> Pengi:  # noqa: F811 (the fixture imported)
+    return {"gpt2": lambda: Pengi.from_pretrained(tiny_model_dir), "llama": lambda: llama_pengi}.get(
+        model, lambda: capped_pengi
+    )()
+
+
+def whole_projection_nll(pengi: Pengi, prefix: torch.Tensor, answers: torch.Tensor, mask: torch.Tensor):
+    """The summed NLL of the real answer tokens from the logits of every position (the loss as it was)."""
+    embeds = torch.cat([prefix, pengi.token_embeddings(answers)], dim=1)
+    logits = pengi.gpt(inputs_embeds=embeds).logits[:, prefix.shape[1] - 1 : -1]
+    nll = -logits.float().log_softmax(-1).gather(-1, answers[..., None]).squeeze(-1)
+    return (nll * mask).sum()
+
+
+def loss_and_gradients(pengi: Pengi, prefix: torch.Tensor, loss_of) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    pengi.zero_grad(set_to_none=True)
+    leaf = prefix.clone().requires_grad_()
+    loss = loss_of(leaf)
+    loss.backward()
+    grads = {name: p.grad for name, p in pengi.gpt.named_parameters() if p.grad is not None}
+    return loss.detach(), {"prefix": leaf.grad, **grads}
+
+
+@pytest.mark.parametrize("model", ["gpt2", "llama", "capped"])
+def test_the_training_loss_and_its_gradients_are_those_of_the_whole_projection(
+    tiny_model_dir,
+    llama_pengi,  # noqa: F811 (the fixture imported)
+    capped_pengi,
+    model,
+):
+    pengi = pengi_of(model, tiny_model_dir, llama_pengi, capped_pengi)
+    torch.manual_seed(5)
+    prefix = torch.randn(3, 7, pengi.gpt.get_input_embeddings().embedding_dim)
+    # right-padded answers, the padding ids real tokens' ids (a read of a padded position would count them)
+    answers = torch.tensor([[5, 9, 13, 2], [7, 3, 3, 3], [11, 4, 6, 8]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]])
+    loss, grads = loss_and_gradients(pengi, prefix, lambda p: pengi.real_answer_nll(p, answers, mask).sum())
+    expected, expected_grads = loss_and_gradients(
+        pengi, prefix, lambda p: whole_projection_nll(pengi, p, answers, mask)
+    )
+    torch.testing.assert_close(loss, expected)
+    assert grads.keys() == expected_grads.keys() and len(grads) > 2  # the prefix, the blocks and the projection
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected_grads[name], msg=name)
+    pengi.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize(("model", "projected"), [("gpt2", 6), ("llama", 6), ("capped", 3 * (4 + 1))])
+@torch.no_grad()
+def test_the_training_loss_projects_the_real_answer_tokens_positions_only(
+    tiny_model_dir,
+    llama_pengi,  # noqa: F811 (the fixture imported)
+    capped_pengi,
+    model,
+    projected,
+):
+    """6 real answer tokens of 3 x 4 positions after a 7-token prefix; a model whose projection is not its last
+    step projects every answer position and one more (`Pengi.logits`), and its loss still counts the real tokens
+    alone."""
+    pengi = pengi_of(model, tiny_model_dir, llama_pengi, capped_pengi)
+    prefix = torch.randn(3, 7, pengi.gpt.get_input_embeddings().embedding_dim)
+    answers = torch.tensor([[5, 9, 13, 2], [7, 3, 3, 3], [11, 4, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 0, 0]])
+    rows, handle = projected_rows(pengi.gpt)
+    try:
+        nll = pengi.real_answer_nll(prefix, answers, mask)
+    finally:
+        handle.remove()
+    assert sum(rows) == projected and nll.shape == (6,)
+    torch.testing.assert_close(pengi.answer_nll(prefix, answers)[mask.bool()], nll)

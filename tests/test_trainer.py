@@ -46,7 +46,7 @@ from trainer.evaluation import generate_answers
 from trainer.export import export_checkpoint
 from trainer.loop import Trainer
 from trainer.model_setup import apply_freezing, build_model, set_train_mode
-from trainer.objective import AnswerNll
+from trainer.objective import AnswerNll, ModelInputs, placeholder_inputs
 from trainer.optimization import warmup_then_linear_decay
 from trainer.reporting import METRICS_FILE, TrainingProgress, read_metrics
 from trainer.resume_plan import EpochSize, RunRecord, check_steps
@@ -160,6 +160,26 @@ def test_training_loss_equals_the_reference_caption_loss(variant: str) -> None:
     with torch.no_grad():
         loss = AnswerNll(model.eval())(**inputs) / inputs["answer_mask"].sum()
     assert abs(float(loss) - float(expected["caption_loss"])) <= 1e-3
+
+
+def test_an_empty_batch_adds_no_loss_but_reaches_the_parameters_a_real_one_does(tiny_model_dir) -> None:
+    """The placeholder of an empty batch has no answer token, so nothing goes through the vocabulary projection;
+    its backward pass must still give each parameter a real batch trains a gradient (zero), as
+    DistributedDataParallel needs of every process's step."""
+    model = Pengi.from_pretrained(tiny_model_dir).eval()
+    tokenizers = Tokenizers.load(model.cfg, tiny_model_dir)
+    empty = placeholder_inputs(tokenizers, (model.cfg.audio.clip_samples,))
+    real = dataclasses.replace(empty, answer_ids=torch.tensor([[5, 9]]), answer_mask=torch.tensor([[1, 1]]))
+
+    def graded(inputs: ModelInputs) -> tuple[float, dict[str, torch.Tensor]]:
+        model.zero_grad(set_to_none=True)
+        loss = AnswerNll(model)(**vars(inputs))
+        loss.backward()
+        return float(loss), {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+
+    loss, grads = graded(empty)
+    assert loss == 0 and grads.keys() == graded(real)[1].keys()
+    assert not any(grad.any() for grad in grads.values())
 
 
 # --- Learning, export -------------------------------------------------------------------------------------------

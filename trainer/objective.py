@@ -59,8 +59,8 @@ class AnswerNll(nn.Module):
         encoder = self.model.audio_encoder
         audio_embed = encoder.project(wave) if self.cached else encoder(wave)
         prefix = self.model.embedding_prefix(audio_embed, prompt_ids, prompt_mask)
-        nll = self.model.answer_nll(prefix, answer_ids)  # float32 even under autocast
-        return (nll * answer_mask.to(nll.dtype)).sum()
+        # float32 even under autocast; the vocabulary projection runs on the real answer tokens' positions only
+        return self.model.real_answer_nll(prefix, answer_ids, answer_mask).sum()
 
 
 def encode_batch(
