@@ -1470,6 +1470,16 @@ def test_the_hybrid_weights_box_holds_the_weight_as_typed_with_the_default_as_it
     assert 'value="0.25"' in box(weighed, "hybrid_weight") and "(caption weight 0.25)" in weighed
 
 
+@pytest.mark.parametrize(("typed", "used"), [("0.250", "0.25"), ("1e-1", "0.1")])
+def test_the_hybrid_rankings_note_says_the_weight_used_while_its_box_keeps_it_as_typed(client, typed, used):
+    """The note says the number the search weighed by, as the API reads the parameter (was: the text typed, "caption
+    weight 0.250"); the box keeps the text, to be edited as it was typed."""
+    page = client.get("/", params={"q": "a bell rings", "rank": "hybrid", "hybrid_weight": typed})
+    assert page.status_code == 200, page.text
+    assert f'value="{typed}"' in box(page.text, "hybrid_weight")
+    assert f"(caption weight {used})" in page.text and f"(caption weight {typed})" not in page.text
+
+
 def test_a_ranking_the_librarys_model_cannot_do_is_a_400_in_the_apis_words(served, tiny_model_dir, monkeypatch):
     with client_for(served, tiny_model_dir) as client:
 

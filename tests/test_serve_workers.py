@@ -63,6 +63,46 @@ def test_workers_answer_on_one_port_and_stop_together(library, tiny_model_dir, t
     assert not any(alive(pid) for pid in workers)  # the parent ends only once it has seen every worker end
 
 
+def test_workers_say_their_start_up_warnings_once(library, tmp_path):
+    """Every worker loads the same library and finds the same thing to warn of (here: its model is not installed, so
+    text search is refused): the server says it once, as one process does (was: once per worker)."""
+    served = ServeProcess("--db", library.db, "--device", "cpu", "--workers", "2", home=tmp_path)
+    try:
+        assert served.address() is not None, served.rest_of_output()
+    finally:
+        served.stop()
+    said = served.rest_of_output()
+    assert said.count("warning: text search needs the library's model: ") == 1, said
+
+
+# Three workers that each warn while they start and once they serve: once all are ready (the parent then makes the
+# file named by argv[1]; a worker that ended before would be a failure).
+WARNING_WORKERS = """
+import logging, os, sys, time
+from pathlib import Path
+from pengi_search.serve.workers import run_workers
+
+def work(ready):
+    log = logging.getLogger("pengi_search.serve")
+    log.warning("starting: the same in every worker")
+    ready()
+    while not os.path.exists(sys.argv[1]):
+        time.sleep(0.01)
+    log.warning("serving: this worker's own")
+
+sys.exit(run_workers(3, work, Path(sys.argv[1]).touch))
+"""
+
+
+def test_only_the_first_worker_warns_while_it_starts_and_every_worker_once_it_serves(tmp_path):
+    command = [sys.executable, "-c", WARNING_WORKERS, str(tmp_path / "all-ready")]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert sorted(run.stderr.splitlines()) == ["serving: this worker's own"] * 3 + [
+        "starting: the same in every worker"
+    ]
+
+
 @pytest.fixture
 def server_tmp(tmp_path, monkeypatch) -> Path:
     """The temporary folder of the servers this test starts: its own, which other tests' servers (other pytest

@@ -269,12 +269,14 @@ def _results_page(
     they were refused under the status the JSON API gives the same parameters (a 200 would tell scripts, caches
     and monitoring that all went well); a refused search shows the boxes as typed, to be corrected there, the
     focus in the box at fault."""
-    found, error, status, fault, more = None, None, 200, None, None
+    found, error, status, fault, more, weight_used = None, None, 200, None, None, None
     try:
         params, found = run()
         # The weight as typed: one left empty (the default, its placeholder) is not filled in, so that a page sent
         # again with another ranking, without scripts, does not send a weight that ranking refuses.
         form = {**_form(params, q), "hybrid_weight": typed["hybrid_weight"]}
+        # The ranking's note says the number the search used (0.25, not "0.250" as typed), as the API reads it
+        weight_used = params.hybrid_weight
         if found is not None:
             more = more_results(request, params, len(found.hits), svc.settings.max_offset)
     except PengiSearchError as exc:
@@ -282,6 +284,7 @@ def _results_page(
         form = {"q": q, **typed}
     hits = None if found is None else found.hits
     context = {"form": form, "hits": hits, "error": error, "fault": fault, "heading": heading, "more": more}
+    context["weight_used"] = weight_used
     context["warnings"] = [] if found is None else found.warnings
     context["max_k"] = svc.settings.max_k
     context["unplayable"] = svc.unplayable_hits(hits or [])

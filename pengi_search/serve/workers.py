@@ -7,14 +7,17 @@ and the text tower itself (memory grows with the number of workers): a process f
 hangs in its own first parallel region, so nothing is loaded before the fork.
 
 The parent only supervises: it reports the address once every worker is ready and exits with the first failing
-worker's code (a worker that fails to start ends the others). A stop signal to the parent (SIGTERM; Ctrl-C or a
-hang-up, which a terminal sends to the workers too, and which they leave to it) stops every worker with SIGTERM, at
-any moment, also while they load: no worker outlives it.
+worker's code (a worker that fails to start ends the others). The workers load the same library, so what one warns
+of while it starts (its model not installed, say) they all would: the first says it, the others log no warning until
+they are ready; once serving, each says its own. A stop signal to the parent (SIGTERM; Ctrl-C or a hang-up, which a
+terminal sends to the workers too, and which they leave to it) stops every worker with SIGTERM, at any moment, also
+while they load: no worker outlives it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import select
 import signal
@@ -55,14 +58,15 @@ def _fork_all(count: int, work: WorkerFn, read_end: int, write_end: int, childre
     """Fork the workers, each in `children` before a stop signal can interrupt the parent (the list of those to
     stop); the parent's end of the pipe they write to is closed after (a read then sees when all have gone)."""
     try:
-        for _ in range(count):
+        for number in range(count):
             with stop_signals_blocked():
-                children.append(_fork(work, read_end, write_end))
+                children.append(_fork(work, read_end, write_end, says_start_up=number == 0))
     finally:
         os.close(write_end)
 
 
-def _fork(work: WorkerFn, read_end: int, write_end: int) -> int:
+def _fork(work: WorkerFn, read_end: int, write_end: int, says_start_up: bool) -> int:
+    """A worker running `work`; one that does not `says_start_up` logs no warning until it is ready."""
     pid = os.fork()
     if pid:
         return pid
@@ -75,7 +79,14 @@ def _fork(work: WorkerFn, read_end: int, write_end: int) -> int:
         for number in TERMINAL_SIGNALS:
             signal.signal(number, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-        work(lambda: os.write(write_end, b"."))
+        if not says_start_up:  # the first worker says them; an error that stops this one still shows
+            logging.disable(logging.WARNING)  # in this process alone: it was forked
+
+        def ready() -> None:
+            logging.disable(logging.NOTSET)  # serving: what each worker warns of is its own
+            os.write(write_end, b".")
+
+        work(ready)
     except SystemExit as done:
         code = done.code if isinstance(done.code, int) else 1
     except KeyboardInterrupt:
