@@ -22,7 +22,7 @@ from .choices import Rank
 from .db import Store
 from .id_arrays import sorted_unique
 from .vectors import l2_normalise
-from .window_index import Wanted, WindowIndex
+from .window_index import SearchableIndex, Wanted, WindowIndex
 
 RANK_LABELS = {
     Rank.caption: "caption matching (the query against the windows' generated captions)",
@@ -49,7 +49,9 @@ class HybridIndex(WindowIndex):
     later rounds and searches (`_StoredPairs`).
     """
 
-    def __init__(self, text_index: Any, audio_index: Any, store: Store, weight: float, caption_dim: int) -> None:
+    def __init__(
+        self, text_index: SearchableIndex, audio_index: SearchableIndex, store: Store, weight: float, caption_dim: int
+    ) -> None:
         self.text = text_index
         self.audio = audio_index
         self.weight = check_hybrid_weight(weight)
@@ -79,7 +81,7 @@ class HybridIndex(WindowIndex):
         caption_query, audio_query = query[None, : self.caption_dim], query[None, self.caption_dim :]
         fetch, most = k, max(len(self.text), len(self.audio), 1)
         # Not `exact_top`: the bound below reads each list's last score, which must be as accurate as its first.
-        how = {"allowed_ids": wanted.allowed_ids, "exact": wanted.exact}
+        how: dict[str, Any] = {"allowed_ids": wanted.allowed_ids, "exact": wanted.exact}
         while True:
             text_scores, text_ids = _valid(*self.text.search(caption_query, fetch, **how))
             audio_scores, audio_ids = _valid(*self.audio.search(audio_query, fetch, **how))

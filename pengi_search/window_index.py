@@ -1,6 +1,7 @@
 """What every index of the library's windows promises a search, stated once: `WindowIndex`, which the FAISS index
-(`vectors.VectorIndex`) and the hybrid ranking's index (`ranking.HybridIndex`) both are, and `Wanted`, the windows a
-search may return and how exact it must be.
+(`vectors.VectorIndex`) and the hybrid ranking's index (`ranking.HybridIndex`) both are; `SearchableIndex`, what a
+search uses of one, which the server's `serve.live.GuardedIndex` (a `VectorIndex` behind a lock) offers too; and
+`Wanted`, the windows a search may return and how exact it must be.
 
 Search code (`search.search_index`) relies on the promise about empty slots to know when it holds every candidate.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
+from typing import Protocol
 
 import numpy as np
 
@@ -25,8 +27,29 @@ class Wanted:
     exact: bool = False
 
 
+class SearchableIndex(Protocol):
+    """What search code uses of an index: `WindowIndex.search` and `len`. A protocol rather than `WindowIndex`
+    itself, because the server wraps its indexes (`serve.live.GuardedIndex`) instead of subclassing them."""
+
+    def __len__(self) -> int: ...
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        allowed_ids: np.ndarray | None = None,
+        exact_top: int | None = None,
+        exact: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+
 class WindowIndex(ABC):
     """An index of window vectors that a query row is searched against by cosine similarity."""
+
+    @abstractmethod
+    def __len__(self) -> int:
+        """How many windows the index holds (a search without `allowed_ids` may return that many)."""
 
     def search(
         self,
