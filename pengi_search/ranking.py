@@ -22,7 +22,7 @@ from .choices import Rank
 from .db import Store
 from .id_arrays import sorted_unique
 from .vectors import l2_normalise
-from .window_index import SearchableIndex, Wanted, WindowIndex
+from .window_index import Wanted, WindowIndex
 
 RANK_LABELS = {
     Rank.caption: "caption matching (the query against the windows' generated captions)",
@@ -50,7 +50,7 @@ class HybridIndex(WindowIndex):
     """
 
     def __init__(
-        self, text_index: SearchableIndex, audio_index: SearchableIndex, store: Store, weight: float, caption_dim: int
+        self, text_index: WindowIndex, audio_index: WindowIndex, store: Store, weight: float, caption_dim: int
     ) -> None:
         self.text = text_index
         self.audio = audio_index

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from .inference import Engine
     from .library import Library
     from .window_batches import FileOutcome, Progress
-    from .window_index import SearchableIndex
+    from .window_index import WindowIndex
 
 from .query_embedders import check_index_model
 from .search import Hit, SearchQuery, SearchScope, search_many
@@ -162,7 +162,7 @@ def _query(
 
 
 def _searched(
-    library: Library, index: SearchableIndex, scope: SearchScope, group: list[_Query | SimilarResult]
+    library: Library, index: WindowIndex, scope: SearchScope, group: list[_Query | SimilarResult]
 ) -> Iterator[SimilarResult]:
     """The results of a group of query files, in order: each query searched (all in one `search_many`, their
     copies read in one go), each file with no query reported as it was."""

@@ -1,7 +1,6 @@
 """What every index of the library's windows promises a search, stated once: `WindowIndex`, which the FAISS index
-(`vectors.VectorIndex`) and the hybrid ranking's index (`ranking.HybridIndex`) both are; `SearchableIndex`, what a
-search uses of one, which the server's `serve.live.GuardedIndex` (a `VectorIndex` behind a lock) offers too; and
-`Wanted`, the windows a search may return and how exact it must be.
+(`vectors.VectorIndex`), the hybrid ranking's index (`ranking.HybridIndex`) and the server's `serve.live.GuardedIndex`
+(a `VectorIndex` behind a lock) all are, and `Wanted`, the windows a search may return and how exact it must be.
 
 Search code (`search.search_index`) relies on the promise about empty slots to know when it holds every candidate.
 """
@@ -10,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from typing import Protocol
 
 import numpy as np
 
@@ -25,23 +23,6 @@ class Wanted:
     allowed_ids: np.ndarray | None = None
     exact_top: int | None = None
     exact: bool = False
-
-
-class SearchableIndex(Protocol):
-    """What search code uses of an index: `WindowIndex.search` and `len`. A protocol rather than `WindowIndex`
-    itself, because the server wraps its indexes (`serve.live.GuardedIndex`) instead of subclassing them."""
-
-    def __len__(self) -> int: ...
-
-    def search(
-        self,
-        queries: np.ndarray,
-        k: int,
-        *,
-        allowed_ids: np.ndarray | None = None,
-        exact_top: int | None = None,
-        exact: bool = False,
-    ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 class WindowIndex(ABC):

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from ..embedders import TextEmbedder
     from ..inference import Engine
     from ..model_dir import ModelDir
-    from ..window_index import SearchableIndex
+    from ..window_index import WindowIndex
     from .uploads import Upload
 
 log = logging.getLogger(__name__)
@@ -348,7 +348,7 @@ class Service:
         self,
         query: Hashable,
         seen: int,
-        index: SearchableIndex,
+        index: WindowIndex,
         queries: np.ndarray,
         scope: SearchScope,
         params: SearchParams,
