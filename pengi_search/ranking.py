@@ -49,7 +49,9 @@ class HybridIndex(WindowIndex):
     later rounds and searches (`_StoredPairs`).
     """
 
-    def __init__(self, text_index: Any, audio_index: Any, store: Store, weight: float, caption_dim: int) -> None:
+    def __init__(
+        self, text_index: WindowIndex, audio_index: WindowIndex, store: Store, weight: float, caption_dim: int
+    ) -> None:
         self.text = text_index
         self.audio = audio_index
         self.weight = check_hybrid_weight(weight)
@@ -79,7 +81,7 @@ class HybridIndex(WindowIndex):
         caption_query, audio_query = query[None, : self.caption_dim], query[None, self.caption_dim :]
         fetch, most = k, max(len(self.text), len(self.audio), 1)
         # Not `exact_top`: the bound below reads each list's last score, which must be as accurate as its first.
-        how = {"allowed_ids": wanted.allowed_ids, "exact": wanted.exact}
+        how: dict[str, Any] = {"allowed_ids": wanted.allowed_ids, "exact": wanted.exact}
         while True:
             text_scores, text_ids = _valid(*self.text.search(caption_query, fetch, **how))
             audio_scores, audio_ids = _valid(*self.audio.search(audio_query, fetch, **how))

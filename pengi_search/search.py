@@ -34,6 +34,7 @@ from .pathnames import path_fields
 from .query_embedders import audio_query_embedder, audio_tower_known, query_embedder
 from .ranking import HybridIndex
 from .search_filters import Filters
+from .window_index import WindowIndex
 
 if TYPE_CHECKING:
     from .library import Library
@@ -133,15 +134,15 @@ class SearchQuery:
 
 def search_index(
     library: Library,
-    index: Any,
+    index: WindowIndex,
     queries: np.ndarray,
     scope: SearchScope = SearchScope(),
     *,
     query_spans: Sequence[tuple[float, float]] | None = None,
     allowed: np.ndarray | None = None,
 ) -> list[Hit]:
-    """The results in `scope` for the query rows (q, d), best first, from an index with
-    `search(queries, k, allowed_ids=)` and `len`: the library's `vector_index(kind)` or a `HybridIndex`.
+    """The results in `scope` for the query rows (q, d), best first, from `index`: the library's
+    `vector_index(kind)` or a `HybridIndex`.
 
     With several query rows a window's score is its best cosine similarity to any of them. `query_spans` gives
     each row's time range (for `similar`'s results). `allowed`: `allowed_ids(library, scope.filters)`, from a
@@ -153,7 +154,7 @@ def search_index(
 
 
 def search_many(
-    library: Library, index: Any, searches: Sequence[SearchQuery], *, allowed: np.ndarray | None = None
+    library: Library, index: WindowIndex, searches: Sequence[SearchQuery], *, allowed: np.ndarray | None = None
 ) -> list[list[Hit]]:
     """`search_index` of each search, with the hits each would have alone, the searches run together: each round
     asks FAISS once for the rows of every search that wants the same candidates (the first round, all of them),
@@ -194,7 +195,7 @@ class _Rounds:
     hits: list[Hit] | None = None
 
     @classmethod
-    def first(cls, index: Any, search: SearchQuery, allowed: np.ndarray | None) -> _Rounds:
+    def first(cls, index: WindowIndex, search: SearchQuery, allowed: np.ndarray | None) -> _Rounds:
         available = len(index) if allowed is None else int(allowed.size)
         fetch = min(max(search.scope.k * _FIRST_FETCH, 16), available)
         return cls(search, allowed, search.scope.filters.names_files(), available, fetch)
@@ -219,7 +220,7 @@ class _Rounds:
 
 def search_pages(
     library: Library,
-    index: Any,
+    index: WindowIndex,
     queries: np.ndarray,
     scope: SearchScope,
     *,
@@ -271,7 +272,7 @@ def _windows_of_named_files(library: Library, filters: Filters) -> np.ndarray:
     return library.store.window_ids_of_files(file_id for file_id, path in files if filters.accepts_name(path))
 
 
-def _fetch_together(index: Any, rounds: Sequence[_Rounds]) -> list[_Candidates]:
+def _fetch_together(index: WindowIndex, rounds: Sequence[_Rounds]) -> list[_Candidates]:
     """Each round's candidates, from one FAISS search of the rows of all the rounds that fetch as many of the same
     windows for the same `k`: each row's top `fetch` windows, the first `k` of them as accurate as a search for `k`
     (the rest stand in for windows that results of the same file or the filters drop). FAISS searches each row on
@@ -392,7 +393,7 @@ def choose_rank(library: Library, requested: Rank | None = None, model: str | No
 
 def ranked_index(
     library: Library, rank: Rank, caption_query: np.ndarray | None, audio_query: np.ndarray | None, weight: float
-) -> tuple[Any, np.ndarray]:
+) -> tuple[WindowIndex, np.ndarray]:
     """The index a `rank` searches and its query rows, from the query's caption and/or audio embedding (q, d)."""
     if rank is Rank.audio:
         assert audio_query is not None
@@ -406,7 +407,7 @@ def ranked_index(
     return hybrid, HybridIndex.queries(caption_query, audio_query)
 
 
-def _caption_index(library: Library) -> Any:
+def _caption_index(library: Library) -> WindowIndex:
     """The 'text' index; when windows exist but none has captions yet, an error that says what to do."""
     from .library import EmptyLibraryError
 

@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import groupby
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .inference import Engine
     from .library import Library
     from .window_batches import FileOutcome, Progress
+    from .window_index import WindowIndex
 
 from .query_embedders import check_index_model
 from .search import Hit, SearchQuery, SearchScope, search_many
@@ -161,7 +162,7 @@ def _query(
 
 
 def _searched(
-    library: Library, index: Any, scope: SearchScope, group: list[_Query | SimilarResult]
+    library: Library, index: WindowIndex, scope: SearchScope, group: list[_Query | SimilarResult]
 ) -> Iterator[SimilarResult]:
     """The results of a group of query files, in order: each query searched (all in one `search_many`, their
     copies read in one go), each file with no query reported as it was."""

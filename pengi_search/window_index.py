@@ -1,6 +1,6 @@
 """What every index of the library's windows promises a search, stated once: `WindowIndex`, which the FAISS index
-(`vectors.VectorIndex`) and the hybrid ranking's index (`ranking.HybridIndex`) both are, and `Wanted`, the windows a
-search may return and how exact it must be.
+(`vectors.VectorIndex`), the hybrid ranking's index (`ranking.HybridIndex`) and the server's `serve.live.GuardedIndex`
+(a `VectorIndex` behind a lock) all are, and `Wanted`, the windows a search may return and how exact it must be.
 
 Search code (`search.search_index`) relies on the promise about empty slots to know when it holds every candidate.
 """
@@ -27,6 +27,10 @@ class Wanted:
 
 class WindowIndex(ABC):
     """An index of window vectors that a query row is searched against by cosine similarity."""
+
+    @abstractmethod
+    def __len__(self) -> int:
+        """How many windows the index holds (a search without `allowed_ids` may return that many)."""
 
     def search(
         self,

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import text
+from sqlalchemy import CheckConstraint, inspect, text
 
 from pengi_search.db import Store, StoreError
 from pengi_search.db.engine import create_store_engine
 from pengi_search.db.migrate import SCHEMA_HEAD, alembic_config, migrate
+from pengi_search.db.schema import Base
 
 from .test_store import indexed_file, migrating
 
@@ -150,3 +151,23 @@ def test_upgrading_a_0006_library_keeps_every_row_and_key_and_then_never_reuses_
         assert store.remove("/lib/c.wav") == 1
         assert store.stats()["window_count"] == 4  # the windows' foreign key still deletes a removed file's windows
         assert indexed_file(store, "/lib/d.wav", seed=3) == newest + 1
+
+
+def test_the_migrated_checks_are_the_models_checks(tmp_path: Path) -> None:
+    """`compare_metadata` does not see CHECK constraints: the values the migrated tables allow (the literals of the
+    revisions) are those the models build from `records`' tuples, as SQLite keeps them word for word."""
+    with Store.open(tmp_path / "index.db") as store, store.session() as session:
+        reflected = inspect(session.connection())
+        migrated = {
+            (table.name, check["name"], check["sqltext"])
+            for table in Base.metadata.sorted_tables
+            for check in reflected.get_check_constraints(table.name)
+        }
+    modelled = {
+        (table.name, constraint.name, str(constraint.sqltext))
+        for table in Base.metadata.sorted_tables
+        for constraint in table.constraints
+        if isinstance(constraint, CheckConstraint)
+    }
+    assert migrated == modelled
+    assert ("runs", "ck_runs_status", "status IN ('running', 'finished', 'failed', 'interrupted')") in modelled

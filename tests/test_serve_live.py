@@ -6,11 +6,12 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from pengi_search.db import StoreError
 from pengi_search.library import Library
-from pengi_search.serve.live import SharedLock
+from pengi_search.serve.live import GuardedIndex, SharedLock
 
 from .indexing import write_tone
 from .search_library import caption_library, index_folder
@@ -162,6 +163,24 @@ def test_shared_lock_lets_searches_overlap_and_growth_wait_for_them():
     for thread in threads:
         thread.join(10)
     assert grown_during_a_search == [False, False] and grown.is_set()
+
+
+class _Asked:
+    """Stands in for the index a `GuardedIndex` guards: records what each search asked of it."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[int, dict]] = []
+
+    def search(self, queries: np.ndarray, k: int, **how) -> tuple[np.ndarray, np.ndarray]:
+        self.asked.append((k, how))
+        return np.zeros((len(queries), k), np.float32), np.zeros((len(queries), k), np.int64)
+
+
+def test_a_guarded_index_passes_a_search_on_with_everything_it_asks():
+    guarded, allowed = _Asked(), np.array([3, 7])
+    GuardedIndex(guarded).search(np.ones((1, 4), np.float32), 2, allowed_ids=allowed, exact_top=1, exact=True)
+    [(k, how)] = guarded.asked
+    assert k == 2 and how.pop("allowed_ids") is allowed and how == {"exact_top": 1, "exact": True}
 
 
 def test_shared_lock_holds_new_searches_back_while_growth_waits():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any, Generic, TypeVar, get_args, get_origin
 
@@ -31,7 +31,18 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
 from ..pathnames import from_stored, to_stored
-from .records import EmbedderInfo, FileRecord, IndexMeta, ModelInfo, RunRecord, TextRecord, VectorIndexInfo
+from .records import (
+    FILE_STATUSES,
+    RUN_STATUSES,
+    VECTOR_KINDS,
+    EmbedderInfo,
+    FileRecord,
+    IndexMeta,
+    ModelInfo,
+    RunRecord,
+    TextRecord,
+    VectorIndexInfo,
+)
 
 R = TypeVar("R")  # a record dataclass of `records`
 
@@ -57,6 +68,13 @@ def in_schema_of(dialect: str) -> Callable[[Any, str | None, str, bool, Any], bo
         return dialect == "postgresql" or not (type_ == "index" and name in POSTGRESQL_ONLY_INDEXES)
 
     return included
+
+
+def one_of(column: str, values: Sequence[str]) -> CheckConstraint:
+    """The check, named after `column`, that it holds one of `values` (the tuples of `records`, so that the values
+    the database allows and those the code uses have one home)."""
+    listed = ", ".join(f"'{value}'" for value in values)  # plain words, which need no escape in a SQL literal
+    return CheckConstraint(f"{column} IN ({listed})", name=column)
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -130,7 +148,7 @@ class RunRow(Base, RecordRow[RunRecord]):
     """One run of the indexer (or one shard of a run)."""
 
     __tablename__ = "runs"
-    __table_args__ = (CheckConstraint("status IN ('running', 'finished', 'failed', 'interrupted')", name="status"),)
+    __table_args__ = (one_of("status", RUN_STATUSES),)
 
     id: Mapped[int] = mapped_column(RowId, primary_key=True)
     started_at: Mapped[datetime] = mapped_column(UtcDateTime)
@@ -152,7 +170,7 @@ class AudioFileRow(Base, RecordRow[FileRecord]):
     # AUTOINCREMENT (revision 0007): SQLite must never hand a removed file's id to a new one, or a page or script
     # holding `/api/files/ID` (or a hit's `file_id`) would name another file.
     __table_args__ = (
-        CheckConstraint("status IN ('pending', 'indexed', 'error')", name="status"),
+        one_of("status", FILE_STATUSES),
         # revision 0008: "the files below a folder" as a byte-wise range on PostgreSQL (`queries.paths_under`),
         # where the unique index orders by the database's collation; SQLite's unique index is byte-wise already.
         Index(PATH_PATTERN_INDEX, "path", postgresql_ops={"path": "text_pattern_ops"}).ddl_if(dialect="postgresql"),
@@ -233,7 +251,7 @@ class WindowVectorRow(Base):
 
     __tablename__ = "window_vectors"
     __table_args__ = (
-        CheckConstraint("kind IN ('text', 'audio')", name="kind"),
+        one_of("kind", VECTOR_KINDS),
         Index("ix_window_vectors_kind_window_id", "kind", "window_id"),  # id lists per kind from the index alone
     )
 
@@ -249,7 +267,7 @@ class VectorVersionRow(Base):
     otherwise, cannot come back to a version a FAISS file was saved with."""
 
     __tablename__ = "vector_versions"
-    __table_args__ = (CheckConstraint("kind IN ('text', 'audio')", name="kind"),)
+    __table_args__ = (one_of("kind", VECTOR_KINDS),)
 
     kind: Mapped[str] = mapped_column(String(16), primary_key=True)
     version: Mapped[int] = mapped_column(BigInteger)
@@ -294,7 +312,7 @@ class VectorIndexRow(Base, RecordRow[VectorIndexInfo]):
     """What the FAISS index of one vector kind is: the type asked for, the type built and its parameters (0003)."""
 
     __tablename__ = "vector_indexes"
-    __table_args__ = (CheckConstraint("kind IN ('text', 'audio')", name="kind"),)
+    __table_args__ = (one_of("kind", VECTOR_KINDS),)
 
     kind: Mapped[str] = mapped_column(String(16), primary_key=True)
     requested_type: Mapped[str] = mapped_column(String(16))

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from ..embedders import TextEmbedder
     from ..library import Library
     from ..messages import Notify
+    from ..window_index import WindowIndex
 
 RECALL_KS = (1, 5, 10)
 AP_K = 10
@@ -121,7 +122,7 @@ class WindowMatching:
             ranked.append(self._search_with_ties(index, queries, k))
         return ranked
 
-    def _search_with_ties(self, index: Any, queries: np.ndarray, k: int) -> Scored:
+    def _search_with_ties(self, index: WindowIndex, queries: np.ndarray, k: int) -> Scored:
         """The best `k` files as `query` finds them, and as many more as tie with the k-th: a search for twice
         as many, until one ends below the tie (rarely needed: the first search's last file most often scores less)."""
         fetch = k

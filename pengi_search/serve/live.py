@@ -18,7 +18,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import faiss
 import numpy as np
@@ -26,6 +25,7 @@ import numpy as np
 from ..db import VECTOR_KINDS, CaptionCounts, Store, caption_counts
 from ..library import EmptyLibraryError, Library, empty_library_hint
 from ..vectors import ReadFn, VectorIndex
+from ..window_index import Wanted, WindowIndex
 from . import catalog
 
 FileStamp = tuple[int, int, int] | None  # (inode, size, mtime ns) of a FAISS file; None when there is none
@@ -69,9 +69,10 @@ class SharedLock:
                 self._changed.notify_all()
 
 
-class GuardedIndex:
+class GuardedIndex(WindowIndex):
     """A FAISS index that many requests search at once and that grows alone (faiss must not be searched while it
-    grows; on a GPU, `VectorIndex` has its searches take turns)."""
+    grows; on a GPU, `VectorIndex` has its searches take turns). A `WindowIndex` itself, by passing its searches on,
+    so that search code takes it as it takes the index it guards."""
 
     def __init__(self, index: VectorIndex) -> None:
         self._index = index
@@ -84,10 +85,12 @@ class GuardedIndex:
     def type(self) -> str:
         return self._index.type
 
-    def search(self, queries: np.ndarray, k: int, **how: Any) -> tuple[np.ndarray, np.ndarray]:
-        """`VectorIndex.search`, guarded; `how`, its keywords, passed on as they are (a mistyped one fails there)."""
+    def _search(self, queries: np.ndarray, k: int, wanted: Wanted) -> tuple[np.ndarray, np.ndarray]:
+        """`VectorIndex.search`, guarded."""
         with self._lock.shared(), _one_faiss_thread():
-            return self._index.search(queries, k, **how)
+            return self._index.search(
+                queries, k, allowed_ids=wanted.allowed_ids, exact_top=wanted.exact_top, exact=wanted.exact
+            )
 
     def add_missing(self, ids: np.ndarray, read: ReadFn) -> int:
         """Add the windows of `ids` the index lacks, their vectors from `read(ids)`; returns how many."""

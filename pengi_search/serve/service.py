@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from ..embedders import TextEmbedder
     from ..inference import Engine
     from ..model_dir import ModelDir
+    from ..window_index import WindowIndex
     from .uploads import Upload
 
 log = logging.getLogger(__name__)
@@ -347,7 +348,7 @@ class Service:
         self,
         query: Hashable,
         seen: int,
-        index: Any,
+        index: WindowIndex,
         queries: np.ndarray,
         scope: SearchScope,
         params: SearchParams,
