@@ -8,7 +8,7 @@ Vector search alone (p50/p99 latency and recall@10 of flat, HNSW and IVF-PQ at 1
 `benchmarks/bench_vectors.py`; this script measures what a user waits for: interpreter start, imports, opening the
 database and the FAISS file, reading the text tower, tokenising and embedding the query, searching, printing.
 
-The model is `PengiConfig.preset("base")` with random weights: the real sizes (a 1.2 GB safetensors file, a
+The model is `PengiConfig.preset("base")` with random weights: the real sizes (a 1.2 GiB safetensors file, a
 12-layer 512-wide CLIP text tower, 1024-d embeddings), so reading and running the text tower cost what they cost
 with the released weights. No real CLIP vocabulary exists offline: the tokenizer is transformers' CLIPTokenizer
 class over a small BPE vocabulary trained on the spot (CLIP's normaliser, pre-tokeniser and special tokens), so

@@ -69,7 +69,7 @@ def build_library(db: Path, model_dir: Path, windows: int, index_type: str) -> N
 
     Rows go in with one multi-row INSERT per table and chunk (the store's per-file path costs minutes at 1M).
     Windows have caption vectors only: a search ranks by caption when every window has one, so audio vectors
-    would cost 4 GB of memory at 1M without taking part.
+    would cost 3.8 GiB of memory at 1M without taking part.
     """
     if db.exists():
         return

@@ -10,7 +10,7 @@
 #     export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1; bash benchmarks/gpu.sh $OUT/gpu.log
 # What the machine's image lacks was found by trying: PyAV, FAISS, SQLAlchemy, Alembic, soundfile and its cffi,
 # soxr, platformdirs, FastAPI and pydantic's newer parts; its transformers (5.17) is older than the project asks.
-# .whl and the working tree together came to 66.8 of the 67.1 MB a call may carry: if the tree grows, move a
+# .whl and the working tree together came to 63.7 of the 64 MiB a call may carry: if the tree grows, move a
 # few small wheels from the first list to the second.
 set -euo pipefail
 cd "$(dirname "$0")/.."

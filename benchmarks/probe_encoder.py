@@ -108,7 +108,7 @@ def block_steps(cnn: AisfxCnn, waves: np.ndarray) -> dict[str, torch.Tensor]:
 
 
 def encode(paths: list[str], batch: int) -> tuple[dict[str, torch.Tensor], np.ndarray]:
-    """Every clip's first window, a batch at a time (all of a set's windows at once are large: 650 MB for 528 of
+    """Every clip's first window, a batch at a time (all of a set's windows at once are large: 622 MiB for 528 of
     7 s): the blocks' time steps (name -> (N, channels, T)) and the baseline's features (N, 168)."""
     cnn = load_cnn()
     steps: dict[str, list[torch.Tensor]] = {name: [] for name in BLOCKS}

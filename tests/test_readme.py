@@ -1,5 +1,6 @@
 """What the README (and the training example's comments) show a user still works: the Python example runs with the
-tiny model, and every `pengi-search` command line in a code block parses with the options it uses."""
+tiny model, and every `pengi-search` command line in a code block parses with the options it uses; and the READMEs'
+sizes are in the binary units the benchmarks print."""
 
 from __future__ import annotations
 
@@ -140,3 +141,22 @@ def test_every_link_to_a_readme_section_leads_to_one():
     anchors = {_heading_anchor(heading) for heading in re.findall(r"^#+ (.+)$", prose, re.MULTILINE)}
     links = set(re.findall(r"\]\(#([^)]+)\)", prose))
     assert links and links <= anchors, sorted(links - anchors)
+
+
+# A size written in decimal units on purpose: the release's size as its publisher shows it.
+_PUBLISHED_SIZE = re.compile(r"\d+(?:\.\d+)? GB as Zenodo publishes it")
+_DECIMAL_SIZE = re.compile(r"\b\d+(?:\.\d+)? ?[kKMGT]B\b")
+
+
+def test_the_readmes_sizes_are_in_the_binary_units_the_scripts_print():
+    """The benchmarks print MiB (a size / 2^20; `ru_maxrss` KiB / 1024; `torch.cuda.max_memory_allocated` / 2^20),
+    and the project names its sizes KiB/MiB/GiB: a figure read off them and written as MB or GB is 4.9% (MB)
+    or 7.4% (GB) off one way or the other (a run's 3818 MiB peak is 4.0 GB, or 3.7 GiB)."""
+    found = []
+    for readme in (README, ROOT_DIR / "benchmarks" / "README.md"):
+        for number, line in enumerate(readme.read_text().splitlines(), start=1):
+            found += [
+                f"{readme.relative_to(ROOT_DIR)}:{number}: {size}"
+                for size in _DECIMAL_SIZE.findall(_PUBLISHED_SIZE.sub("", line))
+            ]
+    assert not found, "\n".join(found)

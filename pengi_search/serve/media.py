@@ -228,7 +228,7 @@ class TranscodeCache:
     at once, but its file is removed only once it is released (sent), so that its answer never finds it gone. One
     requested and not handed out yet is not evicted at all.
 
-    A file larger than the limit by itself (an hour of stereo at 48 kHz takes up to 700 MB) is kept beside it, one
+    A file larger than the limit by itself (an hour of stereo at 48 kHz takes up to 666 MiB) is kept beside it, one
     at a time: it evicts none of the others, and it replaces the previous such file; a second one asked for while
     the first is being written is refused for now."""
 
