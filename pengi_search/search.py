@@ -277,9 +277,10 @@ def _fetch_together(index: WindowIndex, rounds: Sequence[_Rounds]) -> list[_Cand
     windows for the same `k`: each row's top `fetch` windows, the first `k` of them as accurate as a search for `k`
     (the rest stand in for windows that results of the same file or the filters drop). FAISS searches each row on
     its own: together, they find what each would alone (the same scores, measured on flat, HNSW and IVF-PQ
-    indexes; only the exact search an HNSW or IVF-PQ index falls back on among few allowed windows,
-    `vector_search.exact_among`, is a numpy product whose float32 rounding of a row may differ in the last bit
-    with the rows beside it)."""
+    indexes, below faiss's BLAS threshold of 128,000 rows x dimensions). Past it (125 rows of 1024-d) a flat index
+    scores the batch by one matrix product, as does the exact search an HNSW or IVF-PQ index falls back on among few
+    allowed windows (`vector_search.exact_among`): a row's float32 score may then differ in the last bit with the
+    rows beside it, which can swap near-tied hits between a search alone and one together."""
     groups: dict[tuple[int, int, int, bool], list[int]] = {}  # the rounds (their places) searched together
     for place, one in enumerate(rounds):
         scope = one.search.scope
