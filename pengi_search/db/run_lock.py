@@ -40,10 +40,11 @@ log = logging.getLogger(__name__)
 
 LIBRARY = "library"
 RESTART = "restart"  # held by a job that restarts the library with another model (`alone_in_library`)
-RESTART_UNDER_WAY = (
-    "another torchrun job is re-indexing this library with another model, which started it over after this run"
-    " began; try again when it ends"
-)
+# Held with RESTART by such a job and by none other: RESTART is also held for a moment by each run passing it
+# (`no_restart_under_way`), so only this one tells a job that another one restarts the library.
+RESTARTER = "restarter"
+RESTARTING = "another torchrun job is re-indexing this library with another model"
+RESTART_UNDER_WAY = f"{RESTARTING}, which started it over after this run began; try again when it ends"
 RESUME_HINT = "what was committed is kept: run the same command again to resume"
 LOCK_LOST = (
     "lost the connection that holds this run's indexing lock (the database server restarted, or the network"
@@ -112,7 +113,8 @@ def alone_in_library(store: Store, job_shards: Collection[str], *, doing: str, w
                 holder = functools.partial(_run_writing, store, run, doing)
                 _take_or_wait(locks, f"shard {run.shard}", shared=False, wait=wait, holder=holder)
                 held.add(run.shard)
-            restart = _held_restart(store)  # never while waiting for a run above: that run may be passing it
+            # never while waiting for a run above: that run may be passing it
+            restart = _held_restart(store, doing=doing, wait=wait)
             try:
                 recorded_meanwhile = _outside_job(store, job_shards, held)
             except BaseException:
@@ -150,13 +152,16 @@ def _outside_job(store: Store, job_shards: Collection[str], held: Collection[str
     return list(runs.values())
 
 
-def _held_restart(store: Store) -> _Locks:
-    """The RESTART lock, held alone, on locks of its own so that it can be let go apart from the shards'. Waited
-    for: a run holds it for a moment as it passes (`no_restart_under_way`), another job for as long as it restarts
-    the library."""
+def _held_restart(store: Store, *, doing: str, wait: bool) -> _Locks:
+    """The RESTART lock, held alone, on locks of its own so that it can be let go apart from the shards'. Another
+    job restarting the library holds it for as long as it does so: `doing` is refused beside it, or with `wait`
+    says so and waits, as beside a run (told by RESTARTER, which that job holds too). A run holds RESTART for a
+    moment only as it passes it (`no_restart_under_way`): waited for, unsaid, even without `wait`."""
     restart = _locks_for(store)
     assert restart is not None  # as for the shards' locks, of the same store
     try:
+        holder = functools.partial(_job_restarting, store, doing)
+        _take_or_wait(restart, RESTARTER, shared=False, wait=wait, holder=holder)
         restart.take(RESTART, shared=False, wait=True)
     except BaseException:  # a stop while waiting: its connection (PostgreSQL) closed, not left to the pool
         restart.release()
@@ -205,6 +210,13 @@ def _run_writing(store: Store, run: RunRecord, doing: str) -> _Holder:
     return _Holder(
         busy, IndexBusyError(store.name, f"cannot {doing} while {busy}; try again when it ends, or pass --wait")
     )
+
+
+def _job_restarting(store: Store, doing: str) -> _Holder:
+    """Another job restarts the library (it holds RESTARTER): for `alone_in_library`, `doing` is refused beside it.
+    Only a torchrun job's first rank restarts the library, so one process of the job meets it."""
+    refusal = IndexBusyError(store.name, f"cannot {doing} while {RESTARTING}; try again when it ends, or pass --wait")
+    return _Holder(RESTARTING, refusal)
 
 
 def _firsts_shard_held_too(store: Store, shard: str) -> bool:
