@@ -196,6 +196,25 @@ def test_under_torchrun_a_reindex_with_another_model_is_refused_while_another_jo
     assert set(_run_statuses(db)) == {None, "0/4"}, _run_statuses(db)
 
 
+@pytest.mark.parametrize("model", ["another model", "the library's model"])
+def test_under_torchrun_a_reindex_passes_every_ranks_check_for_restarts(model, sounds, tmp_path, tiny_model_dir):
+    """Every rank checks for another job's restart of the library before it writes: rank 0 of a re-index with the
+    library's model before it forgets its files' windows, the other ranks once rank 0 has restarted the library, if
+    it does (until then, its own hold on the library and its old model would refuse them). Both ranks finish."""
+    db = tmp_path / "lib.db"
+    run_index(quick_options([sounds], db, tiny_model_dir))
+    with Store.open(db) as store:
+        before = (store.stats()["window_count"], store.index_meta().model)
+    asked = make_tiny_model_dir(tmp_path / "tiny-other", seed=1) if model == "another model" else tiny_model_dir
+    options = ["--db", str(db), "--model", str(asked), "--device", "cpu", "--workers", "0", "--reindex"]
+    launched = torchrun(str(sounds), *options, "--max-len", "3", entry=("-m", "indexer"))
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert _run_statuses(db) == {None: "finished", "0/2": "finished", "1/2": "finished"}
+    with Store.open(db) as store:
+        after = (store.stats()["window_count"], store.index_meta().model)
+    assert after[0] == before[0] and (after[1] != before[1]) == (model == "another model")
+
+
 def test_under_torchrun_shards_another_job_holds_are_said_once_per_machine(sounds, tmp_path, tiny_model_dir):
     """Another job of two ranks holds both shards: each rank found its own held and said so, one line a rank. The
     machine's first says it (exit code 1, which torchrun reports); the other ends well."""
