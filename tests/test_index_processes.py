@@ -19,7 +19,7 @@ from indexer.hold_points import FILE_STORED
 from indexer.pipeline import run_index
 from indexer.shard import Shard
 from pengi_search.db import Store
-from pengi_search.db.run_lock import indexing_lock
+from pengi_search.db.run_lock import alone_in_library, indexing_lock
 from pengi_search.testing import make_tiny_model_dir
 
 from .indexing import HeldRun, kill_session, quick_options, signal_when, write_tone
@@ -213,6 +213,21 @@ def test_under_torchrun_a_reindex_passes_every_ranks_check_for_restarts(model, s
     with Store.open(db) as store:
         after = (store.stats()["window_count"], store.index_meta().model)
     assert after[0] == before[0] and (after[1] != before[1]) == (model == "another model")
+
+
+def test_under_torchrun_a_restart_under_way_is_said_once_per_machine(sounds, tmp_path, tiny_model_dir):
+    """Another job restarting the library refused every rank of this one, once recorded, and each rank said it. The
+    machine's first says it (exit code 1, which torchrun reports), once its run was refused; the other ends well."""
+    db = tmp_path / "lib.db"
+    run_index(quick_options([sounds / "tone0.wav"], db, tiny_model_dir))
+    options = ["--db", str(db), "--model", str(tiny_model_dir), "--device", "cpu", "--workers", "0"]
+    with Store.open(db) as other, alone_in_library(other, {"0/3", "1/3", "2/3"}, doing="re-index"):
+        launched = torchrun(str(sounds), *options, entry=("-m", "indexer"))
+    errors = [line for line in launched.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "re-indexing this library with another model" in errors[0], launched.stderr[-3000:]
+    assert re.search(r"rank\s*: 0 .*\n\s*exitcode\s*: 1 ", launched.stderr), launched.stderr[-3000:]
+    assert not re.search(r"rank\s*: 1 .*\n\s*exitcode", launched.stderr), launched.stderr[-3000:]
+    assert _run_statuses(db) == {None: "finished", "0/2": "failed", "1/2": "failed"}
 
 
 def test_under_torchrun_shards_another_job_holds_are_said_once_per_machine(sounds, tmp_path, tiny_model_dir):

@@ -33,6 +33,7 @@ from pengi_search.db.run_lock import RESTART_UNDER_WAY, RESTARTING, alone_in_lib
 from pengi_search.library import Library
 from pengi_search.scan import scan
 from pengi_search.testing import make_tiny_model_dir
+from pengi_search.torchrun_env import SaidByTheMachinesFirstProcess
 
 from .indexing import (
     HANG_S,
@@ -45,6 +46,7 @@ from .indexing import (
     write_tone,
 )
 from .test_store import db_url  # noqa: F401 (fixture: SQLite, and PostgreSQL when a server is given)
+from .torchrun_runs import torchrun_rank
 
 runner = CliRunner()
 WAITING = "warning: an indexing run is writing to this library: run 1, started"  # `remove` is none: not "another"
@@ -274,6 +276,26 @@ def test_a_restart_waits_unsaid_for_a_run_passing_the_restart_lock_even_without_
         with caplog.at_level(logging.WARNING), alone_in_library(job, ANOTHER_JOB, doing="re-index"):
             pass
     assert caplog.records == []
+
+
+def test_a_rank_refused_by_a_restart_leaves_it_to_its_machines_first_only_once_that_one_was_refused(
+    db_url,  # noqa: F811
+    monkeypatch,
+):
+    """Every rank of a torchrun job that another job's restart refused said it. Now a rank other than its machine's
+    first ends well, saying nothing, once the first's run has ended (refused too); while the first runs on (it
+    passed before the restart took the library), the rank says it."""
+    torchrun_rank(monkeypatch, 1, 2)  # rank 1 of 2, on one machine
+    monkeypatch.setattr(run_lock.MachineSiblings, "now", classmethod(lambda cls: cls([os.getpid()])))
+    monkeypatch.setattr(run_lock, "SIBLINGS_WAIT_S", 0.0)  # it looks once
+    with Store.open(db_url) as job, Store.open(db_url) as other:
+        firsts = job.start_run("0/2")  # by the machine's first process, as this test's process lists it
+        with alone_in_library(other, ANOTHER_JOB, doing="re-index"):
+            with pytest.raises(IndexBusyError, match=RESTART_UNDER_WAY):
+                run_lock.no_restart_under_way(job)
+            job.finish_run(firsts, status="failed")
+            with pytest.raises(SaidByTheMachinesFirstProcess):
+                run_lock.no_restart_under_way(job)
 
 
 def test_a_torchrun_reindex_with_the_librarys_model_forgets_nothing_while_another_job_restarts_it(

@@ -19,6 +19,7 @@ import functools
 import logging
 import socket
 import threading
+import time
 import zlib
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..torchrun_env import MachineSiblings, first_on_machine, place, said_once_per_machine
+from ..torchrun_env import SIBLINGS_WAIT_S, MachineSiblings, first_on_machine, place, said_once_per_machine
 from .errors import DatabaseUnreachableError, IndexBusyError, LibraryBusyError
 from .urls import sqlite_file
 
@@ -50,6 +51,7 @@ LOCK_LOST = (
     "lost the connection that holds this run's indexing lock (the database server restarted, or the network"
     f" dropped it); {RESUME_HINT}"
 )
+_FIRSTS_LOOK_S = 0.05  # how often a refused rank looks whether its machine's first was refused too
 _PG_CLASS = 0x70656E67  # "peng": the first key of pengi-search's two-key advisory locks
 
 
@@ -139,7 +141,30 @@ def no_restart_under_way(store: Store) -> None:
     finally:
         locks.release()
     if not free:
-        raise IndexBusyError(store.name, RESTART_UNDER_WAY)
+        with said_once_per_machine() if _first_refused_too(store) else contextlib.nullcontext():
+            raise IndexBusyError(store.name, RESTART_UNDER_WAY)
+
+
+def _first_refused_too(store: Store) -> bool:
+    """Whether the first process of this machine (torchrun's LOCAL_RANK 0) is refused by the restart too, so that
+    it says it for both: every rank of a job checking while another job restarts the library is refused, each at
+    its own moment, and the first may have passed before that job took the library (or pass after it ended).
+
+    Told by its run, recorded under its shard by a process of this job on this machine: once that run has ended
+    (refused, or failed otherwise, which it says), this one ends saying nothing. Waited for at most
+    `SIBLINGS_WAIT_S`: a first still running then passed the check, or has yet to meet it, and this one says it."""
+    here = place()
+    if here.world_size < 2 or here.local_rank == 0:
+        return True  # the first process, or a run's only one: it speaks
+    firsts = f"{here.rank - here.local_rank}/{here.world_size}"
+    this_job, host = MachineSiblings.now().pids, socket.gethostname()[:255]
+    deadline = time.monotonic() + SIBLINGS_WAIT_S
+    while True:
+        if any(run.status != "running" for run in store.shard_runs_by(firsts, host, this_job)):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_FIRSTS_LOOK_S)
 
 
 def _outside_job(store: Store, job_shards: Collection[str], held: Collection[str]) -> list[RunRecord]:
