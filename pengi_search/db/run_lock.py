@@ -8,7 +8,8 @@ database server when the process ends in any way, kill -9 included, so a dead ru
 Shards of one job index together: each holds the library's lock shared and its shard's lock exclusively, so shards
 run side by side while an unsharded run (which holds the library's lock exclusively) waits for all of them. A torchrun
 job that restarts the library with another model holds the RESTART lock as well (`alone_in_library`), which every
-shard's run, once recorded, must find free (`no_restart_under_way`).
+shard's run, once recorded, must find free (`no_restart_under_way`), and RESTARTER, by which a second such job knows
+that it waits for one, not for a run passing RESTART.
 In-memory SQLite and other backends take no lock.
 """
 
