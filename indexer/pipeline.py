@@ -167,8 +167,9 @@ class _Run:
         status = "failed"
         try:
             if self.options.reindex:
-                self._reset([entry.path for entry in scanned.entries])
-            self._past_restarts()
+                self._reset([entry.path for entry in scanned.entries])  # with its check for restarts (`_past_restarts`)
+            else:
+                self._past_restarts()
             mine = [e for e in scanned.entries if self.shard is None or self.shard.owns(e.path)]
             summary.files_seen, summary.files_found = len(mine), len(scanned.entries)
             self.store.note_files_seen(self.run_id, summary.files_seen)
@@ -231,14 +232,23 @@ class _Run:
         selected (under its paths, of its extensions), which it indexes anew, and leave the library's other files as
         they are. With another model or embedder, whose vectors cannot share the indexes with the old ones, forget
         every caption and vector and record the new model and embedder (`_restarting`: other jobs' runs were
-        checked, and held off, before this run was recorded)."""
-        if self._restarting:
-            self.store.reset_index(self._choose().model, self._model().embedder_info)
-        elif self.rank is None or self.rank.leads:
+        checked, and held off, before this run was recorded).
+
+        Its check for other jobs' restarts (`_past_restarts`) comes before it forgets: that job, once done, writes
+        new windows for these files, which forgetting after its restart would delete. The job's other processes
+        check once it has restarted the library, if it does: until then its hold on the RESTART lock refuses them,
+        and its old model theirs."""
+        forgets = not self._restarting and (self.rank is None or self.rank.leads)
+        if forgets:
+            self._past_restarts()
             self.store.forget_windows(selected)
+        elif self._restarting:
+            self.store.reset_index(self._choose().model, self._model().embedder_info)
         self._held_for_restart.close()  # other jobs' shards may write again: to the library started over
         if self.rank is not None:
             self.rank.barrier()
+        if not forgets:
+            self._past_restarts()
 
     def _restarts_library(self) -> bool:
         """Whether this process's --reindex starts the whole library over: rank 0's (or the only process's), with

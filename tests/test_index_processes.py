@@ -19,7 +19,7 @@ from indexer.hold_points import FILE_STORED
 from indexer.pipeline import run_index
 from indexer.shard import Shard
 from pengi_search.db import Store
-from pengi_search.db.run_lock import indexing_lock
+from pengi_search.db.run_lock import alone_in_library, indexing_lock
 from pengi_search.testing import make_tiny_model_dir
 
 from .indexing import HeldRun, kill_session, quick_options, signal_when, write_tone
@@ -194,6 +194,40 @@ def test_under_torchrun_a_reindex_with_another_model_is_refused_while_another_jo
     # Refused before any rank recorded its run: neither rank 0's (failed) nor rank 1's, which had recorded its own
     # and met rank 0 after, and was left `interrupted` when torchrun stopped it, a run that never ran.
     assert set(_run_statuses(db)) == {None, "0/4"}, _run_statuses(db)
+
+
+@pytest.mark.parametrize("model", ["another model", "the library's model"])
+def test_under_torchrun_a_reindex_passes_every_ranks_check_for_restarts(model, sounds, tmp_path, tiny_model_dir):
+    """Every rank checks for another job's restart of the library before it writes: rank 0 of a re-index with the
+    library's model before it forgets its files' windows, the other ranks once rank 0 has restarted the library, if
+    it does (until then, its own hold on the library and its old model would refuse them). Both ranks finish."""
+    db = tmp_path / "lib.db"
+    run_index(quick_options([sounds], db, tiny_model_dir))
+    with Store.open(db) as store:
+        before = (store.stats()["window_count"], store.index_meta().model)
+    asked = make_tiny_model_dir(tmp_path / "tiny-other", seed=1) if model == "another model" else tiny_model_dir
+    options = ["--db", str(db), "--model", str(asked), "--device", "cpu", "--workers", "0", "--reindex"]
+    launched = torchrun(str(sounds), *options, "--max-len", "3", entry=("-m", "indexer"))
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert _run_statuses(db) == {None: "finished", "0/2": "finished", "1/2": "finished"}
+    with Store.open(db) as store:
+        after = (store.stats()["window_count"], store.index_meta().model)
+    assert after[0] == before[0] and (after[1] != before[1]) == (model == "another model")
+
+
+def test_under_torchrun_a_restart_under_way_is_said_once_per_machine(sounds, tmp_path, tiny_model_dir):
+    """Another job restarting the library refused every rank of this one, once recorded, and each rank said it. The
+    machine's first says it (exit code 1, which torchrun reports), once its run was refused; the other ends well."""
+    db = tmp_path / "lib.db"
+    run_index(quick_options([sounds / "tone0.wav"], db, tiny_model_dir))
+    options = ["--db", str(db), "--model", str(tiny_model_dir), "--device", "cpu", "--workers", "0"]
+    with Store.open(db) as other, alone_in_library(other, {"0/3", "1/3", "2/3"}, doing="re-index"):
+        launched = torchrun(str(sounds), *options, entry=("-m", "indexer"))
+    errors = [line for line in launched.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "re-indexing this library with another model" in errors[0], launched.stderr[-3000:]
+    assert re.search(r"rank\s*: 0 .*\n\s*exitcode\s*: 1 ", launched.stderr), launched.stderr[-3000:]
+    assert not re.search(r"rank\s*: 1 .*\n\s*exitcode", launched.stderr), launched.stderr[-3000:]
+    assert _run_statuses(db) == {None: "finished", "0/2": "failed", "1/2": "failed"}
 
 
 def test_under_torchrun_shards_another_job_holds_are_said_once_per_machine(sounds, tmp_path, tiny_model_dir):

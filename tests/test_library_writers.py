@@ -7,10 +7,12 @@ library: it is refused while one of them runs."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from types import SimpleNamespace
 
@@ -27,10 +29,11 @@ from pengi_search.choices import Captions
 from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_FAILED
 from pengi_search.db import BuiltWithOtherError, IndexBusyError, ModelInfo, Store, run_lock
-from pengi_search.db.run_lock import RESTART_UNDER_WAY, alone_in_library, indexing_lock
+from pengi_search.db.run_lock import RESTART_UNDER_WAY, RESTARTING, alone_in_library, indexing_lock
 from pengi_search.library import Library
 from pengi_search.scan import scan
 from pengi_search.testing import make_tiny_model_dir
+from pengi_search.torchrun_env import SaidByTheMachinesFirstProcess
 
 from .indexing import (
     HANG_S,
@@ -43,6 +46,7 @@ from .indexing import (
     write_tone,
 )
 from .test_store import db_url  # noqa: F401 (fixture: SQLite, and PostgreSQL when a server is given)
+from .torchrun_runs import torchrun_rank
 
 runner = CliRunner()
 WAITING = "warning: an indexing run is writing to this library: run 1, started"  # `remove` is none: not "another"
@@ -182,16 +186,133 @@ def test_a_run_recorded_while_a_restart_takes_the_library_is_asked_after_as_the_
         other_job.enter_context(indexing_lock(other, "0/4"))
         recorded: list[int] = []
 
-        def recorded_meanwhile(store: Store):
+        def recorded_meanwhile(store: Store, **how):
             if not recorded:
                 recorded.append(other.start_run("0/4"))
-            return taking(store)
+            return taking(store, **how)
 
         monkeypatch.setattr(run_lock, "_held_restart", recorded_meanwhile)
         with pytest.raises(IndexBusyError) as refused, alone_in_library(job, {"0/2", "1/2"}, doing="re-index it"):
             pass
         assert f"cannot re-index it while run {recorded[0]} (shard 0/4)" in str(refused.value)
         run_lock.no_restart_under_way(other)  # the restart's hold let go with the refusal
+
+
+ANOTHER_JOB = {"0/3", "1/3", "2/3"}  # the shards of a torchrun job of three ranks, beside one of two
+
+
+def test_a_restart_beside_another_jobs_restart_is_refused_naming_it(db_url):  # noqa: F811
+    """A torchrun job restarting the library waited, without a word, for another job restarting it to end. Now it
+    is refused without --wait, as it is beside a run, saying why."""
+    refused: list[IndexBusyError] = []
+
+    def second_job() -> None:  # in a thread of its own: one that waits fails the test rather than hang it
+        with Store.open(db_url) as second:
+            try:
+                with alone_in_library(second, ANOTHER_JOB, doing="re-index it"):
+                    pass
+            except IndexBusyError as busy:
+                refused.append(busy)
+
+    with Store.open(db_url) as first, alone_in_library(first, {"0/2", "1/2"}, doing="re-index"):
+        refusing = threading.Thread(target=second_job, daemon=True)
+        refusing.start()
+        refusing.join(HANG_S)
+        assert not refusing.is_alive(), "it waited"
+    assert refused, "it was not refused"
+    assert f"cannot re-index it while {RESTARTING}; try again when it ends, or pass --wait" in str(refused[0])
+
+
+def test_a_restart_waiting_for_another_jobs_restart_says_so_and_goes_on_once_it_ends(db_url):  # noqa: F811
+    """With --wait, the job waiting for another one's restart says who it waits for, then takes the library."""
+    said, inside = threading.Event(), threading.Event()
+    warnings: list[str] = []
+
+    class Said(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            warnings.append(record.getMessage())
+            said.set()
+
+    def second_job() -> None:
+        with Store.open(db_url) as second, alone_in_library(second, ANOTHER_JOB, doing="re-index", wait=True):
+            inside.set()
+
+    handler = Said(logging.WARNING)
+    run_lock.log.addHandler(handler)
+    try:
+        with Store.open(db_url) as first:
+            with alone_in_library(first, {"0/2", "1/2"}, doing="re-index"):
+                waiting = threading.Thread(target=second_job, daemon=True)
+                waiting.start()
+                assert said.wait(HANG_S)
+                assert not inside.is_set()
+            waiting.join(HANG_S)
+    finally:
+        run_lock.log.removeHandler(handler)
+    assert inside.is_set() and warnings == [f"{RESTARTING}; waiting for it to end"]
+
+
+def test_a_restart_waits_unsaid_for_a_run_passing_the_restart_lock_even_without_wait(db_url, monkeypatch, caplog):  # noqa: F811
+    """Each shard's run holds the RESTART lock for a moment as it passes it (`no_restart_under_way`): a job about to
+    restart the library is neither refused for it nor says it, only another job's restart is."""
+    with Store.open(db_url) as job, Store.open(db_url) as other:
+        passing = run_lock._locks_for(other)
+        assert passing is not None and passing.take(run_lock.RESTART, shared=True, wait=False)
+        made = run_lock._locks_for
+
+        def passed_as_the_job_waits(store: Store):  # the run lets it go as the job waits for it
+            locks = made(store)
+            take = locks.take
+
+            def taking(name: str, *, shared: bool, wait: bool) -> bool:
+                if name == run_lock.RESTART and wait:
+                    passing.release()
+                return take(name, shared=shared, wait=wait)
+
+            locks.take = taking
+            return locks
+
+        monkeypatch.setattr(run_lock, "_locks_for", passed_as_the_job_waits)
+        with caplog.at_level(logging.WARNING), alone_in_library(job, ANOTHER_JOB, doing="re-index"):
+            pass
+    assert caplog.records == []
+
+
+def test_a_rank_refused_by_a_restart_leaves_it_to_its_machines_first_only_once_that_one_was_refused(
+    db_url,  # noqa: F811
+    monkeypatch,
+):
+    """Every rank of a torchrun job that another job's restart refused said it. Now a rank other than its machine's
+    first ends well, saying nothing, once the first's run has ended (refused too); while the first runs on (it
+    passed before the restart took the library), the rank says it."""
+    torchrun_rank(monkeypatch, 1, 2)  # rank 1 of 2, on one machine
+    monkeypatch.setattr(run_lock.MachineSiblings, "now", classmethod(lambda cls: cls([os.getpid()])))
+    monkeypatch.setattr(run_lock, "SIBLINGS_WAIT_S", 0.0)  # it looks once
+    with Store.open(db_url) as job, Store.open(db_url) as other:
+        firsts = job.start_run("0/2")  # by the machine's first process, as this test's process lists it
+        with alone_in_library(other, ANOTHER_JOB, doing="re-index"):
+            with pytest.raises(IndexBusyError, match=RESTART_UNDER_WAY):
+                run_lock.no_restart_under_way(job)
+            job.finish_run(firsts, status="failed")
+            with pytest.raises(SaidByTheMachinesFirstProcess):
+                run_lock.no_restart_under_way(job)
+
+
+def test_a_torchrun_reindex_with_the_librarys_model_forgets_nothing_while_another_job_restarts_it(
+    library, tmp_path, tiny_model_dir
+):
+    """Rank 0 of a torchrun --reindex with the library's own model forgot its files' windows, then checked for
+    another job's restart: once that job was done, it deleted the windows that job wrote anew. Now it checks first,
+    and is refused with the windows as they were."""
+    options = quick_options([tmp_path / "sounds"], library, tiny_model_dir, reindex=True)
+    scanned = scan(options.roots, options.extensions)
+    job = SimpleNamespace(world_size=2, leads=True, barrier=lambda: None)  # rank 0 of 2, on its own
+    with Library.open(library) as opened, Store.open(library) as other:
+        restarting = alone_in_library(other, ANOTHER_JOB, doing="re-index")  # it looked before rank 0 recorded
+        with restarting, pytest.raises(IndexBusyError) as refused:
+            _Run(opened, options, Shard(0, 2), job, None, 0.0).execute(scanned)  # type: ignore[arg-type]
+        assert RESTART_UNDER_WAY in str(refused.value)
+        assert opened.store.stats()["window_count"] == 2  # nothing forgotten
 
 
 def test_a_shards_run_whose_model_was_chosen_before_a_restart_is_refused_before_it_captions(

@@ -8,7 +8,8 @@ database server when the process ends in any way, kill -9 included, so a dead ru
 Shards of one job index together: each holds the library's lock shared and its shard's lock exclusively, so shards
 run side by side while an unsharded run (which holds the library's lock exclusively) waits for all of them. A torchrun
 job that restarts the library with another model holds the RESTART lock as well (`alone_in_library`), which every
-shard's run, once recorded, must find free (`no_restart_under_way`).
+shard's run, once recorded, must find free (`no_restart_under_way`), and RESTARTER, by which a second such job knows
+that it waits for one, not for a run passing RESTART.
 In-memory SQLite and other backends take no lock.
 """
 
@@ -19,6 +20,7 @@ import functools
 import logging
 import socket
 import threading
+import time
 import zlib
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..torchrun_env import MachineSiblings, first_on_machine, place, said_once_per_machine
+from ..torchrun_env import SIBLINGS_WAIT_S, MachineSiblings, first_on_machine, place, said_once_per_machine
 from .errors import DatabaseUnreachableError, IndexBusyError, LibraryBusyError
 from .urls import sqlite_file
 
@@ -40,15 +42,17 @@ log = logging.getLogger(__name__)
 
 LIBRARY = "library"
 RESTART = "restart"  # held by a job that restarts the library with another model (`alone_in_library`)
-RESTART_UNDER_WAY = (
-    "another torchrun job is re-indexing this library with another model, which started it over after this run"
-    " began; try again when it ends"
-)
+# Held with RESTART by such a job and by none other: RESTART is also held for a moment by each run passing it
+# (`no_restart_under_way`), so only this one tells a job that another one restarts the library.
+RESTARTER = "restarter"
+RESTARTING = "another torchrun job is re-indexing this library with another model"
+RESTART_UNDER_WAY = f"{RESTARTING}, which started it over after this run began; try again when it ends"
 RESUME_HINT = "what was committed is kept: run the same command again to resume"
 LOCK_LOST = (
     "lost the connection that holds this run's indexing lock (the database server restarted, or the network"
     f" dropped it); {RESUME_HINT}"
 )
+_FIRSTS_LOOK_S = 0.05  # how often a refused rank looks whether its machine's first was refused too
 _PG_CLASS = 0x70656E67  # "peng": the first key of pengi-search's two-key advisory locks
 
 
@@ -112,7 +116,8 @@ def alone_in_library(store: Store, job_shards: Collection[str], *, doing: str, w
                 holder = functools.partial(_run_writing, store, run, doing)
                 _take_or_wait(locks, f"shard {run.shard}", shared=False, wait=wait, holder=holder)
                 held.add(run.shard)
-            restart = _held_restart(store)  # never while waiting for a run above: that run may be passing it
+            # never while waiting for a run above: that run may be passing it
+            restart = _held_restart(store, doing=doing, wait=wait)
             try:
                 recorded_meanwhile = _outside_job(store, job_shards, held)
             except BaseException:
@@ -137,7 +142,30 @@ def no_restart_under_way(store: Store) -> None:
     finally:
         locks.release()
     if not free:
-        raise IndexBusyError(store.name, RESTART_UNDER_WAY)
+        with said_once_per_machine() if _first_refused_too(store) else contextlib.nullcontext():
+            raise IndexBusyError(store.name, RESTART_UNDER_WAY)
+
+
+def _first_refused_too(store: Store) -> bool:
+    """Whether the first process of this machine (torchrun's LOCAL_RANK 0) is refused by the restart too, so that
+    it says it for both: every rank of a job checking while another job restarts the library is refused, each at
+    its own moment, and the first may have passed before that job took the library (or pass after it ended).
+
+    Told by its run, recorded under its shard by a process of this job on this machine: once that run has ended
+    (refused, or failed otherwise, which it says), this one ends saying nothing. Waited for at most
+    `SIBLINGS_WAIT_S`: a first still running then passed the check, or has yet to meet it, and this one says it."""
+    here = place()
+    if here.world_size < 2 or here.local_rank == 0:
+        return True  # the first process, or a run's only one: it speaks
+    firsts = f"{here.rank - here.local_rank}/{here.world_size}"
+    this_job, host = MachineSiblings.now().pids, socket.gethostname()[:255]
+    deadline = time.monotonic() + SIBLINGS_WAIT_S
+    while True:
+        if any(run.status != "running" for run in store.shard_runs_by(firsts, host, this_job)):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_FIRSTS_LOOK_S)
 
 
 def _outside_job(store: Store, job_shards: Collection[str], held: Collection[str]) -> list[RunRecord]:
@@ -150,13 +178,16 @@ def _outside_job(store: Store, job_shards: Collection[str], held: Collection[str
     return list(runs.values())
 
 
-def _held_restart(store: Store) -> _Locks:
-    """The RESTART lock, held alone, on locks of its own so that it can be let go apart from the shards'. Waited
-    for: a run holds it for a moment as it passes (`no_restart_under_way`), another job for as long as it restarts
-    the library."""
+def _held_restart(store: Store, *, doing: str, wait: bool) -> _Locks:
+    """The RESTART lock, held alone, on locks of its own so that it can be let go apart from the shards'. Another
+    job restarting the library holds it for as long as it does so: `doing` is refused beside it, or with `wait`
+    says so and waits, as beside a run (told by RESTARTER, which that job holds too). A run holds RESTART for a
+    moment only as it passes it (`no_restart_under_way`): waited for, unsaid, even without `wait`."""
     restart = _locks_for(store)
     assert restart is not None  # as for the shards' locks, of the same store
     try:
+        holder = functools.partial(_job_restarting, store, doing)
+        _take_or_wait(restart, RESTARTER, shared=False, wait=wait, holder=holder)
         restart.take(RESTART, shared=False, wait=True)
     except BaseException:  # a stop while waiting: its connection (PostgreSQL) closed, not left to the pool
         restart.release()
@@ -205,6 +236,13 @@ def _run_writing(store: Store, run: RunRecord, doing: str) -> _Holder:
     return _Holder(
         busy, IndexBusyError(store.name, f"cannot {doing} while {busy}; try again when it ends, or pass --wait")
     )
+
+
+def _job_restarting(store: Store, doing: str) -> _Holder:
+    """Another job restarts the library (it holds RESTARTER): for `alone_in_library`, `doing` is refused beside it.
+    Only a torchrun job's first rank restarts the library, so one process of the job meets it."""
+    refusal = IndexBusyError(store.name, f"cannot {doing} while {RESTARTING}; try again when it ends, or pass --wait")
+    return _Holder(RESTARTING, refusal)
 
 
 def _firsts_shard_held_too(store: Store, shard: str) -> bool:

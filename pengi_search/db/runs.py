@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 
@@ -81,6 +81,12 @@ class RunJournal:
         query = select(RunRow).where(RunRow.status == "running")
         if shard is not None:
             query = query.where(RunRow.shard == shard)
+        with self.session() as session:
+            return [row.to_record() for row in session.scalars(query.order_by(RunRow.id))]
+
+    def shard_runs_by(self, shard: str, host: str, pids: Collection[int]) -> list[RunRecord]:
+        """The runs of `shard` recorded by the processes `pids` of `host`, whatever their status, oldest first."""
+        query = select(RunRow).where(RunRow.shard == shard, RunRow.host == host, RunRow.pid.in_(list(pids)))
         with self.session() as session:
             return [row.to_record() for row in session.scalars(query.order_by(RunRow.id))]
 
