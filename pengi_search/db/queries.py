@@ -1,7 +1,7 @@
-"""What the store's modules share below the level of `Store`'s methods: the conditions "at or below a path", "after a
-path" and "truncated", the order by path (byte-wise on every backend), a file's row locked for writing, the width of
-the index's text vectors, vectors as the bytes the database keeps, the new version of vectors changed, and how many
-ids one statement lists.
+"""What the store's modules share below the level of `Store`'s methods: the conditions "at or below a path" (and the
+byte-wise ranges it joins), "after a path" and "truncated", the order by path (byte-wise on every backend), a file's
+row locked for writing, the width of the index's text vectors, vectors as the bytes the database keeps, the new
+version of vectors changed, and how many ids one statement lists.
 """
 
 from __future__ import annotations
