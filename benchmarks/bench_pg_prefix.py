@@ -15,7 +15,8 @@ files before and after it), in two INSERTs, ANALYZEs, and times, best of `--repe
 - `export_under`: every row of `export --under BIG_FOLDER` (`export_rows`), a page of 200 files at a time.
 
 It prints the database's collation, the plan of `files_under`'s statement (the index it searches, or a scan of the
-table), and the plans of the export's pages (a sort, or the index read in order), each with how many have it.
+table), and the plans of the export's pages (a sort, or the index read in order), each with how many have it and the
+server's time to run those (EXPLAIN ANALYZE).
 """
 
 from __future__ import annotations
@@ -61,18 +62,19 @@ def fill(store: Store, files: int, big_folder: int) -> None:
         connection.execute(text("ANALYZE audio_files"))
 
 
-def plan_nodes(store: Store, statement: Statement) -> list[str]:
-    """The nodes of PostgreSQL's plan for `statement`, as the store ran it: each node's type, and the index it
-    searches."""
+def plan_nodes(store: Store, statement: Statement) -> tuple[list[str], float]:
+    """The nodes of PostgreSQL's plan for `statement`, as the store ran it (each node's type, the index it searches,
+    and whether it filters the rows it reads), and the server's time to run it once so, in ms."""
     sql, parameters = statement
     with store.engine.connect() as connection:
-        plan = connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {sql}", parameters).scalar()
-    nodes, waiting = [], [plan[0]["Plan"]]
+        (plan,) = connection.exec_driver_sql(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", parameters).scalar()
+    nodes, waiting = [], [plan["Plan"]]
     while waiting:
         node = waiting.pop()
-        nodes.append(" ".join(filter(None, [node["Node Type"], node.get("Index Name")])))
+        filtered = "Filter" in node and "(filtered)"  # rows read, then dropped: a condition the search ignored
+        nodes.append(" ".join(filter(None, [node["Node Type"], node.get("Index Name"), filtered])))
         waiting += node.get("Plans", [])
-    return nodes
+    return nodes, plan["Execution Time"]
 
 
 def statements_of(store: Store, work: Callable[[], object]) -> list[Statement]:
@@ -88,9 +90,14 @@ def export_all(store: Store, files: int) -> None:
 
 
 def plan_counts(store: Store, statements: list[Statement]) -> str:
-    """The plans of `statements`, each with the number of them planned so."""
-    counts = Counter(", ".join(plan_nodes(store, statement)) for statement in statements)
-    return "; ".join(f"{count} x {plan}" for plan, count in counts.most_common())
+    """The plans of `statements`, each with the number of them planned so and the server's time to run those."""
+    counts: Counter[str] = Counter()
+    ms: Counter[str] = Counter()
+    for statement in statements:
+        nodes, run_ms = plan_nodes(store, statement)
+        counts[", ".join(nodes)] += 1
+        ms[", ".join(nodes)] += run_ms
+    return "; ".join(f"{count} x {plan} ({ms[plan]:.1f} ms)" for plan, count in counts.most_common())
 
 
 def main() -> None:
@@ -120,7 +127,7 @@ def main() -> None:
             folder = f"/library/{args.files // FILES_PER_FOLDER // 2}"
             assert len(store.files_under(folder)) == FILES_PER_FOLDER
             (listing,) = statements_of(store, lambda: store.files_under(folder))
-            print("plan of files_under:", ", ".join(plan_nodes(store, listing)))
+            print("plan of files_under:", ", ".join(plan_nodes(store, listing)[0]))
             export = partial(export_all, store, args.big_folder)
             pages = [page for page in statements_of(store, export) if "LIMIT" in page[0]]
             print(f"plans of the export's {len(pages)} pages:", plan_counts(store, pages))
