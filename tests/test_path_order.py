@@ -5,13 +5,14 @@ paged export reads every file once: the listings of `stats`, `export`, `remove` 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import replace
 from itertools import islice
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from pengi_search.db import Store
 from pengi_search.db.schema import PATH_PATTERN_INDEX
@@ -88,8 +89,10 @@ def test_the_language_sorted_database_orders_these_names_otherwise(language_sort
 
 
 def test_a_paged_export_reads_its_pages_from_the_byte_wise_index(language_sorted_url: str) -> None:
-    """20,000 files: each page of an export is read from revision 0008's index, the next page searched from the last
-    path; the table is never scanned, and the library's pages come in the index's order, the table never sorted."""
+    """20,000 files: each page of an export is one search of revision 0008's index, bounded by the folder's range
+    and the last path of the page before, and read in the index's order: the table is never scanned, no rows are
+    sorted (a folder's rest, again on every page), none filtered out (the paths around the folder). So also in the
+    generic plan of a prepared statement (psycopg prepares a statement that a long export runs often)."""
     with Store.open(language_sorted_url) as store:
         spread_files(store)
         for under in (None, "/lib/7"):
@@ -98,11 +101,23 @@ def test_a_paged_export_reads_its_pages_from_the_byte_wise_index(language_sorted
                 assert len(list(islice(rows, 60))) == 60  # two pages: the first, and one after a path
                 rows.close()
             pages = [(sql, values) for sql, values in statements if "FROM audio_files" in sql and "LIMIT" in sql]
-            assert len(pages) == 2 and "~>~" in pages[1][0]
+            assert "~>~" in pages[-1][0]
             with store.engine.connect() as connection:
                 for sql, values in pages:
-                    steps = plan(connection, sql, values)
-                    assert PATH_PATTERN_INDEX in steps and "Seq Scan" not in steps, sql
-                    # A folder's pages are its files found by two searches (the folder's own path, or inside it),
-                    # sorted: the folder's rows, not the table's.
-                    assert under is not None or "Sort" not in steps, sql
+                    for steps in (plan(connection, sql, values), generic_plan(connection, sql, values)):
+                        assert PATH_PATTERN_INDEX in steps and "Seq Scan" not in steps, sql
+                        assert "Sort" not in steps and '"Filter"' not in steps, (sql, steps)
+
+
+def generic_plan(connection: Connection, sql: str, values: dict[str, object]) -> str:
+    """PostgreSQL's plan for `sql` (as the driver ran it) prepared, knowing none of its values, as JSON text."""
+    names = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", sql)))  # each once, in the order they first come
+    numbered = re.sub(r"%\((\w+)\)s", lambda name: f"${names.index(name[1]) + 1}", sql)
+    connection.exec_driver_sql(f"PREPARE page AS {numbered}")
+    connection.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+    try:
+        quoted = ("'" + str(values[name]).replace("'", "''") + "'" for name in names)
+        return plan(connection, f"EXECUTE page({', '.join(quoted)})", ())  # EXECUTE binds no values: literals
+    finally:
+        connection.exec_driver_sql("RESET plan_cache_mode")
+        connection.exec_driver_sql("DEALLOCATE page")

@@ -17,6 +17,7 @@ from pengi_search.db.engine import create_store_engine
 from pengi_search.db.migrate import SCHEMA_HEAD, migrate
 from pengi_search.db.queries import paths_under
 from pengi_search.db.schema import PATH_PATTERN_INDEX, AudioFileRow
+from pengi_search.pathnames import to_stored
 
 from . import test_store
 from .query_plans import recorded
@@ -91,6 +92,17 @@ def test_the_files_below_a_folder_are_the_paths_that_start_with_it(store: Store)
         assert len(files) == len(set(files))
 
 
+def test_a_folder_exported_page_by_page_is_its_files_in_byte_order(store: Store) -> None:
+    """`export --under` reads the folder's own path, then the paths inside it, a page at a time: the files below
+    the folder, each once, in byte order (SQLite's), whatever the size of a page."""
+    recorded_names(store)
+    for folder in FOLDERS:
+        in_byte_order = sorted(below(folder), key=lambda name: to_stored(name).encode())
+        for page_size in (1, 2, 200):
+            exported = [row["path"] for row in store.export_rows(folder, page_size=page_size)]
+            assert exported == in_byte_order, (folder, page_size)
+
+
 def test_removing_a_folder_removes_its_files_and_no_other(store: Store) -> None:
     recorded_names(store)
     left = set(NAMES)
@@ -112,6 +124,8 @@ def test_where_the_database_sorts_text_by_language_the_answers_are_sqlites(
         for folder in FOLDERS:
             assert found_below(server, folder)[1:] == found_below(sqlite, folder)[1:], folder
             assert sorted(found_below(server, folder)[0]) == sorted(found_below(sqlite, folder)[0]), folder
+            exported = [[row["path"] for row in store.export_rows(folder, page_size=2)] for store in (server, sqlite)]
+            assert exported[0] == exported[1], folder
         for folder in ["/lib/dogs", "/lib/café", "/lib/50%"]:
             assert server.remove(folder) == sqlite.remove(folder) == len(below(folder))
         assert {r.path for r in server.files_under("/")} == {r.path for r in sqlite.files_under("/")}

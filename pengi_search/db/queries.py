@@ -1,7 +1,7 @@
-"""What the store's modules share below the level of `Store`'s methods: the conditions "at or below a path", "after a
-path" and "truncated", the order by path (byte-wise on every backend), a file's row locked for writing, the width of
-the index's text vectors, vectors as the bytes the database keeps, the new version of vectors changed, and how many
-ids one statement lists.
+"""What the store's modules share below the level of `Store`'s methods: the conditions "at or below a path" (and the
+byte-wise ranges it joins), "after a path" and "truncated", the order by path (byte-wise on every backend), a file's
+row locked for writing, the width of the index's text vectors, vectors as the bytes the database keeps, the new
+version of vectors changed, and how many ids one statement lists.
 """
 
 from __future__ import annotations
@@ -30,16 +30,32 @@ NO_SYNC = {"synchronize_session": False}  # bulk statements: the session holds n
 
 def paths_under(prefix: str | None) -> ColumnElement[bool]:
     """Paths equal to `prefix` or inside the folder `prefix` (case-sensitive on every backend, unlike LIKE)."""
+    ranges = path_ranges(prefix)
+    # In parentheses: the statement may join it to others by AND, which binds tighter than its OR.
+    return ranges[0] if len(ranges) == 1 else Grouping(or_(*ranges))
+
+
+def path_ranges(prefix: str | None) -> list[ColumnElement[bool]]:
+    """`paths_under(prefix)` as the byte-wise ranges it joins, in `by_path`'s order: the path `prefix` itself (but
+    '/'), then the paths inside the folder. A listing pages through each in turn: each is one range of revision
+    0008's index on PostgreSQL, where their OR bounds no search of it (a page is a scan of the index that filters
+    out the paths around the folder, or the rest of the folder found and sorted again)."""
     if prefix is None:
-        return true()
+        return [true()]
     folder = prefix.rstrip("/") + "/"
-    # The paths inside `folder/` are the byte-wise range [`folder/`, `folder0`) ('0' is the byte after '/'): a
-    # search of an index, not a scan of the table (`eval` asks this for every file of its set). The escape keeps
-    # prefixes and order of valid names alike, so the stored forms that `OsText` binds bound the same range. A range
-    # rather than LIKE, which has no wildcard to escape and, on PostgreSQL, stays a search in the generic plan of a
-    # prepared statement (psycopg prepares a statement run often), where LIKE's pattern is unknown and the index of
-    # no use. In parentheses: the statement may join it to others by AND, which binds tighter than its OR.
-    forms = (_at_or_inside(folder, _byte_wise(backend, ">="), _byte_wise(backend, "<")) for backend in _BACKENDS)
+    inside = _inside(folder)
+    return [inside] if folder == "/" else [AudioFileRow.path == folder[:-1], inside]
+
+
+def _inside(folder: str) -> ColumnElement[bool]:
+    """The paths inside `folder` (which ends in '/'): the byte-wise range [`folder`, `folder0`)."""
+    # '0' is the byte after '/': a search of an index, not a scan of the table (`eval` asks this for every file of
+    # its set). The escape keeps prefixes and order of valid names alike, so the stored forms that `OsText` binds
+    # bound the same range. A range rather than LIKE, which has no wildcard to escape and, on PostgreSQL, stays a
+    # search in the generic plan of a prepared statement (psycopg prepares a statement run often), where LIKE's
+    # pattern is unknown and the index of no use. In parentheses, as one condition wherever it is joined.
+    end = folder[:-1] + "0"
+    forms = (_byte_wise(backend, ">=")(folder) & _byte_wise(backend, "<")(end) for backend in _BACKENDS)
     return _PerBackend(*(Grouping(form) for form in forms))
 
 
@@ -82,14 +98,6 @@ class _PerBackend(ColumnElement[bool]):
     def __init__(self, sqlite_form: ColumnElement[bool], postgresql_form: ColumnElement[bool]) -> None:
         self.sqlite_form = sqlite_form
         self.postgresql_form = postgresql_form
-
-
-def _at_or_inside(
-    folder: str, at_least: Callable[[str], ColumnElement[bool]], below: Callable[[str], ColumnElement[bool]]
-) -> ColumnElement[bool]:
-    """The path `folder` (but '/') or a path inside it, where `at_least` and `below` compare paths byte-wise."""
-    inside = at_least(folder) & below(folder[:-1] + "0")
-    return inside if folder == "/" else or_(AudioFileRow.path == folder[:-1], inside)
 
 
 @compiles(_PerBackend, "sqlite")

@@ -18,7 +18,16 @@ from ..chunking import chunk_slices, chunked
 from ..id_arrays import id_array, sorted_unique
 from ..json_values import json_seconds
 from .migrate import current_revision
-from .queries import IDS_PER_QUERY, by_path, decode_matrix, is_truncated, mixed_dimensions, paths_after, paths_under
+from .queries import (
+    IDS_PER_QUERY,
+    by_path,
+    decode_matrix,
+    is_truncated,
+    mixed_dimensions,
+    path_ranges,
+    paths_after,
+    paths_under,
+)
 from .records import FILE_STATUSES, VECTOR_KINDS, TextRecord, WindowDetails, check_vector_kind
 from .schema import (
     AudioFileRow,
@@ -201,19 +210,12 @@ class LibraryReads:
         Reads in pages inside one read transaction, so memory stays flat for large libraries.
         """
         with self.session() as session:
-            last_path: str | None = None
-            while True:
-                query = select(AudioFileRow).where(paths_under(under)).order_by(by_path()).limit(page_size)
-                if last_path is not None:
-                    query = query.where(paths_after(last_path))
-                page = session.scalars(query).all()
-                if not page:
-                    return
-                windows = _export_windows(session.connection(), [row.id for row in page])
-                for row in page:
-                    yield _export_row(row, windows.get(row.id, []))
-                last_path = page[-1].path
-                session.expunge_all()
+            for in_range in path_ranges(under):
+                for page in _path_pages(session, in_range, page_size):
+                    windows = _export_windows(session.connection(), [row.id for row in page])
+                    for row in page:
+                        yield _export_row(row, windows.get(row.id, []))
+                    session.expunge_all()
 
     # -- statistics ---------------------------------------------------------------------------------
 
@@ -316,6 +318,23 @@ _WINDOWS_WITH_FILES = (
     .join(AudioFileRow, WindowRow.file_id == AudioFileRow.id)
     .where(WindowRow.id.in_(bindparam("ids", expanding=True)))
 )
+
+
+def _path_pages(session: Session, in_range: ColumnElement[bool], page_size: int) -> Iterator[list[AudioFileRow]]:
+    """The files `in_range` selects, by path, `page_size` at a time: each page after the last path of the page
+    before. On PostgreSQL both conditions compare as revision 0008's index orders, so a page is one search of it
+    bounded on both sides, read in its order: neither the rest of the range sorted again nor rows outside it read."""
+    last_path: str | None = None
+    while True:
+        query = select(AudioFileRow).where(in_range).order_by(by_path()).limit(page_size)
+        if last_path is not None:
+            query = query.where(paths_after(last_path))
+        page = list(session.scalars(query))
+        if page:
+            yield page
+        if len(page) < page_size:
+            return
+        last_path = page[-1].path
 
 
 def _export_windows(connection: Connection, file_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
