@@ -175,7 +175,7 @@ def test_an_empty_batch_adds_no_loss_but_reaches_the_parameters_a_real_one_does(
         model.zero_grad(set_to_none=True)
         loss = AnswerNll(model)(**vars(inputs))
         loss.backward()
-        return float(loss), {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+        return loss.item(), {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
 
     loss, grads = graded(empty)
     assert loss == 0 and grads.keys() == graded(real)[1].keys()
