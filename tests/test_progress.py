@@ -105,6 +105,20 @@ def test_each_bar_stays_one_line_in_a_default_or_narrow_terminal(clock, width):
     assert lines[1].startswith("audio index ") and "50/103 vectors  5.0 vectors/s" in lines[1]
 
 
+def test_an_index_filled_at_the_end_of_pass_1_leaves_with_its_bar(clock):
+    """Pass 1 saves the audio index, on a bar below its own: that bar stood full above pass 2's for the rest of the
+    run, a second line that no longer moved."""
+    bar = a_bar()
+    index = IndexProgress(bar, visible=True)
+    index.start(2)
+    fill = index.filling("audio index")
+    fill.start(10)
+    fill.advance(10)
+    index.start_captions(400)
+    (line,) = drawn(bar)
+    assert line.startswith("captions ")
+
+
 def test_index_pass_2_counts_the_windows_waiting_for_captions(clock):
     bar = a_bar()
     index = IndexProgress(bar, visible=True)

@@ -206,9 +206,13 @@ class IndexProgress:
         return self.current
 
     def _hide(self) -> None:
-        """The bar of the step before goes: one bar at a time."""
+        """The bar of the step before goes: one bar at a time. So does each index fill done by then (pass 1 saving
+        the audio index): left, it stood full above pass 2's bar for the rest of the run."""
         if self.current is not None:
             self.bar.update(self.current.task, visible=False)
+        for task in self.bar.tasks:
+            if task.finished:
+                self.bar.update(task.id, visible=False)
 
     def advance(self, files: int = 0, windows: int = 0) -> None:
         assert self.current is not None
