@@ -12,13 +12,23 @@ from __future__ import annotations
 import time
 
 from rich.progress import ProgressColumn, Task
+from rich.table import Column
 from rich.text import Text
+
+
+def unwrapped() -> Column:
+    """A bar's text column that stays on its line: cut with an ellipsis where the terminal is too narrow, never
+    folded below itself (which turns each bar into a column of words)."""
+    return Column(no_wrap=True, overflow="ellipsis")
 
 
 class CountColumn(ProgressColumn):
     """A task's count and rate, in the unit its `unit` field names: `120/400 windows  2.6 windows/s`. The rate is
     the task's `rate` field (per second; None: none yet), kept by whoever advances the task, since each bar
-    measures its own (since its pass began, or over the trainer's last steps)."""
+    measures its own (since its pass began, or over the trainer's last steps). It never wraps (`unwrapped`)."""
+
+    def __init__(self) -> None:
+        super().__init__(table_column=unwrapped())
 
     def render(self, task: Task) -> Text:
         return Text(count_and_rate(task.completed, task.total, task.fields["unit"], task.fields.get("rate")))

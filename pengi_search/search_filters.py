@@ -132,3 +132,11 @@ def absolute_glob(pattern: str) -> str:
     if pattern.startswith(("/", "*", "?", "[")):
         return pattern
     return Path.cwd().as_posix().rstrip("/") + "/" + pattern
+
+
+def glob_under_folder(pattern: str) -> str | None:
+    """The glob that finds the files under `pattern` when it is a folder on disk named without a wildcard (`--path
+    sounds`: as a glob over whole paths it matches only a file of that name, so a search finds nothing); else None."""
+    if _WILDCARD.search(pattern) or not os.path.isdir(os.path.expanduser(pattern)):
+        return None
+    return pattern.rstrip("/") + "/*"

@@ -127,6 +127,22 @@ def test_query_with_no_match(common):
     assert result.exit_code == 0 and json.loads(result.stdout) == []
 
 
+def test_a_folder_given_as_path_says_the_glob_that_searches_under_it(captions, common, monkeypatch):
+    """`--path weather`, a folder, is a glob over whole paths that matches no file: the search said "no results", as
+    if the folder held nothing that matched. It says why, and the glob to use, in `similar` too; what it finds is
+    unchanged (and a --path that names no folder says "no results" alone)."""
+    monkeypatch.chdir(captions.root)
+    hint = "no results: --path matches whole file paths, and weather is a folder; --path 'weather/*' searches the "
+    for command in (("query", "rain on a roof"), ("similar", captions.files["animals/cat.flac"])):
+        folder = run(*command, *common, "--path", "weather")
+        assert (folder.exit_code, folder.stdout, folder.stderr) == (0, "", hint + "files under it\n")
+        assert run(*command, *common, "--path", "weather", "--json").stdout.strip() == "[]"
+        under = run(*command, *common, "--path", "weather/*", "--json")
+        assert [hit["path"] for hit in json.loads(under.stdout)] == [str(captions.files["weather/rain.flac"])]
+    nowhere = run("query", "rain", *common, "--path", "nowhere")
+    assert (nowhere.exit_code, nowhere.stderr) == (0, "no results\n")
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -59,6 +59,9 @@ def test_a_healthy_installation(installation, isolated_home):
     assert {kind: info["state"] for kind, info in database["vector_indexes"].items()} == {"text": "ok", "audio": "ok"}
     text = runner.invoke(app, ["doctor", "--db", str(installation)])
     assert text.exit_code == 0 and "healthy: no problem found" in text.stdout
+    # Every version the JSON gives, the text gives too: it left out sentence-transformers, which embeds texts
+    transformers = f"{env['transformers']}, sentence-transformers {env['sentence_transformers']}"
+    assert f"  transformers   {transformers}\n" in text.stdout
 
 
 def test_python_dash_m_runs_the_same_commands(installation, isolated_home):

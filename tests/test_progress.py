@@ -53,9 +53,9 @@ class Screen(io.StringIO):
         return True
 
 
-def drawn(bar) -> list[str]:
-    """The lines a bar draws now, as text (its visible tasks, one a line)."""
-    console = Console(width=200, record=True, file=io.StringIO())
+def drawn(bar, width: int = 200) -> list[str]:
+    """The lines a bar draws now, as text (its visible tasks, one a line), on a terminal `width` columns wide."""
+    console = Console(width=width, record=True, file=io.StringIO())
     console.print(bar.get_renderable())
     return [line.rstrip() for line in console.export_text().splitlines()]
 
@@ -83,6 +83,40 @@ def test_index_pass_1_counts_windows_with_their_rate_and_files_done_beside(clock
     (line,) = drawn(bar)
     assert line.startswith("audio embeddings ")
     assert "26/288 windows  2.6 windows/s  7/36 files" in line
+
+
+@pytest.mark.parametrize("width", [80, 60])
+def test_each_bar_stays_one_line_in_a_default_or_narrow_terminal(clock, width):
+    """In 80 columns Rich folded `2.7 windows/s` under itself, and in 60 every text of the bar into a column of
+    words: four lines a bar, each pass of `index` a block that jumped as it redrew. The texts keep their line, the
+    bar gives way to them."""
+    bar = a_bar()
+    index = IndexProgress(bar, visible=True)
+    index.start(36)
+    index.counted(3)
+    fill = index.filling("audio index")
+    fill.start(103)
+    clock.now += 10
+    index.advance(files=1, windows=27)
+    fill.advance(50)
+    lines = drawn(bar, width)
+    assert len(lines) == 2
+    assert lines[0].startswith("audio embeddings ") and "27/108 windows  2.7 windows/s  1/36 files" in lines[0]
+    assert lines[1].startswith("audio index ") and "50/103 vectors  5.0 vectors/s" in lines[1]
+
+
+def test_an_index_filled_at_the_end_of_pass_1_leaves_with_its_bar(clock):
+    """Pass 1 saves the audio index, on a bar below its own: that bar stood full above pass 2's for the rest of the
+    run, a second line that no longer moved."""
+    bar = a_bar()
+    index = IndexProgress(bar, visible=True)
+    index.start(2)
+    fill = index.filling("audio index")
+    fill.start(10)
+    fill.advance(10)
+    index.start_captions(400)
+    (line,) = drawn(bar)
+    assert line.startswith("captions ")
 
 
 def test_index_pass_2_counts_the_windows_waiting_for_captions(clock):

@@ -71,17 +71,24 @@ def _database_named(url: str, given: str | None) -> tuple[str, str]:
 
 def _software(env: dict[str, Any]) -> list[tuple[str, str]]:
     torch, faiss, av, sf = env["torch"], env["faiss"], env["av"], env["soundfile"]
+    sentence = env["sentence_transformers"]
     missing = [name for name, present in av["decoders"].items() if not present]
     return [
         ("python", f"{env['python']} ({env['platform']})"),
         ("pengi-search", env["pengi_search"]),
         ("torch", f"{torch['version']}, CUDA {torch['cuda'] or 'none (CPU build)'}, MPS built {torch['mps_built']}"),
-        ("transformers", str(env["transformers"])),
+        # sentence-transformers on transformers' line: its name is wider than the labels' column
+        ("transformers", f"{_installed(env['transformers'])}, sentence-transformers {_installed(sentence)}"),
         ("faiss", f"{faiss['version']} ({'GPU' if faiss['gpu_build'] else 'CPU'} build)"),
         ("PyAV", f"{av['version']}, libavcodec {av['libavcodec']}, decoders missing: {', '.join(missing) or 'none'}"),
         ("soundfile", f"{sf['version']} (libsndfile {sf['libsndfile']})"),
         ("network", f"off ({env['offline']})" if env["offline"] else "allowed (model fetch, first use)"),
     ]
+
+
+def _installed(version: str | None) -> str:
+    """A distribution's version, or that it is missing (the JSON's null)."""
+    return version or "not installed"
 
 
 def _devices(devices: dict[str, Any]) -> list[tuple[str, str]]:

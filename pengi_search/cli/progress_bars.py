@@ -21,17 +21,21 @@ def show_progress(quiet: bool, json_output: bool = False) -> bool:
 def progress_bar(console: Console | None = None):
     """A transient progress bar on stderr (or `console`), each task counted in its unit (`progress.CountColumn`).
     Off where stderr is no terminal: it would show nothing there, and Rich ends a bar on such a stream with a blank
-    line, which scripts keeping stderr would read as a message."""
+    line, which scripts keeping stderr would read as a message.
+
+    Each task stays one line however narrow the terminal: its texts never wrap (Rich would fold `2.7 windows/s`
+    into a column of words, four lines a bar in 60 columns and two in 80); the bar and the time left, which can
+    shrink, give way to them, and in a very narrow one the texts are cut with an ellipsis."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from ..progress import CountColumn
+    from ..progress import CountColumn, unwrapped
 
     console = console or err_console
     return Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", table_column=unwrapped()),
         BarColumn(),
         CountColumn(),
-        TextColumn(" {task.fields[files]}"),  # two spaces from the rate, as the rate from the count
+        TextColumn(" {task.fields[files]}", table_column=unwrapped()),  # two spaces from the rate, as it from the count
         TimeRemainingColumn(),
         console=console,
         transient=True,
@@ -202,9 +206,13 @@ class IndexProgress:
         return self.current
 
     def _hide(self) -> None:
-        """The bar of the step before goes: one bar at a time."""
+        """The bar of the step before goes: one bar at a time. So does each index fill done by then (pass 1 saving
+        the audio index): left, it stood full above pass 2's bar for the rest of the run."""
         if self.current is not None:
             self.bar.update(self.current.task, visible=False)
+        for task in self.bar.tasks:
+            if task.finished:
+                self.bar.update(task.id, visible=False)
 
     def advance(self, files: int = 0, windows: int = 0) -> None:
         assert self.current is not None

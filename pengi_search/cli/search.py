@@ -169,12 +169,20 @@ class SearchOptions(UsingOptions, ResultOptions):
     takes its bases' fields from the last base to the first, so `--help` lists `ResultOptions`' options first."""
 
 
-def _show_hits(hits: list[Hit], *, json_output: bool, show_query_span: bool = False, title: str | None = None) -> None:
+def _show_hits(
+    hits: list[Hit],
+    *,
+    json_output: bool,
+    show_query_span: bool = False,
+    title: str | None = None,
+    path_glob: str | None = None,
+) -> None:
+    """The hits as a table (or JSON); `path_glob`: `--path` as typed, which an empty result may be the fault of."""
     if json_output:
         print_json([hit.to_json() for hit in hits])
         return
     if not hits:
-        err_console.print("no results")
+        err_console.print(_no_results(path_glob), markup=False, soft_wrap=True)
         return
     if title:  # above the table, wrapped to the terminal: a table's title is cut where its columns overflow it
         out_console.print(title, markup=False)
@@ -185,6 +193,22 @@ def _show_hits(hits: list[Hit], *, json_output: bool, show_query_span: bool = Fa
         out_console.print(_plain_rows(cells), markup=False, highlight=False, soft_wrap=True)
     else:
         out_console.print(_hits_table(cells, out_console.width))
+
+
+def _no_results(path_glob: str | None) -> str:
+    """What an empty result says: with a folder given as `--path` (a glob over whole paths, which a folder's name
+    alone does not match: `--path sounds` found nothing, without a word why), the glob that searches under it."""
+    import shlex
+
+    from ..search_filters import glob_under_folder
+
+    under = None if path_glob is None else glob_under_folder(path_glob)
+    if under is None:
+        return "no results"
+    return (
+        f"no results: --path matches whole file paths, and {path_glob} is a folder; --path {shlex.quote(under)} "
+        "searches the files under it"
+    )
 
 
 # How each column of the hits' table is laid out: the path and the caption wrap, the others are kept whole.
@@ -324,7 +348,7 @@ def query(
             "(--rank audio searches them all)",
             soft_wrap=True,
         )
-    _show_hits(hits, json_output=json_output, title=title)
+    _show_hits(hits, json_output=json_output, title=title, path_glob=search.path)
 
 
 @handle_errors
@@ -388,7 +412,7 @@ def similar(
             if result.error is not None:  # said as it happens, as describe and classify say it
                 report_skipped(result.path, result.error)
             results.append(result)
-    _show_similar(results, json_output=json_output, one_file=one_file_given(files))
+    _show_similar(results, json_output=json_output, one_file=one_file_given(files), path_glob=search.path)
     raise typer.Exit(EXIT_PARTIAL if any(r.error for r in results) else EXIT_OK)
 
 
@@ -414,8 +438,11 @@ def _query_part(start: float | None, end: float | None) -> tuple[float, float] |
     return part
 
 
-def _show_similar(results: list[SimilarResult], *, json_output: bool, one_file: bool) -> None:
-    """The hits of each query file; `one_file`: a single file was given, whose --json is its bare list of hits."""
+def _show_similar(
+    results: list[SimilarResult], *, json_output: bool, one_file: bool, path_glob: str | None = None
+) -> None:
+    """The hits of each query file; `one_file`: a single file was given, whose --json is its bare list of hits;
+    `path_glob`: `--path` as typed."""
     from rich.text import Text
 
     from ..pathnames import path_fields, shown
@@ -443,4 +470,4 @@ def _show_similar(results: list[SimilarResult], *, json_output: bool, one_file: 
                 out_console.print()
             out_console.print(Text(shown(result.path), style="bold"), soft_wrap=True)
         # Which window of the query matched, whenever it has several: also when every hit shown matched the same one.
-        _show_hits(result.hits, json_output=False, show_query_span=result.query_windows > 1)
+        _show_hits(result.hits, json_output=False, show_query_span=result.query_windows > 1, path_glob=path_glob)
