@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import socket
 import threading
 import time
 import zlib
@@ -32,6 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..torchrun_env import SIBLINGS_WAIT_S, MachineSiblings, first_on_machine, place, said_once_per_machine
 from .errors import DatabaseUnreachableError, IndexBusyError, LibraryBusyError
+from .runs import this_host
 from .urls import sqlite_file
 
 if TYPE_CHECKING:
@@ -154,11 +154,10 @@ def _first_refused_too(store: Store) -> bool:
     Told by its run, recorded under its shard by a process of this job on this machine: once that run has ended
     (refused, or failed otherwise, which it says), this one ends saying nothing. Waited for at most
     `SIBLINGS_WAIT_S`: a first still running then passed the check, or has yet to meet it, and this one says it."""
-    here = place()
-    if here.world_size < 2 or here.local_rank == 0:
+    firsts = _machines_first_shard()
+    if firsts is None:
         return True  # the first process, or a run's only one: it speaks
-    firsts = f"{here.rank - here.local_rank}/{here.world_size}"
-    this_job, host = MachineSiblings.now().pids, socket.gethostname()[:255]
+    this_job, host = MachineSiblings.now().pids, this_host()
     deadline = time.monotonic() + SIBLINGS_WAIT_S
     while True:
         if any(run.status != "running" for run in store.shard_runs_by(firsts, host, this_job)):
@@ -245,20 +244,29 @@ def _job_restarting(store: Store, doing: str) -> _Holder:
     return _Holder(RESTARTING, refusal)
 
 
+def _machines_first_shard() -> str | None:
+    """The shard by rank of this machine's first process (torchrun's LOCAL_RANK 0), or None when this process is it,
+    or a run's only one. torchrun numbers a machine's processes in a row: its first has this rank less the local
+    rank."""
+    here = place()
+    if here.world_size < 2 or here.local_rank == 0:
+        return None
+    return f"{here.rank - here.local_rank}/{here.world_size}"
+
+
 def _firsts_shard_held_too(store: Store, shard: str) -> bool:
     """Whether this shard's lock, held by another run, is one that the first process of this machine (torchrun's
     LOCAL_RANK 0) finds held too, so that it says it for both: another torchrun job of as many ranks holds every
     shard of this one, each rank finding its own held. A shard held alone (`--shard i/n` run by hand) is said by
     the rank that meets it, the first one being free to go on. Read from the runs recorded running, less those of
     this job's processes on this machine (the first may have recorded its own run by now)."""
-    here = place()
-    if here.world_size < 2 or here.local_rank == 0:
+    firsts = _machines_first_shard()
+    if firsts is None:
         return True  # the first process, or a run's only one: it speaks
-    # torchrun numbers a machine's processes in a row, so its first has this rank less the local rank; a --shard
-    # given to every rank is the same shard for all of them
-    by_rank = shard == f"{here.rank}/{here.world_size}"
-    firsts = f"{here.rank - here.local_rank}/{here.world_size}" if by_rank else shard
-    this_job, host = set(MachineSiblings.now().pids), socket.gethostname()[:255]
+    here = place()
+    if shard != f"{here.rank}/{here.world_size}":  # a --shard given to every rank is the same shard for all of them
+        firsts = shard
+    this_job, host = set(MachineSiblings.now().pids), this_host()
     return any(not (run.host == host and run.pid in this_job) for run in store.running_runs(firsts))
 
 

@@ -23,6 +23,11 @@ from .records import RUN_STATUSES, RunRecord
 from .schema import AudioFileRow, RunRow
 
 
+def this_host() -> str:
+    """This machine's name as its runs record it (`runs.host` holds 255 characters): how a process finds its own."""
+    return socket.gethostname()[:255]
+
+
 class RunJournal:
     """The run methods of `Store` (mixed in; each is one short transaction of the store's `session`)."""
 
@@ -35,7 +40,7 @@ class RunJournal:
                 started_at=datetime.now(timezone.utc),
                 status="running",
                 shard=shard,
-                host=socket.gethostname()[:255],
+                host=this_host(),
                 pid=os.getpid(),
             )
             session.add(run)
