@@ -26,6 +26,7 @@ column, as `train init`'s label map has, gives the text each label is scored as,
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import logging
 import os
@@ -181,10 +182,10 @@ class Prediction:
         groups down to its first true label, and keeping all of them cost 20,000 files x 527 labels about 1 GB."""
         return ([label for label, _ in group] for group in tied_labels(self.ranked))
 
-    @property
+    @functools.cached_property
     def tied_best(self) -> list[str]:
         """The labels that tie for best, by name (the first is `label`): one unless another order of tied labels
-        would predict another."""
+        would predict another. Kept, unlike the other groups: a report reads it twice a file, and it is small."""
         return next(self.tie_groups())
 
     def to_json(self, top: int) -> dict[str, Any]:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from pengi_search import stored
 from pengi_search.classify import Classifier, ClassifySettings
-from pengi_search.evaluation import captioning, retrieval
+from pengi_search.evaluation import retrieval
 from pengi_search.evaluation.captioning import caption_origins, evaluate_captions, library_captions
 from pengi_search.evaluation.datasets import CaptionSet, read_caption_set
 from pengi_search.evaluation.retrieval import available_rankings, evaluate_retrieval
@@ -105,7 +106,8 @@ def rankings(library: Library, model_dir: Path, root: Path) -> list[retrieval.Ra
 @pytest.fixture()
 def few_per_read(monkeypatch) -> None:
     """Two files read together: the files of a run are read in several rounds, a round's end among them."""
-    monkeypatch.setattr(retrieval, "FILES_PER_READ", 2)
+    for reader in (retrieval, stored):  # the audio-to-text rounds, and the files' reads (`each_stored_windows`)
+        monkeypatch.setattr(reader, "FILES_PER_READ", 2)
 
 
 def test_audio_to_text_ranks_each_files_captions_as_it_does_the_file_alone(shelf, tiny_model_dir, few_per_read):
@@ -126,7 +128,8 @@ def test_eval_retrieval_evaluates_the_files_it_did_reading_each_alone(shelf, tin
         found = rankings(library, tiny_model_dir, shelf.root)
         reports = []
         for files in (1, 2):
-            monkeypatch.setattr(retrieval, "FILES_PER_READ", files)
+            for reader in (retrieval, stored):
+                monkeypatch.setattr(reader, "FILES_PER_READ", files)
             reports.append(evaluate_retrieval(library, caption_set, found))
     assert reports[0] == reports[1]
     assert reports[1]["evaluated"] == {"files": 4, "captions": 4}
@@ -184,7 +187,7 @@ def test_eval_caption_reports_the_files_it_did_reading_each_alone(shelf, monkeyp
     with Library.open(shelf.db, read_only=True) as library:
         reports = []
         for files in (1, 2, len(ORDER)):  # each file alone, rounds that end among the files, all at once
-            monkeypatch.setattr(captioning, "FILES_PER_READ", files)
+            monkeypatch.setattr(stored, "FILES_PER_READ", files)
             reports.append(caption_report(library, caption_set))
     assert reports[0] == reports[1] == reports[2]
     assert [item["path"] for item in reports[0]["items"]] == UNCHANGED

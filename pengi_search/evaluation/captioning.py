@@ -12,16 +12,15 @@ here (`decoded_captions`) and every other metric is computed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..chunking import chunked
 from ..json_values import json_seconds
-from ..stored import FILES_PER_READ, StoredWindows, stored_windows_of
+from ..stored import StoredWindows, each_stored_windows
 from ..window_batches import Progress, map_windows
 from . import java_metrics
 from .datasets import CaptionSet, left_out
@@ -66,16 +65,9 @@ def best_caption(windows: Iterable[GeneratedCaption]) -> GeneratedCaption | None
 
 def library_captions(library: Library, caption_set: CaptionSet) -> dict[str, GeneratedCaption]:
     """The caption of each of the set's files that the library holds, by the file's name in the set."""
-    stored = _stored_windows(library, [item.path or "" for item in caption_set.found])
+    stored = each_stored_windows(library, [item.path or "" for item in caption_set.found])
     found = ((item.name, stored_caption(windows)) for item, windows in zip(caption_set.found, stored, strict=True))
     return {name: caption for name, caption in found if caption is not None}
-
-
-def _stored_windows(library: Library, paths: Sequence[str]) -> Iterator[StoredWindows | None]:
-    """`stored_windows` of each of `paths`, in order, read `FILES_PER_READ` files at a time: a few store queries
-    for each round of files, where reading them one by one made a few for each file."""
-    for chunk in chunked(paths, FILES_PER_READ):
-        yield from stored_windows_of(library, chunk)
 
 
 def decoded_captions(
@@ -117,7 +109,7 @@ def caption_origins(library: Library, paths: Sequence[str]) -> dict[str, list[st
     was asked for."""
     prompts: dict[str, None] = {}
     decodings: dict[str, None] = {}
-    for stored in _stored_windows(library, paths):
+    for stored in each_stored_windows(library, paths):
         for text in (window.texts[0] for window in (stored.windows if stored else ()) if window.texts):
             prompts[text.prompt] = None
             decodings[decoding_of(text.decoding, text.mode)] = None

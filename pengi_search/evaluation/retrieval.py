@@ -27,7 +27,7 @@ from ..embedders import warn_of_cuts
 from ..ranking import RANK_LABELS
 from ..search import SearchScope, allowed_ids, ranked_index, search_index
 from ..search_filters import Filters
-from ..stored import FILES_PER_READ, stored_windows_of
+from ..stored import FILES_PER_READ, each_stored_windows, stored_windows_of
 from ..ties import TIE_TOLERANCE, tied_groups
 from ..vectors import l2_normalise
 from .datasets import CaptionedFile, CaptionSet, left_out
@@ -294,11 +294,8 @@ def evaluate_retrieval(
 
 def _indexed(library: Library, items: Sequence[CaptionedFile]) -> list[CaptionedFile]:
     """The items whose file the library holds indexed and unchanged, read `FILES_PER_READ` files at a time."""
-    found = []
-    for chunk in chunked(items, FILES_PER_READ):
-        stored = stored_windows_of(library, [item.path or "" for item in chunk])
-        found += [item for item, windows in zip(chunk, stored, strict=True) if windows is not None]
-    return found
+    stored = each_stored_windows(library, [item.path or "" for item in items])
+    return [item for item, windows in zip(items, stored, strict=True) if windows is not None]
 
 
 def _text_to_audio(ranking: Ranking, queries: _Queries, names: dict[str | None, str], audio_root: str) -> _Outcome:

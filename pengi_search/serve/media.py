@@ -332,7 +332,7 @@ class TranscodeCache:
                 self._long = (key, target)
             else:
                 self._entries[key] = (target, target.stat().st_size)
-                self._evict(0)  # no more than it reserved, but for a bound that proved wrong
+                self._evict()  # no more than it reserved, but for a bound that proved wrong
         return target
 
     def _new_target(self) -> Path:
@@ -353,7 +353,7 @@ class TranscodeCache:
             if self._kept_bytes() + most > self.max_bytes:
                 raise ConversionsBusy(_FULL)
             self._reserved[target] = most
-            self._evict(0)
+            self._evict()
 
     def _reserve_long(self, target: Path) -> None:
         """`target`, larger than the limit by itself, is to replace the one such file kept (the lock held)."""
@@ -372,11 +372,10 @@ class TranscodeCache:
         wanted = sum(size for key, (_, size) in self._entries.items() if self._wanted[key])
         return wanted + sum(self._reserved.values())
 
-    def _evict(self, room: int) -> None:
-        """Evict the least recently used transcodes that are not about to be handed out until `room` more bytes
-        keep the limit."""
+    def _evict(self) -> None:
+        """Evict the least recently used transcodes that are not about to be handed out until the limit is kept."""
         for key in [key for key in self._entries if not self._wanted[key]]:
-            if self._held_bytes() + room <= self.max_bytes:
+            if self._held_bytes() <= self.max_bytes:
                 return
             path, _size = self._entries.pop(key)
             self._drop(path)

@@ -43,7 +43,7 @@ def refused_unless_installed(library: Library, model: str | None) -> Iterator[No
     the server's words: the core's errors name the argument `model=`, or speak of the default model only."""
     try:
         yield
-    except (OtherModelError, ModelNotFoundError) as exc:
-        if model is not None or isinstance(exc, LibraryModelNotInstalled):
+    except (OtherModelError, ModelNotFoundError):
+        if model is not None:
             raise
         raise not_installed(library) from None
