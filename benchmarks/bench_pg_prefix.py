@@ -33,7 +33,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from pengi_search.db import Store
-from tests.query_plans import Statement, recorded  # the statements an engine runs
+from pengi_search.query_plans import Statement, recorded  # the statements an engine runs
 
 FILES_PER_FOLDER = 100
 BIG_FOLDER = "/library/5big"  # after '/library/59999/' and before '/library/6', byte-wise

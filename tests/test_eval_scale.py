@@ -15,11 +15,10 @@ from pengi_search.embedders import CutText
 from pengi_search.evaluation.metrics import average_precision
 from pengi_search.evaluation.retrieval import WindowMatching
 from pengi_search.library import Library
+from pengi_search.query_plans import plan_steps, recorded
 from pengi_search.search_filters import Filters
 from pengi_search.stored import stored_windows
 from pengi_search.truth import Truth
-
-from .query_plans import plan_steps, recorded
 
 
 class CountedText(str):

@@ -15,9 +15,9 @@ from pengi_search.db import Store
 from pengi_search.db.schema import AudioFileRow
 from pengi_search.index_hints import MOST_FOLDERS, index_command, library_folders, library_index_command
 from pengi_search.library import EmptyLibraryError, Library
+from pengi_search.query_plans import recorded
 from pengi_search.scan import inside
 
-from .query_plans import recorded
 from .test_store import postgres_schema_url
 
 

@@ -24,9 +24,9 @@ from pengi_search.cli import app
 from pengi_search.cli.common import EXIT_OK
 from pengi_search.db import EmbedderInfo, ModelInfo, Store, TextRecord, WindowInput, missing_captions
 from pengi_search.library import Library
+from pengi_search.query_plans import plan_steps, recorded
 
 from .indexing import write_tone
-from .query_plans import plan_steps, recorded
 
 DIM = 4
 

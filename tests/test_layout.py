@@ -111,6 +111,16 @@ def test_the_core_imports_no_application():
     assert {path: names for path, names in offenders.items() if names} == {}
 
 
+def test_the_benchmarks_import_no_test_helpers():
+    """What a benchmark shares with the tests is in the package (`pengi_search.testing`, `pengi_search.query_plans`):
+    a benchmark runs from an installed package, where tests/ is no module."""
+    helpers = {
+        str(path.relative_to(ROOT)): sorted(name for name in imported_modules(path) if _is_under(name, "tests"))
+        for path in sorted((ROOT / "benchmarks").glob("*.py"))
+    }
+    assert len(helpers) > 1 and {path: names for path, names in helpers.items() if names} == {}
+
+
 def test_the_import_reader_sees_relative_and_nested_imports(tmp_path):
     """The check above can fail: a relative import of the command line inside a function is found."""
     module = tmp_path / "pengi_search" / "serve" / "app.py"

@@ -17,9 +17,9 @@ from sqlalchemy import Connection, text
 from pengi_search.db import Store
 from pengi_search.db.schema import PATH_PATTERN_INDEX
 from pengi_search.pathnames import to_stored
+from pengi_search.query_plans import recorded
 
 from . import test_store
-from .query_plans import recorded
 from .test_path_prefixes import plan, spread_files
 
 # Names that a language's collation puts in another order than their bytes: '_' and '-' are ignored at first, case

@@ -18,9 +18,9 @@ from pengi_search.db.migrate import SCHEMA_HEAD, migrate
 from pengi_search.db.queries import paths_under
 from pengi_search.db.schema import PATH_PATTERN_INDEX, AudioFileRow
 from pengi_search.pathnames import to_stored
+from pengi_search.query_plans import recorded
 
 from . import test_store
-from .query_plans import recorded
 
 db_url = test_store.db_url  # the same fixtures: every test given `store` runs on SQLite and on PostgreSQL
 store = test_store.store

@@ -1,4 +1,5 @@
-"""Whether statements read whole tables: the statements an engine runs, recorded, and SQLite's plans for them."""
+"""Whether statements read whole tables: the statements an engine runs, recorded, and SQLite's plans for them; for
+the tests and the benchmarks (`bench_pg_prefix.py` prints PostgreSQL's plans of the statements it records)."""
 
 from __future__ import annotations
 
